@@ -1,0 +1,90 @@
+"""LightningDataModule over a memory-mapped token file: resumable, deterministic, DDP-aware.
+
+Training samples form one global stream: sample g is window perm_e[g mod W] of epoch e = g // W (W windows of
+block_size + 1 tokens, perm_e a permutation seeded by (seed, e)). Rank r of a world of size n takes samples
+start + r, start + r + n, ...; on resume `start` follows from the restored global step, so the run continues
+exactly where it stopped, with no state beyond the step count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from momattn.errors import DataError
+
+
+class TokenWindows(Dataset):
+    """Item g -> (x, y): block_size input tokens and the same shifted by one."""
+
+    def __init__(self, tokens: np.ndarray, block_size: int, seed: int, shuffle: bool = True):
+        self.tokens, self.block_size, self.seed, self.shuffle = tokens, block_size, seed, shuffle
+        self.n_windows = (len(tokens) - 1) // block_size
+        self._perm_epoch, self._perm = -1, None
+
+    def window(self, g: int) -> int:
+        epoch, i = divmod(g, self.n_windows)
+        if not self.shuffle:
+            return i
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
+            self._perm_epoch = epoch
+        return int(self._perm[i])
+
+    def __len__(self) -> int:
+        return self.n_windows
+
+    def __getitem__(self, g: int):
+        s = self.window(g) * self.block_size
+        chunk = torch.from_numpy(self.tokens[s : s + self.block_size + 1].astype(np.int64))
+        return chunk[:-1], chunk[1:]
+
+
+class StreamSampler(Sampler[int]):
+    """Global sample indices start + rank, start + rank + world, ... up to total (exclusive)."""
+
+    def __init__(self, start: int, total: int, rank: int = 0, world: int = 1):
+        self.indices = range(start + rank, total, world)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class TokenDataModule(LightningDataModule):
+    def __init__(self, train_tokens: np.ndarray, val_tokens: np.ndarray, block_size: int, batch_size: int,
+                 max_steps: int, accumulate: int, val_batches: int, seed: int, num_workers: int = 0):
+        super().__init__()
+        for name, toks in (("train", train_tokens), ("val", val_tokens)):
+            if len(toks) < block_size + 1:
+                raise DataError(
+                    f"the {name} split has {len(toks)} tokens, fewer than one training window of "
+                    f"model.block_size + 1 = {block_size + 1}; add text or lower model.block_size"
+                )
+        self.train_set = TokenWindows(train_tokens, block_size, seed)
+        self.val_set = TokenWindows(val_tokens, block_size, seed, shuffle=False)
+        self.batch_size, self.max_steps, self.accumulate = batch_size, max_steps, accumulate
+        self.val_batches, self.num_workers = val_batches, num_workers
+
+    def _loader(self, dataset, sampler) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          drop_last=True, persistent_workers=False)
+
+    def train_dataloader(self) -> DataLoader:
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        per_step = self.batch_size * self.accumulate * world
+        start = self.trainer.global_step * per_step  # restored global step -> exact data position on resume
+        return self._loader(self.train_set, StreamSampler(start, self.max_steps * per_step, rank, world))
+
+    def val_dataloader(self) -> DataLoader:
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        n = min(len(self.val_set), self.val_batches * self.batch_size * world)
+        n -= n % (self.batch_size * world)
+        if n == 0:
+            n = min(len(self.val_set), self.batch_size * world)
+        return DataLoader(self.val_set, batch_size=min(self.batch_size, n), sampler=StreamSampler(0, n, rank, world),
+                          num_workers=self.num_workers)

@@ -1,0 +1,32 @@
+"""User-facing errors: what is wrong, which value, how to fix it. The CLI prints them without a traceback."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """A problem with the user's input (config, data, checkpoint). Printed as one clear message."""
+
+
+class ConfigError(UserError):
+    pass
+
+
+class DataError(UserError):
+    pass
+
+
+class CheckpointError(UserError):
+    pass
+
+
+class NonFiniteLossError(UserError):
+    pass
+
+
+def did_you_mean(name: str, options: Iterable[str]) -> str:
+    """' Did you mean 'x'?' for the closest option, or '' when nothing is close."""
+    close = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""

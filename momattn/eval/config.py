@@ -1,0 +1,194 @@
+"""Typed evaluation settings, one dataclass per concern (litgpt-style), validated on construction.
+
+The same `ppl:` / `icl:` sections live at the top of conf/evaluate.yaml and under `eval:` in train.yaml.
+`EvalConfig.from_mapping` turns a plain mapping (or an OmegaConf node) into these dataclasses and rejects
+unknown keys with a did-you-mean, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from momattn.errors import ConfigError, did_you_mean
+
+PAPER_LENGTHS = (256, 512, 1024)  # Table 6: validation perplexity at these input lengths
+MAX_SHOTS_CAP = 32  # the paper: "up to 32 demonstrations"
+DEFAULT_TASKS = ("sst2", "sst5", "mr", "subj", "agnews", "trec")
+TASK_ENTRY_KEYS = ("name", "path", "template", "answers", "demo_path", "label_field", "demo_fraction")
+
+
+def to_plain(obj: Any) -> Any:
+    """OmegaConf nodes -> plain dicts/lists (resolved); anything else unchanged."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf ships with hydra
+        return obj
+    if isinstance(obj, DictConfig | ListConfig):
+        return OmegaConf.to_container(obj, resolve=True)
+    return obj
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+@dataclass
+class PplConfig:
+    enabled: bool = True
+    lengths: list[int] | None = None  # None: the paper's 256/512/1024, or context/4, /2, /1 for shorter contexts
+    max_windows: int = 200  # windows per split and length, taken with a fixed stride over the split
+    train: bool = True  # also train-split perplexity at the longest length (Table 6's "Train" column)
+
+    def __post_init__(self):
+        if self.lengths is not None:
+            if not isinstance(self.lengths, list | tuple) or not self.lengths:
+                raise ConfigError(f"ppl.lengths={self.lengths!r} must be a non-empty list of ints, or null for auto")
+            for n in self.lengths:
+                if not _is_int(n) or n < 2:
+                    raise ConfigError(f"ppl.lengths contains {n!r}; every length must be an int >= 2 "
+                                      "(a window's first token has no prediction)")
+            self.lengths = sorted(set(self.lengths))
+        if not _is_int(self.max_windows) or self.max_windows < 1:
+            raise ConfigError(f"ppl.max_windows={self.max_windows!r} must be an int >= 1")
+
+    def resolve_lengths(self, context: int) -> list[int]:
+        """Window lengths for a model with this context (ConfigError if one does not fit)."""
+        if self.lengths is None:
+            if context >= max(PAPER_LENGTHS):
+                return list(PAPER_LENGTHS)
+            return sorted({max(2, context // 4), max(2, context // 2), context})
+        too_long = [n for n in self.lengths if n > context]
+        if too_long:
+            raise ConfigError(f"ppl.lengths contains {too_long} but the model's context is {context} tokens; "
+                              f"use lengths <= {context} or ppl.lengths=null for context/4, /2, /1")
+        return list(self.lengths)
+
+
+@dataclass
+class IclConfig:
+    enabled: bool = True
+    # task names (see momattn.eval.tasks.TASKS; "staicc" / "table7" expand to sets) or local-file entries
+    # {name, path, template, answers, demo_path?, label_field?, demo_fraction?}
+    tasks: list[Any] = field(default_factory=lambda: list(DEFAULT_TASKS))
+    shots: list[Any] = field(default_factory=lambda: [0, 4, 16, "max"])  # ints, or "max" = as many as fit
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])  # demonstration draws; 0-shot uses the first
+    max_examples: int | None = 200  # test examples per task after the seeded shuffle; null = all (paper: 2000)
+    max_shots: int = MAX_SHOTS_CAP  # upper bound of "max"
+    score: str = "mean"  # headline rule: mean (authors) or sum log-prob of the answer tokens; both are reported
+    separator: str = "eot"  # after each demonstration: "eot" = the tokenizer's end-of-text token, else this text
+    test_seed: int = 1  # shuffle of the test set (the authors use 1)
+
+    def __post_init__(self):
+        if not isinstance(self.tasks, list | tuple) or (self.enabled and not self.tasks):
+            raise ConfigError(f"icl.tasks={self.tasks!r} must be a non-empty list of task names or entries")
+        self.tasks = list(self.tasks)
+        for entry in self.tasks:
+            if isinstance(entry, Mapping):
+                unknown = [k for k in entry if k not in TASK_ENTRY_KEYS]
+                if unknown:
+                    raise ConfigError(f"icl.tasks entry {dict(entry)} has unknown key '{unknown[0]}'."
+                                      f"{did_you_mean(unknown[0], TASK_ENTRY_KEYS)} Keys: {', '.join(TASK_ENTRY_KEYS)}")
+                if not entry.get("name") or not entry.get("path"):
+                    raise ConfigError(f"icl.tasks entry {dict(entry)} needs a 'name' and a JSONL 'path'")
+            elif not isinstance(entry, str):
+                raise ConfigError(f"icl.tasks contains {entry!r}; use a task name or a mapping with name and path")
+        if not isinstance(self.shots, list | tuple) or not self.shots:
+            raise ConfigError(f"icl.shots={self.shots!r} must be a non-empty list of ints and/or 'max'")
+        for k in self.shots:
+            if not (k == "max" or (_is_int(k) and k >= 0)):
+                raise ConfigError(f"icl.shots contains {k!r}; use ints >= 0 or 'max' (as many as fit, up to max_shots)")
+        if len(set(map(str, self.shots))) != len(self.shots):
+            raise ConfigError(f"icl.shots={list(self.shots)} lists a value twice")
+        self.shots = sorted(k for k in self.shots if k != "max") + (["max"] if "max" in self.shots else [])
+        if not isinstance(self.seeds, list | tuple) or not self.seeds or not all(_is_int(s) for s in self.seeds):
+            raise ConfigError(f"icl.seeds={self.seeds!r} must be a non-empty list of ints")
+        self.seeds = list(self.seeds)
+        if self.max_examples is not None and (not _is_int(self.max_examples) or self.max_examples < 1):
+            raise ConfigError(f"icl.max_examples={self.max_examples!r} must be an int >= 1 or null (all)")
+        if not _is_int(self.max_shots) or self.max_shots < 1:
+            raise ConfigError(f"icl.max_shots={self.max_shots!r} must be an int >= 1")
+        if self.score not in ("mean", "sum"):
+            raise ConfigError(f"icl.score='{self.score}' is unknown; choose 'mean' (mean log-prob per answer token, "
+                              "the authors' rule) or 'sum'")
+        if not isinstance(self.separator, str) or not self.separator:
+            raise ConfigError(f"icl.separator={self.separator!r} must be 'eot' or a non-empty string such as '\\n\\n'")
+        if not _is_int(self.test_seed):
+            raise ConfigError(f"icl.test_seed={self.test_seed!r} must be an int")
+
+    @property
+    def largest_k(self) -> int | str:
+        return self.shots[-1]
+
+
+@dataclass
+class EvalConfig:
+    """Everything evaluate_model needs; train.yaml's `eval:` section has exactly these keys."""
+
+    ppl: PplConfig = field(default_factory=PplConfig)
+    icl: IclConfig = field(default_factory=IclConfig)
+    batch_tokens: int = 4096  # tokens per forward pass (rows x length); lower it if memory runs out
+
+    def __post_init__(self):
+        if not _is_int(self.batch_tokens) or self.batch_tokens < 1:
+            raise ConfigError(f"batch_tokens={self.batch_tokens!r} must be an int >= 1")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping | None, where: str = ""):
+        return build(cls, data, where)
+
+
+@dataclass
+class EvaluateConfig(EvalConfig):
+    """conf/evaluate.yaml: the evaluation sections plus what the evaluate.py entry point needs."""
+
+    ckpt_path: str | None = None  # one checkpoint
+    ckpt_paths: list[str] | None = None  # several, evaluated side by side
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:1 ...
+    logger: str = "none"  # none | wandb (offline, into the run folder)
+    data: dict | None = None  # keys merged over the checkpoint's `data` section (e.g. another path)
+    cache_dir: str | None = None  # token cache for the corpus loader; null = its default
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.logger not in ("none", "wandb"):
+            raise ConfigError(f"logger='{self.logger}' is unknown; choose none or wandb (offline)")
+        if self.data is not None and not isinstance(self.data, Mapping):
+            raise ConfigError(f"data={self.data!r} must be a mapping of keys to override in the checkpoint's data section")
+
+    def checkpoint_paths(self) -> list[str]:
+        paths = list(self.ckpt_paths or [])
+        if self.ckpt_path:
+            paths.insert(0, self.ckpt_path)
+        if not paths:
+            raise ConfigError("no checkpoint given: pass ckpt_path=PATH (a .ckpt written by train.py) "
+                              "or ckpt_paths=[A,B] to compare several")
+        return [str(p) for p in paths]
+
+    def eval_section(self) -> EvalConfig:
+        return EvalConfig(ppl=self.ppl, icl=self.icl, batch_tokens=self.batch_tokens)
+
+
+def build(cls, data: Mapping | None, where: str = ""):
+    """A dataclass from a mapping, recursively; unknown keys raise ConfigError naming the key."""
+    data = to_plain(data) or {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            raise ConfigError(f"unknown key '{name}'.{did_you_mean(key, fields)} Valid keys here: {', '.join(fields)}")
+        sub = _dataclass_type(fields[key])
+        kwargs[key] = build(sub, value, name) if sub is not None else to_plain(value)
+    return cls(**kwargs)
+
+
+def _dataclass_type(f: dataclasses.Field):
+    factory = f.default_factory
+    if factory is not dataclasses.MISSING and isinstance(factory, type) and dataclasses.is_dataclass(factory):
+        return factory
+    return None

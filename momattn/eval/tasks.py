@@ -1,0 +1,350 @@
+"""In-context learning tasks, declared as data: a name, a template with {field} placeholders, the answers,
+and where the rows come from. Chance level is 1 / number of answers.
+
+Three sources:
+- StaICC (offline, the default): sst2, sst5, mr, subj, agnews, trec, on the rows that
+  momattn.data.staicc.split_rows reserved for ICL (test = icl_test, demonstration pool = icl_demo), so the
+  language model never trained on them.
+- the Hugging Face hub (the paper's Table 7 set): hub_sst5, hub_imdb, hub_mr, hub_cb, hub_arc_easy, hub_piqa.
+  Offline they raise a DataError that says how to pass the same rows as a local JSONL file.
+- local JSONL files: {name, path, template, answers, demo_path?, label_field?, demo_fraction?}, one example
+  per line with the template's fields and a label (an index into answers or the answer string). A file for
+  a registered task name may omit template and answers (e.g. {name: hub_cb, path: cb_validation.jsonl,
+  demo_path: cb_train.jsonl} with the hub's columns).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from momattn.errors import ConfigError, DataError, did_you_mean
+
+PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+@dataclass(frozen=True)
+class IclExample:
+    id: int  # row index in its source (StaICC row, hub row, or JSONL line number)
+    fields: Mapping[str, str]  # what the template's placeholders are filled with
+    answers: tuple[str, ...]  # candidate answers (the task's, or this example's own for ARC-E / PIQA)
+    label: int  # index of the right answer
+
+
+@dataclass
+class IclData:
+    demo_pool: list[IclExample]  # demonstrations are drawn from here, in a seeded order
+    test: list[IclExample]
+
+
+@dataclass(frozen=True)
+class IclTask:
+    name: str
+    template: str  # "{field}" placeholders; "\n" separates the input line from the answer line
+    answers: tuple[str, ...] | None  # None: every example brings its own (ARC-E choices, PIQA solutions)
+    source: str  # where the rows come from, for the report
+    loader: Callable[[int], IclData] = field(repr=False, compare=False)  # split seed -> rows
+
+    @property
+    def fields(self) -> list[str]:
+        return PLACEHOLDER.findall(self.template)
+
+    def fill(self, ex: IclExample) -> str:
+        return PLACEHOLDER.sub(lambda m: ex.fields[m.group(1)], self.template)
+
+    def load(self, split_seed: int) -> IclData:
+        data = self.loader(split_seed)
+        if not data.test:
+            raise DataError(f"ICL task '{self.name}' has no test examples ({self.source})")
+        return data
+
+
+def fill_fields(template: str, row: Mapping, where: str) -> dict[str, str]:
+    """The row's values for the template's placeholders, as strings; DataError naming a missing field."""
+    missing = [f for f in PLACEHOLDER.findall(template) if f not in row]
+    if missing:
+        raise DataError(f"{where}: the template names field '{{{missing[0]}}}' but the row has only "
+                        f"{sorted(row)}.{did_you_mean(missing[0], row)} Fix the template or the data")
+    return {f: str(row[f]) for f in PLACEHOLDER.findall(template)}
+
+
+def label_index(label, answers: Sequence[str], where: str) -> int:
+    """An int index into answers, or an answer string -> its index; DataError otherwise."""
+    if isinstance(label, bool) or not isinstance(label, int | str):
+        raise DataError(f"{where}: label {label!r} is neither an index nor one of the answers {list(answers)}")
+    if isinstance(label, str) and label in answers:
+        return list(answers).index(label)
+    if isinstance(label, str) and re.fullmatch(r"-?\d+", label.strip()):
+        label = int(label)
+    if isinstance(label, int) and 0 <= label < len(answers):
+        return label
+    raise DataError(f"{where}: label {label!r} is outside the answer set {list(answers)} "
+                    f"(use an index 0..{len(answers) - 1} or one of the answer strings)")
+
+
+def _stable_seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+# -----------------------------------------------------------------------------
+# StaICC (offline)
+
+STAICC_TASKS = {  # name: (template, answers) -- PAPER.md, Table 8 (TREC ours, same style)
+    "sst2": ("Sentence: {text}\nLabel:", ("Negative", "Positive")),
+    "sst5": ("Sentence: {text}\nLabel:", ("terrible", "bad", "neutral", "good", "great")),
+    "mr": ("Review: {text}\nSentiment:", ("Negative", "Positive")),
+    "subj": ("Input: {text}\nType:", ("objective", "subjective")),
+    "agnews": ("Classify the news articles into the categories of World, Sports, Business, and Technology.\n"
+               "News: {text}\nType:", ("World", "Sports", "Business", "Technology")),
+    "trec": ("Question: {text}\nAnswer type:",
+             ("abbreviation", "entity", "description", "person", "location", "number")),
+}
+
+
+def _staicc_loader(name: str, answers: tuple[str, ...]) -> Callable[[int], IclData]:
+    def load(split_seed: int) -> IclData:
+        from momattn.data.staicc import read_staicc, split_rows
+
+        rows, split = read_staicc(name), split_rows(name, split_seed)
+
+        def ex(i) -> IclExample:
+            text, label = rows[int(i)]
+            return IclExample(int(i), {"text": text}, answers, label_index(label, answers, f"StaICC {name} row {i}"))
+
+        return IclData(demo_pool=[ex(i) for i in split.icl_demo], test=[ex(i) for i in split.icl_test])
+
+    return load
+
+
+# -----------------------------------------------------------------------------
+# Hugging Face hub (the paper's Table 7 set)
+
+Converter = Callable[[Mapping], tuple[dict, tuple[str, ...], int] | None]  # row -> (fields, answers, label) or skip
+
+
+@dataclass(frozen=True)
+class HubSource:
+    path: str
+    config: str | None
+    test_split: str
+    demo_split: str
+    convert: Converter
+    revision: str | None = None
+
+    def describe(self) -> str:
+        name = f"{self.path}" + (f"/{self.config}" if self.config else "")
+        return f"hub:{name} (test={self.test_split}, demonstrations={self.demo_split})"
+
+
+def _labelled(field_names: Sequence[str], answers: tuple[str, ...]) -> Converter:
+    def convert(row):
+        if row.get("label") is None or not 0 <= int(row["label"]) < len(answers):
+            return None  # unlabelled (e.g. a hidden test split)
+        return {f: str(row[f]) for f in field_names}, answers, int(row["label"])
+
+    return convert
+
+
+def _arc(row):
+    choices = row.get("choices") or {}
+    texts, labels = list(choices.get("text", [])), [str(x) for x in choices.get("label", [])]
+    if len(texts) != 4 or str(row.get("answerKey")) not in labels:
+        return None  # the paper keeps only items with exactly four choices
+    return {"question": str(row["question"])}, tuple(map(str, texts)), labels.index(str(row["answerKey"]))
+
+
+def _piqa(row):
+    if row.get("label") not in (0, 1):
+        return None
+    return {"goal": str(row["goal"])}, (str(row["sol1"]), str(row["sol2"])), int(row["label"])
+
+
+SENTIMENT2 = ("Negative", "Positive")
+HUB_TASKS = {  # name: (template, answers or None, source)
+    "hub_sst5": ("Sentence: {text}\nLabel:", STAICC_TASKS["sst5"][1],
+                 HubSource("SetFit/sst5", None, "validation", "train", _labelled(["text"], STAICC_TASKS["sst5"][1]))),
+    "hub_imdb": ("Review: {text} Is the review positive or negative?", SENTIMENT2,
+                 HubSource("stanfordnlp/imdb", None, "test", "train", _labelled(["text"], SENTIMENT2))),
+    "hub_mr": ("Review: {text}\nSentiment:", SENTIMENT2,
+               HubSource("cornell-movie-review-data/rotten_tomatoes", None, "validation", "train",
+                         _labelled(["text"], SENTIMENT2))),
+    "hub_cb": ("{premise}\nQuestion: {hypothesis} True, False, or Neither?\nAnswer:", ("True", "False", "Neither"),
+               HubSource("aps/super_glue", "cb", "validation", "train",
+                         _labelled(["premise", "hypothesis"], ("True", "False", "Neither")))),
+    "hub_arc_easy": ("{question}", None, HubSource("allenai/ai2_arc", "ARC-Easy", "test", "train", _arc)),
+    # piqa's hub repo is script-based; recent `datasets` read its parquet export instead
+    "hub_piqa": ("{goal}", None, HubSource("ybisk/piqa", "default", "validation", "train", _piqa,
+                                           revision="refs/convert/parquet")),
+}
+
+
+def _hub_rows(task: str, src: HubSource, split: str) -> list[dict]:
+    template = HUB_TASKS[task][0]
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(src.path, src.config, split=split, revision=src.revision)
+        return [dict(r) for r in ds]
+    except Exception as e:  # offline: ConnectionError, OSError, DatasetNotFoundError, ... all mean "not available"
+        raise DataError(
+            f"ICL task '{task}' needs the Hugging Face hub (load_dataset('{src.path}'"
+            f"{', ' + repr(src.config) if src.config else ''}, split='{split}') failed: "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}). Offline, save its "
+            f"'{src.test_split}' and '{src.demo_split}' splits as JSONL (one row per line, the hub's columns) and pass "
+            f"icl.tasks=[{{name: {task}, path: test.jsonl, demo_path: train.jsonl}}], or any file with your own "
+            f"fields: {{name: mytask, path: file.jsonl, template: {json.dumps(template)}, answers: [...]}}"
+        ) from e
+
+
+def _convert_rows(task: str, convert: Converter, rows: Sequence[tuple[int, Mapping]], where: str) -> list[IclExample]:
+    out = []
+    for i, row in rows:
+        try:
+            got = convert(row)
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{where} row {i}: does not have the columns of task '{task}' ({type(e).__name__}: {e}); "
+                            f"it has {sorted(row)}") from e
+        if got is not None:
+            out.append(IclExample(i, *got))
+    return out
+
+
+def _hub_loader(task: str, src: HubSource) -> Callable[[int], IclData]:
+    def load(split_seed: int) -> IclData:
+        data = {}
+        for split in (src.test_split, src.demo_split):
+            data[split] = _convert_rows(task, src.convert, list(enumerate(_hub_rows(task, src, split))),
+                                        f"{src.path} {split}")
+        return IclData(demo_pool=data[src.demo_split], test=data[src.test_split])
+
+    return load
+
+
+# -----------------------------------------------------------------------------
+# local JSONL files
+
+
+def read_jsonl(path: str | Path, where: str) -> list[tuple[int, dict]]:
+    """(line number, row) for each non-empty line."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"{where}: file '{path}' does not exist; give the path of a JSONL file (one JSON object a line)")
+    rows = []
+    with open(p, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{where}: {path} line {n} is not valid JSON ({e.msg}); one JSON object per line") from e
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: {path} line {n} is {type(row).__name__}, not a JSON object")
+            rows.append((n, row))
+    if not rows:
+        raise DataError(f"{where}: {path} has no examples")
+    return rows
+
+
+def _file_converter(template: str, answers: tuple[str, ...], label_field: str, path: str, task: str) -> Converter:
+    def convert(row, line=None):
+        where = f"ICL task '{task}': {path}" + (f" line {line}" if line is not None else "")
+        fields = fill_fields(template, row, where)
+        if label_field not in row:
+            raise DataError(f"{where}: no '{label_field}' field (the answer's index or string); the row has {sorted(row)}")
+        return fields, answers, label_index(row[label_field], answers, where)
+
+    return convert
+
+
+def _file_loader(task: str, path: str, demo_path: str | None, demo_fraction: float,
+                 convert: Callable[..., tuple | None], own_schema: bool) -> Callable[[int], IclData]:
+    where = f"ICL task '{task}'"
+
+    def rows_of(p):
+        rows = read_jsonl(p, where)
+        if own_schema:  # JSONL in the template's fields: errors name the line
+            return [IclExample(n, *convert(r, n)) for n, r in rows]
+        return _convert_rows(task, convert, rows, f"{where}: {p}")
+
+    def load(split_seed: int) -> IclData:
+        test = rows_of(path)
+        if demo_path:
+            return IclData(demo_pool=rows_of(demo_path), test=test)
+        perm = np.random.default_rng(_stable_seed(task, split_seed)).permutation(len(test))
+        n_demo = int(round(demo_fraction * len(test)))
+        if not 0 < n_demo < len(test):
+            raise DataError(f"{where}: {path} has {len(test)} examples, too few to split into a demonstration pool "
+                            f"and a test set (demo_fraction={demo_fraction}); add rows or pass demo_path")
+        return IclData(demo_pool=[test[i] for i in perm[:n_demo]], test=[test[i] for i in np.sort(perm[n_demo:])])
+
+    return load
+
+
+def file_task(entry: Mapping) -> IclTask:
+    """An IclTask from a config entry {name, path, template?, answers?, demo_path?, label_field?, demo_fraction?}."""
+    name, path = str(entry["name"]), str(entry["path"])
+    demo_path = entry.get("demo_path")
+    demo_fraction = float(entry.get("demo_fraction", 0.5))
+    if not 0.0 < demo_fraction < 1.0:
+        raise ConfigError(f"icl.tasks entry '{name}': demo_fraction={demo_fraction} must lie in (0, 1)")
+    source = f"jsonl:{path}" + (f" (demonstrations: {demo_path})" if demo_path else f" (seeded split, {demo_fraction:g} demonstrations)")
+    template, answers = entry.get("template"), entry.get("answers")
+    if template is None and answers is None and name in HUB_TASKS:  # the hub's rows, saved locally
+        template, answers, src = HUB_TASKS[name]
+        return IclTask(name, template, answers, source + f", schema of {src.path}",
+                       _file_loader(name, path, demo_path, demo_fraction, src.convert, own_schema=False))
+    if template is None and answers is None and name in STAICC_TASKS:
+        template, answers = STAICC_TASKS[name]
+    if template is None or answers is None:
+        missing = "template" if template is None else "answers"
+        raise ConfigError(f"icl.tasks entry '{name}' (path {path}) needs a '{missing}': e.g. "
+                          "{name: mytask, path: file.jsonl, template: 'Review: {text}\\nSentiment:', "
+                          "answers: [Negative, Positive]}")
+    if not isinstance(template, str) or not PLACEHOLDER.search(template):
+        raise ConfigError(f"icl.tasks entry '{name}': template {template!r} must be a string with at least one "
+                          "{field} placeholder")
+    if isinstance(answers, str) or not isinstance(answers, Sequence) or len(answers) < 2:
+        raise ConfigError(f"icl.tasks entry '{name}': answers={answers!r} must be a list of at least two strings")
+    template = template.replace("\\n", "\n")  # a "\n" typed on the command line means a line break
+    answers = tuple(str(a) for a in answers)
+    convert = _file_converter(template, answers, str(entry.get("label_field", "label")), path, name)
+    return IclTask(name, template, answers, source, _file_loader(name, path, demo_path, demo_fraction, convert, True))
+
+
+# -----------------------------------------------------------------------------
+# the registry
+
+TASKS: dict[str, IclTask] = {
+    **{n: IclTask(n, t, a, f"staicc:{n} (rows reserved for ICL by momattn.data.staicc.split_rows)",
+                  _staicc_loader(n, a)) for n, (t, a) in STAICC_TASKS.items()},
+    **{n: IclTask(n, t, a, src.describe(), _hub_loader(n, src)) for n, (t, a, src) in HUB_TASKS.items()},
+}
+TASK_SETS = {"staicc": list(STAICC_TASKS), "table7": list(HUB_TASKS)}
+
+
+def resolve_tasks(entries: Sequence[str | Mapping]) -> list[IclTask]:
+    """Config entries (names, set names, local-file mappings) -> tasks, in order, without duplicates."""
+    tasks: list[IclTask] = []
+    for entry in entries:
+        if isinstance(entry, Mapping):
+            tasks.append(file_task(entry))
+        elif entry in TASK_SETS:
+            tasks.extend(TASKS[n] for n in TASK_SETS[entry])
+        elif entry in TASKS:
+            tasks.append(TASKS[entry])
+        else:
+            raise ConfigError(f"icl.tasks: unknown task '{entry}'.{did_you_mean(entry, [*TASKS, *TASK_SETS])} "
+                              f"Known: {', '.join(TASKS)}; sets: {', '.join(TASK_SETS)}; or a local file "
+                              "{name, path, template, answers}")
+    names = [t.name for t in tasks]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise ConfigError(f"icl.tasks lists task '{dup}' twice; give local files distinct names")
+    return tasks

@@ -1,0 +1,117 @@
+"""The LightningModule: loss, AdamW with decay on 2-D weights, warm-up + decay schedule, RNG-exact resume."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from momattn.config import OptimConfig
+from momattn.errors import NonFiniteLossError
+from momattn.model import GPT, GPTConfig
+
+
+def lr_lambda(step: int, o: OptimConfig, max_steps: int) -> float:
+    """Multiplier of the peak lr at optimizer step `step`: linear warm-up, then cosine/polynomial/constant."""
+    if step < o.warmup_steps:
+        return (step + 1) / (o.warmup_steps + 1)
+    if o.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - o.warmup_steps) / max(1, max_steps - o.warmup_steps))
+    if o.schedule == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:  # polynomial (fairseq's polynomial_decay)
+        decay = (1.0 - progress) ** o.power
+    return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * decay
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+class LitGPT(pl.LightningModule):
+    def __init__(self, model_config: GPTConfig, optim: OptimConfig, max_steps: int, meta: dict | None = None):
+        super().__init__()
+        self.model = GPT(model_config)
+        self.optim, self.max_steps = optim, max_steps
+        self.meta = meta or {}  # model config, tokenizer, resolved config: stored in every checkpoint
+        self.flops_per_batch: float | None = None  # read by Lightning's ThroughputMonitor
+        self._val_sum, self._val_count, self._rng_to_restore = 0.0, 0, None
+
+    def forward(self, idx):
+        return self.model(idx)
+
+    def _loss(self, batch) -> torch.Tensor:
+        x, y = batch  # (B, T), (B, T)
+        logits = self.model(x)  # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+
+    def training_step(self, batch, batch_idx):
+        loss = self._loss(batch)
+        if not torch.isfinite(loss):
+            if self.optim.on_nonfinite == "skip":
+                self.print(f"warning: non-finite loss ({loss.item()}) at step {self.global_step}: batch skipped")
+                self.log("train/skipped_nonfinite", 1.0, reduce_fx="sum")
+                return None  # Lightning skips backward and the optimizer step
+            raise NonFiniteLossError(
+                f"the training loss became {loss.item()} at step {self.global_step} (batch {batch_idx}); training stopped "
+                "and the last good checkpoint is kept. Lower optim.lr, raise optim.warmup_steps or set optim.grad_clip, "
+                "then resume with ckpt_path=last; or set optim.on_nonfinite=skip to skip such batches"
+            )
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss = self._loss(batch)
+        self._val_sum += loss.item() * batch[0].size(0)
+        self._val_count += batch[0].size(0)
+
+    def on_validation_epoch_end(self):
+        totals = torch.tensor([self._val_sum, self._val_count], dtype=torch.float64, device=self.device)
+        totals = self.all_gather(totals).reshape(-1, 2).sum(0) if self.trainer.world_size > 1 else totals
+        self._val_sum, self._val_count = 0.0, 0
+        if totals[1] > 0:
+            val_loss = (totals[0] / totals[1]).item()
+            self.log("val/loss", val_loss, prog_bar=True, sync_dist=False, rank_zero_only=True)
+            self.log("val/ppl", math.exp(min(val_loss, 50.0)), prog_bar=True, rank_zero_only=True)
+
+    def configure_optimizers(self):
+        o = self.optim
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]  # matrices and embeddings; not biases, LayerNorms or eta
+        no_decay = [p for p in params if p.dim() < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, o, self.max_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["momattn"] = {**self.meta, "rng": rng_state()}
+        logger = self.trainer.logger if self._trainer is not None else None
+        run_id = getattr(getattr(logger, "_experiment", None), "id", None) if logger is not None else None
+        if run_id:
+            checkpoint["momattn"]["wandb_run_id"] = run_id
+
+    def on_load_checkpoint(self, checkpoint):
+        self._rng_to_restore = checkpoint.get("momattn", {}).get("rng")
+
+    def on_train_start(self):
+        if self._rng_to_restore is not None:  # after every other restore step, right before the next batch
+            set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None

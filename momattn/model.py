@@ -1,0 +1,327 @@
+"""A GPT in the spirit of nanoGPT, with swappable attention: vanilla, momentum (the paper) or multirate_ema
+(the authors' posted code). Pure PyTorch: no Lightning, no Hydra.
+
+    vanilla        y_t = softmax attention (SDPA; flash on GPU)
+    momentum       y_t = softmax attention + sum_{i<t} eta^(t-i) v_i          per head, before c_proj
+    multirate_ema  y_t = softmax attention + sum_{i<=t} sum_r gamma_r p_r^(t-i) v_i   per channel, before c_proj
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from momattn.errors import ConfigError
+from momattn.ops import momentum_ema, momentum_ema_final_state, multirate_ema, multirate_ema_final_state
+
+ATTENTION_KINDS = ("vanilla", "momentum", "multirate_ema")
+
+
+@dataclass
+class AttentionConfig:
+    kind: str = "vanilla"  # vanilla | momentum | multirate_ema
+    eta: float = 0.5  # momentum: decay rate in [0, 1); 0.5 gives the earlier values a total weight of 1
+    learnable_eta: bool = False  # momentum: one rate per head, sigmoid-parameterised, initialised at eta
+    include_current: bool = False  # momentum: sum over i <= t instead of the paper's i < t
+    n_rates: int = 8  # multirate_ema: decay rates per channel (the authors' code uses 8)
+
+    def __post_init__(self):
+        if self.kind not in ATTENTION_KINDS:
+            raise ConfigError(f"attention.kind='{self.kind}' is unknown; choose one of {', '.join(ATTENTION_KINDS)}")
+        if not 0.0 <= self.eta < 1.0:
+            raise ConfigError(f"attention.eta={self.eta} is outside [0, 1); the momentum sum only converges for eta < 1")
+        if self.learnable_eta and self.eta == 0.0:
+            raise ConfigError("attention.learnable_eta=true needs attention.eta in (0, 1): a sigmoid cannot start at 0")
+        if self.n_rates < 1:
+            raise ConfigError(f"attention.n_rates={self.n_rates} must be >= 1")
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 256  # context length
+    vocab_size: int = 4096
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    n_inner: int | None = None  # MLP width; None means 4 * n_embd
+    dropout: float = 0.0
+    bias: bool = True
+    pos_emb: str = "learned"  # learned | rotary
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+
+    def __post_init__(self):
+        if isinstance(self.attention, dict):
+            self.attention = AttentionConfig(**self.attention)
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"model.n_head={self.n_head} does not divide model.n_embd={self.n_embd}; "
+                f"pick n_head among {[h for h in range(1, 33) if self.n_embd % h == 0]}"
+            )
+        if self.pos_emb not in ("learned", "rotary"):
+            raise ConfigError(f"model.pos_emb='{self.pos_emb}' is unknown; choose 'learned' or 'rotary'")
+        if self.pos_emb == "rotary" and (self.n_embd // self.n_head) % 2:
+            raise ConfigError("model.pos_emb=rotary needs an even head size (n_embd / n_head)")
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout={self.dropout} must lie in [0, 1)")
+
+
+class LayerCache:
+    """Keys, values and the momentum state of one layer for incremental decoding."""
+
+    def __init__(self):
+        self.k: torch.Tensor | None = None  # (B, H, P, D)
+        self.v: torch.Tensor | None = None  # (B, H, P, D)
+        self.state: torch.Tensor | None = None  # momentum: (B, H, 1, D); multirate_ema: (B, C, R)
+
+
+class KVCache:
+    """Everything needed to continue a sequence without re-reading it. Appending builds new tensors
+    (never in place), so `expand(n)` can share one encoded prefix among n continuations."""
+
+    def __init__(self, n_layer: int):
+        self.layers = [LayerCache() for _ in range(n_layer)]
+        self.length = 0
+
+    def expand(self, n: int) -> KVCache:
+        """A cache with batch size n that shares this batch-1 prefix (no copy)."""
+        out = KVCache(len(self.layers))
+        out.length = self.length
+        for src, dst in zip(self.layers, out.layers):
+            for name in ("k", "v", "state"):
+                t = getattr(src, name)
+                if t is not None:
+                    if t.size(0) != 1:
+                        raise ValueError("KVCache.expand needs a cache of batch size 1")
+                    setattr(dst, name, t.expand(n, *t.shape[1:]))
+        return out
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (the authors' models use it), applied to queries and keys."""
+
+    def __init__(self, head_dim: int, block_size: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)
+        angles = torch.outer(torch.arange(block_size).float(), inv_freq)  # (T, D/2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        T = x.size(-2)
+        cos, sin = self.cos[start : start + T].to(x.dtype), self.sin[start : start + T].to(x.dtype)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+class CausalSelfAttention(nn.Module):
+    """Vanilla causal softmax attention. Subclasses add a `memory` term over the values before c_proj."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head, self.n_embd = config.n_head, config.n_embd
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
+        self.rotary = Rotary(config.n_embd // config.n_head, config.block_size) if config.pos_emb == "rotary" else None
+
+    def memory(self, v: torch.Tensor, cache: LayerCache | None) -> torch.Tensor | None:
+        """Extra term added to the attention output, (B, H, T, D); None for vanilla."""
+        return None
+
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None, start: int = 0) -> torch.Tensor:
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        if self.rotary is not None:
+            q, k = self.rotary(q, start), self.rotary(k, start)
+        mem = self.memory(v, cache)  # before the cache grows: it needs the state up to the previous token
+        if cache is not None and cache.k is not None:
+            k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)  # (B, H, P+T, D)
+        if cache is not None:
+            cache.k, cache.v = k, v
+        p = self.dropout if self.training else 0.0
+        if k.size(2) == T:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, H, T, D)
+        else:  # queries continue a cached prefix: query i sees keys up to P + i
+            P = k.size(2) - T
+            mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        if mem is not None:
+            y = y + mem
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MomentumAttention(CausalSelfAttention):
+    """The paper's MoAttn: softmax attention plus sum_{i<t} eta^(t-i) v_i per head (Dai et al. 2023, Sec. 5)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__(config)
+        a = config.attention
+        self.include_current = a.include_current
+        if a.learnable_eta:  # one rate per head, kept in (0, 1) by a sigmoid
+            self.eta_logit = nn.Parameter(torch.full((config.n_head,), math.log(a.eta / (1 - a.eta))))
+        else:
+            self.register_buffer("eta_fixed", torch.tensor(a.eta), persistent=False)
+
+    @property
+    def eta(self) -> torch.Tensor:
+        return torch.sigmoid(self.eta_logit) if hasattr(self, "eta_logit") else self.eta_fixed
+
+    def memory(self, v, cache):
+        eta = self.eta
+        m = momentum_ema(v, eta, include_current=self.include_current)  # (B, H, T, D)
+        if cache is None:
+            return m
+        s = momentum_ema_final_state(v, eta)  # (B, H, 1, D), fp32 (fp64 for fp64 v)
+        eta_h = eta.to(s.dtype).reshape(-1, 1, 1) if eta.dim() else eta.to(s.dtype)  # (H, 1, 1) or ()
+        if cache.state is not None:  # the prefix contributes eta^(j+1) s_{P-1} at new position j
+            lags = torch.arange(1, v.size(2) + 1, device=v.device, dtype=s.dtype)
+            m = m + eta_h ** lags[:, None] * cache.state  # (H, T, 1) or (T, 1) * (B, H, 1, D)
+        cache.state = s if cache.state is None else s + eta_h ** v.size(2) * cache.state
+        return m.to(v.dtype)
+
+
+class MultiRateEMAAttention(CausalSelfAttention):
+    """The authors' posted code ("rot-momentum", LMOps issue #9): a learned MEGA-style damped EMA per channel,
+    R rates p = sigmoid(delta) mixed by gamma, over the merged values, current token included."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__(config)
+        C, R = config.n_embd, config.attention.n_rates
+        self.delta = nn.Parameter(torch.randn(C, R) * 0.2)  # p = sigmoid(delta) starts near 0.5
+        self.gamma = nn.Parameter(torch.randn(C, R))
+        self.scale = math.sqrt(1.0 / C)
+
+    def memory(self, v, cache):
+        B, H, T, D = v.shape
+        vm = v.transpose(1, 2).reshape(B, T, H * D)  # (B, T, C)
+        p, g = torch.sigmoid(self.delta), self.gamma * self.scale  # (C, R)
+        m = multirate_ema(vm, p, g)  # (B, T, C)
+        if cache is not None:
+            s = multirate_ema_final_state(vm, p)  # (B, C, R), fp32 (fp64 for fp64 v)
+            p, g = p.to(s.dtype), g.to(s.dtype)
+            if cache.state is not None:  # prefix state (B, C, R) contributes sum_r g p^(j+1) s at position j
+                lags = torch.arange(1, T + 1, device=v.device, dtype=s.dtype)
+                w = p.unsqueeze(0) ** lags[:, None, None]  # (T, C, R)
+                m = m + torch.einsum("tcr,bcr->btc", w * g, cache.state)
+            cache.state = s if cache.state is None else s + p**T * cache.state
+        return m.to(v.dtype).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+
+
+ATTENTION_CLASSES = {"vanilla": CausalSelfAttention, "momentum": MomentumAttention, "multirate_ema": MultiRateEMAAttention}
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        inner = config.n_inner or 4 * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, inner, bias=config.bias)
+        self.c_proj = nn.Linear(inner, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = ATTENTION_CLASSES[config.attention.kind](config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache: LayerCache | None = None, start: int = 0):
+        x = x + self.attn(self.ln_1(x), cache, start)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos_emb == "learned" else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied input/output embeddings
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.wpe is not None:
+            n -= self.wpe.weight.numel()
+        return n
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.config.n_layer)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, V). With a cache, idx continues the cached sequence."""
+        B, T = idx.size()
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds the model's context of {self.config.block_size}")
+        x = self.wte(idx)  # (B, T, C)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache.layers[i] if cache is not None else None, start)
+        if cache is not None:
+            cache.length = start + T
+        return self.lm_head(self.ln_f(x))  # (B, T, V)
+
+    def flops_per_token(self, T: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L H D T."""
+        c, T = self.config, T or self.config.block_size
+        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * T
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sample max_new_tokens after idx (B, T), decoding one token at a time with the KV cache."""
+        cache, logits = self.new_cache(), None
+        ctx = idx[:, -self.config.block_size :]
+        logits = self(ctx, cache=cache)[:, -1, :]
+        for _ in range(max_new_tokens):
+            if temperature == 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)  # (B, 1)
+            idx = torch.cat([idx, nxt], dim=1)
+            if cache.length >= self.config.block_size:  # context full: re-encode the last block_size - 1 tokens
+                cache = self.new_cache()
+                logits = self(idx[:, -(self.config.block_size - 1) :], cache=cache)[:, -1, :]
+            else:
+                logits = self(nxt, cache=cache)[:, -1, :]
+        return idx

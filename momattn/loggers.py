@@ -35,7 +35,7 @@ def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, 
     except Exception as e:  # wandb raises CommError, UsageError (no key), TimeoutError, ...
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         if wandb.run is not None:
-            wandb.finish(exit_code=1, quiet=True)
+            wandb.finish(exit_code=1)
         fallback = WandbLogger(offline=True, **common)
         run_dir = Path(fallback.experiment.dir).parent
         print(f"[momattn] W&B is unreachable ({type(e).__name__}: {first}); logging offline to {run_dir}. "

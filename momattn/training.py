@@ -98,6 +98,8 @@ def _instantiate_all(node, what: str) -> list:
 
 def run_train(cfg: DictConfig) -> float | None:
     """Train one model as the composed config says; return the metric named by cfg.optimized_metric."""
+    if "hydra" in cfg:  # tests compose with return_hydra_config=True; the run itself never needs that node
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
     typed = validate_train_config(cfg)
     hydra_out, overrides, multirun, sweep_dir, job_num = _hydra_runtime()
     out_dir = Path(hydra_out or cfg.paths.output_dir).resolve()
@@ -192,7 +194,7 @@ def _finish_wandb(loggers) -> None:
         import wandb
 
         if wandb.run is not None:
-            wandb.finish(quiet=True)  # one job's crash must not break the next job of a multirun
+            wandb.finish()  # one job's crash must not break the next job of a multirun
 
 
 def _report(cfg, trainer, lit, tokenizer, resolved, out_dir: Path, loggers) -> float | None:

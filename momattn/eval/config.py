@@ -41,8 +41,12 @@ class PplConfig:
     lengths: list[int] | None = None  # None: the paper's 256/512/1024, or context/4, /2, /1 for shorter contexts
     max_windows: int = 200  # windows per split and length, taken with a fixed stride over the split
     train: bool = True  # also train-split perplexity at the longest length (Table 6's "Train" column)
+    data: dict | None = None  # null: the run's LM corpus; a mapping: keys merged over the run's `data` section
 
     def __post_init__(self):
+        if self.data is not None and not isinstance(self.data, Mapping):
+            raise ConfigError(f"ppl.data={self.data!r} must be a mapping of keys to merge over the run's data section, "
+                              "e.g. ppl.data={paths: [other.txt]}")
         if self.lengths is not None:
             if not isinstance(self.lengths, list | tuple) or not self.lengths:
                 raise ConfigError(f"ppl.lengths={self.lengths!r} must be a non-empty list of ints, or null for auto")
@@ -147,16 +151,18 @@ class EvaluateConfig(EvalConfig):
     ckpt_path: str | None = None  # one checkpoint
     ckpt_paths: list[str] | None = None  # several, evaluated side by side
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:1 ...
-    logger: str = "none"  # none | wandb (offline, into the run folder)
-    data: dict | None = None  # keys merged over the checkpoint's `data` section (e.g. another path)
-    cache_dir: str | None = None  # token cache for the corpus loader; null = its default
+    logger: dict | None = None  # the `logger` config group: none (null) or wandb ({wandb: {project, offline, ...}})
+    cache_dir: str | None = None  # token cache for the corpus loader; null = the checkpoint's data.cache_dir
+    paths: dict | None = None  # the `paths` config group (the logger group's interpolations use it)
+    tags: list | None = None  # W&B tags
 
     def __post_init__(self):
         super().__post_init__()
-        if self.logger not in ("none", "wandb"):
-            raise ConfigError(f"logger='{self.logger}' is unknown; choose none or wandb (offline)")
-        if self.data is not None and not isinstance(self.data, Mapping):
-            raise ConfigError(f"data={self.data!r} must be a mapping of keys to override in the checkpoint's data section")
+        if self.logger is not None and not isinstance(self.logger, Mapping):
+            raise ConfigError(f"logger={self.logger!r}: choose logger=none or logger=wandb (a config group)")
+        other = [k for k in (self.logger or {}) if k != "wandb"]
+        if other:
+            raise ConfigError(f"logger={other[0]} is not supported by evaluate.py; use logger=none or logger=wandb")
 
     def checkpoint_paths(self) -> list[str]:
         paths = list(self.ckpt_paths or [])

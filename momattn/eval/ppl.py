@@ -86,7 +86,7 @@ def score_windows(model: nn.Module, tokenizer, tokens: np.ndarray, length: int, 
         x = torch.from_numpy(windows).to(device)
         logits = model(x[:, :-1])  # (B, L-1, V): position j predicts token j+1
         nll = F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten(), reduction="none")
-        nll = nll.view(len(s), length - 1).sum(1).double().cpu()  # (B,)
+        nll = nll.double().view(len(s), length - 1).sum(1).cpu()  # (B,), summed in float64
         for a, w, n in zip(s, windows, nll.tolist()):
             out.append(WindowScore(int(a), n, length - 1, count_bytes(tokenizer, w[1:].tolist())))
     model.train(was_training)

@@ -44,7 +44,8 @@ class PrefixScorer:
         order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))  # little padding
         batches, cur = [], []
         for i in order:
-            width = len(rows[i][0]) + len(rows[i][1])  # the widest so far: rows are sorted by length
+            # the widest so far (rows are sorted); the prefix counts: every row attends to it, keeps its keys
+            width = len(self.prefix) + len(rows[i][0]) + len(rows[i][1])
             if cur and (len(cur) + 1) * width > self.batch_tokens:
                 batches.append(cur)
                 cur = []

@@ -1,0 +1,202 @@
+"""Evaluation as a story: checkpoint(s) -> perplexity (Table 6) + in-context accuracy (Table 7) -> reports.
+
+    run_evaluate(cfg)          evaluate.py's body (Hydra config, conf/evaluate.yaml)
+    evaluate_model(...)        one model already in memory (train.py calls it at the end of training)
+    write_reports(results, d)  results.json, results.md, ppl.png, icl.png
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from momattn.errors import ConfigError, DataError
+from momattn.eval.config import EvalConfig, EvaluateConfig, to_plain
+from momattn.eval.icl import IclEvaluator
+from momattn.eval.ppl import PerplexityEvaluator
+from momattn.eval.report import markdown_report, write_reports
+from momattn.eval.tasks import resolve_tasks
+
+__all__ = ["evaluate_model", "flat_metrics", "run_evaluate", "write_reports"]
+
+log = logging.getLogger(__name__)
+
+
+def load_tokens(data_cfg: Mapping, tokenizer, split: str, cache_dir: str | None) -> np.ndarray:
+    """The LM split's token ids, through the corpus loader that training used."""
+    from momattn.data.corpus import load_tokens as corpus_tokens
+
+    return corpus_tokens(data_cfg, tokenizer, split, cache_dir=cache_dir)
+
+
+def split_seed_of(run_config: Mapping) -> int:
+    from momattn.data.staicc import SPLIT_SEED
+
+    seed = (run_config.get("data") or {}).get("split_seed")
+    return int(seed) if seed is not None else SPLIT_SEED
+
+
+def evaluate_model(model: nn.Module, tokenizer, run_config: Mapping, eval_cfg: Mapping | EvalConfig,
+                   out_dir: str | os.PathLike, label: str, cache_dir: str | None = None) -> dict:
+    """Perplexity and ICL accuracy of one model, as a results dict (also written to by write_reports).
+
+    run_config: the resolved training config (its `data` section names the LM corpus and the split seed);
+    eval_cfg: the `ppl` / `icl` / `batch_tokens` sections (EvalConfig or a mapping); out_dir receives the
+    per-example ICL predictions (icl_predictions_<label>.jsonl)."""
+    cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else EvalConfig.from_mapping(eval_cfg, "eval")
+    run_config = to_plain(run_config) or {}
+    out_dir = Path(out_dir)
+    context = model.config.block_size
+    t0 = time.perf_counter()
+    result = {
+        "label": label,
+        "attention": model.config.attention.kind,
+        "model": {"block_size": context, "n_params": sum(p.numel() for p in model.parameters()),
+                  "n_layer": model.config.n_layer, "n_embd": model.config.n_embd, "vocab_size": model.config.vocab_size,
+                  "pos_emb": model.config.pos_emb, "attention": asdict(model.config.attention)},
+        "tokenizer": {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
+        "eval_config": asdict(cfg),
+        "ppl": None,
+        "icl": None,
+        "timing_s": {},
+    }
+    icl_eval = IclEvaluator(model, tokenizer, cfg.icl, split_seed_of(run_config), cfg.batch_tokens)
+    # ICL data loaded and checked first: a missing file or an offline hub task fails before any scoring
+    icl_tasks = [icl_eval.prepare(t) for t in resolve_tasks(cfg.icl.tasks)] if cfg.icl.enabled else []
+    if cfg.ppl.enabled:
+        lengths = cfg.ppl.resolve_lengths(context)
+        data_cfg = {**(run_config.get("data") or {}), **(cfg.ppl.data or {})}
+        if not data_cfg.get("source"):
+            raise DataError("the run config has no data.source, so the LM validation corpus is unknown; pass "
+                            "ppl.data={source: text_files, paths: [val.txt]} or disable perplexity with ppl.enabled=false")
+        cache_dir = cache_dir or data_cfg.get("cache_dir")
+        val = load_tokens(data_cfg, tokenizer, "val", cache_dir)
+        train = load_tokens(data_cfg, tokenizer, "train", cache_dir) if cfg.ppl.train else None
+        evaluator = PerplexityEvaluator(model, tokenizer, cfg.ppl.max_windows, cfg.batch_tokens)
+        result["ppl"] = {**evaluator.evaluate(val, lengths, train), "data": data_cfg}
+        result["timing_s"]["ppl"] = time.perf_counter() - t0
+    if cfg.icl.enabled:
+        t1 = time.perf_counter()
+        result["icl"] = icl_eval.evaluate(icl_tasks)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with open(out_dir / f"icl_predictions_{slug(label)}.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(p) + "\n" for p in icl_eval.predictions)
+        result["timing_s"]["icl"] = time.perf_counter() - t1
+    result["timing_s"]["total"] = time.perf_counter() - t0
+    return result
+
+
+def flat_metrics(result: dict) -> dict[str, float]:
+    """Namespaced scalars for a logger: eval/ppl@256, eval/bpb@256, eval/train_ppl@1024, icl/sst2/acc (headline
+    k), icl/sst2/acc@k4, icl/sst2/acc_sum@k4, icl/avg/acc, ..."""
+    out = {}
+    if result.get("ppl"):
+        for n, v in result["ppl"]["valid"].items():
+            out[f"eval/ppl@{n}"], out[f"eval/bpb@{n}"] = v["ppl"], v["bpb"]
+        for n, v in result["ppl"]["train"].items():
+            out[f"eval/train_ppl@{n}"] = v["ppl"]
+    if result.get("icl"):
+        icl, k = result["icl"], result["icl"]["headline_k"]
+        for name, t in icl["tasks"].items():
+            out[f"icl/{name}/acc"] = t["shots"][k]["acc"]
+            for s, v in t["shots"].items():
+                out[f"icl/{name}/acc@k{s}"] = v["acc"]
+                out[f"icl/{name}/acc_sum@k{s}"] = v["acc_sum_lp"]
+        out["icl/avg/acc"] = icl["avg"][k]["acc"]
+        for s, v in icl["avg"].items():
+            out[f"icl/avg/acc@k{s}"] = v["acc"]
+    return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "model"
+
+
+def checkpoint_labels(paths: Sequence[str], kinds: Sequence[str]) -> list[str]:
+    """Each checkpoint's attention variant; variants that repeat get the shortest path tail that tells them apart."""
+    labels = list(kinds)
+    for kind in set(kinds):
+        idx = [i for i, k in enumerate(kinds) if k == kind]
+        if len(idx) < 2:
+            continue
+        parts = [Path(paths[i]).with_suffix("").parts for i in idx]
+        for n in range(1, max(map(len, parts)) + 1):
+            tails = ["/".join(p[-n:]) for p in parts]
+            if len(set(tails)) == len(tails):
+                break
+        for j, (i, tail) in enumerate(zip(idx, tails)):
+            labels[i] = f"{kind} [{tail}]" if len(set(tails)) == len(tails) else f"{kind} [{tail} #{j + 1}]"
+    return labels
+
+
+def hydra_output_dir() -> Path:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except (ImportError, ValueError):  # not running under Hydra
+        return Path.cwd()
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA GPU is available; use device=cpu or device=auto")
+    return name
+
+
+def log_wandb(results: Sequence[dict], out_dir: Path, wandb_cfg: Mapping) -> None:
+    """One W&B run per checkpoint, in the run folder; offline unless wandb_cfg says offline: false
+    (sync an offline run later with `wandb sync`)."""
+    import wandb
+
+    for r in results:
+        run = wandb.init(mode="offline" if wandb_cfg.get("offline", True) else "online", dir=str(out_dir),
+                         project=wandb_cfg.get("project") or "momattn", group=wandb_cfg.get("group") or out_dir.name,
+                         tags=list(wandb_cfg.get("tags") or []), job_type="evaluate", name=r["label"],
+                         config={"checkpoint": r.get("checkpoint"), "attention": r["attention"], "eval": r["eval_config"]})
+        try:
+            metrics = flat_metrics(r)
+            run.log(metrics)
+            run.summary.update(metrics)
+        finally:
+            run.finish()
+
+
+def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list[dict]:
+    """evaluate.py: every checkpoint in cfg evaluated with the same settings; reports in the run folder."""
+    from momattn.checkpoint import load_checkpoint, read_checkpoint
+
+    conf = EvaluateConfig.from_mapping(cfg)
+    out = Path(out_dir) if out_dir is not None else hydra_output_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(conf.device)
+    paths = conf.checkpoint_paths()
+    metas = [read_checkpoint(p)["momattn"] for p in paths]  # every checkpoint readable before hours of work
+    labels = checkpoint_labels(paths, [m["model_config"]["attention"]["kind"] for m in metas])
+    results: list[dict] = []
+    for path, meta, label in zip(paths, metas, labels):
+        log.info("evaluating %s (%s) on %s", path, label, device)
+        model, tokenizer = load_checkpoint(path, map_location=device)
+        run_config = dict(meta.get("config") or {})
+        res = evaluate_model(model, tokenizer, run_config, conf.eval_section(), out, label, cache_dir=conf.cache_dir)
+        results.append({"checkpoint": str(path), **res})
+        write_reports(results, out)  # after each checkpoint: finished ones survive a later crash
+        del model
+    if conf.logger and "wandb" in conf.logger:
+        log_wandb(results, out, conf.logger["wandb"])
+    print(markdown_report(results))
+    print(f"reports written to {out}/ (results.json, results.md, ppl.png, icl.png)")
+    return results

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up momattn in ./.venv: bash scripts/setup.sh [dev] [sweep]
+# On a machine without a GPU the CPU build of torch is installed first, so that pip never pulls a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+PIP=".venv/bin/python -m pip"
+$PIP install -q --upgrade pip >/dev/null 2>&1 || true
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    $PIP install -q "torch>=2.2,<3"                      # a GPU machine: pip's default (CUDA) build
+  else
+    # CPU only: a CPU wheel of this exact release (on this project's machines it is on disk already)
+    $PIP install -q torch==2.13.0 2> >(grep -v "is ignored" >&2)
+  fi
+fi
+EXTRAS=$(IFS=,; echo "$*")
+$PIP install -q -e ".${EXTRAS:+[$EXTRAS]}" 2> >(grep -v -e "is ignored" -e "setuptools" >&2)
+.venv/bin/python -c "import momattn, torch, lightning, hydra; print(f'momattn ready: torch {torch.__version__}, lightning {lightning.__version__}')"

@@ -1,0 +1,49 @@
+"""Shared fixtures: everything offline, a per-session cache, configs composed from the real conf/ tree."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.update({"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+                   "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLE_GIT": "true"})
+# tiny, fast runs on the TREC rows only (BPE training and tokenisation take about a second)
+SMOKE = ["debug=smoke", "data.tasks=[trec]", "trainer.accelerator=cpu"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("momattn_cache")
+    os.environ["MOMATTN_CACHE"] = str(d)
+    return d
+
+
+def compose_train(tmp_path: Path, overrides: list[str]):
+    """The real training config, as Hydra would compose it, writing into tmp_path."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+        cfg.hydra.runtime.cwd = str(tmp_path)
+        cfg.hydra.job.num = 0
+    HydraConfig().set_config(cfg)
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def run_cli(script: str, args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300):
+    """Run train.py / evaluate.py as a user would; returns the CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)

@@ -1,0 +1,86 @@
+"""Perplexity and bits per byte on hand-checkable cases."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_eval_common import CharTokenizer, FakeLM, tiny_gpt, uniform_lm
+
+from momattn.errors import ConfigError, DataError
+from momattn.eval.config import PplConfig
+from momattn.eval.ppl import PerplexityEvaluator, aggregate, count_bytes, score_windows, window_starts
+
+
+def test_uniform_model_has_perplexity_vocab_size():
+    V = 50
+    tok = CharTokenizer(V)
+    tokens = np.random.default_rng(0).integers(1, V, size=1000)  # ids 1..49: one ASCII byte each
+    res = aggregate(score_windows(uniform_lm(V), tok, tokens, length=32, max_windows=10))
+    assert res["ppl"] == pytest.approx(V, rel=1e-6)
+    assert res["nll_per_token"] == pytest.approx(math.log(V), rel=1e-6)
+    assert res["bpb"] == pytest.approx(math.log2(V), rel=1e-6)  # one byte per token
+    assert res["n_windows"] == 10 and res["n_tokens"] == 10 * 31  # the first token of a window is not scored
+
+
+def test_hand_computed_perplexity_and_bits_per_byte():
+    # p = (1/2, 1/4, 1/8, 1/8) for every next token, whatever came before
+    logp = torch.tensor([0.5, 0.25, 0.125, 0.125]).log().expand(4, 4).clone()
+    tok = CharTokenizer(4)
+    tokens = np.array([0, 1, 2, 3, 3, 2, 1, 0])  # two windows of 4; scored: 1 2 3 | 2 1 0
+    res = aggregate(score_windows(FakeLM(logp), tok, tokens, length=4, max_windows=10))
+    bits = 2 + 3 + 3 + 3 + 2 + 1  # -log2 p of the six scored tokens
+    assert res["n_tokens"] == 6 and res["n_bytes"] == 6  # chr(1..3) are one byte; end-of-text counts as one
+    assert res["ppl"] == pytest.approx(2 ** (bits / 6), rel=1e-6)
+    assert res["bpb"] == pytest.approx(bits / 6, rel=1e-6)
+
+
+def test_bytes_count_utf8_of_decoded_text():
+    tok = CharTokenizer(300)
+    assert count_bytes(tok, tok.encode("aé") + [0] + tok.encode("b")) == 1 + 2 + 1 + 1
+    # a 2-byte character as one token: bits per byte divides by 2 bytes, not 1 token
+    tokens = np.array([ord("é")] * 9)
+    res = aggregate(score_windows(uniform_lm(300), tok, tokens, length=3, max_windows=5))
+    assert res["n_tokens"] == 6 and res["n_bytes"] == 12
+    assert res["bpb"] == pytest.approx(6 * math.log2(300) / 12)
+
+
+def test_windows_are_non_overlapping_and_spread_with_a_fixed_stride():
+    assert window_starts(100, 10, 3).tolist() == [0, 30, 60]
+    assert window_starts(25, 10, 5).tolist() == [0, 10]  # only full windows
+    s = window_starts(10_000, 64, 20)
+    assert len(s) == 20 and np.all(np.diff(s) >= 64) and s[-1] + 64 <= 10_000
+    assert len(set(np.diff(s).tolist())) <= 2  # a fixed (rounded) stride
+
+
+def test_each_window_is_scored_from_scratch():
+    model = tiny_gpt("momentum", vocab=40)
+    tokens = np.random.default_rng(1).integers(1, 40, size=64)
+    both = score_windows(model, CharTokenizer(40), tokens, length=32, max_windows=10)
+    alone = score_windows(model, CharTokenizer(40), tokens[32:], length=32, max_windows=10)
+    assert both[1].nll == pytest.approx(alone[0].nll, rel=1e-6)  # what came before the window does not matter
+
+
+def test_split_shorter_than_a_window_is_a_clear_error():
+    with pytest.raises(DataError, match="fewer than one window"):
+        score_windows(uniform_lm(10), CharTokenizer(10), np.arange(1, 9), length=16, max_windows=5)
+
+
+def test_lengths_default_to_the_paper_or_fractions_of_the_context():
+    assert PplConfig().resolve_lengths(1024) == [256, 512, 1024]
+    assert PplConfig().resolve_lengths(2048) == [256, 512, 1024]
+    assert PplConfig().resolve_lengths(256) == [64, 128, 256]
+    assert PplConfig(lengths=[128, 64]).resolve_lengths(256) == [64, 128]
+    with pytest.raises(ConfigError, match="context is 256"):
+        PplConfig(lengths=[512]).resolve_lengths(256)
+    with pytest.raises(ConfigError, match="max_windows"):
+        PplConfig(max_windows=0)
+
+
+def test_evaluator_reports_valid_lengths_and_train_at_the_longest():
+    V = 20
+    ev = PerplexityEvaluator(uniform_lm(V), CharTokenizer(V), max_windows=4)
+    tokens = np.random.default_rng(0).integers(1, V, size=500)
+    res = ev.evaluate(tokens, [8, 16], train_tokens=tokens)
+    assert list(res["valid"]) == ["8", "16"] and list(res["train"]) == ["16"]
+    assert res["valid"]["8"]["ppl"] == pytest.approx(V) and "first token" in res["protocol"]

@@ -1,0 +1,169 @@
+"""ICL task loading: local JSONL files, hub schemas read from local files, StaICC reserved rows, and errors."""
+
+import json
+import os
+
+import pytest
+from test_eval_common import CharTokenizer
+
+from momattn.data.staicc import SPLIT_SEED, split_rows
+from momattn.errors import ConfigError, DataError
+from momattn.eval.config import EvalConfig, IclConfig
+from momattn.eval.icl import answer_token_ids
+from momattn.eval.tasks import TASKS, file_task, resolve_tasks
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_local_jsonl_task_with_demo_file(tmp_path):
+    test = write_jsonl(tmp_path / "t.jsonl", [{"text": "good", "label": 1}, {"text": "bad", "label": "Negative"}])
+    demo = write_jsonl(tmp_path / "d.jsonl", [{"text": "fine", "label": "Positive", "extra": 3}])
+    task = file_task({"name": "mine", "path": test, "template": "Review: {text}\\nSentiment:",
+                      "answers": ["Negative", "Positive"], "demo_path": demo})
+    data = task.load(0)
+    assert task.template == "Review: {text}\nSentiment:"  # a typed \n is a line break
+    assert [e.label for e in data.test] == [1, 0] and [e.id for e in data.test] == [1, 2]  # ids = line numbers
+    assert task.fill(data.demo_pool[0]) == "Review: fine\nSentiment:" and data.demo_pool[0].label == 1
+
+
+def test_local_jsonl_without_demo_file_is_split_seeded_and_disjoint(tmp_path):
+    rows = [{"q": f"x{i}", "y": i % 2} for i in range(40)]
+    path = write_jsonl(tmp_path / "all.jsonl", rows)
+    entry = {"name": "m", "path": path, "template": "{q} ?", "answers": ["a", "b"], "label_field": "y",
+             "demo_fraction": 0.25}
+    a, b = file_task(entry).load(7), file_task(entry).load(7)
+    assert len(a.demo_pool) == 10 and len(a.test) == 30
+    assert {e.id for e in a.demo_pool}.isdisjoint({e.id for e in a.test})
+    assert [e.id for e in a.demo_pool] == [e.id for e in b.demo_pool]  # deterministic
+
+
+def test_template_naming_a_missing_field_is_an_error(tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"text": "a", "label": 0}, {"txt": "b", "label": 0}])
+    task = file_task({"name": "m", "path": path, "template": "{text}:", "answers": ["x", "y"], "demo_path": path})
+    with pytest.raises(DataError, match=r"line 2.*field '\{text\}'.*Did you mean 'txt'"):
+        task.load(0)
+
+
+@pytest.mark.parametrize("label", [2, -1, "Maybe", True, 1.5])
+def test_labels_outside_the_answer_set_are_an_error(tmp_path, label):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"text": "a", "label": label}])
+    task = file_task({"name": "m", "path": path, "template": "{text}:", "answers": ["x", "y"], "demo_path": path})
+    with pytest.raises(DataError, match="label"):
+        task.load(0)
+
+
+def test_missing_file_bad_json_and_missing_label_are_errors(tmp_path):
+    entry = {"name": "m", "template": "{text}:", "answers": ["x", "y"]}
+    with pytest.raises(DataError, match="does not exist"):
+        file_task({**entry, "path": str(tmp_path / "nope.jsonl")}).load(0)
+    (tmp_path / "bad.jsonl").write_text('{"text": "a", "label": 0}\n{oops\n')
+    with pytest.raises(DataError, match="line 2 is not valid JSON"):
+        file_task({**entry, "path": str(tmp_path / "bad.jsonl")}).load(0)
+    path = write_jsonl(tmp_path / "nolabel.jsonl", [{"text": "a"}])
+    with pytest.raises(DataError, match="no 'label' field"):
+        file_task({**entry, "path": path, "demo_path": path}).load(0)
+
+
+def test_task_entries_need_template_and_answers(tmp_path):
+    with pytest.raises(ConfigError, match="needs a 'template'"):
+        file_task({"name": "m", "path": "x.jsonl", "answers": ["a", "b"]})
+    with pytest.raises(ConfigError, match="at least two"):
+        file_task({"name": "m", "path": "x.jsonl", "template": "{t}", "answers": "ab"})
+
+
+def test_empty_or_identically_tokenized_answers_are_errors():
+    tok = CharTokenizer()
+    assert answer_token_ids(["No", "Nope"], tok, "t") == [tok.encode(" No"), tok.encode(" Nope")]  # prefix: fine
+    with pytest.raises(ConfigError, match="answer 1 is empty"):
+        answer_token_ids(["yes", "  "], tok, "t")
+    with pytest.raises(ConfigError, match="tokenize identically"):
+        answer_token_ids(["yes", "yes"], tok, "t")
+
+
+def test_hub_task_offline_says_how_to_use_a_local_file(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'SetFit/sst5' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    env = dict(os.environ)
+    with pytest.raises(DataError, match=r"needs the Hugging Face hub.*path: test.jsonl"):
+        TASKS["hub_sst5"].load(0)
+    assert dict(os.environ) == env  # nothing set globally
+
+
+def test_hub_schemas_from_local_files(tmp_path):
+    arc = [
+        {"question": "Which is a gas?", "choices": {"text": ["ice", "steam", "rock", "wood"], "label": list("ABCD")},
+         "answerKey": "B"},
+        {"question": "Three?", "choices": {"text": ["a", "b", "c"], "label": list("ABC")}, "answerKey": "A"},  # skipped
+        {"question": "Num?", "choices": {"text": ["1", "2", "3", "4"], "label": list("1234")}, "answerKey": "4"},
+    ]
+    path = write_jsonl(tmp_path / "arc.jsonl", arc)
+    task = file_task({"name": "hub_arc_easy", "path": path, "demo_path": path})
+    data = task.load(0)
+    assert task.answers is None and [e.label for e in data.test] == [1, 3]
+    assert data.test[0].answers == ("ice", "steam", "rock", "wood") and task.fill(data.test[0]) == "Which is a gas?"
+    piqa = write_jsonl(tmp_path / "piqa.jsonl", [{"goal": "open a jar", "sol1": "twist", "sol2": "bite", "label": 0}])
+    ex = file_task({"name": "hub_piqa", "path": piqa, "demo_path": piqa}).load(0).test[0]
+    assert ex.answers == ("twist", "bite") and ex.label == 0
+    cb = write_jsonl(tmp_path / "cb.jsonl", [{"premise": "P.", "hypothesis": "H.", "label": 2, "idx": 0},
+                                             {"premise": "P.", "hypothesis": "H.", "label": -1, "idx": 1}])
+    cb_task = file_task({"name": "hub_cb", "path": cb, "demo_path": cb})
+    data = cb_task.load(0)
+    assert len(data.test) == 1 and data.test[0].answers[data.test[0].label] == "Neither"
+    assert cb_task.fill(data.test[0]) == "P.\nQuestion: H. True, False, or Neither?\nAnswer:"
+
+
+@pytest.mark.parametrize("seed", [SPLIT_SEED, 7])
+def test_staicc_tasks_use_only_rows_reserved_for_icl(seed):
+    for name in ("sst2", "trec"):
+        data, split = TASKS[name].load(seed), split_rows(name, seed)
+        test_ids, demo_ids = {e.id for e in data.test}, {e.id for e in data.demo_pool}
+        assert test_ids == set(split.icl_test.tolist()) and demo_ids == set(split.icl_demo.tolist())
+        lm = set(split.lm_train.tolist()) | set(split.lm_val.tolist())
+        assert test_ids.isdisjoint(lm) and demo_ids.isdisjoint(lm) and test_ids.isdisjoint(demo_ids)
+        assert [e.id for e in data.demo_pool] == split.icl_demo.tolist()  # kept in split_rows' permuted order
+    ex = TASKS["agnews"].load(seed).test[0]
+    assert ex.answers == ("World", "Sports", "Business", "Technology") and "News: " in TASKS["agnews"].fill(ex)
+
+
+def test_task_names_and_sets_resolve_with_did_you_mean():
+    assert [t.name for t in resolve_tasks(["table7"])] == ["hub_sst5", "hub_imdb", "hub_mr", "hub_cb",
+                                                           "hub_arc_easy", "hub_piqa"]
+    assert len(resolve_tasks(["staicc"])) == 6
+    with pytest.raises(ConfigError, match="Did you mean 'agnews'"):
+        resolve_tasks(["agnew"])
+    with pytest.raises(ConfigError, match="twice"):
+        resolve_tasks(["sst2", "staicc"])
+
+
+def test_config_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(ConfigError, match=r"unknown key 'icl.shot'.*Did you mean 'shots'"):
+        EvalConfig.from_mapping({"icl": {"shot": [0]}})
+    with pytest.raises(ConfigError, match=r"unknown key 'eval.ppl.max_window'.*Did you mean 'max_windows'"):
+        EvalConfig.from_mapping({"ppl": {"max_window": 3}}, "eval")
+    with pytest.raises(ConfigError, match="icl.shots contains -1"):
+        IclConfig(shots=[0, -1])
+    with pytest.raises(ConfigError, match="icl.score"):
+        IclConfig(score="median")
+    with pytest.raises(ConfigError, match=r"unknown key 'templte'.*Did you mean 'template'"):
+        IclConfig(tasks=[{"name": "m", "path": "p", "templte": "{x}"}])
+    cfg = EvalConfig.from_mapping({"icl": {"shots": ["max", 4, 0]}, "ppl": {"lengths": [64, 32]}})
+    assert cfg.icl.shots == [0, 4, "max"] and cfg.ppl.lengths == [32, 64] and cfg.icl.largest_k == "max"
+
+
+def test_k_larger_than_the_demonstration_pool_is_an_error(tmp_path):
+    from test_eval_common import uniform_lm
+
+    from momattn.eval.icl import IclEvaluator
+
+    path = write_jsonl(tmp_path / "t.jsonl", [{"text": f"r{i}", "label": i % 2} for i in range(6)])
+    task = file_task({"name": "m", "path": path, "template": "{text}:", "answers": ["a", "b"], "demo_fraction": 0.5})
+    ev = IclEvaluator(uniform_lm(128), CharTokenizer(), IclConfig(tasks=["sst2"], shots=[0, 4]), split_seed=0)
+    with pytest.raises(DataError, match="icl.shots contains 4 but task 'm' has only 3 demonstration"):
+        ev.evaluate_task(task)

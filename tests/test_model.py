@@ -1,0 +1,156 @@
+"""The model: attention variants against naive formulas, cached decoding parity, generation, config errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from momattn import GPT, AttentionConfig, GPTConfig
+from momattn.errors import ConfigError
+from momattn.model import MomentumAttention, MultiRateEMAAttention
+
+VARIANTS = [
+    ("vanilla", {}),
+    ("momentum", {}),
+    ("momentum", {"learnable_eta": True, "include_current": True, "eta": 0.7}),
+    ("multirate_ema", {"n_rates": 3}),
+]
+
+
+def tiny(kind="vanilla", pos_emb="learned", block_size=64, **att) -> GPT:
+    torch.manual_seed(0)
+    cfg = GPTConfig(block_size=block_size, vocab_size=37, n_layer=2, n_head=2, n_embd=16, pos_emb=pos_emb,
+                    attention=AttentionConfig(kind=kind, **att))
+    return GPT(cfg).double().eval()
+
+
+def naive_softmax_attention(q, k, v):  # (B, H, T, D) each
+    T = q.size(2)
+    att = (q @ k.transpose(-1, -2)) / math.sqrt(q.size(-1))
+    att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    return att.softmax(-1) @ v
+
+
+def split_heads(attn, x):
+    B, T, C = x.shape
+    q, k, v = attn.c_attn(x).split(C, dim=2)
+    return [t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in (q, k, v)]
+
+
+@pytest.mark.parametrize("include_current", [False, True])
+@pytest.mark.parametrize("learnable", [False, True])
+def test_momentum_layer_equals_per_position_loop_of_the_formula(include_current, learnable):
+    model = tiny("momentum", eta=0.6, include_current=include_current, learnable_eta=learnable)
+    attn: MomentumAttention = model.blocks[0].attn
+    if learnable:  # distinct rates per head, so a head mix-up would show
+        attn.eta_logit.data = torch.tensor([-1.0, 1.5], dtype=torch.float64)
+    x = torch.randn(2, 11, 16, dtype=torch.float64)
+    q, k, v = split_heads(attn, x)
+    eta = attn.eta.detach().reshape(-1) * torch.ones(2, dtype=torch.float64)  # (H,)
+    y = naive_softmax_attention(q, k, v)
+    mom = torch.zeros_like(v)
+    for h in range(2):
+        for t in range(11):  # MoAttn: Attn(q_t) + sum_{i<t} eta^(t-i) v_i   (i <= t with include_current)
+            for i in range(t + 1 if include_current else t):
+                mom[:, h, t] += eta[h] ** (t - i) * v[:, h, i]
+    expected = attn.c_proj((y + mom).transpose(1, 2).reshape(2, 11, 16))
+    torch.testing.assert_close(attn(x), expected, rtol=1e-9, atol=1e-10)
+
+
+def test_multirate_layer_equals_loop_of_the_authors_kernel():
+    model = tiny("multirate_ema", n_rates=3)
+    attn: MultiRateEMAAttention = model.blocks[0].attn
+    x = torch.randn(1, 9, 16, dtype=torch.float64)
+    q, k, v = split_heads(attn, x)
+    vm = v.transpose(1, 2).reshape(1, 9, 16)  # merged values (B, T, C)
+    p, g = torch.sigmoid(attn.delta), attn.gamma * math.sqrt(1 / 16)
+    kernel = torch.stack([(g * p**lag).sum(-1) for lag in range(9)], dim=-1)  # k[c, l] = sum_n g p^l, l = 0..T-1
+    mem = torch.zeros_like(vm)
+    for t in range(9):
+        for i in range(t + 1):
+            mem[:, t] += kernel[:, t - i] * vm[:, i]
+    y = naive_softmax_attention(q, k, v).transpose(1, 2).reshape(1, 9, 16)
+    torch.testing.assert_close(attn(x), attn.c_proj(y + mem), rtol=1e-9, atol=1e-10)
+
+
+def test_vanilla_adds_nothing_and_momentum_changes_the_output():
+    torch.manual_seed(1)
+    idx = torch.randint(0, 37, (2, 20))
+    a = tiny("vanilla")(idx)
+    b = tiny("momentum", eta=0.5)(idx)
+    c = tiny("momentum", eta=0.0)(idx)  # eta = 0: the momentum term vanishes
+    assert a.shape == (2, 20, 37)
+    torch.testing.assert_close(a, c)
+    assert (a - b).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rotary"])
+@pytest.mark.parametrize("kind,att", VARIANTS)
+def test_cached_decoding_equals_full_forward(kind, att, pos_emb):
+    model = tiny(kind, pos_emb, **att).float()
+    idx = torch.randint(0, 37, (2, 60))
+    full = model(idx)
+    cache = model.new_cache()
+    parts = [model(idx[:, :45], cache=cache)]  # a long prefix, then one token at a time
+    parts += [model(idx[:, t : t + 1], cache=cache) for t in range(45, 60)]
+    torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-5, atol=1e-5)
+    assert cache.length == 60
+
+
+@pytest.mark.parametrize("kind,att", VARIANTS)
+def test_prefix_encoded_once_serves_several_continuations(kind, att):
+    model = tiny(kind, **att)
+    idx = torch.randint(0, 37, (3, 30))
+    idx[:, :18] = idx[0, :18]  # a shared prefix of 18 tokens
+    cache = model.new_cache()
+    model(idx[:1, :18], cache=cache)
+    out = model(idx[:, 18:], cache=cache.expand(3))
+    torch.testing.assert_close(out, model(idx)[:, 18:], rtol=1e-9, atol=1e-9)
+    assert cache.length == 18  # expand() never modifies the shared prefix
+    torch.testing.assert_close(model(idx[:, 18:], cache=cache.expand(3)), out)
+
+
+def test_generate_greedy_matches_argmax_of_full_forward():
+    model = tiny("momentum", block_size=24)
+    idx = torch.randint(0, 37, (1, 5))
+    out = model.generate(idx, max_new_tokens=30, temperature=0)  # runs past the context: re-encodes the tail
+    assert out.shape == (1, 35)
+    for t in range(5, 24):
+        assert out[0, t] == model(out[:, :t])[0, -1].argmax()
+    g = torch.Generator().manual_seed(0)
+    sampled = model.generate(idx, 10, temperature=0.8, top_k=5, generator=g)
+    assert sampled.shape == (1, 15) and int(sampled.max()) < 37
+
+
+def test_sequence_longer_than_context_is_refused():
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        tiny(block_size=8)(torch.zeros(1, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"n_embd": 30, "n_head": 4}, "does not divide"),
+    ({"pos_emb": "alibi"}, "pos_emb"),
+    ({"attention": {"kind": "momentum", "eta": 1.0}}, r"outside \[0, 1\)"),
+    ({"dropout": 1.5}, "dropout"),
+])
+def test_bad_model_config_names_the_culprit(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        GPTConfig(**kwargs)
+
+
+def test_bad_attention_kind_and_eta():
+    with pytest.raises(ConfigError, match="unknown"):
+        AttentionConfig(kind="momentun")
+    with pytest.raises(ConfigError, match=r"outside \[0, 1\)"):
+        AttentionConfig(kind="momentum", eta=-0.1)
+
+
+def test_learnable_eta_stays_in_range_and_gets_gradients():
+    model = tiny("momentum", eta=0.5, learnable_eta=True).float().train()
+    idx = torch.randint(0, 37, (2, 16))
+    model(idx).sum().backward()
+    attn = model.blocks[0].attn
+    assert attn.eta_logit.grad is not None and torch.isfinite(attn.eta_logit.grad).all()
+    assert torch.allclose(attn.eta, torch.full((2,), 0.5))

@@ -57,6 +57,11 @@ class PreemptionCheckpoint(Callback):
         self.saved_path = self.dirpath / "last.ckpt"
         trainer.save_checkpoint(self.saved_path)
 
+    def on_validation_batch_end(self, trainer, *args, **kwargs):
+        if trainer.received_sigterm and trainer.training is False and not trainer.sanity_checking:
+            trainer._signal_connector.received_sigterm = False  # let validation finish; save after the next step
+            self.pending = True
+
 
 class FaultInjection(Callback):
     """MOMATTN_FAULT=sigterm@N | kill@N | nan@N: simulate a preemption, a crash or a NaN at optimizer step N."""
@@ -66,11 +71,16 @@ class FaultInjection(Callback):
         self.step = int(step)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self.kind == "nan" and trainer.global_step >= self.step:
+        if self.kind == "nan" and trainer.global_step == self.step:  # this one batch's loss becomes NaN
+            self._saved = pl_module.model.wte.weight.detach().clone()
             with torch.no_grad():
                 pl_module.model.wte.weight.fill_(float("nan"))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if getattr(self, "_saved", None) is not None:
+            with torch.no_grad():
+                pl_module.model.wte.weight.copy_(self._saved)
+            self._saved = None
         if trainer.global_step == self.step and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
             if self.kind == "sigterm":
                 os.kill(os.getpid(), signal.SIGTERM)

@@ -28,15 +28,17 @@ def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, 
                   resume="allow" if id else None, **kwargs)
     if offline:
         return WandbLogger(offline=True, **common)
-    logger = WandbLogger(offline=False, settings=wandb.Settings(init_timeout=init_timeout), **common)
     try:
+        logger = WandbLogger(offline=False, settings=wandb.Settings(init_timeout=init_timeout), **common)
         logger.experiment  # noqa: B018 - starts the run now, so that a failure is caught here
         return logger
     except Exception as e:  # wandb raises CommError, UsageError (no key), TimeoutError, ...
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         if wandb.run is not None:
             wandb.finish(exit_code=1)
-        fallback = WandbLogger(offline=True, **common)
+        wandb.teardown()  # the W&B service process keeps the online settings; start a fresh one
+        os.environ["WANDB_MODE"] = "offline"  # the environment would otherwise override offline=True
+        fallback = WandbLogger(offline=True, settings=wandb.Settings(mode="offline"), **common)
         run_dir = Path(fallback.experiment.dir).parent
         print(f"[momattn] W&B is unreachable ({type(e).__name__}: {first}); logging offline to {run_dir}. "
               f"Sync it when online with: wandb sync {run_dir}", file=sys.stderr, flush=True)

@@ -137,10 +137,12 @@ def run_train(cfg: DictConfig) -> float | None:
 
     ckpt_dir = out_dir / "checkpoints"
     preempt = PreemptionCheckpoint(ckpt_dir)
-    callbacks = _instantiate_all(cfg.get("callbacks"), "callbacks") + [preempt]
-    callbacks.append(Throughput(batch_size_fn=lambda b: b[0].size(0), length_fn=lambda b: b[0].numel()))
-    if os.environ.get("MOMATTN_FAULT"):
+    callbacks = _instantiate_all(cfg.get("callbacks"), "callbacks")
+    if os.environ.get("MOMATTN_FAULT"):  # before PreemptionCheckpoint, so that it sees an injected SIGTERM at once
         callbacks.append(FaultInjection(os.environ["MOMATTN_FAULT"]))
+    callbacks.append(preempt)
+    callbacks.append(Throughput(batch_size_fn=lambda b: b[0].size(0), length_fn=lambda b: b[0].numel(),
+                                window_size=max(2, min(20, int(cfg.trainer.log_every_n_steps)))))
     loggers = _make_loggers(cfg, out_dir, resume, multirun, sweep_dir, job_num)
     trainer_kwargs: dict[str, Any] = dict(callbacks=callbacks, logger=loggers or False, default_root_dir=str(out_dir),
                                           plugins=[AtomicCheckpointIO()])

@@ -43,16 +43,22 @@ class TokenWindows(Dataset):
 
 
 class StreamSampler(Sampler[int]):
-    """Global sample indices start + rank, start + rank + world, ... up to total (exclusive)."""
+    """Global sample indices start + rank, start + rank + world, ... up to total (exclusive).
+
+    The position is shared by all iterators of one sampler: when Lightning re-creates the iterator after a
+    restart (it does, once, after prefetching the first batch), the stream continues instead of repeating."""
 
     def __init__(self, start: int, total: int, rank: int = 0, world: int = 1):
-        self.indices = range(start + rank, total, world)
+        self.pos, self.total, self.world = start + rank, total, world
 
     def __iter__(self):
-        return iter(self.indices)
+        while self.pos < self.total:
+            i = self.pos
+            self.pos += self.world
+            yield i
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return max(0, -(-(self.total - self.pos) // self.world))
 
 
 class TokenDataModule(LightningDataModule):
@@ -71,8 +77,9 @@ class TokenDataModule(LightningDataModule):
         self.val_batches, self.num_workers = val_batches, num_workers
 
     def _loader(self, dataset, sampler) -> DataLoader:
+        # its own generator: creating an iterator must not draw from the global RNG that dropout uses
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          drop_last=True, persistent_workers=False)
+                          drop_last=True, persistent_workers=False, generator=torch.Generator().manual_seed(0))
 
     def train_dataloader(self) -> DataLoader:
         world, rank = self.trainer.world_size, self.trainer.global_rank
@@ -86,5 +93,5 @@ class TokenDataModule(LightningDataModule):
         n -= n % (self.batch_size * world)
         if n == 0:
             n = min(len(self.val_set), self.batch_size * world)
-        return DataLoader(self.val_set, batch_size=min(self.batch_size, n), sampler=StreamSampler(0, n, rank, world),
-                          num_workers=self.num_workers)
+        return DataLoader(self.val_set, batch_size=min(self.batch_size, n), sampler=range(rank, n, world),
+                          num_workers=self.num_workers, generator=torch.Generator().manual_seed(0))

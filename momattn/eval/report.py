@@ -141,6 +141,9 @@ def plot_ppl(results: Sequence[dict], path: Path) -> bool:
             ax.plot([int(n)], [v["ppl"]], marker="x", linestyle="none", color=line.get_color(),
                     label=f"{r['label']} train")
     ax.set_xscale("log", base=2)
+    lengths = sorted({int(n) for r in res for n in r["ppl"]["valid"]} | {int(n) for r in res for n in r["ppl"]["train"]})
+    ax.set_xticks(lengths, [str(n) for n in lengths])
+    ax.minorticks_off()
     ax.set_xlabel("window length L (tokens)")
     ax.set_ylabel("perplexity")
     ax.set_title("Perplexity vs input length")

@@ -1,0 +1,107 @@
+"""The ICL protocol: accuracy with a model that prefers a known answer, shots and seeds, fitting the context."""
+
+import pytest
+from test_eval_common import CharTokenizer, bigram_lm
+
+from momattn.eval.config import IclConfig
+from momattn.eval.icl import IclEvaluator
+from momattn.eval.tasks import IclData, IclExample, IclTask
+
+TOK = CharTokenizer()
+SP, A, B = ord(" "), ord("a"), ord("b")
+
+
+def letter_task(labels, n_pool=40, text_len=3, name="letters"):
+    """Template "{text}:", answers "a" / "b"; demonstrations "xxx"; test texts cycle through text_len(s)."""
+    answers = ("a", "b")
+    lens = text_len if isinstance(text_len, list) else [text_len]
+
+    def ex(i, label, n):
+        return IclExample(i, {"text": "x" * n}, answers, label)
+
+    data = IclData(demo_pool=[ex(1000 + i, i % 2, 3) for i in range(n_pool)],
+                   test=[ex(i, y, lens[i % len(lens)]) for i, y in enumerate(labels)])
+    return IclTask(name, "{text}:", answers, "synthetic", lambda seed: data)
+
+
+def b_lover(block_size=64):
+    """After a space it says 'b' with probability .9: every answer comparison picks "b"."""
+    return bigram_lm(128, {SP: {B: 0.9, A: 0.05}}, block_size)
+
+
+def evaluator(model, **cfg):
+    cfg = {"tasks": ["x"], "shots": [0], "seeds": [1], **cfg}
+    return IclEvaluator(model, TOK, IclConfig(**cfg), split_seed=0)
+
+
+def test_accuracy_counts_the_answer_the_model_prefers():
+    labels = [1, 1, 0, 1, 0, 1, 1, 0, 1, 1]  # 7 of 10 are "b"
+    out = evaluator(b_lover(), shots=[0, 4], seeds=[1, 2]).evaluate([letter_task(labels)])
+    task = out["tasks"]["letters"]
+    for k in ("0", "4"):
+        assert task["shots"][k]["acc"] == pytest.approx(0.7) and task["shots"][k]["acc_sum_lp"] == pytest.approx(0.7)
+        assert task["shots"][k]["acc_std"] == 0.0  # this model ignores the demonstrations
+    assert task["chance"] == 0.5 and task["n"] == 10
+    assert out["avg"]["4"]["acc"] == pytest.approx(0.7) and out["headline_k"] == "4"
+
+
+def test_zero_shot_uses_one_seed_and_other_k_every_seed():
+    out = evaluator(b_lover(), shots=[0, 2], seeds=[1, 2, 3]).evaluate([letter_task([1, 0])])
+    shots = out["tasks"]["letters"]["shots"]
+    assert shots["0"]["seeds"] == [1] and shots["2"]["seeds"] == [1, 2, 3]
+
+
+def test_max_takes_as_many_demonstrations_as_fit():
+    # demonstration "xxx: a<eot>" = 7 tokens; test "xxx:" + " a" = 6; prompt starts with <eot>: 1 + 7j + 6 <= 64
+    ev = evaluator(b_lover(block_size=64), shots=["max"])
+    res = ev.evaluate([letter_task([1, 0, 1])])["tasks"]["letters"]["shots"]["max"]
+    assert res["k_used_mean"] == 8
+    ev = evaluator(b_lover(block_size=64), shots=["max"], max_shots=5)
+    assert ev.evaluate([letter_task([1])])["tasks"]["letters"]["shots"]["max"]["k_used_mean"] == 5
+
+
+def test_max_is_set_by_the_longest_test_example():
+    # tests of 3 and 20 letters: the longest needs 21 + 2 tokens, leaving room for (64 - 1 - 23) // 7 = 5
+    ev = evaluator(b_lover(block_size=64), shots=["max"])
+    ev.evaluate([letter_task([1, 0], text_len=[3, 20])])
+    assert {p["k_used"] for p in ev.predictions} == {5}
+
+
+def test_int_k_drops_demonstrations_that_would_overflow_per_example():
+    ev = evaluator(b_lover(block_size=64), shots=[16])
+    res = ev.evaluate([letter_task([1, 0], text_len=[3, 20])])["tasks"]["letters"]["shots"]["16"]
+    assert sorted(p["k_used"] for p in ev.predictions) == [5, 8]  # the long example keeps fewer
+    assert res["per_seed"][0]["k_used_max"] == 8 and res["k_used_mean"] == 6.5
+
+
+def test_prompts_longer_than_the_context_keep_their_last_tokens():
+    ev = evaluator(b_lover(block_size=32), shots=[0])
+    res = ev.evaluate([letter_task([1, 1], text_len=50)])["tasks"]["letters"]
+    assert res["n_truncated"] == 2 and res["shots"]["0"]["acc"] == 1.0  # and it never overflowed the context
+
+
+def test_seeds_draw_different_demonstrations_deterministically():
+    task = letter_task([1])
+    pool = [IclExample(i, {"text": f"x{i}"}, ("a", "b"), i % 2) for i in range(30)]
+    ev = evaluator(b_lover())
+    d1, d2 = ev.demonstrations(task, pool, 4, 1), ev.demonstrations(task, pool, 4, 2)
+    assert d1 != d2 and d1 == ev.demonstrations(task, pool, 4, 1)
+    assert all(d[-1] == TOK.eot_id for d in d1)  # the default separator ends each demonstration
+    ev = evaluator(b_lover(), separator="\n\n")
+    assert ev.demonstrations(task, pool, 1, 1)[0][-2:] == [10, 10]
+
+
+def test_test_set_is_shuffled_with_a_fixed_seed_and_capped():
+    task = letter_task([i % 2 for i in range(50)])
+    ev1, ev2 = evaluator(b_lover(), max_examples=5), evaluator(b_lover(), max_examples=5)
+    r1, r2 = ev1.evaluate([task]), ev2.evaluate([task])
+    ids = [p["id"] for p in ev1.predictions]
+    assert r1["tasks"]["letters"]["n"] == 5 and ids == [p["id"] for p in ev2.predictions]
+    assert ids != sorted(ids) and r1["tasks"]["letters"]["n_test_available"] == 50
+
+
+def test_average_over_tasks():
+    t1, t2 = letter_task([1, 1], name="all_b"), letter_task([0, 0], name="all_a")
+    out = evaluator(b_lover()).evaluate([t1, t2])
+    assert out["tasks"]["all_b"]["shots"]["0"]["acc"] == 1.0 and out["tasks"]["all_a"]["shots"]["0"]["acc"] == 0.0
+    assert out["avg"]["0"] == {"acc": 0.5, "chance": 0.5, "n_tasks": 2}

@@ -1,0 +1,161 @@
+"""evaluate_model / run_evaluate / reports on real (tiny, hand-built) checkpoints, and evaluate.py end to end."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from momattn.checkpoint import atomic_torch_save, checkpoint_meta, load_checkpoint
+from momattn.data.staicc import read_staicc
+from momattn.errors import CheckpointError, ConfigError
+from momattn.eval import runner
+from momattn.eval.runner import checkpoint_labels, evaluate_model, flat_metrics, run_evaluate, write_reports
+from momattn.model import GPT, AttentionConfig, GPTConfig
+from momattn.tokenizer import train_bpe
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = {"source": "staicc", "tasks": ["trec"], "split_seed": 1234}
+FAST = {
+    "ppl": {"max_windows": 4},
+    "icl": {"tasks": ["sst2", "trec"], "shots": [0, 2, "max"], "seeds": [1, 2], "max_examples": 8, "max_shots": 3},
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = [t for t, _ in read_staicc("trec")[:1500]] + [t for t, _ in read_staicc("sst2")[:1500]]
+    return train_bpe(lambda: texts, 320)
+
+
+def make_checkpoint(path: Path, kind: str, tokenizer, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    cfg = GPTConfig(block_size=64, vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32,
+                    attention=AttentionConfig(kind=kind))
+    model = GPT(cfg)
+    ckpt = {"state_dict": {"model." + k: v for k, v in model.state_dict().items()},
+            "momattn": checkpoint_meta(cfg, tokenizer, {"data": dict(DATA), "seed": 1})}
+    atomic_torch_save(ckpt, path)
+    return path
+
+
+@pytest.fixture
+def fake_corpus(monkeypatch):
+    """The LM token stream without tokenizing a corpus: random ids (the corpus loader has its own tests)."""
+    calls = []
+
+    def load_tokens(data_cfg, tokenizer, split, cache_dir):
+        calls.append((dict(data_cfg), split))
+        return np.random.default_rng(len(split)).integers(1, tokenizer.vocab_size, size=3000).astype(np.uint16)
+
+    monkeypatch.setattr(runner, "load_tokens", load_tokens)
+    return calls
+
+
+def test_evaluate_model_and_reports(tmp_path, tokenizer, fake_corpus):
+    model, tok = load_checkpoint(make_checkpoint(tmp_path / "m.ckpt", "momentum", tokenizer))
+    res = evaluate_model(model, tok, {"data": DATA}, {**FAST, "ppl": {"max_windows": 4, "data": {"tasks": ["mr"]}}},
+                         tmp_path, "momentum")
+    assert fake_corpus[0] == ({**DATA, "tasks": ["mr"]}, "val") and fake_corpus[1][1] == "train"  # ppl.data merged
+    assert list(res["ppl"]["valid"]) == ["16", "32", "64"] and list(res["ppl"]["train"]) == ["64"]
+    assert all(math.isfinite(v["ppl"]) and v["ppl"] > 1 for v in res["ppl"]["valid"].values())
+    sst2 = res["icl"]["tasks"]["sst2"]
+    assert sst2["chance"] == 0.5 and sst2["n"] == 8 and list(sst2["shots"]) == ["0", "2", "max"]
+    assert res["icl"]["split_seed"] == 1234 and res["attention"] == "momentum"
+    assert (tmp_path / "icl_predictions_momentum.jsonl").exists()
+    metrics = flat_metrics(res)
+    assert {"eval/ppl@16", "eval/bpb@64", "eval/train_ppl@64", "icl/sst2/acc", "icl/trec/acc@k2", "icl/avg/acc",
+            "icl/sst2/acc_sum@kmax"} <= set(metrics)
+    write_reports([res, {**res, "label": "again"}], tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    assert "| model | Train64 | Valid16 | Valid32 | Valid64 |" in md and "| model | sst2 | trec | Avg |" in md
+    assert "k = max" in md and "| again |" in md
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert "first token" in doc["protocol"]["ppl"] and len(doc["checkpoints"]) == 2
+    assert (tmp_path / "ppl.png").stat().st_size > 0 and (tmp_path / "icl.png").stat().st_size > 0
+
+
+def test_run_evaluate_side_by_side_with_disambiguated_labels(tmp_path, tokenizer, fake_corpus):
+    a = make_checkpoint(tmp_path / "a" / "last.ckpt", "momentum", tokenizer, seed=1)
+    b = make_checkpoint(tmp_path / "b" / "last.ckpt", "momentum", tokenizer, seed=2)
+    v = make_checkpoint(tmp_path / "v.ckpt", "vanilla", tokenizer)
+    cfg = {**FAST, "ckpt_paths": [str(a), str(b)], "ckpt_path": str(v), "device": "cpu",
+           "icl": {**FAST["icl"], "tasks": ["trec"], "shots": [0]}, "ppl": {"max_windows": 2, "train": False}}
+    results = run_evaluate(cfg, out_dir=tmp_path / "run")
+    assert [r["label"] for r in results] == ["vanilla", "momentum [a/last]", "momentum [b/last]"]
+    assert results[1]["checkpoint"] == str(a)
+    assert "momentum [b/last]" in (tmp_path / "run" / "results.md").read_text()
+
+
+def test_labels():
+    assert checkpoint_labels(["x/a/last.ckpt", "y/a/last.ckpt", "v.ckpt"], ["momentum", "momentum", "vanilla"]) == [
+        "momentum [x/a/last]", "momentum [y/a/last]", "vanilla"]
+    assert checkpoint_labels(["a.ckpt", "a.ckpt"], ["vanilla", "vanilla"]) == ["vanilla [a #1]", "vanilla [a #2]"]
+
+
+def test_run_evaluate_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no checkpoint given"):
+        run_evaluate({}, out_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        run_evaluate({"ckpt_path": str(tmp_path / "missing.ckpt")}, out_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"unknown key 'ckpt'.*Did you mean 'ckpt_path'"):
+        run_evaluate({"ckpt": "x"}, out_dir=tmp_path)
+
+
+def test_evaluate_yaml_composes_into_valid_sections():
+    from hydra import compose, initialize_config_dir
+
+    from momattn.eval.config import EvalConfig
+
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("evaluate", overrides=["logger=wandb", "icl.shots=[0,4]"])
+    sections = EvalConfig.from_mapping({k: cfg[k] for k in ("ppl", "icl", "batch_tokens")})
+    assert sections.icl.shots == [0, 4] and sections.icl.tasks[0] == "sst2" and sections.ppl.lengths is None
+    assert cfg.ckpt_path is None and "wandb" in cfg.logger
+
+
+def _evaluate(args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, str(REPO / "evaluate.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_evaluate_py_end_to_end(tmp_path, tokenizer):
+    a = make_checkpoint(tmp_path / "vanilla.ckpt", "vanilla", tokenizer)
+    b = make_checkpoint(tmp_path / "momentum.ckpt", "multirate_ema", tokenizer)
+    local = tmp_path / "mine.jsonl"
+    local.write_text("".join(json.dumps({"text": t, "label": int(y > 2)}) + "\n" for t, y in read_staicc("sst5")[:30]))
+    run = tmp_path / "run"
+    proc = _evaluate([f"ckpt_paths=[{a},{b}]", f"hydra.run.dir={run}", f"cache_dir={tmp_path / 'cache'}",
+                      "ppl.max_windows=3", "icl.shots=[0,2,max]", "icl.seeds=[1,2]", "icl.max_examples=6",
+                      "icl.max_shots=3", "logger=wandb",
+                      f"icl.tasks=[sst2,{{name: mine, path: '{local}', template: 'Review: {{text}}\\nSentiment:', "
+                      "answers: [Negative, Positive]}]"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((run / "results.json").read_text())
+    labels = [c["label"] for c in doc["checkpoints"]]
+    assert labels == ["vanilla", "multirate_ema"]
+    for c in doc["checkpoints"]:
+        assert all(math.isfinite(v["ppl"]) and math.isfinite(v["bpb"]) for v in c["ppl"]["valid"].values())
+        assert c["ppl"]["valid"]["16"]["n_windows"] == 3 and c["ppl"]["data"]["source"] == "staicc"
+        assert set(c["icl"]["tasks"]) == {"sst2", "mine"}
+        assert c["icl"]["tasks"]["mine"]["template"] == "Review: {text}\nSentiment:"
+        assert all(0 <= s["acc"] <= 1 for t in c["icl"]["tasks"].values() for s in t["shots"].values())
+    for name in ("results.md", "ppl.png", "icl.png", "icl_predictions_vanilla.jsonl"):
+        assert (run / name).exists(), name
+    assert list((run / "wandb").glob("offline-run-*"))
+    assert "Table 6 layout" in proc.stdout
+
+
+@pytest.mark.slow
+def test_evaluate_py_user_errors_are_one_line(tmp_path):
+    proc = _evaluate([f"ckpt_path={tmp_path / 'nope.ckpt'}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _evaluate(["ckpt_path=x", "icl.shot=[0]", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 2 and "did you mean 'shots'" in proc.stderr.lower()

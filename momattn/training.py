@@ -125,7 +125,13 @@ def run_train(cfg: DictConfig) -> float | None:
         raise CheckpointError("token ids exceed the model's vocabulary: the tokenizer and the model do not match")
 
     t = cfg.trainer
-    max_steps, accumulate = int(t.max_steps), int(t.get("accumulate_grad_batches", 1))
+    try:
+        max_steps, accumulate = int(t.max_steps), int(t.get("accumulate_grad_batches", 1))
+    except (TypeError, ValueError):
+        raise ConfigError(f"trainer.max_steps={t.max_steps!r} and trainer.accumulate_grad_batches="
+                          f"{t.get('accumulate_grad_batches')!r} must be integers") from None
+    if max_steps < 1 or accumulate < 1:
+        raise ConfigError(f"trainer.max_steps={max_steps} and trainer.accumulate_grad_batches={accumulate} must be >= 1")
     resolved = OmegaConf.to_container(cfg, resolve=True)
     meta = checkpoint_meta(model_config, tokenizer, resolved)
     lit = LitGPT(model_config, typed["optim"], max_steps, meta)

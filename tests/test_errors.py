@@ -1,0 +1,146 @@
+"""Bad input gets one clear message naming the culprit (and how to fix it), exit code 2, and no traceback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import SMOKE, compose_train, run_cli
+
+from momattn.checkpoint import load_checkpoint
+from momattn.cli import check_overrides
+from momattn.errors import CheckpointError, ConfigError, DataError, UserError
+from momattn.training import run_train
+
+
+def cli_error(tmp_path, args: list[str]) -> str:
+    r = run_cli("train.py", [*args, f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr
+    return r.stderr
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["attention=momentum", "attention.etaa=0.3"], "Did you mean 'eta'"),
+    (["attention=momentun"], "Did you mean 'momentum'"),
+    (["model.n_layr=2"], "Did you mean 'n_layer'"),
+    (["-m", "attention=vanilla,momentun"], "Did you mean 'momentum'"),
+])
+def test_typos_are_caught_before_anything_runs_with_a_suggestion(tmp_path, args, expected):
+    assert expected in cli_error(tmp_path, args)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args,expected", [
+    (["model.n_layer=abc"], "model.n_layer"),
+    (["attention=momentum", "attention.eta=1.5"], "attention.eta=1.5 is outside [0, 1)"),
+    (["data=text_files", "data.paths=[/nonexistent/corpus.txt]"], "'/nonexistent/corpus.txt' does not exist"),
+    (["ckpt_path=/nonexistent/last.ckpt"], "'/nonexistent/last.ckpt' does not exist"),
+])
+def test_cli_bad_values_exit_2_without_traceback(tmp_path, args, expected):
+    base = SMOKE if not any(a.startswith("data=") for a in args) else ["debug=smoke"]
+    assert expected in cli_error(tmp_path, [*base, *args])
+
+
+def test_override_checker_accepts_valid_overrides():
+    check_overrides("train", ["attention=momentum", "attention.eta=0.3", "+new_key=1", "hydra.run.dir=x",
+                              "data=text_files", "data.paths=[a.txt]", "trainer.max_steps=3"])
+
+
+def run_expecting(tmp_path, overrides, error=UserError):
+    with pytest.raises(error) as info:
+        run_train(compose_train(tmp_path, overrides))
+    return str(info.value)
+
+
+def test_wrong_type_names_the_key(tmp_path):
+    assert "model.n_embd" in run_expecting(tmp_path, [*SMOKE, "model.n_embd=wide"], ConfigError)
+    assert "trainer.max_steps" in run_expecting(tmp_path, [*SMOKE, "trainer.max_steps=many"], ConfigError)
+
+
+def test_unknown_key_added_with_plus_is_refused(tmp_path):
+    msg = run_expecting(tmp_path, [*SMOKE, "+optim.learning_rate=1"], ConfigError)
+    assert "optim.learning_rate is not a known key" in msg
+
+
+def test_heads_not_dividing_width(tmp_path):
+    msg = run_expecting(tmp_path, [*SMOKE, "model.n_head=3"], ConfigError)
+    assert "model.n_head=3 does not divide model.n_embd=32" in msg
+
+
+def test_eta_outside_range(tmp_path):
+    assert "outside [0, 1)" in run_expecting(tmp_path, [*SMOKE, "attention=momentum", "attention.eta=-0.2"])
+
+
+@pytest.mark.parametrize("content,expected", [
+    (b"", "hold no text"),
+    (b"   \n\n \t \n", "hold no text"),
+    (b"caf\xe9 au lait " * 50, "is not UTF-8"),
+    (b"a few words only", "fewer than one training window"),
+])
+def test_bad_corpora(tmp_path, content, expected):
+    f = tmp_path / "corpus.txt"
+    f.write_bytes(content)
+    msg = run_expecting(tmp_path, ["debug=smoke", "data=text_files", f"data.paths=[{f}]", "tokenizer.vocab_size=260"],
+                        DataError)
+    assert expected in msg and ("corpus.txt" in msg or "split" in msg)
+
+
+def test_missing_data_path(tmp_path):
+    msg = run_expecting(tmp_path, ["debug=smoke", "data=text_files", "data.paths=[nope.txt]"], DataError)
+    assert "'nope.txt' does not exist" in msg
+
+
+def test_jsonl_without_the_text_field(tmp_path):
+    f = tmp_path / "c.jsonl"
+    f.write_text('{"body": "hello"}\n')
+    msg = run_expecting(tmp_path, ["debug=smoke", "data=text_files", f"data.paths=[{f}]"], DataError)
+    assert "line 1 has no field 'text'" in msg
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("trained")
+    run_train(compose_train(d, [*SMOKE, "attention=momentum"]))
+    return d / "checkpoints" / "last.ckpt"
+
+
+def test_checkpoint_missing_truncated_or_foreign(tmp_path, trained):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.ckpt")
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(trained.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="truncated or not a PyTorch checkpoint"):
+        load_checkpoint(cut)
+    text = tmp_path / "notes.ckpt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match="truncated or not a PyTorch checkpoint"):
+        load_checkpoint(text)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match="not a momattn checkpoint"):
+        load_checkpoint(foreign)
+
+
+def test_resume_with_an_incompatible_model_is_refused(tmp_path, trained):
+    msg = run_expecting(tmp_path, [*SMOKE, "attention=vanilla", f"ckpt_path={trained}"], CheckpointError)
+    assert "different model" in msg and "momentum" in msg and "vanilla" in msg
+
+
+def test_tokenizer_model_vocabulary_mismatch(tmp_path, trained):
+    from momattn.tokenizer import gpt2_tokenizer
+
+    ckpt = torch.load(trained, weights_only=False)
+    ckpt["momattn"]["tokenizer"] = gpt2_tokenizer().to_json()  # 50257 tokens for a 4096-token model
+    bad = tmp_path / "mixed.ckpt"
+    torch.save(ckpt, bad)
+    with pytest.raises(CheckpointError, match="tokenizer has 50257 tokens but the model only 4096"):
+        load_checkpoint(bad)
+
+
+def test_checkpoint_with_wrong_shapes(tmp_path, trained):
+    ckpt = torch.load(trained, weights_only=False)
+    ckpt["momattn"]["model_config"]["n_embd"] = 64  # the config no longer fits the weights
+    bad = tmp_path / "shapes.ckpt"
+    torch.save(ckpt, bad)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_checkpoint(bad)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -66,6 +69,13 @@ def resolve_ckpt_path(ckpt_path: str | None, out_dir: Path, root_dir: Path) -> P
         raise CheckpointError(f"ckpt_path=last: no last.ckpt in {out_dir}/checkpoints nor under {root_dir}/outputs; "
                               "pass the checkpoint's path, e.g. ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt")
     return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def unigram_ppl(train_tokens, val_tokens, vocab_size: int) -> float:
+    """Perplexity on val of the add-one-smoothed unigram distribution of train: the bar any LM must clear."""
+    counts = np.bincount(np.asarray(train_tokens), minlength=vocab_size).astype(np.float64) + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(np.exp(-logp[np.asarray(val_tokens)].mean()))
 
 
 def padded_vocab(n: int, multiple: int) -> int:
@@ -124,6 +134,7 @@ def run_train(cfg: DictConfig) -> float | None:
     if int(max(train_tokens.max(initial=0), val_tokens.max(initial=0))) >= model_config.vocab_size:
         raise CheckpointError("token ids exceed the model's vocabulary: the tokenizer and the model do not match")
 
+    baseline = unigram_ppl(train_tokens, val_tokens, model_config.vocab_size)
     t = cfg.trainer
     try:
         max_steps, accumulate = int(t.max_steps), int(t.get("accumulate_grad_batches", 1))
@@ -147,8 +158,9 @@ def run_train(cfg: DictConfig) -> float | None:
     if os.environ.get("MOMATTN_FAULT"):  # before PreemptionCheckpoint, so that it sees an injected SIGTERM at once
         callbacks.append(FaultInjection(os.environ["MOMATTN_FAULT"]))
     callbacks.append(preempt)
-    callbacks.append(Throughput(batch_size_fn=lambda b: b[0].size(0), length_fn=lambda b: b[0].numel(),
-                                window_size=max(2, min(20, int(cfg.trainer.log_every_n_steps)))))
+    throughput = Throughput(batch_size_fn=lambda b: b[0].size(0), length_fn=lambda b: b[0].numel(),
+                            window_size=max(2, min(20, int(cfg.trainer.log_every_n_steps))))
+    callbacks.append(throughput)
     loggers = _make_loggers(cfg, out_dir, resume, multirun, sweep_dir, job_num)
     trainer_kwargs: dict[str, Any] = dict(callbacks=callbacks, logger=loggers or False, default_root_dir=str(out_dir),
                                           plugins=[AtomicCheckpointIO()])
@@ -162,6 +174,7 @@ def run_train(cfg: DictConfig) -> float | None:
 
     print(f"[momattn] {model_config.attention.kind} attention, {lit.model.num_params() / 1e6:.2f}M parameters, "
           f"{len(train_tokens) / 1e6:.2f}M train tokens, {tokenizer!r}; output: {out_dir}", file=sys.stderr)
+    t0 = time.perf_counter()
     try:
         trainer.fit(lit, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except SIGTERMException:
@@ -172,7 +185,9 @@ def run_train(cfg: DictConfig) -> float | None:
               file=sys.stderr, flush=True)
         return None
     else:
-        return _report(cfg, trainer, lit, tokenizer, resolved, out_dir, loggers)
+        speed = _throughput_summary(throughput)
+        speed["fit_seconds"] = round(time.perf_counter() - t0, 1)
+        return _report(cfg, trainer, lit, tokenizer, resolved, out_dir, loggers, baseline, speed)
     finally:
         _finish_wandb(loggers)
 
@@ -205,18 +220,40 @@ def _finish_wandb(loggers) -> None:
             wandb.finish()  # one job's crash must not break the next job of a multirun
 
 
-def _report(cfg, trainer, lit, tokenizer, resolved, out_dir: Path, loggers) -> float | None:
+def _throughput_summary(monitor: Throughput) -> dict:
+    """The ThroughputMonitor's last training window: tokens/s, FLOP/s and MFU (rank 0's device)."""
+    from lightning.pytorch.trainer.states import RunningStage
+
+    t = monitor._throughputs.get(RunningStage.TRAINING)
+    try:
+        m = t.compute() if t is not None else {}
+    except Exception:  # too few steps for a window
+        m = {}
+    return {"tokens_per_sec": m.get("device/items_per_sec"), "flops_per_sec": m.get("device/flops_per_sec"),
+            "mfu": m.get("device/mfu")}
+
+
+def _report(cfg, trainer, lit, tokenizer, resolved, out_dir: Path, loggers, baseline: float, speed: dict):
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     ckpt_cb = trainer.checkpoint_callback
     best = getattr(ckpt_cb, "best_model_path", "") or None
     last = getattr(ckpt_cb, "last_model_path", "") or None
     lines = [f"[momattn] done: {trainer.global_step} steps"]
     if "val/loss" in metrics:
-        lines.append(f"  final val/loss {metrics['val/loss']:.4f}  val/ppl {metrics['val/ppl']:.2f}")
+        lines.append(f"  final val/loss {metrics['val/loss']:.4f}  val/ppl {metrics['val/ppl']:.2f}  "
+                     f"(unigram baseline ppl {baseline:.1f})")
+    if speed.get("tokens_per_sec"):
+        mfu = f"  MFU {100 * speed['mfu']:.1f}%" if speed.get("mfu") else ""
+        lines.append(f"  throughput {speed['tokens_per_sec']:.0f} tokens/s{mfu}; fit took {speed['fit_seconds']:.0f} s")
     lines.append(f"  checkpoints: best {best}  last {last}")
     for lg in loggers:
         lines.append(f"  {type(lg).__name__}: {getattr(lg, 'save_dir', None) or getattr(lg, 'log_dir', '')}")
     print("\n".join(lines), file=sys.stderr, flush=True)
+    summary = {"attention": resolved["attention"], "steps": trainer.global_step, "unigram_val_ppl": baseline,
+               "best_checkpoint": best, "last_checkpoint": last, **speed,
+               **{k: v for k, v in metrics.items() if k.startswith(("val/", "train/loss"))}}
+    if trainer.is_global_zero:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
 
     if cfg.get("run_eval") and cfg.get("eval") and trainer.is_global_zero:
         from momattn.eval.runner import evaluate_model, write_reports

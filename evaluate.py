@@ -4,7 +4,8 @@
     python evaluate.py ckpt_paths=[vanilla.ckpt,momentum.ckpt] icl.shots=[0,4] icl.max_examples=100
     python evaluate.py ckpt_path=last.ckpt icl.tasks=table7          # the paper's tasks, from the hub
 
-Writes results.json, results.md, ppl.png and icl.png into the run folder (hydra.run.dir). Settings: conf/evaluate.yaml.
+Writes results.json, results.md, ppl.png and icl.png into the run folder (hydra.run.dir).
+Settings: conf/evaluate.yaml.
 """
 
 from momattn.cli import hydra_main

@@ -118,11 +118,11 @@ def _sample(fn: Callable[[], object], number: int, device: torch.device) -> tupl
 
 
 def _wait_quiet(max_s: float, max_other_cores: float) -> float:
-    """Poll in 0.25 s windows until other processes keep at most max_other_cores busy; seconds waited."""
+    """Poll in 0.5 s windows until other processes keep at most max_other_cores busy; seconds waited."""
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < max_s:
         busy0, own0, w0 = _busy_cpu_s(), _own_cpu_s(), time.perf_counter()
-        time.sleep(0.25)
+        time.sleep(0.5)
         busy1, own1 = _busy_cpu_s(), _own_cpu_s()
         if busy0 is None or busy1 is None:
             break
@@ -147,7 +147,7 @@ def time_interleaved(
     """Median seconds per call of each fn. Each round times every fn once, in an order rotated each round.
 
     The machine may be shared: a sample during which other processes kept more than `max_other_cores`
-    CPU cores busy is retaken, after waiting (at most 5 s) for them to calm down, up to `retries` times
+    CPU cores busy is retaken, after waiting (at most 60 s) for them to calm down, up to `retries` times
     while the run's patience (_PATIENCE) lasts; otherwise it is kept and counted as contended.
     """
     number = {}
@@ -167,7 +167,7 @@ def time_interleaved(
                 if busy is None or busy <= max_other_cores or attempt == retries or _PATIENCE["left_s"] <= 0:
                     break
                 retaken[name] += 1
-                waited = _wait_quiet(min(5.0, _PATIENCE["left_s"]), max_other_cores)
+                waited = _wait_quiet(min(60.0, _PATIENCE["left_s"]), max_other_cores)
                 _PATIENCE["left_s"] -= t * number[name] + waited
             samples[name].append(t)
             cpu[name].append(c)

@@ -2,8 +2,8 @@
 
     python benchmarks/bench_icl_cache.py [--kinds vanilla momentum] [--examples 64] [--device cpu]
 
-For k demonstrations (~24 tokens each) and a batch of test queries (~20 tokens) with 2 or 5 one/two-token
-answers, it times
+For k demonstrations (24 tokens each) and test queries (16-23 tokens) with 2 or 5 answers of one or two
+tokens, it times
     naive   every (prefix + query + answer) row scored as a full prompt, batched (no cache)
     cached  the prefix encoded once, rows = query + answer on cache.expand(rows)   (momattn.eval.scoring)
 with the same token budget per forward pass (best of --repeats, interleaved: other load hits both alike),
@@ -36,8 +36,8 @@ def make_case(g: torch.Generator, vocab: int, k: int, n_examples: int, n_answers
 
     prefix = [0] + [t for _ in range(k) for t in ids(24)]
     answers = [ids(1 + i % 2) for i in range(n_answers)]
-    rows = [(ids(16 + i % 8), a) for i in range(n_examples) for a in answers]
-    return prefix, rows
+    queries = [ids(16 + i % 8) for i in range(n_examples)]
+    return prefix, [(q, a) for q in queries for a in answers]
 
 
 def _sync() -> None:
@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=["vanilla", "momentum", "multirate_ema"])
     ap.add_argument("--shots", nargs="+", type=int, default=[4, 9])  # 9 x 24 + queries fills the 256 context
     ap.add_argument("--answers", nargs="+", type=int, default=[2, 5])
-    ap.add_argument("--examples", type=int, default=16)
+    ap.add_argument("--examples", type=int, default=64)
     ap.add_argument("--batch-tokens", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -81,28 +81,34 @@ def main() -> None:
     args = ap.parse_args()
 
     rows_out = []
-    print(f"{'attention':<14}{'k':>3}{'answers':>8}{'prefix':>7}{'naive s':>9}{'cached s':>10}{'speed-up':>9}{'tokens':>8}{'max |diff|':>12}")
+    print(f"{'attention':<14}{'k':>3}{'answers':>8}{'prefix':>7}{'naive s':>9}{'cached s':>10}{'speed-up':>9}"
+          f"{'tokens':>8}{'max |diff|':>12}")
     for kind in args.kinds:
         torch.manual_seed(0)
-        model = GPT(GPTConfig(attention=AttentionConfig(kind=kind))).to(args.device).eval()  # the default small model
+        model = GPT(GPTConfig(attention=AttentionConfig(kind=kind)))  # the default small model
+        model = model.to(args.device).eval()
         for k in args.shots:
             for n_answers in args.answers:
-                prefix, rows = make_case(torch.Generator().manual_seed(k), model.config.vocab_size, k, args.examples,
-                                         n_answers)
-                t_naive, t_cached, naive, cached = timed_pair(model, prefix, rows, args.batch_tokens, args.repeats)
+                g = torch.Generator().manual_seed(k)
+                prefix, rows = make_case(g, model.config.vocab_size, k, args.examples, n_answers)
+                t_naive, t_cached, naive, cached = timed_pair(model, prefix, rows, args.batch_tokens,
+                                                              args.repeats)
                 diff = max(abs(a[0] - b[0]) for a, b in zip(naive, cached))
                 # tokens through the model: every row re-reads the prefix vs. the prefix read once
-                naive_tok = sum(len(prefix) + len(q) + len(a) for q, a in rows)
-                cached_tok = len(prefix) + sum(len(q) + len(a) for q, a in rows)
+                seqs = PrefixScorer._sequences(rows)
+                naive_tok = sum(len(prefix) + len(sq.context) + len(sq.continuation) for sq in seqs)
+                cached_tok = len(prefix) + sum(len(sq.context) + len(sq.continuation) for sq in seqs)
                 rec = {"attention": kind, "k": k, "n_answers": n_answers, "prefix_tokens": len(prefix),
-                       "rows": len(rows), "naive_s": t_naive, "cached_s": t_cached, "speedup": t_naive / t_cached,
+                       "rows": len(rows), "naive_s": t_naive, "cached_s": t_cached,
+                       "speedup": t_naive / t_cached,
                        "token_ratio": naive_tok / cached_tok,
                        "max_abs_diff": diff}
                 rows_out.append(rec)
                 print(f"{kind:<14}{k:>3}{n_answers:>8}{len(prefix):>7}{t_naive:>9.3f}{t_cached:>10.3f}"
                       f"{t_naive / t_cached:>8.1f}x{naive_tok / cached_tok:>7.1f}x{diff:>12.2e}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"timing": "best of --repeats, naive and cached interleaved", "device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    meta = {"timing": "best of --repeats, naive and cached interleaved", "device": args.device,
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
             "platform": platform.platform(), "examples": args.examples, "batch_tokens": args.batch_tokens,
             "model": "GPTConfig() defaults: 4 layers, 256 wide, context 256, vocab 4096",
             "demonstration_tokens": 24, "query_tokens": "16-23"}

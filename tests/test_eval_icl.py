@@ -1,4 +1,4 @@
-"""The ICL protocol: accuracy with a model that prefers a known answer, shots and seeds, fitting the context."""
+"""The ICL protocol: accuracy with a model that prefers a known answer, shots, seeds, fitting the context."""
 
 import pytest
 from test_eval_common import CharTokenizer, bigram_lm
@@ -39,7 +39,8 @@ def test_accuracy_counts_the_answer_the_model_prefers():
     out = evaluator(b_lover(), shots=[0, 4], seeds=[1, 2]).evaluate([letter_task(labels)])
     task = out["tasks"]["letters"]
     for k in ("0", "4"):
-        assert task["shots"][k]["acc"] == pytest.approx(0.7) and task["shots"][k]["acc_sum_lp"] == pytest.approx(0.7)
+        assert task["shots"][k]["acc"] == pytest.approx(0.7)
+        assert task["shots"][k]["acc_sum_lp"] == pytest.approx(0.7)
         assert task["shots"][k]["acc_std"] == 0.0  # this model ignores the demonstrations
     assert task["chance"] == 0.5 and task["n"] == 10
     assert out["avg"]["4"]["acc"] == pytest.approx(0.7) and out["headline_k"] == "4"
@@ -52,7 +53,8 @@ def test_zero_shot_uses_one_seed_and_other_k_every_seed():
 
 
 def test_max_takes_as_many_demonstrations_as_fit():
-    # demonstration "xxx: a<eot>" = 7 tokens; test "xxx:" + " a" = 6; prompt starts with <eot>: 1 + 7j + 6 <= 64
+    # demonstration "xxx: a<eot>" = 7 tokens; test "xxx:" + " a" = 6; the prompt starts with <eot>:
+    # 1 + 7 j + 6 <= 64
     ev = evaluator(b_lover(block_size=64), shots=["max"])
     res = ev.evaluate([letter_task([1, 0, 1])])["tasks"]["letters"]["shots"]["max"]
     assert res["k_used_mean"] == 8
@@ -94,7 +96,8 @@ def test_seeds_draw_different_demonstrations_deterministically():
 def test_test_set_is_shuffled_with_a_fixed_seed_and_capped():
     task = letter_task([i % 2 for i in range(50)])
     ev1, ev2 = evaluator(b_lover(), max_examples=5), evaluator(b_lover(), max_examples=5)
-    r1, r2 = ev1.evaluate([task]), ev2.evaluate([task])
+    r1 = ev1.evaluate([task])
+    ev2.evaluate([task])
     ids = [p["id"] for p in ev1.predictions]
     assert r1["tasks"]["letters"]["n"] == 5 and ids == [p["id"] for p in ev2.predictions]
     assert ids != sorted(ids) and r1["tasks"]["letters"]["n_test_available"] == 50
@@ -103,5 +106,6 @@ def test_test_set_is_shuffled_with_a_fixed_seed_and_capped():
 def test_average_over_tasks():
     t1, t2 = letter_task([1, 1], name="all_b"), letter_task([0, 0], name="all_a")
     out = evaluator(b_lover()).evaluate([t1, t2])
-    assert out["tasks"]["all_b"]["shots"]["0"]["acc"] == 1.0 and out["tasks"]["all_a"]["shots"]["0"]["acc"] == 0.0
+    assert out["tasks"]["all_b"]["shots"]["0"]["acc"] == 1.0
+    assert out["tasks"]["all_a"]["shots"]["0"]["acc"] == 0.0
     assert out["avg"]["0"] == {"acc": 0.5, "chance": 0.5, "n_tasks": 2}

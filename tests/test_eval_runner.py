@@ -1,4 +1,4 @@
-"""evaluate_model / run_evaluate / reports on real (tiny, hand-built) checkpoints, and evaluate.py end to end."""
+"""evaluate_model / run_evaluate / reports on real (tiny, hand-built) checkpoints; evaluate.py end to end."""
 
 import json
 import math
@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = {"source": "staicc", "tasks": ["trec"], "split_seed": 1234}
 FAST = {
     "ppl": {"max_windows": 4},
-    "icl": {"tasks": ["sst2", "trec"], "shots": [0, 2, "max"], "seeds": [1, 2], "max_examples": 8, "max_shots": 3},
+    "icl": {"tasks": ["sst2", "trec"], "shots": [0, 2, "max"], "seeds": [1, 2], "max_examples": 8,
+            "max_shots": 3},
 }
 
 
@@ -51,7 +52,8 @@ def fake_corpus(monkeypatch):
 
     def load_tokens(data_cfg, tokenizer, split, cache_dir):
         calls.append((dict(data_cfg), split))
-        return np.random.default_rng(len(split)).integers(1, tokenizer.vocab_size, size=3000).astype(np.uint16)
+        rng = np.random.default_rng(len(split))
+        return rng.integers(1, tokenizer.vocab_size, size=3000).astype(np.uint16)
 
     monkeypatch.setattr(runner, "load_tokens", load_tokens)
     return calls
@@ -59,9 +61,10 @@ def fake_corpus(monkeypatch):
 
 def test_evaluate_model_and_reports(tmp_path, tokenizer, fake_corpus):
     model, tok = load_checkpoint(make_checkpoint(tmp_path / "m.ckpt", "momentum", tokenizer))
-    res = evaluate_model(model, tok, {"data": DATA}, {**FAST, "ppl": {"max_windows": 4, "data": {"tasks": ["mr"]}}},
-                         tmp_path, "momentum")
-    assert fake_corpus[0] == ({**DATA, "tasks": ["mr"]}, "val") and fake_corpus[1][1] == "train"  # ppl.data merged
+    eval_cfg = {**FAST, "ppl": {"max_windows": 4, "data": {"tasks": ["mr"]}}}
+    res = evaluate_model(model, tok, {"data": DATA}, eval_cfg, tmp_path, "momentum")
+    assert fake_corpus[0] == ({**DATA, "tasks": ["mr"]}, "val")  # ppl.data is merged over the run's data
+    assert fake_corpus[1][1] == "train"
     assert list(res["ppl"]["valid"]) == ["16", "32", "64"] and list(res["ppl"]["train"]) == ["64"]
     assert all(math.isfinite(v["ppl"]) and v["ppl"] > 1 for v in res["ppl"]["valid"].values())
     sst2 = res["icl"]["tasks"]["sst2"]
@@ -69,8 +72,8 @@ def test_evaluate_model_and_reports(tmp_path, tokenizer, fake_corpus):
     assert res["icl"]["split_seed"] == 1234 and res["attention"] == "momentum"
     assert (tmp_path / "icl_predictions_momentum.jsonl").exists()
     metrics = flat_metrics(res)
-    assert {"eval/ppl@16", "eval/bpb@64", "eval/train_ppl@64", "icl/sst2/acc", "icl/trec/acc@k2", "icl/avg/acc",
-            "icl/sst2/acc_sum@kmax"} <= set(metrics)
+    assert {"eval/ppl@16", "eval/bpb@64", "eval/train_ppl@64", "icl/sst2/acc", "icl/trec/acc@k2",
+            "icl/avg/acc", "icl/sst2/acc_sum@kmax"} <= set(metrics)
     write_reports([res, {**res, "label": "again"}], tmp_path)
     md = (tmp_path / "results.md").read_text()
     assert "| model | Train64 | Valid16 | Valid32 | Valid64 |" in md and "| model | sst2 | trec | Avg |" in md
@@ -92,10 +95,20 @@ def test_run_evaluate_side_by_side_with_disambiguated_labels(tmp_path, tokenizer
     assert "momentum [b/last]" in (tmp_path / "run" / "results.md").read_text()
 
 
+def test_perplexity_needs_a_corpus(tmp_path, tokenizer):
+    from momattn.errors import DataError
+
+    model, tok = load_checkpoint(make_checkpoint(tmp_path / "m.ckpt", "vanilla", tokenizer))
+    with pytest.raises(DataError, match="no data.source"):
+        evaluate_model(model, tok, {}, {"icl": {"enabled": False}}, tmp_path, "v")
+    with pytest.raises(ConfigError, match="context is 64"):
+        evaluate_model(model, tok, {"data": DATA}, {"ppl": {"lengths": [128]}}, tmp_path, "v")
+
+
 def test_labels():
-    assert checkpoint_labels(["x/a/last.ckpt", "y/a/last.ckpt", "v.ckpt"], ["momentum", "momentum", "vanilla"]) == [
-        "momentum [x/a/last]", "momentum [y/a/last]", "vanilla"]
-    assert checkpoint_labels(["a.ckpt", "a.ckpt"], ["vanilla", "vanilla"]) == ["vanilla [a #1]", "vanilla [a #2]"]
+    paths, kinds = ["x/a/last.ckpt", "y/a/last.ckpt", "v.ckpt"], ["momentum", "momentum", "vanilla"]
+    assert checkpoint_labels(paths, kinds) == ["momentum [x/a/last]", "momentum [y/a/last]", "vanilla"]
+    assert checkpoint_labels(["a.ckpt"] * 2, ["vanilla"] * 2) == ["vanilla [a #1]", "vanilla [a #2]"]
 
 
 def test_run_evaluate_errors(tmp_path):
@@ -130,13 +143,15 @@ def test_evaluate_py_end_to_end(tmp_path, tokenizer):
     a = make_checkpoint(tmp_path / "vanilla.ckpt", "vanilla", tokenizer)
     b = make_checkpoint(tmp_path / "momentum.ckpt", "multirate_ema", tokenizer)
     local = tmp_path / "mine.jsonl"
-    local.write_text("".join(json.dumps({"text": t, "label": int(y > 2)}) + "\n" for t, y in read_staicc("sst5")[:30]))
+    rows = [{"text": t, "label": int(y > 2)} for t, y in read_staicc("sst5")[:30]]
+    local.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run = tmp_path / "run"
     proc = _evaluate([f"ckpt_paths=[{a},{b}]", f"hydra.run.dir={run}", f"cache_dir={tmp_path / 'cache'}",
                       "ppl.max_windows=3", "icl.shots=[0,2,max]", "icl.seeds=[1,2]", "icl.max_examples=6",
                       "icl.max_shots=3", "logger=wandb",
-                      f"icl.tasks=[sst2,{{name: mine, path: '{local}', template: 'Review: {{text}}\\nSentiment:', "
-                      "answers: [Negative, Positive]}]"], cwd=tmp_path)
+                      f"icl.tasks=[sst2,{{name: mine, path: '{local}', "
+                      "template: 'Review: {text}\\nSentiment:', answers: [Negative, Positive]}]"],
+                     cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((run / "results.json").read_text())
     labels = [c["label"] for c in doc["checkpoints"]]
@@ -155,7 +170,8 @@ def test_evaluate_py_end_to_end(tmp_path, tokenizer):
 
 @pytest.mark.slow
 def test_evaluate_py_user_errors_are_one_line(tmp_path):
-    proc = _evaluate([f"ckpt_path={tmp_path / 'nope.ckpt'}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    run_dir = f"hydra.run.dir={tmp_path / 'run'}"
+    proc = _evaluate([f"ckpt_path={tmp_path / 'nope.ckpt'}", run_dir], cwd=tmp_path)
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
-    proc = _evaluate(["ckpt_path=x", "icl.shot=[0]", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    proc = _evaluate(["ckpt_path=x", "icl.shot=[0]", run_dir], cwd=tmp_path)
     assert proc.returncode == 2 and "did you mean 'shots'" in proc.stderr.lower()

@@ -16,8 +16,10 @@ KINDS = [("vanilla", {}), ("momentum", {}), ("momentum", {"learnable_eta": True,
 
 
 def _rows(g, lengths):
-    return [(torch.randint(1, 60, (q,), generator=g).tolist(), torch.randint(1, 60, (a,), generator=g).tolist())
-            for q, a in lengths]
+    def ids(n):
+        return torch.randint(1, 60, (n,), generator=g).tolist()
+
+    return [(ids(q), ids(a)) for q, a in lengths]
 
 
 @pytest.mark.parametrize("kind,attn", KINDS)
@@ -31,6 +33,21 @@ def test_cached_scores_equal_naive_scores(kind, attn, dtype, tol):
     naive = [score_naive(model, prefix + q, [a])[0] for q, a in rows]
     for (c, nc), (n, nn_) in zip(cached, naive):
         assert nc == nn_ and abs(c - n) <= tol * max(1.0, abs(n))
+
+
+@pytest.mark.parametrize("kind", ["vanilla", "momentum", "multirate_ema"])
+def test_rows_sharing_a_context_share_a_sequence_with_the_same_scores(kind):
+    model = tiny_gpt(kind, vocab=60).double()
+    prefix, q1, q2 = [3, 4, 5, 6], [7, 8, 9], [10, 11]
+    rows = [(q1, [12]), (q1, [13]), (q1, [14, 15, 16]), (q1, [17, 18]),  # one-token answers ride on q1's rows
+            (q2, [12]), (q2, [13]),  # only one-token answers: one bare-context row
+            ([], [20]), ([], [21, 22])]  # empty context: the prefix's last logits
+    scorer = PrefixScorer(model, prefix, batch_tokens=30)
+    assert len(scorer._sequences(rows)) == 4  # q1: 2, q2: 1, empty context: 1
+    got = scorer.score(rows)
+    for (q, a), (s, n) in zip(rows, got):
+        ref, ref_n = score_naive(model, prefix + q, [a])[0]
+        assert n == ref_n == len(a) and s == pytest.approx(ref, abs=1e-10)
 
 
 def test_the_prefix_cache_is_not_modified_by_scoring():
@@ -56,7 +73,8 @@ def test_mean_and_sum_of_log_probs_pick_different_answers():
     sp, x, y, z, colon = (ord(c) for c in " xyz:")
     # p(' ' | ':') = .9; p(x | ' ') = .3, p(y | ' ') = .25, p(z | y) = .99
     lm = bigram_lm(128, {colon: {sp: 0.9}, sp: {x: 0.3, y: 0.25}, y: {z: 0.99}})
-    scores = PrefixScorer(lm, [0]).score([(tok.encode("q:"), tok.encode(" x")), (tok.encode("q:"), tok.encode(" yz"))])
+    q = tok.encode("q:")
+    scores = PrefixScorer(lm, [0]).score([(q, tok.encode(" x")), (q, tok.encode(" yz"))])
     (sx, nx), (syz, nyz) = scores
     assert sx == pytest.approx(math.log(0.9 * 0.3)) and syz == pytest.approx(math.log(0.9 * 0.25 * 0.99))
     assert sx > syz  # the sum prefers " x"
@@ -79,7 +97,8 @@ def test_icl_runs_score_like_full_prompts(kind):
     pool = [IclExample(i, {"text": f"d{i}"}, answers, i % 3) for i in range(10)]
     test = [IclExample(100 + i, {"text": "t" * (1 + i % 4)}, answers, i % 3) for i in range(6)]
     task = IclTask("t", "In: {text}\nOut:", answers, "test", lambda seed: None)
-    ev = IclEvaluator(model, tok, IclConfig(tasks=["sst2"], shots=[3], seeds=[1], separator="\n\n"), split_seed=0)
+    cfg = IclConfig(tasks=["sst2"], shots=[3], seeds=[1], separator="\n\n")
+    ev = IclEvaluator(model, tok, cfg, split_seed=0)
     enc, _ = ev.encode_test(task, test)
     ev.evaluate_run(task, enc, pool, 3, 1)
     demos = ev.demonstrations(task, pool, 3, 1)

@@ -1,4 +1,4 @@
-"""ICL task loading: local JSONL files, hub schemas read from local files, StaICC reserved rows, and errors."""
+"""ICL task loading: local JSONL files, hub schemas in local files, StaICC reserved rows, and errors."""
 
 import json
 import os
@@ -19,13 +19,15 @@ def write_jsonl(path, rows):
 
 
 def test_local_jsonl_task_with_demo_file(tmp_path):
-    test = write_jsonl(tmp_path / "t.jsonl", [{"text": "good", "label": 1}, {"text": "bad", "label": "Negative"}])
+    rows = [{"text": "good", "label": 1}, {"text": "bad", "label": "Negative"}]
+    test = write_jsonl(tmp_path / "t.jsonl", rows)
     demo = write_jsonl(tmp_path / "d.jsonl", [{"text": "fine", "label": "Positive", "extra": 3}])
     task = file_task({"name": "mine", "path": test, "template": "Review: {text}\\nSentiment:",
                       "answers": ["Negative", "Positive"], "demo_path": demo})
     data = task.load(0)
     assert task.template == "Review: {text}\nSentiment:"  # a typed \n is a line break
-    assert [e.label for e in data.test] == [1, 0] and [e.id for e in data.test] == [1, 2]  # ids = line numbers
+    assert [e.label for e in data.test] == [1, 0]
+    assert [e.id for e in data.test] == [1, 2]  # ids are line numbers
     assert task.fill(data.demo_pool[0]) == "Review: fine\nSentiment:" and data.demo_pool[0].label == 1
 
 
@@ -42,7 +44,8 @@ def test_local_jsonl_without_demo_file_is_split_seeded_and_disjoint(tmp_path):
 
 def test_template_naming_a_missing_field_is_an_error(tmp_path):
     path = write_jsonl(tmp_path / "t.jsonl", [{"text": "a", "label": 0}, {"txt": "b", "label": 0}])
-    task = file_task({"name": "m", "path": path, "template": "{text}:", "answers": ["x", "y"], "demo_path": path})
+    task = file_task({"name": "m", "path": path, "template": "{text}:", "answers": ["x", "y"],
+                      "demo_path": path})
     with pytest.raises(DataError, match=r"line 2.*field '\{text\}'.*Did you mean 'txt'"):
         task.load(0)
 
@@ -50,7 +53,8 @@ def test_template_naming_a_missing_field_is_an_error(tmp_path):
 @pytest.mark.parametrize("label", [2, -1, "Maybe", True, 1.5])
 def test_labels_outside_the_answer_set_are_an_error(tmp_path, label):
     path = write_jsonl(tmp_path / "t.jsonl", [{"text": "a", "label": label}])
-    task = file_task({"name": "m", "path": path, "template": "{text}:", "answers": ["x", "y"], "demo_path": path})
+    task = file_task({"name": "m", "path": path, "template": "{text}:", "answers": ["x", "y"],
+                      "demo_path": path})
     with pytest.raises(DataError, match="label"):
         task.load(0)
 
@@ -76,7 +80,8 @@ def test_task_entries_need_template_and_answers(tmp_path):
 
 def test_empty_or_identically_tokenized_answers_are_errors():
     tok = CharTokenizer()
-    assert answer_token_ids(["No", "Nope"], tok, "t") == [tok.encode(" No"), tok.encode(" Nope")]  # prefix: fine
+    # one answer's tokens a prefix of another's: fine
+    assert answer_token_ids(["No", "Nope"], tok, "t") == [tok.encode(" No"), tok.encode(" Nope")]
     with pytest.raises(ConfigError, match="answer 1 is empty"):
         answer_token_ids(["yes", "  "], tok, "t")
     with pytest.raises(ConfigError, match="tokenize identically"):
@@ -98,17 +103,21 @@ def test_hub_task_offline_says_how_to_use_a_local_file(monkeypatch):
 
 def test_hub_schemas_from_local_files(tmp_path):
     arc = [
-        {"question": "Which is a gas?", "choices": {"text": ["ice", "steam", "rock", "wood"], "label": list("ABCD")},
-         "answerKey": "B"},
-        {"question": "Three?", "choices": {"text": ["a", "b", "c"], "label": list("ABC")}, "answerKey": "A"},  # skipped
-        {"question": "Num?", "choices": {"text": ["1", "2", "3", "4"], "label": list("1234")}, "answerKey": "4"},
+        {"question": "Which is a gas?", "answerKey": "B",
+         "choices": {"text": ["ice", "steam", "rock", "wood"], "label": list("ABCD")}},
+        {"question": "Three?", "answerKey": "A",  # skipped: three choices
+         "choices": {"text": ["a", "b", "c"], "label": list("ABC")}},
+        {"question": "Num?", "answerKey": "4",
+         "choices": {"text": ["1", "2", "3", "4"], "label": list("1234")}},
     ]
     path = write_jsonl(tmp_path / "arc.jsonl", arc)
     task = file_task({"name": "hub_arc_easy", "path": path, "demo_path": path})
     data = task.load(0)
     assert task.answers is None and [e.label for e in data.test] == [1, 3]
-    assert data.test[0].answers == ("ice", "steam", "rock", "wood") and task.fill(data.test[0]) == "Which is a gas?"
-    piqa = write_jsonl(tmp_path / "piqa.jsonl", [{"goal": "open a jar", "sol1": "twist", "sol2": "bite", "label": 0}])
+    assert data.test[0].answers == ("ice", "steam", "rock", "wood")
+    assert task.fill(data.test[0]) == "Which is a gas?"
+    row = {"goal": "open a jar", "sol1": "twist", "sol2": "bite", "label": 0}
+    piqa = write_jsonl(tmp_path / "piqa.jsonl", [row])
     ex = file_task({"name": "hub_piqa", "path": piqa, "demo_path": piqa}).load(0).test[0]
     assert ex.answers == ("twist", "bite") and ex.label == 0
     cb = write_jsonl(tmp_path / "cb.jsonl", [{"premise": "P.", "hypothesis": "H.", "label": 2, "idx": 0},
@@ -129,7 +138,8 @@ def test_staicc_tasks_use_only_rows_reserved_for_icl(seed):
         assert test_ids.isdisjoint(lm) and demo_ids.isdisjoint(lm) and test_ids.isdisjoint(demo_ids)
         assert [e.id for e in data.demo_pool] == split.icl_demo.tolist()  # kept in split_rows' permuted order
     ex = TASKS["agnews"].load(seed).test[0]
-    assert ex.answers == ("World", "Sports", "Business", "Technology") and "News: " in TASKS["agnews"].fill(ex)
+    assert ex.answers == ("World", "Sports", "Business", "Technology")
+    assert "News: " in TASKS["agnews"].fill(ex)
 
 
 def test_task_names_and_sets_resolve_with_did_you_mean():
@@ -157,13 +167,24 @@ def test_config_rejects_unknown_keys_and_bad_values():
     assert cfg.icl.shots == [0, 4, "max"] and cfg.ppl.lengths == [32, 64] and cfg.icl.largest_k == "max"
 
 
+def test_config_from_omegaconf_and_single_values():
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.create({"ppl": {"max_windows": 50, "lengths": 128},
+                             "icl": {"tasks": "table7", "shots": 4, "seeds": 1}})
+    cfg = EvalConfig.from_mapping(node, "eval")  # train.yaml's `eval:` node, as train.py passes it
+    assert cfg.ppl.max_windows == 50 and cfg.ppl.lengths == [128]
+    assert cfg.icl.tasks == ["table7"] and cfg.icl.shots == [4] and cfg.icl.seeds == [1]
+
+
 def test_k_larger_than_the_demonstration_pool_is_an_error(tmp_path):
     from test_eval_common import uniform_lm
 
     from momattn.eval.icl import IclEvaluator
 
     path = write_jsonl(tmp_path / "t.jsonl", [{"text": f"r{i}", "label": i % 2} for i in range(6)])
-    task = file_task({"name": "m", "path": path, "template": "{text}:", "answers": ["a", "b"], "demo_fraction": 0.5})
+    task = file_task({"name": "m", "path": path, "template": "{text}:", "answers": ["a", "b"],
+                      "demo_fraction": 0.5})
     ev = IclEvaluator(uniform_lm(128), CharTokenizer(), IclConfig(tasks=["sst2"], shots=[0, 4]), split_seed=0)
     with pytest.raises(DataError, match="icl.shots contains 4 but task 'm' has only 3 demonstration"):
         ev.evaluate_task(task)

@@ -38,18 +38,20 @@ def _is_int(x: Any) -> bool:
 @dataclass
 class PplConfig:
     enabled: bool = True
-    lengths: list[int] | None = None  # None: the paper's 256/512/1024, or context/4, /2, /1 for shorter contexts
+    lengths: list[int] | None = None  # None: the paper's 256/512/1024; context/4, /2, /1 if shorter
     max_windows: int = 200  # windows per split and length, taken with a fixed stride over the split
     train: bool = True  # also train-split perplexity at the longest length (Table 6's "Train" column)
-    data: dict | None = None  # null: the run's LM corpus; a mapping: keys merged over the run's `data` section
+    data: dict | None = None  # null: the run's LM corpus; a mapping: keys merged over the run's `data`
 
     def __post_init__(self):
+        if _is_int(self.lengths):
+            self.lengths = [self.lengths]
         if self.data is not None and not isinstance(self.data, Mapping):
-            raise ConfigError(f"ppl.data={self.data!r} must be a mapping of keys to merge over the run's data section, "
-                              "e.g. ppl.data={paths: [other.txt]}")
+            raise ConfigError(f"ppl.data={self.data!r} must be a mapping of keys to merge over the run's "
+                              "data section, e.g. ppl.data={paths: [other.txt]}")
         if self.lengths is not None:
             if not isinstance(self.lengths, list | tuple) or not self.lengths:
-                raise ConfigError(f"ppl.lengths={self.lengths!r} must be a non-empty list of ints, or null for auto")
+                raise ConfigError(f"ppl.lengths={self.lengths!r} must be a list of ints, or null (auto)")
             for n in self.lengths:
                 if not _is_int(n) or n < 2:
                     raise ConfigError(f"ppl.lengths contains {n!r}; every length must be an int >= 2 "
@@ -79,14 +81,17 @@ class IclConfig:
     tasks: list[Any] = field(default_factory=lambda: list(DEFAULT_TASKS))
     shots: list[Any] = field(default_factory=lambda: [0, 4, 16, "max"])  # ints, or "max" = as many as fit
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])  # demonstration draws; 0-shot uses the first
-    max_examples: int | None = 200  # test examples per task after the seeded shuffle; null = all (paper: 2000)
+    max_examples: int | None = 200  # test examples per task after the seeded shuffle; null: all (paper: 2000)
     max_shots: int = MAX_SHOTS_CAP  # upper bound of "max"
-    score: str = "mean"  # headline rule: mean (authors) or sum log-prob of the answer tokens; both are reported
-    separator: str = "eot"  # after each demonstration: "eot" = the tokenizer's end-of-text token, else this text
+    score: str = "mean"  # headline: mean (authors) or sum log-prob of the answer tokens; both are reported
+    separator: str = "eot"  # after each demonstration: "eot" = the end-of-text token, else this text
     test_seed: int = 1  # shuffle of the test set (the authors use 1)
 
     def __post_init__(self):
-        if not isinstance(self.tasks, list | tuple) or (self.enabled and not self.tasks):
+        # a single value on the command line (icl.tasks=table7, icl.shots=4, icl.seeds=1) means a list of one
+        self.tasks, self.shots, self.seeds = (x if isinstance(x, list | tuple) else [x] for x in
+                                              (self.tasks, self.shots, self.seeds))
+        if self.enabled and not self.tasks:
             raise ConfigError(f"icl.tasks={self.tasks!r} must be a non-empty list of task names or entries")
         self.tasks = list(self.tasks)
         for entry in self.tasks:
@@ -94,20 +99,22 @@ class IclConfig:
                 unknown = [k for k in entry if k not in TASK_ENTRY_KEYS]
                 if unknown:
                     raise ConfigError(f"icl.tasks entry {dict(entry)} has unknown key '{unknown[0]}'."
-                                      f"{did_you_mean(unknown[0], TASK_ENTRY_KEYS)} Keys: {', '.join(TASK_ENTRY_KEYS)}")
+                                      f"{did_you_mean(unknown[0], TASK_ENTRY_KEYS)} "
+                                      f"Keys: {', '.join(TASK_ENTRY_KEYS)}")
                 if not entry.get("name") or not entry.get("path"):
                     raise ConfigError(f"icl.tasks entry {dict(entry)} needs a 'name' and a JSONL 'path'")
             elif not isinstance(entry, str):
-                raise ConfigError(f"icl.tasks contains {entry!r}; use a task name or a mapping with name and path")
+                raise ConfigError(f"icl.tasks contains {entry!r}; use a name or a {{name, path}} mapping")
         if not isinstance(self.shots, list | tuple) or not self.shots:
             raise ConfigError(f"icl.shots={self.shots!r} must be a non-empty list of ints and/or 'max'")
         for k in self.shots:
             if not (k == "max" or (_is_int(k) and k >= 0)):
-                raise ConfigError(f"icl.shots contains {k!r}; use ints >= 0 or 'max' (as many as fit, up to max_shots)")
+                raise ConfigError(f"icl.shots contains {k!r}; use ints >= 0 or 'max' "
+                                  "(as many as fit, up to max_shots)")
         if len(set(map(str, self.shots))) != len(self.shots):
             raise ConfigError(f"icl.shots={list(self.shots)} lists a value twice")
         self.shots = sorted(k for k in self.shots if k != "max") + (["max"] if "max" in self.shots else [])
-        if not isinstance(self.seeds, list | tuple) or not self.seeds or not all(_is_int(s) for s in self.seeds):
+        if not self.seeds or not all(_is_int(s) for s in self.seeds):
             raise ConfigError(f"icl.seeds={self.seeds!r} must be a non-empty list of ints")
         self.seeds = list(self.seeds)
         if self.max_examples is not None and (not _is_int(self.max_examples) or self.max_examples < 1):
@@ -115,10 +122,11 @@ class IclConfig:
         if not _is_int(self.max_shots) or self.max_shots < 1:
             raise ConfigError(f"icl.max_shots={self.max_shots!r} must be an int >= 1")
         if self.score not in ("mean", "sum"):
-            raise ConfigError(f"icl.score='{self.score}' is unknown; choose 'mean' (mean log-prob per answer token, "
-                              "the authors' rule) or 'sum'")
+            raise ConfigError(f"icl.score='{self.score}' is unknown; choose 'mean' (mean log-prob per answer "
+                              "token, the authors' rule) or 'sum'")
         if not isinstance(self.separator, str) or not self.separator:
-            raise ConfigError(f"icl.separator={self.separator!r} must be 'eot' or a non-empty string such as '\\n\\n'")
+            raise ConfigError(f"icl.separator={self.separator!r} must be 'eot' or a non-empty text "
+                              "such as '\\n\\n'")
         if not _is_int(self.test_seed):
             raise ConfigError(f"icl.test_seed={self.test_seed!r} must be an int")
 
@@ -151,7 +159,7 @@ class EvaluateConfig(EvalConfig):
     ckpt_path: str | None = None  # one checkpoint
     ckpt_paths: list[str] | None = None  # several, evaluated side by side
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:1 ...
-    logger: dict | None = None  # the `logger` config group: none (null) or wandb ({wandb: {project, offline, ...}})
+    logger: dict | None = None  # the `logger` config group: none (null) or wandb ({wandb: {project, ...}})
     cache_dir: str | None = None  # token cache for the corpus loader; null = the checkpoint's data.cache_dir
     paths: dict | None = None  # the `paths` config group (the logger group's interpolations use it)
     tags: list | None = None  # W&B tags
@@ -162,7 +170,7 @@ class EvaluateConfig(EvalConfig):
             raise ConfigError(f"logger={self.logger!r}: choose logger=none or logger=wandb (a config group)")
         other = [k for k in (self.logger or {}) if k != "wandb"]
         if other:
-            raise ConfigError(f"logger={other[0]} is not supported by evaluate.py; use logger=none or logger=wandb")
+            raise ConfigError(f"logger={other[0]} is not supported by evaluate.py; use logger=none or wandb")
 
     def checkpoint_paths(self) -> list[str]:
         paths = list(self.ckpt_paths or [])
@@ -187,7 +195,8 @@ def build(cls, data: Mapping | None, where: str = ""):
     for key, value in data.items():
         name = f"{where}.{key}" if where else str(key)
         if key not in fields:
-            raise ConfigError(f"unknown key '{name}'.{did_you_mean(key, fields)} Valid keys here: {', '.join(fields)}")
+            raise ConfigError(f"unknown key '{name}'.{did_you_mean(key, fields)} "
+                              f"Valid keys here: {', '.join(fields)}")
         sub = _dataclass_type(fields[key])
         kwargs[key] = build(sub, value, name) if sub is not None else to_plain(value)
     return cls(**kwargs)

@@ -1,7 +1,7 @@
 """In-context accuracy with the authors' protocol (PAPER.md), one task at a time.
 
-    prompt  = <eot> demo_1 <sep> demo_2 <sep> ... demo_k <sep> template(test)      demo = template(x) + " " + answer
-    score   = mean log-prob of the tokens of " " + answer after the prompt (argmax wins); sum log-prob also reported
+    prompt = <eot> demo_1 <sep> ... demo_k <sep> template(test)      demo = template(x) + " " + answer
+    score  = mean log-prob of the tokens of " " + answer after the prompt (argmax wins); sum also reported
 
 - <eot> first: every training document follows an end-of-text token, so the prompt starts like one.
 - <sep> (icl.separator): "eot" = the tokenizer's end-of-text token (the authors end each demonstration with
@@ -30,13 +30,13 @@ from momattn.eval.scoring import PrefixScorer
 from momattn.eval.tasks import IclExample, IclTask
 
 PROTOCOL = (
-    "prompt = <eot> + k demonstrations (template + ' ' + answer, each followed by the separator) + test "
-    "template; every candidate answer is appended with a leading space and scored by the mean log-probability "
-    "of its tokens (acc; the authors' rule) and by the sum (acc_sum); argmax wins. Demonstrations: the task's "
-    "pool shuffled with each seed, taken in order; k='max' = as many as fit next to the longest test "
-    "prompt+answer (up to max_shots); for int k, demonstrations that would overflow the context are dropped "
-    "from the end (k_used). Test set shuffled with test_seed, capped at max_examples. Accuracy: mean and "
-    "population std over seeds (0-shot: one seed)."
+    "prompt = <eot> + k demonstrations (template + ' ' + answer, each followed by the separator) + "
+    "test template; every candidate answer is appended with a leading space and scored by the mean "
+    "log-probability of its tokens (acc; the authors' rule) and by the sum (acc_sum); argmax wins. "
+    "Demonstrations: the task's pool shuffled with each seed, taken in order; k='max' = as many as fit next "
+    "to the longest test prompt+answer (up to max_shots); for int k, demonstrations that would overflow the "
+    "context are dropped from the end (k_used). Test set shuffled with test_seed, capped at max_examples. "
+    "Accuracy: mean and population std over seeds (0-shot: one seed)."
 )
 
 
@@ -52,8 +52,8 @@ def answer_token_ids(answers: Sequence[str], tokenizer, where: str) -> list[list
     for i, t in enumerate(ids):
         if tuple(t) in seen:
             j = seen[tuple(t)]
-            raise ConfigError(f"{where}: answers {answers[j]!r} and {answers[i]!r} tokenize identically ({t}), so the "
-                              "model cannot tell them apart; make them differ")
+            raise ConfigError(f"{where}: answers {answers[j]!r} and {answers[i]!r} tokenize identically "
+                              f"({t}), so the model cannot tell them apart; make them differ")
         seen[tuple(t)] = i
     return ids
 
@@ -81,7 +81,8 @@ class PreparedTask:
 class IclEvaluator:
     """ICL accuracy of one model over tasks, shots and seeds."""
 
-    def __init__(self, model: nn.Module, tokenizer, cfg: IclConfig, split_seed: int, batch_tokens: int = 4096):
+    def __init__(self, model: nn.Module, tokenizer, cfg: IclConfig, split_seed: int,
+                 batch_tokens: int = 4096):
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         self.split_seed, self.batch_tokens = split_seed, batch_tokens
         self.context = model.config.block_size
@@ -96,22 +97,24 @@ class IclEvaluator:
 
     def encode_test(self, task: IclTask, examples: Sequence[IclExample]) -> tuple[list[EncodedExample], int]:
         """Encoded test examples and how many were skipped (per-example answers that tokenize ambiguously)."""
-        fixed = answer_token_ids(task.answers, self.tokenizer, f"ICL task '{task.name}'") if task.answers else None
+        fixed = None
+        if task.answers:
+            fixed = answer_token_ids(task.answers, self.tokenizer, f"ICL task '{task.name}'")
         out, skipped = [], 0
         for ex in examples:
             if fixed is not None:
                 answers = fixed
             else:
                 try:
-                    answers = answer_token_ids(ex.answers, self.tokenizer, f"task {task.name} example {ex.id}")
+                    answers = answer_token_ids(ex.answers, self.tokenizer, f"{task.name} example {ex.id}")
                 except ConfigError:
                     skipped += 1  # a hub item with an empty or duplicated choice
                     continue
             query = self.tokenizer.encode(task.fill(ex))
             room = self.context - len(self.start) - max(len(a) for a in answers)
             if room < 1:
-                raise DataError(f"ICL task '{task.name}': an answer of example {ex.id} is longer than the model's "
-                                f"context of {self.context} tokens")
+                raise DataError(f"ICL task '{task.name}': an answer of example {ex.id} is longer than the "
+                                f"model's context of {self.context} tokens")
             out.append(EncodedExample(ex, query[-room:], answers, len(query) > room))
         return out, skipped
 
@@ -130,15 +133,15 @@ class IclEvaluator:
         pool = data.demo_pool
         for k in self.cfg.shots:
             if k != "max" and k > len(pool):
-                raise DataError(f"icl.shots contains {k} but task '{task.name}' has only {len(pool)} demonstration "
-                                f"examples ({task.source}); lower icl.shots or give a larger demonstration pool "
-                                "(demo_path, or a larger demo_fraction)")
+                raise DataError(f"icl.shots contains {k} but task '{task.name}' has only {len(pool)} "
+                                f"demonstration examples ({task.source}); lower icl.shots or give a larger "
+                                "demonstration pool (demo_path, or a larger demo_fraction)")
         info = {
             "source": task.source, "template": task.template,
             "answers": list(task.answers) if task.answers else "per example",
             "chance": float(np.mean([1.0 / len(e.answers) for e in test])), "n": len(test),
-            "n_test_available": len(data.test), "n_skipped": skipped, "n_truncated": sum(e.truncated for e in test),
-            "n_demo_pool": len(pool),
+            "n_test_available": len(data.test), "n_skipped": skipped,
+            "n_truncated": sum(e.truncated for e in test), "n_demo_pool": len(pool),
         }
         return PreparedTask(task, test, pool, info)
 
@@ -150,15 +153,17 @@ class IclEvaluator:
             per_k[k].append(self.evaluate_run(prep.task, prep.test, prep.pool, k, seed))
         return {**prep.info, "shots": {str(k): self._summarise(seeds) for k, seeds in per_k.items()}}
 
-    def demonstrations(self, task: IclTask, pool: Sequence[IclExample], k: int | str, seed: int) -> list[list[int]]:
+    def demonstrations(self, task: IclTask, pool: Sequence[IclExample], k: int | str,
+                       seed: int) -> list[list[int]]:
+        """Token ids of the demonstrations of draw `seed`, each ending with the separator."""
         order = np.random.default_rng(seed).permutation(len(pool))
         n = min(self.cfg.max_shots, len(pool)) if k == "max" else k
         return [self.demo_ids(task, pool[i]) for i in order[:n]]
 
     def evaluate_run(self, task: IclTask, test: Sequence[EncodedExample], pool, k, seed: int) -> dict:
         demos = self.demonstrations(task, pool, k, seed)
-        cum = np.concatenate([[0], np.cumsum([len(d) for d in demos])])  # prefix length after j demonstrations
-        room = self.context - len(self.start) - cum  # context left for the test example after j demonstrations
+        cum = np.concatenate([[0], np.cumsum([len(d) for d in demos])])  # prefix after j demonstrations
+        room = self.context - len(self.start) - cum  # what is left for the test example after j of them
         if k == "max":  # the authors: as many as fit next to the longest test example
             n_fit = int(np.flatnonzero(room >= max(e.need for e in test)).max())
             k_used = [n_fit] * len(test)
@@ -181,11 +186,13 @@ class IclEvaluator:
             pred_sum = int(np.argmax([lp for lp, _ in s]))
             right_mean += pred_mean == e.example.label
             right_sum += pred_sum == e.example.label
-            self.predictions.append({"task": task.name, "k": k, "seed": seed, "id": e.example.id, "label": e.example.label,
-                                     "pred": pred_mean, "pred_sum": pred_sum, "k_used": j,
-                                     "logprob_sum": [lp for lp, _ in s], "n_tokens": [n for _, n in s]})
+            self.predictions.append({"task": task.name, "k": k, "seed": seed, "id": e.example.id,
+                                     "label": e.example.label, "pred": pred_mean, "pred_sum": pred_sum,
+                                     "k_used": j, "logprob_sum": [lp for lp, _ in s],
+                                     "n_tokens": [n for _, n in s]})
         return {"seed": seed, "acc_mean_lp": right_mean / len(test), "acc_sum_lp": right_sum / len(test),
-                "k_used_mean": float(np.mean(k_used)), "k_used_min": int(min(k_used)), "k_used_max": int(max(k_used))}
+                "k_used_mean": float(np.mean(k_used)), "k_used_min": int(min(k_used)),
+                "k_used_max": int(max(k_used))}
 
     def _summarise(self, seeds: list[dict]) -> dict:
         mean_lp = np.array([s["acc_mean_lp"] for s in seeds])
@@ -198,7 +205,7 @@ class IclEvaluator:
                 "seeds": [s["seed"] for s in seeds], "per_seed": seeds}
 
     def evaluate(self, tasks: Sequence[IclTask | PreparedTask]) -> dict:
-        """{'tasks': {name: result}, 'avg': {k: {...}}, 'protocol': ..., settings}. All tasks are loaded first."""
+        """{'tasks': {name: result}, 'avg': {k: {...}}, 'protocol': ..., settings}; tasks load first."""
         prepared = [t if isinstance(t, PreparedTask) else self.prepare(t) for t in tasks]
         was_training = self.model.training
         self.model.eval()
@@ -209,9 +216,11 @@ class IclEvaluator:
         avg = {}
         for k in map(str, self.cfg.shots):
             accs = [r["shots"][k]["acc"] for r in results.values()]
-            avg[k] = {"acc": float(np.mean(accs)), "chance": float(np.mean([r["chance"] for r in results.values()])),
-                      "n_tasks": len(accs)}
-        return {"protocol": PROTOCOL, "score": self.cfg.score, "headline_k": str(self.cfg.largest_k),
-                "separator": self.cfg.separator, "shots": [str(k) for k in self.cfg.shots], "seeds": self.cfg.seeds,
-                "test_seed": self.cfg.test_seed, "max_examples": self.cfg.max_examples, "max_shots": self.cfg.max_shots,
-                "split_seed": self.split_seed, "tasks": results, "avg": avg}
+            chance = [r["chance"] for r in results.values()]
+            avg[k] = {"acc": float(np.mean(accs)), "chance": float(np.mean(chance)), "n_tasks": len(accs)}
+        c = self.cfg
+        return {"protocol": PROTOCOL, "score": c.score, "headline_k": str(c.largest_k),
+                "separator": c.separator, "shots": [str(k) for k in c.shots], "seeds": c.seeds,
+                "test_seed": c.test_seed,
+                "max_examples": c.max_examples, "max_shots": c.max_shots, "split_seed": self.split_seed,
+                "tasks": results, "avg": avg}

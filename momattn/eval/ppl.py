@@ -28,9 +28,9 @@ from momattn.errors import DataError
 PROTOCOL = (
     "token-level perplexity on non-overlapping windows of L tokens, each scored from scratch (token j is "
     "predicted from the window's tokens 0..j-1 only; the first token of a window has no prediction and is "
-    "not scored, so a window gives L-1 predictions); windows taken with a fixed stride over the split, at most "
-    "max_windows per split and length; ppl = exp(total NLL / scored tokens); bits per byte = total NLL in bits / "
-    "UTF-8 bytes of the decoded scored tokens (end-of-text counts as 1 byte)"
+    "not scored, so a window gives L-1 predictions); windows taken with a fixed stride over the split, at "
+    "most max_windows per split and length; ppl = exp(total NLL / scored tokens); bits per byte = total NLL "
+    "in bits / UTF-8 bytes of the decoded scored tokens (end-of-text counts as 1 byte)"
 )
 
 
@@ -48,7 +48,7 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def window_starts(n_tokens: int, length: int, max_windows: int) -> np.ndarray:
-    """Starts of at most max_windows non-overlapping full windows, spread with a fixed stride over the split."""
+    """Starts of at most max_windows non-overlapping full windows, with a fixed stride over the split."""
     n_full = n_tokens // length
     idx = np.arange(n_full) if n_full <= max_windows else (np.arange(max_windows) * n_full) // max_windows
     return idx.astype(np.int64) * length
@@ -115,12 +115,13 @@ class PerplexityEvaluator:
         self.max_windows, self.batch_tokens = max_windows, batch_tokens
 
     def evaluate_split(self, tokens: np.ndarray, length: int, split: str) -> dict:
-        scores = score_windows(self.model, self.tokenizer, tokens, length, self.max_windows, self.batch_tokens,
-                               desc=f"ppl {split}@{length}")
+        scores = score_windows(self.model, self.tokenizer, tokens, length, self.max_windows,
+                               self.batch_tokens, desc=f"ppl {split}@{length}")
         return {**aggregate(scores), "length": length, "split": split,
                 "n_windows_available": len(tokens) // length, "split_tokens": len(tokens)}
 
-    def evaluate(self, val_tokens: np.ndarray, lengths: Sequence[int], train_tokens: np.ndarray | None = None) -> dict:
+    def evaluate(self, val_tokens: np.ndarray, lengths: Sequence[int],
+                 train_tokens: np.ndarray | None = None) -> dict:
         """{'valid': {L: numbers}, 'train': {Lmax: numbers} (when train_tokens is given), 'protocol': ...}."""
         res = {"protocol": PROTOCOL, "lengths": list(lengths), "max_windows": self.max_windows,
                "valid": {str(n): self.evaluate_split(val_tokens, n, "valid") for n in lengths}, "train": {}}

@@ -29,6 +29,14 @@ def _pct(acc: float, std: float | None = None) -> str:
     return f"{100 * acc:.1f}" + (f" ± {100 * std:.1f}" if std else "")
 
 
+def _acc(shot: dict) -> str:
+    return _pct(shot["acc"], shot["acc_std"])
+
+
+def _acc_cell(shot: dict) -> str:
+    return f"{_acc(shot)} (sum: {_pct(shot['acc_sum_lp'])}; k used {shot['k_used_mean']:.1f})"
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
@@ -93,27 +101,26 @@ def icl_markdown(results: Sequence[dict]) -> list[str]:
     rows = []
     for r in results:
         tr = (r.get("icl") or {}).get("tasks", {})
-        row = [r["label"]] + [_pct(tr[t]["shots"][k]["acc"], tr[t]["shots"][k]["acc_std"]) if t in tr else MISSING
-                              for t in tasks]
+        row = [r["label"]] + [_acc(tr[t]["shots"][k]) if t in tr else MISSING for t in tasks]
         row.append(_pct(r["icl"]["avg"][k]["acc"]) if r.get("icl") else MISSING)
         rows.append(row)
     out = [f"## In-context accuracy (Table 7 layout, k = {k})", "",
-           f"Accuracy in %, {rule}, mean ± std over seeds {first['seeds']}.", "", *_table(header, rows + [chance]), "",
+           f"Accuracy in %, {rule}, mean ± std over seeds {first['seeds']}.", "",
+           *_table(header, rows + [chance]), "",
            "## Accuracy by number of demonstrations", ""]
     for t in tasks:
         info = next(r["icl"]["tasks"][t] for r in results if r.get("icl") and t in r["icl"]["tasks"])
         shots = first["shots"]
-        out += [f"### {t}", "", f"Source: {info['source']}; n = {info['n']} test examples "
-                f"(of {info['n_test_available']}), demonstration pool {info['n_demo_pool']}, chance {_pct(info['chance'])}%"
-                + (f", {info['n_truncated']} prompts truncated" if info["n_truncated"] else "") + ".", ""]
+        truncated = f", {info['n_truncated']} prompts truncated" if info["n_truncated"] else ""
+        out += [f"### {t}", "", f"Source: {info['source']}; n = {info['n']} test examples (of "
+                f"{info['n_test_available']}), demonstration pool {info['n_demo_pool']}, "
+                f"chance {_pct(info['chance'])}%{truncated}.", ""]
         header = ["model"] + [f"k={s}" for s in shots]
         rows = []
         for r in results:
             tr = (r.get("icl") or {}).get("tasks", {})
-            rows.append([r["label"]] + [MISSING if t not in tr else
-                                        f"{_pct(tr[t]['shots'][s]['acc'], tr[t]['shots'][s]['acc_std'])} "
-                                        f"(sum: {_pct(tr[t]['shots'][s]['acc_sum_lp'])}; "
-                                        f"k used {tr[t]['shots'][s]['k_used_mean']:.1f})" for s in shots])
+            cells = [MISSING if t not in tr else _acc_cell(tr[t]["shots"][s]) for s in shots]
+            rows.append([r["label"], *cells])
         out += [*_table(header, rows), ""]
     out += [f"Protocol: {icl_mod.PROTOCOL}", ""]
     return out
@@ -141,7 +148,7 @@ def plot_ppl(results: Sequence[dict], path: Path) -> bool:
             ax.plot([int(n)], [v["ppl"]], marker="x", linestyle="none", color=line.get_color(),
                     label=f"{r['label']} train")
     ax.set_xscale("log", base=2)
-    lengths = sorted({int(n) for r in res for n in r["ppl"]["valid"]} | {int(n) for r in res for n in r["ppl"]["train"]})
+    lengths = sorted({int(n) for r in res for split in ("valid", "train") for n in r["ppl"][split]})
     ax.set_xticks(lengths, [str(n) for n in lengths])
     ax.minorticks_off()
     ax.set_xlabel("window length L (tokens)")
@@ -180,7 +187,8 @@ def plot_icl(results: Sequence[dict], path: Path) -> bool:
                 ys, err, chance = [icl["avg"][s]["acc"] for s in shots], None, icl["avg"][shots[0]]["chance"]
             else:
                 t = icl["tasks"][name]
-                ys, err, chance = [t["shots"][s]["acc"] for s in shots], [t["shots"][s]["acc_std"] for s in shots], t["chance"]
+                ys, err = [t["shots"][s]["acc"] for s in shots], [t["shots"][s]["acc_std"] for s in shots]
+                chance = t["chance"]
             ax.errorbar(list(xs), [100 * y for y in ys], yerr=None if err is None else [100 * e for e in err],
                         marker="o", capsize=3, label=r["label"])
             ax.set_xticks(list(xs), [f"k={s}" for s in shots])
@@ -204,16 +212,18 @@ def plot_icl(results: Sequence[dict], path: Path) -> bool:
 
 def markdown_report(results: Sequence[dict]) -> str:
     lines = ["# momattn evaluation", ""]
-    info = [[r["label"], r.get("attention", MISSING), str(r.get("checkpoint") or MISSING),
-             str(r.get("model", {}).get("block_size", MISSING)), f"{r.get('model', {}).get('n_params', 0) / 1e6:.2f}M"]
-            for r in results]
+    info = []
+    for r in results:
+        model = r.get("model", {})
+        info.append([r["label"], r.get("attention", MISSING), str(r.get("checkpoint") or MISSING),
+                     str(model.get("block_size", MISSING)), f"{model.get('n_params', 0) / 1e6:.2f}M"])
     lines += _table(["model", "attention", "checkpoint", "context", "params"], info) + [""]
     lines += ppl_markdown(results) + icl_markdown(results)
     return "\n".join(lines).rstrip() + "\n"
 
 
 def write_reports(results: list[dict], out_dir: str | os.PathLike) -> None:
-    """results.json, results.md, ppl.png and icl.png in out_dir for the evaluated checkpoints, side by side."""
+    """results.json, results.md, ppl.png and icl.png in out_dir: the evaluated checkpoints side by side."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     first_icl = next((r["icl"] for r in results if r.get("icl")), None)

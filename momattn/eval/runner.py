@@ -63,23 +63,25 @@ def evaluate_model(model: nn.Module, tokenizer, run_config: Mapping, eval_cfg: M
         "label": label,
         "attention": model.config.attention.kind,
         "model": {"block_size": context, "n_params": sum(p.numel() for p in model.parameters()),
-                  "n_layer": model.config.n_layer, "n_embd": model.config.n_embd, "vocab_size": model.config.vocab_size,
-                  "pos_emb": model.config.pos_emb, "attention": asdict(model.config.attention)},
+                  "n_layer": model.config.n_layer, "n_embd": model.config.n_embd,
+                  "vocab_size": model.config.vocab_size, "pos_emb": model.config.pos_emb,
+                  "attention": asdict(model.config.attention)},
         "tokenizer": {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
         "eval_config": asdict(cfg),
         "ppl": None,
         "icl": None,
         "timing_s": {},
     }
+    lengths = cfg.ppl.resolve_lengths(context) if cfg.ppl.enabled else []
     icl_eval = IclEvaluator(model, tokenizer, cfg.icl, split_seed_of(run_config), cfg.batch_tokens)
     # ICL data loaded and checked first: a missing file or an offline hub task fails before any scoring
     icl_tasks = [icl_eval.prepare(t) for t in resolve_tasks(cfg.icl.tasks)] if cfg.icl.enabled else []
     if cfg.ppl.enabled:
-        lengths = cfg.ppl.resolve_lengths(context)
         data_cfg = {**(run_config.get("data") or {}), **(cfg.ppl.data or {})}
         if not data_cfg.get("source"):
             raise DataError("the run config has no data.source, so the LM validation corpus is unknown; pass "
-                            "ppl.data={source: text_files, paths: [val.txt]} or disable perplexity with ppl.enabled=false")
+                            "ppl.data={source: text_files, paths: [val.txt]} or turn perplexity off with "
+                            "ppl.enabled=false")
         cache_dir = cache_dir or data_cfg.get("cache_dir")
         val = load_tokens(data_cfg, tokenizer, "val", cache_dir)
         train = load_tokens(data_cfg, tokenizer, "train", cache_dir) if cfg.ppl.train else None
@@ -98,8 +100,8 @@ def evaluate_model(model: nn.Module, tokenizer, run_config: Mapping, eval_cfg: M
 
 
 def flat_metrics(result: dict) -> dict[str, float]:
-    """Namespaced scalars for a logger: eval/ppl@256, eval/bpb@256, eval/train_ppl@1024, icl/sst2/acc (headline
-    k), icl/sst2/acc@k4, icl/sst2/acc_sum@k4, icl/avg/acc, ..."""
+    """Namespaced scalars for a logger: eval/ppl@256, eval/bpb@256, eval/train_ppl@1024, icl/sst2/acc
+    (headline k), icl/sst2/acc@k4, icl/sst2/acc_sum@k4, icl/avg/acc, ..."""
     out = {}
     if result.get("ppl"):
         for n, v in result["ppl"]["valid"].items():
@@ -124,7 +126,8 @@ def slug(label: str) -> str:
 
 
 def checkpoint_labels(paths: Sequence[str], kinds: Sequence[str]) -> list[str]:
-    """Each checkpoint's attention variant; variants that repeat get the shortest path tail that tells them apart."""
+    """Each checkpoint's attention variant; a variant that repeats gets the shortest path tail that tells
+    its checkpoints apart."""
     labels = list(kinds)
     for kind in set(kinds):
         idx = [i for i, k in enumerate(kinds) if k == kind]
@@ -164,9 +167,11 @@ def log_wandb(results: Sequence[dict], out_dir: Path, wandb_cfg: Mapping) -> Non
 
     for r in results:
         run = wandb.init(mode="offline" if wandb_cfg.get("offline", True) else "online", dir=str(out_dir),
-                         project=wandb_cfg.get("project") or "momattn", group=wandb_cfg.get("group") or out_dir.name,
-                         tags=list(wandb_cfg.get("tags") or []), job_type="evaluate", name=r["label"],
-                         config={"checkpoint": r.get("checkpoint"), "attention": r["attention"], "eval": r["eval_config"]})
+                         project=wandb_cfg.get("project") or "momattn",
+                         group=wandb_cfg.get("group") or out_dir.name, tags=list(wandb_cfg.get("tags") or []),
+                         job_type="evaluate", name=r["label"],
+                         config={"checkpoint": r.get("checkpoint"), "attention": r["attention"],
+                                 "eval": r["eval_config"]})
         try:
             metrics = flat_metrics(r)
             run.log(metrics)
@@ -191,7 +196,8 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
         log.info("evaluating %s (%s) on %s", path, label, device)
         model, tokenizer = load_checkpoint(path, map_location=device)
         run_config = dict(meta.get("config") or {})
-        res = evaluate_model(model, tokenizer, run_config, conf.eval_section(), out, label, cache_dir=conf.cache_dir)
+        res = evaluate_model(model, tokenizer, run_config, conf.eval_section(), out, label,
+                             cache_dir=conf.cache_dir)
         results.append({"checkpoint": str(path), **res})
         write_reports(results, out)  # after each checkpoint: finished ones survive a later crash
         del model

@@ -3,15 +3,19 @@
     scorer = PrefixScorer(model, prefix_ids)          # one forward pass over the prefix, into a KV cache
     scorer.score([(query_ids, answer_ids), ...])      # -> [(sum log p(answer | prefix + query), n tokens)]
 
-Rows are batched (right-padded, which a causal model never looks at) on `cache.expand(n_rows)`, a view of
-the batch-1 prefix cache: no copy, and the forward pass never changes the original cache. The logits that
-predict a row's first token come from the LAST prefix position, so the prefill keeps that row of logits.
-With an empty prefix the rows are scored as full prompts (the naive reference).
+Rows that share a context share one sequence: the logits at the context's last position score every
+answer's first token, so a one-token answer costs no extra row (with one-token answers an example is one
+row, whatever the number of answers). Sequences are batched (right-padded, which a causal model never looks
+at) on `cache.expand(n)`, a view of the batch-1 prefix cache: no copy, and the forward pass never changes
+the original cache. The logits that predict the first token after the prefix come from the prefix's LAST
+position, so the prefill keeps that row of logits. With an empty prefix the rows are scored as full prompts
+(the naive reference).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -20,6 +24,13 @@ import torch.nn.functional as F
 from momattn.eval.ppl import model_device
 
 Row = tuple[Sequence[int], Sequence[int]]  # (context ids after the prefix, continuation ids)
+
+
+@dataclass
+class _Sequence:
+    context: list[int]
+    continuation: list[int]  # the tokens after the context in this sequence (maybe none)
+    rows: list[int]  # the rows scored on it: its own continuation's, and one-token ones of the same context
 
 
 class PrefixScorer:
@@ -41,48 +52,74 @@ class PrefixScorer:
                 raise ValueError("a continuation must have at least one token")
             if not q and not self.prefix:
                 raise ValueError("with no prefix a row needs context tokens to predict its first token from")
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))  # little padding
+        seqs = self._sequences(rows)
+        seqs.sort(key=lambda sq: len(sq.context) + len(sq.continuation))  # neighbours need little padding
         batches, cur = [], []
-        for i in order:
-            # the widest so far (rows are sorted); the prefix counts: every row attends to it, keeps its keys
-            width = len(self.prefix) + len(rows[i][0]) + len(rows[i][1])
+        for sq in seqs:
+            # the widest so far; the prefix counts too: every row attends to it and holds its keys
+            width = len(self.prefix) + len(sq.context) + len(sq.continuation)
             if cur and (len(cur) + 1) * width > self.batch_tokens:
                 batches.append(cur)
                 cur = []
-            cur.append(i)
+            cur.append(sq)
         if cur:
             batches.append(cur)
-        out: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
+        sums = torch.zeros(len(rows), dtype=torch.float64)
         for batch in batches:
-            for i, res in zip(batch, self._score_batch([rows[i] for i in batch])):
-                out[i] = res
-        return out
+            idx, logp = self._score_batch(batch, rows)
+            sums.index_add_(0, idx, logp)
+        return [(float(v), len(a)) for v, (_, a) in zip(sums.tolist(), rows)]
 
-    def _score_batch(self, rows: Sequence[Row]) -> list[tuple[float, int]]:
-        seqs = [list(q) + list(a) for q, a in rows]
-        T = max(len(s) for s in seqs)
-        x = torch.zeros(len(seqs), T, dtype=torch.long, device=self.device)  # (R, T), right-padded with 0
-        for r, s in enumerate(seqs):
-            x[r, : len(s)] = torch.tensor(s, device=self.device)
-        cache = self.cache.expand(len(seqs)) if self.cache is not None else None
-        logits = self.model(x, cache=cache) if cache is not None else self.model(x)  # (R, T, V)
-        # gather the logits that predict each continuation token: position t predicts t + 1
-        r_idx, pos, tgt = [], [], []
-        for r, (q, a) in enumerate(rows):
-            for j in range(len(q), len(q) + len(a)):
-                r_idx.append(r)
-                pos.append(j - 1)  # -1: the prefix's last position
-                tgt.append(seqs[r][j])
-        r_idx_t = torch.tensor(r_idx, device=self.device)
+    @staticmethod
+    def _sequences(rows: Sequence[Row]) -> list[_Sequence]:
+        """One sequence per multi-token continuation; one-token continuations ride on their context's."""
+        by_context: dict[tuple[int, ...], list[int]] = {}
+        for i, (q, _) in enumerate(rows):
+            by_context.setdefault(tuple(q), []).append(i)
+        seqs = []
+        for q, idx in by_context.items():
+            multi = [_Sequence(list(q), list(rows[i][1]), [i]) for i in idx if len(rows[i][1]) > 1]
+            single = [i for i in idx if len(rows[i][1]) == 1]
+            if single and multi:
+                multi[0].rows.extend(single)
+            elif single:
+                multi.append(_Sequence(list(q), [], single))
+            seqs.extend(multi)
+        return seqs
+
+    def _score_batch(self, batch: Sequence[_Sequence],
+                     rows: Sequence[Row]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row index, log p(token)) for every continuation token of the rows the batch serves."""
+        T = max(len(sq.context) + len(sq.continuation) for sq in batch)
+        logits = None
+        if T > 0:  # T == 0: empty contexts and one-token answers need only the prefix's last logits
+            x = torch.zeros(len(batch), T, dtype=torch.long, device=self.device)  # (R, T), right-padded
+            for r, sq in enumerate(batch):
+                seq = sq.context + sq.continuation
+                x[r, : len(seq)] = torch.tensor(seq, device=self.device)
+            cache = self.cache.expand(len(batch)) if self.cache is not None else None
+            logits = self.model(x, cache=cache) if cache is not None else self.model(x)  # (R, T, V)
+        # position t predicts token t + 1; position -1 is the prefix's last
+        row_idx, seq_idx, pos, tgt = [], [], [], []
+        for r, sq in enumerate(batch):
+            for i in sq.rows:
+                a = rows[i][1]
+                for j in range(len(a)):
+                    row_idx.append(i)
+                    seq_idx.append(r)
+                    pos.append(len(sq.context) + j - 1)
+                    tgt.append(a[j])
         pos_t = torch.tensor(pos, device=self.device)
-        picked = logits[r_idx_t, pos_t.clamp(min=0)]  # (M, V)
-        if self.last_logits is not None:
-            first = (pos_t < 0).unsqueeze(1)  # (M, 1)
-            picked = torch.where(first, self.last_logits.to(picked.dtype).unsqueeze(0), picked)
+        if logits is None:
+            picked = self.last_logits.unsqueeze(0).expand(len(pos), -1)  # (M, V)
+        else:
+            picked = logits[torch.tensor(seq_idx, device=self.device), pos_t.clamp(min=0)]  # (M, V)
+            if self.last_logits is not None:
+                first = (pos_t < 0).unsqueeze(1)  # (M, 1)
+                picked = torch.where(first, self.last_logits.to(picked.dtype).unsqueeze(0), picked)
         tgt_t = torch.tensor(tgt, device=self.device)[:, None]  # (M, 1)
         logp = F.log_softmax(picked.double(), dim=-1).gather(1, tgt_t).squeeze(1)  # (M,)
-        sums = torch.zeros(len(rows), dtype=torch.float64, device=self.device).index_add_(0, r_idx_t, logp)
-        return [(float(s), len(a)) for s, (_, a) in zip(sums.tolist(), rows)]
+        return torch.tensor(row_idx), logp.cpu()
 
 
 def score_naive(model: nn.Module, prompt: Sequence[int], continuations: Sequence[Sequence[int]],

@@ -77,7 +77,8 @@ def fill_fields(template: str, row: Mapping, where: str) -> dict[str, str]:
 def label_index(label, answers: Sequence[str], where: str) -> int:
     """An int index into answers, or an answer string -> its index; DataError otherwise."""
     if isinstance(label, bool) or not isinstance(label, int | str):
-        raise DataError(f"{where}: label {label!r} is neither an index nor one of the answers {list(answers)}")
+        raise DataError(f"{where}: label {label!r} is neither an index nor one of the answers "
+                        f"{list(answers)}")
     if isinstance(label, str) and label in answers:
         return list(answers).index(label)
     if isinstance(label, str) and re.fullmatch(r"-?\d+", label.strip()):
@@ -115,7 +116,8 @@ def _staicc_loader(name: str, answers: tuple[str, ...]) -> Callable[[int], IclDa
 
         def ex(i) -> IclExample:
             text, label = rows[int(i)]
-            return IclExample(int(i), {"text": text}, answers, label_index(label, answers, f"StaICC {name} row {i}"))
+            label = label_index(label, answers, f"StaICC {name} row {i}")
+            return IclExample(int(i), {"text": text}, answers, label)
 
         return IclData(demo_pool=[ex(i) for i in split.icl_demo], test=[ex(i) for i in split.icl_test])
 
@@ -125,7 +127,8 @@ def _staicc_loader(name: str, answers: tuple[str, ...]) -> Callable[[int], IclDa
 # -----------------------------------------------------------------------------
 # Hugging Face hub (the paper's Table 7 set)
 
-Converter = Callable[[Mapping], tuple[dict, tuple[str, ...], int] | None]  # row -> (fields, answers, label) or skip
+# a hub row -> (fields, answers, label), or None to skip it
+Converter = Callable[[Mapping], tuple[dict, tuple[str, ...], int] | None]
 
 
 @dataclass(frozen=True)
@@ -166,17 +169,18 @@ def _piqa(row):
 
 
 SENTIMENT2 = ("Negative", "Positive")
+SST5, CB = STAICC_TASKS["sst5"][1], ("True", "False", "Neither")
 HUB_TASKS = {  # name: (template, answers or None, source)
-    "hub_sst5": ("Sentence: {text}\nLabel:", STAICC_TASKS["sst5"][1],
-                 HubSource("SetFit/sst5", None, "validation", "train", _labelled(["text"], STAICC_TASKS["sst5"][1]))),
+    "hub_sst5": ("Sentence: {text}\nLabel:", SST5,
+                 HubSource("SetFit/sst5", None, "validation", "train", _labelled(["text"], SST5))),
     "hub_imdb": ("Review: {text} Is the review positive or negative?", SENTIMENT2,
                  HubSource("stanfordnlp/imdb", None, "test", "train", _labelled(["text"], SENTIMENT2))),
     "hub_mr": ("Review: {text}\nSentiment:", SENTIMENT2,
                HubSource("cornell-movie-review-data/rotten_tomatoes", None, "validation", "train",
                          _labelled(["text"], SENTIMENT2))),
-    "hub_cb": ("{premise}\nQuestion: {hypothesis} True, False, or Neither?\nAnswer:", ("True", "False", "Neither"),
+    "hub_cb": ("{premise}\nQuestion: {hypothesis} True, False, or Neither?\nAnswer:", CB,
                HubSource("aps/super_glue", "cb", "validation", "train",
-                         _labelled(["premise", "hypothesis"], ("True", "False", "Neither")))),
+                         _labelled(["premise", "hypothesis"], CB))),
     "hub_arc_easy": ("{question}", None, HubSource("allenai/ai2_arc", "ARC-Easy", "test", "train", _arc)),
     # piqa's hub repo is script-based; recent `datasets` read its parquet export instead
     "hub_piqa": ("{goal}", None, HubSource("ybisk/piqa", "default", "validation", "train", _piqa,
@@ -191,25 +195,27 @@ def _hub_rows(task: str, src: HubSource, split: str) -> list[dict]:
 
         ds = datasets.load_dataset(src.path, src.config, split=split, revision=src.revision)
         return [dict(r) for r in ds]
-    except Exception as e:  # offline: ConnectionError, OSError, DatasetNotFoundError, ... all mean "not available"
+    except Exception as e:  # offline: ConnectionError, OSError, DatasetNotFoundError, ...: "not available"
         raise DataError(
             f"ICL task '{task}' needs the Hugging Face hub (load_dataset('{src.path}'"
             f"{', ' + repr(src.config) if src.config else ''}, split='{split}') failed: "
             f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}). Offline, save its "
-            f"'{src.test_split}' and '{src.demo_split}' splits as JSONL (one row per line, the hub's columns) and pass "
-            f"icl.tasks=[{{name: {task}, path: test.jsonl, demo_path: train.jsonl}}], or any file with your own "
-            f"fields: {{name: mytask, path: file.jsonl, template: {json.dumps(template)}, answers: [...]}}"
+            f"'{src.test_split}' and '{src.demo_split}' splits as JSONL (one row a line, the hub's columns) "
+            f"and pass icl.tasks=[{{name: {task}, path: test.jsonl, demo_path: train.jsonl}}], or any file "
+            f"with your own fields: {{name: mytask, path: file.jsonl, template: {json.dumps(template)}, "
+            "answers: [...]}"
         ) from e
 
 
-def _convert_rows(task: str, convert: Converter, rows: Sequence[tuple[int, Mapping]], where: str) -> list[IclExample]:
+def _convert_rows(task: str, convert: Converter, rows: Sequence[tuple[int, Mapping]],
+                  where: str) -> list[IclExample]:
     out = []
     for i, row in rows:
         try:
             got = convert(row)
         except (KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{where} row {i}: does not have the columns of task '{task}' ({type(e).__name__}: {e}); "
-                            f"it has {sorted(row)}") from e
+            raise DataError(f"{where} row {i}: does not have the columns of task '{task}' "
+                            f"({type(e).__name__}: {e}); it has {sorted(row)}") from e
         if got is not None:
             out.append(IclExample(i, *got))
     return out
@@ -234,7 +240,8 @@ def read_jsonl(path: str | Path, where: str) -> list[tuple[int, dict]]:
     """(line number, row) for each non-empty line."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise DataError(f"{where}: file '{path}' does not exist; give the path of a JSONL file (one JSON object a line)")
+        raise DataError(f"{where}: file '{path}' does not exist; give the path of a JSONL file "
+                        "(one JSON object a line)")
     rows = []
     with open(p, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
@@ -243,7 +250,8 @@ def read_jsonl(path: str | Path, where: str) -> list[tuple[int, dict]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{where}: {path} line {n} is not valid JSON ({e.msg}); one JSON object per line") from e
+                raise DataError(f"{where}: {path} line {n} is not valid JSON ({e.msg}); "
+                                "one JSON object per line") from e
             if not isinstance(row, dict):
                 raise DataError(f"{where}: {path} line {n} is {type(row).__name__}, not a JSON object")
             rows.append((n, row))
@@ -252,12 +260,14 @@ def read_jsonl(path: str | Path, where: str) -> list[tuple[int, dict]]:
     return rows
 
 
-def _file_converter(template: str, answers: tuple[str, ...], label_field: str, path: str, task: str) -> Converter:
+def _file_converter(template: str, answers: tuple[str, ...], label_field: str, path: str,
+                    task: str) -> Converter:
     def convert(row, line=None):
         where = f"ICL task '{task}': {path}" + (f" line {line}" if line is not None else "")
         fields = fill_fields(template, row, where)
         if label_field not in row:
-            raise DataError(f"{where}: no '{label_field}' field (the answer's index or string); the row has {sorted(row)}")
+            raise DataError(f"{where}: no '{label_field}' field (the answer's index or string); "
+                            f"the row has {sorted(row)}")
         return fields, answers, label_index(row[label_field], answers, where)
 
     return convert
@@ -280,21 +290,25 @@ def _file_loader(task: str, path: str, demo_path: str | None, demo_fraction: flo
         perm = np.random.default_rng(_stable_seed(task, split_seed)).permutation(len(test))
         n_demo = int(round(demo_fraction * len(test)))
         if not 0 < n_demo < len(test):
-            raise DataError(f"{where}: {path} has {len(test)} examples, too few to split into a demonstration pool "
-                            f"and a test set (demo_fraction={demo_fraction}); add rows or pass demo_path")
-        return IclData(demo_pool=[test[i] for i in perm[:n_demo]], test=[test[i] for i in np.sort(perm[n_demo:])])
+            raise DataError(f"{where}: {path} has {len(test)} examples, too few to split into a "
+                            f"demonstration pool and a test set (demo_fraction={demo_fraction}); "
+                            "add rows or pass demo_path")
+        return IclData(demo_pool=[test[i] for i in perm[:n_demo]],
+                       test=[test[i] for i in np.sort(perm[n_demo:])])
 
     return load
 
 
 def file_task(entry: Mapping) -> IclTask:
-    """An IclTask from a config entry {name, path, template?, answers?, demo_path?, label_field?, demo_fraction?}."""
+    """An IclTask from a config entry {name, path, template?, answers?, demo_path?, label_field?,
+    demo_fraction?}."""
     name, path = str(entry["name"]), str(entry["path"])
     demo_path = entry.get("demo_path")
     demo_fraction = float(entry.get("demo_fraction", 0.5))
     if not 0.0 < demo_fraction < 1.0:
         raise ConfigError(f"icl.tasks entry '{name}': demo_fraction={demo_fraction} must lie in (0, 1)")
-    source = f"jsonl:{path}" + (f" (demonstrations: {demo_path})" if demo_path else f" (seeded split, {demo_fraction:g} demonstrations)")
+    split = f"demonstrations: {demo_path}" if demo_path else f"seeded split, {demo_fraction:g} demonstrations"
+    source = f"jsonl:{path} ({split})"
     template, answers = entry.get("template"), entry.get("answers")
     if template is None and answers is None and name in HUB_TASKS:  # the hub's rows, saved locally
         template, answers, src = HUB_TASKS[name]
@@ -308,14 +322,16 @@ def file_task(entry: Mapping) -> IclTask:
                           "{name: mytask, path: file.jsonl, template: 'Review: {text}\\nSentiment:', "
                           "answers: [Negative, Positive]}")
     if not isinstance(template, str) or not PLACEHOLDER.search(template):
-        raise ConfigError(f"icl.tasks entry '{name}': template {template!r} must be a string with at least one "
-                          "{field} placeholder")
+        raise ConfigError(f"icl.tasks entry '{name}': template {template!r} must be a string with at least "
+                          "one {field} placeholder")
     if isinstance(answers, str) or not isinstance(answers, Sequence) or len(answers) < 2:
-        raise ConfigError(f"icl.tasks entry '{name}': answers={answers!r} must be a list of at least two strings")
+        raise ConfigError(f"icl.tasks entry '{name}': answers={answers!r} must be a list of at least two "
+                          "strings")
     template = template.replace("\\n", "\n")  # a "\n" typed on the command line means a line break
     answers = tuple(str(a) for a in answers)
     convert = _file_converter(template, answers, str(entry.get("label_field", "label")), path, name)
-    return IclTask(name, template, answers, source, _file_loader(name, path, demo_path, demo_fraction, convert, True))
+    loader = _file_loader(name, path, demo_path, demo_fraction, convert, own_schema=True)
+    return IclTask(name, template, answers, source, loader)
 
 
 # -----------------------------------------------------------------------------
@@ -340,7 +356,8 @@ def resolve_tasks(entries: Sequence[str | Mapping]) -> list[IclTask]:
         elif entry in TASKS:
             tasks.append(TASKS[entry])
         else:
-            raise ConfigError(f"icl.tasks: unknown task '{entry}'.{did_you_mean(entry, [*TASKS, *TASK_SETS])} "
+            hint = did_you_mean(entry, [*TASKS, *TASK_SETS])
+            raise ConfigError(f"icl.tasks: unknown task '{entry}'.{hint} "
                               f"Known: {', '.join(TASKS)}; sets: {', '.join(TASK_SETS)}; or a local file "
                               "{name, path, template, answers}")
     names = [t.name for t in tasks]

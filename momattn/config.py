@@ -136,6 +136,10 @@ def validate_train_config(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"data.source='{source}' is unknown.{did_you_mean(source, DATA_SCHEMAS)} "
                           f"Choose one of {', '.join(DATA_SCHEMAS)}")
     out["data"] = OmegaConf.to_object(_merge("data", DATA_SCHEMAS[source], cfg.data))
+    if cfg.get("eval") is not None:  # checked now, not after hours of training
+        from momattn.eval.config import EvalConfig
+
+        out["eval"] = EvalConfig.from_mapping(cfg.eval, "eval")
     o, t, d = out["optim"], out["tokenizer"], out["data"]
     if o.schedule not in ("cosine", "polynomial", "constant"):
         raise ConfigError(f"optim.schedule='{o.schedule}' is unknown; choose cosine, polynomial or constant")

@@ -144,3 +144,8 @@ def test_checkpoint_with_wrong_shapes(tmp_path, trained):
     torch.save(ckpt, bad)
     with pytest.raises(CheckpointError, match="does not fit"):
         load_checkpoint(bad)
+
+
+def test_eval_section_is_checked_at_start_up(tmp_path):
+    msg = run_expecting(tmp_path, [*SMOKE, "run_eval=true", "+eval.icl.shotz=[0]"], ConfigError)
+    assert "shotz" in msg and "shots" in msg

@@ -123,3 +123,20 @@ def test_two_process_ddp_on_cpu(tmp_path):
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 6
     assert "val/loss" in (tmp_path / "csv" / "metrics.csv").read_text()
+
+
+def test_wandb_sweep_recipe_arguments_are_accepted_by_train_py():
+    import yaml
+
+    from momattn.cli import check_overrides
+
+    sweep = yaml.safe_load((ROOT / "sweeps" / "wandb_sweep.yaml").read_text())
+    assert sweep["program"] == "train.py" and "${args_no_hyphens}" in sweep["command"]
+    args = []
+    for key, spec in sweep["parameters"].items():
+        value = spec.get("value", spec.get("values", [spec.get("min")])[0] if "values" in spec else spec.get("min"))
+        args.append(f"{key}={value}")
+    args += [c for c in sweep["command"] if "=" in c]
+    check_overrides("train", sorted(args, key=lambda a: "." in a.split("=")[0]))  # groups first
+    cfg = compose_train(Path("/tmp"), args)
+    validate_train_config(cfg)

@@ -235,6 +235,9 @@ def _throughput_summary(monitor: Throughput) -> dict:
 
 def _report(cfg, trainer, lit, tokenizer, resolved, out_dir: Path, loggers, baseline: float, speed: dict):
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    value = metrics.get(cfg.optimized_metric)
+    if not trainer.is_global_zero:  # DDP: rank 0 reports and evaluates
+        return None if value is None else float(value)
     ckpt_cb = trainer.checkpoint_callback
     best = getattr(ckpt_cb, "best_model_path", "") or None
     last = getattr(ckpt_cb, "last_model_path", "") or None
@@ -252,10 +255,9 @@ def _report(cfg, trainer, lit, tokenizer, resolved, out_dir: Path, loggers, base
     summary = {"attention": resolved["attention"], "steps": trainer.global_step, "unigram_val_ppl": baseline,
                "best_checkpoint": best, "last_checkpoint": last, **speed,
                **{k: v for k, v in metrics.items() if k.startswith(("val/", "train/loss"))}}
-    if trainer.is_global_zero:
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
 
-    if cfg.get("run_eval") and cfg.get("eval") and trainer.is_global_zero:
+    if cfg.get("run_eval") and cfg.get("eval"):
         from momattn.eval.runner import evaluate_model, write_reports
 
         model = lit.model.eval()
@@ -263,5 +265,4 @@ def _report(cfg, trainer, lit, tokenizer, resolved, out_dir: Path, loggers, base
         results = evaluate_model(model, tokenizer, resolved, cfg.eval, out_dir / "eval", label)
         write_reports([results], out_dir / "eval")
         print(f"[momattn] evaluation tables: {out_dir / 'eval' / 'results.md'}", file=sys.stderr)
-    value = metrics.get(cfg.optimized_metric)
     return None if value is None else float(value)

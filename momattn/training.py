@@ -258,11 +258,14 @@ def _report(cfg, trainer, lit, tokenizer, resolved, out_dir: Path, loggers, base
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
 
     if cfg.get("run_eval") and cfg.get("eval"):
-        from momattn.eval.runner import evaluate_model, write_reports
+        from momattn.eval.runner import evaluate_model, flat_metrics, write_reports
 
         model = lit.model.eval()
         label = resolved["attention"]["kind"]
         results = evaluate_model(model, tokenizer, resolved, cfg.eval, out_dir / "eval", label)
         write_reports([results], out_dir / "eval")
+        for lg in loggers:  # eval/ppl@L, icl/<task>/acc, ... next to the training curves
+            lg.log_metrics(flat_metrics(results), step=trainer.global_step)
+            lg.save()
         print(f"[momattn] evaluation tables: {out_dir / 'eval' / 'results.md'}", file=sys.stderr)
     return None if value is None else float(value)

@@ -140,3 +140,14 @@ def test_wandb_sweep_recipe_arguments_are_accepted_by_train_py():
     check_overrides("train", sorted(args, key=lambda a: "." in a.split("=")[0]))  # groups first
     cfg = compose_train(Path("/tmp"), args)
     validate_train_config(cfg)
+
+
+def test_training_ends_with_the_short_evaluation_logged(tmp_path):
+    cfg = compose_train(tmp_path, [*SMOKE, "run_eval=true", "eval.icl.tasks=[sst2]", "eval.icl.shots=[0,2]",
+                                   "eval.icl.max_examples=5", "eval.ppl.max_windows=3"])
+    run_train(cfg)
+    assert (tmp_path / "eval" / "results.md").exists() and (tmp_path / "eval" / "results.json").exists()
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "icl/sst2/acc" in header and "eval/ppl@32" in header
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["unigram_val_ppl"] > 1

@@ -97,67 +97,111 @@ def _check_v4(fn: str, v: torch.Tensor) -> None:
         raise ValueError(f"{fn}: v must be a floating-point tensor, got dtype {v.dtype}")
 
 
-def _powers(a: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """a ** k for each a and each integer exponent in k, shape a.shape + k.shape; 1 at k == 0, 0 at k < 0.
+def _powers(a: torch.Tensor, k: torch.Tensor, strict: bool = False) -> torch.Tensor:
+    """a ** k for each a and each integer exponent in k, shape a.shape + k.shape; 1 at k == 0, 0 at k < 0
+    (strict=True: 0 at k == 0 too, only k > 0 kept).
 
     The exponent is clamped to >= 1 before pow so the gradient at a == 0 is finite (the k == 0 entries
-    are then replaced by the constant 1; d/da a^0 would otherwise be 0 * 0^-1 = nan).
+    are then replaced by a constant; d/da a^0 would otherwise be 0 * 0^-1 = nan).
     """
     a = a.reshape(a.shape + (1,) * k.dim())
     pw = a ** k.clamp(min=1).to(a.dtype)
-    return torch.where(k > 0, pw, (k == 0).to(a.dtype))
+    return torch.where(
+        k > 0, pw, torch.zeros((), dtype=a.dtype, device=a.device) if strict else (k == 0).to(a.dtype)
+    )
+
+
+class _LayoutCopy(torch.autograd.Function):
+    """y = x.permute(dims) copied into a fresh contiguous tensor of dtype `dtype`; backward copies the
+    gradient back into x's layout and dtype the same way.
+
+    Plain autograd (permute + contiguous) would hand the next backward op a permuted, non-contiguous
+    gradient, and bmm then copies every batch matrix on its own; one bulk copy each way is much cheaper.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, dims: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        ctx.inv = tuple(sorted(range(len(dims)), key=dims.__getitem__))
+        ctx.in_dtype = x.dtype
+        return _copy_permuted(x, dims, dtype)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        return _copy_permuted(g, ctx.inv, ctx.in_dtype), None, None
+
+
+def _copy_permuted(x: torch.Tensor, dims: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    if dims == (1, 0):
+        # a 2-D transpose within one dtype takes PyTorch's blocked transpose copy (several times faster
+        # than a general strided copy); a dtype change, if any, then runs on contiguous memory
+        return x.t().contiguous().to(dtype)
+    xp = x.permute(dims)
+    return torch.empty(xp.shape, dtype=dtype, device=x.device).copy_(xp)
+
+
+def _layout_copy(x: torch.Tensor, dims: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """x.permute(dims) as a contiguous tensor of dtype `dtype` (one copy forward, one backward)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _LayoutCopy.apply(x, dims, dtype)
+    return _copy_permuted(x, dims, dtype)
 
 
 # -----------------------------------------------------------------------------
 # the chunked scan
 #
-# Layout: a sequence of length T = n*c is held "chunk-major" as X (G, c, n, M): X[g, j, m_, :] is position
-# m_*c + j of group g (a head, or a channel-rate pair), M = every other dim flattened. Then the
-# within-chunk scan is one bmm per group, L (G, c, c) @ X (G, c, n*M), and the chunk-end values
-# Y[:, -1] (G, n, M) are already a contiguous time-major sequence to recurse on.
+# Layout: time is the LAST dim, x (G, N, T): G groups (a head, or a channel-rate pair) with one rate each,
+# N independent sequences per group. Split into n chunks of c positions, x is (G, N*n, c) without a copy,
+# and the scan within every chunk is one bmm per group with the transposed (c x c) decay matrix:
+# X (G, N*n, c) @ L^T (G, c, c). The chunk-end values Y[..., -1] (G, N, n) form a sequence n long, scanned
+# the same way with rate a^c; that gives the state entering each chunk.
 
 
-def _to_chunks(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(G, T, M) time-major -> (G, c, n, M) chunk-major, zero-padding the tail (no effect on earlier t)."""
-    G, T, M = x.shape
-    n = -(-T // c)
+def _carry_chunk(n: int, N: int, chunk_size: int) -> int:
+    """Chunk length for scanning n chunk-end values of N sequences per group.
+
+    n <= N (and <= chunk_size): one chunk of n, so one bmm and no further recursion; the (G, n, n) decay
+    matrix is then no larger than the (G, N, n) chunk-end values. Otherwise chunks of ~sqrt(n) keep it
+    no larger than them (G can be C*R, thousands of groups, while n is only T/c).
+    """
+    if n <= min(N, chunk_size):
+        return n
+    return max(2, min(chunk_size, math.isqrt(n)))
+
+
+def _carry(ends: torch.Tensor, a: torch.Tensor, c: int, chunk_size: int) -> torch.Tensor:
+    """States entering each chunk, (G, N, n), from the inclusive chunk-end values ends (G, N, n).
+
+    The state after chunk m is S_m = sum_{m' <= m} (a^c)^(m-m') ends_m' (a scan with rate a^c); the state
+    entering chunk m is S_{m-1} (zero for the first chunk).
+    """
+    G, N, n = ends.shape
+    S = _scan_last(ends, a**c, _carry_chunk(n, N, chunk_size), chunk_size)  # (G, N, n)
+    return F.pad(S[..., :-1], (1, 0))
+
+
+def _scan_last(
+    x: torch.Tensor, a: torch.Tensor, c: int, chunk_size: int, inclusive: bool = True
+) -> torch.Tensor:
+    """Scan along the last dim of x (G, N, T) with one rate per group a (G,), in chunks of c; same shape.
+
+    inclusive: Y_t = sum_{i<=t} a^(t-i) x_i; otherwise the exclusive sum over i < t.
+    """
+    G, N, T = x.shape
+    n = -(-T // c)  # number of chunks
     if n * c != T:
-        x = F.pad(x, (0, 0, 0, n * c - T))
-    return x.reshape(G, n, c, M).transpose(1, 2).contiguous()
-
-
-def _chunk_scan(X: torch.Tensor, a: torch.Tensor, chunk_size: int, inclusive: bool = True) -> torch.Tensor:
-    """Scan of a chunk-major sequence X (G, c, n, M) with one rate per group a (G,); same layout out.
-
-    inclusive: Y_t = sum_{i<=t} a^(t-i) X_i; otherwise the exclusive sum over i < t.
-    """
-    G, c, n, M = X.shape
-    k = torch.arange(c, device=X.device)
-    lag = k[:, None] - k[None, :]  # (c, c) j - i
-    L = _powers(a, lag)  # (G, c, c) a^(j-i) on and below the diagonal, 0 above
-    if not inclusive:
-        L = L * (lag > 0).to(L.dtype)  # strictly earlier positions only
-    Y = torch.bmm(L, X.reshape(G, c, n * M)).view(G, c, n, M)  # scan within each chunk
+        x = F.pad(x, (0, n * c - T))  # zero tail: does not touch earlier positions
+    X = x.reshape(G, N * n, c)
+    k = torch.arange(c, device=x.device)
+    lag = k[None, :] - k[:, None]  # (c, c) [i, j] = j - i
+    LT = _powers(a, lag, strict=not inclusive)  # (G, c, c) [i, j] = a^(j-i) for j >= i (j > i), else 0
+    Y = torch.bmm(X, LT).view(G, N, n, c)  # scan within each chunk
     if n > 1:
-        ends = Y[:, -1] if inclusive else Y[:, -1] + X[:, -1]  # (G, n, M) inclusive chunk-end values
-        # the state at every chunk end is the same scan over chunk-end values, with rate a^c
-        S = _time_scan(ends, a**c, chunk_size)  # (G, n, M)
-        prev = F.pad(S[:, :-1], (0, 0, 1, 0))  # (G, n, M) state entering each chunk
+        ends = Y[..., -1] if inclusive else Y[..., -1] + X.view(G, N, n, c)[..., -1]  # (G, N, n) inclusive
+        prev = _carry(ends, a, c, chunk_size)  # (G, N, n) state entering each chunk
         decay = _powers(a, k + 1)  # (G, c) a^(j+1): how much of the entering state reaches position j
-        Y = torch.addcmul(Y, decay[:, :, None, None], prev[:, None])
-    return Y
-
-
-def _time_scan(x: torch.Tensor, a: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """Inclusive scan s_t = sum_{i<=t} a^(t-i) x_i of a time-major x (G, T >= 2, M), rates a (G,).
-
-    Used on the chunk-end sequences. Chunks of ~sqrt(T) keep the (G, c, c) decay matrices no larger than
-    the sequence itself (G can be C*R, thousands of groups, while T is only the number of chunks).
-    """
-    G, T, M = x.shape
-    c = max(2, min(chunk_size, math.isqrt(T)))
-    Y = _chunk_scan(_to_chunks(x, c), a, chunk_size)  # (G, c, n, M)
-    return Y.transpose(1, 2).reshape(G, -1, M)[:, :T]
+        Y = torch.addcmul(Y, prev[..., None], decay[:, None, None, :])
+    Y = Y.view(G, N, n * c)
+    return Y if n * c == T else Y[..., :T]
 
 
 # -----------------------------------------------------------------------------
@@ -186,14 +230,20 @@ def momentum_ema(
             return v.clone()
         c = min(chunk_size, T)
         n = -(-T // c)  # number of chunks
-        x = v.to(acc)
-        if n * c != T:
-            x = F.pad(x, (0, 0, 0, n * c - T))  # zero tail: does not touch earlier positions
-        # one copy into the chunk-major layout: (B, H, n, c, D) -> (H, c, n, B, D) -> (H, c, n, B*D)
-        X = x.view(B, H, n, c, D).permute(1, 3, 2, 0, 4).reshape(H, c, n, B * D)
-        Y = _chunk_scan(X, a, chunk_size, inclusive=include_current)  # (H, c, n, B*D)
-        y = Y.view(H, c, n, B, D).permute(3, 0, 2, 1, 4).reshape(B, H, n * c, D)  # and one copy back
-    return y[:, :, :T].to(v.dtype)
+        x = v if n * c == T else F.pad(v, (0, 0, 0, n * c - T))  # zero tail: does not touch earlier t
+        # chunk-major layout, one copy (contiguous runs of D): (B, H, n, c, D) -> (H, c, n, B, D)
+        X = _layout_copy(x.view(B, H, n, c, D), (1, 3, 2, 0, 4), acc).view(H, c, n * B * D)
+        k = torch.arange(c, device=v.device)
+        lag = k[:, None] - k[None, :]  # (c, c) [j, i] = j - i
+        L = _powers(a, lag, strict=not include_current)  # (H, c, c) a^(j-i) on/below (below) the diagonal
+        Y = torch.bmm(L, X).view(H, c, n, B * D)  # scan within each chunk
+        if n > 1:
+            ends = Y[:, -1] if include_current else Y[:, -1] + X.view(H, c, n, B * D)[:, -1]  # (H, n, B*D)
+            prev = _carry(ends.transpose(1, 2), a, c, chunk_size)  # (H, B*D, n) state entering each chunk
+            decay = _powers(a, k + 1)  # (H, c) a^(j+1): how much of the entering state reaches position j
+            Y = torch.addcmul(Y, decay[:, :, None, None], prev.transpose(1, 2)[:, None])
+        y = _layout_copy(Y.view(H, c, n, B, D), (3, 0, 2, 1, 4), v.dtype).view(B, H, n * c, D)  # and back
+    return y if n * c == T else y[:, :, :T]
 
 
 def momentum_ema_final_state(v: torch.Tensor, eta: Rate) -> torch.Tensor:
@@ -280,22 +330,21 @@ def multirate_ema(
         n = -(-T // c)  # number of chunks
         k = torch.arange(c, device=v.device)
         kernel = (gamma[:, :, None] * _powers(p, k)).sum(1)  # (C, c) sum_r gamma p^l for lags l < c
-        lag = k[:, None] - k[None, :]  # (c, c) j - i
-        M = kernel[:, lag.clamp(min=0)] * (lag >= 0).to(acc)  # (C, c, c) causal Toeplitz block
-        x = v.to(acc)
-        if n * c != T:
-            x = F.pad(x, (0, 0, 0, n * c - T))  # zero tail: does not touch earlier positions
-        X = x.view(B, n, c, C).permute(3, 2, 1, 0).reshape(C, c, n * B)  # (C, c, n*B) chunk-major
-        Y = torch.bmm(M, X)  # (C, c, n*B) contribution from inside each chunk
+        # transposed causal Toeplitz block, MT[i, j] = kernel[j - i] for j >= i, else 0: window s of the
+        # kernel with c-1 zeros in front is [0]*(c-1-s) + kernel[:s+1], i.e. row c-1-s of MT
+        MT = F.pad(kernel, (c - 1, 0)).unfold(1, c, 1).flip(1)  # (C, c, c)
+        x = v if n * c == T else F.pad(v, (0, 0, 0, n * c - T))  # zero tail: does not touch earlier t
+        # channels to the front with one 2-D transpose: (B*n*c, C) -> (C, B*n*c), time last
+        X = _layout_copy(x.reshape(B * n * c, C), (1, 0), acc).view(C, B * n, c)
+        Y = torch.bmm(X, MT)  # (C, B*n, c) contribution from inside each chunk
         if n > 1:
             # per-rate state each chunk leaves behind, carried across chunks with rate p^c
-            e = torch.bmm(_powers(p, c - 1 - k), X)  # (C, R, n*B) sum_i p^(c-1-i) x_i
-            S = _time_scan(e.view(C * R, n, B), (p**c).reshape(C * R), chunk_size)  # (C*R, n, B)
-            prev = F.pad(S[:, :-1], (0, 0, 1, 0)).view(C, R, n * B)  # state entering each chunk
-            into = gamma[:, None, :] * _powers(p, k + 1).transpose(1, 2)  # (C, c, R) gamma p^(j+1)
-            Y = torch.baddbmm(Y, into, prev)
-        y = Y.view(C, c, n, B).permute(3, 2, 1, 0).reshape(B, n * c, C)  # (B, T_padded, C)
-    return y[:, :T].to(v.dtype)
+            e = torch.bmm(_powers(p, c - 1 - k), X.transpose(1, 2))  # (C, R, B*n) sum_i p^(c-1-i) x_i
+            prev = _carry(e.view(C * R, B, n), p.reshape(C * R), c, chunk_size)  # (C*R, B, n) entering
+            into = gamma[:, :, None] * _powers(p, k + 1)  # (C, R, c) gamma p^(j+1)
+            Y = torch.baddbmm(Y, prev.view(C, R, B * n).transpose(1, 2), into)
+        y = _layout_copy(Y.view(C, B * n * c), (1, 0), v.dtype).view(B, n * c, C)  # (B, T_padded, C)
+    return y if n * c == T else y[:, :T]
 
 
 def multirate_ema_final_state(v: torch.Tensor, p: torch.Tensor, chunk_size: int = 64) -> torch.Tensor:
@@ -317,11 +366,11 @@ def multirate_ema_final_state(v: torch.Tensor, p: torch.Tensor, chunk_size: int 
         n = -(-T // c)
         k = torch.arange(c, device=v.device)
         # zeros in FRONT leave the final state unchanged; chunks keep the weight tensor at (C, R, T/c)
-        x = F.pad(v.to(acc), (0, 0, n * c - T, 0))  # (B, n*c, C)
-        X = x.view(B, n, c, C).permute(3, 2, 1, 0).reshape(C, c, n * B)  # (C, c, n*B) chunk-major
-        e = torch.bmm(_powers(p, c - 1 - k), X).view(C, -1, n, B)  # (C, R, n, B) chunk-end states
+        x = F.pad(v, (0, 0, n * c - T, 0))  # (B, n*c, C)
+        X = _layout_copy(x.reshape(B * n * c, C), (1, 0), acc).view(C, B * n, c)  # (C, B*n, c) time last
+        e = torch.bmm(_powers(p, c - 1 - k), X.transpose(1, 2)).view(C, -1, B, n)  # (C, R, B, n) chunk ends
         w = _powers(p**c, torch.arange(n - 1, -1, -1, device=v.device))  # (C, R, n) (p^c)^(n-1-m)
-        return torch.einsum("crnb,crn->bcr", e, w)  # (B, C, R)
+        return torch.einsum("crbn,crn->bcr", e, w)  # (B, C, R)
 
 
 def multirate_ema_step(

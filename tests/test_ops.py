@@ -286,6 +286,70 @@ def test_multirate_p_exactly_zero():
     torch.testing.assert_close(p.grad, gamma.detach() * v.detach()[:, :-1].sum(dim=(0, 1))[:, None])
 
 
+def test_multirate_single_sequence_deep_carry():
+    # B = 1 and T = 70, chunk 4: 18 chunk ends, carried by a scan that recurses (18 -> 5 -> 3 -> 2)
+    torch.manual_seed(1)
+    v = torch.randn(1, 70, 3, dtype=F64)
+    p = torch.rand(3, 2, dtype=F64) * 0.99
+    p[0, 0], p[1, 1] = 0.0, 0.999
+    gamma = torch.randn(3, 2, dtype=F64)
+    ref = naive_multirate(v, p, gamma)
+    torch.testing.assert_close(multirate_ema(v, p, gamma, chunk_size=4), ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(multirate_ema_final_state(v, p, chunk_size=4), multirate_ema_final_state(v, p))
+
+
+def test_strided_inputs_match_contiguous():
+    # the model hands momentum_ema a (B, T, 3C) slice viewed as (B, H, T, D): strided, not contiguous
+    torch.manual_seed(0)
+    B, T, H, D = 2, 37, 3, 4
+    C = H * D
+    base = torch.randn(B, T, 3 * C, dtype=F64)
+    eta = torch.tensor([0.0, 0.6, 0.95], dtype=F64)
+    grads = []
+    for make in (
+        lambda b: b[..., 2 * C :].view(B, T, H, D).transpose(1, 2),
+        lambda b: b[..., 2 * C :].view(B, T, H, D).transpose(1, 2).contiguous(),
+    ):
+        b = base.clone().requires_grad_()
+        v = make(b)
+        out = momentum_ema(v, eta, chunk_size=8)
+        torch.testing.assert_close(out, naive_momentum(v.detach(), eta, False), rtol=1e-12, atol=1e-12)
+        (out * torch.arange(out.numel(), dtype=F64).view_as(out).sin()).sum().backward()
+        grads.append(b.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+    x = torch.randn(B, C, T, dtype=F64).transpose(1, 2)  # (B, T, C), channels-first in memory
+    p, gamma = torch.rand(C, 2, dtype=F64) * 0.99, torch.randn(C, 2, dtype=F64)
+    out = multirate_ema(x, p, gamma, chunk_size=8)
+    torch.testing.assert_close(out, naive_multirate(x, p, gamma), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        multirate_ema_final_state(x, p, chunk_size=8), multirate_ema_final_state(x.contiguous(), p)
+    )
+
+
+def test_low_precision_inputs_get_grads_of_their_dtype():
+    torch.manual_seed(0)
+    v = torch.randn(2, 3, 40, 4).bfloat16().requires_grad_()
+    x = torch.randn(2, 40, 6).bfloat16().requires_grad_()
+    p, gamma = (torch.rand(6, 3) * 0.99).requires_grad_(), torch.randn(6, 3, requires_grad=True)
+    eta = torch.tensor([0.0, 0.5, 0.9], requires_grad=True)
+    (
+        momentum_ema(v, eta, chunk_size=8).float().sum()
+        + multirate_ema(x, p, gamma, chunk_size=8).float().sum()
+    ).backward()
+    assert v.grad.dtype == x.grad.dtype == torch.bfloat16
+    assert eta.grad.dtype == p.grad.dtype == gamma.grad.dtype == torch.float32
+    for t in (v, x, p, gamma, eta):
+        assert torch.isfinite(t.grad.float()).all()
+    # the same gradients as from float32 copies of the inputs, up to bf16 rounding of the result
+    v32, x32 = v.detach().float().requires_grad_(), x.detach().float().requires_grad_()
+    (
+        momentum_ema(v32, eta.detach(), chunk_size=8).sum()
+        + multirate_ema(x32, p.detach(), gamma.detach(), chunk_size=8).sum()
+    ).backward()
+    torch.testing.assert_close(v.grad.float(), v32.grad, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(x.grad.float(), x32.grad, rtol=1e-2, atol=1e-2)
+
+
 # -----------------------------------------------------------------------------
 # decoding: step functions and final states agree with the full-sequence ops
 

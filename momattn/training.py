@@ -84,7 +84,7 @@ def padded_vocab(n: int, multiple: int) -> int:
 
 def _check_compatible(resumed: GPTConfig, current: GPTConfig, path: Path) -> None:
     a, b = asdict(resumed), asdict(current)
-    diff = {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+    diff = {k: (a[k], b[k]) for k in a if a[k] != b[k] and k != "dropout"}  # dropout may change on resume
     if diff:
         raise CheckpointError(
             f"checkpoint '{path}' was trained with a different model: "

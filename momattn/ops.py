@@ -13,6 +13,12 @@ recursively over the chunk-end states with rate eta^c. Only non-negative powers 
 formed (no eta^-t, no log eta), so rates near 1 and long sequences stay finite, and rate 0 is allowed,
 gradients included. Sums are accumulated in float32 (float64 for float64 inputs) with autocast off.
 
+Speed on CPU: each op changes its input's layout with one bulk copy each way (a custom autograd Function,
+so backward gets one bulk copy too); multirate_ema moves channels to the front with a plain 2-D transpose
+(PyTorch's blocked transpose copy) and right-multiplies by the transposed (c x c) Toeplitz block, built
+from windows of the zero-padded kernel. Chunk ends and the carried-in states go through small matmuls
+(the latter an in-place rank-1 update), so backward forms no full-size zero or product tensors.
+
 The *_step / *_final_state helpers let a KV cache decode token by token with the same numbers.
 """
 
@@ -102,12 +108,16 @@ def _powers(a: torch.Tensor, k: torch.Tensor, strict: bool = False) -> torch.Ten
     (strict=True: 0 at k == 0 too, only k > 0 kept).
 
     The exponent is clamped to >= 1 before pow so the gradient at a == 0 is finite (the k == 0 entries
-    are then replaced by a constant; d/da a^0 would otherwise be 0 * 0^-1 = nan).
+    are then replaced by a constant; d/da a^0 would otherwise be 0 * 0^-1 = nan). Powers a^k, k >= 2,
+    below the smallest normal number (1.2e-38 in float32) are flushed to 0: they are far below the
+    rounding of any sum they enter, and subnormal operands make CPU matmuls several times slower (small
+    rates reach them within one chunk: 0.25^64 = 2.9e-39). a^1 = a is kept, so d/da at a == 0 stays 1.
     """
     a = a.reshape(a.shape + (1,) * k.dim())
     pw = a ** k.clamp(min=1).to(a.dtype)
+    keep = (k > 0) & ((k == 1) | (pw >= torch.finfo(pw.dtype).tiny))
     return torch.where(
-        k > 0, pw, torch.zeros((), dtype=a.dtype, device=a.device) if strict else (k == 0).to(a.dtype)
+        keep, pw, torch.zeros((), dtype=a.dtype, device=a.device) if strict else (k == 0).to(a.dtype)
     )
 
 
@@ -175,7 +185,8 @@ def _carry(ends: torch.Tensor, a: torch.Tensor, c: int, chunk_size: int) -> torc
     entering chunk m is S_{m-1} (zero for the first chunk).
     """
     G, N, n = ends.shape
-    S = _scan_last(ends, a**c, _carry_chunk(n, N, chunk_size), chunk_size)  # (G, N, n)
+    ac = _powers(a, torch.tensor(c, device=a.device))  # a^c, subnormal values flushed to 0 as in _powers
+    S = _scan_last(ends, ac, _carry_chunk(n, N, chunk_size), chunk_size)  # (G, N, n)
     return F.pad(S[..., :-1], (1, 0))
 
 
@@ -194,12 +205,13 @@ def _scan_last(
     k = torch.arange(c, device=x.device)
     lag = k[None, :] - k[:, None]  # (c, c) [i, j] = j - i
     LT = _powers(a, lag, strict=not inclusive)  # (G, c, c) [i, j] = a^(j-i) for j >= i (j > i), else 0
-    Y = torch.bmm(X, LT).view(G, N, n, c)  # scan within each chunk
+    Y = torch.bmm(X, LT)  # (G, N*n, c) scan within each chunk
     if n > 1:
-        ends = Y[..., -1] if inclusive else Y[..., -1] + X.view(G, N, n, c)[..., -1]  # (G, N, n) inclusive
-        prev = _carry(ends, a, c, chunk_size)  # (G, N, n) state entering each chunk
-        decay = _powers(a, k + 1)  # (G, c) a^(j+1): how much of the entering state reaches position j
-        Y = torch.addcmul(Y, prev[..., None], decay[:, None, None, :])
+        P = _powers(a, torch.arange(c + 1, device=x.device))  # (G, c+1) a^l for l = 0..c
+        ends = torch.bmm(X, P[:, :c].flip(-1)[:, :, None])  # (G, N*n, 1) inclusive chunk ends
+        prev = _carry(ends.view(G, N, n), a, c, chunk_size)  # (G, N, n) state entering each chunk
+        # + a^(j+1) prev at position j, as an in-place rank-1 update (bmm saved X and LT, not Y)
+        Y.baddbmm_(prev.reshape(G, N * n, 1), P[:, None, 1:])
     Y = Y.view(G, N, n * c)
     return Y if n * c == T else Y[..., :T]
 
@@ -236,12 +248,15 @@ def momentum_ema(
         k = torch.arange(c, device=v.device)
         lag = k[:, None] - k[None, :]  # (c, c) [j, i] = j - i
         L = _powers(a, lag, strict=not include_current)  # (H, c, c) a^(j-i) on/below (below) the diagonal
-        Y = torch.bmm(L, X).view(H, c, n, B * D)  # scan within each chunk
+        Y = torch.bmm(L, X)  # (H, c, n*B*D) scan within each chunk
         if n > 1:
-            ends = Y[:, -1] if include_current else Y[:, -1] + X.view(H, c, n, B * D)[:, -1]  # (H, n, B*D)
+            P = _powers(a, torch.arange(c + 1, device=v.device))  # (H, c+1) a^l for l = 0..c
+            # inclusive chunk ends sum_i a^(c-1-i) x_i by matmul: slicing Y would cost full-size zero
+            # gradients in backward
+            ends = torch.bmm(P[:, None, :c].flip(-1), X).view(H, n, B * D)
             prev = _carry(ends.transpose(1, 2), a, c, chunk_size)  # (H, B*D, n) state entering each chunk
-            decay = _powers(a, k + 1)  # (H, c) a^(j+1): how much of the entering state reaches position j
-            Y = torch.addcmul(Y, decay[:, :, None, None], prev.transpose(1, 2)[:, None])
+            # + a^(j+1) prev at position j, as an in-place rank-1 update (bmm saved X and L, not Y)
+            Y.baddbmm_(P[:, 1:, None], prev.transpose(1, 2).reshape(H, 1, n * B * D))
         y = _layout_copy(Y.view(H, c, n, B, D), (3, 0, 2, 1, 4), v.dtype).view(B, H, n * c, D)  # and back
     return y if n * c == T else y[:, :, :T]
 
@@ -328,8 +343,8 @@ def multirate_ema(
         p, gamma = p.to(v.device, acc), gamma.to(v.device, acc)
         c = min(chunk_size, T)
         n = -(-T // c)  # number of chunks
-        k = torch.arange(c, device=v.device)
-        kernel = (gamma[:, :, None] * _powers(p, k)).sum(1)  # (C, c) sum_r gamma p^l for lags l < c
+        P = _powers(p, torch.arange(c + 1, device=v.device))  # (C, R, c+1) p^l for l = 0..c
+        kernel = (gamma[:, :, None] * P[..., :c]).sum(1)  # (C, c) sum_r gamma p^l for lags l < c
         # transposed causal Toeplitz block, MT[i, j] = kernel[j - i] for j >= i, else 0: window s of the
         # kernel with c-1 zeros in front is [0]*(c-1-s) + kernel[:s+1], i.e. row c-1-s of MT
         MT = F.pad(kernel, (c - 1, 0)).unfold(1, c, 1).flip(1)  # (C, c, c)
@@ -339,10 +354,11 @@ def multirate_ema(
         Y = torch.bmm(X, MT)  # (C, B*n, c) contribution from inside each chunk
         if n > 1:
             # per-rate state each chunk leaves behind, carried across chunks with rate p^c
-            e = torch.bmm(_powers(p, c - 1 - k), X.transpose(1, 2))  # (C, R, B*n) sum_i p^(c-1-i) x_i
+            e = torch.bmm(P[..., :c].flip(-1), X.transpose(1, 2))  # (C, R, B*n) sum_i p^(c-1-i) x_i
             prev = _carry(e.view(C * R, B, n), p.reshape(C * R), c, chunk_size)  # (C*R, B, n) entering
-            into = gamma[:, :, None] * _powers(p, k + 1)  # (C, R, c) gamma p^(j+1)
-            Y = torch.baddbmm(Y, prev.view(C, R, B * n).transpose(1, 2), into)
+            into = gamma[:, :, None] * P[..., 1:]  # (C, R, c) gamma p^(j+1)
+            # in place (bmm saved X and MT, not Y): no full-size copy of Y
+            Y.baddbmm_(prev.view(C, R, B * n).transpose(1, 2), into)
         y = _layout_copy(Y.view(C, B * n * c), (1, 0), v.dtype).view(B, n * c, C)  # (B, T_padded, C)
     return y if n * c == T else y[:, :T]
 

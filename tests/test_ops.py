@@ -298,6 +298,31 @@ def test_multirate_single_sequence_deep_carry():
     torch.testing.assert_close(multirate_ema_final_state(v, p, chunk_size=4), multirate_ema_final_state(v, p))
 
 
+def test_small_rates_float32_match_float64():
+    # 0.2^l and 0.3^l pass through the subnormal range inside one chunk (flushed to 0 there): same sums
+    torch.manual_seed(0)
+    v64, x64 = torch.randn(2, 4, 200, 3, dtype=F64), torch.randn(2, 200, 4, dtype=F64)
+    eta64 = torch.tensor([0.2, 0.3, 0.0, 0.5], dtype=F64)
+    p64, g64 = (
+        torch.tensor([[0.2, 0.3], [0.25, 0.0], [0.01, 0.9], [0.3, 0.35]], dtype=F64),
+        torch.randn(4, 2, dtype=F64),
+    )
+    grads = []
+    for dt in (F64, torch.float32):
+        v, x = (t.detach().to(dt).clone().requires_grad_() for t in (v64, x64))
+        eta, p, g = (t.detach().to(dt).clone().requires_grad_() for t in (eta64, p64, g64))
+        out = (momentum_ema(v, eta).sum(), multirate_ema(x, p, g).sum())
+        sum(out).backward()
+        grads.append([t.grad.double() for t in (v, x, eta, p, g)])
+        if dt == F64:
+            ref = (naive_momentum(v64, eta64, False), naive_multirate(x64, p64, g64))
+            torch.testing.assert_close(momentum_ema(v64, eta64), ref[0], rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(multirate_ema(x64, p64, g64), ref[1], rtol=1e-12, atol=1e-12)
+    for a, b in zip(*grads, strict=True):
+        assert torch.isfinite(a).all() and torch.isfinite(b).all()
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
 def test_strided_inputs_match_contiguous():
     # the model hands momentum_ema a (B, T, 3C) slice viewed as (B, H, T, D): strided, not contiguous
     torch.manual_seed(0)

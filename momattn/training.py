@@ -250,7 +250,12 @@ def _report(cfg, trainer, lit, tokenizer, resolved, out_dir: Path, loggers, base
         lines.append(f"  throughput {speed['tokens_per_sec']:.0f} tokens/s{mfu}; fit took {speed['fit_seconds']:.0f} s")
     lines.append(f"  checkpoints: best {best}  last {last}")
     for lg in loggers:
-        lines.append(f"  {type(lg).__name__}: {getattr(lg, 'save_dir', None) or getattr(lg, 'log_dir', '')}")
+        if type(lg).__name__ == "WandbLogger":
+            run_dir = Path(lg.experiment.dir).parent
+            offline = "offline-run" in run_dir.name
+            lines.append(f"  W&B run: {run_dir}" + (f"  (offline; upload with: wandb sync {run_dir})" if offline else ""))
+        else:
+            lines.append(f"  {type(lg).__name__}: {getattr(lg, 'log_dir', None) or getattr(lg, 'save_dir', '')}")
     print("\n".join(lines), file=sys.stderr, flush=True)
     summary = {"attention": resolved["attention"], "steps": trainer.global_step, "unigram_val_ppl": baseline,
                "best_checkpoint": best, "last_checkpoint": last, **speed,

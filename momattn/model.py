@@ -133,16 +133,21 @@ class CausalSelfAttention(nn.Module):
         self.rotary = Rotary(config.n_embd // config.n_head, config.block_size) if config.pos_emb == "rotary" else None
 
     def memory(self, v: torch.Tensor, cache: LayerCache | None) -> torch.Tensor | None:
-        """Extra term added to the attention output, (B, H, T, D); None for vanilla."""
+        """Extra term added per head to the attention output, (B, H, T, D); None for vanilla."""
+        return None
+
+    def merged_memory(self, v: torch.Tensor, cache: LayerCache | None) -> torch.Tensor | None:
+        """Extra term added to the merged attention output, from the merged values (B, T, C); None for vanilla."""
         return None
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None, start: int = 0) -> torch.Tensor:
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        q, k, v_merged = self.c_attn(x).split(self.n_embd, dim=2)  # (B, T, C) each
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v_merged))  # (B, H, T, D)
         if self.rotary is not None:
             q, k = self.rotary(q, start), self.rotary(k, start)
-        mem = self.memory(v, cache)  # before the cache grows: it needs the state up to the previous token
+        # before the cache grows: the memory terms need the state up to the previous token
+        mem, mem_merged = self.memory(v, cache), self.merged_memory(v_merged, cache)
         if cache is not None and cache.k is not None:
             k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)  # (B, H, P+T, D)
         if cache is not None:
@@ -157,6 +162,8 @@ class CausalSelfAttention(nn.Module):
         if mem is not None:
             y = y + mem
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
+        if mem_merged is not None:
+            y = y + mem_merged
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -201,20 +208,19 @@ class MultiRateEMAAttention(CausalSelfAttention):
         self.gamma = nn.Parameter(torch.randn(C, R))
         self.scale = math.sqrt(1.0 / C)
 
-    def memory(self, v, cache):
-        B, H, T, D = v.shape
-        vm = v.transpose(1, 2).reshape(B, T, H * D)  # (B, T, C)
+    def merged_memory(self, vm, cache):
+        B, T, C = vm.shape  # the merged values, no head split (and no copy back from one)
         p, g = torch.sigmoid(self.delta), self.gamma * self.scale  # (C, R)
         m = multirate_ema(vm, p, g)  # (B, T, C)
         if cache is not None:
             s = multirate_ema_final_state(vm, p)  # (B, C, R), fp32 (fp64 for fp64 v)
             p, g = p.to(s.dtype), g.to(s.dtype)
             if cache.state is not None:  # prefix state (B, C, R) contributes sum_r g p^(j+1) s at position j
-                lags = torch.arange(1, T + 1, device=v.device, dtype=s.dtype)
+                lags = torch.arange(1, T + 1, device=vm.device, dtype=s.dtype)
                 w = p.unsqueeze(0) ** lags[:, None, None]  # (T, C, R)
                 m = m + torch.einsum("tcr,bcr->btc", w * g, cache.state)
             cache.state = s if cache.state is None else s + p**T * cache.state
-        return m.to(v.dtype).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        return m.to(vm.dtype)  # (B, T, C)
 
 
 ATTENTION_CLASSES = {"vanilla": CausalSelfAttention, "momentum": MomentumAttention, "multirate_ema": MultiRateEMAAttention}

@@ -48,7 +48,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if p.is_dir():
         raise CheckpointError(f"checkpoint '{path}' is a folder; pass a .ckpt file inside it (e.g. {p}/checkpoints/last.ckpt)")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+        # memory-mapped: reading the metadata (resume, evaluate.py's up-front check) does not pull every
+        # tensor into RAM; the weights are paged in only when a model is loaded from them
+        ckpt = torch.load(p, map_location="cpu", weights_only=False, mmap=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(
             f"checkpoint '{path}' cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "

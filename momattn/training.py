@@ -93,17 +93,17 @@ def _check_compatible(resumed: GPTConfig, current: GPTConfig, path: Path) -> Non
         )
 
 
+def _instantiate(conf, what: str, **kwargs):
+    """hydra.utils.instantiate, with a failure reported as one ConfigError naming the config entry."""
+    try:
+        return hydra.utils.instantiate(conf, **kwargs)
+    except Exception as e:
+        cause = e.__cause__ or e
+        raise ConfigError(f"{what} could not be created: {str(cause).splitlines()[0][:300]}") from e
+
+
 def _instantiate_all(node, what: str) -> list:
-    out = []
-    for name, conf in (node or {}).items():
-        if conf is None:
-            continue
-        try:
-            out.append(hydra.utils.instantiate(conf))
-        except Exception as e:
-            cause = e.__cause__ or e
-            raise ConfigError(f"{what}.{name} could not be created: {str(cause).splitlines()[0][:300]}") from e
-    return out
+    return [_instantiate(conf, f"{what}.{name}") for name, conf in (node or {}).items() if conf is not None]
 
 
 def run_train(cfg: DictConfig) -> float | None:
@@ -166,11 +166,7 @@ def run_train(cfg: DictConfig) -> float | None:
                                           plugins=[AtomicCheckpointIO()])
     if typed["optim"].grad_clip > 0:
         trainer_kwargs["gradient_clip_val"] = typed["optim"].grad_clip
-    try:
-        trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, **trainer_kwargs)
-    except Exception as e:
-        cause = e.__cause__ or e
-        raise ConfigError(f"trainer could not be created: {str(cause).splitlines()[0][:300]}") from e
+    trainer: pl.Trainer = _instantiate(cfg.trainer, "trainer", **trainer_kwargs)
 
     print(f"[momattn] {model_config.attention.kind} attention, {lit.model.num_params() / 1e6:.2f}M parameters, "
           f"{len(train_tokens) / 1e6:.2f}M train tokens, {tokenizer!r}; output: {out_dir}", file=sys.stderr)
@@ -204,11 +200,7 @@ def _make_loggers(cfg, out_dir: Path, resume: dict | None, multirun: bool, sweep
                 extra["group"] = Path(sweep_dir).name
             if not conf.get("name"):
                 extra["name"] = f"{cfg.attention.kind}-{job_num}" if multirun else None
-        try:
-            loggers.append(hydra.utils.instantiate(conf, **extra))
-        except Exception as e:
-            cause = e.__cause__ or e
-            raise ConfigError(f"logger.{name} could not be created: {str(cause).splitlines()[0][:300]}") from e
+        loggers.append(_instantiate(conf, f"logger.{name}", **extra))
     return loggers
 
 

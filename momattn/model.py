@@ -43,7 +43,8 @@ class AttentionConfig:
 @dataclass
 class GPTConfig:
     block_size: int = 256  # context length
-    vocab_size: int = 4096
+    vocab_size: int = 4096  # set from the tokenizer at start-up, padded up to a multiple of vocab_multiple
+    vocab_multiple: int = 64  # pad the vocabulary for faster matmuls (nanoGPT's 50304)
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 256
@@ -65,7 +66,7 @@ class GPTConfig:
             raise ConfigError(f"model.pos_emb='{self.pos_emb}' is unknown; choose 'learned' or 'rotary'")
         if self.pos_emb == "rotary" and (self.n_embd // self.n_head) % 2:
             raise ConfigError("model.pos_emb=rotary needs an even head size (n_embd / n_head)")
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+        for name in ("block_size", "vocab_size", "vocab_multiple", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1")
         if not 0.0 <= self.dropout < 1.0:

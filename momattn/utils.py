@@ -1,0 +1,29 @@
+"""Small helpers used across momattn, each in exactly one place: stable hashing and seeded splits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+
+
+def digest(obj: Any, n: int = 16) -> str:
+    """A short, stable hex digest of a JSON-able object (keys sorted): cache keys and fingerprints."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def stable_seed(*parts: Any) -> int:
+    """A 64-bit seed from any parts, the same in every process (python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+def seeded_split(n: int, fraction: float, seed: int | np.random.SeedSequence) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, held_out): a seeded permutation of range(n) cut so that held_out has round(fraction * n) items
+    (at least 1 when n >= 2); both sorted ascending."""
+    perm = np.random.default_rng(seed).permutation(n)
+    k = int(round(fraction * n))
+    if n >= 2:
+        k = min(max(k, 1), n - 1)
+    return np.sort(perm[k:]), np.sort(perm[:k])

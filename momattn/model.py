@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from momattn.errors import ConfigError
-from momattn.ops import momentum_ema, momentum_ema_final_state, multirate_ema, multirate_ema_final_state
+from momattn.ops import momentum_ema, multirate_ema
 
 ATTENTION_KINDS = ("vanilla", "momentum", "multirate_ema")
 
@@ -79,7 +79,7 @@ class LayerCache:
     def __init__(self):
         self.k: torch.Tensor | None = None  # (B, H, P, D)
         self.v: torch.Tensor | None = None  # (B, H, P, D)
-        self.state: torch.Tensor | None = None  # momentum: (B, H, 1, D); multirate_ema: (B, C, R)
+        self.state: torch.Tensor | None = None  # the EMA op's final state: momentum (B, H, D), multirate_ema (B, C, R)
 
 
 class KVCache:
@@ -134,11 +134,8 @@ class CausalSelfAttention(nn.Module):
         self.rotary = Rotary(config.n_embd // config.n_head, config.block_size) if config.pos_emb == "rotary" else None
 
     def memory(self, v: torch.Tensor, cache: LayerCache | None) -> torch.Tensor | None:
-        """Extra term added per head to the attention output, (B, H, T, D); None for vanilla."""
-        return None
-
-    def merged_memory(self, v: torch.Tensor, cache: LayerCache | None) -> torch.Tensor | None:
-        """Extra term added to the merged attention output, from the merged values (B, T, C); None for vanilla."""
+        """Extra term added to the merged attention output, from the merged values v (B, T, C): (B, T, C), or
+        None for vanilla. With a cache, the term continues from cache.state and leaves the new state there."""
         return None
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None, start: int = 0) -> torch.Tensor:
@@ -147,8 +144,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v_merged))  # (B, H, T, D)
         if self.rotary is not None:
             q, k = self.rotary(q, start), self.rotary(k, start)
-        # before the cache grows: the memory terms need the state up to the previous token
-        mem, mem_merged = self.memory(v, cache), self.merged_memory(v_merged, cache)
+        mem = self.memory(v_merged, cache)  # (B, T, C); its state lives in cache.state, apart from the keys
         if cache is not None and cache.k is not None:
             k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)  # (B, H, P+T, D)
         if cache is not None:
@@ -160,11 +156,10 @@ class CausalSelfAttention(nn.Module):
             P = k.size(2) - T
             mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        if mem is not None:
-            y = y + mem
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
-        if mem_merged is not None:
-            y = y + mem_merged
+        y = y.transpose(1, 2)  # (B, T, H, D): heads side by side
+        if mem is not None:  # mem first: the sum takes its contiguous layout, so one pass adds and merges
+            y = mem.view(B, T, self.n_head, C // self.n_head) + y
+        y = y.reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -184,18 +179,14 @@ class MomentumAttention(CausalSelfAttention):
     def eta(self) -> torch.Tensor:
         return torch.sigmoid(self.eta_logit) if hasattr(self, "eta_logit") else self.eta_fixed
 
-    def memory(self, v, cache):
-        eta = self.eta
-        m = momentum_ema(v, eta, include_current=self.include_current)  # (B, H, T, D)
+    def memory(self, vm, cache):
+        B, T, C = vm.shape
+        v = vm.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D), no copy
         if cache is None:
-            return m
-        s = momentum_ema_final_state(v, eta)  # (B, H, 1, D), fp32 (fp64 for fp64 v)
-        eta_h = eta.to(s.dtype).reshape(-1, 1, 1) if eta.dim() else eta.to(s.dtype)  # (H, 1, 1) or ()
-        if cache.state is not None:  # the prefix contributes eta^(j+1) s_{P-1} at new position j
-            lags = torch.arange(1, v.size(2) + 1, device=v.device, dtype=s.dtype)
-            m = m + eta_h ** lags[:, None] * cache.state  # (H, T, 1) or (T, 1) * (B, H, 1, D)
-        cache.state = s if cache.state is None else s + eta_h ** v.size(2) * cache.state
-        return m.to(v.dtype)
+            m = momentum_ema(v, self.eta, self.include_current)[0]
+        else:
+            m, cache.state = momentum_ema(v, self.eta, self.include_current, cache.state, output_final_state=True)
+        return m.transpose(1, 2).reshape(B, T, C)  # the op returns heads side by side already: no copy
 
 
 class MultiRateEMAAttention(CausalSelfAttention):
@@ -209,19 +200,12 @@ class MultiRateEMAAttention(CausalSelfAttention):
         self.gamma = nn.Parameter(torch.randn(C, R))
         self.scale = math.sqrt(1.0 / C)
 
-    def merged_memory(self, vm, cache):
-        B, T, C = vm.shape  # the merged values, no head split (and no copy back from one)
+    def memory(self, vm, cache):
         p, g = torch.sigmoid(self.delta), self.gamma * self.scale  # (C, R)
-        m = multirate_ema(vm, p, g)  # (B, T, C)
-        if cache is not None:
-            s = multirate_ema_final_state(vm, p)  # (B, C, R), fp32 (fp64 for fp64 v)
-            p, g = p.to(s.dtype), g.to(s.dtype)
-            if cache.state is not None:  # prefix state (B, C, R) contributes sum_r g p^(j+1) s at position j
-                lags = torch.arange(1, T + 1, device=vm.device, dtype=s.dtype)
-                w = p.unsqueeze(0) ** lags[:, None, None]  # (T, C, R)
-                m = m + torch.einsum("tcr,bcr->btc", w * g, cache.state)
-            cache.state = s if cache.state is None else s + p**T * cache.state
-        return m.to(vm.dtype)  # (B, T, C)
+        if cache is None:
+            return multirate_ema(vm, p, g)[0]  # (B, T, C): the merged values, no head split
+        m, cache.state = multirate_ema(vm, p, g, cache.state, output_final_state=True)
+        return m
 
 
 ATTENTION_CLASSES = {"vanilla": CausalSelfAttention, "momentum": MomentumAttention, "multirate_ema": MultiRateEMAAttention}

@@ -13,13 +13,23 @@ recursively over the chunk-end states with rate eta^c. Only non-negative powers 
 formed (no eta^-t, no log eta), so rates near 1 and long sequences stay finite, and rate 0 is allowed,
 gradients included. Sums are accumulated in float32 (float64 for float64 inputs) with autocast off.
 
-Speed on CPU: each op changes its input's layout with one bulk copy each way (a custom autograd Function,
-so backward gets one bulk copy too); multirate_ema moves channels to the front with a plain 2-D transpose
+Speed on CPU: momentum_ema with one rate for every head (a float or one-element eta, the default model's
+fixed eta) scans the heads-merged values (B, T, H*D) in place with one shared (c x c) matrix: no layout
+copy at all. Otherwise each op changes its input's layout with one bulk copy each way (a custom autograd
+Function, so backward gets one bulk copy too); momentum_ema's output comes back with heads side by side
+((B, H, T, D) viewed from (B, T, H, D) memory), the layout in which attention merges heads; multirate_ema moves channels to the front with a plain 2-D transpose
 (PyTorch's blocked transpose copy) and right-multiplies by the transposed (c x c) Toeplitz block, built
 from windows of the zero-padded kernel. Chunk ends and the carried-in states go through small matmuls
 (the latter an in-place rank-1 update), so backward forms no full-size zero or product tensors.
 
-The *_step / *_final_state helpers let a KV cache decode token by token with the same numbers.
+One signature serves training, prefill and decoding (as in flash-linear-attention and mamba):
+
+    out, final_state = op(v, ..., initial_state=None, output_final_state=False)
+
+`initial_state` is the inclusive state after a prefix (what an earlier call returned as its final state);
+`out` then equals the op applied to [prefix; v], restricted to v's positions. The state enters the same
+carry scan as the chunk ends, so no negative power appears there either. One new token (T = 1) takes a
+short path: the recurrence s = a s + v, without the chunked machinery. Naive references: momattn/reference.py.
 """
 
 from __future__ import annotations
@@ -178,16 +188,21 @@ def _carry_chunk(n: int, N: int, chunk_size: int) -> int:
     return max(2, min(chunk_size, math.isqrt(n)))
 
 
-def _carry(ends: torch.Tensor, a: torch.Tensor, c: int, chunk_size: int) -> torch.Tensor:
+def _carry(
+    ends: torch.Tensor, a: torch.Tensor, c: int, chunk_size: int, init: torch.Tensor | None = None
+) -> torch.Tensor:
     """States entering each chunk, (G, N, n), from the inclusive chunk-end values ends (G, N, n).
 
-    The state after chunk m is S_m = sum_{m' <= m} (a^c)^(m-m') ends_m' (a scan with rate a^c); the state
-    entering chunk m is S_{m-1} (zero for the first chunk).
+    The state after chunk m is S_m = (a^c) S_{m-1} + ends_m (a scan with rate a^c), S_{-1} = init (G, N)
+    (zero when None); the state entering chunk m is S_{m-1}.
     """
     G, N, n = ends.shape
     ac = _powers(a, torch.tensor(c, device=a.device))  # a^c, subnormal values flushed to 0 as in _powers
-    S = _scan_last(ends, ac, _carry_chunk(n, N, chunk_size), chunk_size)  # (G, N, n)
-    return F.pad(S[..., :-1], (1, 0))
+    if init is None:
+        S = _scan_last(ends, ac, _carry_chunk(n, N, chunk_size), chunk_size)  # (G, N, n)
+        return F.pad(S[..., :-1], (1, 0))
+    S = torch.cat([init[..., None].to(ends.dtype), ends[..., :-1]], dim=-1)  # (G, N, n): init, then ends
+    return _scan_last(S, ac, _carry_chunk(n, N, chunk_size), chunk_size)
 
 
 def _scan_last(
@@ -216,30 +231,68 @@ def _scan_last(
     return Y if n * c == T else Y[..., :T]
 
 
+def _check_state(fn: str, state: torch.Tensor | None, shape: tuple[int, ...], what: str) -> None:
+    if state is None:
+        return
+    if not isinstance(state, torch.Tensor) or tuple(state.shape) != shape:
+        got = tuple(state.shape) if isinstance(state, torch.Tensor) else type(state).__name__
+        raise ValueError(f"{fn}: initial_state must have shape {shape} ({what}), got {got}")
+
+
+def _last_state(
+    x_last: torch.Tensor, w: torch.Tensor, a_into: torch.Tensor, prev: torch.Tensor | None
+) -> torch.Tensor:
+    """Inclusive state after the last real position: x_last (G, N, c) @ w (G, c, K) + a_into * prev.
+
+    x_last holds the last chunk (zero tail included), w the powers a^(j_last - i) (0 past j_last), a_into
+    (G, 1, K) the decay a^(j_last + 1) of the state prev (G, N, K) that entered the chunk (None: zero).
+    """
+    s = torch.bmm(x_last, w)  # (G, N, K)
+    return s if prev is None else s + a_into * prev
+
+
 # -----------------------------------------------------------------------------
 # the paper's reading: one rate per head
 
 
 def momentum_ema(
-    v: torch.Tensor, eta: Rate, include_current: bool = False, chunk_size: int = 64
-) -> torch.Tensor:
+    v: torch.Tensor,
+    eta: Rate,
+    include_current: bool = False,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Exponential moving average of the values along time, per head.
 
         out[b, h, t] = sum_{i<t}  eta_h^(t-i) v[b, h, i]     (include_current=False, the paper's MoAttn)
         out[b, h, t] = sum_{i<=t} eta_h^(t-i) v[b, h, i]     (include_current=True)
 
     v: (B, H, T, D). eta: float, 0-d tensor, or (H,) tensor (one rate per head), all in [0, 1); may
-    require grad. Returns (B, H, T, D) in v's dtype, accumulated in float32. O(T) time and memory.
+    require grad. out is a (B, H, T, D) view of (B, T, H, D) memory (heads side by side, as attention
+    merges them) on the training paths. initial_state: (B, H, D), the inclusive state s = sum_{i<=-1} eta^(-1-i) v_i of a prefix
+    (positions -P..-1), which adds eta^(t+1) s at position t. Returns (out, final_state): out (B, H, T, D)
+    in v's dtype, accumulated in float32; final_state (B, H, D), the inclusive state after position T-1
+    in float32 (float64 for float64 v), or None unless output_final_state. O(T) time and memory.
+
+    A tensor eta's range is not re-checked on a one-token step that continues a state (that would sync
+    the device every decoded token); it was checked when the state was started.
     """
     fn = "momentum_ema"
     _check_v4(fn, v)
     _check_chunk(fn, chunk_size)
     B, H, T, D = v.shape
+    _check_state(fn, initial_state, (B, H, D), "B, H, D")
     acc = _acc_dtype(v.dtype)
+    decoding = T == 1 and initial_state is not None
     with _no_autocast(v.device):
-        a = _eta_per_head(fn, eta, H, v.device, acc)  # (H,)
-        if T == 0:
-            return v.clone()
+        a = _eta_per_head(fn, eta, H, v.device, acc, check_values=not decoding)  # (H,)
+        s0 = None if initial_state is None else initial_state.to(v.device, acc)  # (B, H, D)
+        if T <= 1:
+            return _momentum_short(v, a, include_current, s0, output_final_state)
+        shared = not isinstance(eta, torch.Tensor) or eta.numel() == 1  # one rate for every head
+        if shared and s0 is None and not output_final_state:
+            return _momentum_shared(v, a[:1], include_current, chunk_size), None
         c = min(chunk_size, T)
         n = -(-T // c)  # number of chunks
         x = v if n * c == T else F.pad(v, (0, 0, 0, n * c - T))  # zero tail: does not touch earlier t
@@ -249,61 +302,86 @@ def momentum_ema(
         lag = k[:, None] - k[None, :]  # (c, c) [j, i] = j - i
         L = _powers(a, lag, strict=not include_current)  # (H, c, c) a^(j-i) on/below (below) the diagonal
         Y = torch.bmm(L, X)  # (H, c, n*B*D) scan within each chunk
+        prev = None  # (H, B*D, n) state entering each chunk
+        init = None if s0 is None else s0.permute(1, 0, 2).reshape(H, B * D)  # (H, B*D)
         if n > 1:
             P = _powers(a, torch.arange(c + 1, device=v.device))  # (H, c+1) a^l for l = 0..c
             # inclusive chunk ends sum_i a^(c-1-i) x_i by matmul: slicing Y would cost full-size zero
             # gradients in backward
             ends = torch.bmm(P[:, None, :c].flip(-1), X).view(H, n, B * D)
-            prev = _carry(ends.transpose(1, 2), a, c, chunk_size)  # (H, B*D, n) state entering each chunk
+            prev = _carry(ends.transpose(1, 2), a, c, chunk_size, init)  # (H, B*D, n)
+        elif init is not None:
+            P = _powers(a, torch.arange(c + 1, device=v.device))  # (H, c+1)
+            prev = init[..., None]  # (H, B*D, 1)
+        if prev is not None:
             # + a^(j+1) prev at position j, as an in-place rank-1 update (bmm saved X and L, not Y)
             Y.baddbmm_(P[:, 1:, None], prev.transpose(1, 2).reshape(H, 1, n * B * D))
-        y = _layout_copy(Y.view(H, c, n, B, D), (3, 0, 2, 1, 4), v.dtype).view(B, H, n * c, D)  # and back
-    return y if n * c == T else y[:, :, :T]
+        # back, heads side by side as attention merges them: (H, c, n, B, D) -> (B, n, c, H, D)
+        y = _layout_copy(Y.view(H, c, n, B, D), (3, 2, 1, 0, 4), v.dtype).view(B, n * c, H, D).transpose(1, 2)
+        final = None
+        if output_final_state:
+            j = T - 1 - (n - 1) * c  # the last real position inside the last chunk
+            x_last = X.view(H, c, n, B * D)[:, :, n - 1].transpose(1, 2)  # (H, B*D, c)
+            w = _powers(a, j - k)[..., None]  # (H, c, 1) a^(j-i), 0 past j
+            a_into = _powers(a, torch.tensor(j + 1, device=v.device))[:, None, None]  # (H, 1, 1)
+            last_prev = None if prev is None else prev[..., n - 1 :]  # (H, B*D, 1)
+            final = _last_state(x_last, w, a_into, last_prev).reshape(H, B, D).transpose(0, 1)  # (B, H, D)
+    return (y if n * c == T else y[:, :, :T]), final
 
 
-def momentum_ema_final_state(v: torch.Tensor, eta: Rate) -> torch.Tensor:
-    """Inclusive state after the last position, sum_{i<=T-1} eta^(T-1-i) v_i: (B, H, T, D) -> (B, H, 1, D).
+def _momentum_shared(
+    v: torch.Tensor, a: torch.Tensor, include_current: bool, chunk_size: int
+) -> torch.Tensor:
+    """momentum_ema with one rate a (1,) for all heads, on the heads-merged layout (B, T, H*D) as it is.
 
-    Returned in the accumulation dtype (float32, or float64 for float64 v): it is a running sum that
-    `momentum_ema_step` keeps adding to.
+    Every head then shares one (c x c) decay matrix, so the scan is a matmul over the merged channels with
+    no layout copy in or out (the values a model splits from its qkv projection are such a strided view):
+    (c, c) @ (B*n, c, C). Returns (B, H, T, D), a view of a (B, T, H, D) tensor.
     """
-    fn = "momentum_ema_final_state"
-    _check_v4(fn, v)
     B, H, T, D = v.shape
-    acc = _acc_dtype(v.dtype)
-    with _no_autocast(v.device):
-        a = _eta_per_head(fn, eta, H, v.device, acc)  # (H,)
-        w = _powers(a, torch.arange(T - 1, -1, -1, device=v.device))  # (H, T) eta^(T-1-i)
-        return torch.einsum("ht,bhtd->bhd", w, v.to(acc))[:, :, None, :]  # (B, H, 1, D)
+    C = H * D
+    c = min(chunk_size, T)
+    n = -(-T // c)  # number of chunks
+    x = v.transpose(1, 2).reshape(B, T, C).to(_acc_dtype(v.dtype))  # no copy for merged-layout fp32 values
+    if n * c != T:
+        x = F.pad(x, (0, 0, 0, n * c - T))  # zero tail: does not touch earlier t
+    X = x.reshape(B * n, c, C)  # chunks of c positions, channels last
+    k = torch.arange(c, device=v.device)
+    L = _powers(a, k[:, None] - k[None, :], strict=not include_current)[0]  # (c, c) a^(j-i) on/below diagonal
+    Y = torch.matmul(L, X)  # (B*n, c, C) scan within each chunk
+    if n > 1:
+        P = _powers(a, torch.arange(c + 1, device=v.device))[0]  # (c+1,) a^l for l = 0..c
+        ends = torch.matmul(P[:c].flip(0), X)  # (B*n, C) inclusive chunk ends
+        prev = _carry(
+            ends.view(B, n, C).transpose(1, 2).reshape(1, B * C, n), a, c, chunk_size
+        )  # (1, B*C, n)
+        # + a^(j+1) prev at position j, in place (matmul saved X and L, not Y)
+        Y.baddbmm_(P[1:, None].expand(B * n, c, 1), prev.view(B, C, n).transpose(1, 2).reshape(B * n, 1, C))
+    y = Y.view(B, n * c, C)
+    y = (y if n * c == T else y[:, :T]).to(v.dtype)  # (B, T, C)
+    return y.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
 
 
-def momentum_ema_step(
-    state: torch.Tensor | None, v_t: torch.Tensor, eta: Rate, include_current: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One decoding step of `momentum_ema`.
-
-    state: inclusive state s_{t-1} (B, H, 1, D), or None at t = 0 (zeros). v_t: (B, H, 1, D).
-    Returns out_t = eta * s_{t-1} (+ v_t if include_current), in v_t's dtype, and the new state
-    s_t = eta * s_{t-1} + v_t, kept in float32 (float64 for float64 v_t). eta's range is not checked
-    here (that would sync the device every token); its shape is.
-    """
-    fn = "momentum_ema_step"
-    _check_v4(fn, v_t)
-    acc = _acc_dtype(v_t.dtype)
-    with _no_autocast(v_t.device):
-        a = _eta_per_head(fn, eta, v_t.shape[1], v_t.device, acc, check_values=False)[None, :, None, None]
-        x = v_t.to(acc)
-        decayed = torch.zeros_like(x) if state is None else a * state.to(acc)  # (B, H, 1, D)
-        new_state = decayed + x
-        out = new_state if include_current else decayed
-    return out.to(v_t.dtype), new_state
+def _momentum_short(
+    v: torch.Tensor, a: torch.Tensor, include_current: bool, s0: torch.Tensor | None, output_final_state: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """momentum_ema for T <= 1 (a decoding step): out = a s0 (+ v), final = a s0 + v."""
+    B, H, T, D = v.shape
+    if T == 0:
+        s = s0 if s0 is not None else v.new_zeros(B, H, D, dtype=a.dtype)
+        return v.clone(), (s if output_final_state else None)
+    x = v.to(a.dtype)[:, :, 0]  # (B, H, D)
+    decayed = None if s0 is None else a[:, None] * s0  # (B, H, D)
+    s = x if decayed is None else decayed + x
+    out = s if include_current else (decayed if decayed is not None else torch.zeros_like(x))
+    return out[:, :, None].to(v.dtype), (s if output_final_state else None)
 
 
 # -----------------------------------------------------------------------------
 # the authors' code: a multi-rate damped EMA per channel (MEGA-style), current token included
 
 
-def _check_multirate(fn: str, v: torch.Tensor, p: torch.Tensor, gamma: torch.Tensor | None) -> None:
+def _check_multirate(fn: str, v: torch.Tensor, p: torch.Tensor, gamma: torch.Tensor) -> None:
     if not isinstance(v, torch.Tensor) or v.dim() != 3:
         shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
         raise ValueError(f"{fn}: v must be a 3-D tensor (B, T, C), got shape {shape}")
@@ -313,34 +391,45 @@ def _check_multirate(fn: str, v: torch.Tensor, p: torch.Tensor, gamma: torch.Ten
     if not isinstance(p, torch.Tensor) or p.dim() != 2 or p.shape[0] != C:
         shape = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
         raise ValueError(f"{fn}: p must be a (C, R) tensor with C={C} (v's channels), got shape {shape}")
-    if gamma is not None and (not isinstance(gamma, torch.Tensor) or gamma.shape != p.shape):
+    if not isinstance(gamma, torch.Tensor) or gamma.shape != p.shape:
         shape = tuple(gamma.shape) if isinstance(gamma, torch.Tensor) else type(gamma).__name__
         raise ValueError(f"{fn}: gamma must have p's shape {tuple(p.shape)}, got shape {shape}")
 
 
 def multirate_ema(
-    v: torch.Tensor, p: torch.Tensor, gamma: torch.Tensor, chunk_size: int = 64
-) -> torch.Tensor:
+    v: torch.Tensor,
+    p: torch.Tensor,
+    gamma: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Multi-rate damped EMA per channel (the authors' "rot-momentum" code), current token included.
 
         y[b, t, c] = sum_r gamma[c, r] sum_{i<=t} p[c, r]^(t-i) v[b, i, c]
 
     i.e. a causal convolution with kernel k[c, l] = sum_r gamma[c, r] p[c, r]^l. v: (B, T, C),
-    p: (C, R) rates in [0, 1), gamma: (C, R) any real. Returns (B, T, C) in v's dtype, accumulated in
-    float32. O(T) time and memory; no (B, T, C, R) tensor is formed (per-rate states exist only at chunk
-    ends, (B, T/c, C, R)).
+    p: (C, R) rates in [0, 1), gamma: (C, R) any real. initial_state: (B, C, R), the per-rate inclusive
+    states s[b, c, r] = sum_{i<=-1} p^(-1-i) v_i of a prefix, which add sum_r gamma p^(t+1) s at position t.
+    Returns (out, final_state): out (B, T, C) in v's dtype, accumulated in float32; final_state (B, C, R)
+    after position T-1, in float32 (float64 for float64 v), or None unless output_final_state.
+    O(T) time and memory; no (B, T, C, R) tensor is formed (per-rate states exist only at chunk ends,
+    (B, T/c, C, R)). p's range is not re-checked on a one-token step that continues a state.
     """
     fn = "multirate_ema"
     _check_multirate(fn, v, p, gamma)
     _check_chunk(fn, chunk_size)
-    _check_rates(fn, "p", p)
     B, T, C = v.shape
     R = p.shape[1]
+    _check_state(fn, initial_state, (B, C, R), "B, C, R")
+    if not (T == 1 and initial_state is not None):
+        _check_rates(fn, "p", p)
     acc = _acc_dtype(v.dtype)
-    if T == 0:
-        return v.clone()
     with _no_autocast(v.device):
         p, gamma = p.to(v.device, acc), gamma.to(v.device, acc)
+        s0 = None if initial_state is None else initial_state.to(v.device, acc)  # (B, C, R)
+        if T <= 1:
+            return _multirate_short(v, p, gamma, s0, output_final_state)
         c = min(chunk_size, T)
         n = -(-T // c)  # number of chunks
         P = _powers(p, torch.arange(c + 1, device=v.device))  # (C, R, c+1) p^l for l = 0..c
@@ -352,58 +441,41 @@ def multirate_ema(
         # channels to the front with one 2-D transpose: (B*n*c, C) -> (C, B*n*c), time last
         X = _layout_copy(x.reshape(B * n * c, C), (1, 0), acc).view(C, B * n, c)
         Y = torch.bmm(X, MT)  # (C, B*n, c) contribution from inside each chunk
+        prev = None  # (C*R, B, n) per-rate state entering each chunk
+        init = None if s0 is None else s0.permute(1, 2, 0).reshape(C * R, B)  # (C*R, B)
         if n > 1:
             # per-rate state each chunk leaves behind, carried across chunks with rate p^c
             e = torch.bmm(P[..., :c].flip(-1), X.transpose(1, 2))  # (C, R, B*n) sum_i p^(c-1-i) x_i
-            prev = _carry(e.view(C * R, B, n), p.reshape(C * R), c, chunk_size)  # (C*R, B, n) entering
+            prev = _carry(e.view(C * R, B, n), p.reshape(C * R), c, chunk_size, init)
+        elif init is not None:
+            prev = init[..., None]  # (C*R, B, 1)
+        if prev is not None:
             into = gamma[:, :, None] * P[..., 1:]  # (C, R, c) gamma p^(j+1)
             # in place (bmm saved X and MT, not Y): no full-size copy of Y
-            Y.baddbmm_(prev.view(C, R, B * n).transpose(1, 2), into)
+            Y.baddbmm_(prev.reshape(C, R, B * n).transpose(1, 2), into)
         y = _layout_copy(Y.view(C, B * n * c), (1, 0), v.dtype).view(B, n * c, C)  # (B, T_padded, C)
-    return y if n * c == T else y[:, :T]
+        final = None
+        if output_final_state:
+            j = T - 1 - (n - 1) * c  # the last real position inside the last chunk
+            x_last = X.view(C, B, n, c)[:, :, n - 1]  # (C, B, c)
+            w = _powers(p, j - torch.arange(c, device=v.device)).transpose(1, 2)  # (C, c, R) p^(j-i)
+            a_into = _powers(p, torch.tensor(j + 1, device=v.device))[:, None]  # (C, 1, R)
+            last_prev = (
+                None if prev is None else prev[..., n - 1].reshape(C, R, B).transpose(1, 2)
+            )  # (C, B, R)
+            final = _last_state(x_last, w, a_into, last_prev).transpose(0, 1)  # (B, C, R)
+    return (y if n * c == T else y[:, :T]), final
 
 
-def multirate_ema_final_state(v: torch.Tensor, p: torch.Tensor, chunk_size: int = 64) -> torch.Tensor:
-    """Per-rate inclusive states after the last position: s[b, c, r] = sum_{i<=T-1} p^(T-1-i) v[b, i, c].
-
-    v: (B, T, C), p: (C, R) -> (B, C, R), in float32 (float64 for float64 v), for `multirate_ema_step`.
-    """
-    fn = "multirate_ema_final_state"
-    _check_multirate(fn, v, p, None)
-    _check_chunk(fn, chunk_size)
-    _check_rates(fn, "p", p)
+def _multirate_short(
+    v: torch.Tensor, p: torch.Tensor, gamma: torch.Tensor, s0: torch.Tensor | None, output_final_state: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """multirate_ema for T <= 1 (a decoding step): s = p s0 + v per rate, out = sum_r gamma s."""
     B, T, C = v.shape
-    acc = _acc_dtype(v.dtype)
     if T == 0:
-        return v.new_zeros(B, *p.shape, dtype=acc)
-    with _no_autocast(v.device):
-        p = p.to(v.device, acc)
-        c = min(chunk_size, T)
-        n = -(-T // c)
-        k = torch.arange(c, device=v.device)
-        # zeros in FRONT leave the final state unchanged; chunks keep the weight tensor at (C, R, T/c)
-        x = F.pad(v, (0, 0, n * c - T, 0))  # (B, n*c, C)
-        X = _layout_copy(x.reshape(B * n * c, C), (1, 0), acc).view(C, B * n, c)  # (C, B*n, c) time last
-        e = torch.bmm(_powers(p, c - 1 - k), X.transpose(1, 2)).view(C, -1, B, n)  # (C, R, B, n) chunk ends
-        w = _powers(p**c, torch.arange(n - 1, -1, -1, device=v.device))  # (C, R, n) (p^c)^(n-1-m)
-        return torch.einsum("crbn,crn->bcr", e, w)  # (B, C, R)
-
-
-def multirate_ema_step(
-    state: torch.Tensor | None, v_t: torch.Tensor, p: torch.Tensor, gamma: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One decoding step of `multirate_ema`.
-
-    state: per-rate inclusive states (B, C, R), or None at t = 0 (zeros). v_t: (B, 1, C).
-    new_state = p * state + v_t; out_t = sum_r gamma * new_state, (B, 1, C) in v_t's dtype. The state is
-    kept in float32 (float64 for float64 v_t). p's range is not checked here (no per-token device sync).
-    """
-    _check_multirate("multirate_ema_step", v_t, p, gamma)
-    acc = _acc_dtype(v_t.dtype)
-    with _no_autocast(v_t.device):
-        p, gamma = p.to(v_t.device, acc), gamma.to(v_t.device, acc)
-        x = v_t.to(acc)[:, 0, :, None]  # (B, C, 1)
-        prev = x.new_zeros(x.shape[0], *p.shape) if state is None else state.to(acc)  # (B, C, R)
-        new_state = p * prev + x  # (B, C, R)
-        out = (gamma * new_state).sum(-1)[:, None, :]  # (B, 1, C)
-    return out.to(v_t.dtype), new_state
+        s = s0 if s0 is not None else v.new_zeros(B, *p.shape, dtype=p.dtype)
+        return v.clone(), (s if output_final_state else None)
+    x = v.to(p.dtype)[:, 0, :, None]  # (B, C, 1)
+    s = x.expand(B, *p.shape) if s0 is None else p * s0 + x  # (B, C, R)
+    out = (gamma * s).sum(-1)[:, None, :]  # (B, 1, C)
+    return out.to(v.dtype), (s.contiguous() if output_final_state else None)

@@ -10,6 +10,7 @@ import torch
 from momattn import GPT, AttentionConfig, GPTConfig
 from momattn.errors import ConfigError
 from momattn.model import MomentumAttention, MultiRateEMAAttention
+from momattn.reference import causal_attention_naive, momentum_ema_naive
 
 VARIANTS = [
     ("vanilla", {}),
@@ -24,13 +25,6 @@ def tiny(kind="vanilla", pos_emb="learned", block_size=64, **att) -> GPT:
     cfg = GPTConfig(block_size=block_size, vocab_size=37, n_layer=2, n_head=2, n_embd=16, pos_emb=pos_emb,
                     attention=AttentionConfig(kind=kind, **att))
     return GPT(cfg).double().eval()
-
-
-def naive_softmax_attention(q, k, v):  # (B, H, T, D) each
-    T = q.size(2)
-    att = (q @ k.transpose(-1, -2)) / math.sqrt(q.size(-1))
-    att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
-    return att.softmax(-1) @ v
 
 
 def split_heads(attn, x):
@@ -49,12 +43,9 @@ def test_momentum_layer_equals_per_position_loop_of_the_formula(include_current,
     x = torch.randn(2, 11, 16, dtype=torch.float64)
     q, k, v = split_heads(attn, x)
     eta = attn.eta.detach().reshape(-1) * torch.ones(2, dtype=torch.float64)  # (H,)
-    y = naive_softmax_attention(q, k, v)
-    mom = torch.zeros_like(v)
-    for h in range(2):
-        for t in range(11):  # MoAttn: Attn(q_t) + sum_{i<t} eta^(t-i) v_i   (i <= t with include_current)
-            for i in range(t + 1 if include_current else t):
-                mom[:, h, t] += eta[h] ** (t - i) * v[:, h, i]
+    y = causal_attention_naive(q, k, v)
+    # MoAttn: Attn(q_t) + sum_{i<t} eta^(t-i) v_i   (i <= t with include_current), loops in momattn.reference
+    mom, _ = momentum_ema_naive(v, eta, include_current)
     expected = attn.c_proj((y + mom).transpose(1, 2).reshape(2, 11, 16))
     torch.testing.assert_close(attn(x), expected, rtol=1e-9, atol=1e-10)
 
@@ -71,7 +62,7 @@ def test_multirate_layer_equals_loop_of_the_authors_kernel():
     for t in range(9):
         for i in range(t + 1):
             mem[:, t] += kernel[:, t - i] * vm[:, i]
-    y = naive_softmax_attention(q, k, v).transpose(1, 2).reshape(1, 9, 16)
+    y = causal_attention_naive(q, k, v).transpose(1, 2).reshape(1, 9, 16)
     torch.testing.assert_close(attn(x), attn.c_proj(y + mem), rtol=1e-9, atol=1e-10)
 
 
@@ -93,10 +84,15 @@ def test_cached_decoding_equals_full_forward(kind, att, pos_emb):
     idx = torch.randint(0, 37, (2, 60))
     full = model(idx)
     cache = model.new_cache()
-    parts = [model(idx[:, :45], cache=cache)]  # a long prefix, then one token at a time
+    # a prefix, a block that continues it from the cached state, then one token at a time
+    parts = [model(idx[:, :30], cache=cache), model(idx[:, 30:45], cache=cache)]
     parts += [model(idx[:, t : t + 1], cache=cache) for t in range(45, 60)]
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-5, atol=1e-5)
     assert cache.length == 60
+    if kind != "vanilla":  # the layer keeps the op's float32 final state: (B, H, D) or (B, C, R)
+        state = cache.layers[0].state
+        assert state.dtype == torch.float32
+        assert state.shape == ((2, 2, 8) if kind == "momentum" else (2, 16, att["n_rates"]))
 
 
 @pytest.mark.parametrize("kind,att", VARIANTS)

@@ -1,45 +1,33 @@
-"""momattn.ops: the chunked EMA scans against naive float64 loops, gradients, stability, dtypes, decoding."""
+"""momattn.ops: the chunked EMA scans against the naive float64 loops of momattn.reference: values, gradients,
+stability, dtypes, and the initial_state / final_state signature that serves prefill and decoding."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from momattn.ops import (
-    momentum_ema,
-    momentum_ema_final_state,
-    momentum_ema_step,
-    multirate_ema,
-    multirate_ema_final_state,
-    multirate_ema_step,
-)
+from momattn.ops import momentum_ema, multirate_ema
+from momattn.reference import momentum_ema_naive, momentum_ema_recurrent, multirate_ema_naive
 
 F64 = torch.float64
 
 
-# -----------------------------------------------------------------------------
-# naive references: the formulas written out as double loops, in float64
-
-
 def naive_momentum(v: torch.Tensor, eta: torch.Tensor, include_current: bool) -> torch.Tensor:
-    """out[:, h, t] = sum_{i<t} (or i<=t) eta[h]^(t-i) v[:, h, i]. v (B, H, T, D), eta (H,)."""
-    B, H, T, D = v.shape
-    eta = eta.reshape(1, H, 1)
-    out = [torch.zeros(B, H, D, dtype=v.dtype) for _ in range(T)]
-    for t in range(T):
-        for i in range(t + 1 if include_current else t):
-            out[t] = out[t] + eta ** (t - i) * v[:, :, i]
-    return torch.stack(out, dim=2)
+    return momentum_ema_naive(v, eta, include_current)[0]
 
 
 def naive_multirate(v: torch.Tensor, p: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-    """y[:, t, c] = sum_r gamma[c, r] sum_{i<=t} p[c, r]^(t-i) v[:, i, c]. v (B, T, C), p/gamma (C, R)."""
-    B, T, C = v.shape
-    out = [torch.zeros(B, C, dtype=v.dtype) for _ in range(T)]
-    for t in range(T):
-        for i in range(t + 1):
-            out[t] = out[t] + (gamma * p ** (t - i)).sum(-1) * v[:, i]
-    return torch.stack(out, dim=1)
+    return multirate_ema_naive(v, p, gamma)[0]
+
+
+def mom(*args, **kwargs) -> torch.Tensor:
+    """momentum_ema's output alone (no state in, none out)."""
+    return momentum_ema(*args, **kwargs)[0]
+
+
+def mr(*args, **kwargs) -> torch.Tensor:
+    """multirate_ema's output alone."""
+    return multirate_ema(*args, **kwargs)[0]
 
 
 def make_eta(kind: str, H: int, dtype=F64):
@@ -67,7 +55,7 @@ def test_momentum_matches_naive(T, chunk, kind, include_current):
     torch.manual_seed(T)
     v = torch.randn(2, 3, T, 4, dtype=F64)
     eta, eta_ref = make_eta(kind, 3)
-    out = momentum_ema(v, eta, include_current=include_current, chunk_size=chunk)
+    out = mom(v, eta, include_current=include_current, chunk_size=chunk)
     assert out.shape == v.shape and out.dtype == F64
     torch.testing.assert_close(out, naive_momentum(v, eta_ref, include_current), rtol=1e-12, atol=1e-12)
 
@@ -76,7 +64,7 @@ def test_momentum_float32_matches_naive():
     torch.manual_seed(0)
     v = torch.randn(2, 3, 37, 4)
     eta = torch.tensor([0.0, 0.5, 0.95])
-    out = momentum_ema(v, eta, chunk_size=4)
+    out = mom(v, eta, chunk_size=4)
     assert out.dtype == torch.float32
     torch.testing.assert_close(
         out.double(), naive_momentum(v.double(), eta.double(), False), rtol=1e-5, atol=1e-5
@@ -86,7 +74,7 @@ def test_momentum_float32_matches_naive():
 def test_momentum_default_chunk_and_eta_shape_1():
     torch.manual_seed(1)
     v = torch.randn(1, 2, 150, 3, dtype=F64)  # 3 chunks of the default 64, ragged tail
-    out = momentum_ema(v, torch.tensor([0.8], dtype=F64), include_current=True)
+    out = mom(v, torch.tensor([0.8], dtype=F64), include_current=True)
     torch.testing.assert_close(out, naive_momentum(v, torch.full((2,), 0.8, dtype=F64), True))
 
 
@@ -94,15 +82,16 @@ def test_momentum_default_chunk_and_eta_shape_1():
 # momentum_ema: gradients
 
 
+@pytest.mark.parametrize("rates", [[0.3, 0.8], 0.6])  # per head, and one rate shared by every head
 @pytest.mark.parametrize("include_current", [False, True])
-def test_momentum_gradcheck(include_current):
+def test_momentum_gradcheck(include_current, rates):
     torch.manual_seed(0)
     v = torch.randn(1, 2, 11, 3, dtype=F64, requires_grad=True)
     eta = torch.tensor(
-        [0.3, 0.8], dtype=F64, requires_grad=True
+        rates, dtype=F64, requires_grad=True
     )  # away from 0 so finite differences stay in range
     assert torch.autograd.gradcheck(
-        lambda v, eta: momentum_ema(v, eta, include_current=include_current, chunk_size=4), (v, eta)
+        lambda v, eta: mom(v, eta, include_current=include_current, chunk_size=4), (v, eta)
     )
 
 
@@ -113,7 +102,7 @@ def test_momentum_grad_parity_with_naive(include_current):
     w = torch.randn(2, 3, 23, 2, dtype=F64)  # a random cotangent
     grads = []
     for fn in (
-        lambda v, e: momentum_ema(v, e, include_current=include_current, chunk_size=4),
+        lambda v, e: mom(v, e, include_current=include_current, chunk_size=4),
         lambda v, e: naive_momentum(v, e, include_current),
     ):
         v = v0.clone().requires_grad_()
@@ -129,7 +118,7 @@ def test_momentum_eta_exactly_zero(include_current):
     v = torch.randn(2, 3, 37, 4, dtype=F64, requires_grad=True)
     eta = torch.zeros(3, dtype=F64, requires_grad=True)
     w = torch.randn(2, 3, 37, 4, dtype=F64)
-    out = momentum_ema(v, eta, include_current=include_current, chunk_size=4)
+    out = mom(v, eta, include_current=include_current, chunk_size=4)
     # exclusive: nothing earlier survives; inclusive: only the current value
     torch.testing.assert_close(out, v if include_current else torch.zeros_like(v), rtol=0, atol=0)
     (out * w).sum().backward()
@@ -139,25 +128,11 @@ def test_momentum_eta_exactly_zero(include_current):
     expected = (w[:, :, 1:] * v.detach()[:, :, :-1]).sum(dim=(0, 2, 3))
     torch.testing.assert_close(eta.grad, expected)
     # a python float 0 works too
-    torch.testing.assert_close(momentum_ema(v.detach(), 0.0, include_current=include_current), out.detach())
+    torch.testing.assert_close(mom(v.detach(), 0.0, include_current=include_current), out.detach())
 
 
 # -----------------------------------------------------------------------------
 # momentum_ema: stability for rates near 1 over long sequences
-
-
-def sequential_reference(v: torch.Tensor, eta: list[float], include_current: bool) -> torch.Tensor:
-    """s_t = eta s_{t-1} + v_t in python floats (float64), one (b, h, d) sequence at a time."""
-    B, H, T, D = v.shape
-    rows = v.double().permute(0, 1, 3, 2).reshape(B * H * D, T).tolist()
-    out = []
-    for r, seq in enumerate(rows):
-        e, s, ys = eta[(r // D) % H], 0.0, []
-        for x in seq:
-            ys.append(e * s + x if include_current else e * s)
-            s = e * s + x
-        out.append(ys)
-    return torch.tensor(out, dtype=F64).reshape(B, H, D, T).permute(0, 1, 3, 2)
 
 
 @pytest.mark.parametrize("include_current", [False, True])
@@ -165,12 +140,12 @@ def test_momentum_long_sequence_eta_near_one(include_current):
     torch.manual_seed(0)
     T, rates = 32768, [0.999, 0.9]
     v = torch.randn(1, 2, T, 2)
-    ref = sequential_reference(v, rates, include_current)
-    out = momentum_ema(v, torch.tensor(rates), include_current=include_current)
+    ref = momentum_ema_recurrent(v, rates, include_current)
+    out = mom(v, torch.tensor(rates), include_current=include_current)
     assert torch.isfinite(out).all()
     # fp32 sums of ~1/(1-eta) terms: a plain fp32 recurrence is off by ~7e-6 of the largest value here too
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=2e-5 * ref.abs().max().item())
-    out64 = momentum_ema(v.double(), torch.tensor(rates, dtype=F64), include_current=include_current)
+    out64 = mom(v.double(), torch.tensor(rates, dtype=F64), include_current=include_current)
     torch.testing.assert_close(out64, ref, rtol=1e-10, atol=1e-10)
 
 
@@ -183,10 +158,10 @@ def test_momentum_low_precision_input(dtype):
     torch.manual_seed(0)
     v = torch.randn(2, 3, 100, 8).to(dtype)
     eta = torch.tensor([0.5, 0.9, 0.99])
-    out = momentum_ema(v, eta, include_current=True, chunk_size=16)
+    out = mom(v, eta, include_current=True, chunk_size=16)
     assert out.dtype == dtype
     # same fp32 sums as the fp32 call, rounded once at the end
-    ref = momentum_ema(v.float(), eta, include_current=True, chunk_size=16)
+    ref = mom(v.float(), eta, include_current=True, chunk_size=16)
     torch.testing.assert_close(out, ref.to(dtype))
     torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=1e-2)
 
@@ -195,14 +170,14 @@ def test_momentum_under_autocast():
     torch.manual_seed(0)
     v = torch.randn(2, 3, 100, 8)
     eta = torch.tensor([0.5, 0.9, 0.99])
-    ref = momentum_ema(v, eta, chunk_size=16)
+    ref = mom(v, eta, chunk_size=16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = momentum_ema(v, eta, chunk_size=16)
-        out_bf16 = momentum_ema(v.bfloat16(), eta, chunk_size=16)
+        out = mom(v, eta, chunk_size=16)
+        out_bf16 = mom(v.bfloat16(), eta, chunk_size=16)
     assert out.dtype == torch.float32 and out_bf16.dtype == torch.bfloat16
     torch.testing.assert_close(out, ref)  # autocast did not push the sums into bf16
     torch.testing.assert_close(
-        out_bf16.float(), momentum_ema(v.bfloat16().float(), eta, chunk_size=16), rtol=1e-2, atol=1e-2
+        out_bf16.float(), mom(v.bfloat16().float(), eta, chunk_size=16), rtol=1e-2, atol=1e-2
     )
 
 
@@ -210,14 +185,14 @@ def test_multirate_low_precision_and_autocast():
     torch.manual_seed(0)
     v = torch.randn(2, 50, 6)
     p, gamma = torch.rand(6, 3) * 0.99, torch.randn(6, 3)
-    ref = multirate_ema(v.bfloat16().float(), p, gamma, chunk_size=8)
-    out = multirate_ema(v.bfloat16(), p, gamma, chunk_size=8)
+    ref = mr(v.bfloat16().float(), p, gamma, chunk_size=8)
+    out = mr(v.bfloat16(), p, gamma, chunk_size=8)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out, ref.bfloat16())
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out32 = multirate_ema(v, p, gamma, chunk_size=8)
+        out32 = mr(v, p, gamma, chunk_size=8)
     assert out32.dtype == torch.float32
-    torch.testing.assert_close(out32, multirate_ema(v, p, gamma, chunk_size=8))
+    torch.testing.assert_close(out32, mr(v, p, gamma, chunk_size=8))
 
 
 # -----------------------------------------------------------------------------
@@ -233,7 +208,7 @@ def test_multirate_matches_naive(T):
     p[0, 0] = 0.0  # a zero rate
     p[1, 1] = 0.999  # a rate near 1
     gamma = torch.randn(C, R, dtype=F64)
-    out = multirate_ema(v, p, gamma, chunk_size=4)
+    out = mr(v, p, gamma, chunk_size=4)
     assert out.shape == v.shape
     torch.testing.assert_close(out, naive_multirate(v, p, gamma), rtol=1e-12, atol=1e-12)
 
@@ -242,7 +217,7 @@ def test_multirate_default_chunk_float32():
     torch.manual_seed(0)
     v = torch.randn(2, 150, 4)
     p, gamma = torch.rand(4, 8) * 0.99, torch.randn(4, 8)
-    out = multirate_ema(v, p, gamma)
+    out = mr(v, p, gamma)
     assert out.dtype == torch.float32
     ref = naive_multirate(v.double(), p.double(), gamma.double())
     torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-4)
@@ -253,7 +228,7 @@ def test_multirate_gradcheck():
     v = torch.randn(1, 13, 2, dtype=F64, requires_grad=True)
     p = (0.2 + 0.6 * torch.rand(2, 3, dtype=F64)).requires_grad_()
     gamma = torch.randn(2, 3, dtype=F64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda v, p, g: multirate_ema(v, p, g, chunk_size=4), (v, p, gamma))
+    assert torch.autograd.gradcheck(lambda v, p, g: mr(v, p, g, chunk_size=4), (v, p, gamma))
 
 
 def test_multirate_grad_parity_with_naive():
@@ -265,7 +240,7 @@ def test_multirate_grad_parity_with_naive():
     )
     w = torch.randn(2, 19, 3, dtype=F64)
     grads = []
-    for fn in (lambda *a: multirate_ema(*a, chunk_size=4), naive_multirate):
+    for fn in (lambda *a: mr(*a, chunk_size=4), naive_multirate):
         v, p, g = (t.clone().requires_grad_() for t in (v0, p0, g0))
         (fn(v, p, g) * w).sum().backward()
         grads.append((v.grad, p.grad, g.grad))
@@ -277,7 +252,7 @@ def test_multirate_p_exactly_zero():
     v = torch.randn(2, 21, 3, dtype=F64, requires_grad=True)
     p = torch.zeros(3, 2, dtype=F64, requires_grad=True)
     gamma = torch.randn(3, 2, dtype=F64, requires_grad=True)
-    out = multirate_ema(v, p, gamma, chunk_size=4)
+    out = mr(v, p, gamma, chunk_size=4)
     torch.testing.assert_close(out, gamma.sum(-1) * v)  # only the current token survives
     out.sum().backward()
     for t in (v, p, gamma):
@@ -294,8 +269,9 @@ def test_multirate_single_sequence_deep_carry():
     p[0, 0], p[1, 1] = 0.0, 0.999
     gamma = torch.randn(3, 2, dtype=F64)
     ref = naive_multirate(v, p, gamma)
-    torch.testing.assert_close(multirate_ema(v, p, gamma, chunk_size=4), ref, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(multirate_ema_final_state(v, p, chunk_size=4), multirate_ema_final_state(v, p))
+    torch.testing.assert_close(mr(v, p, gamma, chunk_size=4), ref, rtol=1e-12, atol=1e-12)
+    state = multirate_ema(v, p, gamma, output_final_state=True, chunk_size=4)[1]
+    torch.testing.assert_close(state, multirate_ema_naive(v, p, gamma)[1], rtol=1e-12, atol=1e-12)
 
 
 def test_small_rates_float32_match_float64():
@@ -311,25 +287,28 @@ def test_small_rates_float32_match_float64():
     for dt in (F64, torch.float32):
         v, x = (t.detach().to(dt).clone().requires_grad_() for t in (v64, x64))
         eta, p, g = (t.detach().to(dt).clone().requires_grad_() for t in (eta64, p64, g64))
-        out = (momentum_ema(v, eta).sum(), multirate_ema(x, p, g).sum())
+        out = (mom(v, eta).sum(), mr(x, p, g).sum())
         sum(out).backward()
         grads.append([t.grad.double() for t in (v, x, eta, p, g)])
         if dt == F64:
             ref = (naive_momentum(v64, eta64, False), naive_multirate(x64, p64, g64))
-            torch.testing.assert_close(momentum_ema(v64, eta64), ref[0], rtol=1e-12, atol=1e-12)
-            torch.testing.assert_close(multirate_ema(x64, p64, g64), ref[1], rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(mom(v64, eta64), ref[0], rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(mr(x64, p64, g64), ref[1], rtol=1e-12, atol=1e-12)
     for a, b in zip(*grads, strict=True):
         assert torch.isfinite(a).all() and torch.isfinite(b).all()
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
 
 
-def test_strided_inputs_match_contiguous():
+@pytest.mark.parametrize("eta_kind", ["per_head", "shared"])  # shared: the copy-free merged-layout path
+def test_strided_inputs_match_contiguous(eta_kind):
     # the model hands momentum_ema a (B, T, 3C) slice viewed as (B, H, T, D): strided, not contiguous
     torch.manual_seed(0)
     B, T, H, D = 2, 37, 3, 4
     C = H * D
     base = torch.randn(B, T, 3 * C, dtype=F64)
-    eta = torch.tensor([0.0, 0.6, 0.95], dtype=F64)
+    eta = (
+        torch.tensor([0.0, 0.6, 0.95], dtype=F64) if eta_kind == "per_head" else torch.tensor(0.7, dtype=F64)
+    )
     grads = []
     for make in (
         lambda b: b[..., 2 * C :].view(B, T, H, D).transpose(1, 2),
@@ -337,17 +316,19 @@ def test_strided_inputs_match_contiguous():
     ):
         b = base.clone().requires_grad_()
         v = make(b)
-        out = momentum_ema(v, eta, chunk_size=8)
-        torch.testing.assert_close(out, naive_momentum(v.detach(), eta, False), rtol=1e-12, atol=1e-12)
+        out = mom(v, eta, chunk_size=8)
+        ref = naive_momentum(v.detach(), eta.expand(H), False)
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
         (out * torch.arange(out.numel(), dtype=F64).view_as(out).sin()).sum().backward()
         grads.append(b.grad)
     torch.testing.assert_close(grads[0], grads[1])
     x = torch.randn(B, C, T, dtype=F64).transpose(1, 2)  # (B, T, C), channels-first in memory
     p, gamma = torch.rand(C, 2, dtype=F64) * 0.99, torch.randn(C, 2, dtype=F64)
-    out = multirate_ema(x, p, gamma, chunk_size=8)
+    out = mr(x, p, gamma, chunk_size=8)
     torch.testing.assert_close(out, naive_multirate(x, p, gamma), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(
-        multirate_ema_final_state(x, p, chunk_size=8), multirate_ema_final_state(x.contiguous(), p)
+        multirate_ema(x, p, gamma, output_final_state=True, chunk_size=8)[1],
+        multirate_ema(x.contiguous(), p, gamma, output_final_state=True)[1],
     )
 
 
@@ -357,10 +338,7 @@ def test_low_precision_inputs_get_grads_of_their_dtype():
     x = torch.randn(2, 40, 6).bfloat16().requires_grad_()
     p, gamma = (torch.rand(6, 3) * 0.99).requires_grad_(), torch.randn(6, 3, requires_grad=True)
     eta = torch.tensor([0.0, 0.5, 0.9], requires_grad=True)
-    (
-        momentum_ema(v, eta, chunk_size=8).float().sum()
-        + multirate_ema(x, p, gamma, chunk_size=8).float().sum()
-    ).backward()
+    (mom(v, eta, chunk_size=8).float().sum() + mr(x, p, gamma, chunk_size=8).float().sum()).backward()
     assert v.grad.dtype == x.grad.dtype == torch.bfloat16
     assert eta.grad.dtype == p.grad.dtype == gamma.grad.dtype == torch.float32
     for t in (v, x, p, gamma, eta):
@@ -368,92 +346,196 @@ def test_low_precision_inputs_get_grads_of_their_dtype():
     # the same gradients as from float32 copies of the inputs, up to bf16 rounding of the result
     v32, x32 = v.detach().float().requires_grad_(), x.detach().float().requires_grad_()
     (
-        momentum_ema(v32, eta.detach(), chunk_size=8).sum()
-        + multirate_ema(x32, p.detach(), gamma.detach(), chunk_size=8).sum()
+        mom(v32, eta.detach(), chunk_size=8).sum() + mr(x32, p.detach(), gamma.detach(), chunk_size=8).sum()
     ).backward()
     torch.testing.assert_close(v.grad.float(), v32.grad, rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(x.grad.float(), x32.grad, rtol=1e-2, atol=1e-2)
 
 
 # -----------------------------------------------------------------------------
-# decoding: step functions and final states agree with the full-sequence ops
+# initial_state / final_state: one signature for training, prefill and decoding
+
+
+def _split_points(g: torch.Generator, T: int, pieces: int) -> list[int]:
+    """Random cut points 0 = c_0 <= ... <= c_k = T (empty pieces and single tokens included)."""
+    cuts = sorted(torch.randint(0, T + 1, (pieces - 1,), generator=g).tolist())
+    return [0, *cuts, T]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("include_current", [False, True])
+def test_momentum_chained_states_equal_one_pass(seed, include_current):
+    g = torch.Generator().manual_seed(seed)
+    T = 40
+    v = torch.randn(2, 3, T, 4, dtype=F64, generator=g)
+    eta = torch.tensor([0.0, 0.5, 0.95], dtype=F64)
+    full, final = momentum_ema(v, eta, include_current, output_final_state=True, chunk_size=4)
+    ref, ref_final = momentum_ema_naive(v, eta, include_current)
+    torch.testing.assert_close(full, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(final, ref_final, rtol=1e-12, atol=1e-12)
+    cuts, state, outs = _split_points(g, T, 2 + seed), None, []
+    for lo, hi in zip(cuts, cuts[1:]):
+        out, state = momentum_ema(
+            v[:, :, lo:hi], eta, include_current, state, output_final_state=True, chunk_size=4
+        )
+        assert state.shape == (2, 3, 4) and state.dtype == F64
+        outs.append(out)
+    torch.testing.assert_close(torch.cat(outs, dim=2), full, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(state, final, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_multirate_chained_states_equal_one_pass(seed):
+    g = torch.Generator().manual_seed(seed)
+    T, C, R = 40, 3, 4
+    v = torch.randn(2, T, C, dtype=F64, generator=g)
+    p, gamma = torch.rand(C, R, dtype=F64, generator=g) * 0.99, torch.randn(C, R, dtype=F64, generator=g)
+    p[0, 0], p[1, 1] = 0.0, 0.999
+    full, final = multirate_ema(v, p, gamma, output_final_state=True, chunk_size=4)
+    ref, ref_final = multirate_ema_naive(v, p, gamma)
+    torch.testing.assert_close(full, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(final, ref_final, rtol=1e-12, atol=1e-12)
+    cuts, state, outs = _split_points(g, T, 2 + seed), None, []
+    for lo, hi in zip(cuts, cuts[1:]):
+        out, state = multirate_ema(v[:, lo:hi], p, gamma, state, output_final_state=True, chunk_size=4)
+        assert state.shape == (2, C, R) and state.dtype == F64
+        outs.append(out)
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(state, final, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("T,chunk", [(1, 4), (3, 4), (4, 4), (37, 4), (70, 4), (150, 64)])
+@pytest.mark.parametrize("include_current", [False, True])
+def test_momentum_initial_state_matches_naive(T, chunk, include_current):
+    torch.manual_seed(T)
+    # any state, not only one a prefix left
+    v, s0 = torch.randn(2, 3, T, 4, dtype=F64), torch.randn(2, 3, 4, dtype=F64)
+    eta = torch.tensor([0.0, 0.6, 0.99], dtype=F64)
+    out, final = momentum_ema(v, eta, include_current, s0, output_final_state=True, chunk_size=chunk)
+    ref, ref_final = momentum_ema_naive(v, eta, include_current, s0)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(final, ref_final, rtol=1e-12, atol=1e-12)
+    assert momentum_ema(v, eta, include_current, s0, chunk_size=chunk)[1] is None  # only when asked
+
+
+@pytest.mark.parametrize("T", [1, 3, 16, 23, 70])
+def test_multirate_initial_state_matches_naive(T):
+    torch.manual_seed(T)
+    C, R = 3, 4
+    v, s0 = torch.randn(2, T, C, dtype=F64), torch.randn(2, C, R, dtype=F64)
+    p, gamma = torch.rand(C, R, dtype=F64) * 0.99, torch.randn(C, R, dtype=F64)
+    p[0, 0], p[1, 1] = 0.0, 0.999
+    out, final = multirate_ema(v, p, gamma, s0, output_final_state=True, chunk_size=4)
+    ref, ref_final = multirate_ema_naive(v, p, gamma, s0)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(final, ref_final, rtol=1e-12, atol=1e-12)
+    assert multirate_ema(v, p, gamma, s0, chunk_size=4)[1] is None
+
+
+@pytest.mark.parametrize("T", [1, 3, 11])  # the one-token path, one chunk, several chunks
+@pytest.mark.parametrize("include_current", [False, True])
+def test_momentum_gradcheck_through_states(T, include_current):
+    torch.manual_seed(0)
+    v = torch.randn(1, 2, T, 3, dtype=F64, requires_grad=True)
+    eta = torch.tensor([0.3, 0.8], dtype=F64, requires_grad=True)
+    s0 = torch.randn(1, 2, 3, dtype=F64, requires_grad=True)
+
+    def fn(v, eta, s0):
+        return momentum_ema(v, eta, include_current, s0, output_final_state=True, chunk_size=4)
+
+    assert torch.autograd.gradcheck(fn, (v, eta, s0))
+
+
+@pytest.mark.parametrize("T", [1, 3, 13])
+def test_multirate_gradcheck_through_states(T):
+    torch.manual_seed(0)
+    v = torch.randn(1, T, 2, dtype=F64, requires_grad=True)
+    p = (0.2 + 0.6 * torch.rand(2, 3, dtype=F64)).requires_grad_()
+    gamma = torch.randn(2, 3, dtype=F64, requires_grad=True)
+    s0 = torch.randn(1, 2, 3, dtype=F64, requires_grad=True)
+
+    def fn(v, p, g, s0):
+        return multirate_ema(v, p, g, s0, output_final_state=True, chunk_size=4)
+
+    assert torch.autograd.gradcheck(fn, (v, p, gamma, s0))
 
 
 @pytest.mark.parametrize("include_current", [False, True])
-def test_momentum_steps_match_full(include_current):
+def test_momentum_token_by_token_after_prefix(include_current):
     torch.manual_seed(0)
     T, T0 = 13, 6
     v = torch.randn(2, 3, T, 4, dtype=F64)
     eta = torch.tensor([0.0, 0.5, 0.9], dtype=F64)
-    full = momentum_ema(v, eta, include_current=include_current, chunk_size=4)
-    # from scratch, one token at a time
-    state, outs = None, []
-    for t in range(T):
-        out_t, state = momentum_ema_step(state, v[:, :, t : t + 1], eta, include_current=include_current)
-        outs.append(out_t)
-    torch.testing.assert_close(torch.cat(outs, dim=2), full)
-    torch.testing.assert_close(state, momentum_ema_final_state(v, eta))
-    # a prefix in one pass, then token by token
-    state, outs = momentum_ema_final_state(v[:, :, :T0], eta), []
-    for t in range(T0, T):
-        out_t, state = momentum_ema_step(state, v[:, :, t : t + 1], eta, include_current=include_current)
-        outs.append(out_t)
-    torch.testing.assert_close(torch.cat(outs, dim=2), full[:, :, T0:])
+    full = mom(v, eta, include_current=include_current, chunk_size=4)
+    for start in (0, T0):  # from scratch, and after a prefix in one pass
+        state, outs = None, []
+        if start:
+            out, state = momentum_ema(v[:, :, :start], eta, include_current, output_final_state=True)
+            outs.append(out)
+        for t in range(start, T):
+            out, state = momentum_ema(
+                v[:, :, t : t + 1], eta, include_current, state, output_final_state=True
+            )
+            outs.append(out)
+        torch.testing.assert_close(torch.cat(outs, dim=2), full)
 
 
-def test_momentum_final_state_is_last_inclusive_position():
-    torch.manual_seed(0)
-    v = torch.randn(2, 2, 300, 3)
-    for eta in (0.999, torch.tensor([0.0, 0.7])):
-        state = momentum_ema_final_state(v, eta)
-        assert state.shape == (2, 2, 1, 3) and state.dtype == torch.float32
-        torch.testing.assert_close(state, momentum_ema(v, eta, include_current=True)[:, :, -1:])
-
-
-def test_momentum_step_dtypes_and_float_eta():
-    v_t = torch.randn(2, 3, 1, 4).bfloat16()
-    out, state = momentum_ema_step(None, v_t, 0.5, include_current=True)
-    assert out.dtype == torch.bfloat16 and state.dtype == torch.float32  # the running sum stays fp32
-    out, state2 = momentum_ema_step(state, v_t, 0.5)
-    torch.testing.assert_close(out, (0.5 * state).bfloat16())
-    torch.testing.assert_close(state2, 1.5 * v_t.float())
-
-
-def test_multirate_steps_match_full():
+def test_multirate_token_by_token_after_prefix():
     torch.manual_seed(0)
     T, T0, C, R = 23, 9, 3, 4
     v = torch.randn(2, T, C, dtype=F64)
     p, gamma = torch.rand(C, R, dtype=F64) * 0.99, torch.randn(C, R, dtype=F64)
-    full = multirate_ema(v, p, gamma, chunk_size=4)
-    state, outs = None, []
-    for t in range(T):
-        out_t, state = multirate_ema_step(state, v[:, t : t + 1], p, gamma)
-        outs.append(out_t)
-    torch.testing.assert_close(torch.cat(outs, dim=1), full)
-    torch.testing.assert_close(state, multirate_ema_final_state(v, p, chunk_size=4))
-    torch.testing.assert_close(state, multirate_ema_final_state(v, p))  # default chunk, T < chunk
-    state, outs = multirate_ema_final_state(v[:, :T0], p, chunk_size=4), []
-    for t in range(T0, T):
-        out_t, state = multirate_ema_step(state, v[:, t : t + 1], p, gamma)
-        outs.append(out_t)
-    torch.testing.assert_close(torch.cat(outs, dim=1), full[:, T0:])
+    full = mr(v, p, gamma, chunk_size=4)
+    for start in (0, T0):
+        state, outs = None, []
+        if start:
+            out, state = multirate_ema(v[:, :start], p, gamma, output_final_state=True)
+            outs.append(out)
+        for t in range(start, T):
+            out, state = multirate_ema(v[:, t : t + 1], p, gamma, state, output_final_state=True)
+            outs.append(out)
+        torch.testing.assert_close(torch.cat(outs, dim=1), full)
 
 
-def test_multirate_step_dtypes():
-    p, gamma = torch.full((4, 2), 0.5), torch.ones(4, 2)
-    out, state = multirate_ema_step(None, torch.ones(3, 1, 4).bfloat16(), p, gamma)
-    assert out.shape == (3, 1, 4) and out.dtype == torch.bfloat16
-    assert state.shape == (3, 4, 2) and state.dtype == torch.float32
-    out, state = multirate_ema_step(state, torch.ones(3, 1, 4).bfloat16(), p, gamma)
-    torch.testing.assert_close(out.float(), torch.full((3, 1, 4), 3.0))  # 2 rates x (0.5 + 1)
+def test_states_stay_float32_for_low_precision_inputs():
+    torch.manual_seed(0)
+    v = torch.randn(2, 3, 40, 4).bfloat16()
+    eta = torch.tensor([0.5, 0.9, 0.999])
+    out, state = momentum_ema(v, eta, True, output_final_state=True, chunk_size=8)
+    assert out.dtype == torch.bfloat16 and state.dtype == torch.float32  # the running sum stays fp32
+    torch.testing.assert_close(state, momentum_ema(v.float(), eta, True, output_final_state=True)[1])
+    step, state2 = momentum_ema(v[:, :, :1], eta, True, state, output_final_state=True)
+    assert step.dtype == torch.bfloat16 and state2.dtype == torch.float32
+    torch.testing.assert_close(state2, eta[:, None] * state + v[:, :, 0].float())
+    x, p, gamma = torch.ones(3, 5, 4).bfloat16(), torch.full((4, 2), 0.5), torch.ones(4, 2)
+    out, state = multirate_ema(x, p, gamma, output_final_state=True)
+    assert out.dtype == torch.bfloat16 and state.dtype == torch.float32 and state.shape == (3, 4, 2)
+    out, state = multirate_ema(x[:, :1], p, gamma, state, output_final_state=True)
+    torch.testing.assert_close(
+        out.float(), torch.full((3, 1, 4), 2 * (2 - 0.5**5))
+    )  # 2 rates x sum_{l<6} 0.5^l
+
+
+def test_one_token_step_skips_the_rate_check_but_not_the_first_call():
+    # continuing a state is a decoding step: no device sync per token for a tensor rate's range
+    v, s = torch.zeros(1, 2, 1, 3), torch.zeros(1, 2, 3)
+    bad = torch.tensor([0.5, 1.5])
+    momentum_ema(v, bad, initial_state=s)
+    with pytest.raises(ValueError, match="eta must lie"):
+        momentum_ema(v, bad)
 
 
 def test_empty_sequence():
     v, x, p = torch.zeros(2, 3, 0, 4), torch.zeros(2, 0, 5), torch.full((5, 2), 0.5)
-    assert momentum_ema(v, 0.5).shape == v.shape
-    assert momentum_ema_final_state(v, 0.5).abs().sum() == 0
-    assert multirate_ema(x, p, p).shape == x.shape
-    assert multirate_ema_final_state(x, p).shape == (2, 5, 2)
+    assert mom(v, 0.5).shape == v.shape
+    out, state = momentum_ema(v, 0.5, output_final_state=True)
+    assert out.shape == v.shape and state.shape == (2, 3, 4) and state.abs().sum() == 0
+    assert mr(x, p, p).shape == x.shape
+    out, state = multirate_ema(x, p, p, output_final_state=True)
+    assert out.shape == x.shape and state.shape == (2, 5, 2) and state.abs().sum() == 0
+    # an empty continuation hands its initial state through
+    s = torch.randn(2, 3, 4)
+    assert momentum_ema(v, 0.5, initial_state=s, output_final_state=True)[1] is s
 
 
 # -----------------------------------------------------------------------------
@@ -467,42 +549,55 @@ def _v(*shape):
 P_OK = torch.full((4, 2), 0.5)
 
 BAD_CALLS = [
-    (lambda: momentum_ema(_v(1, 4, 5, 2), 1.2), r"eta must lie in \[0, 1\), got 1\.2"),
-    (lambda: momentum_ema(_v(1, 4, 5, 2), 1.0), r"eta must lie in \[0, 1\), got 1"),
-    (lambda: momentum_ema(_v(1, 4, 5, 2), -0.1), r"eta must lie in \[0, 1\), got -0\.1"),
-    (lambda: momentum_ema(_v(1, 4, 5, 2), float("nan")), r"eta must lie in \[0, 1\), got nan"),
-    (lambda: momentum_ema(_v(1, 4, 5, 2), torch.tensor(1.5)), r"eta must lie in \[0, 1\), got 1\.5"),
+    (lambda: mom(_v(1, 4, 5, 2), 1.2), r"eta must lie in \[0, 1\), got 1\.2"),
+    (lambda: mom(_v(1, 4, 5, 2), 1.0), r"eta must lie in \[0, 1\), got 1"),
+    (lambda: mom(_v(1, 4, 5, 2), -0.1), r"eta must lie in \[0, 1\), got -0\.1"),
+    (lambda: mom(_v(1, 4, 5, 2), float("nan")), r"eta must lie in \[0, 1\), got nan"),
+    (lambda: mom(_v(1, 4, 5, 2), torch.tensor(1.5)), r"eta must lie in \[0, 1\), got 1\.5"),
     (
-        lambda: momentum_ema(_v(1, 2, 5, 2), torch.tensor([0.5, 1.0], requires_grad=True)),
+        lambda: mom(_v(1, 2, 5, 2), torch.tensor([0.5, 1.0], requires_grad=True)),
         r"eta must lie in \[0, 1\), got \[0\.5, 1\]",
     ),
     (
-        lambda: momentum_ema(_v(1, 4, 5, 2), torch.full((3,), 0.5)),
+        lambda: mom(_v(1, 4, 5, 2), torch.full((3,), 0.5)),
         r"eta has shape \(3,\) but v has H=4 heads; .* one rate per head \(shape \(4,\)\)",
     ),
-    (lambda: momentum_ema(_v(1, 4, 5, 2), torch.full((4, 1), 0.5)), r"eta has shape \(4, 1\) but v has H=4"),
-    (lambda: momentum_ema(_v(4, 5, 2), 0.5), r"v must be a 4-D tensor \(B, H, T, D\), got shape \(4, 5, 2\)"),
-    (lambda: momentum_ema(torch.zeros(1, 4, 5, 2, dtype=torch.long), 0.5), r"v must be a floating-point"),
-    (lambda: momentum_ema(_v(1, 4, 5, 2), 0.5, chunk_size=1), r"chunk_size must be an int >= 2, got 1"),
-    (lambda: momentum_ema_final_state(_v(1, 4, 5, 2), 1.2), r"momentum_ema_final_state: eta must lie"),
-    (lambda: momentum_ema_step(None, _v(1, 4, 1, 2), torch.full((3,), 0.5)), r"eta has shape \(3,\)"),
+    (lambda: mom(_v(1, 4, 5, 2), torch.full((4, 1), 0.5)), r"eta has shape \(4, 1\) but v has H=4"),
+    (lambda: mom(_v(4, 5, 2), 0.5), r"v must be a 4-D tensor \(B, H, T, D\), got shape \(4, 5, 2\)"),
+    (lambda: mom(torch.zeros(1, 4, 5, 2, dtype=torch.long), 0.5), r"v must be a floating-point"),
+    (lambda: mom(_v(1, 4, 5, 2), 0.5, chunk_size=1), r"chunk_size must be an int >= 2, got 1"),
     (
-        lambda: multirate_ema(_v(2, 5, 4), P_OK + 0.6, P_OK),
+        lambda: momentum_ema(_v(1, 4, 1, 2), torch.full((3,), 0.5), initial_state=_v(1, 4, 2)),
+        r"eta has shape \(3,\)",
+    ),
+    (
+        lambda: momentum_ema(_v(1, 4, 5, 2), 0.5, initial_state=_v(1, 4, 1, 2)),
+        r"momentum_ema: initial_state must have shape \(1, 4, 2\) \(B, H, D\), got \(1, 4, 1, 2\)",
+    ),
+    (
+        lambda: mr(_v(2, 5, 4), P_OK + 0.6, P_OK),
         r"multirate_ema: p must lie in \[0, 1\), got .*1\.1",
     ),
-    (lambda: multirate_ema(_v(2, 5, 4), -P_OK, P_OK), r"p must lie in \[0, 1\), got .*-0\.5"),
+    (lambda: mr(_v(2, 5, 4), -P_OK, P_OK), r"p must lie in \[0, 1\), got .*-0\.5"),
     (
-        lambda: multirate_ema(_v(2, 5, 3), P_OK, P_OK),
+        lambda: mr(_v(2, 5, 3), P_OK, P_OK),
         r"p must be a \(C, R\) tensor with C=3 .*got shape \(4, 2\)",
     ),
-    (lambda: multirate_ema(_v(2, 5, 4), P_OK[:, 0], P_OK), r"p must be a \(C, R\) tensor with C=4"),
+    (lambda: mr(_v(2, 5, 4), P_OK[:, 0], P_OK), r"p must be a \(C, R\) tensor with C=4"),
     (
-        lambda: multirate_ema(_v(2, 5, 4), P_OK, P_OK[:, :1]),
+        lambda: mr(_v(2, 5, 4), P_OK, P_OK[:, :1]),
         r"gamma must have p's shape \(4, 2\), got shape \(4, 1\)",
     ),
-    (lambda: multirate_ema(_v(2, 4), P_OK, P_OK), r"v must be a 3-D tensor \(B, T, C\), got shape \(2, 4\)"),
-    (lambda: multirate_ema_final_state(_v(2, 5, 4), P_OK * 2), r"multirate_ema_final_state: p must lie"),
-    (lambda: multirate_ema_step(None, _v(2, 1, 3), P_OK, P_OK), r"multirate_ema_step: p must be a \(C, R\)"),
+    (lambda: mr(_v(2, 4), P_OK, P_OK), r"v must be a 3-D tensor \(B, T, C\), got shape \(2, 4\)"),
+    (lambda: multirate_ema(_v(2, 1, 4), P_OK * 2, P_OK), r"multirate_ema: p must lie"),
+    (
+        lambda: multirate_ema(_v(2, 1, 3), P_OK, P_OK, initial_state=_v(2, 3, 2)),
+        r"multirate_ema: p must be a \(C, R\)",
+    ),
+    (
+        lambda: multirate_ema(_v(2, 5, 4), P_OK, P_OK, initial_state=_v(2, 2, 4)),
+        r"multirate_ema: initial_state must have shape \(2, 4, 2\) \(B, C, R\), got \(2, 2, 4\)",
+    ),
 ]
 
 
@@ -514,7 +609,7 @@ def test_bad_arguments_raise_clear_errors(call, match):
 
 def test_eta_of_wrong_type_raises_type_error():
     with pytest.raises(TypeError, match="eta must be a float or a tensor, got str"):
-        momentum_ema(_v(1, 4, 5, 2), "0.5")
+        mom(_v(1, 4, 5, 2), "0.5")
 
 
 # -----------------------------------------------------------------------------
@@ -540,17 +635,17 @@ def test_memory_is_linear_in_T():
     torch.manual_seed(0)
     T = 8192
     v = torch.randn(1, 2, T, 1, requires_grad=True)
-    eta = torch.tensor([0.9, 0.5], requires_grad=True)
-    with _LargestOutput() as mode:
-        momentum_ema(v, eta, chunk_size=64).sum().backward()
-    # a T x T matrix would be 67M elements per head; chunking keeps every tensor at about v's size
-    assert mode.max_numel <= 2 * v.numel(), mode.max_numel
+    for eta in (torch.tensor([0.9, 0.5], requires_grad=True), torch.tensor(0.9, requires_grad=True)):
+        with _LargestOutput() as mode:
+            mom(v, eta, chunk_size=64).sum().backward()
+        # a T x T matrix would be 67M elements per head; chunking keeps every tensor at about v's size
+        assert mode.max_numel <= 2 * v.numel(), mode.max_numel
 
     x = torch.randn(1, T // 2, 16, requires_grad=True)
     p = torch.full((16, 8), 0.9, requires_grad=True)
     gamma = torch.randn(16, 8, requires_grad=True)
     with _LargestOutput() as mode:
-        multirate_ema(x, p, gamma, chunk_size=64).sum().backward()
+        mr(x, p, gamma, chunk_size=64).sum().backward()
     # no (B, T, C, R) tensor either (that would be 8 x x's size)
     assert mode.max_numel <= 2 * x.numel(), mode.max_numel
 
@@ -564,13 +659,11 @@ def test_cuda_matches_cpu():
     torch.manual_seed(0)
     v, eta = torch.randn(2, 4, 300, 8), torch.tensor([0.0, 0.5, 0.9, 0.999])
     x, p, gamma = torch.randn(2, 300, 6), torch.rand(6, 8) * 0.99, torch.randn(6, 8)
-    torch.testing.assert_close(
-        momentum_ema(v.cuda(), eta.cuda()).cpu(), momentum_ema(v, eta), rtol=1e-4, atol=1e-4
-    )
-    torch.testing.assert_close(momentum_ema(v.cuda(), 0.9).cpu(), momentum_ema(v, 0.9), rtol=1e-4, atol=1e-4)
-    out = multirate_ema(x.cuda(), p.cuda(), gamma.cuda()).cpu()
-    torch.testing.assert_close(out, multirate_ema(x, p, gamma), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(mom(v.cuda(), eta.cuda()).cpu(), mom(v, eta), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(mom(v.cuda(), 0.9).cpu(), mom(v, 0.9), rtol=1e-4, atol=1e-4)
+    out = mr(x.cuda(), p.cuda(), gamma.cuda()).cpu()
+    torch.testing.assert_close(out, mr(x, p, gamma), rtol=1e-4, atol=1e-4)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        out = momentum_ema(v.cuda(), eta.cuda())
+        out = mom(v.cuda(), eta.cuda())
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out.cpu(), momentum_ema(v, eta), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.cpu(), mom(v, eta), rtol=1e-4, atol=1e-4)

@@ -1,0 +1,260 @@
+"""The timing harness every benchmark here uses: interleaved repeats, medians with their spread, peak memory,
+machine info, and results written as JSON plus a printed markdown table.
+
+    timer = Timer(repeats=7, warmup=2, min_sample_s=0.2, patience_s=150)
+    stats = timer.time({"vanilla": fn_a, "momentum": fn_b}, device)   # name -> median_s, iqr_pct, ...
+
+Each round times every function once, in an order rotated each round, so slow drift of a shared machine hits
+all of them alike. A sample during which other processes kept more than `max_other_cores` CPU cores busy
+(/proc/stat) is retaken after they calm down, while the timer's patience lasts; what was retaken or kept
+anyway is counted in the stats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from momattn import hardware  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _busy_cpu_s() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (/proc/stat; steal included), or None."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [
+                int(x) for x in f.readline().split()[1:9]
+            ]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _sample(fn: Callable[[], object], number: int, device: torch.device) -> tuple[float, float, float | None]:
+    """Wall and own-CPU seconds per call over `number` back-to-back calls (garbage collector off), and the
+    CPU cores other processes kept busy meanwhile (None where /proc/stat is unreadable)."""
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        sync(device)
+        busy0, own0, t0 = _busy_cpu_s(), time.process_time(), time.perf_counter()
+        for _ in range(number):
+            fn()
+        sync(device)
+        wall = time.perf_counter() - t0
+        busy1, own1 = _busy_cpu_s(), time.process_time()
+    finally:
+        if gc_was_on:
+            gc.enable()
+    others = None if busy0 is None or busy1 is None else max(0.0, (busy1 - busy0) - (own1 - own0)) / wall
+    return wall / number, (own1 - own0) / number, others
+
+
+def summarize(samples: list[float]) -> dict:
+    """Median, extremes and spread (interquartile range over the median, in %) of timing samples."""
+    q = statistics.quantiles(samples, n=4) if len(samples) >= 2 else [samples[0]] * 3
+    med = statistics.median(samples)
+    return {
+        "median_s": med,
+        "min_s": min(samples),
+        "max_s": max(samples),
+        "iqr_pct": 100 * (q[2] - q[0]) / med,
+    }
+
+
+@dataclass
+class Timer:
+    """Interleaved timing with a budget of patience for a busy machine (seconds, spent as it goes)."""
+
+    repeats: int = 7
+    warmup: int = 2
+    min_sample_s: float = 0.2  # a sample averages as many back-to-back calls as fill this
+    patience_s: float = 0.0  # seconds this run may spend waiting out other processes; 0 keeps every sample
+    max_other_cores: float = 0.25
+    retries: int = 4
+
+    def _wait_quiet(self, max_s: float) -> float:
+        """Poll in 0.5 s windows until other processes keep at most max_other_cores busy; seconds waited."""
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < max_s:
+            busy0, own0, w0 = _busy_cpu_s(), time.process_time(), time.perf_counter()
+            time.sleep(0.5)
+            busy1, own1 = _busy_cpu_s(), time.process_time()
+            if busy0 is None or busy1 is None:
+                break
+            if ((busy1 - busy0) - (own1 - own0)) / (time.perf_counter() - w0) <= self.max_other_cores:
+                break
+        return time.perf_counter() - t0
+
+    def _calls_per_sample(self, fn: Callable[[], object], device: torch.device) -> int:
+        # warm up for `warmup` calls and at least min_sample_s; the later half's median sets calls per sample
+        warm: list[float] = []
+        while len(warm) < max(1, self.warmup) or (sum(warm) < self.min_sample_s and len(warm) < 1000):
+            warm.append(_sample(fn, 1, device)[0])
+        return max(1, math.ceil(self.min_sample_s / max(statistics.median(warm[len(warm) // 2 :]), 1e-9)))
+
+    def time(self, fns: dict[str, Callable[[], object]], device: torch.device) -> dict[str, dict]:
+        """Seconds per call of each fn: summarize() of its samples, plus CPU time and contention counts."""
+        number = {name: self._calls_per_sample(fn, device) for name, fn in fns.items()}
+        wall, cpu, others = ({name: [] for name in fns} for _ in range(3))
+        retaken, names = dict.fromkeys(fns, 0), list(fns)
+        gc.collect()
+        for r in range(self.repeats):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                for attempt in range(self.retries + 1):
+                    t, c, busy = _sample(fns[name], number[name], device)
+                    quiet = busy is None or busy <= self.max_other_cores
+                    if quiet or attempt == self.retries or self.patience_s <= 0:
+                        break
+                    retaken[name] += 1
+                    self.patience_s -= t * number[name] + self._wait_quiet(min(60.0, self.patience_s))
+                wall[name].append(t)
+                cpu[name].append(c)
+                others[name].append(busy if busy is not None else float("nan"))
+        return {
+            name: {
+                **summarize(wall[name]),
+                "samples_s": wall[name],
+                "cpu_median_s": statistics.median(cpu[name]),  # this process's CPU time: all threads
+                "calls_per_sample": number[name],
+                "other_cores_busy": others[name],
+                "samples_retaken": retaken[name],
+                "contended_samples_kept": sum(b > self.max_other_cores for b in others[name]),
+            }
+            for name in fns
+        }
+
+
+# -----------------------------------------------------------------------------
+# peak memory of one call
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the profiler's start/stop lines, which kineto writes straight to file descriptor 2."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+MEMORY_METHOD = {
+    "cuda": "torch.cuda.max_memory_allocated() minus memory_allocated() before the call "
+    "(caching-allocator bytes of live tensors, after reset_peak_memory_stats)",
+    "cpu": "torch.profiler(profile_memory=True): running sum of the CPU allocator's alloc/free events "
+    "during one untimed call, maximum taken (every c10 CPU allocation, kernel scratch included; "
+    "memory allocated before the call is not counted, nor are its frees)",
+}
+
+
+def peak_memory(run: Callable[[], object], device: torch.device) -> dict:
+    """Peak bytes allocated at once during one call of `run`, above what was allocated before it, and the
+    bytes still allocated when it returns (end_bytes)."""
+    gc.collect()
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        run()
+        sync(device)
+        return {
+            "peak_bytes": torch.cuda.max_memory_allocated(device) - base,
+            "end_bytes": torch.cuda.memory_allocated(device) - base,
+        }
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    events = [
+        e
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type().name == "CPU"
+    ]
+    end = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        end += e.nbytes()  # positive for an allocation, negative for a free
+        peak = max(peak, end)
+    return {"peak_bytes": peak, "end_bytes": end}
+
+
+# -----------------------------------------------------------------------------
+# machine info and output
+
+
+def machine_info(device: torch.device | str, dtype_name: str = "fp32") -> dict:
+    device = torch.device(device)
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info = {
+        "describe": hardware.describe(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "dtype": dtype_name,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if hasattr(os, "getloadavg"):
+        info["loadavg_at_start"] = list(os.getloadavg())
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table, every column right-aligned."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def pct(x: float) -> str:
+    return f"{x:+.1f}%"
+
+
+def mib(b: int) -> str:
+    return f"{b / 2**20:.1f}"
+
+
+def write_results(path: Path, res: dict, md: str) -> None:
+    """Print the markdown, then write path (JSON) and path with suffix .md."""
+    print()
+    print(md)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=1) + "\n")
+    path.with_suffix(".md").write_text(md + "\n")
+    print(f"wrote {path} and {path.with_suffix('.md')}")

@@ -9,25 +9,19 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from momattn.errors import ConfigError, UserError, did_you_mean
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-_FLAGS_WITH_VALUE = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "-c", "--cfg",
-                     "-p", "--package", "--experimental-rerun"}
 
 
-def _user_overrides(argv: list[str]) -> list[str]:
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a in _FLAGS_WITH_VALUE:
-            skip = True
-        elif not a.startswith("-"):
-            out.append(a)
-    return out
+def user_overrides(argv: list[str]) -> list[str]:
+    """The overrides in a command line, as Hydra's own argument parser reads them."""
+    from hydra._internal.utils import get_args_parser
+
+    return list(get_args_parser().parse_known_args(argv)[0].overrides)
 
 
 def _groups() -> dict[str, list[str]]:
@@ -113,7 +107,7 @@ def hydra_main(config_name: str):
         @functools.wraps(fn)
         def entry():
             try:
-                check_overrides(config_name, _user_overrides(sys.argv[1:]))
+                check_overrides(config_name, user_overrides(sys.argv[1:]))
             except UserError as e:
                 report(e)
                 sys.exit(2)
@@ -122,3 +116,23 @@ def hydra_main(config_name: str):
         return entry
 
     return decorate
+
+
+@dataclass
+class HydraJob:
+    overrides: list[str]  # the command line's overrides
+    sweep_dir: str | None = None  # multirun only: the sweep's folder
+    num: int | None = None  # multirun only: this job's number
+
+
+def hydra_job() -> HydraJob:
+    """The running Hydra job (an empty one outside Hydra, e.g. when a test calls run_train directly)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return HydraJob([])
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        return HydraJob(list(hc.overrides.task), str(hc.sweep.dir), int(hc.job.num))
+    return HydraJob(list(hc.overrides.task))

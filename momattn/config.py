@@ -1,156 +1,153 @@
-"""Typed schemas of the training config (litgpt-style dataclasses), checked once at start-up.
+"""The training run's config, typed: `load_train_config` turns the composed Hydra config into one TrainConfig.
 
-Hydra composes YAML from conf/; `validate_train_config` merges each section into its dataclass so that a
-misspelled key or a wrong type stops the run at once with a message naming it.
+Each section's schema is the dataclass of the code it configures, so every default lives in one place:
+
+    model      momattn.model.GPTConfig           (vocab_size comes from the tokenizer)
+    attention  momattn.model.AttentionConfig
+    optim      momattn.lit.OptimConfig
+    data       the source its `_target_` names (momattn.data.sources) + momattn.data.sources.LoaderConfig
+    tokenizer  momattn.tokenizer.TokenizerConfig
+    eval       momattn.eval.config.EvalConfig
+    trainer    lightning.pytorch.Trainer's arguments (max_steps and accumulate_grad_batches checked here)
+
+A misspelled key or a wrong type stops the run at start-up with a message naming it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import OmegaConfBaseException
 
-from momattn.data.staicc import SPLIT_SEED
+from momattn.data.corpus import default_cache_dir
+from momattn.data.sources import LOADER_KEYS, DataSource, LoaderConfig, make_source
 from momattn.errors import ConfigError, did_you_mean
-from momattn.model import AttentionConfig
-
-
-@dataclass
-class ModelConfig:
-    block_size: int = 256
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 256
-    n_inner: int | None = None
-    dropout: float = 0.0
-    bias: bool = True
-    pos_emb: str = "learned"  # learned | rotary
-    vocab_multiple: int = 64  # the tokenizer's vocabulary is padded up to a multiple of this (faster matmuls)
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio (cosine, polynomial)
-    weight_decay: float = 0.1  # AdamW, on 2-D weights only
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    warmup_steps: int = 100
-    schedule: str = "cosine"  # cosine | polynomial | constant
-    power: float = 1.0  # polynomial decay power (fairseq's default 1.0 = linear)
-    grad_clip: float = 1.0  # 0 disables
-    on_nonfinite: str = "stop"  # stop | skip: what a NaN/inf loss does
-
-
-@dataclass
-class DataCommon:
-    source: str = "staicc"
-    batch_size: int = 16  # sequences per micro-batch per device
-    val_batches: int = 20  # validation micro-batches per validation run
-    num_workers: int = 0
-    cache_dir: str | None = None  # token and tokenizer cache; default $MOMATTN_CACHE or ~/.cache/momattn
-
-
-@dataclass
-class StaiccData(DataCommon):
-    tasks: list[str] = field(default_factory=lambda: ["agnews", "mr", "subj", "sst5", "trec"])
-    split_seed: int = SPLIT_SEED
-
-
-@dataclass
-class TextFilesData(DataCommon):
-    source: str = "text_files"
-    paths: list[str] = field(default_factory=list)
-    val_fraction: float = 0.05
-    text_field: str = "text"
-    seed: int = SPLIT_SEED
-
-
-@dataclass
-class HubData(DataCommon):
-    source: str = "hf"
-    name: str = ""
-    config: str | None = None
-    train_split: str = "train"
-    val_split: str | None = "validation"
-    text_field: str = "text"
-    data_files: dict[str, Any] | None = None
-    val_fraction: float = 0.01
-    seed: int = SPLIT_SEED
-
-
-DATA_SCHEMAS = {"staicc": StaiccData, "text_files": TextFilesData, "hf": HubData}
-
-
-@dataclass
-class TokenizerConfig:
-    kind: str = "bpe"  # bpe | gpt2 | file
-    vocab_size: int = 4096  # bpe only
-    path: str | None = None  # file only
+from momattn.eval.config import EvalConfig
+from momattn.hardware import resolve_precision
+from momattn.lit import OptimConfig
+from momattn.model import AttentionConfig, GPTConfig
+from momattn.schema import typed
+from momattn.tokenizer import TokenizerConfig, source_tokenizer
 
 
 @dataclass
 class PathsConfig:
-    root_dir: str = "."
-    output_dir: str = "."
-    cache_dir: str | None = None
+    root_dir: str = "."  # where outputs/ and multirun/ live (ckpt_path=last searches them)
+    output_dir: str = "."  # this run's folder: checkpoints, logs, summary.json, eval/
+    cache_dir: str | None = None  # token and tokenizer cache
 
 
-SECTIONS = {"model": ModelConfig, "attention": AttentionConfig, "optim": OptimConfig, "tokenizer": TokenizerConfig,
-            "paths": PathsConfig}
-TOP_LEVEL = {"task_name", "tags", "seed", "ckpt_path", "compile", "optimized_metric", "run_eval", "model", "attention",
-             "optim", "data", "tokenizer", "trainer", "logger", "callbacks", "paths", "eval", "extras", "hydra"}
+@dataclass
+class RunConfig:
+    """train.yaml's top-level settings."""
+
+    task_name: str = "train"
+    tags: list[str] = field(default_factory=list)
+    seed: int = 1337
+    ckpt_path: str | None = None  # a .ckpt to resume, or `last`
+    compile: bool = False  # torch.compile the model's forward
+    optimized_metric: str = "val/loss"  # what run_train returns to a sweeper
+    run_eval: bool = True  # the short evaluation (`eval` section) after training
 
 
-def _merge(name: str, schema: type, node: Any) -> DictConfig:
+SECTIONS = ("model", "attention", "optim", "data", "tokenizer", "trainer", "logger", "callbacks", "paths", "eval")
+TOP_LEVEL = (*(f.name for f in dataclasses.fields(RunConfig)), *SECTIONS)
+
+
+@dataclass(kw_only=True)
+class TrainConfig(RunConfig):
+    model: GPTConfig  # its vocab_size is a placeholder until the tokenizer is known: see model_for
+    optim: OptimConfig
+    data: DataSource
+    loader: LoaderConfig
+    tokenizer: TokenizerConfig
+    paths: PathsConfig
+    trainer: dict[str, Any]  # lightning.pytorch.Trainer's arguments (with _target_), precision resolved
+    max_steps: int
+    accumulate: int  # trainer.accumulate_grad_batches
+    eval: EvalConfig | None = None
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    logger: dict[str, Any] = field(default_factory=dict)
+    resolved: dict[str, Any] = field(default_factory=dict)  # the resolved config, stored in every checkpoint
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.loader.cache_dir or self.paths.cache_dir or default_cache_dir()).expanduser()
+
+    def model_for(self, vocab_size: int) -> GPTConfig:
+        """The model config for a tokenizer of vocab_size tokens, padded up to a multiple of vocab_multiple."""
+        m = self.model.vocab_multiple
+        return dataclasses.replace(self.model, vocab_size=-(-vocab_size // m) * m)
+
+
+def _resolve(cfg: DictConfig | Mapping) -> dict[str, Any]:
+    """The composed config as plain, resolved containers (Hydra's own `hydra` node dropped)."""
+    if not isinstance(cfg, DictConfig):
+        return dict(cfg)
+    if "hydra" in cfg:  # tests compose with return_hydra_config=True; the run itself never needs that node
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
     try:
-        return OmegaConf.merge(OmegaConf.structured(schema), node)
-    except ConfigKeyError as e:
-        key = str(e.key) if getattr(e, "key", None) else str(e).split("'")[1]
-        known = [f.name for f in fields(schema)]
-        raise ConfigError(f"{name}.{key} is not a known key.{did_you_mean(key, known)} Known keys of {name}: "
-                          f"{', '.join(known)}") from None
-    except ValidationError as e:
-        key = getattr(e, "full_key", None) or getattr(e, "key", "?")
-        raise ConfigError(f"{name}.{key}: {str(e).splitlines()[0]}") from None
+        return OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as e:
-        raise ConfigError(f"{name}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"config interpolation failed at {getattr(e, 'full_key', '?')}: "
+                          f"{str(e).splitlines()[0]}") from None
 
 
-def validate_train_config(cfg: DictConfig) -> dict[str, Any]:
-    """Typed, validated sections of the run config (plain objects), or a ConfigError naming the culprit."""
-    try:
-        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"config interpolation failed at {getattr(e, 'full_key', '?')}: {str(e).splitlines()[0]}") from None
-    for key in cfg.keys():
+def _model(node: Mapping | None, attention: AttentionConfig) -> GPTConfig:
+    node = node or {}
+    if "vocab_size" in node:
+        raise ConfigError("model.vocab_size is set from the tokenizer (padded up to a multiple of "
+                          "model.vocab_multiple); remove it from the model config")
+    if "attention" in node:
+        raise ConfigError("model.attention: attention has its own section; use attention=momentum "
+                          "attention.eta=0.5 (conf/attention/)")
+    return typed(GPTConfig, node, "model", attention=attention)
+
+
+def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
+    """(Trainer arguments with precision=auto resolved for this machine, max_steps, accumulate_grad_batches)."""
+    trainer = dict(node or {})
+    steps = [trainer.get("max_steps"), trainer.get("accumulate_grad_batches", 1)]
+    for key, value in zip(("max_steps", "accumulate_grad_batches"), steps):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"trainer.{key}={value!r} must be an integer >= 1")
+    trainer["precision"] = resolve_precision(trainer.get("precision"), trainer.get("accelerator"))
+    return trainer, steps[0], steps[1]
+
+
+def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
+    """The composed config, resolved once and checked section by section, or a ConfigError naming the culprit."""
+    raw = _resolve(cfg)
+    for key in raw:
         if key not in TOP_LEVEL:
             raise ConfigError(f"'{key}' is not a top-level config key.{did_you_mean(key, TOP_LEVEL)}")
-    out: dict[str, Any] = {}
-    for name, schema in SECTIONS.items():
-        out[name] = OmegaConf.to_object(_merge(name, schema, cfg.get(name) or {}))
-    source = (cfg.get("data") or {}).get("source", "staicc")
-    if source not in DATA_SCHEMAS:
-        raise ConfigError(f"data.source='{source}' is unknown.{did_you_mean(source, DATA_SCHEMAS)} "
-                          f"Choose one of {', '.join(DATA_SCHEMAS)}")
-    out["data"] = OmegaConf.to_object(_merge("data", DATA_SCHEMAS[source], cfg.data))
-    if cfg.get("eval") is not None:  # checked now, not after hours of training
-        from momattn.eval.config import EvalConfig
-
-        out["eval"] = EvalConfig.from_mapping(cfg.eval, "eval")
-    o, t, d = out["optim"], out["tokenizer"], out["data"]
-    if o.schedule not in ("cosine", "polynomial", "constant"):
-        raise ConfigError(f"optim.schedule='{o.schedule}' is unknown; choose cosine, polynomial or constant")
-    if o.on_nonfinite not in ("stop", "skip"):
-        raise ConfigError(f"optim.on_nonfinite='{o.on_nonfinite}' is unknown; choose stop or skip")
-    if o.lr <= 0 or o.warmup_steps < 0 or len(o.betas) != 2:
-        raise ConfigError(f"optim: need lr > 0 (got {o.lr}), warmup_steps >= 0 (got {o.warmup_steps}), two betas")
-    if t.kind not in ("bpe", "gpt2", "file"):
-        raise ConfigError(f"tokenizer.kind='{t.kind}' is unknown.{did_you_mean(t.kind, ['bpe', 'gpt2', 'file'])}")
-    if t.kind == "bpe" and t.vocab_size < 257:
-        raise ConfigError(f"tokenizer.vocab_size={t.vocab_size} must be > 256 (a byte-level BPE starts with 256 bytes)")
-    if d.batch_size < 1 or d.val_batches < 1:
-        raise ConfigError(f"data.batch_size={d.batch_size} and data.val_batches={d.val_batches} must be >= 1")
-    return out
+    run = typed(RunConfig, {k: v for k, v in raw.items() if k not in SECTIONS}, "")
+    attention = typed(AttentionConfig, raw.get("attention"), "attention")
+    data = raw.get("data") or {}
+    source = make_source(data)
+    tokenizer = typed(TokenizerConfig, raw.get("tokenizer"), "tokenizer")
+    if tokenizer.kind == "source":
+        source_tokenizer(source)  # the source has one: checked now, not after the cache is built
+    trainer, max_steps, accumulate = _trainer(raw.get("trainer"))
+    raw["trainer"] = trainer  # checkpoints record the precision that ran
+    return TrainConfig(
+        **dataclasses.asdict(run),
+        model=_model(raw.get("model"), attention),
+        optim=typed(OptimConfig, raw.get("optim"), "optim"),
+        data=source,
+        loader=typed(LoaderConfig, {k: v for k, v in data.items() if k in LOADER_KEYS}, "data"),
+        tokenizer=tokenizer,
+        paths=typed(PathsConfig, raw.get("paths"), "paths"),
+        trainer=trainer,
+        max_steps=max_steps,
+        accumulate=accumulate,
+        eval=EvalConfig.from_mapping(raw["eval"], "eval") if raw.get("eval") is not None else None,
+        callbacks=raw.get("callbacks") or {},
+        logger=raw.get("logger") or {},
+        resolved=raw,
+    )

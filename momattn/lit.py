@@ -4,15 +4,43 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import dataclass, field
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import WandbLogger
 
-from momattn.config import OptimConfig
-from momattn.errors import NonFiniteLossError
-from momattn.model import GPT, GPTConfig
+from momattn.errors import ConfigError, NonFiniteLossError
+from momattn.model import GPT
+
+SCHEDULES = ("cosine", "polynomial", "constant")
+
+
+@dataclass
+class OptimConfig:
+    """train.yaml's optim section."""
+
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio (cosine, polynomial)
+    weight_decay: float = 0.1  # AdamW, on 2-D weights only
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | polynomial | constant
+    power: float = 1.0  # polynomial decay power (fairseq's default 1.0 = linear)
+    grad_clip: float = 1.0  # 0 disables
+    on_nonfinite: str = "stop"  # stop | skip: what a NaN/inf loss does
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"optim.schedule='{self.schedule}' is unknown; choose cosine, polynomial or constant")
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise ConfigError(f"optim.on_nonfinite='{self.on_nonfinite}' is unknown; choose stop or skip")
+        if self.lr <= 0 or self.warmup_steps < 0 or len(self.betas) != 2:
+            raise ConfigError(f"optim: need lr > 0 (got {self.lr}), warmup_steps >= 0 (got {self.warmup_steps}), "
+                              f"two betas (got {list(self.betas)})")
 
 
 def lr_lambda(step: int, o: OptimConfig, max_steps: int) -> float:
@@ -47,12 +75,16 @@ def set_rng_state(s: dict) -> None:
 
 
 class LitGPT(pl.LightningModule):
-    def __init__(self, model_config: GPTConfig, optim: OptimConfig, max_steps: int, meta: dict | None = None):
+    """Trains `model`; `meta` (model config, tokenizer, resolved run config) goes into every checkpoint."""
+
+    def __init__(self, model: GPT, optim: OptimConfig, max_steps: int, meta: dict | None = None,
+                 tokens_per_batch: int | None = None):
         super().__init__()
-        self.model = GPT(model_config)
+        self.model = model
         self.optim, self.max_steps = optim, max_steps
-        self.meta = meta or {}  # model config, tokenizer, resolved config: stored in every checkpoint
-        self.flops_per_batch: float | None = None  # read by Lightning's ThroughputMonitor
+        self.meta = meta or {}
+        # read by Lightning's ThroughputMonitor (FLOPs of one micro-batch, forward and backward)
+        self.flops_per_batch = model.flops_per_token() * tokens_per_batch if tokens_per_batch else None
         self._val_sum, self._val_count, self._rng_to_restore = 0.0, 0, None
 
     def forward(self, idx):
@@ -96,8 +128,11 @@ class LitGPT(pl.LightningModule):
     def configure_optimizers(self):
         o = self.optim
         params = [p for p in self.model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]  # matrices and embeddings; not biases, LayerNorms or eta
-        no_decay = [p for p in params if p.dim() < 2]
+        # decay the weights of Linear and Embedding layers only: not biases, LayerNorms, eta, nor
+        # multirate_ema's delta/gamma (2-D, but decay rates and mixing weights, not weight matrices)
+        weights = {id(m.weight) for m in self.model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))}
+        decay = [p for p in params if id(p) in weights]
+        no_decay = [p for p in params if id(p) not in weights]
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=o.lr, betas=tuple(o.betas), eps=o.eps,
@@ -107,10 +142,9 @@ class LitGPT(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["momattn"] = {**self.meta, "rng": rng_state()}
-        logger = self.trainer.logger if self._trainer is not None else None
-        run_id = getattr(getattr(logger, "_experiment", None), "id", None) if logger is not None else None
-        if run_id:
-            checkpoint["momattn"]["wandb_run_id"] = run_id
+        for logger in self.loggers:  # a resume continues the same W&B run
+            if isinstance(logger, WandbLogger) and logger.version:
+                checkpoint["momattn"]["wandb_run_id"] = logger.version
 
     def on_load_checkpoint(self, checkpoint):
         self._rng_to_restore = checkpoint.get("momattn", {}).get("rng")

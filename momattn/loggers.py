@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import Logger, WandbLogger
+
+from momattn.schema import instantiate, locate
 
 
 def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, name: str | None = None,
@@ -43,3 +46,37 @@ def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, 
         print(f"[momattn] W&B is unreachable ({type(e).__name__}: {first}); logging offline to {run_dir}. "
               f"Sync it when online with: wandb sync {run_dir}", file=sys.stderr, flush=True)
         return fallback
+
+
+def make_loggers(section: Mapping | None, run_id: str | None = None, group: str | None = None,
+                 name: str | None = None) -> list[Logger]:
+    """The loggers of the `logger` config group. A W&B logger continues run `run_id` (a resume) and takes
+    `group` and `name` (a sweep's) unless its config sets them."""
+    loggers = []
+    for key, conf in (section or {}).items():
+        if conf is None:
+            continue
+        extra = {}
+        if locate(conf.get("_target_", ""), f"logger.{key}._target_") in (wandb_logger, WandbLogger):
+            extra = {"id": conf.get("id") or run_id, "group": conf.get("group") or group,
+                     "name": conf.get("name") or name}
+        loggers.append(instantiate(conf, f"logger.{key}", **extra))
+    return loggers
+
+
+def describe(logger: Logger) -> str:
+    """Where a logger wrote, for the end-of-run summary."""
+    if isinstance(logger, WandbLogger):
+        run_dir = Path(logger.experiment.dir).parent
+        offline = "offline-run" in run_dir.name
+        return f"W&B run: {run_dir}" + (f"  (offline; upload with: wandb sync {run_dir})" if offline else "")
+    return f"{type(logger).__name__}: {getattr(logger, 'log_dir', None) or logger.save_dir or ''}"
+
+
+def finish(loggers: list[Logger]) -> None:
+    """Close the W&B run: one job's crash must not break the next job of a multirun."""
+    if any(isinstance(lg, WandbLogger) for lg in loggers):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()

@@ -1,4 +1,5 @@
-"""Tokenizers: a byte-level BPE trained on the LM-train text (default), GPT-2's BPE (offline), or any tokenizer.json.
+"""Tokenizers: a byte-level BPE trained on the LM-train text (default), GPT-2's BPE (offline), any tokenizer.json,
+or the data source's own (`tokenizer=source`, e.g. one token per symbol of a synthetic corpus).
 
 Every tokenizer is a `tokenizers.Tokenizer` underneath, so it serialises to one JSON string that travels
 inside each checkpoint: a checkpoint alone is enough to evaluate or resume.
@@ -8,16 +9,41 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from momattn.errors import DataError
+from momattn.errors import ConfigError, DataError, did_you_mean
+from momattn.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from momattn.data.sources import DataSource
 
 EOT = "<|endoftext|>"
+KINDS = ("bpe", "gpt2", "file", "source")
+
+
+@dataclass
+class TokenizerConfig:
+    """conf/tokenizer/*.yaml."""
+
+    kind: str = "bpe"  # bpe | gpt2 | file | source (the data source's own tokenizer)
+    vocab_size: int = 4096  # bpe: the size of the trained vocabulary
+    path: str | None = None  # file: a tokenizer.json
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ConfigError(f"tokenizer.kind='{self.kind}' is unknown.{did_you_mean(self.kind, KINDS)} "
+                              f"Choose one of {', '.join(KINDS)}")
+        if self.kind == "bpe" and self.vocab_size < 257:
+            raise ConfigError(f"tokenizer.vocab_size={self.vocab_size} must be > 256 (a byte-level BPE starts "
+                              "with 256 bytes)")
+        if self.kind == "file" and not self.path:
+            raise ConfigError("tokenizer=file needs tokenizer.path=/path/to/tokenizer.json")
 
 
 class Tokenizer:
@@ -78,10 +104,7 @@ def train_bpe(texts: Callable[[], Iterable[str]], vocab_size: int, cache_file: P
     )
     tok.train_from_iterator(texts(), trainer=trainer)
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-        tok.save(str(tmp))
-        os.replace(tmp, cache_file)  # atomic: a parallel run never reads half a file
+        atomic_write_text(cache_file, tok.to_str())  # a parallel run never reads half a file
     return Tokenizer(tok, "bpe")
 
 
@@ -106,3 +129,24 @@ def file_tokenizer(path: str) -> Tokenizer:
     except Exception as e:  # tokenizers raises a bare Exception on bad JSON
         raise DataError(f"tokenizer.path='{path}' is not a valid tokenizer.json: {e}") from e
     return Tokenizer(tok, p.name)
+
+
+def source_tokenizer(source: DataSource) -> Callable[[], Tokenizer]:
+    """The data source's own tokenizer factory (`tokenizer=source`), or a ConfigError if it has none."""
+    own = getattr(source, "tokenizer", None)
+    if not callable(own):
+        raise ConfigError(f"tokenizer=source: the data source {type(source).__name__} has no tokenizer of its own "
+                          "(no tokenizer() method); choose tokenizer=bpe, gpt2 or file")
+    return own
+
+
+def build_tokenizer(cfg: TokenizerConfig, source: DataSource, cache_dir: Path) -> Tokenizer:
+    """The tokenizer `cfg` asks for; a BPE is trained on the source's train documents once and cached."""
+    if cfg.kind == "gpt2":
+        return gpt2_tokenizer()
+    if cfg.kind == "file":
+        return file_tokenizer(cfg.path)
+    if cfg.kind == "source":
+        return source_tokenizer(source)()
+    cache = Path(cache_dir) / "tokenizers" / f"bpe{cfg.vocab_size}-{source.fingerprint()}.json"
+    return train_bpe(lambda: source.documents("train"), cfg.vocab_size, cache)

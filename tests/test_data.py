@@ -8,9 +8,17 @@ import numpy as np
 import pytest
 
 from momattn.data.corpus import load_tokens
-from momattn.data.sources import HubCorpus, TextFiles, make_source
+from momattn.data.sources import (
+    LEGACY_SOURCES,
+    HubCorpus,
+    LoaderConfig,
+    StaiccCorpus,
+    TextFiles,
+    make_source,
+    merge_data,
+)
 from momattn.data.staicc import STAICC_FILES, _norm, lm_texts, read_staicc, reserved_texts, split_rows
-from momattn.errors import DataError
+from momattn.errors import ConfigError, DataError
 from momattn.tokenizer import EOT, Tokenizer, gpt2_tokenizer, train_bpe
 
 
@@ -84,3 +92,53 @@ def test_token_cache_is_reused_and_documents_are_separated(tmp_path):
     mtime = next((tmp_path / "tokens").glob("*.bin")).stat().st_mtime_ns
     b = load_tokens(cfg, tok, "val", tmp_path)
     assert np.array_equal(a, b) and next((tmp_path / "tokens").glob("*.bin")).stat().st_mtime_ns == mtime
+
+
+OLD_STAICC = {"source": "staicc", "tasks": ["trec"], "split_seed": 1234, "batch_size": 16, "val_batches": 10,
+              "num_workers": 0, "cache_dir": "/somewhere"}  # a data section stored in checkpoints of older runs
+
+
+def test_the_old_source_form_builds_the_same_corpus_as_target():
+    new = {**{k: v for k, v in OLD_STAICC.items() if k != "source"}, "_target_": "momattn.data.sources.StaiccCorpus"}
+    old_src, new_src = make_source(OLD_STAICC), make_source(new)
+    assert old_src == new_src == StaiccCorpus(tasks=["trec"])
+    # the leak filter (LEAK_FILTER_VERSION) changed the text, so the fingerprint must differ from the one
+    # of the old filter: a token cache built before would serve leaky text
+    assert old_src.fingerprint() != "e1365510d5f5781f"
+    assert old_src.documents("val") == lm_texts(["trec"], "val")
+
+
+def test_each_legacy_source_name_maps_to_its_yaml():
+    from conftest import ROOT
+    from omegaconf import OmegaConf
+
+    for name, cls in LEGACY_SOURCES.items():
+        conf = OmegaConf.load(ROOT / "conf" / "data" / f"{name}.yaml")
+        assert conf._target_ == f"momattn.data.sources.{cls.__name__}"
+        assert conf.val_batches == LoaderConfig().val_batches  # one default for the loader keys
+
+
+def test_unknown_and_conflicting_data_keys():
+    with pytest.raises(ConfigError, match="data.split_sed is not a known key. Did you mean 'split_seed'"):
+        make_source({**OLD_STAICC, "split_sed": 1})
+    with pytest.raises(ConfigError, match="data.source='staic' is unknown. Did you mean 'staicc'"):
+        make_source({"source": "staic"})
+    with pytest.raises(ConfigError, match="keep one"):
+        make_source({"source": "staicc", "_target_": "momattn.data.sources.StaiccCorpus"})
+
+
+def test_merge_data_replaces_the_source_only_when_another_is_named(tmp_path):
+    (tmp_path / "v.txt").write_text("a\n\nb")
+    merged = merge_data(OLD_STAICC, {"split_seed": 7})
+    assert merged["source"] == "staicc" and merged["split_seed"] == 7 and merged["tasks"] == ["trec"]
+    other = merge_data(OLD_STAICC, {"source": "text_files", "paths": [str(tmp_path / "v.txt")]})
+    assert "tasks" not in other and other["cache_dir"] == "/somewhere"
+    assert isinstance(make_source(other), TextFiles)
+
+
+def test_text_files_checks_paths_when_reading_not_when_configured(tmp_path):
+    src = TextFiles(["missing.txt"])  # a config is valid on any machine
+    with pytest.raises(DataError, match="'missing.txt' does not exist"):
+        src.fingerprint()
+    with pytest.raises(DataError, match="suffix '.csv'"):
+        TextFiles(["table.csv"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import SMOKE, compose_train, run_cli
 
-from momattn.checkpoint import load_checkpoint
+from momattn.checkpoint import load_checkpoint, read_checkpoint
 from momattn.cli import check_overrides
 from momattn.errors import CheckpointError, ConfigError, DataError, UserError
 from momattn.training import run_train
@@ -23,6 +23,8 @@ def cli_error(tmp_path, args: list[str]) -> str:
     (["attention=momentum", "attention.etaa=0.3"], "Did you mean 'eta'"),
     (["attention=momentun"], "Did you mean 'momentum'"),
     (["model.n_layr=2"], "Did you mean 'n_layer'"),
+    (["data.taks=[trec]"], "Did you mean 'tasks'"),
+    (["tokenizer=sorce"], "Did you mean 'source'"),
     (["-m", "attention=vanilla,momentun"], "Did you mean 'momentum'"),
 ])
 def test_typos_are_caught_before_anything_runs_with_a_suggestion(tmp_path, args, expected):
@@ -53,13 +55,46 @@ def run_expecting(tmp_path, overrides, error=UserError):
 
 
 def test_wrong_type_names_the_key(tmp_path):
-    assert "model.n_embd" in run_expecting(tmp_path, [*SMOKE, "model.n_embd=wide"], ConfigError)
-    assert "trainer.max_steps" in run_expecting(tmp_path, [*SMOKE, "trainer.max_steps=many"], ConfigError)
+    msg = run_expecting(tmp_path, [*SMOKE, "model.n_embd=wide"], ConfigError)
+    assert msg.startswith("model.n_embd: Value 'wide'") and "Integer" in msg
+    msg = run_expecting(tmp_path, [*SMOKE, "trainer.max_steps=many"], ConfigError)
+    assert msg == "trainer.max_steps='many' must be an integer >= 1"
+    msg = run_expecting(tmp_path, [*SMOKE, "trainer.accumulate_grad_batches=0"], ConfigError)
+    assert msg == "trainer.accumulate_grad_batches=0 must be an integer >= 1"
+    assert "data.split_seed: Value 'x'" in run_expecting(tmp_path, [*SMOKE, "data.split_seed=x"], ConfigError)
+
+
+def test_unknown_data_key_is_refused_with_the_closest_field(tmp_path):
+    msg = run_expecting(tmp_path, [*SMOKE, "+data.taks=[trec]"], ConfigError)
+    assert msg.startswith("data.taks is not a known key. Did you mean 'tasks'?")
+    assert "StaiccCorpus" in msg and "batch_size" in msg  # the source's fields and the loader keys
+    msg = run_expecting(tmp_path, [*SMOKE, "+data.batch_sise=4"], ConfigError)
+    assert "Did you mean 'batch_size'?" in msg
+
+
+def test_unknown_data_target_names_the_import_problem(tmp_path):
+    msg = run_expecting(tmp_path, [*SMOKE, "data._target_=momattn.data.sources.NoSuchCorpus"], ConfigError)
+    assert msg.startswith("data._target_='momattn.data.sources.NoSuchCorpus' cannot be imported")
+
+
+def test_model_vocab_size_comes_from_the_tokenizer(tmp_path):
+    msg = run_expecting(tmp_path, [*SMOKE, "+model.vocab_size=100"], ConfigError)
+    assert "model.vocab_size is set from the tokenizer" in msg and "remove it" in msg
+
+
+def test_tokenizer_source_on_a_source_without_one(tmp_path):
+    msg = run_expecting(tmp_path, [*SMOKE, "tokenizer=source"], ConfigError)
+    assert msg == ("tokenizer=source: the data source StaiccCorpus has no tokenizer of its own (no tokenizer() "
+                   "method); choose tokenizer=bpe, gpt2 or file")
+
+
+def test_unknown_top_level_key(tmp_path):
+    assert "'sed' is not a top-level config key. Did you mean 'seed'?" in run_expecting(tmp_path, [*SMOKE, "+sed=1"])
 
 
 def test_unknown_key_added_with_plus_is_refused(tmp_path):
     msg = run_expecting(tmp_path, [*SMOKE, "+optim.learning_rate=1"], ConfigError)
-    assert "optim.learning_rate is not a known key" in msg
+    assert msg.startswith("optim.learning_rate is not a known key.") and "Known keys of optim: lr," in msg
 
 
 def test_heads_not_dividing_width(tmp_path):
@@ -129,7 +164,7 @@ def test_resume_with_an_incompatible_model_is_refused(tmp_path, trained):
 def test_tokenizer_model_vocabulary_mismatch(tmp_path, trained):
     from momattn.tokenizer import gpt2_tokenizer
 
-    ckpt = torch.load(trained, weights_only=False)
+    ckpt = read_checkpoint(trained)
     ckpt["momattn"]["tokenizer"] = gpt2_tokenizer().to_json()  # 50257 tokens for a 4096-token model
     bad = tmp_path / "mixed.ckpt"
     torch.save(ckpt, bad)
@@ -138,7 +173,7 @@ def test_tokenizer_model_vocabulary_mismatch(tmp_path, trained):
 
 
 def test_checkpoint_with_wrong_shapes(tmp_path, trained):
-    ckpt = torch.load(trained, weights_only=False)
+    ckpt = read_checkpoint(trained)
     ckpt["momattn"]["model_config"]["n_embd"] = 64  # the config no longer fits the weights
     bad = tmp_path / "shapes.ckpt"
     torch.save(ckpt, bad)
@@ -148,4 +183,4 @@ def test_checkpoint_with_wrong_shapes(tmp_path, trained):
 
 def test_eval_section_is_checked_at_start_up(tmp_path):
     msg = run_expecting(tmp_path, [*SMOKE, "run_eval=true", "+eval.icl.shotz=[0]"], ConfigError)
-    assert "shotz" in msg and "shots" in msg
+    assert "eval.icl.shotz" in msg and "Did you mean 'shots'?" in msg

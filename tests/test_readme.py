@@ -6,10 +6,11 @@ import re
 import shlex
 
 import pytest
+import yaml
 from conftest import ROOT, compose_train
 
-from momattn.cli import _user_overrides, check_overrides
-from momattn.config import validate_train_config
+from momattn.cli import check_overrides, user_overrides
+from momattn.config import load_train_config
 
 README = (ROOT / "README.md").read_text()
 COMMANDS = sorted({m.group(1).split("#")[0].strip() for m in re.finditer(r"python train\.py([^\n`]*)", README)})
@@ -25,10 +26,17 @@ def test_readme_has_the_two_quickstart_commands():
 @pytest.mark.parametrize("args", COMMANDS)
 def test_every_train_command_in_the_readme_composes(args, tmp_path):
     argv = [a for a in shlex.split(args) if "<" not in a and "..." not in a]
-    overrides = _user_overrides(argv)
+    overrides = user_overrides(argv)
     if "hparams_search=optuna" in overrides:
         pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     check_overrides("train", overrides)
     plain = [o for o in overrides if "," not in o.split("=", 1)[1] or o.split("=", 1)[1].startswith("[")]
     plain = [o for o in plain if not o.startswith(("ckpt_path=", "hydra."))]
-    validate_train_config(compose_train(tmp_path, plain))
+    c = load_train_config(compose_train(tmp_path, plain))
+    for key, value in (o.split("=", 1) for o in plain if "." in o.split("=")[0]):  # each value reaches the run
+        node = c.resolved
+        for part in key.split("."):
+            node = node[part]
+        assert node == yaml.safe_load(value), (key, node, value)
+    if "attention=momentum" in plain:
+        assert c.model.attention.kind == "momentum"

@@ -2,31 +2,68 @@
 
 from __future__ import annotations
 
-import csv
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 import pytest
-import torch
-from conftest import ROOT, SMOKE, compose_train, run_cli
+from conftest import ROOT, SMOKE, compose_train, read_metrics, run_cli, train_losses
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import OmegaConf
 
-from momattn.config import validate_train_config
+from momattn.checkpoint import read_checkpoint
+from momattn.config import load_train_config
+from momattn.errors import ConfigError
+from momattn.schema import instantiate
 from momattn.training import run_train
 
 GROUPS = {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in (ROOT / "conf").iterdir() if d.is_dir()}
 OPTIONS = [(g, o) for g, opts in sorted(GROUPS.items()) for o in opts]
 NEEDS = {("data", "text_files"): ["data.paths=[x.txt]"], ("data", "hf"): ["data.name=json"],
-         ("tokenizer", "file"): ["tokenizer.path=tok.json"]}
+         ("tokenizer", "file"): ["tokenizer.path=tok.json"],
+         ("tokenizer", "source"): ["data._target_=test_train.WordSourceWithTokenizer", "~data.tasks", "~data.split_seed"]}
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    with open(run_dir / "csv" / "metrics.csv") as f:
-        return list(csv.DictReader(f))
+def option_yaml(group: str, option: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / group / f"{option}.yaml"))
 
 
-def train_losses(run_dir: Path) -> dict[int, float]:
-    return {int(r["step"]): float(r["train/loss"]) for r in read_metrics(run_dir) if r.get("train/loss")}
+def check_option(group: str, option: str, c, tmp_path: Path) -> None:
+    """What selecting `group=option` must change in the typed config."""
+    own = option_yaml(group, option)
+    if group == "attention":
+        assert c.model.attention.kind == option
+    elif group == "model":
+        assert (c.model.n_layer, c.model.n_embd, c.model.block_size) == (own["n_layer"], own["n_embd"],
+                                                                         own["block_size"])
+    elif group == "data":
+        assert f"{type(c.data).__module__}.{type(c.data).__qualname__}" == own["_target_"]
+        assert (c.loader.batch_size, c.loader.val_batches) == (own["batch_size"], own["val_batches"])
+    elif group == "tokenizer":
+        assert c.tokenizer.kind == own["kind"]
+    elif group == "trainer":
+        assert c.trainer["precision"] != "auto" and c.max_steps >= 1
+        if option in ("default", "cpu"):  # this CPU has no native bf16
+            trainer = instantiate(c.trainer, "trainer", logger=False)
+            assert trainer.max_steps == c.max_steps and trainer.precision == "32-true"
+    elif group == "logger":
+        assert sorted(c.logger) == sorted(own or {})
+        if option == "csv":
+            assert instantiate(c.logger["csv"], "logger.csv").save_dir == str(tmp_path)
+    elif group == "callbacks":
+        made = [instantiate(conf, name) for name, conf in c.callbacks.items()]
+        assert len(made) == len(own or {})
+        if option == "default":
+            assert isinstance(made[0], ModelCheckpoint) and made[0].dirpath == str(tmp_path / "checkpoints")
+    elif group == "paths":
+        assert Path(c.paths.output_dir) == tmp_path
+    elif group == "debug":
+        assert c.max_steps == own["trainer"]["max_steps"] and c.run_eval is False
+    elif group == "experiment":
+        assert set(own.get("tags", [])) <= set(c.tags)
+    elif group == "hparams_search":
+        assert c.run_eval is False
 
 
 @pytest.mark.parametrize("group,option", OPTIONS)
@@ -34,26 +71,23 @@ def test_every_option_of_every_group_composes_validates_and_instantiates(group, 
     if group == "hparams_search":
         pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     cfg = compose_train(tmp_path, [f"{group}={option}", *NEEDS.get((group, option), [])])
-    typed = validate_train_config(cfg)
-    assert typed["model"].n_layer >= 1
-    if group in ("trainer", "callbacks") and option not in ("gpu", "ddp", "fsdp"):
-        for conf in ([cfg.trainer] if group == "trainer" else list((cfg.callbacks or {}).values())):
-            obj = hydra.utils.instantiate(conf, **({"logger": False} if group == "trainer" else {}))
-            assert obj is not None
-    if group == "logger" and option == "csv":
-        assert hydra.utils.instantiate(cfg.logger.csv).save_dir == str(tmp_path)
+    check_option(group, option, load_train_config(cfg), tmp_path)
 
 
 @pytest.mark.parametrize("attention", ["vanilla", "momentum", "multirate_ema"])
-def test_smoke_training_each_attention(attention, tmp_path):
-    cfg = compose_train(tmp_path, [*SMOKE, f"attention={attention}"])
-    val_loss = run_train(cfg)
-    assert val_loss is not None and torch.isfinite(torch.tensor(val_loss))
-    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+def test_smoke_training_each_attention(attention, tmp_path, capsys):
+    val_loss = run_train(compose_train(tmp_path, [*SMOKE, f"attention={attention}"]))
+    assert val_loss is not None and math.isfinite(val_loss)
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 6
-    assert ckpt["momattn"]["model_config"]["attention"]["kind"] == attention
-    assert ckpt["momattn"]["config"]["attention"]["kind"] == attention  # the resolved config travels along
+    meta = ckpt["momattn"]
+    assert meta["model_config"]["attention"]["kind"] == meta["config"]["attention"]["kind"] == attention
+    assert meta["config"]["data"]["_target_"] == "momattn.data.sources.StaiccCorpus"
+    assert meta["config"]["trainer"]["precision"] == "32-true"  # auto, resolved on this CPU and recorded
+    assert "vocab_size" not in meta["config"]["model"] and meta["model_config"]["vocab_size"] % 64 == 0
+    assert "precision 32-true" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["val/loss"] == pytest.approx(val_loss) and summary["steps"] == 6
 
 
 def test_loss_decreases_on_a_few_hundred_tokens(tmp_path):
@@ -77,32 +111,102 @@ def test_resume_continues_at_the_right_step(tmp_path):
     run_train(second)
     steps = sorted(train_losses(tmp_path / "b"))
     assert steps == [6, 7, 8]  # logged at the step being taken: the first run took steps 0..5
-    assert torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 9
+    assert read_checkpoint(tmp_path / "b" / "checkpoints" / "last.ckpt")["global_step"] == 9
 
 
 def test_wandb_offline_run_folder_is_written(tmp_path):
     cfg = compose_train(tmp_path, [*SMOKE, "logger=wandb"])
     run_train(cfg)
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert runs, list(tmp_path.iterdir())
+    assert len(runs) == 1, list(tmp_path.iterdir())
     assert list(runs[0].glob("*.wandb"))
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
-    assert ckpt["momattn"]["wandb_run_id"] in runs[0].name  # so a resume continues the same W&B run
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert runs[0].name.endswith(ckpt["momattn"]["wandb_run_id"])  # so a resume continues the same W&B run
 
 
-def test_logger_none_trains(tmp_path):
-    assert run_train(compose_train(tmp_path, [*SMOKE, "logger=none"])) is not None
+def test_logger_none_trains_and_still_reports(tmp_path):
+    val_loss = run_train(compose_train(tmp_path, [*SMOKE, "logger=none"]))
+    assert math.isfinite(val_loss)
+    assert not (tmp_path / "csv").exists() and not (tmp_path / "wandb").exists()
+    assert json.loads((tmp_path / "summary.json").read_text())["val/loss"] == pytest.approx(val_loss)
+
+
+@dataclass
+class WordSource:
+    """A source defined outside momattn, only by its `_target_`: words from a 16-word vocabulary."""
+
+    n_docs: int = 60
+
+    def fingerprint(self) -> str:
+        return f"words-{self.n_docs}"
+
+    def documents(self, split: str) -> list[str]:
+        n = self.n_docs if split == "train" else self.n_docs // 4
+        return [" ".join(f"w{(3 * d + i) % 16}" for i in range(40)) for d in range(n)]
+
+
+@dataclass
+class WordSourceWithTokenizer(WordSource):
+    def tokenizer(self):
+        from tokenizers import Tokenizer as HF
+        from tokenizers import models, pre_tokenizers
+
+        from momattn.tokenizer import EOT, Tokenizer
+
+        hf = HF(models.WordLevel({EOT: 0, **{f"w{i}": i + 1 for i in range(16)}}, unk_token=EOT))
+        hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        return Tokenizer(hf, "words")
+
+
+NEW_SOURCE = ["~data.tasks", "~data.split_seed", "+data.n_docs=80"]
+
+
+def test_a_new_source_is_one_class_named_by_target(tmp_path):
+    cfg = compose_train(tmp_path, ["debug=smoke", "data._target_=test_train.WordSource", *NEW_SOURCE,
+                                   "tokenizer.vocab_size=300"])
+    assert run_train(cfg) is not None
+    meta = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["momattn"]
+    assert meta["config"]["data"]["_target_"] == "test_train.WordSource" and meta["config"]["data"]["n_docs"] == 80
+    assert meta["tokenizer_name"] == "bpe"
+
+
+def test_tokenizer_source_uses_the_sources_own_tokenizer(tmp_path):
+    cfg = compose_train(tmp_path, ["debug=smoke", "data._target_=test_train.WordSourceWithTokenizer", *NEW_SOURCE,
+                                   "tokenizer=source"])
+    run_train(cfg)
+    meta = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["momattn"]
+    assert meta["tokenizer_name"] == "words" and meta["model_config"]["vocab_size"] == 64  # 17 tokens, padded
+
+
+def test_tokenizer_source_needs_a_source_with_a_tokenizer(tmp_path):
+    cfg = compose_train(tmp_path, ["debug=smoke", "data._target_=test_train.WordSource", *NEW_SOURCE,
+                                   "tokenizer=source"])
+    with pytest.raises(ConfigError, match="WordSource has no tokenizer of its own"):
+        load_train_config(cfg)
+    with pytest.raises(ConfigError, match="choose tokenizer=bpe, gpt2 or file"):
+        run_train(cfg)
+
+
+@pytest.mark.parametrize("native,precision,expected", [
+    (True, "auto", "bf16-mixed"), (False, "auto", "32-true"), (True, "32-true", "32-true"),
+])
+def test_precision_auto_resolves_from_the_hardware(native, precision, expected, tmp_path, monkeypatch):
+    import momattn.hardware
+
+    monkeypatch.setattr(momattn.hardware, "cpu_has_native_bf16", lambda: native)
+    cfg = compose_train(tmp_path, ["trainer=cpu", f"trainer.precision={precision}"])
+    c = load_train_config(cfg)
+    assert c.trainer["precision"] == c.resolved["trainer"]["precision"] == expected
 
 
 @pytest.mark.slow
 def test_two_job_multirun_from_the_command_line(tmp_path):
     r = run_cli("train.py", ["-m", *SMOKE, "attention=vanilla,momentum", f"hydra.sweep.dir={tmp_path}"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    for job in ("0", "1"):
-        assert (tmp_path / job / "checkpoints" / "last.ckpt").exists()
-    kinds = {json.loads(json.dumps(torch.load(tmp_path / j / "checkpoints" / "last.ckpt", weights_only=False)
-                                   ["momattn"]["model_config"]["attention"]["kind"])) for j in ("0", "1")}
+    kinds = {read_checkpoint(tmp_path / j / "checkpoints" / "last.ckpt")
+             ["momattn"]["model_config"]["attention"]["kind"] for j in ("0", "1")}
     assert kinds == {"vanilla", "momentum"}
+    assert all(len(read_metrics(tmp_path / j)) > 0 for j in ("0", "1"))
 
 
 @pytest.mark.slow
@@ -112,7 +216,9 @@ def test_optuna_sweep_runs_trials(tmp_path):
                              "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
                              f"hydra.sweep.dir={tmp_path}"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert (tmp_path / "optimization_results.yaml").exists()
+    best = OmegaConf.load(tmp_path / "optimization_results.yaml")
+    assert math.isfinite(best.best_value) and set(best.best_params) == {"optim.lr", "optim.warmup_steps",
+                                                                         "attention.eta"}
 
 
 @pytest.mark.slow
@@ -120,12 +226,12 @@ def test_two_process_ddp_on_cpu(tmp_path):
     r = run_cli("train.py", [*SMOKE, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
                              "trainer.precision=32-true", "trainer.strategy=ddp", f"hydra.run.dir={tmp_path}"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 6
-    assert "val/loss" in (tmp_path / "csv" / "metrics.csv").read_text()
+    assert any(row.get("val/loss") for row in read_metrics(tmp_path))
 
 
-def test_wandb_sweep_recipe_arguments_are_accepted_by_train_py():
+def test_wandb_sweep_recipe_arguments_are_accepted_by_train_py(tmp_path):
     import yaml
 
     from momattn.cli import check_overrides
@@ -138,8 +244,13 @@ def test_wandb_sweep_recipe_arguments_are_accepted_by_train_py():
         args.append(f"{key}={value}")
     args += [c for c in sweep["command"] if "=" in c]
     check_overrides("train", sorted(args, key=lambda a: "." in a.split("=")[0]))  # groups first
-    cfg = compose_train(Path("/tmp"), args)
-    validate_train_config(cfg)
+    c = load_train_config(compose_train(tmp_path, args))
+    assert c.model.attention.kind == "momentum" and c.run_eval is False
+    for key, value in (a.split("=", 1) for a in args if "." in a.split("=")[0]):  # every swept value arrives
+        node = c.resolved
+        for part in key.split("."):
+            node = node[part]
+        assert node == yaml.safe_load(value), (key, node, value)
 
 
 def test_training_ends_with_the_short_evaluation_logged(tmp_path):

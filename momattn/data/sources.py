@@ -1,38 +1,74 @@
 """Text sources: the embedded StaICC corpus, your own txt/jsonl files, or any `datasets` hub corpus.
 
-Each source gives documents for split 'train' or 'val' and a fingerprint that keys the token cache.
+A source is a dataclass whose fields are its config schema; conf/data/<name>.yaml names it by `_target_`:
+
+    _target_: momattn.data.sources.TextFiles     # the source
+    paths: [corpus.txt]                          # its fields
+    batch_size: 8                                # LoaderConfig's fields, the data section's reserved keys
+
+A new source is one module with such a class (anything with fingerprint() and documents()) plus one YAML file.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, Literal, Protocol
 
-import numpy as np
+from momattn.data.staicc import LEAK_FILTER_VERSION, SPLIT_SEED, STAICC_FILES, lm_texts
+from momattn.errors import ConfigError, DataError, did_you_mean
+from momattn.schema import known_keys, locate, to_plain, typed
+from momattn.utils import digest, seeded_split
 
-from momattn.data.staicc import SPLIT_SEED, STAICC_FILES, lm_texts
-from momattn.errors import DataError
-
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+Split = Literal["train", "val"]
 
 
+class DataSource(Protocol):
+    """What training needs from a corpus. A source may also have `tokenizer() -> momattn.tokenizer.Tokenizer`,
+    its own tokenizer, which `tokenizer=source` uses."""
+
+    def fingerprint(self) -> str: ...  # changes whenever the documents could (it keys the token cache)
+
+    def documents(self, split: Split) -> list[str]: ...
+
+
+@dataclass
+class LoaderConfig:
+    """The data section's reserved keys: how token windows are batched, and where the token cache lives."""
+
+    batch_size: int = 8  # sequences per micro-batch per device (8 x 512 tokens with the default model)
+    val_batches: int = 10  # validation micro-batches per validation run
+    num_workers: int = 0  # DataLoader worker processes
+    cache_dir: str | None = None  # token and tokenizer cache; null: paths.cache_dir, $MOMATTN_CACHE, ~/.cache
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.val_batches < 1 or self.num_workers < 0:
+            raise ConfigError(f"data.batch_size={self.batch_size} and data.val_batches={self.val_batches} must be "
+                              f">= 1, data.num_workers={self.num_workers} >= 0")
+
+
+LOADER_KEYS = tuple(f.name for f in fields(LoaderConfig))
+
+
+@dataclass
 class StaiccCorpus:
     """LM-train / LM-val rows of the StaICC tasks; rows reserved for ICL evaluation are never included."""
 
-    def __init__(self, tasks=("agnews", "mr", "subj", "sst5", "trec"), split_seed: int = SPLIT_SEED, **_):
-        bad = [t for t in tasks if t not in STAICC_FILES]
-        if bad or not tasks:
-            raise DataError(f"data.tasks={list(tasks)}: unknown or empty; choose among {', '.join(STAICC_FILES)}")
-        self.tasks, self.split_seed = list(tasks), int(split_seed)
+    tasks: list[str] = field(default_factory=lambda: ["agnews", "mr", "subj", "sst5", "trec"])
+    split_seed: int = SPLIT_SEED  # momattn.data.staicc.split_rows: which rows are LM, ICL test, ICL demos
+
+    def __post_init__(self):
+        self.tasks = [self.tasks] if isinstance(self.tasks, str) else list(self.tasks)
+        bad = [t for t in self.tasks if t not in STAICC_FILES]
+        if bad or not self.tasks:
+            raise DataError(f"data.tasks={self.tasks}: unknown or empty; choose among {', '.join(STAICC_FILES)}")
 
     def fingerprint(self) -> str:
-        return _digest(["staicc", 1, self.tasks, self.split_seed])
+        return digest(["staicc", 1, self.tasks, self.split_seed, LEAK_FILTER_VERSION])  # the filter shapes the text
 
-    def documents(self, split: str) -> list[str]:
+    def documents(self, split: Split) -> list[str]:
         return lm_texts(self.tasks, split, self.split_seed)
 
 
@@ -45,29 +81,44 @@ def _read_utf8(path: Path) -> str:
                         "convert it, e.g. iconv -f latin1 -t utf-8") from e
 
 
+def _held_out(docs: list[str], split: Split, fraction: float, seed: int) -> list[str]:
+    rest, val = seeded_split(len(docs), fraction, seed)
+    return [docs[i] for i in (val if split == "val" else rest)]
+
+
+@dataclass
 class TextFiles:
     """Your own corpus: .txt files (documents separated by blank lines) and .jsonl files (one JSON object per
     line, text in `text_field`). A seeded `val_fraction` of the documents is held out for validation."""
 
-    def __init__(self, paths=(), val_fraction: float = 0.05, text_field: str = "text", seed: int = SPLIT_SEED, **_):
-        if isinstance(paths, str):
-            paths = [paths]
-        if not paths:
+    paths: list[str] = field(default_factory=list)
+    val_fraction: float = 0.05
+    text_field: str = "text"  # jsonl: the key that holds the text
+    seed: int = SPLIT_SEED  # the train/val split
+
+    def __post_init__(self):
+        self.paths = [self.paths] if isinstance(self.paths, str | Path) else list(self.paths)
+        if not self.paths:
             raise DataError("data=text_files needs data.paths=[file1.txt,file2.jsonl,...]")
-        self.paths = [Path(p).expanduser() for p in paths]
-        for p in self.paths:
-            if not p.is_file():
-                raise DataError(f"data.paths: '{p}' does not exist (or is not a file); check the path")
+        for p in map(Path, self.paths):
             if p.suffix not in (".txt", ".jsonl", ".json", ".md", ""):
                 raise DataError(f"data.paths: '{p}' has suffix '{p.suffix}'; use .txt (plain text) or .jsonl")
-        if not 0.0 < val_fraction < 1.0:
-            raise DataError(f"data.val_fraction={val_fraction} must lie in (0, 1)")
-        self.val_fraction, self.text_field, self.seed = val_fraction, text_field, seed
+        if not 0.0 < self.val_fraction < 1.0:
+            raise DataError(f"data.val_fraction={self.val_fraction} must lie in (0, 1)")
         self._docs: list[str] | None = None
 
+    @property
+    def _files(self) -> list[Path]:
+        """The files, checked when they are needed (a config is valid on any machine; its files are not)."""
+        files = [Path(p).expanduser() for p in self.paths]
+        for p in files:
+            if not p.is_file():
+                raise DataError(f"data.paths: '{p}' does not exist (or is not a file); check the path")
+        return files
+
     def fingerprint(self) -> str:
-        files = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in self.paths]
-        return _digest(["text_files", 1, files, self.val_fraction, self.text_field, self.seed])
+        files = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in self._files]
+        return digest(["text_files", 1, files, self.val_fraction, self.text_field, self.seed])
 
     def _read(self, p: Path) -> list[str]:
         text = _read_utf8(p)
@@ -87,38 +138,40 @@ class TextFiles:
                 docs.append(str(row[self.text_field]).strip())
         return docs
 
-    def documents(self, split: str) -> list[str]:
+    def documents(self, split: Split) -> list[str]:
         if self._docs is None:
-            docs = [d for p in self.paths for d in self._read(p)]
+            docs = [d for p in self._files for d in self._read(p)]
             if not docs:
-                raise DataError(f"data.paths={[str(p) for p in self.paths]} hold no text (empty or whitespace only)")
+                raise DataError(f"data.paths={[str(p) for p in self._files]} hold no text (empty or whitespace only)")
             if len(docs) < 2:  # one document: hold out its tail so that validation still has text
                 cut = int(len(docs[0]) * (1 - self.val_fraction))
                 docs = [docs[0][:cut], docs[0][cut:]]
             self._docs = docs
-        docs = self._docs
-        perm = np.random.default_rng(self.seed).permutation(len(docs))
-        n_val = max(1, int(round(self.val_fraction * len(docs))))
-        idx = perm[:n_val] if split == "val" else perm[n_val:]
-        return [docs[i] for i in sorted(idx)]
+        return _held_out(self._docs, split, self.val_fraction, self.seed)
 
 
+@dataclass
 class HubCorpus:
     """Any `datasets` corpus by hub name (wikitext-103, openwebtext, ...) or a local builder (json, text)."""
 
-    def __init__(self, name: str = "", config: str | None = None, train_split: str = "train",
-                 val_split: str | None = "validation", text_field: str = "text", data_files: Mapping | None = None,
-                 val_fraction: float = 0.01, seed: int = SPLIT_SEED, **_):
-        if not name:
-            raise DataError("data=hf needs data.name=<hub dataset>, e.g. data.name=Salesforce/wikitext data.config=wikitext-103-raw-v1")
-        self.name, self.config, self.text_field = name, config, text_field
-        self.train_split, self.val_split = train_split, val_split
-        self.data_files = dict(data_files) if data_files else None
-        self.val_fraction, self.seed = val_fraction, seed
+    name: str = ""  # hub name, or a builder: json | text | csv
+    config: str | None = None
+    train_split: str = "train"
+    val_split: str | None = "validation"  # null: hold out val_fraction of train
+    text_field: str = "text"
+    data_files: dict[str, Any] | None = None  # local builders: {train: a.jsonl, validation: b.jsonl}
+    val_fraction: float = 0.01
+    seed: int = SPLIT_SEED
+
+    def __post_init__(self):
+        if not self.name:
+            raise DataError("data=hf needs data.name=<hub dataset>, e.g. data.name=Salesforce/wikitext "
+                            "data.config=wikitext-103-raw-v1")
+        self.data_files = dict(self.data_files) if self.data_files else None
 
     def fingerprint(self) -> str:
-        return _digest(["hf", 1, self.name, self.config, self.train_split, self.val_split, self.text_field,
-                        self.data_files, self.val_fraction, self.seed])
+        return digest(["hf", 1, self.name, self.config, self.train_split, self.val_split, self.text_field,
+                       self.data_files, self.val_fraction, self.seed])
 
     def _load(self, split: str):
         import datasets
@@ -132,29 +185,44 @@ class HubCorpus:
                 "data=text_files data.paths=[...] or data=hf data.name=json data.data_files={train: a.jsonl}"
             ) from e
 
-    def documents(self, split: str) -> list[str]:
-        if split == "val" and self.val_split:
-            ds = self._load(self.val_split)
-        else:
-            ds = self._load(self.train_split)
+    def documents(self, split: Split) -> list[str]:
+        ds = self._load(self.val_split if split == "val" and self.val_split else self.train_split)
         if self.text_field not in ds.column_names:
             raise DataError(f"data.name='{self.name}' has no column '{self.text_field}' (columns: {ds.column_names}); "
                             "set data.text_field")
         docs = [t for t in ds[self.text_field] if t and t.strip()]
-        if not self.val_split:  # no validation split on the hub: hold out a seeded fraction of train
-            perm = np.random.default_rng(self.seed).permutation(len(docs))
-            n_val = max(1, int(round(self.val_fraction * len(docs))))
-            keep = perm[:n_val] if split == "val" else perm[n_val:]
-            docs = [docs[i] for i in sorted(keep)]
-        return docs
+        if self.val_split:
+            return docs
+        return _held_out(docs, split, self.val_fraction, self.seed)  # no validation split on the hub
 
 
-SOURCES = {"staicc": StaiccCorpus, "text_files": TextFiles, "hf": HubCorpus}
+# the data sections of run configs written before `_target_` (stored in older checkpoints): source: <name>
+LEGACY_SOURCES = {"staicc": StaiccCorpus, "text_files": TextFiles, "hf": HubCorpus}
 
 
-def make_source(data_cfg: Mapping):
-    kind = data_cfg.get("source")
-    if kind not in SOURCES:
-        raise DataError(f"data.source='{kind}' is unknown; choose one of {', '.join(SOURCES)}")
-    kwargs = {k: v for k, v in data_cfg.items() if k != "source"}
-    return SOURCES[kind](**kwargs)
+def make_source(data: Mapping) -> DataSource:
+    """The source a `data` section names: `_target_: module.Class` (or, in older configs, `source: staicc |
+    text_files | hf`); the other keys are its fields, except LoaderConfig's, which are ignored here."""
+    kwargs = {k: v for k, v in (to_plain(data) or {}).items() if k not in LOADER_KEYS}
+    target, legacy = kwargs.pop("_target_", None), kwargs.pop("source", None)
+    if target is not None and legacy is not None:
+        raise ConfigError(f"data has both _target_={target} and source={legacy}; keep one (_target_ is current)")
+    if target is None and legacy not in LEGACY_SOURCES:
+        raise ConfigError(f"data.source='{legacy}' is unknown.{did_you_mean(legacy, LEGACY_SOURCES)} Choose one of "
+                          f"{', '.join(LEGACY_SOURCES)}, or name a class: data._target_=module.Class")
+    cls = locate(target, "data._target_") if target is not None else LEGACY_SOURCES[legacy]
+    known = known_keys(cls)
+    for key in kwargs if known is not None else ():
+        if key not in known:
+            raise ConfigError(f"data.{key} is not a known key.{did_you_mean(key, [*known, *LOADER_KEYS])} Known keys "
+                              f"of data ({cls.__name__}): {', '.join(known)}; loader keys: {', '.join(LOADER_KEYS)}")
+    return typed(cls, kwargs, "data")
+
+
+def merge_data(base: Mapping, override: Mapping | None) -> dict:
+    """A data section with `override` applied: keys merged over `base`, unless `override` names a source of
+    its own (`_target_` or `source`), which then replaces base's source and keeps only its loader keys."""
+    base, override = dict(to_plain(base) or {}), dict(to_plain(override) or {})
+    if "_target_" in override or "source" in override:
+        base = {k: v for k, v in base.items() if k in LOADER_KEYS}
+    return {**base, **override}

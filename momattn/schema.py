@@ -1,0 +1,109 @@
+"""Config sections -> typed objects, with one clear error per mistake: the only place that knows how.
+
+    typed(GPTConfig, cfg["model"], "model")       a dataclass from a mapping (unknown key, wrong type -> ConfigError)
+    locate("momattn.data.sources.TextFiles", ...) the class or function a `_target_` names
+    instantiate(cfg["trainer"], "trainer", ...)   hydra.utils.instantiate, a failure reported as one ConfigError
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException, ValidationError
+
+from momattn.errors import ConfigError, did_you_mean
+
+T = TypeVar("T")
+
+
+def to_plain(node: Any) -> Any:
+    """OmegaConf nodes -> plain dicts and lists (resolved); anything else unchanged."""
+    if isinstance(node, DictConfig | ListConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def known_keys(schema: Any) -> list[str] | None:
+    """The keys a dataclass or callable accepts; None when it takes **kwargs (anything goes)."""
+    if dataclasses.is_dataclass(schema):
+        return [f.name for f in dataclasses.fields(schema) if f.init]
+    params = inspect.signature(schema).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _key(where: str, key: Any) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _type_checked(schema: type, node: dict, where: str) -> dict:
+    """node's values converted to the dataclass's field types by OmegaConf (a wrong type names the key);
+    unchanged where OmegaConf cannot express a field's type."""
+    try:
+        base = OmegaConf.structured(schema)
+    except (OmegaConfBaseException, ValueError, TypeError):
+        return node
+    try:
+        merged = OmegaConf.merge(base, node)
+    except ValidationError as e:
+        key = getattr(e, "full_key", None) or getattr(e, "key", "?")
+        raise ConfigError(f"{_key(where, key)}: {str(e).splitlines()[0]}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{where or 'config'}: {str(e).splitlines()[0]}") from None
+    plain = OmegaConf.to_container(merged, resolve=True)
+    return {k: plain[k] for k in node}
+
+
+def typed(schema: type[T], node: Mapping | None, where: str, **given: Any) -> T:
+    """schema(**node, **given): unknown keys, wrong types and missing required keys raise a ConfigError that
+    names `where.key` (with the closest valid key); validation in schema.__post_init__ runs once."""
+    node = dict(to_plain(node) or {})
+    known = known_keys(schema)
+    if known is not None:
+        for key in node:
+            if key not in known:
+                raise ConfigError(f"{_key(where, key)} is not a known key.{did_you_mean(key, known)} "
+                                  f"Known keys of {where or 'the top level'}: {', '.join(known)}")
+    if not dataclasses.is_dataclass(schema):
+        try:
+            return schema(**node, **given)
+        except TypeError as e:  # a plain callable that rejects its arguments
+            raise ConfigError(f"{where or 'config'}: {schema.__name__} does not accept these settings ({e})") from e
+    node = _type_checked(schema, node, where)
+    for f in dataclasses.fields(schema):
+        if f.init and f.name not in {**node, **given} and f.default is dataclasses.MISSING \
+                and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{_key(where, f.name)} is required; set it, e.g. {_key(where, f.name)}=...")
+    return schema(**node, **given)
+
+
+def locate(path: str, where: str) -> Any:
+    """The object that a dotted path such as 'momattn.data.sources.TextFiles' names."""
+    module, _, name = str(path).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"{where}='{path}' cannot be imported ({type(e).__name__}: {e}); give a module path and "
+                          "a name, e.g. momattn.data.sources.TextFiles") from None
+
+
+def instantiate(conf: Mapping, what: str, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, with a failure reported as one ConfigError naming the config entry."""
+    import hydra
+
+    try:
+        return hydra.utils.instantiate(conf, **kwargs)
+    except Exception as e:
+        cause = e.__cause__ or e
+        raise ConfigError(f"{what} could not be created: {str(cause).splitlines()[0][:300]}") from e
+
+
+def instantiate_all(node: Mapping | None, what: str) -> list:
+    """Each entry of a config group such as callbacks, in order; null entries are skipped."""
+    return [instantiate(conf, f"{what}.{name}") for name, conf in (node or {}).items() if conf is not None]

@@ -1,40 +1,36 @@
-"""Callbacks and plugins that keep work safe: atomic checkpoint files, a checkpoint on SIGTERM (preemption),
-throughput/MFU on any device, and fault injection for the tests (MOMATTN_FAULT)."""
+"""Callbacks and plugins that keep work safe: atomic checkpoint files, a checkpoint on SIGTERM (preemption), and
+throughput/MFU on any device (on CPU against a measured, stated matmul peak). Fault injection for the tests lives
+in momattn/faults.py and is added through the config, never through this module."""
 
 from __future__ import annotations
 
+import math
 import os
-import signal
 import sys
 import time
 from pathlib import Path
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.throughput import Throughput as FabricThroughput
 from lightning.pytorch.callbacks import Callback, ThroughputMonitor
+from lightning.pytorch.trainer.states import RunningStage
 
-from momattn.checkpoint import atomic_torch_save
+from momattn import lightning_compat as compat
+from momattn.checkpoint import read_checkpoint
+from momattn.io import atomic_torch_save
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Every checkpoint is written to a temporary file and renamed: a kill at any moment leaves the previous
-    complete file in place (Lightning's own writer opens the target path directly)."""
+    """Checkpoint files for Lightning, written by momattn.io.atomic_torch_save (temp file, fsync, rename, fsync
+    of the folder: a kill at any moment leaves the previous complete file in place; Lightning's own writer opens
+    the target) and read by momattn.checkpoint.read_checkpoint (weights only: a resume never runs code)."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
-        fault = os.environ.get("MOMATTN_FAULT", "")
-        if fault.startswith("kill_during_save@") and checkpoint.get("global_step", -1) >= int(fault.split("@")[1]):
-            _kill_while_writing(checkpoint, Path(path))
         atomic_torch_save(checkpoint, path)
 
-
-def _kill_while_writing(checkpoint, path: Path) -> None:
-    """Test fault: start writing the checkpoint the way atomic_torch_save does, then die half-way through."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(checkpoint, f)
-        f.flush()
-        f.truncate(f.tell() // 2)
-    os.kill(os.getpid(), signal.SIGKILL)
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return read_checkpoint(path)  # on the CPU; Lightning moves every state onto its device when it loads it
 
 
 class PreemptionCheckpoint(Callback):
@@ -49,65 +45,107 @@ class PreemptionCheckpoint(Callback):
         if not (trainer.received_sigterm or self.pending):
             return
         if (batch_idx + 1) % trainer.accumulate_grad_batches:  # mid-accumulation: wait for the step boundary
-            trainer._signal_connector.received_sigterm = False
+            compat.set_received_sigterm(trainer, False)
             self.pending = True
             return
-        trainer._signal_connector.received_sigterm = True  # Lightning stops after this hook
+        compat.set_received_sigterm(trainer, True)  # Lightning stops after this hook
         self.pending = False
         self.saved_path = self.dirpath / "last.ckpt"
         trainer.save_checkpoint(self.saved_path)
 
     def on_validation_batch_end(self, trainer, *args, **kwargs):
         if trainer.received_sigterm and trainer.training is False and not trainer.sanity_checking:
-            trainer._signal_connector.received_sigterm = False  # let validation finish; save after the next step
+            compat.set_received_sigterm(trainer, False)  # let validation finish; save after the next step
             self.pending = True
 
 
-class FaultInjection(Callback):
-    """MOMATTN_FAULT=sigterm@N | kill@N | nan@N: simulate a preemption, a crash or a NaN at optimizer step N."""
-
-    def __init__(self, spec: str):
-        self.kind, step = spec.split("@")
-        self.step = int(step)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self.kind == "nan" and trainer.global_step == self.step:  # this one batch's loss becomes NaN
-            self._saved = pl_module.model.wte.weight.detach().clone()
-            with torch.no_grad():
-                pl_module.model.wte.weight.fill_(float("nan"))
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if getattr(self, "_saved", None) is not None:
-            with torch.no_grad():
-                pl_module.model.wte.weight.copy_(self._saved)
-            self._saved = None
-        if trainer.global_step == self.step and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
-            if self.kind == "sigterm":
-                os.kill(os.getpid(), signal.SIGTERM)
-            elif self.kind == "kill":
-                os.kill(os.getpid(), signal.SIGKILL)
+def precision_dtype(precision: str) -> torch.dtype:
+    """The matmul dtype a Lightning precision setting ('32-true', 'bf16-mixed', '16-mixed', ...) trains in."""
+    p = str(precision)
+    if "bf16" in p:
+        return torch.bfloat16
+    if p.startswith("16"):
+        return torch.float16
+    if p.startswith("64"):
+        return torch.float64
+    return torch.float32
 
 
-def measured_peak_flops(seconds: float = 0.3) -> float:
-    """Achievable fp32 matmul FLOP/s of this CPU (for MFU on CPU, where no datasheet peak is known)."""
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    torch.mm(a, b)
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
+_PEAKS: dict[tuple, tuple[float, int]] = {}
+
+
+def measured_peak_flops(dtype: torch.dtype = torch.float32, repeats: int = 4, max_n: int = 2048,
+                        target_s: float = 0.1) -> tuple[float, int]:
+    """(FLOP/s, n): the best of `repeats` timings of one n x n matmul in `dtype` on this CPU's torch threads.
+
+    n grows by sqrt(2) from 256 until one matmul takes target_s (or n reaches max_n), so that the matrix is big
+    enough to run at full speed yet the whole measurement stays near a second even where `dtype` is emulated
+    (bf16 without AVX512-BF16 is ~100x slower than fp32). Cached per (dtype, threads) within a process."""
+    key = (dtype, torch.get_num_threads(), repeats, max_n, target_s)
+    if key in _PEAKS:
+        return _PEAKS[key]
+    n, gen = 256, torch.Generator().manual_seed(0)  # its own generator: the run's RNG stream must not depend
+    while True:  # on how many sizes were tried (that would change dropout masks from run to run)
+        a, b = (torch.randn(n, n, generator=gen).to(dtype) for _ in range(2))
+        t0 = time.perf_counter()
+        torch.mm(a, b)  # also the warm-up of this size
+        if time.perf_counter() - t0 >= target_s or n >= max_n:
+            break
+        n = min(max_n, int(n * math.sqrt(2)) // 64 * 64)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
         torch.mm(a, b)
-        n += 1
-    return 2 * 1024**3 * n / (time.perf_counter() - t0)
+        best = min(best, time.perf_counter() - t0)
+    _PEAKS[key] = (2 * n**3 / best, n)
+    return _PEAKS[key]
+
+
+class BoundedThroughput(FabricThroughput):
+    """Lightning's Throughput, but an MFU above 100% (the peak was wrong, not the run) is reported as NaN."""
+
+    def compute(self):
+        metrics = super().compute()
+        for k in [k for k in metrics if k.endswith("mfu")]:
+            if metrics[k] > 1.0:
+                metrics[k] = float("nan")
+        return metrics
 
 
 class Throughput(ThroughputMonitor):
-    """Lightning's ThroughputMonitor (tokens/s, FLOP/s, MFU) with FLOPs from the model; on CPU, MFU is relative
-    to the measured matmul peak (logged once as throughput/peak_flops)."""
+    """Lightning's ThroughputMonitor (tokens/s, FLOP/s, MFU) with FLOPs from the model. On CPU, where no datasheet
+    peak exists, MFU is relative to a measured matmul peak in the dtype the run trains in (printed once)."""
+
+    peak_note: str | None = None
 
     def setup(self, trainer, pl_module, stage):
         super().setup(trainer, pl_module, stage)
         if trainer.strategy.root_device.type == "cpu" and self.available_flops is None:
-            self.available_flops = measured_peak_flops()
-            for t in self._throughputs.values():
-                t.available_flops = self.available_flops
-            print(f"[momattn] CPU MFU is relative to a measured fp32 matmul peak of {self.available_flops / 1e9:.1f} "
-                  "GFLOP/s per process", file=sys.stderr)
+            dtype = precision_dtype(trainer.precision)
+            self.available_flops, n = measured_peak_flops(dtype)
+            self.peak_note = (f"measured {str(dtype).removeprefix('torch.')} matmul peak of "
+                              f"{self.available_flops / 1e9:.1f} GFLOP/s (best of 4 {n}x{n} matmuls, "
+                              f"{torch.get_num_threads()} threads)")
+            print(f"[momattn] CPU MFU is relative to a {self.peak_note}", file=sys.stderr)
+        live = compat.stage_throughputs(self)
+        for s in list(live):
+            live[s] = BoundedThroughput(available_flops=self.available_flops, world_size=trainer.world_size,
+                                         **self.kwargs)
+
+
+def throughput_summary(monitor: ThroughputMonitor) -> dict:
+    """The last training window: tokens/s, FLOP/s and MFU (rank 0's device), and the peak MFU is relative to.
+
+    MFU is None (with `mfu_note`) when it cannot be trusted: no peak known, or above 100%."""
+    m = compat.throughput_metrics(monitor, RunningStage.TRAINING)
+    peak = getattr(monitor, "available_flops", None)
+    out = {"tokens_per_sec": m.get("device/items_per_sec"), "flops_per_sec": m.get("device/flops_per_sec"),
+           "mfu": m.get("device/mfu"), "peak_flops_per_sec": peak}
+    flops = out["flops_per_sec"]
+    if peak and flops is not None and flops > peak:
+        out["mfu"] = None
+        out["mfu_note"] = (f"measured {flops / 1e9:.1f} GFLOP/s exceeds the assumed peak of {peak / 1e9:.1f} "
+                           "GFLOP/s: the peak is wrong, so no MFU is reported")
+    elif out["mfu"] is not None and not math.isfinite(out["mfu"]):
+        out["mfu"] = None
+    return out

@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, and loading a model + tokenizer from a checkpoint alone (no Lightning needed).
+"""Checkpoints: safe reading (no code runs), and loading a model + tokenizer from a checkpoint alone (no Lightning needed).
 
 A momattn checkpoint is a Lightning checkpoint (`state_dict` keys prefixed `model.`) plus a `momattn` entry:
     {"format": 1, "model_config": asdict(GPTConfig), "tokenizer": tokenizer.json string,
@@ -17,57 +17,107 @@ from typing import Any
 import torch
 
 from momattn.errors import CheckpointError
+from momattn.io import atomic_torch_save  # noqa: F401  (re-exported: tests write checkpoints with it)
 from momattn.model import GPT, AttentionConfig, GPTConfig
 from momattn.tokenizer import Tokenizer
 
 FORMAT = 1
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a reader (or a crash at any moment)
-    sees either the old complete file or the new complete file, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+def _refused_globals(path: Path) -> list[str]:
+    """The globals (functions, classes) a file's pickle names that the weights-only loader refuses; read by
+    scanning the pickle's opcodes, without running anything. [] where the file cannot be scanned."""
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:
+        return []
+
+
+def _load_safely(p: Path, path) -> Any:
+    if not zipfile.is_zipfile(p):  # torch.save has written zip archives since torch 1.6; a cut one has no index
+        raise _unreadable(path, "no zip index")
+    try:
+        # weights_only: tensors, primitives and containers only; a pickle naming any other global (os.system,
+        # a class with __reduce__) is refused before anything runs. Checkpoints written by train.py need no
+        # extra allow-listed globals (RNG states are stored as tensors and tuples; see momattn.lit.rng_state).
+        # mmap: reading the metadata (resume, evaluate.py's up-front check) does not pull every tensor into
+        # RAM; the weights are paged in only when a model is loaded from them.
+        return torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        refused = _refused_globals(p)
+        if refused or "weights only load failed" in str(e).lower():
+            what = ", ".join(refused[:5]) if refused else _first_line(e)
+            raise CheckpointError(
+                f"checkpoint '{path}' contains code or objects a safe load refuses ({what}); momattn never executes "
+                "code from a checkpoint. Only load files you trust, written by train.py"
+            ) from None
+        raise _unreadable(path, e) from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise _unreadable(path, e) from e
+
+
+def _first_line(e: Exception | str) -> str:
+    if isinstance(e, str):
+        return e
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
+
+
+def _unreadable(path, e: Exception | str) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint '{path}' cannot be read ({_first_line(e)}); it is truncated or not a PyTorch checkpoint. "
+        "Use another one, e.g. the previous last.ckpt or best checkpoint"
+    )
+
+
+def _check_structure(ckpt: Any, path) -> None:
+    """What the rest of momattn reads from a checkpoint, checked once with a message naming the bad entry."""
+    if not isinstance(ckpt, dict) or "momattn" not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(f"'{path}' is a PyTorch file but not a momattn checkpoint (no 'momattn' entry); "
+                              "pass a .ckpt written by train.py")
+    meta, state = ckpt["momattn"], ckpt["state_dict"]
+    bad = None
+    if not isinstance(meta, dict):
+        bad = f"its 'momattn' entry is of type {type(meta).__name__}, not a dict"
+    elif meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint '{path}' has format {meta.get('format')!r}, this momattn reads {FORMAT}")
+    elif not isinstance(meta.get("model_config"), dict) or not isinstance(meta["model_config"].get("attention"), dict):
+        bad = "its 'momattn.model_config' entry is missing or not a dict with an 'attention' dict"
+    elif not isinstance(meta.get("tokenizer"), str):
+        bad = "its 'momattn.tokenizer' entry is missing or not a tokenizer.json string"
+    elif not isinstance(state, dict):
+        bad = f"its 'state_dict' entry is of type {type(state).__name__}, not a dict of tensors"
+    else:
+        odd = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+        if odd:
+            bad = f"its 'state_dict' holds entries that are not named tensors ({odd[:3]})"
+    if bad:
+        raise CheckpointError(f"checkpoint '{path}' is damaged or was not written by train.py: {bad}; "
+                              "use another checkpoint, e.g. the previous last.ckpt or best checkpoint")
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The raw checkpoint dict, with a clear error for a missing, truncated or foreign file."""
+    """The raw checkpoint dict, loaded without running any code, with a clear error for a missing, truncated,
+    foreign, code-carrying or malformed file."""
     p = Path(path).expanduser()
     if not p.exists():
         raise CheckpointError(f"checkpoint '{path}' does not exist; pass the path of a .ckpt written by train.py")
     if p.is_dir():
         raise CheckpointError(f"checkpoint '{path}' is a folder; pass a .ckpt file inside it (e.g. {p}/checkpoints/last.ckpt)")
-    try:
-        # memory-mapped: reading the metadata (resume, evaluate.py's up-front check) does not pull every
-        # tensor into RAM; the weights are paged in only when a model is loaded from them
-        ckpt = torch.load(p, map_location="cpu", weights_only=False, mmap=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(
-            f"checkpoint '{path}' cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-            "it is truncated or not a PyTorch checkpoint. Use another one, e.g. the previous last.ckpt or best checkpoint"
-        ) from e
-    if not isinstance(ckpt, dict) or "momattn" not in ckpt or "state_dict" not in ckpt:
-        raise CheckpointError(f"'{path}' is a PyTorch file but not a momattn checkpoint (no 'momattn' entry); "
-                              "pass a .ckpt written by train.py")
-    if ckpt["momattn"].get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint '{path}' has format {ckpt['momattn'].get('format')}, this momattn reads {FORMAT}")
+    ckpt = _load_safely(p, path)
+    _check_structure(ckpt, path)
     return ckpt
 
 
-def model_config_from(meta: dict) -> GPTConfig:
+def model_config_from(meta: dict, path: str | os.PathLike | None = None) -> GPTConfig:
+    """The GPTConfig stored in a checkpoint's `momattn` entry (a CheckpointError if it has unknown fields)."""
     mc = dict(meta["model_config"])
-    mc["attention"] = AttentionConfig(**mc["attention"])
-    return GPTConfig(**mc)
+    try:
+        mc["attention"] = AttentionConfig(**mc["attention"])
+        return GPTConfig(**mc)
+    except TypeError as e:  # a field this momattn does not know (or lacks a required one)
+        raise CheckpointError(f"checkpoint '{path or '?'}' has a model config this momattn cannot build ({e}); "
+                              "it was written by another momattn version") from e
 
 
 def model_state(ckpt: dict) -> dict:
@@ -89,7 +139,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """(model, tokenizer) from a checkpoint alone. model(idx (B, T)) -> logits (B, T, V), in eval mode."""
     ckpt = read_checkpoint(path)
     meta = ckpt["momattn"]
-    model = GPT(model_config_from(meta))
+    model = GPT(model_config_from(meta, path))
     try:
         load_state_into(model, model_state(ckpt), path)
     except RuntimeError as e:  # shape mismatch
@@ -104,3 +154,31 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 def checkpoint_meta(model_config: GPTConfig, tokenizer: Tokenizer, config: dict, **extra) -> dict:
     return {"format": FORMAT, "model_config": asdict(model_config), "tokenizer": tokenizer.to_json(),
             "tokenizer_name": tokenizer.name, "config": config, **extra}
+
+
+def resolve_ckpt_path(ckpt_path: str | None, out_dir: Path, root_dir: Path) -> Path | None:
+    """`ckpt_path=last` -> this run folder's last.ckpt, else the newest last.ckpt under outputs/ and multirun/."""
+    if not ckpt_path:
+        return None
+    if ckpt_path != "last":
+        return Path(ckpt_path).expanduser()
+    own = out_dir / "checkpoints" / "last.ckpt"
+    if own.exists():
+        return own
+    found = [p for d in ("outputs", "multirun") for p in (root_dir / d).glob("**/checkpoints/last.ckpt")]
+    if not found:
+        raise CheckpointError(f"ckpt_path=last: no last.ckpt in {out_dir}/checkpoints nor under {root_dir}/outputs; "
+                              "pass the checkpoint's path, e.g. ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def check_compatible(resumed: GPTConfig, current: GPTConfig, path: Path) -> None:
+    """A resume must keep the architecture (dropout may change)."""
+    a, b = asdict(resumed), asdict(current)
+    diff = {k: (a[k], b[k]) for k in a if a[k] != b[k] and k != "dropout"}  # dropout may change on resume
+    if diff:
+        raise CheckpointError(
+            f"checkpoint '{path}' was trained with a different model: "
+            + "; ".join(f"{k}: checkpoint {v[0]} vs config {v[1]}" for k, v in diff.items())
+            + ". Resume with the checkpoint's own model/attention settings (or start a new run without ckpt_path)"
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -47,3 +48,27 @@ def run_cli(script: str, args: list[str], cwd: Path, env: dict | None = None, ti
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The rows of a run's CSVLogger file (logger=csv)."""
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    """{step: train/loss} of a run logged with logger=csv."""
+    return {int(r["step"]): float(r["train/loss"]) for r in read_metrics(run_dir) if r.get("train/loss")}
+
+
+def tiny_gpt(kind: str = "vanilla", vocab: int = 37, block_size: int = 64, pos_emb: str = "learned", seed: int = 0,
+             **attention):
+    """A 2-layer, 16-wide GPT in eval mode, the same for the same arguments (seeded)."""
+    import torch
+
+    from momattn.model import GPT, AttentionConfig, GPTConfig
+
+    torch.manual_seed(seed)
+    cfg = GPTConfig(block_size=block_size, vocab_size=vocab, n_layer=2, n_head=2, n_embd=16, pos_emb=pos_emb,
+                    attention=AttentionConfig(kind=kind, **attention))
+    return GPT(cfg).eval()

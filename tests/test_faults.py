@@ -1,10 +1,15 @@
-"""Faults: SIGTERM, SIGKILL (also mid-checkpoint), exact resume, non-finite loss, W&B unreachable, token cache races."""
+"""Faults: SIGTERM, SIGKILL (also mid-checkpoint), exact resume, non-finite loss, W&B unreachable, token cache races.
+
+Faults are injected by momattn.faults.FaultInjection, added through the config like any callback."""
 
 from __future__ import annotations
 
 import csv
 import multiprocessing as mp
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +17,7 @@ import pytest
 import torch
 from conftest import SMOKE, run_cli
 
+from momattn.checkpoint import read_checkpoint
 from momattn.data.corpus import load_tokens
 from momattn.tokenizer import train_bpe
 
@@ -20,13 +26,17 @@ RUN = [*SMOKE, "attention=momentum", "model.dropout=0.1", "trainer.max_steps=9",
        "logger=csv"]
 
 
+def fault(spec: str) -> list[str]:
+    return ["+callbacks.fault._target_=momattn.faults.FaultInjection", f"+callbacks.fault.spec={spec}"]
+
+
 def losses(run_dir: Path) -> dict[int, float]:
     with open(run_dir / "csv" / "metrics.csv") as f:
         return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
 
 
 def step_of(ckpt: Path) -> int:
-    return torch.load(ckpt, weights_only=False)["global_step"]
+    return read_checkpoint(ckpt)["global_step"]  # the safe loader: a checkpoint needs nothing more
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +49,7 @@ def reference(tmp_path_factory) -> dict[int, float]:
 
 @pytest.mark.slow
 def test_sigterm_writes_checkpoint_exits_cleanly_and_resume_is_exact(reference, tmp_path):
-    r = run_cli("train.py", [*RUN, f"hydra.run.dir={tmp_path}"], tmp_path, env={"MOMATTN_FAULT": "sigterm@4"})
+    r = run_cli("train.py", [*RUN, *fault("sigterm@4"), f"hydra.run.dir={tmp_path}"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Traceback" not in r.stderr
     resume_cmd = re.search(r"Resume with: python train.py (.*)", r.stderr).group(1)
@@ -56,9 +66,10 @@ def test_sigterm_writes_checkpoint_exits_cleanly_and_resume_is_exact(reference, 
 
 @pytest.mark.slow
 def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(reference, tmp_path):
-    r = run_cli("train.py", [*RUN, f"hydra.run.dir={tmp_path}"], tmp_path, env={"MOMATTN_FAULT": "kill_during_save@6"})
-    assert r.returncode == -9  # killed half-way through writing the step-6 checkpoint
-    assert list((tmp_path / "checkpoints").glob(".*.tmp*")), "the fault should have left a half-written temp file"
+    r = run_cli("train.py", [*RUN, *fault("kill_during_save@6"), f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert r.returncode == -9, r.stderr[-3000:]  # killed inside the real writer, writing the step-6 checkpoint
+    [temp] = (tmp_path / "checkpoints").glob(".*.ckpt.tmp*")  # momattn.io.atomic_write's temp file, left behind
+    assert f"[fault] SIGKILL while writing {temp}" in r.stderr or f"[fault] SIGKILL before renaming {temp}" in r.stderr
     assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 3  # the last complete checkpoint is intact
     r2 = run_cli("train.py", [*RUN, "ckpt_path=last", f"hydra.run.dir={tmp_path}"], tmp_path)
     assert r2.returncode == 0, r2.stderr[-3000:]
@@ -70,7 +81,7 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(reference, tm
 
 @pytest.mark.slow
 def test_nonfinite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
-    r = run_cli("train.py", [*RUN, f"hydra.run.dir={tmp_path}"], tmp_path, env={"MOMATTN_FAULT": "nan@4"})
+    r = run_cli("train.py", [*RUN, *fault("nan@4"), f"hydra.run.dir={tmp_path}"], tmp_path)
     assert r.returncode == 2
     assert "loss became nan at step 4" in r.stderr and "Traceback" not in r.stderr
     assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 3
@@ -78,11 +89,10 @@ def test_nonfinite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint
 
 @pytest.mark.slow
 def test_nonfinite_loss_can_be_skipped(tmp_path):
-    r = run_cli("train.py", [*RUN, "optim.on_nonfinite=skip", f"hydra.run.dir={tmp_path}"], tmp_path,
-                env={"MOMATTN_FAULT": "nan@4"})
+    r = run_cli("train.py", [*RUN, *fault("nan@4"), "optim.on_nonfinite=skip", f"hydra.run.dir={tmp_path}"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "non-finite loss" in r.stdout + r.stderr
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 9  # training went on to the end
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())  # the NaN batch left no trace
 
@@ -97,6 +107,56 @@ def test_wandb_unreachable_in_online_mode_falls_back_to_offline(tmp_path):
     assert "W&B is unreachable" in r.stderr and "wandb sync" in r.stderr
     assert list((tmp_path / "wandb").glob("offline-run-*"))
     assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 6
+
+
+# kill_during_save outside training: the fault fires inside momattn's real writer, and only there
+_SAVE = """
+import sys, torch
+from momattn.callbacks import AtomicCheckpointIO
+from momattn.faults import FaultInjection
+
+class Trainer:
+    global_step = 5
+
+FaultInjection("kill_during_save@5").on_save_checkpoint(Trainer(), None, {})
+ckpt = {"global_step": 5, "w": torch.randn(1_000_000)}
+if sys.argv[2] == "atomic":
+    AtomicCheckpointIO().save_checkpoint(ckpt, sys.argv[1])
+else:  # the bug the fault test must catch: a checkpoint written straight to its final path
+    torch.save(ckpt, sys.argv[1])
+print("survived")
+"""
+
+
+def _save_with_fault(path: Path, writer: str) -> subprocess.CompletedProcess:
+    torch.save({"global_step": 3, "w": torch.ones(3)}, path)  # the previous checkpoint
+    return subprocess.run([sys.executable, "-c", _SAVE, str(path), writer], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+
+
+def test_kill_during_save_kills_inside_the_atomic_writer_and_keeps_the_previous_file(tmp_path):
+    r = _save_with_fault(tmp_path / "last.ckpt", "atomic")
+    assert r.returncode == -9 and "survived" not in r.stdout, r.stderr[-2000:]
+    [temp] = [p for p in tmp_path.iterdir() if p.name != "last.ckpt"]
+    assert re.fullmatch(r"\.last\.ckpt\.tmp\d+", temp.name) and str(temp) in r.stderr
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 3  # intact
+
+
+def test_kill_during_save_never_fires_for_a_writer_without_a_temp_file(tmp_path):
+    # so a checkpoint written straight to its final path fails the SIGKILL test (returncode 0, not -9)
+    r = _save_with_fault(tmp_path / "last.ckpt", "straight")
+    assert r.returncode == 0 and "survived" in r.stdout, r.stderr[-2000:]
+    assert os.listdir(tmp_path) == ["last.ckpt"]
+
+
+def test_a_bad_fault_spec_is_a_config_error():
+    from momattn.errors import ConfigError
+    from momattn.faults import FaultInjection
+
+    with pytest.raises(ConfigError, match="kill_during_save"):
+        FaultInjection("explode@3")
+    with pytest.raises(ConfigError, match="KIND@STEP"):
+        FaultInjection("sigterm")
 
 
 def _build(args):

@@ -1,0 +1,107 @@
+"""Fault injection for the fault tests: a callback the tests add through the config, e.g.
+
+    python train.py +callbacks.fault._target_=momattn.faults.FaultInjection +callbacks.fault.spec=sigterm@4
+
+Specs (N = optimizer step): sigterm@N (a preemption), kill@N (SIGKILL), nan@N (one batch's loss becomes NaN),
+kill_during_save@N (SIGKILL while the real checkpoint writer is writing the first checkpoint at step >= N).
+Nothing in the training code knows about this module.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from momattn.errors import ConfigError
+
+KINDS = ("sigterm", "kill", "nan", "kill_during_save")
+# the temporary file momattn.io.atomic_write creates next to its target: .<name>.tmp<pid>
+_TEMP_NAME = re.compile(r"^\..+\.tmp(\d+)$")
+
+
+def _die(why: str) -> None:
+    print(f"[fault] SIGKILL {why}", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillDuringSave:
+    """Once armed, SIGKILL this process while a temp file of the atomic writer is being written.
+
+    A process audit hook sees the writer open its temp file; a watcher thread then kills as soon as bytes have
+    reached it. If the writer gets to its rename first, the rename's audit event kills before the rename (so
+    the kill always lands inside the writer). A writer without a temp file is never killed: a test that expects
+    the kill then fails, which is how it catches a checkpoint written straight to its final path."""
+
+    def __init__(self):
+        self.armed = False
+        self._fired = False
+        sys.addaudithook(self._audit)  # cannot be removed; inert until armed
+
+    @staticmethod
+    def _is_temp(path) -> bool:
+        if not isinstance(path, (str, os.PathLike)):
+            return False
+        m = _TEMP_NAME.match(Path(path).name)
+        return bool(m) and int(m.group(1)) == os.getpid()
+
+    def _audit(self, event: str, args: tuple) -> None:
+        if not self.armed or self._fired:
+            return
+        if event == "open" and self._is_temp(args[0]) and "w" in str(args[1]):
+            self._fired = True
+            threading.Thread(target=self._watch, args=(Path(args[0]),), daemon=True).start()
+        elif event == "os.rename" and self._is_temp(args[0]):
+            _die(f"before renaming {args[0]}")
+
+    @staticmethod
+    def _watch(tmp: Path) -> None:
+        while True:
+            try:
+                if tmp.stat().st_size > 0:
+                    _die(f"while writing {tmp} ({tmp.stat().st_size} bytes so far)")
+            except FileNotFoundError:
+                pass
+            time.sleep(0.0002)
+
+
+class FaultInjection(Callback):
+    """Simulate a preemption, a crash, a NaN, or a crash inside the checkpoint writer at optimizer step N."""
+
+    def __init__(self, spec: str):
+        kind, _, step = str(spec).partition("@")
+        if kind not in KINDS or not step.isdigit():
+            raise ConfigError(f"fault spec '{spec}' is not KIND@STEP with KIND one of {', '.join(KINDS)} "
+                              "(e.g. +callbacks.fault.spec=sigterm@4)")
+        self.kind, self.step = kind, int(step)
+        self._saved: torch.Tensor | None = None
+        self._save_killer = KillDuringSave() if kind == "kill_during_save" else None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.kind == "nan" and trainer.global_step == self.step:  # this one batch's loss becomes NaN
+            self._saved = pl_module.model.wte.weight.detach().clone()
+            with torch.no_grad():
+                pl_module.model.wte.weight.fill_(float("nan"))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self._saved is not None:
+            with torch.no_grad():
+                pl_module.model.wte.weight.copy_(self._saved)
+            self._saved = None
+        if trainer.global_step == self.step and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
+            if self.kind == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+            elif self.kind == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        # called while the checkpoint dict is assembled, right before the checkpoint IO plugin writes it
+        if self._save_killer is not None and trainer.global_step >= self.step:
+            self._save_killer.armed = True

@@ -1,0 +1,46 @@
+"""The one place that touches Lightning internals (no public API exists for these); checked against Lightning 2.6.
+
+- the SIGTERM flag: `trainer.received_sigterm` is read-only, but a preemption checkpoint must be able to defer
+  the stop to the next optimizer-step boundary and to re-raise it there;
+- ThroughputMonitor's per-stage `Throughput` objects: the monitor only logs them, while the end-of-run
+  summary needs the last window and a measured CPU peak must reach them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.fabric.utilities.throughput import Throughput as FabricThroughput
+from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.trainer.states import RunningStage
+
+
+def _require(obj: Any, attr: str) -> Any:
+    if not hasattr(obj, attr):
+        import lightning
+
+        raise RuntimeError(f"{type(obj).__name__}.{attr} is gone in Lightning {lightning.__version__}; "
+                           "update momattn/lightning_compat.py for this Lightning version")
+    return getattr(obj, attr)
+
+
+def set_received_sigterm(trainer, value: bool) -> None:
+    """Set (Lightning stops after the current hook) or clear (training goes on) the SIGTERM flag."""
+    _require(trainer, "_signal_connector").received_sigterm = value
+
+
+def stage_throughputs(monitor: ThroughputMonitor) -> dict[RunningStage, FabricThroughput]:
+    """The monitor's live {stage: Throughput} dict (filled in its setup); entries may be replaced."""
+    return _require(monitor, "_throughputs")
+
+
+def throughput_metrics(monitor: ThroughputMonitor, stage: RunningStage = RunningStage.TRAINING) -> dict[str, float]:
+    """The last window's metrics of one stage (`device/items_per_sec`, `device/flops_per_sec`, `device/mfu`, ...);
+    {} when the stage never ran or had too few batches for a window."""
+    t = stage_throughputs(monitor).get(stage)
+    if t is None:
+        return {}
+    try:
+        return dict(t.compute())
+    except Exception:  # Lightning raises when fewer batches than a window were seen
+        return {}

@@ -1,0 +1,74 @@
+"""MFU: a stated, repeatable CPU peak in the run's dtype, and never an MFU above 100%."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from lightning.pytorch.trainer.states import RunningStage
+
+from momattn import lightning_compat as compat
+from momattn.callbacks import (
+    BoundedThroughput,
+    Throughput,
+    measured_peak_flops,
+    precision_dtype,
+    throughput_summary,
+)
+
+
+@pytest.mark.parametrize("precision,dtype", [("32-true", torch.float32), ("32", torch.float32),
+                                             ("bf16-mixed", torch.bfloat16), ("bf16-true", torch.bfloat16),
+                                             ("16-mixed", torch.float16), ("64-true", torch.float64)])
+def test_the_peak_is_measured_in_the_dtype_the_run_trains_in(precision, dtype):
+    assert precision_dtype(precision) == dtype
+
+
+def test_measuring_the_peak_leaves_the_global_rng_alone():
+    # the number of sizes tried depends on timing; drawing from the global RNG would make dropout irreproducible
+    before = torch.get_rng_state()
+    measured_peak_flops(torch.float32, repeats=1, max_n=512, target_s=1e-4)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_measured_peak_is_positive_sized_and_cached():
+    flops, n = measured_peak_flops(torch.float32, repeats=2, max_n=384, target_s=10.0)
+    assert n == 384 and flops > 1e6  # grew to max_n: one 384^2 matmul takes far less than 10 s
+    assert measured_peak_flops(torch.float32, repeats=2, max_n=384, target_s=10.0) == (flops, n)  # cached
+    _, n_small = measured_peak_flops(torch.float32, repeats=1, max_n=2048, target_s=0.0)
+    assert n_small == 256  # a matmul slower than the target stops the growth at once
+
+
+def _monitor(peak: float | None, flops_per_batch: float, seconds_per_batch: float) -> Throughput:
+    m = Throughput(batch_size_fn=len, window_size=3)
+    m.available_flops = peak
+    t = BoundedThroughput(available_flops=peak, window_size=3)
+    compat.stage_throughputs(m)[RunningStage.TRAINING] = t
+    for i in range(1, 5):
+        t.update(time=i * seconds_per_batch, batches=i, samples=4 * i, lengths=64 * i, flops=flops_per_batch)
+    return m
+
+
+def test_summary_reports_tokens_flops_and_mfu():
+    s = throughput_summary(_monitor(peak=1e10, flops_per_batch=1e9, seconds_per_batch=0.5))
+    assert s["tokens_per_sec"] == pytest.approx(128.0) and s["flops_per_sec"] == pytest.approx(2e9)
+    assert s["mfu"] == pytest.approx(0.2) and s["peak_flops_per_sec"] == 1e10 and "mfu_note" not in s
+
+
+def test_an_mfu_above_100_percent_is_not_reported():
+    m = _monitor(peak=1e9, flops_per_batch=1e9, seconds_per_batch=0.5)  # 2 GFLOP/s against a 1 GFLOP/s "peak"
+    assert math.isnan(compat.throughput_metrics(m)["device/mfu"])  # what Lightning logs each window
+    s = throughput_summary(m)
+    assert s["mfu"] is None and "exceeds the assumed peak" in s["mfu_note"]
+    assert s["flops_per_sec"] == pytest.approx(2e9)  # the measurement itself is kept
+
+
+def test_summary_before_a_full_window_is_empty_not_an_error():
+    m = Throughput(batch_size_fn=len, window_size=50)
+    assert throughput_summary(m) == {"tokens_per_sec": None, "flops_per_sec": None, "mfu": None,
+                                     "peak_flops_per_sec": None}
+    t = BoundedThroughput(available_flops=1e9, window_size=50)
+    t.update(time=1.0, batches=1, samples=1)
+    compat.stage_throughputs(m)[RunningStage.TRAINING] = t
+    assert throughput_summary(m)["mfu"] is None

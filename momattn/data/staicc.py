@@ -1,23 +1,36 @@
 """The embedded default data: rows of the StaICC package, read offline and split once, with a fixed seed.
 
 `split_rows` is THE function that decides which rows are LM-train, LM-val, and which are reserved for
-in-context evaluation (a demonstration pool and a test set). Training and evaluation both import it, so the
-language model never trains on a row that ICL evaluates on.
+in-context evaluation (a demonstration pool and a test set). Training and evaluation both import it.
+
+Leakage. The six tasks share their sources (SST-2's phrases are fragments of SST sentences, SST-5 holds
+those sentences, MR the same reviews with other spacing and escapes), so a row reserved for ICL in one task
+can come back as LM text through another, differing only in case, spacing, punctuation or PTB escapes
+("-lrb-", "`` ''", "is n't", ". . ."). Texts are therefore compared under `normalize` (letters and digits
+only, after undoing escapes), and `lm_texts` drops every LM document that
+  (a) equals a reserved row (test set or demonstration pool of ANY task),
+  (b) contains a reserved row of `MIN_SUBSTRING_WORDS` words or more as a substring, or
+  (c) has `MIN_SUBSTRING_WORDS` words or more and lies inside a reserved row (an SST-2 phrase cut from a
+      reserved SST-5 sentence, an SST-5 sentence of a reserved MR review).
+Inside one task, `split_rows` reserves each normalised text at most once: the test set holds no duplicate
+and the demonstration pool holds no copy of a test text (nor a duplicate of its own); a skipped duplicate is
+left with the LM rows, where (a) drops it. `leak_report()` prints what the filter removes.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import pickle
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from momattn.errors import DataError
+from momattn.utils import stable_seed
 
 # task name -> file in StaICC/cached_dataset (rows are ([text], label) and arrive pre-shuffled)
 STAICC_FILES = {
@@ -33,6 +46,10 @@ SPLIT_SEED = 1234
 ICL_TEST_ROWS = {"sst2": 872, "sst5": 1101, "mr": 1066, "subj": 2000, "agnews": 2000, "trec": 500}
 ICL_DEMO_ROWS = 1000
 LM_VAL_FRACTION = 0.05
+# reserved rows of at least this many words are also searched for INSIDE LM documents
+MIN_SUBSTRING_WORDS = 5
+# bump when the rule that drops LM documents changes (a corpus fingerprint should include it)
+LEAK_FILTER_VERSION = 2
 
 
 class _NoGlobals(pickle.Unpickler):
@@ -64,6 +81,89 @@ def read_staicc(task: str) -> tuple[tuple[str, int], ...]:
     return tuple((str(r[0][0]), int(r[1])) for r in rows)
 
 
+# -----------------------------------------------------------------------------
+# normalisation: letters and digits only, after undoing escapes
+
+# HTML entities, also AGNews' mangled ones without '&' (" #39;s", " quot;"). Numeric ones are decoded (a
+# letter such as &#233; must survive); named ones are punctuation, dropped with PTB escapes by plain replaces.
+_NUMERIC_ENTITY = re.compile(r"#(\d{1,7});")
+_ERASE = [b"&lt;", b"&gt;", b"&amp;", b"&quot;", b"&apos;", b"&nbsp;", b"quot;",
+          b"-lrb-", b"-rrb-", b"-lsb-", b"-rsb-", b"-lcb-", b"-rcb-"]
+_PTB = re.compile(r"-[lr][rsc]b-")  # the same PTB escapes, for n_words (after casefold)
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+_ASCII_DROP = bytes(c for c in range(1, 128) if not chr(c).isalnum())  # keeps \x00: it separates texts
+_SEP = "\x00"
+
+
+def _letters(s: str) -> str:
+    """Letters and digits of non-ASCII text, casefolded and without accents (NFKD: é -> e, ﬁ -> fi)."""
+    return "".join(c for c in unicodedata.normalize("NFKD", s).casefold() if c.isalnum())
+
+
+def _entity(m: re.Match) -> str:
+    n = int(m.group(1))
+    if 128 <= n < 160:  # windows-1252 code points written as entities (#146; #151;)
+        c = bytes([n]).decode("cp1252", errors="replace")
+    else:
+        c = chr(n) if n < 0x110000 else ""
+    return (c if c.isascii() else _letters(c)) or " "
+
+
+def _normalize_block(s: str) -> str:
+    # bytes.lower/replace/translate run in C over megabytes; only the rare non-ASCII runs go through Python
+    if "#" in s:
+        s = _NUMERIC_ENTITY.sub(_entity, s)
+    if not s.isascii():
+        s = _NON_ASCII.sub(lambda m: _letters(m.group()), s)
+    b = s.encode().lower()
+    for e in _ERASE:
+        if e in b:
+            b = b.replace(e, b" ")
+    return b.translate(None, _ASCII_DROP).decode()
+
+
+def normalize(text: str) -> str:
+    """The form under which two texts count as the same: case, whitespace, punctuation, accents, HTML entities
+    and PTB escapes ignored; only letters and digits are kept, without spaces. So "Is n't it -LRB- ok -RRB- ?",
+    "isn't it (ok)" and "isnt it ok" agree, as do "ca n't" / "can't" / "cant", ". . ." / "...", "mind-blowing"
+    / "mind - blowing"."""
+    return _normalize_block(text.replace(_SEP, " "))
+
+
+def normalize_many(texts) -> list[str]:
+    """`normalize` of each text, computed in one pass over the joined texts (the same result, much faster)."""
+    texts = [t.replace(_SEP, " ") for t in texts]
+    if not texts:
+        return []
+    return _normalize_block(_SEP.join(texts)).split(_SEP)
+
+
+# old comparison (exact text up to case and whitespace): kept to measure what it missed, see leak_report
+def _plain_norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().lower())
+
+
+_norm = normalize  # the name older callers import
+
+_CLITIC = re.compile(r"n't|'\w{0,2}")
+
+
+def n_words(text: str) -> int:
+    """Words of a text: whitespace-separated tokens with a letter or digit, PTB escapes and split-off clitics
+    ("n't", "'s", "'re") not counted, so "is n't a bad film" and "isn't a bad film" both have 4."""
+    toks = _PTB.sub(" ", text.casefold()).split()
+    return sum(1 for t in toks if not _CLITIC.fullmatch(t) and any(c.isalnum() for c in t))
+
+
+@functools.cache
+def _row_norms(task: str) -> tuple[str, ...]:
+    return tuple(normalize_many(t for t, _ in read_staicc(task)))
+
+
+# -----------------------------------------------------------------------------
+# the split
+
+
 @dataclass(frozen=True)
 class RowSplit:
     """Disjoint row indices of one task."""
@@ -74,50 +174,283 @@ class RowSplit:
     lm_train: np.ndarray
 
 
-def _task_seed(task: str, seed: int) -> int:
-    # a stable per-task stream (python's hash() is salted per process)
-    return int.from_bytes(hashlib.sha256(f"{task}:{seed}".encode()).digest()[:8], "little")
-
-
 @functools.cache
 def split_rows(task: str, seed: int = SPLIT_SEED) -> RowSplit:
-    """Seeded, disjoint split of a task's rows: ICL test, ICL demonstration pool, LM-val, LM-train."""
-    n = len(read_staicc(task))
-    perm = np.random.default_rng(_task_seed(task, seed)).permutation(n)
+    """Seeded, disjoint split of a task's rows (a partition): ICL test, ICL demonstration pool, LM-val, LM-train.
+
+    Rows are taken in a seeded permutation: the first `ICL_TEST_ROWS[task]` distinct normalised texts form the
+    test set, the next `ICL_DEMO_ROWS` distinct texts that are not test texts form the demonstration pool; a
+    row skipped as a duplicate stays with the LM rows (where `lm_texts` drops it as reserved text). Without
+    duplicates this is the plain cut of the permutation."""
+    norms = _row_norms(task)
+    perm = np.random.default_rng(stable_seed(task, seed)).permutation(len(norms))
     n_test, n_demo = ICL_TEST_ROWS[task], ICL_DEMO_ROWS
-    rest = perm[n_test + n_demo :]
+    test: list[int] = []
+    demo: list[int] = []
+    seen: set[str] = set()
+    chosen = np.zeros(len(norms), bool)
+    for i in perm.tolist():
+        if len(demo) == n_demo:
+            break
+        if norms[i] in seen:
+            continue  # a duplicate of a reserved text of this task: left to the LM rows
+        seen.add(norms[i])
+        (test if len(test) < n_test else demo).append(i)
+        chosen[i] = True
+    rest = perm[~chosen[perm]]
     n_val = max(1, int(round(LM_VAL_FRACTION * len(rest))))
     return RowSplit(
-        icl_test=np.sort(perm[:n_test]),
-        icl_demo=perm[n_test : n_test + n_demo],  # kept in permuted order: demonstrations are drawn from it
+        icl_test=np.sort(np.asarray(test, dtype=perm.dtype)),
+        icl_demo=np.asarray(demo, dtype=perm.dtype),  # kept in permuted order: demonstrations are drawn from it
         lm_val=np.sort(rest[:n_val]),
         lm_train=np.sort(rest[n_val:]),
     )
 
 
-def _norm(text: str) -> str:
-    return re.sub(r"\s+", " ", text.strip().lower())
+# -----------------------------------------------------------------------------
+# finding reserved texts inside LM documents
+
+_K = 8  # patterns are found through their first 8 bytes (and the next 8), each read as one uint64
+_M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F)  # odd multipliers that mix the keys
+_SLOT_BITS = 22  # a bit table over hashed first keys: the cheap first filter of every window
+
+
+def _windows(b: bytes) -> np.ndarray:
+    """All overlapping 8-byte windows of b as uint64 (a strided view, no copy)."""
+    return np.ndarray(shape=(max(len(b) - _K + 1, 0),), dtype="<u8", buffer=b, strides=(1,))
+
+
+def _key(b: bytes) -> int:
+    return int.from_bytes(b[:_K], "little")
+
+
+def _pair(a, b):
+    """One 64-bit key for two consecutive windows (collisions only cost a check)."""
+    return (np.asarray(a, np.uint64) * _M1) ^ (np.asarray(b, np.uint64) * _M2)
+
+
+def docs_containing(docs: list[str], patterns) -> np.ndarray:
+    """Boolean mask over `docs`: which contain at least one of `patterns` as a substring (docs and patterns
+    already normalised, none holding '\\x00')."""
+    return _find(docs, patterns)[0]
+
+
+def _find(docs: list[str], patterns) -> tuple[np.ndarray, set[str]]:
+    """(which docs contain at least one pattern, which patterns occur in some doc). Exact, and fast on ~40 MB:
+    it works on UTF-8 bytes (a UTF-8 pattern only matches at character boundaries) and looks every 8-byte
+    window of the joined docs up in numpy against the patterns' first 8 bytes (and, for patterns of 16 bytes
+    or more, the following 8), so that Python only checks real candidates; patterns under 8 bytes are
+    searched plainly."""
+    hit, found = np.zeros(len(docs), bool), set()
+    pats = {p.encode() for p in patterns if p}
+    if not docs or not pats:
+        return hit, set()
+    enc = [d.encode() for d in docs]
+    joined = b"\x00".join(enc)
+    starts = np.cumsum([0] + [len(d) + 1 for d in enc[:-1]])
+
+    def mark(pos: int) -> None:
+        hit[int(np.searchsorted(starts, pos, side="right")) - 1] = True
+
+    short: dict[int, list[bytes]] = {}  # 8-15 bytes, by first key
+    long: dict[int, list[bytes]] = {}  # 16+ bytes, by pair key
+    for p in pats:
+        if len(p) >= 2 * _K:
+            long.setdefault(int(_pair(_key(p), _key(p[_K:]))), []).append(p)
+        elif len(p) >= _K:
+            short.setdefault(_key(p), []).append(p)
+        else:
+            pos = joined.find(p)
+            while pos >= 0:
+                mark(pos)
+                found.add(p)
+                pos = joined.find(p, pos + 1)
+    firsts = np.unique(np.array([_key(p) for p in pats if len(p) >= _K], np.uint64))
+    if not len(firsts):
+        return hit, {p.decode() for p in found}
+    short_keys = np.fromiter(short, np.uint64, len(short))
+    long_keys = np.fromiter(long, np.uint64, len(long))
+    table = np.zeros(1 << _SLOT_BITS, bool)
+    slot = np.uint64(64 - _SLOT_BITS)
+    table[(firsts * _M1) >> slot] = True
+    chunk = 1 << 22
+    for lo in range(0, len(joined), chunk):
+        w = _windows(joined[lo : lo + chunk + 2 * _K - 1])
+        c = np.flatnonzero(table[(w[:chunk] * _M1) >> slot])
+        c = c[np.isin(w[c], firsts)]
+        has_next = c + _K < len(w)
+        pair = _pair(w[c[has_next]], w[c[has_next] + _K])
+        is_long = np.zeros(len(c), bool)
+        is_long[has_next] = np.isin(pair, long_keys)
+        is_short = np.isin(w[c], short_keys)
+        for pos in (c[is_long | is_short] + lo).tolist():
+            a, b = _key(joined[pos : pos + _K]), _key(joined[pos + _K : pos + 2 * _K])
+            for p in short.get(a, []) + long.get(int(_pair(a, b)), []):
+                if joined.startswith(p, pos):
+                    mark(pos)
+                    found.add(p)
+    return hit, {p.decode() for p in found}
+
+
+# -----------------------------------------------------------------------------
+# reserved text and the LM documents
 
 
 @functools.cache
-def reserved_texts(seed: int = SPLIT_SEED) -> frozenset[str]:
-    """Normalised texts of every reserved (ICL) row of every task: LM text equal to one of them is dropped,
-    since the same sentence can appear in several tasks (MR and SST share their source reviews)."""
-    out = set()
+def _reserved(seed: int) -> tuple[frozenset[str], frozenset[str]]:
+    """(normalised texts of every reserved row of every task, those of them with MIN_SUBSTRING_WORDS+ words)."""
+    whole, long = set(), set()
     for task in STAICC_FILES:
-        rows, s = read_staicc(task), split_rows(task, seed)
-        out.update(_norm(rows[i][0]) for i in np.concatenate([s.icl_test, s.icl_demo]))
-    return frozenset(out)
+        rows, norms, s = read_staicc(task), _row_norms(task), split_rows(task, seed)
+        for i in np.concatenate([s.icl_test, s.icl_demo]).tolist():
+            whole.add(norms[i])
+            if n_words(rows[i][0]) >= MIN_SUBSTRING_WORDS:
+                long.add(norms[i])
+    return frozenset(whole), frozenset(long)
+
+
+def reserved_texts(seed: int = SPLIT_SEED) -> frozenset[str]:
+    """Normalised texts (see `normalize`) of every reserved (ICL test or demonstration) row of every task."""
+    return _reserved(seed)[0]
+
+
+@functools.cache
+def _reserved_joinable(seed: int) -> list[str]:
+    return sorted(_reserved(seed)[0])
+
+
+@functools.cache
+def lm_dropped(task: str, seed: int = SPLIT_SEED) -> dict[str, frozenset[int]]:
+    """LM rows (train or val) of `task` that `lm_texts` drops, by reason (normalised texts compared):
+    'equal'    the row is a reserved row of some task;
+    'contains' it contains a reserved row of MIN_SUBSTRING_WORDS+ words;
+    'fragment' it has MIN_SUBSTRING_WORDS+ words and lies inside a reserved row (an SST-2 phrase cut from a
+               reserved SST-5 sentence, an SST sentence of a reserved MR review);
+    'empty'    it is blank."""
+    whole, long = _reserved(seed)
+    rows, norms, s = read_staicc(task), _row_norms(task), split_rows(task, seed)
+    idx = np.sort(np.concatenate([s.lm_train, s.lm_val])).tolist()
+    empty = {i for i in idx if not rows[i][0].strip()}
+    equal = {i for i in idx if norms[i] in whole} - empty
+    left = [i for i in idx if i not in empty and i not in equal]
+    contains = set(np.asarray(left, np.int64)[docs_containing([norms[i] for i in left], long)].tolist())
+    left = [i for i in left if i not in contains]
+    # fragments: search the LM texts inside the reserved ones; n_words (slow-ish) only where it can matter
+    cands = [i for i in left if len(norms[i]) >= 8 or n_words(rows[i][0]) >= MIN_SUBSTRING_WORDS]
+    found = _find(_reserved_joinable(seed), {norms[i] for i in cands})[1]
+    fragment = {i for i in cands if norms[i] in found and n_words(rows[i][0]) >= MIN_SUBSTRING_WORDS}
+    return {"equal": frozenset(equal), "contains": frozenset(contains), "fragment": frozenset(fragment),
+            "empty": frozenset(empty)}
 
 
 def lm_texts(tasks: list[str] | tuple[str, ...], split: str, seed: int = SPLIT_SEED) -> list[str]:
-    """Language-modelling documents (one row each) of the given tasks for split 'train' or 'val'."""
+    """Language-modelling documents (one row each) of the given tasks for split 'train' or 'val', without any
+    document that holds a reserved row of any task (see the module docstring)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    banned = reserved_texts(seed)
     docs = []
     for task in tasks:
         rows, s = read_staicc(task), split_rows(task, seed)
+        drop = set().union(*lm_dropped(task, seed).values())
         idx = s.lm_train if split == "train" else s.lm_val
-        docs.extend(t for t in (rows[i][0].strip() for i in idx) if t and _norm(t) not in banned)
+        docs.extend(rows[i][0].strip() for i in idx.tolist() if i not in drop)
     return docs
+
+
+# -----------------------------------------------------------------------------
+# measurement (README figures): python -c "from momattn.data.staicc import leak_report; leak_report()"
+
+DEFAULT_LM_TASKS = ("agnews", "mr", "subj", "sst5", "trec")  # the default corpus (data=staicc)
+
+
+def _old_lm_rows(task: str, seed: int) -> list[int]:
+    """LM rows (train and val) that the previous, exact-text filter kept."""
+    banned = set()
+    for t in STAICC_FILES:
+        rows, sp = read_staicc(t), split_rows(t, seed)
+        banned.update(_plain_norm(rows[i][0]) for i in np.concatenate([sp.icl_test, sp.icl_demo]).tolist())
+    rows, sp = read_staicc(task), split_rows(task, seed)
+    idx = np.sort(np.concatenate([sp.lm_train, sp.lm_val])).tolist()
+    return [i for i in idx if rows[i][0].strip() and _plain_norm(rows[i][0]) not in banned]
+
+
+def leak_report(seed: int = SPLIT_SEED, lm_tasks=DEFAULT_LM_TASKS, out=print) -> dict:
+    """Print (and return) what the leakage filter removes and how much leaked before it.
+
+    1. LM documents and characters (train + val) per task kept by the old filter (exact text up to case and
+       spacing) and by this one, with the documents removed for each reason of `lm_dropped`.
+    2. Per task, test / demonstration rows that the LM text of `lm_tasks` holds as a whole document ('equal'),
+       inside a document ('inside', rows of MIN_SUBSTRING_WORDS+ words; for SST-2 also of any length), or
+       that hold an LM document of MIN_SUBSTRING_WORDS+ words ('frag'), with the old filter and with this one."""
+    rep: dict = {"seed": seed, "lm_tasks": list(lm_tasks), "removed": {}, "leaks": {}}
+    out(f"LM documents / characters (train + val, split seed {seed}): old filter -> this filter; removed because "
+        "equal to | containing | a fragment of a reserved row")
+    out(f"{'task':9} {'old docs':>8} {'chars':>12} {'new docs':>8} {'chars':>12} {'removed':>7} {'docs':>6} "
+        f"{'chars':>6} {'equal':>6} {'contain':>7} {'frag':>6}")
+    totals = {"all tasks": np.zeros(7, np.int64), "default": np.zeros(7, np.int64)}
+
+    def line(name, n_old, c_old, n_new, c_new, eq, inside, frag):
+        out(f"{name:9} {n_old:>8} {c_old:>12} {n_new:>8} {c_new:>12} {n_old - n_new:>7} "
+            f"{100 * (1 - n_new / max(n_old, 1)):5.1f}% {100 * (1 - c_new / max(c_old, 1)):5.1f}% "
+            f"{eq:>6} {inside:>7} {frag:>6}")
+
+    for task in STAICC_FILES:
+        rows, drop = read_staicc(task), lm_dropped(task, seed)
+        old = _old_lm_rows(task, seed)
+        gone = set().union(*drop.values())
+        new = [i for i in old if i not in gone]
+        c_old, c_new = (sum(len(rows[i][0].strip()) for i in r) for r in (old, new))
+        row = [len(old), c_old, len(new), c_new] + [len(drop[k].intersection(old)) for k in ("equal", "contains", "fragment")]
+        totals["all tasks"] += row
+        if task in DEFAULT_LM_TASKS:
+            totals["default"] += row
+        rep["removed"][task] = dict(zip(("docs_old", "chars_old", "docs_new", "chars_new", "equal", "contains",
+                                         "fragment"), row))
+        line(task, *row)
+    for name, tot in totals.items():
+        line(name, *tot.tolist())
+        rep["removed"][name] = dict(zip(("docs_old", "chars_old", "docs_new", "chars_new", "equal", "contains",
+                                         "fragment"), tot.tolist()))
+    out(f"(default = the default corpus: {'+'.join(DEFAULT_LM_TASKS)})")
+
+    lm = {}
+    for name in ("old", "new"):
+        raw = []
+        for t in lm_tasks:
+            if name == "old":
+                rows = read_staicc(t)
+                raw += [rows[i][0].strip() for i in _old_lm_rows(t, seed)]
+            else:
+                raw += lm_texts([t], "train", seed) + lm_texts([t], "val", seed)
+        docs = normalize_many(raw)
+        frags = {d for d, r in zip(docs, raw) if n_words(r) >= MIN_SUBSTRING_WORDS}
+        lm[name] = (frozenset(docs), docs, _SEP.join(docs), frags)
+    long_all = _reserved(seed)[1]
+    found = {name: _find(v[1], long_all)[1] for name, v in lm.items()}
+    res_sorted = _reserved_joinable(seed)
+    holds = {name: {k for k, h in zip(res_sorted, docs_containing(res_sorted, v[3])) if h} for name, v in lm.items()}
+    out(f"\nreserved rows vs the LM text of {'+'.join(lm_tasks)}: equal to a document | inside one (rows of "
+        f"{MIN_SUBSTRING_WORDS}+ words) | holding one of {MIN_SUBSTRING_WORDS}+ words")
+    out(f"{'task':8} {'part':5} {'rows':>5} {'old: equal':>11} {'inside':>17} {'frag':>11} {'new: equal':>11} "
+        f"{'inside':>7} {'frag':>5}")
+    for task in STAICC_FILES:
+        norms, sp = _row_norms(task), split_rows(task, seed)
+        for part, idx in (("test", sp.icl_test), ("demo", sp.icl_demo)):
+            keys = [norms[i] for i in idx.tolist()]
+            n, n_long = len(keys), sum(k in long_all for k in keys)
+            c = {name: (sum(k in lm[name][0] for k in keys), sum(k in found[name] for k in keys),
+                        sum(k in holds[name] for k in keys)) for name in lm}
+            rep["leaks"][f"{task}/{part}"] = {"rows": n, "long_rows": n_long, **{
+                f"{name}_{what}": c[name][j] for name in lm for j, what in enumerate(("equal", "inside", "frag"))}}
+            (ow, oi, of), (nw, ni, nf) = c["old"], c["new"]
+            out(f"{task:8} {part:5} {n:>5} {ow:>5} {100 * ow / n:4.1f}% {oi:>5}/{n_long:<5} "
+                f"{100 * oi / max(n_long, 1):4.1f}% {of:>5} {100 * of / n:4.1f}% {nw:>11} {ni:>7} {nf:>5}")
+            if task == "sst2":  # SST-2's phrases of any length inside LM sentences (the issue sampled 300)
+                msg = []
+                for name, (_, docs, joined, _) in lm.items():
+                    f = _find(docs, [k for k in keys if len(k.encode()) >= _K])[1]
+                    m = sum(k in f or (0 < len(k.encode()) < _K and k in joined) for k in keys)
+                    rep["leaks"][f"{task}/{part}"][f"{name}_inside_any_length"] = m
+                    msg.append(f"{name} {m} ({100 * m / n:.1f}%)")
+                out(f"{'':14} any length inside an LM document: {', '.join(msg)}")
+    return rep

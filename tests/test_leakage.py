@@ -1,0 +1,227 @@
+"""Leakage between the LM text and the rows reserved for in-context evaluation (momattn.data.staicc).
+
+The tasks share sources (SST-2 phrases are fragments of SST sentences; SST-5 and MR hold the same reviews with
+other escapes), so a reserved row can come back as LM text through another task. These tests check, under
+`normalize`, that no LM document the corpus yields IS a reserved row, CONTAINS one of 5+ words or, with 5+
+words, lies INSIDE one; that no test text sits in a demonstration pool; and that the same checks fail on the
+LM text of the old exact-text filter.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+
+import numpy as np
+import pytest
+
+from momattn.data import staicc
+from momattn.data.staicc import (
+    ICL_DEMO_ROWS,
+    ICL_TEST_ROWS,
+    MIN_SUBSTRING_WORDS,
+    SPLIT_SEED,
+    STAICC_FILES,
+    docs_containing,
+    lm_texts,
+    n_words,
+    normalize,
+    normalize_many,
+    read_staicc,
+    reserved_texts,
+    split_rows,
+)
+from momattn.utils import stable_seed
+
+TASKS = list(STAICC_FILES)
+
+# real rows: the same review in SST-5 (PTB escapes, split clitics, "...") and MR (brackets, "isn't", ". . .")
+NEAR_DUPLICATES = [
+    ("sst5", "-lrb- woo 's -rrb- most resonant film since the killer .",
+     "mr", "[woo's] most resonant film since the killer ."),
+    ("sst5", "all of the filmmakers ' calculations ca n't rescue brown sugar from the curse of blandness .",
+     "mr", "all of the filmmakers' calculations can't rescue brown sugar from the curse of blandness ."),
+    ("sst5", "... a gleefully grungy , hilariously wicked black comedy ...",
+     "mr", ". . . a gleefully grungy , hilariously wicked black comedy . . ."),
+    ("sst5", "this is not a retread of `` dead poets ' society . ''",
+     "mr", "this is not a retread of \" dead poets' society . \""),
+    ("sst5", "the movie 's messages are quite admirable , but the story is just too clichéd and too often strains "
+     "credulity .", "sst2", "the movie 's messages are quite admirable , but the story is just too clichéd and too "
+     "often strains credulity "),
+]
+
+
+@functools.cache
+def reserved(seed: int = SPLIT_SEED) -> tuple[set[str], set[str]]:
+    """(normalised reserved texts of every task, those of 5+ words), rebuilt here from split_rows."""
+    whole, long = set(), set()
+    for task in TASKS:
+        rows, s = read_staicc(task), split_rows(task, seed)
+        for i in np.concatenate([s.icl_test, s.icl_demo]).tolist():
+            whole.add(normalize(rows[i][0]))
+            if n_words(rows[i][0]) >= MIN_SUBSTRING_WORDS:
+                long.add(normalize(rows[i][0]))
+    return whole, long
+
+
+def brute_force(docs: list[str], patterns) -> np.ndarray:
+    joined = "\x00".join(docs)
+    starts = np.cumsum([0] + [len(d) + 1 for d in docs[:-1]])
+    hit = np.zeros(len(docs), bool)
+    for p in {p for p in patterns if p}:
+        pos = joined.find(p)
+        while pos >= 0:
+            hit[np.searchsorted(starts, pos, side="right") - 1] = True
+            pos = joined.find(p, pos + 1)
+    return hit
+
+
+def test_normalize_ignores_case_spacing_punctuation_and_escapes():
+    same = [
+        ["Is n't it -LRB- ok -RRB- ?", "isn't it (ok)", "isnt it ok", "IS N'T IT [OK]"],
+        ["i ca n't say", "I can't say", "i cant say"],
+        ["was . . . hence", "was ... hence", "was\u2026hence", "was -- hence", "was \x97 hence"],
+        ["a mind-blowing , breath-taking mess", "a mind - blowing breath taking mess", "amindblowingbreathtakingmess"],
+        ["`` twilight zone '' episode", '"twilight zone" episode', "\u201ctwilight zone\u201d episode"],
+        ["lilo &amp; stitch", "lilo & stitch", "Lilo and Stitch".replace(" and ", " ")],
+        ["too clichéd", "too cliche\u0301d", "too cliched", "TOO CLICHÉD"],
+        ["4\\/5ths of it", "4/5ths of it"],
+        ["Blair #39;s  quot;plan quot; &lt;b&gt;", "blair's \"plan\" <>b"],
+        ["caf&#233; society", "café society", "cafe society"],
+    ]
+    for group in same:
+        assert len({normalize(t) for t in group}) == 1, group
+    assert normalize("a good film") != normalize("a bad film") and normalize("1984") != normalize("1985")
+    assert normalize(" -- ; ... ") == "" and normalize("ÆSIR ø") == "æsirø"  # non-ASCII letters stay
+
+
+def test_real_near_duplicates_are_caught_by_normalize_and_were_missed_before():
+    for task_a, a, task_b, b in NEAR_DUPLICATES:
+        texts_a, texts_b = {t for t, _ in read_staicc(task_a)}, {t for t, _ in read_staicc(task_b)}
+        assert a in texts_a and b in texts_b, (a, b)  # real rows of the data
+        assert normalize(a) == normalize(b)
+        assert staicc._plain_norm(a) != staicc._plain_norm(b)  # the old exact comparison missed them
+
+
+def test_normalize_many_equals_normalize_on_real_rows():
+    rng = random.Random(0)
+    texts = ["", "\x00 x", "#12;", "é\x00é", " quot;a", "-lrb-"]
+    for task in TASKS:
+        rows = read_staicc(task)
+        texts += [rows[i][0] for i in rng.sample(range(len(rows)), 500)]
+    assert normalize_many(texts) == [normalize(t) for t in texts]
+
+
+def test_n_words_counts_words_not_clitics_or_escapes():
+    assert n_words("is n't a bad film") == n_words("isn't a bad film") == 4
+    assert n_words("-lrb- has -rrb- an immediacy and an intimacy") == 6
+    assert n_words("it 's the movie 's best , -- scene") == 5 and n_words(" ... ") == 0
+
+
+def test_docs_containing_is_exact():
+    docs = ["abcdefghijklmnopqrstuvwxyz", "xyz", "0123456789abcdef", "æøåabcdefgh", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaab"]
+    cases = {
+        ("xyz",): [1, 1, 0, 0, 0],  # short pattern, at the end and as a whole doc
+        ("abcdefgh",): [1, 0, 0, 1, 0],  # 8 bytes, after non-ASCII letters
+        ("lmnopqrstuvwxyz",): [1, 0, 0, 0, 0],  # 15 bytes, up to the end of a doc
+        ("9abcdefghijklmnop",): [0, 0, 0, 0, 0],  # would only match across two docs
+        ("0123456789abcdef",): [0, 0, 1, 0, 0],  # 16 bytes = a whole doc
+        ("øåabcdefg",): [0, 0, 0, 1, 0],  # non-ASCII in the anchor
+        ("aaaaaaaaaaaaaaaaaaab",): [0, 0, 0, 0, 1],  # self-overlapping prefix
+        ("zzzzzzzzzzzzzzzzzz", "qqq"): [0, 0, 0, 0, 0],
+    }
+    for pats, want in cases.items():
+        assert docs_containing(docs, pats).astype(int).tolist() == want, pats
+        assert brute_force(docs, pats).astype(int).tolist() == want, pats
+    # real text: SST-5's LM rows against every long reserved text plus random fragments of the docs themselves
+    docs = normalize_many(read_staicc("sst5")[i][0] for i in split_rows("sst5").lm_train.tolist())
+    rng = random.Random(1)
+    frags = []
+    for d in rng.sample(docs, 400):
+        a = rng.randrange(len(d))
+        frags.append(d[a : a + rng.choice([3, 8, 12, 16, 30])])
+    pats = set(rng.sample(sorted(reserved()[1]), 3000)) | set(frags)
+    assert np.array_equal(docs_containing(docs, pats), brute_force(docs, pats))
+    assert staicc._find(docs, frags)[1] == set(frags)  # which patterns occur: each fragment
+
+
+@functools.cache
+def lm_docs(split: str) -> dict[str, tuple[list[str], list[str]]]:
+    """task -> (LM documents as lm_texts yields them, their normalised forms)."""
+    out = {}
+    for task in TASKS:
+        raw = lm_texts([task], split)
+        out[task] = (raw, normalize_many(raw))
+    return out
+
+
+def fragments(raw: list[str], docs: list[str], whole: set[str]) -> list[str]:
+    """The documents of 5+ words that lie inside a reserved text (n_words only where it can matter)."""
+    found = staicc._find(sorted(whole), {d for d in docs if d})[1]
+    return [d for r, d in zip(raw, docs) if d in found and n_words(r) >= MIN_SUBSTRING_WORDS]
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_lm_text_holds_no_reserved_row_whole_inside_or_in_part(split):
+    whole, long = reserved()
+    assert reserved_texts() == frozenset(whole)
+    lm = lm_docs(split)
+    assert all(docs for _, docs in lm.values())
+    same = {t: sum(d in whole for d in docs) for t, (_, docs) in lm.items()}
+    inside = {t: int(docs_containing(docs, long).sum()) for t, (_, docs) in lm.items()}
+    frags = {t: len(fragments(raw, docs, whole)) for t, (raw, docs) in lm.items()}
+    assert not any(same.values()), f"LM documents equal to a reserved row: {same}"
+    assert not any(inside.values()), f"LM documents holding a reserved row of {MIN_SUBSTRING_WORDS}+ words: {inside}"
+    assert not any(frags.values()), f"LM documents of {MIN_SUBSTRING_WORDS}+ words inside a reserved row: {frags}"
+    # the per-task documents are exactly what the corpus of all tasks yields
+    assert [d for raw, _ in lm.values() for d in raw] == lm_texts(TASKS, split)
+
+
+def test_the_check_fails_on_the_lm_text_of_the_old_filter():
+    """Without the filter (with the old exact-text one) the same checks find the leaks that the issue reported."""
+    whole, long = reserved()
+    rows, norms = read_staicc("mr"), staicc._row_norms("mr")
+    old_rows = staicc._old_lm_rows("mr", SPLIT_SEED)  # MR's LM rows that the old filter kept
+    old = [norms[i] for i in old_rows]
+    sst5 = staicc._row_norms("sst5")
+    test_keys = {sst5[i] for i in split_rows("sst5").icl_test.tolist()}
+    assert len(test_keys & set(old)) > 0.15 * len(test_keys)  # ~22% of SST-5 test rows were MR LM documents
+    assert docs_containing(old, long).sum() > 100
+    sst5_rows = staicc._old_lm_rows("sst5", SPLIT_SEED)
+    raw5 = [read_staicc("sst5")[i][0] for i in sst5_rows]
+    assert len(fragments(raw5, [sst5[i] for i in sst5_rows], whole)) > 100  # SST-5 sentences of MR reviews
+    # and the filter removes exactly such documents: what survives is the old text less some documents
+    kept = [normalize(t) for t in lm_texts(["mr"], "train") + lm_texts(["mr"], "val")]
+    assert len(old) - 1500 < len(kept) < len(old) and set(kept) <= set(old)
+    assert len(old_rows) == len(set(old_rows)) and all(rows[i][0].strip() for i in old_rows)
+
+
+@pytest.mark.parametrize("seed", [SPLIT_SEED, 1])
+@pytest.mark.parametrize("task", TASKS)
+def test_no_test_text_in_the_demonstration_pool(task, seed):
+    rows, s = read_staicc(task), split_rows(task, seed)
+    test = [normalize(rows[i][0]) for i in s.icl_test.tolist()]
+    demo = [normalize(rows[i][0]) for i in s.icl_demo.tolist()]
+    assert len(test) == ICL_TEST_ROWS[task] and len(demo) == ICL_DEMO_ROWS
+    assert len(set(test)) == len(test) and len(set(demo)) == len(demo)  # each text reserved once
+    assert not set(test) & set(demo)
+    parts = [s.icl_test, s.icl_demo, s.lm_val, s.lm_train]
+    assert len(np.unique(np.concatenate(parts))) == sum(map(len, parts)) == len(rows)  # still a partition
+
+
+def test_plain_cut_of_the_permutation_had_trec_test_questions_in_the_pool():
+    """The rule above matters: TREC has duplicate rows, and the plain cut put test questions in the pool."""
+    rows = read_staicc("trec")
+    perm = np.random.default_rng(stable_seed("trec", 1)).permutation(len(rows))
+    n = ICL_TEST_ROWS["trec"]
+    test = {normalize(rows[i][0]) for i in perm[:n]}
+    demo = [normalize(rows[i][0]) for i in perm[n : n + ICL_DEMO_ROWS]]
+    assert any(d in test for d in demo)
+    s = split_rows("trec", 1)
+    assert set(s.icl_test.tolist()) == set(perm[:n].tolist())  # no duplicate among these test rows: unchanged
+    seen, expected = set(test), []
+    for i in perm[n : n + ICL_DEMO_ROWS].tolist():  # the plain pool without copies of reserved texts
+        if normalize(rows[i][0]) not in seen:
+            seen.add(normalize(rows[i][0]))
+            expected.append(i)
+    assert len(expected) < ICL_DEMO_ROWS and s.icl_demo.tolist()[: len(expected)] == expected  # then topped up

@@ -1,0 +1,234 @@
+"""GINC (Xie et al. 2022): determinism, the HMMs' structure, sampled statistics, Bayes labels against brute force,
+prompt format, tokenizer, max_shots and every bad-config message."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from momattn.data.ginc import GincCorpus, max_shots, prompt_length
+from momattn.errors import ConfigError
+from momattn.tokenizer import EOT, Tokenizer
+
+SMALL = dict(n_train_docs=20, doc_length=512, n_val_docs=4, val_doc_length=64)
+# few symbols, entities and properties: symbols collide, so the Bayes label needs real inference
+TINY = dict(n_symbols=6, n_entities=3, n_properties=4, n_concepts=4, n_train_concepts=2, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def corpus() -> GincCorpus:
+    return GincCorpus(**SMALL)
+
+
+def test_deterministic_for_a_seed(corpus):
+    again = GincCorpus(**SMALL)
+    assert again.documents("train") == corpus.documents("train")
+    assert again.documents("val") == corpus.documents("val")
+    assert again.fingerprint() == corpus.fingerprint()
+    other = GincCorpus(**SMALL, seed=7)
+    assert other.documents("train") != corpus.documents("train")
+    assert other.fingerprint() != corpus.fingerprint()
+    assert not np.array_equal(other.hmms.memory, corpus.hmms.memory)
+    assert corpus.documents("train") != corpus.documents("val")[: SMALL["n_val_docs"]]
+
+
+def test_sizes_and_valid_symbols(corpus):
+    names = corpus.symbol_names()
+    assert names[0] == "/" and names[1] == "x1" and names[-1] == "x49" and len(names) == 50
+    for split, n_docs, length in (("train", 20, 512), ("val", 4, 64)):
+        docs = corpus.documents(split)
+        assert len(docs) == n_docs
+        assert corpus.symbols(split).shape == (n_docs, length)
+        for doc in docs:
+            words = doc.split(" ")  # single spaces, no empty words
+            assert len(words) == length and set(words) <= set(names)
+    assert corpus.symbols("train").max() < corpus.n_symbols
+    with pytest.raises(ConfigError, match="'train' or 'val'"):
+        corpus.documents("test")
+
+
+def test_delimiter_exactly_at_property_zero(corpus):
+    s = corpus.sample("train")
+    symbols = corpus.symbols("train")
+    assert np.array_equal(symbols == 0, s.property == 0)
+    assert (s.property == 0).any() and (s.property != 0).any()
+    assert set(np.unique(s.concept)) <= set(range(corpus.n_train_concepts))  # pretraining mixture only
+
+
+def test_hmm_structure(corpus):
+    h = corpus.hmms
+    assert np.all(h.memory[:, 0] == 0)
+    assert h.memory[:, 1:].min() >= 1 and h.memory[:, 1:].max() <= corpus.n_symbols - 1
+    assert h.property.shape == (corpus.n_concepts, corpus.n_properties, corpus.n_properties)
+    for m in (h.entity, *h.property, h.transition(3)):
+        assert m.min() >= 0 and np.allclose(m.sum(axis=1), 1)
+    assert np.allclose(h.start.sum(axis=1), 1) and h.start.min() > 0
+    assert np.all(np.diag(h.entity) >= corpus.vic - 1e-12)
+    assert h.transition(0).shape == (100, 100)
+    assert not np.allclose(h.property[0], h.property[1])  # concepts differ
+    assert np.allclose(replace(corpus, vic=0.0).hmms.entity.sum(axis=1), 1)
+
+
+def _assert_frequencies(counts: np.ndarray, probs: np.ndarray) -> None:
+    """Transition counts match the matrix: impossible transitions never occur, and every count lies within
+    5 standard deviations (plus 3, for the rare cells) of its expectation."""
+    assert counts[probs == 0].sum() == 0
+    n = counts.sum(axis=1, keepdims=True)
+    assert (n[:, 0] > 200).mean() >= 0.5  # enough rows are well populated for the test to mean something
+    expected = n * probs
+    assert np.all(np.abs(counts - expected) <= 5 * np.sqrt(expected * (1 - probs)) + 3)
+
+
+def test_sampled_transitions_match_the_matrices():
+    c = GincCorpus(n_train_docs=100, doc_length=2000, n_val_docs=1, val_doc_length=1)
+    s, h = c.sample("train"), c.hmms
+    e, p = s.entity.astype(int), s.property.astype(int)
+    counts = np.zeros((c.n_entities, c.n_entities))
+    np.add.at(counts, (e[:, :-1], e[:, 1:]), 1)
+    _assert_frequencies(counts, h.entity)
+    for concept in range(c.n_train_concepts):
+        docs = s.concept == concept
+        counts = np.zeros((c.n_properties, c.n_properties))
+        np.add.at(counts, (p[docs, :-1], p[docs, 1:]), 1)
+        _assert_frequencies(counts, h.property[concept])
+    # the joint chain is kron(entity, property): check it on one concept's states
+    docs = s.concept == 0
+    state = e[docs] * c.n_properties + p[docs]
+    counts = np.zeros((100, 100))
+    np.add.at(counts, (state[:, :-1], state[:, 1:]), 1)
+    _assert_frequencies(counts, h.transition(0))
+
+
+def _brute_force_next(c: GincCorpus, concept: int, start: int, x: list[int]) -> np.ndarray:
+    """P(next symbol | x) by summing over every hidden path: the full kron matrix, no forward algorithm."""
+    h, n_prop = c.hmms, c.n_properties
+    trans = h.transition(concept)
+    emit = h.memory.reshape(-1)  # state e * P + p
+    probs = np.zeros(c.n_symbols)
+    starts = [e * n_prop + start for e in range(c.n_entities)]
+    for path in itertools.product(range(len(emit)), repeat=len(x)):
+        if path[0] not in starts or any(emit[s] != xs for s, xs in zip(path, x)):
+            continue
+        weight = 1 / c.n_entities
+        for a, b in zip(path, path[1:]):
+            weight *= trans[a, b]
+        for nxt in range(len(emit)):
+            probs[emit[nxt]] += weight * trans[path[-1], nxt]
+    return probs
+
+
+@pytest.mark.parametrize("example_len", [2, 3, 4])
+def test_bayes_label_matches_brute_force(example_len):
+    c = GincCorpus(**TINY)
+    for ood in (False, True):
+        for p in c.prompts(example_len, k=1, n=12, ood=ood, seed=3):
+            x = list(p.symbols[-(example_len - 1):])
+            ref = _brute_force_next(c, p.concept, p.start_property, x)
+            assert ref.sum() > 0
+            got = c.next_symbol_probs(np.array([p.concept]), np.array([p.start_property]), np.array([x]))[0]
+            assert np.allclose(got / got.sum(), ref / ref.sum())
+            best = np.flatnonzero(ref >= ref.max() * (1 - 1e-9))
+            assert p.label == best[0]  # ties: the lowest symbol id
+
+
+@pytest.mark.parametrize("example_len,k", [(5, 0), (5, 1), (3, 4), (8, 2)])
+def test_prompt_format(corpus, example_len, k):
+    prompts = corpus.prompts(example_len, k, n=30, seed=1)
+    tok = corpus.tokenizer()
+    h = corpus.hmms
+    assert len(prompts) == 30
+    for p in prompts:
+        assert len(p.symbols) == prompt_length(example_len, k) == (example_len + 1) * k + example_len - 1
+        assert p.k == k and p.example_len == example_len
+        assert p.text == " ".join(corpus.symbol_names()[s] for s in p.symbols)
+        assert tok.encode(p.text) == list(p.symbols)
+        assert 0 <= p.label < corpus.n_symbols and 0 <= p.concept < corpus.n_train_concepts
+        assert 1 <= p.start_property < corpus.n_properties
+        for j in range(k):  # each example is followed by "/" and starts at the prompt's start property
+            example = p.symbols[j * (example_len + 1): (j + 1) * (example_len + 1)]
+            assert example[-1] == 0
+            assert example[0] in h.memory[:, p.start_property]
+        assert p.symbols[-(example_len - 1)] in h.memory[:, p.start_property]  # the test input x
+
+
+def test_prompts_deterministic_and_paired_over_k(corpus):
+    a = corpus.prompts(5, 4, n=50, seed=1)
+    assert a == corpus.prompts(5, 4, n=50, seed=1)
+    assert a != corpus.prompts(5, 4, n=50, seed=2)
+    b = corpus.prompts(5, 8, n=50, seed=1)  # same test inputs and labels at every k: paired comparisons
+    assert [p.symbols[-4:] for p in a] == [p.symbols[-4:] for p in b]
+    assert [(p.label, p.concept) for p in a] == [(p.label, p.concept) for p in b]
+    # the prompts do not depend on the size of the pretraining set, only on the HMMs
+    assert replace(corpus, n_train_docs=3).prompts(5, 4, n=50, seed=1) == a
+    assert len({p.concept for p in a}) > 1 and len({p.start_property for p in a}) > 1
+
+
+def test_ood_prompts_use_held_out_concepts(corpus):
+    ood = corpus.prompts(5, 2, n=100, ood=True)
+    assert {p.concept for p in ood} == set(range(corpus.n_train_concepts, corpus.n_concepts))
+    ind = corpus.prompts(5, 2, n=100)
+    assert {p.concept for p in ind} == set(range(corpus.n_train_concepts))
+
+
+def test_tokenizer(corpus):
+    tok = corpus.tokenizer()
+    assert tok.vocab_size == corpus.n_symbols + 1 and tok.eot_id == corpus.n_symbols
+    assert tok.name == "ginc50"
+    assert tok.encode("/ x1 x49") == [0, 1, 49]
+    assert tok.encode(f"x3 {EOT} x4") == [3, 50, 4]
+    doc = corpus.documents("val")[0]
+    assert tok.encode(doc) == corpus.symbols("val")[0].tolist()
+    assert tok.decode(tok.encode(doc)) == doc
+    again = Tokenizer.from_json(tok.to_json(), name=tok.name)
+    assert again.encode(doc) == tok.encode(doc) and again.eot_id == tok.eot_id
+    assert again.fingerprint == tok.fingerprint
+    with pytest.raises(Exception, match="Missing"):  # noqa: B017 (tokenizers raises a bare Exception)
+        tok.encode("x50")  # not a symbol: an error, never a silent unknown token
+
+
+def test_max_shots():
+    assert max_shots(5, 256) == 42
+    for length, context in ((3, 256), (5, 256), (8, 256), (10, 1024), (5, 4), (2, 1)):
+        k = max_shots(length, context)
+        assert prompt_length(length, k) <= context < prompt_length(length, k + 1)
+    with pytest.raises(ConfigError, match="does not fit"):
+        max_shots(5, 3)
+    with pytest.raises(ConfigError, match=">= 2"):
+        max_shots(1, 100)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("n_symbols", 1), ("n_entities", 0), ("n_properties", 1), ("n_concepts", 0), ("n_train_concepts", 0),
+    ("n_train_concepts", 11), ("vic", 1.5), ("vic", -0.1), ("trans_temp", 0.0), ("start_temp", -1.0),
+    ("n_train_docs", 0), ("doc_length", 0), ("n_val_docs", 0), ("val_doc_length", 0), ("n_permutations", 0),
+])
+def test_bad_config(field, value):
+    with pytest.raises(ConfigError, match=f"data.{field}="):
+        GincCorpus(**{field: value})
+
+
+def test_bad_prompt_requests(corpus):
+    with pytest.raises(ConfigError, match="example_len"):
+        corpus.prompts(1, 2, 10)
+    with pytest.raises(ConfigError, match="k="):
+        corpus.prompts(5, -1, 10)
+    with pytest.raises(ConfigError, match="n="):
+        corpus.prompts(5, 2, 0)
+    with pytest.raises(ConfigError, match="data.n_train_concepts"):
+        GincCorpus(n_concepts=5, n_train_concepts=5, **SMALL).prompts(5, 2, 10, ood=True)
+
+
+def test_smallest_vocabulary_works():
+    c = GincCorpus(n_symbols=2, n_entities=1, n_properties=2, n_concepts=1, n_train_concepts=1, **SMALL)
+    assert set(c.documents("train")[0].split()) <= {"/", "x1"}
+    assert all(0 <= p.label <= 1 for p in c.prompts(3, 2, 5))
+
+
+def test_token_ids_equal_tokenized_documents(corpus):
+    tok = corpus.tokenizer()
+    ref = [i for doc in corpus.documents("val") for i in tok.encode(doc) + [tok.eot_id]]
+    ids = corpus.token_ids("val")
+    assert ids.dtype == np.uint16 and ids.tolist() == ref

@@ -3,6 +3,8 @@
     python evaluate.py ckpt_path=outputs/train/.../checkpoints/last.ckpt
     python evaluate.py ckpt_paths=[vanilla.ckpt,momentum.ckpt] icl.shots=[0,4] icl.max_examples=100
     python evaluate.py ckpt_path=last.ckpt icl.tasks=table7          # the paper's tasks, from the hub
+    python evaluate.py ckpt_path=ginc.ckpt icl.tasks=[ginc,ginc_l3,ginc_l8,ginc_ood] icl.shots=[0,1,2,4,8,16,max]
+    python evaluate.py sweep_dir=multirun/2025-01-01/12-00-00   # a sweep's verdict: sweep.md, sweep.json
 
 Writes results.json, results.md, ppl.png and icl.png into the run folder (hydra.run.dir).
 Settings: conf/evaluate.yaml.

@@ -1,5 +1,6 @@
 """The ICL protocol: accuracy with a model that prefers a known answer, shots, seeds, fitting the context."""
 
+import numpy as np
 import pytest
 from test_eval_common import CharTokenizer, bigram_lm
 
@@ -12,14 +13,15 @@ SP, A, B = ord(" "), ord("a"), ord("b")
 
 
 def letter_task(labels, n_pool=40, text_len=3, name="letters"):
-    """Template "{text}:", answers "a" / "b"; demonstrations "xxx"; test texts cycle through text_len(s)."""
+    """Template "{text}:", answers "a" / "b"; demonstrations "000", "001", ...; test texts "xxx" (cycling
+    through text_len(s) letters)."""
     answers = ("a", "b")
     lens = text_len if isinstance(text_len, list) else [text_len]
 
-    def ex(i, label, n):
-        return IclExample(i, {"text": "x" * n}, answers, label)
+    def ex(i, label, n, text=None):
+        return IclExample(i, {"text": text or "x" * n}, answers, label)
 
-    data = IclData(demo_pool=[ex(1000 + i, i % 2, 3) for i in range(n_pool)],
+    data = IclData(demo_pool=[ex(1000 + i, i % 2, 3, f"{i:03d}") for i in range(n_pool)],
                    test=[ex(i, y, lens[i % len(lens)]) for i, y in enumerate(labels)])
     return IclTask(name, "{text}:", answers, "synthetic", lambda seed: data)
 
@@ -37,29 +39,30 @@ def evaluator(model, **cfg):
 def test_accuracy_counts_the_answer_the_model_prefers():
     labels = [1, 1, 0, 1, 0, 1, 1, 0, 1, 1]  # 7 of 10 are "b"
     out = evaluator(b_lover(), shots=[0, 4], seeds=[1, 2]).evaluate([letter_task(labels)])
-    task = out["tasks"]["letters"]
+    task = out.tasks["letters"]
     for k in ("0", "4"):
-        assert task["shots"][k]["acc"] == pytest.approx(0.7)
-        assert task["shots"][k]["acc_sum_lp"] == pytest.approx(0.7)
-        assert task["shots"][k]["acc_std"] == 0.0  # this model ignores the demonstrations
-    assert task["chance"] == 0.5 and task["n"] == 10
-    assert out["avg"]["4"]["acc"] == pytest.approx(0.7) and out["headline_k"] == "4"
+        assert task.shots[k].acc == pytest.approx(0.7)
+        assert task.shots[k].acc_sum_lp == pytest.approx(0.7)
+        assert task.shots[k].acc_std == 0.0  # this model ignores the demonstrations
+        assert task.shots[k].fits and task.shots[k].k_used_mean == int(k)
+    assert task.chance == 0.5 and task.n == 10
+    assert out.avg["4"].acc == pytest.approx(0.7) and out.headline_k == "4"
 
 
 def test_zero_shot_uses_one_seed_and_other_k_every_seed():
     out = evaluator(b_lover(), shots=[0, 2], seeds=[1, 2, 3]).evaluate([letter_task([1, 0])])
-    shots = out["tasks"]["letters"]["shots"]
-    assert shots["0"]["seeds"] == [1] and shots["2"]["seeds"] == [1, 2, 3]
+    shots = out.tasks["letters"].shots
+    assert shots["0"].seeds == [1] and shots["2"].seeds == [1, 2, 3]
 
 
 def test_max_takes_as_many_demonstrations_as_fit():
     # demonstration "xxx: a<eot>" = 7 tokens; test "xxx:" + " a" = 6; the prompt starts with <eot>:
     # 1 + 7 j + 6 <= 64
     ev = evaluator(b_lover(block_size=64), shots=["max"])
-    res = ev.evaluate([letter_task([1, 0, 1])])["tasks"]["letters"]["shots"]["max"]
-    assert res["k_used_mean"] == 8
+    res = ev.evaluate([letter_task([1, 0, 1])]).tasks["letters"].shots["max"]
+    assert res.k_used_mean == 8 and res.fits
     ev = evaluator(b_lover(block_size=64), shots=["max"], max_shots=5)
-    assert ev.evaluate([letter_task([1])])["tasks"]["letters"]["shots"]["max"]["k_used_mean"] == 5
+    assert ev.evaluate([letter_task([1])]).tasks["letters"].shots["max"].k_used_mean == 5
 
 
 def test_max_is_set_by_the_longest_test_example():
@@ -71,15 +74,16 @@ def test_max_is_set_by_the_longest_test_example():
 
 def test_int_k_drops_demonstrations_that_would_overflow_per_example():
     ev = evaluator(b_lover(block_size=64), shots=[16])
-    res = ev.evaluate([letter_task([1, 0], text_len=[3, 20])])["tasks"]["letters"]["shots"]["16"]
+    res = ev.evaluate([letter_task([1, 0], text_len=[3, 20])]).tasks["letters"].shots["16"]
     assert sorted(p["k_used"] for p in ev.predictions) == [5, 8]  # the long example keeps fewer
-    assert res["per_seed"][0]["k_used_max"] == 8 and res["k_used_mean"] == 6.5
+    assert res.per_seed[0].k_used_max == 8 and res.k_used_mean == 6.5
+    assert not res.fits and "k_used=6.5" in res.note  # 16 requested: marked, never shown as 16-shot
 
 
 def test_prompts_longer_than_the_context_keep_their_last_tokens():
     ev = evaluator(b_lover(block_size=32), shots=[0])
-    res = ev.evaluate([letter_task([1, 1], text_len=50)])["tasks"]["letters"]
-    assert res["n_truncated"] == 2 and res["shots"]["0"]["acc"] == 1.0  # and it never overflowed the context
+    res = ev.evaluate([letter_task([1, 1], text_len=50)]).tasks["letters"]
+    assert res.n_truncated == 2 and res.shots["0"].acc == 1.0  # and it never overflowed the context
 
 
 def test_seeds_draw_different_demonstrations_deterministically():
@@ -99,13 +103,58 @@ def test_test_set_is_shuffled_with_a_fixed_seed_and_capped():
     r1 = ev1.evaluate([task])
     ev2.evaluate([task])
     ids = [p["id"] for p in ev1.predictions]
-    assert r1["tasks"]["letters"]["n"] == 5 and ids == [p["id"] for p in ev2.predictions]
-    assert ids != sorted(ids) and r1["tasks"]["letters"]["n_test_available"] == 50
+    assert r1.tasks["letters"].n == 5 and ids == [p["id"] for p in ev2.predictions]
+    assert ids != sorted(ids) and r1.tasks["letters"].n_test_available == 50
 
 
 def test_average_over_tasks():
     t1, t2 = letter_task([1, 1], name="all_b"), letter_task([0, 0], name="all_a")
     out = evaluator(b_lover()).evaluate([t1, t2])
-    assert out["tasks"]["all_b"]["shots"]["0"]["acc"] == 1.0
-    assert out["tasks"]["all_a"]["shots"]["0"]["acc"] == 0.0
-    assert out["avg"]["0"] == {"acc": 0.5, "chance": 0.5, "n_tasks": 2}
+    assert out.tasks["all_b"].shots["0"].acc == 1.0
+    assert out.tasks["all_a"].shots["0"].acc == 0.0
+    assert out.avg["0"].to_json() == {"acc": 0.5, "chance": 0.5, "n_tasks": 2, "excluded": []}
+
+
+def test_a_task_that_cannot_place_enough_demonstrations_is_marked_and_left_out_of_the_average():
+    # 20-letter tests: "max" fits (64 - 1 - 23) // 7 = 5 demonstrations; with room for 2 it does not fit
+    short, long = letter_task([1, 0], name="short"), letter_task([1, 1], text_len=40, name="long")
+    out = evaluator(b_lover(block_size=64), shots=[0, "max"]).evaluate([short, long])
+    assert out.tasks["short"].shots["max"].fits and out.tasks["short"].shots["max"].k_used_mean == 8
+    unfit = out.tasks["long"].shots["max"]
+    assert not unfit.fits and unfit.k_used_mean == 2 and "k_used=2.0" in unfit.note
+    assert out.avg["max"].n_tasks == 1 and out.avg["max"].excluded == ["long"]
+    assert out.avg["max"].acc == out.tasks["short"].shots["max"].acc
+    assert out.avg["0"].n_tasks == 2  # zero-shot always fits
+
+
+def test_demonstration_pool_drops_copies_of_test_texts():
+    answers = ("a", "b")
+    test = [IclExample(i, {"text": f"t{i}"}, answers, 1) for i in range(4)]
+    pool = [IclExample(100 + i, {"text": f"d{i}"}, answers, i % 2) for i in range(10)]
+    pool.append(IclExample(200, {"text": "  T2 "}, answers, 0))  # a test text, differing in case and spaces
+    task = IclTask("dups", "{text}:", answers, "synthetic", lambda seed: IclData(pool, test))
+    prep = evaluator(b_lover()).prepare(task)
+    assert len(prep.pool) == 10 and prep.result.n_demo_dropped == 1
+    assert 200 not in {e.id for e in prep.pool}
+
+
+def test_a_test_example_among_its_own_demonstrations_is_caught_at_run_time():
+    from momattn.eval.icl import DemonstrationLeakError
+
+    answers = ("a", "b")
+    test = [IclExample(i, {"text": f"t{i}"}, answers, 1) for i in range(3)]
+    pool = [IclExample(100 + i, {"text": f"d{i}"}, answers, i % 2) for i in range(10)]
+    task = IclTask("planted", "{text}:", answers, "synthetic", lambda seed: IclData(pool, test))
+    ev = evaluator(b_lover(), shots=[4], seeds=[7])
+    prep = ev.prepare(task)
+    order = np.random.default_rng(7).permutation(len(prep.pool))
+    prep.pool[int(order[2])] = IclExample(555, {"text": "T1"}, answers, 1)  # test row 1, planted after the check
+    with pytest.raises(DemonstrationLeakError, match=r"task 'planted': test row 1 .*demonstration 3 .*seed 7"):
+        ev.evaluate([prep])
+    # the test text sits in the pool but never in its own prompt (no room beside it): not a leak
+    prep = ev.prepare(letter_task([1, 0], text_len=[3, 50]))
+    order = np.random.default_rng(7).permutation(len(prep.pool))
+    prep.pool[int(order[0])] = prep.test[1].example  # 50 letters + answer: first demonstration of seed 7
+    ev.predictions.clear()
+    ev.evaluate([prep])
+    assert sorted(p["k_used"] for p in ev.predictions) == [0, 1]

@@ -82,5 +82,6 @@ def test_evaluator_reports_valid_lengths_and_train_at_the_longest():
     ev = PerplexityEvaluator(uniform_lm(V), CharTokenizer(V), max_windows=4)
     tokens = np.random.default_rng(0).integers(1, V, size=500)
     res = ev.evaluate(tokens, [8, 16], train_tokens=tokens)
-    assert list(res["valid"]) == ["8", "16"] and list(res["train"]) == ["16"]
-    assert res["valid"]["8"]["ppl"] == pytest.approx(V) and "first token" in res["protocol"]
+    assert list(res.valid) == ["8", "16"] and list(res.train) == ["16"]
+    assert res.valid["8"].ppl == pytest.approx(V) and "first token" in res.protocol
+    assert res.valid["16"].n_windows == 4 and res.valid["16"].n_windows_available == 500 // 16

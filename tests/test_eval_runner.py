@@ -7,14 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from momattn.checkpoint import atomic_torch_save, checkpoint_meta, load_checkpoint
+from momattn.data import corpus
 from momattn.data.staicc import read_staicc
 from momattn.errors import CheckpointError, ConfigError
-from momattn.eval import runner
+from momattn.eval.results import ModelResult
 from momattn.eval.runner import checkpoint_labels, evaluate_model, flat_metrics, run_evaluate, write_reports
 from momattn.model import GPT, AttentionConfig, GPTConfig
 from momattn.tokenizer import train_bpe
@@ -45,53 +45,49 @@ def make_checkpoint(path: Path, kind: str, tokenizer, seed: int = 0) -> Path:
     return path
 
 
-@pytest.fixture
-def fake_corpus(monkeypatch):
-    """The LM token stream without tokenizing a corpus: random ids (the corpus loader has its own tests)."""
-    calls = []
-
-    def load_tokens(data_cfg, tokenizer, split, cache_dir):
-        calls.append((dict(data_cfg), split))
-        rng = np.random.default_rng(len(split))
-        return rng.integers(1, tokenizer.vocab_size, size=3000).astype(np.uint16)
-
-    monkeypatch.setattr(runner, "load_tokens", load_tokens)
-    return calls
-
-
-def test_evaluate_model_and_reports(tmp_path, tokenizer, fake_corpus):
+def test_evaluate_model_and_reports(tmp_path, tokenizer, cache_dir):
     model, tok = load_checkpoint(make_checkpoint(tmp_path / "m.ckpt", "momentum", tokenizer))
     eval_cfg = {**FAST, "ppl": {"max_windows": 4, "data": {"tasks": ["mr"]}}}
     res = evaluate_model(model, tok, {"data": DATA}, eval_cfg, tmp_path, "momentum")
-    assert fake_corpus[0] == ({**DATA, "tasks": ["mr"]}, "val")  # ppl.data is merged over the run's data
-    assert fake_corpus[1][1] == "train"
-    assert list(res["ppl"]["valid"]) == ["16", "32", "64"] and list(res["ppl"]["train"]) == ["64"]
-    assert all(math.isfinite(v["ppl"]) and v["ppl"] > 1 for v in res["ppl"]["valid"].values())
-    sst2 = res["icl"]["tasks"]["sst2"]
-    assert sst2["chance"] == 0.5 and sst2["n"] == 8 and list(sst2["shots"]) == ["0", "2", "max"]
-    assert res["icl"]["split_seed"] == 1234 and res["attention"] == "momentum"
+    assert res.ppl.data == {**DATA, "tasks": ["mr"]}  # ppl.data is merged over the run's data
+    mr_val = corpus.load_tokens({**DATA, "tasks": ["mr"]}, tok, "val")  # the real corpus loader's tokens
+    assert res.ppl.valid["16"].split_tokens == len(mr_val) and res.ppl.train["64"].split_tokens > len(mr_val)
+    assert list(res.ppl.valid) == ["16", "32", "64"] and list(res.ppl.train) == ["64"]
+    assert all(math.isfinite(v.ppl) and v.ppl > 1 for v in res.ppl.valid.values())
+    sst2 = res.icl.tasks["sst2"]
+    assert sst2.chance == 0.5 and sst2.n == 8 and list(sst2.shots) == ["0", "2", "max"]
+    assert res.icl.split_seed == 1234 and res.attention == "momentum"
     assert (tmp_path / "icl_predictions_momentum.jsonl").exists()
     metrics = flat_metrics(res)
     assert {"eval/ppl@16", "eval/bpb@64", "eval/train_ppl@64", "icl/sst2/acc", "icl/trec/acc@k2",
-            "icl/avg/acc", "icl/sst2/acc_sum@kmax"} <= set(metrics)
-    write_reports([res, {**res, "label": "again"}], tmp_path)
+            "icl/avg/acc@k0", "icl/sst2/acc_sum@kmax", "icl/sst2/k_used@kmax"} <= set(metrics)
+    # a 64-token context holds fewer than max_shots=3 demonstrations: k=max does not fit, no headline average
+    assert not sst2.shots["max"].fits and sst2.shots["max"].k_used_mean < 3
+    assert res.icl.avg["max"].excluded == ["sst2", "trec"] and "icl/avg/acc" not in metrics
+    again = ModelResult.from_json({**res.to_json(), "label": "again"})
+    write_reports([res, again], tmp_path)
     md = (tmp_path / "results.md").read_text()
     assert "| model | Train64 | Valid16 | Valid32 | Valid64 |" in md and "| model | sst2 | trec | Avg |" in md
-    assert "k = max" in md and "| again |" in md
+    assert "k = max" in md and "| again |" in md and "k_used=" in md
+    assert f"does not fit (k_used={sst2.shots['max'].k_used_mean:.1f})" in md and "no task fits" in md
     doc = json.loads((tmp_path / "results.json").read_text())
     assert "first token" in doc["protocol"]["ppl"] and len(doc["checkpoints"]) == 2
+    assert doc["checkpoints"][0] == res.to_json()
+    shot = doc["checkpoints"][0]["icl"]["tasks"]["trec"]["shots"]["2"]
+    assert {"acc", "acc_std", "k_used_mean", "chance", "fits", "acc_sum_lp", "per_seed"} <= set(shot)
+    assert flat_metrics(doc["checkpoints"][0]) == metrics  # the JSON form reads back to the same numbers
     assert (tmp_path / "ppl.png").stat().st_size > 0 and (tmp_path / "icl.png").stat().st_size > 0
 
 
-def test_run_evaluate_side_by_side_with_disambiguated_labels(tmp_path, tokenizer, fake_corpus):
+def test_run_evaluate_side_by_side_with_disambiguated_labels(tmp_path, tokenizer):
     a = make_checkpoint(tmp_path / "a" / "last.ckpt", "momentum", tokenizer, seed=1)
     b = make_checkpoint(tmp_path / "b" / "last.ckpt", "momentum", tokenizer, seed=2)
     v = make_checkpoint(tmp_path / "v.ckpt", "vanilla", tokenizer)
     cfg = {**FAST, "ckpt_paths": [str(a), str(b)], "ckpt_path": str(v), "device": "cpu",
            "icl": {**FAST["icl"], "tasks": ["trec"], "shots": [0]}, "ppl": {"max_windows": 2, "train": False}}
     results = run_evaluate(cfg, out_dir=tmp_path / "run")
-    assert [r["label"] for r in results] == ["vanilla", "momentum [a/last]", "momentum [b/last]"]
-    assert results[1]["checkpoint"] == str(a)
+    assert [r.label for r in results] == ["vanilla", "momentum [a/last]", "momentum [b/last]"]
+    assert results[1].checkpoint == str(a)
     assert "momentum [b/last]" in (tmp_path / "run" / "results.md").read_text()
 
 
@@ -99,7 +95,7 @@ def test_perplexity_needs_a_corpus(tmp_path, tokenizer):
     from momattn.errors import DataError
 
     model, tok = load_checkpoint(make_checkpoint(tmp_path / "m.ckpt", "vanilla", tokenizer))
-    with pytest.raises(DataError, match="no data.source"):
+    with pytest.raises(DataError, match="no data source"):
         evaluate_model(model, tok, {}, {"icl": {"enabled": False}}, tmp_path, "v")
     with pytest.raises(ConfigError, match="context is 64"):
         evaluate_model(model, tok, {"data": DATA}, {"ppl": {"lengths": [128]}}, tmp_path, "v")

@@ -85,7 +85,7 @@ def test_mean_and_sum_of_log_probs_pick_different_answers():
     ev = IclEvaluator(lm, tok, IclConfig(tasks=["sst2"], shots=[0], seeds=[1]), split_seed=0)
     test, _ = ev.encode_test(task, [ex])
     run = ev.evaluate_run(task, test, [ex], 0, 1)
-    assert run["acc_mean_lp"] == 1.0 and run["acc_sum_lp"] == 0.0
+    assert run.acc_mean_lp == 1.0 and run.acc_sum_lp == 0.0 and run.acc == 1.0  # score=mean: the headline
 
 
 @pytest.mark.parametrize("kind", ["vanilla", "momentum", "multirate_ema"])

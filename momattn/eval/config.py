@@ -17,7 +17,8 @@ from momattn.errors import ConfigError, did_you_mean
 PAPER_LENGTHS = (256, 512, 1024)  # Table 6: validation perplexity at these input lengths
 MAX_SHOTS_CAP = 32  # the paper: "up to 32 demonstrations"
 DEFAULT_TASKS = ("sst2", "sst5", "mr", "subj", "agnews", "trec")
-TASK_ENTRY_KEYS = ("name", "path", "template", "answers", "demo_path", "label_field", "demo_fraction")
+# task_file: set for entries read from a task file (icl.task_dirs), so that errors name the file
+TASK_ENTRY_KEYS = ("name", "path", "template", "answers", "demo_path", "label_field", "demo_fraction", "task_file")
 
 
 def to_plain(obj: Any) -> Any:
@@ -76,9 +77,11 @@ class PplConfig:
 @dataclass
 class IclConfig:
     enabled: bool = True
-    # task names (see momattn.eval.tasks.TASKS; "staicc" / "table7" expand to sets) or local-file entries
+    # task names (see momattn.eval.tasks.TASKS; "staicc" / "table7" expand to sets), names of task files in
+    # task_dirs, paths of task .yaml files, or local-file entries
     # {name, path, template, answers, demo_path?, label_field?, demo_fraction?}
     tasks: list[Any] = field(default_factory=lambda: list(DEFAULT_TASKS))
+    task_dirs: list[str] = field(default_factory=list)  # folders of task .yaml files (momattn.eval.tasks)
     shots: list[Any] = field(default_factory=lambda: [0, 4, 16, "max"])  # ints, or "max" = as many as fit
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])  # demonstration draws; 0-shot uses the first
     max_examples: int | None = 200  # test examples per task after the seeded shuffle; null: all (paper: 2000)
@@ -94,6 +97,12 @@ class IclConfig:
         if self.enabled and not self.tasks:
             raise ConfigError(f"icl.tasks={self.tasks!r} must be a non-empty list of task names or entries")
         self.tasks = list(self.tasks)
+        self.task_dirs = [str(d) for d in (self.task_dirs if isinstance(self.task_dirs, list | tuple)
+                                           else [self.task_dirs] if self.task_dirs else [])]
+        if self.enabled:  # task files read and checked now, before any model is loaded
+            from momattn.eval.tasks import expand_task_files  # (tasks imports this module)
+
+            self.tasks = expand_task_files(self.tasks, self.task_dirs)
         for entry in self.tasks:
             if isinstance(entry, Mapping):
                 unknown = [k for k in entry if k not in TASK_ENTRY_KEYS]
@@ -158,6 +167,7 @@ class EvaluateConfig(EvalConfig):
 
     ckpt_path: str | None = None  # one checkpoint
     ckpt_paths: list[str] | None = None  # several, evaluated side by side
+    sweep_dir: str | None = None  # a multirun folder: every checkpoints/last.ckpt, grouped, with a verdict
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:1 ...
     logger: dict | None = None  # the `logger` config group: none (null) or wandb ({wandb: {project, ...}})
     cache_dir: str | None = None  # token cache for the corpus loader; null = the checkpoint's data.cache_dir
@@ -177,8 +187,8 @@ class EvaluateConfig(EvalConfig):
         if self.ckpt_path:
             paths.insert(0, self.ckpt_path)
         if not paths:
-            raise ConfigError("no checkpoint given: pass ckpt_path=PATH (a .ckpt written by train.py) "
-                              "or ckpt_paths=[A,B] to compare several")
+            raise ConfigError("no checkpoint given: pass ckpt_path=PATH (a .ckpt written by train.py), "
+                              "ckpt_paths=[A,B] to compare several, or sweep_dir=MULTIRUN_FOLDER for a sweep")
         return [str(p) for p in paths]
 
     def eval_section(self) -> EvalConfig:

@@ -16,16 +16,19 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch.nn as nn
 from tqdm.auto import tqdm
 
 from momattn.errors import ConfigError, DataError
 from momattn.eval.config import IclConfig
+from momattn.eval.lm import LanguageModel
+from momattn.eval.results import MIN_DEMOS, IclResult, SeedRun, ShotResult, TaskResult
 from momattn.eval.scoring import PrefixScorer
 from momattn.eval.tasks import IclExample, IclTask
 
@@ -35,9 +38,32 @@ PROTOCOL = (
     "log-probability of its tokens (acc; the authors' rule) and by the sum (acc_sum); argmax wins. "
     "Demonstrations: the task's pool shuffled with each seed, taken in order; k='max' = as many as fit next "
     "to the longest test prompt+answer (up to max_shots); for int k, demonstrations that would overflow the "
-    "context are dropped from the end (k_used). Test set shuffled with test_seed, capped at max_examples. "
-    "Accuracy: mean and population std over seeds (0-shot: one seed)."
+    "context are dropped from the end (k_used = demonstrations actually placed, reported beside every "
+    f"accuracy). A k that places fewer than requested (or k='max' below {MIN_DEMOS}) is marked 'does not "
+    "fit' and left out of the average. Pool rows whose text equals a test example's are dropped, and every "
+    "prompt is checked at run time never to hold its own test example. Test set shuffled with test_seed, "
+    "capped at max_examples. Accuracy: mean and population std over seeds (0-shot: one seed)."
 )
+
+
+class DemonstrationLeakError(DataError):
+    """A test example appears among its own prompt's demonstrations (a bug guard: it should never fire)."""
+
+
+@functools.cache
+def _extra_normalize() -> Callable[[str], str] | None:
+    try:  # the LM-leakage filter's normalisation (punctuation, PTB escapes), where it exists
+        from momattn.data.staicc import normalize
+    except ImportError:
+        return None
+    return normalize
+
+
+def normalize_text(text: str) -> str:
+    """Case and whitespace folded (and momattn.data.staicc.normalize applied, where it exists)."""
+    out = re.sub(r"\s+", " ", text.strip().lower())
+    extra = _extra_normalize()
+    return extra(out) if extra is not None else out
 
 
 def answer_token_ids(answers: Sequence[str], tokenizer, where: str) -> list[list[int]]:
@@ -75,13 +101,13 @@ class PreparedTask:
     task: IclTask
     test: list[EncodedExample]
     pool: list[IclExample]
-    info: dict  # what the report says about the task's data
+    result: TaskResult  # what the report says about the task's data; shots are filled in by evaluate_task
 
 
 class IclEvaluator:
-    """ICL accuracy of one model over tasks, shots and seeds."""
+    """ICL accuracy of one model over answer-choice tasks, shots and seeds."""
 
-    def __init__(self, model: nn.Module, tokenizer, cfg: IclConfig, split_seed: int,
+    def __init__(self, model: LanguageModel, tokenizer, cfg: IclConfig, split_seed: int,
                  batch_tokens: int = 4096):
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         self.split_seed, self.batch_tokens = split_seed, batch_tokens
@@ -130,38 +156,74 @@ class IclEvaluator:
         test, skipped = self.encode_test(task, self.test_set(data.test))
         if not test:
             raise DataError(f"ICL task '{task.name}': no usable test example ({skipped} skipped)")
-        pool = data.demo_pool
+        test_texts = {normalize_text(task.fill(e)) for e in data.test}
+        pool = [e for e in data.demo_pool if normalize_text(task.fill(e)) not in test_texts]
         for k in self.cfg.shots:
             if k != "max" and k > len(pool):
                 raise DataError(f"icl.shots contains {k} but task '{task.name}' has only {len(pool)} "
                                 f"demonstration examples ({task.source}); lower icl.shots or give a larger "
                                 "demonstration pool (demo_path, or a larger demo_fraction)")
-        info = {
-            "source": task.source, "template": task.template,
-            "answers": list(task.answers) if task.answers else "per example",
-            "chance": float(np.mean([1.0 / len(e.answers) for e in test])), "n": len(test),
-            "n_test_available": len(data.test), "n_skipped": skipped,
-            "n_truncated": sum(e.truncated for e in test), "n_demo_pool": len(pool),
-        }
-        return PreparedTask(task, test, pool, info)
+        result = TaskResult(
+            name=task.name, kind="choice", source=task.source, template=task.template,
+            answers=list(task.answers) if task.answers else "per example",
+            chance=float(np.mean([1.0 / len(e.answers) for e in test])), n=len(test),
+            n_test_available=len(data.test), n_skipped=skipped, n_truncated=sum(e.truncated for e in test),
+            n_demo_pool=len(pool), n_demo_dropped=len(data.demo_pool) - len(pool))
+        return PreparedTask(task, test, pool, result)
 
-    def evaluate_task(self, task: IclTask | PreparedTask) -> dict:
+    def evaluate_task(self, task: IclTask | PreparedTask) -> TaskResult:
         prep = task if isinstance(task, PreparedTask) else self.prepare(task)
         runs = [(k, s) for k in self.cfg.shots for s in (self.cfg.seeds[:1] if k == 0 else self.cfg.seeds)]
-        per_k = defaultdict(list)
+        per_k: dict[int | str, list[SeedRun]] = defaultdict(list)
         for k, seed in tqdm(runs, desc=f"icl {prep.task.name}", leave=False):
             per_k[k].append(self.evaluate_run(prep.task, prep.test, prep.pool, k, seed))
-        return {**prep.info, "shots": {str(k): self._summarise(seeds) for k, seeds in per_k.items()}}
+        chance = prep.result.chance
+        prep.result.shots = {str(k): ShotResult.from_runs(k, r, chance, self.fits(k, r), **self._note(k, r))
+                             for k, r in per_k.items()}
+        return prep.result
+
+    def fits(self, k: int | str, runs: Sequence[SeedRun]) -> bool:
+        """Every prompt holds the requested k; k='max' places at least MIN_DEMOS (or max_shots, if lower)."""
+        if k == "max":
+            return float(np.mean([r.k_used_mean for r in runs])) >= min(MIN_DEMOS, self.cfg.max_shots)
+        return min(r.k_used_min for r in runs) >= k
+
+    def _note(self, k: int | str, runs: Sequence[SeedRun]) -> dict:
+        if self.fits(k, runs):
+            return {}
+        used = float(np.mean([r.k_used_mean for r in runs]))
+        want = f"at least {min(MIN_DEMOS, self.cfg.max_shots)}" if k == "max" else f"{k} in every prompt"
+        return {"note": f"does not fit the {self.context}-token context: k_used={used:.1f}, wanted {want}"}
+
+    def demo_examples(self, pool: Sequence[IclExample], k: int | str, seed: int) -> list[IclExample]:
+        """The demonstrations of draw `seed`, in prompt order (k='max': up to max_shots of them)."""
+        order = np.random.default_rng(seed).permutation(len(pool))
+        n = min(self.cfg.max_shots, len(pool)) if k == "max" else k
+        return [pool[i] for i in order[:n]]
 
     def demonstrations(self, task: IclTask, pool: Sequence[IclExample], k: int | str,
                        seed: int) -> list[list[int]]:
         """Token ids of the demonstrations of draw `seed`, each ending with the separator."""
-        order = np.random.default_rng(seed).permutation(len(pool))
-        n = min(self.cfg.max_shots, len(pool)) if k == "max" else k
-        return [self.demo_ids(task, pool[i]) for i in order[:n]]
+        return [self.demo_ids(task, ex) for ex in self.demo_examples(pool, k, seed)]
 
-    def evaluate_run(self, task: IclTask, test: Sequence[EncodedExample], pool, k, seed: int) -> dict:
-        demos = self.demonstrations(task, pool, k, seed)
+    @staticmethod
+    def check_no_leak(task: IclTask, test: Sequence[EncodedExample], demos: Sequence[IclExample],
+                      k_used: Sequence[int], k: int | str, seed: int) -> None:
+        """Raise DemonstrationLeakError if a test example's text is among the demonstrations of its prompt."""
+        first: dict[str, int] = {}
+        for pos, ex in enumerate(demos):
+            first.setdefault(normalize_text(task.fill(ex)), pos)
+        for e, j in zip(test, k_used):
+            pos = first.get(normalize_text(task.fill(e.example)))
+            if pos is not None and pos < j:
+                raise DemonstrationLeakError(
+                    f"ICL task '{task.name}': test row {e.example.id} appears as demonstration {pos + 1} "
+                    f"(row {demos[pos].id}) of its own prompt (seed {seed}, k={k}); the demonstration pool "
+                    "must not hold test texts. This is a bug in the task's split: please report it")
+
+    def evaluate_run(self, task: IclTask, test: Sequence[EncodedExample], pool, k, seed: int) -> SeedRun:
+        examples = self.demo_examples(pool, k, seed)
+        demos = [self.demo_ids(task, ex) for ex in examples]
         cum = np.concatenate([[0], np.cumsum([len(d) for d in demos])])  # prefix after j demonstrations
         room = self.context - len(self.start) - cum  # what is left for the test example after j of them
         if k == "max":  # the authors: as many as fit next to the longest test example
@@ -169,6 +231,7 @@ class IclEvaluator:
             k_used = [n_fit] * len(test)
         else:
             k_used = [int(np.flatnonzero(room >= e.need).max()) for e in test]
+        self.check_no_leak(task, test, examples, k_used, k, seed)
         by_prefix = defaultdict(list)
         for i, j in enumerate(k_used):
             by_prefix[j].append(i)
@@ -190,37 +253,29 @@ class IclEvaluator:
                                      "label": e.example.label, "pred": pred_mean, "pred_sum": pred_sum,
                                      "k_used": j, "logprob_sum": [lp for lp, _ in s],
                                      "n_tokens": [n for _, n in s]})
-        return {"seed": seed, "acc_mean_lp": right_mean / len(test), "acc_sum_lp": right_sum / len(test),
-                "k_used_mean": float(np.mean(k_used)), "k_used_min": int(min(k_used)),
-                "k_used_max": int(max(k_used))}
+        acc_mean, acc_sum = right_mean / len(test), right_sum / len(test)
+        return SeedRun(seed=seed, acc=acc_mean if self.cfg.score == "mean" else acc_sum,
+                       k_used_mean=float(np.mean(k_used)), k_used_min=int(min(k_used)),
+                       k_used_max=int(max(k_used)), n=len(test), acc_mean_lp=acc_mean, acc_sum_lp=acc_sum)
 
-    def _summarise(self, seeds: list[dict]) -> dict:
-        mean_lp = np.array([s["acc_mean_lp"] for s in seeds])
-        sum_lp = np.array([s["acc_sum_lp"] for s in seeds])
-        head = mean_lp if self.cfg.score == "mean" else sum_lp
-        return {"acc": float(head.mean()), "acc_std": float(head.std()),
-                "acc_mean_lp": float(mean_lp.mean()), "acc_mean_lp_std": float(mean_lp.std()),
-                "acc_sum_lp": float(sum_lp.mean()), "acc_sum_lp_std": float(sum_lp.std()),
-                "k_used_mean": float(np.mean([s["k_used_mean"] for s in seeds])),
-                "seeds": [s["seed"] for s in seeds], "per_seed": seeds}
-
-    def evaluate(self, tasks: Sequence[IclTask | PreparedTask]) -> dict:
-        """{'tasks': {name: result}, 'avg': {k: {...}}, 'protocol': ..., settings}; tasks load first."""
+    def evaluate_tasks(self, tasks: Sequence[IclTask | PreparedTask]) -> dict[str, TaskResult]:
         prepared = [t if isinstance(t, PreparedTask) else self.prepare(t) for t in tasks]
         was_training = self.model.training
         self.model.eval()
         try:
-            results = {p.task.name: self.evaluate_task(p) for p in prepared}
+            return {p.task.name: self.evaluate_task(p) for p in prepared}
         finally:
             self.model.train(was_training)
-        avg = {}
-        for k in map(str, self.cfg.shots):
-            accs = [r["shots"][k]["acc"] for r in results.values()]
-            chance = [r["chance"] for r in results.values()]
-            avg[k] = {"acc": float(np.mean(accs)), "chance": float(np.mean(chance)), "n_tasks": len(accs)}
-        c = self.cfg
-        return {"protocol": PROTOCOL, "score": c.score, "headline_k": str(c.largest_k),
-                "separator": c.separator, "shots": [str(k) for k in c.shots], "seeds": c.seeds,
-                "test_seed": c.test_seed,
-                "max_examples": c.max_examples, "max_shots": c.max_shots, "split_seed": self.split_seed,
-                "tasks": results, "avg": avg}
+
+    def evaluate(self, tasks: Sequence[IclTask | PreparedTask]) -> IclResult:
+        """Every task (loaded first), then the average over tasks that fit."""
+        return icl_result(self.cfg, self.evaluate_tasks(tasks), self.split_seed)
+
+
+def icl_result(cfg: IclConfig, tasks: Mapping[str, TaskResult], split_seed: int,
+               ginc_protocol: str | None = None) -> IclResult:
+    shots = [str(k) for k in cfg.shots]
+    return IclResult(protocol=PROTOCOL, score=cfg.score, headline_k=str(cfg.largest_k), separator=cfg.separator,
+                     shots=shots, seeds=list(cfg.seeds), test_seed=cfg.test_seed, max_examples=cfg.max_examples,
+                     max_shots=cfg.max_shots, split_seed=split_seed, tasks=dict(tasks),
+                     avg=IclResult.average(tasks, shots), ginc_protocol=ginc_protocol)

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from momattn.errors import DataError
+from momattn.eval.lm import LanguageModel
+from momattn.eval.results import PerplexityResult, WindowNumbers
 
 PROTOCOL = (
     "token-level perplexity on non-overlapping windows of L tokens, each scored from scratch (token j is "
@@ -42,7 +44,7 @@ class WindowScore:
     n_bytes: int  # UTF-8 bytes of the scored tokens
 
 
-def model_device(model: nn.Module) -> torch.device:
+def model_device(model: LanguageModel | nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
 
@@ -69,7 +71,7 @@ def count_bytes(tokenizer, ids: Sequence[int]) -> int:
 
 
 @torch.no_grad()
-def score_windows(model: nn.Module, tokenizer, tokens: np.ndarray, length: int, max_windows: int,
+def score_windows(model: LanguageModel, tokenizer, tokens: np.ndarray, length: int, max_windows: int,
                   batch_tokens: int = 4096, desc: str = "ppl") -> list[WindowScore]:
     """Per-window (sum NLL, scored tokens, bytes) for windows of `length` tokens of `tokens`."""
     starts = window_starts(len(tokens), length, max_windows)
@@ -110,22 +112,22 @@ def aggregate(scores: Sequence[WindowScore]) -> dict:
 class PerplexityEvaluator:
     """Table 6 for one model: validation perplexity at each length, train perplexity at the longest."""
 
-    def __init__(self, model: nn.Module, tokenizer, max_windows: int, batch_tokens: int = 4096):
+    def __init__(self, model: LanguageModel, tokenizer, max_windows: int, batch_tokens: int = 4096):
         self.model, self.tokenizer = model, tokenizer
         self.max_windows, self.batch_tokens = max_windows, batch_tokens
 
-    def evaluate_split(self, tokens: np.ndarray, length: int, split: str) -> dict:
+    def evaluate_split(self, tokens: np.ndarray, length: int, split: str) -> WindowNumbers:
         scores = score_windows(self.model, self.tokenizer, tokens, length, self.max_windows,
                                self.batch_tokens, desc=f"ppl {split}@{length}")
-        return {**aggregate(scores), "length": length, "split": split,
-                "n_windows_available": len(tokens) // length, "split_tokens": len(tokens)}
+        return WindowNumbers(**aggregate(scores), length=length, split=split,
+                             n_windows_available=len(tokens) // length, split_tokens=len(tokens))
 
     def evaluate(self, val_tokens: np.ndarray, lengths: Sequence[int],
-                 train_tokens: np.ndarray | None = None) -> dict:
-        """{'valid': {L: numbers}, 'train': {Lmax: numbers} (when train_tokens is given), 'protocol': ...}."""
-        res = {"protocol": PROTOCOL, "lengths": list(lengths), "max_windows": self.max_windows,
-               "valid": {str(n): self.evaluate_split(val_tokens, n, "valid") for n in lengths}, "train": {}}
+                 train_tokens: np.ndarray | None = None) -> PerplexityResult:
+        """Validation numbers at every length; train numbers at the longest (when train_tokens is given)."""
+        res = PerplexityResult(PROTOCOL, list(lengths), self.max_windows,
+                               valid={str(n): self.evaluate_split(val_tokens, n, "valid") for n in lengths})
         if train_tokens is not None:
             n = max(lengths)
-            res["train"][str(n)] = self.evaluate_split(train_tokens, n, "train")
+            res.train[str(n)] = self.evaluate_split(train_tokens, n, "train")
         return res

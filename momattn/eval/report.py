@@ -6,35 +6,40 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from momattn.eval import ginc as ginc_mod
 from momattn.eval import icl as icl_mod
 from momattn.eval import ppl as ppl_mod
+from momattn.eval.results import IclResult, ModelResult, ShotResult, TaskResult, as_model_result
+from momattn.io import atomic_write_text
 
 MISSING = "–"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _f(x: float | None, digits: int = 2) -> str:
     return MISSING if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def _pct(acc: float, std: float | None = None) -> str:
+def _pct(acc: float | None, std: float | None = None) -> str:
+    if acc is None:
+        return MISSING
     return f"{100 * acc:.1f}" + (f" ± {100 * std:.1f}" if std else "")
 
 
-def _acc(shot: dict) -> str:
-    return _pct(shot["acc"], shot["acc_std"])
+def _acc(shot: ShotResult, k_used: bool = True) -> str:
+    """'41.0 ± 2.1 (k_used=8.0)', or 'does not fit (k_used=1.0)' for a k the context cannot hold."""
+    used = f"k_used={shot.k_used_mean:.1f}" if shot.acc is not None else f"at most k={shot.k_max_fit}"
+    if not shot.fits:
+        return f"does not fit ({used})"
+    return _pct(shot.acc, shot.acc_std) + (f" ({used})" if k_used else "")
 
 
-def _acc_cell(shot: dict) -> str:
-    return f"{_acc(shot)} (sum: {_pct(shot['acc_sum_lp'])}; k used {shot['k_used_mean']:.1f})"
+def _acc_cell(shot: ShotResult) -> str:
+    if not shot.fits:
+        return _acc(shot)
+    return f"{_pct(shot.acc, shot.acc_std)} (sum: {_pct(shot.acc_sum_lp)}; k_used={shot.k_used_mean:.1f})"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -46,28 +51,31 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 # perplexity
 
 
-def ppl_columns(results: Sequence[dict]) -> list[tuple[str, str]]:
+def ppl_columns(results: Sequence[ModelResult]) -> list[tuple[str, str]]:
     """(split, length) columns over all checkpoints: Train{L} first, then Valid{L} ascending."""
     train, valid = set(), set()
     for r in results:
-        if r.get("ppl"):
-            train.update(r["ppl"]["train"])
-            valid.update(r["ppl"]["valid"])
+        if r.ppl:
+            train.update(r.ppl.train)
+            valid.update(r.ppl.valid)
     return [("train", n) for n in sorted(train, key=int)] + [("valid", n) for n in sorted(valid, key=int)]
 
 
-def ppl_markdown(results: Sequence[dict]) -> list[str]:
+def ppl_markdown(results: Sequence[ModelResult]) -> list[str]:
     cols = ppl_columns(results)
     if not cols:
         return []
     header = ["model"] + [f"{s.title()}{n}" for s, n in cols]
 
-    def rows(metric, digits):
-        return [[r["label"]] + [_f((r["ppl"] or {}).get(s, {}).get(n, {}).get(metric), digits) if r.get("ppl")
-                                 else MISSING for s, n in cols] for r in results]
+    def cell(r: ModelResult, split: str, n: str, metric: str, digits: int) -> str:
+        numbers = getattr(r.ppl, split).get(n) if r.ppl else None
+        return _f(getattr(numbers, metric), digits) if numbers else MISSING
 
-    n_windows = {f"{s}{n}": r["ppl"][s][n]["n_windows"] for r in results if r.get("ppl") for s, n in cols
-                 if n in r["ppl"][s]}
+    def rows(metric, digits):
+        return [[r.label] + [cell(r, s, n, metric, digits) for s, n in cols] for r in results]
+
+    n_windows = {f"{s}{n}": getattr(r.ppl, s)[n].n_windows for r in results if r.ppl for s, n in cols
+                 if n in getattr(r.ppl, s)}
     return ["## Perplexity (Table 6 layout)", "", *_table(header, rows("ppl", 2)), "",
             "Bits per byte (comparable across tokenizers):", "", *_table(header, rows("bpb", 4)), "",
             f"Windows scored: {', '.join(f'{k}: {v}' for k, v in n_windows.items())}.", "",
@@ -78,77 +86,129 @@ def ppl_markdown(results: Sequence[dict]) -> list[str]:
 # in-context accuracy
 
 
-def _icl_tasks(results: Sequence[dict]) -> list[str]:
+def _icl_tasks(results: Sequence[ModelResult], kind: str | None = None) -> list[str]:
     names: list[str] = []
     for r in results:
-        for t in (r.get("icl") or {}).get("tasks", {}):
-            if t not in names:
-                names.append(t)
+        for name, t in (r.icl.tasks if r.icl else {}).items():
+            if name not in names and (kind is None or t.kind == kind):
+                names.append(name)
     return names
 
 
-def icl_markdown(results: Sequence[dict]) -> list[str]:
-    tasks = _icl_tasks(results)
+def _task_info(results: Sequence[ModelResult], name: str) -> TaskResult:
+    return next(r.icl.tasks[name] for r in results if r.icl and name in r.icl.tasks)
+
+
+def _avg_cell(icl: IclResult, k: str) -> str:
+    avg = icl.avg.get(k)
+    if avg is None or avg.acc is None:
+        return "no task fits" if avg and avg.excluded else MISSING
+    return _pct(avg.acc) + (f" (without {', '.join(avg.excluded)})" if avg.excluded else "")
+
+
+def choice_markdown(results: Sequence[ModelResult], first: IclResult) -> list[str]:
+    tasks = _icl_tasks(results, "choice")
     if not tasks:
         return []
-    first = next(r["icl"] for r in results if r.get("icl"))
-    k, score = first["headline_k"], first["score"]
+    k, score = first.headline_k, first.score
     rule = "mean log-prob per answer token" if score == "mean" else "sum of answer log-probs"
     header = ["model", *tasks, "Avg"]
-    chance = ["chance"] + [_pct(next(r["icl"]["tasks"][t]["chance"] for r in results
-                                     if r.get("icl") and t in r["icl"]["tasks"])) for t in tasks]
-    chance.append(_pct(first["avg"][k]["chance"]))
+    chance = ["chance"] + [_pct(_task_info(results, t).chance) for t in tasks]
+    chance.append(_pct(first.avg[k].chance) if k in first.avg else MISSING)
     rows = []
     for r in results:
-        tr = (r.get("icl") or {}).get("tasks", {})
-        row = [r["label"]] + [_acc(tr[t]["shots"][k]) if t in tr else MISSING for t in tasks]
-        row.append(_pct(r["icl"]["avg"][k]["acc"]) if r.get("icl") else MISSING)
-        rows.append(row)
+        tr = r.icl.tasks if r.icl else {}
+        row = [r.label] + [_acc(tr[t].shots[k]) if t in tr else MISSING for t in tasks]
+        rows.append(row + [_avg_cell(r.icl, k) if r.icl else MISSING])
+    unfit = sorted({t for r in results if r.icl and k in r.icl.avg for t in r.icl.avg[k].excluded})
     out = [f"## In-context accuracy (Table 7 layout, k = {k})", "",
-           f"Accuracy in %, {rule}, mean ± std over seeds {first['seeds']}.", "",
+           f"Accuracy in %, {rule}, mean ± std over seeds {first.seeds}; k_used = demonstrations actually "
+           f"placed (mean over prompts). A task whose prompts cannot hold the requested k (k=max: fewer than "
+           f"{first.min_demos}) is marked 'does not fit' and left out of Avg"
+           + (f" (here: {', '.join(unfit)})." if unfit else "."), "",
            *_table(header, rows + [chance]), "",
            "## Accuracy by number of demonstrations", ""]
     for t in tasks:
-        info = next(r["icl"]["tasks"][t] for r in results if r.get("icl") and t in r["icl"]["tasks"])
-        shots = first["shots"]
-        truncated = f", {info['n_truncated']} prompts truncated" if info["n_truncated"] else ""
-        out += [f"### {t}", "", f"Source: {info['source']}; n = {info['n']} test examples (of "
-                f"{info['n_test_available']}), demonstration pool {info['n_demo_pool']}, "
-                f"chance {_pct(info['chance'])}%{truncated}.", ""]
-        header = ["model"] + [f"k={s}" for s in shots]
+        info = _task_info(results, t)
+        truncated = f", {info.n_truncated} prompts truncated" if info.n_truncated else ""
+        dropped = (f", {info.n_demo_dropped} pool rows dropped as copies of test texts"
+                   if info.n_demo_dropped else "")
+        out += [f"### {t}", "", f"Source: {info.source}; n = {info.n} test examples (of "
+                f"{info.n_test_available}), demonstration pool {info.n_demo_pool}{dropped}, "
+                f"chance {_pct(info.chance)}%{truncated}.", ""]
+        header = ["model"] + [f"k={s}" for s in first.shots]
         rows = []
         for r in results:
-            tr = (r.get("icl") or {}).get("tasks", {})
-            cells = [MISSING if t not in tr else _acc_cell(tr[t]["shots"][s]) for s in shots]
-            rows.append([r["label"], *cells])
+            tr = r.icl.tasks if r.icl else {}
+            rows.append([r.label] + [_acc_cell(tr[t].shots[s]) if t in tr and s in tr[t].shots else MISSING
+                                     for s in first.shots])
         out += [*_table(header, rows), ""]
     out += [f"Protocol: {icl_mod.PROTOCOL}", ""]
     return out
+
+
+def ginc_markdown(results: Sequence[ModelResult], first: IclResult) -> list[str]:
+    tasks = _icl_tasks(results, "ginc")
+    if not tasks:
+        return []
+    shots = first.shots
+    header = ["model", "task", *[f"k={s}" for s in shots], "always /", "chance"]
+    acc_rows, cand_rows = [], []
+    for r in results:
+        for t in tasks:
+            tr = r.icl.tasks.get(t) if r.icl else None
+            if tr is None:
+                continue
+            head = [r.label, t]
+            base = next((s.delimiter_baseline for s in tr.shots.values() if s.delimiter_baseline is not None),
+                        None)
+            tail = [_pct(base), _pct(tr.chance)]
+            cells = [tr.shots[s] for s in shots]
+            acc_rows.append(head + [_acc(c, k_used=(s == "max")) for s, c in zip(shots, cells)] + tail)
+            cand_rows.append(head + [_pct(c.acc_cand, c.acc_cand_std) if c.fits else _acc(c) for c in cells]
+                             + tail)
+    lengths = ", ".join(f"{t}: l={_task_info(results, t).example_len}"
+                        + (" (held-out concepts)" if _task_info(results, t).ood else "") for t in tasks)
+    return ["## GINC: accuracy vs number of examples k", "",
+            f"Accuracy in %, greedy next token (argmax over the whole vocabulary) against the Bayes-optimal "
+            f"label: the headline, as in Xie et al. 2022. Mean ± std over seeds {first.seeds}; {lengths}. "
+            "'always /' = the share of labels that are the delimiter; chance = 1/V.", "",
+            *_table(header, acc_rows), "",
+            "Candidate rule (argmax over the V symbols; each candidate is one token, so its mean log-prob is "
+            "its log-prob):", "", *_table(header, cand_rows), "",
+            f"Protocol: {ginc_mod.PROTOCOL}", ""]
+
+
+def icl_markdown(results: Sequence[ModelResult]) -> list[str]:
+    first = next((r.icl for r in results if r.icl), None)
+    if first is None:
+        return []
+    return choice_markdown(results, first) + ginc_markdown(results, first)
 
 
 # -----------------------------------------------------------------------------
 # plots
 
 
-def plot_ppl(results: Sequence[dict], path: Path) -> bool:
+def plot_ppl(results: Sequence[ModelResult], path: Path) -> bool:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    res = [r for r in results if r.get("ppl")]
+    res = [r for r in results if r.ppl]
     if not res:
         return False
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for r in res:
-        valid = r["ppl"]["valid"]
+        valid = r.ppl.valid
         xs = sorted(map(int, valid))
-        line, = ax.plot(xs, [valid[str(x)]["ppl"] for x in xs], marker="o", label=f"{r['label']} valid")
-        for n, v in r["ppl"]["train"].items():
-            ax.plot([int(n)], [v["ppl"]], marker="x", linestyle="none", color=line.get_color(),
-                    label=f"{r['label']} train")
+        line, = ax.plot(xs, [valid[str(x)].ppl for x in xs], marker="o", label=f"{r.label} valid")
+        for n, v in r.ppl.train.items():
+            ax.plot([int(n)], [v.ppl], marker="x", linestyle="none", color=line.get_color(),
+                    label=f"{r.label} train")
     ax.set_xscale("log", base=2)
-    lengths = sorted({int(n) for r in res for split in ("valid", "train") for n in r["ppl"][split]})
+    lengths = sorted({int(n) for r in res for n in [*r.ppl.valid, *r.ppl.train]})
     ax.set_xticks(lengths, [str(n) for n in lengths])
     ax.minorticks_off()
     ax.set_xlabel("window length L (tokens)")
@@ -162,7 +222,12 @@ def plot_ppl(results: Sequence[dict], path: Path) -> bool:
     return True
 
 
-def plot_icl(results: Sequence[dict], path: Path) -> bool:
+def _nan(x: float | None) -> float:
+    return float("nan") if x is None else 100 * x
+
+
+def plot_icl(results: Sequence[ModelResult], path: Path) -> bool:
+    """Accuracy vs k, one panel per task (GINC tasks included) and one for the average; chance dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,27 +236,29 @@ def plot_icl(results: Sequence[dict], path: Path) -> bool:
     tasks = _icl_tasks(results)
     if not tasks:
         return False
-    panels = tasks + ["avg"]
+    has_avg = any(a.acc is not None for r in results if r.icl for a in r.icl.avg.values())
+    panels = tasks + (["avg"] if has_avg else [])
     cols = min(4, len(panels))
     nrows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.8 * nrows), squeeze=False)
     for ax, name in zip(axes.flat, panels):
         chance = None
         for r in results:
-            icl = r.get("icl")
-            if not icl or (name != "avg" and name not in icl["tasks"]):
+            icl = r.icl
+            if not icl or (name != "avg" and name not in icl.tasks):
                 continue
-            shots = icl["shots"]
-            xs = range(len(shots))
+            shots = icl.shots
+            xs = list(range(len(shots)))
             if name == "avg":
-                ys, err, chance = [icl["avg"][s]["acc"] for s in shots], None, icl["avg"][shots[0]]["chance"]
+                ys, err = [_nan(icl.avg[s].acc) for s in shots], None
+                chance = next((a.chance for a in icl.avg.values() if a.chance is not None), None)
             else:
-                t = icl["tasks"][name]
-                ys, err = [t["shots"][s]["acc"] for s in shots], [t["shots"][s]["acc_std"] for s in shots]
-                chance = t["chance"]
-            ax.errorbar(list(xs), [100 * y for y in ys], yerr=None if err is None else [100 * e for e in err],
-                        marker="o", capsize=3, label=r["label"])
-            ax.set_xticks(list(xs), [f"k={s}" for s in shots])
+                t = icl.tasks[name]
+                ys = [_nan(t.shots[s].acc) if t.shots[s].fits else float("nan") for s in shots]
+                err = [_nan(t.shots[s].acc_std or 0.0) for s in shots]
+                chance = t.chance
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=r.label)
+            ax.set_xticks(xs, [f"k={s}" for s in shots])
         if chance is not None:
             ax.axhline(100 * chance, color="gray", linestyle="--", linewidth=1, label="chance")
         ax.set_title(name)
@@ -210,28 +277,40 @@ def plot_icl(results: Sequence[dict], path: Path) -> bool:
 # -----------------------------------------------------------------------------
 
 
-def markdown_report(results: Sequence[dict]) -> str:
+def markdown_report(results: Sequence[ModelResult | Mapping]) -> str:
+    results = [as_model_result(r) for r in results]
     lines = ["# momattn evaluation", ""]
     info = []
     for r in results:
-        model = r.get("model", {})
-        info.append([r["label"], r.get("attention", MISSING), str(r.get("checkpoint") or MISSING),
-                     str(model.get("block_size", MISSING)), f"{model.get('n_params', 0) / 1e6:.2f}M"])
+        info.append([r.label, r.attention or MISSING, str(r.checkpoint or MISSING),
+                     str(r.model.get("block_size", MISSING)), f"{r.model.get('n_params', 0) / 1e6:.2f}M"])
     lines += _table(["model", "attention", "checkpoint", "context", "params"], info) + [""]
     lines += ppl_markdown(results) + icl_markdown(results)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_reports(results: list[dict], out_dir: str | os.PathLike) -> None:
+def results_document(results: Sequence[ModelResult | Mapping]) -> dict:
+    """results.json: the protocols, what the headline numbers are, and every checkpoint's ModelResult."""
+    results = [as_model_result(r) for r in results]
+    first = next((r.icl for r in results if r.icl), None)
+    protocol = {"ppl": ppl_mod.PROTOCOL, "icl": icl_mod.PROTOCOL}
+    if first is not None and first.ginc_protocol:
+        protocol["ginc"] = first.ginc_protocol
+    return {"protocol": protocol,
+            "headline": {"ppl": "valid perplexity per window length (Table 6)",
+                         "icl": f"accuracy at k={first.headline_k} (Table 7; Avg over tasks that fit)"
+                         if first else None,
+                         "ginc": "greedy next-token accuracy vs the Bayes-optimal label, per k"
+                         if first and first.ginc_protocol else None},
+            "checkpoints": [r.to_json() for r in results]}
+
+
+def write_reports(results: Sequence[ModelResult | Mapping], out_dir: str | os.PathLike) -> None:
     """results.json, results.md, ppl.png and icl.png in out_dir: the evaluated checkpoints side by side."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    first_icl = next((r["icl"] for r in results if r.get("icl")), None)
-    doc = {"protocol": {"ppl": ppl_mod.PROTOCOL, "icl": icl_mod.PROTOCOL},
-           "headline": {"ppl": "valid perplexity per window length (Table 6)",
-                        "icl": f"accuracy at k={first_icl['headline_k']} (Table 7)" if first_icl else None},
-           "checkpoints": list(results)}
-    _write_atomic(out / "results.json", json.dumps(doc, indent=2, allow_nan=True) + "\n")
-    _write_atomic(out / "results.md", markdown_report(results))
+    results = [as_model_result(r) for r in results]
+    atomic_write_text(out / "results.json", json.dumps(results_document(results), indent=2, allow_nan=True) + "\n")
+    atomic_write_text(out / "results.md", markdown_report(results))
     plot_ppl(results, out / "ppl.png")
     plot_icl(results, out / "icl.png")

@@ -17,27 +17,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn as nn
 
+from momattn.data import corpus
+from momattn.data.sources import merge_data
 from momattn.errors import ConfigError, DataError
 from momattn.eval.config import EvalConfig, EvaluateConfig, to_plain
-from momattn.eval.icl import IclEvaluator
+from momattn.eval.ginc import PROTOCOL as GINC_PROTOCOL
+from momattn.eval.ginc import GincEvaluator, GincTask, ginc_world
+from momattn.eval.icl import IclEvaluator, icl_result
+from momattn.eval.lm import LanguageModel, attention_kind, describe
 from momattn.eval.ppl import PerplexityEvaluator
 from momattn.eval.report import markdown_report, write_reports
+from momattn.eval.results import ModelResult, as_model_result
 from momattn.eval.tasks import resolve_tasks
 
 __all__ = ["evaluate_model", "flat_metrics", "run_evaluate", "write_reports"]
 
 log = logging.getLogger(__name__)
-
-
-def load_tokens(data_cfg: Mapping, tokenizer, split: str, cache_dir: str | None) -> np.ndarray:
-    """The LM split's token ids, through the corpus loader that training used."""
-    from momattn.data.corpus import load_tokens as corpus_tokens
-
-    return corpus_tokens(data_cfg, tokenizer, split, cache_dir=cache_dir)
 
 
 def split_seed_of(run_config: Mapping) -> int:
@@ -47,77 +44,87 @@ def split_seed_of(run_config: Mapping) -> int:
     return int(seed) if seed is not None else SPLIT_SEED
 
 
-def evaluate_model(model: nn.Module, tokenizer, run_config: Mapping, eval_cfg: Mapping | EvalConfig,
-                   out_dir: str | os.PathLike, label: str, cache_dir: str | None = None) -> dict:
-    """Perplexity and ICL accuracy of one model, as a results dict (also written to by write_reports).
+def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cfg: Mapping | EvalConfig,
+                   out_dir: str | os.PathLike, label: str, cache_dir: str | None = None) -> ModelResult:
+    """Perplexity and ICL accuracy of one model (write_reports turns a list of these into the reports).
 
-    run_config: the resolved training config (its `data` section names the LM corpus and the split seed);
-    eval_cfg: the `ppl` / `icl` / `batch_tokens` sections (EvalConfig or a mapping); out_dir receives the
-    per-example ICL predictions (icl_predictions_<label>.jsonl)."""
+    run_config: the resolved training config (its `data` section names the LM corpus, the split seed and,
+    for GINC, the world the prompts come from); eval_cfg: the `ppl` / `icl` / `batch_tokens` sections
+    (EvalConfig or a mapping); out_dir receives the per-example ICL predictions
+    (icl_predictions_<label>.jsonl)."""
     cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else EvalConfig.from_mapping(eval_cfg, "eval")
     run_config = to_plain(run_config) or {}
     out_dir = Path(out_dir)
     context = model.config.block_size
     t0 = time.perf_counter()
-    result = {
-        "label": label,
-        "attention": model.config.attention.kind,
-        "model": {"block_size": context, "n_params": sum(p.numel() for p in model.parameters()),
-                  "n_layer": model.config.n_layer, "n_embd": model.config.n_embd,
-                  "vocab_size": model.config.vocab_size, "pos_emb": model.config.pos_emb,
-                  "attention": asdict(model.config.attention)},
-        "tokenizer": {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
-        "eval_config": asdict(cfg),
-        "ppl": None,
-        "icl": None,
-        "timing_s": {},
-    }
+    result = ModelResult(label=label, attention=attention_kind(model), model=describe(model),
+                         tokenizer={"name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
+                         eval_config=asdict(cfg))
     lengths = cfg.ppl.resolve_lengths(context) if cfg.ppl.enabled else []
+    # ICL data loaded and checked first: a missing file, an offline hub task or a GINC task on a checkpoint
+    # that never saw GINC fails before any scoring
+    tasks = resolve_tasks(cfg.icl.tasks) if cfg.icl.enabled else []
+    ginc_tasks = [t for t in tasks if isinstance(t, GincTask)]
     icl_eval = IclEvaluator(model, tokenizer, cfg.icl, split_seed_of(run_config), cfg.batch_tokens)
-    # ICL data loaded and checked first: a missing file or an offline hub task fails before any scoring
-    icl_tasks = [icl_eval.prepare(t) for t in resolve_tasks(cfg.icl.tasks)] if cfg.icl.enabled else []
+    prepared = {t.name: icl_eval.prepare(t) for t in tasks if not isinstance(t, GincTask)}
+    ginc_eval = None
+    if ginc_tasks:
+        world = ginc_world(run_config.get("data"), ginc_tasks[0].name)
+        ginc_eval = GincEvaluator(model, tokenizer, cfg.icl, world, cfg.batch_tokens)
+        for t in ginc_tasks:
+            ginc_eval.k_max_fit(t)
     if cfg.ppl.enabled:
-        data_cfg = {**(run_config.get("data") or {}), **(cfg.ppl.data or {})}
-        if not data_cfg.get("source"):
-            raise DataError("the run config has no data.source, so the LM validation corpus is unknown; pass "
-                            "ppl.data={source: text_files, paths: [val.txt]} or turn perplexity off with "
-                            "ppl.enabled=false")
+        data_cfg = merge_data(run_config.get("data") or {}, cfg.ppl.data)
+        if not data_cfg.get("source") and not data_cfg.get("_target_"):
+            raise DataError("the run config has no data source (data._target_ or data.source), so the LM "
+                            "validation corpus is unknown; pass ppl.data={source: text_files, paths: [val.txt]} "
+                            "or turn perplexity off with ppl.enabled=false")
         cache_dir = cache_dir or data_cfg.get("cache_dir")
-        val = load_tokens(data_cfg, tokenizer, "val", cache_dir)
-        train = load_tokens(data_cfg, tokenizer, "train", cache_dir) if cfg.ppl.train else None
+        val = corpus.load_tokens(data_cfg, tokenizer, "val", cache_dir)
+        train = corpus.load_tokens(data_cfg, tokenizer, "train", cache_dir) if cfg.ppl.train else None
         evaluator = PerplexityEvaluator(model, tokenizer, cfg.ppl.max_windows, cfg.batch_tokens)
-        result["ppl"] = {**evaluator.evaluate(val, lengths, train), "data": data_cfg}
-        result["timing_s"]["ppl"] = time.perf_counter() - t0
+        result.ppl = evaluator.evaluate(val, lengths, train)
+        result.ppl.data = data_cfg
+        result.timing_s["ppl"] = time.perf_counter() - t0
     if cfg.icl.enabled:
         t1 = time.perf_counter()
-        result["icl"] = icl_eval.evaluate(icl_tasks)
+        done = icl_eval.evaluate_tasks(list(prepared.values()))
+        if ginc_eval is not None:
+            done.update(ginc_eval.evaluate_tasks(ginc_tasks))
+        result.icl = icl_result(cfg.icl, {t.name: done[t.name] for t in tasks}, icl_eval.split_seed,
+                                GINC_PROTOCOL if ginc_tasks else None)
+        predictions = icl_eval.predictions + (ginc_eval.predictions if ginc_eval else [])
         out_dir.mkdir(parents=True, exist_ok=True)
         with open(out_dir / f"icl_predictions_{slug(label)}.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(p) + "\n" for p in icl_eval.predictions)
-        result["timing_s"]["icl"] = time.perf_counter() - t1
-    result["timing_s"]["total"] = time.perf_counter() - t0
+            f.writelines(json.dumps(p) + "\n" for p in predictions)
+        result.timing_s["icl"] = time.perf_counter() - t1
+    result.timing_s["total"] = time.perf_counter() - t0
     return result
 
 
-def flat_metrics(result: dict) -> dict[str, float]:
+def flat_metrics(result: ModelResult | Mapping) -> dict[str, float]:
     """Namespaced scalars for a logger: eval/ppl@256, eval/bpb@256, eval/train_ppl@1024, icl/sst2/acc
-    (headline k), icl/sst2/acc@k4, icl/sst2/acc_sum@k4, icl/avg/acc, ..."""
-    out = {}
-    if result.get("ppl"):
-        for n, v in result["ppl"]["valid"].items():
-            out[f"eval/ppl@{n}"], out[f"eval/bpb@{n}"] = v["ppl"], v["bpb"]
-        for n, v in result["ppl"]["train"].items():
-            out[f"eval/train_ppl@{n}"] = v["ppl"]
-    if result.get("icl"):
-        icl, k = result["icl"], result["icl"]["headline_k"]
-        for name, t in icl["tasks"].items():
-            out[f"icl/{name}/acc"] = t["shots"][k]["acc"]
-            for s, v in t["shots"].items():
-                out[f"icl/{name}/acc@k{s}"] = v["acc"]
-                out[f"icl/{name}/acc_sum@k{s}"] = v["acc_sum_lp"]
-        out["icl/avg/acc"] = icl["avg"][k]["acc"]
-        for s, v in icl["avg"].items():
-            out[f"icl/avg/acc@k{s}"] = v["acc"]
+    (headline k), icl/sst2/acc@k4, icl/sst2/acc_sum@k4, icl/sst2/k_used@k4, icl/ginc/acc_cand@k8,
+    icl/avg/acc (tasks that fit), ..."""
+    r = as_model_result(result)
+    out: dict[str, float | None] = {}
+    if r.ppl:
+        for n, v in r.ppl.valid.items():
+            out[f"eval/ppl@{n}"], out[f"eval/bpb@{n}"] = v.ppl, v.bpb
+        for n, v in r.ppl.train.items():
+            out[f"eval/train_ppl@{n}"] = v.ppl
+    if r.icl:
+        k = r.icl.headline_k
+        for name, t in r.icl.tasks.items():
+            out[f"icl/{name}/acc"] = t.shots[k].acc
+            for s, v in t.shots.items():
+                out[f"icl/{name}/acc@k{s}"] = v.acc
+                out[f"icl/{name}/acc_sum@k{s}"] = v.acc_sum_lp
+                out[f"icl/{name}/acc_cand@k{s}"] = v.acc_cand
+                out[f"icl/{name}/k_used@k{s}"] = v.k_used_mean
+        out["icl/avg/acc"] = r.icl.avg[k].acc if k in r.icl.avg else None
+        for s, v in r.icl.avg.items():
+            out[f"icl/avg/acc@k{s}"] = v.acc
     return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}
 
 
@@ -160,7 +167,7 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def log_wandb(results: Sequence[dict], out_dir: Path, wandb_cfg: Mapping) -> None:
+def log_wandb(results: Sequence[ModelResult], out_dir: Path, wandb_cfg: Mapping) -> None:
     """One W&B run per checkpoint, in the run folder; offline unless wandb_cfg says offline: false
     (sync an offline run later with `wandb sync`)."""
     import wandb
@@ -169,9 +176,8 @@ def log_wandb(results: Sequence[dict], out_dir: Path, wandb_cfg: Mapping) -> Non
         run = wandb.init(mode="offline" if wandb_cfg.get("offline", True) else "online", dir=str(out_dir),
                          project=wandb_cfg.get("project") or "momattn",
                          group=wandb_cfg.get("group") or out_dir.name, tags=list(wandb_cfg.get("tags") or []),
-                         job_type="evaluate", name=r["label"],
-                         config={"checkpoint": r.get("checkpoint"), "attention": r["attention"],
-                                 "eval": r["eval_config"]})
+                         job_type="evaluate", name=r.label,
+                         config={"checkpoint": r.checkpoint, "attention": r.attention, "eval": r.eval_config})
         try:
             metrics = flat_metrics(r)
             run.log(metrics)
@@ -180,25 +186,34 @@ def log_wandb(results: Sequence[dict], out_dir: Path, wandb_cfg: Mapping) -> Non
             run.finish()
 
 
-def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list[dict]:
-    """evaluate.py: every checkpoint in cfg evaluated with the same settings; reports in the run folder."""
+def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list[ModelResult]:
+    """evaluate.py: every checkpoint in cfg evaluated with the same settings; reports in the run folder.
+    With sweep_dir: the sweep's verdict (momattn.eval.sweep), sweep.md / sweep.json in the run folder."""
     from momattn.checkpoint import load_checkpoint, read_checkpoint
 
     conf = EvaluateConfig.from_mapping(cfg)
     out = Path(out_dir) if out_dir is not None else hydra_output_dir()
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(conf.device)
+    if conf.sweep_dir:
+        if conf.ckpt_path or conf.ckpt_paths:
+            raise ConfigError("pass either sweep_dir or ckpt_path / ckpt_paths, not both")
+        from momattn.eval.sweep import run_sweep
+
+        run_sweep(conf.sweep_dir, conf.eval_section(), out, device, cache_dir=conf.cache_dir)
+        return []
     paths = conf.checkpoint_paths()
     metas = [read_checkpoint(p)["momattn"] for p in paths]  # every checkpoint readable before hours of work
     labels = checkpoint_labels(paths, [m["model_config"]["attention"]["kind"] for m in metas])
-    results: list[dict] = []
+    results: list[ModelResult] = []
     for path, meta, label in zip(paths, metas, labels):
         log.info("evaluating %s (%s) on %s", path, label, device)
         model, tokenizer = load_checkpoint(path, map_location=device)
         run_config = dict(meta.get("config") or {})
         res = evaluate_model(model, tokenizer, run_config, conf.eval_section(), out, label,
                              cache_dir=conf.cache_dir)
-        results.append({"checkpoint": str(path), **res})
+        res.checkpoint = str(path)
+        results.append(res)
         write_reports(results, out)  # after each checkpoint: finished ones survive a later crash
         del model
     if conf.logger and "wandb" in conf.logger:

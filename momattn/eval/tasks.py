@@ -1,7 +1,7 @@
 """In-context learning tasks, declared as data: a name, a template with {field} placeholders, the answers,
 and where the rows come from. Chance level is 1 / number of answers.
 
-Three sources:
+Three sources (and GINC, tasks of their own kind: momattn.eval.ginc):
 - StaICC (offline, the default): sst2, sst5, mr, subj, agnews, trec, on the rows that
   momattn.data.staicc.split_rows reserved for ICL (test = icl_test, demonstration pool = icl_demo), so the
   language model never trained on them.
@@ -11,11 +11,20 @@ Three sources:
   per line with the template's fields and a label (an index into answers or the answer string). A file for
   a registered task name may omit template and answers (e.g. {name: hub_cb, path: cb_validation.jsonl,
   demo_path: cb_train.jsonl} with the hub's columns).
+- task files: the same keys in a small YAML file, with the data path relative to the file, found by name in
+  the folders of icl.task_dirs (or given as a path ending in .yaml), like lm-evaluation-harness's task YAMLs:
+
+      # my_tasks/review.yaml  ->  python evaluate.py ckpt_path=... icl.task_dirs=[my_tasks] icl.tasks=[review]
+      name: review                      # optional: the file's stem
+      path: review.jsonl                # one example a line, relative to this file
+      template: "Review: {text}\nSentiment:"
+      answers: [Negative, Positive]
+      label_field: label                # optional (default label): an index into answers or the answer
+      demo_path: review_demos.jsonl     # optional; else a seeded split of path (demo_fraction, default 0.5)
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from momattn.errors import ConfigError, DataError, did_you_mean
+from momattn.eval.ginc import GincTask, ginc_task
+from momattn.utils import stable_seed
 
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
@@ -87,10 +98,6 @@ def label_index(label, answers: Sequence[str], where: str) -> int:
         return label
     raise DataError(f"{where}: label {label!r} is outside the answer set {list(answers)} "
                     f"(use an index 0..{len(answers) - 1} or one of the answer strings)")
-
-
-def _stable_seed(*parts) -> int:
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little")
 
 
 # -----------------------------------------------------------------------------
@@ -287,7 +294,7 @@ def _file_loader(task: str, path: str, demo_path: str | None, demo_fraction: flo
         test = rows_of(path)
         if demo_path:
             return IclData(demo_pool=rows_of(demo_path), test=test)
-        perm = np.random.default_rng(_stable_seed(task, split_seed)).permutation(len(test))
+        perm = np.random.default_rng(stable_seed(task, split_seed)).permutation(len(test))
         n_demo = int(round(demo_fraction * len(test)))
         if not 0 < n_demo < len(test):
             raise DataError(f"{where}: {path} has {len(test)} examples, too few to split into a "
@@ -301,14 +308,15 @@ def _file_loader(task: str, path: str, demo_path: str | None, demo_fraction: flo
 
 def file_task(entry: Mapping) -> IclTask:
     """An IclTask from a config entry {name, path, template?, answers?, demo_path?, label_field?,
-    demo_fraction?}."""
+    demo_fraction?} (read_task_file gives one from a task file, with `task_file` naming it)."""
     name, path = str(entry["name"]), str(entry["path"])
+    who = f"task file {entry['task_file']}" if entry.get("task_file") else f"icl.tasks entry '{name}'"
     demo_path = entry.get("demo_path")
     demo_fraction = float(entry.get("demo_fraction", 0.5))
     if not 0.0 < demo_fraction < 1.0:
-        raise ConfigError(f"icl.tasks entry '{name}': demo_fraction={demo_fraction} must lie in (0, 1)")
+        raise ConfigError(f"{who}: demo_fraction={demo_fraction} must lie in (0, 1)")
     split = f"demonstrations: {demo_path}" if demo_path else f"seeded split, {demo_fraction:g} demonstrations"
-    source = f"jsonl:{path} ({split})"
+    source = f"jsonl:{path} ({split})" + (f", task file {entry['task_file']}" if entry.get("task_file") else "")
     template, answers = entry.get("template"), entry.get("answers")
     if template is None and answers is None and name in HUB_TASKS:  # the hub's rows, saved locally
         template, answers, src = HUB_TASKS[name]
@@ -318,20 +326,119 @@ def file_task(entry: Mapping) -> IclTask:
         template, answers = STAICC_TASKS[name]
     if template is None or answers is None:
         missing = "template" if template is None else "answers"
-        raise ConfigError(f"icl.tasks entry '{name}' (path {path}) needs a '{missing}': e.g. "
+        raise ConfigError(f"{who} (path {path}) needs a '{missing}': e.g. "
                           "{name: mytask, path: file.jsonl, template: 'Review: {text}\\nSentiment:', "
                           "answers: [Negative, Positive]}")
     if not isinstance(template, str) or not PLACEHOLDER.search(template):
-        raise ConfigError(f"icl.tasks entry '{name}': template {template!r} must be a string with at least "
+        raise ConfigError(f"{who}: template {template!r} must be a string with at least "
                           "one {field} placeholder")
     if isinstance(answers, str) or not isinstance(answers, Sequence) or len(answers) < 2:
-        raise ConfigError(f"icl.tasks entry '{name}': answers={answers!r} must be a list of at least two "
+        raise ConfigError(f"{who}: answers={answers!r} must be a list of at least two "
                           "strings")
     template = template.replace("\\n", "\n")  # a "\n" typed on the command line means a line break
     answers = tuple(str(a) for a in answers)
     convert = _file_converter(template, answers, str(entry.get("label_field", "label")), path, name)
     loader = _file_loader(name, path, demo_path, demo_fraction, convert, own_schema=True)
     return IclTask(name, template, answers, source, loader)
+
+
+# -----------------------------------------------------------------------------
+# task files (YAML), found by name in icl.task_dirs
+
+TASK_FILE_KEYS = ("name", "description", "path", "template", "answers", "label_field", "demo_path",
+                  "demo_fraction")
+TASK_FILE_SUFFIXES = (".yaml", ".yml")
+
+
+def read_task_file(path: str | Path) -> dict:
+    """A task file -> an icl.tasks entry (file_task's keys, data paths made absolute, `task_file` set).
+    ConfigError for an unreadable file, a missing or unknown key (did-you-mean) or a missing data file."""
+    import yaml
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"task file '{path}' does not exist; give a .yaml task file or a name found in "
+                          "icl.task_dirs")
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"task file {p} is not valid YAML: {str(e).splitlines()[0]}") from e
+    if not isinstance(doc, dict):
+        raise ConfigError(f"task file {p} must be a mapping of keys ({', '.join(TASK_FILE_KEYS)}), "
+                          f"not {type(doc).__name__}")
+    unknown = [k for k in doc if k not in TASK_FILE_KEYS]
+    if unknown:
+        raise ConfigError(f"task file {p}: unknown key '{unknown[0]}'.{did_you_mean(unknown[0], TASK_FILE_KEYS)} "
+                          f"Keys: {', '.join(TASK_FILE_KEYS)}")
+    name = str(doc.get("name") or p.stem)
+    own = name not in HUB_TASKS and name not in STAICC_TASKS  # a registered name may reuse its template
+    required = ("path", "template", "answers") if own else ("path",)
+    missing = [k for k in required if doc.get(k) in (None, "")]
+    if missing:
+        raise ConfigError(f"task file {p}: missing key '{missing[0]}' (needs {', '.join(required)}), e.g.\n"
+                          "  path: data.jsonl\n  template: \"Review: {text}\\nSentiment:\"\n"
+                          "  answers: [Negative, Positive]")
+    entry = {k: v for k, v in doc.items() if k != "description"}
+    entry.update(name=name, task_file=str(p))
+    for key in ("path", "demo_path"):
+        if entry.get(key) is None:
+            continue
+        data = (p.parent / str(entry[key])).expanduser()  # an absolute path stays as it is
+        if not data.is_file():
+            what = "is a folder" if data.is_dir() else "does not exist"
+            raise DataError(f"task file {p}: {key}: '{entry[key]}' {what} (read relative to the task file: "
+                            f"{data}); give a JSONL file, one example a line")
+        entry[key] = str(data.resolve())
+    file_task(entry)  # template, answers and demo_fraction checked now, naming the file
+    return entry
+
+
+def task_files(dirs: Sequence[str]) -> dict[str, Path]:
+    """{task name: its file} over the task files in `dirs` (a ConfigError for a missing folder or a name
+    defined twice)."""
+    import yaml
+
+    found: dict[str, list[Path]] = {}
+    for d in dirs:
+        folder = Path(str(d)).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(f"icl.task_dirs: folder '{d}' " + ("is a file" if folder.exists() else "does not exist")
+                              + "; give folders of task .yaml files")
+        for f in sorted(folder.iterdir()):
+            if f.suffix not in TASK_FILE_SUFFIXES or not f.is_file():
+                continue
+            try:
+                doc = yaml.safe_load(f.read_text(encoding="utf-8"))
+            except (yaml.YAMLError, UnicodeDecodeError):
+                doc = None  # reported by read_task_file if the task is asked for
+            name = str(doc.get("name") or f.stem) if isinstance(doc, dict) else f.stem
+            found.setdefault(name, []).append(f)
+    twice = {n: fs for n, fs in found.items() if len(fs) > 1}
+    if twice:
+        n, fs = next(iter(twice.items()))
+        raise ConfigError(f"icl.task_dirs: task '{n}' is defined by several files ({', '.join(map(str, fs))}); "
+                          "give each task a distinct name")
+    return {n: fs[0] for n, fs in found.items()}
+
+
+def expand_task_files(entries: Sequence, dirs: Sequence[str]) -> list:
+    """icl.tasks with every task-file name (found in `dirs`) or .yaml path replaced by its entry.
+    Task files win over registered names, so a folder can hold e.g. hub_cb.yaml for the hub's rows saved."""
+    index = task_files(dirs) if dirs else {}
+    out = []
+    for entry in entries:
+        if isinstance(entry, str) and entry in index:
+            out.append(read_task_file(index[entry]))
+        elif isinstance(entry, str) and entry.endswith(TASK_FILE_SUFFIXES):
+            out.append(read_task_file(entry))
+        elif (isinstance(entry, str) and dirs and entry not in TASKS and entry not in TASK_SETS
+              and ginc_task(entry) is None):
+            raise ConfigError(f"icl.tasks: unknown task '{entry}'.{did_you_mean(entry, [*index, *TASKS])} "
+                              f"Task files in icl.task_dirs={list(dirs)}: {', '.join(sorted(index)) or 'none'}; "
+                              f"registered: {', '.join(TASKS)}")
+        else:
+            out.append(entry)
+    return out
 
 
 # -----------------------------------------------------------------------------
@@ -345,9 +452,12 @@ TASKS: dict[str, IclTask] = {
 TASK_SETS = {"staicc": list(STAICC_TASKS), "table7": list(HUB_TASKS)}
 
 
-def resolve_tasks(entries: Sequence[str | Mapping]) -> list[IclTask]:
+GINC_NAMES = ("ginc", "ginc_l3", "ginc_l5", "ginc_l8", "ginc_l10", "ginc_ood")  # any ginc[_ood][_l<N>]
+
+
+def resolve_tasks(entries: Sequence[str | Mapping]) -> list[IclTask | GincTask]:
     """Config entries (names, set names, local-file mappings) -> tasks, in order, without duplicates."""
-    tasks: list[IclTask] = []
+    tasks: list[IclTask | GincTask] = []
     for entry in entries:
         if isinstance(entry, Mapping):
             tasks.append(file_task(entry))
@@ -355,11 +465,14 @@ def resolve_tasks(entries: Sequence[str | Mapping]) -> list[IclTask]:
             tasks.extend(TASKS[n] for n in TASK_SETS[entry])
         elif entry in TASKS:
             tasks.append(TASKS[entry])
+        elif ginc_task(entry) is not None:
+            tasks.append(ginc_task(entry))
         else:
-            hint = did_you_mean(entry, [*TASKS, *TASK_SETS])
+            hint = did_you_mean(entry, [*TASKS, *TASK_SETS, *GINC_NAMES])
             raise ConfigError(f"icl.tasks: unknown task '{entry}'.{hint} "
-                              f"Known: {', '.join(TASKS)}; sets: {', '.join(TASK_SETS)}; or a local file "
-                              "{name, path, template, answers}")
+                              f"Known: {', '.join(TASKS)}; GINC (checkpoints trained with data=ginc): "
+                              f"{', '.join(GINC_NAMES)} (ginc[_ood]_l<N> for any length); sets: "
+                              f"{', '.join(TASK_SETS)}; or a local file {{name, path, template, answers}}")
     names = [t.name for t in tasks]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:

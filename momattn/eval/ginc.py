@@ -1,0 +1,188 @@
+"""In-context accuracy on GINC prompts (Xie et al. 2022), the world the checkpoint was trained on.
+
+    ginc            in-distribution concepts, example length 5 (the headline)
+    ginc_l3 ..      example length 3 (any length: ginc_l<N>)
+    ginc_ood        held-out concepts, length 5 (a control: flat in k); ginc_ood_l<N> likewise
+
+prompt  = <eot> + k examples of l symbols, each followed by "/", + the test input x (l - 1 symbols)
+label   = the Bayes-optimal next symbol given x under the prompt's true concept (momattn.data.ginc)
+acc     = greedy next token (argmax over the model's whole vocabulary at the last position) == label: the
+          paper's metric and the headline
+acc_cand = argmax over the V symbols only (the framework's candidate rule: every candidate is one token, so
+          its mean log-prob is that token's log-prob; end-of-text is not a candidate)
+delimiter_baseline = share of labels that are "/" (always answering "/"); chance = 1 / V
+
+For each k of icl.shots (k = 'max': as many as fit the context, at most icl.max_shots) and each seed of
+icl.seeds, icl.max_examples prompts (2500, the paper's count, when null). A k whose prompt does not fit the
+context is reported as not fitting, never truncated. The prompt seed depends on the seed alone, so the test
+inputs are the same at every k (paired); demonstrations come from a stream that adds k.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from momattn.errors import ConfigError, DataError
+from momattn.eval.config import IclConfig
+from momattn.eval.lm import LanguageModel
+from momattn.eval.ppl import model_device
+from momattn.eval.results import MIN_DEMOS, SeedRun, ShotResult, TaskResult
+from momattn.utils import stable_seed
+
+DEFAULT_LEN = 5
+DEFAULT_PROMPTS = 2500  # the paper's prompts per (l, k)
+NAME = re.compile(r"ginc(?P<ood>_ood)?(?:_l(?P<len>\d+))?")
+
+PROTOCOL = (
+    "GINC (Xie et al. 2022): prompt = <eot> + k examples of l symbols each followed by '/' + the test input "
+    "(l - 1 symbols); label = the Bayes-optimal next symbol under the prompt's true concept given the test "
+    "input alone. acc (headline) = greedy next token over the whole vocabulary == label; acc_cand = argmax "
+    "over the V symbols (end-of-text excluded); delimiter_baseline = share of '/' labels; chance = 1/V. "
+    "k='max' = as many examples as fit the context (up to max_shots); a k that does not fit is not scored. "
+    "max_examples prompts per seed (2500 when null); every seed at every k; test inputs paired across k. "
+    "No demonstration-leak check: prompts are sampled, and a demonstration equal to the test input is "
+    "part of the task."
+)
+
+
+@dataclass(frozen=True)
+class GincTask:
+    name: str
+    example_len: int
+    ood: bool
+
+    @property
+    def source(self) -> str:
+        concepts = "held-out (OOD) concepts" if self.ood else "pretraining concepts"
+        return f"ginc: the checkpoint's GINC world, {concepts}, example length {self.example_len}"
+
+
+def ginc_task(name: str) -> GincTask | None:
+    """The GINC task a name stands for (ginc, ginc_l8, ginc_ood, ginc_ood_l3, ...), or None."""
+    m = NAME.fullmatch(name)
+    if m is None:
+        return None
+    length = int(m["len"]) if m["len"] else DEFAULT_LEN
+    if length < 2:
+        raise ConfigError(f"icl.tasks: '{name}' asks for GINC examples of {length} symbol(s); the length must "
+                          "be >= 2 (the test input is l - 1 symbols), e.g. ginc_l3")
+    return GincTask(name, length, m["ood"] is not None)
+
+
+def describe_data(data_cfg: Mapping | None) -> str:
+    data = dict(data_cfg or {})
+    what = data.get("_target_") or data.get("source")
+    return f"data={what}" if what else "no data section"
+
+
+def ginc_world(data_cfg: Mapping | None, task_name: str = "ginc"):
+    """The GincCorpus of a run config's `data` section; ConfigError if the run did not train on GINC."""
+    from momattn.data.ginc import GincCorpus
+    from momattn.data.sources import make_source
+
+    source = make_source(data_cfg) if data_cfg else None
+    if not isinstance(source, GincCorpus):
+        raise ConfigError(f"task '{task_name}' needs a checkpoint trained with data=ginc; this one was trained on "
+                          f"{describe_data(data_cfg)}. Drop the ginc tasks from icl.tasks, or evaluate a GINC "
+                          "checkpoint (python train.py data=ginc ...)")
+    return source
+
+
+class GincEvaluator:
+    """GINC accuracy by k (and example length, one task per length) of one model."""
+
+    def __init__(self, model: LanguageModel, tokenizer, cfg: IclConfig, world, batch_tokens: int = 4096):
+        self.model, self.tokenizer, self.cfg, self.world = model, tokenizer, cfg, world
+        self.batch_tokens = batch_tokens
+        self.context = model.config.block_size
+        self.start = [tokenizer.eot_id]
+        self.n_prompts = cfg.max_examples or DEFAULT_PROMPTS
+        self.predictions: list[dict] = []
+
+    def k_max_fit(self, task: GincTask) -> int:
+        from momattn.data.ginc import max_shots
+
+        try:
+            return max_shots(task.example_len, self.context - len(self.start))
+        except ConfigError as e:
+            raise ConfigError(f"icl.tasks: '{task.name}': {e}") from e
+
+    def encode(self, task: GincTask, prompts: Sequence) -> torch.Tensor:
+        """(N, T) token ids of the prompts, after checking the tokenizer maps symbol i to token i."""
+        rows = []
+        for p in prompts:
+            ids = self.tokenizer.encode(p.text)
+            if list(ids) != list(p.symbols):
+                raise DataError(f"task '{task.name}': the checkpoint's tokenizer ({self.tokenizer.name}) does not "
+                                "map GINC symbol i to token i; evaluate a checkpoint trained with data=ginc "
+                                "tokenizer=source")
+            rows.append(self.start + list(ids))
+        x = torch.tensor(rows, dtype=torch.long)
+        if x.size(1) > self.context:  # a bug guard: k was checked against the context before
+            raise DataError(f"task '{task.name}': a {x.size(1)}-token prompt exceeds the context {self.context}")
+        return x
+
+    @torch.inference_mode()
+    def last_logprobs(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, V_model) float32 log-probabilities of the token after each prompt, in batches of batch_tokens."""
+        device = model_device(self.model)
+        rows = max(1, self.batch_tokens // x.size(1))
+        out = []
+        for i in range(0, len(x), rows):
+            logits = self.model(x[i : i + rows].to(device))[:, -1]  # (B, V_model)
+            out.append(F.log_softmax(logits.float(), dim=-1).cpu())
+        return torch.cat(out)
+
+    def evaluate_run(self, task: GincTask, k: int, seed: int) -> SeedRun:
+        prompts = self.world.prompts(task.example_len, k, self.n_prompts, ood=task.ood,
+                                     seed=stable_seed("ginc-prompts", seed))
+        logp = self.last_logprobs(self.encode(task, prompts))  # (N, V_model)
+        n_sym = self.world.n_symbols
+        greedy = logp.argmax(-1)
+        cand = logp[:, :n_sym].argmax(-1)
+        labels = torch.tensor([p.label for p in prompts])
+        for p, g, c, lp in zip(prompts, greedy.tolist(), cand.tolist(), logp.gather(1, labels[:, None])[:, 0]):
+            self.predictions.append({"task": task.name, "k": k, "seed": seed, "label": p.label, "pred": g,
+                                     "pred_cand": c, "concept": p.concept, "k_used": p.k,
+                                     "logprob_label": float(lp)})
+        return SeedRun(seed=seed, acc=float((greedy == labels).double().mean()), k_used_mean=float(k),
+                       k_used_min=k, k_used_max=k, n=len(prompts),
+                       acc_cand=float((cand == labels).double().mean()),
+                       delimiter_baseline=float((labels == 0).double().mean()))
+
+    def evaluate_task(self, task: GincTask) -> TaskResult:
+        n_sym = self.world.n_symbols
+        chance = 1.0 / n_sym
+        fit = self.k_max_fit(task)
+        result = TaskResult(name=task.name, kind="ginc", source=task.source, chance=chance, n=self.n_prompts,
+                            example_len=task.example_len, ood=task.ood, n_symbols=n_sym)
+        for k in self.cfg.shots:
+            if k != "max" and k > fit:
+                result.shots[str(k)] = ShotResult(
+                    k=str(k), fits=False, chance=chance, k_used_mean=0.0, k_max_fit=fit,
+                    note=f"does not fit: k={k} examples of length {task.example_len} need more than the "
+                         f"{self.context}-token context (at most k={fit})")
+                continue
+            kk = min(fit, self.cfg.max_shots) if k == "max" else k
+            runs = [self.evaluate_run(task, kk, s)
+                    for s in tqdm(self.cfg.seeds, desc=f"icl {task.name} k={k}", leave=False)]
+            fits = k != "max" or kk >= min(MIN_DEMOS, self.cfg.max_shots)
+            note = None if fits else f"does not fit: k=max places only {kk} examples in the context"
+            result.shots[str(k)] = ShotResult.from_runs(k, runs, chance, fits, k_max_fit=fit, note=note)
+        return result
+
+    def evaluate_tasks(self, tasks: Sequence[GincTask]) -> dict[str, TaskResult]:
+        for t in tasks:
+            self.k_max_fit(t)  # every length checked against the context before any scoring
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return {t.name: self.evaluate_task(t) for t in tasks}
+        finally:
+            self.model.train(was_training)

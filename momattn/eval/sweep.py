@@ -1,0 +1,261 @@
+"""The verdict of a multirun: `python evaluate.py sweep_dir=multirun/.../<time>`.
+
+1. Every `checkpoints/last.ckpt` under sweep_dir is a run; a job folder (one holding `.hydra/`) without one is
+   named as failed or partial, and the rest are aggregated.
+2. Runs are grouped by their training config (stored in the checkpoint) apart from the seed and the
+   attention: a "setting" holds one row per attention variant, one value per seed.
+3. Each run is evaluated with this command's ppl / icl settings (results in <out>/jobs/<job>/results.json),
+   or its job's eval/results.json is reused when that was made with the same settings.
+4. sweep.md / sweep.json: per setting, Table 6 / Table 7 miniatures with mean ± std over seeds, and for each
+   non-vanilla attention the difference to vanilla paired by seed with a 95% t-interval and a verdict:
+   "better" / "worse" only when the interval excludes 0, else "no difference at this budget".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from momattn.errors import ConfigError
+from momattn.eval.config import EvalConfig, to_plain
+from momattn.eval.results import ModelResult
+from momattn.io import atomic_write_text
+from momattn.utils import digest
+
+log = logging.getLogger(__name__)
+
+BASELINE = "vanilla"
+# run-config keys that do not define the experiment (where a run writes, how it logs) or that vary on purpose
+IGNORED_KEYS = ("seed", "attention", "paths", "logger", "hydra", "callbacks", "tags", "task_name", "ckpt_path",
+                "run_eval", "eval", "extras")
+# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (then the normal 1.96)
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042)
+
+
+@dataclass
+class SweepRun:
+    path: Path  # the checkpoint
+    job: Path  # its job folder
+    attention: str
+    seed: int | None
+    setting: str  # digest of the config apart from seed and attention
+    config: dict
+    result: ModelResult | None = None
+    reused: bool = False
+
+
+@dataclass
+class Comparison:
+    metric: str
+    attention: str
+    diff_mean: float
+    lo: float
+    hi: float
+    n_pairs: int
+    verdict: str
+
+
+@dataclass
+class SettingSummary:
+    setting: str
+    differs: dict  # what tells this setting from the others
+    rows: dict[str, dict[str, dict]] = field(default_factory=dict)  # attention -> metric -> {mean, std, n, seeds}
+    comparisons: list[Comparison] = field(default_factory=list)
+
+
+def t_interval(diffs: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, low, high): the 95% t-interval of the mean of paired differences (nan bounds for one pair)."""
+    d = np.asarray(diffs, dtype=np.float64)
+    mean = float(d.mean())
+    if len(d) < 2:
+        return mean, float("nan"), float("nan")
+    t = T975[len(d) - 2] if len(d) - 1 <= len(T975) else 1.96
+    half = t * float(d.std(ddof=1)) / math.sqrt(len(d))
+    return mean, mean - half, mean + half
+
+
+def verdict(metric: str, lo: float, hi: float) -> str:
+    """better / worse when the interval excludes 0 (lower is better for perplexity), else no difference."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0 <= hi:
+        return "no difference at this budget"
+    higher = lo > 0
+    lower_is_better = "ppl" in metric or "bpb" in metric
+    return "better" if higher != lower_is_better else "worse"
+
+
+def _strip(config: Mapping) -> dict:
+    return {k: v for k, v in config.items() if k not in IGNORED_KEYS}
+
+
+def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
+    """The runs of a sweep and the names of its jobs that left no last checkpoint."""
+    from momattn.checkpoint import read_checkpoint
+
+    if not sweep_dir.is_dir():
+        raise ConfigError(f"sweep_dir='{sweep_dir}' is not a folder; pass the multirun folder of a "
+                          "`python train.py -m ...` sweep (it holds one folder per job)")
+    runs, failed = [], []
+    ckpts = sorted(sweep_dir.rglob("checkpoints/last.ckpt"))
+    done = {p.parent.parent for p in ckpts}
+    for hydra_dir in sorted(sweep_dir.rglob(".hydra")):
+        if hydra_dir.parent not in done and (hydra_dir / "config.yaml").exists():
+            failed.append(f"{hydra_dir.parent.relative_to(sweep_dir)} (no checkpoints/last.ckpt)")
+    for path in ckpts:
+        try:
+            meta = read_checkpoint(path)["momattn"]
+        except Exception as e:  # a half-written or foreign file: name it and go on with the others
+            failed.append(f"{path.parent.parent.relative_to(sweep_dir)} (unreadable checkpoint: {e})")
+            continue
+        config = to_plain(meta.get("config")) or {}
+        kind = (meta.get("model_config") or {}).get("attention", {}).get("kind") or \
+            (config.get("attention") or {}).get("kind", "unknown")
+        runs.append(SweepRun(path, path.parent.parent, str(kind), config.get("seed"),
+                             digest(_strip(config)), config))
+    if not runs:
+        raise ConfigError(f"sweep_dir='{sweep_dir}' holds no checkpoints/last.ckpt"
+                          + (f"; failed jobs: {'; '.join(failed)}" if failed else ""))
+    return runs, failed
+
+
+def reusable(job: Path, eval_cfg: EvalConfig) -> ModelResult | None:
+    """The job's own eval/results.json, when it was made with exactly these evaluation settings."""
+    path = job / "eval" / "results.json"
+    try:
+        doc = json.loads(path.read_text())
+        result = ModelResult.from_json(doc["checkpoints"][0])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    return result if result.eval_config == json.loads(json.dumps(asdict(eval_cfg))) else None
+
+
+def metrics_of(result: ModelResult) -> dict[str, float]:
+    """The Table 6 / Table 7 numbers compared: valid perplexity per length and headline-k accuracy per task."""
+    out = {}
+    if result.ppl:
+        out.update({f"ppl@{n}": v.ppl for n, v in result.ppl.valid.items()})
+    if result.icl:
+        k = result.icl.headline_k
+        for name, t in result.icl.tasks.items():
+            for s, shot in t.shots.items():
+                if shot.acc is not None and shot.fits and (s == k or t.kind == "ginc"):
+                    out[f"{name}/acc@k{s}"] = shot.acc
+        if k in result.icl.avg and result.icl.avg[k].acc is not None:
+            out[f"avg/acc@k{k}"] = result.icl.avg[k].acc
+    return out
+
+
+def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
+    settings: dict[str, list[SweepRun]] = defaultdict(list)
+    for r in runs:
+        if r.result is not None:
+            settings[r.setting].append(r)
+    configs = {s: _strip(rs[0].config) for s, rs in settings.items()}
+    out = []
+    for s, rs in settings.items():
+        differs = {k: v for k, v in configs[s].items() if any(c.get(k) != v for c in configs.values())}
+        summary = SettingSummary(s, differs)
+        by_att: dict[str, dict[int | None, dict[str, float]]] = defaultdict(dict)
+        for r in rs:
+            by_att[r.attention][r.seed] = metrics_of(r.result)
+        for att, seeds in sorted(by_att.items(), key=lambda kv: (kv[0] != BASELINE, kv[0])):
+            names = sorted({m for v in seeds.values() for m in v})
+            summary.rows[att] = {}
+            for m in names:
+                vals = [v[m] for v in seeds.values() if m in v]
+                summary.rows[att][m] = {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1))
+                                        if len(vals) > 1 else 0.0, "n": len(vals),
+                                        "seeds": sorted(str(k) for k, v in seeds.items() if m in v)}
+            if att == BASELINE or BASELINE not in by_att:
+                continue
+            base = by_att[BASELINE]
+            for m in names:
+                pairs = [(v[m], base[sd][m]) for sd, v in seeds.items() if sd in base and m in v and m in base[sd]]
+                if not pairs:
+                    continue
+                mean, lo, hi = t_interval([a - b for a, b in pairs])
+                summary.comparisons.append(Comparison(m, att, mean, lo, hi, len(pairs), verdict(m, lo, hi)))
+        out.append(summary)
+    return out
+
+
+def _num(metric: str, x: float) -> str:
+    return f"{x:.2f}" if "ppl" in metric else f"{100 * x:.1f}"
+
+
+def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n_runs: int) -> str:
+    lines = ["# momattn sweep verdict", "",
+             f"{n_runs} runs; accuracy in %, perplexity as is; mean ± std (sample) over seeds. Differences are "
+             f"attention − {BASELINE}, paired by seed, with a 95% t-interval; 'better' / 'worse' only when the "
+             "interval excludes 0 (lower perplexity is better).", ""]
+    if failed:
+        lines += ["Failed or partial jobs (left out): " + "; ".join(failed), ""]
+    for s in summaries:
+        title = ", ".join(f"{k}={json.dumps(v, default=str)[:80]}" for k, v in s.differs.items()) or "all runs"
+        lines += [f"## Setting {s.setting}: {title}", ""]
+        metrics = sorted({m for row in s.rows.values() for m in row}, key=lambda m: ("ppl" not in m, m))
+        for kind, pick in (("Table 6 (valid perplexity)", "ppl"), ("Table 7 (in-context accuracy)", "acc")):
+            cols = [m for m in metrics if pick in m]
+            if not cols:
+                continue
+            lines += [f"### {kind}", "", "| attention | seeds | " + " | ".join(cols) + " |",
+                      "|---|---|" + "---|" * len(cols)]
+            for att, row in s.rows.items():
+                seeds = max((row[m]["n"] for m in cols if m in row), default=0)
+                cells = [f"{_num(m, row[m]['mean'])} ± {_num(m, row[m]['std'])}" if m in row else "–" for m in cols]
+                lines.append(f"| {att} | {seeds} | " + " | ".join(cells) + " |")
+            lines.append("")
+        if s.comparisons:
+            lines += ["### Verdict", "", "| metric | attention − vanilla | 95% interval | pairs | verdict |",
+                      "|---|---|---|---|---|"]
+            for c in s.comparisons:
+                ci = "n/a (one pair)" if not math.isfinite(c.lo) else f"[{_num(c.metric, c.lo)}, {_num(c.metric, c.hi)}]"
+                lines.append(f"| {c.metric} | {c.attention}: {_num(c.metric, c.diff_mean)} | {ci} | {c.n_pairs} | "
+                             f"{c.verdict} |")
+            lines.append("")
+        elif BASELINE not in s.rows:
+            lines += [f"No {BASELINE} run in this setting: nothing to compare against.", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: str,
+              cache_dir: str | None = None) -> list[SettingSummary]:
+    from momattn.checkpoint import load_checkpoint
+    from momattn.eval.report import results_document
+    from momattn.eval.runner import evaluate_model
+
+    sweep_dir = Path(sweep_dir).expanduser()
+    runs, failed = find_runs(sweep_dir)
+    for r in runs:
+        name = str(r.job.relative_to(sweep_dir))
+        r.result = reusable(r.job, eval_cfg)
+        r.reused = r.result is not None
+        if r.result is None:
+            log.info("evaluating %s (%s, seed %s)", name, r.attention, r.seed)
+            model, tokenizer = load_checkpoint(r.path, map_location=device)
+            r.result = evaluate_model(model, tokenizer, r.config, eval_cfg, out / "jobs" / name, r.attention,
+                                      cache_dir=cache_dir)
+            r.result.checkpoint = str(r.path)
+            atomic_write_text(out / "jobs" / name / "results.json",
+                              json.dumps(results_document([r.result]), indent=2, allow_nan=True) + "\n")
+            del model
+    summaries = summarise(runs)
+    doc = {"sweep_dir": str(sweep_dir), "failed": failed, "eval_config": asdict(eval_cfg),
+           "runs": [{"checkpoint": str(r.path), "attention": r.attention, "seed": r.seed, "setting": r.setting,
+                     "reused_results": r.reused, "metrics": metrics_of(r.result)} for r in runs],
+           "settings": [asdict(s) for s in summaries]}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "sweep.json", json.dumps(doc, indent=2, allow_nan=True, default=str) + "\n")
+    md = sweep_markdown(summaries, failed, len(runs))
+    atomic_write_text(out / "sweep.md", md)
+    print(md)
+    print(f"sweep verdict written to {out}/ (sweep.md, sweep.json)")
+    return summaries

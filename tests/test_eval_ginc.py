@@ -1,0 +1,118 @@
+"""GINC in-context accuracy: task names, the greedy and candidate rules, k that does not fit, the world taken
+from the checkpoint's run config, and the report."""
+
+import json
+
+import pytest
+import torch
+from test_eval_common import FakeLM, tiny_gpt
+
+from momattn.data.ginc import GincCorpus
+from momattn.errors import ConfigError
+from momattn.eval.config import IclConfig
+from momattn.eval.ginc import GincEvaluator, GincTask, ginc_task, ginc_world
+from momattn.eval.runner import evaluate_model, flat_metrics, write_reports
+from momattn.eval.tasks import resolve_tasks
+from momattn.utils import stable_seed
+
+V = 10  # symbols; end-of-text is token V
+WORLD = {"_target_": "momattn.data.ginc.GincCorpus", "n_symbols": V, "n_train_docs": 4, "doc_length": 300,
+         "n_val_docs": 2, "val_doc_length": 300, "seed": 7}
+
+
+@pytest.fixture(scope="module")
+def world() -> GincCorpus:
+    return ginc_world(WORLD)
+
+
+def test_task_names():
+    assert ginc_task("ginc") == GincTask("ginc", 5, False)
+    assert ginc_task("ginc_l8") == GincTask("ginc_l8", 8, False)
+    assert ginc_task("ginc_ood") == GincTask("ginc_ood", 5, True)
+    assert ginc_task("ginc_ood_l3") == GincTask("ginc_ood_l3", 3, True)
+    assert ginc_task("gincx") is None and ginc_task("sst2") is None
+    with pytest.raises(ConfigError, match="must be >= 2"):
+        ginc_task("ginc_l1")
+    assert [t.name for t in resolve_tasks(["ginc", "ginc_l10", "trec"])] == ["ginc", "ginc_l10", "trec"]
+    with pytest.raises(ConfigError, match="Did you mean 'ginc_ood'"):
+        resolve_tasks(["ginc_oood"])
+
+
+def constant_lm(probs: dict[int, float], block_size: int = 64) -> FakeLM:
+    """The same next-token distribution after every token: the given probabilities, the rest spread."""
+    row = torch.full((V + 1,), (1.0 - sum(probs.values())) / (V + 1 - len(probs)), dtype=torch.float64)
+    for t, p in probs.items():
+        row[t] = p
+    return FakeLM(row.log().expand(V + 1, V + 1).clone(), block_size)
+
+
+def test_greedy_and_candidate_rules_against_the_bayes_label(world):
+    # always "/" (symbol 0): both rules score exactly the share of "/" labels
+    cfg = IclConfig(tasks=["ginc"], shots=[0, 2], seeds=[1, 2], max_examples=40)
+    ev = GincEvaluator(constant_lm({0: 0.6}), world.tokenizer(), cfg, world)
+    res = ev.evaluate_tasks([ginc_task("ginc")])["ginc"]
+    prompts = world.prompts(5, 2, 40, seed=stable_seed("ginc-prompts", 1))
+    share = sum(p.label == 0 for p in prompts) / 40
+    seed1 = res.shots["2"].per_seed[0]
+    assert seed1.acc == seed1.acc_cand == seed1.delimiter_baseline == pytest.approx(share)
+    assert res.chance == pytest.approx(1 / V) and res.n == 40 and res.kind == "ginc"
+    assert res.shots["0"].seeds == [1, 2]  # every seed at every k (test inputs are paired across k)
+    assert len(ev.predictions) == 2 * 2 * 40 and all(p["pred"] == p["pred_cand"] == 0 for p in ev.predictions)
+    # end-of-text first, "/" second: greedy (whole vocabulary) never right, the candidate rule as before
+    ev = GincEvaluator(constant_lm({V: 0.5, 0: 0.3}), world.tokenizer(), cfg, world)
+    res2 = ev.evaluate_tasks([ginc_task("ginc")])["ginc"]
+    assert res2.shots["2"].acc == 0.0 and res2.shots["2"].acc_cand == res.shots["2"].acc_cand
+
+
+def test_k_that_does_not_fit_is_reported_not_truncated(world):
+    # context 64 with a leading <eot>: (5 + 1) k + 4 <= 63 -> k <= 9; l=3: 4 k + 2 <= 63 -> k <= 15
+    cfg = IclConfig(tasks=["ginc"], shots=[0, 8, 16, "max"], seeds=[1], max_examples=10)
+    ev = GincEvaluator(tiny_gpt(vocab=V + 1, block_size=64), world.tokenizer(), cfg, world, batch_tokens=256)
+    out = ev.evaluate_tasks([ginc_task("ginc"), ginc_task("ginc_ood_l3")])
+    l5, l3 = out["ginc"].shots, out["ginc_ood_l3"].shots
+    assert not l5["16"].fits and l5["16"].acc is None and l5["16"].k_max_fit == 9 and "at most k=9" in l5["16"].note
+    assert l5["max"].fits and l5["max"].k_used_mean == 9 and l5["8"].k_used_mean == 8
+    assert l3["16"].fits is False and l3["max"].k_used_mean == 15 and out["ginc_ood_l3"].ood
+    assert all(0 <= s.acc <= 1 for s in (l5["0"], l5["8"], l3["max"]))
+    assert l5["16"].to_json()["acc"] is None  # in results.json as null, never missing
+    cfg = IclConfig(tasks=["ginc"], shots=["max"], seeds=[1], max_examples=10, max_shots=4)
+    ev = GincEvaluator(tiny_gpt(vocab=V + 1, block_size=64), world.tokenizer(), cfg, world)
+    assert ev.evaluate_tasks([ginc_task("ginc")])["ginc"].shots["max"].k_used_mean == 4  # capped by max_shots
+
+
+def test_a_ginc_task_needs_a_ginc_checkpoint(tmp_path):
+    from test_eval_common import CharTokenizer
+
+    staicc = {"source": "staicc", "tasks": ["trec"]}
+    with pytest.raises(ConfigError, match="task 'ginc_l3' needs a checkpoint trained with data=ginc; this one "
+                                          "was trained on data=staicc"):
+        evaluate_model(tiny_gpt(), CharTokenizer(), {"data": staicc},
+                       {"ppl": {"enabled": False}, "icl": {"tasks": ["ginc_l3"]}}, tmp_path, "v")
+    with pytest.raises(ConfigError, match="no data section"):
+        ginc_world(None)
+
+
+def test_evaluate_model_on_a_ginc_checkpoint_and_the_report(tmp_path, world):
+    model = tiny_gpt(vocab=V + 1, block_size=64)
+    eval_cfg = {"ppl": {"max_windows": 2}, "batch_tokens": 512,
+                "icl": {"tasks": ["ginc", "ginc_ood"], "shots": [0, 2, 16, "max"], "seeds": [1, 2],
+                        "max_examples": 12}}
+    res = evaluate_model(model, world.tokenizer(), {"data": WORLD}, eval_cfg, tmp_path, "vanilla")
+    assert res.ppl.valid["64"].ppl > 1  # perplexity on the GINC validation documents
+    g = res.icl.tasks["ginc"]
+    assert list(g.shots) == ["0", "2", "16", "max"] and g.shots["max"].k_used_mean == 9
+    assert res.icl.avg["max"].acc is None and res.icl.avg["max"].n_tasks == 0  # GINC is not in Table 7's Avg
+    metrics = flat_metrics(res)
+    assert {"icl/ginc/acc", "icl/ginc/acc@k2", "icl/ginc/acc_cand@k2", "icl/ginc_ood/k_used@kmax"} <= set(metrics)
+    assert "icl/ginc/acc@k16" not in metrics and "icl/avg/acc" not in metrics
+    write_reports([res], tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    assert "## GINC: accuracy vs number of examples k" in md and "Table 7 layout" not in md
+    assert "| model | task | k=0 | k=2 | k=16 | k=max | always / | chance |" in md
+    assert "does not fit (at most k=9)" in md and "| 10.0 |" in md  # chance = 1/V
+    doc = json.loads((tmp_path / "results.json").read_text())
+    shot = doc["checkpoints"][0]["icl"]["tasks"]["ginc"]["shots"]["2"]
+    assert shot["acc"] == g.shots["2"].acc and shot["chance"] == 0.1 and shot["k_used_mean"] == 2
+    assert "Bayes-optimal" in doc["protocol"]["ginc"]
+    preds = (tmp_path / "icl_predictions_vanilla.jsonl").read_text().splitlines()
+    assert len(preds) == 2 * 3 * 2 * 12  # tasks x fitting k x seeds x prompts

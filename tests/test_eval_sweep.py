@@ -1,0 +1,103 @@
+"""evaluate.py sweep_dir=...: runs found and grouped, evaluated or reused, paired differences and verdicts."""
+
+import json
+import math
+
+import pytest
+import torch
+from test_eval_runner import DATA, tokenizer  # noqa: F401  (the module-scoped BPE fixture)
+
+from momattn.checkpoint import atomic_torch_save, checkpoint_meta
+from momattn.errors import ConfigError
+from momattn.eval.runner import run_evaluate
+from momattn.eval.sweep import t_interval, verdict
+from momattn.model import GPT, AttentionConfig, GPTConfig
+
+EVAL = {"ppl": {"lengths": [32], "max_windows": 2, "train": False},
+        "icl": {"tasks": ["trec"], "shots": [0], "seeds": [1], "max_examples": 4}}
+
+
+def job(root, num: int, kind: str, seed: int, tok, lr: float = 2e-3):
+    """A job folder of a multirun as train.py leaves it: .hydra/config.yaml and checkpoints/last.ckpt."""
+    d = root / str(num)
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "config.yaml").write_text(f"seed: {seed}\n")
+    torch.manual_seed(seed * 10 + len(kind))
+    cfg = GPTConfig(block_size=32, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16,
+                    attention=AttentionConfig(kind=kind))
+    run_config = {"data": DATA, "seed": seed, "attention": {"kind": kind}, "optim": {"lr": lr},
+                  "paths": {"output_dir": str(d)}}
+    ckpt = {"state_dict": {"model." + k: v for k, v in GPT(cfg).state_dict().items()},
+            "momattn": checkpoint_meta(cfg, tok, run_config)}
+    atomic_torch_save(ckpt, d / "checkpoints" / "last.ckpt")
+    return d
+
+
+def test_t_interval_and_verdicts():
+    mean, lo, hi = t_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and hi - mean == pytest.approx(4.303 * 1.0 / math.sqrt(3), rel=1e-6)
+    assert math.isnan(t_interval([0.5])[1])
+    assert verdict("trec/acc@k0", 0.01, 0.05) == "better" and verdict("ppl@256", 0.01, 0.05) == "worse"
+    assert verdict("ppl@256", -3.0, -1.0) == "better" and verdict("avg/acc@kmax", -0.1, 0.2).startswith("no diff")
+
+
+def test_sweep_verdict(tmp_path, tokenizer):  # noqa: F811
+    sweep = tmp_path / "multirun"
+    n = 0
+    for kind in ("vanilla", "momentum"):
+        for seed in (1, 2, 3):
+            job(sweep, n, kind, seed, tokenizer)
+            n += 1
+    job(sweep, n, "vanilla", 1, tokenizer, lr=1e-3)  # another setting: its own group
+    (sweep / "99" / ".hydra").mkdir(parents=True)  # a job that died before its first checkpoint
+    (sweep / "99" / ".hydra" / "config.yaml").write_text("seed: 4\n")
+    out = tmp_path / "verdict"
+    run_evaluate({**EVAL, "sweep_dir": str(sweep), "device": "cpu"}, out_dir=out)
+    doc = json.loads((out / "sweep.json").read_text())
+    assert doc["failed"] == ["99 (no checkpoints/last.ckpt)"] and len(doc["runs"]) == 7
+    settings = sorted(doc["settings"], key=lambda s: -len(s["rows"]))
+    main, other = settings
+    assert set(main["rows"]) == {"vanilla", "momentum"} and main["differs"] == {"optim": {"lr": 0.002}}
+    assert main["rows"]["momentum"]["ppl@32"]["n"] == 3 and set(other["rows"]) == {"vanilla"}
+    comp = {c["metric"]: c for c in main["comparisons"]}
+    assert set(comp) == {"ppl@32", "trec/acc@k0", "avg/acc@k0"}
+    runs = {(r["attention"], r["seed"]): r["metrics"] for r in doc["runs"] if r["setting"] == main["setting"]}
+    diffs = [runs["momentum", s]["ppl@32"] - runs["vanilla", s]["ppl@32"] for s in (1, 2, 3)]
+    assert comp["ppl@32"]["diff_mean"] == pytest.approx(sum(diffs) / 3) and comp["ppl@32"]["n_pairs"] == 3
+    c = comp["ppl@32"]
+    assert c["verdict"] == verdict("ppl@32", c["lo"], c["hi"])
+    md = (out / "sweep.md").read_text()
+    assert "Failed or partial jobs (left out): 99" in md and "### Table 6 (valid perplexity)" in md
+    assert "| momentum | 3 |" in md and "momentum: " in md and "No vanilla run" not in md
+
+    # again, with every job's eval/results.json made with the same settings: reused, same verdict
+    for r in doc["runs"]:
+        name = r["checkpoint"].split("/")[-3]
+        (sweep / name / "eval").mkdir()
+        (sweep / name / "eval" / "results.json").write_text((out / "jobs" / name / "results.json").read_text())
+    run_evaluate({**EVAL, "sweep_dir": str(sweep), "device": "cpu"}, out_dir=tmp_path / "again")
+    again = json.loads((tmp_path / "again" / "sweep.json").read_text())
+    assert all(r["reused_results"] for r in again["runs"]) and again["settings"] == doc["settings"]
+
+
+
+def test_sweep_reuses_matching_results_and_rejects_bad_folders(tmp_path):
+    from momattn.eval.config import EvalConfig
+    from momattn.eval.report import write_reports
+    from momattn.eval.results import ModelResult
+    from momattn.eval.sweep import reusable
+
+    with pytest.raises(ConfigError, match="is not a folder"):
+        run_evaluate({"sweep_dir": str(tmp_path / "nope")}, out_dir=tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no checkpoints/last.ckpt"):
+        run_evaluate({"sweep_dir": str(tmp_path / "empty")}, out_dir=tmp_path)
+    with pytest.raises(ConfigError, match="not both"):
+        run_evaluate({"sweep_dir": str(tmp_path), "ckpt_path": "x"}, out_dir=tmp_path)
+    cfg = EvalConfig.from_mapping(EVAL)
+    fake = ModelResult(label="vanilla", attention="vanilla", model={}, tokenizer={},
+                       eval_config=json.loads(json.dumps(__import__("dataclasses").asdict(cfg))))
+    write_reports([fake], tmp_path / "job" / "eval")
+    assert reusable(tmp_path / "job", cfg) == fake
+    other = EvalConfig.from_mapping({**EVAL, "batch_tokens": 1024})
+    assert reusable(tmp_path / "job", other) is None

@@ -1,0 +1,21 @@
+"""Sample text from a momattn checkpoint, streamed to stdout as it is generated (like nanoGPT's sample.py).
+
+    python generate.py ckpt_path=outputs/train/.../checkpoints/last.ckpt prompt="Once upon a time"
+    python generate.py ckpt_path=last.ckpt prompt="The film" max_new_tokens=50 temperature=0 num_samples=1
+    python generate.py ckpt_path=last.ckpt prompt="Review:" num_samples=3 top_k=40 seed=7
+
+Settings: conf/generate.yaml (momattn/generate.py explains the sampling).
+"""
+
+from momattn.cli import hydra_main
+
+
+@hydra_main(config_name="generate")
+def main(cfg):
+    from momattn.generate import run_generate
+
+    run_generate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Export a checkpoint as a Hugging Face model folder: model.safetensors + config.json + the tokenizer.
+
+    python -m momattn.export ckpt_path=outputs/train/.../checkpoints/last.ckpt out=exported [overwrite=true]
+
+- vanilla attention with learned positions -> GPT2LMHeadModel (plain transformers, no remote code):
+  GPT-2's Conv1D layers hold the transposes of our nn.Linear weights, the output layer is tied to wte,
+  activation_function="gelu" (momattn's exact erf GELU, not GPT-2's tanh "gelu_new"), layer norm eps 1e-5;
+  a model trained without biases gets zero biases (GPT-2 always has them).
+- momentum, multirate_ema or rotary positions -> MomattnForCausalLM, with momattn/hf/modeling_momattn.py
+  copied into the folder (config.json's auto_map): load it with trust_remote_code=True.
+The vocabulary stays padded (config vocab_size = the model's, >= the tokenizer's); the tokenizer is the
+checkpoint's own tokenizer.json, its end-of-text token serving as bos, eos and unk.
+
+Needs the [hf] extra: pip install 'momattn[hf]' (transformers, safetensors).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from momattn.errors import ConfigError, UserError, did_you_mean
+from momattn.model import GPT
+from momattn.tokenizer import EOT, Tokenizer
+
+MODELING_FILE = Path(__file__).resolve().parent / "hf" / "modeling_momattn.py"
+EXPORTABLE_ATTENTION = ("vanilla", "momentum", "multirate_ema")
+KEYS = ("ckpt_path", "out", "overwrite")
+
+
+def _require_hf():
+    try:
+        import safetensors.torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"exporting needs the [hf] extra ({e.name} is missing): pip install 'momattn[hf]'") from e
+
+
+def gpt2_state(model: GPT) -> dict[str, torch.Tensor]:
+    """Our state dict under GPT-2's names and layouts (Conv1D: weight (in, out)); lm_head is tied to wte."""
+    c = model.config
+    out = {"transformer.wte.weight": model.wte.weight, "transformer.wpe.weight": model.wpe.weight}
+    linear = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    for name, mod in model.named_modules():
+        if not name.startswith("blocks."):
+            continue
+        hf = "transformer.h." + name[len("blocks."):]
+        if name.endswith(linear):
+            out[hf + ".weight"] = mod.weight.t()
+            out[hf + ".bias"] = mod.bias if mod.bias is not None else torch.zeros(mod.out_features)
+        elif name.endswith(("ln_1", "ln_2")):
+            out[hf + ".weight"] = mod.weight
+            out[hf + ".bias"] = mod.bias if mod.bias is not None else torch.zeros(c.n_embd)
+    ln = model.ln_f
+    out["transformer.ln_f.weight"] = ln.weight
+    out["transformer.ln_f.bias"] = ln.bias if ln.bias is not None else torch.zeros(c.n_embd)
+    return out
+
+
+def gpt2_config(model: GPT, tokenizer: Tokenizer) -> dict:
+    from transformers import GPT2Config
+
+    c = model.config
+    return GPT2Config(
+        vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
+        n_inner=c.n_inner, activation_function="gelu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        layer_norm_epsilon=1e-5, tie_word_embeddings=True, bos_token_id=tokenizer.eot_id,
+        eos_token_id=tokenizer.eot_id, architectures=["GPT2LMHeadModel"],
+    ).to_dict()
+
+
+def momattn_config(model: GPT, tokenizer: Tokenizer) -> dict:
+    from momattn.hf.modeling_momattn import MomattnConfig
+
+    c, a = model.config, model.config.attention
+    cfg = MomattnConfig(
+        vocab_size=c.vocab_size, block_size=c.block_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
+        n_inner=c.n_inner, bias=c.bias, pos_emb=c.pos_emb, attention_kind=a.kind, eta=a.eta,
+        learnable_eta=a.learnable_eta, include_current=a.include_current, n_rates=a.n_rates,
+        bos_token_id=tokenizer.eot_id, eos_token_id=tokenizer.eot_id, architectures=["MomattnForCausalLM"],
+    )
+    cfg.auto_map = {"AutoConfig": "modeling_momattn.MomattnConfig",
+                    "AutoModelForCausalLM": "modeling_momattn.MomattnForCausalLM"}
+    return cfg.to_dict()
+
+
+def momattn_state(model: GPT) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied to wte
+
+
+def check_exportable(model: GPT) -> None:
+    kind = model.config.attention.kind
+    if kind not in EXPORTABLE_ATTENTION:
+        raise ConfigError(f"attention kind '{kind}' cannot be exported: momattn/hf/modeling_momattn.py "
+                          f"implements {', '.join(EXPORTABLE_ATTENTION)}")
+    if model.lm_head.weight is not model.wte.weight:
+        raise ConfigError("this model's output layer is not tied to its input embedding; the exported "
+                          "formats assume tied embeddings")
+
+
+def write_tokenizer(tokenizer: Tokenizer, block_size: int, out: Path) -> None:
+    (out / "tokenizer.json").write_text(tokenizer.to_json(), encoding="utf-8")
+    special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": block_size,
+              "add_prefix_space": False, "clean_up_tokenization_spaces": False, **special}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")
+
+
+def export(ckpt_path: str, out: str | Path, overwrite: bool = False) -> Path:
+    """Write the Hugging Face folder `out` for a checkpoint; returns its path."""
+    _require_hf()
+    from safetensors.torch import save_file
+
+    from momattn.checkpoint import load_checkpoint
+
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
+        what = "is a file" if not out.is_dir() else "is not empty"
+        raise ConfigError(f"out='{out}' {what}; pick a new folder" + ("" if not out.is_dir() else
+                                                                       " or pass overwrite=true"))
+    model, tokenizer = load_checkpoint(ckpt_path)
+    check_exportable(model)
+    c = model.config
+    as_gpt2 = c.attention.kind == "vanilla" and c.pos_emb == "learned"
+    state = gpt2_state(model) if as_gpt2 else momattn_state(model)
+    config = gpt2_config(model, tokenizer) if as_gpt2 else momattn_config(model, tokenizer)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().contiguous().clone() for k, v in state.items()}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config["torch_dtype"] = "float32"
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    gen = {"bos_token_id": tokenizer.eot_id, "eos_token_id": tokenizer.eot_id}
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
+    write_tokenizer(tokenizer, c.block_size, out)
+    if not as_gpt2:
+        shutil.copy(MODELING_FILE, out / MODELING_FILE.name)
+    return out
+
+
+def parse_args(argv: list[str]) -> dict:
+    """key=value arguments (the same style as train.py's); ConfigError naming an unknown or missing key."""
+    args = {}
+    for a in argv:
+        key, sep, value = a.partition("=")
+        if not sep or key not in KEYS:
+            raise ConfigError(f"'{a}' is not an export argument.{did_you_mean(key, KEYS)} "
+                              "Usage: python -m momattn.export ckpt_path=PATH out=DIR [overwrite=true]")
+        args[key] = value
+    for key in ("ckpt_path", "out"):
+        if not args.get(key):
+            raise ConfigError(f"missing {key}=...; usage: python -m momattn.export ckpt_path=PATH out=DIR")
+    if args.get("overwrite", "false").lower() not in ("true", "false"):
+        raise ConfigError(f"overwrite={args['overwrite']} must be true or false")
+    args["overwrite"] = args.get("overwrite", "false").lower() == "true"
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    from momattn.cli import report
+
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        out = export(args["ckpt_path"], args["out"], args["overwrite"])
+    except UserError as e:
+        report(e)
+        sys.exit(2)
+    kind = "GPT2LMHeadModel" if not (out / MODELING_FILE.name).exists() else \
+        "MomattnForCausalLM (load with trust_remote_code=True)"
+    print(f"exported {args['ckpt_path']} to {out}/ as {kind}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Sampling from a checkpoint, streamed to stdout as tokens arrive (generate.py's body; conf/generate.yaml).
+
+    python generate.py ckpt_path=last.ckpt prompt="Once upon a time" max_new_tokens=100 temperature=0.8 top_k=50
+
+- Decoding is incremental with the model's KV cache; when the context is full the last block_size - 1 tokens
+  are re-encoded and decoding continues (the same rule as GPT.generate), so any length can be sampled.
+- Text is printed as soon as it is whole: a multi-byte character split over several BPE tokens waits for
+  its last byte instead of printing a replacement character.
+- Deterministic for a seed: one torch.Generator drives every sample, in order.
+- Precision `auto`: bf16 autocast on a GPU with bf16 (fp16 on older GPUs) or a CPU with native bf16, fp32
+  elsewhere (momattn.hardware.resolve_precision).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TextIO
+
+import torch
+import torch.nn.functional as F
+
+from momattn.errors import ConfigError
+from momattn.hardware import resolve_precision
+
+AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+@dataclass
+class GenerateConfig:
+    """conf/generate.yaml."""
+
+    ckpt_path: str | None = None  # a .ckpt written by train.py
+    prompt: str | None = None  # the text to continue; "\n" typed on the command line is a line break
+    max_new_tokens: int = 200  # tokens sampled after the prompt, per sample
+    temperature: float = 0.8  # < 1 sharpens, > 1 flattens; 0 = greedy (argmax)
+    top_k: int | None = 200  # sample among the k likeliest tokens; null = the whole vocabulary
+    num_samples: int = 1  # samples drawn one after another, separated by a line of dashes
+    seed: int = 1337
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:1
+    precision: str = "auto"  # auto | 32-true | bf16-mixed | 16-mixed
+
+    def __post_init__(self):
+        if not self.ckpt_path:
+            raise ConfigError("no checkpoint given: pass ckpt_path=PATH (a .ckpt written by train.py)")
+        if self.prompt is None or not str(self.prompt):
+            raise ConfigError('prompt is empty; pass the text to continue, e.g. prompt="Once upon a time"')
+        self.prompt = str(self.prompt).replace("\\n", "\n")
+        for name, low in (("max_new_tokens", 1), ("num_samples", 1)):
+            v = getattr(self, name)
+            if not _is_int(v) or v < low:
+                raise ConfigError(f"{name}={v!r} must be an int >= {low}")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float) or self.temperature < 0:
+            raise ConfigError(f"temperature={self.temperature!r} must be a number >= 0 (0 = greedy)")
+        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
+            raise ConfigError(f"top_k={self.top_k!r} must be an int >= 1, or null for the whole vocabulary")
+        if not _is_int(self.seed):
+            raise ConfigError(f"seed={self.seed!r} must be an int")
+        if str(self.precision) not in ("auto", "32-true", *AUTOCAST_DTYPES):
+            raise ConfigError(f"precision={self.precision!r} is unknown; choose auto, 32-true, bf16-mixed or 16-mixed")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def resolve_device(name: str) -> str:
+    """auto -> cuda if available, else cpu; a ConfigError for cuda on a machine without a GPU."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA GPU is available; use device=cpu or device=auto")
+    return str(name)
+
+
+def inference_autocast(device: str, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """The autocast context for inference on `device` (a no-op where fp32 is resolved)."""
+    accelerator = "gpu" if str(device).startswith("cuda") else "cpu"
+    dtype = AUTOCAST_DTYPES.get(resolve_precision(precision, accelerator))
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
+               generator: torch.Generator | None) -> torch.Tensor:
+    """logits (B, V) -> the sampled token ids (B, 1)."""
+    if temperature == 0:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)  # (B, 1)
+
+
+@torch.no_grad()
+def sample_tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                  top_k: int | None = None, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    """Yield max_new_tokens sampled tokens (B,) one at a time after the prompts idx (B, T), using the KV cache."""
+    block = model.config.block_size
+    cache = model.new_cache()
+    logits = model(idx[:, -block:], cache=cache)[:, -1, :]  # (B, V)
+    for step in range(max_new_tokens):
+        nxt = next_token(logits, temperature, top_k, generator)  # (B, 1)
+        yield nxt[:, 0]
+        if step == max_new_tokens - 1:
+            break
+        idx = torch.cat([idx, nxt], dim=1)
+        if cache.length >= block:  # context full: re-encode the last block_size - 1 tokens
+            cache = model.new_cache()
+            logits = model(idx[:, -(block - 1):], cache=cache)[:, -1, :]
+        else:
+            logits = model(nxt, cache=cache)[:, -1, :]
+
+
+class StreamDecoder:
+    """Token ids in, printable text out: text is released once it decodes without a trailing replacement
+    character, so a character whose bytes span several tokens prints whole."""
+
+    def __init__(self, decode: Callable[[Sequence[int]], str]):
+        self.decode = decode
+        self.pending: list[int] = []
+
+    def push(self, token: int) -> str:
+        self.pending.append(int(token))
+        text = self.decode(self.pending)
+        if text.endswith("\ufffd") and len(self.pending) < 8:  # a character has at most 4 bytes: a longer
+            return ""  # run that still ends in a broken one is junk the model sampled, printed as it is
+        self.pending = []
+        return text
+
+    def flush(self) -> str:
+        text = self.decode(self.pending) if self.pending else ""
+        self.pending = []
+        return text
+
+
+def generate_text(model, tokenizer, cfg: GenerateConfig, device: str, out: TextIO = sys.stdout) -> list[str]:
+    """Write cfg.num_samples continuations of cfg.prompt to `out` as they are sampled; return them."""
+    prompt_ids = tokenizer.encode(cfg.prompt)
+    if not prompt_ids:
+        raise ConfigError(f"prompt={cfg.prompt!r} encodes to no tokens; give some text")
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # (1, T)
+    samples = []
+    for i in range(cfg.num_samples):
+        if i:
+            out.write("\n---------------\n")
+        out.write(cfg.prompt)
+        out.flush()
+        stream, text = StreamDecoder(tokenizer.decode), []
+        with inference_autocast(device, cfg.precision):
+            for tok in sample_tokens(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator):
+                piece = stream.push(int(tok[0]))
+                if piece:
+                    text.append(piece)
+                    out.write(piece)
+                    out.flush()
+        text.append(stream.flush())
+        out.write(text[-1] + ("\n" if i == cfg.num_samples - 1 else ""))
+        out.flush()
+        samples.append("".join(text))
+    return samples
+
+
+def run_generate(conf) -> list[str]:
+    """generate.py's body: a Hydra config (or mapping) -> samples streamed to stdout."""
+    from momattn.checkpoint import load_checkpoint
+    from momattn.eval.config import build
+
+    cfg = build(GenerateConfig, conf)
+    device = resolve_device(cfg.device)
+    model, tokenizer = load_checkpoint(cfg.ckpt_path, map_location=device)
+    return generate_text(model, tokenizer, cfg, device)

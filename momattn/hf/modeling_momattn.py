@@ -1,0 +1,176 @@
+"""momattn GPTs (vanilla, momentum or multirate_ema attention; learned or rotary positions) for Hugging Face
+transformers, loaded with trust_remote_code=True from a folder that `python -m momattn.export` wrote.
+
+Self-contained on purpose (torch and transformers only; it is copied next to the weights): the memory terms
+are written as (T x T) decay matrices, O(T^2) like the attention itself, rather than momattn's O(T) scans.
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model = AutoModelForCausalLM.from_pretrained("exported", trust_remote_code=True)
+    logits = model(**AutoTokenizer.from_pretrained("exported")("Hello", return_tensors="pt")).logits
+
+Sequences are right-padded or unpadded (a causal model never looks right); there is no KV cache, so
+generate() re-reads the whole sequence at every step (pass use_cache=False).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutput
+
+
+class MomattnConfig(PretrainedConfig):
+    model_type = "momattn"
+    attribute_map = {"hidden_size": "n_embd", "num_attention_heads": "n_head", "num_hidden_layers": "n_layer",
+                     "max_position_embeddings": "block_size"}
+
+    def __init__(self, vocab_size: int = 4096, block_size: int = 256, n_layer: int = 4, n_head: int = 4,
+                 n_embd: int = 256, n_inner: int | None = None, bias: bool = True, pos_emb: str = "learned",
+                 attention_kind: str = "vanilla", eta: float = 0.5, learnable_eta: bool = False,
+                 include_current: bool = False, n_rates: int = 8, layer_norm_eps: float = 1e-5, **kwargs):
+        self.vocab_size, self.block_size, self.n_layer, self.n_head = vocab_size, block_size, n_layer, n_head
+        self.n_embd, self.n_inner, self.bias, self.pos_emb = n_embd, n_inner, bias, pos_emb
+        self.attention_kind, self.eta, self.learnable_eta = attention_kind, eta, learnable_eta
+        self.include_current, self.n_rates, self.layer_norm_eps = include_current, n_rates, layer_norm_eps
+        kwargs.setdefault("tie_word_embeddings", False)  # the output layer reads wte.weight directly
+        super().__init__(**kwargs)
+
+
+def rotary(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotary positions on (B, H, T, D), adjacent pairs rotated (momattn.model.Rotary)."""
+    T, D = x.size(-2), x.size(-1)
+    inv_freq = 1.0 / base ** (torch.arange(0, D, 2, device=x.device).float() / D)
+    angles = torch.outer(torch.arange(T, device=x.device).float(), inv_freq)  # (T, D/2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+def decay_matrix(rate: torch.Tensor, T: int, include_current: bool) -> torch.Tensor:
+    """rate (..., 1) -> (..., T, T) with rate^(t-i) where i < t (i <= t with include_current), else 0."""
+    t = torch.arange(T, device=rate.device)
+    lag = (t[:, None] - t[None, :]).float()  # (T, T)
+    keep = lag >= 0 if include_current else lag > 0
+    return torch.where(keep, rate.unsqueeze(-1) ** lag.clamp(min=0), torch.zeros((), device=rate.device))
+
+
+class Attention(nn.Module):
+    def __init__(self, config: MomattnConfig):
+        super().__init__()
+        C, H = config.n_embd, config.n_head
+        self.n_head, self.kind, self.rotary = H, config.attention_kind, config.pos_emb == "rotary"
+        self.c_attn = nn.Linear(C, 3 * C, bias=config.bias)
+        self.c_proj = nn.Linear(C, C, bias=config.bias)
+        if self.kind == "momentum":
+            self.include_current = config.include_current
+            if config.learnable_eta:
+                self.eta_logit = nn.Parameter(torch.zeros(H))
+            self.eta = config.eta
+        elif self.kind == "multirate_ema":
+            self.delta = nn.Parameter(torch.zeros(C, config.n_rates))
+            self.gamma = nn.Parameter(torch.zeros(C, config.n_rates))
+            self.scale = math.sqrt(1.0 / C)
+        elif self.kind != "vanilla":
+            raise ValueError(f"attention_kind={self.kind!r} is unknown to this modeling file")
+
+    def memory(self, v: torch.Tensor) -> torch.Tensor | None:
+        """The term added to the merged attention output, from the merged values v (B, T, C), in fp32."""
+        B, T, C = v.shape
+        vf = v.float()
+        if self.kind == "momentum":
+            eta = torch.sigmoid(self.eta_logit.float()) if hasattr(self, "eta_logit") else \
+                torch.full((self.n_head,), float(self.eta), device=v.device)
+            W = decay_matrix(eta[:, None], T, self.include_current)  # (H, T, T)
+            vh = vf.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
+            return (W @ vh).transpose(1, 2).reshape(B, T, C)
+        if self.kind == "multirate_ema":
+            p, g = torch.sigmoid(self.delta.float()), self.gamma.float() * self.scale  # (C, R)
+            W = (g[..., None, None] * decay_matrix(p[..., None], T, True)).sum(1)  # (C, T, T)
+            return torch.einsum("cti,bic->btc", W, vf)
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.size()
+        q, k, v_merged = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v_merged))
+        if self.rotary:
+            q, k = rotary(q), rotary(k)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+        mem = self.memory(v_merged)
+        if mem is not None:
+            y = y + mem.to(y.dtype)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: MomattnConfig):
+        super().__init__()
+        inner = config.n_inner or 4 * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, inner, bias=config.bias)
+        self.c_proj = nn.Linear(inner, config.n_embd, bias=config.bias)
+
+    def forward(self, x):
+        return self.c_proj(F.gelu(self.c_fc(x)))  # exact (erf) GELU
+
+
+class Block(nn.Module):
+    def __init__(self, config: MomattnConfig):
+        super().__init__()
+        eps = config.layer_norm_eps
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=eps, bias=config.bias)
+        self.attn = Attention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=eps, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class MomattnForCausalLM(PreTrainedModel, GenerationMixin):
+    config_class = MomattnConfig
+    base_model_prefix = "momattn"
+    main_input_name = "input_ids"
+
+    def __init__(self, config: MomattnConfig):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd) if config.pos_emb == "learned" else None
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.post_init()
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def get_input_embeddings(self):
+        return self.wte
+
+    def set_input_embeddings(self, value):
+        self.wte = value
+
+    def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.LongTensor | None = None, **kwargs) -> CausalLMOutput:
+        B, T = input_ids.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of {T} tokens exceeds the model's context of {self.config.block_size}")
+        x = self.wte(input_ids)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(T, device=input_ids.device))
+        for block in self.blocks:
+            x = block(x)
+        logits = F.linear(self.ln_f(x), self.wte.weight)  # tied input/output embeddings
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        return CausalLMOutput(loss=loss, logits=logits)
+
+    def prepare_inputs_for_generation(self, input_ids, **kwargs):
+        return {"input_ids": input_ids[:, -self.config.block_size:]}

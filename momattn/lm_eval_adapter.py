@@ -1,0 +1,170 @@
+"""momattn checkpoints as an lm-evaluation-harness model ("momattn" in lm-eval's own model registry).
+
+    python -m momattn.lm_eval_adapter --model momattn --model_args ckpt_path=last.ckpt --tasks lambada_openai
+    # in Python: import momattn.lm_eval_adapter, then lm_eval.simple_evaluate(model="momattn", model_args=...)
+
+lm-eval 0.4.x resolves `--model NAME` against its built-in registry only, so the adapter's module must be
+imported first: `python -m momattn.lm_eval_adapter ARGS` imports it (registering "momattn") and then runs
+lm-eval's own command line with ARGS, unchanged.
+
+- loglikelihood: every (context, continuation) is one row, the context cut from the left so that the row
+  fits the model's context (block_size tokens of input); rows are sorted by length and batched up to
+  batch_tokens tokens (and batch_size rows, when lm-eval gives an int), so neighbours need little padding.
+  Returns (sum log p(continuation), whether each token was the argmax).
+- loglikelihood_rolling: lm-eval's disjoint rolling windows (one token of context each), scored as above.
+- generate_until: one request at a time with the KV cache (momattn.generate.sample_tokens), greedy unless
+  do_sample=true; stops at the end-of-text token or at the first `until` string, which is cut off.
+Needs the [lm-eval] extra: pip install 'momattn[lm-eval]'.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn.functional as F
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+from tqdm.auto import tqdm
+
+from momattn.generate import inference_autocast, resolve_device, sample_tokens
+
+Pair = tuple[list[int], list[int]]  # (context ids, continuation ids)
+
+
+@register_model("momattn")
+class MomattnLM(TemplateLM):
+    def __init__(self, ckpt_path: str | None = None, device: str | None = "auto", batch_size: int | str = 16,
+                 batch_tokens: int = 4096, max_gen_toks: int = 256, precision: str = "auto", **kwargs):
+        super().__init__()
+        from momattn.checkpoint import load_checkpoint
+        from momattn.errors import ConfigError
+
+        if not ckpt_path:
+            raise ConfigError("the momattn model needs --model_args ckpt_path=PATH (a .ckpt written by train.py)")
+        self._device = resolve_device(device or "auto")
+        self.model, self.tokenizer = load_checkpoint(ckpt_path, map_location=self._device)
+        self.precision = precision
+        self.max_rows = int(batch_size) if str(batch_size).isdigit() and int(batch_size) > 0 else None  # "auto": by tokens
+        self.batch_tokens, self.max_gen_toks = int(batch_tokens), int(max_gen_toks)
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eot_id
+
+    @property
+    def max_length(self) -> int:
+        return self.model.config.block_size
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        return self.tokenizer.encode(string)
+
+    def tok_decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens)
+
+    # -- scoring ---------------------------------------------------------------------------------------------
+
+    def _fit(self, context: list[int], continuation: list[int]) -> tuple[list[int], int]:
+        """The input row (at most block_size tokens) and where its continuation's predictions start."""
+        whole = (context + continuation)[-(self.max_length + 1):]
+        return whole[:-1], len(whole) - 1 - len(continuation)  # position i predicts token i + 1
+
+    @torch.no_grad()
+    def score_pairs(self, pairs: list[Pair], disable_tqdm: bool = True) -> list[tuple[float, bool]]:
+        """(sum log p(continuation | context), greedy) for each pair, batched by length."""
+        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
+        batch: list[int] = []
+        width = 0
+
+        def flush():
+            rows = [self._fit(*pairs[i]) for i in batch]
+            x = torch.full((len(rows), max(len(r) for r, _ in rows)), self.eot_token_id, dtype=torch.long)
+            for j, (r, _) in enumerate(rows):
+                x[j, : len(r)] = torch.tensor(r)  # right-padded: a causal model never looks right
+            with inference_autocast(self._device, self.precision):
+                logits = self.model(x.to(self._device))  # (R, T, V)
+            logp = F.log_softmax(logits.double(), dim=-1)
+            for j, i in enumerate(batch):
+                cont, start = pairs[i][1], rows[j][1]
+                lp = logp[j, start : start + len(cont)]  # (N, V)
+                target = torch.tensor(cont, device=lp.device)
+                out[i] = (float(lp.gather(1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
+
+        for i in tqdm(order, disable=disable_tqdm, desc="momattn scoring"):
+            w = min(len(pairs[i][0]) + len(pairs[i][1]) - 1, self.max_length)
+            width = max(width, w)
+            if batch and ((len(batch) + 1) * width > self.batch_tokens or len(batch) == (self.max_rows or 1 << 30)):
+                flush()
+                batch, width = [], w
+            batch.append(i)
+        if batch:
+            flush()
+        return out
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        results = self.score_pairs([(list(ctx), list(cont)) for _, ctx, cont in requests], disable_tqdm)
+        for (key, _, _), res in zip(requests, results):
+            self.cache_hook.add_partial("loglikelihood", key, res)
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        windows, owner = [], []
+        for n, req in enumerate(requests):
+            tokens = self.tok_encode(req.args[0])
+            for w in get_rolling_token_windows(tokens, self.eot_token_id, self.max_length, 1):
+                windows.append(make_disjoint_window(w))
+                owner.append(n)
+        totals = [0.0] * len(requests)
+        for n, (lp, _) in zip(owner, self.score_pairs(windows, disable_tqdm)):
+            totals[n] += lp
+        for req, total in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", (req.args[0],), total)
+        return totals
+
+    # -- generation ------------------------------------------------------------------------------------------
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        out = []
+        for req in tqdm(requests, disable=disable_tqdm, desc="momattn generating"):
+            context, kwargs = req.args[0], dict(req.args[1] or {})
+            until = kwargs.pop("until", None) or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_new = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
+            sample = bool(kwargs.pop("do_sample", False)) and float(kwargs.get("temperature", 1.0)) > 0
+            temperature = float(kwargs.pop("temperature", 1.0)) if sample else 0.0
+            top_k = kwargs.pop("top_k", None)
+            ids = self.tok_encode(context) or [self.eot_token_id]
+            idx = torch.tensor([ids], dtype=torch.long, device=self._device)
+            tokens, text = [], ""
+            with torch.no_grad(), inference_autocast(self._device, self.precision):
+                for tok in sample_tokens(self.model, idx, max_new, temperature, top_k):
+                    if int(tok[0]) == self.eot_token_id:
+                        break
+                    tokens.append(int(tok[0]))
+                    text = self.tok_decode(tokens)
+                    if any(s and s in text for s in until):
+                        break
+            for s in until:
+                if s:
+                    text = text.split(s)[0]
+            self.cache_hook.add_partial("generate_until", (context, req.args[1]), text)
+            out.append(text)
+        return out
+
+
+def main() -> None:
+    """lm-eval's own command line, with the "momattn" model registered."""
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv[0] = "lm_eval"
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""python -m momattn.export: the exported folder loads in transformers with logits equal to ours (1e-4), as
+GPT2LMHeadModel for vanilla + learned positions and through the copied modeling file otherwise."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+from test_generate import tiny_checkpoint
+
+from momattn.checkpoint import load_checkpoint
+from momattn.errors import ConfigError
+from momattn.export import MODELING_FILE, export, parse_args
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+
+def parity(ckpt, out, trust: bool):
+    ours, tok = load_checkpoint(ckpt)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=trust).eval()
+    ids = torch.randint(0, ours.config.vocab_size, (3, ours.config.block_size), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = (hf(ids).logits - ours(ids)).abs().max().item()
+    assert diff < 1e-4
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out, trust_remote_code=trust)
+    text = "The café serves crème brûlée. 東京 ✓"
+    assert hf_tok(text)["input_ids"] == tok.encode(text)
+    assert hf_tok.decode(tok.encode(text)) == text and hf_tok.eos_token_id == tok.eot_id
+    return hf
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_vanilla_learned_positions_load_as_gpt2(tmp_path, bias):
+    ckpt = tiny_checkpoint(tmp_path / "v.ckpt", bias=bias)
+    out = export(ckpt, tmp_path / "hf")
+    assert not (out / MODELING_FILE.name).exists()  # plain transformers, no remote code
+    assert json.loads((out / "config.json").read_text())["activation_function"] == "gelu"  # exact erf GELU
+    hf = parity(ckpt, out, trust=False)
+    assert type(hf) is transformers.GPT2LMHeadModel
+    assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # tied, as ours
+    assert hf.config.vocab_size == 320 > 300  # the padded vocabulary is kept
+
+
+@pytest.mark.parametrize(("attention", "pos_emb", "attn"), [
+    ("momentum", "learned", {}),
+    ("momentum", "rotary", {"learnable_eta": True, "eta": 0.7, "include_current": True}),
+    ("multirate_ema", "learned", {"n_rates": 3}),
+    ("multirate_ema", "rotary", {}),
+    ("vanilla", "rotary", {}),
+])
+def test_other_variants_load_with_their_own_modeling_file(tmp_path, attention, pos_emb, attn):
+    ckpt = tiny_checkpoint(tmp_path / "m.ckpt", attention, pos_emb=pos_emb, **attn)
+    out = export(ckpt, tmp_path / "hf")
+    config = json.loads((out / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_momattn.MomattnForCausalLM"
+    hf = parity(ckpt, out, trust=True)
+    assert type(hf).__name__ == "MomattnForCausalLM"
+
+
+def test_modeling_file_is_self_contained():
+    tree = ast.parse(MODELING_FILE.read_text())
+    roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0}
+    assert roots <= {"__future__", "math", "torch", "transformers"}
+    assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))
+
+
+def test_refusals_and_arguments(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "v.ckpt")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("keep me")
+    with pytest.raises(ConfigError, match="is not empty; pick a new folder or pass overwrite=true"):
+        export(ckpt, tmp_path / "busy")
+    assert (tmp_path / "busy" / "x").read_text() == "keep me"
+    export(ckpt, tmp_path / "busy", overwrite=True)
+    with pytest.raises(ConfigError, match="'outt=x' is not an export argument. Did you mean 'out'"):
+        parse_args(["ckpt_path=a", "outt=x"])
+    with pytest.raises(ConfigError, match="missing out="):
+        parse_args(["ckpt_path=a"])
+
+
+def test_cli_exports_and_reports_bad_input_in_one_line(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "m.ckpt", "momentum")
+    run = [sys.executable, "-m", "momattn.export"]
+    r = subprocess.run([*run, f"ckpt_path={ckpt}", f"out={tmp_path / 'hf'}"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=300)
+    assert r.returncode == 0 and "trust_remote_code=True" in r.stdout, r.stderr
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json",
+            "modeling_momattn.py"} <= {p.name for p in (tmp_path / "hf").iterdir()}
+    r = subprocess.run([*run, f"ckpt_path={tmp_path / 'nope.ckpt'}", f"out={tmp_path / 'o'}"], capture_output=True,
+                       text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,121 @@
+"""generate.py: streamed sampling with the KV cache, deterministic for a seed, clear errors for bad input.
+
+`tiny_checkpoint` (also used by test_export.py and test_lm_eval.py) writes a checkpoint in the format
+momattn.checkpoint reads, from a tiny GPT and a byte-level BPE trained on a few sentences, in a second.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from conftest import run_cli
+
+from momattn.checkpoint import checkpoint_meta, load_checkpoint
+from momattn.errors import CheckpointError, ConfigError
+from momattn.generate import GenerateConfig, StreamDecoder, generate_text, sample_tokens
+from momattn.io import atomic_torch_save
+from momattn.model import GPT, AttentionConfig, GPTConfig
+from momattn.tokenizer import train_bpe
+
+TEXT = ["The café serves crème brûlée. The film was great; the plot was thin.",
+        "Sentence: a fine movie\nLabel: Positive", "Sentence: a dull movie\nLabel: Negative",
+        "Über naïve résumé — 東京 ✓"] * 4
+
+
+def tiny_checkpoint(path, attention: str = "vanilla", pos_emb: str = "learned", block_size: int = 32,
+                    bias: bool = True, seed: int = 0, **attn):
+    """A checkpoint of a randomly initialised 2-layer GPT (non-zero biases, so every parameter matters)."""
+    tok = train_bpe(lambda: TEXT, vocab_size=300)
+    torch.manual_seed(seed)
+    cfg = GPTConfig(block_size=block_size, vocab_size=320, n_layer=2, n_head=2, n_embd=16, bias=bias,
+                    pos_emb=pos_emb, attention=AttentionConfig(kind=attention, **attn))
+    model = GPT(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias") or "ln_" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    atomic_torch_save({"state_dict": state, "momattn": checkpoint_meta(cfg, tok, {})}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("gen") / "tiny.ckpt", block_size=16)
+
+
+def cfg(ckpt, **kw):
+    return GenerateConfig(**{"ckpt_path": str(ckpt), "prompt": "The film", "max_new_tokens": 12, **kw})
+
+
+def test_same_seed_same_samples_other_seed_other_samples(ckpt):
+    model, tok = load_checkpoint(ckpt)
+    a = generate_text(model, tok, cfg(ckpt, num_samples=2, seed=3, temperature=1.0, top_k=None), "cpu", io.StringIO())
+    b = generate_text(model, tok, cfg(ckpt, num_samples=2, seed=3, temperature=1.0, top_k=None), "cpu", io.StringIO())
+    c = generate_text(model, tok, cfg(ckpt, num_samples=2, seed=4, temperature=1.0, top_k=None), "cpu", io.StringIO())
+    assert a == b and a != c
+    assert a[0] != a[1]  # the samples of one run differ: the generator moves on
+
+
+@pytest.mark.parametrize("attention", ["vanilla", "momentum", "multirate_ema"])
+def test_cached_sampling_matches_model_generate_past_the_context(tmp_path, attention):
+    """40 tokens after a 16-token context: the cache is refilled twice, exactly as GPT.generate does it."""
+    model, _ = load_checkpoint(tiny_checkpoint(tmp_path / "m.ckpt", attention, block_size=16))
+    idx = torch.randint(0, 300, (2, 5), generator=torch.Generator().manual_seed(0))
+    ours = list(sample_tokens(model, idx, 40, 0.9, 20, torch.Generator().manual_seed(1)))
+    ref = model.generate(idx, 40, 0.9, 20, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(torch.stack(ours, 1), ref[:, 5:])
+
+
+def test_greedy_within_the_context_matches_full_recomputation(tmp_path):
+    model, _ = load_checkpoint(tiny_checkpoint(tmp_path / "m.ckpt", "momentum", block_size=32))
+    idx = torch.tensor([[5, 6, 7, 8]])
+    got = torch.stack(list(sample_tokens(model, idx, 20, temperature=0)), 1)
+    seq = idx
+    for _ in range(20):  # no cache: the whole sequence again at every step
+        seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(got, seq[:, 4:])
+
+
+def test_streamed_text_is_the_decoded_sample_and_prints_whole_characters(ckpt):
+    model, tok = load_checkpoint(ckpt)
+    out = io.StringIO()
+    samples = generate_text(model, tok, cfg(ckpt, prompt="Über", max_new_tokens=30, num_samples=2), "cpu", out)
+    assert out.getvalue() == "Über" + samples[0] + "\n---------------\nÜber" + samples[1] + "\n"
+    ids = tok.encode("東京 ✓ é")
+    assert any(tok.decode([i]).endswith("\ufffd") for i in ids)  # these characters span several tokens
+    stream = StreamDecoder(tok.decode)
+    pieces = [stream.push(i) for i in ids] + [stream.flush()]
+    assert "".join(pieces) == "東京 ✓ é" and not any("\ufffd" in p for p in pieces)
+
+
+@pytest.mark.parametrize(("kw", "culprit"), [
+    ({"prompt": ""}, "prompt is empty"), ({"prompt": None}, "prompt is empty"),
+    ({"max_new_tokens": 0}, "max_new_tokens=0"), ({"temperature": -0.5}, "temperature=-0.5"),
+    ({"top_k": 0}, "top_k=0"), ({"num_samples": 0}, "num_samples=0"), ({"ckpt_path": None}, "ckpt_path=PATH"),
+])
+def test_bad_settings_name_the_culprit(kw, culprit):
+    with pytest.raises(ConfigError, match=culprit.replace("(", r"\(")):
+        GenerateConfig(**{"ckpt_path": "x.ckpt", "prompt": "hi", **kw})
+
+
+def test_missing_checkpoint_is_a_checkpoint_error(tmp_path):
+    from momattn.generate import run_generate
+
+    with pytest.raises(CheckpointError, match="does not exist"):
+        run_generate({"ckpt_path": str(tmp_path / "nope.ckpt"), "prompt": "hi"})
+
+
+def test_cli_streams_to_stdout_and_rejects_bad_input_with_exit_2(ckpt, tmp_path):
+    args = [f"ckpt_path={ckpt}", "prompt=The film", "max_new_tokens=8", "seed=5", "device=cpu"]
+    r1, r2 = run_cli("generate.py", args, tmp_path), run_cli("generate.py", args, tmp_path)
+    assert r1.returncode == 0, r1.stderr
+    assert r1.stdout.startswith("The film") and r1.stdout == r2.stdout
+    assert not list(tmp_path.iterdir())  # no outputs/ folder, no .hydra
+    for bad, culprit in (("temperature=-1", "temperature=-1"), ("top_k=0", "top_k=0"),
+                         ("max_new_tokens=0", "max_new_tokens=0"), ("prompt=", "prompt is empty"),
+                         (f"ckpt_path={tmp_path}/missing.ckpt", "does not exist")):
+        r = run_cli("generate.py", [*args, bad], tmp_path)
+        assert r.returncode == 2 and culprit in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -1,0 +1,110 @@
+"""The lm-evaluation-harness adapter: "momattn" in lm-eval's registry, run offline on local task YAMLs
+(tests/data/lm_eval), with log-likelihoods equal to momattn's own scoring on the same strings."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+from test_generate import tiny_checkpoint
+
+lm_eval = pytest.importorskip("lm_eval")
+
+from lm_eval.api.instance import Instance  # noqa: E402
+from lm_eval.tasks import TaskManager  # noqa: E402
+
+from momattn.eval.scoring import PrefixScorer  # noqa: E402
+from momattn.generate import sample_tokens  # noqa: E402
+from momattn.lm_eval_adapter import MomattnLM  # noqa: E402
+
+DATA = ROOT / "tests" / "data" / "lm_eval"
+TASKS = ["momattn_tiny_mc", "momattn_tiny_rolling", "momattn_tiny_gen"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("lm_eval") / "tiny.ckpt", "momentum", block_size=64)
+
+
+def req(kind, *args):
+    return Instance(request_type=kind, doc={}, arguments=args, idx=0)
+
+
+def test_simple_evaluate_runs_local_tasks_and_matches_momattn_scoring(ckpt, monkeypatch):
+    monkeypatch.chdir(DATA)  # the task YAMLs name their JSONL relative to the working folder
+    out = lm_eval.simple_evaluate(model="momattn", model_args=f"ckpt_path={ckpt},batch_tokens=256", tasks=TASKS,
+                                  task_manager=TaskManager(include_path=str(DATA)), log_samples=True,
+                                  batch_size=4, limit=6)
+    res = out["results"]
+    assert 0 <= res["momattn_tiny_mc"]["acc,none"] <= 1
+    assert res["momattn_tiny_rolling"]["word_perplexity,none"] > 1
+    assert "exact_match,none" in res["momattn_tiny_gen"]
+    lm = MomattnLM(ckpt_path=str(ckpt))
+    scorer = PrefixScorer(lm.model, [])
+    for sample in out["samples"]["momattn_tiny_mc"]:
+        for (context, continuation), (ll, _greedy) in zip(sample["arguments"], [r[0] for r in sample["resps"]]):
+            ctx, cont = lm._encode_pair(context, continuation)
+            ((ref, n),) = scorer.score([(ctx, cont)])
+            assert n == len(cont) and ll == pytest.approx(ref, abs=1e-6)
+    eot = PrefixScorer(lm.model, [lm.eot_token_id])
+    for sample in out["samples"]["momattn_tiny_rolling"]:
+        text = sample["arguments"][0][0]
+        ((ref, _),) = eot.score([([], lm.tok_encode(text))])
+        assert sample["resps"][0][0] == pytest.approx(ref, abs=1e-6)  # shorter than the context: one window
+
+
+def test_loglikelihood_is_batch_independent_and_greedy_is_the_argmax(ckpt):
+    lm = MomattnLM(ckpt_path=str(ckpt), batch_size=1)
+    texts = [("Review: a fine film\nSentiment:", " Positive"), ("Review: dull\nSentiment:", " Negative"),
+             ("The café", " serves crème brûlée."), ("", "Über naïve")]
+    one = lm.loglikelihood([req("loglikelihood", *t) for t in texts])
+    lm.max_rows, lm.batch_tokens = None, 10_000
+    many = lm.loglikelihood([req("loglikelihood", *t) for t in texts])
+    assert [a for a, _ in one] == pytest.approx([b for b, _ in many], abs=1e-5) and all(a < 0 for a, _ in one)
+    ctx = lm.tok_encode("Review: a fine film\nSentiment:")
+    nxt = int(lm.model(torch.tensor([ctx]))[0, -1].argmax())
+    ((_, greedy),) = lm._loglikelihood_tokens([(("", ""), ctx, [nxt])])
+    assert greedy
+
+
+def test_long_inputs_keep_their_last_tokens_and_roll_over_windows(tmp_path):
+    lm = MomattnLM(ckpt_path=str(tiny_checkpoint(tmp_path / "s.ckpt", "multirate_ema", block_size=16)))
+    ctx, cont = list(range(40, 70)), [80, 81, 82]  # 33 tokens: the context keeps its last 14
+    ((ll, _),) = lm._loglikelihood_tokens([(("", ""), ctx, cont)])
+    x = torch.tensor([ctx[-14:] + cont[:-1]])  # 16 tokens of input; the last one is never fed
+    logp = torch.log_softmax(lm.model(x)[0, -3:].detach().double(), -1)
+    assert ll == pytest.approx(float(logp[range(3), cont].sum()), abs=1e-6)
+    text = "The café serves crème brûlée. " * 6
+    (rolled,) = lm.loglikelihood_rolling([req("loglikelihood_rolling", text)])
+    tokens, total = lm.tok_encode(text), 0.0
+    for start in range(0, len(tokens), 16):  # disjoint windows of 16 predicted tokens, one of context each
+        context = [lm.eot_token_id] if start == 0 else tokens[max(0, start - 16):start]
+        context = context[-(16 - len(tokens[start:start + 16]) + 1):] if start else context
+        ((lp, _),) = lm._loglikelihood_tokens([(("", ""), context, tokens[start:start + 16])])
+        total += lp
+    assert len(tokens) > 32 and math.isfinite(rolled) and rolled == pytest.approx(total, abs=1e-6)
+
+
+def test_generate_until_is_greedy_and_stops_at_the_stop_string(ckpt):
+    lm = MomattnLM(ckpt_path=str(ckpt))
+    prompt = "Review: a fine film\nSentiment:"
+    (free,) = lm.generate_until([req("generate_until", prompt, {"until": [], "max_gen_toks": 12})])
+    ids = torch.tensor([lm.tok_encode(prompt)])
+    greedy = [int(t) for t in sample_tokens(lm.model, ids, 12, temperature=0)]
+    eot = greedy.index(lm.eot_token_id) if lm.eot_token_id in greedy else len(greedy)
+    assert free == lm.tok_decode(greedy[:eot])
+    stop = free[len(free) // 2: len(free) // 2 + 2] if len(free) > 3 else "\n"
+    (cut,) = lm.generate_until([req("generate_until", prompt, {"until": [stop], "max_gen_toks": 12})])
+    assert cut == free.split(stop)[0] if stop in free else cut == free
+
+
+def test_the_lm_eval_command_line_finds_the_momattn_model(ckpt):
+    r = subprocess.run([sys.executable, "-m", "momattn.lm_eval_adapter", "--model", "momattn", "--model_args",
+                        f"ckpt_path={ckpt}", "--tasks", "momattn_tiny_mc", "--include_path", str(DATA),
+                        "--limit", "4", "--device", "cpu"], cwd=DATA, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "momattn_tiny_mc" in r.stdout and "acc" in r.stdout

@@ -1,0 +1,22 @@
+"""ICL versus explicit finetuning on a checkpoint (Dai et al. 2023, Section 4): Rec2FTP, SimAOU, SimAM, Kendall,
+with their baselines, and a numerical check of the dual form.
+
+    python analyze.py ckpt_path=outputs/train/.../checkpoints/last.ckpt task=ginc shots=32
+    python analyze.py ckpt_path=last.ckpt task=sst2 shots=4 lrs=[1e-3,1e-2]
+    python analyze.py ckpt_path=last.ckpt 'task={name: mytask, path: f.jsonl, template: "{text}:", answers: [a, b]}'
+
+Writes results.json, results.md and per_layer.png into the run folder. Settings: conf/analyze.yaml.
+"""
+
+from momattn.cli import hydra_main
+
+
+@hydra_main(config_name="analyze")
+def main(cfg):
+    from momattn.analysis.runner import run_analyze
+
+    return run_analyze(cfg)
+
+
+if __name__ == "__main__":
+    main()

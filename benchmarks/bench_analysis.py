@@ -1,0 +1,74 @@
+"""Where analyze.py's time goes on the default-size model (4 layers x 256, context 256), 200 test examples.
+
+    .venv/bin/python benchmarks/bench_analysis.py --ckpt /tmp/hG_run_full/checkpoints/last.ckpt --task sst2 --shots 4
+    .venv/bin/python benchmarks/bench_analysis.py --ginc          # a random-init default-size GINC model, k=32
+
+Prints a table (seconds per phase) and writes benchmarks/results/bench_analysis.json. The phases: prepare
+(prompts), capture_zsl_icl (one forward per prompt, hooks), lr_select (the grid finetuned side by side and
+scored on held-out rows), ft_test (finetuning at the chosen lr, queries recorded), capture_ft_rnd (FT and
+random-update forwards), predict (the evaluator's scoring of ZSL / ICL / FT), metrics, dual_check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+
+def ginc_model(n_symbols: int = 50):
+    from momattn.data.ginc import GincCorpus
+    from momattn.model import GPT, GPTConfig
+
+    world = {"_target_": "momattn.data.ginc.GincCorpus", "n_symbols": n_symbols}
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=256, vocab_size=64, n_layer=4, n_head=4, n_embd=256)).eval()
+    return model, GincCorpus(n_symbols=n_symbols).tokenizer(), {"data": world}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ckpt")
+    ap.add_argument("--task", default="sst2")
+    ap.add_argument("--shots", type=int, default=4)
+    ap.add_argument("--ginc", action="store_true", help="random-init default-size model on GINC (k=32)")
+    ap.add_argument("--max-examples", type=int, default=200)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_analysis.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    from momattn.analysis.config import AnalyzeConfig
+    from momattn.analysis.runner import analyze
+
+    if args.ginc:
+        model, tok, run_config = ginc_model()
+        task, shots, label = "ginc", 32, "random-init 4x256 GINC model"
+    else:
+        from momattn.checkpoint import load_checkpoint, read_checkpoint
+
+        model, tok = load_checkpoint(args.ckpt)
+        run_config = dict(read_checkpoint(args.ckpt)["momattn"].get("config") or {})
+        task, shots, label = args.task, args.shots, args.ckpt
+    cfg = AnalyzeConfig(task=task, shots=shots, max_examples=args.max_examples)
+    t0 = time.perf_counter()
+    res = analyze(model, tok, run_config, cfg)
+    wall = time.perf_counter() - t0
+    row = {"model": label, "task": task, "shots": shots, "n_test": res.n_test, "n_lrs": len(cfg.lr_grid),
+           "n_select": res.n_select, "wall_s": wall, "phases_s": res.timing_s, "threads": torch.get_num_threads(),
+           "machine": platform.processor() or platform.machine(),
+           "note": "2 shared CPU cores, contended by other jobs: upper bounds"}
+    print(f"{label}  task={task} k={shots}  n_test={res.n_test}  lrs={len(cfg.lr_grid)}  select={res.n_select}")
+    print(f"{'phase':<18}{'seconds':>10}")
+    for k, v in res.timing_s.items():
+        print(f"{k:<18}{v:>10.1f}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else []
+    Path(args.out).write_text(json.dumps(old + [row], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""analyze.py's settings (conf/analyze.yaml), typed and checked once."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from momattn.analysis.finetune import paper_lr_grid
+from momattn.errors import ConfigError
+
+
+@dataclass
+class AnalyzeConfig:
+    ckpt_path: str | None = None  # a .ckpt written by train.py
+    task: Any = "ginc"  # an ICL task name (sst2, mr, ..., ginc, ginc_l8, ...) or a local-file mapping
+    shots: int = 32  # demonstrations per prompt = finetuning steps
+    seed: int = 1  # demonstration draw (the evaluator's icl.seeds entry)
+    max_examples: int = 200  # test examples (GINC: prompts)
+    select_examples: int = 32  # text tasks: held-out pool rows that choose the learning rate
+    select_prompts: int = 8  # GINC: separate prompts that choose it (each costs one finetuning per lr)
+    lrs: list[float] | None = None  # SGD learning rates; null = the paper's grid 1..9 x 1e-1..1e-4
+    random_seed: int = 0  # the random-update and random-ranking baselines
+    separator: str = "eot"  # after each demonstration, as in evaluate.py's icl.separator
+    test_seed: int = 1  # test-set shuffle, as in evaluate.py's icl.test_seed
+    device: str = "cpu"  # cpu | cuda | auto
+    batch_tokens: int = 8192  # tokens per forward pass
+    ft_models_per_batch: int = 64  # models finetuned side by side (GINC: one per prompt)
+    dual_check: bool = True  # check the dual form on the checkpoint's layers
+    tags: list[str] = field(default_factory=lambda: ["analyze"])
+    logger: Any = None  # {wandb: {...}} or None
+    paths: Any = None  # conf/paths (unused here; composed by the defaults list)
+
+    def __post_init__(self):
+        def positive_int(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name}={v!r} must be an int >= 1")
+
+        for name in ("shots", "max_examples", "select_examples", "select_prompts", "batch_tokens",
+                     "ft_models_per_batch"):
+            positive_int(name)
+        if self.lrs is not None:
+            lrs = self.lrs if isinstance(self.lrs, list | tuple) else [self.lrs]
+            if not lrs or not all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+                                  and x > 0 for x in lrs):
+                raise ConfigError(f"lrs={self.lrs!r} must be a non-empty list of positive numbers, e.g. "
+                                  "lrs=[1e-3,1e-2], or null for the paper's grid (1..9 x 1e-1..1e-4)")
+            self.lrs = sorted(float(x) for x in lrs)
+
+    @property
+    def lr_grid(self) -> list[float]:
+        return self.lrs if self.lrs is not None else paper_lr_grid()

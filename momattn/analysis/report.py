@@ -1,0 +1,152 @@
+"""The analysis report: results.json (AnalysisResult.to_json, one entry per run), results.md in the paper's
+table layout (rows = metrics, columns = task / model), per_layer.png, and W&B when logging is on."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from momattn.io import atomic_write_text
+
+METRIC_ROWS = [  # (label, getter), the paper's Table 2-5 order with their baselines beside
+    ("ZSL accuracy (%)", lambda r: _pct(r.acc["zsl"])),
+    ("ICL accuracy (%)", lambda r: _pct(r.acc["icl"])),
+    ("FT accuracy (%)", lambda r: _pct(r.acc["ft"])),
+    ("Rec2FTP (%)", lambda r: _pct(r.rec2ftp) + f" (of {r.rec2ftp_n})"),
+    ("SimAOU (dFT)", lambda r: _f(r.simaou_ft.mean)),
+    ("SimAOU (random d)", lambda r: _f(r.simaou_random.mean)),
+    ("SimAM (before FT: ICL vs ZSL)", lambda r: _f(r.simam_before.mean)),
+    ("SimAM (after FT: ICL vs FT)", lambda r: _f(r.simam_after.mean)),
+    ("Kendall (ICL, FT)", lambda r: _f(r.kendall_ft.mean)),
+    ("Kendall (ICL, random)", lambda r: _f(r.kendall_random.mean)),
+]
+PER_LAYER = [("simaou_ft", "SimAOU (dFT)"), ("simaou_random", "SimAOU (random d)"),
+             ("simam_before", "SimAM before FT"), ("simam_after", "SimAM after FT"),
+             ("kendall_ft", "Kendall (ICL, FT)"), ("kendall_random", "Kendall (ICL, random)")]
+
+
+def _f(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.1f}"
+
+
+def _col(r) -> str:
+    return f"{r.task} ({r.attention}, k={r.shots})"
+
+
+def findings(r) -> list[str]:
+    """The paper's qualitative findings, checked on this run."""
+    def cmp(a, b):
+        return "n/a" if not (math.isfinite(a) and math.isfinite(b)) else ("yes" if a > b else "no")
+
+    return [f"SimAOU(dFT) above SimAOU(random d): {cmp(r.simaou_ft.mean, r.simaou_random.mean)}",
+            f"SimAM after FT above before FT: {cmp(r.simam_after.mean, r.simam_before.mean)}",
+            f"Kendall(ICL, FT) positive and above Kendall(ICL, random): "
+            f"{cmp(min(r.kendall_ft.mean, r.kendall_ft.mean - r.kendall_random.mean), 0.0)}"]
+
+
+def markdown(results: Sequence) -> str:
+    cols = [_col(r) for r in results]
+    lines = ["# ICL vs finetuning (Dai et al. 2023, Section 4)", "",
+             "| metric | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for label, get in METRIC_ROWS:
+        lines.append(f"| {label} | " + " | ".join(get(r) for r in results) + " |")
+    for r in results:
+        L = len(r.simaou_ft.per_layer)
+        lines += ["", f"## {_col(r)}: per layer", "",
+                  "| metric | " + " | ".join(f"layer {i}" for i in range(L)) + " | mean |", "|---|" + "---|" * (L + 1)]
+        for key, label in PER_LAYER:
+            m = getattr(r, key)
+            lines.append(f"| {label} | " + " | ".join(_f(v) for v in m.per_layer) + f" | {_f(m.mean)} |")
+        lines += ["", "Paper's findings on this run: " + "; ".join(findings(r)) + ".", ""]
+        sel = ", ".join(f"{lr}: {_pct(a) if a is not None else 'diverged'}" for lr, a in r.lr_selection.items())
+        lines += [f"- checkpoint: {r.checkpoint}; test examples: {r.n_test}; chance {_pct(r.chance)}%; "
+                  f"demonstration seed {r.seed}",
+                  f"- learning rate {r.lr:g}, chosen on {r.n_select} held-out rows (accuracy %: {sel})",
+                  f"- FT loss per step (first, last): {_f(r.ft['loss_per_step'][0])}, "
+                  f"{_f(r.ft['loss_per_step'][-1])}; update norm per layer: "
+                  + ", ".join(_f(v) for v in r.ft["update_norm_per_layer"])
+                  + f"; diverged test models: {r.ft['n_diverged']}"]
+        if r.dual:
+            mem = r.dual.get("memory_op_max_rel_err")
+            lines.append(f"- dual form (float64, every layer, {r.dual['n_demo_tokens']} demonstration tokens): "
+                         f"linear attention = (W_ZSL + dW_ICL) q to max relative error "
+                         f"{r.dual['linear_attention_max_rel_err']:.1e}"
+                         + (f"; memory term = naive decayed sum (the model's op) to {mem:.1e}, split into "
+                            "query-side + demonstration update" if mem is not None else ""))
+        lines.append("- time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in r.timing_s.items()))
+        lines += ["", f"Protocol: {r.protocol}"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_layers(results: Sequence, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    pairs = [("simaou_ft", "simaou_random", "SimAOU"), ("simam_after", "simam_before", "SimAM"),
+             ("kendall_ft", "kendall_random", "Kendall")]
+    for ax, (a, b, title) in zip(axes, pairs):
+        for r in results:
+            for key, style in ((a, "-o"), (b, "--x")):
+                vals = getattr(r, key).per_layer
+                ax.plot(range(len(vals)), vals, style, label=f"{_col(r)}: {dict(PER_LAYER)[key]}")
+        ax.set_title(title)
+        ax.set_xlabel("layer")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_reports(results, out_dir: str | os.PathLike) -> None:
+    results = results if isinstance(results, list | tuple) else [results]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps({"analyses": [r.to_json() for r in results]}, indent=2))
+    atomic_write_text(out / "results.md", markdown(results))
+    plot_layers(results, out / "per_layer.png")
+
+
+def flat_metrics(r) -> dict[str, float]:
+    out = {f"analyze/acc_{k}": v for k, v in r.acc.items()}
+    if r.rec2ftp is not None:
+        out["analyze/rec2ftp"] = r.rec2ftp
+    for key, _ in PER_LAYER:
+        m = getattr(r, key)
+        out[f"analyze/{key}"] = m.mean
+        out.update({f"analyze/{key}@layer{i}": v for i, v in enumerate(m.per_layer)})
+    return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}
+
+
+def log_wandb(r, out_dir: Path, wandb_cfg: Mapping, tags: Sequence[str] = ()) -> bool:
+    """One W&B run (offline unless wandb_cfg says offline: false); skipped when wandb cannot be imported."""
+    try:
+        import wandb
+    except ImportError:
+        return False
+    run = wandb.init(mode="offline" if wandb_cfg.get("offline", True) else "online", dir=str(out_dir),
+                     project=wandb_cfg.get("project") or "momattn", job_type="analyze",
+                     tags=list(tags), name=f"{r.task}-{r.attention}", config={"checkpoint": r.checkpoint,
+                                                                              "lr": r.lr, "shots": r.shots})
+    try:
+        metrics = flat_metrics(r)
+        run.log(metrics)
+        run.summary.update(metrics)
+        if (out_dir / "per_layer.png").exists():
+            run.log({"per_layer": wandb.Image(str(out_dir / "per_layer.png"))})
+    finally:
+        run.finish()
+    return True

@@ -1,0 +1,299 @@
+"""ICL versus explicit finetuning on one checkpoint and task, as a story (Dai et al. 2023, Section 4):
+
+    episodes (the evaluator's prompts) -> ZSL and ICL predictions and captures -> learning rate picked on
+    held-out rows -> FT on the demonstrations (K/V only) -> FT and random-update captures -> metrics ->
+    dual-form check -> results.json, results.md, per_layer.png
+
+analyze(model, tokenizer, run_config, cfg) does the work on a model in memory; run_analyze(cfg) is analyze.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from momattn.analysis.capture import Capture, Delta, capture, kv_delta
+from momattn.analysis.config import AnalyzeConfig
+from momattn.analysis.episodes import AnalysisSet, Episode, ginc_set, text_set
+from momattn.analysis.finetune import FtRun, answer_scores, finetune
+from momattn.analysis.metrics import kendall_per_layer, kendall_random, layer_mean, rec2ftp, simam, simaou
+from momattn.errors import ConfigError, NonFiniteLossError
+from momattn.eval.ginc import GincTask
+from momattn.eval.results import JsonMixin
+from momattn.eval.scoring import PrefixScorer
+from momattn.eval.tasks import resolve_tasks
+from momattn.utils import stable_seed
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = (
+    "ZSL = <eot> + test input; ICL = <eot> + k demonstrations (the evaluator's prompt) + test input; FT = the "
+    "zero-shot prompt on the model finetuned on the k demonstrations: each demonstration its own sequence "
+    "(<eot> + demonstration as in the prompt), same order, one epoch, batch size 1, SGD, loss = mean NLL of the "
+    "answer tokens (GINC: the last symbol), only the K and V rows of every c_attn (weights and biases) updated. "
+    "Predictions use the evaluator's rule (text: argmax of the mean log-prob of each candidate answer; GINC: "
+    "greedy next token). Learning rate: each value of the grid finetuned on the same demonstrations, scored "
+    "on held-out rows (text: demonstration-pool rows after the k demonstrations in the seeded order, never in "
+    "the prompt nor the test set; GINC: separate prompts from another seed, each finetuned on its own "
+    "demonstrations); the most accurate non-diverged value wins, ties broken by the higher mean log-prob of "
+    "the right answer. Metric definitions: momattn/analysis/metrics.py."
+)
+
+
+@dataclass
+class LayerMetric(JsonMixin):
+    per_layer: list[float]
+    mean: float  # over layers (of per-layer means over examples)
+
+
+@dataclass
+class AnalysisResult(JsonMixin):
+    checkpoint: str | None
+    attention: str
+    model: dict
+    task: str
+    kind: str
+    source: str
+    shots: int
+    seed: int
+    n_test: int
+    chance: float
+    acc: dict[str, float]  # zsl / icl / ft
+    rec2ftp: float | None
+    rec2ftp_n: int  # N(FT right, ZSL wrong)
+    simaou_ft: LayerMetric
+    simaou_random: LayerMetric
+    simam_before: LayerMetric  # ICL vs ZSL
+    simam_after: LayerMetric  # ICL vs FT
+    kendall_ft: LayerMetric
+    kendall_random: LayerMetric
+    lr: float
+    lr_selection: dict[str, float | None]  # str(lr) -> held-out accuracy (None: diverged)
+    n_select: int
+    ft: dict  # losses, update norms, diverged test models
+    protocol: str = PROTOCOL
+    dual: dict | None = None
+    timing_s: dict[str, float] = field(default_factory=dict)
+
+
+class Timer:
+    def __init__(self):
+        self.t: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.t[name] = timer.t.get(name, 0.0) + time.perf_counter() - self.t0
+
+        return _Ctx()
+
+
+def zsl_rows(eps: list[Episode]) -> list[list[int]]:
+    return [e.query for e in eps]
+
+
+def choice_predictions(model, prefix: list[int], eps: list[Episode], delta: Delta | None,
+                       batch_tokens: int) -> np.ndarray:
+    """The evaluator's rule with its scorer: argmax over candidates of the mean log-prob after prefix + query."""
+    with kv_delta(model, delta):
+        scorer = PrefixScorer(model, prefix, batch_tokens)
+        flat = iter(scorer.score([(e.query, a) for e in eps for a in e.answers]))
+    preds = []
+    for e in eps:
+        s = [next(flat) for _ in e.answers]
+        preds.append(int(np.argmax([lp / n for lp, n in s])))
+    return np.asarray(preds)
+
+
+def select_lr(model, aset: AnalysisSet, cfg: AnalyzeConfig) -> tuple[float, dict[str, float | None]]:
+    grid = cfg.lr_grid
+    if len(grid) == 1:
+        return grid[0], {str(grid[0]): None}
+    if not aset.select:
+        raise ConfigError(f"task '{aset.task}': no held-out rows are left to choose the learning rate; lower "
+                          "shots, raise select_examples, or fix it with lrs=[x]")
+    eot = aset.eot
+    acc = np.zeros(len(grid))
+    gold = np.zeros(len(grid))
+    bad = np.zeros(len(grid), dtype=bool)
+    labels = np.asarray([e.label for e in aset.select])
+    if aset.kind == "choice":  # one set of demonstrations: every lr side by side
+        for g0 in range(0, len(grid), cfg.ft_models_per_batch):
+            lrs = grid[g0 : g0 + cfg.ft_models_per_batch]
+            run = finetune(model, [aset.select[0].train] * len(lrs), lrs)
+            s = answer_scores(model, run.delta, [[eot] + e.query for e in aset.select],
+                              [e.answers for e in aset.select], cfg.batch_tokens)  # (M, R, A)
+            pred = s.argmax(-1).numpy()
+            acc[g0 : g0 + len(lrs)] = (pred == labels).mean(1)
+            gold[g0 : g0 + len(lrs)] = s[:, np.arange(len(labels)), labels].mean(1).numpy()
+            bad[g0 : g0 + len(lrs)] = run.diverged.numpy() | ~np.isfinite(s.numpy()).all((1, 2))
+    else:  # GINC: one model per (lr, prompt)
+        pairs = [(i, e) for i in range(len(grid)) for e in aset.select]
+        right = np.zeros(len(grid))
+        lp = np.zeros(len(grid))
+        for p0 in range(0, len(pairs), cfg.ft_models_per_batch):
+            chunk = pairs[p0 : p0 + cfg.ft_models_per_batch]
+            run = finetune(model, [e.train for _, e in chunk], [grid[i] for i, _ in chunk])
+            cap = capture(model, [[eot] + e.query for _, e in chunk], delta=run.delta, batch_tokens=cfg.batch_tokens)
+            logp = torch.log_softmax(cap.logits.double(), -1)
+            for (i, e), row, dv in zip(chunk, logp, run.diverged):
+                bad[i] |= bool(dv) or not bool(torch.isfinite(row).all())
+                right[i] += int(row.argmax()) == e.label
+                lp[i] += float(row[e.label])
+        acc, gold = right / len(aset.select), lp / len(aset.select)
+    table = {str(lr): (None if b else float(a)) for lr, a, b in zip(grid, acc, bad)}
+    ok = np.flatnonzero(~bad)
+    if not len(ok):
+        raise NonFiniteLossError(
+            f"every learning rate in lrs={grid} diverged (non-finite finetuning loss or weights) on task "
+            f"'{aset.task}'; use smaller values, e.g. lrs=[1e-5,1e-4,1e-3], or the paper's grid (lrs=null)")
+    best = max(ok, key=lambda i: (acc[i], gold[i]))
+    return float(grid[best]), table
+
+
+def finetuned_states(model, aset: AnalysisSet, lr: float, cfg: AnalyzeConfig, timer: Timer
+                     ) -> tuple[Capture, Capture, list[torch.Tensor], FtRun | None, dict]:
+    """FT and random-update captures of every test example's zero-shot prompt, the queries recorded while
+    finetuning (per example (L, n_demo, C)), and FT facts."""
+    eot, eps = aset.eot, aset.test
+    if aset.kind == "choice":  # one finetuned model serves every test example
+        with timer("ft_test"):
+            run = finetune(model, [eps[0].train], [lr], record_queries=True)
+        rnd = run.delta.random_like(stable_seed("analyze-random-update", cfg.random_seed))
+        with timer("capture_ft_rnd"):
+            cap_ft = capture(model, zsl_rows(eps), [eot], run.delta, cfg.batch_tokens)
+            cap_rnd = capture(model, zsl_rows(eps), [eot], rnd, cfg.batch_tokens)
+        q = torch.cat(run.queries[0], dim=1)  # (L, n_demo, C)
+        facts = {"loss_per_step": run.losses[0].tolist(), "update_norm_per_layer": run.delta.norms()[0].tolist(),
+                 "n_diverged": int(run.diverged.sum())}
+        return cap_ft, cap_rnd, [q] * len(eps), run, facts
+    caps_ft, caps_rnd, queries, losses, norms, n_bad = [], [], [], [], [], 0
+    for c0 in range(0, len(eps), cfg.ft_models_per_batch):
+        chunk = eps[c0 : c0 + cfg.ft_models_per_batch]
+        with timer("ft_test"):
+            run = finetune(model, [e.train for e in chunk], [lr] * len(chunk), record_queries=True)
+        rnd = run.delta.random_like(stable_seed("analyze-random-update", cfg.random_seed, c0))
+        rows = [[eot] + e.query for e in chunk]
+        with timer("capture_ft_rnd"):
+            caps_ft.append(capture(model, rows, delta=run.delta, batch_tokens=cfg.batch_tokens))
+            caps_rnd.append(capture(model, rows, delta=rnd, batch_tokens=cfg.batch_tokens))
+        queries.extend(torch.cat(qm, dim=1) for qm in run.queries)
+        losses.append(run.losses)
+        norms.append(run.delta.norms())
+        n_bad += int(run.diverged.sum())
+    loss = torch.cat(losses)
+    facts = {"loss_per_step": loss.nanmean(0).tolist(), "update_norm_per_layer": torch.cat(norms).mean(0).tolist(),
+             "n_diverged": n_bad}
+    return _cat(caps_ft), _cat(caps_rnd), queries, None, facts
+
+
+def _cat(caps: list[Capture]) -> Capture:
+    return Capture(torch.cat([c.h for c in caps]), torch.cat([c.q for c in caps]),
+                   [s for c in caps for s in c.scores], torch.cat([c.logits for c in caps]))
+
+
+def analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoint: str | None = None
+            ) -> AnalysisResult:
+    timer = Timer()
+    t0 = time.perf_counter()
+    tasks = resolve_tasks([cfg.task])
+    task = tasks[0]
+    with timer("prepare"):
+        if isinstance(task, GincTask):
+            aset = ginc_set(model, tokenizer, task, cfg, run_config.get("data"))
+        else:
+            from momattn.eval.runner import split_seed_of
+
+            aset = text_set(model, tokenizer, task, cfg, split_seed_of(run_config))
+    model.eval()
+    eps, eot = aset.test, aset.eot
+    labels = np.asarray([e.label for e in eps])
+    with timer("capture_zsl_icl"):
+        cap_zsl = capture(model, zsl_rows(eps), [eot], batch_tokens=cfg.batch_tokens)
+        if aset.prefix is not None:
+            cap_icl = capture(model, zsl_rows(eps), aset.prefix, batch_tokens=cfg.batch_tokens)
+        else:
+            cap_icl = capture(model, [e.icl_prompt for e in eps], batch_tokens=cfg.batch_tokens)
+    with timer("lr_select"):
+        lr, table = select_lr(model, aset, cfg)
+    cap_ft, cap_rnd, queries, run, facts = finetuned_states(model, aset, lr, cfg, timer)
+    n_models = 1 if aset.kind == "choice" else len(eps)
+    if facts["n_diverged"] == n_models:
+        raise NonFiniteLossError(
+            f"finetuning at lr={lr:g} diverged (non-finite loss or weights) on task '{aset.task}' (lrs={cfg.lr_grid}); "
+            "use smaller values, e.g. lrs=[1e-5,1e-4,1e-3], or the paper's grid (lrs=null)")
+    with timer("predict"):
+        if aset.kind == "choice":
+            zsl = choice_predictions(model, [eot], eps, None, cfg.batch_tokens)
+            icl = choice_predictions(model, aset.prefix, eps, None, cfg.batch_tokens)
+            ft = choice_predictions(model, [eot], eps, run.delta, cfg.batch_tokens)
+        else:
+            zsl, icl, ft = (c.logits.argmax(-1).numpy() for c in (cap_zsl, cap_icl, cap_ft))
+    with timer("metrics"):
+        rng = np.random.default_rng(stable_seed("analyze-random-ranking", cfg.random_seed))
+        sa_ft, sa_rnd = simaou(cap_zsl.h, cap_icl.h, cap_ft.h).numpy(), simaou(cap_zsl.h, cap_icl.h, cap_rnd.h).numpy()
+        before, after, k_ft, k_rnd = [], [], [], []
+        for i, e in enumerate(eps):
+            nq = len(e.query)
+            before.append(simam(cap_icl.scores[i], cap_zsl.scores[i], nq).numpy())
+            after.append(simam(cap_icl.scores[i], cap_ft.scores[i], nq).numpy())
+            k_ft.append(kendall_per_layer(cap_icl.scores[i], e.demo_pos, cap_ft.q[i], queries[i]))
+            k_rnd.append(kendall_random(cap_icl.scores[i], e.demo_pos, rng))
+    r2, r2n = rec2ftp(zsl == labels, icl == labels, ft == labels)
+    dual = None
+    if cfg.dual_check:
+        with timer("dual_check"):
+            from momattn.analysis.dual import dual_form_report
+
+            cpu = copy.deepcopy(model).cpu().double() if next(model.parameters()).device.type != "cpu" else model
+            n_demo = len(eps[0].icl_prompt) - len(eps[0].query)
+            dual = dual_form_report(cpu, eps[0].icl_prompt, n_demo)
+    from momattn.eval.lm import attention_kind, describe
+
+    timer.t["total"] = time.perf_counter() - t0
+    return AnalysisResult(
+        checkpoint=checkpoint, attention=attention_kind(model), model=describe(model), task=aset.task,
+        kind=aset.kind, source=aset.source, shots=aset.k, seed=cfg.seed, n_test=len(eps), chance=aset.chance,
+        acc={"zsl": float((zsl == labels).mean()), "icl": float((icl == labels).mean()),
+             "ft": float((ft == labels).mean())},
+        rec2ftp=r2, rec2ftp_n=r2n, simaou_ft=LayerMetric(*layer_mean(sa_ft)),
+        simaou_random=LayerMetric(*layer_mean(sa_rnd)), simam_before=LayerMetric(*layer_mean(np.stack(before))),
+        simam_after=LayerMetric(*layer_mean(np.stack(after))), kendall_ft=LayerMetric(*layer_mean(np.asarray(k_ft))),
+        kendall_random=LayerMetric(*layer_mean(np.asarray(k_rnd))), lr=lr, lr_selection=table,
+        n_select=len(aset.select), ft=facts, dual=dual, timing_s=dict(timer.t))
+
+
+def run_analyze(cfg: Mapping, out_dir: str | Path | None = None) -> AnalysisResult:
+    """analyze.py: load the checkpoint, analyse, write results.json / results.md / per_layer.png."""
+    from momattn.analysis.report import log_wandb, write_reports
+    from momattn.checkpoint import load_checkpoint, read_checkpoint
+    from momattn.eval.config import build
+    from momattn.eval.runner import hydra_output_dir, resolve_device
+
+    conf = build(AnalyzeConfig, cfg)
+    if not conf.ckpt_path:
+        raise ConfigError("ckpt_path is not set; pass ckpt_path=outputs/train/.../checkpoints/last.ckpt")
+    out = Path(out_dir) if out_dir is not None else hydra_output_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(conf.device)
+    meta = read_checkpoint(conf.ckpt_path)["momattn"]
+    model, tokenizer = load_checkpoint(conf.ckpt_path, map_location=device)
+    result = analyze(model, tokenizer, dict(meta.get("config") or {}), conf, checkpoint=str(conf.ckpt_path))
+    write_reports(result, out)
+    if conf.logger and "wandb" in conf.logger:
+        log_wandb(result, out, conf.logger["wandb"], conf.tags)
+    print((out / "results.md").read_text())
+    print(f"reports written to {out}/ (results.json, results.md, per_layer.png)")
+    return result

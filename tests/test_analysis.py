@@ -1,0 +1,250 @@
+"""analyze.py: finetuning touches K/V only and matches a naive SGD loop, captures match a float64 re-computation,
+Kendall tau-b, the dual form, bad input, and end-to-end runs on a text task and a GINC checkpoint."""
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_eval_common import CharTokenizer
+
+from momattn.analysis.capture import Delta, capture
+from momattn.analysis.config import AnalyzeConfig
+from momattn.analysis.dual import dual_form_report, linear_attention_check, memory_check
+from momattn.analysis.finetune import FtSequence, finetune, paper_lr_grid
+from momattn.analysis.metrics import kendall_tau_b
+from momattn.analysis.runner import analyze
+from momattn.errors import ConfigError, DataError, NonFiniteLossError
+
+
+def tiny_gpt(kind="vanilla", vocab=37, block_size=64, pos_emb="learned", seed=0, **attention):
+    """A 2-layer, 16-wide GPT in eval mode (seeded)."""
+    from momattn.model import GPT, AttentionConfig, GPTConfig
+
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(block_size=block_size, vocab_size=vocab, n_layer=2, n_head=2, n_embd=16, pos_emb=pos_emb,
+                         attention=AttentionConfig(kind=kind, **attention))).eval()
+
+
+KINDS = [("vanilla", {}), ("momentum", {}), ("momentum", {"include_current": True, "learnable_eta": True}),
+         ("multirate_ema", {})]
+
+
+def seqs(seed, k=3, vocab=37):
+    g = torch.Generator().manual_seed(seed)
+    return [FtSequence([0] + torch.randint(1, vocab, (int(n),), generator=g).tolist(), 2)
+            for n in torch.randint(4, 9, (k,), generator=g)]
+
+
+def test_paper_grid():
+    grid = paper_lr_grid()
+    assert len(grid) == 36 and grid[0] == pytest.approx(1e-4) and grid[-1] == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("kind,extra", KINDS)
+def test_finetuning_moves_only_k_and_v_and_matches_naive_sgd(kind, extra):
+    model = tiny_gpt(kind, pos_emb="rotary", **extra)
+    data = [seqs(1), seqs(2)]
+    lrs = [0.3, 0.05]
+    run = finetune(model, data, lrs)
+    for m in range(2):
+        # naive reference: a float64 copy, torch SGD on c_attn with the Q rows' gradient masked, one sequence a step
+        ref = copy.deepcopy(model).double()
+        params = [p for n, p in ref.named_parameters() if "c_attn" in n]
+        opt = torch.optim.SGD(params, lr=lrs[m])
+        for s in data[m]:
+            opt.zero_grad()
+            logits = ref(torch.tensor([s.tokens]))[0]
+            n = s.n_answer
+            F.cross_entropy(logits[len(s.tokens) - n - 1 : -1], torch.tensor(s.tokens[-n:])).backward()
+            for blk in ref.blocks:
+                C = blk.attn.n_embd
+                blk.attn.c_attn.weight.grad[:C] = 0
+                blk.attn.c_attn.bias.grad[:C] = 0
+            opt.step()
+        ft = copy.deepcopy(model)
+        run.delta.apply_to(ft, m)
+        before, after, want = dict(model.named_parameters()), dict(ft.named_parameters()), dict(ref.named_parameters())
+        for name, p in after.items():
+            if "c_attn" in name:
+                C = ft.blocks[0].attn.n_embd
+                assert torch.equal(p[:C], before[name][:C]), name  # Q rows bit-identical
+                assert not torch.equal(p[C:], before[name][C:]), name
+                torch.testing.assert_close(p.double(), want[name], rtol=1e-4, atol=1e-6)
+            else:  # MLP, embeddings, LayerNorms, c_proj, momentum rates: bit-identical
+                assert torch.equal(p, before[name]), name
+
+
+@pytest.mark.parametrize("kind,extra", KINDS)
+@pytest.mark.parametrize("pos_emb", ["learned", "rotary"])
+def test_capture_matches_a_float64_recomputation(kind, extra, pos_emb):
+    model = tiny_gpt(kind, pos_emb=pos_emb, **extra)
+    prefix = [0, 5, 6, 7, 8, 9, 0]
+    rows = [[11, 12, 13], [14, 15], [16, 17, 18, 19]]
+    delta = Delta.zeros(model, 1)
+    for w in delta.w:
+        w.normal_(0, 0.05, generator=torch.Generator().manual_seed(3))
+    cached = capture(model, rows, prefix, delta, batch_tokens=16)  # prefix in a KV cache, batches of 1
+    full = capture(model, [prefix + r for r in rows], (), delta)
+    torch.testing.assert_close(cached.h, full.h, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(cached.logits, full.logits, rtol=1e-4, atol=1e-4)
+    for a, b in zip(cached.scores, full.scores):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # float64 reference from the weights: hooks' scores and h are those of the model's own forward
+    ref = copy.deepcopy(model).double()
+    delta.apply_to(ref)
+    H = ref.blocks[0].attn.n_head
+    for r, row in enumerate(rows):
+        seq = torch.tensor([prefix + row])
+        x = ref.wte(seq) + (ref.wpe(torch.arange(seq.size(1))) if ref.wpe is not None else 0)
+        for i, blk in enumerate(ref.blocks):
+            a = blk.attn
+            hin = blk.ln_1(x)
+            q, k, v = a.c_attn(hin)[0].split(a.n_embd, -1)
+            q, k, v = (t.view(-1, H, a.n_embd // H).transpose(0, 1) for t in (q, k, v))  # (H, T, D)
+            if a.rotary is not None:
+                q, k = a.rotary(q, 0), a.rotary(k, 0)
+            s = torch.einsum("hd,htd->ht", q[:, -1], k) / math.sqrt(q.size(-1))  # (H, T)
+            torch.testing.assert_close(cached.scores[r][i].double(), s, rtol=1e-4, atol=1e-5)
+            y = torch.einsum("ht,htd->hd", torch.softmax(s, -1), v).reshape(-1)
+            mem = a.memory(a.c_attn(hin)[..., 2 * a.n_embd :], None)
+            if mem is not None:
+                y = y + mem[0, -1]
+            torch.testing.assert_close(cached.h[r, i].double(), y, rtol=1e-4, atol=1e-5)
+            x = blk(x)
+
+
+def test_kendall_tau_b_matches_the_definition_with_ties():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x, y = rng.integers(0, 4, 12).astype(float), rng.integers(0, 3, 12).astype(float)
+        conc = disc = tx = ty = 0
+        for i in range(12):
+            for j in range(i + 1, 12):
+                a, b = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+                conc += a * b > 0
+                disc += a * b < 0
+                tx += a == 0 and b != 0
+                ty += b == 0 and a != 0
+        n0 = 66
+        n1 = sum(np.sum(x == v) * (np.sum(x == v) - 1) / 2 for v in set(x))
+        n2 = sum(np.sum(y == v) * (np.sum(y == v) - 1) / 2 for v in set(y))
+        want = (conc - disc) / math.sqrt((n0 - n1) * (n0 - n2))
+        assert kendall_tau_b(x, y) == pytest.approx(want)
+    assert kendall_tau_b([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(kendall_tau_b([1, 1, 1], [1, 2, 3]))
+
+
+@pytest.mark.parametrize("kind,extra", KINDS)
+@pytest.mark.parametrize("pos_emb", ["learned", "rotary"])
+def test_dual_form_holds_to_float64_precision(kind, extra, pos_emb):
+    model = tiny_gpt(kind, pos_emb=pos_emb, **extra)
+    x = torch.randn(20, 16, generator=torch.Generator().manual_seed(1))
+    mod = model.blocks[1].attn
+    la = linear_attention_check(mod, x, n_demo=14)
+    assert la["rel_err"] < 1e-12 and la["zsl_vs_full_rel_diff"] > 1e-3  # the demonstrations do change it
+    mem = memory_check(mod, x, n_demo=14)
+    if kind == "vanilla":
+        assert mem is None
+    else:
+        assert mem["op_rel_err"] < 1e-5  # the model's float32 op against the naive float64 decayed sum
+        assert mem["split_max_abs_err"] < 1e-12 and mem["icl_share"] > 0
+        if kind == "momentum":
+            assert mem["state_max_abs_err"] < 1e-12
+    report = dual_form_report(model, list(range(1, 21)), n_demo=14)
+    assert report["linear_attention_max_rel_err"] < 1e-12 and len(report["layers"]) == 2
+
+
+# -----------------------------------------------------------------------------
+# end to end and bad input
+
+
+def letters_task(tmp_path, n=40):
+    rows = [{"text": "ab" * (1 + i % 3) if i % 2 else "cd" * (1 + i % 3), "label": i % 2} for i in range(n)]
+    rows = [dict(r, text=r["text"] + chr(ord("e") + i % 20)) for i, r in enumerate(rows)]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {"name": "letters", "path": str(path), "template": "{text}:", "answers": ["x", "y"]}
+
+
+def cfg(task, **kw):
+    base = {"task": task, "shots": 4, "max_examples": 8, "select_examples": 4, "lrs": [1e-2, 1e-1],
+            "batch_tokens": 512, "ft_models_per_batch": 2}
+    return AnalyzeConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("kind", ["vanilla", "momentum"])
+def test_text_task_end_to_end(tmp_path, kind):
+    from momattn.analysis.report import markdown, write_reports
+
+    model = tiny_gpt(kind, vocab=128, block_size=96)
+    res = analyze(model, CharTokenizer(), {}, cfg(letters_task(tmp_path)))
+    assert res.n_test == 8 and res.kind == "choice" and set(res.acc) == {"zsl", "icl", "ft"}
+    assert res.lr in (1e-2, 1e-1) and set(res.lr_selection) == {"0.01", "0.1"} and res.n_select == 4
+    assert len(res.simaou_ft.per_layer) == 2 and -1 <= res.simam_after.mean <= 1
+    assert res.dual["linear_attention_max_rel_err"] < 1e-12
+    write_reports(res, tmp_path)
+    doc = json.loads((tmp_path / "results.json").read_text())["analyses"][0]
+    assert doc["kendall_ft"]["per_layer"] and doc["acc"]["icl"] == res.acc["icl"]
+    assert "| SimAOU (random d) |" in markdown([res]) and (tmp_path / "per_layer.png").exists()
+
+
+def test_bad_input_is_a_clear_error(tmp_path):
+    model, tok = tiny_gpt(vocab=128, block_size=96), CharTokenizer()
+    task = letters_task(tmp_path, n=12)  # 6 pool rows with demo_fraction 0.5
+    with pytest.raises(DataError, match=r"has 6 demonstration-pool rows .* shots=8 .*lower shots"):
+        analyze(model, tok, {}, cfg(task, shots=8))
+    with pytest.raises(DataError, match=r"the prompt needs \d+ tokens but the model's context is 40; lower shots"):
+        analyze(tiny_gpt(vocab=128, block_size=40), tok, {}, cfg(letters_task(tmp_path), shots=4))
+    with pytest.raises(NonFiniteLossError, match=r"every learning rate in lrs=\[1e\+30, 1e\+31\] diverged"):
+        analyze(model, tok, {}, cfg(letters_task(tmp_path), lrs=[1e30, 1e31]))
+    with pytest.raises(NonFiniteLossError, match=r"finetuning at lr=1e\+30 diverged .*use smaller values"):
+        analyze(model, tok, {}, cfg(letters_task(tmp_path), lrs=[1e30]))  # one lr: no selection, still caught
+    with pytest.raises(ConfigError, match="lrs="):
+        cfg(task, lrs=[-1.0])
+
+
+V = 10
+WORLD = {"_target_": "momattn.data.ginc.GincCorpus", "n_symbols": V, "n_train_docs": 4, "doc_length": 300,
+         "n_val_docs": 2, "val_doc_length": 300, "seed": 7}
+
+
+def ginc_checkpoint(tmp_path, kind):
+    from momattn.analysis.episodes import ginc_world
+    from momattn.checkpoint import atomic_torch_save, checkpoint_meta
+
+    model = tiny_gpt(kind, vocab=V + 1, block_size=64, pos_emb="rotary")
+    tok = ginc_world(WORLD).tokenizer()
+    ckpt = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "momattn": checkpoint_meta(model.config, tok, {"data": dict(WORLD)})}
+    path = tmp_path / f"{kind}.ckpt"
+    atomic_torch_save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["momentum", "multirate_ema"])
+def test_ginc_checkpoint_end_to_end(tmp_path, kind):
+    from momattn.analysis.runner import run_analyze
+
+    path = ginc_checkpoint(tmp_path, kind)
+    res = run_analyze({"ckpt_path": str(path), "task": "ginc", "shots": 4, "max_examples": 6,
+                       "select_prompts": 3, "lrs": [1e-2, 1e-1], "ft_models_per_batch": 4}, tmp_path / "out")
+    assert res.kind == "ginc" and res.attention == kind and res.n_test == 6 and res.chance == 0.1
+    assert all(np.isfinite(res.kendall_ft.per_layer)) and res.dual["memory_op_max_rel_err"] < 1e-5
+    assert {"results.json", "results.md", "per_layer.png"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    with pytest.raises(DataError, match="with shots=20 the prompt needs 125 tokens .*at most 9 fit"):
+        run_analyze({"ckpt_path": str(path), "task": "ginc", "shots": 20, "lrs": [0.1]}, tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_cli_prints_one_line_errors(tmp_path):
+    from conftest import run_cli
+
+    path = ginc_checkpoint(tmp_path, "vanilla")
+    out = run_cli("analyze.py", [f"ckpt_path={path}", "task=ginc", "shots=4", "max_examples=4",
+                                 "select_prompts=2", "lrs=[1e30]", f"hydra.run.dir={tmp_path}/run"], tmp_path)
+    assert out.returncode == 2 and "error: finetuning at lr=1e+30 diverged" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -207,6 +207,7 @@ def test_two_job_multirun_from_the_command_line(tmp_path):
              ["momattn"]["model_config"]["attention"]["kind"] for j in ("0", "1")}
     assert kinds == {"vanilla", "momentum"}
     assert all(len(read_metrics(tmp_path / j)) > 0 for j in ("0", "1"))
+    assert f"python evaluate.py sweep_dir={tmp_path.resolve()}" in r.stderr  # every multirun says how to compare
 
 
 @pytest.mark.slow
@@ -262,3 +263,30 @@ def test_training_ends_with_the_short_evaluation_logged(tmp_path):
     assert "icl/sst2/acc" in header and "eval/ppl@32" in header
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["unigram_val_ppl"] > 1
+
+
+def test_reproduce_sweeps_both_recipes_every_attention_and_three_seeds_then_compares(tmp_path):
+    cfg = compose_train(tmp_path, ["experiment=reproduce"])
+    params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+    assert params == {"recipe": ["ginc", "text"], "attention": ["vanilla", "momentum", "multirate_ema"],
+                      "seed": ["1", "2", "3"]}
+    assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.callbacks.compare.run is True
+    job = compose_train(tmp_path, ["experiment=reproduce", "recipe=ginc", "attention=momentum", "seed=2"])
+    assert job.data._target_.endswith("GincCorpus") and job.tokenizer.kind == "source"
+    assert (job.attention.kind, job.seed) == ("momentum", 2)
+    assert compose_train(tmp_path, ["experiment=reproduce", "recipe=text"]).data._target_.endswith("StaiccCorpus")
+
+
+def test_the_compare_callback_prints_or_runs_evaluate_on_the_sweep(tmp_path, monkeypatch, capsys):
+    from omegaconf import OmegaConf
+
+    from momattn import sweep_callback
+
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    sweep_callback.CompareSweep(run=False).on_multirun_end(cfg)
+    assert f"python evaluate.py sweep_dir={tmp_path.resolve()}" in capsys.readouterr().err
+    ran = []
+    monkeypatch.setattr(sweep_callback.subprocess, "run", lambda cmd, check: ran.append(cmd) or
+                        type("Done", (), {"returncode": 0})())
+    sweep_callback.CompareSweep(run=True).on_multirun_end(cfg)
+    assert ran and ran[0][1:] == [str(sweep_callback.ROOT / "evaluate.py"), f"sweep_dir={tmp_path.resolve()}"]

@@ -1,0 +1,36 @@
+"""benchmarks/gpu_check.py: runs on a CPU-only machine (GPU parts skipped and said so), and its report renders."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import gpu_check  # noqa: E402
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path; the GPU path is the device run itself")
+def test_without_a_gpu_it_skips_and_says_so(tmp_path):
+    out = tmp_path / "gpu.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.read_text())
+    assert "no CUDA device" in report["skipped"] and "Skipped: no CUDA device" in out.with_suffix(".md").read_text()
+
+
+def test_the_report_compares_each_attention_with_vanilla_and_names_errors():
+    rows = [{"attention": "vanilla", "compile": False, "batch": 16, "ms_per_step": 100.0, "tokens_per_s": 160000,
+             "mfu": 0.5, "peak_mem_gib": 20.0},
+            {"attention": "momentum", "compile": False, "batch": 16, "ms_per_step": 104.0, "tokens_per_s": 152000,
+             "mfu": None, "peak_mem_gib": 21.0},
+            {"attention": "multirate_ema", "compile": True, "error": "RuntimeError('boom')"}]
+    md = gpu_check.markdown({"machine": "m", "commands": {"cuda tests": {"rc": 0, "seconds": 1, "cmd": "pytest"}},
+                             "throughput": rows})
+    assert "| momentum | False | 16 | 104.0 | 152,000 | n/a | 0.950x | 21.0 |" in md
+    assert "| vanilla | False | 16 | 100.0 | 160,000 | 50.0% | 1.000x | 20.0 |" in md
+    assert "error: RuntimeError('boom')" in md
+    assert gpu_check.datasheet_peak("NVIDIA H200") == 989e12 and gpu_check.datasheet_peak("Tesla T4") is None

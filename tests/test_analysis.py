@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_gpt
 from test_eval_common import CharTokenizer
 
 from momattn.analysis.capture import Delta, capture
@@ -18,16 +19,6 @@ from momattn.analysis.finetune import FtSequence, finetune, paper_lr_grid
 from momattn.analysis.metrics import kendall_tau_b
 from momattn.analysis.runner import analyze
 from momattn.errors import ConfigError, DataError, NonFiniteLossError
-
-
-def tiny_gpt(kind="vanilla", vocab=37, block_size=64, pos_emb="learned", seed=0, **attention):
-    """A 2-layer, 16-wide GPT in eval mode (seeded)."""
-    from momattn.model import GPT, AttentionConfig, GPTConfig
-
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(block_size=block_size, vocab_size=vocab, n_layer=2, n_head=2, n_embd=16, pos_emb=pos_emb,
-                         attention=AttentionConfig(kind=kind, **attention))).eval()
-
 
 KINDS = [("vanilla", {}), ("momentum", {}), ("momentum", {"include_current": True, "learnable_eta": True}),
          ("multirate_ema", {})]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from types import SimpleNamespace
 
+import conftest
 import torch
 import torch.nn as nn
 
-from momattn.model import GPT, AttentionConfig, GPTConfig, KVCache
+from momattn.model import KVCache
 
 EOT_TEXT = "<|endoftext|>"
 
@@ -70,11 +72,7 @@ def bigram_lm(vocab: int, probs: dict[int, dict[int, float]], block_size: int = 
     return FakeLM(table.log(), block_size)
 
 
-def tiny_gpt(kind: str = "vanilla", vocab: int = 128, block_size: int = 64, seed: int = 0, **attn) -> GPT:
-    torch.manual_seed(seed)
-    cfg = GPTConfig(block_size=block_size, vocab_size=vocab, n_layer=2, n_head=2, n_embd=16,
-                    attention=AttentionConfig(kind=kind, **attn))
-    return GPT(cfg).eval()
+tiny_gpt = functools.partial(conftest.tiny_gpt, vocab=128)  # the shared tiny GPT, with room for CharTokenizer
 
 
 def test_fakes_are_what_they_say():

@@ -4,7 +4,6 @@ Faults are injected by momattn.faults.FaultInjection, added through the config l
 
 from __future__ import annotations
 
-import csv
 import multiprocessing as mp
 import os
 import re
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SMOKE, run_cli
+from conftest import SMOKE, run_cli, train_losses
 
 from momattn.checkpoint import read_checkpoint
 from momattn.data.corpus import load_tokens
@@ -30,11 +29,6 @@ def fault(spec: str) -> list[str]:
     return ["+callbacks.fault._target_=momattn.faults.FaultInjection", f"+callbacks.fault.spec={spec}"]
 
 
-def losses(run_dir: Path) -> dict[int, float]:
-    with open(run_dir / "csv" / "metrics.csv") as f:
-        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
-
-
 def step_of(ckpt: Path) -> int:
     return read_checkpoint(ckpt)["global_step"]  # the safe loader: a checkpoint needs nothing more
 
@@ -44,7 +38,7 @@ def reference(tmp_path_factory) -> dict[int, float]:
     d = tmp_path_factory.mktemp("uninterrupted")
     r = run_cli("train.py", [*RUN, f"hydra.run.dir={d}"], d)
     assert r.returncode == 0, r.stderr[-3000:]
-    return losses(d)
+    return train_losses(d)
 
 
 @pytest.mark.slow
@@ -58,7 +52,7 @@ def test_sigterm_writes_checkpoint_exits_cleanly_and_resume_is_exact(reference, 
     # resume as the message says (ckpt_path=last finds the run folder's last.ckpt)
     r2 = run_cli("train.py", [*RUN, "ckpt_path=last", f"hydra.run.dir={tmp_path}"], tmp_path)
     assert r2.returncode == 0, r2.stderr[-3000:]
-    resumed = losses(tmp_path)
+    resumed = train_losses(tmp_path)
     assert sorted(s for s in resumed if s >= 4) == list(range(4, 9))
     for step in range(4, 9):  # the resumed trajectory is the uninterrupted one
         assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-6), step
@@ -74,7 +68,7 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(reference, tm
     r2 = run_cli("train.py", [*RUN, "ckpt_path=last", f"hydra.run.dir={tmp_path}"], tmp_path)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 9
-    resumed = losses(tmp_path)
+    resumed = train_losses(tmp_path)
     for step in range(3, 9):
         assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-6), step
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_gpt
 
 from momattn import GPT, AttentionConfig, GPTConfig
 from momattn.errors import ConfigError
@@ -21,10 +22,7 @@ VARIANTS = [
 
 
 def tiny(kind="vanilla", pos_emb="learned", block_size=64, **att) -> GPT:
-    torch.manual_seed(0)
-    cfg = GPTConfig(block_size=block_size, vocab_size=37, n_layer=2, n_head=2, n_embd=16, pos_emb=pos_emb,
-                    attention=AttentionConfig(kind=kind, **att))
-    return GPT(cfg).double().eval()
+    return tiny_gpt(kind, pos_emb=pos_emb, block_size=block_size, **att).double()  # float64 for parity checks
 
 
 def split_heads(attn, x):

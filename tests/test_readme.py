@@ -40,3 +40,21 @@ def test_every_train_command_in_the_readme_composes(args, tmp_path):
         assert node == yaml.safe_load(value), (key, node, value)
     if "attention=momentum" in plain:
         assert c.model.attention.kind == "momentum"
+
+
+PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+
+
+@pytest.mark.parametrize("block", PYTHON_BLOCKS)
+def test_every_python_block_of_the_readme_runs(block, tmp_path, capsys):
+    from test_generate import tiny_checkpoint
+
+    ckpt = tiny_checkpoint(tmp_path / "last.ckpt")
+    code = re.sub(r'"outputs/[^"]*\.ckpt"', repr(str(ckpt)), block)  # the README's placeholder path
+    assert code != block or ".ckpt" not in block, "a checkpoint path in the block was not replaced"
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip()  # the block prints what it promises
+
+
+def test_the_readme_has_python_blocks():
+    assert PYTHON_BLOCKS

@@ -116,8 +116,19 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
     for key, value in zip(("max_steps", "accumulate_grad_batches"), steps):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"trainer.{key}={value!r} must be an integer >= 1")
+    accelerator = str(trainer.get("accelerator") or "auto").lower()
+    if accelerator in ("gpu", "cuda") and not _cuda_available():  # before any tokenizing or data building
+        raise ConfigError(f"trainer.accelerator={accelerator} but this machine has no CUDA GPU "
+                          "(torch.cuda.is_available() is False); use trainer=cpu (or trainer=default, which "
+                          "picks what is there)")
     trainer["precision"] = resolve_precision(trainer.get("precision"), trainer.get("accelerator"))
     return trainer, steps[0], steps[1]
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:

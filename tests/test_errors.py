@@ -125,6 +125,21 @@ def test_missing_data_path(tmp_path):
     assert "'nope.txt' does not exist" in msg
 
 
+def test_a_directory_as_a_data_path_says_so(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    msg = run_expecting(tmp_path, ["debug=smoke", "data=text_files", f"data.paths=[{tmp_path / 'corpus'}]"],
+                        DataError)
+    assert "is a directory; list the files in it" in msg
+
+
+def test_trainer_gpu_without_a_gpu_fails_before_any_work(tmp_path, monkeypatch):
+    import momattn.config
+
+    monkeypatch.setattr(momattn.config, "_cuda_available", lambda: False)
+    msg = run_expecting(tmp_path, ["debug=smoke", "trainer=gpu"], ConfigError)
+    assert "no CUDA GPU" in msg and "trainer=cpu" in msg
+
+
 def test_jsonl_without_the_text_field(tmp_path):
     f = tmp_path / "c.jsonl"
     f.write_text('{"body": "hello"}\n')

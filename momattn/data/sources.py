@@ -112,6 +112,9 @@ class TextFiles:
         """The files, checked when they are needed (a config is valid on any machine; its files are not)."""
         files = [Path(p).expanduser() for p in self.paths]
         for p in files:
+            if p.is_dir():
+                raise DataError(f"data.paths: '{p}' is a directory; list the files in it, "
+                                f"e.g. data.paths=[{p}/part1.txt,{p}/part2.jsonl]")
             if not p.is_file():
                 raise DataError(f"data.paths: '{p}' does not exist (or is not a file); check the path")
         return files

@@ -24,7 +24,10 @@ def test_readme_has_the_two_quickstart_commands():
 
 
 @pytest.mark.parametrize("args", COMMANDS)
-def test_every_train_command_in_the_readme_composes(args, tmp_path):
+def test_every_train_command_in_the_readme_composes(args, tmp_path, monkeypatch):
+    import momattn.config
+
+    monkeypatch.setattr(momattn.config, "_cuda_available", lambda: True)  # the GPU commands validate here too
     argv = [a for a in shlex.split(args) if "<" not in a and "..." not in a]
     overrides = user_overrides(argv)
     if "hparams_search=optuna" in overrides:

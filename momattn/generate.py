@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -117,25 +118,33 @@ def sample_tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: fl
 
 
 class StreamDecoder:
-    """Token ids in, printable text out: text is released once it decodes without a trailing replacement
-    character, so a character whose bytes span several tokens prints whole."""
+    """Token ids in, printable text out. The text is the decode of the whole sequence (context included) minus
+    what was already shown, so tokenizers that put spaces between tokens (GINC's symbols) print them; and it is
+    released once it decodes without a trailing replacement character, so a character whose bytes span several
+    tokens prints whole."""
 
-    def __init__(self, decode: Callable[[Sequence[int]], str]):
+    def __init__(self, decode: Callable[[Sequence[int]], str], context: Sequence[int] = ()):
         self.decode = decode
-        self.pending: list[int] = []
+        self.ids = [int(t) for t in context]
+        self.shown = decode(self.ids) if self.ids else ""
+        self.held = 0  # tokens whose text is held back (a broken multi-byte character so far)
+
+    def _release(self) -> str:
+        text = self.decode(self.ids)
+        same = len(os.path.commonprefix([self.shown, text]))  # all of `shown`, unless a decoder rewrote its end
+        new = text[same:]
+        self.shown, self.held = text, 0
+        return new
 
     def push(self, token: int) -> str:
-        self.pending.append(int(token))
-        text = self.decode(self.pending)
-        if text.endswith("\ufffd") and len(self.pending) < 8:  # a character has at most 4 bytes: a longer
-            return ""  # run that still ends in a broken one is junk the model sampled, printed as it is
-        self.pending = []
-        return text
+        self.ids.append(int(token))
+        if self.decode(self.ids).endswith("\ufffd") and self.held < 7:  # a character has at most 4 bytes: a
+            self.held += 1  # longer run that still ends in a broken one is junk the model sampled, printed as is
+            return ""
+        return self._release()
 
     def flush(self) -> str:
-        text = self.decode(self.pending) if self.pending else ""
-        self.pending = []
-        return text
+        return self._release() if self.held else ""
 
 
 def generate_text(model, tokenizer, cfg: GenerateConfig, device: str, out: TextIO = sys.stdout) -> list[str]:
@@ -151,7 +160,7 @@ def generate_text(model, tokenizer, cfg: GenerateConfig, device: str, out: TextI
             out.write("\n---------------\n")
         out.write(cfg.prompt)
         out.flush()
-        stream, text = StreamDecoder(tokenizer.decode), []
+        stream, text = StreamDecoder(tokenizer.decode, prompt_ids), []
         with inference_autocast(device, cfg.precision):
             for tok in sample_tokens(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator):
                 piece = stream.push(int(tok[0]))

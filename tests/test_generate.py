@@ -119,3 +119,13 @@ def test_cli_streams_to_stdout_and_rejects_bad_input_with_exit_2(ckpt, tmp_path)
                          (f"ckpt_path={tmp_path}/missing.ckpt", "does not exist")):
         r = run_cli("generate.py", [*args, bad], tmp_path)
         assert r.returncode == 2 and culprit in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_stream_decoder_keeps_the_spaces_a_tokenizer_puts_between_tokens():
+    from momattn.generate import StreamDecoder
+
+    words = StreamDecoder(lambda ids: " ".join(f"x{i}" for i in ids), context=[3, 17])  # GINC-like symbols
+    assert [words.push(t) for t in (26, 5)] + [words.flush()] == [" x26", " x5", ""]
+    raw = bytes("é✓", "utf-8")  # byte-level: 2 + 3 bytes, one token per byte
+    bytewise = StreamDecoder(lambda ids: bytes(ids).decode("utf-8", errors="replace"))
+    assert [bytewise.push(b) for b in raw] == ["", "é", "", "", "✓"]

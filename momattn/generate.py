@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from momattn.errors import ConfigError
-from momattn.hardware import resolve_precision
+from momattn.hardware import resolve_device, resolve_precision
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
@@ -65,15 +65,6 @@ class GenerateConfig:
 
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
-
-
-def resolve_device(name: str) -> str:
-    """auto -> cuda if available, else cpu; a ConfigError for cuda on a machine without a GPU."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but no CUDA GPU is available; use device=cpu or device=auto")
-    return str(name)
 
 
 def inference_autocast(device: str, precision: str = "auto") -> contextlib.AbstractContextManager:

@@ -50,6 +50,19 @@ def resolve_precision(precision: str | int | None, accelerator: str | None) -> s
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
 
 
+def resolve_device(name: str) -> str:
+    """device=auto -> cuda if available, else cpu; a ConfigError for cuda on a machine without a GPU."""
+    import torch
+
+    from momattn.errors import ConfigError
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA GPU is available; use device=cpu or device=auto")
+    return str(name)
+
+
 def describe() -> str:
     """One line for logs and benchmark records."""
     import torch

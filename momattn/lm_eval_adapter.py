@@ -28,7 +28,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
-from momattn.generate import inference_autocast, resolve_device, sample_tokens
+from momattn.generate import inference_autocast, sample_tokens
+from momattn.hardware import resolve_device
 
 Pair = tuple[list[int], list[int]]  # (context ids, continuation ids)
 

@@ -280,7 +280,8 @@ def run_analyze(cfg: Mapping, out_dir: str | Path | None = None) -> AnalysisResu
     from momattn.analysis.report import log_wandb, write_reports
     from momattn.checkpoint import load_checkpoint, read_checkpoint
     from momattn.eval.config import build
-    from momattn.eval.runner import hydra_output_dir, resolve_device
+    from momattn.eval.runner import hydra_output_dir
+    from momattn.hardware import resolve_device
 
     conf = build(AnalyzeConfig, cfg)
     if not conf.ckpt_path:

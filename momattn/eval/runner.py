@@ -17,8 +17,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
 from momattn.data import corpus
 from momattn.data.sources import merge_data
 from momattn.errors import ConfigError, DataError
@@ -31,6 +29,7 @@ from momattn.eval.ppl import PerplexityEvaluator
 from momattn.eval.report import markdown_report, write_reports
 from momattn.eval.results import ModelResult, as_model_result
 from momattn.eval.tasks import resolve_tasks
+from momattn.hardware import resolve_device
 
 __all__ = ["evaluate_model", "flat_metrics", "run_evaluate", "write_reports"]
 
@@ -157,14 +156,6 @@ def hydra_output_dir() -> Path:
         return Path(HydraConfig.get().runtime.output_dir)
     except (ImportError, ValueError):  # not running under Hydra
         return Path.cwd()
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but no CUDA GPU is available; use device=cpu or device=auto")
-    return name
 
 
 def log_wandb(results: Sequence[ModelResult], out_dir: Path, wandb_cfg: Mapping) -> None:

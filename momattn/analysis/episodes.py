@@ -118,8 +118,7 @@ def ginc_set(model, tokenizer, task: GincTask, cfg, data_cfg: Mapping | None) ->
         from momattn.data.ginc import prompt_length
 
         raise _fit_error(task.name, k, model.config.block_size, 1 + prompt_length(task.example_len, k), fit)
-    prompts = world.prompts(task.example_len, k, cfg.max_examples, ood=task.ood,
-                            seed=stable_seed("ginc-prompts", cfg.seed))  # evaluate.py's prompts for this seed
+    prompts = ev.prompts(task, k, cfg.seed, cfg.max_examples)  # evaluate.py's prompts for this seed
     held = world.prompts(task.example_len, k, cfg.select_prompts, ood=task.ood,
                          seed=stable_seed("analyze-lr-select", cfg.seed))
     eot = tokenizer.eot_id

@@ -139,9 +139,13 @@ class GincEvaluator:
             out.append(F.log_softmax(logits.float(), dim=-1).cpu())
         return torch.cat(out)
 
+    def prompts(self, task: GincTask, k: int, seed: int, n: int | None = None) -> list:
+        """The prompts this evaluator scores for (task, k, seed): n of them (default: its own count)."""
+        return self.world.prompts(task.example_len, k, n or self.n_prompts, ood=task.ood,
+                                  seed=stable_seed("ginc-prompts", seed))
+
     def evaluate_run(self, task: GincTask, k: int, seed: int) -> SeedRun:
-        prompts = self.world.prompts(task.example_len, k, self.n_prompts, ood=task.ood,
-                                     seed=stable_seed("ginc-prompts", seed))
+        prompts = self.prompts(task, k, seed)
         logp = self.last_logprobs(self.encode(task, prompts))  # (N, V_model)
         n_sym = self.world.n_symbols
         greedy = logp.argmax(-1)

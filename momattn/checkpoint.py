@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 from momattn.errors import CheckpointError
-from momattn.io import atomic_torch_save  # noqa: F401  (re-exported: tests write checkpoints with it)
 from momattn.model import GPT, AttentionConfig, GPTConfig
 from momattn.tokenizer import Tokenizer
 

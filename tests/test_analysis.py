@@ -205,7 +205,8 @@ WORLD = {"_target_": "momattn.data.ginc.GincCorpus", "n_symbols": V, "n_train_do
 
 def ginc_checkpoint(tmp_path, kind):
     from momattn.analysis.episodes import ginc_world
-    from momattn.checkpoint import atomic_torch_save, checkpoint_meta
+    from momattn.checkpoint import checkpoint_meta
+    from momattn.io import atomic_torch_save
 
     model = tiny_gpt(kind, vocab=V + 1, block_size=64, pos_emb="rotary")
     tok = ginc_world(WORLD).tokenizer()

@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from momattn.checkpoint import atomic_torch_save, checkpoint_meta, load_checkpoint
+from momattn.checkpoint import checkpoint_meta, load_checkpoint
 from momattn.data import corpus
 from momattn.data.staicc import read_staicc
 from momattn.errors import CheckpointError, ConfigError
 from momattn.eval.results import ModelResult
 from momattn.eval.runner import checkpoint_labels, evaluate_model, flat_metrics, run_evaluate, write_reports
+from momattn.io import atomic_torch_save
 from momattn.model import GPT, AttentionConfig, GPTConfig
 from momattn.tokenizer import train_bpe
 

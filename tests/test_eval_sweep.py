@@ -7,10 +7,11 @@ import pytest
 import torch
 from test_eval_runner import DATA, tokenizer  # noqa: F401  (the module-scoped BPE fixture)
 
-from momattn.checkpoint import atomic_torch_save, checkpoint_meta
+from momattn.checkpoint import checkpoint_meta
 from momattn.errors import ConfigError
 from momattn.eval.runner import run_evaluate
 from momattn.eval.sweep import t_interval, verdict
+from momattn.io import atomic_torch_save
 from momattn.model import GPT, AttentionConfig, GPTConfig
 
 EVAL = {"ppl": {"lengths": [32], "max_windows": 2, "train": False},

@@ -83,6 +83,59 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
         _check_key(cfg, key)
 
 
+def _override_key(o: str) -> str:
+    """The key an override sets: 'trainer.max_steps' for 'trainer.max_steps=5', '+x.y=1', '~x.y'."""
+    return o.split("=", 1)[0].lstrip("+~")
+
+
+def _last(overrides: list[str], key: str) -> str | None:
+    values = [o.split("=", 1)[1] for o in overrides if "=" in o and _override_key(o) == key]
+    return values[-1] if values else None
+
+
+def run_folder_of(ckpt_path: str, run_dir: str | None, root: Path) -> Path | None:
+    """The run folder a resume continues: hydra.run.dir when given, else the folder holding the checkpoint's
+    checkpoints/ (for ckpt_path=last: the newest last.ckpt under root/outputs and root/multirun)."""
+    if run_dir:
+        return Path(run_dir).expanduser()
+    if ckpt_path == "last":
+        found = [p for d in ("outputs", "multirun") for p in (root / d).glob("**/checkpoints/last.ckpt")]
+        return max(found, key=lambda p: p.stat().st_mtime).parent.parent if found else None
+    p = Path(ckpt_path).expanduser()
+    return p.parent.parent if p.parent.name == "checkpoints" else None
+
+
+def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | None = None) -> list[str]:
+    """A resume reuses its run's own command line: the overrides saved in <run folder>/.hydra/overrides.yaml,
+    then today's on top (today's win, key by key). A single run also continues in that folder. Anything else
+    (no ckpt_path, no saved overrides) is returned unchanged."""
+    ckpt = _last(overrides, "ckpt_path")
+    if not ckpt or ckpt == "null":
+        return overrides
+    run_dir = _last(overrides, "hydra.run.dir")
+    folder = run_folder_of(ckpt, run_dir, root or Path.cwd())
+    saved_file = folder / ".hydra" / "overrides.yaml" if folder else None
+    if saved_file is None or not saved_file.is_file():
+        return overrides
+    from omegaconf import OmegaConf
+
+    try:
+        saved = [str(o) for o in OmegaConf.load(saved_file)]
+    except Exception as e:
+        raise ConfigError(f"cannot read the run's saved command line {saved_file}: {e}. Resume by giving the "
+                          "original overrides again, or repair that file") from None
+    now = {_override_key(o) for o in overrides}
+    kept = [o for o in saved if _override_key(o) not in now and _override_key(o) != "ckpt_path"]
+    merged = kept + overrides
+    if run_dir is None and not multirun:
+        safe = all(ch.isalnum() or ch in "/._-" for ch in str(folder))
+        merged.append(f"hydra.run.dir={folder}" if safe else "hydra.run.dir='" + str(folder).replace("'", "\\'") + "'")
+    print(f"[momattn] resuming the run in {folder} with its own config"
+          + (f" ({' '.join(kept)})" if kept else "") + (f"; on top: {' '.join(overrides)}" if overrides else ""),
+          file=sys.stderr, flush=True)
+    return merged
+
+
 def report(e: UserError) -> None:
     print(f"\nerror: {e}\n(set HYDRA_FULL_ERROR=1 for the full traceback)", file=sys.stderr, flush=True)
 
@@ -94,6 +147,9 @@ def hydra_main(config_name: str):
     def decorate(fn):
         @functools.wraps(fn)
         def task(cfg):
+            from momattn.console import quiet_console
+
+            quiet_console()
             try:
                 return fn(cfg)
             except UserError as e:
@@ -107,7 +163,13 @@ def hydra_main(config_name: str):
         @functools.wraps(fn)
         def entry():
             try:
-                check_overrides(config_name, user_overrides(sys.argv[1:]))
+                given = user_overrides(sys.argv[1:])
+                if config_name == "train":
+                    flags = [a for a in sys.argv[1:] if a not in given]
+                    merged = resume_overrides(given, multirun=bool({"-m", "--multirun"} & set(flags)))
+                    sys.argv = [sys.argv[0], *flags, *merged]
+                    given = merged
+                check_overrides(config_name, given)
             except UserError as e:
                 report(e)
                 sys.exit(2)

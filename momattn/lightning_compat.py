@@ -44,3 +44,9 @@ def throughput_metrics(monitor: ThroughputMonitor, stage: RunningStage = Running
         return dict(t.compute())
     except Exception:  # Lightning raises when fewer batches than a window were seen
         return {}
+
+
+def drop_wandb_anonymous(logger) -> None:
+    """Lightning's WandbLogger always passes anonymous=None to wandb.init, which W&B >= 0.19 answers with a
+    deprecation warning on every run; the setting has no effect, so it is not passed."""
+    _require(logger, "_wandb_init").pop("anonymous", None)

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from momattn import lightning_compat as compat
 from momattn.schema import instantiate, locate
+
+
+def _without_anonymous(logger: WandbLogger) -> WandbLogger:
+    compat.drop_wandb_anonymous(logger)
+    return logger
 
 
 def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, name: str | None = None,
@@ -30,9 +39,10 @@ def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, 
     common = dict(save_dir=save_dir, project=project, name=name, group=group, tags=list(tags or []), id=id,
                   resume="allow" if id else None, **kwargs)
     if offline:
-        return WandbLogger(offline=True, **common)
+        return _without_anonymous(WandbLogger(offline=True, **common))
     try:
-        logger = WandbLogger(offline=False, settings=wandb.Settings(init_timeout=init_timeout), **common)
+        logger = _without_anonymous(WandbLogger(offline=False, settings=wandb.Settings(init_timeout=init_timeout),
+                                                **common))
         logger.experiment  # noqa: B018 - starts the run now, so that a failure is caught here
         return logger
     except Exception as e:  # wandb raises CommError, UsageError (no key), TimeoutError, ...
@@ -41,11 +51,32 @@ def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, 
             wandb.finish(exit_code=1)
         wandb.teardown()  # the W&B service process keeps the online settings; start a fresh one
         os.environ["WANDB_MODE"] = "offline"  # the environment would otherwise override offline=True
-        fallback = WandbLogger(offline=True, settings=wandb.Settings(mode="offline"), **common)
+        fallback = _without_anonymous(WandbLogger(offline=True, settings=wandb.Settings(mode="offline"), **common))
         run_dir = Path(fallback.experiment.dir).parent
         print(f"[momattn] W&B is unreachable ({type(e).__name__}: {first}); logging offline to {run_dir}. "
               f"Sync it when online with: wandb sync {run_dir}", file=sys.stderr, flush=True)
         return fallback
+
+
+class _ContinuingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that an existing metrics.csv is continued (a resume) instead of deleted."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = sorted(next(csv.reader(f), []))
+
+
+class CSVLogger(_LightningCSVLogger):
+    """metrics.csv in the run folder; a resumed run appends to the rows of the run it continues (Lightning's
+    own CSVLogger deletes them)."""
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuingWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def make_loggers(section: Mapping | None, run_id: str | None = None, group: str | None = None,

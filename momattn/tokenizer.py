@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +101,7 @@ def train_bpe(texts: Callable[[], Iterable[str]], vocab_size: int, cache_file: P
         vocab_size=vocab_size,
         special_tokens=[EOT],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte encodable: no unknown tokens
-        show_progress=True,
+        show_progress=sys.stderr.isatty(),
     )
     tok.train_from_iterator(texts(), trainer=trainer)
     if cache_file is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
@@ -24,6 +25,7 @@ from momattn.checkpoint import (
 )
 from momattn.cli import HydraJob, hydra_job
 from momattn.config import TrainConfig, load_train_config
+from momattn.console import quiet_console, quiet_resume
 from momattn.data.corpus import load_tokens
 from momattn.data.datamodule import TokenDataModule
 from momattn.errors import CheckpointError
@@ -31,18 +33,22 @@ from momattn.io import atomic_write_text
 from momattn.lit import LitGPT
 from momattn.metrics import unigram_ppl
 from momattn.model import GPT, GPTConfig
+from momattn.progress import TrainProgress
 from momattn.schema import instantiate, instantiate_all
 from momattn.tokenizer import Tokenizer, build_tokenizer
 
 
 def run_train(cfg: DictConfig) -> float | None:
     """Train one model as the composed config says; return the metric named by cfg.optimized_metric."""
+    quiet_console()
     c = load_train_config(cfg)
     out_dir, job = Path(c.paths.output_dir).resolve(), hydra_job()
     pl.seed_everything(c.seed, workers=True, verbose=False)
 
     ckpt_path = resolve_ckpt_path(c.ckpt_path, out_dir, Path(c.paths.root_dir).resolve())
     resume = read_checkpoint(ckpt_path)["momattn"] if ckpt_path else {}
+    if resume and ckpt_path.resolve().parent.parent == out_dir:
+        quiet_resume()
     tokenizer = Tokenizer.from_json(resume["tokenizer"], resume.get("tokenizer_name", "tokenizer")) if resume \
         else build_tokenizer(c.tokenizer, c.data, c.cache_dir)
     model_config = c.model_for(tokenizer.vocab_size)
@@ -61,6 +67,8 @@ def run_train(cfg: DictConfig) -> float | None:
     # the config's callbacks first: PreemptionCheckpoint then sees a SIGTERM raised by one of them at once
     preempt, throughput = PreemptionCheckpoint(out_dir / "checkpoints"), _throughput_monitor(c)
     callbacks = [*instantiate_all(c.callbacks, "callbacks"), preempt, throughput]
+    if c.trainer.get("enable_progress_bar", True) and not any(isinstance(cb, ProgressBar) for cb in callbacks):
+        callbacks.append(TrainProgress())
     loggers = logs.make_loggers(c.logger, resume.get("wandb_run_id"), *_sweep_names(job, model_config))
     trainer: pl.Trainer = instantiate(c.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
                                       default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()],
@@ -108,9 +116,12 @@ def _sweep_names(job: HydraJob, model_config: GPTConfig) -> tuple[str | None, st
 
 
 def _resume_hint(where: Path, step: int, job: HydraJob, out_dir: Path) -> str:
-    again = " ".join(o for o in job.overrides if not o.startswith(("ckpt_path=", "hydra.run.dir=")))
+    """The resume command. The run folder's .hydra/overrides.yaml holds its command line, which a resume reuses
+    (momattn.cli.resume_overrides), so nothing is retyped; without that file the overrides are repeated."""
+    saved = (out_dir / ".hydra" / "overrides.yaml").is_file()
+    again = "" if saved else " ".join(o for o in job.overrides if not o.startswith(("ckpt_path=", "hydra.run.dir=")))
     return (f"\n[momattn] SIGTERM received: checkpoint written to {where} at step {step}.\n"
-            f"Resume with: python train.py {again} ckpt_path={where} hydra.run.dir={out_dir}").replace("  ", " ")
+            f"Resume with: python train.py {again} ckpt_path=last hydra.run.dir={out_dir}").replace("  ", " ")
 
 
 def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, baseline: float, speed: dict,
@@ -137,6 +148,7 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
 
 def _evaluate(c: TrainConfig, model: GPT, tokenizer: Tokenizer, loggers: list, step: int, out_dir: Path) -> None:
     """The short evaluation (train.yaml's eval section), logged next to the training curves."""
+    from momattn.eval.report import markdown_report
     from momattn.eval.runner import evaluate_model, flat_metrics, write_reports
 
     results = evaluate_model(model.eval(), tokenizer, c.resolved, c.eval, out_dir / "eval",
@@ -145,4 +157,5 @@ def _evaluate(c: TrainConfig, model: GPT, tokenizer: Tokenizer, loggers: list, s
     for lg in loggers:  # eval/ppl@L, icl/<task>/acc, ...
         lg.log_metrics(flat_metrics(results), step=step)
         lg.save()
+    print(markdown_report([results]), flush=True)
     print(f"[momattn] evaluation tables: {out_dir / 'eval' / 'results.md'}", file=sys.stderr)

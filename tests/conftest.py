@@ -44,8 +44,9 @@ def compose_train(tmp_path: Path, overrides: list[str]):
 
 
 def run_cli(script: str, args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300):
-    """Run train.py / evaluate.py as a user would; returns the CompletedProcess."""
-    full_env = {**os.environ, **(env or {})}
+    """Run train.py / evaluate.py as a user would; returns the CompletedProcess. env: extra variables, None
+    removes one."""
+    full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,6 +62,8 @@ def _tokenize(docs: list[str], tokenizer: Tokenizer, desc: str) -> np.ndarray:
     import datasets
 
     datasets.disable_caching()  # our cache is the .bin file; no arrow copies in ~/.cache/huggingface
+    if not sys.stderr.isatty():  # a log file: no carriage-return bar
+        datasets.disable_progress_bars()
     eot = tokenizer.eot_id
 
     def encode(batch):

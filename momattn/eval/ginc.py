@@ -175,7 +175,7 @@ class GincEvaluator:
                 continue
             kk = min(fit, self.cfg.max_shots) if k == "max" else k
             runs = [self.evaluate_run(task, kk, s)
-                    for s in tqdm(self.cfg.seeds, desc=f"icl {task.name} k={k}", leave=False)]
+                    for s in tqdm(self.cfg.seeds, desc=f"icl {task.name} k={k}", leave=False, disable=None)]
             fits = k != "max" or kk >= min(MIN_DEMOS, self.cfg.max_shots)
             note = None if fits else f"does not fit: k=max places only {kk} examples in the context"
             result.shots[str(k)] = ShotResult.from_runs(k, runs, chance, fits, k_max_fit=fit, note=note)

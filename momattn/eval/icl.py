@@ -175,7 +175,7 @@ class IclEvaluator:
         prep = task if isinstance(task, PreparedTask) else self.prepare(task)
         runs = [(k, s) for k in self.cfg.shots for s in (self.cfg.seeds[:1] if k == 0 else self.cfg.seeds)]
         per_k: dict[int | str, list[SeedRun]] = defaultdict(list)
-        for k, seed in tqdm(runs, desc=f"icl {prep.task.name}", leave=False):
+        for k, seed in tqdm(runs, desc=f"icl {prep.task.name}", leave=False, disable=None):
             per_k[k].append(self.evaluate_run(prep.task, prep.test, prep.pool, k, seed))
         chance = prep.result.chance
         prep.result.shots = {str(k): ShotResult.from_runs(k, r, chance, self.fits(k, r), **self._note(k, r))

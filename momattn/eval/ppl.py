@@ -82,7 +82,7 @@ def score_windows(model: LanguageModel, tokenizer, tokens: np.ndarray, length: i
     was_training = model.training
     model.eval()
     out = []
-    for i in tqdm(range(0, len(starts), batch), desc=desc, leave=False):
+    for i in tqdm(range(0, len(starts), batch), desc=desc, leave=False, disable=None):
         s = starts[i : i + batch]
         windows = np.stack([np.asarray(tokens[a : a + length], dtype=np.int64) for a in s])  # (B, L)
         x = torch.from_numpy(windows).to(device)

@@ -1,0 +1,34 @@
+"""A quiet console: library chatter off, so that what momattn prints (start line, progress, results) is seen.
+Imports nothing heavy: every entry point calls quiet_console() first."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+# messages from libraries that say nothing a momattn user can act on (the momattn start line says what runs)
+_QUIET_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_utilities")
+_QUIET_WARNINGS = (
+    r".*isinstance\(treespec, LeafSpec\).*",  # Lightning's own use of a deprecated torch API
+    r".*The anonymous setting has no effect.*",  # W&B, raised by Lightning's WandbLogger
+)
+
+
+def quiet_console() -> None:
+    """Silence library chatter: Lightning INFO lines (GPU/TPU availability, tips), W&B's banner and run
+    history, deprecation warnings about library internals. Errors and warnings that matter still print.
+    MOMATTN_VERBOSE=1 keeps everything."""
+    if os.environ.get("MOMATTN_VERBOSE"):
+        return
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    os.environ.setdefault("WANDB_SILENT", "true")  # momattn prints where the W&B run is, and how to sync it
+
+
+def quiet_resume() -> None:
+    """An exact resume writes into its own run folder: Lightning's 'folder exists and is not empty' is expected."""
+    warnings.filterwarnings("ignore", message=r".*(Checkpoint directory|Experiment logs directory) .* exists and is "
+                                              r"not empty.*")

@@ -1,0 +1,82 @@
+"""Day-one console and resume: quiet output, progress lines in a log file, resume from a run folder as is."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from conftest import SMOKE, compose_train, read_metrics, run_cli
+from omegaconf import OmegaConf
+
+from momattn.checkpoint import read_checkpoint
+from momattn.cli import resume_overrides
+from momattn.progress import TrainProgress
+from momattn.training import run_train
+
+NOISE = ("GPU available", "TPU available", "litlogger", "LeafSpec", "anonymous setting", "wandb:", "\r",
+         "dirpath has changed", "not resumable", "exists and is not empty", "Epoch 0/")
+
+
+def test_progress_line_names_step_loss_speed_and_eta():
+    line = TrainProgress.line({"step": 50, "total": 200, "loss": 2.5, "rate": 12345.0, "elapsed": 65.0, "eta": 195.0})
+    assert line == "[momattn] step 50/200 (25%)  loss 2.5000  12.3K tok/s  elapsed 1m05s  ETA 3m15s"
+
+
+def test_a_log_file_gets_progress_lines_not_a_bar(tmp_path, capsys):
+    cfg = compose_train(tmp_path, [*SMOKE, "trainer.enable_progress_bar=true", "logger=none"])
+    run_train(cfg)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert "[momattn] step 6/6 (100%)  loss " in err and " tok/s " in err  # the last line is always printed
+    assert "[momattn] step 3: val/loss " in err and "[momattn] step 6: val/loss " in err
+
+
+def test_the_main_job_console_is_quiet_and_shows_the_tables(tmp_path):
+    r = run_cli("train.py", [*SMOKE, "trainer.enable_progress_bar=true", "logger=wandb", "run_eval=true",
+                             "eval.ppl.lengths=[16]", "eval.icl.tasks=[trec]", "eval.icl.shots=[0]",
+                             "eval.icl.max_examples=4", f"hydra.run.dir={tmp_path}"], tmp_path,
+                env={"WANDB_SILENT": None})
+    assert r.returncode == 0, r.stderr[-3000:]
+    for noise in NOISE:
+        assert noise not in r.stderr, (noise, r.stderr)
+    assert "[momattn] vanilla attention" in r.stderr and "[momattn] done: 6 steps" in r.stderr
+    assert "W&B run:" in r.stderr  # where the run is, said once by momattn
+    assert "| trec" in r.stdout or "trec" in r.stdout  # the evaluation tables themselves, not only their path
+    assert len(r.stderr.splitlines()) < 25, r.stderr
+
+
+def _saved(folder, overrides):
+    (folder / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(overrides), folder / ".hydra" / "overrides.yaml")
+
+
+def test_resume_overrides_reuse_the_run_folder_and_today_wins(tmp_path, capsys):
+    run = tmp_path / "run"
+    _saved(run, ["attention=momentum", "trainer.max_steps=6", "+x.y=1", "ckpt_path=old.ckpt"])
+    merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir={run}", "trainer.max_steps=9"])
+    assert merged == ["attention=momentum", "+x.y=1", "ckpt_path=last", f"hydra.run.dir={run}", "trainer.max_steps=9"]
+    assert "resuming the run in" in capsys.readouterr().err
+    # a checkpoint path inside a run folder: the run continues there
+    merged = resume_overrides([f"ckpt_path={run}/checkpoints/last.ckpt"])
+    assert merged[-1] == f"hydra.run.dir={run}" and "attention=momentum" in merged
+    assert resume_overrides(["attention=vanilla"]) == ["attention=vanilla"]  # no resume: unchanged
+    assert resume_overrides([f"ckpt_path={tmp_path}/elsewhere.ckpt"]) == [f"ckpt_path={tmp_path}/elsewhere.ckpt"]
+    # a sweep keeps its own folders
+    assert f"hydra.run.dir={run}" not in resume_overrides([f"ckpt_path={run}/checkpoints/last.ckpt"], multirun=True)
+
+
+@pytest.mark.slow
+def test_resume_from_a_run_folder_retypes_nothing(tmp_path):
+    run = tmp_path / "run"
+    first = run_cli("train.py", [*SMOKE, "attention=momentum", "logger=csv", f"hydra.run.dir={run}"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    r = run_cli("train.py", ["ckpt_path=last", f"hydra.run.dir={run}", "trainer.max_steps=9"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for noise in NOISE:
+        assert noise not in r.stderr, (noise, r.stderr)
+    ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 9 and ckpt["momattn"]["model_config"]["attention"]["kind"] == "momentum"
+    steps = sorted({int(row["step"]) for row in read_metrics(run) if row.get("train/loss")})
+    assert steps == list(range(9))  # the first run's rows are kept, the resumed ones appended
+    with open(run / "csv" / "metrics.csv") as f:
+        assert next(csv.reader(f))[0]  # one header

@@ -214,15 +214,16 @@ def test_two_job_multirun_from_the_command_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_optuna_sweep_runs_trials(tmp_path):
+@pytest.mark.parametrize("attention,searched", [("momentum", {"attention.eta"}), ("vanilla", set())])
+def test_optuna_sweep_searches_what_the_attention_has(attention, searched, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    r = run_cli("train.py", ["-m", "hparams_search=optuna", *SMOKE, "attention=momentum", "trainer.max_steps=3",
+    r = run_cli("train.py", ["-m", "hparams_search=optuna", *SMOKE, f"attention={attention}", "trainer.max_steps=3",
                              "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
                              f"hydra.sweep.dir={tmp_path}"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     best = OmegaConf.load(tmp_path / "optimization_results.yaml")
-    assert math.isfinite(best.best_value) and set(best.best_params) == {"optim.lr", "optim.warmup_steps",
-                                                                         "attention.eta"}
+    assert math.isfinite(best.best_value)
+    assert set(best.best_params) == {"optim.lr", "optim.warmup_steps", *searched}
 
 
 @pytest.mark.slow

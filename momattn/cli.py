@@ -136,6 +136,27 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
     return merged
 
 
+def check_output_dir(overrides: list[str], multirun: bool, cwd: Path | None = None) -> None:
+    """Refuse, before any work, an output folder that cannot be written (a read-only mount, /proc, a file in the
+    way): the folder Hydra will create (hydra.run.dir / hydra.sweep.dir, else outputs/ or multirun/ here) is
+    created now and a probe file written and removed."""
+    import tempfile
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = _last(overrides, key)
+    target = given.strip("'\"") if given else ("multirun" if multirun else "outputs")
+    target = target.split("${", 1)[0] or "."  # an interpolated folder (${now:...}): its fixed prefix
+    folder = (cwd or Path.cwd()) / Path(target).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".momattn-write-test-"):
+            pass
+    except OSError as e:
+        how = f"{key}={given}" if given else f"the default folder {target}/ under {cwd or Path.cwd()}"
+        raise ConfigError(f"cannot write the output folder {folder} ({how}): {e.strerror or e}. Choose a writable "
+                          f"folder with {key}=<path>, or run from a writable directory") from None
+
+
 def report(e: UserError) -> None:
     print(f"\nerror: {e}\n(set HYDRA_FULL_ERROR=1 for the full traceback)", file=sys.stderr, flush=True)
 
@@ -170,6 +191,8 @@ def hydra_main(config_name: str):
                     sys.argv = [sys.argv[0], *flags, *merged]
                     given = merged
                 check_overrides(config_name, given)
+                if not ({"--help", "-h", "--cfg", "-c", "--info", "--hydra-help"} & set(sys.argv)):
+                    check_output_dir(given, multirun=bool({"-m", "--multirun"} & set(sys.argv)))
             except UserError as e:
                 report(e)
                 sys.exit(2)

@@ -30,3 +30,7 @@ def did_you_mean(name: str, options: Iterable[str]) -> str:
     """' Did you mean 'x'?' for the closest option, or '' when nothing is close."""
     close = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+class DiskFullError(UserError):
+    """The disk filled during a run: what was saved, and how to resume."""

@@ -3,7 +3,8 @@
     python train.py +callbacks.fault._target_=momattn.faults.FaultInjection +callbacks.fault.spec=sigterm@4
 
 Specs (N = optimizer step): sigterm@N (a preemption), kill@N (SIGKILL), nan@N (one batch's loss becomes NaN),
-kill_during_save@N (SIGKILL while the real checkpoint writer is writing the first checkpoint at step >= N).
+kill_during_save@N (SIGKILL while the real checkpoint writer is writing the first checkpoint at step >= N),
+disk_full@N (every file write from step N on fails with ENOSPC, as on a full disk).
 Nothing in the training code knows about this module.
 """
 
@@ -22,9 +23,29 @@ from lightning.pytorch.callbacks import Callback
 
 from momattn.errors import ConfigError
 
-KINDS = ("sigterm", "kill", "nan", "kill_during_save")
+KINDS = ("sigterm", "kill", "nan", "kill_during_save", "disk_full")
 # the temporary file momattn.io.atomic_write creates next to its target: .<name>.tmp<pid>
 _TEMP_NAME = re.compile(r"^\..+\.tmp(\d+)$")
+
+
+def _fill_disk() -> None:
+    """From now on, opening any file for writing fails with ENOSPC (what a full disk does to the next write)."""
+    import builtins
+    import errno
+
+    real_open, real_os_open = builtins.open, os.open
+
+    def full(file, mode="r", *args, **kwargs):
+        if any(m in str(mode) for m in "wax+"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    def full_os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_os_open(path, flags, *args, **kwargs)
+
+    builtins.open, os.open = full, full_os_open
 
 
 def _die(why: str) -> None:
@@ -100,6 +121,8 @@ class FaultInjection(Callback):
                 os.kill(os.getpid(), signal.SIGTERM)
             elif self.kind == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            elif self.kind == "disk_full":
+                _fill_disk()
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         # called while the checkpoint dict is assembled, right before the checkpoint IO plugin writes it

@@ -13,12 +13,30 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from momattn import lightning_compat as compat
+from momattn.errors import ConfigError
 from momattn.schema import instantiate, locate
 
 
 def _without_anonymous(logger: WandbLogger) -> WandbLogger:
     compat.drop_wandb_anonymous(logger)
     return logger
+
+
+def wandb_api_key_found() -> bool:
+    """An API key for W&B online: WANDB_API_KEY, an identity-token file, or a netrc entry for the W&B host (what
+    `wandb login` writes). Read locally; nothing is sent."""
+    import netrc
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    try:
+        auth = netrc.netrc(path).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(auth and auth[2])
 
 
 def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, name: str | None = None,
@@ -40,6 +58,10 @@ def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, 
                   resume="allow" if id else None, **kwargs)
     if offline:
         return _without_anonymous(WandbLogger(offline=True, **common))
+    if not wandb_api_key_found():
+        raise ConfigError("W&B online was asked for (logger.wandb.offline=false or WANDB_MODE=online) but no W&B API "
+                          "key was found: run `wandb login` or set WANDB_API_KEY, or log offline (the default) and "
+                          "upload later with `wandb sync`")
     try:
         logger = _without_anonymous(WandbLogger(offline=False, settings=wandb.Settings(init_timeout=init_timeout),
                                                 **common))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 import time
@@ -28,9 +29,10 @@ from momattn.config import TrainConfig, load_train_config
 from momattn.console import quiet_console, quiet_resume
 from momattn.data.corpus import load_tokens
 from momattn.data.datamodule import TokenDataModule
-from momattn.errors import CheckpointError
+from momattn.errors import CheckpointError, DiskFullError
 from momattn.io import atomic_write_text
 from momattn.lit import LitGPT
+from momattn.memory import check_fits
 from momattn.metrics import unigram_ppl
 from momattn.model import GPT, GPTConfig
 from momattn.progress import TrainProgress
@@ -54,6 +56,8 @@ def run_train(cfg: DictConfig) -> float | None:
     model_config = c.model_for(tokenizer.vocab_size)
     if resume:
         check_compatible(model_config_from(resume, ckpt_path), model_config, ckpt_path)
+    check_fits(model_config, c.loader.batch_size, c.trainer["precision"], c.trainer.get("accelerator"),
+               c.trainer.get("devices", 1))
     model = GPT(model_config)
 
     train, val = _tokens(c, tokenizer, model_config.vocab_size)
@@ -87,6 +91,10 @@ def run_train(cfg: DictConfig) -> float | None:
             if c.run_eval and c.eval:
                 _evaluate(c, model, tokenizer, loggers, trainer.global_step, out_dir)
         return metrics.get(c.optimized_metric)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise DiskFullError(_disk_full(e, out_dir)) from None
     except SIGTERMException:
         print(_resume_hint(preempt.saved_path or out_dir / "checkpoints" / "last.ckpt", trainer.global_step, job,
                            out_dir), file=sys.stderr, flush=True)
@@ -113,6 +121,18 @@ def _sweep_names(job: HydraJob, model_config: GPTConfig) -> tuple[str | None, st
     if job.sweep_dir is None:
         return None, None
     return Path(job.sweep_dir).name, f"{model_config.attention.kind}-{job.num}"
+
+
+def _disk_full(e: OSError, out_dir: Path) -> str:
+    """What survived a full disk (checkpoints are written atomically: last.ckpt is the previous complete one)."""
+    last = out_dir / "checkpoints" / "last.ckpt"
+    try:
+        saved = f"{last} (step {read_checkpoint(last)['global_step']}) is intact"
+    except Exception:
+        saved = "no checkpoint was completed"
+    where = f" while writing {e.filename}" if e.filename else ""
+    return (f"the disk is full{where} ({e.strerror or e}). {saved}. Free space (or choose another folder with "
+            f"hydra.run.dir=...), then resume with: python train.py ckpt_path=last hydra.run.dir={out_dir}")
 
 
 def _resume_hint(where: Path, step: int, job: HydraJob, out_dir: Path) -> str:

@@ -199,3 +199,59 @@ def test_checkpoint_with_wrong_shapes(tmp_path, trained):
 def test_eval_section_is_checked_at_start_up(tmp_path):
     msg = run_expecting(tmp_path, [*SMOKE, "run_eval=true", "+eval.icl.shotz=[0]"], ConfigError)
     assert "eval.icl.shotz" in msg and "Did you mean 'shots'?" in msg
+
+
+@pytest.mark.parametrize("run_dir,expected", [("/proc/momattn-x", "No such file or directory"),
+                                              ("{file}/x", "Not a directory")])
+def test_an_unwritable_output_folder_is_refused_before_any_work(tmp_path, run_dir, expected):
+    (tmp_path / "file").write_text("in the way")
+    r = run_cli("train.py", [*SMOKE, f"hydra.run.dir={run_dir.format(file=tmp_path / 'file')}"], tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "cannot write the output folder" in r.stderr and expected in r.stderr and "hydra.run.dir=" in r.stderr
+
+
+def test_a_context_beyond_memory_is_refused_up_front(tmp_path, monkeypatch):
+    import momattn.memory
+
+    monkeypatch.setattr(momattn.memory, "available_memory", lambda device="cpu": 2**30)  # a 1 GiB machine
+    cfg = compose_train(tmp_path, [*SMOKE, "model.block_size=100000"])
+    with pytest.raises(ConfigError, match=r"first training step needs ~.* GiB.*1\.0 GiB of RAM available.*"
+                                          r"model.block_size=100000.*Lower data.batch_size"):
+        run_train(cfg)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_memory_estimate_is_near_a_measured_step():
+    """Within 2x of the peak resident memory of one real training step (forward, backward, AdamW)."""
+    import subprocess
+    import sys
+
+    code = ("import resource, torch, torch.nn.functional as F\n"
+            "from momattn.model import GPT, GPTConfig\nfrom momattn.memory import estimate_train_memory\n"
+            "torch.set_num_threads(1)\ncfg = GPTConfig(vocab_size=4096, block_size=2048, n_layer=2, n_embd=256)\n"
+            "m = GPT(cfg); opt = torch.optim.AdamW(m.parameters()); x = torch.randint(0, 4096, (8, 2048))\n"
+            "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "F.cross_entropy(m(x).flatten(0, 1).float(), x.flatten()).backward(); opt.step()\n"
+            "r1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "print((r1 - r0) * 1024, estimate_train_memory(cfg, 8).total)\n")
+    measured, estimate = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                                 check=True).stdout.split())
+    assert measured / 2 < estimate < measured * 2, (measured, estimate)
+
+
+@pytest.mark.slow
+def test_a_full_disk_says_what_was_saved_and_how_to_resume(tmp_path):
+    r = run_cli("train.py", [*SMOKE, "logger=csv", "+callbacks.fault._target_=momattn.faults.FaultInjection",
+                             "+callbacks.fault.spec=disk_full@4", f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "the disk is full" in r.stderr and "(step 3) is intact" in r.stderr
+    assert f"resume with: python train.py ckpt_path=last hydra.run.dir={tmp_path}" in r.stderr
+    assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 3
+
+
+def test_wandb_online_without_an_api_key_says_so(tmp_path):
+    env = {"WANDB_MODE": "online", "WANDB_API_KEY": None, "NETRC": str(tmp_path / "no-netrc")}
+    r = run_cli("train.py", [*SMOKE, "logger=wandb", "logger.wandb.offline=false", f"hydra.run.dir={tmp_path}"],
+                tmp_path, env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "no W&B API key was found" in r.stderr and "wandb login" in r.stderr

@@ -10,7 +10,7 @@ from test_eval_runner import DATA, tokenizer  # noqa: F401  (the module-scoped B
 from momattn.checkpoint import checkpoint_meta
 from momattn.errors import ConfigError
 from momattn.eval.runner import run_evaluate
-from momattn.eval.sweep import t_interval, verdict
+from momattn.eval.sweep import SettingSummary, _curves, sweep_plots, t_interval, verdict
 from momattn.io import atomic_torch_save
 from momattn.model import GPT, AttentionConfig, GPTConfig
 
@@ -70,6 +70,9 @@ def test_sweep_verdict(tmp_path, tokenizer):  # noqa: F811
     md = (out / "sweep.md").read_text()
     assert "Failed or partial jobs (left out): 99" in md and "### Table 6 (valid perplexity)" in md
     assert "| momentum | 3 |" in md and "momentum: " in md and "No vanilla run" not in md
+    for kind in ("icl", "ppl"):  # the plots: accuracy vs k and perplexity by length, one file per setting
+        png = out / f"{kind}_{main['setting']}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"({png.name})" in md
 
     # again, with every job's eval/results.json made with the same settings: reused, same verdict
     for r in doc["runs"]:
@@ -102,3 +105,12 @@ def test_sweep_reuses_matching_results_and_rejects_bad_folders(tmp_path):
     assert reusable(tmp_path / "job", cfg) == fake
     other = EvalConfig.from_mapping({**EVAL, "batch_tokens": 1024})
     assert reusable(tmp_path / "job", other) is None
+
+
+def test_plot_curves_follow_k_with_seed_bands(tmp_path):
+    row = {"ginc/acc@k0": {"mean": 0.5, "std": 0.01, "n": 3}, "ginc/acc@k8": {"mean": 0.6, "std": 0.02, "n": 3},
+           "ginc/acc@k2": {"mean": 0.55, "std": 0.0, "n": 2}, "ppl@64": {"mean": 5.0, "std": 0.1, "n": 3},
+           "trec/acc@kmax": {"mean": 0.3, "std": 0.0, "n": 3}}
+    assert _curves(row) == {"ginc": [(0, 0.5, 0.01, 3), (2, 0.55, 0.0, 2), (8, 0.6, 0.02, 3)]}
+    s = SettingSummary("abc", {}, rows={"vanilla": row, "momentum": row})
+    assert [p.name for p in sweep_plots([s], tmp_path)] == ["icl_abc.png", "ppl_abc.png"]

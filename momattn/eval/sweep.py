@@ -226,6 +226,72 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _curves(row: Mapping[str, Mapping]) -> dict[str, list[tuple[int, float, float, int]]]:
+    """task -> [(k, mean, std, n)] sorted by k, from metric names '<task>/acc@k<k>' (numeric k only)."""
+    out: dict[str, list] = defaultdict(list)
+    for m, v in row.items():
+        task, _, k = m.partition("/acc@k")
+        if k.isdigit():
+            out[task].append((int(k), v["mean"], v["std"], v["n"]))
+    return {t: sorted(c) for t, c in out.items()}
+
+
+def sweep_plots(summaries: Sequence[SettingSummary], out: Path) -> list[Path]:
+    """Per setting: icl_<setting>.png (accuracy vs k per task, one line per attention, band = mean ± std over
+    seeds) and ppl_<setting>.png (valid perplexity by length, same bands). Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    out.mkdir(parents=True, exist_ok=True)
+    for s in summaries:
+        tasks = sorted({t for row in s.rows.values() for t in _curves(row)})
+        if tasks:
+            fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
+            for ax, task in zip(axes[0], tasks):
+                for att, row in s.rows.items():
+                    c = _curves(row).get(task)
+                    if not c:
+                        continue
+                    ks = np.array([x[0] for x in c], dtype=float)
+                    xs = np.where(ks > 0, ks, 0.5)  # k = 0 drawn at 0.5 on the log axis
+                    mean, std = (np.array([100 * x[i] for x in c]) for i in (1, 2))
+                    line, = ax.plot(xs, mean, marker="o", label=f"{att} (n={max(x[3] for x in c)})")
+                    ax.fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+                ax.set_xscale("log", base=2)
+                ax.set_xlabel("k (examples in the prompt; 0 at 0.5)")
+                ax.set_title(task)
+                ax.grid(alpha=0.3)
+            axes[0][0].set_ylabel("accuracy % (mean ± std over seeds)")
+            axes[0][0].legend(fontsize=8)
+            fig.tight_layout()
+            path = out / f"icl_{s.setting}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+        lengths = sorted({int(m.split("@")[1]) for row in s.rows.values() for m in row if m.startswith("ppl@")})
+        if lengths:
+            fig, ax = plt.subplots(figsize=(4.5, 3.4))
+            for att, row in s.rows.items():
+                pts = [(n, row[f"ppl@{n}"]) for n in lengths if f"ppl@{n}" in row]
+                if pts:
+                    ax.errorbar([n for n, _ in pts], [v["mean"] for _, v in pts], yerr=[v["std"] for _, v in pts],
+                                marker="o", capsize=3, label=att)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("evaluation length (tokens)")
+            ax.set_ylabel("valid perplexity (mean ± std)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            path = out / f"ppl_{s.setting}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
 def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: str,
               cache_dir: str | None = None) -> list[SettingSummary]:
     from momattn.checkpoint import load_checkpoint
@@ -254,8 +320,11 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
            "settings": [asdict(s) for s in summaries]}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "sweep.json", json.dumps(doc, indent=2, allow_nan=True, default=str) + "\n")
+    plots = sweep_plots(summaries, out)
     md = sweep_markdown(summaries, failed, len(runs))
+    if plots:
+        md += "\nPlots: " + ", ".join(f"[{p.name}]({p.name})" for p in plots) + "\n"
     atomic_write_text(out / "sweep.md", md)
     print(md)
-    print(f"sweep verdict written to {out}/ (sweep.md, sweep.json)")
+    print(f"sweep verdict written to {out}/ (sweep.md, sweep.json, {len(plots)} plots)")
     return summaries

@@ -114,3 +114,18 @@ def test_plot_curves_follow_k_with_seed_bands(tmp_path):
     assert _curves(row) == {"ginc": [(0, 0.5, 0.01, 3), (2, 0.55, 0.0, 2), (8, 0.6, 0.02, 3)]}
     s = SettingSummary("abc", {}, rows={"vanilla": row, "momentum": row})
     assert [p.name for p in sweep_plots([s], tmp_path)] == ["icl_abc.png", "ppl_abc.png"]
+
+
+def test_an_eta_sweep_keeps_each_eta_a_variant_of_its_own(tmp_path):
+    from momattn.eval.sweep import SweepRun, _label_variants
+
+    def run(att):
+        r = SweepRun(tmp_path, tmp_path, att["kind"], 1, "s", {})
+        r.attention_params = att
+        return r
+
+    runs = [run({"kind": "vanilla"}), run({"kind": "momentum", "eta": 0.3, "learnable_eta": False}),
+            run({"kind": "momentum", "eta": 0.5, "learnable_eta": True}), run({"kind": "multirate_ema", "n_rates": 8})]
+    _label_variants(runs)
+    assert [r.attention for r in runs] == ["vanilla", "momentum(eta=0.3, learnable_eta=False)",
+                                          "momentum(eta=0.5, learnable_eta=True)", "multirate_ema"]

@@ -51,6 +51,7 @@ class SweepRun:
     config: dict
     result: ModelResult | None = None
     reused: bool = False
+    attention_params: dict = field(default_factory=dict)  # the checkpoint's attention config
 
 
 @dataclass
@@ -116,14 +117,31 @@ def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
             failed.append(f"{path.parent.parent.relative_to(sweep_dir)} (unreadable checkpoint: {e})")
             continue
         config = to_plain(meta.get("config")) or {}
-        kind = (meta.get("model_config") or {}).get("attention", {}).get("kind") or \
-            (config.get("attention") or {}).get("kind", "unknown")
-        runs.append(SweepRun(path, path.parent.parent, str(kind), config.get("seed"),
-                             digest(_strip(config)), config))
+        att = dict((meta.get("model_config") or {}).get("attention") or config.get("attention") or {})
+        run = SweepRun(path, path.parent.parent, str(att.get("kind", "unknown")), config.get("seed"),
+                       digest(_strip(config)), config)
+        run.attention_params = att
+        runs.append(run)
+    _label_variants(runs)
     if not runs:
         raise ConfigError(f"sweep_dir='{sweep_dir}' holds no checkpoints/last.ckpt"
                           + (f"; failed jobs: {'; '.join(failed)}" if failed else ""))
     return runs, failed
+
+
+def _label_variants(runs: Sequence[SweepRun]) -> None:
+    """Runs of one attention kind that differ in its settings (an eta sweep) are distinct variants: their label
+    names what differs, e.g. 'momentum(eta=0.3)', 'momentum(learnable_eta=True)'."""
+    by_kind: dict[str, list[SweepRun]] = defaultdict(list)
+    for r in runs:
+        by_kind[r.attention].append(r)
+    for kind, rs in by_kind.items():
+        keys = sorted({k for r in rs for k in r.attention_params if k != "kind"})
+        varying = [k for k in keys if len({json.dumps(r.attention_params.get(k), default=str) for r in rs}) > 1]
+        if kind == BASELINE or not varying:
+            continue
+        for r in rs:
+            r.attention = f"{kind}(" + ", ".join(f"{k}={r.attention_params.get(k)}" for k in varying) + ")"
 
 
 def reusable(job: Path, eval_cfg: EvalConfig) -> ModelResult | None:

@@ -18,5 +18,10 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   fi
 fi
 EXTRAS=$(IFS=,; echo "$*")
-$PIP install -q -e ".${EXTRAS:+[$EXTRAS]}" 2> >(grep -v -e "is ignored" -e "setuptools" >&2)
+# pip's and setuptools' chatter (deprecation boxes, ignored local indexes) is shown only when the install fails
+LOG=$(mktemp)
+if ! $PIP install -q -e ".${EXTRAS:+[$EXTRAS]}" >"$LOG" 2>&1; then
+  cat "$LOG" >&2; rm -f "$LOG"; echo "setup.sh: pip install failed (output above)" >&2; exit 1
+fi
+rm -f "$LOG"
 .venv/bin/python -c "import momattn, torch, lightning, hydra; print(f'momattn ready: torch {torch.__version__}, lightning {lightning.__version__}')"

@@ -53,6 +53,7 @@ class RunConfig:
     compile: bool = False  # torch.compile the model's forward
     optimized_metric: str = "val/loss"  # what run_train returns to a sweeper
     run_eval: bool = True  # the short evaluation (`eval` section) after training
+    global_batch: int | None = None  # sequences per optimizer step over all devices: sets accumulate_grad_batches
 
 
 SECTIONS = ("model", "attention", "optim", "data", "tokenizer", "trainer", "logger", "callbacks", "paths", "eval")
@@ -125,6 +126,39 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
     return trainer, steps[0], steps[1]
 
 
+def world_size(trainer: Mapping) -> int:
+    """Processes that train together: trainer.devices (an integer, or a list of device ids) x trainer.num_nodes."""
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1) or 1
+    if devices == "auto" or devices == -1:  # Lightning's meaning: every GPU here, else one CPU process
+        gpu = str(trainer.get("accelerator") or "auto").lower() in ("gpu", "cuda", "auto") and _cuda_available()
+        devices = _cuda_device_count() if gpu else 1
+    if isinstance(devices, (list, tuple)):
+        devices = len(devices)
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise ConfigError(f"trainer.devices={devices!r}: global_batch needs the number of devices; set "
+                          "trainer.devices=<N>")
+    return devices * int(nodes)
+
+
+def accumulation_for(global_batch: int, batch_size: int, trainer: Mapping) -> int:
+    """accumulate_grad_batches so that batch_size x processes x accumulation = global_batch sequences."""
+    per_step = batch_size * world_size(trainer)
+    if global_batch < 1 or global_batch % per_step:
+        world = world_size(trainer)
+        options = [b for b in (1, 2, 4, 8, 16, 32, 64) if global_batch % (b * world) == 0]
+        fix = (f"data.batch_size among {options} works" if options else
+               f"no data.batch_size does with {world} processes: use a process count that divides {global_batch}")
+        raise ConfigError(f"global_batch={global_batch} is not a multiple of data.batch_size={batch_size} x "
+                          f"{world} processes (trainer.devices x trainer.num_nodes); {fix}")
+    return global_batch // per_step
+
+
+def _cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def _cuda_available() -> bool:
     import torch
 
@@ -145,13 +179,17 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
     if tokenizer.kind == "source":
         source_tokenizer(source)  # the source has one: checked now, not after the cache is built
     trainer, max_steps, accumulate = _trainer(raw.get("trainer"))
+    loader = typed(LoaderConfig, {k: v for k, v in data.items() if k in LOADER_KEYS}, "data")
+    if run.global_batch is not None:
+        accumulate = trainer["accumulate_grad_batches"] = accumulation_for(run.global_batch, loader.batch_size,
+                                                                           trainer)
     raw["trainer"] = trainer  # checkpoints record the precision that ran
     return TrainConfig(
         **dataclasses.asdict(run),
         model=_model(raw.get("model"), attention),
         optim=typed(OptimConfig, raw.get("optim"), "optim"),
         data=source,
-        loader=typed(LoaderConfig, {k: v for k, v in data.items() if k in LOADER_KEYS}, "data"),
+        loader=loader,
         tokenizer=tokenizer,
         paths=typed(PathsConfig, raw.get("paths"), "paths"),
         trainer=trainer,

@@ -1,0 +1,126 @@
+"""Plan a run before paying for it: python -m momattn.plan experiment=paper_350m trainer.devices=8 trainer.num_nodes=4
+
+Parameters, tokens, FLOPs, memory per device for DDP and FSDP, wall time and GPU-hours at a stated MFU, and the
+accumulation that keeps the experiment's global batch on that many devices. Nothing is allocated: the model is
+built on the meta device, memory comes from momattn.memory's estimate. MFU is an assumption you state
+(--mfu, default 0.40) against a datasheet peak (--peak-tflops, default 989: H100/H200 SXM dense bf16)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from momattn.errors import UserError
+
+GIB = 2**30
+# vocabulary sizes of the tokenizer kinds that do not train their own
+FIXED_VOCAB = {"gpt2": 50257}
+
+
+def _vocab(c) -> int:
+    t = c.tokenizer
+    if t.kind in FIXED_VOCAB:
+        return FIXED_VOCAB[t.kind]
+    if t.kind == "source" and hasattr(c.data, "n_symbols"):
+        return c.data.n_symbols + 1
+    return int(getattr(t, "vocab_size", 0) or 4096)
+
+
+def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float = 989.0) -> dict:
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    import momattn.config as config
+    from momattn.cli import CONF_DIR, check_overrides
+    from momattn.memory import estimate_train_memory
+    from momattn.model import GPT
+
+    check_overrides("train", overrides)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    with open_dict(cfg):  # nothing is written: the run folder is only named
+        cfg.hydra.runtime.output_dir = cfg.hydra.runtime.cwd = "."
+        cfg.hydra.job.num = 0
+    HydraConfig().set_config(cfg)
+    real, config._cuda_available = config._cuda_available, lambda: True  # plan a GPU run from any machine
+    try:
+        c = config.load_train_config(cfg)
+    finally:
+        config._cuda_available = real
+    m = c.model_for(_vocab(c))
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in GPT(m).parameters())
+        flops_per_token = GPT(m).flops_per_token()
+    world = config.world_size(c.trainer)
+    seqs = c.loader.batch_size * world * c.accumulate
+    tokens_per_step = seqs * m.block_size
+    tokens = tokens_per_step * c.max_steps
+    flops = flops_per_token * tokens
+    precision = c.trainer["precision"]
+    ddp = estimate_train_memory(m, c.loader.batch_size, precision)
+    fsdp_states = ddp.states / world
+    seconds = flops / (mfu * peak_tflops * 1e12 * world)
+    return {
+        "overrides": overrides, "attention": m.attention.kind, "n_layer": m.n_layer, "n_embd": m.n_embd,
+        "n_head": m.n_head, "block_size": m.block_size, "vocab_size": m.vocab_size, "parameters": n_params,
+        "processes": world, "micro_batch": c.loader.batch_size, "accumulate_grad_batches": c.accumulate,
+        "global_batch_sequences": seqs, "tokens_per_step": tokens_per_step, "max_steps": c.max_steps,
+        "tokens": tokens, "flops_per_token": flops_per_token, "flops": flops, "precision": precision,
+        "memory_per_device_gib": {"ddp": ddp.total / GIB, "fsdp": (fsdp_states + ddp.activations + ddp.logits) / GIB,
+                                  "states_ddp": ddp.states / GIB, "states_fsdp": fsdp_states / GIB,
+                                  "activations": ddp.activations / GIB, "logits": ddp.logits / GIB},
+        "mfu_assumed": mfu, "peak_tflops_per_device": peak_tflops,
+        "wall_hours": seconds / 3600, "gpu_hours": seconds * world / 3600,
+        "global_batch": c.global_batch,
+    }
+
+
+def render(p: dict) -> str:
+    mem = p["memory_per_device_gib"]
+    acc = (f"accumulate {p['accumulate_grad_batches']}" + (f" (from global_batch={p['global_batch']})"
+                                                            if p["global_batch"] else ""))
+    rows = [
+        ("command", "python train.py " + " ".join(p["overrides"])),
+        ("model", f"{p['n_layer']} layers x {p['n_embd']}, {p['n_head']} heads, context {p['block_size']}, "
+                  f"vocabulary {p['vocab_size']}, {p['attention']} attention: {p['parameters'] / 1e6:.1f}M parameters"),
+        ("batch", f"{p['global_batch_sequences']} sequences = {p['tokens_per_step']:,} tokens per step: "
+                  f"data.batch_size={p['micro_batch']} x {p['processes']} processes x {acc}"),
+        ("tokens", f"{p['max_steps']:,} steps x {p['tokens_per_step']:,} = {p['tokens'] / 1e9:.1f}B tokens"),
+        ("FLOPs", f"{p['flops_per_token'] / 1e9:.2f} GFLOP per token (6N + 12 L d T) -> {p['flops']:.2e} in all"),
+        ("memory/device", f"DDP ~{mem['ddp']:.1f} GiB (weights+grads+AdamW {mem['states_ddp']:.1f}, activations "
+                          f"{mem['activations']:.1f}, logits {mem['logits']:.1f}); FSDP full shard ~{mem['fsdp']:.1f} GiB "
+                          f"(states {mem['states_fsdp']:.2f}); {p['precision']}, micro-batch {p['micro_batch']}"),
+        ("time", f"{p['wall_hours']:.1f} h wall = {p['wall_hours'] / 24:.1f} days, {p['gpu_hours']:,.0f} GPU-hours, at "
+                 f"an ASSUMED MFU of {100 * p['mfu_assumed']:.0f}% of {p['peak_tflops_per_device']:.0f} TFLOPS per device"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m momattn.plan", description=__doc__.splitlines()[0])
+    ap.add_argument("overrides", nargs="*", help="train.py overrides, e.g. experiment=paper_350m trainer.devices=8")
+    ap.add_argument("--mfu", type=float, default=0.40, help="model FLOPs utilisation to assume (default 0.40)")
+    ap.add_argument("--peak-tflops", type=float, default=989.0,
+                    help="dense bf16 peak per device (default 989: H100/H200 SXM datasheet)")
+    ap.add_argument("--json", action="store_true", help="print the plan as JSON")
+    a = ap.parse_args(argv)
+    try:
+        if not 0 < a.mfu <= 1 or a.peak_tflops <= 0:
+            raise UserError(f"--mfu={a.mfu} must be in (0, 1] and --peak-tflops={a.peak_tflops} above 0")
+        p = plan(a.overrides, a.mfu, a.peak_tflops)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(p, indent=2) if a.json else render(p))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""python -m momattn.plan and global_batch: the paper's run planned, the accumulation derived for any device count."""
+
+import pytest
+from conftest import SMOKE, compose_train
+
+from momattn.config import load_train_config
+from momattn.errors import ConfigError
+from momattn.plan import main, plan
+
+
+def test_the_papers_run_planned_on_32_gpus(capsys):
+    p = plan(["experiment=paper_350m", "trainer.devices=8", "trainer.num_nodes=4"])
+    assert 340e6 < p["parameters"] < 360e6  # "350M" (Dai et al. 2023, Table 10)
+    assert p["processes"] == 32 and p["accumulate_grad_batches"] == 2 and p["global_batch_sequences"] == 512
+    assert p["tokens_per_step"] == 512 * 1024 and p["tokens"] == 500_000 * 512 * 1024
+    assert p["flops"] == pytest.approx(p["flops_per_token"] * p["tokens"])
+    assert 6 * p["parameters"] < p["flops_per_token"] < 8 * p["parameters"]
+    assert p["memory_per_device_gib"]["fsdp"] < p["memory_per_device_gib"]["ddp"]
+    assert p["gpu_hours"] == pytest.approx(p["flops"] / (0.4 * 989e12) / 3600)
+    assert main(["experiment=paper_350m", "trainer.devices=8", "trainer.num_nodes=4"]) == 0
+    assert "accumulate 2 (from global_batch=512)" in capsys.readouterr().out
+
+
+def test_plan_bad_input_is_one_line(capsys):
+    assert main(["experiment=paper_350m", "trainer.devices=3"]) == 2
+    assert "use a process count that divides 512" in capsys.readouterr().err
+    assert main(["experiment=paper_35m"]) == 2
+    assert "Did you mean 'paper_350m'" in capsys.readouterr().err
+    assert main(["--mfu", "2"]) == 2
+
+
+def test_global_batch_sets_the_accumulation(tmp_path):
+    c = load_train_config(compose_train(tmp_path, [*SMOKE, "global_batch=16", "data.batch_size=4"]))
+    assert c.accumulate == 4 and c.trainer["accumulate_grad_batches"] == 4
+    c = load_train_config(compose_train(tmp_path, [*SMOKE, "global_batch=16", "data.batch_size=4",
+                                                   "trainer.devices=2", "trainer.accelerator=cpu"]))
+    assert c.accumulate == 2
+    with pytest.raises(ConfigError, match="global_batch=10 is not a multiple of data.batch_size=4"):
+        load_train_config(compose_train(tmp_path, [*SMOKE, "global_batch=10", "data.batch_size=4"]))

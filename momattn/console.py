@@ -12,6 +12,7 @@ _QUIET_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "lightni
 _QUIET_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\).*",  # Lightning's own use of a deprecated torch API
     r".*The anonymous setting has no effect.*",  # W&B, raised by Lightning's WandbLogger
+    r".*torch.distributed.nn.functional.all_gather is deprecated.*",  # Lightning's all_gather under DDP
 )
 
 

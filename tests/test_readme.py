@@ -28,7 +28,10 @@ def test_every_train_command_in_the_readme_composes(args, tmp_path, monkeypatch)
     import momattn.config
 
     monkeypatch.setattr(momattn.config, "_cuda_available", lambda: True)  # the GPU commands validate here too
-    argv = [a for a in shlex.split(args) if "<" not in a and "..." not in a]
+    tokens = shlex.split(args)
+    ends = [i for i, a in enumerate(tokens) if a in ("&", "&&", "||", ";", "|", "\\") or a.endswith(";")]
+    tokens = tokens[: ends[0]] if ends else tokens  # a shell line: the command ends at its first operator
+    argv = [a for a in tokens if "<" not in a and "..." not in a]
     overrides = user_overrides(argv)
     if "hparams_search=optuna" in overrides:
         pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")

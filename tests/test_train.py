@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -294,3 +295,52 @@ def test_the_compare_callback_prints_or_runs_evaluate_on_the_sweep(tmp_path, mon
                         type("Done", (), {"returncode": 0})())
     sweep_callback.CompareSweep(run=True).on_multirun_end(cfg)
     assert ran and ran[0][1:] == [str(sweep_callback.ROOT / "evaluate.py"), f"sweep_dir={tmp_path.resolve()}"]
+
+
+@pytest.mark.slow
+def test_a_sweep_through_submitit_and_the_joblib_launcher_config(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    # submitit's local executor: each job a separate process, as on a SLURM cluster (hydra/launcher=submitit_slurm)
+    r = run_cli("train.py", ["-m", "hydra/launcher=submitit_local", *SMOKE, "attention=vanilla,momentum",
+                             f"hydra.sweep.dir={tmp_path}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    kinds = {read_checkpoint(tmp_path / j / "checkpoints" / "last.ckpt")["momattn"]["model_config"]["attention"]
+             ["kind"] for j in ("0", "1")}
+    assert kinds == {"vanilla", "momentum"} and (tmp_path / ".submitit").is_dir()
+    for launcher in ("joblib", "submitit_slurm"):  # the cluster and the parallel-local launchers compose
+        cfg = compose_train(tmp_path, ["hydra/launcher=" + launcher, *SMOKE])
+        assert launcher.split("_")[0] in cfg.hydra.launcher._target_.lower()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_simulated_nodes_train_like_one_node_with_two_processes(tmp_path):
+    """MASTER_ADDR/MASTER_PORT/NODE_RANK as SLURM or torchrun set them: two 'nodes' of one CPU process each on
+    localhost give the losses of one node with two processes (same global ranks, same data shards)."""
+    import subprocess
+    import sys
+
+    common = [*SMOKE, "trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.strategy=ddp",
+              "logger=csv"]
+    one = run_cli("train.py", [*common, "trainer.devices=2", f"hydra.run.dir={tmp_path / 'one'}"], tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    port, procs = _free_port(), []
+    for rank in (0, 1):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(rank),
+               "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "train.py"), *common, "trainer.devices=1",
+                                       "trainer.num_nodes=2", f"hydra.run.dir={tmp_path / 'two'}"], cwd=tmp_path,
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    a, b = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
+    assert sorted(a) == sorted(b) == list(range(6))
+    assert all(a[s] == pytest.approx(b[s], rel=1e-6) for s in a), (a, b)

@@ -105,6 +105,20 @@ def run_folder_of(ckpt_path: str, run_dir: str | None, root: Path) -> Path | Non
     return p.parent.parent if p.parent.name == "checkpoints" else None
 
 
+def _checkpoint_overrides(ckpt: str) -> list[str]:
+    """The overrides a checkpoint was trained with (momattn >= this release records them), else []."""
+    path = Path(ckpt).expanduser()
+    if ckpt == "last" or not path.is_file():
+        return []
+    import torch
+
+    try:  # weights only: never runs code from the file
+        meta = torch.load(path, map_location="cpu", weights_only=True).get("momattn") or {}
+        return [str(o) for o in meta.get("overrides") or []]
+    except Exception:  # unreadable or foreign: train.py's own checks report it with one clear line
+        return []
+
+
 def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | None = None) -> list[str]:
     """A resume reuses its run's own command line: the overrides saved in <run folder>/.hydra/overrides.yaml,
     then today's on top (today's win, key by key). A single run also continues in that folder. Anything else
@@ -115,22 +129,26 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
     run_dir = _last(overrides, "hydra.run.dir")
     folder = run_folder_of(ckpt, run_dir, root or Path.cwd())
     saved_file = folder / ".hydra" / "overrides.yaml" if folder else None
-    if saved_file is None or not saved_file.is_file():
-        return overrides
-    from omegaconf import OmegaConf
+    if saved_file is not None and saved_file.is_file():
+        from omegaconf import OmegaConf
 
-    try:
-        saved = [str(o) for o in OmegaConf.load(saved_file)]
-    except Exception as e:
-        raise ConfigError(f"cannot read the run's saved command line {saved_file}: {e}. Resume by giving the "
-                          "original overrides again, or repair that file") from None
+        try:
+            saved = [str(o) for o in OmegaConf.load(saved_file)]
+        except Exception as e:
+            raise ConfigError(f"cannot read the run's saved command line {saved_file}: {e}. Resume by giving the "
+                              "original overrides again, or repair that file") from None
+    else:  # no run folder with .hydra/: the checkpoint itself records the command line it was trained with
+        saved = _checkpoint_overrides(ckpt)
+        if not saved:
+            return overrides
+        folder = folder if run_dir else None
     now = {_override_key(o) for o in overrides}
     kept = [o for o in saved if _override_key(o) not in now and _override_key(o) != "ckpt_path"]
     merged = kept + overrides
-    if run_dir is None and not multirun:
+    if run_dir is None and not multirun and folder is not None:
         safe = all(ch.isalnum() or ch in "/._-" for ch in str(folder))
         merged.append(f"hydra.run.dir={folder}" if safe else "hydra.run.dir='" + str(folder).replace("'", "\\'") + "'")
-    print(f"[momattn] resuming the run in {folder} with its own config"
+    print(f"[momattn] resuming the run {'in ' + str(folder) if folder else 'of ' + ckpt} with its own config"
           + (f" ({' '.join(kept)})" if kept else "") + (f"; on top: {' '.join(overrides)}" if overrides else ""),
           file=sys.stderr, flush=True)
     return merged

@@ -63,7 +63,8 @@ def run_train(cfg: DictConfig) -> float | None:
     train, val = _tokens(c, tokenizer, model_config.vocab_size)
     dm = TokenDataModule(train, val, model_config.block_size, c.loader.batch_size, c.max_steps, c.accumulate,
                          c.loader.val_batches, c.seed, c.loader.num_workers)
-    lit = LitGPT(model, c.optim, c.max_steps, checkpoint_meta(model_config, tokenizer, c.resolved),
+    meta = checkpoint_meta(model_config, tokenizer, c.resolved, overrides=list(job.overrides))
+    lit = LitGPT(model, c.optim, c.max_steps, meta,
                  tokens_per_batch=c.loader.batch_size * model_config.block_size)
     if c.compile:  # the forward only: parameter names (and so checkpoints) stay the same
         model.forward = torch.compile(model.forward)

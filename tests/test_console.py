@@ -80,3 +80,13 @@ def test_resume_from_a_run_folder_retypes_nothing(tmp_path):
     assert steps == list(range(9))  # the first run's rows are kept, the resumed ones appended
     with open(run / "csv" / "metrics.csv") as f:
         assert next(csv.reader(f))[0]  # one header
+
+
+def test_a_checkpoint_outside_its_run_folder_resumes_with_the_overrides_it_recorded(tmp_path, capsys):
+    import torch
+
+    ckpt = tmp_path / "moved.ckpt"
+    torch.save({"momattn": {"overrides": ["attention=momentum", "trainer.max_steps=6"]}}, ckpt)
+    merged = resume_overrides([f"ckpt_path={ckpt}", "trainer.max_steps=9"])
+    assert merged == ["attention=momentum", f"ckpt_path={ckpt}", "trainer.max_steps=9"]  # no run folder to reuse
+    assert f"resuming the run of {ckpt}" in capsys.readouterr().err

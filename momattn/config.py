@@ -123,7 +123,34 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
                           "(torch.cuda.is_available() is False); use trainer=cpu (or trainer=default, which "
                           "picks what is there)")
     trainer["precision"] = resolve_precision(trainer.get("precision"), trainer.get("accelerator"))
+    check_launch_environment(trainer)
     return trainer, steps[0], steps[1]
+
+
+LAUNCHER_ENV = ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "MASTER_ADDR")
+
+
+def check_launch_environment(trainer: Mapping, environ: Mapping | None = None) -> None:
+    """Several nodes need a launcher (SLURM's srun, torchrun, or MASTER_ADDR/MASTER_PORT/NODE_RANK by hand); the
+    first node's rendezvous port must be free. Both are checked before any work."""
+    import os
+    import socket
+
+    env = os.environ if environ is None else environ
+    nodes = trainer.get("num_nodes", 1) or 1
+    if nodes > 1 and not any(env.get(k) for k in LAUNCHER_ENV):
+        raise ConfigError(f"trainer.num_nodes={nodes} but no launcher environment was found ({', '.join(LAUNCHER_ENV)}"
+                          " are unset): start one process per node with srun (SLURM) or torchrun, or set "
+                          "MASTER_ADDR, MASTER_PORT and NODE_RANK on every node (README: More than one machine)")
+    port, rank = env.get("MASTER_PORT"), str(env.get("NODE_RANK", env.get("SLURM_NODEID", "0")))
+    first = rank == "0" and str(env.get("LOCAL_RANK", "0")) == "0" and not env.get("TORCHELASTIC_RUN_ID")
+    if nodes > 1 and port and first and env.get("MASTER_ADDR") in ("127.0.0.1", "localhost", socket.gethostname()):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", int(port)))
+            except OSError as e:
+                raise ConfigError(f"MASTER_PORT={port} is in use on this machine ({e.strerror}); the first node "
+                                  "listens there for the others: choose a free port, e.g. MASTER_PORT=29501") from None
 
 
 def world_size(trainer: Mapping) -> int:

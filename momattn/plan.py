@@ -48,11 +48,13 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float = 989.0) ->
         cfg.hydra.runtime.output_dir = cfg.hydra.runtime.cwd = "."
         cfg.hydra.job.num = 0
     HydraConfig().set_config(cfg)
-    real, config._cuda_available = config._cuda_available, lambda: True  # plan a GPU run from any machine
+    # plan a GPU, many-node run from any machine: no GPU nor launcher needed here
+    real = config._cuda_available, config.check_launch_environment
+    config._cuda_available, config.check_launch_environment = (lambda: True), (lambda *a, **k: None)
     try:
         c = config.load_train_config(cfg)
     finally:
-        config._cuda_available = real
+        config._cuda_available, config.check_launch_environment = real
     m = c.model_for(_vocab(c))
     with torch.device("meta"):
         n_params = sum(p.numel() for p in GPT(m).parameters())

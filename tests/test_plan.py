@@ -37,3 +37,22 @@ def test_global_batch_sets_the_accumulation(tmp_path):
     assert c.accumulate == 2
     with pytest.raises(ConfigError, match="global_batch=10 is not a multiple of data.batch_size=4"):
         load_train_config(compose_train(tmp_path, [*SMOKE, "global_batch=10", "data.batch_size=4"]))
+
+
+def test_several_nodes_need_a_launcher_and_a_free_port():
+    import socket
+
+    from momattn.config import check_launch_environment
+
+    with pytest.raises(ConfigError, match="trainer.num_nodes=2 but no launcher environment.*srun.*torchrun"):
+        check_launch_environment({"num_nodes": 2}, {})
+    check_launch_environment({"num_nodes": 2}, {"SLURM_JOB_ID": "1"})  # srun sets it up
+    check_launch_environment({"num_nodes": 1}, {})
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": "0"}
+        with pytest.raises(ConfigError, match=f"MASTER_PORT={port} is in use on this machine"):
+            check_launch_environment({"num_nodes": 2}, env)
+        check_launch_environment({"num_nodes": 2}, {**env, "NODE_RANK": "1"})  # the others connect, not listen

@@ -28,6 +28,7 @@ def test_every_train_command_in_the_readme_composes(args, tmp_path, monkeypatch)
     import momattn.config
 
     monkeypatch.setattr(momattn.config, "_cuda_available", lambda: True)  # the GPU commands validate here too
+    monkeypatch.setenv("SLURM_JOB_ID", "1")  # the multi-node commands run under srun
     tokens = shlex.split(args)
     ends = [i for i, a in enumerate(tokens) if a in ("&", "&&", "||", ";", "|", "\\") or a.endswith(";")]
     tokens = tokens[: ends[0]] if ends else tokens  # a shell line: the command ends at its first operator

@@ -85,3 +85,21 @@ def test_the_optimizer_follows_the_schedule():
         sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.001)
     assert not math.isnan(opt.param_groups[0]["lr"]) and isinstance(opt, torch.optim.AdamW)
+
+
+def test_a_resume_restores_every_rng_stream_the_checkpoint_saved():
+    """Dropout masks and data order after a resume depend on the torch, numpy and python RNGs: all three come back."""
+    import random
+
+    import numpy as np
+
+    lit = _lit(AttentionConfig())
+    torch.manual_seed(3), random.seed(3), np.random.seed(3)
+    saved = {}
+    lit.on_save_checkpoint(saved)  # what every checkpoint carries
+    expected = (torch.rand(3).tolist(), random.random(), np.random.rand())
+    torch.manual_seed(99), random.seed(99), np.random.seed(99)  # a restarted process
+    resumed = _lit(AttentionConfig())
+    resumed.on_load_checkpoint(saved)
+    resumed.on_train_start()  # after Lightning's own restore steps, right before the next batch
+    assert (torch.rand(3).tolist(), random.random(), np.random.rand()) == expected

@@ -143,7 +143,10 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
             return overrides
         folder = folder if run_dir else None
     now = {_override_key(o) for o in overrides}
-    kept = [o for o in saved if _override_key(o) not in now and _override_key(o) != "ckpt_path"]
+    # not carried over: the checkpoint to resume (given now) and injected faults (a test device; re-injecting
+    # one would kill the resumed run at the same step)
+    kept = [o for o in saved if _override_key(o) not in now and _override_key(o) != "ckpt_path"
+            and not _override_key(o).startswith("callbacks.fault")]
     merged = kept + overrides
     if run_dir is None and not multirun and folder is not None:
         safe = all(ch.isalnum() or ch in "/._-" for ch in str(folder))
@@ -209,7 +212,8 @@ def hydra_main(config_name: str):
                     sys.argv = [sys.argv[0], *flags, *merged]
                     given = merged
                 check_overrides(config_name, given)
-                if not ({"--help", "-h", "--cfg", "-c", "--info", "--hydra-help"} & set(sys.argv)):
+                writes = config_name != "generate"  # sampling writes no files (hydra.output_subdir: null)
+                if writes and not ({"--help", "-h", "--cfg", "-c", "--info", "--hydra-help"} & set(sys.argv)):
                     check_output_dir(given, multirun=bool({"-m", "--multirun"} & set(sys.argv)))
             except UserError as e:
                 report(e)

@@ -49,8 +49,8 @@ def run_train(cfg: DictConfig) -> float | None:
 
     ckpt_path = resolve_ckpt_path(c.ckpt_path, out_dir, Path(c.paths.root_dir).resolve())
     resume = read_checkpoint(ckpt_path)["momattn"] if ckpt_path else {}
-    if resume and ckpt_path.resolve().parent.parent == out_dir:
-        quiet_resume()
+    if resume:
+        quiet_resume(same_folder=ckpt_path.resolve().parent.parent == out_dir)
     tokenizer = Tokenizer.from_json(resume["tokenizer"], resume.get("tokenizer_name", "tokenizer")) if resume \
         else build_tokenizer(c.tokenizer, c.data, c.cache_dir)
     model_config = c.model_for(tokenizer.vocab_size)

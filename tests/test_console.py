@@ -52,7 +52,8 @@ def _saved(folder, overrides):
 
 def test_resume_overrides_reuse_the_run_folder_and_today_wins(tmp_path, capsys):
     run = tmp_path / "run"
-    _saved(run, ["attention=momentum", "trainer.max_steps=6", "+x.y=1", "ckpt_path=old.ckpt"])
+    _saved(run, ["attention=momentum", "trainer.max_steps=6", "+x.y=1", "ckpt_path=old.ckpt",
+                 "+callbacks.fault._target_=momattn.faults.FaultInjection", "+callbacks.fault.spec=kill@3"])
     merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir={run}", "trainer.max_steps=9"])
     assert merged == ["attention=momentum", "+x.y=1", "ckpt_path=last", f"hydra.run.dir={run}", "trainer.max_steps=9"]
     assert "resuming the run in" in capsys.readouterr().err

@@ -129,3 +129,20 @@ def test_an_eta_sweep_keeps_each_eta_a_variant_of_its_own(tmp_path):
     _label_variants(runs)
     assert [r.attention for r in runs] == ["vanilla", "momentum(eta=0.3, learnable_eta=False)",
                                           "momentum(eta=0.5, learnable_eta=True)", "multirate_ema"]
+
+
+def test_settings_added_later_at_their_neutral_value_do_not_split_a_sweep():
+    from momattn.eval.sweep import _strip
+
+    old = {"seed": 1, "trainer": {"max_steps": 10}, "optim": {"lr": 1e-3}}
+    new = {"seed": 2, "trainer": {"max_steps": 10, "num_nodes": 1}, "optim": {"lr": 1e-3}, "global_batch": None}
+    assert _strip(old) == _strip(new) and new["trainer"]["num_nodes"] == 1
+    assert _strip({**new, "trainer": {"max_steps": 10, "num_nodes": 2}}) != _strip(old)
+
+
+def test_metrics_are_ordered_by_length_and_by_k():
+    from momattn.eval.sweep import metric_order
+
+    names = ["ginc/acc@k16", "ppl@256", "ginc/acc@k2", "avg/acc@kmax", "ppl@64", "ginc/acc@k0"]
+    assert sorted(names, key=metric_order) == ["ppl@64", "ppl@256", "avg/acc@kmax", "ginc/acc@k0", "ginc/acc@k2",
+                                               "ginc/acc@k16"]

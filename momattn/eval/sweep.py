@@ -93,8 +93,24 @@ def verdict(metric: str, lo: float, hi: float) -> str:
     return "better" if higher != lower_is_better else "worse"
 
 
+# settings added by later momattn versions, at the value that changes nothing: a run that lacks one (trained
+# before it existed) and a run that has it at this value trained the same way, so they stay one setting
+NEUTRAL_DEFAULTS = {("global_batch",): None, ("trainer", "num_nodes"): 1}
+
+
 def _strip(config: Mapping) -> dict:
-    return {k: v for k, v in config.items() if k not in IGNORED_KEYS}
+    out = {k: v for k, v in config.items() if k not in IGNORED_KEYS}
+    for path, neutral in NEUTRAL_DEFAULTS.items():
+        *parents, leaf = path
+        node = out
+        for key in parents:
+            node = node.get(key) if isinstance(node, Mapping) else None
+        if isinstance(node, Mapping) and leaf in node and node[leaf] == neutral:
+            if parents:  # copy the section before changing it: the run's own config stays as it was
+                out[parents[0]] = node = {k: v for k, v in node.items() if k != leaf}
+            else:
+                out.pop(leaf)
+    return out
 
 
 def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
@@ -171,6 +187,14 @@ def metrics_of(result: ModelResult) -> dict[str, float]:
     return out
 
 
+def metric_order(m: str) -> tuple:
+    """Perplexities by length, then each task's accuracies by k (numerically: k2 before k16, kmax last)."""
+    if m.startswith("ppl@"):
+        return (0, "", int(m[4:]) if m[4:].isdigit() else 1 << 30)
+    task, _, k = m.partition("/acc@k")
+    return (1, task, int(k) if k.isdigit() else 1 << 30)
+
+
 def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
     settings: dict[str, list[SweepRun]] = defaultdict(list)
     for r in runs:
@@ -185,7 +209,7 @@ def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
         for r in rs:
             by_att[r.attention][r.seed] = metrics_of(r.result)
         for att, seeds in sorted(by_att.items(), key=lambda kv: (kv[0] != BASELINE, kv[0])):
-            names = sorted({m for v in seeds.values() for m in v})
+            names = sorted({m for v in seeds.values() for m in v}, key=metric_order)
             summary.rows[att] = {}
             for m in names:
                 vals = [v[m] for v in seeds.values() if m in v]
@@ -219,7 +243,7 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
     for s in summaries:
         title = ", ".join(f"{k}={json.dumps(v, default=str)[:80]}" for k, v in s.differs.items()) or "all runs"
         lines += [f"## Setting {s.setting}: {title}", ""]
-        metrics = sorted({m for row in s.rows.values() for m in row}, key=lambda m: ("ppl" not in m, m))
+        metrics = sorted({m for row in s.rows.values() for m in row}, key=metric_order)
         for kind, pick in (("Table 6 (valid perplexity)", "ppl"), ("Table 7 (in-context accuracy)", "acc")):
             cols = [m for m in metrics if pick in m]
             if not cols:
@@ -279,7 +303,10 @@ def sweep_plots(summaries: Sequence[SettingSummary], out: Path) -> list[Path]:
                     line, = ax.plot(xs, mean, marker="o", label=f"{att} (n={max(x[3] for x in c)})")
                     ax.fill_between(xs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
                 ax.set_xscale("log", base=2)
-                ax.set_xlabel("k (examples in the prompt; 0 at 0.5)")
+                ks_all = sorted({x[0] for row in s.rows.values() for x in _curves(row).get(task, [])})
+                ax.set_xticks([k if k > 0 else 0.5 for k in ks_all], [str(k) for k in ks_all])
+                ax.minorticks_off()
+                ax.set_xlabel("k (examples in the prompt)")
                 ax.set_title(task)
                 ax.grid(alpha=0.3)
             axes[0][0].set_ylabel("accuracy % (mean ± std over seeds)")

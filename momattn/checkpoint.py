@@ -155,6 +155,12 @@ def checkpoint_meta(model_config: GPTConfig, tokenizer: Tokenizer, config: dict,
             "tokenizer_name": tokenizer.name, "config": config, **extra}
 
 
+def newest_last_checkpoint(root_dir: Path) -> Path | None:
+    """The most recently written checkpoints/last.ckpt under root_dir/outputs and root_dir/multirun, if any."""
+    found = [p for d in ("outputs", "multirun") for p in (root_dir / d).glob("**/checkpoints/last.ckpt")]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 def resolve_ckpt_path(ckpt_path: str | None, out_dir: Path, root_dir: Path) -> Path | None:
     """`ckpt_path=last` -> this run folder's last.ckpt, else the newest last.ckpt under outputs/ and multirun/."""
     if not ckpt_path:
@@ -164,11 +170,11 @@ def resolve_ckpt_path(ckpt_path: str | None, out_dir: Path, root_dir: Path) -> P
     own = out_dir / "checkpoints" / "last.ckpt"
     if own.exists():
         return own
-    found = [p for d in ("outputs", "multirun") for p in (root_dir / d).glob("**/checkpoints/last.ckpt")]
-    if not found:
+    newest = newest_last_checkpoint(root_dir)
+    if newest is None:
         raise CheckpointError(f"ckpt_path=last: no last.ckpt in {out_dir}/checkpoints nor under {root_dir}/outputs; "
                               "pass the checkpoint's path, e.g. ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt")
-    return max(found, key=lambda p: p.stat().st_mtime)
+    return newest
 
 
 def check_compatible(resumed: GPTConfig, current: GPTConfig, path: Path) -> None:

@@ -99,8 +99,10 @@ def run_folder_of(ckpt_path: str, run_dir: str | None, root: Path) -> Path | Non
     if run_dir:
         return Path(run_dir).expanduser()
     if ckpt_path == "last":
-        found = [p for d in ("outputs", "multirun") for p in (root / d).glob("**/checkpoints/last.ckpt")]
-        return max(found, key=lambda p: p.stat().st_mtime).parent.parent if found else None
+        from momattn.checkpoint import newest_last_checkpoint  # the search resolve_ckpt_path makes
+
+        newest = newest_last_checkpoint(root)
+        return newest.parent.parent if newest else None
     p = Path(ckpt_path).expanduser()
     return p.parent.parent if p.parent.name == "checkpoints" else None
 

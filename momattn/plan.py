@@ -56,9 +56,9 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float = 989.0) ->
     finally:
         config._cuda_available, config.check_launch_environment = real
     m = c.model_for(_vocab(c))
-    with torch.device("meta"):
-        n_params = sum(p.numel() for p in GPT(m).parameters())
-        flops_per_token = GPT(m).flops_per_token()
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        model = GPT(m)
+    n_params, flops_per_token = sum(p.numel() for p in model.parameters()), model.flops_per_token()
     world = config.world_size(c.trainer)
     seqs = c.loader.batch_size * world * c.accumulate
     tokens_per_step = seqs * m.block_size

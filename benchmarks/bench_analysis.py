@@ -38,6 +38,7 @@ def main():
     ap.add_argument("--shots", type=int, default=4)
     ap.add_argument("--ginc", action="store_true", help="random-init default-size model on GINC (k=32)")
     ap.add_argument("--max-examples", type=int, default=200)
+    ap.add_argument("--note", default="", help="how the machine was, e.g. 'alone on 2 cores' or 'contended'")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_analysis.json"))
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -60,13 +61,14 @@ def main():
     row = {"model": label, "task": task, "shots": shots, "n_test": res.n_test, "n_lrs": len(cfg.lr_grid),
            "n_select": res.n_select, "wall_s": wall, "phases_s": res.timing_s, "threads": torch.get_num_threads(),
            "machine": platform.processor() or platform.machine(),
-           "note": "2 shared CPU cores, contended by other jobs: upper bounds"}
+           "load_avg_1m_end": os.getloadavg()[0], "note": args.note}
     print(f"{label}  task={task} k={shots}  n_test={res.n_test}  lrs={len(cfg.lr_grid)}  select={res.n_select}")
     print(f"{'phase':<18}{'seconds':>10}")
     for k, v in res.timing_s.items():
         print(f"{k:<18}{v:>10.1f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else []
+    old = [r for r in old if (r["model"], r["task"], r["shots"]) != (label, task, shots)]  # newest row per case
     Path(args.out).write_text(json.dumps(old + [row], indent=2))
 
 

@@ -116,6 +116,29 @@ def test_plot_curves_follow_k_with_seed_bands(tmp_path):
     assert [p.name for p in sweep_plots([s], tmp_path)] == ["icl_abc.png", "ppl_abc.png"]
 
 
+def test_an_eta_sweep_gets_its_plot_of_perplexity_and_accuracy_against_eta(tmp_path):
+    from momattn.eval.sweep import eta_panels
+
+    def row(ppl, a0, a32):
+        return {"ppl@64": {"mean": ppl + 1, "std": 0.1, "n": 2}, "ppl@256": {"mean": ppl, "std": 0.1, "n": 2},
+                "ginc/acc@k0": {"mean": a0, "std": 0.01, "n": 2}, "ginc/acc@k32": {"mean": a32, "std": 0.01, "n": 2},
+                "ginc/acc@k4": {"mean": a0, "std": 0.01, "n": 2}, "ginc_ood/acc@k0": {"mean": 0.1, "std": 0, "n": 2}}
+
+    rows = {"vanilla": row(7, 0.5, 0.5), "momentum(eta=0.1)": row(6.8, 0.5, 0.52),
+            "momentum(eta=0.5)": row(6.5, 0.55, 0.6), "momentum(learnable)": row(6.6, 0.5, 0.55)}
+    params = {"vanilla": {"kind": "vanilla"}, "momentum(eta=0.1)": {"kind": "momentum", "eta": 0.1},
+              "momentum(eta=0.5)": {"kind": "momentum", "eta": 0.5},
+              "momentum(learnable)": {"kind": "momentum", "eta": 0.5, "learnable_eta": True}}
+    s = SettingSummary("e", {}, rows=rows, params=params)
+    assert eta_panels(s) == [("ppl@256", "valid perplexity, 256 tokens"), ("ginc/acc@k0", "ginc accuracy, k = 0"),
+                             ("ginc/acc@k32", "ginc accuracy, k = 32")]
+    assert [p.name for p in sweep_plots([s], tmp_path)] == ["icl_e.png", "ppl_e.png", "eta_e.png"]
+    assert (tmp_path / "eta_e.png").stat().st_size > 1000
+    # one fixed eta (and the learnable one) is not a sweep over eta: no plot
+    one = SettingSummary("o", {}, rows=rows, params={**params, "momentum(eta=0.1)": {"kind": "momentum", "eta": 0.5}})
+    assert "eta_o.png" not in [p.name for p in sweep_plots([one], tmp_path)]
+
+
 def test_an_eta_sweep_keeps_each_eta_a_variant_of_its_own(tmp_path):
     from momattn.eval.sweep import SweepRun, _label_variants
 

@@ -71,6 +71,7 @@ class SettingSummary:
     differs: dict  # what tells this setting from the others
     rows: dict[str, dict[str, dict]] = field(default_factory=dict)  # attention -> metric -> {mean, std, n, seeds}
     comparisons: list[Comparison] = field(default_factory=list)
+    params: dict[str, dict] = field(default_factory=dict)  # attention label -> its attention config
 
 
 def t_interval(diffs: Sequence[float]) -> tuple[float, float, float]:
@@ -208,6 +209,7 @@ def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
         by_att: dict[str, dict[int | None, dict[str, float]]] = defaultdict(dict)
         for r in rs:
             by_att[r.attention][r.seed] = metrics_of(r.result)
+            summary.params[r.attention] = dict(r.attention_params)
         for att, seeds in sorted(by_att.items(), key=lambda kv: (kv[0] != BASELINE, kv[0])):
             names = sorted({m for v in seeds.values() for m in v}, key=metric_order)
             summary.rows[att] = {}
@@ -334,7 +336,69 @@ def sweep_plots(summaries: Sequence[SettingSummary], out: Path) -> list[Path]:
             fig.savefig(path, dpi=110)
             plt.close(fig)
             written.append(path)
+        path = eta_plot(s, out / f"eta_{s.setting}.png")
+        if path is not None:
+            written.append(path)
     return written
+
+
+def eta_panels(s: SettingSummary) -> list[tuple[str, str]]:
+    """(metric, axis label) drawn against eta: valid perplexity at the longest length, then the first task's
+    accuracy at its smallest and largest k (GINC: k = 0 and k = max)."""
+    metrics = {m for row in s.rows.values() for m in row}
+    ppl = sorted((m for m in metrics if m.startswith("ppl@")), key=metric_order)
+    curves = sorted({t for row in s.rows.values() for t in _curves(row)})
+    panels = [(ppl[-1], f"valid perplexity, {ppl[-1][4:]} tokens")] if ppl else []
+    if curves:
+        task = "ginc" if "ginc" in curves else curves[0]
+        ks = sorted({k for row in s.rows.values() for k, *_ in _curves(row).get(task, [])})
+        panels += [(f"{task}/acc@k{k}", f"{task} accuracy, k = {k}") for k in dict.fromkeys([ks[0], ks[-1]])]
+    return panels
+
+
+def eta_plot(s: SettingSummary, path: Path) -> Path | None:
+    """eta_<setting>.png when a setting holds fixed-eta momentum runs at two or more eta values: each panel
+    (eta_panels) is mean ± std over seeds against eta, vanilla as a dashed band, learnable eta as a star at the
+    value it started from. None when there is no eta sweep."""
+    fixed = sorted((float(p["eta"]), att) for att, p in s.params.items()
+                   if p.get("kind") == "momentum" and not p.get("learnable_eta") and "eta" in p)
+    if len({e for e, _ in fixed}) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = eta_panels(s)
+    if not panels:
+        return None
+    learn = [(float(p.get("eta", 0.5)), att) for att, p in s.params.items()
+             if p.get("kind") == "momentum" and p.get("learnable_eta")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False)
+    for ax, (metric, label) in zip(axes[0], panels):
+        scale = 1.0 if metric.startswith("ppl@") else 100.0
+        pts = [(e, s.rows[att][metric]) for e, att in fixed if metric in s.rows[att]]
+        ax.errorbar([e for e, _ in pts], [scale * v["mean"] for _, v in pts], yerr=[scale * v["std"] for _, v in pts],
+                    marker="o", capsize=3, label="momentum, fixed eta")
+        for e, att in learn:
+            if metric in s.rows[att]:
+                v = s.rows[att][metric]
+                ax.errorbar([e], [scale * v["mean"]], yerr=[scale * v["std"]], marker="*", markersize=11,
+                            capsize=3, linestyle="none", color="C2", label=f"learnable eta (from {e:g})")
+        base = s.rows.get(BASELINE, {}).get(metric)
+        if base is not None:
+            m, sd = scale * base["mean"], scale * base["std"]
+            ax.axhline(m, color="C3", linestyle="--", label=BASELINE)
+            ax.axhspan(m - sd, m + sd, color="C3", alpha=0.12)
+        ax.set_xlabel("eta")
+        ax.set_ylabel(label + (" %" if scale != 1.0 else ""))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("mean ± std over seeds", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: str,

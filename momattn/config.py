@@ -54,6 +54,7 @@ class RunConfig:
     optimized_metric: str = "val/loss"  # what run_train returns to a sweeper
     run_eval: bool = True  # the short evaluation (`eval` section) after training
     global_batch: int | None = None  # sequences per optimizer step over all devices: sets accumulate_grad_batches
+    dist_timeout_s: int = 1800  # several processes: how long to wait for every one to join (and for a collective)
 
 
 SECTIONS = ("model", "attention", "optim", "data", "tokenizer", "trainer", "logger", "callbacks", "paths", "eval")
@@ -199,6 +200,8 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
         if key not in TOP_LEVEL:
             raise ConfigError(f"'{key}' is not a top-level config key.{did_you_mean(key, TOP_LEVEL)}")
     run = typed(RunConfig, {k: v for k, v in raw.items() if k not in SECTIONS}, "")
+    if run.dist_timeout_s < 1:
+        raise ConfigError(f"dist_timeout_s={run.dist_timeout_s}: the seconds to wait for every node must be >= 1")
     attention = typed(AttentionConfig, raw.get("attention"), "attention")
     data = raw.get("data") or {}
     source = make_source(data)

@@ -26,6 +26,10 @@ class NonFiniteLossError(UserError):
     pass
 
 
+class LaunchError(UserError):
+    """Several processes could not meet (a node never joined, the first node unreachable)."""
+
+
 def did_you_mean(name: str, options: Iterable[str]) -> str:
     """' Did you mean 'x'?' for the closest option, or '' when nothing is close."""
     close = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.6)

@@ -29,7 +29,7 @@ from momattn.config import TrainConfig, load_train_config
 from momattn.console import quiet_console, quiet_resume
 from momattn.data.corpus import load_tokens
 from momattn.data.datamodule import TokenDataModule
-from momattn.errors import CheckpointError, DiskFullError
+from momattn.errors import CheckpointError, DiskFullError, LaunchError
 from momattn.io import atomic_write_text
 from momattn.lit import LitGPT
 from momattn.memory import check_fits
@@ -77,7 +77,8 @@ def run_train(cfg: DictConfig) -> float | None:
     loggers = logs.make_loggers(c.logger, resume.get("wandb_run_id"), *_sweep_names(job, model_config))
     trainer: pl.Trainer = instantiate(c.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
                                       default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()],
-                                      gradient_clip_val=c.optim.grad_clip or None)
+                                      gradient_clip_val=c.optim.grad_clip or None,
+                                      **_timed_strategy(c.trainer, c.dist_timeout_s))
 
     print(f"[momattn] {model_config.attention.kind} attention, {model.num_params() / 1e6:.2f}M parameters, "
           f"{len(train) / 1e6:.2f}M train tokens, {tokenizer!r}, precision {c.trainer['precision']}; "
@@ -96,6 +97,10 @@ def run_train(cfg: DictConfig) -> float | None:
         if e.errno != errno.ENOSPC:
             raise
         raise DiskFullError(_disk_full(e, out_dir)) from None
+    except (torch.distributed.DistError, RuntimeError) as e:
+        if trainer.global_step > 0 or not _rendezvous_failure(e):
+            raise
+        raise LaunchError(_no_join(e, c)) from None
     except SIGTERMException:
         print(_resume_hint(preempt.saved_path or out_dir / "checkpoints" / "last.ckpt", trainer.global_step, job,
                            out_dir), file=sys.stderr, flush=True)
@@ -110,6 +115,42 @@ def _tokens(c: TrainConfig, tokenizer: Tokenizer, vocab_size: int) -> tuple[np.n
     if int(max(train.max(initial=0), val.max(initial=0))) >= vocab_size:
         raise CheckpointError("token ids exceed the model's vocabulary: the tokenizer and the model do not match")
     return train, val
+
+
+def _timed_strategy(trainer: dict, timeout_s: int) -> dict:
+    """strategy=ddp / fsdp as Lightning objects that wait dist_timeout_s (not torch's 30 minutes) for the other
+    processes to join; any other strategy is left as configured."""
+    from datetime import timedelta
+
+    name = trainer.get("strategy")
+    if name == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return {"strategy": DDPStrategy(timeout=timedelta(seconds=timeout_s))}
+    if name == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        return {"strategy": FSDPStrategy(timeout=timedelta(seconds=timeout_s))}
+    return {}
+
+
+def _rendezvous_failure(e: BaseException) -> bool:
+    """torch's errors when the processes of a job never all meet (TCPStore join, connect to the first node)."""
+    text = str(e).lower()
+    return isinstance(e, torch.distributed.DistError) or "timed out" in text or "timeout" in text and "client" in text
+
+
+def _no_join(e: BaseException, c: TrainConfig) -> str:
+    import os
+
+    addr, port = os.environ.get("MASTER_ADDR", "?"), os.environ.get("MASTER_PORT", "?")
+    rank = os.environ.get("NODE_RANK", os.environ.get("SLURM_NODEID", "?"))
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return (f"the processes of this job did not all meet at MASTER_ADDR={addr} MASTER_PORT={port} within "
+            f"dist_timeout_s={c.dist_timeout_s} s (this is node NODE_RANK={rank} of trainer.num_nodes="
+            f"{c.trainer.get('num_nodes', 1)}; torch: {first}). Start every node with the same MASTER_ADDR / "
+            "MASTER_PORT (the first node's address, reachable from the others, port open in its firewall) and "
+            "NODE_RANK 0..num_nodes-1; raise dist_timeout_s when nodes start far apart")
 
 
 def _throughput_monitor(c: TrainConfig) -> Throughput:

@@ -13,6 +13,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.update({"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
                    "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLE_GIT": "true"})
+# under pytest-xdist (`pytest -n 2`) the workers share the cores: each one, and every process it starts, gets its
+# share of threads instead of all of them (oversubscribed BLAS threads would slow every test down)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
 # tiny, fast runs on the TREC rows only (BPE training and tokenisation take about a second)
 SMOKE = ["debug=smoke", "data.tasks=[trec]", "trainer.accelerator=cpu"]
 

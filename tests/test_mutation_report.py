@@ -15,3 +15,31 @@ def test_kill_rate_per_module_and_survivors():
     assert per_module["momattn.ops"] == {"killed": 2, "survived": 1}
     assert per_module["momattn.lit"] == {"killed": 1, "timeout": 1}
     assert survivors == {"momattn.ops": ["momattn.ops.x__carry__mutmut_2"]}
+
+
+def test_not_checked_mutants_and_unsampled_ones_do_not_count():
+    text = "\n".join(["    momattn.ops.x_a__mutmut_1: killed", "    momattn.ops.x_a__mutmut_2: not checked",
+                      "    momattn.ops.x_a__mutmut_3: survived", "    momattn.ops.x_a__mutmut_4: killed"])
+    per_module, _ = mutation_report.parse(text, only={"momattn.ops.x_a__mutmut_1", "momattn.ops.x_a__mutmut_2",
+                                                      "momattn.ops.x_a__mutmut_3"})
+    r = mutation_report.row("momattn.ops", per_module["momattn.ops"])
+    assert (r["killed"], r["survived"], r["not_checked"], r["other"]) == (1, 1, 1, 0)
+    assert r["kill_rate"] == 0.5
+
+
+def test_wilson_interval_matches_the_textbook_values():
+    lo, hi = mutation_report.wilson(90, 100)
+    assert round(lo, 4) == 0.8256 and round(hi, 4) == 0.9448  # Wilson 95% for 90/100
+    lo, hi = mutation_report.wilson(10, 10)
+    assert hi == __import__("pytest").approx(1.0) and round(lo, 4) == 0.7225
+
+
+def test_the_sample_is_seeded_and_takes_the_same_fraction_of_every_module():
+    import mutation_sample
+
+    names = {"a.py": [(f"m.a.x_f__mutmut_{i}", None) for i in range(100)],
+             "b.py": [(f"m.b.x_g__mutmut_{i}", 1) for i in range(10)]}
+    s = mutation_sample.sample(names, 0.2, seed=3)
+    assert s == mutation_sample.sample(names, 0.2, seed=3) != mutation_sample.sample(names, 0.2, seed=4)
+    assert sum(n.startswith("m.a.") for n in s) == 20 and sum(n.startswith("m.b.") for n in s) == 2
+    assert len(set(s)) == 22

@@ -336,3 +336,16 @@ def test_ddp_on_two_cpu_processes_and_on_two_simulated_nodes(tmp_path):
     a, b = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
     assert sorted(a) == sorted(b) == list(range(6))
     assert all(a[s] == pytest.approx(b[s], rel=1e-6) for s in a), (a, b)
+
+
+def test_a_node_that_never_joins_times_out_with_a_message_naming_the_rendezvous(tmp_path):
+    """Node 0 of two, started alone: after dist_timeout_s it stops with one line naming MASTER_ADDR/PORT, exit 2."""
+    port = _free_port()
+    r = run_cli("train.py", [*SMOKE, "trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true",
+                             "trainer.devices=1", "trainer.num_nodes=2", "dist_timeout_s=3", "logger=none",
+                             f"hydra.run.dir={tmp_path}"], tmp_path,
+                env={"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": "0", "WORLD_SIZE": "2",
+                     "LOCAL_RANK": "0"}, timeout=120)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert f"MASTER_ADDR=127.0.0.1 MASTER_PORT={port}" in r.stderr and "dist_timeout_s=3" in r.stderr
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]

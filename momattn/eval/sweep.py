@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 BASELINE = "vanilla"
 # run-config keys that do not define the experiment (where a run writes, how it logs) or that vary on purpose
 IGNORED_KEYS = ("seed", "attention", "paths", "logger", "hydra", "callbacks", "tags", "task_name", "ckpt_path",
-                "run_eval", "eval", "extras")
+                "run_eval", "eval", "extras", "dist_timeout_s")
 # two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (then the normal 1.96)
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,

@@ -1,0 +1,43 @@
+"""A seeded, per-module random sample of mutmut's mutants (benchmarks/mutation.sh SAMPLE): prints their names.
+
+    python benchmarks/mutation_sample.py 0.25 [seed]
+
+Reads the mutant lists mutmut wrote to mutants/**/*.meta when it generated them. Sampling the same fraction of
+every module keeps each module's kill rate an unbiased estimate of its full-run rate; mutation_report.py gives it
+a 95% (Wilson) interval. Mutants already checked by an earlier run are kept in the sample (their verdict is free).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+
+def mutant_names(root: Path = Path("mutants")) -> dict[str, list[tuple[str, int | None]]]:
+    """module file -> [(mutant name, exit code or None when not run yet)], in mutmut's order."""
+    out = {}
+    for meta in sorted(root.rglob("*.py.meta")):
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        out[str(meta.relative_to(root))[: -len(".meta")]] = list(codes.items())
+    return out
+
+
+def sample(names: dict[str, list[tuple[str, int | None]]], fraction: float, seed: int = 0) -> list[str]:
+    if not 0 < fraction <= 1:
+        raise SystemExit(f"error: the sample fraction must be in (0, 1], got {fraction}")
+    rng = random.Random(seed)
+    picked = []
+    for _, mutants in sorted(names.items()):
+        n = max(1, round(fraction * len(mutants)))
+        picked += sorted(name for name, _ in rng.sample(mutants, min(n, len(mutants))))
+    return picked
+
+
+if __name__ == "__main__":
+    found = mutant_names()
+    if not found:
+        raise SystemExit("error: no mutants/ folder with mutant lists: run `mutmut run` once (benchmarks/mutation.sh "
+                         "generates them) before sampling")
+    print("\n".join(sample(found, float(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 0)))

@@ -29,6 +29,7 @@ from momattn.config import TrainConfig, load_train_config
 from momattn.console import quiet_console, quiet_resume
 from momattn.data.corpus import load_tokens
 from momattn.data.datamodule import TokenDataModule
+from momattn.data.streaming import StreamingHubCorpus, StreamWindows
 from momattn.errors import CheckpointError, DiskFullError, LaunchError
 from momattn.io import atomic_write_text
 from momattn.lit import LitGPT
@@ -60,7 +61,7 @@ def run_train(cfg: DictConfig) -> float | None:
                c.trainer.get("devices", 1))
     model = GPT(model_config)
 
-    train, val = _tokens(c, tokenizer, model_config.vocab_size)
+    train, val = _tokens(c, tokenizer, model_config.vocab_size, model_config.block_size)
     dm = TokenDataModule(train, val, model_config.block_size, c.loader.batch_size, c.max_steps, c.accumulate,
                          c.loader.val_batches, c.seed, c.loader.num_workers)
     meta = checkpoint_meta(model_config, tokenizer, c.resolved, overrides=list(job.overrides))
@@ -81,7 +82,7 @@ def run_train(cfg: DictConfig) -> float | None:
                                       **_timed_strategy(c.trainer, c.dist_timeout_s))
 
     print(f"[momattn] {model_config.attention.kind} attention, {model.num_params() / 1e6:.2f}M parameters, "
-          f"{len(train) / 1e6:.2f}M train tokens, {tokenizer!r}, precision {c.trainer['precision']}; "
+          f"{_train_size(train)}, {tokenizer!r}, precision {c.trainer['precision']}; "
           f"output: {out_dir}", file=sys.stderr)
     t0 = time.perf_counter()
     try:
@@ -89,7 +90,7 @@ def run_train(cfg: DictConfig) -> float | None:
         speed = {**throughput_summary(throughput), "fit_seconds": round(time.perf_counter() - t0, 1)}
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if trainer.is_global_zero:  # DDP: rank 0 reports and evaluates
-            _report(c, trainer, metrics, loggers, unigram_ppl(train, val, model_config.vocab_size), speed, out_dir)
+            _report(c, trainer, metrics, loggers, _unigram(train, val, model_config.vocab_size), speed, out_dir)
             if c.run_eval and c.eval:
                 _evaluate(c, model, tokenizer, loggers, trainer.global_step, out_dir)
         return metrics.get(c.optimized_metric)
@@ -109,9 +110,15 @@ def run_train(cfg: DictConfig) -> float | None:
         logs.finish(loggers)
 
 
-def _tokens(c: TrainConfig, tokenizer: Tokenizer, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The train and val token ids (cached on disk), checked against the model's vocabulary."""
-    train, val = (load_tokens(c.data, tokenizer, split, c.cache_dir) for split in ("train", "val"))
+def _tokens(c: TrainConfig, tokenizer: Tokenizer, vocab_size: int, block_size: int):
+    """The train and val token ids (cached on disk), checked against the model's vocabulary; for a streaming
+    source (data=hf_stream) the train side is a StreamWindows dataset that tokenizes while training."""
+    if tokenizer.vocab_size > vocab_size:
+        raise CheckpointError("token ids exceed the model's vocabulary: the tokenizer and the model do not match")
+    val = load_tokens(c.data, tokenizer, "val", c.cache_dir, c.loader.num_proc)
+    if isinstance(c.data, StreamingHubCorpus):
+        return StreamWindows(c.data, tokenizer, block_size), val
+    train = load_tokens(c.data, tokenizer, "train", c.cache_dir, c.loader.num_proc)
     if int(max(train.max(initial=0), val.max(initial=0))) >= vocab_size:
         raise CheckpointError("token ids exceed the model's vocabulary: the tokenizer and the model do not match")
     return train, val
@@ -186,15 +193,24 @@ def _resume_hint(where: Path, step: int, job: HydraJob, out_dir: Path) -> str:
             f"Resume with: python train.py {again} ckpt_path=last hydra.run.dir={out_dir}").replace("  ", " ")
 
 
-def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, baseline: float, speed: dict,
+def _train_size(train) -> str:
+    return "train tokens streamed" if isinstance(train, StreamWindows) else f"{len(train) / 1e6:.2f}M train tokens"
+
+
+def _unigram(train, val, vocab_size: int) -> float | None:
+    """The unigram baseline (None for a stream: its train tokens are never all in one place)."""
+    return None if isinstance(train, StreamWindows) else unigram_ppl(train, val, vocab_size)
+
+
+def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, baseline: float | None, speed: dict,
             out_dir: Path) -> None:
     ckpt_cb = trainer.checkpoint_callback
     best = getattr(ckpt_cb, "best_model_path", "") or None
     last = getattr(ckpt_cb, "last_model_path", "") or None
     lines = [f"[momattn] done: {trainer.global_step} steps"]
     if "val/loss" in metrics:
-        lines.append(f"  final val/loss {metrics['val/loss']:.4f}  val/ppl {metrics['val/ppl']:.2f}  "
-                     f"(unigram baseline ppl {baseline:.1f})")
+        unigram = f"  (unigram baseline ppl {baseline:.1f})" if baseline is not None else ""
+        lines.append(f"  final val/loss {metrics['val/loss']:.4f}  val/ppl {metrics['val/ppl']:.2f}{unigram}")
     if speed.get("tokens_per_sec"):
         mfu = f"  MFU {100 * speed['mfu']:.1f}%" if speed.get("mfu") else f"  ({speed['mfu_note']})" \
             if speed.get("mfu_note") else ""

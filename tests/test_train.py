@@ -22,6 +22,7 @@ from momattn.training import run_train
 GROUPS = {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in (ROOT / "conf").iterdir() if d.is_dir()}
 OPTIONS = [(g, o) for g, opts in sorted(GROUPS.items()) for o in opts]
 NEEDS = {("data", "text_files"): ["data.paths=[x.txt]"], ("data", "hf"): ["data.name=json"],
+         ("data", "hf_stream"): ["data.name=json"],
          ("tokenizer", "file"): ["tokenizer.path=tok.json"],
          ("tokenizer", "source"): ["data._target_=test_train.WordSourceWithTokenizer", "~data.tasks", "~data.split_seed"]}
 

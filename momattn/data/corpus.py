@@ -58,7 +58,9 @@ def _open(bin_path: Path, meta_path: Path) -> np.ndarray:
     return np.memmap(bin_path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
 
 
-def _tokenize(docs: list[str], tokenizer: Tokenizer, desc: str) -> np.ndarray:
+def _tokenize(docs: list[str], tokenizer: Tokenizer, desc: str, num_proc: int = 1) -> np.ndarray:
+    import time
+
     import datasets
 
     datasets.disable_caching()  # our cache is the .bin file; no arrow copies in ~/.cache/huggingface
@@ -69,11 +71,17 @@ def _tokenize(docs: list[str], tokenizer: Tokenizer, desc: str) -> np.ndarray:
     def encode(batch):
         return {"ids": [ids + [eot] for ids in tokenizer.encode_batch(batch["text"])]}
 
+    t0 = time.perf_counter()
+    num_proc = max(1, min(num_proc, len(docs) // 1000))  # a process per 1,000 documents at most
     ds = datasets.Dataset.from_dict({"text": docs}).map(encode, batched=True, batch_size=1000, remove_columns=["text"],
-                                                        desc=desc)
+                                                        desc=desc, num_proc=num_proc if num_proc > 1 else None)
     dtype = np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32
     chunks = [c.flatten().to_numpy(zero_copy_only=False) for c in ds.data.column("ids").chunks]  # arrow, no lists
-    return np.concatenate(chunks).astype(dtype) if chunks else np.empty(0, dtype=dtype)
+    ids = np.concatenate(chunks).astype(dtype) if chunks else np.empty(0, dtype=dtype)
+    dt = time.perf_counter() - t0
+    print(f"[momattn] {desc}: {len(ids) / 1e6:.2f}M tokens in {dt:.1f} s ({len(ids) / max(dt, 1e-9) / 1e3:.0f}K "
+          f"tokens/s, {num_proc} process{'es' if num_proc > 1 else ''})", file=sys.stderr, flush=True)
+    return ids
 
 
 def cache_key(source_fingerprint: str, tokenizer: Tokenizer, split: str) -> str:
@@ -92,7 +100,7 @@ def _own_token_ids(source, tokenizer: Tokenizer, split: str) -> tuple[np.ndarray
 
 
 def load_tokens(source: DataSource | Mapping, tokenizer: Tokenizer, split: str,
-                cache_dir: str | os.PathLike | None = None) -> np.ndarray:
+                cache_dir: str | os.PathLike | None = None, num_proc: int = 1) -> np.ndarray:
     """1-D token ids of the LM split ('train' or 'val'), documents separated by tokenizer.eot_id (memmap).
     `source` is a data source, or a `data` config section (see momattn.data.sources.make_source)."""
     if split not in ("train", "val"):
@@ -115,7 +123,7 @@ def load_tokens(source: DataSource | Mapping, tokenizer: Tokenizer, split: str,
             if not docs:
                 raise DataError(f"the {split} split of the data source {type(source).__name__} is empty; "
                                 "nothing to tokenize")
-            ids, n_docs = _tokenize(docs, tokenizer, f"tokenizing {split} ({len(docs)} docs)"), len(docs)
+            ids, n_docs = _tokenize(docs, tokenizer, f"tokenizing {split} ({len(docs)} docs)", num_proc), len(docs)
         atomic_write(bin_path, lambda f: f.write(ids.data))  # the .json last: a .bin without it is never trusted
         atomic_write_text(meta_path, json.dumps({"n_tokens": int(len(ids)), "dtype": np.dtype(ids.dtype).name,
                                                  "split": split, "tokenizer": tokenizer.name, "documents": n_docs}))

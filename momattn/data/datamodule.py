@@ -62,16 +62,20 @@ class StreamSampler(Sampler[int]):
 
 
 class TokenDataModule(LightningDataModule):
-    def __init__(self, train_tokens: np.ndarray, val_tokens: np.ndarray, block_size: int, batch_size: int,
+    def __init__(self, train_tokens: np.ndarray | Dataset, val_tokens: np.ndarray, block_size: int, batch_size: int,
                  max_steps: int, accumulate: int, val_batches: int, seed: int, num_workers: int = 0):
+        """train_tokens: the cached token ids, or a dataset of windows read in order (data=hf_stream's)."""
         super().__init__()
-        for name, toks in (("train", train_tokens), ("val", val_tokens)):
+        splits = (("val", val_tokens),) if isinstance(train_tokens, Dataset) else \
+            (("train", train_tokens), ("val", val_tokens))
+        for name, toks in splits:
             if len(toks) < block_size + 1:
                 raise DataError(
                     f"the {name} split has {len(toks)} tokens, fewer than one training window of "
                     f"model.block_size + 1 = {block_size + 1}; add text or lower model.block_size"
                 )
-        self.train_set = TokenWindows(train_tokens, block_size, seed)
+        self.train_set = train_tokens if isinstance(train_tokens, Dataset) else \
+            TokenWindows(train_tokens, block_size, seed)
         self.val_set = TokenWindows(val_tokens, block_size, seed, shuffle=False)
         self.batch_size, self.max_steps, self.accumulate = batch_size, max_steps, accumulate
         self.val_batches, self.num_workers = val_batches, num_workers

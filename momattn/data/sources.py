@@ -42,11 +42,12 @@ class LoaderConfig:
     val_batches: int = 10  # validation micro-batches per validation run
     num_workers: int = 0  # DataLoader worker processes
     cache_dir: str | None = None  # token and tokenizer cache; null: paths.cache_dir, $MOMATTN_CACHE, ~/.cache
+    num_proc: int = 1  # processes that tokenize when the token cache is built (datasets.map num_proc)
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.val_batches < 1 or self.num_workers < 0:
-            raise ConfigError(f"data.batch_size={self.batch_size} and data.val_batches={self.val_batches} must be "
-                              f">= 1, data.num_workers={self.num_workers} >= 0")
+        if self.batch_size < 1 or self.val_batches < 1 or self.num_workers < 0 or self.num_proc < 1:
+            raise ConfigError(f"data.batch_size={self.batch_size}, data.val_batches={self.val_batches} and "
+                              f"data.num_proc={self.num_proc} must be >= 1, data.num_workers={self.num_workers} >= 0")
 
 
 LOADER_KEYS = tuple(f.name for f in fields(LoaderConfig))

@@ -1,0 +1,208 @@
+"""Corpora bigger than memory or disk: `data=hf_stream` reads a `datasets` corpus as a stream and tokenizes it on
+the fly, packing documents (each followed by <eot>) into one token stream cut into training windows.
+
+Window g of the stream is tokens [g * T, g * T + T + 1) of the packed stream (T = block_size), the same layout as
+the cached path (TokenWindows without shuffling; the order comes from the corpus and its shuffle buffer). Sample g
+of the run is window g: DDP ranks take every world-th sample through the same StreamSampler as the cached path,
+and a resume restarts at sample global_step x samples_per_step, exactly where the run stopped. Reaching a sample
+means reading and tokenizing the stream up to it, so the first batch after a resume costs a pass over the data
+already trained on (at the pipeline's speed: benchmarks/bench_data.py); when the stream ends, the next epoch
+reads it again with the shuffle seed + epoch.
+
+A background thread tokenizes ahead of training (the `tokenizers` library releases the GIL), so the pipeline
+overlaps the training step instead of adding to it. Validation uses the first `val_docs` documents of the
+validation split (or, without one, of the train stream, which training then skips): a fixed, cached set.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from momattn.data.sources import Split
+from momattn.errors import DataError
+from momattn.utils import digest
+
+
+@dataclass
+class StreamingHubCorpus:
+    """A `datasets` corpus read with streaming=True: nothing is downloaded or stored beyond what is being read."""
+
+    name: str = ""  # hub name (HuggingFaceFW/fineweb, allenai/c4, ...) or a builder: json | text | parquet
+    config: str | None = None
+    train_split: str = "train"
+    val_split: str | None = "validation"  # null: the first val_docs documents of the train stream
+    text_field: str = "text"
+    data_files: dict[str, Any] | None = None  # local builders: {train: a.jsonl, validation: b.jsonl}
+    shuffle_buffer: int = 10_000  # documents shuffled in a buffer of this size (0: corpus order)
+    seed: int = 1234
+    val_docs: int = 2_000  # validation documents (read once, cached like any corpus)
+    tokenizer_docs: int = 50_000  # documents a BPE tokenizer is trained on (tokenizer=bpe)
+
+    def __post_init__(self):
+        if not self.name:
+            raise DataError("data=hf_stream needs data.name=<hub dataset>, e.g. data.name=HuggingFaceFW/fineweb "
+                            "data.config=sample-10BT, or data.name=json data.data_files={train: a.jsonl}")
+        if self.shuffle_buffer < 0 or self.val_docs < 1 or self.tokenizer_docs < 1:
+            raise DataError(f"data.shuffle_buffer={self.shuffle_buffer} must be >= 0, data.val_docs={self.val_docs} "
+                            f"and data.tokenizer_docs={self.tokenizer_docs} >= 1")
+        self.data_files = dict(self.data_files) if self.data_files else None
+
+    def fingerprint(self) -> str:
+        return digest(["hf_stream", 1, self.name, self.config, self.train_split, self.val_split, self.text_field,
+                       self.data_files, self.shuffle_buffer, self.seed, self.val_docs])
+
+    def _open(self, split: str):
+        import datasets
+
+        try:
+            return datasets.load_dataset(self.name, self.config, split=split, data_files=self.data_files,
+                                         streaming=True)
+        except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError, ...)
+            raise DataError(
+                f"cannot stream data.name='{self.name}' (config={self.config}, split={split}): "
+                f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}. Streaming reads the hub "
+                "while training: check the name and the network (HF_DATASETS_OFFLINE=1 forbids it), or stream "
+                "local files: data.name=json data.data_files={train: a.jsonl, validation: b.jsonl}"
+            ) from None
+
+    def texts(self, split: str, epoch: int = 0) -> Iterator[str]:
+        """The non-empty documents of `split` in stream order (shuffled in a buffer, seed + epoch)."""
+        ds = self._open(split)
+        if self.shuffle_buffer:
+            ds = ds.shuffle(seed=self.seed + epoch, buffer_size=self.shuffle_buffer)
+        for i, row in enumerate(ds):
+            if self.text_field not in row:
+                raise DataError(f"data.name='{self.name}' has no field '{self.text_field}' (fields: {sorted(row)}); "
+                                "set data.text_field")
+            text = row[self.text_field]
+            if text and text.strip():
+                yield text
+            elif i == 0 and not isinstance(text, str):
+                raise DataError(f"data.text_field='{self.text_field}' of data.name='{self.name}' is not text")
+
+    def train_texts(self, epoch: int = 0) -> Iterator[str]:
+        """The training stream: without a validation split, its first val_docs documents are validation's."""
+        texts = self.texts(self.train_split, epoch)
+        if self.val_split is None:
+            for _ in zip(range(self.val_docs), texts):
+                pass
+        return texts
+
+    def documents(self, split: Split) -> list[str]:
+        """Bounded lists only: 'val' = the validation documents, 'train' = the first tokenizer_docs training
+        documents (what a BPE tokenizer is trained on; training itself reads train_texts)."""
+        if split == "val":
+            docs = list(_take(self.texts(self.val_split or self.train_split), self.val_docs))
+        else:
+            docs = list(_take(self.train_texts(), self.tokenizer_docs))
+        if not docs:
+            raise DataError(f"the {split} stream of data.name='{self.name}' is empty")
+        return docs
+
+
+def _take(it: Iterator[str], n: int) -> Iterator[str]:
+    for _, x in zip(range(n), it):
+        yield x
+
+
+def packed_windows(texts: Callable[[int], Iterator[str]], encode_batch: Callable[[list[str]], list[list[int]]],
+                   eot: int, block_size: int, batch_docs: int = 64) -> Iterator[np.ndarray]:
+    """Windows of block_size + 1 tokens, window g = packed tokens [g T, g T + T + 1), over epochs 0, 1, ... of
+    texts(epoch) (each document followed by eot). Raises DataError when an epoch yields no document."""
+    buf = np.empty(0, dtype=np.int64)
+    epoch = 0
+    while True:
+        n_docs = 0
+        docs: list[str] = []
+        for text in texts(epoch):
+            docs.append(text)
+            if len(docs) < batch_docs:
+                continue
+            n_docs += len(docs)
+            buf = np.concatenate([buf, *(np.asarray(ids + [eot], dtype=np.int64) for ids in encode_batch(docs))])
+            docs = []
+            while len(buf) >= block_size + 1:
+                yield buf[: block_size + 1]
+                buf = buf[block_size:]
+        if docs:
+            n_docs += len(docs)
+            buf = np.concatenate([buf, *(np.asarray(ids + [eot], dtype=np.int64) for ids in encode_batch(docs))])
+            while len(buf) >= block_size + 1:
+                yield buf[: block_size + 1]
+                buf = buf[block_size:]
+        if n_docs == 0:
+            raise DataError("the training stream has no documents")
+        epoch += 1
+
+
+class StreamWindows(Dataset):
+    """Item g -> (x, y) of window g of the stream. Items must be asked for in increasing order (StreamSampler
+    does); an earlier one restarts the stream. A thread reads and tokenizes up to `ahead` windows in advance."""
+
+    def __init__(self, source: StreamingHubCorpus, tokenizer, block_size: int, ahead: int = 256):
+        self.source, self.tokenizer, self.block_size, self.ahead = source, tokenizer, block_size, ahead
+        self._reset()
+
+    def _reset(self) -> None:
+        self._queue: queue.Queue | None = None
+        self._stop: threading.Event | None = None
+        self._next = 0  # index of the next window the queue holds
+
+    def __getstate__(self):  # DataLoader workers get a copy without the thread
+        state = dict(self.__dict__)
+        state.update(_queue=None, _stop=None, _next=0)
+        return state
+
+    def _start(self) -> None:
+        self._stop = threading.Event()
+        self._queue = q = queue.Queue(maxsize=self.ahead)
+        stop, tok = self._stop, self.tokenizer
+
+        def produce():
+            try:
+                for w in packed_windows(self.source.train_texts, tok.encode_batch, tok.eot_id, self.block_size):
+                    while not stop.is_set():
+                        try:
+                            q.put(w, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+            except BaseException as e:  # handed to the consumer, raised there
+                q.put(e)
+
+        threading.Thread(target=produce, daemon=True, name="momattn-stream").start()
+
+    def close(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+        self._reset()
+
+    def window(self, g: int) -> np.ndarray:
+        if self._queue is None or g < self._next:
+            self.close()
+            self._start()
+        while True:
+            w = self._queue.get()
+            if isinstance(w, BaseException):
+                self.close()
+                raise w
+            self._next += 1
+            if self._next - 1 == g:
+                return w
+
+    def __len__(self) -> int:  # unbounded: the sampler says how many samples a run takes
+        return 1 << 62
+
+    def __getitem__(self, g: int):
+        chunk = torch.from_numpy(self.window(int(g)).copy())
+        return chunk[:-1], chunk[1:]

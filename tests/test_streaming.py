@@ -1,0 +1,103 @@
+"""data=hf_stream: a corpus read as a stream, tokenized on the fly, resumable exactly; and the parallel cache build."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import compose_train, train_losses
+
+from momattn.checkpoint import read_checkpoint
+from momattn.data.corpus import load_tokens
+from momattn.data.datamodule import StreamSampler, TokenWindows
+from momattn.data.sources import TextFiles
+from momattn.data.streaming import StreamingHubCorpus, StreamWindows, packed_windows
+from momattn.errors import DataError
+from momattn.tokenizer import train_bpe
+from momattn.training import run_train
+
+WORDS = "the a cat dog sat ran on under mat log red blue quickly slowly".split()
+
+
+def corpus(tmp_path, n_train=400, n_val=40):
+    rng = np.random.default_rng(0)
+    doc = lambda: " ".join(rng.choice(WORDS, size=int(rng.integers(3, 40))))  # noqa: E731
+    files = {}
+    for split, n in (("train", n_train), ("validation", n_val)):
+        files[split] = tmp_path / f"{split}.jsonl"
+        files[split].write_text("".join(json.dumps({"text": doc()}) + "\n" for _ in range(n)))
+    return files
+
+
+def test_packed_windows_are_the_cached_layout_over_the_same_tokens():
+    docs = [f"doc {i} " + "x" * (i % 7) for i in range(50)]
+    enc = lambda batch: [[ord(ch) % 97 for ch in d] for d in batch]  # noqa: E731
+    flat = np.concatenate([np.asarray(ids + [99]) for ids in enc(docs)])
+    ref = TokenWindows(flat, 8, seed=0, shuffle=False)
+    got = packed_windows(lambda epoch: iter(docs), enc, 99, 8, batch_docs=7)
+    for g in range(len(ref)):  # every window of the first epoch, documents crossing batch boundaries included
+        x, y = ref[g]
+        w = next(got)
+        assert np.array_equal(w[:-1], x.numpy()) and np.array_equal(w[1:], y.numpy())
+    with pytest.raises(DataError, match="no documents"):
+        next(packed_windows(lambda epoch: iter([]), enc, 99, 8))
+
+
+def test_stream_windows_resume_and_ranks_are_exact(tmp_path):
+    files = corpus(tmp_path)
+    src = StreamingHubCorpus(name="json", data_files={k: str(v) for k, v in files.items()}, shuffle_buffer=16)
+    tok = train_bpe(lambda: src.documents("train"), 300)
+    straight = StreamWindows(src, tok, 16)
+    ref = [straight[g][0].numpy() for g in range(40)]
+    # rank r of 2 from sample 10 (a resume at step 5 with 2 samples per step): exactly windows 10 + r, 12 + r, ...
+    for rank in (0, 1):
+        ds = StreamWindows(src, tok, 16, ahead=4)
+        got = [ds[g][0].numpy() for g in StreamSampler(10, 40, rank, 2)]
+        assert len(got) == 15 and all(np.array_equal(a, ref[g]) for a, g in zip(got, range(10 + rank, 40, 2)))
+        assert np.array_equal(ds[3][0].numpy(), ref[3])  # asking for an earlier window restarts the stream
+    # the shuffle buffer is seeded: another seed, another order
+    other = StreamWindows(StreamingHubCorpus(name="json", data_files={k: str(v) for k, v in files.items()},
+                                             shuffle_buffer=16, seed=7), tok, 16)
+    assert not np.array_equal(other[0][0].numpy(), ref[0])
+
+
+def test_a_stream_that_cannot_be_opened_offline_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    src = StreamingHubCorpus(name="no-such-user/no-such-corpus")
+    with pytest.raises(DataError, match="cannot stream data.name='no-such-user/no-such-corpus'.*HF_DATASETS_OFFLINE"):
+        next(src.texts("train"))
+    with pytest.raises(DataError, match="needs data.name"):
+        StreamingHubCorpus()
+
+
+def test_training_on_a_stream_resumes_exactly(tmp_path):
+    files = corpus(tmp_path)
+    data = ["data=hf_stream", "data.name=json", f"data.data_files={{train:{files['train']},validation:{files['validation']}}}",
+            "data.val_docs=20", "tokenizer.vocab_size=300", "debug=smoke", "trainer.val_check_interval=4",
+            "model.block_size=16"]
+    run_train(compose_train(tmp_path / "straight", [*data, "trainer.max_steps=8"]))
+    # preempted at step 4 (the schedule still ends at 8), then resumed
+    run_train(compose_train(tmp_path / "half", [*data, "trainer.max_steps=8",
+                                                "+callbacks.fault._target_=momattn.faults.FaultInjection",
+                                                "+callbacks.fault.spec=sigterm@4"]))
+    ckpt = tmp_path / "half" / "checkpoints" / "last.ckpt"
+    stopped = read_checkpoint(ckpt)["global_step"]
+    assert 4 <= stopped < 8
+    run_train(compose_train(tmp_path / "resumed", [*data, "trainer.max_steps=8", f"ckpt_path={ckpt}"]))
+    a, b = train_losses(tmp_path / "straight"), train_losses(tmp_path / "resumed")
+    assert sorted(b) == list(range(stopped, 8))
+    assert all(b[s] == pytest.approx(a[s], rel=1e-5) for s in b), (a, b)
+
+
+def test_the_token_cache_built_by_two_processes_is_the_one_built_by_one(tmp_path, capsys):
+    files = corpus(tmp_path, n_train=2500)
+    lines = [json.loads(x)["text"] for x in files["train"].read_text().splitlines()]
+    (tmp_path / "c.txt").write_text("\n\n".join(lines))
+    src = TextFiles(paths=[str(tmp_path / "c.txt")])
+    tok = train_bpe(lambda: src.documents("train"), 300)
+    one = np.array(load_tokens(src, tok, "train", tmp_path / "c1", num_proc=1))
+    two = np.array(load_tokens(src, tok, "train", tmp_path / "c2", num_proc=2))
+    assert np.array_equal(one, two) and len(one) > 10_000
+    err = capsys.readouterr().err
+    assert "1 process)" in err and "2 processes)" in err and "tokens/s" in err

@@ -55,6 +55,33 @@ def _load_safely(p: Path, path) -> Any:
         raise _unreadable(path, e) from e
 
 
+SHARDED_META = "meta.pt"  # what Lightning's FSDP writes beside the shards: everything but weights and optimizer
+
+
+def _read_sharded(p: Path, path) -> dict:
+    """A sharded checkpoint folder (trainer=fsdp, momattn.strategies), consolidated in memory into the layout of
+    a single-file checkpoint: state_dict, optimizer_states and the rest from meta.pt. Reads on any number of
+    processes (this is how a 2-process FSDP run resumes on one process without FSDP)."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    ckpt: dict[str, Any] = {}
+    try:  # tensors and plain values only (torch.distributed.checkpoint never unpickles code)
+        _load_state_dict(ckpt, storage_reader=FileSystemReader(p), planner=_EmptyStateDictLoadPlanner(), no_dist=True)
+    except Exception as e:
+        raise _unreadable(path, e) from None
+    meta = _load_safely(p / SHARDED_META, path)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint '{path}': its {SHARDED_META} is not a dict; it was not written by train.py")
+    ckpt.update(meta)
+    ckpt["state_dict"] = ckpt.pop("model", None)
+    n_opt = sum(1 for k in ckpt if k.startswith("optimizer_") and k[len("optimizer_"):].isdigit())
+    if n_opt:
+        ckpt["optimizer_states"] = [ckpt.pop(f"optimizer_{i}") for i in range(n_opt)]
+    return ckpt
+
+
 def _first_line(e: Exception | str) -> str:
     if isinstance(e, str):
         return e
@@ -101,9 +128,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     p = Path(path).expanduser()
     if not p.exists():
         raise CheckpointError(f"checkpoint '{path}' does not exist; pass the path of a .ckpt written by train.py")
-    if p.is_dir():
+    if p.is_dir() and not (p / SHARDED_META).is_file():
         raise CheckpointError(f"checkpoint '{path}' is a folder; pass a .ckpt file inside it (e.g. {p}/checkpoints/last.ckpt)")
-    ckpt = _load_safely(p, path)
+    ckpt = _read_sharded(p, path) if p.is_dir() else _load_safely(p, path)
     _check_structure(ckpt, path)
     return ckpt
 

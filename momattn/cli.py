@@ -110,13 +110,12 @@ def run_folder_of(ckpt_path: str, run_dir: str | None, root: Path) -> Path | Non
 def _checkpoint_overrides(ckpt: str) -> list[str]:
     """The overrides a checkpoint was trained with (momattn >= this release records them), else []."""
     path = Path(ckpt).expanduser()
-    if ckpt == "last" or not path.is_file():
+    if ckpt == "last" or not path.exists():
         return []
-    import torch
+    from momattn.checkpoint import read_checkpoint
 
-    try:  # weights only: never runs code from the file
-        meta = torch.load(path, map_location="cpu", weights_only=True).get("momattn") or {}
-        return [str(o) for o in meta.get("overrides") or []]
+    try:  # weights only, never runs code (a sharded FSDP folder too)
+        return [str(o) for o in read_checkpoint(path)["momattn"].get("overrides") or []]
     except Exception:  # unreadable or foreign: train.py's own checks report it with one clear line
         return []
 

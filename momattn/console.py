@@ -13,6 +13,8 @@ _QUIET_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\).*",  # Lightning's own use of a deprecated torch API
     r".*The anonymous setting has no effect.*",  # W&B, raised by Lightning's WandbLogger
     r".*torch.distributed.nn.functional.all_gather is deprecated.*",  # Lightning's all_gather under DDP
+    r".*Please use DTensor instead and we are deprecating ShardedTensor.*",  # FSDP's sharded state dict
+    r".*auto_wrap_policy.*will be ignored.*",  # CPUShardedFSDP wraps the model itself
 )
 
 

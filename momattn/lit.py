@@ -140,6 +140,16 @@ class LitGPT(pl.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, o, self.max_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Trainer(gradient_clip_val=...) as usual; under FSDP, whose precision plugin refuses norm clipping, the
+        wrapped module clips the global norm over all shards itself."""
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def on_save_checkpoint(self, checkpoint):
         checkpoint["momattn"] = {**self.meta, "rng": rng_state()}
         for logger in self.loggers:  # a resume continues the same W&B run

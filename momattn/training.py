@@ -125,7 +125,7 @@ def _tokens(c: TrainConfig, tokenizer: Tokenizer, vocab_size: int, block_size: i
 
 def _timed_strategy(trainer: dict, timeout_s: int) -> dict:
     """strategy=ddp / fsdp as Lightning objects that wait dist_timeout_s (not torch's 30 minutes) for the other
-    processes to join; any other strategy is left as configured."""
+    processes to join (fsdp: momattn.strategies' sharded checkpoints); any other strategy is left as configured."""
     from datetime import timedelta
 
     name = trainer.get("strategy")
@@ -133,10 +133,11 @@ def _timed_strategy(trainer: dict, timeout_s: int) -> dict:
         from lightning.pytorch.strategies import DDPStrategy
 
         return {"strategy": DDPStrategy(timeout=timedelta(seconds=timeout_s))}
-    if name == "fsdp":
-        from lightning.pytorch.strategies import FSDPStrategy
+    if name == "fsdp":  # sharded, atomic checkpoint folders (momattn.strategies); CPU processes through gloo
+        from momattn.strategies import CPUShardedFSDP, ShardedFSDP
 
-        return {"strategy": FSDPStrategy(timeout=timedelta(seconds=timeout_s))}
+        cpu = str(trainer.get("accelerator") or "auto").lower() == "cpu" or not torch.cuda.is_available()
+        return {"strategy": (CPUShardedFSDP if cpu else ShardedFSDP)(timeout=timedelta(seconds=timeout_s))}
     return {}
 
 

@@ -1,0 +1,65 @@
+"""FSDP with sharded checkpoints that are written atomically, on GPUs and (for tests and small runs) on CPU.
+
+`trainer=fsdp` builds ShardedFSDP: every rank writes its shard of the weights and optimizer state into one
+checkpoint folder (torch.distributed.checkpoint; `meta.pt` holds the rest: step, schedulers, momattn's entry).
+The folder is written under a temporary name and renamed over the old one, so a crash mid-save keeps the previous
+checkpoint. Resuming reshards: the folder loads on any number of FSDP processes, and momattn consolidates it into
+one file for a run without FSDP (momattn.checkpoint.consolidated). On CPU, Lightning's FSDPStrategy refuses the
+accelerator; torch's FSDP works there with gloo when given the CPU as its device, which CPUShardedFSDP does.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.strategies import FSDPStrategy
+
+
+class ShardedFSDP(FSDPStrategy):
+    """FSDPStrategy(state_dict_type='sharded', use_orig_params=True) whose checkpoint folders appear atomically.
+    use_orig_params keeps the parameter names, so weight decay still skips biases, LayerNorms and eta."""
+
+    def __init__(self, **kwargs: Any):
+        kwargs.setdefault("state_dict_type", "sharded")
+        kwargs.setdefault("use_orig_params", True)
+        super().__init__(**kwargs)
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:
+        if self._state_dict_type != "sharded":
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(str(filepath)))
+        tmp = path.with_name(f".{path.name}.tmp")
+        if self.global_rank == 0 and tmp.exists():
+            shutil.rmtree(tmp)  # left by a crash during an earlier save
+        self.barrier("momattn_fsdp_save_start")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        self.barrier("momattn_fsdp_save_end")  # every shard is on disk
+        if self.global_rank == 0:
+            old = path.with_name(f".{path.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            if path.exists():
+                path.rename(old)  # a crash from here on leaves .old (the previous checkpoint) in place
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        self.barrier("momattn_fsdp_save_done")
+
+    def remove_checkpoint(self, filepath) -> None:
+        if self.global_rank == 0:
+            p = Path(filepath)
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+class CPUShardedFSDP(ShardedFSDP):
+    """ShardedFSDP on CPU processes (gloo): the model is wrapped with device_id=cpu before Lightning sees it."""
+
+    def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        if not any(isinstance(m, FSDP) for m in model.modules()):
+            model = FSDP(module=model, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,
+                         sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"), **self.kwargs)
+        return super()._setup_model(model)

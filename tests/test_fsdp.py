@@ -1,0 +1,41 @@
+"""trainer=fsdp: sharded checkpoint folders, written atomically, that resume on another number of processes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import SMOKE, run_cli, train_losses
+
+from momattn.checkpoint import load_checkpoint, read_checkpoint
+
+BASE = [*SMOKE, "trainer.precision=32-true", "logger=csv"]
+FSDP = [*BASE, "trainer=fsdp", "trainer.accelerator=cpu"]
+
+
+@pytest.mark.slow
+def test_a_two_process_sharded_checkpoint_resumes_on_one_process_with_or_without_fsdp(tmp_path):
+    two = run_cli("train.py", [*FSDP, "trainer.devices=2", "trainer.max_steps=3", f"hydra.run.dir={tmp_path / 'two'}"],
+                  tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "ShardedTensor" not in two.stderr and "Traceback" not in two.stderr
+    folder = tmp_path / "two" / "checkpoints" / "last.ckpt"
+    assert folder.is_dir() and sorted(p.name for p in folder.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert not list(folder.parent.glob(".*.tmp")) and not list(folder.parent.glob(".*.old"))  # renamed into place
+    ckpt = read_checkpoint(folder)  # consolidated in memory: every weight whole, the optimizer state per parameter
+    assert ckpt["global_step"] == 3
+    model, _ = load_checkpoint(folder)
+    assert all(torch.equal(model.state_dict()[k[len("model."):]], v) for k, v in ckpt["state_dict"].items())
+    state = ckpt["optimizer_states"][0]["state"]
+    assert len(state) == sum(1 for _ in model.parameters()) and all("exp_avg" in s for s in state.values())
+
+    runs = {}
+    for name, how in (("fsdp1", [*FSDP, "trainer.devices=1"]), ("plain", [*BASE, "trainer=cpu"])):
+        r = run_cli("train.py", [*how, "trainer.max_steps=5", f"ckpt_path={folder}",
+                                 f"hydra.run.dir={tmp_path / name}"], tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        ran = read_checkpoint(tmp_path / name / "checkpoints" / "last.ckpt")
+        assert (tmp_path / name / "checkpoints" / "last.ckpt").is_dir() == (name == "fsdp1"), ran["global_step"]
+        runs[name] = train_losses(tmp_path / name)
+        assert sorted(runs[name]) == [3, 4]
+    # the shards resharded onto one FSDP process and the consolidated file give the same training
+    assert all(runs["plain"][s] == pytest.approx(runs["fsdp1"][s], rel=1e-5) for s in (3, 4)), runs

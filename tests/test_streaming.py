@@ -62,6 +62,18 @@ def test_stream_windows_resume_and_ranks_are_exact(tmp_path):
     assert not np.array_equal(other[0][0].numpy(), ref[0])
 
 
+def test_without_a_validation_split_the_held_out_rows_are_never_trained_on(tmp_path):
+    files = corpus(tmp_path, n_train=60)
+    src = StreamingHubCorpus(name="json", data_files={"train": str(files["train"])}, val_split=None, val_docs=10,
+                             shuffle_buffer=50)
+    rows = [json.loads(x)["text"] for x in files["train"].read_text().splitlines()]
+    assert src.documents("val") == rows[:10]
+    for epoch in (0, 1, 2):  # every epoch reshuffles the other 50 rows, never the held-out 10
+        train = list(src.train_texts(epoch))
+        assert sorted(train) == sorted(rows[10:]) and not set(train) & set(rows[:10])
+    assert list(src.train_texts(1)) != list(src.train_texts(0))
+
+
 def test_a_stream_that_cannot_be_opened_offline_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     src = StreamingHubCorpus(name="no-such-user/no-such-corpus")

@@ -73,10 +73,16 @@ class StreamingHubCorpus:
                 "local files: data.name=json data.data_files={train: a.jsonl, validation: b.jsonl}"
             ) from None
 
-    def texts(self, split: str, epoch: int = 0) -> Iterator[str]:
-        """The non-empty documents of `split` in stream order (shuffled in a buffer, seed + epoch)."""
+    def texts(self, split: str, epoch: int = 0, shuffle: bool = True, skip: int = 0,
+              limit: int | None = None) -> Iterator[str]:
+        """The non-empty documents of `split` in stream order, from row `skip` on (at most `limit` rows),
+        shuffled in a buffer (seed + epoch) unless shuffle=False."""
         ds = self._open(split)
-        if self.shuffle_buffer:
+        if skip:
+            ds = ds.skip(skip)
+        if limit is not None:
+            ds = ds.take(limit)
+        if shuffle and self.shuffle_buffer:
             ds = ds.shuffle(seed=self.seed + epoch, buffer_size=self.shuffle_buffer)
         for i, row in enumerate(ds):
             if self.text_field not in row:
@@ -89,18 +95,16 @@ class StreamingHubCorpus:
                 raise DataError(f"data.text_field='{self.text_field}' of data.name='{self.name}' is not text")
 
     def train_texts(self, epoch: int = 0) -> Iterator[str]:
-        """The training stream: without a validation split, its first val_docs documents are validation's."""
-        texts = self.texts(self.train_split, epoch)
-        if self.val_split is None:
-            for _ in zip(range(self.val_docs), texts):
-                pass
-        return texts
+        """The training stream. Without a validation split, the train split's first val_docs rows are held out
+        before shuffling, so no epoch ever trains on them."""
+        return self.texts(self.train_split, epoch, skip=0 if self.val_split else self.val_docs)
 
     def documents(self, split: Split) -> list[str]:
-        """Bounded lists only: 'val' = the validation documents, 'train' = the first tokenizer_docs training
-        documents (what a BPE tokenizer is trained on; training itself reads train_texts)."""
+        """Bounded lists only: 'val' = the non-empty documents among the first val_docs rows of the validation
+        split (or of the train split, held out from training), 'train' = the first tokenizer_docs training documents (what a
+        BPE tokenizer is trained on; training itself reads train_texts)."""
         if split == "val":
-            docs = list(_take(self.texts(self.val_split or self.train_split), self.val_docs))
+            docs = list(self.texts(self.val_split or self.train_split, shuffle=False, limit=self.val_docs))
         else:
             docs = list(_take(self.train_texts(), self.tokenizer_docs))
         if not docs:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -58,6 +59,23 @@ def _load_safely(p: Path, path) -> Any:
 SHARDED_META = "meta.pt"  # what Lightning's FSDP writes beside the shards: everything but weights and optimizer
 
 
+_DCP_SAFE = {("torch", "Size"), ("collections", "OrderedDict"), ("torch.serialization", "_get_layout"),
+             ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath")}  # what a real shard index names, no more
+
+
+class _DcpUnpickler(pickle.Unpickler):
+    """torch.distributed.checkpoint's shard index is a pickle: only its own metadata classes and torch's dtypes,
+    layouts, memory formats and Size may appear in it; anything else (os.system, ...) is refused unrun."""
+
+    def find_class(self, module: str, name: str):
+        if module.startswith("torch.distributed.checkpoint.") or (module, name) in _DCP_SAFE:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout,
+                                                                         torch.memory_format)):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a checkpoint's shard index")
+
+
 def _read_sharded(p: Path, path) -> dict:
     """A sharded checkpoint folder (trainer=fsdp, momattn.strategies), consolidated in memory into the layout of
     a single-file checkpoint: state_dict, optimizer_states and the rest from meta.pt. Reads on any number of
@@ -66,14 +84,42 @@ def _read_sharded(p: Path, path) -> dict:
     from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-    ckpt: dict[str, Any] = {}
-    try:  # tensors and plain values only (torch.distributed.checkpoint never unpickles code)
-        _load_state_dict(ckpt, storage_reader=FileSystemReader(p), planner=_EmptyStateDictLoadPlanner(), no_dist=True)
-    except Exception as e:
-        raise _unreadable(path, e) from None
+    class SafeReader(FileSystemReader):  # the shard index (.metadata) through an allow-list unpickler
+        def read_metadata(self, *args, **kwargs):
+            with open(Path(self.path) / ".metadata", "rb") as f:
+                metadata = _DcpUnpickler(f).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                from torch.distributed.checkpoint.metadata import StorageMeta
+
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    class SafePlanner(_EmptyStateDictLoadPlanner):  # non-tensor entries (optimizer hyper-parameters) weights-only
+        def load_bytes(self, read_item, value):  # DefaultLoadPlanner.load_bytes, but torch.load weights-only
+            from torch.distributed.checkpoint._traverse import set_element
+
+            obj = torch.load(value, weights_only=True)
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = obj
+
     meta = _load_safely(p / SHARDED_META, path)
     if not isinstance(meta, dict):
         raise CheckpointError(f"checkpoint '{path}': its {SHARDED_META} is not a dict; it was not written by train.py")
+    ckpt: dict[str, Any] = {}
+    try:
+        _load_state_dict(ckpt, storage_reader=SafeReader(p), planner=SafePlanner(), no_dist=True)
+    except BaseException as e:  # torch.distributed.checkpoint wraps errors in CheckpointException(BaseException)
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        refused = re.search(r"(\S+) is not allowed in a checkpoint's shard index|Weights only load failed", str(e))
+        if refused:
+            raise CheckpointError(f"checkpoint '{path}' contains code or objects a safe load refuses "
+                                  f"({refused.group(1) or 'a non-tensor entry'}); momattn never executes code from a "
+                                  "checkpoint. Only load files you trust, written by train.py") from None
+        raise _unreadable(path, e) from None
     ckpt.update(meta)
     ckpt["state_dict"] = ckpt.pop("model", None)
     n_opt = sum(1 for k in ckpt if k.startswith("optimizer_") and k[len("optimizer_"):].isdigit())
@@ -133,6 +179,17 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     ckpt = _read_sharded(p, path) if p.is_dir() else _load_safely(p, path)
     _check_structure(ckpt, path)
     return ckpt
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """What a resume needs without the weights: the checkpoint dict minus state_dict / optimizer_states where it
+    can be had cheaply (a sharded folder: its meta.pt alone; a file: memory-mapped, tensors not paged in)."""
+    p = Path(path).expanduser()
+    if p.is_dir() and (p / SHARDED_META).is_file():
+        meta = _load_safely(p / SHARDED_META, path)
+        _check_structure({**meta, "state_dict": {}} if isinstance(meta, dict) else meta, path)
+        return meta
+    return read_checkpoint(path)
 
 
 def model_config_from(meta: dict, path: str | os.PathLike | None = None) -> GPTConfig:

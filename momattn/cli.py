@@ -112,10 +112,10 @@ def _checkpoint_overrides(ckpt: str) -> list[str]:
     path = Path(ckpt).expanduser()
     if ckpt == "last" or not path.exists():
         return []
-    from momattn.checkpoint import read_checkpoint
+    from momattn.checkpoint import read_meta
 
-    try:  # weights only, never runs code (a sharded FSDP folder too)
-        return [str(o) for o in read_checkpoint(path)["momattn"].get("overrides") or []]
+    try:  # weights only, never runs code (a sharded FSDP folder: its meta.pt alone)
+        return [str(o) for o in read_meta(path)["momattn"].get("overrides") or []]
     except Exception:  # unreadable or foreign: train.py's own checks report it with one clear line
         return []
 

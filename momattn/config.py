@@ -210,6 +210,10 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
         source_tokenizer(source)  # the source has one: checked now, not after the cache is built
     trainer, max_steps, accumulate = _trainer(raw.get("trainer"))
     loader = typed(LoaderConfig, {k: v for k, v in data.items() if k in LOADER_KEYS}, "data")
+    if loader.num_workers and hasattr(source, "train_texts"):
+        raise ConfigError(f"data.num_workers={loader.num_workers}: a streamed corpus (data=hf_stream) is read in order "
+                          "by one background thread, and worker processes would each read the whole stream; set "
+                          "data.num_workers=0")
     if run.global_batch is not None:
         accumulate = trainer["accumulate_grad_batches"] = accumulation_for(run.global_batch, loader.batch_size,
                                                                            trainer)

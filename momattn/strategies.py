@@ -3,8 +3,8 @@
 `trainer=fsdp` builds ShardedFSDP: every rank writes its shard of the weights and optimizer state into one
 checkpoint folder (torch.distributed.checkpoint; `meta.pt` holds the rest: step, schedulers, momattn's entry).
 The folder is written under a temporary name and renamed over the old one, so a crash mid-save keeps the previous
-checkpoint. Resuming reshards: the folder loads on any number of FSDP processes, and momattn consolidates it into
-one file for a run without FSDP (momattn.checkpoint.consolidated). On CPU, Lightning's FSDPStrategy refuses the
+checkpoint. Resuming reshards: the folder loads on any number of FSDP processes, and momattn consolidates it in
+memory for a run without FSDP (momattn.checkpoint.read_checkpoint). On CPU, Lightning's FSDPStrategy refuses the
 accelerator; torch's FSDP works there with gloo when given the CPU as its device, which CPUShardedFSDP does.
 """
 
@@ -32,25 +32,31 @@ class ShardedFSDP(FSDPStrategy):
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         path = Path(self.broadcast(str(filepath)))
         tmp = path.with_name(f".{path.name}.tmp")
-        if self.global_rank == 0 and tmp.exists():
-            shutil.rmtree(tmp)  # left by a crash during an earlier save
+        if self.global_rank == 0:
+            _remove(tmp)  # left by a crash during an earlier save
         self.barrier("momattn_fsdp_save_start")
         super().save_checkpoint(checkpoint, tmp, storage_options)
         self.barrier("momattn_fsdp_save_end")  # every shard is on disk
         if self.global_rank == 0:
             old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
+            _remove(old)
             if path.exists():
                 path.rename(old)  # a crash from here on leaves .old (the previous checkpoint) in place
             tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
         self.barrier("momattn_fsdp_save_done")
 
     def remove_checkpoint(self, filepath) -> None:
         if self.global_rank == 0:
-            p = Path(filepath)
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+            _remove(Path(filepath))
+
+
+def _remove(p: Path) -> None:
+    """A checkpoint folder or file (an earlier single-file last.ckpt in the same run folder), if there."""
+    if p.is_dir():
+        shutil.rmtree(p)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
 
 
 class CPUShardedFSDP(ShardedFSDP):

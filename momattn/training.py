@@ -20,7 +20,7 @@ from momattn.checkpoint import (
     check_compatible,
     checkpoint_meta,
     model_config_from,
-    read_checkpoint,
+    read_meta,
     resolve_ckpt_path,
 )
 from momattn.cli import HydraJob, hydra_job
@@ -48,7 +48,7 @@ def run_train(cfg: DictConfig) -> float | None:
     pl.seed_everything(c.seed, workers=True, verbose=False)
 
     ckpt_path = resolve_ckpt_path(c.ckpt_path, out_dir, Path(c.paths.root_dir).resolve())
-    resume = read_checkpoint(ckpt_path)["momattn"] if ckpt_path else {}
+    resume = read_meta(ckpt_path)["momattn"] if ckpt_path else {}
     if resume:
         quiet_resume(same_folder=ckpt_path.resolve().parent.parent == out_dir)
     tokenizer = Tokenizer.from_json(resume["tokenizer"], resume.get("tokenizer_name", "tokenizer")) if resume \
@@ -88,17 +88,18 @@ def run_train(cfg: DictConfig) -> float | None:
         trainer.fit(lit, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
         speed = {**throughput_summary(throughput), "fit_seconds": round(time.perf_counter() - t0, 1)}
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        if trainer.is_global_zero:  # DDP: rank 0 reports and evaluates
-            _report(c, trainer, metrics, loggers, _unigram(train, val, model_config.vocab_size), speed, out_dir)
-            if c.run_eval and c.eval:
-                _evaluate(c, model, tokenizer, loggers, trainer.global_step, out_dir)
+        with _full_weights(trainer, bool(c.run_eval and c.eval)):  # FSDP: every rank gathers, rank 0 keeps them
+            if trainer.is_global_zero:  # DDP: rank 0 reports and evaluates
+                _report(c, trainer, metrics, loggers, _unigram(train, val, model_config.vocab_size), speed, out_dir)
+                if c.run_eval and c.eval:
+                    _evaluate(c, model, tokenizer, loggers, trainer.global_step, out_dir)
         return metrics.get(c.optimized_metric)
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
         raise DiskFullError(_disk_full(e, out_dir)) from None
     except (torch.distributed.DistError, RuntimeError) as e:
-        if trainer.global_step > 0 or not _rendezvous_failure(e):
+        if not _rendezvous_failure(e):
             raise
         raise LaunchError(_no_join(e, c)) from None
     except SIGTERMException:
@@ -106,7 +107,24 @@ def run_train(cfg: DictConfig) -> float | None:
                            out_dir), file=sys.stderr, flush=True)
         return None
     finally:
+        close = getattr(dm.train_set, "close", None)  # a stream's reader thread, on success or failure
+        if close is not None:
+            close()
         logs.finish(loggers)
+
+
+def _full_weights(trainer: pl.Trainer, needed: bool):
+    """Under FSDP with several processes each holds a shard of the weights: for the evaluation after training,
+    all of them gather the full weights onto rank 0 (a collective every rank enters). Elsewhere: nothing."""
+    from contextlib import nullcontext
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if not (needed and isinstance(trainer.strategy, FSDPStrategy) and trainer.world_size > 1):
+        return nullcontext()
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    return FSDP.summon_full_params(trainer.strategy.model, rank0_only=True, writeback=False)
 
 
 def _tokens(c: TrainConfig, tokenizer: Tokenizer, vocab_size: int, block_size: int):
@@ -142,7 +160,10 @@ def _timed_strategy(trainer: dict, timeout_s: int) -> dict:
 
 
 def _rendezvous_failure(e: BaseException) -> bool:
-    """torch's errors when the processes of a job never all meet (TCPStore join, connect to the first node)."""
+    """torch's errors when the processes of a job never all meet (TCPStore join, connect to the first node):
+    raised while the process group did not exist yet (once it does, a peer's crash is not a launch problem)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return False
     text = str(e).lower()
     return isinstance(e, torch.distributed.DistError) or "timed out" in text or "timeout" in text and "client" in text
 
@@ -176,7 +197,7 @@ def _disk_full(e: OSError, out_dir: Path) -> str:
     """What survived a full disk (checkpoints are written atomically: last.ckpt is the previous complete one)."""
     last = out_dir / "checkpoints" / "last.ckpt"
     try:
-        saved = f"{last} (step {read_checkpoint(last)['global_step']}) is intact"
+        saved = f"{last} (step {read_meta(last)['global_step']}) is intact"
     except Exception:
         saved = "no checkpoint was completed"
     where = f" while writing {e.filename}" if e.filename else ""

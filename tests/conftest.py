@@ -17,7 +17,8 @@ os.environ.update({"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "WANDB_MOD
 # share of threads instead of all of them (oversubscribed BLAS threads would slow every test down)
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(max(1, _cores // _WORKERS))
 # tiny, fast runs on the TREC rows only (BPE training and tokenisation take about a second)
 SMOKE = ["debug=smoke", "data.tasks=[trec]", "trainer.accelerator=cpu"]
 

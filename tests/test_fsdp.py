@@ -7,6 +7,7 @@ import torch
 from conftest import SMOKE, run_cli, train_losses
 
 from momattn.checkpoint import load_checkpoint, read_checkpoint
+from momattn.errors import CheckpointError
 
 BASE = [*SMOKE, "trainer.precision=32-true", "logger=csv"]
 FSDP = [*BASE, "trainer=fsdp", "trainer.accelerator=cpu"]
@@ -14,9 +15,11 @@ FSDP = [*BASE, "trainer=fsdp", "trainer.accelerator=cpu"]
 
 @pytest.mark.slow
 def test_a_two_process_sharded_checkpoint_resumes_on_one_process_with_or_without_fsdp(tmp_path):
-    two = run_cli("train.py", [*FSDP, "trainer.devices=2", "trainer.max_steps=3", f"hydra.run.dir={tmp_path / 'two'}"],
-                  tmp_path)
+    two = run_cli("train.py", [*FSDP, "trainer.devices=2", "trainer.max_steps=3", f"hydra.run.dir={tmp_path / 'two'}",
+                               "run_eval=true", "eval.ppl.lengths=[16]", "eval.icl.tasks=[trec]", "eval.icl.shots=[0]",
+                               "eval.icl.max_examples=4"], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
+    assert (tmp_path / "two" / "eval" / "results.json").is_file()  # evaluated on the gathered, full weights
     assert "ShardedTensor" not in two.stderr and "Traceback" not in two.stderr
     folder = tmp_path / "two" / "checkpoints" / "last.ckpt"
     assert folder.is_dir() and sorted(p.name for p in folder.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
@@ -29,8 +32,9 @@ def test_a_two_process_sharded_checkpoint_resumes_on_one_process_with_or_without
     assert len(state) == sum(1 for _ in model.parameters()) and all("exp_avg" in s for s in state.values())
 
     runs = {}
-    for name, how in (("fsdp1", [*FSDP, "trainer.devices=1"]), ("plain", [*BASE, "trainer=cpu"])):
-        r = run_cli("train.py", [*how, "trainer.max_steps=5", f"ckpt_path={folder}",
+    # a resume reuses the checkpoint's command line (trainer=fsdp, devices=2, run_eval=true): today's values win
+    for name, how in (("fsdp1", [*FSDP, "trainer.devices=1"]), ("plain", [*BASE, "trainer=cpu", "trainer.devices=1"])):
+        r = run_cli("train.py", [*how, "trainer.max_steps=5", "run_eval=false", f"ckpt_path={folder}",
                                  f"hydra.run.dir={tmp_path / name}"], tmp_path)
         assert r.returncode == 0, r.stderr[-3000:]
         ran = read_checkpoint(tmp_path / name / "checkpoints" / "last.ckpt")
@@ -39,3 +43,20 @@ def test_a_two_process_sharded_checkpoint_resumes_on_one_process_with_or_without
         assert sorted(runs[name]) == [3, 4]
     # the shards resharded onto one FSDP process and the consolidated file give the same training
     assert all(runs["plain"][s] == pytest.approx(runs["fsdp1"][s], rel=1e-5) for s in (3, 4)), runs
+
+
+def test_a_sharded_folder_whose_index_carries_code_is_refused_unrun(tmp_path):
+    import os
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'pwned'}",)
+
+    folder = tmp_path / "last.ckpt"
+    folder.mkdir()
+    torch.save({"global_step": 1, "momattn": {}}, folder / "meta.pt")
+    (folder / ".metadata").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(CheckpointError, match="refuses.*os.system|posix.system"):
+        read_checkpoint(folder)
+    assert not (tmp_path / "pwned").exists()

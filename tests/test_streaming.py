@@ -113,3 +113,12 @@ def test_the_token_cache_built_by_two_processes_is_the_one_built_by_one(tmp_path
     assert np.array_equal(one, two) and len(one) > 10_000
     err = capsys.readouterr().err
     assert "1 process)" in err and "2 processes)" in err and "tokens/s" in err
+
+
+def test_a_stream_with_worker_processes_is_refused_up_front(tmp_path):
+    from momattn.config import load_train_config
+    from momattn.errors import ConfigError
+
+    cfg = compose_train(tmp_path, ["data=hf_stream", "data.name=json", "data.num_workers=2", "debug=smoke"])
+    with pytest.raises(ConfigError, match="data.num_workers=2: a streamed corpus .* set data.num_workers=0"):
+        load_train_config(cfg)

@@ -41,6 +41,7 @@ class StreamingHubCorpus:
     val_split: str | None = "validation"  # null: the first val_docs documents of the train stream
     text_field: str = "text"
     data_files: dict[str, Any] | None = None  # local builders: {train: a.jsonl, validation: b.jsonl}
+    revision: str | None = None  # a hub commit or tag: pin it, so a resume reads the same stream
     shuffle_buffer: int = 10_000  # documents shuffled in a buffer of this size (0: corpus order)
     seed: int = 1234
     val_docs: int = 2_000  # validation documents (read once, cached like any corpus)
@@ -57,14 +58,15 @@ class StreamingHubCorpus:
 
     def fingerprint(self) -> str:
         return digest(["hf_stream", 1, self.name, self.config, self.train_split, self.val_split, self.text_field,
-                       self.data_files, self.shuffle_buffer, self.seed, self.val_docs])
+                       self.data_files, self.revision, self.shuffle_buffer, self.seed, self.val_docs,
+                       self.tokenizer_docs])
 
     def _open(self, split: str):
         import datasets
 
         try:
             return datasets.load_dataset(self.name, self.config, split=split, data_files=self.data_files,
-                                         streaming=True)
+                                         revision=self.revision, streaming=True)
         except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError, ...)
             raise DataError(
                 f"cannot stream data.name='{self.name}' (config={self.config}, split={split}): "
@@ -181,8 +183,13 @@ class StreamWindows(Dataset):
                             continue
                     if stop.is_set():
                         return
-            except BaseException as e:  # handed to the consumer, raised there
-                q.put(e)
+            except BaseException as e:  # handed to the consumer, raised there (unless it has gone)
+                while not stop.is_set():
+                    try:
+                        q.put(e, timeout=0.1)
+                        return
+                    except queue.Full:
+                        continue
 
         threading.Thread(target=produce, daemon=True, name="momattn-stream").start()
 

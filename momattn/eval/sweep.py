@@ -96,7 +96,7 @@ def verdict(metric: str, lo: float, hi: float) -> str:
 
 # settings added by later momattn versions, at the value that changes nothing: a run that lacks one (trained
 # before it existed) and a run that has it at this value trained the same way, so they stay one setting
-NEUTRAL_DEFAULTS = {("global_batch",): None, ("trainer", "num_nodes"): 1}
+NEUTRAL_DEFAULTS = {("global_batch",): None, ("trainer", "num_nodes"): 1, ("data", "num_proc"): 1}
 
 
 def _strip(config: Mapping) -> dict:

@@ -15,10 +15,12 @@ if [ -n "${2:-}" ]; then
   # generate every mutant and map the tests to functions; the filter matches no mutant, so nothing runs yet
   "$PY" -m mutmut run --max-children "${1:-2}" "generate-only-no-such-mutant" >/dev/null 2>&1 || true
   "$PY" benchmarks/mutation_sample.py "$2" > benchmarks/results/mutation_sample.txt
-  mapfile -t SAMPLE < benchmarks/results/mutation_sample.txt
-  [ "${#SAMPLE[@]}" -gt 0 ] || { echo "error: empty sample" >&2; exit 1; }
-  echo "running a sample of ${#SAMPLE[@]} mutants (fraction $2 of every module)"
-  "$PY" -m mutmut run --max-children "${1:-2}" "${SAMPLE[@]}"
+  [ -s benchmarks/results/mutation_sample.txt ] || { echo "error: empty sample" >&2; exit 1; }
+  mapfile -t PENDING < <("$PY" benchmarks/mutation_sample.py "$2" --pending)
+  echo "sample: $(wc -l < benchmarks/results/mutation_sample.txt) mutants (fraction $2 of every module), ${#PENDING[@]} not run yet"
+  if [ "${#PENDING[@]}" -gt 0 ]; then
+    "$PY" -m mutmut run --max-children "${1:-2}" "${PENDING[@]}"
+  fi
 else
   "$PY" -m mutmut run --max-children "${1:-2}"
 fi

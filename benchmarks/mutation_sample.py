@@ -1,6 +1,9 @@
 """A seeded, per-module random sample of mutmut's mutants (benchmarks/mutation.sh SAMPLE): prints their names.
 
-    python benchmarks/mutation_sample.py 0.25 [seed]
+    python benchmarks/mutation_sample.py 0.25 [seed] [--pending]
+
+--pending prints only the sampled mutants not run yet (mutmut re-runs any mutant it is given by name, so an
+interrupted sampled run continues with these).
 
 Reads the mutant lists mutmut wrote to mutants/**/*.meta when it generated them. Sampling the same fraction of
 every module keeps each module's kill rate an unbiased estimate of its full-run rate; mutation_report.py gives it
@@ -36,8 +39,13 @@ def sample(names: dict[str, list[tuple[str, int | None]]], fraction: float, seed
 
 
 if __name__ == "__main__":
+    args = [a for a in sys.argv[1:] if a != "--pending"]
     found = mutant_names()
     if not found:
         raise SystemExit("error: no mutants/ folder with mutant lists: run `mutmut run` once (benchmarks/mutation.sh "
                          "generates them) before sampling")
-    print("\n".join(sample(found, float(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 0)))
+    picked = sample(found, float(args[0]), int(args[1]) if len(args) > 1 else 0)
+    if "--pending" in sys.argv:
+        done = {name for mutants in found.values() for name, code in mutants if code is not None}
+        picked = [name for name in picked if name not in done]
+    print("\n".join(picked))

@@ -112,10 +112,14 @@ def _checkpoint_overrides(ckpt: str) -> list[str]:
     path = Path(ckpt).expanduser()
     if ckpt == "last" or not path.exists():
         return []
-    from momattn.checkpoint import read_meta
+    import torch
 
-    try:  # weights only, never runs code (a sharded FSDP folder: its meta.pt alone)
-        return [str(o) for o in read_meta(path)["momattn"].get("overrides") or []]
+    from momattn.checkpoint import SHARDED_META
+
+    try:  # weights only: never runs code (a sharded FSDP folder: its meta.pt alone)
+        meta_file = path / SHARDED_META if path.is_dir() else path
+        meta = torch.load(meta_file, map_location="cpu", weights_only=True, mmap=True).get("momattn") or {}
+        return [str(o) for o in meta.get("overrides") or []]
     except Exception:  # unreadable or foreign: train.py's own checks report it with one clear line
         return []
 

@@ -53,6 +53,8 @@ def run_cli(script: str, args: list[str], cwd: Path, env: dict | None = None, ti
     """Run train.py / evaluate.py as a user would; returns the CompletedProcess. env: extra variables, None
     removes one."""
     full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+    if full_env.get("MUTANT_UNDER_TEST") == "stats":  # mutmut's coverage pass: its recorder works in-process only
+        full_env["MUTANT_UNDER_TEST"] = ""
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
 

@@ -91,11 +91,6 @@ class TokenDataModule(LightningDataModule):
         start = self.trainer.global_step * per_step  # restored global step -> exact data position on resume
         return self._loader(self.train_set, StreamSampler(start, self.max_steps * per_step, rank, world))
 
-    def teardown(self, stage: str) -> None:
-        close = getattr(self.train_set, "close", None)  # a stream's reader thread stops with the run
-        if close is not None:
-            close()
-
     def val_dataloader(self) -> DataLoader:
         world, rank = self.trainer.world_size, self.trainer.global_rank
         n = min(len(self.val_set), self.val_batches * self.batch_size * world)

@@ -20,6 +20,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -103,20 +104,15 @@ class StreamingHubCorpus:
 
     def documents(self, split: Split) -> list[str]:
         """Bounded lists only: 'val' = the non-empty documents among the first val_docs rows of the validation
-        split (or of the train split, held out from training), 'train' = the first tokenizer_docs training documents (what a
-        BPE tokenizer is trained on; training itself reads train_texts)."""
+        split (or of the train split, held out from training), 'train' = the first tokenizer_docs training
+        documents (what a BPE tokenizer is trained on; training itself reads train_texts)."""
         if split == "val":
             docs = list(self.texts(self.val_split or self.train_split, shuffle=False, limit=self.val_docs))
         else:
-            docs = list(_take(self.train_texts(), self.tokenizer_docs))
+            docs = list(islice(self.train_texts(), self.tokenizer_docs))
         if not docs:
             raise DataError(f"the {split} stream of data.name='{self.name}' is empty")
         return docs
-
-
-def _take(it: Iterator[str], n: int) -> Iterator[str]:
-    for _, x in zip(range(n), it):
-        yield x
 
 
 def packed_windows(texts: Callable[[int], Iterator[str]], encode_batch: Callable[[list[str]], list[list[int]]],
@@ -127,18 +123,8 @@ def packed_windows(texts: Callable[[int], Iterator[str]], encode_batch: Callable
     epoch = 0
     while True:
         n_docs = 0
-        docs: list[str] = []
-        for text in texts(epoch):
-            docs.append(text)
-            if len(docs) < batch_docs:
-                continue
-            n_docs += len(docs)
-            buf = np.concatenate([buf, *(np.asarray(ids + [eot], dtype=np.int64) for ids in encode_batch(docs))])
-            docs = []
-            while len(buf) >= block_size + 1:
-                yield buf[: block_size + 1]
-                buf = buf[block_size:]
-        if docs:
+        docs_of_epoch = texts(epoch)
+        while docs := list(islice(docs_of_epoch, batch_docs)):  # tokenized batch_docs documents at a time
             n_docs += len(docs)
             buf = np.concatenate([buf, *(np.asarray(ids + [eot], dtype=np.int64) for ids in encode_batch(docs))])
             while len(buf) >= block_size + 1:

@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from momattn.data.corpus import default_cache_dir
 from momattn.data.sources import LOADER_KEYS, DataSource, LoaderConfig, make_source
+from momattn.data.streaming import StreamingHubCorpus
 from momattn.errors import ConfigError, did_you_mean
 from momattn.eval.config import EvalConfig
 from momattn.hardware import resolve_precision
@@ -210,7 +211,7 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
         source_tokenizer(source)  # the source has one: checked now, not after the cache is built
     trainer, max_steps, accumulate = _trainer(raw.get("trainer"))
     loader = typed(LoaderConfig, {k: v for k, v in data.items() if k in LOADER_KEYS}, "data")
-    if loader.num_workers and hasattr(source, "train_texts"):
+    if loader.num_workers and isinstance(source, StreamingHubCorpus):
         raise ConfigError(f"data.num_workers={loader.num_workers}: a streamed corpus (data=hf_stream) is read in order "
                           "by one background thread, and worker processes would each read the whole stream; set "
                           "data.num_workers=0")

@@ -130,8 +130,6 @@ def _full_weights(trainer: pl.Trainer, needed: bool):
 def _tokens(c: TrainConfig, tokenizer: Tokenizer, vocab_size: int, block_size: int):
     """The train and val token ids (cached on disk), checked against the model's vocabulary; for a streaming
     source (data=hf_stream) the train side is a StreamWindows dataset that tokenizes while training."""
-    if tokenizer.vocab_size > vocab_size:
-        raise CheckpointError("token ids exceed the model's vocabulary: the tokenizer and the model do not match")
     val = load_tokens(c.data, tokenizer, "val", c.cache_dir, c.loader.num_proc)
     if isinstance(c.data, StreamingHubCorpus):
         return StreamWindows(c.data, tokenizer, block_size), val

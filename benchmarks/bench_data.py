@@ -38,7 +38,7 @@ def corpus(n_docs: int, folder: Path) -> tuple[list[str], Path]:
     return docs, path
 
 
-def cache_build(docs, tokenizer, num_proc: int, folder: Path) -> dict:
+def cache_build(docs, tokenizer, num_proc: int) -> dict:
     from momattn.data.corpus import _tokenize
 
     t0 = time.perf_counter()
@@ -99,9 +99,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         docs, path = corpus(args.docs, Path(tmp))
         tok = train_bpe(lambda: docs[:5000], 4096)
-        cache_build(docs[:1000], tok, 1, Path(tmp))  # warm-up: datasets' import and first map are not timed
+        cache_build(docs[:1000], tok, 1)  # warm-up: datasets' import and first map are not timed
         for num_proc in (1, 2):
-            r = cache_build(docs, tok, num_proc, Path(tmp))
+            r = cache_build(docs, tok, num_proc)
             res["rows"].append({"path": f"token cache build, num_proc={num_proc}", **r})
         r = stream(path, tok, 1024, args.windows)
         res["rows"].append({"path": "stream (data=hf_stream, local JSONL, 1 thread)", **r})

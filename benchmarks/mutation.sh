@@ -4,7 +4,7 @@
 # against the tests that cover it; a mutant the tests do not notice "survives".
 #   pip install -e ".[dev,mutation]" && bash benchmarks/mutation.sh [max_children] [sample]
 # sample: a fraction (e.g. 0.25) runs a seeded random sample of every module's mutants (mutation_sample.py); the
-# kill rates then carry a 95% interval. The full run (no sample) takes about 2 hours on 2 cores (3,025 mutants,
+# kill rates then carry a 95% interval. The full run (no sample) takes about 2 hours on 2 cores (3,016 mutants,
 # ~3 s each); re-running continues where an interrupted run stopped (mutmut keeps its state in mutants/).
 # Writes benchmarks/results/mutation.json and mutation.md (kill rate per module, survivors).
 set -euo pipefail

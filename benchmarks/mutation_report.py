@@ -5,7 +5,10 @@
 Writes benchmarks/results/mutation.json and mutation.md: per module, mutants killed / survived / other
 (timeout, suspicious, no tests), the kill rate killed / (killed + survived) with a 95% Wilson interval, and
 every survivor's name for `mutmut show <name>`. Mutants not run yet ("not checked") are left out and counted;
-with sample.txt (mutation_sample.py's list) only the sampled mutants count."""
+with sample.txt (mutation_sample.py's list) only the sampled mutants count. Survivors named in
+benchmarks/mutation_equivalent.txt (name, then the reason) are shown with their reason, and a second rate leaves
+them out: killed / (killed + survivors not named there). A named mutant that no longer survives is reported, so
+the list cannot go stale silently."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+EQUIVALENT = Path(__file__).resolve().parent / "mutation_equivalent.txt"
 LINE = re.compile(r"^\s*(?P<name>[\w.]+)__mutmut_\d+: (?P<status>.+?)\s*$")
 
 
@@ -48,34 +52,63 @@ def parse(text: str, only: set[str] | None = None) -> dict[str, Counter]:
     return per_module, survivors
 
 
-def row(name: str, c: Counter) -> dict:
+def read_equivalent(path: Path = EQUIVALENT) -> dict[str, str]:
+    """name -> reason, from lines "name  reason" ('#' starts a comment line)."""
+    if not path.exists():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, reason = line.strip().partition(" ")
+            out[name] = reason.strip()
+    return out
+
+
+def row(name: str, c: Counter, n_equivalent: int = 0) -> dict:
     killed, survived = c["killed"], c["survived"]
     lo, hi = wilson(killed, killed + survived)
-    return {"module": name, "killed": killed, "survived": survived, "not_checked": c["not checked"],
-            "other": sum(c.values()) - killed - survived - c["not checked"],
-            "kill_rate": killed / (killed + survived) if killed + survived else float("nan"), "ci95": [lo, hi]}
+    real = survived - n_equivalent
+    return {"module": name, "killed": killed, "survived": survived, "equivalent": n_equivalent,
+            "not_checked": c["not checked"], "other": sum(c.values()) - killed - survived - c["not checked"],
+            "kill_rate": killed / (killed + survived) if killed + survived else float("nan"), "ci95": [lo, hi],
+            "kill_rate_non_equivalent": killed / (killed + real) if killed + real else float("nan")}
+
+
+def _pct(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{100 * x:.1f}%"
 
 
 def cells(r: dict) -> str:
     rate = "n/a" if math.isnan(r["kill_rate"]) else \
         f"{100 * r['kill_rate']:.1f}% [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
-    return f"{r['killed']} | {r['survived']} | {r['other']} | {r['not_checked']} | {rate}"
+    return (f"{r['killed']} | {r['survived']} | {r['equivalent']} | {r['other']} | {r['not_checked']} | {rate} | "
+            f"{_pct(r['kill_rate_non_equivalent'])}")
 
 
-def main(path: str, sample: str | None = None) -> None:
+def main(path: str, sample: str | None = None, equivalent: Path = EQUIVALENT) -> None:
     only = set(Path(sample).read_text().split()) if sample else None
     per_module, survivors = parse(Path(path).read_text(), only)
-    rows = [row(module, c) for module, c in sorted(per_module.items())]
-    total = row("all", sum(per_module.values(), Counter()))
-    doc = {"modules": rows, "total": total, "sampled": sample is not None, "survivors": survivors}
+    named = read_equivalent(equivalent)
+    n_eq = {m: sum(1 for s in names if s in named) for m, names in survivors.items()}
+    rows = [row(module, c, n_eq.get(module, 0)) for module, c in sorted(per_module.items())]
+    total = row("all", sum(per_module.values(), Counter()), sum(n_eq.values()))
+    surviving = {s for names in survivors.values() for s in names}
+    stale = sorted(n for n in named if n not in surviving and (only is None or n in only))
+    doc = {"modules": rows, "total": total, "sampled": sample is not None, "survivors": survivors,
+           "equivalent": {s: named[s] for s in sorted(surviving) if s in named}, "named_but_killed": stale}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "mutation.json").write_text(json.dumps(doc, indent=2) + "\n")
-    lines = ["| module | killed | survived | other | not checked | kill rate [95% CI] |", "|---|---|---|---|---|---|"]
+    lines = ["| module | killed | survived | of which equivalent | other | not checked | kill rate [95% CI] | "
+             "kill rate, equivalent left out |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['module']} | {cells(r)} |" for r in rows]
     if total["killed"] + total["survived"]:
         lines.append(f"| **all** | {cells(total)} |")
-    lines += ["", "Survivors (`mutmut show <name>`):", ""]
-    lines += [f"- {name}" for names in survivors.values() for name in names]
+    lines += ["", "Survivors (`mutmut show <name>`), with the reason where benchmarks/mutation_equivalent.txt gives one:", ""]
+    lines += [f"- {name}" + (f": {named[name]}" if name in named else " (not explained)")
+              for names in survivors.values() for name in names]
+    if stale:
+        lines += ["", "Named in mutation_equivalent.txt but no longer surviving (remove them):", ""]
+        lines += [f"- {name}" for name in stale]
     (RESULTS / "mutation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[: len(rows) + 3]))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
@@ -87,7 +88,7 @@ def test_a_loadable_file_with_the_wrong_structure_gets_a_clear_error(tmp_path, c
 def test_an_unknown_model_config_field_is_a_checkpoint_error(tmp_path):
     meta = {"format": 1, "model_config": {"attention": {}, "n_wings": 2}, "tokenizer": "{}"}
     torch.save({"state_dict": {}, "momattn": meta}, tmp_path / "future.ckpt")
-    with pytest.raises(CheckpointError, match="n_wings"):
+    with pytest.raises(CheckpointError, match="checkpoint '.*future.ckpt' has a model config .*n_wings"):
         load_checkpoint(tmp_path / "future.ckpt")
 
 
@@ -198,3 +199,148 @@ def test_a_checkpoint_written_by_training_loads_safely(interrupted):
     assert tok.vocab_size == model.config.vocab_size and not model.training
     state = {k.removeprefix("model."): v for k, v in raw["state_dict"].items()}
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items() if k in state)
+
+
+# ---------------------------------------------------------------- the helpers, in-process
+# (mutation testing found these reached only through subprocesses or a shared fixture)
+
+
+def _small(tokenizer):
+    config = GPTConfig(block_size=16, vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2, n_embd=16)
+    torch.manual_seed(0)
+    return config, GPT(config)
+
+
+def _save(path, tokenizer, drop_meta=(), **extra):
+    config, model = _small(tokenizer)
+    meta = checkpoint_meta(config, tokenizer, {"seed": 7}, **extra)
+    for key in drop_meta:
+        del meta[key]
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "momattn": meta,
+                "global_step": 3}, path)
+    return model
+
+
+def test_checkpoint_meta_holds_what_evaluation_and_resume_read(tokenizer):
+    config, _ = _small(tokenizer)
+    meta = checkpoint_meta(config, tokenizer, {"seed": 7}, extra_key=1)
+    assert meta["format"] == 1 and meta["config"] == {"seed": 7} and meta["extra_key"] == 1
+    assert meta["model_config"]["n_embd"] == 16 and meta["tokenizer_name"] == tokenizer.name
+    assert meta["tokenizer"] == tokenizer.to_json()
+
+
+def test_load_checkpoint_round_trip_and_an_old_file_without_a_tokenizer_name(tmp_path, tokenizer):
+    model = _save(tmp_path / "a.ckpt", tokenizer)
+    loaded, tok = load_checkpoint(tmp_path / "a.ckpt")
+    assert tok.name == tokenizer.name and all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    _save(tmp_path / "old.ckpt", tokenizer, drop_meta=("tokenizer_name",))
+    assert load_checkpoint(tmp_path / "old.ckpt")[1].name == "tokenizer"
+
+
+def test_load_state_into_accepts_a_state_without_the_tied_head_and_names_what_is_missing(tokenizer):
+    from momattn.checkpoint import load_state_into
+
+    _, model = _small(tokenizer)
+    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied to wte
+    load_state_into(GPT(model.config), state, "x.ckpt")
+    state.pop("ln_f.weight")
+    with pytest.raises(CheckpointError, match=r"checkpoint 'x.ckpt' does not fit this model: missing \['ln_f.weight'\]"):
+        load_state_into(GPT(model.config), state, "x.ckpt")
+
+
+def test_first_line_of_an_error():
+    from momattn.checkpoint import _first_line
+
+    assert _first_line(ValueError("boom")) == "ValueError: boom"
+    assert _first_line(RuntimeError("\n  first\nsecond")) == "RuntimeError: first"
+    assert _first_line(OSError()) == "OSError: "
+    assert _first_line("no zip index") == "no zip index"
+
+
+def test_unpickling_errors_name_the_file(tmp_path, monkeypatch):
+    from momattn import checkpoint
+
+    _evil(tmp_path / "evil.ckpt", tmp_path / "ran")
+    # the opcode scan found nothing to name: the loader's own first line says what was refused
+    monkeypatch.setattr(checkpoint, "_refused_globals", lambda p: [])
+    with pytest.raises(CheckpointError, match=r"evil.ckpt' contains code .* \(UnpicklingError: Weights only load failed"):
+        read_checkpoint(tmp_path / "evil.ckpt")
+
+    def other(*a, **k):  # an unpickling error that is not a refusal: a damaged file
+        raise __import__("pickle").UnpicklingError("invalid load key, 'x'.")
+
+    monkeypatch.setattr(torch, "load", other)
+    with pytest.raises(CheckpointError, match=r"^checkpoint '.*evil.ckpt' cannot be read \(UnpicklingError: invalid load "
+                                              r"key, 'x'.\); it is truncated or not a PyTorch checkpoint. Use another"):
+        read_checkpoint(tmp_path / "evil.ckpt")
+    assert not (tmp_path / "ran").exists()
+
+
+OPTIMIZER_0 = {"state": {"0": {"step": torch.tensor(5.0)}}, "param_groups": [{"lr": 0.1, "params": ["0"]}]}
+
+
+def _sharded_folder(tmp_path, tokenizer, model):
+    """What trainer=fsdp writes (momattn.strategies.ShardedFSDP): shards + .metadata by torch.distributed.checkpoint
+    (here from one process), and meta.pt beside them."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    from momattn.checkpoint import SHARDED_META
+
+    folder = tmp_path / "last.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "torch.distributed is disabled ... single process"
+        dcp.save({"model": {f"model.{k}": v for k, v in model.state_dict().items()}, "optimizer_0": OPTIMIZER_0},
+                 checkpoint_id=folder, no_dist=True)
+    torch.save({"momattn": checkpoint_meta(model.config, tokenizer, {"seed": 7}), "global_step": 5},
+               folder / SHARDED_META)
+    return folder
+
+
+def test_a_sharded_folder_reads_like_a_single_file(tmp_path, tokenizer):
+    from momattn.checkpoint import read_meta
+
+    config, model = _small(tokenizer)
+    folder = _sharded_folder(tmp_path, tokenizer, model)
+    ckpt = read_checkpoint(folder)
+    assert ckpt["global_step"] == 5 and ckpt["momattn"]["config"] == {"seed": 7}
+    assert ckpt["optimizer_states"] == [OPTIMIZER_0]  # its hyper-parameters came through the weights-only loader
+    assert all(torch.equal(ckpt["state_dict"][f"model.{k}"], v) for k, v in model.state_dict().items())
+    assert read_meta(folder)["global_step"] == 5 and "state_dict" not in read_meta(folder)
+    loaded, _ = load_checkpoint(folder)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_ckpt_path_last_prefers_the_run_folders_own(tmp_path):
+    from momattn.checkpoint import newest_last_checkpoint, resolve_ckpt_path
+
+    own = tmp_path / "outputs" / "run" / "checkpoints" / "last.ckpt"
+    other = tmp_path / "multirun" / "sweep" / "0" / "checkpoints" / "last.ckpt"
+    for p in (own, other):
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"x")
+    os.utime(own, (1, 1))  # the other one is newer
+    assert resolve_ckpt_path("last", own.parents[1], tmp_path) == own
+    assert resolve_ckpt_path("last", tmp_path / "new", tmp_path) == other  # a fresh folder: the newest
+    os.utime(own, None)  # now outputs/ holds the newest
+    assert newest_last_checkpoint(tmp_path) == own
+    assert resolve_ckpt_path(None, own.parents[1], tmp_path) is None
+    assert resolve_ckpt_path("~/x.ckpt", own.parents[1], tmp_path) == Path("~/x.ckpt").expanduser()
+    with pytest.raises(CheckpointError, match="ckpt_path=last: no last.ckpt"):
+        resolve_ckpt_path("last", tmp_path / "new", tmp_path / "empty")
+
+
+def test_a_sharded_folder_with_code_or_damage_in_its_index_is_refused(tmp_path, tokenizer):
+    import pickle
+
+    _, model = _small(tokenizer)
+    folder = _sharded_folder(tmp_path, tokenizer, model)
+    with open(folder / ".metadata", "wb") as f:
+        pickle.dump(_RunsShell(f"touch {tmp_path / 'ran'}"), f)
+    with pytest.raises(CheckpointError, match=r"last.ckpt' contains code or objects a safe load refuses \(posix.system"):
+        read_checkpoint(folder)
+    assert not (tmp_path / "ran").exists()
+    (folder / ".metadata").write_bytes(b"not a pickle")
+    with pytest.raises(CheckpointError, match=r"last.ckpt' cannot be read \(.*\); it is truncated"):
+        read_checkpoint(folder)

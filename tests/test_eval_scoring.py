@@ -107,3 +107,16 @@ def test_icl_runs_score_like_full_prompts(kind):
         naive = score_naive(model, prompt, e.answers)
         assert rec["k_used"] == 3
         assert rec["logprob_sum"] == pytest.approx([s for s, _ in naive], abs=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["vanilla", "momentum", "multirate_ema"])
+def test_batches_of_the_shortest_sequences_score_like_full_prompts(kind):
+    # a batch of empty contexts with one-token answers needs no forward pass (only the prefix's last logits); a
+    # batch of one-token contexts needs one position each
+    model = tiny_gpt(kind, vocab=60).double()
+    prefix = [3, 4, 5]
+    for rows in ([([], [20]), ([], [21])], [([7], [20]), ([8], [21]), ([9], [22])]):
+        got = PrefixScorer(model, prefix).score(rows)
+        for (q, a), (s, n) in zip(rows, got):
+            ref, ref_n = score_naive(model, prefix + q, [a])[0]
+            assert n == ref_n == 1 and s == pytest.approx(ref, abs=1e-10)

@@ -148,3 +148,77 @@ def test_learnable_eta_stays_in_range_and_gets_gradients():
     attn = model.blocks[0].attn
     assert attn.eta_logit.grad is not None and torch.isfinite(attn.eta_logit.grad).all()
     assert torch.allclose(attn.eta, torch.full((2,), 0.5))
+
+
+# ---------------------------------------------------------------- construction details a parity test cannot see
+# (mutation testing found these unguarded)
+
+
+def test_dropout_of_one_is_refused():
+    with pytest.raises(ConfigError, match=r"model.dropout=1.0 must lie in \[0, 1\)"):
+        GPTConfig(dropout=1.0)
+    GPTConfig(dropout=0.99)
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rotary"])
+def test_the_position_encoding_is_built_and_used(pos_emb):
+    # without a position signal, attention is a set operation: the last position's output would not change when
+    # the tokens before it are reordered
+    model = tiny_gpt("vanilla", pos_emb=pos_emb)
+    assert (model.wpe is not None) == (pos_emb == "learned")
+    assert all((b.attn.rotary is not None) == (pos_emb == "rotary") for b in model.blocks)
+    a, b = model(torch.tensor([[3, 7, 11, 5]]))[0, -1], model(torch.tensor([[11, 3, 7, 5]]))[0, -1]  # (V,)
+    assert not torch.allclose(a, b, atol=1e-4)
+
+
+def test_rotary_keeps_the_input_dtype():
+    from momattn.model import Rotary
+
+    rot = Rotary(8, 16)
+    x = torch.randn(2, 3, 5, 8)
+    for dtype in (torch.bfloat16, torch.float64):
+        y = rot(x.to(dtype), start=2)
+        assert y.dtype == dtype
+        assert torch.allclose(y.double(), rot(x.double(), start=2), atol=0.05)
+
+
+def test_bias_false_leaves_no_bias_anywhere():
+    model = GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=2, n_head=2, n_embd=8, bias=False))
+    assert [n for n, _ in model.named_parameters() if n.endswith("bias")] == []
+    with_bias = GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=2, n_head=2, n_embd=8))
+    names = {n.split(".", 2)[-1] for n, _ in with_bias.named_parameters() if n.endswith("bias")}
+    assert {"ln_1.bias", "ln_2.bias", "attn.c_attn.bias", "attn.c_proj.bias", "mlp.c_fc.bias", "mlp.c_proj.bias"} <= names
+
+
+def test_dropout_is_off_in_eval_mode():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=32, n_layer=2, n_head=2, n_embd=16, dropout=0.5)).eval()
+    idx = torch.randint(0, 32, (2, 10))
+    assert torch.equal(model(idx), model(idx))
+    model.train()
+    assert not torch.equal(model(idx), model(idx))
+
+
+def test_initialisation_scale():
+    torch.manual_seed(0)
+    cfg = GPTConfig(block_size=64, vocab_size=512, n_layer=4, n_head=4, n_embd=128)
+    model = GPT(cfg)
+    for name, p in model.named_parameters():
+        if name.endswith("c_proj.weight"):  # GPT-2: residual projections scaled by 1/sqrt(2 n_layer)
+            assert p.std().item() == pytest.approx(0.02 / math.sqrt(2 * cfg.n_layer), rel=0.1), name
+        elif name.endswith(("c_attn.weight", "c_fc.weight", "wte.weight", "wpe.weight")):
+            assert p.std().item() == pytest.approx(0.02, rel=0.1), name
+        elif name.endswith("bias"):
+            assert not p.any(), name
+
+
+@pytest.mark.parametrize("pos_emb", ["learned", "rotary"])
+def test_num_params_and_flops_per_token(pos_emb):
+    model = tiny_gpt("vanilla", pos_emb=pos_emb, block_size=64)
+    total = sum(p.numel() for p in model.parameters())  # lm_head is tied to wte: counted once
+    wpe = 64 * 16 if pos_emb == "learned" else 0
+    assert model.num_params(non_embedding=False) == total
+    assert model.num_params() == total - wpe
+    c = model.config
+    assert model.flops_per_token() == 6 * (total - wpe) + 12 * c.n_layer * c.n_embd * 64  # PaLM appendix B
+    assert model.flops_per_token(T=8) == 6 * (total - wpe) + 12 * c.n_layer * c.n_embd * 8

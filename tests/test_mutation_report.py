@@ -43,3 +43,23 @@ def test_the_sample_is_seeded_and_takes_the_same_fraction_of_every_module():
     assert s == mutation_sample.sample(names, 0.2, seed=3) != mutation_sample.sample(names, 0.2, seed=4)
     assert sum(n.startswith("m.a.") for n in s) == 20 and sum(n.startswith("m.b.") for n in s) == 2
     assert len(set(s)) == 22
+
+
+def test_named_equivalent_survivors_carry_their_reason_and_a_second_rate_leaves_them_out(tmp_path, monkeypatch):
+    monkeypatch.setattr(mutation_report, "RESULTS", tmp_path / "results")
+    raw = tmp_path / "raw.txt"
+    raw.write_text("\n".join([f"    momattn.ops.x_a__mutmut_{i}: killed" for i in range(1, 9)] +
+                             ["    momattn.ops.x_a__mutmut_9: survived", "    momattn.ops.x_a__mutmut_10: survived"]))
+    eq = tmp_path / "eq.txt"
+    eq.write_text("# comment\nmomattn.ops.x_a__mutmut_9  device: built on the CPU\n"
+                  "momattn.ops.x_a__mutmut_3  equivalent: but it was killed\n")
+    mutation_report.main(str(raw), equivalent=eq)
+    doc = __import__("json").loads((tmp_path / "results" / "mutation.json").read_text())
+    t = doc["total"]
+    assert (t["killed"], t["survived"], t["equivalent"]) == (8, 2, 1)
+    assert t["kill_rate"] == 0.8 and t["kill_rate_non_equivalent"] == 8 / 9
+    assert doc["equivalent"] == {"momattn.ops.x_a__mutmut_9": "device: built on the CPU"}
+    assert doc["named_but_killed"] == ["momattn.ops.x_a__mutmut_3"]  # a stale entry is reported
+    md = (tmp_path / "results" / "mutation.md").read_text()
+    assert "- momattn.ops.x_a__mutmut_9: device: built on the CPU" in md
+    assert "- momattn.ops.x_a__mutmut_10 (not explained)" in md

@@ -667,3 +667,74 @@ def test_cuda_matches_cpu():
         out = mom(v.cuda(), eta.cuda())
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.cpu(), mom(v, eta), rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- what the parity tests do not reach
+# (mutation testing found these unguarded: messages, dtypes at T <= 1, the rate check on short inputs)
+
+
+def test_fmt_shows_at_most_eight_values():
+    from momattn.ops import _fmt
+
+    assert _fmt(torch.tensor(0.25)) == "0.25"
+    assert _fmt(torch.arange(8.0)) == "[0, 1, 2, 3, 4, 5, 6, 7]"
+    assert _fmt(torch.arange(10.0)) == "[0, 1, 2, 3, 4, 5, 6, 7, ...]"
+
+
+def test_errors_name_the_function_and_the_bad_values():
+    v = torch.zeros(1, 2, 4, 3)
+    with pytest.raises(ValueError, match=r"^momentum_ema: chunk_size must be an int >= 2, got 1$"):
+        momentum_ema(v, 0.5, chunk_size=1)
+    with pytest.raises(ValueError, match=r"^momentum_ema: eta must lie in \[0, 1\), got \[0.5, 1.5\]$"):
+        momentum_ema(v, torch.tensor([0.5, 1.5]))
+    x = torch.zeros(1, 4, 4)  # (B, T, C); p: (C, R) = 8 rates, all shown
+    p = torch.full((4, 2), 0.5)
+    p[3, 1] = 1.0
+    with pytest.raises(ValueError, match=r"^multirate_ema: p must lie in \[0, 1\), got \[0.5, 0.5, 0.5, 0.5, 0.5, 0.5, "
+                                         r"0.5, 1\]$"):
+        multirate_ema(x, p, torch.ones(4, 2))
+    p = torch.full((5, 2), 0.5)  # 10 rates: a count and the first bad one
+    p[3, 0], p[4, 1] = 1.0, 2.0
+    with pytest.raises(ValueError, match=r"^multirate_ema: p must lie in \[0, 1\), got 2 values outside it, e\.g\. 1$"):
+        multirate_ema(torch.zeros(1, 4, 5), p, torch.ones(5, 2))
+    with pytest.raises(ValueError, match=r"p must be a \(C, R\) tensor with C=4 .* got shape list$"):
+        multirate_ema(x, [[0.5, 0.5]] * 4, torch.ones(4, 2))
+    with pytest.raises(ValueError, match=r"gamma must have p's shape \(4, 2\), got shape list$"):
+        multirate_ema(x, torch.full((4, 2), 0.5), [[1.0, 1.0]] * 4)
+
+
+def test_rates_are_checked_whenever_the_input_is_not_a_single_decoding_step():
+    p, gamma = torch.full((3, 2), 0.5), torch.ones(3, 2)
+    p[0, 0] = 1.5
+    state = torch.zeros(1, 3, 2)
+    for T in (2, 5):  # a cached state does not exempt a multi-token call
+        with pytest.raises(ValueError, match="p must lie in"):
+            multirate_ema(torch.zeros(1, T, 3), p, gamma, initial_state=state)
+    multirate_ema(torch.zeros(1, 1, 3), p, gamma, initial_state=state)  # one decoding step: checked at prefill
+
+
+@pytest.mark.parametrize("T", [0, 1, 5])
+def test_final_states_stay_in_the_accumulation_dtype_at_every_length(T):
+    v = torch.randn(2, 3, T, 4).to(torch.bfloat16)  # (B, H, T, D)
+    y, s = momentum_ema(v, 0.5, output_final_state=True)
+    assert y.dtype == torch.bfloat16 and y.shape == v.shape
+    assert s.dtype == torch.float32 and s.shape == (2, 3, 4)
+    x = torch.randn(2, T, 4).to(torch.bfloat16)  # (B, T, C)
+    y, s = multirate_ema(x, torch.full((4, 2), 0.5), torch.ones(4, 2), output_final_state=True)
+    assert y.dtype == torch.bfloat16 and s.dtype == torch.float32 and s.shape == (2, 4, 2)
+
+
+@pytest.mark.parametrize("T", [0, 1, 5])
+def test_no_final_state_unless_asked(T):
+    assert momentum_ema(torch.randn(1, 2, T, 3), 0.5)[1] is None
+    assert multirate_ema(torch.randn(1, T, 3), torch.full((3, 2), 0.5), torch.ones(3, 2))[1] is None
+
+
+def test_is_compiling_follows_torch_compiler(monkeypatch):
+    from momattn import ops
+
+    assert ops._is_compiling() is False
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert ops._is_compiling() is True
+    monkeypatch.delattr(torch.compiler, "is_compiling")  # a torch without it (pyproject allows >= 2.2)
+    assert ops._is_compiling() is False

@@ -103,3 +103,127 @@ def test_a_resume_restores_every_rng_stream_the_checkpoint_saved():
     resumed.on_load_checkpoint(saved)
     resumed.on_train_start()  # after Lightning's own restore steps, right before the next batch
     assert (torch.rand(3).tolist(), random.random(), np.random.rand()) == expected
+
+
+def test_optim_config_bounds():
+    from momattn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"need lr > 0 \(got 0"):
+        OptimConfig(lr=0.0)
+    OptimConfig(warmup_steps=0)  # no warm-up is allowed
+    with pytest.raises(ConfigError, match=r"warmup_steps >= 0 \(got -1\)"):
+        OptimConfig(warmup_steps=-1)
+
+
+def test_the_optimizer_takes_betas_eps_and_lr_from_the_config():
+    lit = _lit(AttentionConfig(), OptimConfig(lr=1e-3, betas=(0.8, 0.91), eps=1e-6, warmup_steps=10))
+    for g in lit.configure_optimizers()["optimizer"].param_groups:
+        assert g["betas"] == (0.8, 0.91) and g["eps"] == 1e-6 and g["lr"] == pytest.approx(1e-3 / 11)  # warm-up 10
+
+
+# ---------------------------------------------------------------- LitGPT's steps and logs, without a Trainer
+
+
+class _FakeTrainer:
+    def __init__(self, world_size=1, optimizer=None, loggers=()):
+        self.world_size, self.global_rank, self.global_step, self.is_global_zero = world_size, 0, 0, True
+        self.optimizers, self.loggers = [optimizer] if optimizer else [], list(loggers)
+
+
+def _logging_lit(monkeypatch, world_size=1, loggers=(), **optim):
+    lit = _lit(AttentionConfig(), OptimConfig(**optim))
+    opt = lit.configure_optimizers()["optimizer"]
+    lit.trainer = _FakeTrainer(world_size, opt, loggers)
+    logged = {}
+    monkeypatch.setattr(lit, "log", lambda name, value, **kw: logged.__setitem__(name, (value, kw)))
+    monkeypatch.setattr(lit, "print", lambda *a, **k: None)
+    return lit, opt, logged
+
+
+def _batch(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 64, (n, 17), generator=g)
+    return x[:, :-1], x[:, 1:]
+
+
+def test_training_step_returns_the_loss_and_logs_it_with_the_lr(monkeypatch):
+    lit, opt, logged = _logging_lit(monkeypatch)
+    batch = _batch(3)
+    loss = lit.training_step(batch, 0)
+    x, y = batch
+    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(lit.model(x).flatten(0, 1), y.flatten()).item())
+    assert logged["train/loss"][0] is loss and logged["train/loss"][1] == {"prog_bar": True}
+    assert logged["train/lr"][0] == opt.param_groups[0]["lr"]
+
+
+def test_a_non_finite_loss_is_skipped_and_counted_or_stops_training(monkeypatch):
+    from momattn.errors import NonFiniteLossError
+
+    lit, _, logged = _logging_lit(monkeypatch, on_nonfinite="skip")
+    with torch.no_grad():
+        lit.model.lm_head.weight[0, 0] = float("nan")
+    assert lit.training_step(_batch(2), 0) is None
+    assert logged == {"train/skipped_nonfinite": (1.0, {"reduce_fx": "sum"})}
+    lit.optim = OptimConfig(on_nonfinite="stop")
+    with pytest.raises(NonFiniteLossError, match="the training loss became nan at step 0"):
+        lit.training_step(_batch(2), 0)
+
+
+def test_validation_loss_is_the_mean_over_sequences_of_all_batches(monkeypatch):
+    lit, _, logged = _logging_lit(monkeypatch)
+    lit.on_validation_epoch_end()  # no batches: nothing to log
+    assert logged == {}
+    batches = [_batch(1, 1), _batch(3, 2)]
+    for i, b in enumerate(batches):
+        lit.validation_step(b, i)
+    lit.on_validation_epoch_end()
+    losses = [lit._loss(b).item() for b in batches]
+    mean = (losses[0] * 1 + losses[1] * 3) / 4
+    assert logged["val/loss"][0] == pytest.approx(mean, rel=1e-6)
+    assert logged["val/ppl"][0] == pytest.approx(math.exp(mean), rel=1e-6)
+    assert logged["val/loss"][1]["rank_zero_only"] and logged["val/ppl"][1]["rank_zero_only"]
+    logged.clear()
+    lit.validation_step(_batch(1, 1), 0)  # a new epoch starts from zero, and one sequence is enough
+    lit.on_validation_epoch_end()
+    assert logged["val/loss"][0] == pytest.approx(losses[0], rel=1e-6)
+
+
+def test_validation_loss_adds_up_every_process(monkeypatch):
+    lit, _, logged = _logging_lit(monkeypatch, world_size=2)
+    other = torch.tensor([6.0, 2.0], dtype=torch.float64)  # the other process: 2 sequences of mean loss 3
+    monkeypatch.setattr(lit, "all_gather", lambda t: torch.stack([t, other]))
+    b = _batch(2, 3)
+    lit.validation_step(b, 0)
+    lit.on_validation_epoch_end()
+    assert logged["val/loss"][0] == pytest.approx((lit._loss(b).item() * 2 + 6.0) / 4, rel=1e-6)
+
+
+def test_checkpoints_carry_the_wandb_run_id_and_the_rng(monkeypatch, tmp_path):
+    from lightning.pytorch.loggers import WandbLogger
+
+    wandb = WandbLogger(offline=True, id="run123", save_dir=str(tmp_path))
+    lit, _, _ = _logging_lit(monkeypatch, loggers=[wandb])
+    ckpt = {}
+    lit.on_save_checkpoint(ckpt)
+    assert ckpt["momattn"]["wandb_run_id"] == "run123" and set(ckpt["momattn"]["rng"]) >= {"python", "numpy", "torch"}
+
+
+def test_the_rng_is_restored_once_at_train_start(monkeypatch):
+    from momattn.lit import rng_state
+
+    lit, _, _ = _logging_lit(monkeypatch)
+    torch.manual_seed(5)
+    lit.on_load_checkpoint({"momattn": {"rng": rng_state()}})
+    expected = torch.rand(3)
+    lit.on_train_start()
+    assert torch.equal(torch.rand(3), expected)
+    assert lit._rng_to_restore is None
+    state = torch.get_rng_state()
+    lit.on_train_start()  # a later start (another fit) leaves the RNG alone
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_lit_forward_is_the_models():
+    lit = _lit(AttentionConfig(kind="momentum"))
+    x = _batch(2)[0]
+    assert torch.equal(lit(x), lit.model(x))

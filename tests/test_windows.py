@@ -38,3 +38,59 @@ def test_targets_follow_the_stream_not_the_arithmetic():
         assert torch.equal(x, torch.from_numpy(tokens[s : s + 16].astype(np.int64)))
         assert torch.equal(y, torch.from_numpy(tokens[s + 1 : s + 17].astype(np.int64)))
         assert torch.equal(y[:-1], x[1:])
+
+
+# ---------------------------------------------------------------- the sampler and the loaders, directly
+
+
+def test_stream_sampler_takes_every_world_th_sample_from_start_plus_rank():
+    from momattn.data.datamodule import StreamSampler
+
+    s = StreamSampler(start=10, total=20, rank=1, world=2)
+    assert len(s) == 5 and list(s) == [11, 13, 15, 17, 19]
+    assert list(StreamSampler(start=10, total=20, rank=0, world=2)) == [10, 12, 14, 16, 18]
+    assert list(StreamSampler(start=4, total=7)) == [4, 5, 6]
+
+
+class _Trainer:
+    def __init__(self, world_size=1, global_rank=0):
+        self.world_size, self.global_rank, self.global_step = world_size, global_rank, 0
+
+
+def _dm(n_val_windows, batch_size=4, val_batches=3, block_size=8, train=None):
+    from momattn.data.datamodule import TokenDataModule
+
+    val = np.arange(n_val_windows * block_size + 1, dtype=np.uint16)
+    train = np.arange(200, dtype=np.uint16) if train is None else train
+    return TokenDataModule(train, val, block_size, batch_size, max_steps=10, accumulate=1,
+                           val_batches=val_batches, seed=0)
+
+
+@pytest.mark.parametrize("n_val,world,rank,expected", [
+    (14, 1, 0, list(range(12))),  # capped at val_batches * batch_size
+    (10, 1, 0, list(range(8))),   # whole batches only
+    (3, 1, 0, [0, 1, 2]),         # fewer windows than one batch: all of them
+    (14, 2, 1, [1, 3, 5, 7]),     # 2 processes: 8 windows (whole global batches), every other one
+])
+def test_validation_reads_whole_batches_of_the_first_windows_in_order(n_val, world, rank, expected):
+    dm = _dm(n_val, val_batches=3 if world == 1 else 1)
+    dm.trainer = _Trainer(world, rank)
+    loader = dm.val_dataloader()
+    assert list(loader.sampler) == expected
+    assert [dm.val_set.window(i) for i in range(n_val)] == list(range(n_val))  # never shuffled
+    first = next(iter(loader))[0][0]
+    assert first[0].item() == expected[0] * 8  # window i starts at token i * block_size
+
+
+def test_a_split_shorter_than_one_window_is_refused_and_named():
+    from momattn.errors import DataError
+
+    with pytest.raises(DataError, match=r"the train split has 8 tokens, fewer than one training window"):
+        _dm(3, train=np.arange(8, dtype=np.uint16))
+    _dm(3, train=np.arange(9, dtype=np.uint16))  # block_size + 1 tokens: one window
+
+
+def test_a_dataset_of_windows_is_taken_as_is():
+    windows = TokenWindows(np.arange(30, dtype=np.uint16), 8, 0, shuffle=False)  # 3 windows, fewer than 9 items
+    dm = _dm(3, train=windows)
+    assert dm.train_set is windows

@@ -232,3 +232,86 @@ def test_token_ids_equal_tokenized_documents(corpus):
     ref = [i for doc in corpus.documents("val") for i in tok.encode(doc) + [tok.eot_id]]
     ids = corpus.token_ids("val")
     assert ids.dtype == np.uint16 and ids.tolist() == ref
+
+
+# ---------------------------------------------------------------- the Bayes-optimal reader (the ceiling by k)
+
+
+def _brute_force_prob(c: GincCorpus, concept: int, start: int, seq: list[int]) -> float:
+    """P(seq | concept, start) by summing over every hidden path (entity uniform at property `start`)."""
+    h, n_prop = c.hmms, c.n_properties
+    trans, emit = h.transition(concept), h.memory.reshape(-1)
+    total = 0.0
+    for path in itertools.product(range(len(emit)), repeat=len(seq)):
+        if path[0] % n_prop != start or any(emit[s] != xs for s, xs in zip(path, seq)):
+            continue
+        weight = 1 / c.n_entities
+        for a, b in zip(path, path[1:]):
+            weight *= trans[a, b]
+        total += weight
+    return total
+
+
+def test_sequence_logprob_matches_brute_force_and_sums_to_one():
+    c = GincCorpus(**TINY)
+    seqs = np.array(list(itertools.product(range(c.n_symbols), repeat=3)))  # every sequence of 3 symbols
+    for concept, start in [(0, 1), (1, 3), (3, 2)]:
+        p = np.exp(c.sequence_logprob(concept, start, seqs))
+        assert p.sum() == pytest.approx(1.0)
+        for i in (0, 7, 100, 215):
+            assert p[i] == pytest.approx(_brute_force_prob(c, concept, start, seqs[i].tolist()), abs=1e-12)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_bayes_reader_matches_brute_force_posterior(k):
+    c = GincCorpus(**TINY)
+    prompts = c.prompts(3, k=k, n=6, seed=5)
+    got = c.bayes_probs(prompts)
+    for p, row in zip(prompts, got):
+        sym = list(p.symbols)
+        demos = [sym[i * 4 : i * 4 + 3] for i in range(k)]  # examples of 3 symbols, each followed by "/"
+        x = sym[4 * k :]
+        ref = np.zeros(c.n_symbols)
+        for concept in range(c.n_train_concepts):
+            for start in range(1, c.n_properties):
+                w = np.prod([_brute_force_prob(c, concept, start, d) for d in demos + [x]])
+                if w > 0:
+                    nxt = _brute_force_next(c, concept, start, x)
+                    ref += w * nxt / nxt.sum()
+        assert row.sum() == pytest.approx(1.0) and np.allclose(row, ref / ref.sum(), atol=1e-9)
+
+
+def test_the_bayes_reader_gains_from_examples(corpus):
+    def acc(k):
+        prompts = corpus.prompts(5, k=k, n=100, seed=1)
+        return np.mean(corpus.bayes_probs(prompts).argmax(1) == [p.label for p in prompts])
+
+    assert acc(0) < acc(8) and acc(8) >= 0.95  # the concept is pinned down by a few examples
+    with pytest.raises(ValueError, match="share k and example length"):
+        corpus.bayes_probs(corpus.prompts(5, k=1, n=2) + corpus.prompts(5, k=2, n=2))
+
+
+def test_the_bayes_reader_of_an_impossible_prompt_mixes_uniformly(corpus):
+    p = corpus.prompts(5, k=1, n=1)[0]
+    # an example opens at a start property in 1..P-1, which never emits the delimiter: no pair can produce this
+    bad = type(p)(p.text, (0,) + p.symbols[1:], p.label, p.concept, p.k, p.example_len, p.start_property)
+    row = corpus.bayes_probs([bad])[0]
+    assert np.isfinite(row).all() and row.sum() == pytest.approx(1.0)
+
+
+def test_ginc_bayes_benchmark_writes_its_table(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import ginc_bayes
+
+    doc = ginc_bayes.main(["--prompts", "20", "--tasks", "ginc_l3,ginc_l8", "--shots", "0,4,40", "--context", "64",
+                           "--out", str(tmp_path), "n_symbols=6", "n_entities=3", "n_properties=4", "n_concepts=4",
+                           "n_train_concepts=2"])
+    acc = doc["accuracy"]
+    assert acc["ginc_l8"]["40"] is None  # 40 examples of 8 do not fit 64 tokens
+    assert 0.0 <= acc["ginc_l3"]["0"] <= acc["ginc_l3"]["4"] <= 1.0 and doc["world"]["n_symbols"] == 6
+    assert "| ginc_l8 |" in (tmp_path / "ginc_bayes.md").read_text()
+    with pytest.raises(SystemExit, match="not field=value with a GincCorpus field"):
+        ginc_bayes.main(["--out", str(tmp_path), "n_wings=2"])

@@ -303,6 +303,60 @@ class GincCorpus:
         onehot = h.memory.reshape(-1)[:, None] == np.arange(self.n_symbols)  # (E*P, V)
         return alpha.reshape(len(x), -1) @ onehot
 
+    def sequence_logprob(self, concept: int, start: int, seqs: np.ndarray) -> np.ndarray:
+        """(N,) log P(seq | concept, start) of symbol sequences (N, L) drawn as a prompt's examples are: entity
+        uniform, property `start`, then L - 1 transitions of the concept's HMM (the forward algorithm; -inf where
+        the concept cannot emit the sequence)."""
+        h = self.hmms
+        n, length = seqs.shape
+        alpha = np.zeros((n, self.n_entities, self.n_properties))
+        alpha[:, :, start] = 1.0 / self.n_entities
+        logp = np.zeros(n)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for t in range(length):
+                if t:  # one step of kron(entity, property): entity chain on the left, property chain on the right
+                    alpha = np.matmul(h.entity.T[None], np.matmul(alpha, h.property[concept][None]))
+                alpha = alpha * (h.memory[None] == seqs[:, t, None, None])  # (N, E, P) emission of symbol t
+                z = alpha.sum(axis=(1, 2))
+                logp += np.log(z)
+                alpha = np.nan_to_num(alpha / z[:, None, None])
+        return logp
+
+    def bayes_probs(self, prompts: list[GincPrompt]) -> np.ndarray:
+        """(N, V) next-symbol distribution of the Bayes-optimal reader of each prompt, who knows how GINC prompts
+        are made but not their concept or start property: a uniform prior over (pretraining concept, start property
+        1..P-1), updated by every example and the test input, then mixing each pair's prediction (where no pair
+        can produce the prompt, as for some OOD prompts: the pairs that can produce its test input, equally). Its accuracy is
+        the ceiling a model pretrained on this corpus can reach at that k (Xie et al. 2022, Section 3). The
+        prompts of one call share k and example length."""
+        if not prompts:
+            return np.zeros((0, self.n_symbols))
+        k, length = prompts[0].k, prompts[0].example_len
+        if any(p.k != k or p.example_len != length for p in prompts):
+            raise ValueError("bayes_probs: the prompts of one call must share k and example length")
+        n = len(prompts)
+        sym = np.array([p.symbols for p in prompts])  # (N, (l + 1) k + l - 1)
+        demos = sym[:, : (length + 1) * k].reshape(n * k, length + 1)[:, :length]  # the examples, "/" dropped
+        x = sym[:, (length + 1) * k:]  # (N, l - 1) the test inputs
+        pairs = [(c, s) for c in range(self.n_train_concepts) for s in range(1, self.n_properties)]
+        logpost = np.empty((n, len(pairs)))
+        preds = np.empty((n, len(pairs), self.n_symbols))
+        for j, (c, s) in enumerate(pairs):
+            logpost[:, j] = self.sequence_logprob(c, s, x)
+            if k:
+                logpost[:, j] += self.sequence_logprob(c, s, demos).reshape(n, k).sum(axis=1)
+            with np.errstate(invalid="ignore"):  # a pair that cannot emit x: 0/0, and its weight is 0
+                preds[:, j] = np.nan_to_num(self.next_symbol_probs(np.full(n, c), np.full(n, s), x))
+        # a prompt that no pretraining pair can produce (an OOD prompt may be one): the pairs that can produce
+        # its test input, equally weighted; none either: every symbol equally likely
+        stuck = np.isneginf(logpost.max(axis=1))
+        logpost[stuck] = np.where(preds[stuck].sum(axis=2) > 0, 0.0, -np.inf)
+        out = np.full((n, self.n_symbols), 1.0 / self.n_symbols)
+        ok = ~np.isneginf(logpost.max(axis=1))
+        w = np.exp(logpost[ok] - logpost[ok].max(axis=1, keepdims=True))  # (N_ok, pairs) posterior, unnormalised
+        out[ok] = np.einsum("nj,njv->nv", w / w.sum(axis=1, keepdims=True), preds[ok])
+        return out
+
     def prompts(self, example_len: int, k: int, n: int, ood: bool = False, seed: int = 0) -> list[GincPrompt]:
         """n prompts of k examples (Xie et al. 2022): each prompt draws a concept (a pretraining one, or a held-out
         one when ood) and a start property in 1..P-1 shared by its k + 1 examples; each example is example_len

@@ -1,0 +1,129 @@
+"""Framework overhead: train.py's training tokens/s against a bare PyTorch loop over the same model, optimizer and
+data loader.
+
+    python benchmarks/bench_framework.py [--recipe text|ginc] [--steps 120] [--repeats 3] [--attention vanilla]
+
+Each repeat runs `python train.py recipe=<recipe> trainer.max_steps=<steps>` (no end-of-run evaluation; one
+validation pass and one checkpoint, after the last step) and then, in this process, a bare loop: the GPT built
+from that run's checkpoint config with the same seed, LitGPT.configure_optimizers' AdamW groups and lr schedule,
+gradient clipping, and a DataLoader over TokenWindows with the StreamSampler train.py uses (random tokens of the
+same vocabulary: the loader's cost does not depend on their values); forward, fp32 cross-entropy, backward,
+clip, step, schedule, zero_grad, loss.item() (Lightning reads the loss for its progress bar too). Both figures
+are steady-state: tokens over the last `window` steps divided by the time between the ends of those steps
+(Lightning's ThroughputMonitor in train.py, window 20; the same window timed with perf_counter here), so start-up,
+the final validation and the checkpoint are left out of both. Repeats alternate the two; medians and ranges are
+reported. Writes benchmarks/results/framework.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness import RESULTS, machine_info, table, write_results  # noqa: E402
+
+from momattn.checkpoint import model_config_from, read_meta  # noqa: E402
+from momattn.data.datamodule import StreamSampler, TokenWindows  # noqa: E402
+from momattn.lit import LitGPT, OptimConfig  # noqa: E402
+from momattn.model import GPT  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WINDOW = 20  # momattn.training._throughput_monitor's window when log_every_n_steps >= 20
+
+
+def run_train(recipe: str, attention: str, steps: int, out: Path) -> dict:
+    cmd = [sys.executable, str(ROOT / "train.py"), f"recipe={recipe}", f"attention={attention}",
+           f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "trainer.log_every_n_steps=50",
+           "run_eval=false", "logger=none", f"hydra.run.dir={out}"]
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"train.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    summary = json.loads((out / "summary.json").read_text())
+    meta = read_meta(out / "checkpoints" / "last.ckpt")["momattn"]
+    return {"tokens_per_sec": summary["tokens_per_sec"], "wall_s": time.time() - t0, "meta": meta}
+
+
+def bare_loop(meta: dict, steps: int, window: int = WINDOW) -> float:
+    cfg = meta["config"]
+    model_cfg = model_config_from(meta)
+    batch, T = int(cfg["data"]["batch_size"]), model_cfg.block_size
+    torch.manual_seed(int(cfg["seed"]))
+    model = GPT(model_cfg).train()
+    optim = OptimConfig(**cfg["optim"])
+    opt_conf = LitGPT(model, optim, steps).configure_optimizers()
+    opt, sched = opt_conf["optimizer"], opt_conf["lr_scheduler"]["scheduler"]
+    tokens = np.random.default_rng(0).integers(0, model_cfg.vocab_size, steps * batch * T + T + 1).astype(np.uint16)
+    loader = DataLoader(TokenWindows(tokens, T, int(cfg["seed"])), batch_size=batch, drop_last=True,
+                        sampler=StreamSampler(0, steps * batch), generator=torch.Generator().manual_seed(0))
+    ends = []
+    for x, y in loader:
+        logits = model(x)  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()
+        ends.append(time.perf_counter())
+    return window * batch * T / (ends[-1] - ends[-1 - window])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default="text", choices=["text", "ginc"])
+    ap.add_argument("--attention", default="vanilla")
+    ap.add_argument("--steps", type=int, default=120)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=str(RESULTS))
+    a = ap.parse_args(argv)
+    if a.steps <= WINDOW:
+        raise SystemExit(f"error: --steps must exceed the {WINDOW}-step measuring window")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(a.repeats):
+            run = run_train(a.recipe, a.attention, a.steps, Path(tmp) / f"run{i}")
+            bare = bare_loop(run["meta"], a.steps)
+            rows.append({"train_py": run["tokens_per_sec"], "bare": bare, "train_py_wall_s": round(run["wall_s"], 1)})
+            print(f"repeat {i + 1}/{a.repeats}: train.py {run['tokens_per_sec']:,.0f} tokens/s, bare loop "
+                  f"{bare:,.0f} tokens/s", flush=True)
+    tp, bare = [r["train_py"] for r in rows], [r["bare"] for r in rows]
+    overhead = [b / t - 1 for t, b in zip(tp, bare)]
+    res = {"machine": machine_info("cpu"), "recipe": a.recipe, "attention": a.attention, "steps": a.steps,
+           "window": WINDOW, "repeats": rows, "train_py_median": statistics.median(tp),
+           "bare_median": statistics.median(bare), "overhead_median": statistics.median(overhead),
+           "overhead_range": [min(overhead), max(overhead)], "threads": torch.get_num_threads(),
+           "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    md = "\n".join([
+        f"## Framework overhead: train.py vs a bare loop (recipe={a.recipe}, attention={a.attention}, "
+        f"{a.steps} steps, last {WINDOW} measured, {a.repeats} alternating repeats)", "",
+        table(["", "train.py tokens/s", "bare loop tokens/s", "overhead (bare / train.py - 1)"],
+              [[f"repeat {i + 1}", f"{r['train_py']:,.0f}", f"{r['bare']:,.0f}", f"{100 * o:+.1f}%"]
+               for i, (r, o) in enumerate(zip(rows, overhead))] +
+              [["median", f"{res['train_py_median']:,.0f}", f"{res['bare_median']:,.0f}",
+                f"{100 * res['overhead_median']:+.1f}% (range {100 * min(overhead):+.1f} .. {100 * max(overhead):+.1f})"]]),
+    ])
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_results(out / "framework.json", res, md)
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -63,18 +63,22 @@ def resolve_device(name: str) -> str:
     return str(name)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def describe() -> str:
     """One line for logs and benchmark records."""
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
     return f"{cpu} ({torch.get_num_threads()} threads, {bf16}); {gpu}; torch {torch.__version__}"

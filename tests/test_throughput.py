@@ -72,3 +72,33 @@ def test_summary_before_a_full_window_is_empty_not_an_error():
     t.update(time=1.0, batches=1, samples=1)
     compat.stage_throughputs(m)[RunningStage.TRAINING] = t
     assert throughput_summary(m)["mfu"] is None
+
+
+def test_the_cpu_peak_is_the_best_of_every_runs_measurement(tmp_path):
+    from momattn.callbacks import recorded_peak_flops
+
+    path = tmp_path / "sub" / "cpu_peak_flops.json"
+    assert recorded_peak_flops(path, "cpu A | float32", 100e9) == (100e9, 1)
+    assert recorded_peak_flops(path, "cpu A | float32", 60e9) == (100e9, 2)  # a contended start-up reads low
+    assert recorded_peak_flops(path, "cpu A | float32", 120e9) == (120e9, 3)
+    assert recorded_peak_flops(path, "cpu A | bfloat16", 1e9) == (1e9, 1)  # per dtype (and CPU, threads, torch)
+    assert recorded_peak_flops(None, "cpu A | float32", 5e9) == (5e9, 1)  # no record: this run alone
+    assert [p.name for p in path.parent.iterdir()] == ["cpu_peak_flops.json"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"cpu A | float32": {"flops": "fast"}}'])
+def test_an_unreadable_peak_record_starts_afresh(tmp_path, content):
+    from momattn.callbacks import recorded_peak_flops
+
+    path = tmp_path / "cpu_peak_flops.json"
+    path.write_text(content)
+    assert recorded_peak_flops(path, "cpu A | float32", 7e9) == (7e9, 1)
+    assert recorded_peak_flops(path, "cpu A | float32", 1e9) == (7e9, 2)  # and the rewritten record works
+
+
+def test_a_peak_record_that_cannot_be_written_is_skipped(tmp_path):
+    from momattn.callbacks import recorded_peak_flops
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert recorded_peak_flops(blocker / "cpu_peak_flops.json", "k", 3e9) == (3e9, 1)  # parent is a file

@@ -326,9 +326,9 @@ class GincCorpus:
         """(N, V) next-symbol distribution of the Bayes-optimal reader of each prompt, who knows how GINC prompts
         are made but not their concept or start property: a uniform prior over (pretraining concept, start property
         1..P-1), updated by every example and the test input, then mixing each pair's prediction (where no pair
-        can produce the prompt, as for some OOD prompts: the pairs that can produce its test input, equally). Its accuracy is
-        the ceiling a model pretrained on this corpus can reach at that k (Xie et al. 2022, Section 3). The
-        prompts of one call share k and example length."""
+        can produce the prompt, as for some OOD prompts: the pairs that can produce its test input, equally).
+        Its accuracy is the ceiling a model pretrained on this corpus can reach at that k (the implicit Bayesian
+        inference of Xie et al. 2022, done exactly). The prompts of one call share k and example length."""
         if not prompts:
             return np.zeros((0, self.n_symbols))
         k, length = prompts[0].k, prompts[0].example_len

@@ -40,6 +40,8 @@ def test_t_interval_and_verdicts():
     assert math.isnan(t_interval([0.5])[1])
     assert verdict("trec/acc@k0", 0.01, 0.05) == "better" and verdict("ppl@256", 0.01, 0.05) == "worse"
     assert verdict("ppl@256", -3.0, -1.0) == "better" and verdict("avg/acc@kmax", -0.1, 0.2).startswith("no diff")
+    nan = float("nan")
+    assert verdict("ppl@256", nan, nan) == "cannot tell (one seed: no interval)"  # one pair: no evidence either way
 
 
 def test_sweep_verdict(tmp_path, tokenizer):  # noqa: F811

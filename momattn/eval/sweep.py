@@ -8,7 +8,8 @@
    or its job's eval/results.json is reused when that was made with the same settings.
 4. sweep.md / sweep.json: per setting, Table 6 / Table 7 miniatures with mean ± std over seeds, and for each
    non-vanilla attention the difference to vanilla paired by seed with a 95% t-interval and a verdict:
-   "better" / "worse" only when the interval excludes 0, else "no difference at this budget".
+   "better" / "worse" only when the interval excludes 0, else "no difference at this budget" ("cannot tell"
+   with a single seed pair, which has no interval).
 """
 
 from __future__ import annotations
@@ -86,8 +87,11 @@ def t_interval(diffs: Sequence[float]) -> tuple[float, float, float]:
 
 
 def verdict(metric: str, lo: float, hi: float) -> str:
-    """better / worse when the interval excludes 0 (lower is better for perplexity), else no difference."""
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0 <= hi:
+    """better / worse when the interval excludes 0 (lower is better for perplexity), else no difference; no
+    interval (a single seed pair) says nothing either way."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "cannot tell (one seed: no interval)"
+    if lo <= 0 <= hi:
         return "no difference at this budget"
     higher = lo > 0
     lower_is_better = "ppl" in metric or "bpb" in metric

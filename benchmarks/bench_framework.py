@@ -6,8 +6,8 @@ data loader.
 Each repeat runs `python train.py recipe=<recipe> trainer.max_steps=<steps>` (no end-of-run evaluation; one
 validation pass and one checkpoint, after the last step) and then, in this process, a bare loop: the GPT built
 from that run's checkpoint config with the same seed, LitGPT.configure_optimizers' AdamW groups and lr schedule,
-gradient clipping, and a DataLoader over TokenWindows with the StreamSampler train.py uses (random tokens of the
-same vocabulary: the loader's cost does not depend on their values); forward, fp32 cross-entropy, backward,
+gradient clipping, and a DataLoader over TokenWindows of the run's own cached training tokens with the
+StreamSampler train.py uses (uniform random tokens made the step ~15-25% slower on this CPU); forward, fp32 cross-entropy, backward,
 clip, step, schedule, zero_grad, loss.item() (Lightning reads the loss for its progress bar too). Both figures
 are steady-state: tokens over the last `window` steps divided by the time between the ends of those steps
 (Lightning's ThroughputMonitor in train.py, window 20; the same window timed with perf_counter here), so start-up,
@@ -59,6 +59,17 @@ def run_train(recipe: str, attention: str, steps: int, out: Path) -> dict:
     return {"tokens_per_sec": summary["tokens_per_sec"], "wall_s": time.time() - t0, "meta": meta}
 
 
+def run_tokens(meta: dict) -> np.ndarray:
+    """The run's own training tokens, from the cache train.py built (its data config and tokenizer)."""
+    from momattn.config import load_train_config
+    from momattn.data.corpus import load_tokens
+    from momattn.tokenizer import Tokenizer
+
+    c = load_train_config(meta["config"])
+    tokenizer = Tokenizer.from_json(meta["tokenizer"], name=meta.get("tokenizer_name", "tokenizer"))
+    return load_tokens(c.data, tokenizer, "train", c.cache_dir, c.loader.num_proc)
+
+
 def bare_loop(meta: dict, steps: int, window: int = WINDOW) -> float:
     cfg = meta["config"]
     model_cfg = model_config_from(meta)
@@ -68,7 +79,7 @@ def bare_loop(meta: dict, steps: int, window: int = WINDOW) -> float:
     optim = OptimConfig(**cfg["optim"])
     opt_conf = LitGPT(model, optim, steps).configure_optimizers()
     opt, sched = opt_conf["optimizer"], opt_conf["lr_scheduler"]["scheduler"]
-    tokens = np.random.default_rng(0).integers(0, model_cfg.vocab_size, steps * batch * T + T + 1).astype(np.uint16)
+    tokens = run_tokens(meta)  # the very windows train.py read: the step's speed depends on the data
     loader = DataLoader(TokenWindows(tokens, T, int(cfg["seed"])), batch_size=batch, drop_last=True,
                         sampler=StreamSampler(0, steps * batch), generator=torch.Generator().manual_seed(0))
     ends = []

@@ -21,7 +21,7 @@ from lightning.pytorch.trainer.states import RunningStage
 from momattn import hardware
 from momattn import lightning_compat as compat
 from momattn.checkpoint import read_checkpoint
-from momattn.io import atomic_torch_save
+from momattn.io import atomic_torch_save, atomic_write_text
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -124,14 +124,8 @@ def recorded_peak_flops(path: Path | None, key: str, measured: float) -> tuple[f
     except (TypeError, KeyError, ValueError):
         best, runs = measured, 1
     record[key] = {"flops": best, "runs": runs}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        atomic_write_text(path, json.dumps(record, indent=1) + "\n")
     return best, runs
 
 

@@ -287,40 +287,46 @@ class GincCorpus:
         ent, prop = self._run(rng, concept, entity0, start, example_len - 1)
         return self.hmms.memory[ent, prop]
 
+    def _step(self, alpha: np.ndarray, prop: np.ndarray) -> np.ndarray:
+        """One transition of kron(entity, property) on state weights alpha (N, E, P): the entity chain on the left,
+        the property chain prop ((N or 1), P, P) on the right."""
+        return np.matmul(self.hmms.entity.T[None], np.matmul(alpha, prop))
+
+    def _forward(self, concept: np.ndarray, start: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The forward algorithm over (entity, property) states for symbol sequences x (N, L >= 1), each starting
+        at property start[n] with the entity uniform, under concept[n]: (alpha (N, E, P), the state distribution
+        after emitting x, and log P(x) (N,)). Where the concept cannot emit x: log P = -inf and alpha = 0."""
+        h = self.hmms
+        prop = h.property[concept]  # (N, P, P)
+        alpha = np.zeros((len(x), self.n_entities, self.n_properties))
+        alpha[np.arange(len(x)), :, start] = 1.0 / self.n_entities
+        logp = np.zeros(len(x))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for t in range(x.shape[1]):
+                if t:
+                    alpha = self._step(alpha, prop)
+                alpha = alpha * (h.memory[None] == x[:, t, None, None])  # (N, E, P) emission of symbol t
+                z = alpha.sum(axis=(1, 2))
+                logp += np.log(z)
+                alpha = np.nan_to_num(alpha / z[:, None, None])
+        return alpha, logp
+
     def next_symbol_probs(self, concept: np.ndarray, start: np.ndarray, x: np.ndarray) -> np.ndarray:
         """(N, V) probability of the symbol after x (N, L >= 1) under each prompt's true concept, given x alone:
         the forward algorithm over (entity, property) states from a start spread uniformly over entities at
-        property `start`, deterministic emissions, then one more transition (Xie et al. 2022, Section 4)."""
-        h = self.hmms
-        prop = h.property[concept]  # (N, P, P)
-        emits = h.memory[None] == x[:, :, None, None]  # (N, L, E, P): which states can emit x_t
-        alpha = emits[:, 0] * (np.arange(self.n_properties) == start[:, None])[:, None, :]  # (N, E, P)
-        for t in range(1, x.shape[1] + 1):
-            alpha = alpha / alpha.sum(axis=(1, 2), keepdims=True)  # rescale: only the shape matters
-            alpha = np.einsum("nep,ef,npq->nfq", alpha, h.entity, prop)  # one step of kron(entity, property)
-            if t < x.shape[1]:
-                alpha = alpha * emits[:, t]
-        onehot = h.memory.reshape(-1)[:, None] == np.arange(self.n_symbols)  # (E*P, V)
+        property `start`, deterministic emissions, then one more transition (Xie et al. 2022, Section 4). A row
+        whose concept cannot emit x is all zeros."""
+        alpha, _ = self._forward(concept, start, x)
+        alpha = self._step(alpha, self.hmms.property[concept])
+        onehot = self.hmms.memory.reshape(-1)[:, None] == np.arange(self.n_symbols)  # (E*P, V)
         return alpha.reshape(len(x), -1) @ onehot
 
     def sequence_logprob(self, concept: int, start: int, seqs: np.ndarray) -> np.ndarray:
         """(N,) log P(seq | concept, start) of symbol sequences (N, L) drawn as a prompt's examples are: entity
-        uniform, property `start`, then L - 1 transitions of the concept's HMM (the forward algorithm; -inf where
-        the concept cannot emit the sequence)."""
-        h = self.hmms
-        n, length = seqs.shape
-        alpha = np.zeros((n, self.n_entities, self.n_properties))
-        alpha[:, :, start] = 1.0 / self.n_entities
-        logp = np.zeros(n)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            for t in range(length):
-                if t:  # one step of kron(entity, property): entity chain on the left, property chain on the right
-                    alpha = np.matmul(h.entity.T[None], np.matmul(alpha, h.property[concept][None]))
-                alpha = alpha * (h.memory[None] == seqs[:, t, None, None])  # (N, E, P) emission of symbol t
-                z = alpha.sum(axis=(1, 2))
-                logp += np.log(z)
-                alpha = np.nan_to_num(alpha / z[:, None, None])
-        return logp
+        uniform, property `start`, then L - 1 transitions of the concept's HMM (-inf where the concept cannot
+        emit the sequence)."""
+        n = len(seqs)
+        return self._forward(np.full(n, concept), np.full(n, start), seqs)[1]
 
     def bayes_probs(self, prompts: list[GincPrompt]) -> np.ndarray:
         """(N, V) next-symbol distribution of the Bayes-optimal reader of each prompt, who knows how GINC prompts
@@ -345,8 +351,7 @@ class GincCorpus:
             logpost[:, j] = self.sequence_logprob(c, s, x)
             if k:
                 logpost[:, j] += self.sequence_logprob(c, s, demos).reshape(n, k).sum(axis=1)
-            with np.errstate(invalid="ignore"):  # a pair that cannot emit x: 0/0, and its weight is 0
-                preds[:, j] = np.nan_to_num(self.next_symbol_probs(np.full(n, c), np.full(n, s), x))
+            preds[:, j] = self.next_symbol_probs(np.full(n, c), np.full(n, s), x)  # zeros where (c, s) cannot emit x
         # a prompt that no pretraining pair can produce (an OOD prompt may be one): the pairs that can produce
         # its test input, equally weighted; none either: every symbol equally likely
         stuck = np.isneginf(logpost.max(axis=1))

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     world = GincCorpus(**dict(_field(f) for f in a.fields))
     t0 = time.time()
     table = bayes_table(world, a.tasks.split(","), [int(k) for k in a.shots.split(",")], a.prompts, a.seed, a.context)
-    doc = {"world": {k: v for k, v in asdict(world).items() if k not in ("cache_dir",)}, "prompts": a.prompts,
+    doc = {"world": asdict(world), "prompts": a.prompts,
            "seed": a.seed, "context": a.context, "seconds": round(time.time() - t0, 1), "accuracy": table}
     shots = a.shots.split(",")
     lines = ["| task | " + " | ".join(f"k={k}" for k in shots) + " |", "|---" * (len(shots) + 1) + "|"]

@@ -336,30 +336,69 @@ def _momentum_shared(
 
     Every head then shares one (c x c) decay matrix, so the scan is a matmul over the merged channels with
     no layout copy in or out (the values a model splits from its qkv projection are such a strided view):
-    (c, c) @ (B*n, c, C). Returns (B, H, T, D), a view of a (B, T, H, D) tensor.
+    (c, c) @ (B*n, c, C). A rate that needs no gradient (the default model's fixed eta) takes a custom
+    backward, the same scan run backward in time over the output gradient: it saves nothing for backward
+    and adds no full-size gradients together. Returns (B, H, T, D), a view of a (B, T, H, D) tensor.
     """
     B, H, T, D = v.shape
-    C = H * D
+    x = v.transpose(1, 2).reshape(B, T, H * D).to(_acc_dtype(v.dtype))  # no copy for merged-layout fp32 values
+    strict = not include_current
+    if a.requires_grad:
+        y = _scan_merged(x, a, strict, chunk_size)
+    else:
+        y = _FixedRateScan.apply(x, a, strict, chunk_size)
+    return y.to(v.dtype).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+
+
+def _scan_merged(
+    x: torch.Tensor, a: torch.Tensor, strict: bool, chunk_size: int, reverse: bool = False
+) -> torch.Tensor:
+    """Scan of x (B, T, C) along time with one rate a (1,), in chunks of c positions; (B, T, C).
+
+    forward: y_t = sum_{i<=t} a^(t-i) x_i (i < t if strict). reverse: y_t = sum_{i>=t} a^(i-t) x_i
+    (i > t if strict), the adjoint of the forward scan, so the gradient of a forward scan is the reverse
+    scan of its output gradient. Inside a chunk: one shared (c x c) decay matrix, (c, c) @ (B*n, c, C);
+    across chunks: the chunk-end (reverse: chunk-start) sums carried by `_carry` with rate a^c.
+    """
+    B, T, C = x.shape
     c = min(chunk_size, T)
     n = -(-T // c)  # number of chunks
-    x = v.transpose(1, 2).reshape(B, T, C).to(_acc_dtype(v.dtype))  # no copy for merged-layout fp32 values
     if n * c != T:
-        x = F.pad(x, (0, 0, 0, n * c - T))  # zero tail: does not touch earlier t
+        x = F.pad(x, (0, 0, 0, n * c - T))  # zero tail: touches no earlier position (reverse: adds 0)
     X = x.reshape(B * n, c, C)  # chunks of c positions, channels last
-    k = torch.arange(c, device=v.device)
-    L = _powers(a, k[:, None] - k[None, :], strict=not include_current)[0]  # (c, c) a^(j-i) on/below diagonal
+    k = torch.arange(c, device=x.device)
+    lag = k[:, None] - k[None, :]  # (c, c) [j, i] = j - i
+    L = _powers(a, -lag if reverse else lag, strict=strict)[0]  # (c, c) a^|j-i| on/below (reverse: above) the diagonal
     Y = torch.matmul(L, X)  # (B*n, c, C) scan within each chunk
     if n > 1:
-        P = _powers(a, torch.arange(c + 1, device=v.device))[0]  # (c+1,) a^l for l = 0..c
-        ends = torch.matmul(P[:c].flip(0), X)  # (B*n, C) inclusive chunk ends
-        prev = _carry(
-            ends.view(B, n, C).transpose(1, 2).reshape(1, B * C, n), a, c, chunk_size
-        )  # (1, B*C, n)
-        # + a^(j+1) prev at position j, in place (matmul saved X and L, not Y)
-        Y.baddbmm_(P[1:, None].expand(B * n, c, 1), prev.view(B, C, n).transpose(1, 2).reshape(B * n, 1, C))
-    y = Y.view(B, n * c, C)
-    y = (y if n * c == T else y[:, :T]).to(v.dtype)  # (B, T, C)
-    return y.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        P = _powers(a, torch.arange(c + 1, device=x.device))[0]  # (c+1,) a^l for l = 0..c
+        # inclusive chunk ends sum_i a^(c-1-i) x_i; reverse: chunk starts sum_i a^i x_i
+        ends = torch.matmul(P[:c] if reverse else P[:c].flip(0), X)  # (B*n, C)
+        ends = ends.view(B, n, C).transpose(1, 2).reshape(1, B * C, n)  # (1, B*C, n)
+        if reverse:  # carried from the later chunks: scan the chunk sequence backward
+            prev = _carry(ends.flip(-1), a, c, chunk_size).flip(-1)  # (1, B*C, n) state after chunk m
+            coef = P[1:].flip(0)  # (c,) a^(c-j): from position j to the next chunk's first
+        else:
+            prev = _carry(ends, a, c, chunk_size)  # (1, B*C, n) state entering chunk m
+            coef = P[1:]  # (c,) a^(j+1): from the previous chunk's last position to position j
+        # + coef[j] prev at position j, in place (matmul saved X and L, not Y)
+        Y.baddbmm_(coef[:, None].expand(B * n, c, 1), prev.view(B, C, n).transpose(1, 2).reshape(B * n, 1, C))
+    Y = Y.view(B, n * c, C)
+    return Y if n * c == T else Y[:, :T]
+
+
+class _FixedRateScan(torch.autograd.Function):
+    """`_scan_merged` for a rate that needs no gradient; backward is the reverse scan of the gradient (no
+    saved tensors, one scan instead of autograd's two matmul gradients summed at full size)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, a: torch.Tensor, strict: bool, chunk_size: int) -> torch.Tensor:
+        ctx.a, ctx.strict, ctx.chunk_size = a, strict, chunk_size
+        return _scan_merged(x, a, strict, chunk_size)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        return _scan_merged(g, ctx.a, ctx.strict, ctx.chunk_size, reverse=True), None, None, None
 
 
 def _momentum_short(
@@ -373,7 +412,7 @@ def _momentum_short(
     x = v.to(a.dtype)[:, :, 0]  # (B, H, D)
     decayed = None if s0 is None else a[:, None] * s0  # (B, H, D)
     s = x if decayed is None else decayed + x
-    out = s if include_current else (decayed if decayed is not None else torch.zeros_like(x))
+    out = s if include_current else (decayed if decayed is not None else x * 0)  # 0, still on the graph
     return out[:, :, None].to(v.dtype), (s if output_final_state else None)
 
 

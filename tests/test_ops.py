@@ -95,6 +95,51 @@ def test_momentum_gradcheck(include_current, rates):
     )
 
 
+@pytest.mark.parametrize("T,chunk", SHAPES)
+@pytest.mark.parametrize("kind", ["float", "0d"])  # a rate without a gradient: the custom backward
+@pytest.mark.parametrize("include_current", [False, True])
+def test_momentum_fixed_rate_gradients_match_naive(T, chunk, kind, include_current):
+    torch.manual_seed(T)
+    v0 = torch.randn(2, 3, T, 4, dtype=F64)
+    w = torch.randn(2, 3, T, 4, dtype=F64)  # a random cotangent
+    eta, eta_ref = make_eta(kind, 3)
+    grads = []
+    for fn in (
+        lambda v: mom(v, eta, include_current=include_current, chunk_size=chunk),
+        lambda v: naive_momentum(v, eta_ref, include_current),
+    ):
+        v = v0.clone().requires_grad_()
+        out = fn(v)
+        if out.requires_grad:  # the naive loop's out is a constant 0 at T = 1, i < t
+            (out * w).sum().backward()
+        grads.append(torch.zeros_like(v) if v.grad is None else v.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("include_current", [False, True])
+def test_momentum_fixed_rate_gradgradcheck(include_current):
+    torch.manual_seed(0)
+    v = torch.randn(1, 2, 19, 3, dtype=F64, requires_grad=True)  # 5 chunks of 4, ragged, carry recursing
+    fn = lambda v: mom(v, 0.7, include_current=include_current, chunk_size=4)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (v,))
+    assert torch.autograd.gradgradcheck(fn, (v,))
+
+
+def test_momentum_fixed_rate_saves_nothing_for_backward():
+    """The fixed-rate path's backward is the reverse scan of the gradient: no activation is kept for it
+    (autograd's matmuls would keep the values and the decay matrix)."""
+    saved = []
+    v = torch.randn(2, 4, 150, 8, requires_grad=True)  # 3 chunks of 64
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = mom(v, 0.5)
+    assert saved == []
+    out.sum().backward()
+    assert v.grad is not None
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        mom(v, torch.tensor([0.5, 0.5, 0.5, 0.5]))  # per-head rates: the autograd path, which does save
+    assert saved
+
+
 @pytest.mark.parametrize("include_current", [False, True])
 def test_momentum_grad_parity_with_naive(include_current):
     torch.manual_seed(0)

@@ -295,38 +295,134 @@ def momentum_ema(
             return _momentum_shared(v, a[:1], include_current, chunk_size), None
         c = min(chunk_size, T)
         n = -(-T // c)  # number of chunks
-        x = v if n * c == T else F.pad(v, (0, 0, 0, n * c - T))  # zero tail: does not touch earlier t
-        # chunk-major layout, one copy (contiguous runs of D): (B, H, n, c, D) -> (H, c, n, B, D)
-        X = _layout_copy(x.view(B, H, n, c, D), (1, 3, 2, 0, 4), acc).view(H, c, n * B * D)
-        k = torch.arange(c, device=v.device)
-        lag = k[:, None] - k[None, :]  # (c, c) [j, i] = j - i
-        L = _powers(a, lag, strict=not include_current)  # (H, c, c) a^(j-i) on/below (below) the diagonal
-        Y = torch.bmm(L, X)  # (H, c, n*B*D) scan within each chunk
-        prev = None  # (H, B*D, n) state entering each chunk
+        if s0 is None and not output_final_state:  # training: a custom backward, see _PerHeadScan
+            y = _PerHeadScan.apply(v, a, not include_current, chunk_size)  # (B, H, n*c, D)
+            return (y if n * c == T else y[:, :, :T]), None
+        X = _layout_copy(_chunks(v, n, c), (1, 3, 2, 0, 4), acc).view(H, c, n * B * D)  # chunk-major
         init = None if s0 is None else s0.permute(1, 0, 2).reshape(H, B * D)  # (H, B*D)
-        if n > 1:
-            P = _powers(a, torch.arange(c + 1, device=v.device))  # (H, c+1) a^l for l = 0..c
-            # inclusive chunk ends sum_i a^(c-1-i) x_i by matmul: slicing Y would cost full-size zero
-            # gradients in backward
-            ends = torch.bmm(P[:, None, :c].flip(-1), X).view(H, n, B * D)
-            prev = _carry(ends.transpose(1, 2), a, c, chunk_size, init)  # (H, B*D, n)
-        elif init is not None:
-            P = _powers(a, torch.arange(c + 1, device=v.device))  # (H, c+1)
-            prev = init[..., None]  # (H, B*D, 1)
-        if prev is not None:
-            # + a^(j+1) prev at position j, as an in-place rank-1 update (bmm saved X and L, not Y)
-            Y.baddbmm_(P[:, 1:, None], prev.transpose(1, 2).reshape(H, 1, n * B * D))
+        Y, prev = _scan_heads(X, a, n, not include_current, chunk_size, init)  # prev (H, B*D, n) or None
         # back, heads side by side as attention merges them: (H, c, n, B, D) -> (B, n, c, H, D)
         y = _layout_copy(Y.view(H, c, n, B, D), (3, 2, 1, 0, 4), v.dtype).view(B, n * c, H, D).transpose(1, 2)
         final = None
         if output_final_state:
             j = T - 1 - (n - 1) * c  # the last real position inside the last chunk
             x_last = X.view(H, c, n, B * D)[:, :, n - 1].transpose(1, 2)  # (H, B*D, c)
-            w = _powers(a, j - k)[..., None]  # (H, c, 1) a^(j-i), 0 past j
+            w = _powers(a, j - torch.arange(c, device=v.device))[..., None]  # (H, c, 1) a^(j-i), 0 past j
             a_into = _powers(a, torch.tensor(j + 1, device=v.device))[:, None, None]  # (H, 1, 1)
             last_prev = None if prev is None else prev[..., n - 1 :]  # (H, B*D, 1)
             final = _last_state(x_last, w, a_into, last_prev).reshape(H, B, D).transpose(0, 1)  # (B, H, D)
     return (y if n * c == T else y[:, :, :T]), final
+
+
+def _chunks(v: torch.Tensor, n: int, c: int) -> torch.Tensor:
+    """v (B, H, T, D) zero-padded to n*c positions (the zero tail touches no earlier position) and viewed
+    as (B, H, n, c, D)."""
+    B, H, T, D = v.shape
+    x = v if n * c == T else F.pad(v, (0, 0, 0, n * c - T))
+    return x.view(B, H, n, c, D)
+
+
+def _scan_heads(
+    X: torch.Tensor,
+    a: torch.Tensor,
+    n: int,
+    strict: bool,
+    chunk_size: int,
+    init: torch.Tensor | None = None,
+    reverse: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scan of X (H, c, n*N) along time, in the chunk-major layout (position in chunk, chunk, N sequences),
+    with one rate per head a (H,). forward: Y_t = sum_{i<=t} a^(t-i) X_i (i < t if strict), plus
+    a^(t+1) init (H, N) when given; reverse: Y_t = sum_{i>=t} a^(i-t) X_i (i > t if strict), the adjoint.
+
+    Inside a chunk: one (c x c) decay matrix per head, (H, c, c) @ (H, c, n*N); across chunks: the
+    chunk-end (reverse: chunk-start) sums carried by `_carry` with rate a^c. Returns (Y, prev): prev
+    (H, N, n) is the state entering each chunk (reverse: carried in from the chunks after it), None when
+    nothing is carried.
+    """
+    H, c, nN = X.shape
+    N = nN // n
+    k = torch.arange(c, device=X.device)
+    lag = k[:, None] - k[None, :]  # (c, c) [j, i] = j - i
+    L = _powers(a, -lag if reverse else lag, strict=strict)  # (H, c, c) a^|j-i| on/below (reverse: above) the diagonal
+    Y = torch.bmm(L, X)  # (H, c, n*N) scan within each chunk
+    prev = P = None
+    if n > 1:
+        P = _powers(a, torch.arange(c + 1, device=X.device))  # (H, c+1) a^l for l = 0..c
+        # inclusive chunk ends sum_i a^(c-1-i) x_i (reverse: starts sum_i a^i x_i) by matmul: slicing Y
+        # would cost full-size zero gradients in backward
+        w = P[:, None, :c] if reverse else P[:, None, :c].flip(-1)  # (H, 1, c)
+        ends = torch.bmm(w, X).view(H, n, N).transpose(1, 2)  # (H, N, n)
+        if reverse:  # carried from the later chunks: scan the chunk sequence backward
+            prev = _carry(ends.flip(-1), a, c, chunk_size).flip(-1)  # (H, N, n)
+        else:
+            prev = _carry(ends, a, c, chunk_size, init)  # (H, N, n)
+    elif init is not None:
+        P = _powers(a, torch.arange(c + 1, device=X.device))  # (H, c+1)
+        prev = init[..., None]  # (H, N, 1)
+    if prev is not None:
+        coef = P[:, 1:].flip(-1) if reverse else P[:, 1:]  # (H, c) a^(c-j) (reverse) or a^(j+1)
+        # + coef[j] prev at position j, as an in-place rank-1 update (bmm saved X and L, not Y)
+        Y.baddbmm_(coef[:, :, None], prev.transpose(1, 2).reshape(H, 1, n * N))
+    return Y, prev
+
+
+def _dot_per_head(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """sum over everything but the first dim of x * y, (H,), without a full-size temporary."""
+    H = x.shape[0]
+    return torch.bmm(x.reshape(H, 1, -1), y.reshape(H, -1, 1)).view(H)
+
+
+class _PerHeadScan(torch.autograd.Function):
+    """momentum_ema with one rate per head a (H,), no state in or out: (B, H, T, D) -> (B, H, n*c, D), the
+    output a view of (B, n*c, H, D) memory (heads side by side), zero tail included.
+
+    Backward is the reverse scan of the gradient (one scan, instead of autograd's matmul gradients for the
+    values and for the (H, c, c) decay matrices). The rate's gradient needs no matmul either: with s the
+    inclusive state and u = sum_{t>=j} a^(t-j) g_t the reverse scan of the output gradient g,
+    dL/da = sum_j <u_j, s_{j-1}>, and a s_{j-1} is the output itself (i < t) or the output minus the
+    values (i <= t); so a dL/da is one dot product per head. For a < 2^-60 the division is replaced by the
+    a -> 0 limit sum_j <g_j, v_{j-1}> (relative error O(a), far below float32 rounding).
+    """
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, a: torch.Tensor, strict: bool, chunk_size: int) -> torch.Tensor:
+        B, H, T, D = v.shape
+        c = min(chunk_size, T)
+        n = -(-T // c)  # number of chunks
+        X = _copy_permuted(_chunks(v, n, c), (1, 3, 2, 0, 4), a.dtype).view(H, c, n * B * D)  # chunk-major
+        Y, _ = _scan_heads(X, a, n, strict, chunk_size)  # (H, c, n*B*D)
+        ctx.strict, ctx.chunk_size, ctx.n, ctx.T, ctx.v_dtype = strict, chunk_size, n, T, v.dtype
+        if ctx.needs_input_grad[1]:  # the rate's gradient reads the output (and, for i <= t, the values)
+            ctx.save_for_backward(a, v, Y, None if strict else X)
+        else:
+            ctx.save_for_backward(a)
+        # (H, c, n, B, D) -> (B, n, c, H, D): heads side by side, as attention merges them
+        return _copy_permuted(Y.view(H, c, n, B, D), (3, 2, 1, 0, 4), v.dtype).view(B, n * c, H, D).transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        a, *rest = ctx.saved_tensors
+        n, strict = ctx.n, ctx.strict
+        B, H, Tp, D = g.shape
+        c = Tp // n
+        G = _copy_permuted(g.reshape(B, H, n, c, D), (1, 3, 2, 0, 4), a.dtype).view(H, c, n * B * D)
+        U, _ = _scan_heads(G, a, n, strict, ctx.chunk_size, reverse=True)  # dL/dx, chunk-major
+        dv = _copy_permuted(U.view(H, c, n, B, D), (3, 2, 1, 0, 4), ctx.v_dtype).view(B, Tp, H, D).transpose(1, 2)
+        da = None
+        if ctx.needs_input_grad[1]:
+            v, Y, X = rest
+            T = ctx.T
+            if strict:
+                da = _dot_per_head(U, Y) + _dot_per_head(G, Y)  # u = dx + g
+            else:
+                da = _dot_per_head(U, Y) - _dot_per_head(U, X)  # u = dx; a s_{j-1} = y_j - x_j
+            small = a < 2.0**-60
+            da = da / torch.where(small, torch.ones_like(a), a)
+            if bool(small.any()):
+                lim = (g[:, :, 1:T].to(a.dtype) * v[:, :, : T - 1].to(a.dtype)).sum((0, 2, 3))  # (H,)
+                da = torch.where(small, lim, da)
+        return dv[:, :, : ctx.T], da, None, None
 
 
 def _momentum_shared(

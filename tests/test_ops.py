@@ -125,19 +125,25 @@ def test_momentum_fixed_rate_gradgradcheck(include_current):
     assert torch.autograd.gradgradcheck(fn, (v,))
 
 
-def test_momentum_fixed_rate_saves_nothing_for_backward():
-    """The fixed-rate path's backward is the reverse scan of the gradient: no activation is kept for it
-    (autograd's matmuls would keep the values and the decay matrix)."""
-    saved = []
-    v = torch.randn(2, 4, 150, 8, requires_grad=True)  # 3 chunks of 64
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        out = mom(v, 0.5)
-    assert saved == []
-    out.sum().backward()
-    assert v.grad is not None
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        mom(v, torch.tensor([0.5, 0.5, 0.5, 0.5]))  # per-head rates: the autograd path, which does save
-    assert saved
+@pytest.mark.parametrize("eta", [0.5, torch.tensor([0.3, 0.5, 0.7, 0.9])])  # shared; per head, no gradient
+def test_momentum_fixed_rates_save_no_activation_for_backward(eta):
+    """Backward is the reverse scan of the gradient: no full-size tensor is kept for it (autograd's
+    matmuls would keep the values and the decay matrices); a learnable rate keeps just the output."""
+
+    def saved_sizes(eta):
+        sizes = []
+        v = torch.randn(2, 4, 150, 8, requires_grad=True)  # 3 chunks of 64
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+            out = mom(v, eta)
+        out.sum().backward()
+        assert v.grad is not None and v.grad.shape == v.shape
+        return sizes, v.numel()
+
+    sizes, full = saved_sizes(eta)
+    assert all(s < full for s in sizes)
+    learnable = torch.tensor([0.3, 0.5, 0.7, 0.9], requires_grad=True)
+    sizes, full = saved_sizes(learnable)  # the rates, the input (a view), the output in chunk-major layout
+    assert sum(s >= full for s in sizes) == 2
 
 
 @pytest.mark.parametrize("include_current", [False, True])

@@ -261,7 +261,7 @@ def momentum_ema(
     include_current: bool = False,
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
-    chunk_size: int = 64,
+    chunk_size: int = 32,  # fastest on CPU for the default model (bench: 16, 32, 64, 128 compared)
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Exponential moving average of the values along time, per head.
 
@@ -290,14 +290,11 @@ def momentum_ema(
         s0 = None if initial_state is None else initial_state.to(v.device, acc)  # (B, H, D)
         if T <= 1:
             return _momentum_short(v, a, include_current, s0, output_final_state)
-        shared = not isinstance(eta, torch.Tensor) or eta.numel() == 1  # one rate for every head
-        if shared and s0 is None and not output_final_state:
-            return _momentum_shared(v, a[:1], include_current, chunk_size), None
+        if s0 is None and not output_final_state:  # training: the merged layout and a custom backward
+            shared = not isinstance(eta, torch.Tensor) or eta.numel() == 1  # one rate for every head
+            return _momentum_merged(v, a[:1] if shared else a, include_current, chunk_size), None
         c = min(chunk_size, T)
         n = -(-T // c)  # number of chunks
-        if s0 is None and not output_final_state:  # training: a custom backward, see _PerHeadScan
-            y = _PerHeadScan.apply(v, a, not include_current, chunk_size)  # (B, H, n*c, D)
-            return (y if n * c == T else y[:, :, :T]), None
         X = _layout_copy(_chunks(v, n, c), (1, 3, 2, 0, 4), acc).view(H, c, n * B * D)  # chunk-major
         init = None if s0 is None else s0.permute(1, 0, 2).reshape(H, B * D)  # (H, B*D)
         Y, prev = _scan_heads(X, a, n, not include_current, chunk_size, init)  # prev (H, B*D, n) or None
@@ -323,140 +320,64 @@ def _chunks(v: torch.Tensor, n: int, c: int) -> torch.Tensor:
 
 
 def _scan_heads(
-    X: torch.Tensor,
-    a: torch.Tensor,
-    n: int,
-    strict: bool,
-    chunk_size: int,
-    init: torch.Tensor | None = None,
-    reverse: bool = False,
+    X: torch.Tensor, a: torch.Tensor, n: int, strict: bool, chunk_size: int, init: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Scan of X (H, c, n*N) along time, in the chunk-major layout (position in chunk, chunk, N sequences),
-    with one rate per head a (H,). forward: Y_t = sum_{i<=t} a^(t-i) X_i (i < t if strict), plus
-    a^(t+1) init (H, N) when given; reverse: Y_t = sum_{i>=t} a^(i-t) X_i (i > t if strict), the adjoint.
+    """Scan of X (H, c, n*N) along time in the chunk-major layout (position in chunk, chunk, N sequences),
+    one rate per head a (H,): Y_t = sum_{i<=t} a^(t-i) X_i (i < t if strict) + a^(t+1) init (H, N).
 
     Inside a chunk: one (c x c) decay matrix per head, (H, c, c) @ (H, c, n*N); across chunks: the
-    chunk-end (reverse: chunk-start) sums carried by `_carry` with rate a^c. Returns (Y, prev): prev
-    (H, N, n) is the state entering each chunk (reverse: carried in from the chunks after it), None when
-    nothing is carried.
+    chunk-end sums carried by `_carry` with rate a^c. Returns (Y, prev), prev (H, N, n) the state entering
+    each chunk, or None when nothing is carried.
     """
     H, c, nN = X.shape
     N = nN // n
     k = torch.arange(c, device=X.device)
-    lag = k[:, None] - k[None, :]  # (c, c) [j, i] = j - i
-    L = _powers(a, -lag if reverse else lag, strict=strict)  # (H, c, c) a^|j-i| on/below (reverse: above) the diagonal
+    L = _powers(a, k[:, None] - k[None, :], strict=strict)  # (H, c, c) a^(j-i) on/below (below) the diagonal
     Y = torch.bmm(L, X)  # (H, c, n*N) scan within each chunk
     prev = P = None
     if n > 1:
         P = _powers(a, torch.arange(c + 1, device=X.device))  # (H, c+1) a^l for l = 0..c
-        # inclusive chunk ends sum_i a^(c-1-i) x_i (reverse: starts sum_i a^i x_i) by matmul: slicing Y
-        # would cost full-size zero gradients in backward
-        w = P[:, None, :c] if reverse else P[:, None, :c].flip(-1)  # (H, 1, c)
-        ends = torch.bmm(w, X).view(H, n, N).transpose(1, 2)  # (H, N, n)
-        if reverse:  # carried from the later chunks: scan the chunk sequence backward
-            prev = _carry(ends.flip(-1), a, c, chunk_size).flip(-1)  # (H, N, n)
-        else:
-            prev = _carry(ends, a, c, chunk_size, init)  # (H, N, n)
+        # inclusive chunk ends sum_i a^(c-1-i) x_i by matmul: slicing Y would cost full-size zero
+        # gradients in backward
+        ends = torch.bmm(P[:, None, :c].flip(-1), X).view(H, n, N).transpose(1, 2)  # (H, N, n)
+        prev = _carry(ends, a, c, chunk_size, init)  # (H, N, n)
     elif init is not None:
         P = _powers(a, torch.arange(c + 1, device=X.device))  # (H, c+1)
         prev = init[..., None]  # (H, N, 1)
     if prev is not None:
-        coef = P[:, 1:].flip(-1) if reverse else P[:, 1:]  # (H, c) a^(c-j) (reverse) or a^(j+1)
-        # + coef[j] prev at position j, as an in-place rank-1 update (bmm saved X and L, not Y)
-        Y.baddbmm_(coef[:, :, None], prev.transpose(1, 2).reshape(H, 1, n * N))
+        # + a^(j+1) prev at position j, as an in-place rank-1 update (bmm saved X and L, not Y)
+        Y.baddbmm_(P[:, 1:, None], prev.transpose(1, 2).reshape(H, 1, n * N))
     return Y, prev
 
 
-def _dot_per_head(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """sum over everything but the first dim of x * y, (H,), without a full-size temporary."""
-    H = x.shape[0]
-    return torch.bmm(x.reshape(H, 1, -1), y.reshape(H, -1, 1)).view(H)
-
-
-class _PerHeadScan(torch.autograd.Function):
-    """momentum_ema with one rate per head a (H,), no state in or out: (B, H, T, D) -> (B, H, n*c, D), the
-    output a view of (B, n*c, H, D) memory (heads side by side), zero tail included.
-
-    Backward is the reverse scan of the gradient (one scan, instead of autograd's matmul gradients for the
-    values and for the (H, c, c) decay matrices). The rate's gradient needs no matmul either: with s the
-    inclusive state and u = sum_{t>=j} a^(t-j) g_t the reverse scan of the output gradient g,
-    dL/da = sum_j <u_j, s_{j-1}>, and a s_{j-1} is the output itself (i < t) or the output minus the
-    values (i <= t); so a dL/da is one dot product per head. For a < 2^-60 the division is replaced by the
-    a -> 0 limit sum_j <g_j, v_{j-1}> (relative error O(a), far below float32 rounding).
-    """
-
-    @staticmethod
-    def forward(ctx, v: torch.Tensor, a: torch.Tensor, strict: bool, chunk_size: int) -> torch.Tensor:
-        B, H, T, D = v.shape
-        c = min(chunk_size, T)
-        n = -(-T // c)  # number of chunks
-        X = _copy_permuted(_chunks(v, n, c), (1, 3, 2, 0, 4), a.dtype).view(H, c, n * B * D)  # chunk-major
-        Y, _ = _scan_heads(X, a, n, strict, chunk_size)  # (H, c, n*B*D)
-        ctx.strict, ctx.chunk_size, ctx.n, ctx.T, ctx.v_dtype = strict, chunk_size, n, T, v.dtype
-        if ctx.needs_input_grad[1]:  # the rate's gradient reads the output (and, for i <= t, the values)
-            ctx.save_for_backward(a, v, Y, None if strict else X)
-        else:
-            ctx.save_for_backward(a)
-        # (H, c, n, B, D) -> (B, n, c, H, D): heads side by side, as attention merges them
-        return _copy_permuted(Y.view(H, c, n, B, D), (3, 2, 1, 0, 4), v.dtype).view(B, n * c, H, D).transpose(1, 2)
-
-    @staticmethod
-    def backward(ctx, g: torch.Tensor):
-        a, *rest = ctx.saved_tensors
-        n, strict = ctx.n, ctx.strict
-        B, H, Tp, D = g.shape
-        c = Tp // n
-        G = _copy_permuted(g.reshape(B, H, n, c, D), (1, 3, 2, 0, 4), a.dtype).view(H, c, n * B * D)
-        U, _ = _scan_heads(G, a, n, strict, ctx.chunk_size, reverse=True)  # dL/dx, chunk-major
-        dv = _copy_permuted(U.view(H, c, n, B, D), (3, 2, 1, 0, 4), ctx.v_dtype).view(B, Tp, H, D).transpose(1, 2)
-        da = None
-        if ctx.needs_input_grad[1]:
-            v, Y, X = rest
-            T = ctx.T
-            if strict:
-                da = _dot_per_head(U, Y) + _dot_per_head(G, Y)  # u = dx + g
-            else:
-                da = _dot_per_head(U, Y) - _dot_per_head(U, X)  # u = dx; a s_{j-1} = y_j - x_j
-            small = a < 2.0**-60
-            da = da / torch.where(small, torch.ones_like(a), a)
-            if bool(small.any()):
-                lim = (g[:, :, 1:T].to(a.dtype) * v[:, :, : T - 1].to(a.dtype)).sum((0, 2, 3))  # (H,)
-                da = torch.where(small, lim, da)
-        return dv[:, :, : ctx.T], da, None, None
-
-
-def _momentum_shared(
+def _momentum_merged(
     v: torch.Tensor, a: torch.Tensor, include_current: bool, chunk_size: int
 ) -> torch.Tensor:
-    """momentum_ema with one rate a (1,) for all heads, on the heads-merged layout (B, T, H*D) as it is.
-
-    Every head then shares one (c x c) decay matrix, so the scan is a matmul over the merged channels with
-    no layout copy in or out (the values a model splits from its qkv projection are such a strided view):
-    (c, c) @ (B*n, c, C). A rate that needs no gradient (the default model's fixed eta) takes a custom
-    backward, the same scan run backward in time over the output gradient: it saves nothing for backward
-    and adds no full-size gradients together. Returns (B, H, T, D), a view of a (B, T, H, D) tensor.
-    """
+    """momentum_ema without states, on the heads-merged layout (B, T, H*D) as it is: a (1,) one rate for
+    every head, or (H,) one per head. The values a model splits from its qkv projection are such a strided
+    view, so nothing is copied in or out. Returns (B, H, T, D), a view of a (B, T, H, D) tensor."""
     B, H, T, D = v.shape
     x = v.transpose(1, 2).reshape(B, T, H * D).to(_acc_dtype(v.dtype))  # no copy for merged-layout fp32 values
-    strict = not include_current
-    if a.requires_grad:
-        y = _scan_merged(x, a, strict, chunk_size)
-    else:
-        y = _FixedRateScan.apply(x, a, strict, chunk_size)
+    y = _MergedScan.apply(x, a, not include_current, chunk_size)  # (B, T, H*D)
     return y.to(v.dtype).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
 
 
 def _scan_merged(
     x: torch.Tensor, a: torch.Tensor, strict: bool, chunk_size: int, reverse: bool = False
 ) -> torch.Tensor:
-    """Scan of x (B, T, C) along time with one rate a (1,), in chunks of c positions; (B, T, C).
+    """Scan of x (B, T, C) along time with G rates a (G,), rate g for channels [g*C/G, (g+1)*C/G); (B, T, C).
 
     forward: y_t = sum_{i<=t} a^(t-i) x_i (i < t if strict). reverse: y_t = sum_{i>=t} a^(i-t) x_i
-    (i > t if strict), the adjoint of the forward scan, so the gradient of a forward scan is the reverse
-    scan of its output gradient. Inside a chunk: one shared (c x c) decay matrix, (c, c) @ (B*n, c, C);
-    across chunks: the chunk-end (reverse: chunk-start) sums carried by `_carry` with rate a^c.
+    (i > t if strict), the adjoint of the forward scan: the gradient of a forward scan is the reverse scan
+    of its output gradient. Inside a chunk of c positions: one (c x c) decay matrix per group,
+    (c, c) @ (B*n, c, C/G), reading each group's channels in place (a group's columns are a strided view);
+    across chunks: the chunk-end (reverse: chunk-start) sums carried by `_carry` with rate a^c. With one
+    group nothing is copied; with G groups the G outputs are joined by one concatenation (cheaper than
+    moving every group into a layout of its own and back).
     """
     B, T, C = x.shape
+    G = a.shape[0]
+    Dg = C // G  # channels per group
     c = min(chunk_size, T)
     n = -(-T // c)  # number of chunks
     if n * c != T:
@@ -464,37 +385,72 @@ def _scan_merged(
     X = x.reshape(B * n, c, C)  # chunks of c positions, channels last
     k = torch.arange(c, device=x.device)
     lag = k[:, None] - k[None, :]  # (c, c) [j, i] = j - i
-    L = _powers(a, -lag if reverse else lag, strict=strict)[0]  # (c, c) a^|j-i| on/below (reverse: above) the diagonal
-    Y = torch.matmul(L, X)  # (B*n, c, C) scan within each chunk
+    L = _powers(a, -lag if reverse else lag, strict=strict)  # (G, c, c) a^|j-i| on/below (reverse: above) the diagonal
+    Xg = [X[..., g * Dg : (g + 1) * Dg] for g in range(G)] if G > 1 else [X]  # (B*n, c, Dg) views
+    Ys = [torch.matmul(L[g], Xg[g]) for g in range(G)]  # (B*n, c, Dg) scan within each chunk
     if n > 1:
-        P = _powers(a, torch.arange(c + 1, device=x.device))[0]  # (c+1,) a^l for l = 0..c
+        P = _powers(a, torch.arange(c + 1, device=x.device))  # (G, c+1) a^l for l = 0..c
         # inclusive chunk ends sum_i a^(c-1-i) x_i; reverse: chunk starts sum_i a^i x_i
-        ends = torch.matmul(P[:c] if reverse else P[:c].flip(0), X)  # (B*n, C)
-        ends = ends.view(B, n, C).transpose(1, 2).reshape(1, B * C, n)  # (1, B*C, n)
+        w = P[:, :c] if reverse else P[:, :c].flip(-1)  # (G, c)
+        ends = torch.stack([torch.matmul(w[g], Xg[g]) for g in range(G)])  # (G, B*n, Dg)
+        ends = ends.view(G, B, n, Dg).permute(0, 1, 3, 2).reshape(G, B * Dg, n)  # (G, B*Dg, n)
         if reverse:  # carried from the later chunks: scan the chunk sequence backward
-            prev = _carry(ends.flip(-1), a, c, chunk_size).flip(-1)  # (1, B*C, n) state after chunk m
-            coef = P[1:].flip(0)  # (c,) a^(c-j): from position j to the next chunk's first
+            prev = _carry(ends.flip(-1), a, c, chunk_size).flip(-1)  # (G, B*Dg, n) state after chunk m
+            coef = P[:, 1:].flip(-1)  # (G, c) a^(c-j): from position j to the next chunk's first
         else:
-            prev = _carry(ends, a, c, chunk_size)  # (1, B*C, n) state entering chunk m
-            coef = P[1:]  # (c,) a^(j+1): from the previous chunk's last position to position j
-        # + coef[j] prev at position j, in place (matmul saved X and L, not Y)
-        Y.baddbmm_(coef[:, None].expand(B * n, c, 1), prev.view(B, C, n).transpose(1, 2).reshape(B * n, 1, C))
-    Y = Y.view(B, n * c, C)
+            prev = _carry(ends, a, c, chunk_size)  # (G, B*Dg, n) state entering chunk m
+            coef = P[:, 1:]  # (G, c) a^(j+1): from the previous chunk's last position to position j
+        prev = prev.view(G, B, Dg, n).permute(0, 1, 3, 2).reshape(G, B * n, 1, Dg)
+        for g in range(G):  # + coef[j] prev at position j, in place (rank-1 update per chunk)
+            Ys[g].baddbmm_(coef[g, :, None].expand(B * n, c, 1), prev[g])
+    Y = (torch.cat(Ys, dim=-1) if G > 1 else Ys[0]).view(B, n * c, C)
     return Y if n * c == T else Y[:, :T]
 
 
-class _FixedRateScan(torch.autograd.Function):
-    """`_scan_merged` for a rate that needs no gradient; backward is the reverse scan of the gradient (no
-    saved tensors, one scan instead of autograd's two matmul gradients summed at full size)."""
+def _dot_groups(x: torch.Tensor, y: torch.Tensor, G: int) -> torch.Tensor:
+    """sum over (b, t, channel in group) of x * y for x, y (B, T, C) in G channel groups: (G,)."""
+    return (x * y).reshape(-1, G, x.shape[-1] // G).sum((0, 2))
+
+
+class _MergedScan(torch.autograd.Function):
+    """`_scan_merged` forward in time, with a backward that is the reverse scan of the gradient: nothing is
+    saved for it when the rates need no gradient, and no matmul gradients are formed.
+
+    The rates' gradient needs no matmul either: with s the inclusive state and u_j = sum_{t>=j} a^(t-j) g_t
+    the reverse scan of the output gradient g, dL/da = sum_j <u_j, s_{j-1}>, and a s_{j-1} is the output
+    itself (i < t; then u = dx + g) or the output minus the values (i <= t; then u = dx); so a dL/da is one
+    dot product per group. Below a = 2^-60 the division is replaced by the a -> 0 limit sum_j <g_j, x_{j-1}>
+    (relative error O(a), far below float32 rounding).
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, a: torch.Tensor, strict: bool, chunk_size: int) -> torch.Tensor:
-        ctx.a, ctx.strict, ctx.chunk_size = a, strict, chunk_size
-        return _scan_merged(x, a, strict, chunk_size)
+        y = _scan_merged(x, a, strict, chunk_size)
+        ctx.strict, ctx.chunk_size = strict, chunk_size
+        if ctx.needs_input_grad[1]:  # the rates' gradient reads the output and the values
+            ctx.save_for_backward(a, x, y)
+        else:
+            ctx.save_for_backward(a)
+        return y
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        return _scan_merged(g, ctx.a, ctx.strict, ctx.chunk_size, reverse=True), None, None, None
+        a, *rest = ctx.saved_tensors
+        dx = _scan_merged(g, a, ctx.strict, ctx.chunk_size, reverse=True)
+        da = None
+        if ctx.needs_input_grad[1]:
+            x, y = rest
+            G = a.shape[0]
+            if ctx.strict:
+                u = dx + g
+                da = u.mul_(y).reshape(-1, G, u.shape[-1] // G).sum((0, 2))  # <dx + g, y>, one temporary
+            else:
+                da = _dot_groups(dx, y - x, G)
+            small = a < 2.0**-60
+            da = da / torch.where(small, torch.ones_like(a), a)
+            if bool(small.any()):
+                da = torch.where(small, _dot_groups(g[:, 1:], x[:, :-1], G), da)
+        return dx, da, None, None
 
 
 def _momentum_short(

@@ -73,7 +73,7 @@ def test_momentum_float32_matches_naive():
 
 def test_momentum_default_chunk_and_eta_shape_1():
     torch.manual_seed(1)
-    v = torch.randn(1, 2, 150, 3, dtype=F64)  # 3 chunks of the default 64, ragged tail
+    v = torch.randn(1, 2, 150, 3, dtype=F64)  # 5 chunks of the default 32, ragged tail
     out = mom(v, torch.tensor([0.8], dtype=F64), include_current=True)
     torch.testing.assert_close(out, naive_momentum(v, torch.full((2,), 0.8, dtype=F64), True))
 
@@ -132,7 +132,7 @@ def test_momentum_fixed_rates_save_no_activation_for_backward(eta):
 
     def saved_sizes(eta):
         sizes = []
-        v = torch.randn(2, 4, 150, 8, requires_grad=True)  # 3 chunks of 64
+        v = torch.randn(2, 4, 150, 8, requires_grad=True)  # 5 chunks of 32
         with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
             out = mom(v, eta)
         out.sum().backward()
@@ -668,7 +668,8 @@ def test_eta_of_wrong_type_raises_type_error():
 
 
 class _LargestOutput(torch.utils._python_dispatch.TorchDispatchMode):
-    """Records the largest number of elements of any tensor an aten op returns."""
+    """Records the largest number of elements of any tensor an aten op allocates (views and expands of its
+    inputs, which share their storage, allocate nothing and are not counted)."""
 
     def __init__(self):
         super().__init__()
@@ -676,8 +677,9 @@ class _LargestOutput(torch.utils._python_dispatch.TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = {a.untyped_storage().data_ptr() for a in args if isinstance(a, torch.Tensor)}
         for t in out if isinstance(out, tuple | list) else (out,):
-            if isinstance(t, torch.Tensor):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
                 self.max_numel = max(self.max_numel, t.numel())
         return out
 

@@ -13,14 +13,17 @@ recursively over the chunk-end states with rate eta^c. Only non-negative powers 
 formed (no eta^-t, no log eta), so rates near 1 and long sequences stay finite, and rate 0 is allowed,
 gradients included. Sums are accumulated in float32 (float64 for float64 inputs) with autocast off.
 
-Speed on CPU: momentum_ema with one rate for every head (a float or one-element eta, the default model's
-fixed eta) scans the heads-merged values (B, T, H*D) in place with one shared (c x c) matrix: no layout
-copy at all. Otherwise each op changes its input's layout with one bulk copy each way (a custom autograd
-Function, so backward gets one bulk copy too); momentum_ema's output comes back with heads side by side
-((B, H, T, D) viewed from (B, T, H, D) memory), the layout in which attention merges heads; multirate_ema moves channels to the front with a plain 2-D transpose
-(PyTorch's blocked transpose copy) and right-multiplies by the transposed (c x c) Toeplitz block, built
-from windows of the zero-padded kernel. Chunk ends and the carried-in states go through small matmuls
-(the latter an in-place rank-1 update), so backward forms no full-size zero or product tensors.
+Speed: without states (training), momentum_ema scans the heads-merged values (B, T, H*D) in place, one
+(c x c) decay matrix per head applied to that head's columns (a strided view, no layout copy), and its
+backward is the same scan run backward in time over the gradient (the adjoint of a causal decay scan is
+the anti-causal one), so fixed rates save nothing full-size for it; the rates' gradient, when they need one, is one
+dot product per head (see _MergedScan). The cached path (initial_state / final_state) and multirate_ema
+change their input's layout with one bulk copy each way (a custom autograd Function, so backward gets one
+bulk copy too): momentum_ema moves heads to the front, chunk-major; multirate_ema moves channels to the
+front with a plain 2-D transpose (PyTorch's blocked transpose copy) and right-multiplies by the transposed
+(c x c) Toeplitz block, built from windows of the zero-padded kernel. Chunk ends and the carried-in states
+go through small matmuls (the latter an in-place rank-1 update), so backward forms no full-size zero or
+product tensors.
 
 One signature serves training, prefill and decoding (as in flash-linear-attention and mamba):
 
@@ -448,7 +451,7 @@ class _MergedScan(torch.autograd.Function):
                 da = _dot_groups(dx, y - x, G)
             small = a < 2.0**-60
             da = da / torch.where(small, torch.ones_like(a), a)
-            if bool(small.any()):
+            if _is_compiling() or bool(small.any()):  # no data-dependent branch in a compiled graph
                 da = torch.where(small, _dot_groups(g[:, 1:], x[:, :-1], G), da)
         return dx, da, None, None
 

@@ -2,6 +2,7 @@
 in one process (so a busy machine hits both alike): did a change to ops.py / model.py cost any speed?
 
     python benchmarks/compare_revisions.py --rev HEAD --T 256 --repeats 9 --out /tmp/compare.json
+    python benchmarks/compare_revisions.py --rev HEAD --part ema   # momentum_ema alone, fixed and learnable eta
 
 The revision's momattn/ops.py and momattn/model.py are loaded from `git show` as separate modules; the rest
 of momattn is shared. Same weights (seed 0), data and optimizer as bench_attention.py's training step.
@@ -20,7 +21,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_attention import BATCH, BLOCK, VARIANTS, VOCAB, _gpt_config, train_step_case  # noqa: E402
+from bench_attention import (  # noqa: E402
+    BATCH,
+    BLOCK,
+    VARIANTS,
+    VOCAB,
+    _gpt_config,
+    paired_overhead,
+    train_step_case,
+)
 from harness import RESULTS, Timer, machine_info, pct, table, write_results  # noqa: E402
 
 from momattn import model as model_now  # noqa: E402
@@ -36,8 +45,8 @@ def _module_from_source(name: str, source: str) -> types.ModuleType:
     return mod
 
 
-def model_at(rev: str) -> types.ModuleType:
-    """momattn.model as of `rev`, importing that revision's momattn.ops."""
+def model_at(rev: str, ops_only: bool = False) -> types.ModuleType:
+    """momattn.model as of `rev`, importing that revision's momattn.ops (ops_only: that momattn.ops)."""
 
     def show(path):
         return subprocess.run(
@@ -45,10 +54,55 @@ def model_at(rev: str) -> types.ModuleType:
         ).stdout
 
     tag = "momattn_rev_" + "".join(c if c.isalnum() else "_" for c in rev)
-    _module_from_source(f"{tag}_ops", show("momattn/ops.py"))
+    ops = _module_from_source(f"{tag}_ops", show("momattn/ops.py"))
+    if ops_only:
+        return ops
     return _module_from_source(
         f"{tag}_model", show("momattn/model.py").replace("from momattn.ops ", f"from {tag}_ops ")
     )
+
+
+def compare_ema(args) -> None:
+    """momentum_ema forward + backward at one training step's worth of values (4 layers x B x T tokens of
+    256 channels, 4 heads), read as the model reads them (a strided view of a qkv tensor), eta 0.5 fixed and
+    learnable per head, at `rev` and in the working tree, interleaved."""
+    from momattn import ops as ops_now
+
+    old = model_at(args.rev, ops_only=True)
+    T = args.T
+    B = 4 * max(1, BATCH * BLOCK // T)  # 4 layers' worth of one step's tokens
+    torch.manual_seed(0)
+    qkv = torch.randn(B, T, 3 * 256)
+
+    def case(mod, learnable):
+        def fn():
+            eta = torch.full((4,), 0.5, requires_grad=True) if learnable else torch.tensor(0.5)
+            v = qkv[:, :, 512:].detach().requires_grad_()
+            out = mod.momentum_ema(v.view(B, T, 4, 64).transpose(1, 2), eta)[0]
+            out.backward(torch.ones_like(out))
+
+        return fn
+
+    cases = {f"{kind} @ {label}": case(mod, kind == "learnable")
+             for kind in ("fixed", "learnable") for label, mod in ((args.rev, old), ("worktree", ops_now))}
+    times = Timer(repeats=args.repeats, warmup=2, min_sample_s=args.min_sample_s).time(cases, torch.device("cpu"))
+    rows = []
+    for kind in ("fixed", "learnable"):
+        a, b = times[f"{kind} @ {args.rev}"], times[f"{kind} @ worktree"]
+        paired = paired_overhead(b["samples_s"], a["samples_s"])
+        rows.append([f"eta {kind}", f"{1e3 * a['median_s']:.2f} ({a['iqr_pct']:.1f}%)",
+                     f"{1e3 * b['median_s']:.2f} ({b['iqr_pct']:.1f}%)",
+                     pct(100 * (b["median_s"] / a["median_s"] - 1)),
+                     f"{pct(paired['overhead_vs_vanilla_paired_pct'])} ({pct(paired['paired_q1_pct'])}, "
+                     f"{pct(paired['paired_q3_pct'])})"])
+    md = "\n".join([
+        f"momentum_ema forward + backward, B={B} x T={T} x 4 heads of 64 (one training step's values, 4 layers), "
+        f"fp32: ms (IQR) at {args.rev} and in the working tree, medians of {args.repeats} interleaved samples.",
+        "",
+        table(["eta", args.rev, "worktree", "change (medians)", "change (paired, IQR)"], rows),
+    ])
+    write_results(args.out, {"machine": machine_info(torch.device("cpu")), "rev": args.rev, "part": "ema", "T": T,
+                             "B": B, "times": times}, md)
 
 
 def main() -> None:
@@ -60,10 +114,14 @@ def main() -> None:
     ap.add_argument("--min-sample-s", type=float, default=0.2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--out", type=Path, default=RESULTS / "compare_revisions.json")
+    ap.add_argument("--part", choices=["step", "ema"], default="step",
+                    help="step: the model's training step; ema: momentum_ema forward + backward alone")
     args = ap.parse_args()
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.part == "ema":
+        return compare_ema(args)
     device, T = torch.device("cpu"), args.T
     B = max(1, BATCH * BLOCK // T)
     old = model_at(args.rev)

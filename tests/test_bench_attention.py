@@ -1,5 +1,6 @@
 """benchmarks/bench_attention.py: the issue-11 targets read from a results dict (no timing here)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -22,3 +23,32 @@ def test_momentum_within_3_percent_and_multirate_within_5():
         "training step overhead of multirate_ema vs vanilla at T=256": ("<= +5%", True),
         "training step overhead of multirate_ema vs vanilla at T=1024": ("<= +5%", False),
     }
+
+
+def test_paired_overhead_cancels_the_machine_drifting_between_rounds():
+    vanilla = [1.0, 1.3, 1.0, 1.3, 1.0]  # this machine's steps jump between two speeds
+    variant = [1.02 * v for v in vanilla]  # 2% slower in every round, whichever speed the round ran at
+    got = bench_attention.paired_overhead(variant, vanilla)
+    assert abs(got["overhead_vs_vanilla_paired_pct"] - 2.0) < 1e-9
+    assert abs(got["paired_q1_pct"] - 2.0) < 1e-9 and abs(got["paired_q3_pct"] - 2.0) < 1e-9
+    shifted = [1.02 * 1.3] * 5  # slow in every round, while vanilla ran fast in three
+    assert bench_attention.paired_overhead(shifted, vanilla)["overhead_vs_vanilla_paired_pct"] > 20  # pairing is by round
+
+
+def test_targets_use_the_paired_overhead_when_measured():
+    row = {**_row("momentum", 256, 14.0), "overhead_vs_vanilla_paired_pct": 1.0}
+    (t,) = bench_attention.targets({"train_step": [_row("vanilla", 256, 0.0), row]})
+    assert t["met"] and t["value"] == 1.0 and "ratio of medians +14.0%" in t["got"]
+
+
+def test_rerender_derives_the_paired_overheads_from_stored_samples(tmp_path):
+    rows = [{**_row("vanilla", 256, 0.0), "samples_s": [1.0, 1.3, 1.0]},
+            {**_row("momentum", 256, 9.0), "samples_s": [1.01, 1.313, 1.01]}]
+    real = json.loads((bench_attention.RESULTS / "attention.json").read_text())  # the committed results' layout
+    template = {k: v for k, v in real["train_step"][0].items() if k not in ("variant", "T")}
+    path = tmp_path / "attention.json"
+    path.write_text(json.dumps({**real, "train_step": [{**template, **r} for r in rows], "targets": []}))
+    res = bench_attention.main(["--rerender", "--out", str(path)])
+    mom = next(r for r in res["train_step"] if r["variant"] == "momentum")
+    assert abs(mom["overhead_vs_vanilla_paired_pct"] - 1.0) < 1e-9
+    assert res["targets"][0]["met"] and path.with_suffix(".md").exists()

@@ -17,13 +17,13 @@ Speed: without states (training), momentum_ema scans the heads-merged values (B,
 (c x c) decay matrix per head applied to that head's columns (a strided view, no layout copy), and its
 backward is the same scan run backward in time over the gradient (the adjoint of a causal decay scan is
 the anti-causal one), so fixed rates save nothing full-size for it; the rates' gradient, when they need one, is one
-dot product per head (see _MergedScan). The cached path (initial_state / final_state) and multirate_ema
+shifted dot product per head (see _MergedScan). The cached path (initial_state / final_state) and multirate_ema
 change their input's layout with one bulk copy each way (a custom autograd Function, so backward gets one
 bulk copy too): momentum_ema moves heads to the front, chunk-major; multirate_ema moves channels to the
 front with a plain 2-D transpose (PyTorch's blocked transpose copy) and right-multiplies by the transposed
 (c x c) Toeplitz block, built from windows of the zero-padded kernel. Chunk ends and the carried-in states
-go through small matmuls (the latter an in-place rank-1 update), so backward forms no full-size zero or
-product tensors.
+go through small matmuls (the latter an in-place rank-1 update), so autograd's backward of those paths forms
+no full-size zero or product tensors.
 
 One signature serves training, prefill and decoding (as in flash-linear-attention and mamba):
 
@@ -420,10 +420,9 @@ class _MergedScan(torch.autograd.Function):
     saved for it when the rates need no gradient, and no matmul gradients are formed.
 
     The rates' gradient needs no matmul either: with s the inclusive state and u_j = sum_{t>=j} a^(t-j) g_t
-    the reverse scan of the output gradient g, dL/da = sum_j <u_j, s_{j-1}>, and a s_{j-1} is the output
-    itself (i < t; then u = dx + g) or the output minus the values (i <= t; then u = dx); so a dL/da is one
-    dot product per group. Below a = 2^-60 the division is replaced by the a -> 0 limit sum_j <g_j, x_{j-1}>
-    (relative error O(a), far below float32 rounding).
+    the reverse scan of the output gradient g, dL/da = sum_j <u_j, s_{j-1}>. For i <= t the output is s and
+    u = dx; for i < t the output is a s_{j-1}, so s_{j-1} = x_{j-1} + y_{j-1} and u = dx + g. So it is one
+    shifted dot product per head, with no division by a (exact for a = 0 and tiny a, and twice differentiable).
     """
 
     @staticmethod
@@ -439,20 +438,17 @@ class _MergedScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         a, *rest = ctx.saved_tensors
-        dx = _scan_merged(g, a, ctx.strict, ctx.chunk_size, reverse=True)
-        da = None
-        if ctx.needs_input_grad[1]:
-            x, y = rest
-            G = a.shape[0]
-            if ctx.strict:
-                u = dx + g
-                da = u.mul_(y).reshape(-1, G, u.shape[-1] // G).sum((0, 2))  # <dx + g, y>, one temporary
-            else:
-                da = _dot_groups(dx, y - x, G)
-            small = a < 2.0**-60
-            da = da / torch.where(small, torch.ones_like(a), a)
-            if _is_compiling() or bool(small.any()):  # no data-dependent branch in a compiled graph
-                da = torch.where(small, _dot_groups(g[:, 1:], x[:, :-1], G), da)
+        with _no_autocast(g.device):  # a backward run inside autocast would get bf16 matmuls
+            g = g.to(a.dtype)
+            dx = _scan_merged(g, a, ctx.strict, ctx.chunk_size, reverse=True)
+            da = None
+            if ctx.needs_input_grad[1]:
+                x, y = rest
+                G = a.shape[0]
+                if ctx.strict:  # u = dx + g, s_{j-1} = x_{j-1} + y_{j-1}
+                    da = _dot_groups((dx + g)[:, 1:], (x + y)[:, :-1], G)
+                else:  # u = dx, s_{j-1} = y_{j-1}
+                    da = _dot_groups(dx[:, 1:], y[:, :-1], G)
         return dx, da, None, None
 
 

@@ -142,7 +142,7 @@ def test_momentum_fixed_rates_save_no_activation_for_backward(eta):
     sizes, full = saved_sizes(eta)
     assert all(s < full for s in sizes)
     learnable = torch.tensor([0.3, 0.5, 0.7, 0.9], requires_grad=True)
-    sizes, full = saved_sizes(learnable)  # the rates, the input (a view), the output in chunk-major layout
+    sizes, full = saved_sizes(learnable)  # the rates, the input (a view), the output
     assert sum(s >= full for s in sizes) == 2
 
 
@@ -806,3 +806,35 @@ def test_momentum_compiles_as_one_graph_with_the_same_gradients(eta):
         (fn(v, e) * torch.linspace(-1, 1, 70)[:, None]).sum().backward()
         results.append((v.grad, e.grad if eta == "learnable" else None))
     torch.testing.assert_close(results[0], results[1])
+
+
+@pytest.mark.parametrize("include_current", [False, True])
+@pytest.mark.parametrize("rate", [1e-30, 1e-15, 1e-7, 1e-5, 0.3, 0.999])
+def test_learnable_rate_gradient_is_accurate_in_float32_at_every_rate(include_current, rate):
+    """The rate's gradient in float32 matches float64 to float32 accuracy, tiny rates included (a formula that
+    divided by the rate, or subtracted the values from an inclusive output, would lose it there)."""
+    torch.manual_seed(0)
+    v, w = torch.randn(2, 3, 40, 4, dtype=F64), torch.randn(2, 3, 40, 4, dtype=F64)
+    grads = []
+    for dtype in (F64, torch.float32):
+        eta = torch.tensor(rate, dtype=dtype, requires_grad=True)
+        (mom(v.to(dtype), eta, include_current=include_current, chunk_size=8) * w.to(dtype)).sum().backward()
+        grads.append(eta.grad.double())
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("eta", [0.6, "learnable"])
+def test_backward_inside_autocast(eta):
+    """A training step whose backward runs inside torch.autocast (as some loops do) works and matches fp32."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(12, 36)
+    x = torch.randn(2, 37, 12)
+    grads = []
+    for autocast in (True, False):
+        lin.zero_grad()
+        e = torch.tensor([0.2, 0.5, 0.9], requires_grad=True) if eta == "learnable" else eta
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            v = lin(x)[..., 24:].view(2, 37, 3, 4).transpose(1, 2)
+            mom(v, e, chunk_size=8).float().sum().backward()
+        grads.append(lin.weight.grad.clone())
+    assert ((grads[0] - grads[1]).norm() / grads[1].norm()).item() < 0.02  # bf16 matmuls: ~1% apart

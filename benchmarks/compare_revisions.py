@@ -45,20 +45,24 @@ def _module_from_source(name: str, source: str) -> types.ModuleType:
     return mod
 
 
-def model_at(rev: str, ops_only: bool = False) -> types.ModuleType:
-    """momattn.model as of `rev`, importing that revision's momattn.ops (ops_only: that momattn.ops)."""
+def _show(rev: str, path: str) -> str:
+    return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
 
-    def show(path):
-        return subprocess.run(
-            ["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True, capture_output=True, text=True
-        ).stdout
 
-    tag = "momattn_rev_" + "".join(c if c.isalnum() else "_" for c in rev)
-    ops = _module_from_source(f"{tag}_ops", show("momattn/ops.py"))
-    if ops_only:
-        return ops
+def _tag(rev: str) -> str:
+    return "momattn_rev_" + "".join(c if c.isalnum() else "_" for c in rev)
+
+
+def ops_at(rev: str) -> types.ModuleType:
+    """momattn.ops as of `rev`."""
+    return _module_from_source(f"{_tag(rev)}_ops", _show(rev, "momattn/ops.py"))
+
+
+def model_at(rev: str) -> types.ModuleType:
+    """momattn.model as of `rev`, importing that revision's momattn.ops."""
+    ops = ops_at(rev)
     return _module_from_source(
-        f"{tag}_model", show("momattn/model.py").replace("from momattn.ops ", f"from {tag}_ops ")
+        f"{_tag(rev)}_model", _show(rev, "momattn/model.py").replace("from momattn.ops ", f"from {ops.__name__} ")
     )
 
 
@@ -68,7 +72,7 @@ def compare_ema(args) -> None:
     learnable per head, at `rev` and in the working tree, interleaved."""
     from momattn import ops as ops_now
 
-    old = model_at(args.rev, ops_only=True)
+    old = ops_at(args.rev)
     T = args.T
     B = 4 * max(1, BATCH * BLOCK // T)  # 4 layers' worth of one step's tokens
     torch.manual_seed(0)

@@ -298,7 +298,9 @@ def momentum_ema(
             return _momentum_merged(v, a[:1] if shared else a, include_current, chunk_size), None
         c = min(chunk_size, T)
         n = -(-T // c)  # number of chunks
-        X = _layout_copy(_chunks(v, n, c), (1, 3, 2, 0, 4), acc).view(H, c, n * B * D)  # chunk-major
+        x = v if n * c == T else F.pad(v, (0, 0, 0, n * c - T))  # zero tail: does not touch earlier t
+        # chunk-major layout, one copy (contiguous runs of D): (B, H, n, c, D) -> (H, c, n, B, D)
+        X = _layout_copy(x.view(B, H, n, c, D), (1, 3, 2, 0, 4), acc).view(H, c, n * B * D)
         init = None if s0 is None else s0.permute(1, 0, 2).reshape(H, B * D)  # (H, B*D)
         Y, prev = _scan_heads(X, a, n, not include_current, chunk_size, init)  # prev (H, B*D, n) or None
         # back, heads side by side as attention merges them: (H, c, n, B, D) -> (B, n, c, H, D)
@@ -312,14 +314,6 @@ def momentum_ema(
             last_prev = None if prev is None else prev[..., n - 1 :]  # (H, B*D, 1)
             final = _last_state(x_last, w, a_into, last_prev).reshape(H, B, D).transpose(0, 1)  # (B, H, D)
     return (y if n * c == T else y[:, :, :T]), final
-
-
-def _chunks(v: torch.Tensor, n: int, c: int) -> torch.Tensor:
-    """v (B, H, T, D) zero-padded to n*c positions (the zero tail touches no earlier position) and viewed
-    as (B, H, n, c, D)."""
-    B, H, T, D = v.shape
-    x = v if n * c == T else F.pad(v, (0, 0, 0, n * c - T))
-    return x.view(B, H, n, c, D)
 
 
 def _scan_heads(
@@ -439,7 +433,6 @@ class _MergedScan(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):
         a, *rest = ctx.saved_tensors
         with _no_autocast(g.device):  # a backward run inside autocast would get bf16 matmuls
-            g = g.to(a.dtype)
             dx = _scan_merged(g, a, ctx.strict, ctx.chunk_size, reverse=True)
             da = None
             if ctx.needs_input_grad[1]:

@@ -439,13 +439,18 @@ def render(res: dict) -> str:
     return "\n".join(out)
 
 
+def _vanilla_row(res: dict, T: int) -> dict:
+    """The vanilla training-step row at length T, which every other variant's overhead is taken against."""
+    return next(v for v in res["train_step"] if v["variant"] == "vanilla" and v["T"] == T)
+
+
 def targets(res: dict) -> list[dict]:
     """Per training step vs vanilla (issue 11): momentum, fixed or learnable eta, at most +3%; multirate_ema at
     most +5%. momentum_ema linear in T."""
     out = []
     for r in res.get("train_step", []):
         if r["variant"] != "vanilla":
-            van = next(v for v in res["train_step"] if v["variant"] == "vanilla" and v["T"] == r["T"])
+            van = _vanilla_row(res, r["T"])
             got = r.get("overhead_vs_vanilla_paired_pct", r["overhead_vs_vanilla_pct"])
             limit = 5.0 if r["variant"] == "multirate_ema" else 3.0
             out.append(
@@ -483,8 +488,7 @@ def rerender(path: Path) -> dict:
     """Re-derive the training step's paired overheads and the targets from the samples stored in `path`."""
     res = json.loads(path.read_text())
     for r in res.get("train_step", []):
-        van = next(v for v in res["train_step"] if v["variant"] == "vanilla" and v["T"] == r["T"])
-        r.update(paired_overhead(r["samples_s"], van["samples_s"]))
+        r.update(paired_overhead(r["samples_s"], _vanilla_row(res, r["T"])["samples_s"]))
     res["targets"] = targets(res)
     write_results(path, res, render(res))
     return res

@@ -1,0 +1,150 @@
+"""When does in-context learning appear? Train a GINC run and score GINC prompts every few steps.
+
+    python benchmarks/ginc_curve.py [--every 200] [--shots 0,32] [--tasks ginc] [--prompts 500] [--name NAME]
+                                    [override ...]          # e.g. attention=momentum optim.lr=4e-3 seed=2
+
+The overrides compose with `experiment=ginc` exactly as train.py's do (model, optim, data, seed, ...), and the
+loop is train.py's step: the same model init, AdamW groups, lr schedule, gradient clipping and window order (the
+run's TokenDataModule). Every `every` steps (and after the last) the model answers the evaluator's own GINC
+prompts (GincEvaluator, the same prompts as `python evaluate.py icl.seeds=[1] icl.max_examples=<prompts>`), and
+the row gets the training tokens so far, the training seconds so far (steps only, evaluation excluded) and the
+mean training loss of the last 20 steps. This is how the recipe in conf/recipe/ginc.yaml was chosen (README,
+"Choosing the GINC recipe"). No checkpoint is written. Writes benchmarks/results/ginc_curve/<name>.json and .md
+and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness import RESULTS, machine_info, table  # noqa: E402
+
+
+def compose_config(overrides: list[str], out_dir: str):
+    """experiment=ginc + overrides as train.py composes them (paths under out_dir), validated like a run's."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from momattn.cli import CONF_DIR, check_overrides
+    from momattn.config import load_train_config
+
+    overrides = ["experiment=ginc", "logger=none", *overrides]
+    check_overrides("train", overrides)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = cfg.hydra.runtime.cwd = out_dir
+    HydraConfig().set_config(cfg)
+    return load_train_config(cfg)
+
+
+def run(overrides: list[str], every: int, tasks: list[str], shots: list[int], prompts: int, log=print):
+    """Train as train.py would, scoring GINC prompts every `every` steps: (result dict, the trained model)."""
+    import tempfile
+
+    import lightning.pytorch as pl
+    import torch
+    import torch.nn.functional as F
+
+    from momattn.data.datamodule import StreamSampler, TokenDataModule
+    from momattn.eval.config import IclConfig
+    from momattn.eval.ginc import GincEvaluator, ginc_task, ginc_world
+    from momattn.lit import LitGPT
+    from momattn.model import GPT
+    from momattn.tokenizer import build_tokenizer
+    from momattn.training import _tokens
+
+    with tempfile.TemporaryDirectory() as out_dir:
+        c = compose_config(overrides, out_dir)
+    pl.seed_everything(c.seed, workers=True, verbose=False)
+    tokenizer = build_tokenizer(c.tokenizer, c.data, c.cache_dir)
+    model_config = c.model_for(tokenizer.vocab_size)
+    model = GPT(model_config).train()
+    train, val = _tokens(c, tokenizer, model_config.vocab_size, model_config.block_size)
+    dm = TokenDataModule(train, val, model_config.block_size, c.loader.batch_size, c.max_steps, c.accumulate,
+                         c.loader.val_batches, c.seed, c.loader.num_workers)
+    opt_conf = LitGPT(model, c.optim, c.max_steps).configure_optimizers()
+    opt, sched = opt_conf["optimizer"], opt_conf["lr_scheduler"]["scheduler"]
+    clip = c.optim.grad_clip
+    world = ginc_world(c.resolved.get("data"))
+    icl = IclConfig(tasks=tasks, shots=shots, seeds=[1], max_examples=prompts)
+    evaluator = GincEvaluator(model, tokenizer, icl, world)
+    task_objs = [ginc_task(t) for t in tasks]
+    if any(t is None for t in task_objs):
+        raise SystemExit(f"--tasks: every task must be a GINC task (ginc, ginc_l3, ginc_ood, ...), got {tasks}")
+    rows, losses, train_s, step = [], [], 0.0, 0
+    tokens_per_step = c.loader.batch_size * model_config.block_size * c.accumulate
+    # the window order of train.py's first (single-process) run: TokenDataModule.train_dataloader at step 0
+    batches = iter(dm._loader(dm.train_set, StreamSampler(0, c.max_steps * c.loader.batch_size * c.accumulate)))
+    while step < c.max_steps:
+        t0 = time.perf_counter()
+        for _ in range(c.accumulate):
+            x, y = next(batches)
+            logits = model(x)
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1)) / c.accumulate
+            loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item() * c.accumulate)
+        train_s += time.perf_counter() - t0
+        step += 1
+        if step % every == 0 or step == c.max_steps:
+            results = evaluator.evaluate_tasks(task_objs)
+            row = {"step": step, "tokens": step * tokens_per_step, "train_s": round(train_s, 1),
+                   "train_loss": round(statistics.fmean(losses[-20:]), 4)}
+            for name, r in results.items():
+                for k, s in r.shots.items():
+                    row[f"{name} k={k}"] = None if not s.fits else round(100 * s.acc, 1)
+            rows.append(row)
+            log(json.dumps(row))
+    result = {"overrides": overrides, "max_steps": c.max_steps, "tasks": tasks, "shots": shots, "prompts": prompts,
+              "attention": c.model.attention.kind, "rows": rows}
+    return result, model
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--every", type=int, default=200, help="score the prompts every this many steps")
+    ap.add_argument("--tasks", default="ginc", help="comma-separated GINC tasks (ginc, ginc_l3, ginc_ood, ...)")
+    ap.add_argument("--shots", default="0,32", help="comma-separated k")
+    ap.add_argument("--prompts", type=int, default=500, help="prompts per (task, k)")
+    ap.add_argument("--name", default=None, help="results file name (default: from the overrides)")
+    ap.add_argument("--out", default=str(RESULTS / "ginc_curve"))
+    ap.add_argument("overrides", nargs="*", help="train.py overrides, composed with experiment=ginc")
+    a = ap.parse_args(argv)
+    if a.every < 1 or a.prompts < 1:
+        ap.error("--every and --prompts must be >= 1")
+    shots = [int(k) for k in a.shots.split(",")]
+    result, _ = run(a.overrides, a.every, a.tasks.split(","), shots, a.prompts)
+    result["machine"] = machine_info("cpu")
+    name = a.name or ("_".join(o.replace("=", "-") for o in a.overrides) or "default")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cols = list(result["rows"][0])
+    md = table(cols, [["-" if r[k] is None else str(r[k]) for k in cols] for r in result["rows"]])
+    head = f"GINC curve, `{' '.join(['experiment=ginc', *a.overrides])}` ({result['prompts']} prompts per k)\n\n"
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{name}.md").write_text(head + md + "\n")
+    print(head + md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""benchmarks/ginc_curve.py: GINC accuracy scored during training, on train.py's own training step."""
+
+import sys
+from pathlib import Path
+
+import torch
+from conftest import run_cli
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import ginc_curve  # noqa: E402
+
+from momattn.checkpoint import model_state, read_checkpoint  # noqa: E402
+
+TINY = ["data.n_train_docs=8", "data.doc_length=600", "data.n_val_docs=2", "data.val_doc_length=300",
+        "model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.block_size=64", "data.batch_size=4",
+        "data.val_batches=1", "trainer.max_steps=3", "trainer.val_check_interval=3", "optim.warmup_steps=1"]
+
+
+def test_curve_trains_exactly_as_train_py_and_scores_at_every_interval(tmp_path):
+    rows = []
+    result, model = ginc_curve.run(TINY, every=2, tasks=["ginc", "ginc_ood"], shots=[0, 2, 32], prompts=16,
+                                   log=rows.append)
+    assert [r["step"] for r in result["rows"]] == [2, 3]  # every 2 steps, and after the last
+    assert [r["tokens"] for r in result["rows"]] == [2 * 4 * 64, 3 * 4 * 64]
+    last = result["rows"][-1]
+    assert 0 <= last["ginc k=0"] <= 100 and 0 <= last["ginc_ood k=2"] <= 100
+    assert last["ginc k=32"] is None  # 32 examples of 5 symbols do not fit a 64-token context
+    assert len(rows) == 2
+
+    proc = run_cli("train.py", ["experiment=ginc", *TINY, "run_eval=false", "logger=none",
+                                f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    trained = model_state(read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt"))
+    mine = model.state_dict()
+    assert trained.keys() == mine.keys()
+    for k in mine:
+        torch.testing.assert_close(mine[k], trained[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_curve_refuses_a_task_that_is_not_ginc():
+    import pytest
+
+    with pytest.raises(SystemExit, match="GINC task"):
+        ginc_curve.run(TINY, every=2, tasks=["sst2"], shots=[0], prompts=4)

@@ -171,3 +171,29 @@ def test_metrics_are_ordered_by_length_and_by_k():
     names = ["ginc/acc@k16", "ppl@256", "ginc/acc@k2", "avg/acc@kmax", "ppl@64", "ginc/acc@k0"]
     assert sorted(names, key=metric_order) == ["ppl@64", "ppl@256", "avg/acc@kmax", "ginc/acc@k0", "ginc/acc@k2",
                                                "ginc/acc@k16"]
+
+
+def test_in_context_rise_per_attention_with_its_interval_over_seeds():
+    from momattn.eval.sweep import rises_of, sweep_markdown
+
+    seeds = {1: {"ginc/acc@k0": 0.50, "ginc/acc@k4": 0.55, "ginc/acc@k32": 0.60, "ppl@64": 5.0,
+                 "ginc_l8/acc@k0": 0.70, "ginc_l8/acc@k16": 0.69, "ginc_ood/acc@k0": 0.1, "trec/acc@kmax": 0.3},
+             2: {"ginc/acc@k0": 0.52, "ginc/acc@k4": 0.56, "ginc/acc@k32": 0.64, "ppl@64": 5.1,
+                 "ginc_l8/acc@k0": 0.71, "ginc_l8/acc@k16": 0.73, "ginc_ood/acc@k0": 0.1},
+             3: {"ginc/acc@k0": 0.48, "ginc/acc@k4": 0.51,  # k = 32 missing here: the largest common k is 4
+                 "ginc_l8/acc@k0": 0.69, "ginc_l8/acc@k16": 0.70, "ginc_ood/acc@k0": 0.1}}
+    got = {r.task: r for r in rises_of("momentum", seeds)}
+    assert set(got) == {"ginc", "ginc_l8"}  # ginc_ood: k = 0 only; trec: no k = 0
+    g = got["ginc"]
+    assert g.k == 4 and g.n_seeds == 3 and g.attention == "momentum"
+    assert abs(g.mean - 0.04) < 1e-12
+    assert g.lo > 0 and g.reading == "rises"  # 5, 4, 3 points: the t-interval excludes 0
+    assert got["ginc_l8"].k == 16 and got["ginc_l8"].reading == "no clear change"  # -1, +2, +1
+    falls = rises_of("vanilla", {1: {"ginc/acc@k0": 0.6, "ginc/acc@k8": 0.5},
+                                 2: {"ginc/acc@k0": 0.6, "ginc/acc@k8": 0.52},
+                                 3: {"ginc/acc@k0": 0.6, "ginc/acc@k8": 0.51}})
+    assert falls[0].reading == "falls" and falls[0].hi < 0
+    one = rises_of("vanilla", {1: {"ginc/acc@k0": 0.6, "ginc/acc@k8": 0.7}})
+    assert one[0].reading.startswith("cannot tell")
+    md = sweep_markdown([SettingSummary("s", {}, rows={"momentum": {}}, rises=list(got.values()))], [], 3)
+    assert "| momentum | ginc | 0 -> 4 | +4.0 ± 1.0 |" in md

@@ -67,11 +67,27 @@ class Comparison:
 
 
 @dataclass
+class Rise:
+    """In-context learning of one attention on one task: accuracy at the largest k minus k = 0, per seed."""
+
+    attention: str
+    task: str
+    k: int  # the largest k every seed scored
+    mean: float
+    lo: float
+    hi: float
+    std: float
+    n_seeds: int
+    reading: str
+
+
+@dataclass
 class SettingSummary:
     setting: str
     differs: dict  # what tells this setting from the others
     rows: dict[str, dict[str, dict]] = field(default_factory=dict)  # attention -> metric -> {mean, std, n, seeds}
     comparisons: list[Comparison] = field(default_factory=list)
+    rises: list[Rise] = field(default_factory=list)
     params: dict[str, dict] = field(default_factory=dict)  # attention label -> its attention config
 
 
@@ -84,6 +100,33 @@ def t_interval(diffs: Sequence[float]) -> tuple[float, float, float]:
     t = T975[len(d) - 2] if len(d) - 1 <= len(T975) else 1.96
     half = t * float(d.std(ddof=1)) / math.sqrt(len(d))
     return mean, mean - half, mean + half
+
+
+def rises_of(attention: str, seeds: Mapping[int | None, Mapping[str, float]]) -> list[Rise]:
+    """Per task scored at k = 0 and at larger numeric k by every seed: acc(largest such k) - acc(k = 0) per seed,
+    its mean, sample std and 95% t-interval over seeds; 'rises' / 'falls' only when the interval excludes 0."""
+    per_task: dict[str, set[int]] = {}
+    for i, metrics in enumerate(seeds.values()):
+        ks: dict[str, set[int]] = defaultdict(set)
+        for m in metrics:
+            task, _, k = m.partition("/acc@k")
+            if k.isdigit():
+                ks[task].add(int(k))
+        per_task = dict(ks) if i == 0 else {t: per_task[t] & ks[t] for t in per_task if t in ks}
+    out = []
+    for task, ks in sorted(per_task.items()):
+        if 0 not in ks or max(ks) == 0:
+            continue
+        k = max(ks)
+        diffs = [v[f"{task}/acc@k{k}"] - v[f"{task}/acc@k0"] for v in seeds.values()]
+        mean, lo, hi = t_interval(diffs)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            reading = "cannot tell (one seed: no interval)"
+        else:
+            reading = "rises" if lo > 0 else "falls" if hi < 0 else "no clear change"
+        std = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0
+        out.append(Rise(attention, task, k, mean, lo, hi, std, len(diffs), reading))
+    return out
 
 
 def verdict(metric: str, lo: float, hi: float) -> str:
@@ -222,6 +265,7 @@ def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
                 summary.rows[att][m] = {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1))
                                         if len(vals) > 1 else 0.0, "n": len(vals),
                                         "seeds": sorted(str(k) for k, v in seeds.items() if m in v)}
+            summary.rises += rises_of(att, seeds)
             if att == BASELINE or BASELINE not in by_att:
                 continue
             base = by_att[BASELINE]
@@ -260,6 +304,14 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
                 seeds = max((row[m]["n"] for m in cols if m in row), default=0)
                 cells = [f"{_num(m, row[m]['mean'])} ± {_num(m, row[m]['std'])}" if m in row else "–" for m in cols]
                 lines.append(f"| {att} | {seeds} | " + " | ".join(cells) + " |")
+            lines.append("")
+        if s.rises:
+            lines += ["### In-context rise (accuracy at the largest k minus k = 0, per seed)", "",
+                      "| attention | task | k | rise | 95% interval | seeds | reading |", "|---|---|---|---|---|---|---|"]
+            for r in s.rises:
+                ci = "n/a (one seed)" if not math.isfinite(r.lo) else f"[{100 * r.lo:+.1f}, {100 * r.hi:+.1f}]"
+                lines.append(f"| {r.attention} | {r.task} | 0 -> {r.k} | {100 * r.mean:+.1f} ± {100 * r.std:.1f} | "
+                             f"{ci} | {r.n_seeds} | {r.reading} |")
             lines.append("")
         if s.comparisons:
             lines += ["### Verdict", "", "| metric | attention − vanilla | 95% interval | pairs | verdict |",

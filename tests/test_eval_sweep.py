@@ -197,3 +197,30 @@ def test_in_context_rise_per_attention_with_its_interval_over_seeds():
     assert one[0].reading.startswith("cannot tell")
     md = sweep_markdown([SettingSummary("s", {}, rows={"momentum": {}}, rises=list(got.values()))], [], 3)
     assert "| momentum | ginc | 0 -> 4 | +4.0 ± 1.0 |" in md
+
+
+def test_a_sweep_without_evaluation_overrides_judges_each_run_by_its_own_end_of_run_settings(tmp_path):
+    from momattn.eval.config import EvalConfig
+    from momattn.eval.runner import eval_overridden
+    from momattn.eval.sweep import SweepRun, run_settings
+
+    default = EvalConfig.from_mapping(EVAL)
+    own = {"icl": {"tasks": ["ginc", "ginc_ood"], "shots": [0, 32], "seeds": [1], "max_examples": 500},
+           "ppl": {"max_windows": 50}}
+    ginc = run_settings(SweepRun(tmp_path, tmp_path, "vanilla", 1, "s", {"eval": own}), default)
+    assert ginc.icl.tasks == ["ginc", "ginc_ood"] and ginc.icl.shots == [0, 32] and ginc.ppl.max_windows == 50
+    assert ginc.batch_tokens == default.batch_tokens  # the run's section has none: evaluate.py's
+    assert run_settings(SweepRun(tmp_path, tmp_path, "vanilla", 1, "s", {"seed": 1}), default) == default
+    assert eval_overridden()  # outside Hydra (a direct call) the caller's settings are explicit
+
+
+def test_text_tasks_on_a_ginc_checkpoint_are_refused_by_name(tmp_path):
+    from momattn.data.ginc import GincCorpus
+    from momattn.eval.runner import evaluate_model
+
+    tok = GincCorpus(n_train_docs=2, doc_length=64, n_val_docs=1, val_doc_length=64).tokenizer()
+    model = GPT(GPTConfig(block_size=32, vocab_size=64, n_layer=1, n_head=2, n_embd=16))
+    run_config = {"data": {"_target_": "momattn.data.ginc.GincCorpus"}}
+    with pytest.raises(ConfigError, match=r"sst2, trec are text tasks.*icl.tasks=\[ginc"):
+        evaluate_model(model, tok, run_config, {"icl": {"tasks": ["sst2", "trec", "ginc"]}, "ppl": {"enabled": False}},
+                       tmp_path, "vanilla")

@@ -43,6 +43,12 @@ def split_seed_of(run_config: Mapping) -> int:
     return int(seed) if seed is not None else SPLIT_SEED
 
 
+def is_ginc_run(run_config: Mapping) -> bool:
+    """Whether a run's data section is GINC (momattn.data.ginc.GincCorpus)."""
+    target = str(((run_config or {}).get("data") or {}).get("_target_") or "")
+    return target.rsplit(".", 1)[-1] == "GincCorpus"
+
+
 def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cfg: Mapping | EvalConfig,
                    out_dir: str | os.PathLike, label: str, cache_dir: str | None = None) -> ModelResult:
     """Perplexity and ICL accuracy of one model (write_reports turns a list of these into the reports).
@@ -64,6 +70,11 @@ def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cf
     # that never saw GINC fails before any scoring
     tasks = resolve_tasks(cfg.icl.tasks) if cfg.icl.enabled else []
     ginc_tasks = [t for t in tasks if isinstance(t, GincTask)]
+    text_tasks = [t.name for t in tasks if not isinstance(t, GincTask)]
+    if text_tasks and is_ginc_run(run_config):
+        raise ConfigError(f"icl.tasks: {', '.join(text_tasks)} are text tasks, and this checkpoint was trained on GINC "
+                          f"(its tokenizer, {tokenizer.name}, knows only the GINC symbols). Score GINC tasks instead: "
+                          "icl.tasks=[ginc,ginc_l3,ginc_l8,ginc_ood]")
     icl_eval = IclEvaluator(model, tokenizer, cfg.icl, split_seed_of(run_config), cfg.batch_tokens)
     prepared = {t.name: icl_eval.prepare(t) for t in tasks if not isinstance(t, GincTask)}
     ginc_eval = None
@@ -158,6 +169,20 @@ def hydra_output_dir() -> Path:
         return Path.cwd()
 
 
+EVAL_KEYS = ("ppl", "icl", "batch_tokens")
+
+
+def eval_overridden() -> bool:
+    """Whether the command line set any evaluation setting (ppl.*, icl.*, batch_tokens); True outside Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = HydraConfig.get().overrides.task
+    except (ImportError, ValueError):  # not running under Hydra: the caller's config is explicit
+        return True
+    return any(o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] in EVAL_KEYS for o in overrides)
+
+
 def log_wandb(results: Sequence[ModelResult], out_dir: Path, wandb_cfg: Mapping) -> None:
     """One W&B run per checkpoint, in the run folder; offline unless wandb_cfg says offline: false
     (sync an offline run later with `wandb sync`)."""
@@ -191,7 +216,10 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
             raise ConfigError("pass either sweep_dir or ckpt_path / ckpt_paths, not both")
         from momattn.eval.sweep import run_sweep
 
-        run_sweep(conf.sweep_dir, conf.eval_section(), out, device, cache_dir=conf.cache_dir)
+        # no evaluation setting on the command line: each run is judged by its own end-of-run settings (train.py's
+        # eval: section; a GINC run's are GINC tasks), so their results are reused instead of recomputed
+        run_sweep(conf.sweep_dir, conf.eval_section(), out, device, cache_dir=conf.cache_dir,
+                  own_settings=not eval_overridden())
         return []
     paths = conf.checkpoint_paths()
     metas = [read_checkpoint(p)["momattn"] for p in paths]  # every checkpoint readable before hours of work

@@ -457,29 +457,44 @@ def eta_plot(s: SettingSummary, path: Path) -> Path | None:
     return path
 
 
+def run_settings(run: SweepRun, default: EvalConfig) -> EvalConfig:
+    """The evaluation settings of a run's own end-of-run evaluation (its config's eval: section), else default."""
+    section = run.config.get("eval")
+    if not isinstance(section, Mapping) or not section.get("icl") and not section.get("ppl"):
+        return default
+    return EvalConfig.from_mapping({"batch_tokens": default.batch_tokens, **section}, "eval")
+
+
 def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: str,
-              cache_dir: str | None = None) -> list[SettingSummary]:
+              cache_dir: str | None = None, own_settings: bool = False) -> list[SettingSummary]:
+    """Evaluate (or reuse) every run of a sweep and write the verdict. own_settings: each run with the settings of
+    its own end-of-run evaluation (eval_cfg where it has none), so its results.json is reused; else eval_cfg."""
     from momattn.checkpoint import load_checkpoint
     from momattn.eval.report import results_document
     from momattn.eval.runner import evaluate_model
 
     sweep_dir = Path(sweep_dir).expanduser()
     runs, failed = find_runs(sweep_dir)
+    settings: dict[str, dict] = {}
     for r in runs:
         name = str(r.job.relative_to(sweep_dir))
-        r.result = reusable(r.job, eval_cfg)
+        cfg = run_settings(r, eval_cfg) if own_settings else eval_cfg
+        settings[name] = asdict(cfg)
+        r.result = reusable(r.job, cfg)
         r.reused = r.result is not None
         if r.result is None:
             log.info("evaluating %s (%s, seed %s)", name, r.attention, r.seed)
             model, tokenizer = load_checkpoint(r.path, map_location=device)
-            r.result = evaluate_model(model, tokenizer, r.config, eval_cfg, out / "jobs" / name, r.attention,
+            r.result = evaluate_model(model, tokenizer, r.config, cfg, out / "jobs" / name, r.attention,
                                       cache_dir=cache_dir)
             r.result.checkpoint = str(r.path)
             atomic_write_text(out / "jobs" / name / "results.json",
                               json.dumps(results_document([r.result]), indent=2, allow_nan=True) + "\n")
             del model
     summaries = summarise(runs)
-    doc = {"sweep_dir": str(sweep_dir), "failed": failed, "eval_config": asdict(eval_cfg),
+    shared = list(settings.values())
+    doc = {"sweep_dir": str(sweep_dir), "failed": failed,
+           "eval_config": shared[0] if shared and all(v == shared[0] for v in shared) else settings,
            "runs": [{"checkpoint": str(r.path), "attention": r.attention, "seed": r.seed, "setting": r.setting,
                      "reused_results": r.reused, "metrics": metrics_of(r.result)} for r in runs],
            "settings": [asdict(s) for s in summaries]}

@@ -201,7 +201,6 @@ def test_in_context_rise_per_attention_with_its_interval_over_seeds():
 
 def test_a_sweep_without_evaluation_overrides_judges_each_run_by_its_own_end_of_run_settings(tmp_path):
     from momattn.eval.config import EvalConfig
-    from momattn.eval.runner import eval_overridden
     from momattn.eval.sweep import SweepRun, run_settings
 
     default = EvalConfig.from_mapping(EVAL)
@@ -211,6 +210,29 @@ def test_a_sweep_without_evaluation_overrides_judges_each_run_by_its_own_end_of_
     assert ginc.icl.tasks == ["ginc", "ginc_ood"] and ginc.icl.shots == [0, 32] and ginc.ppl.max_windows == 50
     assert ginc.batch_tokens == default.batch_tokens  # the run's section has none: evaluate.py's
     assert run_settings(SweepRun(tmp_path, tmp_path, "vanilla", 1, "s", {"seed": 1}), default) == default
+
+
+
+def test_evaluation_overrides_are_read_from_the_command_line(monkeypatch):
+    from types import SimpleNamespace
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from momattn.eval.runner import eval_overridden
+
+    def command_line(*task):
+        monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(overrides=SimpleNamespace(task=list(task)))))
+
+    command_line("sweep_dir=multirun/x", "device=cpu")
+    assert not eval_overridden()
+    for o in ("icl.max_examples=5", "+ppl.lengths=[8]", "batch_tokens=1024", "~icl.task_dirs"):
+        command_line("sweep_dir=multirun/x", o)
+        assert eval_overridden(), o
+
+    def no_hydra():
+        raise ValueError("HydraConfig was not set")
+
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(no_hydra))
     assert eval_overridden()  # outside Hydra (a direct call) the caller's settings are explicit
 
 

@@ -131,8 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.every < 1 or a.prompts < 1:
         ap.error("--every and --prompts must be >= 1")
-    shots = [int(k) for k in a.shots.split(",")]
-    result, _ = run(a.overrides, a.every, a.tasks.split(","), shots, a.prompts)
+    from momattn.errors import UserError
+
+    try:
+        shots = [int(k) for k in a.shots.split(",")]
+    except ValueError:
+        ap.error(f"--shots must be comma-separated integers, got {a.shots!r}")
+    try:
+        result, _ = run(a.overrides, a.every, a.tasks.split(","), shots, a.prompts)
+    except UserError as e:  # a misspelled override, a bad GINC setting, ...: the message, not a traceback
+        print(f"ginc_curve.py: {e}", file=sys.stderr)
+        return 2
     result["machine"] = machine_info("cpu")
     name = a.name or ("_".join(o.replace("=", "-") for o in a.overrides) or "default")
     out = Path(a.out)

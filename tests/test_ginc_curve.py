@@ -42,3 +42,9 @@ def test_curve_refuses_a_task_that_is_not_ginc():
 
     with pytest.raises(SystemExit, match="GINC task"):
         ginc_curve.run(TINY, every=2, tasks=["sst2"], shots=[0], prompts=4)
+
+
+def test_a_misspelled_override_is_a_message_and_exit_2(capsys):
+    assert ginc_curve.main(["--every", "2", "data.bogus=1"]) == 2
+    err = capsys.readouterr().err
+    assert "'data.bogus' is not a config key" in err and "Traceback" not in err

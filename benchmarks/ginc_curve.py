@@ -9,7 +9,7 @@ run's TokenDataModule). Every `every` steps (and after the last) the model answe
 prompts (GincEvaluator, the same prompts as `python evaluate.py icl.seeds=[1] icl.max_examples=<prompts>`), and
 the row gets the training tokens so far, the training seconds so far (steps only, evaluation excluded) and the
 mean training loss of the last 20 steps. This is how the recipe in conf/recipe/ginc.yaml was chosen (README,
-"Choosing the GINC recipe"). No checkpoint is written. Writes benchmarks/results/ginc_curve/<name>.json and .md
+"How this recipe was chosen"). No checkpoint is written. Writes benchmarks/results/ginc_curve/<name>.json and .md
 and prints the table.
 """
 

@@ -212,7 +212,6 @@ def test_a_sweep_without_evaluation_overrides_judges_each_run_by_its_own_end_of_
     assert run_settings(SweepRun(tmp_path, tmp_path, "vanilla", 1, "s", {"seed": 1}), default) == default
 
 
-
 def test_evaluation_overrides_are_read_from_the_command_line(monkeypatch):
     from types import SimpleNamespace
 

@@ -25,6 +25,10 @@ front with a plain 2-D transpose (PyTorch's blocked transpose copy) and right-mu
 go through small matmuls (the latter an in-place rank-1 update), so autograd's backward of those paths forms
 no full-size zero or product tensors.
 
+On CUDA the training path's scan is one Triton kernel instead (momattn/triton_scan.py, SCAN_BACKEND below):
+the dozen small launches of the matmul scan cost 3x its time at gpt2_124m's shape on an H200
+(benchmarks/results/gpu.md); the kernel reads the strided bf16 values in place and sums in float32.
+
 One signature serves training, prefill and decoding (as in flash-linear-attention and mamba):
 
     out, final_state = op(v, ..., initial_state=None, output_final_state=False)
@@ -38,11 +42,18 @@ short path: the recurrence s = a s + v, without the chunked machinery. Naive ref
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 
 Rate = float | torch.Tensor
+
+# Which implementation scans the training path (momentum_ema without states): "torch" (the chunked matmul
+# scan below, every device), "triton" (momattn/triton_scan.py: one kernel, CUDA or TRITON_INTERPRET=1), or
+# "auto" (triton on CUDA where it is installed and the head size is a multiple of 16, else torch).
+# benchmarks/gpu_check.py times both; set it with MOMATTN_SCAN_BACKEND or by assigning ops.SCAN_BACKEND.
+SCAN_BACKEND = os.environ.get("MOMATTN_SCAN_BACKEND", "auto")
 
 
 # -----------------------------------------------------------------------------
@@ -354,7 +365,9 @@ def _momentum_merged(
     every head, or (H,) one per head. The values a model splits from its qkv projection are such a strided
     view, so nothing is copied in or out. Returns (B, H, T, D), a view of a (B, T, H, D) tensor."""
     B, H, T, D = v.shape
-    x = v.transpose(1, 2).reshape(B, T, H * D).to(_acc_dtype(v.dtype))  # no copy for merged-layout fp32 values
+    x = v.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D): no copy for merged-layout values
+    if not _use_triton(x, a.shape[0]):  # the kernel reads any dtype in place and sums in float32
+        x = x.to(_acc_dtype(v.dtype))
     y = _MergedScan.apply(x, a, not include_current, chunk_size)  # (B, T, H*D)
     return y.to(v.dtype).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
 
@@ -374,6 +387,8 @@ def _scan_merged(
     """
     B, T, C = x.shape
     G = a.shape[0]
+    if _use_triton(x, G):
+        return _scan_merged_triton(x, a, strict, reverse)
     Dg = C // G  # channels per group
     c = min(chunk_size, T)
     n = -(-T // c)  # number of chunks
@@ -404,6 +419,44 @@ def _scan_merged(
     return Y if n * c == T else Y[:, :T]
 
 
+_TRITON = None  # momattn.triton_scan once looked for; False where Triton is not installed
+
+
+def _triton_scan():
+    """momattn.triton_scan, or None where Triton is not installed."""
+    global _TRITON
+    if _TRITON is None:
+        try:
+            from momattn import triton_scan
+        except ImportError:
+            triton_scan = False
+        _TRITON = triton_scan
+    return _TRITON or None
+
+
+def _use_triton(x: torch.Tensor, G: int) -> bool:
+    """Whether _scan_merged runs the Triton kernel for x (B, T, C) in G groups (see SCAN_BACKEND)."""
+    if SCAN_BACKEND not in ("auto", "torch", "triton"):
+        raise ValueError(f"momattn.ops.SCAN_BACKEND must be 'auto', 'torch' or 'triton', got {SCAN_BACKEND!r}")
+    if SCAN_BACKEND == "torch" or x.dtype == torch.float64 or (SCAN_BACKEND == "auto" and not x.is_cuda):
+        return False
+    kernel = _triton_scan()
+    if kernel is None:
+        if SCAN_BACKEND == "triton":
+            raise ImportError("momattn.ops.SCAN_BACKEND is 'triton' but Triton is not installed (pip install triton)")
+        return False
+    return kernel.block_channels(x.shape[-1] // G) is not None  # else the matmul scan (any head size)
+
+
+def _scan_merged_triton(x: torch.Tensor, a: torch.Tensor, strict: bool, reverse: bool) -> torch.Tensor:
+    """_scan_merged by the Triton kernel (momattn/triton_scan.py): one launch, the decay powers formed in it."""
+    return _triton_scan().decay_scan(x, a.float(), strict, reverse)
+
+
+if torch.cuda.is_available() and SCAN_BACKEND != "torch":
+    _triton_scan()  # look for Triton now, not inside a torch.compile trace
+
+
 def _dot_groups(x: torch.Tensor, y: torch.Tensor, G: int) -> torch.Tensor:
     """sum over (b, t, channel in group) of x * y for x, y (B, T, C) in G channel groups: (G,)."""
     return (x * y).reshape(-1, G, x.shape[-1] // G).sum((0, 2))
@@ -422,7 +475,7 @@ class _MergedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, a: torch.Tensor, strict: bool, chunk_size: int) -> torch.Tensor:
         y = _scan_merged(x, a, strict, chunk_size)
-        ctx.strict, ctx.chunk_size = strict, chunk_size
+        ctx.strict, ctx.chunk_size, ctx.x_dtype = strict, chunk_size, x.dtype
         if ctx.needs_input_grad[1]:  # the rates' gradient reads the output and the values
             ctx.save_for_backward(a, x, y)
         else:
@@ -433,7 +486,7 @@ class _MergedScan(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):
         a, *rest = ctx.saved_tensors
         with _no_autocast(g.device):  # a backward run inside autocast would get bf16 matmuls
-            dx = _scan_merged(g, a, ctx.strict, ctx.chunk_size, reverse=True)
+            dx = _scan_merged(g, a, ctx.strict, ctx.chunk_size, reverse=True)  # float32
             da = None
             if ctx.needs_input_grad[1]:
                 x, y = rest
@@ -442,7 +495,7 @@ class _MergedScan(torch.autograd.Function):
                     da = _dot_groups((dx + g)[:, 1:], (x + y)[:, :-1], G)
                 else:  # u = dx, s_{j-1} = y_{j-1}
                     da = _dot_groups(dx[:, 1:], y[:, :-1], G)
-        return dx, da, None, None
+        return dx.to(ctx.x_dtype), da, None, None
 
 
 def _momentum_short(

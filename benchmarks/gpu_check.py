@@ -2,18 +2,24 @@
 
     python benchmarks/gpu_check.py            # or: bash benchmarks/gpu_check.sh
     python benchmarks/gpu_check.py --steps 5 --no-compile   # shorter
+    python benchmarks/gpu_check.py --smoke    # every part on a tiny model on CPU (what the test runs)
 
-On a CUDA GPU, within about 8 minutes: (1) the CUDA-only tests, (2) bench_attention.py --device cuda --dtype bf16
---quick, (3) training throughput of the gpt2_124m model (12 x 768, context 1024, bf16 autocast, fused AdamW) for
-vanilla, momentum and multirate_ema with torch.compile off and on: tokens/s and MFU against the device's datasheet
-dense bf16 peak. Writes benchmarks/results/gpu.json and gpu.md. Without a GPU every GPU part is skipped, and the
-files say so, so that the script is exercised (and cannot rot) on CPU-only machines too.
+On a CUDA GPU, within about 8 minutes (--budget): (1) the CUDA-only tests and the Triton scan's tests,
+(2) bench_attention.py --device cuda --dtype bf16 --quick, (3) the momentum scan alone (forward + backward at
+gpt2_124m's shape, bf16 values): the chunked matmul scan against the Triton kernel (momattn/triton_scan.py),
+with scaled_dot_product_attention at the same shape for scale, (4) training throughput of the gpt2_124m model
+(12 x 768, context 1024, bf16 autocast, fused AdamW) for vanilla, momentum (each scan backend; learnable eta)
+and multirate_ema with torch.compile off and on: tokens/s and MFU against the device's datasheet dense bf16
+peak. The report is rewritten after every part (a run cut short keeps what it measured): gpu.json and gpu.md.
+Without a GPU every GPU part is skipped, and the files say so, so that the script cannot rot on CPU-only
+machines; --smoke runs the same code on CPU at toy size.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -25,6 +31,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from momattn import ops  # noqa: E402
 from momattn.hardware import describe  # noqa: E402
 from momattn.model import GPT, AttentionConfig, GPTConfig  # noqa: E402
 
@@ -49,18 +56,84 @@ def run(cmd: list[str], timeout: int) -> dict:
         return {"cmd": " ".join(cmd), "rc": None, "seconds": timeout, "tail": "timed out"}
 
 
-def throughput(kind: str, compile_: bool, steps: int, batch: int) -> dict:
-    """tokens/s of full training steps (forward, cross-entropy, backward, clip, fused AdamW) in bf16 autocast."""
+class Sync:
+    """Wall-clock timing that waits for the device (a no-op on CPU)."""
+
+    def __init__(self, device: str):
+        self.cuda = device == "cuda"
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+
+def with_backend(backend: str | None, fn):
+    """fn() with ops.SCAN_BACKEND set to backend (None: as it is)."""
+    old = ops.SCAN_BACKEND
+    ops.SCAN_BACKEND = backend or old
+    try:
+        return fn()
+    finally:
+        ops.SCAN_BACKEND = old
+
+
+def scan_timing(device: str, shape: tuple[int, int, int, int], reps: int) -> list[dict]:
+    """Median ms of forward + backward of momentum_ema per scan backend, and of SDPA, at shape (B, H, T, D)."""
+    B, H, T, D = shape
+    clock, rows = Sync(device), []
+    qkv = torch.randn(B, T, 3 * H * D, device=device, dtype=torch.bfloat16, requires_grad=True)
+    q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in qkv.split(H * D, dim=2))  # (B, H, T, D) views
+    g = torch.randn(B, H, T, D, device=device, dtype=torch.bfloat16)
+
+    def time_it(fn) -> float:
+        fn()
+        ms = []
+        for _ in range(reps):
+            t0 = clock.now()
+            fn()
+            ms.append(1000 * (clock.now() - t0))
+        return statistics.median(ms)
+
+    def scan():
+        torch.autograd.backward(ops.momentum_ema(v, 0.5)[0], g)
+
+    def sdpa():
+        torch.autograd.backward(F.scaled_dot_product_attention(q, k, v, is_causal=True), g)
+
+    backends = ("torch", "triton") if device == "cuda" or ops._triton_scan() else ("torch",)
+    for backend in backends:
+        try:
+            rows.append({"op": f"momentum_ema, {backend} scan", "ms": round(with_backend(backend, lambda: time_it(scan)), 3)})
+        except Exception as e:
+            rows.append({"op": f"momentum_ema, {backend} scan", "error": repr(e)[:300]})
+    rows.append({"op": "scaled_dot_product_attention (causal)", "ms": round(time_it(sdpa), 3)})
+    kernel = ops._triton_scan()
+    if kernel is not None:
+        xv, a = v.transpose(1, 2).reshape(B, T, H * D), torch.full((1,), 0.5, device=device)
+        rows.append({"op": "triton kernel alone, forward", "ms": round(time_it(lambda: kernel.decay_scan(xv, a, True, False)), 3)})
+    tuned = getattr(getattr(ops._triton_scan(), "_tuned", None), "best_config", None)
+    if tuned is not None:
+        rows.append({"op": "triton scan: autotuned block", "config": str(tuned)})
+    return rows
+
+
+def throughput(kind: str, compile_: bool, steps: int, batch: int, backend: str | None = None,
+               learnable: bool = False, cfg_kw: dict | None = None, device: str = "cuda") -> dict:
+    """tokens/s of full training steps (forward, cross-entropy, backward, clip, AdamW) in bf16 autocast."""
     torch.manual_seed(0)
-    cfg = GPTConfig(block_size=1024, vocab_size=50304, n_layer=12, n_head=12, n_embd=768,
-                    attention=AttentionConfig(kind=kind))
-    model = GPT(cfg).cuda()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=True)
+    if compile_:
+        torch._dynamo.reset()
+    kw = cfg_kw or dict(block_size=1024, vocab_size=50304, n_layer=12, n_head=12, n_embd=768)
+    attn = AttentionConfig(kind=kind, learnable_eta=True) if learnable else AttentionConfig(kind=kind)
+    cfg = GPTConfig(attention=attn, **kw)
+    model = GPT(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=device == "cuda")
     fwd = torch.compile(model) if compile_ else model
-    x = torch.randint(0, 50257, (batch, cfg.block_size + 1), device="cuda")
+    x = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size + 1), device=device)
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16):
             logits = fwd(x[:, :-1])
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), x[:, 1:].reshape(-1))
         loss.backward()
@@ -68,41 +141,81 @@ def throughput(kind: str, compile_: bool, steps: int, batch: int) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(3):  # warm-up (and compilation)
-        step()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    dt = (time.perf_counter() - t0) / steps
+    def run():
+        clock = Sync(device)
+        t_start = clock.now()
+        for _ in range(3):  # warm-up (and compilation)
+            step()
+        t0 = clock.now()
+        for _ in range(steps):
+            step()
+        return clock.now() - t0, t0 - t_start
+
+    dt, warm = with_backend(backend, run)
+    dt /= steps
     tokens = batch * cfg.block_size
-    peak = datasheet_peak(torch.cuda.get_device_name(0))
+    peak = datasheet_peak(torch.cuda.get_device_name(0)) if device == "cuda" else None
     flops = model.flops_per_token() * tokens / dt
-    return {"attention": kind, "compile": compile_, "batch": batch, "ms_per_step": round(1000 * dt, 1),
+    name = kind + (f" ({backend} scan)" if backend else "") + (" learnable eta" if learnable else "")
+    return {"attention": name, "compile": compile_, "batch": batch, "ms_per_step": round(1000 * dt, 1),
             "tokens_per_s": round(tokens / dt), "mfu": round(flops / peak, 4) if peak else None,
-            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+            "warmup_s": round(warm, 1),
+            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None}
+
+
+# (attention, scan backend, learnable eta, compiled, batch multiple), most important first: a run past --budget
+# skips the rest. Labels for --variants: attention[/backend][/learnable][+compile][xN]
+VARIANTS = [("vanilla", None, False, False, 1), ("momentum", "torch", False, False, 1),
+            ("momentum", "triton", False, False, 1), ("momentum", None, True, False, 1),
+            ("multirate_ema", None, False, False, 1), ("vanilla", None, False, True, 1),
+            ("momentum", "triton", False, True, 1), ("momentum", "torch", False, True, 1),
+            ("momentum", None, True, True, 1), ("multirate_ema", None, False, True, 1), ("vanilla", None, False, True, 2)]
+
+
+def label(kind: str, backend: str | None, learnable: bool, compile_: bool, mult: int) -> str:
+    return (kind + (f"/{backend}" if backend else "") + ("/learnable" if learnable else "")
+            + ("+compile" if compile_ else "") + (f"x{mult}" if mult > 1 else ""))
 
 
 def markdown(report: dict) -> str:
-    lines = ["# GPU check", "", f"Machine: {report['machine']}", ""]
+    lines = [f"Machine: {report['machine']}; {report['date']}", ""]
     if report.get("skipped"):
         return "\n".join(lines + [f"Skipped: {report['skipped']}", ""])
-    for name, r in report["commands"].items():
+    for name, r in report.get("commands", {}).items():
         lines.append(f"- {name}: exit {r['rc']} in {r['seconds']} s (`{r['cmd']}`)")
-    lines += ["", "| attention | compile | batch | ms/step | tokens/s | MFU | vs vanilla | peak GiB |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
-    base = {r["compile"]: r["tokens_per_s"] for r in report["throughput"] if r.get("attention") == "vanilla"}
-    for r in report["throughput"]:
-        if "error" in r:
-            lines.append(f"| {r['attention']} | {r['compile']} | | | error: {r['error'][:80]} | | | |")
+    if report.get("scan"):
+        lines += ["", f"The momentum term alone, forward + backward, (B, H, T, D) = {tuple(report['scan_shape'])}, "
+                      "bf16 values (median ms):", "", "| op | ms |", "|---|---:|"]
+        lines += [f"| {r['op']} | {r.get('config') or r.get('ms') or 'error: ' + r.get('error', '')[:80]} |"
+                  for r in report["scan"]]
+    lines += ["", "Training steps of gpt2_124m (12 x 768, T 1024, bf16 autocast, fused AdamW; the learnable-eta and "
+                  "multirate rows use the default scan backend):", "",
+              "| attention | compile | batch | ms/step | tokens/s | MFU | vs vanilla | warm-up s | peak GiB |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    base: dict = {}  # the first vanilla row of each compile setting
+    for r in report.get("throughput", []):
+        if r.get("attention") == "vanilla" and "tokens_per_s" in r:
+            base.setdefault(r["compile"], r["tokens_per_s"])
+    for r in report.get("throughput", []):
+        if "error" in r or "skipped" in r:
+            why = f"error: {r['error'][:80]}" if "error" in r else f"skipped: {r['skipped']}"
+            lines.append(f"| {r['attention']} | {r['compile']} | | | {why} | | | | |")
             continue
         rel = f"{r['tokens_per_s'] / base[r['compile']]:.3f}x" if base.get(r["compile"]) else "-"
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+        mem = r.get("peak_mem_gib")
         lines.append(f"| {r['attention']} | {r['compile']} | {r['batch']} | {r['ms_per_step']} | "
-                     f"{r['tokens_per_s']:,} | {mfu} | {rel} | {r['peak_mem_gib']} |")
+                     f"{r['tokens_per_s']:,} | {mfu} | {rel} | {r.get('warmup_s', '')} | {'' if mem is None else mem} |")
     return "\n".join(lines + ["", "Targets (issue 11): vanilla >= 45% MFU at 124M in bf16; momentum >= 0.95x "
-                                  "vanilla's tokens/s.", ""])
+                                   "vanilla's tokens/s.", ""])
+
+
+def write(report: dict, out: Path) -> str:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    md = "# GPU check\n\n" + markdown(report)
+    out.with_suffix(".md").write_text(md)
+    return md
 
 
 def main() -> int:
@@ -110,33 +223,63 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--budget", type=float, default=420.0,
+                    help="seconds; throughput variants that would start after it are skipped (and said so)")
+    ap.add_argument("--variants", default="", help="comma-separated labels of the training variants to run "
+                    f"(default all): {', '.join(label(*v) for v in VARIANTS)}")
+    ap.add_argument("--parts", default="tests,bench,scan,train", help="comma-separated: tests,bench,scan,train")
+    ap.add_argument("--smoke", action="store_true", help="every part on CPU at toy size (exercises the code)")
     ap.add_argument("--out", type=Path, default=RESULTS / "gpu.json")
     a = ap.parse_args()
-    report: dict = {"machine": describe(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    if not torch.cuda.is_available():
+    t_start = time.perf_counter()
+    report: dict = {"machine": describe(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "scan_backend_default": ops.SCAN_BACKEND}
+    if not torch.cuda.is_available() and not a.smoke:
         report["skipped"] = "no CUDA device on this machine: the CUDA tests, the bf16 attention benchmark and " \
                             "the gpt2_124m throughput runs need one (run this script where a GPU is lent)"
-    else:
-        py = sys.executable
-        report["commands"] = {
-            "cuda tests": run([py, "-m", "pytest", "-q", "-x", "tests/test_ops.py", "-k", "cuda"], 120),
-            "bench_attention": run([py, "benchmarks/bench_attention.py", "--device", "cuda", "--dtype", "bf16",
-                                    "--quick", "--out", str(RESULTS / "attention_cuda.json")], 180),
-        }
-        report["throughput"] = []
-        for compile_ in (False,) if a.no_compile else (False, True):
-            for kind in KINDS:
-                try:
-                    report["throughput"].append(throughput(kind, compile_, a.steps, a.batch))
-                except Exception as e:  # one failing variant (e.g. a compile error) must not lose the rest
-                    report["throughput"].append({"attention": kind, "compile": compile_, "error": repr(e)})
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(report, indent=2))
-    md = markdown(report)
-    a.out.with_suffix(".md").write_text(md)
-    print(md)
+        print(write(report, a.out))
+        return 0
+    device = "cpu" if a.smoke else "cuda"
+    py = sys.executable
+    report["commands"] = {}
+    parts = set(a.parts.split(","))
+    if not a.smoke and "tests" in parts:
+        report["commands"]["cuda tests"] = run(
+            [py, "-m", "pytest", "-q", "-x", "-n", "4", "tests/test_ops.py", "tests/test_triton_scan.py", "-k",
+             "cuda or triton"], 150)
+        write(report, a.out)
+    if not a.smoke and "bench" in parts:
+        report["commands"]["bench_attention"] = run(
+            [py, "benchmarks/bench_attention.py", "--device", "cuda", "--dtype", "bf16", "--quick", "--out",
+             str(a.out.with_name("attention_cuda.json"))], 150)
+        write(report, a.out)
+    if "scan" in parts:
+        report["scan_shape"] = (2, 2, 64, 16) if a.smoke else (16, 12, 1024, 64)
+        report["scan"] = scan_timing(device, report["scan_shape"], 2 if a.smoke else 20)
+        write(report, a.out)
+    report["throughput"] = []
+    wanted = set(filter(None, a.variants.split(","))) if "train" in parts else set()
+    toy = dict(block_size=32, vocab_size=128, n_layer=1, n_head=2, n_embd=32) if a.smoke else None
+    for kind, backend, learnable, compile_, mult in VARIANTS:
+        if (compile_ and (a.no_compile or a.smoke)) or (backend == "triton" and not ops._triton_scan()) \
+                or "train" not in parts or (wanted and label(kind, backend, learnable, compile_, mult) not in wanted):
+            continue
+        row = {"attention": kind + (f" ({backend} scan)" if backend else "") + (" learnable eta" if learnable else ""),
+               "compile": compile_}
+        if time.perf_counter() - t_start > a.budget:
+            report["throughput"].append({**row, "skipped": f"past the {a.budget:.0f} s budget"})
+            continue
+        try:
+            report["throughput"].append(throughput(kind, compile_, 1 if a.smoke else a.steps, mult * (2 if a.smoke else a.batch),
+                                                   backend, learnable, toy, device))
+        except Exception as e:  # one failing variant (e.g. a compile error) must not lose the rest
+            report["throughput"].append({**row, "error": repr(e)[:500]})
+        if device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        write(report, a.out)
+    report["seconds"] = round(time.perf_counter() - t_start, 1)
+    print(write(report, a.out))
     return 0
 
 

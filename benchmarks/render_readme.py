@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_attention  # noqa: E402
 import bench_icl_cache  # noqa: E402
+import gpu_check  # noqa: E402
 from harness import RESULTS  # noqa: E402
 
 # results file -> (heading, command that writes it, renderer), in README order
@@ -25,6 +26,11 @@ SECTIONS = {
         "Attention speed and memory",
         "python benchmarks/bench_attention.py",
         bench_attention.render,
+    ),
+    "gpu.json": (
+        "On one GPU (the device run)",
+        "bash benchmarks/gpu_check.sh",
+        gpu_check.markdown,
     ),
     "icl_cache.json": (
         "ICL scoring with a prefix cache",

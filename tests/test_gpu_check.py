@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.py: runs on a CPU-only machine (GPU parts skipped and said so), and its report renders."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -22,15 +23,30 @@ def test_without_a_gpu_it_skips_and_says_so(tmp_path):
     assert "no CUDA device" in report["skipped"] and "Skipped: no CUDA device" in out.with_suffix(".md").read_text()
 
 
+def test_smoke_runs_every_part_on_cpu(tmp_path):
+    """--smoke: the scan timing and every non-compiled training variant on a toy model, so none of it can rot."""
+    out = tmp_path / "gpu.json"
+    env = {**os.environ, "TRITON_INTERPRET": "1"}  # the Triton scan, where installed, in its CPU interpreter
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.read_text())
+    names = [row["attention"] for row in report["throughput"]]
+    assert names[:2] == ["vanilla", "momentum (torch scan)"] and "multirate_ema" in names
+    assert all("tokens_per_s" in row for row in report["throughput"]), report["throughput"]
+    assert all("ms" in row for row in report["scan"]), report["scan"]
+    assert "| momentum (torch scan) | False | 2 |" in out.with_suffix(".md").read_text()
+
+
 def test_the_report_compares_each_attention_with_vanilla_and_names_errors():
     rows = [{"attention": "vanilla", "compile": False, "batch": 16, "ms_per_step": 100.0, "tokens_per_s": 160000,
-             "mfu": 0.5, "peak_mem_gib": 20.0},
+             "mfu": 0.5, "warmup_s": 3.0, "peak_mem_gib": 20.0},
             {"attention": "momentum", "compile": False, "batch": 16, "ms_per_step": 104.0, "tokens_per_s": 152000,
-             "mfu": None, "peak_mem_gib": 21.0},
+             "mfu": None, "warmup_s": 2.5, "peak_mem_gib": 21.0},
             {"attention": "multirate_ema", "compile": True, "error": "RuntimeError('boom')"}]
-    md = gpu_check.markdown({"machine": "m", "commands": {"cuda tests": {"rc": 0, "seconds": 1, "cmd": "pytest"}},
+    md = gpu_check.markdown({"machine": "m", "date": "d", "commands": {"cuda tests": {"rc": 0, "seconds": 1, "cmd": "pytest"}},
                              "throughput": rows})
-    assert "| momentum | False | 16 | 104.0 | 152,000 | n/a | 0.950x | 21.0 |" in md
-    assert "| vanilla | False | 16 | 100.0 | 160,000 | 50.0% | 1.000x | 20.0 |" in md
+    assert "| momentum | False | 16 | 104.0 | 152,000 | n/a | 0.950x | 2.5 | 21.0 |" in md
+    assert "| vanilla | False | 16 | 100.0 | 160,000 | 50.0% | 1.000x | 3.0 | 20.0 |" in md
     assert "error: RuntimeError('boom')" in md
     assert gpu_check.datasheet_peak("NVIDIA H200") == 989e12 and gpu_check.datasheet_peak("Tesla T4") is None

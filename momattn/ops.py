@@ -387,7 +387,7 @@ def _scan_merged(
     """
     B, T, C = x.shape
     G = a.shape[0]
-    if _use_triton(x, G):
+    if _use_triton(x, G) and not torch.is_grad_enabled():  # grad on: a double backward, which needs autograd
         return _scan_merged_triton(x, a, strict, reverse)
     Dg = C // G  # channels per group
     c = min(chunk_size, T)
@@ -423,7 +423,7 @@ _TRITON = None  # momattn.triton_scan once looked for; False where Triton is not
 
 
 def _triton_scan():
-    """momattn.triton_scan, or None where Triton is not installed."""
+    """momattn.triton_scan, or None where Triton is not installed (or older than it needs)."""
     global _TRITON
     if _TRITON is None:
         try:
@@ -443,7 +443,8 @@ def _use_triton(x: torch.Tensor, G: int) -> bool:
     kernel = _triton_scan()
     if kernel is None:
         if SCAN_BACKEND == "triton":
-            raise ImportError("momattn.ops.SCAN_BACKEND is 'triton' but Triton is not installed (pip install triton)")
+            raise ImportError("momattn.ops.SCAN_BACKEND is 'triton' but the Triton scan cannot load: it needs "
+                              "triton >= 3 and torch >= 2.4 (pip install 'triton>=3')")
         return False
     return kernel.block_channels(x.shape[-1] // G) is not None  # else the matmul scan (any head size)
 

@@ -23,6 +23,12 @@ import torch
 import triton
 import triton.language as tl
 
+if int(triton.__version__.split(".")[0]) < 3 or not hasattr(torch.library, "custom_op"):
+    # tl.dot(input_precision=...) needs Triton 3; torch.library.custom_op (torch >= 2.4) keeps torch.compile
+    # from tracing into the autotuner. ops.py treats this like a missing Triton and uses the matmul scan.
+    raise ImportError(f"momattn's Triton scan needs triton >= 3 and torch >= 2.4 (found triton {triton.__version__}, "
+                      f"torch {torch.__version__})")
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once: Triton itself reads it at decoration
 
 
@@ -44,9 +50,10 @@ def _scan_block(X, Y, Lg, pw, carry, m, n, b, cols, T, sxb, sxt, sxc, syb, syt, 
     else:
         t = m * BT + r
     mask = (t < T)[:, None]
-    x = tl.load(X + b * sxb + t[:, None] * sxt + cols[None, :] * sxc, mask=mask, other=0.0).to(tl.float32)
+    b64, t64 = b.to(tl.int64), t.to(tl.int64)[:, None]  # 64-bit offsets: a qkv view can span > 2^31 elements
+    x = tl.load(X + b64 * sxb + t64 * sxt + cols[None, :] * sxc, mask=mask, other=0.0).to(tl.float32)
     y = tl.dot(Lg, x, input_precision="ieee") + pw[:, None] * carry[None, :]  # (BT, BD)
-    tl.store(Y + b * syb + t[:, None] * syt + cols[None, :] * syc, y, mask=mask)
+    tl.store(Y + b64 * syb + t64 * syt + cols[None, :] * syc, y, mask=mask)
     if STRICT:  # the inclusive state at each position
         y = y + x
     if REVERSE:  # the position whose state enters the next block
@@ -120,13 +127,14 @@ def _decay_scan(x: torch.Tensor, a: torch.Tensor, strict: bool, reverse: bool) -
     return y
 
 
-if hasattr(torch.library, "custom_op"):  # torch >= 2.4: one opaque op, so torch.compile neither traces into
-    # Triton nor breaks its graph around the launch
-    _decay_scan = torch.library.custom_op("momattn::decay_scan", mutates_args=())(_decay_scan)
+# one opaque op, so torch.compile neither traces into Triton nor breaks its graph around the launch. It has no
+# autograd formula: ops._MergedScan calls it only with grad mode off (its forward; a backward without create_graph)
+_decay_scan = torch.library.custom_op("momattn::decay_scan", mutates_args=())(_decay_scan)
 
-    @_decay_scan.register_fake
-    def _(x, a, strict, reverse):
-        return x.new_empty(x.shape, dtype=torch.float32)
+
+@_decay_scan.register_fake
+def _(x, a, strict, reverse):
+    return x.new_empty(x.shape, dtype=torch.float32)
 
 
 def decay_scan(x: torch.Tensor, a: torch.Tensor, strict: bool, reverse: bool) -> torch.Tensor:

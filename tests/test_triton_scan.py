@@ -87,10 +87,32 @@ def test_triton_backend_trains_the_same_model():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_head_sizes_the_kernel_cannot_tile_fall_back_to_the_matmul_scan():
-    v = torch.randn(1, 2, 9, 8, device=DEV)  # 8 channels per head: no block of 16
-    got, want = both(lambda: ops.momentum_ema(v, 0.5)[0])
-    torch.testing.assert_close(got, want)
+def test_head_sizes_the_kernel_cannot_tile_fall_back_to_the_matmul_scan(monkeypatch):
+    """Per-head rates over heads of 8 channels: no block of 16 lies inside one head, so the kernel never runs."""
+    v = torch.randn(1, 2, 9, 8, device=DEV)
+    eta = torch.tensor([0.5, 0.8], device=DEV)
+    want = ops.momentum_ema(v, eta)[0]
+    kernel = ops._triton_scan()
+    monkeypatch.setattr(kernel, "decay_scan", lambda *a: pytest.fail("the kernel ran on heads of 8 channels"))
+    monkeypatch.setattr(ops, "SCAN_BACKEND", "triton")
+    torch.testing.assert_close(ops.momentum_ema(v, eta)[0], want)
+
+
+def test_second_derivatives_match_the_matmul_scan():
+    """A double backward (create_graph) goes through autograd's matmul scan: same result as that backend alone."""
+    torch.manual_seed(0)
+    v0 = torch.randn(1, 2, 40, 16, device=DEV)
+
+    def grad_of_grad():
+        v = v0.clone().requires_grad_()
+        eta = torch.tensor([0.5, 0.8], device=DEV, requires_grad=True)
+        y, _ = ops.momentum_ema(v, eta)
+        (g_eta,) = torch.autograd.grad((y * y).sum(), eta, create_graph=True)
+        return torch.autograd.grad(g_eta.sum(), (v, eta))
+
+    got, want = both(grad_of_grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_an_unknown_backend_is_named():
@@ -100,3 +122,22 @@ def test_an_unknown_backend_is_named():
             ops.momentum_ema(torch.randn(1, 1, 4, 16, device=DEV), 0.5)
     finally:
         ops.SCAN_BACKEND = old
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA the autotuner runs these blocks itself")
+@pytest.mark.parametrize("reverse", [False, True])
+def test_every_autotuned_block_shape_gives_the_same_scan(reverse):
+    """The interpreter runs one block shape by default; each shape the GPU autotuner may pick is checked here."""
+    from momattn import triton_scan as ts
+
+    torch.manual_seed(0)
+    B, T, G, Dg = 2, 70, 2, 64
+    x = torch.randn(B, T, G * Dg)
+    a = torch.tensor([0.3, 0.95])
+    want = ops._scan_merged(x, a, True, 32, reverse=reverse)  # the matmul scan (CPU: SCAN_BACKEND auto)
+    for cfg in ts._tuned.configs:
+        bt, bd = cfg.kwargs["BT"], cfg.kwargs["BD"]
+        y = torch.empty_like(x)
+        ts._scan_kernel[(B, G * Dg // bd)](x, y, a, T, -(-T // bt), Dg, *x.stride(), *y.stride(), STRICT=True,
+                                           REVERSE=reverse, BT=bt, BD=bd, INTERPRET=True)
+        torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5, msg=f"BT={bt}, BD={bd}")

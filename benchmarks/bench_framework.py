@@ -29,13 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import RESULTS, machine_info, table, write_results  # noqa: E402
+from harness import RESULTS, machine_info, table, train_step, write_results  # noqa: E402
 
 from momattn.checkpoint import model_config_from, read_meta  # noqa: E402
 from momattn.data.datamodule import StreamSampler, TokenWindows  # noqa: E402
@@ -82,16 +81,9 @@ def bare_loop(meta: dict, steps: int, window: int = WINDOW) -> float:
     tokens = run_tokens(meta)  # the very windows train.py read: the step's speed depends on the data
     loader = DataLoader(TokenWindows(tokens, T, int(cfg["seed"])), batch_size=batch, drop_last=True,
                         sampler=StreamSampler(0, steps * batch), generator=torch.Generator().manual_seed(0))
-    ends = []
-    for x, y in loader:
-        logits = model(x)  # (B, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        loss.item()
+    ends, batches = [], iter(loader)
+    for _ in range(steps):
+        train_step(model, opt, sched, batches, clip=optim.grad_clip)
         ends.append(time.perf_counter())
     return window * batch * T / (ends[-1] - ends[-1 - window])
 

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import RESULTS, machine_info, table  # noqa: E402
+from harness import RESULTS, machine_info, table, train_step  # noqa: E402
 
 
 def compose_config(overrides: list[str], out_dir: str):
@@ -57,8 +57,6 @@ def run(overrides: list[str], every: int, tasks: list[str], shots: list[int], pr
     import tempfile
 
     import lightning.pytorch as pl
-    import torch
-    import torch.nn.functional as F
 
     from momattn.data.datamodule import StreamSampler, TokenDataModule
     from momattn.eval.config import IclConfig
@@ -92,17 +90,7 @@ def run(overrides: list[str], every: int, tasks: list[str], shots: list[int], pr
     batches = iter(dm._loader(dm.train_set, StreamSampler(0, c.max_steps * c.loader.batch_size * c.accumulate)))
     while step < c.max_steps:
         t0 = time.perf_counter()
-        for _ in range(c.accumulate):
-            x, y = next(batches)
-            logits = model(x)
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1)) / c.accumulate
-            loss.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item() * c.accumulate)
+        losses.append(train_step(model, opt, sched, batches, c.accumulate, clip))
         train_s += time.perf_counter() - t0
         step += 1
         if step % every == 0 or step == c.max_steps:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -234,6 +235,26 @@ def machine_info(device: torch.device | str, dtype_name: str = "fp32") -> dict:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     return info
+
+
+def train_step(model, opt, sched, batches, accumulate: int = 1, clip: float = 0.0) -> float:
+    """One optimizer step as train.py takes it, with no framework around it: `accumulate` micro-batches from the
+    iterator `batches` (cross-entropy on float32 logits, each loss scaled by 1/accumulate), gradient clipping
+    (none at 0), the optimizer, the schedule, zero_grad. Returns the step's loss (the micro-batches' mean) as a
+    float, read as Lightning reads it for its progress bar."""
+    total = 0.0
+    for _ in range(accumulate):
+        x, y = next(batches)
+        logits = model(x)  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()) / accumulate
+        loss.backward()
+        total += loss.item()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return total
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

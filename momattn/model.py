@@ -182,10 +182,13 @@ class MomentumAttention(CausalSelfAttention):
     def memory(self, vm, cache):
         B, T, C = vm.shape
         v = vm.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D), no copy
+        # the rates are valid by construction (a config-checked eta or a sigmoid): checking them would make
+        # a GPU wait, once per layer and step
         if cache is None:
-            m = momentum_ema(v, self.eta, self.include_current)[0]
+            m = momentum_ema(v, self.eta, self.include_current, check_rates=False)[0]
         else:
-            m, cache.state = momentum_ema(v, self.eta, self.include_current, cache.state, output_final_state=True)
+            m, cache.state = momentum_ema(v, self.eta, self.include_current, cache.state, output_final_state=True,
+                                          check_rates=False)
         return m.transpose(1, 2).reshape(B, T, C)  # the op returns heads side by side already: no copy
 
 
@@ -202,9 +205,9 @@ class MultiRateEMAAttention(CausalSelfAttention):
 
     def memory(self, vm, cache):
         p, g = torch.sigmoid(self.delta), self.gamma * self.scale  # (C, R)
-        if cache is None:
-            return multirate_ema(vm, p, g)[0]  # (B, T, C): the merged values, no head split
-        m, cache.state = multirate_ema(vm, p, g, cache.state, output_final_state=True)
+        if cache is None:  # p is a sigmoid: valid by construction, unchecked (a check would make a GPU wait)
+            return multirate_ema(vm, p, g, check_rates=False)[0]  # (B, T, C): the merged values, no head split
+        m, cache.state = multirate_ema(vm, p, g, cache.state, output_final_state=True, check_rates=False)
         return m
 
 

@@ -222,3 +222,37 @@ def test_num_params_and_flops_per_token(pos_emb):
     c = model.config
     assert model.flops_per_token() == 6 * (total - wpe) + 12 * c.n_layer * c.n_embd * 64  # PaLM appendix B
     assert model.flops_per_token(T=8) == 6 * (total - wpe) + 12 * c.n_layer * c.n_embd * 8
+
+
+SYNC_FREE = [AttentionConfig(kind="momentum"), AttentionConfig(kind="momentum", learnable_eta=True),
+             AttentionConfig(kind="multirate_ema")]
+
+
+@pytest.mark.parametrize("attention", SYNC_FREE, ids=["momentum", "learnable", "multirate_ema"])
+def test_the_model_never_range_checks_its_own_rates(attention, monkeypatch):
+    """The ops' rate check reads a tensor back (on a GPU: waits for the device, once per layer and step); the
+    model's rates are valid by construction, so its forward and backward must not run it."""
+    from momattn import ops
+
+    monkeypatch.setattr(ops, "_check_rates", lambda *a: pytest.fail("the model range-checked its rates"))
+    model = GPT(GPTConfig(block_size=16, vocab_size=32, n_layer=1, n_head=2, n_embd=32, attention=attention))
+    model(torch.randint(0, 32, (2, 16))).sum().backward()
+    model.generate(torch.randint(0, 32, (1, 4)), max_new_tokens=2)  # the cached paths too
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("attention", SYNC_FREE, ids=["momentum", "learnable", "multirate_ema"])
+def test_cuda_training_forward_backward_never_waits_for_the_device(attention):
+    model = GPT(GPTConfig(block_size=64, vocab_size=64, n_layer=2, n_head=2, n_embd=64, attention=attention)).cuda()
+    x = torch.randint(0, 64, (2, 64), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            model(x).float().logsumexp(-1).mean().backward()
+
+    step()  # first call: kernel autotuning times its candidates (and synchronizes) once
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

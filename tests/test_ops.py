@@ -838,3 +838,16 @@ def test_backward_inside_autocast(eta):
             mom(v, e, chunk_size=8).float().sum().backward()
         grads.append(lin.weight.grad.clone())
     assert ((grads[0] - grads[1]).norm() / grads[1].norm()).item() < 0.02  # bf16 matmuls: ~1% apart
+
+
+def test_check_rates_false_skips_only_the_range_check():
+    v = torch.randn(1, 2, 6, 4)
+    with pytest.raises(ValueError, match="eta must lie in"):
+        momentum_ema(v, torch.tensor(1.5))
+    with pytest.raises(ValueError, match="p must lie in"):
+        multirate_ema(v[0], torch.full((4, 2), 1.5), torch.ones(4, 2))
+    out, _ = momentum_ema(v, torch.tensor(0.5), check_rates=False)  # valid rates: the same result as checked
+    torch.testing.assert_close(out, momentum_ema(v, torch.tensor(0.5))[0])
+    assert torch.isfinite(momentum_ema(v, torch.tensor(1.5), check_rates=False)[0]).all()  # unchecked, computed
+    with pytest.raises(ValueError, match="v must be a 4-D tensor"):  # the other checks stay
+        momentum_ema(v[0], 0.5, check_rates=False)

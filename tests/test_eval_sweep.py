@@ -42,6 +42,10 @@ def test_t_interval_and_verdicts():
     assert verdict("ppl@256", -3.0, -1.0) == "better" and verdict("avg/acc@kmax", -0.1, 0.2).startswith("no diff")
     nan = float("nan")
     assert verdict("ppl@256", nan, nan) == "cannot tell (one seed: no interval)"  # one pair: no evidence either way
+    # two seeds that differ by exactly the same amount (accuracy steps of 0.2 points make it happen): the
+    # zero-width interval [+3.4, +3.4] is no evidence, and is not reported as one
+    assert all(math.isnan(b) for b in t_interval([0.034, 0.034])[1:])
+    assert verdict("ginc/acc@k32", nan, nan, 2) == "cannot tell (the same difference in all 2 seeds: no spread, no interval)"
 
 
 def test_sweep_verdict(tmp_path, tokenizer):  # noqa: F811
@@ -195,6 +199,9 @@ def test_in_context_rise_per_attention_with_its_interval_over_seeds():
     assert falls[0].reading == "falls" and falls[0].hi < 0
     one = rises_of("vanilla", {1: {"ginc/acc@k0": 0.6, "ginc/acc@k8": 0.7}})
     assert one[0].reading.startswith("cannot tell")
+    same = rises_of("vanilla", {1: {"ginc/acc@k0": 0.506, "ginc/acc@k32": 0.540},
+                                2: {"ginc/acc@k0": 0.546, "ginc/acc@k32": 0.580}})
+    assert same[0].reading == "cannot tell (the same difference in all 2 seeds: no spread, no interval)"
     md = sweep_markdown([SettingSummary("s", {}, rows={"momentum": {}}, rises=list(got.values()))], [], 3)
     assert "| momentum | ginc | 0 -> 4 | +4.0 ± 1.0 |" in md
 

@@ -9,7 +9,8 @@
 4. sweep.md / sweep.json: per setting, Table 6 / Table 7 miniatures with mean ± std over seeds, and for each
    non-vanilla attention the difference to vanilla paired by seed with a 95% t-interval and a verdict:
    "better" / "worse" only when the interval excludes 0, else "no difference at this budget" ("cannot tell"
-   with a single seed pair, which has no interval).
+   with a single seed pair, which has no interval, or when every pair differs by exactly the same amount, as
+   accuracies on a few hundred prompts can over two seeds: a zero-width interval is no evidence).
 """
 
 from __future__ import annotations
@@ -92,10 +93,11 @@ class SettingSummary:
 
 
 def t_interval(diffs: Sequence[float]) -> tuple[float, float, float]:
-    """(mean, low, high): the 95% t-interval of the mean of paired differences (nan bounds for one pair)."""
+    """(mean, low, high): the 95% t-interval of the mean of paired differences (nan bounds for one pair, and
+    for pairs that all differ by the same amount: no spread, no interval)."""
     d = np.asarray(diffs, dtype=np.float64)
     mean = float(d.mean())
-    if len(d) < 2:
+    if len(d) < 2 or float(d.std(ddof=1)) <= 1e-9 * (1.0 + abs(mean)):  # no spread beyond float rounding
         return mean, float("nan"), float("nan")
     t = T975[len(d) - 2] if len(d) - 1 <= len(T975) else 1.96
     half = t * float(d.std(ddof=1)) / math.sqrt(len(d))
@@ -121,7 +123,7 @@ def rises_of(attention: str, seeds: Mapping[int | None, Mapping[str, float]]) ->
         diffs = [v[f"{task}/acc@k{k}"] - v[f"{task}/acc@k0"] for v in seeds.values()]
         mean, lo, hi = t_interval(diffs)
         if not (math.isfinite(lo) and math.isfinite(hi)):
-            reading = "cannot tell (one seed: no interval)"
+            reading = no_interval(len(diffs))
         else:
             reading = "rises" if lo > 0 else "falls" if hi < 0 else "no clear change"
         std = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0
@@ -129,11 +131,16 @@ def rises_of(attention: str, seeds: Mapping[int | None, Mapping[str, float]]) ->
     return out
 
 
-def verdict(metric: str, lo: float, hi: float) -> str:
+def no_interval(n: int) -> str:
+    return ("cannot tell (one seed: no interval)" if n < 2 else
+            f"cannot tell (the same difference in all {n} seeds: no spread, no interval)")
+
+
+def verdict(metric: str, lo: float, hi: float, n: int = 1) -> str:
     """better / worse when the interval excludes 0 (lower is better for perplexity), else no difference; no
-    interval (a single seed pair) says nothing either way."""
+    interval (a single seed pair, or n pairs with no spread) says nothing either way."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        return "cannot tell (one seed: no interval)"
+        return no_interval(n)
     if lo <= 0 <= hi:
         return "no difference at this budget"
     higher = lo > 0
@@ -274,7 +281,7 @@ def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
                 if not pairs:
                     continue
                 mean, lo, hi = t_interval([a - b for a, b in pairs])
-                summary.comparisons.append(Comparison(m, att, mean, lo, hi, len(pairs), verdict(m, lo, hi)))
+                summary.comparisons.append(Comparison(m, att, mean, lo, hi, len(pairs), verdict(m, lo, hi, len(pairs))))
         out.append(summary)
     return out
 

@@ -316,7 +316,7 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
             lines += ["### In-context rise (accuracy at the largest k minus k = 0, per seed)", "",
                       "| attention | task | k | rise | 95% interval | seeds | reading |", "|---|---|---|---|---|---|---|"]
             for r in s.rises:
-                ci = "n/a (one seed)" if not math.isfinite(r.lo) else f"[{100 * r.lo:+.1f}, {100 * r.hi:+.1f}]"
+                ci = ("n/a (one seed)" if r.n_seeds < 2 else "n/a (no spread)") if not math.isfinite(r.lo) else f"[{100 * r.lo:+.1f}, {100 * r.hi:+.1f}]"
                 lines.append(f"| {r.attention} | {r.task} | 0 -> {r.k} | {100 * r.mean:+.1f} ± {100 * r.std:.1f} | "
                              f"{ci} | {r.n_seeds} | {r.reading} |")
             lines.append("")
@@ -324,7 +324,7 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
             lines += ["### Verdict", "", "| metric | attention − vanilla | 95% interval | pairs | verdict |",
                       "|---|---|---|---|---|"]
             for c in s.comparisons:
-                ci = "n/a (one pair)" if not math.isfinite(c.lo) else f"[{_num(c.metric, c.lo)}, {_num(c.metric, c.hi)}]"
+                ci = ("n/a (one pair)" if c.n_pairs < 2 else "n/a (no spread)") if not math.isfinite(c.lo) else f"[{_num(c.metric, c.lo)}, {_num(c.metric, c.hi)}]"
                 lines.append(f"| {c.metric} | {c.attention}: {_num(c.metric, c.diff_mean)} | {ci} | {c.n_pairs} | "
                              f"{c.verdict} |")
             lines.append("")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import subprocess
 import sys
@@ -19,6 +20,14 @@ _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
     _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(max(1, _cores // _WORKERS))
+# Without CUDA the Triton momentum kernel's tests (test_triton_scan.py) run in Triton's CPU interpreter, which
+# must be chosen before anything imports triton (its standard library, tl.zeros and the like, is decorated then;
+# under xdist another test may import it first). Nothing else here runs Triton on a CPU.
+if importlib.util.find_spec("triton") is not None:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 # tiny, fast runs on the TREC rows only (BPE training and tokenisation take about a second)
 SMOKE = ["debug=smoke", "data.tasks=[trec]", "trainer.accelerator=cpu"]
 

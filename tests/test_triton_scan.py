@@ -1,7 +1,7 @@
 """The Triton momentum scan (momattn/triton_scan.py) equals the matmul scan, values and gradients.
 
-On a machine without CUDA the kernel runs in Triton's CPU interpreter (TRITON_INTERPRET=1, set here before
-Triton is imported); on CUDA it is compiled. Skipped where Triton is not installed (pip install triton).
+On a machine without CUDA the kernel runs in Triton's CPU interpreter (TRITON_INTERPRET=1, which conftest.py
+sets before anything can import Triton; set here too for a run without it); on CUDA it is compiled. Skipped where Triton is not installed (pip install triton).
 """
 
 from __future__ import annotations

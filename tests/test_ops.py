@@ -298,6 +298,54 @@ def test_multirate_grad_parity_with_naive():
     torch.testing.assert_close(grads[0], grads[1])
 
 
+@pytest.mark.parametrize("T", [3, 16, 23, 70])  # one chunk (nothing carried), several, ragged, deep carry
+@pytest.mark.parametrize("needs", ["all", "v", "rates"])
+def test_multirate_custom_backward_matches_naive(T, needs):
+    # the training path (no states) runs _MultiRateScan's hand-written backward: every gradient it returns
+    # equals autograd through the naive float64 loop, whichever inputs ask for one
+    torch.manual_seed(T)
+    C, R = 3, 4
+    v0, p0, g0 = torch.randn(2, T, C, dtype=F64), torch.rand(C, R, dtype=F64) * 0.99, torch.randn(C, R, dtype=F64)
+    p0[0, 0], p0[1, 1] = 0.0, 0.999
+    w = torch.randn(2, T, C, dtype=F64)
+    want = {"all": (True, True, True), "v": (True, False, False), "rates": (False, True, True)}[needs]
+    grads = []
+    for fn in (lambda *a: mr(*a, chunk_size=4), naive_multirate):
+        ins = [t.clone().requires_grad_(r) for t, r in zip((v0, p0, g0), want)]
+        (fn(*ins) * w).sum().backward()
+        grads.append([t.grad for t in ins])
+    for got, ref, r in zip(*grads, want):
+        if r:
+            torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+        else:
+            assert got is None
+
+
+def test_multirate_second_derivatives():
+    # backward with create_graph recomputes through autograd: second derivatives are right too
+    torch.manual_seed(0)
+    v = torch.randn(1, 11, 2, dtype=F64, requires_grad=True)
+    p = (0.2 + 0.6 * torch.rand(2, 2, dtype=F64)).requires_grad_()
+    gamma = torch.randn(2, 2, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda v, p, g: mr(v, p, g, chunk_size=4), (v, p, gamma))
+
+
+@pytest.mark.parametrize("shape", [(4096, 256), (256, 4096), (128, 128), (100, 64), (64, 4096), (192, 8)])
+def test_transpose_2d_equals_pytorch_transpose(shape):
+    # the two-pass CPU transpose (blocks along the longer dim) against x.t().contiguous(), every dtype, and a
+    # non-contiguous input (the model's values are a slice of the fused qkv projection)
+    from momattn.ops import _transpose_2d
+
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    for dt in (torch.float32, F64, torch.bfloat16):
+        got = _transpose_2d(x, dt)
+        assert got.is_contiguous() and got.dtype == dt
+        assert torch.equal(got, x.t().contiguous().to(dt))
+    wide = torch.randn(shape[0], 3 * shape[1])[:, shape[1] : 2 * shape[1]]  # rows strided, as a qkv slice
+    assert torch.equal(_transpose_2d(wide, torch.float32), wide.t().contiguous())
+
+
 def test_multirate_p_exactly_zero():
     torch.manual_seed(0)
     v = torch.randn(2, 21, 3, dtype=F64, requires_grad=True)

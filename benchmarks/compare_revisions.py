@@ -69,7 +69,8 @@ def model_at(rev: str) -> types.ModuleType:
 def compare_ema(args) -> None:
     """momentum_ema forward + backward at one training step's worth of values (4 layers x B x T tokens of
     256 channels, 4 heads), read as the model reads them (a strided view of a qkv tensor), eta 0.5 fixed and
-    learnable per head, at `rev` and in the working tree, interleaved."""
+    learnable per head, and multirate_ema (8 learned rates per channel, as the model's layer calls it), at
+    `rev` and in the working tree, interleaved."""
     from momattn import ops as ops_now
 
     old = ops_at(args.rev)
@@ -87,23 +88,36 @@ def compare_ema(args) -> None:
 
         return fn
 
-    cases = {f"{kind} @ {label}": case(mod, kind == "learnable")
-             for kind in ("fixed", "learnable") for label, mod in ((args.rev, old), ("worktree", ops_now))}
+    delta, gamma = torch.randn(256, 8) * 0.2, torch.randn(256, 8) / 16
+
+    def multirate(mod):
+        def fn():
+            d, g = delta.clone().requires_grad_(), gamma.clone().requires_grad_()
+            v = qkv[:, :, 512:].detach().requires_grad_()
+            out = mod.multirate_ema(v, torch.sigmoid(d), g)[0]
+            out.backward(torch.ones_like(out))
+
+        return fn
+
+    kinds = ("fixed", "learnable", "multirate")
+    cases = {f"{kind} @ {label}": multirate(mod) if kind == "multirate" else case(mod, kind == "learnable")
+             for kind in kinds for label, mod in ((args.rev, old), ("worktree", ops_now))}
     times = Timer(repeats=args.repeats, warmup=2, min_sample_s=args.min_sample_s).time(cases, torch.device("cpu"))
     rows = []
-    for kind in ("fixed", "learnable"):
+    for kind in kinds:
         a, b = times[f"{kind} @ {args.rev}"], times[f"{kind} @ worktree"]
         paired = paired_overhead(b["samples_s"], a["samples_s"])
-        rows.append([f"eta {kind}", f"{1e3 * a['median_s']:.2f} ({a['iqr_pct']:.1f}%)",
+        rows.append([kind if kind == "multirate" else f"eta {kind}", f"{1e3 * a['median_s']:.2f} ({a['iqr_pct']:.1f}%)",
                      f"{1e3 * b['median_s']:.2f} ({b['iqr_pct']:.1f}%)",
                      pct(100 * (b["median_s"] / a["median_s"] - 1)),
                      f"{pct(paired['overhead_vs_vanilla_paired_pct'])} ({pct(paired['paired_q1_pct'])}, "
                      f"{pct(paired['paired_q3_pct'])})"])
     md = "\n".join([
-        f"momentum_ema forward + backward, B={B} x T={T} x 4 heads of 64 (one training step's values, 4 layers), "
-        f"fp32: ms (IQR) at {args.rev} and in the working tree, medians of {args.repeats} interleaved samples.",
+        f"momentum_ema and multirate_ema (8 rates per channel) forward + backward, B={B} x T={T} x 256 channels "
+        f"(one training step's values, 4 layers; momentum: 4 heads of 64), fp32: ms (IQR) at {args.rev} and in the "
+        f"working tree, medians of {args.repeats} interleaved samples.",
         "",
-        table(["eta", args.rev, "worktree", "change (medians)", "change (paired, IQR)"], rows),
+        table(["op", args.rev, "worktree", "change (medians)", "change (paired, IQR)"], rows),
     ])
     write_results(args.out, {"machine": machine_info(torch.device("cpu")), "rev": args.rev, "part": "ema", "T": T,
                              "B": B, "times": times}, md)

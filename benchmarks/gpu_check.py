@@ -118,9 +118,10 @@ def scan_timing(device: str, shape: tuple[int, int, int, int], reps: int) -> lis
     return rows
 
 
-def throughput(kind: str, compile_: bool, steps: int, batch: int, backend: str | None = None,
+def throughput(kind: str, compile_: bool | str, steps: int, batch: int, backend: str | None = None,
                learnable: bool = False, cfg_kw: dict | None = None, device: str = "cuda") -> dict:
-    """tokens/s of full training steps (forward, cross-entropy, backward, clip, AdamW) in bf16 autocast."""
+    """tokens/s of full training steps (forward, cross-entropy, backward, clip, AdamW) in bf16 autocast.
+    compile_: False (eager), True (torch.compile's default mode) or a torch.compile mode name."""
     torch.manual_seed(0)
     if compile_:
         torch._dynamo.reset()
@@ -129,7 +130,7 @@ def throughput(kind: str, compile_: bool, steps: int, batch: int, backend: str |
     cfg = GPTConfig(attention=attn, **kw)
     model = GPT(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=device == "cuda")
-    fwd = torch.compile(model) if compile_ else model
+    fwd = torch.compile(model, mode=compile_ if isinstance(compile_, str) else None) if compile_ else model
     x = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size + 1), device=device)
 
     def step():
@@ -163,18 +164,22 @@ def throughput(kind: str, compile_: bool, steps: int, batch: int, backend: str |
             "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None}
 
 
-# (attention, scan backend, learnable eta, compiled, batch multiple), most important first: a run past --budget
-# skips the rest. Labels for --variants: attention[/backend][/learnable][+compile][xN]
+# (attention, scan backend, learnable eta, compiled (or a torch.compile mode), batch multiple), most important
+# first: a run past --budget skips the rest. Labels for --variants: attention[/backend][/learnable][+compile[:mode]][xN].
+# The last three try the levers left for vanilla's MFU (issue 11: 45% at 124M): a larger batch, CUDA graphs
+# (reduce-overhead: fewer launches), autotuned matmul/fusion choices (max-autotune without graphs).
 VARIANTS = [("vanilla", None, False, False, 1), ("momentum", "torch", False, False, 1),
             ("momentum", "triton", False, False, 1), ("momentum", None, True, False, 1),
             ("multirate_ema", None, False, False, 1), ("vanilla", None, False, True, 1),
             ("momentum", "triton", False, True, 1), ("momentum", "torch", False, True, 1),
-            ("momentum", None, True, True, 1), ("multirate_ema", None, False, True, 1), ("vanilla", None, False, True, 2)]
+            ("momentum", None, True, True, 1), ("multirate_ema", None, False, True, 1), ("vanilla", None, False, True, 2),
+            ("vanilla", None, False, True, 4), ("vanilla", None, False, "reduce-overhead", 2),
+            ("vanilla", None, False, "max-autotune-no-cudagraphs", 2)]
 
 
-def label(kind: str, backend: str | None, learnable: bool, compile_: bool, mult: int) -> str:
-    return (kind + (f"/{backend}" if backend else "") + ("/learnable" if learnable else "")
-            + ("+compile" if compile_ else "") + (f"x{mult}" if mult > 1 else ""))
+def label(kind: str, backend: str | None, learnable: bool, compile_: bool | str, mult: int) -> str:
+    mode = f"+compile:{compile_}" if isinstance(compile_, str) else ("+compile" if compile_ else "")
+    return kind + (f"/{backend}" if backend else "") + ("/learnable" if learnable else "") + mode + (f"x{mult}" if mult > 1 else "")
 
 
 def markdown(report: dict) -> str:

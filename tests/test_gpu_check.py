@@ -50,3 +50,11 @@ def test_the_report_compares_each_attention_with_vanilla_and_names_errors():
     assert "| vanilla | False | 16 | 100.0 | 160,000 | 50.0% | 1.000x | 3.0 | 20.0 |" in md
     assert "error: RuntimeError('boom')" in md
     assert gpu_check.datasheet_peak("NVIDIA H200") == 989e12 and gpu_check.datasheet_peak("Tesla T4") is None
+
+
+def test_labels_name_the_compile_mode_and_batch():
+    assert gpu_check.label("vanilla", None, False, "reduce-overhead", 2) == "vanilla+compile:reduce-overhead" + "x2"
+    assert gpu_check.label("momentum", "triton", False, True, 1) == "momentum/triton+compile"
+    assert gpu_check.label("momentum", None, True, False, 1) == "momentum/learnable"
+    labels = [gpu_check.label(*v) for v in gpu_check.VARIANTS]
+    assert len(labels) == len(set(labels)), "every variant must be selectable by its own label"

@@ -1,0 +1,55 @@
+"""benchmarks/cpu_bf16_check.py: skips (and says so) where bf16 is not native, runs end to end at toy size with
+--force, and judges bf16 against fp32 by the seed spread."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import cpu_bf16_check  # noqa: E402
+
+from momattn.hardware import cpu_has_native_bf16  # noqa: E402
+
+
+@pytest.mark.skipif(cpu_has_native_bf16(), reason="this CPU has native bf16: the check would measure")
+def test_without_native_bf16_it_skips_and_says_so(tmp_path):
+    out = tmp_path / "cpu_bf16.json"
+    assert cpu_bf16_check.main(["--out", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["native_bf16"] is False and "no native bf16" in rep["skipped"]
+    assert "Skipped: this CPU has no native bf16" in out.with_suffix(".md").read_text()
+
+
+def test_smoke_times_the_step_and_runs_the_main_job_at_both_precisions(tmp_path):
+    out = tmp_path / "cpu_bf16.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_bf16_check.py"), "--smoke", "--force",
+                        "--seeds", "1", "--parallel", "2", "--threads", "1", "--override", "data.tasks=[trec]", "--workdir", str(tmp_path / "runs"),
+                        "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(out.read_text())
+    assert set(rep["step"]["tokens_per_s"]) == {"fp32", "bf16"} and rep["step"]["bf16_over_fp32"] > 0
+    runs = {row["precision"]: row for row in rep["runs"]}
+    assert set(runs) == {"32-true", "bf16-mixed"}, rep["runs"]
+    for prec, row in runs.items():
+        assert row["rc"] == 0 and row["precision"] == prec and row["val/loss"] > 0, row
+    assert "| bf16-mixed | 1 |" in out.with_suffix(".md").read_text()
+
+
+def _row(prec, seed, loss):
+    return {"precision": prec, "seed": seed, "rc": 0, "val/loss": loss, "val/ppl": 2.0, "tokens_per_sec": 1000.0,
+            "fit_seconds": 1.0}
+
+
+def test_verdict_compares_the_bf16_difference_with_the_seed_spread():
+    close = cpu_bf16_check.verdict([_row("32-true", 1, 4.00), _row("32-true", 2, 4.10),
+                                    _row("bf16-mixed", 1, 4.05), _row("bf16-mixed", 2, 4.08)])
+    assert close["bf16_minus_fp32"] == [0.05, -0.02] and close["fp32_seed_spread"] == 0.1
+    assert close["within_seed_noise"] is True and close["32-true"]["val_loss_mean"] == 4.05
+    far = cpu_bf16_check.verdict([_row("32-true", 1, 4.00), _row("32-true", 2, 4.01),
+                                  _row("bf16-mixed", 1, 4.30), _row("bf16-mixed", 2, 4.02)])
+    assert far["within_seed_noise"] is False
+    failed = cpu_bf16_check.verdict([_row("32-true", 1, 4.0), {"precision": "bf16-mixed", "seed": 1, "rc": 1}])
+    assert failed["bf16_minus_fp32"] == [] and "within_seed_noise" not in failed

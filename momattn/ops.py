@@ -20,10 +20,11 @@ the anti-causal one), so fixed rates save nothing full-size for it; the rates' g
 shifted dot product per head (see _MergedScan). The cached path (initial_state / final_state) and multirate_ema
 change their input's layout with one bulk copy each way (a custom autograd Function, so backward gets one
 bulk copy too): momentum_ema moves heads to the front, chunk-major; multirate_ema moves channels to the
-front with a plain 2-D transpose (PyTorch's blocked transpose copy) and right-multiplies by the transposed
-(c x c) Toeplitz block, built from windows of the zero-padded kernel. Chunk ends and the carried-in states
-go through small matmuls (the latter an in-place rank-1 update), so autograd's backward of those paths forms
-no full-size zero or product tensors.
+front with a 2-D transpose (two cache-blocked passes on CPU, _transpose_2d) and right-multiplies by the
+transposed (c x c) Toeplitz block, built from windows of the zero-padded kernel. Chunk ends and the
+carried-in states go through small matmuls (the latter an in-place rank-1 update). multirate_ema's training
+path (no states) has a hand-written backward (_MultiRateScan): each step's adjoint, the carry run backward
+over the chunks, and closed-form gradients for p and gamma on (C, R, c)-sized tensors.
 
 On CUDA the training path's scan is one Triton kernel instead (momattn/triton_scan.py, SCAN_BACKEND below):
 the dozen small launches of the matmul scan cost 3x its time at gpt2_124m's shape on an H200

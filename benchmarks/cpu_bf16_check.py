@@ -110,13 +110,17 @@ def main_job_runs(seeds: list[int], threads: int, parallel: int, workdir: Path, 
 
     pending = list(jobs)
     while pending or running:
-        while pending and len(running) < parallel:
+        while pending and len(running) < parallel and time.perf_counter() < t_end:
             running.append(start(*pending.pop(0)))
+        if pending and not running:  # past the deadline before these could start
+            rows += [{"precision": p, "seed": s, "rc": "not started (timeout)"} for p, s in pending]
+            break
         time.sleep(1.0)
         for job in list(running):
             rc = job[-1].poll()
             if rc is None and time.perf_counter() > t_end:
                 job[-1].kill()
+                job[-1].wait()
                 rc = "timeout"
             if rc is not None:
                 running.remove(job)
@@ -194,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parallel", type=int, default=4, help="main-job runs at a time")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--timeout", type=float, default=420.0, help="seconds for all the main-job runs together")
+    ap.add_argument("--timeout", type=float, default=420.0, help="seconds for all the main-job runs together (runs "
+                    "still going then are stopped and reported as such)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/momattn_cpu_bf16"))
     ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                     help="an extra train.py override for the main-job runs (repeatable)")
@@ -220,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         rep["runs"] = main_job_runs(a.seeds, a.threads, a.parallel, a.workdir, extra, a.timeout)
         rep["verdict"] = verdict(rep["runs"])
     print(write(rep, a.out))
+    if "runs" in parts and not rep["verdict"]["seeds_paired"]:
+        print("error: no seed finished at both precisions (see the runs above)", file=sys.stderr)
+        return 1
     return 0
 
 

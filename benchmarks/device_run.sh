@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# bash benchmarks/device_run.sh gpu|cpu [OUTDIR]   (on the device machine: the prepared checks of issue 11)
-#   gpu  benchmarks/gpu_check.py: CUDA tests, bf16 attention benchmark, scan timing, gpt2_124m throughput
-#        (~6 min with the default --budget 300)
-#   cpu  benchmarks/cpu_bf16_check.py on the host CPU (native bf16 there): the main job's step fp32 vs bf16, then
-#        the main job at both precisions, seeds 1 and 2, four runs at a time (~5 min)
+# bash benchmarks/device_run.sh cpu|gpu|autotune [OUTDIR]   (on the device machine: the prepared checks of issue 11)
+#   cpu       benchmarks/cpu_bf16_check.py on the host CPU (native bf16 there): the main job's step fp32 vs bf16,
+#             then the main job at both precisions, seeds 1 and 2, four runs at a time (at most ~8 min)
+#   gpu       benchmarks/gpu_check.py: CUDA tests, bf16 attention benchmark, scan timing, gpt2_124m throughput
+#             (~5 min with the default --budget 240; no variant starts after it)
+#   autotune  vanilla compiled with max-autotune-no-cudagraphs alone (its autotuning can take minutes): last,
+#             only if device time is left
+# Order for 15 minutes of device time: cpu, then gpu (the machine stays warm between calls), autotune if time is left.
 # Results go to OUTDIR (default: $OUT where the device tool sets it, else benchmarks/results). Before the call,
 # here: `bash benchmarks/device_site.sh` (packages the image lacks), and name .devsite in the call's carry.
 # One call per part keeps each under the device's 10-minute limit per command:
-#   run(command="bash benchmarks/device_run.sh gpu", carry=[".devsite"], timeout_s=540)
+#   run(command="bash benchmarks/device_run.sh cpu", carry=[".devsite"], timeout_s=560)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-part=${1:?usage: device_run.sh gpu|cpu [OUTDIR]}
+part=${1:?usage: device_run.sh cpu|gpu|autotune [OUTDIR]}
 out=${2:-${OUT:-benchmarks/results}}
 mkdir -p "$out"
 [ -d .devsite ] && export PYTHONPATH="$PWD/.devsite${PYTHONPATH:+:$PYTHONPATH}"
@@ -20,8 +23,10 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv 2>/dev/null | tee "$out/device.txt"
 lscpu 2>/dev/null | grep -E "Model name|^CPU\(s\)|Flags" | sed 's/Flags:.*\(avx512_bf16\|amx_bf16\).*/Flags: ...native bf16 (\1)/' >> "$out/device.txt"
 case "$part" in
-  gpu) "$PY" benchmarks/gpu_check.py --budget "${BUDGET:-300}" --out "$out/gpu.json" 2>&1 | tee "$out/gpu_log.txt" ;;
-  cpu) "$PY" benchmarks/cpu_bf16_check.py --threads 4 --parallel 4 --timeout "${TIMEOUT:-300}" --out "$out/cpu_bf16.json" \
+  gpu) "$PY" benchmarks/gpu_check.py --budget "${BUDGET:-240}" --out "$out/gpu.json" 2>&1 | tee "$out/gpu_log.txt" ;;
+  autotune) "$PY" benchmarks/gpu_check.py --parts train --variants "vanilla+compile:max-autotune-no-cudagraphsx2" \
+              --out "$out/gpu_autotune.json" 2>&1 | tee "$out/autotune_log.txt" ;;
+  cpu) "$PY" benchmarks/cpu_bf16_check.py --threads 4 --parallel 4 --timeout "${TIMEOUT:-420}" --out "$out/cpu_bf16.json" \
          2>&1 | tee "$out/cpu_log.txt" ;;
-  *) echo "unknown part '$part': gpu or cpu" >&2; exit 2 ;;
+  *) echo "unknown part '$part': cpu, gpu or autotune" >&2; exit 2 ;;
 esac

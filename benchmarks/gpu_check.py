@@ -167,7 +167,8 @@ def throughput(kind: str, compile_: bool | str, steps: int, batch: int, backend:
 # (attention, scan backend, learnable eta, compiled (or a torch.compile mode), batch multiple), most important
 # first: a run past --budget skips the rest. Labels for --variants: attention[/backend][/learnable][+compile[:mode]][xN].
 # The last three try the levers left for vanilla's MFU (issue 11: 45% at 124M): a larger batch, CUDA graphs
-# (reduce-overhead: fewer launches), autotuned matmul/fusion choices (max-autotune without graphs).
+# (reduce-overhead: fewer launches), autotuned matmul/fusion choices (max-autotune without graphs; its autotuning
+# can take minutes, so it runs only when named in --variants: benchmarks/device_run.sh gives it a call of its own).
 VARIANTS = [("vanilla", None, False, False, 1), ("momentum", "torch", False, False, 1),
             ("momentum", "triton", False, False, 1), ("momentum", None, True, False, 1),
             ("multirate_ema", None, False, False, 1), ("vanilla", None, False, True, 1),
@@ -197,7 +198,7 @@ def markdown(report: dict) -> str:
                   "multirate rows use the default scan backend):", "",
               "| attention | compile | batch | ms/step | tokens/s | MFU | vs vanilla | warm-up s | peak GiB |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    base: dict = {}  # the first vanilla row of each compile setting
+    base: dict = {}  # the first vanilla row of each compile setting; a compile mode compares with default compile
     for r in report.get("throughput", []):
         if r.get("attention") == "vanilla" and "tokens_per_s" in r:
             base.setdefault(r["compile"], r["tokens_per_s"])
@@ -206,7 +207,8 @@ def markdown(report: dict) -> str:
             why = f"error: {r['error'][:80]}" if "error" in r else f"skipped: {r['skipped']}"
             lines.append(f"| {r['attention']} | {r['compile']} | | | {why} | | | | |")
             continue
-        rel = f"{r['tokens_per_s'] / base[r['compile']]:.3f}x" if base.get(r["compile"]) else "-"
+        ref = base.get(True) if isinstance(r["compile"], str) else base.get(r["compile"])
+        rel = f"{r['tokens_per_s'] / ref:.3f}x" if ref else "-"
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         mem = r.get("peak_mem_gib")
         lines.append(f"| {r['attention']} | {r['compile']} | {r['batch']} | {r['ms_per_step']} | "
@@ -267,7 +269,8 @@ def main() -> int:
     toy = dict(block_size=32, vocab_size=128, n_layer=1, n_head=2, n_embd=32) if a.smoke else None
     for kind, backend, learnable, compile_, mult in VARIANTS:
         if (compile_ and (a.no_compile or a.smoke)) or (backend == "triton" and not ops._triton_scan()) \
-                or "train" not in parts or (wanted and label(kind, backend, learnable, compile_, mult) not in wanted):
+                or "train" not in parts or (wanted and label(kind, backend, learnable, compile_, mult) not in wanted) \
+                or (not wanted and isinstance(compile_, str) and compile_.startswith("max-autotune")):
             continue
         row = {"attention": kind + (f" ({backend} scan)" if backend else "") + (" learnable eta" if learnable else ""),
                "compile": compile_}

@@ -603,7 +603,7 @@ def multirate_ema(
         s0 = None if initial_state is None else initial_state.to(v.device, acc)  # (B, C, R)
         if T <= 1:
             return _multirate_short(v, p, gamma, s0, output_final_state)
-        if s0 is None and not output_final_state and not _is_compiling():  # training: a custom backward
+        if s0 is None and not output_final_state and v.numel() and not _is_compiling():  # training: custom backward
             return _MultiRateScan.apply(v, p, gamma, chunk_size), None
         c = min(chunk_size, T)
         n = -(-T // c)  # number of chunks
@@ -664,7 +664,9 @@ class _MultiRateScan(torch.autograd.Function):
     then get their gradients in closed form from d(p^l)/dp = l p^(l-1), on (C, R, c)-sized tensors. Autograd
     through the same steps formed the Toeplitz block's and the chunk views' gradients (flip, unfold, pad
     backward) and took about twice as long as this (benchmarks/bench_attention.py, part layer). A second
-    derivative (backward with create_graph) recomputes through autograd.
+    derivative (backward with create_graph) recomputes through autograd, which is why v itself is saved (a
+    view keeps its base alive, and modifying v in place before backward is an error, as for most ops); forward-
+    mode AD (jvp) is not implemented here: multirate_ema(..., output_final_state=True) takes the autograd path.
     """
 
     @staticmethod
@@ -686,7 +688,7 @@ class _MultiRateScan(torch.autograd.Function):
             e = torch.bmm(Pf, X.transpose(1, 2)).view(C * p.shape[1], B, n)  # per-rate chunk ends
             prev = _carry(e, p.reshape(-1), c, chunk_size)  # (C*R, B, n) state entering each chunk
             into = gamma[:, :, None] * Pw[..., 1:]  # (C, R, c) gamma p^(j+1)
-            Y.baddbmm_(prev.view(C, -1, B * n).transpose(1, 2), into)
+            Y.baddbmm_(prev.view(C, p.shape[1], B * n).transpose(1, 2), into)
         y = _copy_permuted(Y.view(C, B * n * c), (1, 0), v.dtype).view(B, n * c, C)
         ctx.chunk_size, ctx.T = chunk_size, T
         ctx.save_for_backward(v, p, gamma, X, MT, prev)
@@ -705,33 +707,36 @@ class _MultiRateScan(torch.autograd.Function):
         B, T, C = v.shape
         R = p.shape[1]
         c = MT.shape[-1]
-        n = X.shape[1] // B
+        n = -(-T // c)  # number of chunks
         acc = p.dtype
         with _no_autocast(gy.device):
             g = gy if n * c == T else F.pad(gy, (0, 0, 0, n * c - T))
             dY = _copy_permuted(g.reshape(B * n * c, C), (1, 0), acc).view(C, B * n, c)
             dX = torch.bmm(dY, MT.transpose(1, 2))  # (C, B*n, c)
-            dkernel = _toeplitz_diag_sums(torch.bmm(X.transpose(1, 2), dY))  # (C, c)
+            rates = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]  # else only dv is formed
             lags = torch.arange(c + 1, device=v.device)
             Pw = _powers(p, lags)  # (C, R, c+1) p^l
             Dw = lags * _powers(p, lags - 1)  # (C, R, c+1) d(p^l)/dp = l p^(l-1) (0 at l = 0)
             dPw = torch.zeros_like(Pw)  # (C, R, c+1) the gradient of every power p^l
-            dgamma = (dkernel[:, None, :] * Pw[..., :c]).sum(-1)  # (C, R)
-            dPw[..., :c] += gamma[:, :, None] * dkernel[:, None, :]
+            dgamma = torch.zeros_like(gamma)  # (C, R)
+            if rates:
+                dkernel = _toeplitz_diag_sums(torch.bmm(X.transpose(1, 2), dY))  # (C, c)
+                dgamma += (dkernel[:, None, :] * Pw[..., :c]).sum(-1)
+                dPw[..., :c] += gamma[:, :, None] * dkernel[:, None, :]
             if prev is not None:
-                prevT = prev.view(C, R, B * n)  # (C, R, B*n)
-                d_into = torch.bmm(prevT, dY)  # (C, R, c)
-                dgamma += (d_into * Pw[..., 1:]).sum(-1)
-                dPw[..., 1:] += gamma[:, :, None] * d_into
+                if rates:
+                    d_into = torch.bmm(prev.view(C, R, B * n), dY)  # (C, R, c)
+                    dgamma += (d_into * Pw[..., 1:]).sum(-1)
+                    dPw[..., 1:] += gamma[:, :, None] * d_into
                 into = gamma[:, :, None] * Pw[..., 1:]  # (C, R, c)
                 d_prev = torch.bmm(dY, into.transpose(1, 2)).transpose(1, 2).reshape(C * R, B, n)
                 # the carry's adjoint: the same carry backward over the chunks; then its rate p^c's gradient
                 d_e = _carry(d_prev.flip(-1), p.reshape(-1), c, ctx.chunk_size).flip(-1)  # (C*R, B, n)
-                dPw[..., c] += (d_e * prev).sum((1, 2)).view(C, R)
-                d_e = d_e.view(C, R, B * n)
-                Pf = Pw[..., :c].flip(-1)  # (C, R, c)
-                dX.baddbmm_(d_e.transpose(1, 2), Pf)
-                dPw[..., :c] += torch.bmm(d_e, X).flip(-1)  # d Pf, back in power order
+                d_e3 = d_e.view(C, R, B * n)
+                dX.baddbmm_(d_e3.transpose(1, 2), Pw[..., :c].flip(-1))  # + d_e^T Pf
+                if rates:
+                    dPw[..., c] += (d_e * prev).sum((1, 2)).view(C, R)
+                    dPw[..., :c] += torch.bmm(d_e3, X).flip(-1)  # d Pf, back in power order
             dp = (dPw * Dw).sum(-1)  # (C, R)
             dv = _copy_permuted(dX.view(C, B * n * c), (1, 0), v.dtype).view(B, n * c, C)
         return (dv if n * c == T else dv[:, :T]), dp, dgamma, None

@@ -58,3 +58,13 @@ def test_labels_name_the_compile_mode_and_batch():
     assert gpu_check.label("momentum", None, True, False, 1) == "momentum/learnable"
     labels = [gpu_check.label(*v) for v in gpu_check.VARIANTS]
     assert len(labels) == len(set(labels)), "every variant must be selectable by its own label"
+
+
+def test_a_compile_mode_is_compared_with_default_compile_and_max_autotune_is_opt_in():
+    rows = [{"attention": "vanilla", "compile": True, "batch": 16, "ms_per_step": 40.0, "tokens_per_s": 400000,
+             "mfu": 0.34, "warmup_s": 2.0, "peak_mem_gib": 17.0},
+            {"attention": "vanilla", "compile": "reduce-overhead", "batch": 16, "ms_per_step": 36.4,
+             "tokens_per_s": 440000, "mfu": 0.37, "warmup_s": 9.0, "peak_mem_gib": 17.0}]
+    md = gpu_check.markdown({"machine": "m", "date": "d", "throughput": rows})
+    assert "| vanilla | reduce-overhead | 16 | 36.4 | 440,000 | 37.0% | 1.100x |" in md
+    assert any(isinstance(v[3], str) and v[3].startswith("max-autotune") for v in gpu_check.VARIANTS)

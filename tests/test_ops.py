@@ -321,6 +321,18 @@ def test_multirate_custom_backward_matches_naive(T, needs):
             assert got is None
 
 
+@pytest.mark.parametrize("shape", [(0, 70, 3, 2), (2, 70, 0, 2), (0, 5, 3, 2)])
+def test_multirate_empty_batch_or_channels(shape):
+    # an empty batch or no channels: an empty output and empty or zero gradients, as the autograd path gives
+    B, T, C, R = shape
+    v = torch.randn(B, T, C, dtype=F64, requires_grad=True)
+    p, gamma = (torch.rand(C, R, dtype=F64) * 0.9).requires_grad_(), torch.randn(C, R, dtype=F64, requires_grad=True)
+    out = mr(v, p, gamma, chunk_size=4)
+    assert out.shape == (B, T, C)
+    out.sum().backward()
+    assert v.grad.shape == v.shape and not p.grad.abs().sum() and not gamma.grad.abs().sum()
+
+
 def test_multirate_second_derivatives():
     # backward with create_graph recomputes through autograd: second derivatives are right too
     torch.manual_seed(0)

@@ -607,28 +607,8 @@ def multirate_ema(
             return _MultiRateScan.apply(v, p, gamma, chunk_size), None
         c = min(chunk_size, T)
         n = -(-T // c)  # number of chunks
-        P = _powers(p, torch.arange(c + 1, device=v.device))  # (C, R, c+1) p^l for l = 0..c
-        kernel = (gamma[:, :, None] * P[..., :c]).sum(1)  # (C, c) sum_r gamma p^l for lags l < c
-        # transposed causal Toeplitz block, MT[i, j] = kernel[j - i] for j >= i, else 0: window s of the
-        # kernel with c-1 zeros in front is [0]*(c-1-s) + kernel[:s+1], i.e. row c-1-s of MT
-        MT = F.pad(kernel, (c - 1, 0)).unfold(1, c, 1).flip(1)  # (C, c, c)
-        x = v if n * c == T else F.pad(v, (0, 0, 0, n * c - T))  # zero tail: does not touch earlier t
-        # channels to the front with one 2-D transpose: (B*n*c, C) -> (C, B*n*c), time last
-        X = _layout_copy(x.reshape(B * n * c, C), (1, 0), acc).view(C, B * n, c)
-        Y = torch.bmm(X, MT)  # (C, B*n, c) contribution from inside each chunk
-        prev = None  # (C*R, B, n) per-rate state entering each chunk
         init = None if s0 is None else s0.permute(1, 2, 0).reshape(C * R, B)  # (C*R, B)
-        if n > 1:
-            # per-rate state each chunk leaves behind, carried across chunks with rate p^c
-            e = torch.bmm(P[..., :c].flip(-1), X.transpose(1, 2))  # (C, R, B*n) sum_i p^(c-1-i) x_i
-            prev = _carry(e.view(C * R, B, n), p.reshape(C * R), c, chunk_size, init)
-        elif init is not None:
-            prev = init[..., None]  # (C*R, B, 1)
-        if prev is not None:
-            into = gamma[:, :, None] * P[..., 1:]  # (C, R, c) gamma p^(j+1)
-            # in place (bmm saved X and MT, not Y): no full-size copy of Y
-            Y.baddbmm_(prev.reshape(C, R, B * n).transpose(1, 2), into)
-        y = _layout_copy(Y.view(C, B * n * c), (1, 0), v.dtype).view(B, n * c, C)  # (B, T_padded, C)
+        y, X, _, prev = _multirate_chunks(v, p, gamma, chunk_size, init)  # y (B, T_padded, C)
         final = None
         if output_final_state:
             j = T - 1 - (n - 1) * c  # the last real position inside the last chunk
@@ -640,6 +620,43 @@ def multirate_ema(
             )  # (C, B, R)
             final = _last_state(x_last, w, a_into, last_prev).transpose(0, 1)  # (B, C, R)
     return (y if n * c == T else y[:, :T]), final
+
+
+def _multirate_chunks(
+    v: torch.Tensor, p: torch.Tensor, gamma: torch.Tensor, chunk_size: int, init: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The chunked scan of multirate_ema (both paths): v (B, T, C), p and gamma (C, R) in the accumulation dtype,
+    chunks of c = min(chunk_size, T), init (C*R, B) the per-rate states of a prefix or None. Returns (y, X, MT,
+    prev): y (B, n*c, C)
+    in v's dtype (zero-padded tail), X (C, B*n, c) the values channels first, MT (C, c, c) the transposed Toeplitz
+    block of the kernel, prev (C*R, B, n) the per-rate state entering each chunk (None when nothing is carried).
+    """
+    B, T, C = v.shape
+    R = p.shape[1]
+    c = min(chunk_size, T)
+    n = -(-T // c)  # number of chunks
+    P = _powers(p, torch.arange(c + 1, device=v.device))  # (C, R, c+1) p^l for l = 0..c
+    kernel = (gamma[:, :, None] * P[..., :c]).sum(1)  # (C, c) sum_r gamma p^l for lags l < c
+    # transposed causal Toeplitz block, MT[i, j] = kernel[j - i] for j >= i, else 0: window s of the
+    # kernel with c-1 zeros in front is [0]*(c-1-s) + kernel[:s+1], i.e. row c-1-s of MT
+    MT = F.pad(kernel, (c - 1, 0)).unfold(1, c, 1).flip(1)  # (C, c, c)
+    x = v if n * c == T else F.pad(v, (0, 0, 0, n * c - T))  # zero tail: does not touch earlier t
+    # channels to the front with one 2-D transpose: (B*n*c, C) -> (C, B*n*c), time last
+    X = _layout_copy(x.reshape(B * n * c, C), (1, 0), p.dtype).view(C, B * n, c)
+    Y = torch.bmm(X, MT)  # (C, B*n, c) contribution from inside each chunk
+    prev = None  # (C*R, B, n) per-rate state entering each chunk
+    if n > 1:
+        # per-rate state each chunk leaves behind, carried across chunks with rate p^c
+        e = torch.bmm(P[..., :c].flip(-1), X.transpose(1, 2))  # (C, R, B*n) sum_i p^(c-1-i) x_i
+        prev = _carry(e.view(C * R, B, n), p.reshape(C * R), c, chunk_size, init)
+    elif init is not None:
+        prev = init[..., None]  # (C*R, B, 1)
+    if prev is not None:
+        into = gamma[:, :, None] * P[..., 1:]  # (C, R, c) gamma p^(j+1)
+        # in place (bmm saved X and MT, not Y): no full-size copy of Y
+        Y.baddbmm_(prev.reshape(C, R, B * n).transpose(1, 2), into)
+    y = _layout_copy(Y.view(C, B * n * c), (1, 0), v.dtype).view(B, n * c, C)
+    return y, X, MT, prev
 
 
 def _toeplitz_diag_sums(M: torch.Tensor) -> torch.Tensor:
@@ -671,28 +688,11 @@ class _MultiRateScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, v: torch.Tensor, p: torch.Tensor, gamma: torch.Tensor, chunk_size: int) -> torch.Tensor:
-        B, T, C = v.shape
-        acc = p.dtype
-        c = min(chunk_size, T)
-        n = -(-T // c)  # number of chunks
-        lags = torch.arange(c + 1, device=v.device)
-        Pw = _powers(p, lags)  # (C, R, c+1) p^l for l = 0..c
-        kernel = (gamma[:, :, None] * Pw[..., :c]).sum(1)  # (C, c)
-        MT = F.pad(kernel, (c - 1, 0)).unfold(1, c, 1).flip(1)  # (C, c, c) MT[i, j] = kernel[j - i], j >= i
-        x = v if n * c == T else F.pad(v, (0, 0, 0, n * c - T))  # zero tail: does not touch earlier t
-        X = _copy_permuted(x.reshape(B * n * c, C), (1, 0), acc).view(C, B * n, c)  # channels first
-        Y = torch.bmm(X, MT)  # (C, B*n, c) contribution from inside each chunk
-        e = prev = None
-        if n > 1:
-            Pf = Pw[..., :c].flip(-1)  # (C, R, c) p^(c-1-i)
-            e = torch.bmm(Pf, X.transpose(1, 2)).view(C * p.shape[1], B, n)  # per-rate chunk ends
-            prev = _carry(e, p.reshape(-1), c, chunk_size)  # (C*R, B, n) state entering each chunk
-            into = gamma[:, :, None] * Pw[..., 1:]  # (C, R, c) gamma p^(j+1)
-            Y.baddbmm_(prev.view(C, p.shape[1], B * n).transpose(1, 2), into)
-        y = _copy_permuted(Y.view(C, B * n * c), (1, 0), v.dtype).view(B, n * c, C)
-        ctx.chunk_size, ctx.T = chunk_size, T
+        T = v.shape[1]
+        y, X, MT, prev = _multirate_chunks(v, p, gamma, chunk_size, None)  # grad is off here: plain copies
+        ctx.chunk_size = chunk_size
         ctx.save_for_backward(v, p, gamma, X, MT, prev)
-        return y if n * c == T else y[:, :T]
+        return y if y.shape[1] == T else y[:, :T]
 
     @staticmethod
     def backward(ctx, gy: torch.Tensor):

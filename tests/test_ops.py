@@ -282,6 +282,17 @@ def test_multirate_gradcheck():
     assert torch.autograd.gradcheck(lambda v, p, g: mr(v, p, g, chunk_size=4), (v, p, gamma))
 
 
+def multirate_grads(inputs, w, want=(True, True, True)):
+    """Gradients of sum(w * out) for (v, p, gamma) = inputs from multirate_ema (chunks of 4) and from the naive
+    loop: two lists, None where `want` asks for no gradient."""
+    grads = []
+    for fn in (lambda *a: mr(*a, chunk_size=4), naive_multirate):
+        ins = [t.clone().requires_grad_(r) for t, r in zip(inputs, want)]
+        (fn(*ins) * w).sum().backward()
+        grads.append([t.grad for t in ins])
+    return grads
+
+
 def test_multirate_grad_parity_with_naive():
     torch.manual_seed(0)
     v0, p0, g0 = (
@@ -289,13 +300,8 @@ def test_multirate_grad_parity_with_naive():
         torch.rand(3, 2, dtype=F64) * 0.9,
         torch.randn(3, 2, dtype=F64),
     )
-    w = torch.randn(2, 19, 3, dtype=F64)
-    grads = []
-    for fn in (lambda *a: mr(*a, chunk_size=4), naive_multirate):
-        v, p, g = (t.clone().requires_grad_() for t in (v0, p0, g0))
-        (fn(v, p, g) * w).sum().backward()
-        grads.append((v.grad, p.grad, g.grad))
-    torch.testing.assert_close(grads[0], grads[1])
+    got, ref = multirate_grads((v0, p0, g0), torch.randn(2, 19, 3, dtype=F64))
+    torch.testing.assert_close(got, ref)
 
 
 @pytest.mark.parametrize("T", [3, 16, 23, 70])  # one chunk (nothing carried), several, ragged, deep carry
@@ -309,12 +315,7 @@ def test_multirate_custom_backward_matches_naive(T, needs):
     p0[0, 0], p0[1, 1] = 0.0, 0.999
     w = torch.randn(2, T, C, dtype=F64)
     want = {"all": (True, True, True), "v": (True, False, False), "rates": (False, True, True)}[needs]
-    grads = []
-    for fn in (lambda *a: mr(*a, chunk_size=4), naive_multirate):
-        ins = [t.clone().requires_grad_(r) for t, r in zip((v0, p0, g0), want)]
-        (fn(*ins) * w).sum().backward()
-        grads.append([t.grad for t in ins])
-    for got, ref, r in zip(*grads, want):
+    for got, ref, r in zip(*multirate_grads((v0, p0, g0), w, want), want):
         if r:
             torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
         else:

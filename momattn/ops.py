@@ -17,9 +17,10 @@ Speed: without states (training), momentum_ema scans the heads-merged values (B,
 (c x c) decay matrix per head applied to that head's columns (a strided view, no layout copy), and its
 backward is the same scan run backward in time over the gradient (the adjoint of a causal decay scan is
 the anti-causal one), so fixed rates save nothing full-size for it; the rates' gradient, when they need one, is one
-shifted dot product per head (see _MergedScan). The cached path (initial_state / final_state) and multirate_ema
-change their input's layout with one bulk copy each way (a custom autograd Function, so backward gets one
-bulk copy too): momentum_ema moves heads to the front, chunk-major; multirate_ema moves channels to the
+shifted dot product per head (see _MergedScan). Its cached path (initial_state / final_state) is the same scan
+plus the prefix's state decaying into every position (a^(t+1) s), the final state read off the last output.
+multirate_ema changes its input's layout with one bulk copy each way (a custom autograd Function, so backward
+gets one bulk copy too): it moves channels to the
 front with a 2-D transpose (two cache-blocked passes on CPU, _transpose_2d) and right-multiplies by the
 transposed (c x c) Toeplitz block, built from windows of the zero-padded kernel. Chunk ends and the
 carried-in states go through small matmuls (the latter an in-place rank-1 update). multirate_ema's training
@@ -35,8 +36,8 @@ One signature serves training, prefill and decoding (as in flash-linear-attentio
     out, final_state = op(v, ..., initial_state=None, output_final_state=False)
 
 `initial_state` is the inclusive state after a prefix (what an earlier call returned as its final state);
-`out` then equals the op applied to [prefix; v], restricted to v's positions. The state enters the same
-carry scan as the chunk ends, so no negative power appears there either. One new token (T = 1) takes a
+`out` then equals the op applied to [prefix; v], restricted to v's positions. The state enters with
+non-negative powers only (momentum_ema: a^(t+1) s; multirate_ema: the carry scan of the chunk ends). One new token (T = 1) takes a
 short path: the recurrence s = a s + v, without the chunked machinery. Naive references: momattn/reference.py.
 """
 
@@ -333,58 +334,22 @@ def momentum_ema(
         s0 = None if initial_state is None else initial_state.to(v.device, acc)  # (B, H, D)
         if T <= 1:
             return _momentum_short(v, a, include_current, s0, output_final_state)
+        shared = not isinstance(eta, torch.Tensor) or eta.numel() == 1  # one rate for every head
+        rates = a[:1] if shared else a  # (G,)
         if s0 is None and not output_final_state:  # training: the merged layout and a custom backward
-            shared = not isinstance(eta, torch.Tensor) or eta.numel() == 1  # one rate for every head
-            return _momentum_merged(v, a[:1] if shared else a, include_current, chunk_size), None
-        c = min(chunk_size, T)
-        n = -(-T // c)  # number of chunks
-        x = v if n * c == T else F.pad(v, (0, 0, 0, n * c - T))  # zero tail: does not touch earlier t
-        # chunk-major layout, one copy (contiguous runs of D): (B, H, n, c, D) -> (H, c, n, B, D)
-        X = _layout_copy(x.view(B, H, n, c, D), (1, 3, 2, 0, 4), acc).view(H, c, n * B * D)
-        init = None if s0 is None else s0.permute(1, 0, 2).reshape(H, B * D)  # (H, B*D)
-        Y, prev = _scan_heads(X, a, n, not include_current, chunk_size, init)  # prev (H, B*D, n) or None
-        # back, heads side by side as attention merges them: (H, c, n, B, D) -> (B, n, c, H, D)
-        y = _layout_copy(Y.view(H, c, n, B, D), (3, 2, 1, 0, 4), v.dtype).view(B, n * c, H, D).transpose(1, 2)
+            return _momentum_merged(v, rates, include_current, chunk_size), None
+        # with states: the same scan of the merged layout, plus the prefix's state decaying into every position
+        x = v.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D): no copy for merged-layout values
+        if not _use_triton(x, rates.shape[0]):
+            x = x.to(acc)
+        y = _MergedScan.apply(x, rates, not include_current, chunk_size).view(B, T, H, D)  # float32 (float64)
+        if s0 is not None:
+            decay = _powers(a, torch.arange(1, T + 1, device=v.device))  # (H, T) a^(t+1)
+            y = y + decay.t()[None, :, :, None] * s0[:, None]  # (B, T, H, D)
         final = None
-        if output_final_state:
-            j = T - 1 - (n - 1) * c  # the last real position inside the last chunk
-            x_last = X.view(H, c, n, B * D)[:, :, n - 1].transpose(1, 2)  # (H, B*D, c)
-            w = _powers(a, j - torch.arange(c, device=v.device))[..., None]  # (H, c, 1) a^(j-i), 0 past j
-            a_into = _powers(a, torch.tensor(j + 1, device=v.device))[:, None, None]  # (H, 1, 1)
-            last_prev = None if prev is None else prev[..., n - 1 :]  # (H, B*D, 1)
-            final = _last_state(x_last, w, a_into, last_prev).reshape(H, B, D).transpose(0, 1)  # (B, H, D)
-    return (y if n * c == T else y[:, :, :T]), final
-
-
-def _scan_heads(
-    X: torch.Tensor, a: torch.Tensor, n: int, strict: bool, chunk_size: int, init: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Scan of X (H, c, n*N) along time in the chunk-major layout (position in chunk, chunk, N sequences),
-    one rate per head a (H,): Y_t = sum_{i<=t} a^(t-i) X_i (i < t if strict) + a^(t+1) init (H, N).
-
-    Inside a chunk: one (c x c) decay matrix per head, (H, c, c) @ (H, c, n*N); across chunks: the
-    chunk-end sums carried by `_carry` with rate a^c. Returns (Y, prev), prev (H, N, n) the state entering
-    each chunk, or None when nothing is carried.
-    """
-    H, c, nN = X.shape
-    N = nN // n
-    k = torch.arange(c, device=X.device)
-    L = _powers(a, k[:, None] - k[None, :], strict=strict)  # (H, c, c) a^(j-i) on/below (below) the diagonal
-    Y = torch.bmm(L, X)  # (H, c, n*N) scan within each chunk
-    prev = P = None
-    if n > 1:
-        P = _powers(a, torch.arange(c + 1, device=X.device))  # (H, c+1) a^l for l = 0..c
-        # inclusive chunk ends sum_i a^(c-1-i) x_i by matmul: slicing Y would cost full-size zero
-        # gradients in backward
-        ends = torch.bmm(P[:, None, :c].flip(-1), X).view(H, n, N).transpose(1, 2)  # (H, N, n)
-        prev = _carry(ends, a, c, chunk_size, init)  # (H, N, n)
-    elif init is not None:
-        P = _powers(a, torch.arange(c + 1, device=X.device))  # (H, c+1)
-        prev = init[..., None]  # (H, N, 1)
-    if prev is not None:
-        # + a^(j+1) prev at position j, as an in-place rank-1 update (bmm saved X and L, not Y)
-        Y.baddbmm_(P[:, 1:, None], prev.transpose(1, 2).reshape(H, 1, n * N))
-    return Y, prev
+        if output_final_state:  # the inclusive state after T-1: the output there, plus v_{T-1} if it was left out
+            final = y[:, -1].clone() if include_current else y[:, -1] + x[:, -1].view(B, H, D).to(acc)  # (B, H, D)
+    return y.to(v.dtype).transpose(1, 2), final  # (B, H, T, D), heads side by side in memory
 
 
 def _momentum_merged(
@@ -607,7 +572,9 @@ def multirate_ema(
             return _MultiRateScan.apply(v, p, gamma, chunk_size), None
         c = min(chunk_size, T)
         n = -(-T // c)  # number of chunks
-        init = None if s0 is None else s0.permute(1, 2, 0).reshape(C * R, B)  # (C*R, B)
+        # contiguous: a state shared by a batch (cache.expand) has stride 0 in B, which would make the batched
+        # matmuls below fall back to one small matmul per channel
+        init = None if s0 is None else s0.permute(1, 2, 0).reshape(C * R, B).contiguous()  # (C*R, B)
         y, X, _, prev = _multirate_chunks(v, p, gamma, chunk_size, init)  # y (B, T_padded, C)
         final = None
         if output_final_state:

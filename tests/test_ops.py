@@ -544,18 +544,21 @@ def test_multirate_initial_state_matches_naive(T):
     assert multirate_ema(v, p, gamma, s0, chunk_size=4)[1] is None
 
 
+@pytest.mark.parametrize("eta", [[0.3, 0.8], [0.6]])  # one rate per head; one for all
 @pytest.mark.parametrize("T", [1, 3, 11])  # the one-token path, one chunk, several chunks
 @pytest.mark.parametrize("include_current", [False, True])
-def test_momentum_gradcheck_through_states(T, include_current):
+def test_momentum_gradcheck_through_states(T, include_current, eta):
     torch.manual_seed(0)
-    v = torch.randn(1, 2, T, 3, dtype=F64, requires_grad=True)
-    eta = torch.tensor([0.3, 0.8], dtype=F64, requires_grad=True)
-    s0 = torch.randn(1, 2, 3, dtype=F64, requires_grad=True)
+    v = torch.randn(2, 2, T, 3, dtype=F64, requires_grad=True)
+    eta = torch.tensor(eta, dtype=F64, requires_grad=True)
+    s0 = torch.randn(2, 2, 3, dtype=F64, requires_grad=True)
 
     def fn(v, eta, s0):
         return momentum_ema(v, eta, include_current, s0, output_final_state=True, chunk_size=4)
 
     assert torch.autograd.gradcheck(fn, (v, eta, s0))
+    if T == 11:  # second derivatives of the chunked path (the one-token path is plain autograd)
+        assert torch.autograd.gradgradcheck(fn, (v, eta, s0))
 
 
 @pytest.mark.parametrize("T", [1, 3, 13])

@@ -77,7 +77,9 @@ class LayerCache:
     """Keys, values and the momentum state of one layer for incremental decoding."""
 
     def __init__(self):
-        self.k: torch.Tensor | None = None  # (B, H, P, D)
+        self.shared_k: torch.Tensor | None = None  # (1, H, S, D) a prefix every row shares (cache.expand), first
+        self.shared_v: torch.Tensor | None = None  # (1, H, S, D)
+        self.k: torch.Tensor | None = None  # (B, H, P, D) the rows' own keys, after the shared prefix
         self.v: torch.Tensor | None = None  # (B, H, P, D)
         self.state: torch.Tensor | None = None  # the EMA op's final state: momentum (B, H, D), multirate_ema (B, C, R)
 
@@ -91,17 +93,38 @@ class KVCache:
         self.length = 0
 
     def expand(self, n: int) -> KVCache:
-        """A cache with batch size n that shares this batch-1 prefix (no copy)."""
+        """A cache with batch size n that shares this batch-1 prefix (no copy): attention reads the prefix's keys
+        once for the whole batch, and each row appends its own keys after them."""
         out = KVCache(len(self.layers))
         out.length = self.length
         for src, dst in zip(self.layers, out.layers):
-            for name in ("k", "v", "state"):
-                t = getattr(src, name)
-                if t is not None:
-                    if t.size(0) != 1:
-                        raise ValueError("KVCache.expand needs a cache of batch size 1")
-                    setattr(dst, name, t.expand(n, *t.shape[1:]))
+            if src.shared_k is not None or any(t is not None and t.size(0) != 1 for t in (src.k, src.state)):
+                raise ValueError("KVCache.expand needs a cache of batch size 1 that was not expanded itself")
+            dst.shared_k, dst.shared_v = src.k, src.v
+            if src.state is not None:
+                dst.state = src.state.expand(n, *src.state.shape[1:])
         return out
+
+
+def shared_prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kp: torch.Tensor,
+                            vp: torch.Tensor) -> torch.Tensor:
+    """Causal softmax attention of q (B, H, T, D) over a prefix every row shares, kp and vp (1, H, S, D), then
+    the rows' own keys and values k, v (B, H, P, D), the last T of which are the queries' own. The prefix's
+    scores are one matmul for the whole batch (its keys are never copied per row); the two parts are
+    normalised together, as one softmax over their concatenation. Returns (B, H, T, D)."""
+    B, H, T, D = q.shape
+    S, P = kp.size(2), k.size(2)
+    dt = torch.promote_types(q.dtype, torch.float32)  # scores and their exponentials at least in float32
+    qh = q.transpose(0, 1).reshape(H, B * T, D).to(dt)  # (H, B*T, D): the batch's queries side by side
+    s_pre = torch.bmm(qh, kp[0].to(dt).transpose(1, 2)).view(H, B, T, S)  # (H, B, T, S)
+    s_own = qh.view(H, B, T, D) @ k.transpose(0, 1).to(dt).transpose(-1, -2)  # (H, B, T, P)
+    s_own.masked_fill_(torch.ones(T, P, dtype=torch.bool, device=q.device).triu(P - T + 1), float("-inf"))
+    m = torch.maximum(s_pre.amax(-1), s_own.amax(-1)).unsqueeze(-1)  # (H, B, T, 1), finite: a query sees itself
+    scale = D**-0.5
+    e_pre, e_own = s_pre.sub_(m).mul_(scale).exp_(), s_own.sub_(m).mul_(scale).exp_()  # in place: unnormalised
+    y = torch.bmm(e_pre.view(H, B * T, S), vp[0].to(dt)).view(H, B, T, D) + e_own @ v.transpose(0, 1).to(dt)
+    y = y / (e_pre.sum(-1, keepdim=True) + e_own.sum(-1, keepdim=True))  # (H, B, T, D)
+    return y.transpose(0, 1).to(q.dtype)  # (B, H, T, D)
 
 
 class Rotary(nn.Module):
@@ -150,12 +173,19 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             cache.k, cache.v = k, v
         p = self.dropout if self.training else 0.0
-        if k.size(2) == T:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, H, T, D)
-        else:  # queries continue a cached prefix: query i sees keys up to P + i
-            P = k.size(2) - T
-            mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        shared = cache is not None and cache.shared_k is not None  # a prefix every row shares (cache.expand)
+        if shared and p == 0.0:
+            y = shared_prefix_attention(q, k, v, cache.shared_k, cache.shared_v)  # (B, H, T, D)
+        else:
+            if shared:  # dropout on the attention weights: SDPA over a full copy of the prefix per row
+                k = torch.cat([cache.shared_k.expand(B, -1, -1, -1), k], dim=2)  # (B, H, S+P, D)
+                v = torch.cat([cache.shared_v.expand(B, -1, -1, -1), v], dim=2)
+            if k.size(2) == T:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, H, T, D)
+            else:  # queries continue a cached prefix: query i sees keys up to P + i
+                P = k.size(2) - T
+                mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         y = y.transpose(1, 2)  # (B, T, H, D): heads side by side
         if mem is not None:  # mem first: the sum takes its contiguous layout, so one pass adds and merges
             y = mem.view(B, T, self.n_head, C // self.n_head) + y
@@ -275,8 +305,12 @@ class GPT(nn.Module):
     def new_cache(self) -> KVCache:
         return KVCache(self.config.n_layer)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """idx (B, T) token ids -> logits (B, T, V). With a cache, idx continues the cached sequence."""
+    selects_logits = True  # forward takes select=: scorers ask for the logits they read, not all (B, T, V)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None,
+                select: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, V). With a cache, idx continues the cached sequence. With
+        select = (rows, positions), two index tensors of M entries, only the logits there: (M, V)."""
         B, T = idx.size()
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -289,7 +323,9 @@ class GPT(nn.Module):
             x = block(x, cache.layers[i] if cache is not None else None, start)
         if cache is not None:
             cache.length = start + T
-        return self.lm_head(self.ln_f(x))  # (B, T, V)
+        if select is not None:
+            x = x[select]  # (M, C): the final norm and the LM head only where they are read
+        return self.lm_head(self.ln_f(x))  # (B, T, V) or (M, V)
 
     def flops_per_token(self, T: int | None = None) -> float:
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L H D T."""

@@ -120,3 +120,36 @@ def test_batches_of_the_shortest_sequences_score_like_full_prompts(kind):
         for (q, a), (s, n) in zip(rows, got):
             ref, ref_n = score_naive(model, prefix + q, [a])[0]
             assert n == ref_n == 1 and s == pytest.approx(ref, abs=1e-10)
+
+
+class _AllLogits(torch.nn.Module):
+    """A model without `select=` (like the tests' fakes): the scorer must index the full logits itself."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.config = model, model.config
+
+    def forward(self, idx, cache=None):
+        return self.inner(idx, cache=cache)
+
+    def new_cache(self):
+        return self.inner.new_cache()
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+@pytest.mark.parametrize("kind", ["vanilla", "momentum", "multirate_ema"])
+def test_scores_equal_log_softmax_of_one_forward_pass_over_each_full_prompt(kind, wrap):
+    """The reference owes nothing to PrefixScorer: log p(a_j | prompt + a_<j) read off model(prompt + a)."""
+    model = tiny_gpt(kind, vocab=60).double()
+    g = torch.Generator().manual_seed(5)
+    prefix = torch.randint(1, 60, (11,), generator=g).tolist()
+    rows = _rows(g, [(4, 3), (4, 1), (2, 2), (6, 1)]) + [([], [7, 8]), ([], [9])]
+    rows[1] = (rows[0][0], rows[1][1])  # a one-token answer sharing a context with a three-token one
+    scorer = PrefixScorer(_AllLogits(model) if wrap else model, prefix, batch_tokens=40)
+    assert scorer.selects is not wrap
+    for (q, a), (s, n) in zip(rows, scorer.score(rows)):
+        ids = torch.tensor([prefix + q + a])
+        logp = torch.log_softmax(model(ids)[0], -1)  # (T, V)
+        start = len(prefix) + len(q)
+        ref = sum(logp[start + j - 1, t].item() for j, t in enumerate(a))
+        assert n == len(a) and s == pytest.approx(ref, abs=1e-10)

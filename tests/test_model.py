@@ -106,6 +106,64 @@ def test_prefix_encoded_once_serves_several_continuations(kind, att):
     torch.testing.assert_close(model(idx[:, 18:], cache=cache.expand(3)), out)
 
 
+@pytest.mark.parametrize("pos_emb", ["learned", "rotary"])
+@pytest.mark.parametrize("kind,att", VARIANTS)
+def test_rows_continue_a_shared_prefix_over_several_passes(kind, att, pos_emb):
+    """cache.expand: a block of each row's own tokens, then one token at a time, all on the shared prefix."""
+    model = tiny(kind, pos_emb, **att)
+    idx = torch.randint(0, 37, (3, 40))
+    idx[:, :17] = idx[0, :17]
+    cache = model.new_cache()
+    model(idx[:1, :17], cache=cache)
+    rows = cache.expand(3)
+    parts = [model(idx[:, 17:29], cache=rows)] + [model(idx[:, t : t + 1], cache=rows) for t in range(29, 40)]
+    torch.testing.assert_close(torch.cat(parts, 1), model(idx)[:, 17:], rtol=1e-9, atol=1e-9)
+    assert rows.length == 40 and cache.length == 17 and cache.layers[0].k.shape[0] == 1
+    with pytest.raises(ValueError, match="batch size 1"):
+        rows.expand(2)  # an expanded cache is not expanded again
+
+
+def test_a_shared_prefix_with_attention_dropout_takes_a_full_copy():
+    """In training mode with attention dropout the shared-prefix path falls back to SDPA over a copy (tiny p)."""
+    model = tiny("momentum")
+    for block in model.blocks:
+        block.attn.dropout = 1e-12  # the branch, with (almost surely) nothing dropped
+    idx = torch.randint(0, 37, (2, 30))
+    idx[1, :12] = idx[0, :12]
+    cache = model.new_cache()
+    model(idx[:1, :12], cache=cache)
+    model.train()
+    out = model(idx[:, 12:], cache=cache.expand(2))
+    torch.testing.assert_close(out, model(idx)[:, 12:], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.bfloat16, 1e-2)])
+def test_shared_prefix_attention_equals_sdpa_over_the_concatenation(dtype, tol):
+    from momattn.model import shared_prefix_attention
+
+    g = torch.Generator().manual_seed(3)
+    B, H, T, P, S, D = 3, 2, 5, 9, 7, 4  # P own keys (T of them the queries'), S shared
+    q = torch.randn(B, H, T, D, generator=g, dtype=torch.float64) * 3
+    k, v = (torch.randn(B, H, P, D, generator=g, dtype=torch.float64) * 3 for _ in range(2))
+    kp, vp = (torch.randn(1, H, S, D, generator=g, dtype=torch.float64) * 3 for _ in range(2))
+    q, k, v, kp, vp = (t.to(dtype).double() for t in (q, k, v, kp, vp))  # the reference gets the same inputs
+    K, V = torch.cat([kp.expand(B, -1, -1, -1), k], 2), torch.cat([vp.expand(B, -1, -1, -1), v], 2)
+    att = (q @ K.transpose(-1, -2)) / math.sqrt(D)  # (B, H, T, S+P); query i sits at position S + P - T + i
+    seen = torch.ones(T, S + P, dtype=torch.bool).tril(diagonal=S + P - T)
+    ref = att.masked_fill(~seen, float("-inf")).softmax(-1) @ V
+    got = shared_prefix_attention(*(t.to(dtype) for t in (q, k, v, kp, vp)))
+    assert got.dtype == dtype and got.shape == (B, H, T, D)
+    torch.testing.assert_close(got.double(), ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("kind,att", VARIANTS)
+def test_selected_logits_equal_the_full_logits_there(kind, att):
+    model = tiny(kind, **att)
+    idx = torch.randint(0, 37, (3, 20))
+    rows, pos = torch.tensor([0, 2, 2, 1]), torch.tensor([19, 0, 7, 7])
+    torch.testing.assert_close(model(idx, select=(rows, pos)), model(idx)[rows, pos], rtol=1e-12, atol=1e-12)
+
+
 def test_generate_greedy_matches_argmax_of_full_forward():
     model = tiny("momentum", block_size=24)
     idx = torch.randint(0, 37, (1, 5))

@@ -3,6 +3,8 @@
     model.config.block_size                 the context: prompts and windows never exceed it
     model(idx (B, T), cache=None)           -> logits (B, T, V); with a cache, idx continues the cached prefix
     model.new_cache()                       an empty cache; cache.expand(n) shares a batch-1 prefix n times
+    optional: model.selects_logits = True    then model(idx, cache, select=(rows, positions)) -> (M, V), only
+                                            the logits read (the scorer skips the LM head everywhere else)
     model.parameters() / train() / eval()   the torch.nn.Module basics (device, mode)
 """
 

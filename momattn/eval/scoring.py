@@ -8,8 +8,9 @@ answer's first token, so a one-token answer costs no extra row (with one-token a
 row, whatever the number of answers). Sequences are batched (right-padded, which a causal model never looks
 at) on `cache.expand(n)`, a view of the batch-1 prefix cache: no copy, and the forward pass never changes
 the original cache. The logits that predict the first token after the prefix come from the prefix's LAST
-position, so the prefill keeps that row of logits. With an empty prefix the rows are scored as full prompts
-(the naive reference).
+position, so the prefill keeps that row of logits. A sequence stops before its continuation's last token (whose
+logits predict nothing scored), and a model that takes `select=` (GPT does) computes the final norm and the LM
+head only at the positions read. With an empty prefix the rows are scored as full prompts (the naive reference).
 """
 
 from __future__ import annotations
@@ -32,17 +33,28 @@ class _Sequence:
     continuation: list[int]  # the tokens after the context in this sequence (maybe none)
     rows: list[int]  # the rows scored on it: its own continuation's, and one-token ones of the same context
 
+    @property
+    def tokens(self) -> list[int]:
+        """The input: the context and the continuation but its last token (which predicts nothing read)."""
+        return self.context + self.continuation[:-1]
+
 
 class PrefixScorer:
     def __init__(self, model: nn.Module, prefix: Sequence[int], batch_tokens: int = 4096):
         self.model, self.prefix, self.batch_tokens = model, list(prefix), batch_tokens
         self.device = model_device(model)
+        self.selects = bool(getattr(model, "selects_logits", False))  # model(x, select=...) -> only the read logits
         self.cache, self.last_logits = None, None
         if self.prefix:
             self.cache = model.new_cache()
+            x = torch.tensor([self.prefix], device=self.device)  # (1, P)
+            last = (torch.zeros(1, dtype=torch.long), torch.full((1,), len(self.prefix) - 1))
             with torch.no_grad():
-                logits = model(torch.tensor([self.prefix], device=self.device), cache=self.cache)  # (1, P, V)
-            self.last_logits = logits[0, -1]  # (V,): predicts the token right after the prefix
+                if self.selects:
+                    logits = model(x, cache=self.cache, select=tuple(t.to(self.device) for t in last))  # (1, V)
+                else:
+                    logits = model(x, cache=self.cache)[last]  # (1, P, V) -> (1, V)
+            self.last_logits = logits[0]  # (V,): predicts the token right after the prefix
 
     @torch.no_grad()
     def score(self, rows: Sequence[Row]) -> list[tuple[float, int]]:
@@ -53,11 +65,11 @@ class PrefixScorer:
             if not q and not self.prefix:
                 raise ValueError("with no prefix a row needs context tokens to predict its first token from")
         seqs = self._sequences(rows)
-        seqs.sort(key=lambda sq: len(sq.context) + len(sq.continuation))  # neighbours need little padding
+        seqs.sort(key=lambda sq: len(sq.tokens))  # neighbours need little padding
         batches, cur = [], []
         for sq in seqs:
-            # the widest so far; the prefix counts too: every row attends to it and holds its keys
-            width = len(self.prefix) + len(sq.context) + len(sq.continuation)
+            # the widest so far: the rows' own tokens (the shared prefix is read once per layer, not copied per row)
+            width = len(sq.tokens)
             if cur and (len(cur) + 1) * width > self.batch_tokens:
                 batches.append(cur)
                 cur = []
@@ -90,15 +102,6 @@ class PrefixScorer:
     def _score_batch(self, batch: Sequence[_Sequence],
                      rows: Sequence[Row]) -> tuple[torch.Tensor, torch.Tensor]:
         """(row index, log p(token)) for every continuation token of the rows the batch serves."""
-        T = max(len(sq.context) + len(sq.continuation) for sq in batch)
-        logits = None
-        if T > 0:  # T == 0: empty contexts and one-token answers need only the prefix's last logits
-            x = torch.zeros(len(batch), T, dtype=torch.long, device=self.device)  # (R, T), right-padded
-            for r, sq in enumerate(batch):
-                seq = sq.context + sq.continuation
-                x[r, : len(seq)] = torch.tensor(seq, device=self.device)
-            cache = self.cache.expand(len(batch)) if self.cache is not None else None
-            logits = self.model(x, cache=cache) if cache is not None else self.model(x)  # (R, T, V)
         # position t predicts token t + 1; position -1 is the prefix's last
         row_idx, seq_idx, pos, tgt = [], [], [], []
         for r, sq in enumerate(batch):
@@ -110,15 +113,27 @@ class PrefixScorer:
                     pos.append(len(sq.context) + j - 1)
                     tgt.append(a[j])
         pos_t = torch.tensor(pos, device=self.device)
-        if logits is None:
+        seq_t = torch.tensor(seq_idx, device=self.device)
+        T = max(len(sq.tokens) for sq in batch)
+        if T == 0:  # empty contexts and one-token answers need only the prefix's last logits
             picked = self.last_logits.unsqueeze(0).expand(len(pos), -1)  # (M, V)
         else:
-            picked = logits[torch.tensor(seq_idx, device=self.device), pos_t.clamp(min=0)]  # (M, V)
-            if self.last_logits is not None:
-                first = (pos_t < 0).unsqueeze(1)  # (M, 1)
-                picked = torch.where(first, self.last_logits.to(picked.dtype).unsqueeze(0), picked)
+            x = torch.zeros(len(batch), T, dtype=torch.long, device=self.device)  # (R, T), right-padded
+            for r, sq in enumerate(batch):
+                x[r, : len(sq.tokens)] = torch.tensor(sq.tokens, device=self.device)
+            cache = self.cache.expand(len(batch)) if self.cache is not None else None
+            inside = pos_t >= 0  # (M,): read from this pass; the others from the prefix's last logits
+            if self.selects:  # only the M rows of logits that are read
+                logits = self.model(x, cache=cache, select=(seq_t[inside], pos_t[inside]))  # (M', V)
+            else:
+                logits = self.model(x, cache=cache)[seq_t[inside], pos_t[inside]]  # (R, T, V) -> (M', V)
+            if bool(inside.all()):
+                picked = logits
+            else:
+                picked = self.last_logits.to(logits.dtype).unsqueeze(0).repeat(len(pos), 1)  # (M, V)
+                picked[inside] = logits
         tgt_t = torch.tensor(tgt, device=self.device)[:, None]  # (M, 1)
-        logp = F.log_softmax(picked.double(), dim=-1).gather(1, tgt_t).squeeze(1)  # (M,)
+        logp = F.log_softmax(picked.double(), dim=-1).gather(1, tgt_t).squeeze(1)  # (M,), in float64
         return torch.tensor(row_idx), logp.cpu()
 
 

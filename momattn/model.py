@@ -119,7 +119,8 @@ def shared_prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k
     s_pre = torch.bmm(qh, kp[0].to(dt).transpose(1, 2)).view(H, B, T, S)  # (H, B, T, S)
     s_own = qh.view(H, B, T, D) @ k.transpose(0, 1).to(dt).transpose(-1, -2)  # (H, B, T, P)
     s_own.masked_fill_(torch.ones(T, P, dtype=torch.bool, device=q.device).triu(P - T + 1), float("-inf"))
-    m = torch.maximum(s_pre.amax(-1), s_own.amax(-1)).unsqueeze(-1)  # (H, B, T, 1), finite: a query sees itself
+    # the shift m leaves the softmax unchanged, so it carries no gradient (and the in-place ops below stay legal)
+    m = torch.maximum(s_pre.detach().amax(-1), s_own.detach().amax(-1)).unsqueeze(-1)  # (H, B, T, 1), finite
     scale = D**-0.5
     e_pre, e_own = s_pre.sub_(m).mul_(scale).exp_(), s_own.sub_(m).mul_(scale).exp_()  # in place: unnormalised
     y = torch.bmm(e_pre.view(H, B * T, S), vp[0].to(dt)).view(H, B, T, D) + e_own @ v.transpose(0, 1).to(dt)

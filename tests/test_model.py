@@ -156,6 +156,20 @@ def test_shared_prefix_attention_equals_sdpa_over_the_concatenation(dtype, tol):
     torch.testing.assert_close(got.double(), ref, rtol=tol, atol=tol)
 
 
+def test_gradients_through_a_shared_prefix_equal_those_of_the_full_forward():
+    model = tiny("momentum")
+    idx = torch.randint(0, 37, (2, 20))
+    idx[1, :8] = idx[0, :8]
+    cache = model.new_cache()
+    model(idx[:1, :8], cache=cache)
+    model(idx[:, 8:], cache=cache.expand(2)).square().sum().backward()
+    shared = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model(idx)[:, 8:].square().sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(shared[n], p.grad, rtol=1e-9, atol=1e-12, msg=n)
+
+
 @pytest.mark.parametrize("kind,att", VARIANTS)
 def test_selected_logits_equal_the_full_logits_there(kind, att):
     model = tiny(kind, **att)

@@ -93,8 +93,10 @@ def sample_tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: fl
                   top_k: int | None = None, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
     """Yield max_new_tokens sampled tokens (B,) one at a time after the prompts idx (B, T), using the KV cache."""
     block = model.config.block_size
+    # (B, V) at the last position; GPT computes only those (no LM head over the prompt)
+    last = model.last_logits if hasattr(model, "last_logits") else (lambda x, c: model(x, cache=c)[:, -1, :])
     cache = model.new_cache()
-    logits = model(idx[:, -block:], cache=cache)[:, -1, :]  # (B, V)
+    logits = last(idx[:, -block:], cache)  # (B, V)
     for step in range(max_new_tokens):
         nxt = next_token(logits, temperature, top_k, generator)  # (B, 1)
         yield nxt[:, 0]
@@ -103,9 +105,9 @@ def sample_tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: fl
         idx = torch.cat([idx, nxt], dim=1)
         if cache.length >= block:  # context full: re-encode the last block_size - 1 tokens
             cache = model.new_cache()
-            logits = model(idx[:, -(block - 1):], cache=cache)[:, -1, :]
+            logits = last(idx[:, -(block - 1):], cache)
         else:
-            logits = model(nxt, cache=cache)[:, -1, :]
+            logits = last(nxt, cache)
 
 
 class StreamDecoder:

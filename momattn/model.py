@@ -328,6 +328,11 @@ class GPT(nn.Module):
             x = x[select]  # (M, C): the final norm and the LM head only where they are read
         return self.lm_head(self.ln_f(x))  # (B, T, V) or (M, V)
 
+    def last_logits(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """(B, V): the logits at idx's last position only, what decoding reads (no LM head over the prompt)."""
+        rows = torch.arange(idx.size(0), device=idx.device)
+        return self(idx, cache=cache, select=(rows, torch.full_like(rows, idx.size(1) - 1)))
+
     def flops_per_token(self, T: int | None = None) -> float:
         """Training FLOPs per token (forward + backward), PaLM appendix B: 6N + 12 L H D T."""
         c, T = self.config, T or self.config.block_size
@@ -339,7 +344,7 @@ class GPT(nn.Module):
         """Sample max_new_tokens after idx (B, T), decoding one token at a time with the KV cache."""
         cache, logits = self.new_cache(), None
         ctx = idx[:, -self.config.block_size :]
-        logits = self(ctx, cache=cache)[:, -1, :]
+        logits = self.last_logits(ctx, cache)
         for _ in range(max_new_tokens):
             if temperature == 0:
                 nxt = logits.argmax(-1, keepdim=True)
@@ -352,7 +357,7 @@ class GPT(nn.Module):
             idx = torch.cat([idx, nxt], dim=1)
             if cache.length >= self.config.block_size:  # context full: re-encode the last block_size - 1 tokens
                 cache = self.new_cache()
-                logits = self(idx[:, -(self.config.block_size - 1) :], cache=cache)[:, -1, :]
+                logits = self.last_logits(idx[:, -(self.config.block_size - 1) :], cache)
             else:
-                logits = self(nxt, cache=cache)[:, -1, :]
+                logits = self.last_logits(nxt, cache)
         return idx

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from momattn.errors import ConfigError
+from momattn.eval.lm import last_logits
 from momattn.hardware import resolve_device, resolve_precision
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -93,10 +94,8 @@ def sample_tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: fl
                   top_k: int | None = None, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
     """Yield max_new_tokens sampled tokens (B,) one at a time after the prompts idx (B, T), using the KV cache."""
     block = model.config.block_size
-    # (B, V) at the last position; GPT computes only those (no LM head over the prompt)
-    last = model.last_logits if hasattr(model, "last_logits") else (lambda x, c: model(x, cache=c)[:, -1, :])
     cache = model.new_cache()
-    logits = last(idx[:, -block:], cache)  # (B, V)
+    logits = last_logits(model, idx[:, -block:], cache)  # (B, V): no LM head over the rest of the prompt
     for step in range(max_new_tokens):
         nxt = next_token(logits, temperature, top_k, generator)  # (B, 1)
         yield nxt[:, 0]
@@ -105,9 +104,9 @@ def sample_tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: fl
         idx = torch.cat([idx, nxt], dim=1)
         if cache.length >= block:  # context full: re-encode the last block_size - 1 tokens
             cache = model.new_cache()
-            logits = last(idx[:, -(block - 1):], cache)
+            logits = last_logits(model, idx[:, -(block - 1):], cache)
         else:
-            logits = last(nxt, cache)
+            logits = last_logits(model, nxt, cache)
 
 
 class StreamDecoder:

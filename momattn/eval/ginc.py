@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from momattn.errors import ConfigError, DataError
 from momattn.eval.config import IclConfig
-from momattn.eval.lm import LanguageModel
+from momattn.eval.lm import LanguageModel, last_logits
 from momattn.eval.ppl import model_device
 from momattn.eval.results import MIN_DEMOS, SeedRun, ShotResult, TaskResult
 from momattn.utils import stable_seed
@@ -135,7 +135,7 @@ class GincEvaluator:
         rows = max(1, self.batch_tokens // x.size(1))
         out = []
         for i in range(0, len(x), rows):
-            logits = self.model(x[i : i + rows].to(device))[:, -1]  # (B, V_model)
+            logits = last_logits(self.model, x[i : i + rows].to(device))  # (B, V_model)
             out.append(F.log_softmax(logits.float(), dim=-1).cpu())
         return torch.cat(out)
 

@@ -42,6 +42,13 @@ class LanguageModel(Protocol):
     def eval(self) -> Any: ...
 
 
+def last_logits(model: LanguageModel, idx: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+    """(B, V): the logits after idx's last position; only those are computed where the model can (GPT)."""
+    if hasattr(model, "last_logits"):
+        return model.last_logits(idx, cache)
+    return model(idx, cache=cache)[:, -1, :]
+
+
 def describe(model: LanguageModel) -> dict:
     """The model facts a report shows (fields a fake model lacks are left out)."""
     cfg = model.config

@@ -3,6 +3,7 @@ in one process (so a busy machine hits both alike): did a change to ops.py / mod
 
     python benchmarks/compare_revisions.py --rev HEAD --T 256 --repeats 9 --out /tmp/compare.json
     python benchmarks/compare_revisions.py --rev HEAD --part ema   # momentum_ema alone, fixed and learnable eta
+    python benchmarks/compare_revisions.py --rev HEAD --part icl   # ICL scoring, cached and full prompts
 
 The revision's momattn/ops.py and momattn/model.py are loaded from `git show` as separate modules; the rest
 of momattn is shared. Same weights (seed 0), data and optimizer as bench_attention.py's training step.
@@ -123,6 +124,64 @@ def compare_ema(args) -> None:
                              "B": B, "times": times}, md)
 
 
+def scoring_at(rev: str) -> types.ModuleType:
+    """momattn.eval.scoring as of `rev` (it takes the model as an argument: any revision's GPT runs in it)."""
+    return _module_from_source(f"{_tag(rev)}_scoring", _show(rev, "momattn/eval/scoring.py"))
+
+
+def compare_icl(args) -> None:
+    """ICL answer scoring (bench_icl_cache.py's cases: 64 queries, k demonstrations, 2 or 5 answers) with the
+    prefix cache and as full prompts, at `rev` and in the working tree (its model, ops and scorer), same weights,
+    interleaved."""
+    from bench_icl_cache import make_case
+
+    from momattn.eval import scoring as scoring_now
+
+    old_model = model_at(args.rev)
+    old_scoring = scoring_at(args.rev)
+    cases, rows_of = {}, {}
+    for kind in args.kinds:
+        models = {}
+        for label, mod in ((args.rev, old_model), ("worktree", model_now)):
+            torch.manual_seed(0)
+            models[label] = mod.GPT(mod.GPTConfig(block_size=512, attention=mod.AttentionConfig(kind=kind))).eval()
+        models["worktree"].load_state_dict(models[args.rev].state_dict())
+        for k in args.shots:
+            for n_answers in args.answers:
+                prefix, rows = make_case(torch.Generator().manual_seed(k), 4096, k, 64, n_answers)
+                full = [(prefix + q, a) for q, a in rows]
+                for label, sc in ((args.rev, old_scoring), ("worktree", scoring_now)):
+                    m = models[label]
+                    cases[f"{kind} k={k} a={n_answers} cached @ {label}"] = (
+                        lambda sc=sc, m=m, prefix=prefix, rows=rows: sc.PrefixScorer(m, prefix).score(rows))
+                    cases[f"{kind} k={k} a={n_answers} full @ {label}"] = (
+                        lambda sc=sc, m=m, full=full: sc.PrefixScorer(m, []).score(full))
+                rows_of[(kind, k, n_answers)] = (prefix, rows)
+    with torch.no_grad():
+        times = Timer(repeats=args.repeats, warmup=1, min_sample_s=0.0).time(cases, torch.device("cpu"))
+    out = []
+    for kind, k, n_answers in rows_of:
+        key = f"{kind} k={k} a={n_answers}"
+        t = {f"{w} @ {lab}": times[f"{key} {w} @ {lab}"]["median_s"] for w in ("cached", "full")
+             for lab in (args.rev, "worktree")}
+        out.append([kind, str(k), str(n_answers),
+                    f"{t[f'cached @ {args.rev}']:.3f}", f"{t['cached @ worktree']:.3f}",
+                    pct(100 * (t["cached @ worktree"] / t[f"cached @ {args.rev}"] - 1)),
+                    f"{t[f'full @ {args.rev}']:.3f}", f"{t['full @ worktree']:.3f}",
+                    pct(100 * (t["full @ worktree"] / t[f"full @ {args.rev}"] - 1)),
+                    f"{t[f'full @ {args.rev}'] / t[f'cached @ {args.rev}']:.1f}x",
+                    f"{t['full @ worktree'] / t['cached @ worktree']:.1f}x"])
+    md = "\n".join([
+        f"ICL answer scoring, 64 queries (bench_icl_cache.py's cases), model 4 x 256, vocab 4096, context 512, fp32: "
+        f"seconds at {args.rev} and in the working tree (same weights), medians of {args.repeats} interleaved samples.",
+        "",
+        table(["attention", "k", "answers", f"cached {args.rev}", "cached now", "change", f"full {args.rev}",
+               "full now", "change", f"speed-up {args.rev}", "speed-up now"], out),
+    ])
+    write_results(args.out, {"machine": machine_info(torch.device("cpu")), "rev": args.rev, "part": "icl",
+                             "times": times}, md)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rev", default="HEAD")
@@ -132,14 +191,20 @@ def main() -> None:
     ap.add_argument("--min-sample-s", type=float, default=0.2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--out", type=Path, default=RESULTS / "compare_revisions.json")
-    ap.add_argument("--part", choices=["step", "ema"], default="step",
-                    help="step: the model's training step; ema: momentum_ema forward + backward alone")
+    ap.add_argument("--part", choices=["step", "ema", "icl"], default="step",
+                    help="step: the model's training step; ema: momentum_ema forward + backward alone; icl: ICL "
+                         "answer scoring, cached and full prompts")
+    ap.add_argument("--kinds", nargs="+", default=["vanilla", "momentum", "multirate_ema"], help="--part icl")
+    ap.add_argument("--shots", nargs="+", type=int, default=[4, 19], help="--part icl")
+    ap.add_argument("--answers", nargs="+", type=int, default=[2, 5], help="--part icl")
     args = ap.parse_args()
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.part == "ema":
         return compare_ema(args)
+    if args.part == "icl":
+        return compare_icl(args)
     device, T = torch.device("cpu"), args.T
     B = max(1, BATCH * BLOCK // T)
     old = model_at(args.rev)

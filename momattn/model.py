@@ -111,10 +111,15 @@ def shared_prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k
     """Causal softmax attention of q (B, H, T, D) over a prefix every row shares, kp and vp (1, H, S, D), then
     the rows' own keys and values k, v (B, H, P, D), the last T of which are the queries' own. The prefix's
     scores are one matmul for the whole batch (its keys are never copied per row); the two parts are
-    normalised together, as one softmax over their concatenation. Returns (B, H, T, D)."""
+    normalised together, as one softmax over their concatenation. Returns (B, H, T, D). Needs T >= 1 and S >= 1."""
+    with torch.autocast(q.device.type, enabled=False):  # scores and their exponentials at least in float32
+        return _shared_prefix_attention(q, k, v, kp, vp)
+
+
+def _shared_prefix_attention(q, k, v, kp, vp):
     B, H, T, D = q.shape
     S, P = kp.size(2), k.size(2)
-    dt = torch.promote_types(q.dtype, torch.float32)  # scores and their exponentials at least in float32
+    dt = torch.promote_types(q.dtype, torch.float32)
     qh = q.transpose(0, 1).reshape(H, B * T, D).to(dt)  # (H, B*T, D): the batch's queries side by side
     s_pre = torch.bmm(qh, kp[0].to(dt).transpose(1, 2)).view(H, B, T, S)  # (H, B, T, S)
     s_own = qh.view(H, B, T, D) @ k.transpose(0, 1).to(dt).transpose(-1, -2)  # (H, B, T, P)
@@ -175,10 +180,10 @@ class CausalSelfAttention(nn.Module):
             cache.k, cache.v = k, v
         p = self.dropout if self.training else 0.0
         shared = cache is not None and cache.shared_k is not None  # a prefix every row shares (cache.expand)
-        if shared and p == 0.0:
+        if shared and p == 0.0 and T > 0 and cache.shared_k.size(2) > 0:
             y = shared_prefix_attention(q, k, v, cache.shared_k, cache.shared_v)  # (B, H, T, D)
         else:
-            if shared:  # dropout on the attention weights: SDPA over a full copy of the prefix per row
+            if shared:  # attention dropout (or nothing to attend with): SDPA over a full copy of the prefix per row
                 k = torch.cat([cache.shared_k.expand(B, -1, -1, -1), k], dim=2)  # (B, H, S+P, D)
                 v = torch.cat([cache.shared_v.expand(B, -1, -1, -1), v], dim=2)
             if k.size(2) == T:

@@ -312,7 +312,7 @@ def momentum_ema(
 
     v: (B, H, T, D). eta: float, 0-d tensor, or (H,) tensor (one rate per head), all in [0, 1); may
     require grad. out is a (B, H, T, D) view of (B, T, H, D) memory (heads side by side, as attention
-    merges them) on the training paths. initial_state: (B, H, D), the inclusive state s = sum_{i<=-1} eta^(-1-i) v_i of a prefix
+    merges them) for T >= 2, with or without states. initial_state: (B, H, D), the inclusive state s = sum_{i<=-1} eta^(-1-i) v_i of a prefix
     (positions -P..-1), which adds eta^(t+1) s at position t. Returns (out, final_state): out (B, H, T, D)
     in v's dtype, accumulated in float32; final_state (B, H, D), the inclusive state after position T-1
     in float32 (float64 for float64 v), or None unless output_final_state. O(T) time and memory.

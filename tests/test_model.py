@@ -123,6 +123,21 @@ def test_rows_continue_a_shared_prefix_over_several_passes(kind, att, pos_emb):
         rows.expand(2)  # an expanded cache is not expanded again
 
 
+@pytest.mark.parametrize("kind,att", VARIANTS)
+def test_a_shared_cache_takes_empty_passes_and_an_empty_prefix(kind, att):
+    model = tiny(kind, **att)
+    idx = torch.randint(0, 37, (2, 12))
+    idx[1, :5] = idx[0, :5]
+    cache = model.new_cache()
+    model(idx[:1, :5], cache=cache)
+    rows = cache.expand(2)
+    assert model(idx[:, :0], cache=rows).shape == (2, 0, 37)  # no tokens: nothing to attend with
+    torch.testing.assert_close(model(idx[:, 5:], cache=rows), model(idx)[:, 5:], rtol=1e-9, atol=1e-9)
+    empty = model.new_cache()
+    model(idx[:1, :0], cache=empty)  # a prefix of no tokens
+    torch.testing.assert_close(model(idx, cache=empty.expand(2)), model(idx), rtol=1e-9, atol=1e-9)
+
+
 def test_a_shared_prefix_with_attention_dropout_takes_a_full_copy():
     """In training mode with attention dropout the shared-prefix path falls back to SDPA over a copy (tiny p)."""
     model = tiny("momentum")
@@ -154,6 +169,17 @@ def test_shared_prefix_attention_equals_sdpa_over_the_concatenation(dtype, tol):
     got = shared_prefix_attention(*(t.to(dtype) for t in (q, k, v, kp, vp)))
     assert got.dtype == dtype and got.shape == (B, H, T, D)
     torch.testing.assert_close(got.double(), ref, rtol=tol, atol=tol)
+
+
+def test_shared_prefix_attention_ignores_autocast():
+    from momattn.model import shared_prefix_attention
+
+    q, k, v = (torch.randn(2, 2, 3, 8) for _ in range(3))
+    kp, vp = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = shared_prefix_attention(q, k, v, kp, vp)
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, shared_prefix_attention(q, k, v, kp, vp), rtol=0, atol=0)
 
 
 def test_gradients_through_a_shared_prefix_equal_those_of_the_full_forward():

@@ -48,10 +48,11 @@ class PrefixScorer:
         if self.prefix:
             self.cache = model.new_cache()
             x = torch.tensor([self.prefix], device=self.device)  # (1, P)
-            last = (torch.zeros(1, dtype=torch.long), torch.full((1,), len(self.prefix) - 1))
+            last = (torch.zeros(1, dtype=torch.long, device=self.device),
+                    torch.full((1,), len(self.prefix) - 1, device=self.device))
             with torch.no_grad():
                 if self.selects:
-                    logits = model(x, cache=self.cache, select=tuple(t.to(self.device) for t in last))  # (1, V)
+                    logits = model(x, cache=self.cache, select=last)  # (1, V)
                 else:
                     logits = model(x, cache=self.cache)[last]  # (1, P, V) -> (1, V)
             self.last_logits = logits[0]  # (V,): predicts the token right after the prefix

@@ -153,3 +153,22 @@ def test_scores_equal_log_softmax_of_one_forward_pass_over_each_full_prompt(kind
         start = len(prefix) + len(q)
         ref = sum(logp[start + j - 1, t].item() for j, t in enumerate(a))
         assert n == len(a) and s == pytest.approx(ref, abs=1e-10)
+
+
+def test_rows_of_very_different_lengths_go_in_separate_batches_rather_than_padding():
+    model = tiny_gpt("vanilla", vocab=60, block_size=64)
+    calls = []
+
+    class Counting(_AllLogits):
+        def forward(self, idx, cache=None):
+            calls.append(tuple(idx.shape))
+            return super().forward(idx, cache)
+
+    g = torch.Generator().manual_seed(9)
+    rows = _rows(g, [(10, 1)] * 40 + [(30, 1)] * 40)  # one-token answers: a row is its context
+    scorer = PrefixScorer(Counting(model), [1, 2, 3], batch_tokens=4096)
+    calls.clear()
+    got = scorer.score(rows)
+    assert sorted(calls) == [(40, 10), (40, 30)]  # not one (80, 30) batch, two thirds of it padding
+    ref = PrefixScorer(model, [1, 2, 3], batch_tokens=4096).score(rows)
+    assert [s for s, _ in got] == pytest.approx([s for s, _ in ref], abs=1e-5)

@@ -5,8 +5,8 @@
 
 Rows that share a context share one sequence: the logits at the context's last position score every
 answer's first token, so a one-token answer costs no extra row (with one-token answers an example is one
-row, whatever the number of answers). Sequences are batched (right-padded, which a causal model never looks
-at) on `cache.expand(n)`, a view of the batch-1 prefix cache: no copy, and the forward pass never changes
+row, whatever the number of answers). Sequences are sorted by length and batched (right-padded, which a causal
+model never looks at; a batch is cut where padding would waste more than an eighth of it) on `cache.expand(n)`, a view of the batch-1 prefix cache: no copy, and the forward pass never changes
 the original cache. The logits that predict the first token after the prefix come from the prefix's LAST
 position, so the prefill keeps that row of logits. A sequence stops before its continuation's last token (whose
 logits predict nothing scored), and a model that takes `select=` (GPT does) computes the final norm and the LM
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from momattn.eval.ppl import model_device
 
+MIN_BATCH_TOKENS = 256  # below this many real tokens a batch is not split to save padding
 Row = tuple[Sequence[int], Sequence[int]]  # (context ids after the prefix, continuation ids)
 
 
@@ -67,14 +68,18 @@ class PrefixScorer:
                 raise ValueError("with no prefix a row needs context tokens to predict its first token from")
         seqs = self._sequences(rows)
         seqs.sort(key=lambda sq: len(sq.tokens))  # neighbours need little padding
-        batches, cur = [], []
+        batches, cur, real = [], [], 0
         for sq in seqs:
             # the widest so far: the rows' own tokens (the shared prefix is read once per layer, not copied per row)
             width = len(sq.tokens)
-            if cur and (len(cur) + 1) * width > self.batch_tokens:
+            padded = (len(cur) + 1) * width
+            # a new batch when this one is full, or when it is big enough for efficient matmuls and padding it to
+            # this width would waste more than an eighth of it
+            if cur and (padded > self.batch_tokens or (real >= MIN_BATCH_TOKENS and 8 * (padded - real - width) > padded)):
                 batches.append(cur)
-                cur = []
+                cur, real = [], 0
             cur.append(sq)
+            real += width
         if cur:
             batches.append(cur)
         sums = torch.zeros(len(rows), dtype=torch.float64)

@@ -6,8 +6,9 @@
 Rows that share a context share one sequence: the logits at the context's last position score every
 answer's first token, so a one-token answer costs no extra row (with one-token answers an example is one
 row, whatever the number of answers). Sequences are sorted by length and batched (right-padded, which a causal
-model never looks at; a batch is cut where padding would waste more than an eighth of it) on `cache.expand(n)`, a view of the batch-1 prefix cache: no copy, and the forward pass never changes
-the original cache. The logits that predict the first token after the prefix come from the prefix's LAST
+model never looks at; a batch is cut where padding would waste more than an eighth of it) on `cache.expand(n)`,
+which shares the batch-1 prefix cache without a copy (attention reads its keys once for the whole batch); the
+forward pass never changes the original cache. The logits that predict the first token after the prefix come from the prefix's LAST
 position, so the prefill keeps that row of logits. A sequence stops before its continuation's last token (whose
 logits predict nothing scored), and a model that takes `select=` (GPT does) computes the final norm and the LM
 head only at the positions read. With an empty prefix the rows are scored as full prompts (the naive reference).

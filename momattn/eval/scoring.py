@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from momattn.eval.lm import last_logits
 from momattn.eval.ppl import model_device
 
 MIN_BATCH_TOKENS = 256  # below this many real tokens a batch is not split to save padding
@@ -49,15 +50,9 @@ class PrefixScorer:
         self.cache, self.last_logits = None, None
         if self.prefix:
             self.cache = model.new_cache()
-            x = torch.tensor([self.prefix], device=self.device)  # (1, P)
-            last = (torch.zeros(1, dtype=torch.long, device=self.device),
-                    torch.full((1,), len(self.prefix) - 1, device=self.device))
             with torch.no_grad():
-                if self.selects:
-                    logits = model(x, cache=self.cache, select=last)  # (1, V)
-                else:
-                    logits = model(x, cache=self.cache)[last]  # (1, P, V) -> (1, V)
-            self.last_logits = logits[0]  # (V,): predicts the token right after the prefix
+                x = torch.tensor([self.prefix], device=self.device)  # (1, P)
+                self.last_logits = last_logits(model, x, self.cache)[0]  # (V,): predicts the token after the prefix
 
     @torch.no_grad()
     def score(self, rows: Sequence[Row]) -> list[tuple[float, int]]:

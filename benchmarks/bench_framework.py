@@ -7,7 +7,8 @@ Each repeat runs `python train.py recipe=<recipe> trainer.max_steps=<steps>` (no
 validation pass and one checkpoint, after the last step) and then, in this process, a bare loop: the GPT built
 from that run's checkpoint config with the same seed, LitGPT.configure_optimizers' AdamW groups and lr schedule,
 gradient clipping, and a DataLoader over TokenWindows of the run's own cached training tokens with the
-StreamSampler train.py uses (uniform random tokens made the step ~15-25% slower on this CPU); forward, fp32 cross-entropy, backward,
+StreamSampler train.py uses (uniform random tokens made the step ~15-25% slower on this CPU); forward and loss at
+the run's precision (bf16 autocast where it trained in bf16-mixed), backward,
 clip, step, schedule, zero_grad, loss.item() (Lightning reads the loss for its progress bar too). Both figures
 are steady-state: tokens over the last `window` steps divided by the time between the ends of those steps
 (Lightning's ThroughputMonitor in train.py, window 20; the same window timed with perf_counter here), so start-up,
@@ -73,6 +74,7 @@ def bare_loop(meta: dict, steps: int, window: int = WINDOW) -> float:
     cfg = meta["config"]
     model_cfg = model_config_from(meta)
     batch, T = int(cfg["data"]["batch_size"]), model_cfg.block_size
+    precision = str(cfg["trainer"]["precision"])  # what the run trained in (auto resolved, recorded in checkpoints)
     torch.manual_seed(int(cfg["seed"]))
     model = GPT(model_cfg).train()
     optim = OptimConfig(**cfg["optim"])
@@ -83,7 +85,7 @@ def bare_loop(meta: dict, steps: int, window: int = WINDOW) -> float:
                         sampler=StreamSampler(0, steps * batch), generator=torch.Generator().manual_seed(0))
     ends, batches = [], iter(loader)
     for _ in range(steps):
-        train_step(model, opt, sched, batches, clip=optim.grad_clip)
+        train_step(model, opt, sched, batches, clip=optim.grad_clip, precision=precision)
         ends.append(time.perf_counter())
     return window * batch * T / (ends[-1] - ends[-1 - window])
 

@@ -4,7 +4,7 @@
                                     [override ...]          # e.g. attention=momentum optim.lr=4e-3 seed=2
 
 The overrides compose with `experiment=ginc` exactly as train.py's do (model, optim, data, seed, ...), and the
-loop is train.py's step: the same model init, AdamW groups, lr schedule, gradient clipping and window order (the
+loop is train.py's step: the same model init, precision (trainer.precision, auto resolved), AdamW groups, lr schedule, gradient clipping and window order (the
 run's TokenDataModule). Every `every` steps (and after the last) the model answers the evaluator's own GINC
 prompts (GincEvaluator, the same prompts as `python evaluate.py icl.seeds=[1] icl.max_examples=<prompts>`), and
 the row gets the training tokens so far, the training seconds so far (steps only, evaluation excluded) and the
@@ -90,7 +90,7 @@ def run(overrides: list[str], every: int, tasks: list[str], shots: list[int], pr
     batches = iter(dm._loader(dm.train_set, StreamSampler(0, c.max_steps * c.loader.batch_size * c.accumulate)))
     while step < c.max_steps:
         t0 = time.perf_counter()
-        losses.append(train_step(model, opt, sched, batches, c.accumulate, clip))
+        losses.append(train_step(model, opt, sched, batches, c.accumulate, clip, c.trainer["precision"]))
         train_s += time.perf_counter() - t0
         step += 1
         if step % every == 0 or step == c.max_steps:
@@ -103,7 +103,7 @@ def run(overrides: list[str], every: int, tasks: list[str], shots: list[int], pr
             rows.append(row)
             log(json.dumps(row))
     result = {"overrides": overrides, "max_steps": c.max_steps, "tasks": tasks, "shots": shots, "prompts": prompts,
-              "attention": c.model.attention.kind, "rows": rows}
+              "attention": c.model.attention.kind, "precision": c.trainer["precision"], "rows": rows}
     return result, model
 
 

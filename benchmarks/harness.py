@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -237,16 +236,18 @@ def machine_info(device: torch.device | str, dtype_name: str = "fp32") -> dict:
     return info
 
 
-def train_step(model, opt, sched, batches, accumulate: int = 1, clip: float = 0.0) -> float:
+def train_step(model, opt, sched, batches, accumulate: int = 1, clip: float = 0.0, precision: str = "32-true") -> float:
     """One optimizer step as train.py takes it, with no framework around it: `accumulate` micro-batches from the
-    iterator `batches` (cross-entropy on float32 logits, each loss scaled by 1/accumulate), gradient clipping
-    (none at 0), the optimizer, the schedule, zero_grad. Returns the step's loss (the micro-batches' mean) as a
-    float, read as Lightning reads it for its progress bar."""
+    iterator `batches` (LitGPT's loss, model(x, targets=y), each scaled by 1/accumulate; under bf16 autocast for
+    precision "bf16-mixed", around the forward and the loss as Lightning puts it), gradient clipping (none at 0),
+    the optimizer, the schedule, zero_grad. Returns the step's loss (the micro-batches' mean) as a float, read as
+    Lightning reads it for its progress bar."""
+    device = next(model.parameters()).device.type
     total = 0.0
     for _ in range(accumulate):
         x, y = next(batches)
-        logits = model(x)  # (B, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()) / accumulate
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            loss = model(x, targets=y) / accumulate
         loss.backward()
         total += loss.item()
     if clip:

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.loggers import WandbLogger
 
 from momattn.errors import ConfigError, NonFiniteLossError
@@ -92,8 +91,7 @@ class LitGPT(pl.LightningModule):
 
     def _loss(self, batch) -> torch.Tensor:
         x, y = batch  # (B, T), (B, T)
-        logits = self.model(x)  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+        return self.model(x, targets=y)  # the mean cross-entropy; no float32 (B, T, V) logits on a CPU
 
     def training_step(self, batch, batch_idx):
         loss = self._loss(batch)

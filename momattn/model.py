@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from momattn.errors import ConfigError
+from momattn.loss import lm_loss
 from momattn.ops import momentum_ema, multirate_ema
 
 ATTENTION_KINDS = ("vanilla", "momentum", "multirate_ema")
@@ -314,10 +315,15 @@ class GPT(nn.Module):
     selects_logits = True  # forward takes select=: scorers ask for the logits they read, not all (B, T, V)
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None,
-                select: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                select: tuple[torch.Tensor, torch.Tensor] | None = None,
+                targets: torch.Tensor | None = None) -> torch.Tensor:
         """idx (B, T) token ids -> logits (B, T, V). With a cache, idx continues the cached sequence. With
-        select = (rows, positions), two index tensors of M entries, only the logits there: (M, V)."""
+        select = (rows, positions), two index tensors of M entries, only the logits there: (M, V). With targets
+        (B, T), the mean cross-entropy instead (a scalar; targets of -100 are ignored), without forming the
+        float32 logits on a CPU (momattn/loss.py)."""
         B, T = idx.size()
+        if select is not None and targets is not None:
+            raise ValueError("forward takes select= or targets=, not both")
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds the model's context of {self.config.block_size}")
@@ -331,6 +337,8 @@ class GPT(nn.Module):
             cache.length = start + T
         if select is not None:
             x = x[select]  # (M, C): the final norm and the LM head only where they are read
+        if targets is not None:
+            return lm_loss(self.ln_f(x).flatten(0, 1), self.lm_head.weight, targets.flatten())
         return self.lm_head(self.ln_f(x))  # (B, T, V) or (M, V)
 
     def last_logits(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:

@@ -30,7 +30,7 @@ def test_smoke_times_the_step_and_runs_the_main_job_at_both_precisions(tmp_path)
                         "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     rep = json.loads(out.read_text())
-    assert set(rep["step"]["tokens_per_s"]) == {"fp32", "bf16"} and rep["step"]["bf16_over_fp32"] > 0
+    assert set(rep["step"]["tokens_per_s"]) == {"nanogpt_fp32", "fp32", "bf16"} and rep["step"]["bf16_over_fp32"] > 0
     runs = {row["precision"]: row for row in rep["runs"]}
     assert set(runs) == {"32-true", "bf16-mixed"}, rep["runs"]
     for prec, row in runs.items():

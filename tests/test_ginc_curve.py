@@ -11,7 +11,8 @@ import ginc_curve  # noqa: E402
 
 from momattn.checkpoint import model_state, read_checkpoint  # noqa: E402
 
-TINY = ["data.n_train_docs=8", "data.doc_length=600", "data.n_val_docs=2", "data.val_doc_length=300",
+# fp32: bit-level agreement with train.py (in bf16 a last-bit difference anywhere can flip a rounding)
+TINY = ["trainer.precision=32-true", "data.n_train_docs=8", "data.doc_length=600", "data.n_val_docs=2", "data.val_doc_length=300",
         "model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.block_size=64", "data.batch_size=4",
         "data.val_batches=1", "trainer.max_steps=3", "trainer.val_check_interval=3", "optim.warmup_steps=1"]
 
@@ -25,7 +26,7 @@ def test_curve_trains_exactly_as_train_py_and_scores_at_every_interval(tmp_path)
     last = result["rows"][-1]
     assert 0 <= last["ginc k=0"] <= 100 and 0 <= last["ginc_ood k=2"] <= 100
     assert last["ginc k=32"] is None  # 32 examples of 5 symbols do not fit a 64-token context
-    assert len(rows) == 2
+    assert len(rows) == 2 and result["precision"] == "32-true"
 
     proc = run_cli("train.py", ["experiment=ginc", *TINY, "run_eval=false", "logger=none",
                                 f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
@@ -48,3 +49,20 @@ def test_a_misspelled_override_is_a_message_and_exit_2(capsys):
     assert ginc_curve.main(["--every", "2", "data.bogus=1"]) == 2
     err = capsys.readouterr().err
     assert "'data.bogus' is not a config key" in err and "Traceback" not in err
+
+
+def test_curve_trains_at_the_precision_train_py_would(monkeypatch):
+    import harness
+
+    seen = []
+    real = harness.train_step
+
+    def spy(*args):
+        seen.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(ginc_curve, "train_step", spy)
+    tiny = [o for o in TINY if not o.startswith("trainer.precision")] + ["trainer.precision=bf16-mixed",
+                                                                           "trainer.max_steps=1"]
+    result, _ = ginc_curve.run(tiny, every=1, tasks=["ginc"], shots=[0], prompts=4, log=lambda r: None)
+    assert result["precision"] == "bf16-mixed" and seen == ["bf16-mixed"]

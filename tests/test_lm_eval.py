@@ -36,7 +36,7 @@ def req(kind, *args):
 
 def test_simple_evaluate_runs_local_tasks_and_matches_momattn_scoring(ckpt, monkeypatch):
     monkeypatch.chdir(DATA)  # the task YAMLs name their JSONL relative to the working folder
-    out = lm_eval.simple_evaluate(model="momattn", model_args=f"ckpt_path={ckpt},batch_tokens=256", tasks=TASKS,
+    out = lm_eval.simple_evaluate(model="momattn", model_args=f"ckpt_path={ckpt},batch_tokens=256,precision=32-true", tasks=TASKS,
                                   task_manager=TaskManager(include_path=str(DATA)), log_samples=True,
                                   batch_size=4, limit=6)
     res = out["results"]
@@ -72,7 +72,8 @@ def test_loglikelihood_is_batch_independent_and_greedy_is_the_argmax(ckpt):
 
 
 def test_long_inputs_keep_their_last_tokens_and_roll_over_windows(tmp_path):
-    lm = MomattnLM(ckpt_path=str(tiny_checkpoint(tmp_path / "s.ckpt", "multirate_ema", block_size=16)))
+    lm = MomattnLM(ckpt_path=str(tiny_checkpoint(tmp_path / "s.ckpt", "multirate_ema", block_size=16)),
+                   precision="32-true")  # fp32, to compare with the plain model at 1e-6
     ctx, cont = list(range(40, 70)), [80, 81, 82]  # 33 tokens: the context keeps its last 14
     ((ll, _),) = lm._loglikelihood_tokens([(("", ""), ctx, cont)])
     x = torch.tensor([ctx[-14:] + cont[:-1]])  # 16 tokens of input; the last one is never fed
@@ -90,7 +91,7 @@ def test_long_inputs_keep_their_last_tokens_and_roll_over_windows(tmp_path):
 
 
 def test_generate_until_is_greedy_and_stops_at_the_stop_string(ckpt):
-    lm = MomattnLM(ckpt_path=str(ckpt))
+    lm = MomattnLM(ckpt_path=str(ckpt), precision="32-true")
     prompt = "Review: a fine film\nSentiment:"
     (free,) = lm.generate_until([req("generate_until", prompt, {"until": [], "max_gen_toks": 12})])
     ids = torch.tensor([lm.tok_encode(prompt)])

@@ -16,8 +16,11 @@ from omegaconf import OmegaConf
 from momattn.checkpoint import read_checkpoint
 from momattn.config import load_train_config
 from momattn.errors import ConfigError
+from momattn.hardware import cpu_has_native_bf16
 from momattn.schema import instantiate
 from momattn.training import run_train
+
+CPU_AUTO = "bf16-mixed" if cpu_has_native_bf16() else "32-true"  # what precision=auto resolves to on this CPU
 
 GROUPS = {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in (ROOT / "conf").iterdir() if d.is_dir()}
 OPTIONS = [(g, o) for g, opts in sorted(GROUPS.items()) for o in opts]
@@ -46,9 +49,9 @@ def check_option(group: str, option: str, c, tmp_path: Path) -> None:
         assert c.tokenizer.kind == own["kind"]
     elif group == "trainer":
         assert c.trainer["precision"] != "auto" and c.max_steps >= 1
-        if option in ("default", "cpu"):  # this CPU has no native bf16
+        if option in ("default", "cpu"):  # auto: bf16-mixed where this CPU has native bf16, else 32-true
             trainer = instantiate(c.trainer, "trainer", logger=False)
-            assert trainer.max_steps == c.max_steps and trainer.precision == "32-true"
+            assert trainer.max_steps == c.max_steps and trainer.precision == CPU_AUTO
     elif group == "logger":
         assert sorted(c.logger) == sorted(own or {})
         if option == "csv":
@@ -88,9 +91,9 @@ def test_smoke_training_each_attention(attention, tmp_path, capsys):
     meta = ckpt["momattn"]
     assert meta["model_config"]["attention"]["kind"] == meta["config"]["attention"]["kind"] == attention
     assert meta["config"]["data"]["_target_"] == "momattn.data.sources.StaiccCorpus"
-    assert meta["config"]["trainer"]["precision"] == "32-true"  # auto, resolved on this CPU and recorded
+    assert meta["config"]["trainer"]["precision"] == CPU_AUTO  # auto, resolved on this CPU and recorded
     assert "vocab_size" not in meta["config"]["model"] and meta["model_config"]["vocab_size"] % 64 == 0
-    assert "precision 32-true" in capsys.readouterr().err
+    assert f"precision {CPU_AUTO}" in capsys.readouterr().err
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["val/loss"] == pytest.approx(val_loss) and summary["steps"] == 6
 

@@ -1,0 +1,104 @@
+"""The blocked LM loss (momattn/loss.py) against F.cross_entropy over materialised logits: value and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_gpt
+
+from momattn.loss import linear_cross_entropy
+
+
+def _inputs(n=37, c=8, v=29, dtype=torch.float64, ignored=(3, 20)):
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(n, c, generator=g, dtype=dtype)
+    w = torch.randn(v, c, generator=g, dtype=dtype) * 0.5
+    y = torch.randint(0, v, (n,), generator=g)
+    y[list(ignored)] = -100
+    return h, w, y
+
+
+def _grads(fn, h, w):
+    h, w = h.clone().requires_grad_(), w.clone().requires_grad_()
+    loss = fn(h, w)
+    loss.backward()
+    return loss.detach(), h.grad, w.grad
+
+
+@pytest.mark.parametrize("rows", [1, 5, 37, 512])  # blocks of one row, uneven blocks, one block, a block > N
+def test_value_and_gradients_equal_cross_entropy_over_the_logits(rows):
+    h, w, y = _inputs()
+    ref = _grads(lambda h, w: F.cross_entropy(h @ w.t(), y), h, w)
+    got = _grads(lambda h, w: linear_cross_entropy(h, w, y, rows=rows), h, w)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_gradient_scales_with_the_upstream_gradient():
+    h, w, y = _inputs()
+    ref = _grads(lambda h, w: 3.5 * F.cross_entropy(h @ w.t(), y), h, w)
+    got = _grads(lambda h, w: 3.5 * linear_cross_entropy(h, w, y, rows=8), h, w)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_bf16_autocast_rounds_as_the_plain_path_does():
+    h, w, y = _inputs(n=64, c=32, v=100, dtype=torch.float32, ignored=())
+    exact = _grads(lambda h, w: F.cross_entropy(h.double() @ w.double().t(), y), h, w)
+
+    def plain(h, w):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return F.cross_entropy(F.linear(h, w).float(), y)
+
+    def blocked(h, w):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return linear_cross_entropy(h, w, y, rows=16)
+
+    p, b = _grads(plain, h, w), _grads(blocked, h, w)
+    for got, want in zip(b, p):
+        assert got.dtype == want.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=1e-4)  # both carry bf16 logits and gradients
+    for got, plain_, ex in zip(b, p, exact):  # and the blocked path is no further from float64 than the plain one
+        err = (got.double() - ex.double()).norm() / ex.double().norm().clamp_min(1e-30)
+        err_plain = (plain_.double() - ex.double()).norm() / ex.double().norm().clamp_min(1e-30)
+        assert err <= 1.5 * err_plain + 1e-6
+        assert err > 1e-6  # bf16 really was used (not silently float32)
+
+
+def test_without_gradients_it_only_measures():
+    h, w, y = _inputs()
+    with torch.no_grad():
+        got = linear_cross_entropy(h.requires_grad_(), w, y, rows=4)
+    assert not got.requires_grad
+    torch.testing.assert_close(got, F.cross_entropy(h.detach() @ w.t(), y), rtol=1e-12, atol=1e-14)
+
+
+def test_all_targets_ignored_gives_nan_like_cross_entropy():
+    h, w, y = _inputs()
+    y[:] = -100
+    assert torch.isnan(F.cross_entropy(h @ w.t(), y)) and torch.isnan(linear_cross_entropy(h, w, y))
+
+
+@pytest.mark.parametrize("kind", ["vanilla", "momentum", "multirate_ema"])
+def test_gpt_targets_equal_cross_entropy_of_its_logits_with_the_same_parameter_gradients(kind):
+    torch.manual_seed(0)
+    model = tiny_gpt(kind).double()
+    idx = torch.randint(0, model.config.vocab_size, (2, 12))
+    y = torch.randint(0, model.config.vocab_size, (2, 12))
+    ref = F.cross_entropy(model(idx).flatten(0, 1), y.flatten())
+    ref.backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    got = model(idx, targets=y)
+    got.backward()
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-14)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, want[n], rtol=1e-10, atol=1e-13, msg=n)
+
+
+def test_select_and_targets_together_are_refused():
+    model = tiny_gpt("vanilla")
+    idx = torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="select= or targets="):
+        model(idx, select=(torch.tensor([0]), torch.tensor([3])), targets=idx)

@@ -9,7 +9,7 @@ Three measurements, every one forward + backward:
   layer  one attention layer (vanilla, momentum with eta 0.5 fixed or learnable, multirate_ema) over T;
   ema    `momentum_ema` alone against the naive (T, T) decay-matrix matmul of momattn.reference: linear
          against quadratic in T;
-  train  a full training step of the default model (cross-entropy, backward, grad clip, AdamW) per variant.
+  train  a full training step of the default model (train.py's loss, backward, grad clip, AdamW) per variant.
 
 Timing and memory: benchmarks/harness.py (medians of interleaved repeats, spread, contended samples retaken
 within --patience seconds; peak memory from the allocator in a separate, untimed call).
@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from harness import MEMORY_METHOD, RESULTS, Timer, machine_info, mib, pct, peak_memory, table, write_results  # noqa: E402
 
+from momattn.lit import fused_adamw_ok  # noqa: E402
 from momattn.model import ATTENTION_CLASSES, GPT, AttentionConfig, GPTConfig  # noqa: E402
 from momattn.ops import momentum_ema  # noqa: E402
 from momattn.reference import momentum_ema_matrix  # noqa: E402
@@ -188,23 +188,24 @@ def bench_ema(Ts, device, dtype, timer: Timer, batch: int = EMA_BATCH) -> dict:
 
 
 def _adamw(model: torch.nn.Module) -> torch.optim.AdamW:
-    """As momattn/lit.py configures it (optim defaults): decay on 2-D weights only."""
+    """As momattn/lit.py configures it (optim defaults): decay on 2-D weights only, fused where torch can."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
+    return torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, fused=fused_adamw_ok(params) or None)
 
 
 def train_step_case(model: GPT, x: torch.Tensor, y: torch.Tensor, device, dtype) -> Case:
-    """Forward, cross-entropy, backward, grad clip 1.0 (optim.grad_clip default), AdamW."""
+    """Forward and loss as train.py takes them (model(x, targets=y)), backward, grad clip 1.0 (optim.grad_clip
+    default), AdamW."""
     opt = _adamw(model)
 
     def step():
         with _autocast(device, dtype):
-            logits = model(x)
-        F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()).backward()
+            loss = model(x, targets=y)
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 

@@ -7,9 +7,11 @@
 Two parts, both on the CPU even where a GPU is present:
   step  the main job's training step (its model and batch: 4 x 256, context 512, batch 8, vocabulary 4096:
         forward, loss, backward, clip, AdamW), interleaved, at --threads torch threads, three ways: "nanoGPT
-        fp32" (the step as nanoGPT's train.py takes it: the (B, T, V) logits, then F.cross_entropy, in fp32;
+        fp32" (the step as nanoGPT's train.py takes it: the (B, T, V) logits, then F.cross_entropy, in fp32, for-each
+        AdamW (nanoGPT fuses it on CUDA only);
         the issue measured momattn's model at 0.98x nanoGPT's model.py in that step), and train.py's step
-        (model(x, targets=y), the blocked loss of momattn/loss.py) in fp32 and under bf16 autocast. Median
+        (model(x, targets=y), the blocked loss of momattn/loss.py; fused AdamW as LitGPT builds it) in fp32
+        and under bf16 autocast. Median
         tokens/s of each and the ratios to "nanoGPT fp32"; the issue's target is bf16 >= 2x.
   runs  the main job itself, `train.py trainer=cpu trainer.precision=P seed=S run_eval=false logger=csv`, for
         P in 32-true / bf16-mixed and S in --seeds (400 steps, the default), --parallel runs at a time with
@@ -38,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from momattn.hardware import cpu_has_native_bf16, describe  # noqa: E402
+from momattn.lit import fused_adamw_ok  # noqa: E402
 from momattn.model import GPT, GPTConfig  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -50,12 +53,17 @@ def step_timing(threads: int, rounds: int, steps: int, toy: bool) -> dict:
     # the main job's model (conf/model/small.yaml, the BPE tokenizer's 4096 tokens) and batch (conf/data/staicc.yaml)
     kw = dict(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16) if toy else dict(block_size=512)
     batch = 2 if toy else 8
-    model = GPT(GPTConfig(**kw))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    torch.manual_seed(0)
+    ours, nano = GPT(GPTConfig(**kw)), GPT(GPTConfig(**kw))
+    nano.load_state_dict(ours.state_dict())
+    # train.py's AdamW is fused where torch has the kernel (LitGPT.configure_optimizers); nanoGPT fuses on CUDA only
+    opts = {id(ours): torch.optim.AdamW(ours.parameters(), lr=1e-4, fused=fused_adamw_ok(list(ours.parameters())) or None),
+            id(nano): torch.optim.AdamW(nano.parameters(), lr=1e-4)}
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, model.config.vocab_size, (batch, model.config.block_size + 1), generator=g)
+    x = torch.randint(0, ours.config.vocab_size, (batch, ours.config.block_size + 1), generator=g)
 
     def step(name: str) -> None:
+        model = nano if name == "nanogpt_fp32" else ours
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
             if name == "nanogpt_fp32":  # logits first, then the loss over them
                 loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
@@ -63,8 +71,8 @@ def step_timing(threads: int, rounds: int, steps: int, toy: bool) -> dict:
                 loss = model(x[:, :-1], targets=x[:, 1:])  # the loss train.py takes (momattn/loss.py)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        opts[id(model)].step()
+        opts[id(model)].zero_grad(set_to_none=True)
 
     samples: dict[str, list[float]] = {"nanogpt_fp32": [], "fp32": [], "bf16": []}
     for name in samples:  # warm-up
@@ -74,9 +82,10 @@ def step_timing(threads: int, rounds: int, steps: int, toy: bool) -> dict:
             t0 = time.perf_counter()
             for _ in range(steps):
                 step(name)
-            samples[name].append(batch * model.config.block_size * steps / (time.perf_counter() - t0))
+            samples[name].append(batch * ours.config.block_size * steps / (time.perf_counter() - t0))
     med = {k: statistics.median(v) for k, v in samples.items()}
     return {"threads": threads, "rounds": rounds, "steps_per_sample": steps,
+            "fused_adamw": bool(opts[id(ours)].defaults["fused"]),
             "tokens_per_s": {k: round(v) for k, v in med.items()},
             "spread": {k: [round(min(v)), round(max(v))] for k, v in samples.items()},
             "bf16_over_fp32": round(med["bf16"] / med["fp32"], 3),

@@ -227,3 +227,30 @@ def test_lit_forward_is_the_models():
     lit = _lit(AttentionConfig(kind="momentum"))
     x = _batch(2)[0]
     assert torch.equal(lit(x), lit.model(x))
+
+
+def test_adamw_is_fused_for_plain_parameters_and_steps_as_the_for_each_kernel():
+    from momattn.lit import fused_adamw_ok
+
+    lit = _lit(AttentionConfig(kind="momentum", learnable_eta=True))
+    opt = lit.configure_optimizers()["optimizer"]
+    assert opt.defaults["fused"] is True
+    twin = _lit(AttentionConfig(kind="momentum", learnable_eta=True))
+    twin.model.load_state_dict(lit.model.state_dict())
+    ref = torch.optim.AdamW([{**{k: v for k, v in g.items() if k != "params"}, "fused": None, "foreach": True,
+                              "params": [dict(twin.model.named_parameters())[n] for n in
+                                         [{id(p): n for n, p in lit.model.named_parameters()}[id(p)]
+                                          for p in g["params"]]]} for g in opt.param_groups])
+    before = {n: p.detach().clone() for n, p in lit.model.named_parameters()}
+    g = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for p, q in zip(lit.model.parameters(), twin.model.parameters()):
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.clone()
+        opt.step()
+        ref.step()
+    for (n, p), q in zip(lit.model.named_parameters(), twin.model.parameters()):
+        assert not torch.equal(p, before[n]), n  # the step moved it
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=n)
+    flat = torch.nn.Parameter(torch.zeros(3))
+    assert fused_adamw_ok([flat]) and not fused_adamw_ok([]) and not fused_adamw_ok([flat.detach()])

@@ -142,7 +142,7 @@ class LitGPT(pl.LightningModule):
         no_decay = [p for p in params if id(p) not in weights]
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused_adamw_ok(params) or None,
+            lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=(fused_adamw_ok(params) and not self._grad_scaler()) or None,
         )
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, o, self.max_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -155,7 +155,21 @@ class LitGPT(pl.LightningModule):
         if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
             self.trainer.model.clip_grad_norm_(gradient_clip_val)
             return
+        if gradient_clip_val and getattr(optimizer, "_step_supports_amp_scaling", False) and not self._grad_scaler():
+            # a fused AdamW under bf16-mixed: Lightning's mixed-precision plugin refuses to clip for an optimizer
+            # that unscales gradients itself, a guard for fp16's grad scaler; with no scaler, clip as it would
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def _grad_scaler(self) -> bool:
+        """Whether the trainer (if any) scales gradients (fp16 mixed precision)."""
+        trainer = getattr(self, "_trainer", None)
+        return trainer is not None and getattr(trainer.precision_plugin, "scaler", None) is not None
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["momattn"] = {**self.meta, "rng": rng_state()}

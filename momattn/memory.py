@@ -5,7 +5,9 @@ that a context far beyond the machine is refused in a second instead of dying in
           + B T L (20 d) a                         activations kept for backward, per layer (a: 4 B fp32, 2 B bf16)
           + B T (12 V + 8 d)                       logits, their fp32 copy and gradient; embeddings
 with N the parameter count, B the micro-batch, T the context, L layers, d the width, V the vocabulary. Flash
-attention keeps no (T, T) matrix; momentum's EMA is linear in T. The estimate is meant to be within about 2x."""
+attention keeps no (T, T) matrix; momentum's EMA is linear in T. Off CUDA the loss is blocked (momattn/loss.py):
+one block of rows' logits at a time, 10 V bytes per row of ROWS_PER_BLOCK, plus the hidden states' gradient and
+the LM head's (4 B T d + 4 V d) instead of 12 B T V. The estimate is meant to be within about 2x."""
 
 from __future__ import annotations
 
@@ -36,13 +38,20 @@ def n_params(model_config) -> int:
     return c.n_layer * per_layer + c.vocab_size * c.n_embd + pos
 
 
-def estimate_train_memory(model_config, batch_size: int, precision: str = "32-true") -> MemoryEstimate:
+def estimate_train_memory(model_config, batch_size: int, precision: str = "32-true",
+                          blocked_loss: bool = False) -> MemoryEstimate:
+    """blocked_loss: the loss momattn/loss.py takes off CUDA (no (B T, V) logits); False: the plain form (CUDA)."""
+    from momattn.loss import ROWS_PER_BLOCK
+
     c = model_config
     act = 2 if ("bf16" in str(precision) or str(precision).startswith("16")) else 4
     tokens = batch_size * c.block_size
     states = 16 * n_params(c)
     activations = tokens * c.n_layer * 20 * c.n_embd * act
-    logits = tokens * (12 * c.vocab_size + 8 * c.n_embd)
+    if blocked_loss:
+        logits = min(tokens, ROWS_PER_BLOCK) * 10 * c.vocab_size + 4 * c.vocab_size * c.n_embd + tokens * 12 * c.n_embd
+    else:
+        logits = tokens * (12 * c.vocab_size + 8 * c.n_embd)
     return MemoryEstimate(states + activations + logits, states, activations, logits)
 
 
@@ -72,7 +81,7 @@ def check_fits(model_config, batch_size: int, precision: str, accelerator: str |
 
     acc = str(accelerator or "auto").lower()
     on_gpu = acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
-    need = estimate_train_memory(model_config, batch_size, precision)
+    need = estimate_train_memory(model_config, batch_size, precision, blocked_loss=not on_gpu)
     have = available_memory("cuda" if on_gpu else "cpu")
     procs = 1 if on_gpu else (devices if isinstance(devices, int) and devices > 0 else 1)  # CPU DDP: one RAM
     if have is not None and need.total * procs > have:

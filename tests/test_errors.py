@@ -221,19 +221,22 @@ def test_a_context_beyond_memory_is_refused_up_front(tmp_path, monkeypatch):
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_the_memory_estimate_is_near_a_measured_step():
-    """Within 2x of the peak resident memory of one real training step (forward, backward, AdamW)."""
+@pytest.mark.parametrize("blocked", [False, True], ids=["plain-loss", "blocked-loss"])
+def test_the_memory_estimate_is_near_a_measured_step(blocked):
+    """Within 2x of the peak resident memory of one real training step (forward, backward, AdamW), with the loss
+    over materialised logits (CUDA's) and with the blocked loss train.py takes on a CPU."""
     import subprocess
     import sys
 
+    loss = "m(x, targets=x)" if blocked else "F.cross_entropy(m(x).flatten(0, 1).float(), x.flatten())"
     code = ("import resource, torch, torch.nn.functional as F\n"
             "from momattn.model import GPT, GPTConfig\nfrom momattn.memory import estimate_train_memory\n"
             "torch.set_num_threads(1)\ncfg = GPTConfig(vocab_size=4096, block_size=2048, n_layer=2, n_embd=256)\n"
             "m = GPT(cfg); opt = torch.optim.AdamW(m.parameters()); x = torch.randint(0, 4096, (8, 2048))\n"
             "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            "F.cross_entropy(m(x).flatten(0, 1).float(), x.flatten()).backward(); opt.step()\n"
+            f"{loss}.backward(); opt.step()\n"
             "r1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            "print((r1 - r0) * 1024, estimate_train_memory(cfg, 8).total)\n")
+            f"print((r1 - r0) * 1024, estimate_train_memory(cfg, 8, blocked_loss={blocked}).total)\n")
     measured, estimate = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                                  check=True).stdout.split())
     assert measured / 2 < estimate < measured * 2, (measured, estimate)

@@ -82,6 +82,27 @@ def test_every_option_of_every_group_composes_validates_and_instantiates(group, 
     check_option(group, option, load_train_config(cfg), tmp_path)
 
 
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_fused_adamw_is_clipped_at_every_precision(precision, tmp_path, monkeypatch):
+    """Lightning's mixed-precision plugin refuses to clip for a fused optimizer (an fp16 grad-scaler guard); LitGPT
+    clips such an optimizer itself under bf16, at the configured norm, every step."""
+    import torch
+
+    seen = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *args, **kwargs):
+        seen.append(max_norm)
+        return real(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    val_loss = run_train(compose_train(tmp_path, [*SMOKE, f"trainer.precision={precision}", "optim.grad_clip=0.25"]))
+    assert val_loss is not None and math.isfinite(val_loss)
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["fused"] is True
+    assert seen == [0.25] * ckpt["global_step"]
+
+
 @pytest.mark.parametrize("attention", ["vanilla", "momentum", "multirate_ema"])
 def test_smoke_training_each_attention(attention, tmp_path, capsys):
     val_loss = run_train(compose_train(tmp_path, [*SMOKE, f"attention={attention}"]))

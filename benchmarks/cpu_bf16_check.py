@@ -115,8 +115,8 @@ def main_job_runs(seeds: list[int], threads: int, parallel: int, workdir: Path, 
         summary = d / "summary.json"
         if rc == 0 and summary.is_file():
             s = json.loads(summary.read_text())
-            row.update({k: s.get(k) for k in ("val/loss", "val/ppl", "train/loss", "tokens_per_sec", "fit_seconds",
-                                                "steps", "precision")})
+            row.update({k: s.get(k) for k in ("val/loss", "val/ppl", "train/loss", "tokens_per_sec", "tokens_per_sec_mean",
+                                                "fit_seconds", "steps", "precision")})
         else:
             row["tail"] = (workdir / f"{prec}_s{seed}.log").read_text()[-1500:]
         return row
@@ -141,6 +141,11 @@ def main_job_runs(seeds: list[int], threads: int, parallel: int, workdir: Path, 
     return sorted(rows, key=lambda r: (r["seed"], PRECISIONS.index(r["precision"])))
 
 
+def _tps(row: dict) -> float | None:
+    """A run's tokens/s over its whole training (the last window's where the summary predates the mean)."""
+    return row.get("tokens_per_sec_mean") or row.get("tokens_per_sec")
+
+
 def verdict(rows: list[dict]) -> dict:
     """Mean final validation loss per precision; bf16 - fp32 per seed; the fp32 spread between seeds."""
     ok = [r for r in rows if isinstance(r.get("val/loss"), float)]
@@ -149,7 +154,7 @@ def verdict(rows: list[dict]) -> dict:
     out: dict = {"seeds_paired": seeds}
     for p in PRECISIONS:
         losses = [r["val/loss"] for r in by[p].values()]
-        tps = [r["tokens_per_sec"] for r in by[p].values() if r.get("tokens_per_sec")]
+        tps = [_tps(r) for r in by[p].values() if _tps(r)]
         out[p] = {"val_loss_mean": round(statistics.mean(losses), 4) if losses else None,
                   "val_loss_range": [round(min(losses), 4), round(max(losses), 4)] if losses else None,
                   "tokens_per_s_mean": round(statistics.mean(tps)) if tps else None}
@@ -185,11 +190,12 @@ def markdown(rep: dict) -> str:
     if rep.get("runs"):
         lines += [f"The main job, {rep['runs_threads']} threads per run, {rep['runs_parallel']} runs at a time "
                   "(`python train.py trainer=cpu trainer.precision=P seed=S run_eval=false logger=csv`):", "",
-                  "| precision | seed | final val loss | val ppl | tokens/s | fit s |", "|---|---:|---:|---:|---:|---:|"]
+                  "| precision | seed | final val loss | val ppl | tokens/s, whole run | last 10 steps | fit s |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for r in rep["runs"]:
             if "val/loss" in r and r["val/loss"] is not None:
                 lines.append(f"| {r['precision']} | {r['seed']} | {r['val/loss']:.4f} | {r['val/ppl']:.2f} | "
-                             f"{r['tokens_per_sec']:,.0f} | {r['fit_seconds']} |")
+                             f"{_tps(r):,.0f} | {r['tokens_per_sec']:,.0f} | {r['fit_seconds']} |")
             else:
                 lines.append(f"| {r['precision']} | {r['seed']} | failed (rc {r['rc']}) | | | |")
         v = rep.get("verdict", {})
@@ -197,6 +203,11 @@ def markdown(rep: dict) -> str:
             diffs = ", ".join(f"{d:+.4f}" for d in v["bf16_minus_fp32"])
             lines += ["", f"bf16 - fp32 final validation loss per seed: {diffs}; fp32's spread between seeds: "
                           f"{v['fp32_seed_spread']}; within seed noise: {v.get('within_seed_noise')}.", ""]
+        nano = (st or {}).get("tokens_per_s", {}).get("nanogpt_fp32")
+        bf16 = v.get("bf16-mixed", {}).get("tokens_per_s_mean")
+        if nano and bf16:
+            lines += [f"The main job in bf16-mixed, whole-run tokens/s averaged over the seeds: {bf16:,} = "
+                      f"{bf16 / nano:.2f}x nanoGPT's fp32 step above (target 2x).", ""]
     return "\n".join(lines)
 
 

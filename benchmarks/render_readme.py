@@ -17,11 +17,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_attention  # noqa: E402
 import bench_icl_cache  # noqa: E402
+import cpu_bf16_check  # noqa: E402
 import gpu_check  # noqa: E402
 from harness import RESULTS  # noqa: E402
 
 # results file -> (heading, command that writes it, renderer), in README order
 SECTIONS = {
+    "cpu_bf16.json": (
+        "bf16 on a CPU with native bf16 (the main job, fp32 against bf16-mixed)",
+        "python benchmarks/cpu_bf16_check.py --threads 2 --parallel 1 --rounds 9",
+        cpu_bf16_check.markdown,
+    ),
     "attention.json": (
         "Attention speed and memory",
         "python benchmarks/bench_attention.py",

@@ -170,13 +170,17 @@ class Throughput(ThroughputMonitor):
 
 
 def throughput_summary(monitor: ThroughputMonitor) -> dict:
-    """The last training window: tokens/s, FLOP/s and MFU (rank 0's device), and the peak MFU is relative to.
+    """The last training window: tokens/s, FLOP/s and MFU (rank 0's device), and the peak MFU is relative to;
+    and `tokens_per_sec_mean`, every training token over the whole training time (validation excluded, as
+    Lightning's monitor times it), which one slow or fast window does not move.
 
     MFU is None (with `mfu_note`) when it cannot be trusted: no peak known, or above 100%."""
     m = compat.throughput_metrics(monitor, RunningStage.TRAINING)
     peak = getattr(monitor, "available_flops", None)
     out = {"tokens_per_sec": m.get("device/items_per_sec"), "flops_per_sec": m.get("device/flops_per_sec"),
            "mfu": m.get("device/mfu"), "peak_flops_per_sec": peak}
+    if m.get("lengths") and m.get("time"):
+        out["tokens_per_sec_mean"] = m["lengths"] / m["time"]
     flops = out["flops_per_sec"]
     if peak and flops is not None and flops > peak:
         out["mfu"] = None

@@ -234,7 +234,9 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
     if speed.get("tokens_per_sec"):
         mfu = f"  MFU {100 * speed['mfu']:.1f}%" if speed.get("mfu") else f"  ({speed['mfu_note']})" \
             if speed.get("mfu_note") else ""
-        lines.append(f"  throughput {speed['tokens_per_sec']:.0f} tokens/s{mfu}; fit took {speed['fit_seconds']:.0f} s")
+        mean = f" ({speed['tokens_per_sec_mean']:.0f} over the whole run)" if speed.get("tokens_per_sec_mean") else ""
+        lines.append(f"  throughput {speed['tokens_per_sec']:.0f} tokens/s{mfu} in the last steps{mean}; fit took "
+                     f"{speed['fit_seconds']:.0f} s")
     lines.append(f"  checkpoints: best {best}  last {last}")
     lines += [f"  {logs.describe(lg)}" for lg in loggers]
     print("\n".join(lines), file=sys.stderr, flush=True)

@@ -54,6 +54,17 @@ def test_summary_reports_tokens_flops_and_mfu():
     s = throughput_summary(_monitor(peak=1e10, flops_per_batch=1e9, seconds_per_batch=0.5))
     assert s["tokens_per_sec"] == pytest.approx(128.0) and s["flops_per_sec"] == pytest.approx(2e9)
     assert s["mfu"] == pytest.approx(0.2) and s["peak_flops_per_sec"] == 1e10 and "mfu_note" not in s
+    assert s["tokens_per_sec_mean"] == pytest.approx(128.0)  # 256 tokens in 2 s: steady, so the same
+
+
+def test_the_mean_counts_every_token_over_the_whole_time():
+    m = Throughput(batch_size_fn=len, window_size=2)
+    t = BoundedThroughput(available_flops=None, window_size=2)
+    compat.stage_throughputs(m)[RunningStage.TRAINING] = t
+    for i, at in enumerate([3.0, 3.5, 4.0, 4.5], start=1):  # a slow first step, then 0.5 s each
+        t.update(time=at, batches=i, samples=4 * i, lengths=64 * i)
+    s = throughput_summary(m)
+    assert s["tokens_per_sec"] == pytest.approx(128.0) and s["tokens_per_sec_mean"] == pytest.approx(256 / 4.5)
 
 
 def test_an_mfu_above_100_percent_is_not_reported():

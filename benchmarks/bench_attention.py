@@ -404,7 +404,7 @@ def _render_train(rows: list[dict]) -> list[str]:
         "peak MiB",
     ]
     return [
-        "#### Training step of the default model (4 layers, n_embd 256, vocab 4096): forward, cross-entropy, "
+        "#### Training step of the default model (4 layers, n_embd 256, vocab 4096): forward, loss, "
         "backward, grad clip 1.0, AdamW",
         "",
         table(header, cells),

@@ -243,10 +243,13 @@ def train_step(model, opt, sched, batches, accumulate: int = 1, clip: float = 0.
     the optimizer, the schedule, zero_grad. Returns the step's loss (the micro-batches' mean) as a float, read as
     Lightning reads it for its progress bar."""
     device = next(model.parameters()).device.type
+    autocast = {"bf16-mixed": True, "bf16": True, "32-true": False, "32": False}.get(str(precision))
+    if autocast is None:
+        raise ValueError(f"train_step: precision {precision!r} is not one this loop reproduces (32-true, bf16-mixed)")
     total = 0.0
     for _ in range(accumulate):
         x, y = next(batches)
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
             loss = model(x, targets=y) / accumulate
         loss.backward()
         total += loss.item()

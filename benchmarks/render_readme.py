@@ -25,8 +25,20 @@ from harness import RESULTS  # noqa: E402
 SECTIONS = {
     "cpu_bf16.json": (
         "bf16 on a CPU with native bf16 (the main job, fp32 against bf16-mixed)",
-        "python benchmarks/cpu_bf16_check.py --threads 2 --parallel 1 --rounds 9",
+        "python benchmarks/cpu_bf16_check.py --threads 2 --parallel 1`, then `--parts step --merge --rounds 11",
         cpu_bf16_check.markdown,
+    ),
+    "attention_train_fp32.json": (
+        "Momentum's cost per training step on a CPU with native bf16: fp32",
+        "python benchmarks/bench_attention.py --parts train --dtype fp32 --train-repeats 21 "
+        "--out benchmarks/results/attention_train_fp32.json",
+        bench_attention.render,
+    ),
+    "attention_train_bf16.json": (
+        "Momentum's cost per training step on a CPU with native bf16: bf16 autocast",
+        "python benchmarks/bench_attention.py --parts train --dtype bf16 --train-repeats 21 "
+        "--out benchmarks/results/attention_train_bf16.json",
+        bench_attention.render,
     ),
     "attention.json": (
         "Attention speed and memory",

@@ -6,8 +6,11 @@ at the main job's size (N = 4,096 tokens, V = 4,096) that was a quarter of a bf1
 `linear_cross_entropy` does the same arithmetic a block of rows at a time (each block's logits fit in cache),
 and forms the gradient of the mean loss while the block's softmax is at hand, so backward only scales it.
 Precision is that of the plain path: logits in the compute dtype (bf16 under autocast), the log-sum-exp and the
-softmax in float32, the gradient rounded to the compute dtype for the two matmuls, exactly as autocast rounds
-the float32 log-softmax gradient before the LM head's backward.
+softmax in float32, the gradient of the mean loss rounded to the compute dtype for the two matmuls, as autocast
+rounds the float32 log-softmax gradient before the LM head's backward. Two last-bit differences: an upstream
+gradient other than 1 (e.g. 1/accumulate) scales the result after that rounding, not before, and the LM head's
+weight gradient is summed over blocks in float32 from one rounded matmul per block. float16 is not taken here
+(its per-token gradients, ~1/N, would underflow before a grad scaler's factor): lm_loss uses the plain form.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-ROWS_PER_BLOCK = 512  # (512, 4096) float32 logits: 8 MiB, one L2-sized block on the CPU
+ROWS_PER_BLOCK = 512  # (512, 4096) float32 logits: 8 MiB, a block that stays in the CPU's caches
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, w, y, dtype, ignore_index, need_grad, rows):
         # h (N, C), w (V, C), y (N,) -> mean over the rows whose target is not ignore_index
+        if y.shape != h.shape[:1]:
+            raise ValueError(f"linear_cross_entropy: {tuple(y.shape)} targets for {h.shape[0]} rows of h")
         hc, wc = h.to(dtype), w.to(dtype)
         valid = y != ignore_index  # (N,)
         n_valid = int(valid.sum())
@@ -30,7 +35,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         dh = torch.empty_like(h) if need_grad else None  # (N, C)
         dw = torch.zeros(w.shape, dtype=acc, device=w.device) if need_grad else None  # (V, C)
         for s in range(0, h.size(0), rows):
-            hs, ys, ok = hc[s : s + rows], y[s : s + rows].clamp_min(0), valid[s : s + rows]  # (n, C), (n,), (n,)
+            ok = valid[s : s + rows]  # (n,)
+            hs, ys = hc[s : s + rows], torch.where(ok, y[s : s + rows], 0)  # (n, C), (n,): ignored rows read class 0
             z = (hs @ wc.t()).to(acc)  # (n, V) logits, rounded to the compute dtype as the plain LM head rounds them
             picked = z.gather(1, ys[:, None]).squeeze(1)  # (n,) the target's logit
             m = z.amax(dim=1, keepdim=True)  # (n, 1)
@@ -63,22 +69,28 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.T
     """Mean cross-entropy of `h @ weight.T` against `targets`: h (N, C), weight (V, C), targets (N,) -> scalar.
 
     Equals `F.cross_entropy((h @ weight.T).float(), targets, ignore_index=ignore_index)` (autocast's compute dtype
-    for the matmuls where autocast is on), in value and in gradient, without forming (N, V) float32 logits."""
+    for the matmuls where autocast is on), in value and in gradient up to the roundings the module docstring
+    names, without forming (N, V) float32 logits."""
     device = h.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
     need = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
+    if dtype == torch.float16:
+        raise ValueError("linear_cross_entropy: float16 gradients would underflow; use the plain cross-entropy")
     with torch.autocast(device, enabled=False):
         return _LinearCrossEntropy.apply(h, weight, targets, dtype, ignore_index, need, rows)
 
 
-@torch.compiler.disable  # a Python loop over row blocks with a data-dependent count: eager even in a compiled model
+@torch.compiler.disable  # a Python loop over row blocks that reads a count off the data: eager in a compiled model
 def _blocked_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return linear_cross_entropy(h, weight, targets)
 
 
 def lm_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The training loss of hidden states h (N, C) under the LM head `weight` (V, C): mean cross-entropy, targets
-    of -100 ignored. Blocked (linear_cross_entropy) off CUDA; on CUDA the plain form, which torch.compile fuses."""
-    if h.device.type == "cuda":
+    of -100 ignored. Blocked (linear_cross_entropy) off CUDA; on CUDA (and under float16 autocast anywhere) the
+    plain form, which torch.compile fuses."""
+    device = h.device.type
+    fp16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16
+    if device == "cuda" or fp16:
         return F.cross_entropy(F.linear(h, weight).float(), targets)
     return _blocked_loss(h, weight, targets)

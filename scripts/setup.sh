@@ -11,7 +11,7 @@ PIP=".venv/bin/python -m pip"
 $PIP install -q --upgrade pip >/dev/null 2>&1 || true
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   if command -v nvidia-smi >/dev/null 2>&1; then
-    $PIP install -q "torch>=2.2,<3"                      # a GPU machine: pip's default (CUDA) build
+    $PIP install -q "torch>=2.4,<3"                      # a GPU machine: pip's default (CUDA) build
   else
     # CPU only: a CPU wheel of this exact release (on this project's machines it is on disk already)
     $PIP install -q torch==2.13.0 2> >(grep -v "is ignored" >&2)

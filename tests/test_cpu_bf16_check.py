@@ -36,6 +36,15 @@ def test_smoke_times_the_step_and_runs_the_main_job_at_both_precisions(tmp_path)
     for prec, row in runs.items():
         assert row["rc"] == 0 and row["precision"] == prec and row["val/loss"] > 0, row
     assert "| bf16-mixed | 1 |" in out.with_suffix(".md").read_text()
+    # --parts step --merge re-times the step and keeps the runs measured before
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_bf16_check.py"), "--smoke", "--force",
+                        "--parts", "step", "--merge", "--threads", "1", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = json.loads(out.read_text())
+    assert again["runs"] == rep["runs"] and again["verdict"] == rep["verdict"]
+    assert set(again["part_dates"]) == {"step", "runs"} and set(again["step"]["paired_over_nanogpt_fp32"]) == {
+        "nanogpt_fp32", "fp32", "bf16"}
 
 
 def _row(prec, seed, loss):

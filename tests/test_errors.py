@@ -233,7 +233,8 @@ def test_the_memory_estimate_is_near_a_measured_step(blocked):
             "from momattn.model import GPT, GPTConfig\nfrom momattn.memory import estimate_train_memory\n"
             "torch.set_num_threads(1)\ncfg = GPTConfig(vocab_size=4096, block_size=2048, n_layer=2, n_embd=256)\n"
             "m = GPT(cfg); opt = torch.optim.AdamW(m.parameters()); x = torch.randint(0, 4096, (8, 2048))\n"
-            "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            # the resident size now (not the peak so far, which the model's init may have raised)
+            "r0 = int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize() // 1024\n"
             f"{loss}.backward(); opt.step()\n"
             "r1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             f"print((r1 - r0) * 1024, estimate_train_memory(cfg, 8, blocked_loss={blocked}).total)\n")

@@ -102,3 +102,25 @@ def test_select_and_targets_together_are_refused():
     idx = torch.zeros(1, 4, dtype=torch.long)
     with pytest.raises(ValueError, match="select= or targets="):
         model(idx, select=(torch.tensor([0]), torch.tensor([3])), targets=idx)
+
+
+def test_targets_must_match_the_rows_and_be_classes():
+    h, w, y = _inputs()
+    with pytest.raises(ValueError, match="targets for 37 rows"):
+        linear_cross_entropy(h, w, y[:-1])
+    y[0] = -5  # negative but not the ignore index: F.cross_entropy refuses it, and so does this
+    with pytest.raises((RuntimeError, IndexError)):
+        linear_cross_entropy(h, w, y)
+
+
+def test_float16_takes_the_plain_form():
+    from momattn.loss import lm_loss
+
+    h, w, y = _inputs(dtype=torch.float32)
+    with pytest.raises(ValueError, match="float16"):
+        with torch.autocast("cpu", dtype=torch.float16):
+            linear_cross_entropy(h, w, y)
+    with torch.autocast("cpu", dtype=torch.float16):
+        got = lm_loss(h, w, y)
+        want = F.cross_entropy(F.linear(h, w).float(), y)
+    torch.testing.assert_close(got, want)

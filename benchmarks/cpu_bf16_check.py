@@ -7,12 +7,11 @@
 Two parts, both on the CPU even where a GPU is present:
   step  the main job's training step (its model and batch: 4 x 256, context 512, batch 8, vocabulary 4096:
         forward, loss, backward, clip, AdamW), interleaved, at --threads torch threads, three ways: "nanoGPT
-        fp32" (the step as nanoGPT's train.py takes it: the (B, T, V) logits, then F.cross_entropy, in fp32, for-each
-        AdamW (nanoGPT fuses it on CUDA only);
-        the issue measured momattn's model at 0.98x nanoGPT's model.py in that step), and train.py's step
-        (model(x, targets=y), the blocked loss of momattn/loss.py; fused AdamW as LitGPT builds it) in fp32
-        and under bf16 autocast. Median
-        tokens/s of each and the ratios to "nanoGPT fp32"; the issue's target is bf16 >= 2x.
+        fp32" (the step as nanoGPT's train.py takes it: the (B, T, V) logits, then F.cross_entropy, in fp32, with
+        for-each AdamW, which nanoGPT fuses on CUDA only; the issue measured momattn's model at 0.98x nanoGPT's
+        model.py in that step), and train.py's step (model(x, targets=y), the blocked loss of momattn/loss.py;
+        fused AdamW as LitGPT builds it) in fp32 and under bf16 autocast. Median tokens/s of each, and the
+        ratios to "nanoGPT fp32" (of the medians, and paired per round); the issue's target is bf16 >= 2x.
   runs  the main job itself, `train.py trainer=cpu trainer.precision=P seed=S run_eval=false logger=csv`, for
         P in 32-true / bf16-mixed and S in --seeds (400 steps, the default), --parallel runs at a time with
         --threads threads each: final validation loss, tokens/s and fit seconds from each run's summary.json;

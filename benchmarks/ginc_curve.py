@@ -4,8 +4,8 @@
                                     [override ...]          # e.g. attention=momentum optim.lr=4e-3 seed=2
 
 The overrides compose with `experiment=ginc` exactly as train.py's do (model, optim, data, seed, ...), and the
-loop is train.py's step: the same model init, precision (trainer.precision, auto resolved), AdamW groups, lr schedule, gradient clipping and window order (the
-run's TokenDataModule). Every `every` steps (and after the last) the model answers the evaluator's own GINC
+loop is train.py's step: the same model init, precision (trainer.precision, auto resolved), AdamW groups, lr
+schedule, gradient clipping and window order (the run's TokenDataModule). Every `every` steps (and after the last) the model answers the evaluator's own GINC
 prompts (GincEvaluator, the same prompts as `python evaluate.py icl.seeds=[1] icl.max_examples=<prompts>`), and
 the row gets the training tokens so far, the training seconds so far (steps only, evaluation excluded) and the
 mean training loss of the last 20 steps. This is how the recipe in conf/recipe/ginc.yaml was chosen (README,

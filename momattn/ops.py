@@ -360,24 +360,82 @@ def _momentum_merged(
     view, so nothing is copied in or out. Returns (B, H, T, D), a view of a (B, T, H, D) tensor."""
     B, H, T, D = v.shape
     x = v.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D): no copy for merged-layout values
-    if not _use_triton(x, a.shape[0]):  # the kernel reads any dtype in place and sums in float32
+    # the kernel reads any dtype in place and sums in float32; the matmul scan takes bf16 as it is (its
+    # matmuls accumulate in float32, see _scan_merged) and other dtypes in the accumulation dtype
+    if not _use_triton(x, a.shape[0]) and x.dtype != torch.bfloat16:
         x = x.to(_acc_dtype(v.dtype))
     y = _MergedScan.apply(x, a, not include_current, chunk_size)  # (B, T, H*D)
     return y.to(v.dtype).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
 
 
+_DIRECT_CARRY_MAX = 256  # up to this many chunks the carry is one (n x n) matmul per group, else _carry's recursion
+_BLOCKS: dict = {}  # decay blocks of fixed CPU rates, by (rates, c, n, strict, reverse, dtype)
+
+
+def _decay_blocks(
+    a: torch.Tensor, c: int, n: int, strict: bool, reverse: bool, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """The constant matrices of _scan_merged for rates a (G,) in the accumulation dtype, chunks of c, n chunks.
+
+    L (G, c, c) in `dtype`: a^(j-i) on and below the diagonal (strict: below; reverse: on and above), the
+    scan inside a chunk. Lc (G, n, n) in a's dtype, or None when n > _DIRECT_CARRY_MAX: a^(c(m-1-m')) for m' < m
+    (reverse: m' > m, a^(c(m'-1-m))), which carries the chunk-end sums into every later chunk. coef (G, c) in
+    `dtype`: a^(j+1) (reverse: a^(c-j)), how the state entering a chunk reaches its position j.
+    Every power comes from one vector a^k, k = 0..max(c, c(n-1)), formed by _powers (non-negative exponents,
+    subnormal powers flushed to 0).
+    """
+    direct = 1 < n <= _DIRECT_CARRY_MAX
+    pw = _powers(a, torch.arange(max(c, c * (n - 1) if direct else c) + 1, device=a.device))  # (G, K) a^k
+    k = torch.arange(c, device=a.device)
+    lag = (k[None, :] - k[:, None]) if reverse else (k[:, None] - k[None, :])  # (c, c)
+    keep = lag > 0 if strict else lag >= 0
+    zero = torch.zeros((), dtype=pw.dtype, device=a.device)
+    L = torch.where(keep, pw[:, lag.clamp(min=0)], zero).to(dtype)  # (G, c, c)
+    Lc = None
+    if direct:
+        m = torch.arange(n, device=a.device)
+        d = (m[None, :] - m[:, None] - 1) if reverse else (m[:, None] - m[None, :] - 1)  # (n, n) chunks apart - 1
+        Lc = torch.where(d >= 0, pw[:, (c * d).clamp(min=0)], zero)  # (G, n, n)
+    coef = (pw[:, 1 : c + 1].flip(-1) if reverse else pw[:, 1 : c + 1]).to(dtype)  # (G, c)
+    return L, Lc, coef
+
+
+def _cached_decay_blocks(a: torch.Tensor, fixed: bool, *key) -> tuple:
+    """_decay_blocks, kept for fixed rates on CPU (reading the rates there costs no device sync): a model's
+    fixed eta builds them once, not twice per layer and step (a dozen small ops each time)."""
+    if not fixed or a.device.type != "cpu" or _is_compiling():
+        return _decay_blocks(a, *key)
+    k = (tuple(a.tolist()), a.dtype, *key)
+    blocks = _BLOCKS.get(k)
+    if blocks is None:
+        if len(_BLOCKS) >= 64:
+            _BLOCKS.clear()
+        blocks = _BLOCKS[k] = _decay_blocks(a, *key)
+    return blocks
+
+
 def _scan_merged(
-    x: torch.Tensor, a: torch.Tensor, strict: bool, chunk_size: int, reverse: bool = False
+    x: torch.Tensor, a: torch.Tensor, strict: bool, chunk_size: int, reverse: bool = False, fixed: bool = False
 ) -> torch.Tensor:
-    """Scan of x (B, T, C) along time with G rates a (G,), rate g for channels [g*C/G, (g+1)*C/G); (B, T, C).
+    """Scan of x (B, T, C) along time with G rates a (G,), rate g for channels [g*C/G, (g+1)*C/G); (B, T, C) in
+    x's dtype.
 
     forward: y_t = sum_{i<=t} a^(t-i) x_i (i < t if strict). reverse: y_t = sum_{i>=t} a^(i-t) x_i
     (i > t if strict), the adjoint of the forward scan: the gradient of a forward scan is the reverse scan
     of its output gradient. Inside a chunk of c positions: one (c x c) decay matrix per group,
-    (c, c) @ (B*n, c, C/G), reading each group's channels in place (a group's columns are a strided view);
-    across chunks: the chunk-end (reverse: chunk-start) sums carried by `_carry` with rate a^c. With one
-    group nothing is copied; with G groups the G outputs are joined by one concatenation (cheaper than
-    moving every group into a layout of its own and back).
+    (c, c) @ (B*n, c, C/G), reading each group's channels in place (a group's columns are a strided view).
+    Across chunks: the inclusive chunk-end (reverse: chunk-start) sums, read off the last (first) row of each
+    chunk's output, are carried into the later chunks in a's dtype (float32): one (n x n) matmul per group, or
+    `_carry`'s recursion past _DIRECT_CARRY_MAX chunks; the state entering a chunk then reaches position j
+    with weight a^(j+1) (one in-place multiply-add over the output). With one group nothing is copied; with
+    G groups the G outputs are joined by one concatenation. `fixed`: the rates need no gradient, so the decay
+    blocks may be kept (see _cached_decay_blocks).
+
+    Precision: the chunk matmuls run in x's dtype. For float32/float64 x that is the accumulation dtype. For
+    bfloat16 x (what autocast hands the op) the decay matrix is rounded to bf16, the matmul accumulates in
+    float32 and rounds its result to bf16, as every bf16 matmul of the model does; the carry between chunks
+    stays float32. Against the float32 sums rounded once, this adds about one bf16 rounding (measured in
+    tests/test_ops.py), and it is several times faster on CPU than converting to float32 and back.
     """
     B, T, C = x.shape
     G = a.shape[0]
@@ -388,28 +446,26 @@ def _scan_merged(
     n = -(-T // c)  # number of chunks
     if n * c != T:
         x = F.pad(x, (0, 0, 0, n * c - T))  # zero tail: touches no earlier position (reverse: adds 0)
-    X = x.reshape(B * n, c, C)  # chunks of c positions, channels last
-    k = torch.arange(c, device=x.device)
-    lag = k[:, None] - k[None, :]  # (c, c) [j, i] = j - i
-    L = _powers(a, -lag if reverse else lag, strict=strict)  # (G, c, c) a^|j-i| on/below (reverse: above) the diagonal
-    Xg = [X[..., g * Dg : (g + 1) * Dg] for g in range(G)] if G > 1 else [X]  # (B*n, c, Dg) views
-    Ys = [torch.matmul(L[g], Xg[g]) for g in range(G)]  # (B*n, c, Dg) scan within each chunk
+    L, Lc, coef = _cached_decay_blocks(a, fixed, c, n, strict, reverse, x.dtype)
+    # (G, B, n, c, Dg): group g's channels of every chunk; a view for one group, one bulk copy for several (the
+    # matmul below would copy a strided group on its own anyway)
+    X = x.reshape(B, n, c, G, Dg).permute(3, 0, 1, 2, 4)
+    if G > 1:
+        X = X.contiguous()
+    Y = torch.matmul(L[:, None, None], X)  # (G, B, n, c, Dg) scan within each chunk
     if n > 1:
-        P = _powers(a, torch.arange(c + 1, device=x.device))  # (G, c+1) a^l for l = 0..c
-        # inclusive chunk ends sum_i a^(c-1-i) x_i; reverse: chunk starts sum_i a^i x_i
-        w = P[:, :c] if reverse else P[:, :c].flip(-1)  # (G, c)
-        ends = torch.stack([torch.matmul(w[g], Xg[g]) for g in range(G)])  # (G, B*n, Dg)
-        ends = ends.view(G, B, n, Dg).permute(0, 1, 3, 2).reshape(G, B * Dg, n)  # (G, B*Dg, n)
-        if reverse:  # carried from the later chunks: scan the chunk sequence backward
-            prev = _carry(ends.flip(-1), a, c, chunk_size).flip(-1)  # (G, B*Dg, n) state after chunk m
-            coef = P[:, 1:].flip(-1)  # (G, c) a^(c-j): from position j to the next chunk's first
+        i = 0 if reverse else -1  # the inclusive sum over a chunk sits in its last row (reverse: first)
+        ends = Y[..., i, :].to(a.dtype, copy=True)  # (G, B, n, Dg); a copy: Y is updated in place below
+        if strict:
+            ends += X[..., i, :]
+        if Lc is not None:
+            prev = torch.matmul(Lc[:, None], ends)  # (G, B, n, Dg) state entering (reverse: after) each chunk
         else:
-            prev = _carry(ends, a, c, chunk_size)  # (G, B*Dg, n) state entering chunk m
-            coef = P[:, 1:]  # (G, c) a^(j+1): from the previous chunk's last position to position j
-        prev = prev.view(G, B, Dg, n).permute(0, 1, 3, 2).reshape(G, B * n, 1, Dg)
-        for g in range(G):  # + coef[j] prev at position j, in place (rank-1 update per chunk)
-            Ys[g].baddbmm_(coef[g, :, None].expand(B * n, c, 1), prev[g])
-    Y = (torch.cat(Ys, dim=-1) if G > 1 else Ys[0]).view(B, n * c, C)
+            e = ends.transpose(2, 3).reshape(G, B * Dg, n)  # (G, B*Dg, n)
+            S = _carry(e.flip(-1), a, c, chunk_size).flip(-1) if reverse else _carry(e, a, c, chunk_size)
+            prev = S.view(G, B, Dg, n).transpose(2, 3)  # (G, B, n, Dg)
+        Y.addcmul_(coef[:, None, None, :, None], prev[:, :, :, None].to(x.dtype))  # + coef[j] prev at j, in place
+    Y = Y.permute(1, 2, 3, 0, 4).reshape(B, n * c, C)  # a view for one group, one bulk copy for several
     return Y if n * c == T else Y[:, :T]
 
 
@@ -458,7 +514,13 @@ def _dot_groups(x: torch.Tensor, y: torch.Tensor, G: int) -> torch.Tensor:
     vecdot reduces each (position, group) row without forming the full-size product x * y: on CPU half the
     time of multiply-then-sum at the default model's shape."""
     B, T, C = x.shape
-    return torch.linalg.vecdot(x.reshape(B, T, G, C // G), y.reshape(B, T, G, C // G)).sum((0, 1))
+    dots = torch.linalg.vecdot(x.reshape(B, T, G, C // G), y.reshape(B, T, G, C // G))  # (B, T, G)
+    return dots.sum((0, 1), dtype=torch.promote_types(dots.dtype, torch.float32))
+
+
+# _MergedScan's rate gradient divides by a^2 when every rate is at least this (on CPU, where reading the rates
+# costs no device sync): relative rounding of y and dx stays relative, and a^2 stays a normal float32
+_RATE_DIVIDES = 2.0**-16
 
 
 class _MergedScan(torch.autograd.Function):
@@ -469,11 +531,14 @@ class _MergedScan(torch.autograd.Function):
     the reverse scan of the output gradient g, dL/da = sum_j <u_j, s_{j-1}>. For i <= t the output is s and
     u = dx; for i < t the output is a s_{j-1}, so s_{j-1} = x_{j-1} + y_{j-1} and u = dx + g. So it is one
     shifted dot product per head, with no division by a (exact for a = 0 and tiny a, and twice differentiable).
+    For i < t and rates of at least _RATE_DIVIDES on CPU, s_{j-1} = y_j / a and u_j = dx_{j-1} / a turn it into
+    a^-2 sum_j <dx_{j-1}, y_j>: the same value without forming the two full-size sums.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, a: torch.Tensor, strict: bool, chunk_size: int) -> torch.Tensor:
-        y = _scan_merged(x, a, strict, chunk_size)
+        ctx.fixed = not ctx.needs_input_grad[1]
+        y = _scan_merged(x, a, strict, chunk_size, fixed=ctx.fixed)
         ctx.strict, ctx.chunk_size, ctx.x_dtype = strict, chunk_size, x.dtype
         if ctx.needs_input_grad[1]:  # the rates' gradient reads the output and the values
             ctx.save_for_backward(a, x, y)
@@ -485,12 +550,15 @@ class _MergedScan(torch.autograd.Function):
     def backward(ctx, g: torch.Tensor):
         a, *rest = ctx.saved_tensors
         with _no_autocast(g.device):  # a backward run inside autocast would get bf16 matmuls
-            dx = _scan_merged(g, a, ctx.strict, ctx.chunk_size, reverse=True)  # float32
+            dx = _scan_merged(g, a, ctx.strict, ctx.chunk_size, reverse=True, fixed=ctx.fixed)  # g's dtype
             da = None
             if ctx.needs_input_grad[1]:
                 x, y = rest
                 G = a.shape[0]
-                if ctx.strict:  # u = dx + g, s_{j-1} = x_{j-1} + y_{j-1}
+                if ctx.strict and a.device.type == "cpu" and not _is_compiling() and bool((a >= _RATE_DIVIDES).all()):
+                    # y_j = a s_{j-1} and dx_{j-1} = a u_j: one dot product of tensors at hand, no full-size sums
+                    da = _dot_groups(dx[:, :-1], y[:, 1:], G) / (a * a)
+                elif ctx.strict:  # u = dx + g, s_{j-1} = x_{j-1} + y_{j-1}
                     da = _dot_groups((dx + g)[:, 1:], (x + y)[:, :-1], G)
                 else:  # u = dx, s_{j-1} = y_{j-1}
                     da = _dot_groups(dx[:, 1:], y[:, :-1], G)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from momattn import ops
 from momattn.ops import momentum_ema, multirate_ema
 from momattn.reference import momentum_ema_naive, momentum_ema_recurrent, multirate_ema_naive
 
@@ -48,10 +49,19 @@ def make_eta(kind: str, H: int, dtype=F64):
 SHAPES = [(5, 64), (1, 4), (64, 8), (37, 4), (70, 4)]
 
 
+@pytest.fixture(params=["direct", "recursive"])
+def carry(request, monkeypatch):
+    """momentum_ema carries chunk-end sums by one (n x n) matmul up to ops._DIRECT_CARRY_MAX chunks, by _carry's
+    recursion beyond: "recursive" lowers the limit so that every multi-chunk shape above takes the recursion."""
+    if request.param == "recursive":
+        monkeypatch.setattr(ops, "_DIRECT_CARRY_MAX", 1)
+    return request.param
+
+
 @pytest.mark.parametrize("T,chunk", SHAPES)
 @pytest.mark.parametrize("kind", ["float", "0d", "per_head"])
 @pytest.mark.parametrize("include_current", [False, True])
-def test_momentum_matches_naive(T, chunk, kind, include_current):
+def test_momentum_matches_naive(T, chunk, kind, include_current, carry):
     torch.manual_seed(T)
     v = torch.randn(2, 3, T, 4, dtype=F64)
     eta, eta_ref = make_eta(kind, 3)
@@ -84,7 +94,7 @@ def test_momentum_default_chunk_and_eta_shape_1():
 
 @pytest.mark.parametrize("rates", [[0.3, 0.8], 0.6])  # per head, and one rate shared by every head
 @pytest.mark.parametrize("include_current", [False, True])
-def test_momentum_gradcheck(include_current, rates):
+def test_momentum_gradcheck(include_current, rates, carry):
     torch.manual_seed(0)
     v = torch.randn(1, 2, 11, 3, dtype=F64, requires_grad=True)
     eta = torch.tensor(
@@ -98,7 +108,7 @@ def test_momentum_gradcheck(include_current, rates):
 @pytest.mark.parametrize("T,chunk", SHAPES)
 @pytest.mark.parametrize("kind", ["float", "0d"])  # a rate without a gradient: the custom backward
 @pytest.mark.parametrize("include_current", [False, True])
-def test_momentum_fixed_rate_gradients_match_naive(T, chunk, kind, include_current):
+def test_momentum_fixed_rate_gradients_match_naive(T, chunk, kind, include_current, carry):
     torch.manual_seed(T)
     v0 = torch.randn(2, 3, T, 4, dtype=F64)
     w = torch.randn(2, 3, T, 4, dtype=F64)  # a random cotangent
@@ -117,7 +127,7 @@ def test_momentum_fixed_rate_gradients_match_naive(T, chunk, kind, include_curre
 
 
 @pytest.mark.parametrize("include_current", [False, True])
-def test_momentum_fixed_rate_gradgradcheck(include_current):
+def test_momentum_fixed_rate_gradgradcheck(include_current, carry):
     torch.manual_seed(0)
     v = torch.randn(1, 2, 19, 3, dtype=F64, requires_grad=True)  # 5 chunks of 4, ragged, carry recursing
     fn = lambda v: mom(v, 0.7, include_current=include_current, chunk_size=4)  # noqa: E731
@@ -204,17 +214,69 @@ def test_momentum_long_sequence_eta_near_one(include_current):
 # dtypes and autocast: accumulate in float32, return v's dtype
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_momentum_low_precision_input(dtype):
+BF16_ROUNDINGS = 3  # bf16 chunk matmuls: the decay matrix, the chunk's sum and the carry's update rounded once each
+
+
+def assert_within_bf16_roundings(out: torch.Tensor, v: torch.Tensor, eta, include_current=False, chunk=32):
+    """|out - exact| <= 3 * 2^-8 * sum_i eta^(t-i) |v_i|, the exact sums of the bf16 values v in float64:
+    three bf16 roundings of the terms (one rounding of the result would be 2^-8 of its size, at most)."""
+    e64 = torch.as_tensor(eta, dtype=F64)
+    exact = mom(v.double(), e64, include_current, chunk_size=chunk)
+    scale = mom(v.double().abs(), e64, include_current, chunk_size=chunk)
+    err = (out.double() - exact).abs()
+    assert (err <= BF16_ROUNDINGS * 2.0**-8 * scale).all(), (err / scale).max().item() * 2**8
+
+
+def test_momentum_bf16_input_within_three_roundings():
+    """bf16 values (what autocast hands the op) are scanned by bf16 matmuls that accumulate in float32, the
+    carry between chunks in float32: within three bf16 roundings of the exact sums, at every rate and length,
+    and the ops' float32 path rounded once is within one."""
     torch.manual_seed(0)
-    v = torch.randn(2, 3, 100, 8).to(dtype)
+    for T, chunk in [(100, 16), (256, 32), (1000, 32), (3000, 8)]:  # 3000 / 8: the recursive carry
+        for eta in ([0.5, 0.9, 0.99], [0.999, 0.3, 0.0]):
+            v = torch.randn(2, 3, T, 8).bfloat16()
+            for include_current in (False, True):
+                out = mom(v, torch.tensor(eta), include_current, chunk_size=chunk)
+                assert out.dtype == torch.bfloat16
+                assert_within_bf16_roundings(out, v, eta, include_current, chunk)
+                once = mom(v.float(), torch.tensor(eta), include_current, chunk_size=chunk).bfloat16()
+                e64 = torch.tensor(eta, dtype=F64)
+                err = (once.double() - mom(v.double(), e64, include_current, chunk_size=chunk)).abs()
+                assert (err <= 2.0**-8 * mom(v.double().abs(), e64, include_current, chunk_size=chunk)).all()
+
+
+@pytest.mark.parametrize("include_current", [False, True])
+def test_momentum_bf16_gradients(include_current):
+    """bf16 values and a bf16 output gradient: the values' gradient is the reverse scan, within three bf16
+    roundings like the forward; the rates' gradient (float32) is within 5% of the largest head's exact one (the
+    decay matrix's bf16 rounding is the same in every chunk, so its error does not average out). Rates of 1e-6
+    take the exact form of the rate gradient (no division by the rate)."""
+    torch.manual_seed(0)
+    for rates in ([0.3, 0.9, 0.99], [1e-6, 0.5, 0.9]):
+        v, w = torch.randn(4, 3, 300, 16).bfloat16(), torch.randn(4, 3, 300, 16).bfloat16()
+        grads = {}
+        for dtype in (F64, torch.bfloat16):
+            eta = torch.tensor(rates, dtype=F64 if dtype == F64 else torch.float32, requires_grad=True)
+            x = v.to(dtype).requires_grad_()
+            momentum_ema(x, eta, include_current, chunk_size=32)[0].backward(w.to(dtype))
+            assert x.grad.dtype == dtype and eta.grad.dtype == eta.dtype
+            grads[dtype] = x.grad, eta.grad.double()
+        # the values' gradient is the reverse scan of w: bounded like the forward scan of the time-reversed w
+        flip = w.flip(2)
+        assert_within_bf16_roundings(grads[torch.bfloat16][0].flip(2), flip, rates, include_current, chunk=32)
+        exact = grads[F64][1]
+        assert (grads[torch.bfloat16][1] - exact).abs().max() <= 0.05 * exact.abs().max()
+
+
+def test_momentum_float16_input_sums_in_float32():
+    torch.manual_seed(0)
+    v = torch.randn(2, 3, 100, 8).half()
     eta = torch.tensor([0.5, 0.9, 0.99])
     out = mom(v, eta, include_current=True, chunk_size=16)
-    assert out.dtype == dtype
-    # same fp32 sums as the fp32 call, rounded once at the end
+    assert out.dtype == torch.float16
+    # float16 (no fp32-accumulating matmul to lean on): the fp32 sums of the fp32 call, rounded once at the end
     ref = mom(v.float(), eta, include_current=True, chunk_size=16)
-    torch.testing.assert_close(out, ref.to(dtype))
-    torch.testing.assert_close(out.float(), ref, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(out, ref.half())
 
 
 def test_momentum_under_autocast():
@@ -226,10 +288,8 @@ def test_momentum_under_autocast():
         out = mom(v, eta, chunk_size=16)
         out_bf16 = mom(v.bfloat16(), eta, chunk_size=16)
     assert out.dtype == torch.float32 and out_bf16.dtype == torch.bfloat16
-    torch.testing.assert_close(out, ref)  # autocast did not push the sums into bf16
-    torch.testing.assert_close(
-        out_bf16.float(), mom(v.bfloat16().float(), eta, chunk_size=16), rtol=1e-2, atol=1e-2
-    )
+    torch.testing.assert_close(out, ref)  # autocast did not push float32 sums into bf16
+    assert_within_bf16_roundings(out_bf16, v.bfloat16(), eta, chunk=16)
 
 
 def test_multirate_low_precision_and_autocast():
@@ -751,10 +811,10 @@ class _LargestOutput(torch.utils._python_dispatch.TorchDispatchMode):
 def test_memory_is_linear_in_T():
     torch.manual_seed(0)
     T = 8192
-    v = torch.randn(1, 2, T, 1, requires_grad=True)
-    for eta in (torch.tensor([0.9, 0.5], requires_grad=True), torch.tensor(0.9, requires_grad=True)):
-        with _LargestOutput() as mode:
-            mom(v, eta, chunk_size=64).sum().backward()
+    v = torch.randn(1, 2, T, 32, requires_grad=True)  # heads of 32: the chunk matmul's (c x c) blocks, one
+    for eta in (torch.tensor([0.9, 0.5], requires_grad=True), torch.tensor(0.9, requires_grad=True)):  # per chunk,
+        with _LargestOutput() as mode:  # are then no larger than the values
+            mom(v, eta, chunk_size=32).sum().backward()
         # a T x T matrix would be 67M elements per head; chunking keeps every tensor at about v's size
         assert mode.max_numel <= 2 * v.numel(), mode.max_numel
 

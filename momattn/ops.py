@@ -228,6 +228,9 @@ def _carry_chunk(n: int, N: int, chunk_size: int) -> int:
     return max(2, min(chunk_size, math.isqrt(n)))
 
 
+_CARRY_LOOP_MAX = 16  # _carry runs its recurrence step by step up to this many chunks
+
+
 def _carry(
     ends: torch.Tensor, a: torch.Tensor, c: int, chunk_size: int, init: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -238,6 +241,14 @@ def _carry(
     """
     G, N, n = ends.shape
     ac = _powers(a, torch.tensor(c, device=a.device))  # a^c, subnormal values flushed to 0 as in _powers
+    if n <= _CARRY_LOOP_MAX:  # few chunks: the recurrence itself, one small multiply-add per chunk (a batched
+        # matmul of G tiny matrices costs more where G is large: multirate_ema's C*R groups)
+        s = torch.zeros_like(ends[..., 0]) if init is None else init.to(ends.dtype)  # (G, N)
+        states = []
+        for m in range(n):
+            states.append(s)
+            s = torch.addcmul(ends[..., m], ac[:, None], s)
+        return torch.stack(states, dim=-1)
     if init is None:
         S = _scan_last(ends, ac, _carry_chunk(n, N, chunk_size), chunk_size)  # (G, N, n)
         return F.pad(S[..., :-1], (1, 0))
@@ -259,10 +270,12 @@ def _scan_last(
     X = x.reshape(G, N * n, c)
     k = torch.arange(c, device=x.device)
     lag = k[None, :] - k[:, None]  # (c, c) [i, j] = j - i
-    LT = _powers(a, lag, strict=not inclusive)  # (G, c, c) [i, j] = a^(j-i) for j >= i (j > i), else 0
+    P = _powers(a, torch.arange(c + 1, device=x.device))  # (G, c+1) a^l for l = 0..c
+    keep = lag > 0 if not inclusive else lag >= 0
+    # (G, c, c) [i, j] = a^(j-i) for j >= i (j > i), else 0: gathered from the c+1 powers (G*(c+1) pow, not G*c*c)
+    LT = torch.where(keep, P[:, lag.clamp(min=0)], torch.zeros((), dtype=P.dtype, device=x.device))
     Y = torch.bmm(X, LT)  # (G, N*n, c) scan within each chunk
     if n > 1:
-        P = _powers(a, torch.arange(c + 1, device=x.device))  # (G, c+1) a^l for l = 0..c
         ends = torch.bmm(X, P[:, :c].flip(-1)[:, :, None])  # (G, N*n, 1) inclusive chunk ends
         prev = _carry(ends.view(G, N, n), a, c, chunk_size)  # (G, N, n) state entering each chunk
         # + a^(j+1) prev at position j, as an in-place rank-1 update (bmm saved X and LT, not Y)
@@ -658,14 +671,21 @@ def multirate_ema(
 
 
 def _multirate_chunks(
-    v: torch.Tensor, p: torch.Tensor, gamma: torch.Tensor, chunk_size: int, init: torch.Tensor | None
+    v: torch.Tensor, p: torch.Tensor, gamma: torch.Tensor, chunk_size: int, init: torch.Tensor | None,
+    compute: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The chunked scan of multirate_ema (both paths): v (B, T, C), p and gamma (C, R) in the accumulation dtype,
     chunks of c = min(chunk_size, T), init (C*R, B) the per-rate states of a prefix or None. Returns (y, X, MT,
     prev): y (B, n*c, C)
     in v's dtype (zero-padded tail), X (C, B*n, c) the values channels first, MT (C, c, c) the transposed Toeplitz
     block of the kernel, prev (C*R, B, n) the per-rate state entering each chunk (None when nothing is carried).
+
+    compute: the dtype of the full-size work (X, MT and the chunk matmuls; default the accumulation dtype). The
+    training path passes bfloat16 for bf16 values, as momentum_ema does: bf16 matmuls accumulate in float32 and
+    round their results, the per-rate states carried between chunks (prev) stay in the accumulation dtype.
     """
+    acc = p.dtype
+    cd = compute or acc
     B, T, C = v.shape
     R = p.shape[1]
     c = min(chunk_size, T)
@@ -677,19 +697,20 @@ def _multirate_chunks(
     MT = F.pad(kernel, (c - 1, 0)).unfold(1, c, 1).flip(1)  # (C, c, c)
     x = v if n * c == T else F.pad(v, (0, 0, 0, n * c - T))  # zero tail: does not touch earlier t
     # channels to the front with one 2-D transpose: (B*n*c, C) -> (C, B*n*c), time last
-    X = _layout_copy(x.reshape(B * n * c, C), (1, 0), p.dtype).view(C, B * n, c)
+    MT = MT.to(cd)
+    X = _layout_copy(x.reshape(B * n * c, C), (1, 0), cd).view(C, B * n, c)
     Y = torch.bmm(X, MT)  # (C, B*n, c) contribution from inside each chunk
     prev = None  # (C*R, B, n) per-rate state entering each chunk
     if n > 1:
         # per-rate state each chunk leaves behind, carried across chunks with rate p^c
-        e = torch.bmm(P[..., :c].flip(-1), X.transpose(1, 2))  # (C, R, B*n) sum_i p^(c-1-i) x_i
-        prev = _carry(e.view(C * R, B, n), p.reshape(C * R), c, chunk_size, init)
+        e = torch.bmm(P[..., :c].flip(-1).to(cd), X.transpose(1, 2))  # (C, R, B*n) sum_i p^(c-1-i) x_i
+        prev = _carry(e.view(C * R, B, n).to(acc), p.reshape(C * R), c, chunk_size, init)
     elif init is not None:
         prev = init[..., None]  # (C*R, B, 1)
     if prev is not None:
         into = gamma[:, :, None] * P[..., 1:]  # (C, R, c) gamma p^(j+1)
         # in place (bmm saved X and MT, not Y): no full-size copy of Y
-        Y.baddbmm_(prev.reshape(C, R, B * n).transpose(1, 2), into)
+        Y.baddbmm_(prev.reshape(C, R, B * n).transpose(1, 2).to(cd), into.to(cd))
     y = _layout_copy(Y.view(C, B * n * c), (1, 0), v.dtype).view(B, n * c, C)
     return y, X, MT, prev
 
@@ -724,7 +745,9 @@ class _MultiRateScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v: torch.Tensor, p: torch.Tensor, gamma: torch.Tensor, chunk_size: int) -> torch.Tensor:
         T = v.shape[1]
-        y, X, MT, prev = _multirate_chunks(v, p, gamma, chunk_size, None)  # grad is off here: plain copies
+        # bf16 values: bf16 chunk matmuls (see _multirate_chunks); the states stay float32
+        cd = torch.bfloat16 if v.dtype == torch.bfloat16 else None
+        y, X, MT, prev = _multirate_chunks(v, p, gamma, chunk_size, None, cd)  # grad is off here: plain copies
         ctx.chunk_size = chunk_size
         ctx.save_for_backward(v, p, gamma, X, MT, prev)
         return y if y.shape[1] == T else y[:, :T]
@@ -745,8 +768,9 @@ class _MultiRateScan(torch.autograd.Function):
         n = -(-T // c)  # number of chunks
         acc = p.dtype
         with _no_autocast(gy.device):
+            cd = X.dtype  # the chunk matmuls' dtype (bf16 for bf16 values), see forward
             g = gy if n * c == T else F.pad(gy, (0, 0, 0, n * c - T))
-            dY = _copy_permuted(g.reshape(B * n * c, C), (1, 0), acc).view(C, B * n, c)
+            dY = _copy_permuted(g.reshape(B * n * c, C), (1, 0), cd).view(C, B * n, c)
             dX = torch.bmm(dY, MT.transpose(1, 2))  # (C, B*n, c)
             rates = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]  # else only dv is formed
             lags = torch.arange(c + 1, device=v.device)
@@ -755,23 +779,23 @@ class _MultiRateScan(torch.autograd.Function):
             dPw = torch.zeros_like(Pw)  # (C, R, c+1) the gradient of every power p^l
             dgamma = torch.zeros_like(gamma)  # (C, R)
             if rates:
-                dkernel = _toeplitz_diag_sums(torch.bmm(X.transpose(1, 2), dY))  # (C, c)
+                dkernel = _toeplitz_diag_sums(torch.bmm(X.transpose(1, 2), dY).to(acc))  # (C, c)
                 dgamma += (dkernel[:, None, :] * Pw[..., :c]).sum(-1)
                 dPw[..., :c] += gamma[:, :, None] * dkernel[:, None, :]
             if prev is not None:
                 if rates:
-                    d_into = torch.bmm(prev.view(C, R, B * n), dY)  # (C, R, c)
+                    d_into = torch.bmm(prev.view(C, R, B * n).to(cd), dY).to(acc)  # (C, R, c)
                     dgamma += (d_into * Pw[..., 1:]).sum(-1)
                     dPw[..., 1:] += gamma[:, :, None] * d_into
                 into = gamma[:, :, None] * Pw[..., 1:]  # (C, R, c)
-                d_prev = torch.bmm(dY, into.transpose(1, 2)).transpose(1, 2).reshape(C * R, B, n)
+                d_prev = torch.bmm(dY, into.transpose(1, 2).to(cd)).transpose(1, 2).reshape(C * R, B, n).to(acc)
                 # the carry's adjoint: the same carry backward over the chunks; then its rate p^c's gradient
                 d_e = _carry(d_prev.flip(-1), p.reshape(-1), c, ctx.chunk_size).flip(-1)  # (C*R, B, n)
                 d_e3 = d_e.view(C, R, B * n)
-                dX.baddbmm_(d_e3.transpose(1, 2), Pw[..., :c].flip(-1))  # + d_e^T Pf
+                dX.baddbmm_(d_e3.transpose(1, 2).to(cd), Pw[..., :c].flip(-1).to(cd))  # + d_e^T Pf
                 if rates:
                     dPw[..., c] += (d_e * prev).sum((1, 2)).view(C, R)
-                    dPw[..., :c] += torch.bmm(d_e3, X).flip(-1)  # d Pf, back in power order
+                    dPw[..., :c] += torch.bmm(d_e3.to(cd), X).to(acc).flip(-1)  # d Pf, back in power order
             dp = (dPw * Dw).sum(-1)  # (C, R)
             dv = _copy_permuted(dX.view(C, B * n * c), (1, 0), v.dtype).view(B, n * c, C)
         return (dv if n * c == T else dv[:, :T]), dp, dgamma, None

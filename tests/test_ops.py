@@ -296,14 +296,36 @@ def test_multirate_low_precision_and_autocast():
     torch.manual_seed(0)
     v = torch.randn(2, 50, 6)
     p, gamma = torch.rand(6, 3) * 0.99, torch.randn(6, 3)
-    ref = mr(v.bfloat16().float(), p, gamma, chunk_size=8)
     out = mr(v.bfloat16(), p, gamma, chunk_size=8)
     assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out, ref.bfloat16())
+    # bf16 chunk matmuls, float32 states between chunks: within three bf16 roundings of the exact sums, measured
+    # against sum_r |gamma_r| p_r^l |v| (the float32 path rounded once is within one)
+    exact = mr(v.bfloat16().double(), p.double(), gamma.double(), chunk_size=8)
+    scale = mr(v.bfloat16().double().abs(), p.double(), gamma.double().abs(), chunk_size=8)
+    assert ((out.double() - exact).abs() <= BF16_ROUNDINGS * 2.0**-8 * scale).all()
+    once = mr(v.bfloat16().float(), p, gamma, chunk_size=8).bfloat16().double()
+    assert ((once - exact).abs() <= 2.0**-8 * scale).all()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out32 = mr(v, p, gamma, chunk_size=8)
     assert out32.dtype == torch.float32
     torch.testing.assert_close(out32, mr(v, p, gamma, chunk_size=8))
+
+
+def test_multirate_bf16_gradients():
+    """The training path's hand-written backward with bf16 values: every gradient within 2% of the largest exact
+    one (float64), the rates' included (bf16 chunk matmuls, float32 states and rate sums)."""
+    torch.manual_seed(0)
+    v, w = torch.randn(4, 300, 16).bfloat16(), torch.randn(4, 300, 16).bfloat16()
+    p, gamma = torch.sigmoid(torch.randn(16, 8) * 1.5), torch.randn(16, 8) * 0.3
+    grads = {}
+    for dtype in (F64, torch.bfloat16):
+        acc = F64 if dtype == F64 else torch.float32
+        args = [v.to(dtype).requires_grad_(), p.to(acc).requires_grad_(), gamma.to(acc).requires_grad_()]
+        mr(*args, chunk_size=32).backward(w.to(dtype))
+        grads[dtype] = [a.grad.double() for a in args]
+    assert [g.dtype for g in grads[torch.bfloat16]] == [F64] * 3
+    for low, exact in zip(grads[torch.bfloat16], grads[F64]):
+        assert (low - exact).abs().max() <= 0.02 * exact.abs().max()
 
 
 # -----------------------------------------------------------------------------

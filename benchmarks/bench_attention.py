@@ -274,7 +274,8 @@ def _load(m: dict) -> str:
 
 def _render_header(res: dict) -> list[str]:
     m, s, c = res["machine"], res["settings"], res["contention"]
-    dtype = m["dtype"] + (" (autocast; fp32 accumulation in the EMA ops)" if m["dtype"] != "fp32" else "")
+    dtype = m["dtype"] + (" (autocast; the EMA ops' chunk matmuls in bf16 with fp32 accumulation, their carried "
+                          "states fp32)" if m["dtype"] != "fp32" else "")
     out = [
         f"{m['cpu']}; {m['torch_threads']} threads; torch {m['torch']}; device {m['device']}; {dtype}; "
         f"{m['date']}{'; --quick' if s['quick'] else ''}.",
@@ -574,7 +575,7 @@ def main(argv: list[str] | None = None) -> dict:
             "variants": VARIANTS,
             "patience_s": timer.patience_s,
             "dtype_note": "bf16: torch.autocast for layer and training step; bf16 inputs for the "
-            "EMA ops (accumulated in fp32)"
+            "EMA ops (bf16 chunk matmuls accumulating in fp32, fp32 states between chunks)"
             if args.dtype == "bf16"
             else "fp32 throughout",
         },

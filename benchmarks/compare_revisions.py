@@ -4,6 +4,7 @@ in one process (so a busy machine hits both alike): did a change to ops.py / mod
     python benchmarks/compare_revisions.py --rev HEAD --T 256 --repeats 9 --out /tmp/compare.json
     python benchmarks/compare_revisions.py --rev HEAD --part ema   # momentum_ema alone, fixed and learnable eta
     python benchmarks/compare_revisions.py --rev HEAD --part icl   # ICL scoring, cached and full prompts
+    python benchmarks/compare_revisions.py --rev HEAD --part ema --dtype bf16   # the ops on bf16 values (autocast's)
 
 The revision's momattn/ops.py and momattn/model.py are loaded from `git show` as separate modules; the rest
 of momattn is shared. Same weights (seed 0), data and optimizer as bench_attention.py's training step.
@@ -36,6 +37,7 @@ from harness import RESULTS, Timer, machine_info, pct, table, write_results  # n
 from momattn import model as model_now  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def _module_from_source(name: str, source: str) -> types.ModuleType:
@@ -78,7 +80,7 @@ def compare_ema(args) -> None:
     T = args.T
     B = 4 * max(1, BATCH * BLOCK // T)  # 4 layers' worth of one step's tokens
     torch.manual_seed(0)
-    qkv = torch.randn(B, T, 3 * 256)
+    qkv = torch.randn(B, T, 3 * 256).to(DTYPES[args.dtype])  # bf16: the values autocast hands the ops
 
     def case(mod, learnable):
         def fn():
@@ -115,13 +117,14 @@ def compare_ema(args) -> None:
                      f"{pct(paired['paired_q3_pct'])})"])
     md = "\n".join([
         f"momentum_ema and multirate_ema (8 rates per channel) forward + backward, B={B} x T={T} x 256 channels "
-        f"(one training step's values, 4 layers; momentum: 4 heads of 64), fp32: ms (IQR) at {args.rev} and in the "
+        f"(one training step's values, 4 layers; momentum: 4 heads of 64), {args.dtype} values: ms (IQR) at {args.rev} "
+        f"and in the "
         f"working tree, medians of {args.repeats} interleaved samples.",
         "",
         table(["op", args.rev, "worktree", "change (medians)", "change (paired, IQR)"], rows),
     ])
     write_results(args.out, {"machine": machine_info(torch.device("cpu")), "rev": args.rev, "part": "ema", "T": T,
-                             "B": B, "times": times}, md)
+                             "B": B, "dtype": args.dtype, "times": times}, md)
 
 
 def scoring_at(rev: str) -> types.ModuleType:
@@ -197,6 +200,8 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="+", default=["vanilla", "momentum", "multirate_ema"], help="--part icl")
     ap.add_argument("--shots", nargs="+", type=int, default=[4, 19], help="--part icl")
     ap.add_argument("--answers", nargs="+", type=int, default=[2, 5], help="--part icl")
+    ap.add_argument("--dtype", choices=list(DTYPES), default="fp32",
+                    help="--part step / ema: bf16 = the step under CPU autocast / bf16 values for the ops")
     args = ap.parse_args()
 
     if args.threads:
@@ -218,7 +223,7 @@ def main() -> None:
             gpt = mod.GPT(
                 mod.GPTConfig(**{**cfg.__dict__, "attention": mod.AttentionConfig(**VARIANTS[variant])})
             )
-            cases[f"{variant} @ {label}"] = train_step_case(gpt, x, y, device, torch.float32)
+            cases[f"{variant} @ {label}"] = train_step_case(gpt, x, y, device, DTYPES[args.dtype])
     times = Timer(repeats=args.repeats, warmup=2, min_sample_s=args.min_sample_s).time(cases, device)
     rows = []
     for variant in args.variants:
@@ -234,14 +239,15 @@ def main() -> None:
         )
     md = "\n".join(
         [
-            f"Training step, T={T}, B={B}, fp32: ms (IQR) at {args.rev} and in the working tree, medians of "
+            f"Training step, T={T}, B={B}, {args.dtype}: ms (IQR) at {args.rev} and in the working tree, medians of "
             f"{args.repeats} interleaved samples.",
             "",
             table(["variant", args.rev, "worktree", "change (median)", "change (best)"], rows),
         ]
     )
     write_results(
-        args.out, {"machine": machine_info(device), "rev": args.rev, "T": T, "B": B, "times": times}, md
+        args.out, {"machine": machine_info(device), "rev": args.rev, "T": T, "B": B, "dtype": args.dtype,
+                   "times": times}, md
     )
 
 

@@ -8,13 +8,25 @@ Two readings of momentum attention (Dai et al. 2023, section 5; see PAPER.md):
   mixing weights gamma, current token included:  y_t = sum_r gamma_r sum_{i<=t} p_r^(t-i) v_i.
 
 Both run a chunked scan: inside a chunk of c positions a small (c x c) lower-triangular decay matrix is
-applied by matmul; the state at each chunk end is carried to the next chunks by the same scan, run
-recursively over the chunk-end states with rate eta^c. Only non-negative powers of the rates are ever
+applied by matmul; the state at each chunk end is carried to the next chunks with rate eta^c: by one small
+(n x n) matmul over the n chunk ends (momentum_ema, up to 256 chunks), step by step (up to 16 chunks), or
+by the same scan run recursively over the chunk-end states. Only non-negative powers of the rates are ever
 formed (no eta^-t, no log eta), so rates near 1 and long sequences stay finite, and rate 0 is allowed,
 gradients included. Sums are accumulated in float32 (float64 for float64 inputs) with autocast off.
+Training with bf16 values on CPU (what autocast hands the ops) runs the full-size work in bf16: bf16 chunk
+matmuls accumulate in float32 and round their results to bf16, as every bf16 matmul of the model does,
+while the states carried between chunks stay float32. A term then passes through at most five bf16
+roundings (unit roundoff 2^-8 each: the decay block, the chunk's sum, the carried state and its weight
+for the update, the updated sum), so the output is within 5 * 2^-8 * sum_i |w_i| |v_i| of the exact sums
+(tests/test_ops.py; typically under 2 of those units, and the float32 path rounded once is within 1).
+On a CPU with native bf16 that is twice as fast as converting to float32 and back (issue 11;
+benchmarks/results/compare_ema_bf16_T256.md). On CUDA bf16 values are summed in float32 as before (the
+Triton kernel, or float32 matmuls: cuBLAS's bf16 matmuls may reduce in lower precision).
 
-Speed: without states (training), momentum_ema scans the heads-merged values (B, T, H*D) in place, one
-(c x c) decay matrix per head applied to that head's columns (a strided view, no layout copy), and its
+Speed: without states (training), momentum_ema scans the heads-merged values (B, T, H*D) in place with one
+rate for every head (a strided view, no layout copy; one rate per head: one bulk copy in and one out, each
+head's chunks then one batched matmul with its (c x c) decay matrix, or time-first for heads narrower than a
+chunk, so that no matrix is repeated per chunk); and its
 backward is the same scan run backward in time over the gradient (the adjoint of a causal decay scan is
 the anti-causal one), so fixed rates save nothing full-size for it; the rates' gradient, when they need one, is one
 shifted dot product per head (see _MergedScan). Its cached path (initial_state / final_state) is the same scan
@@ -327,7 +339,8 @@ def momentum_ema(
     require grad. out is a (B, H, T, D) view of (B, T, H, D) memory (heads side by side, as attention
     merges them) for T >= 2, with or without states. initial_state: (B, H, D), the inclusive state s = sum_{i<=-1} eta^(-1-i) v_i of a prefix
     (positions -P..-1), which adds eta^(t+1) s at position t. Returns (out, final_state): out (B, H, T, D)
-    in v's dtype, accumulated in float32; final_state (B, H, D), the inclusive state after position T-1
+    in v's dtype, accumulated in float32 (without states, bf16 v takes bf16 chunk matmuls, see the module
+    docstring); final_state (B, H, D), the inclusive state after position T-1
     in float32 (float64 for float64 v), or None unless output_final_state. O(T) time and memory.
 
     A tensor eta's range is not re-checked on a one-token step that continues a state (that would sync
@@ -373,16 +386,17 @@ def _momentum_merged(
     view, so nothing is copied in or out. Returns (B, H, T, D), a view of a (B, T, H, D) tensor."""
     B, H, T, D = v.shape
     x = v.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D): no copy for merged-layout values
-    # the kernel reads any dtype in place and sums in float32; the matmul scan takes bf16 as it is (its
-    # matmuls accumulate in float32, see _scan_merged) and other dtypes in the accumulation dtype
-    if not _use_triton(x, a.shape[0]) and x.dtype != torch.bfloat16:
+    # the kernel reads any dtype in place and sums in float32; the matmul scan takes bf16 on CPU as it is (its
+    # matmuls accumulate in float32 there, see _scan_merged) and anything else in the accumulation dtype
+    if not _use_triton(x, a.shape[0]) and not (x.dtype == torch.bfloat16 and x.device.type == "cpu"):
         x = x.to(_acc_dtype(v.dtype))
     y = _MergedScan.apply(x, a, not include_current, chunk_size)  # (B, T, H*D)
     return y.to(v.dtype).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
 
 
 _DIRECT_CARRY_MAX = 256  # up to this many chunks the carry is one (n x n) matmul per group, else _carry's recursion
-_BLOCKS: dict = {}  # decay blocks of fixed CPU rates, by (rates, c, n, strict, reverse, dtype)
+_BLOCKS: dict = {}  # decay blocks of fixed CPU rates, by (rates, their dtype, _DIRECT_CARRY_MAX, c, n, strict, reverse,
+# dtype)
 
 
 def _decay_blocks(
@@ -391,7 +405,7 @@ def _decay_blocks(
     """The constant matrices of _scan_merged for rates a (G,) in the accumulation dtype, chunks of c, n chunks.
 
     L (G, c, c) in `dtype`: a^(j-i) on and below the diagonal (strict: below; reverse: on and above), the
-    scan inside a chunk. Lc (G, n, n) in a's dtype, or None when n > _DIRECT_CARRY_MAX: a^(c(m-1-m')) for m' < m
+    scan inside a chunk. Lc (G, n, n) in a's dtype, or None when n == 1 or n > _DIRECT_CARRY_MAX: a^(c(m-1-m')) for m' < m
     (reverse: m' > m, a^(c(m'-1-m))), which carries the chunk-end sums into every later chunk. coef (G, c) in
     `dtype`: a^(j+1) (reverse: a^(c-j)), how the state entering a chunk reaches its position j.
     Every power comes from one vector a^k, k = 0..max(c, c(n-1)), formed by _powers (non-negative exponents,
@@ -416,9 +430,9 @@ def _decay_blocks(
 def _cached_decay_blocks(a: torch.Tensor, fixed: bool, *key) -> tuple:
     """_decay_blocks, kept for fixed rates on CPU (reading the rates there costs no device sync): a model's
     fixed eta builds them once, not twice per layer and step (a dozen small ops each time)."""
-    if not fixed or a.device.type != "cpu" or _is_compiling():
-        return _decay_blocks(a, *key)
-    k = (tuple(a.tolist()), a.dtype, *key)
+    if not fixed or a.device.type != "cpu" or _is_compiling() or torch.is_inference_mode_enabled():
+        return _decay_blocks(a, *key)  # (inference tensors cannot be saved for a later backward)
+    k = (tuple(a.tolist()), a.dtype, _DIRECT_CARRY_MAX, *key)  # the limit decides whether Lc is formed
     blocks = _BLOCKS.get(k)
     if blocks is None:
         if len(_BLOCKS) >= 64:
@@ -445,10 +459,10 @@ def _scan_merged(
     blocks may be kept (see _cached_decay_blocks).
 
     Precision: the chunk matmuls run in x's dtype. For float32/float64 x that is the accumulation dtype. For
-    bfloat16 x (what autocast hands the op) the decay matrix is rounded to bf16, the matmul accumulates in
-    float32 and rounds its result to bf16, as every bf16 matmul of the model does; the carry between chunks
-    stays float32. Against the float32 sums rounded once, this adds about one bf16 rounding (measured in
-    tests/test_ops.py), and it is several times faster on CPU than converting to float32 and back.
+    bfloat16 x (what autocast hands the op; momentum_ema passes it on CPU only, where oneDNN's bf16 matmuls
+    accumulate in float32) the decay matrix is rounded to bf16, the matmul rounds its result to bf16, as every
+    bf16 matmul of the model does, and the carry between chunks stays float32: see the module docstring for
+    the bound. On CPU this is twice as fast as converting to float32 and back.
     """
     B, T, C = x.shape
     G = a.shape[0]
@@ -460,12 +474,15 @@ def _scan_merged(
     if n * c != T:
         x = F.pad(x, (0, 0, 0, n * c - T))  # zero tail: touches no earlier position (reverse: adds 0)
     L, Lc, coef = _cached_decay_blocks(a, fixed, c, n, strict, reverse, x.dtype)
-    # (G, B, n, c, Dg): group g's channels of every chunk; a view for one group, one bulk copy for several (the
-    # matmul below would copy a strided group on its own anyway)
-    X = x.reshape(B, n, c, G, Dg).permute(3, 0, 1, 2, 4)
-    if G > 1:
-        X = X.contiguous()
-    Y = torch.matmul(L[:, None, None], X)  # (G, B, n, c, Dg) scan within each chunk
+    X = x.reshape(B, n, c, G, Dg).permute(3, 0, 1, 2, 4)  # (G, B, n, c, Dg): group g's channels of every chunk
+    if c <= Dg:  # a batched matmul over the chunks; it repeats each (c x c) block per chunk, c/Dg of the values'
+        # size. One group: the chunks as they lie, no layout copy; several: one bulk copy in, one out
+        Y = torch.matmul(L[:, None, None], X if G == 1 else X.contiguous())  # (G, B, n, c, Dg) scan within chunks
+    else:  # narrow groups: one matmul per group over all its chunks and channels, time first (one bulk copy in,
+        # one out), so that no block is repeated
+        Xt = X.permute(0, 3, 1, 2, 4).contiguous()  # (G, c, B, n, Dg)
+        Y = torch.bmm(L, Xt.view(G, c, -1)).view(G, c, B, n, Dg).permute(0, 2, 3, 1, 4)  # (G, B, n, c, Dg) view
+        X = Xt.permute(0, 2, 3, 1, 4)
     if n > 1:
         i = 0 if reverse else -1  # the inclusive sum over a chunk sits in its last row (reverse: first)
         ends = Y[..., i, :].to(a.dtype, copy=True)  # (G, B, n, Dg); a copy: Y is updated in place below
@@ -478,7 +495,7 @@ def _scan_merged(
             S = _carry(e.flip(-1), a, c, chunk_size).flip(-1) if reverse else _carry(e, a, c, chunk_size)
             prev = S.view(G, B, Dg, n).transpose(2, 3)  # (G, B, n, Dg)
         Y.addcmul_(coef[:, None, None, :, None], prev[:, :, :, None].to(x.dtype))  # + coef[j] prev at j, in place
-    Y = Y.permute(1, 2, 3, 0, 4).reshape(B, n * c, C)  # a view for one group, one bulk copy for several
+    Y = Y.permute(1, 2, 3, 0, 4).reshape(B, n * c, C)  # a view for the chunks as they lay, else one bulk copy
     return Y if n * c == T else Y[:, :T]
 
 
@@ -629,7 +646,8 @@ def multirate_ema(
     i.e. a causal convolution with kernel k[c, l] = sum_r gamma[c, r] p[c, r]^l. v: (B, T, C),
     p: (C, R) rates in [0, 1), gamma: (C, R) any real. initial_state: (B, C, R), the per-rate inclusive
     states s[b, c, r] = sum_{i<=-1} p^(-1-i) v_i of a prefix, which add sum_r gamma p^(t+1) s at position t.
-    Returns (out, final_state): out (B, T, C) in v's dtype, accumulated in float32; final_state (B, C, R)
+    Returns (out, final_state): out (B, T, C) in v's dtype, accumulated in float32 (without states, bf16 v
+    takes bf16 chunk matmuls, see the module docstring); final_state (B, C, R)
     after position T-1, in float32 (float64 for float64 v), or None unless output_final_state.
     O(T) time and memory; no (B, T, C, R) tensor is formed (per-rate states exist only at chunk ends,
     (B, T/c, C, R)). p's range is not re-checked on a one-token step that continues a state, nor at all with
@@ -681,8 +699,9 @@ def _multirate_chunks(
     block of the kernel, prev (C*R, B, n) the per-rate state entering each chunk (None when nothing is carried).
 
     compute: the dtype of the full-size work (X, MT and the chunk matmuls; default the accumulation dtype). The
-    training path passes bfloat16 for bf16 values, as momentum_ema does: bf16 matmuls accumulate in float32 and
-    round their results, the per-rate states carried between chunks (prev) stay in the accumulation dtype.
+    training path passes bfloat16 for bf16 values on CPU, as momentum_ema does: bf16 matmuls accumulate in float32
+    there and round their results, the per-rate states carried between chunks (prev) stay in the accumulation
+    dtype.
     """
     acc = p.dtype
     cd = compute or acc
@@ -745,8 +764,8 @@ class _MultiRateScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v: torch.Tensor, p: torch.Tensor, gamma: torch.Tensor, chunk_size: int) -> torch.Tensor:
         T = v.shape[1]
-        # bf16 values: bf16 chunk matmuls (see _multirate_chunks); the states stay float32
-        cd = torch.bfloat16 if v.dtype == torch.bfloat16 else None
+        # bf16 values on CPU: bf16 chunk matmuls (see _multirate_chunks); the states stay float32
+        cd = torch.bfloat16 if v.dtype == torch.bfloat16 and v.device.type == "cpu" else None
         y, X, MT, prev = _multirate_chunks(v, p, gamma, chunk_size, None, cd)  # grad is off here: plain copies
         ctx.chunk_size = chunk_size
         ctx.save_for_backward(v, p, gamma, X, MT, prev)

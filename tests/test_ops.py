@@ -214,12 +214,14 @@ def test_momentum_long_sequence_eta_near_one(include_current):
 # dtypes and autocast: accumulate in float32, return v's dtype
 
 
-BF16_ROUNDINGS = 3  # bf16 chunk matmuls: the decay matrix, the chunk's sum and the carry's update rounded once each
+# bf16 chunk matmuls round a carried term at most five times (the decay block, the chunk's sum, the carried state
+# and its weight for the update, the updated sum; ops.py's module docstring)
+BF16_ROUNDINGS = 5
 
 
 def assert_within_bf16_roundings(out: torch.Tensor, v: torch.Tensor, eta, include_current=False, chunk=32):
-    """|out - exact| <= 3 * 2^-8 * sum_i eta^(t-i) |v_i|, the exact sums of the bf16 values v in float64:
-    three bf16 roundings of the terms (one rounding of the result would be 2^-8 of its size, at most)."""
+    """|out - exact| <= 5 * 2^-8 * sum_i eta^(t-i) |v_i|, the exact sums of the bf16 values v in float64:
+    five bf16 roundings (unit roundoff 2^-8) of the terms."""
     e64 = torch.as_tensor(eta, dtype=F64)
     exact = mom(v.double(), e64, include_current, chunk_size=chunk)
     scale = mom(v.double().abs(), e64, include_current, chunk_size=chunk)
@@ -227,11 +229,15 @@ def assert_within_bf16_roundings(out: torch.Tensor, v: torch.Tensor, eta, includ
     assert (err <= BF16_ROUNDINGS * 2.0**-8 * scale).all(), (err / scale).max().item() * 2**8
 
 
-def test_momentum_bf16_input_within_three_roundings():
+def test_momentum_bf16_input_within_five_roundings():
     """bf16 values (what autocast hands the op) are scanned by bf16 matmuls that accumulate in float32, the
-    carry between chunks in float32: within three bf16 roundings of the exact sums, at every rate and length,
-    and the ops' float32 path rounded once is within one."""
+    carry between chunks in float32: within five bf16 roundings of the exact sums, at every rate and length
+    (positive values: no cancellation to hide behind; 2048 rates in one call), and the ops' float32 path rounded
+    once is within one."""
     torch.manual_seed(0)
+    v = torch.rand(1, 2048, 128, 16).bfloat16()
+    eta = torch.linspace(0.02, 0.98, 2048)
+    assert_within_bf16_roundings(mom(v, eta, chunk_size=32), v, eta, chunk=32)
     for T, chunk in [(100, 16), (256, 32), (1000, 32), (3000, 8)]:  # 3000 / 8: the recursive carry
         for eta in ([0.5, 0.9, 0.99], [0.999, 0.3, 0.0]):
             v = torch.randn(2, 3, T, 8).bfloat16()
@@ -247,7 +253,7 @@ def test_momentum_bf16_input_within_three_roundings():
 
 @pytest.mark.parametrize("include_current", [False, True])
 def test_momentum_bf16_gradients(include_current):
-    """bf16 values and a bf16 output gradient: the values' gradient is the reverse scan, within three bf16
+    """bf16 values and a bf16 output gradient: the values' gradient is the reverse scan, within five bf16
     roundings like the forward; the rates' gradient (float32) is within 5% of the largest head's exact one (the
     decay matrix's bf16 rounding is the same in every chunk, so its error does not average out). Rates of 1e-6
     take the exact form of the rate gradient (no division by the rate)."""
@@ -298,7 +304,7 @@ def test_multirate_low_precision_and_autocast():
     p, gamma = torch.rand(6, 3) * 0.99, torch.randn(6, 3)
     out = mr(v.bfloat16(), p, gamma, chunk_size=8)
     assert out.dtype == torch.bfloat16
-    # bf16 chunk matmuls, float32 states between chunks: within three bf16 roundings of the exact sums, measured
+    # bf16 chunk matmuls, float32 states between chunks: within five bf16 roundings of the exact sums, measured
     # against sum_r |gamma_r| p_r^l |v| (the float32 path rounded once is within one)
     exact = mr(v.bfloat16().double(), p.double(), gamma.double(), chunk_size=8)
     scale = mr(v.bfloat16().double().abs(), p.double(), gamma.double().abs(), chunk_size=8)
@@ -833,10 +839,10 @@ class _LargestOutput(torch.utils._python_dispatch.TorchDispatchMode):
 def test_memory_is_linear_in_T():
     torch.manual_seed(0)
     T = 8192
-    v = torch.randn(1, 2, T, 32, requires_grad=True)  # heads of 32: the chunk matmul's (c x c) blocks, one
-    for eta in (torch.tensor([0.9, 0.5], requires_grad=True), torch.tensor(0.9, requires_grad=True)):  # per chunk,
-        with _LargestOutput() as mode:  # are then no larger than the values
-            mom(v, eta, chunk_size=32).sum().backward()
+    v = torch.randn(1, 2, T, 1, requires_grad=True)  # heads of one channel: no (c x c) block may be repeated per chunk
+    for eta in (torch.tensor([0.9, 0.5], requires_grad=True), torch.tensor(0.9, requires_grad=True)):
+        with _LargestOutput() as mode:
+            mom(v, eta, chunk_size=64).sum().backward()
         # a T x T matrix would be 67M elements per head; chunking keeps every tensor at about v's size
         assert mode.max_numel <= 2 * v.numel(), mode.max_numel
 

@@ -13,7 +13,8 @@ applied by matmul; the state at each chunk end is carried to the next chunks wit
 by the same scan run recursively over the chunk-end states. Only non-negative powers of the rates are ever
 formed (no eta^-t, no log eta), so rates near 1 and long sequences stay finite, and rate 0 is allowed,
 gradients included. Sums are accumulated in float32 (float64 for float64 inputs) with autocast off.
-Training with bf16 values on CPU (what autocast hands the ops) runs the full-size work in bf16: bf16 chunk
+Training with bf16 values on CPU (what autocast hands the ops, with a gradient to take; without one, in
+evaluation and generation, the sums stay float32 and batch-independent) runs the full-size work in bf16: bf16 chunk
 matmuls accumulate in float32 and round their results to bf16, as every bf16 matmul of the model does,
 while the states carried between chunks stay float32. A term then passes through at most five bf16
 roundings (unit roundoff 2^-8 each: the decay block, the chunk's sum, the carried state and its weight
@@ -378,6 +379,13 @@ def momentum_ema(
     return y.to(v.dtype).transpose(1, 2), final  # (B, H, T, D), heads side by side in memory
 
 
+def _bf16_training(x: torch.Tensor) -> bool:
+    """Whether the ops' training paths scan x in bf16 (see the module docstring): bf16 values on CPU that take a
+    gradient. Without one (evaluation, generation) the sums stay float32: exact, and independent of how rows are
+    batched and padded (a bf16 matmul's rounding may follow the batch's shape)."""
+    return x.dtype == torch.bfloat16 and x.device.type == "cpu" and torch.is_grad_enabled() and x.requires_grad
+
+
 def _momentum_merged(
     v: torch.Tensor, a: torch.Tensor, include_current: bool, chunk_size: int
 ) -> torch.Tensor:
@@ -386,9 +394,9 @@ def _momentum_merged(
     view, so nothing is copied in or out. Returns (B, H, T, D), a view of a (B, T, H, D) tensor."""
     B, H, T, D = v.shape
     x = v.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D): no copy for merged-layout values
-    # the kernel reads any dtype in place and sums in float32; the matmul scan takes bf16 on CPU as it is (its
-    # matmuls accumulate in float32 there, see _scan_merged) and anything else in the accumulation dtype
-    if not _use_triton(x, a.shape[0]) and not (x.dtype == torch.bfloat16 and x.device.type == "cpu"):
+    # the kernel reads any dtype in place and sums in float32; the matmul scan takes bf16 as it is when training
+    # on CPU (its matmuls accumulate in float32 there, see _scan_merged) and anything else in the accumulation dtype
+    if not _use_triton(x, a.shape[0]) and not _bf16_training(x):
         x = x.to(_acc_dtype(v.dtype))
     y = _MergedScan.apply(x, a, not include_current, chunk_size)  # (B, T, H*D)
     return y.to(v.dtype).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
@@ -459,8 +467,8 @@ def _scan_merged(
     blocks may be kept (see _cached_decay_blocks).
 
     Precision: the chunk matmuls run in x's dtype. For float32/float64 x that is the accumulation dtype. For
-    bfloat16 x (what autocast hands the op; momentum_ema passes it on CPU only, where oneDNN's bf16 matmuls
-    accumulate in float32) the decay matrix is rounded to bf16, the matmul rounds its result to bf16, as every
+    bfloat16 x (what autocast hands the op; momentum_ema passes it when training on CPU only, where oneDNN's
+    bf16 matmuls accumulate in float32) the decay matrix is rounded to bf16, the matmul rounds its result to bf16, as every
     bf16 matmul of the model does, and the carry between chunks stays float32: see the module docstring for
     the bound. On CPU this is twice as fast as converting to float32 and back.
     """
@@ -668,7 +676,7 @@ def multirate_ema(
         if T <= 1:
             return _multirate_short(v, p, gamma, s0, output_final_state)
         if s0 is None and not output_final_state and v.numel() and not _is_compiling():  # training: custom backward
-            return _MultiRateScan.apply(v, p, gamma, chunk_size), None
+            return _MultiRateScan.apply(v, p, gamma, chunk_size, _bf16_training(v)), None
         c = min(chunk_size, T)
         n = -(-T // c)  # number of chunks
         # contiguous: a state shared by a batch (cache.expand) has stride 0 in B, which would make the batched
@@ -762,10 +770,11 @@ class _MultiRateScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, v: torch.Tensor, p: torch.Tensor, gamma: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    def forward(ctx, v: torch.Tensor, p: torch.Tensor, gamma: torch.Tensor, chunk_size: int, bf16: bool
+                ) -> torch.Tensor:
         T = v.shape[1]
-        # bf16 values on CPU: bf16 chunk matmuls (see _multirate_chunks); the states stay float32
-        cd = torch.bfloat16 if v.dtype == torch.bfloat16 and v.device.type == "cpu" else None
+        # bf16 values in training on CPU: bf16 chunk matmuls (see _multirate_chunks); the states stay float32
+        cd = torch.bfloat16 if bf16 else None
         y, X, MT, prev = _multirate_chunks(v, p, gamma, chunk_size, None, cd)  # grad is off here: plain copies
         ctx.chunk_size = chunk_size
         ctx.save_for_backward(v, p, gamma, X, MT, prev)
@@ -780,7 +789,7 @@ class _MultiRateScan(torch.autograd.Function):
             y = multirate_ema(v, p, gamma, None, True, ctx.chunk_size, check_rates=False)[0]
             want = [t for t, need in zip((v, p, gamma), ctx.needs_input_grad) if need]
             grads = iter(torch.autograd.grad(y, want, gy, create_graph=True))
-            return (*(next(grads) if need else None for need in ctx.needs_input_grad[:3]), None)
+            return (*(next(grads) if need else None for need in ctx.needs_input_grad[:3]), None, None)
         B, T, C = v.shape
         R = p.shape[1]
         c = MT.shape[-1]
@@ -817,7 +826,7 @@ class _MultiRateScan(torch.autograd.Function):
                     dPw[..., :c] += torch.bmm(d_e3.to(cd), X).to(acc).flip(-1)  # d Pf, back in power order
             dp = (dPw * Dw).sum(-1)  # (C, R)
             dv = _copy_permuted(dX.view(C, B * n * c), (1, 0), v.dtype).view(B, n * c, C)
-        return (dv if n * c == T else dv[:, :T]), dp, dgamma, None
+        return (dv if n * c == T else dv[:, :T]), dp, dgamma, None, None
 
 
 def _multirate_short(

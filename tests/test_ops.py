@@ -31,6 +31,12 @@ def mr(*args, **kwargs) -> torch.Tensor:
     return multirate_ema(*args, **kwargs)[0]
 
 
+def training(op, v: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """op's output for values that take a gradient, as in training (bf16 values on CPU then take the ops' bf16
+    matmuls; without a gradient they are summed in float32)."""
+    return op(v.detach().requires_grad_(), *args, **kwargs).detach()
+
+
 def make_eta(kind: str, H: int, dtype=F64):
     """The same rates in the three accepted forms; returns (eta argument, (H,) reference tensor)."""
     if kind == "float":
@@ -237,12 +243,16 @@ def test_momentum_bf16_input_within_five_roundings():
     torch.manual_seed(0)
     v = torch.rand(1, 2048, 128, 16).bfloat16()
     eta = torch.linspace(0.02, 0.98, 2048)
-    assert_within_bf16_roundings(mom(v, eta, chunk_size=32), v, eta, chunk=32)
+    out = training(mom, v, eta, chunk_size=32)
+    assert_within_bf16_roundings(out, v, eta, chunk=32)
+    # without a gradient (evaluation): float32 sums rounded once, not the bf16 matmuls
+    once = mom(v.float(), eta, chunk_size=32).bfloat16()
+    assert torch.equal(mom(v, eta, chunk_size=32), once) and not torch.equal(out, once)
     for T, chunk in [(100, 16), (256, 32), (1000, 32), (3000, 8)]:  # 3000 / 8: the recursive carry
         for eta in ([0.5, 0.9, 0.99], [0.999, 0.3, 0.0]):
             v = torch.randn(2, 3, T, 8).bfloat16()
             for include_current in (False, True):
-                out = mom(v, torch.tensor(eta), include_current, chunk_size=chunk)
+                out = training(mom, v, torch.tensor(eta), include_current, chunk_size=chunk)
                 assert out.dtype == torch.bfloat16
                 assert_within_bf16_roundings(out, v, eta, include_current, chunk)
                 once = mom(v.float(), torch.tensor(eta), include_current, chunk_size=chunk).bfloat16()
@@ -292,7 +302,7 @@ def test_momentum_under_autocast():
     ref = mom(v, eta, chunk_size=16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = mom(v, eta, chunk_size=16)
-        out_bf16 = mom(v.bfloat16(), eta, chunk_size=16)
+        out_bf16 = training(mom, v.bfloat16(), eta, chunk_size=16)
     assert out.dtype == torch.float32 and out_bf16.dtype == torch.bfloat16
     torch.testing.assert_close(out, ref)  # autocast did not push float32 sums into bf16
     assert_within_bf16_roundings(out_bf16, v.bfloat16(), eta, chunk=16)
@@ -302,15 +312,16 @@ def test_multirate_low_precision_and_autocast():
     torch.manual_seed(0)
     v = torch.randn(2, 50, 6)
     p, gamma = torch.rand(6, 3) * 0.99, torch.randn(6, 3)
-    out = mr(v.bfloat16(), p, gamma, chunk_size=8)
+    out = training(mr, v.bfloat16(), p, gamma, chunk_size=8)
     assert out.dtype == torch.bfloat16
     # bf16 chunk matmuls, float32 states between chunks: within five bf16 roundings of the exact sums, measured
     # against sum_r |gamma_r| p_r^l |v| (the float32 path rounded once is within one)
     exact = mr(v.bfloat16().double(), p.double(), gamma.double(), chunk_size=8)
     scale = mr(v.bfloat16().double().abs(), p.double(), gamma.double().abs(), chunk_size=8)
     assert ((out.double() - exact).abs() <= BF16_ROUNDINGS * 2.0**-8 * scale).all()
-    once = mr(v.bfloat16().float(), p, gamma, chunk_size=8).bfloat16().double()
-    assert ((once - exact).abs() <= 2.0**-8 * scale).all()
+    once = mr(v.bfloat16().float(), p, gamma, chunk_size=8).bfloat16()
+    assert ((once.double() - exact).abs() <= 2.0**-8 * scale).all()
+    assert torch.equal(mr(v.bfloat16(), p, gamma, chunk_size=8), once)  # no gradient: float32 sums, rounded once
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out32 = mr(v, p, gamma, chunk_size=8)
     assert out32.dtype == torch.float32

@@ -269,6 +269,13 @@ def _carry(
     return _scan_last(S, ac, _carry_chunk(n, N, chunk_size), chunk_size)
 
 
+def _lag_block(pw: torch.Tensor, lag: torch.Tensor, strict: bool) -> torch.Tensor:
+    """A decay block gathered from powers: pw (G, K) the powers a^k of _powers, lag an integer matrix; returns
+    (G, *lag.shape) a^lag where lag > 0 (strict) or lag >= 0, else 0 (G*K pow calls, not one per entry)."""
+    keep = lag > 0 if strict else lag >= 0
+    return torch.where(keep, pw[:, lag.clamp(min=0)], torch.zeros((), dtype=pw.dtype, device=pw.device))
+
+
 def _scan_last(
     x: torch.Tensor, a: torch.Tensor, c: int, chunk_size: int, inclusive: bool = True
 ) -> torch.Tensor:
@@ -284,9 +291,7 @@ def _scan_last(
     k = torch.arange(c, device=x.device)
     lag = k[None, :] - k[:, None]  # (c, c) [i, j] = j - i
     P = _powers(a, torch.arange(c + 1, device=x.device))  # (G, c+1) a^l for l = 0..c
-    keep = lag > 0 if not inclusive else lag >= 0
-    # (G, c, c) [i, j] = a^(j-i) for j >= i (j > i), else 0: gathered from the c+1 powers (G*(c+1) pow, not G*c*c)
-    LT = torch.where(keep, P[:, lag.clamp(min=0)], torch.zeros((), dtype=P.dtype, device=x.device))
+    LT = _lag_block(P, lag, strict=not inclusive)  # (G, c, c) [i, j] = a^(j-i) for j >= i (j > i), else 0
     Y = torch.bmm(X, LT)  # (G, N*n, c) scan within each chunk
     if n > 1:
         ends = torch.bmm(X, P[:, :c].flip(-1)[:, :, None])  # (G, N*n, 1) inclusive chunk ends
@@ -391,7 +396,8 @@ def _momentum_merged(
 ) -> torch.Tensor:
     """momentum_ema without states, on the heads-merged layout (B, T, H*D) as it is: a (1,) one rate for
     every head, or (H,) one per head. The values a model splits from its qkv projection are such a strided
-    view, so nothing is copied in or out. Returns (B, H, T, D), a view of a (B, T, H, D) tensor."""
+    view, so with one rate nothing is copied in or out (one rate per head: one bulk copy each way, see
+    _scan_merged). Returns (B, H, T, D), a view of a (B, T, H, D) tensor."""
     B, H, T, D = v.shape
     x = v.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D): no copy for merged-layout values
     # the kernel reads any dtype in place and sums in float32; the matmul scan takes bf16 as it is when training
@@ -423,14 +429,12 @@ def _decay_blocks(
     pw = _powers(a, torch.arange(max(c, c * (n - 1) if direct else c) + 1, device=a.device))  # (G, K) a^k
     k = torch.arange(c, device=a.device)
     lag = (k[None, :] - k[:, None]) if reverse else (k[:, None] - k[None, :])  # (c, c)
-    keep = lag > 0 if strict else lag >= 0
-    zero = torch.zeros((), dtype=pw.dtype, device=a.device)
-    L = torch.where(keep, pw[:, lag.clamp(min=0)], zero).to(dtype)  # (G, c, c)
+    L = _lag_block(pw, lag, strict).to(dtype)  # (G, c, c)
     Lc = None
     if direct:
         m = torch.arange(n, device=a.device)
         d = (m[None, :] - m[:, None] - 1) if reverse else (m[:, None] - m[None, :] - 1)  # (n, n) chunks apart - 1
-        Lc = torch.where(d >= 0, pw[:, (c * d).clamp(min=0)], zero)  # (G, n, n)
+        Lc = _lag_block(pw, c * d, strict=False)  # (G, n, n) a^(c d) for d >= 0
     coef = (pw[:, 1 : c + 1].flip(-1) if reverse else pw[:, 1 : c + 1]).to(dtype)  # (G, c)
     return L, Lc, coef
 
@@ -457,14 +461,14 @@ def _scan_merged(
 
     forward: y_t = sum_{i<=t} a^(t-i) x_i (i < t if strict). reverse: y_t = sum_{i>=t} a^(i-t) x_i
     (i > t if strict), the adjoint of the forward scan: the gradient of a forward scan is the reverse scan
-    of its output gradient. Inside a chunk of c positions: one (c x c) decay matrix per group,
-    (c, c) @ (B*n, c, C/G), reading each group's channels in place (a group's columns are a strided view).
-    Across chunks: the inclusive chunk-end (reverse: chunk-start) sums, read off the last (first) row of each
+    of its output gradient. Inside a chunk of c positions: one (c x c) decay matrix per group, applied to the
+    chunks as they lie for one group, after one bulk copy for several (time first for groups narrower than a
+    chunk). Across chunks: the inclusive chunk-end (reverse: chunk-start) sums, read off the last (first) row of each
     chunk's output, are carried into the later chunks in a's dtype (float32): one (n x n) matmul per group, or
     `_carry`'s recursion past _DIRECT_CARRY_MAX chunks; the state entering a chunk then reaches position j
     with weight a^(j+1) (one in-place multiply-add over the output). With one group nothing is copied; with
-    G groups the G outputs are joined by one concatenation. `fixed`: the rates need no gradient, so the decay
-    blocks may be kept (see _cached_decay_blocks).
+    G groups the output goes back to the merged layout in one bulk copy. `fixed`: the rates need no gradient,
+    so the decay blocks may be kept (see _cached_decay_blocks).
 
     Precision: the chunk matmuls run in x's dtype. For float32/float64 x that is the accumulation dtype. For
     bfloat16 x (what autocast hands the op; momentum_ema passes it when training on CPU only, where oneDNN's

@@ -7,6 +7,13 @@ Two readings of momentum attention (Dai et al. 2023, section 5; see PAPER.md):
 - `multirate_ema`: the authors' posted code, a MEGA-style damped EMA per channel with R decay rates p and
   mixing weights gamma, current token included:  y_t = sum_r gamma_r sum_{i<=t} p_r^(t-i) v_i.
 
+On CPU, both ops' training paths (no states; also evaluation without a cache) run the C++ kernel of
+momattn/cpu_scan.py by default: one pass through time in the values' own layout, float32 states, each output
+rounded once (bf16 included); it takes about half the time of the chunked matmul scans below for learnable and
+multiple rates, the same for one fixed rate (benchmarks/results/compare_kernel_*.md). The matmul scans serve
+everything else (states, CUDA, torch.compile, SCAN_BACKEND "torch", or no C++ compiler) and are what the rest of
+this docstring describes.
+
 Both run a chunked scan: inside a chunk of c positions a small (c x c) lower-triangular decay matrix is
 applied by matmul; the state at each chunk end is carried to the next chunks with rate eta^c: by one small
 (n x n) matmul over the n chunk ends (momentum_ema, up to 256 chunks), step by step (up to 16 chunks), or
@@ -62,12 +69,16 @@ import os
 import torch
 import torch.nn.functional as F
 
+from momattn import cpu_scan
+
 Rate = float | torch.Tensor
 
-# Which implementation scans the training path (momentum_ema without states): "torch" (the chunked matmul
-# scan below, every device), "triton" (momattn/triton_scan.py: one kernel, CUDA or TRITON_INTERPRET=1), or
-# "auto" (triton on CUDA where it is installed and the head size is a multiple of 16, else torch).
-# benchmarks/gpu_check.py times both; set it with MOMATTN_SCAN_BACKEND or by assigning ops.SCAN_BACKEND.
+# Which implementation scans the training paths (both ops without states): "torch" (the chunked matmul scans
+# below, every device), "cpu" (momattn/cpu_scan.py: a C++ kernel stepping through time, CPU tensors; the matmul
+# scans elsewhere), "triton" (momattn/triton_scan.py: one kernel for momentum_ema, CUDA or TRITON_INTERPRET=1),
+# or "auto" (cpu on CPU where the kernel builds; triton on CUDA where it is installed and the head size is a
+# multiple of 16; else torch). benchmarks/gpu_check.py and compare_kernel.py time them; set it with
+# MOMATTN_SCAN_BACKEND or by assigning ops.SCAN_BACKEND.
 SCAN_BACKEND = os.environ.get("MOMATTN_SCAN_BACKEND", "auto")
 
 
@@ -400,12 +411,24 @@ def _momentum_merged(
     _scan_merged). Returns (B, H, T, D), a view of a (B, T, H, D) tensor."""
     B, H, T, D = v.shape
     x = v.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D): no copy for merged-layout values
-    # the kernel reads any dtype in place and sums in float32; the matmul scan takes bf16 as it is when training
+    # the kernels read any dtype in place and sum in float32; the matmul scan takes bf16 as it is when training
     # on CPU (its matmuls accumulate in float32 there, see _scan_merged) and anything else in the accumulation dtype
-    if not _use_triton(x, a.shape[0]) and not _bf16_training(x):
-        x = x.to(_acc_dtype(v.dtype))
-    y = _MergedScan.apply(x, a, not include_current, chunk_size)  # (B, T, H*D)
+    if _use_cpu_kernel(x):  # one pass through time in this layout (momattn/cpu_scan.py): R = 1, g = 1
+        p = a.repeat_interleave(H * D // a.shape[0])[None]  # (1, H*D) each channel's rate
+        y = cpu_scan.ema(x, p, torch.ones_like(p), not include_current,
+                         lambda xs, ps, _: _scan_merged_autograd(xs, ps[0, :: H * D // a.shape[0]], not include_current,
+                                                                 chunk_size))
+    else:
+        y = _scan_merged_autograd(x, a, not include_current, chunk_size)  # (B, T, H*D)
     return y.to(v.dtype).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+
+
+def _scan_merged_autograd(x: torch.Tensor, a: torch.Tensor, strict: bool, chunk_size: int) -> torch.Tensor:
+    """_MergedScan of x (B, T, C) by rates a (G,), x taken as it is where the scan can read it (see
+    _momentum_merged), else in the accumulation dtype."""
+    if not _use_triton(x, a.shape[0]) and not _bf16_training(x):
+        x = x.to(_acc_dtype(x.dtype))
+    return _MergedScan.apply(x, a, strict, chunk_size)
 
 
 _DIRECT_CARRY_MAX = 256  # up to this many chunks the carry is one (n x n) matmul per group, else _carry's recursion
@@ -526,11 +549,28 @@ def _triton_scan():
     return _TRITON or None
 
 
+def _check_backend() -> None:
+    if SCAN_BACKEND not in ("auto", "torch", "triton", "cpu"):
+        raise ValueError(f"momattn.ops.SCAN_BACKEND must be 'auto', 'torch', 'triton' or 'cpu', got {SCAN_BACKEND!r}")
+
+
+def _use_cpu_kernel(x: torch.Tensor) -> bool:
+    """Whether the training paths (no states) scan x (B, T, C) with the CPU kernel (see SCAN_BACKEND)."""
+    _check_backend()
+    if SCAN_BACKEND not in ("auto", "cpu") or x.device.type != "cpu" or _is_compiling():
+        return False
+    if cpu_scan.supports(x):
+        return True
+    if SCAN_BACKEND == "cpu" and cpu_scan.load() is None:
+        raise RuntimeError("momattn.ops.SCAN_BACKEND is 'cpu' but the CPU scan kernel cannot be built (see the "
+                           "warning above); install a C++ compiler or use 'auto'")
+    return False
+
+
 def _use_triton(x: torch.Tensor, G: int) -> bool:
     """Whether _scan_merged runs the Triton kernel for x (B, T, C) in G groups (see SCAN_BACKEND)."""
-    if SCAN_BACKEND not in ("auto", "torch", "triton"):
-        raise ValueError(f"momattn.ops.SCAN_BACKEND must be 'auto', 'torch' or 'triton', got {SCAN_BACKEND!r}")
-    if SCAN_BACKEND == "torch" or x.dtype == torch.float64 or (SCAN_BACKEND == "auto" and not x.is_cuda):
+    _check_backend()
+    if SCAN_BACKEND in ("torch", "cpu") or x.dtype == torch.float64 or (SCAN_BACKEND == "auto" and not x.is_cuda):
         return False
     kernel = _triton_scan()
     if kernel is None:
@@ -680,6 +720,9 @@ def multirate_ema(
         if T <= 1:
             return _multirate_short(v, p, gamma, s0, output_final_state)
         if s0 is None and not output_final_state and v.numel() and not _is_compiling():  # training: custom backward
+            if _use_cpu_kernel(v):  # one pass through time in this layout (momattn/cpu_scan.py)
+                return cpu_scan.ema(v, p.t(), gamma.t(), False, lambda xs, ps, gs: multirate_ema(
+                    xs, ps.t(), gs.t(), None, True, chunk_size, check_rates=False)[0]), None
             return _MultiRateScan.apply(v, p, gamma, chunk_size, _bf16_training(v)), None
         c = min(chunk_size, T)
         n = -(-T // c)  # number of chunks

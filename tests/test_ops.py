@@ -13,6 +13,13 @@ from momattn.reference import momentum_ema_naive, momentum_ema_recurrent, multir
 F64 = torch.float64
 
 
+@pytest.fixture(autouse=True)
+def matmul_scans(monkeypatch):
+    """These tests are the chunked matmul scans' (SCAN_BACKEND "torch"); tests/test_cpu_scan.py runs those of the
+    training paths again with the CPU kernel, which SCAN_BACKEND "auto" takes on CPU."""
+    monkeypatch.setattr(ops, "SCAN_BACKEND", "torch")
+
+
 def naive_momentum(v: torch.Tensor, eta: torch.Tensor, include_current: bool) -> torch.Tensor:
     return momentum_ema_naive(v, eta, include_current)[0]
 

@@ -118,7 +118,7 @@ def test_second_derivatives_match_the_matmul_scan():
 def test_an_unknown_backend_is_named():
     old, ops.SCAN_BACKEND = ops.SCAN_BACKEND, "cuda"
     try:
-        with pytest.raises(ValueError, match="SCAN_BACKEND must be 'auto', 'torch' or 'triton', got 'cuda'"):
+        with pytest.raises(ValueError, match="SCAN_BACKEND must be 'auto', 'torch', 'triton' or 'cpu', got 'cuda'"):
             ops.momentum_ema(torch.randn(1, 1, 4, 16, device=DEV), 0.5)
     finally:
         ops.SCAN_BACKEND = old

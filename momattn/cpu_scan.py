@@ -1,0 +1,180 @@
+"""The CPU scan kernel: exponential moving averages stepped through time in the values' own layout.
+
+    y = cpu_scan.ema(x, p, g, strict)    # x (B, T, C), unit channel stride; p, g (R, C) -> y (B, T, C)
+
+        s_t[r] = p[r] s_{t-1}[r] + x_t,   y_t = sum_r g[r] s_t[r]   (strict: sum_r g[r] p[r] s_{t-1}[r])
+
+momentum_ema is R = 1 (p = each channel's head rate, g = 1, strict unless include_current); multirate_ema is
+R rates per channel, inclusive. The kernel (momattn/csrc/ema_scan.cpp) reads the values in place (the strided
+view a model splits from its qkv projection), keeps its states in float32 (float64 for float64 values) and
+writes each output once, so a bf16 output is rounded once; its backward is the same recurrence run backward in
+time, which also gives the rates' and weights' gradients (the derivative of each reverse state by its rate is
+one more recurrence), with nothing full-size saved but the values. The chunked matmul scans of momattn/ops.py
+move channels to the front or repeat (c x c) decay blocks to use matmuls; stepping through time needs neither
+and costs about half as much on CPU (benchmarks/results/compare_kernel_*.md).
+
+It is plain C++ with no PyTorch headers, built on first use with the system's compiler (`c++`, or $CXX) in
+about two seconds into $MOMATTN_CACHE (default ~/.cache/momattn), keyed by the source, the compiler and this
+CPU's flags (it is built for this CPU: -march=native), and called through ctypes. Where it cannot be built
+(no compiler), momattn warns once and uses the matmul scans: results agree to float32 rounding. Not under
+torch.compile (the matmul scans trace), not on CUDA (Triton there), and a second derivative recomputes through
+the matmul scans.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("csrc") / "ema_scan.cpp"
+_NAMES = {torch.float32: "ema_f32", torch.float64: "ema_f64", torch.bfloat16: "ema_bf16"}
+_LIB: ctypes.CDLL | bool | None = None  # None: not tried yet; False: could not be built
+_P, _I, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+
+
+PORTABLE = ["-O3", "-shared", "-fPIC", "-std=c++17", "-pthread"]
+
+
+def _flags() -> list[str]:
+    """For this CPU; _build falls back to PORTABLE where the compiler refuses them (e.g. -march=native)."""
+    flags = [*PORTABLE, "-march=native"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        flags.append("-mprefer-vector-width=512")  # where the CPU has AVX-512; ignored where it has not
+    return flags
+
+
+def _cpu_flags() -> str:
+    """What -march=native compiles for: the CPU's feature flags (Linux), else the processor's name."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build(cxx: str) -> Path:
+    """The kernel's shared library, built into the cache unless it is there already (atomic: a concurrent
+    build by another process replaces it with the same bytes)."""
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), cxx, version, " ".join(_flags()), _cpu_flags()]).encode())
+    cache = Path(os.environ.get("MOMATTN_CACHE") or Path.home() / ".cache" / "momattn")
+    lib = cache / f"ema_scan-{key.hexdigest()[:16]}.so"
+    if not lib.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+        os.close(fd)
+        try:
+            for flags in (_flags(), PORTABLE):
+                res = subprocess.run([cxx, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
+                                     timeout=300)
+                if not res.returncode:
+                    break
+            else:
+                raise RuntimeError(f"{cxx} failed: {res.stderr.strip()[-2000:]}")
+            os.replace(tmp, lib)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return lib
+
+
+def load() -> ctypes.CDLL | None:
+    """The kernel, built if needed; None (after one warning) where it cannot be built."""
+    global _LIB
+    if _LIB is None:
+        cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+        try:
+            if not cxx:
+                raise RuntimeError("no C++ compiler found (c++, g++, clang++ or $CXX)")
+            lib = ctypes.CDLL(str(_build(cxx)))
+            for name in _NAMES.values():
+                getattr(lib, f"{name}_forward").restype = None
+                getattr(lib, f"{name}_backward").restype = None
+            _LIB = lib
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            log.warning("momattn: the CPU scan kernel could not be built (%s); using the matmul scans of "
+                        "momattn/ops.py instead (same results, slower on CPU)", e)
+            _LIB = False
+    return _LIB or None
+
+
+def supports(x: torch.Tensor) -> bool:
+    """Whether the kernel can scan x (B, T, C) here: CPU, float32/bfloat16/float64, and the kernel builds."""
+    return x.device.type == "cpu" and x.dtype in _NAMES and x.dim() == 3 and load() is not None
+
+
+def _unit_channels(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 or x.size(-1) == 1 else x.contiguous()
+
+
+def _forward(x: torch.Tensor, p: torch.Tensor, g: torch.Tensor, strict: bool) -> torch.Tensor:
+    B, T, C = x.shape
+    y = torch.empty(B, T, C, dtype=x.dtype)
+    getattr(load(), _NAMES[x.dtype] + "_forward")(
+        _P(x.data_ptr()), _I(B), _I(T), _I(C), _I(x.stride(0)), _I(x.stride(1)), _P(p.data_ptr()),
+        _P(g.data_ptr()), _I(p.shape[0]), _INT(strict), _P(y.data_ptr()), _INT(torch.get_num_threads()))
+    return y
+
+
+def _backward(x: torch.Tensor, gy: torch.Tensor, p: torch.Tensor, g: torch.Tensor, strict: bool, rates: bool):
+    B, T, C = x.shape
+    R = p.shape[0]
+    dx = torch.empty(B, T, C, dtype=x.dtype)
+    dp = torch.empty(B, R, C, dtype=p.dtype) if rates else None  # per batch row: summed below, thread-independent
+    dg = torch.empty(B, R, C, dtype=p.dtype) if rates else None
+    getattr(load(), _NAMES[x.dtype] + "_backward")(
+        _P(x.data_ptr()), _I(x.stride(0)), _I(x.stride(1)), _P(gy.data_ptr()), _I(gy.stride(0)), _I(gy.stride(1)),
+        _I(B), _I(T), _I(C), _P(p.data_ptr()), _P(g.data_ptr()), _I(R), _INT(strict), _P(dx.data_ptr()),
+        _P(dp.data_ptr() if rates else None), _P(dg.data_ptr() if rates else None), _INT(torch.get_num_threads()))
+    return dx, (dp.sum(0) if rates else None), (dg.sum(0) if rates else None)
+
+
+class _Scan(torch.autograd.Function):
+    """The kernel's forward and backward; the values are saved only for the rates' and weights' gradients
+    (the values' own gradient is the reverse scan of the output's, which needs nothing full-size)."""
+
+    @staticmethod
+    def forward(ctx, x, p, g, strict, fallback):
+        ctx.strict, ctx.fallback = strict, fallback
+        ctx.rates = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        ctx.save_for_backward(x if ctx.rates else None, p, g)
+        return _forward(x, p.contiguous(), g.contiguous(), strict)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, p, g = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: a differentiable backward
+            if not ctx.rates:  # the reverse scan of gy, by this kernel (linear in gy)
+                return ema(gy.flip(1), p, g, ctx.strict, ctx.fallback).flip(1), None, None, None, None
+            # recompute through the matmul scans, from the saved inputs, so that the graph reaches them
+            want = [t for t, need in zip((x, p, g), ctx.needs_input_grad) if need]
+            grads = iter(torch.autograd.grad(ctx.fallback(x, p, g).to(x.dtype), want, gy, create_graph=True))
+            return (*(next(grads) if need else None for need in ctx.needs_input_grad[:3]), None, None)
+        if ctx.rates:
+            dx, dp, dg = _backward(x, _unit_channels(gy), p.contiguous(), g.contiguous(), ctx.strict, True)
+            return dx, dp, dg, None, None
+        dx = _backward(gy, _unit_channels(gy), p.contiguous(), g.contiguous(), ctx.strict, False)[0]  # x unread
+        return dx, None, None, None, None
+
+
+def ema(x: torch.Tensor, p: torch.Tensor, g: torch.Tensor, strict: bool,
+        fallback: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The scan of x (B, T, C) by rates p and weights g (R, C), in float32 (float64 for float64 x), differentiable
+    in all three; returns (B, T, C) in x's dtype. fallback(x, p, g) computes the same differentiably (the matmul
+    scans), for a second derivative."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return _Scan.apply(_unit_channels(x), p.to(acc), g.to(acc), strict, fallback)

@@ -1,0 +1,173 @@
+// Exponential moving averages along time on the CPU, stepped through time in the values' own layout.
+// Loaded by momattn/cpu_scan.py (ctypes; built with the system's C++ compiler on first use, for this CPU).
+//
+// Values v (B, T, C) with unit channel stride (any batch and time strides), R decay rates per channel
+// p (R, C) mixed by weights g (R, C), in float32 (float64 for float64 values):
+//     s_t[r] = p[r] s_{t-1}[r] + v_t                    (per channel; s_{-1} = 0)
+//     y_t    = sum_r g[r] s_t[r]                         (inclusive)
+//     y_t    = sum_r g[r] p[r] s_{t-1}[r]                (strict: the sum over i < t)
+// Backward, run in reverse time with lam_t[r] = p[r] lam_{t+1}[r] + gy_t and mu_t[r] = dlam_t[r]/dp[r]
+// = p[r] mu_{t+1}[r] + lam_{t+1}[r]:
+//     dv_t  = sum_r g[r] lam_t[r]          (inclusive)     sum_r g[r] p[r] lam_{t+1}[r]   (strict)
+//     dg[r] = sum_t <v_t, lam_t[r]>        (inclusive)     sum_t <v_t, p[r] lam_{t+1}[r]> (strict)
+//     dp[r] = g[r] sum_t <v_t, mu_t[r]>    (both)
+// Every sum is carried in the accumulation type (float for bf16 and float32 values, double for float64): a bf16
+// output is rounded once. A task is one batch row and a block of up to CB channels, stepped through every t:
+// each step reads one contiguous stretch of a row (the scan is memory-bound for one rate) and updates the
+// block's states, which stay in L1, with loops the compiler vectorises. Each task writes its own rows of the
+// per-row rate gradients (B, R, C), which the caller sums, so results do not depend on the number of threads.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+namespace {
+
+constexpr int64_t CB = 256;  // channels per task (64, 128, 256 compared: 256 best for one rate, tied for eight)
+
+struct bf16 { uint16_t bits; };
+
+inline float load(const bf16 *x, int64_t i) {
+  uint32_t u = uint32_t(x[i].bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline float load(const float *x, int64_t i) { return x[i]; }
+inline double load(const double *x, int64_t i) { return x[i]; }
+
+inline void store(bf16 *x, int64_t i, float f) {  // round to nearest even; NaN stays NaN
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  uint32_t r = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  x[i].bits = std::isnan(f) ? uint16_t(0x7FC0) : uint16_t(r);
+}
+inline void store(float *x, int64_t i, float f) { x[i] = f; }
+inline void store(double *x, int64_t i, double f) { x[i] = f; }
+
+template <class F>
+void parallel(int64_t tasks, int threads, F fn) {
+  threads = int(std::max<int64_t>(1, std::min<int64_t>(threads, tasks)));
+  std::vector<std::thread> pool;
+  for (int w = 1; w < threads; ++w)
+    pool.emplace_back([=] {
+      for (int64_t i = tasks * w / threads; i < tasks * (w + 1) / threads; ++i) fn(i);
+    });
+  for (int64_t i = 0; i < tasks / threads; ++i) fn(i);
+  for (auto &t : pool) t.join();
+}
+
+template <class T, class A>
+void forward(const T *v, int64_t B, int64_t Tn, int64_t C, int64_t sb, int64_t st, const A *p, const A *g,
+             int64_t R, bool strict, T *y, int threads) {
+  const int64_t nblk = (C + CB - 1) / CB;
+  parallel(B * nblk, threads, [&](int64_t task) {
+    const int64_t b = task / nblk, c0 = (task % nblk) * CB, n = std::min(CB, C - c0);
+    std::vector<A> s(R * CB, A(0)), acc(CB), x(CB);
+    const T *vb = v + b * sb + c0;
+    T *yb = y + b * Tn * C + c0;
+    for (int64_t t = 0; t < Tn; ++t) {
+      for (int64_t c = 0; c < n; ++c) x[c] = load(vb + t * st, c);
+      std::fill(acc.begin(), acc.end(), A(0));
+      for (int64_t r = 0; r < R; ++r) {
+        A *sr = s.data() + r * CB;
+        const A *pr = p + r * C + c0, *gr = g + r * C + c0;
+        if (strict) {
+          for (int64_t c = 0; c < n; ++c) {
+            A d = pr[c] * sr[c];
+            acc[c] += gr[c] * d;
+            sr[c] = d + x[c];
+          }
+        } else {
+          for (int64_t c = 0; c < n; ++c) {
+            sr[c] = pr[c] * sr[c] + x[c];
+            acc[c] += gr[c] * sr[c];
+          }
+        }
+      }
+      for (int64_t c = 0; c < n; ++c) store(yb + t * C, c, acc[c]);
+    }
+  });
+}
+
+// dv (B, T, C) contiguous, in T; dp, dg (B, R, C) in A, or null when the rates need no gradient (v is not read)
+template <class T, class A>
+void backward(const T *v, int64_t sb, int64_t st, const T *gy, int64_t gb, int64_t gt, int64_t B, int64_t Tn,
+              int64_t C, const A *p, const A *g, int64_t R, bool strict, T *dv, A *dp, A *dg, int threads) {
+  const int64_t nblk = (C + CB - 1) / CB;
+  const bool rates = dp != nullptr;
+  parallel(B * nblk, threads, [&](int64_t task) {
+    const int64_t b = task / nblk, c0 = (task % nblk) * CB, n = std::min(CB, C - c0);
+    std::vector<A> lam(R * CB, A(0)), mu(rates ? R * CB : 0, A(0)), sdp(mu), sdg(mu), acc(CB), x(CB), e(CB);
+    const T *vb = v + b * sb + c0, *eb = gy + b * gb + c0;
+    T *db = dv + b * Tn * C + c0;
+    for (int64_t t = Tn - 1; t >= 0; --t) {
+      for (int64_t c = 0; c < n; ++c) e[c] = load(eb + t * gt, c);
+      if (rates)
+        for (int64_t c = 0; c < n; ++c) x[c] = load(vb + t * st, c);
+      std::fill(acc.begin(), acc.end(), A(0));
+      for (int64_t r = 0; r < R; ++r) {
+        A *lr = lam.data() + r * CB;
+        const A *pr = p + r * C + c0, *gr = g + r * C + c0;
+        if (rates) {
+          A *mr = mu.data() + r * CB, *dpr = sdp.data() + r * CB, *dgr = sdg.data() + r * CB;
+          if (strict) {  // lr holds lam_{t+1}
+            for (int64_t c = 0; c < n; ++c) {
+              A w = pr[c] * lr[c];
+              acc[c] += gr[c] * w;
+              mr[c] = pr[c] * mr[c] + lr[c];
+              dgr[c] += x[c] * w;
+              dpr[c] += x[c] * mr[c];
+              lr[c] = w + e[c];
+            }
+          } else {
+            for (int64_t c = 0; c < n; ++c) {
+              mr[c] = pr[c] * mr[c] + lr[c];
+              lr[c] = pr[c] * lr[c] + e[c];
+              acc[c] += gr[c] * lr[c];
+              dgr[c] += x[c] * lr[c];
+              dpr[c] += x[c] * mr[c];
+            }
+          }
+        } else if (strict) {
+          for (int64_t c = 0; c < n; ++c) {
+            A w = pr[c] * lr[c];
+            acc[c] += gr[c] * w;
+            lr[c] = w + e[c];
+          }
+        } else {
+          for (int64_t c = 0; c < n; ++c) {
+            lr[c] = pr[c] * lr[c] + e[c];
+            acc[c] += gr[c] * lr[c];
+          }
+        }
+      }
+      for (int64_t c = 0; c < n; ++c) store(db + t * C, c, acc[c]);
+    }
+    if (rates)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t c = 0; c < n; ++c) {
+          dp[(b * R + r) * C + c0 + c] = g[r * C + c0 + c] * sdp[r * CB + c];
+          dg[(b * R + r) * C + c0 + c] = sdg[r * CB + c];
+        }
+  });
+}
+
+}  // namespace
+
+#define EMA_EXPORT(NAME, T, A)                                                                                  \
+  extern "C" void NAME##_forward(const T *v, int64_t B, int64_t Tn, int64_t C, int64_t sb, int64_t st,         \
+                                 const A *p, const A *g, int64_t R, int strict, T *y, int threads) {            \
+    forward<T, A>(v, B, Tn, C, sb, st, p, g, R, strict != 0, y, threads);                                      \
+  }                                                                                                             \
+  extern "C" void NAME##_backward(const T *v, int64_t sb, int64_t st, const T *gy, int64_t gb, int64_t gt,      \
+                                  int64_t B, int64_t Tn, int64_t C, const A *p, const A *g, int64_t R,          \
+                                  int strict, T *dv, A *dp, A *dg, int threads) {                               \
+    backward<T, A>(v, sb, st, gy, gb, gt, B, Tn, C, p, g, R, strict != 0, dv, dp, dg, threads);                \
+  }
+
+EMA_EXPORT(ema_f32, float, float)
+EMA_EXPORT(ema_f64, double, double)
+EMA_EXPORT(ema_bf16, bf16, float)

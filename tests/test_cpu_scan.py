@@ -1,0 +1,233 @@
+"""momattn.cpu_scan: the C++ kernel that scans both ops' training paths on CPU (SCAN_BACKEND "auto" there).
+
+The tests of tests/test_ops.py that exercise a training path (no states) run here again with the kernel, against
+the same float64 references; the rest check what is the kernel's own: one rounding of a bf16 output, nothing
+full-size saved for fixed rates, thread-independent results, agreement with the matmul scans, the fallback."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from momattn import cpu_scan, ops
+from momattn.ops import momentum_ema
+from tests.test_ops import (  # noqa: F401  (collected here, with the kernel)
+    F64,
+    mom,
+    mr,
+    test_backward_inside_autocast,
+    test_learnable_rate_gradient_is_accurate_in_float32_at_every_rate,
+    test_low_precision_inputs_get_grads_of_their_dtype,
+    test_memory_is_linear_in_T,
+    test_momentum_chained_states_equal_one_pass,
+    test_momentum_default_chunk_and_eta_shape_1,
+    test_momentum_eta_exactly_zero,
+    test_momentum_fixed_rate_gradgradcheck,
+    test_momentum_fixed_rate_gradients_match_naive,
+    test_momentum_float32_matches_naive,
+    test_momentum_grad_parity_with_naive,
+    test_momentum_gradcheck,
+    test_momentum_long_sequence_eta_near_one,
+    test_momentum_matches_naive,
+    test_multirate_chained_states_equal_one_pass,
+    test_multirate_custom_backward_matches_naive,
+    test_multirate_default_chunk_float32,
+    test_multirate_empty_batch_or_channels,
+    test_multirate_grad_parity_with_naive,
+    test_multirate_gradcheck,
+    test_multirate_matches_naive,
+    test_multirate_p_exactly_zero,
+    test_multirate_second_derivatives,
+    test_small_rates_float32_match_float64,
+    test_strided_inputs_match_contiguous,
+)
+
+COMPILER = any(shutil.which(c) for c in ("c++", "g++", "clang++"))
+
+
+@pytest.fixture(autouse=True)
+def kernel(monkeypatch):
+    """Every test here scans with the kernel; it must build wherever there is a compiler (CI has one)."""
+    if not COMPILER:
+        pytest.skip("no C++ compiler: the kernel cannot be built here (the matmul scans are used)")
+    assert cpu_scan.load() is not None, "the CPU scan kernel did not build (see the warning)"
+    monkeypatch.setattr(ops, "SCAN_BACKEND", "cpu")
+
+
+@pytest.fixture
+def carry():
+    """test_ops' carry variants are the matmul scans'; the kernel has one way."""
+    return "kernel"
+
+
+def test_the_kernel_runs(monkeypatch):
+    """The training paths call the kernel here (so the tests above test it), and not once it is switched off."""
+    calls = []
+    real = cpu_scan._forward
+    monkeypatch.setattr(cpu_scan, "_forward", lambda *a: calls.append(1) or real(*a))
+    v = torch.randn(2, 3, 20, 4, requires_grad=True)
+    mom(v, 0.5)
+    mr(torch.randn(2, 20, 6), torch.rand(6, 2), torch.randn(6, 2))
+    momentum_ema(v, 0.5, output_final_state=True)  # a state: the matmul scans
+    assert len(calls) == 2
+    monkeypatch.setattr(ops, "SCAN_BACKEND", "torch")
+    mom(v, 0.5)
+    assert len(calls) == 2
+
+
+def test_bf16_output_rounded_once():
+    """bf16 values, float32 states: each output is the float32 sum rounded once, within 2^-8 relative of the exact
+    sum of the bf16 values (plus float32 accumulation), at every rate (2048 of them) and length; in training and
+    evaluation alike (batch-independent)."""
+    torch.manual_seed(0)
+    for v, eta, inc in [
+        (torch.rand(1, 2048, 128, 16), torch.linspace(0.02, 0.98, 2048), False),
+        (torch.randn(2, 3, 1000, 8), torch.tensor([0.999, 0.3, 0.0]), True),
+        (torch.randn(2, 3, 3000, 8), torch.tensor([0.5, 0.9, 0.99]), False),
+    ]:
+        v = v.bfloat16()
+        out = mom(v.detach().requires_grad_(), eta, inc).detach()
+        assert out.dtype == torch.bfloat16
+        exact = mom(v.double(), eta.double(), inc)
+        scale = mom(v.double().abs(), eta.double(), inc)
+        err = (out.double() - exact).abs()
+        assert (err <= 2.0**-8 * exact.abs() + 2.0**-16 * scale).all(), (err / scale).max().item()
+        assert torch.equal(mom(v, eta, inc), out)  # no gradient: the same path
+    x = torch.randn(3, 500, 24).bfloat16()
+    p, gamma = torch.sigmoid(torch.randn(24, 8) * 1.5), torch.randn(24, 8)
+    out = mr(x, p, gamma)
+    exact = mr(x.double(), p.double(), gamma.double())
+    scale = mr(x.double().abs(), p.double(), gamma.double().abs())
+    assert ((out.double() - exact).abs() <= 2.0**-8 * exact.abs() + 2.0**-16 * scale).all()
+
+
+@pytest.mark.parametrize("include_current", [False, True])
+def test_bf16_gradients(include_current):
+    """bf16 values and output gradient: the values' gradient rounded once, the rates' (float32) within 0.5% of the
+    exact one (the matmul scans' bf16 path: 5%)."""
+    torch.manual_seed(0)
+    v, w = torch.randn(4, 3, 300, 16).bfloat16(), torch.randn(4, 3, 300, 16).bfloat16()
+    grads = {}
+    for dtype in (F64, torch.bfloat16):
+        eta = torch.tensor([0.3, 0.9, 0.99], dtype=F64 if dtype == F64 else torch.float32, requires_grad=True)
+        x = v.to(dtype).requires_grad_()
+        momentum_ema(x, eta, include_current)[0].backward(w.to(dtype))
+        grads[dtype] = x.grad.double(), eta.grad.double()
+    (dv, de), (dv64, de64) = grads[torch.bfloat16], grads[F64]
+    scale = mom(w.double().abs().flip(2), torch.tensor([0.3, 0.9, 0.99], dtype=F64), include_current).flip(2)
+    assert ((dv - dv64).abs() <= 2.0**-8 * dv64.abs() + 2.0**-16 * scale).all()
+    assert (de - de64).abs().max() <= 0.005 * de64.abs().max()
+    x, gy = torch.randn(4, 300, 16).bfloat16(), torch.randn(4, 300, 16).bfloat16()
+    p, gamma = torch.sigmoid(torch.randn(16, 8) * 1.5), torch.randn(16, 8) * 0.3
+    got = {}
+    for dtype in (F64, torch.bfloat16):
+        acc = F64 if dtype == F64 else torch.float32
+        args = [x.to(dtype).requires_grad_(), p.to(acc).requires_grad_(), gamma.to(acc).requires_grad_()]
+        mr(*args).backward(gy.to(dtype))
+        got[dtype] = [a.grad.double() for a in args]
+    for low, exact in zip(got[torch.bfloat16], got[F64]):
+        assert (low - exact).abs().max() <= 0.005 * exact.abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_agrees_with_the_matmul_scans(dtype, monkeypatch):
+    """The model's shapes and strides (a slice of the qkv projection), both ops, all gradients: the kernel and
+    the matmul scans agree to their precision."""
+    torch.manual_seed(0)
+    B, T, H, D, R = 2, 300, 4, 16, 8
+    C = H * D
+    qkv = torch.randn(B, T, 3 * C)
+    w = torch.randn(B, T, C)
+    p0, g0 = torch.sigmoid(torch.randn(C, R)), torch.randn(C, R) * 0.3
+    out = {}
+    for backend in ("cpu", "torch"):
+        monkeypatch.setattr(ops, "SCAN_BACKEND", backend)
+        base = qkv.to(dtype).requires_grad_()
+        eta = torch.tensor([0.2, 0.5, 0.8, 0.95], requires_grad=True)
+        p, g = p0.clone().requires_grad_(), g0.clone().requires_grad_()
+        v = base[..., 2 * C :]
+        y1 = mom(v.view(B, T, H, D).transpose(1, 2), eta).transpose(1, 2).reshape(B, T, C)
+        y2 = mr(v, p, g)
+        ((y1.float() + y2.float()) * w).sum().backward()
+        out[backend] = [t.float() for t in (y1, y2, base.grad, eta.grad, p.grad, g.grad)]
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    for a, b in zip(out["cpu"], out["torch"]):
+        assert ((a - b).abs().max() / b.abs().max()).item() < tol
+
+
+def test_fixed_rates_save_nothing_full_size():
+    """Fixed rates: the values' gradient is the reverse scan of the output's, so nothing full-size is saved; rates
+    that learn keep the values (a view of the input) alone."""
+
+    def saved(eta):
+        sizes = []
+        v = torch.randn(2, 4, 150, 8, requires_grad=True)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+            out = mom(v, eta)
+        out.sum().backward()
+        return sum(s >= v.numel() for s in sizes)
+
+    assert saved(0.5) == 0 and saved(torch.tensor([0.3, 0.5, 0.7, 0.9])) == 0
+    assert saved(torch.tensor([0.3, 0.5, 0.7, 0.9], requires_grad=True)) == 1
+
+
+def test_results_do_not_depend_on_threads():
+    torch.manual_seed(0)
+    v = torch.randn(5, 70, 200, requires_grad=True)
+    p, g = torch.rand(200, 3, requires_grad=True), torch.randn(200, 3, requires_grad=True)
+    res = []
+    old = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            for t in (v, p, g):
+                t.grad = None
+            y = mr(v, p, g)
+            y.backward(torch.ones_like(y))
+            res.append([y, v.grad, p.grad, g.grad])
+    finally:
+        torch.set_num_threads(old)
+    for other in res[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(res[0], other))
+
+
+def test_unbuildable_kernel_falls_back_with_one_warning(monkeypatch, caplog):
+    """No compiler: one warning, then the matmul scans (the same numbers); SCAN_BACKEND "cpu" says why it fails."""
+    monkeypatch.setattr(cpu_scan, "_LIB", None)
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    monkeypatch.setattr(ops, "SCAN_BACKEND", "auto")
+    v = torch.randn(2, 3, 40, 4, dtype=F64)
+    with caplog.at_level("WARNING"):
+        out = mom(v, 0.6)
+        mom(v, 0.6)
+    assert sum("could not be built" in r.message for r in caplog.records) == 1
+    monkeypatch.setattr(ops, "SCAN_BACKEND", "torch")
+    torch.testing.assert_close(out, mom(v, 0.6), rtol=1e-12, atol=1e-12)
+    monkeypatch.setattr(ops, "SCAN_BACKEND", "cpu")
+    with pytest.raises(RuntimeError, match="SCAN_BACKEND is 'cpu' but the CPU scan kernel cannot be built"):
+        mom(v, 0.6)
+
+
+def test_built_once_into_the_cache(tmp_path, monkeypatch):
+    """The library is keyed by source, compiler and CPU: a second load reuses the file."""
+    monkeypatch.setenv("MOMATTN_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_scan, "_LIB", None)
+    assert cpu_scan.load() is not None
+    built = list(tmp_path.glob("ema_scan-*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(cpu_scan, "_LIB", None)
+    assert cpu_scan.load() is not None and built[0].stat().st_mtime_ns == stamp
+    assert not list(tmp_path.glob("tmp*"))
+
+
+def test_flags_the_compiler_refuses_fall_back_to_portable_ones(tmp_path, monkeypatch):
+    """-march=native is not every compiler's (Apple's clang on arm64): the build retries with portable flags."""
+    monkeypatch.setenv("MOMATTN_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_scan, "_LIB", None)
+    monkeypatch.setattr(cpu_scan, "_flags", lambda: [*cpu_scan.PORTABLE, "-fno-such-flag-in-any-compiler"])
+    assert cpu_scan.load() is not None
+    torch.testing.assert_close(mom(torch.ones(1, 1, 3, 2, dtype=F64), 0.5)[0, 0, :, 0],
+                               torch.tensor([0.0, 0.5, 0.75], dtype=F64))

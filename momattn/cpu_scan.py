@@ -28,6 +28,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -63,14 +64,14 @@ def _cpu_flags() -> str:
                 return line
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return f"{platform.platform()} {platform.processor() or platform.machine()}"
 
 
-def _build(cxx: str) -> Path:
+def _build(cxx: list[str]) -> Path:
     """The kernel's shared library, built into the cache unless it is there already (atomic: a concurrent
     build by another process replaces it with the same bytes)."""
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), cxx, version, " ".join(_flags()), _cpu_flags()]).encode())
+    version = subprocess.run([*cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *cxx, version, " ".join(_flags()), _cpu_flags()]).encode())
     cache = Path(os.environ.get("MOMATTN_CACHE") or Path.home() / ".cache" / "momattn")
     lib = cache / f"ema_scan-{key.hexdigest()[:16]}.so"
     if not lib.exists():
@@ -79,12 +80,12 @@ def _build(cxx: str) -> Path:
         os.close(fd)
         try:
             for flags in (_flags(), PORTABLE):
-                res = subprocess.run([cxx, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
+                res = subprocess.run([*cxx, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
                                      timeout=300)
                 if not res.returncode:
                     break
             else:
-                raise RuntimeError(f"{cxx} failed: {res.stderr.strip()[-2000:]}")
+                raise RuntimeError(f"{' '.join(cxx)} failed: {res.stderr.strip()[-2000:]}")
             os.replace(tmp, lib)
         finally:
             if os.path.exists(tmp):
@@ -96,14 +97,15 @@ def load() -> ctypes.CDLL | None:
     """The kernel, built if needed; None (after one warning) where it cannot be built."""
     global _LIB
     if _LIB is None:
-        cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+        cxx = shlex.split(os.environ.get("CXX", "")) or [
+            c for c in (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++"),) if c]
         try:
             if not cxx:
                 raise RuntimeError("no C++ compiler found (c++, g++, clang++ or $CXX)")
             lib = ctypes.CDLL(str(_build(cxx)))
             for name in _NAMES.values():
-                getattr(lib, f"{name}_forward").restype = None
-                getattr(lib, f"{name}_backward").restype = None
+                getattr(lib, f"{name}_forward").restype = ctypes.c_int
+                getattr(lib, f"{name}_backward").restype = ctypes.c_int
             _LIB = lib
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             log.warning("momattn: the CPU scan kernel could not be built (%s); using the matmul scans of "
@@ -121,12 +123,30 @@ def _unit_channels(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 or x.size(-1) == 1 else x.contiguous()
 
 
-def _forward(x: torch.Tensor, p: torch.Tensor, g: torch.Tensor, strict: bool) -> torch.Tensor:
+def _ok(status: int) -> None:
+    if status:
+        raise RuntimeError("the CPU scan kernel could not get a thread or a buffer (out of memory?); "
+                           "MOMATTN_SCAN_BACKEND=torch uses the matmul scans")
+
+
+def _add_layout(add: torch.Tensor) -> tuple[int, int, int, int]:
+    """Strides (batch, time, head) and head size of an addend: (B, T, C), or (B, H, T, D) heads (as attention
+    returns them); channels at unit stride."""
+    if add.dim() == 3:
+        return add.stride(0), add.stride(1), 0, add.shape[2]
+    return add.stride(0), add.stride(2), add.stride(1), add.shape[3]
+
+
+def _forward(x: torch.Tensor, p: torch.Tensor, g: torch.Tensor, strict: bool,
+             add: torch.Tensor | None = None) -> torch.Tensor:
     B, T, C = x.shape
     y = torch.empty(B, T, C, dtype=x.dtype)
-    getattr(load(), _NAMES[x.dtype] + "_forward")(
+    ab, at, ah, D = _add_layout(add) if add is not None else (0, 0, 0, 1)
+    _ok(getattr(load(), _NAMES[x.dtype] + "_forward")(
         _P(x.data_ptr()), _I(B), _I(T), _I(C), _I(x.stride(0)), _I(x.stride(1)), _P(p.data_ptr()),
-        _P(g.data_ptr()), _I(p.shape[0]), _INT(strict), _P(y.data_ptr()), _INT(torch.get_num_threads()))
+        _P(g.data_ptr()), _I(p.shape[0]), _INT(strict), _P(y.data_ptr()),
+        _P(add.data_ptr() if add is not None else None), _I(ab), _I(at), _I(ah), _I(D),
+        _INT(torch.get_num_threads())))
     return y
 
 
@@ -136,45 +156,60 @@ def _backward(x: torch.Tensor, gy: torch.Tensor, p: torch.Tensor, g: torch.Tenso
     dx = torch.empty(B, T, C, dtype=x.dtype)
     dp = torch.empty(B, R, C, dtype=p.dtype) if rates else None  # per batch row: summed below, thread-independent
     dg = torch.empty(B, R, C, dtype=p.dtype) if rates else None
-    getattr(load(), _NAMES[x.dtype] + "_backward")(
+    _ok(getattr(load(), _NAMES[x.dtype] + "_backward")(
         _P(x.data_ptr()), _I(x.stride(0)), _I(x.stride(1)), _P(gy.data_ptr()), _I(gy.stride(0)), _I(gy.stride(1)),
         _I(B), _I(T), _I(C), _P(p.data_ptr()), _P(g.data_ptr()), _I(R), _INT(strict), _P(dx.data_ptr()),
-        _P(dp.data_ptr() if rates else None), _P(dg.data_ptr() if rates else None), _INT(torch.get_num_threads()))
+        _P(dp.data_ptr() if rates else None), _P(dg.data_ptr() if rates else None), _INT(torch.get_num_threads())))
     return dx, (dp.sum(0) if rates else None), (dg.sum(0) if rates else None)
 
 
 class _Scan(torch.autograd.Function):
     """The kernel's forward and backward; the values are saved only for the rates' and weights' gradients
-    (the values' own gradient is the reverse scan of the output's, which needs nothing full-size)."""
+    (the values' own gradient is the reverse scan of the output's, which needs nothing full-size). An addend's
+    gradient is the output's, in its shape."""
 
     @staticmethod
-    def forward(ctx, x, p, g, strict, fallback):
+    def forward(ctx, x, p, g, strict, fallback, add):
         ctx.strict, ctx.fallback = strict, fallback
         ctx.rates = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        ctx.add_shape = None if add is None else add.shape
         ctx.save_for_backward(x if ctx.rates else None, p, g)
-        return _forward(x, p.contiguous(), g.contiguous(), strict)
+        return _forward(x, p.contiguous(), g.contiguous(), strict, add)
 
     @staticmethod
     def backward(ctx, gy):
         x, p, g = ctx.saved_tensors
+        d_add = None
+        if ctx.add_shape is not None and ctx.needs_input_grad[5]:
+            d_add = gy if len(ctx.add_shape) == 3 else gy.view(*ctx.add_shape[:1], ctx.add_shape[2], ctx.add_shape[1],
+                                                               ctx.add_shape[3]).transpose(1, 2)
         if torch.is_grad_enabled():  # create_graph: a differentiable backward
             if not ctx.rates:  # the reverse scan of gy, by this kernel (linear in gy)
-                return ema(gy.flip(1), p, g, ctx.strict, ctx.fallback).flip(1), None, None, None, None
+                return ema(gy.flip(1), p, g, ctx.strict, ctx.fallback).flip(1), None, None, None, None, d_add
             # recompute through the matmul scans, from the saved inputs, so that the graph reaches them
             want = [t for t, need in zip((x, p, g), ctx.needs_input_grad) if need]
             grads = iter(torch.autograd.grad(ctx.fallback(x, p, g).to(x.dtype), want, gy, create_graph=True))
-            return (*(next(grads) if need else None for need in ctx.needs_input_grad[:3]), None, None)
+            return (*(next(grads) if need else None for need in ctx.needs_input_grad[:3]), None, None, d_add)
         if ctx.rates:
             dx, dp, dg = _backward(x, _unit_channels(gy), p.contiguous(), g.contiguous(), ctx.strict, True)
-            return dx, dp, dg, None, None
+            return dx, dp, dg, None, None, d_add
         dx = _backward(gy, _unit_channels(gy), p.contiguous(), g.contiguous(), ctx.strict, False)[0]  # x unread
-        return dx, None, None, None, None
+        return dx, None, None, None, None, d_add
 
 
 def ema(x: torch.Tensor, p: torch.Tensor, g: torch.Tensor, strict: bool,
-        fallback: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        fallback: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        add: torch.Tensor | None = None) -> torch.Tensor:
     """The scan of x (B, T, C) by rates p and weights g (R, C), in float32 (float64 for float64 x), differentiable
     in all three; returns (B, T, C) in x's dtype. fallback(x, p, g) computes the same differentiably (the matmul
-    scans), for a second derivative."""
+    scans), for a second derivative. add: a tensor of x's dtype added to the output before its rounding, (B, T, C)
+    or (B, H, T, D) with H * D = C (an attention output: read in place, heads merged as the output is written)."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return _Scan.apply(_unit_channels(x), p.to(acc), g.to(acc), strict, fallback)
+    if add is not None:
+        B, T, C = x.shape
+        heads = add.dim() == 4 and (add.shape[0], add.shape[2], add.shape[1] * add.shape[3]) == (B, T, C)
+        if add.dtype != x.dtype or not (heads or add.shape == x.shape):
+            raise ValueError(f"cpu_scan.ema: add must be (B, T, C) = {tuple(x.shape)} or (B, H, T, D) with H * D = C, "
+                             f"of dtype {x.dtype}; got {tuple(add.shape)} {add.dtype}")
+        add = _unit_channels(add)
+    return _Scan.apply(_unit_channels(x), p.to(acc), g.to(acc), strict, fallback, add)

@@ -163,10 +163,13 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.rotary = Rotary(config.n_embd // config.n_head, config.block_size) if config.pos_emb == "rotary" else None
 
-    def memory(self, v: torch.Tensor, cache: LayerCache | None) -> torch.Tensor | None:
-        """Extra term added to the merged attention output, from the merged values v (B, T, C): (B, T, C), or
-        None for vanilla. With a cache, the term continues from cache.state and leaves the new state there."""
-        return None
+    def memory(self, v: torch.Tensor, cache: LayerCache | None, add: torch.Tensor | None = None
+               ) -> torch.Tensor | None:
+        """The extra term over the merged values v (B, T, C), plus add (the attention output, (B, H, T, D)) when
+        given, heads merged: (B, T, C); vanilla has no term (None without add). With a cache, the term continues
+        from cache.state and leaves the new state there. The ops take add as an addend, which the CPU kernel adds
+        as it writes its output (one full-size pass less than adding afterwards)."""
+        return None if add is None else add.transpose(1, 2).reshape(v.shape)
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None, start: int = 0) -> torch.Tensor:
         B, T, C = x.size()
@@ -174,7 +177,6 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v_merged))  # (B, H, T, D)
         if self.rotary is not None:
             q, k = self.rotary(q, start), self.rotary(k, start)
-        mem = self.memory(v_merged, cache)  # (B, T, C); its state lives in cache.state, apart from the keys
         if cache is not None and cache.k is not None:
             k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)  # (B, H, P+T, D)
         if cache is not None:
@@ -193,10 +195,7 @@ class CausalSelfAttention(nn.Module):
                 P = k.size(2) - T
                 mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        y = y.transpose(1, 2)  # (B, T, H, D): heads side by side
-        if mem is not None:  # mem first: the sum takes its contiguous layout, so one pass adds and merges
-            y = mem.view(B, T, self.n_head, C // self.n_head) + y
-        y = y.reshape(B, T, C)
+        y = self.memory(v_merged, cache, add=y)  # (B, T, C) heads merged; a term's state lives in cache.state
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -216,17 +215,17 @@ class MomentumAttention(CausalSelfAttention):
     def eta(self) -> torch.Tensor:
         return torch.sigmoid(self.eta_logit) if hasattr(self, "eta_logit") else self.eta_fixed
 
-    def memory(self, vm, cache):
+    def memory(self, vm, cache, add=None):
         B, T, C = vm.shape
         v = vm.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D), no copy
         # the rates are valid by construction (a config-checked eta or a sigmoid): checking them would make
         # a GPU wait, once per layer and step
         if cache is None:
-            m = momentum_ema(v, self.eta, self.include_current, check_rates=False)[0]
+            m = momentum_ema(v, self.eta, self.include_current, check_rates=False, add=add)[0]
         else:
             m, cache.state = momentum_ema(v, self.eta, self.include_current, cache.state, output_final_state=True,
-                                          check_rates=False)
-        return m.transpose(1, 2).reshape(B, T, C)  # the op returns heads side by side already: no copy
+                                          check_rates=False, add=add)
+        return m.transpose(1, 2).reshape(B, T, C)  # (B, H, T, D) with heads side by side in memory: no copy
 
 
 class MultiRateEMAAttention(CausalSelfAttention):
@@ -240,11 +239,11 @@ class MultiRateEMAAttention(CausalSelfAttention):
         self.gamma = nn.Parameter(torch.randn(C, R))
         self.scale = math.sqrt(1.0 / C)
 
-    def memory(self, vm, cache):
+    def memory(self, vm, cache, add=None):
         p, g = torch.sigmoid(self.delta), self.gamma * self.scale  # (C, R)
         if cache is None:  # p is a sigmoid: valid by construction, unchecked (a check would make a GPU wait)
-            return multirate_ema(vm, p, g, check_rates=False)[0]  # (B, T, C): the merged values, no head split
-        m, cache.state = multirate_ema(vm, p, g, cache.state, output_final_state=True, check_rates=False)
+            return multirate_ema(vm, p, g, check_rates=False, add=add)[0]  # (B, T, C): the merged values
+        m, cache.state = multirate_ema(vm, p, g, cache.state, output_final_state=True, check_rates=False, add=add)
         return m
 
 

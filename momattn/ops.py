@@ -346,6 +346,7 @@ def momentum_ema(
     chunk_size: int = 32,  # fastest on CPU for the default model (bench: 16, 32, 64, 128 compared)
     *,
     check_rates: bool = True,
+    add: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Exponential moving average of the values along time, per head.
 
@@ -364,11 +365,15 @@ def momentum_ema(
     the device every decoded token); it was checked when the state was started. check_rates=False skips
     the check of a tensor eta altogether, for callers whose rates are valid by construction (the model's:
     a config-checked float or a sigmoid): on a GPU the check waits for the device, once per layer and step.
+
+    add: (B, H, T, D) or None, a tensor added to out (the model's attention output). The CPU kernel adds it as it
+    writes the output, in float32 before the one rounding (one full-size pass less); elsewhere it is a plain add.
     """
     fn = "momentum_ema"
     _check_v4(fn, v)
     _check_chunk(fn, chunk_size)
     B, H, T, D = v.shape
+    _check_add(fn, add, v)
     _check_state(fn, initial_state, (B, H, D), "B, H, D")
     acc = _acc_dtype(v.dtype)
     decoding = T == 1 and initial_state is not None
@@ -376,11 +381,12 @@ def momentum_ema(
         a = _eta_per_head(fn, eta, H, v.device, acc, check_values=check_rates and not decoding)  # (H,)
         s0 = None if initial_state is None else initial_state.to(v.device, acc)  # (B, H, D)
         if T <= 1:
-            return _momentum_short(v, a, include_current, s0, output_final_state)
+            out, final = _momentum_short(v, a, include_current, s0, output_final_state)
+            return _plus(out, add), final
         shared = not isinstance(eta, torch.Tensor) or eta.numel() == 1  # one rate for every head
         rates = a[:1] if shared else a  # (G,)
         if s0 is None and not output_final_state:  # training: the merged layout and a custom backward
-            return _momentum_merged(v, rates, include_current, chunk_size), None
+            return _momentum_merged(v, rates, include_current, chunk_size, add), None
         # with states: the same scan of the merged layout, plus the prefix's state decaying into every position
         x = v.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D): no copy for merged-layout values
         if not _use_triton(x, rates.shape[0]):
@@ -392,7 +398,7 @@ def momentum_ema(
         final = None
         if output_final_state:  # the inclusive state after T-1: the output there, plus v_{T-1} if it was left out
             final = y[:, -1].clone() if include_current else y[:, -1] + x[:, -1].view(B, H, D).to(acc)  # (B, H, D)
-    return y.to(v.dtype).transpose(1, 2), final  # (B, H, T, D), heads side by side in memory
+    return _plus(y.to(v.dtype).transpose(1, 2), add), final  # (B, H, T, D), heads side by side in memory
 
 
 def _bf16_training(x: torch.Tensor) -> bool:
@@ -403,7 +409,7 @@ def _bf16_training(x: torch.Tensor) -> bool:
 
 
 def _momentum_merged(
-    v: torch.Tensor, a: torch.Tensor, include_current: bool, chunk_size: int
+    v: torch.Tensor, a: torch.Tensor, include_current: bool, chunk_size: int, add: torch.Tensor | None = None
 ) -> torch.Tensor:
     """momentum_ema without states, on the heads-merged layout (B, T, H*D) as it is: a (1,) one rate for
     every head, or (H,) one per head. The values a model splits from its qkv projection are such a strided
@@ -415,12 +421,38 @@ def _momentum_merged(
     # on CPU (its matmuls accumulate in float32 there, see _scan_merged) and anything else in the accumulation dtype
     if _use_cpu_kernel(x):  # one pass through time in this layout (momattn/cpu_scan.py): R = 1, g = 1
         p = a.repeat_interleave(H * D // a.shape[0])[None]  # (1, H*D) each channel's rate
+        fused = add if add is not None and add.dtype == x.dtype else None  # added as the output is written
         y = cpu_scan.ema(x, p, torch.ones_like(p), not include_current,
                          lambda xs, ps, _: _scan_merged_autograd(xs, ps[0, :: H * D // a.shape[0]], not include_current,
-                                                                 chunk_size))
+                                                                 chunk_size), fused)
+        if fused is not None:
+            add = None
     else:
         y = _scan_merged_autograd(x, a, not include_current, chunk_size)  # (B, T, H*D)
-    return y.to(v.dtype).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+    return _plus(y.to(v.dtype).view(B, T, H, D).transpose(1, 2), add)  # (B, H, T, D)
+
+
+def _check_add(fn: str, add: torch.Tensor | None, out: torch.Tensor) -> None:
+    """add has out's shape; for a (B, T, C) out (multirate_ema) also (B, H, T, D) heads with H * D = C."""
+    if add is None:
+        return
+    ok = isinstance(add, torch.Tensor) and add.shape == out.shape
+    if isinstance(add, torch.Tensor) and out.dim() == 3 and add.dim() == 4:
+        B, T, C = out.shape
+        ok = (add.shape[0], add.shape[2], add.shape[1] * add.shape[3]) == (B, T, C)
+    if not ok:
+        shape = tuple(add.shape) if isinstance(add, torch.Tensor) else type(add).__name__
+        heads = " or (B, H, T, D) heads with H * D = C" if out.dim() == 3 else ""
+        raise ValueError(f"{fn}: add must have the output's shape {tuple(out.shape)}{heads}, got {shape}")
+
+
+def _plus(out: torch.Tensor, add: torch.Tensor | None) -> torch.Tensor:
+    """out + add (None: out); (B, H, T, D) heads added to a (B, T, C) out are merged first."""
+    if add is None:
+        return out
+    if add.dim() == 4 and out.dim() == 3:
+        add = add.transpose(1, 2).reshape(out.shape)
+    return out + add
 
 
 def _scan_merged_autograd(x: torch.Tensor, a: torch.Tensor, strict: bool, chunk_size: int) -> torch.Tensor:
@@ -690,6 +722,7 @@ def multirate_ema(
     chunk_size: int = 32,  # fastest on CPU at T = 256 (16, 32, 64, 128 compared), tied with 64 at T = 1024
     *,
     check_rates: bool = True,
+    add: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Multi-rate damped EMA per channel (the authors' "rot-momentum" code), current token included.
 
@@ -703,10 +736,13 @@ def multirate_ema(
     after position T-1, in float32 (float64 for float64 v), or None unless output_final_state.
     O(T) time and memory; no (B, T, C, R) tensor is formed (per-rate states exist only at chunk ends,
     (B, T/c, C, R)). p's range is not re-checked on a one-token step that continues a state, nor at all with
-    check_rates=False (rates valid by construction, e.g. a sigmoid: the check would wait for a GPU).
+    check_rates=False (rates valid by construction, e.g. a sigmoid: the check would wait for a GPU). add: (B, T, C),
+    or (B, H, T, D) heads (an attention output, merged as it is added), or None: added to out, as momentum_ema's
+    (the CPU kernel adds it as it writes).
     """
     fn = "multirate_ema"
     _check_multirate(fn, v, p, gamma)
+    _check_add(fn, add, v)
     _check_chunk(fn, chunk_size)
     B, T, C = v.shape
     R = p.shape[1]
@@ -718,12 +754,15 @@ def multirate_ema(
         p, gamma = p.to(v.device, acc), gamma.to(v.device, acc)
         s0 = None if initial_state is None else initial_state.to(v.device, acc)  # (B, C, R)
         if T <= 1:
-            return _multirate_short(v, p, gamma, s0, output_final_state)
+            out, final = _multirate_short(v, p, gamma, s0, output_final_state)
+            return _plus(out, add), final
         if s0 is None and not output_final_state and v.numel() and not _is_compiling():  # training: custom backward
             if _use_cpu_kernel(v):  # one pass through time in this layout (momattn/cpu_scan.py)
-                return cpu_scan.ema(v, p.t(), gamma.t(), False, lambda xs, ps, gs: multirate_ema(
-                    xs, ps.t(), gs.t(), None, True, chunk_size, check_rates=False)[0]), None
-            return _MultiRateScan.apply(v, p, gamma, chunk_size, _bf16_training(v)), None
+                fused = add if add is not None and add.dtype == v.dtype else None  # added as the output is written
+                y = cpu_scan.ema(v, p.t(), gamma.t(), False, lambda xs, ps, gs: multirate_ema(
+                    xs, ps.t(), gs.t(), None, True, chunk_size, check_rates=False)[0], fused)
+                return _plus(y, add if fused is None else None), None
+            return _plus(_MultiRateScan.apply(v, p, gamma, chunk_size, _bf16_training(v)), add), None
         c = min(chunk_size, T)
         n = -(-T // c)  # number of chunks
         # contiguous: a state shared by a batch (cache.expand) has stride 0 in B, which would make the batched
@@ -740,7 +779,7 @@ def multirate_ema(
                 None if prev is None else prev[..., n - 1].reshape(C, R, B).transpose(1, 2)
             )  # (C, B, R)
             final = _last_state(x_last, w, a_into, last_prev).transpose(0, 1)  # (B, C, R)
-    return (y if n * c == T else y[:, :T]), final
+    return _plus(y if n * c == T else y[:, :T], add), final
 
 
 def _multirate_chunks(

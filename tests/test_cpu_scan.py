@@ -231,3 +231,71 @@ def test_flags_the_compiler_refuses_fall_back_to_portable_ones(tmp_path, monkeyp
     assert cpu_scan.load() is not None
     torch.testing.assert_close(mom(torch.ones(1, 1, 3, 2, dtype=F64), 0.5)[0, 0, :, 0],
                                torch.tensor([0.0, 0.5, 0.75], dtype=F64))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_add_is_added_and_gets_the_output_gradient(backend, monkeypatch):
+    """add (the attention output) lands in the output, fused into the kernel's write or added after it; its
+    gradient is the output's. multirate_ema takes (B, T, C) or (B, H, T, D) heads; a dtype other than the values'
+    is added after the scan."""
+    monkeypatch.setattr(ops, "SCAN_BACKEND", backend)
+    torch.manual_seed(0)
+    B, H, T, D = 2, 3, 37, 4
+    v = torch.randn(B, T, 3 * H * D, dtype=F64)[..., : H * D]
+    w = torch.randn(B, T, H * D, dtype=F64)
+    cases = [
+        (lambda x, a: mom(x.view(B, T, H, D).transpose(1, 2), torch.tensor([0.2, 0.5, 0.9], dtype=F64),
+                          add=a).transpose(1, 2).reshape(B, T, H * D), (B, H, T, D)),
+        (lambda x, a: mr(x, torch.rand(H * D, 2, dtype=F64, generator=torch.Generator().manual_seed(1)),
+                         torch.randn(H * D, 2, dtype=F64, generator=torch.Generator().manual_seed(2)), add=a),
+         (B, H, T, D)),
+    ]
+    for fn, heads in cases:
+        for shape in (heads, (B, T, H * D)) if fn is cases[1][0] else (heads,):
+            add = torch.randn(*shape, dtype=F64, requires_grad=True)
+            x = v.clone().requires_grad_()
+            out = fn(x, add)
+            ref_x = v.clone().requires_grad_()
+            merged = add.detach().transpose(1, 2).reshape(B, T, H * D) if add.dim() == 4 else add.detach()
+            ref = fn(ref_x, None) + merged
+            torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+            (out * w).sum().backward()
+            (ref * w).sum().backward()
+            torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-12, atol=1e-12)
+            want = w.view(B, T, H, D).transpose(1, 2) if add.dim() == 4 else w
+            torch.testing.assert_close(add.grad, want)
+    low = mom(v.float().view(B, T, H, D).transpose(1, 2), 0.5, add=torch.ones(B, H, T, D, dtype=F64))
+    assert low.dtype == F64  # float32 values, float64 addend: promoted as a plain add would
+    with pytest.raises(ValueError, match=r"momentum_ema: add must have the output's shape \(2, 3, 37, 4\)"):
+        mom(v.view(B, T, H, D).transpose(1, 2), 0.5, add=torch.zeros(B, T, H * D, dtype=F64))
+    with pytest.raises(ValueError, match="multirate_ema: add must have the output's shape .* or .B, H, T, D. heads"):
+        mr(v, torch.rand(H * D, 2, dtype=F64), torch.randn(H * D, 2, dtype=F64), add=torch.zeros(B, 5, T, 7))
+
+
+@pytest.mark.parametrize("kind", ["momentum", "multirate_ema"])
+def test_model_steps_agree_with_the_matmul_scans(kind, monkeypatch):
+    """A model step (forward, loss, backward) with the kernel (the attention output added in it) and with the
+    matmul scans: the same loss and gradients (float32)."""
+    from momattn.model import GPT, AttentionConfig, GPTConfig
+
+    x = torch.randint(0, 64, (2, 40))
+    res = {}
+    for backend in ("cpu", "torch"):
+        monkeypatch.setattr(ops, "SCAN_BACKEND", backend)
+        torch.manual_seed(0)
+        m = GPT(GPTConfig(block_size=64, vocab_size=64, n_layer=2, n_head=2, n_embd=32,
+                          attention=AttentionConfig(kind=kind, learnable_eta=kind == "momentum")))
+        loss = m(x, targets=x)
+        loss.backward()
+        res[backend] = [loss.detach()] + [p.grad for p in m.parameters()]
+    for a, b in zip(res["cpu"], res["torch"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_cxx_may_carry_arguments(tmp_path, monkeypatch):
+    """$CXX as build tools set it, with arguments ("ccache g++", "g++ -w")."""
+    cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    monkeypatch.setenv("CXX", f"{cxx} -w")
+    monkeypatch.setenv("MOMATTN_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_scan, "_LIB", None)
+    assert cpu_scan.load() is not None

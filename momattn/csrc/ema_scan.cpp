@@ -17,9 +17,11 @@
 // block's states, which stay in L1, with loops the compiler vectorises. Each task writes its own rows of the
 // per-row rate gradients (B, R, C), which the caller sums, so results do not depend on the number of threads.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -47,21 +49,36 @@ inline void store(bf16 *x, int64_t i, float f) {  // round to nearest even; NaN 
 inline void store(float *x, int64_t i, float f) { x[i] = f; }
 inline void store(double *x, int64_t i, double f) { x[i] = f; }
 
+// tasks 0..tasks-1 split into `threads` contiguous ranges, one per thread (the caller's thread takes the first,
+// and the ranges of any thread that could not be started); an exception in any range is rethrown here
 template <class F>
 void parallel(int64_t tasks, int threads, F fn) {
   threads = int(std::max<int64_t>(1, std::min<int64_t>(threads, tasks)));
-  std::vector<std::thread> pool;
-  for (int w = 1; w < threads; ++w)
-    pool.emplace_back([=] {
+  std::atomic<bool> failed{false};
+  auto range = [&](int w) {
+    try {
       for (int64_t i = tasks * w / threads; i < tasks * (w + 1) / threads; ++i) fn(i);
-    });
-  for (int64_t i = 0; i < tasks / threads; ++i) fn(i);
+    } catch (...) {
+      failed = true;
+    }
+  };
+  std::vector<std::thread> pool;
+  int started = 1;
+  try {
+    pool.reserve(threads);
+    for (; started < threads; ++started) pool.emplace_back(range, started);
+  } catch (...) {
+  }
+  range(0);
+  for (int w = started; w < threads; ++w) range(w);
   for (auto &t : pool) t.join();
+  if (failed) throw std::runtime_error("ema_scan: a task failed");
 }
 
 template <class T, class A>
 void forward(const T *v, int64_t B, int64_t Tn, int64_t C, int64_t sb, int64_t st, const A *p, const A *g,
-             int64_t R, bool strict, T *y, int threads) {
+             int64_t R, bool strict, T *y, const T *add, int64_t ab, int64_t at, int64_t ah, int64_t D,
+             int threads) {
   const int64_t nblk = (C + CB - 1) / CB;
   parallel(B * nblk, threads, [&](int64_t task) {
     const int64_t b = task / nblk, c0 = (task % nblk) * CB, n = std::min(CB, C - c0);
@@ -70,7 +87,17 @@ void forward(const T *v, int64_t B, int64_t Tn, int64_t C, int64_t sb, int64_t s
     T *yb = y + b * Tn * C + c0;
     for (int64_t t = 0; t < Tn; ++t) {
       for (int64_t c = 0; c < n; ++c) x[c] = load(vb + t * st, c);
-      std::fill(acc.begin(), acc.end(), A(0));
+      if (add) {
+        const T *row = add + b * ab + t * at;
+        for (int64_t c = 0; c < n;) {  // head by head: D contiguous channels each
+          const int64_t h = (c0 + c) / D, d = (c0 + c) % D, len = std::min(D - d, n - c);
+          const T *seg = row + h * ah + d;
+          for (int64_t i = 0; i < len; ++i) acc[c + i] = load(seg, i);
+          c += len;
+        }
+      } else {
+        std::fill(acc.begin(), acc.end(), A(0));
+      }
       for (int64_t r = 0; r < R; ++r) {
         A *sr = s.data() + r * CB;
         const A *pr = p + r * C + c0, *gr = g + r * C + c0;
@@ -157,15 +184,28 @@ void backward(const T *v, int64_t sb, int64_t st, const T *gy, int64_t gb, int64
 
 }  // namespace
 
+// The exported functions return 0, or 1 where a thread or a buffer could not be had (no exception may cross
+// into the caller's C frames); cpu_scan.py raises then.
 #define EMA_EXPORT(NAME, T, A)                                                                                  \
-  extern "C" void NAME##_forward(const T *v, int64_t B, int64_t Tn, int64_t C, int64_t sb, int64_t st,         \
-                                 const A *p, const A *g, int64_t R, int strict, T *y, int threads) {            \
-    forward<T, A>(v, B, Tn, C, sb, st, p, g, R, strict != 0, y, threads);                                      \
+  extern "C" int NAME##_forward(const T *v, int64_t B, int64_t Tn, int64_t C, int64_t sb, int64_t st,          \
+                                const A *p, const A *g, int64_t R, int strict, T *y, const T *add, int64_t ab,  \
+                                int64_t at, int64_t ah, int64_t D, int threads) {                               \
+    try {                                                                                                       \
+      forward<T, A>(v, B, Tn, C, sb, st, p, g, R, strict != 0, y, add, ab, at, ah, D, threads);                \
+    } catch (...) {                                                                                             \
+      return 1;                                                                                                 \
+    }                                                                                                           \
+    return 0;                                                                                                   \
   }                                                                                                             \
-  extern "C" void NAME##_backward(const T *v, int64_t sb, int64_t st, const T *gy, int64_t gb, int64_t gt,      \
-                                  int64_t B, int64_t Tn, int64_t C, const A *p, const A *g, int64_t R,          \
-                                  int strict, T *dv, A *dp, A *dg, int threads) {                               \
-    backward<T, A>(v, sb, st, gy, gb, gt, B, Tn, C, p, g, R, strict != 0, dv, dp, dg, threads);                \
+  extern "C" int NAME##_backward(const T *v, int64_t sb, int64_t st, const T *gy, int64_t gb, int64_t gt,       \
+                                 int64_t B, int64_t Tn, int64_t C, const A *p, const A *g, int64_t R,           \
+                                 int strict, T *dv, A *dp, A *dg, int threads) {                                \
+    try {                                                                                                       \
+      backward<T, A>(v, sb, st, gy, gb, gt, B, Tn, C, p, g, R, strict != 0, dv, dp, dg, threads);              \
+    } catch (...) {                                                                                             \
+      return 1;                                                                                                 \
+    }                                                                                                           \
+    return 0;                                                                                                   \
   }
 
 EMA_EXPORT(ema_f32, float, float)

@@ -272,10 +272,22 @@ def _load(m: dict) -> str:
     return f"{a[0]:.2f} at the start, {b[0]:.2f} at the end" if a and b else "unknown"
 
 
+def scan_name(device: torch.device) -> str:
+    """Which implementation scans the EMA ops' training paths on this device (momattn.ops.SCAN_BACKEND)."""
+    from momattn import cpu_scan, ops
+
+    if device.type == "cpu" and ops.SCAN_BACKEND in ("auto", "cpu") and cpu_scan.load() is not None:
+        return "the CPU kernel (momattn/cpu_scan.py: float32 states, each output rounded once)"
+    if device.type == "cuda" and ops.SCAN_BACKEND in ("auto", "triton") and ops._triton_scan() is not None:
+        return "Triton (momentum_ema), the matmul scans (multirate_ema)"
+    return "the chunked matmul scans (momattn/ops.py)"
+
+
 def _render_header(res: dict) -> list[str]:
     m, s, c = res["machine"], res["settings"], res["contention"]
-    dtype = m["dtype"] + (" (autocast; the EMA ops' chunk matmuls in bf16 with fp32 accumulation, their carried "
-                          "states fp32)" if m["dtype"] != "fp32" else "")
+    # results written before the CPU kernel name no scan: the matmul scans, then with bf16 chunk matmuls
+    scan = m.get("scan", "the EMA ops' chunk matmuls in bf16 with fp32 accumulation, their carried states fp32")
+    dtype = m["dtype"] + (" (autocast)" if m["dtype"] != "fp32" else "") + f"; EMA scans: {scan}"
     out = [
         f"{m['cpu']}; {m['torch_threads']} threads; torch {m['torch']}; device {m['device']}; {dtype}; "
         f"{m['date']}{'; --quick' if s['quick'] else ''}.",
@@ -562,7 +574,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_repeats = args.train_repeats or train_repeats
     timer = Timer(**opts, patience_s=args.patience if args.patience is not None else patience)
     res = {
-        "machine": machine_info(device, args.dtype),
+        "machine": {**machine_info(device, args.dtype), "scan": scan_name(device)},
         "settings": {
             "quick": args.quick,
             "parts": args.parts,

@@ -137,15 +137,19 @@ def _add_layout(add: torch.Tensor) -> tuple[int, int, int, int]:
     return add.stride(0), add.stride(2), add.stride(1), add.shape[3]
 
 
-def _forward(x: torch.Tensor, p: torch.Tensor, g: torch.Tensor, strict: bool,
-             add: torch.Tensor | None = None) -> torch.Tensor:
+def _forward(x: torch.Tensor, p: torch.Tensor, g: torch.Tensor, strict: bool, add: torch.Tensor | None = None,
+             s0: torch.Tensor | None = None, final: torch.Tensor | None = None) -> torch.Tensor:
+    """y (B, T, C); s0 / final: (B, C, R) views (any strides) of the states to start from / to fill."""
     B, T, C = x.shape
     y = torch.empty(B, T, C, dtype=x.dtype)
     ab, at, ah, D = _add_layout(add) if add is not None else (0, 0, 0, 1)
+    ss = (ctypes.c_int64 * 6)(*(s0.stride() if s0 is not None else (0, 0, 0)),
+                              *(final.stride() if final is not None else (0, 0, 0)))
     _ok(getattr(load(), _NAMES[x.dtype] + "_forward")(
         _P(x.data_ptr()), _I(B), _I(T), _I(C), _I(x.stride(0)), _I(x.stride(1)), _P(p.data_ptr()),
         _P(g.data_ptr()), _I(p.shape[0]), _INT(strict), _P(y.data_ptr()),
         _P(add.data_ptr() if add is not None else None), _I(ab), _I(at), _I(ah), _I(D),
+        _P(s0.data_ptr() if s0 is not None else None), _P(final.data_ptr() if final is not None else None), ss,
         _INT(torch.get_num_threads())))
     return y
 
@@ -195,6 +199,24 @@ class _Scan(torch.autograd.Function):
             return dx, dp, dg, None, None, d_add
         dx = _backward(gy, _unit_channels(gy), p.contiguous(), g.contiguous(), ctx.strict, False)[0]  # x unread
         return dx, None, None, None, None, d_add
+
+
+def ema_with_states(x: torch.Tensor, p: torch.Tensor, g: torch.Tensor, strict: bool, s0: torch.Tensor | None,
+                    final: bool, add: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The scan continuing from states s0 (B, C, R) (a prefix's, any strides; None: zeros) and, if `final`, the
+    states after the last position, (B, C, R) in float32 (float64 for float64 x): evaluation and generation with a
+    cache, which take no gradient (there is no backward for the states; the ops scan with the matmul scans then)."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, p, g, s0, add)):
+        raise RuntimeError("cpu_scan.ema_with_states has no backward; use the matmul scans for gradients")
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    B, T, C = x.shape
+    R = p.shape[0]
+    if s0 is not None:
+        s0 = s0.to(acc)
+    last = torch.empty(B, C, R, dtype=acc) if final else None
+    y = _forward(_unit_channels(x), p.to(acc).contiguous(), g.to(acc).contiguous(), strict,
+                 None if add is None else _unit_channels(add), s0, last)
+    return y, last
 
 
 def ema(x: torch.Tensor, p: torch.Tensor, g: torch.Tensor, strict: bool,

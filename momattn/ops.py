@@ -389,6 +389,13 @@ def momentum_ema(
             return _momentum_merged(v, rates, include_current, chunk_size, add), None
         # with states: the same scan of the merged layout, plus the prefix's state decaying into every position
         x = v.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D): no copy for merged-layout values
+        if _use_cpu_kernel(x) and not _needs_grad(v, a, s0, add):  # evaluation with a cache: the kernel from s0
+            fused = add if add is not None and add.dtype == v.dtype else None
+            y, last = cpu_scan.ema_with_states(
+                x, a.repeat_interleave(D)[None], a.new_ones(1, H * D), not include_current,
+                None if s0 is None else s0.reshape(B, H * D, 1), output_final_state, fused)
+            out = _plus(y.view(B, T, H, D).transpose(1, 2), None if fused is not None else add)
+            return out, (None if last is None else last.view(B, H, D))
         if not _use_triton(x, rates.shape[0]):
             x = x.to(acc)
         y = _MergedScan.apply(x, rates, not include_current, chunk_size).view(B, T, H, D)  # float32 (float64)
@@ -444,6 +451,11 @@ def _check_add(fn: str, add: torch.Tensor | None, out: torch.Tensor) -> None:
         shape = tuple(add.shape) if isinstance(add, torch.Tensor) else type(add).__name__
         heads = " or (B, H, T, D) heads with H * D = C" if out.dim() == 3 else ""
         raise ValueError(f"{fn}: add must have the output's shape {tuple(out.shape)}{heads}, got {shape}")
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd would take a gradient through any of these."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _plus(out: torch.Tensor, add: torch.Tensor | None) -> torch.Tensor:
@@ -763,6 +775,10 @@ def multirate_ema(
                     xs, ps.t(), gs.t(), None, True, chunk_size, check_rates=False)[0], fused)
                 return _plus(y, add if fused is None else None), None
             return _plus(_MultiRateScan.apply(v, p, gamma, chunk_size, _bf16_training(v)), add), None
+        if _use_cpu_kernel(v) and not _needs_grad(v, p, gamma, s0, add):  # evaluation with a cache: the kernel
+            fused = add if add is not None and add.dtype == v.dtype else None
+            y, final = cpu_scan.ema_with_states(v, p.t(), gamma.t(), False, s0, output_final_state, fused)
+            return _plus(y, None if fused is not None else add), final
         c = min(chunk_size, T)
         n = -(-T // c)  # number of chunks
         # contiguous: a state shared by a batch (cache.expand) has stride 0 in B, which would make the batched

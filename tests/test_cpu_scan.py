@@ -18,6 +18,7 @@ from tests.test_ops import (  # noqa: F401  (collected here, with the kernel)
     mom,
     mr,
     test_backward_inside_autocast,
+    test_final_states_stay_in_the_accumulation_dtype_at_every_length,
     test_learnable_rate_gradient_is_accurate_in_float32_at_every_rate,
     test_low_precision_inputs_get_grads_of_their_dtype,
     test_memory_is_linear_in_T,
@@ -29,18 +30,23 @@ from tests.test_ops import (  # noqa: F401  (collected here, with the kernel)
     test_momentum_float32_matches_naive,
     test_momentum_grad_parity_with_naive,
     test_momentum_gradcheck,
+    test_momentum_initial_state_matches_naive,
     test_momentum_long_sequence_eta_near_one,
     test_momentum_matches_naive,
+    test_momentum_token_by_token_after_prefix,
     test_multirate_chained_states_equal_one_pass,
     test_multirate_custom_backward_matches_naive,
     test_multirate_default_chunk_float32,
     test_multirate_empty_batch_or_channels,
     test_multirate_grad_parity_with_naive,
     test_multirate_gradcheck,
+    test_multirate_initial_state_matches_naive,
     test_multirate_matches_naive,
     test_multirate_p_exactly_zero,
     test_multirate_second_derivatives,
+    test_multirate_token_by_token_after_prefix,
     test_small_rates_float32_match_float64,
+    test_states_stay_float32_for_low_precision_inputs,
     test_strided_inputs_match_contiguous,
 )
 
@@ -63,18 +69,22 @@ def carry():
 
 
 def test_the_kernel_runs(monkeypatch):
-    """The training paths call the kernel here (so the tests above test it), and not once it is switched off."""
+    """The training paths and evaluation with states call the kernel here (so the tests above test it), and not once
+    it is switched off."""
     calls = []
     real = cpu_scan._forward
     monkeypatch.setattr(cpu_scan, "_forward", lambda *a: calls.append(1) or real(*a))
     v = torch.randn(2, 3, 20, 4, requires_grad=True)
     mom(v, 0.5)
     mr(torch.randn(2, 20, 6), torch.rand(6, 2), torch.randn(6, 2))
-    momentum_ema(v, 0.5, output_final_state=True)  # a state: the matmul scans
+    momentum_ema(v, 0.5, output_final_state=True)  # states with a gradient to take: the matmul scans
     assert len(calls) == 2
+    with torch.no_grad():  # states without one (evaluation with a cache): the kernel
+        momentum_ema(v, 0.5, output_final_state=True)
+    assert len(calls) == 3
     monkeypatch.setattr(ops, "SCAN_BACKEND", "torch")
     mom(v, 0.5)
-    assert len(calls) == 2
+    assert len(calls) == 3
 
 
 def test_bf16_output_rounded_once():
@@ -299,3 +309,28 @@ def test_cxx_may_carry_arguments(tmp_path, monkeypatch):
     monkeypatch.setenv("MOMATTN_CACHE", str(tmp_path))
     monkeypatch.setattr(cpu_scan, "_LIB", None)
     assert cpu_scan.load() is not None
+
+
+def test_states_from_a_shared_prefix_match_the_matmul_scans(monkeypatch):
+    """Evaluation with a cache: rows continuing one prefix's state (expanded: batch stride 0), the attention output
+    added, final states out; the kernel and the matmul scans agree, and the kernel refuses to be differentiated."""
+    torch.manual_seed(0)
+    B, H, T, D, R = 3, 2, 11, 4, 3
+    v = torch.randn(B, T, 3 * H * D)[..., : H * D]
+    add = torch.randn(B, H, T, D)
+    s_mom = torch.randn(1, H, D).expand(B, H, D)
+    s_mr = torch.randn(1, H * D, R).expand(B, H * D, R)
+    p, gamma = torch.rand(H * D, R), torch.randn(H * D, R)
+    got = {}
+    for backend in ("cpu", "torch"):
+        monkeypatch.setattr(ops, "SCAN_BACKEND", backend)
+        with torch.no_grad():
+            got[backend] = [
+                *momentum_ema(v.view(B, T, H, D).transpose(1, 2), torch.tensor([0.3, 0.9]), False, s_mom, True,
+                              add=add),
+                *ops.multirate_ema(v, p, gamma, s_mr, True, add=add),
+            ]
+    for a, b in zip(got["cpu"], got["torch"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="has no backward"):
+        cpu_scan.ema_with_states(v.requires_grad_(), p.t(), gamma.t(), False, None, True)

@@ -75,14 +75,21 @@ void parallel(int64_t tasks, int threads, F fn) {
   if (failed) throw std::runtime_error("ema_scan: a task failed");
 }
 
+// add (optional): a tensor added to the output as it is written (the attention output, read in place: element
+// (b, t, c) at add[b * ab + t * at + (c / D) * ah + c % D], heads of D channels), summed in A before the rounding.
+// s0, sT (optional): the states s_{-1} to start from (a prefix's; else 0) and s_{T-1} to leave, element (b, c, r) at
+// s0[b * ss[0] + c * ss[1] + r * ss[2]] and sT[b * ss[3] + c * ss[4] + r * ss[5]].
 template <class T, class A>
 void forward(const T *v, int64_t B, int64_t Tn, int64_t C, int64_t sb, int64_t st, const A *p, const A *g,
              int64_t R, bool strict, T *y, const T *add, int64_t ab, int64_t at, int64_t ah, int64_t D,
-             int threads) {
+             const A *s0, A *sT, const int64_t *ss, int threads) {
   const int64_t nblk = (C + CB - 1) / CB;
   parallel(B * nblk, threads, [&](int64_t task) {
     const int64_t b = task / nblk, c0 = (task % nblk) * CB, n = std::min(CB, C - c0);
     std::vector<A> s(R * CB, A(0)), acc(CB), x(CB);
+    if (s0)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t c = 0; c < n; ++c) s[r * CB + c] = s0[b * ss[0] + (c0 + c) * ss[1] + r * ss[2]];
     const T *vb = v + b * sb + c0;
     T *yb = y + b * Tn * C + c0;
     for (int64_t t = 0; t < Tn; ++t) {
@@ -116,6 +123,9 @@ void forward(const T *v, int64_t B, int64_t Tn, int64_t C, int64_t sb, int64_t s
       }
       for (int64_t c = 0; c < n; ++c) store(yb + t * C, c, acc[c]);
     }
+    if (sT)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t c = 0; c < n; ++c) sT[b * ss[3] + (c0 + c) * ss[4] + r * ss[5]] = s[r * CB + c];
   });
 }
 
@@ -189,9 +199,10 @@ void backward(const T *v, int64_t sb, int64_t st, const T *gy, int64_t gb, int64
 #define EMA_EXPORT(NAME, T, A)                                                                                  \
   extern "C" int NAME##_forward(const T *v, int64_t B, int64_t Tn, int64_t C, int64_t sb, int64_t st,          \
                                 const A *p, const A *g, int64_t R, int strict, T *y, const T *add, int64_t ab,  \
-                                int64_t at, int64_t ah, int64_t D, int threads) {                               \
+                                int64_t at, int64_t ah, int64_t D, const A *s0, A *sT, const int64_t *ss,       \
+                                int threads) {                                                                  \
     try {                                                                                                       \
-      forward<T, A>(v, B, Tn, C, sb, st, p, g, R, strict != 0, y, add, ab, at, ah, D, threads);                \
+      forward<T, A>(v, B, Tn, C, sb, st, p, g, R, strict != 0, y, add, ab, at, ah, D, s0, sT, ss, threads);    \
     } catch (...) {                                                                                             \
       return 1;                                                                                                 \
     }                                                                                                           \

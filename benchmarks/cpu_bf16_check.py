@@ -38,7 +38,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from momattn.hardware import cpu_has_native_bf16, describe  # noqa: E402
+from momattn.hardware import cpu_has_native_bf16, describe, keep_freed_memory  # noqa: E402
 from momattn.lit import fused_adamw_ok  # noqa: E402
 from momattn.model import GPT, GPTConfig  # noqa: E402
 
@@ -49,6 +49,7 @@ PRECISIONS = ("32-true", "bf16-mixed")
 def step_timing(threads: int, rounds: int, steps: int, toy: bool) -> dict:
     """Median tokens/s of the main job's training step in fp32 and in bf16 autocast, interleaved."""
     torch.set_num_threads(threads)
+    keep_freed_memory()  # as train.py does; nanoGPT's step, timed in this process, gets it too
     # the main job's model (conf/model/small.yaml, the BPE tokenizer's 4096 tokens) and batch (conf/data/staicc.yaml)
     kw = dict(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_embd=16) if toy else dict(block_size=512)
     batch = 2 if toy else 8

@@ -34,6 +34,10 @@ from momattn import hardware  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+# as train.py, evaluate.py and the other entry points do (momattn.cli): every variant a benchmark times in this
+# process runs with glibc keeping freed memory, so no step pays page faults for re-allocated tensors
+hardware.keep_freed_memory()
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":

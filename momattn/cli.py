@@ -195,8 +195,10 @@ def hydra_main(config_name: str):
         @functools.wraps(fn)
         def task(cfg):
             from momattn.console import quiet_console
+            from momattn.hardware import keep_freed_memory
 
             quiet_console()
+            keep_freed_memory()  # no page faults on every step's re-allocated tensors (glibc)
             try:
                 return fn(cfg)
             except UserError as e:

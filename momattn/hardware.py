@@ -1,5 +1,5 @@
-"""What the machine can do fast: native bf16 on this CPU (detected from its flags, never assumed), and the
-training precision that `trainer.precision=auto` resolves to.
+"""What the machine can do fast: native bf16 on this CPU (detected from its flags, never assumed), the
+training precision that `trainer.precision=auto` resolves to, and glibc's allocator told to keep freed memory.
 
 On a CPU without avx512_bf16 / amx_bf16 PyTorch emulates bf16 matmuls, which can be 100x slower than fp32
 (measured on an AVX2-only AMD EPYC: 0.3 vs 69 GFLOP/s for 2048^3), so bf16 is chosen only where it is native.
@@ -7,9 +7,14 @@ On a CPU without avx512_bf16 / amx_bf16 PyTorch emulates bf16 matmuls, which can
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import logging
+import os
 import platform
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -82,3 +87,32 @@ def describe() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
     return f"{cpu} ({torch.get_num_threads()} threads, {bf16}); {gpu}; torch {torch.__version__}"
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks above it are still mapped and unmapped one by one
+TRIM_THRESHOLD = 1 << 30
+
+
+@functools.lru_cache(maxsize=1)
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to keep freed memory for the next allocations instead of returning it to the system.
+
+    PyTorch's CPU tensors come from malloc, and with glibc's defaults a large tensor freed at the top of the heap is
+    returned to the system, so the next step maps it again and takes a page fault per 4 KiB on first touch: the
+    default model's bf16 training step re-faulted about 21,000 pages (84 MB) per step, about 6% of it
+    (vanilla 230 -> 212 ms per step with this; ICL scoring's cached rows 10% faster). Sets M_MMAP_THRESHOLD to
+    32 MiB and M_TRIM_THRESHOLD to 1 GiB (the process keeps up to that much freed memory mapped). The entry
+    points and the benchmarks call it once; MOMATTN_KEEP_FREED_MEMORY=0 turns it off. Returns whether it applied
+    (glibc only: not on macOS, Windows or musl).
+    """
+    if os.environ.get("MOMATTN_KEEP_FREED_MEMORY", "1") == "0" or platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    except (OSError, AttributeError):
+        return False
+    if ok:
+        log.debug("glibc malloc keeps freed memory (M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 1 GiB)")
+    return ok

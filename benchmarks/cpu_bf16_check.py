@@ -240,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parallel", type=int, default=4, help="main-job runs at a time")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--timeout", type=float, default=420.0, help="seconds for all the main-job runs together (runs "
-                    "still going then are stopped and reported as such)")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds for all the main-job runs together (runs "
+                    "still going then are stopped and reported as such; four runs one at a time take 10-25 minutes on "
+                    "a 2-core machine; benchmarks/device_run.sh passes 420 to fit a device lease)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/momattn_cpu_bf16"))
     ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                     help="an extra train.py override for the main-job runs (repeatable)")

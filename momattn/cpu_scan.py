@@ -1,6 +1,6 @@
 """The CPU scan kernel: exponential moving averages stepped through time in the values' own layout.
 
-    y = cpu_scan.ema(x, p, g, strict)    # x (B, T, C), unit channel stride; p, g (R, C) -> y (B, T, C)
+    y = cpu_scan.ema(x, p, g, strict, fallback)    # x (B, T, C), unit channel stride; p, g (R, C) -> (B, T, C)
 
         s_t[r] = p[r] s_{t-1}[r] + x_t,   y_t = sum_r g[r] s_t[r]   (strict: sum_r g[r] p[r] s_{t-1}[r])
 
@@ -10,15 +10,17 @@ view a model splits from its qkv projection), keeps its states in float32 (float
 writes each output once, so a bf16 output is rounded once; its backward is the same recurrence run backward in
 time, which also gives the rates' and weights' gradients (the derivative of each reverse state by its rate is
 one more recurrence), with nothing full-size saved but the values. The chunked matmul scans of momattn/ops.py
-move channels to the front or repeat (c x c) decay blocks to use matmuls; stepping through time needs neither
-and costs about half as much on CPU (benchmarks/results/compare_kernel_*.md).
+move channels to the front or repeat (c x c) decay blocks to use matmuls; stepping through time needs neither:
+35-52% less time for learnable rates and 51-65% less for multirate_ema, forward + backward, the same for one
+fixed rate, where both are bound by memory (benchmarks/results/compare_kernel_*.md). Evaluation with a cache
+(states in and out, no gradient) runs it too (ema_with_states), from a shared prefix's state read in place.
 
 It is plain C++ with no PyTorch headers, built on first use with the system's compiler (`c++`, or $CXX) in
 about two seconds into $MOMATTN_CACHE (default ~/.cache/momattn), keyed by the source, the compiler and this
 CPU's flags (it is built for this CPU: -march=native), and called through ctypes. Where it cannot be built
 (no compiler), momattn warns once and uses the matmul scans: results agree to float32 rounding. Not under
-torch.compile (the matmul scans trace), not on CUDA (Triton there), and a second derivative recomputes through
-the matmul scans.
+torch.compile (the matmul scans trace), not on CUDA (Triton there), not for gradients through states, and a
+second derivative recomputes through the matmul scans.
 """
 
 from __future__ import annotations

@@ -51,6 +51,13 @@ inline void store(double *x, int64_t i, double f) { x[i] = f; }
 
 // tasks 0..tasks-1 split into `threads` contiguous ranges, one per thread (the caller's thread takes the first,
 // and the ranges of any thread that could not be started); an exception in any range is rethrown here
+constexpr int64_t PF = 8;  // rows ahead to prefetch (2, 4, 8 compared in a training step: 4 and 8 best, 8 for eight rates)
+
+template <class T>
+inline void prefetch_row(const T *row, int64_t n) {
+  for (int64_t i = 0; i < n * int64_t(sizeof(T)); i += 64) __builtin_prefetch(reinterpret_cast<const char *>(row) + i);
+}
+
 template <class F>
 void parallel(int64_t tasks, int threads, F fn) {
   threads = int(std::max<int64_t>(1, std::min<int64_t>(threads, tasks)));
@@ -93,6 +100,15 @@ void forward(const T *v, int64_t B, int64_t Tn, int64_t C, int64_t sb, int64_t s
     const T *vb = v + b * sb + c0;
     T *yb = y + b * Tn * C + c0;
     for (int64_t t = 0; t < Tn; ++t) {
+      if (t + PF < Tn) {  // the rows PF steps ahead, one line at a time: strided rows defeat the prefetcher
+        prefetch_row(vb + (t + PF) * st, n);
+        if (add)
+          for (int64_t c = 0; c < n;) {  // head by head, as read below
+            const int64_t len = std::min(D - (c0 + c) % D, n - c);
+            prefetch_row(add + b * ab + (t + PF) * at + ((c0 + c) / D) * ah + (c0 + c) % D, len);
+            c += len;
+          }
+      }
       for (int64_t c = 0; c < n; ++c) x[c] = load(vb + t * st, c);
       if (add) {
         const T *row = add + b * ab + t * at;
@@ -141,6 +157,10 @@ void backward(const T *v, int64_t sb, int64_t st, const T *gy, int64_t gb, int64
     const T *vb = v + b * sb + c0, *eb = gy + b * gb + c0;
     T *db = dv + b * Tn * C + c0;
     for (int64_t t = Tn - 1; t >= 0; --t) {
+      if (t >= PF) {
+        prefetch_row(eb + (t - PF) * gt, n);
+        if (rates) prefetch_row(vb + (t - PF) * st, n);
+      }
       for (int64_t c = 0; c < n; ++c) e[c] = load(eb + t * gt, c);
       if (rates)
         for (int64_t c = 0; c < n; ++c) x[c] = load(vb + t * st, c);

@@ -99,9 +99,9 @@ def load() -> ctypes.CDLL | None:
     """The kernel, built if needed; None (after one warning) where it cannot be built."""
     global _LIB
     if _LIB is None:
-        cxx = shlex.split(os.environ.get("CXX", "")) or [
-            c for c in (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++"),) if c]
         try:
+            cxx = shlex.split(os.environ.get("CXX", "")) or [
+                c for c in (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++"),) if c]
             if not cxx:
                 raise RuntimeError("no C++ compiler found (c++, g++, clang++ or $CXX)")
             lib = ctypes.CDLL(str(_build(cxx)))
@@ -109,7 +109,7 @@ def load() -> ctypes.CDLL | None:
                 getattr(lib, f"{name}_forward").restype = ctypes.c_int
                 getattr(lib, f"{name}_backward").restype = ctypes.c_int
             _LIB = lib
-        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as e:  # ValueError: a malformed $CXX
             log.warning("momattn: the CPU scan kernel could not be built (%s); using the matmul scans of "
                         "momattn/ops.py instead (same results, slower on CPU)", e)
             _LIB = False

@@ -90,7 +90,7 @@ def describe() -> str:
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks above it are still mapped and unmapped one by one
+MMAP_THRESHOLD = 32 << 20  # the most older 64-bit glibc accept; blocks above it are still mapped one by one
 TRIM_THRESHOLD = 1 << 30
 
 
@@ -102,7 +102,8 @@ def keep_freed_memory() -> bool:
     returned to the system, so the next step maps it again and takes a page fault per 4 KiB on first touch: the
     default model's bf16 training step re-faulted about 21,000 pages (84 MB) per step, about 6% of it
     (vanilla 230 -> 212 ms per step with this; ICL scoring's cached rows 10% faster). Sets M_MMAP_THRESHOLD to
-    32 MiB and M_TRIM_THRESHOLD to 1 GiB (the process keeps up to that much freed memory mapped). The entry
+    32 MiB (the most older 64-bit glibc accept) and M_TRIM_THRESHOLD to 1 GiB (the process keeps up to that much
+    freed memory mapped). The entry
     points and the benchmarks call it once; MOMATTN_KEEP_FREED_MEMORY=0 turns it off. Returns whether it applied
     (glibc only: not on macOS, Windows or musl).
     """

@@ -303,12 +303,15 @@ def test_model_steps_agree_with_the_matmul_scans(kind, monkeypatch):
 
 
 def test_cxx_may_carry_arguments(tmp_path, monkeypatch):
-    """$CXX as build tools set it, with arguments ("ccache g++", "g++ -w")."""
+    """$CXX as build tools set it, with arguments ("ccache g++", "g++ -w"); a malformed one falls back."""
     cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
     monkeypatch.setenv("CXX", f"{cxx} -w")
     monkeypatch.setenv("MOMATTN_CACHE", str(tmp_path))
     monkeypatch.setattr(cpu_scan, "_LIB", None)
     assert cpu_scan.load() is not None
+    monkeypatch.setenv("CXX", f'{cxx} "-O2')  # no closing quotation
+    monkeypatch.setattr(cpu_scan, "_LIB", None)
+    assert cpu_scan.load() is None
 
 
 def test_states_from_a_shared_prefix_match_the_matmul_scans(monkeypatch):

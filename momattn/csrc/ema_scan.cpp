@@ -89,7 +89,8 @@ void parallel(int64_t tasks, int threads, F fn) {
 template <class T, class A>
 void forward(const T *v, int64_t B, int64_t Tn, int64_t C, int64_t sb, int64_t st, const A *p, const A *g,
              int64_t R, bool strict, T *y, const T *add, int64_t ab, int64_t at, int64_t ah, int64_t D,
-             const A *s0, A *sT, const int64_t *ss, int threads) {
+             const A *s0, A *sT, const int64_t *ss, int threads, int64_t yt = 0) {
+  yt = yt ? yt : C;  // y's time stride: C (y contiguous), or -C for a scan backward in time (see backward)
   const int64_t nblk = (C + CB - 1) / CB;
   parallel(B * nblk, threads, [&](int64_t task) {
     const int64_t b = task / nblk, c0 = (task % nblk) * CB, n = std::min(CB, C - c0);
@@ -98,7 +99,7 @@ void forward(const T *v, int64_t B, int64_t Tn, int64_t C, int64_t sb, int64_t s
       for (int64_t r = 0; r < R; ++r)
         for (int64_t c = 0; c < n; ++c) s[r * CB + c] = s0[b * ss[0] + (c0 + c) * ss[1] + r * ss[2]];
     const T *vb = v + b * sb + c0;
-    T *yb = y + b * Tn * C + c0;
+    T *yb = y + b * Tn * C + c0;  // row b's first position in time order (its last in memory when yt < 0)
     for (int64_t t = 0; t < Tn; ++t) {
       if (t + PF < Tn) {  // the rows PF steps ahead, one line at a time: strided rows defeat the prefetcher
         prefetch_row(vb + (t + PF) * st, n);
@@ -137,7 +138,7 @@ void forward(const T *v, int64_t B, int64_t Tn, int64_t C, int64_t sb, int64_t s
           }
         }
       }
-      for (int64_t c = 0; c < n; ++c) store(yb + t * C, c, acc[c]);
+      for (int64_t c = 0; c < n; ++c) store(yb + t * yt, c, acc[c]);
     }
     if (sT)
       for (int64_t r = 0; r < R; ++r)
@@ -145,70 +146,60 @@ void forward(const T *v, int64_t B, int64_t Tn, int64_t C, int64_t sb, int64_t s
   });
 }
 
-// dv (B, T, C) contiguous, in T; dp, dg (B, R, C) in A, or null when the rates need no gradient (v is not read)
+// dv (B, T, C) contiguous, in T; dp, dg (B, R, C) in A, or null when the rates need no gradient (v is not read).
+// Without them, dv (the sums of lam) is the forward scan of gy run backward in time: gy read from its last row
+// with time stride -gt, dv written from its last row with stride -C.
 template <class T, class A>
 void backward(const T *v, int64_t sb, int64_t st, const T *gy, int64_t gb, int64_t gt, int64_t B, int64_t Tn,
               int64_t C, const A *p, const A *g, int64_t R, bool strict, T *dv, A *dp, A *dg, int threads) {
+  if (!dp) {
+    forward<T, A>(gy + (Tn - 1) * gt, B, Tn, C, gb, -gt, p, g, R, strict, dv + (Tn - 1) * C, nullptr, 0, 0, 0, 1,
+                  nullptr, nullptr, nullptr, threads, -C);
+    return;
+  }
   const int64_t nblk = (C + CB - 1) / CB;
-  const bool rates = dp != nullptr;
   parallel(B * nblk, threads, [&](int64_t task) {
     const int64_t b = task / nblk, c0 = (task % nblk) * CB, n = std::min(CB, C - c0);
-    std::vector<A> lam(R * CB, A(0)), mu(rates ? R * CB : 0, A(0)), sdp(mu), sdg(mu), acc(CB), x(CB), e(CB);
+    std::vector<A> lam(R * CB, A(0)), mu(lam), sdp(lam), sdg(lam), acc(CB), x(CB), e(CB);
     const T *vb = v + b * sb + c0, *eb = gy + b * gb + c0;
     T *db = dv + b * Tn * C + c0;
     for (int64_t t = Tn - 1; t >= 0; --t) {
       if (t >= PF) {
         prefetch_row(eb + (t - PF) * gt, n);
-        if (rates) prefetch_row(vb + (t - PF) * st, n);
+        prefetch_row(vb + (t - PF) * st, n);
       }
       for (int64_t c = 0; c < n; ++c) e[c] = load(eb + t * gt, c);
-      if (rates)
-        for (int64_t c = 0; c < n; ++c) x[c] = load(vb + t * st, c);
+      for (int64_t c = 0; c < n; ++c) x[c] = load(vb + t * st, c);
       std::fill(acc.begin(), acc.end(), A(0));
       for (int64_t r = 0; r < R; ++r) {
-        A *lr = lam.data() + r * CB;
+        A *lr = lam.data() + r * CB, *mr = mu.data() + r * CB, *dpr = sdp.data() + r * CB, *dgr = sdg.data() + r * CB;
         const A *pr = p + r * C + c0, *gr = g + r * C + c0;
-        if (rates) {
-          A *mr = mu.data() + r * CB, *dpr = sdp.data() + r * CB, *dgr = sdg.data() + r * CB;
-          if (strict) {  // lr holds lam_{t+1}
-            for (int64_t c = 0; c < n; ++c) {
-              A w = pr[c] * lr[c];
-              acc[c] += gr[c] * w;
-              mr[c] = pr[c] * mr[c] + lr[c];
-              dgr[c] += x[c] * w;
-              dpr[c] += x[c] * mr[c];
-              lr[c] = w + e[c];
-            }
-          } else {
-            for (int64_t c = 0; c < n; ++c) {
-              mr[c] = pr[c] * mr[c] + lr[c];
-              lr[c] = pr[c] * lr[c] + e[c];
-              acc[c] += gr[c] * lr[c];
-              dgr[c] += x[c] * lr[c];
-              dpr[c] += x[c] * mr[c];
-            }
-          }
-        } else if (strict) {
+        if (strict) {  // lr holds lam_{t+1}
           for (int64_t c = 0; c < n; ++c) {
             A w = pr[c] * lr[c];
             acc[c] += gr[c] * w;
+            mr[c] = pr[c] * mr[c] + lr[c];
+            dgr[c] += x[c] * w;
+            dpr[c] += x[c] * mr[c];
             lr[c] = w + e[c];
           }
         } else {
           for (int64_t c = 0; c < n; ++c) {
+            mr[c] = pr[c] * mr[c] + lr[c];
             lr[c] = pr[c] * lr[c] + e[c];
             acc[c] += gr[c] * lr[c];
+            dgr[c] += x[c] * lr[c];
+            dpr[c] += x[c] * mr[c];
           }
         }
       }
       for (int64_t c = 0; c < n; ++c) store(db + t * C, c, acc[c]);
     }
-    if (rates)
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t c = 0; c < n; ++c) {
-          dp[(b * R + r) * C + c0 + c] = g[r * C + c0 + c] * sdp[r * CB + c];
-          dg[(b * R + r) * C + c0 + c] = sdg[r * CB + c];
-        }
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t c = 0; c < n; ++c) {
+        dp[(b * R + r) * C + c0 + c] = g[r * C + c0 + c] * sdp[r * CB + c];
+        dg[(b * R + r) * C + c0 + c] = sdg[r * CB + c];
+      }
   });
 }
 

@@ -390,12 +390,11 @@ def momentum_ema(
         # with states: the same scan of the merged layout, plus the prefix's state decaying into every position
         x = v.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D): no copy for merged-layout values
         if _use_cpu_kernel(x) and not _needs_grad(v, a, s0, add):  # evaluation with a cache: the kernel from s0
-            fused = add if add is not None and add.dtype == v.dtype else None
+            fused, add = _split_add(add, x)
             y, last = cpu_scan.ema_with_states(
                 x, a.repeat_interleave(D)[None], a.new_ones(1, H * D), not include_current,
                 None if s0 is None else s0.reshape(B, H * D, 1), output_final_state, fused)
-            out = _plus(y.view(B, T, H, D).transpose(1, 2), None if fused is not None else add)
-            return out, (None if last is None else last.view(B, H, D))
+            return _plus(y.view(B, T, H, D).transpose(1, 2), add), (None if last is None else last.view(B, H, D))
         if not _use_triton(x, rates.shape[0]):
             x = x.to(acc)
         y = _MergedScan.apply(x, rates, not include_current, chunk_size).view(B, T, H, D)  # float32 (float64)
@@ -428,12 +427,10 @@ def _momentum_merged(
     # on CPU (its matmuls accumulate in float32 there, see _scan_merged) and anything else in the accumulation dtype
     if _use_cpu_kernel(x):  # one pass through time in this layout (momattn/cpu_scan.py): R = 1, g = 1
         p = a.repeat_interleave(H * D // a.shape[0])[None]  # (1, H*D) each channel's rate
-        fused = add if add is not None and add.dtype == x.dtype else None  # added as the output is written
+        fused, add = _split_add(add, x)
         y = cpu_scan.ema(x, p, torch.ones_like(p), not include_current,
                          lambda xs, ps, _: _scan_merged_autograd(xs, ps[0, :: H * D // a.shape[0]], not include_current,
                                                                  chunk_size), fused)
-        if fused is not None:
-            add = None
     else:
         y = _scan_merged_autograd(x, a, not include_current, chunk_size)  # (B, T, H*D)
     return _plus(y.to(v.dtype).view(B, T, H, D).transpose(1, 2), add)  # (B, H, T, D)
@@ -456,6 +453,12 @@ def _check_add(fn: str, add: torch.Tensor | None, out: torch.Tensor) -> None:
 def _needs_grad(*tensors: torch.Tensor | None) -> bool:
     """Whether autograd would take a gradient through any of these."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _split_add(add: torch.Tensor | None, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(the addend the CPU kernel adds as it writes its output, the one added after it with _plus): the kernel
+    takes an addend of the values' dtype; another dtype is added after, with the usual type promotion."""
+    return (add, None) if add is not None and add.dtype == x.dtype else (None, add)
 
 
 def _plus(out: torch.Tensor, add: torch.Tensor | None) -> torch.Tensor:
@@ -770,15 +773,15 @@ def multirate_ema(
             return _plus(out, add), final
         if s0 is None and not output_final_state and v.numel() and not _is_compiling():  # training: custom backward
             if _use_cpu_kernel(v):  # one pass through time in this layout (momattn/cpu_scan.py)
-                fused = add if add is not None and add.dtype == v.dtype else None  # added as the output is written
+                fused, add = _split_add(add, v)
                 y = cpu_scan.ema(v, p.t(), gamma.t(), False, lambda xs, ps, gs: multirate_ema(
                     xs, ps.t(), gs.t(), None, True, chunk_size, check_rates=False)[0], fused)
-                return _plus(y, add if fused is None else None), None
+                return _plus(y, add), None
             return _plus(_MultiRateScan.apply(v, p, gamma, chunk_size, _bf16_training(v)), add), None
         if _use_cpu_kernel(v) and not _needs_grad(v, p, gamma, s0, add):  # evaluation with a cache: the kernel
-            fused = add if add is not None and add.dtype == v.dtype else None
+            fused, add = _split_add(add, v)
             y, final = cpu_scan.ema_with_states(v, p.t(), gamma.t(), False, s0, output_final_state, fused)
-            return _plus(y, None if fused is not None else add), final
+            return _plus(y, add), final
         c = min(chunk_size, T)
         n = -(-T // c)  # number of chunks
         # contiguous: a state shared by a batch (cache.expand) has stride 0 in B, which would make the batched

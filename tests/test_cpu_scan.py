@@ -17,6 +17,7 @@ from tests.test_ops import (  # noqa: F401  (collected here, with the kernel)
     F64,
     mom,
     mr,
+    multirate_bf16_grads,
     test_backward_inside_autocast,
     test_final_states_stay_in_the_accumulation_dtype_at_every_length,
     test_learnable_rate_gradient_is_accurate_in_float32_at_every_rate,
@@ -129,14 +130,7 @@ def test_bf16_gradients(include_current):
     scale = mom(w.double().abs().flip(2), torch.tensor([0.3, 0.9, 0.99], dtype=F64), include_current).flip(2)
     assert ((dv - dv64).abs() <= 2.0**-8 * dv64.abs() + 2.0**-16 * scale).all()
     assert (de - de64).abs().max() <= 0.005 * de64.abs().max()
-    x, gy = torch.randn(4, 300, 16).bfloat16(), torch.randn(4, 300, 16).bfloat16()
-    p, gamma = torch.sigmoid(torch.randn(16, 8) * 1.5), torch.randn(16, 8) * 0.3
-    got = {}
-    for dtype in (F64, torch.bfloat16):
-        acc = F64 if dtype == F64 else torch.float32
-        args = [x.to(dtype).requires_grad_(), p.to(acc).requires_grad_(), gamma.to(acc).requires_grad_()]
-        mr(*args).backward(gy.to(dtype))
-        got[dtype] = [a.grad.double() for a in args]
+    got = multirate_bf16_grads()
     for low, exact in zip(got[torch.bfloat16], got[F64]):
         assert (low - exact).abs().max() <= 0.005 * exact.abs().max()
 

@@ -335,9 +335,9 @@ def test_multirate_low_precision_and_autocast():
     torch.testing.assert_close(out32, mr(v, p, gamma, chunk_size=8))
 
 
-def test_multirate_bf16_gradients():
-    """The training path's hand-written backward with bf16 values: every gradient within 2% of the largest exact
-    one (float64), the rates' included (bf16 chunk matmuls, float32 states and rate sums)."""
+def multirate_bf16_grads() -> dict:
+    """{dtype: the gradients of (v, p, gamma), in float64} of multirate_ema (chunks of 32) on the same bf16 values
+    and output gradient, taken in float64 and in bf16 (float32 rates)."""
     torch.manual_seed(0)
     v, w = torch.randn(4, 300, 16).bfloat16(), torch.randn(4, 300, 16).bfloat16()
     p, gamma = torch.sigmoid(torch.randn(16, 8) * 1.5), torch.randn(16, 8) * 0.3
@@ -347,6 +347,13 @@ def test_multirate_bf16_gradients():
         args = [v.to(dtype).requires_grad_(), p.to(acc).requires_grad_(), gamma.to(acc).requires_grad_()]
         mr(*args, chunk_size=32).backward(w.to(dtype))
         grads[dtype] = [a.grad.double() for a in args]
+    return grads
+
+
+def test_multirate_bf16_gradients():
+    """The training path's hand-written backward with bf16 values: every gradient within 2% of the largest exact
+    one (float64), the rates' included (bf16 chunk matmuls, float32 states and rate sums)."""
+    grads = multirate_bf16_grads()
     assert [g.dtype for g in grads[torch.bfloat16]] == [F64] * 3
     for low, exact in zip(grads[torch.bfloat16], grads[F64]):
         assert (low - exact).abs().max() <= 0.02 * exact.abs().max()

@@ -69,11 +69,23 @@ def _cpu_flags() -> str:
     return f"{platform.platform()} {platform.processor() or platform.machine()}"
 
 
-def _build(cxx: list[str]) -> Path:
-    """The kernel's shared library, built into the cache unless it is there already (atomic: a concurrent
-    build by another process replaces it with the same bytes)."""
+def _openmp() -> list[str]:
+    """["-fopenmp"] where this process's torch runs on GNU OpenMP (its libgomp is loaded): the kernel then runs its
+    tasks on torch's own OpenMP threads (its libgomp.so.1 is the one already loaded, by that name). Its own threads
+    would compete with torch's OpenMP workers, which keep spinning on the other cores for a while after each op:
+    in a training step that made the kernel take about twice its time alone. Elsewhere: no OpenMP."""
+    try:
+        return ["-fopenmp"] if "libgomp" in Path("/proc/self/maps").read_text() else []
+    except OSError:
+        return []
+
+
+def _build(cxx: list[str], extra: list[str]) -> Path:
+    """The kernel's shared library built with flags + extra, into the cache unless it is there already (atomic: a
+    concurrent build by another process replaces it with the same bytes)."""
     version = subprocess.run([*cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *cxx, version, " ".join(_flags()), _cpu_flags()]).encode())
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *cxx, version, " ".join(_flags() + extra),
+                                    _cpu_flags()]).encode())
     cache = Path(os.environ.get("MOMATTN_CACHE") or Path.home() / ".cache" / "momattn")
     lib = cache / f"ema_scan-{key.hexdigest()[:16]}.so"
     if not lib.exists():
@@ -82,8 +94,8 @@ def _build(cxx: list[str]) -> Path:
         os.close(fd)
         try:
             for flags in (_flags(), PORTABLE):
-                res = subprocess.run([*cxx, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True,
-                                     timeout=300)
+                res = subprocess.run([*cxx, *flags, *extra, "-o", tmp, str(SOURCE)], capture_output=True,
+                                     text=True, timeout=300)
                 if not res.returncode:
                     break
             else:
@@ -96,7 +108,8 @@ def _build(cxx: list[str]) -> Path:
 
 
 def load() -> ctypes.CDLL | None:
-    """The kernel, built if needed; None (after one warning) where it cannot be built."""
+    """The kernel, built if needed (with OpenMP where torch has GNU OpenMP, else, or if that fails, without);
+    None (after one warning) where it cannot be built."""
     global _LIB
     if _LIB is None:
         try:
@@ -104,7 +117,15 @@ def load() -> ctypes.CDLL | None:
                 c for c in (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++"),) if c]
             if not cxx:
                 raise RuntimeError("no C++ compiler found (c++, g++, clang++ or $CXX)")
-            lib = ctypes.CDLL(str(_build(cxx)))
+            omp = _openmp()
+            for extra in ([omp, []] if omp else [[]]):
+                try:
+                    lib = ctypes.CDLL(str(_build(cxx, extra)))
+                    break
+                except (OSError, RuntimeError) as e:  # e.g. no OpenMP in this compiler: the kernel's own threads
+                    if not extra:
+                        raise
+                    log.debug("momattn: the CPU scan kernel did not build or load with %s (%s)", extra, e)
             for name in _NAMES.values():
                 getattr(lib, f"{name}_forward").restype = ctypes.c_int
                 getattr(lib, f"{name}_backward").restype = ctypes.c_int

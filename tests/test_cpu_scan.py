@@ -7,6 +7,7 @@ full-size saved for fixed rates, thread-independent results, agreement with the 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,7 +149,7 @@ def test_agrees_with_the_matmul_scans(dtype, monkeypatch):
     out = {}
     for backend in ("cpu", "torch"):
         monkeypatch.setattr(ops, "SCAN_BACKEND", backend)
-        base = qkv.to(dtype).requires_grad_()
+        base = qkv.to(dtype).clone().requires_grad_()
         eta = torch.tensor([0.2, 0.5, 0.8, 0.95], requires_grad=True)
         p, g = p0.clone().requires_grad_(), g0.clone().requires_grad_()
         v = base[..., 2 * C :]
@@ -197,6 +198,50 @@ def test_results_do_not_depend_on_threads():
         assert all(torch.equal(a, b) for a, b in zip(res[0], other))
 
 
+def _no_fallback(*_):
+    raise AssertionError("no second derivative here")
+
+
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("R", [2, 3, 5, 8])
+def test_tiled_rates_agree_with_float64(strict, R):
+    """Two or more rates on C % 16 == 0 channels in float32 / bf16 take the kernel's tiled path (time tiles, rates
+    in registers); float64 takes the per-channel loops. 80 channels: a 64-channel block and a 16-channel one; 70
+    steps: tiles of 32, 32 and 6; heads of 40 channels cross the 64-channel block; R = 3, 5: groups of 4, 2, 1."""
+    gen = torch.Generator().manual_seed(R + 10 * strict)
+    B, T, C, H = 3, 70, 80, 2
+    qkv = torch.randn(B, T, 3 * C, generator=gen)
+    x = qkv[..., C : 2 * C]  # (B, T, C) strided, as split from qkv
+    add = torch.randn(B, T, H, C // H, generator=gen).transpose(1, 2)  # (B, H, T, D): attention's layout
+    p, w = torch.rand(R, C, generator=gen) * 0.99, torch.randn(R, C, generator=gen)
+    s0, gy = torch.randn(B, C, R, generator=gen), torch.randn(B, T, C, generator=gen)
+
+    y64, last64 = cpu_scan.ema_with_states(x.double(), p.double(), w.double(), strict, s0.double(), True,
+                                           add.double())
+    y32, last32 = cpu_scan.ema_with_states(x, p, w, strict, s0, True, add)
+    torch.testing.assert_close(y32.double(), y64, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(last32.double(), last64, rtol=1e-5, atol=1e-5)
+
+    def grads(dtype, rates):
+        base = qkv.to(dtype).clone().requires_grad_()
+        xs = base[..., C : 2 * C]
+        ps, ws = (t.to(dtype if dtype == torch.float64 else torch.float32).clone().requires_grad_(rates) for t in (p, w))
+        adds = add.to(dtype).clone().requires_grad_()
+        y = cpu_scan.ema(xs, ps, ws, strict, _no_fallback, adds)
+        y.backward(gy.to(dtype))
+        return y, base.grad, ps.grad, ws.grad, adds.grad
+
+    for rates in (True, False):  # without rate gradients the backward is the forward run backward in time
+        ref, f32 = grads(torch.float64, rates), grads(torch.float32, rates)
+        for a, b in zip(f32, ref):
+            if b is not None:
+                torch.testing.assert_close(a.double(), b, rtol=2e-5, atol=2e-5)
+    # bf16 values: the same float32 sums, rounded once
+    xb, addb = x.bfloat16(), add.bfloat16()
+    yb = cpu_scan.ema_with_states(xb, p, w, strict, None, False, addb)[0]
+    assert torch.equal(yb, cpu_scan.ema_with_states(xb.float(), p, w, strict, None, False, addb.float())[0].bfloat16())
+
+
 def test_unbuildable_kernel_falls_back_with_one_warning(monkeypatch, caplog):
     """No compiler: one warning, then the matmul scans (the same numbers); SCAN_BACKEND "cpu" says why it fails."""
     monkeypatch.setattr(cpu_scan, "_LIB", None)
@@ -235,6 +280,33 @@ def test_flags_the_compiler_refuses_fall_back_to_portable_ones(tmp_path, monkeyp
     assert cpu_scan.load() is not None
     torch.testing.assert_close(mom(torch.ones(1, 1, 3, 2, dtype=F64), 0.5)[0, 0, :, 0],
                                torch.tensor([0.0, 0.5, 0.75], dtype=F64))
+
+
+def test_openmp_is_torchs_own(tmp_path, monkeypatch):
+    """Where torch runs on GNU OpenMP (the Linux wheels), the kernel is built with OpenMP and runs on torch's
+    threads: no second OpenMP runtime is loaded."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists() or "libgomp" not in maps.read_text():
+        pytest.skip("torch does not run on GNU OpenMP here: the kernel uses its own threads")
+    assert cpu_scan._openmp() == ["-fopenmp"]
+    monkeypatch.setenv("MOMATTN_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_scan, "_LIB", None)
+    assert cpu_scan.load() is not None
+    assert b"GOMP_parallel" in next(tmp_path.glob("ema_scan-*.so")).read_bytes()  # calls into OpenMP
+    runtimes = {line.split()[-1] for line in maps.read_text().splitlines() if "libgomp" in line or "libomp" in line}
+    assert len(runtimes) == 1, runtimes
+    test_results_do_not_depend_on_threads()
+
+
+def test_without_openmp_the_kernel_has_its_own_threads(tmp_path, monkeypatch):
+    """A compiler without OpenMP (here: a flag it refuses in its place) builds the kernel without it."""
+    monkeypatch.setenv("MOMATTN_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_scan, "_LIB", None)
+    monkeypatch.setattr(cpu_scan, "_openmp", lambda: ["-fno-such-flag-in-any-compiler"])
+    assert cpu_scan.load() is not None
+    (lib,) = tmp_path.glob("ema_scan-*.so")
+    assert b"GOMP_parallel" not in lib.read_bytes()
+    test_results_do_not_depend_on_threads()
 
 
 @pytest.mark.parametrize("backend", ["cpu", "torch"])

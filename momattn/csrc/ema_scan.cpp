@@ -23,6 +23,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -49,8 +50,6 @@ inline void store(bf16 *x, int64_t i, float f) {  // round to nearest even; NaN 
 inline void store(float *x, int64_t i, float f) { x[i] = f; }
 inline void store(double *x, int64_t i, double f) { x[i] = f; }
 
-// tasks 0..tasks-1 split into `threads` contiguous ranges, one per thread (the caller's thread takes the first,
-// and the ranges of any thread that could not be started); an exception in any range is rethrown here
 constexpr int64_t PF = 8;  // rows ahead to prefetch (2, 4, 8 compared in a training step: 4 and 8 best, 8 for eight rates)
 
 template <class T>
@@ -58,10 +57,23 @@ inline void prefetch_row(const T *row, int64_t n) {
   for (int64_t i = 0; i < n * int64_t(sizeof(T)); i += 64) __builtin_prefetch(reinterpret_cast<const char *>(row) + i);
 }
 
+// tasks 0..tasks-1 split into `threads` contiguous ranges, one per thread; a failed task is rethrown here. Built with
+// OpenMP (where torch runs on GNU OpenMP, see cpu_scan._openmp), the threads are torch's own OpenMP team; otherwise
+// the caller's thread takes the first range and the ranges of any thread that could not be started.
 template <class F>
 void parallel(int64_t tasks, int threads, F fn) {
   threads = int(std::max<int64_t>(1, std::min<int64_t>(threads, tasks)));
   std::atomic<bool> failed{false};
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < tasks; ++i) {
+    try {
+      fn(i);
+    } catch (...) {
+      failed = true;
+    }
+  }
+#else
   auto range = [&](int w) {
     try {
       for (int64_t i = tasks * w / threads; i < tasks * (w + 1) / threads; ++i) fn(i);
@@ -79,7 +91,197 @@ void parallel(int64_t tasks, int threads, F fn) {
   range(0);
   for (int w = started; w < threads; ++w) range(w);
   for (auto &t : pool) t.join();
+#endif
   if (failed) throw std::runtime_error("ema_scan: a task failed");
+}
+
+// Several rates (multirate_ema, float32 and bf16 values): the per-channel loops above reload every state, rate
+// and weight from L1 for each rate and step, which makes eight rates compute-bound on loads and stores. Instead,
+// a task (batch row, CBF channels) goes through time in tiles of TT steps (the tile's rows converted to float
+// once), and within a tile keeps G rates' states, rates and weights for W channels in registers through all TT
+// steps; the G recurrences are independent chains, so each one's latency hides behind the others. The same
+// operations in the same order as the loops above: the results are bit-identical.
+typedef float vecf __attribute__((vector_size(64)));
+constexpr int64_t W = 16, CBF = 64, TT = 32, G = 4;
+
+inline vecf vload(const float *p) {
+  vecf v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void vstore(float *p, vecf v) { std::memcpy(p, &v, sizeof v); }
+
+// rates r0 .. r0+g-1 (g <= G) on channels cb .. cb+W-1 of a tile of tt steps: X (tt, n) values, ACC (tt, n) outputs
+// (+= g s); states s (R, CBF); p, gw (R, C) from the block's first channel
+template <int NG>
+void forward_rates(const float *X, float *ACC, int64_t tt, int64_t n, int64_t cb, float *s, const float *p,
+                   const float *gw, int64_t C, int64_t r0, bool strict) {
+  vecf S[NG], P[NG], Q[NG];
+  for (int j = 0; j < NG; ++j) {
+    S[j] = vload(s + (r0 + j) * CBF + cb);
+    P[j] = vload(p + (r0 + j) * C + cb);
+    Q[j] = vload(gw + (r0 + j) * C + cb);
+  }
+  for (int64_t t = 0; t < tt; ++t) {
+    const vecf x = vload(X + t * n + cb);
+    vecf a = vload(ACC + t * n + cb);
+    for (int j = 0; j < NG; ++j) {
+      if (strict) {
+        const vecf d = P[j] * S[j];
+        a += Q[j] * d;
+        S[j] = d + x;
+      } else {
+        S[j] = P[j] * S[j] + x;
+        a += Q[j] * S[j];
+      }
+    }
+    vstore(ACC + t * n + cb, a);
+  }
+  for (int j = 0; j < NG; ++j) vstore(s + (r0 + j) * CBF + cb, S[j]);
+}
+
+// the backward of the same, the tile's steps in reverse: E (tt, n) the output's gradient, ACC += the values'
+template <int NG>
+void backward_rates(const float *X, const float *E, float *ACC, int64_t tt, int64_t n, int64_t cb, float *lam,
+                    float *mu, float *sdp, float *sdg, const float *p, const float *gw, int64_t C, int64_t r0,
+                    bool strict) {
+  vecf L[NG], M[NG], DP[NG], DG[NG], P[NG], Q[NG];
+  for (int j = 0; j < NG; ++j) {
+    const int64_t o = (r0 + j) * CBF + cb;
+    L[j] = vload(lam + o), M[j] = vload(mu + o), DP[j] = vload(sdp + o), DG[j] = vload(sdg + o);
+    P[j] = vload(p + (r0 + j) * C + cb);
+    Q[j] = vload(gw + (r0 + j) * C + cb);
+  }
+  for (int64_t t = tt - 1; t >= 0; --t) {
+    const vecf x = vload(X + t * n + cb), e = vload(E + t * n + cb);
+    vecf a = vload(ACC + t * n + cb);
+    for (int j = 0; j < NG; ++j) {
+      if (strict) {  // L holds lam_{t+1}
+        const vecf w = P[j] * L[j];
+        a += Q[j] * w;
+        M[j] = P[j] * M[j] + L[j];
+        DG[j] += x * w;
+        DP[j] += x * M[j];
+        L[j] = w + e;
+      } else {
+        M[j] = P[j] * M[j] + L[j];
+        L[j] = P[j] * L[j] + e;
+        a += Q[j] * L[j];
+        DG[j] += x * L[j];
+        DP[j] += x * M[j];
+      }
+    }
+    vstore(ACC + t * n + cb, a);
+  }
+  for (int j = 0; j < NG; ++j) {
+    const int64_t o = (r0 + j) * CBF + cb;
+    vstore(lam + o, L[j]), vstore(mu + o, M[j]), vstore(sdp + o, DP[j]), vstore(sdg + o, DG[j]);
+  }
+}
+
+// every rate on every W-channel vector of a tile, G rates at a time
+template <class F4, class F2, class F1>
+inline void by_groups(int64_t R, int64_t n, F4 f4, F2 f2, F1 f1) {
+  for (int64_t cb = 0; cb < n; cb += W) {
+    int64_t r = 0;
+    for (; r + G <= R; r += G) f4(cb, r);
+    for (; r + 2 <= R; r += 2) f2(cb, r);
+    for (; r < R; ++r) f1(cb, r);
+  }
+}
+
+template <class T>
+void forward_tiled(const T *v, int64_t B, int64_t Tn, int64_t C, int64_t sb, int64_t st, const float *p,
+                   const float *g, int64_t R, bool strict, T *y, const T *add, int64_t ab, int64_t at, int64_t ah,
+                   int64_t D, const float *s0, float *sT, const int64_t *ss, int threads, int64_t yt) {
+  const int64_t nblk = (C + CBF - 1) / CBF;
+  parallel(B * nblk, threads, [&](int64_t task) {
+    const int64_t b = task / nblk, c0 = (task % nblk) * CBF, n = std::min(CBF, C - c0);
+    std::vector<float> s(R * CBF, 0.f), X(TT * n), ACC(TT * n);
+    if (s0)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t c = 0; c < n; ++c) s[r * CBF + c] = s0[b * ss[0] + (c0 + c) * ss[1] + r * ss[2]];
+    const T *vb = v + b * sb + c0;
+    T *yb = y + b * Tn * C + c0;
+    for (int64_t t0 = 0; t0 < Tn; t0 += TT) {
+      const int64_t tt = std::min(TT, Tn - t0);
+      for (int64_t t = 0; t < tt; ++t) {
+        if (t0 + t + TT < Tn) prefetch_row(vb + (t0 + t + TT) * st, n);
+        float *xr = X.data() + t * n, *ar = ACC.data() + t * n;
+        for (int64_t c = 0; c < n; ++c) xr[c] = load(vb + (t0 + t) * st, c);
+        if (add) {
+          const T *row = add + b * ab + (t0 + t) * at;
+          for (int64_t c = 0; c < n;) {  // head by head: D contiguous channels each
+            const int64_t h = (c0 + c) / D, d = (c0 + c) % D, len = std::min(D - d, n - c);
+            const T *seg = row + h * ah + d;
+            for (int64_t i = 0; i < len; ++i) ar[c + i] = load(seg, i);
+            c += len;
+          }
+        } else {
+          std::fill(ar, ar + n, 0.f);
+        }
+      }
+      const float *pb = p + c0, *gb = g + c0;
+      by_groups(
+          R, n,
+          [&](int64_t cb, int64_t r) { forward_rates<G>(X.data(), ACC.data(), tt, n, cb, s.data(), pb, gb, C, r, strict); },
+          [&](int64_t cb, int64_t r) { forward_rates<2>(X.data(), ACC.data(), tt, n, cb, s.data(), pb, gb, C, r, strict); },
+          [&](int64_t cb, int64_t r) { forward_rates<1>(X.data(), ACC.data(), tt, n, cb, s.data(), pb, gb, C, r, strict); });
+      for (int64_t t = 0; t < tt; ++t)
+        for (int64_t c = 0; c < n; ++c) store(yb + (t0 + t) * yt, c, ACC[t * n + c]);
+    }
+    if (sT)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t c = 0; c < n; ++c) sT[b * ss[3] + (c0 + c) * ss[4] + r * ss[5]] = s[r * CBF + c];
+  });
+}
+
+template <class T>
+void backward_tiled(const T *v, int64_t sb, int64_t st, const T *gy, int64_t gb, int64_t gt, int64_t B, int64_t Tn,
+                    int64_t C, const float *p, const float *g, int64_t R, bool strict, T *dv, float *dp, float *dg,
+                    int threads) {
+  const int64_t nblk = (C + CBF - 1) / CBF;
+  parallel(B * nblk, threads, [&](int64_t task) {
+    const int64_t b = task / nblk, c0 = (task % nblk) * CBF, n = std::min(CBF, C - c0);
+    std::vector<float> lam(R * CBF, 0.f), mu(lam), sdp(lam), sdg(lam), X(TT * n), E(TT * n), ACC(TT * n);
+    const T *vb = v + b * sb + c0, *eb = gy + b * gb + c0;
+    T *db = dv + b * Tn * C + c0;
+    for (int64_t t0 = (Tn - 1) / TT * TT; t0 >= 0; t0 -= TT) {
+      const int64_t tt = std::min(TT, Tn - t0);
+      for (int64_t t = tt - 1; t >= 0; --t) {
+        if (t0 + t >= TT) {
+          prefetch_row(eb + (t0 + t - TT) * gt, n);
+          prefetch_row(vb + (t0 + t - TT) * st, n);
+        }
+        float *xr = X.data() + t * n, *er = E.data() + t * n;
+        for (int64_t c = 0; c < n; ++c) er[c] = load(eb + (t0 + t) * gt, c);
+        for (int64_t c = 0; c < n; ++c) xr[c] = load(vb + (t0 + t) * st, c);
+      }
+      std::fill(ACC.begin(), ACC.end(), 0.f);
+      const float *pb = p + c0, *gw = g + c0;
+      by_groups(
+          R, n,
+          [&](int64_t cb, int64_t r) {
+            backward_rates<G>(X.data(), E.data(), ACC.data(), tt, n, cb, lam.data(), mu.data(), sdp.data(),
+                              sdg.data(), pb, gw, C, r, strict);
+          },
+          [&](int64_t cb, int64_t r) {
+            backward_rates<2>(X.data(), E.data(), ACC.data(), tt, n, cb, lam.data(), mu.data(), sdp.data(),
+                              sdg.data(), pb, gw, C, r, strict);
+          },
+          [&](int64_t cb, int64_t r) {
+            backward_rates<1>(X.data(), E.data(), ACC.data(), tt, n, cb, lam.data(), mu.data(), sdp.data(),
+                              sdg.data(), pb, gw, C, r, strict);
+          });
+      for (int64_t t = 0; t < tt; ++t)
+        for (int64_t c = 0; c < n; ++c) store(db + (t0 + t) * C, c, ACC[t * n + c]);
+    }
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t c = 0; c < n; ++c) {
+        dp[(b * R + r) * C + c0 + c] = g[r * C + c0 + c] * sdp[r * CBF + c];
+        dg[(b * R + r) * C + c0 + c] = sdg[r * CBF + c];
+      }
+  });
 }
 
 // add (optional): a tensor added to the output as it is written (the attention output, read in place: element
@@ -91,6 +293,9 @@ void forward(const T *v, int64_t B, int64_t Tn, int64_t C, int64_t sb, int64_t s
              int64_t R, bool strict, T *y, const T *add, int64_t ab, int64_t at, int64_t ah, int64_t D,
              const A *s0, A *sT, const int64_t *ss, int threads, int64_t yt = 0) {
   yt = yt ? yt : C;  // y's time stride: C (y contiguous), or -C for a scan backward in time (see backward)
+  if constexpr (std::is_same<A, float>::value)
+    if (R >= 2 && C % W == 0)
+      return forward_tiled<T>(v, B, Tn, C, sb, st, p, g, R, strict, y, add, ab, at, ah, D, s0, sT, ss, threads, yt);
   const int64_t nblk = (C + CB - 1) / CB;
   parallel(B * nblk, threads, [&](int64_t task) {
     const int64_t b = task / nblk, c0 = (task % nblk) * CB, n = std::min(CB, C - c0);
@@ -157,6 +362,9 @@ void backward(const T *v, int64_t sb, int64_t st, const T *gy, int64_t gb, int64
                   nullptr, nullptr, nullptr, threads, -C);
     return;
   }
+  if constexpr (std::is_same<A, float>::value)
+    if (R >= 2 && C % W == 0)
+      return backward_tiled<T>(v, sb, st, gy, gb, gt, B, Tn, C, p, g, R, strict, dv, dp, dg, threads);
   const int64_t nblk = (C + CB - 1) / CB;
   parallel(B * nblk, threads, [&](int64_t task) {
     const int64_t b = task / nblk, c0 = (task % nblk) * CB, n = std::min(CB, C - c0);

@@ -9,11 +9,12 @@ R rates per channel, inclusive. The kernel (momattn/csrc/ema_scan.cpp) reads the
 view a model splits from its qkv projection), keeps its states in float32 (float64 for float64 values) and
 writes each output once, so a bf16 output is rounded once; its backward is the same recurrence run backward in
 time, which also gives the rates' and weights' gradients (the derivative of each reverse state by its rate is
-one more recurrence), with nothing full-size saved but the values. The chunked matmul scans of momattn/ops.py
-move channels to the front or repeat (c x c) decay blocks to use matmuls; stepping through time needs neither:
-35-52% less time for learnable rates and 51-65% less for multirate_ema, forward + backward, the same for one
-fixed rate, where both are bound by memory (benchmarks/results/compare_kernel_*.md). Evaluation with a cache
-(states in and out, no gradient) runs it too (ema_with_states), from a shared prefix's state read in place.
+one more recurrence), with nothing full-size saved but the values. Several rates go through time in tiles with
+four rates' states held in registers. Its tasks (batch row, channel block) run on torch's own OpenMP threads
+where torch runs on GNU OpenMP (see _openmp). The chunked matmul scans of momattn/ops.py move channels to the
+front or repeat (c x c) decay blocks to use matmuls; stepping through time needs neither (README, Benchmarks,
+goal 2, for the measured effect). Evaluation with a cache (states in and out, no gradient) runs it too
+(ema_with_states), from a shared prefix's state read in place.
 
 It is plain C++ with no PyTorch headers, built on first use with the system's compiler (`c++`, or $CXX) in
 about two seconds into $MOMATTN_CACHE (default ~/.cache/momattn), keyed by the source, the compiler and this

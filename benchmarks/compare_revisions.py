@@ -6,8 +6,8 @@ in one process (so a busy machine hits both alike): did a change to ops.py / mod
     python benchmarks/compare_revisions.py --rev HEAD --part icl   # ICL scoring, cached and full prompts
     python benchmarks/compare_revisions.py --rev HEAD --part ema --dtype bf16   # the ops on bf16 values (autocast's)
 
-The revision's momattn/ops.py and momattn/model.py are loaded from `git show` as separate modules; the rest
-of momattn is shared. Same weights (seed 0), data and optimizer as bench_attention.py's training step.
+The revision's momattn/ops.py and momattn/model.py (and its CPU kernel, momattn/cpu_scan.py with its C++ source,
+built for it) are loaded from `git show` as separate modules; the rest of momattn is shared. Same weights (seed 0), data and optimizer as bench_attention.py's training step.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 import importlib.util
 import subprocess
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -56,9 +57,30 @@ def _tag(rev: str) -> str:
     return "momattn_rev_" + "".join(c if c.isalnum() else "_" for c in rev)
 
 
+def cpu_scan_at(rev: str) -> types.ModuleType | None:
+    """momattn.cpu_scan as of `rev`, building that revision's kernel source (None before it existed)."""
+    try:
+        files = {p: _show(rev, f"momattn/{p}") for p in ("cpu_scan.py", "csrc/ema_scan.cpp")}
+    except subprocess.CalledProcessError:
+        return None
+    root = Path(tempfile.mkdtemp(prefix=f"{_tag(rev)}_"))
+    for p, text in files.items():
+        (root / p).parent.mkdir(parents=True, exist_ok=True)
+        (root / p).write_text(text)
+    name = f"{_tag(rev)}_cpu_scan"
+    spec = importlib.util.spec_from_file_location(name, root / "cpu_scan.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def ops_at(rev: str) -> types.ModuleType:
-    """momattn.ops as of `rev`."""
-    return _module_from_source(f"{_tag(rev)}_ops", _show(rev, "momattn/ops.py"))
+    """momattn.ops as of `rev`, with that revision's CPU kernel where it had one."""
+    source, scan = _show(rev, "momattn/ops.py"), cpu_scan_at(rev)
+    if scan is not None:
+        source = source.replace("from momattn import cpu_scan\n", f"import {scan.__name__} as cpu_scan\n")
+    return _module_from_source(f"{_tag(rev)}_ops", source)
 
 
 def model_at(rev: str) -> types.ModuleType:

@@ -70,15 +70,20 @@ def _cpu_flags() -> str:
     return f"{platform.platform()} {platform.processor() or platform.machine()}"
 
 
-def _openmp() -> list[str]:
-    """["-fopenmp"] where this process's torch runs on GNU OpenMP (its libgomp is loaded): the kernel then runs its
-    tasks on torch's own OpenMP threads (its libgomp.so.1 is the one already loaded, by that name). Its own threads
-    would compete with torch's OpenMP workers, which keep spinning on the other cores for a while after each op:
-    in a training step that made the kernel take about twice its time alone. Elsewhere: no OpenMP."""
+def _openmp(cxx: list[str]) -> list[str]:
+    """["-fopenmp"] where this process's torch runs on GNU OpenMP (its libgomp is loaded) and the compiler is GCC's:
+    the kernel then runs its tasks on torch's own OpenMP threads (the libgomp.so.1 it links is the one already
+    loaded, by that name). Its own threads would compete with torch's OpenMP workers, which keep spinning on the
+    other cores for a while after each op: in a training step that made the kernel take about twice its time
+    alone. Clang's -fopenmp links LLVM's runtime, a second thread pool beside torch's: not used. Elsewhere: no
+    OpenMP."""
     try:
-        return ["-fopenmp"] if "libgomp" in Path("/proc/self/maps").read_text() else []
-    except OSError:
+        if "libgomp" not in Path("/proc/self/maps").read_text():
+            return []
+        version = subprocess.run([*cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
         return []
+    return [] if "clang" in version.lower() else ["-fopenmp"]
 
 
 def _build(cxx: list[str], extra: list[str]) -> Path:
@@ -118,7 +123,7 @@ def load() -> ctypes.CDLL | None:
                 c for c in (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++"),) if c]
             if not cxx:
                 raise RuntimeError("no C++ compiler found (c++, g++, clang++ or $CXX)")
-            omp = _openmp()
+            omp = _openmp(cxx)
             for extra in ([omp, []] if omp else [[]]):
                 try:
                     lib = ctypes.CDLL(str(_build(cxx, extra)))

@@ -7,6 +7,7 @@ full-size saved for fixed rates, thread-independent results, agreement with the 
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -288,7 +289,14 @@ def test_openmp_is_torchs_own(tmp_path, monkeypatch):
     maps = Path("/proc/self/maps")
     if not maps.exists() or "libgomp" not in maps.read_text():
         pytest.skip("torch does not run on GNU OpenMP here: the kernel uses its own threads")
-    assert cpu_scan._openmp() == ["-fopenmp"]
+    cxx = [shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")]
+    if "clang" in subprocess.run([*cxx, "--version"], capture_output=True, text=True).stdout.lower():
+        pytest.skip("the compiler is clang: its OpenMP runtime is not torch's, so the kernel uses its own threads")
+    assert cpu_scan._openmp(cxx) == ["-fopenmp"]
+    fake = tmp_path / "clang++"  # clang's -fopenmp would load LLVM's runtime beside torch's: not used
+    fake.write_text("#!/bin/sh\necho 'clang version 17.0.6'\n")
+    fake.chmod(0o755)
+    assert cpu_scan._openmp([str(fake)]) == []
     monkeypatch.setenv("MOMATTN_CACHE", str(tmp_path))
     monkeypatch.setattr(cpu_scan, "_LIB", None)
     assert cpu_scan.load() is not None
@@ -302,7 +310,7 @@ def test_without_openmp_the_kernel_has_its_own_threads(tmp_path, monkeypatch):
     """A compiler without OpenMP (here: a flag it refuses in its place) builds the kernel without it."""
     monkeypatch.setenv("MOMATTN_CACHE", str(tmp_path))
     monkeypatch.setattr(cpu_scan, "_LIB", None)
-    monkeypatch.setattr(cpu_scan, "_openmp", lambda: ["-fno-such-flag-in-any-compiler"])
+    monkeypatch.setattr(cpu_scan, "_openmp", lambda cxx: ["-fno-such-flag-in-any-compiler"])
     assert cpu_scan.load() is not None
     (lib,) = tmp_path.glob("ema_scan-*.so")
     assert b"GOMP_parallel" not in lib.read_bytes()

@@ -13,7 +13,9 @@ built for it) are loaded from `git show` as separate modules; the rest of momatt
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -64,6 +66,7 @@ def cpu_scan_at(rev: str) -> types.ModuleType | None:
     except subprocess.CalledProcessError:
         return None
     root = Path(tempfile.mkdtemp(prefix=f"{_tag(rev)}_"))
+    atexit.register(shutil.rmtree, root, True)  # the built kernel stays in the cache
     for p, text in files.items():
         (root / p).parent.mkdir(parents=True, exist_ok=True)
         (root / p).write_text(text)
@@ -79,6 +82,8 @@ def ops_at(rev: str) -> types.ModuleType:
     """momattn.ops as of `rev`, with that revision's CPU kernel where it had one."""
     source, scan = _show(rev, "momattn/ops.py"), cpu_scan_at(rev)
     if scan is not None:
+        if "from momattn import cpu_scan\n" not in source:
+            raise RuntimeError(f"{rev}'s momattn/ops.py does not import cpu_scan as expected: its kernel cannot be swapped in")
         source = source.replace("from momattn import cpu_scan\n", f"import {scan.__name__} as cpu_scan\n")
     return _module_from_source(f"{_tag(rev)}_ops", source)
 

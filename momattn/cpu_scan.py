@@ -71,15 +71,16 @@ def _cpu_flags() -> str:
 
 
 def _openmp(cxx: list[str]) -> list[str]:
-    """["-fopenmp"] where this process's torch runs on GNU OpenMP (its libgomp is loaded) and the compiler is GCC's:
-    the kernel then runs its tasks on torch's own OpenMP threads (the libgomp.so.1 it links is the one already
-    loaded, by that name). Its own threads would compete with torch's OpenMP workers, which keep spinning on the
-    other cores for a while after each op: in a training step that made the kernel take about twice its time
-    alone. Clang's -fopenmp links LLVM's runtime, a second thread pool beside torch's: not used. Elsewhere: no
-    OpenMP."""
+    """["-fopenmp"] where this process's torch runs on GNU OpenMP (a libgomp.so.1 is loaded: the Linux wheels') and
+    the compiler is GCC's: the kernel then runs its tasks on torch's own OpenMP threads (the libgomp.so.1 it links
+    is the one already loaded, by that name). Its own threads would compete with torch's OpenMP workers, which keep
+    spinning on the other cores for a while after each op: in a training step that made the kernel take about
+    twice its time alone. Not where libgomp.so.1 is not loaded (a wheel with a renamed copy, Intel's or LLVM's
+    runtime: the kernel would load a second thread pool), nor with clang (its -fopenmp links LLVM's runtime).
+    Like torch's own parallel ops, the OpenMP build hangs in a child forked after the parent used OpenMP
+    (a libgomp limitation; DataLoader workers do not call the kernel)."""
     try:
-        if "libgomp" not in Path("/proc/self/maps").read_text():
-            return []
+        ctypes.CDLL("libgomp.so.1", mode=getattr(os, "RTLD_NOLOAD", 4) | ctypes.RTLD_LOCAL)  # only if loaded
         version = subprocess.run([*cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return []
@@ -128,10 +129,11 @@ def load() -> ctypes.CDLL | None:
                 try:
                     lib = ctypes.CDLL(str(_build(cxx, extra)))
                     break
-                except (OSError, RuntimeError) as e:  # e.g. no OpenMP in this compiler: the kernel's own threads
+                except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # e.g. a compiler without OpenMP
                     if not extra:
                         raise
-                    log.debug("momattn: the CPU scan kernel did not build or load with %s (%s)", extra, e)
+                    log.info("momattn: the CPU scan kernel did not build or load with %s (%s); building it with its "
+                             "own threads", " ".join(extra), e)
             for name in _NAMES.values():
                 getattr(lib, f"{name}_forward").restype = ctypes.c_int
                 getattr(lib, f"{name}_backward").restype = ctypes.c_int

@@ -415,8 +415,9 @@ void backward(const T *v, int64_t sb, int64_t st, const T *gy, int64_t gb, int64
 
 }  // namespace
 
-// The exported functions return 0, or 1 where a thread or a buffer could not be had (no exception may cross
-// into the caller's C frames); cpu_scan.py raises then.
+// The exported functions return 0, or 1 where a buffer (or, without OpenMP, a thread) could not be had (no exception
+// may cross into the caller's C frames); cpu_scan.py raises then. (libgomp ends the process where it cannot start a
+// thread, as it does for torch's own ops.)
 #define EMA_EXPORT(NAME, T, A)                                                                                  \
   extern "C" int NAME##_forward(const T *v, int64_t B, int64_t Tn, int64_t C, int64_t sb, int64_t st,          \
                                 const A *p, const A *g, int64_t R, int strict, T *y, const T *add, int64_t ab,  \

@@ -277,7 +277,8 @@ def scan_name(device: torch.device) -> str:
     from momattn import cpu_scan, ops
 
     if device.type == "cpu" and ops.SCAN_BACKEND in ("auto", "cpu") and cpu_scan.load() is not None:
-        return "the CPU kernel (momattn/cpu_scan.py: float32 states, each output rounded once)"
+        threads = "torch's OpenMP threads" if cpu_scan.OPENMP else "its own threads"
+        return f"the CPU kernel (momattn/cpu_scan.py: float32 states, each output rounded once; on {threads})"
     if device.type == "cuda" and ops.SCAN_BACKEND in ("auto", "triton") and ops._triton_scan() is not None:
         return "Triton (momentum_ema), the matmul scans (multirate_ema)"
     return "the chunked matmul scans (momattn/ops.py)"

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("csrc") / "ema_scan.cpp"
 _NAMES = {torch.float32: "ema_f32", torch.float64: "ema_f64", torch.bfloat16: "ema_bf16"}
 _LIB: ctypes.CDLL | bool | None = None  # None: not tried yet; False: could not be built
+OPENMP = False  # whether the loaded kernel runs its tasks on torch's OpenMP threads (else its own threads)
 _P, _I, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
@@ -117,7 +118,7 @@ def _build(cxx: list[str], extra: list[str]) -> Path:
 def load() -> ctypes.CDLL | None:
     """The kernel, built if needed (with OpenMP where torch has GNU OpenMP, else, or if that fails, without);
     None (after one warning) where it cannot be built."""
-    global _LIB
+    global _LIB, OPENMP
     if _LIB is None:
         try:
             cxx = shlex.split(os.environ.get("CXX", "")) or [
@@ -128,6 +129,7 @@ def load() -> ctypes.CDLL | None:
             for extra in ([omp, []] if omp else [[]]):
                 try:
                     lib = ctypes.CDLL(str(_build(cxx, extra)))
+                    OPENMP = bool(extra)
                     break
                 except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # e.g. a compiler without OpenMP
                     if not extra:

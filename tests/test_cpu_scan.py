@@ -305,6 +305,7 @@ def test_openmp_is_torchs_own(tmp_path, monkeypatch):
     fake.chmod(0o755)
     assert cpu_scan._openmp([str(fake)]) == []
     monkeypatch.setenv("MOMATTN_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_scan, "OPENMP", cpu_scan.OPENMP)  # restored with _LIB
     monkeypatch.setattr(cpu_scan, "_LIB", None)
 
     def runtimes():
@@ -312,7 +313,7 @@ def test_openmp_is_torchs_own(tmp_path, monkeypatch):
 
     before = runtimes()
     assert cpu_scan.load() is not None
-    assert b"GOMP_parallel" in next(tmp_path.glob("ema_scan-*.so")).read_bytes()  # calls into OpenMP
+    assert b"GOMP_parallel" in next(tmp_path.glob("ema_scan-*.so")).read_bytes() and cpu_scan.OPENMP
     assert runtimes() == before  # torch's libgomp.so.1, no second runtime
     _thread_independent(208)
 
@@ -320,11 +321,12 @@ def test_openmp_is_torchs_own(tmp_path, monkeypatch):
 def test_without_openmp_the_kernel_has_its_own_threads(tmp_path, monkeypatch):
     """A compiler without OpenMP (here: a flag it refuses in its place) builds the kernel without it."""
     monkeypatch.setenv("MOMATTN_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_scan, "OPENMP", cpu_scan.OPENMP)  # restored with _LIB
     monkeypatch.setattr(cpu_scan, "_LIB", None)
     monkeypatch.setattr(cpu_scan, "_openmp", lambda cxx: ["-fno-such-flag-in-any-compiler"])
     assert cpu_scan.load() is not None
     (lib,) = tmp_path.glob("ema_scan-*.so")
-    assert b"GOMP_parallel" not in lib.read_bytes()
+    assert b"GOMP_parallel" not in lib.read_bytes() and not cpu_scan.OPENMP
     _thread_independent(208)
 
 

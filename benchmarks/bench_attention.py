@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from harness import MEMORY_METHOD, RESULTS, Timer, machine_info, mib, pct, peak_memory, table, write_results  # noqa: E402
 
-from momattn.lit import fused_adamw_ok  # noqa: E402
+from momattn.lit import OptimConfig, build_adamw, fused_adamw_ok  # noqa: E402
 from momattn.model import ATTENTION_CLASSES, GPT, AttentionConfig, GPTConfig  # noqa: E402
 from momattn.ops import momentum_ema  # noqa: E402
 from momattn.reference import momentum_ema_matrix  # noqa: E402
@@ -188,13 +188,8 @@ def bench_ema(Ts, device, dtype, timer: Timer, batch: int = EMA_BATCH) -> dict:
 
 
 def _adamw(model: torch.nn.Module) -> torch.optim.AdamW:
-    """As momattn/lit.py configures it (optim defaults): decay on 2-D weights only, fused where torch can."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.95), eps=1e-8, fused=fused_adamw_ok(params) or None)
+    """train.py's AdamW (momattn.lit.build_adamw) with the optim defaults, fused where torch can."""
+    return build_adamw(model, OptimConfig(), fused_adamw_ok([p for p in model.parameters() if p.requires_grad]))
 
 
 def train_step_case(model: GPT, x: torch.Tensor, y: torch.Tensor, device, dtype) -> Case:

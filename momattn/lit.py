@@ -83,6 +83,20 @@ def fused_adamw_ok(params: list[torch.Tensor]) -> bool:
         type(p) is torch.nn.Parameter and p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
 
 
+def build_adamw(model: torch.nn.Module, o: OptimConfig, fused: bool) -> torch.optim.AdamW:
+    """AdamW as train.py runs it (LitGPT, and the benchmarks' training step): weight decay on the weights of Linear
+    and Embedding layers only, not on biases, LayerNorms, eta, nor multirate_ema's delta/gamma (2-D, but decay rates
+    and mixing weights, not weight matrices); `fused`: the fused kernel (see fused_adamw_ok)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    weights = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))}
+    decay = [p for p in params if id(p) in weights]
+    no_decay = [p for p in params if id(p) not in weights]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused or None,
+    )
+
+
 class LitGPT(pl.LightningModule):
     """Trains `model`; `meta` (model config, tokenizer, resolved run config) goes into every checkpoint."""
 
@@ -135,16 +149,7 @@ class LitGPT(pl.LightningModule):
 
     def configure_optimizers(self):
         o = self.optim
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        # decay the weights of Linear and Embedding layers only: not biases, LayerNorms, eta, nor
-        # multirate_ema's delta/gamma (2-D, but decay rates and mixing weights, not weight matrices)
-        weights = {id(m.weight) for m in self.model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))}
-        decay = [p for p in params if id(p) in weights]
-        no_decay = [p for p in params if id(p) not in weights]
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=self._fused(params) or None,
-        )
+        opt = build_adamw(self.model, o, self._fused([p for p in self.model.parameters() if p.requires_grad]))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, o, self.max_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_attention  # noqa: E402
 import bench_icl_cache  # noqa: E402
+import bench_kernel_step  # noqa: E402
 import cpu_bf16_check  # noqa: E402
 import gpu_check  # noqa: E402
 from harness import RESULTS  # noqa: E402
@@ -39,6 +40,18 @@ SECTIONS = {
         "python benchmarks/bench_attention.py --parts train --dtype bf16 --train-repeats 21 "
         "--out benchmarks/results/attention_train_bf16.json",
         bench_attention.render,
+    ),
+    "kernel_step_bf16.json": (
+        "The CPU scan kernel inside a training step: bf16 autocast",
+        "python benchmarks/bench_kernel_step.py --dtype bf16 --rounds 7 --steps 4 "
+        "--out benchmarks/results/kernel_step_bf16.json",
+        bench_kernel_step.render,
+    ),
+    "kernel_step_fp32.json": (
+        "The CPU scan kernel inside a training step: fp32",
+        "python benchmarks/bench_kernel_step.py --dtype fp32 --rounds 7 --steps 4 "
+        "--out benchmarks/results/kernel_step_fp32.json",
+        bench_kernel_step.render,
     ),
     "attention.json": (
         "Attention speed and memory",

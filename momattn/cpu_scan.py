@@ -79,7 +79,9 @@ def _openmp(cxx: list[str]) -> list[str]:
     twice its time alone. Not where libgomp.so.1 is not loaded (a wheel with a renamed copy, Intel's or LLVM's
     runtime: the kernel would load a second thread pool), nor with clang (its -fopenmp links LLVM's runtime).
     Like torch's own parallel ops, the OpenMP build hangs in a child forked after the parent used OpenMP
-    (a libgomp limitation; DataLoader workers do not call the kernel)."""
+    (a libgomp limitation; DataLoader workers do not call the kernel). MOMATTN_SCAN_OPENMP=0 turns it off."""
+    if os.environ.get("MOMATTN_SCAN_OPENMP", "1") == "0":
+        return []
     try:
         ctypes.CDLL("libgomp.so.1", mode=getattr(os, "RTLD_NOLOAD", 4) | ctypes.RTLD_LOCAL)  # only if loaded
         version = subprocess.run([*cxx, "--version"], capture_output=True, text=True, timeout=30).stdout

@@ -318,6 +318,11 @@ def test_openmp_is_torchs_own(tmp_path, monkeypatch):
     _thread_independent(208)
 
 
+def test_openmp_can_be_turned_off(monkeypatch):
+    monkeypatch.setenv("MOMATTN_SCAN_OPENMP", "0")
+    assert cpu_scan._openmp([shutil.which("c++") or shutil.which("g++") or "c++"]) == []
+
+
 def test_without_openmp_the_kernel_has_its_own_threads(tmp_path, monkeypatch):
     """A compiler without OpenMP (here: a flag it refuses in its place) builds the kernel without it."""
     monkeypatch.setenv("MOMATTN_CACHE", str(tmp_path))

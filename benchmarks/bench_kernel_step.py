@@ -1,0 +1,152 @@
+"""The CPU scan kernel's own time inside a running training step, on torch's OpenMP threads and on its own threads.
+
+    python benchmarks/bench_kernel_step.py [--dtype bf16|fp32] [--T 256] [--rounds 5] [--steps 4]
+
+For momentum (eta fixed and learnable) and multirate_ema it runs bench_attention.py's training step of the default
+model (train.py's loss and AdamW, clipping) and times every call of the kernel inside it (momattn.cpu_scan's
+forward and backward, per layer), and the step itself, vanilla's included; rounds go round-robin over the
+variants. Each mode runs in its own process, since a process loads the kernel once: "openmp", its tasks on
+torch's OpenMP threads (the default where torch runs on GNU OpenMP, see momattn.cpu_scan._openmp), and "own",
+its own threads (MOMATTN_SCAN_OPENMP=0). torch's OpenMP workers spin for a while after each op: a kernel on its
+own threads competes with them. Prints a table and writes benchmarks/results/kernel_step.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_attention import BATCH, BLOCK, VOCAB, _gpt_config, train_step_case  # noqa: E402
+from harness import RESULTS, machine_info, table, write_results  # noqa: E402
+
+from momattn import cpu_scan  # noqa: E402
+from momattn.model import GPT  # noqa: E402
+
+MODES = {"openmp": "1", "own": "0"}  # MOMATTN_SCAN_OPENMP
+KINDS = ("vanilla", "momentum", "momentum_learnable", "multirate_ema")
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+class _KernelClock:
+    """Wraps cpu_scan's forward and backward calls, adding up their wall time."""
+
+    def __init__(self):
+        self.s = {"forward": 0.0, "backward": 0.0}
+        self.n = {"forward": 0, "backward": 0}
+        for name in self.s:
+            orig = getattr(cpu_scan, f"_{name}")
+
+            def timed(*a, _orig=orig, _name=name, **kw):
+                t = time.perf_counter()
+                out = _orig(*a, **kw)
+                self.s[_name] += time.perf_counter() - t
+                self.n[_name] += 1
+                return out
+
+            setattr(cpu_scan, f"_{name}", timed)
+
+    def reset(self) -> None:
+        for name in self.s:
+            self.s[name], self.n[name] = 0.0, 0
+
+
+def worker(args) -> dict:
+    """One mode, in this process: per variant, median over rounds of the step and of the kernel's calls."""
+    if cpu_scan.load() is None:
+        raise SystemExit("the CPU scan kernel could not be built here")
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    clock = _KernelClock()
+    T, B = args.T, args.batch or BATCH * BLOCK // args.T
+    x, y = (torch.randint(VOCAB, (B, T), generator=torch.Generator().manual_seed(i)) for i in range(2))
+    cases = {}
+    for kind in KINDS:
+        torch.manual_seed(0)
+        cases[kind] = train_step_case(GPT(_gpt_config(kind, T)), x, y, torch.device("cpu"), DTYPES[args.dtype])
+        for _ in range(3):  # warm-up: the kernel's build, the allocator, the OpenMP team
+            cases[kind]()
+    samples = {kind: {"step_ms": [], "forward_us": [], "backward_us": []} for kind in KINDS}
+    for _ in range(args.rounds):
+        for kind, case in cases.items():
+            clock.reset()
+            t = time.perf_counter()
+            for _ in range(args.steps):
+                case()
+            samples[kind]["step_ms"].append(1e3 * (time.perf_counter() - t) / args.steps)
+            for name in ("forward", "backward"):
+                if clock.n[name]:
+                    samples[kind][f"{name}_us"].append(1e6 * clock.s[name] / clock.n[name])
+    return {"openmp": cpu_scan.OPENMP, "threads": torch.get_num_threads(),
+            "results": {k: {m: (statistics.median(v) if v else None) for m, v in s.items()} | {"samples": s}
+                        for k, s in samples.items()}}
+
+
+def render(res: dict) -> str:
+    m, st = res["machine"], res["settings"]
+    rows = []
+    for kind in KINDS:
+        for mode, r in res["modes"].items():
+            if r is None:
+                continue
+            v = r["results"][kind]
+            us = [f"{v[f'{n}_us']:.0f}" if v[f"{n}_us"] is not None else "-" for n in ("forward", "backward")]
+            rows.append([kind, mode + ("" if r["openmp"] == (mode == "openmp") else " (unavailable: own threads)"),
+                         *us, f"{v['step_ms']:.1f}"])
+    return "\n".join([
+        f"{m.get('describe') or m.get('cpu')}; {st['dtype']}; T = {st['T']}, batch {st['B']}; medians over "
+        f"{st['rounds']} rounds of {st['steps']} steps, round-robin over the variants; each mode in its own process.",
+        "",
+        table(["variant", "kernel threads", "kernel forward, us per layer", "kernel backward, us per layer",
+               "step ms"], rows),
+        "",
+        "The kernel's calls are timed inside a running training step (momattn.cpu_scan's forward and backward, one "
+        "call per layer each). `own`: MOMATTN_SCAN_OPENMP=0, the kernel's own threads, which compete with torch's "
+        "OpenMP workers spinning after each op.",
+        "",
+    ])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dtype", choices=list(DTYPES), default="bf16")
+    ap.add_argument("--T", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=0, help="rows per step (default: as many as make 4,096 tokens)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    ap.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    ap.add_argument("--out", type=Path, default=RESULTS / "kernel_step.json")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    modes = {}
+    for mode in args.modes:
+        cmd = [sys.executable, __file__, "--worker", "--dtype", args.dtype, "--T", str(args.T), "--batch",
+               str(args.batch), "--rounds",
+               str(args.rounds), "--steps", str(args.steps), "--threads", str(args.threads)]
+        env = {**os.environ, "MOMATTN_SCAN_OPENMP": MODES[mode]}
+        print(f"  {mode}: {' '.join(cmd[1:])}", flush=True)
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(f"the {mode} worker failed:\n{out.stderr[-3000:]}")
+        modes[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    settings = {"dtype": args.dtype, "T": args.T, "B": args.batch or BATCH * BLOCK // args.T, "rounds": args.rounds,
+                "steps": args.steps}
+    res = {"machine": machine_info(torch.device("cpu"), args.dtype), "settings": settings, "modes": modes}
+    write_results(args.out, res, render(res))
+
+
+if __name__ == "__main__":
+    main()

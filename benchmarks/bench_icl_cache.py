@@ -14,7 +14,9 @@ go through the model, the compute ratio) and writes benchmarks/results/icl_cache
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -38,8 +40,36 @@ def make_case(g: torch.Generator, vocab: int, k: int, n_examples: int, n_answers
     return prefix, [(q, a) for q in queries for a in answers]
 
 
+def in_model(model, fn, repeats: int = 5) -> dict:
+    """Where a scorer's time goes, over `repeats` calls (not the timed ones: the wrapper costs a little): the
+    medians of its total and of the time inside the model's forward calls, and the tokens (padding included) the
+    forward calls took."""
+    fwd, inside, tokens = type(model).forward, [0.0], [0]
+
+    def timed(self, idx, *a, **kw):
+        t = time.perf_counter()
+        out = fwd(self, idx, *a, **kw)
+        inside[0] += time.perf_counter() - t
+        tokens[0] += idx.numel()
+        return out
+
+    totals, models = [], []
+    type(model).forward = timed
+    try:
+        for _ in range(repeats):
+            inside[0], tokens[0] = 0.0, 0
+            t = time.perf_counter()
+            fn()
+            totals.append(time.perf_counter() - t)
+            models.append(inside[0])
+    finally:
+        type(model).forward = fwd
+    return {"total_s": statistics.median(totals), "model_s": statistics.median(models), "model_tokens": tokens[0]}
+
+
 def bench_case(model, prefix, rows, batch_tokens: int, timer: Timer, device) -> dict:
-    """Naive and cached scoring of the same rows, timed interleaved, with their largest difference."""
+    """Naive and cached scoring of the same rows, timed interleaved, with their largest difference; then, in
+    separate calls, how much of each one's time is inside the model and for how many tokens."""
     naive_rows = [(prefix + q, a) for q, a in rows]
     fns = {
         "naive": lambda: PrefixScorer(model, [], batch_tokens).score(naive_rows),
@@ -47,6 +77,7 @@ def bench_case(model, prefix, rows, batch_tokens: int, timer: Timer, device) -> 
     }
     diff = max(abs(a[0] - b[0]) for a, b in zip(fns["naive"](), fns["cached"]()))
     times = timer.time(fns, device)
+    split = {name: in_model(model, fn) for name, fn in fns.items()}
     # tokens through the model: every row re-reads the prefix vs. the prefix read once
     seqs = PrefixScorer._sequences(rows)
     cached_tok = len(prefix) + sum(len(sq.tokens) for sq in seqs)  # a continuation's last token is never fed
@@ -59,7 +90,16 @@ def bench_case(model, prefix, rows, batch_tokens: int, timer: Timer, device) -> 
         "speedup": times["naive"]["median_s"] / times["cached"]["median_s"],
         "token_ratio": naive_tok / cached_tok,
         "max_abs_diff": diff,
+        "in_model": split,
     }
+
+
+def _per_token(r: dict) -> list[str]:
+    s = r.get("in_model")  # results written before it was measured have none
+    if not s:
+        return ["-", "-", "-"]
+    return [f"{1e6 * s['naive']['model_s'] / s['naive']['model_tokens']:.1f}",
+            f"{1e6 * s['cached']['model_s'] / s['cached']['model_tokens']:.1f}", str(s["cached"]["model_tokens"])]
 
 
 def render(res: dict) -> str:
@@ -76,6 +116,7 @@ def render(res: dict) -> str:
             f"{r['speedup']:.1f}x",
             f"{r['token_ratio']:.1f}x",
             f"{r['max_abs_diff']:.1e}",
+            *_per_token(r),
         ]
         for r in res["results"]
     ]
@@ -89,6 +130,9 @@ def render(res: dict) -> str:
         "speed-up",
         "tokens",
         "max |diff|",
+        "us/token in model, naive",
+        "cached",
+        "cached tokens (padded)",
     ]
     timing = res.get("settings", {}).get("timing") or m.get("timing", "")
     machine = m.get("describe") or f"torch {m.get('torch')}, {m.get('threads')} threads, {m.get('device')}"
@@ -101,7 +145,10 @@ def render(res: dict) -> str:
             "",
             f"Speed-up {min(speedups):.1f}-{max(speedups):.1f}x; `tokens` is how many fewer tokens go through the "
             "model (the speed-up a cost proportional to tokens would give: the cache cannot beat it by much); "
-            "max |diff| is the largest difference of a log-probability between the two.",
+            "max |diff| is the largest difference of a log-probability between the two. Per token in model: the "
+            "time inside the model's forward calls over the tokens they took (padding included), measured in "
+            "separate calls after the timing; a cached token attends over the whole prefix and runs in smaller batches, "
+            "so it costs more than a full prompt's.",
             "",
         ]
     )

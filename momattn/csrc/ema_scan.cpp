@@ -208,7 +208,15 @@ void forward_tiled(const T *v, int64_t B, int64_t Tn, int64_t C, int64_t sb, int
     for (int64_t t0 = 0; t0 < Tn; t0 += TT) {
       const int64_t tt = std::min(TT, Tn - t0);
       for (int64_t t = 0; t < tt; ++t) {
-        if (t0 + t + TT < Tn) prefetch_row(vb + (t0 + t + TT) * st, n);
+        if (t0 + t + TT < Tn) {  // the next tile's rows: strided rows defeat the hardware prefetcher
+          prefetch_row(vb + (t0 + t + TT) * st, n);
+          if (add)
+            for (int64_t c = 0; c < n;) {  // head by head, as read below
+              const int64_t len = std::min(D - (c0 + c) % D, n - c);
+              prefetch_row(add + b * ab + (t0 + t + TT) * at + ((c0 + c) / D) * ah + (c0 + c) % D, len);
+              c += len;
+            }
+        }
         float *xr = X.data() + t * n, *ar = ACC.data() + t * n;
         for (int64_t c = 0; c < n; ++c) xr[c] = load(vb + (t0 + t) * st, c);
         if (add) {

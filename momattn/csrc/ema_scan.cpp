@@ -181,14 +181,15 @@ void backward_rates(const float *X, const float *E, float *ACC, int64_t tt, int6
   }
 }
 
-// every rate on every W-channel vector of a tile, G rates at a time
-template <class F4, class F2, class F1>
-inline void by_groups(int64_t R, int64_t n, F4 f4, F2 f2, F1 f1) {
+// every rate on every W-channel vector of a tile, G rates at a time: f(std::integral_constant<int, NG>, cb, r)
+// for groups of NG = G, then 2, then 1 rates starting at rate r
+template <class F>
+inline void by_groups(int64_t R, int64_t n, F f) {
   for (int64_t cb = 0; cb < n; cb += W) {
     int64_t r = 0;
-    for (; r + G <= R; r += G) f4(cb, r);
-    for (; r + 2 <= R; r += 2) f2(cb, r);
-    for (; r < R; ++r) f1(cb, r);
+    for (; r + G <= R; r += G) f(std::integral_constant<int, G>{}, cb, r);
+    for (; r + 2 <= R; r += 2) f(std::integral_constant<int, 2>{}, cb, r);
+    for (; r < R; ++r) f(std::integral_constant<int, 1>{}, cb, r);
   }
 }
 
@@ -232,11 +233,9 @@ void forward_tiled(const T *v, int64_t B, int64_t Tn, int64_t C, int64_t sb, int
         }
       }
       const float *pb = p + c0, *gb = g + c0;
-      by_groups(
-          R, n,
-          [&](int64_t cb, int64_t r) { forward_rates<G>(X.data(), ACC.data(), tt, n, cb, s.data(), pb, gb, C, r, strict); },
-          [&](int64_t cb, int64_t r) { forward_rates<2>(X.data(), ACC.data(), tt, n, cb, s.data(), pb, gb, C, r, strict); },
-          [&](int64_t cb, int64_t r) { forward_rates<1>(X.data(), ACC.data(), tt, n, cb, s.data(), pb, gb, C, r, strict); });
+      by_groups(R, n, [&](auto ng, int64_t cb, int64_t r) {
+        forward_rates<decltype(ng)::value>(X.data(), ACC.data(), tt, n, cb, s.data(), pb, gb, C, r, strict);
+      });
       for (int64_t t = 0; t < tt; ++t)
         for (int64_t c = 0; c < n; ++c) store(yb + (t0 + t) * yt, c, ACC[t * n + c]);
     }
@@ -269,20 +268,10 @@ void backward_tiled(const T *v, int64_t sb, int64_t st, const T *gy, int64_t gb,
       }
       std::fill(ACC.begin(), ACC.end(), 0.f);
       const float *pb = p + c0, *gw = g + c0;
-      by_groups(
-          R, n,
-          [&](int64_t cb, int64_t r) {
-            backward_rates<G>(X.data(), E.data(), ACC.data(), tt, n, cb, lam.data(), mu.data(), sdp.data(),
-                              sdg.data(), pb, gw, C, r, strict);
-          },
-          [&](int64_t cb, int64_t r) {
-            backward_rates<2>(X.data(), E.data(), ACC.data(), tt, n, cb, lam.data(), mu.data(), sdp.data(),
-                              sdg.data(), pb, gw, C, r, strict);
-          },
-          [&](int64_t cb, int64_t r) {
-            backward_rates<1>(X.data(), E.data(), ACC.data(), tt, n, cb, lam.data(), mu.data(), sdp.data(),
-                              sdg.data(), pb, gw, C, r, strict);
-          });
+      by_groups(R, n, [&](auto ng, int64_t cb, int64_t r) {
+        backward_rates<decltype(ng)::value>(X.data(), E.data(), ACC.data(), tt, n, cb, lam.data(), mu.data(),
+                                            sdp.data(), sdg.data(), pb, gw, C, r, strict);
+      });
       for (int64_t t = 0; t < tt; ++t)
         for (int64_t c = 0; c < n; ++c) store(db + (t0 + t) * C, c, ACC[t * n + c]);
     }

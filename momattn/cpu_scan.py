@@ -27,6 +27,7 @@ second derivative recomputes through the matmul scans.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -71,6 +72,12 @@ def _cpu_flags() -> str:
     return f"{platform.platform()} {platform.processor() or platform.machine()}"
 
 
+@functools.cache
+def _version(cxx: tuple[str, ...]) -> str:
+    """`cxx --version`, asked once per process (the OpenMP choice and the cache key both read it)."""
+    return subprocess.run([*cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+
+
 def _openmp(cxx: list[str]) -> list[str]:
     """["-fopenmp"] where this process's torch runs on GNU OpenMP (a libgomp.so.1 is loaded: the Linux wheels') and
     the compiler is GCC's: the kernel then runs its tasks on torch's own OpenMP threads (the libgomp.so.1 it links
@@ -84,7 +91,7 @@ def _openmp(cxx: list[str]) -> list[str]:
         return []
     try:
         ctypes.CDLL("libgomp.so.1", mode=getattr(os, "RTLD_NOLOAD", 4) | ctypes.RTLD_LOCAL)  # only if loaded
-        version = subprocess.run([*cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+        version = _version(tuple(cxx))
     except (OSError, subprocess.SubprocessError):
         return []
     return [] if "clang" in version.lower() else ["-fopenmp"]
@@ -93,7 +100,7 @@ def _openmp(cxx: list[str]) -> list[str]:
 def _build(cxx: list[str], extra: list[str]) -> Path:
     """The kernel's shared library built with flags + extra, into the cache unless it is there already (atomic: a
     concurrent build by another process replaces it with the same bytes)."""
-    version = subprocess.run([*cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+    version = _version(tuple(cxx))
     key = hashlib.sha256("\0".join([SOURCE.read_text(), *cxx, version, " ".join(_flags() + extra),
                                     _cpu_flags()]).encode())
     cache = Path(os.environ.get("MOMATTN_CACHE") or Path.home() / ".cache" / "momattn")

@@ -4,13 +4,15 @@
     python benchmarks/gpu_check.py --steps 5 --no-compile   # shorter
     python benchmarks/gpu_check.py --smoke    # every part on a tiny model on CPU (what the test runs)
 
-On a CUDA GPU, within about 8 minutes (--budget): (1) the CUDA-only tests and the Triton scan's tests,
-(2) bench_attention.py --device cuda --dtype bf16 --quick, (3) the momentum scan alone (forward + backward at
-gpt2_124m's shape, bf16 values): the chunked matmul scan against the Triton kernel (momattn/triton_scan.py),
-with scaled_dot_product_attention at the same shape for scale, (4) training throughput of the gpt2_124m model
-(12 x 768, context 1024, bf16 autocast, fused AdamW) for vanilla, momentum (each scan backend; learnable eta)
-and multirate_ema with torch.compile off and on: tokens/s and MFU against the device's datasheet dense bf16
-peak. The report is rewritten after every part (a run cut short keeps what it measured): gpu.json and gpu.md.
+On a CUDA GPU, within about 8 minutes (--budget for the training part, --deadline for the whole): (1) the
+CUDA-only tests and the Triton scan's tests, (2) bench_attention.py --device cuda --dtype bf16 --quick,
+(3) training throughput of the gpt2_124m model (12 x 768, context 1024, bf16 autocast, the loss inside the
+model as train.py computes it, fused AdamW) for vanilla, momentum (each scan backend; learnable eta) and
+multirate_ema with torch.compile off and on: tokens/s and MFU against the device's datasheet dense bf16 peak,
+(4) the momentum scan alone (forward + backward at gpt2_124m's shape, bf16 values): the chunked matmul scan
+against the Triton kernel (momattn/triton_scan.py), with scaled_dot_product_attention at the same shape for
+scale. The report is rewritten after every part and before and after every training variant (a run cut short
+keeps what it measured and names the variant it was on): gpu.json and gpu.md. Progress goes to stdout.
 Without a GPU every GPU part is skipped, and the files say so, so that the script cannot rot on CPU-only
 machines; --smoke runs the same code on CPU at toy size.
 """
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -47,13 +51,25 @@ def datasheet_peak(name: str) -> float | None:
 
 
 def run(cmd: list[str], timeout: int) -> dict:
+    """Run cmd in its own process group; past timeout the whole group is killed (pytest's xdist workers too, which
+    would otherwise keep the GPU busy through the timings that follow)."""
     t0 = time.perf_counter()
+    print(f"[gpu_check] {' '.join(cmd)}", flush=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     try:
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        return {"cmd": " ".join(cmd), "rc": done.returncode, "seconds": round(time.perf_counter() - t0, 1),
-                "tail": (done.stdout + done.stderr)[-2000:]}
+        out, _ = proc.communicate(timeout=timeout)
+        rc = proc.returncode
     except subprocess.TimeoutExpired:
-        return {"cmd": " ".join(cmd), "rc": None, "seconds": timeout, "tail": "timed out"}
+        os.killpg(proc.pid, signal.SIGKILL)
+        try:  # what it printed; a process that left the group could hold the pipe open, hence the timeout
+            out = proc.communicate(timeout=10)[0] or ""
+        except subprocess.TimeoutExpired:
+            out = ""
+        out, rc = out + "\n[gpu_check] timed out: process group killed", None
+    seconds = round(time.perf_counter() - t0, 1)
+    print(f"[gpu_check]   exit {rc} in {seconds} s", flush=True)
+    return {"cmd": " ".join(cmd), "rc": rc, "seconds": seconds, "tail": out[-2000:]}
 
 
 class Sync:
@@ -111,10 +127,14 @@ def scan_timing(device: str, shape: tuple[int, int, int, int], reps: int) -> lis
     kernel = ops._triton_scan()
     if kernel is not None:
         xv, a = v.transpose(1, 2).reshape(B, T, H * D), torch.full((1,), 0.5, device=device)
-        rows.append({"op": "triton kernel alone, forward", "ms": round(time_it(lambda: kernel.decay_scan(xv, a, True, False)), 3)})
-    tuned = getattr(getattr(ops._triton_scan(), "_tuned", None), "best_config", None)
-    if tuned is not None:
-        rows.append({"op": "triton scan: autotuned block", "config": str(tuned)})
+        try:
+            rows.append({"op": "triton kernel alone, forward",
+                         "ms": round(time_it(lambda: kernel.decay_scan(xv, a, True, False)), 3)})
+        except Exception as e:
+            rows.append({"op": "triton kernel alone, forward", "error": repr(e)[:300]})
+        # the autotuner's choice per tuning key (forward and backward calls may differ), where it keeps them
+        for key, config in (getattr(getattr(kernel, "_tuned", None), "cache", None) or {}).items():
+            rows.append({"op": f"triton scan: autotuned block for key {key}", "config": str(config)})
     return rows
 
 
@@ -135,8 +155,7 @@ def throughput(kind: str, compile_: bool | str, steps: int, batch: int, backend:
 
     def step():
         with torch.autocast(device, dtype=torch.bfloat16):
-            logits = fwd(x[:, :-1])
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), x[:, 1:].reshape(-1))
+            loss = fwd(x[:, :-1], targets=x[:, 1:])  # the loss inside the model (compiled with it), as train.py's
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -194,8 +213,8 @@ def markdown(report: dict) -> str:
                       "bf16 values (median ms):", "", "| op | ms |", "|---|---:|"]
         lines += [f"| {r['op']} | {r.get('config') or r.get('ms') or 'error: ' + r.get('error', '')[:80]} |"
                   for r in report["scan"]]
-    lines += ["", "Training steps of gpt2_124m (12 x 768, T 1024, bf16 autocast, fused AdamW; the learnable-eta and "
-                  "multirate rows use the default scan backend):", "",
+    lines += ["", "Training steps of gpt2_124m (12 x 768, T 1024, bf16 autocast, the loss inside the model, fused AdamW; the "
+                  "learnable-eta and multirate rows use the default scan backend):", "",
               "| attention | compile | batch | ms/step | tokens/s | MFU | vs vanilla | warm-up s | peak GiB |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     base: dict = {}  # the first vanilla row of each compile setting; a compile mode compares with default compile
@@ -203,8 +222,9 @@ def markdown(report: dict) -> str:
         if r.get("attention") == "vanilla" and "tokens_per_s" in r:
             base.setdefault(r["compile"], r["tokens_per_s"])
     for r in report.get("throughput", []):
-        if "error" in r or "skipped" in r:
-            why = f"error: {r['error'][:80]}" if "error" in r else f"skipped: {r['skipped']}"
+        if "tokens_per_s" not in r:
+            why = (f"error: {r['error'][:80]}" if "error" in r else f"skipped: {r['skipped']}" if "skipped" in r
+                   else f"started {r.get('started_s')} s in, did not finish")
             lines.append(f"| {r['attention']} | {r['compile']} | | | {why} | | | | |")
             continue
         ref = base.get(True) if isinstance(r["compile"], str) else base.get(r["compile"])
@@ -230,8 +250,12 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--budget", type=float, default=420.0,
-                    help="seconds; throughput variants that would start after it are skipped (and said so)")
+    ap.add_argument("--budget", type=float, default=300.0,
+                    help="seconds from the start of the training part; variants that would start after it are "
+                         "skipped (and said so)")
+    ap.add_argument("--deadline", type=float, default=480.0,
+                    help="seconds from the script's start after which no training variant starts either (the tests "
+                         "and the benchmark before them can run long); the scan timing, last, runs regardless")
     ap.add_argument("--variants", default="", help="comma-separated labels of the training variants to run "
                     f"(default all): {', '.join(label(*v) for v in VARIANTS)}")
     ap.add_argument("--parts", default="tests,bench,scan,train", help="comma-separated: tests,bench,scan,train")
@@ -260,11 +284,8 @@ def main() -> int:
             [py, "benchmarks/bench_attention.py", "--device", "cuda", "--dtype", "bf16", "--quick", "--out",
              str(a.out.with_name("attention_cuda.json"))], 150)
         write(report, a.out)
-    if "scan" in parts:
-        report["scan_shape"] = (2, 2, 64, 16) if a.smoke else (16, 12, 1024, 64)
-        report["scan"] = scan_timing(device, report["scan_shape"], 2 if a.smoke else 20)
-        write(report, a.out)
     report["throughput"] = []
+    t_train = time.perf_counter()
     wanted = set(filter(None, a.variants.split(","))) if "train" in parts else set()
     toy = dict(block_size=32, vocab_size=128, n_layer=1, n_head=2, n_embd=32) if a.smoke else None
     for kind, backend, learnable, compile_, mult in VARIANTS:
@@ -274,17 +295,37 @@ def main() -> int:
             continue
         row = {"attention": kind + (f" ({backend} scan)" if backend else "") + (" learnable eta" if learnable else ""),
                "compile": compile_}
-        if time.perf_counter() - t_start > a.budget:
-            report["throughput"].append({**row, "skipped": f"past the {a.budget:.0f} s budget"})
+        name = label(kind, backend, learnable, compile_, mult)
+        now = time.perf_counter()
+        if now - t_train > a.budget or now - t_start > a.deadline:
+            why = f"past the {a.budget:.0f} s budget" if now - t_train > a.budget else f"past the {a.deadline:.0f} s deadline"
+            report["throughput"].append({**row, "skipped": why})
+            print(f"[gpu_check] {name}: skipped, {why}", flush=True)
             continue
+        # a row that says it started, written before the run: a call cut off mid-variant (its compilation can take
+        # minutes) still tells which variant it was on
+        report["throughput"].append({**row, "started_s": round(now - t_start, 1)})
+        write(report, a.out)
+        print(f"[gpu_check] {name}: running ({now - t_start:.0f} s in)", flush=True)
         try:
-            report["throughput"].append(throughput(kind, compile_, 1 if a.smoke else a.steps, mult * (2 if a.smoke else a.batch),
-                                                   backend, learnable, toy, device))
+            if device == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()  # each row's peak its own
+            r = throughput(kind, compile_, 1 if a.smoke else a.steps, mult * (2 if a.smoke else a.batch), backend,
+                           learnable, toy, device)
+            print(f"[gpu_check]   {r['tokens_per_s']:,} tokens/s, MFU {r['mfu']}, warm-up {r['warmup_s']} s", flush=True)
         except Exception as e:  # one failing variant (e.g. a compile error) must not lose the rest
-            report["throughput"].append({**row, "error": repr(e)[:500]})
-        if device == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
+            r = {**row, "error": repr(e)[:500]}
+            print(f"[gpu_check]   error: {r['error'][:200]}", flush=True)
+        report["throughput"][-1] = r
+        write(report, a.out)
+    if "scan" in parts:  # last: the training rows are the targets; an error here loses nothing measured before
+        report["scan_shape"] = (2, 2, 64, 16) if a.smoke else (16, 12, 1024, 64)
+        print(f"[gpu_check] the momentum term alone at {report['scan_shape']}", flush=True)
+        try:
+            report["scan"] = scan_timing(device, report["scan_shape"], 2 if a.smoke else 20)
+        except Exception as e:
+            report["scan"] = [{"op": "scan timing", "error": repr(e)[:300]}]
         write(report, a.out)
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     print(write(report, a.out))

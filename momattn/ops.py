@@ -264,7 +264,8 @@ def _carry(
     (zero when None); the state entering chunk m is S_{m-1}.
     """
     G, N, n = ends.shape
-    ac = _powers(a, torch.tensor(c, device=a.device))  # a^c, subnormal values flushed to 0 as in _powers
+    # torch.full, not torch.tensor: a Python number copied to a GPU is a blocking host-to-device copy (a sync)
+    ac = _powers(a, torch.full((), c, device=a.device))  # a^c, subnormal values flushed to 0 as in _powers
     if n <= _CARRY_LOOP_MAX:  # few chunks: the recurrence itself, one small multiply-add per chunk (a batched
         # matmul of G tiny matrices costs more where G is large: multirate_ema's C*R groups)
         s = torch.zeros_like(ends[..., 0]) if init is None else init.to(ends.dtype)  # (G, N)
@@ -652,6 +653,12 @@ def _dot_groups(x: torch.Tensor, y: torch.Tensor, G: int) -> torch.Tensor:
 _RATE_DIVIDES = 2.0**-16
 
 
+def _rates_divide(a: torch.Tensor) -> bool:
+    """Whether _MergedScan may divide by a^2: every rate at least _RATE_DIVIDES, asked on CPU only (on a GPU the
+    answer is a read-back, a wait for the device; the test of the GPU path turns this off to run it on a CPU)."""
+    return a.device.type == "cpu" and not _is_compiling() and bool((a >= _RATE_DIVIDES).all())
+
+
 class _MergedScan(torch.autograd.Function):
     """`_scan_merged` forward in time, with a backward that is the reverse scan of the gradient: nothing is
     saved for it when the rates need no gradient, and no matmul gradients are formed.
@@ -684,7 +691,7 @@ class _MergedScan(torch.autograd.Function):
             if ctx.needs_input_grad[1]:
                 x, y = rest
                 G = a.shape[0]
-                if ctx.strict and a.device.type == "cpu" and not _is_compiling() and bool((a >= _RATE_DIVIDES).all()):
+                if ctx.strict and _rates_divide(a):
                     # y_j = a s_{j-1} and dx_{j-1} = a u_j: one dot product of tensors at hand, no full-size sums
                     da = _dot_groups(dx[:, :-1], y[:, 1:], G) / (a * a)
                 elif ctx.strict:  # u = dx + g, s_{j-1} = x_{j-1} + y_{j-1}
@@ -793,7 +800,7 @@ def multirate_ema(
             j = T - 1 - (n - 1) * c  # the last real position inside the last chunk
             x_last = X.view(C, B, n, c)[:, :, n - 1]  # (C, B, c)
             w = _powers(p, j - torch.arange(c, device=v.device)).transpose(1, 2)  # (C, c, R) p^(j-i)
-            a_into = _powers(p, torch.tensor(j + 1, device=v.device))[:, None]  # (C, 1, R)
+            a_into = _powers(p, torch.full((), j + 1, device=v.device))[:, None]  # (C, 1, R); full: no host-to-device copy
             last_prev = (
                 None if prev is None else prev[..., n - 1].reshape(C, R, B).transpose(1, 2)
             )  # (C, B, R)

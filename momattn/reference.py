@@ -78,7 +78,7 @@ def multirate_ema_naive(
     v (B, T, C); p, gamma (C, R); initial_state s (B, C, R). Final state: per-rate states after T-1.
     """
     B, T, C = v.shape
-    s0 = torch.zeros(B, *p.shape, dtype=v.dtype) if initial_state is None else initial_state.to(v.dtype)
+    s0 = torch.zeros(B, *p.shape, dtype=v.dtype, device=v.device) if initial_state is None else initial_state.to(v.dtype)
     out = []
     for t in range(T):
         o = (gamma * p ** (t + 1) * s0).sum(-1)  # (B, C)

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -68,3 +69,42 @@ def test_a_compile_mode_is_compared_with_default_compile_and_max_autotune_is_opt
     md = gpu_check.markdown({"machine": "m", "date": "d", "throughput": rows})
     assert "| vanilla | reduce-overhead | 16 | 36.4 | 440,000 | 37.0% | 1.100x |" in md
     assert any(isinstance(v[3], str) and v[3].startswith("max-autotune") for v in gpu_check.VARIANTS)
+
+
+@pytest.mark.parametrize("flag, why", [("--budget", "budget"), ("--deadline", "deadline")])
+def test_no_training_variant_starts_past_the_budget_or_the_deadline(tmp_path, flag, why):
+    out = tmp_path / "gpu.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--parts", "train", flag,
+                        "0", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["throughput"]
+    assert rows and all(why in row.get("skipped", "") for row in rows), rows
+    assert f"skipped: past the 0 s {why}" in out.with_suffix(".md").read_text()
+
+
+def test_a_variant_cut_off_mid_run_is_named_in_the_report():
+    rows = [{"attention": "vanilla", "compile": "max-autotune-no-cudagraphs", "started_s": 12.5}]
+    md = gpu_check.markdown({"machine": "m", "date": "d", "throughput": rows})
+    assert "| vanilla | max-autotune-no-cudagraphs | | | started 12.5 s in, did not finish |" in md
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads the child's state from /proc")
+def test_a_timed_out_command_takes_its_children_with_it(tmp_path):
+    """pytest -n 4's workers must not outlive the timed-out test run (they would load the GPU during the timings)."""
+    pid_file = tmp_path / "child.pid"
+    parent = ("import subprocess, sys, time\n"
+              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+              f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+              "time.sleep(120)\n")
+    r = gpu_check.run([sys.executable, "-c", parent], timeout=3)
+    assert r["rc"] is None and "timed out" in r["tail"]
+    status = f"/proc/{int(pid_file.read_text())}/status"
+    for _ in range(50):  # the kill is asynchronous: gone, or a zombie waiting for its new parent to reap it
+        try:
+            with open(status) as f:
+                if "\nState:\tZ" in f.read():
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"the child of the timed-out command is still running ({status})")

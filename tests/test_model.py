@@ -338,6 +338,39 @@ def test_the_model_never_range_checks_its_own_rates(attention, monkeypatch):
     model.generate(torch.randint(0, 32, (1, 4)), max_new_tokens=2)  # the cached paths too
 
 
+@pytest.mark.parametrize("attention", SYNC_FREE, ids=["momentum", "learnable", "multirate_ema"])
+def test_the_gpu_code_path_makes_no_host_to_device_copy_or_read_back(attention, monkeypatch):
+    """The CUDA test below, on a CPU: the matmul scans (what CUDA runs without Triton) over several chunks, forward
+    and backward, and the cached forward, must neither build a tensor from Python data (torch.tensor(x, device=...): on a GPU a blocking
+    host-to-device copy) nor read a tensor back (.item(), bool(t): on a GPU a wait for the device)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from momattn import ops
+
+    class Syncs(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.lift_fresh.default, torch.ops.aten._local_scalar_dense.default):
+                self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(ops, "SCAN_BACKEND", "torch")
+    monkeypatch.setattr(ops, "_rates_divide", lambda a: False)  # as on a GPU: the CPU-only rate check skipped
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=64, vocab_size=64, n_layer=1, n_head=2, n_embd=32, attention=attention))
+    x = torch.randint(0, 64, (2, 64))
+    with Syncs() as mode:
+        model(x).logsumexp(-1).mean().backward()
+        with torch.no_grad():  # the cached paths: a prefix into a cache (final states), then a continuation
+            cache = model.new_cache()
+            model(x[:, :40], cache=cache)
+            model(x[:, 40:], cache=cache)
+    assert mode.seen == []
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("attention", SYNC_FREE, ids=["momentum", "learnable", "multirate_ema"])
 def test_cuda_training_forward_backward_never_waits_for_the_device(attention):

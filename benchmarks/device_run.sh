@@ -3,7 +3,7 @@
 #   cpu       benchmarks/cpu_bf16_check.py on the host CPU (native bf16 there): the main job's step fp32 vs bf16,
 #             then the main job at both precisions, seeds 1 and 2, four runs at a time (at most ~8 min)
 #   gpu       benchmarks/gpu_check.py: CUDA tests, bf16 attention benchmark, gpt2_124m throughput, scan timing
-#             (~5-8 min: no training variant starts 240 s into the training part or 420 s into the script)
+#             (~5-8 min: no training variant starts 240 s into the training part or 400 s into the script)
 #   autotune  vanilla compiled with max-autotune-no-cudagraphs alone (its autotuning can take minutes): last,
 #             only if device time is left
 # Order for 15 minutes of device time: cpu, then gpu (the machine stays warm between calls), autotune if time is left.
@@ -25,7 +25,7 @@ lscpu 2>/dev/null | grep -E "Model name|^CPU\(s\)|Flags" | sed 's/Flags:.*\(avx5
 case "$part" in
   # timeout: under the device's 560 s per call, so that the log is flushed; the JSON is written before and after
   # every variant, so a cut-off run keeps its rows and names the variant it was on
-  gpu) timeout -k 10 540 "$PY" benchmarks/gpu_check.py --budget "${BUDGET:-240}" --deadline "${DEADLINE:-420}" \
+  gpu) timeout -k 10 540 "$PY" benchmarks/gpu_check.py --budget "${BUDGET:-240}" --deadline "${DEADLINE:-400}" \
          --out "$out/gpu.json" 2>&1 | tee "$out/gpu_log.txt" ;;
   autotune) timeout -k 10 540 "$PY" benchmarks/gpu_check.py --parts train \
               --variants "vanilla+compile:max-autotune-no-cudagraphsx2" --out "$out/gpu_autotune.json" 2>&1 \

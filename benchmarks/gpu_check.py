@@ -250,10 +250,10 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--budget", type=float, default=300.0,
+    ap.add_argument("--budget", type=float, default=240.0,
                     help="seconds from the start of the training part; variants that would start after it are "
                          "skipped (and said so)")
-    ap.add_argument("--deadline", type=float, default=480.0,
+    ap.add_argument("--deadline", type=float, default=400.0,
                     help="seconds from the script's start after which no training variant starts either (the tests "
                          "and the benchmark before them can run long); the scan timing, last, runs regardless")
     ap.add_argument("--variants", default="", help="comma-separated labels of the training variants to run "

@@ -118,13 +118,25 @@ def scan_timing(device: str, shape: tuple[int, int, int, int], reps: int) -> lis
         torch.autograd.backward(F.scaled_dot_product_attention(q, k, v, is_causal=True), g)
 
     backends = ("torch", "triton") if device == "cuda" or ops._triton_scan() else ("torch",)
-    for backend in backends:
-        try:
-            rows.append({"op": f"momentum_ema, {backend} scan", "ms": round(with_backend(backend, lambda: time_it(scan)), 3)})
-        except Exception as e:
-            rows.append({"op": f"momentum_ema, {backend} scan", "error": repr(e)[:300]})
-    rows.append({"op": "scaled_dot_product_attention (causal)", "ms": round(time_it(sdpa), 3)})
     kernel = ops._triton_scan()
+    runs = [(b, None) for b in backends]
+    if kernel is not None:  # the Triton scan's two forms: chunked where the GPU would idle (the default), and not
+        ch = kernel.chunk_length(B, T, H * D, torch.device(device))
+        rows.append({"op": "triton scan: chunk length at this shape (0: whole sequences)", "config": str(ch)})
+        runs.append(("triton", "0"))
+    for backend, chunk in runs:
+        name = f"momentum_ema, {backend} scan" + (", whole sequences (MOMATTN_TRITON_CHUNK=0)" if chunk else "")
+        old = os.environ.get("MOMATTN_TRITON_CHUNK")
+        if chunk is not None:
+            os.environ["MOMATTN_TRITON_CHUNK"] = chunk
+        try:
+            rows.append({"op": name, "ms": round(with_backend(backend, lambda: time_it(scan)), 3)})
+        except Exception as e:
+            rows.append({"op": name, "error": repr(e)[:300]})
+        finally:
+            if chunk is not None:
+                os.environ.pop("MOMATTN_TRITON_CHUNK") if old is None else os.environ.update(MOMATTN_TRITON_CHUNK=old)
+    rows.append({"op": "scaled_dot_product_attention (causal)", "ms": round(time_it(sdpa), 3)})
     if kernel is not None:
         xv, a = v.transpose(1, 2).reshape(B, T, H * D), torch.full((1,), 0.5, device=device)
         try:

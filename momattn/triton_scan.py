@@ -10,13 +10,17 @@ One program per (sequence, block of BD channels of one group) walks time in bloc
 inside a block is one (BT x BT) @ (BT x BD) product with the group's decay matrix (tl.dot, fp32), plus the
 state carried from the previous block times a^(j+1) (reverse: a^(BT-j)). The decay powers are formed in the
 kernel as exp2(k log2 a) for 0 < k <= BT (exactly 1 at k = 0 and 0 for a = 0), so a call is one launch with
-no small tensors built around it. x is read in place in any layout and float dtype (the strided bf16 view of
+no small tensors built around it. Where that leaves too few programs for the GPU (few sequences: each program's
+blocks wait on each other), time is cut into chunks (`chunk_length`): a first launch finds every chunk's edge
+state from zero, and the scan then runs every chunk at once from the state entering it (the earlier chunks'
+edge states, decayed). x is read in place in any layout and float dtype (the strided bf16 view of
 the qkv projection too); sums and the output are float32. On CUDA the block sizes are autotuned once per
 head size; `TRITON_INTERPRET=1` runs the same kernel, untuned, on CPU tensors (tests/test_triton_scan.py).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -40,15 +44,12 @@ def _decay(la, k):
 
 
 @triton.jit
-def _scan_block(X, Y, Lg, pw, carry, m, n, b, cols, T, sxb, sxt, sxc, syb, syt, syc,
+def _scan_block(X, Y, Lg, pw, carry, t0, b, cols, T, sxb, sxt, sxc, syb, syt, syc,
                 STRICT: tl.constexpr, REVERSE: tl.constexpr, BT: tl.constexpr):
-    """The m-th of n blocks of BT positions (reverse: counted from the end): y = Lg @ x + pw * carry, stored;
-    returns the inclusive state carried on to the next block."""
+    """The block of BT positions from t0: y = Lg @ x + pw * carry, stored; returns the inclusive state carried on
+    to the next block (reverse: the state at t0, else at t0 + BT - 1)."""
     r = tl.arange(0, BT)
-    if REVERSE:
-        t = (n - 1 - m) * BT + r  # (BT,)
-    else:
-        t = m * BT + r
+    t = t0 + r  # (BT,)
     mask = (t < T)[:, None]
     b64, t64 = b.to(tl.int64), t.to(tl.int64)[:, None]  # 64-bit offsets: a qkv view can span > 2^31 elements
     x = tl.load(X + b64 * sxb + t64 * sxt + cols[None, :] * sxc, mask=mask, other=0.0).to(tl.float32)
@@ -64,9 +65,50 @@ def _scan_block(X, Y, Lg, pw, carry, m, n, b, cols, T, sxb, sxt, sxc, syb, syt, 
 
 
 @triton.jit
-def _scan_kernel(X, Y, A, T, n, Dg, sxb, sxt, sxc, syb, syt, syc,
-                 STRICT: tl.constexpr, REVERSE: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
-                 INTERPRET: tl.constexpr):
+def _block_start(m, TP, REVERSE: tl.constexpr, BT: tl.constexpr):
+    """The first position of the m-th block in scan order; reverse scans run from the padded end TP down."""
+    if REVERSE:
+        return TP - (m + 1) * BT
+    else:
+        return m * BT
+
+
+@triton.jit
+def _chunk_state_kernel(X, E, A, T, CH, Dg, sxb, sxt, sxc, seb, sek,
+                        REVERSE: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, INTERPRET: tl.constexpr):
+    """E[b, k]: the inclusive state at the far edge of chunk k (CH positions; k counted in scan order) when the
+    chunk is scanned from a zero state: the first pass of the chunked scan, all chunks at once."""
+    b = tl.program_id(0)
+    c0 = tl.program_id(1) * BD
+    k = tl.program_id(2)
+    cols = c0 + tl.arange(0, BD)
+    r = tl.arange(0, BT)
+    la = tl.log2(tl.load(A + c0 // Dg).to(tl.float32))
+    if REVERSE:  # weight of each row toward the block's edge: a^(distance)
+        w = _decay(la, r)
+    else:
+        w = _decay(la, BT - 1 - r)
+    a_bt = tl.exp2(la * BT)  # a^BT: the state carried across a whole block
+    TP = tl.cdiv(T, CH) * CH
+    b64 = b.to(tl.int64)
+    state = tl.zeros((BD,), dtype=tl.float32)
+    m = k * (CH // BT)
+    m_end = m + CH // BT
+    while m < m_end:  # (a while loop runs in the interpreter too; blocks per chunk are few)
+        t = _block_start(m, TP, REVERSE, BT) + r
+        x = tl.load(X + b64 * sxb + t.to(tl.int64)[:, None] * sxt + cols[None, :] * sxc, mask=(t < T)[:, None],
+                    other=0.0).to(tl.float32)
+        state = a_bt * state + tl.sum(w[:, None] * x, axis=0)
+        m += 1
+    tl.store(E + b64 * seb + k * sek + cols, state)
+
+
+@triton.jit
+def _scan_kernel(X, Y, A, E, T, CH, Dg, sxb, sxt, sxc, syb, syt, syc, seb, sek,
+                 STRICT: tl.constexpr, REVERSE: tl.constexpr, CHUNKED: tl.constexpr, BT: tl.constexpr,
+                 BD: tl.constexpr, INTERPRET: tl.constexpr):
+    """One program per (sequence, BD channels[, chunk]): the blocks of its chunk (CHUNKED: CH positions, the
+    state entering it summed from the first pass's E; else the whole sequence, from a zero state) in scan order."""
     b = tl.program_id(0)
     c0 = tl.program_id(1) * BD
     g = c0 // Dg  # the group (head) of this block of channels: BD divides Dg
@@ -83,29 +125,51 @@ def _scan_kernel(X, Y, A, T, n, Dg, sxb, sxt, sxc, syb, syt, syc,
         lag = tl.where(lag == 0, -1, lag)  # the diagonal off: sums over i != t
     Lg = _decay(la, lag)
     carry = tl.zeros((BD,), dtype=tl.float32)  # the inclusive state before (reverse: after) the block
-    if INTERPRET:  # the CPU interpreter cannot loop over a runtime range (numpy 2): n blocks, in order
-        m = 0
-        while m < n:
-            carry = _scan_block(X, Y, Lg, pw, carry, m, n, b, cols, T, sxb, sxt, sxc, syb, syt, syc, STRICT, REVERSE, BT)
+    if CHUNKED:
+        k = tl.program_id(2)
+        TP = tl.cdiv(T, CH) * CH
+        a_ch = tl.exp2(la * CH)  # a^CH: the state carried across a whole chunk
+        j = 0
+        while j < k:  # the state entering chunk k: earlier chunks' edge states, each decayed across the rest
+            carry = a_ch * carry + tl.load(E + b.to(tl.int64) * seb + j * sek + cols)
+            j += 1
+        m, m_end = k * (CH // BT), (k + 1) * (CH // BT)
+    else:
+        TP = tl.cdiv(T, BT) * BT
+        m, m_end = 0, TP // BT
+    if INTERPRET:  # the CPU interpreter cannot loop over a runtime range (numpy 2): the blocks, in order
+        while m < m_end:
+            carry = _scan_block(X, Y, Lg, pw, carry, _block_start(m, TP, REVERSE, BT), b, cols, T, sxb, sxt, sxc,
+                                syb, syt, syc, STRICT, REVERSE, BT)
             m += 1
     else:  # a for loop: the compiler pipelines the next block's loads
-        nb = tl.cdiv(T, BT)
-        for m in range(0, nb):
-            carry = _scan_block(X, Y, Lg, pw, carry, m, nb, b, cols, T, sxb, sxt, sxc, syb, syt, syc, STRICT, REVERSE, BT)
+        for mm in range(m, m_end):
+            carry = _scan_block(X, Y, Lg, pw, carry, _block_start(mm, TP, REVERSE, BT), b, cols, T, sxb, sxt, sxc,
+                                syb, syt, syc, STRICT, REVERSE, BT)
 
 
 def _fits(configs, named_args, **kwargs):
-    """Autotune only the channel blocks that divide a group's channels."""
-    return [c for c in configs if named_args["Dg"] % c.kwargs["BD"] == 0]
+    """Autotune only the channel blocks that divide a group's channels (and, chunked, the blocks that tile a chunk)."""
+    ch = named_args["CH"]
+    return [c for c in configs if named_args["Dg"] % c.kwargs["BD"] == 0 and (ch == 0 or ch % c.kwargs["BT"] == 0)]
 
 
-# tuned once per head size (the first call's length stands for all: ICL prompts of every length reuse it)
+# tuned once per head size and scan shape (the first call's length stands for all: ICL prompts of every length
+# reuse it)
 _tuned = triton.autotune(
     configs=[triton.Config({"BT": bt, "BD": bd}, num_warps=w)
              for bt, bd, w in [(16, 16, 1), (32, 16, 1), (32, 16, 2), (32, 32, 2), (32, 32, 4), (32, 64, 4),
                                (64, 16, 2), (64, 32, 4)]],
-    key=["Dg"], prune_configs_by={"early_config_prune": _fits},
+    key=["Dg", "CHUNKED"], prune_configs_by={"early_config_prune": _fits},
 )(_scan_kernel)
+_tuned_state = triton.autotune(
+    configs=[triton.Config({"BT": bt, "BD": bd}, num_warps=w)
+             for bt, bd, w in [(32, 16, 1), (64, 16, 2), (64, 32, 2), (64, 64, 4)]],
+    key=["Dg"], prune_configs_by={"early_config_prune": _fits},
+)(_chunk_state_kernel)
+
+CHUNK_UNIT = 64  # chunk lengths are multiples of the largest block (BT) any config uses
+PROGRAMS_PER_SM = 32  # chunk a scan when (sequences x 16-channel blocks) would leave fewer programs than this per SM
 
 
 def block_channels(channels_per_group: int) -> int | None:
@@ -113,17 +177,57 @@ def block_channels(channels_per_group: int) -> int | None:
     return 16 if channels_per_group % 16 == 0 else None
 
 
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def chunk_length(B: int, T: int, C: int, device: torch.device) -> int:
+    """Positions per chunk for a scan of x (B, T, C), or 0: one program walks the whole sequence.
+
+    One program per (sequence, 16 channels) walks time block after block, each block's state waiting on the last:
+    with few sequences (gpt2_124m: 16 x 48 programs for 132 SMs) most of the GPU idles. Chunked, a first pass
+    finds each chunk's edge state (all chunks at once) and the second scans every chunk from the state entering
+    it: T / CH times the programs for one more read of x. MOMATTN_TRITON_CHUNK sets the length (0: never chunk)."""
+    env = os.environ.get("MOMATTN_TRITON_CHUNK")
+    if env is not None:
+        ch = int(env)
+        if ch < 0 or ch % CHUNK_UNIT:
+            raise ValueError(f"MOMATTN_TRITON_CHUNK must be 0 or a multiple of {CHUNK_UNIT}, got {env!r}")
+        return ch if 0 < ch < T else 0
+    if device.type != "cuda":
+        return 0
+    programs = B * (C // 16)
+    want = PROGRAMS_PER_SM * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    n = min(-(-want // programs), T // CHUNK_UNIT)  # chunks, each at least CHUNK_UNIT positions
+    if n <= 1:
+        return 0
+    ch = -(-T // n)
+    return -(-ch // CHUNK_UNIT) * CHUNK_UNIT
+
+
 def _decay_scan(x: torch.Tensor, a: torch.Tensor, strict: bool, reverse: bool) -> torch.Tensor:
     B, T, C = x.shape
     G = a.shape[0]
     y = torch.empty((B, T, C), dtype=torch.float32, device=x.device)
+    a = a.contiguous()
+    ch = chunk_length(B, T, C, x.device)
+    n = -(-T // ch) if ch else 1
+    e = torch.empty((B, n, C), dtype=torch.float32, device=x.device) if ch else y  # (E unread when not chunked)
+    if ch:
+        if INTERPRET:
+            _chunk_state_kernel[(B, C // 16, n)](x, e, a, T, ch, C // G, *x.stride(), e.stride(0), e.stride(1),
+                                                 REVERSE=reverse, BT=32, BD=16, INTERPRET=True)
+        else:
+            _tuned_state[lambda meta: (B, C // meta["BD"], n)](x, e, a, T, ch, C // G, *x.stride(), e.stride(0),
+                                                               e.stride(1), REVERSE=reverse, INTERPRET=False)
+    args = (x, y, a, e, T, ch, C // G, *x.stride(), *y.stride(), e.stride(0), e.stride(1) if ch else 0)
     if INTERPRET:
-        bt = 32
-        _scan_kernel[(B, C // 16)](x, y, a.contiguous(), T, -(-T // bt), C // G, *x.stride(), *y.stride(),
-                                   STRICT=strict, REVERSE=reverse, BT=bt, BD=16, INTERPRET=True)
+        _scan_kernel[(B, C // 16, n)](*args, STRICT=strict, REVERSE=reverse, CHUNKED=bool(ch), BT=32, BD=16,
+                                      INTERPRET=True)
     else:
-        _tuned[lambda meta: (B, C // meta["BD"])](x, y, a.contiguous(), T, 0, C // G, *x.stride(), *y.stride(),
-                                                  STRICT=strict, REVERSE=reverse, INTERPRET=False)
+        _tuned[lambda meta: (B, C // meta["BD"], n)](*args, STRICT=strict, REVERSE=reverse, CHUNKED=bool(ch),
+                                                     INTERPRET=False)
     return y
 
 

@@ -126,18 +126,74 @@ def test_an_unknown_backend_is_named():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA the autotuner runs these blocks itself")
 @pytest.mark.parametrize("reverse", [False, True])
-def test_every_autotuned_block_shape_gives_the_same_scan(reverse):
-    """The interpreter runs one block shape by default; each shape the GPU autotuner may pick is checked here."""
+@pytest.mark.parametrize("chunk", [0, 64])
+def test_every_autotuned_block_shape_gives_the_same_scan(reverse, chunk):
+    """The interpreter runs one block shape by default; each shape the GPU autotuner may pick is checked here, whole
+    sequences and chunked (each first-pass shape too)."""
     from momattn import triton_scan as ts
 
     torch.manual_seed(0)
-    B, T, G, Dg = 2, 70, 2, 64
+    B, T, G, Dg = 2, 150, 2, 64  # chunked: two whole chunks and a partial one
     x = torch.randn(B, T, G * Dg)
     a = torch.tensor([0.3, 0.95])
     want = ops._scan_merged(x, a, True, 32, reverse=reverse)  # the matmul scan (CPU: SCAN_BACKEND auto)
+    n = -(-T // chunk) if chunk else 1
+    states = [None]
+    if chunk:
+        states = []
+        for cfg in ts._tuned_state.configs:
+            e = torch.empty(B, n, G * Dg)
+            bt, bd = cfg.kwargs["BT"], cfg.kwargs["BD"]
+            ts._chunk_state_kernel[(B, G * Dg // bd, n)](x, e, a, T, chunk, Dg, *x.stride(), *e.stride()[:2],
+                                                         REVERSE=reverse, BT=bt, BD=bd, INTERPRET=True)
+            states.append(e)
+        for e in states[1:]:
+            torch.testing.assert_close(e, states[0], rtol=1e-5, atol=1e-5)
     for cfg in ts._tuned.configs:
         bt, bd = cfg.kwargs["BT"], cfg.kwargs["BD"]
         y = torch.empty_like(x)
-        ts._scan_kernel[(B, G * Dg // bd)](x, y, a, T, -(-T // bt), Dg, *x.stride(), *y.stride(), STRICT=True,
-                                           REVERSE=reverse, BT=bt, BD=bd, INTERPRET=True)
-        torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5, msg=f"BT={bt}, BD={bd}")
+        e = states[0] if chunk else y
+        ts._scan_kernel[(B, G * Dg // bd, n)](x, y, a, e, T, chunk, Dg, *x.stride(), *y.stride(), e.stride(0),
+                                              e.stride(1) if chunk else 0, STRICT=True, REVERSE=reverse,
+                                              CHUNKED=bool(chunk), BT=bt, BD=bd, INTERPRET=True)
+        torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5, msg=f"BT={bt}, BD={bd}, chunk={chunk}")
+
+
+@pytest.mark.parametrize("T", [64, 70, 200])
+@pytest.mark.parametrize("include_current", [False, True])
+def test_the_chunked_scan_equals_the_matmul_scan(T, include_current, monkeypatch):
+    """Chunks of 64 positions (forced; on CUDA the chunk length follows the GPU's size): values and gradients, per-head
+    rates with 0 and near 1, a learned rate, bf16 strided values as a model splits them from its qkv projection."""
+    monkeypatch.setenv("MOMATTN_TRITON_CHUNK", "64")
+    torch.manual_seed(0)
+    v = torch.randn(2, 4, T, 16, device=DEV)
+    eta = torch.tensor([0.0, 0.5, 0.9, 0.999], device=DEV)
+    got, want = both(lambda: value_and_grads(v, eta, include_current))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    qkv = torch.randn(2, T, 3 * 32, device=DEV).bfloat16()
+    vb = qkv.split(32, dim=2)[2].view(2, T, 2, 16).transpose(1, 2)  # (B, H, T, D) view
+    got, want = both(lambda: value_and_grads(vb, 0.6, include_current))
+    for a, b in zip(got[:2], want[:2]):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-2, atol=1e-2)
+
+
+def test_chunks_are_formed_only_where_the_gpu_would_idle(monkeypatch):
+    from momattn import triton_scan as ts
+
+    monkeypatch.delenv("MOMATTN_TRITON_CHUNK", raising=False)
+    monkeypatch.setattr(ts, "_sm_count", lambda index: 132)  # an H100/H200
+    gpu = torch.device("cuda", 0)  # a device object only: nothing runs on it
+    # gpt2_124m, batch 16: 16 x 48 programs for 132 x 32 wanted -> 6 chunks of 192 positions (multiples of 64)
+    assert ts.chunk_length(16, 1024, 768, gpu) == 192
+    assert ts.chunk_length(64, 1024, 768, gpu) == 512
+    assert ts.chunk_length(256, 1024, 768, gpu) == 0  # enough sequences: one program per sequence
+    assert ts.chunk_length(1, 100, 768, gpu) == 0  # shorter than two chunks of 64
+    assert ts.chunk_length(16, 1024, 768, torch.device("cpu")) == 0  # the interpreter: only when asked
+    monkeypatch.setenv("MOMATTN_TRITON_CHUNK", "0")
+    assert ts.chunk_length(16, 1024, 768, gpu) == 0
+    monkeypatch.setenv("MOMATTN_TRITON_CHUNK", "128")
+    assert ts.chunk_length(16, 1024, 768, gpu) == 128 and ts.chunk_length(16, 100, 768, gpu) == 0
+    monkeypatch.setenv("MOMATTN_TRITON_CHUNK", "100")
+    with pytest.raises(ValueError, match="MOMATTN_TRITON_CHUNK must be 0 or a multiple of 64, got '100'"):
+        ts.chunk_length(16, 1024, 768, gpu)

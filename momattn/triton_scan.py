@@ -74,6 +74,16 @@ def _block_start(m, TP, REVERSE: tl.constexpr, BT: tl.constexpr):
 
 
 @triton.jit
+def _block_state(X, state, w, a_bt, t0, b64, cols, T, sxb, sxt, sxc, BT: tl.constexpr):
+    """The state at a block's far edge: the state at the near edge's neighbour decayed across the block (a^BT),
+    plus the block's values weighted by their distance to the edge (w)."""
+    t = t0 + tl.arange(0, BT)
+    x = tl.load(X + b64 * sxb + t.to(tl.int64)[:, None] * sxt + cols[None, :] * sxc, mask=(t < T)[:, None],
+                other=0.0).to(tl.float32)
+    return a_bt * state + tl.sum(w[:, None] * x, axis=0)
+
+
+@triton.jit
 def _chunk_state_kernel(X, E, A, T, CH, Dg, sxb, sxt, sxc, seb, sek,
                         REVERSE: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, INTERPRET: tl.constexpr):
     """E[b, k]: the inclusive state at the far edge of chunk k (CH positions; k counted in scan order) when the
@@ -94,12 +104,14 @@ def _chunk_state_kernel(X, E, A, T, CH, Dg, sxb, sxt, sxc, seb, sek,
     state = tl.zeros((BD,), dtype=tl.float32)
     m = k * (CH // BT)
     m_end = m + CH // BT
-    while m < m_end:  # (a while loop runs in the interpreter too; blocks per chunk are few)
-        t = _block_start(m, TP, REVERSE, BT) + r
-        x = tl.load(X + b64 * sxb + t.to(tl.int64)[:, None] * sxt + cols[None, :] * sxc, mask=(t < T)[:, None],
-                    other=0.0).to(tl.float32)
-        state = a_bt * state + tl.sum(w[:, None] * x, axis=0)
-        m += 1
+    if INTERPRET:  # a while loop: the interpreter cannot loop over a runtime range
+        while m < m_end:
+            state = _block_state(X, state, w, a_bt, _block_start(m, TP, REVERSE, BT), b64, cols, T, sxb, sxt, sxc, BT)
+            m += 1
+    else:  # a for loop: the compiler pipelines the next block's loads
+        for mm in range(m, m_end):
+            state = _block_state(X, state, w, a_bt, _block_start(mm, TP, REVERSE, BT), b64, cols, T, sxb, sxt, sxc,
+                                 BT)
     tl.store(E + b64 * seb + k * sek + cols, state)
 
 

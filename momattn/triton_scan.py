@@ -52,9 +52,10 @@ def _scan_block(X, Y, Lg, pw, carry, t0, b, cols, T, sxb, sxt, sxc, syb, syt, sy
     t = t0 + r  # (BT,)
     mask = (t < T)[:, None]
     b64, t64 = b.to(tl.int64), t.to(tl.int64)[:, None]  # 64-bit offsets: a qkv view can span > 2^31 elements
-    x = tl.load(X + b64 * sxb + t64 * sxt + cols[None, :] * sxc, mask=mask, other=0.0).to(tl.float32)
+    c64 = cols.to(tl.int64)[None, :]
+    x = tl.load(X + b64 * sxb + t64 * sxt + c64 * sxc, mask=mask, other=0.0).to(tl.float32)
     y = tl.dot(Lg, x, input_precision="ieee") + pw[:, None] * carry[None, :]  # (BT, BD)
-    tl.store(Y + b64 * syb + t64 * syt + cols[None, :] * syc, y, mask=mask)
+    tl.store(Y + b64 * syb + t64 * syt + c64 * syc, y, mask=mask)
     if STRICT:  # the inclusive state at each position
         y = y + x
     if REVERSE:  # the position whose state enters the next block
@@ -74,11 +75,23 @@ def _block_start(m, TP, REVERSE: tl.constexpr, BT: tl.constexpr):
 
 
 @triton.jit
+def _chunk_blocks(k, CH, T, TP, REVERSE: tl.constexpr, BT: tl.constexpr):
+    """The range of block indices (scan order) of chunk k, less the blocks wholly past T (forward: the last
+    chunk's tail; reverse: the padded first chunk's start), whose values are all zero."""
+    m, m_end = k * (CH // BT), (k + 1) * (CH // BT)
+    if REVERSE:
+        m = tl.maximum(m, (TP - T) // BT)
+    else:
+        m_end = tl.minimum(m_end, tl.cdiv(T, BT))
+    return m, m_end
+
+
+@triton.jit
 def _block_state(X, state, w, a_bt, t0, b64, cols, T, sxb, sxt, sxc, BT: tl.constexpr):
     """The state at a block's far edge: the state at the near edge's neighbour decayed across the block (a^BT),
     plus the block's values weighted by their distance to the edge (w)."""
     t = t0 + tl.arange(0, BT)
-    x = tl.load(X + b64 * sxb + t.to(tl.int64)[:, None] * sxt + cols[None, :] * sxc, mask=(t < T)[:, None],
+    x = tl.load(X + b64 * sxb + t.to(tl.int64)[:, None] * sxt + cols.to(tl.int64)[None, :] * sxc, mask=(t < T)[:, None],
                 other=0.0).to(tl.float32)
     return a_bt * state + tl.sum(w[:, None] * x, axis=0)
 
@@ -102,8 +115,7 @@ def _chunk_state_kernel(X, E, A, T, CH, Dg, sxb, sxt, sxc, seb, sek,
     TP = tl.cdiv(T, CH) * CH
     b64 = b.to(tl.int64)
     state = tl.zeros((BD,), dtype=tl.float32)
-    m = k * (CH // BT)
-    m_end = m + CH // BT
+    m, m_end = _chunk_blocks(k, CH, T, TP, REVERSE, BT)
     if INTERPRET:  # a while loop: the interpreter cannot loop over a runtime range
         while m < m_end:
             state = _block_state(X, state, w, a_bt, _block_start(m, TP, REVERSE, BT), b64, cols, T, sxb, sxt, sxc, BT)
@@ -141,11 +153,16 @@ def _scan_kernel(X, Y, A, E, T, CH, Dg, sxb, sxt, sxc, syb, syt, syc, seb, sek,
         k = tl.program_id(2)
         TP = tl.cdiv(T, CH) * CH
         a_ch = tl.exp2(la * CH)  # a^CH: the state carried across a whole chunk
-        j = 0
-        while j < k:  # the state entering chunk k: earlier chunks' edge states, each decayed across the rest
-            carry = a_ch * carry + tl.load(E + b.to(tl.int64) * seb + j * sek + cols)
-            j += 1
-        m, m_end = k * (CH // BT), (k + 1) * (CH // BT)
+        # the state entering chunk k: the earlier chunks' edge states, each decayed across the chunks after it
+        if INTERPRET:
+            j = 0
+            while j < k:
+                carry = a_ch * carry + tl.load(E + b.to(tl.int64) * seb + j * sek + cols)
+                j += 1
+        else:
+            for j in range(0, k):
+                carry = a_ch * carry + tl.load(E + b.to(tl.int64) * seb + j * sek + cols)
+        m, m_end = _chunk_blocks(k, CH, T, TP, REVERSE, BT)
     else:
         TP = tl.cdiv(T, BT) * BT
         m, m_end = 0, TP // BT
@@ -212,10 +229,11 @@ def chunk_length(B: int, T: int, C: int, device: torch.device) -> int:
     programs = B * (C // 16)
     want = PROGRAMS_PER_SM * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     n = min(-(-want // programs), T // CHUNK_UNIT)  # chunks, each at least CHUNK_UNIT positions
-    if n <= 1:
+    if n < 3:  # a chunk's positions are walked twice in a row (its edge state, then its scan): no gain below 3
         return 0
     ch = -(-T // n)
-    return -(-ch // CHUNK_UNIT) * CHUNK_UNIT
+    ch = -(-ch // CHUNK_UNIT) * CHUNK_UNIT  # rounded up to a multiple of every block length
+    return ch if -(-T // ch) >= 3 else 0
 
 
 def _decay_scan(x: torch.Tensor, a: torch.Tensor, strict: bool, reverse: bool) -> torch.Tensor:
@@ -225,13 +243,14 @@ def _decay_scan(x: torch.Tensor, a: torch.Tensor, strict: bool, reverse: bool) -
     a = a.contiguous()
     ch = chunk_length(B, T, C, x.device)
     n = -(-T // ch) if ch else 1
-    e = torch.empty((B, n, C), dtype=torch.float32, device=x.device) if ch else y  # (E unread when not chunked)
+    # the edge states of every chunk but the last (which no chunk follows); unread when not chunked
+    e = torch.empty((B, n - 1, C), dtype=torch.float32, device=x.device) if ch else y
     if ch:
         if INTERPRET:
-            _chunk_state_kernel[(B, C // 16, n)](x, e, a, T, ch, C // G, *x.stride(), e.stride(0), e.stride(1),
+            _chunk_state_kernel[(B, C // 16, n - 1)](x, e, a, T, ch, C // G, *x.stride(), e.stride(0), e.stride(1),
                                                  REVERSE=reverse, BT=32, BD=16, INTERPRET=True)
         else:
-            _tuned_state[lambda meta: (B, C // meta["BD"], n)](x, e, a, T, ch, C // G, *x.stride(), e.stride(0),
+            _tuned_state[lambda meta: (B, C // meta["BD"], n - 1)](x, e, a, T, ch, C // G, *x.stride(), e.stride(0),
                                                                e.stride(1), REVERSE=reverse, INTERPRET=False)
     args = (x, y, a, e, T, ch, C // G, *x.stride(), *y.stride(), e.stride(0), e.stride(1) if ch else 0)
     if INTERPRET:

@@ -372,10 +372,13 @@ def test_the_gpu_code_path_makes_no_host_to_device_copy_or_read_back(attention, 
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("chunk", [None, "64"], ids=["default", "triton-chunked"])
 @pytest.mark.parametrize("attention", SYNC_FREE, ids=["momentum", "learnable", "multirate_ema"])
-def test_cuda_training_forward_backward_never_waits_for_the_device(attention):
-    model = GPT(GPTConfig(block_size=64, vocab_size=64, n_layer=2, n_head=2, n_embd=64, attention=attention)).cuda()
-    x = torch.randint(0, 64, (2, 64), device="cuda")
+def test_cuda_training_forward_backward_never_waits_for_the_device(attention, chunk, monkeypatch):
+    if chunk is not None:  # the Triton scan's chunked launches too (on its own it chunks only longer sequences)
+        monkeypatch.setenv("MOMATTN_TRITON_CHUNK", chunk)
+    model = GPT(GPTConfig(block_size=128, vocab_size=64, n_layer=2, n_head=2, n_embd=64, attention=attention)).cuda()
+    x = torch.randint(0, 64, (2, 128), device="cuda")
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):

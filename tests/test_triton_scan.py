@@ -141,10 +141,10 @@ def test_every_autotuned_block_shape_gives_the_same_scan(reverse, chunk):
     states = [None]
     if chunk:
         states = []
-        for cfg in ts._tuned_state.configs:
-            e = torch.empty(B, n, G * Dg)
+        for cfg in ts._tuned_state.configs:  # every chunk's edge state but the last's, which nothing reads
+            e = torch.empty(B, n - 1, G * Dg)
             bt, bd = cfg.kwargs["BT"], cfg.kwargs["BD"]
-            ts._chunk_state_kernel[(B, G * Dg // bd, n)](x, e, a, T, chunk, Dg, *x.stride(), *e.stride()[:2],
+            ts._chunk_state_kernel[(B, G * Dg // bd, n - 1)](x, e, a, T, chunk, Dg, *x.stride(), *e.stride()[:2],
                                                          REVERSE=reverse, BT=bt, BD=bd, INTERPRET=True)
             states.append(e)
         for e in states[1:]:
@@ -186,9 +186,13 @@ def test_chunks_are_formed_only_where_the_gpu_would_idle(monkeypatch):
     gpu = torch.device("cuda", 0)  # a device object only: nothing runs on it
     # gpt2_124m, batch 16: 16 x 48 programs for 132 x 32 wanted -> 6 chunks of 192 positions (multiples of 64)
     assert ts.chunk_length(16, 1024, 768, gpu) == 192
-    assert ts.chunk_length(64, 1024, 768, gpu) == 512
+    assert ts.chunk_length(32, 1024, 768, gpu) == 384  # 3 chunks (the last partial)
+    assert ts.chunk_length(64, 1024, 768, gpu) == 0  # 2 chunks would walk as many positions in a row as 1
     assert ts.chunk_length(256, 1024, 768, gpu) == 0  # enough sequences: one program per sequence
-    assert ts.chunk_length(1, 100, 768, gpu) == 0  # shorter than two chunks of 64
+    assert ts.chunk_length(1, 8192, 64, gpu) == 64  # 128 chunks: T / 64 at most
+    for T in (1, 63, 100, 130, 191, 200):  # fewer than three chunks (200: three of 67 round up to two of 128)
+        assert ts.chunk_length(1, T, 768, gpu) == 0
+    assert ts.chunk_length(1, 256, 768, gpu) == 64
     assert ts.chunk_length(16, 1024, 768, torch.device("cpu")) == 0  # the interpreter: only when asked
     monkeypatch.setenv("MOMATTN_TRITON_CHUNK", "0")
     assert ts.chunk_length(16, 1024, 768, gpu) == 0

@@ -196,17 +196,56 @@ def _forward(x: torch.Tensor, p: torch.Tensor, g: torch.Tensor, strict: bool, ad
     return y
 
 
-def _backward(x: torch.Tensor, gy: torch.Tensor, p: torch.Tensor, g: torch.Tensor, strict: bool, rates: bool):
+def _backward(x: torch.Tensor, gy: torch.Tensor, p: torch.Tensor, g: torch.Tensor, strict: bool, rates: bool,
+              add: torch.Tensor | None = None):
+    """dx (B, T, C), and with `rates` the rates' and weights' gradients; add (only without rates): another gradient
+    of x, (B, T, C) or (B, H, T, D) heads with channels at unit stride, added to dx as it is written."""
     B, T, C = x.shape
     R = p.shape[0]
     dx = torch.empty(B, T, C, dtype=x.dtype)
     dp = torch.empty(B, R, C, dtype=p.dtype) if rates else None  # per batch row: summed below, thread-independent
     dg = torch.empty(B, R, C, dtype=p.dtype) if rates else None
+    ab, at, ah, D = _add_layout(add) if add is not None else (0, 0, 0, 1)
     _ok(getattr(load(), _NAMES[x.dtype] + "_backward")(
         _P(x.data_ptr()), _I(x.stride(0)), _I(x.stride(1)), _P(gy.data_ptr()), _I(gy.stride(0)), _I(gy.stride(1)),
         _I(B), _I(T), _I(C), _P(p.data_ptr()), _P(g.data_ptr()), _I(R), _INT(strict), _P(dx.data_ptr()),
-        _P(dp.data_ptr() if rates else None), _P(dg.data_ptr() if rates else None), _INT(torch.get_num_threads())))
+        _P(dp.data_ptr() if rates else None), _P(dg.data_ptr() if rates else None),
+        _P(add.data_ptr() if add is not None else None), _I(ab), _I(at), _I(ah), _I(D), _INT(torch.get_num_threads())))
     return dx, (dp.sum(0) if rates else None), (dg.sum(0) if rates else None)
+
+
+class ValueLink:
+    """Hands the term's value gradient from the kernel's backward to attention's (see `link_values`)."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self):
+        self.pending = None  # dv -> dv plus the term's value gradient, set by _Scan's backward
+
+
+class _Join(torch.autograd.Function):
+    """The identity on the values attention reads. Its backward runs after attention's (whose output the scan
+    took as its addend), and finishes the scan's deferred backward with attention's value gradient as the addend:
+    one pass writes their sum, instead of the kernel's own output, a layout copy of attention's and their sum."""
+
+    @staticmethod
+    def forward(ctx, v, link):
+        ctx.link = link
+        return v.view_as(v)
+
+    @staticmethod
+    def backward(ctx, dv):
+        pending, ctx.link.pending = ctx.link.pending, None
+        return (dv if pending is None else pending(dv)), None
+
+
+def link_values(v: torch.Tensor) -> tuple[torch.Tensor, ValueLink]:
+    """(v for attention to read, a link for `ema(..., link=)`), for v (B, H, T, D) the heads view of the scan's
+    values x (B, T, H*D). The scan must take attention's output (computed from the returned v) as its addend:
+    then its backward waits for attention's and writes the two value gradients' sum in one pass (rates that
+    need no gradient only; otherwise, or where the layouts do not suit, the link does nothing)."""
+    link = ValueLink()
+    return _Join.apply(v, link), link
 
 
 class _Scan(torch.autograd.Function):
@@ -215,8 +254,8 @@ class _Scan(torch.autograd.Function):
     gradient is the output's, in its shape."""
 
     @staticmethod
-    def forward(ctx, x, p, g, strict, fallback, add):
-        ctx.strict, ctx.fallback = strict, fallback
+    def forward(ctx, x, p, g, strict, fallback, add, link):
+        ctx.strict, ctx.fallback, ctx.link = strict, fallback, link
         ctx.rates = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
         ctx.add_shape = None if add is None else add.shape
         ctx.save_for_backward(x if ctx.rates else None, p, g)
@@ -231,16 +270,35 @@ class _Scan(torch.autograd.Function):
                                                                ctx.add_shape[3]).transpose(1, 2)
         if torch.is_grad_enabled():  # create_graph: a differentiable backward
             if not ctx.rates:  # the reverse scan of gy, by this kernel (linear in gy)
-                return ema(gy.flip(1), p, g, ctx.strict, ctx.fallback).flip(1), None, None, None, None, d_add
+                return ema(gy.flip(1), p, g, ctx.strict, ctx.fallback).flip(1), None, None, None, None, d_add, None
             # recompute through the matmul scans, from the saved inputs, so that the graph reaches them
             want = [t for t, need in zip((x, p, g), ctx.needs_input_grad) if need]
             grads = iter(torch.autograd.grad(ctx.fallback(x, p, g).to(x.dtype), want, gy, create_graph=True))
-            return (*(next(grads) if need else None for need in ctx.needs_input_grad[:3]), None, None, d_add)
+            return (*(next(grads) if need else None for need in ctx.needs_input_grad[:3]), None, None, d_add, None)
         if ctx.rates:
             dx, dp, dg = _backward(x, _unit_channels(gy), p.contiguous(), g.contiguous(), ctx.strict, True)
-            return dx, dp, dg, None, None, d_add
-        dx = _backward(gy, _unit_channels(gy), p.contiguous(), g.contiguous(), ctx.strict, False)[0]  # x unread
-        return dx, None, None, None, None, d_add
+            return dx, dp, dg, None, None, d_add, None
+        gy, p, g = _unit_channels(gy), p.contiguous(), g.contiguous()
+        if ctx.link is not None and ctx.needs_input_grad[0] and ctx.needs_input_grad[5]:
+            # attention (whose output was the addend) has yet to give its value gradient: finish there (_Join)
+            ctx.link.pending = functools.partial(_joined_backward, gy, p, g, ctx.strict)
+            return None, None, None, None, None, d_add, None
+        dx = _backward(gy, gy, p, g, ctx.strict, False)[0]  # x unread
+        return dx, None, None, None, None, d_add, None
+
+
+def _joined_backward(gy, p, g, strict, dv):
+    """The scan's value gradient plus attention's dv (B, H, T, D), returned as a (B, H, T, D) view of one
+    (B, T, H*D) tensor; attention's gradient read in place where its layout and dtype suit the kernel."""
+    B, H, T, D = dv.shape
+    if gy.shape != (B, T, H * D):
+        raise RuntimeError(f"cpu_scan: a linked scan of {tuple(gy.shape)} values got attention's gradient of "
+                           f"{tuple(dv.shape)}: link_values must take the heads view of the scanned values")
+    if dv.dtype == gy.dtype and dv.stride(-1) == 1:
+        dx = _backward(gy, gy, p, g, strict, False, add=dv)[0]
+        return dx.view(B, T, H, D).transpose(1, 2)
+    dx = _backward(gy, gy, p, g, strict, False)[0]
+    return dv + dx.view(B, T, H, D).transpose(1, 2)
 
 
 def ema_with_states(x: torch.Tensor, p: torch.Tensor, g: torch.Tensor, strict: bool, s0: torch.Tensor | None,
@@ -263,11 +321,12 @@ def ema_with_states(x: torch.Tensor, p: torch.Tensor, g: torch.Tensor, strict: b
 
 def ema(x: torch.Tensor, p: torch.Tensor, g: torch.Tensor, strict: bool,
         fallback: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-        add: torch.Tensor | None = None) -> torch.Tensor:
+        add: torch.Tensor | None = None, link: ValueLink | None = None) -> torch.Tensor:
     """The scan of x (B, T, C) by rates p and weights g (R, C), in float32 (float64 for float64 x), differentiable
     in all three; returns (B, T, C) in x's dtype. fallback(x, p, g) computes the same differentiably (the matmul
     scans), for a second derivative. add: a tensor of x's dtype added to the output before its rounding, (B, T, C)
-    or (B, H, T, D) with H * D = C (an attention output: read in place, heads merged as the output is written)."""
+    or (B, H, T, D) with H * D = C (an attention output: read in place, heads merged as the output is written).
+    link: from `link_values` on the heads view of x, whose attention output is `add`."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     if add is not None:
         B, T, C = x.shape
@@ -276,4 +335,4 @@ def ema(x: torch.Tensor, p: torch.Tensor, g: torch.Tensor, strict: bool,
             raise ValueError(f"cpu_scan.ema: add must be (B, T, C) = {tuple(x.shape)} or (B, H, T, D) with H * D = C, "
                              f"of dtype {x.dtype}; got {tuple(add.shape)} {add.dtype}")
         add = _unit_channels(add)
-    return _Scan.apply(_unit_channels(x), p.to(acc), g.to(acc), strict, fallback, add)
+    return _Scan.apply(_unit_channels(x), p.to(acc), g.to(acc), strict, fallback, add, link)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from momattn.errors import ConfigError
 from momattn.loss import lm_loss
-from momattn.ops import momentum_ema, multirate_ema
+from momattn.ops import link_values, momentum_ema, multirate_ema
 
 ATTENTION_KINDS = ("vanilla", "momentum", "multirate_ema")
 
@@ -163,7 +163,12 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.rotary = Rotary(config.n_embd // config.n_head, config.block_size) if config.pos_emb == "rotary" else None
 
-    def memory(self, v: torch.Tensor, cache: LayerCache | None, add: torch.Tensor | None = None
+    def link_values(self, v: torch.Tensor) -> tuple[torch.Tensor, object]:
+        """(the values attention reads, a link `memory` takes): a term may join its value gradient to attention's
+        in backward (MomentumAttention); vanilla reads v as it is."""
+        return v, None
+
+    def memory(self, v: torch.Tensor, cache: LayerCache | None, add: torch.Tensor | None = None, link=None
                ) -> torch.Tensor | None:
         """The extra term over the merged values v (B, T, C), plus add (the attention output, (B, H, T, D)) when
         given, heads merged: (B, T, C); vanilla has no term (None without add). With a cache, the term continues
@@ -182,6 +187,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             cache.k, cache.v = k, v
         p = self.dropout if self.training else 0.0
+        v, link = self.link_values(v) if cache is None else (v, None)  # (B, H, T, D)
         shared = cache is not None and cache.shared_k is not None  # a prefix every row shares (cache.expand)
         if shared and p == 0.0 and T > 0 and cache.shared_k.size(2) > 0:
             y = shared_prefix_attention(q, k, v, cache.shared_k, cache.shared_v)  # (B, H, T, D)
@@ -195,7 +201,7 @@ class CausalSelfAttention(nn.Module):
                 P = k.size(2) - T
                 mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        y = self.memory(v_merged, cache, add=y)  # (B, T, C) heads merged; a term's state lives in cache.state
+        y = self.memory(v_merged, cache, add=y, link=link)  # (B, T, C) heads merged; a term's state: cache.state
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -215,13 +221,18 @@ class MomentumAttention(CausalSelfAttention):
     def eta(self) -> torch.Tensor:
         return torch.sigmoid(self.eta_logit) if hasattr(self, "eta_logit") else self.eta_fixed
 
-    def memory(self, vm, cache, add=None):
+    def link_values(self, v):
+        # a fixed eta: the CPU kernel's backward adds attention's value gradient as it writes its own (one pass
+        # instead of three); a learned one needs its own backward at once, for the rates' gradient
+        return (v, None) if hasattr(self, "eta_logit") else link_values(v)
+
+    def memory(self, vm, cache, add=None, link=None):
         B, T, C = vm.shape
         v = vm.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D), no copy
         # the rates are valid by construction (a config-checked eta or a sigmoid): checking them would make
         # a GPU wait, once per layer and step
         if cache is None:
-            m = momentum_ema(v, self.eta, self.include_current, check_rates=False, add=add)[0]
+            m = momentum_ema(v, self.eta, self.include_current, check_rates=False, add=add, link=link)[0]
         else:
             m, cache.state = momentum_ema(v, self.eta, self.include_current, cache.state, output_final_state=True,
                                           check_rates=False, add=add)
@@ -239,7 +250,7 @@ class MultiRateEMAAttention(CausalSelfAttention):
         self.gamma = nn.Parameter(torch.randn(C, R))
         self.scale = math.sqrt(1.0 / C)
 
-    def memory(self, vm, cache, add=None):
+    def memory(self, vm, cache, add=None, link=None):
         p, g = torch.sigmoid(self.delta), self.gamma * self.scale  # (C, R)
         if cache is None:  # p is a sigmoid: valid by construction, unchecked (a check would make a GPU wait)
             return multirate_ema(vm, p, g, check_rates=False, add=add)[0]  # (B, T, C): the merged values

@@ -348,6 +348,7 @@ def momentum_ema(
     *,
     check_rates: bool = True,
     add: torch.Tensor | None = None,
+    link: cpu_scan.ValueLink | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Exponential moving average of the values along time, per head.
 
@@ -369,6 +370,8 @@ def momentum_ema(
 
     add: (B, H, T, D) or None, a tensor added to out (the model's attention output). The CPU kernel adds it as it
     writes the output, in float32 before the one rounding (one full-size pass less); elsewhere it is a plain add.
+    link: from `link_values(v)`, whose first output attention read to give `add`: the CPU kernel's backward (fixed
+    rates) then adds attention's value gradient as it writes its own, in one pass; elsewhere it does nothing.
     """
     fn = "momentum_ema"
     _check_v4(fn, v)
@@ -387,7 +390,7 @@ def momentum_ema(
         shared = not isinstance(eta, torch.Tensor) or eta.numel() == 1  # one rate for every head
         rates = a[:1] if shared else a  # (G,)
         if s0 is None and not output_final_state:  # training: the merged layout and a custom backward
-            return _momentum_merged(v, rates, include_current, chunk_size, add), None
+            return _momentum_merged(v, rates, include_current, chunk_size, add, link), None
         # with states: the same scan of the merged layout, plus the prefix's state decaying into every position
         x = v.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D): no copy for merged-layout values
         if _use_cpu_kernel(x) and not _needs_grad(v, a, s0, add):  # evaluation with a cache: the kernel from s0
@@ -416,7 +419,8 @@ def _bf16_training(x: torch.Tensor) -> bool:
 
 
 def _momentum_merged(
-    v: torch.Tensor, a: torch.Tensor, include_current: bool, chunk_size: int, add: torch.Tensor | None = None
+    v: torch.Tensor, a: torch.Tensor, include_current: bool, chunk_size: int, add: torch.Tensor | None = None,
+    link: cpu_scan.ValueLink | None = None,
 ) -> torch.Tensor:
     """momentum_ema without states, on the heads-merged layout (B, T, H*D) as it is: a (1,) one rate for
     every head, or (H,) one per head. The values a model splits from its qkv projection are such a strided
@@ -431,10 +435,20 @@ def _momentum_merged(
         fused, add = _split_add(add, x)
         y = cpu_scan.ema(x, p, torch.ones_like(p), not include_current,
                          lambda xs, ps, _: _scan_merged_autograd(xs, ps[0, :: H * D // a.shape[0]], not include_current,
-                                                                 chunk_size), fused)
+                                                                 chunk_size), fused, link if fused is not None else None)
     else:
         y = _scan_merged_autograd(x, a, not include_current, chunk_size)  # (B, T, H*D)
     return _plus(y.to(v.dtype).view(B, T, H, D).transpose(1, 2), add)  # (B, H, T, D)
+
+
+def link_values(v: torch.Tensor) -> tuple[torch.Tensor, cpu_scan.ValueLink | None]:
+    """(the values for attention to read, a link for momentum_ema(v, ..., add=attention's output, link=)), for
+    v (B, H, T, D) that a training step's backward will reach: where the CPU kernel will scan them, its backward
+    then writes its value gradient and attention's in one pass (see cpu_scan.link_values); elsewhere (v, None)."""
+    if not (torch.is_grad_enabled() and v.requires_grad) or v.device.type != "cpu" or _is_compiling() \
+            or SCAN_BACKEND not in ("auto", "cpu") or cpu_scan.load() is None:
+        return v, None
+    return cpu_scan.link_values(v)
 
 
 def _check_add(fn: str, add: torch.Tensor | None, out: torch.Tensor) -> None:

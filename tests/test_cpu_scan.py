@@ -429,3 +429,94 @@ def test_states_from_a_shared_prefix_match_the_matmul_scans(monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     with pytest.raises(RuntimeError, match="has no backward"):
         cpu_scan.ema_with_states(v.requires_grad_(), p.t(), gamma.t(), False, None, True)
+
+
+def _linked_layer_grads(backend, dtype, monkeypatch, linked=True, eta_learnable=False, create_graph=False):
+    """A momentum attention layer's forward and backward (float64 weights cast by autocast where bf16): the input's
+    and the weights' gradients, and how many times the linked backward ran."""
+    from momattn import model as mm
+    from momattn.model import AttentionConfig, GPTConfig
+
+    monkeypatch.setattr(ops, "SCAN_BACKEND", backend)
+    if not linked:
+        monkeypatch.setattr(mm.MomentumAttention, "link_values", lambda self, v: (v, None))
+    joined = []
+    real = cpu_scan._joined_backward
+    monkeypatch.setattr(cpu_scan, "_joined_backward", lambda *a: joined.append(1) or real(*a))
+    torch.manual_seed(0)
+    layer = mm.MomentumAttention(GPTConfig(block_size=40, n_embd=32, n_head=4, attention=AttentionConfig(
+        kind="momentum", eta=0.6, learnable_eta=eta_learnable)))
+    x = torch.randn(3, 40, 32, requires_grad=True)
+    w = torch.randn(3, 40, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        out = layer(x)
+    params = [x] + list(layer.parameters())
+    grads = torch.autograd.grad((out.float() * w).sum(), params, create_graph=create_graph)
+    if create_graph:  # a second derivative through the first
+        grads = torch.autograd.grad(sum((g * g).sum() for g in grads), params)
+    return [g.detach() for g in grads], len(joined)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_linked_backward_gives_the_same_gradients_in_one_pass(dtype, monkeypatch):
+    """With a fixed eta, the kernel's backward waits for attention's and writes both value gradients' sum (once per
+    layer): the gradients of the unlinked kernel and of the matmul scans (bf16: one rounding instead of two)."""
+    linked, n = _linked_layer_grads("cpu", dtype, monkeypatch)
+    assert n == 1
+    unlinked, n0 = _linked_layer_grads("cpu", dtype, monkeypatch, linked=False)
+    matmul, _ = _linked_layer_grads("torch", dtype, monkeypatch)
+    assert n0 == 0
+    if dtype == torch.float32:
+        for a, b, c in zip(linked, unlinked, matmul):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)  # the same sums, added in another order
+            torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-5)
+        return
+    # bf16 values: the linked sum is rounded once, the unlinked one twice: at least as close to float32's gradients
+    exact, _ = _linked_layer_grads("cpu", torch.float32, monkeypatch)
+    for a, b, e in zip(linked, unlinked, exact):
+        err_linked, err_unlinked = ((a - e).norm() / e.norm()).item(), ((b - e).norm() / e.norm()).item()
+        assert err_linked < 1e-2 and err_linked <= 1.01 * err_unlinked, (err_linked, err_unlinked)
+
+
+def test_the_link_stands_aside_for_learned_rates_and_second_derivatives(monkeypatch):
+    """A learned eta needs its gradient at once (no join; the matmul scans' gradients), and a double backward runs
+    the differentiable path (an op-level graph: CPU attention has no second derivative)."""
+    got, n = _linked_layer_grads("cpu", torch.float32, monkeypatch, eta_learnable=True)
+    want, _ = _linked_layer_grads("torch", torch.float32, monkeypatch, eta_learnable=True)
+    assert n == 0
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+    def second(backend):
+        monkeypatch.setattr(ops, "SCAN_BACKEND", backend)
+        v = torch.randn(2, 2, 30, 16, dtype=F64, generator=torch.Generator().manual_seed(0)).requires_grad_()
+        v_attn, link = ops.link_values(v)
+        assert (link is not None) == (backend == "cpu")
+        out = mom(v, 0.6, add=v_attn.sin(), link=link)  # sin: a stand-in for attention, twice differentiable
+        (g,) = torch.autograd.grad((out * out).sum(), v, create_graph=True)
+        return torch.autograd.grad((g * g).sum(), v)[0]
+
+    torch.testing.assert_close(second("cpu"), second("torch"), rtol=1e-9, atol=1e-9)
+
+
+def test_the_joined_backward_reads_any_attention_gradient_and_refuses_a_wrong_link():
+    """Attention's value gradient in another layout (or dtype) is added after the kernel; a link on values other
+    than the scanned ones is named."""
+    torch.manual_seed(0)
+    B, H, T, D = 2, 2, 9, 16
+    gy = torch.randn(B, T, H * D)
+    p, g = torch.full((1, H * D), 0.7), torch.ones(1, H * D)
+    want = cpu_scan._joined_backward(gy, p, g, True, torch.zeros(B, H, T, D))
+    dv = torch.randn(B, H, D, T).transpose(2, 3)  # channels not at unit stride
+    torch.testing.assert_close(cpu_scan._joined_backward(gy, p, g, True, dv), want + dv)
+    dv64 = torch.randn(B, H, T, D, dtype=F64)
+    torch.testing.assert_close(cpu_scan._joined_backward(gy, p, g, True, dv64), want + dv64)
+    dv = torch.randn(B, H, T, D)
+    torch.testing.assert_close(cpu_scan._joined_backward(gy, p, g, True, dv), want + dv, rtol=1e-6, atol=1e-6)
+    other_heads = torch.randn(B, 4, T, 8)  # another split of the same channels: the same memory, read as such
+    torch.testing.assert_close(cpu_scan._joined_backward(gy, p, g, True, other_heads).transpose(1, 2).reshape(B, T, -1),
+                               (want.transpose(1, 2).reshape(B, T, -1) + other_heads.transpose(1, 2).reshape(B, T, -1)),
+                               rtol=1e-6, atol=1e-6)
+    with pytest.raises(RuntimeError, match=r"a linked scan of \(2, 9, 32\) values got attention's gradient of "
+                                           r"\(2, 2, 5, 16\)"):
+        cpu_scan._joined_backward(gy, p, g, True, torch.zeros(B, H, 5, D))

@@ -348,15 +348,18 @@ void forward(const T *v, int64_t B, int64_t Tn, int64_t C, int64_t sb, int64_t s
 
 // dv (B, T, C) contiguous, in T; dp, dg (B, R, C) in A, or null when the rates need no gradient (v is not read).
 // Without them, dv (the sums of lam) is the forward scan of gy run backward in time: gy read from its last row
-// with time stride -gt, dv written from its last row with stride -C.
+// with time stride -gt, dv written from its last row with stride -C; and an addend (optional, laid out as the
+// forward's: another gradient of the same values, e.g. attention's) is read the same way and added as dv is written.
 template <class T, class A>
 void backward(const T *v, int64_t sb, int64_t st, const T *gy, int64_t gb, int64_t gt, int64_t B, int64_t Tn,
-              int64_t C, const A *p, const A *g, int64_t R, bool strict, T *dv, A *dp, A *dg, int threads) {
+              int64_t C, const A *p, const A *g, int64_t R, bool strict, T *dv, A *dp, A *dg, const T *add,
+              int64_t ab, int64_t at, int64_t ah, int64_t D, int threads) {
   if (!dp) {
-    forward<T, A>(gy + (Tn - 1) * gt, B, Tn, C, gb, -gt, p, g, R, strict, dv + (Tn - 1) * C, nullptr, 0, 0, 0, 1,
-                  nullptr, nullptr, nullptr, threads, -C);
+    forward<T, A>(gy + (Tn - 1) * gt, B, Tn, C, gb, -gt, p, g, R, strict, dv + (Tn - 1) * C,
+                  add ? add + (Tn - 1) * at : nullptr, ab, -at, ah, D, nullptr, nullptr, nullptr, threads, -C);
     return;
   }
+  if (add) throw std::invalid_argument("an addend only without rate gradients");
   if constexpr (std::is_same<A, float>::value)
     if (R >= 2 && C % W == 0)
       return backward_tiled<T>(v, sb, st, gy, gb, gt, B, Tn, C, p, g, R, strict, dv, dp, dg, threads);
@@ -425,9 +428,11 @@ void backward(const T *v, int64_t sb, int64_t st, const T *gy, int64_t gb, int64
   }                                                                                                             \
   extern "C" int NAME##_backward(const T *v, int64_t sb, int64_t st, const T *gy, int64_t gb, int64_t gt,       \
                                  int64_t B, int64_t Tn, int64_t C, const A *p, const A *g, int64_t R,           \
-                                 int strict, T *dv, A *dp, A *dg, int threads) {                                \
+                                 int strict, T *dv, A *dp, A *dg, const T *add, int64_t ab, int64_t at,         \
+                                 int64_t ah, int64_t D, int threads) {                                          \
     try {                                                                                                       \
-      backward<T, A>(v, sb, st, gy, gb, gt, B, Tn, C, p, g, R, strict != 0, dv, dp, dg, threads);              \
+      backward<T, A>(v, sb, st, gy, gb, gt, B, Tn, C, p, g, R, strict != 0, dv, dp, dg, add, ab, at, ah, D,     \
+                     threads);                                                                                  \
     } catch (...) {                                                                                             \
       return 1;                                                                                                 \
     }                                                                                                           \

@@ -36,6 +36,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -166,6 +167,8 @@ def _unit_channels(x: torch.Tensor) -> torch.Tensor:
 
 
 def _ok(status: int) -> None:
+    if status == 2:  # a call the kernel does not take (a bug here, not the input's)
+        raise ValueError("cpu_scan: the kernel's backward takes an addend only without rate gradients")
     if status:
         raise RuntimeError("the CPU scan kernel could not get a thread or a buffer (out of memory?); "
                            "MOMATTN_SCAN_BACKEND=torch uses the matmul scans")
@@ -217,10 +220,28 @@ def _backward(x: torch.Tensor, gy: torch.Tensor, p: torch.Tensor, g: torch.Tenso
 class ValueLink:
     """Hands the term's value gradient from the kernel's backward to attention's (see `link_values`)."""
 
-    __slots__ = ("pending",)
+    __slots__ = ("pending", "node", "__weakref__")
 
     def __init__(self):
-        self.pending = None  # dv -> dv plus the term's value gradient, set by _Scan's backward
+        self.pending = None  # (backward pass id, dv -> dv plus the term's value gradient), set by _Scan's backward
+        self.node = None  # a weak reference to the _Join node: the scan defers only to a pass that will run it
+
+    def defer(self, finish) -> bool:
+        """Leave the value gradient to the join, if this backward pass will run it (a pass may stop short of it:
+        autograd.grad for a tensor between the two, an error); False: the scan must give it itself."""
+        self.pending = None
+        node = self.node() if self.node is not None else None
+        if node is None or not torch._C._will_engine_execute_node(node):
+            return False
+        self.pending = (torch._C._current_graph_task_id(), finish)
+        return True
+
+    def finish(self, dv: torch.Tensor) -> torch.Tensor:
+        """dv plus the value gradient deferred to it in this backward pass (none: dv)."""
+        pending, self.pending = self.pending, None
+        if pending is None or pending[0] != torch._C._current_graph_task_id():
+            return dv
+        return pending[1](dv)
 
 
 class _Join(torch.autograd.Function):
@@ -235,8 +256,7 @@ class _Join(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dv):
-        pending, ctx.link.pending = ctx.link.pending, None
-        return (dv if pending is None else pending(dv)), None
+        return ctx.link.finish(dv), None
 
 
 def link_values(v: torch.Tensor) -> tuple[torch.Tensor, ValueLink]:
@@ -245,7 +265,9 @@ def link_values(v: torch.Tensor) -> tuple[torch.Tensor, ValueLink]:
     then its backward waits for attention's and writes the two value gradients' sum in one pass (rates that
     need no gradient only; otherwise, or where the layouts do not suit, the link does nothing)."""
     link = ValueLink()
-    return _Join.apply(v, link), link
+    out = _Join.apply(v, link)
+    link.node = weakref.ref(out.grad_fn)
+    return out, link
 
 
 class _Scan(torch.autograd.Function):
@@ -268,6 +290,8 @@ class _Scan(torch.autograd.Function):
         if ctx.add_shape is not None and ctx.needs_input_grad[5]:
             d_add = gy if len(ctx.add_shape) == 3 else gy.view(*ctx.add_shape[:1], ctx.add_shape[2], ctx.add_shape[1],
                                                                ctx.add_shape[3]).transpose(1, 2)
+        if ctx.link is not None:
+            ctx.link.pending = None  # nothing left from an earlier pass that stopped short of the join
         if torch.is_grad_enabled():  # create_graph: a differentiable backward
             if not ctx.rates:  # the reverse scan of gy, by this kernel (linear in gy)
                 return ema(gy.flip(1), p, g, ctx.strict, ctx.fallback).flip(1), None, None, None, None, d_add, None
@@ -279,9 +303,9 @@ class _Scan(torch.autograd.Function):
             dx, dp, dg = _backward(x, _unit_channels(gy), p.contiguous(), g.contiguous(), ctx.strict, True)
             return dx, dp, dg, None, None, d_add, None
         gy, p, g = _unit_channels(gy), p.contiguous(), g.contiguous()
-        if ctx.link is not None and ctx.needs_input_grad[0] and ctx.needs_input_grad[5]:
+        if ctx.link is not None and ctx.needs_input_grad[0] and ctx.needs_input_grad[5] \
+                and ctx.link.defer(functools.partial(_joined_backward, gy, p, g, ctx.strict)):
             # attention (whose output was the addend) has yet to give its value gradient: finish there (_Join)
-            ctx.link.pending = functools.partial(_joined_backward, gy, p, g, ctx.strict)
             return None, None, None, None, None, d_add, None
         dx = _backward(gy, gy, p, g, ctx.strict, False)[0]  # x unread
         return dx, None, None, None, None, d_add, None

@@ -444,7 +444,10 @@ def _momentum_merged(
 def link_values(v: torch.Tensor) -> tuple[torch.Tensor, cpu_scan.ValueLink | None]:
     """(the values for attention to read, a link for momentum_ema(v, ..., add=attention's output, link=)), for
     v (B, H, T, D) that a training step's backward will reach: where the CPU kernel will scan them, its backward
-    then writes its value gradient and attention's in one pass (see cpu_scan.link_values); elsewhere (v, None)."""
+    then writes its value gradient and attention's in one pass (see cpu_scan.link_values); elsewhere (v, None).
+    The sum then flows back through attention's view of the values: a hook on that view, or gradients asked for
+    both views in one call, see both terms there and none on the scan's view (the model's views are locals; a
+    gradient asked for the scan's view alone, which the join does not reach, is its own term, tested)."""
     if not (torch.is_grad_enabled() and v.requires_grad) or v.device.type != "cpu" or _is_compiling() \
             or SCAN_BACKEND not in ("auto", "cpu") or cpu_scan.load() is None:
         return v, None

@@ -520,3 +520,48 @@ def test_the_joined_backward_reads_any_attention_gradient_and_refuses_a_wrong_li
     with pytest.raises(RuntimeError, match=r"a linked scan of \(2, 9, 32\) values got attention's gradient of "
                                            r"\(2, 2, 5, 16\)"):
         cpu_scan._joined_backward(gy, p, g, True, torch.zeros(B, H, 5, D))
+
+
+def _two_views(backend, monkeypatch):
+    """An op-level graph laid out as the model's: the scan and attention read two views of the same merged values
+    (sin: a stand-in for attention, twice differentiable)."""
+    monkeypatch.setattr(ops, "SCAN_BACKEND", backend)
+    B, H, T, D = 2, 2, 30, 16
+    vm = torch.randn(B, T, H * D, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    vs = vm.view(B, T, H, D).transpose(1, 2)  # the scan's view
+    va, link = ops.link_values(vm.view(B, T, H, D).transpose(1, 2))  # attention's
+    y = va.sin()
+    out = mom(vs, 0.6, add=y, link=link)
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    return vm, vs, y, (out * w).sum()
+
+
+def test_a_backward_pass_that_will_not_reach_attention_keeps_the_scans_value_gradient(monkeypatch):
+    """The scan defers to the join only in a pass that will run it: a gradient for the scan's own view (the join
+    not on the way) is the scan's, as without the link."""
+    _, vs, _, loss = _two_views("torch", monkeypatch)
+    (want,) = torch.autograd.grad(loss, vs)
+    _, vs, _, loss = _two_views("cpu", monkeypatch)
+    (got,) = torch.autograd.grad(loss, vs)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_pass_cut_short_leaves_nothing_for_the_next(monkeypatch):
+    """An error between the scan's backward and the join's leaves a deferred gradient behind; the next pass (here
+    with create_graph, which the scan answers itself) must not add it again."""
+    vm, _, y, loss = _two_views("torch", monkeypatch)
+    want = torch.autograd.grad(loss, vm)[0]
+    vm, _, y, loss = _two_views("cpu", monkeypatch)
+    handle = y.register_hook(lambda g: (_ for _ in ()).throw(RuntimeError("stop")))
+    with pytest.raises(RuntimeError, match="stop"):
+        torch.autograd.grad(loss, vm, retain_graph=True)
+    handle.remove()
+    (got,) = torch.autograd.grad(loss, vm, create_graph=True)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_an_addend_with_rate_gradients_is_refused_by_name():
+    x = torch.randn(1, 5, 16)
+    p, g = torch.full((1, 16), 0.5), torch.ones(1, 16)
+    with pytest.raises(ValueError, match="takes an addend only without rate gradients"):
+        cpu_scan._backward(x, x, p, g, True, True, add=torch.zeros(1, 5, 16))

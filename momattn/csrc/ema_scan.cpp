@@ -411,8 +411,8 @@ void backward(const T *v, int64_t sb, int64_t st, const T *gy, int64_t gb, int64
 
 }  // namespace
 
-// The exported functions return 0, or 1 where a buffer (or, without OpenMP, a thread) could not be had (no exception
-// may cross into the caller's C frames); cpu_scan.py raises then. (libgomp ends the process where it cannot start a
+// The exported functions return 0, 1 where a buffer (or, without OpenMP, a thread) could not be had, or 2 for a call
+// the kernel does not take (no exception may cross into the caller's C frames); cpu_scan.py raises then. (libgomp ends the process where it cannot start a
 // thread, as it does for torch's own ops.)
 #define EMA_EXPORT(NAME, T, A)                                                                                  \
   extern "C" int NAME##_forward(const T *v, int64_t B, int64_t Tn, int64_t C, int64_t sb, int64_t st,          \
@@ -433,6 +433,8 @@ void backward(const T *v, int64_t sb, int64_t st, const T *gy, int64_t gb, int64
     try {                                                                                                       \
       backward<T, A>(v, sb, st, gy, gb, gt, B, Tn, C, p, g, R, strict != 0, dv, dp, dg, add, ab, at, ah, D,     \
                      threads);                                                                                  \
+    } catch (const std::invalid_argument &) {                                                                   \
+      return 2;                                                                                                 \
     } catch (...) {                                                                                             \
       return 1;                                                                                                 \
     }                                                                                                           \

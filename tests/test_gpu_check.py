@@ -38,6 +38,7 @@ def test_smoke_runs_every_part_on_cpu(tmp_path):
     assert all("ms" in row or "config" in row for row in report["scan"]), report["scan"]  # no errors
     assert any("whole sequences" in row["op"] for row in report["scan"]) == bool(gpu_check.ops._triton_scan())
     assert "| momentum (torch scan) | False | 2 |" in out.with_suffix(".md").read_text()
+    assert "bf16 autocast, the loss inside the model," in out.with_suffix(".md").read_text()
 
 
 def test_the_report_compares_each_attention_with_vanilla_and_names_errors():
@@ -51,6 +52,7 @@ def test_the_report_compares_each_attention_with_vanilla_and_names_errors():
     assert "| momentum | False | 16 | 104.0 | 152,000 | n/a | 0.950x | 2.5 | 21.0 |" in md
     assert "| vanilla | False | 16 | 100.0 | 160,000 | 50.0% | 1.000x | 3.0 | 20.0 |" in md
     assert "error: RuntimeError('boom')" in md
+    assert "an eager float32 cross-entropy outside the model" in md  # a report from before the loss moved inside
     assert gpu_check.datasheet_peak("NVIDIA H200") == 989e12 and gpu_check.datasheet_peak("Tesla T4") is None
 
 

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -126,16 +127,11 @@ def scan_timing(device: str, shape: tuple[int, int, int, int], reps: int) -> lis
         runs.append(("triton", "0"))
     for backend, chunk in runs:
         name = f"momentum_ema, {backend} scan" + (", whole sequences (MOMATTN_TRITON_CHUNK=0)" if chunk else "")
-        old = os.environ.get("MOMATTN_TRITON_CHUNK")
-        if chunk is not None:
-            os.environ["MOMATTN_TRITON_CHUNK"] = chunk
         try:
-            rows.append({"op": name, "ms": round(with_backend(backend, lambda: time_it(scan)), 3)})
+            with mock.patch.dict(os.environ, {"MOMATTN_TRITON_CHUNK": chunk} if chunk is not None else {}):
+                rows.append({"op": name, "ms": round(with_backend(backend, lambda: time_it(scan)), 3)})
         except Exception as e:
             rows.append({"op": name, "error": repr(e)[:300]})
-        finally:
-            if chunk is not None:
-                os.environ.pop("MOMATTN_TRITON_CHUNK") if old is None else os.environ.update(MOMATTN_TRITON_CHUNK=old)
     rows.append({"op": "scaled_dot_product_attention (causal)", "ms": round(time_it(sdpa), 3)})
     if kernel is not None:
         xv, a = v.transpose(1, 2).reshape(B, T, H * D), torch.full((1,), 0.5, device=device)

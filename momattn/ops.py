@@ -448,8 +448,9 @@ def link_values(v: torch.Tensor) -> tuple[torch.Tensor, cpu_scan.ValueLink | Non
     The sum then flows back through attention's view of the values: a hook on that view, or gradients asked for
     both views in one call, see both terms there and none on the scan's view (the model's views are locals; a
     gradient asked for the scan's view alone, which the join does not reach, is its own term, tested)."""
-    if not (torch.is_grad_enabled() and v.requires_grad) or v.device.type != "cpu" or _is_compiling() \
-            or SCAN_BACKEND not in ("auto", "cpu") or cpu_scan.load() is None:
+    # the kernel's choice for the merged values (B, T, H*D) is _use_cpu_kernel's; one head's (B, T, D) view has
+    # their device and dtype, and asks it without forming them
+    if not (torch.is_grad_enabled() and v.requires_grad) or not _use_cpu_kernel(v[:, 0]):
         return v, None
     return cpu_scan.link_values(v)
 

@@ -236,6 +236,15 @@ def chunk_length(B: int, T: int, C: int, device: torch.device) -> int:
     return ch if -(-T // ch) >= 3 else 0
 
 
+def _launch(plain, tuned, B: int, C: int, programs: int, *args, **constexprs) -> None:
+    """One launch over (sequence, block of channels, `programs`): in the interpreter the plain kernel with blocks of
+    32 positions x 16 channels, on a GPU the autotuned one."""
+    if INTERPRET:
+        plain[(B, C // 16, programs)](*args, BT=32, BD=16, INTERPRET=True, **constexprs)
+    else:
+        tuned[lambda meta: (B, C // meta["BD"], programs)](*args, INTERPRET=False, **constexprs)
+
+
 def _decay_scan(x: torch.Tensor, a: torch.Tensor, strict: bool, reverse: bool) -> torch.Tensor:
     B, T, C = x.shape
     G = a.shape[0]
@@ -246,19 +255,10 @@ def _decay_scan(x: torch.Tensor, a: torch.Tensor, strict: bool, reverse: bool) -
     # the edge states of every chunk but the last (which no chunk follows); unread when not chunked
     e = torch.empty((B, n - 1, C), dtype=torch.float32, device=x.device) if ch else y
     if ch:
-        if INTERPRET:
-            _chunk_state_kernel[(B, C // 16, n - 1)](x, e, a, T, ch, C // G, *x.stride(), e.stride(0), e.stride(1),
-                                                 REVERSE=reverse, BT=32, BD=16, INTERPRET=True)
-        else:
-            _tuned_state[lambda meta: (B, C // meta["BD"], n - 1)](x, e, a, T, ch, C // G, *x.stride(), e.stride(0),
-                                                               e.stride(1), REVERSE=reverse, INTERPRET=False)
-    args = (x, y, a, e, T, ch, C // G, *x.stride(), *y.stride(), e.stride(0), e.stride(1) if ch else 0)
-    if INTERPRET:
-        _scan_kernel[(B, C // 16, n)](*args, STRICT=strict, REVERSE=reverse, CHUNKED=bool(ch), BT=32, BD=16,
-                                      INTERPRET=True)
-    else:
-        _tuned[lambda meta: (B, C // meta["BD"], n)](*args, STRICT=strict, REVERSE=reverse, CHUNKED=bool(ch),
-                                                     INTERPRET=False)
+        _launch(_chunk_state_kernel, _tuned_state, B, C, n - 1, x, e, a, T, ch, C // G, *x.stride(), e.stride(0),
+                e.stride(1), REVERSE=reverse)
+    _launch(_scan_kernel, _tuned, B, C, n, x, y, a, e, T, ch, C // G, *x.stride(), *y.stride(), e.stride(0),
+            e.stride(1) if ch else 0, STRICT=strict, REVERSE=reverse, CHUNKED=bool(ch))
     return y
 
 

@@ -175,7 +175,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not p.exists():
         raise CheckpointError(f"checkpoint '{path}' does not exist; pass the path of a .ckpt written by train.py")
     if p.is_dir() and not (p / SHARDED_META).is_file():
-        raise CheckpointError(f"checkpoint '{path}' is a folder; pass a .ckpt file inside it (e.g. {p}/checkpoints/last.ckpt)")
+        found = sorted(p.glob("*.ckpt")) or sorted(p.glob("checkpoints/*.ckpt"))
+        last = [f for f in found if f.name == "last.ckpt"]
+        hint = f"e.g. {(last or found)[0]}" if found else f"none is there; a run keeps them in {p}/checkpoints/"
+        raise CheckpointError(f"checkpoint '{path}' is a folder; pass a .ckpt file inside it ({hint})")
     ckpt = _read_sharded(p, path) if p.is_dir() else _load_safely(p, path)
     _check_structure(ckpt, path)
     return ckpt

@@ -63,8 +63,21 @@ def resolve_device(name: str) -> str:
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but no CUDA GPU is available; use device=cpu or device=auto")
+    try:
+        dev = torch.device(str(name))
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device={name!r} is not a device; use device=auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name} but no CUDA GPU is available; use device=cpu or device=auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device={name} but this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+                              f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"device={name} but MPS is not available here; use device=cpu or device=auto")
+    elif dev.type != "cpu":
+        raise ConfigError(f"device={name} is not supported; use device=auto, cpu, cuda or cuda:N")
     return str(name)
 
 

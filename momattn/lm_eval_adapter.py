@@ -12,6 +12,7 @@ lm-eval's own command line with ARGS, unchanged.
   batch_tokens tokens (and batch_size rows, when lm-eval gives an int), so neighbours need little padding.
   Returns (sum log p(continuation), whether each token was the argmax).
 - loglikelihood_rolling: lm-eval's disjoint rolling windows (one token of context each), scored as above.
+- device: --device (lm-eval's default cuda:0) or device= in --model_args; where there is no CUDA GPU, the CPU.
 - generate_until: one request at a time with the KV cache (momattn.generate.sample_tokens), greedy unless
   do_sample=true; stops at the end-of-text token or at the first `until` string, which is cut off.
 Needs the [lm-eval] extra: pip install 'momattn[lm-eval]'.
@@ -44,6 +45,10 @@ class MomattnLM(TemplateLM):
 
         if not ckpt_path:
             raise ConfigError("the momattn model needs --model_args ckpt_path=PATH (a .ckpt written by train.py)")
+        if str(device or "").startswith("cuda") and not torch.cuda.is_available():
+            # lm-eval's --device defaults to cuda:0; like its own HF model, run on the CPU where there is no GPU
+            print(f"momattn: device={device} but no CUDA GPU is available; running on the CPU", file=sys.stderr)
+            device = "cpu"
         self._device = resolve_device(device or "auto")
         self.model, self.tokenizer = load_checkpoint(ckpt_path, map_location=self._device)
         self.precision = precision

@@ -63,10 +63,29 @@ class Tokenizer:
         return self.hf.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False).ids
+        try:
+            return self.hf.encode(text, add_special_tokens=False).ids
+        except Exception as e:  # the library raises a bare Exception, e.g. a word-level vocabulary without [UNK]
+            raise self._cannot_encode(text, e) from None
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+        try:
+            return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
+        except Exception as e:
+            bad = next((t for t in texts if not self._encodes(t)), texts[0] if texts else "")
+            raise self._cannot_encode(bad, e) from None
+
+    def _encodes(self, text: str) -> bool:
+        try:
+            self.hf.encode(text, add_special_tokens=False)
+            return True
+        except Exception:
+            return False
+
+    def _cannot_encode(self, text: str, e: Exception) -> DataError:
+        return DataError(f"tokenizer '{self.name}' cannot encode the text {text[:80]!r} ({e}): its vocabulary "
+                         "has no token for part of it and no unknown-token fallback (a GINC run's tokenizer "
+                         "knows only the GINC symbols)")
 
     def decode(self, ids: list[int]) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=False)

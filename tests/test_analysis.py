@@ -161,7 +161,7 @@ def letters_task(tmp_path, n=40):
     return {"name": "letters", "path": str(path), "template": "{text}:", "answers": ["x", "y"]}
 
 
-def cfg(task, **kw):
+def cfg(task=None, **kw):
     base = {"task": task, "shots": 4, "max_examples": 8, "select_examples": 4, "lrs": [1e-2, 1e-1],
             "batch_tokens": 512, "ft_models_per_batch": 2}
     return AnalyzeConfig(**{**base, **kw})
@@ -196,6 +196,31 @@ def test_bad_input_is_a_clear_error(tmp_path):
         analyze(model, tok, {}, cfg(letters_task(tmp_path), lrs=[1e30]))  # one lr: no selection, still caught
     with pytest.raises(ConfigError, match="lrs="):
         cfg(task, lrs=[-1.0])
+    # analyze's own keys are named, not the evaluator's it builds on
+    for kw, culprit in [({"seed": "abc"}, "seed='abc' must be an int"), ({"dual_check": "off"}, "dual_check='off'"),
+                        ({"task": ["a", "b"]}, "must be one task")]:
+        with pytest.raises(ConfigError, match=culprit):
+            cfg(**{"task": task, **kw})
+    with pytest.raises(ConfigError, match=r"^task: unknown task 'sst3'"):
+        analyze(model, tok, {}, cfg("sst3"))
+    with pytest.raises(ConfigError, match="task=staicc is a set of 6 tasks; analyze.py takes one"):
+        analyze(model, tok, {}, cfg("staicc"))
+    with pytest.raises(ConfigError, match="task=sst2 is a text task, and this checkpoint was trained on GINC"):
+        analyze(model, tok, {"data": {"_target_": "momattn.data.ginc.GincCorpus"}}, cfg("sst2"))
+
+
+def test_a_task_file_and_a_fixed_learning_rate(tmp_path):
+    from momattn.analysis.report import markdown
+
+    entry = letters_task(tmp_path)
+    entry["template"] = entry["template"].replace("\n", "\\n")
+    (tmp_path / "letters.yaml").write_text(json.dumps(entry))  # JSON is YAML
+    res = analyze(tiny_gpt(vocab=128, block_size=96), CharTokenizer(), {},
+                  cfg(str(tmp_path / "letters.yaml"), lrs=[1e-2], dual_check=False))
+    assert res.task == "letters" and res.lr == 1e-2 and res.lr_selection == {}
+    md = markdown([res])
+    assert "learning rate 0.01, fixed by lrs (not chosen on held-out rows)" in md and "diverged" not in md.split(
+        "learning rate")[1].split("\n")[0]
 
 
 V = 10

@@ -60,11 +60,13 @@ def test_evaluate_model_and_reports(tmp_path, tokenizer, cache_dir):
     assert res.icl.split_seed == 1234 and res.attention == "momentum"
     assert (tmp_path / "icl_predictions_momentum.jsonl").exists()
     metrics = flat_metrics(res)
-    assert {"eval/ppl@16", "eval/bpb@64", "eval/train_ppl@64", "icl/sst2/acc", "icl/trec/acc@k2",
+    assert {"eval/ppl@16", "eval/bpb@64", "eval/train_ppl@64", "icl/trec/acc@k2",
             "icl/avg/acc@k0", "icl/sst2/acc_sum@kmax", "icl/sst2/k_used@kmax"} <= set(metrics)
     # a 64-token context holds fewer than max_shots=3 demonstrations: k=max does not fit, no headline average
+    # and no headline accuracy (the per-k numbers stay, with their k_used)
     assert not sst2.shots["max"].fits and sst2.shots["max"].k_used_mean < 3
     assert res.icl.avg["max"].excluded == ["sst2", "trec"] and "icl/avg/acc" not in metrics
+    assert "icl/sst2/acc" not in metrics and "icl/trec/acc" not in metrics
     again = ModelResult.from_json({**res.to_json(), "label": "again"})
     write_reports([res, again], tmp_path)
     md = (tmp_path / "results.md").read_text()
@@ -115,6 +117,46 @@ def test_run_evaluate_errors(tmp_path):
         run_evaluate({"ckpt_path": str(tmp_path / "missing.ckpt")}, out_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"unknown key 'ckpt'.*Did you mean 'ckpt_path'"):
         run_evaluate({"ckpt": "x"}, out_dir=tmp_path)
+
+
+def test_settings_a_command_line_gets_wrong_are_named_or_read_as_meant(tmp_path):
+    from momattn.eval.config import EvalConfig, EvaluateConfig
+    from momattn.hardware import resolve_device
+
+    for key, value in [("ppl.enabled", "off"), ("ppl.train", 2), ("icl.enabled", "maybe")]:
+        section, name = key.split(".")
+        with pytest.raises(ConfigError, match=f"{key}={value!r} must be true or false"):
+            EvalConfig.from_mapping({section: {name: value}})
+    # `icl.separator="\n\n"` arrives as backslash-n text: a line break, as in task templates
+    assert EvalConfig.from_mapping({"icl": {"separator": "\\n\\n"}}).icl.separator == "\n\n"
+    assert EvaluateConfig(ckpt_paths="runs/x/last.ckpt").checkpoint_paths() == ["runs/x/last.ckpt"]
+    for device, culprit in [("gpu", "device='gpu' is not a device"), ("tpu", "is not a device"),
+                            ("meta", "device=meta is not supported")]:
+        with pytest.raises(ConfigError, match=culprit):
+            resolve_device(device)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            resolve_device("cuda:0")
+    assert resolve_device("cpu") == "cpu"
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    for folder in (run, run / "checkpoints"):  # the hint names a file that is there
+        with pytest.raises(CheckpointError, match=f"is a folder; pass a .ckpt file inside it \\(e.g. {run}/checkpoints/last.ckpt\\)"):
+            run_evaluate({"ckpt_path": str(folder)}, out_dir=tmp_path)
+
+
+def test_the_report_shows_the_other_scoring_rule_beside_the_headline(tmp_path, tokenizer):
+    model, tok = load_checkpoint(make_checkpoint(tmp_path / "m.ckpt", "vanilla", tokenizer))
+    for score, other in (("mean", "sum"), ("sum", "mean")):
+        cfg = {**FAST, "icl": {**FAST["icl"], "tasks": ["trec"], "shots": [0], "score": score},
+               "ppl": {"enabled": False}}
+        res = evaluate_model(model, tok, {"data": DATA}, cfg, tmp_path, "v")
+        shot = res.icl.tasks["trec"].shots["0"]
+        assert shot.acc == (shot.acc_mean_lp if score == "mean" else shot.acc_sum_lp)
+        write_reports([res], tmp_path / score)
+        value = shot.acc_sum_lp if other == "sum" else shot.acc_mean_lp
+        assert f"({other}: {100 * value:.1f}; k_used=" in (tmp_path / score / "results.md").read_text()
 
 
 def test_evaluate_yaml_composes_into_valid_sections():

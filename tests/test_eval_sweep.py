@@ -18,7 +18,7 @@ EVAL = {"ppl": {"lengths": [32], "max_windows": 2, "train": False},
         "icl": {"tasks": ["trec"], "shots": [0], "seeds": [1], "max_examples": 4}}
 
 
-def job(root, num: int, kind: str, seed: int, tok, lr: float = 2e-3):
+def job(root, num: int, kind: str, seed: int, tok, lr: float = 2e-3, extra: dict | None = None):
     """A job folder of a multirun as train.py leaves it: .hydra/config.yaml and checkpoints/last.ckpt."""
     d = root / str(num)
     (d / ".hydra").mkdir(parents=True)
@@ -27,7 +27,7 @@ def job(root, num: int, kind: str, seed: int, tok, lr: float = 2e-3):
     cfg = GPTConfig(block_size=32, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16,
                     attention=AttentionConfig(kind=kind))
     run_config = {"data": DATA, "seed": seed, "attention": {"kind": kind}, "optim": {"lr": lr},
-                  "paths": {"output_dir": str(d)}}
+                  "paths": {"output_dir": str(d)}, **(extra or {})}
     ckpt = {"state_dict": {"model." + k: v for k, v in GPT(cfg).state_dict().items()},
             "momattn": checkpoint_meta(cfg, tok, run_config)}
     atomic_torch_save(ckpt, d / "checkpoints" / "last.ckpt")
@@ -39,6 +39,7 @@ def test_t_interval_and_verdicts():
     assert mean == 2.0 and hi - mean == pytest.approx(4.303 * 1.0 / math.sqrt(3), rel=1e-6)
     assert math.isnan(t_interval([0.5])[1])
     assert verdict("trec/acc@k0", 0.01, 0.05) == "better" and verdict("ppl@256", 0.01, 0.05) == "worse"
+    assert verdict("apple/acc@k4", 0.01, 0.05) == "better"  # an accuracy, whatever letters its task's name holds
     assert verdict("ppl@256", -3.0, -1.0) == "better" and verdict("avg/acc@kmax", -0.1, 0.2).startswith("no diff")
     nan = float("nan")
     assert verdict("ppl@256", nan, nan) == "cannot tell (one seed: no interval)"  # one pair: no evidence either way
@@ -252,3 +253,23 @@ def test_text_tasks_on_a_ginc_checkpoint_are_refused_by_name(tmp_path):
     with pytest.raises(ConfigError, match=r"sst2, trec are text tasks.*icl.tasks=\[ginc"):
         evaluate_model(model, tok, run_config, {"icl": {"tasks": ["sst2", "trec", "ginc"]}, "ppl": {"enabled": False}},
                        tmp_path, "vanilla")
+
+
+def test_own_settings_never_compare_runs_evaluated_differently_and_nothing_is_dropped_silently(tmp_path, tokenizer,  # noqa: F811
+                                                                                               caplog):
+    from momattn.eval.config import EvalConfig
+    from momattn.eval.sweep import run_sweep
+
+    sweep = tmp_path / "multirun"
+    four = {"eval": {**EVAL, "icl": {**EVAL["icl"], "max_examples": 4, "shots": [0, 16]}}}  # k=16: 32 tokens hold less
+    two = {"eval": {**EVAL, "icl": {**EVAL["icl"], "max_examples": 2}}}
+    for n, (kind, seed, extra) in enumerate([("vanilla", 1, four), ("momentum", 1, four), ("vanilla", 2, two),
+                                             ("momentum", 2, two), ("vanilla", 1, four)]):
+        job(sweep, n, kind, seed, tokenizer, extra=extra)
+    with caplog.at_level("WARNING", logger="momattn.eval.sweep"):
+        summaries = run_sweep(sweep, EvalConfig.from_mapping(EVAL), tmp_path / "out", "cpu", own_settings=True)
+    assert len(summaries) == 2 and all(len(s.differs) == 1 and "eval settings" in s.differs for s in summaries)
+    assert all(row["ppl@32"]["n"] == 1 for s in summaries for row in s.rows.values())  # one seed each, never pooled
+    assert "same attention (vanilla) and seed (1) in one setting; the second is left out" in caplog.text
+    md = (tmp_path / "out" / "sweep.md").read_text()
+    assert "Left out of Table 7 (the headline k does not fit the runs' context" in md and "trec at k=16" in md

@@ -315,3 +315,13 @@ def test_ginc_bayes_benchmark_writes_its_table(tmp_path):
     assert "| ginc_l8 |" in (tmp_path / "ginc_bayes.md").read_text()
     with pytest.raises(SystemExit, match="not field=value with a GincCorpus field"):
         ginc_bayes.main(["--out", str(tmp_path), "n_wings=2"])
+
+
+def test_text_outside_the_ginc_vocabulary_is_a_clear_error(corpus):
+    from momattn.errors import DataError
+
+    tok = corpus.tokenizer()
+    with pytest.raises(DataError, match=r"cannot encode the text 'a great movie'.*GINC symbols"):
+        tok.encode("a great movie")
+    with pytest.raises(DataError, match=r"cannot encode the text 'Review:'"):
+        tok.encode_batch([corpus.symbol_names()[0], "Review:"])

@@ -114,3 +114,9 @@ def test_the_lm_eval_command_line_finds_the_momattn_model(ckpt):
                         "--limit", "4", "--device", "cpu"], cwd=DATA, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "momattn_tiny_mc" in r.stdout and "acc" in r.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback is for machines without a GPU")
+def test_lm_evals_default_device_falls_back_to_the_cpu_without_a_gpu(ckpt, capsys):
+    lm = MomattnLM(ckpt_path=str(ckpt), device="cuda:0")  # what lm-eval passes when --device is not given
+    assert lm.device == "cpu" and "no CUDA GPU is available; running on the CPU" in capsys.readouterr().err

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from momattn.analysis.finetune import paper_lr_grid
 from momattn.errors import ConfigError
+from momattn.eval.config import check_bool
 
 
 @dataclass
@@ -40,6 +42,16 @@ class AnalyzeConfig:
         for name in ("shots", "max_examples", "select_examples", "select_prompts", "batch_tokens",
                      "ft_models_per_batch"):
             positive_int(name)
+        for name in ("seed", "test_seed", "random_seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"{name}={v!r} must be an int")
+        check_bool("dual_check", self.dual_check)
+        if not isinstance(self.separator, str) or not self.separator:
+            raise ConfigError(f"separator={self.separator!r} must be 'eot' or a non-empty text such as '\\n\\n'")
+        if not isinstance(self.task, str | Mapping):
+            raise ConfigError(f"task={self.task!r} must be one task: a name (e.g. ginc, sst2), a task file (.yaml) "
+                              "or a local-file mapping {name, path, template, answers}")
         if self.lrs is not None:
             lrs = self.lrs if isinstance(self.lrs, list | tuple) else [self.lrs]
             if not lrs or not all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)

@@ -28,7 +28,7 @@ from momattn.errors import ConfigError, NonFiniteLossError
 from momattn.eval.ginc import GincTask
 from momattn.eval.results import JsonMixin
 from momattn.eval.scoring import PrefixScorer
-from momattn.eval.tasks import resolve_tasks
+from momattn.eval.tasks import TASK_FILE_SUFFIXES, read_task_file, resolve_tasks
 from momattn.utils import stable_seed
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class AnalysisResult(JsonMixin):
     kendall_ft: LayerMetric
     kendall_random: LayerMetric
     lr: float
-    lr_selection: dict[str, float | None]  # str(lr) -> held-out accuracy (None: diverged)
+    lr_selection: dict[str, float | None]  # str(lr) -> held-out accuracy (None: diverged); {}: lr fixed by lrs
     n_select: int
     ft: dict  # losses, update norms, diverged test models
     protocol: str = PROTOCOL
@@ -119,8 +119,8 @@ def choice_predictions(model, prefix: list[int], eps: list[Episode], delta: Delt
 
 def select_lr(model, aset: AnalysisSet, cfg: AnalyzeConfig) -> tuple[float, dict[str, float | None]]:
     grid = cfg.lr_grid
-    if len(grid) == 1:
-        return grid[0], {str(grid[0]): None}
+    if len(grid) == 1:  # fixed by lrs=[x]: nothing to choose, no held-out rows spent
+        return grid[0], {}
     if not aset.select:
         raise ConfigError(f"task '{aset.task}': no held-out rows are left to choose the learning rate; lower "
                           "shots, raise select_examples, or fix it with lrs=[x]")
@@ -208,8 +208,19 @@ def analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoin
             ) -> AnalysisResult:
     timer = Timer()
     t0 = time.perf_counter()
-    tasks = resolve_tasks([cfg.task])
+    entry = cfg.task
+    if isinstance(entry, str) and entry.endswith(TASK_FILE_SUFFIXES):  # a task file, as evaluate.py reads them
+        entry = read_task_file(entry)
+    tasks = resolve_tasks([entry], key="task")
+    if len(tasks) != 1:
+        raise ConfigError(f"task={cfg.task} is a set of {len(tasks)} tasks; analyze.py takes one, e.g. "
+                          f"task={tasks[0].name}")
     task = tasks[0]
+    from momattn.eval.runner import is_ginc_run
+
+    if not isinstance(task, GincTask) and is_ginc_run(run_config):
+        raise ConfigError(f"task={task.name} is a text task, and this checkpoint was trained on GINC (its tokenizer "
+                          "knows only the GINC symbols); analyse a GINC task instead, e.g. task=ginc")
     with timer("prepare"):
         if isinstance(task, GincTask):
             aset = ginc_set(model, tokenizer, task, cfg, run_config.get("data"))

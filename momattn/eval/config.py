@@ -36,6 +36,12 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def check_bool(name: str, value: Any) -> None:
+    """A ConfigError unless value is a bool (on the command line `off` or `no` stay text, which is truthy)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r} must be true or false")
+
+
 @dataclass
 class PplConfig:
     enabled: bool = True
@@ -45,6 +51,8 @@ class PplConfig:
     data: dict | None = None  # null: the run's LM corpus; a mapping: keys merged over the run's `data`
 
     def __post_init__(self):
+        check_bool("ppl.enabled", self.enabled)
+        check_bool("ppl.train", self.train)
         if _is_int(self.lengths):
             self.lengths = [self.lengths]
         if self.data is not None and not isinstance(self.data, Mapping):
@@ -91,6 +99,7 @@ class IclConfig:
     test_seed: int = 1  # shuffle of the test set (the authors use 1)
 
     def __post_init__(self):
+        check_bool("icl.enabled", self.enabled)
         # a single value on the command line (icl.tasks=table7, icl.shots=4, icl.seeds=1) means a list of one
         self.tasks, self.shots, self.seeds = (x if isinstance(x, list | tuple) else [x] for x in
                                               (self.tasks, self.shots, self.seeds))
@@ -136,6 +145,7 @@ class IclConfig:
         if not isinstance(self.separator, str) or not self.separator:
             raise ConfigError(f"icl.separator={self.separator!r} must be 'eot' or a non-empty text "
                               "such as '\\n\\n'")
+        self.separator = self.separator.replace("\\n", "\n")  # a "\n" typed on the command line: a line break
         if not _is_int(self.test_seed):
             raise ConfigError(f"icl.test_seed={self.test_seed!r} must be an int")
 
@@ -183,7 +193,8 @@ class EvaluateConfig(EvalConfig):
             raise ConfigError(f"logger={other[0]} is not supported by evaluate.py; use logger=none or wandb")
 
     def checkpoint_paths(self) -> list[str]:
-        paths = list(self.ckpt_paths or [])
+        paths = self.ckpt_paths or []
+        paths = [paths] if isinstance(paths, str) else list(paths)  # ckpt_paths=one.ckpt: a list of one
         if self.ckpt_path:
             paths.insert(0, self.ckpt_path)
         if not paths:

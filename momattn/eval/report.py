@@ -36,10 +36,12 @@ def _acc(shot: ShotResult, k_used: bool = True) -> str:
     return _pct(shot.acc, shot.acc_std) + (f" ({used})" if k_used else "")
 
 
-def _acc_cell(shot: ShotResult) -> str:
+def _acc_cell(shot: ShotResult, score: str = "mean") -> str:
+    """The headline accuracy (icl.score's rule), with the other rule's beside it."""
     if not shot.fits:
         return _acc(shot)
-    return f"{_pct(shot.acc, shot.acc_std)} (sum: {_pct(shot.acc_sum_lp)}; k_used={shot.k_used_mean:.1f})"
+    other, value = ("sum", shot.acc_sum_lp) if score == "mean" else ("mean", shot.acc_mean_lp)
+    return f"{_pct(shot.acc, shot.acc_std)} ({other}: {_pct(value)}; k_used={shot.k_used_mean:.1f})"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -140,7 +142,7 @@ def choice_markdown(results: Sequence[ModelResult], first: IclResult) -> list[st
         rows = []
         for r in results:
             tr = r.icl.tasks if r.icl else {}
-            rows.append([r.label] + [_acc_cell(tr[t].shots[s]) if t in tr and s in tr[t].shots else MISSING
+            rows.append([r.label] + [_acc_cell(tr[t].shots[s], first.score) if t in tr and s in tr[t].shots else MISSING
                                      for s in first.shots])
         out += [*_table(header, rows), ""]
     out += [f"Protocol: {icl_mod.PROTOCOL}", ""]

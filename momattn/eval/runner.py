@@ -126,7 +126,8 @@ def flat_metrics(result: ModelResult | Mapping) -> dict[str, float]:
     if r.icl:
         k = r.icl.headline_k
         for name, t in r.icl.tasks.items():
-            out[f"icl/{name}/acc"] = t.shots[k].acc
+            # the headline only where its k fits (as the report and the average); per k, with k_used beside it
+            out[f"icl/{name}/acc"] = t.shots[k].acc if t.shots[k].fits else None
             for s, v in t.shots.items():
                 out[f"icl/{name}/acc@k{s}"] = v.acc
                 out[f"icl/{name}/acc_sum@k{s}"] = v.acc_sum_lp

@@ -54,6 +54,7 @@ class SweepRun:
     result: ModelResult | None = None
     reused: bool = False
     attention_params: dict = field(default_factory=dict)  # the checkpoint's attention config
+    eval_key: str | None = None  # own_settings: digest of the run's own evaluation settings, where runs differ
 
 
 @dataclass
@@ -144,7 +145,7 @@ def verdict(metric: str, lo: float, hi: float, n: int = 1) -> str:
     if lo <= 0 <= hi:
         return "no difference at this budget"
     higher = lo > 0
-    lower_is_better = "ppl" in metric or "bpb" in metric
+    lower_is_better = is_ppl(metric)
     return "better" if higher != lower_is_better else "worse"
 
 
@@ -242,6 +243,28 @@ def metrics_of(result: ModelResult) -> dict[str, float]:
     return out
 
 
+def is_ppl(metric: str) -> bool:
+    """A perplexity (ppl@N; lower is better) rather than an accuracy (TASK/acc@kK, whatever the task's name)."""
+    return metric.startswith(("ppl@", "bpb@"))
+
+
+def unfit_note(runs: Sequence[SweepRun]) -> str:
+    """A line naming the text tasks left out of the tables because their headline k does not fit a run's
+    context (metrics_of compares the headline k only), so that a missing Table 7 is never silent."""
+    left: dict[str, set] = defaultdict(set)
+    for r in runs:
+        icl = r.result.icl if r.result is not None else None
+        if icl:
+            for name, t in icl.tasks.items():
+                shot = t.shots.get(icl.headline_k)
+                if t.kind != "ginc" and shot is not None and not shot.fits:
+                    left[name].add(f"k={icl.headline_k}")
+    if not left:
+        return ""
+    return ("\nLeft out of Table 7 (the headline k does not fit the runs' context; each job's results.md has the "
+            "smaller k): " + "; ".join(f"{n} at {', '.join(sorted(ks))}" for n, ks in sorted(left.items())) + "\n")
+
+
 def metric_order(m: str) -> tuple:
     """Perplexities by length, then each task's accuracies by k (numerically: k2 before k16, kmax last)."""
     if m.startswith("ppl@"):
@@ -255,13 +278,20 @@ def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
     for r in runs:
         if r.result is not None:
             settings[r.setting].append(r)
-    configs = {s: _strip(rs[0].config) for s, rs in settings.items()}
+    configs = {s: {**_strip(rs[0].config), **({"eval settings": rs[0].eval_key} if rs[0].eval_key else {})}
+               for s, rs in settings.items()}
     out = []
     for s, rs in settings.items():
         differs = {k: v for k, v in configs[s].items() if any(c.get(k) != v for c in configs.values())}
         summary = SettingSummary(s, differs)
         by_att: dict[str, dict[int | None, dict[str, float]]] = defaultdict(dict)
+        jobs: dict[tuple, Path] = {}
         for r in rs:
+            if (r.attention, r.seed) in jobs:  # e.g. jobs that differ only in an ignored key (callbacks, logger)
+                log.warning("%s and %s: same attention (%s) and seed (%s) in one setting; the second is left out",
+                            jobs[r.attention, r.seed], r.job, r.attention, r.seed)
+                continue
+            jobs[r.attention, r.seed] = r.job
             by_att[r.attention][r.seed] = metrics_of(r.result)
             summary.params[r.attention] = dict(r.attention_params)
         for att, seeds in sorted(by_att.items(), key=lambda kv: (kv[0] != BASELINE, kv[0])):
@@ -287,7 +317,7 @@ def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
 
 
 def _num(metric: str, x: float) -> str:
-    return f"{x:.2f}" if "ppl" in metric else f"{100 * x:.1f}"
+    return f"{x:.2f}" if is_ppl(metric) else f"{100 * x:.1f}"
 
 
 def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n_runs: int) -> str:
@@ -301,8 +331,8 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
         title = ", ".join(f"{k}={json.dumps(v, default=str)[:80]}" for k, v in s.differs.items()) or "all runs"
         lines += [f"## Setting {s.setting}: {title}", ""]
         metrics = sorted({m for row in s.rows.values() for m in row}, key=metric_order)
-        for kind, pick in (("Table 6 (valid perplexity)", "ppl"), ("Table 7 (in-context accuracy)", "acc")):
-            cols = [m for m in metrics if pick in m]
+        for kind, ppl in (("Table 6 (valid perplexity)", True), ("Table 7 (in-context accuracy)", False)):
+            cols = [m for m in metrics if is_ppl(m) == ppl]
             if not cols:
                 continue
             lines += [f"### {kind}", "", "| attention | seeds | " + " | ".join(cols) + " |",
@@ -498,6 +528,14 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
             atomic_write_text(out / "jobs" / name / "results.json",
                               json.dumps(results_document([r.result]), indent=2, allow_nan=True) + "\n")
             del model
+    if own_settings:  # runs evaluated under different protocols are never compared: their settings split
+        by_setting: dict[str, set] = defaultdict(set)
+        for r in runs:
+            by_setting[r.setting].add(digest(settings[str(r.job.relative_to(sweep_dir))]))
+        for r in runs:
+            if len(by_setting[r.setting]) > 1:
+                r.eval_key = digest(settings[str(r.job.relative_to(sweep_dir))])[:8]
+                r.setting = f"{r.setting}-{r.eval_key}"
     summaries = summarise(runs)
     shared = list(settings.values())
     doc = {"sweep_dir": str(sweep_dir), "failed": failed,
@@ -508,7 +546,7 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "sweep.json", json.dumps(doc, indent=2, allow_nan=True, default=str) + "\n")
     plots = sweep_plots(summaries, out)
-    md = sweep_markdown(summaries, failed, len(runs))
+    md = sweep_markdown(summaries, failed, len(runs)) + unfit_note(runs)
     if plots:
         md += "\nPlots: " + ", ".join(f"[{p.name}]({p.name})" for p in plots) + "\n"
     atomic_write_text(out / "sweep.md", md)

@@ -455,8 +455,9 @@ TASK_SETS = {"staicc": list(STAICC_TASKS), "table7": list(HUB_TASKS)}
 GINC_NAMES = ("ginc", "ginc_l3", "ginc_l5", "ginc_l8", "ginc_l10", "ginc_ood")  # any ginc[_ood][_l<N>]
 
 
-def resolve_tasks(entries: Sequence[str | Mapping]) -> list[IclTask | GincTask]:
-    """Config entries (names, set names, local-file mappings) -> tasks, in order, without duplicates."""
+def resolve_tasks(entries: Sequence[str | Mapping], key: str = "icl.tasks") -> list[IclTask | GincTask]:
+    """Config entries (names, set names, local-file mappings) -> tasks, in order, without duplicates; errors
+    name the setting `key`."""
     tasks: list[IclTask | GincTask] = []
     for entry in entries:
         if isinstance(entry, Mapping):
@@ -469,12 +470,12 @@ def resolve_tasks(entries: Sequence[str | Mapping]) -> list[IclTask | GincTask]:
             tasks.append(ginc_task(entry))
         else:
             hint = did_you_mean(entry, [*TASKS, *TASK_SETS, *GINC_NAMES])
-            raise ConfigError(f"icl.tasks: unknown task '{entry}'.{hint} "
+            raise ConfigError(f"{key}: unknown task '{entry}'.{hint} "
                               f"Known: {', '.join(TASKS)}; GINC (checkpoints trained with data=ginc): "
                               f"{', '.join(GINC_NAMES)} (ginc[_ood]_l<N> for any length); sets: "
                               f"{', '.join(TASK_SETS)}; or a local file {{name, path, template, answers}}")
     names = [t.name for t in tasks]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
-        raise ConfigError(f"icl.tasks lists task '{dup}' twice; give local files distinct names")
+        raise ConfigError(f"{key} lists task '{dup}' twice; give local files distinct names")
     return tasks

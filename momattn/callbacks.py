@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.throughput import Throughput as FabricThroughput
+from lightning.pytorch import callbacks as lightning_callbacks
 from lightning.pytorch.callbacks import Callback, ThroughputMonitor
 from lightning.pytorch.trainer.states import RunningStage
 
@@ -34,6 +35,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return read_checkpoint(path)  # on the CPU; Lightning moves every state onto its device when it loads it
+
+
+class ModelCheckpoint(lightning_callbacks.ModelCheckpoint):
+    """Lightning's, with last.ckpt always the newest state: Lightning >= 2.5 rewrites "last" only at a step where it
+    also saves a top-k file, so after a validation that did not improve the monitor, and at the end of a run,
+    last.ckpt lagged behind (a resume or an evaluation of last.ckpt then took an older model). Here last.ckpt is
+    also written after every validation and when training ends, unless this step was saved already. No version
+    counter: last.ckpt is one file that PreemptionCheckpoint may have written too (not last-v1.ckpt)."""
+
+    def __init__(self, *args, enable_version_counter: bool = False, **kwargs):
+        super().__init__(*args, enable_version_counter=enable_version_counter, **kwargs)
+
+    def _refresh_last(self, trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not trainer.sanity_checking:
+            self._refresh_last(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._refresh_last(trainer)
 
 
 class PreemptionCheckpoint(Callback):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import sys
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -248,8 +249,10 @@ def newest_last_checkpoint(root_dir: Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def resolve_ckpt_path(ckpt_path: str | None, out_dir: Path, root_dir: Path) -> Path | None:
-    """`ckpt_path=last` -> this run folder's last.ckpt, else the newest last.ckpt under outputs/ and multirun/."""
+def resolve_ckpt_path(ckpt_path: str | None, out_dir: Path, root_dir: Path, search: bool = True) -> Path | None:
+    """`ckpt_path=last` -> this run folder's last.ckpt; where it has none, the newest last.ckpt under outputs/ and
+    multirun/ if search (the run folder was not chosen), else None: a folder that was chosen (hydra.run.dir, a
+    multirun job's own) never resumes another run's weights; its run starts from step 0."""
     if not ckpt_path:
         return None
     if ckpt_path != "last":
@@ -257,6 +260,10 @@ def resolve_ckpt_path(ckpt_path: str | None, out_dir: Path, root_dir: Path) -> P
     own = out_dir / "checkpoints" / "last.ckpt"
     if own.exists():
         return own
+    if not search:
+        print(f"[momattn] ckpt_path=last: {out_dir}/checkpoints holds no last.ckpt (the run stopped before its "
+              "first checkpoint, or never started); starting it from step 0", file=sys.stderr, flush=True)
+        return None
     newest = newest_last_checkpoint(root_dir)
     if newest is None:
         raise CheckpointError(f"ckpt_path=last: no last.ckpt in {out_dir}/checkpoints nor under {root_dir}/outputs; "

@@ -129,7 +129,7 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
     then today's on top (today's win, key by key). A single run also continues in that folder. Anything else
     (no ckpt_path, no saved overrides) is returned unchanged."""
     ckpt = _last(overrides, "ckpt_path")
-    if not ckpt or ckpt == "null":
+    if not ckpt or ckpt == "null" or (multirun and ckpt == "last"):  # a sweep's jobs each resume their own folder
         return overrides
     run_dir = _last(overrides, "hydra.run.dir")
     folder = run_folder_of(ckpt, run_dir, root or Path.cwd())
@@ -237,6 +237,7 @@ class HydraJob:
     overrides: list[str]  # the command line's overrides
     sweep_dir: str | None = None  # multirun only: the sweep's folder
     num: int | None = None  # multirun only: this job's number
+    run_dir_given: bool = False  # hydra.run.dir was on the command line
 
 
 def hydra_job() -> HydraJob:
@@ -249,4 +250,5 @@ def hydra_job() -> HydraJob:
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:
         return HydraJob(list(hc.overrides.task), str(hc.sweep.dir), int(hc.job.num))
-    return HydraJob(list(hc.overrides.task))
+    return HydraJob(list(hc.overrides.task),
+                    run_dir_given=any(str(o).startswith("hydra.run.dir=") for o in hc.overrides.hydra))

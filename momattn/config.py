@@ -119,6 +119,12 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
     for key, value in zip(("max_steps", "accumulate_grad_batches"), steps):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"trainer.{key}={value!r} must be an integer >= 1")
+    interval = trainer.get("val_check_interval")
+    if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int | float)
+                                 or (isinstance(interval, int) and interval < 1)
+                                 or (isinstance(interval, float) and not 0 < interval <= 1)):
+        raise ConfigError(f"trainer.val_check_interval={interval!r} must be a number of steps >= 1 (an int) or a "
+                          "fraction of the epoch in (0, 1] (a float), or null")
     accelerator = str(trainer.get("accelerator") or "auto").lower()
     if accelerator in ("gpu", "cuda") and not _cuda_available():  # before any tokenizing or data building
         raise ConfigError(f"trainer.accelerator={accelerator} but this machine has no CUDA GPU "
@@ -127,6 +133,18 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
     trainer["precision"] = resolve_precision(trainer.get("precision"), trainer.get("accelerator"))
     check_launch_environment(trainer)
     return trainer, steps[0], steps[1]
+
+
+def _eval(node: Mapping | None, run_eval: bool) -> EvalConfig | None:
+    """The end-of-run evaluation's settings; with run_eval, its task names are checked now, not after training."""
+    if node is None:
+        return None
+    cfg = EvalConfig.from_mapping(node, "eval")
+    if run_eval and cfg.icl.enabled:
+        from momattn.eval.tasks import resolve_tasks
+
+        resolve_tasks(cfg.icl.tasks, key="eval.icl.tasks")
+    return cfg
 
 
 LAUNCHER_ENV = ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "MASTER_ADDR")
@@ -230,7 +248,7 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
         trainer=trainer,
         max_steps=max_steps,
         accumulate=accumulate,
-        eval=EvalConfig.from_mapping(raw["eval"], "eval") if raw.get("eval") is not None else None,
+        eval=_eval(raw.get("eval"), bool(run.run_eval)),
         callbacks=raw.get("callbacks") or {},
         logger=raw.get("logger") or {},
         resolved=raw,

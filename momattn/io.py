@@ -8,6 +8,8 @@ or a crash at any moment, sees either the old complete file or the new complete 
 from __future__ import annotations
 
 import os
+import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -57,3 +59,32 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     import torch
 
     return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def remove_stale_temps(folder: str | os.PathLike, idle_s: float = 60.0) -> list[Path]:
+    """Delete the temporary files that atomic_write left in folder when its process was killed mid-write (SIGKILL,
+    OOM, power cut): those whose writer (the PID in the name) is not running on this machine and which have not
+    been written for idle_s seconds (a writer on another node of a shared filesystem keeps its file fresh).
+    Returns what was removed. A large model's partial checkpoints would otherwise fill the disk over resumes."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp*"):
+        m = re.fullmatch(r"\..+\.tmp(\d+)", tmp.name)
+        if not m or _running(int(m.group(1))):
+            continue
+        try:
+            if time.time() - tmp.stat().st_mtime >= idle_s:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # gone already, or not ours to remove
+            continue
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True

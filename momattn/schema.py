@@ -53,7 +53,11 @@ def _type_checked(schema: type, node: dict, where: str) -> dict:
         merged = OmegaConf.merge(base, node)
     except ValidationError as e:
         key = getattr(e, "full_key", None) or getattr(e, "key", "?")
-        raise ConfigError(f"{_key(where, key)}: {str(e).splitlines()[0]}") from None
+        msg = str(e).splitlines()[0]
+        if "is not a ListConfig, list or tuple" in msg:  # e.g. data.paths=a.txt for data.paths=[a.txt]
+            value = node.get(str(key).rsplit(".", 1)[-1])
+            msg = f"a list is needed, got {value!r}; write it in brackets: {_key(where, key)}=[{value}]"
+        raise ConfigError(f"{_key(where, key)}: {msg}") from None
     except OmegaConfBaseException as e:
         raise ConfigError(f"{where or 'config'}: {str(e).splitlines()[0]}") from None
     plain = OmegaConf.to_container(merged, resolve=True)

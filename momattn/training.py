@@ -30,7 +30,7 @@ from momattn.data.corpus import load_tokens
 from momattn.data.datamodule import TokenDataModule
 from momattn.data.streaming import StreamingHubCorpus, StreamWindows
 from momattn.errors import CheckpointError, DiskFullError, LaunchError
-from momattn.io import atomic_write_text
+from momattn.io import atomic_write_text, remove_stale_temps
 from momattn.lit import LitGPT
 from momattn.memory import check_fits
 from momattn.metrics import unigram_ppl
@@ -47,12 +47,21 @@ def run_train(cfg: DictConfig) -> float | None:
     out_dir, job = Path(c.paths.output_dir).resolve(), hydra_job()
     pl.seed_everything(c.seed, workers=True, verbose=False)
 
-    ckpt_path = resolve_ckpt_path(c.ckpt_path, out_dir, Path(c.paths.root_dir).resolve())
-    resume = read_meta(ckpt_path)["momattn"] if ckpt_path else {}
+    for tmp in remove_stale_temps(out_dir / "checkpoints"):  # partial files of a run killed while saving
+        print(f"[momattn] removed {tmp.name}, a partial checkpoint of a killed process", file=sys.stderr)
+    # a folder the command line chose (hydra.run.dir, a multirun job's) resumes only its own last.ckpt
+    chosen = job.sweep_dir is not None or job.run_dir_given
+    ckpt_path = resolve_ckpt_path(c.ckpt_path, out_dir, Path(c.paths.root_dir).resolve(), search=not chosen)
+    resumed = read_meta(ckpt_path) if ckpt_path else {}
+    resume, start_step = resumed.get("momattn") or {}, int(resumed.get("global_step") or 0)
     if resume:
         quiet_resume(same_folder=ckpt_path.resolve().parent.parent == out_dir)
     tokenizer = Tokenizer.from_json(resume["tokenizer"], resume.get("tokenizer_name", "tokenizer")) if resume \
         else build_tokenizer(c.tokenizer, c.data, c.cache_dir)
+    was = (resume.get("config") or {}).get("tokenizer")
+    if resume and was is not None and was != c.resolved.get("tokenizer"):
+        print(f"[momattn] resuming with the checkpoint's own tokenizer ({tokenizer!r}); the tokenizer settings "
+              "given now are not used (a model cannot change its vocabulary mid-run)", file=sys.stderr)
     model_config = c.model_for(tokenizer.vocab_size)
     if resume:
         check_compatible(model_config_from(resume, ckpt_path), model_config, ckpt_path)
@@ -75,7 +84,11 @@ def run_train(cfg: DictConfig) -> float | None:
     if c.trainer.get("enable_progress_bar", True) and not any(isinstance(cb, ProgressBar) for cb in callbacks):
         callbacks.append(TrainProgress())
     loggers = logs.make_loggers(c.logger, resume.get("wandb_run_id"), *_sweep_names(job, model_config))
+    # callbacks=none means no checkpoints (but on SIGTERM): not Lightning's default one in the logger's folder
+    own_checkpointing = {} if "enable_checkpointing" in c.trainer else {
+        "enable_checkpointing": any(isinstance(cb, pl.callbacks.ModelCheckpoint) for cb in callbacks)}
     trainer: pl.Trainer = instantiate(c.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
+                                      **own_checkpointing,
                                       default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()],
                                       gradient_clip_val=c.optim.grad_clip or None,
                                       **_timed_strategy(c.trainer, c.dist_timeout_s))
@@ -90,9 +103,19 @@ def run_train(cfg: DictConfig) -> float | None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         with _full_weights(trainer, bool(c.run_eval and c.eval)):  # FSDP: every rank gathers, rank 0 keeps them
             if trainer.is_global_zero:  # DDP: rank 0 reports and evaluates
-                _report(c, trainer, metrics, loggers, _unigram(train, val, model_config.vocab_size), speed, out_dir)
-                if c.run_eval and c.eval:
+                if trainer.global_step > start_step or not (out_dir / "summary.json").exists():
+                    _report(c, trainer, metrics, loggers, _unigram(train, val, model_config.vocab_size), speed,
+                            out_dir)
+                else:  # a finished run resumed: its summary (val loss, speed) stays
+                    print(f"[momattn] nothing to train: the run was at step {start_step} already "
+                          f"(trainer.max_steps={c.max_steps}); {out_dir / 'summary.json'} is kept. Raise "
+                          "trainer.max_steps to train on", file=sys.stderr, flush=True)
+                done_before = trainer.global_step == start_step and (out_dir / "eval" / "results.json").exists()
+                if c.run_eval and c.eval and not done_before:
                     _evaluate(c, model, tokenizer, loggers, trainer.global_step, out_dir)
+                elif c.run_eval and c.eval:
+                    print(f"[momattn] the evaluation of step {start_step} is in {out_dir / 'eval'} already; "
+                          "evaluate.py evaluates again with other settings", file=sys.stderr, flush=True)
         return metrics.get(c.optimized_metric)
     except OSError as e:
         if e.errno != errno.ENOSPC:
@@ -105,6 +128,11 @@ def run_train(cfg: DictConfig) -> float | None:
     except SIGTERMException:
         print(_resume_hint(preempt.saved_path or out_dir / "checkpoints" / "last.ckpt", trainer.global_step, job,
                            out_dir), file=sys.stderr, flush=True)
+        if job.sweep_dir is not None:  # a preempted sweep stops here instead of starting its next job
+            print(f"[momattn] SIGTERM: the sweep stops at job {job.num}; run the same command with ckpt_path=last "
+                  f"hydra.sweep.dir={job.sweep_dir} to resume it (finished jobs train no further, each job resumes "
+                  "its own folder)", file=sys.stderr, flush=True)
+            raise SystemExit(0) from None
         return None
     finally:
         close = getattr(dm.train_set, "close", None)  # a stream's reader thread, on success or failure

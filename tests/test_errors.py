@@ -62,6 +62,12 @@ def test_wrong_type_names_the_key(tmp_path):
     msg = run_expecting(tmp_path, [*SMOKE, "trainer.accumulate_grad_batches=0"], ConfigError)
     assert msg == "trainer.accumulate_grad_batches=0 must be an integer >= 1"
     assert "data.split_seed: Value 'x'" in run_expecting(tmp_path, [*SMOKE, "data.split_seed=x"], ConfigError)
+    for bad in ("0", "1.5", "-2"):
+        msg = run_expecting(tmp_path, [*SMOKE, f"trainer.val_check_interval={bad}"], ConfigError)
+        assert msg.startswith(f"trainer.val_check_interval={bad} must be a number of steps >= 1")
+    # the end-of-run evaluation's task names are checked before training, not after it
+    msg = run_expecting(tmp_path, [*SMOKE, "run_eval=true", "eval.icl.tasks=[nope]"], ConfigError)
+    assert msg.startswith("eval.icl.tasks: unknown task 'nope'") and not (tmp_path / "checkpoints").exists()
 
 
 def test_unknown_data_key_is_refused_with_the_closest_field(tmp_path):
@@ -145,6 +151,11 @@ def test_jsonl_without_the_text_field(tmp_path):
     f.write_text('{"body": "hello"}\n')
     msg = run_expecting(tmp_path, ["debug=smoke", "data=text_files", f"data.paths=[{f}]"], DataError)
     assert "line 1 has no field 'text'" in msg
+    f.write_text('{"text": "hello"}\n{"text": null}\n')  # not the document "None"
+    msg = run_expecting(tmp_path, ["debug=smoke", "data=text_files", f"data.paths=[{f}]"], DataError)
+    assert "line 2: field 'text' holds NoneType null, not text" in msg
+    msg = run_expecting(tmp_path, ["debug=smoke", "data=text_files", f"data.paths={f}"], ConfigError)
+    assert msg == f"data.paths: a list is needed, got '{f}'; write it in brackets: data.paths=[{f}]"
 
 
 @pytest.fixture(scope="module")

@@ -34,11 +34,16 @@ def step_of(ckpt: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict[int, float]:
+def reference_run(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("uninterrupted")
     r = run_cli("train.py", [*RUN, f"hydra.run.dir={d}"], d)
     assert r.returncode == 0, r.stderr[-3000:]
-    return train_losses(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run) -> dict[int, float]:
+    return train_losses(reference_run)
 
 
 @pytest.mark.slow
@@ -59,15 +64,86 @@ def test_sigterm_writes_checkpoint_exits_cleanly_and_resume_is_exact(reference, 
 
 
 @pytest.mark.slow
+def test_sigterm_before_the_first_validation_and_a_resume_keep_one_last_ckpt(reference, tmp_path):
+    r = run_cli("train.py", [*RUN, *fault("sigterm@1"), f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert step_of(last) == 1
+    r2 = run_cli("train.py", [*RUN, "ckpt_path=last", f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    # last.ckpt is the finished run (not a last-v1.ckpt beside a stale one that the next resume would take)
+    assert step_of(last) == 9 and not list(last.parent.glob("last-v*"))
+    resumed = train_losses(tmp_path)
+    for step in range(1, 9):
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-6), step
+
+
+@pytest.mark.slow
+def test_last_ckpt_is_the_final_model_when_the_last_validation_does_not_improve(tmp_path):
+    # mode=max: only the first validation "improves"; Lightning alone then leaves last.ckpt at step 3
+    r = run_cli("train.py", [*RUN, "callbacks.model_checkpoint.mode=max", f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 9
+    assert [p.name for p in (tmp_path / "checkpoints").glob("best-*.ckpt")] == ["best-step3.ckpt"]
+
+
+@pytest.mark.slow
+def test_ckpt_path_last_in_a_chosen_folder_never_resumes_another_run(reference_run, tmp_path):
+    other = tmp_path / "outputs" / "other"  # the newest last.ckpt under outputs/: another run's
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "checkpoints" / "last.ckpt").write_bytes((reference_run / "checkpoints" / "last.ckpt").read_bytes())
+    run = tmp_path / "fresh"
+    r = run_cli("train.py", [*RUN, "ckpt_path=last", f"hydra.run.dir={run}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "holds no last.ckpt" in r.stderr and "starting it from step 0" in r.stderr
+    assert sorted(train_losses(run)) == list(range(9))  # all nine steps trained here, none taken over
+
+
+@pytest.mark.slow
+def test_dataloader_workers_train_every_step_on_the_same_data(reference, tmp_path):
+    r = run_cli("train.py", [*RUN, "data.num_workers=1", f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 9
+    losses = train_losses(tmp_path)
+    assert sorted(losses) == sorted(reference)
+    for step in reference:  # the batches the workers loaded are the ones the main process would have
+        assert losses[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-6), step
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_run_keeps_its_summary(reference_run, tmp_path):
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    before = json.loads((run / "summary.json").read_text())
+    r = run_cli("train.py", [*RUN, "ckpt_path=last", f"hydra.run.dir={run}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "nothing to train: the run was at step 9 already" in r.stderr
+    assert json.loads((run / "summary.json").read_text()) == before and "val/loss" in before
+
+
+@pytest.mark.slow
+def test_a_sigterm_stops_a_sweep_instead_of_starting_its_next_job(tmp_path):
+    r = run_cli("train.py", ["-m", *RUN, "seed=1,2", *fault("sigterm@4"), f"hydra.sweep.dir={tmp_path}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "the sweep stops at job 0" in r.stderr and f"hydra.sweep.dir={tmp_path}" in r.stderr
+    assert step_of(tmp_path / "0" / "checkpoints" / "last.ckpt") == 4 and not (tmp_path / "1").exists()
+
+
+@pytest.mark.slow
 def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(reference, tmp_path):
     r = run_cli("train.py", [*RUN, *fault("kill_during_save@6"), f"hydra.run.dir={tmp_path}"], tmp_path)
     assert r.returncode == -9, r.stderr[-3000:]  # killed inside the real writer, writing the step-6 checkpoint
     [temp] = (tmp_path / "checkpoints").glob(".*.ckpt.tmp*")  # momattn.io.atomic_write's temp file, left behind
     assert f"[fault] SIGKILL while writing {temp}" in r.stderr or f"[fault] SIGKILL before renaming {temp}" in r.stderr
     assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 3  # the last complete checkpoint is intact
+    os.utime(temp, (temp.stat().st_atime - 120, temp.stat().st_mtime - 120))  # its writer died 2 minutes ago
     r2 = run_cli("train.py", [*RUN, "ckpt_path=last", f"hydra.run.dir={tmp_path}"], tmp_path)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 9
+    assert not temp.exists() and f"removed {temp.name}, a partial checkpoint" in r2.stderr
     resumed = train_losses(tmp_path)
     for step in range(3, 9):
         assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-6), step
@@ -134,6 +210,19 @@ def test_kill_during_save_kills_inside_the_atomic_writer_and_keeps_the_previous_
     [temp] = [p for p in tmp_path.iterdir() if p.name != "last.ckpt"]
     assert re.fullmatch(r"\.last\.ckpt\.tmp\d+", temp.name) and str(temp) in r.stderr
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 3  # intact
+
+
+def test_only_the_partial_files_of_dead_idle_writers_are_removed(tmp_path):
+    from momattn.io import remove_stale_temps
+
+    r = _save_with_fault(tmp_path / "last.ckpt", "atomic")  # a writer killed mid-save: its PID is gone
+    [dead] = [p for p in tmp_path.iterdir() if p.name != "last.ckpt"]
+    live = tmp_path / f".best.ckpt.tmp{os.getpid()}"  # a writer that is running (this process)
+    live.write_bytes(b"x")
+    assert r.returncode == -9 and remove_stale_temps(tmp_path) == []  # the dead one was written just now
+    for p in (dead, live):
+        os.utime(p, (p.stat().st_atime - 120, p.stat().st_mtime - 120))
+    assert remove_stale_temps(tmp_path) == [dead] and live.exists() and (tmp_path / "last.ckpt").exists()
 
 
 def test_kill_during_save_never_fires_for_a_writer_without_a_temp_file(tmp_path):

@@ -374,3 +374,8 @@ def test_a_node_that_never_joins_times_out_with_a_message_naming_the_rendezvous(
     assert r.returncode == 2, r.stderr[-3000:]
     assert f"MASTER_ADDR=127.0.0.1 MASTER_PORT={port}" in r.stderr and "dist_timeout_s=3" in r.stderr
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
+
+
+def test_callbacks_none_writes_no_checkpoint(tmp_path):
+    run_train(compose_train(tmp_path, [*SMOKE, "callbacks=none", "trainer.max_steps=3"]))
+    assert not list(tmp_path.rglob("*.ckpt"))  # not even Lightning's default one in the logger's folder

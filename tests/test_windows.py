@@ -52,6 +52,22 @@ def test_stream_sampler_takes_every_world_th_sample_from_start_plus_rank():
     assert list(StreamSampler(start=4, total=7)) == [4, 5, 6]
 
 
+def test_the_sampler_length_holds_while_workers_prefetch_and_a_new_iterator_continues_from_the_step():
+    from torch.utils.data import DataLoader
+
+    from momattn.data.datamodule import StreamSampler
+
+    at = {"step": 0}
+    s = StreamSampler(lambda: at["step"] * 4, 48)
+    dl = DataLoader(range(100), batch_size=4, sampler=s, num_workers=1, drop_last=True)
+    it = iter(dl)
+    first = next(it)  # the worker has prefetched further batches by now
+    assert len(dl) == 12 and first.tolist() == [0, 1, 2, 3]
+    assert [b[0].item() for b in [first, *it]] == list(range(0, 48, 4))  # all twelve, in order
+    at["step"] = 5  # e.g. a resume: the stream continues at the restored step's position
+    assert len(s) == 28 and list(s)[:2] == [20, 21]
+
+
 class _Trainer:
     def __init__(self, world_size=1, global_rank=0):
         self.world_size, self.global_rank, self.global_step = world_size, global_rank, 0

@@ -8,6 +8,8 @@ exactly where it stopped, with no state beyond the step count.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
@@ -45,20 +47,24 @@ class TokenWindows(Dataset):
 class StreamSampler(Sampler[int]):
     """Global sample indices start + rank, start + rank + world, ... up to total (exclusive).
 
-    The position is shared by all iterators of one sampler: when Lightning re-creates the iterator after a
-    restart (it does, once, after prefetching the first batch), the stream continues instead of repeating."""
+    start is an int or a callable read each time an iterator is made or the length asked: the datamodule passes
+    the restored global step's position, so an iterator Lightning makes again (a new epoch, a resume) continues
+    the stream where training is, however many batches DataLoader workers had prefetched and dropped. The
+    sampler keeps no position of its own: its length never changes under a running iterator (with workers, a
+    shared position moved on by their prefetching shortened the epoch Lightning was counting, and the run looped
+    over empty epochs)."""
 
-    def __init__(self, start: int, total: int, rank: int = 0, world: int = 1):
-        self.pos, self.total, self.world = start + rank, total, world
+    def __init__(self, start: int | Callable[[], int], total: int, rank: int = 0, world: int = 1):
+        self.start, self.total, self.rank, self.world = start, total, rank, world
+
+    def _first(self) -> int:
+        return (self.start() if callable(self.start) else self.start) + self.rank
 
     def __iter__(self):
-        while self.pos < self.total:
-            i = self.pos
-            self.pos += self.world
-            yield i
+        return iter(range(self._first(), self.total, self.world))
 
     def __len__(self) -> int:
-        return max(0, -(-(self.total - self.pos) // self.world))
+        return max(0, -(-(self.total - self._first()) // self.world))
 
 
 class TokenDataModule(LightningDataModule):
@@ -88,7 +94,11 @@ class TokenDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         world, rank = self.trainer.world_size, self.trainer.global_rank
         per_step = self.batch_size * self.accumulate * world
-        start = self.trainer.global_step * per_step  # restored global step -> exact data position on resume
+        trainer = self.trainer
+
+        def start() -> int:  # the global step (restored on resume) -> the exact data position
+            return trainer.global_step * per_step
+
         return self._loader(self.train_set, StreamSampler(start, self.max_steps * per_step, rank, world))
 
     def val_dataloader(self) -> DataLoader:

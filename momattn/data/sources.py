@@ -138,8 +138,12 @@ class TextFiles:
                 raise DataError(f"'{p}' line {n} is not valid JSON ({e.msg}); each line must be one JSON object") from e
             if not isinstance(row, dict) or self.text_field not in row:
                 raise DataError(f"'{p}' line {n} has no field '{self.text_field}'; set data.text_field to the text's key")
-            if str(row[self.text_field]).strip():
-                docs.append(str(row[self.text_field]).strip())
+            value = row[self.text_field]
+            if not isinstance(value, str):  # null or a number would become the documents "None" or "5"
+                raise DataError(f"'{p}' line {n}: field '{self.text_field}' holds {type(value).__name__} "
+                                f"{json.dumps(value)[:60]}, not text; fix or drop that line")
+            if value.strip():
+                docs.append(value.strip())
         return docs
 
     def documents(self, split: Split) -> list[str]:

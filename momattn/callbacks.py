@@ -41,15 +41,20 @@ class ModelCheckpoint(lightning_callbacks.ModelCheckpoint):
     """Lightning's, with last.ckpt always the newest state: Lightning >= 2.5 rewrites "last" only at a step where it
     also saves a top-k file, so after a validation that did not improve the monitor, and at the end of a run,
     last.ckpt lagged behind (a resume or an evaluation of last.ckpt then took an older model). Here last.ckpt is
-    also written after every validation and when training ends, unless this step was saved already. No version
-    counter: last.ckpt is one file that PreemptionCheckpoint may have written too (not last-v1.ckpt)."""
+    also written after every validation and when training ends, unless this step was saved already, or the
+    validation fell inside a gradient accumulation (a state that a resume could not continue exactly). No
+    version counter: last.ckpt is one file that PreemptionCheckpoint may have written too (not last-v1.ckpt).
+    save_last=link keeps Lightning's meaning: a link to the newest file it saved."""
 
     def __init__(self, *args, enable_version_counter: bool = False, **kwargs):
         super().__init__(*args, enable_version_counter=enable_version_counter, **kwargs)
 
     def _refresh_last(self, trainer) -> None:
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self.save_last is not True or self._should_skip_saving_checkpoint(trainer):
+            return
+        if getattr(trainer.fit_loop.epoch_loop, "_should_accumulate", lambda: False)():
+            return  # mid-accumulation: the next step boundary's validation or the run's end writes it
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)

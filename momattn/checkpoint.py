@@ -261,8 +261,14 @@ def resolve_ckpt_path(ckpt_path: str | None, out_dir: Path, root_dir: Path, sear
     if own.exists():
         return own
     if not search:
-        print(f"[momattn] ckpt_path=last: {out_dir}/checkpoints holds no last.ckpt (the run stopped before its "
-              "first checkpoint, or never started); starting it from step 0", file=sys.stderr, flush=True)
+        others = sorted(p.name for p in (out_dir / "checkpoints").glob("*.ckpt*")) \
+            if (out_dir / "checkpoints").is_dir() else []
+        if others:  # saved progress (save_last=false, an FSDP swap cut short): never trained over from step 0
+            raise CheckpointError(f"ckpt_path=last: {out_dir}/checkpoints has no last.ckpt but holds {others}; "
+                                  "resume from one of them with ckpt_path=<its path> (or move them away to start "
+                                  "this run again from step 0)")
+        print(f"[momattn] ckpt_path=last: {out_dir}/checkpoints holds no checkpoint (the run stopped before its "
+              "first one, or never started); starting it from step 0", file=sys.stderr, flush=True)
         return None
     newest = newest_last_checkpoint(root_dir)
     if newest is None:

@@ -119,12 +119,12 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
     for key, value in zip(("max_steps", "accumulate_grad_batches"), steps):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"trainer.{key}={value!r} must be an integer >= 1")
-    interval = trainer.get("val_check_interval")
-    if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int | float)
-                                 or (isinstance(interval, int) and interval < 1)
-                                 or (isinstance(interval, float) and not 0 < interval <= 1)):
-        raise ConfigError(f"trainer.val_check_interval={interval!r} must be a number of steps >= 1 (an int) or a "
-                          "fraction of the epoch in (0, 1] (a float), or null")
+    interval = trainer.get("val_check_interval")  # an int, a float, or a time (Lightning's "DD:HH:MM:SS", a dict)
+    if isinstance(interval, bool) or (isinstance(interval, int) and interval < 1) or (
+            isinstance(interval, float) and not (0 < interval <= 1 and trainer.get("check_val_every_n_epoch"))):
+        raise ConfigError(f"trainer.val_check_interval={interval!r}: use a number of training batches >= 1 (an int), "
+                          "a fraction of an epoch in (0, 1] with trainer.check_val_every_n_epoch set (a float; the "
+                          "default config validates by batches, not epochs), a time such as '00:00:10:00', or null")
     accelerator = str(trainer.get("accelerator") or "auto").lower()
     if accelerator in ("gpu", "cuda") and not _cuda_available():  # before any tokenizing or data building
         raise ConfigError(f"trainer.accelerator={accelerator} but this machine has no CUDA GPU "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,8 @@ from momattn.progress import TrainProgress
 from momattn.schema import instantiate, instantiate_all
 from momattn.tokenizer import Tokenizer, build_tokenizer
 
+RESUME_ENV = "MOMATTN_RESUME_CKPT"  # rank 0's resume choice, for the local ranks Lightning starts
+
 
 def run_train(cfg: DictConfig) -> float | None:
     """Train one model as the composed config says; return the metric named by cfg.optimized_metric."""
@@ -49,9 +52,7 @@ def run_train(cfg: DictConfig) -> float | None:
 
     for tmp in remove_stale_temps(out_dir / "checkpoints"):  # partial files of a run killed while saving
         print(f"[momattn] removed {tmp.name}, a partial checkpoint of a killed process", file=sys.stderr)
-    # a folder the command line chose (hydra.run.dir, a multirun job's) resumes only its own last.ckpt
-    chosen = job.sweep_dir is not None or job.run_dir_given
-    ckpt_path = resolve_ckpt_path(c.ckpt_path, out_dir, Path(c.paths.root_dir).resolve(), search=not chosen)
+    ckpt_path = _resume_from(c, job, out_dir)
     resumed = read_meta(ckpt_path) if ckpt_path else {}
     resume, start_step = resumed.get("momattn") or {}, int(resumed.get("global_step") or 0)
     if resume:
@@ -106,10 +107,13 @@ def run_train(cfg: DictConfig) -> float | None:
                 if trainer.global_step > start_step or not (out_dir / "summary.json").exists():
                     _report(c, trainer, metrics, loggers, _unigram(train, val, model_config.vocab_size), speed,
                             out_dir)
-                else:  # a finished run resumed: its summary (val loss, speed) stays
+                else:  # a finished run resumed: its summary (val loss, speed) stays, and gives the sweep's metric
                     print(f"[momattn] nothing to train: the run was at step {start_step} already "
                           f"(trainer.max_steps={c.max_steps}); {out_dir / 'summary.json'} is kept. Raise "
                           "trainer.max_steps to train on", file=sys.stderr, flush=True)
+                    kept = json.loads((out_dir / "summary.json").read_text())
+                    metrics = {**{k: float(v) for k, v in kept.items() if k.startswith(("val/", "train/loss"))
+                                  and isinstance(v, int | float)}, **metrics}
                 done_before = trainer.global_step == start_step and (out_dir / "eval" / "results.json").exists()
                 if c.run_eval and c.eval and not done_before:
                     _evaluate(c, model, tokenizer, loggers, trainer.global_step, out_dir)
@@ -128,7 +132,7 @@ def run_train(cfg: DictConfig) -> float | None:
     except SIGTERMException:
         print(_resume_hint(preempt.saved_path or out_dir / "checkpoints" / "last.ckpt", trainer.global_step, job,
                            out_dir), file=sys.stderr, flush=True)
-        if job.sweep_dir is not None:  # a preempted sweep stops here instead of starting its next job
+        if job.sweep_dir is not None and _basic_launcher():  # a preempted sweep stops instead of going on
             print(f"[momattn] SIGTERM: the sweep stops at job {job.num}; run the same command with ckpt_path=last "
                   f"hydra.sweep.dir={job.sweep_dir} to resume it (finished jobs train no further, each job resumes "
                   "its own folder)", file=sys.stderr, flush=True)
@@ -139,6 +143,31 @@ def run_train(cfg: DictConfig) -> float | None:
         if close is not None:
             close()
         logs.finish(loggers)
+
+
+def _resume_from(c: TrainConfig, job: HydraJob, out_dir: Path) -> Path | None:
+    """The checkpoint to resume. A folder the command line chose (hydra.run.dir, a multirun job's) resumes only
+    its own last.ckpt. The processes Lightning starts for the other local ranks (their command line gains a
+    hydra.run.dir) take rank 0's choice from the environment they inherit, so that all resume the same file."""
+    inherited = os.environ.get(RESUME_ENV)
+    if inherited is not None and os.environ.get("LOCAL_RANK", "0") != "0":
+        return Path(inherited) if inherited else None
+    chosen = job.sweep_dir is not None or job.run_dir_given
+    path = resolve_ckpt_path(c.ckpt_path, out_dir, Path(c.paths.root_dir).resolve(), search=not chosen)
+    os.environ[RESUME_ENV] = str(path or "")
+    return path
+
+
+def _basic_launcher() -> bool:
+    """Whether Hydra runs the sweep's jobs one after another in this process (its basic launcher): only then does
+    a SystemExit stop the sweep cleanly (submitit, joblib and others run jobs elsewhere, and handle exits
+    their own way)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return str(HydraConfig.get().launcher.get("_target_", "")).endswith("BasicLauncher")
+    except Exception:
+        return False
 
 
 def _full_weights(trainer: pl.Trainer, needed: bool):

@@ -329,6 +329,48 @@ def test_ckpt_path_last_prefers_the_run_folders_own(tmp_path):
     assert resolve_ckpt_path("~/x.ckpt", own.parents[1], tmp_path) == Path("~/x.ckpt").expanduser()
     with pytest.raises(CheckpointError, match="ckpt_path=last: no last.ckpt"):
         resolve_ckpt_path("last", tmp_path / "new", tmp_path / "empty")
+    # a folder the command line chose: never another run's; nothing saved there -> step 0; progress -> an error
+    assert resolve_ckpt_path("last", tmp_path / "new", tmp_path, search=False) is None
+    best = tmp_path / "new" / "checkpoints" / "best-step40.ckpt"  # e.g. save_last=false
+    best.parent.mkdir(parents=True)
+    best.write_bytes(b"x")
+    with pytest.raises(CheckpointError, match=r"has no last.ckpt but holds \['best-step40.ckpt'\]"):
+        resolve_ckpt_path("last", tmp_path / "new", tmp_path, search=False)
+
+
+def test_the_local_ranks_lightning_starts_resume_rank_zeros_choice(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from momattn.cli import HydraJob
+    from momattn.training import RESUME_ENV, _resume_from
+
+    c = SimpleNamespace(ckpt_path="last", paths=SimpleNamespace(root_dir=str(tmp_path)))
+    other = tmp_path / "outputs" / "old" / "checkpoints" / "last.ckpt"
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"x")
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert _resume_from(c, HydraJob([]), tmp_path / "run") == other  # rank 0, no folder chosen: the newest
+    assert os.environ[RESUME_ENV] == str(other)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # its command line gained hydra.run.dir, which alone would say step 0
+    assert _resume_from(c, HydraJob([], run_dir_given=True), tmp_path / "run") == other
+    monkeypatch.setenv(RESUME_ENV, "")
+    assert _resume_from(c, HydraJob([], run_dir_given=True), tmp_path / "run") is None
+
+
+def test_last_ckpt_is_not_refreshed_inside_a_gradient_accumulation(monkeypatch):
+    from types import SimpleNamespace
+
+    from momattn.callbacks import ModelCheckpoint
+
+    cb = ModelCheckpoint(dirpath="/nonexistent", save_last=True)
+    saved = []
+    monkeypatch.setattr(cb, "_should_skip_saving_checkpoint", lambda trainer: False)
+    monkeypatch.setattr(cb, "_monitor_candidates", lambda trainer: {})
+    monkeypatch.setattr(cb, "_save_last_checkpoint", lambda trainer, m: saved.append(trainer.mid))
+    for mid in (True, False):
+        cb._refresh_last(SimpleNamespace(mid=mid, fit_loop=SimpleNamespace(
+            epoch_loop=SimpleNamespace(_should_accumulate=lambda mid=mid: mid))))
+    assert saved == [False]
 
 
 def test_a_sharded_folder_with_code_or_damage_in_its_index_is_refused(tmp_path, tokenizer):

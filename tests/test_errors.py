@@ -8,6 +8,7 @@ from conftest import SMOKE, compose_train, run_cli
 
 from momattn.checkpoint import load_checkpoint, read_checkpoint
 from momattn.cli import check_overrides
+from momattn.config import load_train_config
 from momattn.errors import CheckpointError, ConfigError, DataError, UserError
 from momattn.training import run_train
 
@@ -62,9 +63,11 @@ def test_wrong_type_names_the_key(tmp_path):
     msg = run_expecting(tmp_path, [*SMOKE, "trainer.accumulate_grad_batches=0"], ConfigError)
     assert msg == "trainer.accumulate_grad_batches=0 must be an integer >= 1"
     assert "data.split_seed: Value 'x'" in run_expecting(tmp_path, [*SMOKE, "data.split_seed=x"], ConfigError)
-    for bad in ("0", "1.5", "-2"):
+    for bad in ("0", "1.5", "-2", "0.5"):  # 0.5: a fraction of an epoch, but the config validates by batches
         msg = run_expecting(tmp_path, [*SMOKE, f"trainer.val_check_interval={bad}"], ConfigError)
-        assert msg.startswith(f"trainer.val_check_interval={bad} must be a number of steps >= 1")
+        assert msg.startswith(f"trainer.val_check_interval={bad}: use a number of training batches >= 1")
+    for ok in ("'00:00:10:00'", "{minutes:10}"):  # Lightning's time-based intervals pass
+        assert load_train_config(compose_train(tmp_path, [*SMOKE, f"trainer.val_check_interval={ok}"]))
     # the end-of-run evaluation's task names are checked before training, not after it
     msg = run_expecting(tmp_path, [*SMOKE, "run_eval=true", "eval.icl.tasks=[nope]"], ConfigError)
     assert msg.startswith("eval.icl.tasks: unknown task 'nope'") and not (tmp_path / "checkpoints").exists()

@@ -95,7 +95,7 @@ def test_ckpt_path_last_in_a_chosen_folder_never_resumes_another_run(reference_r
     run = tmp_path / "fresh"
     r = run_cli("train.py", [*RUN, "ckpt_path=last", f"hydra.run.dir={run}"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "holds no last.ckpt" in r.stderr and "starting it from step 0" in r.stderr
+    assert "holds no checkpoint" in r.stderr and "starting it from step 0" in r.stderr
     assert sorted(train_losses(run)) == list(range(9))  # all nine steps trained here, none taken over
 
 
@@ -122,6 +122,12 @@ def test_resuming_a_finished_run_keeps_its_summary(reference_run, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "nothing to train: the run was at step 9 already" in r.stderr
     assert json.loads((run / "summary.json").read_text()) == before and "val/loss" in before
+    # a sweeper (Optuna) resuming it gets the run's metric, not None
+    from conftest import compose_train
+
+    from momattn.training import run_train
+
+    assert run_train(compose_train(run, [*RUN, "ckpt_path=last"])) == pytest.approx(before["val/loss"])
 
 
 @pytest.mark.slow

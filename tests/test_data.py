@@ -62,6 +62,50 @@ def test_hub_loader_on_local_json_files(tmp_path):
     assert len(no_val.documents("train")) == 27 and len(no_val.documents("val")) == 3
 
 
+def test_text_file_documents_crlf_blank_lines_and_a_single_document(tmp_path):
+    (tmp_path / "w.txt").write_bytes(b"doc one\r\nline two\r\n\r\ndoc two\n \t\ndoc three")
+    docs = TextFiles([str(tmp_path / "w.txt")])._read(tmp_path / "w.txt")
+    assert docs == ["doc one\nline two", "doc two", "doc three"]  # CRLF and spaces on a blank line split too
+    (tmp_path / "one.txt").write_text(" ".join(f"word{i}" for i in range(200)))
+    for seed in (0, 1, 2, 3, 1234):  # the tail is validation, whatever the seed
+        one = TextFiles([str(tmp_path / "one.txt")], val_fraction=0.05, seed=seed)
+        [train], [val] = one.documents("train"), one.documents("val")
+        assert len(val) < 0.1 * len(train) and val.endswith("word199") and train.startswith("word0")
+        assert not train.endswith("word") and not val.startswith("ord")  # cut at a space
+
+
+def test_a_changed_local_file_is_a_new_hub_corpus(tmp_path):
+    import os
+
+    a = tmp_path / "a.jsonl"
+    a.write_text(json.dumps({"text": "apple"}) + "\n")
+    src = HubCorpus(name="json", data_files={"train": str(a)}, val_split=None)
+    before = src.fingerprint()
+    a.write_text(json.dumps({"text": "zebra!"}) + "\n")
+    os.utime(a, ns=(a.stat().st_atime_ns, a.stat().st_mtime_ns + 10**9))
+    assert src.fingerprint() != before  # the token and tokenizer caches are keyed by it
+    glob_fp = HubCorpus(name="json", data_files={"train": str(tmp_path / "*.jsonl")}, val_split=None).fingerprint
+    first = glob_fp()
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "more"}) + "\n")  # a file the pattern now matches
+    assert glob_fp() != first
+    (tmp_path / "n.jsonl").write_text(json.dumps({"text": 5}) + "\n")
+    with pytest.raises(DataError, match="holds int values"):
+        HubCorpus(name="json", data_files={"train": str(tmp_path / "n.jsonl")}, val_split=None).documents("train")
+
+
+def test_token_ids_beyond_uint16_are_never_truncated(tmp_path):
+    from tokenizers import Tokenizer as HF
+    from tokenizers import models, pre_tokenizers
+
+    hf = HF(models.WordLevel({"a": 0, "b": 70000, EOT: 1}, unk_token=None))
+    hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = Tokenizer(hf, "sparse")
+    from momattn.data.corpus import _tokenize
+
+    ids = _tokenize(["a b a", "b"], tok, "test")
+    assert ids.tolist() == [0, 70000, 0, 1, 70000, 1] and ids.dtype == np.uint32
+
+
 def test_hub_loader_offline_says_what_to_do():
     with pytest.raises(DataError, match="Without network, use local files"):
         HubCorpus(name="surely-not/a-dataset-here").documents("train")

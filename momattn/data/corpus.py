@@ -75,8 +75,10 @@ def _tokenize(docs: list[str], tokenizer: Tokenizer, desc: str, num_proc: int = 
     num_proc = max(1, min(num_proc, len(docs) // 1000))  # a process per 1,000 documents at most
     ds = datasets.Dataset.from_dict({"text": docs}).map(encode, batched=True, batch_size=1000, remove_columns=["text"],
                                                         desc=desc, num_proc=num_proc if num_proc > 1 else None)
-    dtype = np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32
     chunks = [c.flatten().to_numpy(zero_copy_only=False) for c in ds.data.column("ids").chunks]  # arrow, no lists
+    # by the largest id, not vocab_size: a tokenizer file may number its tokens beyond its size
+    top = max([tokenizer.vocab_size - 1, *(int(c.max()) for c in chunks if len(c))])
+    dtype = np.uint16 if top <= 65535 else np.uint32
     ids = np.concatenate(chunks).astype(dtype) if chunks else np.empty(0, dtype=dtype)
     dt = time.perf_counter() - t0
     print(f"[momattn] {desc}: {len(ids) / 1e6:.2f}M tokens in {dt:.1f} s ({len(ids) / max(dt, 1e-9) / 1e3:.0f}K "

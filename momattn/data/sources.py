@@ -11,7 +11,9 @@ A new source is one module with such a class (anything with fingerprint() and do
 
 from __future__ import annotations
 
+import glob
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,6 +25,7 @@ from momattn.schema import known_keys, locate, to_plain, typed
 from momattn.utils import digest, seeded_split
 
 Split = Literal["train", "val"]
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")  # documents of a .txt file: separated by a line that is blank
 
 
 class DataSource(Protocol):
@@ -122,12 +125,12 @@ class TextFiles:
 
     def fingerprint(self) -> str:
         files = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in self._files]
-        return digest(["text_files", 1, files, self.val_fraction, self.text_field, self.seed])
+        return digest(["text_files", 2, files, self.val_fraction, self.text_field, self.seed])  # 2: blank lines
 
     def _read(self, p: Path) -> list[str]:
         text = _read_utf8(p)
         if p.suffix not in (".jsonl", ".json"):
-            return [d.strip() for d in text.split("\n\n") if d.strip()]
+            return [d.strip() for d in _BLANK_LINE.split(text.replace("\r\n", "\n")) if d.strip()]
         docs = []
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -151,10 +154,12 @@ class TextFiles:
             docs = [d for p in self._files for d in self._read(p)]
             if not docs:
                 raise DataError(f"data.paths={[str(p) for p in self._files]} hold no text (empty or whitespace only)")
-            if len(docs) < 2:  # one document: hold out its tail so that validation still has text
-                cut = int(len(docs[0]) * (1 - self.val_fraction))
-                docs = [docs[0][:cut], docs[0][cut:]]
             self._docs = docs
+        if len(self._docs) < 2:  # one document: its tail is the validation text, its head the training text
+            doc = self._docs[0]
+            cut = max(1, min(int(len(doc) * (1 - self.val_fraction)), len(doc) - 1))
+            cut = max(doc.rfind(" ", 0, cut), 0) or cut  # at a space where there is one
+            return [doc[cut:].strip() or doc[cut:]] if split == "val" else [doc[:cut]]
         return _held_out(self._docs, split, self.val_fraction, self.seed)
 
 
@@ -179,7 +184,7 @@ class HubCorpus:
 
     def fingerprint(self) -> str:
         return digest(["hf", 1, self.name, self.config, self.train_split, self.val_split, self.text_field,
-                       self.data_files, self.val_fraction, self.seed])
+                       self.data_files, local_files(self.data_files), self.val_fraction, self.seed])
 
     def _load(self, split: str):
         import datasets
@@ -190,7 +195,8 @@ class HubCorpus:
             raise DataError(
                 f"cannot load data.name='{self.name}' (config={self.config}, split={split}): "
                 f"{type(e).__name__}: {str(e).splitlines()[0][:300]}. Without network, use local files: "
-                "data=text_files data.paths=[...] or data=hf data.name=json data.data_files={train: a.jsonl}"
+                "data=text_files data.paths=[...] or data=hf data.name=json data.data_files={train: a.jsonl} "
+                "data.val_split=null (or data.data_files={train: a.jsonl, validation: b.jsonl})"
             ) from e
 
     def documents(self, split: Split) -> list[str]:
@@ -198,10 +204,29 @@ class HubCorpus:
         if self.text_field not in ds.column_names:
             raise DataError(f"data.name='{self.name}' has no column '{self.text_field}' (columns: {ds.column_names}); "
                             "set data.text_field")
-        docs = [t for t in ds[self.text_field] if t and t.strip()]
+        texts = ds[self.text_field]
+        odd = next((t for t in texts if t is not None and not isinstance(t, str)), None)
+        if odd is not None:
+            raise DataError(f"data.text_field='{self.text_field}' of data.name='{self.name}' holds "
+                            f"{type(odd).__name__} values ({odd!r:.60}), not text; set data.text_field to the text")
+        docs = [t for t in texts if t and t.strip()]
         if self.val_split:
             return docs
         return _held_out(docs, split, self.val_fraction, self.seed)  # no validation split on the hub
+
+
+def local_files(data_files: Any) -> list:
+    """(resolved path, size, mtime) of every local file that data_files names (a path, a list, a mapping of
+    splits to either; glob patterns expanded), so that a token cache keyed by it changes when a file does."""
+    if data_files is None:
+        return []
+    if isinstance(data_files, Mapping):
+        return [[str(k), local_files(v)] for k, v in sorted(data_files.items(), key=lambda kv: str(kv[0]))]
+    if isinstance(data_files, list | tuple):
+        return [local_files(v) for v in data_files]
+    pattern = str(Path(str(data_files)).expanduser())
+    paths = sorted(Path(p) for p in glob.glob(pattern)) if glob.has_magic(pattern) else [Path(pattern)]
+    return [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p.is_file()]
 
 
 # the data sections of run configs written before `_target_` (stored in older checkpoints): source: <name>

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from momattn.data.sources import Split
+from momattn.data.sources import Split, local_files
 from momattn.errors import DataError
 from momattn.utils import digest
 
@@ -59,7 +59,7 @@ class StreamingHubCorpus:
 
     def fingerprint(self) -> str:
         return digest(["hf_stream", 1, self.name, self.config, self.train_split, self.val_split, self.text_field,
-                       self.data_files, self.revision, self.shuffle_buffer, self.seed, self.val_docs,
+                       self.data_files, local_files(self.data_files), self.revision, self.shuffle_buffer, self.seed, self.val_docs,
                        self.tokenizer_docs])
 
     def _open(self, split: str):
@@ -87,15 +87,16 @@ class StreamingHubCorpus:
             ds = ds.take(limit)
         if shuffle and self.shuffle_buffer:
             ds = ds.shuffle(seed=self.seed + epoch, buffer_size=self.shuffle_buffer)
-        for i, row in enumerate(ds):
+        for row in ds:
             if self.text_field not in row:
                 raise DataError(f"data.name='{self.name}' has no field '{self.text_field}' (fields: {sorted(row)}); "
                                 "set data.text_field")
             text = row[self.text_field]
+            if text is not None and not isinstance(text, str):  # a number: the wrong column (null rows are skipped)
+                raise DataError(f"data.text_field='{self.text_field}' of data.name='{self.name}' holds "
+                                f"{type(text).__name__} values ({text!r:.60}), not text; set data.text_field")
             if text and text.strip():
                 yield text
-            elif i == 0 and not isinstance(text, str):
-                raise DataError(f"data.text_field='{self.text_field}' of data.name='{self.name}' is not text")
 
     def train_texts(self, epoch: int = 0) -> Iterator[str]:
         """The training stream. Without a validation split, the train split's first val_docs rows are held out

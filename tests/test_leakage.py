@@ -173,8 +173,21 @@ def test_lm_text_holds_no_reserved_row_whole_inside_or_in_part(split):
     assert not any(same.values()), f"LM documents equal to a reserved row: {same}"
     assert not any(inside.values()), f"LM documents holding a reserved row of {MIN_SUBSTRING_WORDS}+ words: {inside}"
     assert not any(frags.values()), f"LM documents of {MIN_SUBSTRING_WORDS}+ words inside a reserved row: {frags}"
-    # the per-task documents are exactly what the corpus of all tasks yields
-    assert [d for raw, _ in lm.values() for d in raw] == lm_texts(TASKS, split)
+    # the per-task documents are exactly what the corpus of all tasks yields, but for the val documents that the
+    # corpus's train documents hold (tasks share sentences: MR, SST-5, Subj; AGNews repeats rows)
+    combined = lm_texts(TASKS, split)
+    train = set(normalize_many(lm_texts(TASKS, "train"))) if split == "val" else set()
+    assert [r for raw, docs in lm.values() for r, d in zip(raw, docs) if d not in train] == combined
+    if split == "val":
+        assert not set(normalize_many(combined)) & train
+        assert sum(d in train for _, docs in lm.values() for d in docs) > 100  # what this rule is there for
+
+
+def test_bytes_written_in_cat_v_notation_compare_equal_to_the_characters():
+    # Subj writes "exposM-i" and "M-^E" where MR / SST-5 write "exposé" and an ellipsis: one text, not two
+    assert normalize("as social exposM-i , skins") == normalize("as social exposé, skins") == "associalexposeskins"
+    assert normalize("filmmaking M-^E because") == normalize("filmmaking \x85 because") == "filmmakingbecause"
+    assert normalize_many(["M-i", "caf\u00e9 M-^E"]) == ["e", "cafe"]
 
 
 def test_the_check_fails_on_the_lm_text_of_the_old_filter():

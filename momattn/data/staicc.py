@@ -49,7 +49,7 @@ LM_VAL_FRACTION = 0.05
 # reserved rows of at least this many words are also searched for INSIDE LM documents
 MIN_SUBSTRING_WORDS = 5
 # bump when the rule that drops LM documents changes (a corpus fingerprint should include it)
-LEAK_FILTER_VERSION = 2
+LEAK_FILTER_VERSION = 3  # 3: cat -v bytes decoded; LM-val documents that LM-train holds dropped
 
 
 class _NoGlobals(pickle.Unpickler):
@@ -109,8 +109,22 @@ def _entity(m: re.Match) -> str:
     return (c if c.isascii() else _letters(c)) or " "
 
 
+# StaICC's Subj, AGNews and TREC rows write some bytes in `cat -v` notation ("exposM-i" for exposé, "M-^E" for
+# an ellipsis), where MR and SST write the characters: decoded (as windows-1252) so that both spellings agree
+_CAT_V = re.compile(r"M-(\^?)([\x01-\x7f])")
+
+
+def _cat_v(m: re.Match) -> str:
+    c = ord(m.group(2))
+    c = 0x80 | ((c ^ 0x40) if m.group(1) else c)
+    ch = bytes([c]).decode("cp1252", errors="replace")
+    return (ch if ch.isascii() else _letters(ch)) or " "
+
+
 def _normalize_block(s: str) -> str:
     # bytes.lower/replace/translate run in C over megabytes; only the rare non-ASCII runs go through Python
+    if "M-" in s:
+        s = _CAT_V.sub(_cat_v, s)
     if "#" in s:
         s = _NUMERIC_ENTITY.sub(_entity, s)
     if not s.isascii():
@@ -345,15 +359,20 @@ def lm_dropped(task: str, seed: int = SPLIT_SEED) -> dict[str, frozenset[int]]:
 
 def lm_texts(tasks: list[str] | tuple[str, ...], split: str, seed: int = SPLIT_SEED) -> list[str]:
     """Language-modelling documents (one row each) of the given tasks for split 'train' or 'val', without any
-    document that holds a reserved row of any task (see the module docstring)."""
+    document that holds a reserved row of any task (see the module docstring); a val document is also dropped
+    where the train documents of these tasks hold the same text (normalised)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    docs = []
+    docs, train_norms = [], set()
+    if split == "val":  # tasks share sentences (MR, SST-5, Subj) and repeat rows (AGNews): val never repeats train
+        for task in tasks:
+            norms, drop = _row_norms(task), set().union(*lm_dropped(task, seed).values())
+            train_norms.update(norms[i] for i in split_rows(task, seed).lm_train.tolist() if i not in drop)
     for task in tasks:
-        rows, s = read_staicc(task), split_rows(task, seed)
+        rows, s, norms = read_staicc(task), split_rows(task, seed), _row_norms(task)
         drop = set().union(*lm_dropped(task, seed).values())
         idx = s.lm_train if split == "train" else s.lm_val
-        docs.extend(rows[i][0].strip() for i in idx.tolist() if i not in drop)
+        docs.extend(rows[i][0].strip() for i in idx.tolist() if i not in drop and norms[i] not in train_norms)
     return docs
 
 

@@ -153,6 +153,8 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
     kept = [o for o in saved if _override_key(o) not in now and _override_key(o) != "ckpt_path"
             and not _override_key(o).startswith("callbacks.fault")]
     merged = kept + overrides
+    if not multirun and "hydra.mode" not in now:  # one job of a sweep experiment (its config sets MULTIRUN) resumes
+        merged.append("hydra.mode=RUN")           # as the single run it is, in its own folder
     if run_dir is None and not multirun and folder is not None:
         safe = all(ch.isalnum() or ch in "/._-" for ch in str(folder))
         merged.append(f"hydra.run.dir={folder}" if safe else "hydra.run.dir='" + str(folder).replace("'", "\\'") + "'")

@@ -119,6 +119,10 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
     for key, value in zip(("max_steps", "accumulate_grad_batches"), steps):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"trainer.{key}={value!r} must be an integer >= 1")
+    for key in ("num_nodes", "log_every_n_steps"):
+        value = trainer.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"trainer.{key}={value!r} must be an integer >= 1")
     interval = trainer.get("val_check_interval")  # an int, a float, or a time (Lightning's "DD:HH:MM:SS", a dict)
     if isinstance(interval, bool) or (isinstance(interval, int) and interval < 1) or (
             isinstance(interval, float) and not (0 < interval <= 1 and trainer.get("check_val_every_n_epoch"))):
@@ -135,16 +139,31 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
     return trainer, steps[0], steps[1]
 
 
-def _eval(node: Mapping | None, run_eval: bool) -> EvalConfig | None:
-    """The end-of-run evaluation's settings; with run_eval, its task names are checked now, not after training."""
+def _eval(node: Mapping | None, run_eval: bool, source: Any = None) -> EvalConfig | None:
+    """The end-of-run evaluation's settings; with run_eval, its task names, and that they suit the training data
+    (GINC tasks on GINC, text tasks on text), are checked now, not after training."""
     if node is None:
         return None
     cfg = EvalConfig.from_mapping(node, "eval")
     if run_eval and cfg.icl.enabled:
+        from momattn.data.ginc import GincCorpus
+        from momattn.eval.ginc import GincTask
         from momattn.eval.tasks import resolve_tasks
 
-        resolve_tasks(cfg.icl.tasks, key="eval.icl.tasks")
+        tasks = resolve_tasks(cfg.icl.tasks, key="eval.icl.tasks")
+        ginc = isinstance(source, GincCorpus)
+        wrong = [t.name for t in tasks if isinstance(t, GincTask) != ginc]
+        if wrong:
+            raise ConfigError(
+                f"eval.icl.tasks: {', '.join(wrong)} " + (
+                    "are text tasks, and this run trains on GINC (its tokenizer knows only the GINC symbols); use "
+                    "eval.icl.tasks=[ginc,ginc_ood] (or experiment=ginc, which sets them), or run_eval=false"
+                    if ginc else "are GINC tasks, which need a run trained with data=ginc; use text tasks "
+                    "(e.g. eval.icl.tasks=[sst2,trec]) or run_eval=false"))
     return cfg
+
+
+LOGGED = ("val/loss", "val/ppl", "train/loss", "train/lr")  # what run_train can return to a sweeper
 
 
 LAUNCHER_ENV = ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "MASTER_ADDR")
@@ -227,6 +246,9 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
     tokenizer = typed(TokenizerConfig, raw.get("tokenizer"), "tokenizer")
     if tokenizer.kind == "source":
         source_tokenizer(source)  # the source has one: checked now, not after the cache is built
+    if run.optimized_metric not in LOGGED:
+        raise ConfigError(f"optimized_metric={run.optimized_metric!r} is not a metric training logs."
+                          f"{did_you_mean(run.optimized_metric, LOGGED)} Choose one of {', '.join(LOGGED)}")
     trainer, max_steps, accumulate = _trainer(raw.get("trainer"))
     loader = typed(LoaderConfig, {k: v for k, v in data.items() if k in LOADER_KEYS}, "data")
     if loader.num_workers and isinstance(source, StreamingHubCorpus):
@@ -248,7 +270,7 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
         trainer=trainer,
         max_steps=max_steps,
         accumulate=accumulate,
-        eval=_eval(raw.get("eval"), bool(run.run_eval)),
+        eval=_eval(raw.get("eval"), bool(run.run_eval), source),
         callbacks=raw.get("callbacks") or {},
         logger=raw.get("logger") or {},
         resolved=raw,

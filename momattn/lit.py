@@ -40,6 +40,15 @@ class OptimConfig:
         if self.lr <= 0 or self.warmup_steps < 0 or len(self.betas) != 2:
             raise ConfigError(f"optim: need lr > 0 (got {self.lr}), warmup_steps >= 0 (got {self.warmup_steps}), "
                               f"two betas (got {list(self.betas)})")
+        checks = [("min_lr_ratio", self.min_lr_ratio, 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
+                  ("betas", list(self.betas), all(0 <= b < 1 for b in self.betas), "each in [0, 1)"),
+                  ("grad_clip", self.grad_clip, self.grad_clip is None or self.grad_clip >= 0,
+                   ">= 0 (0 or null: no clipping; a negative norm would reverse the gradient)"),
+                  ("power", self.power, self.power > 0, "> 0"), ("eps", self.eps, self.eps > 0, "> 0"),
+                  ("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0")]
+        for name, value, ok, want in checks:
+            if not ok:
+                raise ConfigError(f"optim.{name}={value} must be {want}")
 
 
 def lr_lambda(step: int, o: OptimConfig, max_steps: int) -> float:
@@ -143,6 +152,8 @@ class LitGPT(pl.LightningModule):
         totals = self.all_gather(totals).reshape(-1, 2).sum(0) if self.trainer.world_size > 1 else totals
         self._val_sum, self._val_count = 0.0, 0
         if totals[1] > 0:
+            if not self.trainer.sanity_checking:
+                self.validated_at = self.trainer.global_step  # run_train validates the final model if this lags
             val_loss = (totals[0] / totals[1]).item()
             self.log("val/loss", val_loss, prog_bar=True, sync_dist=False, rank_zero_only=True)
             self.log("val/ppl", math.exp(min(val_loss, 50.0)), prog_bar=True, rank_zero_only=True)

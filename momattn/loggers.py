@@ -48,6 +48,8 @@ def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, 
     goes on with an offline run in the same folder and a message says how to sync it later."""
     import wandb
 
+    if not isinstance(offline, bool):  # `off` / `no` on the command line stay text, which is truthy
+        raise ConfigError(f"logger.wandb.offline={offline!r} must be true or false")
     mode = os.environ.get("WANDB_MODE")
     if mode in ("online", "run"):
         offline = False

@@ -49,12 +49,15 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float = 989.0) ->
         cfg.hydra.job.num = 0
     HydraConfig().set_config(cfg)
     # plan a GPU, many-node run from any machine: no GPU nor launcher needed here
-    real = config._cuda_available, config.check_launch_environment
-    config._cuda_available, config.check_launch_environment = (lambda: True), (lambda *a, **k: None)
+    # (trainer.devices=auto counts this machine's GPUs: at least one is assumed; trainer.devices=N plans N)
+    real = config._cuda_available, config.check_launch_environment, config._cuda_device_count
+    gpus = max(1, real[2]())
+    config._cuda_available, config.check_launch_environment, config._cuda_device_count = (
+        (lambda: True), (lambda *a, **k: None), (lambda: gpus))
     try:
         c = config.load_train_config(cfg)
     finally:
-        config._cuda_available, config.check_launch_environment = real
+        config._cuda_available, config.check_launch_environment, config._cuda_device_count = real
     m = c.model_for(_vocab(c))
     with torch.device("meta"):  # shapes only: nothing is allocated
         model = GPT(m)

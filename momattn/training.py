@@ -85,6 +85,8 @@ def run_train(cfg: DictConfig) -> float | None:
     if c.trainer.get("enable_progress_bar", True) and not any(isinstance(cb, ProgressBar) for cb in callbacks):
         callbacks.append(TrainProgress())
     loggers = logs.make_loggers(c.logger, resume.get("wandb_run_id"), *_sweep_names(job, model_config))
+    for lg in loggers:  # the run's whole config (attention, eta, lr, seed, ...): W&B runs can be told apart
+        lg.log_hyperparams(c.resolved)
     # callbacks=none means no checkpoints (but on SIGTERM): not Lightning's default one in the logger's folder
     own_checkpointing = {} if "enable_checkpointing" in c.trainer else {
         "enable_checkpointing": any(isinstance(cb, pl.callbacks.ModelCheckpoint) for cb in callbacks)}
@@ -102,6 +104,10 @@ def run_train(cfg: DictConfig) -> float | None:
         trainer.fit(lit, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
         speed = {**throughput_summary(throughput), "fit_seconds": round(time.perf_counter() - t0, 1)}
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if trainer.global_step > start_step and getattr(lit, "validated_at", None) != trainer.global_step:
+            # max_steps off the validation interval: the final model is validated too (summary, sweeper, report)
+            for res in trainer.validate(lit, datamodule=dm, verbose=False):
+                metrics.update({k: float(v) for k, v in res.items()})
         with _full_weights(trainer, bool(c.run_eval and c.eval)):  # FSDP: every rank gathers, rank 0 keeps them
             if trainer.is_global_zero:  # DDP: rank 0 reports and evaluates
                 if trainer.global_step > start_step or not (out_dir / "summary.json").exists():

@@ -55,7 +55,9 @@ def test_resume_overrides_reuse_the_run_folder_and_today_wins(tmp_path, capsys):
     _saved(run, ["attention=momentum", "trainer.max_steps=6", "+x.y=1", "ckpt_path=old.ckpt",
                  "+callbacks.fault._target_=momattn.faults.FaultInjection", "+callbacks.fault.spec=kill@3"])
     merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir={run}", "trainer.max_steps=9"])
-    assert merged == ["attention=momentum", "+x.y=1", "ckpt_path=last", f"hydra.run.dir={run}", "trainer.max_steps=9"]
+    # hydra.mode=RUN: one job of a sweep experiment (whose config sets MULTIRUN) resumes as a single run
+    assert merged == ["attention=momentum", "+x.y=1", "ckpt_path=last", f"hydra.run.dir={run}", "trainer.max_steps=9",
+                      "hydra.mode=RUN"]
     assert "resuming the run in" in capsys.readouterr().err
     # a checkpoint path inside a run folder: the run continues there
     merged = resume_overrides([f"ckpt_path={run}/checkpoints/last.ckpt"])
@@ -63,7 +65,8 @@ def test_resume_overrides_reuse_the_run_folder_and_today_wins(tmp_path, capsys):
     assert resume_overrides(["attention=vanilla"]) == ["attention=vanilla"]  # no resume: unchanged
     assert resume_overrides([f"ckpt_path={tmp_path}/elsewhere.ckpt"]) == [f"ckpt_path={tmp_path}/elsewhere.ckpt"]
     # a sweep keeps its own folders
-    assert f"hydra.run.dir={run}" not in resume_overrides([f"ckpt_path={run}/checkpoints/last.ckpt"], multirun=True)
+    swept = resume_overrides([f"ckpt_path={run}/checkpoints/last.ckpt"], multirun=True)
+    assert f"hydra.run.dir={run}" not in swept and "hydra.mode=RUN" not in swept
 
 
 @pytest.mark.slow
@@ -89,5 +92,5 @@ def test_a_checkpoint_outside_its_run_folder_resumes_with_the_overrides_it_recor
     ckpt = tmp_path / "moved.ckpt"
     torch.save({"momattn": {"overrides": ["attention=momentum", "trainer.max_steps=6"]}}, ckpt)
     merged = resume_overrides([f"ckpt_path={ckpt}", "trainer.max_steps=9"])
-    assert merged == ["attention=momentum", f"ckpt_path={ckpt}", "trainer.max_steps=9"]  # no run folder to reuse
+    assert merged == ["attention=momentum", f"ckpt_path={ckpt}", "trainer.max_steps=9", "hydra.mode=RUN"]  # no folder
     assert f"resuming the run of {ckpt}" in capsys.readouterr().err

@@ -68,6 +68,20 @@ def test_wrong_type_names_the_key(tmp_path):
         assert msg.startswith(f"trainer.val_check_interval={bad}: use a number of training batches >= 1")
     for ok in ("'00:00:10:00'", "{minutes:10}"):  # Lightning's time-based intervals pass
         assert load_train_config(compose_train(tmp_path, [*SMOKE, f"trainer.val_check_interval={ok}"]))
+    msg = run_expecting(tmp_path, [*SMOKE, "optimized_metric=val/los"], ConfigError)
+    assert msg.startswith("optimized_metric='val/los' is not a metric training logs. Did you mean 'val/loss'?")
+    for key, value in (("num_nodes", "two"), ("log_every_n_steps", "x")):
+        msg = run_expecting(tmp_path, [*SMOKE, f"trainer.{key}={value}"], ConfigError)
+        assert msg == f"trainer.{key}='{value}' must be an integer >= 1"
+    for override, culprit in (("optim.grad_clip=-1", "optim.grad_clip=-1.0 must be >= 0"),
+                              ("optim.betas=[1.5,0.9]", "optim.betas=[1.5, 0.9] must be each in [0, 1)"),
+                              ("optim.min_lr_ratio=-1", "optim.min_lr_ratio=-1.0 must be in [0, 1]"),
+                              ("logger.wandb.offline=no", "logger.wandb.offline='no' must be true or false")):
+        assert culprit in run_expecting(tmp_path, [*SMOKE, override, *(["logger=wandb"] if "wandb" in override
+                                                                        else [])], ConfigError)
+    # GINC training with the default (text) end-of-run tasks: refused now, not after training
+    msg = run_expecting(tmp_path, ["debug=smoke", "data=ginc", "tokenizer=source", "run_eval=true"], ConfigError)
+    assert msg.startswith("eval.icl.tasks: sst2, sst5, mr, subj, trec are text tasks, and this run trains on GINC")
     # the end-of-run evaluation's task names are checked before training, not after it
     msg = run_expecting(tmp_path, [*SMOKE, "run_eval=true", "eval.icl.tasks=[nope]"], ConfigError)
     assert msg.startswith("eval.icl.tasks: unknown task 'nope'") and not (tmp_path / "checkpoints").exists()

@@ -56,3 +56,8 @@ def test_several_nodes_need_a_launcher_and_a_free_port():
         with pytest.raises(ConfigError, match=f"MASTER_PORT={port} is in use on this machine"):
             check_launch_environment({"num_nodes": 2}, env)
         check_launch_environment({"num_nodes": 2}, {**env, "NODE_RANK": "1"})  # the others connect, not listen
+
+
+def test_the_planner_plans_devices_auto_without_a_gpu(capsys):
+    main(["experiment=paper_350m", "attention=momentum", "trainer=ddp"])  # the command atop paper_350m.yaml
+    assert "memory/device" in capsys.readouterr().out

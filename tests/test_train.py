@@ -26,6 +26,7 @@ GROUPS = {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in (ROOT / "con
 OPTIONS = [(g, o) for g, opts in sorted(GROUPS.items()) for o in opts]
 NEEDS = {("data", "text_files"): ["data.paths=[x.txt]"], ("data", "hf"): ["data.name=json"],
          ("data", "hf_stream"): ["data.name=json"],
+         ("data", "ginc"): ["eval.icl.tasks=[ginc,ginc_ood]"],  # as the command atop data/ginc.yaml says
          ("tokenizer", "file"): ["tokenizer.path=tok.json"],
          ("tokenizer", "source"): ["data._target_=test_train.WordSourceWithTokenizer", "~data.tasks", "~data.split_seed"]}
 
@@ -379,3 +380,13 @@ def test_a_node_that_never_joins_times_out_with_a_message_naming_the_rendezvous(
 def test_callbacks_none_writes_no_checkpoint(tmp_path):
     run_train(compose_train(tmp_path, [*SMOKE, "callbacks=none", "trainer.max_steps=3"]))
     assert not list(tmp_path.rglob("*.ckpt"))  # not even Lightning's default one in the logger's folder
+
+
+def test_the_final_model_is_validated_when_max_steps_is_off_the_interval(tmp_path):
+    val = run_train(compose_train(tmp_path, [*SMOKE, "trainer.max_steps=4", "trainer.val_check_interval=3",
+                                             "logger=csv"]))
+    rows = [r for r in read_metrics(tmp_path) if r.get("val/loss")]
+    assert len(rows) == 2 and int(rows[-1]["step"]) == 4 and float(rows[-1]["val/loss"]) == pytest.approx(val)
+    assert json.loads((tmp_path / "summary.json").read_text())["val/loss"] == pytest.approx(val)
+    hparams = OmegaConf.load(next(tmp_path.rglob("hparams.yaml")))  # the run's config goes to every logger
+    assert hparams.attention.kind == "vanilla" and hparams.trainer.max_steps == 4

@@ -127,6 +127,7 @@ def test_the_optimizer_takes_betas_eps_and_lr_from_the_config():
 class _FakeTrainer:
     def __init__(self, world_size=1, optimizer=None, loggers=()):
         self.world_size, self.global_rank, self.global_step, self.is_global_zero = world_size, 0, 0, True
+        self.sanity_checking = False
         self.optimizers, self.loggers = [optimizer] if optimizer else [], list(loggers)
 
 

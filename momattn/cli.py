@@ -61,12 +61,19 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
         if name.startswith("hydra") or o.is_add() or o.is_delete() or o.is_force_add():
             continue
         if name in groups:
-            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+            try:
+                if o.is_sweep_override():
+                    values = list(o.sweep_string_iterator())
+                else:  # one option, or several of one group (logger=[csv,wandb])
+                    value = o.value()
+                    values = [str(v) for v in value] if isinstance(value, list) else [o.get_value_element_as_str()]
+            except Exception:  # glob(...) and other sweeps that Hydra expands itself
+                continue
             for v in values:
                 if v not in groups[name] and v != "null":
                     raise ConfigError(f"{name}={v} is not an option of the config group '{name}'."
                                       f"{did_you_mean(v, groups[name])} Options: {', '.join(groups[name])}")
-            choices.append(f"{name}={values[0]}")
+            choices.append(f"{name}={values[0]}" if o.is_sweep_override() or not o.input_line else o.input_line)
         else:
             keys.append(name)
     if not keys:

@@ -249,6 +249,11 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
     if run.optimized_metric not in LOGGED:
         raise ConfigError(f"optimized_metric={run.optimized_metric!r} is not a metric training logs."
                           f"{did_you_mean(run.optimized_metric, LOGGED)} Choose one of {', '.join(LOGGED)}")
+    for name, cb in (raw.get("callbacks") or {}).items():  # a typo here failed only at the first validation
+        monitor = cb.get("monitor") if isinstance(cb, Mapping) else None
+        if monitor is not None and monitor not in LOGGED:
+            raise ConfigError(f"callbacks.{name}.monitor={monitor!r} is not a metric training logs."
+                              f"{did_you_mean(str(monitor), LOGGED)} Choose one of {', '.join(LOGGED)}")
     trainer, max_steps, accumulate = _trainer(raw.get("trainer"))
     loader = typed(LoaderConfig, {k: v for k, v in data.items() if k in LOADER_KEYS}, "data")
     if loader.num_workers and isinstance(source, StreamingHubCorpus):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from momattn.errors import UserError
 
@@ -24,6 +25,11 @@ def _vocab(c) -> int:
         return FIXED_VOCAB[t.kind]
     if t.kind == "source" and hasattr(c.data, "n_symbols"):
         return c.data.n_symbols + 1
+    path = getattr(t, "path", None)
+    if t.kind == "file" and path and Path(path).expanduser().is_file():  # the file says how many tokens it has
+        from momattn.tokenizer import Tokenizer
+
+        return Tokenizer.from_json(Path(path).expanduser().read_text()).vocab_size
     return int(getattr(t, "vocab_size", 0) or 4096)
 
 

@@ -44,6 +44,12 @@ def test_cli_bad_values_exit_2_without_traceback(tmp_path, args, expected):
     assert expected in cli_error(tmp_path, [*base, *args])
 
 
+def test_override_checker_leaves_globs_to_hydra_and_checks_each_option_of_a_list():
+    check_overrides("train", ["attention=glob(*)", "logger=[csv,wandb]"])  # valid Hydra: no error
+    with pytest.raises(ConfigError, match="logger=wandbb is not an option .* Did you mean 'wandb'"):
+        check_overrides("train", ["logger=[csv,wandbb]"])
+
+
 def test_override_checker_accepts_valid_overrides():
     check_overrides("train", ["attention=momentum", "attention.eta=0.3", "+new_key=1", "hydra.run.dir=x",
                               "data=text_files", "data.paths=[a.txt]", "trainer.max_steps=3"])
@@ -70,6 +76,8 @@ def test_wrong_type_names_the_key(tmp_path):
         assert load_train_config(compose_train(tmp_path, [*SMOKE, f"trainer.val_check_interval={ok}"]))
     msg = run_expecting(tmp_path, [*SMOKE, "optimized_metric=val/los"], ConfigError)
     assert msg.startswith("optimized_metric='val/los' is not a metric training logs. Did you mean 'val/loss'?")
+    msg = run_expecting(tmp_path, [*SMOKE, "callbacks.model_checkpoint.monitor=val/los"], ConfigError)
+    assert msg.startswith("callbacks.model_checkpoint.monitor='val/los' is not a metric training logs. Did you mean")
     for key, value in (("num_nodes", "two"), ("log_every_n_steps", "x")):
         msg = run_expecting(tmp_path, [*SMOKE, f"trainer.{key}={value}"], ConfigError)
         assert msg == f"trainer.{key}='{value}' must be an integer >= 1"

@@ -61,3 +61,11 @@ def test_several_nodes_need_a_launcher_and_a_free_port():
 def test_the_planner_plans_devices_auto_without_a_gpu(capsys):
     main(["experiment=paper_350m", "attention=momentum", "trainer=ddp"])  # the command atop paper_350m.yaml
     assert "memory/device" in capsys.readouterr().out
+
+
+def test_the_planner_reads_a_tokenizer_files_vocabulary(tmp_path):
+    from momattn.tokenizer import train_bpe
+
+    train_bpe(lambda: ["a tiny corpus of words"] * 50, 300, tmp_path / "tok.json")
+    p = plan(["tokenizer=file", f"tokenizer.path={tmp_path / 'tok.json'}"])
+    assert 300 <= p["vocab_size"] < 364  # the file's 300 tokens (padded to a multiple of 64), not 4096

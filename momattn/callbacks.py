@@ -183,19 +183,18 @@ class Throughput(ThroughputMonitor):
 
     def setup(self, trainer, pl_module, stage):
         super().setup(trainer, pl_module, stage)
-        if trainer.strategy.root_device.type == "cpu" and self.available_flops is None and self.peak_note:
-            self.available_flops = self._cpu_peak  # measured at fit's setup: the final validate() reuses it
-        elif trainer.strategy.root_device.type == "cpu" and self.available_flops is None:
-            dtype = precision_dtype(trainer.precision)
-            now, n = measured_peak_flops(dtype)
-            name, threads = str(dtype).removeprefix("torch."), torch.get_num_threads()
-            key = f"{hardware.cpu_name()} | {name} | {threads} threads | torch {torch.__version__}"
-            self.available_flops, runs = recorded_peak_flops(self.peak_record, key, now)
-            self.peak_note = (f"{name} matmul peak of {self.available_flops / 1e9:.1f} GFLOP/s: the best start-up "
-                              f"measurement of {runs} run(s) on this CPU and {threads} threads (each the best of 4 "
-                              f"{n}x{n} matmuls; this run measured {now / 1e9:.1f})")
-            self._cpu_peak = self.available_flops
-            print(f"[momattn] CPU MFU is relative to a {self.peak_note}", file=sys.stderr)
+        if trainer.strategy.root_device.type == "cpu" and self.available_flops is None:
+            if self.peak_note is None:  # measured once, at fit's setup: the final validate() reuses it
+                dtype = precision_dtype(trainer.precision)
+                now, n = measured_peak_flops(dtype)
+                name, threads = str(dtype).removeprefix("torch."), torch.get_num_threads()
+                key = f"{hardware.cpu_name()} | {name} | {threads} threads | torch {torch.__version__}"
+                self._cpu_peak, runs = recorded_peak_flops(self.peak_record, key, now)
+                self.peak_note = (f"{name} matmul peak of {self._cpu_peak / 1e9:.1f} GFLOP/s: the best start-up "
+                                  f"measurement of {runs} run(s) on this CPU and {threads} threads (each the best "
+                                  f"of 4 {n}x{n} matmuls; this run measured {now / 1e9:.1f})")
+                print(f"[momattn] CPU MFU is relative to a {self.peak_note}", file=sys.stderr)
+            self.available_flops = self._cpu_peak
         live = compat.stage_throughputs(self)
         for s in list(live):
             live[s] = BoundedThroughput(available_flops=self.available_flops, world_size=trainer.world_size,

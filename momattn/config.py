@@ -116,12 +116,9 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
     """(Trainer arguments with precision=auto resolved for this machine, max_steps, accumulate_grad_batches)."""
     trainer = dict(node or {})
     steps = [trainer.get("max_steps"), trainer.get("accumulate_grad_batches", 1)]
-    for key, value in zip(("max_steps", "accumulate_grad_batches"), steps):
+    optional = {k: trainer[k] for k in ("num_nodes", "log_every_n_steps") if trainer.get(k) is not None}
+    for key, value in {"max_steps": steps[0], "accumulate_grad_batches": steps[1], **optional}.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"trainer.{key}={value!r} must be an integer >= 1")
-    for key in ("num_nodes", "log_every_n_steps"):
-        value = trainer.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"trainer.{key}={value!r} must be an integer >= 1")
     interval = trainer.get("val_check_interval")  # an int, a float, or a time (Lightning's "DD:HH:MM:SS", a dict)
     if isinstance(interval, bool) or (isinstance(interval, int) and interval < 1) or (
@@ -164,6 +161,12 @@ def _eval(node: Mapping | None, run_eval: bool, source: Any = None) -> EvalConfi
 
 
 LOGGED = ("val/loss", "val/ppl", "train/loss", "train/lr")  # what run_train can return to a sweeper
+
+
+def _check_logged(key: str, metric: Any) -> None:
+    if metric not in LOGGED:
+        raise ConfigError(f"{key}={metric!r} is not a metric training logs.{did_you_mean(str(metric), LOGGED)} "
+                          f"Choose one of {', '.join(LOGGED)}")
 
 
 LAUNCHER_ENV = ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "MASTER_ADDR")
@@ -246,14 +249,10 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
     tokenizer = typed(TokenizerConfig, raw.get("tokenizer"), "tokenizer")
     if tokenizer.kind == "source":
         source_tokenizer(source)  # the source has one: checked now, not after the cache is built
-    if run.optimized_metric not in LOGGED:
-        raise ConfigError(f"optimized_metric={run.optimized_metric!r} is not a metric training logs."
-                          f"{did_you_mean(run.optimized_metric, LOGGED)} Choose one of {', '.join(LOGGED)}")
+    _check_logged("optimized_metric", run.optimized_metric)
     for name, cb in (raw.get("callbacks") or {}).items():  # a typo here failed only at the first validation
-        monitor = cb.get("monitor") if isinstance(cb, Mapping) else None
-        if monitor is not None and monitor not in LOGGED:
-            raise ConfigError(f"callbacks.{name}.monitor={monitor!r} is not a metric training logs."
-                              f"{did_you_mean(str(monitor), LOGGED)} Choose one of {', '.join(LOGGED)}")
+        if isinstance(cb, Mapping) and cb.get("monitor") is not None:
+            _check_logged(f"callbacks.{name}.monitor", cb["monitor"])
     trainer, max_steps, accumulate = _trainer(raw.get("trainer"))
     loader = typed(LoaderConfig, {k: v for k, v in data.items() if k in LOADER_KEYS}, "data")
     if loader.num_workers and isinstance(source, StreamingHubCorpus):

@@ -72,15 +72,9 @@ class Tokenizer:
         try:
             return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
         except Exception as e:
-            bad = next((t for t in texts if not self._encodes(t)), texts[0] if texts else "")
-            raise self._cannot_encode(bad, e) from None
-
-    def _encodes(self, text: str) -> bool:
-        try:
-            self.hf.encode(text, add_special_tokens=False)
-            return True
-        except Exception:
-            return False
+            for t in texts:  # the DataError that names the first text it cannot encode
+                self.encode(t)
+            raise self._cannot_encode(texts[0] if texts else "", e) from None
 
     def _cannot_encode(self, text: str, e: Exception) -> DataError:
         return DataError(f"tokenizer '{self.name}' cannot encode the text {text[:80]!r} ({e}): its vocabulary "

@@ -104,13 +104,14 @@ def run_train(cfg: DictConfig) -> float | None:
         trainer.fit(lit, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
         speed = {**throughput_summary(throughput), "fit_seconds": round(time.perf_counter() - t0, 1)}
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        if trainer.global_step > start_step and getattr(lit, "validated_at", None) != trainer.global_step:
+        trained = trainer.global_step > start_step  # False: a finished run resumed
+        if trained and getattr(lit, "validated_at", None) != trainer.global_step:
             # max_steps off the validation interval: the final model is validated too (summary, sweeper, report)
             for res in trainer.validate(lit, datamodule=dm, verbose=False):
                 metrics.update({k: float(v) for k, v in res.items()})
         with _full_weights(trainer, bool(c.run_eval and c.eval)):  # FSDP: every rank gathers, rank 0 keeps them
             if trainer.is_global_zero:  # DDP: rank 0 reports and evaluates
-                if trainer.global_step > start_step or not (out_dir / "summary.json").exists():
+                if trained or not (out_dir / "summary.json").exists():
                     _report(c, trainer, metrics, loggers, _unigram(train, val, model_config.vocab_size), speed,
                             out_dir)
                 else:  # a finished run resumed: its summary (val loss, speed) stays, and gives the sweep's metric
@@ -120,7 +121,7 @@ def run_train(cfg: DictConfig) -> float | None:
                     kept = json.loads((out_dir / "summary.json").read_text())
                     metrics = {**{k: float(v) for k, v in kept.items() if k.startswith(("val/", "train/loss"))
                                   and isinstance(v, int | float)}, **metrics}
-                done_before = trainer.global_step == start_step and (out_dir / "eval" / "results.json").exists()
+                done_before = not trained and (out_dir / "eval" / "results.json").exists()
                 if c.run_eval and c.eval and not done_before:
                     _evaluate(c, model, tokenizer, loggers, trainer.global_step, out_dir)
                 elif c.run_eval and c.eval:

@@ -158,8 +158,9 @@ class TextFiles:
         if len(self._docs) < 2:  # one document: its tail is the validation text, its head the training text
             doc = self._docs[0]
             cut = max(1, min(int(len(doc) * (1 - self.val_fraction)), len(doc) - 1))
-            cut = max(doc.rfind(" ", 0, cut), 0) or cut  # at a space where there is one
-            return [doc[cut:].strip() or doc[cut:]] if split == "val" else [doc[:cut]]
+            space = doc.rfind(" ", 0, cut)
+            cut = space if space > 0 else cut  # at a space where there is one
+            return [doc[cut:].strip()] if split == "val" else [doc[:cut]]
         return _held_out(self._docs, split, self.val_fraction, self.seed)
 
 

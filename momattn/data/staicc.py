@@ -363,14 +363,13 @@ def lm_texts(tasks: list[str] | tuple[str, ...], split: str, seed: int = SPLIT_S
     where the train documents of these tasks hold the same text (normalised)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    docs, train_norms = [], set()
-    if split == "val":  # tasks share sentences (MR, SST-5, Subj) and repeat rows (AGNews): val never repeats train
-        for task in tasks:
-            norms, drop = _row_norms(task), set().union(*lm_dropped(task, seed).values())
-            train_norms.update(norms[i] for i in split_rows(task, seed).lm_train.tolist() if i not in drop)
-    for task in tasks:
-        rows, s, norms = read_staicc(task), split_rows(task, seed), _row_norms(task)
-        drop = set().union(*lm_dropped(task, seed).values())
+    parts = [(read_staicc(task), split_rows(task, seed), _row_norms(task),
+              set().union(*lm_dropped(task, seed).values())) for task in tasks]
+    # tasks share sentences (MR, SST-5, Subj) and repeat rows (AGNews): val never repeats train
+    train_norms = {norms[i] for _, s, norms, drop in parts for i in s.lm_train.tolist() if i not in drop} \
+        if split == "val" else set()
+    docs = []
+    for rows, s, norms, drop in parts:
         idx = s.lm_train if split == "train" else s.lm_val
         docs.extend(rows[i][0].strip() for i in idx.tolist() if i not in drop and norms[i] not in train_norms)
     return docs

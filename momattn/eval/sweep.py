@@ -529,12 +529,13 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
                               json.dumps(results_document([r.result]), indent=2, allow_nan=True) + "\n")
             del model
     if own_settings:  # runs evaluated under different protocols are never compared: their settings split
+        keys = {id(r): digest(settings[str(r.job.relative_to(sweep_dir))])[:8] for r in runs}
         by_setting: dict[str, set] = defaultdict(set)
         for r in runs:
-            by_setting[r.setting].add(digest(settings[str(r.job.relative_to(sweep_dir))]))
+            by_setting[r.setting].add(keys[id(r)])
         for r in runs:
             if len(by_setting[r.setting]) > 1:
-                r.eval_key = digest(settings[str(r.job.relative_to(sweep_dir))])[:8]
+                r.eval_key = keys[id(r)]
                 r.setting = f"{r.setting}-{r.eval_key}"
     summaries = summarise(runs)
     shared = list(settings.values())

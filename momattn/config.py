@@ -55,6 +55,7 @@ class RunConfig:
     optimized_metric: str = "val/loss"  # what run_train returns to a sweeper
     run_eval: bool = True  # the short evaluation (`eval` section) after training
     global_batch: int | None = None  # sequences per optimizer step over all devices: sets accumulate_grad_batches
+    val_every_steps: int | None = None  # optimizer steps between validations: sets trainer.val_check_interval
     dist_timeout_s: int = 1800  # several processes: how long to wait for every one to join (and for a collective)
 
 
@@ -262,6 +263,11 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
     if run.global_batch is not None:
         accumulate = trainer["accumulate_grad_batches"] = accumulation_for(run.global_batch, loader.batch_size,
                                                                            trainer)
+    if run.val_every_steps is not None:  # Lightning counts micro-batches, so the interval follows the accumulation
+        if isinstance(run.val_every_steps, bool) or run.val_every_steps < 1:
+            raise ConfigError(f"val_every_steps={run.val_every_steps!r} must be an integer >= 1 (optimizer steps "
+                              "between validations), or null to use trainer.val_check_interval")
+        trainer["val_check_interval"] = run.val_every_steps * accumulate
     raw["trainer"] = trainer  # checkpoints record the precision that ran
     return TrainConfig(
         **dataclasses.asdict(run),

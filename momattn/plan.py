@@ -88,8 +88,19 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float = 989.0) ->
                                   "activations": ddp.activations / GIB, "logits": ddp.logits / GIB},
         "mfu_assumed": mfu, "peak_tflops_per_device": peak_tflops,
         "wall_hours": seconds / 3600, "gpu_hours": seconds * world / 3600,
-        "global_batch": c.global_batch,
+        "global_batch": c.global_batch, "val_check_interval": c.trainer.get("val_check_interval"),
+        "val_every_steps": c.val_every_steps,
     }
+
+
+def _validation(p: dict) -> str:
+    interval = p["val_check_interval"]
+    if not isinstance(interval, int):
+        return f"trainer.val_check_interval={interval!r}"
+    how = ("from val_every_steps" if p["val_every_steps"] else  # Lightning counts micro-batches, not steps
+           "set val_every_steps to keep it in steps whatever the accumulation")
+    return (f"every {interval / p['accumulate_grad_batches']:g} optimizer steps (trainer.val_check_interval={interval} "
+            f"micro-batches; {how})")
 
 
 def render(p: dict) -> str:
@@ -103,6 +114,7 @@ def render(p: dict) -> str:
         ("batch", f"{p['global_batch_sequences']} sequences = {p['tokens_per_step']:,} tokens per step: "
                   f"data.batch_size={p['micro_batch']} x {p['processes']} processes x {acc}"),
         ("tokens", f"{p['max_steps']:,} steps x {p['tokens_per_step']:,} = {p['tokens'] / 1e9:.1f}B tokens"),
+        ("validation", _validation(p)),
         ("FLOPs", f"{p['flops_per_token'] / 1e9:.2f} GFLOP per token (6N + 12 L d T) -> {p['flops']:.2e} in all"),
         ("memory/device", f"DDP ~{mem['ddp']:.1f} GiB (weights+grads+AdamW {mem['states_ddp']:.1f}, activations "
                           f"{mem['activations']:.1f}, logits {mem['logits']:.1f}); FSDP full shard ~{mem['fsdp']:.1f} GiB "

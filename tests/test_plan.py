@@ -18,7 +18,10 @@ def test_the_papers_run_planned_on_32_gpus(capsys):
     assert p["memory_per_device_gib"]["fsdp"] < p["memory_per_device_gib"]["ddp"]
     assert p["gpu_hours"] == pytest.approx(p["flops"] / (0.4 * 989e12) / 3600)
     assert main(["experiment=paper_350m", "trainer.devices=8", "trainer.num_nodes=4"]) == 0
-    assert "accumulate 2 (from global_batch=512)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "accumulate 2 (from global_batch=512)" in out
+    assert "every 2000 optimizer steps (trainer.val_check_interval=4000 micro-batches; from val_every_steps)" in out
+    assert plan(["experiment=paper_350m", "trainer.devices=8"])["val_check_interval"] == 16000  # accumulate 8
 
 
 def test_plan_bad_input_is_one_line(capsys):

@@ -390,3 +390,16 @@ def test_the_final_model_is_validated_when_max_steps_is_off_the_interval(tmp_pat
     assert json.loads((tmp_path / "summary.json").read_text())["val/loss"] == pytest.approx(val)
     hparams = OmegaConf.load(next(tmp_path.rglob("hparams.yaml")))  # the run's config goes to every logger
     assert hparams.attention.kind == "vanilla" and hparams.trainer.max_steps == 4
+
+
+def test_val_every_steps_counts_optimizer_steps_whatever_the_accumulation(tmp_path):
+    # Lightning's val_check_interval counts micro-batches; global_batch makes the accumulation depend on the devices
+    def val_steps(out, *overrides):
+        run_train(compose_train(out, [*SMOKE, "trainer.max_steps=4", "run_eval=false", "logger=csv", *overrides]))
+        return [int(r["step"]) for r in read_metrics(out) if r.get("val/loss")]
+
+    plain = val_steps(tmp_path / "plain", "trainer.val_check_interval=2")
+    assert len(plain) == 2  # after optimizer steps 2 and 4 (Lightning logs them at its own counter)
+    assert val_steps(tmp_path / "acc", "global_batch=8", "data.batch_size=2", "val_every_steps=2") == plain
+    with pytest.raises(ConfigError, match="val_every_steps=0 must be an integer >= 1"):
+        load_train_config(compose_train(tmp_path, [*SMOKE, "val_every_steps=0"]))

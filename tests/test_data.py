@@ -186,3 +186,13 @@ def test_text_files_checks_paths_when_reading_not_when_configured(tmp_path):
         src.fingerprint()
     with pytest.raises(DataError, match="suffix '.csv'"):
         TextFiles(["table.csv"])
+
+
+def test_another_staicc_release_changes_the_default_corpus_fingerprint(monkeypatch):
+    import importlib.metadata
+
+    before = StaiccCorpus(tasks=["trec"]).fingerprint()
+    assert StaiccCorpus(tasks=["trec"]).fingerprint() == before  # stable while nothing changes
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "9.9" if name == "StaICC" else real(name))
+    assert StaiccCorpus(tasks=["trec"]).fingerprint() != before  # the token cache would serve the old rows

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from momattn.data.staicc import LEAK_FILTER_VERSION, SPLIT_SEED, STAICC_FILES, lm_texts
+from momattn.data.staicc import LEAK_FILTER_VERSION, SPLIT_SEED, STAICC_FILES, lm_texts, staicc_identity
 from momattn.errors import ConfigError, DataError, did_you_mean
 from momattn.schema import known_keys, locate, to_plain, typed
 from momattn.utils import digest, seeded_split
@@ -70,7 +70,8 @@ class StaiccCorpus:
             raise DataError(f"data.tasks={self.tasks}: unknown or empty; choose among {', '.join(STAICC_FILES)}")
 
     def fingerprint(self) -> str:
-        return digest(["staicc", 1, self.tasks, self.split_seed, LEAK_FILTER_VERSION])  # the filter shapes the text
+        # the filter shapes the text; the package's release and files are the rows
+        return digest(["staicc", 1, self.tasks, self.split_seed, LEAK_FILTER_VERSION, staicc_identity()])
 
     def documents(self, split: Split) -> list[str]:
         return lm_texts(self.tasks, split, self.split_seed)

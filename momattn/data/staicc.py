@@ -67,6 +67,21 @@ def staicc_dir() -> Path:
     return Path(spec.origin).parent / "cached_dataset"
 
 
+def staicc_identity() -> list:
+    """The installed StaICC's version and the sizes of the data files every corpus reads (the leak filter reads
+    all six tasks), so that a token cache keyed by it is rebuilt when another StaICC release changes the rows."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    root = staicc_dir()
+    try:
+        release = version("StaICC")
+    except PackageNotFoundError:  # a source checkout on the path
+        release = None
+    sizes = {t: (root / f"{f}.dataset").stat().st_size if (root / f"{f}.dataset").is_file() else None
+             for t, f in STAICC_FILES.items()}
+    return [release, sizes]
+
+
 @functools.cache
 def read_staicc(task: str) -> tuple[tuple[str, int], ...]:
     """All rows of one StaICC task as (text, label) pairs, in the package's order."""

@@ -87,6 +87,8 @@ def _dm(n_val_windows, batch_size=4, val_batches=3, block_size=8, train=None):
     (10, 1, 0, list(range(8))),   # whole batches only
     (3, 1, 0, [0, 1, 2]),         # fewer windows than one batch: all of them
     (14, 2, 1, [1, 3, 5, 7]),     # 2 processes: 8 windows (whole global batches), every other one
+    (3, 2, 0, [0]),               # fewer than a global batch: an equal share per process
+    (3, 2, 1, [1]),
 ])
 def test_validation_reads_whole_batches_of_the_first_windows_in_order(n_val, world, rank, expected):
     dm = _dm(n_val, val_batches=3 if world == 1 else 1)
@@ -96,6 +98,15 @@ def test_validation_reads_whole_batches_of_the_first_windows_in_order(n_val, wor
     assert [dm.val_set.window(i) for i in range(n_val)] == list(range(n_val))  # never shuffled
     first = next(iter(loader))[0][0]
     assert first[0].item() == expected[0] * 8  # window i starts at token i * block_size
+
+
+def test_fewer_val_windows_than_processes_is_refused_and_named():
+    from momattn.errors import DataError
+
+    dm = _dm(1)
+    dm.trainer = _Trainer(2, 1)
+    with pytest.raises(DataError, match=r"the val split has 1 window\(s\).*fewer than the 2 training processes"):
+        dm.val_dataloader()
 
 
 def test_a_split_shorter_than_one_window_is_refused_and_named():

@@ -105,7 +105,12 @@ class TokenDataModule(LightningDataModule):
         world, rank = self.trainer.world_size, self.trainer.global_rank
         n = min(len(self.val_set), self.val_batches * self.batch_size * world)
         n -= n % (self.batch_size * world)
+        if n == 0:  # fewer windows than one global batch: an equal share each (every rank must validate, or the
+            n = min(len(self.val_set), self.batch_size * world)  # others wait for it in their all_gather forever)
+            n -= n % world
         if n == 0:
-            n = min(len(self.val_set), self.batch_size * world)
+            raise DataError(f"the val split has {len(self.val_set)} window(s) of model.block_size tokens, fewer than "
+                            f"the {world} training processes (each validates its share); add validation text or "
+                            "lower model.block_size")
         return DataLoader(self.val_set, batch_size=min(self.batch_size, n), sampler=range(rank, n, world),
                           num_workers=self.num_workers, generator=torch.Generator().manual_seed(0))

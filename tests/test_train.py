@@ -403,3 +403,32 @@ def test_val_every_steps_counts_optimizer_steps_whatever_the_accumulation(tmp_pa
     assert val_steps(tmp_path / "acc", "global_batch=8", "data.batch_size=2", "val_every_steps=2") == plain
     with pytest.raises(ConfigError, match="val_every_steps=0 must be an integer >= 1"):
         load_train_config(compose_train(tmp_path, [*SMOKE, "val_every_steps=0"]))
+
+
+@dataclass
+class _Trial:  # what attention_space touches of an optuna Trial
+    params: dict
+    user_attrs: dict
+
+    def suggest_float(self, name, low, high):
+        self.params[name] = (low + high) / 2
+
+    def suggest_categorical(self, name, choices):
+        self.params[name] = choices[0]
+
+
+def test_an_optuna_search_over_the_attention_searches_each_trials_own_parameters(tmp_path):
+    from momattn.search import attention_space
+
+    cfg = compose_train(tmp_path, [*SMOKE, "hparams_search=optuna"])  # the sweep's config: default attention
+    searched = {}
+    for name, fixed in [("vanilla", {}), ("momentum", {}), ("multirate_ema", {}),
+                        ("momentum", {"attention.learnable_eta": True})]:
+        trial = _Trial({"attention": name}, fixed)
+        attention_space(cfg, trial)
+        searched[name, bool(fixed)] = set(trial.params) - {"attention"}
+    assert searched == {("vanilla", False): set(), ("momentum", False): {"attention.eta"},
+                        ("multirate_ema", False): {"attention.n_rates"}, ("momentum", True): set()}
+    trial = _Trial({}, {})  # the attention fixed on the command line: the sweep's config says which
+    attention_space(compose_train(tmp_path, [*SMOKE, "hparams_search=optuna", "attention=momentum"]), trial)
+    assert set(trial.params) == {"attention.eta"}

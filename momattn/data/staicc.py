@@ -11,7 +11,10 @@ only, after undoing escapes), and `lm_texts` drops every LM document that
   (a) equals a reserved row (test set or demonstration pool of ANY task),
   (b) contains a reserved row of `MIN_SUBSTRING_WORDS` words or more as a substring, or
   (c) has `MIN_SUBSTRING_WORDS` words or more and lies inside a reserved row (an SST-2 phrase cut from a
-      reserved SST-5 sentence, an SST-5 sentence of a reserved MR review).
+      reserved SST-5 sentence, an SST-5 sentence of a reserved MR review), or
+  (d) begins or ends with the same `NEAR_CHARS` normalised characters as a reserved row: a near-duplicate, such
+      as one AGNews story from two wires ("... (AFP) AFP - The Association ..." and "... SHANGHAI : The
+      Association ...") or with one word changed.
 Inside one task, `split_rows` reserves each normalised text at most once: the test set holds no duplicate
 and the demonstration pool holds no copy of a test text (nor a duplicate of its own); a skipped duplicate is
 left with the LM rows, where (a) drops it. `leak_report()` prints what the filter removes.
@@ -48,8 +51,10 @@ ICL_DEMO_ROWS = 1000
 LM_VAL_FRACTION = 0.05
 # reserved rows of at least this many words are also searched for INSIDE LM documents
 MIN_SUBSTRING_WORDS = 5
+# LM documents that begin or end with the same this many normalised characters as a reserved row are dropped
+NEAR_CHARS = 60
 # bump when the rule that drops LM documents changes (a corpus fingerprint should include it)
-LEAK_FILTER_VERSION = 3  # 3: cat -v bytes decoded; LM-val documents that LM-train holds dropped
+LEAK_FILTER_VERSION = 4  # 3: cat -v bytes decoded; LM-val documents that LM-train holds dropped. 4: rule (d)
 
 
 class _NoGlobals(pickle.Unpickler):
@@ -326,6 +331,24 @@ def _find(docs: list[str], patterns) -> tuple[np.ndarray, set[str]]:
 
 
 @functools.cache
+def near_keys(norm: str) -> tuple[str, str] | None:
+    """A normalised text's first and last NEAR_CHARS characters (rule d), or None for a shorter text."""
+    return (norm[:NEAR_CHARS], norm[-NEAR_CHARS:]) if len(norm) >= NEAR_CHARS else None
+
+
+@functools.cache
+def _reserved_ends(seed: int) -> tuple[frozenset[str], frozenset[str]]:
+    """(first, last) NEAR_CHARS normalised characters of every reserved row that has as many."""
+    keys = [k for n in _reserved(seed)[0] if (k := near_keys(n))]
+    return frozenset(k[0] for k in keys), frozenset(k[1] for k in keys)
+
+
+def is_near(norm: str, ends: tuple[frozenset[str], frozenset[str]]) -> bool:
+    k = near_keys(norm)
+    return k is not None and (k[0] in ends[0] or k[1] in ends[1])
+
+
+@functools.cache
 def _reserved(seed: int) -> tuple[frozenset[str], frozenset[str]]:
     """(normalised texts of every reserved row of every task, those of them with MIN_SUBSTRING_WORDS+ words)."""
     whole, long = set(), set()
@@ -355,6 +378,7 @@ def lm_dropped(task: str, seed: int = SPLIT_SEED) -> dict[str, frozenset[int]]:
     'contains' it contains a reserved row of MIN_SUBSTRING_WORDS+ words;
     'fragment' it has MIN_SUBSTRING_WORDS+ words and lies inside a reserved row (an SST-2 phrase cut from a
                reserved SST-5 sentence, an SST sentence of a reserved MR review);
+    'near'     it begins or ends with the same NEAR_CHARS normalised characters as a reserved row;
     'empty'    it is blank."""
     whole, long = _reserved(seed)
     rows, norms, s = read_staicc(task), _row_norms(task), split_rows(task, seed)
@@ -368,8 +392,10 @@ def lm_dropped(task: str, seed: int = SPLIT_SEED) -> dict[str, frozenset[int]]:
     cands = [i for i in left if len(norms[i]) >= 8 or n_words(rows[i][0]) >= MIN_SUBSTRING_WORDS]
     found = _find(_reserved_joinable(seed), {norms[i] for i in cands})[1]
     fragment = {i for i in cands if norms[i] in found and n_words(rows[i][0]) >= MIN_SUBSTRING_WORDS}
+    ends = _reserved_ends(seed)
+    near = {i for i in left if i not in fragment and is_near(norms[i], ends)}
     return {"equal": frozenset(equal), "contains": frozenset(contains), "fragment": frozenset(fragment),
-            "empty": frozenset(empty)}
+            "near": frozenset(near), "empty": frozenset(empty)}
 
 
 def lm_texts(tasks: list[str] | tuple[str, ...], split: str, seed: int = SPLIT_SEED) -> list[str]:
@@ -414,18 +440,21 @@ def leak_report(seed: int = SPLIT_SEED, lm_tasks=DEFAULT_LM_TASKS, out=print) ->
        spacing) and by this one, with the documents removed for each reason of `lm_dropped`.
     2. Per task, test / demonstration rows that the LM text of `lm_tasks` holds as a whole document ('equal'),
        inside a document ('inside', rows of MIN_SUBSTRING_WORDS+ words; for SST-2 also of any length), or
-       that hold an LM document of MIN_SUBSTRING_WORDS+ words ('frag'), with the old filter and with this one."""
+       that hold an LM document of MIN_SUBSTRING_WORDS+ words ('frag'), or that begin or end with the same
+       NEAR_CHARS normalised characters as an LM document ('near'), with the old filter and with this one."""
     rep: dict = {"seed": seed, "lm_tasks": list(lm_tasks), "removed": {}, "leaks": {}}
     out(f"LM documents / characters (train + val, split seed {seed}): old filter -> this filter; removed because "
-        "equal to | containing | a fragment of a reserved row")
+        "equal to | containing | a fragment of | a near-duplicate of a reserved row")
     out(f"{'task':9} {'old docs':>8} {'chars':>12} {'new docs':>8} {'chars':>12} {'removed':>7} {'docs':>6} "
-        f"{'chars':>6} {'equal':>6} {'contain':>7} {'frag':>6}")
-    totals = {"all tasks": np.zeros(7, np.int64), "default": np.zeros(7, np.int64)}
+        f"{'chars':>6} {'equal':>6} {'contain':>7} {'frag':>6} {'near':>6}")
+    totals = {"all tasks": np.zeros(8, np.int64), "default": np.zeros(8, np.int64)}
+    reasons = ("equal", "contains", "fragment", "near")
+    keys8 = ("docs_old", "chars_old", "docs_new", "chars_new", *reasons)
 
-    def line(name, n_old, c_old, n_new, c_new, eq, inside, frag):
+    def line(name, n_old, c_old, n_new, c_new, eq, inside, frag, near):
         out(f"{name:9} {n_old:>8} {c_old:>12} {n_new:>8} {c_new:>12} {n_old - n_new:>7} "
             f"{100 * (1 - n_new / max(n_old, 1)):5.1f}% {100 * (1 - c_new / max(c_old, 1)):5.1f}% "
-            f"{eq:>6} {inside:>7} {frag:>6}")
+            f"{eq:>6} {inside:>7} {frag:>6} {near:>6}")
 
     for task in STAICC_FILES:
         rows, drop = read_staicc(task), lm_dropped(task, seed)
@@ -433,20 +462,18 @@ def leak_report(seed: int = SPLIT_SEED, lm_tasks=DEFAULT_LM_TASKS, out=print) ->
         gone = set().union(*drop.values())
         new = [i for i in old if i not in gone]
         c_old, c_new = (sum(len(rows[i][0].strip()) for i in r) for r in (old, new))
-        row = [len(old), c_old, len(new), c_new] + [len(drop[k].intersection(old)) for k in ("equal", "contains", "fragment")]
+        row = [len(old), c_old, len(new), c_new] + [len(drop[k].intersection(old)) for k in reasons]
         totals["all tasks"] += row
         if task in DEFAULT_LM_TASKS:
             totals["default"] += row
-        rep["removed"][task] = dict(zip(("docs_old", "chars_old", "docs_new", "chars_new", "equal", "contains",
-                                         "fragment"), row))
+        rep["removed"][task] = dict(zip(keys8, row))
         line(task, *row)
     for name, tot in totals.items():
         line(name, *tot.tolist())
-        rep["removed"][name] = dict(zip(("docs_old", "chars_old", "docs_new", "chars_new", "equal", "contains",
-                                         "fragment"), tot.tolist()))
+        rep["removed"][name] = dict(zip(keys8, tot.tolist()))
     out(f"(default = the default corpus: {'+'.join(DEFAULT_LM_TASKS)})")
 
-    lm = {}
+    lm, ends = {}, {}
     for name in ("old", "new"):
         raw = []
         for t in lm_tasks:
@@ -458,26 +485,30 @@ def leak_report(seed: int = SPLIT_SEED, lm_tasks=DEFAULT_LM_TASKS, out=print) ->
         docs = normalize_many(raw)
         frags = {d for d, r in zip(docs, raw) if n_words(r) >= MIN_SUBSTRING_WORDS}
         lm[name] = (frozenset(docs), docs, _SEP.join(docs), frags)
+        ends[name] = tuple(frozenset(k[j] for d in docs if (k := near_keys(d))) for j in (0, 1))
     long_all = _reserved(seed)[1]
     found = {name: _find(v[1], long_all)[1] for name, v in lm.items()}
     res_sorted = _reserved_joinable(seed)
     holds = {name: {k for k, h in zip(res_sorted, docs_containing(res_sorted, v[3])) if h} for name, v in lm.items()}
     out(f"\nreserved rows vs the LM text of {'+'.join(lm_tasks)}: equal to a document | inside one (rows of "
-        f"{MIN_SUBSTRING_WORDS}+ words) | holding one of {MIN_SUBSTRING_WORDS}+ words")
-    out(f"{'task':8} {'part':5} {'rows':>5} {'old: equal':>11} {'inside':>17} {'frag':>11} {'new: equal':>11} "
-        f"{'inside':>7} {'frag':>5}")
+        f"{MIN_SUBSTRING_WORDS}+ words) | holding one of {MIN_SUBSTRING_WORDS}+ words | the same first or last "
+        f"{NEAR_CHARS} characters as one")
+    out(f"{'task':8} {'part':5} {'rows':>5} {'old: equal':>11} {'inside':>17} {'frag':>11} {'near':>11} "
+        f"{'new: equal':>11} {'inside':>7} {'frag':>5} {'near':>5}")
     for task in STAICC_FILES:
         norms, sp = _row_norms(task), split_rows(task, seed)
         for part, idx in (("test", sp.icl_test), ("demo", sp.icl_demo)):
             keys = [norms[i] for i in idx.tolist()]
             n, n_long = len(keys), sum(k in long_all for k in keys)
             c = {name: (sum(k in lm[name][0] for k in keys), sum(k in found[name] for k in keys),
-                        sum(k in holds[name] for k in keys)) for name in lm}
+                        sum(k in holds[name] for k in keys), sum(is_near(k, ends[name]) for k in keys))
+                 for name in lm}
             rep["leaks"][f"{task}/{part}"] = {"rows": n, "long_rows": n_long, **{
-                f"{name}_{what}": c[name][j] for name in lm for j, what in enumerate(("equal", "inside", "frag"))}}
-            (ow, oi, of), (nw, ni, nf) = c["old"], c["new"]
+                f"{name}_{what}": c[name][j] for name in lm for j, what in enumerate(("equal", "inside", "frag", "near"))}}
+            (ow, oi, of, on), (nw, ni, nf, nn) = c["old"], c["new"]
             out(f"{task:8} {part:5} {n:>5} {ow:>5} {100 * ow / n:4.1f}% {oi:>5}/{n_long:<5} "
-                f"{100 * oi / max(n_long, 1):4.1f}% {of:>5} {100 * of / n:4.1f}% {nw:>11} {ni:>7} {nf:>5}")
+                f"{100 * oi / max(n_long, 1):4.1f}% {of:>5} {100 * of / n:4.1f}% {on:>5} {100 * on / n:4.1f}% "
+                f"{nw:>11} {ni:>7} {nf:>5} {nn:>5}")
             if task == "sst2":  # SST-2's phrases of any length inside LM sentences (the issue sampled 300)
                 msg = []
                 for name, (_, docs, joined, _) in lm.items():

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from momattn.errors import CheckpointError
+from momattn.errors import CheckpointError, DataError
 from momattn.model import GPT, AttentionConfig, GPTConfig
 from momattn.tokenizer import Tokenizer
 
@@ -53,7 +53,9 @@ def _load_safely(p: Path, path) -> Any:
                 "code from a checkpoint. Only load files you trust, written by train.py"
             ) from None
         raise _unreadable(path, e) from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except MemoryError:
+        raise
+    except Exception as e:  # damaged bytes inside the archive surface as anything: KeyError, RuntimeError, ...
         raise _unreadable(path, e) from e
 
 
@@ -231,11 +233,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         load_state_into(model, model_state(ckpt), path)
     except RuntimeError as e:  # shape mismatch
         raise CheckpointError(f"checkpoint '{path}' does not fit its own model config: {str(e).splitlines()[0]}") from e
-    tokenizer = Tokenizer.from_json(meta["tokenizer"], name=meta.get("tokenizer_name", "tokenizer"))
+    tokenizer = checkpoint_tokenizer(meta, path)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(f"checkpoint '{path}': tokenizer has {tokenizer.vocab_size} tokens but the model only "
                               f"{model.config.vocab_size}; the checkpoint was assembled from mismatched parts")
     return model.to(map_location).eval(), tokenizer
+
+
+def checkpoint_tokenizer(meta: dict, path) -> Tokenizer:
+    """The tokenizer a checkpoint stores, or a CheckpointError naming the checkpoint where it is damaged."""
+    try:
+        return Tokenizer.from_json(meta["tokenizer"], name=meta.get("tokenizer_name", "tokenizer"))
+    except DataError as e:
+        raise CheckpointError(f"checkpoint '{path}': its tokenizer is damaged: {e}") from None
 
 
 def checkpoint_meta(model_config: GPTConfig, tokenizer: Tokenizer, config: dict, **extra) -> dict:

@@ -192,8 +192,9 @@ def check_output_dir(overrides: list[str], multirun: bool, cwd: Path | None = No
                           f"folder with {key}=<path>, or run from a writable directory") from None
 
 
-def report(e: UserError) -> None:
-    print(f"\nerror: {e}\n(set HYDRA_FULL_ERROR=1 for the full traceback)", file=sys.stderr, flush=True)
+def report(e: UserError, hydra: bool = True) -> None:
+    hint = "\n(set HYDRA_FULL_ERROR=1 for the full traceback)" if hydra else ""
+    print(f"\nerror: {e}{hint}", file=sys.stderr, flush=True)
 
 
 def hydra_main(config_name: str):

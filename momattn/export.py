@@ -139,6 +139,8 @@ def export(ckpt_path: str, out: str | Path, overwrite: bool = False) -> Path:
     write_tokenizer(tokenizer, c.block_size, out)
     if not as_gpt2:
         shutil.copy(MODELING_FILE, out / MODELING_FILE.name)
+    else:  # overwrite=true over a momentum export: its modeling file would contradict config.json
+        (out / MODELING_FILE.name).unlink(missing_ok=True)
     return out
 
 
@@ -167,10 +169,10 @@ def main(argv: list[str] | None = None) -> None:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         out = export(args["ckpt_path"], args["out"], args["overwrite"])
     except UserError as e:
-        report(e)
+        report(e, hydra=False)
         sys.exit(2)
-    kind = "GPT2LMHeadModel" if not (out / MODELING_FILE.name).exists() else \
-        "MomattnForCausalLM (load with trust_remote_code=True)"
+    remote = "auto_map" in json.loads((out / "config.json").read_text())
+    kind = "MomattnForCausalLM (load with trust_remote_code=True)" if remote else "GPT2LMHeadModel"
     print(f"exported {args['ckpt_path']} to {out}/ as {kind}")
 
 

@@ -2,8 +2,9 @@
 
     python generate.py ckpt_path=last.ckpt prompt="Once upon a time" max_new_tokens=100 temperature=0.8 top_k=50
 
-- Decoding is incremental with the model's KV cache; when the context is full the last block_size - 1 tokens
-  are re-encoded and decoding continues (the same rule as GPT.generate), so any length can be sampled.
+- Decoding is incremental with the model's KV cache; once the context is full, every token is sampled from a
+  window of the last block_size tokens, re-encoded (the same rule as GPT.generate, nanoGPT's crop and the
+  exported Hugging Face model), so any length can be sampled.
 - Text is printed as soon as it is whole: a multi-byte character split over several BPE tokens waits for
   its last byte instead of printing a replacement character.
 - Deterministic for a seed: one torch.Generator drives every sample, in order.
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -49,12 +51,16 @@ class GenerateConfig:
             raise ConfigError("no checkpoint given: pass ckpt_path=PATH (a .ckpt written by train.py)")
         if self.prompt is None or not str(self.prompt):
             raise ConfigError('prompt is empty; pass the text to continue, e.g. prompt="Once upon a time"')
-        self.prompt = str(self.prompt).replace("\\n", "\n")
+        if not isinstance(self.prompt, str):  # Hydra reads prompt=true as a bool, prompt=0.10 as 0.1, [a,b] a list
+            raise ConfigError(f"prompt={self.prompt!r} was read as a {type(self.prompt).__name__}, not text; quote "
+                              "it so that Hydra keeps it as written, e.g. 'prompt=\"true\"'")
+        self.prompt = self.prompt.replace("\\n", "\n")
         for name, low in (("max_new_tokens", 1), ("num_samples", 1)):
             v = getattr(self, name)
             if not _is_int(v) or v < low:
                 raise ConfigError(f"{name}={v!r} must be an int >= {low}")
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float) or self.temperature < 0:
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float) or \
+                not math.isfinite(self.temperature) or self.temperature < 0:
             raise ConfigError(f"temperature={self.temperature!r} must be a number >= 0 (0 = greedy)")
         if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
             raise ConfigError(f"top_k={self.top_k!r} must be an int >= 1, or null for the whole vocabulary")
@@ -82,7 +88,7 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
     """logits (B, V) -> the sampled token ids (B, 1)."""
     if temperature == 0:
         return logits.argmax(-1, keepdim=True)
-    logits = logits.float() / temperature
+    logits = logits.double() / temperature  # float64: a temperature of 1e-40 must not overflow to inf
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -102,9 +108,9 @@ def sample_tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: fl
         if step == max_new_tokens - 1:
             break
         idx = torch.cat([idx, nxt], dim=1)
-        if cache.length >= block:  # context full: re-encode the last block_size - 1 tokens
+        if cache.length >= block:  # context full: re-encode a window of the last block_size tokens
             cache = model.new_cache()
-            logits = last_logits(model, idx[:, -(block - 1):], cache)
+            logits = last_logits(model, idx[:, -block:], cache)
         else:
             logits = last_logits(model, nxt, cache)
 

@@ -54,6 +54,7 @@ class MomattnLM(TemplateLM):
         self.precision = precision
         self.max_rows = int(batch_size) if str(batch_size).isdigit() and int(batch_size) > 0 else None  # "auto": by tokens
         self.batch_tokens, self.max_gen_toks = int(batch_tokens), int(max_gen_toks)
+        self._warned: set[str] = set()  # generation settings already reported as ignored
 
     @property
     def eot_token_id(self) -> int:
@@ -83,6 +84,12 @@ class MomattnLM(TemplateLM):
     @torch.no_grad()
     def score_pairs(self, pairs: list[Pair], disable_tqdm: bool = True) -> list[tuple[float, bool]]:
         """(sum log p(continuation | context), greedy) for each pair, batched by length."""
+        from momattn.errors import DataError
+
+        longest = max((len(cont) for _, cont in pairs), default=0)
+        if longest > self.max_length:
+            raise DataError(f"a continuation of {longest} tokens is longer than the model's context of "
+                            f"{self.max_length} (block_size): it cannot be scored in one window")
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
         out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
         batch: list[int] = []
@@ -142,9 +149,16 @@ class MomattnLM(TemplateLM):
             until = kwargs.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
             max_new = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
-            sample = bool(kwargs.pop("do_sample", False)) and float(kwargs.get("temperature", 1.0)) > 0
-            temperature = float(kwargs.pop("temperature", 1.0)) if sample else 0.0
+            temperature = float(kwargs.pop("temperature", 1.0))
+            sample = bool(kwargs.pop("do_sample", False)) and temperature > 0
+            temperature = temperature if sample else 0.0
             top_k = kwargs.pop("top_k", None)
+            top_k = int(top_k) if top_k else None  # 0 or None: the whole vocabulary (transformers' meaning)
+            ignored = sorted(set(kwargs) - self._warned)
+            if ignored:  # top_p, repetition_penalty, ...: say so once instead of sampling otherwise than asked
+                print(f"momattn: generation settings {', '.join(ignored)} are not supported and are ignored",
+                      file=sys.stderr)
+                self._warned.update(ignored)
             ids = self.tok_encode(context) or [self.eot_token_id]
             idx = torch.tensor([ids], dtype=torch.long, device=self._device)
             tokens, text = [], ""
@@ -168,8 +182,15 @@ def main() -> None:
     """lm-eval's own command line, with the "momattn" model registered."""
     from lm_eval.__main__ import cli_evaluate
 
+    from momattn.cli import report
+    from momattn.errors import UserError
+
     sys.argv[0] = "lm_eval"
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except UserError as e:  # a missing checkpoint, a bad model argument: one line, not lm-eval's traceback
+        report(e, hydra=False)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

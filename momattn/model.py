@@ -378,9 +378,9 @@ class GPT(nn.Module):
                     logits = logits.masked_fill(logits < kth, float("-inf"))
                 nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)  # (B, 1)
             idx = torch.cat([idx, nxt], dim=1)
-            if cache.length >= self.config.block_size:  # context full: re-encode the last block_size - 1 tokens
+            if cache.length >= self.config.block_size:  # context full: a window of the last block_size tokens
                 cache = self.new_cache()
-                logits = self.last_logits(idx[:, -(self.config.block_size - 1) :], cache)
+                logits = self.last_logits(idx[:, -self.config.block_size :], cache)
             else:
                 logits = self.last_logits(nxt, cache)
         return idx

@@ -89,7 +89,11 @@ class Tokenizer:
 
     @classmethod
     def from_json(cls, s: str, name: str = "tokenizer") -> Tokenizer:
-        return cls(_HFTokenizer.from_str(s), name)
+        try:
+            return cls(_HFTokenizer.from_str(s), name)
+        except Exception as e:  # the tokenizers library raises a bare Exception for a damaged or foreign JSON
+            raise DataError(f"not a valid tokenizer JSON ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                            ) from None
 
     @property
     def fingerprint(self) -> str:

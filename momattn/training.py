@@ -20,6 +20,7 @@ from momattn.callbacks import AtomicCheckpointIO, PreemptionCheckpoint, Throughp
 from momattn.checkpoint import (
     check_compatible,
     checkpoint_meta,
+    checkpoint_tokenizer,
     model_config_from,
     read_meta,
     resolve_ckpt_path,
@@ -57,8 +58,8 @@ def run_train(cfg: DictConfig) -> float | None:
     resume, start_step = resumed.get("momattn") or {}, int(resumed.get("global_step") or 0)
     if resume:
         quiet_resume(same_folder=ckpt_path.resolve().parent.parent == out_dir)
-    tokenizer = Tokenizer.from_json(resume["tokenizer"], resume.get("tokenizer_name", "tokenizer")) if resume \
-        else build_tokenizer(c.tokenizer, c.data, c.cache_dir)
+    tokenizer = checkpoint_tokenizer(resume, ckpt_path) if resume else build_tokenizer(c.tokenizer, c.data,
+                                                                                          c.cache_dir)
     was = (resume.get("config") or {}).get("tokenizer")
     if resume and was is not None and was != c.resolved.get("tokenizer"):
         print(f"[momattn] resuming with the checkpoint's own tokenizer ({tokenizer!r}); the tokenizer settings "

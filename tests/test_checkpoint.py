@@ -386,3 +386,26 @@ def test_a_sharded_folder_with_code_or_damage_in_its_index_is_refused(tmp_path, 
     (folder / ".metadata").write_bytes(b"not a pickle")
     with pytest.raises(CheckpointError, match=r"last.ckpt' cannot be read \(.*\); it is truncated"):
         read_checkpoint(folder)
+
+
+def test_damaged_bytes_inside_a_checkpoint_or_its_tokenizer_are_one_line_errors(tmp_path, tokenizer, monkeypatch):
+    _save(tmp_path / "a.ckpt", tokenizer)
+    data = bytearray((tmp_path / "a.ckpt").read_bytes())
+    start = data.index(b"data.pkl") + 200  # inside the pickled record: a bad memo key surfaces as a KeyError
+    data[start:start + 16] = b"X" * 16
+    (tmp_path / "bad.ckpt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"bad.ckpt' cannot be read .*truncated or not a PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "bad.ckpt")
+
+    def keyerror(*a, **k):  # what torch.load raised on one such file (a memo key read from damaged bytes)
+        raise KeyError(1482184792)
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "load", keyerror)
+        with pytest.raises(CheckpointError, match=r"bad.ckpt' cannot be read \(KeyError: 1482184792\)"):
+            read_checkpoint(tmp_path / "bad.ckpt")
+    ckpt = torch.load(tmp_path / "a.ckpt", weights_only=True)
+    ckpt["momattn"]["tokenizer"] = ckpt["momattn"]["tokenizer"][:-40]  # a cut JSON string
+    torch.save(ckpt, tmp_path / "tok.ckpt")
+    with pytest.raises(CheckpointError, match=r"tok.ckpt': its tokenizer is damaged: not a valid tokenizer JSON"):
+        load_checkpoint(tmp_path / "tok.ckpt")

@@ -96,3 +96,36 @@ def test_cli_exports_and_reports_bad_input_in_one_line(tmp_path):
     r = subprocess.run([*run, f"ckpt_path={tmp_path / 'nope.ckpt'}", f"out={tmp_path / 'o'}"], capture_output=True,
                        text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_exported_model_generates_as_momattn_does_and_refuses_left_padding(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "m.ckpt", "momentum", block_size=16, learnable_eta=True, eta=0.7)
+    out = export(ckpt, tmp_path / "hf")
+    ours, _ = load_checkpoint(ckpt)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    ids = torch.randint(0, 300, (1, 5), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # greedy, 20 tokens past the context of 16: both slide a window of 16 tokens
+        theirs = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=31, do_sample=False,
+                             use_cache=False, pad_token_id=0)
+        mine = ours.generate(ids, 31, temperature=0)
+    assert torch.equal(theirs, mine)
+    mask = torch.tensor([[0, 0, 1, 1, 1]])
+    with pytest.raises(ValueError, match="attention_mask has a padded position before a real one"):
+        hf(ids, attention_mask=mask)
+    right = torch.tensor([[1, 1, 1, 0, 0]])  # right padding: the real positions are untouched
+    torch.testing.assert_close(hf(ids, attention_mask=right).logits[:, :3], hf(ids[:, :3]).logits)
+    fresh = type(hf)(hf.config)  # a model built from the config starts where momattn's does
+    assert torch.allclose(torch.sigmoid(fresh.blocks[0].attn.eta_logit), torch.tensor(0.7))
+
+
+def test_the_exported_multirate_ema_matches_momattn_past_a_few_hundred_tokens(tmp_path):
+    # the kernel is summed per channel first: no (C, R, T, T) tensor (gigabytes at T = 512 before)
+    ckpt = tiny_checkpoint(tmp_path / "m.ckpt", "multirate_ema", block_size=384, n_rates=4)
+    parity(ckpt, export(ckpt, tmp_path / "hf"), trust=True)
+
+
+def test_overwrite_of_a_momentum_export_with_a_gpt2_one_leaves_no_modeling_file(tmp_path):
+    export(tiny_checkpoint(tmp_path / "m.ckpt", "momentum"), tmp_path / "hf")
+    out = export(tiny_checkpoint(tmp_path / "v.ckpt"), tmp_path / "hf", overwrite=True)
+    assert not (out / MODELING_FILE.name).exists()
+    assert type(transformers.AutoModelForCausalLM.from_pretrained(out)) is transformers.GPT2LMHeadModel

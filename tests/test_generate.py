@@ -95,6 +95,8 @@ def test_streamed_text_is_the_decoded_sample_and_prints_whole_characters(ckpt):
     ({"prompt": ""}, "prompt is empty"), ({"prompt": None}, "prompt is empty"),
     ({"max_new_tokens": 0}, "max_new_tokens=0"), ({"temperature": -0.5}, "temperature=-0.5"),
     ({"top_k": 0}, "top_k=0"), ({"num_samples": 0}, "num_samples=0"), ({"ckpt_path": None}, "ckpt_path=PATH"),
+    ({"temperature": float("nan")}, "temperature=nan"), ({"prompt": True}, "prompt=True was read as a bool"),
+    ({"prompt": 0.1}, "prompt=0.1 was read as a float"), ({"prompt": ["a", "b"]}, "was read as a list"),
 ])
 def test_bad_settings_name_the_culprit(kw, culprit):
     with pytest.raises(ConfigError, match=culprit.replace("(", r"\(")):
@@ -129,3 +131,11 @@ def test_stream_decoder_keeps_the_spaces_a_tokenizer_puts_between_tokens():
     raw = bytes("é✓", "utf-8")  # byte-level: 2 + 3 bytes, one token per byte
     bytewise = StreamDecoder(lambda ids: bytes(ids).decode("utf-8", errors="replace"))
     assert [bytewise.push(b) for b in raw] == ["", "é", "", "", "✓"]
+
+
+def test_a_tiny_temperature_samples_the_argmax_instead_of_failing():
+    from momattn.generate import next_token
+
+    logits = torch.tensor([[1.0, 3.0, 2.0], [0.5, -1.0, 0.25]])
+    g = torch.Generator().manual_seed(0)
+    assert next_token(logits, 1e-40, None, g).tolist() == [[1], [0]]  # float32 logits / 1e-40 overflowed to inf

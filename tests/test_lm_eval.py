@@ -120,3 +120,21 @@ def test_the_lm_eval_command_line_finds_the_momattn_model(ckpt):
 def test_lm_evals_default_device_falls_back_to_the_cpu_without_a_gpu(ckpt, capsys):
     lm = MomattnLM(ckpt_path=str(ckpt), device="cuda:0")  # what lm-eval passes when --device is not given
     assert lm.device == "cpu" and "no CUDA GPU is available; running on the CPU" in capsys.readouterr().err
+
+
+def test_generation_settings_and_bad_input_are_handled_as_lm_eval_users_expect(ckpt, capsys):
+    from momattn.errors import DataError
+
+    lm = MomattnLM(ckpt_path=str(ckpt), precision="32-true")
+    settings = {"until": [], "max_gen_toks": 4, "do_sample": True, "top_k": 0, "top_p": 0.9}
+    (text,) = lm.generate_until([req("generate_until", "Review:", settings)])  # top_k=0: no top-k, as in HF
+    assert isinstance(text, str)
+    assert "generation settings top_p are not supported and are ignored" in capsys.readouterr().err
+    lm.generate_until([req("generate_until", "Review:", settings)])
+    assert "top_p" not in capsys.readouterr().err  # said once
+    with pytest.raises(DataError, match="a continuation of 70 tokens is longer than the model's context of 64"):
+        lm.score_pairs([([1], [5] * 70)])
+    r = subprocess.run([sys.executable, "-m", "momattn.lm_eval_adapter", "--model", "momattn", "--model_args",
+                        "ckpt_path=nope.ckpt", "--tasks", "momattn_tiny_mc", "--include_path", str(DATA)],
+                       cwd=DATA, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]

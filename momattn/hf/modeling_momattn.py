@@ -1,15 +1,19 @@
 """momattn GPTs (vanilla, momentum or multirate_ema attention; learned or rotary positions) for Hugging Face
 transformers, loaded with trust_remote_code=True from a folder that `python -m momattn.export` wrote.
 
-Self-contained on purpose (torch and transformers only; it is copied next to the weights): the memory terms
-are written as (T x T) decay matrices, O(T^2) like the attention itself, rather than momattn's O(T) scans.
+Self-contained on purpose (torch and transformers only; it is copied next to the weights): the momentum term
+is a (T x T) decay matrix per head, O(T^2) like the attention itself, and multirate_ema a causal depthwise
+convolution with its summed kernel, rather than momattn's O(T) scans.
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model = AutoModelForCausalLM.from_pretrained("exported", trust_remote_code=True)
-    logits = model(**AutoTokenizer.from_pretrained("exported")("Hello", return_tensors="pt")).logits
+    tokenizer = AutoTokenizer.from_pretrained("exported", trust_remote_code=True)  # config.json names the code
+    logits = model(**tokenizer("Hello", return_tensors="pt")).logits
 
-Sequences are right-padded or unpadded (a causal model never looks right); there is no KV cache, so
-generate() re-reads the whole sequence at every step (pass use_cache=False).
+Sequences are right-padded or unpadded (a causal model never looks right); a left-padded attention_mask is
+refused, since the memory terms sum every earlier position, pads included. There is no KV cache, so generate()
+re-reads the whole sequence at every step (pass use_cache=False); past the context it reads a window of the
+last block_size tokens, as momattn's own generate does.
 """
 
 from __future__ import annotations
@@ -67,12 +71,12 @@ class Attention(nn.Module):
         self.c_proj = nn.Linear(C, C, bias=config.bias)
         if self.kind == "momentum":
             self.include_current = config.include_current
-            if config.learnable_eta:
-                self.eta_logit = nn.Parameter(torch.zeros(H))
+            if config.learnable_eta:  # momattn's start: eta itself, through its logit
+                self.eta_logit = nn.Parameter(torch.full((H,), math.log(config.eta / (1 - config.eta))))
             self.eta = config.eta
         elif self.kind == "multirate_ema":
-            self.delta = nn.Parameter(torch.zeros(C, config.n_rates))
-            self.gamma = nn.Parameter(torch.zeros(C, config.n_rates))
+            self.delta = nn.Parameter(torch.randn(C, config.n_rates) * 0.2)  # momattn's start: rates near 0.5
+            self.gamma = nn.Parameter(torch.randn(C, config.n_rates))
             self.scale = math.sqrt(1.0 / C)
         elif self.kind != "vanilla":
             raise ValueError(f"attention_kind={self.kind!r} is unknown to this modeling file")
@@ -89,8 +93,10 @@ class Attention(nn.Module):
             return (W @ vh).transpose(1, 2).reshape(B, T, C)
         if self.kind == "multirate_ema":
             p, g = torch.sigmoid(self.delta.float()), self.gamma.float() * self.scale  # (C, R)
-            W = (g[..., None, None] * decay_matrix(p[..., None], T, True)).sum(1)  # (C, T, T)
-            return torch.einsum("cti,bic->btc", W, vf)
+            lag = torch.arange(T, device=v.device).float()
+            kernel = (g[..., None] * p[..., None] ** lag).sum(1)  # (C, T): sum_r gamma p^l at lag l
+            x = F.pad(vf.transpose(1, 2), (T - 1, 0))  # (B, C, 2T - 1): zeros before the first token
+            return F.conv1d(x, kernel.flip(-1)[:, None, :], groups=C).transpose(1, 2)  # (B, T, C)
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,6 +165,10 @@ class MomattnForCausalLM(PreTrainedModel, GenerationMixin):
     def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.LongTensor | None = None, **kwargs) -> CausalLMOutput:
         B, T = input_ids.shape
+        if attention_mask is not None and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
+            raise ValueError("attention_mask has a padded position before a real one (left padding, or a token "
+                             "generated after right padding): the momentum terms sum every earlier position, pads "
+                             "included; pad on the right, or pass sequences one at a time")
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens exceeds the model's context of {self.config.block_size}")
         x = self.wte(input_ids)
@@ -172,5 +182,7 @@ class MomattnForCausalLM(PreTrainedModel, GenerationMixin):
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
         return CausalLMOutput(loss=loss, logits=logits)
 
-    def prepare_inputs_for_generation(self, input_ids, **kwargs):
-        return {"input_ids": input_ids[:, -self.config.block_size:]}
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
+        window = slice(-self.config.block_size, None)
+        return {"input_ids": input_ids[:, window],
+                "attention_mask": None if attention_mask is None else attention_mask[:, window]}

@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import torch
+from harness import machine_info
 
 
 def ginc_model(n_symbols: int = 50):
@@ -60,7 +60,7 @@ def main():
     wall = time.perf_counter() - t0
     row = {"model": label, "task": task, "shots": shots, "n_test": res.n_test, "n_lrs": len(cfg.lr_grid),
            "n_select": res.n_select, "wall_s": wall, "phases_s": res.timing_s, "threads": torch.get_num_threads(),
-           "machine": platform.processor() or platform.machine(),
+           "machine": machine_info("cpu"),  # the CPU model, threads, torch version and date
            "load_avg_1m_end": os.getloadavg()[0], "note": args.note}
     print(f"{label}  task={task} k={shots}  n_test={res.n_test}  lrs={len(cfg.lr_grid)}  select={res.n_select}")
     print(f"{'phase':<18}{'seconds':>10}")

@@ -1,8 +1,9 @@
 """Mixed precision on a CPU with native bf16 (issue 11, goal 1): the main job in bf16 against fp32.
 
     python benchmarks/cpu_bf16_check.py                 # on a CPU with avx512_bf16 or AMX (e.g. the device host)
-    python benchmarks/cpu_bf16_check.py --parts step    # the step timing alone (about a minute)
-    python benchmarks/cpu_bf16_check.py --smoke --force # toy size on any CPU (what the test runs)
+    python benchmarks/cpu_bf16_check.py --parts step --merge  # re-time the step beside the stored runs (a minute)
+    python benchmarks/cpu_bf16_check.py --smoke --force # toy size on any CPU (what the test runs; writes to a
+                                                        # temporary folder unless --out is given)
 
 Two parts, both on the CPU even where a GPU is present:
   step  the main job's training step (its model and batch: 4 x 256, context 512, batch 8, vocabulary 4096:
@@ -17,7 +18,7 @@ Two parts, both on the CPU even where a GPU is present:
         --threads threads each: final validation loss, tokens/s and fit seconds from each run's summary.json;
         the bf16 - fp32 loss difference per seed beside the spread between seeds.
 
-Writes benchmarks/results/cpu_bf16.json and .md (rewritten after each part). On a CPU without native bf16 it
+Writes benchmarks/results/cpu_bf16.json and .md (rewritten after each part; --smoke: a temporary folder). On a CPU without native bf16 it
 says so and measures nothing (bf16 matmuls are emulated there, ~200x slower than fp32) unless --force.
 """
 
@@ -182,7 +183,9 @@ def markdown(rep: dict) -> str:
     st = rep.get("step")
     if st:
         tps = st["tokens_per_s"]
-        lines += [f"Training step of the main job's model (4 x 256, context 512, batch 8), {st['threads']} threads, "
+        model = "a toy model (--smoke: 1 x 16, context 16, batch 2)" if rep.get("smoke") else \
+            "the main job's model (4 x 256, context 512, batch 8)"
+        lines += [f"Training step of {model}, {st['threads']} threads, "
                   f"medians of {st['rounds']} interleaved samples of {st['steps_per_sample']} steps (paired: the median of each "
                   "round's own ratio, the three timed back to back):", "",
                   "| step | tokens/s | range | vs nanoGPT fp32 |", "|---|---:|---:|---:|"]
@@ -247,11 +250,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                     help="an extra train.py override for the main-job runs (repeatable)")
     ap.add_argument("--force", action="store_true", help="measure even where bf16 is not native (emulated: slow)")
-    ap.add_argument("--smoke", action="store_true", help="toy model and 2-step runs: exercises the code anywhere")
-    ap.add_argument("--out", type=Path, default=RESULTS / "cpu_bf16.json")
+    ap.add_argument("--smoke", action="store_true", help="toy model and debug=smoke runs (6 steps): exercises the "
+                    "code anywhere")
+    ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/cpu_bf16.json; with --smoke "
+                    "a temporary folder (toy numbers never replace the stored ones)")
     ap.add_argument("--merge", action="store_true", help="keep the parts of an existing --out that this run does not "
                     "measure (e.g. --parts step --merge re-times the step beside earlier main-job runs)")
     a = ap.parse_args(argv)
+    if a.out is None:
+        import tempfile
+
+        a.out = Path(tempfile.gettempdir()) / "momattn_cpu_bf16" / "cpu_bf16.json" if a.smoke else \
+            RESULTS / "cpu_bf16.json"
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     rep: dict = {"machine": describe(), "native_bf16": cpu_has_native_bf16(), "torch": torch.__version__,
                  "date": now, "smoke": a.smoke}
@@ -274,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = (["debug=smoke"] if a.smoke else []) + a.override
         rep["runs_threads"], rep["runs_parallel"] = a.threads, a.parallel
         rep["runs"] = main_job_runs(a.seeds, a.threads, a.parallel, a.workdir, extra, a.timeout)
-        rep.setdefault("part_dates", {})["runs"] = now
+        rep.setdefault("part_dates", {})["runs"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")  # when they finished
         rep["verdict"] = verdict(rep["runs"])
     print(write(rep, a.out))
     if "runs" in parts and not rep["verdict"]["seeds_paired"]:

@@ -118,8 +118,8 @@ def scan_timing(device: str, shape: tuple[int, int, int, int], reps: int) -> lis
     def sdpa():
         torch.autograd.backward(F.scaled_dot_product_attention(q, k, v, is_causal=True), g)
 
-    backends = ("torch", "triton") if device == "cuda" or ops._triton_scan() else ("torch",)
-    kernel = ops._triton_scan()
+    kernel = triton_usable(device)
+    backends = ("torch", "triton") if kernel is not None else ("torch",)
     runs = [(b, None) for b in backends]
     if kernel is not None:  # the Triton scan's two forms: chunked where the GPU would idle (the default), and not
         ch = kernel.chunk_length(B, T, H * D, torch.device(device))
@@ -205,6 +205,20 @@ VARIANTS = [("vanilla", None, False, False, 1), ("momentum", "torch", False, Fal
             ("vanilla", None, False, "max-autotune-no-cudagraphs", 2)]
 
 
+def triton_usable(device: str):
+    """momattn.triton_scan where it can run here: on CUDA, or on a CPU in Triton's interpreter (TRITON_INTERPRET=1);
+    None elsewhere (an installed Triton without a GPU has no driver to run on)."""
+    kernel = ops._triton_scan()
+    return kernel if kernel is not None and (device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1") else None
+
+
+def scratch_out() -> Path:
+    """Where a run that measures no GPU writes (a CPU machine, --smoke): never over the stored device results."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "momattn_gpu_check" / "gpu.json"
+
+
 def label(kind: str, backend: str | None, learnable: bool, compile_: bool | str, mult: int) -> str:
     mode = f"+compile:{compile_}" if isinstance(compile_, str) else ("+compile" if compile_ else "")
     return kind + (f"/{backend}" if backend else "") + ("/learnable" if learnable else "") + mode + (f"x{mult}" if mult > 1 else "")
@@ -223,8 +237,10 @@ def markdown(report: dict) -> str:
                   for r in report["scan"]]
     # reports before session 15 took an eager float32 cross-entropy of the logits outside the (compiled) model
     loss = report.get("loss", "an eager float32 cross-entropy outside the model")
-    lines += ["", f"Training steps of gpt2_124m (12 x 768, T 1024, bf16 autocast, {loss}, fused AdamW; the "
-                  "learnable-eta and multirate rows use the default scan backend):", "",
+    what = ("a toy model (--smoke: 1 x 32, T 32, on the CPU, to exercise the code, not to measure it"
+            if report.get("smoke") else "gpt2_124m (12 x 768, T 1024") + ", bf16 autocast"
+    lines += ["", f"Training steps of {what}, {loss}, fused AdamW; the learnable-eta and multirate rows use the "
+                  "default scan backend):", "",
               "| attention | compile | batch | ms/step | tokens/s | MFU | vs vanilla | warm-up s | peak GiB |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     base: dict = {}  # the first vanilla row of each compile setting; a compile mode compares with default compile
@@ -270,15 +286,19 @@ def main() -> int:
                     f"(default all): {', '.join(label(*v) for v in VARIANTS)}")
     ap.add_argument("--parts", default="tests,bench,scan,train", help="comma-separated: tests,bench,scan,train")
     ap.add_argument("--smoke", action="store_true", help="every part on CPU at toy size (exercises the code)")
-    ap.add_argument("--out", type=Path, default=RESULTS / "gpu.json")
+    ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/gpu.json on a CUDA machine; "
+                    "a temporary folder where nothing is measured on a GPU (no CUDA, or --smoke)")
     a = ap.parse_args()
+    if a.out is None:
+        a.out = RESULTS / "gpu.json" if torch.cuda.is_available() and not a.smoke else scratch_out()
     t_start = time.perf_counter()
-    report: dict = {"machine": describe(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    report: dict = {"machine": describe(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "smoke": a.smoke,
                     "scan_backend_default": ops.SCAN_BACKEND, "loss": "the loss inside the model"}
     if not torch.cuda.is_available() and not a.smoke:
         report["skipped"] = "no CUDA device on this machine: the CUDA tests, the bf16 attention benchmark and " \
                             "the gpt2_124m throughput runs need one (run this script where a GPU is lent)"
         print(write(report, a.out))
+        print(f"[gpu_check] written to {a.out} (and .md); the stored device results are untouched")
         return 0
     device = "cpu" if a.smoke else "cuda"
     py = sys.executable
@@ -299,7 +319,7 @@ def main() -> int:
     wanted = set(filter(None, a.variants.split(","))) if "train" in parts else set()
     toy = dict(block_size=32, vocab_size=128, n_layer=1, n_head=2, n_embd=32) if a.smoke else None
     for kind, backend, learnable, compile_, mult in VARIANTS:
-        if (compile_ and (a.no_compile or a.smoke)) or (backend == "triton" and not ops._triton_scan()) \
+        if (compile_ and (a.no_compile or a.smoke)) or (backend == "triton" and triton_usable(device) is None) \
                 or "train" not in parts or (wanted and label(kind, backend, learnable, compile_, mult) not in wanted) \
                 or (not wanted and isinstance(compile_, str) and compile_.startswith("max-autotune")):
             continue

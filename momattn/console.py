@@ -15,6 +15,11 @@ _QUIET_WARNINGS = (
     r".*torch.distributed.nn.functional.all_gather is deprecated.*",  # Lightning's all_gather under DDP
     r".*Please use DTensor instead and we are deprecating ShardedTensor.*",  # FSDP's sharded state dict
     r".*auto_wrap_policy.*will be ignored.*",  # CPUShardedFSDP wraps the model itself
+    # val/loss and val/ppl are summed over every rank by LitGPT's all_gather before they are logged
+    r".*It is recommended to use `self.log\('val/(loss|ppl)'.*sync_dist=True.*",
+    r".*_get_pg_default_device` will be deprecated.*",  # torch's own FSDP code, on a sharded resume
+    r".*Multiple backends are registered with this ProcessGroup.*",
+    r".*`load_state_dict` is deprecated and will be removed.*",
 )
 
 

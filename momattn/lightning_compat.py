@@ -3,7 +3,9 @@
 - the SIGTERM flag: `trainer.received_sigterm` is read-only, but a preemption checkpoint must be able to defer
   the stop to the next optimizer-step boundary and to re-raise it there;
 - ThroughputMonitor's per-stage `Throughput` objects: the monitor only logs them, while the end-of-run
-  summary needs the last window and a measured CPU peak must reach them.
+  summary needs the last window and a measured CPU peak must reach them;
+- the step loggers write metrics at (`_batches_that_stepped`): restored from a checkpoint it can be one behind or
+  ahead, depending on where in the loop the file was saved, so a resumed curve would be shifted by a step.
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ def _require(obj: Any, attr: str) -> Any:
 def set_received_sigterm(trainer, value: bool) -> None:
     """Set (Lightning stops after the current hook) or clear (training goes on) the SIGTERM flag."""
     _require(trainer, "_signal_connector").received_sigterm = value
+
+
+def align_logged_step(trainer) -> None:
+    """Make the loggers' step counter equal the optimizer step, as it is in a run that was never interrupted
+    (at the start of every batch both count the optimizer steps taken)."""
+    loop = _require(trainer.fit_loop, "epoch_loop")
+    _require(loop, "_batches_that_stepped")
+    loop._batches_that_stepped = trainer.global_step
 
 
 def stage_throughputs(monitor: ThroughputMonitor) -> dict[RunningStage, FabricThroughput]:

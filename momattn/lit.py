@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
+from momattn import lightning_compat as compat
 from momattn.errors import ConfigError, NonFiniteLossError
 from momattn.model import GPT
 
@@ -196,6 +197,19 @@ class LitGPT(pl.LightningModule):
         trainer = getattr(self, "_trainer", None)
         return trainer is not None and getattr(trainer.precision_plugin, "scaler", None) is not None
 
+    def on_train_batch_start(self, batch, batch_idx):
+        if getattr(self, "_align_step", False):  # the first batch of this fit, after Lightning restored its loops
+            compat.align_logged_step(self.trainer)  # a resumed curve continues at the right step
+            self._align_step = False
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        # the last optimizer step off the validation interval: stopping here makes Lightning validate this model
+        # inside fit, so the checkpoint callback sees that validation (best-*.ckpt, last.ckpt) like any other
+        t = self.trainer
+        if t.max_steps > 0 and t.global_step >= t.max_steps and getattr(self, "validated_at", None) != t.global_step \
+                and t.num_val_batches and t.limit_val_batches != 0:
+            t.should_stop = True
+
     def on_save_checkpoint(self, checkpoint):
         checkpoint["momattn"] = {**self.meta, "rng": rng_state()}
         for logger in self.loggers:  # a resume continues the same W&B run
@@ -206,6 +220,7 @@ class LitGPT(pl.LightningModule):
         self._rng_to_restore = checkpoint.get("momattn", {}).get("rng")
 
     def on_train_start(self):
+        self._align_step = True
         if self._rng_to_restore is not None:  # after every other restore step, right before the next batch
             set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None

@@ -33,10 +33,18 @@ class AttentionConfig:
     def __post_init__(self):
         if self.kind not in ATTENTION_KINDS:
             raise ConfigError(f"attention.kind='{self.kind}' is unknown; choose one of {', '.join(ATTENTION_KINDS)}")
+        if isinstance(self.eta, bool) or not isinstance(self.eta, int | float):
+            raise ConfigError(f"attention.eta={self.eta!r} must be a number in [0, 1)")
         if not 0.0 <= self.eta < 1.0:
             raise ConfigError(f"attention.eta={self.eta} is outside [0, 1); the momentum sum only converges for eta < 1")
         if self.learnable_eta and self.eta == 0.0:
             raise ConfigError("attention.learnable_eta=true needs attention.eta in (0, 1): a sigmoid cannot start at 0")
+        # the model holds eta in float32 (or as a float32 logit through a sigmoid): it must stay inside there too
+        held = torch.sigmoid(torch.tensor(math.log(self.eta / (1 - self.eta)) if self.eta > 0 else -math.inf)) \
+            if self.learnable_eta else torch.tensor(float(self.eta))
+        if float(held) >= 1.0 or (self.learnable_eta and float(held) <= 0.0):
+            raise ConfigError(f"attention.eta={self.eta!r} rounds to {float(held):g} in float32, where the model "
+                              f"holds it; use an eta {'at least 1e-7' if float(held) <= 0 else 'at most 0.9999999'}")
         if self.n_rates < 1:
             raise ConfigError(f"attention.n_rates={self.n_rates} must be >= 1")
 

@@ -77,7 +77,7 @@ Rate = float | torch.Tensor
 # below, every device), "cpu" (momattn/cpu_scan.py: a C++ kernel stepping through time, CPU tensors; the matmul
 # scans elsewhere), "triton" (momattn/triton_scan.py: one kernel for momentum_ema, CUDA or TRITON_INTERPRET=1),
 # or "auto" (cpu on CPU where the kernel builds; triton on CUDA where it is installed and the head size is a
-# multiple of 16; else torch). benchmarks/gpu_check.py and compare_kernel.py time them; set it with
+# multiple of 16; else torch). benchmarks/gpu_check.py and compare_revisions.py time them; set it with
 # MOMATTN_SCAN_BACKEND or by assigning ops.SCAN_BACKEND.
 SCAN_BACKEND = os.environ.get("MOMATTN_SCAN_BACKEND", "auto")
 

@@ -25,6 +25,12 @@ class CompareSweep(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
+        from omegaconf import OmegaConf
+
+        if "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).lower():  # a search
+            print(f"\n[momattn] search done: the best parameters and {OmegaConf.select(config, 'optimized_metric', default='its metric')} are "
+                  f"in {sweep_dir}/optimization_results.yaml", file=sys.stderr, flush=True)
+            return
         shown = f"python evaluate.py sweep_dir={sweep_dir}"
         if not self.run:
             print(f"\n[momattn] sweep done. Compare its jobs (mean +- std over seeds, paired intervals, verdicts):\n"

@@ -97,7 +97,10 @@ def run_train(cfg: DictConfig) -> float | None:
                                       gradient_clip_val=c.optim.grad_clip or None,
                                       **_timed_strategy(c.trainer, c.dist_timeout_s))
 
-    print(f"[momattn] {model_config.attention.kind} attention, {model.num_params() / 1e6:.2f}M parameters, "
+    n_all, n_core = model.num_params(non_embedding=False), model.num_params()
+    counts = f"{n_all / 1e6:.2f}M parameters" + (f" ({n_core / 1e6:.2f}M without position embeddings)"
+                                                  if n_core != n_all else "")
+    print(f"[momattn] {model_config.attention.kind} attention, {counts}, "
           f"{_train_size(train)}, {tokenizer!r}, precision {c.trainer['precision']}; "
           f"output: {out_dir}", file=sys.stderr)
     t0 = time.perf_counter()
@@ -297,12 +300,14 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
         unigram = f"  (unigram baseline ppl {baseline:.1f})" if baseline is not None else ""
         lines.append(f"  final val/loss {metrics['val/loss']:.4f}  val/ppl {metrics['val/ppl']:.2f}{unigram}")
     if speed.get("tokens_per_sec"):
-        mfu = f"  MFU {100 * speed['mfu']:.1f}%" if speed.get("mfu") else f"  ({speed['mfu_note']})" \
+        mfu = f" MFU {100 * speed['mfu']:.1f}%;" if speed.get("mfu") else f" ({speed['mfu_note']});" \
             if speed.get("mfu_note") else ""
-        mean = f" ({speed['tokens_per_sec_mean']:.0f} over the whole run)" if speed.get("tokens_per_sec_mean") else ""
-        lines.append(f"  throughput {speed['tokens_per_sec']:.0f} tokens/s{mfu} in the last steps{mean}; fit took "
+        mean = f", {speed['tokens_per_sec_mean']:.0f} tokens/s over the whole run" \
+            if speed.get("tokens_per_sec_mean") else ""
+        lines.append(f"  throughput {speed['tokens_per_sec']:.0f} tokens/s in the last steps{mean};{mfu} fit took "
                      f"{speed['fit_seconds']:.0f} s")
-    lines.append(f"  checkpoints: best {best}  last {last}")
+    lines.append(f"  checkpoints: best {best}  last {last}" if best or last else
+                 "  checkpoints: none written (no ModelCheckpoint callback: callbacks=none)")
     lines += [f"  {logs.describe(lg)}" for lg in loggers]
     print("\n".join(lines), file=sys.stderr, flush=True)
     summary = {"attention": c.resolved["attention"], "steps": trainer.global_step, "unigram_val_ppl": baseline,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
 from conftest import SMOKE, run_cli, train_losses
@@ -15,7 +18,8 @@ FSDP = [*BASE, "trainer=fsdp", "trainer.accelerator=cpu"]
 
 @pytest.mark.slow
 def test_a_two_process_sharded_checkpoint_resumes_on_one_process_with_or_without_fsdp(tmp_path):
-    two = run_cli("train.py", [*FSDP, "trainer.devices=2", "trainer.max_steps=3", f"hydra.run.dir={tmp_path / 'two'}",
+    # 4 steps, off the validation interval (3): the final model is validated on the sharded weights too
+    two = run_cli("train.py", [*FSDP, "trainer.devices=2", "trainer.max_steps=4", f"hydra.run.dir={tmp_path / 'two'}",
                                "run_eval=true", "eval.ppl.lengths=[16]", "eval.icl.tasks=[trec]", "eval.icl.shots=[0]",
                                "eval.icl.max_examples=4"], tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
@@ -25,7 +29,9 @@ def test_a_two_process_sharded_checkpoint_resumes_on_one_process_with_or_without
     assert folder.is_dir() and sorted(p.name for p in folder.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
     assert not list(folder.parent.glob(".*.tmp")) and not list(folder.parent.glob(".*.old"))  # renamed into place
     ckpt = read_checkpoint(folder)  # consolidated in memory: every weight whole, the optimizer state per parameter
-    assert ckpt["global_step"] == 3
+    assert ckpt["global_step"] == 4
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["steps"] == 4 and math.isfinite(summary["val/loss"])
     model, _ = load_checkpoint(folder)
     assert all(torch.equal(model.state_dict()[k[len("model."):]], v) for k, v in ckpt["state_dict"].items())
     state = ckpt["optimizer_states"][0]["state"]
@@ -34,15 +40,15 @@ def test_a_two_process_sharded_checkpoint_resumes_on_one_process_with_or_without
     runs = {}
     # a resume reuses the checkpoint's command line (trainer=fsdp, devices=2, run_eval=true): today's values win
     for name, how in (("fsdp1", [*FSDP, "trainer.devices=1"]), ("plain", [*BASE, "trainer=cpu", "trainer.devices=1"])):
-        r = run_cli("train.py", [*how, "trainer.max_steps=5", "run_eval=false", f"ckpt_path={folder}",
+        r = run_cli("train.py", [*how, "trainer.max_steps=6", "run_eval=false", f"ckpt_path={folder}",
                                  f"hydra.run.dir={tmp_path / name}"], tmp_path)
         assert r.returncode == 0, r.stderr[-3000:]
         ran = read_checkpoint(tmp_path / name / "checkpoints" / "last.ckpt")
         assert (tmp_path / name / "checkpoints" / "last.ckpt").is_dir() == (name == "fsdp1"), ran["global_step"]
         runs[name] = train_losses(tmp_path / name)
-        assert sorted(runs[name]) == [3, 4]
+        assert sorted(runs[name]) == [4, 5]
     # the shards resharded onto one FSDP process and the consolidated file give the same training
-    assert all(runs["plain"][s] == pytest.approx(runs["fsdp1"][s], rel=1e-5) for s in (3, 4)), runs
+    assert all(runs["plain"][s] == pytest.approx(runs["fsdp1"][s], rel=1e-5) for s in (4, 5)), runs
 
 
 def test_a_sharded_folder_whose_index_carries_code_is_refused_unrun(tmp_path):

@@ -226,6 +226,11 @@ def test_sequence_longer_than_context_is_refused():
     ({"pos_emb": "alibi"}, "pos_emb"),
     ({"attention": {"kind": "momentum", "eta": 1.0}}, r"outside \[0, 1\)"),
     ({"dropout": 1.5}, "dropout"),
+    # below 1 in float64, 1 in the float32 the model holds it in (a sum that never decays)
+    ({"attention": {"kind": "momentum", "eta": 0.99999999}}, "rounds to 1 in float32.*at most 0.9999999"),
+    ({"attention": {"kind": "momentum", "eta": 0.9999999999, "learnable_eta": True}}, "rounds to 1 in float32"),
+    ({"attention": {"kind": "momentum", "eta": 1e-320, "learnable_eta": True}}, "rounds to 0 in float32.*at least"),
+    ({"attention": {"kind": "momentum", "eta": "0.5"}}, "must be a number"),
 ])
 def test_bad_model_config_names_the_culprit(kwargs, match):
     with pytest.raises(ConfigError, match=match):

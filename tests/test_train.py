@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pytest
@@ -133,14 +133,15 @@ def test_loss_decreases_on_a_few_hundred_tokens(tmp_path):
     assert last < 0.5 * first, (first, last)
 
 
-def test_resume_continues_at_the_right_step(tmp_path):
-    first = compose_train(tmp_path / "a", [*SMOKE, "attention=momentum", "trainer.max_steps=6"])
+@pytest.mark.parametrize("stop", [6, 4])  # on the validation interval (3), and off it (the final validation)
+def test_resume_continues_at_the_right_step(tmp_path, stop):
+    first = compose_train(tmp_path / "a", [*SMOKE, "attention=momentum", f"trainer.max_steps={stop}"])
     run_train(first)
     ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
     second = compose_train(tmp_path / "b", [*SMOKE, "attention=momentum", "trainer.max_steps=9", f"ckpt_path={ckpt}"])
     run_train(second)
     steps = sorted(train_losses(tmp_path / "b"))
-    assert steps == [6, 7, 8]  # logged at the step being taken: the first run took steps 0..5
+    assert steps == list(range(stop, 9))  # logged at the step being taken: the first run took steps 0..stop-1
     assert read_checkpoint(tmp_path / "b" / "checkpoints" / "last.ckpt")["global_step"] == 9
 
 
@@ -311,6 +312,10 @@ def test_the_compare_callback_prints_or_runs_evaluate_on_the_sweep(tmp_path, mon
                         type("Done", (), {"returncode": 0})())
     sweep_callback.CompareSweep(run=True).on_multirun_end(cfg)
     assert ran and ran[0][1:] == [str(sweep_callback.ROOT / "evaluate.py"), f"sweep_dir={tmp_path.resolve()}"]
+    optuna = OmegaConf.create({"optimized_metric": "val/loss", "hydra": {
+        "sweep": {"dir": str(tmp_path)}, "sweeper": {"_target_": "hydra_plugins.hydra_optuna_sweeper.OptunaSweeper"}}})
+    sweep_callback.CompareSweep(run=True).on_multirun_end(optuna)  # a search: no seeds to compare
+    assert len(ran) == 1 and "optimization_results.yaml" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -386,8 +391,13 @@ def test_the_final_model_is_validated_when_max_steps_is_off_the_interval(tmp_pat
     val = run_train(compose_train(tmp_path, [*SMOKE, "trainer.max_steps=4", "trainer.val_check_interval=3",
                                              "logger=csv"]))
     rows = [r for r in read_metrics(tmp_path) if r.get("val/loss")]
-    assert len(rows) == 2 and int(rows[-1]["step"]) == 4 and float(rows[-1]["val/loss"]) == pytest.approx(val)
+    assert len(rows) == 2 and float(rows[-1]["val/loss"]) == pytest.approx(val)
     assert json.loads((tmp_path / "summary.json").read_text())["val/loss"] == pytest.approx(val)
+    # validated inside fit: the checkpoint callback saw it (best-*.ckpt is chosen among both validations)
+    last = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    state = next(v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    assert last["global_step"] == 4 and float(state["current_score"]) == pytest.approx(val, abs=1e-4)
+    assert float(state["best_model_score"]) == pytest.approx(min(float(r["val/loss"]) for r in rows), abs=1e-4)
     hparams = OmegaConf.load(next(tmp_path.rglob("hparams.yaml")))  # the run's config goes to every logger
     assert hparams.attention.kind == "vanilla" and hparams.trainer.max_steps == 4
 
@@ -432,3 +442,14 @@ def test_an_optuna_search_over_the_attention_searches_each_trials_own_parameters
     trial = _Trial({}, {})  # the attention fixed on the command line: the sweep's config says which
     attention_space(compose_train(tmp_path, [*SMOKE, "hparams_search=optuna", "attention=momentum"]), trial)
     assert set(trial.params) == {"attention.eta"}
+
+
+def test_every_evaluation_setting_of_evaluate_yaml_can_be_set_for_the_end_of_run_evaluation(tmp_path):
+    from momattn.eval.config import EvalConfig, IclConfig, PplConfig
+
+    train_eval = OmegaConf.load(ROOT / "conf" / "train.yaml").eval
+    for section, schema in (("ppl", PplConfig), ("icl", IclConfig)):  # train.py eval.icl.max_shots=16 composes
+        assert set(train_eval[section]) == {f.name for f in fields(schema)}, section
+    assert set(train_eval) == {f.name for f in fields(EvalConfig)}
+    c = load_train_config(compose_train(tmp_path, [*SMOKE, "eval.icl.max_shots=16", "eval.icl.score=sum"]))
+    assert c.eval.icl.max_shots == 16 and c.eval.icl.score == "sum"

@@ -65,7 +65,7 @@ def markdown(results: Sequence) -> str:
             m = getattr(r, key)
             lines.append(f"| {label} | " + " | ".join(_f(v) for v in m.per_layer) + f" | {_f(m.mean)} |")
         lines += ["", "Paper's findings on this run: " + "; ".join(findings(r)) + ".", ""]
-        sel = ", ".join(f"{lr}: {_pct(a) if a is not None else 'diverged'}" for lr, a in r.lr_selection.items())
+        sel = ", ".join(f"{float(lr):g}: {_pct(a) if a is not None else 'diverged'}" for lr, a in r.lr_selection.items())
         lines += [f"- checkpoint: {r.checkpoint}; test examples: {r.n_test}; chance {_pct(r.chance)}%; "
                   f"demonstration seed {r.seed}",
                   (f"- learning rate {r.lr:g}, chosen on {r.n_select} held-out rows (accuracy %: {sel})"

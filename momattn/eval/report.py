@@ -307,12 +307,13 @@ def results_document(results: Sequence[ModelResult | Mapping]) -> dict:
             "checkpoints": [r.to_json() for r in results]}
 
 
-def write_reports(results: Sequence[ModelResult | Mapping], out_dir: str | os.PathLike) -> None:
-    """results.json, results.md, ppl.png and icl.png in out_dir: the evaluated checkpoints side by side."""
+def write_reports(results: Sequence[ModelResult | Mapping], out_dir: str | os.PathLike) -> list[str]:
+    """results.json, results.md, ppl.png and icl.png (each plot where there is something to plot) in out_dir: the
+    evaluated checkpoints side by side. Returns the names of the files written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = [as_model_result(r) for r in results]
     atomic_write_text(out / "results.json", json.dumps(results_document(results), indent=2, allow_nan=True) + "\n")
     atomic_write_text(out / "results.md", markdown_report(results))
-    plot_ppl(results, out / "ppl.png")
-    plot_icl(results, out / "icl.png")
+    plots = [name for name, plot in (("ppl.png", plot_ppl), ("icl.png", plot_icl)) if plot(results, out / name)]
+    return ["results.json", "results.md", *plots]

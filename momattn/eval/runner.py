@@ -234,10 +234,10 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
                              cache_dir=conf.cache_dir)
         res.checkpoint = str(path)
         results.append(res)
-        write_reports(results, out)  # after each checkpoint: finished ones survive a later crash
+        written = write_reports(results, out)  # after each checkpoint: finished ones survive a later crash
         del model
     if conf.logger and "wandb" in conf.logger:
         log_wandb(results, out, conf.logger["wandb"])
     print(markdown_report(results))
-    print(f"reports written to {out}/ (results.json, results.md, ppl.png, icl.png)")
+    print(f"reports written to {out}/ ({', '.join(written)})")
     return results

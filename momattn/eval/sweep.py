@@ -151,7 +151,8 @@ def verdict(metric: str, lo: float, hi: float, n: int = 1) -> str:
 
 # settings added by later momattn versions, at the value that changes nothing: a run that lacks one (trained
 # before it existed) and a run that has it at this value trained the same way, so they stay one setting
-NEUTRAL_DEFAULTS = {("global_batch",): None, ("trainer", "num_nodes"): 1, ("data", "num_proc"): 1}
+NEUTRAL_DEFAULTS = {("global_batch",): None, ("val_every_steps",): None, ("trainer", "num_nodes"): 1,
+                    ("data", "num_proc"): 1}
 
 
 def _strip(config: Mapping) -> dict:
@@ -339,7 +340,8 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
                       "|---|---|" + "---|" * len(cols)]
             for att, row in s.rows.items():
                 seeds = max((row[m]["n"] for m in cols if m in row), default=0)
-                cells = [f"{_num(m, row[m]['mean'])} ± {_num(m, row[m]['std'])}" if m in row else "–" for m in cols]
+                cells = [("–" if m not in row else _num(m, row[m]["mean"]) if row[m]["n"] < 2 else  # no std of one
+                          f"{_num(m, row[m]['mean'])} ± {_num(m, row[m]['std'])}") for m in cols]
                 lines.append(f"| {att} | {seeds} | " + " | ".join(cells) + " |")
             lines.append("")
         if s.rises:
@@ -552,5 +554,5 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
         md += "\nPlots: " + ", ".join(f"[{p.name}]({p.name})" for p in plots) + "\n"
     atomic_write_text(out / "sweep.md", md)
     print(md)
-    print(f"sweep verdict written to {out}/ (sweep.md, sweep.json, {len(plots)} plots)")
+    print(f"sweep verdict written to {out}/ (sweep.md, sweep.json" + "".join(f", {p.name}" for p in plots) + ")")
     return summaries

@@ -88,7 +88,8 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
     """logits (B, V) -> the sampled token ids (B, 1)."""
     if temperature == 0:
         return logits.argmax(-1, keepdim=True)
-    logits = logits.double() / temperature  # float64: a temperature of 1e-40 must not overflow to inf
+    # float64 (a temperature of 1e-40 must not overflow to inf), where the device has it (MPS does not)
+    logits = (logits.float() if logits.device.type == "mps" else logits.double()) / temperature
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -161,11 +161,12 @@ def _powers(a: torch.Tensor, k: torch.Tensor, strict: bool = False) -> torch.Ten
     are then replaced by a constant; d/da a^0 would otherwise be 0 * 0^-1 = nan). Powers a^k, k >= 2,
     below the smallest normal number (1.2e-38 in float32) are flushed to 0: they are far below the
     rounding of any sum they enter, and subnormal operands make CPU matmuls several times slower (small
-    rates reach them within one chunk: 0.25^64 = 2.9e-39). a^1 = a is kept, so d/da at a == 0 stays 1.
+    rates reach them within one chunk: 0.25^64 = 2.9e-39). a^1 and a^2 are kept, so d/da and d2/da2 at a == 0
+    stay exact (1 and 2 times their coefficients).
     """
     a = a.reshape(a.shape + (1,) * k.dim())
     pw = a ** k.clamp(min=1).to(a.dtype)
-    keep = (k > 0) & ((k == 1) | (pw >= torch.finfo(pw.dtype).tiny))
+    keep = (k > 0) & ((k <= 2) | (pw >= torch.finfo(pw.dtype).tiny))
     return torch.where(
         keep, pw, torch.zeros((), dtype=a.dtype, device=a.device) if strict else (k == 0).to(a.dtype)
     )

@@ -103,6 +103,9 @@ def run_train(cfg: DictConfig) -> float | None:
     print(f"[momattn] {model_config.attention.kind} attention, {counts}, "
           f"{_train_size(train)}, {tokenizer!r}, precision {c.trainer['precision']}; "
           f"output: {out_dir}", file=sys.stderr)
+    if c.val_every_steps:  # it replaces trainer.val_check_interval, which Lightning counts in micro-batches
+        print(f"[momattn] validating every {c.val_every_steps} optimizer steps (val_every_steps; "
+              f"trainer.val_check_interval={c.trainer['val_check_interval']} micro-batches)", file=sys.stderr)
     t0 = time.perf_counter()
     try:
         trainer.fit(lit, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)

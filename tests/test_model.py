@@ -207,7 +207,11 @@ def test_selected_logits_equal_the_full_logits_there(kind, att):
 def test_generate_greedy_matches_argmax_of_full_forward():
     model = tiny("momentum", block_size=24)
     idx = torch.randint(0, 37, (1, 5))
+    encoded = []  # tokens fed per forward: 5 (the prompt), 1 per step until the cache holds 24, then a window of 24
+    real = model.last_logits
+    model.last_logits = lambda x, cache: encoded.append(x.shape[1]) or real(x, cache)
     out = model.generate(idx, max_new_tokens=30, temperature=0)  # runs past the context: a sliding window
+    assert encoded == [5] + [1] * 19 + [24] * 11, encoded  # (the old rule re-encoded 23)
     assert out.shape == (1, 35)
     for t in range(5, 35):
         assert out[0, t] == model(out[:, max(0, t - 24):t])[0, -1].argmax()

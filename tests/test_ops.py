@@ -454,6 +454,9 @@ def test_multirate_second_derivatives():
     p = (0.2 + 0.6 * torch.rand(2, 2, dtype=F64)).requires_grad_()
     gamma = torch.randn(2, 2, dtype=F64, requires_grad=True)
     assert torch.autograd.gradgradcheck(lambda v, p, g: mr(v, p, g, chunk_size=4), (v, p, gamma))
+    # at a rate of 0 too: p^2 is kept where tiny powers are flushed, so d2y/dp2 = 2 gamma v_(t-2), not 0
+    p0 = torch.tensor([[0.0, 0.3], [0.5, 0.0]], dtype=F64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda v, p, g: mr(v, p, g, chunk_size=4, check_rates=False), (v, p0, gamma))
 
 
 @pytest.mark.parametrize("shape", [(4096, 256), (256, 4096), (128, 128), (100, 64), (64, 4096), (192, 8)])

@@ -2,8 +2,8 @@
 transformers, loaded with trust_remote_code=True from a folder that `python -m momattn.export` wrote.
 
 Self-contained on purpose (torch and transformers only; it is copied next to the weights): the momentum term
-is a (T x T) decay matrix per head, O(T^2) like the attention itself, and multirate_ema a causal depthwise
-convolution with its summed kernel, rather than momattn's O(T) scans.
+is a (T x T) decay matrix per head, O(T^2) like the attention itself, and multirate_ema a causal convolution
+with its summed kernel (float64 FFTs), rather than momattn's O(T) scans.
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model = AutoModelForCausalLM.from_pretrained("exported", trust_remote_code=True)
@@ -93,10 +93,13 @@ class Attention(nn.Module):
             return (W @ vh).transpose(1, 2).reshape(B, T, C)
         if self.kind == "multirate_ema":
             p, g = torch.sigmoid(self.delta.float()), self.gamma.float() * self.scale  # (C, R)
-            lag = torch.arange(T, device=v.device).float()
-            kernel = (g[..., None] * p[..., None] ** lag).sum(1)  # (C, T): sum_r gamma p^l at lag l
-            x = F.pad(vf.transpose(1, 2), (T - 1, 0))  # (B, C, 2T - 1): zeros before the first token
-            return F.conv1d(x, kernel.flip(-1)[:, None, :], groups=C).transpose(1, 2)  # (B, T, C)
+            lag = torch.arange(T, device=v.device, dtype=torch.float64)
+            kernel = (g.double()[..., None] * p.double()[..., None] ** lag).sum(1)  # (C, T): sum_r gamma p^l
+            # the causal convolution y_t = sum_l kernel_l v_(t-l), through float64 FFTs zero-padded to 2T (no
+            # wrap-around): O(T log T), and exact to float32 on any device (a GPU conv would round in TF32)
+            n = 2 * T
+            y = torch.fft.irfft(torch.fft.rfft(vf.double().transpose(1, 2), n=n) * torch.fft.rfft(kernel, n=n), n=n)
+            return y[..., :T].transpose(1, 2).float()  # (B, T, C)
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

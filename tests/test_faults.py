@@ -269,3 +269,30 @@ def test_parallel_cache_builds_do_not_corrupt_and_truncation_is_rebuilt(tmp_path
         f.truncate(bin_path.stat().st_size // 3)
     again = load_tokens({"source": "staicc", "tasks": ["trec"]}, tok, "train", tmp_path)
     assert np.asarray(again).tolist() == a
+
+
+def test_a_resume_under_gradient_accumulation_continues_the_uninterrupted_run_exactly(tmp_path):
+    """4 micro-batches per step, stopped on the validation interval (4) and off it (5): the same losses at every
+    later step, written at the same steps. Off the interval a resume used to regroup the micro-batches, and with the
+    final validation inside fit Lightning ended the restored epoch at once, stepping on one micro-batch."""
+    from conftest import compose_train, read_metrics
+
+    from momattn.training import run_train
+
+    base = [*SMOKE, "data.batch_size=2", "logger=csv", "run_eval=false", "trainer.accumulate_grad_batches=4",
+            "trainer.val_check_interval=8", "trainer.precision=32-true", "optim.schedule=constant",
+            "optim.warmup_steps=0"]
+
+    def logged(run):
+        return [(r["step"], "val" if r.get("val/loss") else "train") for r in read_metrics(run)
+                if r.get("val/loss") or r.get("train/loss")]
+
+    run_train(compose_train(tmp_path / "full", [*base, "trainer.max_steps=7"]))
+    full = train_losses(tmp_path / "full")
+    for stop in (4, 5):
+        first, second = tmp_path / f"a{stop}", tmp_path / f"b{stop}"
+        run_train(compose_train(first, [*base, f"trainer.max_steps={stop}"]))
+        run_train(compose_train(second, [*base, "trainer.max_steps=7",
+                                         f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"]))
+        assert train_losses(second) == {s: v for s, v in full.items() if s >= stop}, stop
+        assert logged(second) == [x for x in logged(tmp_path / "full") if int(x[0]) >= stop], stop

@@ -47,7 +47,7 @@ def test_stream_sampler_takes_every_world_th_sample_from_start_plus_rank():
     from momattn.data.datamodule import StreamSampler
 
     s = StreamSampler(start=10, total=20, rank=1, world=2)
-    assert len(s) == 5 and list(s) == [11, 13, 15, 17, 19]
+    assert len(s) == 10 and list(s) == [11, 13, 15, 17, 19]  # the whole stream's length: Lightning counts from 0
     assert list(StreamSampler(start=10, total=20, rank=0, world=2)) == [10, 12, 14, 16, 18]
     assert list(StreamSampler(start=4, total=7)) == [4, 5, 6]
 
@@ -64,8 +64,8 @@ def test_the_sampler_length_holds_while_workers_prefetch_and_a_new_iterator_cont
     first = next(it)  # the worker has prefetched further batches by now
     assert len(dl) == 12 and first.tolist() == [0, 1, 2, 3]
     assert [b[0].item() for b in [first, *it]] == list(range(0, 48, 4))  # all twelve, in order
-    at["step"] = 5  # e.g. a resume: the stream continues at the restored step's position
-    assert len(s) == 28 and list(s)[:2] == [20, 21]
+    at["step"] = 5  # e.g. a resume: the stream continues at the restored step's position, and the length stays
+    assert len(s) == 48 and list(s)[:2] == [20, 21]  # the whole stream's (Lightning restores its count inside it)
 
 
 class _Trainer:

@@ -50,9 +50,9 @@ class StreamSampler(Sampler[int]):
     start is an int or a callable read each time an iterator is made or the length asked: the datamodule passes
     the restored global step's position, so an iterator Lightning makes again (a new epoch, a resume) continues
     the stream where training is, however many batches DataLoader workers had prefetched and dropped. The
-    sampler keeps no position of its own: its length never changes under a running iterator (with workers, a
-    shared position moved on by their prefetching shortened the epoch Lightning was counting, and the run looped
-    over empty epochs)."""
+    sampler keeps no position of its own, and its length is the whole stream's: it never changes under a running
+    iterator (with workers, a shared position moved on by their prefetching shortened the epoch Lightning was
+    counting, and the run looped over empty epochs)."""
 
     def __init__(self, start: int | Callable[[], int], total: int, rank: int = 0, world: int = 1):
         self.start, self.total, self.rank, self.world = start, total, rank, world
@@ -64,7 +64,10 @@ class StreamSampler(Sampler[int]):
         return iter(range(self._first(), self.total, self.world))
 
     def __len__(self) -> int:
-        return max(0, -(-(self.total - self._first()) // self.world))
+        # the whole stream's length, wherever it starts: on a resume inside an epoch Lightning restores its batch
+        # count there and reads the rest of the epoch's length; a length of the rest alone made it end the epoch
+        # at once, stepping the optimizer on one micro-batch of an accumulation
+        return max(0, -(-(self.total - self.rank) // self.world))
 
 
 class TokenDataModule(LightningDataModule):

@@ -6,7 +6,8 @@
 Prints a table (seconds per phase) and writes benchmarks/results/bench_analysis.json. The phases: prepare
 (prompts), capture_zsl_icl (one forward per prompt, hooks), lr_select (the grid finetuned side by side and
 scored on held-out rows), ft_test (finetuning at the chosen lr, queries recorded), capture_ft_rnd (FT and
-random-update forwards), predict (the evaluator's scoring of ZSL / ICL / FT), metrics, dual_check.
+random-update forwards), predict (the evaluator's scoring of ZSL / ICL / FT), metrics, dual_check. One pass, as a
+user runs analyze.py: first-call costs (allocator warm-up, kernel builds) are included, not warmed away.
 """
 
 from __future__ import annotations

@@ -131,6 +131,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args)))
         return
+    machine = machine_info(torch.device("cpu"), args.dtype)  # its date and load: when the timing starts
     modes = {}
     for mode in args.modes:
         cmd = [sys.executable, __file__, "--worker", "--dtype", args.dtype, "--T", str(args.T), "--batch",
@@ -144,7 +145,7 @@ def main() -> None:
         modes[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     settings = {"dtype": args.dtype, "T": args.T, "B": args.batch or BATCH * BLOCK // args.T, "rounds": args.rounds,
                 "steps": args.steps}
-    res = {"machine": machine_info(torch.device("cpu"), args.dtype), "settings": settings, "modes": modes}
+    res = {"machine": machine, "settings": settings, "modes": modes}
     write_results(args.out, res, render(res))
 
 

@@ -262,23 +262,38 @@ def test_sequence_logprob_matches_brute_force_and_sums_to_one():
             assert p[i] == pytest.approx(_brute_force_prob(c, concept, start, seqs[i].tolist()), abs=1e-12)
 
 
-@pytest.mark.parametrize("k", [0, 1, 2])
-def test_bayes_reader_matches_brute_force_posterior(k):
-    c = GincCorpus(**TINY)
-    prompts = c.prompts(3, k=k, n=6, seed=5)
-    got = c.bayes_probs(prompts)
-    for p, row in zip(prompts, got):
+def _brute_force_readers(c: GincCorpus, k: int):
+    """Prompts of examples of 3 symbols and, per prompt, the predictive mixture and the label votes, from
+    brute-force posteriors over every (pretraining concept, start property) pair."""
+    for p in c.prompts(3, k=k, n=6, seed=5):
         sym = list(p.symbols)
-        demos = [sym[i * 4 : i * 4 + 3] for i in range(k)]  # examples of 3 symbols, each followed by "/"
-        x = sym[4 * k :]
-        ref = np.zeros(c.n_symbols)
+        demos, x = [sym[i * 4 : i * 4 + 3] for i in range(k)], sym[4 * k :]  # each example followed by "/"
+        mix, vote = np.zeros(c.n_symbols), np.zeros(c.n_symbols)
         for concept in range(c.n_train_concepts):
             for start in range(1, c.n_properties):
                 w = np.prod([_brute_force_prob(c, concept, start, d) for d in demos + [x]])
-                if w > 0:
+                if w > 0:  # this pair's label, as prompts() makes it: the likeliest next symbol, lowest id on ties
                     nxt = _brute_force_next(c, concept, start, x)
-                    ref += w * nxt / nxt.sum()
-        assert row.sum() == pytest.approx(1.0) and np.allclose(row, ref / ref.sum(), atol=1e-9)
+                    mix += w * nxt / nxt.sum()
+                    vote[int((nxt >= nxt.max() * (1 - 1e-9)).argmax())] += w
+        yield p, mix / mix.sum(), vote / vote.sum()
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_bayes_readers_match_brute_force_posteriors(k):
+    c = GincCorpus(**TINY)
+    for p, mix, vote in _brute_force_readers(c, k):
+        for row, ref in ((c.bayes_probs([p])[0], mix), (c.bayes_label_probs([p])[0], vote)):
+            assert row.sum() == pytest.approx(1.0) and np.allclose(row, ref, atol=1e-9)
+
+
+def test_the_label_vote_beats_the_predictive_argmax_where_pairs_stay_plausible():
+    c = GincCorpus()  # the paper's world; l = 3 at k = 0 leaves many (concept, start) pairs plausible
+    prompts = c.prompts(3, k=0, n=300, seed=1)
+    labels = np.array([p.label for p in prompts])
+    vote = np.mean(c.bayes_label_probs(prompts).argmax(1) == labels)
+    predictive = np.mean(c.bayes_probs(prompts).argmax(1) == labels)
+    assert vote > predictive  # the mixture's likeliest symbol is not always the likeliest label
 
 
 def test_the_bayes_reader_gains_from_examples(corpus):
@@ -312,7 +327,9 @@ def test_ginc_bayes_benchmark_writes_its_table(tmp_path):
     acc = doc["accuracy"]
     assert acc["ginc_l8"]["40"] is None  # 40 examples of 8 do not fit 64 tokens
     assert 0.0 <= acc["ginc_l3"]["0"] <= acc["ginc_l3"]["4"] <= 1.0 and doc["world"]["n_symbols"] == 6
-    assert "| ginc_l8 |" in (tmp_path / "ginc_bayes.md").read_text()
+    assert "| label vote | ginc_l8 |" in (tmp_path / "ginc_bayes.md").read_text()
+    assert set(doc["accuracy_predictive"]) == {"ginc_l3", "ginc_l8"}  # the perfect model's greedy reader too
+    assert ginc_bayes._field("n_permutations=null") == ("n_permutations", None)
     with pytest.raises(SystemExit, match="not field=value with a GincCorpus field"):
         ginc_bayes.main(["--out", str(tmp_path), "n_wings=2"])
 

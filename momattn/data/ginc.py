@@ -328,15 +328,11 @@ class GincCorpus:
         n = len(seqs)
         return self._forward(np.full(n, concept), np.full(n, start), seqs)[1]
 
-    def bayes_probs(self, prompts: list[GincPrompt]) -> np.ndarray:
-        """(N, V) next-symbol distribution of the Bayes-optimal reader of each prompt, who knows how GINC prompts
-        are made but not their concept or start property: a uniform prior over (pretraining concept, start property
-        1..P-1), updated by every example and the test input, then mixing each pair's prediction (where no pair
-        can produce the prompt, as for some OOD prompts: the pairs that can produce its test input, equally).
-        Its accuracy is the ceiling a model pretrained on this corpus can reach at that k (the implicit Bayesian
-        inference of Xie et al. 2022, done exactly). The prompts of one call share k and example length."""
-        if not prompts:
-            return np.zeros((0, self.n_symbols))
+    def _bayes_posterior(self, prompts: list[GincPrompt]) -> tuple[np.ndarray, np.ndarray]:
+        """(posterior (N, pairs), predictions (N, pairs, V)) of the Bayes-optimal reader over (pretraining concept,
+        start property 1..P-1): a uniform prior updated by every example and the test input; where no pair can
+        produce a prompt (as for some OOD prompts), the pairs that can produce its test input, equally; none
+        either: a row of zeros. A pair's prediction is zeros where it cannot emit the test input."""
         k, length = prompts[0].k, prompts[0].example_len
         if any(p.k != k or p.example_len != length for p in prompts):
             raise ValueError("bayes_probs: the prompts of one call must share k and example length")
@@ -352,15 +348,43 @@ class GincCorpus:
             if k:
                 logpost[:, j] += self.sequence_logprob(c, s, demos).reshape(n, k).sum(axis=1)
             preds[:, j] = self.next_symbol_probs(np.full(n, c), np.full(n, s), x)  # zeros where (c, s) cannot emit x
-        # a prompt that no pretraining pair can produce (an OOD prompt may be one): the pairs that can produce
-        # its test input, equally weighted; none either: every symbol equally likely
         stuck = np.isneginf(logpost.max(axis=1))
         logpost[stuck] = np.where(preds[stuck].sum(axis=2) > 0, 0.0, -np.inf)
-        out = np.full((n, self.n_symbols), 1.0 / self.n_symbols)
+        post = np.zeros_like(logpost)
         ok = ~np.isneginf(logpost.max(axis=1))
         w = np.exp(logpost[ok] - logpost[ok].max(axis=1, keepdims=True))  # (N_ok, pairs) posterior, unnormalised
-        out[ok] = np.einsum("nj,njv->nv", w / w.sum(axis=1, keepdims=True), preds[ok])
+        post[ok] = w / w.sum(axis=1, keepdims=True)
+        return post, preds
+
+    def bayes_probs(self, prompts: list[GincPrompt]) -> np.ndarray:
+        """(N, V) next-symbol distribution of the Bayes-optimal reader of each prompt, who knows how GINC prompts
+        are made but not their concept or start property: its posterior over (pretraining concept, start property)
+        mixes each pair's prediction (every symbol equally likely where no pair can produce the test input). This
+        is what a model that learned the pretraining distribution perfectly predicts (the implicit Bayesian
+        inference of Xie et al. 2022, done exactly): its argmax is that model's greedy answer. The most accurate
+        reader of the label is `bayes_label_probs`'s. The prompts of one call share k and example length."""
+        if not prompts:
+            return np.zeros((0, self.n_symbols))
+        post, preds = self._bayes_posterior(prompts)
+        out = np.einsum("nj,njv->nv", post, preds)
+        out[post.sum(axis=1) == 0] = 1.0 / self.n_symbols
         return out
+
+    def bayes_label_probs(self, prompts: list[GincPrompt]) -> np.ndarray:
+        """(N, V) posterior probability that each symbol is the prompt's label. The label is the most likely next
+        symbol under the prompt's true (concept, start property) (ties: the lowest id, as `prompts` makes it), so
+        each pair votes for its own label with its posterior weight; the argmax of the votes is the most accurate
+        answer any reader of the prompt can give: the ceiling of accuracy at that k. It can differ from
+        `bayes_probs`'s argmax, the most likely next symbol, where several pairs remain plausible."""
+        if not prompts:
+            return np.zeros((0, self.n_symbols))
+        post, preds = self._bayes_posterior(prompts)
+        labels = (preds >= preds.max(axis=2, keepdims=True) * (1 - _TIE)).argmax(axis=2)  # (N, pairs)
+        votes = np.zeros((len(prompts), self.n_symbols))
+        np.add.at(votes, (np.arange(len(prompts))[:, None].repeat(labels.shape[1], 1), labels),
+                  post * (preds.sum(axis=2) > 0))
+        votes[votes.sum(axis=1) == 0] = 1.0 / self.n_symbols
+        return votes
 
     def prompts(self, example_len: int, k: int, n: int, ood: bool = False, seed: int = 0) -> list[GincPrompt]:
         """n prompts of k examples (Xie et al. 2022): each prompt draws a concept (a pretraining one, or a held-out

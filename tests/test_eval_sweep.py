@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -205,6 +206,8 @@ def test_in_context_rise_per_attention_with_its_interval_over_seeds():
     assert same[0].reading == "cannot tell (the same difference in all 2 seeds: no spread, no interval)"
     md = sweep_markdown([SettingSummary("s", {}, rows={"momentum": {}}, rises=list(got.values()))], [], 3)
     assert "| momentum | ginc | 0 -> 4 | +4.0 ± 1.0 |" in md
+    md = sweep_markdown([SettingSummary("s", {}, rows={"vanilla": {}}, rises=one)], [], 1)
+    assert "| vanilla | ginc | 0 -> 8 | +10.0 | n/a (one seed) | 1 |" in md  # no "± 0.0" of a single seed
 
 
 def test_a_sweep_without_evaluation_overrides_judges_each_run_by_its_own_end_of_run_settings(tmp_path):
@@ -273,3 +276,22 @@ def test_own_settings_never_compare_runs_evaluated_differently_and_nothing_is_dr
     assert "same attention (vanilla) and seed (1) in one setting; the second is left out" in caplog.text
     md = (tmp_path / "out" / "sweep.md").read_text()
     assert "Left out of Table 7 (the headline k does not fit the runs' context" in md and "trec at k=16" in md
+
+
+def test_a_diverged_seed_is_left_out_and_named_not_read_as_no_spread(monkeypatch):
+    from momattn.eval import sweep
+
+    ppl = {("vanilla", 1): 10.0, ("vanilla", 2): 11.0, ("vanilla", 3): 11.0,
+           ("momentum", 1): float("nan"), ("momentum", 2): 9.0, ("momentum", 3): 9.5}
+    runs = [sweep.SweepRun(Path(f"{a}{s}.ckpt"), Path(f"{a}{s}"), a, s, "same", {}, result=(a, s))
+            for a, s in ppl]
+    monkeypatch.setattr(sweep, "metrics_of", lambda result: {"ppl@64": ppl[result]})
+    (s,) = sweep.summarise(runs)
+    assert s.non_finite == ["momentum seed 1: ppl@64=nan"]
+    assert s.rows["momentum"]["ppl@64"]["n"] == 2 and s.rows["momentum"]["ppl@64"]["mean"] == pytest.approx(9.25)
+    (c,) = s.comparisons
+    assert c.n_pairs == 2 and c.diff_mean == pytest.approx(-1.75)  # seeds 2 and 3 only
+    assert "no spread" not in c.verdict  # a nan difference had been read as "the same in all 3 seeds"
+    md = sweep.sweep_markdown([s], [], 6)
+    assert "left out of every number below (a diverged run?): momentum seed 1: ppl@64=nan" in md
+    assert sweep.t_interval([1.0, 2.0] * 16)[2] - 1.5 == pytest.approx(2.0395 * 0.508 / math.sqrt(32), rel=2e-3)

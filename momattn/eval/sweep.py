@@ -37,7 +37,7 @@ BASELINE = "vanilla"
 # run-config keys that do not define the experiment (where a run writes, how it logs) or that vary on purpose
 IGNORED_KEYS = ("seed", "attention", "paths", "logger", "hydra", "callbacks", "tags", "task_name", "ckpt_path",
                 "run_eval", "eval", "extras", "dist_timeout_s")
-# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (then the normal 1.96)
+# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: _t975's expansion)
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
         2.045, 2.042)
@@ -91,6 +91,7 @@ class SettingSummary:
     comparisons: list[Comparison] = field(default_factory=list)
     rises: list[Rise] = field(default_factory=list)
     params: dict[str, dict] = field(default_factory=dict)  # attention label -> its attention config
+    non_finite: list[str] = field(default_factory=list)  # "attention seed S: metric=nan", left out of every number
 
 
 def t_interval(diffs: Sequence[float]) -> tuple[float, float, float]:
@@ -100,9 +101,16 @@ def t_interval(diffs: Sequence[float]) -> tuple[float, float, float]:
     mean = float(d.mean())
     if len(d) < 2 or float(d.std(ddof=1)) <= 1e-9 * (1.0 + abs(mean)):  # no spread beyond float rounding
         return mean, float("nan"), float("nan")
-    t = T975[len(d) - 2] if len(d) - 1 <= len(T975) else 1.96
+    t = T975[len(d) - 2] if len(d) - 1 <= len(T975) else _t975(len(d) - 1)
     half = t * float(d.std(ddof=1)) / math.sqrt(len(d))
     return mean, mean - half, mean + half
+
+
+def _t975(df: int) -> float:
+    """Student's t 97.5% quantile beyond the table: the Cornish-Fisher expansion around the normal's 1.96
+    (2.0394 at 31 degrees of freedom, against 2.0395; closer from there on)."""
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
 def rises_of(attention: str, seeds: Mapping[int | None, Mapping[str, float]]) -> list[Rise]:
@@ -293,7 +301,10 @@ def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
                             jobs[r.attention, r.seed], r.job, r.attention, r.seed)
                 continue
             jobs[r.attention, r.seed] = r.job
-            by_att[r.attention][r.seed] = metrics_of(r.result)
+            metrics = metrics_of(r.result)
+            bad = {m: v for m, v in metrics.items() if not math.isfinite(v)}  # a diverged run: nan / inf ppl
+            summary.non_finite += [f"{r.attention} seed {r.seed}: {m}={v}" for m, v in sorted(bad.items())]
+            by_att[r.attention][r.seed] = {m: v for m, v in metrics.items() if m not in bad}
             summary.params[r.attention] = dict(r.attention_params)
         for att, seeds in sorted(by_att.items(), key=lambda kv: (kv[0] != BASELINE, kv[0])):
             names = sorted({m for v in seeds.values() for m in v}, key=metric_order)
@@ -331,6 +342,9 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
     for s in summaries:
         title = ", ".join(f"{k}={json.dumps(v, default=str)[:80]}" for k, v in s.differs.items()) or "all runs"
         lines += [f"## Setting {s.setting}: {title}", ""]
+        if s.non_finite:
+            lines += ["Non-finite values, left out of every number below (a diverged run?): "
+                      + "; ".join(s.non_finite), ""]
         metrics = sorted({m for row in s.rows.values() for m in row}, key=metric_order)
         for kind, ppl in (("Table 6 (valid perplexity)", True), ("Table 7 (in-context accuracy)", False)):
             cols = [m for m in metrics if is_ppl(m) == ppl]
@@ -349,8 +363,8 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
                       "| attention | task | k | rise | 95% interval | seeds | reading |", "|---|---|---|---|---|---|---|"]
             for r in s.rises:
                 ci = ("n/a (one seed)" if r.n_seeds < 2 else "n/a (no spread)") if not math.isfinite(r.lo) else f"[{100 * r.lo:+.1f}, {100 * r.hi:+.1f}]"
-                lines.append(f"| {r.attention} | {r.task} | 0 -> {r.k} | {100 * r.mean:+.1f} ± {100 * r.std:.1f} | "
-                             f"{ci} | {r.n_seeds} | {r.reading} |")
+                rise = f"{100 * r.mean:+.1f}" + (f" ± {100 * r.std:.1f}" if r.n_seeds > 1 else "")
+                lines.append(f"| {r.attention} | {r.task} | 0 -> {r.k} | {rise} | {ci} | {r.n_seeds} | {r.reading} |")
             lines.append("")
         if s.comparisons:
             lines += ["### Verdict", "", "| metric | attention − vanilla | 95% interval | pairs | verdict |",

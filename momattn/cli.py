@@ -6,6 +6,7 @@ gets one message with the closest valid name (`attention=momentun` -> "did you m
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -197,6 +198,48 @@ def report(e: UserError, hydra: bool = True) -> None:
     print(f"\nerror: {e}{hint}", file=sys.stderr, flush=True)
 
 
+class _Tee:
+    """A console stream that also appends its complete lines to the run's log file; of a progress bar's
+    carriage-return updates, only the state a line ends in."""
+
+    def __init__(self, stream, log):
+        self._stream, self._log, self._line = stream, log, ""
+
+    def write(self, text: str) -> int:
+        n = self._stream.write(text)
+        *done, self._line = (self._line + text).split("\n")
+        self._line = self._line.rsplit("\r", 1)[-1]  # a bar redrawn in place keeps only its newest state
+        if done:
+            self._log.write("".join(line.rsplit("\r", 1)[-1] + "\n" for line in done))
+            self._log.flush()
+        return n
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, ...: the console's
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def run_log():
+    """What a run prints (its start line, progress, results, warnings, a one-line error) also goes to the log
+    file Hydra keeps in the run folder (`train.log`, `evaluate.log`, ...), beside Python's logging records."""
+    import logging
+
+    files = [h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    if not files:  # hydra/job_logging=none (generate.py)
+        yield
+        return
+    out, err = sys.stdout, sys.stderr
+    with open(files[0], "a", encoding="utf-8") as log:
+        sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = out, err
+
+
 def hydra_main(config_name: str):
     """Like @hydra.main, with conf/ found from the package, and UserErrors printed as one message (exit 2)."""
     import hydra
@@ -209,13 +252,14 @@ def hydra_main(config_name: str):
 
             quiet_console()
             keep_freed_memory()  # no page faults on every step's re-allocated tensors (glibc)
-            try:
-                return fn(cfg)
-            except UserError as e:
-                if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                    raise
-                report(e)
-                sys.exit(2)
+            with run_log():
+                try:
+                    return fn(cfg)
+                except UserError as e:
+                    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                        raise
+                    report(e)
+                    sys.exit(2)
 
         hydra_task = hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)
 

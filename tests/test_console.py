@@ -94,3 +94,19 @@ def test_a_checkpoint_outside_its_run_folder_resumes_with_the_overrides_it_recor
     merged = resume_overrides([f"ckpt_path={ckpt}", "trainer.max_steps=9"])
     assert merged == ["attention=momentum", f"ckpt_path={ckpt}", "trainer.max_steps=9", "hydra.mode=RUN"]  # no folder
     assert f"resuming the run of {ckpt}" in capsys.readouterr().err
+
+
+def test_the_run_log_keeps_complete_lines_and_a_progress_bars_last_state():
+    import io
+
+    from momattn.cli import _Tee
+
+    console, log = io.StringIO(), io.StringIO()
+    tee = _Tee(console, log)
+    tee.write("[momattn] start\n")
+    for i in range(1000):  # a bar redrawn in place: the log gets the line it ends in, once
+        tee.write(f"\r step {i}")
+    tee.write("\nerror: x\n")
+    assert log.getvalue() == "[momattn] start\n step 999\nerror: x\n"
+    assert console.getvalue().startswith("[momattn] start\n\r step 0")  # the console gets every update
+    assert len(tee._line) == 0

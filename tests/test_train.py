@@ -239,6 +239,9 @@ def test_two_job_multirun_from_the_command_line(tmp_path):
     assert kinds == {"vanilla", "momentum"}
     assert all(len(read_metrics(tmp_path / j)) > 0 for j in ("0", "1"))
     assert f"python evaluate.py sweep_dir={tmp_path.resolve()}" in r.stderr  # every multirun says how to compare
+    for j, kind in (("0", "vanilla"), ("1", "momentum")):  # each job's log file keeps what it printed
+        log = (tmp_path / j / "train.log").read_text()
+        assert f"[momattn] {kind} attention" in log and "[momattn] done:" in log and "\r" not in log
 
 
 @pytest.mark.slow

@@ -206,6 +206,9 @@ def test_in_context_rise_per_attention_with_its_interval_over_seeds():
     assert same[0].reading == "cannot tell (the same difference in all 2 seeds: no spread, no interval)"
     md = sweep_markdown([SettingSummary("s", {}, rows={"momentum": {}}, rises=list(got.values()))], [], 3)
     assert "| momentum | ginc | 0 -> 4 | +4.0 ± 1.0 |" in md
+    partial = rises_of("vanilla", {1: {"ginc/acc@k0": 0.5, "ginc/acc@k8": 0.6}, 2: {"ppl@64": 5.0},  # no ICL
+                                   3: {"ginc/acc@k0": 0.5, "ginc/acc@k8": 0.7}})
+    assert partial[0].n_seeds == 2 and partial[0].mean == pytest.approx(0.15)  # was dropped whole, silently
     md = sweep_markdown([SettingSummary("s", {}, rows={"vanilla": {}}, rises=one)], [], 1)
     assert "| vanilla | ginc | 0 -> 8 | +10.0 | n/a (one seed) | 1 |" in md  # no "± 0.0" of a single seed
 

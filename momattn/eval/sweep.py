@@ -74,7 +74,7 @@ class Rise:
 
     attention: str
     task: str
-    k: int  # the largest k every seed scored
+    k: int  # the largest k every seed that scored the task scored
     mean: float
     lo: float
     hi: float
@@ -114,22 +114,26 @@ def _t975(df: int) -> float:
 
 
 def rises_of(attention: str, seeds: Mapping[int | None, Mapping[str, float]]) -> list[Rise]:
-    """Per task scored at k = 0 and at larger numeric k by every seed: acc(largest such k) - acc(k = 0) per seed,
-    its mean, sample std and 95% t-interval over seeds; 'rises' / 'falls' only when the interval excludes 0."""
-    per_task: dict[str, set[int]] = {}
-    for i, metrics in enumerate(seeds.values()):
+    """Per task, over the seeds that scored it at k = 0: acc(largest numeric k they all scored) - acc(k = 0) per
+    seed, its mean, sample std and 95% t-interval; 'rises' / 'falls' only when the interval excludes 0. A seed
+    without the task (a run evaluated without ICL) is left out of that task's rise, which n_seeds then shows."""
+    scored: dict[str, list[tuple[Mapping[str, float], set[int]]]] = defaultdict(list)  # task -> (metrics, ks)
+    for metrics in seeds.values():
         ks: dict[str, set[int]] = defaultdict(set)
         for m in metrics:
             task, _, k = m.partition("/acc@k")
             if k.isdigit():
                 ks[task].add(int(k))
-        per_task = dict(ks) if i == 0 else {t: per_task[t] & ks[t] for t in per_task if t in ks}
+        for task, task_ks in ks.items():
+            if 0 in task_ks:
+                scored[task].append((metrics, task_ks))
     out = []
-    for task, ks in sorted(per_task.items()):
-        if 0 not in ks or max(ks) == 0:
+    for task, runs in sorted(scored.items()):
+        ks = set.intersection(*(task_ks for _, task_ks in runs))
+        if max(ks) == 0:
             continue
         k = max(ks)
-        diffs = [v[f"{task}/acc@k{k}"] - v[f"{task}/acc@k0"] for v in seeds.values()]
+        diffs = [v[f"{task}/acc@k{k}"] - v[f"{task}/acc@k0"] for v, _ in runs]
         mean, lo, hi = t_interval(diffs)
         if not (math.isfinite(lo) and math.isfinite(hi)):
             reading = no_interval(len(diffs))

@@ -52,7 +52,7 @@ class ModelCheckpoint(lightning_callbacks.ModelCheckpoint):
     def _refresh_last(self, trainer) -> None:
         if self.save_last is not True or self._should_skip_saving_checkpoint(trainer):
             return
-        if getattr(trainer.fit_loop.epoch_loop, "_should_accumulate", lambda: False)():
+        if compat.mid_accumulation(trainer):
             return  # mid-accumulation: the next step boundary's validation or the run's end writes it
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 

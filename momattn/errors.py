@@ -30,6 +30,12 @@ class LaunchError(UserError):
     """Several processes could not meet (a node never joined, the first node unreachable)."""
 
 
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's first line (at most limit characters), or its type's name where it says nothing."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__
+
+
 def did_you_mean(name: str, options: Iterable[str]) -> str:
     """' Did you mean 'x'?' for the closest option, or '' when nothing is close."""
     close = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.6)

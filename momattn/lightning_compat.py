@@ -5,7 +5,8 @@
 - ThroughputMonitor's per-stage `Throughput` objects: the monitor only logs them, while the end-of-run
   summary needs the last window and a measured CPU peak must reach them;
 - the step loggers write metrics at (`_batches_that_stepped`): restored from a checkpoint it can be one behind or
-  ahead, depending on where in the loop the file was saved, so a resumed curve would be shifted by a step.
+  ahead, depending on where in the loop the file was saved, so a resumed curve would be shifted by a step;
+- whether a micro-batch falls inside a gradient accumulation (last.ckpt is not refreshed there).
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def align_logged_step(trainer) -> None:
     loop = _require(trainer.fit_loop, "epoch_loop")
     _require(loop, "_batches_that_stepped")
     loop._batches_that_stepped = trainer.global_step
+
+
+def mid_accumulation(trainer) -> bool:
+    """Whether the current micro-batch is inside a gradient accumulation (no optimizer step at its end)."""
+    return bool(getattr(trainer.fit_loop.epoch_loop, "_should_accumulate", lambda: False)())
 
 
 def stage_throughputs(monitor: ThroughputMonitor) -> dict[RunningStage, FabricThroughput]:

@@ -154,7 +154,7 @@ class LitGPT(pl.LightningModule):
         self._val_sum, self._val_count = 0.0, 0
         if totals[1] > 0:
             if not self.trainer.sanity_checking:
-                self.validated_at = self.trainer.global_step  # run_train validates the final model if this lags
+                self.validated_at = self.trainer.global_step  # the final step is validated where this lags
             val_loss = (totals[0] / totals[1]).item()
             self.log("val/loss", val_loss, prog_bar=True, sync_dist=False, rank_zero_only=True)
             self.log("val/ppl", math.exp(min(val_loss, 50.0)), prog_bar=True, rank_zero_only=True)

@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from momattn import lightning_compat as compat
-from momattn.errors import ConfigError
+from momattn.errors import ConfigError, first_line
 from momattn.schema import instantiate, locate
 
 
@@ -70,7 +70,7 @@ def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, 
         logger.experiment  # noqa: B018 - starts the run now, so that a failure is caught here
         return logger
     except Exception as e:  # wandb raises CommError, UsageError (no key), TimeoutError, ...
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         if wandb.run is not None:
             wandb.finish(exit_code=1)
         wandb.teardown()  # the W&B service process keeps the online settings; start a fresh one

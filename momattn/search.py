@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from momattn.cli import CONF_DIR
+
 ETA_RANGE = (0.05, 0.95)
 N_RATES = (4, 8, 16)
-CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
 def attention_space(cfg, trial) -> None:
@@ -32,7 +33,7 @@ def trial_attention(cfg, trial):
     if name is None:
         return cfg.attention
     roots = [Path(s.path) for s in OmegaConf.select(cfg, "hydra.runtime.config_sources", default=None) or []
-             if s.get("schema") == "file"] + [CONF]
+             if s.get("schema") == "file"] + [CONF_DIR]
     path = next((p for r in roots if (p := r / "attention" / f"{name}.yaml").is_file()), None)
     if path is None:
         raise FileNotFoundError(f"attention={name}: no attention/{name}.yaml under {', '.join(map(str, roots))}")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from momattn.errors import ConfigError, DataError, did_you_mean
+from momattn.errors import ConfigError, DataError, did_you_mean, first_line
 from momattn.io import atomic_write_text
 
 if TYPE_CHECKING:
@@ -92,8 +92,7 @@ class Tokenizer:
         try:
             return cls(_HFTokenizer.from_str(s), name)
         except Exception as e:  # the tokenizers library raises a bare Exception for a damaged or foreign JSON
-            raise DataError(f"not a valid tokenizer JSON ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-                            ) from None
+            raise DataError(f"not a valid tokenizer JSON ({first_line(e)})") from None
 
     @property
     def fingerprint(self) -> str:

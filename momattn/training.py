@@ -31,7 +31,7 @@ from momattn.console import quiet_console, quiet_resume
 from momattn.data.corpus import load_tokens
 from momattn.data.datamodule import TokenDataModule
 from momattn.data.streaming import StreamingHubCorpus, StreamWindows
-from momattn.errors import CheckpointError, DiskFullError, LaunchError
+from momattn.errors import CheckpointError, DiskFullError, LaunchError, first_line
 from momattn.io import atomic_write_text, remove_stale_temps
 from momattn.lit import LitGPT
 from momattn.memory import check_fits
@@ -111,11 +111,8 @@ def run_train(cfg: DictConfig) -> float | None:
         trainer.fit(lit, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
         speed = {**throughput_summary(throughput), "fit_seconds": round(time.perf_counter() - t0, 1)}
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        trained = trainer.global_step > start_step  # False: a finished run resumed
-        if trained and getattr(lit, "validated_at", None) != trainer.global_step:
-            # max_steps off the validation interval: the final model is validated too (summary, sweeper, report)
-            for res in trainer.validate(lit, datamodule=dm, verbose=False):
-                metrics.update({k: float(v) for k, v in res.items()})
+        trained = trainer.global_step > start_step  # False: a finished run resumed (the final model was validated
+        # inside fit, even off the validation interval: LitGPT.on_train_batch_end)
         with _full_weights(trainer, bool(c.run_eval and c.eval)):  # FSDP: every rank gathers, rank 0 keeps them
             if trainer.is_global_zero:  # DDP: rank 0 reports and evaluates
                 if trained or not (out_dir / "summary.json").exists():
@@ -242,7 +239,7 @@ def _no_join(e: BaseException, c: TrainConfig) -> str:
 
     addr, port = os.environ.get("MASTER_ADDR", "?"), os.environ.get("MASTER_PORT", "?")
     rank = os.environ.get("NODE_RANK", os.environ.get("SLURM_NODEID", "?"))
-    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    first = first_line(e)
     return (f"the processes of this job did not all meet at MASTER_ADDR={addr} MASTER_PORT={port} within "
             f"dist_timeout_s={c.dist_timeout_s} s (this is node NODE_RANK={rank} of trainer.num_nodes="
             f"{c.trainer.get('num_nodes', 1)}; torch: {first}). Start every node with the same MASTER_ADDR / "

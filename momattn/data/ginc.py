@@ -381,8 +381,7 @@ class GincCorpus:
         post, preds = self._bayes_posterior(prompts)
         labels = (preds >= preds.max(axis=2, keepdims=True) * (1 - _TIE)).argmax(axis=2)  # (N, pairs)
         votes = np.zeros((len(prompts), self.n_symbols))
-        np.add.at(votes, (np.arange(len(prompts))[:, None].repeat(labels.shape[1], 1), labels),
-                  post * (preds.sum(axis=2) > 0))
+        np.add.at(votes, (np.arange(len(prompts))[:, None], labels), post)  # a pair that cannot emit x weighs 0
         votes[votes.sum(axis=1) == 0] = 1.0 / self.n_symbols
         return votes
 

@@ -330,7 +330,6 @@ def _find(docs: list[str], patterns) -> tuple[np.ndarray, set[str]]:
 # reserved text and the LM documents
 
 
-@functools.cache
 def near_keys(norm: str) -> tuple[str, str] | None:
     """A normalised text's first and last NEAR_CHARS characters (rule d), or None for a shorter text."""
     return (norm[:NEAR_CHARS], norm[-NEAR_CHARS:]) if len(norm) >= NEAR_CHARS else None

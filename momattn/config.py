@@ -127,6 +127,10 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
         raise ConfigError(f"trainer.val_check_interval={interval!r}: use a number of training batches >= 1 (an int), "
                           "a fraction of an epoch in (0, 1] with trainer.check_val_every_n_epoch set (a float; the "
                           "default config validates by batches, not epochs), a time such as '00:00:10:00', or null")
+    if trainer.get("use_distributed_sampler", False) is not False:  # Lightning would re-shard momattn's shards
+        raise ConfigError(f"trainer.use_distributed_sampler={trainer['use_distributed_sampler']!r}: momattn shards "
+                          "the training stream by rank itself, resumably (momattn/data/datamodule.py); a "
+                          "DistributedSampler on top would drop or repeat samples. Leave it false")
     accelerator = str(trainer.get("accelerator") or "auto").lower()
     if accelerator in ("gpu", "cuda") and not _cuda_available():  # before any tokenizing or data building
         raise ConfigError(f"trainer.accelerator={accelerator} but this machine has no CUDA GPU "

@@ -57,6 +57,10 @@ class Tokenizer:
         if eot is None:
             raise DataError(f"tokenizer '{name}' has no '{EOT}' token, which separates documents; add it as a special token")
         self.eot_id = eot
+        self._literal: _HFTokenizer | None = None  # encode_documents' copy, built when first needed
+
+    def __getstate__(self):  # datasets.map workers get a copy; the literal copy's flag would not survive pickling
+        return {**self.__dict__, "_literal": None}
 
     @property
     def vocab_size(self) -> int:
@@ -75,6 +79,27 @@ class Tokenizer:
             for t in texts:  # the DataError that names the first text it cannot encode
                 self.encode(t)
             raise self._cannot_encode(texts[0] if texts else "", e) from None
+
+    def encode_documents(self, texts: list[str]) -> list[list[int]]:
+        """Corpus documents: the spelling of a special token inside one is text, not the token (a web page that
+        quotes <|endoftext|> must not be cut in two by a false document separator; separators are added by id)."""
+        if self._literal is None:
+            self._literal = _HFTokenizer.from_str(self.hf.to_str())
+            self._literal.encode_special_tokens = True
+        try:
+            return [e.ids for e in self._literal.encode_batch(texts, add_special_tokens=False)]
+        except Exception as e:
+            for t in texts:  # the DataError that names the first text it cannot encode
+                try:
+                    self._literal.encode(t, add_special_tokens=False)
+                except Exception as e1:
+                    raise self._cannot_encode(t, e1) from None
+            raise self._cannot_encode(texts[0] if texts else "", e) from None
+
+    @property
+    def max_id(self) -> int:
+        """The largest id it can give (a tokenizer file may number its tokens beyond its size)."""
+        return max(self.hf.get_vocab(with_added_tokens=True).values(), default=0)
 
     def _cannot_encode(self, text: str, e: Exception) -> DataError:
         return DataError(f"tokenizer '{self.name}' cannot encode the text {text[:80]!r} ({e}): its vocabulary "
@@ -111,7 +136,11 @@ def _byte_level(tok: _HFTokenizer) -> _HFTokenizer:
 def train_bpe(texts: Callable[[], Iterable[str]], vocab_size: int, cache_file: Path | None = None) -> Tokenizer:
     """Byte-level BPE trained on `texts()`; cached as tokenizer.json at `cache_file` when given."""
     if cache_file is not None and cache_file.exists():
-        return Tokenizer(_HFTokenizer.from_file(str(cache_file)), "bpe")
+        try:
+            return Tokenizer(_HFTokenizer.from_file(str(cache_file)), "bpe")
+        except Exception as e:  # a damaged cache file (a bare Exception from the library): train it again
+            print(f"[momattn] the cached tokenizer {cache_file} is damaged ({first_line(e)}); training it again",
+                  file=sys.stderr, flush=True)
     tok = _byte_level(_HFTokenizer(models.BPE()))
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -119,7 +148,17 @@ def train_bpe(texts: Callable[[], Iterable[str]], vocab_size: int, cache_file: P
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte encodable: no unknown tokens
         show_progress=sys.stderr.isatty(),
     )
-    tok.train_from_iterator(texts(), trainer=trainer)
+    chars = 0
+
+    def counted() -> Iterable[str]:
+        nonlocal chars
+        for text in texts():
+            chars += len(text.strip())
+            yield text
+
+    tok.train_from_iterator(counted(), trainer=trainer)
+    if chars == 0:  # a tokenizer of bytes alone, which must not be cached as the corpus's
+        raise DataError("the BPE tokenizer has no text to learn from: the data source gave no train documents")
     if cache_file is not None:
         atomic_write_text(cache_file, tok.to_str())  # a parallel run never reads half a file
     return Tokenizer(tok, "bpe")

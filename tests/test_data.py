@@ -14,6 +14,7 @@ from momattn.data.sources import (
     LoaderConfig,
     StaiccCorpus,
     TextFiles,
+    local_files,
     make_source,
     merge_data,
 )
@@ -102,8 +103,28 @@ def test_token_ids_beyond_uint16_are_never_truncated(tmp_path):
     tok = Tokenizer(hf, "sparse")
     from momattn.data.corpus import _tokenize
 
-    ids = _tokenize(["a b a", "b"], tok, "test")
+    ids = np.concatenate(list(_tokenize(["a b a", "b"], tok, "test")))
     assert ids.tolist() == [0, 70000, 0, 1, 70000, 1] and ids.dtype == np.uint32
+
+
+def test_a_special_tokens_spelling_inside_a_document_is_text_not_a_separator(tmp_path):
+    from momattn.data.corpus import load_tokens
+    from momattn.data.sources import TextFiles
+    from momattn.data.streaming import packed_windows
+    from momattn.tokenizer import gpt2_tokenizer
+
+    tok = gpt2_tokenizer()
+    doc = "a web page that quotes <|endoftext|> in its text"
+    assert tok.eot_id in tok.encode(doc)  # the library's default: the spelling is the token
+    f = tmp_path / "c.jsonl"
+    f.write_text("\n".join(json.dumps({"text": f"{doc} {i}"}) for i in range(40)) + "\n")
+    ids = np.asarray(load_tokens(TextFiles(paths=[str(f)]), tok, "train", tmp_path / "cache"))
+    assert (ids == tok.eot_id).sum() == len(TextFiles(paths=[str(f)]).documents("train"))  # one per document
+    assert tok.decode(ids.tolist()).count("<|endoftext|>") == 2 * (ids == tok.eot_id).sum()  # quoted + separator
+    n = len(tok.encode_documents([doc])[0]) + 1
+    window = next(packed_windows(lambda e: iter([doc] * 3), tok.encode_documents, tok.eot_id, 3 * n - 1))
+    assert (window == tok.eot_id).nonzero()[0].tolist() == [n - 1, 2 * n - 1, 3 * n - 1]  # the stream too
+    assert tok.encode(doc) != tok.encode_documents([doc])[0]  # prompts (generate.py) keep the library's reading
 
 
 def test_hub_loader_offline_says_what_to_do():
@@ -119,6 +140,11 @@ def test_bpe_roundtrip_and_cache(tmp_path):
     again = train_bpe(lambda: pytest.fail("should come from the cache"), 400, tmp_path / "tok.json")
     assert again.fingerprint == tok.fingerprint
     assert Tokenizer.from_json(tok.to_json()).encode("hello there") == tok.encode("hello there")
+    (tmp_path / "tok.json").write_text(tok.to_json()[:100])  # a damaged cache file is trained again
+    assert train_bpe(lambda: docs, 400, tmp_path / "tok.json").fingerprint == tok.fingerprint
+    with pytest.raises(DataError, match="no text to learn from"):  # and no bytes-only tokenizer is cached
+        train_bpe(lambda: [], 400, tmp_path / "empty.json")
+    assert not (tmp_path / "empty.json").exists()
 
 
 def test_gpt2_tokenizer_is_gpt2s_bpe():
@@ -196,3 +222,30 @@ def test_another_staicc_release_changes_the_default_corpus_fingerprint(monkeypat
     real = importlib.metadata.version
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "9.9" if name == "StaICC" else real(name))
     assert StaiccCorpus(tasks=["trec"]).fingerprint() != before  # the token cache would serve the old rows
+
+
+def test_local_hub_files_that_are_empty_not_utf8_or_unmatched_get_a_one_line_error(tmp_path):
+    from momattn.data.streaming import StreamingHubCorpus
+
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "latin.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
+    (tmp_path / "good.jsonl").write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(5)))
+    cases = {"empty.jsonl": "no rows", "none*.jsonl": "no rows", "latin.jsonl": "not UTF-8"}
+    for name, says in cases.items():
+        for cls in (HubCorpus, StreamingHubCorpus):
+            with pytest.raises(DataError, match=says):
+                cls(name="json", data_files={"train": str(tmp_path / name)}, val_split=None).documents("train")
+    with pytest.raises(DataError, match="held out for validation; lower data.val_docs"):  # not "the stream is empty"
+        StreamingHubCorpus(name="json", data_files={"train": str(tmp_path / "good.jsonl")}, val_split=None,
+                           val_docs=5).documents("train")
+
+
+def test_text_files_read_what_editors_and_json_writers_write(tmp_path):
+    (tmp_path / "u.jsonl").write_text(json.dumps({"text": "a\u2028b\x85c"}, ensure_ascii=False) + "\r\n"
+                                      + json.dumps({"text": "second"}) + "\n", encoding="utf-8")
+    (tmp_path / "bom.txt").write_text("first doc\n\nsecond doc\n", encoding="utf-8-sig")
+    src = TextFiles(paths=[str(tmp_path / "u.jsonl"), str(tmp_path / "bom.txt")])
+    assert sorted(src._read(p) for p in src._files) == [["a\u2028b\x85c", "second"], ["first doc", "second doc"]]
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    (tmp_path / "deep" / "er" / "x.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
+    assert len(local_files(str(tmp_path / "**" / "*.jsonl"))) == 2  # what datasets reads for that pattern

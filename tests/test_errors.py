@@ -74,6 +74,8 @@ def test_wrong_type_names_the_key(tmp_path):
         assert msg.startswith(f"trainer.val_check_interval={bad}: use a number of training batches >= 1")
     for ok in ("'00:00:10:00'", "{minutes:10}"):  # Lightning's time-based intervals pass
         assert load_train_config(compose_train(tmp_path, [*SMOKE, f"trainer.val_check_interval={ok}"]))
+    msg = run_expecting(tmp_path, [*SMOKE, "trainer.use_distributed_sampler=true"], ConfigError)
+    assert msg.startswith("trainer.use_distributed_sampler=True: momattn shards the training stream by rank itself")
     msg = run_expecting(tmp_path, [*SMOKE, "optimized_metric=val/los"], ConfigError)
     assert msg.startswith("optimized_metric='val/los' is not a metric training logs. Did you mean 'val/loss'?")
     msg = run_expecting(tmp_path, [*SMOKE, "callbacks.model_checkpoint.monitor=val/los"], ConfigError)

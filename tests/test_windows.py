@@ -121,3 +121,21 @@ def test_a_dataset_of_windows_is_taken_as_is():
     windows = TokenWindows(np.arange(30, dtype=np.uint16), 8, 0, shuffle=False)  # 3 windows, fewer than 9 items
     dm = _dm(3, train=windows)
     assert dm.train_set is windows
+
+
+@pytest.mark.parametrize("batch_size,world", [(4, 1), (2, 1), (8, 1), (3, 2)])
+def test_a_resume_with_other_samples_per_step_continues_where_the_checkpointed_run_stopped(batch_size, world):
+    was = _dm(3, batch_size=4)
+    was.trainer = _Trainer()
+    was.trainer.global_step = 5  # 5 steps of 4 samples: samples 0-19 were trained on
+    state = was.state_dict()
+    now = _dm(3, batch_size=batch_size)
+    now.trainer = _Trainer(world, 0)
+    now.load_state_dict(state)
+    now.trainer.global_step = 5  # Lightning restores the step
+    sampler = now.train_dataloader().sampler
+    assert list(sampler)[:2] == [20, 20 + world]  # not 5 x batch_size x world
+    steps_left = 10 - 5
+    assert len(range(20, 20 + steps_left * batch_size * world)) == sampler.total - 20  # the steps left, whole
+    now.trainer.global_step = 6
+    assert list(sampler)[0] == 20 + batch_size * world and now.state_dict()["position"] == 20 + batch_size * world

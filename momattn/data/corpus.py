@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -58,7 +58,14 @@ def _open(bin_path: Path, meta_path: Path) -> np.ndarray:
     return np.memmap(bin_path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
 
 
-def _tokenize(docs: list[str], tokenizer: Tokenizer, desc: str, num_proc: int = 1) -> np.ndarray:
+def token_dtype(tokenizer: Tokenizer) -> np.dtype:
+    """uint16 where every id the tokenizer can give fits, uint32 otherwise."""
+    return np.dtype(np.uint16 if tokenizer.max_id <= 65535 else np.uint32)
+
+
+def _tokenize(docs: list[str], tokenizer: Tokenizer, desc: str, num_proc: int = 1) -> Iterator[np.ndarray]:
+    """The token ids of `docs`, each document followed by eot, in chunks of token_dtype(tokenizer): the whole
+    corpus is never held as int64 or as one array (a hub corpus of N tokens needs ~2N bytes here, not ~32N)."""
     import time
 
     import datasets
@@ -66,28 +73,34 @@ def _tokenize(docs: list[str], tokenizer: Tokenizer, desc: str, num_proc: int = 
     datasets.disable_caching()  # our cache is the .bin file; no arrow copies in ~/.cache/huggingface
     if not sys.stderr.isatty():  # a log file: no carriage-return bar
         datasets.disable_progress_bars()
-    eot = tokenizer.eot_id
+    eot, dtype = tokenizer.eot_id, token_dtype(tokenizer)
 
     def encode(batch):
-        return {"ids": [ids + [eot] for ids in tokenizer.encode_batch(batch["text"])]}
+        return {"ids": [ids + [eot] for ids in tokenizer.encode_documents(batch["text"])]}
 
     t0 = time.perf_counter()
     num_proc = max(1, min(num_proc, len(docs) // 1000))  # a process per 1,000 documents at most
+    features = datasets.Features({"ids": datasets.Sequence(datasets.Value(dtype.name))})  # stored as dtype
     ds = datasets.Dataset.from_dict({"text": docs}).map(encode, batched=True, batch_size=1000, remove_columns=["text"],
-                                                        desc=desc, num_proc=num_proc if num_proc > 1 else None)
-    chunks = [c.flatten().to_numpy(zero_copy_only=False) for c in ds.data.column("ids").chunks]  # arrow, no lists
-    # by the largest id, not vocab_size: a tokenizer file may number its tokens beyond its size
-    top = max([tokenizer.vocab_size - 1, *(int(c.max()) for c in chunks if len(c))])
-    dtype = np.uint16 if top <= 65535 else np.uint32
-    ids = np.concatenate(chunks).astype(dtype) if chunks else np.empty(0, dtype=dtype)
+                                                        features=features, desc=desc,
+                                                        num_proc=num_proc if num_proc > 1 else None)
+    n = 0
+    for chunk in ds.data.column("ids").chunks:  # arrow chunks, no Python lists
+        ids = chunk.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+        n += len(ids)
+        yield ids
     dt = time.perf_counter() - t0
-    print(f"[momattn] {desc}: {len(ids) / 1e6:.2f}M tokens in {dt:.1f} s ({len(ids) / max(dt, 1e-9) / 1e3:.0f}K "
+    print(f"[momattn] {desc}: {n / 1e6:.2f}M tokens in {dt:.1f} s ({n / max(dt, 1e-9) / 1e3:.0f}K "
           f"tokens/s, {num_proc} process{'es' if num_proc > 1 else ''})", file=sys.stderr, flush=True)
-    return ids
+
+
+# 2: a special token's spelling inside a document is text (Tokenizer.encode_documents), no longer the token
+CACHE_FORMAT = 2
 
 
 def cache_key(source_fingerprint: str, tokenizer: Tokenizer, split: str) -> str:
-    return hashlib.sha256(f"{source_fingerprint}|{tokenizer.fingerprint}|{split}".encode()).hexdigest()[:20]
+    key = f"{source_fingerprint}|{tokenizer.fingerprint}|{split}|{CACHE_FORMAT}"
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
 def _own_token_ids(source, tokenizer: Tokenizer, split: str) -> tuple[np.ndarray | None, int]:
@@ -125,8 +138,20 @@ def load_tokens(source: DataSource | Mapping, tokenizer: Tokenizer, split: str,
             if not docs:
                 raise DataError(f"the {split} split of the data source {type(source).__name__} is empty; "
                                 "nothing to tokenize")
-            ids, n_docs = _tokenize(docs, tokenizer, f"tokenizing {split} ({len(docs)} docs)", num_proc), len(docs)
-        atomic_write(bin_path, lambda f: f.write(ids.data))  # the .json last: a .bin without it is never trusted
-        atomic_write_text(meta_path, json.dumps({"n_tokens": int(len(ids)), "dtype": np.dtype(ids.dtype).name,
-                                                 "split": split, "tokenizer": tokenizer.name, "documents": n_docs}))
+            chunks, n_docs = _tokenize(docs, tokenizer, f"tokenizing {split} ({len(docs)} docs)", num_proc), len(docs)
+            dtype = token_dtype(tokenizer)
+        else:
+            chunks, dtype = [ids], ids.dtype
+        n_tokens = 0
+
+        def write(f) -> None:
+            nonlocal n_tokens
+            for c in chunks:
+                f.write(c.data)
+                n_tokens += len(c)
+
+        atomic_write(bin_path, write)  # the .json last: a .bin without it is never trusted
+        atomic_write_text(meta_path, json.dumps({"n_tokens": n_tokens, "dtype": np.dtype(dtype).name, "split": split,
+                                                 "tokenizer": tokenizer.name, "documents": n_docs,
+                                                 "format": CACHE_FORMAT}))
     return _open(bin_path, meta_path)

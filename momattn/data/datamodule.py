@@ -3,11 +3,13 @@
 Training samples form one global stream: sample g is window perm_e[g mod W] of epoch e = g // W (W windows of
 block_size + 1 tokens, perm_e a permutation seeded by (seed, e)). Rank r of a world of size n takes samples
 start + r, start + r + n, ...; on resume `start` follows from the restored global step, so the run continues
-exactly where it stopped, with no state beyond the step count.
+exactly where it stopped. The checkpoint also records the data position itself, so a resume with other
+samples per step (batch size, accumulation, devices) continues there too.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -88,6 +90,26 @@ class TokenDataModule(LightningDataModule):
         self.val_set = TokenWindows(val_tokens, block_size, seed, shuffle=False)
         self.batch_size, self.max_steps, self.accumulate = batch_size, max_steps, accumulate
         self.val_batches, self.num_workers = val_batches, num_workers
+        self._resumed: dict | None = None  # the data position a checkpoint recorded (load_state_dict)
+
+    def _per_step(self) -> int:
+        return self.batch_size * self.accumulate * self.trainer.world_size
+
+    def _offset(self) -> int:
+        """Samples between this run's step x samples_per_step and the data position. 0 unless the run resumed
+        from a checkpoint taken with other samples per step (another data.batch_size, accumulation or number of
+        devices): the stream then continues where that run stopped, not where step x this run's size points."""
+        if not self._resumed:
+            return 0
+        return self._resumed["position"] - self._resumed["step"] * self._per_step()
+
+    def state_dict(self) -> dict:
+        step = self.trainer.global_step  # checkpoints are taken between optimizer steps
+        return {"position": step * self._per_step() + self._offset(), "step": step,
+                "samples_per_step": self._per_step()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resumed = dict(state)
 
     def _loader(self, dataset, sampler) -> DataLoader:
         # its own generator: creating an iterator must not draw from the global RNG that dropout uses
@@ -95,14 +117,22 @@ class TokenDataModule(LightningDataModule):
                           drop_last=True, persistent_workers=False, generator=torch.Generator().manual_seed(0))
 
     def train_dataloader(self) -> DataLoader:
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        per_step = self.batch_size * self.accumulate * world
+        world, rank, per_step, offset = self.trainer.world_size, self.trainer.global_rank, self._per_step(), self._offset()
         trainer = self.trainer
+        if offset:
+            was = self._resumed["samples_per_step"]
+            print(f"[momattn] resumed with {per_step} samples per optimizer step (the checkpoint's run took {was}): "
+                  f"the data continues at sample {self._resumed['position']}, where that run stopped", file=sys.stderr)
 
         def start() -> int:  # the global step (restored on resume) -> the exact data position
-            return trainer.global_step * per_step
+            return trainer.global_step * per_step + offset
 
-        return self._loader(self.train_set, StreamSampler(start, self.max_steps * per_step, rank, world))
+        return self._loader(self.train_set, StreamSampler(start, self.max_steps * per_step + offset, rank, world))
+
+    def teardown(self, stage: str) -> None:
+        close = getattr(self.train_set, "close", None)  # a stream's reader thread: one per job of a sweep otherwise
+        if callable(close):
+            close()
 
     def val_dataloader(self) -> DataLoader:
         world, rank = self.trainer.world_size, self.trainer.global_rank

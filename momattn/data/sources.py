@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from momattn.data.staicc import LEAK_FILTER_VERSION, SPLIT_SEED, STAICC_FILES, lm_texts, staicc_identity
-from momattn.errors import ConfigError, DataError, did_you_mean
+from momattn.errors import ConfigError, DataError, did_you_mean, first_line
 from momattn.schema import known_keys, locate, to_plain, typed
 from momattn.utils import digest, seeded_split
 
@@ -80,7 +80,7 @@ class StaiccCorpus:
 def _read_utf8(path: Path) -> str:
     data = path.read_bytes()
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a byte-order mark (Windows editors write one) is not text
     except UnicodeDecodeError as e:
         raise DataError(f"data file '{path}' is not UTF-8 text (byte {e.start}: {data[e.start:e.start + 4]!r}); "
                         "convert it, e.g. iconv -f latin1 -t utf-8") from e
@@ -133,7 +133,7 @@ class TextFiles:
         if p.suffix not in (".jsonl", ".json"):
             return [d.strip() for d in _BLANK_LINE.split(text.replace("\r\n", "\n")) if d.strip()]
         docs = []
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 or U+0085 are text in JSON
             if not line.strip():
                 continue
             try:
@@ -193,10 +193,14 @@ class HubCorpus:
 
         try:
             return datasets.load_dataset(self.name, self.config, split=split, data_files=self.data_files)
+        except UnicodeDecodeError as e:
+            raise not_utf8(self.name, self.data_files, e) from None
+        except StopIteration:  # what datasets raises for files without a single row
+            raise no_rows(self.name, self.data_files) from None
         except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError, ...)
             raise DataError(
                 f"cannot load data.name='{self.name}' (config={self.config}, split={split}): "
-                f"{type(e).__name__}: {str(e).splitlines()[0][:300]}. Without network, use local files: "
+                f"{type(e).__name__}: {first_line(e, 300)}. Without network, use local files: "
                 "data=text_files data.paths=[...] or data=hf data.name=json data.data_files={train: a.jsonl} "
                 "data.val_split=null (or data.data_files={train: a.jsonl, validation: b.jsonl})"
             ) from e
@@ -206,7 +210,10 @@ class HubCorpus:
         if self.text_field not in ds.column_names:
             raise DataError(f"data.name='{self.name}' has no column '{self.text_field}' (columns: {ds.column_names}); "
                             "set data.text_field")
-        texts = ds[self.text_field]
+        try:
+            texts = list(ds[self.text_field])  # datasets 4: a lazy column, decoded here
+        except UnicodeDecodeError as e:  # arrow's json reader keeps the bytes; reading the column decodes them
+            raise not_utf8(self.name, self.data_files, e) from None
         odd = next((t for t in texts if t is not None and not isinstance(t, str)), None)
         if odd is not None:
             raise DataError(f"data.text_field='{self.text_field}' of data.name='{self.name}' holds "
@@ -215,6 +222,16 @@ class HubCorpus:
         if self.val_split:
             return docs
         return _held_out(docs, split, self.val_fraction, self.seed)  # no validation split on the hub
+
+
+def not_utf8(name: str, data_files: Any, e: UnicodeDecodeError) -> DataError:
+    return DataError(f"data.name='{name}' data.data_files={data_files}: a byte that is not UTF-8 "
+                     f"({e.object[e.start:e.start + 4]!r}); convert the files, e.g. iconv -f latin1 -t utf-8")
+
+
+def no_rows(name: str, data_files: Any) -> DataError:
+    return DataError(f"data.name='{name}' data.data_files={data_files}: no rows (an empty file, or a pattern that "
+                     "matches no file)")
 
 
 def local_files(data_files: Any) -> list:
@@ -227,7 +244,7 @@ def local_files(data_files: Any) -> list:
     if isinstance(data_files, list | tuple):
         return [local_files(v) for v in data_files]
     pattern = str(Path(str(data_files)).expanduser())
-    paths = sorted(Path(p) for p in glob.glob(pattern)) if glob.has_magic(pattern) else [Path(pattern)]
+    paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [Path(pattern)]
     return [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p.is_file()]
 
 

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from momattn.data.sources import Split, local_files
-from momattn.errors import DataError
+from momattn.data.sources import Split, local_files, no_rows, not_utf8
+from momattn.errors import DataError, first_line
 from momattn.utils import digest
 
 
@@ -36,7 +36,7 @@ from momattn.utils import digest
 class StreamingHubCorpus:
     """A `datasets` corpus read with streaming=True: nothing is downloaded or stored beyond what is being read."""
 
-    name: str = ""  # hub name (HuggingFaceFW/fineweb, allenai/c4, ...) or a builder: json | text | parquet
+    name: str = ""  # hub name (HuggingFaceFW/fineweb, allenai/c4 with config=en, ...) or a builder: json | text | parquet
     config: str | None = None
     train_split: str = "train"
     val_split: str | None = "validation"  # null: the first val_docs documents of the train stream
@@ -51,7 +51,7 @@ class StreamingHubCorpus:
     def __post_init__(self):
         if not self.name:
             raise DataError("data=hf_stream needs data.name=<hub dataset>, e.g. data.name=HuggingFaceFW/fineweb "
-                            "data.config=sample-10BT, or data.name=json data.data_files={train: a.jsonl}")
+                            "data.config=sample-10BT data.val_split=null (it has no validation split), or data.name=json data.data_files={train: a.jsonl}")
         if self.shuffle_buffer < 0 or self.val_docs < 1 or self.tokenizer_docs < 1:
             raise DataError(f"data.shuffle_buffer={self.shuffle_buffer} must be >= 0, data.val_docs={self.val_docs} "
                             f"and data.tokenizer_docs={self.tokenizer_docs} >= 1")
@@ -68,10 +68,12 @@ class StreamingHubCorpus:
         try:
             return datasets.load_dataset(self.name, self.config, split=split, data_files=self.data_files,
                                          revision=self.revision, streaming=True)
+        except StopIteration:  # what datasets raises for files without a single row
+            raise no_rows(self.name, self.data_files) from None
         except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError, ...)
             raise DataError(
                 f"cannot stream data.name='{self.name}' (config={self.config}, split={split}): "
-                f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}. Streaming reads the hub "
+                f"{type(e).__name__}: {first_line(e, 300)}. Streaming reads the hub "
                 "while training: check the name and the network (HF_DATASETS_OFFLINE=1 forbids it), or stream "
                 "local files: data.name=json data.data_files={train: a.jsonl, validation: b.jsonl}"
             ) from None
@@ -87,7 +89,14 @@ class StreamingHubCorpus:
             ds = ds.take(limit)
         if shuffle and self.shuffle_buffer:
             ds = ds.shuffle(seed=self.seed + epoch, buffer_size=self.shuffle_buffer)
-        for row in ds:
+        rows = iter(ds)
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except UnicodeDecodeError as e:
+                raise not_utf8(self.name, self.data_files, e) from None
             if self.text_field not in row:
                 raise DataError(f"data.name='{self.name}' has no field '{self.text_field}' (fields: {sorted(row)}); "
                                 "set data.text_field")
@@ -111,6 +120,9 @@ class StreamingHubCorpus:
             docs = list(self.texts(self.val_split or self.train_split, shuffle=False, limit=self.val_docs))
         else:
             docs = list(islice(self.train_texts(), self.tokenizer_docs))
+        if not docs and split == "train" and not self.val_split and any(True for _ in self.texts(self.train_split, shuffle=False)):
+            raise DataError(f"data.name='{self.name}': every row of the train split is among the first "
+                            f"data.val_docs={self.val_docs}, held out for validation; lower data.val_docs")
         if not docs:
             raise DataError(f"the {split} stream of data.name='{self.name}' is empty")
         return docs
@@ -161,7 +173,7 @@ class StreamWindows(Dataset):
 
         def produce():
             try:
-                for w in packed_windows(self.source.train_texts, tok.encode_batch, tok.eot_id, self.block_size):
+                for w in packed_windows(self.source.train_texts, tok.encode_documents, tok.eot_id, self.block_size):
                     while not stop.is_set():
                         try:
                             q.put(w, timeout=0.1)

@@ -113,6 +113,11 @@ def _model(node: Mapping | None, attention: AttentionConfig) -> GPTConfig:
     return typed(GPTConfig, node, "model", attention=attention)
 
 
+# Lightning's precision settings (lightning.fabric.connector._PRECISION_INPUT), and momattn's auto (momattn.hardware)
+PRECISIONS = ("auto", "bf16-mixed", "16-mixed", "32-true", "bf16-true", "16-true", "64-true", "32", "16", "bf16", "64",
+              "transformer-engine", "transformer-engine-float16")
+
+
 def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
     """(Trainer arguments with precision=auto resolved for this machine, max_steps, accumulate_grad_batches)."""
     trainer = dict(node or {})
@@ -136,7 +141,12 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
         raise ConfigError(f"trainer.accelerator={accelerator} but this machine has no CUDA GPU "
                           "(torch.cuda.is_available() is False); use trainer=cpu (or trainer=default, which "
                           "picks what is there)")
-    trainer["precision"] = resolve_precision(trainer.get("precision"), trainer.get("accelerator"))
+    precision = trainer.get("precision")
+    if precision is not None and str(precision) not in PRECISIONS:  # before any tokenizing, not at Trainer(...)
+        raise ConfigError(f"trainer.precision={precision!r} is not a precision.{did_you_mean(str(precision), PRECISIONS)} "
+                          f"Choose one of {', '.join(PRECISIONS)}")
+    trainer["precision"] = resolve_precision(precision, trainer.get("accelerator"))
+    world_size(trainer)  # trainer.devices checked here too
     check_launch_environment(trainer)
     return trainer, steps[0], steps[1]
 
@@ -209,15 +219,18 @@ def world_size(trainer: Mapping) -> int:
     if isinstance(devices, (list, tuple)):
         devices = len(devices)
     if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-        raise ConfigError(f"trainer.devices={devices!r}: global_batch needs the number of devices; set "
-                          "trainer.devices=<N>")
+        raise ConfigError(f"trainer.devices={devices!r}: use a number of devices >= 1, a list of device ids, or "
+                          "auto (every GPU here)")
     return devices * int(nodes)
 
 
 def accumulation_for(global_batch: int, batch_size: int, trainer: Mapping) -> int:
     """accumulate_grad_batches so that batch_size x processes x accumulation = global_batch sequences."""
     per_step = batch_size * world_size(trainer)
-    if global_batch < 1 or global_batch % per_step:
+    if isinstance(global_batch, bool) or not isinstance(global_batch, int) or global_batch < 1:
+        raise ConfigError(f"global_batch={global_batch!r} must be an integer >= 1 (sequences per optimizer step), or "
+                          "null to set trainer.accumulate_grad_batches yourself")
+    if global_batch % per_step:
         world = world_size(trainer)
         options = [b for b in (1, 2, 4, 8, 16, 32, 64) if global_batch % (b * world) == 0]
         fix = (f"data.batch_size among {options} works" if options else
@@ -265,8 +278,12 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
                           "by one background thread, and worker processes would each read the whole stream; set "
                           "data.num_workers=0")
     if run.global_batch is not None:
-        accumulate = trainer["accumulate_grad_batches"] = accumulation_for(run.global_batch, loader.batch_size,
-                                                                           trainer)
+        derived = accumulation_for(run.global_batch, loader.batch_size, trainer)
+        if accumulate not in (1, derived):  # one the user set, which global_batch would silently replace
+            raise ConfigError(f"global_batch={run.global_batch} gives trainer.accumulate_grad_batches={derived} "
+                              f"(data.batch_size={loader.batch_size} x {world_size(trainer)} processes), but it is set "
+                              f"to {accumulate}; drop one of the two (global_batch=null keeps yours)")
+        accumulate = trainer["accumulate_grad_batches"] = derived
     if run.val_every_steps is not None:  # Lightning counts micro-batches, so the interval follows the accumulation
         if isinstance(run.val_every_steps, bool) or run.val_every_steps < 1:
             raise ConfigError(f"val_every_steps={run.val_every_steps!r} must be an integer >= 1 (optimizer steps "

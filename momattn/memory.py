@@ -4,8 +4,11 @@ that a context far beyond the machine is refused in a second instead of dying in
     bytes ~ 16 N                                   weights, gradients, AdamW's two moments (fp32)
           + B T L (20 d) a                         activations kept for backward, per layer (a: 4 B fp32, 2 B bf16)
           + B T (12 V + 8 d)                       logits, their fp32 copy and gradient; embeddings
-with N the parameter count, B the micro-batch, T the context, L layers, d the width, V the vocabulary. Flash
-attention keeps no (T, T) matrix; momentum's EMA is linear in T. Off CUDA the loss is blocked (momattn/loss.py):
+          + B L (12 H T^2 + 3 T d)                 off CUDA with dropout: the attention matrix and its dropout
+                                                   mask in fp32 per layer (SDPA's math path), dropout masks
+with N the parameter count, B the micro-batch, T the context, L layers, d the width, H heads, V the vocabulary.
+Flash attention (CUDA, or CPU without dropout) keeps no (T, T) matrix; momentum's EMA is linear in T. Under FSDP
+each of W processes holds 16 N / W of the states (a full shard). Off CUDA the loss is blocked (momattn/loss.py):
 one block of rows' logits at a time, 10 V bytes per row of ROWS_PER_BLOCK, plus the hidden states' gradient and
 the LM head's (4 B T d + 4 V d) instead of 12 B T V. The estimate is meant to be within about 2x."""
 
@@ -32,22 +35,25 @@ class MemoryEstimate:
 
 def n_params(model_config) -> int:
     c = model_config
-    inner = c.n_inner or 4 * c.n_embd
+    inner = 4 * c.n_embd if c.n_inner is None else c.n_inner
     per_layer = 4 * c.n_embd * c.n_embd + 2 * c.n_embd * inner + 13 * c.n_embd  # qkv+proj, mlp, norms and biases
     pos = c.block_size * c.n_embd if c.pos_emb == "learned" else 0
     return c.n_layer * per_layer + c.vocab_size * c.n_embd + pos
 
 
 def estimate_train_memory(model_config, batch_size: int, precision: str = "32-true",
-                          blocked_loss: bool = False) -> MemoryEstimate:
-    """blocked_loss: the loss momattn/loss.py takes off CUDA (no (B T, V) logits); False: the plain form (CUDA)."""
+                          blocked_loss: bool = False, shards: int = 1) -> MemoryEstimate:
+    """Per process. blocked_loss: off CUDA (momattn/loss.py: no (B T, V) logits, and with dropout SDPA keeps the
+    (T, T) attention matrix); False: CUDA. shards: the processes FSDP shards the states over (1: none)."""
     from momattn.loss import ROWS_PER_BLOCK
 
     c = model_config
     act = 2 if ("bf16" in str(precision) or str(precision).startswith("16")) else 4
     tokens = batch_size * c.block_size
-    states = 16 * n_params(c)
+    states = 16 * n_params(c) // max(1, shards)
     activations = tokens * c.n_layer * 20 * c.n_embd * act
+    if blocked_loss and c.dropout > 0:  # two (B, H, T, T) fp32 tensors per layer saved for backward, and a transient
+        activations += batch_size * c.n_layer * (12 * c.n_head * c.block_size ** 2 + 3 * c.block_size * c.n_embd)
     if blocked_loss:
         logits = min(tokens, ROWS_PER_BLOCK) * 10 * c.vocab_size + 4 * c.vocab_size * c.n_embd + tokens * 12 * c.n_embd
     else:
@@ -73,23 +79,34 @@ def available_memory(device: str = "cpu") -> int | None:
         return None
 
 
-def check_fits(model_config, batch_size: int, precision: str, accelerator: str | None, devices=1) -> MemoryEstimate:
-    """Raise a ConfigError, naming the limit and the fix, when the first training step cannot fit in memory."""
+def check_fits(model_config, batch_size: int, precision: str, accelerator: str | None, devices=1,
+               world: int = 1, sharded: bool = False) -> MemoryEstimate:
+    """Raise a ConfigError, naming the limit and the fix, when the first training step cannot fit in memory.
+    world: the training processes; sharded: FSDP (each holds 1/world of the states)."""
     import torch
 
     from momattn.errors import ConfigError
 
     acc = str(accelerator or "auto").lower()
     on_gpu = acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
-    need = estimate_train_memory(model_config, batch_size, precision, blocked_loss=not on_gpu)
+    need = estimate_train_memory(model_config, batch_size, precision, blocked_loss=not on_gpu,
+                                 shards=world if sharded else 1)
     have = available_memory("cuda" if on_gpu else "cpu")
     procs = 1 if on_gpu else (devices if isinstance(devices, int) and devices > 0 else 1)  # CPU DDP: one RAM
     if have is not None and need.total * procs > have:
         where = "GPU memory free" if on_gpu else "RAM available"
+        if need.states > need.activations + need.logits:  # a smaller batch or context cannot free the states
+            fix = ("Most of it is the weights and AdamW's state, which a smaller batch cannot free: shard them with "
+                   "trainer=fsdp over more devices, or train a smaller model" if not sharded else
+                   "Most of it is the weights and AdamW's state: shard them over more devices, or train a smaller model")
+        else:
+            fix = ("Lower data.batch_size (and raise trainer.accumulate_grad_batches to keep the tokens per step) or "
+                   "model.block_size" + (", or set model.dropout=0 (off CUDA, attention with dropout keeps the "
+                                         "T x T matrix)" if model_config.dropout > 0 and not on_gpu else ""))
         raise ConfigError(
-            f"the first training step needs {need.describe()}{f' x {procs} processes' if procs > 1 else ''}, but "
+            f"the first training step needs {need.describe()}{f' x {procs} processes' if procs > 1 else ''}"
+            f"{f' (states sharded over {world})' if sharded and world > 1 else ''}, but "
             f"this machine has {have / GIB:.1f} GiB of {where} (model.block_size={model_config.block_size}, "
             f"data.batch_size={batch_size}, model.n_embd={model_config.n_embd}, vocabulary {model_config.vocab_size})."
-            " Lower data.batch_size (and raise trainer.accumulate_grad_batches to keep the tokens per step) or "
-            "model.block_size")
+            f" {fix}")
     return need

@@ -66,6 +66,11 @@ class GPTConfig:
     def __post_init__(self):
         if isinstance(self.attention, dict):
             self.attention = AttentionConfig(**self.attention)
+        for name in ("block_size", "vocab_size", "vocab_multiple", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1")
+        if self.n_inner is not None and self.n_inner < 1:
+            raise ConfigError(f"model.n_inner={self.n_inner} must be >= 1, or null for 4 x model.n_embd")
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"model.n_head={self.n_head} does not divide model.n_embd={self.n_embd}; "
@@ -75,9 +80,6 @@ class GPTConfig:
             raise ConfigError(f"model.pos_emb='{self.pos_emb}' is unknown; choose 'learned' or 'rotary'")
         if self.pos_emb == "rotary" and (self.n_embd // self.n_head) % 2:
             raise ConfigError("model.pos_emb=rotary needs an even head size (n_embd / n_head)")
-        for name in ("block_size", "vocab_size", "vocab_multiple", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} must lie in [0, 1)")
 
@@ -272,7 +274,7 @@ ATTENTION_CLASSES = {"vanilla": CausalSelfAttention, "momentum": MomentumAttenti
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        inner = config.n_inner or 4 * config.n_embd
+        inner = 4 * config.n_embd if config.n_inner is None else config.n_inner
         self.c_fc = nn.Linear(config.n_embd, inner, bias=config.bias)
         self.c_proj = nn.Linear(inner, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+
+from hydra.errors import HydraException
 
 from momattn.errors import UserError
 
@@ -26,10 +27,10 @@ def _vocab(c) -> int:
     if t.kind == "source" and hasattr(c.data, "n_symbols"):
         return c.data.n_symbols + 1
     path = getattr(t, "path", None)
-    if t.kind == "file" and path and Path(path).expanduser().is_file():  # the file says how many tokens it has
-        from momattn.tokenizer import Tokenizer
+    if t.kind == "file":  # the file says how many tokens it has
+        from momattn.tokenizer import file_tokenizer
 
-        return Tokenizer.from_json(Path(path).expanduser().read_text()).vocab_size
+        return file_tokenizer(path).vocab_size  # a DataError naming a missing or damaged file
     return int(getattr(t, "vocab_size", 0) or 4096)
 
 
@@ -56,14 +57,17 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float = 989.0) ->
     HydraConfig().set_config(cfg)
     # plan a GPU, many-node run from any machine: no GPU nor launcher needed here
     # (trainer.devices=auto counts this machine's GPUs: at least one is assumed; trainer.devices=N plans N)
-    real = config._cuda_available, config.check_launch_environment, config._cuda_device_count
+    # precision=auto plans a bf16 GPU (an H100/H200-class device, as --peak-tflops), not this machine's CPU
+    real = config._cuda_available, config.check_launch_environment, config._cuda_device_count, config.resolve_precision
     gpus = max(1, real[2]())
-    config._cuda_available, config.check_launch_environment, config._cuda_device_count = (
-        (lambda: True), (lambda *a, **k: None), (lambda: gpus))
+    config._cuda_available, config.check_launch_environment, config._cuda_device_count, config.resolve_precision = (
+        (lambda: True), (lambda *a, **k: None), (lambda: gpus),
+        (real[3] if torch.cuda.is_available() else lambda p, acc: "bf16-mixed" if p in (None, "auto") else str(p)))
     try:
         c = config.load_train_config(cfg)
     finally:
-        config._cuda_available, config.check_launch_environment, config._cuda_device_count = real
+        (config._cuda_available, config.check_launch_environment, config._cuda_device_count,
+         config.resolve_precision) = real
     m = c.model_for(_vocab(c))
     with torch.device("meta"):  # shapes only: nothing is allocated
         model = GPT(m)
@@ -103,6 +107,15 @@ def _validation(p: dict) -> str:
             f"micro-batches; {how})")
 
 
+def _tokens(n: float) -> str:
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,.0f}"
+
+
+def _hours(h: float) -> str:
+    return (f"{h:.1f} h = {h / 24:.1f} days" if h >= 24 else f"{h:.1f} h" if h >= 1 else f"{h * 60:.1f} min" if h >= 1 / 60
+            else f"{h * 3600:.1f} s")
+
+
 def render(p: dict) -> str:
     mem = p["memory_per_device_gib"]
     acc = (f"accumulate {p['accumulate_grad_batches']}" + (f" (from global_batch={p['global_batch']})"
@@ -113,13 +126,13 @@ def render(p: dict) -> str:
                   f"vocabulary {p['vocab_size']}, {p['attention']} attention: {p['parameters'] / 1e6:.1f}M parameters"),
         ("batch", f"{p['global_batch_sequences']} sequences = {p['tokens_per_step']:,} tokens per step: "
                   f"data.batch_size={p['micro_batch']} x {p['processes']} processes x {acc}"),
-        ("tokens", f"{p['max_steps']:,} steps x {p['tokens_per_step']:,} = {p['tokens'] / 1e9:.1f}B tokens"),
+        ("tokens", f"{p['max_steps']:,} steps x {p['tokens_per_step']:,} = {_tokens(p['tokens'])} tokens"),
         ("validation", _validation(p)),
         ("FLOPs", f"{p['flops_per_token'] / 1e9:.2f} GFLOP per token (6N + 12 L d T) -> {p['flops']:.2e} in all"),
         ("memory/device", f"DDP ~{mem['ddp']:.1f} GiB (weights+grads+AdamW {mem['states_ddp']:.1f}, activations "
                           f"{mem['activations']:.1f}, logits {mem['logits']:.1f}); FSDP full shard ~{mem['fsdp']:.1f} GiB "
                           f"(states {mem['states_fsdp']:.2f}); {p['precision']}, micro-batch {p['micro_batch']}"),
-        ("time", f"{p['wall_hours']:.1f} h wall = {p['wall_hours'] / 24:.1f} days, {p['gpu_hours']:,.0f} GPU-hours, at "
+        ("time", f"{_hours(p['wall_hours'])} wall, {p['gpu_hours']:,.{0 if p['gpu_hours'] >= 10 else 2}f} GPU-hours, at "
                  f"an ASSUMED MFU of {100 * p['mfu_assumed']:.0f}% of {p['peak_tflops_per_device']:.0f} TFLOPS per device"),
     ]
     width = max(len(k) for k, _ in rows)
@@ -140,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         p = plan(a.overrides, a.mfu, a.peak_tflops)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except HydraException as e:  # an override Hydra cannot parse or compose: its message, as train.py shows it
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print(json.dumps(p, indent=2) if a.json else render(p))
     return 0

@@ -26,7 +26,7 @@ from momattn.checkpoint import (
     resolve_ckpt_path,
 )
 from momattn.cli import HydraJob, hydra_job
-from momattn.config import TrainConfig, load_train_config
+from momattn.config import TrainConfig, load_train_config, world_size
 from momattn.console import quiet_console, quiet_resume
 from momattn.data.corpus import load_tokens
 from momattn.data.datamodule import TokenDataModule
@@ -49,6 +49,10 @@ def run_train(cfg: DictConfig) -> float | None:
     quiet_console()
     c = load_train_config(cfg)
     out_dir, job = Path(c.paths.output_dir).resolve(), hydra_job()
+    if c.optim.warmup_steps >= c.max_steps:  # legitimate in a smoke run of a long recipe, so not an error
+        print(f"[momattn] warning: optim.warmup_steps={c.optim.warmup_steps} >= trainer.max_steps={c.max_steps}: the "
+              f"learning rate stays in its warm-up (at most {c.max_steps / (c.optim.warmup_steps + 1):.0%} of "
+              f"optim.lr={c.optim.lr:g}) and never decays", file=sys.stderr)
     pl.seed_everything(c.seed, workers=True, verbose=False)
 
     for tmp in remove_stale_temps(out_dir / "checkpoints"):  # partial files of a run killed while saving
@@ -68,7 +72,8 @@ def run_train(cfg: DictConfig) -> float | None:
     if resume:
         check_compatible(model_config_from(resume, ckpt_path), model_config, ckpt_path)
     check_fits(model_config, c.loader.batch_size, c.trainer["precision"], c.trainer.get("accelerator"),
-               c.trainer.get("devices", 1))
+               c.trainer.get("devices", 1),
+               world=world_size(c.trainer), sharded="fsdp" in str(c.trainer.get("strategy")).lower())
     model = GPT(model_config)
 
     train, val = _tokens(c, tokenizer, model_config.vocab_size, model_config.block_size)

@@ -259,8 +259,26 @@ def test_a_context_beyond_memory_is_refused_up_front(tmp_path, monkeypatch):
     assert not (tmp_path / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("blocked", [False, True], ids=["plain-loss", "blocked-loss"])
-def test_the_memory_estimate_is_near_a_measured_step(blocked):
+def test_the_memory_check_counts_fsdp_shards_and_names_the_fix_that_frees_the_states(monkeypatch):
+    import momattn.memory
+    from momattn.model import GPTConfig
+
+    cfg = GPTConfig(vocab_size=4096, block_size=64, n_layer=8, n_embd=512)  # states ~ 16 x 27M params: 0.4 GiB
+    need = momattn.memory.estimate_train_memory(cfg, 1, "32-true", blocked_loss=True)
+    monkeypatch.setattr(momattn.memory, "available_memory", lambda device="cpu": int(need.total * 2 * 0.7))
+    with pytest.raises(ConfigError, match="weights and AdamW's state, which a smaller batch cannot free: shard them "
+                                          "with trainer=fsdp"):
+        momattn.memory.check_fits(cfg, 1, "32-true", "cpu", devices=2, world=2)
+    shard = momattn.memory.check_fits(cfg, 1, "32-true", "cpu", devices=2, world=2, sharded=True)  # half each: fits
+    assert shard.states == need.states // 2
+
+
+@pytest.mark.parametrize("blocked,shape", [
+    (False, "block_size=2048, n_layer=2, n_embd=256"), (True, "block_size=2048, n_layer=2, n_embd=256"),
+    # off CUDA, attention with dropout keeps (B, H, T, T) matrices: 6x the estimate that left them out
+    (True, "block_size=1024, n_layer=2, n_embd=64, n_head=8, dropout=0.1")],
+    ids=["plain-loss", "blocked-loss", "blocked-loss-dropout"])
+def test_the_memory_estimate_is_near_a_measured_step(blocked, shape):
     """Within 2x of the peak resident memory of one real training step (forward, backward, AdamW), with the loss
     over materialised logits (CUDA's) and with the blocked loss train.py takes on a CPU."""
     import subprocess
@@ -269,13 +287,14 @@ def test_the_memory_estimate_is_near_a_measured_step(blocked):
     loss = "m(x, targets=x)" if blocked else "F.cross_entropy(m(x).flatten(0, 1).float(), x.flatten())"
     code = ("import resource, torch, torch.nn.functional as F\n"
             "from momattn.model import GPT, GPTConfig\nfrom momattn.memory import estimate_train_memory\n"
-            "torch.set_num_threads(1)\ncfg = GPTConfig(vocab_size=4096, block_size=2048, n_layer=2, n_embd=256)\n"
-            "m = GPT(cfg); opt = torch.optim.AdamW(m.parameters()); x = torch.randint(0, 4096, (8, 2048))\n"
+            f"torch.set_num_threads(1)\ncfg = GPTConfig(vocab_size=4096, {shape})\n"
+            "m = GPT(cfg); opt = torch.optim.AdamW(m.parameters()); x = torch.randint(0, 4096, (8 if "
+            "cfg.block_size == 2048 else 4, cfg.block_size))\n"
             # the resident size now (not the peak so far, which the model's init may have raised)
             "r0 = int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize() // 1024\n"
             f"{loss}.backward(); opt.step()\n"
             "r1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            f"print((r1 - r0) * 1024, estimate_train_memory(cfg, 8, blocked_loss={blocked}).total)\n")
+            f"print((r1 - r0) * 1024, estimate_train_memory(cfg, len(x), blocked_loss={blocked}).total)\n")
     measured, estimate = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                                  check=True).stdout.split())
     assert measured / 2 < estimate < measured * 2, (measured, estimate)

@@ -230,6 +230,9 @@ def test_sequence_longer_than_context_is_refused():
     ({"pos_emb": "alibi"}, "pos_emb"),
     ({"attention": {"kind": "momentum", "eta": 1.0}}, r"outside \[0, 1\)"),
     ({"dropout": 1.5}, "dropout"),
+    ({"n_head": 0}, r"model.n_head=0 must be >= 1"),  # not a ZeroDivisionError from the divisibility check
+    ({"n_inner": -5}, r"model.n_inner=-5 must be >= 1"),
+    ({"n_inner": 0}, r"model.n_inner=0 must be >= 1"),  # was silently 4 x n_embd
     # below 1 in float64, 1 in the float32 the model holds it in (a sum that never decays)
     ({"attention": {"kind": "momentum", "eta": 0.99999999}}, "rounds to 1 in float32.*at most 0.9999999"),
     ({"attention": {"kind": "momentum", "eta": 0.9999999999, "learnable_eta": True}}, "rounds to 1 in float32"),

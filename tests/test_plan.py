@@ -30,6 +30,18 @@ def test_plan_bad_input_is_one_line(capsys):
     assert main(["experiment=paper_35m"]) == 2
     assert "Did you mean 'paper_350m'" in capsys.readouterr().err
     assert main(["--mfu", "2"]) == 2
+    assert main(["model.n_layer=[1,2"]) == 2  # Hydra's own parse error: one line, no traceback
+    assert "error: no viable alternative at input '[1,2'" in capsys.readouterr().err
+    assert main(["tokenizer=file", "tokenizer.path=/no/such/tokenizer.json"]) == 2  # not a plan at vocabulary 4096
+    assert "tokenizer.path='/no/such/tokenizer.json' does not exist" in capsys.readouterr().err
+    for bad in ("trainer.precision=bf17", "trainer.devices=-2", "model.n_head=0", "global_batch=0"):
+        assert main(["debug=smoke", bad]) == 2, bad
+    assert "Did you mean 'bf16'" in capsys.readouterr().err
+
+
+def test_precision_auto_plans_a_bf16_gpu_whatever_this_machine_is():
+    assert plan(["experiment=paper_350m", "trainer.precision=auto"])["precision"] == "bf16-mixed"
+    assert plan(["experiment=paper_350m", "trainer.precision=32-true"])["precision"] == "32-true"
 
 
 def test_global_batch_sets_the_accumulation(tmp_path):
@@ -40,6 +52,9 @@ def test_global_batch_sets_the_accumulation(tmp_path):
     assert c.accumulate == 2
     with pytest.raises(ConfigError, match="global_batch=10 is not a multiple of data.batch_size=4"):
         load_train_config(compose_train(tmp_path, [*SMOKE, "global_batch=10", "data.batch_size=4"]))
+    with pytest.raises(ConfigError, match="global_batch=16 gives trainer.accumulate_grad_batches=4 .* but it is set to 2"):
+        load_train_config(compose_train(tmp_path, [*SMOKE, "global_batch=16", "data.batch_size=4",
+                                                   "trainer.accumulate_grad_batches=2"]))  # not silently replaced
 
 
 def test_several_nodes_need_a_launcher_and_a_free_port():

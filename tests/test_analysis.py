@@ -105,7 +105,48 @@ def test_capture_matches_a_float64_recomputation(kind, extra, pos_emb):
             if mem is not None:
                 y = y + mem[0, -1]
             torch.testing.assert_close(cached.h[r, i].double(), y, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(cached.h_proj[r, i].double(), a.c_proj(y), rtol=1e-4, atol=1e-5)
             x = blk(x)
+
+
+def test_the_metrics_match_hand_computed_cases():
+    from momattn.analysis.metrics import kendall_per_layer, rec2ftp, simam, simaou
+
+    # SimAOU: unit vectors first, then the cosine of the differences (N=1, L=1, C=2)
+    z, i, f = torch.tensor([[[2.0, 0.0]]]), torch.tensor([[[0.0, 3.0]]]), torch.tensor([[[1.0, 1.0]]])
+    di, df = torch.tensor([-1.0, 1.0]), torch.tensor([2 ** -0.5 - 1, 2 ** -0.5])  # unit(h) - unit(z)
+    assert simaou(z, i, f).item() == pytest.approx(float(di @ df / (di.norm() * df.norm())))
+    assert simaou(z, i, z).item() == 0.0  # no update: 0, not nan
+    # SimAM: cosine over the last n_query keys of pre-softmax scores, per head, then the mean over heads
+    a = torch.tensor([[[9.0, 1.0, 0.0], [9.0, 0.0, 2.0]]])  # (L=1, H=2, T=3)
+    b = torch.tensor([[[-5.0, 1.0, 1.0], [7.0, 0.0, 1.0]]])
+    assert simam(a, b, 2).item() == pytest.approx((1 / 2 ** 0.5 + 1.0) / 2)  # key 0 (not the query) ignored
+    assert simam(a, b, 3).item() != pytest.approx(simam(a, b, 2).item())
+    # Kendall: post-softmax weights per head, summed over heads, at the demonstration positions
+    s = torch.tensor([[[4.0, 0.0, 3.9, 9.0], [0.0, 2.0, 0.0, 0.0]]])  # (L=1, H=2, T=4); key 3 is no demonstration
+    # softmax per head, summed: key 1 > 0 > 2; summing the scores instead would rank 0 > 2 > 1
+    q_last, q_train = torch.tensor([[1.0, 0.0]]), torch.tensor([[[3.0, 0.0], [1.0, 5.0], [2.0, 0.0]]])  # FT: 0 > 2 > 1
+    pos = np.asarray([0, 1, 2])
+    assert kendall_per_layer(s, pos, q_last, q_train)[0] == pytest.approx(-1 / 3)  # 1 concordant pair, 2 discordant
+    # FT 1 > 0 = 2: the tie leaves one pair out of the numerator, not of the ICL side (tau-b: 2 / sqrt(3 x 2))
+    assert kendall_per_layer(s, pos, torch.tensor([[0.0, 1.0]]), q_train)[0] == pytest.approx(2 / 6 ** 0.5)
+
+    # Rec2FTP: of the examples FT gets right and ZSL wrong, the share ICL gets right
+    zsl, icl, ft = [1, 0, 0, 0, 0], [1, 1, 0, 1, 0], [1, 1, 1, 0, 0]
+    assert rec2ftp(zsl, icl, ft) == (0.5, 2)
+    assert rec2ftp([1], [1], [1]) == (None, 0)
+
+
+def test_the_random_update_has_the_finetuning_updates_norm_per_model_and_layer():
+    model = tiny_gpt("vanilla")
+    delta = Delta.zeros(model, 3)
+    g = torch.Generator().manual_seed(0)
+    for w, b in zip(delta.w, delta.b):
+        w.normal_(0, 0.1, generator=g)
+        b.normal_(0, 0.3, generator=g)
+    rnd = delta.random_like(5)
+    torch.testing.assert_close(rnd.norms(), delta.norms())
+    assert not torch.allclose(rnd.w[0], delta.w[0])
 
 
 def test_kendall_tau_b_matches_the_definition_with_ties():
@@ -172,7 +213,7 @@ def test_text_task_end_to_end(tmp_path, kind):
     from momattn.analysis.report import markdown, write_reports
 
     model = tiny_gpt(kind, vocab=128, block_size=96)
-    res = analyze(model, CharTokenizer(), {}, cfg(letters_task(tmp_path)))
+    res = analyze(model.train(), CharTokenizer(), {}, cfg(letters_task(tmp_path)))
     assert res.n_test == 8 and res.kind == "choice" and set(res.acc) == {"zsl", "icl", "ft"}
     assert res.lr in (1e-2, 1e-1) and set(res.lr_selection) == {"0.01", "0.1"} and res.n_select == 4
     assert len(res.simaou_ft.per_layer) == 2 and -1 <= res.simam_after.mean <= 1
@@ -181,6 +222,27 @@ def test_text_task_end_to_end(tmp_path, kind):
     doc = json.loads((tmp_path / "results.json").read_text())["analyses"][0]
     assert doc["kendall_ft"]["per_layer"] and doc["acc"]["icl"] == res.acc["icl"]
     assert "| SimAOU (random d) |" in markdown([res]) and (tmp_path / "per_layer.png").exists()
+    assert "| SimAOU after c_proj (dFT / random d) |" in markdown([res]) and len(res.simaou_proj_ft.per_layer) == 2
+    assert res.simaou_proj_ft.mean != res.simaou_ft.mean  # another reading, not a copy
+    assert model.training  # given back in the mode it came in
+
+
+def test_demonstration_positions_point_at_the_demonstrations_in_the_prompt(tmp_path):
+    from momattn.analysis.episodes import ginc_set, text_set
+    from momattn.eval.tasks import file_task
+
+    model, tok = tiny_gpt(vocab=128, block_size=96), CharTokenizer()
+    sets = [text_set(model, tok, file_task(letters_task(tmp_path)), cfg(letters_task(tmp_path)), 0)]
+    from momattn.eval.ginc import ginc_task
+
+    gmodel = tiny_gpt(vocab=V + 1, block_size=64)
+    gtok = __import__("momattn.analysis.episodes", fromlist=["ginc_world"]).ginc_world(WORLD).tokenizer()
+    sets.append(ginc_set(gmodel, gtok, ginc_task("ginc"), cfg("ginc", select_prompts=2), WORLD))
+    for aset in sets:
+        for e in aset.test:
+            demo_tokens = [t for seq in e.train for t in seq.tokens[1:]]
+            assert np.asarray(e.icl_prompt)[e.demo_pos].tolist() == demo_tokens, aset.kind
+            assert e.icl_prompt[-len(e.query):] == e.query
 
 
 def test_bad_input_is_a_clear_error(tmp_path):
@@ -207,6 +269,11 @@ def test_bad_input_is_a_clear_error(tmp_path):
         analyze(model, tok, {}, cfg("staicc"))
     with pytest.raises(ConfigError, match="task=sst2 is a text task, and this checkpoint was trained on GINC"):
         analyze(model, tok, {"data": {"_target_": "momattn.data.ginc.GincCorpus"}}, cfg("sst2"))
+    with pytest.raises(ConfigError, match=r"task 'ginc' needs a checkpoint trained with data=ginc.*Choose a text "
+                                          r"task \(task=sst2"):  # analyze.py's key, not evaluate.py's icl.tasks
+        analyze(model, tok, {}, cfg("ginc"))
+    with pytest.raises(ConfigError, match=r"^task: 'ginc_l1' asks for GINC examples of 1 symbol"):
+        analyze(model, tok, {}, cfg("ginc_l1"))
 
 
 def test_a_task_file_and_a_fixed_learning_rate(tmp_path):

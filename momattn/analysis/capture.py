@@ -5,8 +5,8 @@
                 update at all, so Q is frozen by construction.
     kv_delta    context manager: c_attn(x) + [0, x dW^T + db] on every layer, for rows grouped per model
     capture     one forward pass per prompt (a shared prefix is encoded once into the KV cache) recording
-                c_attn's output (q, k, v) and c_proj's input (the attention output, memory term included);
-                reduced at once to the last position: Capture(h, q, scores, logits)
+                c_attn's output (q, k, v), c_proj's input (the attention output, memory term included) and
+                c_proj's output; reduced at once to the last position: Capture(h, h_proj, q, scores, logits)
 
 Scores are computed here from q and k (SDPA exposes no weights): s_j = q_t . k_j / sqrt(D) for every key
 j <= t, per head, with rotary applied at the true positions where the model uses it.
@@ -134,16 +134,22 @@ def at_positions(model, idx: torch.Tensor | None):
 
 @contextmanager
 def record(model):
-    """Per layer, the c_attn outputs (B, T, 3C) and c_proj inputs (B, T, C) of every forward pass while active.
-    Registered after kv_delta's hooks, so the recorded q, k, v include the update."""
+    """Per layer, the c_attn outputs (B, T, 3C), c_proj inputs (B, T, C) and c_proj outputs (B, T, C) of every
+    forward pass while active. Registered after kv_delta's hooks, so the recorded q, k, v include the update."""
     qkv: list[list[torch.Tensor]] = [[] for _ in attn_modules(model)]
     y: list[list[torch.Tensor]] = [[] for _ in attn_modules(model)]
+    y_proj: list[list[torch.Tensor]] = [[] for _ in attn_modules(model)]
+
+    def on_proj(m, a, out, i):
+        y[i].append(a[0].detach())
+        y_proj[i].append(out.detach())
+
     handles = []
     for i, mod in enumerate(attn_modules(model)):
         handles.append(mod.c_attn.register_forward_hook(lambda m, a, out, i=i: qkv[i].append(out.detach())))
-        handles.append(mod.c_proj.register_forward_hook(lambda m, a, out, i=i: y[i].append(a[0].detach())))
+        handles.append(mod.c_proj.register_forward_hook(lambda m, a, out, i=i: on_proj(m, a, out, i)))
     try:
-        yield qkv, y
+        yield qkv, y, y_proj
     finally:
         for h in handles:
             h.remove()
@@ -164,6 +170,7 @@ class Capture:
     """One model state over N prompts, at each prompt's last position."""
 
     h: torch.Tensor  # (N, L, C) attention output (c_proj input, memory term included)
+    h_proj: torch.Tensor  # (N, L, C) the same after the output projection (c_proj output; the authors' code's)
     q: torch.Tensor  # (N, L, C) query before rotary (the FT side of Kendall)
     scores: list[torch.Tensor]  # per prompt (L, H, T_i): pre-softmax scores q_t . k_j / sqrt(D), j = 0..t
     logits: torch.Tensor  # (N, V) next-token logits
@@ -185,12 +192,12 @@ def capture(model, rows: Sequence[Sequence[int]], prefix: Sequence[int] = (), de
     cache = None
     if P:
         cache = model.new_cache()
-        with kv_delta(model, delta), record(model) as (qkv, _):
+        with kv_delta(model, delta), record(model) as (qkv, _, _):
             model(torch.tensor([list(prefix)], device=dev), cache=cache)
         for i, mod in enumerate(mods):
             C = mod.n_embd
             pk[i] = rotate(mod, split_heads(qkv[i][0][0, :, C : 2 * C], H), 0)
-    hs, qs, logits, scores = [], [], [], []
+    hs, hps, qs, logits, scores = [], [], [], [], []
     width = P + max(len(r) for r in rows)
     step = max(1, batch_tokens // width)
     for b0 in range(0, len(rows), step):
@@ -202,10 +209,11 @@ def capture(model, rows: Sequence[Sequence[int]], prefix: Sequence[int] = (), de
         d = delta.select(slice(b0, b0 + len(batch))) if per_model else delta
         last = torch.tensor(lens, device=dev) - 1
         ar = torch.arange(len(batch), device=dev)
-        with kv_delta(model, d), record(model) as (qkv, y), at_positions(model, last[:, None]):
+        with kv_delta(model, d), record(model) as (qkv, y, yp), at_positions(model, last[:, None]):
             out = model(x, cache=cache.expand(len(batch))) if cache is not None else model(x)  # (B, 1, V)
         logits.append(out[:, 0].float().cpu())
         hs.append(torch.stack([y[i][0][ar, last] for i in range(len(mods))], 1).float().cpu())  # (B, L, C)
+        hps.append(torch.stack([yp[i][0][ar, last] for i in range(len(mods))], 1).float().cpu())  # (B, L, C)
         qs.append(torch.stack([qkv[i][0][ar, last, : mod.n_embd] for i, mod in enumerate(mods)], 1).float().cpu())
         per_layer = []
         for i, mod in enumerate(mods):
@@ -220,4 +228,4 @@ def capture(model, rows: Sequence[Sequence[int]], prefix: Sequence[int] = (), de
                 s = torch.cat([sp, s], dim=-1)
             per_layer.append(s.float().cpu())
         scores.extend(torch.stack([pl[r, :, : P + n] for pl in per_layer]) for r, n in enumerate(lens))  # (L, H, P+n)
-    return Capture(torch.cat(hs), torch.cat(qs), scores, torch.cat(logits))
+    return Capture(torch.cat(hs), torch.cat(hps), torch.cat(qs), scores, torch.cat(logits))

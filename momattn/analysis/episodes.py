@@ -110,7 +110,7 @@ def _ginc_episodes(prompts, x, example_len: int, eot: int) -> list[Episode]:
 
 def ginc_set(model, tokenizer, task: GincTask, cfg, data_cfg: Mapping | None) -> AnalysisSet:
     k = cfg.shots
-    world = ginc_world(data_cfg, task.name)
+    world = ginc_world(data_cfg, task.name, key="task")
     icl = IclConfig(tasks=[task.name], shots=[k], seeds=[cfg.seed], max_examples=cfg.max_examples)
     ev = GincEvaluator(model, tokenizer, icl, world, cfg.batch_tokens)
     fit = ev.k_max_fit(task)

@@ -81,7 +81,7 @@ def finetune(model, sequences: Sequence[Sequence[FtSequence]], lrs: torch.Tensor
             tgt = torch.tensor([[s.tokens[lens[m] - s.n_answer + min(a, s.n_answer - 1)] for a in range(n_max)]
                                 for m, s in enumerate(batch)], device=dev)
             keep = torch.tensor([[a < s.n_answer for a in range(n_max)] for s in batch], device=dev)
-            with kv_delta(model, delta), record(model) as (qkv, _), at_positions(model, pos):
+            with kv_delta(model, delta), record(model) as (qkv, _, _), at_positions(model, pos):
                 logits = model(x)  # (M, n_max, V): only where an answer token is predicted
             nll = F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten(), reduction="none").view(M, n_max)
             per_model = (nll * keep).sum(1)

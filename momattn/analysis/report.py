@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from momattn.io import atomic_write_text
+from momattn.io import atomic_write, atomic_write_text
 
 METRIC_ROWS = [  # (label, getter), the paper's Table 2-5 order with their baselines beside
     ("ZSL accuracy (%)", lambda r: _pct(r.acc["zsl"])),
@@ -18,6 +18,7 @@ METRIC_ROWS = [  # (label, getter), the paper's Table 2-5 order with their basel
     ("Rec2FTP (%)", lambda r: _pct(r.rec2ftp) + f" (of {r.rec2ftp_n})"),
     ("SimAOU (dFT)", lambda r: _f(r.simaou_ft.mean)),
     ("SimAOU (random d)", lambda r: _f(r.simaou_random.mean)),
+    ("SimAOU after c_proj (dFT / random d)", lambda r: _proj(r)),
     ("SimAM (before FT: ICL vs ZSL)", lambda r: _f(r.simam_before.mean)),
     ("SimAM (after FT: ICL vs FT)", lambda r: _f(r.simam_after.mean)),
     ("Kendall (ICL, FT)", lambda r: _f(r.kendall_ft.mean)),
@@ -26,6 +27,7 @@ METRIC_ROWS = [  # (label, getter), the paper's Table 2-5 order with their basel
 PER_LAYER = [("simaou_ft", "SimAOU (dFT)"), ("simaou_random", "SimAOU (random d)"),
              ("simam_before", "SimAM before FT"), ("simam_after", "SimAM after FT"),
              ("kendall_ft", "Kendall (ICL, FT)"), ("kendall_random", "Kendall (ICL, random)")]
+PER_LAYER_PROJ = [("simaou_proj_ft", "SimAOU after c_proj (dFT)"), ("simaou_proj_random", "SimAOU after c_proj (random d)")]
 
 
 def _f(x: float | None, digits: int = 3) -> str:
@@ -34,6 +36,13 @@ def _f(x: float | None, digits: int = 3) -> str:
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.1f}"
+
+
+def _proj(r) -> str:
+    """SimAOU read after the output projection, as the authors' code does (n/a in results without it)."""
+    if r.simaou_proj_ft is None:
+        return "n/a"
+    return f"{_f(r.simaou_proj_ft.mean)} / {_f(r.simaou_proj_random.mean)}"
 
 
 def _col(r) -> str:
@@ -61,8 +70,10 @@ def markdown(results: Sequence) -> str:
         L = len(r.simaou_ft.per_layer)
         lines += ["", f"## {_col(r)}: per layer", "",
                   "| metric | " + " | ".join(f"layer {i}" for i in range(L)) + " | mean |", "|---|" + "---|" * (L + 1)]
-        for key, label in PER_LAYER:
+        for key, label in PER_LAYER + PER_LAYER_PROJ:
             m = getattr(r, key)
+            if m is None:
+                continue
             lines.append(f"| {label} | " + " | ".join(_f(v) for v in m.per_layer) + f" | {_f(m.mean)} |")
         lines += ["", "Paper's findings on this run: " + "; ".join(findings(r)) + ".", ""]
         sel = ", ".join(f"{float(lr):g}: {_pct(a) if a is not None else 'diverged'}" for lr, a in r.lr_selection.items())
@@ -107,7 +118,7 @@ def plot_layers(results: Sequence, path: Path) -> bool:
         ax.axhline(0, color="grey", lw=0.5)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))  # never half a picture
     plt.close(fig)
     return True
 
@@ -125,8 +136,10 @@ def flat_metrics(r) -> dict[str, float]:
     out = {f"analyze/acc_{k}": v for k, v in r.acc.items()}
     if r.rec2ftp is not None:
         out["analyze/rec2ftp"] = r.rec2ftp
-    for key, _ in PER_LAYER:
+    for key, _ in PER_LAYER + PER_LAYER_PROJ:
         m = getattr(r, key)
+        if m is None:
+            continue
         out[f"analyze/{key}"] = m.mean
         out.update({f"analyze/{key}@layer{i}": v for i, v in enumerate(m.per_layer)})
     return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,13 @@ from momattn.eval.results import JsonMixin
 from momattn.eval.scoring import PrefixScorer
 from momattn.eval.tasks import TASK_FILE_SUFFIXES, read_task_file, resolve_tasks
 from momattn.utils import stable_seed
+
+
+def progress(it, desc: str, unit: str):
+    """A bar on a terminal (as evaluate.py's), nothing in a log file: the start line says what runs."""
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, unit=unit, leave=False, disable=None)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +87,10 @@ class AnalysisResult(JsonMixin):
     n_select: int
     ft: dict  # losses, update norms, diverged test models
     protocol: str = PROTOCOL
+    # SimAOU after the output projection (c_proj's output), as the authors' code reads it (results before
+    # session 18 have none)
+    simaou_proj_ft: LayerMetric | None = None
+    simaou_proj_random: LayerMetric | None = None
     dual: dict | None = None
     timing_s: dict[str, float] = field(default_factory=dict)
 
@@ -130,7 +142,8 @@ def select_lr(model, aset: AnalysisSet, cfg: AnalyzeConfig) -> tuple[float, dict
     bad = np.zeros(len(grid), dtype=bool)
     labels = np.asarray([e.label for e in aset.select])
     if aset.kind == "choice":  # one set of demonstrations: every lr side by side
-        for g0 in range(0, len(grid), cfg.ft_models_per_batch):
+        for g0 in progress(range(0, len(grid), cfg.ft_models_per_batch), "choosing the learning rate",
+                           unit="batch of models"):
             lrs = grid[g0 : g0 + cfg.ft_models_per_batch]
             run = finetune(model, [aset.select[0].train] * len(lrs), lrs)
             s = answer_scores(model, run.delta, [[eot] + e.query for e in aset.select],
@@ -143,7 +156,8 @@ def select_lr(model, aset: AnalysisSet, cfg: AnalyzeConfig) -> tuple[float, dict
         pairs = [(i, e) for i in range(len(grid)) for e in aset.select]
         right = np.zeros(len(grid))
         lp = np.zeros(len(grid))
-        for p0 in range(0, len(pairs), cfg.ft_models_per_batch):
+        for p0 in progress(range(0, len(pairs), cfg.ft_models_per_batch), "choosing the learning rate",
+                           unit="batch of models"):
             chunk = pairs[p0 : p0 + cfg.ft_models_per_batch]
             run = finetune(model, [e.train for _, e in chunk], [grid[i] for i, _ in chunk])
             cap = capture(model, [[eot] + e.query for _, e in chunk], delta=run.delta, batch_tokens=cfg.batch_tokens)
@@ -164,9 +178,9 @@ def select_lr(model, aset: AnalysisSet, cfg: AnalyzeConfig) -> tuple[float, dict
 
 
 def finetuned_states(model, aset: AnalysisSet, lr: float, cfg: AnalyzeConfig, timer: Timer
-                     ) -> tuple[Capture, Capture, list[torch.Tensor], FtRun | None, dict]:
+                     ) -> tuple[Capture, Capture, list[torch.Tensor], FtRun | None, dict, np.ndarray]:
     """FT and random-update captures of every test example's zero-shot prompt, the queries recorded while
-    finetuning (per example (L, n_demo, C)), and FT facts."""
+    finetuning (per example (L, n_demo, C)), FT facts, and which test examples' finetuned models diverged."""
     eot, eps = aset.eot, aset.test
     if aset.kind == "choice":  # one finetuned model serves every test example
         with timer("ft_test"):
@@ -178,9 +192,10 @@ def finetuned_states(model, aset: AnalysisSet, lr: float, cfg: AnalyzeConfig, ti
         q = torch.cat(run.queries[0], dim=1)  # (L, n_demo, C)
         facts = {"loss_per_step": run.losses[0].tolist(), "update_norm_per_layer": run.delta.norms()[0].tolist(),
                  "n_diverged": int(run.diverged.sum())}
-        return cap_ft, cap_rnd, [q] * len(eps), run, facts
-    caps_ft, caps_rnd, queries, losses, norms, n_bad = [], [], [], [], [], 0
-    for c0 in range(0, len(eps), cfg.ft_models_per_batch):
+        return cap_ft, cap_rnd, [q] * len(eps), run, facts, np.full(len(eps), bool(run.diverged.any()))
+    caps_ft, caps_rnd, queries, losses, norms, n_bad, diverged = [], [], [], [], [], 0, []
+    for c0 in progress(range(0, len(eps), cfg.ft_models_per_batch), "finetuning a model per test prompt",
+                       unit="batch of models"):
         chunk = eps[c0 : c0 + cfg.ft_models_per_batch]
         with timer("ft_test"):
             run = finetune(model, [e.train for e in chunk], [lr] * len(chunk), record_queries=True)
@@ -193,19 +208,30 @@ def finetuned_states(model, aset: AnalysisSet, lr: float, cfg: AnalyzeConfig, ti
         losses.append(run.losses)
         norms.append(run.delta.norms())
         n_bad += int(run.diverged.sum())
+        diverged.extend(bool(d) for d in run.diverged)
     loss = torch.cat(losses)
     facts = {"loss_per_step": loss.nanmean(0).tolist(), "update_norm_per_layer": torch.cat(norms).mean(0).tolist(),
              "n_diverged": n_bad}
-    return _cat(caps_ft), _cat(caps_rnd), queries, None, facts
+    return _cat(caps_ft), _cat(caps_rnd), queries, None, facts, np.asarray(diverged, dtype=bool)
 
 
 def _cat(caps: list[Capture]) -> Capture:
-    return Capture(torch.cat([c.h for c in caps]), torch.cat([c.q for c in caps]),
+    return Capture(torch.cat([c.h for c in caps]), torch.cat([c.h_proj for c in caps]), torch.cat([c.q for c in caps]),
                    [s for c in caps for s in c.scores], torch.cat([c.logits for c in caps]))
 
 
 def analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoint: str | None = None
             ) -> AnalysisResult:
+    """Section 4's measurements of one model on one task, in eval mode (the model's mode is given back)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return _analyze(model, tokenizer, run_config, cfg, checkpoint)
+    finally:
+        model.train(was_training)
+
+
+def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoint: str | None) -> AnalysisResult:
     timer = Timer()
     t0 = time.perf_counter()
     entry = cfg.task
@@ -228,18 +254,23 @@ def analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoin
             from momattn.eval.runner import split_seed_of
 
             aset = text_set(model, tokenizer, task, cfg, split_seed_of(run_config))
-    model.eval()
     eps, eot = aset.test, aset.eot
     labels = np.asarray([e.label for e in eps])
+    print(f"[momattn] analysing {aset.task} ({aset.kind}, k={aset.k}): {len(eps)} test examples, "
+          f"{len(cfg.lr_grid)} learning rate(s), {len(aset.select)} held-out rows to choose one", file=sys.stderr,
+          flush=True)
     with timer("capture_zsl_icl"):
-        cap_zsl = capture(model, zsl_rows(eps), [eot], batch_tokens=cfg.batch_tokens)
+        # the zero-shot prompt [eot] + query through the same path as the FT and random-update captures (GINC:
+        # whole rows, no shared prefix), so that a zero update gives SimAOU 0 exactly
+        cap_zsl = capture(model, zsl_rows(eps), [eot], batch_tokens=cfg.batch_tokens) if aset.kind == "choice" \
+            else capture(model, [[eot] + e.query for e in eps], batch_tokens=cfg.batch_tokens)
         if aset.prefix is not None:
             cap_icl = capture(model, zsl_rows(eps), aset.prefix, batch_tokens=cfg.batch_tokens)
         else:
             cap_icl = capture(model, [e.icl_prompt for e in eps], batch_tokens=cfg.batch_tokens)
     with timer("lr_select"):
         lr, table = select_lr(model, aset, cfg)
-    cap_ft, cap_rnd, queries, run, facts = finetuned_states(model, aset, lr, cfg, timer)
+    cap_ft, cap_rnd, queries, run, facts, diverged = finetuned_states(model, aset, lr, cfg, timer)
     n_models = 1 if aset.kind == "choice" else len(eps)
     if facts["n_diverged"] == n_models:
         raise NonFiniteLossError(
@@ -252,9 +283,12 @@ def analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoin
             ft = choice_predictions(model, [eot], eps, run.delta, cfg.batch_tokens)
         else:
             zsl, icl, ft = (c.logits.argmax(-1).numpy() for c in (cap_zsl, cap_icl, cap_ft))
+            ft[diverged] = -1  # a diverged model's nan logits would argmax to symbol 0, often the right one
     with timer("metrics"):
         rng = np.random.default_rng(stable_seed("analyze-random-ranking", cfg.random_seed))
         sa_ft, sa_rnd = simaou(cap_zsl.h, cap_icl.h, cap_ft.h).numpy(), simaou(cap_zsl.h, cap_icl.h, cap_rnd.h).numpy()
+        sp_ft = simaou(cap_zsl.h_proj, cap_icl.h_proj, cap_ft.h_proj).numpy()
+        sp_rnd = simaou(cap_zsl.h_proj, cap_icl.h_proj, cap_rnd.h_proj).numpy()
         before, after, k_ft, k_rnd = [], [], [], []
         for i, e in enumerate(eps):
             nq = len(e.query)
@@ -283,13 +317,14 @@ def analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoin
         simaou_random=LayerMetric(*layer_mean(sa_rnd)), simam_before=LayerMetric(*layer_mean(np.stack(before))),
         simam_after=LayerMetric(*layer_mean(np.stack(after))), kendall_ft=LayerMetric(*layer_mean(np.asarray(k_ft))),
         kendall_random=LayerMetric(*layer_mean(np.asarray(k_rnd))), lr=lr, lr_selection=table,
-        n_select=len(aset.select), ft=facts, dual=dual, timing_s=dict(timer.t))
+        n_select=len(aset.select), ft=facts, dual=dual, timing_s=dict(timer.t),
+        simaou_proj_ft=LayerMetric(*layer_mean(sp_ft)), simaou_proj_random=LayerMetric(*layer_mean(sp_rnd)))
 
 
 def run_analyze(cfg: Mapping, out_dir: str | Path | None = None) -> AnalysisResult:
     """analyze.py: load the checkpoint, analyse, write results.json / results.md / per_layer.png."""
     from momattn.analysis.report import log_wandb, write_reports
-    from momattn.checkpoint import load_checkpoint, read_checkpoint
+    from momattn.checkpoint import load_checkpoint, read_meta
     from momattn.eval.config import build
     from momattn.eval.runner import hydra_output_dir
     from momattn.hardware import resolve_device
@@ -300,7 +335,7 @@ def run_analyze(cfg: Mapping, out_dir: str | Path | None = None) -> AnalysisResu
     out = Path(out_dir) if out_dir is not None else hydra_output_dir()
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(conf.device)
-    meta = read_checkpoint(conf.ckpt_path)["momattn"]
+    meta = read_meta(conf.ckpt_path).get("momattn") or {}
     model, tokenizer = load_checkpoint(conf.ckpt_path, map_location=device)
     result = analyze(model, tokenizer, dict(meta.get("config") or {}), conf, checkpoint=str(conf.ckpt_path))
     write_reports(result, out)

@@ -63,14 +63,15 @@ class GincTask:
         return f"ginc: the checkpoint's GINC world, {concepts}, example length {self.example_len}"
 
 
-def ginc_task(name: str) -> GincTask | None:
-    """The GINC task a name stands for (ginc, ginc_l8, ginc_ood, ginc_ood_l3, ...), or None."""
+def ginc_task(name: str, key: str = "icl.tasks") -> GincTask | None:
+    """The GINC task a name stands for (ginc, ginc_l8, ginc_ood, ginc_ood_l3, ...), or None; errors name the
+    setting `key`."""
     m = NAME.fullmatch(name)
     if m is None:
         return None
     length = int(m["len"]) if m["len"] else DEFAULT_LEN
     if length < 2:
-        raise ConfigError(f"icl.tasks: '{name}' asks for GINC examples of {length} symbol(s); the length must "
+        raise ConfigError(f"{key}: '{name}' asks for GINC examples of {length} symbol(s); the length must "
                           "be >= 2 (the test input is l - 1 symbols), e.g. ginc_l3")
     return GincTask(name, length, m["ood"] is not None)
 
@@ -81,16 +82,19 @@ def describe_data(data_cfg: Mapping | None) -> str:
     return f"data={what}" if what else "no data section"
 
 
-def ginc_world(data_cfg: Mapping | None, task_name: str = "ginc"):
-    """The GincCorpus of a run config's `data` section; ConfigError if the run did not train on GINC."""
+def ginc_world(data_cfg: Mapping | None, task_name: str = "ginc", key: str = "icl.tasks"):
+    """The GincCorpus of a run config's `data` section; ConfigError (naming the setting `key`) if the run did not
+    train on GINC."""
     from momattn.data.ginc import GincCorpus
     from momattn.data.sources import make_source
 
     source = make_source(data_cfg) if data_cfg else None
     if not isinstance(source, GincCorpus):
         raise ConfigError(f"task '{task_name}' needs a checkpoint trained with data=ginc; this one was trained on "
-                          f"{describe_data(data_cfg)}. Drop the ginc tasks from icl.tasks, or evaluate a GINC "
-                          "checkpoint (python train.py data=ginc ...)")
+                          f"{describe_data(data_cfg)}. "
+                          + ("Drop the ginc tasks from icl.tasks" if key == "icl.tasks" else
+                             f"Choose a text task ({key}=sst2, ...)")
+                          + ", or evaluate a GINC checkpoint (python train.py data=ginc ...)")
     return source
 
 

@@ -466,8 +466,8 @@ def resolve_tasks(entries: Sequence[str | Mapping], key: str = "icl.tasks") -> l
             tasks.extend(TASKS[n] for n in TASK_SETS[entry])
         elif entry in TASKS:
             tasks.append(TASKS[entry])
-        elif ginc_task(entry) is not None:
-            tasks.append(ginc_task(entry))
+        elif ginc_task(entry, key) is not None:
+            tasks.append(ginc_task(entry, key))
         else:
             hint = did_you_mean(entry, [*TASKS, *TASK_SETS, *GINC_NAMES])
             raise ConfigError(f"{key}: unknown task '{entry}'.{hint} "

@@ -215,7 +215,7 @@ def world_size(trainer: Mapping) -> int:
     devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1) or 1
     if devices == "auto" or devices == -1:  # Lightning's meaning: every GPU here, else one CPU process
         gpu = str(trainer.get("accelerator") or "auto").lower() in ("gpu", "cuda", "auto") and _cuda_available()
-        devices = _cuda_device_count() if gpu else 1
+        devices = max(1, _cuda_device_count()) if gpu else 1
     if isinstance(devices, (list, tuple)):
         devices = len(devices)
     if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from momattn.errors import ConfigError, UserError, did_you_mean
+from momattn.errors import ConfigError, UserError, did_you_mean, first_line
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -240,6 +240,18 @@ def run_log():
             sys.stdout, sys.stderr = out, err
 
 
+class JobFailed(RuntimeError):
+    """One job of a multirun failed with the error printed above it; Hydra runs the other jobs and names this one
+    at the end (and Optuna counts the trial as failed)."""
+
+
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def hydra_main(config_name: str):
     """Like @hydra.main, with conf/ found from the package, and UserErrors printed as one message (exit 2)."""
     import hydra
@@ -259,6 +271,8 @@ def hydra_main(config_name: str):
                     if os.environ.get("HYDRA_FULL_ERROR") == "1":
                         raise
                     report(e)
+                    if _multirun():  # Hydra marks this job failed and runs the others (Optuna: a failed trial);
+                        raise JobFailed(first_line(e, 500)) from None  # exiting here ended the whole sweep
                     sys.exit(2)
 
         hydra_task = hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)

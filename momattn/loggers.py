@@ -56,6 +56,8 @@ def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, 
     elif mode in ("offline", "dryrun", "disabled"):
         offline = True
     Path(save_dir).mkdir(parents=True, exist_ok=True)
+    if wandb.run is not None:  # a run an earlier job of this process left open (it failed before training):
+        wandb.finish(exit_code=1)  # never log this job into it
     common = dict(save_dir=save_dir, project=project, name=name, group=group, tags=list(tags or []), id=id,
                   resume="allow" if id else None, **kwargs)
     if offline:
@@ -93,20 +95,26 @@ class _ContinuingWriter(ExperimentWriter):
 
 class CSVLogger(_LightningCSVLogger):
     """metrics.csv in the run folder; a resumed run appends to the rows of the run it continues (Lightning's
-    own CSVLogger deletes them)."""
+    own CSVLogger deletes them), a fresh one starts it anew."""
+
+    def __init__(self, *args, resumed: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.resumed = resumed
 
     @property
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _ContinuingWriter(log_dir=self.log_dir)
+            writer = _ContinuingWriter if self.resumed else ExperimentWriter
+            self._experiment = writer(log_dir=self.log_dir)
         return self._experiment
 
 
 def make_loggers(section: Mapping | None, run_id: str | None = None, group: str | None = None,
-                 name: str | None = None) -> list[Logger]:
+                 name: str | None = None, resumed: bool = False) -> list[Logger]:
     """The loggers of the `logger` config group. A W&B logger continues run `run_id` (a resume) and takes
-    `group` and `name` (a sweep's) unless its config sets them."""
+    `group` and `name` (a sweep's) unless its config sets them; momattn's CSVLogger continues its metrics.csv
+    only when the run resumed."""
     loggers = []
     for key, conf in (section or {}).items():
         if conf is None:
@@ -115,6 +123,8 @@ def make_loggers(section: Mapping | None, run_id: str | None = None, group: str 
         if locate(conf.get("_target_", ""), f"logger.{key}._target_") in (wandb_logger, WandbLogger):
             extra = {"id": conf.get("id") or run_id, "group": conf.get("group") or group,
                      "name": conf.get("name") or name}
+        elif locate(conf.get("_target_", ""), f"logger.{key}._target_") is CSVLogger:
+            extra = {"resumed": resumed}
         loggers.append(instantiate(conf, f"logger.{key}", **extra))
     return loggers
 
@@ -128,10 +138,11 @@ def describe(logger: Logger) -> str:
     return f"{type(logger).__name__}: {getattr(logger, 'log_dir', None) or logger.save_dir or ''}"
 
 
-def finish(loggers: list[Logger]) -> None:
-    """Close the W&B run: one job's crash must not break the next job of a multirun."""
+def finish(loggers: list[Logger], failed: bool = False) -> None:
+    """Close the W&B run (marked failed, exit code 1, when the job raised): one job's crash must not break the
+    next job of a multirun."""
     if any(isinstance(lg, WandbLogger) for lg in loggers):
         import wandb
 
         if wandb.run is not None:
-            wandb.finish()
+            wandb.finish(exit_code=1 if failed else 0)

@@ -17,9 +17,11 @@ N_RATES = (4, 8, 16)
 def attention_space(cfg, trial) -> None:
     """Called by hydra-optuna-sweeper for each trial (hydra.sweeper.custom_search_space) with the sweep's config."""
     att = trial_attention(cfg, trial)
-    if att.kind == "momentum" and str(att.get("learnable_eta", False)).lower() != "true":  # trained, not searched
+    fixed = trial.user_attrs  # what the command line fixed (attention.eta=0.3) stays fixed, not searched as well
+    if att.kind == "momentum" and str(att.get("learnable_eta", False)).lower() != "true" and \
+            "attention.eta" not in fixed:  # a learnable eta is trained, not searched
         trial.suggest_float("attention.eta", *ETA_RANGE)
-    elif att.kind == "multirate_ema":
+    elif att.kind == "multirate_ema" and "attention.n_rates" not in fixed:
         trial.suggest_categorical("attention.n_rates", list(N_RATES))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import sys
 import time
@@ -31,7 +32,14 @@ from momattn.console import quiet_console, quiet_resume
 from momattn.data.corpus import load_tokens
 from momattn.data.datamodule import TokenDataModule
 from momattn.data.streaming import StreamingHubCorpus, StreamWindows
-from momattn.errors import CheckpointError, DiskFullError, LaunchError, first_line
+from momattn.errors import (
+    CheckpointError,
+    ConfigError,
+    DiskFullError,
+    LaunchError,
+    NonFiniteLossError,
+    first_line,
+)
 from momattn.io import atomic_write_text, remove_stale_temps
 from momattn.lit import LitGPT
 from momattn.memory import check_fits
@@ -58,6 +66,11 @@ def run_train(cfg: DictConfig) -> float | None:
     for tmp in remove_stale_temps(out_dir / "checkpoints"):  # partial files of a run killed while saving
         print(f"[momattn] removed {tmp.name}, a partial checkpoint of a killed process", file=sys.stderr)
     ckpt_path = _resume_from(c, job, out_dir)
+    earlier = out_dir / "checkpoints" / "last.ckpt"
+    if ckpt_path is None and earlier.exists() and os.environ.get("LOCAL_RANK", "0") == "0":
+        raise ConfigError(f"{out_dir} holds a run already ({earlier}); a fresh run there would overwrite its "
+                          "checkpoints. Resume it with ckpt_path=last (the same command otherwise), or train in "
+                          "another folder (hydra.run.dir=... / hydra.sweep.dir=...), or delete that folder first")
     resumed = read_meta(ckpt_path) if ckpt_path else {}
     resume, start_step = resumed.get("momattn") or {}, int(resumed.get("global_step") or 0)
     if resume:
@@ -90,7 +103,8 @@ def run_train(cfg: DictConfig) -> float | None:
     callbacks = [*instantiate_all(c.callbacks, "callbacks"), preempt, throughput]
     if c.trainer.get("enable_progress_bar", True) and not any(isinstance(cb, ProgressBar) for cb in callbacks):
         callbacks.append(TrainProgress())
-    loggers = logs.make_loggers(c.logger, resume.get("wandb_run_id"), *_sweep_names(job, model_config))
+    loggers = logs.make_loggers(c.logger, resume.get("wandb_run_id"), *_sweep_names(job, model_config),
+                                resumed=bool(resume))
     for lg in loggers:  # the run's whole config (attention, eta, lr, seed, ...): W&B runs can be told apart
         lg.log_hyperparams(c.resolved)
     # callbacks=none means no checkpoints (but on SIGTERM): not Lightning's default one in the logger's folder
@@ -136,7 +150,10 @@ def run_train(cfg: DictConfig) -> float | None:
                 elif c.run_eval and c.eval:
                     print(f"[momattn] the evaluation of step {start_step} is in {out_dir / 'eval'} already; "
                           "evaluate.py evaluates again with other settings", file=sys.stderr, flush=True)
-        return metrics.get(c.optimized_metric)
+        value = metrics.get(c.optimized_metric)
+        if value is not None and not math.isfinite(value):  # Optuna cannot record nan: a failed trial instead
+            raise NonFiniteLossError(f"{c.optimized_metric}={value} at the end of training; the run diverged")
+        return value
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
@@ -158,7 +175,7 @@ def run_train(cfg: DictConfig) -> float | None:
         close = getattr(dm.train_set, "close", None)  # a stream's reader thread, on success or failure
         if close is not None:
             close()
-        logs.finish(loggers)
+        logs.finish(loggers, failed=sys.exc_info()[0] not in (None, SystemExit))
 
 
 def _resume_from(c: TrainConfig, job: HydraJob, out_dir: Path) -> Path | None:

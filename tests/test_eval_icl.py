@@ -46,6 +46,7 @@ def test_accuracy_counts_the_answer_the_model_prefers():
         assert task.shots[k].acc_std == 0.0  # this model ignores the demonstrations
         assert task.shots[k].fits and task.shots[k].k_used_mean == int(k)
     assert task.chance == 0.5 and task.n == 10
+    assert task.majority == pytest.approx(0.7)  # always answering "b" scores what this model scores: no ICL shown
     assert out.avg["4"].acc == pytest.approx(0.7) and out.headline_k == "4"
 
 

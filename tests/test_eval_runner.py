@@ -72,6 +72,8 @@ def test_evaluate_model_and_reports(tmp_path, tokenizer, cache_dir):
     md = (tmp_path / "results.md").read_text()
     assert "| model | Train64 | Valid16 | Valid32 | Valid64 |" in md and "| model | sst2 | trec | Avg |" in md
     assert "k = max" in md and "| again |" in md and "k_used=" in md
+    maj = [100 * res.icl.tasks[t].majority for t in ("sst2", "trec")]
+    assert f"| always the commonest label | {maj[0]:.1f} | {maj[1]:.1f} |" in md  # the baseline beside chance
     assert f"does not fit (k_used={sst2.shots['max'].k_used_mean:.1f})" in md and "no task fits" in md
     doc = json.loads((tmp_path / "results.json").read_text())
     assert "first token" in doc["protocol"]["ppl"] and len(doc["checkpoints"]) == 2

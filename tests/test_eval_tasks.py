@@ -88,6 +88,14 @@ def test_empty_or_identically_tokenized_answers_are_errors():
         answer_token_ids(["yes", "yes"], tok, "t")
 
 
+    class DropsDigits(CharTokenizer):
+        def encode(self, text):
+            return [t for t in super().encode(text) if not chr(t).isdigit() and chr(t) != " "]
+
+    with pytest.raises(ConfigError, match=r"answer 1 \('42'\) encodes to no tokens"):
+        answer_token_ids(["yes", "42"], DropsDigits(), "t")
+
+
 def test_hub_task_offline_says_how_to_use_a_local_file(monkeypatch):
     import datasets
 
@@ -126,6 +134,25 @@ def test_hub_schemas_from_local_files(tmp_path):
     data = cb_task.load(0)
     assert len(data.test) == 1 and data.test[0].answers[data.test[0].label] == "Neither"
     assert cb_task.fill(data.test[0]) == "P.\nQuestion: H. True, False, or Neither?\nAnswer:"
+    for name, bad in (("hub_cb", {"premise": "P.", "hypothesis": "H.", "label": 7, "idx": 2}),
+                      ("hub_piqa", {**row, "label": "1"})):  # silently dropped rows before: named now
+        path = write_jsonl(tmp_path / f"bad_{name}.jsonl", [bad])
+        with pytest.raises(DataError, match=r"row 1: label (7|'1') is not an integer in 0\.\.\d \(nor -1, unlabelled\)"):
+            file_task({"name": name, "path": path, "demo_path": path}).load(0)
+
+
+def test_task_files_that_yaml_or_json_would_misread_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="holds true/false: YAML reads unquoted yes, no, on and off as booleans"):
+        file_task({"name": "m", "path": "x.jsonl", "template": "{text}:", "answers": [True, False]})
+    path = write_jsonl(tmp_path / "null.jsonl", [{"text": None, "label": 0}])
+    with pytest.raises(DataError, match="field 'text' is null"):  # not the word "None" in the prompt
+        file_task({"name": "m", "path": path, "template": "{text}:", "answers": ["x", "y"], "demo_path": path}).load(0)
+    path = write_jsonl(tmp_path / "stars.jsonl", [{"text": "ok", "label": 3}])
+    stars = {"name": "m", "path": path, "template": "{text}:", "answers": ["1", "2", "3", "4", "5"], "demo_path": path}
+    with pytest.raises(DataError, match="label 3 is a number and so are the answers.*would mean answer '4'"):
+        file_task(stars).load(0)
+    path = write_jsonl(tmp_path / "stars_text.jsonl", [{"text": "ok", "label": "3"}])
+    assert file_task({**stars, "path": path, "demo_path": path}).load(0).test[0].label == 2  # the answer '3'
 
 
 @pytest.mark.parametrize("seed", [SPLIT_SEED, 7])

@@ -245,10 +245,20 @@ def test_two_job_multirun_from_the_command_line(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("attention,searched,trials", [("momentum", {"attention.eta"}, 2), ("vanilla", set(), 1)])
+def test_a_failing_job_of_a_multirun_does_not_stop_the_others(tmp_path):
+    r = run_cli("train.py", ["-m", *SMOKE, "trainer.max_steps=2", "model.dropout=1.5,0.0", f"hydra.sweep.dir={tmp_path}"],
+                tmp_path)
+    assert r.returncode != 0 and "error: model.dropout=1.5 must lie in [0, 1)" in r.stderr  # job 0: a bad value
+    assert (tmp_path / "1" / "checkpoints" / "last.ckpt").exists(), r.stderr[-3000:]  # job 1 still trained
+    assert "JobFailed: model.dropout=1.5" in r.stderr  # and Hydra names the failure at the end
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attention,searched,trials", [("momentum", {"attention.eta"}, 2), ("vanilla", set(), 1),
+                                                       ("momentum attention.eta=0.3", set(), 1)])  # fixed: not searched
 def test_optuna_sweep_searches_what_the_attention_has(attention, searched, trials, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    r = run_cli("train.py", ["-m", "hparams_search=optuna", *SMOKE, f"attention={attention}", "trainer.max_steps=3",
+    r = run_cli("train.py", ["-m", "hparams_search=optuna", *SMOKE, *f"attention={attention}".split(), "trainer.max_steps=3",
                              f"hydra.sweeper.n_trials={trials}", f"hydra.sweeper.sampler.n_startup_trials={trials}",
                              f"hydra.sweep.dir={tmp_path}"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -74,6 +74,9 @@ def answer_token_ids(answers: Sequence[str], tokenizer, where: str) -> list[list
         if not str(a).strip():
             raise ConfigError(f"{where}: answer {i} is empty ({a!r}); every answer needs visible text")
         ids.append(tokenizer.encode(" " + str(a)))
+        if not ids[-1]:  # a tokenizer whose normaliser drops its characters
+            raise ConfigError(f"{where}: answer {i} ({a!r}) encodes to no tokens with this tokenizer; use "
+                              "answers it can spell")
     seen: dict[tuple[int, ...], int] = {}
     for i, t in enumerate(ids):
         if tuple(t) in seen:
@@ -167,6 +170,7 @@ class IclEvaluator:
             name=task.name, kind="choice", source=task.source, template=task.template,
             answers=list(task.answers) if task.answers else "per example",
             chance=float(np.mean([1.0 / len(e.answers) for e in test])), n=len(test),
+            majority=max(Counter(e.example.label for e in test).values()) / len(test) if test else None,
             n_test_available=len(data.test), n_skipped=skipped, n_truncated=sum(e.truncated for e in test),
             n_demo_pool=len(pool), n_demo_dropped=len(data.demo_pool) - len(pool))
         return PreparedTask(task, test, pool, result)

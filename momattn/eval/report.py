@@ -117,6 +117,11 @@ def choice_markdown(results: Sequence[ModelResult], first: IclResult) -> list[st
     header = ["model", *tasks, "Avg"]
     chance = ["chance"] + [_pct(_task_info(results, t).chance) for t in tasks]
     chance.append(_pct(first.avg[k].chance) if k in first.avg else MISSING)
+    shares = [_task_info(results, t).majority for t in tasks]  # None in results written before session 18
+    fit = [m for t, m in zip(tasks, shares) if m is not None and t not in (first.avg[k].excluded if k in first.avg
+                                                                          else ())]
+    majority = ["always the commonest label"] + [_pct(m) if m is not None else MISSING for m in shares] + \
+        [_pct(sum(fit) / len(fit)) if fit else MISSING]
     rows = []
     for r in results:
         tr = r.icl.tasks if r.icl else {}
@@ -128,7 +133,7 @@ def choice_markdown(results: Sequence[ModelResult], first: IclResult) -> list[st
            f"placed (mean over prompts). A task whose prompts cannot hold the requested k (k=max: fewer than "
            f"{first.min_demos}) is marked 'does not fit' and left out of Avg"
            + (f" (here: {', '.join(unfit)})." if unfit else "."), "",
-           *_table(header, rows + [chance]), "",
+           *_table(header, rows + [chance] + ([majority] if any(m is not None for m in shares) else [])), "",
            "## Accuracy by number of demonstrations", ""]
     for t in tasks:
         info = _task_info(results, t)
@@ -137,7 +142,9 @@ def choice_markdown(results: Sequence[ModelResult], first: IclResult) -> list[st
                    if info.n_demo_dropped else "")
         out += [f"### {t}", "", f"Source: {info.source}; n = {info.n} test examples (of "
                 f"{info.n_test_available}), demonstration pool {info.n_demo_pool}{dropped}, "
-                f"chance {_pct(info.chance)}%{truncated}.", ""]
+                f"chance {_pct(info.chance)}%"
+                + (f", always the commonest label {_pct(info.majority)}%" if info.majority is not None else "")
+                + f"{truncated}.", ""]
         header = ["model"] + [f"k={s}" for s in first.shots]
         rows = []
         for r in results:

@@ -185,6 +185,7 @@ class TaskResult(JsonMixin):
     example_len: int | None = None  # GINC
     ood: bool | None = None  # GINC: held-out concepts
     n_symbols: int | None = None  # GINC: V
+    majority: float | None = None  # share of the commonest label in the scored test set: always answering it
 
 
 @dataclass

@@ -82,6 +82,9 @@ def fill_fields(template: str, row: Mapping, where: str) -> dict[str, str]:
     if missing:
         raise DataError(f"{where}: the template names field '{{{missing[0]}}}' but the row has only "
                         f"{sorted(row)}.{did_you_mean(missing[0], row)} Fix the template or the data")
+    empty = [f for f in PLACEHOLDER.findall(template) if row[f] is None]
+    if empty:  # str(None) would put the word "None" into the prompt
+        raise DataError(f"{where}: field '{empty[0]}' is null; fill or drop that row")
     return {f: str(row[f]) for f in PLACEHOLDER.findall(template)}
 
 
@@ -94,6 +97,13 @@ def label_index(label, answers: Sequence[str], where: str) -> int:
         return list(answers).index(label)
     if isinstance(label, str) and re.fullmatch(r"-?\d+", label.strip()):
         label = int(label)
+    numeric = all(re.fullmatch(r"-?\d+", a.strip()) for a in answers) and \
+        [a.strip() for a in answers] != [str(i) for i in range(len(answers))]
+    if isinstance(label, int) and numeric:  # answers [1..5], label 3: index 3 ('4'), or the answer '3'?
+        meant = f": it would mean answer {answers[label]!r}" if 0 <= label < len(answers) else ""
+        raise DataError(f"{where}: label {label} is a number and so are the answers {list(answers)}, which is "
+                        f"ambiguous (an integer label is an index{meant}); give the answer itself as a string "
+                        f"label (\"{label}\") in the data")
     if isinstance(label, int) and 0 <= label < len(answers):
         return label
     raise DataError(f"{where}: label {label!r} is outside the answer set {list(answers)} "
@@ -152,11 +162,23 @@ class HubSource:
         return f"hub:{name} (test={self.test_split}, demonstrations={self.demo_split})"
 
 
+def _hub_label(row: Mapping, n: int) -> int | None:
+    """A hub row's label: None where it is unlabelled (missing, or -1: a hidden test split); DataError for a
+    label outside 0..n-1 or not an integer (a row that silently vanished would shrink the test set unseen)."""
+    label = row.get("label")
+    if label is None or label == -1:
+        return None
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < n:
+        raise DataError(f"label {label!r} is not an integer in 0..{n - 1} (nor -1, unlabelled)")
+    return label
+
+
 def _labelled(field_names: Sequence[str], answers: tuple[str, ...]) -> Converter:
     def convert(row):
-        if row.get("label") is None or not 0 <= int(row["label"]) < len(answers):
+        label = _hub_label(row, len(answers))
+        if label is None:
             return None  # unlabelled (e.g. a hidden test split)
-        return {f: str(row[f]) for f in field_names}, answers, int(row["label"])
+        return {f: str(row[f]) for f in field_names}, answers, label
 
     return convert
 
@@ -170,9 +192,10 @@ def _arc(row):
 
 
 def _piqa(row):
-    if row.get("label") not in (0, 1):
+    label = _hub_label(row, 2)
+    if label is None:
         return None
-    return {"goal": str(row["goal"])}, (str(row["sol1"]), str(row["sol2"])), int(row["label"])
+    return {"goal": str(row["goal"])}, (str(row["sol1"]), str(row["sol2"])), label
 
 
 SENTIMENT2 = ("Negative", "Positive")
@@ -220,6 +243,8 @@ def _convert_rows(task: str, convert: Converter, rows: Sequence[tuple[int, Mappi
     for i, row in rows:
         try:
             got = convert(row)
+        except DataError as e:
+            raise DataError(f"{where} row {i}: {e}") from None
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"{where} row {i}: does not have the columns of task '{task}' "
                             f"({type(e).__name__}: {e}); it has {sorted(row)}") from e
@@ -335,6 +360,9 @@ def file_task(entry: Mapping) -> IclTask:
     if isinstance(answers, str) or not isinstance(answers, Sequence) or len(answers) < 2:
         raise ConfigError(f"{who}: answers={answers!r} must be a list of at least two "
                           "strings")
+    if any(isinstance(a, bool) for a in answers):  # YAML reads an unquoted yes / no / on / off as a bool
+        raise ConfigError(f"{who}: answers={list(answers)!r} holds true/false: YAML reads unquoted yes, no, on and "
+                          "off as booleans; quote them, e.g. answers: ['yes', 'no']")
     template = template.replace("\\n", "\n")  # a "\n" typed on the command line means a line break
     answers = tuple(str(a) for a in answers)
     convert = _file_converter(template, answers, str(entry.get("label_field", "label")), path, name)

@@ -201,6 +201,12 @@ class Throughput(ThroughputMonitor):
                                          **self.kwargs)
 
 
+    def _compute(self, trainer, iter_num=None):
+        # on the axis train/loss and val/* use (the loggers' optimizer-step counter), not Lightning's own batch
+        # counters: those restart on a resume, count validation batches, and count micro-batches under accumulation
+        super()._compute(trainer, None)
+
+
 def throughput_summary(monitor: ThroughputMonitor) -> dict:
     """The last training window: tokens/s, FLOP/s and MFU (rank 0's device), and the peak MFU is relative to;
     and `tokens_per_sec_mean`, every training token over the whole training time (validation excluded, as

@@ -6,6 +6,7 @@ import errno
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -146,7 +147,9 @@ def run_train(cfg: DictConfig) -> float | None:
                                   and isinstance(v, int | float)}, **metrics}
                 done_before = not trained and (out_dir / "eval" / "results.json").exists()
                 if c.run_eval and c.eval and not done_before:
-                    _evaluate(c, model, tokenizer, loggers, trainer.global_step, out_dir)
+                    # logged at the final validation's step: the loggers' axis is the last trained batch's index
+                    # (train/loss of optimizer step n is at n - 1), not the count of optimizer steps
+                    _evaluate(c, model, tokenizer, loggers, max(0, trainer.global_step - 1), out_dir)
                 elif c.run_eval and c.eval:
                     print(f"[momattn] the evaluation of step {start_step} is in {out_dir / 'eval'} already; "
                           "evaluate.py evaluates again with other settings", file=sys.stderr, flush=True)
@@ -276,10 +279,15 @@ def _throughput_monitor(c: TrainConfig) -> Throughput:
 
 
 def _sweep_names(job: HydraJob, model_config: GPTConfig) -> tuple[str | None, str | None]:
-    """(W&B group, run name) of a multirun job: the sweep's folder, and attention kind + job number."""
+    """(W&B group, run name) of a multirun job: the sweep's folder (with its date where Hydra's default
+    multirun/<date>/<time> names it by the time alone), and attention kind + job number + the job's own
+    overrides (`momentum-4 seed=2`), so that runs can be told apart in W&B's run list."""
     if job.sweep_dir is None:
         return None, None
-    return Path(job.sweep_dir).name, f"{model_config.attention.kind}-{job.num}"
+    folder = Path(job.sweep_dir)
+    group = f"{folder.parent.name}/{folder.name}" if re.fullmatch(r"\d\d-\d\d-\d\d", folder.name) else folder.name
+    own = " ".join(o for o in job.overrides if not o.startswith(("hydra.", "attention=", "ckpt_path=")))
+    return group[-128:], f"{model_config.attention.kind}-{job.num} {own}".strip()[:128]
 
 
 def _disk_full(e: OSError, out_dir: Path) -> str:

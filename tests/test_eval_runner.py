@@ -206,6 +206,7 @@ def test_evaluate_py_end_to_end(tmp_path, tokenizer):
     for name in ("results.md", "ppl.png", "icl.png", "icl_predictions_vanilla.jsonl"):
         assert (run / name).exists(), name
     assert list((run / "wandb").glob("offline-run-*"))
+    assert "[momattn] W&B run of vanilla: " in proc.stderr and "wandb sync " in proc.stderr  # where it went
     assert "Table 6 layout" in proc.stdout
 
 

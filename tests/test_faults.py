@@ -97,6 +97,9 @@ def test_ckpt_path_last_in_a_chosen_folder_never_resumes_another_run(reference_r
     assert r.returncode == 0, r.stderr[-3000:]
     assert "holds no checkpoint" in r.stderr and "starting it from step 0" in r.stderr
     assert sorted(train_losses(run)) == list(range(9))  # all nine steps trained here, none taken over
+    again = run_cli("train.py", [*RUN, f"hydra.run.dir={run}"], tmp_path)  # fresh, into the finished run's folder
+    assert again.returncode == 2 and "holds a run already" in again.stderr and "ckpt_path=last" in again.stderr
+    assert sorted(train_losses(run)) == list(range(9))  # its metrics.csv untouched: no second run appended
 
 
 @pytest.mark.slow

@@ -296,6 +296,12 @@ def test_training_ends_with_the_short_evaluation_logged(tmp_path):
     assert (tmp_path / "eval" / "results.md").exists() and (tmp_path / "eval" / "results.json").exists()
     header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "icl/sst2/acc" in header and "eval/ppl@32" in header
+    rows = read_metrics(tmp_path)
+    step_of = {k: {int(r["step"]) for r in rows if r.get(k)} for k in ("train/loss", "val/loss", "eval/ppl@32",
+                                                                          "validate/device/items_per_sec")}
+    last = max(step_of["train/loss"])  # one axis: the final validation and the evaluation at the last batch's step,
+    assert max(step_of["val/loss"]) == step_of["eval/ppl@32"].pop() == last  # validation throughput beside them
+    assert step_of["validate/device/items_per_sec"] <= step_of["val/loss"]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["unigram_val_ppl"] > 1
 

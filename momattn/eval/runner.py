@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -190,17 +191,32 @@ def log_wandb(results: Sequence[ModelResult], out_dir: Path, wandb_cfg: Mapping)
     import wandb
 
     for r in results:
+        train_run = _train_run_id(r.checkpoint)  # the training run this checkpoint logged to, to find it by
         run = wandb.init(mode="offline" if wandb_cfg.get("offline", True) else "online", dir=str(out_dir),
                          project=wandb_cfg.get("project") or "momattn",
                          group=wandb_cfg.get("group") or out_dir.name, tags=list(wandb_cfg.get("tags") or []),
                          job_type="evaluate", name=r.label,
-                         config={"checkpoint": r.checkpoint, "attention": r.attention, "eval": r.eval_config})
+                         config={"checkpoint": r.checkpoint, "attention": r.attention, "eval": r.eval_config,
+                                 "train_run_id": train_run})
         try:
             metrics = flat_metrics(r)
             run.log(metrics)
             run.summary.update(metrics)
+            where = Path(run.dir).parent
         finally:
             run.finish()
+        if wandb_cfg.get("offline", True):
+            print(f"[momattn] W&B run of {r.label}: {where} (offline; upload with: wandb sync {where})",
+                  file=sys.stderr)
+
+
+def _train_run_id(checkpoint: str | None) -> str | None:
+    from momattn.checkpoint import read_meta
+
+    try:
+        return (read_meta(checkpoint).get("momattn") or {}).get("wandb_run_id") if checkpoint else None
+    except Exception:  # the link is a convenience: an unreadable checkpoint was reported when it was evaluated
+        return None
 
 
 def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list[ModelResult]:
@@ -221,6 +237,9 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
         # eval: section; a GINC run's are GINC tasks), so their results are reused instead of recomputed
         run_sweep(conf.sweep_dir, conf.eval_section(), out, device, cache_dir=conf.cache_dir,
                   own_settings=not eval_overridden())
+        if conf.logger and "wandb" in conf.logger:  # said, not silently skipped
+            print("[momattn] logger=wandb: a sweep's verdict is not logged to W&B (each job's own run holds its "
+                  f"training and end-of-run metrics); it is in {out / 'sweep.md'}", file=sys.stderr)
         return []
     paths = conf.checkpoint_paths()
     metas = [read_checkpoint(p)["momattn"] for p in paths]  # every checkpoint readable before hours of work

@@ -28,8 +28,10 @@ class CompareSweep(Callback):
         from omegaconf import OmegaConf
 
         if "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).lower():  # a search
-            print(f"\n[momattn] search done: the best parameters and {OmegaConf.select(config, 'optimized_metric', default='its metric')} are "
-                  f"in {sweep_dir}/optimization_results.yaml", file=sys.stderr, flush=True)
+            metric = OmegaConf.select(config, "optimized_metric", default=None)
+            print(f"\n[momattn] search done: the best parameters and {metric or 'its metric'} are "
+                  f"in {sweep_dir}/optimization_results.yaml" + best_trial(Path(sweep_dir), metric),
+                  file=sys.stderr, flush=True)
             return
         shown = f"python evaluate.py sweep_dir={sweep_dir}"
         if not self.run:
@@ -41,3 +43,25 @@ class CompareSweep(Callback):
         if done.returncode != 0:
             print(f"[momattn] the comparison failed (exit {done.returncode}); run it again with: {shown}",
                   file=sys.stderr, flush=True)
+
+
+def best_trial(sweep_dir: Path, metric: str | None) -> str:
+    """'; best trial: <its folder> (<its best checkpoint>)': the job whose summary.json holds the search's best
+    value ('' when it cannot be told: no results file, or no job with that value)."""
+    import json
+
+    import yaml
+
+    try:
+        best = float(yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())["best_value"])
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
+        return ""
+    for summary in sorted(sweep_dir.glob("*/summary.json")):
+        try:
+            kept = json.loads(summary.read_text())
+        except (OSError, ValueError):
+            continue
+        value = kept.get(metric) if metric else None
+        if isinstance(value, int | float) and abs(value - best) <= 1e-9 * max(1.0, abs(best)):
+            return f"; best trial: {summary.parent} ({kept.get('best_checkpoint') or 'no checkpoint'})"
+    return ""

@@ -264,6 +264,7 @@ def test_optuna_sweep_searches_what_the_attention_has(attention, searched, trial
     assert r.returncode == 0, r.stderr[-3000:]
     best = OmegaConf.load(tmp_path / "optimization_results.yaml")
     assert math.isfinite(best.best_value)
+    assert f"best trial: {tmp_path.resolve()}/" in r.stderr  # the folder (and checkpoint) that scored it
     assert set(best.best_params) == {"optim.lr", "optim.warmup_steps", *searched}
 
 

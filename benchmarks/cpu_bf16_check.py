@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -109,6 +110,7 @@ def main_job_runs(seeds: list[int], threads: int, parallel: int, workdir: Path, 
 
     def start(prec: str, seed: int):
         d = workdir / f"{prec}_s{seed}"
+        shutil.rmtree(d, ignore_errors=True)  # a fresh run each time (train.py refuses a folder holding a run)
         cmd = [sys.executable, "train.py", "trainer=cpu", f"trainer.precision={prec}", f"seed={seed}",
                "run_eval=false", "logger=csv", f"hydra.run.dir={d}", *extra]
         log = open(workdir / f"{prec}_s{seed}.log", "w")

@@ -4,13 +4,17 @@
 # (evaluate.py writes <OUT>-verdict/: sweep.md, sweep.json, eta_<setting>.png; it reuses each run's own results
 # because its evaluation settings below are those of experiment=eta_sweep).
 #   bash benchmarks/eta_sweep.sh [OUT]      (OUT defaults to multirun/eta_sweep; ~70 min on 2 cores)
+# OUT must be new: train.py refuses to start fresh runs over finished ones (resume a stopped sweep with
+# RESUME=1, which adds ckpt_path=last: finished jobs train no further)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=${1:-multirun/eta_sweep}
-$PY train.py -m experiment=eta_sweep attention=vanilla hydra.sweep.dir="$OUT/vanilla"
-$PY train.py -m experiment=eta_sweep attention.eta=0.1,0.3,0.5,0.7,0.9 hydra.sweep.dir="$OUT/fixed"
-$PY train.py -m experiment=eta_sweep attention.eta=0.5 attention.learnable_eta=true hydra.sweep.dir="$OUT/learnable"
+RESUME_ARGS=()
+if [ "${RESUME:-0}" = 1 ]; then RESUME_ARGS=(ckpt_path=last); fi
+$PY train.py -m experiment=eta_sweep attention=vanilla ${RESUME_ARGS[@]+"${RESUME_ARGS[@]}"} hydra.sweep.dir="$OUT/vanilla"
+$PY train.py -m experiment=eta_sweep attention.eta=0.1,0.3,0.5,0.7,0.9 ${RESUME_ARGS[@]+"${RESUME_ARGS[@]}"} hydra.sweep.dir="$OUT/fixed"
+$PY train.py -m experiment=eta_sweep attention.eta=0.5 attention.learnable_eta=true ${RESUME_ARGS[@]+"${RESUME_ARGS[@]}"} hydra.sweep.dir="$OUT/learnable"
 $PY evaluate.py sweep_dir="$OUT" hydra.run.dir="$OUT-verdict" batch_tokens=4096 ppl.max_windows=50 ppl.train=true \
   icl.tasks=[ginc,ginc_ood] icl.shots=[0,1,2,4,8,16,32] icl.seeds=[1] icl.max_examples=300 icl.max_shots=32
 

@@ -193,6 +193,24 @@ def check_output_dir(overrides: list[str], multirun: bool, cwd: Path | None = No
                           f"folder with {key}=<path>, or run from a writable directory") from None
 
 
+def check_fresh_folder(overrides: list[str], multirun: bool, cwd: Path | None = None) -> None:
+    """A fresh training run (no ckpt_path) into a folder that holds a run would overwrite its checkpoints, and
+    Hydra would rewrite its saved command line before the run could refuse: refused here, before Hydra starts."""
+    ckpt = _last(overrides, "ckpt_path")
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = _last(overrides, key)
+    if (ckpt and ckpt != "null") or not given or "${" in given:
+        return
+    folder = (cwd or Path.cwd()) / Path(given.strip("'\"")).expanduser()
+    held = [folder / "checkpoints" / "last.ckpt"] if not multirun else sorted(folder.glob("*/checkpoints/last.ckpt"))
+    held = [p for p in held if p.exists()]
+    if held:
+        raise ConfigError(f"{folder} holds {'a run' if not multirun else f'{len(held)} job(s) of a sweep'} already "
+                          f"({held[0]}{', ...' if len(held) > 1 else ''}); a fresh run there would overwrite "
+                          "its checkpoints. Resume it with ckpt_path=last (the same command otherwise), or train in "
+                          f"another folder ({key}=...), or delete that folder first")
+
+
 def report(e: UserError, hydra: bool = True) -> None:
     hint = "\n(set HYDRA_FULL_ERROR=1 for the full traceback)" if hydra else ""
     print(f"\nerror: {e}{hint}", file=sys.stderr, flush=True)
@@ -287,6 +305,9 @@ def hydra_main(config_name: str):
                     sys.argv = [sys.argv[0], *flags, *merged]
                     given = merged
                 check_overrides(config_name, given)
+                if config_name == "train" and not ({"--help", "-h", "--cfg", "-c", "--info", "--hydra-help"}
+                                                   & set(sys.argv)):
+                    check_fresh_folder(given, multirun=bool({"-m", "--multirun"} & set(sys.argv)))
                 writes = config_name != "generate"  # sampling writes no files (hydra.output_subdir: null)
                 if writes and not ({"--help", "-h", "--cfg", "-c", "--info", "--hydra-help"} & set(sys.argv)):
                     check_output_dir(given, multirun=bool({"-m", "--multirun"} & set(sys.argv)))

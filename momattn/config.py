@@ -16,6 +16,7 @@ A misspelled key or a wrong type stops the run at start-up with a message naming
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,7 +133,8 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
         raise ConfigError(f"trainer.val_check_interval={interval!r}: use a number of training batches >= 1 (an int), "
                           "a fraction of an epoch in (0, 1] with trainer.check_val_every_n_epoch set (a float; the "
                           "default config validates by batches, not epochs), a time such as '00:00:10:00', or null")
-    if trainer.get("use_distributed_sampler", False) is not False:  # Lightning would re-shard momattn's shards
+    trainer.setdefault("use_distributed_sampler", False)  # Lightning's default (true) where a trainer yaml omits it
+    if trainer["use_distributed_sampler"] is not False:  # Lightning would re-shard momattn's shards
         raise ConfigError(f"trainer.use_distributed_sampler={trainer['use_distributed_sampler']!r}: momattn shards "
                           "the training stream by rank itself, resumably (momattn/data/datamodule.py); a "
                           "DistributedSampler on top would drop or repeat samples. Leave it false")
@@ -216,6 +218,10 @@ def world_size(trainer: Mapping) -> int:
     if devices == "auto" or devices == -1:  # Lightning's meaning: every GPU here, else one CPU process
         gpu = str(trainer.get("accelerator") or "auto").lower() in ("gpu", "cuda", "auto") and _cuda_available()
         devices = max(1, _cuda_device_count()) if gpu else 1
+    if isinstance(devices, str) and re.fullmatch(r"\s*\d+\s*", devices):  # Lightning's "2": a count
+        devices = int(devices)
+    elif isinstance(devices, str) and re.fullmatch(r"[\d\s,]+", devices) and "," in devices:  # "0,1": device ids
+        devices = [d for d in devices.split(",") if d.strip()]
     if isinstance(devices, (list, tuple)):
         devices = len(devices)
     if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:

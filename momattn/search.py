@@ -17,7 +17,8 @@ N_RATES = (4, 8, 16)
 def attention_space(cfg, trial) -> None:
     """Called by hydra-optuna-sweeper for each trial (hydra.sweeper.custom_search_space) with the sweep's config."""
     att = trial_attention(cfg, trial)
-    fixed = trial.user_attrs  # what the command line fixed (attention.eta=0.3) stays fixed, not searched as well
+    # what the command line fixed (attention.eta=0.3) or the sweep already searches (attention.eta=choice(...))
+    fixed = {**trial.user_attrs, **trial.params}  # is not suggested a second time
     if att.kind == "momentum" and str(att.get("learnable_eta", False)).lower() != "true" and \
             "attention.eta" not in fixed:  # a learnable eta is trained, not searched
         trial.suggest_float("attention.eta", *ETA_RANGE)

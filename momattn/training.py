@@ -76,6 +76,15 @@ def run_train(cfg: DictConfig) -> float | None:
     resume, start_step = resumed.get("momattn") or {}, int(resumed.get("global_step") or 0)
     if resume:
         quiet_resume(same_folder=ckpt_path.resolve().parent.parent == out_dir)
+        was_accumulate = ((resume.get("config") or {}).get("trainer") or {}).get("accumulate_grad_batches")
+        if isinstance(was_accumulate, int) and was_accumulate != c.accumulate and start_step < c.max_steps:
+            raise ConfigError(
+                f"the checkpoint's run accumulated {was_accumulate} micro-batch(es) per optimizer step and this one "
+                f"would accumulate {c.accumulate} (trainer.accumulate_grad_batches, or global_batch over "
+                f"{world_size(c.trainer)} process(es)): Lightning would count the restored micro-batches in the old "
+                f"unit and step on a part of an accumulation. Resume with trainer.accumulate_grad_batches="
+                f"{was_accumulate}{' global_batch=null' if c.global_batch else ''} (to change the samples per step, change data.batch_size: the data continues "
+                "where it stopped)")
     tokenizer = checkpoint_tokenizer(resume, ckpt_path) if resume else build_tokenizer(c.tokenizer, c.data,
                                                                                           c.cache_dir)
     was = (resume.get("config") or {}).get("tokenizer")
@@ -127,6 +136,7 @@ def run_train(cfg: DictConfig) -> float | None:
         print(f"[momattn] validating every {c.val_every_steps} optimizer steps (val_every_steps; "
               f"trainer.val_check_interval={c.trainer['val_check_interval']} micro-batches)", file=sys.stderr)
     t0 = time.perf_counter()
+    failed = True  # until the run returns or is preempted (resumable): W&B marks the run by it
     try:
         trainer.fit(lit, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
         speed = {**throughput_summary(throughput), "fit_seconds": round(time.perf_counter() - t0, 1)}
@@ -156,6 +166,7 @@ def run_train(cfg: DictConfig) -> float | None:
         value = metrics.get(c.optimized_metric)
         if value is not None and not math.isfinite(value):  # Optuna cannot record nan: a failed trial instead
             raise NonFiniteLossError(f"{c.optimized_metric}={value} at the end of training; the run diverged")
+        failed = False
         return value
     except OSError as e:
         if e.errno != errno.ENOSPC:
@@ -166,6 +177,7 @@ def run_train(cfg: DictConfig) -> float | None:
             raise
         raise LaunchError(_no_join(e, c)) from None
     except SIGTERMException:
+        failed = False  # preempted, saved and resumable
         print(_resume_hint(preempt.saved_path or out_dir / "checkpoints" / "last.ckpt", trainer.global_step, job,
                            out_dir), file=sys.stderr, flush=True)
         if job.sweep_dir is not None and _basic_launcher():  # a preempted sweep stops instead of going on
@@ -178,7 +190,7 @@ def run_train(cfg: DictConfig) -> float | None:
         close = getattr(dm.train_set, "close", None)  # a stream's reader thread, on success or failure
         if close is not None:
             close()
-        logs.finish(loggers, failed=sys.exc_info()[0] not in (None, SystemExit))
+        logs.finish(loggers, failed=failed)
 
 
 def _resume_from(c: TrainConfig, job: HydraJob, out_dir: Path) -> Path | None:

@@ -97,8 +97,10 @@ def test_ckpt_path_last_in_a_chosen_folder_never_resumes_another_run(reference_r
     assert r.returncode == 0, r.stderr[-3000:]
     assert "holds no checkpoint" in r.stderr and "starting it from step 0" in r.stderr
     assert sorted(train_losses(run)) == list(range(9))  # all nine steps trained here, none taken over
-    again = run_cli("train.py", [*RUN, f"hydra.run.dir={run}"], tmp_path)  # fresh, into the finished run's folder
+    saved = (run / ".hydra" / "overrides.yaml").read_text()
+    again = run_cli("train.py", [*RUN, "optim.lr=0.5", f"hydra.run.dir={run}"], tmp_path)  # fresh, into that folder
     assert again.returncode == 2 and "holds a run already" in again.stderr and "ckpt_path=last" in again.stderr
+    assert (run / ".hydra" / "overrides.yaml").read_text() == saved  # refused before Hydra rewrote its command line
     assert sorted(train_losses(run)) == list(range(9))  # its metrics.csv untouched: no second run appended
 
 
@@ -299,3 +301,9 @@ def test_a_resume_under_gradient_accumulation_continues_the_uninterrupted_run_ex
                                          f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"]))
         assert train_losses(second) == {s: v for s, v in full.items() if s >= stop}, stop
         assert logged(second) == [x for x in logged(tmp_path / "full") if int(x[0]) >= stop], stop
+    from momattn.errors import ConfigError
+
+    two = [o for o in base if not o.startswith("trainer.accumulate_grad_batches")]
+    with pytest.raises(ConfigError, match="accumulated 4 micro-batch.*would accumulate 2.*accumulate_grad_batches=4"):
+        run_train(compose_train(tmp_path / "c", [*two, "trainer.max_steps=7", "trainer.accumulate_grad_batches=2",
+                                                 f"ckpt_path={tmp_path / 'a4' / 'checkpoints' / 'last.ckpt'}"]))

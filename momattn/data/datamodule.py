@@ -119,7 +119,7 @@ class TokenDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         world, rank, per_step, offset = self.trainer.world_size, self.trainer.global_rank, self._per_step(), self._offset()
         trainer = self.trainer
-        if offset:
+        if offset and rank == 0:
             was = self._resumed["samples_per_step"]
             print(f"[momattn] resumed with {per_step} samples per optimizer step (the checkpoint's run took {was}): "
                   f"the data continues at sample {self._resumed['position']}, where that run stopped", file=sys.stderr)
@@ -128,11 +128,6 @@ class TokenDataModule(LightningDataModule):
             return trainer.global_step * per_step + offset
 
         return self._loader(self.train_set, StreamSampler(start, self.max_steps * per_step + offset, rank, world))
-
-    def teardown(self, stage: str) -> None:
-        close = getattr(self.train_set, "close", None)  # a stream's reader thread: one per job of a sweep otherwise
-        if callable(close):
-            close()
 
     def val_dataloader(self) -> DataLoader:
         world, rank = self.trainer.world_size, self.trainer.global_rank

@@ -94,6 +94,9 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float = 989.0) ->
         "wall_hours": seconds / 3600, "gpu_hours": seconds * world / 3600,
         "global_batch": c.global_batch, "val_check_interval": c.trainer.get("val_check_interval"),
         "val_every_steps": c.val_every_steps,
+        "optim": {"lr": c.optim.lr, "schedule": c.optim.schedule, "warmup_steps": c.optim.warmup_steps,
+                  "min_lr_ratio": c.optim.min_lr_ratio, "power": c.optim.power, "betas": list(c.optim.betas),
+                  "eps": c.optim.eps, "weight_decay": c.optim.weight_decay, "grad_clip": c.optim.grad_clip},
     }
 
 
@@ -105,6 +108,15 @@ def _validation(p: dict) -> str:
            "set val_every_steps to keep it in steps whatever the accumulation")
     return (f"every {interval / p['accumulate_grad_batches']:g} optimizer steps (trainer.val_check_interval={interval} "
             f"micro-batches; {how})")
+
+
+def _optimizer(o: dict) -> str:
+    decay = {"cosine": f"cosine to {o['min_lr_ratio']:g} x lr",
+             "polynomial": f"polynomial (power {o['power']:g}) to {o['min_lr_ratio']:g} x lr",
+             "constant": "constant"}.get(o["schedule"], o["schedule"])
+    return (f"AdamW lr {o['lr']:g}, {o['warmup_steps']:,} warm-up steps, then {decay}; betas "
+            f"({o['betas'][0]:g}, {o['betas'][1]:g}), eps {o['eps']:g}, weight decay {o['weight_decay']:g}, "
+            f"gradient clip {o['grad_clip'] or 'none'}")
 
 
 def _tokens(n: float) -> str:
@@ -128,6 +140,7 @@ def render(p: dict) -> str:
                   f"data.batch_size={p['micro_batch']} x {p['processes']} processes x {acc}"),
         ("tokens", f"{p['max_steps']:,} steps x {p['tokens_per_step']:,} = {_tokens(p['tokens'])} tokens"),
         ("validation", _validation(p)),
+        ("optimizer", _optimizer(p["optim"])),
         ("FLOPs", f"{p['flops_per_token'] / 1e9:.2f} GFLOP per token (6N + 12 L d T) -> {p['flops']:.2e} in all"),
         ("memory/device", f"DDP ~{mem['ddp']:.1f} GiB (weights+grads+AdamW {mem['states_ddp']:.1f}, activations "
                           f"{mem['activations']:.1f}, logits {mem['logits']:.1f}); FSDP full shard ~{mem['fsdp']:.1f} GiB "

@@ -167,7 +167,8 @@ class TextFiles:
 
 @dataclass
 class HubCorpus:
-    """Any `datasets` corpus by hub name (wikitext-103, openwebtext, ...) or a local builder (json, text)."""
+    """Any `datasets` corpus by hub name (Salesforce/wikitext, HuggingFaceFW/fineweb, ...; datasets >= 4 refuses
+    script datasets such as openwebtext) or a local builder (json, text)."""
 
     name: str = ""  # hub name, or a builder: json | text | csv
     config: str | None = None

@@ -133,9 +133,20 @@ def describe(logger: Logger) -> str:
     """Where a logger wrote, for the end-of-run summary."""
     if isinstance(logger, WandbLogger):
         run_dir = Path(logger.experiment.dir).parent
-        offline = "offline-run" in run_dir.name
-        return f"W&B run: {run_dir}" + (f"  (offline; upload with: wandb sync {run_dir})" if offline else "")
+        if "offline-run" not in run_dir.name:
+            return f"W&B run: {run_dir}"
+        return f"W&B run: {run_dir}  (offline; upload with: {offline_sync_command(run_dir)})"
     return f"{type(logger).__name__}: {getattr(logger, 'log_dir', None) or logger.save_dir or ''}"
+
+
+def offline_sync_command(run_dir: Path) -> str:
+    """`wandb sync` for an offline run: a resumed run wrote each segment to a folder of its own
+    (offline-run-<time>-<id>), so the command names every segment of that id, oldest first."""
+    run_id = run_dir.name.rsplit("-", 1)[-1]
+    parts = sorted(run_dir.parent.glob(f"offline-run-*-{run_id}"))
+    if len(parts) <= 1:
+        return f"wandb sync {run_dir}"
+    return f"wandb sync {' '.join(str(p) for p in parts)}  ({len(parts)} segments: the run was resumed)"
 
 
 def finish(loggers: list[Logger], failed: bool = False) -> None:

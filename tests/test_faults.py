@@ -307,3 +307,16 @@ def test_a_resume_under_gradient_accumulation_continues_the_uninterrupted_run_ex
     with pytest.raises(ConfigError, match="accumulated 4 micro-batch.*would accumulate 2.*accumulate_grad_batches=4"):
         run_train(compose_train(tmp_path / "c", [*two, "trainer.max_steps=7", "trainer.accumulate_grad_batches=2",
                                                  f"ckpt_path={tmp_path / 'a4' / 'checkpoints' / 'last.ckpt'}"]))
+
+
+def test_the_sync_command_of_a_resumed_offline_wandb_run_names_every_segment(tmp_path):
+    from momattn.loggers import offline_sync_command
+
+    for name in ("offline-run-20261202_010000-abc123", "offline-run-20261202_020000-abc123",
+                 "offline-run-20261202_020000-other1"):
+        (tmp_path / name).mkdir()
+    resumed = offline_sync_command(tmp_path / "offline-run-20261202_020000-abc123")
+    assert resumed.startswith(f"wandb sync {tmp_path}/offline-run-20261202_010000-abc123 "
+                              f"{tmp_path}/offline-run-20261202_020000-abc123") and "2 segments" in resumed
+    assert offline_sync_command(tmp_path / "offline-run-20261202_020000-other1") == \
+        f"wandb sync {tmp_path}/offline-run-20261202_020000-other1"

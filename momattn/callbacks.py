@@ -200,7 +200,6 @@ class Throughput(ThroughputMonitor):
             live[s] = BoundedThroughput(available_flops=self.available_flops, world_size=trainer.world_size,
                                          **self.kwargs)
 
-
     def _compute(self, trainer, iter_num=None):
         # on the axis train/loss and val/* use (the loggers' optimizer-step counter), not Lightning's own batch
         # counters: those restart on a resume, count validation batches, and count micro-batches under accumulation

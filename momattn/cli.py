@@ -205,10 +205,16 @@ def check_fresh_folder(overrides: list[str], multirun: bool, cwd: Path | None = 
     held = [folder / "checkpoints" / "last.ckpt"] if not multirun else sorted(folder.glob("*/checkpoints/last.ckpt"))
     held = [p for p in held if p.exists()]
     if held:
-        raise ConfigError(f"{folder} holds {'a run' if not multirun else f'{len(held)} job(s) of a sweep'} already "
-                          f"({held[0]}{', ...' if len(held) > 1 else ''}); a fresh run there would overwrite "
-                          "its checkpoints. Resume it with ckpt_path=last (the same command otherwise), or train in "
-                          f"another folder ({key}=...), or delete that folder first")
+        raise folder_holds_a_run(folder, held, key, sweep=multirun)
+
+
+def folder_holds_a_run(folder: Path, held: list[Path], key: str, sweep: bool = False) -> ConfigError:
+    """The refusal of a fresh run in a folder whose checkpoints `held` it would overwrite (sweep: the jobs'
+    checkpoints of a sweep folder)."""
+    what = f"{len(held)} job(s) of a sweep" if sweep else "a run"
+    return ConfigError(f"{folder} holds {what} already ({held[0]}{', ...' if len(held) > 1 else ''}); a fresh run "
+                       "there would overwrite its checkpoints. Resume it with ckpt_path=last (the same command "
+                       f"otherwise), or train in another folder ({key}=...), or delete that folder first")
 
 
 def report(e: UserError, hydra: bool = True) -> None:
@@ -305,12 +311,12 @@ def hydra_main(config_name: str):
                     sys.argv = [sys.argv[0], *flags, *merged]
                     given = merged
                 check_overrides(config_name, given)
-                if config_name == "train" and not ({"--help", "-h", "--cfg", "-c", "--info", "--hydra-help"}
-                                                   & set(sys.argv)):
-                    check_fresh_folder(given, multirun=bool({"-m", "--multirun"} & set(sys.argv)))
-                writes = config_name != "generate"  # sampling writes no files (hydra.output_subdir: null)
-                if writes and not ({"--help", "-h", "--cfg", "-c", "--info", "--hydra-help"} & set(sys.argv)):
-                    check_output_dir(given, multirun=bool({"-m", "--multirun"} & set(sys.argv)))
+                info = bool({"--help", "-h", "--cfg", "-c", "--info", "--hydra-help"} & set(sys.argv))  # runs nothing
+                multirun = bool({"-m", "--multirun"} & set(sys.argv))
+                if config_name == "train" and not info:
+                    check_fresh_folder(given, multirun=multirun)
+                if config_name != "generate" and not info:  # sampling writes no files (hydra.output_subdir: null)
+                    check_output_dir(given, multirun=multirun)
             except UserError as e:
                 report(e)
                 sys.exit(2)

@@ -232,12 +232,12 @@ def world_size(trainer: Mapping) -> int:
 
 def accumulation_for(global_batch: int, batch_size: int, trainer: Mapping) -> int:
     """accumulate_grad_batches so that batch_size x processes x accumulation = global_batch sequences."""
-    per_step = batch_size * world_size(trainer)
+    world = world_size(trainer)
+    per_step = batch_size * world
     if isinstance(global_batch, bool) or not isinstance(global_batch, int) or global_batch < 1:
         raise ConfigError(f"global_batch={global_batch!r} must be an integer >= 1 (sequences per optimizer step), or "
                           "null to set trainer.accumulate_grad_batches yourself")
     if global_batch % per_step:
-        world = world_size(trainer)
         options = [b for b in (1, 2, 4, 8, 16, 32, 64) if global_batch % (b * world) == 0]
         fix = (f"data.batch_size among {options} works" if options else
                f"no data.batch_size does with {world} processes: use a process count that divides {global_batch}")

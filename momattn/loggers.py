@@ -120,10 +120,11 @@ def make_loggers(section: Mapping | None, run_id: str | None = None, group: str 
         if conf is None:
             continue
         extra = {}
-        if locate(conf.get("_target_", ""), f"logger.{key}._target_") in (wandb_logger, WandbLogger):
+        target = locate(conf.get("_target_", ""), f"logger.{key}._target_")
+        if target in (wandb_logger, WandbLogger):
             extra = {"id": conf.get("id") or run_id, "group": conf.get("group") or group,
                      "name": conf.get("name") or name}
-        elif locate(conf.get("_target_", ""), f"logger.{key}._target_") is CSVLogger:
+        elif target is CSVLogger:
             extra = {"resumed": resumed}
         loggers.append(instantiate(conf, f"logger.{key}", **extra))
     return loggers

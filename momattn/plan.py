@@ -124,8 +124,11 @@ def _tokens(n: float) -> str:
 
 
 def _hours(h: float) -> str:
-    return (f"{h:.1f} h = {h / 24:.1f} days" if h >= 24 else f"{h:.1f} h" if h >= 1 else f"{h * 60:.1f} min" if h >= 1 / 60
-            else f"{h * 3600:.1f} s")
+    if h >= 24:
+        return f"{h:.1f} h = {h / 24:.1f} days"
+    if h >= 1:
+        return f"{h:.1f} h"
+    return f"{h * 60:.1f} min" if h >= 1 / 60 else f"{h * 3600:.1f} s"
 
 
 def render(p: dict) -> str:

@@ -73,12 +73,7 @@ class Tokenizer:
             raise self._cannot_encode(text, e) from None
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        try:
-            return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
-        except Exception as e:
-            for t in texts:  # the DataError that names the first text it cannot encode
-                self.encode(t)
-            raise self._cannot_encode(texts[0] if texts else "", e) from None
+        return self._encode_batch(self.hf, texts)
 
     def encode_documents(self, texts: list[str]) -> list[list[int]]:
         """Corpus documents: the spelling of a special token inside one is text, not the token (a web page that
@@ -86,12 +81,15 @@ class Tokenizer:
         if self._literal is None:
             self._literal = _HFTokenizer.from_str(self.hf.to_str())
             self._literal.encode_special_tokens = True
+        return self._encode_batch(self._literal, texts)
+
+    def _encode_batch(self, hf: _HFTokenizer, texts: list[str]) -> list[list[int]]:
         try:
-            return [e.ids for e in self._literal.encode_batch(texts, add_special_tokens=False)]
+            return [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
         except Exception as e:
             for t in texts:  # the DataError that names the first text it cannot encode
                 try:
-                    self._literal.encode(t, add_special_tokens=False)
+                    hf.encode(t, add_special_tokens=False)
                 except Exception as e1:
                     raise self._cannot_encode(t, e1) from None
             raise self._cannot_encode(texts[0] if texts else "", e) from None

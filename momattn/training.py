@@ -27,7 +27,7 @@ from momattn.checkpoint import (
     read_meta,
     resolve_ckpt_path,
 )
-from momattn.cli import HydraJob, hydra_job
+from momattn.cli import HydraJob, folder_holds_a_run, hydra_job
 from momattn.config import TrainConfig, load_train_config, world_size
 from momattn.console import quiet_console, quiet_resume
 from momattn.data.corpus import load_tokens
@@ -68,10 +68,8 @@ def run_train(cfg: DictConfig) -> float | None:
         print(f"[momattn] removed {tmp.name}, a partial checkpoint of a killed process", file=sys.stderr)
     ckpt_path = _resume_from(c, job, out_dir)
     earlier = out_dir / "checkpoints" / "last.ckpt"
-    if ckpt_path is None and earlier.exists() and os.environ.get("LOCAL_RANK", "0") == "0":
-        raise ConfigError(f"{out_dir} holds a run already ({earlier}); a fresh run there would overwrite its "
-                          "checkpoints. Resume it with ckpt_path=last (the same command otherwise), or train in "
-                          "another folder (hydra.run.dir=... / hydra.sweep.dir=...), or delete that folder first")
+    if ckpt_path is None and earlier.exists() and os.environ.get("LOCAL_RANK", "0") == "0":  # cli's check's backstop
+        raise folder_holds_a_run(out_dir, [earlier], "hydra.sweep.dir" if job.sweep_dir else "hydra.run.dir")
     resumed = read_meta(ckpt_path) if ckpt_path else {}
     resume, start_step = resumed.get("momattn") or {}, int(resumed.get("global_step") or 0)
     if resume:
@@ -83,8 +81,8 @@ def run_train(cfg: DictConfig) -> float | None:
                 f"would accumulate {c.accumulate} (trainer.accumulate_grad_batches, or global_batch over "
                 f"{world_size(c.trainer)} process(es)): Lightning would count the restored micro-batches in the old "
                 f"unit and step on a part of an accumulation. Resume with trainer.accumulate_grad_batches="
-                f"{was_accumulate}{' global_batch=null' if c.global_batch else ''} (to change the samples per step, change data.batch_size: the data continues "
-                "where it stopped)")
+                f"{was_accumulate}{' global_batch=null' if c.global_batch else ''} (to change the samples per "
+                "step, change data.batch_size: the data continues where it stopped)")
     tokenizer = checkpoint_tokenizer(resume, ckpt_path) if resume else build_tokenizer(c.tokenizer, c.data,
                                                                                           c.cache_dir)
     was = (resume.get("config") or {}).get("tokenizer")

@@ -193,7 +193,7 @@ def finetuned_states(model, aset: AnalysisSet, lr: float, cfg: AnalyzeConfig, ti
         facts = {"loss_per_step": run.losses[0].tolist(), "update_norm_per_layer": run.delta.norms()[0].tolist(),
                  "n_diverged": int(run.diverged.sum())}
         return cap_ft, cap_rnd, [q] * len(eps), run, facts, np.full(len(eps), bool(run.diverged.any()))
-    caps_ft, caps_rnd, queries, losses, norms, n_bad, diverged = [], [], [], [], [], 0, []
+    caps_ft, caps_rnd, queries, losses, norms, diverged = [], [], [], [], [], []
     for c0 in progress(range(0, len(eps), cfg.ft_models_per_batch), "finetuning a model per test prompt",
                        unit="batch of models"):
         chunk = eps[c0 : c0 + cfg.ft_models_per_batch]
@@ -207,11 +207,10 @@ def finetuned_states(model, aset: AnalysisSet, lr: float, cfg: AnalyzeConfig, ti
         queries.extend(torch.cat(qm, dim=1) for qm in run.queries)
         losses.append(run.losses)
         norms.append(run.delta.norms())
-        n_bad += int(run.diverged.sum())
         diverged.extend(bool(d) for d in run.diverged)
     loss = torch.cat(losses)
     facts = {"loss_per_step": loss.nanmean(0).tolist(), "update_norm_per_layer": torch.cat(norms).mean(0).tolist(),
-             "n_diverged": n_bad}
+             "n_diverged": sum(diverged)}
     return _cat(caps_ft), _cat(caps_rnd), queries, None, facts, np.asarray(diverged, dtype=bool)
 
 

@@ -164,6 +164,38 @@ def test_token_cache_is_reused_and_documents_are_separated(tmp_path):
     assert np.array_equal(a, b) and next((tmp_path / "tokens").glob("*.bin")).stat().st_mtime_ns == mtime
 
 
+
+def test_a_damaged_or_truncated_token_cache_is_rebuilt_and_an_untouched_one_is_not_reread(tmp_path, caplog, monkeypatch):
+    import os
+
+    from momattn.data import corpus
+
+    tok = train_bpe(lambda: lm_texts(["trec"], "train"), 300)
+    cfg = {"source": "staicc", "tasks": ["trec"]}
+    good = np.array(load_tokens(cfg, tok, "val", tmp_path))
+    bin_path = next((tmp_path / "tokens").glob("*.bin"))
+    reads = []
+    monkeypatch.setattr(corpus, "_crc32", lambda p, _f=corpus._crc32: reads.append(p) or _f(p))
+    load_tokens(cfg, tok, "val", tmp_path)
+    assert reads == []  # the stamp written with the cache: an untouched file is not read again
+    raw = bytearray(bin_path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one flipped byte, the same size: only the CRC can tell
+    bin_path.write_bytes(bytes(raw))
+    with caplog.at_level("WARNING"):
+        again = np.array(load_tokens(cfg, tok, "val", tmp_path))
+    assert np.array_equal(again, good) and "damaged" in caplog.text and len(reads) >= 1
+    os.truncate(bin_path, bin_path.stat().st_size - 2)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert np.array_equal(load_tokens(cfg, tok, "val", tmp_path), good)
+    assert "truncated" in caplog.text
+    os.utime(bin_path, ns=(1, 1))  # touched (copied elsewhere), bytes intact: checked once, then trusted
+    n = len(reads)
+    assert np.array_equal(load_tokens(cfg, tok, "val", tmp_path), good) and len(reads) == n + 1
+    load_tokens(cfg, tok, "val", tmp_path)
+    assert len(reads) == n + 1
+
+
 OLD_STAICC = {"source": "staicc", "tasks": ["trec"], "split_seed": 1234, "batch_size": 16, "val_batches": 10,
               "num_workers": 0, "cache_dir": "/somewhere"}  # a data section stored in checkpoints of older runs
 

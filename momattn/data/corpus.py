@@ -1,8 +1,10 @@
 """Token cache: documents -> token ids through `datasets.map` -> one memory-mapped file on disk, keyed by the
 source and the tokenizer, built once (under a file lock, written atomically) and reused by later runs.
 
-Layout in the cache dir: <key>.bin (raw token ids) and <key>.json (dtype, token count). A .bin whose size does
-not match its .json (truncated, half-copied) is detected and rebuilt.
+Layout in the cache dir: <key>.bin (raw token ids) and <key>.json (dtype, token count, CRC-32 of the .bin). A .bin
+whose size does not match its .json (truncated, half-copied) is rebuilt; so is one whose bytes no longer match the
+CRC. The CRC is checked (2 GB/s) once per change of the file: the .json records the size and mtime it was last
+checked at, so an untouched cache opens without reading it, and a cache copied or damaged in place is read once.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,14 +46,40 @@ def file_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _valid(bin_path: Path, meta_path: Path) -> bool:
+def _crc32(path: Path, block: int = 64 << 20) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _stamp(bin_path: Path) -> list[int]:
+    st = bin_path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _problem(bin_path: Path, meta_path: Path) -> str | None:
+    """None where the .bin holds what its .json says: the right size, and (caches that carry a CRC) the same bytes
+    as when it was written; else what is wrong. The CRC is read again only when the file's size or mtime has
+    changed since it was last checked; a match is then recorded in the .json (where the folder is writable)."""
     if not (bin_path.exists() and meta_path.exists()):
-        return False
+        return "incomplete" if bin_path.exists() or meta_path.exists() else "missing"
     try:
         meta = json.loads(meta_path.read_text())
-        return bin_path.stat().st_size == meta["n_tokens"] * np.dtype(meta["dtype"]).itemsize
+        if bin_path.stat().st_size != meta["n_tokens"] * np.dtype(meta["dtype"]).itemsize:
+            return "truncated"
+        if "crc32" not in meta or meta.get("checked") == _stamp(bin_path):
+            return None
+        if _crc32(bin_path) != meta["crc32"]:
+            return "damaged (its bytes do not match the CRC-32 recorded when it was written)"
     except (OSError, ValueError, KeyError, TypeError):
-        return False
+        return "unreadable"
+    try:
+        atomic_write_text(meta_path, json.dumps({**meta, "checked": _stamp(bin_path)}))
+    except OSError:  # a read-only cache: checked again next time
+        pass
+    return None
 
 
 def _open(bin_path: Path, meta_path: Path) -> np.ndarray:
@@ -125,13 +154,14 @@ def load_tokens(source: DataSource | Mapping, tokenizer: Tokenizer, split: str,
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     key = cache_key(source.fingerprint(), tokenizer, split)
     bin_path, meta_path = cache / "tokens" / f"{key}.bin", cache / "tokens" / f"{key}.json"
-    if _valid(bin_path, meta_path):
+    if _problem(bin_path, meta_path) is None:
         return _open(bin_path, meta_path)
     with file_lock(cache / "tokens" / f"{key}.lock"):
-        if _valid(bin_path, meta_path):  # another process built it while we waited
+        problem = _problem(bin_path, meta_path)
+        if problem is None:  # another process built it while we waited
             return _open(bin_path, meta_path)
-        if bin_path.exists() or meta_path.exists():
-            log.warning("token cache %s is incomplete or truncated; rebuilding it", bin_path)
+        if problem != "missing":
+            log.warning("token cache %s is %s; rebuilding it", bin_path, problem)
         ids, n_docs = _own_token_ids(source, tokenizer, split)
         if ids is None:
             docs = source.documents(split)
@@ -142,16 +172,19 @@ def load_tokens(source: DataSource | Mapping, tokenizer: Tokenizer, split: str,
             dtype = token_dtype(tokenizer)
         else:
             chunks, dtype = [ids], ids.dtype
-        n_tokens = 0
+        n_tokens, crc = 0, 0
 
         def write(f) -> None:
-            nonlocal n_tokens
+            nonlocal n_tokens, crc
             for c in chunks:
+                c = np.ascontiguousarray(c)
                 f.write(c.data)
+                crc = zlib.crc32(c.data, crc)
                 n_tokens += len(c)
 
         atomic_write(bin_path, write)  # the .json last: a .bin without it is never trusted
         atomic_write_text(meta_path, json.dumps({"n_tokens": n_tokens, "dtype": np.dtype(dtype).name, "split": split,
                                                  "tokenizer": tokenizer.name, "documents": n_docs,
-                                                 "format": CACHE_FORMAT}))
+                                                 "format": CACHE_FORMAT, "crc32": crc,
+                                                 "checked": _stamp(bin_path)}))
     return _open(bin_path, meta_path)

@@ -179,6 +179,7 @@ class Throughput(ThroughputMonitor):
 
     def __init__(self, *args, peak_record: Path | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        compat.check_throughput_compute()  # _compute below overrides a private method
         self.peak_record = peak_record
 
     def setup(self, trainer, pl_module, stage):

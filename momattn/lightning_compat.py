@@ -6,7 +6,8 @@
   summary needs the last window and a measured CPU peak must reach them;
 - the step loggers write metrics at (`_batches_that_stepped`): restored from a checkpoint it can be one behind or
   ahead, depending on where in the loop the file was saved, so a resumed curve would be shifted by a step;
-- whether a micro-batch falls inside a gradient accumulation (last.ckpt is not refreshed there).
+- whether a micro-batch falls inside a gradient accumulation (last.ckpt is not refreshed there);
+- ThroughputMonitor._compute(trainer, iter_num), which momattn's Throughput overrides to log at the loggers' step.
 """
 
 from __future__ import annotations
@@ -60,6 +61,19 @@ def throughput_metrics(monitor: ThroughputMonitor, stage: RunningStage = Running
         return dict(t.compute())
     except Exception:  # Lightning raises when fewer batches than a window were seen
         return {}
+
+
+def check_throughput_compute() -> None:
+    """ThroughputMonitor._compute(trainer, iter_num) logs at iter_num, or at the loggers' step when it is None;
+    callbacks.Throughput overrides it to pass None. Raise if Lightning changed it (the override would be dead)."""
+    import inspect
+
+    params = list(inspect.signature(_require(ThroughputMonitor, "_compute")).parameters)
+    if params[:3] != ["self", "trainer", "iter_num"]:
+        import lightning
+
+        raise RuntimeError(f"ThroughputMonitor._compute{tuple(params)} changed in Lightning {lightning.__version__};"
+                           " update momattn/lightning_compat.py and callbacks.Throughput for this Lightning version")
 
 
 def drop_wandb_anonymous(logger) -> None:

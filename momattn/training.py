@@ -53,15 +53,22 @@ from momattn.tokenizer import Tokenizer, build_tokenizer
 RESUME_ENV = "MOMATTN_RESUME_CKPT"  # rank 0's resume choice, for the local ranks Lightning starts
 
 
+def warmup_warning(warmup_steps: int, max_steps: int, lr: float) -> str | None:
+    """A warm-up at least as long as the run (legitimate in a smoke run of a long recipe, so not an error)."""
+    if warmup_steps < max_steps:
+        return None
+    return (f"[momattn] warning: optim.warmup_steps={warmup_steps} >= trainer.max_steps={max_steps}: the learning "
+            f"rate stays in its warm-up (at most {max_steps / (warmup_steps + 1):.0%} of optim.lr={lr:g}) and never "
+            "decays")
+
+
 def run_train(cfg: DictConfig) -> float | None:
     """Train one model as the composed config says; return the metric named by cfg.optimized_metric."""
     quiet_console()
     c = load_train_config(cfg)
     out_dir, job = Path(c.paths.output_dir).resolve(), hydra_job()
-    if c.optim.warmup_steps >= c.max_steps:  # legitimate in a smoke run of a long recipe, so not an error
-        print(f"[momattn] warning: optim.warmup_steps={c.optim.warmup_steps} >= trainer.max_steps={c.max_steps}: the "
-              f"learning rate stays in its warm-up (at most {c.max_steps / (c.optim.warmup_steps + 1):.0%} of "
-              f"optim.lr={c.optim.lr:g}) and never decays", file=sys.stderr)
+    if warning := warmup_warning(c.optim.warmup_steps, c.max_steps, c.optim.lr):
+        print(warning, file=sys.stderr)
     pl.seed_everything(c.seed, workers=True, verbose=False)
 
     for tmp in remove_stale_temps(out_dir / "checkpoints"):  # partial files of a run killed while saving

@@ -255,3 +255,14 @@ def test_adamw_is_fused_for_plain_parameters_and_steps_as_the_for_each_kernel():
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=n)
     flat = torch.nn.Parameter(torch.zeros(3))
     assert fused_adamw_ok([flat]) and not fused_adamw_ok([]) and not fused_adamw_ok([flat.detach()])
+
+
+def test_a_warm_up_as_long_as_the_run_is_warned_about_with_the_highest_rate_it_reaches():
+    from momattn.training import warmup_warning
+
+    assert warmup_warning(99, 100, 3e-4) is None
+    o = OptimConfig(lr=3e-4, warmup_steps=100)
+    highest = max(lr_lambda(s, o, 60) for s in range(60))  # the schedule over a 60-step run
+    warning = warmup_warning(100, 60, 3e-4)
+    assert f"at most {highest:.0%} of optim.lr=0.0003" in warning and "trainer.max_steps=60" in warning
+    assert lr_lambda(59, o, 60) == highest  # still rising at the last step: it never decays

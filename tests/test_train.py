@@ -473,3 +473,17 @@ def test_every_evaluation_setting_of_evaluate_yaml_can_be_set_for_the_end_of_run
     assert set(train_eval) == {f.name for f in fields(EvalConfig)}
     c = load_train_config(compose_train(tmp_path, [*SMOKE, "eval.icl.max_shots=16", "eval.icl.score=sum"]))
     assert c.eval.icl.max_shots == 16 and c.eval.icl.score == "sum"
+
+
+def test_a_multirun_jobs_wandb_group_keeps_the_date_and_its_name_carries_the_jobs_overrides():
+    from momattn.cli import HydraJob
+    from momattn.model import AttentionConfig, GPTConfig
+    from momattn.training import _sweep_names
+
+    model = GPTConfig(attention=AttentionConfig(kind="momentum"))
+    assert _sweep_names(HydraJob(["seed=2"]), model) == (None, None)  # a single run: W&B's own names
+    job = HydraJob(["attention=momentum", "seed=2", "hydra.sweep.dir=x", "optim.lr=1e-3"],
+                   sweep_dir="multirun/2026-12-02/01-40-28", num=4)
+    assert _sweep_names(job, model) == ("2026-12-02/01-40-28", "momentum-4 seed=2 optim.lr=1e-3")
+    named = HydraJob(["seed=1"], sweep_dir="/runs/eta_sweep", num=0)
+    assert _sweep_names(named, model) == ("eta_sweep", "momentum-0 seed=1")

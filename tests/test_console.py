@@ -110,3 +110,19 @@ def test_the_run_log_keeps_complete_lines_and_a_progress_bars_last_state():
     assert log.getvalue() == "[momattn] start\n step 999\nerror: x\n"
     assert console.getvalue().startswith("[momattn] start\n\r step 0")  # the console gets every update
     assert len(tee._line) == 0
+
+
+def test_metrics_csv_is_continued_only_by_a_resume(tmp_path):
+    from momattn.loggers import make_loggers
+
+    section = {"csv": {"_target_": "momattn.loggers.CSVLogger", "save_dir": str(tmp_path), "name": "", "version": ""}}
+
+    def log(step: int, resumed: bool) -> list[str]:
+        (lg,) = make_loggers(section, resumed=resumed)
+        lg.log_metrics({"train/loss": float(step)}, step=step)
+        lg.save()
+        return (tmp_path / "metrics.csv").read_text().splitlines()
+
+    assert log(0, resumed=False) == ["step,train/loss", "0,0.0"]
+    assert log(1, resumed=True) == ["step,train/loss", "0,0.0", "1,1.0"]  # a resume appends
+    assert log(0, resumed=False) == ["step,train/loss", "0,0.0"]  # a fresh run starts anew

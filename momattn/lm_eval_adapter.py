@@ -37,12 +37,22 @@ Pair = tuple[list[int], list[int]]  # (context ids, continuation ids)
 
 @register_model("momattn")
 class MomattnLM(TemplateLM):
+    ARGS = ("ckpt_path", "device", "batch_size", "batch_tokens", "max_gen_toks", "precision")
+
     def __init__(self, ckpt_path: str | None = None, device: str | None = "auto", batch_size: int | str = 16,
                  batch_tokens: int = 4096, max_gen_toks: int = 256, precision: str = "auto", **kwargs):
         super().__init__()
         from momattn.checkpoint import load_checkpoint
-        from momattn.errors import ConfigError
+        from momattn.errors import ConfigError, did_you_mean
+        from momattn.generate import AUTOCAST_DTYPES
 
+        kwargs.pop("max_batch_size", None)  # lm-eval passes it with batch_size=auto; batch_tokens bounds a batch
+        for key in kwargs:  # a misspelt argument (precison=32-true) would otherwise score in another precision
+            raise ConfigError(f"--model_args {key}= is not an argument of the momattn model.{did_you_mean(key, self.ARGS)}"
+                              f" It takes {', '.join(self.ARGS)}")
+        if str(precision) not in ("auto", "32-true", *AUTOCAST_DTYPES):
+            raise ConfigError(f"--model_args precision={precision} is unknown; choose auto, 32-true, bf16-mixed or "
+                              "16-mixed")
         if not ckpt_path:
             raise ConfigError("the momattn model needs --model_args ckpt_path=PATH (a .ckpt written by train.py)")
         if str(device or "").startswith("cuda") and not torch.cuda.is_available():
@@ -55,6 +65,18 @@ class MomattnLM(TemplateLM):
         self.max_rows = int(batch_size) if str(batch_size).isdigit() and int(batch_size) > 0 else None  # "auto": by tokens
         self.batch_tokens, self.max_gen_toks = int(batch_tokens), int(max_gen_toks)
         self._warned: set[str] = set()  # generation settings already reported as ignored
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> MomattnLM:
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> MomattnLM:
+        # lm-eval always adds its --device and --batch_size (cuda:0 and 1 by default): --model_args win over them
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
 
     @property
     def eot_token_id(self) -> int:
@@ -78,7 +100,9 @@ class MomattnLM(TemplateLM):
 
     def _fit(self, context: list[int], continuation: list[int]) -> tuple[list[int], int]:
         """The input row (at most block_size tokens) and where its continuation's predictions start."""
-        whole = (context + continuation)[-(self.max_length + 1):]
+        # an empty context (lm-eval moves a whitespace-only context's spaces into the continuation) reads as
+        # lm-eval's own empty context: the end-of-text token
+        whole = ((context or [self.eot_token_id]) + continuation)[-(self.max_length + 1):]
         return whole[:-1], len(whole) - 1 - len(continuation)  # position i predicts token i + 1
 
     @torch.no_grad()
@@ -100,12 +124,18 @@ class MomattnLM(TemplateLM):
             x = torch.full((len(rows), max(len(r) for r, _ in rows)), self.eot_token_id, dtype=torch.long)
             for j, (r, _) in enumerate(rows):
                 x[j, : len(r)] = torch.tensor(r)  # right-padded: a causal model never looks right
-            with inference_autocast(self._device, self.precision):
-                logits = self.model(x.to(self._device))  # (R, T, V)
-            logp = F.log_softmax(logits.double(), dim=-1)
-            for j, i in enumerate(batch):
-                cont, start = pairs[i][1], rows[j][1]
-                lp = logp[j, start : start + len(cont)]  # (N, V)
+            where = [(j, rows[j][1] + n) for j, i in enumerate(batch) for n in range(len(pairs[i][1]))]
+            if not where:  # empty continuations only: log p = 0, trivially greedy
+                for i in batch:
+                    out[i] = (0.0, True)
+                return
+            select = tuple(torch.tensor(v, device=self._device) for v in zip(*where))
+            with inference_autocast(self._device, self.precision):  # the LM head only where continuations are
+                logits = self.model(x.to(self._device), select=select)  # (M, V)
+            logp, at = F.log_softmax(logits.double(), dim=-1), 0
+            for i in batch:
+                cont = pairs[i][1]
+                lp, at = logp[at : at + len(cont)], at + len(cont)  # (N, V)
                 target = torch.tensor(cont, device=lp.device)
                 out[i] = (float(lp.gather(1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
 

@@ -109,9 +109,10 @@ def test_generate_until_is_greedy_and_stops_at_the_stop_string(ckpt):
 
 
 def test_the_lm_eval_command_line_finds_the_momattn_model(ckpt):
+    # device= and batch_size= in --model_args, beside the --device cuda:0 and --batch_size 1 lm-eval always adds
     r = subprocess.run([sys.executable, "-m", "momattn.lm_eval_adapter", "--model", "momattn", "--model_args",
-                        f"ckpt_path={ckpt}", "--tasks", "momattn_tiny_mc", "--include_path", str(DATA),
-                        "--limit", "4", "--device", "cpu"], cwd=DATA, capture_output=True, text=True, timeout=600)
+                        f"ckpt_path={ckpt},device=cpu,batch_size=4", "--tasks", "momattn_tiny_mc", "--include_path",
+                        str(DATA), "--limit", "4"], cwd=DATA, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "momattn_tiny_mc" in r.stdout and "acc" in r.stdout
 
@@ -138,3 +139,22 @@ def test_generation_settings_and_bad_input_are_handled_as_lm_eval_users_expect(c
                         "ckpt_path=nope.ckpt", "--tasks", "momattn_tiny_mc", "--include_path", str(DATA)],
                        cwd=DATA, capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+def test_misspelt_model_args_and_precisions_are_refused_and_model_args_win_over_lm_evals_own(ckpt):
+    from momattn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"precison= is not an argument of the momattn model. Did you mean 'precision'"):
+        MomattnLM.create_from_arg_string(f"ckpt_path={ckpt},precison=32-true")
+    with pytest.raises(ConfigError, match="precision=bf16 is unknown"):
+        MomattnLM(ckpt_path=str(ckpt), precision="bf16")  # would have meant fp32, silently
+    lm = MomattnLM.create_from_arg_string(f"ckpt_path={ckpt},device=cpu,batch_size=3",
+                                          {"device": "cuda:0", "batch_size": 1, "max_batch_size": None})
+    assert lm.device == "cpu" and lm.max_rows == 3
+
+
+def test_a_whitespace_only_context_reads_as_the_empty_context(ckpt):
+    lm = MomattnLM(ckpt_path=str(ckpt), precision="32-true")
+    ((blank, _), (empty, _)) = lm.loglikelihood([req("loglikelihood", "\n", "Yes"), req("loglikelihood", "", "\nYes")])
+    assert blank == pytest.approx(empty, abs=1e-6) and blank < 0  # lm-eval moved the "\n" to the continuation
+    assert lm.score_pairs([([1, 2], [])]) == [(0.0, True)]

@@ -88,7 +88,8 @@ def lm_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tor
     of -100 ignored. Blocked (linear_cross_entropy) off CUDA; on CUDA (and under float16 autocast anywhere) the
     plain form, which torch.compile fuses."""
     device = h.device.type
-    fp16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16
+    fp16 = h.dtype == torch.float16 or (  # a float16 model (precision=16-true), or float16 autocast
+        torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16)
     if device == "cuda" or fp16:
         return F.cross_entropy(F.linear(h, weight).float(), targets)
     return _blocked_loss(h, weight, targets)

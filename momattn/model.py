@@ -215,21 +215,36 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+def _fp32_at_least(t: torch.Tensor) -> torch.Tensor:
+    """A rate's parameter in float32 where the model is in bf16/fp16 (a rate sigmoid(x) near 1 rounds to 1 there)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 class MomentumAttention(CausalSelfAttention):
     """The paper's MoAttn: softmax attention plus sum_{i<t} eta^(t-i) v_i per head (Dai et al. 2023, Sec. 5)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__(config)
         a = config.attention
-        self.include_current = a.include_current
+        self.include_current, self._config_eta = a.include_current, float(a.eta)
         if a.learnable_eta:  # one rate per head, kept in (0, 1) by a sigmoid
             self.eta_logit = nn.Parameter(torch.full((config.n_head,), math.log(a.eta / (1 - a.eta))))
         else:
             self.register_buffer("eta_fixed", torch.tensor(a.eta), persistent=False)
 
+    def _apply(self, fn, recurse=True):
+        # a model cast to bf16 or fp16 (precision=bf16-true / 16-true) keeps its fixed rate in float32: bf16 would
+        # round 0.999 to 1.0, an undamped sum, and 0.9 to 0.8984 (float64 models keep a float64 one)
+        super()._apply(fn, recurse)
+        if "eta_fixed" in self._buffers:
+            now = self._buffers["eta_fixed"]
+            self._buffers["eta_fixed"] = torch.tensor(self._config_eta).to(
+                now.device, torch.float64 if now.dtype == torch.float64 else torch.float32)
+        return self
+
     @property
-    def eta(self) -> torch.Tensor:
-        return torch.sigmoid(self.eta_logit) if hasattr(self, "eta_logit") else self.eta_fixed
+    def eta(self) -> torch.Tensor:  # float32 (or float64) whatever the weights' dtype
+        return torch.sigmoid(_fp32_at_least(self.eta_logit)) if hasattr(self, "eta_logit") else self.eta_fixed
 
     def link_values(self, v):
         # a fixed eta: the CPU kernel's backward adds attention's value gradient as it writes its own (one pass
@@ -261,7 +276,7 @@ class MultiRateEMAAttention(CausalSelfAttention):
         self.scale = math.sqrt(1.0 / C)
 
     def memory(self, vm, cache, add=None, link=None):
-        p, g = torch.sigmoid(self.delta), self.gamma * self.scale  # (C, R)
+        p, g = torch.sigmoid(_fp32_at_least(self.delta)), self.gamma * self.scale  # (C, R); p in float32 (bf16: 0.999 -> 1)
         if cache is None:  # p is a sigmoid: valid by construction, unchecked (a check would make a GPU wait)
             return multirate_ema(vm, p, g, check_rates=False, add=add)[0]  # (B, T, C): the merged values
         m, cache.state = multirate_ema(vm, p, g, cache.state, output_final_state=True, check_rates=False, add=add)

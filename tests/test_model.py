@@ -402,3 +402,29 @@ def test_cuda_training_forward_backward_never_waits_for_the_device(attention, ch
         step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("learnable", [False, True])
+def test_a_model_cast_to_bf16_or_fp16_keeps_its_rates_and_trains(learnable, monkeypatch):
+    from momattn import model as model_module
+
+    # precision=bf16-true / 16-true cast the whole module: bf16 rounds eta 0.999 to 1.0 (an undamped sum)
+    cfg = GPTConfig(block_size=32, vocab_size=64, n_layer=1, n_head=2, n_embd=32,
+                    attention=AttentionConfig(kind="momentum", eta=0.999, learnable_eta=learnable))
+    idx = torch.randint(0, 64, (2, 32), generator=torch.Generator().manual_seed(0))
+    for dtype in (torch.bfloat16, torch.float16):
+        model = GPT(cfg).to(dtype)
+        eta = model.blocks[0].attn.eta
+        assert eta.dtype == torch.float32 and torch.allclose(eta, torch.tensor(0.999), atol=1e-4), (dtype, eta)
+        loss = model(idx, targets=idx)  # fp16 weights take the plain cross-entropy (the blocked one refuses fp16)
+        loss.backward()
+        assert torch.isfinite(loss)
+    ema = GPT(GPTConfig(block_size=32, vocab_size=64, n_layer=1, n_head=2, n_embd=32,
+                        attention=AttentionConfig(kind="multirate_ema"))).to(torch.bfloat16)
+    with torch.no_grad():
+        ema.blocks[0].attn.delta.fill_(7.0)  # p = sigmoid(7) = 0.99909: 1.0 if computed in bf16
+    seen = []
+    real = model_module.multirate_ema
+    monkeypatch.setattr(model_module, "multirate_ema", lambda vm, p, *a, **kw: seen.append(p) or real(vm, p, *a, **kw))
+    ema(idx)
+    assert seen[0].dtype == torch.float32 and float(seen[0].max()) < 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from dataclasses import dataclass, field
 
 import lightning.pytorch as pl
@@ -218,9 +219,35 @@ class LitGPT(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint):
         self._rng_to_restore = checkpoint.get("momattn", {}).get("rng")
+        self._resumed_optim = (checkpoint.get("momattn", {}).get("config") or {}).get("optim") or {}
 
     def on_train_start(self):
         self._align_step = True
         if self._rng_to_restore is not None:  # after every other restore step, right before the next batch
             set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
+        trainer = getattr(self, "_trainer", None)
+        if getattr(self, "_resumed_optim", None) is not None and getattr(trainer, "optimizers", None):
+            self._apply_optim_config(trainer, self._resumed_optim)
+        self._resumed_optim = None
+
+    def _apply_optim_config(self, trainer, before: dict) -> None:
+        """A resume trains with the optim section it is given: Lightning restores the optimizer's lr, betas, eps
+        and weight decay, and the schedule's base lr, from the checkpoint, so `optim.lr=1e-4 ckpt_path=last` (what
+        the divergence message advises) would otherwise train on at the old rates. The same values as the
+        checkpoint's leave every number as it was (the resume stays exact)."""
+        o, opt = self.optim, trainer.optimizers[0]
+        for i, g in enumerate(opt.param_groups):  # build_adamw's groups: [weights (decayed), the rest]
+            g.update(initial_lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay if i == 0 else 0.0)
+            g["lr"] = o.lr * lr_lambda(trainer.global_step, o, self.max_steps)  # what LambdaLR gives there
+        for config in trainer.lr_scheduler_configs:
+            config.scheduler.base_lrs = [o.lr] * len(opt.param_groups)
+        changed = []
+        for k in ("lr", "betas", "eps", "weight_decay", "schedule", "warmup_steps", "min_lr_ratio", "power"):
+            was, now = before.get(k), getattr(o, k)
+            if was is not None and (list(was) if isinstance(was, list | tuple) else was) != \
+                    (list(now) if isinstance(now, list | tuple) else now):
+                changed.append(f"optim.{k}={now} (was {was})")
+        if changed and trainer.is_global_zero:
+            print(f"[momattn] resumed with {', '.join(changed)}: training continues at step {trainer.global_step} "
+                  "with these", file=sys.stderr)

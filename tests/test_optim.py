@@ -129,6 +129,7 @@ class _FakeTrainer:
         self.world_size, self.global_rank, self.global_step, self.is_global_zero = world_size, 0, 0, True
         self.sanity_checking = False
         self.optimizers, self.loggers = [optimizer] if optimizer else [], list(loggers)
+        self.lr_scheduler_configs = []
 
 
 def _logging_lit(monkeypatch, world_size=1, loggers=(), **optim):

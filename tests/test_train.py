@@ -138,11 +138,19 @@ def test_resume_continues_at_the_right_step(tmp_path, stop):
     first = compose_train(tmp_path / "a", [*SMOKE, "attention=momentum", f"trainer.max_steps={stop}"])
     run_train(first)
     ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
-    second = compose_train(tmp_path / "b", [*SMOKE, "attention=momentum", "trainer.max_steps=9", f"ckpt_path={ckpt}"])
+    # optim.lr given on the resume (what the divergence message advises) is the rate it trains at; Lightning
+    # restores the checkpoint's lr, and the schedule's base lr, unless momattn puts the config's back
+    second = compose_train(tmp_path / "b", [*SMOKE, "attention=momentum", "trainer.max_steps=9", f"ckpt_path={ckpt}",
+                                            "optim.lr=1e-5"])
     run_train(second)
     steps = sorted(train_losses(tmp_path / "b"))
     assert steps == list(range(stop, 9))  # logged at the step being taken: the first run took steps 0..stop-1
     assert read_checkpoint(tmp_path / "b" / "checkpoints" / "last.ckpt")["global_step"] == 9
+    from momattn.lit import lr_lambda
+
+    o = load_train_config(second).optim
+    lrs = {int(r["step"]): float(r["train/lr"]) for r in read_metrics(tmp_path / "b") if r.get("train/lr")}
+    assert lrs == pytest.approx({s: 1e-5 * lr_lambda(s, o, 9) for s in range(stop, 9)}, rel=1e-6)
 
 
 def test_wandb_offline_run_folder_is_written(tmp_path):

@@ -34,7 +34,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
-        return read_checkpoint(path)  # on the CPU; Lightning moves every state onto its device when it loads it
+        return read_checkpoint(path, verify=True)  # on the CPU; Lightning moves every state onto its device when it loads it
 
 
 class ModelCheckpoint(lightning_callbacks.ModelCheckpoint):

@@ -160,6 +160,10 @@ def _check_structure(ckpt: Any, path) -> None:
         bad = "its 'momattn.model_config' entry is missing or not a dict with an 'attention' dict"
     elif not isinstance(meta.get("tokenizer"), str):
         bad = "its 'momattn.tokenizer' entry is missing or not a tokenizer.json string"
+    elif not isinstance(meta.get("config", {}), dict):
+        bad = f"its 'momattn.config' entry is of type {type(meta['config']).__name__}, not the run's config dict"
+    elif "global_step" in ckpt and (not isinstance(ckpt["global_step"], int) or isinstance(ckpt["global_step"], bool)):
+        bad = f"its 'global_step' entry is {ckpt['global_step']!r}, not an integer"
     elif not isinstance(state, dict):
         bad = f"its 'state_dict' entry is of type {type(state).__name__}, not a dict of tensors"
     else:
@@ -171,9 +175,23 @@ def _check_structure(ckpt: Any, path) -> None:
                               "use another checkpoint, e.g. the previous last.ckpt or best checkpoint")
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
+def _verify_crc(p: Path, path) -> None:
+    """torch's reader never checks the zip's CRC-32s: damaged bytes inside a tensor load as garbage or NaN weights
+    (and a resume then stops at a "loss became nan" that is no fault of the run). Reads the whole file (~2 GB/s)."""
+    try:
+        with zipfile.ZipFile(p) as z:
+            bad = z.testzip()
+    except (OSError, zipfile.BadZipFile, ValueError, RuntimeError) as e:
+        raise _unreadable(path, e) from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint '{path}' is damaged: the bytes of its entry {bad} do not match their CRC-32 "
+                              "(a disk or copy error). Use another one, e.g. the previous last.ckpt or best checkpoint")
+
+
+def read_checkpoint(path: str | os.PathLike, verify: bool = False) -> dict:
     """The raw checkpoint dict, loaded without running any code, with a clear error for a missing, truncated,
-    foreign, code-carrying or malformed file."""
+    foreign, code-carrying or malformed file. verify: also check every byte against the zip's CRC-32s (where the
+    weights will be used: a resume, a model load; not for reading the metadata)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise CheckpointError(f"checkpoint '{path}' does not exist; pass the path of a .ckpt written by train.py")
@@ -184,6 +202,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"checkpoint '{path}' is a folder; pass a .ckpt file inside it ({hint})")
     ckpt = _read_sharded(p, path) if p.is_dir() else _load_safely(p, path)
     _check_structure(ckpt, path)
+    if verify and not p.is_dir():
+        _verify_crc(p, path)
     return ckpt
 
 
@@ -226,7 +246,7 @@ def load_state_into(model: GPT, state: dict, path: str | os.PathLike) -> None:
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
     """(model, tokenizer) from a checkpoint alone. model(idx (B, T)) -> logits (B, T, V), in eval mode."""
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, verify=True)
     meta = ckpt["momattn"]
     model = GPT(model_config_from(meta, path))
     try:

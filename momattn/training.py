@@ -78,6 +78,11 @@ def run_train(cfg: DictConfig) -> float | None:
     if ckpt_path is None and earlier.exists() and os.environ.get("LOCAL_RANK", "0") == "0":  # cli's check's backstop
         raise folder_holds_a_run(out_dir, [earlier], "hydra.sweep.dir" if job.sweep_dir else "hydra.run.dir")
     resumed = read_meta(ckpt_path) if ckpt_path else {}
+    if resumed and not ckpt_path.is_dir() and "optimizer_states" not in resumed:
+        raise CheckpointError(f"checkpoint '{ckpt_path}' holds the weights only (save_weights_only=true): it has no "
+                              "optimizer, schedule or data position to resume training from. Evaluate it with "
+                              "evaluate.py, or resume from a full checkpoint (last.ckpt of a run without "
+                              "save_weights_only)")
     resume, start_step = resumed.get("momattn") or {}, int(resumed.get("global_step") or 0)
     if resume:
         quiet_resume(same_folder=ckpt_path.resolve().parent.parent == out_dir)

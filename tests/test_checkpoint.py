@@ -77,6 +77,8 @@ META = {"format": 1, "model_config": {"attention": {}}, "tokenizer": "{}"}
     ({"state_dict": {}, "momattn": {"format": 1, "model_config": 7, "tokenizer": "{}"}}, "model_config"),
     ({"state_dict": {}, "momattn": {"format": 1, "model_config": {"attention": {}}}}, "tokenizer"),
     ({"state_dict": {}, "momattn": {"format": 9}}, "has format 9"),
+    ({"state_dict": {}, "momattn": {**META, "config": "lr=1"}}, "'momattn.config' entry is of type str"),
+    ({"state_dict": {}, "momattn": META, "global_step": "9"}, "'global_step' entry is '9', not an integer"),
 ])
 def test_a_loadable_file_with_the_wrong_structure_gets_a_clear_error(tmp_path, ckpt, says):
     torch.save(ckpt, tmp_path / "odd.ckpt")

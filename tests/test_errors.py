@@ -209,6 +209,35 @@ def test_checkpoint_missing_truncated_or_foreign(tmp_path, trained):
         load_checkpoint(foreign)
 
 
+def test_a_checkpoint_damaged_inside_a_tensor_is_refused_not_loaded_as_garbage(tmp_path, trained):
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(trained) as z:  # the largest tensor's bytes (torch stores them uncompressed)
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(trained.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26: info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len
+    raw[start + info.file_size // 2: start + info.file_size // 2 + 64] = b"\xff" * 64  # NaN patterns in fp32
+    bad = tmp_path / "damaged.ckpt"
+    bad.write_bytes(bytes(raw))
+    read_checkpoint(bad)  # the metadata alone (evaluate.py's up-front check) does not read the tensors
+    with pytest.raises(CheckpointError, match=f"damaged: the bytes of its entry {info.filename} do not match"):
+        load_checkpoint(bad)
+    msg = run_expecting(tmp_path / "run", [*SMOKE, "attention=momentum", f"ckpt_path={bad}"], CheckpointError)
+    assert "is damaged" in msg
+
+
+def test_a_weights_only_checkpoint_cannot_resume_training(tmp_path, trained):
+    ckpt = read_checkpoint(trained)
+    del ckpt["optimizer_states"], ckpt["lr_schedulers"]  # what save_weights_only=true writes
+    weights = tmp_path / "weights.ckpt"
+    torch.save(ckpt, weights)
+    load_checkpoint(weights)  # fine for evaluation
+    msg = run_expecting(tmp_path / "run", [*SMOKE, "attention=momentum", f"ckpt_path={weights}"], CheckpointError)
+    assert "holds the weights only (save_weights_only=true)" in msg and "evaluate.py" in msg
+
+
 def test_resume_with_an_incompatible_model_is_refused(tmp_path, trained):
     msg = run_expecting(tmp_path, [*SMOKE, "attention=vanilla", f"ckpt_path={trained}"], CheckpointError)
     assert "different model" in msg and "momentum" in msg and "vanilla" in msg

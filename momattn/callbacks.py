@@ -8,7 +8,9 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +19,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.throughput import Throughput as FabricThroughput
 from lightning.pytorch import callbacks as lightning_callbacks
 from lightning.pytorch.callbacks import Callback, ThroughputMonitor
-from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from momattn import hardware
 from momattn import lightning_compat as compat
@@ -67,29 +70,77 @@ class ModelCheckpoint(lightning_callbacks.ModelCheckpoint):
 
 
 class PreemptionCheckpoint(Callback):
-    """On SIGTERM, finish the current optimizer step, write last.ckpt and exit cleanly with a resume command."""
+    """On SIGTERM, finish the current optimizer step (and the validation due at it), write last.ckpt there and exit
+    cleanly with a resume command.
+
+    Lightning's own handler raises its flag, and Lightning stops wherever it next looks at it: after this callback's
+    hook of the step (nothing saved), or at the first batch of a validation (which a resume then skips). So this
+    callback wraps Lightning's handler (which still stops a launcher's children and tells the other ranks) and keeps
+    the flag down until it has saved: at the step boundary; again after the validation of that step, if one runs
+    (the resume must not skip it); and then stops the run (the flag, or SIGTERMException before the next batch).
+    Under DDP the ranks agree on the step (any rank's signal counts), as the checkpoint is written by all of them."""
 
     def __init__(self, dirpath: str | os.PathLike):
         self.dirpath = Path(dirpath)
-        self.pending = False
+        self.pending = False  # a SIGTERM not yet acted on
+        self.stop_at: int | None = None  # the step saved for a SIGTERM: stop before the next one
         self.saved_path: Path | None = None
+        self.saved_step: int | None = None
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if not (trainer.received_sigterm or self.pending):
+    def _take_over_sigterm(self, trainer) -> None:
+        lightning = signal.getsignal(signal.SIGTERM)  # registered by Lightning at fit's start, restored at its end
+        if getattr(lightning, "momattn_preemption", None) is self or threading.current_thread() is not threading.main_thread():
             return
-        if (batch_idx + 1) % trainer.accumulate_grad_batches:  # mid-accumulation: wait for the step boundary
+
+        def on_sigterm(signum, frame):
+            if callable(lightning):
+                lightning(signum, frame)
+            compat.set_received_sigterm(trainer, False)  # this callback decides where the run stops
+            self.pending = True
+
+        on_sigterm.momattn_preemption = self  # type: ignore[attr-defined]
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def on_sanity_check_start(self, trainer, pl_module):
+        self._take_over_sigterm(trainer)
+
+    def on_train_start(self, trainer, pl_module):
+        self._take_over_sigterm(trainer)
+
+    def _asked(self, trainer) -> bool:
+        """Whether any rank has a SIGTERM to act on (a collective under DDP: call it on every rank at once)."""
+        if trainer.received_sigterm:  # raised without the wrapper (e.g. before it was installed)
             compat.set_received_sigterm(trainer, False)
             self.pending = True
-            return
-        compat.set_received_sigterm(trainer, True)  # Lightning stops after this hook
-        self.pending = False
-        self.saved_path = self.dirpath / "last.ckpt"
+        return trainer.strategy.reduce_boolean_decision(self.pending, all=False)
+
+    def _save(self, trainer) -> None:
+        self.pending, self.stop_at = False, trainer.global_step
+        self.saved_path, self.saved_step = self.dirpath / "last.ckpt", trainer.global_step
         trainer.save_checkpoint(self.saved_path)
 
-    def on_validation_batch_end(self, trainer, *args, **kwargs):
-        if trainer.received_sigterm and trainer.training is False and not trainer.sanity_checking:
-            compat.set_received_sigterm(trainer, False)  # let validation finish; save after the next step
-            self.pending = True
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.stop_at is not None:  # no validation followed the step saved for the SIGTERM
+            raise SIGTERMException
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if compat.mid_accumulation(trainer):  # wait for the step boundary (the same micro-batch on every rank)
+            return
+        if self.stop_at is None and self._asked(trainer):
+            self._save(trainer)  # if a validation runs now, on_validation_end saves again after it
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING or compat.mid_accumulation(trainer):
+            return
+        if self.stop_at == trainer.global_step or self._asked(trainer):
+            self._save(trainer)  # the validation is done and logged: a resume goes on with the next step
+            compat.set_received_sigterm(trainer, True)  # Lightning stops at the end of this step
+
+    def on_train_end(self, trainer, pl_module):
+        if self.stop_at is None and self._asked(trainer):  # a SIGTERM after the last step's hooks
+            self._save(trainer)
+        if self.stop_at is not None:  # the run is complete, but its evaluation is left to the resume
+            raise SIGTERMException
 
 
 def precision_dtype(precision: str) -> torch.dtype:

@@ -2,7 +2,9 @@
 
     python train.py +callbacks.fault._target_=momattn.faults.FaultInjection +callbacks.fault.spec=sigterm@4
 
-Specs (N = optimizer step): sigterm@N (a preemption), kill@N (SIGKILL), nan@N (one batch's loss becomes NaN),
+Specs (N = optimizer step): sigterm@N (a preemption, at the end of step N's hooks of this callback),
+sigterm_late@N (after every hook of step N, right before Lightning looks at its SIGTERM flag), sigterm_in_val@N
+(during the validation at step N), kill@N (SIGKILL), nan@N (one batch's loss becomes NaN),
 kill_during_save@N (SIGKILL while the real checkpoint writer is writing the first checkpoint at step >= N),
 disk_full@N (every file write from step N on fails with ENOSPC, as on a full disk).
 Nothing in the training code knows about this module.
@@ -21,9 +23,10 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from momattn import lightning_compat as compat
 from momattn.errors import ConfigError
 
-KINDS = ("sigterm", "kill", "nan", "kill_during_save", "disk_full")
+KINDS = ("sigterm", "sigterm_late", "sigterm_in_val", "kill", "nan", "kill_during_save", "disk_full")
 # the temporary file momattn.io.atomic_write creates next to its target: .<name>.tmp<pid>
 _TEMP_NAME = re.compile(r"^\..+\.tmp(\d+)$")
 
@@ -119,10 +122,17 @@ class FaultInjection(Callback):
         if trainer.global_step == self.step and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
             if self.kind == "sigterm":
                 os.kill(os.getpid(), signal.SIGTERM)
+            elif self.kind == "sigterm_late":
+                compat.after_train_batch(trainer, lambda: os.kill(os.getpid(), signal.SIGTERM))
             elif self.kind == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             elif self.kind == "disk_full":
                 _fill_disk()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if self.kind == "sigterm_in_val" and batch_idx == 0 and not trainer.sanity_checking \
+                and trainer.state.fn == "fit" and trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         # called while the checkpoint dict is assembled, right before the checkpoint IO plugin writes it

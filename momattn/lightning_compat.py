@@ -7,7 +7,8 @@
 - the step loggers write metrics at (`_batches_that_stepped`): restored from a checkpoint it can be one behind or
   ahead, depending on where in the loop the file was saved, so a resumed curve would be shifted by a step;
 - whether a micro-batch falls inside a gradient accumulation (last.ckpt is not refreshed there);
-- ThroughputMonitor._compute(trainer, iter_num), which momattn's Throughput overrides to log at the loggers' step.
+- ThroughputMonitor._compute(trainer, iter_num), which momattn's Throughput overrides to log at the loggers' step;
+- the point after every hook of a training batch, where the fault tests send a late SIGTERM.
 """
 
 from __future__ import annotations
@@ -44,6 +45,20 @@ def align_logged_step(trainer) -> None:
 def mid_accumulation(trainer) -> bool:
     """Whether the current micro-batch is inside a gradient accumulation (no optimizer step at its end)."""
     return bool(getattr(trainer.fit_loop.epoch_loop, "_should_accumulate", lambda: False)())
+
+
+def after_train_batch(trainer, fn) -> None:
+    """Call fn() once, after every hook of the current training batch (its validation included), right before
+    Lightning looks at its SIGTERM flag."""
+    loop = _require(trainer.fit_loop, "epoch_loop")
+    save_loggers = _require(loop, "_save_loggers_on_train_batch_end")
+
+    def once():
+        del loop._save_loggers_on_train_batch_end  # back to the class's method
+        save_loggers()
+        fn()
+
+    loop._save_loggers_on_train_batch_end = once
 
 
 def stage_throughputs(monitor: ThroughputMonitor) -> dict[RunningStage, FabricThroughput]:

@@ -188,8 +188,12 @@ def run_train(cfg: DictConfig) -> float | None:
         raise LaunchError(_no_join(e, c)) from None
     except SIGTERMException:
         failed = False  # preempted, saved and resumable
-        print(_resume_hint(preempt.saved_path or out_dir / "checkpoints" / "last.ckpt", trainer.global_step, job,
-                           out_dir), file=sys.stderr, flush=True)
+        if trainer.global_step >= c.max_steps > start_step and trainer.is_global_zero:
+            # a SIGTERM at the last step: the run is complete and reported now; its evaluation is left to the resume
+            _report(c, trainer, {k: float(v) for k, v in trainer.callback_metrics.items()}, loggers,
+                    _unigram(train, val, model_config.vocab_size),
+                    {**throughput_summary(throughput), "fit_seconds": round(time.perf_counter() - t0, 1)}, out_dir)
+        print(_resume_hint(preempt, out_dir, job), file=sys.stderr, flush=True)
         if job.sweep_dir is not None and _basic_launcher():  # a preempted sweep stops instead of going on
             print(f"[momattn] SIGTERM: the sweep stops at job {job.num}; run the same command with ckpt_path=last "
                   f"hydra.sweep.dir={job.sweep_dir} to resume it (finished jobs train no further, each job resumes "
@@ -324,12 +328,21 @@ def _disk_full(e: OSError, out_dir: Path) -> str:
             f"hydra.run.dir=...), then resume with: python train.py ckpt_path=last hydra.run.dir={out_dir}")
 
 
-def _resume_hint(where: Path, step: int, job: HydraJob, out_dir: Path) -> str:
-    """The resume command. The run folder's .hydra/overrides.yaml holds its command line, which a resume reuses
-    (momattn.cli.resume_overrides), so nothing is retyped; without that file the overrides are repeated."""
-    saved = (out_dir / ".hydra" / "overrides.yaml").is_file()
-    again = "" if saved else " ".join(o for o in job.overrides if not o.startswith(("ckpt_path=", "hydra.run.dir=")))
-    return (f"\n[momattn] SIGTERM received: checkpoint written to {where} at step {step}.\n"
+def _resume_hint(preempt: PreemptionCheckpoint, out_dir: Path, job: HydraJob) -> str:
+    """What was saved, and the resume command. The run folder's .hydra/overrides.yaml holds its command line, which
+    a resume reuses (momattn.cli.resume_overrides), so nothing is retyped; without that file the overrides are
+    repeated."""
+    if preempt.saved_path is not None:
+        saved = f"checkpoint written to {preempt.saved_path} at step {preempt.saved_step}"
+    else:  # stopped before the first step (e.g. in the sanity check): the newest checkpoint there is stands
+        last = out_dir / "checkpoints" / "last.ckpt"
+        try:
+            saved = f"no new checkpoint; {last} is at step {read_meta(last)['global_step']}"
+        except Exception:
+            saved = "no checkpoint was written yet"
+    again = "" if (out_dir / ".hydra" / "overrides.yaml").is_file() else \
+        " ".join(o for o in job.overrides if not o.startswith(("ckpt_path=", "hydra.run.dir=")))
+    return (f"\n[momattn] SIGTERM received: {saved}.\n"
             f"Resume with: python train.py {again} ckpt_path=last hydra.run.dir={out_dir}").replace("  ", " ")
 
 

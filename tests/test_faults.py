@@ -4,6 +4,7 @@ Faults are injected by momattn.faults.FaultInjection, added through the config l
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import re
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SMOKE, run_cli, train_losses
+from conftest import SMOKE, read_metrics, run_cli, train_losses
 
 from momattn.checkpoint import read_checkpoint
 from momattn.data.corpus import load_tokens
@@ -61,6 +62,36 @@ def test_sigterm_writes_checkpoint_exits_cleanly_and_resume_is_exact(reference, 
     assert sorted(s for s in resumed if s >= 4) == list(range(4, 9))
     for step in range(4, 9):  # the resumed trajectory is the uninterrupted one
         assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-6), step
+
+
+def logged_rows(run_dir: Path) -> dict[tuple[int, str], list[float]]:
+    """{(step, 'train/loss' | 'val/loss'): every value logged there} of a logger=csv run."""
+    rows: dict[tuple[int, str], list[float]] = {}
+    for r in read_metrics(run_dir):
+        for key in ("train/loss", "val/loss"):
+            if r.get(key):
+                rows.setdefault((int(r["step"]), key), []).append(float(r[key]))
+    return rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("spec", "saved"), [
+    ("sigterm@3", 3),  # at a validation step: saved again after that validation, which the resume must not skip
+    ("sigterm_in_val@6", 6),  # during a validation: it finishes and is logged, then the save
+    ("sigterm_late@4", 5),  # after every hook of step 4 (Lightning stopped there without saving): step 5 is saved
+])
+def test_a_sigterm_anywhere_in_a_step_saves_and_the_resume_logs_every_row_of_the_uninterrupted_run_once(
+        reference_run, tmp_path, spec, saved):
+    r = run_cli("train.py", [*RUN, *fault(spec), f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"checkpoint written to {tmp_path / 'checkpoints' / 'last.ckpt'} at step {saved}." in r.stderr
+    assert step_of(tmp_path / "checkpoints" / "last.ckpt") == saved
+    r2 = run_cli("train.py", [*RUN, "ckpt_path=last", f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    reference, resumed = logged_rows(reference_run), logged_rows(tmp_path)
+    assert sorted(resumed) == sorted(reference) and all(len(v) == 1 for v in resumed.values())
+    for key, (value,) in resumed.items():  # validations included: none skipped, none repeated
+        assert value == pytest.approx(reference[key][0], rel=1e-6, abs=1e-6), key
 
 
 @pytest.mark.slow
@@ -137,10 +168,13 @@ def test_resuming_a_finished_run_keeps_its_summary(reference_run, tmp_path):
 
 @pytest.mark.slow
 def test_a_sigterm_stops_a_sweep_instead_of_starting_its_next_job(tmp_path):
-    r = run_cli("train.py", ["-m", *RUN, "seed=1,2", *fault("sigterm@4"), f"hydra.sweep.dir={tmp_path}"], tmp_path)
+    # during the last step's validation: the job is complete and reported, the sweep still stops there
+    r = run_cli("train.py", ["-m", *RUN, "seed=1,2", *fault("sigterm_in_val@9"), f"hydra.sweep.dir={tmp_path}"],
+                tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "the sweep stops at job 0" in r.stderr and f"hydra.sweep.dir={tmp_path}" in r.stderr
-    assert step_of(tmp_path / "0" / "checkpoints" / "last.ckpt") == 4 and not (tmp_path / "1").exists()
+    assert step_of(tmp_path / "0" / "checkpoints" / "last.ckpt") == 9 and not (tmp_path / "1").exists()
+    assert "val/loss" in json.loads((tmp_path / "0" / "summary.json").read_text())
 
 
 @pytest.mark.slow

@@ -303,6 +303,9 @@ def hydra_main(config_name: str):
 
         @functools.wraps(fn)
         def entry():
+            from momattn.console import quiet_console
+
+            quiet_console()  # before Hydra: a sweeper's setup (Optuna's storage) logs too
             try:
                 given = user_overrides(sys.argv[1:])
                 if config_name == "train":

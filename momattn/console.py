@@ -8,7 +8,8 @@ import os
 import warnings
 
 # messages from libraries that say nothing a momattn user can act on (the momattn start line says what runs)
-_QUIET_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_utilities")
+_QUIET_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "lightning_utilities",
+                  "alembic")  # optuna's storage imports alembic, whose "setup plugin ..." lines fill a sweep's head
 _QUIET_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\).*",  # Lightning's own use of a deprecated torch API
     r".*The anonymous setting has no effect.*",  # W&B, raised by Lightning's WandbLogger

@@ -107,6 +107,22 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=False)
 
+    def byte_lengths(self) -> list[int] | None:
+        """UTF-8 bytes of each token id, where the tokenizer is byte-level (each character of a token's string
+        stands for one byte, so a token cut off from the rest of its character still has its true size); the
+        end-of-text token counts one byte (a document separator). None for other tokenizers."""
+        if "_byte_lengths" not in self.__dict__:
+            lengths = None
+            if type(self.hf.decoder).__name__ == "ByteLevel":
+                lengths = [0] * (self.max_id + 1)
+                for token, i in self.hf.get_vocab(with_added_tokens=False).items():
+                    lengths[i] = len(token)
+                for i, added in self.hf.get_added_tokens_decoder().items():  # specials: their spelling, as decoded
+                    lengths[i] = len(added.content.encode("utf-8"))
+                lengths[self.eot_id] = 1
+            self._byte_lengths = lengths
+        return self._byte_lengths
+
     def to_json(self) -> str:
         return self.hf.to_str()
 

@@ -46,6 +46,15 @@ def constant_lm(probs: dict[int, float], block_size: int = 64) -> FakeLM:
     return FakeLM(row.log().expand(V + 1, V + 1).clone(), block_size)
 
 
+def test_a_model_with_nan_outputs_has_no_accuracy_not_the_delimiters_share(world, capsys):
+    cfg = IclConfig(tasks=["ginc"], shots=[2], seeds=[1], max_examples=8)
+    nan_lm = FakeLM(torch.full((V + 1, V + 1), float("nan")), 64)  # argmax over nan: symbol 0, the delimiter
+    run = GincEvaluator(nan_lm, world.tokenizer(), cfg, world).evaluate_tasks([ginc_task("ginc")])["ginc"]
+    seed1 = run.shots["2"].per_seed[0]
+    assert seed1.acc != seed1.acc and seed1.acc_cand != seed1.acc_cand  # nan
+    assert "non-finite log-probabilities for 8 of 8 prompts" in capsys.readouterr().err
+
+
 def test_greedy_and_candidate_rules_against_the_bayes_label(world):
     # always "/" (symbol 0): both rules score exactly the share of "/" labels
     cfg = IclConfig(tasks=["ginc"], shots=[0, 2], seeds=[1, 2], max_examples=40)

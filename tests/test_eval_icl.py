@@ -43,7 +43,8 @@ def test_accuracy_counts_the_answer_the_model_prefers():
     for k in ("0", "4"):
         assert task.shots[k].acc == pytest.approx(0.7)
         assert task.shots[k].acc_sum_lp == pytest.approx(0.7)
-        assert task.shots[k].acc_std == 0.0  # this model ignores the demonstrations
+        # this model ignores the demonstrations: two seeds that agree have std 0; one seed (0-shot) has none
+        assert task.shots[k].acc_std == (None if k == "0" else 0.0)
         assert task.shots[k].fits and task.shots[k].k_used_mean == int(k)
     assert task.chance == 0.5 and task.n == 10
     assert task.majority == pytest.approx(0.7)  # always answering "b" scores what this model scores: no ICL shown
@@ -159,3 +160,15 @@ def test_a_test_example_among_its_own_demonstrations_is_caught_at_run_time():
     ev.predictions.clear()
     ev.evaluate([prep])
     assert sorted(p["k_used"] for p in ev.predictions) == [0, 1]
+
+
+def test_a_model_with_nan_outputs_has_no_accuracy_not_answer_zeros_share(capsys):
+    import torch
+    from test_eval_common import FakeLM
+
+    labels = [0, 0, 0, 1]  # argmax over nan picks answer 0: 75% would look like a result
+    out = evaluator(FakeLM(torch.full((128, 128), float("nan"))), shots=[0, 2], seeds=[1]).evaluate(
+        [letter_task(labels)])
+    shots = out.tasks["letters"].shots
+    assert all(np.isnan(shots[k].acc) and np.isnan(shots[k].acc_sum_lp) for k in ("0", "2"))
+    assert "non-finite log-probabilities for 4 of 4 test prompts" in capsys.readouterr().err

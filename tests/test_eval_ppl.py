@@ -85,3 +85,20 @@ def test_evaluator_reports_valid_lengths_and_train_at_the_longest():
     assert list(res.valid) == ["8", "16"] and list(res.train) == ["16"]
     assert res.valid["8"].ppl == pytest.approx(V) and "first token" in res.protocol
     assert res.valid["16"].n_windows == 4 and res.valid["16"].n_windows_available == 500 // 16
+
+
+def test_a_diverged_model_has_infinite_perplexity_not_an_overflow_error():
+    from momattn.eval.ppl import WindowScore
+
+    res = aggregate([WindowScore(0, 710.0 * 15, 15, 10)])  # 710 nats per token: exp overflows a float
+    assert res["ppl"] == float("inf") and res["nll_per_token"] == 710.0
+
+
+def test_bytes_of_windows_cut_inside_a_character_add_up_to_the_text():
+    from momattn.tokenizer import gpt2_tokenizer
+
+    tok = gpt2_tokenizer()
+    text = "日本語のテキスト 😀 café naïve"
+    ids = tok.encode(text)
+    for width in (1, 2, 3, 5):  # windows starting or ending inside a multi-byte character
+        assert sum(count_bytes(tok, ids[i:i + width]) for i in range(0, len(ids), width)) == len(text.encode())

@@ -21,6 +21,7 @@ inputs are the same at every k (paired); demonstrations come from a stream that 
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -159,9 +160,15 @@ class GincEvaluator:
             self.predictions.append({"task": task.name, "k": k, "seed": seed, "label": p.label, "pred": g,
                                      "pred_cand": c, "concept": p.concept, "k_used": p.k,
                                      "logprob_label": float(lp)})
-        return SeedRun(seed=seed, acc=float((greedy == labels).double().mean()), k_used_mean=float(k),
+        acc, acc_cand = float((greedy == labels).double().mean()), float((cand == labels).double().mean())
+        broken = int((~torch.isfinite(logp)).any(-1).sum())
+        if broken:  # argmax over nan is symbol 0, the delimiter: an accuracy that looks like a baseline
+            print(f"[momattn] warning: {task.name} k={k} seed={seed}: the model gave non-finite log-probabilities "
+                  f"for {broken} of {len(prompts)} prompts (diverged weights?); its accuracy is nan", file=sys.stderr)
+            acc = acc_cand = float("nan")
+        return SeedRun(seed=seed, acc=acc, k_used_mean=float(k),
                        k_used_min=k, k_used_max=k, n=len(prompts),
-                       acc_cand=float((cand == labels).double().mean()),
+                       acc_cand=acc_cand,
                        delimiter_baseline=float((labels == 0).double().mean()))
 
     def evaluate_task(self, task: GincTask) -> TaskResult:

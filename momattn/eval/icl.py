@@ -17,7 +17,9 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -247,8 +249,10 @@ class IclEvaluator:
             flat = iter(scorer.score(rows))
             for i in idx:
                 scores[i] = [next(flat) for _ in test[i].answers]
-        right_mean = right_sum = 0
+        right_mean = right_sum = broken = 0
         for e, s, j in zip(test, scores, k_used):
+            if not all(math.isfinite(lp) for lp, _ in s):  # argmax over nan is answer 0: a believable accuracy
+                broken += 1
             pred_mean = int(np.argmax([lp / n for lp, n in s]))
             pred_sum = int(np.argmax([lp for lp, _ in s]))
             right_mean += pred_mean == e.example.label
@@ -258,6 +262,11 @@ class IclEvaluator:
                                      "k_used": j, "logprob_sum": [lp for lp, _ in s],
                                      "n_tokens": [n for _, n in s]})
         acc_mean, acc_sum = right_mean / len(test), right_sum / len(test)
+        if broken:  # a diverged model: no accuracy (a sweep names the run and leaves it out)
+            print(f"[momattn] warning: {task.name} k={k} seed={seed}: the model gave non-finite log-probabilities "
+                  f"for {broken} of {len(test)} test prompts (diverged weights?); its accuracy is nan",
+                  file=sys.stderr)
+            acc_mean = acc_sum = float("nan")
         return SeedRun(seed=seed, acc=acc_mean if self.cfg.score == "mean" else acc_sum,
                        k_used_mean=float(np.mean(k_used)), k_used_min=int(min(k_used)),
                        k_used_max=int(max(k_used)), n=len(test), acc_mean_lp=acc_mean, acc_sum_lp=acc_sum)

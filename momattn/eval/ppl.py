@@ -57,7 +57,12 @@ def window_starts(n_tokens: int, length: int, max_windows: int) -> np.ndarray:
 
 
 def count_bytes(tokenizer, ids: Sequence[int]) -> int:
-    """UTF-8 bytes of decoded ids; each end-of-text token counts as one byte (a document separator)."""
+    """UTF-8 bytes of the text of ids; each end-of-text token counts as one byte (a document separator). A
+    byte-level tokenizer's own per-token sizes where it has them: decoding a window that starts or ends inside a
+    multi-byte character would count 3 bytes (U+FFFD) for a part of it, by a different amount at each length."""
+    lengths = getattr(tokenizer, "byte_lengths", lambda: None)()
+    if lengths is not None:
+        return sum(lengths[int(t)] for t in ids)
     n, chunk = 0, []
     for t in list(ids) + [None]:
         if t is None or t == tokenizer.eot_id:
@@ -100,7 +105,7 @@ def aggregate(scores: Sequence[WindowScore]) -> dict:
     nll = math.fsum(s.nll for s in scores)
     n_tok, n_bytes = sum(s.n_tokens for s in scores), sum(s.n_bytes for s in scores)
     return {
-        "ppl": math.exp(nll / n_tok),
+        "ppl": math.exp(nll / n_tok) if nll / n_tok < 709.0 else math.inf,  # a diverged model: inf, not OverflowError
         "bpb": nll / math.log(2) / n_bytes if n_bytes else float("nan"),
         "nll_per_token": nll / n_tok,
         "n_windows": len(scores),

@@ -25,7 +25,7 @@ def _f(x: float | None, digits: int = 2) -> str:
 def _pct(acc: float | None, std: float | None = None) -> str:
     if acc is None:
         return MISSING
-    return f"{100 * acc:.1f}" + (f" ± {100 * std:.1f}" if std else "")
+    return f"{100 * acc:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")  # seeds that agree: ± 0.0
 
 
 def _acc(shot: ShotResult, k_used: bool = True) -> str:

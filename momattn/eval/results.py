@@ -127,7 +127,8 @@ def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | Non
     if not vals:
         return None, None
     a = np.asarray(vals, dtype=np.float64)
-    return float(a.mean()), float(a.std())  # population std over seeds, as before
+    # population std over seeds, as before; none for a single seed (0-shot), where 0 would read as "no spread"
+    return float(a.mean()), (float(a.std()) if len(a) > 1 else None)
 
 
 @dataclass

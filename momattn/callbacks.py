@@ -8,9 +8,7 @@ import contextlib
 import json
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -74,11 +72,13 @@ class PreemptionCheckpoint(Callback):
     cleanly with a resume command.
 
     Lightning's own handler raises its flag, and Lightning stops wherever it next looks at it: after this callback's
-    hook of the step (nothing saved), or at the first batch of a validation (which a resume then skips). So this
-    callback wraps Lightning's handler (which still stops a launcher's children and tells the other ranks) and keeps
-    the flag down until it has saved: at the step boundary; again after the validation of that step, if one runs
-    (the resume must not skip it); and then stops the run (the flag, or SIGTERMException before the next batch).
-    Under DDP the ranks agree on the step (any rank's signal counts), as the checkpoint is written by all of them."""
+    hook of the step (nothing saved), or at the first batch of a validation (which a resume then skips); under DDP
+    it also runs a broadcast inside the signal handler, which only the signalled rank enters (the ranks then
+    deadlock against the next collective). So this callback replaces that notifier: a SIGTERM only marks the run
+    (and is passed on to the ranks Lightning started); the callback saves at the step boundary, again after the
+    validation of that step if one runs (the resume must not skip it), and then stops the run (Lightning's flag, or
+    SIGTERMException before the next batch). Under DDP the ranks agree on the step at every step boundary (one
+    all-reduce of a flag: any rank's signal counts), as the checkpoint is written by all of them."""
 
     def __init__(self, dirpath: str | os.PathLike):
         self.dirpath = Path(dirpath)
@@ -87,29 +87,18 @@ class PreemptionCheckpoint(Callback):
         self.saved_path: Path | None = None
         self.saved_step: int | None = None
 
-    def _take_over_sigterm(self, trainer) -> None:
-        lightning = signal.getsignal(signal.SIGTERM)  # registered by Lightning at fit's start, restored at its end
-        if getattr(lightning, "momattn_preemption", None) is self or threading.current_thread() is not threading.main_thread():
-            return
-
+    def on_fit_start(self, trainer, pl_module):
         def on_sigterm(signum, frame):
-            if callable(lightning):
-                lightning(signum, frame)
-            compat.set_received_sigterm(trainer, False)  # this callback decides where the run stops
+            if not self.pending and trainer.strategy.launcher is not None:
+                trainer.strategy.launcher.kill(signum)  # the ranks Lightning started get it too, as Lightning does
             self.pending = True
 
-        on_sigterm.momattn_preemption = self  # type: ignore[attr-defined]
-        signal.signal(signal.SIGTERM, on_sigterm)
-
-    def on_sanity_check_start(self, trainer, pl_module):
-        self._take_over_sigterm(trainer)
-
-    def on_train_start(self, trainer, pl_module):
-        self._take_over_sigterm(trainer)
+        # in Lightning's handler (registered right after this hook, restored when fit ends) in place of its notifier
+        compat.replace_sigterm_notifier(trainer, on_sigterm)
 
     def _asked(self, trainer) -> bool:
         """Whether any rank has a SIGTERM to act on (a collective under DDP: call it on every rank at once)."""
-        if trainer.received_sigterm:  # raised without the wrapper (e.g. before it was installed)
+        if trainer.received_sigterm:  # Lightning's flag, raised by something other than a signal
             compat.set_received_sigterm(trainer, False)
             self.pending = True
         return trainer.strategy.reduce_boolean_decision(self.pending, all=False)

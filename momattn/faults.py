@@ -7,6 +7,7 @@ sigterm_late@N (after every hook of step N, right before Lightning looks at its 
 (during the validation at step N), kill@N (SIGKILL), nan@N (one batch's loss becomes NaN),
 kill_during_save@N (SIGKILL while the real checkpoint writer is writing the first checkpoint at step >= N),
 disk_full@N (every file write from step N on fails with ENOSPC, as on a full disk).
+`+callbacks.fault.rank=R` fires on global rank R only (DDP), else on every rank.
 Nothing in the training code knows about this module.
 """
 
@@ -99,7 +100,8 @@ class KillDuringSave:
 class FaultInjection(Callback):
     """Simulate a preemption, a crash, a NaN, or a crash inside the checkpoint writer at optimizer step N."""
 
-    def __init__(self, spec: str):
+    def __init__(self, spec: str, rank: int | None = None):
+        self.rank = rank  # only this global rank (DDP); None: every rank
         kind, _, step = str(spec).partition("@")
         if kind not in KINDS or not step.isdigit():
             raise ConfigError(f"fault spec '{spec}' is not KIND@STEP with KIND one of {', '.join(KINDS)} "
@@ -119,6 +121,8 @@ class FaultInjection(Callback):
             with torch.no_grad():
                 pl_module.model.wte.weight.copy_(self._saved)
             self._saved = None
+        if self.rank is not None and trainer.global_rank != self.rank:
+            return
         if trainer.global_step == self.step and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
             if self.kind == "sigterm":
                 os.kill(os.getpid(), signal.SIGTERM)
@@ -131,6 +135,7 @@ class FaultInjection(Callback):
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if self.kind == "sigterm_in_val" and batch_idx == 0 and not trainer.sanity_checking \
+                and self.rank in (None, trainer.global_rank) \
                 and trainer.state.fn == "fit" and trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGTERM)
 

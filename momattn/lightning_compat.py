@@ -1,7 +1,9 @@
 """The one place that touches Lightning internals (no public API exists for these); checked against Lightning 2.6.
 
 - the SIGTERM flag: `trainer.received_sigterm` is read-only, but a preemption checkpoint must be able to defer
-  the stop to the next optimizer-step boundary and to re-raise it there;
+  the stop to the next optimizer-step boundary and to re-raise it there; and the SIGTERM notifier inside
+  Lightning's handler, which the preemption checkpoint replaces (it raises that flag and, under DDP, runs a
+  collective inside the signal handler);
 - ThroughputMonitor's per-stage `Throughput` objects: the monitor only logs them, while the end-of-run
   summary needs the last window and a measured CPU peak must reach them;
 - the step loggers write metrics at (`_batches_that_stepped`): restored from a checkpoint it can be one behind or
@@ -32,6 +34,15 @@ def _require(obj: Any, attr: str) -> Any:
 def set_received_sigterm(trainer, value: bool) -> None:
     """Set (Lightning stops after the current hook) or clear (training goes on) the SIGTERM flag."""
     _require(trainer, "_signal_connector").received_sigterm = value
+
+
+def replace_sigterm_notifier(trainer, fn) -> None:
+    """Have the SIGTERM handler Lightning registers when fit starts (and restores when it ends) call fn(signum,
+    frame) in place of its own notifier; the handler's other parts (SLURM's requeue bypass) still run. Call it
+    before fit registers its handlers (in on_fit_start)."""
+    connector = _require(trainer, "_signal_connector")
+    _require(connector, "_sigterm_notifier_fn")
+    connector._sigterm_notifier_fn = fn  # looked up on the instance when the handler is registered
 
 
 def align_logged_step(trainer) -> None:

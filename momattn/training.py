@@ -149,6 +149,8 @@ def run_train(cfg: DictConfig) -> float | None:
     failed = True  # until the run returns or is preempted (resumable): W&B marks the run by it
     try:
         trainer.fit(lit, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        if preempt.pending:  # a SIGTERM after the callback's last look (fit's teardown): stop as for any other
+            raise SIGTERMException
         speed = {**throughput_summary(throughput), "fit_seconds": round(time.perf_counter() - t0, 1)}
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         trained = trainer.global_step > start_step  # False: a finished run resumed (the final model was validated
@@ -193,7 +195,8 @@ def run_train(cfg: DictConfig) -> float | None:
             _report(c, trainer, {k: float(v) for k, v in trainer.callback_metrics.items()}, loggers,
                     _unigram(train, val, model_config.vocab_size),
                     {**throughput_summary(throughput), "fit_seconds": round(time.perf_counter() - t0, 1)}, out_dir)
-        print(_resume_hint(preempt, out_dir, job), file=sys.stderr, flush=True)
+        if trainer.is_global_zero:
+            print(_resume_hint(preempt, out_dir, job), file=sys.stderr, flush=True)
         if job.sweep_dir is not None and _basic_launcher():  # a preempted sweep stops instead of going on
             print(f"[momattn] SIGTERM: the sweep stops at job {job.num}; run the same command with ckpt_path=last "
                   f"hydra.sweep.dir={job.sweep_dir} to resume it (finished jobs train no further, each job resumes "

@@ -95,6 +95,16 @@ def test_a_sigterm_anywhere_in_a_step_saves_and_the_resume_logs_every_row_of_the
 
 
 @pytest.mark.slow
+def test_a_sigterm_on_one_ddp_rank_saves_on_both_at_the_same_step_without_a_hang(tmp_path):
+    # Lightning's own handler broadcast from inside the signal handler of the signalled rank only: the ranks
+    # deadlocked against the next collective. Rank 1 alone is signalled here (a scheduler that reaches it first)
+    ddp = ["trainer=ddp", "trainer.strategy=ddp", "trainer.devices=2", "trainer.precision=32-true", "dist_timeout_s=60"]
+    r = run_cli("train.py", [*RUN, *ddp, *fault("sigterm@3"), "+callbacks.fault.rank=1", f"hydra.run.dir={tmp_path}"],
+                tmp_path, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("SIGTERM received: checkpoint written to") == 1  # rank 0 says it, once
+    assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 3
+@pytest.mark.slow
 def test_sigterm_before_the_first_validation_and_a_resume_keep_one_last_ckpt(reference, tmp_path):
     r = run_cli("train.py", [*RUN, *fault("sigterm@1"), f"hydra.run.dir={tmp_path}"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -64,8 +64,8 @@ class GenerateConfig:
             raise ConfigError(f"temperature={self.temperature!r} must be a number >= 0 (0 = greedy)")
         if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
             raise ConfigError(f"top_k={self.top_k!r} must be an int >= 1, or null for the whole vocabulary")
-        if not _is_int(self.seed):
-            raise ConfigError(f"seed={self.seed!r} must be an int")
+        if not _is_int(self.seed) or not -2**63 <= self.seed < 2**64:
+            raise ConfigError(f"seed={self.seed!r} must be an int in [-2**63, 2**64) (a torch generator's seed)")
         if str(self.precision) not in ("auto", "32-true", *AUTOCAST_DTYPES):
             raise ConfigError(f"precision={self.precision!r} is unknown; choose auto, 32-true, bf16-mixed or 16-mixed")
 
@@ -88,8 +88,10 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
     """logits (B, V) -> the sampled token ids (B, 1)."""
     if temperature == 0:
         return logits.argmax(-1, keepdim=True)
-    # float64 (a temperature of 1e-40 must not overflow to inf), where the device has it (MPS does not)
-    logits = (logits.float() if logits.device.type == "mps" else logits.double()) / temperature
+    # float64 where the device has it (MPS does not), the largest logit at 0 first: a temperature of 1e-320 then
+    # sends the others to -inf (greedy) instead of every logit to inf (nan probabilities)
+    logits = logits.float() if logits.device.type == "mps" else logits.double()
+    logits = (logits - logits.max(-1, keepdim=True).values) / temperature
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -98,12 +100,18 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
 
 @torch.no_grad()
 def sample_tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                  top_k: int | None = None, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
-    """Yield max_new_tokens sampled tokens (B,) one at a time after the prompts idx (B, T), using the KV cache."""
+                  top_k: int | None = None, generator: torch.Generator | None = None,
+                  vocab: int | None = None) -> Iterator[torch.Tensor]:
+    """Yield max_new_tokens sampled tokens (B,) one at a time after the prompts idx (B, T), using the KV cache.
+    vocab: only ids below it (the tokenizer's; the model's vocabulary is padded to a multiple of 64, and its
+    padding ids decode to nothing)."""
     block = model.config.block_size
     cache = model.new_cache()
     logits = last_logits(model, idx[:, -block:], cache)  # (B, V): no LM head over the rest of the prompt
     for step in range(max_new_tokens):
+        if vocab is not None and vocab < logits.size(-1):
+            logits = logits.clone()
+            logits[:, vocab:] = float("-inf")
         nxt = next_token(logits, temperature, top_k, generator)  # (B, 1)
         yield nxt[:, 0]
         if step == max_new_tokens - 1:
@@ -161,7 +169,8 @@ def generate_text(model, tokenizer, cfg: GenerateConfig, device: str, out: TextI
         out.flush()
         stream, text = StreamDecoder(tokenizer.decode, prompt_ids), []
         with inference_autocast(device, cfg.precision):
-            for tok in sample_tokens(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator):
+            for tok in sample_tokens(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator,
+                                     vocab=tokenizer.max_id + 1):
                 piece = stream.push(int(tok[0]))
                 if piece:
                     text.append(piece)

@@ -193,7 +193,8 @@ class MomattnLM(TemplateLM):
             idx = torch.tensor([ids], dtype=torch.long, device=self._device)
             tokens, text = [], ""
             with torch.no_grad(), inference_autocast(self._device, self.precision):
-                for tok in sample_tokens(self.model, idx, max_new, temperature, top_k):
+                for tok in sample_tokens(self.model, idx, max_new, temperature, top_k,
+                                         vocab=self.tokenizer.max_id + 1):
                     if int(tok[0]) == self.eot_token_id:
                         break
                     tokens.append(int(tok[0]))

@@ -97,6 +97,7 @@ def test_streamed_text_is_the_decoded_sample_and_prints_whole_characters(ckpt):
     ({"top_k": 0}, "top_k=0"), ({"num_samples": 0}, "num_samples=0"), ({"ckpt_path": None}, "ckpt_path=PATH"),
     ({"temperature": float("nan")}, "temperature=nan"), ({"prompt": True}, "prompt=True was read as a bool"),
     ({"prompt": 0.1}, "prompt=0.1 was read as a float"), ({"prompt": ["a", "b"]}, "was read as a list"),
+    ({"seed": 2**70}, "seed=1180591620717411303424 must be an int in"),
 ])
 def test_bad_settings_name_the_culprit(kw, culprit):
     with pytest.raises(ConfigError, match=culprit.replace("(", r"\(")):
@@ -139,3 +140,16 @@ def test_a_tiny_temperature_samples_the_argmax_instead_of_failing():
     logits = torch.tensor([[1.0, 3.0, 2.0], [0.5, -1.0, 0.25]])
     g = torch.Generator().manual_seed(0)
     assert next_token(logits, 1e-40, None, g).tolist() == [[1], [0]]  # float32 logits / 1e-40 overflowed to inf
+    assert next_token(logits, 1e-320, None, g).tolist() == [[1], [0]]  # and float64 ones / 1e-320 (nan softmax)
+
+
+def test_samples_never_take_the_models_padding_ids(ckpt):
+    # the model's vocabulary (320) is the tokenizer's (300) rounded up; ids 300..319 decode to nothing
+    model, tok = load_checkpoint(ckpt)
+    idx = torch.tensor([tok.encode("The film")])
+    g = torch.Generator().manual_seed(0)
+    ids = [int(t) for t in sample_tokens(model, idx, 200, temperature=50.0, generator=g, vocab=tok.max_id + 1)]
+    assert max(ids) <= tok.max_id < model.config.vocab_size - 1
+    text = generate_text(model, tok, cfg(ckpt, temperature=50.0, top_k=None, max_new_tokens=60), "cpu",
+                         io.StringIO())[0]
+    assert len(tok.encode(text)) >= 30  # every sampled token is text (a padding id printed nothing)

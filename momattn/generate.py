@@ -86,11 +86,11 @@ def inference_autocast(device: str, precision: str = "auto") -> contextlib.Abstr
 def next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
                generator: torch.Generator | None) -> torch.Tensor:
     """logits (B, V) -> the sampled token ids (B, 1)."""
-    if temperature == 0:
-        return logits.argmax(-1, keepdim=True)
-    # float64 where the device has it (MPS does not), the largest logit at 0 first: a temperature of 1e-320 then
-    # sends the others to -inf (greedy) instead of every logit to inf (nan probabilities)
+    # float64 where the device has it (MPS does not), the largest logit at 0 first: a tiny temperature then sends
+    # the others to -inf (greedy) instead of every logit to inf (nan probabilities)
     logits = logits.float() if logits.device.type == "mps" else logits.double()
+    if temperature < torch.finfo(logits.dtype).tiny:  # 0, or so small that it would divide 0 by 0
+        return logits.argmax(-1, keepdim=True)
     logits = (logits - logits.max(-1, keepdim=True).values) / temperature
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)

@@ -194,6 +194,14 @@ def test_a_damaged_or_truncated_token_cache_is_rebuilt_and_an_untouched_one_is_n
     assert np.array_equal(load_tokens(cfg, tok, "val", tmp_path), good) and len(reads) == n + 1
     load_tokens(cfg, tok, "val", tmp_path)
     assert len(reads) == n + 1
+    st = bin_path.stat()
+    raw = bytearray(bin_path.read_bytes())
+    raw[3] ^= 0xFF
+    bin_path.write_bytes(bytes(raw))
+    os.utime(bin_path, ns=(st.st_atime_ns, st.st_mtime_ns))  # damaged, its mtime put back (as `cp -p` would keep)
+    with caplog.at_level("WARNING"):
+        assert np.array_equal(load_tokens(cfg, tok, "val", tmp_path), good)
+    assert "damaged" in caplog.text
 
 
 OLD_STAICC = {"source": "staicc", "tasks": ["trec"], "split_seed": 1234, "batch_size": 16, "val_batches": 10,

@@ -92,6 +92,7 @@ def test_a_diverged_model_has_infinite_perplexity_not_an_overflow_error():
 
     res = aggregate([WindowScore(0, 710.0 * 15, 15, 10)])  # 710 nats per token: exp overflows a float
     assert res["ppl"] == float("inf") and res["nll_per_token"] == 710.0
+    assert aggregate([WindowScore(0, float("nan"), 15, 10)])["ppl"] != aggregate([WindowScore(0, float("nan"), 15, 10)])["ppl"]  # nan stays nan
 
 
 def test_bytes_of_windows_cut_inside_a_character_add_up_to_the_text():

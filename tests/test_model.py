@@ -416,6 +416,11 @@ def test_a_model_cast_to_bf16_or_fp16_keeps_its_rates_and_trains(learnable, monk
         model = GPT(cfg).to(dtype)
         eta = model.blocks[0].attn.eta
         assert eta.dtype == torch.float32 and torch.allclose(eta, torch.tensor(0.999), atol=1e-4), (dtype, eta)
+        if not learnable:  # FSDP's mixed precision casts buffers without Module._apply
+            fsdp_like = GPT(cfg)
+            fsdp_like.blocks[0].attn.eta_fixed.data = fsdp_like.blocks[0].attn.eta_fixed.to(dtype)
+            assert fsdp_like.blocks[0].attn.eta.dtype == torch.float32
+            assert float(fsdp_like.blocks[0].attn.eta) == pytest.approx(0.999)
         loss = model(idx, targets=idx)  # fp16 weights take the plain cross-entropy (the blocked one refuses fp16)
         loss.backward()
         assert torch.isfinite(loss)

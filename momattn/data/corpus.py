@@ -3,8 +3,9 @@ source and the tokenizer, built once (under a file lock, written atomically) and
 
 Layout in the cache dir: <key>.bin (raw token ids) and <key>.json (dtype, token count, CRC-32 of the .bin). A .bin
 whose size does not match its .json (truncated, half-copied) is rebuilt; so is one whose bytes no longer match the
-CRC. The CRC is checked (2 GB/s) once per change of the file: the .json records the size and mtime it was last
-checked at, so an untouched cache opens without reading it, and a cache copied or damaged in place is read once.
+CRC. The CRC is checked (2 GB/s) once per change of the file: the .json records the size, mtime, ctime and inode it
+was last checked at, so an untouched cache opens without reading it, and one copied, rewritten or touched is read
+once. (Bit rot that changes none of these is not caught.)
 """
 
 from __future__ import annotations
@@ -55,13 +56,14 @@ def _crc32(path: Path, block: int = 64 << 20) -> int:
 
 
 def _stamp(bin_path: Path) -> list[int]:
+    """What a copy (even `cp -p`, `rsync -a`), a rewrite or `touch` changes: size, mtime, ctime, inode."""
     st = bin_path.stat()
-    return [st.st_size, st.st_mtime_ns]
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
 def _problem(bin_path: Path, meta_path: Path) -> str | None:
     """None where the .bin holds what its .json says: the right size, and (caches that carry a CRC) the same bytes
-    as when it was written; else what is wrong. The CRC is read again only when the file's size or mtime has
+    as when it was written; else what is wrong. The CRC is read again only when the file's stamp (_stamp) has
     changed since it was last checked; a match is then recorded in the .json (where the folder is writable)."""
     if not (bin_path.exists() and meta_path.exists()):
         return "incomplete" if bin_path.exists() or meta_path.exists() else "missing"

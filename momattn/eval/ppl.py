@@ -105,7 +105,7 @@ def aggregate(scores: Sequence[WindowScore]) -> dict:
     nll = math.fsum(s.nll for s in scores)
     n_tok, n_bytes = sum(s.n_tokens for s in scores), sum(s.n_bytes for s in scores)
     return {
-        "ppl": math.exp(nll / n_tok) if nll / n_tok < 709.0 else math.inf,  # a diverged model: inf, not OverflowError
+        "ppl": math.inf if nll / n_tok > 709.0 else math.exp(nll / n_tok),  # diverged: inf, not OverflowError (nan stays)
         "bpb": nll / math.log(2) / n_bytes if n_bytes else float("nan"),
         "nll_per_token": nll / n_tok,
         "n_windows": len(scores),

@@ -140,7 +140,7 @@ class MomattnLM(TemplateLM):
                 out[i] = (float(lp.gather(1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
 
         for i in tqdm(order, disable=disable_tqdm, desc="momattn scoring"):
-            w = min(len(pairs[i][0]) + len(pairs[i][1]) - 1, self.max_length)
+            w = min(max(len(pairs[i][0]), 1) + len(pairs[i][1]) - 1, self.max_length)  # an empty context: [eot]
             width = max(width, w)
             if batch and ((len(batch) + 1) * width > self.batch_tokens or len(batch) == (self.max_rows or 1 << 30)):
                 flush()

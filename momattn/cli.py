@@ -20,9 +20,45 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 def user_overrides(argv: list[str]) -> list[str]:
     """The overrides in a command line, as Hydra's own argument parser reads them."""
+    return list(_hydra_args(argv).overrides)
+
+
+def _hydra_args(argv: list[str]):
     from hydra._internal.utils import get_args_parser
 
-    return list(get_args_parser().parse_known_args(argv)[0].overrides)
+    return get_args_parser().parse_known_args(argv)[0]
+
+
+def command_flags(argv: list[str]) -> tuple[bool, bool]:
+    """(runs nothing: --help, --cfg, --info and their other spellings such as --cfg=job or -cjob; multirun: -m),
+    read as Hydra reads them. Two modes at once (-m with --cfg) is a ConfigError, not Hydra's traceback."""
+    args = _hydra_args(argv)
+    modes = [f"--{name}" for name in ("run", "multirun", "cfg", "info", "shell_completion") if getattr(args, name)]
+    if len(modes) > 1:
+        raise ConfigError(f"{' and '.join(modes)} cannot be given together: Hydra does one of --run, --multirun, "
+                          "--cfg, --info at a time (to see one job's config, drop -m/--multirun)")
+    return bool(args.help or args.hydra_help or args.cfg or args.info or args.shell_completion), bool(args.multirun)
+
+
+def config_multirun(config_name: str, overrides: list[str]) -> bool:
+    """Whether the composed config itself asks for a multirun (an experiment such as eta_sweep sets hydra.mode:
+    MULTIRUN), which makes `python train.py experiment=eta_sweep` a sweep without -m. Composed only where an
+    experiment or hydra.mode is named."""
+    if not any(_override_key(o) in ("experiment", "hydra.mode") for o in overrides):
+        return False
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            sweeps = [o for o in overrides if "," in o.split("=", 1)[-1] or "(" in o.split("=", 1)[-1]]
+            cfg = compose(config_name, overrides=[o for o in overrides if o not in sweeps], return_hydra_config=True)
+        return str(cfg.hydra.mode) == "RunMode.MULTIRUN" or str(cfg.hydra.mode) == "MULTIRUN"
+    except Exception:
+        return False  # Hydra reports composition problems itself
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def _groups() -> dict[str, list[str]]:
@@ -97,15 +133,23 @@ def _override_key(o: str) -> str:
 
 
 def _last(overrides: list[str], key: str) -> str | None:
+    """The value the last override of `key` gives, unquoted as Hydra reads it ('a b' -> a b)."""
     values = [o.split("=", 1)[1] for o in overrides if "=" in o and _override_key(o) == key]
-    return values[-1] if values else None
+    return _unquoted(values[-1]) if values else None
+
+
+def _unquoted(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        q = value[0]
+        return value[1:-1].replace("\\" + q, q)
+    return value
 
 
 def run_folder_of(ckpt_path: str, run_dir: str | None, root: Path) -> Path | None:
     """The run folder a resume continues: hydra.run.dir when given, else the folder holding the checkpoint's
     checkpoints/ (for ckpt_path=last: the newest last.ckpt under root/outputs and root/multirun)."""
     if run_dir:
-        return Path(run_dir).expanduser()
+        return Path(run_dir)  # as Hydra takes it: no ~ expansion (check_output_dir refuses a leading ~)
     if ckpt_path == "last":
         from momattn.checkpoint import newest_last_checkpoint  # the search resolve_ckpt_path makes
 
@@ -179,10 +223,17 @@ def check_output_dir(overrides: list[str], multirun: bool, cwd: Path | None = No
     import tempfile
 
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    for k in ("hydra.run.dir", "hydra.sweep.dir"):
+        value = _last(overrides, k)
+        if value is not None and not value.strip():
+            raise ConfigError(f"{k}= is empty; give a folder ({k}=. for the current one)")
+        if value is not None and value.startswith("~"):
+            raise ConfigError(f"{k}={value}: Hydra does not expand ~ (it would make a folder named '~'); write the "
+                              f"path out, e.g. {k}=$HOME{value[1:]} unquoted, which the shell expands")
     given = _last(overrides, key)
-    target = given.strip("'\"") if given else ("multirun" if multirun else "outputs")
+    target = given if given else ("multirun" if multirun else "outputs")
     target = target.split("${", 1)[0] or "."  # an interpolated folder (${now:...}): its fixed prefix
-    folder = (cwd or Path.cwd()) / Path(target).expanduser()
+    folder = (cwd or Path.cwd()) / Path(target)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".momattn-write-test-"):
@@ -201,7 +252,7 @@ def check_fresh_folder(overrides: list[str], multirun: bool, cwd: Path | None = 
     given = _last(overrides, key)
     if (ckpt and ckpt != "null") or not given or "${" in given:
         return
-    folder = (cwd or Path.cwd()) / Path(given.strip("'\"")).expanduser()
+    folder = (cwd or Path.cwd()) / Path(given)
     held = [folder / "checkpoints" / "last.ckpt"] if not multirun else sorted(folder.glob("*/checkpoints/last.ckpt"))
     held = [p for p in held if p.exists()]
     if held:
@@ -308,14 +359,14 @@ def hydra_main(config_name: str):
             quiet_console()  # before Hydra: a sweeper's setup (Optuna's storage) logs too
             try:
                 given = user_overrides(sys.argv[1:])
+                info, multirun = command_flags(sys.argv[1:])
                 if config_name == "train":
+                    multirun = multirun or config_multirun(config_name, given)
                     flags = [a for a in sys.argv[1:] if a not in given]
-                    merged = resume_overrides(given, multirun=bool({"-m", "--multirun"} & set(flags)))
+                    merged = resume_overrides(given, multirun=multirun)
                     sys.argv = [sys.argv[0], *flags, *merged]
                     given = merged
                 check_overrides(config_name, given)
-                info = bool({"--help", "-h", "--cfg", "-c", "--info", "--hydra-help"} & set(sys.argv))  # runs nothing
-                multirun = bool({"-m", "--multirun"} & set(sys.argv))
                 if config_name == "train" and not info:
                     check_fresh_folder(given, multirun=multirun)
                 if config_name != "generate" and not info:  # sampling writes no files (hydra.output_subdir: null)

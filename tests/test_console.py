@@ -67,6 +67,27 @@ def test_resume_overrides_reuse_the_run_folder_and_today_wins(tmp_path, capsys):
     # a sweep keeps its own folders
     swept = resume_overrides([f"ckpt_path={run}/checkpoints/last.ckpt"], multirun=True)
     assert f"hydra.run.dir={run}" not in swept and "hydra.mode=RUN" not in swept
+    # a folder quoted as Hydra wants it (a space in the path): its saved command line is found all the same
+    spaced = tmp_path / "run two"
+    _saved(spaced, ["attention=momentum"])
+    merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir='{spaced}'"])
+    assert merged[0] == "attention=momentum"
+
+
+def test_command_line_forms_that_hydra_reads_its_own_way(tmp_path):
+    from momattn.cli import check_output_dir, command_flags, config_multirun
+    from momattn.errors import ConfigError
+
+    assert command_flags(["--cfg=job"]) == (True, False) and command_flags(["-cjob"]) == (True, False)
+    assert command_flags(["-m", "seed=1,2"]) == (False, True)
+    with pytest.raises(ConfigError, match="--multirun and --cfg cannot be given together"):
+        command_flags(["-m", "seed=1", "--cfg", "job"])  # was Hydra's ValueError traceback
+    # experiment=eta_sweep is a sweep without -m: a resume must not take the newest single run's folder
+    assert config_multirun("train", ["experiment=eta_sweep"]) and not config_multirun("train", ["experiment=ginc"])
+    for bad, says in (("hydra.run.dir=", "is empty"), ("hydra.run.dir=~/x", "Hydra does not expand ~")):
+        with pytest.raises(ConfigError, match=says):
+            check_output_dir([bad], multirun=False, cwd=tmp_path)
+    assert not (tmp_path / "outputs").exists()  # refused before any folder was made
 
 
 @pytest.mark.slow

@@ -90,8 +90,10 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception:
-        return  # a syntax error: Hydra's own message says where
+    except Exception as e:  # a syntax error: Hydra's message says where; one line and exit 2, as for any typo
+        text = " ".join(line.strip() for line in str(e).splitlines() if line.strip() and "hydra.cc/docs" not in line)
+        raise ConfigError(f"the command line does not parse: {text} (Hydra's override grammar: "
+                          "https://hydra.cc/docs/advanced/override_grammar/basic/)") from None
     groups, choices, keys = _groups(), [], []
     for o in parsed:
         name = o.key_or_group

@@ -147,3 +147,13 @@ def test_metrics_csv_is_continued_only_by_a_resume(tmp_path):
     assert log(0, resumed=False) == ["step,train/loss", "0,0.0"]
     assert log(1, resumed=True) == ["step,train/loss", "0,0.0", "1,1.0"]  # a resume appends
     assert log(0, resumed=False) == ["step,train/loss", "0,0.0"]  # a fresh run starts anew
+
+
+def test_an_override_that_does_not_parse_is_one_line():
+    from momattn.cli import check_overrides
+    from momattn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"does not parse: Error parsing override 'trainer.max_steps' missing EQUAL"):
+        check_overrides("train", ["trainer.max_steps"])  # was Hydra's error with exit 1
+    with pytest.raises(ConfigError, match=r"does not parse: no viable alternative at input '\[1,2'"):
+        check_overrides("train", ["attention.eta=[1,2"])

@@ -35,7 +35,7 @@ def test_plan_bad_input_is_one_line(capsys):
     assert "Did you mean 'paper_350m'" in capsys.readouterr().err
     assert main(["--mfu", "2"]) == 2
     assert main(["model.n_layer=[1,2"]) == 2  # Hydra's own parse error: one line, no traceback
-    assert "error: no viable alternative at input '[1,2'" in capsys.readouterr().err
+    assert "error: the command line does not parse: no viable alternative at input '[1,2'" in capsys.readouterr().err
     assert main(["tokenizer=file", "tokenizer.path=/no/such/tokenizer.json"]) == 2  # not a plan at vocabulary 4096
     assert "tokenizer.path='/no/such/tokenizer.json' does not exist" in capsys.readouterr().err
     for bad in ("trainer.precision=bf17", "trainer.devices=-2", "model.n_head=0", "global_batch=0"):

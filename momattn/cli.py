@@ -206,6 +206,10 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
     # one would kill the resumed run at the same step)
     kept = [o for o in saved if _override_key(o) not in now and _override_key(o) != "ckpt_path"
             and not _override_key(o).startswith("callbacks.fault")]
+    # a key the run added (+k=v; not in the base config) and today sets again as k=v2: still an addition
+    added = {_override_key(o): o[: len(o) - len(o.lstrip("+"))] for o in saved if o.startswith("+")}
+    overrides = [added[_override_key(o)] + o if not o.startswith(("+", "~")) and _override_key(o) in added else o
+                 for o in overrides]
     merged = kept + overrides
     if not multirun and "hydra.mode" not in now:  # one job of a sweep experiment (its config sets MULTIRUN) resumes
         merged.append("hydra.mode=RUN")           # as the single run it is, in its own folder

@@ -72,6 +72,9 @@ def test_resume_overrides_reuse_the_run_folder_and_today_wins(tmp_path, capsys):
     _saved(spaced, ["attention=momentum"])
     merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir='{spaced}'"])
     assert merged[0] == "attention=momentum"
+    # a key the run added (+x.y=1) set again today as x.y=2: still an addition (x.y is not in the base config)
+    merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir={run}", "x.y=2"])
+    assert "+x.y=2" in merged and "+x.y=1" not in merged and "x.y=2" not in merged
 
 
 def test_command_line_forms_that_hydra_reads_its_own_way(tmp_path):

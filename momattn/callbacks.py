@@ -83,9 +83,8 @@ class PreemptionCheckpoint(Callback):
     def __init__(self, dirpath: str | os.PathLike):
         self.dirpath = Path(dirpath)
         self.pending = False  # a SIGTERM not yet acted on
-        self.stop_at: int | None = None  # the step saved for a SIGTERM: stop before the next one
         self.saved_path: Path | None = None
-        self.saved_step: int | None = None
+        self.saved_step: int | None = None  # the step saved for a SIGTERM: the run stops before the next one
 
     def on_fit_start(self, trainer, pl_module):
         def on_sigterm(signum, frame):
@@ -104,31 +103,31 @@ class PreemptionCheckpoint(Callback):
         return trainer.strategy.reduce_boolean_decision(self.pending, all=False)
 
     def _save(self, trainer) -> None:
-        self.pending, self.stop_at = False, trainer.global_step
+        self.pending = False
         self.saved_path, self.saved_step = self.dirpath / "last.ckpt", trainer.global_step
         trainer.save_checkpoint(self.saved_path)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self.stop_at is not None:  # no validation followed the step saved for the SIGTERM
+        if self.saved_step is not None:  # no validation followed the step saved for the SIGTERM
             raise SIGTERMException
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if compat.mid_accumulation(trainer):  # wait for the step boundary (the same micro-batch on every rank)
             return
-        if self.stop_at is None and self._asked(trainer):
+        if self.saved_step is None and self._asked(trainer):
             self._save(trainer)  # if a validation runs now, on_validation_end saves again after it
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING or compat.mid_accumulation(trainer):
             return
-        if self.stop_at == trainer.global_step or self._asked(trainer):
+        if self.saved_step == trainer.global_step or self._asked(trainer):
             self._save(trainer)  # the validation is done and logged: a resume goes on with the next step
             compat.set_received_sigterm(trainer, True)  # Lightning stops at the end of this step
 
     def on_train_end(self, trainer, pl_module):
-        if self.stop_at is None and self._asked(trainer):  # a SIGTERM after the last step's hooks
+        if self.saved_step is None and self._asked(trainer):  # a SIGTERM after the last step's hooks
             self._save(trainer)
-        if self.stop_at is not None:  # the run is complete, but its evaluation is left to the resume
+        if self.saved_step is not None:  # the run is complete, but its evaluation is left to the resume
             raise SIGTERMException
 
 

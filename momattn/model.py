@@ -232,21 +232,13 @@ class MomentumAttention(CausalSelfAttention):
         else:
             self.register_buffer("eta_fixed", torch.tensor(a.eta), persistent=False)
 
-    def _apply(self, fn, recurse=True):
-        # a model cast to bf16 or fp16 (precision=bf16-true / 16-true) keeps its fixed rate in float32: bf16 would
-        # round 0.999 to 1.0, an undamped sum, and 0.9 to 0.8984 (float64 models keep a float64 one)
-        super()._apply(fn, recurse)
-        if "eta_fixed" in self._buffers and hasattr(self, "_config_eta"):  # (a model pickled before it had one)
-            now = self._buffers["eta_fixed"]
-            self._buffers["eta_fixed"] = torch.tensor(self._config_eta).to(
-                now.device, torch.float64 if now.dtype == torch.float64 else torch.float32)
-        return self
-
     @property
     def eta(self) -> torch.Tensor:  # float32 (or float64) whatever the weights' dtype
         if hasattr(self, "eta_logit"):
             return torch.sigmoid(_fp32_at_least(self.eta_logit))
-        if self.eta_fixed.dtype in (torch.bfloat16, torch.float16):  # FSDP's mixed precision casts buffers itself
+        if self.eta_fixed.dtype in (torch.bfloat16, torch.float16):
+            # a model cast to bf16/fp16 (precision=bf16-true / 16-true, or FSDP's mixed precision, which casts
+            # buffers itself): the rate from the config in float32; bf16 rounds 0.999 to 1.0, an undamped sum
             return torch.full((), self._config_eta, dtype=torch.float32, device=self.eta_fixed.device)
         return self.eta_fixed
 

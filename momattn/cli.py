@@ -43,20 +43,32 @@ def command_flags(argv: list[str]) -> tuple[bool, bool]:
 def config_multirun(config_name: str, overrides: list[str]) -> bool:
     """Whether the composed config itself asks for a multirun (an experiment such as eta_sweep sets hydra.mode:
     MULTIRUN), which makes `python train.py experiment=eta_sweep` a sweep without -m. Composed only where an
-    experiment or hydra.mode is named."""
+    experiment or hydra.mode is named (a sweep's own comma lists left out)."""
     if not any(_override_key(o) in ("experiment", "hydra.mode") for o in overrides):
         return False
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    try:
+        single = [o.input_line for o in OverridesParser.create().parse_overrides(overrides)
+                  if not o.is_sweep_override()]
+    except Exception:
+        return False  # check_overrides reports what does not parse
+    cfg = _compose(config_name, single, return_hydra_config=True)
+    return cfg is not None and cfg.hydra.mode == RunMode.MULTIRUN
+
+
+def _compose(config_name: str, overrides: list[str], **kwargs):
+    """The composed config, or None where Hydra cannot compose it (Hydra reports that itself when it runs)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            sweeps = [o for o in overrides if "," in o.split("=", 1)[-1] or "(" in o.split("=", 1)[-1]]
-            cfg = compose(config_name, overrides=[o for o in overrides if o not in sweeps], return_hydra_config=True)
-        return str(cfg.hydra.mode) == "RunMode.MULTIRUN" or str(cfg.hydra.mode) == "MULTIRUN"
+            return compose(config_name, overrides=overrides, **kwargs)
     except Exception:
-        return False  # Hydra reports composition problems itself
+        return None
     finally:
         GlobalHydra.instance().clear()
 
@@ -84,8 +96,6 @@ def _check_key(cfg, key: str) -> None:
 
 def check_overrides(config_name: str, overrides: list[str]) -> None:
     """Raise ConfigError naming a misspelled group option or key, with the closest valid one."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
@@ -115,16 +125,9 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
             choices.append(f"{name}={values[0]}" if o.is_sweep_override() or not o.input_line else o.input_line)
         else:
             keys.append(name)
-    if not keys:
+    cfg = _compose(config_name, choices) if keys else None
+    if cfg is None:  # nothing to check, or composition problems (reported by Hydra itself)
         return
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name, overrides=choices)
-    except Exception:
-        return  # composition problems are reported by Hydra itself
-    finally:
-        GlobalHydra.instance().clear()
     for key in keys:
         _check_key(cfg, key)
 

@@ -66,8 +66,13 @@ class GenerateConfig:
             raise ConfigError(f"top_k={self.top_k!r} must be an int >= 1, or null for the whole vocabulary")
         if not _is_int(self.seed) or not -2**63 <= self.seed < 2**64:
             raise ConfigError(f"seed={self.seed!r} must be an int in [-2**63, 2**64) (a torch generator's seed)")
-        if str(self.precision) not in ("auto", "32-true", *AUTOCAST_DTYPES):
-            raise ConfigError(f"precision={self.precision!r} is unknown; choose auto, 32-true, bf16-mixed or 16-mixed")
+        check_inference_precision(self.precision, f"precision={self.precision!r}")
+
+
+def check_inference_precision(precision, setting: str) -> None:
+    """The precisions inference_autocast knows; `setting` names it in the error (another string meant fp32)."""
+    if str(precision) not in ("auto", "32-true", *AUTOCAST_DTYPES):
+        raise ConfigError(f"{setting} is unknown; choose auto, 32-true, bf16-mixed or 16-mixed")
 
 
 def _is_int(x) -> bool:

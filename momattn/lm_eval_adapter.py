@@ -44,15 +44,13 @@ class MomattnLM(TemplateLM):
         super().__init__()
         from momattn.checkpoint import load_checkpoint
         from momattn.errors import ConfigError, did_you_mean
-        from momattn.generate import AUTOCAST_DTYPES
+        from momattn.generate import check_inference_precision
 
         kwargs.pop("max_batch_size", None)  # lm-eval passes it with batch_size=auto; batch_tokens bounds a batch
         for key in kwargs:  # a misspelt argument (precison=32-true) would otherwise score in another precision
             raise ConfigError(f"--model_args {key}= is not an argument of the momattn model.{did_you_mean(key, self.ARGS)}"
                               f" It takes {', '.join(self.ARGS)}")
-        if str(precision) not in ("auto", "32-true", *AUTOCAST_DTYPES):
-            raise ConfigError(f"--model_args precision={precision} is unknown; choose auto, 32-true, bf16-mixed or "
-                              "16-mixed")
+        check_inference_precision(precision, f"--model_args precision={precision}")
         if not ckpt_path:
             raise ConfigError("the momattn model needs --model_args ckpt_path=PATH (a .ckpt written by train.py)")
         if str(device or "").startswith("cuda") and not torch.cuda.is_available():

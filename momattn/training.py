@@ -146,13 +146,17 @@ def run_train(cfg: DictConfig) -> float | None:
         print(f"[momattn] validating every {c.val_every_steps} optimizer steps (val_every_steps; "
               f"trainer.val_check_interval={c.trainer['val_check_interval']} micro-batches)", file=sys.stderr)
     t0 = time.perf_counter()
+
+    def outcome() -> tuple[dict, dict]:  # (speed, logged metrics) at the end of fit, or where a SIGTERM ended it
+        return ({**throughput_summary(throughput), "fit_seconds": round(time.perf_counter() - t0, 1)},
+                {k: float(v) for k, v in trainer.callback_metrics.items()})
+
     failed = True  # until the run returns or is preempted (resumable): W&B marks the run by it
     try:
         trainer.fit(lit, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
         if preempt.pending:  # a SIGTERM after the callback's last look (fit's teardown): stop as for any other
             raise SIGTERMException
-        speed = {**throughput_summary(throughput), "fit_seconds": round(time.perf_counter() - t0, 1)}
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        speed, metrics = outcome()
         trained = trainer.global_step > start_step  # False: a finished run resumed (the final model was validated
         # inside fit, even off the validation interval: LitGPT.on_train_batch_end)
         with _full_weights(trainer, bool(c.run_eval and c.eval)):  # FSDP: every rank gathers, rank 0 keeps them
@@ -192,9 +196,8 @@ def run_train(cfg: DictConfig) -> float | None:
         failed = False  # preempted, saved and resumable
         if trainer.global_step >= c.max_steps > start_step and trainer.is_global_zero:
             # a SIGTERM at the last step: the run is complete and reported now; its evaluation is left to the resume
-            _report(c, trainer, {k: float(v) for k, v in trainer.callback_metrics.items()}, loggers,
-                    _unigram(train, val, model_config.vocab_size),
-                    {**throughput_summary(throughput), "fit_seconds": round(time.perf_counter() - t0, 1)}, out_dir)
+            speed, metrics = outcome()
+            _report(c, trainer, metrics, loggers, _unigram(train, val, model_config.vocab_size), speed, out_dir)
         if trainer.is_global_zero:
             print(_resume_hint(preempt, out_dir, job), file=sys.stderr, flush=True)
         if job.sweep_dir is not None and _basic_launcher():  # a preempted sweep stops instead of going on

@@ -21,7 +21,6 @@ inputs are the same at every k (paired); demonstrations come from a stream that 
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -33,7 +32,7 @@ from momattn.errors import ConfigError, DataError
 from momattn.eval.config import IclConfig
 from momattn.eval.lm import LanguageModel, last_logits
 from momattn.eval.ppl import model_device
-from momattn.eval.results import MIN_DEMOS, SeedRun, ShotResult, TaskResult
+from momattn.eval.results import MIN_DEMOS, SeedRun, ShotResult, TaskResult, warn_nonfinite
 from momattn.utils import stable_seed
 
 DEFAULT_LEN = 5
@@ -163,8 +162,7 @@ class GincEvaluator:
         acc, acc_cand = float((greedy == labels).double().mean()), float((cand == labels).double().mean())
         broken = int((~torch.isfinite(logp)).any(-1).sum())
         if broken:  # argmax over nan is symbol 0, the delimiter: an accuracy that looks like a baseline
-            print(f"[momattn] warning: {task.name} k={k} seed={seed}: the model gave non-finite log-probabilities "
-                  f"for {broken} of {len(prompts)} prompts (diverged weights?); its accuracy is nan", file=sys.stderr)
+            warn_nonfinite(task.name, k, seed, broken, len(prompts), "prompts")
             acc = acc_cand = float("nan")
         return SeedRun(seed=seed, acc=acc, k_used_mean=float(k),
                        k_used_min=k, k_used_max=k, n=len(prompts),

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import math
 import re
-import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from tqdm.auto import tqdm
 from momattn.errors import ConfigError, DataError
 from momattn.eval.config import IclConfig
 from momattn.eval.lm import LanguageModel
-from momattn.eval.results import MIN_DEMOS, IclResult, SeedRun, ShotResult, TaskResult
+from momattn.eval.results import MIN_DEMOS, IclResult, SeedRun, ShotResult, TaskResult, warn_nonfinite
 from momattn.eval.scoring import PrefixScorer
 from momattn.eval.tasks import IclExample, IclTask
 
@@ -263,9 +262,7 @@ class IclEvaluator:
                                      "n_tokens": [n for _, n in s]})
         acc_mean, acc_sum = right_mean / len(test), right_sum / len(test)
         if broken:  # a diverged model: no accuracy (a sweep names the run and leaves it out)
-            print(f"[momattn] warning: {task.name} k={k} seed={seed}: the model gave non-finite log-probabilities "
-                  f"for {broken} of {len(test)} test prompts (diverged weights?); its accuracy is nan",
-                  file=sys.stderr)
+            warn_nonfinite(task.name, k, seed, broken, len(test), "test prompts")
             acc_mean = acc_sum = float("nan")
         return SeedRun(seed=seed, acc=acc_mean if self.cfg.score == "mean" else acc_sum,
                        k_used_mean=float(np.mean(k_used)), k_used_min=int(min(k_used)),

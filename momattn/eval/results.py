@@ -14,6 +14,7 @@ Paths users and the README rely on: checkpoints[i].icl.tasks.<task>.shots[<k>].a
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -120,6 +121,13 @@ class SeedRun(JsonMixin):
     acc_sum_lp: float | None = None  # answer-choice tasks: sum log-prob rule
     acc_cand: float | None = None  # GINC: argmax over the V symbols (the candidate rule)
     delimiter_baseline: float | None = None  # GINC: share of labels that are the delimiter "/"
+
+
+def warn_nonfinite(task: str, k, seed: int, broken: int, n: int, what: str) -> None:
+    """Said where a run's accuracy is nan because the model's log-probabilities were not finite: an argmax over
+    nan picks answer 0, whose share of the labels would read as a real accuracy."""
+    print(f"[momattn] warning: {task} k={k} seed={seed}: the model gave non-finite log-probabilities for {broken} "
+          f"of {n} {what} (diverged weights?); its accuracy is nan", file=sys.stderr)
 
 
 def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:

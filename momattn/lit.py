@@ -242,12 +242,12 @@ class LitGPT(pl.LightningModule):
             g["lr"] = o.lr * lr_lambda(trainer.global_step, o, self.max_steps)  # what LambdaLR gives there
         for config in trainer.lr_scheduler_configs:
             config.scheduler.base_lrs = [o.lr] * len(opt.param_groups)
-        changed = []
-        for k in ("lr", "betas", "eps", "weight_decay", "schedule", "warmup_steps", "min_lr_ratio", "power"):
-            was, now = before.get(k), getattr(o, k)
-            if was is not None and (list(was) if isinstance(was, list | tuple) else was) != \
-                    (list(now) if isinstance(now, list | tuple) else now):
-                changed.append(f"optim.{k}={now} (was {was})")
+        def plain(v):  # betas: a list in the stored config, a tuple or list here
+            return list(v) if isinstance(v, list | tuple) else v
+
+        keys = ("lr", "betas", "eps", "weight_decay", "schedule", "warmup_steps", "min_lr_ratio", "power")
+        changed = [f"optim.{k}={getattr(o, k)} (was {before[k]})" for k in keys
+                   if before.get(k) is not None and plain(before[k]) != plain(getattr(o, k))]
         if changed and trainer.is_global_zero:
             print(f"[momattn] resumed with {', '.join(changed)}: training continues at step {trainer.global_step} "
                   "with these", file=sys.stderr)

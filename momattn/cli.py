@@ -77,7 +77,21 @@ def _groups() -> dict[str, list[str]]:
     return {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in CONF_DIR.iterdir() if d.is_dir()}
 
 
-def _check_key(cfg, key: str) -> None:
+def _exists(cfg, key: str) -> bool | None:
+    """Whether the dotted key is in the config (None where a list lies on the way: Hydra judges those)."""
+    from omegaconf import DictConfig
+
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, DictConfig):
+            return None
+        if part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _check_key(cfg, key: str, hint: str | None = None) -> None:
     from omegaconf import DictConfig
 
     node, parts = cfg, key.split(".")
@@ -89,7 +103,7 @@ def _check_key(cfg, key: str) -> None:
             known = [str(k) for k in node.keys()]
             raise ConfigError(
                 f"'{key}' is not a config key: '{part}' does not exist in {where}.{did_you_mean(part, known)} "
-                f"Keys there: {', '.join(known)}. (To add a new key on purpose use +{key}=...)"
+                f"Keys there: {', '.join(known)}. ({hint or f'To add a new key on purpose use +{key}=...'})"
             )
         node = node[part]
 
@@ -104,10 +118,14 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
         text = " ".join(line.strip() for line in str(e).splitlines() if line.strip() and "hydra.cc/docs" not in line)
         raise ConfigError(f"the command line does not parse: {text} (Hydra's override grammar: "
                           "https://hydra.cc/docs/advanced/override_grammar/basic/)") from None
-    groups, choices, keys = _groups(), [], []
+    groups, choices, keys, adds, deletes = _groups(), [], [], [], []
     for o in parsed:
         name = o.key_or_group
-        if name.startswith("hydra") or o.is_add() or o.is_delete() or o.is_force_add():
+        if name.startswith("hydra") or o.is_force_add():
+            continue
+        if o.is_add() or o.is_delete():
+            if name not in groups:
+                (adds if o.is_add() else deletes).append((name, o.input_line or name))
             continue
         if name in groups:
             try:
@@ -125,11 +143,18 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
             choices.append(f"{name}={values[0]}" if o.is_sweep_override() or not o.input_line else o.input_line)
         else:
             keys.append(name)
-    cfg = _compose(config_name, choices) if keys else None
+    cfg = _compose(config_name, choices) if keys or adds or deletes else None
     if cfg is None:  # nothing to check, or composition problems (reported by Hydra itself)
         return
     for key in keys:
         _check_key(cfg, key)
+    for key, line in adds:  # Hydra's own message is a multi-line error, exit 1
+        if _exists(cfg, key):
+            raise ConfigError(f"{line}: '{key}' exists already; '+' adds a new key. Write {line[1:]} to set it "
+                              f"(or ++{line[1:]} to set it whether or not it exists)")
+    for key, line in deletes:
+        if _exists(cfg, key) is False:
+            _check_key(cfg, key, hint=f"{line} deletes a key, which must exist")  # names the missing part
 
 
 def _override_key(o: str) -> str:

@@ -52,7 +52,18 @@ def test_override_checker_leaves_globs_to_hydra_and_checks_each_option_of_a_list
 
 def test_override_checker_accepts_valid_overrides():
     check_overrides("train", ["attention=momentum", "attention.eta=0.3", "+new_key=1", "hydra.run.dir=x",
-                              "data=text_files", "data.paths=[a.txt]", "trainer.max_steps=3"])
+                              "data=text_files", "data.paths=[a.txt]", "trainer.max_steps=3", "~optim.lr",
+                              "++seed=3", "++optim.new=1", "+optim.other=2", "~logger", "+experiment=ginc"])
+
+
+def test_adding_a_key_that_exists_or_deleting_one_that_does_not_is_one_line():
+    # both were Hydra's multi-line error with exit 1
+    with pytest.raises(ConfigError, match=r"\+seed=3: 'seed' exists already.* Write seed=3 .*\+\+seed=3"):
+        check_overrides("train", ["+seed=3"])
+    with pytest.raises(ConfigError, match=r"'optim.nothing' is not a config key.*\(~optim.nothing deletes a key"):
+        check_overrides("train", ["~optim.nothing"])
+    with pytest.raises(ConfigError, match="'attention.eta' exists already"):  # the chosen option's keys count
+        check_overrides("train", ["attention=momentum", "+attention.eta=0.3"])
 
 
 def run_expecting(tmp_path, overrides, error=UserError):

@@ -1,4 +1,16 @@
-"""Train a GPT with vanilla or momentum attention: python train.py attention=momentum (see README.md)."""
+"""Train a GPT with vanilla or momentum attention, then a short evaluation (perplexity by length, ICL accuracy).
+
+    python train.py                                          # the main job: embedded data, vanilla attention
+    python train.py attention=momentum attention.eta=0.9     # the paper's MoAttn; attention=multirate_ema
+    python train.py experiment=ginc attention=momentum       # GINC: in-context learning visible on a CPU
+    python train.py -m attention=vanilla,momentum seed=1,2,3 # a sweep; then python evaluate.py sweep_dir=...
+    python train.py data=text_files data.paths=[corpus.txt] logger=csv
+    python train.py ckpt_path=last                           # resume the newest run
+    python -m momattn.plan model=gpt2_124m                   # what a run will cost, before running it
+
+Writes checkpoints, metrics and summary.json into the run folder (hydra.run.dir). Settings: conf/train.yaml;
+README.md explains each part.
+"""
 
 from momattn.cli import hydra_main
 

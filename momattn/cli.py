@@ -392,6 +392,11 @@ def hydra_main(config_name: str):
 
             quiet_console()  # before Hydra: a sweeper's setup (Optuna's storage) logs too
             try:
+                if _hydra_args(sys.argv[1:]).help:  # what this entry point does and its keys, with their comments
+                    from momattn.helptext import print_help
+
+                    print_help(config_name, sys.modules[fn.__module__].__doc__, CONF_DIR)
+                    return None
                 given = user_overrides(sys.argv[1:])
                 info, multirun = command_flags(sys.argv[1:])
                 if config_name == "train":

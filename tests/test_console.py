@@ -160,3 +160,18 @@ def test_an_override_that_does_not_parse_is_one_line():
         check_overrides("train", ["trainer.max_steps"])  # was Hydra's error with exit 1
     with pytest.raises(ConfigError, match=r"does not parse: no viable alternative at input '\[1,2'"):
         check_overrides("train", ["attention.eta=[1,2"])
+
+
+def test_help_shows_the_entry_points_usage_its_own_groups_and_the_commented_settings(tmp_path):
+    from momattn.cli import CONF_DIR
+    from momattn.helptext import help_text
+
+    train = help_text("train", "Train.", CONF_DIR)
+    assert "  attention: momentum, multirate_ema, vanilla  (default: vanilla)" in train
+    assert "  experiment: eta_sweep, eta_sweep_rotary, ginc, paper_350m, reproduce  (default: none)" in train
+    ev = help_text("evaluate", "Evaluate.", CONF_DIR)
+    assert "attention: momentum" not in ev and "  logger: csv, none, wandb  (default: none)" in ev  # only its groups (Hydra's help listed train's)
+    assert "ckpt_paths: null      # several, compared side by side" in ev  # the keys' comments
+    done = run_cli("evaluate.py", ["--help"], tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith("Evaluate momattn checkpoints") and not done.stderr
+    assert "Settings (conf/evaluate.yaml" in done.stdout and not list(tmp_path.iterdir())  # ran nothing

@@ -1,0 +1,39 @@
+"""`python train.py --help` (and evaluate.py, analyze.py, generate.py): what the entry point does, its config
+groups and their options, and its settings file with the comments that explain each key. Hydra's own help lists
+every group under conf/ (the training groups for evaluate.py too) and the composed config without comments."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def print_help(config_name: str, doc: str | None, conf_dir: Path) -> None:
+    try:
+        print(help_text(config_name, doc, conf_dir), flush=True)
+    except BrokenPipeError:  # `--help | head`: the reader left; no traceback, nothing more to write
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def help_text(config_name: str, doc: str | None, conf_dir: Path) -> str:
+    from omegaconf import OmegaConf
+
+    path = conf_dir / f"{config_name}.yaml"
+    text = path.read_text()
+    out = [(doc or "").strip(), ""]
+    groups = []
+    for entry in OmegaConf.to_container(OmegaConf.load(path)).get("defaults", []):
+        if not isinstance(entry, dict) or len(entry) != 1:
+            continue  # _self_
+        (group, default), = entry.items()
+        default = "none" if default is None else default
+        options = sorted(f.stem for f in (conf_dir / group).glob("*.yaml")) if (conf_dir / group).is_dir() else []
+        if options:
+            groups.append(f"  {group}: {', '.join(options)}  (default: {default})")
+    if groups:
+        out += ["Config groups (group=option; conf/<group>/<option>.yaml):", *groups, ""]
+    out += [f"Settings ({path.relative_to(conf_dir.parent)}; set any key with key=value, add one with +key=value):",
+            "", text.rstrip(), "",
+            "The composed config: --cfg job. Hydra's own options (multirun, sweepers, shell completion): --hydra-help."]
+    return "\n".join(out)

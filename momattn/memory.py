@@ -1,8 +1,10 @@
 """How much memory the first training step needs, estimated from the config before anything is allocated, so
 that a context far beyond the machine is refused in a second instead of dying in the allocator minutes later.
 
-    bytes ~ 16 N                                   weights, gradients, AdamW's two moments (fp32)
-          + B T L (20 d) a                         activations kept for backward, per layer (a: 4 B fp32, 2 B bf16)
+    bytes ~ 4 N w                                  weights, gradients, AdamW's two moments (w: 4 B, or 8 B at
+                                                   64-true, 2 B at bf16-true / 16-true, whose moments are bf16)
+          + B T L (20 d) a                         activations kept for backward, per layer (a: 4 B fp32, 2 B
+                                                   bf16 and fp16, mixed or true, 8 B at 64-true)
           + B T (12 V + 8 d)                       logits, their fp32 copy and gradient; embeddings
           + B L (12 H T^2 + 3 T d)                 off CUDA with dropout: the attention matrix and its dropout
                                                    mask in fp32 per layer (SDPA's math path), dropout masks
@@ -34,11 +36,22 @@ class MemoryEstimate:
 
 
 def n_params(model_config) -> int:
-    c = model_config
-    inner = 4 * c.n_embd if c.n_inner is None else c.n_inner
-    per_layer = 4 * c.n_embd * c.n_embd + 2 * c.n_embd * inner + 13 * c.n_embd  # qkv+proj, mlp, norms and biases
-    pos = c.block_size * c.n_embd if c.pos_emb == "learned" else 0
-    return c.n_layer * per_layer + c.vocab_size * c.n_embd + pos
+    """The model's exact parameter count (tied embeddings once), from a model built on the meta device (no memory)."""
+    import torch
+
+    from momattn.model import GPT
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in GPT(model_config).parameters())
+
+
+def bytes_per_value(precision: str) -> tuple[int, int]:
+    """(bytes per weight, gradient and AdamW moment; bytes per activation) at a trainer precision."""
+    p = str(precision)
+    if p.startswith("64"):
+        return 8, 8
+    half = "bf16" in p or p.startswith("16")
+    return (2 if half and p.endswith("-true") else 4), (2 if half else 4)
 
 
 def estimate_train_memory(model_config, batch_size: int, precision: str = "32-true",
@@ -48,9 +61,9 @@ def estimate_train_memory(model_config, batch_size: int, precision: str = "32-tr
     from momattn.loss import ROWS_PER_BLOCK
 
     c = model_config
-    act = 2 if ("bf16" in str(precision) or str(precision).startswith("16")) else 4
+    w, act = bytes_per_value(precision)
     tokens = batch_size * c.block_size
-    states = 16 * n_params(c) // max(1, shards)
+    states = 4 * w * n_params(c) // max(1, shards)
     activations = tokens * c.n_layer * 20 * c.n_embd * act
     if blocked_loss and c.dropout > 0:  # two (B, H, T, T) fp32 tensors per layer saved for backward, and a transient
         activations += batch_size * c.n_layer * (12 * c.n_head * c.block_size ** 2 + 3 * c.block_size * c.n_embd)

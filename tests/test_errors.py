@@ -362,3 +362,22 @@ def test_wandb_online_without_an_api_key_says_so(tmp_path):
                 tmp_path, env=env)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert "no W&B API key was found" in r.stderr and "wandb login" in r.stderr
+
+
+@pytest.mark.parametrize("precision,state_bytes,act_bytes", [
+    ("32-true", 4, 4), ("64-true", 8, 8), ("bf16-true", 2, 2), ("16-true", 2, 2), ("bf16-mixed", 4, 2),
+    ("16-mixed", 4, 2), ("64", 8, 8), ("bf16", 4, 2)])
+def test_the_memory_estimate_takes_each_precisions_bytes_and_the_exact_parameter_count(precision, state_bytes,
+                                                                                       act_bytes):
+    import momattn.memory
+    from momattn.model import GPT, AttentionConfig, GPTConfig
+
+    # bias=False, a custom MLP width and multirate's rate parameters: the old formula's count was off for each
+    cfg = GPTConfig(vocab_size=512, block_size=32, n_layer=2, n_embd=64, n_inner=100, bias=False,
+                    attention=AttentionConfig(kind="multirate_ema"))
+    n = sum(p.numel() for p in GPT(cfg).parameters())
+    assert momattn.memory.n_params(cfg) == n
+    fp32 = momattn.memory.estimate_train_memory(cfg, 2, "32-true")
+    est = momattn.memory.estimate_train_memory(cfg, 2, precision)
+    assert est.states == 4 * state_bytes * n  # 64-true needed twice, bf16-true half the fp32 estimate
+    assert est.activations * 4 == fp32.activations * act_bytes

@@ -257,3 +257,46 @@ def test_plain_cut_of_the_permutation_had_trec_test_questions_in_the_pool():
             seen.add(normalize(rows[i][0]))
             expected.append(i)
     assert len(expected) < ICL_DEMO_ROWS and s.icl_demo.tolist()[: len(expected)] == expected  # then topped up
+
+
+def test_rows_half_of_whose_word_8grams_one_lm_document_holds_are_dropped_from_the_lm_text():
+    """Rule (e): one AGNews story with a headline word changed AND another ending passes rules (a)-(d)."""
+    from momattn.data.overlap import holders, shingles, word_lists
+
+    rows, sp = read_staicc("agnews"), split_rows("agnews")
+    test_row, twin = 79745, 50693  # "Texas Instruments Narrows Forecast ..." / "... Cuts Forecast ..."
+    assert test_row in sp.icl_test.tolist() and twin in sp.lm_train.tolist()
+    a, b = word_lists([rows[test_row][0], rows[twin][0]])
+    assert a[:3] == ["texas", "instruments", "narrows"] and len(shingles(a) & shingles(b)) >= len(shingles(a)) / 2
+    drop = staicc.lm_dropped("agnews")
+    assert twin in drop["overlap"] and not any(twin in drop[k] for k in ("equal", "contains", "fragment", "near"))
+    assert normalize(rows[twin][0]) not in set(normalize_many(lm_texts(["agnews"], "train")))
+    # what (a)-(d) kept held half the 8-grams of ~50 AGNews test rows: none of those documents is left
+    test = sp.icl_test.tolist()
+    kept_abcd = [i for i in np.concatenate([sp.lm_train, sp.lm_val]).tolist()
+                 if not any(i in drop[k] for k in ("equal", "contains", "fragment", "near", "empty"))]
+    held = holders(word_lists(rows[i][0] for i in test), word_lists(rows[i][0] for i in kept_abcd))
+    assert len(set().union(*held.values())) > 40
+    assert {kept_abcd[c] for c in held} <= drop["overlap"]
+
+
+def test_the_word_8gram_overlap_is_exact_on_small_cases():
+    from momattn.data.overlap import holders, word_lists
+
+    q = word_lists(["one two three four five six seven eight nine ten", "a b c", "Isn't it -LRB- x -RRB- 1 2 3 4 5"])
+    assert q[2] == ["isnt", "it", "x", "1", "2", "3", "4", "5"]  # escapes and punctuation are not words
+    docs = word_lists(["zero one two three four five six seven eight nine", "one two three four five six seven",
+                       "ISN'T it (x) 1 2 3 4 5, and more", "a b c a b c a b c"])
+    # doc 0 holds 2 of query 0's 3 shingles (>= half), doc 1 none (7 words), doc 2 query 2's one; query 1 (3 words)
+    # has no shingle and is never held
+    assert holders(q, docs) == {0: {0}, 2: {2}}
+    assert holders(q, docs, share=0.9) == {2: {2}}
+
+
+def test_validation_documents_that_a_training_document_mostly_holds_are_dropped():
+    from momattn.data.overlap import holders, word_lists
+
+    val, train = lm_texts(["agnews"], "val"), lm_texts(["agnews"], "train")
+    assert not holders(word_lists(val), word_lists(train))  # no val document has half its 8-grams in one
+    train_norms = set(normalize_many(train))
+    assert not any(v in train_norms for v in normalize_many(val))

@@ -14,7 +14,9 @@ only, after undoing escapes), and `lm_texts` drops every LM document that
       reserved SST-5 sentence, an SST-5 sentence of a reserved MR review), or
   (d) begins or ends with the same `NEAR_CHARS` normalised characters as a reserved row: a near-duplicate, such
       as one AGNews story from two wires ("... (AFP) AFP - The Association ..." and "... SHANGHAI : The
-      Association ...") or with one word changed.
+      Association ...") or with one word changed, or
+  (e) holds at least half of a reserved row's word 8-grams (momattn/data/overlap.py): the same story with a
+      headline word changed AND another ending, which (d) misses.
 Inside one task, `split_rows` reserves each normalised text at most once: the test set holds no duplicate
 and the demonstration pool holds no copy of a test text (nor a duplicate of its own); a skipped duplicate is
 left with the LM rows, where (a) drops it. `leak_report()` prints what the filter removes.
@@ -54,7 +56,8 @@ MIN_SUBSTRING_WORDS = 5
 # LM documents that begin or end with the same this many normalised characters as a reserved row are dropped
 NEAR_CHARS = 60
 # bump when the rule that drops LM documents changes (a corpus fingerprint should include it)
-LEAK_FILTER_VERSION = 4  # 3: cat -v bytes decoded; LM-val documents that LM-train holds dropped. 4: rule (d)
+LEAK_FILTER_VERSION = 5  # 3: cat -v bytes decoded; LM-val documents that LM-train holds dropped. 4: rule (d).
+# 5: rule (e), and LM-val documents that hold half their word 8-grams in one LM-train document dropped
 
 
 class _NoGlobals(pickle.Unpickler):
@@ -141,7 +144,11 @@ def _cat_v(m: re.Match) -> str:
     return (ch if ch.isascii() else _letters(ch)) or " "
 
 
-def _normalize_block(s: str) -> str:
+_WORD_BREAKS = bytes(c for c in range(1, 128) if not chr(c).isalnum() and chr(c) not in "'`")
+_ASCII_TO_SPACE = bytes.maketrans(_WORD_BREAKS, b" " * len(_WORD_BREAKS))  # for words; apostrophes are dropped
+
+
+def _normalize_block(s: str, words: bool = False) -> str:
     # bytes.lower/replace/translate run in C over megabytes; only the rare non-ASCII runs go through Python
     if "M-" in s:
         s = _CAT_V.sub(_cat_v, s)
@@ -153,6 +160,8 @@ def _normalize_block(s: str) -> str:
     for e in _ERASE:
         if e in b:
             b = b.replace(e, b" ")
+    if words:  # punctuation and whitespace end a word ("mind-blowing" is two), \x00 still separates texts
+        return b.translate(_ASCII_TO_SPACE, b"'`").decode()
     return b.translate(None, _ASCII_DROP).decode()
 
 
@@ -170,6 +179,14 @@ def normalize_many(texts) -> list[str]:
     if not texts:
         return []
     return _normalize_block(_SEP.join(texts)).split(_SEP)
+
+
+def normalize_words(texts: list[str]) -> list[str]:
+    """Each text's words under `normalize`'s rules, separated by spaces (punctuation and whitespace end a word)."""
+    texts = [t.replace(_SEP, " ") for t in texts]
+    if not texts:
+        return []
+    return _normalize_block(_SEP.join(texts), words=True).split(_SEP)
 
 
 # old comparison (exact text up to case and whitespace): kept to measure what it missed, see leak_report
@@ -348,6 +365,18 @@ def is_near(norm: str, ends: tuple[frozenset[str], frozenset[str]]) -> bool:
 
 
 @functools.cache
+def _reserved_words(seed: int) -> list[list[str]]:
+    """The words (overlap.word_lists) of every reserved row of every task, for rule (e)."""
+    from momattn.data.overlap import word_lists
+
+    rows = []
+    for task in STAICC_FILES:
+        texts, s = read_staicc(task), split_rows(task, seed)
+        rows += [texts[i][0] for i in np.concatenate([s.icl_test, s.icl_demo]).tolist()]
+    return word_lists(rows)
+
+
+@functools.cache
 def _reserved(seed: int) -> tuple[frozenset[str], frozenset[str]]:
     """(normalised texts of every reserved row of every task, those of them with MIN_SUBSTRING_WORDS+ words)."""
     whole, long = set(), set()
@@ -378,7 +407,10 @@ def lm_dropped(task: str, seed: int = SPLIT_SEED) -> dict[str, frozenset[int]]:
     'fragment' it has MIN_SUBSTRING_WORDS+ words and lies inside a reserved row (an SST-2 phrase cut from a
                reserved SST-5 sentence, an SST sentence of a reserved MR review);
     'near'     it begins or ends with the same NEAR_CHARS normalised characters as a reserved row;
+    'overlap'  it holds at least half of the word 8-grams of a reserved row (momattn/data/overlap.py);
     'empty'    it is blank."""
+    from momattn.data.overlap import holders, word_lists
+
     whole, long = _reserved(seed)
     rows, norms, s = read_staicc(task), _row_norms(task), split_rows(task, seed)
     idx = np.sort(np.concatenate([s.lm_train, s.lm_val])).tolist()
@@ -393,26 +425,34 @@ def lm_dropped(task: str, seed: int = SPLIT_SEED) -> dict[str, frozenset[int]]:
     fragment = {i for i in cands if norms[i] in found and n_words(rows[i][0]) >= MIN_SUBSTRING_WORDS}
     ends = _reserved_ends(seed)
     near = {i for i in left if i not in fragment and is_near(norms[i], ends)}
+    left = [i for i in left if i not in fragment and i not in near]
+    held = holders(_reserved_words(seed), word_lists(rows[i][0] for i in left))
+    overlap = {left[c] for c in held}
     return {"equal": frozenset(equal), "contains": frozenset(contains), "fragment": frozenset(fragment),
-            "near": frozenset(near), "empty": frozenset(empty)}
+            "near": frozenset(near), "overlap": frozenset(overlap), "empty": frozenset(empty)}
 
 
 def lm_texts(tasks: list[str] | tuple[str, ...], split: str, seed: int = SPLIT_SEED) -> list[str]:
     """Language-modelling documents (one row each) of the given tasks for split 'train' or 'val', without any
     document that holds a reserved row of any task (see the module docstring); a val document is also dropped
-    where the train documents of these tasks hold the same text (normalised)."""
+    where the train documents of these tasks hold the same text (normalised) or at least half of its word
+    8-grams (AGNews repeats stories with a word changed or a line added)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     parts = [(read_staicc(task), split_rows(task, seed), _row_norms(task),
               set().union(*lm_dropped(task, seed).values())) for task in tasks]
+    docs = [rows[i][0].strip() for rows, s, _, drop in parts
+            for i in (s.lm_train if split == "train" else s.lm_val).tolist() if i not in drop]
+    if split == "train":
+        return docs
     # tasks share sentences (MR, SST-5, Subj) and repeat rows (AGNews): val never repeats train
-    train_norms = {norms[i] for _, s, norms, drop in parts for i in s.lm_train.tolist() if i not in drop} \
-        if split == "val" else set()
-    docs = []
-    for rows, s, norms, drop in parts:
-        idx = s.lm_train if split == "train" else s.lm_val
-        docs.extend(rows[i][0].strip() for i in idx.tolist() if i not in drop and norms[i] not in train_norms)
-    return docs
+    from momattn.data.overlap import holders, word_lists
+
+    train = [rows[i][0] for rows, s, _, drop in parts for i in s.lm_train.tolist() if i not in drop]
+    train_norms = set(normalize_many(train))
+    docs = [d for d, n in zip(docs, normalize_many(docs)) if n not in train_norms]
+    held = set().union(*holders(word_lists(docs), word_lists(train)).values())
+    return [d for j, d in enumerate(docs) if j not in held]
 
 
 # -----------------------------------------------------------------------------
@@ -440,20 +480,23 @@ def leak_report(seed: int = SPLIT_SEED, lm_tasks=DEFAULT_LM_TASKS, out=print) ->
     2. Per task, test / demonstration rows that the LM text of `lm_tasks` holds as a whole document ('equal'),
        inside a document ('inside', rows of MIN_SUBSTRING_WORDS+ words; for SST-2 also of any length), or
        that hold an LM document of MIN_SUBSTRING_WORDS+ words ('frag'), or that begin or end with the same
-       NEAR_CHARS normalised characters as an LM document ('near'), with the old filter and with this one."""
+       NEAR_CHARS normalised characters as an LM document ('near'), or half of whose word 8-grams one LM
+       document holds ('overlap'), with the old filter and with this one."""
+    from momattn.data.overlap import holders, word_lists
+
     rep: dict = {"seed": seed, "lm_tasks": list(lm_tasks), "removed": {}, "leaks": {}}
     out(f"LM documents / characters (train + val, split seed {seed}): old filter -> this filter; removed because "
-        "equal to | containing | a fragment of | a near-duplicate of a reserved row")
+        "equal to | containing | a fragment of | a near-duplicate of | holding half the 8-grams of a reserved row")
     out(f"{'task':9} {'old docs':>8} {'chars':>12} {'new docs':>8} {'chars':>12} {'removed':>7} {'docs':>6} "
-        f"{'chars':>6} {'equal':>6} {'contain':>7} {'frag':>6} {'near':>6}")
-    totals = {"all tasks": np.zeros(8, np.int64), "default": np.zeros(8, np.int64)}
-    reasons = ("equal", "contains", "fragment", "near")
+        f"{'chars':>6} {'equal':>6} {'contain':>7} {'frag':>6} {'near':>6} {'overlap':>7}")
+    totals = {"all tasks": np.zeros(9, np.int64), "default": np.zeros(9, np.int64)}
+    reasons = ("equal", "contains", "fragment", "near", "overlap")
     keys8 = ("docs_old", "chars_old", "docs_new", "chars_new", *reasons)
 
-    def line(name, n_old, c_old, n_new, c_new, eq, inside, frag, near):
+    def line(name, n_old, c_old, n_new, c_new, eq, inside, frag, near, overlap):
         out(f"{name:9} {n_old:>8} {c_old:>12} {n_new:>8} {c_new:>12} {n_old - n_new:>7} "
             f"{100 * (1 - n_new / max(n_old, 1)):5.1f}% {100 * (1 - c_new / max(c_old, 1)):5.1f}% "
-            f"{eq:>6} {inside:>7} {frag:>6} {near:>6}")
+            f"{eq:>6} {inside:>7} {frag:>6} {near:>6} {overlap:>7}")
 
     for task in STAICC_FILES:
         rows, drop = read_staicc(task), lm_dropped(task, seed)
@@ -472,7 +515,7 @@ def leak_report(seed: int = SPLIT_SEED, lm_tasks=DEFAULT_LM_TASKS, out=print) ->
         rep["removed"][name] = dict(zip(keys8, tot.tolist()))
     out(f"(default = the default corpus: {'+'.join(DEFAULT_LM_TASKS)})")
 
-    lm, ends = {}, {}
+    lm, ends, held = {}, {}, {}
     for name in ("old", "new"):
         raw = []
         for t in lm_tasks:
@@ -485,29 +528,35 @@ def leak_report(seed: int = SPLIT_SEED, lm_tasks=DEFAULT_LM_TASKS, out=print) ->
         frags = {d for d, r in zip(docs, raw) if n_words(r) >= MIN_SUBSTRING_WORDS}
         lm[name] = (frozenset(docs), docs, _SEP.join(docs), frags)
         ends[name] = tuple(frozenset(k[j] for d in docs if (k := near_keys(d))) for j in (0, 1))
+        held[name] = set().union(*holders(_reserved_words(seed), word_lists(raw)).values())  # reserved rows
     long_all = _reserved(seed)[1]
     found = {name: _find(v[1], long_all)[1] for name, v in lm.items()}
     res_sorted = _reserved_joinable(seed)
     holds = {name: {k for k, h in zip(res_sorted, docs_containing(res_sorted, v[3])) if h} for name, v in lm.items()}
     out(f"\nreserved rows vs the LM text of {'+'.join(lm_tasks)}: equal to a document | inside one (rows of "
         f"{MIN_SUBSTRING_WORDS}+ words) | holding one of {MIN_SUBSTRING_WORDS}+ words | the same first or last "
-        f"{NEAR_CHARS} characters as one")
+        f"{NEAR_CHARS} characters as one | half of whose word 8-grams one holds")
     out(f"{'task':8} {'part':5} {'rows':>5} {'old: equal':>11} {'inside':>17} {'frag':>11} {'near':>11} "
-        f"{'new: equal':>11} {'inside':>7} {'frag':>5} {'near':>5}")
+        f"{'overlap':>11} {'new: equal':>11} {'inside':>7} {'frag':>5} {'near':>5} {'overlap':>7}")
+    start = 0  # _reserved_words' order: per task, its test rows, then its demonstration pool
     for task in STAICC_FILES:
         norms, sp = _row_norms(task), split_rows(task, seed)
         for part, idx in (("test", sp.icl_test), ("demo", sp.icl_demo)):
             keys = [norms[i] for i in idx.tolist()]
             n, n_long = len(keys), sum(k in long_all for k in keys)
+            rows_here = range(start, start + n)
+            start += n
             c = {name: (sum(k in lm[name][0] for k in keys), sum(k in found[name] for k in keys),
-                        sum(k in holds[name] for k in keys), sum(is_near(k, ends[name]) for k in keys))
+                        sum(k in holds[name] for k in keys), sum(is_near(k, ends[name]) for k in keys),
+                        sum(r in held[name] for r in rows_here))
                  for name in lm}
             rep["leaks"][f"{task}/{part}"] = {"rows": n, "long_rows": n_long, **{
-                f"{name}_{what}": c[name][j] for name in lm for j, what in enumerate(("equal", "inside", "frag", "near"))}}
-            (ow, oi, of, on), (nw, ni, nf, nn) = c["old"], c["new"]
+                f"{name}_{what}": c[name][j] for name in lm
+                for j, what in enumerate(("equal", "inside", "frag", "near", "overlap"))}}
+            (ow, oi, of, on, oo), (nw, ni, nf, nn, no) = c["old"], c["new"]
             out(f"{task:8} {part:5} {n:>5} {ow:>5} {100 * ow / n:4.1f}% {oi:>5}/{n_long:<5} "
                 f"{100 * oi / max(n_long, 1):4.1f}% {of:>5} {100 * of / n:4.1f}% {on:>5} {100 * on / n:4.1f}% "
-                f"{nw:>11} {ni:>7} {nf:>5} {nn:>5}")
+                f"{oo:>5} {100 * oo / n:4.1f}% {nw:>11} {ni:>7} {nf:>5} {nn:>5} {no:>7}")
             if task == "sst2":  # SST-2's phrases of any length inside LM sentences (the issue sampled 300)
                 msg = []
                 for name, (_, docs, joined, _) in lm.items():

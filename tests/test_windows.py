@@ -83,14 +83,15 @@ def _dm(n_val_windows, batch_size=4, val_batches=3, block_size=8, train=None):
 
 
 @pytest.mark.parametrize("n_val,world,rank,expected", [
-    (14, 1, 0, list(range(12))),  # capped at val_batches * batch_size
-    (10, 1, 0, list(range(8))),   # whole batches only
+    (14, 1, 0, [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12]),  # capped at val_batches * batch_size, spread over all
+    (100, 1, 0, [0, 8, 16, 25, 33, 41, 50, 58, 66, 75, 83, 91]),  # the split's end too (was windows 0-11 only)
+    (10, 1, 0, [0, 1, 2, 3, 5, 6, 7, 8]),  # whole batches only
     (3, 1, 0, [0, 1, 2]),         # fewer windows than one batch: all of them
-    (14, 2, 1, [1, 3, 5, 7]),     # 2 processes: 8 windows (whole global batches), every other one
+    (14, 2, 1, [1, 5, 8, 12]),    # 2 processes: 8 windows (whole global batches), every other one
     (3, 2, 0, [0]),               # fewer than a global batch: an equal share per process
     (3, 2, 1, [1]),
 ])
-def test_validation_reads_whole_batches_of_the_first_windows_in_order(n_val, world, rank, expected):
+def test_validation_reads_whole_batches_of_windows_spread_over_the_split_in_order(n_val, world, rank, expected):
     dm = _dm(n_val, val_batches=3 if world == 1 else 1)
     dm.trainer = _Trainer(world, rank)
     loader = dm.val_dataloader()

@@ -255,8 +255,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except RuntimeError as e:  # shape mismatch
         raise CheckpointError(f"checkpoint '{path}' does not fit its own model config: {str(e).splitlines()[0]}") from e
     tokenizer = checkpoint_tokenizer(meta, path)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise CheckpointError(f"checkpoint '{path}': tokenizer has {tokenizer.vocab_size} tokens but the model only "
+    if tokenizer.n_ids > model.config.vocab_size:
+        raise CheckpointError(f"checkpoint '{path}': tokenizer has {tokenizer.n_ids} ids but the model only "
                               f"{model.config.vocab_size}; the checkpoint was assembled from mismatched parts")
     return model.to(map_location).eval(), tokenizer
 

@@ -30,7 +30,7 @@ def _vocab(c) -> int:
     if t.kind == "file":  # the file says how many tokens it has
         from momattn.tokenizer import file_tokenizer
 
-        return file_tokenizer(path).vocab_size  # a DataError naming a missing or damaged file
+        return file_tokenizer(path).n_ids  # a DataError naming a missing or damaged file
     return int(getattr(t, "vocab_size", 0) or 4096)
 
 

@@ -99,6 +99,11 @@ class Tokenizer:
         """The largest id it can give (a tokenizer file may number its tokens beyond its size)."""
         return max(self.hf.get_vocab(with_added_tokens=True).values(), default=0)
 
+    @property
+    def n_ids(self) -> int:
+        """The embedding rows a model needs: ids 0..max_id, more than vocab_size where the ids have gaps."""
+        return max(self.vocab_size, self.max_id + 1)
+
     def _cannot_encode(self, text: str, e: Exception) -> DataError:
         return DataError(f"tokenizer '{self.name}' cannot encode the text {text[:80]!r} ({e}): its vocabulary "
                          "has no token for part of it and no unknown-token fallback (a GINC run's tokenizer "

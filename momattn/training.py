@@ -101,7 +101,7 @@ def run_train(cfg: DictConfig) -> float | None:
     if resume and was is not None and was != c.resolved.get("tokenizer"):
         print(f"[momattn] resuming with the checkpoint's own tokenizer ({tokenizer!r}); the tokenizer settings "
               "given now are not used (a model cannot change its vocabulary mid-run)", file=sys.stderr)
-    model_config = c.model_for(tokenizer.vocab_size)
+    model_config = c.model_for(tokenizer.n_ids)
     if resume:
         check_compatible(model_config_from(resume, ckpt_path), model_config, ckpt_path)
     check_fits(model_config, c.loader.batch_size, c.trainer["precision"], c.trainer.get("accelerator"),

@@ -267,7 +267,7 @@ def test_tokenizer_model_vocabulary_mismatch(tmp_path, trained):
     ckpt["momattn"]["tokenizer"] = gpt2_tokenizer().to_json()  # 50257 tokens for a 4096-token model
     bad = tmp_path / "mixed.ckpt"
     torch.save(ckpt, bad)
-    with pytest.raises(CheckpointError, match="tokenizer has 50257 tokens but the model only 4096"):
+    with pytest.raises(CheckpointError, match="tokenizer has 50257 ids but the model only 4096"):
         load_checkpoint(bad)
 
 

@@ -197,6 +197,19 @@ class WordSourceWithTokenizer(WordSource):
         return Tokenizer(hf, "words")
 
 
+@dataclass
+class WordSourceWithSparseIds(WordSource):
+    def tokenizer(self):  # 17 tokens numbered up to 100 (a tokenizer file may leave gaps)
+        from tokenizers import Tokenizer as HF
+        from tokenizers import models, pre_tokenizers
+
+        from momattn.tokenizer import EOT, Tokenizer
+
+        hf = HF(models.WordLevel({EOT: 100, **{f"w{i}": i for i in range(16)}}, unk_token=EOT))
+        hf.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        return Tokenizer(hf, "sparse")
+
+
 NEW_SOURCE = ["~data.tasks", "~data.split_seed", "+data.n_docs=80"]
 
 
@@ -215,6 +228,15 @@ def test_tokenizer_source_uses_the_sources_own_tokenizer(tmp_path):
     run_train(cfg)
     meta = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["momattn"]
     assert meta["tokenizer_name"] == "words" and meta["model_config"]["vocab_size"] == 64  # 17 tokens, padded
+
+
+def test_a_tokenizer_whose_ids_have_gaps_gets_a_row_for_its_largest_id(tmp_path):
+    # the model was sized by the token count (17 -> 64 rows): end-of-text, id 100, was out of range
+    cfg = compose_train(tmp_path, ["debug=smoke", "data._target_=test_train.WordSourceWithSparseIds", *NEW_SOURCE,
+                                   "tokenizer=source"])
+    run_train(cfg)
+    meta = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["momattn"]
+    assert meta["model_config"]["vocab_size"] == 128
 
 
 def test_tokenizer_source_needs_a_source_with_a_tokenizer(tmp_path):

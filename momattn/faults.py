@@ -111,7 +111,8 @@ class FaultInjection(Callback):
         self._save_killer = KillDuringSave() if kind == "kill_during_save" else None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self.kind == "nan" and trainer.global_step == self.step:  # this one batch's loss becomes NaN
+        if self.kind == "nan" and trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
+            # this one batch's loss becomes NaN
             self._saved = pl_module.model.wte.weight.detach().clone()
             with torch.no_grad():
                 pl_module.model.wte.weight.fill_(float("nan"))

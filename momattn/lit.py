@@ -120,6 +120,7 @@ class LitGPT(pl.LightningModule):
         # read by Lightning's ThroughputMonitor (FLOPs of one micro-batch, forward and backward)
         self.flops_per_batch = model.flops_per_token() * tokens_per_batch if tokens_per_batch else None
         self._val_sum, self._val_count, self._rng_to_restore = 0.0, 0, None
+        self._step_loss, self._step_finite, self._nonfinite, self._skipped = None, 0, [], 0  # see training_step
 
     def forward(self, idx):
         return self.model(idx)
@@ -129,20 +130,46 @@ class LitGPT(pl.LightningModule):
         return self.model(x, targets=y)  # the mean cross-entropy; no float32 (B, T, V) logits on a CPU
 
     def training_step(self, batch, batch_idx):
+        """The micro-batch's loss; its step's mean loss is logged once, in on_before_optimizer_step. A non-finite
+        loss returns a zero that still gives every parameter a (zero) gradient, so that under DDP this rank's
+        gradient all-reduce runs like the others'; the step is then stopped or skipped on every rank at once."""
         loss = self._loss(batch)
-        if not torch.isfinite(loss):
-            if self.optim.on_nonfinite == "skip":
-                self.print(f"warning: non-finite loss ({loss.item()}) at step {self.global_step}: batch skipped")
-                self.log("train/skipped_nonfinite", 1.0, reduce_fx="sum")
-                return None  # Lightning skips backward and the optimizer step
-            raise NonFiniteLossError(
-                f"the training loss became {loss.item()} at step {self.global_step} (batch {batch_idx}); training stopped "
-                "and the last good checkpoint is kept. Lower optim.lr, raise optim.warmup_steps or set optim.grad_clip, "
-                "then resume with ckpt_path=last; or set optim.on_nonfinite=skip to skip such batches"
-            )
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
-        return loss
+        if bool(torch.isfinite(loss)):
+            d = loss.detach().double()
+            self._step_loss = d if self._step_loss is None else self._step_loss + d
+            self._step_finite += 1
+            return loss
+        self._nonfinite.append((loss.item(), batch_idx))
+        # nan_to_num: a zero even where the weights themselves hold a NaN
+        return sum(torch.nan_to_num(p, 0.0, 0.0, 0.0).sum() for p in self.parameters() if p.requires_grad) * 0.0
+
+    def on_before_optimizer_step(self, optimizer):
+        """After the step's last backward: every rank learns whether any rank met a non-finite loss (one all-reduce
+        of three numbers under DDP, which also gives the step's mean loss over all ranks and micro-batches); such a
+        step stops training, or with optim.on_nonfinite=skip leaves the weights and AdamW's state untouched."""
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        stats = torch.stack([zero if self._step_loss is None else self._step_loss.to(self.device),
+                             zero + self._step_finite, zero + len(self._nonfinite)])
+        if self.trainer.world_size > 1:
+            stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
+        total, n_finite, n_bad = stats.tolist()
+        bad, self._nonfinite, self._step_loss, self._step_finite = self._nonfinite, [], None, 0
+        if n_bad:
+            value, where = (f"{bad[0][0]}", f" (batch {bad[0][1]})") if bad else ("non-finite", " on another process")
+            if self.optim.on_nonfinite != "skip":
+                raise NonFiniteLossError(
+                    f"the training loss became {value} at step {self.global_step}{where}; training stopped and the "
+                    "last good checkpoint is kept. Lower optim.lr, raise optim.warmup_steps or set optim.grad_clip, "
+                    "then resume with ckpt_path=last; or set optim.on_nonfinite=skip to skip such steps")
+            for p in self.parameters():  # AdamW passes over parameters without a gradient: no update, no decay
+                p.grad = None
+            self._skipped += 1
+            self.print(f"warning: non-finite loss ({value}) at step {self.global_step}{where}: step skipped")
+        if n_finite:
+            self.log("train/loss", total / n_finite, prog_bar=True)
+        self.log("train/lr", optimizer.param_groups[0]["lr"])
+        if self.optim.on_nonfinite == "skip":
+            self.log("train/skipped_nonfinite", float(self._skipped))  # steps skipped so far in this fit
 
     def validation_step(self, batch, batch_idx):
         loss = self._loss(batch)

@@ -104,6 +104,23 @@ def test_a_sigterm_on_one_ddp_rank_saves_on_both_at_the_same_step_without_a_hang
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stderr.count("SIGTERM received: checkpoint written to") == 1  # rank 0 says it, once
     assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 3
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_ddp_rank_skips_that_step_on_both(tmp_path):
+    # skipping by returning None from training_step, as before, is refused by Lightning under DDP: rc 1
+    ddp = ["trainer=ddp", "trainer.strategy=ddp", "trainer.devices=2", "trainer.precision=32-true", "dist_timeout_s=60"]
+    r = run_cli("train.py", [*RUN, *ddp, *fault("nan@4"), "+callbacks.fault.rank=1", "optim.on_nonfinite=skip",
+                             f"hydra.run.dir={tmp_path}"], tmp_path, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "non-finite loss (non-finite) at step 4 on another process: step skipped" in r.stdout + r.stderr
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 9 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+    skipped = {int(r["step"]): float(r["train/skipped_nonfinite"]) for r in read_metrics(tmp_path)
+               if r.get("train/skipped_nonfinite")}
+    assert skipped[3] == 0.0 and skipped[4] == 1.0 and skipped[8] == 1.0  # a count: 1 from step 4 on
+
+
 @pytest.mark.slow
 def test_sigterm_before_the_first_validation_and_a_resume_keep_one_last_ckpt(reference, tmp_path):
     r = run_cli("train.py", [*RUN, *fault("sigterm@1"), f"hydra.run.dir={tmp_path}"], tmp_path)

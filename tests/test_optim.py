@@ -148,27 +148,75 @@ def _batch(n, seed=0):
     return x[:, :-1], x[:, 1:]
 
 
-def test_training_step_returns_the_loss_and_logs_it_with_the_lr(monkeypatch):
+def test_training_step_returns_the_loss_and_the_step_logs_the_mean_over_its_micro_batches(monkeypatch):
     lit, opt, logged = _logging_lit(monkeypatch)
-    batch = _batch(3)
-    loss = lit.training_step(batch, 0)
-    x, y = batch
-    assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(lit.model(x).flatten(0, 1), y.flatten()).item())
-    assert logged["train/loss"][0] is loss and logged["train/loss"][1] == {"prog_bar": True}
-    assert logged["train/lr"][0] == opt.param_groups[0]["lr"]
+    batches = [_batch(3), _batch(3, 1)]
+    losses = [lit.training_step(b, i) for i, b in enumerate(batches)]  # gradient accumulation: two micro-batches
+    x, y = batches[0]
+    assert losses[0].item() == pytest.approx(
+        torch.nn.functional.cross_entropy(lit.model(x).flatten(0, 1), y.flatten()).item())
+    assert logged == {}  # nothing per micro-batch: Lightning would log the last one's as the step's loss
+    lit.on_before_optimizer_step(opt)
+    assert logged["train/loss"][0] == pytest.approx((losses[0].item() + losses[1].item()) / 2, rel=1e-9)
+    assert logged["train/loss"][1] == {"prog_bar": True} and logged["train/lr"][0] == opt.param_groups[0]["lr"]
+    logged.clear()
+    lit.training_step(batches[1], 2)  # the next step starts from zero
+    lit.on_before_optimizer_step(opt)
+    assert logged["train/loss"][0] == pytest.approx(losses[1].item(), rel=1e-9)
 
 
-def test_a_non_finite_loss_is_skipped_and_counted_or_stops_training(monkeypatch):
+def _nan_step(lit, opt, batch_idx=0):
+    out = lit.training_step(_batch(2, batch_idx), batch_idx)
+    out.backward()
+    lit.on_before_optimizer_step(opt)
+    return out
+
+
+def test_a_non_finite_loss_skips_the_whole_step_and_is_counted_or_stops_training(monkeypatch):
     from momattn.errors import NonFiniteLossError
 
-    lit, _, logged = _logging_lit(monkeypatch, on_nonfinite="skip")
+    lit, opt, logged = _logging_lit(monkeypatch, on_nonfinite="skip")
     with torch.no_grad():
         lit.model.lm_head.weight[0, 0] = float("nan")
-    assert lit.training_step(_batch(2), 0) is None
-    assert logged == {"train/skipped_nonfinite": (1.0, {"reduce_fx": "sum"})}
+    before = {k: v.clone() for k, v in lit.model.state_dict().items()}
+    lit._step_loss, lit._step_finite = torch.tensor(3.0, dtype=torch.float64), 1  # a finite micro-batch before
+    out = _nan_step(lit, opt, 1)
+    assert out.item() == 0.0  # a zero with a gradient for every parameter (DDP all-reduces them as usual)
+    assert all(p.grad is None for p in lit.model.parameters())  # the step is skipped whole
+    opt.step()
+    assert all(torch.equal(v.nan_to_num(), before[k].nan_to_num()) for k, v in lit.model.state_dict().items())
+    assert not opt.state  # AdamW kept no moments: nothing was updated
+    assert logged["train/skipped_nonfinite"][0] == 1.0 and logged["train/loss"][0] == 3.0  # the finite one's
+    _nan_step(lit, opt, 2)
+    assert logged["train/skipped_nonfinite"][0] == 2.0  # a running count, not 1.0 repeated
     lit.optim = OptimConfig(on_nonfinite="stop")
-    with pytest.raises(NonFiniteLossError, match="the training loss became nan at step 0"):
-        lit.training_step(_batch(2), 0)
+    with pytest.raises(NonFiniteLossError, match=r"the training loss became nan at step 0 \(batch 3\)"):
+        _nan_step(lit, opt, 3)
+
+
+def test_a_non_finite_loss_on_another_ddp_rank_stops_or_skips_this_rank_too(monkeypatch):
+    """Returning None to skip a batch is refused by Lightning under DDP (the run crashed); now every rank learns
+    of it in the step's one all-reduce and skips or stops at the same step."""
+    from momattn.errors import NonFiniteLossError
+
+    lit, opt, logged = _logging_lit(monkeypatch, world_size=2, on_nonfinite="skip")
+
+    class Strategy:  # the other rank: one micro-batch of loss 4.0 and one non-finite one
+        def reduce(self, t, reduce_op):
+            assert reduce_op == "sum"
+            return t + torch.tensor([4.0, 1.0, 1.0], dtype=t.dtype)
+
+    lit.trainer.strategy = Strategy()
+    loss = lit.training_step(_batch(2), 0)
+    loss.backward()
+    lit.on_before_optimizer_step(opt)
+    assert all(p.grad is None for p in lit.model.parameters())
+    assert logged["train/skipped_nonfinite"][0] == 1.0
+    assert logged["train/loss"][0] == pytest.approx((loss.item() + 4.0) / 2, rel=1e-9)  # over both ranks
+    lit.optim = OptimConfig(on_nonfinite="stop")
+    lit.training_step(_batch(2), 1).backward()
+    with pytest.raises(NonFiniteLossError, match="became non-finite at step 0 on another process"):
+        lit.on_before_optimizer_step(opt)
 
 
 def test_validation_loss_is_the_mean_over_sequences_of_all_batches(monkeypatch):

@@ -216,7 +216,7 @@ def paired_overhead(samples: list[float], vanilla: list[float]) -> dict:
     whose speed drifts or jumps between rounds (this one's steps alternate between ~1.0 and ~1.3 s) moves
     both samples of a round alike, so the ratio is steadier than the ratio of two medians."""
     ratios = [100 * (a / b - 1) for a, b in zip(samples, vanilla)]
-    q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
+    q = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) >= 2 else [ratios[0]] * 3
     return {"overhead_vs_vanilla_paired_pct": statistics.median(ratios), "paired_q1_pct": q[0], "paired_q3_pct": q[2]}
 
 

@@ -12,8 +12,8 @@ the run's precision (bf16 autocast where it trained in bf16-mixed), backward,
 clip, step, schedule, zero_grad, loss.item() (Lightning reads the loss for its progress bar too). Both figures
 are steady-state: tokens over the last `window` steps divided by the time between the ends of those steps
 (Lightning's ThroughputMonitor in train.py, window 20; the same window timed with perf_counter here), so start-up,
-the final validation and the checkpoint are left out of both. Repeats alternate the two; medians and ranges are
-reported. Writes benchmarks/results/framework.json and .md.
+the final validation and the checkpoint are left out of both. Repeats alternate which runs first; medians and
+ranges are reported. Writes benchmarks/results/framework_<recipe>_<fp32|bf16>.json and .md.
 """
 
 from __future__ import annotations
@@ -100,24 +100,35 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     if a.steps <= WINDOW:
         raise SystemExit(f"error: --steps must exceed the {WINDOW}-step measuring window")
-    rows = []
+    rows, meta = [], None
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(a.repeats):
-            run = run_train(a.recipe, a.attention, a.steps, Path(tmp) / f"run{i}")
-            bare = bare_loop(run["meta"], a.steps)
-            rows.append({"train_py": run["tokens_per_sec"], "bare": bare, "train_py_wall_s": round(run["wall_s"], 1)})
+            # the order alternates (train.py first in repeats 1, 3, ...; the bare loop first, on the previous
+            # run's config and tokens, in 2, 4, ...), so that neither always runs on a machine the other warmed
+            if i % 2 and meta is not None:
+                bare = bare_loop(meta, a.steps)
+                run = run_train(a.recipe, a.attention, a.steps, Path(tmp) / f"run{i}")
+            else:
+                run = run_train(a.recipe, a.attention, a.steps, Path(tmp) / f"run{i}")
+                bare = bare_loop(run["meta"], a.steps)
+            meta = run["meta"]
+            rows.append({"train_py": run["tokens_per_sec"], "bare": bare, "train_py_wall_s": round(run["wall_s"], 1),
+                         "first": "bare" if i % 2 else "train.py"})
             print(f"repeat {i + 1}/{a.repeats}: train.py {run['tokens_per_sec']:,.0f} tokens/s, bare loop "
                   f"{bare:,.0f} tokens/s", flush=True)
     tp, bare = [r["train_py"] for r in rows], [r["bare"] for r in rows]
     overhead = [b / t - 1 for t, b in zip(tp, bare)]
-    res = {"machine": machine_info("cpu"), "recipe": a.recipe, "attention": a.attention, "steps": a.steps,
+    precision = str(meta["config"]["trainer"]["precision"])
+    dtype = "bf16" if "bf16" in precision else "fp16" if precision.startswith("16") else "fp32"
+    res = {"machine": machine_info("cpu", dtype), "precision": precision, "recipe": a.recipe,
+           "attention": a.attention, "steps": a.steps,
            "window": WINDOW, "repeats": rows, "train_py_median": statistics.median(tp),
            "bare_median": statistics.median(bare), "overhead_median": statistics.median(overhead),
            "overhead_range": [min(overhead), max(overhead)], "threads": torch.get_num_threads(),
            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
     md = "\n".join([
-        f"## Framework overhead: train.py vs a bare loop (recipe={a.recipe}, attention={a.attention}, "
-        f"{a.steps} steps, last {WINDOW} measured, {a.repeats} alternating repeats)", "",
+        f"## Framework overhead: train.py vs a bare loop (recipe={a.recipe}, attention={a.attention}, {precision}, "
+        f"{a.steps} steps, last {WINDOW} measured, {a.repeats} repeats, the order alternating)", "",
         table(["", "train.py tokens/s", "bare loop tokens/s", "overhead (bare / train.py - 1)"],
               [[f"repeat {i + 1}", f"{r['train_py']:,.0f}", f"{r['bare']:,.0f}", f"{100 * o:+.1f}%"]
                for i, (r, o) in enumerate(zip(rows, overhead))] +
@@ -126,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     ])
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_results(out / "framework.json", res, md)
+    write_results(out / f"framework_{a.recipe}_{dtype}.json", res, md)
     return res
 
 

@@ -78,7 +78,7 @@ def _sample(fn: Callable[[], object], number: int, device: torch.device) -> tupl
 
 def summarize(samples: list[float]) -> dict:
     """Median, extremes and spread (interquartile range over the median, in %) of timing samples."""
-    q = statistics.quantiles(samples, n=4) if len(samples) >= 2 else [samples[0]] * 3
+    q = statistics.quantiles(samples, n=4, method="inclusive") if len(samples) >= 2 else [samples[0]] * 3
     med = statistics.median(samples)
     return {
         "median_s": med,

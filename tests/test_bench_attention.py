@@ -52,3 +52,11 @@ def test_rerender_derives_the_paired_overheads_from_stored_samples(tmp_path):
     mom = next(r for r in res["train_step"] if r["variant"] == "momentum")
     assert abs(mom["overhead_vs_vanilla_paired_pct"] - 1.0) < 1e-9
     assert res["targets"][0]["met"] and path.with_suffix(".md").exists()
+
+
+def test_the_spread_of_few_samples_never_exceeds_their_range():
+    import harness  # statistics.quantiles' default (exclusive) method extrapolated past the data: 129% for 2
+
+    s = harness.summarize([2.67, 6.71])
+    assert s["iqr_pct"] <= 100 * (6.71 - 2.67) / s["median_s"]
+    assert harness.summarize([1.0, 2.0, 3.0])["iqr_pct"] == 50.0  # quartiles 1.5 and 2.5 of a median of 2

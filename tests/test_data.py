@@ -289,3 +289,29 @@ def test_text_files_read_what_editors_and_json_writers_write(tmp_path):
     (tmp_path / "deep" / "er").mkdir(parents=True)
     (tmp_path / "deep" / "er" / "x.jsonl").write_text(json.dumps({"text": "x"}) + "\n")
     assert len(local_files(str(tmp_path / "**" / "*.jsonl"))) == 2  # what datasets reads for that pattern
+
+
+def test_the_split_sizes_and_filter_thresholds_key_the_default_corpus(monkeypatch):
+    from momattn.data import overlap, staicc
+
+    before = StaiccCorpus(tasks=["trec"]).fingerprint()
+    monkeypatch.setattr(staicc, "LM_VAL_FRACTION", 0.1)  # edited without a LEAK_FILTER_VERSION bump
+    assert StaiccCorpus(tasks=["trec"]).fingerprint() != before
+    monkeypatch.setattr(staicc, "LM_VAL_FRACTION", 0.05)
+    monkeypatch.setattr(overlap, "SHARE", 0.8)
+    assert StaiccCorpus(tasks=["trec"]).fingerprint() != before
+
+
+def test_a_hub_revision_is_passed_to_datasets_and_keys_the_token_cache(tmp_path, monkeypatch):
+    import datasets
+
+    f = tmp_path / "a.jsonl"
+    f.write_text(json.dumps({"text": "x"}) + "\n")
+    base = HubCorpus(name="json", data_files={"train": str(f)}, val_split=None)
+    pinned = HubCorpus(name="json", data_files={"train": str(f)}, val_split=None, revision="v1.0")
+    assert base.fingerprint() != pinned.fingerprint() != HubCorpus(**{**pinned.__dict__, "revision": "v2"}).fingerprint()
+    seen = {}
+    real = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: seen.update(kw) or real(*a, **{**kw, "revision": None}))
+    pinned.documents("train")
+    assert seen["revision"] == "v1.0"

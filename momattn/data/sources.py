@@ -70,8 +70,13 @@ class StaiccCorpus:
             raise DataError(f"data.tasks={self.tasks}: unknown or empty; choose among {', '.join(STAICC_FILES)}")
 
     def fingerprint(self) -> str:
-        # the filter shapes the text; the package's release and files are the rows
-        return digest(["staicc", 1, self.tasks, self.split_seed, LEAK_FILTER_VERSION, staicc_identity()])
+        # the filter shapes the text; the package's release and files are the rows; the split's sizes and the
+        # filter's thresholds are named too, so that editing one rebuilds the cache even without a version bump
+        from momattn.data import overlap, staicc
+
+        sizes = [staicc.ICL_TEST_ROWS, staicc.ICL_DEMO_ROWS, staicc.LM_VAL_FRACTION, staicc.MIN_SUBSTRING_WORDS,
+                 staicc.NEAR_CHARS, overlap.N, overlap.SHARE]
+        return digest(["staicc", 1, self.tasks, self.split_seed, LEAK_FILTER_VERSION, staicc_identity(), sizes])
 
     def documents(self, split: Split) -> list[str]:
         return lm_texts(self.tasks, split, self.split_seed)
@@ -178,6 +183,7 @@ class HubCorpus:
     data_files: dict[str, Any] | None = None  # local builders: {train: a.jsonl, validation: b.jsonl}
     val_fraction: float = 0.01
     seed: int = SPLIT_SEED
+    revision: str | None = None  # a hub commit or tag; the token cache is keyed by it (unpinned: by the name only)
 
     def __post_init__(self):
         if not self.name:
@@ -187,13 +193,15 @@ class HubCorpus:
 
     def fingerprint(self) -> str:
         return digest(["hf", 1, self.name, self.config, self.train_split, self.val_split, self.text_field,
-                       self.data_files, local_files(self.data_files), self.val_fraction, self.seed])
+                       self.data_files, local_files(self.data_files), self.val_fraction, self.seed]
+                      + ([self.revision] if self.revision else []))  # unpinned: the key of earlier releases
 
     def _load(self, split: str):
         import datasets
 
         try:
-            return datasets.load_dataset(self.name, self.config, split=split, data_files=self.data_files)
+            return datasets.load_dataset(self.name, self.config, split=split, data_files=self.data_files,
+                                         revision=self.revision)
         except UnicodeDecodeError as e:
             raise not_utf8(self.name, self.data_files, e) from None
         except StopIteration:  # what datasets raises for files without a single row

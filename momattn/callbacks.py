@@ -248,6 +248,7 @@ class Throughput(ThroughputMonitor):
 
 def throughput_summary(monitor: ThroughputMonitor) -> dict:
     """The last training window: tokens/s, FLOP/s and MFU (rank 0's device), and the peak MFU is relative to;
+    with several processes also `tokens_per_sec_all_devices`, the job's;
     and `tokens_per_sec_mean`, every training token over the whole training time (validation excluded, as
     Lightning's monitor times it), which one slow or fast window does not move.
 
@@ -258,6 +259,9 @@ def throughput_summary(monitor: ThroughputMonitor) -> dict:
            "mfu": m.get("device/mfu"), "peak_flops_per_sec": peak}
     if m.get("lengths") and m.get("time"):
         out["tokens_per_sec_mean"] = m["lengths"] / m["time"]
+    world = getattr(compat.stage_throughputs(monitor).get(RunningStage.TRAINING), "world_size", 1)
+    if world > 1 and m.get("items_per_sec"):  # the job's: rank 0's device times the processes (Lightning's own)
+        out["devices"], out["tokens_per_sec_all_devices"] = world, m["items_per_sec"]
     flops = out["flops_per_sec"]
     if peak and flops is not None and flops > peak:
         out["mfu"] = None

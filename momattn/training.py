@@ -375,8 +375,10 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
             if speed.get("mfu_note") else ""
         mean = f", {speed['tokens_per_sec_mean']:.0f} tokens/s over the whole run" \
             if speed.get("tokens_per_sec_mean") else ""
-        lines.append(f"  throughput {speed['tokens_per_sec']:.0f} tokens/s in the last steps{mean};{mfu} fit took "
-                     f"{speed['fit_seconds']:.0f} s")
+        every = f" per device ({speed['tokens_per_sec_all_devices']:.0f} over all {speed['devices']} devices)" \
+            if speed.get("tokens_per_sec_all_devices") else ""
+        lines.append(f"  throughput {speed['tokens_per_sec']:.0f} tokens/s{every} in the last steps{mean};{mfu} fit "
+                     f"took {speed['fit_seconds']:.0f} s")
     lines.append(f"  checkpoints: best {best}  last {last}" if best or last else
                  "  checkpoints: none written (no ModelCheckpoint callback: callbacks=none)")
     lines += [f"  {logs.describe(lg)}" for lg in loggers]

@@ -57,6 +57,18 @@ def test_summary_reports_tokens_flops_and_mfu():
     assert s["tokens_per_sec_mean"] == pytest.approx(128.0)  # 256 tokens in 2 s: steady, so the same
 
 
+def test_with_several_processes_the_jobs_tokens_per_second_is_reported_beside_the_devices():
+    m = Throughput(batch_size_fn=len, window_size=3)
+    t = BoundedThroughput(available_flops=None, window_size=3, world_size=4)
+    compat.stage_throughputs(m)[RunningStage.TRAINING] = t
+    for i in range(1, 5):
+        t.update(time=i * 0.5, batches=i, samples=4 * i, lengths=64 * i)
+    s = throughput_summary(m)
+    assert s["tokens_per_sec"] == pytest.approx(128.0)  # rank 0's device, as before
+    assert s["devices"] == 4 and s["tokens_per_sec_all_devices"] == pytest.approx(512.0)
+    assert "devices" not in throughput_summary(_monitor(peak=None, flops_per_batch=1.0, seconds_per_batch=0.5))
+
+
 def test_the_mean_counts_every_token_over_the_whole_time():
     m = Throughput(batch_size_fn=len, window_size=2)
     t = BoundedThroughput(available_flops=None, window_size=2)

@@ -1,7 +1,7 @@
 """ICL versus explicit finetuning on a checkpoint (Dai et al. 2023, Section 4): Rec2FTP, SimAOU, SimAM, Kendall,
 with their baselines, and a numerical check of the dual form.
 
-    python analyze.py ckpt_path=outputs/train/.../checkpoints/last.ckpt task=ginc shots=32
+    python analyze.py ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt task=ginc shots=32
     python analyze.py ckpt_path=last.ckpt task=sst2 shots=4 lrs=[1e-3,1e-2]
     python analyze.py ckpt_path=last.ckpt 'task={name: mytask, path: f.jsonl, template: "{text}:", answers: [a, b]}'
 

@@ -1,6 +1,6 @@
 """Evaluate momattn checkpoints: perplexity (the paper's Table 6) and in-context accuracy (Table 7).
 
-    python evaluate.py ckpt_path=outputs/train/.../checkpoints/last.ckpt
+    python evaluate.py ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt
     python evaluate.py ckpt_paths=[vanilla.ckpt,momentum.ckpt] icl.shots=[0,4] icl.max_examples=100
     python evaluate.py ckpt_path=last.ckpt icl.tasks=table7          # the paper's tasks, from the hub
     python evaluate.py ckpt_path=ginc.ckpt icl.tasks=[ginc,ginc_l3,ginc_l8,ginc_ood] icl.shots=[0,1,2,4,8,16,max]

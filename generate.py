@@ -1,6 +1,6 @@
 """Sample text from a momattn checkpoint, streamed to stdout as it is generated (like nanoGPT's sample.py).
 
-    python generate.py ckpt_path=outputs/train/.../checkpoints/last.ckpt prompt="Once upon a time"
+    python generate.py ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt prompt="Once upon a time"
     python generate.py ckpt_path=last.ckpt prompt="The film" max_new_tokens=50 temperature=0 num_samples=1
     python generate.py ckpt_path=last.ckpt prompt="Review:" num_samples=3 top_k=40 seed=7
 

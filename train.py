@@ -1,6 +1,6 @@
 """Train a GPT with vanilla or momentum attention, then a short evaluation (perplexity by length, ICL accuracy).
 
-    python train.py                                          # the main job: embedded data, vanilla attention
+    python train.py                                          # the main job: embedded StaICC text (offline), vanilla
     python train.py attention=momentum attention.eta=0.9     # the paper's MoAttn; attention=multirate_ema
     python train.py experiment=ginc attention=momentum       # GINC: in-context learning visible on a CPU
     python train.py -m attention=vanilla,momentum seed=1,2,3 # a sweep; then python evaluate.py sweep_dir=...

@@ -214,7 +214,8 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
     if not ckpt or ckpt == "null" or (multirun and ckpt == "last"):  # a sweep's jobs each resume their own folder
         return overrides
     run_dir = _last(overrides, "hydra.run.dir")
-    folder = run_folder_of(ckpt, run_dir, root or Path.cwd())
+    root_dir = _last(overrides, "paths.root_dir")  # where ckpt_path=last searches (train.py searches there too)
+    folder = run_folder_of(ckpt, run_dir, root or (Path(root_dir).expanduser() if root_dir else Path.cwd()))
     saved_file = folder / ".hydra" / "overrides.yaml" if folder else None
     if saved_file is not None and saved_file.is_file():
         from omegaconf import OmegaConf

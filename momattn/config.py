@@ -39,7 +39,7 @@ from momattn.tokenizer import TokenizerConfig, source_tokenizer
 
 @dataclass
 class PathsConfig:
-    root_dir: str = "."  # where outputs/ and multirun/ live (ckpt_path=last searches them)
+    root_dir: str = "."  # where ckpt_path=last searches outputs/ and multirun/ (new runs go to hydra.run.dir)
     output_dir: str = "."  # this run's folder: checkpoints, logs, summary.json, eval/
     cache_dir: str | None = None  # token and tokenizer cache
 

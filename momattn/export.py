@@ -1,6 +1,6 @@
 """Export a checkpoint as a Hugging Face model folder: model.safetensors + config.json + the tokenizer.
 
-    python -m momattn.export ckpt_path=outputs/train/.../checkpoints/last.ckpt out=exported [overwrite=true]
+    python -m momattn.export ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt out=exported [overwrite=true]
 
 - vanilla attention with learned positions -> GPT2LMHeadModel (plain transformers, no remote code):
   GPT-2's Conv1D layers hold the transposes of our nn.Linear weights, the output layer is tied to wte,

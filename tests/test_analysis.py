@@ -260,7 +260,8 @@ def test_bad_input_is_a_clear_error(tmp_path):
         cfg(task, lrs=[-1.0])
     # analyze's own keys are named, not the evaluator's it builds on
     for kw, culprit in [({"seed": "abc"}, "seed='abc' must be an int"), ({"dual_check": "off"}, "dual_check='off'"),
-                        ({"task": ["a", "b"]}, "must be one task")]:
+                        ({"task": ["a", "b"]}, "must be one task"),
+                        ({"logger": {"csv": {}}}, "logger=csv is not supported by analyze.py")]:  # was ignored
         with pytest.raises(ConfigError, match=culprit):
             cfg(**{"task": task, **kw})
     with pytest.raises(ConfigError, match=r"^task: unknown task 'sst3'"):

@@ -75,6 +75,13 @@ def test_resume_overrides_reuse_the_run_folder_and_today_wins(tmp_path, capsys):
     # a key the run added (+x.y=1) set again today as x.y=2: still an addition (x.y is not in the base config)
     merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir={run}", "x.y=2"])
     assert "+x.y=2" in merged and "+x.y=1" not in merged and "x.y=2" not in merged
+    # ckpt_path=last searches paths.root_dir where one is given (the command line's folder was searched instead)
+    other = tmp_path / "elsewhere" / "outputs" / "2026-01-01" / "10-00-00"
+    _saved(other, ["attention=multirate_ema"])
+    (other / "checkpoints").mkdir()
+    (other / "checkpoints" / "last.ckpt").write_bytes(b"")
+    merged = resume_overrides(["ckpt_path=last", f"paths.root_dir={tmp_path / 'elsewhere'}"])
+    assert merged[0] == "attention=multirate_ema" and merged[-1] == f"hydra.run.dir={other}"
 
 
 def test_command_line_forms_that_hydra_reads_its_own_way(tmp_path):

@@ -9,7 +9,7 @@ from typing import Any
 
 from momattn.analysis.finetune import paper_lr_grid
 from momattn.errors import ConfigError
-from momattn.eval.config import check_bool
+from momattn.eval.config import check_bool, check_logger
 
 
 @dataclass
@@ -47,6 +47,7 @@ class AnalyzeConfig:
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"{name}={v!r} must be an int")
         check_bool("dual_check", self.dual_check)
+        check_logger(self.logger, "analyze.py")  # logger=csv was accepted and logged nothing
         if not isinstance(self.separator, str) or not self.separator:
             raise ConfigError(f"separator={self.separator!r} must be 'eot' or a non-empty text such as '\\n\\n'")
         if not isinstance(self.task, str | Mapping):

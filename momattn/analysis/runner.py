@@ -330,7 +330,7 @@ def run_analyze(cfg: Mapping, out_dir: str | Path | None = None) -> AnalysisResu
 
     conf = build(AnalyzeConfig, cfg)
     if not conf.ckpt_path:
-        raise ConfigError("ckpt_path is not set; pass ckpt_path=outputs/train/.../checkpoints/last.ckpt")
+        raise ConfigError("ckpt_path is not set; pass ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt")
     out = Path(out_dir) if out_dir is not None else hydra_output_dir()
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(conf.device)

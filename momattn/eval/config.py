@@ -42,6 +42,15 @@ def check_bool(name: str, value: Any) -> None:
         raise ConfigError(f"{name}={value!r} must be true or false")
 
 
+def check_logger(logger: Any, entry: str) -> None:
+    """evaluate.py and analyze.py log to W&B or nowhere (their tables are their files): logger=csv is refused."""
+    if logger is not None and not isinstance(logger, Mapping):
+        raise ConfigError(f"logger={logger!r}: choose logger=none or logger=wandb (a config group)")
+    other = [k for k in (logger or {}) if k != "wandb"]
+    if other:
+        raise ConfigError(f"logger={other[0]} is not supported by {entry}; use logger=none or wandb")
+
+
 @dataclass
 class PplConfig:
     enabled: bool = True
@@ -186,11 +195,7 @@ class EvaluateConfig(EvalConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.logger is not None and not isinstance(self.logger, Mapping):
-            raise ConfigError(f"logger={self.logger!r}: choose logger=none or logger=wandb (a config group)")
-        other = [k for k in (self.logger or {}) if k != "wandb"]
-        if other:
-            raise ConfigError(f"logger={other[0]} is not supported by evaluate.py; use logger=none or wandb")
+        check_logger(self.logger, "evaluate.py")
 
     def checkpoint_paths(self) -> list[str]:
         paths = self.ckpt_paths or []

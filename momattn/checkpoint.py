@@ -7,6 +7,7 @@ A momattn checkpoint is a Lightning checkpoint (`state_dict` keys prefixed `mode
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
@@ -79,6 +80,53 @@ class _DcpUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a checkpoint's shard index")
 
 
+def _safe_read_metadata(self, *args, **kwargs):
+    """FileSystemReader.read_metadata with the shard index (.metadata) through an allow-list unpickler."""
+    with open(Path(self.path) / ".metadata", "rb") as f:
+        metadata = _DcpUnpickler(f).load()
+    if getattr(metadata, "storage_meta", None) is None:
+        from torch.distributed.checkpoint.metadata import StorageMeta
+
+        metadata.storage_meta = StorageMeta()
+    metadata.storage_meta.load_id = self.load_id
+    return metadata
+
+
+def _safe_load_bytes(self, read_item, value):
+    """DefaultLoadPlanner.load_bytes (non-tensor entries: optimizer hyper-parameters), but torch.load weights-only."""
+    from torch.distributed.checkpoint._traverse import set_element
+
+    obj = torch.load(value, weights_only=True)
+    if self.flatten_state_dict:
+        set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+    else:
+        self.state_dict[read_item.dest_index.fqn] = obj
+
+
+@contextlib.contextmanager
+def safe_sharded_reads(path):
+    """Within: torch.distributed.checkpoint reads shard indexes and non-tensor entries without running code (its
+    own readers unpickle both; Lightning's FSDP resume uses them), and a refusal is a CheckpointError."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    saved = FileSystemReader.read_metadata, DefaultLoadPlanner.load_bytes
+    FileSystemReader.read_metadata, DefaultLoadPlanner.load_bytes = _safe_read_metadata, _safe_load_bytes
+    try:
+        yield
+    except BaseException as e:  # torch.distributed.checkpoint wraps errors in CheckpointException(BaseException)
+        if isinstance(e, (KeyboardInterrupt, SystemExit, CheckpointError)):
+            raise
+        refused = re.search(r"(\S+) is not allowed in a checkpoint's shard index|Weights only load failed", str(e))
+        if refused:
+            raise CheckpointError(f"checkpoint '{path}' contains code or objects a safe load refuses "
+                                  f"({refused.group(1) or 'a non-tensor entry'}); momattn never executes code from a "
+                                  "checkpoint. Only load files you trust, written by train.py") from None
+        raise _unreadable(path, e) from None
+    finally:
+        FileSystemReader.read_metadata, DefaultLoadPlanner.load_bytes = saved
+
+
 def _read_sharded(p: Path, path) -> dict:
     """A sharded checkpoint folder (trainer=fsdp, momattn.strategies), consolidated in memory into the layout of
     a single-file checkpoint: state_dict, optimizer_states and the rest from meta.pt. Reads on any number of
@@ -87,42 +135,12 @@ def _read_sharded(p: Path, path) -> dict:
     from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
-    class SafeReader(FileSystemReader):  # the shard index (.metadata) through an allow-list unpickler
-        def read_metadata(self, *args, **kwargs):
-            with open(Path(self.path) / ".metadata", "rb") as f:
-                metadata = _DcpUnpickler(f).load()
-            if getattr(metadata, "storage_meta", None) is None:
-                from torch.distributed.checkpoint.metadata import StorageMeta
-
-                metadata.storage_meta = StorageMeta()
-            metadata.storage_meta.load_id = self.load_id
-            return metadata
-
-    class SafePlanner(_EmptyStateDictLoadPlanner):  # non-tensor entries (optimizer hyper-parameters) weights-only
-        def load_bytes(self, read_item, value):  # DefaultLoadPlanner.load_bytes, but torch.load weights-only
-            from torch.distributed.checkpoint._traverse import set_element
-
-            obj = torch.load(value, weights_only=True)
-            if self.flatten_state_dict:
-                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
-            else:
-                self.state_dict[read_item.dest_index.fqn] = obj
-
     meta = _load_safely(p / SHARDED_META, path)
     if not isinstance(meta, dict):
         raise CheckpointError(f"checkpoint '{path}': its {SHARDED_META} is not a dict; it was not written by train.py")
     ckpt: dict[str, Any] = {}
-    try:
-        _load_state_dict(ckpt, storage_reader=SafeReader(p), planner=SafePlanner(), no_dist=True)
-    except BaseException as e:  # torch.distributed.checkpoint wraps errors in CheckpointException(BaseException)
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):
-            raise
-        refused = re.search(r"(\S+) is not allowed in a checkpoint's shard index|Weights only load failed", str(e))
-        if refused:
-            raise CheckpointError(f"checkpoint '{path}' contains code or objects a safe load refuses "
-                                  f"({refused.group(1) or 'a non-tensor entry'}); momattn never executes code from a "
-                                  "checkpoint. Only load files you trust, written by train.py") from None
-        raise _unreadable(path, e) from None
+    with safe_sharded_reads(path):
+        _load_state_dict(ckpt, storage_reader=FileSystemReader(p), planner=_EmptyStateDictLoadPlanner(), no_dist=True)
     ckpt.update(meta)
     ckpt["state_dict"] = ckpt.pop("model", None)
     n_opt = sum(1 for k in ckpt if k.startswith("optimizer_") and k[len("optimizer_"):].isdigit())

@@ -46,6 +46,22 @@ class ShardedFSDP(FSDPStrategy):
             _remove(old)
         self.barrier("momattn_fsdp_save_done")
 
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
+        """A sharded folder, read without running code from it (torch's own readers unpickle its shard index and
+        non-tensor entries); a single-file checkpoint (written without FSDP) is refused: Lightning's path for it
+        crashed the process (a segmentation fault at the first optimizer step)."""
+        from momattn.checkpoint import safe_sharded_reads
+        from momattn.errors import CheckpointError
+
+        path = Path(checkpoint_path)
+        if not path.is_dir():
+            raise CheckpointError(
+                f"checkpoint '{path}' is a single file, written without FSDP; trainer=fsdp resumes only the sharded "
+                "folders it writes. Resume it with the strategy it was trained with (trainer=ddp or one device), or "
+                "start a new FSDP run from its weights")
+        with safe_sharded_reads(path):
+            return super().load_checkpoint(checkpoint_path, weights_only)
+
     def remove_checkpoint(self, filepath) -> None:
         if self.global_rank == 0:
             _remove(Path(filepath))
@@ -53,9 +69,11 @@ class ShardedFSDP(FSDPStrategy):
 
 def _remove(p: Path) -> None:
     """A checkpoint folder or file (an earlier single-file last.ckpt in the same run folder), if there."""
-    if p.is_dir():
+    if p.is_symlink():  # save_last=link: the link, never what it points at (rmtree refuses a link anyway)
+        p.unlink()
+    elif p.is_dir():
         shutil.rmtree(p)
-    elif p.exists() or p.is_symlink():
+    elif p.exists():
         p.unlink()
 
 

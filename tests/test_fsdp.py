@@ -50,6 +50,28 @@ def test_a_two_process_sharded_checkpoint_resumes_on_one_process_with_or_without
     # the shards resharded onto one FSDP process and the consolidated file give the same training
     assert all(runs["plain"][s] == pytest.approx(runs["fsdp1"][s], rel=1e-5) for s in (4, 5)), runs
 
+    # an FSDP resume reads the shard index without running code from it (Lightning's reader unpickled it)
+    import os
+    import pickle
+    import shutil
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'pwned'}",)
+
+    evil = tmp_path / "evil" / "last.ckpt"
+    shutil.copytree(folder, evil)
+    (evil / ".metadata").write_bytes(pickle.dumps(Evil()))
+    r = run_cli("train.py", [*FSDP, "trainer.devices=1", "trainer.max_steps=6", "run_eval=false", f"ckpt_path={evil}",
+                             f"hydra.run.dir={tmp_path / 'evilrun'}"], tmp_path)
+    assert r.returncode == 2 and "refuses" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert not (tmp_path / "pwned").exists()
+    # a single-file checkpoint under FSDP: one line (Lightning's path for it crashed the process)
+    single = tmp_path / "plain" / "checkpoints" / "last.ckpt"
+    r = run_cli("train.py", [*FSDP, "trainer.devices=1", "trainer.max_steps=8", "run_eval=false", f"ckpt_path={single}",
+                             f"hydra.run.dir={tmp_path / 'plain2fsdp'}"], tmp_path)
+    assert r.returncode == 2 and "is a single file, written without FSDP" in r.stderr, r.stderr[-3000:]
+
 
 def test_a_sharded_folder_whose_index_carries_code_is_refused_unrun(tmp_path):
     import os
@@ -66,3 +88,15 @@ def test_a_sharded_folder_whose_index_carries_code_is_refused_unrun(tmp_path):
     with pytest.raises(CheckpointError, match="refuses.*os.system|posix.system"):
         read_checkpoint(folder)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_replacing_a_last_ckpt_link_removes_the_link_not_the_checkpoint_it_points_at(tmp_path):
+    from momattn.strategies import _remove
+
+    best = tmp_path / "best-step3.ckpt"
+    best.mkdir()
+    (best / "meta.pt").write_bytes(b"x")
+    link = tmp_path / ".last.ckpt.old"  # save_last=link: last.ckpt, renamed aside, is a link to a sharded folder
+    link.symlink_to(best, target_is_directory=True)
+    _remove(link)  # was shutil.rmtree on the link: OSError, and the save died between its renames
+    assert not link.is_symlink() and (best / "meta.pt").is_file()

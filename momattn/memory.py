@@ -10,7 +10,8 @@ that a context far beyond the machine is refused in a second instead of dying in
                                                    mask in fp32 per layer (SDPA's math path), dropout masks
 with N the parameter count, B the micro-batch, T the context, L layers, d the width, H heads, V the vocabulary.
 Flash attention (CUDA, or CPU without dropout) keeps no (T, T) matrix; momentum's EMA is linear in T. Under FSDP
-each of W processes holds 16 N / W of the states (a full shard). Off CUDA the loss is blocked (momattn/loss.py):
+each of W processes holds 16 N / W of the states (a full shard), plus, whole, the weights and gradient of the
+largest FSDP unit it gathers (the embeddings; one unit per Block otherwise). Off CUDA the loss is blocked (momattn/loss.py):
 one block of rows' logits at a time, 10 V bytes per row of ROWS_PER_BLOCK, plus the hidden states' gradient and
 the LM head's (4 B T d + 4 V d) instead of 12 B T V. The estimate is meant to be within about 2x."""
 
@@ -63,7 +64,12 @@ def estimate_train_memory(model_config, batch_size: int, precision: str = "32-tr
     c = model_config
     w, act = bytes_per_value(precision)
     tokens = batch_size * c.block_size
-    states = 4 * w * n_params(c) // max(1, shards)
+    n = n_params(c)
+    states = 4 * w * n // max(1, shards)
+    if shards > 1:  # FSDP gathers one unit at a time (momattn.strategies: one per Block, the embeddings in the
+        # root unit): the largest whole, with its gradient before the reduce-scatter
+        root = c.vocab_size * c.n_embd + (c.block_size * c.n_embd if c.pos_emb == "learned" else 0)
+        states += 2 * w * max(root, (n - root) // max(1, c.n_layer))
     activations = tokens * c.n_layer * 20 * c.n_embd * act
     if blocked_loss and c.dropout > 0:  # two (B, H, T, T) fp32 tensors per layer saved for backward, and a transient
         activations += batch_size * c.n_layer * (12 * c.n_head * c.block_size ** 2 + 3 * c.block_size * c.n_embd)

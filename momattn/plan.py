@@ -79,7 +79,7 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float = 989.0) ->
     flops = flops_per_token * tokens
     precision = c.trainer["precision"]
     ddp = estimate_train_memory(m, c.loader.batch_size, precision)
-    fsdp_states = ddp.states / world
+    fsdp_states = estimate_train_memory(m, c.loader.batch_size, precision, shards=world).states
     seconds = flops / (mfu * peak_tflops * 1e12 * world)
     return {
         "overrides": overrides, "attention": m.attention.kind, "n_layer": m.n_layer, "n_embd": m.n_embd,

@@ -19,12 +19,18 @@ from lightning.pytorch.strategies import FSDPStrategy
 
 
 class ShardedFSDP(FSDPStrategy):
-    """FSDPStrategy(state_dict_type='sharded', use_orig_params=True) whose checkpoint folders appear atomically.
+    """FSDPStrategy(state_dict_type='sharded', use_orig_params=True, one unit per Block) whose checkpoint folders
+    appear atomically.
     use_orig_params keeps the parameter names, so weight decay still skips biases, LayerNorms and eta."""
 
     def __init__(self, **kwargs: Any):
+        from momattn.model import Block
+
         kwargs.setdefault("state_dict_type", "sharded")
         kwargs.setdefault("use_orig_params", True)
+        # one FSDP unit per transformer block: a process gathers one block's weights at a time, not the whole
+        # model's (one unit held every weight and gradient unsharded through forward and backward)
+        kwargs.setdefault("auto_wrap_policy", {Block})
         super().__init__(**kwargs)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options: Any | None = None) -> None:

@@ -159,26 +159,26 @@ def run_train(cfg: DictConfig) -> float | None:
         speed, metrics = outcome()
         trained = trainer.global_step > start_step  # False: a finished run resumed (the final model was validated
         # inside fit, even off the validation interval: LitGPT.on_train_batch_end)
-        with _full_weights(trainer, bool(c.run_eval and c.eval)):  # FSDP: every rank gathers, rank 0 keeps them
-            if trainer.is_global_zero:  # DDP: rank 0 reports and evaluates
-                if trained or not (out_dir / "summary.json").exists():
-                    _report(c, trainer, metrics, loggers, _unigram(train, val, model_config.vocab_size), speed,
-                            out_dir)
-                else:  # a finished run resumed: its summary (val loss, speed) stays, and gives the sweep's metric
-                    print(f"[momattn] nothing to train: the run was at step {start_step} already "
-                          f"(trainer.max_steps={c.max_steps}); {out_dir / 'summary.json'} is kept. Raise "
-                          "trainer.max_steps to train on", file=sys.stderr, flush=True)
-                    kept = json.loads((out_dir / "summary.json").read_text())
-                    metrics = {**{k: float(v) for k, v in kept.items() if k.startswith(("val/", "train/loss"))
-                                  and isinstance(v, int | float)}, **metrics}
-                done_before = not trained and (out_dir / "eval" / "results.json").exists()
-                if c.run_eval and c.eval and not done_before:
-                    # logged at the final validation's step: the loggers' axis is the last trained batch's index
-                    # (train/loss of optimizer step n is at n - 1), not the count of optimizer steps
-                    _evaluate(c, model, tokenizer, loggers, max(0, trainer.global_step - 1), out_dir)
-                elif c.run_eval and c.eval:
-                    print(f"[momattn] the evaluation of step {start_step} is in {out_dir / 'eval'} already; "
-                          "evaluate.py evaluates again with other settings", file=sys.stderr, flush=True)
+        eval_model = _evaluation_model(trainer, model, bool(c.run_eval and c.eval))  # FSDP: rank 0's full copy
+        if trainer.is_global_zero:  # DDP: rank 0 reports and evaluates
+            if trained or not (out_dir / "summary.json").exists():
+                _report(c, trainer, metrics, loggers, _unigram(train, val, model_config.vocab_size), speed,
+                        out_dir)
+            else:  # a finished run resumed: its summary (val loss, speed) stays, and gives the sweep's metric
+                print(f"[momattn] nothing to train: the run was at step {start_step} already "
+                      f"(trainer.max_steps={c.max_steps}); {out_dir / 'summary.json'} is kept. Raise "
+                      "trainer.max_steps to train on", file=sys.stderr, flush=True)
+                kept = json.loads((out_dir / "summary.json").read_text())
+                metrics = {**{k: float(v) for k, v in kept.items() if k.startswith(("val/", "train/loss"))
+                              and isinstance(v, int | float)}, **metrics}
+            done_before = not trained and (out_dir / "eval" / "results.json").exists()
+            if c.run_eval and c.eval and not done_before:
+                # logged at the final validation's step: the loggers' axis is the last trained batch's index
+                # (train/loss of optimizer step n is at n - 1), not the count of optimizer steps
+                _evaluate(c, eval_model, tokenizer, loggers, max(0, trainer.global_step - 1), out_dir)
+            elif c.run_eval and c.eval:
+                print(f"[momattn] the evaluation of step {start_step} is in {out_dir / 'eval'} already; "
+                      "evaluate.py evaluates again with other settings", file=sys.stderr, flush=True)
         value = metrics.get(c.optimized_metric)
         if value is not None and not math.isfinite(value):  # Optuna cannot record nan: a failed trial instead
             raise NonFiniteLossError(f"{c.optimized_metric}={value} at the end of training; the run diverged")
@@ -238,18 +238,26 @@ def _basic_launcher() -> bool:
         return False
 
 
-def _full_weights(trainer: pl.Trainer, needed: bool):
-    """Under FSDP with several processes each holds a shard of the weights: for the evaluation after training,
-    all of them gather the full weights onto rank 0 (a collective every rank enters). Elsewhere: nothing."""
-    from contextlib import nullcontext
-
+def _evaluation_model(trainer: pl.Trainer, model: GPT, needed: bool) -> GPT | None:
+    """The model the evaluation after training runs: `model` itself, or under FSDP (whose units each hold a shard
+    of their weights and gather them in a collective at every forward) a plain copy on rank 0 with the full
+    weights, which every rank helps gather; None on the other ranks."""
     from lightning.pytorch.strategies import FSDPStrategy
 
-    if not (needed and isinstance(trainer.strategy, FSDPStrategy) and trainer.world_size > 1):
-        return nullcontext()
+    if not (needed and isinstance(trainer.strategy, FSDPStrategy)):
+        return model
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-    return FSDP.summon_full_params(trainer.strategy.model, rank0_only=True, writeback=False)
+    wrapped = trainer.strategy.model
+    with FSDP.state_dict_type(wrapped, StateDictType.FULL_STATE_DICT,
+                              FullStateDictConfig(offload_to_cpu=wrapped.compute_device.type != "cpu", rank0_only=True)):
+        state = wrapped.state_dict()  # a collective: every rank enters
+    if not trainer.is_global_zero:
+        return None
+    full = GPT(model.config)
+    full.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+    return full.to(next(model.parameters()).device)
 
 
 def _tokens(c: TrainConfig, tokenizer: Tokenizer, vocab_size: int, block_size: int):

@@ -199,7 +199,10 @@ class LitGPT(pl.LightningModule):
         from lightning.pytorch.strategies import FSDPStrategy
 
         if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
-            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+            if gradient_clip_algorithm == "value":  # elementwise: each shard clips its own gradients alone
+                torch.nn.utils.clip_grad_value_([p for p in self.parameters() if p.grad is not None], gradient_clip_val)
+            else:
+                self.trainer.model.clip_grad_norm_(gradient_clip_val)
             return
         if gradient_clip_val and getattr(optimizer, "_step_supports_amp_scaling", False) and not self._grad_scaler():
             # a fused AdamW under bf16-mixed: Lightning's mixed-precision plugin refuses to clip for an optimizer

@@ -315,3 +315,18 @@ def test_a_warm_up_as_long_as_the_run_is_warned_about_with_the_highest_rate_it_r
     warning = warmup_warning(100, 60, 3e-4)
     assert f"at most {highest:.0%} of optim.lr=0.0003" in warning and "trainer.max_steps=60" in warning
     assert lr_lambda(59, o, 60) == highest  # still rising at the last step: it never decays
+
+
+def test_under_fsdp_clipping_by_value_clips_values_and_by_norm_takes_the_global_norm(monkeypatch):
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    lit, opt, _ = _logging_lit(monkeypatch)
+    lit.trainer.strategy = FSDPStrategy()
+    norms = []
+    lit.trainer.model = type("Wrapped", (), {"clip_grad_norm_": lambda self, v: norms.append(v)})()
+    for p in lit.model.parameters():
+        p.grad = torch.full_like(p, 3.0)
+    lit.configure_gradient_clipping(opt, 0.5, "value")  # was clipped by norm whatever the algorithm
+    assert norms == [] and all(float(p.grad.abs().max()) == 0.5 for p in lit.model.parameters())
+    lit.configure_gradient_clipping(opt, 0.5, "norm")
+    assert norms == [0.5]  # FSDP's own clip_grad_norm_: the norm over every shard

@@ -81,13 +81,17 @@ def _exists(cfg, key: str) -> bool | None:
     """Whether the dotted key is in the config (None where a list lies on the way: Hydra judges those)."""
     from omegaconf import DictConfig
 
-    node = cfg
-    for part in key.split("."):
+    node, parts = cfg, key.split(".")
+    for i, part in enumerate(parts):
         if not isinstance(node, DictConfig):
             return None
         if part not in node:
             return False
-        node = node[part]
+        if i < len(parts) - 1:
+            try:  # the leaf is never read: a ${hydra:...} value cannot be resolved before Hydra runs
+                node = node[part]
+            except Exception:
+                return None
     return True
 
 

@@ -140,8 +140,10 @@ class LitGPT(pl.LightningModule):
             self._step_finite += 1
             return loss
         self._nonfinite.append((loss.item(), batch_idx))
-        # nan_to_num: a zero even where the weights themselves hold a NaN
-        return sum(torch.nan_to_num(p, 0.0, 0.0, 0.0).sum() for p in self.parameters() if p.requires_grad) * 0.0
+        # a zero (nan_to_num: even where the weights hold a NaN) through the forward's output, so that FSDP's
+        # backward hooks run as on any step, plus every parameter, so that each gets a gradient (DDP waits for all)
+        zero = sum(torch.nan_to_num(p, 0.0, 0.0, 0.0).sum() for p in self.parameters() if p.requires_grad) * 0.0
+        return torch.nan_to_num(loss, 0.0, 0.0, 0.0) * 0.0 + zero
 
     def on_before_optimizer_step(self, optimizer):
         """After the step's last backward: every rank learns whether any rank met a non-finite loss (one all-reduce

@@ -64,6 +64,8 @@ def test_adding_a_key_that_exists_or_deleting_one_that_does_not_is_one_line():
         check_overrides("train", ["~optim.nothing"])
     with pytest.raises(ConfigError, match="'attention.eta' exists already"):  # the chosen option's keys count
         check_overrides("train", ["attention=momentum", "+attention.eta=0.3"])
+    with pytest.raises(ConfigError, match="'paths.output_dir' exists already"):  # a ${hydra:...} value, never read
+        check_overrides("train", ["+paths.output_dir=/tmp/x"])
 
 
 def run_expecting(tmp_path, overrides, error=UserError):

@@ -100,3 +100,15 @@ def test_replacing_a_last_ckpt_link_removes_the_link_not_the_checkpoint_it_point
     link.symlink_to(best, target_is_directory=True)
     _remove(link)  # was shutil.rmtree on the link: OSError, and the save died between its renames
     assert not link.is_symlink() and (best / "meta.pt").is_file()
+
+
+@pytest.mark.slow
+def test_a_skipped_non_finite_step_under_single_process_fsdp_saves_as_usual(tmp_path):
+    # the skip's zero loss bypassed the forward's output: FSDP's backward hooks never ran and the next save failed
+    fault = ["+callbacks.fault._target_=momattn.faults.FaultInjection", "+callbacks.fault.spec=nan@2"]
+    r = run_cli("train.py", [*FSDP, "trainer.devices=1", "trainer.max_steps=5", "run_eval=false", *fault,
+                             "optim.on_nonfinite=skip", f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "step skipped" in r.stdout + r.stderr
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 5 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())

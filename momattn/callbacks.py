@@ -18,6 +18,7 @@ from lightning.fabric.utilities.throughput import Throughput as FabricThroughput
 from lightning.pytorch import callbacks as lightning_callbacks
 from lightning.pytorch.callbacks import Callback, ThroughputMonitor
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from momattn import hardware
@@ -244,6 +245,48 @@ class Throughput(ThroughputMonitor):
         # on the axis train/loss and val/* use (the loggers' optimizer-step counter), not Lightning's own batch
         # counters: those restart on a resume, count validation batches, and count micro-batches under accumulation
         super()._compute(trainer, None)
+
+    # a resume continues the run's counts (train/samples, train/lengths = tokens seen, train/batches, train/time)
+    # instead of restarting them at 0 mid-curve, and tokens_per_sec_mean covers the whole run
+    def state_dict(self) -> dict:
+        s = RunningStage.TRAINING
+        if s not in self._t0s or not self._batches.get(s):  # not rank 0, or not trained yet
+            return {}
+        # per batch, not totals: a checkpoint may be written before this step's batch was counted (a SIGTERM)
+        return {"samples_per_batch": self._samples[s] / self._batches[s],
+                "lengths_per_batch": self._lengths[s] / self._batches[s], "time": time.perf_counter() - self._t0s[s]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._restored = dict(state_dict) or None
+
+    @rank_zero_only
+    def on_train_start(self, trainer, *args) -> None:
+        super().on_train_start(trainer, *args)
+        restored, self._restored = getattr(self, "_restored", None), None
+        if restored and "samples_per_batch" in restored:
+            s = RunningStage.TRAINING
+            batches = trainer.global_step * trainer.accumulate_grad_batches  # the micro-batches trained so far
+            self._batches[s] += batches
+            self._samples[s] += round(batches * restored["samples_per_batch"])
+            self._lengths[s] += round(batches * restored["lengths_per_batch"])
+            self._t0s[s] -= float(restored.get("time", 0.0))  # train/time: the training time before the resume too
+
+    # validation throughput is logged once per validation, at its end (each logging-interval batch logged a row at
+    # the same step, the first without rates)
+    @rank_zero_only
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, *args, **kwargs) -> None:
+        if trainer.sanity_checking:
+            return
+        self._update(trainer, pl_module, batch, trainer._evaluation_loop.batch_progress.total.ready)
+
+    @rank_zero_only
+    def on_validation_end(self, trainer, *args) -> None:
+        if not trainer.sanity_checking and RunningStage.VALIDATING in self._t0s:
+            t = compat.stage_throughputs(self)[RunningStage.VALIDATING]
+            with contextlib.suppress(Exception):  # fewer batches than a window: nothing to report
+                metrics = {f"{RunningStage.VALIDATING.value}{t.separator}{k}": v for k, v in t.compute().items()}
+                trainer._logger_connector.log_metrics(metrics)
+        super().on_validation_end(trainer, *args)
 
 
 def throughput_summary(monitor: ThroughputMonitor) -> dict:

@@ -225,7 +225,7 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
         from omegaconf import OmegaConf
 
         try:
-            saved = [str(o) for o in OmegaConf.load(saved_file)]
+            saved = [str(o) for o in OmegaConf.to_container(OmegaConf.load(saved_file), resolve=False)]  # ${..} kept
         except Exception as e:
             raise ConfigError(f"cannot read the run's saved command line {saved_file}: {e}. Resume by giving the "
                               "original overrides again, or repair that file") from None

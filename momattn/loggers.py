@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 import sys
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from momattn import lightning_compat as compat
 from momattn.errors import ConfigError, first_line
+from momattn.io import atomic_write_text
 from momattn.schema import instantiate, locate
 
 
@@ -53,7 +55,7 @@ def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, 
     mode = os.environ.get("WANDB_MODE")
     if mode in ("online", "run"):
         offline = False
-    elif mode in ("offline", "dryrun", "disabled"):
+    elif mode in ("offline", "dryrun"):
         offline = True
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     if wandb.run is not None:  # a run an earlier job of this process left open (it failed before training):
@@ -85,33 +87,58 @@ def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, 
 
 
 class _ContinuingWriter(ExperimentWriter):
-    """Lightning's CSV writer, except that an existing metrics.csv is continued (a resume) instead of deleted."""
+    """Lightning's CSV writer, except that an existing metrics.csv is continued (a resume) instead of deleted: its
+    rows from the resumed step on are dropped first (a run killed after its checkpoint had logged them; the resume
+    logs them again)."""
+
+    start_step = 0
 
     def _check_log_dir_exists(self) -> None:
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                self.metrics_keys = sorted(next(csv.reader(f), []))
+        if not self._fs.isfile(self.metrics_file_path):
+            return
+        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            rows = list(reader)
+        self.metrics_keys = sorted(header)
+        col = header.index("step") if "step" in header else None
+        if col is None:
+            return
+
+        def before(row) -> bool:
+            try:
+                return float(row[col]) < self.start_step
+            except (ValueError, IndexError):
+                return True  # a row without a step: kept
+        kept = [r for r in rows if before(r)]
+        if len(kept) < len(rows):
+            buf = io.StringIO()
+            csv.writer(buf, lineterminator="\n").writerows([header, *kept])
+            atomic_write_text(Path(self.metrics_file_path), buf.getvalue())
 
 
 class CSVLogger(_LightningCSVLogger):
     """metrics.csv in the run folder; a resumed run appends to the rows of the run it continues (Lightning's
     own CSVLogger deletes them), a fresh one starts it anew."""
 
-    def __init__(self, *args, resumed: bool = False, **kwargs):
+    def __init__(self, *args, resumed: bool = False, start_step: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.resumed = resumed
+        self.resumed, self.start_step = resumed, start_step
 
     @property
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            writer = _ContinuingWriter if self.resumed else ExperimentWriter
+            if self.resumed:
+                writer = type("_Continuing", (_ContinuingWriter,), {"start_step": self.start_step})
+            else:
+                writer = ExperimentWriter
             self._experiment = writer(log_dir=self.log_dir)
         return self._experiment
 
 
 def make_loggers(section: Mapping | None, run_id: str | None = None, group: str | None = None,
-                 name: str | None = None, resumed: bool = False) -> list[Logger]:
+                 name: str | None = None, resumed: bool = False, start_step: int = 0) -> list[Logger]:
     """The loggers of the `logger` config group. A W&B logger continues run `run_id` (a resume) and takes
     `group` and `name` (a sweep's) unless its config sets them; momattn's CSVLogger continues its metrics.csv
     only when the run resumed."""
@@ -121,11 +148,15 @@ def make_loggers(section: Mapping | None, run_id: str | None = None, group: str 
             continue
         extra = {}
         target = locate(conf.get("_target_", ""), f"logger.{key}._target_")
+        if target in (wandb_logger, WandbLogger) and os.environ.get("WANDB_MODE") == "disabled":
+            print("[momattn] WANDB_MODE=disabled: no W&B run (unset it, or logger=csv, to keep the metrics)",
+                  file=sys.stderr)
+            continue
         if target in (wandb_logger, WandbLogger):
             extra = {"id": conf.get("id") or run_id, "group": conf.get("group") or group,
                      "name": conf.get("name") or name}
         elif target is CSVLogger:
-            extra = {"resumed": resumed}
+            extra = {"resumed": resumed, "start_step": start_step}
         loggers.append(instantiate(conf, f"logger.{key}", **extra))
     return loggers
 

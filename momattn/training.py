@@ -124,7 +124,7 @@ def run_train(cfg: DictConfig) -> float | None:
     if c.trainer.get("enable_progress_bar", True) and not any(isinstance(cb, ProgressBar) for cb in callbacks):
         callbacks.append(TrainProgress())
     loggers = logs.make_loggers(c.logger, resume.get("wandb_run_id"), *_sweep_names(job, model_config),
-                                resumed=bool(resume))
+                                resumed=bool(resume), start_step=start_step)
     for lg in loggers:  # the run's whole config (attention, eta, lr, seed, ...): W&B runs can be told apart
         lg.log_hyperparams(c.resolved)
     # callbacks=none means no checkpoints (but on SIGTERM): not Lightning's default one in the logger's folder

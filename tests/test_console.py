@@ -75,6 +75,11 @@ def test_resume_overrides_reuse_the_run_folder_and_today_wins(tmp_path, capsys):
     # a key the run added (+x.y=1) set again today as x.y=2: still an addition (x.y is not in the base config)
     merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir={run}", "x.y=2"])
     assert "+x.y=2" in merged and "+x.y=1" not in merged and "x.y=2" not in merged
+    # a saved override holding an interpolation is read as written (reading resolved it, and failed)
+    interp = tmp_path / "interp"
+    _saved(interp, ["+logger.csv.save_dir=${paths.output_dir}"])
+    merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir={interp}"])
+    assert merged[0] == "+logger.csv.save_dir=${paths.output_dir}"
     # ckpt_path=last searches paths.root_dir where one is given (the command line's folder was searched instead)
     other = tmp_path / "elsewhere" / "outputs" / "2026-01-01" / "10-00-00"
     _saved(other, ["attention=multirate_ema"])
@@ -148,15 +153,28 @@ def test_metrics_csv_is_continued_only_by_a_resume(tmp_path):
 
     section = {"csv": {"_target_": "momattn.loggers.CSVLogger", "save_dir": str(tmp_path), "name": "", "version": ""}}
 
-    def log(step: int, resumed: bool) -> list[str]:
-        (lg,) = make_loggers(section, resumed=resumed)
-        lg.log_metrics({"train/loss": float(step)}, step=step)
+    def log(steps, resumed: bool, start_step: int = 0) -> list[str]:
+        (lg,) = make_loggers(section, resumed=resumed, start_step=start_step)
+        for step in steps:
+            lg.log_metrics({"train/loss": float(step)}, step=step)
         lg.save()
         return (tmp_path / "metrics.csv").read_text().splitlines()
 
-    assert log(0, resumed=False) == ["step,train/loss", "0,0.0"]
-    assert log(1, resumed=True) == ["step,train/loss", "0,0.0", "1,1.0"]  # a resume appends
-    assert log(0, resumed=False) == ["step,train/loss", "0,0.0"]  # a fresh run starts anew
+    assert log([0], resumed=False) == ["step,train/loss", "0,0.0"]
+    assert log([1], resumed=True, start_step=1) == ["step,train/loss", "0,0.0", "1,1.0"]  # a resume appends
+    assert log([0], resumed=False) == ["step,train/loss", "0,0.0"]  # a fresh run starts anew
+    # a run killed after its checkpoint (step 2) had logged steps 2-4: the resume logs them again, once
+    log([1, 2, 3, 4], resumed=True, start_step=1)
+    assert log([2, 3], resumed=True, start_step=2) == ["step,train/loss", "0,0.0", "1,1.0", "2,2.0", "3,3.0"]
+
+
+def test_wandb_mode_disabled_makes_no_wandb_run(tmp_path, monkeypatch, capsys):
+    from momattn.loggers import make_loggers
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # was mapped to offline: an offline run was written all the same
+    section = {"wandb": {"_target_": "momattn.loggers.wandb_logger", "save_dir": str(tmp_path)}}
+    assert make_loggers(section) == [] and not (tmp_path / "wandb").exists()
+    assert "WANDB_MODE=disabled: no W&B run" in capsys.readouterr().err
 
 
 def test_an_override_that_does_not_parse_is_one_line():

@@ -65,10 +65,11 @@ def test_sigterm_writes_checkpoint_exits_cleanly_and_resume_is_exact(reference, 
 
 
 def logged_rows(run_dir: Path) -> dict[tuple[int, str], list[float]]:
-    """{(step, 'train/loss' | 'val/loss'): every value logged there} of a logger=csv run."""
+    """{(step, 'train/loss' | 'val/loss' | 'train/samples'): every value logged there} of a logger=csv run
+    (train/samples: the samples seen so far, which a resume continued from 0 before session 20)."""
     rows: dict[tuple[int, str], list[float]] = {}
     for r in read_metrics(run_dir):
-        for key in ("train/loss", "val/loss"):
+        for key in ("train/loss", "val/loss", "train/samples"):
             if r.get(key):
                 rows.setdefault((int(r["step"]), key), []).append(float(r[key]))
     return rows

@@ -334,6 +334,8 @@ def test_training_ends_with_the_short_evaluation_logged(tmp_path):
     last = max(step_of["train/loss"])  # one axis: the final validation and the evaluation at the last batch's step,
     assert max(step_of["val/loss"]) == step_of["eval/ppl@32"].pop() == last  # validation throughput beside them
     assert step_of["validate/device/items_per_sec"] <= step_of["val/loss"]
+    val_rows = [int(r["step"]) for r in rows if r.get("validate/samples")]  # once per validation, at its end
+    assert val_rows and len(val_rows) == len(set(val_rows)), val_rows
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["unigram_val_ppl"] > 1
 

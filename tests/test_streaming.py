@@ -74,6 +74,25 @@ def test_without_a_validation_split_the_held_out_rows_are_never_trained_on(tmp_p
     assert list(src.train_texts(1)) != list(src.train_texts(0))
 
 
+def test_without_a_validation_split_the_shards_order_is_still_shuffled(tmp_path):
+    # holding the first rows out by position (datasets' skip) blocked shard shuffling: every epoch began with the
+    # first shard's documents, whatever the seed
+    shards = []
+    for i in range(8):
+        shards.append(tmp_path / f"part{i}.jsonl")
+        shards[-1].write_text("".join(json.dumps({"text": f"shard{i} doc{j}"}) + "\n" for j in range(10)))
+    src = StreamingHubCorpus(name="json", data_files={"train": [str(p) for p in shards]}, val_split=None,
+                             val_docs=5, shuffle_buffer=4)
+    held = src.documents("val")
+    assert held == [f"shard0 doc{j}" for j in range(5)]
+    firsts = set()
+    for epoch in range(6):
+        train = list(src.train_texts(epoch))
+        assert len(train) == 75 and not set(train) & set(held)
+        firsts.add(train[0].split()[0])
+    assert len(firsts) > 1, firsts  # epochs start in different shards
+
+
 def test_a_stream_that_cannot_be_opened_offline_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     src = StreamingHubCorpus(name="no-such-user/no-such-corpus")

@@ -11,11 +11,12 @@ reads it again with the shuffle seed + epoch.
 
 A background thread tokenizes ahead of training (the `tokenizers` library releases the GIL), so the pipeline
 overlaps the training step instead of adding to it. Validation uses the first `val_docs` documents of the
-validation split (or, without one, of the train stream, which training then skips): a fixed, cached set.
+validation split (or, without one, of the train stream, which training then leaves out): a fixed, cached set.
 """
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -78,13 +79,10 @@ class StreamingHubCorpus:
                 "local files: data.name=json data.data_files={train: a.jsonl, validation: b.jsonl}"
             ) from None
 
-    def texts(self, split: str, epoch: int = 0, shuffle: bool = True, skip: int = 0,
-              limit: int | None = None) -> Iterator[str]:
-        """The non-empty documents of `split` in stream order, from row `skip` on (at most `limit` rows),
-        shuffled in a buffer (seed + epoch) unless shuffle=False."""
+    def texts(self, split: str, epoch: int = 0, shuffle: bool = True, limit: int | None = None) -> Iterator[str]:
+        """The non-empty documents of `split` in stream order (of its first `limit` rows), shuffled (the shards'
+        order, and in a buffer; seed + epoch) unless shuffle=False."""
         ds = self._open(split)
-        if skip:
-            ds = ds.skip(skip)
         if limit is not None:
             ds = ds.take(limit)
         if shuffle and self.shuffle_buffer:
@@ -108,9 +106,20 @@ class StreamingHubCorpus:
                 yield text
 
     def train_texts(self, epoch: int = 0) -> Iterator[str]:
-        """The training stream. Without a validation split, the train split's first val_docs rows are held out
-        before shuffling, so no epoch ever trains on them."""
-        return self.texts(self.train_split, epoch, skip=0 if self.val_split else self.val_docs)
+        """The training stream. Without a validation split, the documents of the train split's first val_docs rows
+        are held out by their text, so no epoch trains on them (nor on a copy elsewhere in the stream). Skipping
+        those rows by position instead (datasets' skip) stopped datasets from shuffling the shards' order: every epoch
+        then read the shards in their stored order, shuffled only inside the buffer."""
+        if self.val_split:
+            return self.texts(self.train_split, epoch)
+        held = self._held_out()
+        return (t for t in self.texts(self.train_split, epoch) if _text_key(t) not in held)
+
+    def _held_out(self) -> frozenset[bytes]:
+        if getattr(self, "_held", None) is None:
+            self._held = frozenset(_text_key(t) for t in self.texts(self.train_split, shuffle=False,
+                                                                     limit=self.val_docs))
+        return self._held
 
     def documents(self, split: Split) -> list[str]:
         """Bounded lists only: 'val' = the non-empty documents among the first val_docs rows of the validation
@@ -126,6 +135,10 @@ class StreamingHubCorpus:
         if not docs:
             raise DataError(f"the {split} stream of data.name='{self.name}' is empty")
         return docs
+
+
+def _text_key(text: str) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
 def packed_windows(texts: Callable[[int], Iterator[str]], encode_batch: Callable[[list[str]], list[list[int]]],

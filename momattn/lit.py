@@ -171,7 +171,7 @@ class LitGPT(pl.LightningModule):
             self.log("train/loss", total / n_finite, prog_bar=True)
         self.log("train/lr", optimizer.param_groups[0]["lr"])
         if self.optim.on_nonfinite == "skip":
-            self.log("train/skipped_nonfinite", float(self._skipped))  # steps skipped so far in this fit
+            self.log("train/skipped_nonfinite", float(self._skipped))  # steps skipped so far in this run
 
     def validation_step(self, batch, batch_idx):
         loss = self._loss(batch)
@@ -244,13 +244,14 @@ class LitGPT(pl.LightningModule):
             t.should_stop = True
 
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["momattn"] = {**self.meta, "rng": rng_state()}
+        checkpoint["momattn"] = {**self.meta, "rng": rng_state(), "skipped_nonfinite": self._skipped}
         for logger in self.loggers:  # a resume continues the same W&B run
             if isinstance(logger, WandbLogger) and logger.version:
                 checkpoint["momattn"]["wandb_run_id"] = logger.version
 
     def on_load_checkpoint(self, checkpoint):
         self._rng_to_restore = checkpoint.get("momattn", {}).get("rng")
+        self._skipped = int(checkpoint.get("momattn", {}).get("skipped_nonfinite") or 0)  # the count runs on
         self._resumed_optim = (checkpoint.get("momattn", {}).get("config") or {}).get("optim") or {}
 
     def on_train_start(self):

@@ -238,6 +238,7 @@ def test_nonfinite_loss_can_be_skipped(tmp_path):
     ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 9  # training went on to the end
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())  # the NaN batch left no trace
+    assert ckpt["momattn"]["skipped_nonfinite"] == 1  # a resume's count continues from it
 
 
 @pytest.mark.slow

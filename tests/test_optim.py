@@ -189,6 +189,11 @@ def test_a_non_finite_loss_skips_the_whole_step_and_is_counted_or_stops_training
     assert logged["train/skipped_nonfinite"][0] == 1.0 and logged["train/loss"][0] == 3.0  # the finite one's
     _nan_step(lit, opt, 2)
     assert logged["train/skipped_nonfinite"][0] == 2.0  # a running count, not 1.0 repeated
+    checkpoint = {}
+    lit.on_save_checkpoint(checkpoint)
+    resumed, _, _ = _logging_lit(monkeypatch, on_nonfinite="skip")
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed._skipped == 2  # the count runs on across a resume (it restarted at 0)
     lit.optim = OptimConfig(on_nonfinite="stop")
     with pytest.raises(NonFiniteLossError, match=r"the training loss became nan at step 0 \(batch 3\)"):
         _nan_step(lit, opt, 3)

@@ -77,39 +77,42 @@ def _groups() -> dict[str, list[str]]:
     return {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in CONF_DIR.iterdir() if d.is_dir()}
 
 
-def _exists(cfg, key: str) -> bool | None:
-    """Whether the dotted key is in the config (None where a list lies on the way: Hydra judges those)."""
+def _walk(cfg, key: str) -> tuple[str, int, object]:
+    """Where a dotted key leads: ('exists', ...), ('missing', i, node) with parts[i] absent from node, or
+    ('unknown', ...) where a list or a value that cannot be resolved yet lies on the way (Hydra judges those). The
+    leaf is never read: a ${hydra:...} value cannot be resolved before Hydra runs."""
     from omegaconf import DictConfig
 
     node, parts = cfg, key.split(".")
     for i, part in enumerate(parts):
         if not isinstance(node, DictConfig):
-            return None
+            return "unknown", i, node
         if part not in node:
-            return False
+            return "missing", i, node
         if i < len(parts) - 1:
-            try:  # the leaf is never read: a ${hydra:...} value cannot be resolved before Hydra runs
+            try:
                 node = node[part]
             except Exception:
-                return None
-    return True
+                return "unknown", i, node
+    return "exists", len(parts), node
+
+
+def _exists(cfg, key: str) -> bool | None:
+    """Whether the dotted key is in the config (None where the walk cannot tell)."""
+    status = _walk(cfg, key)[0]
+    return None if status == "unknown" else status == "exists"
 
 
 def _check_key(cfg, key: str, hint: str | None = None) -> None:
-    from omegaconf import DictConfig
-
-    node, parts = cfg, key.split(".")
-    for i, part in enumerate(parts):
-        if not isinstance(node, DictConfig):
-            return  # a list index or a leaf value: let Hydra judge
-        if part not in node:
-            where = ".".join(parts[:i]) or "the top level"
-            known = [str(k) for k in node.keys()]
-            raise ConfigError(
-                f"'{key}' is not a config key: '{part}' does not exist in {where}.{did_you_mean(part, known)} "
-                f"Keys there: {', '.join(known)}. ({hint or f'To add a new key on purpose use +{key}=...'})"
-            )
-        node = node[part]
+    status, i, node = _walk(cfg, key)
+    if status == "missing":
+        parts = key.split(".")
+        where = ".".join(parts[:i]) or "the top level"
+        known = [str(k) for k in node.keys()]
+        raise ConfigError(
+            f"'{key}' is not a config key: '{parts[i]}' does not exist in {where}.{did_you_mean(parts[i], known)} "
+            f"Keys there: {', '.join(known)}. ({hint or f'To add a new key on purpose use +{key}=...'})"
+        )
 
 
 def check_overrides(config_name: str, overrides: list[str]) -> None:
@@ -157,8 +160,7 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
             raise ConfigError(f"{line}: '{key}' exists already; '+' adds a new key. Write {line[1:]} to set it "
                               f"(or ++{line[1:]} to set it whether or not it exists)")
     for key, line in deletes:
-        if _exists(cfg, key) is False:
-            _check_key(cfg, key, hint=f"{line} deletes a key, which must exist")  # names the missing part
+        _check_key(cfg, key, hint=f"{line} deletes a key, which must exist")  # names the missing part
 
 
 def _override_key(o: str) -> str:

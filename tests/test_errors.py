@@ -53,7 +53,8 @@ def test_override_checker_leaves_globs_to_hydra_and_checks_each_option_of_a_list
 def test_override_checker_accepts_valid_overrides():
     check_overrides("train", ["attention=momentum", "attention.eta=0.3", "+new_key=1", "hydra.run.dir=x",
                               "data=text_files", "data.paths=[a.txt]", "trainer.max_steps=3", "~optim.lr",
-                              "++seed=3", "++optim.new=1", "+optim.other=2", "~logger", "+experiment=ginc"])
+                              "++seed=3", "++optim.new=1", "+optim.other=2", "~logger", "+experiment=ginc",
+                              "paths.output_dir=/tmp/x"])  # a ${hydra:...} key: its value is never read (traceback)
 
 
 def test_adding_a_key_that_exists_or_deleting_one_that_does_not_is_one_line():

@@ -73,8 +73,9 @@ def _compose(config_name: str, overrides: list[str], **kwargs):
         GlobalHydra.instance().clear()
 
 
-def _groups() -> dict[str, list[str]]:
-    return {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in CONF_DIR.iterdir() if d.is_dir()}
+def _groups(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
+    """{config group: its options}: the folders under conf/ and their YAML files."""
+    return {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in conf_dir.iterdir() if d.is_dir()}
 
 
 def _walk(cfg, key: str) -> tuple[str, int, object]:

@@ -19,16 +19,18 @@ def print_help(config_name: str, doc: str | None, conf_dir: Path) -> None:
 def help_text(config_name: str, doc: str | None, conf_dir: Path) -> str:
     from omegaconf import OmegaConf
 
+    from momattn.cli import _groups
+
     path = conf_dir / f"{config_name}.yaml"
     text = path.read_text()
     out = [(doc or "").strip(), ""]
-    groups = []
+    groups, all_options = [], _groups(conf_dir)
     for entry in OmegaConf.to_container(OmegaConf.load(path)).get("defaults", []):
         if not isinstance(entry, dict) or len(entry) != 1:
             continue  # _self_
         (group, default), = entry.items()
         default = "none" if default is None else default
-        options = sorted(f.stem for f in (conf_dir / group).glob("*.yaml")) if (conf_dir / group).is_dir() else []
+        options = all_options.get(group, [])
         if options:
             groups.append(f"  {group}: {', '.join(options)}  (default: {default})")
     if groups:

@@ -91,7 +91,9 @@ class _ContinuingWriter(ExperimentWriter):
     rows from the resumed step on are dropped first (a run killed after its checkpoint had logged them; the resume
     logs them again)."""
 
-    start_step = 0
+    def __init__(self, log_dir: str, start_step: int = 0):
+        self.start_step = start_step  # before Lightning's __init__, which reads the existing file
+        super().__init__(log_dir=log_dir)
 
     def _check_log_dir_exists(self) -> None:
         if not self._fs.isfile(self.metrics_file_path):
@@ -129,11 +131,8 @@ class CSVLogger(_LightningCSVLogger):
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            if self.resumed:
-                writer = type("_Continuing", (_ContinuingWriter,), {"start_step": self.start_step})
-            else:
-                writer = ExperimentWriter
-            self._experiment = writer(log_dir=self.log_dir)
+            self._experiment = (_ContinuingWriter(self.log_dir, self.start_step) if self.resumed
+                                else ExperimentWriter(log_dir=self.log_dir))
         return self._experiment
 
 

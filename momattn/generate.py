@@ -175,7 +175,7 @@ def generate_text(model, tokenizer, cfg: GenerateConfig, device: str, out: TextI
         stream, text = StreamDecoder(tokenizer.decode, prompt_ids), []
         with inference_autocast(device, cfg.precision):
             for tok in sample_tokens(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator,
-                                     vocab=tokenizer.max_id + 1):
+                                     vocab=tokenizer.n_ids):
                 piece = stream.push(int(tok[0]))
                 if piece:
                     text.append(piece)

@@ -192,7 +192,7 @@ class MomattnLM(TemplateLM):
             tokens, text = [], ""
             with torch.no_grad(), inference_autocast(self._device, self.precision):
                 for tok in sample_tokens(self.model, idx, max_new, temperature, top_k,
-                                         vocab=self.tokenizer.max_id + 1):
+                                         vocab=self.tokenizer.n_ids):
                     if int(tok[0]) == self.eot_token_id:
                         break
                     tokens.append(int(tok[0]))

@@ -101,8 +101,9 @@ class Tokenizer:
 
     @property
     def n_ids(self) -> int:
-        """The embedding rows a model needs: ids 0..max_id, more than vocab_size where the ids have gaps."""
-        return max(self.vocab_size, self.max_id + 1)
+        """The embedding rows a model needs, and the ids a sampler may draw: 0..max_id (more than vocab_size where
+        the ids have gaps)."""
+        return self.max_id + 1
 
     def _cannot_encode(self, text: str, e: Exception) -> DataError:
         return DataError(f"tokenizer '{self.name}' cannot encode the text {text[:80]!r} ({e}): its vocabulary "

@@ -173,20 +173,18 @@ def normalize(text: str) -> str:
     return _normalize_block(text.replace(_SEP, " "))
 
 
-def normalize_many(texts) -> list[str]:
-    """`normalize` of each text, computed in one pass over the joined texts (the same result, much faster)."""
+def normalize_many(texts, words: bool = False) -> list[str]:
+    """`normalize` of each text, computed in one pass over the joined texts (the same result, much faster);
+    words=True keeps each text's words apart (see normalize_words)."""
     texts = [t.replace(_SEP, " ") for t in texts]
     if not texts:
         return []
-    return _normalize_block(_SEP.join(texts)).split(_SEP)
+    return _normalize_block(_SEP.join(texts), words=words).split(_SEP)
 
 
 def normalize_words(texts: list[str]) -> list[str]:
     """Each text's words under `normalize`'s rules, separated by spaces (punctuation and whitespace end a word)."""
-    texts = [t.replace(_SEP, " ") for t in texts]
-    if not texts:
-        return []
-    return _normalize_block(_SEP.join(texts), words=True).split(_SEP)
+    return normalize_many(texts, words=True)
 
 
 # old comparison (exact text up to case and whitespace): kept to measure what it missed, see leak_report

@@ -299,6 +299,19 @@ def test_optuna_sweep_searches_what_the_attention_has(attention, searched, trial
     assert "setup plugin alembic" not in r.stdout + r.stderr  # Optuna's storage imports alembic, which logs a page
 
 
+@pytest.mark.slow
+def test_an_optuna_search_whose_every_trial_failed_ends_with_one_line(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    r = run_cli("train.py", ["-m", "hparams_search=optuna", *SMOKE, "trainer.max_steps=2", "hydra.sweeper.n_trials=2",
+                             "+callbacks.fault._target_=momattn.faults.FaultInjection", "+callbacks.fault.spec=nan@1",
+                             "optim.on_nonfinite=stop", f"hydra.sweep.dir={tmp_path}"], tmp_path)
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]  # was Optuna's "ValueError: No trials are completed yet." traceback
+    assert last.startswith(f"error: none of the search's 2 trials completed: each one's error is above and its log "
+                           f"in its folder under {tmp_path.resolve()}"), r.stderr[-3000:]
+    assert "No trials are completed" not in r.stderr and r.stderr.count("training loss became nan") >= 2
+
+
 def test_wandb_sweep_recipe_arguments_are_accepted_by_train_py(tmp_path):
     import yaml
 

@@ -4,6 +4,7 @@ durable, and a resume restores the RNG (dropout) exactly."""
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -114,6 +115,32 @@ def test_a_failed_write_leaves_the_previous_checkpoint_untouched(tmp_path):
     assert torch.load(path, weights_only=True)["step"] == 1
 
 
+def test_two_writers_in_one_process_never_share_a_temporary_file(tmp_path):
+    import threading
+
+    from momattn.io import atomic_write
+
+    path, inside, release, errors = tmp_path / "tok.json", threading.Event(), threading.Event(), []
+
+    def slow(f):  # writer A: holds its temporary file open until B has written
+        f.write(b"A" * 10)
+        inside.set()
+        release.wait(10)
+        f.write(b"A" * 10)
+
+    a = threading.Thread(target=lambda: atomic_write(path, slow))
+    a.start()
+    inside.wait(10)
+    try:
+        atomic_write(path, lambda f: f.write(b"B" * 30))  # one PID, so the temporary name held only the PID
+    except OSError as e:
+        errors.append(e)
+    release.set()
+    a.join()
+    assert not errors and path.read_bytes() == b"A" * 20  # A's whole file, renamed last (was: B's, then A crashed)
+    assert os.listdir(tmp_path) == ["tok.json"]
+
+
 def test_a_write_is_temp_file_fsync_rename_then_fsync_of_the_folder(tmp_path, monkeypatch):
     events = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -132,7 +159,7 @@ def test_a_write_is_temp_file_fsync_rename_then_fsync_of_the_folder(tmp_path, mo
     AtomicCheckpointIO().save_checkpoint({"w": torch.ones(10)}, tmp_path / "sub" / "last.ckpt")
     assert [e[0] for e in events] == ["fsync-file", "replace", "fsync-dir"]
     assert events[0][1] > 0  # the data was in the temp file before the rename
-    assert events[1][1] == f".last.ckpt.tmp{os.getpid()}" and events[1][2] == "last.ckpt"
+    assert re.fullmatch(rf"\.last\.ckpt\.[0-9a-f]{{8}}\.tmp{os.getpid()}", events[1][1]) and events[1][2] == "last.ckpt"
     assert torch.equal(torch.load(tmp_path / "sub" / "last.ckpt", weights_only=True)["w"], torch.ones(10))
 
 

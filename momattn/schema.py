@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
-from momattn.errors import ConfigError, did_you_mean
+from momattn.errors import ConfigError, did_you_mean, first_line
 
 T = TypeVar("T")
 
@@ -105,7 +105,7 @@ def instantiate(conf: Mapping, what: str, **kwargs: Any) -> Any:
         return hydra.utils.instantiate(conf, **kwargs)
     except Exception as e:
         cause = e.__cause__ or e
-        raise ConfigError(f"{what} could not be created: {str(cause).splitlines()[0][:300]}") from e
+        raise ConfigError(f"{what} could not be created: {first_line(cause, 300)}") from e
 
 
 def instantiate_all(node: Mapping | None, what: str) -> list:

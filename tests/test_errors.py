@@ -124,6 +124,16 @@ def test_unknown_data_target_names_the_import_problem(tmp_path):
     assert msg.startswith("data._target_='momattn.data.sources.NoSuchCorpus' cannot be imported")
 
 
+def test_a_component_that_fails_without_a_message_is_named_by_its_error_type(tmp_path, monkeypatch):
+    from momattn.schema import instantiate
+
+    (tmp_path / "bare_assert.py").write_text("def make():\n    assert False\n")  # a user's callback, no message
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # its empty message was read as a first line: IndexError
+    with pytest.raises(ConfigError, match=r"^callbacks.x could not be created: AssertionError$"):
+        instantiate({"_target_": "bare_assert.make"}, "callbacks.x")
+
+
 def test_model_vocab_size_comes_from_the_tokenizer(tmp_path):
     msg = run_expecting(tmp_path, [*SMOKE, "+model.vocab_size=100"], ConfigError)
     assert "model.vocab_size is set from the tokenizer" in msg and "remove it" in msg

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from momattn.errors import ConfigError, UserError, did_you_mean
+from momattn.errors import ConfigError, DataError, UserError, did_you_mean
+from momattn.io import atomic_write, atomic_write_text
 from momattn.model import GPT
 from momattn.tokenizer import EOT, Tokenizer
 
@@ -103,19 +104,17 @@ def check_exportable(model: GPT) -> None:
 
 
 def write_tokenizer(tokenizer: Tokenizer, block_size: int, out: Path) -> None:
-    (out / "tokenizer.json").write_text(tokenizer.to_json(), encoding="utf-8")
+    atomic_write_text(out / "tokenizer.json", tokenizer.to_json())
     special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": block_size,
               "add_prefix_space": False, "clean_up_tokenization_spaces": False, **special}
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out / "special_tokens_map.json", json.dumps(special, indent=2) + "\n")
 
 
 def export(ckpt_path: str, out: str | Path, overwrite: bool = False) -> Path:
     """Write the Hugging Face folder `out` for a checkpoint; returns its path."""
     _require_hf()
-    from safetensors.torch import save_file
-
     from momattn.checkpoint import load_checkpoint
 
     out = Path(out).expanduser()
@@ -123,25 +122,42 @@ def export(ckpt_path: str, out: str | Path, overwrite: bool = False) -> Path:
         what = "is a file" if not out.is_dir() else "is not empty"
         raise ConfigError(f"out='{out}' {what}; pick a new folder" + ("" if not out.is_dir() else
                                                                        " or pass overwrite=true"))
+    above = next(p for p in out.parents if p.exists() or p.is_symlink())  # before the checkpoint is read
+    if out.is_symlink() and not out.exists() or not above.is_dir():
+        culprit = f"'{out}' is a link to nothing" if out.is_symlink() else f"'{above}' is not a folder"
+        raise ConfigError(f"out='{out}' cannot be created: {culprit}; pick another folder")
     model, tokenizer = load_checkpoint(ckpt_path)
     check_exportable(model)
     c = model.config
     as_gpt2 = c.attention.kind == "vanilla" and c.pos_emb == "learned"
     state = gpt2_state(model) if as_gpt2 else momattn_state(model)
     config = gpt2_config(model, tokenizer) if as_gpt2 else momattn_config(model, tokenizer)
-    out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().contiguous().clone() for k, v in state.items()}
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     config["torch_dtype"] = "float32"
-    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    try:
+        _write(out, state, config, tokenizer, c.block_size, as_gpt2)
+    except OSError as e:
+        raise DataError(f"could not write the export to out='{out}': {e}; it is incomplete (no config.json, so "
+                        "nothing loads it); free the space or pick another folder, then export again") from None
+    return out
+
+
+def _write(out: Path, state: dict, config: dict, tokenizer: Tokenizer, block_size: int, as_gpt2: bool) -> None:
+    """The folder's files, config.json last: a failure part-way (a full disk) leaves a folder without one, which
+    from_pretrained refuses, never new weights beside an earlier export's config (loaded as a random model)."""
+    from safetensors.torch import save
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").unlink(missing_ok=True)
+    atomic_write(out / "model.safetensors", lambda f: f.write(save(state, metadata={"format": "pt"})))
     gen = {"bos_token_id": tokenizer.eot_id, "eos_token_id": tokenizer.eot_id}
-    (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n", encoding="utf-8")
-    write_tokenizer(tokenizer, c.block_size, out)
+    atomic_write_text(out / "generation_config.json", json.dumps(gen, indent=2) + "\n")
+    write_tokenizer(tokenizer, block_size, out)
     if not as_gpt2:
         shutil.copy(MODELING_FILE, out / MODELING_FILE.name)
     else:  # overwrite=true over a momentum export: its modeling file would contradict config.json
         (out / MODELING_FILE.name).unlink(missing_ok=True)
-    return out
+    atomic_write_text(out / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def parse_args(argv: list[str]) -> dict:

@@ -14,7 +14,7 @@ from conftest import ROOT
 from test_generate import tiny_checkpoint
 
 from momattn.checkpoint import load_checkpoint
-from momattn.errors import ConfigError
+from momattn.errors import ConfigError, DataError
 from momattn.export import MODELING_FILE, export, parse_args
 
 transformers = pytest.importorskip("transformers")
@@ -129,3 +129,30 @@ def test_overwrite_of_a_momentum_export_with_a_gpt2_one_leaves_no_modeling_file(
     out = export(tiny_checkpoint(tmp_path / "v.ckpt"), tmp_path / "hf", overwrite=True)
     assert not (out / MODELING_FILE.name).exists()
     assert type(transformers.AutoModelForCausalLM.from_pretrained(out)) is transformers.GPT2LMHeadModel
+
+
+def test_a_failed_overwrite_leaves_no_config_that_would_load_new_weights_as_another_model(tmp_path, monkeypatch):
+    import momattn.export as ex
+
+    out = export(tiny_checkpoint(tmp_path / "m.ckpt", "momentum"), tmp_path / "hf")
+    real = ex.write_tokenizer
+
+    def disk_full(*a, **k):  # the disk fills after the new weights were written
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ex, "write_tokenizer", disk_full)
+    with pytest.raises(DataError, match="could not write the export to out=.*No space left on device.*no config.json"):
+        export(tiny_checkpoint(tmp_path / "v.ckpt"), out, overwrite=True)
+    assert not (out / "config.json").exists()  # was: the momentum config over GPT-2 weights, loaded as random
+    monkeypatch.setattr(ex, "write_tokenizer", real)
+    parity(tmp_path / "v.ckpt", export(tmp_path / "v.ckpt", out, overwrite=True), trust=False)  # a rerun completes
+
+
+def test_an_output_folder_that_cannot_be_made_is_refused_before_the_checkpoint_is_read(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    missing = tmp_path / "no.ckpt"  # never read: the folder is refused first
+    with pytest.raises(ConfigError, match=r"cannot be created: '.*afile' is not a folder"):
+        export(missing, tmp_path / "afile" / "hf")
+    with pytest.raises(ConfigError, match=r"cannot be created: '.*dangling' is a link to nothing"):
+        export(missing, tmp_path / "dangling")

@@ -136,6 +136,14 @@ def test_the_metrics_match_hand_computed_cases():
     assert rec2ftp(zsl, icl, ft) == (0.5, 2)
     assert rec2ftp([1], [1], [1]) == (None, 0)
 
+    # a diverged model's update is nan: its example is left out of the means, not averaged in as a 0
+    from momattn.analysis.metrics import layer_mean
+
+    nan = float("nan")
+    per = simaou(torch.cat([z, z]), torch.cat([i, i]), torch.cat([f, torch.full_like(f, nan)]))  # (N=2, L=1)
+    assert math.isnan(per[1, 0]) and layer_mean(per.numpy())[0] == pytest.approx([simaou(z, i, f).item()])
+    assert math.isnan(simam(a, torch.full_like(b, nan), 2).item())
+
 
 def test_the_random_update_has_the_finetuning_updates_norm_per_model_and_layer():
     model = tiny_gpt("vanilla")
@@ -172,13 +180,14 @@ def test_kendall_tau_b_matches_the_definition_with_ties():
 
 @pytest.mark.parametrize("kind,extra", KINDS)
 @pytest.mark.parametrize("pos_emb", ["learned", "rotary"])
-def test_dual_form_holds_to_float64_precision(kind, extra, pos_emb):
+@pytest.mark.parametrize("start", [0, 1])  # 1: the prompt's <eot> is on the zero-shot side (analyze's prompts)
+def test_dual_form_holds_to_float64_precision(kind, extra, pos_emb, start):
     model = tiny_gpt(kind, pos_emb=pos_emb, **extra)
     x = torch.randn(20, 16, generator=torch.Generator().manual_seed(1))
     mod = model.blocks[1].attn
-    la = linear_attention_check(mod, x, n_demo=14)
+    la = linear_attention_check(mod, x, n_demo=14 - start, start=start)
     assert la["rel_err"] < 1e-12 and la["zsl_vs_full_rel_diff"] > 1e-3  # the demonstrations do change it
-    mem = memory_check(mod, x, n_demo=14)
+    mem = memory_check(mod, x, n_demo=14 - start, start=start)
     if kind == "vanilla":
         assert mem is None
     else:
@@ -319,9 +328,29 @@ def test_ginc_checkpoint_end_to_end(tmp_path, kind):
                        "select_prompts": 3, "lrs": [1e-2, 1e-1], "ft_models_per_batch": 4}, tmp_path / "out")
     assert res.kind == "ginc" and res.attention == kind and res.n_test == 6 and res.chance == 0.1
     assert all(np.isfinite(res.kendall_ft.per_layer)) and res.dual["memory_op_max_rel_err"] < 1e-5
+    # rotary: layer 0's query tokens score the same keys with or without demonstrations, unless the keys were
+    # finetuned: SimAM before (ICL vs ZSL) is 1 there, after (ICL vs FT) is not
+    assert res.simam_before.per_layer[0] == pytest.approx(1.0, abs=1e-10) and res.simam_after.per_layer[0] < 1 - 1e-8
     assert {"results.json", "results.md", "per_layer.png"} <= {p.name for p in (tmp_path / "out").iterdir()}
     with pytest.raises(DataError, match="with shots=20 the prompt needs 125 tokens .*at most 9 fit"):
         run_analyze({"ckpt_path": str(path), "task": "ginc", "shots": 20, "lrs": [0.1]}, tmp_path / "out")
+
+
+def test_an_update_too_small_to_change_the_weights_reads_as_no_update_in_every_metric(tmp_path):
+    """Anchors for analyze()'s wiring of the metrics (rotary GINC, so layer 0's query tokens see the same keys
+    with or without demonstrations): at lr=1e-12 the finetuned weights equal the model's in float32, so FT is
+    ZSL: SimAOU(dFT) is 0, SimAM after equals SimAM before, which is 1 at layer 0, and no example is FT right
+    and ZSL wrong. Swapping ZSL and ICL in SimAOU, ZSL and FT in SimAM, or counting the separator as a query
+    token each break one of these."""
+    from momattn.analysis.runner import run_analyze
+
+    res = run_analyze({"ckpt_path": str(ginc_checkpoint(tmp_path, "momentum")), "task": "ginc", "shots": 4,
+                       "max_examples": 6, "select_prompts": 3, "lrs": [1e-12], "ft_models_per_batch": 6},
+                      tmp_path / "out")
+    assert res.simaou_ft.per_layer == [0.0, 0.0] and res.simaou_proj_ft.per_layer == [0.0, 0.0]
+    assert res.simam_after.per_layer == pytest.approx(res.simam_before.per_layer, abs=1e-12)
+    assert res.simam_before.per_layer[0] == pytest.approx(1.0, abs=1e-6) and res.simam_before.per_layer[1] < 1
+    assert res.acc["ft"] == res.acc["zsl"] and (res.rec2ftp, res.rec2ftp_n) == (None, 0)
 
 
 @pytest.mark.slow

@@ -36,9 +36,10 @@ def _qkv64(mod, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
 
 @torch.no_grad()
-def linear_attention_check(mod, x: torch.Tensor, n_demo: int) -> dict:
-    """x (T, C): the layer's c_attn input over [demonstrations (n_demo tokens); query side]. Returns the naive
-    relaxed linear attention of the last token, the dual form (W_ZSL + dW_ICL) q, and their largest difference."""
+def linear_attention_check(mod, x: torch.Tensor, n_demo: int, start: int = 0) -> dict:
+    """x (T, C): the layer's c_attn input over [zero-shot side (start tokens, e.g. <eot>); demonstrations (n_demo
+    tokens); zero-shot side (the query)]. Returns the naive relaxed linear attention of the last token, the dual
+    form (W_ZSL + dW_ICL) q, and their largest difference."""
     q, k, v = _qkv64(mod, x)  # (H, T, D)
     H, T, D = q.shape
     qt = q[:, -1]  # (H, D)
@@ -49,7 +50,7 @@ def linear_attention_check(mod, x: torch.Tensor, n_demo: int) -> dict:
     dw_icl = torch.zeros(H, D, D, dtype=torch.float64)
     for j in range(T):  # the weight side: outer products of values and keys
         outer = v[:, j, :, None] * k[:, j, None, :]  # (H, D, D)
-        if j < n_demo:
+        if start <= j < start + n_demo:
             dw_icl += outer
         else:
             w_zsl += outer
@@ -77,9 +78,10 @@ def memory_weights(mod, T: int) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def memory_check(mod, x: torch.Tensor, n_demo: int) -> dict | None:
+def memory_check(mod, x: torch.Tensor, n_demo: int, start: int = 0) -> dict | None:
     """The memory term at the last position: the model's op vs the naive float64 sum, and its split into
-    query-side and demonstration parts (momentum: dm_ICL = eta^(t-P+1) s_P). None for vanilla attention."""
+    zero-shot-side and demonstration parts (demonstrations at [start, P = start + n_demo); momentum:
+    dm_ICL = eta^(t-P+1) s_P). None for vanilla attention."""
     T = x.size(0)
     w = memory_weights(mod, T)
     if w is None:
@@ -89,7 +91,9 @@ def memory_check(mod, x: torch.Tensor, n_demo: int) -> dict | None:
     vm = v.transpose(0, 1).reshape(T, C)  # (T, C) merged values
     w_c = w.repeat_interleave(C // H, dim=1) if w.size(1) == H else w  # (T, C)
     naive = (w_c * vm).sum(0)  # (C,)
-    m_zsl, dm_icl = (w_c[n_demo:] * vm[n_demo:]).sum(0), (w_c[:n_demo] * vm[:n_demo]).sum(0)
+    demo = torch.zeros(T, dtype=torch.bool)
+    demo[start : start + n_demo] = True
+    m_zsl, dm_icl = (w_c[~demo] * vm[~demo]).sum(0), (w_c[demo] * vm[demo]).sum(0)
     with torch.no_grad():
         x32 = x.to(mod.c_attn.weight)[None]
         v_model = mod.c_attn(x32)[..., 2 * C :]  # (1, T, C)
@@ -101,15 +105,15 @@ def memory_check(mod, x: torch.Tensor, n_demo: int) -> dict | None:
     if hasattr(mod, "eta") and n_demo:  # dm_ICL = eta^(t-P+1) * (the demonstrations' inclusive EMA state)
         eta = mod.eta.detach().double().reshape(-1).expand(H).repeat_interleave(C // H)  # (C,)
         lag = torch.arange(n_demo - 1, -1, -1, dtype=torch.float64)
-        s_p = (eta[None] ** lag[:, None] * vm[:n_demo]).sum(0)
-        out["state_max_abs_err"] = float((eta ** (T - n_demo) * s_p - dm_icl).abs().max())
+        s_p = (eta[None] ** lag[:, None] * vm[demo]).sum(0)
+        out["state_max_abs_err"] = float((eta ** (T - start - n_demo) * s_p - dm_icl).abs().max())
     return out
 
 
 @torch.no_grad()
-def dual_form_report(model, prompt: list[int], n_demo: int) -> dict:
-    """Both checks on every layer of `model` (on the CPU) for one ICL prompt (its first n_demo tokens are
-    demonstrations)."""
+def dual_form_report(model, prompt: list[int], n_demo: int, start: int = 0) -> dict:
+    """Both checks on every layer of `model` (on the CPU) for one ICL prompt (its tokens [start, start + n_demo)
+    are demonstrations; the rest is what the zero-shot prompt holds too)."""
     mods = attn_modules(model)
     inputs: list[torch.Tensor] = []
     handles = [m.c_attn.register_forward_hook(lambda m_, a, o: inputs.append(a[0][0].detach())) for m in mods]
@@ -120,8 +124,8 @@ def dual_form_report(model, prompt: list[int], n_demo: int) -> dict:
             h.remove()
     layers = []
     for mod, x in zip(mods, inputs):
-        entry = {"linear_attention": linear_attention_check(mod, x.cpu(), n_demo)}
-        mem = memory_check(mod, x.cpu(), n_demo)
+        entry = {"linear_attention": linear_attention_check(mod, x.cpu(), n_demo, start)}
+        mem = memory_check(mod, x.cpu(), n_demo, start)
         if mem is not None:
             entry["memory"] = mem
         layers.append(entry)

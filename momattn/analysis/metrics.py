@@ -34,10 +34,11 @@ def kendall_tau_b(x, y) -> float:
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Cosine along the last dim, in float64; 0 where a vector is zero."""
+    """Cosine along the last dim, in float64; 0 where a vector is zero, nan where one is not finite (a diverged
+    model's: layer_mean then leaves it out rather than averaging in a 0)."""
     a, b = a.double(), b.double()
     den = a.norm(dim=-1) * b.norm(dim=-1)
-    return torch.where(den > 0, (a * b).sum(-1) / den.clamp_min(1e-300), torch.zeros_like(den))
+    return torch.where(den == 0, torch.zeros_like(den), (a * b).sum(-1) / den.clamp_min(1e-300))
 
 
 def unit(h: torch.Tensor) -> torch.Tensor:

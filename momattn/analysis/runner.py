@@ -208,9 +208,9 @@ def finetuned_states(model, aset: AnalysisSet, lr: float, cfg: AnalyzeConfig, ti
         losses.append(run.losses)
         norms.append(run.delta.norms())
         diverged.extend(bool(d) for d in run.diverged)
-    loss = torch.cat(losses)
-    facts = {"loss_per_step": loss.nanmean(0).tolist(), "update_norm_per_layer": torch.cat(norms).mean(0).tolist(),
-             "n_diverged": sum(diverged)}
+    ok = ~torch.tensor(diverged, dtype=torch.bool)  # a diverged model's inf / nan would swamp the means
+    facts = {"loss_per_step": torch.cat(losses)[ok].mean(0).tolist(),
+             "update_norm_per_layer": torch.cat(norms)[ok].mean(0).tolist(), "n_diverged": sum(diverged)}
     return _cat(caps_ft), _cat(caps_rnd), queries, None, facts, np.asarray(diverged, dtype=bool)
 
 
@@ -302,8 +302,9 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
             from momattn.analysis.dual import dual_form_report
 
             cpu = copy.deepcopy(model).cpu().double() if next(model.parameters()).device.type != "cpu" else model
-            n_demo = len(eps[0].icl_prompt) - len(eps[0].query)
-            dual = dual_form_report(cpu, eps[0].icl_prompt, n_demo)
+            e = eps[0]  # the zero-shot prompt is <eot> + query: the <eot> is on its side, not a demonstration's
+            start = 1 if e.icl_prompt[0] == aset.eot else 0
+            dual = dual_form_report(cpu, e.icl_prompt, len(e.icl_prompt) - len(e.query) - start, start)
     from momattn.eval.lm import attention_kind, describe
 
     timer.t["total"] = time.perf_counter() - t0

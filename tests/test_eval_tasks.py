@@ -215,3 +215,58 @@ def test_k_larger_than_the_demonstration_pool_is_an_error(tmp_path):
     ev = IclEvaluator(uniform_lm(128), CharTokenizer(), IclConfig(tasks=["sst2"], shots=[0, 4]), split_seed=0)
     with pytest.raises(DataError, match="icl.shots contains 4 but task 'm' has only 3 demonstration"):
         ev.evaluate_task(task)
+
+
+def test_hub_rows_saved_locally_with_a_missing_column_or_a_null_are_named_not_dropped(tmp_path):
+    # a missing label column was read as "unlabelled" and the row skipped; a null text became the word "None"
+    cases = [("hub_cb", {"premise": "P.", "hypothesis": "H.", "labels": 0}, r"row 1: does not have the columns of "
+              r"task 'hub_cb' \(KeyError: 'label'\); it has \['hypothesis', 'labels', 'premise'\]"),
+             ("hub_cb", {"premise": None, "hypothesis": "H.", "label": 0}, r"row 1: column 'premise' is null"),
+             ("hub_arc_easy", {"question": "Q?", "answer": "A", "options": ["a", "b", "c", "d"]},
+              r"row 1: does not have the columns of task 'hub_arc_easy' \(KeyError: 'choices'\)"),
+             ("hub_piqa", {"goal": "g", "sol1": None, "sol2": "b", "label": 0}, r"row 1: column 'sol1' is null")]
+    for i, (name, row, message) in enumerate(cases):
+        path = write_jsonl(tmp_path / f"{i}.jsonl", [row])
+        with pytest.raises(DataError, match=message):
+            file_task({"name": name, "path": path, "demo_path": path}).load(0)
+    # label_field renames the label column of a hub task's saved rows (it was ignored: no test examples)
+    path = write_jsonl(tmp_path / "gold.jsonl", [{"premise": "P.", "hypothesis": "H.", "gold": 1}])
+    ex = file_task({"name": "hub_cb", "path": path, "demo_path": path, "label_field": "gold"}).load(0).test[0]
+    assert ex.answers[ex.label] == "False"
+    with pytest.raises(ConfigError, match="label_field does not apply to hub_arc_easy"):
+        file_task({"name": "hub_arc_easy", "path": path, "label_field": "gold"})
+
+
+def test_a_local_task_without_a_path_or_with_a_bad_demo_fraction_is_one_config_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"^task: the local task \{'name': 'x'\} has no 'path'"):
+        resolve_tasks([{"name": "x"}], key="task")  # analyze.py's key; was KeyError: 'path'
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "a", "label": 0}] * 4)
+    for bad in (None, "half"):  # was float()'s TypeError / ValueError
+        with pytest.raises(ConfigError, match=rf"demo_fraction={bad!r} must be a number in \(0, 1\)"):
+            file_task({"name": "m", "path": path, "template": "{text}:", "answers": ["x", "y"], "demo_fraction": bad})
+
+
+def test_jsonl_with_a_byte_order_mark_is_read_and_one_that_is_not_utf8_is_named(tmp_path):
+    entry = {"name": "m", "template": "{text}:", "answers": ["x", "y"]}
+    rows = "".join(json.dumps({"text": t, "label": i % 2}) + "\n" for i, t in enumerate("abcd"))
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + rows.encode())
+    data = file_task({**entry, "path": str(tmp_path / "bom.jsonl")}).load(0)
+    assert len(data.test) + len(data.demo_pool) == 4
+    (tmp_path / "latin1.jsonl").write_bytes('{"text": "caf\xe9", "label": 0}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1.jsonl is not UTF-8 text \(byte 13: invalid continuation byte\)"):
+        file_task({**entry, "path": str(tmp_path / "latin1.jsonl")}).load(0)
+
+
+def test_a_staicc_file_of_the_wrong_shape_says_reinstall(tmp_path, monkeypatch):
+    import pickle
+
+    from momattn.data import staicc
+
+    (tmp_path / f"{staicc.STAICC_FILES['sst2']}.dataset").write_bytes(pickle.dumps([("text only",)]))
+    monkeypatch.setattr(staicc, "staicc_dir", lambda: tmp_path)
+    staicc.read_staicc.cache_clear()
+    try:
+        with pytest.raises(DataError, match=r"does not hold \(\(text, \.\.\.\), label\) rows .*force-reinstall StaICC"):
+            staicc.read_staicc("sst2")
+    finally:
+        staicc.read_staicc.cache_clear()

@@ -108,3 +108,17 @@ def test_evaluate_cli_runs_a_task_folder_end_to_end(tmp_path):
     assert '"review"' in text and "task file" in text  # the report says where the task came from
     preds = [json.loads(line) for line in next(out.glob("icl_predictions_*.jsonl")).read_text().splitlines()]
     assert preds and {p["task"] for p in preds} == {"review"} and len(preds) == 2 * 12
+
+
+def test_a_task_set_takes_its_members_task_files_and_paths_may_start_with_a_tilde(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    cb = [{"premise": "P.", "hypothesis": "H.", "label": i % 3} for i in range(6)]
+    (tmp_path / "home" / "cb.jsonl").write_text("".join(json.dumps(r) + "\n" for r in cb))
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "hub_cb.yaml").write_text("path: ~/cb.jsonl\n")  # was read as t/~/cb.jsonl
+    cfg = IclConfig(task_dirs=[str(tmp_path / "t")], tasks=["table7"])  # was: every member from the hub
+    tasks = {t.name: t for t in resolve_tasks(cfg.tasks)}
+    assert tasks["hub_cb"].source.startswith(f"jsonl:{tmp_path / 'home' / 'cb.jsonl'}")
+    assert tasks["hub_sst5"].source.startswith("hub:SetFit/sst5") and len(tasks) == 6
+    assert len(tasks["hub_cb"].load(0).test) == 3

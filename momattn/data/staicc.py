@@ -101,7 +101,11 @@ def read_staicc(task: str) -> tuple[tuple[str, int], ...]:
             rows = _NoGlobals(f).load()
     except (OSError, pickle.UnpicklingError, EOFError) as e:
         raise DataError(f"cannot read StaICC data file {path}: {e}; reinstall with pip install --force-reinstall StaICC") from e
-    return tuple((str(r[0][0]), int(r[1])) for r in rows)
+    try:  # rows of ((text, ...), label)
+        return tuple((str(r[0][0]), int(r[1])) for r in rows)
+    except (IndexError, KeyError, TypeError, ValueError) as e:
+        raise DataError(f"StaICC data file {path} does not hold ((text, ...), label) rows ({type(e).__name__}: {e}); "
+                        "reinstall with pip install --force-reinstall StaICC") from None
 
 
 # -----------------------------------------------------------------------------

@@ -163,9 +163,10 @@ class HubSource:
 
 
 def _hub_label(row: Mapping, n: int) -> int | None:
-    """A hub row's label: None where it is unlabelled (missing, or -1: a hidden test split); DataError for a
-    label outside 0..n-1 or not an integer (a row that silently vanished would shrink the test set unseen)."""
-    label = row.get("label")
+    """A hub row's label: None where it is unlabelled (null, or -1: a hidden test split); DataError for a
+    label outside 0..n-1 or not an integer, KeyError for a row without the column (a row that silently vanished
+    would shrink the test set unseen)."""
+    label = row["label"]
     if label is None or label == -1:
         return None
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < n:
@@ -178,24 +179,33 @@ def _labelled(field_names: Sequence[str], answers: tuple[str, ...]) -> Converter
         label = _hub_label(row, len(answers))
         if label is None:
             return None  # unlabelled (e.g. a hidden test split)
-        return {f: str(row[f]) for f in field_names}, answers, label
+        return {f: _text(row, f) for f in field_names}, answers, label
 
     return convert
 
 
+def _text(row: Mapping, column: str) -> str:
+    """A text column's value (KeyError where the row has no such column; a null is not the word 'None')."""
+    value = row[column]
+    if value is None:
+        raise DataError(f"column '{column}' is null")
+    return str(value)
+
+
 def _arc(row):
-    choices = row.get("choices") or {}
-    texts, labels = list(choices.get("text", [])), [str(x) for x in choices.get("label", [])]
-    if len(texts) != 4 or str(row.get("answerKey")) not in labels:
+    choices = row["choices"]
+    texts, labels = list(choices["text"]), [str(x) for x in choices["label"]]
+    question, key = _text(row, "question"), _text(row, "answerKey")
+    if len(texts) != 4 or key not in labels:
         return None  # the paper keeps only items with exactly four choices
-    return {"question": str(row["question"])}, tuple(map(str, texts)), labels.index(str(row["answerKey"]))
+    return {"question": question}, tuple(map(str, texts)), labels.index(key)
 
 
 def _piqa(row):
     label = _hub_label(row, 2)
     if label is None:
         return None
-    return {"goal": str(row["goal"])}, (str(row["sol1"]), str(row["sol2"])), label
+    return {"goal": _text(row, "goal")}, (_text(row, "sol1"), _text(row, "sol2")), label
 
 
 SENTIMENT2 = ("Negative", "Positive")
@@ -275,21 +285,36 @@ def read_jsonl(path: str | Path, where: str) -> list[tuple[int, dict]]:
         raise DataError(f"{where}: file '{path}' does not exist; give the path of a JSONL file "
                         "(one JSON object a line)")
     rows = []
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}: {path} line {n} is not valid JSON ({e.msg}); "
-                                "one JSON object per line") from e
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: {path} line {n} is {type(row).__name__}, not a JSON object")
-            rows.append((n, row))
+    try:
+        lines = p.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark (Windows editors) is skipped
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: {path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 JSONL") \
+            from None
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: {path} line {n} is not valid JSON ({e.msg}); "
+                            "one JSON object per line") from e
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: {path} line {n} is {type(row).__name__}, not a JSON object")
+        rows.append((n, row))
     if not rows:
         raise DataError(f"{where}: {path} has no examples")
     return rows
+
+
+def _relabelled(src: HubSource, entry: Mapping, who: str) -> Converter:
+    """The hub converter of a hub task's rows saved locally, reading the label from entry's label_field."""
+    field = entry.get("label_field")
+    if field in (None, "label"):
+        return src.convert
+    if src.convert is _arc:
+        raise ConfigError(f"{who}: label_field does not apply to {entry['name']}, whose rows name their answer in "
+                          "'answerKey' (the hub's schema)")
+    return lambda row: src.convert({**row, "label": row[str(field)]})
 
 
 def _file_converter(template: str, answers: tuple[str, ...], label_field: str, path: str,
@@ -331,22 +356,31 @@ def _file_loader(task: str, path: str, demo_path: str | None, demo_fraction: flo
     return load
 
 
-def file_task(entry: Mapping) -> IclTask:
+def file_task(entry: Mapping, key: str = "icl.tasks") -> IclTask:
     """An IclTask from a config entry {name, path, template?, answers?, demo_path?, label_field?,
     demo_fraction?} (read_task_file gives one from a task file, with `task_file` naming it)."""
+    missing = next((k for k in ("name", "path") if entry.get(k) in (None, "")), None)
+    if missing:
+        raise ConfigError(f"{key}: the local task {dict(entry)} has no '{missing}'; give at least "
+                          "{name: mytask, path: file.jsonl, template: 'Review: {text}\\nSentiment:', "
+                          "answers: [Negative, Positive]}")
     name, path = str(entry["name"]), str(entry["path"])
-    who = f"task file {entry['task_file']}" if entry.get("task_file") else f"icl.tasks entry '{name}'"
+    who = f"task file {entry['task_file']}" if entry.get("task_file") else f"{key} entry '{name}'"
     demo_path = entry.get("demo_path")
-    demo_fraction = float(entry.get("demo_fraction", 0.5))
+    try:
+        demo_fraction = float(entry.get("demo_fraction", 0.5))
+    except (TypeError, ValueError):
+        demo_fraction = float("nan")
     if not 0.0 < demo_fraction < 1.0:
-        raise ConfigError(f"{who}: demo_fraction={demo_fraction} must lie in (0, 1)")
+        raise ConfigError(f"{who}: demo_fraction={entry.get('demo_fraction')!r} must be a number in (0, 1)")
     split = f"demonstrations: {demo_path}" if demo_path else f"seeded split, {demo_fraction:g} demonstrations"
     source = f"jsonl:{path} ({split})" + (f", task file {entry['task_file']}" if entry.get("task_file") else "")
     template, answers = entry.get("template"), entry.get("answers")
     if template is None and answers is None and name in HUB_TASKS:  # the hub's rows, saved locally
         template, answers, src = HUB_TASKS[name]
         return IclTask(name, template, answers, source + f", schema of {src.path}",
-                       _file_loader(name, path, demo_path, demo_fraction, src.convert, own_schema=False))
+                       _file_loader(name, path, demo_path, demo_fraction, _relabelled(src, entry, who),
+                                    own_schema=False))
     if template is None and answers is None and name in STAICC_TASKS:
         template, answers = STAICC_TASKS[name]
     if template is None or answers is None:
@@ -411,7 +445,7 @@ def read_task_file(path: str | Path) -> dict:
     for key in ("path", "demo_path"):
         if entry.get(key) is None:
             continue
-        data = (p.parent / str(entry[key])).expanduser()  # an absolute path stays as it is
+        data = p.parent / Path(str(entry[key])).expanduser()  # an absolute path (or ~/...) stays as it is
         if not data.is_file():
             what = "is a folder" if data.is_dir() else "does not exist"
             raise DataError(f"task file {p}: {key}: '{entry[key]}' {what} (read relative to the task file: "
@@ -455,7 +489,10 @@ def expand_task_files(entries: Sequence, dirs: Sequence[str]) -> list:
     index = task_files(dirs) if dirs else {}
     out = []
     for entry in entries:
-        if isinstance(entry, str) and entry in index:
+        if isinstance(entry, str) and entry in TASK_SETS and entry not in index and any(
+                n in index for n in TASK_SETS[entry]):  # a set whose members have task files: those files
+            out.extend(read_task_file(index[n]) if n in index else n for n in TASK_SETS[entry])
+        elif isinstance(entry, str) and entry in index:
             out.append(read_task_file(index[entry]))
         elif isinstance(entry, str) and entry.endswith(TASK_FILE_SUFFIXES):
             out.append(read_task_file(entry))
@@ -489,7 +526,7 @@ def resolve_tasks(entries: Sequence[str | Mapping], key: str = "icl.tasks") -> l
     tasks: list[IclTask | GincTask] = []
     for entry in entries:
         if isinstance(entry, Mapping):
-            tasks.append(file_task(entry))
+            tasks.append(file_task(entry, key))
         elif entry in TASK_SETS:
             tasks.extend(TASKS[n] for n in TASK_SETS[entry])
         elif entry in TASKS:

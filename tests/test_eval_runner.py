@@ -15,7 +15,14 @@ from momattn.data import corpus
 from momattn.data.staicc import read_staicc
 from momattn.errors import CheckpointError, ConfigError
 from momattn.eval.results import ModelResult
-from momattn.eval.runner import checkpoint_labels, evaluate_model, flat_metrics, run_evaluate, write_reports
+from momattn.eval.runner import (
+    checkpoint_labels,
+    evaluate_model,
+    flat_metrics,
+    run_evaluate,
+    slug,
+    write_reports,
+)
 from momattn.io import atomic_torch_save
 from momattn.model import GPT, AttentionConfig, GPTConfig
 from momattn.tokenizer import train_bpe
@@ -110,6 +117,10 @@ def test_labels():
     paths, kinds = ["x/a/last.ckpt", "y/a/last.ckpt", "v.ckpt"], ["momentum", "momentum", "vanilla"]
     assert checkpoint_labels(paths, kinds) == ["momentum [x/a/last]", "momentum [y/a/last]", "vanilla"]
     assert checkpoint_labels(["a.ckpt"] * 2, ["vanilla"] * 2) == ["vanilla [a #1]", "vanilla [a #2]"]
+    # tails that differ only where a file name cannot (their predictions files would be one file)
+    labels = checkpoint_labels(["runs/a b/last.ckpt", "runs/a_b/last.ckpt"], ["vanilla"] * 2)
+    assert labels == ["vanilla [runs/a b/last #1]", "vanilla [runs/a_b/last #2]"]
+    assert len({slug(label) for label in labels}) == 2
 
 
 def test_run_evaluate_errors(tmp_path):

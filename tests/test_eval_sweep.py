@@ -113,6 +113,10 @@ def test_sweep_reuses_matching_results_and_rejects_bad_folders(tmp_path):
     assert reusable(tmp_path / "job", cfg) == fake
     other = EvalConfig.from_mapping({**EVAL, "batch_tokens": 1024})
     assert reusable(tmp_path / "job", other) is None
+    doc = json.loads((tmp_path / "job" / "eval" / "results.json").read_text())
+    doc["protocol"]["icl"] = "an older scoring rule"  # same settings, scored another way by an older momattn
+    (tmp_path / "job" / "eval" / "results.json").write_text(json.dumps(doc))
+    assert reusable(tmp_path / "job", cfg) is None
 
 
 def test_plot_curves_follow_k_with_seed_bands(tmp_path):

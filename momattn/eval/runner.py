@@ -31,6 +31,7 @@ from momattn.eval.report import markdown_report, write_reports
 from momattn.eval.results import ModelResult, as_model_result
 from momattn.eval.tasks import resolve_tasks
 from momattn.hardware import resolve_device
+from momattn.io import atomic_write_text
 
 __all__ = ["evaluate_model", "flat_metrics", "run_evaluate", "write_reports"]
 
@@ -106,8 +107,8 @@ def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cf
                                 GINC_PROTOCOL if ginc_tasks else None)
         predictions = icl_eval.predictions + (ginc_eval.predictions if ginc_eval else [])
         out_dir.mkdir(parents=True, exist_ok=True)
-        with open(out_dir / f"icl_predictions_{slug(label)}.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(p) + "\n" for p in predictions)
+        atomic_write_text(out_dir / f"icl_predictions_{slug(label)}.jsonl", "".join(json.dumps(p) + "\n"
+                                                                                  for p in predictions))
         result.timing_s["icl"] = time.perf_counter() - t1
     result.timing_s["total"] = time.perf_counter() - t0
     return result
@@ -146,7 +147,7 @@ def slug(label: str) -> str:
 
 def checkpoint_labels(paths: Sequence[str], kinds: Sequence[str]) -> list[str]:
     """Each checkpoint's attention variant; a variant that repeats gets the shortest path tail that tells
-    its checkpoints apart."""
+    its checkpoints apart, also as a file name (slug: the predictions file of one would replace another's)."""
     labels = list(kinds)
     for kind in set(kinds):
         idx = [i for i, k in enumerate(kinds) if k == kind]
@@ -155,10 +156,11 @@ def checkpoint_labels(paths: Sequence[str], kinds: Sequence[str]) -> list[str]:
         parts = [Path(paths[i]).with_suffix("").parts for i in idx]
         for n in range(1, max(map(len, parts)) + 1):
             tails = ["/".join(p[-n:]) for p in parts]
-            if len(set(tails)) == len(tails):
+            distinct = len({slug(t) for t in tails}) == len(tails)
+            if distinct:
                 break
         for j, (i, tail) in enumerate(zip(idx, tails)):
-            labels[i] = f"{kind} [{tail}]" if len(set(tails)) == len(tails) else f"{kind} [{tail} #{j + 1}]"
+            labels[i] = f"{kind} [{tail}]" if distinct else f"{kind} [{tail} #{j + 1}]"
     return labels
 
 

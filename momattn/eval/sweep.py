@@ -230,12 +230,20 @@ def _label_variants(runs: Sequence[SweepRun]) -> None:
 
 
 def reusable(job: Path, eval_cfg: EvalConfig) -> ModelResult | None:
-    """The job's own eval/results.json, when it was made with exactly these evaluation settings."""
+    """The job's own eval/results.json, when it was made with exactly these evaluation settings and by today's
+    scoring protocols (an older momattn's numbers, scored another way, are computed again)."""
+    from momattn.eval.ginc import PROTOCOL as GINC_PROTOCOL
+    from momattn.eval.icl import PROTOCOL as ICL_PROTOCOL
+    from momattn.eval.ppl import PROTOCOL as PPL_PROTOCOL
+
     path = job / "eval" / "results.json"
     try:
         doc = json.loads(path.read_text())
         result = ModelResult.from_json(doc["checkpoints"][0])
+        protocol = dict(doc["protocol"])
     except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    if protocol != {"ppl": PPL_PROTOCOL, "icl": ICL_PROTOCOL, **({"ginc": GINC_PROTOCOL} if "ginc" in protocol else {})}:
         return None
     return result if result.eval_config == json.loads(json.dumps(asdict(eval_cfg))) else None
 

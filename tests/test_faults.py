@@ -209,7 +209,7 @@ def test_a_sigterm_stops_a_sweep_instead_of_starting_its_next_job(tmp_path):
 def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(reference, tmp_path):
     r = run_cli("train.py", [*RUN, *fault("kill_during_save@6"), f"hydra.run.dir={tmp_path}"], tmp_path)
     assert r.returncode == -9, r.stderr[-3000:]  # killed inside the real writer, writing the step-6 checkpoint
-    [temp] = (tmp_path / "checkpoints").glob(".*.ckpt.tmp*")  # momattn.io.atomic_write's temp file, left behind
+    [temp] = (tmp_path / "checkpoints").glob(".*.ckpt.*.tmp*")  # momattn.io.atomic_write's temp file, left behind
     assert f"[fault] SIGKILL while writing {temp}" in r.stderr or f"[fault] SIGKILL before renaming {temp}" in r.stderr
     assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 3  # the last complete checkpoint is intact
     os.utime(temp, (temp.stat().st_atime - 120, temp.stat().st_mtime - 120))  # its writer died 2 minutes ago
@@ -282,7 +282,7 @@ def test_kill_during_save_kills_inside_the_atomic_writer_and_keeps_the_previous_
     r = _save_with_fault(tmp_path / "last.ckpt", "atomic")
     assert r.returncode == -9 and "survived" not in r.stdout, r.stderr[-2000:]
     [temp] = [p for p in tmp_path.iterdir() if p.name != "last.ckpt"]
-    assert re.fullmatch(r"\.last\.ckpt\.tmp\d+", temp.name) and str(temp) in r.stderr
+    assert re.fullmatch(r"\.last\.ckpt\.[0-9a-f]{8}\.tmp\d+", temp.name) and str(temp) in r.stderr
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 3  # intact
 
 

@@ -161,14 +161,14 @@ def run_train(cfg: DictConfig) -> float | None:
         # inside fit, even off the validation interval: LitGPT.on_train_batch_end)
         eval_model = _evaluation_model(trainer, model, bool(c.run_eval and c.eval))  # FSDP: rank 0's full copy
         if trainer.is_global_zero:  # DDP: rank 0 reports and evaluates
-            if trained or not (out_dir / "summary.json").exists():
+            kept = None if trained else _kept_summary(out_dir / "summary.json")
+            if kept is None:
                 _report(c, trainer, metrics, loggers, _unigram(train, val, model_config.vocab_size), speed,
                         out_dir)
             else:  # a finished run resumed: its summary (val loss, speed) stays, and gives the sweep's metric
                 print(f"[momattn] nothing to train: the run was at step {start_step} already "
                       f"(trainer.max_steps={c.max_steps}); {out_dir / 'summary.json'} is kept. Raise "
                       "trainer.max_steps to train on", file=sys.stderr, flush=True)
-                kept = json.loads((out_dir / "summary.json").read_text())
                 metrics = {**{k: float(v) for k, v in kept.items() if k.startswith(("val/", "train/loss"))
                               and isinstance(v, int | float)}, **metrics}
             done_before = not trained and (out_dir / "eval" / "results.json").exists()
@@ -367,6 +367,21 @@ def _train_size(train) -> str:
 def _unigram(train, val, vocab_size: int) -> float | None:
     """The unigram baseline (None for a stream: its train tokens are never all in one place)."""
     return None if isinstance(train, StreamWindows) else unigram_ppl(train, val, vocab_size)
+
+
+def _kept_summary(path: Path) -> dict | None:
+    """A finished run's summary.json, or None where it is missing or unreadable (then written again)."""
+    if not path.exists():
+        return None
+    try:
+        kept = json.loads(path.read_text())
+        why = None if isinstance(kept, dict) else f"a JSON {type(kept).__name__}, not an object"
+    except (OSError, ValueError) as e:
+        why = first_line(e)
+    if why:
+        print(f"[momattn] warning: {path} cannot be read ({why}); it is written again", file=sys.stderr, flush=True)
+        return None
+    return kept
 
 
 def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, baseline: float | None, speed: dict,

@@ -192,6 +192,11 @@ def test_resuming_a_finished_run_keeps_its_summary(reference_run, tmp_path):
     from momattn.training import run_train
 
     assert run_train(compose_train(run, [*RUN, "ckpt_path=last"])) == pytest.approx(before["val/loss"])
+    (run / "summary.json").write_text('{"val/loss": 2.')  # cut short (a copy interrupted, a hand edit)
+    r = run_cli("train.py", [*RUN, "ckpt_path=last", f"hydra.run.dir={run}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]  # was a JSONDecodeError traceback
+    assert f"warning: {run / 'summary.json'} cannot be read (Expecting" in r.stderr
+    assert json.loads((run / "summary.json").read_text())["steps"] == 9  # what the run knows without training
 
 
 @pytest.mark.slow

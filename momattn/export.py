@@ -122,7 +122,7 @@ def export(ckpt_path: str, out: str | Path, overwrite: bool = False) -> Path:
         what = "is a file" if not out.is_dir() else "is not empty"
         raise ConfigError(f"out='{out}' {what}; pick a new folder" + ("" if not out.is_dir() else
                                                                        " or pass overwrite=true"))
-    above = next(p for p in out.parents if p.exists() or p.is_symlink())  # before the checkpoint is read
+    above = next(p for p in out.absolute().parents if p.exists() or p.is_symlink())  # before reading the checkpoint
     if out.is_symlink() and not out.exists() or not above.is_dir():
         culprit = f"'{out}' is a link to nothing" if out.is_symlink() else f"'{above}' is not a folder"
         raise ConfigError(f"out='{out}' cannot be created: {culprit}; pick another folder")
@@ -145,11 +145,12 @@ def export(ckpt_path: str, out: str | Path, overwrite: bool = False) -> Path:
 def _write(out: Path, state: dict, config: dict, tokenizer: Tokenizer, block_size: int, as_gpt2: bool) -> None:
     """The folder's files, config.json last: a failure part-way (a full disk) leaves a folder without one, which
     from_pretrained refuses, never new weights beside an earlier export's config (loaded as a random model)."""
-    from safetensors.torch import save
+    from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").unlink(missing_ok=True)
-    atomic_write(out / "model.safetensors", lambda f: f.write(save(state, metadata={"format": "pt"})))
+    # written by name into atomic_write's temporary file (save() would hold a second copy of the weights in memory)
+    atomic_write(out / "model.safetensors", lambda f: save_file(state, f.name, metadata={"format": "pt"}))
     gen = {"bos_token_id": tokenizer.eot_id, "eos_token_id": tokenizer.eot_id}
     atomic_write_text(out / "generation_config.json", json.dumps(gen, indent=2) + "\n")
     write_tokenizer(tokenizer, block_size, out)

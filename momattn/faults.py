@@ -28,7 +28,7 @@ from momattn import lightning_compat as compat
 from momattn.errors import ConfigError
 
 KINDS = ("sigterm", "sigterm_late", "sigterm_in_val", "kill", "nan", "kill_during_save", "disk_full")
-# the temporary file momattn.io.atomic_write creates next to its target: .<name>.tmp<pid>
+# the temporary file momattn.io.atomic_write creates next to its target: .<name>.<random hex>.tmp<pid>
 _TEMP_NAME = re.compile(r"^\..+\.tmp(\d+)$")
 
 
@@ -80,7 +80,7 @@ class KillDuringSave:
     def _audit(self, event: str, args: tuple) -> None:
         if not self.armed or self._fired:
             return
-        if event == "open" and self._is_temp(args[0]) and "w" in str(args[1]):
+        if event == "open" and self._is_temp(args[0]) and any(m in str(args[1]) for m in "wxa+"):  # atomic_write: 'xb'
             self._fired = True
             threading.Thread(target=self._watch, args=(Path(args[0]),), daemon=True).start()
         elif event == "os.rename" and self._is_temp(args[0]):

@@ -252,6 +252,10 @@ def test_jsonl_with_a_byte_order_mark_is_read_and_one_that_is_not_utf8_is_named(
     (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + rows.encode())
     data = file_task({**entry, "path": str(tmp_path / "bom.jsonl")}).load(0)
     assert len(data.test) + len(data.demo_pool) == 4
+    sep = [{"text": "bad\u2028film\x85", "label": 0}, {"text": "good", "label": 1}]  # legal unescaped in JSON
+    (tmp_path / "sep.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in sep * 2))
+    data = file_task({**entry, "path": str(tmp_path / "sep.jsonl")}).load(0)  # splitlines() cut these rows
+    assert sorted(e.fields["text"] for e in data.test + data.demo_pool) == ["bad\u2028film\x85"] * 2 + ["good"] * 2
     (tmp_path / "latin1.jsonl").write_bytes('{"text": "caf\xe9", "label": 0}\n'.encode("latin-1"))
     with pytest.raises(DataError, match=r"latin1.jsonl is not UTF-8 text \(byte 13: invalid continuation byte\)"):
         file_task({**entry, "path": str(tmp_path / "latin1.jsonl")}).load(0)

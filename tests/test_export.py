@@ -148,7 +148,7 @@ def test_a_failed_overwrite_leaves_no_config_that_would_load_new_weights_as_anot
     parity(tmp_path / "v.ckpt", export(tmp_path / "v.ckpt", out, overwrite=True), trust=False)  # a rerun completes
 
 
-def test_an_output_folder_that_cannot_be_made_is_refused_before_the_checkpoint_is_read(tmp_path):
+def test_an_output_folder_that_cannot_be_made_is_refused_before_the_checkpoint_is_read(tmp_path, monkeypatch):
     (tmp_path / "afile").write_text("x")
     (tmp_path / "dangling").symlink_to(tmp_path / "gone")
     missing = tmp_path / "no.ckpt"  # never read: the folder is refused first
@@ -156,3 +156,6 @@ def test_an_output_folder_that_cannot_be_made_is_refused_before_the_checkpoint_i
         export(missing, tmp_path / "afile" / "hf")
     with pytest.raises(ConfigError, match=r"cannot be created: '.*dangling' is a link to nothing"):
         export(missing, tmp_path / "dangling")
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    parity(ckpt := tiny_checkpoint(tmp_path / "v.ckpt"), export(ckpt, "."), trust=False)  # out=.: was StopIteration

@@ -291,6 +291,23 @@ def test_kill_during_save_kills_inside_the_atomic_writer_and_keeps_the_previous_
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 3  # intact
 
 
+def test_kill_during_save_kills_while_the_temporary_file_is_half_written(tmp_path):
+    # the writer pauses half-way: the kill must land then, not only at the rename after a complete file
+    # (atomic_write opens with 'xb'; the hook watched for 'w' only, so it always waited for the rename)
+    script = """
+import sys, time
+from momattn.faults import KillDuringSave
+from momattn.io import atomic_write
+k = KillDuringSave(); k.armed = True
+atomic_write(sys.argv[1], lambda f: (f.write(b"x" * 10), f.flush(), time.sleep(2), f.write(b"y" * 10)))
+print("survived")
+"""
+    r = subprocess.run([sys.executable, "-c", script, str(tmp_path / "out.bin")], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert r.returncode == -9 and "[fault] SIGKILL while writing" in r.stderr and "(10 bytes so far)" in r.stderr, \
+        r.stderr[-2000:]
+
+
 def test_only_the_partial_files_of_dead_idle_writers_are_removed(tmp_path):
     from momattn.io import remove_stale_temps
 

@@ -286,7 +286,9 @@ def read_jsonl(path: str | Path, where: str) -> list[tuple[int, dict]]:
                         "(one JSON object a line)")
     rows = []
     try:
-        lines = p.read_text(encoding="utf-8-sig").splitlines()  # -sig: a byte-order mark (Windows editors) is skipped
+        # -sig: a byte-order mark (Windows editors) is skipped; split on "\n" only: splitlines() also splits on
+        # U+2028, U+0085, ..., which JSON strings may hold unescaped
+        lines = p.read_text(encoding="utf-8-sig").split("\n")
     except UnicodeDecodeError as e:
         raise DataError(f"{where}: {path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 JSONL") \
             from None

@@ -298,14 +298,16 @@ def markdown_report(results: Sequence[ModelResult | Mapping]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def protocols(ginc: str | None = None) -> dict[str, str]:
+    """results.json's "protocol": the scoring rules it was made with (GINC's where GINC was scored)."""
+    return {"ppl": ppl_mod.PROTOCOL, "icl": icl_mod.PROTOCOL, **({"ginc": ginc} if ginc else {})}
+
+
 def results_document(results: Sequence[ModelResult | Mapping]) -> dict:
     """results.json: the protocols, what the headline numbers are, and every checkpoint's ModelResult."""
     results = [as_model_result(r) for r in results]
     first = next((r.icl for r in results if r.icl), None)
-    protocol = {"ppl": ppl_mod.PROTOCOL, "icl": icl_mod.PROTOCOL}
-    if first is not None and first.ginc_protocol:
-        protocol["ginc"] = first.ginc_protocol
-    return {"protocol": protocol,
+    return {"protocol": protocols(first.ginc_protocol if first is not None else None),
             "headline": {"ppl": "valid perplexity per window length (Table 6)",
                          "icl": f"accuracy at k={first.headline_k} (Table 7; Avg over tasks that fit)"
                          if first else None,

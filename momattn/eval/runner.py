@@ -106,7 +106,6 @@ def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cf
         result.icl = icl_result(cfg.icl, {t.name: done[t.name] for t in tasks}, icl_eval.split_seed,
                                 GINC_PROTOCOL if ginc_tasks else None)
         predictions = icl_eval.predictions + (ginc_eval.predictions if ginc_eval else [])
-        out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / f"icl_predictions_{slug(label)}.jsonl", "".join(json.dumps(p) + "\n"
                                                                                   for p in predictions))
         result.timing_s["icl"] = time.perf_counter() - t1

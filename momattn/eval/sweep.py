@@ -233,8 +233,7 @@ def reusable(job: Path, eval_cfg: EvalConfig) -> ModelResult | None:
     """The job's own eval/results.json, when it was made with exactly these evaluation settings and by today's
     scoring protocols (an older momattn's numbers, scored another way, are computed again)."""
     from momattn.eval.ginc import PROTOCOL as GINC_PROTOCOL
-    from momattn.eval.icl import PROTOCOL as ICL_PROTOCOL
-    from momattn.eval.ppl import PROTOCOL as PPL_PROTOCOL
+    from momattn.eval.report import protocols
 
     path = job / "eval" / "results.json"
     try:
@@ -243,7 +242,7 @@ def reusable(job: Path, eval_cfg: EvalConfig) -> ModelResult | None:
         protocol = dict(doc["protocol"])
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None
-    if protocol != {"ppl": PPL_PROTOCOL, "icl": ICL_PROTOCOL, **({"ginc": GINC_PROTOCOL} if "ginc" in protocol else {})}:
+    if protocol != protocols(GINC_PROTOCOL if "ginc" in protocol else None):
         return None
     return result if result.eval_config == json.loads(json.dumps(asdict(eval_cfg))) else None
 

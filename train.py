@@ -17,6 +17,9 @@ from momattn.cli import hydra_main
 
 @hydra_main(config_name="train")
 def main(cfg):
+    from momattn.config import load_train_config
+
+    load_train_config(cfg)  # a bad value is named before Lightning, the slow import, is loaded
     from momattn.training import run_train
 
     return run_train(cfg)

@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from harness import MEMORY_METHOD, RESULTS, Timer, machine_info, mib, pct, peak_memory, table, write_results  # noqa: E402
 
-from momattn.lit import OptimConfig, build_adamw, fused_adamw_ok  # noqa: E402
 from momattn.model import ATTENTION_CLASSES, GPT, AttentionConfig, GPTConfig  # noqa: E402
 from momattn.ops import momentum_ema  # noqa: E402
+from momattn.optim import OptimConfig, build_adamw, fused_adamw_ok  # noqa: E402
 from momattn.reference import momentum_ema_matrix  # noqa: E402
 
 # the default model (conf/model/small.yaml) and its batch size (conf/data/staicc.yaml)
@@ -191,7 +191,7 @@ def bench_ema(Ts, device, dtype, timer: Timer, batch: int = EMA_BATCH) -> dict:
 
 
 def _adamw(model: torch.nn.Module) -> torch.optim.AdamW:
-    """train.py's AdamW (momattn.lit.build_adamw) with the optim defaults, fused where torch can."""
+    """train.py's AdamW (momattn.optim.build_adamw) with the optim defaults, fused where torch can."""
     return build_adamw(model, OptimConfig(), fused_adamw_ok([p for p in model.parameters() if p.requires_grad]))
 
 

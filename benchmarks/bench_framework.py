@@ -39,8 +39,9 @@ from harness import RESULTS, machine_info, table, train_step, write_results  # n
 
 from momattn.checkpoint import model_config_from, read_meta  # noqa: E402
 from momattn.data.datamodule import StreamSampler, TokenWindows  # noqa: E402
-from momattn.lit import LitGPT, OptimConfig  # noqa: E402
+from momattn.lit import LitGPT  # noqa: E402
 from momattn.model import GPT  # noqa: E402
+from momattn.optim import OptimConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW = 20  # momattn.training._throughput_monitor's window when log_every_n_steps >= 20

@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from momattn.hardware import cpu_has_native_bf16, describe, keep_freed_memory  # noqa: E402
-from momattn.lit import fused_adamw_ok  # noqa: E402
 from momattn.model import GPT, GPTConfig  # noqa: E402
+from momattn.optim import fused_adamw_ok  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PRECISIONS = ("32-true", "bf16-mixed")

@@ -1,11 +1,28 @@
 """momattn: GPT language models with vanilla or momentum attention (Dai et al. 2023), trained with Lightning + Hydra.
 
     from momattn import load_checkpoint, momentum_ema, GPT, GPTConfig
+
+The names below are imported on first use, so that `import momattn.cli` (a typo on the command line, `--help`)
+does not wait for torch.
 """
 
-from momattn.checkpoint import load_checkpoint
-from momattn.model import GPT, AttentionConfig, GPTConfig
-from momattn.ops import momentum_ema, multirate_ema
+from __future__ import annotations
 
-__all__ = ["GPT", "AttentionConfig", "GPTConfig", "load_checkpoint", "momentum_ema", "multirate_ema"]
+import importlib
+
+_EXPORTS = {"GPT": "momattn.model", "AttentionConfig": "momattn.model", "GPTConfig": "momattn.model",
+            "load_checkpoint": "momattn.checkpoint", "momentum_ema": "momattn.ops", "multirate_ema": "momattn.ops"}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'momattn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

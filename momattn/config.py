@@ -4,7 +4,7 @@ Each section's schema is the dataclass of the code it configures, so every defau
 
     model      momattn.model.GPTConfig           (vocab_size comes from the tokenizer)
     attention  momattn.model.AttentionConfig
-    optim      momattn.lit.OptimConfig
+    optim      momattn.optim.OptimConfig
     data       the source its `_target_` names (momattn.data.sources) + momattn.data.sources.LoaderConfig
     tokenizer  momattn.tokenizer.TokenizerConfig
     eval       momattn.eval.config.EvalConfig
@@ -31,8 +31,8 @@ from momattn.data.streaming import StreamingHubCorpus
 from momattn.errors import ConfigError, did_you_mean
 from momattn.eval.config import EvalConfig
 from momattn.hardware import resolve_precision
-from momattn.lit import OptimConfig
 from momattn.model import AttentionConfig, GPTConfig
+from momattn.optim import OptimConfig
 from momattn.schema import typed
 from momattn.tokenizer import TokenizerConfig, source_tokenizer
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import random
 import sys
-from dataclasses import dataclass, field
 
 import lightning.pytorch as pl
 import numpy as np
@@ -13,58 +12,9 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from momattn import lightning_compat as compat
-from momattn.errors import ConfigError, NonFiniteLossError
+from momattn.errors import NonFiniteLossError
 from momattn.model import GPT
-
-SCHEDULES = ("cosine", "polynomial", "constant")
-
-
-@dataclass
-class OptimConfig:
-    """train.yaml's optim section."""
-
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio (cosine, polynomial)
-    weight_decay: float = 0.1  # AdamW, on 2-D weights only
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
-    warmup_steps: int = 100
-    schedule: str = "cosine"  # cosine | polynomial | constant
-    power: float = 1.0  # polynomial decay power (fairseq's default 1.0 = linear)
-    grad_clip: float = 1.0  # 0 disables
-    on_nonfinite: str = "stop"  # stop | skip: what a NaN/inf loss does
-
-    def __post_init__(self):
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"optim.schedule='{self.schedule}' is unknown; choose cosine, polynomial or constant")
-        if self.on_nonfinite not in ("stop", "skip"):
-            raise ConfigError(f"optim.on_nonfinite='{self.on_nonfinite}' is unknown; choose stop or skip")
-        if self.lr <= 0 or self.warmup_steps < 0 or len(self.betas) != 2:
-            raise ConfigError(f"optim: need lr > 0 (got {self.lr}), warmup_steps >= 0 (got {self.warmup_steps}), "
-                              f"two betas (got {list(self.betas)})")
-        checks = [("min_lr_ratio", self.min_lr_ratio, 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
-                  ("betas", list(self.betas), all(0 <= b < 1 for b in self.betas), "each in [0, 1)"),
-                  ("grad_clip", self.grad_clip, self.grad_clip is None or self.grad_clip >= 0,
-                   ">= 0 (0 or null: no clipping; a negative norm would reverse the gradient)"),
-                  ("power", self.power, self.power > 0, "> 0"), ("eps", self.eps, self.eps > 0, "> 0"),
-                  ("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0")]
-        for name, value, ok, want in checks:
-            if not ok:
-                raise ConfigError(f"optim.{name}={value} must be {want}")
-
-
-def lr_lambda(step: int, o: OptimConfig, max_steps: int) -> float:
-    """Multiplier of the peak lr at optimizer step `step`: linear warm-up, then cosine/polynomial/constant."""
-    if step < o.warmup_steps:
-        return (step + 1) / (o.warmup_steps + 1)
-    if o.schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - o.warmup_steps) / max(1, max_steps - o.warmup_steps))
-    if o.schedule == "cosine":
-        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
-    else:  # polynomial (fairseq's polynomial_decay)
-        decay = (1.0 - progress) ** o.power
-    return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * decay
+from momattn.optim import OptimConfig, build_adamw, fused_adamw_ok, lr_lambda
 
 
 def rng_state() -> dict:
@@ -82,30 +32,6 @@ def set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
     if s.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def fused_adamw_ok(params: list[torch.Tensor]) -> bool:
-    """Whether AdamW's fused kernel can take these parameters: plain parameters (not FSDP's flat ones) on a CPU or a
-    CUDA GPU (torch >= 2.4, the project's floor, has both kernels). It updates every tensor in one pass: 3.7 against
-    16.8 ms per step for the main job's model on a 2-core CPU (for-each kernels). LitGPT leaves it off under FSDP
-    and with fp16's grad scaler. A run resumed from a checkpoint saved with the for-each kernel keeps that kernel
-    (torch restores an optimizer's kernel choice with its state)."""
-    return bool(params) and all(
-        type(p) is torch.nn.Parameter and p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-
-
-def build_adamw(model: torch.nn.Module, o: OptimConfig, fused: bool) -> torch.optim.AdamW:
-    """AdamW as train.py runs it (LitGPT, and the benchmarks' training step): weight decay on the weights of Linear
-    and Embedding layers only, not on biases, LayerNorms, eta, nor multirate_ema's delta/gamma (2-D, but decay rates
-    and mixing weights, not weight matrices); `fused`: the fused kernel (see fused_adamw_ok)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    weights = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))}
-    decay = [p for p in params if id(p) in weights]
-    no_decay = [p for p in params if id(p) not in weights]
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused or None,
-    )
 
 
 class LitGPT(pl.LightningModule):

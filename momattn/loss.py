@@ -15,6 +15,8 @@ weight gradient is summed over blocks in float32 from one rounded matmul per blo
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 
@@ -78,9 +80,27 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.T
         return _LinearCrossEntropy.apply(h, weight, targets, dtype, ignore_index, need, rows)
 
 
-@torch.compiler.disable  # a Python loop over row blocks that reads a count off the data: eager in a compiled model
+_eager_loss = None  # linear_cross_entropy under torch.compiler.disable, once before_compile() has run
+
+
+def before_compile():
+    """Keep the blocked loss eager in a compiled model (a Python loop over row blocks that reads a count off the
+    data). Done on first use, or at import where torch._dynamo is loaded already (train.py: Lightning loads it):
+    torch.compiler.disable imports torch._dynamo, seconds that evaluate.py, generate.py and a config error would
+    otherwise wait for. Call it before torch.compile of a model that has not run eagerly yet; else the first trace
+    does it (a warning from torch, the same result)."""
+    global _eager_loss
+    if _eager_loss is None:
+        _eager_loss = torch.compiler.disable(linear_cross_entropy)
+    return _eager_loss
+
+
 def _blocked_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return linear_cross_entropy(h, weight, targets)
+    return (_eager_loss or before_compile())(h, weight, targets)
+
+
+if "torch._dynamo" in sys.modules:
+    before_compile()
 
 
 def lm_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,7 @@ from momattn.errors import (
 )
 from momattn.io import atomic_write_text, remove_stale_temps
 from momattn.lit import LitGPT
+from momattn.loss import before_compile
 from momattn.memory import check_fits
 from momattn.metrics import unigram_ppl
 from momattn.model import GPT, GPTConfig
@@ -116,6 +117,7 @@ def run_train(cfg: DictConfig) -> float | None:
     lit = LitGPT(model, c.optim, c.max_steps, meta,
                  tokens_per_batch=c.loader.batch_size * model_config.block_size)
     if c.compile:  # the forward only: parameter names (and so checkpoints) stay the same
+        before_compile()
         model.forward = torch.compile(model.forward)
 
     # the config's callbacks first: PreemptionCheckpoint then sees a SIGTERM raised by one of them at once

@@ -18,8 +18,9 @@ from momattn.callbacks import AtomicCheckpointIO
 from momattn.checkpoint import checkpoint_meta, load_checkpoint, read_checkpoint
 from momattn.data.datamodule import TokenDataModule
 from momattn.errors import CheckpointError
-from momattn.lit import LitGPT, OptimConfig
+from momattn.lit import LitGPT
 from momattn.model import GPT, GPTConfig
+from momattn.optim import OptimConfig
 from momattn.tokenizer import train_bpe
 
 

@@ -124,3 +124,40 @@ def test_float16_takes_the_plain_form():
         got = lm_loss(h, w, y)
         want = F.cross_entropy(F.linear(h, w).float(), y)
     torch.testing.assert_close(got, want)
+
+
+def test_a_compiled_model_keeps_the_blocked_loss_eager_and_equal():
+    """torch.compile traces the model but not the blocked loss (a loop over row blocks): the same loss and gradients,
+    one graph, whether before_compile ran first or the trace wraps the loss itself."""
+    import torch._dynamo
+
+    from momattn import loss
+    from momattn.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=64, block_size=32, n_layer=1, n_head=2, n_embd=32))
+    x = torch.randint(0, 64, (2, 32))
+    want = m(x, targets=x)
+    for primed in (False, True):
+        loss._eager_loss = None
+        if primed:
+            loss.before_compile()
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(m)(x, targets=x)
+        assert explained.graph_count == 1 and explained.graph_break_count == 0
+        assert any("disable" in str(r.reason) for r in explained.break_reasons)  # the loss was skipped, not traced
+        got = torch.compile(m, backend="eager")(x, targets=x)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch._dynamo.reset()
+
+
+def test_the_entry_points_light_modules_load_without_torch_dynamo_or_lightning():
+    """`import momattn` and the config check load no torch; the model no torch._dynamo (the blocked loss wraps
+    itself on first use): seconds at every evaluate.py start and every command-line typo."""
+    import subprocess
+    import sys
+
+    code = ("import sys, momattn, momattn.cli; a = 'torch' in sys.modules; import momattn.config, momattn.model; "
+            "print(a, 'torch._dynamo' in sys.modules, 'lightning' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False", "False"]

@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from momattn.lit import LitGPT, OptimConfig, lr_lambda
+from momattn.lit import LitGPT
 from momattn.model import GPT, AttentionConfig, GPTConfig
+from momattn.optim import OptimConfig, lr_lambda
 
 
 def _lit(attention: AttentionConfig, optim: OptimConfig | None = None, max_steps: int = 100) -> LitGPT:
@@ -285,7 +286,7 @@ def test_lit_forward_is_the_models():
 
 
 def test_adamw_is_fused_for_plain_parameters_and_steps_as_the_for_each_kernel():
-    from momattn.lit import fused_adamw_ok
+    from momattn.optim import fused_adamw_ok
 
     lit = _lit(AttentionConfig(kind="momentum", learnable_eta=True))
     opt = lit.configure_optimizers()["optimizer"]

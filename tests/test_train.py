@@ -146,7 +146,7 @@ def test_resume_continues_at_the_right_step(tmp_path, stop):
     steps = sorted(train_losses(tmp_path / "b"))
     assert steps == list(range(stop, 9))  # logged at the step being taken: the first run took steps 0..stop-1
     assert read_checkpoint(tmp_path / "b" / "checkpoints" / "last.ckpt")["global_step"] == 9
-    from momattn.lit import lr_lambda
+    from momattn.optim import lr_lambda
 
     o = load_train_config(second).optim
     lrs = {int(r["step"]): float(r["train/lr"]) for r in read_metrics(tmp_path / "b") if r.get("train/lr")}

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
+import locale
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -58,14 +63,107 @@ def compose_train(tmp_path: Path, overrides: list[str]):
     return cfg
 
 
-def run_cli(script: str, args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300):
+def run_cli(script: str, args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300,
+            fresh: bool = False):
     """Run train.py / evaluate.py as a user would; returns the CompletedProcess. env: extra variables, None
-    removes one."""
+    removes one. The process is forked from a warm interpreter (tests/zygote.py) unless `fresh`, MOMATTN_TEST_FRESH=1,
+    or the environment changes what an import reads (_READ_AT_IMPORT): then it is a new `python`."""
     full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     if full_env.get("MUTANT_UNDER_TEST") == "stats":  # mutmut's coverage pass: its recorder works in-process only
         full_env["MUTANT_UNDER_TEST"] = ""
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    argv = [str(ROOT / script), *args]
+    warm = None if fresh or "MUTANT_UNDER_TEST" in full_env else _zygote(full_env)
+    if warm is None:
+        return subprocess.run([sys.executable, *argv], cwd=cwd, env=full_env, capture_output=True, text=True,
+                              timeout=timeout)
+    try:
+        return warm.run(argv, cwd, full_env, timeout)
+    finally:
+        warm.lock.release()
+
+
+# variables an import reads (torch's threads, the scan backend, Triton's interpreter, the import path): a run that
+# sets one to another value than the warm interpreter saw gets a fresh interpreter
+_READ_AT_IMPORT = ("PYTHONPATH", "PYTHONHASHSEED", "PYTHONWARNINGS", "PYTHONSAFEPATH", "OMP_NUM_THREADS",
+                   "MKL_NUM_THREADS", "MOMATTN_SCAN_BACKEND", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")
+_WARM: list = []  # this worker's Zygote, once started (or None where it could not start)
+
+
+def _zygote(env: dict):
+    if os.environ.get("MOMATTN_TEST_FRESH") == "1":
+        return None
+    if not _WARM:
+        try:
+            _WARM.append(Zygote())
+        except (OSError, RuntimeError, ValueError) as e:
+            print(f"[conftest] no warm interpreter ({e!r}): command-line runs start a fresh python", file=sys.stderr)
+            _WARM.append(None)
+    warm = _WARM[0]
+    if warm is None or any(env.get(k) != warm.env.get(k) for k in _READ_AT_IMPORT) or warm.proc.poll() is not None:
+        return None
+    return warm if warm.lock.acquire(blocking=False) else None  # one run at a time (another thread's: fresh)
+
+
+class Zygote:
+    """The client of tests/zygote.py: one warm interpreter that forks a child per command-line run."""
+
+    def __init__(self):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.env, self.lock, self.requests = dict(os.environ), threading.Lock(), 0
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "zygote.py"), str(theirs.fileno())],
+                                     pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=self.env)
+        theirs.close()
+        self.sock = ours
+        ours.settimeout(600)
+        if ours.recv(64) != b"ready":
+            self.proc.kill()
+            raise RuntimeError(f"tests/zygote.py did not start (exit code {self.proc.wait()})")
+
+    def run(self, argv: list[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        nul = os.open(os.devnull, os.O_RDONLY)
+        self.requests += 1
+        req = self.requests
+        try:
+            socket.send_fds(self.sock, [json.dumps({"id": req, "argv": argv, "cwd": str(cwd), "env": env}).encode()],
+                            [nul, out_w, err_w])
+        finally:
+            for fd in (nul, out_w, err_w):
+                os.close(fd)
+        read = {out_r: [], err_r: []}
+
+        def drain(fd):
+            with open(fd, "rb") as f:
+                read[fd].append(f.read())
+
+        threads = [threading.Thread(target=drain, args=(fd,), daemon=True) for fd in read]
+        for t in threads:
+            t.start()
+
+        def reply(what: str, wait: float) -> int:  # this request's reply (one left by an interrupted run: skipped)
+            self.sock.settimeout(wait)
+            while True:
+                got, kind, value = self.sock.recv(64).decode().split()
+                if int(got) == req and kind == what:
+                    return int(value)
+
+        pid = reply("pid", 60)
+        try:
+            rc, expired = reply("rc", timeout), False
+        except TimeoutError:
+            os.kill(pid, signal.SIGKILL)
+            rc, expired = reply("rc", 60), True
+        for t in threads:
+            t.join(None if not expired else 10)
+
+        def text(fd):  # as subprocess.run(text=True) decodes: the locale's encoding, universal newlines
+            data = b"".join(read[fd]).decode(locale.getpreferredencoding(False))
+            return data.replace("\r\n", "\n").replace("\r", "\n")
+
+        if expired:
+            raise subprocess.TimeoutExpired([sys.executable, *argv], timeout, output=text(out_r), stderr=text(err_r))
+        return subprocess.CompletedProcess([sys.executable, *argv], rc, text(out_r), text(err_r))
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

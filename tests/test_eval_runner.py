@@ -2,13 +2,11 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 
 from momattn.checkpoint import checkpoint_meta, load_checkpoint
 from momattn.data import corpus
@@ -185,9 +183,7 @@ def test_evaluate_yaml_composes_into_valid_sections():
 
 
 def _evaluate(args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, str(REPO / "evaluate.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_cli("evaluate.py", args, cwd, env={"WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"})
 
 
 @pytest.mark.slow

@@ -65,13 +65,13 @@ def compose_train(tmp_path: Path, overrides: list[str]):
 
 def run_cli(script: str, args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300,
             fresh: bool = False):
-    """Run train.py / evaluate.py as a user would; returns the CompletedProcess. env: extra variables, None
-    removes one. The process is forked from a warm interpreter (tests/zygote.py) unless `fresh`, MOMATTN_TEST_FRESH=1,
+    """Run train.py / evaluate.py (a path from the repository root; "-m" with args [module, ...]: python -m) as a
+    user would; returns the CompletedProcess. env: extra variables, None removes one. The process is forked from a warm interpreter (tests/zygote.py) unless `fresh`, MOMATTN_TEST_FRESH=1,
     or the environment changes what an import reads (_READ_AT_IMPORT): then it is a new `python`."""
     full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     if full_env.get("MUTANT_UNDER_TEST") == "stats":  # mutmut's coverage pass: its recorder works in-process only
         full_env["MUTANT_UNDER_TEST"] = ""
-    argv = [str(ROOT / script), *args]
+    argv = [script, *args] if script == "-m" else [str(ROOT / script), *args]
     warm = None if fresh or "MUTANT_UNDER_TEST" in full_env else _zygote(full_env)
     if warm is None:
         return subprocess.run([sys.executable, *argv], cwd=cwd, env=full_env, capture_output=True, text=True,

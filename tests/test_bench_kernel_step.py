@@ -3,22 +3,19 @@ kernel its own threads (a tiny model; no timing is checked)."""
 
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from momattn import cpu_scan
-
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_kernel_step.py"
 
 
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")), reason="no C++ compiler")
 def test_both_modes_time_the_kernel_inside_the_step(tmp_path):
     out = tmp_path / "k.json"
-    subprocess.run([sys.executable, str(BENCH), "--T", "32", "--batch", "2", "--rounds", "1", "--steps", "1", "--out", str(out)],
-                   check=True, capture_output=True, timeout=600)
+    r = run_cli("benchmarks/bench_kernel_step.py", ["--T", "32", "--batch", "2", "--rounds", "1", "--steps", "1", "--out",
+                                                     str(out)], tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
     assert set(res["modes"]) == {"openmp", "own"}
     assert res["modes"]["own"]["openmp"] is False

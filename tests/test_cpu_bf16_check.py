@@ -2,11 +2,10 @@
 --force, and judges bf16 against fp32 by the seed spread."""
 
 import json
-import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_cli
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import cpu_bf16_check  # noqa: E402
@@ -25,9 +24,8 @@ def test_without_native_bf16_it_skips_and_says_so(tmp_path):
 
 def test_smoke_times_the_step_and_runs_the_main_job_at_both_precisions(tmp_path):
     out = tmp_path / "cpu_bf16.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_bf16_check.py"), "--smoke", "--force",
-                        "--seeds", "1", "--parallel", "2", "--threads", "1", "--override", "data.tasks=[trec]", "--workdir", str(tmp_path / "runs"),
-                        "--out", str(out)], capture_output=True, text=True, timeout=300)
+    r = run_cli("benchmarks/cpu_bf16_check.py", ["--smoke", "--force", "--seeds", "1", "--parallel", "2", "--threads",
+                "1", "--override", "data.tasks=[trec]", "--workdir", str(tmp_path / "runs"), "--out", str(out)], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     rep = json.loads(out.read_text())
     assert set(rep["step"]["tokens_per_s"]) == {"nanogpt_fp32", "fp32", "bf16"} and rep["step"]["bf16_over_fp32"] > 0
@@ -37,9 +35,8 @@ def test_smoke_times_the_step_and_runs_the_main_job_at_both_precisions(tmp_path)
         assert row["rc"] == 0 and row["precision"] == prec and row["val/loss"] > 0, row
     assert "| bf16-mixed | 1 |" in out.with_suffix(".md").read_text()
     # --parts step --merge re-times the step and keeps the runs measured before
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_bf16_check.py"), "--smoke", "--force",
-                        "--parts", "step", "--merge", "--threads", "1", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300)
+    r = run_cli("benchmarks/cpu_bf16_check.py", ["--smoke", "--force", "--parts", "step", "--merge", "--threads", "1",
+                                                  "--out", str(out)], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     again = json.loads(out.read_text())
     assert again["runs"] == rep["runs"] and again["verdict"] == rep["verdict"]

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import ast
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, run_cli
 from test_generate import tiny_checkpoint
 
 from momattn.checkpoint import load_checkpoint
@@ -87,14 +85,11 @@ def test_refusals_and_arguments(tmp_path):
 
 def test_cli_exports_and_reports_bad_input_in_one_line(tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "m.ckpt", "momentum")
-    run = [sys.executable, "-m", "momattn.export"]
-    r = subprocess.run([*run, f"ckpt_path={ckpt}", f"out={tmp_path / 'hf'}"], capture_output=True, text=True,
-                       cwd=ROOT, timeout=300)
+    r = run_cli("-m", ["momattn.export", f"ckpt_path={ckpt}", f"out={tmp_path / 'hf'}"], ROOT)
     assert r.returncode == 0 and "trust_remote_code=True" in r.stdout, r.stderr
     assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json",
             "modeling_momattn.py"} <= {p.name for p in (tmp_path / "hf").iterdir()}
-    r = subprocess.run([*run, f"ckpt_path={tmp_path / 'nope.ckpt'}", f"out={tmp_path / 'o'}"], capture_output=True,
-                       text=True, cwd=ROOT, timeout=300)
+    r = run_cli("-m", ["momattn.export", f"ckpt_path={tmp_path / 'nope.ckpt'}", f"out={tmp_path / 'o'}"], ROOT)
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
 
 

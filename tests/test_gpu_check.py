@@ -2,13 +2,12 @@
 
 import json
 import os
-import subprocess
 import sys
 import time
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, run_cli
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_check  # noqa: E402
@@ -17,15 +16,13 @@ import gpu_check  # noqa: E402
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path; the GPU path is the device run itself")
 def test_without_a_gpu_it_skips_and_says_so(tmp_path):
     out = tmp_path / "gpu.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(out)],
-                       capture_output=True, text=True, timeout=120)
+    r = run_cli("benchmarks/gpu_check.py", ["--out", str(out)], tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
     report = json.loads(out.read_text())
     assert "no CUDA device" in report["skipped"] and "Skipped: no CUDA device" in out.with_suffix(".md").read_text()
     stored = ROOT / "benchmarks" / "results" / "gpu.json"
     before = stored.read_bytes() if stored.exists() else None
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py")], capture_output=True, text=True,
-                       timeout=120)  # no --out: the stored device results must survive a CPU run
+    r = run_cli("benchmarks/gpu_check.py", [], tmp_path, timeout=120)  # no --out: the stored results must survive
     assert r.returncode == 0 and "the stored device results are untouched" in r.stdout, r.stderr
     assert (stored.read_bytes() if stored.exists() else None) == before
 
@@ -33,9 +30,8 @@ def test_without_a_gpu_it_skips_and_says_so(tmp_path):
 def test_smoke_runs_every_part_on_cpu(tmp_path):
     """--smoke: the scan timing and every non-compiled training variant on a toy model, so none of it can rot."""
     out = tmp_path / "gpu.json"
-    env = {**os.environ, "TRITON_INTERPRET": "1"}  # the Triton scan, where installed, in its CPU interpreter
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300, env=env)
+    env = {"TRITON_INTERPRET": "1"}  # the Triton scan, where installed, in its CPU interpreter
+    r = run_cli("benchmarks/gpu_check.py", ["--smoke", "--out", str(out)], tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     report = json.loads(out.read_text())
     names = [row["attention"] for row in report["throughput"]]
@@ -84,8 +80,8 @@ def test_a_compile_mode_is_compared_with_default_compile_and_max_autotune_is_opt
 @pytest.mark.parametrize("flag, why", [("--budget", "budget"), ("--deadline", "deadline")])
 def test_no_training_variant_starts_past_the_budget_or_the_deadline(tmp_path, flag, why):
     out = tmp_path / "gpu.json"
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--parts", "train", flag,
-                        "0", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    r = run_cli("benchmarks/gpu_check.py", ["--smoke", "--parts", "train", flag, "0", "--out", str(out)], tmp_path,
+                timeout=120)
     assert r.returncode == 0, r.stderr
     rows = json.loads(out.read_text())["throughput"]
     assert rows and all(why in row.get("skipped", "") for row in rows), rows

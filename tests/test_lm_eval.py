@@ -4,12 +4,10 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, run_cli
 from test_generate import tiny_checkpoint
 
 lm_eval = pytest.importorskip("lm_eval")
@@ -110,9 +108,9 @@ def test_generate_until_is_greedy_and_stops_at_the_stop_string(ckpt):
 
 def test_the_lm_eval_command_line_finds_the_momattn_model(ckpt):
     # device= and batch_size= in --model_args, beside the --device cuda:0 and --batch_size 1 lm-eval always adds
-    r = subprocess.run([sys.executable, "-m", "momattn.lm_eval_adapter", "--model", "momattn", "--model_args",
-                        f"ckpt_path={ckpt},device=cpu,batch_size=4", "--tasks", "momattn_tiny_mc", "--include_path",
-                        str(DATA), "--limit", "4"], cwd=DATA, capture_output=True, text=True, timeout=600)
+    r = run_cli("-m", ["momattn.lm_eval_adapter", "--model", "momattn", "--model_args",
+                       f"ckpt_path={ckpt},device=cpu,batch_size=4", "--tasks", "momattn_tiny_mc", "--include_path",
+                       str(DATA), "--limit", "4"], DATA, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "momattn_tiny_mc" in r.stdout and "acc" in r.stdout
 
@@ -135,9 +133,8 @@ def test_generation_settings_and_bad_input_are_handled_as_lm_eval_users_expect(c
     assert "top_p" not in capsys.readouterr().err  # said once
     with pytest.raises(DataError, match="a continuation of 70 tokens is longer than the model's context of 64"):
         lm.score_pairs([([1], [5] * 70)])
-    r = subprocess.run([sys.executable, "-m", "momattn.lm_eval_adapter", "--model", "momattn", "--model_args",
-                        "ckpt_path=nope.ckpt", "--tasks", "momattn_tiny_mc", "--include_path", str(DATA)],
-                       cwd=DATA, capture_output=True, text=True, timeout=600)
+    r = run_cli("-m", ["momattn.lm_eval_adapter", "--model", "momattn", "--model_args", "ckpt_path=nope.ckpt",
+                       "--tasks", "momattn_tiny_mc", "--include_path", str(DATA)], DATA, timeout=600)
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
 
 

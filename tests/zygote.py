@@ -1,5 +1,6 @@
 """A warm start for the tests' command-line runs (conftest.run_cli): one process per pytest worker imports torch,
-Lightning, Hydra and momattn once, then forks a child for each `python <script> <args>` the tests run.
+Lightning, Hydra and momattn once, then forks a child for each `python <script> <args>` (or `python -m <module>
+<args>`) the tests run.
 
 Each child is a new process, with the test's working folder, environment, arguments and its own stdin / stdout /
 stderr (the test's pipes, passed over the socket), and runs the script as `python script.py` would (`__main__`,
@@ -38,11 +39,23 @@ def run_child(req: dict) -> None:
         os.chdir(req["cwd"])
         os.environ.clear()
         os.environ.update(req["env"])
-        script = str(Path(req["argv"][0]).resolve())
-        sys.argv = list(req["argv"])
-        sys.path[0] = str(Path(script).parent)
+        argv = list(req["argv"])
+        module = argv[1] if argv[0] == "-m" else None
+        if module:  # python -m: the folder it runs in first on sys.path, argv[0] the module's file
+            import importlib.util
+
+            sys.path[0] = os.getcwd()
+            script = importlib.util.find_spec(module).origin
+            sys.argv = [script, *argv[2:]]
+        else:
+            script = str(Path(argv[0]).resolve())
+            sys.argv = argv
+            sys.path[0] = str(Path(script).parent)
         try:
-            runpy.run_path(script, run_name="__main__")
+            if module:
+                runpy.run_module(module, run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(script, run_name="__main__")
             code = 0
         except SystemExit as e:  # as the interpreter reads SystemExit's code
             if e.code is None:

@@ -9,6 +9,7 @@ does not wait for torch.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 _EXPORTS = {"GPT": "momattn.model", "AttentionConfig": "momattn.model", "GPTConfig": "momattn.model",
             "load_checkpoint": "momattn.checkpoint", "momentum_ema": "momattn.ops", "multirate_ema": "momattn.ops"}
@@ -17,9 +18,12 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    if name not in _EXPORTS:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif importlib.util.find_spec(f"momattn.{name}") is not None:  # momattn.ops after `import momattn`, as before
+        value = importlib.import_module(f"momattn.{name}")
+    else:
         raise AttributeError(f"module 'momattn' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
     globals()[name] = value
     return value
 

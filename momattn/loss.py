@@ -88,7 +88,7 @@ def before_compile():
     data). Done on first use, or at import where torch._dynamo is loaded already (train.py: Lightning loads it):
     torch.compiler.disable imports torch._dynamo, seconds that evaluate.py, generate.py and a config error would
     otherwise wait for. Call it before torch.compile of a model that has not run eagerly yet; else the first trace
-    does it (a warning from torch, the same result)."""
+    does it (more graph breaks and one recompile, the same result)."""
     global _eager_loss
     if _eager_loss is None:
         _eager_loss = torch.compiler.disable(linear_cross_entropy)

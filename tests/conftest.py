@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import json
@@ -82,24 +83,37 @@ def run_cli(script: str, args: list[str], cwd: Path, env: dict | None = None, ti
         warm.lock.release()
 
 
-# variables an import reads (torch's threads, the scan backend, Triton's interpreter, the import path): a run that
-# sets one to another value than the warm interpreter saw gets a fresh interpreter
-_READ_AT_IMPORT = ("PYTHONPATH", "PYTHONHASHSEED", "PYTHONWARNINGS", "PYTHONSAFEPATH", "OMP_NUM_THREADS",
-                   "MKL_NUM_THREADS", "MOMATTN_SCAN_BACKEND", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")
-_WARM: list = []  # this worker's Zygote, once started (or None where it could not start)
+# variables an import reads (torch's threads and logs, the scan backend, Triton's interpreter, Lightning's rank, the
+# import path, Python's stdio): a run that sets one to another value than the warm interpreter saw gets a fresh one
+_READ_AT_IMPORT = ("PYTHONPATH", "PYTHONHASHSEED", "PYTHONWARNINGS", "PYTHONSAFEPATH", "PYTHONUNBUFFERED",
+                   "PYTHONIOENCODING", "PYTHONUTF8", "LANG", "LC_ALL", "LC_CTYPE", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                   "MOMATTN_SCAN_BACKEND", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES", "RANK", "LOCAL_RANK",
+                   "SLURM_PROCID", "JSM_NAMESPACE_RANK", "TORCH_LOGS")
+_READ_AT_IMPORT_PREFIXES = ("TORCHDYNAMO_", "TORCHINDUCTOR_", "TORCH_COMPILE_")
+_WARM: dict = {"zygotes": [None, None], "runs": 0, "failed": None}  # this worker's two warm interpreters
+
+
+def _import_time_differs(env: dict, warm_env: dict) -> bool:
+    keys = {k for k in {*env, *warm_env} if k in _READ_AT_IMPORT or k.startswith(_READ_AT_IMPORT_PREFIXES)}
+    return any(env.get(k) != warm_env.get(k) for k in keys)
 
 
 def _zygote(env: dict):
-    if os.environ.get("MOMATTN_TEST_FRESH") == "1":
+    """A warm interpreter for this run, or None (then a fresh python). Two alternate, each with its own hash seed:
+    two runs in a row (a run and its resume) never share one, as two fresh interpreters would not."""
+    if os.environ.get("MOMATTN_TEST_FRESH") == "1" or _WARM["failed"]:
         return None
-    if not _WARM:
+    slot = _WARM["runs"] % 2
+    _WARM["runs"] += 1
+    warm = _WARM["zygotes"][slot]
+    if warm is None or warm.proc.poll() is not None:
         try:
-            _WARM.append(Zygote())
+            warm = _WARM["zygotes"][slot] = Zygote()
         except (OSError, RuntimeError, ValueError) as e:
             print(f"[conftest] no warm interpreter ({e!r}): command-line runs start a fresh python", file=sys.stderr)
-            _WARM.append(None)
-    warm = _WARM[0]
-    if warm is None or any(env.get(k) != warm.env.get(k) for k in _READ_AT_IMPORT) or warm.proc.poll() is not None:
+            _WARM["failed"] = repr(e)
+            return None
+    if _import_time_differs(env, warm.env):
         return None
     return warm if warm.lock.acquire(blocking=False) else None  # one run at a time (another thread's: fresh)
 
@@ -115,11 +129,38 @@ class Zygote:
         theirs.close()
         self.sock = ours
         ours.settimeout(600)
-        if ours.recv(64) != b"ready":
+        try:
+            ready = ours.recv(64)
+        except BaseException:
+            self.proc.kill()
+            raise
+        if ready != b"ready":
             self.proc.kill()
             raise RuntimeError(f"tests/zygote.py did not start (exit code {self.proc.wait()})")
 
+    def close(self) -> None:
+        """Stop this warm interpreter (a run was interrupted: its replies can no longer be trusted)."""
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.proc.kill()
+        self.proc.wait()
+
     def run(self, argv: list[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
+        self.pid = None
+        try:
+            return self._run(argv, cwd, env, timeout)
+        except subprocess.TimeoutExpired:
+            raise
+        except BaseException:
+            # interrupted (pytest-timeout, Ctrl-C) or the warm interpreter died: kill the child and this interpreter,
+            # so that the next run starts another one instead of reading this run's replies
+            if self.pid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(self.pid, signal.SIGKILL)
+            self.close()
+            raise
+
+    def _run(self, argv: list[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         nul = os.open(os.devnull, os.O_RDONLY)
@@ -128,6 +169,10 @@ class Zygote:
         try:
             socket.send_fds(self.sock, [json.dumps({"id": req, "argv": argv, "cwd": str(cwd), "env": env}).encode()],
                             [nul, out_w, err_w])
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
         finally:
             for fd in (nul, out_w, err_w):
                 os.close(fd)
@@ -141,18 +186,20 @@ class Zygote:
         for t in threads:
             t.start()
 
-        def reply(what: str, wait: float) -> int:  # this request's reply (one left by an interrupted run: skipped)
+        def reply(what: str, wait: float) -> int:
             self.sock.settimeout(wait)
-            while True:
-                got, kind, value = self.sock.recv(64).decode().split()
-                if int(got) == req and kind == what:
-                    return int(value)
+            msg = self.sock.recv(64).decode().split()
+            if len(msg) != 3 or msg[:2] != [str(req), what]:
+                raise RuntimeError(f"the warm interpreter (tests/zygote.py) answered {msg} to run {req}: it died or "
+                                   f"lost track; its output is above")
+            return int(msg[2])
 
-        pid = reply("pid", 60)
+        pid = self.pid = reply("pid", 60)
         try:
             rc, expired = reply("rc", timeout), False
         except TimeoutError:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):  # it may have ended meanwhile
+                os.kill(pid, signal.SIGKILL)
             rc, expired = reply("rc", 60), True
         for t in threads:
             t.join(None if not expired else 10)
@@ -163,7 +210,9 @@ class Zygote:
 
         if expired:
             raise subprocess.TimeoutExpired([sys.executable, *argv], timeout, output=text(out_r), stderr=text(err_r))
-        return subprocess.CompletedProcess([sys.executable, *argv], rc, text(out_r), text(err_r))
+        done = subprocess.CompletedProcess([sys.executable, *argv], rc, text(out_r), text(err_r))
+        done.warm = True  # for tests/test_zygote.py
+        return done
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -5,8 +5,10 @@ Lightning, Hydra and momattn once, then forks a child for each `python <script> 
 Each child is a new process, with the test's working folder, environment, arguments and its own stdin / stdout /
 stderr (the test's pipes, passed over the socket), and runs the script as `python script.py` would (`__main__`,
 sys.argv, sys.path[0], exit code, atexit, a traceback and 1 on an uncaught exception). It differs from a fresh
-interpreter only in what the imports did once, under this process's environment: conftest runs a fresh one where
-a test's environment changes what an import reads. Nothing here runs a torch op before forking (its thread pools
+interpreter in what the imports did once, under this process's environment (conftest runs a fresh one where a
+test's environment changes what an import reads), in its hash seed (shared by this process's children: conftest
+alternates two warm interpreters, so two runs in a row never share one), and at exit (no module teardown: the
+garbage collector runs once instead). Nothing here runs a torch op before forking (its thread pools
 are not fork-safe once used). On a 2-core CPU without AVX-512, `import lightning` alone takes 12 s: most of the
 test suite's time before this.
 
@@ -28,27 +30,44 @@ PRELOAD = ["torch", "lightning.pytorch", "hydra", "omegaconf", "momattn.cli", "m
            "momattn.generate", "momattn.analysis.runner", "momattn.export"]
 
 
-def run_child(req: dict) -> None:
+def run_child(req: dict, imported_env: dict) -> None:
     """In the forked child: become `python <argv[0]> <argv[1:]>` in req's folder and environment; never returns."""
+    import gc
+    import random
     import runpy
+    import signal
+    import tempfile
     import threading
     import traceback
 
-    code = 1
+    code, interrupted = 1, False
     try:
         os.chdir(req["cwd"])
         os.environ.clear()
-        os.environ.update(req["env"])
+        os.environ.update({**imported_env, **req["env"]})  # what the imports set (Lightning's NVML check), unless set
+        tempfile.tempdir = None  # TMPDIR read again
+        random.seed()  # fresh seeds, as a new interpreter has (torch's default seed is fixed anyway)
+        if "numpy" in sys.modules:
+            sys.modules["numpy"].random.seed()
         argv = list(req["argv"])
+        sys.orig_argv = [sys.executable, *argv]
         module = argv[1] if argv[0] == "-m" else None
         if module:  # python -m: the folder it runs in first on sys.path, argv[0] the module's file
             import importlib.util
 
             sys.path[0] = os.getcwd()
-            script = importlib.util.find_spec(module).origin
+            spec = importlib.util.find_spec(module)
+            if spec is None:
+                print(f"{sys.executable}: No module named {module}", file=sys.stderr)
+                os._exit(1)
+            script = spec.origin
             sys.argv = [script, *argv[2:]]
         else:
             script = str(Path(argv[0]).resolve())
+            if not os.path.isfile(script):
+                print(f"{sys.executable}: can't open file {argv[0]!r}: [Errno 2] No such file or directory",
+                      file=sys.stderr)
+                os._exit(2)
             sys.argv = argv
             sys.path[0] = str(Path(script).parent)
         try:
@@ -70,11 +89,13 @@ def run_child(req: dict) -> None:
             while tb is not None and tb.tb_frame.f_code.co_filename != script:
                 tb = tb.tb_next
             sys.excepthook(type(e), e.with_traceback(tb), tb)
-            code = 1
+            code, interrupted = 1, isinstance(e, KeyboardInterrupt)
+            del tb  # its frames hold the script's globals: free them for the collection below
         threading._shutdown()  # what interpreter exit does: wait for the threads that are not daemons, then atexit
         import atexit
 
         atexit._run_exitfuncs()
+        gc.collect()  # finalizers of what the script left in cycles (an unclosed file's buffer), as teardown runs them
     except BaseException:  # noqa: BLE001
         traceback.print_exc()
     finally:
@@ -83,14 +104,19 @@ def run_child(req: dict) -> None:
                 stream.flush()
             except Exception:  # noqa: BLE001
                 pass
+        if interrupted:  # python ends an uncaught KeyboardInterrupt by SIGINT
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
         os._exit(code & 0xFF)
 
 
 def main() -> None:
     sock = socket.socket(fileno=int(sys.argv[1]))
     sys.path[0] = str(ROOT)  # as for `python ROOT/train.py`
+    before = dict(os.environ)
     for name in PRELOAD:
         importlib.import_module(name)
+    imported_env = {k: v for k, v in os.environ.items() if before.get(k) != v}
     sock.send(b"ready")
     while True:
         msg, fds, _, _ = socket.recv_fds(sock, 1 << 20, 3)
@@ -105,7 +131,7 @@ def main() -> None:
             for target, fd in enumerate(fds):
                 os.dup2(fd, target)
                 os.close(fd)
-            run_child(req)
+            run_child(req, imported_env)
         for fd in fds:
             os.close(fd)
         sock.send(f"{req['id']} pid {pid}".encode())

@@ -441,12 +441,17 @@ def lm_texts(tasks: list[str] | tuple[str, ...], split: str, seed: int = SPLIT_S
     8-grams (AGNews repeats stories with a word changed or a line added)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    return list(_lm_texts(tuple(tasks), split, seed))
+
+
+@functools.cache  # the val documents are checked against the train ones: a corpus asks for both (as do the tests)
+def _lm_texts(tasks: tuple[str, ...], split: str, seed: int) -> tuple[str, ...]:
     parts = [(read_staicc(task), split_rows(task, seed), _row_norms(task),
               set().union(*lm_dropped(task, seed).values())) for task in tasks]
     docs = [rows[i][0].strip() for rows, s, _, drop in parts
             for i in (s.lm_train if split == "train" else s.lm_val).tolist() if i not in drop]
     if split == "train":
-        return docs
+        return tuple(docs)
     # tasks share sentences (MR, SST-5, Subj) and repeat rows (AGNews): val never repeats train
     from momattn.data.overlap import holders, word_lists
 
@@ -454,7 +459,7 @@ def lm_texts(tasks: list[str] | tuple[str, ...], split: str, seed: int = SPLIT_S
     train_norms = set(normalize_many(train))
     docs = [d for d, n in zip(docs, normalize_many(docs)) if n not in train_norms]
     held = set().union(*holders(word_lists(docs), word_lists(train)).values())
-    return [d for j, d in enumerate(docs) if j not in held]
+    return tuple(d for j, d in enumerate(docs) if j not in held)
 
 
 # -----------------------------------------------------------------------------

@@ -33,6 +33,9 @@ from momattn.data.staicc import (
 )
 from momattn.utils import stable_seed
 
+# one worker runs these (and test_data's LM-text test): the filtered LM text is built once, not once per worker
+pytestmark = pytest.mark.xdist_group("staicc_lm_text")
+
 TASKS = list(STAICC_FILES)
 
 # real rows: the same review in SST-5 (PTB escapes, split clitics, "...") and MR (brackets, "isn't", ". . .")

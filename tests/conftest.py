@@ -89,7 +89,7 @@ _READ_AT_IMPORT = ("PYTHONPATH", "PYTHONHASHSEED", "PYTHONWARNINGS", "PYTHONSAFE
                    "PYTHONIOENCODING", "PYTHONUTF8", "LANG", "LC_ALL", "LC_CTYPE", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                    "MOMATTN_SCAN_BACKEND", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES", "RANK", "LOCAL_RANK",
                    "SLURM_PROCID", "JSM_NAMESPACE_RANK", "TORCH_LOGS")
-_READ_AT_IMPORT_PREFIXES = ("TORCHDYNAMO_", "TORCHINDUCTOR_", "TORCH_COMPILE_")
+_READ_AT_IMPORT_PREFIXES = ("PYTHON", "TORCH", "PYTORCH_", "OMP_", "GOMP_", "KMP_", "HF_")
 _WARM: dict = {"zygotes": [None, None], "runs": 0, "failed": None}  # this worker's two warm interpreters
 
 
@@ -106,6 +106,8 @@ def _zygote(env: dict):
     slot = _WARM["runs"] % 2
     _WARM["runs"] += 1
     warm = _WARM["zygotes"][slot]
+    if _import_time_differs(env, warm.env if warm is not None else dict(os.environ)):
+        return None
     if warm is None or warm.proc.poll() is not None:
         try:
             warm = _WARM["zygotes"][slot] = Zygote()
@@ -201,6 +203,7 @@ class Zygote:
             with contextlib.suppress(OSError):  # it may have ended meanwhile
                 os.kill(pid, signal.SIGKILL)
             rc, expired = reply("rc", 60), True
+        self.pid = None  # reaped: its number may be another process's from now on
         for t in threads:
             t.join(None if not expired else 10)
 

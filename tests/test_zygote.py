@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
+import time
 
 import pytest
 from conftest import ROOT, run_cli
@@ -53,8 +53,10 @@ def test_a_warm_run_matches_a_fresh_one(tmp_path, mode):
 
 def test_modules_missing_files_and_hash_seeds_as_python_has_them(tmp_path):
     (tmp_path / "in.json").write_text('{"b": [1, 2], "a": null}')
+    (tmp_path / "broken.py").write_text("def f():\n    raise ValueError('y')\nf()\n")
     for script, args in (("-m", ["json.tool", "--sort-keys", "in.json"]), ("-m", ["no_such_module_here"]),
-                         (str(tmp_path / "missing.py"), [])):
+                         ("-m", ["no.such"]), ("-m", ["broken"]), (str(tmp_path / "missing.py"), []),
+                         ("-m", ["momattn.export", "ckpt_path=/nonexistent.ckpt", f"out={tmp_path / 'o'}"])):
         warm = warm_or_skip(run_cli(script, args, tmp_path))
         fresh = run_cli(script, args, tmp_path, fresh=True)
         assert (warm.returncode, warm.stdout, warm.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
@@ -72,7 +74,7 @@ def test_a_config_error_a_timeout_and_an_interrupted_run(tmp_path):
     assert (warm.returncode, warm.stdout, warm.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
     assert warm.returncode == 2 and "Did you mean 'n_layer'" in warm.stderr
     script = tmp_path / "sleep.py"
-    script.write_text("import time\nprint('started', flush=True)\ntime.sleep(60)\n")
+    script.write_text("import os, time\nopen('pid', 'w').write(str(os.getpid()))\ntime.sleep(60)\n")
     with pytest.raises(subprocess.TimeoutExpired):
         run_cli(str(script), [], tmp_path, timeout=3)
     assert run_cli(str(ROOT / "train.py"), args, tmp_path).returncode == 2  # the next run gets its own reply
@@ -91,14 +93,19 @@ def test_a_config_error_a_timeout_and_an_interrupted_run(tmp_path):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-    again = run_cli(str(ROOT / "train.py"), args, tmp_path, timeout=120)  # not the killed run's reply
-    assert again.returncode == 2 and "Did you mean 'n_layer'" in again.stderr
-    assert not any(p.isdigit() and _is_sleeper(p) for p in os.listdir("/proc")), "the interrupted run still runs"
+    sleeper = int((tmp_path / "pid").read_text())
+    for _ in range(2):  # both warm interpreters: the one the interrupted run used is started again
+        again = run_cli(str(ROOT / "train.py"), args, tmp_path, timeout=120)
+        assert again.returncode == 2 and "Did you mean 'n_layer'" in again.stderr
+    deadline = time.monotonic() + 10
+    while _alive(sleeper) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(sleeper), "the interrupted run still runs"
 
 
-def _is_sleeper(pid: str) -> bool:
+def _alive(pid: int) -> bool:
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"sleep.py" in f.read() and os.getpgid(int(pid)) >= 0
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
     except OSError:
         return False

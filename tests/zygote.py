@@ -41,6 +41,7 @@ def run_child(req: dict, imported_env: dict) -> None:
     import traceback
 
     code, interrupted = 1, False
+    here = run_child.__code__.co_filename  # read now: python -m runs the module in this file's globals
     try:
         os.chdir(req["cwd"])
         os.environ.clear()
@@ -52,16 +53,12 @@ def run_child(req: dict, imported_env: dict) -> None:
         argv = list(req["argv"])
         sys.orig_argv = [sys.executable, *argv]
         module = argv[1] if argv[0] == "-m" else None
-        if module:  # python -m: the folder it runs in first on sys.path, argv[0] the module's file
-            import importlib.util
-
+        if module:  # python -m: the folder it runs in first on sys.path; runpy sets argv[0] to the module's file
             sys.path[0] = os.getcwd()
-            spec = importlib.util.find_spec(module)
-            if spec is None:
-                print(f"{sys.executable}: No module named {module}", file=sys.stderr)
-                os._exit(1)
-            script = spec.origin
-            sys.argv = [script, *argv[2:]]
+            sys.argv = ["-m", *argv[2:]]
+            for name in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
+                del sys.modules[name]  # preloaded: run it anew, as python -m would (runpy warns otherwise)
+            script = None
         else:
             script = str(Path(argv[0]).resolve())
             if not os.path.isfile(script):
@@ -71,8 +68,8 @@ def run_child(req: dict, imported_env: dict) -> None:
             sys.argv = argv
             sys.path[0] = str(Path(script).parent)
         try:
-            if module:
-                runpy.run_module(module, run_name="__main__", alter_sys=True)
+            if module:  # what python -m calls: its messages (no such module), its frames in tracebacks; it runs the
+                runpy._run_module_as_main(module, alter_argv=True)  # module in this file's globals (__main__)
             else:
                 runpy.run_path(script, run_name="__main__")
             code = 0
@@ -85,11 +82,13 @@ def run_child(req: dict, imported_env: dict) -> None:
                 print(e.code, file=sys.stderr)
                 code = 1
         except BaseException as e:  # noqa: BLE001 - an uncaught error: its traceback, exit 1, as `python` does
-            tb = e.__traceback__  # from the script's first frame on: runpy's and this file's are not the user's
-            while tb is not None and tb.tb_frame.f_code.co_filename != script:
+            tb = e.__traceback__  # from the script's first frame on (python -m: from runpy's, as python shows)
+            while tb is not None and tb.tb_frame.f_code.co_filename != (script or here):
+                tb = tb.tb_next
+            if script is None and tb is not None:
                 tb = tb.tb_next
             sys.excepthook(type(e), e.with_traceback(tb), tb)
-            code, interrupted = 1, isinstance(e, KeyboardInterrupt)
+            code, interrupted = 1, type(e) is KeyboardInterrupt
             del tb  # its frames hold the script's globals: free them for the collection below
         threading._shutdown()  # what interpreter exit does: wait for the threads that are not daemons, then atexit
         import atexit
@@ -104,9 +103,10 @@ def run_child(req: dict, imported_env: dict) -> None:
                 stream.flush()
             except Exception:  # noqa: BLE001
                 pass
-        if interrupted:  # python ends an uncaught KeyboardInterrupt by SIGINT
+        if interrupted:  # python ends an uncaught KeyboardInterrupt by SIGINT (130 where that does not end it)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGINT)
+            code = 130
         os._exit(code & 0xFF)
 
 

@@ -73,7 +73,7 @@ def run_cli(script: str, args: list[str], cwd: Path, env: dict | None = None, ti
     if full_env.get("MUTANT_UNDER_TEST") == "stats":  # mutmut's coverage pass: its recorder works in-process only
         full_env["MUTANT_UNDER_TEST"] = ""
     argv = [script, *args] if script == "-m" else [str(ROOT / script), *args]
-    warm = None if fresh or "MUTANT_UNDER_TEST" in full_env else _zygote(full_env)
+    warm = None if fresh or "MUTANT_UNDER_TEST" in full_env else _zygote(full_env, set(env or {}))
     if warm is None:
         return subprocess.run([sys.executable, *argv], cwd=cwd, env=full_env, capture_output=True, text=True,
                               timeout=timeout)
@@ -93,12 +93,14 @@ _READ_AT_IMPORT_PREFIXES = ("PYTHON", "TORCH", "PYTORCH_", "OMP_", "GOMP_", "KMP
 _WARM: dict = {"zygotes": [None, None], "runs": 0, "failed": None}  # this worker's two warm interpreters
 
 
-def _import_time_differs(env: dict, warm_env: dict) -> bool:
-    keys = {k for k in {*env, *warm_env} if k in _READ_AT_IMPORT or k.startswith(_READ_AT_IMPORT_PREFIXES)}
+def _import_time_differs(env: dict, warm_env: dict, asked: set) -> bool:
+    """Whether a variable an import reads differs: the listed ones, and those of the prefixes that the run itself
+    sets (`asked`; libraries set some in the worker's own environment, e.g. a cache folder, that no import reads)."""
+    keys = {k for k in {*env, *warm_env} if k in _READ_AT_IMPORT or (k in asked and k.startswith(_READ_AT_IMPORT_PREFIXES))}
     return any(env.get(k) != warm_env.get(k) for k in keys)
 
 
-def _zygote(env: dict):
+def _zygote(env: dict, asked: set):
     """A warm interpreter for this run, or None (then a fresh python). Two alternate, each with its own hash seed:
     two runs in a row (a run and its resume) never share one, as two fresh interpreters would not."""
     if os.environ.get("MOMATTN_TEST_FRESH") == "1" or _WARM["failed"]:
@@ -106,7 +108,7 @@ def _zygote(env: dict):
     slot = _WARM["runs"] % 2
     _WARM["runs"] += 1
     warm = _WARM["zygotes"][slot]
-    if _import_time_differs(env, warm.env if warm is not None else dict(os.environ)):
+    if _import_time_differs(env, warm.env if warm is not None else dict(os.environ), asked):
         return None
     if warm is None or warm.proc.poll() is not None:
         try:
@@ -115,7 +117,7 @@ def _zygote(env: dict):
             print(f"[conftest] no warm interpreter ({e!r}): command-line runs start a fresh python", file=sys.stderr)
             _WARM["failed"] = repr(e)
             return None
-    if _import_time_differs(env, warm.env):
+    if _import_time_differs(env, warm.env, asked):
         return None
     return warm if warm.lock.acquire(blocking=False) else None  # one run at a time (another thread's: fresh)
 

@@ -103,8 +103,8 @@ def _import_time_differs(env: dict, warm_env: dict, asked: set) -> bool:
 def _zygote(env: dict, asked: set):
     """A warm interpreter for this run, or None (then a fresh python). Two alternate, each with its own hash seed:
     two runs in a row (a run and its resume) never share one, as two fresh interpreters would not."""
-    if os.environ.get("MOMATTN_TEST_FRESH") == "1" or _WARM["failed"]:
-        return None
+    if os.environ.get("MOMATTN_TEST_FRESH") == "1" or _WARM["failed"] or sys.platform != "linux":
+        return None  # (fork and fd passing over a SOCK_SEQPACKET socket: written and tested on Linux only)
     slot = _WARM["runs"] % 2
     _WARM["runs"] += 1
     warm = _WARM["zygotes"][slot]

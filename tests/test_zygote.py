@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -36,8 +37,8 @@ def warm_or_skip(result):
     """The run went warm; skipped only where warm runs are off (MOMATTN_TEST_FRESH=1, mutmut): anywhere else a
     cold run means the suite lost its warm start (an environment difference or a failed start), a failure."""
     if not getattr(result, "warm", False):
-        if os.environ.get("MOMATTN_TEST_FRESH") == "1" or "MUTANT_UNDER_TEST" in os.environ:
-            pytest.skip("warm runs are off in this run (MOMATTN_TEST_FRESH=1 or mutmut)")
+        if os.environ.get("MOMATTN_TEST_FRESH") == "1" or "MUTANT_UNDER_TEST" in os.environ or sys.platform != "linux":
+            pytest.skip("warm runs are off in this run (MOMATTN_TEST_FRESH=1, mutmut, or not Linux)")
         from conftest import _WARM
 
         pytest.fail(f"the run was not warm: {_WARM}; environment {sorted(k for k in os.environ)}")

@@ -19,10 +19,10 @@ from momattn.cli import hydra_main
 def main(cfg):
     from momattn.config import load_train_config
 
-    load_train_config(cfg)  # a bad value is named before Lightning, the slow import, is loaded
+    checked = load_train_config(cfg)  # a bad value is named before Lightning, the slow import, is loaded
     from momattn.training import run_train
 
-    return run_train(cfg)
+    return run_train(cfg, checked)
 
 
 if __name__ == "__main__":

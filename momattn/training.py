@@ -63,10 +63,11 @@ def warmup_warning(warmup_steps: int, max_steps: int, lr: float) -> str | None:
             "decays")
 
 
-def run_train(cfg: DictConfig) -> float | None:
-    """Train one model as the composed config says; return the metric named by cfg.optimized_metric."""
+def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | None:
+    """Train one model as the composed config says; return the metric named by cfg.optimized_metric. `checked`:
+    load_train_config(cfg), where the caller has checked it already (train.py does, before importing this module)."""
     quiet_console()
-    c = load_train_config(cfg)
+    c = checked if checked is not None else load_train_config(cfg)
     out_dir, job = Path(c.paths.output_dir).resolve(), hydra_job()
     if warning := warmup_warning(c.optim.warmup_steps, c.max_steps, c.optim.lr):
         print(warning, file=sys.stderr)

@@ -7,6 +7,8 @@ or a crash at any moment, sees either the old complete file or the new complete 
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import secrets
@@ -52,6 +54,26 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def finite_json(obj: Any) -> Any:
+    """obj with every non-finite float (nan, inf, -inf) replaced by None, in dicts, lists and tuples at any depth.
+
+    JSON has no NaN or Infinity: Python's json writes them as bare tokens that strict readers (jq, JavaScript's
+    JSON.parse, serde_json, Go's encoding/json) refuse, so a diverged run's nan perplexity made a whole results
+    file unreadable there. null is what JavaScript writes for them; the markdown reports still say nan or inf."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any, **kwargs: Any) -> str:
+    """Standard JSON text of obj (json.dumps keyword arguments pass through), a non-finite number as null."""
+    return json.dumps(finite_json(obj), allow_nan=False, **kwargs)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:

@@ -41,7 +41,7 @@ from momattn.errors import (
     NonFiniteLossError,
     first_line,
 )
-from momattn.io import atomic_write_text, remove_stale_temps
+from momattn.io import atomic_write_text, json_text, remove_stale_temps
 from momattn.lit import LitGPT
 from momattn.loss import before_compile
 from momattn.memory import check_fits
@@ -412,7 +412,7 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
     summary = {"attention": c.resolved["attention"], "steps": trainer.global_step, "unigram_val_ppl": baseline,
                "precision": c.trainer["precision"], "best_checkpoint": best, "last_checkpoint": last, **speed,
                **{k: v for k, v in metrics.items() if k.startswith(("val/", "train/loss"))}}
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(out_dir / "summary.json", json_text(summary, indent=2))
 
 
 def _evaluate(c: TrainConfig, model: GPT, tokenizer: Tokenizer, loggers: list, step: int, out_dir: Path) -> None:

@@ -220,6 +220,13 @@ class Zygote:
         return done
 
 
+def strict_json(text: str):
+    """json.loads that refuses NaN and Infinity, as jq, JavaScript's JSON.parse and serde_json do."""
+    def refuse(token):
+        raise ValueError(f"bare {token} in JSON (not standard JSON; write null)")
+    return json.loads(text, parse_constant=refuse)
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     """The rows of a run's CSVLogger file (logger=csv)."""
     with open(run_dir / "csv" / "metrics.csv") as f:

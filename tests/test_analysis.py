@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_gpt
+from conftest import strict_json, tiny_gpt
 from test_eval_common import CharTokenizer
 
 from momattn.analysis.capture import Delta, capture
@@ -228,7 +228,7 @@ def test_text_task_end_to_end(tmp_path, kind):
     assert len(res.simaou_ft.per_layer) == 2 and -1 <= res.simam_after.mean <= 1
     assert res.dual["linear_attention_max_rel_err"] < 1e-12
     write_reports(res, tmp_path)
-    doc = json.loads((tmp_path / "results.json").read_text())["analyses"][0]
+    doc = strict_json((tmp_path / "results.json").read_text())["analyses"][0]
     assert doc["kendall_ft"]["per_layer"] and doc["acc"]["icl"] == res.acc["icl"]
     assert "| SimAOU (random d) |" in markdown([res]) and (tmp_path / "per_layer.png").exists()
     assert "| SimAOU after c_proj (dFT / random d) |" in markdown([res]) and len(res.simaou_proj_ft.per_layer) == 2

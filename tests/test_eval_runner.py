@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, strict_json
 
 from momattn.checkpoint import checkpoint_meta, load_checkpoint
 from momattn.data import corpus
@@ -80,13 +80,48 @@ def test_evaluate_model_and_reports(tmp_path, tokenizer, cache_dir):
     maj = [100 * res.icl.tasks[t].majority for t in ("sst2", "trec")]
     assert f"| always the commonest label | {maj[0]:.1f} | {maj[1]:.1f} |" in md  # the baseline beside chance
     assert f"does not fit (k_used={sst2.shots['max'].k_used_mean:.1f})" in md and "no task fits" in md
-    doc = json.loads((tmp_path / "results.json").read_text())
+    doc = strict_json((tmp_path / "results.json").read_text())
     assert "first token" in doc["protocol"]["ppl"] and len(doc["checkpoints"]) == 2
     assert doc["checkpoints"][0] == res.to_json()
     shot = doc["checkpoints"][0]["icl"]["tasks"]["trec"]["shots"]["2"]
     assert {"acc", "acc_std", "k_used_mean", "chance", "fits", "acc_sum_lp", "per_seed"} <= set(shot)
     assert flat_metrics(doc["checkpoints"][0]) == metrics  # the JSON form reads back to the same numbers
     assert (tmp_path / "ppl.png").stat().st_size > 0 and (tmp_path / "icl.png").stat().st_size > 0
+
+
+def test_non_finite_numbers_are_written_as_null_and_read_back_as_nan(tmp_path):
+    from momattn.eval import results as er
+    from momattn.eval.sweep import metrics_of
+    from momattn.io import json_text
+
+    nan, inf = float("nan"), float("inf")
+    assert json_text({"a": [nan, (inf, -inf, 1.5)], "b": {"c": 2}}) == '{"a": [null, [null, null, 1.5]], "b": {"c": 2}}'
+    window = er.WindowNumbers(ppl=inf, bpb=nan, nll_per_token=800.0, n_windows=1, n_tokens=16, n_bytes=0, length=16,
+                           split="valid", n_windows_available=1, split_tokens=16)
+    diverged = er.SeedRun(seed=1, acc=nan, k_used_mean=2.0, k_used_min=2, k_used_max=2, n=8, acc_sum_lp=nan)
+    task = er.TaskResult(name="sst2", kind="choice", source="staicc", chance=0.5, n=8, shots={
+        "2": er.ShotResult.from_runs(2, [diverged], 0.5, fits=True),
+        "max": er.ShotResult(k="max", fits=False, chance=0.5, k_used_mean=0.0)})  # nothing scored: acc None
+    res = ModelResult(label="m", attention="vanilla", model={}, tokenizer={}, eval_config={},
+                      ppl=er.PerplexityResult(protocol="p", lengths=[16], max_windows=1, valid={"16": window}),
+                      timing_s={"ppl": nan})
+    res.icl = er.IclResult(
+        protocol="p", score="sum", headline_k="2", separator="\n", shots=["2", "max"], seeds=[1], test_seed=0,
+        max_examples=8, max_shots=2, split_seed=1, tasks={"sst2": task},
+        avg={"2": er.IclAverage(acc=nan, chance=0.5, n_tasks=1), "max": er.IclAverage(acc=None, chance=None, n_tasks=0)})
+    write_reports([res], tmp_path)
+    doc = strict_json((tmp_path / "results.json").read_text())  # Python's json wrote bare NaN / Infinity before
+    entry = doc["checkpoints"][0]
+    assert entry["ppl"]["valid"]["16"]["ppl"] is None and entry["icl"]["tasks"]["sst2"]["shots"]["2"]["acc"] is None
+    back = ModelResult.from_json(entry)
+    assert math.isnan(back.ppl.valid["16"].ppl) and math.isnan(back.ppl.valid["16"].bpb) and math.isnan(back.timing_s["ppl"])
+    shot = back.icl.tasks["sst2"].shots["2"]
+    assert math.isnan(shot.acc) and math.isnan(shot.per_seed[0].acc) and math.isnan(shot.per_seed[0].acc_sum_lp)
+    assert shot.acc_cand is None and shot.per_seed[0].acc_cand is None  # not applicable: still None, not nan
+    assert back.icl.tasks["sst2"].shots["max"].acc is None  # "nothing scored" stays None
+    assert math.isnan(back.icl.avg["2"].acc) and back.icl.avg["max"].acc is None  # nan average vs "no task fits"
+    # a sweep that reuses this results.json still sees the diverged numbers (and names them), not nothing
+    assert set(metrics_of(back)) == set(metrics_of(res)) == {"ppl@16", "sst2/acc@k2", "avg/acc@k2"}
 
 
 def test_run_evaluate_side_by_side_with_disambiguated_labels(tmp_path, tokenizer):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import strict_json
 from test_eval_runner import DATA, tokenizer  # noqa: F401  (the module-scoped BPE fixture)
 
 from momattn.checkpoint import checkpoint_meta
@@ -62,7 +63,7 @@ def test_sweep_verdict(tmp_path, tokenizer):  # noqa: F811
     (sweep / "99" / ".hydra" / "config.yaml").write_text("seed: 4\n")
     out = tmp_path / "verdict"
     run_evaluate({**EVAL, "sweep_dir": str(sweep), "device": "cpu"}, out_dir=out)
-    doc = json.loads((out / "sweep.json").read_text())
+    doc = strict_json((out / "sweep.json").read_text())
     assert doc["failed"] == ["99 (no checkpoints/last.ckpt)"] and len(doc["runs"]) == 7
     settings = sorted(doc["settings"], key=lambda s: -len(s["rows"]))
     main, other = settings
@@ -88,7 +89,7 @@ def test_sweep_verdict(tmp_path, tokenizer):  # noqa: F811
         (sweep / name / "eval").mkdir()
         (sweep / name / "eval" / "results.json").write_text((out / "jobs" / name / "results.json").read_text())
     run_evaluate({**EVAL, "sweep_dir": str(sweep), "device": "cpu"}, out_dir=tmp_path / "again")
-    again = json.loads((tmp_path / "again" / "sweep.json").read_text())
+    again = strict_json((tmp_path / "again" / "sweep.json").read_text())
     assert all(r["reused_results"] for r in again["runs"]) and again["settings"] == doc["settings"]
 
 

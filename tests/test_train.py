@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SMOKE, compose_train, read_metrics, run_cli, train_losses
+from conftest import ROOT, SMOKE, compose_train, read_metrics, run_cli, strict_json, train_losses
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
@@ -116,7 +116,7 @@ def test_smoke_training_each_attention(attention, tmp_path, capsys):
     assert meta["config"]["trainer"]["precision"] == CPU_AUTO  # auto, resolved on this CPU and recorded
     assert "vocab_size" not in meta["config"]["model"] and meta["model_config"]["vocab_size"] % 64 == 0
     assert f"precision {CPU_AUTO}" in capsys.readouterr().err
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary = strict_json((tmp_path / "summary.json").read_text())
     assert summary["val/loss"] == pytest.approx(val_loss) and summary["steps"] == 6
 
 
@@ -349,7 +349,7 @@ def test_training_ends_with_the_short_evaluation_logged(tmp_path):
     assert step_of["validate/device/items_per_sec"] <= step_of["val/loss"]
     val_rows = [int(r["step"]) for r in rows if r.get("validate/samples")]  # once per validation, at its end
     assert val_rows and len(val_rows) == len(set(val_rows)), val_rows
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary = strict_json((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["unigram_val_ppl"] > 1
 
 

@@ -3,13 +3,12 @@ table layout (rows = metrics, columns = task / model), per_layer.png, and W&B wh
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from momattn.io import atomic_write, atomic_write_text
+from momattn.io import atomic_write, atomic_write_text, json_text
 
 METRIC_ROWS = [  # (label, getter), the paper's Table 2-5 order with their baselines beside
     ("ZSL accuracy (%)", lambda r: _pct(r.acc["zsl"])),
@@ -127,7 +126,7 @@ def write_reports(results, out_dir: str | os.PathLike) -> None:
     results = results if isinstance(results, list | tuple) else [results]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.json", json.dumps({"analyses": [r.to_json() for r in results]}, indent=2))
+    atomic_write_text(out / "results.json", json_text({"analyses": [r.to_json() for r in results]}, indent=2))
     atomic_write_text(out / "results.md", markdown(results))
     plot_layers(results, out / "per_layer.png")
 

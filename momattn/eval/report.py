@@ -3,7 +3,6 @@ and PNG plots (perplexity vs length, accuracy vs number of demonstrations)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -13,7 +12,7 @@ from momattn.eval import ginc as ginc_mod
 from momattn.eval import icl as icl_mod
 from momattn.eval import ppl as ppl_mod
 from momattn.eval.results import IclResult, ModelResult, ShotResult, TaskResult, as_model_result
-from momattn.io import atomic_write_text
+from momattn.io import atomic_write_text, json_text
 
 MISSING = "–"
 
@@ -322,7 +321,7 @@ def write_reports(results: Sequence[ModelResult | Mapping], out_dir: str | os.Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = [as_model_result(r) for r in results]
-    atomic_write_text(out / "results.json", json.dumps(results_document(results), indent=2, allow_nan=True) + "\n")
+    atomic_write_text(out / "results.json", json_text(results_document(results), indent=2) + "\n")
     atomic_write_text(out / "results.md", markdown_report(results))
     plots = [name for name, plot in (("ppl.png", plot_ppl), ("icl.png", plot_icl)) if plot(results, out / name)]
     return ["results.json", "results.md", *plots]

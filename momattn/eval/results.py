@@ -8,12 +8,15 @@
 
 Paths users and the README rely on: checkpoints[i].icl.tasks.<task>.shots[<k>].acc (also .acc_std,
 .k_used_mean, .chance, .fits), checkpoints[i].ppl.valid[<L>].ppl. Fields that do not apply to a result
-(e.g. acc_cand for a StaICC task) are left out of the JSON rather than written as null.
+(e.g. acc_cand for a StaICC task) are left out of the JSON rather than written as null. A number that is not
+finite (a diverged model's nan accuracy, the inf perplexity of a mean NLL above 709 nats) is written as null, since
+JSON has neither (momattn.io.json_text), and read back as nan.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -41,8 +44,9 @@ class JsonMixin:
     @classmethod
     def from_json(cls, data: Mapping):
         hints = typing.get_type_hints(cls)
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: _from_json(hints[k], v) for k, v in data.items() if k in names})
+        # a field that to_json leaves out when None: a null there was a non-finite number
+        omitted = {f.name: f.default is None for f in dataclasses.fields(cls)}
+        return cls(**{k: _from_json(hints[k], v, omitted[k]) for k, v in data.items() if k in omitted})
 
 
 def _to_json(value: Any) -> Any:
@@ -57,10 +61,13 @@ def _to_json(value: Any) -> Any:
     return value
 
 
-def _from_json(tp: Any, value: Any) -> Any:
-    if value is None:
-        return None
+def _from_json(tp: Any, value: Any, null_is_nan: bool = True) -> Any:
+    """value read as type tp; a null where a float goes is nan (json_text's null), unless None is a value of its
+    own there (an optional field that to_json writes as null)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if value is None:
+        optional_float = origin in (typing.Union, types.UnionType) and float in args
+        return float("nan") if tp is float or (optional_float and null_is_nan) else None
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         return _from_json(inner[0], value) if len(inner) == 1 else value
@@ -175,6 +182,13 @@ class ShotResult(JsonMixin):
     def to_json(self) -> dict:
         return {**super().to_json(), "acc": self.acc}  # null when nothing was scored, never missing
 
+    @classmethod
+    def from_json(cls, data: Mapping) -> ShotResult:
+        shot = super().from_json(data)
+        if not shot.fits and shot.acc is not None and math.isnan(shot.acc):
+            shot.acc = None  # to_json's null for "nothing scored" (a GINC k beyond the context), not a nan
+        return shot
+
 
 @dataclass
 class TaskResult(JsonMixin):
@@ -203,6 +217,13 @@ class IclAverage(JsonMixin):
     chance: float | None
     n_tasks: int
     excluded: list[str] = field(default_factory=list)  # tasks left out: they do not fit at this k
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> IclAverage:
+        avg = super().from_json(data)
+        if avg.n_tasks:  # a null over tasks that fit was a nan (a task's nan accuracy), not "no task fits"
+            avg.acc, avg.chance = (float("nan") if v is None else v for v in (avg.acc, avg.chance))
+        return avg
 
 
 @dataclass

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -31,7 +30,7 @@ from momattn.eval.report import markdown_report, write_reports
 from momattn.eval.results import ModelResult, as_model_result
 from momattn.eval.tasks import resolve_tasks
 from momattn.hardware import resolve_device
-from momattn.io import atomic_write_text
+from momattn.io import atomic_write_text, json_text
 
 __all__ = ["evaluate_model", "flat_metrics", "run_evaluate", "write_reports"]
 
@@ -106,7 +105,7 @@ def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cf
         result.icl = icl_result(cfg.icl, {t.name: done[t.name] for t in tasks}, icl_eval.split_seed,
                                 GINC_PROTOCOL if ginc_tasks else None)
         predictions = icl_eval.predictions + (ginc_eval.predictions if ginc_eval else [])
-        atomic_write_text(out_dir / f"icl_predictions_{slug(label)}.jsonl", "".join(json.dumps(p) + "\n"
+        atomic_write_text(out_dir / f"icl_predictions_{slug(label)}.jsonl", "".join(json_text(p) + "\n"
                                                                                   for p in predictions))
         result.timing_s["icl"] = time.perf_counter() - t1
     result.timing_s["total"] = time.perf_counter() - t0

@@ -28,7 +28,7 @@ import numpy as np
 from momattn.errors import ConfigError
 from momattn.eval.config import EvalConfig, to_plain
 from momattn.eval.results import ModelResult
-from momattn.io import atomic_write_text
+from momattn.io import atomic_write_text, json_text
 from momattn.utils import digest
 
 log = logging.getLogger(__name__)
@@ -553,7 +553,7 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
                                       cache_dir=cache_dir)
             r.result.checkpoint = str(r.path)
             atomic_write_text(out / "jobs" / name / "results.json",
-                              json.dumps(results_document([r.result]), indent=2, allow_nan=True) + "\n")
+                              json_text(results_document([r.result]), indent=2) + "\n")
             del model
     if own_settings:  # runs evaluated under different protocols are never compared: their settings split
         keys = {id(r): digest(settings[str(r.job.relative_to(sweep_dir))])[:8] for r in runs}
@@ -572,7 +572,7 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
                      "reused_results": r.reused, "metrics": metrics_of(r.result)} for r in runs],
            "settings": [asdict(s) for s in summaries]}
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "sweep.json", json.dumps(doc, indent=2, allow_nan=True, default=str) + "\n")
+    atomic_write_text(out / "sweep.json", json_text(doc, indent=2, default=str) + "\n")
     plots = sweep_plots(summaries, out)
     md = sweep_markdown(summaries, failed, len(runs)) + unfit_note(runs)
     if plots:

@@ -3,13 +3,17 @@ faults (the entry points and benchmarks call it)."""
 
 from __future__ import annotations
 
+import os
 import platform
-import resource
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-import torch
 
 from momattn import hardware
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -24,21 +28,34 @@ def test_can_be_turned_off(fresh, monkeypatch):
     assert hardware.keep_freed_memory() is False
 
 
+HEAP = """
+import ctypes
+from momattn import hardware
+applied = hardware.keep_freed_memory()
+libc = ctypes.CDLL("libc.so.6")
+class Info(ctypes.Structure):  # struct mallinfo: ints (mallinfo2, with size_t, needs glibc 2.33)
+    _fields_ = [(n, ctypes.c_int) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                                            "uordblks", "fordblks", "keepcost")]
+libc.mallinfo.restype = Info
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+block = libc.malloc(16 << 20)  # 16 MiB, a training step's activation size
+mapped = libc.mallinfo().hblkhd  # bytes in blocks of their own (mmap), which free() hands back to the system
+libc.free(block)
+print(applied, mapped >= 16 << 20, libc.mallinfo().fordblks >= 16 << 20)  # kept free in the heap for reuse
+"""
+
+
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
-def test_freed_tensors_are_reused_without_page_faults(fresh):
-    """After it, allocating and freeing the same 16 MiB tensors again reuses their pages (with glibc's default, a
-    freed block at the top of the heap is returned to the system and faulted in again)."""
-    assert hardware.keep_freed_memory() is True
-
-    def churn():
-        a = torch.ones(2 << 20, dtype=torch.float64)  # 16 MiB: from the heap now (below the 32 MiB threshold)
-        b = torch.ones(2 << 20, dtype=torch.float64)
-        del a, b
-
-    for _ in range(3):  # the heap settles
-        churn()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(10):
-        churn()
-    # glibc's default: every churn faults both tensors in again (10 x 2 x 4096 pages); kept: a few at most
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 2 * 8192
+def test_a_freed_block_stays_in_the_heap_for_the_next_allocation():
+    """With it, glibc serves a 16 MiB block from the heap and keeps it there when freed, so the next allocation
+    reuses pages already mapped; with glibc's defaults the block gets a mapping of its own, unmapped on free, and
+    every reuse faults its 4,096 pages in again (the training step's tens of thousands of faults per step: README). Each
+    way in a fresh python: mallopt's settings are the process's, and a test worker's heap has a history."""
+    seen = {}
+    for keep in ("1", "0"):
+        env = {**os.environ, "MOMATTN_KEEP_FREED_MEMORY": keep}
+        out = subprocess.run([sys.executable, "-c", HEAP], env=env, cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        seen[keep] = out.stdout.split()
+    assert seen == {"1": ["True", "False", "True"], "0": ["False", "True", "False"]}

@@ -353,6 +353,48 @@ def test_an_update_too_small_to_change_the_weights_reads_as_no_update_in_every_m
     assert res.acc["ft"] == res.acc["zsl"] and (res.rec2ftp, res.rec2ftp_n) == (None, 0)
 
 
+def test_rec2ftp_and_kendall_read_the_right_predictions_and_queries(tmp_path, monkeypatch):
+    """analyze()'s wiring where no anchor value tells: Rec2FTP gets ZSL, ICL and FT in that order (set here to
+    predictions whose Rec2FTP is 1/2, while any swap gives 0 or 1), and Kendall(ICL, FT) the finetuned model's
+    query of the last token, not the zero-shot pass's (they differ above layer 0: finetuning changes K and V)."""
+    from momattn.analysis import runner
+
+    calls = {"capture": [], "kendall": []}
+    capture, kendall, states = runner.capture, runner.kendall_per_layer, runner.finetuned_states
+
+    def spy_capture(*a, **kw):
+        calls["capture"].append(capture(*a, **kw))
+        return calls["capture"][-1]
+
+    def spy_kendall(s_icl, demo_pos, q_last, q_train):
+        calls["kendall"].append(q_last)
+        return kendall(s_icl, demo_pos, q_last, q_train)
+
+    def spy_states(*a, **kw):
+        out = states(*a, **kw)
+        calls["ft"] = out[0]
+        return out
+
+    def predictions(model, prefix, eps, delta, batch_tokens):  # per example: right (its label) or wrong
+        labels = np.asarray([e.label for e in eps])
+        right = {"zsl": [0, 0, 0, 0, 1, 1, 1, 1], "icl": [1, 1, 0, 0, 1, 0, 1, 0], "ft": [1, 1, 1, 1, 0, 0, 1, 1]}
+        which = "ft" if delta is not None else "zsl" if len(prefix) == 1 else "icl"
+        return np.where(np.asarray(right[which], dtype=bool), labels, 1 - labels)
+
+    monkeypatch.setattr(runner, "capture", spy_capture)
+    monkeypatch.setattr(runner, "kendall_per_layer", spy_kendall)
+    monkeypatch.setattr(runner, "finetuned_states", spy_states)
+    monkeypatch.setattr(runner, "choice_predictions", predictions)
+    model = tiny_gpt("momentum", vocab=128, block_size=96)
+    res = analyze(model, CharTokenizer(), {}, cfg(letters_task(tmp_path), lrs=[1e-1]))
+    assert res.acc == {"zsl": 0.5, "icl": 0.5, "ft": 0.75}
+    assert (res.rec2ftp, res.rec2ftp_n) == (0.5, 4)  # FT right and ZSL wrong: examples 0-3; ICL right on 0, 1
+    zsl, ft = calls["capture"][0], calls["ft"]
+    assert len(calls["kendall"]) == 8
+    for i, q in enumerate(calls["kendall"]):
+        assert torch.equal(q, ft.q[i]) and not torch.equal(q[1:], zsl.q[i][1:])  # FT's query, which is not ZSL's
+
+
 @pytest.mark.slow
 def test_cli_prints_one_line_errors(tmp_path):
     from conftest import run_cli

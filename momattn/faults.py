@@ -28,8 +28,8 @@ from momattn import lightning_compat as compat
 from momattn.errors import ConfigError
 
 KINDS = ("sigterm", "sigterm_late", "sigterm_in_val", "kill", "nan", "kill_during_save", "disk_full")
-# the temporary file momattn.io.atomic_write creates next to its target: .<name>.<random hex>.tmp<pid>
-_TEMP_NAME = re.compile(r"^\..+\.tmp(\d+)$")
+# the temporary file momattn.io.atomic_write creates next to its target: .<name>.<random hex>.tmp<pid>@<host>
+_TEMP_NAME = re.compile(r"^\..+\.tmp(\d+)(?:@[A-Za-z0-9-]+)?$")
 
 
 def _fill_disk() -> None:

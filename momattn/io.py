@@ -12,6 +12,7 @@ import math
 import os
 import re
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,8 +38,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # a random part: two writers with one PID (threads; twin containers on a shared filesystem) never share a file;
-    # the PID stays last, for remove_stale_temps
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{os.getpid()}")
+    # the PID and the host come last, for remove_stale_temps
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{os.getpid()}@{_host()}")
     try:
         with open(tmp, "xb") as f:
             write(f)
@@ -82,23 +83,32 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def remove_stale_temps(folder: str | os.PathLike, idle_s: float = 60.0) -> list[Path]:
+def remove_stale_temps(folder: str | os.PathLike, idle_s: float = 60.0, foreign_idle_s: float = 86400.0) -> list[Path]:
     """Delete the temporary files that atomic_write left in folder when its process was killed mid-write (SIGKILL,
-    OOM, power cut): those whose writer (the PID in the name) is not running on this machine and which have not
-    been written for idle_s seconds (a writer on another node of a shared filesystem keeps its file fresh).
-    Returns what was removed. A large model's partial checkpoints would otherwise fill the disk over resumes."""
-    removed = []
+    OOM, power cut): those written on this host (the name says which) whose writer (the PID in the name) is not
+    running and which have not been written for idle_s seconds; and those of another host (a node sharing the
+    filesystem, whose processes cannot be asked) not written for foreign_idle_s (a day). Returns what was removed.
+    A large model's partial checkpoints would otherwise fill the disk over resumes."""
+    removed, here = [], _host()
     for tmp in Path(folder).glob(".*.tmp*"):
-        m = re.fullmatch(r"\..+\.tmp(\d+)", tmp.name)
-        if not m or _running(int(m.group(1))):
+        m = re.fullmatch(r"\..+\.tmp(\d+)(?:@([A-Za-z0-9-]+))?", tmp.name)  # no host: an older momattn's, this host's
+        if not m:
+            continue
+        foreign = m.group(2) not in (None, here)
+        if not foreign and _running(int(m.group(1))):
             continue
         try:
-            if time.time() - tmp.stat().st_mtime >= idle_s:
+            if time.time() - tmp.stat().st_mtime >= (foreign_idle_s if foreign else idle_s):
                 tmp.unlink()
                 removed.append(tmp)
         except OSError:  # gone already, or not ours to remove
             continue
     return removed
+
+
+def _host() -> str:
+    """This machine's name as it goes into a file name: letters, digits and hyphens, at most 63 characters."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
 
 
 def _running(pid: int) -> bool:

@@ -287,7 +287,7 @@ def test_kill_during_save_kills_inside_the_atomic_writer_and_keeps_the_previous_
     r = _save_with_fault(tmp_path / "last.ckpt", "atomic")
     assert r.returncode == -9 and "survived" not in r.stdout, r.stderr[-2000:]
     [temp] = [p for p in tmp_path.iterdir() if p.name != "last.ckpt"]
-    assert re.fullmatch(r"\.last\.ckpt\.[0-9a-f]{8}\.tmp\d+", temp.name) and str(temp) in r.stderr
+    assert re.fullmatch(r"\.last\.ckpt\.[0-9a-f]{8}\.tmp\d+@[A-Za-z0-9-]+", temp.name) and str(temp) in r.stderr
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 3  # intact
 
 
@@ -309,16 +309,26 @@ print("survived")
 
 
 def test_only_the_partial_files_of_dead_idle_writers_are_removed(tmp_path):
-    from momattn.io import remove_stale_temps
+    from momattn.io import _host, remove_stale_temps
 
     r = _save_with_fault(tmp_path / "last.ckpt", "atomic")  # a writer killed mid-save: its PID is gone
     [dead] = [p for p in tmp_path.iterdir() if p.name != "last.ckpt"]
-    live = tmp_path / f".best.ckpt.tmp{os.getpid()}"  # a writer that is running (this process)
-    live.write_bytes(b"x")
+    assert dead.name.endswith(f"@{_host()}")  # written on this host
+    gone = int(re.search(r"\.tmp(\d+)@", dead.name).group(1))  # the killed writer's PID
+    live = tmp_path / f".best.ckpt.tmp{os.getpid()}@{_host()}"  # a writer that is running (this process)
+    older = tmp_path / f".best.ckpt.tmp{gone}"  # an older momattn's name, without the host: this host's
+    # another node of a shared filesystem, whose PIDs mean nothing here (this dead writer's PID, or a running one)
+    other = [tmp_path / f".last.ckpt.0a1b2c3d.tmp{pid}@{_host()}x" for pid in (gone, os.getpid())]
+    for p in (live, older, *other):
+        p.write_bytes(b"x")
     assert r.returncode == -9 and remove_stale_temps(tmp_path) == []  # the dead one was written just now
-    for p in (dead, live):
+    for p in (dead, live, older, *other):
         os.utime(p, (p.stat().st_atime - 120, p.stat().st_mtime - 120))
-    assert remove_stale_temps(tmp_path) == [dead] and live.exists() and (tmp_path / "last.ckpt").exists()
+    assert sorted(remove_stale_temps(tmp_path)) == sorted([dead, older])  # idle 2 minutes: this host's dead writers
+    assert live.exists() and all(p.exists() for p in other) and (tmp_path / "last.ckpt").exists()
+    for p in other:  # idle for more than a day: left by a node that is gone
+        os.utime(p, (p.stat().st_atime - 86400, p.stat().st_mtime - 86400))
+    assert sorted(remove_stale_temps(tmp_path)) == sorted(other) and live.exists()
 
 
 def test_kill_during_save_never_fires_for_a_writer_without_a_temp_file(tmp_path):

@@ -27,7 +27,7 @@ def test_a_two_process_sharded_checkpoint_resumes_on_one_process_with_or_without
     assert "ShardedTensor" not in two.stderr and "Traceback" not in two.stderr
     folder = tmp_path / "two" / "checkpoints" / "last.ckpt"
     assert folder.is_dir() and sorted(p.name for p in folder.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
-    assert not list(folder.parent.glob(".*.tmp")) and not list(folder.parent.glob(".*.old"))  # renamed into place
+    assert not list(folder.parent.glob(".*.tmp*")) and not list(folder.parent.glob(".*.old"))  # renamed into place
     ckpt = read_checkpoint(folder)  # consolidated in memory: every weight whole, the optimizer state per parameter
     assert ckpt["global_step"] == 4
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())

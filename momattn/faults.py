@@ -14,7 +14,6 @@ Nothing in the training code knows about this module.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import threading
@@ -26,10 +25,9 @@ from lightning.pytorch.callbacks import Callback
 
 from momattn import lightning_compat as compat
 from momattn.errors import ConfigError
+from momattn.io import TEMP_NAME
 
 KINDS = ("sigterm", "sigterm_late", "sigterm_in_val", "kill", "nan", "kill_during_save", "disk_full")
-# the temporary file momattn.io.atomic_write creates next to its target: .<name>.<random hex>.tmp<pid>@<host>
-_TEMP_NAME = re.compile(r"^\..+\.tmp(\d+)(?:@[A-Za-z0-9-]+)?$")
 
 
 def _fill_disk() -> None:
@@ -74,7 +72,7 @@ class KillDuringSave:
     def _is_temp(path) -> bool:
         if not isinstance(path, (str, os.PathLike)):
             return False
-        m = _TEMP_NAME.match(Path(path).name)
+        m = TEMP_NAME.fullmatch(Path(path).name)  # momattn.io.atomic_write's temporary file
         return bool(m) and int(m.group(1)) == os.getpid()
 
     def _audit(self, event: str, args: tuple) -> None:

@@ -33,6 +33,11 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+# the temporary file atomic_write creates next to its target: .<name>.<random hex>.tmp<pid>@<host> (an older
+# momattn's has no @<host>); remove_stale_temps and momattn.faults read the PID and the host from it
+TEMP_NAME = re.compile(r"\..+\.tmp(\d+)(?:@([A-Za-z0-9-]+))?")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call write(f) on a temporary binary file next to `path`, fsync it, rename it to `path`, fsync the folder."""
     path = Path(path)
@@ -91,7 +96,7 @@ def remove_stale_temps(folder: str | os.PathLike, idle_s: float = 60.0, foreign_
     A large model's partial checkpoints would otherwise fill the disk over resumes."""
     removed, here = [], _host()
     for tmp in Path(folder).glob(".*.tmp*"):
-        m = re.fullmatch(r"\..+\.tmp(\d+)(?:@([A-Za-z0-9-]+))?", tmp.name)  # no host: an older momattn's, this host's
+        m = TEMP_NAME.fullmatch(tmp.name)  # no host: an older momattn's, this host's
         if not m:
             continue
         foreign = m.group(2) not in (None, here)

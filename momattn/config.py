@@ -161,10 +161,11 @@ def _eval(node: Mapping | None, run_eval: bool, source: Any = None) -> EvalConfi
     cfg = EvalConfig.from_mapping(node, "eval")
     if run_eval and cfg.icl.enabled:
         from momattn.data.ginc import GincCorpus
-        from momattn.eval.ginc import GincTask
+        from momattn.eval.ginc import GincTask, check_separator
         from momattn.eval.tasks import resolve_tasks
 
         tasks = resolve_tasks(cfg.icl.tasks, key="eval.icl.tasks")
+        check_separator(tasks, cfg.icl.separator, key="eval.icl.separator")
         ginc = isinstance(source, GincCorpus)
         wrong = [t.name for t in tasks if isinstance(t, GincTask) != ginc]
         if wrong:

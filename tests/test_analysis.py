@@ -284,6 +284,8 @@ def test_bad_input_is_a_clear_error(tmp_path):
         analyze(model, tok, {}, cfg("ginc"))
     with pytest.raises(ConfigError, match=r"^task: 'ginc_l1' asks for GINC examples of 1 symbol"):
         analyze(model, tok, {}, cfg("ginc_l1"))
+    with pytest.raises(ConfigError, match=r"^separator='/' does not apply to GINC tasks \(ginc_l3\)"):
+        analyze(model, tok, {}, cfg("ginc_l3", separator="/"))  # GINC's own delimiter, fixed by the task
 
 
 def test_a_task_file_and_a_fixed_learning_rate(tmp_path):

@@ -106,6 +106,9 @@ def test_wrong_type_names_the_key(tmp_path):
     # GINC training with the default (text) end-of-run tasks: refused now, not after training
     msg = run_expecting(tmp_path, ["debug=smoke", "data=ginc", "tokenizer=source", "run_eval=true"], ConfigError)
     assert msg.startswith("eval.icl.tasks: sst2, sst5, mr, subj, trec are text tasks, and this run trains on GINC")
+    msg = run_expecting(tmp_path, ["debug=smoke", "data=ginc", "tokenizer=source", "run_eval=true",
+                                   "eval.icl.tasks=[ginc]", "eval.icl.separator=/"], ConfigError)
+    assert msg.startswith("eval.icl.separator='/' does not apply to GINC tasks (ginc)")
     # the end-of-run evaluation's task names are checked before training, not after it
     msg = run_expecting(tmp_path, [*SMOKE, "run_eval=true", "eval.icl.tasks=[nope]"], ConfigError)
     assert msg.startswith("eval.icl.tasks: unknown task 'nope'") and not (tmp_path / "checkpoints").exists()

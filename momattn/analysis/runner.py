@@ -26,7 +26,7 @@ from momattn.analysis.episodes import AnalysisSet, Episode, ginc_set, text_set
 from momattn.analysis.finetune import FtRun, answer_scores, finetune
 from momattn.analysis.metrics import kendall_per_layer, kendall_random, layer_mean, rec2ftp, simam, simaou
 from momattn.errors import ConfigError, NonFiniteLossError
-from momattn.eval.ginc import GincTask
+from momattn.eval.ginc import GincTask, check_separator
 from momattn.eval.results import JsonMixin
 from momattn.eval.scoring import PrefixScorer
 from momattn.eval.tasks import TASK_FILE_SUFFIXES, read_task_file, resolve_tasks
@@ -241,6 +241,7 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
         raise ConfigError(f"task={cfg.task} is a set of {len(tasks)} tasks; analyze.py takes one, e.g. "
                           f"task={tasks[0].name}")
     task = tasks[0]
+    check_separator(tasks, cfg.separator, key="separator")
     from momattn.eval.runner import is_ginc_run
 
     if not isinstance(task, GincTask) and is_ginc_run(run_config):

@@ -76,6 +76,16 @@ def ginc_task(name: str, key: str = "icl.tasks") -> GincTask | None:
     return GincTask(name, length, m["ood"] is not None)
 
 
+def check_separator(tasks: Sequence, separator: str, key: str = "icl.separator") -> None:
+    """A separator other than the default would be silently ignored by GINC tasks, whose prompts end each example
+    with "/" (the world the checkpoint was trained on): ConfigError naming the setting `key`."""
+    ginc = [t.name for t in tasks if isinstance(t, GincTask)]
+    if ginc and separator != "eot":
+        raise ConfigError(f"{key}={separator!r} does not apply to GINC tasks ({', '.join(ginc)}): a GINC prompt "
+                          "ends each example with '/', the delimiter the checkpoint was trained on (Xie et al. "
+                          f"2022), so the setting would be ignored; leave {key}=eot for GINC, or score text tasks")
+
+
 def describe_data(data_cfg: Mapping | None) -> str:
     data = dict(data_cfg or {})
     what = data.get("_target_") or data.get("source")

@@ -22,7 +22,7 @@ from momattn.data.sources import merge_data
 from momattn.errors import ConfigError, DataError
 from momattn.eval.config import EvalConfig, EvaluateConfig, to_plain
 from momattn.eval.ginc import PROTOCOL as GINC_PROTOCOL
-from momattn.eval.ginc import GincEvaluator, GincTask, ginc_world
+from momattn.eval.ginc import GincEvaluator, GincTask, check_separator, ginc_world
 from momattn.eval.icl import IclEvaluator, icl_result
 from momattn.eval.lm import LanguageModel, attention_kind, describe
 from momattn.eval.ppl import PerplexityEvaluator
@@ -76,6 +76,7 @@ def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cf
         raise ConfigError(f"icl.tasks: {', '.join(text_tasks)} are text tasks, and this checkpoint was trained on GINC "
                           f"(its tokenizer, {tokenizer.name}, knows only the GINC symbols). Score GINC tasks instead: "
                           "icl.tasks=[ginc,ginc_l3,ginc_l8,ginc_ood]")
+    check_separator(tasks, cfg.icl.separator)
     icl_eval = IclEvaluator(model, tokenizer, cfg.icl, split_seed_of(run_config), cfg.batch_tokens)
     prepared = {t.name: icl_eval.prepare(t) for t in tasks if not isinstance(t, GincTask)}
     ginc_eval = None

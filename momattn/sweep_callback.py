@@ -29,8 +29,10 @@ class CompareSweep(Callback):
 
         if "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).lower():  # a search
             metric = OmegaConf.select(config, "optimized_metric", default=None)
+            storage = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
+            study = OmegaConf.select(config, "hydra.sweeper.study_name", default=None)
             print(f"\n[momattn] search done: the best parameters and {metric or 'its metric'} are "
-                  f"in {sweep_dir}/optimization_results.yaml" + best_trial(Path(sweep_dir), metric),
+                  f"in {sweep_dir}/optimization_results.yaml" + best_trial(Path(sweep_dir), metric, storage, study),
                   file=sys.stderr, flush=True)
             return
         shown = f"python evaluate.py sweep_dir={sweep_dir}"
@@ -45,9 +47,10 @@ class CompareSweep(Callback):
                   file=sys.stderr, flush=True)
 
 
-def best_trial(sweep_dir: Path, metric: str | None) -> str:
+def best_trial(sweep_dir: Path, metric: str | None, storage: str | None = None, study: str | None = None) -> str:
     """'; best trial: <its folder> (<its best checkpoint>)': the job whose summary.json holds the search's best
-    value ('' when it cannot be told: no results file, or no job with that value)."""
+    value; with a study stored in a database (hydra.sweeper.storage) that none of this search's jobs holds, that
+    an earlier search of the study ran it; '' when it cannot be told (no results file, or no job with that value)."""
     import json
 
     import yaml
@@ -64,4 +67,7 @@ def best_trial(sweep_dir: Path, metric: str | None) -> str:
         value = kept.get(metric) if metric else None
         if isinstance(value, int | float) and abs(value - best) <= 1e-9 * max(1.0, abs(best)):
             return f"; best trial: {summary.parent} ({kept.get('best_checkpoint') or 'no checkpoint'})"
+    if storage:  # the study went on from earlier searches stored there, and one of them holds the best value
+        return (f"; the best trial ran in an earlier search of the study, not in this folder "
+                f"(optuna.load_study(study_name='{study}', storage='{storage}').best_trial names it)")
     return ""

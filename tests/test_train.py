@@ -300,6 +300,39 @@ def test_optuna_sweep_searches_what_the_attention_has(attention, searched, trial
 
 
 @pytest.mark.slow
+def test_an_optuna_study_in_a_database_goes_on_across_searches(tmp_path):
+    """hydra.sweeper.storage=sqlite:///...: Optuna 2 (the sweeper's) failed on SQLAlchemy 2 with a bare
+    AssertionError (hence the sweep extra's sqlalchemy<2); a second search adds its trials to the same study."""
+    optuna = pytest.importorskip("optuna")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    for search in ("a", "b"):
+        r = run_cli("train.py", ["-m", "hparams_search=optuna", *SMOKE, "trainer.max_steps=2", "hydra.sweeper.n_trials=1",
+                                 f"hydra.sweeper.storage={url}", f"hydra.sweep.dir={tmp_path / search}"], tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "best trial" in r.stderr.strip().splitlines()[-1]  # this folder's job, or the earlier search's
+    trials = optuna.load_study(study_name="momattn", storage=url).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    best = OmegaConf.load(tmp_path / "b" / "optimization_results.yaml").best_value
+    assert best == pytest.approx(min(t.value for t in trials))
+
+
+def test_the_best_trial_is_named_by_folder_or_as_an_earlier_searchs(tmp_path):
+    from momattn.sweep_callback import best_trial
+
+    (tmp_path / "optimization_results.yaml").write_text("best_value: 2.5\n")
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "summary.json").write_text('{"val/loss": 3.0, "best_checkpoint": "b.ckpt"}')
+    assert best_trial(tmp_path, "val/loss") == ""
+    assert best_trial(tmp_path, "val/loss", "sqlite:///s.db", "momattn") == (
+        "; the best trial ran in an earlier search of the study, not in this folder "
+        "(optuna.load_study(study_name='momattn', storage='sqlite:///s.db').best_trial names it)")
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "summary.json").write_text('{"val/loss": 2.5, "best_checkpoint": "a.ckpt"}')
+    assert best_trial(tmp_path, "val/loss", "sqlite:///s.db", "momattn") == f"; best trial: {tmp_path / '1'} (a.ckpt)"
+
+
+@pytest.mark.slow
 def test_an_optuna_search_whose_every_trial_failed_ends_with_one_line(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     r = run_cli("train.py", ["-m", "hparams_search=optuna", *SMOKE, "trainer.max_steps=2", "hydra.sweeper.n_trials=2",

@@ -24,7 +24,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from momattn import hardware
 from momattn import lightning_compat as compat
 from momattn.checkpoint import read_checkpoint
-from momattn.io import atomic_torch_save, atomic_write_text
+from momattn.io import atomic_torch_save, atomic_write_text, file_lock
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -183,19 +183,20 @@ def recorded_peak_flops(path: Path | None, key: str, measured: float) -> tuple[f
     starts afresh; one that cannot be written is skipped (the run's own measurement then stands alone)."""
     if path is None:
         return measured, 1
-    try:
-        record = json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, ValueError):
-        record = {}
-    record = record if isinstance(record, dict) else {}
-    entry = record.get(key)
-    try:
-        best, runs = max(float(entry["flops"]), measured), int(entry["runs"]) + 1
-    except (TypeError, KeyError, ValueError):
-        best, runs = measured, 1
-    record[key] = {"flops": best, "runs": runs}
-    with contextlib.suppress(OSError):
-        atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+    with file_lock(path):  # runs starting together (a parallel sweep) would otherwise lose each other's updates
+        try:
+            record = json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, ValueError):
+            record = {}
+        record = record if isinstance(record, dict) else {}
+        entry = record.get(key)
+        try:
+            best, runs = max(float(entry["flops"]), measured), int(entry["runs"]) + 1
+        except (TypeError, KeyError, ValueError):
+            best, runs = measured, 1
+        record[key] = {"flops": best, "runs": runs}
+        with contextlib.suppress(OSError):
+            atomic_write_text(path, json.dumps(record, indent=1) + "\n")
     return best, runs
 
 

@@ -7,6 +7,7 @@ or a crash at any moment, sees either the old complete file or the new complete 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -14,7 +15,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,6 +57,42 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, timeout_s: float = 10.0) -> Iterator[bool]:
+    """Hold an exclusive advisory lock for a read-modify-write of `path` (a `.NAME.lock` file beside it, locked
+    with flock, so a writer that dies releases it) and yield True; yield False without one where it cannot be had
+    within timeout_s, the folder cannot hold the lock file, or the platform has no flock (Windows): the caller then
+    goes on unlocked, as before."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield False
+        return
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield False
+        return
+    try:
+        deadline, held = time.monotonic() + timeout_s, False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.005)
+            except OSError:  # a filesystem without locks
+                break
+        yield held
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -106,7 +106,33 @@ def test_the_cpu_peak_is_the_best_of_every_runs_measurement(tmp_path):
     assert recorded_peak_flops(path, "cpu A | float32", 120e9) == (120e9, 3)
     assert recorded_peak_flops(path, "cpu A | bfloat16", 1e9) == (1e9, 1)  # per dtype (and CPU, threads, torch)
     assert recorded_peak_flops(None, "cpu A | float32", 5e9) == (5e9, 1)  # no record: this run alone
-    assert [p.name for p in path.parent.iterdir()] == ["cpu_peak_flops.json"]  # no temp file left behind
+    # no temp file left behind; the lock file stays (removing it would race with a writer that opened it)
+    assert sorted(p.name for p in path.parent.iterdir()) == [".cpu_peak_flops.json.lock", "cpu_peak_flops.json"]
+
+
+def _record_many(path, i, n):
+    from momattn.callbacks import recorded_peak_flops
+
+    for j in range(n):
+        recorded_peak_flops(path, "cpu A | float32", float(1000 * i + j))
+
+
+def test_runs_starting_together_keep_every_update_of_the_peak_record(tmp_path):
+    """Parallel sweep jobs measure at the same moment: each read-modify-write of the record holds a lock, so no
+    run's count or measurement is lost (unlocked, 4 processes x 40 updates kept about half of them)."""
+    import multiprocessing
+
+    from momattn.callbacks import recorded_peak_flops
+
+    path = tmp_path / "cpu_peak_flops.json"
+    ctx = multiprocessing.get_context("fork")  # the test process has the modules loaded already
+    procs = [ctx.Process(target=_record_many, args=(path, i, 40)) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert recorded_peak_flops(path, "cpu A | float32", 0.0) == (3039.0, 161)  # the highest of all, every run counted
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"cpu A | float32": {"flops": "fast"}}'])

@@ -10,6 +10,7 @@ LM text of the old exact-text filter.
 from __future__ import annotations
 
 import functools
+import math
 import random
 
 import numpy as np
@@ -300,6 +301,51 @@ def test_the_word_8gram_overlap_is_exact_on_small_cases():
     # has no shingle and is never held
     assert holders(q, docs) == {0: {0}, 2: {2}}
     assert holders(q, docs, share=0.9) == {2: {2}}
+    # an 8-gram a document repeats counts once: 1 of the query's 9 is not half of them
+    query = "a b c d e f g h i j k l m n o p".split()
+    assert holders([query], [query[:8] * 6]) == {} and holders([query], [query[:12]]) == {0: {0}}
+    # and so does one the query repeats: 5 of its 10 distinct 8-grams are half (with repeats, 9 of 19 would not be)
+    query = list("abcdefgh") * 3 + ["x", "y"]
+    assert holders([query], [query[-12:]]) == {0: {0}}
+
+
+def _holders_reference(queries, corpus, share):
+    """holders as a plain loop over tuples of words (no hashing)."""
+    def grams(words):
+        return {tuple(words[i : i + 8]) for i in range(len(words) - 7)}
+
+    q_grams = [grams(q) for q in queries]
+    found = {}
+    for c, words in enumerate(corpus):
+        g = grams(words)
+        held = {q for q, qg in enumerate(q_grams) if qg and len(qg & g) >= max(1, math.ceil(share * len(qg)))}
+        if held:
+            found[c] = held
+    return found
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_holders_equals_a_plain_loop_on_random_texts(seed):
+    """The numpy matching (hashed 8-grams, one sort) against a loop over the 8-grams themselves: repeated and
+    shared 8-grams, words no query has, documents and queries shorter than 8 words, empty ones."""
+    from momattn.data.overlap import holders
+
+    rng = random.Random(seed)
+    vocab = [f"w{i}" for i in range(rng.choice([2, 3, 6, 40]))]  # few words: many shared and repeated 8-grams
+    queries = [[rng.choice(vocab) for _ in range(rng.choice([0, 5, 8, 9, 12, 30]))] for _ in range(25)]
+    corpus = []
+    for _ in range(60):
+        doc = [rng.choice(vocab + ["other", "x"]) for _ in range(rng.choice([0, 7, 8, 20, 50]))]
+        if queries and rng.random() < 0.5:  # a stretch of a query inside, as near-duplicates have
+            q = rng.choice(queries)
+            a = rng.randrange(len(q) + 1)
+            doc[a:a] = q[a : a + rng.randrange(len(q) + 2)]
+        corpus.append(doc)
+    for share in (0.5, 0.1, 1.0):
+        expected = _holders_reference(queries, corpus, share)
+        assert holders(queries, corpus, share) == expected
+        assert expected or share > 0.1  # (a draw may hold nothing at the higher shares)
+    assert holders(queries, [], 0.5) == {} and holders([], corpus, 0.5) == {}
 
 
 def test_validation_documents_that_a_training_document_mostly_holds_are_dropped():

@@ -165,7 +165,6 @@ def _eval(node: Mapping | None, run_eval: bool, source: Any = None) -> EvalConfi
         from momattn.eval.tasks import resolve_tasks
 
         tasks = resolve_tasks(cfg.icl.tasks, key="eval.icl.tasks")
-        check_separator(tasks, cfg.icl.separator, key="eval.icl.separator")
         ginc = isinstance(source, GincCorpus)
         wrong = [t.name for t in tasks if isinstance(t, GincTask) != ginc]
         if wrong:
@@ -175,6 +174,7 @@ def _eval(node: Mapping | None, run_eval: bool, source: Any = None) -> EvalConfi
                     "eval.icl.tasks=[ginc,ginc_ood] (or experiment=ginc, which sets them), or run_eval=false"
                     if ginc else "are GINC tasks, which need a run trained with data=ginc; use text tasks "
                     "(e.g. eval.icl.tasks=[sst2,trec]) or run_eval=false"))
+        check_separator(tasks, cfg.icl.separator, key="eval.icl.separator")  # GINC tasks on a GINC run
     return cfg
 
 

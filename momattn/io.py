@@ -60,39 +60,45 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike, timeout_s: float = 10.0) -> Iterator[bool]:
+def file_lock(path: str | os.PathLike, timeout_s: float = 60.0) -> Iterator[bool]:
     """Hold an exclusive advisory lock for a read-modify-write of `path` (a `.NAME.lock` file beside it, locked
     with flock, so a writer that dies releases it) and yield True; yield False without one where it cannot be had
-    within timeout_s, the folder cannot hold the lock file, or the platform has no flock (Windows): the caller then
-    goes on unlocked, as before."""
+    within timeout_s, the lock file cannot be opened, or the platform has no flock (Windows): the caller then goes
+    on unlocked."""
     try:
         import fcntl
     except ImportError:  # Windows
-        yield False
-        return
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        yield False
-        return
-    try:
-        deadline, held = time.monotonic() + timeout_s, False
-        while True:
+        fcntl = None
+    fd = None
+    if fcntl is not None:
+        path = Path(path)
+        lock = path.with_name(f".{path.name}.lock")
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):  # read-only: a lock file another user created
+            try:
+                fd = os.open(lock, flags, 0o644)
+                break
+            except OSError:
+                continue
+    held = False
+    if fd is not None:
+        deadline = time.monotonic() + timeout_s
+        while not held:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 held = True
-                break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     break
-                time.sleep(0.005)
+                time.sleep(0.002)
             except OSError:  # a filesystem without locks
                 break
+    try:
         yield held
     finally:
-        os.close(fd)  # closing releases the lock
+        if fd is not None:
+            os.close(fd)  # closing releases the lock
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

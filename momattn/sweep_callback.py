@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,8 +50,8 @@ class CompareSweep(Callback):
 
 def best_trial(sweep_dir: Path, metric: str | None, storage: str | None = None, study: str | None = None) -> str:
     """'; best trial: <its folder> (<its best checkpoint>)': the job whose summary.json holds the search's best
-    value; with a study stored in a database (hydra.sweeper.storage) that none of this search's jobs holds, that
-    an earlier search of the study ran it; '' when it cannot be told (no results file, or no job with that value)."""
+    value; with a study stored in a database (hydra.sweeper.storage) whose best value no job here has, that an
+    earlier search of the study may hold it; '' when it cannot be told (no results file, or no job with that value)."""
     import json
 
     import yaml
@@ -67,7 +68,12 @@ def best_trial(sweep_dir: Path, metric: str | None, storage: str | None = None, 
         value = kept.get(metric) if metric else None
         if isinstance(value, int | float) and abs(value - best) <= 1e-9 * max(1.0, abs(best)):
             return f"; best trial: {summary.parent} ({kept.get('best_checkpoint') or 'no checkpoint'})"
-    if storage:  # the study went on from earlier searches stored there, and one of them holds the best value
-        return (f"; the best trial ran in an earlier search of the study, not in this folder "
-                f"(optuna.load_study(study_name='{study}', storage='{storage}').best_trial names it)")
+    if storage and metric:  # the study goes on from earlier searches stored there: one of them may hold it
+        return (f"; no job in this folder has the best value, so an earlier search of the stored study may hold it "
+                f"(optuna.load_study(study_name='{study}', storage='{_no_password(storage)}').best_trial)")
     return ""
+
+
+def _no_password(url: str) -> str:
+    """A database URL as it may be printed: 'postgresql://user:secret@host/db' -> 'postgresql://user:***@host/db'."""
+    return re.sub(r"^([^:/]+://[^:/@]*:)[^@]*@", r"\1***@", str(url))

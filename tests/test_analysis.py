@@ -284,8 +284,11 @@ def test_bad_input_is_a_clear_error(tmp_path):
         analyze(model, tok, {}, cfg("ginc"))
     with pytest.raises(ConfigError, match=r"^task: 'ginc_l1' asks for GINC examples of 1 symbol"):
         analyze(model, tok, {}, cfg("ginc_l1"))
+    ginc_run = {"data": {"_target_": "momattn.data.ginc.GincCorpus"}}
     with pytest.raises(ConfigError, match=r"^separator='/' does not apply to GINC tasks \(ginc_l3\)"):
-        analyze(model, tok, {}, cfg("ginc_l3", separator="/"))  # GINC's own delimiter, fixed by the task
+        analyze(model, tok, ginc_run, cfg("ginc_l3", separator="/"))  # GINC's own delimiter, fixed by the task
+    with pytest.raises(ConfigError, match=r"task 'ginc_l3' needs a checkpoint trained with data=ginc"):
+        analyze(model, tok, {}, cfg("ginc_l3", separator="/"))  # on a text checkpoint, that comes first
 
 
 def test_a_task_file_and_a_fixed_learning_rate(tmp_path):

@@ -325,10 +325,15 @@ def _holders_reference(queries, corpus, share):
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_holders_equals_a_plain_loop_on_random_texts(seed):
+def test_holders_equals_a_plain_loop_on_random_texts(seed, monkeypatch):
     """The numpy matching (hashed 8-grams, one sort) against a loop over the 8-grams themselves: repeated and
-    shared 8-grams, words no query has, documents and queries shorter than 8 words, empty ones."""
+    shared 8-grams, words no query has, documents and queries shorter than 8 words, empty ones; the corpus in
+    one part and (odd seeds) in parts of ~40 words."""
+    from momattn.data import overlap
     from momattn.data.overlap import holders
+
+    if seed % 2:
+        monkeypatch.setattr(overlap, "CHUNK_WORDS", 40)
 
     rng = random.Random(seed)
     vocab = [f"w{i}" for i in range(rng.choice([2, 3, 6, 40]))]  # few words: many shared and repeated 8-grams
@@ -346,6 +351,9 @@ def test_holders_equals_a_plain_loop_on_random_texts(seed):
         assert holders(queries, corpus, share) == expected
         assert expected or share > 0.1  # (a draw may hold nothing at the higher shares)
     assert holders(queries, [], 0.5) == {} and holders([], corpus, 0.5) == {}
+    for share in (1.5, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="must lie in"):
+            holders(queries, corpus, share)
 
 
 def test_validation_documents_that_a_training_document_mostly_holds_are_dropped():

@@ -325,8 +325,10 @@ def test_the_best_trial_is_named_by_folder_or_as_an_earlier_searchs(tmp_path):
     (tmp_path / "0" / "summary.json").write_text('{"val/loss": 3.0, "best_checkpoint": "b.ckpt"}')
     assert best_trial(tmp_path, "val/loss") == ""
     assert best_trial(tmp_path, "val/loss", "sqlite:///s.db", "momattn") == (
-        "; the best trial ran in an earlier search of the study, not in this folder "
-        "(optuna.load_study(study_name='momattn', storage='sqlite:///s.db').best_trial names it)")
+        "; no job in this folder has the best value, so an earlier search of the stored study may hold it "
+        "(optuna.load_study(study_name='momattn', storage='sqlite:///s.db').best_trial)")
+    assert "storage='postgresql://me:***@db:5432/x'" in best_trial(tmp_path, "val/loss",
+                                                                   "postgresql://me:secret@db:5432/x", "s")
     (tmp_path / "1").mkdir()
     (tmp_path / "1" / "summary.json").write_text('{"val/loss": 2.5, "best_checkpoint": "a.ckpt"}')
     assert best_trial(tmp_path, "val/loss", "sqlite:///s.db", "momattn") == f"; best trial: {tmp_path / '1'} (a.ckpt)"

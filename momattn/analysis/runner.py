@@ -241,12 +241,13 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
         raise ConfigError(f"task={cfg.task} is a set of {len(tasks)} tasks; analyze.py takes one, e.g. "
                           f"task={tasks[0].name}")
     task = tasks[0]
-    check_separator(tasks, cfg.separator, key="separator")
     from momattn.eval.runner import is_ginc_run
 
     if not isinstance(task, GincTask) and is_ginc_run(run_config):
         raise ConfigError(f"task={task.name} is a text task, and this checkpoint was trained on GINC (its tokenizer "
                           "knows only the GINC symbols); analyse a GINC task instead, e.g. task=ginc")
+    if is_ginc_run(run_config):  # (a GINC task on a text checkpoint is refused by ginc_set, naming data=ginc)
+        check_separator(tasks, cfg.separator, key="separator")
     with timer("prepare"):
         if isinstance(task, GincTask):
             aset = ginc_set(model, tokenizer, task, cfg, run_config.get("data"))

@@ -20,6 +20,7 @@ import numpy as np
 
 N = 8  # words per shingle
 SHARE = 0.5  # a query is held by a document that has at least this share of its shingles
+CHUNK_WORDS = 2_000_000  # corpus words matched at a time by holders (~100 MB of arrays)
 
 
 def word_lists(texts: Iterable[str]) -> list[list[str]]:
@@ -68,6 +69,8 @@ def _distinct(h: np.ndarray, doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def holders(queries: Sequence[Sequence[str]], corpus: Iterable[Sequence[str]],
             share: float = SHARE) -> dict[int, set[int]]:
     """{index of a corpus document: indices of the queries whose shingles it holds at least `share` of}."""
+    if not 0 <= share <= 1:  # (also nan)
+        raise ValueError(f"share={share!r} must lie in [0, 1]")
     queries, corpus = list(queries), list(corpus)
     vocab: dict[str, int] = {}
     for words in queries:
@@ -78,7 +81,22 @@ def holders(queries: Sequence[Sequence[str]], corpus: Iterable[Sequence[str]],
     if not len(qh):
         return {}
     need = np.maximum(1, np.ceil(share * np.bincount(qi, minlength=len(queries)))).astype(np.int64)
+    found: dict[int, set[int]] = {}
+    start, words = 0, 0
+    for end, doc in enumerate(corpus, 1):  # in parts of ~CHUNK_WORDS words: memory stays bounded
+        words += len(doc)
+        if words >= CHUNK_WORDS or end == len(corpus):
+            for c, held in _held(corpus[start:end], vocab, table, qh, qi, need).items():
+                found[start + c] = held
+            start, words = end, 0
+    return found
+
+
+def _held(corpus, vocab, table, qh, qi, need) -> dict[int, set[int]]:
+    """holders for one part of the corpus, given the queries' distinct shingles (qh sorted, qi) and needs."""
     ch, ci = _hashed(corpus, vocab, table)
+    if not len(ch):
+        return {}
     pos = np.minimum(np.searchsorted(qh, ch), len(qh) - 1)
     shared = qh[pos] == ch  # most of the corpus's shingles are no query's: dropped before anything else
     ch, ci = _distinct(ch[shared], ci[shared])
@@ -89,8 +107,8 @@ def holders(queries: Sequence[Sequence[str]], corpus: Iterable[Sequence[str]],
     # every (corpus document, query) pair per shared shingle, then how many shingles each pair shares
     offsets = np.repeat(lo - np.concatenate([[0], np.cumsum(hits)[:-1]]), hits) + np.arange(int(hits.sum()))
     pair_c, pair_q = np.repeat(ci, hits), qi[offsets]
-    key, counts = np.unique(pair_c * len(queries) + pair_q, return_counts=True)
-    c, q = np.divmod(key, len(queries))
+    key, counts = np.unique(pair_c * len(need) + pair_q, return_counts=True)
+    c, q = np.divmod(key, len(need))
     held = counts >= need[q]
     found: dict[int, set[int]] = {}
     for cc, qq in zip(c[held].tolist(), q[held].tolist()):

@@ -24,7 +24,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from momattn import hardware
 from momattn import lightning_compat as compat
 from momattn.checkpoint import read_checkpoint
-from momattn.io import atomic_torch_save, atomic_write_text, file_lock
+from momattn.io import atomic_torch_save, atomic_write_text, file_lock, lock_beside
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -183,7 +183,8 @@ def recorded_peak_flops(path: Path | None, key: str, measured: float) -> tuple[f
     starts afresh; one that cannot be written is skipped (the run's own measurement then stands alone)."""
     if path is None:
         return measured, 1
-    with file_lock(path):  # runs starting together (a parallel sweep) would otherwise lose each other's updates
+    # runs starting together (a parallel sweep) would otherwise lose each other's updates; a minute at most
+    with file_lock(lock_beside(path), timeout_s=60):
         try:
             record = json.loads(path.read_text()) if path.exists() else {}
         except (OSError, ValueError):

@@ -60,33 +60,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike, timeout_s: float = 60.0) -> Iterator[bool]:
-    """Hold an exclusive advisory lock for a read-modify-write of `path` (a `.NAME.lock` file beside it, locked
-    with flock, so a writer that dies releases it) and yield True; yield False without one where it cannot be had
-    within timeout_s, the lock file cannot be opened, or the platform has no flock (Windows): the caller then goes
-    on unlocked."""
+def file_lock(lock_path: str | os.PathLike, timeout_s: float | None = None) -> Iterator[bool]:
+    """Hold an exclusive advisory lock on the file `lock_path` (created if missing; flock, so a holder that dies
+    releases it) and yield True; with timeout_s, yield False once it has waited that long. Also False, and the
+    caller goes on unlocked, where the lock file cannot be opened or the platform has no flock (Windows)."""
     try:
         import fcntl
     except ImportError:  # Windows
         fcntl = None
     fd = None
     if fcntl is not None:
-        path = Path(path)
-        lock = path.with_name(f".{path.name}.lock")
+        lock_path = Path(lock_path)
         with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
         for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):  # read-only: a lock file another user created
             try:
-                fd = os.open(lock, flags, 0o644)
+                fd = os.open(lock_path, flags, 0o644)
                 break
             except OSError:
                 continue
     held = False
     if fd is not None:
-        deadline = time.monotonic() + timeout_s
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while not held:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if deadline is None else fcntl.LOCK_NB))
                 held = True
             except BlockingIOError:
                 if time.monotonic() >= deadline:
@@ -99,6 +97,12 @@ def file_lock(path: str | os.PathLike, timeout_s: float = 60.0) -> Iterator[bool
     finally:
         if fd is not None:
             os.close(fd)  # closing releases the lock
+
+
+def lock_beside(path: str | os.PathLike) -> Path:
+    """The lock file of a read-modify-write of `path`: `.NAME.lock` beside it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -371,6 +371,40 @@ def test_parallel_cache_builds_do_not_corrupt_and_truncation_is_rebuilt(tmp_path
     assert np.asarray(again).tolist() == a
 
 
+def test_file_lock_waits_for_its_holder_times_out_and_goes_on_unlocked_without_flock(tmp_path, monkeypatch):
+    import builtins
+    import threading
+
+    from momattn.io import file_lock
+
+    lock = tmp_path / "sub" / "x.lock"
+    with file_lock(lock) as held:
+        assert held and lock.exists()
+        with file_lock(lock, timeout_s=0.05) as again:  # flock is per open file: a second open waits like a process
+            assert again is False
+    order = []
+
+    def second():
+        with file_lock(lock):  # no timeout: waits for the first to let go
+            order.append("second")
+
+    with file_lock(lock):
+        t = threading.Thread(target=second)
+        t.start()
+        t.join(0.2)
+        order.append("first")
+    t.join(10)
+    assert order == ["first", "second"]
+    with pytest.raises(ValueError) as info, file_lock(lock):
+        raise ValueError("the caller's own")
+    assert info.value.__context__ is None  # no unrelated OSError attached to a caller's error
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **kw: (_ for _ in ()).throw(ImportError(name))
+                        if name == "fcntl" else real_import(name, *a, **kw))
+    with file_lock(lock) as held:  # Windows: no flock, the caller goes on unlocked
+        assert held is False
+
+
 def test_a_resume_under_gradient_accumulation_continues_the_uninterrupted_run_exactly(tmp_path):
     """4 micro-batches per step, stopped on the validation interval (4) and off it (5): the same losses at every
     later step, written at the same steps. Off the interval a resume used to regroup the micro-batches, and with the

@@ -10,7 +10,6 @@ once. (Bit rot that changes none of these is not caught.)
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -18,14 +17,13 @@ import os
 import sys
 import zlib
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from momattn.data.sources import DataSource, make_source
 from momattn.errors import DataError
-from momattn.io import atomic_write, atomic_write_text
+from momattn.io import atomic_write, atomic_write_text, file_lock
 from momattn.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -33,18 +31,6 @@ log = logging.getLogger(__name__)
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("MOMATTN_CACHE", Path.home() / ".cache" / "momattn")).expanduser()
-
-
-@contextmanager
-def file_lock(path: Path):
-    """Exclusive lock across processes (parallel sweep jobs building the same cache wait for each other)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _crc32(path: Path, block: int = 64 << 20) -> int:

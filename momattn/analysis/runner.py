@@ -243,10 +243,11 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
     task = tasks[0]
     from momattn.eval.runner import is_ginc_run
 
-    if not isinstance(task, GincTask) and is_ginc_run(run_config):
+    ginc_run = is_ginc_run(run_config)
+    if not isinstance(task, GincTask) and ginc_run:
         raise ConfigError(f"task={task.name} is a text task, and this checkpoint was trained on GINC (its tokenizer "
                           "knows only the GINC symbols); analyse a GINC task instead, e.g. task=ginc")
-    if is_ginc_run(run_config):  # (a GINC task on a text checkpoint is refused by ginc_set, naming data=ginc)
+    if ginc_run:  # (a GINC task on a text checkpoint is refused by ginc_set, naming data=ginc)
         check_separator(tasks, cfg.separator, key="separator")
     with timer("prepare"):
         if isinstance(task, GincTask):

@@ -100,10 +100,10 @@ def _held(corpus, vocab, table, qh, qi, need) -> dict[int, set[int]]:
     pos = np.minimum(np.searchsorted(qh, ch), len(qh) - 1)
     shared = qh[pos] == ch  # most of the corpus's shingles are no query's: dropped before anything else
     ch, ci = _distinct(ch[shared], ci[shared])
-    lo, hi = np.searchsorted(qh, ch, "left"), np.searchsorted(qh, ch, "right")
-    hits = hi - lo
     if not len(ch):
         return {}
+    lo, hi = np.searchsorted(qh, ch, "left"), np.searchsorted(qh, ch, "right")
+    hits = hi - lo
     # every (corpus document, query) pair per shared shingle, then how many shingles each pair shares
     offsets = np.repeat(lo - np.concatenate([[0], np.cumsum(hits)[:-1]]), hits) + np.arange(int(hits.sum()))
     pair_c, pair_q = np.repeat(ci, hits), qi[offsets]

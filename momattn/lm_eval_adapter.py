@@ -51,6 +51,9 @@ class MomattnLM(TemplateLM):
             raise ConfigError(f"--model_args {key}= is not an argument of the momattn model.{did_you_mean(key, self.ARGS)}"
                               f" It takes {', '.join(self.ARGS)}")
         check_inference_precision(precision, f"--model_args precision={precision}")
+        for key, v in (("batch_tokens", batch_tokens), ("max_gen_toks", max_gen_toks)):  # "4k" or 0: said here
+            if isinstance(v, bool) or not str(v).strip().isdigit() or int(v) < 1:
+                raise ConfigError(f"--model_args {key}={v!r} must be an int >= 1")
         if not ckpt_path:
             raise ConfigError("the momattn model needs --model_args ckpt_path=PATH (a .ckpt written by train.py)")
         if str(device or "").startswith("cuda") and not torch.cuda.is_available():

@@ -269,6 +269,8 @@ def test_bad_input_is_a_clear_error(tmp_path):
         cfg(task, lrs=[-1.0])
     # analyze's own keys are named, not the evaluator's it builds on
     for kw, culprit in [({"seed": "abc"}, "seed='abc' must be an int"), ({"dual_check": "off"}, "dual_check='off'"),
+                        ({"seed": -3}, "seed=-3 must be an int >= 0"),  # was numpy's ValueError, deep in the draw
+                        ({"test_seed": -1}, "test_seed=-1 must be an int >= 0"),
                         ({"task": ["a", "b"]}, "must be one task"),
                         ({"logger": {"csv": {}}}, "logger=csv is not supported by analyze.py")]:  # was ignored
         with pytest.raises(ConfigError, match=culprit):

@@ -144,6 +144,10 @@ def test_hub_schemas_from_local_files(tmp_path):
 def test_task_files_that_yaml_or_json_would_misread_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="holds true/false: YAML reads unquoted yes, no, on and off as booleans"):
         file_task({"name": "m", "path": "x.jsonl", "template": "{text}:", "answers": [True, False]})
+    for answers in ([None, "yes"], ["no", ["yes"]]):  # were the words "None" and "['yes']" in every prompt
+        with pytest.raises(ConfigError, match=r"answers\[[01]\]=(None|\['yes'\]) must be a text"):
+            file_task({"name": "m", "path": "x.jsonl", "template": "{text}:", "answers": answers})
+    assert file_task({"name": "m", "path": "x.jsonl", "template": "{text}:", "answers": [1, 2.5]}).answers == ("1", "2.5")
     path = write_jsonl(tmp_path / "null.jsonl", [{"text": None, "label": 0}])
     with pytest.raises(DataError, match="field 'text' is null"):  # not the word "None" in the prompt
         file_task({"name": "m", "path": path, "template": "{text}:", "answers": ["x", "y"], "demo_path": path}).load(0)
@@ -188,6 +192,14 @@ def test_config_rejects_unknown_keys_and_bad_values():
         IclConfig(shots=[0, -1])
     with pytest.raises(ConfigError, match="icl.score"):
         IclConfig(score="median")
+    # numpy's generators refuse negative seeds (a traceback after the perplexity had run); a repeated seed scored
+    # the same demonstrations twice and counted them as two draws in the std over seeds
+    with pytest.raises(ConfigError, match=r"icl.seeds=\[1, -1\] must be a non-empty list of ints >= 0"):
+        IclConfig(seeds=[1, -1])
+    with pytest.raises(ConfigError, match=r"icl.test_seed=-1 must be an int >= 0"):
+        IclConfig(test_seed=-1)
+    with pytest.raises(ConfigError, match=r"icl.seeds=\[1, 1\] lists a seed twice"):
+        IclConfig(seeds=[1, 1])
     with pytest.raises(ConfigError, match=r"unknown key 'templte'.*Did you mean 'template'"):
         IclConfig(tasks=[{"name": "m", "path": "p", "templte": "{x}"}])
     cfg = EvalConfig.from_mapping({"icl": {"shots": ["max", 4, 0]}, "ppl": {"lengths": [64, 32]}})

@@ -145,6 +145,9 @@ def test_misspelt_model_args_and_precisions_are_refused_and_model_args_win_over_
         MomattnLM.create_from_arg_string(f"ckpt_path={ckpt},precison=32-true")
     with pytest.raises(ConfigError, match="precision=bf16 is unknown"):
         MomattnLM(ckpt_path=str(ckpt), precision="bf16")  # would have meant fp32, silently
+    for arg in ("batch_tokens=abc", "max_gen_toks=2k", "batch_tokens=0"):  # was int()'s ValueError, or accepted
+        with pytest.raises(ConfigError, match=f"--model_args {arg.split('=')[0]}=.* must be an int >= 1"):
+            MomattnLM.create_from_arg_string(f"ckpt_path={ckpt},{arg}")
     lm = MomattnLM.create_from_arg_string(f"ckpt_path={ckpt},device=cpu,batch_size=3",
                                           {"device": "cuda:0", "batch_size": 1, "max_batch_size": None})
     assert lm.device == "cpu" and lm.max_rows == 3

@@ -46,6 +46,10 @@ class AnalyzeConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"{name}={v!r} must be an int")
+        for name in ("seed", "test_seed"):  # numpy's generators, which draw the demonstrations and test rows
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be an int >= 0 (it seeds numpy's "
+                                  "generator of the demonstrations and test rows)")
         check_bool("dual_check", self.dual_check)
         check_logger(self.logger, "analyze.py")  # logger=csv was accepted and logged nothing
         if not isinstance(self.separator, str) or not self.separator:

@@ -141,8 +141,13 @@ class IclConfig:
         if len(set(map(str, self.shots))) != len(self.shots):
             raise ConfigError(f"icl.shots={list(self.shots)} lists a value twice")
         self.shots = sorted(k for k in self.shots if k != "max") + (["max"] if "max" in self.shots else [])
-        if not self.seeds or not all(_is_int(s) for s in self.seeds):
-            raise ConfigError(f"icl.seeds={self.seeds!r} must be a non-empty list of ints")
+        if not isinstance(self.seeds, list | tuple) or not self.seeds or not all(_is_int(s) and s >= 0
+                                                                                 for s in self.seeds):
+            raise ConfigError(f"icl.seeds={self.seeds!r} must be a non-empty list of ints >= 0 (each seeds numpy's "
+                              "draw of one set of demonstrations)")
+        if len(set(self.seeds)) != len(self.seeds):  # the same draw twice would count as two and shrink the std
+            raise ConfigError(f"icl.seeds={list(self.seeds)} lists a seed twice: a repeat scores the same "
+                              "demonstrations again and would count as another draw in the spread over seeds")
         self.seeds = list(self.seeds)
         if self.max_examples is not None and (not _is_int(self.max_examples) or self.max_examples < 1):
             raise ConfigError(f"icl.max_examples={self.max_examples!r} must be an int >= 1 or null (all)")
@@ -155,8 +160,8 @@ class IclConfig:
             raise ConfigError(f"icl.separator={self.separator!r} must be 'eot' or a non-empty text "
                               "such as '\\n\\n'")
         self.separator = self.separator.replace("\\n", "\n")  # a "\n" typed on the command line: a line break
-        if not _is_int(self.test_seed):
-            raise ConfigError(f"icl.test_seed={self.test_seed!r} must be an int")
+        if not _is_int(self.test_seed) or self.test_seed < 0:
+            raise ConfigError(f"icl.test_seed={self.test_seed!r} must be an int >= 0")
 
     @property
     def largest_k(self) -> int | str:

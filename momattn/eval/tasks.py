@@ -26,6 +26,7 @@ Three sources (and GINC, tasks of their own kind: momattn.eval.ginc):
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -399,6 +400,10 @@ def file_task(entry: Mapping, key: str = "icl.tasks") -> IclTask:
     if any(isinstance(a, bool) for a in answers):  # YAML reads an unquoted yes / no / on / off as a bool
         raise ConfigError(f"{who}: answers={list(answers)!r} holds true/false: YAML reads unquoted yes, no, on and "
                           "off as booleans; quote them, e.g. answers: ['yes', 'no']")
+    for i, a in enumerate(answers):  # str(None) or str(['a']) would put 'None' or "['a']" into every prompt
+        if not isinstance(a, str | int | float) or isinstance(a, float) and not math.isfinite(a):
+            raise ConfigError(f"{who}: answers[{i}]={a!r} must be a text (YAML reads an empty entry or ~ as null: "
+                              "write the answer, quoted if it looks like a number or a boolean)")
     template = template.replace("\\n", "\n")  # a "\n" typed on the command line means a line break
     answers = tuple(str(a) for a in answers)
     convert = _file_converter(template, answers, str(entry.get("label_field", "label")), path, name)

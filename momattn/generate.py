@@ -4,7 +4,8 @@
 
 - Decoding is incremental with the model's KV cache; once the context is full, every token is sampled from a
   window of the last block_size tokens, re-encoded (the same rule as GPT.generate, nanoGPT's crop and the
-  exported Hugging Face model), so any length can be sampled.
+  exported MomattnForCausalLM), so any length can be sampled. (A vanilla export with learned positions is a
+  stock GPT2LMHeadModel, whose generate stops with an index error past n_positions, as GPT-2's does.)
 - Text is printed as soon as it is whole: a multi-byte character split over several BPE tokens waits for
   its last byte instead of printing a replacement character.
 - Deterministic for a seed: one torch.Generator drives every sample, in order.

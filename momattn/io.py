@@ -109,6 +109,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int) -> Path:
+    """A matplotlib figure as a PNG at `path`, written atomically (a crash never leaves half a picture)."""
+    return atomic_write(path, lambda f: fig.savefig(f, dpi=dpi, format="png"))
+
+
 def finite_json(obj: Any) -> Any:
     """obj with every non-finite float (nan, inf, -inf) replaced by None, in dicts, lists and tuples at any depth.
 

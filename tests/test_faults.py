@@ -308,6 +308,28 @@ print("survived")
         r.stderr[-2000:]
 
 
+def test_a_figure_that_fails_half_way_leaves_the_previous_picture(tmp_path):
+    # evaluate.py's and the sweep's plots (ppl.png, icl_*.png, eta_*.png) called fig.savefig(path): a crash or kill
+    # mid-save left a truncated PNG; they go through atomic_write now, as analyze.py's did
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from momattn.io import save_figure
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    path = save_figure(fig, tmp_path / "icl.png", dpi=50)
+    before = path.read_bytes()
+    assert before.startswith(b"\x89PNG")
+    fig.savefig = lambda f, **kw: (f.write(b"\x89PNG half"), 1 / 0)  # dies after writing part of the file
+    with pytest.raises(ZeroDivisionError):
+        save_figure(fig, path, dpi=50)
+    plt.close(fig)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["icl.png"]
+
+
 def test_only_the_partial_files_of_dead_idle_writers_are_removed(tmp_path):
     from momattn.io import _host, remove_stale_temps
 

@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from momattn.io import atomic_write, atomic_write_text, json_text
+from momattn.io import atomic_write_text, json_text, save_figure
 
 METRIC_ROWS = [  # (label, getter), the paper's Table 2-5 order with their baselines beside
     ("ZSL accuracy (%)", lambda r: _pct(r.acc["zsl"])),
@@ -117,7 +117,7 @@ def plot_layers(results: Sequence, path: Path) -> bool:
         ax.axhline(0, color="grey", lw=0.5)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))  # never half a picture
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return True
 

@@ -12,7 +12,7 @@ from momattn.eval import ginc as ginc_mod
 from momattn.eval import icl as icl_mod
 from momattn.eval import ppl as ppl_mod
 from momattn.eval.results import IclResult, ModelResult, ShotResult, TaskResult, as_model_result
-from momattn.io import atomic_write_text, json_text
+from momattn.io import atomic_write_text, json_text, save_figure
 
 MISSING = "–"
 
@@ -225,7 +225,7 @@ def plot_ppl(results: Sequence[ModelResult], path: Path) -> bool:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return True
 
@@ -277,7 +277,7 @@ def plot_icl(results: Sequence[ModelResult], path: Path) -> bool:
     axes.flat[0].legend(fontsize=7)
     fig.suptitle("In-context accuracy vs number of demonstrations")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return True
 

@@ -28,7 +28,7 @@ import numpy as np
 from momattn.errors import ConfigError
 from momattn.eval.config import EvalConfig, to_plain
 from momattn.eval.results import ModelResult
-from momattn.io import atomic_write_text, json_text
+from momattn.io import atomic_write_text, json_text, save_figure
 from momattn.utils import digest
 
 log = logging.getLogger(__name__)
@@ -435,7 +435,7 @@ def sweep_plots(summaries: Sequence[SettingSummary], out: Path) -> list[Path]:
             axes[0][0].legend(fontsize=8)
             fig.tight_layout()
             path = out / f"icl_{s.setting}.png"
-            fig.savefig(path, dpi=110)
+            save_figure(fig, path, dpi=110)
             plt.close(fig)
             written.append(path)
         lengths = sorted({int(m.split("@")[1]) for row in s.rows.values() for m in row if m.startswith("ppl@")})
@@ -453,7 +453,7 @@ def sweep_plots(summaries: Sequence[SettingSummary], out: Path) -> list[Path]:
             ax.legend(fontsize=8)
             fig.tight_layout()
             path = out / f"ppl_{s.setting}.png"
-            fig.savefig(path, dpi=110)
+            save_figure(fig, path, dpi=110)
             plt.close(fig)
             written.append(path)
         path = eta_plot(s, out / f"eta_{s.setting}.png")
@@ -516,7 +516,7 @@ def eta_plot(s: SettingSummary, path: Path) -> Path | None:
     axes[0][0].legend(fontsize=8)
     fig.suptitle("mean ± std over seeds", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 

@@ -176,9 +176,7 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
                               and isinstance(v, int | float)}, **metrics}
             done_before = not trained and (out_dir / "eval" / "results.json").exists()
             if c.run_eval and c.eval and not done_before:
-                # logged at the final validation's step: the loggers' axis is the last trained batch's index
-                # (train/loss of optimizer step n is at n - 1), not the count of optimizer steps
-                _evaluate(c, eval_model, tokenizer, loggers, max(0, trainer.global_step - 1), out_dir)
+                _evaluate(c, eval_model, tokenizer, loggers, trainer.global_step, out_dir)
             elif c.run_eval and c.eval:
                 print(f"[momattn] the evaluation of step {start_step} is in {out_dir / 'eval'} already; "
                       "evaluate.py evaluates again with other settings", file=sys.stderr, flush=True)
@@ -416,15 +414,18 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
 
 
 def _evaluate(c: TrainConfig, model: GPT, tokenizer: Tokenizer, loggers: list, step: int, out_dir: Path) -> None:
-    """The short evaluation (train.yaml's eval section), logged next to the training curves."""
+    """The short evaluation (train.yaml's eval section) of the model after `step` optimizer steps, logged next to
+    the training curves at the final validation's step: the loggers' axis is the last trained batch's index
+    (train/loss of optimizer step n is at n - 1), not the count of optimizer steps."""
     from momattn.eval.report import markdown_report
     from momattn.eval.runner import evaluate_model, flat_metrics, write_reports
 
     results = evaluate_model(model.eval(), tokenizer, c.resolved, c.eval, out_dir / "eval",
                              model.config.attention.kind)
+    results.step = step  # the sweep's evaluation reuses these numbers only for a last.ckpt of this step
     write_reports([results], out_dir / "eval")
     for lg in loggers:  # eval/ppl@L, icl/<task>/acc, ...
-        lg.log_metrics(flat_metrics(results), step=step)
+        lg.log_metrics(flat_metrics(results), step=max(0, step - 1))
         lg.save()
     print(markdown_report([results]), flush=True)
     print(f"[momattn] evaluation tables: {out_dir / 'eval' / 'results.md'}", file=sys.stderr)

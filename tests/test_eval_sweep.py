@@ -114,6 +114,14 @@ def test_sweep_reuses_matching_results_and_rejects_bad_folders(tmp_path):
     assert reusable(tmp_path / "job", cfg) == fake
     other = EvalConfig.from_mapping({**EVAL, "batch_tokens": 1024})
     assert reusable(tmp_path / "job", other) is None
+    # numbers of the weights at step 300, and last.ckpt at step 500 (trained on, stopped before its evaluation):
+    # computed again; a results.json from before the step was recorded is taken as it is
+    fake.step = 300
+    write_reports([fake], tmp_path / "job" / "eval")
+    assert reusable(tmp_path / "job", cfg, 300) == fake and reusable(tmp_path / "job", cfg, 500) is None
+    fake.step = None
+    write_reports([fake], tmp_path / "job" / "eval")
+    assert reusable(tmp_path / "job", cfg, 500) == fake
     doc = json.loads((tmp_path / "job" / "eval" / "results.json").read_text())
     doc["protocol"]["icl"] = "an older scoring rule"  # same settings, scored another way by an older momattn
     (tmp_path / "job" / "eval" / "results.json").write_text(json.dumps(doc))

@@ -374,6 +374,9 @@ def test_training_ends_with_the_short_evaluation_logged(tmp_path):
                                    "eval.icl.max_examples=5", "eval.ppl.max_windows=3"])
     run_train(cfg)
     assert (tmp_path / "eval" / "results.md").exists() and (tmp_path / "eval" / "results.json").exists()
+    # the step of the weights scored is last.ckpt's (a sweep's evaluation reuses the numbers only for that step)
+    scored = json.loads((tmp_path / "eval" / "results.json").read_text())["checkpoints"][0]["step"]
+    assert scored == read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] > 0
     header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "icl/sst2/acc" in header and "eval/ppl@32" in header
     rows = read_metrics(tmp_path)

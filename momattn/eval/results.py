@@ -267,6 +267,7 @@ class ModelResult(JsonMixin):
     icl: IclResult | None = None
     timing_s: dict[str, float] = field(default_factory=dict)
     checkpoint: str | None = None
+    step: int | None = None  # the optimizer steps the scored weights had trained (a checkpoint's global_step)
 
 
 def as_model_result(r: ModelResult | Mapping) -> ModelResult:

@@ -243,16 +243,21 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
                   f"training and end-of-run metrics); it is in {out / 'sweep.md'}", file=sys.stderr)
         return []
     paths = conf.checkpoint_paths()
-    metas = [read_checkpoint(p)["momattn"] for p in paths]  # every checkpoint readable before hours of work
+    metas, steps = [], []
+    for p in paths:  # every checkpoint readable before hours of work (one in memory at a time)
+        ckpt = read_checkpoint(p)
+        metas.append(ckpt["momattn"])
+        steps.append(ckpt.get("global_step"))  # the optimizer steps of the weights scored: in results.json
+        del ckpt
     labels = checkpoint_labels(paths, [m["model_config"]["attention"]["kind"] for m in metas])
     results: list[ModelResult] = []
-    for path, meta, label in zip(paths, metas, labels):
+    for path, meta, label, step in zip(paths, metas, labels, steps):
         log.info("evaluating %s (%s) on %s", path, label, device)
         model, tokenizer = load_checkpoint(path, map_location=device)
         run_config = dict(meta.get("config") or {})
         res = evaluate_model(model, tokenizer, run_config, conf.eval_section(), out, label,
                              cache_dir=conf.cache_dir)
-        res.checkpoint = str(path)
+        res.checkpoint, res.step = str(path), step if isinstance(step, int) and not isinstance(step, bool) else None
         results.append(res)
         written = write_reports(results, out)  # after each checkpoint: finished ones survive a later crash
         del model

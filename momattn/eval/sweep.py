@@ -55,6 +55,7 @@ class SweepRun:
     reused: bool = False
     attention_params: dict = field(default_factory=dict)  # the checkpoint's attention config
     eval_key: str | None = None  # own_settings: digest of the run's own evaluation settings, where runs differ
+    step: int | None = None  # the checkpoint's global_step
 
 
 @dataclass
@@ -197,7 +198,8 @@ def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
             failed.append(f"{hydra_dir.parent.relative_to(sweep_dir)} (no checkpoints/last.ckpt)")
     for path in ckpts:
         try:
-            meta = read_checkpoint(path)["momattn"]
+            ckpt = read_checkpoint(path)
+            meta = ckpt["momattn"]
         except Exception as e:  # a half-written or foreign file: name it and go on with the others
             failed.append(f"{path.parent.parent.relative_to(sweep_dir)} (unreadable checkpoint: {e})")
             continue
@@ -206,6 +208,8 @@ def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
         run = SweepRun(path, path.parent.parent, str(att.get("kind", "unknown")), config.get("seed"),
                        digest(_strip(config)), config)
         run.attention_params = att
+        step = ckpt.get("global_step")
+        run.step = step if isinstance(step, int) and not isinstance(step, bool) else None
         runs.append(run)
     _label_variants(runs)
     if not runs:
@@ -229,9 +233,11 @@ def _label_variants(runs: Sequence[SweepRun]) -> None:
             r.attention = f"{kind}(" + ", ".join(f"{k}={r.attention_params.get(k)}" for k in varying) + ")"
 
 
-def reusable(job: Path, eval_cfg: EvalConfig) -> ModelResult | None:
-    """The job's own eval/results.json, when it was made with exactly these evaluation settings and by today's
-    scoring protocols (an older momattn's numbers, scored another way, are computed again)."""
+def reusable(job: Path, eval_cfg: EvalConfig, step: int | None = None) -> ModelResult | None:
+    """The job's own eval/results.json, when it was made with exactly these evaluation settings, by today's
+    scoring protocols (an older momattn's numbers, scored another way, are computed again) and of the weights at
+    `step`, last.ckpt's (a run trained on after its evaluation, then stopped before the next one, left numbers of
+    older weights; a results.json that records no step, from before it did, is taken as it is)."""
     from momattn.eval.ginc import PROTOCOL as GINC_PROTOCOL
     from momattn.eval.report import protocols
 
@@ -243,6 +249,8 @@ def reusable(job: Path, eval_cfg: EvalConfig) -> ModelResult | None:
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None
     if protocol != protocols(GINC_PROTOCOL if "ginc" in protocol else None):
+        return None
+    if step is not None and result.step is not None and result.step != step:
         return None
     return result if result.eval_config == json.loads(json.dumps(asdict(eval_cfg))) else None
 
@@ -544,14 +552,14 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
         name = str(r.job.relative_to(sweep_dir))
         cfg = run_settings(r, eval_cfg) if own_settings else eval_cfg
         settings[name] = asdict(cfg)
-        r.result = reusable(r.job, cfg)
+        r.result = reusable(r.job, cfg, r.step)
         r.reused = r.result is not None
         if r.result is None:
             log.info("evaluating %s (%s, seed %s)", name, r.attention, r.seed)
             model, tokenizer = load_checkpoint(r.path, map_location=device)
             r.result = evaluate_model(model, tokenizer, r.config, cfg, out / "jobs" / name, r.attention,
                                       cache_dir=cache_dir)
-            r.result.checkpoint = str(r.path)
+            r.result.checkpoint, r.result.step = str(r.path), r.step
             atomic_write_text(out / "jobs" / name / "results.json",
                               json_text(results_document([r.result]), indent=2) + "\n")
             del model

@@ -103,3 +103,19 @@ def test_bytes_of_windows_cut_inside_a_character_add_up_to_the_text():
     ids = tok.encode(text)
     for width in (1, 2, 3, 5):  # windows starting or ending inside a multi-byte character
         assert sum(count_bytes(tok, ids[i:i + width]) for i in range(0, len(ids), width)) == len(text.encode())
+
+
+def test_the_report_names_each_models_window_count_where_they_differ():
+    # models with other tokenizers cut the same text into other windows: the line showed the last model's counts
+    from momattn.eval.report import ppl_markdown
+    from momattn.eval.results import ModelResult, PerplexityResult, WindowNumbers
+
+    def result(label, n_valid):
+        w = {"64": WindowNumbers(ppl=10.0, bpb=1.0, nll_per_token=2.3, n_windows=n_valid, n_tokens=64 * n_valid,
+                                 n_bytes=100, length=64, split="valid", n_windows_available=n_valid, split_tokens=9)}
+        t = {"64": WindowNumbers(**{**w["64"].__dict__, "n_windows": 5, "split": "train"})}
+        return ModelResult(label=label, attention="vanilla", model={}, tokenizer={}, eval_config={},
+                           ppl=PerplexityResult(protocol="p", lengths=[64], max_windows=50, valid=w, train=t))
+
+    [line] = [x for x in ppl_markdown([result("bpe", 40), result("char", 50)]) if x.startswith("Windows scored")]
+    assert line == "Windows scored: train64: 5; valid64: 40 (bpe), 50 (char)."

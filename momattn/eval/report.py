@@ -75,11 +75,21 @@ def ppl_markdown(results: Sequence[ModelResult]) -> list[str]:
     def rows(metric, digits):
         return [[r.label] + [cell(r, s, n, metric, digits) for s, n in cols] for r in results]
 
-    n_windows = {f"{s}{n}": getattr(r.ppl, s)[n].n_windows for r in results if r.ppl for s, n in cols
-                 if n in getattr(r.ppl, s)}
+    # per column, each model's count: models with other tokenizers or contexts cut the text into other windows
+    n_windows: dict[str, dict[str, int]] = {}
+    for s, n in cols:
+        for r in results:
+            if r.ppl and n in getattr(r.ppl, s):
+                n_windows.setdefault(f"{s}{n}", {})[r.label] = getattr(r.ppl, s)[n].n_windows
+
+    def counts(by_model: dict[str, int]) -> str:
+        if len(set(by_model.values())) == 1:
+            return str(next(iter(by_model.values())))
+        return ", ".join(f"{v} ({label})" for label, v in by_model.items())
+
     return ["## Perplexity (Table 6 layout)", "", *_table(header, rows("ppl", 2)), "",
             "Bits per byte (comparable across tokenizers):", "", *_table(header, rows("bpb", 4)), "",
-            f"Windows scored: {', '.join(f'{k}: {v}' for k, v in n_windows.items())}.", "",
+            f"Windows scored: {'; '.join(f'{k}: {counts(v)}' for k, v in n_windows.items())}.", "",
             f"Protocol: {ppl_mod.PROTOCOL}.", ""]
 
 

@@ -173,6 +173,10 @@ def test_an_eta_sweep_keeps_each_eta_a_variant_of_its_own(tmp_path):
     _label_variants(runs)
     assert [r.attention for r in runs] == ["vanilla", "momentum(eta=0.3, learnable_eta=False)",
                                           "momentum(eta=0.5, learnable_eta=True)", "multirate_ema"]
+    # a checkpoint from before include_current existed held its default: one variant, not 'include_current=None'
+    runs = [run({"kind": "momentum", "eta": 0.5}), run({"kind": "momentum", "eta": 0.5, "include_current": False})]
+    _label_variants(runs)
+    assert [r.attention for r in runs] == ["momentum", "momentum"]
 
 
 def test_settings_added_later_at_their_neutral_value_do_not_split_a_sweep():

@@ -91,7 +91,10 @@ def text_set(model, tokenizer, task: IclTask, cfg, split_seed: int) -> AnalysisS
             answers = answer_token_ids(ex.answers, tokenizer, f"{task.name} example {ex.id}")
         except ConfigError:
             continue
-        query = tokenizer.encode(task.fill(ex))[-(context - 1 - max(map(len, answers))):]
+        room = context - 1 - max(map(len, answers))  # the query's last tokens that fit beside its longest answer
+        if room < 1:  # ([-0:] would have kept the whole query, a negative room cut it from the wrong end)
+            continue
+        query = tokenizer.encode(task.fill(ex))[-room:]
         select.append(Episode(query, ex.label, answers, train, [], demo_pos))
     return AnalysisSet("choice", task.name, task.source, prep.result.chance, tokenizer.eot_id, test, select,
                        prefix, k)

@@ -221,16 +221,23 @@ def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
 def _label_variants(runs: Sequence[SweepRun]) -> None:
     """Runs of one attention kind that differ in its settings (an eta sweep) are distinct variants: their label
     names what differs, e.g. 'momentum(eta=0.3)', 'momentum(learnable_eta=True)'."""
+    from momattn.model import AttentionConfig
+
+    defaults = asdict(AttentionConfig())  # a setting an older checkpoint lacks had its default value then
     by_kind: dict[str, list[SweepRun]] = defaultdict(list)
     for r in runs:
         by_kind[r.attention].append(r)
     for kind, rs in by_kind.items():
         keys = sorted({k for r in rs for k in r.attention_params if k != "kind"})
-        varying = [k for k in keys if len({json.dumps(r.attention_params.get(k), default=str) for r in rs}) > 1]
+
+        def value(r: SweepRun, k: str):
+            return r.attention_params.get(k, defaults.get(k))
+
+        varying = [k for k in keys if len({json.dumps(value(r, k), default=str) for r in rs}) > 1]
         if kind == BASELINE or not varying:
             continue
         for r in rs:
-            r.attention = f"{kind}(" + ", ".join(f"{k}={r.attention_params.get(k)}" for k in varying) + ")"
+            r.attention = f"{kind}(" + ", ".join(f"{k}={value(r, k)}" for k in varying) + ")"
 
 
 def reusable(job: Path, eval_cfg: EvalConfig, step: int | None = None) -> ModelResult | None:

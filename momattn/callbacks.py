@@ -59,6 +59,8 @@ class ModelCheckpoint(lightning_callbacks.ModelCheckpoint):
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_validation_end(self, trainer, pl_module) -> None:
+        if compat.mid_accumulation(trainer) and not trainer.sanity_checking:
+            return  # nor a top-k file: Lightning would write last.ckpt with it, a state no resume continues exactly
         super().on_validation_end(trainer, pl_module)
         if not trainer.sanity_checking:
             self._refresh_last(trainer)

@@ -296,6 +296,13 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
             raise ConfigError(f"val_every_steps={run.val_every_steps!r} must be an integer >= 1 (optimizer steps "
                               "between validations), or null to use trainer.val_check_interval")
         trainer["val_check_interval"] = run.val_every_steps * accumulate
+    interval = trainer.get("val_check_interval")
+    if accumulate > 1 and isinstance(interval, int) and interval % accumulate:
+        steps = -(-interval // accumulate)
+        raise ConfigError(f"trainer.val_check_interval={interval} micro-batches is not a whole number of optimizer "
+                          f"steps (trainer.accumulate_grad_batches={accumulate}): a validation inside a step would "
+                          "write checkpoints that a resume cannot continue exactly; set val_every_steps (optimizer "
+                          f"steps), e.g. val_every_steps={steps} (every {steps * accumulate} micro-batches)")
     raw["trainer"] = trainer  # checkpoints record the precision that ran
     return TrainConfig(
         **dataclasses.asdict(run),

@@ -401,6 +401,16 @@ def test_last_ckpt_is_not_refreshed_inside_a_gradient_accumulation(monkeypatch):
         cb._refresh_last(SimpleNamespace(mid=mid, fit_loop=SimpleNamespace(
             epoch_loop=SimpleNamespace(_should_accumulate=lambda mid=mid: mid))))
     assert saved == [False]
+    # nor a top-k file (Lightning writes last.ckpt with it) after a validation inside an accumulation (a time-based
+    # val_check_interval; an int one that is not whole steps is refused at start-up)
+    import lightning.pytorch.callbacks as lc
+
+    lightning_saves = []
+    monkeypatch.setattr(lc.ModelCheckpoint, "on_validation_end", lambda self, trainer, m: lightning_saves.append(trainer.mid))
+    for mid in (True, False):
+        cb.on_validation_end(SimpleNamespace(mid=mid, sanity_checking=False, fit_loop=SimpleNamespace(
+            epoch_loop=SimpleNamespace(_should_accumulate=lambda mid=mid: mid))), None)
+    assert lightning_saves == [False] and saved == [False, False]
 
 
 def test_a_sharded_folder_with_code_or_damage_in_its_index_is_refused(tmp_path, tokenizer):

@@ -169,6 +169,23 @@ def _override_key(o: str) -> str:
     return o.split("=", 1)[0].lstrip("+~")
 
 
+def changed_overrides(saved: list[str], now: list[str],
+                      free: tuple[str, ...] = ("ckpt_path", "trainer.max_steps")) -> list[str]:
+    """'key=saved (now: value)' for every key the saved command line set that `now` sets otherwise or not at all,
+    apart from hydra.* and the keys in `free` (which a resume may change)."""
+    def values(overrides: list[str]) -> dict[str, str | None]:
+        out: dict[str, str | None] = {}
+        for o in overrides:
+            key = _override_key(o)
+            if not (key in free or key.startswith("hydra.")):
+                out[key] = None if o.startswith("~") else _unquoted(o.split("=", 1)[1]) if "=" in o else None
+        return out
+
+    was, today = values(saved), values(now)
+    return [f"{k}={v} (now: {today[k] if k in today else 'not given'})" for k, v in was.items()
+            if k not in today or today[k] != v]
+
+
 def _last(overrides: list[str], key: str) -> str | None:
     """The value the last override of `key` gives, unquoted as Hydra reads it ('a b' -> a b)."""
     values = [o.split("=", 1)[1] for o in overrides if "=" in o and _override_key(o) == key]

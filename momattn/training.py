@@ -27,7 +27,7 @@ from momattn.checkpoint import (
     read_meta,
     resolve_ckpt_path,
 )
-from momattn.cli import HydraJob, folder_holds_a_run, hydra_job
+from momattn.cli import HydraJob, changed_overrides, folder_holds_a_run, hydra_job
 from momattn.config import TrainConfig, load_train_config, world_size
 from momattn.console import quiet_console, quiet_resume
 from momattn.data.corpus import load_tokens
@@ -86,6 +86,15 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
                               "evaluate.py, or resume from a full checkpoint (last.ckpt of a run without "
                               "save_weights_only)")
     resume, start_step = resumed.get("momattn") or {}, int(resumed.get("global_step") or 0)
+    if resume and job.sweep_dir is not None and resume.get("overrides"):
+        # a sweep's job N resumes folder N, whatever run is there: another value list (or order) than the one
+        # that made the folders would continue one run's weights with another's settings, silently
+        if changed := changed_overrides([str(o) for o in resume["overrides"]], list(job.overrides)):
+            raise ConfigError(
+                f"job {job.num} of this sweep would resume {ckpt_path}, trained with {'; '.join(changed)}: the "
+                "sweep's value lists (or their order) differ from the ones that made its job folders. Resume with "
+                "the sweep's original overrides plus ckpt_path=last (trainer.max_steps may change); this job's "
+                f"were: {' '.join(o for o in map(str, resume['overrides']) if not o.startswith(('hydra.', 'ckpt_path=')))}")
     if resume:
         quiet_resume(same_folder=ckpt_path.resolve().parent.parent == out_dir)
         was_accumulate = ((resume.get("config") or {}).get("trainer") or {}).get("accumulate_grad_batches")

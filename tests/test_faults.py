@@ -211,6 +211,32 @@ def test_a_sigterm_stops_a_sweep_instead_of_starting_its_next_job(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_resumed_sweep_job_refuses_a_folder_trained_with_other_values(tmp_path):
+    # job N resumes folder N: with the value list reordered (seed=2,1), folder 0's seed-1 weights went on with seed 2's
+    # data and its checkpoint then said seed=2 (found by review); the original list, with more steps, resumes
+    base = ["-m", *SMOKE, "trainer.val_check_interval=3", "logger=csv", "run_eval=false", f"hydra.sweep.dir={tmp_path}"]
+    assert run_cli("train.py", [*base, "trainer.max_steps=3", "seed=1,2"], tmp_path).returncode == 0
+    r = run_cli("train.py", [*base, "trainer.max_steps=6", "seed=2,1", "ckpt_path=last"], tmp_path)
+    assert r.returncode != 0
+    for job, was, now in ((0, 1, 2), (1, 2, 1)):
+        assert (f"error: job {job} of this sweep would resume {tmp_path / str(job) / 'checkpoints' / 'last.ckpt'}, "
+                f"trained with seed={was} (now: {now}): the sweep's value lists (or their order) differ") in r.stderr
+        assert step_of(tmp_path / str(job) / "checkpoints" / "last.ckpt") == 3  # untouched
+    r = run_cli("train.py", [*base, "trainer.max_steps=6", "seed=1,2", "ckpt_path=last"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [step_of(tmp_path / str(job) / "checkpoints" / "last.ckpt") for job in (0, 1)] == [6, 6]
+
+
+def test_changed_overrides_name_what_a_resume_would_change():
+    from momattn.cli import changed_overrides
+
+    saved = ["debug=smoke", "seed=1", "+optim.x=2", "trainer.max_steps=3", "hydra.job.chdir=false", "ckpt_path=last"]
+    assert changed_overrides(saved, ["debug=smoke", "seed=1", "optim.x=2", "trainer.max_steps=9", "logger=csv"]) == []
+    assert changed_overrides(saved, ["debug=smoke", "seed='2'", "trainer.max_steps=9"]) == \
+        ["seed=1 (now: 2)", "optim.x=2 (now: not given)"]
+
+
+@pytest.mark.slow
 def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(reference, tmp_path):
     r = run_cli("train.py", [*RUN, *fault("kill_during_save@6"), f"hydra.run.dir={tmp_path}"], tmp_path)
     assert r.returncode == -9, r.stderr[-3000:]  # killed inside the real writer, writing the step-6 checkpoint

@@ -169,15 +169,17 @@ def _override_key(o: str) -> str:
     return o.split("=", 1)[0].lstrip("+~")
 
 
-def changed_overrides(saved: list[str], now: list[str],
-                      free: tuple[str, ...] = ("ckpt_path", "trainer.max_steps")) -> list[str]:
+RESUME_FREE = ("ckpt_path", "trainer.max_steps", "logger", "run_eval", "eval", "hydra")  # and their subkeys
+
+
+def changed_overrides(saved: list[str], now: list[str], free: tuple[str, ...] = RESUME_FREE) -> list[str]:
     """'key=saved (now: value)' for every key the saved command line set that `now` sets otherwise or not at all,
-    apart from hydra.* and the keys in `free` (which a resume may change)."""
+    apart from the keys in `free` and below them (which a resume may change: the length, logging, evaluation)."""
     def values(overrides: list[str]) -> dict[str, str | None]:
         out: dict[str, str | None] = {}
         for o in overrides:
             key = _override_key(o)
-            if not (key in free or key.startswith("hydra.")):
+            if not any(key == f or key.startswith(f + ".") for f in free):
                 out[key] = None if o.startswith("~") else _unquoted(o.split("=", 1)[1]) if "=" in o else None
         return out
 

@@ -90,11 +90,12 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
         # a sweep's job N resumes folder N, whatever run is there: another value list (or order) than the one
         # that made the folders would continue one run's weights with another's settings, silently
         if changed := changed_overrides([str(o) for o in resume["overrides"]], list(job.overrides)):
+            original = [o for o in map(str, resume["overrides"]) if not o.startswith(("hydra.", "ckpt_path="))]
             raise ConfigError(
                 f"job {job.num} of this sweep would resume {ckpt_path}, trained with {'; '.join(changed)}: the "
                 "sweep's value lists (or their order) differ from the ones that made its job folders. Resume with "
-                "the sweep's original overrides plus ckpt_path=last (trainer.max_steps may change); this job's "
-                f"were: {' '.join(o for o in map(str, resume['overrides']) if not o.startswith(('hydra.', 'ckpt_path=')))}")
+                "the sweep's original overrides plus ckpt_path=last (trainer.max_steps, logger and eval settings "
+                f"may change); this job's were: {' '.join(original)}")
     if resume:
         quiet_resume(same_folder=ckpt_path.resolve().parent.parent == out_dir)
         was_accumulate = ((resume.get("config") or {}).get("trainer") or {}).get("accumulate_grad_batches")

@@ -119,9 +119,21 @@ PRECISIONS = ("auto", "bf16-mixed", "16-mixed", "32-true", "bf16-true", "16-true
               "transformer-engine", "transformer-engine-float16")
 
 
+OWN_TRAINER_ARGS = {  # Trainer arguments that momattn.training passes itself, and where to set what they would
+    "gradient_clip_val": "set optim.grad_clip (0 or null: no clipping)",
+    "callbacks": "choose them with the callbacks group (callbacks=default, +callbacks.NAME._target_=...)",
+    "logger": "choose it with the logger group (logger=wandb | csv | none)",
+    "default_root_dir": "a run writes to its folder (hydra.run.dir, paths.output_dir)",
+    "plugins": "momattn's checkpoint writer (atomic files) is the one plugin it passes",
+}
+
+
 def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
     """(Trainer arguments with precision=auto resolved for this machine, max_steps, accumulate_grad_batches)."""
     trainer = dict(node or {})
+    for key, where in OWN_TRAINER_ARGS.items():  # train.py passes these itself: a value here was dropped, silently
+        if key in trainer:
+            raise ConfigError(f"trainer.{key} is set by momattn, so this value would be ignored; {where}")
     steps = [trainer.get("max_steps"), trainer.get("accumulate_grad_batches", 1)]
     optional = {k: trainer[k] for k in ("num_nodes", "log_every_n_steps") if trainer.get(k) is not None}
     for key, value in {"max_steps": steps[0], "accumulate_grad_batches": steps[1], **optional}.items():

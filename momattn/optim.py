@@ -25,7 +25,7 @@ class OptimConfig:
     warmup_steps: int = 100
     schedule: str = "cosine"  # cosine | polynomial | constant
     power: float = 1.0  # polynomial decay power (fairseq's default 1.0 = linear)
-    grad_clip: float = 1.0  # 0 disables
+    grad_clip: float | None = 1.0  # 0 or null disables
     on_nonfinite: str = "stop"  # stop | skip: what a NaN/inf loss does
 
     def __post_init__(self):

@@ -103,6 +103,15 @@ def test_wrong_type_names_the_key(tmp_path):
                               ("logger.wandb.offline=no", "logger.wandb.offline='no' must be true or false")):
         assert culprit in run_expecting(tmp_path, [*SMOKE, override, *(["logger=wandb"] if "wandb" in override
                                                                         else [])], ConfigError)
+    assert load_train_config(compose_train(tmp_path, [*SMOKE, "optim.grad_clip=null"])).optim.grad_clip is None  # was
+    # refused ("Incompatible value 'None' for field of type 'float'") though the error above says null is allowed
+    # Trainer arguments momattn passes itself replaced these values silently (a clip of 0.5 trained at 1.0)
+    for override, where in (("+trainer.gradient_clip_val=0.5", "set optim.grad_clip"),
+                            ("+trainer.default_root_dir=/tmp/x", "a run writes to its folder"),
+                            ("+trainer.logger=false", "choose it with the logger group")):
+        msg = run_expecting(tmp_path, [*SMOKE, override], ConfigError)
+        key = override.split("=")[0].lstrip("+")
+        assert msg.startswith(f"{key} is set by momattn, so this value would be ignored; {where}"), msg
     # GINC training with the default (text) end-of-run tasks: refused now, not after training
     msg = run_expecting(tmp_path, ["debug=smoke", "data=ginc", "tokenizer=source", "run_eval=true"], ConfigError)
     assert msg.startswith("eval.icl.tasks: sst2, sst5, mr, subj, trec are text tasks, and this run trains on GINC")

@@ -160,6 +160,9 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
         raise ConfigError(f"trainer.precision={precision!r} is not a precision.{did_you_mean(str(precision), PRECISIONS)} "
                           f"Choose one of {', '.join(PRECISIONS)}")
     trainer["precision"] = resolve_precision(precision, trainer.get("accelerator"))
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not _cuda_available() and not _mps_available())
+    if on_cpu and str(trainer["precision"]) in ("16-mixed", "16"):  # Lightning runs it as bf16-mixed on a CPU (CPU
+        trainer["precision"] = "bf16-mixed"  # autocast has no fp16 there): the start line and checkpoints say so
     world_size(trainer)  # trainer.devices checked here too
     check_launch_environment(trainer)
     return trainer, steps[0], steps[1]
@@ -269,6 +272,12 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _mps_available() -> bool:
+    import torch
+
+    return torch.backends.mps.is_available()
 
 
 def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:

@@ -250,6 +250,7 @@ def test_tokenizer_source_needs_a_source_with_a_tokenizer(tmp_path):
 
 @pytest.mark.parametrize("native,precision,expected", [
     (True, "auto", "bf16-mixed"), (False, "auto", "32-true"), (True, "32-true", "32-true"),
+    (False, "16-mixed", "bf16-mixed"),  # what Lightning runs on a CPU, which the start line and checkpoint said was 16
 ])
 def test_precision_auto_resolves_from_the_hardware(native, precision, expected, tmp_path, monkeypatch):
     import momattn.hardware

@@ -128,6 +128,10 @@ OWN_TRAINER_ARGS = {  # Trainer arguments that momattn.training passes itself, a
 }
 
 
+ATTENTION_SETTINGS = {"eta": ("momentum",), "learnable_eta": ("momentum",), "include_current": ("momentum",),
+                      "n_rates": ("multirate_ema",)}  # AttentionConfig's fields, and the kinds that read them
+
+
 def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
     """(Trainer arguments with precision=auto resolved for this machine, max_steps, accumulate_grad_batches)."""
     trainer = dict(node or {})
@@ -290,6 +294,11 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
     if run.dist_timeout_s < 1:
         raise ConfigError(f"dist_timeout_s={run.dist_timeout_s}: the seconds to wait for every node must be >= 1")
     attention = typed(AttentionConfig, raw.get("attention"), "attention")
+    for key in raw.get("attention") or {}:  # attention=vanilla +attention.eta=0.9 trained vanilla, eta unused
+        kinds = ATTENTION_SETTINGS.get(key)
+        if kinds and attention.kind not in kinds:
+            raise ConfigError(f"attention.{key} applies to {' and '.join(kinds)} attention only, and this run's is "
+                              f"{attention.kind}, so it would be ignored; drop it, or choose attention={kinds[0]}")
     data = raw.get("data") or {}
     source = make_source(data)
     tokenizer = typed(TokenizerConfig, raw.get("tokenizer"), "tokenizer")

@@ -106,6 +106,12 @@ def test_wrong_type_names_the_key(tmp_path):
     assert load_train_config(compose_train(tmp_path, [*SMOKE, "optim.grad_clip=null"])).optim.grad_clip is None  # was
     # refused ("Incompatible value 'None' for field of type 'float'") though the error above says null is allowed
     # Trainer arguments momattn passes itself replaced these values silently (a clip of 0.5 trained at 1.0)
+    # a setting of another attention kind trained without it (attention=vanilla +attention.eta=0.9: vanilla)
+    for kind, key, value, owner in (("vanilla", "eta", "0.9", "momentum"), ("momentum", "n_rates", "4", "multirate_ema"),
+                                    ("multirate_ema", "include_current", "true", "momentum")):
+        msg = run_expecting(tmp_path, [*SMOKE, f"attention={kind}", f"+attention.{key}={value}"], ConfigError)
+        assert msg == (f"attention.{key} applies to {owner} attention only, and this run's is {kind}, so it would be "
+                       f"ignored; drop it, or choose attention={owner}")
     for override, where in (("+trainer.gradient_clip_val=0.5", "set optim.grad_clip"),
                             ("+trainer.default_root_dir=/tmp/x", "a run writes to its folder"),
                             ("+trainer.logger=false", "choose it with the logger group")):

@@ -48,7 +48,6 @@ class PathsConfig:
 class RunConfig:
     """train.yaml's top-level settings."""
 
-    task_name: str = "train"
     tags: list[str] = field(default_factory=list)
     seed: int = 1337
     ckpt_path: str | None = None  # a .ckpt to resume, or `last`

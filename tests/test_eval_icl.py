@@ -88,6 +88,19 @@ def test_prompts_longer_than_the_context_keep_their_last_tokens():
     assert res.n_truncated == 2 and res.shots["0"].acc == 1.0  # and it never overflowed the context
 
 
+def test_an_example_whose_own_answer_outgrows_the_context_is_skipped_not_the_task():
+    # per-example answers (PIQA's solutions): one longer than the context failed the whole task
+    ev = evaluator(b_lover(block_size=32), shots=[0])
+    test = [IclExample(i, {"text": "xx"}, ("a", "b"), 1) for i in range(3)]
+    test.append(IclExample(9, {"text": "xx"}, ("a", "b" * 40), 1))
+    task = IclTask("own", "{text}:", None, "synthetic", lambda seed: IclData([], test))
+    res = ev.evaluate([task]).tasks["own"]
+    assert res.n_skipped == 1 and res.shots["0"].acc == 1.0
+    fixed = IclTask("fixed", "{text}:", ("a", "b" * 40), "synthetic", lambda seed: IclData([], test[:3]))
+    with pytest.raises(Exception, match="an answer of example 0 is longer than the model's context of 32"):
+        ev.evaluate([fixed])  # every example's: nothing could be scored
+
+
 def test_seeds_draw_different_demonstrations_deterministically():
     task = letter_task([1])
     pool = [IclExample(i, {"text": f"x{i}"}, ("a", "b"), i % 2) for i in range(30)]

@@ -126,7 +126,8 @@ class IclEvaluator:
         return self.tokenizer.encode(task.fill(ex) + " " + ex.answers[ex.label]) + self.sep
 
     def encode_test(self, task: IclTask, examples: Sequence[IclExample]) -> tuple[list[EncodedExample], int]:
-        """Encoded test examples and how many were skipped (per-example answers that tokenize ambiguously)."""
+        """Encoded test examples and how many were skipped (per-example answers that tokenize ambiguously, or
+        one longer than the context: a task-wide answer that long is an error, as no example could be scored)."""
         fixed = None
         if task.answers:
             fixed = answer_token_ids(task.answers, self.tokenizer, f"ICL task '{task.name}'")
@@ -142,6 +143,9 @@ class IclEvaluator:
                     continue
             query = self.tokenizer.encode(task.fill(ex))
             room = self.context - len(self.start) - max(len(a) for a in answers)
+            if room < 1 and fixed is None:  # one PIQA solution longer than a tiny context: that example only
+                skipped += 1
+                continue
             if room < 1:
                 raise DataError(f"ICL task '{task.name}': an answer of example {ex.id} is longer than the "
                                 f"model's context of {self.context} tokens")

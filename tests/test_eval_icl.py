@@ -185,3 +185,19 @@ def test_a_model_with_nan_outputs_has_no_accuracy_not_answer_zeros_share(capsys)
     shots = out.tasks["letters"].shots
     assert all(np.isnan(shots[k].acc) and np.isnan(shots[k].acc_sum_lp) for k in ("0", "2"))
     assert "non-finite log-probabilities for 4 of 4 test prompts" in capsys.readouterr().err
+
+
+def test_a_diverged_tasks_reloaded_result_keeps_its_k_used():
+    # a nan accuracy is written as null; a k that does not fit reads it back as None, and the cell then said
+    # "does not fit (at most k=None)", as for a GINC k beyond the context
+    import json
+
+    from momattn.eval.report import _acc
+    from momattn.eval.results import ShotResult
+    from momattn.io import json_text
+
+    written = json_text(ShotResult(k="4", fits=False, chance=0.5, k_used_mean=1.0, acc=float("nan")).to_json())
+    shot = ShotResult.from_json(json.loads(written))
+    assert shot.acc is None and _acc(shot) == "does not fit (k_used=1.0)"
+    beyond = ShotResult(k="16", fits=False, chance=0.1, k_used_mean=0.0, k_max_fit=9)
+    assert _acc(beyond) == "does not fit (at most k=9)"

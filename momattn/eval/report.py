@@ -29,7 +29,10 @@ def _pct(acc: float | None, std: float | None = None) -> str:
 
 def _acc(shot: ShotResult, k_used: bool = True) -> str:
     """'41.0 ± 2.1 (k_used=8.0)', or 'does not fit (k_used=1.0)' for a k the context cannot hold."""
-    used = f"k_used={shot.k_used_mean:.1f}" if shot.acc is not None else f"at most k={shot.k_max_fit}"
+    # nothing scored: a GINC k beyond the context names the largest that fits; a text task's k that does not fit,
+    # scored by a diverged model (nan, read back as None), keeps its k_used
+    nothing_fits = shot.acc is None and shot.k_max_fit is not None
+    used = f"at most k={shot.k_max_fit}" if nothing_fits else f"k_used={shot.k_used_mean:.1f}"
     if not shot.fits:
         return f"does not fit ({used})"
     return _pct(shot.acc, shot.acc_std) + (f" ({used})" if k_used else "")

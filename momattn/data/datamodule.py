@@ -4,12 +4,15 @@ Training samples form one global stream: sample g is window perm_e[g mod W] of e
 block_size + 1 tokens, perm_e a permutation seeded by (seed, e)). Rank r of a world of size n takes samples
 start + r, start + r + n, ...; on resume `start` follows from the restored global step, so the run continues
 exactly where it stopped. The checkpoint also records the data position itself, so a resume with other
-samples per step (batch size, accumulation, devices) continues there too.
+samples per step (batch size, accumulation, devices) continues there too, and which order of which windows that
+position counts in: a resume with another seed or other training text starts the new order at its beginning (a
+position in the old order would train some windows twice and skip others), and says so.
 """
 
 from __future__ import annotations
 
 import sys
+import zlib
 from collections.abc import Callable
 
 import numpy as np
@@ -27,6 +30,17 @@ class TokenWindows(Dataset):
         self.tokens, self.block_size, self.seed, self.shuffle = tokens, block_size, seed, shuffle
         self.n_windows = (len(tokens) - 1) // block_size
         self._perm_epoch, self._perm = -1, None
+        self._order: str | None = None
+
+    def order(self) -> str:
+        """Which windows, in which order: the seed, the window size and count, and a CRC-32 of the tokens (of 256
+        evenly spaced runs of 4096 where there are more: a few MB read, whatever the corpus's size)."""
+        if self._order is None:
+            crc, n = 0, len(self.tokens)
+            for s in range(0, n, max(4096, -(-n // 256))):
+                crc = zlib.crc32(np.ascontiguousarray(self.tokens[s : s + 4096]).tobytes(), crc)
+            self._order = f"{self.seed if self.shuffle else 'in order'}/{self.block_size}/{self.n_windows}/{crc:08x}"
+        return self._order
 
     def window(self, g: int) -> int:
         epoch, i = divmod(g, self.n_windows)
@@ -91,6 +105,7 @@ class TokenDataModule(LightningDataModule):
         self.batch_size, self.max_steps, self.accumulate = batch_size, max_steps, accumulate
         self.val_batches, self.num_workers = val_batches, num_workers
         self._resumed: dict | None = None  # the data position a checkpoint recorded (load_state_dict)
+        self._restarted_from: int | None = None  # that position, where it counted another order (not continued)
 
     def _per_step(self) -> int:
         return self.batch_size * self.accumulate * self.trainer.world_size
@@ -103,13 +118,20 @@ class TokenDataModule(LightningDataModule):
             return 0
         return self._resumed["position"] - self._resumed["step"] * self._per_step()
 
+    def _order(self) -> str | None:
+        return self.train_set.order() if isinstance(self.train_set, TokenWindows) else None  # a stream: its own
+
     def state_dict(self) -> dict:
         step = self.trainer.global_step  # checkpoints are taken between optimizer steps
         return {"position": step * self._per_step() + self._offset(), "step": step,
-                "samples_per_step": self._per_step()}
+                "samples_per_step": self._per_step(), "order": self._order()}
 
     def load_state_dict(self, state: dict) -> None:
-        self._resumed = dict(state)
+        self._resumed, self._restarted_from = dict(state), None
+        was, now = state.get("order"), self._order()
+        if was is not None and now is not None and was != now:  # another seed or other text: the old position
+            self._restarted_from = int(state["position"])  # means nothing in the new order, which starts at 0
+            self._resumed["position"] = 0
 
     def _loader(self, dataset, sampler) -> DataLoader:
         # its own generator: creating an iterator must not draw from the global RNG that dropout uses
@@ -119,7 +141,11 @@ class TokenDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         world, rank, per_step, offset = self.trainer.world_size, self.trainer.global_rank, self._per_step(), self._offset()
         trainer = self.trainer
-        if offset and rank == 0:
+        if self._restarted_from is not None and rank == 0:
+            print(f"[momattn] the training windows or their order differ from the checkpoint's run (another seed, "
+                  f"other training text or model.block_size): the data starts at the beginning of the new order, "
+                  f"not at sample {self._restarted_from}, where that run stopped in its own", file=sys.stderr)
+        elif offset and rank == 0:
             was = self._resumed["samples_per_step"]
             print(f"[momattn] resumed with {per_step} samples per optimizer step (the checkpoint's run took {was}): "
                   f"the data continues at sample {self._resumed['position']}, where that run stopped", file=sys.stderr)

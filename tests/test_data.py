@@ -316,3 +316,21 @@ def test_a_hub_revision_is_passed_to_datasets_and_keys_the_token_cache(tmp_path,
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: seen.update(kw) or real(*a, **{**kw, "revision": None}))
     pinned.documents("train")
     assert seen["revision"] == "v1.0"
+
+
+def test_a_local_dataset_folder_keys_the_token_cache_by_its_files(tmp_path):
+    # data.name=<a folder> (datasets reads the files in it): the key held the name only, so an edited file
+    # brought the old tokens back (found by review)
+    import os
+
+    from momattn.data.streaming import StreamingHubCorpus
+
+    folder = tmp_path / "hubdir"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(json.dumps({"text": "doc one"}) + "\n")
+    for i, cls in enumerate((HubCorpus, StreamingHubCorpus)):
+        before = cls(name=str(folder), val_split=None).fingerprint()
+        (folder / "train.jsonl").write_text(json.dumps({"text": "doc two, edited" + "!" * i}) + "\n")
+        os.utime(folder / "train.jsonl", ns=(i + 1, i + 1))  # a new size, and another time
+        assert cls(name=str(folder), val_split=None).fingerprint() != before, cls
+    assert HubCorpus(name="Salesforce/wikitext").fingerprint() == HubCorpus(name="Salesforce/wikitext").fingerprint()

@@ -194,7 +194,8 @@ class HubCorpus:
     def fingerprint(self) -> str:
         return digest(["hf", 1, self.name, self.config, self.train_split, self.val_split, self.text_field,
                        self.data_files, local_files(self.data_files), self.val_fraction, self.seed]
-                      + ([self.revision] if self.revision else []))  # unpinned: the key of earlier releases
+                      + ([self.revision] if self.revision else [])  # unpinned: the key of earlier releases
+                      + folder_files(self.name))
 
     def _load(self, split: str):
         import datasets
@@ -241,6 +242,13 @@ def not_utf8(name: str, data_files: Any, e: UnicodeDecodeError) -> DataError:
 def no_rows(name: str, data_files: Any) -> DataError:
     return DataError(f"data.name='{name}' data.data_files={data_files}: no rows (an empty file, or a pattern that "
                      "matches no file)")
+
+
+def folder_files(name: str) -> list:
+    """[local_files of everything under it] where a dataset's name is a local folder (datasets reads its files);
+    [] for a hub name, whose token cache is keyed by the name (and revision) as before."""
+    folder = Path(str(name)).expanduser()
+    return [local_files(str(folder / "**" / "*"))] if folder.is_dir() else []
 
 
 def local_files(data_files: Any) -> list:

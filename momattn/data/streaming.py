@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from momattn.data.sources import Split, local_files, no_rows, not_utf8
+from momattn.data.sources import Split, folder_files, local_files, no_rows, not_utf8
 from momattn.errors import DataError, first_line
 from momattn.utils import digest
 
@@ -61,7 +61,7 @@ class StreamingHubCorpus:
     def fingerprint(self) -> str:
         return digest(["hf_stream", 1, self.name, self.config, self.train_split, self.val_split, self.text_field,
                        self.data_files, local_files(self.data_files), self.revision, self.shuffle_buffer, self.seed, self.val_docs,
-                       self.tokenizer_docs])
+                       self.tokenizer_docs] + folder_files(self.name))
 
     def _open(self, split: str):
         import datasets

@@ -333,7 +333,7 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
                           "write checkpoints that a resume cannot continue exactly; set val_every_steps (optimizer "
                           f"steps), e.g. val_every_steps={steps} (every {steps * accumulate} micro-batches)")
     raw["trainer"] = trainer  # checkpoints record the precision that ran
-    return TrainConfig(
+    c = TrainConfig(
         **dataclasses.asdict(run),
         model=_model(raw.get("model"), attention),
         optim=typed(OptimConfig, raw.get("optim"), "optim"),
@@ -349,3 +349,19 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
         logger=raw.get("logger") or {},
         resolved=raw,
     )
+    _check_cache_dir(c)
+    return c
+
+
+def _check_cache_dir(c: TrainConfig) -> None:
+    """The token and tokenizer cache's folder, or the first of its parents that exists, is a folder (a file there
+    failed with NotADirectoryError after the tokenizer had been trained)."""
+    own = c.loader.cache_dir and str(c.loader.cache_dir) != str(c.paths.cache_dir)  # not the ${paths.cache_dir}
+    key = "data.cache_dir" if own else "paths.cache_dir" if c.paths.cache_dir else "MOMATTN_CACHE"
+    path = c.cache_dir
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ConfigError(f"{key}='{path}': {p} is a file, not a folder; the token and tokenizer caches need "
+                                  "a folder (or a path where one can be made)")
+            return

@@ -325,6 +325,15 @@ def test_an_unwritable_output_folder_is_refused_before_any_work(tmp_path, run_di
     assert "cannot write the output folder" in r.stderr and expected in r.stderr and "hydra.run.dir=" in r.stderr
 
 
+def test_a_cache_folder_that_is_a_file_is_refused_by_its_key(tmp_path):
+    # it failed with NotADirectoryError (an 8-frame traceback) after the tokenizer had been trained (found by review)
+    (tmp_path / "a.txt").write_text("in the way")
+    for cache, key in ((f"paths.cache_dir={tmp_path / 'a.txt'}", "paths.cache_dir"),
+                       (f"data.cache_dir={tmp_path / 'a.txt' / 'sub'}", "data.cache_dir")):
+        msg = run_expecting(tmp_path, [*SMOKE, cache], ConfigError)
+        assert msg.startswith(f"{key}='{tmp_path / 'a.txt'}") and f"{tmp_path / 'a.txt'} is a file, not a folder" in msg
+
+
 def test_a_context_beyond_memory_is_refused_up_front(tmp_path, monkeypatch):
     import momattn.memory
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from momattn.errors import DataError
+from momattn.errors import DataError, first_line
 from momattn.utils import stable_seed
 
 # task name -> file in StaICC/cached_dataset (rows are ([text], label) and arrive pre-shuffled)
@@ -99,8 +99,8 @@ def read_staicc(task: str) -> tuple[tuple[str, int], ...]:
     try:
         with open(path, "rb") as f:
             rows = _NoGlobals(f).load()
-    except (OSError, pickle.UnpicklingError, EOFError) as e:
-        raise DataError(f"cannot read StaICC data file {path}: {e}; reinstall with pip install --force-reinstall StaICC") from e
+    except Exception as e:  # a damaged pickle raises anything (UnicodeDecodeError, MemoryError, OverflowError, ...)
+        raise DataError(f"cannot read StaICC data file {path}: {type(e).__name__}: {first_line(e, 200)}; reinstall with pip install --force-reinstall StaICC") from e
     try:  # rows of ((text, ...), label)
         return tuple((str(r[0][0]), int(r[1])) for r in rows)
     except (IndexError, KeyError, TypeError, ValueError) as e:

@@ -334,3 +334,15 @@ def test_a_local_dataset_folder_keys_the_token_cache_by_its_files(tmp_path):
         os.utime(folder / "train.jsonl", ns=(i + 1, i + 1))  # a new size, and another time
         assert cls(name=str(folder), val_split=None).fingerprint() != before, cls
     assert HubCorpus(name="Salesforce/wikitext").fingerprint() == HubCorpus(name="Salesforce/wikitext").fingerprint()
+
+
+def test_training_text_leaves_out_copies_of_the_held_out_documents(tmp_path):
+    # 200 paragraphs and 40 copies of one boilerplate line: 4 val documents were also training documents, so the
+    # val loss read too good (found by review); data=hf with val_split=null holds out the same way
+    paragraphs = [f"paragraph {i} says something of its own" for i in range(200)] + ["Copyright notice."] * 40
+    (tmp_path / "c.txt").write_text("\n\n".join(paragraphs) + "\n")
+    src = TextFiles(paths=[str(tmp_path / "c.txt")], val_fraction=0.1)
+    train, val = src.documents("train"), src.documents("val")
+    assert "Copyright notice." in val and not set(train) & set(val)
+    assert len(train) + len(val) == 240 - (40 - val.count("Copyright notice."))  # only the training copies dropped
+    assert sorted(set(train) | set(val)) == sorted(set(paragraphs))

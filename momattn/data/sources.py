@@ -92,8 +92,14 @@ def _read_utf8(path: Path) -> str:
 
 
 def _held_out(docs: list[str], split: Split, fraction: float, seed: int) -> list[str]:
+    """A seeded `fraction` of the documents for validation; the rest, less any copy of a validation document's
+    text (a boilerplate paragraph, a repeated row), for training: a copy in both made the val loss too good."""
     rest, val = seeded_split(len(docs), fraction, seed)
-    return [docs[i] for i in (val if split == "val" else rest)]
+    held = [docs[i] for i in val]
+    if split == "val":
+        return held
+    texts = {d.strip() for d in held}
+    return [docs[i] for i in rest if docs[i].strip() not in texts]
 
 
 @dataclass
@@ -131,7 +137,8 @@ class TextFiles:
 
     def fingerprint(self) -> str:
         files = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in self._files]
-        return digest(["text_files", 2, files, self.val_fraction, self.text_field, self.seed])  # 2: blank lines
+        # 2: blank lines; 3: training leaves out copies of validation documents
+        return digest(["text_files", 3, files, self.val_fraction, self.text_field, self.seed])
 
     def _read(self, p: Path) -> list[str]:
         text = _read_utf8(p)
@@ -195,7 +202,8 @@ class HubCorpus:
         return digest(["hf", 1, self.name, self.config, self.train_split, self.val_split, self.text_field,
                        self.data_files, local_files(self.data_files), self.val_fraction, self.seed]
                       + ([self.revision] if self.revision else [])  # unpinned: the key of earlier releases
-                      + folder_files(self.name))
+                      + folder_files(self.name)
+                      + ([] if self.val_split else ["held-out copies left out"]))  # (what _held_out does since)
 
     def _load(self, split: str):
         import datasets

@@ -37,18 +37,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from momattn import ops  # noqa: E402
-from momattn.hardware import describe  # noqa: E402
+from momattn.hardware import describe, gpu_bf16_peak  # noqa: E402
 from momattn.model import GPT, AttentionConfig, GPTConfig  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-# datasheet dense bf16 tensor-core peaks (FLOP/s), by a substring of torch.cuda.get_device_name()
-BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12,
-             "RTX 4090": 165e12, "A6000": 155e12}
 KINDS = ("vanilla", "momentum", "multirate_ema")
 
 
 def datasheet_peak(name: str) -> float | None:
-    return next((v for k, v in BF16_PEAK.items() if k in name), None)
+    return gpu_bf16_peak(name)  # momattn.hardware's table: train.py's MFU takes the same peak
 
 
 def run(cmd: list[str], timeout: int) -> dict:

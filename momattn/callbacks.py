@@ -228,7 +228,12 @@ class Throughput(ThroughputMonitor):
 
     def setup(self, trainer, pl_module, stage):
         super().setup(trainer, pl_module, stage)
-        if trainer.strategy.root_device.type == "cpu" and self.available_flops is None:
+        device = trainer.strategy.root_device
+        if device.type == "cuda" and precision_dtype(trainer.precision) in (torch.bfloat16, torch.float16):
+            # the datasheet's dense peak where momattn knows the device (Lightning's table has no "NVIDIA H200",
+            # and its H200 names carry the sparse figure); Lightning's otherwise
+            self.available_flops = hardware.gpu_bf16_peak(torch.cuda.get_device_name(device)) or self.available_flops
+        if device.type == "cpu" and self.available_flops is None:
             if self.peak_note is None:  # measured once, at fit's setup: the final validate() reuses it
                 dtype = precision_dtype(trainer.precision)
                 now, n = measured_peak_flops(dtype)
@@ -310,7 +315,10 @@ def throughput_summary(monitor: ThroughputMonitor) -> dict:
     if world > 1 and m.get("items_per_sec"):  # the job's: rank 0's device times the processes (Lightning's own)
         out["devices"], out["tokens_per_sec_all_devices"] = world, m["items_per_sec"]
     flops = out["flops_per_sec"]
-    if peak and flops is not None and flops > peak:
+    if not peak and out["tokens_per_sec"]:
+        out["mfu"] = None
+        out["mfu_note"] = "no MFU: no datasheet peak is known for this device (momattn.hardware.GPU_BF16_PEAK)"
+    elif peak and flops is not None and flops > peak:
         out["mfu"] = None
         out["mfu_note"] = (f"measured {flops / 1e9:.1f} GFLOP/s exceeds the assumed peak of {peak / 1e9:.1f} "
                            "GFLOP/s: the peak is wrong, so no MFU is reported")

@@ -55,6 +55,17 @@ def resolve_precision(precision: str | int | None, accelerator: str | None) -> s
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
 
 
+# dense bf16 / fp16 tensor-core peaks (FLOP/s) from NVIDIA's datasheets, by a part of the device's name. Lightning's
+# own table misses "NVIDIA H200" (it knows "H200 SXM1" / "NVL1" names, at the 2,000 TFLOPS sparse figure)
+GPU_BF16_PEAK = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
+                 "A10G": 70e12, "L4": 121e12, "RTX 4090": 165e12, "A6000": 155e12}
+
+
+def gpu_bf16_peak(name: str) -> float | None:
+    """The dense bf16 peak of a CUDA device by its name (torch.cuda.get_device_name), or None where unknown."""
+    return next((v for k, v in GPU_BF16_PEAK.items() if k.lower() in name.lower()), None)
+
+
 def resolve_device(name: str) -> str:
     """device=auto -> cuda if available, else cpu; a ConfigError for cuda on a machine without a GPU."""
     import torch

@@ -43,10 +43,18 @@ class LitGPT(pl.LightningModule):
         self.model = model
         self.optim, self.max_steps = optim, max_steps
         self.meta = meta or {}
-        # read by Lightning's ThroughputMonitor (FLOPs of one micro-batch, forward and backward)
-        self.flops_per_batch = model.flops_per_token() * tokens_per_batch if tokens_per_batch else None
+        self._train_flops = model.flops_per_token() * tokens_per_batch if tokens_per_batch else None
         self._val_sum, self._val_count, self._rng_to_restore = 0.0, 0, None
         self._step_loss, self._step_finite, self._nonfinite, self._skipped = None, 0, [], 0  # see training_step
+
+    @property
+    def flops_per_batch(self) -> float | None:
+        """FLOPs of one micro-batch, read by Lightning's ThroughputMonitor: forward and backward (6N + 12 L d T per
+        token) when training, the forward alone (a third: 2N + 4 L d T) when validating, which counted all three."""
+        if self._train_flops is None:
+            return None
+        trainer = self._trainer
+        return self._train_flops / 3 if trainer is not None and trainer.validating else self._train_flops
 
     def forward(self, idx):
         return self.model(idx)

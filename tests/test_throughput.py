@@ -79,6 +79,16 @@ def test_the_mean_counts_every_token_over_the_whole_time():
     assert s["tokens_per_sec"] == pytest.approx(128.0) and s["tokens_per_sec_mean"] == pytest.approx(256 / 4.5)
 
 
+def test_a_device_without_a_known_peak_says_why_it_has_no_mfu():
+    # an H200 ('NVIDIA H200') was not in Lightning's table: no MFU, and nothing said why (found by review)
+    from momattn.hardware import gpu_bf16_peak
+
+    s = throughput_summary(_monitor(peak=None, flops_per_batch=1e9, seconds_per_batch=0.5))
+    assert s["mfu"] is None and s["mfu_note"].startswith("no MFU: no datasheet peak is known for this device")
+    assert gpu_bf16_peak("NVIDIA H200") == gpu_bf16_peak("NVIDIA H100 80GB HBM3") == 989e12  # dense, not 2,000
+    assert gpu_bf16_peak("NVIDIA H100 PCIe") == 756e12 and gpu_bf16_peak("Tesla T4") is None
+
+
 def test_an_mfu_above_100_percent_is_not_reported():
     m = _monitor(peak=1e9, flops_per_batch=1e9, seconds_per_batch=0.5)  # 2 GFLOP/s against a 1 GFLOP/s "peak"
     assert math.isnan(compat.throughput_metrics(m)["device/mfu"])  # what Lightning logs each window

@@ -388,6 +388,14 @@ def test_training_ends_with_the_short_evaluation_logged(tmp_path):
     assert step_of["validate/device/items_per_sec"] <= step_of["val/loss"]
     val_rows = [int(r["step"]) for r in rows if r.get("validate/samples")]  # once per validation, at its end
     assert val_rows and len(val_rows) == len(set(val_rows)), val_rows
+    # FLOPs per token: the forward alone while validating (it counted forward and backward, 3x; found by review)
+    from momattn.checkpoint import load_checkpoint
+
+    per_token = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")[0].flops_per_token()
+    for stage, flops in (("train", per_token), ("validate", per_token / 3)):
+        r = next(r for r in rows if r.get(f"{stage}/device/flops_per_sec"))
+        got = float(r[f"{stage}/device/flops_per_sec"]) / float(r[f"{stage}/device/items_per_sec"])
+        assert got == pytest.approx(flops, rel=1e-6), stage
     summary = strict_json((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["unigram_val_ppl"] > 1
 

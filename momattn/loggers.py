@@ -17,28 +17,12 @@ from momattn import lightning_compat as compat
 from momattn.errors import ConfigError, first_line
 from momattn.io import atomic_write_text
 from momattn.schema import instantiate, locate
+from momattn.wandb_runs import wandb_api_key_found, wandb_offline
 
 
 def _without_anonymous(logger: WandbLogger) -> WandbLogger:
     compat.drop_wandb_anonymous(logger)
     return logger
-
-
-def wandb_api_key_found() -> bool:
-    """An API key for W&B online: WANDB_API_KEY, an identity-token file, or a netrc entry for the W&B host (what
-    `wandb login` writes). Read locally; nothing is sent."""
-    import netrc
-    from urllib.parse import urlparse
-
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
-    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
-    try:
-        auth = netrc.netrc(path).authenticators(host)
-    except (OSError, netrc.NetrcParseError):
-        return False
-    return bool(auth and auth[2])
 
 
 def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, name: str | None = None,
@@ -50,13 +34,7 @@ def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, 
     goes on with an offline run in the same folder and a message says how to sync it later."""
     import wandb
 
-    if not isinstance(offline, bool):  # `off` / `no` on the command line stay text, which is truthy
-        raise ConfigError(f"logger.wandb.offline={offline!r} must be true or false")
-    mode = os.environ.get("WANDB_MODE")
-    if mode in ("online", "run"):
-        offline = False
-    elif mode in ("offline", "dryrun"):
-        offline = True
+    offline = wandb_offline(offline) is not False  # (WANDB_MODE=disabled is make_loggers' to skip)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     if wandb.run is not None:  # a run an earlier job of this process left open (it failed before training):
         wandb.finish(exit_code=1)  # never log this job into it

@@ -177,6 +177,28 @@ def test_wandb_mode_disabled_makes_no_wandb_run(tmp_path, monkeypatch, capsys):
     assert "WANDB_MODE=disabled: no W&B run" in capsys.readouterr().err
 
 
+def test_evaluate_and_analyze_follow_train_pys_wandb_rules(tmp_path, monkeypatch, capsys):
+    # they called wandb.init(mode=...) themselves: WANDB_MODE=disabled still wrote an offline run, WANDB_MODE=online
+    # stayed offline, an online run without a key or network ended in a traceback after the work (found by review)
+    from momattn.errors import ConfigError
+    from momattn.eval.config import check_logger
+    from momattn.wandb_runs import start_run, wandb_offline
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert start_run(tmp_path, {"offline": True}, "the evaluation of x") is None and not (tmp_path / "wandb").exists()
+    assert "WANDB_MODE=disabled: no W&B run for the evaluation of x" in capsys.readouterr().err
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert wandb_offline(True) is False
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="W&B online was asked for .* no W&B API key was found"):
+        check_logger({"wandb": {"offline": True}}, "evaluate.py")  # at start-up, before any scoring
+    monkeypatch.delenv("WANDB_MODE")
+    with pytest.raises(ConfigError, match=r"logger.wandb.offline='no' must be true or false"):
+        check_logger({"wandb": {"offline": "no"}}, "evaluate.py")  # 'no' is text, and was truthy: offline
+    check_logger({"wandb": {"offline": True}}, "analyze.py")
+
+
 def test_an_override_that_does_not_parse_is_one_line():
     from momattn.cli import check_overrides
     from momattn.errors import ConfigError

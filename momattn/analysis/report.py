@@ -145,15 +145,19 @@ def flat_metrics(r) -> dict[str, float]:
 
 
 def log_wandb(r, out_dir: Path, wandb_cfg: Mapping, tags: Sequence[str] = ()) -> bool:
-    """One W&B run (offline unless wandb_cfg says offline: false); skipped when wandb cannot be imported."""
+    """One W&B run under train.py's rules (momattn.wandb_runs: offline unless wandb_cfg says offline: false or
+    WANDB_MODE=online, none for WANDB_MODE=disabled, offline when W&B cannot be reached); False when there is no
+    run (wandb cannot be imported, or WANDB_MODE=disabled)."""
     try:
         import wandb
     except ImportError:
         return False
-    run = wandb.init(mode="offline" if wandb_cfg.get("offline", True) else "online", dir=str(out_dir),
-                     project=wandb_cfg.get("project") or "momattn", job_type="analyze",
-                     tags=list(tags), name=f"{r.task}-{r.attention}", config={"checkpoint": r.checkpoint,
-                                                                              "lr": r.lr, "shots": r.shots})
+    from momattn.wandb_runs import start_run
+
+    run = start_run(out_dir, wandb_cfg, "the analysis", job_type="analyze", tags=list(tags),
+                    name=f"{r.task}-{r.attention}", config={"checkpoint": r.checkpoint, "lr": r.lr, "shots": r.shots})
+    if run is None:
+        return False
     try:
         metrics = flat_metrics(r)
         run.log(metrics)

@@ -187,28 +187,29 @@ def eval_overridden() -> bool:
 
 
 def log_wandb(results: Sequence[ModelResult], out_dir: Path, wandb_cfg: Mapping) -> None:
-    """One W&B run per checkpoint, in the run folder; offline unless wandb_cfg says offline: false
-    (sync an offline run later with `wandb sync`)."""
-    import wandb
+    """One W&B run per checkpoint, in the run folder, under train.py's rules (momattn.wandb_runs: offline unless
+    wandb_cfg says offline: false or WANDB_MODE=online, none for WANDB_MODE=disabled, offline when W&B cannot be
+    reached; sync an offline run later with `wandb sync`)."""
+    from momattn.wandb_runs import start_run, where
 
     for r in results:
         train_run = _train_run_id(r.checkpoint)  # the training run this checkpoint logged to, to find it by
-        run = wandb.init(mode="offline" if wandb_cfg.get("offline", True) else "online", dir=str(out_dir),
-                         project=wandb_cfg.get("project") or "momattn",
-                         group=wandb_cfg.get("group") or out_dir.name, tags=list(wandb_cfg.get("tags") or []),
-                         job_type="evaluate", name=r.label,
-                         config={"checkpoint": r.checkpoint, "attention": r.attention, "eval": r.eval_config,
-                                 "train_run_id": train_run})
+        run = start_run(out_dir, wandb_cfg, f"the evaluation of {r.label}",
+                        group=wandb_cfg.get("group") or out_dir.name, tags=list(wandb_cfg.get("tags") or []),
+                        job_type="evaluate", name=r.label,
+                        config={"checkpoint": r.checkpoint, "attention": r.attention, "eval": r.eval_config,
+                                "train_run_id": train_run})
+        if run is None:
+            return
         try:
             metrics = flat_metrics(r)
             run.log(metrics)
             run.summary.update(metrics)
-            where = Path(run.dir).parent
+            run_dir, offline = where(run)
         finally:
             run.finish()
-        if wandb_cfg.get("offline", True):
-            print(f"[momattn] W&B run of {r.label}: {where} (offline; upload with: wandb sync {where})",
-                  file=sys.stderr)
+        print(f"[momattn] W&B run of {r.label}: {run_dir}"
+              + (f" (offline; upload with: wandb sync {run_dir})" if offline else ""), file=sys.stderr)
 
 
 def _train_run_id(checkpoint: str | None) -> str | None:

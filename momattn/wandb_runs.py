@@ -1,0 +1,79 @@
+"""W&B runs outside Lightning (evaluate.py's and analyze.py's), with train.py's rules: offline by default,
+WANDB_MODE wins over the config (disabled: no run), and online falls back to offline when W&B cannot be reached.
+Imports neither Lightning nor wandb until a run starts."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from momattn.errors import ConfigError, first_line
+
+
+def wandb_api_key_found() -> bool:
+    """An API key for W&B online: WANDB_API_KEY, an identity-token file, or a netrc entry for the W&B host (what
+    `wandb login` writes). Read locally; nothing is sent."""
+    import netrc
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    try:
+        auth = netrc.netrc(path).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return bool(auth and auth[2])
+
+
+def wandb_offline(offline: Any, key: str = "logger.wandb.offline") -> bool | None:
+    """Whether a W&B run logs offline: the config's `offline` (a bool), unless WANDB_MODE says otherwise; None when
+    WANDB_MODE=disabled (no run at all)."""
+    if not isinstance(offline, bool):  # `off` / `no` on the command line stay text, which is truthy
+        raise ConfigError(f"{key}={offline!r} must be true or false")
+    mode = os.environ.get("WANDB_MODE")
+    if mode == "disabled":
+        return None
+    if mode in ("online", "run"):
+        return False
+    if mode in ("offline", "dryrun"):
+        return True
+    return offline
+
+
+def start_run(out_dir: Path, wandb_cfg: Mapping, who: str, **init: Any):
+    """wandb.init in out_dir under train.py's rules; None (said on stderr) when WANDB_MODE=disabled. An online run
+    that cannot start (no key, no network) logs offline instead, and says how to sync it."""
+    offline = wandb_offline(wandb_cfg.get("offline", True))
+    if offline is None:
+        print(f"[momattn] WANDB_MODE=disabled: no W&B run for {who}", file=sys.stderr)
+        return None
+    import wandb
+
+    if wandb.run is not None:  # one an earlier call left open: never log into it
+        wandb.finish(exit_code=1)
+    init = dict(dir=str(out_dir), project=wandb_cfg.get("project") or "momattn", **init)
+    if not offline:
+        if not wandb_api_key_found():
+            raise ConfigError("W&B online was asked for (logger.wandb.offline=false or WANDB_MODE=online) but no W&B "
+                              "API key was found: run `wandb login` or set WANDB_API_KEY, or log offline (the "
+                              "default) and upload later with `wandb sync`")
+        try:
+            return wandb.init(mode="online", settings=wandb.Settings(init_timeout=30.0), **init)
+        except Exception as e:  # CommError, UsageError, TimeoutError, ...
+            if wandb.run is not None:
+                wandb.finish(exit_code=1)
+            wandb.teardown()  # the W&B service keeps the online settings; start a fresh one
+            print(f"[momattn] W&B is unreachable ({type(e).__name__}: {first_line(e)}); logging {who} offline",
+                  file=sys.stderr, flush=True)
+    return wandb.init(mode="offline", **init)
+
+
+def where(run) -> tuple[Path, bool]:
+    """(the run's folder, whether it is an offline run to sync later)."""
+    run_dir = Path(run.dir).parent
+    return run_dir, "offline-run" in run_dir.name

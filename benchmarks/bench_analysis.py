@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from harness import machine_info
 
+from momattn.utils import positive_int  # noqa: E402
+
 
 def ginc_model(n_symbols: int = 50):
     from momattn.data.ginc import GincCorpus
@@ -36,9 +38,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ckpt")
     ap.add_argument("--task", default="sst2")
-    ap.add_argument("--shots", type=int, default=4)
+    ap.add_argument("--shots", type=positive_int, default=4)
     ap.add_argument("--ginc", action="store_true", help="random-init default-size model on GINC (k=32)")
-    ap.add_argument("--max-examples", type=int, default=200)
+    ap.add_argument("--max-examples", type=positive_int, default=200)
     ap.add_argument("--note", default="", help="how the machine was, e.g. 'alone on 2 cores' or 'contended'")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_analysis.json"))
     args = ap.parse_args()

@@ -40,6 +40,7 @@ from momattn.model import ATTENTION_CLASSES, GPT, AttentionConfig, GPTConfig  # 
 from momattn.ops import momentum_ema  # noqa: E402
 from momattn.optim import OptimConfig, build_adamw, fused_adamw_ok  # noqa: E402
 from momattn.reference import momentum_ema_matrix  # noqa: E402
+from momattn.utils import positive_int  # noqa: E402
 
 # the default model (conf/model/small.yaml) and its batch size (conf/data/staicc.yaml)
 N_EMBD, N_HEAD, N_LAYER, VOCAB, BLOCK, BATCH = 256, 4, 4, 4096, 256, 16
@@ -526,10 +527,10 @@ def main(argv: list[str] | None = None) -> dict:
         "--threads", type=int, default=None, help="torch threads (default: every core this process may use)"
     )
     ap.add_argument(
-        "--ema-batch", type=int, default=EMA_BATCH, help="batch of the momentum_ema vs naive benchmark"
+        "--ema-batch", type=positive_int, default=EMA_BATCH, help="batch of the momentum_ema vs naive benchmark"
     )
     ap.add_argument(
-        "--train-repeats", type=int, default=None, help="samples per variant of the training step"
+        "--train-repeats", type=positive_int, default=None, help="samples per variant of the training step"
     )
     ap.add_argument(
         "--patience",

@@ -25,6 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import machine_info, table, write_results  # noqa: E402
 
+from momattn.utils import positive_int  # noqa: E402
+
 H200_PEAK_TFLOPS, H200_MFU = 989.0, 0.45
 
 
@@ -88,9 +90,9 @@ def train_124m(steps: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--docs", type=int, default=20000)
-    ap.add_argument("--windows", type=int, default=2000, help="1024-token windows read from the stream")
-    ap.add_argument("--train-steps", type=int, default=3)
+    ap.add_argument("--docs", type=positive_int, default=20000)
+    ap.add_argument("--windows", type=positive_int, default=2000, help="1024-token windows read from the stream")
+    ap.add_argument("--train-steps", type=positive_int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "data.json"))
     args = ap.parse_args()
     from momattn.tokenizer import train_bpe

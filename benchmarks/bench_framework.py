@@ -42,6 +42,7 @@ from momattn.data.datamodule import StreamSampler, TokenWindows  # noqa: E402
 from momattn.lit import LitGPT  # noqa: E402
 from momattn.model import GPT  # noqa: E402
 from momattn.optim import OptimConfig  # noqa: E402
+from momattn.utils import positive_int  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOW = 20  # momattn.training._throughput_monitor's window when log_every_n_steps >= 20
@@ -95,8 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="text", choices=["text", "ginc"])
     ap.add_argument("--attention", default="vanilla")
-    ap.add_argument("--steps", type=int, default=120)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=positive_int, default=120)
+    ap.add_argument("--repeats", type=positive_int, default=3)
     ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args(argv)
     if a.steps <= WINDOW:

@@ -28,6 +28,7 @@ from harness import RESULTS, Timer, machine_info, table, write_results  # noqa: 
 
 from momattn.eval.scoring import PrefixScorer  # noqa: E402
 from momattn.model import GPT, AttentionConfig, GPTConfig  # noqa: E402
+from momattn.utils import positive_int  # noqa: E402
 
 
 def make_case(g: torch.Generator, vocab: int, k: int, n_examples: int, n_answers: int):
@@ -157,16 +158,20 @@ def render(res: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kinds", nargs="+", default=["vanilla", "momentum", "multirate_ema"])
-    ap.add_argument("--block-size", type=int, default=512, help="the model's context (the main job's: 512)")
+    ap.add_argument("--block-size", type=positive_int, default=512, help="the model's context (the main job's: 512)")
     # 19 x 24 + a query fills the 512 context, as the main job's k = max does
-    ap.add_argument("--shots", nargs="+", type=int, default=[4, 9, 19])
-    ap.add_argument("--answers", nargs="+", type=int, default=[2, 5])
-    ap.add_argument("--examples", type=int, default=64)
-    ap.add_argument("--batch-tokens", type=int, default=4096)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--shots", nargs="+", type=positive_int, default=[4, 9, 19])
+    ap.add_argument("--answers", nargs="+", type=positive_int, default=[2, 5])
+    ap.add_argument("--examples", type=positive_int, default=64)
+    ap.add_argument("--batch-tokens", type=positive_int, default=4096)
+    ap.add_argument("--repeats", type=positive_int, default=7)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, default=RESULTS / "icl_cache.json")
     args = ap.parse_args()
+    longest = 1 + 24 * max(args.shots) + 23 + 1  # <eot>, k demonstrations of 24 tokens, a query, an answer but its last
+    if longest > args.block_size:
+        ap.error(f"--shots {max(args.shots)} makes prompts of up to {longest} tokens, more than --block-size "
+                 f"{args.block_size}; lower --shots or raise --block-size")
 
     device = torch.device(args.device)
     timer = Timer(repeats=args.repeats, warmup=1, min_sample_s=0.0)

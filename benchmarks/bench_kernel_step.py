@@ -32,6 +32,7 @@ from harness import RESULTS, machine_info, table, write_results  # noqa: E402
 
 from momattn import cpu_scan  # noqa: E402
 from momattn.model import GPT  # noqa: E402
+from momattn.utils import positive_int  # noqa: E402
 
 MODES = {"openmp": "1", "own": "0"}  # MOMATTN_SCAN_OPENMP
 KINDS = ("vanilla", "momentum", "momentum_learnable", "multirate_ema")
@@ -119,10 +120,10 @@ def render(res: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dtype", choices=list(DTYPES), default="bf16")
-    ap.add_argument("--T", type=int, default=256)
+    ap.add_argument("--T", type=positive_int, default=256)
     ap.add_argument("--batch", type=int, default=0, help="rows per step (default: as many as make 4,096 tokens)")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--rounds", type=positive_int, default=5)
+    ap.add_argument("--steps", type=positive_int, default=4)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
     ap.add_argument("--out", type=Path, default=RESULTS / "kernel_step.json")

@@ -20,6 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import RESULTS, machine_info, table, write_results  # noqa: E402
 
+from momattn.utils import positive_int  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {  # name: (arguments after the interpreter, expected exit code)
     "import torch": (["-c", "import torch"], 0),
@@ -34,7 +36,7 @@ CASES = {  # name: (arguments after the interpreter, expected exit code)
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=positive_int, default=5)
     ap.add_argument("--root", type=Path, default=ROOT, help="the checkout whose entry points are timed")
     ap.add_argument("--out", type=Path, default=RESULTS / "startup.json")
     args = ap.parse_args(argv)

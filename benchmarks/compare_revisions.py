@@ -38,6 +38,7 @@ from bench_attention import (  # noqa: E402
 from harness import RESULTS, Timer, machine_info, pct, table, write_results  # noqa: E402
 
 from momattn import model as model_now  # noqa: E402
+from momattn.utils import positive_int  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -216,8 +217,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rev", default="HEAD")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--T", type=int, default=BLOCK)
-    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--T", type=positive_int, default=BLOCK)
+    ap.add_argument("--repeats", type=positive_int, default=9)
     ap.add_argument("--min-sample-s", type=float, default=0.2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--out", type=Path, default=RESULTS / "compare_revisions.json")
@@ -225,8 +226,8 @@ def main() -> None:
                     help="step: the model's training step; ema: momentum_ema forward + backward alone; icl: ICL "
                          "answer scoring, cached and full prompts")
     ap.add_argument("--kinds", nargs="+", default=["vanilla", "momentum", "multirate_ema"], help="--part icl")
-    ap.add_argument("--shots", nargs="+", type=int, default=[4, 19], help="--part icl")
-    ap.add_argument("--answers", nargs="+", type=int, default=[2, 5], help="--part icl")
+    ap.add_argument("--shots", nargs="+", type=positive_int, default=[4, 19], help="--part icl")
+    ap.add_argument("--answers", nargs="+", type=positive_int, default=[2, 5], help="--part icl")
     ap.add_argument("--dtype", choices=list(DTYPES), default="fp32",
                     help="--part step / ema: bf16 = the step under CPU autocast / bf16 values for the ops")
     args = ap.parse_args()

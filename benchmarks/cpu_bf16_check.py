@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from momattn.hardware import cpu_has_native_bf16, describe, keep_freed_memory  # noqa: E402
 from momattn.model import GPT, GPTConfig  # noqa: E402
 from momattn.optim import fused_adamw_ok  # noqa: E402
+from momattn.utils import positive_int  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PRECISIONS = ("32-true", "bf16-mixed")
@@ -241,10 +242,10 @@ def write(rep: dict, out: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", default="step,runs", help="comma-separated: step,runs")
-    ap.add_argument("--threads", type=int, default=4, help="torch threads for the step timing and per run")
-    ap.add_argument("--parallel", type=int, default=4, help="main-job runs at a time")
+    ap.add_argument("--threads", type=positive_int, default=4, help="torch threads for the step timing and per run")
+    ap.add_argument("--parallel", type=positive_int, default=4, help="main-job runs at a time")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=positive_int, default=7)
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds for all the main-job runs together (runs "
                     "still going then are stopped and reported as such; four runs one at a time take 10-25 minutes on "
                     "a 2-core machine; benchmarks/device_run.sh passes 420 to fit a device lease)")

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from momattn.data.ginc import GincCorpus, max_shots  # noqa: E402
 from momattn.eval.ginc import ginc_task  # noqa: E402
-from momattn.utils import stable_seed  # noqa: E402
+from momattn.utils import positive_int, stable_seed  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 TASKS = ["ginc", "ginc_l3", "ginc_l8", "ginc_ood"]
@@ -74,9 +74,9 @@ def bayes_table(world: GincCorpus, tasks: list[str], shots: list[int], n: int, s
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prompts", type=int, default=500)
+    ap.add_argument("--prompts", type=positive_int, default=500)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--context", type=int, default=256)
+    ap.add_argument("--context", type=positive_int, default=256)
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--shots", default=",".join(map(str, SHOTS)))
     ap.add_argument("--out", default=str(RESULTS))

@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import RESULTS, machine_info, table, train_step  # noqa: E402
 
+from momattn.utils import positive_int  # noqa: E402
+
 
 def compose_config(overrides: list[str], out_dir: str):
     """experiment=ginc + overrides as train.py composes them (paths under out_dir), validated like a run's."""
@@ -109,10 +111,10 @@ def run(overrides: list[str], every: int, tasks: list[str], shots: list[int], pr
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--every", type=int, default=200, help="score the prompts every this many steps")
+    ap.add_argument("--every", type=positive_int, default=200, help="score the prompts every this many steps")
     ap.add_argument("--tasks", default="ginc", help="comma-separated GINC tasks (ginc, ginc_l3, ginc_ood, ...)")
     ap.add_argument("--shots", default="0,32", help="comma-separated k")
-    ap.add_argument("--prompts", type=int, default=500, help="prompts per (task, k)")
+    ap.add_argument("--prompts", type=positive_int, default=500, help="prompts per (task, k)")
     ap.add_argument("--name", default=None, help="results file name (default: from the overrides)")
     ap.add_argument("--out", default=str(RESULTS / "ginc_curve"))
     ap.add_argument("overrides", nargs="*", help="train.py overrides, composed with experiment=ginc")

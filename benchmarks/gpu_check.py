@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from momattn import ops  # noqa: E402
 from momattn.hardware import describe, gpu_bf16_peak  # noqa: E402
 from momattn.model import GPT, AttentionConfig, GPTConfig  # noqa: E402
+from momattn.utils import positive_int  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 KINDS = ("vanilla", "momentum", "multirate_ema")
@@ -270,8 +271,8 @@ def write(report: dict, out: Path) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--steps", type=positive_int, default=10)
+    ap.add_argument("--batch", type=positive_int, default=16)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--budget", type=float, default=240.0,
                     help="seconds from the start of the training part; variants that would start after it are "

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -114,4 +113,13 @@ def main(path: str, sample: str | None = None, equivalent: Path = EQUIVALENT) ->
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else str(RESULTS / "mutation_raw.txt"), sys.argv[2] if len(sys.argv) > 2 else None)
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("raw", nargs="?", default=str(RESULTS / "mutation_raw.txt"), help="mutmut's results listing")
+    ap.add_argument("sample", nargs="?", default=None, help="mutation_sample.py's list: only these mutants count")
+    a = ap.parse_args()
+    for p in (a.raw, a.sample):
+        if p is not None and not Path(p).is_file():
+            ap.error(f"{p} is not a file")
+    main(a.raw, a.sample)

@@ -8,6 +8,9 @@ import os
 import sys
 from pathlib import Path
 
+# options of a shared group that an entry point refuses (momattn.eval.config.check_logger): not offered in its help
+REFUSED = {("evaluate", "logger"): {"csv"}, ("analyze", "logger"): {"csv"}}
+
 
 def print_help(config_name: str, doc: str | None, conf_dir: Path) -> None:
     try:
@@ -30,7 +33,7 @@ def help_text(config_name: str, doc: str | None, conf_dir: Path) -> str:
             continue  # _self_
         (group, default), = entry.items()
         default = "none" if default is None else default
-        options = all_options.get(group, [])
+        options = [o for o in all_options.get(group, []) if o not in REFUSED.get((config_name, group), ())]
         if options:
             groups.append(f"  {group}: {', '.join(options)}  (default: {default})")
     if groups:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from hydra.errors import HydraException
@@ -164,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
     a = ap.parse_args(argv)
     try:
-        if not 0 < a.mfu <= 1 or a.peak_tflops <= 0:
-            raise UserError(f"--mfu={a.mfu} must be in (0, 1] and --peak-tflops={a.peak_tflops} above 0")
+        if not 0 < a.mfu <= 1 or not 0 < a.peak_tflops < math.inf:  # (nan fails both: it compares False)
+            raise UserError(f"--mfu={a.mfu} must be in (0, 1] and --peak-tflops={a.peak_tflops} a finite number above 0")
         p = plan(a.overrides, a.mfu, a.peak_tflops)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

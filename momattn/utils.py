@@ -27,3 +27,16 @@ def seeded_split(n: int, fraction: float, seed: int | np.random.SeedSequence) ->
     if n >= 2:
         k = min(max(k, 1), n - 1)
     return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an int >= 1 (a count of rounds, steps, examples, ...), refused with argparse's one line."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value

@@ -3,6 +3,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import mutation_report  # noqa: E402
 
@@ -63,3 +65,15 @@ def test_named_equivalent_survivors_carry_their_reason_and_a_second_rate_leaves_
     md = (tmp_path / "results" / "mutation.md").read_text()
     assert "- momattn.ops.x_a__mutmut_9: device: built on the CPU" in md
     assert "- momattn.ops.x_a__mutmut_10 (not explained)" in md
+
+
+def test_benchmark_counts_are_checked_by_argparse():
+    # --rounds 0 ended in a TypeError of a None median (bench_kernel_step.py; found by review)
+    import argparse
+
+    from momattn.utils import positive_int
+
+    assert positive_int("3") == 3
+    for bad in ("0", "-2", "x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive_int(bad)

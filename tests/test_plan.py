@@ -34,6 +34,8 @@ def test_plan_bad_input_is_one_line(capsys):
     assert main(["experiment=paper_35m"]) == 2
     assert "Did you mean 'paper_350m'" in capsys.readouterr().err
     assert main(["--mfu", "2"]) == 2
+    assert main(["--peak-tflops", "nan"]) == 2  # printed "time nan s wall" (nan <= 0 is False; found by review)
+    assert "--peak-tflops=nan a finite number above 0" in capsys.readouterr().err
     assert main(["model.n_layer=[1,2"]) == 2  # Hydra's own parse error: one line, no traceback
     assert "error: the command line does not parse: no viable alternative at input '[1,2'" in capsys.readouterr().err
     assert main(["tokenizer=file", "tokenizer.path=/no/such/tokenizer.json"]) == 2  # not a plan at vocabulary 4096

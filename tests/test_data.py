@@ -346,3 +346,14 @@ def test_training_text_leaves_out_copies_of_the_held_out_documents(tmp_path):
     assert "Copyright notice." in val and not set(train) & set(val)
     assert len(train) + len(val) == 240 - (40 - val.count("Copyright notice."))  # only the training copies dropped
     assert sorted(set(train) | set(val)) == sorted(set(paragraphs))
+
+
+def test_a_validation_split_that_is_the_training_split_or_a_repeated_task_is_refused():
+    # validation read training text, and a repeated StaICC task trained on every document twice (found by review)
+    from momattn.data.streaming import StreamingHubCorpus
+
+    for cls in (HubCorpus, StreamingHubCorpus):
+        with pytest.raises(DataError, match="data.val_split='train' is the training split too"):
+            cls(name="json", data_files={"train": "a.jsonl"}, val_split="train")
+    with pytest.raises(DataError, match=r"data.tasks=\['mr', 'mr'\] names a task twice"):
+        StaiccCorpus(tasks=["mr", "mr"])

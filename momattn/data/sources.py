@@ -68,6 +68,8 @@ class StaiccCorpus:
         bad = [t for t in self.tasks if t not in STAICC_FILES]
         if bad or not self.tasks:
             raise DataError(f"data.tasks={self.tasks}: unknown or empty; choose among {', '.join(STAICC_FILES)}")
+        if len(set(self.tasks)) != len(self.tasks):  # every document of a repeated task was trained on twice
+            raise DataError(f"data.tasks={self.tasks} names a task twice; list each once")
 
     def fingerprint(self) -> str:
         # the filter shapes the text; the package's release and files are the rows; the split's sizes and the
@@ -196,6 +198,7 @@ class HubCorpus:
         if not self.name:
             raise DataError("data=hf needs data.name=<hub dataset>, e.g. data.name=Salesforce/wikitext "
                             "data.config=wikitext-103-raw-v1")
+        check_splits(self.train_split, self.val_split)
         self.data_files = dict(self.data_files) if self.data_files else None
 
     def fingerprint(self) -> str:
@@ -250,6 +253,13 @@ def not_utf8(name: str, data_files: Any, e: UnicodeDecodeError) -> DataError:
 def no_rows(name: str, data_files: Any) -> DataError:
     return DataError(f"data.name='{name}' data.data_files={data_files}: no rows (an empty file, or a pattern that "
                      "matches no file)")
+
+
+def check_splits(train_split: str, val_split: str | None) -> None:
+    """A validation split that is the training split would validate on training text."""
+    if val_split is not None and val_split == train_split:
+        raise DataError(f"data.val_split='{val_split}' is the training split too, so validation would read training "
+                        "text; name another split, or data.val_split=null to hold out part of the training split")
 
 
 def folder_files(name: str) -> list:

@@ -51,6 +51,7 @@ from momattn.progress import TrainProgress
 from momattn.schema import instantiate, instantiate_all
 from momattn.tokenizer import Tokenizer, build_tokenizer
 
+SUMMARY_METRICS = ("val/", "train/loss", "train/lr")  # summary.json's metrics: every optimized_metric (config.LOGGED)
 RESUME_ENV = "MOMATTN_RESUME_CKPT"  # rank 0's resume choice, for the local ranks Lightning starts
 
 
@@ -182,7 +183,7 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
                 print(f"[momattn] nothing to train: the run was at step {start_step} already "
                       f"(trainer.max_steps={c.max_steps}); {out_dir / 'summary.json'} is kept. Raise "
                       "trainer.max_steps to train on", file=sys.stderr, flush=True)
-                metrics = {**{k: float(v) for k, v in kept.items() if k.startswith(("val/", "train/loss"))
+                metrics = {**{k: float(v) for k, v in kept.items() if k.startswith(SUMMARY_METRICS)
                               and isinstance(v, int | float)}, **metrics}
             done_before = not trained and (out_dir / "eval" / "results.json").exists()
             if c.run_eval and c.eval and not done_before:
@@ -419,7 +420,7 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
     print("\n".join(lines), file=sys.stderr, flush=True)
     summary = {"attention": c.resolved["attention"], "steps": trainer.global_step, "unigram_val_ppl": baseline,
                "precision": c.trainer["precision"], "best_checkpoint": best, "last_checkpoint": last, **speed,
-               **{k: v for k, v in metrics.items() if k.startswith(("val/", "train/loss"))}}
+               **{k: v for k, v in metrics.items() if k.startswith(SUMMARY_METRICS)}}
     atomic_write_text(out_dir / "summary.json", json_text(summary, indent=2))
 
 

@@ -398,6 +398,11 @@ def test_training_ends_with_the_short_evaluation_logged(tmp_path):
         assert got == pytest.approx(flops, rel=1e-6), stage
     summary = strict_json((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["unigram_val_ppl"] > 1
+    # every metric a sweep may optimize is in summary.json, where the sweep's best-trial line looks for it
+    # (optimized_metric=train/lr was accepted and its best trial never named; found by review)
+    from momattn.config import LOGGED
+
+    assert all(m in summary for m in LOGGED), [m for m in LOGGED if m not in summary]
 
 
 def test_reproduce_sweeps_both_recipes_every_attention_and_three_seeds_then_compares(tmp_path):

@@ -60,7 +60,14 @@ class ModelCheckpoint(lightning_callbacks.ModelCheckpoint):
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if compat.mid_accumulation(trainer) and not trainer.sanity_checking:
-            return  # nor a top-k file: Lightning would write last.ckpt with it, a state no resume continues exactly
+            # nor a top-k file: Lightning would write last.ckpt with it, a state no resume continues exactly (an
+            # int val_check_interval that is not whole steps is refused at start-up; a time or fraction is not)
+            if not getattr(self, "_said_mid_accumulation", False) and trainer.is_global_zero:
+                self._said_mid_accumulation = True
+                print("[momattn] a validation fell inside a gradient accumulation (trainer.val_check_interval is a "
+                      "time or a fraction): no checkpoint is written at such validations; val_every_steps validates "
+                      "at optimizer steps", file=sys.stderr, flush=True)
+            return
         super().on_validation_end(trainer, pl_module)
         if not trainer.sanity_checking:
             self._refresh_last(trainer)
@@ -317,7 +324,8 @@ def throughput_summary(monitor: ThroughputMonitor) -> dict:
     flops = out["flops_per_sec"]
     if not peak and out["tokens_per_sec"]:
         out["mfu"] = None
-        out["mfu_note"] = "no MFU: no datasheet peak is known for this device (momattn.hardware.GPU_BF16_PEAK)"
+        out["mfu_note"] = ("no MFU: no datasheet peak is known for this device at this precision "
+                           "(momattn.hardware.GPU_BF16_PEAK holds bf16/fp16 peaks)")
     elif peak and flops is not None and flops > peak:
         out["mfu"] = None
         out["mfu_note"] = (f"measured {flops / 1e9:.1f} GFLOP/s exceeds the assumed peak of {peak / 1e9:.1f} "

@@ -169,18 +169,27 @@ def _override_key(o: str) -> str:
     return o.split("=", 1)[0].lstrip("+~")
 
 
-RESUME_FREE = ("ckpt_path", "trainer.max_steps", "logger", "run_eval", "eval", "hydra")  # and their subkeys
+# what a resume may change (and the keys below them): the length, where and how it runs, logging, evaluation
+RESUME_FREE = ("ckpt_path", "trainer.max_steps", "trainer.devices", "trainer.num_nodes", "trainer.accelerator",
+               "trainer.strategy", "trainer.enable_progress_bar", "trainer.log_every_n_steps", "data.batch_size",
+               "data.num_workers", "data.num_proc", "data.cache_dir", "data.val_batches", "paths", "logger",
+               "callbacks", "run_eval", "eval", "tags", "compile", "dist_timeout_s", "hydra")
 
 
 def changed_overrides(saved: list[str], now: list[str], free: tuple[str, ...] = RESUME_FREE) -> list[str]:
     """'key=saved (now: value)' for every key the saved command line set that `now` sets otherwise or not at all,
-    apart from the keys in `free` and below them (which a resume may change: the length, logging, evaluation)."""
+    apart from the keys in `free` and below them. Values compare as Hydra reads them: quotes and the spaces
+    between list items do not count ([a, b] is [a,b])."""
+    def norm(value: str) -> str:
+        value = _unquoted(value)
+        return value if "'" in value or '"' in value else "".join(value.split())
+
     def values(overrides: list[str]) -> dict[str, str | None]:
         out: dict[str, str | None] = {}
         for o in overrides:
             key = _override_key(o)
             if not any(key == f or key.startswith(f + ".") for f in free):
-                out[key] = None if o.startswith("~") else _unquoted(o.split("=", 1)[1]) if "=" in o else None
+                out[key] = None if o.startswith("~") else norm(o.split("=", 1)[1]) if "=" in o else None
         return out
 
     was, today = values(saved), values(now)

@@ -58,12 +58,16 @@ def resolve_precision(precision: str | int | None, accelerator: str | None) -> s
 # dense bf16 / fp16 tensor-core peaks (FLOP/s) from NVIDIA's datasheets, by a part of the device's name. Lightning's
 # own table misses "NVIDIA H200" (it knows "H200 SXM1" / "NVL1" names, at the 2,000 TFLOPS sparse figure)
 GPU_BF16_PEAK = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
-                 "A10G": 70e12, "L4": 121e12, "RTX 4090": 165e12, "A6000": 155e12}
+                 "L40": 181e12, "A10G": 70e12, "L4": 121e12, "RTX 4090": 165e12, "A6000": 155e12}
 
 
 def gpu_bf16_peak(name: str) -> float | None:
-    """The dense bf16 peak of a CUDA device by its name (torch.cuda.get_device_name), or None where unknown."""
-    return next((v for k, v in GPU_BF16_PEAK.items() if k.lower() in name.lower()), None)
+    """The dense bf16 peak of a CUDA device by its name (torch.cuda.get_device_name), or None where unknown: the
+    longest entry the name holds as a word ("NVIDIA L40" is an L40, not an L4)."""
+    import re
+
+    hits = [k for k in GPU_BF16_PEAK if re.search(rf"(?<![A-Za-z0-9]){re.escape(k)}(?![A-Za-z0-9])", name, re.I)]
+    return GPU_BF16_PEAK[max(hits, key=len)] if hits else None
 
 
 def resolve_device(name: str) -> str:

@@ -87,7 +87,7 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
                               "evaluate.py, or resume from a full checkpoint (last.ckpt of a run without "
                               "save_weights_only)")
     resume, start_step = resumed.get("momattn") or {}, int(resumed.get("global_step") or 0)
-    if resume and job.sweep_dir is not None and resume.get("overrides"):
+    if resume and job.sweep_dir is not None and c.ckpt_path == "last" and resume.get("overrides"):
         # a sweep's job N resumes folder N, whatever run is there: another value list (or order) than the one
         # that made the folders would continue one run's weights with another's settings, silently
         if changed := changed_overrides([str(o) for o in resume["overrides"]], list(job.overrides)):
@@ -185,7 +185,7 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
                       "trainer.max_steps to train on", file=sys.stderr, flush=True)
                 metrics = {**{k: float(v) for k, v in kept.items() if k.startswith(SUMMARY_METRICS)
                               and isinstance(v, int | float)}, **metrics}
-            done_before = not trained and (out_dir / "eval" / "results.json").exists()
+            done_before = not trained and _evaluated_step(out_dir) in (trainer.global_step, "unknown")
             if c.run_eval and c.eval and not done_before:
                 _evaluate(c, eval_model, tokenizer, loggers, trainer.global_step, out_dir)
             elif c.run_eval and c.eval:
@@ -422,6 +422,18 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
                "precision": c.trainer["precision"], "best_checkpoint": best, "last_checkpoint": last, **speed,
                **{k: v for k, v in metrics.items() if k.startswith(SUMMARY_METRICS)}}
     atomic_write_text(out_dir / "summary.json", json_text(summary, indent=2))
+
+
+def _evaluated_step(out_dir: Path) -> int | str | None:
+    """The step eval/results.json scored (train.py's end-of-run evaluation); "unknown" for one written before the
+    step was recorded; None without a readable one. A run extended past its evaluation and stopped at its last step
+    is evaluated again on resume, not reported as evaluated already."""
+    try:
+        doc = json.loads((out_dir / "eval" / "results.json").read_text())
+        step = doc["checkpoints"][0].get("step")
+    except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None
+    return "unknown" if step is None else step
 
 
 def _evaluate(c: TrainConfig, model: GPT, tokenizer: Tokenizer, loggers: list, step: int, out_dir: Path) -> None:

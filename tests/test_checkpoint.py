@@ -387,7 +387,7 @@ def test_the_local_ranks_lightning_starts_resume_rank_zeros_choice(tmp_path, mon
     assert _resume_from(c, HydraJob([], run_dir_given=True), tmp_path / "run") is None
 
 
-def test_last_ckpt_is_not_refreshed_inside_a_gradient_accumulation(monkeypatch):
+def test_last_ckpt_is_not_refreshed_inside_a_gradient_accumulation(monkeypatch, capsys):
     from types import SimpleNamespace
 
     from momattn.callbacks import ModelCheckpoint
@@ -407,10 +407,12 @@ def test_last_ckpt_is_not_refreshed_inside_a_gradient_accumulation(monkeypatch):
 
     lightning_saves = []
     monkeypatch.setattr(lc.ModelCheckpoint, "on_validation_end", lambda self, trainer, m: lightning_saves.append(trainer.mid))
-    for mid in (True, False):
-        cb.on_validation_end(SimpleNamespace(mid=mid, sanity_checking=False, fit_loop=SimpleNamespace(
+    for mid in (True, False, True):
+        cb.on_validation_end(SimpleNamespace(mid=mid, sanity_checking=False, is_global_zero=True, fit_loop=SimpleNamespace(
             epoch_loop=SimpleNamespace(_should_accumulate=lambda mid=mid: mid))), None)
     assert lightning_saves == [False] and saved == [False, False]
+    err = capsys.readouterr().err  # said once, not at every such validation
+    assert err.count("a validation fell inside a gradient accumulation") == 1
 
 
 def test_a_sharded_folder_with_code_or_damage_in_its_index_is_refused(tmp_path, tokenizer):

@@ -231,8 +231,9 @@ def test_changed_overrides_name_what_a_resume_would_change():
     from momattn.cli import changed_overrides
 
     saved = ["debug=smoke", "seed=1", "+optim.x=2", "trainer.max_steps=3", "hydra.job.chdir=false", "ckpt_path=last"]
-    assert changed_overrides([*saved, "logger=wandb", "eval.icl.shots=[0]"],
-                             ["debug=smoke", "seed=1", "optim.x=2", "trainer.max_steps=9", "logger=csv"]) == []
+    assert changed_overrides([*saved, "logger=wandb", "eval.icl.shots=[0]", "trainer.devices=4", "data.paths=[a,b]"],
+                             ["debug=smoke", "seed=1", "optim.x=2", "trainer.max_steps=9", "logger=csv",
+                              "trainer.devices=8", "data.paths=[a, b]"]) == []  # where it runs; [a, b] is [a,b]
     assert changed_overrides(saved, ["debug=smoke", "seed='2'", "trainer.max_steps=9"]) == \
         ["seed=1 (now: 2)", "optim.x=2 (now: not given)"]
 

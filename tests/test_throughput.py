@@ -87,6 +87,8 @@ def test_a_device_without_a_known_peak_says_why_it_has_no_mfu():
     assert s["mfu"] is None and s["mfu_note"].startswith("no MFU: no datasheet peak is known for this device")
     assert gpu_bf16_peak("NVIDIA H200") == gpu_bf16_peak("NVIDIA H100 80GB HBM3") == 989e12  # dense, not 2,000
     assert gpu_bf16_peak("NVIDIA H100 PCIe") == 756e12 and gpu_bf16_peak("Tesla T4") is None
+    assert gpu_bf16_peak("NVIDIA L40") == 181e12 and gpu_bf16_peak("NVIDIA L4") == 121e12  # not L4's for an L40
+    assert gpu_bf16_peak("NVIDIA L40S") == 362e12 and gpu_bf16_peak("NVIDIA A10G") == 70e12
 
 
 def test_an_mfu_above_100_percent_is_not_reported():

@@ -585,3 +585,16 @@ def test_a_multirun_jobs_wandb_group_keeps_the_date_and_its_name_carries_the_job
     assert _sweep_names(job, model) == ("2026-12-02/01-40-28", "momentum-4 seed=2 optim.lr=1e-3")
     named = HydraJob(["seed=1"], sweep_dir="/runs/eta_sweep", num=0)
     assert _sweep_names(named, model) == ("eta_sweep", "momentum-0 seed=1")
+
+
+def test_a_resumed_finished_run_is_evaluated_again_when_its_results_are_of_an_earlier_step(tmp_path):
+    # a run extended past its evaluation and stopped at its last step resumed as "evaluated already" with the older
+    # step's numbers (found by review): train.py compares the step results.json scored with the run's
+    from momattn.training import _evaluated_step
+
+    assert _evaluated_step(tmp_path) is None
+    (tmp_path / "eval").mkdir()
+    for doc, expected in (({"checkpoints": [{"step": 6}]}, 6), ({"checkpoints": [{"label": "x"}]}, "unknown"),
+                          ({"checkpoints": []}, None)):
+        (tmp_path / "eval" / "results.json").write_text(json.dumps(doc))
+        assert _evaluated_step(tmp_path) == expected

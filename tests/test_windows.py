@@ -163,6 +163,9 @@ def test_a_resume_with_another_order_of_windows_starts_it_at_its_beginning(chang
     now.trainer.global_step = 5
     sampler = now.train_dataloader().sampler
     assert list(sampler)[:2] == [0, 1] and sampler.total == 5 * 4  # the steps left, from the new order's start
+    # but its length is the whole run's (10 steps of 4): Lightning counts the 5 restored steps' batches against it,
+    # and a length of the 5 steps left ended the restored epoch at once (found by review)
+    assert len(sampler) == 10 * 4 and len(list(sampler)) == 5 * 4
     assert "the data starts at the beginning of the new order, not at sample 20" in capsys.readouterr().err
     same = dm()
     same.trainer = _Trainer()

@@ -70,8 +70,10 @@ class StreamSampler(Sampler[int]):
     iterator (with workers, a shared position moved on by their prefetching shortened the epoch Lightning was
     counting, and the run looped over empty epochs)."""
 
-    def __init__(self, start: int | Callable[[], int], total: int, rank: int = 0, world: int = 1):
+    def __init__(self, start: int | Callable[[], int], total: int, rank: int = 0, world: int = 1,
+                 length: int | None = None):
         self.start, self.total, self.rank, self.world = start, total, rank, world
+        self.length = total if length is None else length  # the whole stream's samples, which __len__ reports
 
     def _first(self) -> int:
         return (self.start() if callable(self.start) else self.start) + self.rank
@@ -83,7 +85,7 @@ class StreamSampler(Sampler[int]):
         # the whole stream's length, wherever it starts: on a resume inside an epoch Lightning restores its batch
         # count there and reads the rest of the epoch's length; a length of the rest alone made it end the epoch
         # at once, stepping the optimizer on one micro-batch of an accumulation
-        return max(0, -(-(self.total - self.rank) // self.world))
+        return max(0, -(-(self.length - self.rank) // self.world))
 
 
 class TokenDataModule(LightningDataModule):
@@ -153,7 +155,13 @@ class TokenDataModule(LightningDataModule):
         def start() -> int:  # the global step (restored on resume) -> the exact data position
             return trainer.global_step * per_step + offset
 
-        return self._loader(self.train_set, StreamSampler(start, self.max_steps * per_step + offset, rank, world))
+        # the stream ends max_steps' samples after where the resumed step stands (offset: a position counted with
+        # other samples per step, or a new order restarted at 0); its length is never less than max_steps' samples
+        # in this run's units, which Lightning's restored batch count is measured against (a shorter one ended the
+        # restored epoch early, stepping on part of an accumulation)
+        total = self.max_steps * per_step + offset
+        return self._loader(self.train_set, StreamSampler(start, total, rank, world,
+                                                          length=max(total, self.max_steps * per_step)))
 
     def val_dataloader(self) -> DataLoader:
         world, rank = self.trainer.world_size, self.trainer.global_rank

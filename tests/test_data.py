@@ -357,3 +357,15 @@ def test_a_validation_split_that_is_the_training_split_or_a_repeated_task_is_ref
             cls(name="json", data_files={"train": "a.jsonl"}, val_split="train")
     with pytest.raises(DataError, match=r"data.tasks=\['mr', 'mr'\] names a task twice"):
         StaiccCorpus(tasks=["mr", "mr"])
+
+
+def test_a_json_file_holding_one_array_of_objects_is_read(tmp_path):
+    # it was read line by line: "line 1 has no field 'text'" for the '[' (found by review)
+    (tmp_path / "a.json").write_text(json.dumps([{"text": "first doc"}, {"text": " second "}], indent=2))
+    assert TextFiles(paths=[str(tmp_path / "a.json")])._read(tmp_path / "a.json") == ["first doc", "second"]
+    (tmp_path / "b.json").write_text(json.dumps([{"text": "ok"}, {"body": "x"}]))
+    with pytest.raises(DataError, match=r"b.json' item 2 has no field 'text'"):
+        TextFiles(paths=[str(tmp_path / "b.json")])._read(tmp_path / "b.json")
+    (tmp_path / "c.json").write_text('[{"text": "cut')
+    with pytest.raises(DataError, match=r"c.json' is not valid JSON .*one array of objects, or one object per line"):
+        TextFiles(paths=[str(tmp_path / "c.json")])._read(tmp_path / "c.json")

@@ -107,7 +107,7 @@ def _held_out(docs: list[str], split: Split, fraction: float, seed: int) -> list
 @dataclass
 class TextFiles:
     """Your own corpus: .txt files (documents separated by blank lines) and .jsonl files (one JSON object per
-    line, text in `text_field`). A seeded `val_fraction` of the documents is held out for validation."""
+    line, text in `text_field`; a .json file may also hold one array of such objects). A seeded `val_fraction` of the documents is held out for validation."""
 
     paths: list[str] = field(default_factory=list)
     val_fraction: float = 0.05
@@ -147,22 +147,36 @@ class TextFiles:
         if p.suffix not in (".jsonl", ".json"):
             return [d.strip() for d in _BLANK_LINE.split(text.replace("\r\n", "\n")) if d.strip()]
         docs = []
+        for where, row in self._json_rows(p, text):
+            if not isinstance(row, dict) or self.text_field not in row:
+                raise DataError(f"'{p}' {where} has no field '{self.text_field}'; set data.text_field to the text's key")
+            value = row[self.text_field]
+            if not isinstance(value, str):  # null or a number would become the documents "None" or "5"
+                raise DataError(f"'{p}' {where}: field '{self.text_field}' holds {type(value).__name__} "
+                                f"{json.dumps(value)[:60]}, not text; fix or drop that {where.split()[0]}")
+            if value.strip():
+                docs.append(value.strip())
+        return docs
+
+    @staticmethod
+    def _json_rows(p: Path, text: str):
+        """('line n' or 'item n', the object) of a JSON Lines file, or of a .json file holding one array of objects
+        (read line by line, its first line '[' had no field 'text')."""
+        if p.suffix == ".json" and text.lstrip().startswith("["):
+            try:
+                rows = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(f"'{p}' is not valid JSON ({e.msg}, line {e.lineno}); a .json file holds one array "
+                                "of objects, or one object per line") from e
+            yield from ((f"item {n}", row) for n, row in enumerate(rows, 1))
+            return
         for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 or U+0085 are text in JSON
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield f"line {n}", json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"'{p}' line {n} is not valid JSON ({e.msg}); each line must be one JSON object") from e
-            if not isinstance(row, dict) or self.text_field not in row:
-                raise DataError(f"'{p}' line {n} has no field '{self.text_field}'; set data.text_field to the text's key")
-            value = row[self.text_field]
-            if not isinstance(value, str):  # null or a number would become the documents "None" or "5"
-                raise DataError(f"'{p}' line {n}: field '{self.text_field}' holds {type(value).__name__} "
-                                f"{json.dumps(value)[:60]}, not text; fix or drop that line")
-            if value.strip():
-                docs.append(value.strip())
-        return docs
 
     def documents(self, split: Split) -> list[str]:
         if self._docs is None:

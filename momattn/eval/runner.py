@@ -248,7 +248,7 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
     for p in paths:  # every checkpoint readable before hours of work (one in memory at a time)
         ckpt = read_checkpoint(p)
         metas.append(ckpt["momattn"])
-        steps.append(ckpt.get("global_step"))  # the optimizer steps of the weights scored: in results.json
+        steps.append(ckpt.get("global_step"))  # an int (read_checkpoint checks it), or None: into results.json
         del ckpt
     labels = checkpoint_labels(paths, [m["model_config"]["attention"]["kind"] for m in metas])
     results: list[ModelResult] = []
@@ -258,7 +258,7 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
         run_config = dict(meta.get("config") or {})
         res = evaluate_model(model, tokenizer, run_config, conf.eval_section(), out, label,
                              cache_dir=conf.cache_dir)
-        res.checkpoint, res.step = str(path), step if isinstance(step, int) and not isinstance(step, bool) else None
+        res.checkpoint, res.step = str(path), step
         results.append(res)
         written = write_reports(results, out)  # after each checkpoint: finished ones survive a later crash
         del model

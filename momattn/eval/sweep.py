@@ -208,8 +208,7 @@ def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
         run = SweepRun(path, path.parent.parent, str(att.get("kind", "unknown")), config.get("seed"),
                        digest(_strip(config)), config)
         run.attention_params = att
-        step = ckpt.get("global_step")
-        run.step = step if isinstance(step, int) and not isinstance(step, bool) else None
+        run.step = ckpt.get("global_step")  # an int (read_checkpoint checks it), or None
         runs.append(run)
     _label_variants(runs)
     if not runs:

@@ -14,10 +14,10 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from momattn import lightning_compat as compat
-from momattn.errors import ConfigError, first_line
+from momattn.errors import first_line
 from momattn.io import atomic_write_text
 from momattn.schema import instantiate, locate
-from momattn.wandb_runs import wandb_api_key_found, wandb_offline
+from momattn.wandb_runs import require_api_key, wandb_offline
 
 
 def _without_anonymous(logger: WandbLogger) -> WandbLogger:
@@ -42,10 +42,7 @@ def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, 
                   resume="allow" if id else None, **kwargs)
     if offline:
         return _without_anonymous(WandbLogger(offline=True, **common))
-    if not wandb_api_key_found():
-        raise ConfigError("W&B online was asked for (logger.wandb.offline=false or WANDB_MODE=online) but no W&B API "
-                          "key was found: run `wandb login` or set WANDB_API_KEY, or log offline (the default) and "
-                          "upload later with `wandb sync`")
+    require_api_key()
     try:
         logger = _without_anonymous(WandbLogger(offline=False, settings=wandb.Settings(init_timeout=init_timeout),
                                                 **common))

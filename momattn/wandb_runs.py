@@ -30,6 +30,14 @@ def wandb_api_key_found() -> bool:
     return bool(auth and auth[2])
 
 
+def require_api_key() -> None:
+    """W&B online needs an API key: without one, a ConfigError that says how to get one or log offline."""
+    if not wandb_api_key_found():
+        raise ConfigError("W&B online was asked for (logger.wandb.offline=false or WANDB_MODE=online) but no W&B API "
+                          "key was found: run `wandb login` or set WANDB_API_KEY, or log offline (the default) and "
+                          "upload later with `wandb sync`")
+
+
 def wandb_offline(offline: Any, key: str = "logger.wandb.offline") -> bool | None:
     """Whether a W&B run logs offline: the config's `offline` (a bool), unless WANDB_MODE says otherwise; None when
     WANDB_MODE=disabled (no run at all)."""
@@ -58,10 +66,7 @@ def start_run(out_dir: Path, wandb_cfg: Mapping, who: str, **init: Any):
         wandb.finish(exit_code=1)
     init = dict(dir=str(out_dir), project=wandb_cfg.get("project") or "momattn", **init)
     if not offline:
-        if not wandb_api_key_found():
-            raise ConfigError("W&B online was asked for (logger.wandb.offline=false or WANDB_MODE=online) but no W&B "
-                              "API key was found: run `wandb login` or set WANDB_API_KEY, or log offline (the "
-                              "default) and upload later with `wandb sync`")
+        require_api_key()
         try:
             return wandb.init(mode="online", settings=wandb.Settings(init_timeout=30.0), **init)
         except Exception as e:  # CommError, UsageError, TimeoutError, ...

@@ -51,12 +51,10 @@ def check_logger(logger: Any, entry: str) -> None:
         raise ConfigError(f"logger={other[0]} is not supported by {entry}; use logger=none or wandb")
     wandb_cfg = (logger or {}).get("wandb")
     if isinstance(wandb_cfg, Mapping):  # before the work, not after it
-        from momattn.wandb_runs import wandb_api_key_found, wandb_offline
+        from momattn.wandb_runs import require_api_key, wandb_offline
 
-        if wandb_offline(wandb_cfg.get("offline", True)) is False and not wandb_api_key_found():
-            raise ConfigError("W&B online was asked for (logger.wandb.offline=false or WANDB_MODE=online) but no W&B "
-                              "API key was found: run `wandb login` or set WANDB_API_KEY, or log offline (the "
-                              "default) and upload later with `wandb sync`")
+        if wandb_offline(wandb_cfg.get("offline", True)) is False:
+            require_api_key()
 
 
 @dataclass

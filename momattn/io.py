@@ -119,7 +119,11 @@ def finite_json(obj: Any) -> Any:
 
     JSON has no NaN or Infinity: Python's json writes them as bare tokens that strict readers (jq, JavaScript's
     JSON.parse, serde_json, Go's encoding/json) refuse, so a diverged run's nan perplexity made a whole results
-    file unreadable there. null is what JavaScript writes for them; the markdown reports still say nan or inf."""
+    file unreadable there. null is what JavaScript writes for them; the markdown reports still say nan or inf.
+    A numpy scalar or array becomes its Python value or list first (json cannot write them; with default=str a
+    numpy nan became the string "nan")."""
+    if type(obj).__module__ == "numpy" and hasattr(obj, "tolist"):  # np.float32, np.int64, np.bool_, ndarray
+        obj = obj.tolist()
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):

@@ -96,6 +96,9 @@ def test_non_finite_numbers_are_written_as_null_and_read_back_as_nan(tmp_path):
 
     nan, inf = float("nan"), float("inf")
     assert json_text({"a": [nan, (inf, -inf, 1.5)], "b": {"c": 2}}) == '{"a": [null, [null, null, 1.5]], "b": {"c": 2}}'
+    import numpy as np  # numpy scalars and arrays: their Python values, a nan among them null (not the string "nan")
+    assert json_text({"x": np.float32("nan"), "n": np.int64(3), "t": np.bool_(True), "v": np.array([1.5, np.inf])},
+                     default=str) == '{"x": null, "n": 3, "t": true, "v": [1.5, null]}'
     window = er.WindowNumbers(ppl=inf, bpb=nan, nll_per_token=800.0, n_windows=1, n_tokens=16, n_bytes=0, length=16,
                            split="valid", n_windows_available=1, split_tokens=16)
     diverged = er.SeedRun(seed=1, acc=nan, k_used_mean=2.0, k_used_min=2, k_used_max=2, n=8, acc_sum_lp=nan)

@@ -72,6 +72,14 @@ def test_without_a_validation_split_the_held_out_rows_are_never_trained_on(tmp_p
         train = list(src.train_texts(epoch))
         assert sorted(train) == sorted(rows[10:]) and not set(train) & set(rows[:10])
     assert list(src.train_texts(1)) != list(src.train_texts(0))
+    # every (seed, epoch) its own order: seed + epoch made seed 1's epoch 1 seed 2's epoch 0
+    orders = set()
+    for seed in range(3):
+        src.seed = seed
+        orders |= {tuple(src.train_texts(epoch)) for epoch in range(3)}
+    assert len(orders) == 9
+    with pytest.raises(DataError, match="data.seed=-1 must be >= 0"):
+        StreamingHubCorpus(name="json", data_files={"train": str(files["train"])}, seed=-1)
 
 
 def test_without_a_validation_split_the_shards_order_is_still_shuffled(tmp_path):

@@ -7,7 +7,7 @@ of the run is window g: DDP ranks take every world-th sample through the same St
 and a resume restarts at sample global_step x samples_per_step, exactly where the run stopped. Reaching a sample
 means reading and tokenizing the stream up to it, so the first batch after a resume costs a pass over the data
 already trained on (at the pipeline's speed: benchmarks/bench_data.py); when the stream ends, the next epoch
-reads it again with the shuffle seed + epoch.
+reads it again, shuffled with a seed drawn from (seed, epoch) (epoch 0: the seed itself).
 
 A background thread tokenizes ahead of training (the `tokenizers` library releases the GIL), so the pipeline
 overlaps the training step instead of adding to it. Validation uses the first `val_docs` documents of the
@@ -33,6 +33,12 @@ from momattn.errors import DataError, first_line
 from momattn.utils import digest
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffle seed of an epoch: `seed` itself in epoch 0, then one drawn from (seed, epoch), so that no two
+    (seed, epoch) pairs share an order (seed + epoch made seed 1's second epoch seed 2's first)."""
+    return seed if epoch == 0 else int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
 @dataclass
 class StreamingHubCorpus:
     """A `datasets` corpus read with streaming=True: nothing is downloaded or stored beyond what is being read."""
@@ -54,6 +60,8 @@ class StreamingHubCorpus:
             raise DataError("data=hf_stream needs data.name=<hub dataset>, e.g. data.name=HuggingFaceFW/fineweb "
                             "data.config=sample-10BT data.val_split=null (it has no validation split), or data.name=json data.data_files={train: a.jsonl}")
         check_splits(self.train_split, self.val_split)
+        if self.seed < 0:
+            raise DataError(f"data.seed={self.seed} must be >= 0 (it seeds the shuffle buffer)")
         if self.shuffle_buffer < 0 or self.val_docs < 1 or self.tokenizer_docs < 1:
             raise DataError(f"data.shuffle_buffer={self.shuffle_buffer} must be >= 0, data.val_docs={self.val_docs} "
                             f"and data.tokenizer_docs={self.tokenizer_docs} >= 1")
@@ -82,12 +90,12 @@ class StreamingHubCorpus:
 
     def texts(self, split: str, epoch: int = 0, shuffle: bool = True, limit: int | None = None) -> Iterator[str]:
         """The non-empty documents of `split` in stream order (of its first `limit` rows), shuffled (the shards'
-        order, and in a buffer; seed + epoch) unless shuffle=False."""
+        order, and in a buffer; by epoch_seed) unless shuffle=False."""
         ds = self._open(split)
         if limit is not None:
             ds = ds.take(limit)
         if shuffle and self.shuffle_buffer:
-            ds = ds.shuffle(seed=self.seed + epoch, buffer_size=self.shuffle_buffer)
+            ds = ds.shuffle(seed=epoch_seed(self.seed, epoch), buffer_size=self.shuffle_buffer)
         rows = iter(ds)
         while True:
             try:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import types
+import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -61,7 +63,28 @@ def _type_checked(schema: type, node: dict, where: str) -> dict:
     except OmegaConfBaseException as e:
         raise ConfigError(f"{where or 'config'}: {str(e).splitlines()[0]}") from None
     plain = OmegaConf.to_container(merged, resolve=True)
+    _scalar_lists_checked(schema, plain, node, where)
     return {k: plain[k] for k in node}
+
+
+def _scalar_lists_checked(schema: type, plain: dict, node: dict, where: str) -> None:
+    """A list of a scalar type holds no list or mapping (OmegaConf lets data.paths=[[a.txt]] through a list[str],
+    and it failed deep inside pathlib)."""
+    try:
+        hints = typing.get_type_hints(schema)
+    except Exception:  # an annotation that cannot be resolved: nothing to check against
+        return
+    for key in node:
+        hint = hints.get(key)
+        options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+            else (hint,)
+        for option in options:
+            elem = typing.get_args(option)[:1] if typing.get_origin(option) is list else ()
+            if elem and elem[0] in (str, int, float, bool) and isinstance(plain.get(key), list):
+                bad = next((v for v in plain[key] if isinstance(v, list | dict)), None)
+                if bad is not None:
+                    raise ConfigError(f"{_key(where, key)}: each entry must be a {elem[0].__name__}, got {bad!r}; "
+                                      f"write a flat list, e.g. {_key(where, key)}=[a,b]")
 
 
 def typed(schema: type[T], node: Mapping | None, where: str, **given: Any) -> T:

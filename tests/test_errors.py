@@ -225,6 +225,10 @@ def test_jsonl_without_the_text_field(tmp_path):
     assert "line 2: field 'text' holds NoneType null, not text" in msg
     msg = run_expecting(tmp_path, ["debug=smoke", "data=text_files", f"data.paths={f}"], ConfigError)
     assert msg == f"data.paths: a list is needed, got '{f}'; write it in brackets: data.paths=[{f}]"
+    msg = run_expecting(tmp_path, ["debug=smoke", "data=text_files", f"data.paths=[[{f}]]"], ConfigError)
+    assert msg.startswith(f"data.paths: each entry must be a str, got ['{f}']")  # was a TypeError inside pathlib
+    msg = run_expecting(tmp_path, ["debug=smoke", "data=text_files", f"data.paths=[{f}]", "data.seed=-1"], DataError)
+    assert "data.seed=-1 must be >= 0" in msg  # was numpy's "expected non-negative integer" at the split
 
 
 @pytest.fixture(scope="module")

@@ -123,6 +123,7 @@ class TextFiles:
                 raise DataError(f"data.paths: '{p}' has suffix '{p.suffix}'; use .txt (plain text) or .jsonl")
         if not 0.0 < self.val_fraction < 1.0:
             raise DataError(f"data.val_fraction={self.val_fraction} must lie in (0, 1)")
+        check_seed(self.seed)
         self._docs: list[str] | None = None
 
     @property
@@ -213,6 +214,9 @@ class HubCorpus:
             raise DataError("data=hf needs data.name=<hub dataset>, e.g. data.name=Salesforce/wikitext "
                             "data.config=wikitext-103-raw-v1")
         check_splits(self.train_split, self.val_split)
+        check_seed(self.seed)
+        if not 0.0 < self.val_fraction < 1.0:
+            raise DataError(f"data.val_fraction={self.val_fraction} must lie in (0, 1)")
         self.data_files = dict(self.data_files) if self.data_files else None
 
     def fingerprint(self) -> str:
@@ -274,6 +278,11 @@ def check_splits(train_split: str, val_split: str | None) -> None:
     if val_split is not None and val_split == train_split:
         raise DataError(f"data.val_split='{val_split}' is the training split too, so validation would read training "
                         "text; name another split, or data.val_split=null to hold out part of the training split")
+
+
+def check_seed(seed: int) -> None:
+    if seed < 0:
+        raise DataError(f"data.seed={seed} must be >= 0 (it seeds the train/validation split)")
 
 
 def folder_files(name: str) -> list:

@@ -5,6 +5,7 @@ in momattn/faults.py and is added through the config, never through this module.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -50,6 +51,11 @@ class ModelCheckpoint(lightning_callbacks.ModelCheckpoint):
 
     def __init__(self, *args, enable_version_counter: bool = False, **kwargs):
         super().__init__(*args, enable_version_counter=enable_version_counter, **kwargs)
+
+    _lightning = inspect.signature(lightning_callbacks.ModelCheckpoint.__init__)  # its keys, for the config check
+    __init__.__signature__ = _lightning.replace(parameters=[
+        p.replace(default=False) if p.name == "enable_version_counter" else p for p in _lightning.parameters.values()])
+    del _lightning
 
     def _refresh_last(self, trainer) -> None:
         if self.save_last is not True or self._should_skip_saving_checkpoint(trainer):

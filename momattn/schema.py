@@ -120,6 +120,16 @@ def locate(path: str, where: str) -> Any:
                           "a name, e.g. momattn.data.sources.TextFiles") from None
 
 
+def check_arguments(conf: Mapping, where: str) -> None:
+    """Every key of a `_target_` mapping is an argument its target takes: checked before any work (a key added
+    with +trainer.precison=... failed only at instantiate, after the tokenizer, the data and the model)."""
+    target = conf.get("_target_")
+    known = known_keys(locate(target, f"{where}._target_")) if target else None
+    for key in conf if known is not None else ():
+        if not str(key).startswith("_") and key not in known:  # _target_, _partial_, _recursive_, _convert_
+            raise ConfigError(f"{_key(where, key)} is not an argument of {target}.{did_you_mean(str(key), known)}")
+
+
 def instantiate(conf: Mapping, what: str, **kwargs: Any) -> Any:
     """hydra.utils.instantiate, with a failure reported as one ConfigError naming the config entry."""
     import hydra

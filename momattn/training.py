@@ -48,7 +48,7 @@ from momattn.memory import check_fits
 from momattn.metrics import unigram_ppl
 from momattn.model import GPT, GPTConfig
 from momattn.progress import TrainProgress
-from momattn.schema import instantiate, instantiate_all
+from momattn.schema import check_arguments, instantiate, instantiate_all
 from momattn.tokenizer import Tokenizer, build_tokenizer
 
 SUMMARY_METRICS = ("val/", "train/loss", "train/lr")  # summary.json's metrics: every optimized_metric (config.LOGGED)
@@ -69,6 +69,8 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
     load_train_config(cfg), where the caller has checked it already (train.py does, before importing this module)."""
     quiet_console()
     c = checked if checked is not None else load_train_config(cfg)
+    for what, conf in [("trainer", c.trainer), *((f"callbacks.{k}", v) for k, v in (c.callbacks or {}).items())]:
+        check_arguments(conf or {}, what)  # Lightning's own keys, before any tokenizing or data building
     out_dir, job = Path(c.paths.output_dir).resolve(), hydra_job()
     if warning := warmup_warning(c.optim.warmup_steps, c.max_steps, c.optim.lr):
         print(warning, file=sys.stderr)

@@ -118,6 +118,13 @@ def test_wrong_type_names_the_key(tmp_path):
         msg = run_expecting(tmp_path, [*SMOKE, override], ConfigError)
         key = override.split("=")[0].lstrip("+")
         assert msg.startswith(f"{key} is set by momattn, so this value would be ignored; {where}"), msg
+    # a key added to the trainer that Lightning does not take: refused before the tokenizer or data are built
+    msg = run_expecting(tmp_path / "typo", [*SMOKE, "+trainer.precison=bf16-mixed"], ConfigError)
+    assert msg == "trainer.precison is not an argument of lightning.pytorch.Trainer. Did you mean 'precision'?"
+    assert not (tmp_path / "typo").exists() or not any((tmp_path / "typo").rglob("*.ckpt"))
+    msg = run_expecting(tmp_path / "typo", [*SMOKE, "+callbacks.model_checkpoint.every_n_step=5"], ConfigError)
+    assert msg.startswith("callbacks.model_checkpoint.every_n_step is not an argument of "
+                          "momattn.callbacks.ModelCheckpoint. Did you mean 'every_n_train_steps'?"), msg
     # GINC training with the default (text) end-of-run tasks: refused now, not after training
     msg = run_expecting(tmp_path, ["debug=smoke", "data=ginc", "tokenizer=source", "run_eval=true"], ConfigError)
     assert msg.startswith("eval.icl.tasks: sst2, sst5, mr, subj, trec are text tasks, and this run trains on GINC")

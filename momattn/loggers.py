@@ -12,6 +12,7 @@ from pathlib import Path
 from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities import rank_zero_only
 
 from momattn import lightning_compat as compat
 from momattn.errors import first_line
@@ -23,6 +24,21 @@ from momattn.wandb_runs import require_api_key, wandb_offline
 def _without_anonymous(logger: WandbLogger) -> WandbLogger:
     compat.drop_wandb_anonymous(logger)
     return logger
+
+
+class _OfflineWandbLogger(WandbLogger):
+    """Lightning's WandbLogger with W&B's own step (_step) set to the trainer's global step. An offline run cannot
+    resume its W&B run (W&B resumes online only), so a resumed run's second segment restarted _step at 0 and its
+    rows repeated the first segment's steps (W&B's default x-axis, history API and sync key on _step); rows at one
+    global step merge into one."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if step is None:
+            return super().log_metrics(metrics, step)
+        prefix = f"{self._prefix}{self.LOGGER_JOIN_CHAR}" if self._prefix else ""
+        self.experiment.log({**{prefix + k: v for k, v in metrics.items()}, "trainer/global_step": step},
+                            step=int(step))
 
 
 def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, name: str | None = None,
@@ -41,7 +57,7 @@ def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, 
     common = dict(save_dir=save_dir, project=project, name=name, group=group, tags=list(tags or []), id=id,
                   resume="allow" if id else None, **kwargs)
     if offline:
-        return _without_anonymous(WandbLogger(offline=True, **common))
+        return _without_anonymous(_OfflineWandbLogger(offline=True, **common))
     require_api_key()
     try:
         logger = _without_anonymous(WandbLogger(offline=False, settings=wandb.Settings(init_timeout=init_timeout),
@@ -54,7 +70,7 @@ def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, 
             wandb.finish(exit_code=1)
         wandb.teardown()  # the W&B service process keeps the online settings; start a fresh one
         os.environ["WANDB_MODE"] = "offline"  # the environment would otherwise override offline=True
-        fallback = _without_anonymous(WandbLogger(offline=True, settings=wandb.Settings(mode="offline"), **common))
+        fallback = _without_anonymous(_OfflineWandbLogger(offline=True, settings=wandb.Settings(mode="offline"), **common))
         run_dir = Path(fallback.experiment.dir).parent
         print(f"[momattn] W&B is unreachable ({type(e).__name__}: {first}); logging offline to {run_dir}. "
               f"Sync it when online with: wandb sync {run_dir}", file=sys.stderr, flush=True)

@@ -7,6 +7,7 @@ import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import ROOT, SMOKE, compose_train, read_metrics, run_cli, strict_json, train_losses
@@ -161,6 +162,16 @@ def test_wandb_offline_run_folder_is_written(tmp_path):
     assert list(runs[0].glob("*.wandb"))
     ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert runs[0].name.endswith(ckpt["momattn"]["wandb_run_id"])  # so a resume continues the same W&B run
+
+
+def test_an_offline_wandb_row_is_keyed_by_the_global_step(tmp_path):
+    # W&B cannot resume an offline run: without step= a resumed run's second segment logged _step 0, 1, ... again
+    from momattn.loggers import wandb_logger
+
+    logger, logged = wandb_logger(str(tmp_path), prefix="p"), []
+    logger._experiment = SimpleNamespace(log=lambda row, step=None: logged.append((step, row)))
+    logger.log_metrics({"train/loss": 1.5}, step=7)
+    assert logged == [(7, {"p-train/loss": 1.5, "trainer/global_step": 7})]
 
 
 def test_logger_none_trains_and_still_reports(tmp_path):

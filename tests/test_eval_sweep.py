@@ -2,6 +2,8 @@
 
 import json
 import math
+import struct
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,16 @@ def job(root, num: int, kind: str, seed: int, tok, lr: float = 2e-3, extra: dict
     return d
 
 
+def damage_a_tensor(path: Path) -> None:
+    """One byte flipped inside the largest tensor's data (the zip's CRC-32 no longer matches)."""
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26: info.header_offset + 30])
+    data[info.header_offset + 30 + name_len + extra_len + 1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def test_t_interval_and_verdicts():
     mean, lo, hi = t_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and hi - mean == pytest.approx(4.303 * 1.0 / math.sqrt(3), rel=1e-6)
@@ -61,10 +73,14 @@ def test_sweep_verdict(tmp_path, tokenizer):  # noqa: F811
     job(sweep, n, "vanilla", 1, tokenizer, lr=1e-3)  # another setting: its own group
     (sweep / "99" / ".hydra").mkdir(parents=True)  # a job that died before its first checkpoint
     (sweep / "99" / ".hydra" / "config.yaml").write_text("seed: 4\n")
+    damage_a_tensor(job(sweep, 7, "vanilla", 1, tokenizer, lr=5e-3) / "checkpoints" / "last.ckpt")
     out = tmp_path / "verdict"
     run_evaluate({**EVAL, "sweep_dir": str(sweep), "device": "cpu"}, out_dir=out)
     doc = strict_json((out / "sweep.json").read_text())
-    assert doc["failed"] == ["99 (no checkpoints/last.ckpt)"] and len(doc["runs"]) == 7
+    assert len(doc["runs"]) == 7 and doc["failed"][0] == "99 (no checkpoints/last.ckpt)"
+    # its metadata reads (find_runs) but its weights fail the CRC check at evaluation: named, not the sweep's end
+    assert len(doc["failed"]) == 2 and doc["failed"][1].startswith("7 (unreadable checkpoint: checkpoint '")
+    assert "is damaged" in doc["failed"][1]
     settings = sorted(doc["settings"], key=lambda s: -len(s["rows"]))
     main, other = settings
     assert set(main["rows"]) == {"vanilla", "momentum"} and main["differs"] == {"optim": {"lr": 0.002}}

@@ -185,7 +185,7 @@ def _strip(config: Mapping) -> dict:
 
 def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
     """The runs of a sweep and the names of its jobs that left no last checkpoint."""
-    from momattn.checkpoint import read_checkpoint
+    from momattn.checkpoint import read_meta
 
     if not sweep_dir.is_dir():
         raise ConfigError(f"sweep_dir='{sweep_dir}' is not a folder; pass the multirun folder of a "
@@ -198,7 +198,7 @@ def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
             failed.append(f"{hydra_dir.parent.relative_to(sweep_dir)} (no checkpoints/last.ckpt)")
     for path in ckpts:
         try:
-            ckpt = read_checkpoint(path)
+            ckpt = read_meta(path)  # a sharded folder's meta.pt alone: a run whose results are reused needs no weights
             meta = ckpt["momattn"]
         except Exception as e:  # a half-written or foreign file: name it and go on with the others
             failed.append(f"{path.parent.parent.relative_to(sweep_dir)} (unreadable checkpoint: {e})")
@@ -208,7 +208,7 @@ def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
         run = SweepRun(path, path.parent.parent, str(att.get("kind", "unknown")), config.get("seed"),
                        digest(_strip(config)), config)
         run.attention_params = att
-        run.step = ckpt.get("global_step")  # an int (read_checkpoint checks it), or None
+        run.step = ckpt.get("global_step")  # an int (read_meta checks it), or None
         runs.append(run)
     _label_variants(runs)
     if not runs:
@@ -548,13 +548,14 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
     """Evaluate (or reuse) every run of a sweep and write the verdict. own_settings: each run with the settings of
     its own end-of-run evaluation (eval_cfg where it has none), so its results.json is reused; else eval_cfg."""
     from momattn.checkpoint import load_checkpoint
+    from momattn.errors import CheckpointError
     from momattn.eval.report import results_document
     from momattn.eval.runner import evaluate_model
 
     sweep_dir = Path(sweep_dir).expanduser()
     runs, failed = find_runs(sweep_dir)
     settings: dict[str, dict] = {}
-    for r in runs:
+    for r in list(runs):
         name = str(r.job.relative_to(sweep_dir))
         cfg = run_settings(r, eval_cfg) if own_settings else eval_cfg
         settings[name] = asdict(cfg)
@@ -562,13 +563,21 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
         r.reused = r.result is not None
         if r.result is None:
             log.info("evaluating %s (%s, seed %s)", name, r.attention, r.seed)
-            model, tokenizer = load_checkpoint(r.path, map_location=device)
+            try:
+                model, tokenizer = load_checkpoint(r.path, map_location=device)
+            except CheckpointError as e:  # e.g. a sharded folder whose meta.pt reads but a shard does not
+                failed.append(f"{name} (unreadable checkpoint: {e})")
+                runs.remove(r)
+                settings.pop(name)
+                continue
             r.result = evaluate_model(model, tokenizer, r.config, cfg, out / "jobs" / name, r.attention,
                                       cache_dir=cache_dir)
             r.result.checkpoint, r.result.step = str(r.path), r.step
             atomic_write_text(out / "jobs" / name / "results.json",
                               json_text(results_document([r.result]), indent=2) + "\n")
             del model
+    if not runs:
+        raise CheckpointError(f"no checkpoint of sweep_dir='{sweep_dir}' could be read: {'; '.join(failed)}")
     if own_settings:  # runs evaluated under different protocols are never compared: their settings split
         keys = {id(r): digest(settings[str(r.job.relative_to(sweep_dir))])[:8] for r in runs}
         by_setting: dict[str, set] = defaultdict(set)

@@ -176,6 +176,15 @@ def test_kendall_tau_b_matches_the_definition_with_ties():
         assert kendall_tau_b(x, y) == pytest.approx(want)
     assert kendall_tau_b([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert math.isnan(kendall_tau_b([1, 1, 1], [1, 2, 3]))
+    assert math.isnan(kendall_tau_b([1, 2, float("nan")], [1, 2, 3])) and math.isnan(kendall_tau_b([1], [2]))
+    # the O(n log n) count against every pair, at the sizes analyze.py meets (hundreds of demonstration tokens)
+    for n, levels in ((2, 2), (37, 3), (300, 5), (629, 0), (1000, 40)):
+        x = rng.integers(0, levels, n).astype(float) if levels else rng.random(n)
+        y = rng.integers(0, 4, n).astype(float) if n % 2 else rng.random(n)
+        iu = np.triu_indices(n, k=1)
+        dx, dy = np.sign(x[:, None] - x[None, :])[iu], np.sign(y[:, None] - y[None, :])[iu]
+        want = (dx * dy).sum() / math.sqrt(np.count_nonzero(dx) * np.count_nonzero(dy))
+        assert kendall_tau_b(x, y) == pytest.approx(want, abs=1e-12), n
 
 
 @pytest.mark.parametrize("kind,extra", KINDS)

@@ -97,6 +97,13 @@ def test_normalize_ignores_case_spacing_punctuation_and_escapes():
         assert len({normalize(t) for t in group}) == 1, group
     assert normalize("a good film") != normalize("a bad film") and normalize("1984") != normalize("1985")
     assert normalize(" -- ; ... ") == "" and normalize("ÆSIR ø") == "æsirø"  # non-ASCII letters stay
+    # words: a non-ASCII separator breaks a word as an ASCII one does (a no-break space or em dash joined the words,
+    # so a row rewritten with them escaped the 8-gram filter); accents and curly apostrophes do not break one
+    from momattn.data.staicc import normalize_words
+
+    words = normalize_words(["good\xa0movie\u2014so\u3000bad\u2026really", "good movie -- so bad ... really",
+                             "don\u2019t clich\u00e9 cliche\u0301", "don't cliche cliche"])
+    assert [w.split() for w in words] == [["good", "movie", "so", "bad", "really"]] * 2 + [["dont", "cliche", "cliche"]] * 2
 
 
 def test_real_near_duplicates_are_caught_by_normalize_and_were_missed_before():

@@ -122,9 +122,16 @@ _ASCII_DROP = bytes(c for c in range(1, 128) if not chr(c).isalnum())  # keeps \
 _SEP = "\x00"
 
 
-def _letters(s: str) -> str:
-    """Letters and digits of non-ASCII text, casefolded and without accents (NFKD: é -> e, ﬁ -> fi)."""
-    return "".join(c for c in unicodedata.normalize("NFKD", s).casefold() if c.isalnum())
+_APOSTROPHES = "\u2018\u2019\u02bc\u00b4"  # dropped like ASCII ' (don’t = don't = dont), never a word break
+
+
+def _letters(s: str, words: bool = False) -> str:
+    """Letters and digits of non-ASCII text, casefolded and without accents (NFKD: é -> e, ﬁ -> fi); words=True
+    turns its other characters (a no-break space, an em dash, an ellipsis) into word breaks, as ASCII's are."""
+    if not words:
+        return "".join(c for c in unicodedata.normalize("NFKD", s).casefold() if c.isalnum())
+    return "".join(c if c.isalnum() else " " for c in unicodedata.normalize("NFKD", s).casefold()
+                   if not unicodedata.combining(c) and c not in _APOSTROPHES)
 
 
 def _entity(m: re.Match) -> str:
@@ -159,7 +166,7 @@ def _normalize_block(s: str, words: bool = False) -> str:
     if "#" in s:
         s = _NUMERIC_ENTITY.sub(_entity, s)
     if not s.isascii():
-        s = _NON_ASCII.sub(lambda m: _letters(m.group()), s)
+        s = _NON_ASCII.sub(lambda m: _letters(m.group(), words), s)
     b = s.encode().lower()
     for e in _ERASE:
         if e in b:

@@ -112,6 +112,13 @@ def test_seeds_draw_different_demonstrations_deterministically():
     assert ev.demonstrations(task, pool, 1, 1)[0][-2:] == [10, 10]
 
 
+def test_demonstrations_equal_to_a_test_example_are_recognised_in_any_spelling():
+    from momattn.eval.icl import normalize_text
+
+    # StaICC writes some bytes in cat -v notation: "exposM-i" is "exposé" (lower-cased first, it read "exposmi")
+    assert normalize_text("An exposM-i , of sorts") == normalize_text("an Exposé of  sorts") == "anexposeofsorts"
+
+
 def test_test_set_is_shuffled_with_a_fixed_seed_and_capped():
     task = letter_task([i % 2 for i in range(50)])
     ev1, ev2 = evaluator(b_lover(), max_examples=5), evaluator(b_lover(), max_examples=5)

@@ -61,10 +61,11 @@ def _extra_normalize() -> Callable[[str], str] | None:
 
 
 def normalize_text(text: str) -> str:
-    """Case and whitespace folded (and momattn.data.staicc.normalize applied, where it exists)."""
-    out = re.sub(r"\s+", " ", text.strip().lower())
+    """momattn.data.staicc.normalize (case, whitespace, punctuation, escapes), where it exists; else case and
+    whitespace folded. normalize reads the raw text: lower-cased first, the `cat -v` bytes it decodes ("M-i") no
+    longer read as such."""
     extra = _extra_normalize()
-    return extra(out) if extra is not None else out
+    return extra(text) if extra is not None else re.sub(r"\s+", " ", text.strip().lower())
 
 
 def answer_token_ids(answers: Sequence[str], tokenizer, where: str) -> list[list[int]]:

@@ -25,6 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from momattn import ops
 from momattn.data.corpus import default_cache_dir
 from momattn.data.sources import LOADER_KEYS, DataSource, LoaderConfig, make_source
 from momattn.data.streaming import StreamingHubCorpus
@@ -298,6 +299,8 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
         if kinds and attention.kind not in kinds:
             raise ConfigError(f"attention.{key} applies to {' and '.join(kinds)} attention only, and this run's is "
                               f"{attention.kind}, so it would be ignored; drop it, or choose attention={kinds[0]}")
+    if problem := ops.backend_problem(kernel=attention.kind != "vanilla"):  # not at the first training step
+        raise ConfigError(problem)
     data = raw.get("data") or {}
     source = make_source(data)
     tokenizer = typed(TokenizerConfig, raw.get("tokenizer"), "tokenizer")

@@ -117,7 +117,9 @@ def _build(cxx: list[str], extra: list[str]) -> Path:
                 if not res.returncode:
                     break
             else:
-                raise RuntimeError(f"{' '.join(cxx)} failed: {res.stderr.strip()[-2000:]}")
+                said = res.stderr.strip()[-2000:] or res.stdout.strip()[-2000:]
+                raise RuntimeError(f"{' '.join(cxx)} failed with exit status {res.returncode}"
+                                   + (f": {said}" if said else ", saying nothing"))
             os.replace(tmp, lib)
         finally:
             if os.path.exists(tmp):
@@ -135,7 +137,7 @@ def load() -> ctypes.CDLL | None:
                 c for c in (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++"),) if c]
             if not cxx:
                 raise RuntimeError("no C++ compiler found (c++, g++, clang++ or $CXX)")
-            omp = _openmp(cxx)
+            omp, without_omp = _openmp(cxx), None
             for extra in ([omp, []] if omp else [[]]):
                 try:
                     lib = ctypes.CDLL(str(_build(cxx, extra)))
@@ -144,8 +146,10 @@ def load() -> ctypes.CDLL | None:
                 except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # e.g. a compiler without OpenMP
                     if not extra:
                         raise
-                    log.info("momattn: the CPU scan kernel did not build or load with %s (%s); building it with its "
-                             "own threads", " ".join(extra), e)
+                    without_omp = f"{' '.join(extra)} ({e})"
+            if without_omp and not OPENMP:  # said only when the build without it worked (else the warning says all)
+                log.info("momattn: the CPU scan kernel did not build or load with %s; it was built with its own "
+                         "threads", without_omp)
             for name in _NAMES.values():
                 getattr(lib, f"{name}_forward").restype = ctypes.c_int
                 getattr(lib, f"{name}_backward").restype = ctypes.c_int

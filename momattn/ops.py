@@ -616,9 +616,29 @@ def _triton_scan():
     return _TRITON or None
 
 
+SCAN_BACKENDS = ("auto", "torch", "triton", "cpu")
+
+
 def _check_backend() -> None:
-    if SCAN_BACKEND not in ("auto", "torch", "triton", "cpu"):
+    if SCAN_BACKEND not in SCAN_BACKENDS:
         raise ValueError(f"momattn.ops.SCAN_BACKEND must be 'auto', 'torch', 'triton' or 'cpu', got {SCAN_BACKEND!r}")
+
+
+def backend_problem(kernel: bool = True) -> str | None:
+    """Why SCAN_BACKEND cannot run here (not a backend, or, with `kernel`, the kernel it names cannot load), or
+    None: train.py says it at start-up instead of at the first training step."""
+    if SCAN_BACKEND not in SCAN_BACKENDS:
+        return (f"MOMATTN_SCAN_BACKEND={SCAN_BACKEND!r} is not a scan backend; use auto (the default), torch, "
+                "triton or cpu")
+    if not kernel:
+        return None
+    if SCAN_BACKEND == "cpu" and cpu_scan.load() is None:
+        return ("MOMATTN_SCAN_BACKEND=cpu but the CPU scan kernel cannot be built (see the warning above); install a "
+                "C++ compiler, or unset it (auto uses the matmul scans where the kernel does not build)")
+    if SCAN_BACKEND == "triton" and (not torch.cuda.is_available() or _triton_scan() is None):
+        return ("MOMATTN_SCAN_BACKEND=triton but the Triton scan cannot load: it needs a CUDA GPU, triton >= 3 and "
+                "torch >= 2.4; unset it (auto)")
+    return None
 
 
 def _use_cpu_kernel(x: torch.Tensor) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from conftest import SMOKE, compose_train, run_cli
@@ -212,6 +214,21 @@ def test_a_directory_as_a_data_path_says_so(tmp_path):
     msg = run_expecting(tmp_path, ["debug=smoke", "data=text_files", f"data.paths=[{tmp_path / 'corpus'}]"],
                         DataError)
     assert "is a directory; list the files in it" in msg
+
+
+def test_a_scan_backend_that_cannot_run_fails_before_any_work(tmp_path, monkeypatch):
+    # it failed at the first training step (a ValueError, or a Lightning stack trace), after tokenizing
+    from momattn import cpu_scan, ops
+
+    monkeypatch.setattr(ops, "SCAN_BACKEND", "bogus")
+    msg = run_expecting(tmp_path, [*SMOKE, "attention=vanilla"], ConfigError)
+    assert msg.startswith("MOMATTN_SCAN_BACKEND='bogus' is not a scan backend")
+    monkeypatch.setattr(ops, "SCAN_BACKEND", "cpu")
+    monkeypatch.setattr(cpu_scan, "_LIB", None)
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    assert math.isfinite(run_train(compose_train(tmp_path / "vanilla", [*SMOKE, "attention=vanilla"])))  # no scan
+    msg = run_expecting(tmp_path, [*SMOKE, "attention=momentum"], ConfigError)
+    assert msg.startswith("MOMATTN_SCAN_BACKEND=cpu but the CPU scan kernel cannot be built")
 
 
 def test_trainer_gpu_without_a_gpu_fails_before_any_work(tmp_path, monkeypatch):

@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from hydra.errors import CompactHydraException
+
 from momattn.errors import ConfigError, UserError, did_you_mean, first_line
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -385,9 +387,9 @@ def run_log():
             sys.stdout, sys.stderr = out, err
 
 
-class JobFailed(RuntimeError):
+class JobFailed(CompactHydraException):
     """One job of a multirun failed with the error printed above it; Hydra runs the other jobs and names this one
-    at the end (and Optuna counts the trial as failed)."""
+    at the end (and Optuna counts the trial as failed). Compact: Hydra prints its message, not a stack trace."""
 
 
 def _multirun() -> bool:
@@ -417,7 +419,7 @@ def hydra_main(config_name: str):
                         raise
                     report(e)
                     if _multirun():  # Hydra marks this job failed and runs the others (Optuna: a failed trial);
-                        raise JobFailed(first_line(e, 500)) from None  # exiting here ended the whole sweep
+                        raise JobFailed(f"error: {first_line(e, 500)}") from None  # exiting ended the whole sweep
                     sys.exit(2)
 
         hydra_task = hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)

@@ -53,8 +53,9 @@ class GenerateConfig:
         if self.prompt is None or not str(self.prompt):
             raise ConfigError('prompt is empty; pass the text to continue, e.g. prompt="Once upon a time"')
         if not isinstance(self.prompt, str):  # Hydra reads prompt=true as a bool, prompt=0.10 as 0.1, [a,b] a list
+            given = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("prompt=")][-1:]  # as typed (last wins)
             raise ConfigError(f"prompt={self.prompt!r} was read as a {type(self.prompt).__name__}, not text; quote "
-                              "it so that Hydra keeps it as written, e.g. 'prompt=\"true\"'")
+                              f"it so that Hydra keeps it as written: 'prompt=\"{given[0] if given else self.prompt}\"'")
         self.prompt = self.prompt.replace("\\n", "\n")
         for name, low in (("max_new_tokens", 1), ("num_samples", 1)):
             v = getattr(self, name)

@@ -119,6 +119,8 @@ def test_cli_streams_to_stdout_and_rejects_bad_input_with_exit_2(ckpt, tmp_path)
     assert not list(tmp_path.iterdir())  # no outputs/ folder, no .hydra
     for bad, culprit in (("temperature=-1", "temperature=-1"), ("top_k=0", "top_k=0"),
                          ("max_new_tokens=0", "max_new_tokens=0"), ("prompt=", "prompt is empty"),
+                         ("prompt=0.10", "was read as a float, not text; quote it so that Hydra keeps it as written: "
+                                         "'prompt=\"0.10\"'"),
                          (f"ckpt_path={tmp_path}/missing.ckpt", "does not exist")):
         r = run_cli("generate.py", [*args, bad], tmp_path)
         assert r.returncode == 2 and culprit in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -17,12 +17,12 @@ SCHEDULES = ("cosine", "polynomial", "constant")
 class OptimConfig:
     """train.yaml's optim section."""
 
-    lr: float = 1e-3
+    lr: float = 2e-3
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio (cosine, polynomial)
     weight_decay: float = 0.1  # AdamW, on 2-D weights only
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
-    warmup_steps: int = 100
+    warmup_steps: int = 40
     schedule: str = "cosine"  # cosine | polynomial | constant
     power: float = 1.0  # polynomial decay power (fairseq's default 1.0 = linear)
     grad_clip: float | None = 1.0  # 0 or null disables

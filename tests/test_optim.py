@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,6 +105,16 @@ def test_a_resume_restores_every_rng_stream_the_checkpoint_saved():
     resumed.on_load_checkpoint(saved)
     resumed.on_train_start()  # after Lightning's own restore steps, right before the next batch
     assert (torch.rand(3).tolist(), random.random(), np.random.rand()) == expected
+
+
+def test_the_python_defaults_are_train_yamls():
+    # the Python API (OptimConfig()) trained at lr 1e-3 with 100 warm-up steps, train.py at 2e-3 and 40
+    from dataclasses import asdict
+
+    from omegaconf import OmegaConf
+
+    yaml = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "conf" / "train.yaml").optim)
+    assert yaml == asdict(OptimConfig())
 
 
 def test_optim_config_bounds():

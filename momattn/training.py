@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -64,6 +65,16 @@ def warmup_warning(warmup_steps: int, max_steps: int, lr: float) -> str | None:
             "decays")
 
 
+def logging_note(log_every: int | None, max_steps: int) -> str | None:
+    """A run shorter than the logging interval logs its training metrics at its last step only (said once, in place
+    of Lightning's UserWarning about "the number of training batches" and "logs for the training epoch")."""
+    log_every = 50 if log_every is None else log_every  # Lightning's default
+    if max_steps >= log_every:
+        return None
+    return (f"[momattn] note: training metrics are logged every trainer.log_every_n_steps={log_every} steps, so this "
+            f"run of {max_steps} logs them at its last step only; for more, e.g. trainer.log_every_n_steps=1")
+
+
 def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | None:
     """Train one model as the composed config says; return the metric named by cfg.optimized_metric. `checked`:
     load_train_config(cfg), where the caller has checked it already (train.py does, before importing this module)."""
@@ -74,6 +85,9 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
     out_dir, job = Path(c.paths.output_dir).resolve(), hydra_job()
     if warning := warmup_warning(c.optim.warmup_steps, c.max_steps, c.optim.lr):
         print(warning, file=sys.stderr)
+    if note := logging_note(c.trainer.get("log_every_n_steps"), c.max_steps):
+        print(note, file=sys.stderr)
+        warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
     pl.seed_everything(c.seed, workers=True, verbose=False)
 
     for tmp in remove_stale_temps(out_dir / "checkpoints"):  # partial files of a run killed while saving

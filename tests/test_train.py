@@ -174,6 +174,14 @@ def test_an_offline_wandb_row_is_keyed_by_the_global_step(tmp_path):
     assert logged == [(7, {"p-train/loss": 1.5, "trainer/global_step": 7})]
 
 
+def test_a_run_shorter_than_the_logging_interval_says_so_once(tmp_path, capsys, recwarn):
+    run_train(compose_train(tmp_path, [*SMOKE, "trainer.log_every_n_steps=10"]))
+    assert "[momattn] note: training metrics are logged every trainer.log_every_n_steps=10 steps, so this run of 6 " \
+           "logs them at its last step only" in capsys.readouterr().err
+    assert list(train_losses(tmp_path)) == [5]  # what the note says (steps count from 0)
+    assert not [w for w in recwarn if "logging interval" in str(w.message)]  # not Lightning's warning besides
+
+
 def test_logger_none_trains_and_still_reports(tmp_path):
     val_loss = run_train(compose_train(tmp_path, [*SMOKE, "logger=none"]))
     assert math.isfinite(val_loss)

@@ -132,6 +132,11 @@ ATTENTION_SETTINGS = {"eta": ("momentum",), "learnable_eta": ("momentum",), "inc
                       "n_rates": ("multirate_ema",)}  # AttentionConfig's fields, and the kinds that read them
 
 
+def _runs_on_cpu(trainer: Mapping) -> bool:
+    accelerator = str(trainer.get("accelerator") or "auto").lower()
+    return accelerator == "cpu" or (accelerator == "auto" and not _cuda_available() and not _mps_available())
+
+
 def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
     """(Trainer arguments with precision=auto resolved for this machine, max_steps, accumulate_grad_batches)."""
     trainer = dict(node or {})
@@ -164,8 +169,7 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
         raise ConfigError(f"trainer.precision={precision!r} is not a precision.{did_you_mean(str(precision), PRECISIONS)} "
                           f"Choose one of {', '.join(PRECISIONS)}")
     trainer["precision"] = resolve_precision(precision, trainer.get("accelerator"))
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not _cuda_available() and not _mps_available())
-    if on_cpu and str(trainer["precision"]) in ("16-mixed", "16"):  # Lightning runs it as bf16-mixed on a CPU (CPU
+    if _runs_on_cpu(trainer) and str(trainer["precision"]) in ("16-mixed", "16"):  # Lightning runs it as bf16-mixed on a CPU (CPU
         trainer["precision"] = "bf16-mixed"  # autocast has no fp16 there): the start line and checkpoints say so
     world_size(trainer)  # trainer.devices checked here too
     check_launch_environment(trainer)
@@ -299,8 +303,6 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
         if kinds and attention.kind not in kinds:
             raise ConfigError(f"attention.{key} applies to {' and '.join(kinds)} attention only, and this run's is "
                               f"{attention.kind}, so it would be ignored; drop it, or choose attention={kinds[0]}")
-    if problem := ops.backend_problem(kernel=attention.kind != "vanilla"):  # not at the first training step
-        raise ConfigError(problem)
     data = raw.get("data") or {}
     source = make_source(data)
     tokenizer = typed(TokenizerConfig, raw.get("tokenizer"), "tokenizer")
@@ -311,6 +313,10 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
         if isinstance(cb, Mapping) and cb.get("monitor") is not None:
             _check_logged(f"callbacks.{name}.monitor", cb["monitor"])
     trainer, max_steps, accumulate = _trainer(raw.get("trainer"))
+    # said now, not at the first training step; the kernels matter where the momentum scan runs: cpu on a CPU
+    if problem := ops.backend_problem(kernel=attention.kind != "vanilla" and (ops.SCAN_BACKEND != "cpu"
+                                                                             or _runs_on_cpu(trainer))):
+        raise ConfigError(problem)
     loader = typed(LoaderConfig, {k: v for k, v in data.items() if k in LOADER_KEYS}, "data")
     if loader.num_workers and isinstance(source, StreamingHubCorpus):
         raise ConfigError(f"data.num_workers={loader.num_workers}: a streamed corpus (data=hf_stream) is read in order "

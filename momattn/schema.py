@@ -123,6 +123,8 @@ def locate(path: str, where: str) -> Any:
 def check_arguments(conf: Mapping, where: str) -> None:
     """Every key of a `_target_` mapping is an argument its target takes: checked before any work (a key added
     with +trainer.precison=... failed only at instantiate, after the tokenizer, the data and the model)."""
+    if not isinstance(conf, Mapping):  # +callbacks.x=y: instantiate says it cannot build a str
+        return
     target = conf.get("_target_")
     known = known_keys(locate(target, f"{where}._target_")) if target else None
     for key in conf if known is not None else ():

@@ -127,6 +127,8 @@ def test_wrong_type_names_the_key(tmp_path):
     msg = run_expecting(tmp_path / "typo", [*SMOKE, "+callbacks.model_checkpoint.every_n_step=5"], ConfigError)
     assert msg.startswith("callbacks.model_checkpoint.every_n_step is not an argument of "
                           "momattn.callbacks.ModelCheckpoint. Did you mean 'every_n_train_steps'?"), msg
+    msg = run_expecting(tmp_path / "typo", [*SMOKE, "+callbacks.foo=bar"], ConfigError)  # not a mapping
+    assert msg.startswith("callbacks.foo could not be created"), msg
     # GINC training with the default (text) end-of-run tasks: refused now, not after training
     msg = run_expecting(tmp_path, ["debug=smoke", "data=ginc", "tokenizer=source", "run_eval=true"], ConfigError)
     assert msg.startswith("eval.icl.tasks: sst2, sst5, mr, subj, trec are text tasks, and this run trains on GINC")
@@ -229,6 +231,10 @@ def test_a_scan_backend_that_cannot_run_fails_before_any_work(tmp_path, monkeypa
     assert math.isfinite(run_train(compose_train(tmp_path / "vanilla", [*SMOKE, "attention=vanilla"])))  # no scan
     msg = run_expecting(tmp_path, [*SMOKE, "attention=momentum"], ConfigError)
     assert msg.startswith("MOMATTN_SCAN_BACKEND=cpu but the CPU scan kernel cannot be built")
+    import momattn.config  # a GPU run never uses the CPU kernel: not refused for it
+
+    monkeypatch.setattr(momattn.config, "_cuda_available", lambda: True)
+    load_train_config(compose_train(tmp_path, [*SMOKE[:2], "trainer.accelerator=gpu", "attention=momentum"]))
 
 
 def test_trainer_gpu_without_a_gpu_fails_before_any_work(tmp_path, monkeypatch):

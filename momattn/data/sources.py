@@ -214,9 +214,10 @@ class HubCorpus:
             raise DataError("data=hf needs data.name=<hub dataset>, e.g. data.name=Salesforce/wikitext "
                             "data.config=wikitext-103-raw-v1")
         check_splits(self.train_split, self.val_split)
-        check_seed(self.seed)
-        if not 0.0 < self.val_fraction < 1.0:
-            raise DataError(f"data.val_fraction={self.val_fraction} must lie in (0, 1)")
+        if self.val_split is None:  # seed and val_fraction hold out part of train only then
+            check_seed(self.seed)
+            if not 0.0 < self.val_fraction < 1.0:
+                raise DataError(f"data.val_fraction={self.val_fraction} must lie in (0, 1)")
         self.data_files = dict(self.data_files) if self.data_files else None
 
     def fingerprint(self) -> str:

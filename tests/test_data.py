@@ -120,6 +120,9 @@ def test_a_special_tokens_spelling_inside_a_document_is_text_not_a_separator(tmp
     f = tmp_path / "c.jsonl"
     f.write_text("\n".join(json.dumps({"text": f"{doc} {i}"}) for i in range(40)) + "\n")
     ids = np.asarray(load_tokens(TextFiles(paths=[str(f)]), tok, "train", tmp_path / "cache"))
+    (tmp_path / "file").write_text("")  # a cache folder that cannot be made: one line, not NotADirectoryError
+    with pytest.raises(DataError, match=r"token cache folder '.*file/tokens' cannot be made \(Not a directory\)"):
+        load_tokens(TextFiles(paths=[str(f)]), tok, "train", tmp_path / "file")
     assert (ids == tok.eot_id).sum() == len(TextFiles(paths=[str(f)]).documents("train"))  # one per document
     assert tok.decode(ids.tolist()).count("<|endoftext|>") == 2 * (ids == tok.eot_id).sum()  # quoted + separator
     n = len(tok.encode_documents([doc])[0]) + 1

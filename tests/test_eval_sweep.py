@@ -296,6 +296,10 @@ def test_text_tasks_on_a_ginc_checkpoint_are_refused_by_name(tmp_path):
     with pytest.raises(ConfigError, match=r"^icl.separator='\\n\\n' does not apply to GINC tasks \(ginc, ginc_ood\)"):
         evaluate_model(model, tok, run_config, {"icl": {"tasks": ["ginc", "ginc_ood"], "separator": "\\n\\n"},
                                                 "ppl": {"enabled": False}}, tmp_path, "vanilla")
+    # one the GINC tokenizer cannot spell: the same message (it said only that the tokenizer cannot encode 'xx')
+    with pytest.raises(ConfigError, match=r"^icl.separator='xx' does not apply to GINC tasks \(ginc\)"):
+        evaluate_model(model, tok, run_config, {"icl": {"tasks": ["ginc"], "separator": "xx"},
+                                                "ppl": {"enabled": False}}, tmp_path, "vanilla")
 
 
 def test_own_settings_never_compare_runs_evaluated_differently_and_nothing_is_dropped_silently(tmp_path, tokenizer,  # noqa: F811

@@ -63,6 +63,8 @@ def test_missing_file_bad_json_and_missing_label_are_errors(tmp_path):
     entry = {"name": "m", "template": "{text}:", "answers": ["x", "y"]}
     with pytest.raises(DataError, match="does not exist"):
         file_task({**entry, "path": str(tmp_path / "nope.jsonl")}).load(0)
+    with pytest.raises(DataError, match=f"'{tmp_path}' is a folder; give the path of a JSONL file"):  # not "does not exist"
+        file_task({**entry, "path": str(tmp_path)}).load(0)
     (tmp_path / "bad.jsonl").write_text('{"text": "a", "label": 0}\n{oops\n')
     with pytest.raises(DataError, match="line 2 is not valid JSON"):
         file_task({**entry, "path": str(tmp_path / "bad.jsonl")}).load(0)

@@ -140,6 +140,12 @@ def load_tokens(source: DataSource | Mapping, tokenizer: Tokenizer, split: str,
     if isinstance(source, Mapping):
         source = make_source(source)
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    try:
+        (cache / "tokens").mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file on the path, a read-only or missing mount: not a stack trace from deep inside
+        raise DataError(f"the token cache folder '{cache / 'tokens'}' cannot be made ({e.strerror or e}); set "
+                        "cache_dir (evaluate.py, analyze.py), data.cache_dir or MOMATTN_CACHE to a writable "
+                        "folder") from None
     key = cache_key(source.fingerprint(), tokenizer, split)
     bin_path, meta_path = cache / "tokens" / f"{key}.bin", cache / "tokens" / f"{key}.json"
     if _problem(bin_path, meta_path) is None:

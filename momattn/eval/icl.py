@@ -118,7 +118,10 @@ class IclEvaluator:
         self.split_seed, self.batch_tokens = split_seed, batch_tokens
         self.context = model.config.block_size
         self.start = [tokenizer.eot_id]
-        self.sep = [tokenizer.eot_id] if cfg.separator == "eot" else tokenizer.encode(cfg.separator)
+        try:
+            self.sep = [tokenizer.eot_id] if cfg.separator == "eot" else tokenizer.encode(cfg.separator)
+        except DataError as e:  # a tokenizer that cannot spell it (GINC's word-level one)
+            raise ConfigError(f"icl.separator={cfg.separator!r}: {e}") from None
         self.predictions: list[dict] = []  # one record per test example, seed and k
 
     # -- prompts

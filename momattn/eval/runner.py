@@ -76,12 +76,13 @@ def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cf
         raise ConfigError(f"icl.tasks: {', '.join(text_tasks)} are text tasks, and this checkpoint was trained on GINC "
                           f"(its tokenizer, {tokenizer.name}, knows only the GINC symbols). Score GINC tasks instead: "
                           "icl.tasks=[ginc,ginc_l3,ginc_l8,ginc_ood]")
+    world = ginc_world(run_config.get("data"), ginc_tasks[0].name) if ginc_tasks else None
+    if ginc_tasks:  # after the checkpoint is known to be a GINC one, before the separator is encoded
+        check_separator(ginc_tasks, cfg.icl.separator)
     icl_eval = IclEvaluator(model, tokenizer, cfg.icl, split_seed_of(run_config), cfg.batch_tokens)
     prepared = {t.name: icl_eval.prepare(t) for t in tasks if not isinstance(t, GincTask)}
     ginc_eval = None
     if ginc_tasks:
-        world = ginc_world(run_config.get("data"), ginc_tasks[0].name)
-        check_separator(ginc_tasks, cfg.icl.separator)  # after the checkpoint is known to be a GINC one
         ginc_eval = GincEvaluator(model, tokenizer, cfg.icl, world, cfg.batch_tokens)
         for t in ginc_tasks:
             ginc_eval.k_max_fit(t)

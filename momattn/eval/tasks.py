@@ -283,8 +283,8 @@ def read_jsonl(path: str | Path, where: str) -> list[tuple[int, dict]]:
     """(line number, row) for each non-empty line."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise DataError(f"{where}: file '{path}' does not exist; give the path of a JSONL file "
-                        "(one JSON object a line)")
+        what = "is a folder" if p.is_dir() else "does not exist"
+        raise DataError(f"{where}: '{path}' {what}; give the path of a JSONL file (one JSON object a line)")
     rows = []
     try:
         # -sig: a byte-order mark (Windows editors) is skipped; split on "\n" only: splitlines() also splits on

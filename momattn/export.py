@@ -16,6 +16,7 @@ Needs the [hf] extra: pip install 'momattn[hf]' (transformers, safetensors).
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import sys
@@ -137,8 +138,9 @@ def export(ckpt_path: str, out: str | Path, overwrite: bool = False) -> Path:
     try:
         _write(out, state, config, tokenizer, c.block_size, as_gpt2)
     except OSError as e:
+        fix = "free the space or pick another folder" if e.errno == errno.ENOSPC else "pick a writable folder"
         raise DataError(f"could not write the export to out='{out}': {e}; it is incomplete (no config.json, so "
-                        "nothing loads it); free the space or pick another folder, then export again") from None
+                        f"nothing loads it); {fix}, then export again") from None
     return out
 
 

@@ -276,6 +276,7 @@ def test_bad_input_is_a_clear_error(tmp_path):
         analyze(model, tok, {}, cfg(letters_task(tmp_path), lrs=[1e30]))  # one lr: no selection, still caught
     with pytest.raises(ConfigError, match="lrs="):
         cfg(task, lrs=[-1.0])
+    assert cfg(task, lrs=[1e-2, 1e-3, 1e-2]).lrs == [1e-3, 1e-2]  # a repeated rate was finetuned twice
     # analyze's own keys are named, not the evaluator's it builds on
     for kw, culprit in [({"seed": "abc"}, "seed='abc' must be an int"), ({"dual_check": "off"}, "dual_check='off'"),
                         ({"seed": -3}, "seed=-3 must be an int >= 0"),  # was numpy's ValueError, deep in the draw

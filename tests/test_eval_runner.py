@@ -162,6 +162,8 @@ def test_labels():
 def test_run_evaluate_errors(tmp_path):
     with pytest.raises(ConfigError, match="no checkpoint given"):
         run_evaluate({}, out_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"name .*a.ckpt more than once"):  # scored twice under two labels
+        run_evaluate({"ckpt_path": str(tmp_path / "a.ckpt"), "ckpt_paths": [f"{tmp_path}/./a.ckpt"]}, out_dir=tmp_path)
     with pytest.raises(CheckpointError, match="does not exist"):
         run_evaluate({"ckpt_path": str(tmp_path / "missing.ckpt")}, out_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"unknown key 'ckpt'.*Did you mean 'ckpt_path'"):

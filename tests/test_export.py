@@ -136,7 +136,11 @@ def test_a_failed_overwrite_leaves_no_config_that_would_load_new_weights_as_anot
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ex, "write_tokenizer", disk_full)
-    with pytest.raises(DataError, match="could not write the export to out=.*No space left on device.*no config.json"):
+    with pytest.raises(DataError, match="could not write the export to out=.*No space left on device.*no config.json"
+                                        ".*free the space"):
+        export(tiny_checkpoint(tmp_path / "v.ckpt"), out, overwrite=True)
+    monkeypatch.setattr(ex, "write_tokenizer", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    with pytest.raises(DataError, match="denied; it is incomplete .*; pick a writable folder"):  # not "free the space"
         export(tiny_checkpoint(tmp_path / "v.ckpt"), out, overwrite=True)
     assert not (out / "config.json").exists()  # was: the momentum config over GPT-2 weights, loaded as random
     monkeypatch.setattr(ex, "write_tokenizer", real)

@@ -63,7 +63,7 @@ class AnalyzeConfig:
                                   and x > 0 for x in lrs):
                 raise ConfigError(f"lrs={self.lrs!r} must be a non-empty list of positive numbers, e.g. "
                                   "lrs=[1e-3,1e-2], or null for the paper's grid (1..9 x 1e-1..1e-4)")
-            self.lrs = sorted(float(x) for x in lrs)
+            self.lrs = sorted({float(x) for x in lrs})  # a repeated rate finetuned twice and chose among equals
 
     @property
     def lr_grid(self) -> list[float]:

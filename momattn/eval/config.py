@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from momattn.errors import ConfigError, did_you_mean
@@ -216,7 +217,12 @@ class EvaluateConfig(EvalConfig):
         if not paths:
             raise ConfigError("no checkpoint given: pass ckpt_path=PATH (a .ckpt written by train.py), "
                               "ckpt_paths=[A,B] to compare several, or sweep_dir=MULTIRUN_FOLDER for a sweep")
-        return [str(p) for p in paths]
+        paths = [str(p) for p in paths]
+        same = sorted({p for p in paths if sum(Path(q).expanduser().resolve() == Path(p).expanduser().resolve()
+                                               for q in paths) > 1})
+        if same:  # scored twice, side by side, under two labels
+            raise ConfigError(f"ckpt_path / ckpt_paths name {', '.join(same)} more than once; list each checkpoint once")
+        return paths
 
     def eval_section(self) -> EvalConfig:
         return EvalConfig(ppl=self.ppl, icl=self.icl, batch_tokens=self.batch_tokens)

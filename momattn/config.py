@@ -16,7 +16,9 @@ A misspelled key or a wrong type stops the run at start-up with a message naming
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,10 +146,14 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
         if key in trainer:
             raise ConfigError(f"trainer.{key} is set by momattn, so this value would be ignored; {where}")
     steps = [trainer.get("max_steps"), trainer.get("accumulate_grad_batches", 1)]
-    optional = {k: trainer[k] for k in ("num_nodes", "log_every_n_steps") if trainer.get(k) is not None}
+    optional = {k: trainer[k] for k in ("num_nodes", "log_every_n_steps", "check_val_every_n_epoch")
+                if trainer.get(k) is not None}
     for key, value in {"max_steps": steps[0], "accumulate_grad_batches": steps[1], **optional}.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**62:  # (sampler lengths)
             raise ConfigError(f"trainer.{key}={value!r} must be an integer >= 1")
+    epochs = trainer.get("max_epochs")  # Lightning: null or -1 = no limit (max_steps ends the run)
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs == 0 or epochs < -1):
+        raise ConfigError(f"trainer.max_epochs={epochs!r} must be null, -1 or an integer >= 1 (max_steps ends the run)")
     interval = trainer.get("val_check_interval")  # an int, a float, or a time (Lightning's "DD:HH:MM:SS", a dict)
     if isinstance(interval, bool) or (isinstance(interval, int) and interval < 1) or (
             isinstance(interval, float) and not (0 < interval <= 1 and trainer.get("check_val_every_n_epoch"))):
@@ -295,6 +301,8 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
         if key not in TOP_LEVEL:
             raise ConfigError(f"'{key}' is not a top-level config key.{did_you_mean(key, TOP_LEVEL)}")
     run = typed(RunConfig, {k: v for k, v in raw.items() if k not in SECTIONS}, "")
+    if not 0 <= run.seed < 2**32:  # Lightning's seed_everything raised a ValueError inside training
+        raise ConfigError(f"seed={run.seed} must lie in [0, 2**32 - 1]")
     if run.dist_timeout_s < 1:
         raise ConfigError(f"dist_timeout_s={run.dist_timeout_s}: the seconds to wait for every node must be >= 1")
     attention = typed(AttentionConfig, raw.get("attention"), "attention")
@@ -367,10 +375,27 @@ def _check_cache_dir(c: TrainConfig) -> None:
     failed with NotADirectoryError after the tokenizer had been trained)."""
     own = c.loader.cache_dir and str(c.loader.cache_dir) != str(c.paths.cache_dir)  # not the ${paths.cache_dir}
     key = "data.cache_dir" if own else "paths.cache_dir" if c.paths.cache_dir else "MOMATTN_CACHE"
-    path = c.cache_dir
+    folders = {key: c.cache_dir, "paths.output_dir": Path(c.paths.output_dir).expanduser()}
+    for group, entries, field_ in (("callbacks", c.callbacks, "dirpath"), ("logger", c.logger, "save_dir")):
+        for name, conf in (entries or {}).items():
+            if isinstance(conf, Mapping) and isinstance(conf.get(field_), str):
+                folders[f"{group}.{name}.{field_}"] = Path(conf[field_]).expanduser()
+    for key, path in folders.items():  # each failed inside training (a cache: after the tokenizer was trained)
+        _check_folder(key, path)
+
+
+def _check_folder(key: str, path: Path) -> None:
+    """The folder, or the first of its parents that exists, is a folder that can be written."""
     for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():
-                raise ConfigError(f"{key}='{path}': {p} is a file, not a folder; the token and tokenizer caches need "
-                                  "a folder (or a path where one can be made)")
+                raise ConfigError(f"{key}='{path}': {p} is a file, not a folder; a folder is needed there (or a path "
+                                  "where one can be made)")
+            try:  # a file made and removed there (os.access says yes to root, even in /proc)
+                fd, probe = tempfile.mkstemp(prefix=".momattn-probe-", dir=p)
+                os.close(fd)
+                os.remove(probe)
+            except OSError as e:
+                raise ConfigError(f"{key}='{path}': {p} cannot be written ({e.strerror or e}); choose a writable "
+                                  "folder") from None
             return

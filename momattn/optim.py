@@ -33,7 +33,7 @@ class OptimConfig:
             raise ConfigError(f"optim.schedule='{self.schedule}' is unknown; choose cosine, polynomial or constant")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ConfigError(f"optim.on_nonfinite='{self.on_nonfinite}' is unknown; choose stop or skip")
-        if self.lr <= 0 or self.warmup_steps < 0 or len(self.betas) != 2:
+        if not (math.isfinite(self.lr) and self.lr > 0) or self.warmup_steps < 0 or len(self.betas) != 2:
             raise ConfigError(f"optim: need lr > 0 (got {self.lr}), warmup_steps >= 0 (got {self.warmup_steps}), "
                               f"two betas (got {list(self.betas)})")
         checks = [("min_lr_ratio", self.min_lr_ratio, 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),

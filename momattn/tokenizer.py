@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from momattn.data.sources import DataSource
 
 EOT = "<|endoftext|>"
+MAX_VOCAB = 2**20  # a trained BPE vocabulary (GPT-2: 50,257; the largest common ones: ~256K)
 KINDS = ("bpe", "gpt2", "file", "source")
 
 
@@ -40,9 +41,9 @@ class TokenizerConfig:
         if self.kind not in KINDS:
             raise ConfigError(f"tokenizer.kind='{self.kind}' is unknown.{did_you_mean(self.kind, KINDS)} "
                               f"Choose one of {', '.join(KINDS)}")
-        if self.kind == "bpe" and self.vocab_size < 257:
+        if self.kind == "bpe" and not 257 <= self.vocab_size <= MAX_VOCAB:
             raise ConfigError(f"tokenizer.vocab_size={self.vocab_size} must be > 256 (a byte-level BPE starts "
-                              "with 256 bytes)")
+                              f"with 256 bytes) and <= {MAX_VOCAB:,} (the BPE trainer ran out of memory and aborted)")
         if self.kind == "file" and not self.path:
             raise ConfigError("tokenizer=file needs tokenizer.path=/path/to/tokenizer.json")
 
@@ -199,7 +200,8 @@ def file_tokenizer(path: str) -> Tokenizer:
     """Any tokenizer.json (e.g. saved from a Hugging Face tokenizer)."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise DataError(f"tokenizer.path='{path}' does not exist; pass the path of a tokenizer.json file")
+        what = "is a folder" if p.is_dir() else "does not exist"
+        raise DataError(f"tokenizer.path='{path}' {what}; pass the path of a tokenizer.json file")
     try:
         tok = _HFTokenizer.from_file(str(p))
     except Exception as e:  # tokenizers raises a bare Exception on bad JSON

@@ -125,6 +125,17 @@ def test_wrong_type_names_the_key(tmp_path):
     msg = run_expecting(tmp_path / "typo", [*SMOKE, "+callbacks.model_checkpoint.every_n_step=5"], ConfigError)
     assert msg.startswith("callbacks.model_checkpoint.every_n_step is not an argument of "
                           "momattn.callbacks.ModelCheckpoint. Did you mean 'every_n_train_steps'?"), msg
+    # found by fuzzing train.py's keys: each was a stack trace from inside Lightning, torch or the tokenizers library
+    for override, says in (("seed=-5", "seed=-5 must lie in [0, 2**32 - 1]"),
+                           ("optim.lr=nan", "optim: need lr > 0 (got nan)"),
+                           ("trainer.max_epochs=0", "trainer.max_epochs=0 must be null, -1 or an integer >= 1"),
+                           ("trainer.check_val_every_n_epoch=0", "trainer.check_val_every_n_epoch=0 must be an integer"),
+                           ("trainer.max_steps=4611686018427387904", "trainer.max_steps=4611686018427387904 must be an"),
+                           ("tokenizer.vocab_size=1000000000", "tokenizer.vocab_size=1000000000 must be > 256"),
+                           ("paths.output_dir=/proc/nope", "paths.output_dir='/proc/nope': /proc cannot be written"),
+                           ("callbacks.model_checkpoint.dirpath=/proc/x", "callbacks.model_checkpoint.dirpath='/proc/x'")):
+        msg = run_expecting(tmp_path / "typo", [*SMOKE, override], ConfigError)
+        assert msg.startswith(says), msg
     msg = run_expecting(tmp_path / "typo", [*SMOKE, "+callbacks.foo=bar"], ConfigError)  # not a mapping
     assert msg.startswith("callbacks.foo could not be created"), msg
     # GINC training with the default (text) end-of-run tasks: refused now, not after training
@@ -170,6 +181,14 @@ def test_tokenizer_source_on_a_source_without_one(tmp_path):
     msg = run_expecting(tmp_path, [*SMOKE, "tokenizer=source"], ConfigError)
     assert msg == ("tokenizer=source: the data source StaiccCorpus has no tokenizer of its own (no tokenizer() "
                    "method); choose tokenizer=bpe, gpt2 or file")
+
+
+def test_a_folder_as_the_tokenizer_file_is_called_a_folder(tmp_path):
+    from momattn.errors import DataError
+    from momattn.tokenizer import file_tokenizer
+
+    with pytest.raises(DataError, match=f"tokenizer.path='{tmp_path}' is a folder; pass the path of a tokenizer.json"):
+        file_tokenizer(str(tmp_path))  # it said "does not exist"
 
 
 def test_unknown_top_level_key(tmp_path):

@@ -130,6 +130,11 @@ def check_arguments(conf: Mapping, where: str) -> None:
     for key in conf if known is not None else ():
         if not str(key).startswith("_") and key not in known:  # _target_, _partial_, _recursive_, _convert_
             raise ConfigError(f"{_key(where, key)} is not an argument of {target}.{did_you_mean(str(key), known)}")
+    params = inspect.signature(locate(target, f"{where}._target_")).parameters if known is not None else {}
+    for key, value in conf.items():  # a flag Lightning reads as truthy: enable_progress_bar=maybe ran as true
+        if key in params and params[key].annotation in (bool, bool | None, "bool", "Optional[bool]",
+                                                        "bool | None") and not isinstance(value, bool | None):
+            raise ConfigError(f"{_key(where, key)}={value!r} must be true or false")
 
 
 def instantiate(conf: Mapping, what: str, **kwargs: Any) -> Any:

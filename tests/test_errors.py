@@ -133,7 +133,8 @@ def test_wrong_type_names_the_key(tmp_path):
                            ("trainer.max_steps=4611686018427387904", "trainer.max_steps=4611686018427387904 must be an"),
                            ("tokenizer.vocab_size=1000000000", "tokenizer.vocab_size=1000000000 must be > 256"),
                            ("paths.output_dir=/proc/nope", "paths.output_dir='/proc/nope': /proc cannot be written"),
-                           ("callbacks.model_checkpoint.dirpath=/proc/x", "callbacks.model_checkpoint.dirpath='/proc/x'")):
+                           ("callbacks.model_checkpoint.dirpath=/proc/x", "callbacks.model_checkpoint.dirpath='/proc/x'"),
+                           ("trainer.enable_progress_bar=maybe", "trainer.enable_progress_bar='maybe' must be true or")):
         msg = run_expecting(tmp_path / "typo", [*SMOKE, override], ConfigError)
         assert msg.startswith(says), msg
     msg = run_expecting(tmp_path / "typo", [*SMOKE, "+callbacks.foo=bar"], ConfigError)  # not a mapping

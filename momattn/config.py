@@ -151,6 +151,9 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
     for key, value in {"max_steps": steps[0], "accumulate_grad_batches": steps[1], **optional}.items():
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**62:  # (sampler lengths)
             raise ConfigError(f"trainer.{key}={value!r} must be an integer >= 1")
+    sanity = trainer.get("num_sanity_val_steps")  # Lightning: -1 = every validation batch
+    if sanity is not None and (isinstance(sanity, bool) or not isinstance(sanity, int) or sanity < -1):
+        raise ConfigError(f"trainer.num_sanity_val_steps={sanity!r} must be -1 (all), 0 (none) or a number of batches")
     epochs = trainer.get("max_epochs")  # Lightning: null or -1 = no limit (max_steps ends the run)
     if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs == 0 or epochs < -1):
         raise ConfigError(f"trainer.max_epochs={epochs!r} must be null, -1 or an integer >= 1 (max_steps ends the run)")
@@ -317,6 +320,10 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
     if tokenizer.kind == "source":
         source_tokenizer(source)  # the source has one: checked now, not after the cache is built
     _check_logged("optimized_metric", run.optimized_metric)
+    for name, lg in (raw.get("logger") or {}).items():  # 0 was a ZeroDivisionError at Lightning's first CSV row
+        flush = lg.get("flush_logs_every_n_steps", 1) if isinstance(lg, Mapping) else 1
+        if isinstance(flush, bool) or not isinstance(flush, int) or flush < 1:
+            raise ConfigError(f"logger.{name}.flush_logs_every_n_steps={flush!r} must be an integer >= 1")
     for name, cb in (raw.get("callbacks") or {}).items():  # a typo here failed only at the first validation
         if isinstance(cb, Mapping) and cb.get("monitor") is not None:
             _check_logged(f"callbacks.{name}.monitor", cb["monitor"])

@@ -134,7 +134,9 @@ def test_wrong_type_names_the_key(tmp_path):
                            ("tokenizer.vocab_size=1000000000", "tokenizer.vocab_size=1000000000 must be > 256"),
                            ("paths.output_dir=/proc/nope", "paths.output_dir='/proc/nope': /proc cannot be written"),
                            ("callbacks.model_checkpoint.dirpath=/proc/x", "callbacks.model_checkpoint.dirpath='/proc/x'"),
-                           ("trainer.enable_progress_bar=maybe", "trainer.enable_progress_bar='maybe' must be true or")):
+                           ("trainer.enable_progress_bar=maybe", "trainer.enable_progress_bar='maybe' must be true or"),
+                           ("trainer.num_sanity_val_steps=-5", "trainer.num_sanity_val_steps=-5 must be -1"),
+                           ("logger.csv.flush_logs_every_n_steps=0", "logger.csv.flush_logs_every_n_steps=0 must be an")):
         msg = run_expecting(tmp_path / "typo", [*SMOKE, override], ConfigError)
         assert msg.startswith(says), msg
     msg = run_expecting(tmp_path / "typo", [*SMOKE, "+callbacks.foo=bar"], ConfigError)  # not a mapping

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -28,6 +29,11 @@ class NonFiniteLossError(UserError):
 
 class LaunchError(UserError):
     """Several processes could not meet (a node never joined, the first node unreachable)."""
+
+
+def not_a_file(path: Path) -> str:
+    """Why a path that should name a file does not: 'is a folder' or 'does not exist'."""
+    return "is a folder" if path.is_dir() else "does not exist"
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from momattn.errors import ConfigError, DataError, did_you_mean, first_line
+from momattn.errors import ConfigError, DataError, did_you_mean, first_line, not_a_file
 from momattn.io import atomic_write_text
 
 if TYPE_CHECKING:
@@ -200,8 +200,7 @@ def file_tokenizer(path: str) -> Tokenizer:
     """Any tokenizer.json (e.g. saved from a Hugging Face tokenizer)."""
     p = Path(path).expanduser()
     if not p.is_file():
-        what = "is a folder" if p.is_dir() else "does not exist"
-        raise DataError(f"tokenizer.path='{path}' {what}; pass the path of a tokenizer.json file")
+        raise DataError(f"tokenizer.path='{path}' {not_a_file(p)}; pass the path of a tokenizer.json file")
     try:
         tok = _HFTokenizer.from_file(str(p))
     except Exception as e:  # tokenizers raises a bare Exception on bad JSON

@@ -281,9 +281,9 @@ def check_splits(train_split: str, val_split: str | None) -> None:
                         "text; name another split, or data.val_split=null to hold out part of the training split")
 
 
-def check_seed(seed: int) -> None:
+def check_seed(seed: int, seeds: str = "the train/validation split") -> None:
     if seed < 0:
-        raise DataError(f"data.seed={seed} must be >= 0 (it seeds the train/validation split)")
+        raise DataError(f"data.seed={seed} must be >= 0 (it seeds {seeds})")
 
 
 def folder_files(name: str) -> list:

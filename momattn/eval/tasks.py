@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from momattn.errors import ConfigError, DataError, did_you_mean
+from momattn.errors import ConfigError, DataError, did_you_mean, not_a_file
 from momattn.eval.ginc import GincTask, ginc_task
 from momattn.utils import stable_seed
 
@@ -283,8 +283,7 @@ def read_jsonl(path: str | Path, where: str) -> list[tuple[int, dict]]:
     """(line number, row) for each non-empty line."""
     p = Path(path).expanduser()
     if not p.is_file():
-        what = "is a folder" if p.is_dir() else "does not exist"
-        raise DataError(f"{where}: '{path}' {what}; give the path of a JSONL file (one JSON object a line)")
+        raise DataError(f"{where}: '{path}' {not_a_file(p)}; give the path of a JSONL file (one JSON object a line)")
     rows = []
     try:
         # -sig: a byte-order mark (Windows editors) is skipped; split on "\n" only: splitlines() also splits on
@@ -454,8 +453,7 @@ def read_task_file(path: str | Path) -> dict:
             continue
         data = p.parent / Path(str(entry[key])).expanduser()  # an absolute path (or ~/...) stays as it is
         if not data.is_file():
-            what = "is a folder" if data.is_dir() else "does not exist"
-            raise DataError(f"task file {p}: {key}: '{entry[key]}' {what} (read relative to the task file: "
+            raise DataError(f"task file {p}: {key}: '{entry[key]}' {not_a_file(data)} (read relative to the task file: "
                             f"{data}); give a JSONL file, one example a line")
         entry[key] = str(data.resolve())
     file_task(entry)  # template, answers and demo_fraction checked now, naming the file

@@ -151,12 +151,12 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
     for key, value in {"max_steps": steps[0], "accumulate_grad_batches": steps[1], **optional}.items():
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 2**62:  # (sampler lengths)
             raise ConfigError(f"trainer.{key}={value!r} must be an integer >= 1")
-    sanity = trainer.get("num_sanity_val_steps")  # Lightning: -1 = every validation batch
-    if sanity is not None and (isinstance(sanity, bool) or not isinstance(sanity, int) or sanity < -1):
-        raise ConfigError(f"trainer.num_sanity_val_steps={sanity!r} must be -1 (all), 0 (none) or a number of batches")
-    epochs = trainer.get("max_epochs")  # Lightning: null or -1 = no limit (max_steps ends the run)
-    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs == 0 or epochs < -1):
-        raise ConfigError(f"trainer.max_epochs={epochs!r} must be null, -1 or an integer >= 1 (max_steps ends the run)")
+    for key, ok, says in (("num_sanity_val_steps", lambda v: v >= -1, "-1 (all), 0 (none) or a number of batches"),
+                          ("max_epochs", lambda v: v == -1 or v >= 1,  # -1 or null: no limit
+                           "null, -1 or an integer >= 1 (max_steps ends the run)")):
+        value = trainer.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not ok(value)):
+            raise ConfigError(f"trainer.{key}={value!r} must be {says}")
     interval = trainer.get("val_check_interval")  # an int, a float, or a time (Lightning's "DD:HH:MM:SS", a dict)
     if isinstance(interval, bool) or (isinstance(interval, int) and interval < 1) or (
             isinstance(interval, float) and not (0 < interval <= 1 and trainer.get("check_val_every_n_epoch"))):
@@ -328,9 +328,8 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
         if isinstance(cb, Mapping) and cb.get("monitor") is not None:
             _check_logged(f"callbacks.{name}.monitor", cb["monitor"])
     trainer, max_steps, accumulate = _trainer(raw.get("trainer"))
-    # said now, not at the first training step; the kernels matter where the momentum scan runs: cpu on a CPU
-    if problem := ops.backend_problem(kernel=attention.kind != "vanilla" and (ops.SCAN_BACKEND != "cpu"
-                                                                             or _runs_on_cpu(trainer))):
+    # said now, not at the first training step (a kernel matters only to the momentum kinds' scan)
+    if problem := ops.backend_problem(kernel=attention.kind != "vanilla", on_cpu=_runs_on_cpu(trainer)):
         raise ConfigError(problem)
     loader = typed(LoaderConfig, {k: v for k, v in data.items() if k in LOADER_KEYS}, "data")
     if loader.num_workers and isinstance(source, StreamingHubCorpus):
@@ -373,13 +372,14 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
         logger=raw.get("logger") or {},
         resolved=raw,
     )
-    _check_cache_dir(c)
+    _check_folders(c)
     return c
 
 
-def _check_cache_dir(c: TrainConfig) -> None:
-    """The token and tokenizer cache's folder, or the first of its parents that exists, is a folder (a file there
-    failed with NotADirectoryError after the tokenizer had been trained)."""
+def _check_folders(c: TrainConfig) -> None:
+    """The folders a run writes (the token and tokenizer cache, its output, checkpoint and logger folders) can be
+    made and written: each failed inside training (a file in the cache's place: NotADirectoryError after the
+    tokenizer had been trained)."""
     own = c.loader.cache_dir and str(c.loader.cache_dir) != str(c.paths.cache_dir)  # not the ${paths.cache_dir}
     key = "data.cache_dir" if own else "paths.cache_dir" if c.paths.cache_dir else "MOMATTN_CACHE"
     folders = {key: c.cache_dir, "paths.output_dir": Path(c.paths.output_dir).expanduser()}
@@ -387,7 +387,7 @@ def _check_cache_dir(c: TrainConfig) -> None:
         for name, conf in (entries or {}).items():
             if isinstance(conf, Mapping) and isinstance(conf.get(field_), str):
                 folders[f"{group}.{name}.{field_}"] = Path(conf[field_]).expanduser()
-    for key, path in folders.items():  # each failed inside training (a cache: after the tokenizer was trained)
+    for key, path in folders.items():
         _check_folder(key, path)
 
 

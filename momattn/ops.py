@@ -624,15 +624,15 @@ def _check_backend() -> None:
         raise ValueError(f"momattn.ops.SCAN_BACKEND must be 'auto', 'torch', 'triton' or 'cpu', got {SCAN_BACKEND!r}")
 
 
-def backend_problem(kernel: bool = True) -> str | None:
-    """Why SCAN_BACKEND cannot run here (not a backend, or, with `kernel`, the kernel it names cannot load), or
-    None: train.py says it at start-up instead of at the first training step."""
+def backend_problem(kernel: bool = True, on_cpu: bool = True) -> str | None:
+    """Why SCAN_BACKEND cannot run here (not a backend, or, with `kernel`, the kernel it names cannot load; the CPU
+    kernel only `on_cpu`, where it runs), or None: train.py says it at start-up instead of at the first step."""
     if SCAN_BACKEND not in SCAN_BACKENDS:
         return (f"MOMATTN_SCAN_BACKEND={SCAN_BACKEND!r} is not a scan backend; use auto (the default), torch, "
                 "triton or cpu")
     if not kernel:
         return None
-    if SCAN_BACKEND == "cpu" and cpu_scan.load() is None:
+    if SCAN_BACKEND == "cpu" and on_cpu and cpu_scan.load() is None:
         return ("MOMATTN_SCAN_BACKEND=cpu but the CPU scan kernel cannot be built (see the warning above); install a "
                 "C++ compiler, or unset it (auto uses the matmul scans where the kernel does not build)")
     if SCAN_BACKEND == "triton" and (not torch.cuda.is_available() or _triton_scan() is None):

@@ -123,17 +123,21 @@ def locate(path: str, where: str) -> Any:
 def check_arguments(conf: Mapping, where: str) -> None:
     """Every key of a `_target_` mapping is an argument its target takes: checked before any work (a key added
     with +trainer.precison=... failed only at instantiate, after the tokenizer, the data and the model)."""
-    if not isinstance(conf, Mapping):  # +callbacks.x=y: instantiate says it cannot build a str
+    if not isinstance(conf, Mapping) or not conf.get("_target_"):  # +callbacks.x=y: instantiate says it is a str
         return
-    target = conf.get("_target_")
-    known = known_keys(locate(target, f"{where}._target_")) if target else None
-    for key in conf if known is not None else ():
-        if not str(key).startswith("_") and key not in known:  # _target_, _partial_, _recursive_, _convert_
-            raise ConfigError(f"{_key(where, key)} is not an argument of {target}.{did_you_mean(str(key), known)}")
-    params = inspect.signature(locate(target, f"{where}._target_")).parameters if known is not None else {}
-    for key, value in conf.items():  # a flag Lightning reads as truthy: enable_progress_bar=maybe ran as true
-        if key in params and params[key].annotation in (bool, bool | None, "bool", "Optional[bool]",
-                                                        "bool | None") and not isinstance(value, bool | None):
+    target = locate(conf["_target_"], f"{where}._target_")
+    known = known_keys(target)
+    if known is None:  # **kwargs: anything goes
+        return
+    params = inspect.signature(target).parameters
+    for key, value in conf.items():
+        if str(key).startswith("_"):  # _target_, _partial_, _recursive_, _convert_
+            continue
+        if key not in known:
+            raise ConfigError(f"{_key(where, key)} is not an argument of {conf['_target_']}."
+                              f"{did_you_mean(str(key), known)}")
+        if params[key].annotation in (bool, bool | None, "bool", "Optional[bool]", "bool | None") \
+                and not isinstance(value, bool | None):  # Lightning read enable_progress_bar=maybe as true
             raise ConfigError(f"{_key(where, key)}={value!r} must be true or false")
 
 

@@ -218,8 +218,8 @@ class EvaluateConfig(EvalConfig):
             raise ConfigError("no checkpoint given: pass ckpt_path=PATH (a .ckpt written by train.py), "
                               "ckpt_paths=[A,B] to compare several, or sweep_dir=MULTIRUN_FOLDER for a sweep")
         paths = [str(p) for p in paths]
-        same = sorted({p for p in paths if sum(Path(q).expanduser().resolve() == Path(p).expanduser().resolve()
-                                               for q in paths) > 1})
+        resolved = [Path(p).expanduser().resolve() for p in paths]
+        same = sorted({p for p, r in zip(paths, resolved) if resolved.count(r) > 1})
         if same:  # scored twice, side by side, under two labels
             raise ConfigError(f"ckpt_path / ckpt_paths name {', '.join(same)} more than once; list each checkpoint once")
         return paths

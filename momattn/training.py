@@ -37,6 +37,7 @@ from momattn.data.streaming import StreamingHubCorpus, StreamWindows
 from momattn.errors import (
     CheckpointError,
     ConfigError,
+    DataError,
     DiskFullError,
     LaunchError,
     NonFiniteLossError,
@@ -141,6 +142,8 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
     train, val = _tokens(c, tokenizer, model_config.vocab_size, model_config.block_size)
     dm = TokenDataModule(train, val, model_config.block_size, c.loader.batch_size, c.max_steps, c.accumulate,
                          c.loader.val_batches, c.seed, c.loader.num_workers)
+    if c.run_eval and c.eval and os.environ.get("LOCAL_RANK", "0") == "0":
+        _check_evaluation(c, model, tokenizer)  # a task or length the evaluation cannot take: now, not after training
     meta = checkpoint_meta(model_config, tokenizer, c.resolved, overrides=list(job.overrides))
     lit = LitGPT(model, c.optim, c.max_steps, meta,
                  tokens_per_batch=c.loader.batch_size * model_config.block_size)
@@ -450,6 +453,19 @@ def _evaluated_step(out_dir: Path) -> int | str | None:
     except (OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
         return None
     return "unknown" if step is None else step
+
+
+def _check_evaluation(c: TrainConfig, model: GPT, tokenizer: Tokenizer) -> None:
+    from momattn.eval.runner import check_evaluation
+
+    t0 = time.perf_counter()
+    try:
+        check_evaluation(model, tokenizer, c.resolved, c.eval)
+    except (ConfigError, DataError) as e:
+        raise type(e)(f"the evaluation after training (run_eval=true) cannot run: {str(e).rstrip('.')}. Fix the eval settings, or "
+                      "train without it (run_eval=false) and evaluate later with evaluate.py") from None
+    if (took := time.perf_counter() - t0) > 5:
+        print(f"[momattn] the evaluation's tasks and corpus checked in {took:.0f}s", file=sys.stderr)
 
 
 def _evaluate(c: TrainConfig, model: GPT, tokenizer: Tokenizer, loggers: list, step: int, out_dir: Path) -> None:

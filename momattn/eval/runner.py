@@ -14,7 +14,7 @@ import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from momattn.data import corpus
@@ -32,7 +32,7 @@ from momattn.eval.tasks import resolve_tasks
 from momattn.hardware import resolve_device
 from momattn.io import atomic_write_text, json_text
 
-__all__ = ["evaluate_model", "flat_metrics", "run_evaluate", "write_reports"]
+__all__ = ["check_evaluation", "evaluate_model", "flat_metrics", "run_evaluate", "write_reports"]
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +50,25 @@ def is_ginc_run(run_config: Mapping) -> bool:
     return target.rsplit(".", 1)[-1] == "GincCorpus"
 
 
-def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cfg: Mapping | EvalConfig,
-                   out_dir: str | os.PathLike, label: str, cache_dir: str | None = None) -> ModelResult:
-    """Perplexity and ICL accuracy of one model (write_reports turns a list of these into the reports).
+@dataclass
+class _Plan:
+    """An evaluation checked and loaded, before any scoring: the ICL tasks encoded, the GINC world and the
+    perplexity corpus read."""
+    lengths: list[int]
+    tasks: list
+    icl_eval: IclEvaluator
+    prepared: dict
+    ginc_tasks: list
+    ginc_eval: GincEvaluator | None
+    val: object = None
+    train: object = None
+    data_cfg: dict | None = None
 
-    run_config: the resolved training config (its `data` section names the LM corpus, the split seed and,
-    for GINC, the world the prompts come from); eval_cfg: the `ppl` / `icl` / `batch_tokens` sections
-    (EvalConfig or a mapping); out_dir receives the per-example ICL predictions
-    (icl_predictions_<label>.jsonl)."""
-    cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else EvalConfig.from_mapping(eval_cfg, "eval")
-    run_config = to_plain(run_config) or {}
-    out_dir = Path(out_dir)
-    context = model.config.block_size
-    t0 = time.perf_counter()
-    result = ModelResult(label=label, attention=attention_kind(model), model=describe(model),
-                         tokenizer={"name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
-                         eval_config=asdict(cfg))
-    lengths = cfg.ppl.resolve_lengths(context) if cfg.ppl.enabled else []
+
+def _plan(model: LanguageModel, tokenizer, run_config: dict, cfg: EvalConfig, cache_dir: str | None) -> _Plan:
     # ICL data loaded and checked first: a missing file, an offline hub task or a GINC task on a checkpoint
     # that never saw GINC fails before any scoring
+    lengths = cfg.ppl.resolve_lengths(model.config.block_size) if cfg.ppl.enabled else []
     tasks = resolve_tasks(cfg.icl.tasks) if cfg.icl.enabled else []
     ginc_tasks = [t for t in tasks if isinstance(t, GincTask)]
     text_tasks = [t.name for t in tasks if not isinstance(t, GincTask)]
@@ -86,6 +86,7 @@ def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cf
         ginc_eval = GincEvaluator(model, tokenizer, cfg.icl, world, cfg.batch_tokens)
         for t in ginc_tasks:
             ginc_eval.k_max_fit(t)
+    plan = _Plan(lengths, tasks, icl_eval, prepared, ginc_tasks, ginc_eval)
     if cfg.ppl.enabled:
         data_cfg = merge_data(run_config.get("data") or {}, cfg.ppl.data)
         if not data_cfg.get("source") and not data_cfg.get("_target_"):
@@ -93,19 +94,50 @@ def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cf
                             "validation corpus is unknown; pass ppl.data={source: text_files, paths: [val.txt]} "
                             "or turn perplexity off with ppl.enabled=false")
         cache_dir = cache_dir or data_cfg.get("cache_dir")
-        val = corpus.load_tokens(data_cfg, tokenizer, "val", cache_dir)
-        train = corpus.load_tokens(data_cfg, tokenizer, "train", cache_dir) if cfg.ppl.train else None
+        plan.data_cfg = data_cfg
+        plan.val = corpus.load_tokens(data_cfg, tokenizer, "val", cache_dir)
+        plan.train = corpus.load_tokens(data_cfg, tokenizer, "train", cache_dir) if cfg.ppl.train else None
+    return plan
+
+
+def check_evaluation(model: LanguageModel, tokenizer, run_config: Mapping, eval_cfg: Mapping | EvalConfig,
+                     cache_dir: str | None = None) -> None:
+    """Everything evaluate_model checks before scoring (tasks found and encoded against the model's context,
+    perplexity lengths, the LM corpus read), without scoring: train.py calls it before training, so that a
+    setting the evaluation cannot take fails at start-up, not after hours of training."""
+    cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else EvalConfig.from_mapping(eval_cfg, "eval")
+    _plan(model, tokenizer, to_plain(run_config) or {}, cfg, cache_dir)
+
+
+def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cfg: Mapping | EvalConfig,
+                   out_dir: str | os.PathLike, label: str, cache_dir: str | None = None) -> ModelResult:
+    """Perplexity and ICL accuracy of one model (write_reports turns a list of these into the reports).
+
+    run_config: the resolved training config (its `data` section names the LM corpus, the split seed and,
+    for GINC, the world the prompts come from); eval_cfg: the `ppl` / `icl` / `batch_tokens` sections
+    (EvalConfig or a mapping); out_dir receives the per-example ICL predictions
+    (icl_predictions_<label>.jsonl)."""
+    cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else EvalConfig.from_mapping(eval_cfg, "eval")
+    run_config = to_plain(run_config) or {}
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    result = ModelResult(label=label, attention=attention_kind(model), model=describe(model),
+                         tokenizer={"name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
+                         eval_config=asdict(cfg))
+    plan = _plan(model, tokenizer, run_config, cfg, cache_dir)
+    if cfg.ppl.enabled:
         evaluator = PerplexityEvaluator(model, tokenizer, cfg.ppl.max_windows, cfg.batch_tokens)
-        result.ppl = evaluator.evaluate(val, lengths, train)
-        result.ppl.data = data_cfg
+        result.ppl = evaluator.evaluate(plan.val, plan.lengths, plan.train)
+        result.ppl.data = plan.data_cfg
         result.timing_s["ppl"] = time.perf_counter() - t0
     if cfg.icl.enabled:
         t1 = time.perf_counter()
-        done = icl_eval.evaluate_tasks(list(prepared.values()))
+        icl_eval, ginc_eval = plan.icl_eval, plan.ginc_eval
+        done = icl_eval.evaluate_tasks(list(plan.prepared.values()))
         if ginc_eval is not None:
-            done.update(ginc_eval.evaluate_tasks(ginc_tasks))
-        result.icl = icl_result(cfg.icl, {t.name: done[t.name] for t in tasks}, icl_eval.split_seed,
-                                GINC_PROTOCOL if ginc_tasks else None)
+            done.update(ginc_eval.evaluate_tasks(plan.ginc_tasks))
+        result.icl = icl_result(cfg.icl, {t.name: done[t.name] for t in plan.tasks}, icl_eval.split_seed,
+                                GINC_PROTOCOL if plan.ginc_tasks else None)
         predictions = icl_eval.predictions + (ginc_eval.predictions if ginc_eval else [])
         atomic_write_text(out_dir / f"icl_predictions_{slug(label)}.jsonl", "".join(json_text(p) + "\n"
                                                                                   for p in predictions))

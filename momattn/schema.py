@@ -136,9 +136,35 @@ def check_arguments(conf: Mapping, where: str) -> None:
         if key not in known:
             raise ConfigError(f"{_key(where, key)} is not an argument of {conf['_target_']}."
                               f"{did_you_mean(str(key), known)}")
-        if params[key].annotation in (bool, bool | None, "bool", "Optional[bool]", "bool | None") \
-                and not isinstance(value, bool | None):  # Lightning read enable_progress_bar=maybe as true
-            raise ConfigError(f"{_key(where, key)}={value!r} must be true or false")
+        if (allowed := _choices(params[key].annotation)) is not None and not any(
+                value is a or (type(value) is type(a) and value == a) for a in allowed):
+            # Lightning read enable_progress_bar=maybe (or deterministic=maybe, save_last=maybe) as true
+            raise ConfigError(f"{_key(where, key)}={value!r} must be {_one_of(allowed)}")
+
+
+def _choices(annotation: Any) -> tuple | None:
+    """The values an argument typed with bool, None and Literal only can take (bool | Literal['warn'] | None:
+    (True, False, 'warn', None)); None for any other type. Literal-only ones without bool (Trainer.precision) are
+    left to their own checks."""
+    names = {"bool": bool, "Optional[bool]": bool | None, "bool | None": bool | None}
+    annotation = names.get(annotation, annotation) if isinstance(annotation, str) else annotation
+    out: list = []
+    for part in typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
+            else (annotation,):
+        if part is bool:
+            out += [True, False]
+        elif part is type(None):
+            out.append(None)
+        elif typing.get_origin(part) is typing.Literal:
+            out += typing.get_args(part)
+        else:
+            return None
+    return tuple(out) if True in out else None
+
+
+def _one_of(allowed: tuple) -> str:
+    words = ["true or false" if a is True else "null" if a is None else repr(a) for a in allowed if a is not False]
+    return ", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0]
 
 
 def instantiate(conf: Mapping, what: str, **kwargs: Any) -> Any:

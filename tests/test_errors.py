@@ -135,9 +135,18 @@ def test_wrong_type_names_the_key(tmp_path):
                            ("paths.output_dir=/proc/nope", "paths.output_dir='/proc/nope': /proc cannot be written"),
                            ("callbacks.model_checkpoint.dirpath=/proc/x", "callbacks.model_checkpoint.dirpath='/proc/x'"),
                            ("trainer.enable_progress_bar=maybe", "trainer.enable_progress_bar='maybe' must be true or"),
+                           ("trainer.deterministic=maybe", "trainer.deterministic='maybe' must be true or false, "
+                                                            "'warn' or null"),
+                           ("callbacks.model_checkpoint.save_last=maybe", "callbacks.model_checkpoint.save_last='maybe' "
+                                                                          "must be true or false, 'link' or null"),
                            ("trainer.num_sanity_val_steps=-5", "trainer.num_sanity_val_steps=-5 must be -1"),
-                           ("logger.csv.flush_logs_every_n_steps=0", "logger.csv.flush_logs_every_n_steps=0 must be an")):
-        msg = run_expecting(tmp_path / "typo", [*SMOKE, override], ConfigError)
+                           ("logger.csv.flush_logs_every_n_steps=0", "logger.csv.flush_logs_every_n_steps=0 must be an"),
+                           # W&B's own rules (a UsageError trace when the run started, after the data was built)
+                           ("logger=wandb logger.wandb.project=a/b", "logger.wandb.project='a/b': W&B refuses it: "
+                                                                      "Invalid project name 'a/b'"),
+                           ("logger=wandb tags=[" + "t" * 65 + "]", "logger.wandb.tags=['ttt"),
+                           ("logger=wandb logger.wandb.id=a:b", "logger.wandb.id='a:b': W&B refuses it: Run ID")):
+        msg = run_expecting(tmp_path / "typo", [*SMOKE, *override.split()], ConfigError)
         assert msg.startswith(says), msg
     msg = run_expecting(tmp_path / "typo", [*SMOKE, "+callbacks.foo=bar"], ConfigError)  # not a mapping
     assert msg.startswith("callbacks.foo could not be created"), msg
@@ -368,6 +377,15 @@ def test_checkpoint_with_wrong_shapes(tmp_path, trained):
 def test_eval_section_is_checked_at_start_up(tmp_path):
     msg = run_expecting(tmp_path, [*SMOKE, "run_eval=true", "+eval.icl.shotz=[0]"], ConfigError)
     assert "eval.icl.shotz" in msg and "Did you mean 'shots'?" in msg
+
+
+def test_an_evaluation_the_model_cannot_take_fails_before_training(tmp_path):
+    # block_size=2: no sst2 answer fits; it failed after training, with the trained run's evaluation lost
+    msg = run_expecting(tmp_path, [*SMOKE, "run_eval=true", "eval.icl.tasks=[trec]", "eval.ppl.enabled=false",
+                                   "model.block_size=2"], DataError)
+    assert msg.startswith("the evaluation after training (run_eval=true) cannot run: ICL task 'trec'")
+    assert "longer than the model's context of 2 tokens" in msg and "run_eval=false" in msg
+    assert not (tmp_path / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("run_dir,expected", [("/proc/momattn-x", "No such file or directory"),

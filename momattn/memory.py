@@ -17,6 +17,7 @@ the LM head's (4 B T d + 4 V d) instead of 12 B T V. The estimate is meant to be
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +43,16 @@ def n_params(model_config) -> int:
 
     from momattn.model import GPT
 
-    with torch.device("meta"):
-        return sum(p.numel() for p in GPT(model_config).parameters())
+    def count(n_layer: int) -> int:
+        with torch.device("meta"):
+            return sum(p.numel() for p in GPT(dataclasses.replace(model_config, n_layer=n_layer)).parameters())
+
+    if model_config.n_layer <= 2:
+        return count(model_config.n_layer)
+    # the blocks are alike: two small models give the count of any depth (building 100000 blocks, even on the meta
+    # device, took minutes before the memory check could refuse them)
+    one, two = count(1), count(2)
+    return one + (model_config.n_layer - 1) * (two - one)
 
 
 def bytes_per_value(precision: str) -> tuple[int, int]:
@@ -118,6 +127,10 @@ def check_fits(model_config, batch_size: int, precision: str, accelerator: str |
             fix = ("Most of it is the weights and AdamW's state, which a smaller batch cannot free: shard them with "
                    "trainer=fsdp over more devices, or train a smaller model" if not sharded else
                    "Most of it is the weights and AdamW's state: shard them over more devices, or train a smaller model")
+        elif (one := estimate_train_memory(model_config, 1, precision, blocked_loss=not on_gpu,
+                                           shards=world if sharded else 1)).total * procs > have:
+            fix = (f"Even data.batch_size=1 needs {one.describe()}: train a smaller model (model.n_layer, "
+                   "model.n_embd) or a shorter context (model.block_size)")
         else:
             fix = ("Lower data.batch_size (and raise trainer.accumulate_grad_batches to keep the tokens per step) or "
                    "model.block_size" + (", or set model.dropout=0 (off CUDA, attention with dropout keeps the "
@@ -126,6 +139,7 @@ def check_fits(model_config, batch_size: int, precision: str, accelerator: str |
             f"the first training step needs {need.describe()}{f' x {procs} processes' if procs > 1 else ''}"
             f"{f' (states sharded over {world})' if sharded and world > 1 else ''}, but "
             f"this machine has {have / GIB:.1f} GiB of {where} (model.block_size={model_config.block_size}, "
-            f"data.batch_size={batch_size}, model.n_embd={model_config.n_embd}, vocabulary {model_config.vocab_size})."
+            f"data.batch_size={batch_size}, model.n_layer={model_config.n_layer}, model.n_embd={model_config.n_embd}, "
+            f"vocabulary {model_config.vocab_size})."
             f" {fix}")
     return need

@@ -432,6 +432,20 @@ def test_the_memory_check_counts_fsdp_shards_and_names_the_fix_that_frees_the_st
     assert shard.states == need.states // 2 + gathered  # and the largest unit whole, with its gradient
 
 
+def test_a_model_too_deep_for_any_batch_is_refused_at_once_and_says_to_shrink_it(monkeypatch):
+    import momattn.memory
+    from momattn.model import GPT, AttentionConfig, GPTConfig
+
+    for kind in ("vanilla", "momentum", "multirate_ema"):  # the count from two small models is exact at any depth
+        cfg = GPTConfig(vocab_size=100, block_size=16, n_layer=5, n_embd=32, attention=AttentionConfig(kind=kind))
+        assert momattn.memory.n_params(cfg) == sum(p.numel() for p in GPT(cfg).parameters())
+    # 100000 layers: building them (on the meta device) to count them took minutes before the check could refuse
+    monkeypatch.setattr(momattn.memory, "available_memory", lambda device="cpu": 2**30)
+    with pytest.raises(ConfigError, match=r"model.n_layer=100000.* Even data.batch_size=1 needs ~.* train a smaller "
+                                          r"model \(model.n_layer, model.n_embd\)"):
+        momattn.memory.check_fits(GPTConfig(n_layer=100000), 8, "32-true", "cpu")
+
+
 @pytest.mark.parametrize("blocked,shape", [
     (False, "block_size=2048, n_layer=2, n_embd=256"), (True, "block_size=2048, n_layer=2, n_embd=256"),
     # off CUDA, attention with dropout keeps (B, H, T, T) matrices: 14x the estimate that left them out

@@ -149,6 +149,15 @@ def test_perplexity_needs_a_corpus(tmp_path, tokenizer):
         evaluate_model(model, tok, {"data": DATA}, {"ppl": {"lengths": [128]}}, tmp_path, "v")
 
 
+def test_a_batch_below_the_context_is_noted(tmp_path, tokenizer, capsys):
+    model, tok = load_checkpoint(make_checkpoint(tmp_path / "m.ckpt", "vanilla", tokenizer))
+    cfg = {"ppl": {"max_windows": 1, "lengths": [64], "train": False}, "icl": {"enabled": False}}
+    for batch_tokens, noted in ((63, True), (64, False)):
+        evaluate_model(model, tok, {"data": DATA}, {**cfg, "batch_tokens": batch_tokens}, tmp_path, "v")
+        err = capsys.readouterr().err
+        assert (f"batch_tokens={batch_tokens} is below the model's context of 64 tokens" in err) is noted, err
+
+
 def test_labels():
     paths, kinds = ["x/a/last.ckpt", "y/a/last.ckpt", "v.ckpt"], ["momentum", "momentum", "vanilla"]
     assert checkpoint_labels(paths, kinds) == ["momentum [x/a/last]", "momentum [y/a/last]", "vanilla"]

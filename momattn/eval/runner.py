@@ -125,6 +125,10 @@ def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cf
                          tokenizer={"name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
                          eval_config=asdict(cfg))
     plan = _plan(model, tokenizer, run_config, cfg, cache_dir)
+    if cfg.batch_tokens < model.config.block_size:
+        print(f"[momattn] note: batch_tokens={cfg.batch_tokens} is below the model's context of "
+              f"{model.config.block_size} tokens, so every sequence is scored in a batch of its own (slow; the "
+              "default is 4096, or more on a GPU)", file=sys.stderr, flush=True)
     if cfg.ppl.enabled:
         evaluator = PerplexityEvaluator(model, tokenizer, cfg.ppl.max_windows, cfg.batch_tokens)
         result.ppl = evaluator.evaluate(plan.val, plan.lengths, plan.train)

@@ -207,7 +207,11 @@ def test_bytes_written_in_cat_v_notation_compare_equal_to_the_characters():
     # Subj writes "exposM-i" and "M-^E" where MR / SST-5 write "exposé" and an ellipsis: one text, not two
     assert normalize("as social exposM-i , skins") == normalize("as social exposé, skins") == "associalexposeskins"
     assert normalize("filmmaking M-^E because") == normalize("filmmaking \x85 because") == "filmmakingbecause"
-    assert normalize_many(["M-i", "caf\u00e9 M-^E"]) == ["e", "cafe"]
+    assert normalize_many(["expoM-i", "caf\u00e9 M-^E"]) == ["expoe", "cafe"]
+    # only there: AGNews and TREC write ordinary "IBM-Lenovo", "RAM-based", "M-16", "200M-Free" (they read
+    # "ibienovo", "raaased", "6", "200æree", and no longer matched "IBM Lenovo" and the like)
+    assert normalize_many(["IBM-Lenovo", "RAM-based", "an M-16", "200M-Free"]) == normalize_many(
+        ["IBM Lenovo", "RAM based", "an M16", "200M Free"]) == ["ibmlenovo", "rambased", "anm16", "200mfree"]
 
 
 def test_the_check_fails_on_the_lm_text_of_the_old_filter():

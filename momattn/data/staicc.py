@@ -143,13 +143,14 @@ def _entity(m: re.Match) -> str:
     return (c if c.isascii() else _letters(c)) or " "
 
 
-# StaICC's Subj, AGNews and TREC rows write some bytes in `cat -v` notation ("exposM-i" for exposé, "M-^E" for
-# an ellipsis), where MR and SST write the characters: decoded (as windows-1252) so that both spellings agree
-_CAT_V = re.compile(r"M-(\^?)([\x01-\x7f])")
+# StaICC's Subj rows write some bytes in `cat -v` notation ("exposM-i" for exposé, "M-^E" for an ellipsis), where
+# MR and SST write the characters: decoded (as windows-1252) so that both spellings agree. Only the caret form and
+# an M- inside a lower-case word: AGNews and TREC write ordinary "IBM-Lenovo", "RAM-based", "M-16", "200M-Free"
+_CAT_V = re.compile(r"M-\^([\x01-\x7f])|(?<=[a-z])M-([\x01-\x7f])")
 
 
 def _cat_v(m: re.Match) -> str:
-    c = ord(m.group(2))
+    c = ord(m.group(1) or m.group(2))
     c = 0x80 | ((c ^ 0x40) if m.group(1) else c)
     ch = bytes([c]).decode("cp1252", errors="replace")
     return (ch if ch.isascii() else _letters(ch)) or " "

@@ -128,7 +128,7 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
         text = " ".join(line.strip() for line in str(e).splitlines() if line.strip() and "hydra.cc/docs" not in line)
         raise ConfigError(f"the command line does not parse: {text} (Hydra's override grammar: "
                           "https://hydra.cc/docs/advanced/override_grammar/basic/)") from None
-    groups, choices, keys, adds, deletes = _groups(), [], [], [], []
+    groups, choices, keys, adds, deletes, settings = _groups(), [], [], [], [], []
     for o in parsed:
         name = o.key_or_group
         if name.startswith("hydra") or o.is_force_add():
@@ -153,6 +153,8 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
             choices.append(f"{name}={values[0]}" if o.is_sweep_override() or not o.input_line else o.input_line)
         else:
             keys.append(name)
+            if not o.is_sweep_override() and o.input_line:
+                settings.append((name, o))
     cfg = _compose(config_name, choices) if keys or adds or deletes else None
     if cfg is None:  # nothing to check, or composition problems (reported by Hydra itself)
         return
@@ -164,6 +166,28 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
                               f"(or ++{line[1:]} to set it whether or not it exists)")
     for key, line in deletes:
         _check_key(cfg, key, hint=f"{line} deletes a key, which must exist")  # names the missing part
+    _check_shapes(settings, cfg)
+
+
+def _check_shapes(settings: list, cfg) -> None:
+    """A mapping given to a list (eval.icl.tasks={a:1}) or a list to a section (eval.icl=[1]) refused with one
+    line: Hydra's own merge error exits 1 in its multi-line format (other mismatches reach the typed checks)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    for key, o in settings:
+        try:
+            value = o.value()
+            node = OmegaConf.select(cfg, key, throw_on_missing=False)
+        except Exception:  # an interpolation or anything else Hydra judges itself
+            continue
+        if isinstance(node, ListConfig) and isinstance(value, dict):
+            shapes = "a list and the value is a mapping"
+        elif isinstance(node, DictConfig) and isinstance(value, list):
+            shapes = "a section and the value is a list"
+        else:
+            continue
+        raise ConfigError(f"{o.input_line}: {key} is {shapes}; a list is written [a,b], and a section's keys are "
+                          "set one by one (key.sub=value)")
 
 
 def _override_key(o: str) -> str:

@@ -67,6 +67,15 @@ def test_adding_a_key_that_exists_or_deleting_one_that_does_not_is_one_line():
         check_overrides("train", ["attention=momentum", "+attention.eta=0.3"])
     with pytest.raises(ConfigError, match="'paths.output_dir' exists already"):  # a ${hydra:...} value, never read
         check_overrides("train", ["+paths.output_dir=/tmp/x"])
+    # a mapping given to a list, a list to a section: Hydra's "Cannot merge DictConfig with ListConfig", exit 1
+    with pytest.raises(ConfigError, match=r"^eval.icl.tasks=\{a:1\}: eval.icl.tasks is a list and the value is a "
+                                          r"mapping; a list is written \[a,b\]"):
+        check_overrides("train", ["trainer.max_steps=3", "eval.icl.tasks={a:1}"])
+    with pytest.raises(ConfigError, match=r"^ppl=\[1\]: ppl is a section and the value is a list"):
+        check_overrides("evaluate", ["ppl=[1]"])
+    for fine in (["eval.icl.tasks=[sst2]", "eval.icl={enabled:false}", "eval.icl.tasks=null", "model.n_layer=2"],
+                 ["paths.output_dir=/tmp/x"]):
+        check_overrides("train", fine)
 
 
 def run_expecting(tmp_path, overrides, error=UserError):

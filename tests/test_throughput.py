@@ -166,3 +166,30 @@ def test_a_peak_record_that_cannot_be_written_is_skipped(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert recorded_peak_flops(blocker / "cpu_peak_flops.json", "k", 3e9) == (3e9, 1)  # parent is a file
+
+
+@pytest.mark.parametrize("name,precision,lightning_peak,expected", [
+    ("NVIDIA H200", "bf16-mixed", None, 989e12),  # not in Lightning's table: momattn's dense datasheet figure
+    ("NVIDIA H100 80GB HBM3", "bf16-true", 1979e12, 989e12),  # Lightning's is the sparse figure
+    ("Tesla T4", "16-mixed", 65e12, 65e12),  # unknown to momattn: Lightning's
+    ("NVIDIA H200", "32-true", 67e12, 67e12)])  # fp32: Lightning's (momattn's table is bf16 and fp16)
+def test_on_cuda_mfu_is_against_the_datasheet_peak(monkeypatch, name, precision, lightning_peak, expected):
+    # the CUDA branch of setup, run without a GPU: the device name and Lightning's table are stand-ins
+    from types import SimpleNamespace
+
+    import lightning.pytorch.callbacks.throughput_monitor as tm
+
+    monkeypatch.setattr(tm, "get_available_flops", lambda device, dtype: lightning_peak)
+    monkeypatch.setattr(tm, "_plugin_to_compute_dtype", lambda plugin: precision_dtype(precision))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0)), precision=precision,
+                              precision_plugin=None, enable_validation=True, world_size=1,
+                              state=SimpleNamespace(stage=RunningStage.TRAINING))
+    m = Throughput(batch_size_fn=len, window_size=3)
+    m.setup(trainer, None, "fit")
+    assert m.available_flops == expected and Throughput.peak_note is None  # no CPU matmul measured
+    t = compat.stage_throughputs(m)[RunningStage.TRAINING]
+    for i in range(1, 5):  # 1 % of the peak per second
+        t.update(time=float(i), batches=i, samples=4 * i, lengths=64 * i, flops=expected / 100)
+    s = throughput_summary(m)
+    assert s["peak_flops_per_sec"] == expected and s["mfu"] == pytest.approx(0.01)

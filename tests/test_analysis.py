@@ -227,13 +227,20 @@ def cfg(task=None, **kw):
 
 
 @pytest.mark.parametrize("kind", ["vanilla", "momentum"])
-def test_text_task_end_to_end(tmp_path, kind):
+def test_text_task_end_to_end(tmp_path, kind, capsys):
     from momattn.analysis.report import markdown, write_reports
 
     model = tiny_gpt(kind, vocab=128, block_size=96)
-    res = analyze(model.train(), CharTokenizer(), {}, cfg(letters_task(tmp_path)))
+    select = 4 if kind == "vanilla" else 1000  # more than the pool holds: said, not silently fewer
+    res = analyze(model.train(), CharTokenizer(), {}, cfg(letters_task(tmp_path), select_examples=select))
     assert res.n_test == 8 and res.kind == "choice" and set(res.acc) == {"zsl", "icl", "ft"}
-    assert res.lr in (1e-2, 1e-1) and set(res.lr_selection) == {"0.01", "0.1"} and res.n_select == 4
+    assert res.lr in (1e-2, 1e-1) and set(res.lr_selection) == {"0.01", "0.1"}
+    err = capsys.readouterr().err
+    if kind == "vanilla":
+        assert res.n_select == 4 and "4 held-out rows to choose one\n" in err
+    else:  # the file's 20-row demonstration pool less the 4 demonstrations
+        assert res.n_select == 16 and ("16 held-out rows to choose one (select_examples=1000: no more are usable "
+                                       "beside the 4 demonstrations)") in err
     assert len(res.simaou_ft.per_layer) == 2 and -1 <= res.simam_after.mean <= 1
     assert res.dual["linear_attention_max_rel_err"] < 1e-12
     write_reports(res, tmp_path)

@@ -258,9 +258,12 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
             aset = text_set(model, tokenizer, task, cfg, split_seed_of(run_config))
     eps, eot = aset.test, aset.eot
     labels = np.asarray([e.label for e in eps])
+    asked = cfg.select_examples if aset.kind == "choice" else cfg.select_prompts
+    short = (f" (select_{'examples' if aset.kind == 'choice' else 'prompts'}={asked}: no more are usable beside "
+             f"the {aset.k} demonstrations)" if len(cfg.lr_grid) > 1 and len(aset.select) < asked else "")
     print(f"[momattn] analysing {aset.task} ({aset.kind}, k={aset.k}): {len(eps)} test examples, "
-          f"{len(cfg.lr_grid)} learning rate(s), {len(aset.select)} held-out rows to choose one", file=sys.stderr,
-          flush=True)
+          f"{len(cfg.lr_grid)} learning rate(s), {len(aset.select)} held-out rows to choose one{short}",
+          file=sys.stderr, flush=True)
     with timer("capture_zsl_icl"):
         # the zero-shot prompt [eot] + query through the same path as the FT and random-update captures (GINC:
         # whole rows, no shared prefix), so that a zero update gives SimAOU 0 exactly

@@ -165,9 +165,12 @@ def _unreadable(path, e: Exception | str) -> CheckpointError:
 
 def _check_structure(ckpt: Any, path) -> None:
     """What the rest of momattn reads from a checkpoint, checked once with a message naming the bad entry."""
-    if not isinstance(ckpt, dict) or "momattn" not in ckpt or "state_dict" not in ckpt:
+    if not isinstance(ckpt, dict) or "momattn" not in ckpt:
         raise CheckpointError(f"'{path}' is a PyTorch file but not a momattn checkpoint (no 'momattn' entry); "
                               "pass a .ckpt written by train.py")
+    if "state_dict" not in ckpt:
+        raise CheckpointError(f"checkpoint '{path}' has no 'state_dict' entry (no weights); pass a .ckpt written by "
+                              "train.py")
     meta, state = ckpt["momattn"], ckpt["state_dict"]
     bad = None
     if not isinstance(meta, dict):
@@ -211,9 +214,14 @@ def read_checkpoint(path: str | os.PathLike, verify: bool = False) -> dict:
     """The raw checkpoint dict, loaded without running any code, with a clear error for a missing, truncated,
     foreign, code-carrying or malformed file. verify: also check every byte against the zip's CRC-32s (where the
     weights will be used: a resume, a model load; not for reading the metadata)."""
+    if not isinstance(path, str | os.PathLike) or not str(path).strip():  # ckpt_path=123 / true / [a]: not a path
+        raise CheckpointError(f"ckpt_path={path!r} is not a path; pass the path of a .ckpt written by train.py")
     p = Path(path).expanduser()
     if not p.exists():
         raise CheckpointError(f"checkpoint '{path}' does not exist; pass the path of a .ckpt written by train.py")
+    if not p.is_dir() and not p.is_file():  # a FIFO or /dev/zero: reading it would wait, or never end
+        raise CheckpointError(f"checkpoint '{path}' is not a regular file; pass the path of a .ckpt written by "
+                              "train.py")
     if p.is_dir() and not (p / SHARDED_META).is_file():
         found = sorted(p.glob("*.ckpt")) or sorted(p.glob("checkpoints/*.ckpt"))
         last = [f for f in found if f.name == "last.ckpt"]
@@ -272,6 +280,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         load_state_into(model, model_state(ckpt), path)
     except RuntimeError as e:  # shape mismatch
         raise CheckpointError(f"checkpoint '{path}' does not fit its own model config: {str(e).splitlines()[0]}") from e
+    if bad := next((k for k, v in model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()),
+                   None):  # a run that diverged is stopped before saving: such weights were damaged elsewhere
+        raise CheckpointError(f"checkpoint '{path}' holds non-finite weights (nan or inf in {bad}); its model "
+                              "cannot be used. Take an earlier checkpoint of the run")
     tokenizer = checkpoint_tokenizer(meta, path)
     if tokenizer.n_ids > model.config.vocab_size:
         raise CheckpointError(f"checkpoint '{path}': tokenizer has {tokenizer.n_ids} ids but the model only "

@@ -267,6 +267,27 @@ def test_load_checkpoint_round_trip_and_an_old_file_without_a_tokenizer_name(tmp
     assert load_checkpoint(tmp_path / "old.ckpt")[1].name == "tokenizer"
 
 
+def test_paths_that_are_no_checkpoint_file_and_damaged_weights_are_one_line_errors(tmp_path, tokenizer):
+    # found by fuzzing generate.py, analyze.py and export: tracebacks, hangs, a wrong culprit, silent NaN output
+    for path in (123, True, ["a"], " "):  # ckpt_path=123: a TypeError from pathlib
+        with pytest.raises(CheckpointError, match=r"^ckpt_path=.* is not a path"):
+            read_checkpoint(path)
+    os.mkfifo(tmp_path / "fifo.ckpt")  # zipfile.is_zipfile waited for a writer forever
+    for path in (tmp_path / "fifo.ckpt", "/dev/zero"):
+        with pytest.raises(CheckpointError, match="is not a regular file"):
+            read_checkpoint(path)
+    model = _save(tmp_path / "w.ckpt", tokenizer)
+    raw = torch.load(tmp_path / "w.ckpt", weights_only=True)
+    torch.save({k: v for k, v in raw.items() if k != "state_dict"}, tmp_path / "nostate.ckpt")
+    with pytest.raises(CheckpointError, match="has no 'state_dict' entry"):  # it said: no 'momattn' entry
+        read_checkpoint(tmp_path / "nostate.ckpt")
+    raw["state_dict"]["model.blocks.0.mlp.c_fc.weight"][0, 0] = float("nan")  # valid CRCs, a NaN inside
+    torch.save(raw, tmp_path / "nan.ckpt")
+    with pytest.raises(CheckpointError, match=r"holds non-finite weights \(nan or inf in blocks.0.mlp.c_fc.weight\)"):
+        load_checkpoint(tmp_path / "nan.ckpt")
+    assert load_checkpoint(tmp_path / "w.ckpt")[0].config == model.config
+
+
 def test_load_state_into_accepts_a_state_without_the_tied_head_and_names_what_is_missing(tokenizer):
     from momattn.checkpoint import load_state_into
 

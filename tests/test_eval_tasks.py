@@ -61,6 +61,10 @@ def test_labels_outside_the_answer_set_are_an_error(tmp_path, label):
 
 def test_missing_file_bad_json_and_missing_label_are_errors(tmp_path):
     entry = {"name": "m", "template": "{text}:", "answers": ["x", "y"]}
+    # a misspelt key of an inline mapping (task files refused theirs): the default was used without a word
+    with pytest.raises(ConfigError, match=r"^icl.tasks entry 'm': unknown key 'demo_fracton'. Did you mean "
+                                          r"'demo_fraction'\?"):
+        file_task({**entry, "path": "t.jsonl", "demo_fracton": 0.9})
     with pytest.raises(DataError, match="does not exist"):
         file_task({**entry, "path": str(tmp_path / "nope.jsonl")}).load(0)
     with pytest.raises(DataError, match=f"'{tmp_path}' is a folder; give the path of a JSONL file"):  # not "does not exist"

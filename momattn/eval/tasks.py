@@ -368,6 +368,9 @@ def file_task(entry: Mapping, key: str = "icl.tasks") -> IclTask:
                           "answers: [Negative, Positive]}")
     name, path = str(entry["name"]), str(entry["path"])
     who = f"task file {entry['task_file']}" if entry.get("task_file") else f"{key} entry '{name}'"
+    if unknown := [k for k in entry if k not in (*TASK_FILE_KEYS, "task_file")]:  # demo_fracton=0.9 was ignored
+        raise ConfigError(f"{who}: unknown key '{unknown[0]}'.{did_you_mean(str(unknown[0]), TASK_FILE_KEYS)} "
+                          f"Keys: {', '.join(TASK_FILE_KEYS)}")
     demo_path = entry.get("demo_path")
     try:
         demo_fraction = float(entry.get("demo_fraction", 0.5))

@@ -38,6 +38,7 @@ from momattn.model import AttentionConfig, GPTConfig
 from momattn.optim import OptimConfig
 from momattn.schema import typed
 from momattn.tokenizer import TokenizerConfig, source_tokenizer
+from momattn.wandb_runs import check_wandb_names
 
 
 @dataclass
@@ -297,30 +298,6 @@ def _mps_available() -> bool:
     return torch.backends.mps.is_available()
 
 
-# W&B's own checks of the run's names (wandb.Settings), by the logger key that sets each
-_WANDB_SETTINGS = {"project": "project", "entity": "entity", "name": "run_name", "group": "run_group",
-                   "tags": "run_tags", "id": "run_id"}
-
-
-def _check_wandb(name: str, lg: Mapping) -> None:
-    """A W&B project, tags or run id that W&B would refuse (project=a/b, a tag over 64 characters), refused now:
-    W&B raised it from deep inside its settings when the run started, after the data was built."""
-    import wandb
-
-    for key, setting in _WANDB_SETTINGS.items():
-        value = lg.get(key)
-        if value is None:
-            continue
-        try:
-            wandb.Settings(**{setting: tuple(value) if key == "tags" else value})
-        except Exception as e:  # wandb's UsageError, or pydantic's ValidationError (its message's last line)
-            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-            why = next((ln for ln in lines if ln.startswith("Value error, ")), lines[0] if lines else type(e).__name__)
-            why = re.sub(r"^Value error, | \[type=.*$", "", why)
-            hint = " (by default the run's top-level tags=)" if key == "tags" else ""
-            raise ConfigError(f"logger.{name}.{key}={value!r}{hint}: W&B refuses it: {why}") from None
-
-
 def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
     """The composed config, resolved once and checked section by section, or a ConfigError naming the culprit."""
     raw = _resolve(cfg)
@@ -349,7 +326,7 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
         if isinstance(flush, bool) or not isinstance(flush, int) or flush < 1:
             raise ConfigError(f"logger.{name}.flush_logs_every_n_steps={flush!r} must be an integer >= 1")
         if isinstance(lg, Mapping) and "wandb" in str(lg.get("_target_", "")).lower():
-            _check_wandb(name, lg)
+            check_wandb_names(lg, f"logger.{name}")
     for name, cb in (raw.get("callbacks") or {}).items():  # a typo here failed only at the first validation
         if isinstance(cb, Mapping) and cb.get("monitor") is not None:
             _check_logged(f"callbacks.{name}.monitor", cb["monitor"])

@@ -1,16 +1,47 @@
 """W&B runs outside Lightning (evaluate.py's and analyze.py's), with train.py's rules: offline by default,
 WANDB_MODE wins over the config (disabled: no run), and online falls back to offline when W&B cannot be reached.
-Imports neither Lightning nor wandb until a run starts."""
+Imports neither Lightning nor wandb until a run starts (or its names are checked, at start-up)."""
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from momattn.errors import ConfigError, first_line
+
+# W&B's own checks of a run's names (wandb.Settings), by the logger key that sets each
+_WANDB_SETTINGS = {"project": "project", "entity": "entity", "name": "run_name", "group": "run_group",
+                   "tags": "run_tags", "id": "run_id"}
+
+
+def check_wandb_names(cfg: Mapping, where: str = "logger.wandb", tags: Any = None) -> None:
+    """A W&B project, name, group, tags or run id that W&B would refuse (project=a/b, a tag over 64 characters,
+    tags=5), refused now with the key: W&B raised it from deep inside its settings when the run started, after the
+    work. tags: the entry point's top-level tags, where they are passed apart from `cfg`."""
+    values = {k: cfg.get(k) for k in _WANDB_SETTINGS} | ({"tags": tags} if tags is not None else {})
+    key_of = {k: f"{where}.{k}" for k in _WANDB_SETTINGS} | ({"tags": "tags"} if tags is not None else {})
+    t = values["tags"]
+    if t is not None and (isinstance(t, str) or not isinstance(t, list | tuple)
+                          or not all(isinstance(x, str) for x in t)):  # tags=abc became the tags a, b, c
+        raise ConfigError(f"{key_of['tags']}={t!r} must be a list of texts, e.g. tags=[baseline,eta0.9]")
+    import wandb
+
+    for key, setting in _WANDB_SETTINGS.items():
+        value = values[key]
+        if value is None:
+            continue
+        try:
+            wandb.Settings(**{setting: tuple(value) if key == "tags" else value})
+        except Exception as e:  # wandb's UsageError, or pydantic's ValidationError (its message's last line)
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            why = next((ln for ln in lines if ln.startswith("Value error, ")), lines[0] if lines else type(e).__name__)
+            why = re.sub(r"^Value error, | \[type=.*$", "", why)
+            hint = " (by default the run's top-level tags=)" if key_of[key] != "tags" and key == "tags" else ""
+            raise ConfigError(f"{key_of[key]}={value!r}{hint}: W&B refuses it: {why}") from None
 
 
 def wandb_api_key_found() -> bool:

@@ -289,7 +289,10 @@ def test_bad_input_is_a_clear_error(tmp_path):
                         ({"seed": -3}, "seed=-3 must be an int >= 0"),  # was numpy's ValueError, deep in the draw
                         ({"test_seed": -1}, "test_seed=-1 must be an int >= 0"),
                         ({"task": ["a", "b"]}, "must be one task"),
-                        ({"logger": {"csv": {}}}, "logger=csv is not supported by analyze.py")]:  # was ignored
+                        ({"logger": {"csv": {}}}, "logger=csv is not supported by analyze.py"),  # was ignored
+                        # W&B took tags=abc as the tags a, b, c; a/b was a UsageError after the whole analysis
+                        ({"logger": {"wandb": {}}, "tags": "abc"}, "tags='abc' must be a list of texts"),
+                        ({"logger": {"wandb": {"project": "a/b"}}}, "logger.wandb.project='a/b': W&B refuses it")]:
         with pytest.raises(ConfigError, match=culprit):
             cfg(**{"task": task, **kw})
     with pytest.raises(ConfigError, match=r"^task: unknown task 'sst3'"):

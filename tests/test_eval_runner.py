@@ -190,6 +190,12 @@ def test_settings_a_command_line_gets_wrong_are_named_or_read_as_meant(tmp_path)
     # `icl.separator="\n\n"` arrives as backslash-n text: a line break, as in task templates
     assert EvalConfig.from_mapping({"icl": {"separator": "\\n\\n"}}).icl.separator == "\n\n"
     assert EvaluateConfig(ckpt_paths="runs/x/last.ckpt").checkpoint_paths() == ["runs/x/last.ckpt"]
+    # found by fuzzing: a TypeError from pathlib, or W&B's UsageError, after the whole evaluation
+    for kw, culprit in [({"cache_dir": 5}, "cache_dir=5 must be a path"), ({"sweep_dir": ["a"]}, "sweep_dir=.* must be"),
+                        ({"logger": {"wandb": {"project": "a/b"}}}, "logger.wandb.project='a/b': W&B refuses it"),
+                        ({"logger": {"wandb": {}}, "tags": 5}, "tags=5 must be a list of texts")]:
+        with pytest.raises(ConfigError, match=culprit):
+            EvaluateConfig(**{"ckpt_path": "x.ckpt", **kw})
     for device, culprit in [("gpu", "device='gpu' is not a device"), ("tpu", "is not a device"),
                             ("meta", "device=meta is not supported")]:
         with pytest.raises(ConfigError, match=culprit):

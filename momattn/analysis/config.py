@@ -51,7 +51,7 @@ class AnalyzeConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be an int >= 0 (it seeds numpy's "
                                   "generator of the demonstrations and test rows)")
         check_bool("dual_check", self.dual_check)
-        check_logger(self.logger, "analyze.py")  # logger=csv was accepted and logged nothing
+        check_logger(self.logger, "analyze.py", self.tags)  # logger=csv was accepted and logged nothing
         if not isinstance(self.separator, str) or not self.separator:
             raise ConfigError(f"separator={self.separator!r} must be 'eot' or a non-empty text such as '\\n\\n'")
         if not isinstance(self.task, str | Mapping):

@@ -154,7 +154,7 @@ def log_wandb(r, out_dir: Path, wandb_cfg: Mapping, tags: Sequence[str] = ()) ->
         return False
     from momattn.wandb_runs import start_run
 
-    run = start_run(out_dir, wandb_cfg, "the analysis", job_type="analyze", tags=list(tags),
+    run = start_run(out_dir, wandb_cfg, "the analysis", job_type="analyze", tags=list(tags or []),
                     name=f"{r.task}-{r.attention}", config={"checkpoint": r.checkpoint, "lr": r.lr, "shots": r.shots})
     if run is None:
         return False

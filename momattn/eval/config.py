@@ -43,8 +43,9 @@ def check_bool(name: str, value: Any) -> None:
         raise ConfigError(f"{name}={value!r} must be true or false")
 
 
-def check_logger(logger: Any, entry: str) -> None:
-    """evaluate.py and analyze.py log to W&B or nowhere (their tables are their files): logger=csv is refused."""
+def check_logger(logger: Any, entry: str, tags: Any = None) -> None:
+    """evaluate.py and analyze.py log to W&B or nowhere (their tables are their files): logger=csv is refused.
+    With W&B: its names and the entry point's tags as W&B will check them, before the work."""
     if logger is not None and not isinstance(logger, Mapping):
         raise ConfigError(f"logger={logger!r}: choose logger=none or logger=wandb (a config group)")
     other = [k for k in (logger or {}) if k != "wandb"]
@@ -52,8 +53,9 @@ def check_logger(logger: Any, entry: str) -> None:
         raise ConfigError(f"logger={other[0]} is not supported by {entry}; use logger=none or wandb")
     wandb_cfg = (logger or {}).get("wandb")
     if isinstance(wandb_cfg, Mapping):  # before the work, not after it
-        from momattn.wandb_runs import require_api_key, wandb_offline
+        from momattn.wandb_runs import check_wandb_names, require_api_key, wandb_offline
 
+        check_wandb_names(wandb_cfg, "logger.wandb", tags=tags)
         if wandb_offline(wandb_cfg.get("offline", True)) is False:
             require_api_key()
 
@@ -207,7 +209,11 @@ class EvaluateConfig(EvalConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        check_logger(self.logger, "evaluate.py")
+        for name in ("ckpt_path", "sweep_dir", "cache_dir"):  # cache_dir=5: a TypeError from pathlib, after loading
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"{name}={value!r} must be a path")
+        check_logger(self.logger, "evaluate.py", self.tags)
 
     def checkpoint_paths(self) -> list[str]:
         paths = self.ckpt_paths or []

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from momattn.errors import CheckpointError, DataError
+from momattn.errors import CheckpointError, ConfigError, DataError
 from momattn.model import GPT, AttentionConfig, GPTConfig
 from momattn.tokenizer import Tokenizer
 
@@ -181,8 +181,15 @@ def _check_structure(ckpt: Any, path) -> None:
         bad = "its 'momattn.model_config' entry is missing or not a dict with an 'attention' dict"
     elif not isinstance(meta.get("tokenizer"), str):
         bad = "its 'momattn.tokenizer' entry is missing or not a tokenizer.json string"
+    elif not isinstance(meta["model_config"]["attention"].get("kind"), str):
+        bad = "its 'momattn.model_config.attention' entry has no 'kind' (vanilla, momentum, ...)"
     elif not isinstance(meta.get("config", {}), dict):
         bad = f"its 'momattn.config' entry is of type {type(meta['config']).__name__}, not the run's config dict"
+    elif not isinstance((meta.get("config") or {}).get("data") or {}, dict):
+        bad = f"its run config's 'data' entry is of type {type(meta['config']['data']).__name__}, not a dict"
+    elif (seed := ((meta.get("config") or {}).get("data") or {}).get("split_seed")) is not None and (
+            not isinstance(seed, int) or isinstance(seed, bool)):  # evaluate.py's ValueError from int('abc')
+        bad = f"its run config's data.split_seed is {seed!r}, not an integer"
     elif "global_step" in ckpt and (not isinstance(ckpt["global_step"], int) or isinstance(ckpt["global_step"], bool)):
         bad = f"its 'global_step' entry is {ckpt['global_step']!r}, not an integer"
     elif not isinstance(state, dict):
@@ -254,6 +261,9 @@ def model_config_from(meta: dict, path: str | os.PathLike | None = None) -> GPTC
     except TypeError as e:  # a field this momattn does not know (or lacks a required one)
         raise CheckpointError(f"checkpoint '{path or '?'}' has a model config this momattn cannot build ({e}); "
                               "it was written by another momattn version") from e
+    except ConfigError as e:  # a value GPTConfig refuses (block_size=0): the checkpoint's, not the command line's
+        raise CheckpointError(f"checkpoint '{path or '?'}' has a model config this momattn cannot build ({e}); "
+                              "the checkpoint is damaged or was not written by train.py") from None
 
 
 def model_state(ckpt: dict) -> dict:
@@ -278,8 +288,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     model = GPT(model_config_from(meta, path))
     try:
         load_state_into(model, model_state(ckpt), path)
-    except RuntimeError as e:  # shape mismatch
-        raise CheckpointError(f"checkpoint '{path}' does not fit its own model config: {str(e).splitlines()[0]}") from e
+    except RuntimeError as e:  # shape mismatch: torch's first line only says "Error(s) in loading state_dict"
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if ln.startswith("size mismatch")), lines[-1] if lines else type(e).__name__)
+        raise CheckpointError(f"checkpoint '{path}' does not fit its own model config: {why}") from e
     if bad := next((k for k, v in model.state_dict().items() if v.is_floating_point() and not v.isfinite().all()),
                    None):  # a run that diverged is stopped before saving: such weights were damaged elsewhere
         raise CheckpointError(f"checkpoint '{path}' holds non-finite weights (nan or inf in {bad}); its model "

@@ -69,7 +69,7 @@ def test_the_entry_points_refuse_it_with_one_line_and_exit_2(tmp_path, script, a
     assert not (tmp_path / "ran").exists()
 
 
-META = {"format": 1, "model_config": {"attention": {}}, "tokenizer": "{}"}
+META = {"format": 1, "model_config": {"attention": {"kind": "vanilla"}}, "tokenizer": "{}"}
 
 
 @pytest.mark.parametrize("ckpt,says", [
@@ -81,6 +81,14 @@ META = {"format": 1, "model_config": {"attention": {}}, "tokenizer": "{}"}
     ({"state_dict": {}, "momattn": {"format": 9}}, "has format 9"),
     ({"state_dict": {}, "momattn": {**META, "config": "lr=1"}}, "'momattn.config' entry is of type str"),
     ({"state_dict": {}, "momattn": META, "global_step": "9"}, "'global_step' entry is '9', not an integer"),
+    # found by fuzzing evaluate.py: a KeyError, an AttributeError and int('abc') from inside the evaluation
+    ({"state_dict": {}, "momattn": {**META, "model_config": {"attention": {}}}},
+     "'momattn.model_config.attention' entry has no 'kind'"),
+    ({"state_dict": {}, "momattn": {**META, "model_config": {"attention": {"kind": "momentum"}, "block_size": 0}}},
+     "(model.block_size=0 must be >= 1); the checkpoint is damaged"),  # it read as a command-line error
+    ({"state_dict": {}, "momattn": {**META, "config": {"data": [1]}}}, "run config's 'data' entry is of type list"),
+    ({"state_dict": {}, "momattn": {**META, "config": {"data": {"split_seed": "abc"}}}},
+     "data.split_seed is 'abc', not an integer"),
 ])
 def test_a_loadable_file_with_the_wrong_structure_gets_a_clear_error(tmp_path, ckpt, says):
     torch.save(ckpt, tmp_path / "odd.ckpt")
@@ -90,7 +98,7 @@ def test_a_loadable_file_with_the_wrong_structure_gets_a_clear_error(tmp_path, c
 
 
 def test_an_unknown_model_config_field_is_a_checkpoint_error(tmp_path):
-    meta = {"format": 1, "model_config": {"attention": {}, "n_wings": 2}, "tokenizer": "{}"}
+    meta = {"format": 1, "model_config": {"attention": {"kind": "vanilla"}, "n_wings": 2}, "tokenizer": "{}"}
     torch.save({"state_dict": {}, "momattn": meta}, tmp_path / "future.ckpt")
     with pytest.raises(CheckpointError, match="checkpoint '.*future.ckpt' has a model config .*n_wings"):
         load_checkpoint(tmp_path / "future.ckpt")

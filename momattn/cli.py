@@ -147,7 +147,11 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
             except Exception:  # glob(...) and other sweeps that Hydra expands itself
                 continue
             for v in values:
-                if v not in groups[name] and v != "null":
+                if v == "null":  # Hydra: "ValueError: Config group override must be a string ...", a traceback
+                    off = f"{name}=none" if "none" in groups[name] else f"~{name} (to leave it out)"
+                    raise ConfigError(f"{name}=null: a config group takes one of its options, or {off}. "
+                                      f"Options: {', '.join(groups[name])}")
+                if v not in groups[name]:
                     raise ConfigError(f"{name}={v} is not an option of the config group '{name}'."
                                       f"{did_you_mean(v, groups[name])} Options: {', '.join(groups[name])}")
             choices.append(f"{name}={values[0]}" if o.is_sweep_override() or not o.input_line else o.input_line)

@@ -67,6 +67,11 @@ def test_adding_a_key_that_exists_or_deleting_one_that_does_not_is_one_line():
         check_overrides("train", ["attention=momentum", "+attention.eta=0.3"])
     with pytest.raises(ConfigError, match="'paths.output_dir' exists already"):  # a ${hydra:...} value, never read
         check_overrides("train", ["+paths.output_dir=/tmp/x"])
+    # group=null: Hydra's "ValueError: Config group override must be a string or a list", a traceback
+    with pytest.raises(ConfigError, match=r"^logger=null: a config group takes one of its options, or logger=none"):
+        check_overrides("train", ["logger=null"])
+    with pytest.raises(ConfigError, match=r"^debug=null: .* or ~debug \(to leave it out\)"):
+        check_overrides("train", ["debug=null"])
     # a mapping given to a list, a list to a section: Hydra's "Cannot merge DictConfig with ListConfig", exit 1
     with pytest.raises(ConfigError, match=r"^eval.icl.tasks=\{a:1\}: eval.icl.tasks is a list and the value is a "
                                           r"mapping; a list is written \[a,b\]"):

@@ -193,9 +193,11 @@ def test_settings_a_command_line_gets_wrong_are_named_or_read_as_meant(tmp_path)
     # found by fuzzing: a TypeError from pathlib, or W&B's UsageError, after the whole evaluation
     for kw, culprit in [({"cache_dir": 5}, "cache_dir=5 must be a path"), ({"sweep_dir": ["a"]}, "sweep_dir=.* must be"),
                         ({"logger": {"wandb": {"project": "a/b"}}}, "logger.wandb.project='a/b': W&B refuses it"),
-                        ({"logger": {"wandb": {}}, "tags": 5}, "tags=5 must be a list of texts")]:
+                        ({"logger": {"wandb": {}}, "tags": 5}, "tags=5 must be a list of texts"),
+                        # ppl=null meant every default, perplexity on: the opposite of what it reads as
+                        ({"ppl": None}, r"^ppl=null: ppl is a section; to turn it off write ppl.enabled=false")]:
         with pytest.raises(ConfigError, match=culprit):
-            EvaluateConfig(**{"ckpt_path": "x.ckpt", **kw})
+            EvaluateConfig.from_mapping({"ckpt_path": "x.ckpt", **kw})
     for device, culprit in [("gpu", "device='gpu' is not a device"), ("tpu", "is not a device"),
                             ("meta", "device=meta is not supported")]:
         with pytest.raises(ConfigError, match=culprit):

@@ -247,6 +247,10 @@ def build(cls, data: Mapping | None, where: str = ""):
             raise ConfigError(f"unknown key '{name}'.{did_you_mean(key, fields)} "
                               f"Valid keys here: {', '.join(fields)}")
         sub = _dataclass_type(fields[key])
+        if sub is not None and value is None:  # ppl=null read as "all defaults, enabled", the opposite of meant
+            raise ConfigError(f"{name}=null: {name} is a section; to turn it off write {name}.enabled=false"
+                              if "enabled" in {f.name for f in dataclasses.fields(sub)} else
+                              f"{name}=null: {name} is a section; set its keys one by one ({name}.key=value)")
         kwargs[key] = build(sub, value, name) if sub is not None else to_plain(value)
     return cls(**kwargs)
 

@@ -11,7 +11,7 @@ from conftest import run_cli, strict_json
 from momattn.checkpoint import checkpoint_meta, load_checkpoint
 from momattn.data import corpus
 from momattn.data.staicc import read_staicc
-from momattn.errors import CheckpointError, ConfigError
+from momattn.errors import CheckpointError, ConfigError, DataError
 from momattn.eval.results import ModelResult
 from momattn.eval.runner import (
     checkpoint_labels,
@@ -137,6 +137,24 @@ def test_run_evaluate_side_by_side_with_disambiguated_labels(tmp_path, tokenizer
     assert [r.label for r in results] == ["vanilla", "momentum [a/last]", "momentum [b/last]"]
     assert results[1].checkpoint == str(a)
     assert "momentum [b/last]" in (tmp_path / "run" / "results.md").read_text()
+
+
+def test_every_checkpoint_is_checked_before_any_is_scored(tmp_path, tokenizer, monkeypatch):
+    import momattn.eval.runner as runner
+
+    ok = make_checkpoint(tmp_path / "ok.ckpt", "vanilla", tokenizer)
+    raw = torch.load(ok, weights_only=True)  # the same model claiming a 2-token context: no trec answer fits
+    raw["momattn"]["model_config"]["block_size"] = 2
+    raw["state_dict"]["model.wpe.weight"] = raw["state_dict"]["model.wpe.weight"][:2]
+    torch.save(raw, tmp_path / "short.ckpt")
+    scored = []
+    monkeypatch.setattr(runner, "evaluate_model", lambda *a, **k: scored.append(a) or pytest.fail("scored"))
+    cfg = {"ckpt_paths": [str(ok), str(tmp_path / "short.ckpt")], "device": "cpu",
+           "icl": {"tasks": ["trec"], "shots": [0], "max_examples": 4}, "ppl": {"enabled": False}}
+    with pytest.raises(DataError, match=r"^checkpoint '.*short.ckpt' \(vanilla \[short\]\): ICL task 'trec': an "
+                                        r"answer .* longer than the model's context of 2 tokens"):
+        run_evaluate(cfg, out_dir=tmp_path / "run")
+    assert not scored  # the first was not scored before the second failed
 
 
 def test_perplexity_needs_a_corpus(tmp_path, tokenizer):

@@ -258,6 +258,19 @@ def _train_run_id(checkpoint: str | None) -> str | None:
         return None
 
 
+def _check_one(path, label: str, meta: dict, conf: EvaluateConfig) -> None:
+    from types import SimpleNamespace
+
+    from momattn.checkpoint import checkpoint_tokenizer, model_config_from
+
+    stand_in = SimpleNamespace(config=model_config_from(meta, path))  # all that the preparation reads of a model
+    try:
+        check_evaluation(stand_in, checkpoint_tokenizer(meta, path), dict(meta.get("config") or {}),
+                         conf.eval_section(), conf.cache_dir)
+    except (ConfigError, DataError) as e:
+        raise type(e)(f"checkpoint '{path}' ({label}): {e}") from None
+
+
 def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list[ModelResult]:
     """evaluate.py: every checkpoint in cfg evaluated with the same settings; reports in the run folder.
     With sweep_dir: the sweep's verdict (momattn.eval.sweep), sweep.md / sweep.json in the run folder."""
@@ -288,6 +301,10 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
         steps.append(ckpt.get("global_step"))  # an int (read_checkpoint checks it), or None: into results.json
         del ckpt
     labels = checkpoint_labels(paths, [m["model_config"]["attention"]["kind"] for m in metas])
+    if len(paths) > 1:  # each one's tasks, lengths and corpus checked before any is scored (a GINC checkpoint
+        # among text ones failed after the first had been scored); the config and tokenizer suffice, no weights
+        for path, meta, label in zip(paths, metas, labels):
+            _check_one(path, label, meta, conf)
     results: list[ModelResult] = []
     for path, meta, label, step in zip(paths, metas, labels, steps):
         log.info("evaluating %s (%s) on %s", path, label, device)

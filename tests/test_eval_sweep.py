@@ -313,8 +313,13 @@ def test_own_settings_never_compare_runs_evaluated_differently_and_nothing_is_dr
     for n, (kind, seed, extra) in enumerate([("vanilla", 1, four), ("momentum", 1, four), ("vanilla", 2, two),
                                              ("momentum", 2, two), ("vanilla", 1, four)]):
         job(sweep, n, kind, seed, tokenizer, extra=extra)
+    # a job whose own eval: section cannot be read (a key since renamed) is listed as failed; it ended the sweep
+    job(sweep, 5, "vanilla", 3, tokenizer, extra={"eval": {"icl": {**EVAL["icl"], "shotz": [0]}}})
     with caplog.at_level("WARNING", logger="momattn.eval.sweep"):
         summaries = run_sweep(sweep, EvalConfig.from_mapping(EVAL), tmp_path / "out", "cpu", own_settings=True)
+    failed = json.loads((tmp_path / "out" / "sweep.json").read_text())["failed"]
+    assert failed == [failed[0]] and failed[0].startswith("5 (its own end-of-run eval settings cannot be used: "
+                                                          "unknown key 'eval.icl.shotz'")
     assert len(summaries) == 2 and all(len(s.differs) == 1 and "eval settings" in s.differs for s in summaries)
     assert all(row["ppl@32"]["n"] == 1 for s in summaries for row in s.rows.values())  # one seed each, never pooled
     assert "same attention (vanilla) and seed (1) in one setting; the second is left out" in caplog.text

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from momattn.errors import ConfigError
+from momattn.errors import ConfigError, DataError
 from momattn.eval.config import EvalConfig, to_plain
 from momattn.eval.results import ModelResult
 from momattn.io import atomic_write_text, json_text, save_figure
@@ -557,7 +557,13 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
     settings: dict[str, dict] = {}
     for r in list(runs):
         name = str(r.job.relative_to(sweep_dir))
-        cfg = run_settings(r, eval_cfg) if own_settings else eval_cfg
+        try:
+            cfg = run_settings(r, eval_cfg) if own_settings else eval_cfg
+        except ConfigError as e:  # an old run's eval: section (a key since renamed): that job, not the sweep
+            failed.append(f"{name} (its own end-of-run eval settings cannot be used: {e}; pass the settings on "
+                          "the command line, e.g. icl.tasks=[...], to evaluate every job with them)")
+            runs.remove(r)
+            continue
         settings[name] = asdict(cfg)
         r.result = reusable(r.job, cfg, r.step)
         r.reused = r.result is not None
@@ -570,14 +576,17 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
                 runs.remove(r)
                 settings.pop(name)
                 continue
-            r.result = evaluate_model(model, tokenizer, r.config, cfg, out / "jobs" / name, r.attention,
-                                      cache_dir=cache_dir)
+            try:
+                r.result = evaluate_model(model, tokenizer, r.config, cfg, out / "jobs" / name, r.attention,
+                                          cache_dir=cache_dir)
+            except (ConfigError, DataError) as e:  # which job, where a sweep holds several kinds of run
+                raise type(e)(f"sweep job {name} ({r.path}): {e}") from None
             r.result.checkpoint, r.result.step = str(r.path), r.step
             atomic_write_text(out / "jobs" / name / "results.json",
                               json_text(results_document([r.result]), indent=2) + "\n")
             del model
     if not runs:
-        raise CheckpointError(f"no checkpoint of sweep_dir='{sweep_dir}' could be read: {'; '.join(failed)}")
+        raise CheckpointError(f"no run of sweep_dir='{sweep_dir}' could be evaluated: {'; '.join(failed)}")
     if own_settings:  # runs evaluated under different protocols are never compared: their settings split
         keys = {id(r): digest(settings[str(r.job.relative_to(sweep_dir))])[:8] for r in runs}
         by_setting: dict[str, set] = defaultdict(set)

@@ -7,6 +7,7 @@ gets one message with the closest valid name (`attention=momentun` -> "did you m
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import sys
@@ -368,6 +369,22 @@ def folder_holds_a_run(folder: Path, held: list[Path], key: str, sweep: bool = F
                        f"otherwise), or train in another folder ({key}=...), or delete that folder first")
 
 
+_UNWRITABLE = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some of your quota",
+               errno.EROFS: "choose a writable folder (hydra.run.dir=...)",
+               errno.EACCES: "choose a writable folder (hydra.run.dir=...)",
+               errno.EISDIR: "move the folder that is in the way", errno.ENOTDIR: "move the file that is in the way"}
+
+
+def unwritable(e: OSError) -> UserError | None:
+    """A write refused by the filesystem (full disk, read-only, a folder where a file goes), as one line naming
+    the file; None for any other OSError. Files are written atomically: those written before it are complete."""
+    if e.errno not in _UNWRITABLE or not (e.filename or e.filename2):
+        return None
+    where = e.filename2 or e.filename
+    return UserError(f"cannot write {where}: {e.strerror}; {_UNWRITABLE[e.errno]} and run it again (the files "
+                     "written before it are complete)")
+
+
 def report(e: UserError, hydra: bool = True) -> None:
     hint = "\n(set HYDRA_FULL_ERROR=1 for the full traceback)" if hydra else ""
     print(f"\nerror: {e}{hint}", file=sys.stderr, flush=True)
@@ -441,7 +458,12 @@ def hydra_main(config_name: str):
             keep_freed_memory()  # no page faults on every step's re-allocated tensors (glibc)
             with run_log():
                 try:
-                    return fn(cfg)
+                    try:
+                        return fn(cfg)
+                    except OSError as e:  # a report or table that cannot be written, after the work
+                        if (err := unwritable(e)) is None:
+                            raise
+                        raise err from None
                 except UserError as e:
                     if os.environ.get("HYDRA_FULL_ERROR") == "1":
                         raise

@@ -522,3 +522,18 @@ def test_the_memory_estimate_takes_each_precisions_bytes_and_the_exact_parameter
     est = momattn.memory.estimate_train_memory(cfg, 2, precision)
     assert est.states == 4 * state_bytes * n  # 64-true needed twice, bf16-true half the fp32 estimate
     assert est.activations * 4 == fp32.activations * act_bytes
+
+
+def test_a_report_that_cannot_be_written_is_one_line_naming_the_file():
+    # evaluate.py's results.json on a full disk, or with a folder in its place: an OSError traceback after the work
+    import errno
+
+    from momattn.cli import unwritable
+
+    full = unwritable(OSError(errno.ENOSPC, "No space left on device", "/runs/x/.results.json.tmp"))
+    assert str(full) == ("cannot write /runs/x/.results.json.tmp: No space left on device; free some space and run "
+                         "it again (the files written before it are complete)")
+    in_the_way = OSError(errno.EISDIR, "Is a directory", "/runs/x/.tmp", None, "/runs/x/results.json")
+    assert str(unwritable(in_the_way)).startswith("cannot write /runs/x/results.json: Is a directory; move the folder")
+    assert unwritable(OSError(errno.EIO, "I/O error", "/x")) is None  # anything else stays a traceback
+    assert unwritable(OSError(errno.ENOSPC, "No space left on device")) is None  # no file named: not a write of ours

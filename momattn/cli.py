@@ -496,7 +496,8 @@ def hydra_main(config_name: str):
                 check_overrides(config_name, given)
                 if config_name == "train" and not info:
                     check_fresh_folder(given, multirun=multirun)
-                if config_name != "generate" and not info:  # sampling writes no files (hydra.output_subdir: null)
+                # sampling writes no files (hydra.output_subdir: null, run.dir: .), but Hydra makes a folder given
+                if not info and (config_name != "generate" or _last(given, "hydra.run.dir") is not None):
                     check_output_dir(given, multirun=multirun)
             except UserError as e:
                 report(e)

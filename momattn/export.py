@@ -173,8 +173,10 @@ def parse_args(argv: list[str]) -> dict:
                               "Usage: python -m momattn.export ckpt_path=PATH out=DIR [overwrite=true]")
         args[key] = value
     for key in ("ckpt_path", "out"):
-        if not args.get(key):
+        if key not in args:
             raise ConfigError(f"missing {key}=...; usage: python -m momattn.export ckpt_path=PATH out=DIR")
+        if not args[key].strip():  # out=" " wrote a folder named by a space
+            raise ConfigError(f"{key}={args[key]!r} is empty; usage: python -m momattn.export ckpt_path=PATH out=DIR")
     if args.get("overwrite", "false").lower() not in ("true", "false"):
         raise ConfigError(f"overwrite={args['overwrite']} must be true or false")
     args["overwrite"] = args.get("overwrite", "false").lower() == "true"

@@ -81,6 +81,8 @@ def test_refusals_and_arguments(tmp_path):
         parse_args(["ckpt_path=a", "outt=x"])
     with pytest.raises(ConfigError, match="missing out="):
         parse_args(["ckpt_path=a"])
+    with pytest.raises(ConfigError, match=r"^out=' ' is empty"):  # it wrote a folder named ' '
+        parse_args(["ckpt_path=a", "out= "])
 
 
 def test_cli_exports_and_reports_bad_input_in_one_line(tmp_path):

@@ -121,7 +121,8 @@ def test_cli_streams_to_stdout_and_rejects_bad_input_with_exit_2(ckpt, tmp_path)
                          ("max_new_tokens=0", "max_new_tokens=0"), ("prompt=", "prompt is empty"),
                          ("prompt=0.10", "was read as a float, not text; quote it so that Hydra keeps it as written: "
                                          "'prompt=\"0.10\"'"),
-                         (f"ckpt_path={tmp_path}/missing.ckpt", "does not exist")):
+                         (f"ckpt_path={tmp_path}/missing.ckpt", "does not exist"),
+                         ("hydra.run.dir=/proc/x", "cannot write the output folder /proc/x")):  # was a traceback
         r = run_cli("generate.py", [*args, bad], tmp_path)
         assert r.returncode == 2 and culprit in r.stderr and "Traceback" not in r.stderr, r.stderr
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from test_eval_common import CharTokenizer, bigram_lm
 
+from momattn.errors import DataError
 from momattn.eval.config import IclConfig
 from momattn.eval.icl import IclEvaluator
 from momattn.eval.tasks import IclData, IclExample, IclTask
@@ -158,6 +159,10 @@ def test_demonstration_pool_drops_copies_of_test_texts():
     prep = evaluator(b_lover()).prepare(task)
     assert len(prep.pool) == 10 and prep.result.n_demo_dropped == 1
     assert 200 not in {e.id for e in prep.pool}
+    # a k the pool cannot hold says why it is short (it said "has only 10" with no word of the copies)
+    with pytest.raises(DataError, match=r"has only 10 demonstration examples \(synthetic\), after 1 of its 11 were "
+                                        r"dropped as copies of test texts"):
+        evaluator(b_lover(), shots=[11]).prepare(task)
 
 
 def test_a_test_example_among_its_own_demonstrations_is_caught_at_run_time():

@@ -63,7 +63,10 @@ def text_set(model, tokenizer, task: IclTask, cfg, split_seed: int) -> AnalysisS
     pool = prep.pool
     need_pool = k + (1 if len(cfg.lr_grid) > 1 else 0)
     if len(pool) < need_pool:
-        raise DataError(f"task '{task.name}' has {len(pool)} demonstration-pool rows ({task.source}) but shots={k}"
+        dropped = prep.result.n_demo_dropped
+        raise DataError(f"task '{task.name}' has {len(pool)} demonstration-pool rows ({task.source}"
+                        + (f"; {dropped} more were dropped as copies of test texts" if dropped else "")
+                        + f") but shots={k}"
                         + (" plus at least one held-out row to choose the learning rate" if need_pool > k else "")
                         + f" needs {need_pool}; lower shots, give a larger pool (demo_path or demo_fraction), "
                         "or fix the learning rate with lrs=[x]")

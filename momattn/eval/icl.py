@@ -167,13 +167,17 @@ class IclEvaluator:
         data = task.load(self.split_seed)
         test, skipped = self.encode_test(task, self.test_set(data.test))
         if not test:
-            raise DataError(f"ICL task '{task.name}': no usable test example ({skipped} skipped)")
+            raise DataError(f"ICL task '{task.name}': no usable test example ({skipped} skipped: each one's answers "
+                            "are empty, encode alike, or leave no room for its text in the model's context)")
         test_texts = {normalize_text(task.fill(e)) for e in data.test}
         pool = [e for e in data.demo_pool if normalize_text(task.fill(e)) not in test_texts]
         for k in self.cfg.shots:
             if k != "max" and k > len(pool):
+                dropped = len(data.demo_pool) - len(pool)
+                why = (f", after {dropped} of its {len(data.demo_pool)} were dropped as copies of test texts"
+                       if dropped else "")
                 raise DataError(f"icl.shots contains {k} but task '{task.name}' has only {len(pool)} "
-                                f"demonstration examples ({task.source}); lower icl.shots or give a larger "
+                                f"demonstration examples ({task.source}){why}; lower icl.shots or give a larger "
                                 "demonstration pool (demo_path, or a larger demo_fraction)")
         result = TaskResult(
             name=task.name, kind="choice", source=task.source, template=task.template,

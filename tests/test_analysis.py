@@ -306,6 +306,11 @@ def test_bad_input_is_a_clear_error(tmp_path):
         analyze(model, tok, {}, cfg("ginc"))
     with pytest.raises(ConfigError, match=r"^task: 'ginc_l1' asks for GINC examples of 1 symbol"):
         analyze(model, tok, {}, cfg("ginc_l1"))
+    from momattn.analysis.episodes import ginc_world
+
+    with pytest.raises(ConfigError, match=r"^task: 'ginc_l99': GINC example length 99 does not fit"):  # not icl.tasks
+        analyze(tiny_gpt(vocab=V + 1, block_size=64), ginc_world(WORLD).tokenizer(), {"data": dict(WORLD)},
+                cfg("ginc_l99"))
     ginc_run = {"data": {"_target_": "momattn.data.ginc.GincCorpus"}}
     with pytest.raises(ConfigError, match=r"^separator='/' does not apply to GINC tasks \(ginc_l3\)"):
         analyze(model, tok, ginc_run, cfg("ginc_l3", separator="/"))  # GINC's own delimiter, fixed by the task
@@ -313,7 +318,7 @@ def test_bad_input_is_a_clear_error(tmp_path):
         analyze(model, tok, {}, cfg("ginc_l3", separator="/"))  # on a text checkpoint, that comes first
 
 
-def test_a_task_file_and_a_fixed_learning_rate(tmp_path):
+def test_a_task_file_and_a_fixed_learning_rate(tmp_path, capsys):
     from momattn.analysis.report import markdown
 
     entry = letters_task(tmp_path)
@@ -322,6 +327,8 @@ def test_a_task_file_and_a_fixed_learning_rate(tmp_path):
     res = analyze(tiny_gpt(vocab=128, block_size=96), CharTokenizer(), {},
                   cfg(str(tmp_path / "letters.yaml"), lrs=[1e-2], dual_check=False))
     assert res.task == "letters" and res.lr == 1e-2 and res.lr_selection == {}
+    # no held-out rows drawn for a rate that is not chosen (the start line said "16 held-out rows to choose one")
+    assert res.n_select == 0 and "test examples, learning rate 0.01 (fixed by lrs)\n" in capsys.readouterr().err
     md = markdown([res])
     assert "learning rate 0.01, fixed by lrs (not chosen on held-out rows)" in md and "diverged" not in md.split(
         "learning rate")[1].split("\n")[0]

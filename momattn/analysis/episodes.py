@@ -71,7 +71,7 @@ def text_set(model, tokenizer, task: IclTask, cfg, split_seed: int) -> AnalysisS
                         + f" needs {need_pool}; lower shots, give a larger pool (demo_path or demo_fraction), "
                         "or fix the learning rate with lrs=[x]")
     order = ev.demo_examples(pool, len(pool), cfg.seed)
-    demos, held = order[:k], order[k : k + cfg.select_examples]
+    demos, held = order[:k], order[k : k + cfg.select_examples] if len(cfg.lr_grid) > 1 else []
     demo_ids = [ev.demo_ids(task, ex) for ex in demos]  # each ends with the separator
     prefix = ev.start + [t for d in demo_ids for t in d]
     context = model.config.block_size
@@ -119,15 +119,20 @@ def ginc_set(model, tokenizer, task: GincTask, cfg, data_cfg: Mapping | None) ->
     world = ginc_world(data_cfg, task.name, key="task")
     icl = IclConfig(tasks=[task.name], shots=[k], seeds=[cfg.seed], max_examples=cfg.max_examples)
     ev = GincEvaluator(model, tokenizer, icl, world, cfg.batch_tokens)
-    fit = ev.k_max_fit(task)
+    try:
+        fit = ev.k_max_fit(task)
+    except ConfigError as e:  # the evaluator names evaluate.py's key; analyze.py's is task
+        raise ConfigError(str(e).replace("icl.tasks: ", "task: ", 1)) from None
     if k > fit:
         from momattn.data.ginc import prompt_length
 
         raise _fit_error(task.name, k, model.config.block_size, 1 + prompt_length(task.example_len, k), fit)
     prompts = ev.prompts(task, k, cfg.seed, cfg.max_examples)  # evaluate.py's prompts for this seed
-    held = world.prompts(task.example_len, k, cfg.select_prompts, ood=task.ood,
-                         seed=stable_seed("analyze-lr-select", cfg.seed))
     eot = tokenizer.eot_id
     test = _ginc_episodes(prompts, ev.encode(task, prompts), task.example_len, eot)
-    select = _ginc_episodes(held, ev.encode(task, held), task.example_len, eot)
+    select = []
+    if len(cfg.lr_grid) > 1:  # a learning rate fixed by lrs=[x] spends no held-out prompts
+        held = world.prompts(task.example_len, k, cfg.select_prompts, ood=task.ood,
+                             seed=stable_seed("analyze-lr-select", cfg.seed))
+        select = _ginc_episodes(held, ev.encode(task, held), task.example_len, eot)
     return AnalysisSet("ginc", task.name, task.source, 1.0 / world.n_symbols, eot, test, select, None, k)

@@ -261,8 +261,9 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
     asked = cfg.select_examples if aset.kind == "choice" else cfg.select_prompts
     short = (f" (select_{'examples' if aset.kind == 'choice' else 'prompts'}={asked}: no more are usable beside "
              f"the {aset.k} demonstrations)" if len(cfg.lr_grid) > 1 and len(aset.select) < asked else "")
-    print(f"[momattn] analysing {aset.task} ({aset.kind}, k={aset.k}): {len(eps)} test examples, "
-          f"{len(cfg.lr_grid)} learning rate(s), {len(aset.select)} held-out rows to choose one{short}",
+    choose = (f"{len(cfg.lr_grid)} learning rates, {len(aset.select)} held-out rows to choose one{short}"
+              if len(cfg.lr_grid) > 1 else f"learning rate {cfg.lr_grid[0]:g} (fixed by lrs)")
+    print(f"[momattn] analysing {aset.task} ({aset.kind}, k={aset.k}): {len(eps)} test examples, {choose}",
           file=sys.stderr, flush=True)
     with timer("capture_zsl_icl"):
         # the zero-shot prompt [eot] + query through the same path as the FT and random-update captures (GINC:

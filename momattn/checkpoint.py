@@ -138,8 +138,19 @@ def _read_sharded(p: Path, path) -> dict:
     meta = _load_safely(p / SHARDED_META, path)
     if not isinstance(meta, dict):
         raise CheckpointError(f"checkpoint '{path}': its {SHARDED_META} is not a dict; it was not written by train.py")
+    if not (p / ".metadata").is_file():  # torch logged two tracebacks, then a CheckpointException naming nothing
+        raise CheckpointError(f"checkpoint '{path}' is a sharded checkpoint folder without its shard index "
+                              "(.metadata): it is incomplete. Use another one, e.g. the previous last.ckpt")
     ckpt: dict[str, Any] = {}
     with safe_sharded_reads(path):
+        try:  # read once here, where a damaged index is named, instead of inside torch's loader
+            _safe_read_metadata(FileSystemReader(p))
+        except Exception as e:
+            if "is not allowed in a checkpoint's shard index" in str(e):
+                raise  # a refusal: safe_sharded_reads says so
+            raise CheckpointError(f"checkpoint '{path}': its shard index (.metadata) cannot be read "
+                                  f"({_first_line(e)}); it is damaged. Use another one, e.g. the previous "
+                                  "last.ckpt") from None
         _load_state_dict(ckpt, storage_reader=FileSystemReader(p), planner=_EmptyStateDictLoadPlanner(), no_dist=True)
     ckpt.update(meta)
     ckpt["state_dict"] = ckpt.pop("model", None)

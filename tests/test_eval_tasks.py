@@ -299,3 +299,15 @@ def test_a_staicc_file_of_the_wrong_shape_says_reinstall(tmp_path, monkeypatch):
             staicc.read_staicc("sst2")
     finally:
         staicc.read_staicc.cache_clear()
+
+
+def test_a_field_that_is_not_text_or_a_number_is_named_not_printed_into_the_prompt():
+    # a JSONL list, a bool or NaN went into prompts as "['a', 'b']", "True", "nan"
+    import numpy as np
+
+    from momattn.eval.tasks import fill_fields
+
+    assert fill_fields("{t} ({n})", {"t": "ok", "n": np.int64(3)}, "w") == {"t": "ok", "n": "3"}
+    for bad in (["a", "b"], True, float("nan"), {"a": 1}):
+        with pytest.raises(DataError, match=r"^t.jsonl line 2: field 't' holds .*, not text or a number"):
+            fill_fields("{t}", {"t": bad}, "t.jsonl line 2")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +87,11 @@ def fill_fields(template: str, row: Mapping, where: str) -> dict[str, str]:
     empty = [f for f in PLACEHOLDER.findall(template) if row[f] is None]
     if empty:  # str(None) would put the word "None" into the prompt
         raise DataError(f"{where}: field '{empty[0]}' is null; fill or drop that row")
+    odd = [f for f in PLACEHOLDER.findall(template) if not isinstance(row[f], str) and (
+           not isinstance(row[f], numbers.Real) or isinstance(row[f], bool) or not math.isfinite(row[f]))]
+    if odd:  # a list, a mapping, true or NaN went into the prompt as "['a', 'b']", "True" or "nan"
+        raise DataError(f"{where}: field '{odd[0]}' holds {row[odd[0]]!r}, not text or a number; fix or drop "
+                        "that row")
     return {f: str(row[f]) for f in PLACEHOLDER.findall(template)}
 
 

@@ -213,7 +213,10 @@ def test_settings_a_command_line_gets_wrong_are_named_or_read_as_meant(tmp_path)
                         ({"logger": {"wandb": {"project": "a/b"}}}, "logger.wandb.project='a/b': W&B refuses it"),
                         ({"logger": {"wandb": {}}, "tags": 5}, "tags=5 must be a list of texts"),
                         # ppl=null meant every default, perplexity on: the opposite of what it reads as
-                        ({"ppl": None}, r"^ppl=null: ppl is a section; to turn it off write ppl.enabled=false")]:
+                        ({"ppl": None}, r"^ppl=null: ppl is a section; to turn it off write ppl.enabled=false"),
+                        # loader keys under ppl.data were accepted and ignored, num_proc=abc too
+                        ({"ppl": {"data": {"batch_size": 4}}}, r"^ppl.data.batch_size has no effect on perplexity"),
+                        ({"ppl": {"data": {"num_proc": "abc"}}}, r"^ppl.data.num_proc: Value 'abc'")]:
         with pytest.raises(ConfigError, match=culprit):
             EvaluateConfig.from_mapping({"ckpt_path": "x.ckpt", **kw})
     for device, culprit in [("gpu", "device='gpu' is not a device"), ("tpu", "is not a device"),

@@ -86,6 +86,11 @@ def test_folder_and_name_errors(tmp_path):
     write_task(tmp_path / "b", "other", ROWS, name="review")
     with pytest.raises(ConfigError, match=r"task 'review' is defined by several files"):
         IclConfig(task_dirs=[str(tmp_path / "a"), str(tmp_path / "b")], tasks=["review"])
+    # one folder listed twice defines nothing twice (it named the same file twice); a name that is not text
+    assert IclConfig(task_dirs=[str(tmp_path / "a"), f"{tmp_path}/./a"], tasks=["review"]).tasks[0]["name"] == "review"
+    write_task(tmp_path / "c", "listed", ROWS, name=["a"])
+    with pytest.raises(ConfigError, match=r"listed.yaml: name=\['a'\] must be a text"):
+        IclConfig(tasks=[str(tmp_path / "c" / "listed.yaml")])
     (tmp_path / "a" / "broken.yaml").write_text("template: [unclosed\n")
     with pytest.raises(ConfigError, match=r"broken.yaml is not valid YAML"):
         IclConfig(task_dirs=[str(tmp_path / "a")], tasks=["broken"])

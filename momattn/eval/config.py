@@ -75,7 +75,16 @@ class PplConfig:
             self.lengths = [self.lengths]
         if self.data is not None and not isinstance(self.data, Mapping):
             raise ConfigError(f"ppl.data={self.data!r} must be a mapping of keys to merge over the run's "
-                              "data section, e.g. ppl.data={paths: [other.txt]}")
+                              "data section, e.g. ppl.data={tasks: [mr]}, or a corpus of its own: "
+                              "ppl.data={source: text_files, paths: [other.txt]}")
+        if self.data:
+            from momattn.data.sources import LOADER_KEYS, LoaderConfig
+            from momattn.schema import typed
+
+            if unused := [k for k in ("batch_size", "val_batches", "num_workers") if k in self.data]:
+                raise ConfigError(f"ppl.data.{unused[0]} has no effect on perplexity (its batches are set by "
+                                  "batch_tokens); drop it")
+            typed(LoaderConfig, {k: v for k, v in self.data.items() if k in LOADER_KEYS}, "ppl.data")  # num_proc=abc
         if self.lengths is not None:
             if not isinstance(self.lengths, list | tuple) or not self.lengths:
                 raise ConfigError(f"ppl.lengths={self.lengths!r} must be a list of ints, or null (auto)")

@@ -447,6 +447,8 @@ def read_task_file(path: str | Path) -> dict:
     if unknown:
         raise ConfigError(f"task file {p}: unknown key '{unknown[0]}'.{did_you_mean(unknown[0], TASK_FILE_KEYS)} "
                           f"Keys: {', '.join(TASK_FILE_KEYS)}")
+    if not isinstance(doc.get("name") or p.stem, str):  # name: [a] became the task "['a']"
+        raise ConfigError(f"task file {p}: name={doc['name']!r} must be a text, e.g. name: mytask")
     name = str(doc.get("name") or p.stem)
     own = name not in HUB_TASKS and name not in STAICC_TASKS  # a registered name may reuse its template
     required = ("path", "template", "answers") if own else ("path",)
@@ -475,11 +477,15 @@ def task_files(dirs: Sequence[str]) -> dict[str, Path]:
     import yaml
 
     found: dict[str, list[Path]] = {}
+    seen: set[Path] = set()
     for d in dirs:
         folder = Path(str(d)).expanduser()
         if not folder.is_dir():
             raise ConfigError(f"icl.task_dirs: folder '{d}' " + ("is a file" if folder.exists() else "does not exist")
                               + "; give folders of task .yaml files")
+        if folder.resolve() in seen:  # listed twice: its tasks are not defined twice
+            continue
+        seen.add(folder.resolve())
         for f in sorted(folder.iterdir()):
             if f.suffix not in TASK_FILE_SUFFIXES or not f.is_file():
                 continue

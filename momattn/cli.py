@@ -377,10 +377,13 @@ _UNWRITABLE = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some of your
 
 def unwritable(e: OSError) -> UserError | None:
     """A write refused by the filesystem (full disk, read-only, a folder where a file goes), as one line naming
-    the file; None for any other OSError. Files are written atomically: those written before it are complete."""
-    if e.errno not in _UNWRITABLE or not (e.filename or e.filename2):
+    the file; None for any other OSError, and for a read (a file that cannot be read stays a traceback, which
+    names it). Files are written atomically (io.atomic_write, which marks its failures): those written before it
+    are complete."""
+    target = getattr(e, "write_target", None)
+    if e.errno not in _UNWRITABLE or not (target or e.errno in (errno.ENOSPC, errno.EDQUOT) and e.filename):
         return None
-    where = e.filename2 or e.filename
+    where = target or e.filename
     return UserError(f"cannot write {where}: {e.strerror}; {_UNWRITABLE[e.errno]} and run it again (the files "
                      "written before it are complete)")
 
@@ -463,7 +466,7 @@ def hydra_main(config_name: str):
                     except OSError as e:  # a report or table that cannot be written, after the work
                         if (err := unwritable(e)) is None:
                             raise
-                        raise err from None
+                        raise err from e  # HYDRA_FULL_ERROR=1 shows where it failed
                 except UserError as e:
                     if os.environ.get("HYDRA_FULL_ERROR") == "1":
                         raise

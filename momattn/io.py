@@ -42,17 +42,20 @@ TEMP_NAME = re.compile(r"\..+\.tmp(\d+)(?:@([A-Za-z0-9-]+))?")
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call write(f) on a temporary binary file next to `path`, fsync it, rename it to `path`, fsync the folder."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # a random part: two writers with one PID (threads; twin containers on a shared filesystem) never share a file;
     # the PID and the host come last, for remove_stale_temps
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{os.getpid()}@{_host()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "xb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
+    except OSError as e:
+        e.write_target = str(path)  # cli.unwritable: a write of this file failed (not a read), named by its target
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -524,16 +524,23 @@ def test_the_memory_estimate_takes_each_precisions_bytes_and_the_exact_parameter
     assert est.activations * 4 == fp32.activations * act_bytes
 
 
-def test_a_report_that_cannot_be_written_is_one_line_naming_the_file():
+def test_a_report_that_cannot_be_written_is_one_line_naming_the_file(tmp_path):
     # evaluate.py's results.json on a full disk, or with a folder in its place: an OSError traceback after the work
     import errno
 
     from momattn.cli import unwritable
+    from momattn.io import atomic_write_text
 
-    full = unwritable(OSError(errno.ENOSPC, "No space left on device", "/runs/x/.results.json.tmp"))
-    assert str(full) == ("cannot write /runs/x/.results.json.tmp: No space left on device; free some space and run "
-                         "it again (the files written before it are complete)")
-    in_the_way = OSError(errno.EISDIR, "Is a directory", "/runs/x/.tmp", None, "/runs/x/results.json")
-    assert str(unwritable(in_the_way)).startswith("cannot write /runs/x/results.json: Is a directory; move the folder")
-    assert unwritable(OSError(errno.EIO, "I/O error", "/x")) is None  # anything else stays a traceback
-    assert unwritable(OSError(errno.ENOSPC, "No space left on device")) is None  # no file named: not a write of ours
+    (tmp_path / "results.json").mkdir()  # a folder where the report goes
+    with pytest.raises(OSError) as info:
+        atomic_write_text(tmp_path / "results.json", "{}")
+    assert str(unwritable(info.value)) == (f"cannot write {tmp_path / 'results.json'}: Is a directory; move the "
+                                           "folder that is in the way and run it again (the files written before "
+                                           "it are complete)")
+    full = unwritable(OSError(errno.ENOSPC, "No space left on device", "/runs/x/big.bin"))  # any write: a full disk
+    assert str(full).startswith("cannot write /runs/x/big.bin: No space left on device; free some space")
+    # a read refused (chmod 000, a folder opened as a file) is not called a write: it stays a traceback naming it
+    assert unwritable(PermissionError(errno.EACCES, "Permission denied", "/data/rows.jsonl")) is None
+    assert unwritable(IsADirectoryError(errno.EISDIR, "Is a directory", "/data")) is None
+    assert unwritable(OSError(errno.EIO, "I/O error", "/x")) is None
+    assert unwritable(OSError(errno.ENOSPC, "No space left on device")) is None  # no file named

@@ -142,7 +142,8 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
     train, val = _tokens(c, tokenizer, model_config.vocab_size, model_config.block_size)
     dm = TokenDataModule(train, val, model_config.block_size, c.loader.batch_size, c.max_steps, c.accumulate,
                          c.loader.val_batches, c.seed, c.loader.num_workers)
-    if c.run_eval and c.eval and os.environ.get("LOCAL_RANK", "0") == "0":
+    evaluated = start_step >= c.max_steps and _evaluated_step(out_dir) in (start_step, "unknown")  # a finished run
+    if c.run_eval and c.eval and not evaluated and os.environ.get("LOCAL_RANK", "0") == "0":
         _check_evaluation(c, model, tokenizer)  # a task or length the evaluation cannot take: now, not after training
     meta = checkpoint_meta(model_config, tokenizer, c.resolved, overrides=list(job.overrides))
     lit = LitGPT(model, c.optim, c.max_steps, meta,
@@ -460,7 +461,8 @@ def _check_evaluation(c: TrainConfig, model: GPT, tokenizer: Tokenizer) -> None:
 
     t0 = time.perf_counter()
     try:
-        check_evaluation(model, tokenizer, c.resolved, c.eval)
+        # the run's own corpus was just read (or streams: its perplexity tokens are built after training)
+        check_evaluation(model, tokenizer, c.resolved, c.eval, read_corpus=c.eval.ppl.data is not None)
     except (ConfigError, DataError) as e:
         raise type(e)(f"the evaluation after training (run_eval=true) cannot run: {str(e).rstrip('.')}. Fix the eval settings, or "
                       "train without it (run_eval=false) and evaluate later with evaluate.py") from None

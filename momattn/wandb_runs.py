@@ -22,6 +22,8 @@ def check_wandb_names(cfg: Mapping, where: str = "logger.wandb", tags: Any = Non
     """A W&B project, name, group, tags or run id that W&B would refuse (project=a/b, a tag over 64 characters,
     tags=5), refused now with the key: W&B raised it from deep inside its settings when the run started, after the
     work. tags: the entry point's top-level tags, where they are passed apart from `cfg`."""
+    if os.environ.get("WANDB_MODE", "").strip().lower() == "disabled":  # no run starts: nothing W&B would read
+        return
     values = {k: cfg.get(k) for k in _WANDB_SETTINGS} | ({"tags": tags} if tags is not None else {})
     key_of = {k: f"{where}.{k}" for k in _WANDB_SETTINGS} | ({"tags": "tags"} if tags is not None else {})
     t = values["tags"]

@@ -219,6 +219,9 @@ def test_settings_a_command_line_gets_wrong_are_named_or_read_as_meant(tmp_path)
                         ({"ppl": {"data": {"num_proc": "abc"}}}, r"^ppl.data.num_proc: Value 'abc'")]:
         with pytest.raises(ConfigError, match=culprit):
             EvaluateConfig.from_mapping({"ckpt_path": "x.ckpt", **kw})
+    with pytest.MonkeyPatch.context() as mp:  # WANDB_MODE=disabled: no run starts, so no name is W&B's to refuse
+        mp.setenv("WANDB_MODE", "disabled")
+        EvaluateConfig.from_mapping({"ckpt_path": "x.ckpt", "logger": {"wandb": {"project": "a/b"}}})
     for device, culprit in [("gpu", "device='gpu' is not a device"), ("tpu", "is not a device"),
                             ("meta", "device=meta is not supported")]:
         with pytest.raises(ConfigError, match=culprit):

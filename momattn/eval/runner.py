@@ -65,7 +65,8 @@ class _Plan:
     data_cfg: dict | None = None
 
 
-def _plan(model: LanguageModel, tokenizer, run_config: dict, cfg: EvalConfig, cache_dir: str | None) -> _Plan:
+def _plan(model: LanguageModel, tokenizer, run_config: dict, cfg: EvalConfig, cache_dir: str | None,
+          read_corpus: bool = True) -> _Plan:
     # ICL data loaded and checked first: a missing file, an offline hub task or a GINC task on a checkpoint
     # that never saw GINC fails before any scoring
     lengths = cfg.ppl.resolve_lengths(model.config.block_size) if cfg.ppl.enabled else []
@@ -95,18 +96,20 @@ def _plan(model: LanguageModel, tokenizer, run_config: dict, cfg: EvalConfig, ca
                             "or turn perplexity off with ppl.enabled=false")
         cache_dir = cache_dir or data_cfg.get("cache_dir")
         plan.data_cfg = data_cfg
-        plan.val = corpus.load_tokens(data_cfg, tokenizer, "val", cache_dir)
-        plan.train = corpus.load_tokens(data_cfg, tokenizer, "train", cache_dir) if cfg.ppl.train else None
+        if read_corpus:
+            plan.val = corpus.load_tokens(data_cfg, tokenizer, "val", cache_dir)
+            plan.train = corpus.load_tokens(data_cfg, tokenizer, "train", cache_dir) if cfg.ppl.train else None
     return plan
 
 
 def check_evaluation(model: LanguageModel, tokenizer, run_config: Mapping, eval_cfg: Mapping | EvalConfig,
-                     cache_dir: str | None = None) -> None:
+                     cache_dir: str | None = None, read_corpus: bool = True) -> None:
     """Everything evaluate_model checks before scoring (tasks found and encoded against the model's context,
     perplexity lengths, the LM corpus read), without scoring: train.py calls it before training, so that a
-    setting the evaluation cannot take fails at start-up, not after hours of training."""
+    setting the evaluation cannot take fails at start-up, not after hours of training. read_corpus=False: the
+    perplexity corpus is not read (train.py's own, which it has just read, or streams)."""
     cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else EvalConfig.from_mapping(eval_cfg, "eval")
-    _plan(model, tokenizer, to_plain(run_config) or {}, cfg, cache_dir)
+    _plan(model, tokenizer, to_plain(run_config) or {}, cfg, cache_dir, read_corpus)
 
 
 def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cfg: Mapping | EvalConfig,

@@ -157,6 +157,17 @@ def test_every_checkpoint_is_checked_before_any_is_scored(tmp_path, tokenizer, m
     assert not scored  # the first was not scored before the second failed
 
 
+def test_the_check_before_training_reads_the_corpus_only_when_asked(tmp_path, tokenizer):
+    from momattn.eval.runner import check_evaluation
+
+    model, tok = load_checkpoint(make_checkpoint(tmp_path / "m.ckpt", "vanilla", tokenizer))
+    run = {"data": {"_target_": "momattn.data.sources.TextFiles", "paths": [str(tmp_path / "gone.txt")]}}
+    cfg = {"icl": {"tasks": ["trec"], "shots": [0]}}
+    check_evaluation(model, tok, run, cfg, read_corpus=False)  # train.py's own corpus: it has just read it
+    with pytest.raises(DataError, match="gone.txt"):
+        check_evaluation(model, tok, run, cfg)
+
+
 def test_perplexity_needs_a_corpus(tmp_path, tokenizer):
     from momattn.errors import DataError
 

@@ -170,6 +170,12 @@ def test_wrong_type_names_the_key(tmp_path):
     msg = run_expecting(tmp_path, ["debug=smoke", "data=ginc", "tokenizer=source", "run_eval=true",
                                    "eval.icl.tasks=[ginc]", "eval.icl.separator=/"], ConfigError)
     assert msg.startswith("eval.icl.separator='/' does not apply to GINC tasks (ginc)")
+    # GINC prompts the world cannot make (no held-out concept for ginc_ood): before training, not after it
+    msg = run_expecting(tmp_path / "ood", ["debug=smoke", "data=ginc", "tokenizer=source", "run_eval=true",
+                                           "eval.icl.tasks=[ginc_ood]", "data.n_train_concepts=${data.n_concepts}"],
+                        ConfigError)
+    assert "cannot run: GINC OOD prompts need a held-out concept" in msg, msg
+    assert not (tmp_path / "ood" / "checkpoints").exists()
     # the end-of-run evaluation's task names are checked before training, not after it
     msg = run_expecting(tmp_path, [*SMOKE, "run_eval=true", "eval.icl.tasks=[nope]"], ConfigError)
     assert msg.startswith("eval.icl.tasks: unknown task 'nope'") and not (tmp_path / "checkpoints").exists()

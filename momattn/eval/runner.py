@@ -85,8 +85,9 @@ def _plan(model: LanguageModel, tokenizer, run_config: dict, cfg: EvalConfig, ca
     ginc_eval = None
     if ginc_tasks:
         ginc_eval = GincEvaluator(model, tokenizer, cfg.icl, world, cfg.batch_tokens)
-        for t in ginc_tasks:
-            ginc_eval.k_max_fit(t)
+        for t in ginc_tasks:  # the length fits, the world can make its prompts (ood: a held-out concept), and
+            ginc_eval.k_max_fit(t)  # the tokenizer maps symbol i to token i: one 0-shot prompt made and encoded
+            ginc_eval.encode(t, ginc_eval.world.prompts(t.example_len, 0, 1, ood=t.ood, seed=0))
     plan = _Plan(lengths, tasks, icl_eval, prepared, ginc_tasks, ginc_eval)
     if cfg.ppl.enabled:
         data_cfg = merge_data(run_config.get("data") or {}, cfg.ppl.data)

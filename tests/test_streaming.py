@@ -82,6 +82,15 @@ def test_without_a_validation_split_the_held_out_rows_are_never_trained_on(tmp_p
         StreamingHubCorpus(name="json", data_files={"train": str(files["train"])}, seed=-1)
 
 
+def test_a_row_that_is_not_json_is_named_not_a_pyarrow_traceback(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\nhello\n')
+    src = StreamingHubCorpus(name="json", data_files={"train": str(bad)}, val_split=None, val_docs=1)
+    with pytest.raises(DataError, match=r"data.name='json' \(data.data_files=.*bad.jsonl.*\): a row of the train split "
+                                        r"cannot be read \(ArrowInvalid: JSON parse error"):
+        list(src.texts("train", shuffle=False))
+
+
 def test_without_a_validation_split_the_shards_order_is_still_shuffled(tmp_path):
     # holding the first rows out by position (datasets' skip) blocked shard shuffling: every epoch began with the
     # first shard's documents, whatever the seed

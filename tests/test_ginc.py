@@ -204,6 +204,9 @@ def test_max_shots():
     ("n_symbols", 1), ("n_entities", 0), ("n_properties", 1), ("n_concepts", 0), ("n_train_concepts", 0),
     ("n_train_concepts", 11), ("vic", 1.5), ("vic", -0.1), ("trans_temp", 0.0), ("start_temp", -1.0),
     ("n_train_docs", 0), ("doc_length", 0), ("n_val_docs", 0), ("val_doc_length", 0), ("n_permutations", 0),
+    # found by fuzzing: NaN transition weights (a silent one-cycle corpus), hangs, and a 74.5 GiB allocation
+    ("trans_temp", 1e-320), ("start_temp", 1e-9), ("n_symbols", 30_000_000), ("n_entities", 200_000),
+    ("n_permutations", 10**9), ("n_concepts", 5000), ("n_train_docs", 10**8), ("doc_length", 10**7),
 ])
 def test_bad_config(field, value):
     with pytest.raises(ConfigError, match=f"data.{field}="):

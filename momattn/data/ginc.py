@@ -148,6 +148,11 @@ def _check(ok: bool, field: str, value, fix: str) -> None:
         raise ConfigError(f"data.{field}={value!r} {fix}")
 
 
+MAX_SYMBOLS, MAX_WORLD, MAX_DOCS, MAX_TOKENS = 2**20, 1000, 10**6, 2**31  # GincCorpus' size bounds
+_PAPER = {"n_symbols": 50, "n_entities": 10, "n_properties": 10, "n_concepts": 10, "n_permutations": "10 (null)",
+          "n_train_docs": 1000, "n_val_docs": 100}
+
+
 @dataclass
 class GincCorpus:
     """The GINC corpus (Xie et al. 2022) as a momattn data source: a mixture of HMMs over a shared memory matrix,
@@ -183,12 +188,32 @@ class GincCorpus:
         _check(1 <= self.n_train_concepts <= self.n_concepts, "n_train_concepts", self.n_train_concepts,
                f"must lie in [1, data.n_concepts={self.n_concepts}]; the paper pretrains on 5 of 10")
         _check(0.0 <= self.vic <= 1.0, "vic", self.vic, "must lie in [0, 1]; the paper uses 0.9 (0 = fast-changing entities)")
-        _check(self.trans_temp > 0, "trans_temp", self.trans_temp, "must be > 0; the paper uses 0.1")
-        _check(self.start_temp > 0, "start_temp", self.start_temp, "must be > 0; the paper uses 10")
+        # >= 1e-6: 1e-320 overflowed the softmax to NaN weights, and the documents repeated one short cycle
+        _check(self.trans_temp >= 1e-6, "trans_temp", self.trans_temp, "must be >= 1e-6; the paper uses 0.1")
+        _check(self.start_temp >= 1e-6, "start_temp", self.start_temp, "must be >= 1e-6; the paper uses 10")
         for field in ("n_train_docs", "doc_length", "n_val_docs", "val_doc_length"):
             _check(getattr(self, field) >= 1, field, getattr(self, field), "must be >= 1")
         _check(self.n_permutations is None or self.n_permutations >= 1, "n_permutations", self.n_permutations,
                "must be >= 1, or null for the chain's size")
+        # bounds far above any GINC world worth training on, below the sizes that hung or ran out of memory
+        for field, most, why in (("n_symbols", MAX_SYMBOLS, "the vocabulary"),
+                                 ("n_entities", MAX_WORLD, "each draws a permutation of the entities"),
+                                 ("n_properties", MAX_WORLD, "each draws a permutation of the properties"),
+                                 ("n_concepts", MAX_WORLD, "one HMM each"),
+                                 ("n_permutations", MAX_WORLD, "each a permutation matrix of the chain"),
+                                 ("n_train_docs", MAX_DOCS, "documents"), ("n_val_docs", MAX_DOCS, "documents")):
+            value = getattr(self, field)
+            _check(value is None or value <= most, field, value, f"must be <= {most:,} ({why}); the paper uses "
+                   f"{_PAPER[field]}")
+        dense = self.n_concepts * (self.n_properties ** 2 + self.n_entities * self.n_properties)
+        _check(dense <= 10**8, "n_concepts", self.n_concepts,
+               f"x (data.n_properties^2 + data.n_entities x data.n_properties) = {dense:,} values of the concepts' "
+               "transition and start tables, above 100,000,000; use fewer concepts, entities or properties")
+        for docs, length in (("n_train_docs", "doc_length"), ("n_val_docs", "val_doc_length")):
+            tokens = getattr(self, docs) * getattr(self, length)
+            _check(tokens <= MAX_TOKENS, length, getattr(self, length),
+                   f"gives data.{docs} x data.{length} = {tokens:,} tokens, above {MAX_TOKENS:,}; the paper trains on "
+                   "1000 x 10240")
 
     # --- the model -------------------------------------------------------------------------------------------
     def fingerprint(self) -> str:

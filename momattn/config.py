@@ -298,6 +298,9 @@ def _mps_available() -> bool:
     return torch.backends.mps.is_available()
 
 
+TOKENIZER_SETTINGS = {"vocab_size": ("bpe",), "path": ("file",)}  # the tokenizer kinds that read each key
+
+
 def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
     """The composed config, resolved once and checked section by section, or a ConfigError naming the culprit."""
     raw = _resolve(cfg)
@@ -318,6 +321,11 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
     data = raw.get("data") or {}
     source = make_source(data)
     tokenizer = typed(TokenizerConfig, raw.get("tokenizer"), "tokenizer")
+    for key, kinds in TOKENIZER_SETTINGS.items():  # tokenizer=gpt2 +tokenizer.vocab_size=300 was ignored silently
+        if (raw.get("tokenizer") or {}).get(key) is not None and tokenizer.kind not in kinds:
+            raise ConfigError(f"tokenizer.{key} applies to tokenizer={' and '.join(kinds)} only, and this run's is "
+                              f"{tokenizer.kind}, so it would be ignored; drop it, or choose the group "
+                              f"tokenizer={tokenizer.kind} (which holds only its own keys)")
     if tokenizer.kind == "source":
         source_tokenizer(source)  # the source has one: checked now, not after the cache is built
     _check_logged("optimized_metric", run.optimized_metric)

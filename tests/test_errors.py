@@ -159,7 +159,11 @@ def test_wrong_type_names_the_key(tmp_path):
                            ("logger=wandb logger.wandb.project=a/b", "logger.wandb.project='a/b': W&B refuses it: "
                                                                       "Invalid project name 'a/b'"),
                            ("logger=wandb tags=[" + "t" * 65 + "]", "logger.wandb.tags=['ttt"),
-                           ("logger=wandb logger.wandb.id=a:b", "logger.wandb.id='a:b': W&B refuses it: Run ID")):
+                           ("logger=wandb logger.wandb.id=a:b", "logger.wandb.id='a:b': W&B refuses it: Run ID"),
+                           # a setting of another tokenizer kind was ignored silently
+                           ("tokenizer=gpt2 +tokenizer.vocab_size=300", "tokenizer.vocab_size applies to tokenizer=bpe "
+                                                                         "only, and this run's is gpt2"),
+                           ("+tokenizer.path=/no.json", "tokenizer.path applies to tokenizer=file only")):
         msg = run_expecting(tmp_path / "typo", [*SMOKE, *override.split()], ConfigError)
         assert msg.startswith(says), msg
     msg = run_expecting(tmp_path / "typo", [*SMOKE, "+callbacks.foo=bar"], ConfigError)  # not a mapping

@@ -360,6 +360,9 @@ def test_a_validation_split_that_is_the_training_split_or_a_repeated_task_is_ref
             cls(name="json", data_files={"train": "a.jsonl"}, val_split="train")
         with pytest.raises(DataError, match="data.seed=-1 must be >= 0"):  # numpy refused it at the first read
             cls(name="json", data_files={"train": "a.jsonl"}, val_split=None, seed=-1)
+        # a local builder without files read every file of the current folder (a repository trained as text)
+        with pytest.raises(DataError, match=r"^data.name=text reads local files: name them with data.data_files="):
+            cls(name="text", train_split="test", val_split=None)
     with pytest.raises(DataError, match=r"data.val_fraction=1.5 must lie in \(0, 1\)"):  # held out all but one row
         HubCorpus(name="json", data_files={"train": "a.jsonl"}, val_split=None, val_fraction=1.5)
     HubCorpus(name="json", data_files={"train": "a.jsonl"}, val_fraction=0, seed=-1)  # with a split: both unused

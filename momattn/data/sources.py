@@ -214,6 +214,7 @@ class HubCorpus:
             raise DataError("data=hf needs data.name=<hub dataset>, e.g. data.name=Salesforce/wikitext "
                             "data.config=wikitext-103-raw-v1")
         check_splits(self.train_split, self.val_split)
+        check_local_files(self.name, self.data_files)
         if self.val_split is None:  # seed and val_fraction hold out part of train only then
             check_seed(self.seed)
             if not 0.0 < self.val_fraction < 1.0:
@@ -272,6 +273,18 @@ def not_utf8(name: str, data_files: Any, e: UnicodeDecodeError) -> DataError:
 def no_rows(name: str, data_files: Any) -> DataError:
     return DataError(f"data.name='{name}' data.data_files={data_files}: no rows (an empty file, or a pattern that "
                      "matches no file)")
+
+
+LOCAL_BUILDERS = ("json", "text", "csv", "parquet", "arrow")  # datasets' builders of local files
+
+
+def check_local_files(name: str, data_files) -> None:
+    """datasets' local builders without data_files read every file of the current folder (a repository's own
+    sources trained as text, or parsed as JSON)."""
+    if str(name).lower() in LOCAL_BUILDERS and not data_files:
+        ext = {"text": "txt", "json": "jsonl"}.get(str(name).lower(), str(name).lower())
+        raise DataError(f"data.name={name} reads local files: name them with data.data_files={{train: a.{ext}}} "
+                        f"(without it, every file of the current folder is read)")
 
 
 def check_splits(train_split: str, val_split: str | None) -> None:

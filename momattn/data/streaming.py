@@ -28,7 +28,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from momattn.data.sources import Split, check_seed, check_splits, folder_files, local_files, no_rows, not_utf8
+from momattn.data.sources import (
+    Split,
+    check_local_files,
+    check_seed,
+    check_splits,
+    folder_files,
+    local_files,
+    no_rows,
+    not_utf8,
+)
 from momattn.errors import DataError, first_line
 from momattn.utils import digest
 
@@ -60,6 +69,7 @@ class StreamingHubCorpus:
             raise DataError("data=hf_stream needs data.name=<hub dataset>, e.g. data.name=HuggingFaceFW/fineweb "
                             "data.config=sample-10BT data.val_split=null (it has no validation split), or data.name=json data.data_files={train: a.jsonl}")
         check_splits(self.train_split, self.val_split)
+        check_local_files(self.name, self.data_files)
         check_seed(self.seed, "the shuffle buffer")
         if self.shuffle_buffer < 0 or self.val_docs < 1 or self.tokenizer_docs < 1:
             raise DataError(f"data.shuffle_buffer={self.shuffle_buffer} must be >= 0, data.val_docs={self.val_docs} "

@@ -42,6 +42,10 @@ def test_packed_windows_are_the_cached_layout_over_the_same_tokens():
         assert np.array_equal(w[:-1], x.numpy()) and np.array_equal(w[1:], y.numpy())
     with pytest.raises(DataError, match="no documents"):
         next(packed_windows(lambda epoch: iter([]), enc, 99, 8))
+    # a stream shorter than one window: its few tokens were repeated into every window, epoch after epoch
+    with pytest.raises(DataError, match=r"has 4 tokens in all, fewer than one training window of model.block_size "
+                                        r"\+ 1 = 9"):
+        next(packed_windows(lambda epoch: iter(["abc"]), enc, 99, 8))
 
 
 def test_stream_windows_resume_and_ranks_are_exact(tmp_path):
@@ -155,6 +159,7 @@ def test_a_stream_with_worker_processes_is_refused_up_front(tmp_path):
     from momattn.config import load_train_config
     from momattn.errors import ConfigError
 
-    cfg = compose_train(tmp_path, ["data=hf_stream", "data.name=json", "data.num_workers=2", "debug=smoke"])
+    cfg = compose_train(tmp_path, ["data=hf_stream", "data.name=json", "data.data_files={train: a.jsonl}", "data.num_workers=2",
+                                    "debug=smoke"])
     with pytest.raises(ConfigError, match="data.num_workers=2: a streamed corpus .* set data.num_workers=0"):
         load_train_config(cfg)

@@ -171,18 +171,24 @@ def packed_windows(texts: Callable[[int], Iterator[str]], encode_batch: Callable
     """Windows of block_size + 1 tokens, window g = packed tokens [g T, g T + T + 1), over epochs 0, 1, ... of
     texts(epoch) (each document followed by eot). Raises DataError when an epoch yields no document."""
     buf = np.empty(0, dtype=np.int64)
-    epoch = 0
+    epoch, n_windows, n_tokens = 0, 0, 0
     while True:
         n_docs = 0
         docs_of_epoch = texts(epoch)
         while docs := list(islice(docs_of_epoch, batch_docs)):  # tokenized batch_docs documents at a time
             n_docs += len(docs)
-            buf = np.concatenate([buf, *(np.asarray(ids + [eot], dtype=np.int64) for ids in encode_batch(docs))])
+            ids = [np.asarray(d + [eot], dtype=np.int64) for d in encode_batch(docs)]
+            n_tokens += sum(map(len, ids)) if epoch == 0 else 0
+            buf = np.concatenate([buf, *ids])
             while len(buf) >= block_size + 1:
+                n_windows += 1
                 yield buf[: block_size + 1]
                 buf = buf[block_size:]
         if n_docs == 0:
             raise DataError("the training stream has no documents")
+        if n_windows == 0:  # each window would be the few tokens repeated, epoch after epoch
+            raise DataError(f"the training stream has {n_tokens} tokens in all, fewer than one training window of "
+                            f"model.block_size + 1 = {block_size + 1}; give more text or a smaller model.block_size")
         epoch += 1
 
 

@@ -274,7 +274,9 @@ def test_local_hub_files_that_are_empty_not_utf8_or_unmatched_get_a_one_line_err
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "latin.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
     (tmp_path / "good.jsonl").write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(5)))
-    cases = {"empty.jsonl": "no rows", "none*.jsonl": "no rows", "latin.jsonl": "not UTF-8"}
+    (tmp_path / "prose.jsonl").write_text("hello\n")  # not JSON: datasets' "An error occurred while generating"
+    cases = {"empty.jsonl": "no rows", "none*.jsonl": "no rows", "latin.jsonl": "not UTF-8",
+             "prose.jsonl": r"cannot be read.*ArrowInvalid: JSON parse error: Invalid value. in row 0"}
     for name, says in cases.items():
         for cls in (HubCorpus, StreamingHubCorpus):
             with pytest.raises(DataError, match=says):

@@ -239,6 +239,11 @@ class HubCorpus:
         except StopIteration:  # what datasets raises for files without a single row
             raise no_rows(self.name, self.data_files) from None
         except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError, ...)
+            if self.data_files and type(e).__name__ == "DatasetGenerationError":  # local files that do not parse:
+                cause = e.__cause__ or e  # its cause (pyarrow's "JSON parse error ... in row 0") says where
+                raise DataError(f"data.data_files={self.data_files} cannot be read as data.name={self.name}: "
+                                f"{type(cause).__name__}: {first_line(cause, 300)}; fix the file or choose the "
+                                "builder that reads it (json for JSON lines, text for plain text)") from e
             raise DataError(
                 f"cannot load data.name='{self.name}' (config={self.config}, split={split}): "
                 f"{type(e).__name__}: {first_line(e, 300)}. Without network, use local files: "

@@ -286,6 +286,13 @@ def test_local_hub_files_that_are_empty_not_utf8_or_unmatched_get_a_one_line_err
                            val_docs=5).documents("train")
 
 
+def test_a_file_listed_twice_in_data_paths_is_refused(tmp_path):
+    (tmp_path / "a.txt").write_text("one document\n")
+    (tmp_path / "b.txt").symlink_to(tmp_path / "a.txt")
+    with pytest.raises(DataError, match=r"data.paths names one file twice \('.*a.txt' and '.*b.txt'\)"):
+        TextFiles(paths=[str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]).documents("train")
+
+
 def test_text_files_read_what_editors_and_json_writers_write(tmp_path):
     (tmp_path / "u.jsonl").write_text(json.dumps({"text": "a\u2028b\x85c"}, ensure_ascii=False) + "\r\n"
                                       + json.dumps({"text": "second"}) + "\n", encoding="utf-8")

@@ -136,6 +136,10 @@ class TextFiles:
                                 f"e.g. data.paths=[{p}/part1.txt,{p}/part2.jsonl]")
             if not p.is_file():
                 raise DataError(f"data.paths: '{p}' does not exist (or is not a file); check the path")
+        seen: dict[Path, Path] = {}
+        for p in files:  # one file twice trained on every document of it twice (data.tasks refuses a repeat too)
+            if (first := seen.setdefault(p.resolve(), p)) is not p:
+                raise DataError(f"data.paths names one file twice ('{first}' and '{p}'); list each file once")
         return files
 
     def fingerprint(self) -> str:

@@ -179,7 +179,9 @@ def train_bpe(texts: Callable[[], Iterable[str]], vocab_size: int, cache_file: P
 
     tok.train_from_iterator(counted(), trainer=trainer)
     if chars == 0:  # a tokenizer of bytes alone, which must not be cached as the corpus's
-        raise DataError("the BPE tokenizer has no text to learn from: the data source gave no train documents")
+        raise DataError("the BPE tokenizer has no text to learn from: the data source gave no documents for the train split "
+                        "(where data.val_fraction holds out part of its documents for validation, a training document "
+                        "that copies a held-out one is dropped); give more documents")
     if cache_file is not None:
         atomic_write_text(cache_file, tok.to_str())  # a parallel run never reads half a file
     return Tokenizer(tok, "bpe")

@@ -160,7 +160,11 @@ def load_tokens(source: DataSource | Mapping, tokenizer: Tokenizer, split: str,
         if ids is None:
             docs = source.documents(split)
             if not docs:
-                raise DataError(f"the {split} split of the data source {type(source).__name__} is empty; "
+                why = ""
+                if getattr(source, "val_fraction", None) is not None and getattr(source, "val_split", None) is None:
+                    why = (f" (data.val_fraction={source.val_fraction} holds out part of its documents for validation, "
+                           "and a training document that copies a held-out one is dropped: give more documents)")
+                raise DataError(f"the {split} split of the data source {type(source).__name__} is empty{why}; "
                                 "nothing to tokenize")
             chunks, n_docs = _tokenize(docs, tokenizer, f"tokenizing {split} ({len(docs)} docs)", num_proc), len(docs)
             dtype = token_dtype(tokenizer)

@@ -281,9 +281,13 @@ def test_local_hub_files_that_are_empty_not_utf8_or_unmatched_get_a_one_line_err
         for cls in (HubCorpus, StreamingHubCorpus):
             with pytest.raises(DataError, match=says):
                 cls(name="json", data_files={"train": str(tmp_path / name)}, val_split=None).documents("train")
-    with pytest.raises(DataError, match="held out for validation; lower data.val_docs"):  # not "the stream is empty"
+    with pytest.raises(DataError, match=r"held out for validation \(or a copy of one\); lower data.val_docs"):
         StreamingHubCorpus(name="json", data_files={"train": str(tmp_path / "good.jsonl")}, val_split=None,
                            val_docs=5).documents("train")
+    (tmp_path / "one.jsonl").write_text(json.dumps({"text": "only"}) + "\n")  # val_docs=1 cannot be lowered
+    with pytest.raises(DataError, match=r"\(or a copy of one\); give more documents, or a validation split"):
+        StreamingHubCorpus(name="json", data_files={"train": str(tmp_path / "one.jsonl")}, val_split=None,
+                           val_docs=1).documents("train")
 
 
 def test_a_file_listed_twice_in_data_paths_is_refused(tmp_path):

@@ -156,7 +156,9 @@ class StreamingHubCorpus:
             docs = list(islice(self.train_texts(), self.tokenizer_docs))
         if not docs and split == "train" and not self.val_split and any(True for _ in self.texts(self.train_split, shuffle=False)):
             raise DataError(f"data.name='{self.name}': every row of the train split is among the first "
-                            f"data.val_docs={self.val_docs}, held out for validation; lower data.val_docs")
+                            f"data.val_docs={self.val_docs}, held out for validation (or a copy of one); "
+                            + ("lower data.val_docs" if self.val_docs > 1 else "give more documents, or a "
+                               "validation split of their own (data.data_files={train: ..., validation: ...})"))
         if not docs:
             raise DataError(f"the {split} stream of data.name='{self.name}' is empty")
         return docs

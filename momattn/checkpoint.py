@@ -196,9 +196,9 @@ def _check_structure(ckpt: Any, path) -> None:
         bad = "its 'momattn.model_config.attention' entry has no 'kind' (vanilla, momentum, ...)"
     elif not isinstance(meta.get("config", {}), dict):
         bad = f"its 'momattn.config' entry is of type {type(meta['config']).__name__}, not the run's config dict"
-    elif not isinstance((meta.get("config") or {}).get("data") or {}, dict):
-        bad = f"its run config's 'data' entry is of type {type(meta['config']['data']).__name__}, not a dict"
-    elif (seed := ((meta.get("config") or {}).get("data") or {}).get("split_seed")) is not None and (
+    elif not isinstance(data := (meta.get("config") or {}).get("data") or {}, dict):
+        bad = f"its run config's 'data' entry is of type {type(data).__name__}, not a dict"
+    elif (seed := data.get("split_seed")) is not None and (
             not isinstance(seed, int) or isinstance(seed, bool)):  # evaluate.py's ValueError from int('abc')
         bad = f"its run config's data.split_seed is {seed!r}, not an integer"
     elif "global_step" in ckpt and (not isinstance(ckpt["global_step"], int) or isinstance(ckpt["global_step"], bool)):

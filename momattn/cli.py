@@ -321,7 +321,7 @@ def check_output_dir(overrides: list[str], multirun: bool, cwd: Path | None = No
     """Refuse, before any work, an output folder that cannot be written (a read-only mount, /proc, a file in the
     way): the folder Hydra will create (hydra.run.dir / hydra.sweep.dir, else outputs/ or multirun/ here) is
     created now and a probe file written and removed."""
-    import tempfile
+    from momattn.io import probe_write
 
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     for k in ("hydra.run.dir", "hydra.sweep.dir"):
@@ -337,8 +337,7 @@ def check_output_dir(overrides: list[str], multirun: bool, cwd: Path | None = No
     folder = (cwd or Path.cwd()) / Path(target)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".momattn-write-test-"):
-            pass
+        probe_write(folder)
     except OSError as e:
         how = f"{key}={given}" if given else f"the default folder {target}/ under {cwd or Path.cwd()}"
         raise ConfigError(f"cannot write the output folder {folder} ({how}): {e.strerror or e}. Choose a writable "

@@ -16,9 +16,7 @@ A misspelled key or a wrong type stops the run at start-up with a message naming
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +32,7 @@ from momattn.data.streaming import StreamingHubCorpus
 from momattn.errors import ConfigError, did_you_mean
 from momattn.eval.config import EvalConfig
 from momattn.hardware import resolve_precision
+from momattn.io import probe_write
 from momattn.model import AttentionConfig, GPTConfig
 from momattn.optim import OptimConfig
 from momattn.schema import typed
@@ -409,10 +408,8 @@ def _check_folder(key: str, path: Path) -> None:
             if not p.is_dir():
                 raise ConfigError(f"{key}='{path}': {p} is a file, not a folder; a folder is needed there (or a path "
                                   "where one can be made)")
-            try:  # a file made and removed there (os.access says yes to root, even in /proc)
-                fd, probe = tempfile.mkstemp(prefix=".momattn-probe-", dir=p)
-                os.close(fd)
-                os.remove(probe)
+            try:
+                probe_write(p)
             except OSError as e:
                 raise ConfigError(f"{key}='{path}': {p} cannot be written ({e.strerror or e}); choose a writable "
                                   "folder") from None

@@ -39,6 +39,15 @@ def fsync_dir(path: str | os.PathLike) -> None:
 TEMP_NAME = re.compile(r"\..+\.tmp(\d+)(?:@([A-Za-z0-9-]+))?")
 
 
+def probe_write(folder: str | os.PathLike) -> None:
+    """Make and remove a file in `folder`: an OSError where it cannot be written (os.access says yes to root,
+    even in /proc or on a read-only mount)."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".momattn-write-test-"):
+        pass
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call write(f) on a temporary binary file next to `path`, fsync it, rename it to `path`, fsync the folder."""
     path = Path(path)

@@ -17,9 +17,8 @@ the LM head's (4 B T d + 4 V d) instead of 12 B T V. The estimate is meant to be
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 GIB = 2**30
@@ -45,7 +44,7 @@ def n_params(model_config) -> int:
 
     def count(n_layer: int) -> int:
         with torch.device("meta"):
-            return sum(p.numel() for p in GPT(dataclasses.replace(model_config, n_layer=n_layer)).parameters())
+            return sum(p.numel() for p in GPT(replace(model_config, n_layer=n_layer)).parameters())
 
     if model_config.n_layer <= 2:
         return count(model_config.n_layer)

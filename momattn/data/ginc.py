@@ -149,8 +149,6 @@ def _check(ok: bool, field: str, value, fix: str) -> None:
 
 
 MAX_SYMBOLS, MAX_WORLD, MAX_DOCS, MAX_TOKENS = 2**20, 1000, 10**6, 2**31  # GincCorpus' size bounds
-_PAPER = {"n_symbols": 50, "n_entities": 10, "n_properties": 10, "n_concepts": 10, "n_permutations": "10 (null)",
-          "n_train_docs": 1000, "n_val_docs": 100}
 
 
 @dataclass
@@ -202,9 +200,9 @@ class GincCorpus:
                                  ("n_concepts", MAX_WORLD, "one HMM each"),
                                  ("n_permutations", MAX_WORLD, "each a permutation matrix of the chain"),
                                  ("n_train_docs", MAX_DOCS, "documents"), ("n_val_docs", MAX_DOCS, "documents")):
-            value = getattr(self, field)
+            value, paper = getattr(self, field), type(self).__dataclass_fields__[field].default  # the paper's
             _check(value is None or value <= most, field, value, f"must be <= {most:,} ({why}); the paper uses "
-                   f"{_PAPER[field]}")
+                   f"{'10 (null)' if paper is None else paper}")
         dense = self.n_concepts * (self.n_properties ** 2 + self.n_entities * self.n_properties)
         _check(dense <= 10**8, "n_concepts", self.n_concepts,
                f"x (data.n_properties^2 + data.n_entities x data.n_properties) = {dense:,} values of the concepts' "

@@ -243,11 +243,8 @@ class HubCorpus:
         except StopIteration:  # what datasets raises for files without a single row
             raise no_rows(self.name, self.data_files) from None
         except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError, ...)
-            if self.data_files and type(e).__name__ == "DatasetGenerationError":  # local files that do not parse:
-                cause = e.__cause__ or e  # its cause (pyarrow's "JSON parse error ... in row 0") says where
-                raise DataError(f"data.data_files={self.data_files} cannot be read as data.name={self.name}: "
-                                f"{type(cause).__name__}: {first_line(cause, 300)}; fix the file or choose the "
-                                "builder that reads it (json for JSON lines, text for plain text)") from e
+            if self.data_files and type(e).__name__ == "DatasetGenerationError":  # local files that do not parse
+                raise unparsed_rows(self.name, self.data_files, split, e) from e
             raise DataError(
                 f"cannot load data.name='{self.name}' (config={self.config}, split={split}): "
                 f"{type(e).__name__}: {first_line(e, 300)}. Without network, use local files: "
@@ -277,6 +274,16 @@ class HubCorpus:
 def not_utf8(name: str, data_files: Any, e: UnicodeDecodeError) -> DataError:
     return DataError(f"data.name='{name}' data.data_files={data_files}: a byte that is not UTF-8 "
                      f"({e.object[e.start:e.start + 4]!r}); convert the files, e.g. iconv -f latin1 -t utf-8")
+
+
+def unparsed_rows(name: str, data_files: Any, split: str, e: BaseException) -> DataError:
+    """Rows datasets cannot parse (a line that is not JSON), named by pyarrow's cause ("... in row 0"), not by
+    datasets' "An error occurred while generating the dataset"."""
+    cause = e.__cause__ or e
+    files = f" (data.data_files={data_files})" if data_files else ""
+    return DataError(f"data.name='{name}'{files}: a row of the {split} split cannot be read ({type(cause).__name__}: "
+                     f"{first_line(cause, 200)}); fix or remove it, or choose the builder that reads the files (json "
+                     "for JSON lines, text for plain text)")
 
 
 def no_rows(name: str, data_files: Any) -> DataError:

@@ -37,6 +37,7 @@ from momattn.data.sources import (
     local_files,
     no_rows,
     not_utf8,
+    unparsed_rows,
 )
 from momattn.errors import DataError, first_line
 from momattn.utils import digest
@@ -116,10 +117,7 @@ class StreamingHubCorpus:
             except Exception as e:  # pyarrow's ArrowInvalid (a line that is not JSON), datasets' generation errors
                 if not isinstance(e, ValueError) and type(e).__name__ != "DatasetGenerationError":
                     raise  # a connection or other failure: as it is
-                cause = e.__cause__ or e
-                files = f" (data.data_files={self.data_files})" if self.data_files else ""
-                raise DataError(f"data.name='{self.name}'{files}: a row of the {split} split cannot be read "
-                                f"({type(cause).__name__}: {first_line(cause, 200)}); fix or remove it") from None
+                raise unparsed_rows(self.name, self.data_files, split, e) from None
             if self.text_field not in row:
                 raise DataError(f"data.name='{self.name}' has no field '{self.text_field}' (fields: {sorted(row)}); "
                                 "set data.text_field")

@@ -82,9 +82,10 @@ def _groups(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
 
 
 def _walk(cfg, key: str) -> tuple[str, int, object]:
-    """Where a dotted key leads: ('exists', ...), ('missing', i, node) with parts[i] absent from node, or
-    ('unknown', ...) where a list or a value that cannot be resolved yet lies on the way (Hydra judges those). The
-    leaf is never read: a ${hydra:...} value cannot be resolved before Hydra runs."""
+    """Where a dotted key leads: ('exists', ...), ('missing', i, node) with parts[i] absent from node, ('null', i,
+    node) with parts[i] set to null in node (ppl.data.tasks while ppl.data is null), or ('unknown', ...) where a
+    list or a value that cannot be resolved yet lies on the way (Hydra judges those). The leaf is never read: a
+    ${hydra:...} value cannot be resolved before Hydra runs."""
     from omegaconf import DictConfig
 
     node, parts = cfg, key.split(".")
@@ -95,9 +96,12 @@ def _walk(cfg, key: str) -> tuple[str, int, object]:
             return "missing", i, node
         if i < len(parts) - 1:
             try:
-                node = node[part]
+                child = node[part]
             except Exception:
                 return "unknown", i, node
+            if child is None:
+                return "null", i, node
+            node = child
     return "exists", len(parts), node
 
 
@@ -107,8 +111,14 @@ def _exists(cfg, key: str) -> bool | None:
     return None if status == "unknown" else status == "exists"
 
 
-def _check_key(cfg, key: str, hint: str | None = None) -> None:
+def _check_key(cfg, key: str, hint: str | None = None, set_too: tuple[str, ...] = ()) -> None:
+    """A ConfigError for a key the config lacks, or one under a null section (unless the command line sets that
+    section too, set_too: Hydra judges the pair)."""
     status, i, node = _walk(cfg, key)
+    if status == "null" and (section := ".".join(key.split(".")[:i + 1])) not in set_too:
+        leaf = key.split(".", i + 1)[-1]
+        raise ConfigError(f"'{key}': {section} is null (unset), so it has no key '{leaf}' to set; add it with "
+                          f"+{key}=..., or give the whole section: {section}={{{leaf}: ...}}")
     if status == "missing":
         parts = key.split(".")
         where = ".".join(parts[:i]) or "the top level"
@@ -164,7 +174,7 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
     if cfg is None:  # nothing to check, or composition problems (reported by Hydra itself)
         return
     for key in keys:
-        _check_key(cfg, key)
+        _check_key(cfg, key, set_too=tuple(keys))
     for key, line in adds:  # Hydra's own message is a multi-line error, exit 1
         if _exists(cfg, key):
             raise ConfigError(f"{line}: '{key}' exists already; '+' adds a new key. Write {line[1:]} to set it "

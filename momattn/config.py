@@ -29,8 +29,8 @@ from momattn import ops
 from momattn.data.corpus import default_cache_dir
 from momattn.data.sources import LOADER_KEYS, DataSource, LoaderConfig, make_source
 from momattn.data.streaming import StreamingHubCorpus
-from momattn.errors import ConfigError, did_you_mean
-from momattn.eval.config import EvalConfig
+from momattn.errors import ConfigError, UserError, did_you_mean
+from momattn.eval.config import EvalConfig, under_eval
 from momattn.hardware import resolve_precision
 from momattn.io import probe_write
 from momattn.model import AttentionConfig, GPTConfig
@@ -190,7 +190,10 @@ def _eval(node: Mapping | None, run_eval: bool, source: Any = None) -> EvalConfi
     (GINC tasks on GINC, text tasks on text), are checked now, not after training."""
     if node is None:
         return None
-    cfg = EvalConfig.from_mapping(node, "eval")
+    try:
+        cfg = EvalConfig.from_mapping(node, "eval")
+    except UserError as e:
+        raise under_eval(e) from None
     if run_eval and cfg.icl.enabled:
         from momattn.data.ginc import GincCorpus
         from momattn.eval.ginc import GincTask, check_separator

@@ -457,6 +457,7 @@ def _evaluated_step(out_dir: Path) -> int | str | None:
 
 
 def _check_evaluation(c: TrainConfig, model: GPT, tokenizer: Tokenizer) -> None:
+    from momattn.eval.config import under_eval
     from momattn.eval.runner import check_evaluation
 
     t0 = time.perf_counter()
@@ -464,6 +465,7 @@ def _check_evaluation(c: TrainConfig, model: GPT, tokenizer: Tokenizer) -> None:
         # the run's own corpus was just read (or streams: its perplexity tokens are built after training)
         check_evaluation(model, tokenizer, c.resolved, c.eval, read_corpus=c.eval.ppl.data is not None)
     except (ConfigError, DataError) as e:
+        e = under_eval(e)
         raise type(e)(f"the evaluation after training (run_eval=true) cannot run: {str(e).rstrip('.')}. Fix the eval settings, or "
                       "train without it (run_eval=false) and evaluate later with evaluate.py") from None
     if (took := time.perf_counter() - t0) > 5:

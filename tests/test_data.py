@@ -378,7 +378,13 @@ def test_a_validation_split_that_is_the_training_split_or_a_repeated_task_is_ref
             cls(name="text", train_split="test", val_split=None)
     with pytest.raises(DataError, match=r"data.val_fraction=1.5 must lie in \(0, 1\)"):  # held out all but one row
         HubCorpus(name="json", data_files={"train": "a.jsonl"}, val_split=None, val_fraction=1.5)
-    HubCorpus(name="json", data_files={"train": "a.jsonl"}, val_fraction=0, seed=-1)  # with a split: both unused
+    # with a validation split both are unused: one changed was ignored without a word (the defaults pass: every
+    # run config written so far holds them)
+    HubCorpus(name="json", data_files={"train": "a.jsonl", "validation": "b.jsonl"}, val_fraction=0.01, seed=1234)
+    for key, value in (("val_fraction", 0.1), ("seed", 7)):
+        with pytest.raises(DataError, match=rf"^data.{key}={value} has no effect while data.val_split='validation' "
+                                            r".* set data.val_split=null, or drop"):
+            HubCorpus(name="json", data_files={"train": "a.jsonl", "validation": "b.jsonl"}, **{key: value})
     with pytest.raises(DataError, match=r"data.tasks=\['mr', 'mr'\] names a task twice"):
         StaiccCorpus(tasks=["mr", "mr"])
 

@@ -57,6 +57,17 @@ def test_override_checker_accepts_valid_overrides():
                               "paths.output_dir=/tmp/x"])  # a ${hydra:...} key: its value is never read (traceback)
 
 
+def test_a_key_under_a_null_section_is_one_line():
+    # ppl.data is null until set: Hydra's multi-line "Key 'tasks' is not in struct", exit 1
+    with pytest.raises(ConfigError, match=r"^'ppl.data.tasks': ppl.data is null \(unset\), so it has no key 'tasks' "
+                                          r"to set; add it with \+ppl.data.tasks=\.\.\., or .* ppl.data=\{tasks: "):
+        check_overrides("evaluate", ["ppl.data.tasks=[mr]"])
+    with pytest.raises(ConfigError, match=r"^'eval.ppl.data.paths': eval.ppl.data is null"):
+        check_overrides("train", ["eval.ppl.data.paths=[a.txt]"])
+    check_overrides("evaluate", ["+ppl.data.tasks=[mr]"])  # adding it is what the message says to do
+    check_overrides("evaluate", ["ppl.data={source:staicc}", "ppl.data.tasks=[mr]"])  # the pair: Hydra judges
+
+
 def test_adding_a_key_that_exists_or_deleting_one_that_does_not_is_one_line():
     # both were Hydra's multi-line error with exit 1
     with pytest.raises(ConfigError, match=r"\+seed=3: 'seed' exists already.* Write seed=3 .*\+\+seed=3"):

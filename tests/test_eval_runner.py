@@ -168,6 +168,30 @@ def test_the_check_before_training_reads_the_corpus_only_when_asked(tmp_path, to
         check_evaluation(model, tok, run, cfg)
 
 
+def test_corpus_errors_name_the_keys_as_the_evaluation_sets_them(tmp_path, tokenizer):
+    """The loaders name train.py's keys (data.paths); the evaluation sets them as ppl.data.X (eval.ppl.data.X in
+    train.py), and a culprit the training run's data section gave is said to be so."""
+    from momattn.config import _eval
+    from momattn.eval.runner import check_evaluation
+
+    model, tok = load_checkpoint(make_checkpoint(tmp_path / "m.ckpt", "vanilla", tokenizer))
+    gone = str(tmp_path / "gone.txt")
+    cfg = {"icl": {"enabled": False}, "ppl": {"data": {"source": "text_files", "paths": [gone]}}}
+    with pytest.raises(DataError, match=r"^ppl\.data\.paths: '.*gone.txt' does not exist[^.]*$"):
+        check_evaluation(model, tok, {"data": DATA}, cfg)
+    with pytest.raises(DataError, match=r"^ppl\.data\.source=text_files needs ppl\.data\.paths="):
+        check_evaluation(model, tok, {"data": DATA}, {**cfg, "ppl": {"data": {"source": "text_files"}}})
+    run = {"data": {"source": "text_files", "paths": [gone]}}  # the training run's file has moved
+    with pytest.raises(DataError, match=r"^ppl\.data\.paths: .* is not set by ppl.data but taken from the training "
+                                        r"run's data section; set it for the evaluation with ppl.data=\{paths: "):
+        check_evaluation(model, tok, run, {"icl": {"enabled": False}})
+    # train.py holds these sections under eval: its errors named ppl.max_windows, which it has no key for
+    with pytest.raises(ConfigError, match=r"^eval\.ppl\.max_windows=0 must be an int >= 1$"):
+        _eval({"ppl": {"max_windows": 0}}, run_eval=True)
+    with pytest.raises(ConfigError, match=r"^eval\.icl\.enabled='no' must be true or false$"):
+        _eval({"icl": {"enabled": "no"}}, run_eval=True)
+
+
 def test_perplexity_needs_a_corpus(tmp_path, tokenizer):
     from momattn.errors import DataError
 

@@ -223,6 +223,13 @@ class HubCorpus:
             check_seed(self.seed)
             if not 0.0 < self.val_fraction < 1.0:
                 raise DataError(f"data.val_fraction={self.val_fraction} must lie in (0, 1)")
+        else:  # one changed from its default was ignored without a word (one set to the default cannot be told)
+            for key in ("val_fraction", "seed"):
+                if (value := getattr(self, key)) != _HUB_DEFAULTS[key]:
+                    raise DataError(f"data.{key}={value} has no effect while data.val_split='{self.val_split}' (that "
+                                    "split is the validation set, read whole); to hold out part of "
+                                    f"data.train_split='{self.train_split}' instead set data.val_split=null, or drop "
+                                    f"data.{key}")
         self.data_files = dict(self.data_files) if self.data_files else None
 
     def fingerprint(self) -> str:
@@ -269,6 +276,9 @@ class HubCorpus:
         if self.val_split:
             return docs
         return _held_out(docs, split, self.val_fraction, self.seed)  # no validation split on the hub
+
+
+_HUB_DEFAULTS = {f.name: f.default for f in fields(HubCorpus)}
 
 
 def not_utf8(name: str, data_files: Any, e: UnicodeDecodeError) -> DataError:

@@ -8,12 +8,13 @@ unknown keys with a did-you-mean, so a typo never silently falls back to a defau
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from momattn.errors import ConfigError, did_you_mean
+from momattn.errors import ConfigError, UserError, did_you_mean
 
 PAPER_LENGTHS = (256, 512, 1024)  # Table 6: validation perplexity at these input lengths
 MAX_SHOTS_CAP = 32  # the paper: "up to 32 demonstrations"
@@ -31,6 +32,13 @@ def to_plain(obj: Any) -> Any:
     if isinstance(obj, DictConfig | ListConfig):
         return OmegaConf.to_container(obj, resolve=True)
     return obj
+
+
+def under_eval(e: UserError) -> UserError:
+    """e with the evaluation's keys named as train.yaml holds them, under `eval:` (ppl.lengths ->
+    eval.ppl.lengths): the sections name themselves as evaluate.py's config does, at its top level."""
+    text = re.sub(r"(?<![\w./+~])(ppl|icl|batch_tokens)(?=[.=])", r"eval.\1", str(e))
+    return type(e)(text)
 
 
 def _is_int(x: Any) -> bool:

@@ -98,9 +98,26 @@ def _plan(model: LanguageModel, tokenizer, run_config: dict, cfg: EvalConfig, ca
         cache_dir = cache_dir or data_cfg.get("cache_dir")
         plan.data_cfg = data_cfg
         if read_corpus:
-            plan.val = corpus.load_tokens(data_cfg, tokenizer, "val", cache_dir)
-            plan.train = corpus.load_tokens(data_cfg, tokenizer, "train", cache_dir) if cfg.ppl.train else None
+            try:
+                plan.val = corpus.load_tokens(data_cfg, tokenizer, "val", cache_dir)
+                plan.train = corpus.load_tokens(data_cfg, tokenizer, "train", cache_dir) if cfg.ppl.train else None
+            except (ConfigError, DataError) as e:
+                raise _corpus_error(e, cfg.ppl.data) from None
     return plan
+
+
+def _corpus_error(e: ConfigError | DataError, override: Mapping | None) -> ConfigError | DataError:
+    """An error of the perplexity corpus with its keys named as the evaluation sets them (the loaders name them
+    as train.py does): data.X -> ppl.data.X, data=hf -> ppl.data.source=hf; a culprit the checkpoint's own data
+    section gave, not ppl.data, is said to be so."""
+    text = re.sub(r"(?<![\w.])data\.(?=\w)", "ppl.data.", str(e).rstrip("."))
+    text = re.sub(r"(?<![\w.])data=(?=\w)", "ppl.data.source=", text)
+    culprit = re.search(r"ppl\.data\.(\w+)", text)
+    if culprit and culprit[1] not in (override or {}):
+        text += (f". ppl.data.{culprit[1]} is not set by ppl.data but taken from the training run's data section; "
+                 f"set it for the evaluation with ppl.data={{{culprit[1]}: ...}}, or turn perplexity off with "
+                 "ppl.enabled=false")
+    return type(e)(text)
 
 
 def check_evaluation(model: LanguageModel, tokenizer, run_config: Mapping, eval_cfg: Mapping | EvalConfig,

@@ -303,6 +303,18 @@ def _mps_available() -> bool:
 TOKENIZER_SETTINGS = {"vocab_size": ("bpe",), "path": ("file",)}  # the tokenizer kinds that read each key
 
 
+def _check_kind_keys(section: str, node: Mapping | None, readers: Mapping[str, tuple[str, ...]], kind: str,
+                     owner: str, fix: str) -> None:
+    """A ConfigError for a key of a section (attention, tokenizer) set, though this run's kind does not read it
+    (readers: key -> the kinds that do): it would be ignored. owner and fix are templates of {kinds}, {first}."""
+    for key, value in (node or {}).items():
+        kinds = readers.get(key)
+        if kinds and value is not None and kind not in kinds:
+            names = {"kinds": " and ".join(kinds), "first": kinds[0]}
+            raise ConfigError(f"{section}.{key} applies to {owner.format(**names)} only, and this run's is {kind}, "
+                              f"so it would be ignored; drop it, or {fix.format(**names)}")
+
+
 def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
     """The composed config, resolved once and checked section by section, or a ConfigError naming the culprit."""
     raw = _resolve(cfg)
@@ -315,19 +327,15 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
     if run.dist_timeout_s < 1:
         raise ConfigError(f"dist_timeout_s={run.dist_timeout_s}: the seconds to wait for every node must be >= 1")
     attention = typed(AttentionConfig, raw.get("attention"), "attention")
-    for key in raw.get("attention") or {}:  # attention=vanilla +attention.eta=0.9 trained vanilla, eta unused
-        kinds = ATTENTION_SETTINGS.get(key)
-        if kinds and attention.kind not in kinds:
-            raise ConfigError(f"attention.{key} applies to {' and '.join(kinds)} attention only, and this run's is "
-                              f"{attention.kind}, so it would be ignored; drop it, or choose attention={kinds[0]}")
+    # attention=vanilla +attention.eta=0.9 trained vanilla, eta unused
+    _check_kind_keys("attention", raw.get("attention"), ATTENTION_SETTINGS, attention.kind, "{kinds} attention",
+                     "choose attention={first}")
     data = raw.get("data") or {}
     source = make_source(data)
     tokenizer = typed(TokenizerConfig, raw.get("tokenizer"), "tokenizer")
-    for key, kinds in TOKENIZER_SETTINGS.items():  # tokenizer=gpt2 +tokenizer.vocab_size=300 was ignored silently
-        if (raw.get("tokenizer") or {}).get(key) is not None and tokenizer.kind not in kinds:
-            raise ConfigError(f"tokenizer.{key} applies to tokenizer={' and '.join(kinds)} only, and this run's is "
-                              f"{tokenizer.kind}, so it would be ignored; drop it, or choose the group "
-                              f"tokenizer={tokenizer.kind} (which holds only its own keys)")
+    # tokenizer=gpt2 +tokenizer.vocab_size=300 was ignored silently (the groups hold their keys as null)
+    _check_kind_keys("tokenizer", raw.get("tokenizer"), TOKENIZER_SETTINGS, tokenizer.kind, "tokenizer={kinds}",
+                     f"choose the group tokenizer={tokenizer.kind} (which holds only its own keys)")
     if tokenizer.kind == "source":
         source_tokenizer(source)  # the source has one: checked now, not after the cache is built
     _check_logged("optimized_metric", run.optimized_metric)

@@ -1,4 +1,7 @@
-"""The one place that touches Lightning internals (no public API exists for these); checked against Lightning 2.6.
+"""Lightning internals that momattn needs (no public API exists for these), gathered here; checked against
+Lightning 2.6. Besides these, only callbacks.Throughput (a ThroughputMonitor subclass) reaches inside: the monitor's own
+counters, the validation loop's batch count and the logger connector; and LitGPT reads its `_trainer` (None when
+detached, where `trainer` raises).
 
 - the SIGTERM flag: `trainer.received_sigterm` is read-only, but a preemption checkpoint must be able to defer
   the stop to the next optimizer-step boundary and to re-raise it there; and the SIGTERM notifier inside

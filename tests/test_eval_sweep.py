@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 import struct
 import zipfile
 from pathlib import Path
@@ -22,18 +23,20 @@ EVAL = {"ppl": {"lengths": [32], "max_windows": 2, "train": False},
         "icl": {"tasks": ["trec"], "shots": [0], "seeds": [1], "max_examples": 4}}
 
 
-def job(root, num: int, kind: str, seed: int, tok, lr: float = 2e-3, extra: dict | None = None):
-    """A job folder of a multirun as train.py leaves it: .hydra/config.yaml and checkpoints/last.ckpt."""
+def job(root, num: int, kind: str, seed: int, tok, lr: float = 2e-3, extra: dict | None = None,
+        step: int | None = None):
+    """A job folder of a multirun as train.py leaves it: .hydra/config.yaml and checkpoints/last.ckpt (at
+    global_step `step`, where given)."""
     d = root / str(num)
     (d / ".hydra").mkdir(parents=True)
-    (d / ".hydra" / "config.yaml").write_text(f"seed: {seed}\n")
+    (d / ".hydra" / "config.yaml").write_text(f"seed: {seed}\ntrainer:\n  max_steps: 400\n")
     torch.manual_seed(seed * 10 + len(kind))
     cfg = GPTConfig(block_size=32, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16,
                     attention=AttentionConfig(kind=kind))
     run_config = {"data": DATA, "seed": seed, "attention": {"kind": kind}, "optim": {"lr": lr},
                   "paths": {"output_dir": str(d)}, **(extra or {})}
     ckpt = {"state_dict": {"model." + k: v for k, v in GPT(cfg).state_dict().items()},
-            "momattn": checkpoint_meta(cfg, tok, run_config)}
+            "momattn": checkpoint_meta(cfg, tok, run_config), **({"global_step": step} if step is not None else {})}
     atomic_torch_save(ckpt, d / "checkpoints" / "last.ckpt")
     return d
 
@@ -72,7 +75,7 @@ def test_sweep_verdict(tmp_path, tokenizer):  # noqa: F811
             n += 1
     job(sweep, n, "vanilla", 1, tokenizer, lr=1e-3)  # another setting: its own group
     (sweep / "99" / ".hydra").mkdir(parents=True)  # a job that died before its first checkpoint
-    (sweep / "99" / ".hydra" / "config.yaml").write_text("seed: 4\n")
+    (sweep / "99" / ".hydra" / "config.yaml").write_text("seed: 4\ntrainer:\n  max_steps: 400\n")
     damage_a_tensor(job(sweep, 7, "vanilla", 1, tokenizer, lr=5e-3) / "checkpoints" / "last.ckpt")
     out = tmp_path / "verdict"
     run_evaluate({**EVAL, "sweep_dir": str(sweep), "device": "cpu"}, out_dir=out)
@@ -83,7 +86,7 @@ def test_sweep_verdict(tmp_path, tokenizer):  # noqa: F811
     assert "is damaged" in doc["failed"][1]
     settings = sorted(doc["settings"], key=lambda s: -len(s["rows"]))
     main, other = settings
-    assert set(main["rows"]) == {"vanilla", "momentum"} and main["differs"] == {"optim": {"lr": 0.002}}
+    assert set(main["rows"]) == {"vanilla", "momentum"} and main["differs"] == {"optim.lr": 0.002}
     assert main["rows"]["momentum"]["ppl@32"]["n"] == 3 and set(other["rows"]) == {"vanilla"}
     comp = {c["metric"]: c for c in main["comparisons"]}
     assert set(comp) == {"ppl@32", "trec/acc@k0", "avg/acc@k0"}
@@ -110,6 +113,40 @@ def test_sweep_verdict(tmp_path, tokenizer):  # noqa: F811
 
 
 
+def test_unfinished_repeated_and_unpaired_runs_are_named_not_scored(tmp_path, tokenizer):  # noqa: F811
+    """Found by fuzzing: a diverged or interrupted job's early last.ckpt was averaged in as a finished run (a
+    verdict of unlike things); evaluate.py's own folder inside the sweep was a "failed job"; a second cache folder
+    split one experiment into two settings; a repeat was dropped with a console warning only; vanilla and
+    momentum without a shared seed gave no verdict and no word."""
+    sweep, steps = tmp_path / "multirun", {"trainer": {"max_steps": 6}}
+    for n, (kind, seed) in enumerate([("vanilla", 1), ("vanilla", 2), ("momentum", 1), ("momentum", 2)]):
+        job(sweep, n, kind, seed, tokenizer, extra={**steps, "data": {**DATA, "cache_dir": f"/cache{n % 2}"}}, step=6)
+    job(sweep, 4, "momentum", 3, tokenizer, extra=steps, step=3)  # diverged at step 4: its last good checkpoint
+    job(sweep, 5, "momentum", 2, tokenizer, extra=steps, step=6)  # a copy of job 3's run
+    (sweep / "verdict" / ".hydra").mkdir(parents=True)  # evaluate.py's own folder, written into the sweep
+    (sweep / "verdict" / ".hydra" / "config.yaml").write_text("sweep_dir: multirun\nppl:\n  max_windows: 2\n")
+    out = tmp_path / "out"
+    run_evaluate({**EVAL, "sweep_dir": str(sweep), "device": "cpu"}, out_dir=out)
+    doc, md = strict_json((out / "sweep.json").read_text()), (out / "sweep.md").read_text()
+    assert doc["failed"] == ["4 (partial: trained 3 of trainer.max_steps=6 steps (diverged or interrupted; resume it "
+                             "with ckpt_path=last, or evaluate it alone with evaluate.py ckpt_path=...))"]
+    assert len(doc["settings"]) == 1  # data.cache_dir is where tokens are kept, not what is trained
+    (setting,) = doc["settings"]
+    assert setting["rows"]["momentum"]["ppl@32"]["n"] == 2 and setting["comparisons"][0]["n_pairs"] == 2
+    assert len(setting["duplicates"]) == 1 and setting["duplicates"][0].startswith(f"{sweep / '5'} (momentum, seed 2")
+    assert md.startswith("# momattn sweep verdict\n\n4 runs (1 more left out as repeats, below)")
+    assert "Left out, a second run of the same attention and seed" in md
+    # settings apart: named by the leaf that differs, not by 80 characters of a whole section
+    for d in (sweep / "4", sweep / "5"):
+        shutil.rmtree(d)
+    job(sweep, 6, "vanilla", 1, tokenizer, extra={"trainer": {"max_steps": 8}}, step=8)
+    job(sweep, 7, "momentum", 2, tokenizer, extra={"trainer": {"max_steps": 8}}, step=8)
+    run_evaluate({**EVAL, "sweep_dir": str(sweep), "device": "cpu"}, out_dir=tmp_path / "two")
+    md = (tmp_path / "two" / "sweep.md").read_text()
+    assert ": trainer.max_steps=8\n" in md and ": trainer.max_steps=6\n" in md
+    assert md.count("No seed is shared with vanilla") == 1  # vanilla seed 1 and momentum seed 2: no pair
+
+
 def test_sweep_reuses_matching_results_and_rejects_bad_folders(tmp_path):
     from momattn.eval.config import EvalConfig
     from momattn.eval.report import write_reports
@@ -119,7 +156,7 @@ def test_sweep_reuses_matching_results_and_rejects_bad_folders(tmp_path):
     with pytest.raises(ConfigError, match="is not a folder"):
         run_evaluate({"sweep_dir": str(tmp_path / "nope")}, out_dir=tmp_path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ConfigError, match="holds no checkpoints/last.ckpt"):
+    with pytest.raises(ConfigError, match=r"holds no finished run \(a job's checkpoints/last.ckpt"):
         run_evaluate({"sweep_dir": str(tmp_path / "empty")}, out_dir=tmp_path)
     with pytest.raises(ConfigError, match="not both"):
         run_evaluate({"sweep_dir": str(tmp_path), "ckpt_path": "x"}, out_dir=tmp_path)

@@ -370,6 +370,19 @@ def test_an_optuna_search_whose_every_trial_failed_ends_with_one_line(tmp_path):
     assert "No trials are completed" not in r.stderr and r.stderr.count("training loss became nan") >= 2
 
 
+def test_an_optuna_search_that_cannot_start_says_why_in_one_line(tmp_path):
+    """Found by fuzzing: n_trials=0 ran nothing and said "none of the search's 0 trials completed: each one's error
+    is above"; an interval with low > high was Optuna's ValueError traceback."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    for arg, said in [("hydra.sweeper.n_trials=0", "error: hydra.sweeper.n_trials=0: a search runs at least one trial"),
+                      ("optim.lr=interval(1e-2,1e-4)", "error: the search space: The `low` value must be smaller than "
+                                                       "or equal to the `high` value (low=0.01, high=0.0001)")]:
+        r = run_cli("train.py", ["-m", "hparams_search=optuna", *SMOKE, arg, f"hydra.sweep.dir={tmp_path / arg[:5]}"],
+                    tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        assert r.stderr.strip().splitlines()[-1].startswith(said), r.stderr[-3000:]
+
+
 def test_wandb_sweep_recipe_arguments_are_accepted_by_train_py(tmp_path):
     import yaml
 

@@ -25,12 +25,29 @@ class OptunaSweeper(Sweeper):
         self.base.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> None:
+        n_trials = self.base.sweeper.n_trials  # 0 or -1 ran nothing, then said that none of "0 trials" completed
+        if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+            print(f"error: hydra.sweeper.n_trials={n_trials!r}: a search runs at least one trial; set "
+                  "hydra.sweeper.n_trials=N with N >= 1", file=sys.stderr)
+            raise SystemExit(2)
         try:
             return self.base.sweep(arguments)
         except ValueError as e:
+            if _raised_in(e, "optuna/distributions"):  # interval(1e-2,1e-4): Optuna's traceback, before any trial
+                print(f"error: the search space: {e} (check hydra.sweeper.params and any interval(...), "
+                      "range(...) or choice(...) on the command line)", file=sys.stderr)
+                raise SystemExit(2) from None
             if "No trials are completed" not in str(e):
                 raise
             print(f"error: none of the search's {self.base.sweeper.n_trials} trials completed: each one's error is "
                   f"above and its log in its folder under {os.path.abspath(self.sweep_dir)}; fix the cause and run the search again",
                   file=sys.stderr)
             raise SystemExit(1) from None
+
+
+def _raised_in(e: BaseException, where: str) -> bool:
+    """Whether e was raised inside a module whose path holds `where` (e.g. 'optuna/distributions')."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and where in tb.tb_frame.f_code.co_filename.replace("\\", "/")

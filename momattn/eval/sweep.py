@@ -36,7 +36,11 @@ log = logging.getLogger(__name__)
 BASELINE = "vanilla"
 # run-config keys that do not define the experiment (where a run writes, how it logs) or that vary on purpose
 IGNORED_KEYS = ("seed", "attention", "paths", "logger", "hydra", "callbacks", "tags", "task_name", "ckpt_path",
-                "run_eval", "eval", "extras", "dist_timeout_s")
+                "run_eval", "eval", "extras", "dist_timeout_s", "optimized_metric")
+# keys inside a section that change how a run is fed or shown, not what it trains: two sweeps of one experiment
+# with another cache folder (a resolved absolute path) were two settings, with no vanilla to compare against
+IGNORED_SUBKEYS = {"data": ("cache_dir", "num_workers", "num_proc"),
+                   "trainer": ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")}
 # two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: _t975's expansion)
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
@@ -93,6 +97,7 @@ class SettingSummary:
     rises: list[Rise] = field(default_factory=list)
     params: dict[str, dict] = field(default_factory=dict)  # attention label -> its attention config
     non_finite: list[str] = field(default_factory=list)  # "attention seed S: metric=nan", left out of every number
+    duplicates: list[str] = field(default_factory=list)  # jobs left out: a second run of one attention and seed
 
 
 def t_interval(diffs: Sequence[float]) -> tuple[float, float, float]:
@@ -164,12 +169,14 @@ def verdict(metric: str, lo: float, hi: float, n: int = 1) -> str:
 
 # settings added by later momattn versions, at the value that changes nothing: a run that lacks one (trained
 # before it existed) and a run that has it at this value trained the same way, so they stay one setting
-NEUTRAL_DEFAULTS = {("global_batch",): None, ("val_every_steps",): None, ("trainer", "num_nodes"): 1,
-                    ("data", "num_proc"): 1}
+NEUTRAL_DEFAULTS = {("global_batch",): None, ("val_every_steps",): None, ("trainer", "num_nodes"): 1}
 
 
 def _strip(config: Mapping) -> dict:
     out = {k: v for k, v in config.items() if k not in IGNORED_KEYS}
+    for section, keys in IGNORED_SUBKEYS.items():  # a copy: the run's own config stays as it was
+        if isinstance(out.get(section), Mapping):
+            out[section] = {k: v for k, v in out[section].items() if k not in keys}
     for path, neutral in NEUTRAL_DEFAULTS.items():
         *parents, leaf = path
         node = out
@@ -183,8 +190,44 @@ def _strip(config: Mapping) -> dict:
     return out
 
 
+def _flat(config: Mapping, prefix: str = "") -> dict:
+    """{'trainer.max_steps': 400, ...}: every leaf of a nested config under its dotted key."""
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _is_training_job(folder: Path) -> bool:
+    """Whether a folder holding .hydra/ is a train.py job: evaluate.py's and analyze.py's own folders (one written
+    inside the sweep folder was listed as a failed job) have no trainer section."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(config, Mapping) and "trainer" in config
+
+
+def _unfinished(config: Mapping, step: int | None) -> str | None:
+    """Why a checkpoint is not a finished run (None if it is): it stopped before trainer.max_steps (diverged,
+    interrupted, or still training). Its numbers are of a model trained for fewer steps, so averaging them with
+    finished runs would make a verdict of unlike things."""
+    trainer = config.get("trainer")
+    max_steps = trainer.get("max_steps") if isinstance(trainer, Mapping) else None
+    if isinstance(step, int) and isinstance(max_steps, int) and not isinstance(max_steps, bool) and 0 < max_steps \
+            and step < max_steps:
+        return (f"partial: trained {step} of trainer.max_steps={max_steps} steps (diverged or interrupted; resume "
+                "it with ckpt_path=last, or evaluate it alone with evaluate.py ckpt_path=...)")
+    return None
+
+
 def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
-    """The runs of a sweep and the names of its jobs that left no last checkpoint."""
+    """The finished runs of a sweep, and the names of its jobs that left no last checkpoint or stopped early."""
     from momattn.checkpoint import read_meta
 
     if not sweep_dir.is_dir():
@@ -194,7 +237,7 @@ def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
     ckpts = sorted(sweep_dir.rglob("checkpoints/last.ckpt"))
     done = {p.parent.parent for p in ckpts}
     for hydra_dir in sorted(sweep_dir.rglob(".hydra")):
-        if hydra_dir.parent not in done and (hydra_dir / "config.yaml").exists():
+        if hydra_dir.parent not in done and _is_training_job(hydra_dir.parent):
             failed.append(f"{hydra_dir.parent.relative_to(sweep_dir)} (no checkpoints/last.ckpt)")
     for path in ckpts:
         try:
@@ -204,6 +247,9 @@ def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
             failed.append(f"{path.parent.parent.relative_to(sweep_dir)} (unreadable checkpoint: {e})")
             continue
         config = to_plain(meta.get("config")) or {}
+        if why := _unfinished(config, ckpt.get("global_step")):
+            failed.append(f"{path.parent.parent.relative_to(sweep_dir)} ({why})")
+            continue
         att = dict((meta.get("model_config") or {}).get("attention") or config.get("attention") or {})
         run = SweepRun(path, path.parent.parent, str(att.get("kind", "unknown")), config.get("seed"),
                        digest(_strip(config)), config)
@@ -212,8 +258,8 @@ def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
         runs.append(run)
     _label_variants(runs)
     if not runs:
-        raise ConfigError(f"sweep_dir='{sweep_dir}' holds no checkpoints/last.ckpt"
-                          + (f"; failed jobs: {'; '.join(failed)}" if failed else ""))
+        raise ConfigError(f"sweep_dir='{sweep_dir}' holds no finished run (a job's checkpoints/last.ckpt at its "
+                          "trainer.max_steps)" + (f"; failed or partial jobs: {'; '.join(failed)}" if failed else ""))
     return runs, failed
 
 
@@ -312,7 +358,8 @@ def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
     for r in runs:
         if r.result is not None:
             settings[r.setting].append(r)
-    configs = {s: {**_strip(rs[0].config), **({"eval settings": rs[0].eval_key} if rs[0].eval_key else {})}
+    # what tells the settings apart, leaf by leaf (trainer.max_steps=4, not the whole trainer section)
+    configs = {s: {**_flat(_strip(rs[0].config)), **({"eval settings": rs[0].eval_key} if rs[0].eval_key else {})}
                for s, rs in settings.items()}
     out = []
     for s, rs in settings.items():
@@ -324,6 +371,7 @@ def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
             if (r.attention, r.seed) in jobs:  # e.g. jobs that differ only in an ignored key (callbacks, logger)
                 log.warning("%s and %s: same attention (%s) and seed (%s) in one setting; the second is left out",
                             jobs[r.attention, r.seed], r.job, r.attention, r.seed)
+                summary.duplicates.append(f"{r.job} ({r.attention}, seed {r.seed}: a second run of {jobs[r.attention, r.seed]})")
                 continue
             jobs[r.attention, r.seed] = r.job
             metrics = metrics_of(r.result)
@@ -358,8 +406,9 @@ def _num(metric: str, x: float) -> str:
 
 
 def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n_runs: int) -> str:
+    left = sum(len(s.duplicates) for s in summaries)
     lines = ["# momattn sweep verdict", "",
-             f"{n_runs} runs; accuracy in %, perplexity as is; mean ± std (sample) over seeds. Differences are "
+             f"{n_runs - left} runs" + (f" ({left} more left out as repeats, below)" if left else "") + "; accuracy in %, perplexity as is; mean ± std (sample) over seeds. Differences are "
              f"attention − {BASELINE}, paired by seed, with a 95% t-interval; 'better' / 'worse' only when the "
              "interval excludes 0 (lower perplexity is better).", ""]
     if failed:
@@ -367,6 +416,9 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
     for s in summaries:
         title = ", ".join(f"{k}={json.dumps(v, default=str)[:80]}" for k, v in s.differs.items()) or "all runs"
         lines += [f"## Setting {s.setting}: {title}", ""]
+        if s.duplicates:
+            lines += ["Left out, a second run of the same attention and seed (pass each copy's sweep on its own to "
+                      "score it): " + "; ".join(s.duplicates), ""]
         if s.non_finite:
             lines += ["Non-finite values, left out of every number below (a diverged run?): "
                       + "; ".join(s.non_finite), ""]
@@ -401,6 +453,9 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
             lines.append("")
         elif BASELINE not in s.rows:
             lines += [f"No {BASELINE} run in this setting: nothing to compare against.", ""]
+        elif len(s.rows) > 1:  # pairs are by seed: vanilla seed 1 and momentum seed 2 make no pair
+            lines += [f"No seed is shared with {BASELINE}: differences are paired by seed, so nothing is compared; "
+                      "train the same seeds for each attention.", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -218,7 +218,9 @@ def _unfinished(config: Mapping, step: int | None) -> str | None:
     interrupted, or still training). Its numbers are of a model trained for fewer steps, so averaging them with
     finished runs would make a verdict of unlike things."""
     trainer = config.get("trainer")
-    max_steps = trainer.get("max_steps") if isinstance(trainer, Mapping) else None
+    if not isinstance(trainer, Mapping) or trainer.get("max_epochs") not in (None, -1) or trainer.get("max_time"):
+        return None  # another limit may end the run first, finished: only max_steps tells a short run here
+    max_steps = trainer.get("max_steps")
     if isinstance(step, int) and isinstance(max_steps, int) and not isinstance(max_steps, bool) and 0 < max_steps \
             and step < max_steps:
         return (f"partial: trained {step} of trainer.max_steps={max_steps} steps (diverged or interrupted; resume "

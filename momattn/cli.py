@@ -287,6 +287,11 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
     then today's on top (today's win, key by key). A single run also continues in that folder. Anything else
     (no ckpt_path, no saved overrides) is returned unchanged."""
     ckpt = _last(overrides, "ckpt_path")
+    # a sweep resumed without its folder got a new timestamped one, and every job started from step 0, silently
+    if multirun and ckpt == "last" and _last(overrides, "hydra.sweep.dir") is None:
+        raise ConfigError("ckpt_path=last in a sweep resumes each job from its own folder in the sweep's folder; "
+                          "without hydra.sweep.dir a new timestamped one would be made and every job start from "
+                          "step 0. Name the sweep: hydra.sweep.dir=multirun/<date>/<time>")
     if not ckpt or ckpt == "null" or (multirun and ckpt == "last"):  # a sweep's jobs each resume their own folder
         return overrides
     run_dir = _last(overrides, "hydra.run.dir")

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from momattn.checkpoint import read_checkpoint
 from momattn.cli import resume_overrides
+from momattn.errors import ConfigError
 from momattn.progress import TrainProgress
 from momattn.training import run_train
 
@@ -64,7 +65,12 @@ def test_resume_overrides_reuse_the_run_folder_and_today_wins(tmp_path, capsys):
     assert merged[-1] == f"hydra.run.dir={run}" and "attention=momentum" in merged
     assert resume_overrides(["attention=vanilla"]) == ["attention=vanilla"]  # no resume: unchanged
     assert resume_overrides([f"ckpt_path={tmp_path}/elsewhere.ckpt"]) == [f"ckpt_path={tmp_path}/elsewhere.ckpt"]
-    # a sweep keeps its own folders
+    # a sweep keeps its own folders; ckpt_path=last needs the sweep's folder (a new timestamped one, every job from
+    # step 0, silently: found by fuzzing)
+    assert resume_overrides(["ckpt_path=last", "hydra.sweep.dir=x"], multirun=True) == ["ckpt_path=last",
+                                                                                        "hydra.sweep.dir=x"]
+    with pytest.raises(ConfigError, match=r"^ckpt_path=last in a sweep .* Name the sweep: hydra.sweep.dir="):
+        resume_overrides(["ckpt_path=last", "seed=1,2"], multirun=True)
     swept = resume_overrides([f"ckpt_path={run}/checkpoints/last.ckpt"], multirun=True)
     assert f"hydra.run.dir={run}" not in swept and "hydra.mode=RUN" not in swept
     # a folder quoted as Hydra wants it (a space in the path): its saved command line is found all the same

@@ -6,7 +6,8 @@ Specs (N = optimizer step): sigterm@N (a preemption, at the end of step N's hook
 sigterm_late@N (after every hook of step N, right before Lightning looks at its SIGTERM flag), sigterm_in_val@N
 (during the validation at step N), kill@N (SIGKILL), nan@N (one batch's loss becomes NaN),
 kill_during_save@N (SIGKILL while the real checkpoint writer is writing the first checkpoint at step >= N),
-disk_full@N (every file write from step N on fails with ENOSPC, as on a full disk).
+disk_full@N (every file write from step N on fails with ENOSPC, as on a full disk), sigint@N (Ctrl-C: a
+KeyboardInterrupt at the end of step N's hooks of this callback).
 `+callbacks.fault.rank=R` fires on global rank R only (DDP), else on every rank.
 Nothing in the training code knows about this module.
 """
@@ -27,7 +28,7 @@ from momattn import lightning_compat as compat
 from momattn.errors import ConfigError
 from momattn.io import TEMP_NAME
 
-KINDS = ("sigterm", "sigterm_late", "sigterm_in_val", "kill", "nan", "kill_during_save", "disk_full")
+KINDS = ("sigterm", "sigterm_late", "sigterm_in_val", "kill", "nan", "kill_during_save", "disk_full", "sigint")
 
 
 def _fill_disk() -> None:
@@ -131,6 +132,8 @@ class FaultInjection(Callback):
                 os.kill(os.getpid(), signal.SIGKILL)
             elif self.kind == "disk_full":
                 _fill_disk()
+            elif self.kind == "sigint":
+                raise KeyboardInterrupt
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if self.kind == "sigterm_in_val" and batch_idx == 0 and not trainer.sanity_checking \

@@ -238,6 +238,10 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
                   "its own folder)", file=sys.stderr, flush=True)
             raise SystemExit(0) from None
         return None
+    except SystemExit:  # Ctrl-C: Lightning tears down and exits 1, its one line silenced with the libraries' chatter
+        if trainer.interrupted and trainer.is_global_zero:
+            print(_interrupt_hint(out_dir, job), file=sys.stderr, flush=True)
+        raise
     finally:
         close = getattr(dm.train_set, "close", None)  # a stream's reader thread, on success or failure
         if close is not None:
@@ -381,15 +385,29 @@ def _resume_hint(preempt: PreemptionCheckpoint, out_dir: Path, job: HydraJob) ->
     if preempt.saved_path is not None:
         saved = f"checkpoint written to {preempt.saved_path} at step {preempt.saved_step}"
     else:  # stopped before the first step (e.g. in the sanity check): the newest checkpoint there is stands
-        last = out_dir / "checkpoints" / "last.ckpt"
-        try:
-            saved = f"no new checkpoint; {last} is at step {read_meta(last)['global_step']}"
-        except Exception:
-            saved = "no checkpoint was written yet"
+        saved = _newest_checkpoint(out_dir)
+        saved = saved if saved.startswith("no ") else f"no new checkpoint; {saved}"
     again = "" if (out_dir / ".hydra" / "overrides.yaml").is_file() else \
         " ".join(o for o in job.overrides if not o.startswith(("ckpt_path=", "hydra.run.dir=")))
     return (f"\n[momattn] SIGTERM received: {saved}.\n"
             f"Resume with: python train.py {again} ckpt_path=last hydra.run.dir={out_dir}").replace("  ", " ")
+
+
+def _newest_checkpoint(out_dir: Path) -> str:
+    last = out_dir / "checkpoints" / "last.ckpt"
+    try:
+        return f"{last} is at step {read_meta(last)['global_step']}"
+    except Exception:
+        return "no checkpoint was written yet"
+
+
+def _interrupt_hint(out_dir: Path, job) -> str:
+    """What a Ctrl-C left: no checkpoint of its own (it can land mid-step), the newest one written before it, and
+    how to go on from there."""
+    where = (f"ckpt_path=last hydra.sweep.dir={job.sweep_dir} (the same command; each job resumes its own folder)"
+             if job.sweep_dir is not None else f"python train.py ckpt_path=last hydra.run.dir={out_dir}")
+    return (f"\n[momattn] interrupted (Ctrl-C): {_newest_checkpoint(out_dir)}; the steps after it are lost (a SIGTERM, "
+            f"e.g. kill <pid>, saves the current step first). Resume with: {where}")
 
 
 def _train_size(train) -> str:

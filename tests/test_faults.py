@@ -137,6 +137,18 @@ def test_sigterm_before_the_first_validation_and_a_resume_keep_one_last_ckpt(ref
         assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-6), step
 
 
+def test_a_ctrl_c_says_what_is_kept_and_how_to_resume(tmp_path):
+    """Found by fuzzing: Ctrl-C during training exited 1 with no word (Lightning's one line is silenced with the
+    libraries' chatter). It writes no checkpoint of its own (it can land mid-step): the newest one is named."""
+    r = run_cli("train.py", [*RUN, *fault("sigint@5"), f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 3
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"[momattn] interrupted (Ctrl-C): {tmp_path}/checkpoints/last.ckpt is at step 3; the steps after it are lost "
+        f"(a SIGTERM, e.g. kill <pid>, saves the current step first). Resume with: python train.py ckpt_path=last "
+        f"hydra.run.dir={tmp_path}")
+
+
 @pytest.mark.slow
 def test_last_ckpt_is_the_final_model_when_the_last_validation_does_not_improve(tmp_path):
     # mode=max: only the first validation "improves"; Lightning alone then leaves last.ckpt at step 3

@@ -90,6 +90,9 @@ _READ_AT_IMPORT = ("PYTHONPATH", "PYTHONHASHSEED", "PYTHONWARNINGS", "PYTHONSAFE
                    "MOMATTN_SCAN_BACKEND", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES", "RANK", "LOCAL_RANK",
                    "SLURM_PROCID", "JSM_NAMESPACE_RANK", "TORCH_LOGS")
 _READ_AT_IMPORT_PREFIXES = ("PYTHON", "TORCH", "PYTORCH_", "OMP_", "GOMP_", "KMP_", "HF_")
+# the rank variables are read at import as int(value), unset meaning 0 (Lightning's and torchmetrics'
+# rank_zero_only.rank): "0" imports as their absence does, so a node-0 / LOCAL_RANK=0 run can go warm
+_RANK_AT_IMPORT = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
 _WARM: dict = {"zygotes": [None, None], "runs": 0, "failed": None}  # this worker's two warm interpreters
 
 
@@ -97,7 +100,11 @@ def _import_time_differs(env: dict, warm_env: dict, asked: set) -> bool:
     """Whether a variable an import reads differs: the listed ones, and those of the prefixes that the run itself
     sets (`asked`; libraries set some in the worker's own environment, e.g. a cache folder, that no import reads)."""
     keys = {k for k in {*env, *warm_env} if k in _READ_AT_IMPORT or (k in asked and k.startswith(_READ_AT_IMPORT_PREFIXES))}
-    return any(env.get(k) != warm_env.get(k) for k in keys)
+
+    def seen(e: dict, k: str):
+        return None if k in _RANK_AT_IMPORT and e.get(k) == "0" else e.get(k)
+
+    return any(seen(env, k) != seen(warm_env, k) for k in keys)
 
 
 def _zygote(env: dict, asked: set):

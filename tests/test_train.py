@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
@@ -500,7 +499,7 @@ def test_ddp_on_two_cpu_processes_and_on_two_simulated_nodes(tmp_path):
     """Two DDP processes on one node train; and with MASTER_ADDR/MASTER_PORT/NODE_RANK as SLURM or torchrun set
     them, two 'nodes' of one CPU process each on localhost give the same losses (same global ranks, same shards)."""
     import subprocess
-    import sys
+    from concurrent.futures import ThreadPoolExecutor
 
     common = [*SMOKE, "trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.strategy=ddp",
               "logger=csv"]
@@ -508,15 +507,17 @@ def test_ddp_on_two_cpu_processes_and_on_two_simulated_nodes(tmp_path):
     assert one.returncode == 0, one.stderr[-3000:]
     assert read_checkpoint(tmp_path / "one" / "checkpoints" / "last.ckpt")["global_step"] == 6
     assert any(row.get("val/loss") for row in read_metrics(tmp_path / "one"))
-    port, procs = _free_port(), []
-    for rank in (0, 1):
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(rank),
-               "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
-        procs.append(subprocess.Popen([sys.executable, str(ROOT / "train.py"), *common, "trainer.devices=1",
-                                       "trainer.num_nodes=2", f"hydra.run.dir={tmp_path / 'two'}"], cwd=tmp_path,
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    port = _free_port()
+
+    def node(rank: int) -> subprocess.CompletedProcess:  # a process each, at once (warm where it can: LOCAL_RANK=0)
+        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(rank), "WORLD_SIZE": "2",
+               "LOCAL_RANK": "0"}
+        return run_cli("train.py", [*common, "trainer.devices=1", "trainer.num_nodes=2",
+                                    f"hydra.run.dir={tmp_path / 'two'}"], tmp_path, env=env)
+
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(node, (0, 1)))
+    assert all(o.returncode == 0 for o in outs), [o.stderr[-2000:] for o in outs]
     a, b = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
     assert sorted(a) == sorted(b) == list(range(6))
     assert all(a[s] == pytest.approx(b[s], rel=1e-6) for s in a), (a, b)

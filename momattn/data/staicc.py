@@ -466,7 +466,7 @@ def _lm_texts(tasks: tuple[str, ...], split: str, seed: int) -> tuple[str, ...]:
     from momattn.data.overlap import holders, word_lists
 
     train = [rows[i][0] for rows, s, _, drop in parts for i in s.lm_train.tolist() if i not in drop]
-    train_norms = set(normalize_many(train))
+    train_norms = {norms[i] for _, s, norms, drop in parts for i in s.lm_train.tolist() if i not in drop}  # cached
     docs = [d for d, n in zip(docs, normalize_many(docs)) if n not in train_norms]
     held = set().union(*holders(word_lists(docs), word_lists(train)).values())
     return tuple(d for j, d in enumerate(docs) if j not in held)

@@ -289,8 +289,8 @@ def test_nonfinite_loss_can_be_skipped(tmp_path):
 @pytest.mark.slow
 def test_wandb_unreachable_in_online_mode_falls_back_to_offline(tmp_path):
     env = {"WANDB_MODE": "online", "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9",
-           "WANDB_INIT_TIMEOUT": "10"}
-    r = run_cli("train.py", [*SMOKE, "logger=wandb", "logger.wandb.offline=false", "logger.wandb.init_timeout=10",
+           "WANDB_INIT_TIMEOUT": "3"}
+    r = run_cli("train.py", [*SMOKE, "logger=wandb", "logger.wandb.offline=false", "logger.wandb.init_timeout=3",
                              f"hydra.run.dir={tmp_path}"], tmp_path, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "W&B is unreachable" in r.stderr and "wandb sync" in r.stderr

@@ -9,13 +9,12 @@ import multiprocessing as mp
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import SMOKE, read_metrics, run_cli, train_losses
+from conftest import ROOT, SMOKE, read_metrics, run_cli, train_losses
 
 from momattn.checkpoint import read_checkpoint
 from momattn.data.corpus import load_tokens
@@ -299,8 +298,8 @@ def test_wandb_unreachable_in_online_mode_falls_back_to_offline(tmp_path):
 
 
 # kill_during_save outside training: the fault fires inside momattn's real writer, and only there
-_SAVE = """
-import sys, torch
+_SAVE = f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n" + """
+import torch
 from momattn.callbacks import AtomicCheckpointIO
 from momattn.faults import FaultInjection
 
@@ -317,14 +316,22 @@ print("survived")
 """
 
 
-def _save_with_fault(path: Path, writer: str) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def save_script(tmp_path_factory) -> Path:
+    """_SAVE as a file outside the tests' folders (they check what a save left there)."""
+    script = tmp_path_factory.mktemp("kill_during_save") / "save.py"
+    script.write_text(_SAVE)
+    return script
+
+
+def _save_with_fault(script: Path, path: Path, writer: str) -> subprocess.CompletedProcess:
+    """A process of its own (forked from the warm interpreter) that saves `path` with the fault armed."""
     torch.save({"global_step": 3, "w": torch.ones(3)}, path)  # the previous checkpoint
-    return subprocess.run([sys.executable, "-c", _SAVE, str(path), writer], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    return run_cli(str(script), [str(path), writer], path.parent, timeout=120)
 
 
-def test_kill_during_save_kills_inside_the_atomic_writer_and_keeps_the_previous_file(tmp_path):
-    r = _save_with_fault(tmp_path / "last.ckpt", "atomic")
+def test_kill_during_save_kills_inside_the_atomic_writer_and_keeps_the_previous_file(tmp_path, save_script):
+    r = _save_with_fault(save_script, tmp_path / "last.ckpt", "atomic")
     assert r.returncode == -9 and "survived" not in r.stdout, r.stderr[-2000:]
     [temp] = [p for p in tmp_path.iterdir() if p.name != "last.ckpt"]
     assert re.fullmatch(r"\.last\.ckpt\.[0-9a-f]{8}\.tmp\d+@[A-Za-z0-9-]+", temp.name) and str(temp) in r.stderr
@@ -334,16 +341,16 @@ def test_kill_during_save_kills_inside_the_atomic_writer_and_keeps_the_previous_
 def test_kill_during_save_kills_while_the_temporary_file_is_half_written(tmp_path):
     # the writer pauses half-way: the kill must land then, not only at the rename after a complete file
     # (atomic_write opens with 'xb'; the hook watched for 'w' only, so it always waited for the rename)
-    script = """
-import sys, time
+    script = f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n" + """
+import time
 from momattn.faults import KillDuringSave
 from momattn.io import atomic_write
 k = KillDuringSave(); k.armed = True
 atomic_write(sys.argv[1], lambda f: (f.write(b"x" * 10), f.flush(), time.sleep(2), f.write(b"y" * 10)))
 print("survived")
 """
-    r = subprocess.run([sys.executable, "-c", script, str(tmp_path / "out.bin")], capture_output=True, text=True,
-                       timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    (tmp_path / "half.py").write_text(script)
+    r = run_cli(str(tmp_path / "half.py"), [str(tmp_path / "out.bin")], tmp_path, timeout=120)
     assert r.returncode == -9 and "[fault] SIGKILL while writing" in r.stderr and "(10 bytes so far)" in r.stderr, \
         r.stderr[-2000:]
 
@@ -370,10 +377,10 @@ def test_a_figure_that_fails_half_way_leaves_the_previous_picture(tmp_path):
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["icl.png"]
 
 
-def test_only_the_partial_files_of_dead_idle_writers_are_removed(tmp_path):
+def test_only_the_partial_files_of_dead_idle_writers_are_removed(tmp_path, save_script):
     from momattn.io import _host, remove_stale_temps
 
-    r = _save_with_fault(tmp_path / "last.ckpt", "atomic")  # a writer killed mid-save: its PID is gone
+    r = _save_with_fault(save_script, tmp_path / "last.ckpt", "atomic")  # a writer killed mid-save: its PID is gone
     [dead] = [p for p in tmp_path.iterdir() if p.name != "last.ckpt"]
     assert dead.name.endswith(f"@{_host()}")  # written on this host
     gone = int(re.search(r"\.tmp(\d+)@", dead.name).group(1))  # the killed writer's PID
@@ -393,9 +400,9 @@ def test_only_the_partial_files_of_dead_idle_writers_are_removed(tmp_path):
     assert sorted(remove_stale_temps(tmp_path)) == sorted(other) and live.exists()
 
 
-def test_kill_during_save_never_fires_for_a_writer_without_a_temp_file(tmp_path):
+def test_kill_during_save_never_fires_for_a_writer_without_a_temp_file(tmp_path, save_script):
     # so a checkpoint written straight to its final path fails the SIGKILL test (returncode 0, not -9)
-    r = _save_with_fault(tmp_path / "last.ckpt", "straight")
+    r = _save_with_fault(save_script, tmp_path / "last.ckpt", "straight")
     assert r.returncode == 0 and "survived" in r.stdout, r.stderr[-2000:]
     assert os.listdir(tmp_path) == ["last.ckpt"]
 

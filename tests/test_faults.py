@@ -5,7 +5,6 @@ Faults are injected by momattn.faults.FaultInjection, added through the config l
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import re
 import subprocess
@@ -417,20 +416,35 @@ def test_a_bad_fault_spec_is_a_config_error():
         FaultInjection("sigterm")
 
 
-def _build(args):
-    cache, tok_json = args
-    from momattn.tokenizer import Tokenizer
+_BUILD = f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n" + """
+import json
+from pathlib import Path
+import numpy as np
+from momattn.data.corpus import load_tokens
+from momattn.tokenizer import Tokenizer
 
-    tok = Tokenizer.from_json(tok_json)
-    return np.asarray(load_tokens({"source": "staicc", "tasks": ["trec"]}, tok, "train", cache)).tolist()
+tok = Tokenizer.from_json(Path(sys.argv[2]).read_text())
+print(json.dumps(np.asarray(load_tokens({"source": "staicc", "tasks": ["trec"]}, tok, "train", sys.argv[1])).tolist()))
+"""
 
 
-def test_parallel_cache_builds_do_not_corrupt_and_truncation_is_rebuilt(tmp_path):
+def test_parallel_cache_builds_do_not_corrupt_and_truncation_is_rebuilt(tmp_path, tmp_path_factory):
+    from concurrent.futures import ThreadPoolExecutor
+
     from momattn.data.staicc import lm_texts
 
     tok = train_bpe(lambda: lm_texts(["trec"], "train"), 300)
-    with mp.get_context("spawn").Pool(2) as pool:  # two runs building the same cache at once
-        a, b = pool.map(_build, [(str(tmp_path), tok.to_json())] * 2)
+    own = tmp_path_factory.mktemp("builder")
+    (own / "build.py").write_text(_BUILD)
+    (own / "tok.json").write_text(tok.to_json())
+
+    def build(_) -> list[int]:  # a process of its own, forked from a warm interpreter
+        r = run_cli(str(own / "build.py"), [str(tmp_path), str(own / "tok.json")], own)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return json.loads(r.stdout)
+
+    with ThreadPoolExecutor(2) as pool:  # two runs building the same cache at once
+        a, b = pool.map(build, range(2))
     assert a == b and len(a) > 1000
     [bin_path] = list((tmp_path / "tokens").glob("*.bin"))
     assert bin_path.stat().st_size == len(a) * 2  # uint16

@@ -38,6 +38,21 @@ if importlib.util.find_spec("triton") is not None:
 SMOKE = ["debug=smoke", "data.tasks=[trec]", "trainer.accelerator=cpu"]
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """--dist loadgroup: a test marked xdist_group is named "<node id>@<group>" so that the scheduler sends the
+    whole group to one worker. pytest-xdist does it by setting item._nodeid, which pytest 9 no longer reads (the
+    id is item._id): the groups were spread over the workers, each building what the group shares. Done here
+    where xdist's renaming did not take."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                         for m in item.iter_markers("xdist_group")})
+        if groups and "@" not in item.nodeid.rsplit("]", 1)[-1] and hasattr(item, "_id"):
+            item._id = type(item._id).parse(f"{item.nodeid}@{'_'.join(groups)}")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def cache_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("momattn_cache")

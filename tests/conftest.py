@@ -1,4 +1,4 @@
-"""Shared fixtures: everything offline, a per-session cache, configs composed from the real conf/ tree."""
+"""Shared fixtures: everything offline, one cache per test run (shared by the xdist workers), configs composed from the real conf/ tree."""
 
 from __future__ import annotations
 
@@ -55,7 +55,14 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session", autouse=True)
 def cache_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("momattn_cache")
+    """One cache for the run. Under pytest-xdist the workers share it, as processes that train together share
+    one (momattn builds each entry under a file lock or writes it atomically): the CPU kernel, tokenizers and
+    token files are built once per run instead of once per worker."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        d = tmp_path_factory.getbasetemp().parent / "momattn_cache"  # the run's folder, above the workers' own
+        d.mkdir(exist_ok=True)
+    else:
+        d = tmp_path_factory.mktemp("momattn_cache")
     os.environ["MOMATTN_CACHE"] = str(d)
     return d
 

@@ -484,7 +484,9 @@ def test_a_model_too_deep_for_any_batch_is_refused_at_once_and_says_to_shrink_it
 
 
 @pytest.mark.parametrize("blocked,shape", [
-    (False, "block_size=2048, n_layer=2, n_embd=256"), (True, "block_size=2048, n_layer=2, n_embd=256"),
+    # n_embd=128: the logits are most of the step, so an estimate that counts them wrongly (the other loss's, or
+    # none) is off by more than 2x (at 256 by 1.95-2.07x, either side of the bound from run to run)
+    (False, "block_size=2048, n_layer=2, n_embd=128"), (True, "block_size=2048, n_layer=2, n_embd=128"),
     # off CUDA, attention with dropout keeps (B, H, T, T) matrices: 10x the estimate that left them out
     (True, "block_size=1024, n_layer=2, n_embd=64, n_head=8, dropout=0.1")],
     ids=["plain-loss", "blocked-loss", "blocked-loss-dropout"])

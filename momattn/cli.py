@@ -53,12 +53,21 @@ def config_multirun(config_name: str, overrides: list[str]) -> bool:
     from hydra.types import RunMode
 
     try:
-        single = [o.input_line for o in OverridesParser.create().parse_overrides(overrides)
-                  if not o.is_sweep_override()]
+        parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception:
         return False  # check_overrides reports what does not parse
-    cfg = _compose(config_name, single, return_hydra_config=True)
+    cfg = _compose(config_name, hydra_section_overrides(parsed), return_hydra_config=True)
     return cfg is not None and cfg.hydra.mode == RunMode.MULTIRUN
+
+
+def hydra_section_overrides(parsed: list) -> list[str]:
+    """Of the parsed overrides, those the hydra section depends on: the config groups (an experiment sets the mode
+    and the sweep's params; a swept group at its first option) and hydra.* keys. Not the task's keys, which the
+    swept group's first option may lack (attention.eta with attention=vanilla,momentum)."""
+    groups = _groups()
+    return [f"{o.key_or_group}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line
+            for o in parsed if o.is_hydra_override() or (o.key_or_group in groups and not o.is_add()
+                                                           and not o.is_delete())]
 
 
 def _compose(config_name: str, overrides: list[str], **kwargs):
@@ -123,14 +132,17 @@ def _check_key(cfg, key: str, hint: str | None = None, set_too: tuple[str, ...] 
         parts = key.split(".")
         where = ".".join(parts[:i]) or "the top level"
         known = [str(k) for k in node.keys()]
+        advice = "" if hint == "" else f" ({hint or f'To add a new key on purpose use +{key}=...'})"
         raise ConfigError(
             f"'{key}' is not a config key: '{parts[i]}' does not exist in {where}.{did_you_mean(parts[i], known)} "
-            f"Keys there: {', '.join(known)}. ({hint or f'To add a new key on purpose use +{key}=...'})"
+            f"Keys there: {', '.join(known)}.{advice}"
         )
 
 
-def check_overrides(config_name: str, overrides: list[str]) -> None:
-    """Raise ConfigError naming a misspelled group option or key, with the closest valid one."""
+def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]] | None = None) -> None:
+    """Raise ConfigError naming a misspelled group option or key, with the closest valid one. With a multirun's
+    jobs (momattn.sweep_jobs.plan_sweep), the keys are checked against every combination of group options they
+    take (attention.eta set for attention=vanilla,momentum: vanilla has none)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
@@ -170,11 +182,41 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
             keys.append(name)
             if not o.is_sweep_override() and o.input_line:
                 settings.append((name, o))
-    cfg = _compose(config_name, choices) if keys or adds or deletes else None
-    if cfg is None:  # nothing to check, or composition problems (reported by Hydra itself)
+    if not (keys or adds or deletes):
         return
+    from momattn.sweep_jobs import group_choices
+
+    combos = group_choices(jobs, groups) if jobs else [choices]
+    refused: list[tuple[list[str], ConfigError]] = []
+    passed: list[list[str]] = []
+    for combo in combos[:MAX_COMBOS]:  # a swept group: every option the jobs take must have the keys set
+        cfg = _compose(config_name, combo)
+        if cfg is None:  # composition problems (reported by Hydra itself)
+            continue
+        try:
+            _check_keys(cfg, keys, adds, deletes, settings, hint="" if len(combos) > 1 else None)
+            passed.append(combo)
+        except ConfigError as e:
+            refused.append((combo, e))
+    if refused and not passed:  # no job has the key: a typo, named as for a single run
+        combo = next((c for c, e in refused if "Did you mean" in str(e)), refused[0][0])  # the nearest name
+        _check_keys(_compose(config_name, combo), keys, adds, deletes, settings)  # with the '+' hint
+    if refused:  # attention.eta for attention=vanilla,momentum: Hydra's multi-line error, or a misleading one
+        e = refused[0][1]
+        which = list(dict.fromkeys(o for c, _ in refused for o in c if not any(o in p for p in passed)))
+        which = which or [o for o in refused[0][0] if any(o not in c for c in combos)]  # no option alone: a pair
+        raise ConfigError(
+            f"the sweep's jobs with {' or '.join(which)}: {e} Other jobs of the sweep have it, so it holds for some of "
+            "the swept options only: sweep those in a sweep of their own, each sweep into a folder under one parent "
+            "(hydra.sweep.dir=<parent>/<name>), then compare them all: python evaluate.py sweep_dir=<parent>")
+
+
+MAX_COMBOS = 64  # distinct combinations of swept group options whose keys are checked (each one composed)
+
+
+def _check_keys(cfg, keys: list[str], adds: list, deletes: list, settings: list, hint: str | None = None) -> None:
     for key in keys:
-        _check_key(cfg, key, set_too=tuple(keys))
+        _check_key(cfg, key, hint=hint, set_too=tuple(keys))
     for key, line in adds:  # Hydra's own message is a multi-line error, exit 1
         if _exists(cfg, key):
             raise ConfigError(f"{line}: '{key}' exists already; '+' adds a new key. Write {line[1:]} to set it "
@@ -494,6 +536,7 @@ def hydra_main(config_name: str):
         @functools.wraps(fn)
         def entry():
             from momattn.console import quiet_console
+            from momattn.sweep_jobs import check_resume, plan_sweep
 
             quiet_console()  # before Hydra: a sweeper's setup (Optuna's storage) logs too
             try:
@@ -510,16 +553,26 @@ def hydra_main(config_name: str):
                     merged = resume_overrides(given, multirun=multirun)
                     sys.argv = [sys.argv[0], *flags, *merged]
                     given = merged
-                check_overrides(config_name, given)
+                sweep = plan_sweep(config_name, given) if multirun and not info else None
+                check_overrides(config_name, given, jobs=sweep.jobs if sweep else None)
                 if config_name == "train" and not info:
                     check_fresh_folder(given, multirun=multirun)
+                    if sweep is not None and _last(given, "ckpt_path") == "last":
+                        check_resume(sweep)  # before Hydra rewrites the job folders' saved command lines
                 # sampling writes no files (hydra.output_subdir: null, run.dir: .), but Hydra makes a folder given
                 if not info and (config_name != "generate" or _last(given, "hydra.run.dir") is not None):
                     check_output_dir(given, multirun=multirun)
             except UserError as e:
                 report(e)
                 sys.exit(2)
-            return hydra_task()
+            try:
+                return hydra_task()
+            except SystemExit:
+                if multirun:  # Hydra ended the sweep on a failed job's error after running them all
+                    from momattn.sweep_callback import after_failed_sweep
+
+                    after_failed_sweep()
+                raise
 
         return entry
 

@@ -57,6 +57,33 @@ def test_override_checker_accepts_valid_overrides():
                               "paths.output_dir=/tmp/x"])  # a ${hydra:...} key: its value is never read (traceback)
 
 
+def test_a_key_that_only_some_options_of_a_swept_group_have_is_named_with_those_options():
+    from momattn.sweep_jobs import plan_sweep
+
+    def check(overrides):
+        sweep = plan_sweep("train", overrides)
+        check_overrides("train", overrides, jobs=sweep.jobs)
+
+    # both orders: vanilla first was "'attention.eta' is not a config key" (misleading: momentum has it), momentum
+    # first Hydra's multi-line "Could not override" from its job validation, exit 1
+    for order in ("vanilla,momentum", "momentum,vanilla"):
+        with pytest.raises(ConfigError, match=r"^the sweep's jobs with attention=vanilla: 'attention.eta' is not a "
+                                              r"config key.*Keys there: kind\. Other jobs of the sweep have it.* "
+                                              r"python evaluate.py sweep_dir=<parent>$"):
+            check([f"attention={order}", "attention.eta=0.3"])
+    # an experiment's own sweep (hydra.sweeper.params: attention over three kinds), no -m needed
+    with pytest.raises(ConfigError, match=r"jobs with attention=vanilla or attention=multirate_ema: 'attention.eta'"):
+        check(["experiment=reproduce", "attention.eta=0.3"])
+    # a typo that no option has: named as for a single run, against the option with the nearest key
+    with pytest.raises(ConfigError, match=r"^'attention.etaa' is not a config key.*Did you mean 'eta'\?.*"
+                                          r"\(To add a new key on purpose use \+attention.etaa=\.\.\.\)$"):
+        check(["attention=vanilla,momentum", "attention.etaa=0.3"])
+    check(["attention=momentum", "attention.eta=0.1,0.3", "seed=1,2"])  # one group option: fine
+    check(["attention=momentum,multirate_ema", "optim.lr=1e-3"])  # a key every option has: fine
+    assert len(plan_sweep("train", ["experiment=reproduce"]).jobs) == 18  # Hydra's own crossing: 2 x 3 x 3
+    assert plan_sweep("train", ["hparams_search=optuna"]) is None  # Optuna picks its trials as it goes
+
+
 def test_a_key_under_a_null_section_is_one_line():
     # ppl.data is null until set: Hydra's multi-line "Key 'tasks' is not in struct", exit 1
     with pytest.raises(ConfigError, match=r"^'ppl.data.tasks': ppl.data is null \(unset\), so it has no key 'tasks' "

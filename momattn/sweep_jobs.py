@@ -1,0 +1,81 @@
+"""The jobs a multirun will launch, known before Hydra starts, so that a sweep's mistakes are refused before any
+job runs or any job folder is written: a key that only some options of a swept group have, and a resume
+(ckpt_path=last) whose value lists differ from the ones that made the job folders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+BASIC = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+@dataclass
+class Sweep:
+    jobs: list[list[str]]  # each job's task overrides ("key=value"), in Hydra's job order (job N is jobs[N])
+    sweep_dir: str | None  # hydra.sweep.dir where the command line gives it
+    subdir: str  # hydra.sweep.subdir as composed (unresolved): '${hydra.job.num}' puts job N in <sweep_dir>/N
+
+
+def plan_sweep(config_name: str, overrides: list[str]) -> Sweep | None:
+    """The jobs of a multirun run by Hydra's basic sweeper: its params (an experiment's hydra.sweeper.params)
+    then the command line's task overrides, crossed as BasicSweeper crosses them. None for another sweeper (Optuna
+    picks its trials as it goes) or where Hydra cannot compose the config (Hydra reports that itself)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from momattn.cli import _compose, _last, hydra_section_overrides
+
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(overrides)
+    except Exception:
+        return None  # check_overrides reports what does not parse
+    cfg = _compose(config_name, hydra_section_overrides(parsed), return_hydra_config=True)
+    if cfg is None or OmegaConf.select(cfg, "hydra.sweeper._target_") != BASIC:
+        return None
+    given = OmegaConf.select(cfg, "hydra.sweeper.params")
+    params = OmegaConf.to_container(given, resolve=False) if given else {}
+    task = [o.input_line for o in parsed if not o.is_hydra_override()]
+    try:
+        batches = BasicSweeper.split_arguments(parser.parse_overrides(
+            [f"{k}={v}" for k, v in params.items()] + task), None)
+    except Exception:
+        return None  # a sweep kind the basic sweeper refuses (range over floats, ...): Hydra says which
+    subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False).get("subdir")
+    return Sweep([list(job) for batch in batches for job in batch], _last(overrides, "hydra.sweep.dir"), str(subdir))
+
+
+def group_choices(jobs: list[list[str]], groups: dict[str, list[str]]) -> list[list[str]]:
+    """The distinct combinations of config-group options among the jobs ('attention=vanilla', ...), in job order."""
+    seen: dict[tuple[str, ...], None] = {}
+    for job in jobs:
+        seen.setdefault(tuple(o for o in job if o.split("=", 1)[0] in groups), None)
+    return [list(c) for c in seen]
+
+
+def check_resume(sweep: Sweep, cwd: Path | None = None) -> None:
+    """A sweep resumed with ckpt_path=last: job N resumes <sweep>/N. Refused here, before Hydra rewrites each job's
+    .hydra/ files, where a job's folder holds a run trained with other values (the value lists, or their order,
+    changed): every such job named at once. The job's own check in training.py stays, for other launchers."""
+    from momattn.cli import _checkpoint_overrides, changed_overrides
+    from momattn.errors import ConfigError
+
+    if not sweep.sweep_dir or sweep.subdir != "${hydra.job.num}":
+        return
+    root = (cwd or Path.cwd()) / sweep.sweep_dir
+    clashes, first = [], ""
+    for num, job in enumerate(sweep.jobs):
+        ckpt = root / str(num) / "checkpoints" / "last.ckpt"
+        saved = _checkpoint_overrides(str(ckpt)) if ckpt.is_file() else []
+        if saved and (changed := changed_overrides(saved, job)):
+            clashes.append(f"job {num} would resume {ckpt}, trained with {'; '.join(changed)}")
+            first = first or (f"job {num}'s were: "
+                              f"{' '.join(o for o in saved if not o.startswith(('hydra.', 'ckpt_path=')))}")
+    if clashes:
+        more = f" (and {len(clashes) - 3} more jobs)" if len(clashes) > 3 else ""
+        raise ConfigError(
+            f"{'; '.join(clashes[:3])}{more}: the sweep's value lists (or their order) differ from the ones that made "
+            "its job folders; nothing was started or rewritten. Resume with the sweep's original overrides plus "
+            f"ckpt_path=last (trainer.max_steps, logger and eval settings may change); {first}")

@@ -32,6 +32,9 @@ def quiet_console() -> None:
         return
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # a font cache built by another matplotlib install (a recreated venv) names fonts that are gone: one warning per
+    # family, twenty for one plot, while the fallback font draws it the same
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
     for pattern in _QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     os.environ.setdefault("WANDB_SILENT", "true")  # momattn prints where the W&B run is, and how to sync it

@@ -335,6 +335,9 @@ def test_an_optuna_study_in_a_database_goes_on_across_searches(tmp_path):
         assert "best trial" in r.stderr.strip().splitlines()[-1]  # this folder's job, or the earlier search's
     trials = optuna.load_study(study_name="momattn", storage=url).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    # each search seeded its sampler alike (seed 1234): the second repeated the first one's trial exactly
+    assert trials[0].params != trials[1].params
+    assert "holds 1 trial(s): this search's sampler is seeded 1234 + 1 = 1235" in r.stderr
     best = OmegaConf.load(tmp_path / "b" / "optimization_results.yaml").best_value
     assert best == pytest.approx(min(t.value for t in trials))
 

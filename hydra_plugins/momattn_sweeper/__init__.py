@@ -22,7 +22,30 @@ class OptunaSweeper(Sweeper):
 
     def setup(self, *, hydra_context, task_function, config) -> None:
         self.sweep_dir = config.hydra.sweep.dir
+        self.sweeper_cfg = config.hydra.sweeper
         self.base.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def _continue_stored_study(self) -> None:
+        """A study kept in a database (hydra.sweeper.storage) goes on across searches, but each search seeded its
+        sampler alike (sampler.seed): a second search repeated the first one's startup suggestions, trial for
+        trial. Where the stored study holds trials, the sampler is seeded seed + their number (reproducible from
+        the study's state)."""
+        cfg = self.sweeper_cfg
+        seed = cfg.get("sampler", {}).get("seed") if cfg.get("sampler") else None
+        if not cfg.get("storage") or isinstance(seed, bool) or not isinstance(seed, int):
+            return
+        import optuna
+        from hydra.utils import instantiate
+
+        try:
+            held = len(optuna.load_study(study_name=cfg.study_name, storage=cfg.storage).trials)
+        except Exception:  # no such study yet (KeyError), or a storage the base sweeper reports on
+            return
+        if held:
+            self.base.sweeper.sampler = instantiate(cfg.sampler, seed=seed + held)
+            print(f"[momattn] the stored study '{cfg.study_name}' holds {held} trial(s): this search's sampler is "
+                  f"seeded {seed} + {held} = {seed + held} (hydra.sweeper.sampler.seed + the trials so far), so that "
+                  "it does not repeat their suggestions", file=sys.stderr, flush=True)
 
     def sweep(self, arguments: list[str]) -> None:
         n_trials = self.base.sweeper.n_trials  # 0 or -1 ran nothing, then said that none of "0 trials" completed
@@ -30,6 +53,7 @@ class OptunaSweeper(Sweeper):
             print(f"error: hydra.sweeper.n_trials={n_trials!r}: a search runs at least one trial; set "
                   "hydra.sweeper.n_trials=N with N >= 1", file=sys.stderr)
             raise SystemExit(2)
+        self._continue_stored_study()
         try:
             return self.base.sweep(arguments)
         except ValueError as e:

@@ -64,10 +64,18 @@ def hydra_section_overrides(parsed: list) -> list[str]:
     """Of the parsed overrides, those the hydra section depends on: the config groups (an experiment sets the mode
     and the sweep's params; a swept group at its first option) and hydra.* keys. Not the task's keys, which the
     swept group's first option may lack (attention.eta with attention=vanilla,momentum)."""
-    groups = _groups()
-    return [f"{o.key_or_group}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line
-            for o in parsed if o.is_hydra_override() or (o.key_or_group in groups and not o.is_add()
-                                                           and not o.is_delete())]
+    groups, out = _groups(), []
+    for o in parsed:
+        if not (o.is_hydra_override() or (o.key_or_group in groups and not o.is_add() and not o.is_delete())):
+            continue
+        if not o.is_sweep_override():
+            out.append(o.input_line)
+        elif o.key_or_group in groups:
+            try:
+                out.append(f"{o.key_or_group}={next(iter(o.sweep_string_iterator()))}")
+            except Exception:  # glob(...) and other sweeps that Hydra expands itself
+                pass
+    return out  # hydra.sweeper.params.x=interval(...) and other swept hydra keys left out: only a search reads them
 
 
 def _compose(config_name: str, overrides: list[str], **kwargs):
@@ -85,9 +93,9 @@ def _compose(config_name: str, overrides: list[str], **kwargs):
         GlobalHydra.instance().clear()
 
 
-def _groups(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
+def _groups(conf_dir: Path | None = None) -> dict[str, list[str]]:
     """{config group: its options}: the folders under conf/ and their YAML files."""
-    return {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in conf_dir.iterdir() if d.is_dir()}
+    return {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in (conf_dir or CONF_DIR).iterdir() if d.is_dir()}
 
 
 def _walk(cfg, key: str) -> tuple[str, int, object]:
@@ -536,7 +544,7 @@ def hydra_main(config_name: str):
         @functools.wraps(fn)
         def entry():
             from momattn.console import quiet_console
-            from momattn.sweep_jobs import check_resume, plan_sweep
+            from momattn.sweep_jobs import check_resume, check_search, plan_sweep
 
             quiet_console()  # before Hydra: a sweeper's setup (Optuna's storage) logs too
             try:
@@ -559,6 +567,8 @@ def hydra_main(config_name: str):
                     check_fresh_folder(given, multirun=multirun)
                     if sweep is not None and _last(given, "ckpt_path") == "last":
                         check_resume(sweep)  # before Hydra rewrites the job folders' saved command lines
+                if multirun and sweep is None and not info:
+                    check_search(config_name, given)  # an Optuna search: its space's keys, no ckpt_path=last
                 # sampling writes no files (hydra.output_subdir: null, run.dir: .), but Hydra makes a folder given
                 if not info and (config_name != "generate" or _last(given, "hydra.run.dir") is not None):
                     check_output_dir(given, multirun=multirun)

@@ -79,3 +79,51 @@ def check_resume(sweep: Sweep, cwd: Path | None = None) -> None:
             f"{'; '.join(clashes[:3])}{more}: the sweep's value lists (or their order) differ from the ones that made "
             "its job folders; nothing was started or rewritten. Resume with the sweep's original overrides plus "
             f"ckpt_path=last (trainer.max_steps, logger and eval settings may change); {first}")
+
+
+def check_search(config_name: str, overrides: list[str]) -> None:
+    """A search (an Optuna sweeper): every key of its space (hydra.sweeper.params, in an hparams_search file) must
+    be one the config has, and an option searched for a config group one of the group's: Hydra's multi-line
+    'Could not override' came at the first trial. And ckpt_path=last cannot resume it: job N would resume folder
+    N, but this search's trial N is a new suggestion of the sampler, not the one trained there, so every job
+    failed on the clash."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from momattn.cli import _check_key, _compose, _groups, _last, hydra_section_overrides
+    from momattn.errors import ConfigError, did_you_mean
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:
+        return
+    cfg = _compose(config_name, hydra_section_overrides(parsed), return_hydra_config=True)
+    target = str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="")) if cfg is not None else ""
+    if "optuna" not in target.lower():
+        return
+    if _last(overrides, "ckpt_path") == "last":
+        raise ConfigError(
+            "ckpt_path=last cannot resume a search: its trials are new suggestions of the sampler, not the ones its "
+            "job folders were trained with. To go on with a study, keep it in a database (hydra.sweeper.storage="
+            "sqlite:///study.db) and run the search again into a new folder: the study keeps its finished trials and "
+            "the sampler learns from them. A trial cut short can be finished as a single run: python train.py "
+            "ckpt_path=<sweep folder>/<N>/checkpoints/last.ckpt")
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=False) if cfg.hydra.sweeper.get("params") else {}
+    groups = _groups()
+    for key, space in params.items():
+        if key in groups:
+            try:
+                options = list(OverridesParser.create().parse_override(f"{key}={space}").sweep_string_iterator())
+            except Exception:  # interval(...) or a tag: the sweeper says what it accepts
+                continue
+            for option in options:
+                if option not in groups[key]:
+                    raise ConfigError(f"hydra.sweeper.params: {key}: {space} searches {key}={option}, which is not an "
+                                      f"option of the config group '{key}'.{did_you_mean(option, groups[key])} "
+                                      f"Options: {', '.join(groups[key])}")
+            continue
+        try:
+            _check_key(cfg, key, hint="a search space names keys the config has: correct it in the hparams_search "
+                                      "file")
+        except ConfigError as e:
+            raise ConfigError(f"hydra.sweeper.params: {e}") from None

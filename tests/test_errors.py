@@ -84,6 +84,37 @@ def test_a_key_that_only_some_options_of_a_swept_group_have_is_named_with_those_
     assert plan_sweep("train", ["hparams_search=optuna"]) is None  # Optuna picks its trials as it goes
 
 
+def test_a_search_cannot_be_resumed_with_ckpt_path_last(tmp_path):
+    # job N resumed folder N with a new suggestion of the sampler: every trial failed on the clash of settings
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    err = cli_error(tmp_path, ["-m", "hparams_search=optuna", *SMOKE, "ckpt_path=last", f"hydra.sweep.dir={tmp_path}"])
+    assert "ckpt_path=last cannot resume a search: its trials are new suggestions" in err
+    assert "hydra.sweeper.storage=sqlite:///study.db" in err and "ckpt_path=<sweep folder>/<N>/checkpoints" in err
+
+
+def test_a_search_space_naming_a_key_or_option_the_config_lacks_is_one_line(tmp_path, monkeypatch):
+    # was Hydra's multi-line "Could not override 'optim.warmup_stepz'" at the first trial
+    import shutil
+
+    from momattn import cli
+    from momattn.sweep_jobs import check_search
+
+    conf = shutil.copytree(cli.CONF_DIR, tmp_path / "conf")
+    own = (conf / "hparams_search" / "optuna.yaml").read_text()
+    for name, wrong in (("key", ("optim.warmup_steps:", "optim.warmup_stepz:")),
+                        ("option", ("    params:", "    params:\n      attention: choice(vanilla, momentm)"))):
+        assert wrong[0] in own
+        (conf / "hparams_search" / f"{name}.yaml").write_text(own.replace(*wrong))
+    monkeypatch.setattr(cli, "CONF_DIR", conf)
+    check_search("train", ["hparams_search=optuna"])  # the shipped space is right
+    with pytest.raises(ConfigError, match=r"^hydra.sweeper.params: 'optim.warmup_stepz' is not a config key.*Did "
+                                          r"you mean 'warmup_steps'\?.*correct it in the hparams_search file\)$"):
+        check_search("train", ["hparams_search=key"])
+    with pytest.raises(ConfigError, match=r"^hydra.sweeper.params: attention: choice\(vanilla, momentm\) searches "
+                                          r"attention=momentm, which is not an option .* Did you mean 'momentum'"):
+        check_search("train", ["hparams_search=option"])
+
+
 def test_a_key_under_a_null_section_is_one_line():
     # ppl.data is null until set: Hydra's multi-line "Key 'tasks' is not in struct", exit 1
     with pytest.raises(ConfigError, match=r"^'ppl.data.tasks': ppl.data is null \(unset\), so it has no key 'tasks' "

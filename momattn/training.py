@@ -232,12 +232,15 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
             _report(c, trainer, metrics, loggers, _unigram(train, val, model_config.vocab_size), speed, out_dir)
         if trainer.is_global_zero:
             print(_resume_hint(preempt, out_dir, job), file=sys.stderr, flush=True)
-        if job.sweep_dir is not None and _basic_launcher():  # a preempted sweep stops instead of going on
+        if job.sweep_dir is not None and not _basic_launcher():
+            return None  # submitit, joblib and other launchers end a job their own way
+        if job.sweep_dir is not None and trainer.is_global_zero:  # a preempted sweep stops instead of going on
             print(f"[momattn] SIGTERM: the sweep stops at job {job.num}; run the same command with ckpt_path=last "
                   f"hydra.sweep.dir={job.sweep_dir} to resume it (finished jobs train no further, each job resumes "
                   "its own folder)", file=sys.stderr, flush=True)
-            raise SystemExit(0) from None
-        return None
+        # saved and resumable, but not done: exit 0 let `train.py && evaluate.py` go on with a run (or a sweep)
+        # cut short; 143 is what a shell reports for a SIGTERM
+        raise SystemExit(PREEMPTED_EXIT) from None
     except SystemExit:  # Ctrl-C: Lightning tears down and exits 1, its one line silenced with the libraries' chatter
         if trainer.interrupted and trainer.is_global_zero:
             print(_interrupt_hint(out_dir, job), file=sys.stderr, flush=True)
@@ -260,6 +263,9 @@ def _resume_from(c: TrainConfig, job: HydraJob, out_dir: Path) -> Path | None:
     path = resolve_ckpt_path(c.ckpt_path, out_dir, Path(c.paths.root_dir).resolve(), search=not chosen)
     os.environ[RESUME_ENV] = str(path or "")
     return path
+
+
+PREEMPTED_EXIT = 128 + 15  # the exit status of a run (or sweep) stopped by SIGTERM after saving: 128 + SIGTERM
 
 
 def _basic_launcher() -> bool:

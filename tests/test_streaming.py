@@ -130,9 +130,10 @@ def test_training_on_a_stream_resumes_exactly(tmp_path):
             "model.block_size=16"]
     run_train(compose_train(tmp_path / "straight", [*data, "trainer.max_steps=8"]))
     # preempted at step 4 (the schedule still ends at 8), then resumed
-    run_train(compose_train(tmp_path / "half", [*data, "trainer.max_steps=8",
-                                                "+callbacks.fault._target_=momattn.faults.FaultInjection",
-                                                "+callbacks.fault.spec=sigterm@4"]))
+    with pytest.raises(SystemExit):  # saved, and stopped with the preempted exit status
+        run_train(compose_train(tmp_path / "half", [*data, "trainer.max_steps=8",
+                                                    "+callbacks.fault._target_=momattn.faults.FaultInjection",
+                                                    "+callbacks.fault.spec=sigterm@4"]))
     ckpt = tmp_path / "half" / "checkpoints" / "last.ckpt"
     stopped = read_checkpoint(ckpt)["global_step"]
     assert 4 <= stopped < 8

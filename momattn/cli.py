@@ -61,21 +61,15 @@ def config_multirun(config_name: str, overrides: list[str]) -> bool:
 
 
 def hydra_section_overrides(parsed: list) -> list[str]:
-    """Of the parsed overrides, those the hydra section depends on: the config groups (an experiment sets the mode
-    and the sweep's params; a swept group at its first option) and hydra.* keys. Not the task's keys, which the
-    swept group's first option may lack (attention.eta with attention=vanilla,momentum)."""
-    groups, out = _groups(), []
-    for o in parsed:
-        if not (o.is_hydra_override() or (o.key_or_group in groups and not o.is_add() and not o.is_delete())):
-            continue
-        if not o.is_sweep_override():
-            out.append(o.input_line)
-        elif o.key_or_group in groups:
-            try:
-                out.append(f"{o.key_or_group}={next(iter(o.sweep_string_iterator()))}")
-            except Exception:  # glob(...) and other sweeps that Hydra expands itself
-                pass
-    return out  # hydra.sweeper.params.x=interval(...) and other swept hydra keys left out: only a search reads them
+    """Of the parsed overrides, those the hydra section depends on, as Hydra composes it for the mode and the
+    sweeper (its master config): the config groups (an experiment sets the mode and the sweep's params) and hydra.*
+    keys. A swept group is left out, as Hydra leaves it out (the group keeps its default there: the params of
+    experiment=eta_sweep,eta_sweep_rotary are not swept), and so are the task's keys, which a swept group's
+    options may lack (attention.eta with attention=vanilla,momentum)."""
+    groups = _groups()
+    return [o.input_line for o in parsed if not o.is_sweep_override() and (
+        o.is_hydra_override() or (o.key_or_group in groups and not o.is_add() and not o.is_delete()))]
+    # hydra.sweeper.params.x=interval(...) and other swept hydra keys left out: Hydra refuses them in a multirun
 
 
 def _compose(config_name: str, overrides: list[str], **kwargs):

@@ -4,6 +4,7 @@ job runs or any job folder is written: a key that only some options of a swept g
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def check_search(config_name: str, overrides: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    from momattn.cli import _check_key, _compose, _groups, _last, hydra_section_overrides
+    from momattn.cli import MAX_COMBOS, _check_key, _compose, _groups, _last, hydra_section_overrides
     from momattn.errors import ConfigError, did_you_mean
 
     try:
@@ -110,6 +111,15 @@ def check_search(config_name: str, overrides: list[str]) -> None:
             "ckpt_path=<sweep folder>/<N>/checkpoints/last.ckpt")
     params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=False) if cfg.hydra.sweeper.get("params") else {}
     groups = _groups()
+    searched: dict[str, list[str]] = {}  # the config-group options a trial may take: the space's and the command line's
+    for o in parsed:
+        if o.key_or_group in groups and not o.is_hydra_override() and not o.is_add() and not o.is_delete():
+            try:
+                searched[o.key_or_group] = (list(o.sweep_string_iterator()) if o.is_sweep_override()
+                                            else [o.get_value_element_as_str()])
+            except Exception:  # glob(...), interval(...): Hydra or the sweeper judge those
+                continue
+    keys = []
     for key, space in params.items():
         if key in groups:
             try:
@@ -121,9 +131,24 @@ def check_search(config_name: str, overrides: list[str]) -> None:
                     raise ConfigError(f"hydra.sweeper.params: {key}: {space} searches {key}={option}, which is not an "
                                       f"option of the config group '{key}'.{did_you_mean(option, groups[key])} "
                                       f"Options: {', '.join(groups[key])}")
-            continue
-        try:
-            _check_key(cfg, key, hint="a search space names keys the config has: correct it in the hparams_search "
-                                      "file")
-        except ConfigError as e:
-            raise ConfigError(f"hydra.sweeper.params: {e}") from None
+            searched[key] = options
+        elif not key.startswith("+"):  # +key adds a key and ++key sets it either way: the sweeper passes them on
+            keys.append(key)
+    if not keys:
+        return
+    # a key holds where some trial's group options have it (attention.eta with attention: choice(momentum, vanilla))
+    combos = [list(c) for c in itertools.islice(itertools.product(
+        *([f"{g}={v}" for v in options] for g, options in searched.items())), MAX_COMBOS)]
+    configs = [c for c in (_compose(config_name, combo) for combo in combos) if c is not None]
+    for key in keys:
+        refused = []
+        for task in configs:
+            try:
+                _check_key(task, key, hint="a search space names keys the config has: correct it in the "
+                                           "hparams_search file")
+                break
+            except ConfigError as e:
+                refused.append(e)
+        else:
+            if refused:
+                raise ConfigError(f"hydra.sweeper.params: {refused[0]}") from None

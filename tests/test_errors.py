@@ -115,6 +115,42 @@ def test_a_search_space_naming_a_key_or_option_the_config_lacks_is_one_line(tmp_
         check_search("train", ["hparams_search=option"])
 
 
+def test_a_search_space_may_add_keys_and_pick_the_group_options_its_keys_need(tmp_path, monkeypatch):
+    # both ran (Hydra's Optuna sweeper passes +key on; a trial's attention is the space's), and were refused
+    import shutil
+
+    from momattn import cli
+    from momattn.sweep_jobs import check_search
+
+    conf = shutil.copytree(cli.CONF_DIR, tmp_path / "conf")
+    own = (conf / "hparams_search" / "optuna.yaml").read_text()
+    for name, space in (("added", "+trainer.detect_anomaly: choice(false, true)"),
+                        ("picked", "attention: choice(momentum, multirate_ema)\n      attention.include_current: "
+                                   "choice(true, false)")):
+        (conf / "hparams_search" / f"{name}.yaml").write_text(own.replace("    params:", f"    params:\n      {space}"))
+    monkeypatch.setattr(cli, "CONF_DIR", conf)
+    check_search("train", ["hparams_search=added"])
+    check_search("train", ["hparams_search=picked"])
+    check_search("train", ["hparams_search=optuna", "attention=vanilla,momentum"])
+    (conf / "hparams_search" / "typo.yaml").write_text(own.replace(
+        "    params:", "    params:\n      attention: choice(momentum)\n      attention.include_currnt: choice(true)"))
+    with pytest.raises(ConfigError, match=r"^hydra.sweeper.params: 'attention.include_currnt' is not a config key"):
+        check_search("train", ["hparams_search=typo"])
+
+
+def test_a_swept_experiment_keeps_the_sweep_params_of_the_default_as_hydra_does():
+    # Hydra composes the sweeper's params with a swept group at its default (experiment: null): the jobs of
+    # experiment=eta_sweep,eta_sweep_rotary seed=1,2 are the experiments x seeds, not eta_sweep's seed list first;
+    # planned otherwise, the resume of that sweep with its own command was refused (job 1 "trained with other values")
+    from momattn.cli import config_multirun
+    from momattn.sweep_jobs import plan_sweep
+
+    assert plan_sweep("train", ["experiment=eta_sweep,eta_sweep_rotary", "seed=1,2"]).jobs == [
+        [f"experiment={e}", f"seed={s}"] for e in ("eta_sweep", "eta_sweep_rotary") for s in (1, 2)]
+    assert config_multirun("train", ["experiment=eta_sweep"])
+    assert not config_multirun("train", ["experiment=eta_sweep,ginc"])  # Hydra runs it as one run (and refuses it)
+
+
 def test_a_key_under_a_null_section_is_one_line():
     # ppl.data is null until set: Hydra's multi-line "Key 'tasks' is not in struct", exit 1
     with pytest.raises(ConfigError, match=r"^'ppl.data.tasks': ppl.data is null \(unset\), so it has no key 'tasks' "

@@ -189,43 +189,53 @@ def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]
     from momattn.sweep_jobs import group_choices
 
     combos = group_choices(jobs, groups) if jobs else [choices]
-    refused: list[tuple[list[str], ConfigError]] = []
-    passed: list[list[str]] = []
-    for combo in combos[:MAX_COMBOS]:  # a swept group: every option the jobs take must have the keys set
-        cfg = _compose(config_name, combo)
-        if cfg is None:  # composition problems (reported by Hydra itself)
-            continue
-        try:
-            _check_keys(cfg, keys, adds, deletes, settings, hint="" if len(combos) > 1 else None)
-            passed.append(combo)
-        except ConfigError as e:
-            refused.append((combo, e))
-    if refused and not passed:  # no job has the key: a typo, named as for a single run
-        combo = next((c for c, e in refused if "Did you mean" in str(e)), refused[0][0])  # the nearest name
-        _check_keys(_compose(config_name, combo), keys, adds, deletes, settings)  # with the '+' hint
-    if refused:  # attention.eta for attention=vanilla,momentum: Hydra's multi-line error, or a misleading one
-        e = refused[0][1]
+    configs = [(combo, cfg) for combo in combos[:MAX_COMBOS] if (cfg := _compose(config_name, combo)) is not None]
+    items = [("key", k) for k in keys] + [("add", a) for a in adds] + [("delete", d) for d in deletes]
+    partly: tuple | None = None  # (the refusals, the passing combinations) of the first item some jobs refuse
+    for item in [*items, ("shapes", None)]:  # each key on its own: another may fail on other options
+        refused, passed = [], []
+        for combo, cfg in configs:  # a swept group: every option the jobs take must have the keys set
+            try:
+                _check_item(cfg, item, keys, settings, hint="" if len(configs) > 1 else None)
+                passed.append(combo)
+            except ConfigError as e:
+                refused.append((combo, e))
+        if refused and not passed:  # no job takes it: a typo, named as for a single run, with the '+' hint
+            combo = next((c for c, e in refused if "Did you mean" in str(e)), refused[0][0])  # the nearest name
+            _check_item(_compose(config_name, combo), item, keys, settings)
+            raise refused[0][1]
+        if refused and partly is None:
+            partly = (refused, passed)
+    if partly:  # attention.eta for attention=vanilla,momentum: Hydra's multi-line error, or a misleading one
+        refused, passed = partly
         which = list(dict.fromkeys(o for c, _ in refused for o in c if not any(o in p for p in passed)))
         which = which or [o for o in refused[0][0] if any(o not in c for c in combos)]  # no option alone: a pair
+        said = str(refused[0][1]).rstrip(".") + "."
         raise ConfigError(
-            f"the sweep's jobs with {' or '.join(which)}: {e} Other jobs of the sweep have it, so it holds for some of "
-            "the swept options only: sweep those in a sweep of their own, each sweep into a folder under one parent "
-            "(hydra.sweep.dir=<parent>/<name>), then compare them all: python evaluate.py sweep_dir=<parent>")
+            f"the sweep's jobs with {' or '.join(which)}: {said} The sweep's other jobs accept it, so it fits "
+            "some of the swept options only: sweep those in a sweep of their own, each sweep into a folder under one "
+            "parent (hydra.sweep.dir=<parent>/<name>), then compare them all: python evaluate.py sweep_dir=<parent>")
 
 
 MAX_COMBOS = 64  # distinct combinations of swept group options whose keys are checked (each one composed)
 
 
-def _check_keys(cfg, keys: list[str], adds: list, deletes: list, settings: list, hint: str | None = None) -> None:
-    for key in keys:
-        _check_key(cfg, key, hint=hint, set_too=tuple(keys))
-    for key, line in adds:  # Hydra's own message is a multi-line error, exit 1
+def _check_item(cfg, item: tuple, keys: list[str], settings: list, hint: str | None = None) -> None:
+    """One thing the command line does to the config: set a key, add one (+), delete one (~), or the shapes of the
+    values set (a list given to a section, ...)."""
+    kind, what = item
+    if kind == "key":
+        _check_key(cfg, what, hint=hint, set_too=tuple(keys))
+    elif kind == "add":  # Hydra's own message is a multi-line error, exit 1
+        key, line = what
         if _exists(cfg, key):
             raise ConfigError(f"{line}: '{key}' exists already; '+' adds a new key. Write {line[1:]} to set it "
                               f"(or ++{line[1:]} to set it whether or not it exists)")
-    for key, line in deletes:
+    elif kind == "delete":
+        key, line = what
         _check_key(cfg, key, hint=f"{line} deletes a key, which must exist")  # names the missing part
-    _check_shapes(settings, cfg)
+    else:
+        _check_shapes(settings, cfg)
 
 
 def _check_shapes(settings: list, cfg) -> None:

@@ -68,7 +68,7 @@ def test_a_key_that_only_some_options_of_a_swept_group_have_is_named_with_those_
     # first Hydra's multi-line "Could not override" from its job validation, exit 1
     for order in ("vanilla,momentum", "momentum,vanilla"):
         with pytest.raises(ConfigError, match=r"^the sweep's jobs with attention=vanilla: 'attention.eta' is not a "
-                                              r"config key.*Keys there: kind\. Other jobs of the sweep have it.* "
+                                              r"config key.*Keys there: kind\. The sweep's other jobs accept it.* "
                                               r"python evaluate.py sweep_dir=<parent>$"):
             check([f"attention={order}", "attention.eta=0.3"])
     # an experiment's own sweep (hydra.sweeper.params: attention over three kinds), no -m needed
@@ -78,6 +78,15 @@ def test_a_key_that_only_some_options_of_a_swept_group_have_is_named_with_those_
     with pytest.raises(ConfigError, match=r"^'attention.etaa' is not a config key.*Did you mean 'eta'\?.*"
                                           r"\(To add a new key on purpose use \+attention.etaa=\.\.\.\)$"):
         check(["attention=vanilla,momentum", "attention.etaa=0.3"])
+    # each key judged on its own: eta fails on multirate_ema and vanilla, n_rates on momentum and vanilla, so every
+    # job refuses one of them, but neither is a typo (it said "use +attention.n_rates=...")
+    with pytest.raises(ConfigError, match=r"^the sweep's jobs with attention=multirate_ema or attention=vanilla: "
+                                          r"'attention.eta' is not a config key"):
+        check(["attention=momentum,multirate_ema,vanilla", "attention.eta=0.3", "attention.n_rates=4"])
+    # an addition that some options refuse: not "other jobs have it" (they lack it; they accept the addition)
+    with pytest.raises(ConfigError, match=r"^the sweep's jobs with attention=momentum: \+attention.eta=0.3: "
+                                          r"'attention.eta' exists already.*\)\. The sweep's other jobs accept it"):
+        check(["attention=vanilla,momentum", "+attention.eta=0.3"])
     check(["attention=momentum", "attention.eta=0.1,0.3", "seed=1,2"])  # one group option: fine
     check(["attention=momentum,multirate_ema", "optim.lr=1e-3"])  # a key every option has: fine
     assert len(plan_sweep("train", ["experiment=reproduce"]).jobs) == 18  # Hydra's own crossing: 2 x 3 x 3

@@ -301,8 +301,9 @@ def test_a_failing_job_of_a_multirun_does_not_stop_the_others(tmp_path):
     assert (tmp_path / "1" / "checkpoints" / "last.ckpt").exists(), r.stderr[-3000:]  # job 1 still trained
     # and Hydra names the failure at the end, in one line (not a stack trace of momattn.cli.JobFailed)
     lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert lines[-2] == "error: model.dropout=1.5 must lie in [0, 1)", r.stderr[-3000:]
-    assert "Traceback" not in r.stderr and "Error executing job with overrides: [" in r.stderr
+    named = next(i for i, line in enumerate(lines) if line.startswith("Error executing job with overrides: ["))
+    assert lines[named + 1] == "error: model.dropout=1.5 must lie in [0, 1)", r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "[momattn] 1 of the sweep's 2 jobs failed" in lines[named + 3]
 
 
 @pytest.mark.slow

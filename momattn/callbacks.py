@@ -84,8 +84,8 @@ class ModelCheckpoint(lightning_callbacks.ModelCheckpoint):
 
 
 class PreemptionCheckpoint(Callback):
-    """On SIGTERM, finish the current optimizer step (and the validation due at it), write last.ckpt there and exit
-    cleanly with a resume command.
+    """On SIGTERM, finish the current optimizer step (and the validation due at it), write last.ckpt there and stop
+    with a resume command (train.py then exits 143, saved but not done: momattn.training.PREEMPTED_EXIT).
 
     Lightning's own handler raises its flag, and Lightning stops wherever it next looks at it: after this callback's
     hook of the step (nothing saved), or at the first batch of a validation (which a resume then skips); under DDP

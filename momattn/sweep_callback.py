@@ -25,32 +25,31 @@ class CompareSweep(Callback):
         self.run = bool(run)
         self.config = None  # the sweep's config, from its start
         self.jobs: int | None = None  # the jobs it will run (Hydra's basic sweeper); None where not known
-        self.ended: list[int] = []  # the jobs that ran to their end, failed ones too
+        self.ended = 0  # the jobs that ran to their end, failed ones too
         self.failed: list[str] = []  # 'job N (its overrides)'
 
     def command(self, sweep_dir: str) -> list[str]:
         return [sys.executable, str(ROOT / "evaluate.py"), f"sweep_dir={sweep_dir}"]
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        self.config, self.ended, self.failed, self.jobs = config, [], [], count_jobs(config)
+        self.config, self.ended, self.failed, self.jobs = config, 0, [], count_jobs(config)
         _STARTED[:] = [self]
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         from hydra.core.utils import JobStatus
 
-        num = config.hydra.job.get("num")
-        self.ended.append(num)
+        self.ended += 1
         if job_return.status == JobStatus.FAILED:
-            self.failed.append(f"job {num} ({' '.join(map(str, job_return.overrides or []))})")
+            self.failed.append(f"job {config.hydra.job.get('num')} ({' '.join(map(str, job_return.overrides or []))})")
 
     def after_failure(self) -> None:
         """Hydra's basic sweeper runs every job, then raises the first failed job's error, and the sweep's end (the
         comparison) is skipped: called after that, the jobs that completed are compared (or the command printed),
         with the failed ones named. Nothing where the sweep stopped before its last job (a SIGTERM) or none ran."""
         _STARTED.clear()
-        if self.config is None or not self.failed or self.jobs is None or len(self.ended) < self.jobs:
+        if self.config is None or not self.failed or self.jobs is None or self.ended < self.jobs:
             return
-        done = len(self.ended) - len(self.failed)
+        done = self.ended - len(self.failed)
         if not done:
             return
         print(f"\n[momattn] {len(self.failed)} of the sweep's {self.jobs} jobs failed (their errors are above): "
@@ -117,22 +116,14 @@ def _no_password(url: str) -> str:
 def count_jobs(config) -> int | None:
     """How many jobs the sweep runs: its params crossed with its task overrides, as Hydra's basic sweeper does
     (None for another sweeper)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    from momattn.sweep_jobs import BASIC
+    from momattn.sweep_jobs import BASIC, cross_jobs, sweeper_params
 
     if OmegaConf.select(config, "hydra.sweeper._target_") != BASIC:
         return None
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    given = OmegaConf.select(config, "hydra.sweeper.params")
-    params = [f"{k}={v}" for k, v in (OmegaConf.to_container(given, resolve=False) if given else {}).items()]
-    try:
-        parsed = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
-        return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
-    except Exception:
-        return None
+    jobs = cross_jobs(sweeper_params(config), list(config.hydra.overrides.task))
+    return None if jobs is None else len(jobs)
 
 
 def after_failed_sweep() -> None:

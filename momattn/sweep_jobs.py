@@ -22,30 +22,46 @@ def plan_sweep(config_name: str, overrides: list[str]) -> Sweep | None:
     """The jobs of a multirun run by Hydra's basic sweeper: its params (an experiment's hydra.sweeper.params)
     then the command line's task overrides, crossed as BasicSweeper crosses them. None for another sweeper (Optuna
     picks its trials as it goes) or where Hydra cannot compose the config (Hydra reports that itself)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
     from momattn.cli import _compose, _last, hydra_section_overrides
 
-    parser = OverridesParser.create()
     try:
-        parsed = parser.parse_overrides(overrides)
+        parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception:
         return None  # check_overrides reports what does not parse
     cfg = _compose(config_name, hydra_section_overrides(parsed), return_hydra_config=True)
     if cfg is None or OmegaConf.select(cfg, "hydra.sweeper._target_") != BASIC:
         return None
-    given = OmegaConf.select(cfg, "hydra.sweeper.params")
-    params = OmegaConf.to_container(given, resolve=False) if given else {}
-    task = [o.input_line for o in parsed if not o.is_hydra_override()]
-    try:
-        batches = BasicSweeper.split_arguments(parser.parse_overrides(
-            [f"{k}={v}" for k, v in params.items()] + task), None)
-    except Exception:
-        return None  # a sweep kind the basic sweeper refuses (range over floats, ...): Hydra says which
+    jobs = cross_jobs(sweeper_params(cfg), [o.input_line for o in parsed if not o.is_hydra_override()])
+    if jobs is None:
+        return None
     subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False).get("subdir")
-    return Sweep([list(job) for batch in batches for job in batch], _last(overrides, "hydra.sweep.dir"), str(subdir))
+    return Sweep(jobs, _last(overrides, "hydra.sweep.dir"), str(subdir))
+
+
+def sweeper_params(cfg) -> dict:
+    """hydra.sweeper.params of a config composed with its hydra section ({} where unset), values unresolved."""
+    from omegaconf import OmegaConf
+
+    given = OmegaConf.select(cfg, "hydra.sweeper.params")
+    return OmegaConf.to_container(given, resolve=False) if given else {}
+
+
+def cross_jobs(params: dict, task: list[str]) -> list[list[str]] | None:
+    """Each job's task overrides, in Hydra's job order: the sweeper's params, then the task overrides, crossed as
+    BasicSweeper crosses them. None for a sweep kind the basic sweeper refuses (range over floats, ...: Hydra says
+    which)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(
+            [f"{k}={v}" for k, v in params.items()] + list(task)), None)
+    except Exception:
+        return None
+    return [list(job) for batch in batches for job in batch]
 
 
 def group_choices(jobs: list[list[str]], groups: dict[str, list[str]]) -> list[list[str]]:
@@ -109,7 +125,7 @@ def check_search(config_name: str, overrides: list[str]) -> None:
             "sqlite:///study.db) and run the search again into a new folder: the study keeps its finished trials and "
             "the sampler learns from them. A trial cut short can be finished as a single run: python train.py "
             "ckpt_path=<sweep folder>/<N>/checkpoints/last.ckpt")
-    params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=False) if cfg.hydra.sweeper.get("params") else {}
+    params = sweeper_params(cfg)
     groups = _groups()
     searched: dict[str, list[str]] = {}  # the config-group options a trial may take: the space's and the command line's
     for o in parsed:

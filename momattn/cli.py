@@ -49,15 +49,28 @@ def config_multirun(config_name: str, overrides: list[str]) -> bool:
     experiment or hydra.mode is named (a sweep's own comma lists left out)."""
     if not any(_override_key(o) in ("experiment", "hydra.mode") for o in overrides):
         return False
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
 
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception:
-        return False  # check_overrides reports what does not parse
-    cfg = _compose(config_name, hydra_section_overrides(parsed), return_hydra_config=True)
+    cfg = hydra_section(config_name, overrides)[1]  # None where they do not parse: check_overrides says so
     return cfg is not None and cfg.hydra.mode == RunMode.MULTIRUN
+
+
+def hydra_section(config_name: str, overrides: list[str]) -> tuple:
+    """(the parsed overrides, the config composed with its hydra section from hydra_section_overrides), or (None,
+    None) where the overrides do not parse; the config is None where Hydra cannot compose it. Composed once per
+    command line for the checks before Hydra starts (config_multirun, plan_sweep, check_search); read-only."""
+    return _hydra_section(config_name, tuple(overrides), CONF_DIR)
+
+
+@functools.lru_cache(maxsize=8)
+def _hydra_section(config_name: str, overrides: tuple[str, ...], conf_dir: Path) -> tuple:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:
+        return None, None
+    return parsed, _compose(config_name, hydra_section_overrides(parsed), return_hydra_config=True)
 
 
 def hydra_section_overrides(parsed: list) -> list[str]:
@@ -202,7 +215,7 @@ def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]
                 refused.append((combo, e))
         if refused and not passed:  # no job takes it: a typo, named as for a single run, with the '+' hint
             combo = next((c for c, e in refused if "Did you mean" in str(e)), refused[0][0])  # the nearest name
-            _check_item(_compose(config_name, combo), item, keys, settings)
+            _check_item(next(cfg for c, cfg in configs if c is combo), item, keys, settings)
             raise refused[0][1]
         if refused and partly is None:
             partly = (refused, passed)

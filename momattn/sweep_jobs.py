@@ -22,16 +22,11 @@ def plan_sweep(config_name: str, overrides: list[str]) -> Sweep | None:
     """The jobs of a multirun run by Hydra's basic sweeper: its params (an experiment's hydra.sweeper.params)
     then the command line's task overrides, crossed as BasicSweeper crosses them. None for another sweeper (Optuna
     picks its trials as it goes) or where Hydra cannot compose the config (Hydra reports that itself)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    from momattn.cli import _compose, _last, hydra_section_overrides
+    from momattn.cli import _last, hydra_section
 
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception:
-        return None  # check_overrides reports what does not parse
-    cfg = _compose(config_name, hydra_section_overrides(parsed), return_hydra_config=True)
+    parsed, cfg = hydra_section(config_name, overrides)  # not parsed: check_overrides reports it
     if cfg is None or OmegaConf.select(cfg, "hydra.sweeper._target_") != BASIC:
         return None
     jobs = cross_jobs(sweeper_params(cfg), [o.input_line for o in parsed if not o.is_hydra_override()])
@@ -107,14 +102,10 @@ def check_search(config_name: str, overrides: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    from momattn.cli import MAX_COMBOS, _check_key, _compose, _groups, _last, hydra_section_overrides
+    from momattn.cli import MAX_COMBOS, _check_key, _compose, _groups, _last, hydra_section
     from momattn.errors import ConfigError, did_you_mean
 
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception:
-        return
-    cfg = _compose(config_name, hydra_section_overrides(parsed), return_hydra_config=True)
+    parsed, cfg = hydra_section(config_name, overrides)
     target = str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="")) if cfg is not None else ""
     if "optuna" not in target.lower():
         return

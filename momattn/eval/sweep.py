@@ -37,10 +37,6 @@ BASELINE = "vanilla"
 # run-config keys that do not define the experiment (where a run writes, how it logs) or that vary on purpose
 IGNORED_KEYS = ("seed", "attention", "paths", "logger", "hydra", "callbacks", "tags", "task_name", "ckpt_path",
                 "run_eval", "eval", "extras", "dist_timeout_s", "optimized_metric")
-# keys inside a section that change how a run is fed or shown, not what it trains: two sweeps of one experiment
-# with another cache folder (a resolved absolute path) were two settings, with no vanilla to compare against
-IGNORED_SUBKEYS = {"data": ("cache_dir", "num_workers", "num_proc"),
-                   "trainer": ("enable_progress_bar", "enable_model_summary", "log_every_n_steps")}
 # two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (beyond: _t975's expansion)
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
@@ -167,22 +163,26 @@ def verdict(metric: str, lo: float, hi: float, n: int = 1) -> str:
     return "better" if higher != lower_is_better else "worse"
 
 
-# settings added by later momattn versions, at the value that changes nothing: a run that lacks one (trained
-# before it existed) and a run that has it at this value trained the same way, so they stay one setting
-NEUTRAL_DEFAULTS = {("global_batch",): None, ("val_every_steps",): None, ("trainer", "num_nodes"): 1}
+ANY = object()  # a DROPPED key left out whatever its value
+# keys left out of a setting's identity: at ANY value, keys inside a section that change how a run is fed or shown,
+# not what it trains (two sweeps of one experiment with another cache folder, a resolved absolute path, were two
+# settings, with no vanilla to compare against); at the value given, settings added by later momattn versions at
+# the value that changes nothing (a run that lacks one, trained before it existed, and a run that has it at this
+# value trained the same way, so they stay one setting)
+DROPPED = {("data", "cache_dir"): ANY, ("data", "num_workers"): ANY, ("data", "num_proc"): ANY,
+           ("trainer", "enable_progress_bar"): ANY, ("trainer", "enable_model_summary"): ANY,
+           ("trainer", "log_every_n_steps"): ANY,
+           ("global_batch",): None, ("val_every_steps",): None, ("trainer", "num_nodes"): 1}
 
 
 def _strip(config: Mapping) -> dict:
     out = {k: v for k, v in config.items() if k not in IGNORED_KEYS}
-    for section, keys in IGNORED_SUBKEYS.items():  # a copy: the run's own config stays as it was
-        if isinstance(out.get(section), Mapping):
-            out[section] = {k: v for k, v in out[section].items() if k not in keys}
-    for path, neutral in NEUTRAL_DEFAULTS.items():
+    for path, value in DROPPED.items():
         *parents, leaf = path
         node = out
         for key in parents:
             node = node.get(key) if isinstance(node, Mapping) else None
-        if isinstance(node, Mapping) and leaf in node and node[leaf] == neutral:
+        if isinstance(node, Mapping) and leaf in node and (value is ANY or node[leaf] == value):
             if parents:  # copy the section before changing it: the run's own config stays as it was
                 out[parents[0]] = node = {k: v for k, v in node.items() if k != leaf}
             else:

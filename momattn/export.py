@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -144,15 +145,29 @@ def export(ckpt_path: str, out: str | Path, overwrite: bool = False) -> Path:
     return out
 
 
+def _save_safetensors(state: dict, f) -> None:
+    """save_file into atomic_write's temporary file f, by name. safetensors writes a temporary file of its own
+    (mode 0600, not fsynced) and renames it over that name, so f's handle is left on an unlinked empty file:
+    the file now at the name gets f's mode (what the umask gives, as the folder's other files) and its fsync."""
+    from safetensors.torch import save_file
+
+    mode = os.fstat(f.fileno()).st_mode & 0o777
+    save_file(state, f.name, metadata={"format": "pt"})
+    os.chmod(f.name, mode)
+    fd = os.open(f.name, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write(out: Path, state: dict, config: dict, tokenizer: Tokenizer, block_size: int, as_gpt2: bool) -> None:
     """The folder's files, config.json last: a failure part-way (a full disk) leaves a folder without one, which
     from_pretrained refuses, never new weights beside an earlier export's config (loaded as a random model)."""
-    from safetensors.torch import save_file
-
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").unlink(missing_ok=True)
     # written by name into atomic_write's temporary file (save() would hold a second copy of the weights in memory)
-    atomic_write(out / "model.safetensors", lambda f: save_file(state, f.name, metadata={"format": "pt"}))
+    atomic_write(out / "model.safetensors", lambda f: _save_safetensors(state, f))
     gen = {"bos_token_id": tokenizer.eot_id, "eos_token_id": tokenizer.eot_id}
     atomic_write_text(out / "generation_config.json", json.dumps(gen, indent=2) + "\n")
     write_tokenizer(tokenizer, block_size, out)

@@ -160,3 +160,25 @@ def test_an_output_folder_that_cannot_be_made_is_refused_before_the_checkpoint_i
     (tmp_path / "here").mkdir()
     monkeypatch.chdir(tmp_path / "here")
     parity(ckpt := tiny_checkpoint(tmp_path / "v.ckpt"), export(ckpt, "."), trust=False)  # out=.: was StopIteration
+
+
+def test_the_weights_file_is_fsynced_and_as_readable_as_the_rest_of_the_folder(tmp_path, monkeypatch):
+    # safetensors' save_file writes a temporary file of its own (mode 0600, never fsynced) and renames it over the
+    # name it is given, so atomic_write's handle pointed at an unlinked empty file: its fsync missed the weights,
+    # and model.safetensors was readable by its owner only, beside a world-readable config.json
+    import os
+
+    import momattn.io as mio
+
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(mio.os, "fsync", fsync)
+    out = export(tiny_checkpoint(tmp_path / "v.ckpt"), tmp_path / "hf")
+    weights = out / "model.safetensors"
+    assert weights.stat().st_ino in synced
+    assert weights.stat().st_mode & 0o777 == (out / "config.json").stat().st_mode & 0o777

@@ -201,8 +201,12 @@ def parse_args(argv: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> None:
     from momattn.cli import report
 
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print((__doc__ or "python -m momattn.export ckpt_path=PATH out=DIR [overwrite=true]").strip())
+        return
     try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
+        args = parse_args(argv)
         out = export(args["ckpt_path"], args["out"], args["overwrite"])
     except UserError as e:
         report(e, hydra=False)

@@ -182,3 +182,12 @@ def test_the_weights_file_is_fsynced_and_as_readable_as_the_rest_of_the_folder(t
     weights = out / "model.safetensors"
     assert weights.stat().st_ino in synced
     assert weights.stat().st_mode & 0o777 == (out / "config.json").stat().st_mode & 0o777
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_prints_the_usage_and_exits_0(flag, capsys):
+    from momattn.export import main
+
+    main([flag])  # it was "error: '--help' is not an export argument", exit 2
+    out = capsys.readouterr().out
+    assert "python -m momattn.export ckpt_path=" in out and "trust_remote_code=True" in out

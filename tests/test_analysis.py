@@ -438,3 +438,10 @@ def test_cli_prints_one_line_errors(tmp_path):
                                  "select_prompts=2", "lrs=[1e30]", f"hydra.run.dir={tmp_path}/run"], tmp_path)
     assert out.returncode == 2 and "error: finetuning at lr=1e+30 diverged" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_missing_task_file_is_named_without_evaluate_py_s_keys(tmp_path):
+    model, tok = tiny_gpt(vocab=128, block_size=96), CharTokenizer()
+    with pytest.raises(ConfigError, match=r"^task file '.*gone\.yaml' does not exist") as e:
+        analyze(model, tok, {}, cfg(str(tmp_path / "gone.yaml")))
+    assert "icl.task_dirs" not in str(e.value)  # a key evaluate.py has, analyze.py not: it sent the user looking

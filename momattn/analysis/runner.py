@@ -235,7 +235,7 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
     t0 = time.perf_counter()
     entry = cfg.task
     if isinstance(entry, str) and entry.endswith(TASK_FILE_SUFFIXES):  # a task file, as evaluate.py reads them
-        entry = read_task_file(entry)
+        entry = read_task_file(entry, key="task")
     tasks = resolve_tasks([entry], key="task")
     if len(tasks) != 1:
         raise ConfigError(f"task={cfg.task} is a set of {len(tasks)} tasks; analyze.py takes one, e.g. "

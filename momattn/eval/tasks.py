@@ -427,15 +427,16 @@ TASK_FILE_KEYS = ("name", "description", "path", "template", "answers", "label_f
 TASK_FILE_SUFFIXES = (".yaml", ".yml")
 
 
-def read_task_file(path: str | Path) -> dict:
+def read_task_file(path: str | Path, key: str = "icl.tasks") -> dict:
     """A task file -> an icl.tasks entry (file_task's keys, data paths made absolute, `task_file` set).
-    ConfigError for an unreadable file, a missing or unknown key (did-you-mean) or a missing data file."""
+    ConfigError for an unreadable file, a missing or unknown key (did-you-mean) or a missing data file.
+    key: the setting that named the file (analyze.py's `task` has no icl.task_dirs to find names in)."""
     import yaml
 
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ConfigError(f"task file '{path}' does not exist; give a .yaml task file or a name found in "
-                          "icl.task_dirs")
+        raise ConfigError(f"task file '{path}' does not exist; give a .yaml task file"
+                          + (" or a name found in icl.task_dirs" if key.endswith("icl.tasks") else ""))
     try:
         doc = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:

@@ -167,6 +167,7 @@ def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]
         raise ConfigError(f"the command line does not parse: {text} (Hydra's override grammar: "
                           "https://hydra.cc/docs/advanced/override_grammar/basic/)") from None
     groups, choices, keys, adds, deletes, settings = _groups(), [], [], [], [], []
+    fixed = []  # (item, override) of the keys set, added or deleted with one value: Hydra's sweep config has them too
     for o in parsed:
         name = o.key_or_group
         if name.startswith("hydra") or o.is_force_add():
@@ -174,6 +175,8 @@ def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]
         if o.is_add() or o.is_delete():
             if name not in groups:
                 (adds if o.is_add() else deletes).append((name, o.input_line or name))
+                if not o.is_sweep_override():
+                    fixed.append((("add" if o.is_add() else "delete", (name, o.input_line or name)), o))
             continue
         if name in groups:
             try:
@@ -195,6 +198,8 @@ def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]
             choices.append(f"{name}={values[0]}" if o.is_sweep_override() or not o.input_line else o.input_line)
         else:
             keys.append(name)
+            if not o.is_sweep_override():
+                fixed.append((("key", name), o))
             if not o.is_sweep_override() and o.input_line:
                 settings.append((name, o))
     if not (keys or adds or deletes):
@@ -228,6 +233,43 @@ def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]
             f"the sweep's jobs with {' or '.join(which)}: {said} The sweep's other jobs accept it, so it fits "
             "some of the swept options only: sweep those in a sweep of their own, each sweep into a folder under one "
             "parent (hydra.sweep.dir=<parent>/<name>), then compare them all: python evaluate.py sweep_dir=<parent>")
+    if jobs:
+        _check_sweep_config(config_name, overrides, fixed, keys)
+
+
+def _check_sweep_config(config_name: str, overrides: list[str], fixed: list, keys: list[str]) -> None:
+    """Before any job, Hydra composes the sweep's own config: the swept groups at their defaults, and the
+    overrides that are not sweeps applied to it. A key every job has but that config lacks (attention.eta with
+    experiment=eta_sweep,eta_sweep_rotary: both experiments choose momentum, the default experiment (null) leaves
+    vanilla) ended in Hydra's multi-line 'Could not override'; a one-value sweep, key=choice(value), is applied by
+    the jobs only."""
+    from omegaconf import OmegaConf
+
+    from momattn.sweep_jobs import sweeper_params
+
+    parsed, cfg = hydra_section(config_name, overrides)  # composed as Hydra composes the sweep's config
+    if cfg is None:
+        return
+    choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
+    swept = [o.key_or_group for o in parsed if o.is_sweep_override()]
+    swept = list(dict.fromkeys([*sweeper_params(cfg), *swept]))
+    at = ", ".join(f"{g}={'null' if choices[g] is None else choices[g]}" for g in swept if g in choices)
+    for item, o in fixed:
+        kind, what = item
+        try:
+            if kind == "add":
+                if _exists(cfg, what[0]):
+                    raise ConfigError(f"'{what[0]}' exists there already")
+            else:
+                _check_item(cfg, item, keys, [], hint="")
+        except ConfigError as e:
+            line = o.input_line or (what[1] if kind != "key" else what)
+            key, value = line.split("=", 1) if "=" in line else (line, "")
+            fix = (f" Give it as a one-value sweep, which only the jobs apply: {key}=choice({value})" if value and
+                   kind != "delete" else "")
+            raise ConfigError(f"{line}: every job of the sweep takes it, but Hydra first composes the sweep's own "
+                              f"config, with the swept groups at their defaults{f' ({at})' if at else ''}, and "
+                              f"there {str(e).rstrip('.')}.{fix}") from None
 
 
 MAX_COMBOS = 64  # distinct combinations of swept group options whose keys are checked (each one composed)

@@ -93,6 +93,27 @@ def test_a_key_that_only_some_options_of_a_swept_group_have_is_named_with_those_
     assert plan_sweep("train", ["hparams_search=optuna"]) is None  # Optuna picks its trials as it goes
 
 
+def test_a_key_every_job_has_but_the_sweeps_own_config_lacks_is_one_line_with_the_way_that_runs():
+    # Hydra composes the sweep's config with the swept groups at their defaults and applies the overrides that are
+    # not sweeps to it: attention.eta with experiment=eta_sweep,eta_sweep_rotary (both choose momentum, the default
+    # experiment leaves vanilla) passed the checks and ended in Hydra's multi-line "Could not override", exit 1
+    from momattn.sweep_jobs import plan_sweep
+
+    def check(overrides):
+        check_overrides("train", overrides, jobs=plan_sweep("train", overrides).jobs)
+
+    with pytest.raises(ConfigError, match=r"^attention.eta=0.3: every job of the sweep takes it, but Hydra first "
+                                          r"composes the sweep's own config, with the swept groups at their defaults "
+                                          r"\(experiment=null\), and there 'attention.eta' is not a config key.* "
+                                          r"one-value sweep, which only the jobs apply: attention.eta=choice\(0.3\)$"):
+        check(["experiment=eta_sweep,eta_sweep_rotary", "attention.eta=0.3"])
+    with pytest.raises(ConfigError, match=r"^attention.eta=0.3: every job .*\(attention=vanilla\)"):
+        check(["attention=momentum,momentum", "attention.eta=0.3"])
+    check(["experiment=eta_sweep,eta_sweep_rotary", "attention.eta=choice(0.3)"])  # what the message says: it runs
+    check(["experiment=eta_sweep,eta_sweep_rotary", "+attention.foo=1", "optim.lr=1e-3"])  # the default has these
+    check(["experiment=eta_sweep", "attention.eta=0.3"])  # the experiment not swept: the sweep's config has eta
+
+
 def test_a_search_cannot_be_resumed_with_ckpt_path_last(tmp_path):
     # job N resumed folder N with a new suggestion of the sampler: every trial failed on the clash of settings
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")

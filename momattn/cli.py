@@ -160,8 +160,10 @@ def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]
     take (attention.eta set for attention=vanilla,momentum: vanilla has none)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from momattn.sweep_jobs import _GroupOptions
+
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        parsed = OverridesParser.create(config_loader=_GroupOptions()).parse_overrides(overrides)
     except Exception as e:  # a syntax error: Hydra's message says where; one line and exit 2, as for any typo
         text = " ".join(line.strip() for line in str(e).splitlines() if line.strip() and "hydra.cc/docs" not in line)
         raise ConfigError(f"the command line does not parse: {text} (Hydra's override grammar: "
@@ -185,8 +187,11 @@ def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]
                 else:  # one option, or several of one group (logger=[csv,wandb])
                     value = o.value()
                     values = [str(v) for v in value] if isinstance(value, list) else [o.get_value_element_as_str()]
-            except Exception:  # glob(...) and other sweeps that Hydra expands itself
+            except Exception:  # sweeps that Hydra expands itself
                 continue
+            if not values:  # Hydra launched no job, then printed the command comparing them
+                raise ConfigError(f"{o.input_line}: the glob matches none of the options of the config group "
+                                  f"'{name}', so the sweep has no jobs. Options: {', '.join(groups[name])}")
             for v in values:
                 if v == "null":  # Hydra: "ValueError: Config group override must be a string ...", a traceback
                     off = f"{name}=none" if "none" in groups[name] else f"~{name} (to leave it out)"

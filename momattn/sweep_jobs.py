@@ -52,11 +52,22 @@ def cross_jobs(params: dict, task: list[str]) -> list[list[str]] | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
-        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(
+        batches = BasicSweeper.split_arguments(OverridesParser.create(config_loader=_GroupOptions()).parse_overrides(
             [f"{k}={v}" for k, v in params.items()] + list(task)), None)
     except Exception:
         return None
     return [list(job) for batch in batches for job in batch]
+
+
+class _GroupOptions:
+    """What Hydra's config loader tells a glob(...) sweep, attention=glob(m*): the options of a config group under
+    conf/. Without it, a glob sweep was not planned: its keys were checked against the group's default alone and a
+    failed job's sweep ended without the comparison of the others."""
+
+    def get_group_options(self, group: str, results_filter=None) -> list[str]:
+        from momattn.cli import _groups
+
+        return _groups().get(group, [])
 
 
 def group_choices(jobs: list[list[str]], groups: dict[str, list[str]]) -> list[list[str]]:

@@ -114,6 +114,30 @@ def test_a_key_every_job_has_but_the_sweeps_own_config_lacks_is_one_line_with_th
     check(["experiment=eta_sweep", "attention.eta=0.3"])  # the experiment not swept: the sweep's config has eta
 
 
+def test_a_glob_sweep_of_a_group_is_planned_with_the_options_it_matches():
+    # glob(...) needs Hydra's config loader: the sweep was not planned, so its keys were judged on the group's default
+    # alone ("use +attention.eta=..." for a sweep whose momentum jobs have eta), a failed job's sweep ended without
+    # the comparison of the others (its jobs not counted), and a glob matching nothing launched no job
+    from omegaconf import OmegaConf
+
+    from momattn.sweep_callback import count_jobs
+    from momattn.sweep_jobs import BASIC, plan_sweep
+
+    overrides = ["attention=glob(m*)", "seed=1,2"]
+    assert plan_sweep("train", overrides).jobs == [[f"attention={a}", f"seed={s}"]
+                                                   for a in ("momentum", "multirate_ema") for s in (1, 2)]
+    config = OmegaConf.create({"hydra": {"sweeper": {"_target_": BASIC}, "overrides": {"task": overrides}}})
+    assert count_jobs(config) == 4
+    glob_eta = ["attention=glob(*)", "attention.eta=0.1,0.3"]
+    with pytest.raises(ConfigError, match=r"^the sweep's jobs with attention=multirate_ema or attention=vanilla: "):
+        check_overrides("train", glob_eta, jobs=plan_sweep("train", glob_eta).jobs)
+    swept = ["attention=glob(mom*)", "attention.eta=0.1,0.3"]
+    check_overrides("train", swept, jobs=plan_sweep("train", swept).jobs)  # Hydra runs it: momentum has eta
+    with pytest.raises(ConfigError, match=r"^attention=glob\(xyz\): the glob matches none of the options of the "
+                                          r"config group 'attention', so the sweep has no jobs\. Options: momentum"):
+        check_overrides("train", ["attention=glob(xyz)"], jobs=plan_sweep("train", ["attention=glob(xyz)"]).jobs)
+
+
 def test_a_search_cannot_be_resumed_with_ckpt_path_last(tmp_path):
     # job N resumed folder N with a new suggestion of the sampler: every trial failed on the clash of settings
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")

@@ -105,6 +105,19 @@ def _groups(conf_dir: Path | None = None) -> dict[str, list[str]]:
     return {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in (conf_dir or CONF_DIR).iterdir() if d.is_dir()}
 
 
+def _default_choices(config_name: str) -> dict:
+    """{config group: its option} of the primary config's defaults list (None for `experiment: null`)."""
+    import yaml
+
+    out = {}
+    for entry in yaml.safe_load((CONF_DIR / f"{config_name}.yaml").read_text()).get("defaults") or []:
+        if isinstance(entry, dict):
+            for key, value in entry.items():
+                if not key.startswith("override "):
+                    out[key.split()[-1].split("@")[0]] = value
+    return out
+
+
 def _walk(cfg, key: str) -> tuple[str, int, object]:
     """Where a dotted key leads: ('exists', ...), ('missing', i, node) with parts[i] absent from node, ('null', i,
     node) with parts[i] set to null in node (ppl.data.tasks while ppl.data is null), or ('unknown', ...) where a
@@ -174,6 +187,11 @@ def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]
         name = o.key_or_group
         if name.startswith("hydra") or o.is_force_add():
             continue
+        if o.is_add() and name in groups and o.package is None and name in (chosen := _default_choices(config_name)):
+            # Hydra: "Multiple values for experiment. To override a value use 'override experiment: ginc'"
+            raise ConfigError(f"{o.input_line}: the config group '{name}' is in {config_name}.yaml's defaults already "
+                              f"({name}: {chosen[name] if chosen[name] is not None else 'null'}), and '+' adds a "
+                              f"group the defaults lack; choose its option with {o.input_line[1:]}")
         if o.is_add() or o.is_delete():
             if name not in groups:
                 (adds if o.is_add() else deletes).append((name, o.input_line or name))

@@ -53,7 +53,7 @@ def test_override_checker_leaves_globs_to_hydra_and_checks_each_option_of_a_list
 def test_override_checker_accepts_valid_overrides():
     check_overrides("train", ["attention=momentum", "attention.eta=0.3", "+new_key=1", "hydra.run.dir=x",
                               "data=text_files", "data.paths=[a.txt]", "trainer.max_steps=3", "~optim.lr",
-                              "++seed=3", "++optim.new=1", "+optim.other=2", "~logger", "+experiment=ginc",
+                              "++seed=3", "++optim.new=1", "+optim.other=2", "~logger", "experiment=ginc",
                               "paths.output_dir=/tmp/x"])  # a ${hydra:...} key: its value is never read (traceback)
 
 
@@ -226,6 +226,17 @@ def test_adding_a_key_that_exists_or_deleting_one_that_does_not_is_one_line():
         check_overrides("train", ["attention=momentum", "+attention.eta=0.3"])
     with pytest.raises(ConfigError, match="'paths.output_dir' exists already"):  # a ${hydra:...} value, never read
         check_overrides("train", ["+paths.output_dir=/tmp/x"])
+    # a group the defaults list has already: Hydra's "Multiple values for experiment. To override a value use
+    # 'override experiment: ginc'" (the syntax of a defaults list, not of the command line)
+    with pytest.raises(ConfigError, match=r"^\+experiment=ginc: the config group 'experiment' is in train.yaml's "
+                                          r"defaults already \(experiment: null\).*; choose its option with "
+                                          r"experiment=ginc$"):
+        check_overrides("train", ["+experiment=ginc"])
+    with pytest.raises(ConfigError, match=r"^\+attention=vanilla,momentum: .*\(attention: vanilla\).* with "
+                                          r"attention=vanilla,momentum$"):
+        check_overrides("train", ["+attention=vanilla,momentum", "attention.eta=0.3"])  # not eta: the + is wrong
+    check_overrides("train", ["+attention@extra=momentum"])  # another package: Hydra adds it
+    check_overrides("evaluate", ["+attention=momentum"])  # evaluate.yaml's defaults have no attention
     # group=null: Hydra's "ValueError: Config group override must be a string or a list", a traceback
     with pytest.raises(ConfigError, match=r"^logger=null: a config group takes one of its options, or logger=none"):
         check_overrides("train", ["logger=null"])

@@ -295,6 +295,30 @@ def _check_sweep_config(config_name: str, overrides: list[str], fixed: list, key
                               f"there {str(e).rstrip('.')}.{fix}") from None
 
 
+def check_run_mode(overrides: list[str]) -> None:
+    """A single run (no -m) given a sweep (attention=vanilla,momentum): Hydra refuses it, but the key checks came
+    first and blamed another override (attention.eta=0.3: 'not a config key', as the first option lacks it)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ValueType
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # check_overrides reports the syntax error
+        return
+    for o in parsed:
+        if not o.is_sweep_override():
+            continue
+        key, value = o.input_line.split("=", 1)
+        if o.value_type == ValueType.SIMPLE_CHOICE_SWEEP and o.key_or_group in _groups():
+            raise ConfigError(f"{o.input_line} gives several options, which only a sweep runs: add -m (--multirun) "
+                              "for one job per option")
+        if o.value_type == ValueType.SIMPLE_CHOICE_SWEEP:
+            raise ConfigError(f"{o.input_line} gives several values, which only a sweep runs: add -m (--multirun) "
+                              f"for one job per value; for a list write {key}=[{value}], for a text with commas "
+                              f"quote it: \"{key}='{value}'\"")
+        raise ConfigError(f"{o.input_line} is a sweep, which needs -m (--multirun)")
+
+
 MAX_COMBOS = 64  # distinct combinations of swept group options whose keys are checked (each one composed)
 
 
@@ -643,6 +667,8 @@ def hydra_main(config_name: str):
                     merged = resume_overrides(given, multirun=multirun)
                     sys.argv = [sys.argv[0], *flags, *merged]
                     given = merged
+                if not multirun:
+                    check_run_mode(given)
                 sweep = plan_sweep(config_name, given) if multirun and not info else None
                 check_overrides(config_name, given, jobs=sweep.jobs if sweep else None)
                 if config_name == "train" and not info:

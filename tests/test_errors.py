@@ -138,6 +138,20 @@ def test_a_glob_sweep_of_a_group_is_planned_with_the_options_it_matches():
         check_overrides("train", ["attention=glob(xyz)"], jobs=plan_sweep("train", ["attention=glob(xyz)"]).jobs)
 
 
+def test_a_sweep_without_multirun_is_named_with_the_missing_m(tmp_path):
+    # the key checks ran first and blamed attention.eta=0.3 ("not a config key": vanilla, the first option, lacks
+    # it) with a '+attention.eta=...' that would not have run either; Hydra's own is its "Ambiguous value" error
+    from momattn.cli import check_run_mode
+
+    err = cli_error(tmp_path, ["attention=vanilla,momentum", "attention.eta=0.3"])
+    assert "attention=vanilla,momentum gives several options, which only a sweep runs: add -m (--multirun)" in err
+    with pytest.raises(ConfigError, match=r"^seed=1,2 gives several values.*add -m .*seed=\[1,2\].*\"seed='1,2'\"$"):
+        check_run_mode(["seed=1,2"])
+    with pytest.raises(ConfigError, match=r"^seed=range\(1,3\) is a sweep, which needs -m"):
+        check_run_mode(["seed=range(1,3)"])
+    check_run_mode(["eval.icl.tasks=[sst2,mr]", "eval.icl.tasks='sst2,mr'", "logger=[csv,wandb]", "seed=1"])
+
+
 def test_a_search_cannot_be_resumed_with_ckpt_path_last(tmp_path):
     # job N resumed folder N with a new suggestion of the sampler: every trial failed on the clash of settings
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import itertools
 import os
 import sys
 from dataclasses import dataclass
@@ -218,7 +219,8 @@ def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]
                 if v not in groups[name]:
                     raise ConfigError(f"{name}={v} is not an option of the config group '{name}'."
                                       f"{did_you_mean(v, groups[name])} Options: {', '.join(groups[name])}")
-            choices.append(f"{name}={values[0]}" if o.is_sweep_override() or not o.input_line else o.input_line)
+            choices.append([f"{name}={v}" for v in values] if o.is_sweep_override() or not o.input_line
+                           else [o.input_line])
         else:
             keys.append(name)
             if not o.is_sweep_override():
@@ -229,7 +231,9 @@ def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]
         return
     from momattn.sweep_jobs import group_choices
 
-    combos = group_choices(jobs, groups) if jobs else [choices]
+    # without the jobs (an Optuna search picks its trials as it goes): the combinations of the swept options
+    combos = group_choices(jobs, groups) if jobs else [
+        list(c) for c in itertools.islice(itertools.product(*choices), MAX_COMBOS)]
     configs = [(combo, cfg) for combo in combos[:MAX_COMBOS] if (cfg := _compose(config_name, combo)) is not None]
     items = [("key", k) for k in keys] + [("add", a) for a in adds] + [("delete", d) for d in deletes]
     partly: tuple | None = None  # (the refusals, the passing combinations) of the first item some jobs refuse
@@ -256,7 +260,7 @@ def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]
             f"the sweep's jobs with {' or '.join(which)}: {said} The sweep's other jobs accept it, so it fits "
             "some of the swept options only: sweep those in a sweep of their own, each sweep into a folder under one "
             "parent (hydra.sweep.dir=<parent>/<name>), then compare them all: python evaluate.py sweep_dir=<parent>")
-    if jobs:
+    if len(combos) > 1 or jobs:
         _check_sweep_config(config_name, overrides, fixed, keys)
 
 

@@ -152,6 +152,18 @@ def test_a_sweep_without_multirun_is_named_with_the_missing_m(tmp_path):
     check_run_mode(["eval.icl.tasks=[sst2,mr]", "eval.icl.tasks='sst2,mr'", "logger=[csv,wandb]", "seed=1"])
 
 
+def test_a_search_over_a_group_checks_its_keys_against_every_option_in_either_order():
+    # an Optuna search has no planned jobs: its keys were checked against the first option alone, so
+    # attention=vanilla,momentum attention.eta=interval(...) was "not a config key ... use +attention.eta=..." and
+    # momentum,vanilla passed (then every vanilla trial failed with Hydra's multi-line error)
+    for order in ("vanilla,momentum", "momentum,vanilla"):
+        for eta in ("interval(0.1,0.9)", "0.3"):
+            with pytest.raises(ConfigError, match=r"^the sweep's jobs with attention=vanilla: 'attention.eta' is not"):
+                check_overrides("train", ["hparams_search=optuna", f"attention={order}", f"attention.eta={eta}"])
+    check_overrides("train", ["hparams_search=optuna", "attention=momentum", "attention.eta=interval(0.1,0.9)"])
+    check_overrides("train", ["hparams_search=optuna", "attention=vanilla,momentum", "optim.lr=interval(1e-4,1e-3)"])
+
+
 def test_a_search_cannot_be_resumed_with_ckpt_path_last(tmp_path):
     # job N resumed folder N with a new suggestion of the sampler: every trial failed on the clash of settings
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")

@@ -102,7 +102,8 @@ def best_trial(sweep_dir: Path, metric: str | None, storage: str | None = None, 
         value = kept.get(metric) if metric else None
         if isinstance(value, int | float) and abs(value - best) <= 1e-9 * max(1.0, abs(best)):
             return f"; best trial: {summary.parent} ({kept.get('best_checkpoint') or 'no checkpoint'})"
-    if storage and metric:  # the study goes on from earlier searches stored there: one of them may hold it
+    if storage and metric and study:  # the study goes on from earlier searches stored there: one may hold it
+        # (study_name null: each search its own new study, named by Optuna; this one's best is one of its jobs)
         return (f"; no job in this folder has the best value, so an earlier search of the stored study may hold it "
                 f"(optuna.load_study(study_name='{study}', storage='{_no_password(storage)}').best_trial)")
     return ""

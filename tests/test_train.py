@@ -343,6 +343,30 @@ def test_an_optuna_study_in_a_database_goes_on_across_searches(tmp_path):
     assert best == pytest.approx(min(t.value for t in trials))
 
 
+def test_a_search_with_no_study_name_is_a_new_study_and_keeps_its_sampler_seed(tmp_path):
+    # hydra.sweeper.study_name=null: Optuna makes a new study each search; loading the study by no name took the
+    # storage's only study, so the new one was reseeded and said to be "the stored study 'None'" with its trials
+    optuna = pytest.importorskip("optuna")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    from hydra_plugins.momattn_sweeper import OptunaSweeper
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.create_study(study_name="earlier", storage=url).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    for name, reseeded in ((None, False), ("earlier", True)):
+        sweeper = OptunaSweeper.__new__(OptunaSweeper)
+        sweeper.sweeper_cfg = OmegaConf.create({"storage": url, "study_name": name, "sampler": {
+            "_target_": "optuna.samplers.RandomSampler", "seed": 5}})
+        sweeper.base = SimpleNamespace(sweeper=SimpleNamespace(sampler="own"))
+        sweeper._continue_stored_study()
+        assert (sweeper.base.sweeper.sampler != "own") == reseeded
+    # nor does its end point at load_study(study_name='None', ...), which cannot load it
+    from momattn.sweep_callback import best_trial
+
+    (tmp_path / "optimization_results.yaml").write_text("best_value: 2.5\n")
+    assert best_trial(tmp_path, "val/loss", url, None) == ""
+
+
 def test_the_best_trial_is_named_by_folder_or_as_an_earlier_searchs(tmp_path):
     from momattn.sweep_callback import best_trial
 

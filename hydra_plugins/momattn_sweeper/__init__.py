@@ -34,6 +34,8 @@ class OptunaSweeper(Sweeper):
         seed = cfg.get("sampler", {}).get("seed") if cfg.get("sampler") else None
         if not cfg.get("storage") or isinstance(seed, bool) or not isinstance(seed, int):
             return
+        if cfg.get("study_name") is None:  # a new study each search (Optuna names it), which holds no trials yet;
+            return                         # loading none by name took the storage's only study for this one's
         import optuna
         from hydra.utils import instantiate
 

@@ -98,10 +98,31 @@ def check_resume(sweep: Sweep, cwd: Path | None = None) -> None:
                               f"{' '.join(o for o in saved if not o.startswith(('hydra.', 'ckpt_path=')))}")
     if clashes:
         more = f" (and {len(clashes) - 3} more jobs)" if len(clashes) > 3 else ""
+        original = _original_command(root, sweep.sweep_dir)
         raise ConfigError(
             f"{'; '.join(clashes[:3])}{more}: the sweep's value lists (or their order) differ from the ones that made "
             "its job folders; nothing was started or rewritten. Resume with the sweep's original overrides plus "
-            f"ckpt_path=last (trainer.max_steps, logger and eval settings may change); {first}")
+            "ckpt_path=last (trainer.max_steps, logger and eval settings may change)"
+            + (f": {original}" if original else f"; {first}"))
+
+
+def _original_command(root: Path, sweep_dir: str) -> str:
+    """The command line that made the sweep, from Hydra's <sweep_dir>/multirun.yaml (written at the sweep's start,
+    so the last sweep into the folder), as a resume: 'python <script> -m <its overrides> ckpt_path=last
+    hydra.sweep.dir=<dir>'; '' where the file is missing or unreadable."""
+    import shlex
+
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = OmegaConf.load(root / "multirun.yaml")
+        task = [str(o) for o in OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []]
+        script = Path(str(OmegaConf.select(cfg, "hydra.job.name", default="train"))).name
+    except Exception:  # a missing or damaged file: the job's own overrides are named instead
+        return ""
+    keep = [o for o in task if not o.startswith(("ckpt_path=", "hydra.sweep.dir="))]
+    return " ".join(["python", f"{script}.py", "-m", *map(shlex.quote, keep), "ckpt_path=last",
+                     shlex.quote(f"hydra.sweep.dir={sweep_dir}")])
 
 
 def check_search(config_name: str, overrides: list[str]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -240,8 +241,12 @@ def test_a_resumed_sweep_job_refuses_a_folder_trained_with_other_values(tmp_path
         # says how its folder was trained (Hydra had rewritten it with the refused values)
         assert f"seed={was}" in (tmp_path / str(job) / ".hydra" / "overrides.yaml").read_text()
         assert f"seed: {was}" in (tmp_path / str(job) / ".hydra" / "config.yaml").read_text()
-    assert "the sweep's value lists (or their order) differ" in r.stderr and "job 0's were: " in r.stderr
-    r = run_cli("train.py", [*base, "trainer.max_steps=6", "seed=1,2", "ckpt_path=last"], tmp_path)
+    assert "the sweep's value lists (or their order) differ" in r.stderr
+    # the message quotes the command that made the sweep (its multirun.yaml), as a resume: that command runs
+    said = r.stderr.split("eval settings may change): ", 1)[1].splitlines()[0].strip()
+    assert said.startswith("python train.py -m ") and "seed=1,2" in said and said.endswith(f"hydra.sweep.dir={tmp_path}")
+    args = shlex.split(said)[2:]
+    r = run_cli("train.py", [*args, "trainer.max_steps=6"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert [step_of(tmp_path / str(job) / "checkpoints" / "last.ckpt") for job in (0, 1)] == [6, 6]
 

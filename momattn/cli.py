@@ -689,7 +689,7 @@ def hydra_main(config_name: str):
                 sys.exit(2)
             try:
                 return hydra_task()
-            except SystemExit:
+            except (SystemExit, Exception):  # the job's own exception where HYDRA_FULL_ERROR=1 (or a debugger)
                 if multirun:  # Hydra ended the sweep on a failed job's error after running them all
                     from momattn.sweep_callback import after_failed_sweep
 

@@ -480,13 +480,16 @@ def test_reproduce_sweeps_both_recipes_every_attention_and_three_seeds_then_comp
 
 
 @pytest.mark.slow
-def test_a_sweep_with_a_failed_job_still_ends_with_the_comparison_of_the_others(tmp_path):
+@pytest.mark.parametrize("full_error", [None, "1"])
+def test_a_sweep_with_a_failed_job_still_ends_with_the_comparison_of_the_others(tmp_path, full_error):
     # Hydra runs every job, then raises the failed one's error and skips the sweep's end: experiment=reproduce lost
-    # its verdict to one bad job, and a plain sweep its evaluate.py command (found by review)
+    # its verdict to one bad job, and a plain sweep its evaluate.py command (found by review). With
+    # HYDRA_FULL_ERROR=1 Hydra raises the job's exception itself instead of exiting: compared all the same
     r = run_cli("train.py", ["-m", *SMOKE, "trainer.max_steps=2", "logger=csv", "run_eval=false", "optim.lr=1e-3,-1",
-                             f"hydra.sweep.dir={tmp_path}"], tmp_path)
+                             f"hydra.sweep.dir={tmp_path}"], tmp_path, env={"HYDRA_FULL_ERROR": full_error})
     assert r.returncode == 1  # still Hydra's failure
-    assert "error: optim: need lr > 0 (got -1.0)" in r.stderr
+    assert ("Traceback" in r.stderr and "need lr > 0 (got -1.0)" in r.stderr if full_error else
+            "error: optim: need lr > 0 (got -1.0)" in r.stderr)
     assert "[momattn] 1 of the sweep's 2 jobs failed (their errors are above): job 1 (" in r.stderr
     assert "optim.lr=-1)" in r.stderr and "The comparison covers the other 1." in r.stderr
     assert f"python evaluate.py sweep_dir={tmp_path.resolve()}" in r.stderr.split("jobs failed")[1]

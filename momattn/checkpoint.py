@@ -311,6 +311,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if tokenizer.n_ids > model.config.vocab_size:
         raise CheckpointError(f"checkpoint '{path}': tokenizer has {tokenizer.n_ids} ids but the model only "
                               f"{model.config.vocab_size}; the checkpoint was assembled from mismatched parts")
+    model.n_ids = tokenizer.n_ids  # model.generate samples no padding id
     return model.to(map_location).eval(), tokenizer
 
 

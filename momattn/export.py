@@ -8,8 +8,9 @@
   a model trained without biases gets zero biases (GPT-2 always has them).
 - momentum, multirate_ema or rotary positions -> MomattnForCausalLM, with momattn/hf/modeling_momattn.py
   copied into the folder (config.json's auto_map): load it with trust_remote_code=True.
-The vocabulary stays padded (config vocab_size = the model's, >= the tokenizer's); the tokenizer is the
-checkpoint's own tokenizer.json, its end-of-text token serving as bos, eos and unk.
+The vocabulary stays padded (config vocab_size = the model's, >= the tokenizer's; generation_config.json's
+suppress_tokens keeps generate() off the padding ids, as momattn's generate); the tokenizer is the checkpoint's
+own tokenizer.json, its end-of-text token serving as bos, eos and unk.
 
 Needs the [hf] extra: pip install 'momattn[hf]' (transformers, safetensors).
 """
@@ -169,6 +170,8 @@ def _write(out: Path, state: dict, config: dict, tokenizer: Tokenizer, block_siz
     # written by name into atomic_write's temporary file (save() would hold a second copy of the weights in memory)
     atomic_write(out / "model.safetensors", lambda f: _save_safetensors(state, f))
     gen = {"bos_token_id": tokenizer.eot_id, "eos_token_id": tokenizer.eot_id}
+    if padding := list(range(tokenizer.n_ids, config["vocab_size"])):  # ids that decode to nothing
+        gen["suppress_tokens"] = padding
     atomic_write_text(out / "generation_config.json", json.dumps(gen, indent=2) + "\n")
     write_tokenizer(tokenizer, block_size, out)
     if not as_gpt2:

@@ -111,7 +111,8 @@ def sample_tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: fl
                   vocab: int | None = None) -> Iterator[torch.Tensor]:
     """Yield max_new_tokens sampled tokens (B,) one at a time after the prompts idx (B, T), using the KV cache.
     vocab: only ids below it (the tokenizer's; the model's vocabulary is padded to a multiple of 64, and its
-    padding ids decode to nothing)."""
+    padding ids decode to nothing); by default the model's n_ids, as GPT.generate."""
+    vocab = getattr(model, "n_ids", None) if vocab is None else vocab
     block = model.config.block_size
     cache = model.new_cache()
     logits = last_logits(model, idx[:, -block:], cache)  # (B, V): no LM head over the rest of the prompt

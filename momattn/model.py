@@ -320,6 +320,8 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied input/output embeddings
+        # the tokenizer's ids (load_checkpoint sets it): generate never samples the padding above (it decodes to nothing)
+        self.n_ids: int | None = None
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
             if name.endswith("c_proj.weight"):
@@ -385,11 +387,15 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-        """Sample max_new_tokens after idx (B, T), decoding one token at a time with the KV cache."""
+        """Sample max_new_tokens after idx (B, T), decoding one token at a time with the KV cache; never an id
+        >= self.n_ids (the vocabulary's padding) where it is set."""
         cache, logits = self.new_cache(), None
         ctx = idx[:, -self.config.block_size :]
         logits = self.last_logits(ctx, cache)
         for _ in range(max_new_tokens):
+            if self.n_ids is not None and self.n_ids < logits.size(-1):
+                logits = logits.clone()
+                logits[:, self.n_ids :] = float("-inf")
             if temperature == 0:
                 nxt = logits.argmax(-1, keepdim=True)
             else:

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 from conftest import ROOT, run_cli
-from test_generate import tiny_checkpoint
+from test_generate import padding_first_checkpoint, tiny_checkpoint
 
 from momattn.checkpoint import load_checkpoint
 from momattn.errors import ConfigError, DataError
@@ -113,6 +113,21 @@ def test_the_exported_model_generates_as_momattn_does_and_refuses_left_padding(t
     torch.testing.assert_close(hf(ids, attention_mask=right).logits[:, :3], hf(ids[:, :3]).logits)
     fresh = type(hf)(hf.config)  # a model built from the config starts where momattn's does
     assert torch.allclose(torch.sigmoid(fresh.blocks[0].attn.eta_logit), torch.tensor(0.7))
+
+
+@pytest.mark.parametrize("attention", ["vanilla", "momentum"])  # GPT2LMHeadModel, MomattnForCausalLM
+def test_the_exported_model_never_generates_a_padding_id(tmp_path, attention):
+    ckpt = padding_first_checkpoint(tmp_path / "p.ckpt", attention, block_size=16)
+    out = export(ckpt, tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=attention != "vanilla").eval()
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        assert int(hf(ids).logits[0, -1].argmax()) >= 300  # unmasked, a padding id (300..319) wins
+        for kw in ({"do_sample": False}, {"do_sample": True, "top_k": 5}):
+            gen = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, use_cache=False,
+                              pad_token_id=0, **kw)
+            assert int(gen.max()) < 300
+    assert hf.generation_config.suppress_tokens == list(range(300, 320))
 
 
 def test_the_exported_multirate_ema_matches_momattn_past_a_few_hundred_tokens(tmp_path):

@@ -17,7 +17,7 @@ from momattn.errors import CheckpointError, ConfigError
 from momattn.generate import GenerateConfig, StreamDecoder, generate_text, sample_tokens
 from momattn.io import atomic_torch_save
 from momattn.model import GPT, AttentionConfig, GPTConfig
-from momattn.tokenizer import train_bpe
+from momattn.tokenizer import Tokenizer, train_bpe
 
 TEXT = ["The café serves crème brûlée. The film was great; the plot was thin.",
         "Sentence: a fine movie\nLabel: Positive", "Sentence: a dull movie\nLabel: Negative",
@@ -38,6 +38,17 @@ def tiny_checkpoint(path, attention: str = "vanilla", pos_emb: str = "learned", 
                 p.add_(0.1 * torch.randn_like(p))
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
     atomic_torch_save({"state_dict": state, "momattn": checkpoint_meta(cfg, tok, {})}, path)
+    return path
+
+
+def padding_first_checkpoint(path, attention: str = "vanilla", **kw):
+    """tiny_checkpoint with the padding ids (300..319, above the tokenizer's) made the likeliest everywhere: the
+    final norm gives its bias b whatever the input, and the padding rows of the tied embedding are 10 b."""
+    ckpt = torch.load(tiny_checkpoint(path, attention, **kw), weights_only=False)
+    sd, n_ids = ckpt["state_dict"], Tokenizer.from_json(ckpt["momattn"]["tokenizer"]).n_ids
+    sd["model.ln_f.weight"].zero_()
+    sd["model.wte.weight"][n_ids:] = 10 * sd["model.ln_f.bias"]
+    atomic_torch_save(ckpt, path)
     return path
 
 
@@ -156,3 +167,13 @@ def test_samples_never_take_the_models_padding_ids(ckpt):
     text = generate_text(model, tok, cfg(ckpt, temperature=50.0, top_k=None, max_new_tokens=60), "cpu",
                          io.StringIO())[0]
     assert len(tok.encode(text)) >= 30  # every sampled token is text (a padding id printed nothing)
+
+
+def test_model_generate_from_a_checkpoint_never_takes_a_padding_id(tmp_path):
+    # the Python API of the README (load_checkpoint, then model.generate) masks them as generate.py does
+    model, tok = load_checkpoint(padding_first_checkpoint(tmp_path / "p.ckpt", block_size=16))
+    idx = torch.tensor([tok.encode("The film")])
+    assert int(model(idx)[0, -1].argmax()) >= tok.n_ids  # unmasked, a padding id wins
+    for kw in ({"temperature": 0}, {"temperature": 1.0, "top_k": 5}):  # 30 tokens: past the context of 16 too
+        out = model.generate(idx, 30, generator=torch.Generator().manual_seed(0), **kw)
+        assert int(out.max()) < tok.n_ids < model.config.vocab_size

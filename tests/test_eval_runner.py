@@ -127,7 +127,7 @@ def test_non_finite_numbers_are_written_as_null_and_read_back_as_nan(tmp_path):
     assert set(metrics_of(back)) == set(metrics_of(res)) == {"ppl@16", "sst2/acc@k2", "avg/acc@k2"}
 
 
-def test_run_evaluate_side_by_side_with_disambiguated_labels(tmp_path, tokenizer):
+def test_run_evaluate_side_by_side_with_disambiguated_labels(tmp_path, tokenizer, capsys):
     a = make_checkpoint(tmp_path / "a" / "last.ckpt", "momentum", tokenizer, seed=1)
     b = make_checkpoint(tmp_path / "b" / "last.ckpt", "momentum", tokenizer, seed=2)
     v = make_checkpoint(tmp_path / "v.ckpt", "vanilla", tokenizer)
@@ -137,6 +137,8 @@ def test_run_evaluate_side_by_side_with_disambiguated_labels(tmp_path, tokenizer
     assert [r.label for r in results] == ["vanilla", "momentum [a/last]", "momentum [b/last]"]
     assert results[1].checkpoint == str(a)
     assert "momentum [b/last]" in (tmp_path / "run" / "results.md").read_text()
+    err = capsys.readouterr().err  # train.py's console style, not a Hydra log record's
+    assert f"[momattn] evaluating {v} (vanilla) on cpu\n" in err and f"[momattn] evaluating {b} (momentum [b/last])" in err
 
 
 def test_every_checkpoint_is_checked_before_any_is_scored(tmp_path, tokenizer, monkeypatch):
@@ -331,6 +333,9 @@ def test_evaluate_py_end_to_end(tmp_path, tokenizer):
     assert list((run / "wandb").glob("offline-run-*"))
     assert "[momattn] W&B run of vanilla: " in proc.stderr and "wandb sync " in proc.stderr  # where it went
     assert "Table 6 layout" in proc.stdout
+    line = f"[momattn] evaluating {a} (vanilla) on cpu\n"  # as train.py's lines, without Hydra's log prefix
+    assert line in proc.stderr and "][INFO] - " not in proc.stdout + proc.stderr
+    assert line in (run / "evaluate.log").read_text()
 
 
 @pytest.mark.slow

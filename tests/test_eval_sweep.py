@@ -113,7 +113,7 @@ def test_sweep_verdict(tmp_path, tokenizer):  # noqa: F811
 
 
 
-def test_unfinished_repeated_and_unpaired_runs_are_named_not_scored(tmp_path, tokenizer):  # noqa: F811
+def test_unfinished_repeated_and_unpaired_runs_are_named_not_scored(tmp_path, tokenizer, capsys):  # noqa: F811
     """Found by fuzzing: a diverged or interrupted job's early last.ckpt was averaged in as a finished run (a
     verdict of unlike things); evaluate.py's own folder inside the sweep was a "failed job"; a second cache folder
     split one experiment into two settings; a repeat was dropped with a console warning only; vanilla and
@@ -136,6 +136,9 @@ def test_unfinished_repeated_and_unpaired_runs_are_named_not_scored(tmp_path, to
     assert len(setting["duplicates"]) == 1 and setting["duplicates"][0].startswith(f"{sweep / '5'} (momentum, seed 2")
     assert md.startswith("# momattn sweep verdict\n\n4 runs (1 more left out as repeats, below)")
     assert "Left out, a second run of the same attention and seed" in md
+    err = capsys.readouterr().err  # train.py's console style, not Hydra log records
+    assert "[momattn] evaluating 0 (vanilla, seed 1)\n" in err
+    assert f"[momattn] warning: {sweep / '3'} and {sweep / '5'}: same attention (momentum) and seed (2)" in err
     # settings apart: named by the leaf that differs, not by 80 characters of a whole section
     for d in (sweep / "4", sweep / "5"):
         shutil.rmtree(d)
@@ -340,7 +343,7 @@ def test_text_tasks_on_a_ginc_checkpoint_are_refused_by_name(tmp_path):
 
 
 def test_own_settings_never_compare_runs_evaluated_differently_and_nothing_is_dropped_silently(tmp_path, tokenizer,  # noqa: F811
-                                                                                               caplog):
+                                                                                               capsys):
     from momattn.eval.config import EvalConfig
     from momattn.eval.sweep import run_sweep
 
@@ -352,14 +355,13 @@ def test_own_settings_never_compare_runs_evaluated_differently_and_nothing_is_dr
         job(sweep, n, kind, seed, tokenizer, extra=extra)
     # a job whose own eval: section cannot be read (a key since renamed) is listed as failed; it ended the sweep
     job(sweep, 5, "vanilla", 3, tokenizer, extra={"eval": {"icl": {**EVAL["icl"], "shotz": [0]}}})
-    with caplog.at_level("WARNING", logger="momattn.eval.sweep"):
-        summaries = run_sweep(sweep, EvalConfig.from_mapping(EVAL), tmp_path / "out", "cpu", own_settings=True)
+    summaries = run_sweep(sweep, EvalConfig.from_mapping(EVAL), tmp_path / "out", "cpu", own_settings=True)
     failed = json.loads((tmp_path / "out" / "sweep.json").read_text())["failed"]
     assert failed == [failed[0]] and failed[0].startswith("5 (its own end-of-run eval settings cannot be used: "
                                                           "unknown key 'eval.icl.shotz'")
     assert len(summaries) == 2 and all(len(s.differs) == 1 and "eval settings" in s.differs for s in summaries)
     assert all(row["ppl@32"]["n"] == 1 for s in summaries for row in s.rows.values())  # one seed each, never pooled
-    assert "same attention (vanilla) and seed (1) in one setting; the second is left out" in caplog.text
+    assert "same attention (vanilla) and seed (1) in one setting; the second is left out" in capsys.readouterr().err
     md = (tmp_path / "out" / "sweep.md").read_text()
     assert "Left out of Table 7 (the headline k does not fit the runs' context" in md and "trec at k=16" in md
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import sys
 import zlib
@@ -25,8 +24,6 @@ from momattn.data.sources import DataSource, make_source
 from momattn.errors import DataError
 from momattn.io import atomic_write, atomic_write_text, file_lock
 from momattn.tokenizer import Tokenizer
-
-log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -155,7 +152,7 @@ def load_tokens(source: DataSource | Mapping, tokenizer: Tokenizer, split: str,
         if problem is None:  # another process built it while we waited
             return _open(bin_path, meta_path)
         if problem != "missing":
-            log.warning("token cache %s is %s; rebuilding it", bin_path, problem)
+            print(f"[momattn] warning: token cache {bin_path} is {problem}; rebuilding it", file=sys.stderr, flush=True)
         ids, n_docs = _own_token_ids(source, tokenizer, split)
         if ids is None:
             docs = source.documents(split)

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import re
@@ -33,8 +32,6 @@ from momattn.hardware import resolve_device
 from momattn.io import atomic_write_text, json_text
 
 __all__ = ["check_evaluation", "evaluate_model", "flat_metrics", "run_evaluate", "write_reports"]
-
-log = logging.getLogger(__name__)
 
 
 def split_seed_of(run_config: Mapping) -> int:
@@ -328,7 +325,7 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
             _check_one(path, label, meta, conf)
     results: list[ModelResult] = []
     for path, meta, label, step in zip(paths, metas, labels, steps):
-        log.info("evaluating %s (%s) on %s", path, label, device)
+        print(f"[momattn] evaluating {path} ({label}) on {device}", file=sys.stderr, flush=True)
         model, tokenizer = load_checkpoint(path, map_location=device)
         run_config = dict(meta.get("config") or {})
         res = evaluate_model(model, tokenizer, run_config, conf.eval_section(), out, label,

@@ -16,8 +16,8 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
+import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,8 +30,6 @@ from momattn.eval.config import EvalConfig, to_plain
 from momattn.eval.results import ModelResult
 from momattn.io import atomic_write_text, json_text, save_figure
 from momattn.utils import digest
-
-log = logging.getLogger(__name__)
 
 BASELINE = "vanilla"
 # run-config keys that do not define the experiment (where a run writes, how it logs) or that vary on purpose
@@ -371,8 +369,8 @@ def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
         jobs: dict[tuple, Path] = {}
         for r in rs:
             if (r.attention, r.seed) in jobs:  # e.g. jobs that differ only in an ignored key (callbacks, logger)
-                log.warning("%s and %s: same attention (%s) and seed (%s) in one setting; the second is left out",
-                            jobs[r.attention, r.seed], r.job, r.attention, r.seed)
+                print(f"[momattn] warning: {jobs[r.attention, r.seed]} and {r.job}: same attention ({r.attention}) "
+                      f"and seed ({r.seed}) in one setting; the second is left out", file=sys.stderr, flush=True)
                 summary.duplicates.append(f"{r.job} ({r.attention}, seed {r.seed}: a second run of {jobs[r.attention, r.seed]})")
                 continue
             jobs[r.attention, r.seed] = r.job
@@ -625,7 +623,7 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
         r.result = reusable(r.job, cfg, r.step)
         r.reused = r.result is not None
         if r.result is None:
-            log.info("evaluating %s (%s, seed %s)", name, r.attention, r.seed)
+            print(f"[momattn] evaluating {name} ({r.attention}, seed {r.seed})", file=sys.stderr, flush=True)
             try:
                 model, tokenizer = load_checkpoint(r.path, map_location=device)
             except CheckpointError as e:  # e.g. a sharded folder whose meta.pt reads but a shard does not

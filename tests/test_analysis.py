@@ -304,6 +304,8 @@ def test_bad_input_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match=r"task 'ginc' needs a checkpoint trained with data=ginc.*Choose a text "
                                           r"task \(task=sst2"):  # analyze.py's key, not evaluate.py's icl.tasks
         analyze(model, tok, {}, cfg("ginc"))
+    with pytest.raises(ConfigError, match=r"this one was trained on data=staicc\. Choose"):  # the option, not the class
+        analyze(model, tok, {"data": {"_target_": "momattn.data.sources.StaiccCorpus"}}, cfg("ginc"))
     with pytest.raises(ConfigError, match=r"^task: 'ginc_l1' asks for GINC examples of 1 symbol"):
         analyze(model, tok, {}, cfg("ginc_l1"))
     from momattn.analysis.episodes import ginc_world

@@ -10,7 +10,7 @@ from test_eval_common import FakeLM, tiny_gpt
 from momattn.data.ginc import GincCorpus
 from momattn.errors import ConfigError
 from momattn.eval.config import IclConfig
-from momattn.eval.ginc import GincEvaluator, GincTask, ginc_task, ginc_world
+from momattn.eval.ginc import GincEvaluator, GincTask, describe_data, ginc_task, ginc_world
 from momattn.eval.runner import evaluate_model, flat_metrics, write_reports
 from momattn.eval.tasks import resolve_tasks
 from momattn.utils import stable_seed
@@ -92,11 +92,15 @@ def test_k_that_does_not_fit_is_reported_not_truncated(world):
 def test_a_ginc_task_needs_a_ginc_checkpoint(tmp_path):
     from test_eval_common import CharTokenizer
 
-    staicc = {"source": "staicc", "tasks": ["trec"]}
-    with pytest.raises(ConfigError, match="task 'ginc_l3' needs a checkpoint trained with data=ginc; this one "
-                                          "was trained on data=staicc"):
-        evaluate_model(tiny_gpt(), CharTokenizer(), {"data": staicc},
-                       {"ppl": {"enabled": False}, "icl": {"tasks": ["ginc_l3"]}}, tmp_path, "v")
+    # an older run's source: staicc, and a current one's _target_ (named by its option, not its class path)
+    for staicc in ({"source": "staicc", "tasks": ["trec"]}, {"_target_": "momattn.data.sources.StaiccCorpus"}):
+        with pytest.raises(ConfigError, match="task 'ginc_l3' needs a checkpoint trained with data=ginc; this one "
+                                              r"was trained on data=staicc\. Drop the ginc tasks"):
+            evaluate_model(tiny_gpt(), CharTokenizer(), {"data": staicc},
+                           {"ppl": {"enabled": False}, "icl": {"tasks": ["ginc_l3"]}}, tmp_path, "v")
+    for target, option in [("momattn.data.sources.StaiccCorpus", "staicc"), ("momattn.data.ginc.GincCorpus", "ginc"),
+                           ("momattn.data.streaming.StreamingHubCorpus", "hf_stream"), ("my.Corpus", "my.Corpus")]:
+        assert describe_data({"_target_": target, "tasks": ["trec"]}) == f"data={option}"  # the option, as typed
     with pytest.raises(ConfigError, match="no data section"):
         ginc_world(None)
 

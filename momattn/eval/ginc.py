@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -87,9 +88,21 @@ def check_separator(tasks: Sequence, separator: str, key: str = "icl.separator")
 
 
 def describe_data(data_cfg: Mapping | None) -> str:
+    """The data option a run chose, as typed (data=staicc), not its class (momattn.data.sources.StaiccCorpus)."""
     data = dict(data_cfg or {})
-    what = data.get("_target_") or data.get("source")
+    target = data.get("_target_")
+    what = (data_option(target) or target) if target else data.get("source")
     return f"data={what}" if what else "no data section"
+
+
+def data_option(target: str) -> str | None:
+    """The conf/data option whose _target_ is `target` (None for a class of the user's own)."""
+    import yaml
+
+    for f in sorted((Path(__file__).resolve().parents[2] / "conf" / "data").glob("*.yaml")):
+        if (yaml.safe_load(f.read_text()) or {}).get("_target_") == target:
+            return f.stem
+    return None
 
 
 def ginc_world(data_cfg: Mapping | None, task_name: str = "ginc", key: str = "icl.tasks"):

@@ -83,6 +83,9 @@ def test_folder_and_name_errors(tmp_path):
     write_task(tmp_path / "a", "review", ROWS)
     with pytest.raises(ConfigError, match=r"unknown task 'reviw'.*Did you mean 'review'.*Task files in"):
         IclConfig(task_dirs=[str(tmp_path / "a")], tasks=["reviw"])
+    with pytest.raises(ConfigError, match=r"unknown task 'reviw'.* a task file icl\.tasks=\[<file>\.yaml\] \(or its "
+                                          r"name, with icl\.task_dirs\)"):  # without task_dirs: how to give one
+        resolve_tasks(IclConfig(tasks=["reviw"]).tasks)
     write_task(tmp_path / "b", "other", ROWS, name="review")
     with pytest.raises(ConfigError, match=r"task 'review' is defined by several files"):
         IclConfig(task_dirs=[str(tmp_path / "a"), str(tmp_path / "b")], tasks=["review"])

@@ -556,10 +556,13 @@ def resolve_tasks(entries: Sequence[str | Mapping], key: str = "icl.tasks") -> l
             tasks.append(ginc_task(entry, key))
         else:
             hint = did_you_mean(entry, [*TASKS, *TASK_SETS, *GINC_NAMES])
+            files = (f"{key}=<file>.yaml" if key == "task" else  # analyze.py's one task; evaluate.py's list
+                     f"{key}=[<file>.yaml] (or its name, with {key.removesuffix('tasks')}task_dirs)")
             raise ConfigError(f"{key}: unknown task '{entry}'.{hint} "
                               f"Known: {', '.join(TASKS)}; GINC (checkpoints trained with data=ginc): "
                               f"{', '.join(GINC_NAMES)} (ginc[_ood]_l<N> for any length); sets: "
-                              f"{', '.join(TASK_SETS)}; or a local file {{name, path, template, answers}}")
+                              f"{', '.join(TASK_SETS)}; a task file {files}; or a local file "
+                              "{name, path, template, answers}")
     names = [t.name for t in tasks]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:

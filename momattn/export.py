@@ -189,6 +189,8 @@ def parse_args(argv: list[str]) -> dict:
         if not sep or key not in KEYS:
             raise ConfigError(f"'{a}' is not an export argument.{did_you_mean(key, KEYS)} "
                               "Usage: python -m momattn.export ckpt_path=PATH out=DIR [overwrite=true]")
+        if key in args:  # out=A out=B: which one was meant?
+            raise ConfigError(f"{key} is given twice ({key}={args[key]} and {a}); give it once")
         args[key] = value
     for key in ("ckpt_path", "out"):
         if key not in args:

@@ -83,6 +83,8 @@ def test_refusals_and_arguments(tmp_path):
         parse_args(["ckpt_path=a"])
     with pytest.raises(ConfigError, match=r"^out=' ' is empty"):  # it wrote a folder named ' '
         parse_args(["ckpt_path=a", "out= "])
+    with pytest.raises(ConfigError, match=r"^out is given twice \(out=A and out=B\); give it once$"):
+        parse_args(["ckpt_path=a", "out=A", "out=B"])  # the last one was taken silently
 
 
 def test_cli_exports_and_reports_bad_input_in_one_line(tmp_path):

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up momattn in ./.venv: bash scripts/setup.sh [dev] [sweep]
+# Set up momattn in ./.venv: bash scripts/setup.sh [dev] [sweep] [hf] [lm-eval] [slurm] [mutation]
+# (any of pyproject.toml's extras, installed together; CI: bash scripts/setup.sh dev sweep hf lm-eval slurm)
 # On a machine without a GPU the CPU build of torch is installed first, so that pip never pulls a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."

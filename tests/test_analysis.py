@@ -154,7 +154,11 @@ def test_the_random_update_has_the_finetuning_updates_norm_per_model_and_layer()
         b.normal_(0, 0.3, generator=g)
     rnd = delta.random_like(5)
     torch.testing.assert_close(rnd.norms(), delta.norms())
-    assert not torch.allclose(rnd.w[0], delta.w[0])
+    assert not torch.allclose(rnd.w[0], delta.w[0]) and not torch.allclose(rnd.w[0][0], rnd.w[0][1])
+    # one seed per model: a model's draw depends on its own seed, not on the models beside it
+    alone = delta.select([1]).random_like([8])
+    torch.testing.assert_close(delta.random_like([7, 8, 9]).select([1]).w[1], alone.w[1])
+    assert torch.equal(delta.select([0, 1]).random_like([3, 8]).select([1]).b[0], alone.b[0])
 
 
 def test_kendall_tau_b_matches_the_definition_with_ties():
@@ -370,6 +374,19 @@ def test_ginc_checkpoint_end_to_end(tmp_path, kind):
     assert {"results.json", "results.md", "per_layer.png"} <= {p.name for p in (tmp_path / "out").iterdir()}
     with pytest.raises(DataError, match="with shots=20 the prompt needs 125 tokens .*at most 9 fit"):
         run_analyze({"ckpt_path": str(path), "task": "ginc", "shots": 20, "lrs": [0.1]}, tmp_path / "out")
+
+
+def test_the_random_baseline_does_not_depend_on_how_many_models_are_finetuned_side_by_side(tmp_path):
+    """ft_models_per_batch is a speed setting: each GINC prompt's random update is drawn from its own seed, so
+    SimAOU(random d) is the same whatever the batch of models (it was drawn per batch, and changed with it)."""
+    from momattn.analysis.runner import run_analyze
+
+    path = ginc_checkpoint(tmp_path, "momentum")
+    res = [run_analyze({"ckpt_path": str(path), "task": "ginc", "shots": 4, "max_examples": 6, "lrs": [0.3],
+                        "ft_models_per_batch": m, "dual_check": False}, tmp_path / f"out{m}") for m in (2, 3)]
+    assert res[0].simaou_ft.per_layer == pytest.approx(res[1].simaou_ft.per_layer, abs=1e-6)
+    assert res[0].simaou_random.per_layer == pytest.approx(res[1].simaou_random.per_layer, abs=1e-6)
+    assert res[0].simaou_proj_random.per_layer == pytest.approx(res[1].simaou_proj_random.per_layer, abs=1e-6)
 
 
 def test_an_update_too_small_to_change_the_weights_reads_as_no_update_in_every_metric(tmp_path):

@@ -57,16 +57,28 @@ class Delta:
             out = out + torch.stack([b.square().sum(1) for b in self.b], 1)
         return out.sqrt()
 
-    def random_like(self, seed: int) -> Delta:
-        """A Gaussian update with the same norm per model and layer (the paper's random-update baseline)."""
-        g = torch.Generator().manual_seed(seed)
-        target = self.norms()  # (M, L)
-        w = [torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device) for x in self.w]
-        b = [torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device) for x in self.b] if self.b else None
-        rnd = Delta(w, b)
-        scale = target / rnd.norms().clamp_min(1e-30)  # (M, L)
-        return Delta([x * scale[:, i, None, None] for i, x in enumerate(w)],
-                     [x * scale[:, i, None] for i, x in enumerate(b)] if b else None)
+    def random_like(self, seed: int | Sequence[int]) -> Delta:
+        """A Gaussian update with the same norm per model and layer (the paper's random-update baseline). seed: one
+        int (one generator draws every model's update in turn), or one seed per model (model m's draw then depends
+        on its own seed only, not on which models share its batch)."""
+        if isinstance(seed, int):
+            gens = [torch.Generator().manual_seed(seed)] * self.n_models
+        else:
+            gens = [torch.Generator().manual_seed(s) for s in seed]
+            if len(gens) != self.n_models:
+                raise ValueError(f"{len(gens)} seeds for {self.n_models} models")
+        w: list[list[torch.Tensor]] = [[] for _ in self.w]
+        b: list[list[torch.Tensor]] = [[] for _ in self.w]
+        for g in gens:  # per model: every layer's weights, then every layer's biases
+            for i, x in enumerate(self.w):
+                w[i].append(torch.randn(x.shape[1:], generator=g, dtype=x.dtype))
+            for i, x in enumerate(self.b or []):
+                b[i].append(torch.randn(x.shape[1:], generator=g, dtype=x.dtype))
+        rnd = Delta([torch.stack(ws).to(x.device) for ws, x in zip(w, self.w)],
+                    [torch.stack(bs).to(x.device) for bs, x in zip(b, self.b)] if self.b else None)
+        scale = self.norms() / rnd.norms().clamp_min(1e-30)  # (M, L)
+        return Delta([x * scale[:, i, None, None] for i, x in enumerate(rnd.w)],
+                     [x * scale[:, i, None] for i, x in enumerate(rnd.b)] if rnd.b else None)
 
     def apply_to(self, model, m: int = 0) -> None:
         """Add model m's update to the weights of `model` in place (K and V rows only)."""

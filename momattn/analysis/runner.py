@@ -199,7 +199,8 @@ def finetuned_states(model, aset: AnalysisSet, lr: float, cfg: AnalyzeConfig, ti
         chunk = eps[c0 : c0 + cfg.ft_models_per_batch]
         with timer("ft_test"):
             run = finetune(model, [e.train for e in chunk], [lr] * len(chunk), record_queries=True)
-        rnd = run.delta.random_like(stable_seed("analyze-random-update", cfg.random_seed, c0))
+        rnd = run.delta.random_like([stable_seed("analyze-random-update", cfg.random_seed, c0 + m)  # per prompt
+                                     for m in range(len(chunk))])
         rows = [[eot] + e.query for e in chunk]
         with timer("capture_ft_rnd"):
             caps_ft.append(capture(model, rows, delta=run.delta, batch_tokens=cfg.batch_tokens))

@@ -33,6 +33,8 @@ def seqs(seed, k=3, vocab=37):
 def test_paper_grid():
     grid = paper_lr_grid()
     assert len(grid) == 36 and grid[0] == pytest.approx(1e-4) and grid[-1] == pytest.approx(0.9)
+    # the decimal values themselves: results.json keys lr_selection by str(lr) ("0.30000000000000004" was one)
+    assert [str(x) for x in grid[-9:]] == [f"0.{m}" for m in range(1, 10)] and str(grid[2]) == "0.0003"
 
 
 @pytest.mark.parametrize("kind,extra", KINDS)

@@ -42,8 +42,9 @@ class FtRun:
 
 
 def paper_lr_grid() -> list[float]:
-    """1..9 x 1e-1..1e-4 (36 values), ascending."""
-    return sorted(m * 10.0 ** -e for e in range(1, 5) for m in range(1, 10))
+    """1..9 x 1e-1..1e-4 (36 values), ascending; parsed from text so that each is the float nearest its decimal
+    (3 * 10.0 ** -1 is 0.30000000000000004, which results.json would show as the rate's name)."""
+    return sorted(float(f"{m}e-{e}") for e in range(1, 5) for m in range(1, 10))
 
 
 def finetune(model, sequences: Sequence[Sequence[FtSequence]], lrs: torch.Tensor | Sequence[float],

@@ -35,6 +35,21 @@ def test_deterministic_for_a_seed(corpus):
     assert corpus.documents("train") != corpus.documents("val")[: SMALL["n_val_docs"]]
 
 
+def test_a_value_spelled_as_int_float_or_numpy_gives_the_same_data(corpus):
+    # the random streams are keyed by the fields: vic=1 and vic=1.0 were the same HMMs with other documents
+    as_float = GincCorpus(vic=1.0, start_temp=10.0, **SMALL)
+    for other in (GincCorpus(vic=1, start_temp=10, **SMALL), GincCorpus(vic=np.float32(1), **SMALL),
+                  GincCorpus(**{**SMALL, "vic": 1, "n_train_docs": np.int64(SMALL["n_train_docs"])})):
+        assert other.fingerprint() == as_float.fingerprint()
+        assert other.documents("val") == as_float.documents("val")
+        assert [p.symbols for p in other.prompts(5, 2, 10)] == [p.symbols for p in as_float.prompts(5, 2, 10)]
+    assert type(GincCorpus(n_symbols=np.int64(50)).n_symbols) is int
+    for field, value in (("n_symbols", "50"), ("n_concepts", 2.0), ("n_entities", True), ("vic", "0.9"),
+                         ("trans_temp", None), ("seed", None)):
+        with pytest.raises(ConfigError, match=f"data.{field}=.* must be an? (integer|number)"):
+            GincCorpus(**{field: value})
+
+
 def test_sizes_and_valid_symbols(corpus):
     names = corpus.symbol_names()
     assert names[0] == "/" and names[1] == "x1" and names[-1] == "x49" and len(names) == 50

@@ -21,7 +21,8 @@ Hidden states are numbered e * n_properties + p, the order of np.kron(entity, pr
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+import numbers
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -149,6 +150,7 @@ def _check(ok: bool, field: str, value, fix: str) -> None:
 
 
 MAX_SYMBOLS, MAX_WORLD, MAX_DOCS, MAX_TOKENS = 2**20, 1000, 10**6, 2**31  # GincCorpus' size bounds
+_FLOAT_FIELDS = ("vic", "trans_temp", "start_temp")  # GincCorpus' float fields; the others are integers
 
 
 @dataclass
@@ -177,6 +179,18 @@ class GincCorpus:
     n_permutations: int | None = None  # permutation matrices per mixture; None = the chain's size (10)
 
     def __post_init__(self):
+        # one spelling per value: the documents' and prompts' random streams are keyed by the fields as JSON, so
+        # vic=1 and vic=1.0 (or n_symbols=np.int64(50) and 50) were the same HMMs with different documents and prompts
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _FLOAT_FIELDS:
+                _check(isinstance(value, numbers.Real) and not isinstance(value, bool), f.name, value,
+                       "must be a number")
+                setattr(self, f.name, float(value))
+            elif value is not None or f.name != "n_permutations":
+                _check(isinstance(value, numbers.Integral) and not isinstance(value, bool), f.name, value,
+                       "must be an integer")
+                setattr(self, f.name, int(value))
         _check(self.n_symbols >= 2, "n_symbols", self.n_symbols,
                "must be >= 2: symbol 0 is the delimiter '/' and states emit symbols 1..n_symbols-1; the paper uses 50")
         _check(self.n_entities >= 1, "n_entities", self.n_entities, "must be >= 1; the paper uses 10")

@@ -38,6 +38,22 @@ def test_task_names():
         resolve_tasks(["ginc_oood"])
 
 
+def test_one_ginc_task_under_two_names_is_refused():
+    # ginc and ginc_l5 scored the same prompts twice: two identical rows that read as independent results
+    for names, first, second in ((["ginc", "ginc_l3", "ginc_l5"], "ginc", "ginc_l5"),
+                                 (["ginc_l03", "ginc_l3"], "ginc_l03", "ginc_l3"),
+                                 (["ginc_ood", "ginc_ood_l5"], "ginc_ood", "ginc_ood_l5")):
+        with pytest.raises(ConfigError, match=f"icl.tasks: '{first}' and '{second}' are the same GINC task "
+                                              r"\(example length \d+, .*list one of them"):
+            resolve_tasks(names)
+    assert [t.name for t in resolve_tasks(["ginc", "ginc_ood", "ginc_l3", "ginc_ood_l3"])] == \
+        ["ginc", "ginc_ood", "ginc_l3", "ginc_ood_l3"]  # in- and out-of-distribution are two tasks
+    with pytest.raises(ConfigError, match="lists task 'ginc' twice; list it once$"):  # not "local files"
+        resolve_tasks(["ginc", "ginc"])
+    with pytest.raises(ConfigError, match="lists task 'trec' twice; list it once$"):
+        resolve_tasks(["trec", "trec"])
+
+
 def constant_lm(probs: dict[int, float], block_size: int = 64) -> FakeLM:
     """The same next-token distribution after every token: the given probabilities, the rest spread."""
     row = torch.full((V + 1,), (1.0 - sum(probs.values())) / (V + 1 - len(probs)), dtype=torch.float64)

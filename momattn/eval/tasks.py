@@ -566,5 +566,16 @@ def resolve_tasks(entries: Sequence[str | Mapping], key: str = "icl.tasks") -> l
     names = [t.name for t in tasks]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
-        raise ConfigError(f"{key} lists task '{dup}' twice; give local files distinct names")
+        raise ConfigError(f"{key} lists task '{dup}' twice; "
+                          + ("list it once" if all(isinstance(t, GincTask) or t is TASKS.get(dup)
+                                                    for t in tasks if t.name == dup)
+                             else "give local files distinct names"))
+    # ginc and ginc_l5 (or ginc_l05) are one task: the same prompts scored twice, two identical rows that read as
+    # independent results
+    ginc: dict[tuple[int, bool], str] = {}
+    for t in tasks:
+        if isinstance(t, GincTask) and ginc.setdefault((t.example_len, t.ood), t.name) != t.name:
+            raise ConfigError(f"{key}: '{ginc[t.example_len, t.ood]}' and '{t.name}' are the same GINC task "
+                              f"(example length {t.example_len}, {'held-out' if t.ood else 'pretraining'} "
+                              "concepts, the same prompts); list one of them")
     return tasks

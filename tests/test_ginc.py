@@ -360,3 +360,23 @@ def test_text_outside_the_ginc_vocabulary_is_a_clear_error(corpus):
         tok.encode("a great movie")
     with pytest.raises(DataError, match=r"cannot encode the text 'Review:'"):
         tok.encode_batch([corpus.symbol_names()[0], "Review:"])
+
+
+def test_the_readme_states_the_always_delimiter_levels_the_evaluator_scores():
+    # the share of "/" labels in the prompts the evaluator scores (seed 1; the test inputs depend on the prompt
+    # count): experiment=ginc's 500 prompts per task, and experiment=eta_sweep's 300 (once labelled "chance 8.6")
+    from pathlib import Path
+
+    from momattn.eval.ginc import ginc_task
+    from momattn.utils import stable_seed
+
+    readme, world = (Path(__file__).parents[1] / "README.md").read_text(), GincCorpus()
+
+    def level(name: str, n: int) -> str:
+        t = ginc_task(name)
+        labels = [p.label for p in world.prompts(t.example_len, 0, n, ood=t.ood, seed=stable_seed("ginc-prompts", 1))]
+        return f"{100 * labels.count(0) / n:.1f}"
+
+    assert (f'always answering "/"\nscores {level("ginc", 500)}% (l=5), {level("ginc_l3", 500)}% (l=3), '
+            f'{level("ginc_l8", 500)}% (l=8), {level("ginc_ood", 500)}% (OOD)') in readme
+    assert f'OOD k=0 / k=32 (always "/" {level("ginc_ood", 300)}; chance 2.0)' in readme

@@ -4,8 +4,11 @@ with their baselines, and a numerical check of the dual form.
     python analyze.py ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt task=ginc shots=32
     python analyze.py ckpt_path=last.ckpt task=sst2 shots=4 lrs=[1e-3,1e-2]
     python analyze.py ckpt_path=last.ckpt 'task={name: mytask, path: f.jsonl, template: "{text}:", answers: [a, b]}'
+    python analyze.py sweep_dir=multirun/<date>/<time> task=ginc   # every run of a sweep, then over seeds
 
-Writes results.json, results.md and per_layer.png into the run folder. Settings: conf/analyze.yaml.
+Writes results.json, results.md and per_layer.png into the run folder (a sweep: one folder per job under jobs/,
+and analysis_sweep.md / .json with mean ± std over seeds, the paper's findings per seed with 95% intervals and
+each attention minus vanilla paired by seed). Settings: conf/analyze.yaml.
 """
 
 from momattn.cli import hydra_main

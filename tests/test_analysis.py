@@ -466,3 +466,75 @@ def test_a_missing_task_file_is_named_without_evaluate_py_s_keys(tmp_path):
     with pytest.raises(ConfigError, match=r"^task file '.*gone\.yaml' does not exist") as e:
         analyze(model, tok, {}, cfg(str(tmp_path / "gone.yaml")))
     assert "icl.task_dirs" not in str(e.value)  # a key evaluate.py has, analyze.py not: it sent the user looking
+
+
+def ginc_sweep(root, jobs):
+    """A train.py -m folder of GINC runs: one job per (kind, seed), each .hydra/config.yaml + checkpoints/last.ckpt."""
+    from momattn.analysis.episodes import ginc_world
+    from momattn.checkpoint import checkpoint_meta
+    from momattn.io import atomic_torch_save
+
+    tok = ginc_world(WORLD).tokenizer()
+    for num, (kind, seed) in enumerate(jobs):
+        d = root / str(num)
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "config.yaml").write_text(f"seed: {seed}\ntrainer:\n  max_steps: 10\n")
+        model = tiny_gpt(kind, vocab=V + 1, block_size=64, pos_emb="rotary", seed=seed)
+        run_config = {"data": dict(WORLD), "seed": seed, "attention": {"kind": kind}, "trainer": {"max_steps": 10}}
+        atomic_torch_save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "global_step": 10,
+                           "momattn": checkpoint_meta(model.config, tok, run_config)}, d / "checkpoints" / "last.ckpt")
+    return root
+
+
+def test_a_sweep_s_seeds_are_analysed_then_summarised_with_intervals_and_reused(tmp_path, capsys):
+    """analyze.py sweep_dir=...: every run analysed into jobs/<job>/; the table's means, the paper's findings per
+    seed and momentum - vanilla paired by seed are recomputed here from the jobs' own results.json; a second call
+    reuses them, another setting analyses again."""
+    from momattn.analysis.runner import run_analyze
+    from momattn.eval.sweep import T975
+
+    sweep = ginc_sweep(tmp_path / "sweep", [("vanilla", 1), ("vanilla", 2), ("momentum", 1), ("momentum", 2)])
+    args = {"sweep_dir": str(sweep), "task": "ginc", "shots": 4, "max_examples": 6, "lrs": [0.1],
+            "ft_models_per_batch": 6, "dual_check": False}
+    out = tmp_path / "out"
+    assert run_analyze(args, out) is None
+    err = capsys.readouterr().err
+    assert "1/4 0 (vanilla, seed 1): analysing on cpu" in err and "reused" not in err
+    doc = strict_json((out / "analysis_sweep.json").read_text())
+    per_job = {j: strict_json((out / "jobs" / j / "results.json").read_text())["analyses"][0] for j in "0123"}
+    assert [r["job"] for r in doc["runs"]] == list("0123")
+    s = doc["summaries"][0]
+    icl = {j: r["acc"]["icl"] for j, r in per_job.items()}
+    assert s["rows"]["vanilla"]["acc_icl"]["mean"] == pytest.approx((icl["0"] + icl["1"]) / 2)
+    assert s["rows"]["momentum"]["acc_icl"]["n"] == 2
+    # SimAOU(dFT) - SimAOU(random d), per seed, momentum: mean and t-interval of two differences
+    d = [per_job[j]["simaou_ft"]["mean"] - per_job[j]["simaou_random"]["mean"] for j in "23"]
+    f = next(x for x in s["findings"] if x["attention"] == "momentum" and x["name"].startswith("SimAOU"))
+    half = T975[0] * abs(d[0] - d[1]) / math.sqrt(2) / math.sqrt(2)  # std of two values = |a - b| / sqrt(2)
+    assert f["mean"] == pytest.approx(np.mean(d)) and f["lo"] == pytest.approx(np.mean(d) - half)
+    # momentum - vanilla, paired by seed (job 2 with job 0, job 3 with job 1)
+    c = next(x for x in s["comparisons"] if x["name"] == "simam_after")
+    pairs = [per_job["2"]["simam_after"]["mean"] - per_job["0"]["simam_after"]["mean"],
+             per_job["3"]["simam_after"]["mean"] - per_job["1"]["simam_after"]["mean"]]
+    assert c["attention"] == "momentum" and c["n"] == 2 and c["mean"] == pytest.approx(np.mean(pairs))
+    md = (out / "analysis_sweep.md").read_text()
+    assert "| vanilla | 2 |" in md and "### The paper's findings, per seed" in md and "momentum: " in md
+    # the same settings again: nothing is analysed; other shots: everything is
+    run_analyze(args, out)
+    assert capsys.readouterr().err.count("its analysis in this folder is reused") == 4
+    run_analyze({**args, "shots": 3}, out)
+    assert "reused" not in capsys.readouterr().err
+
+
+def test_a_sweep_analysis_refuses_bad_input_by_name(tmp_path):
+    from momattn.analysis.runner import run_analyze
+
+    sweep = ginc_sweep(tmp_path / "sweep", [("vanilla", 1)])
+    with pytest.raises(ConfigError, match="either ckpt_path .* or sweep_dir"):
+        run_analyze({"sweep_dir": str(sweep), "ckpt_path": "x.ckpt"}, tmp_path / "out")
+    with pytest.raises(ConfigError, match="sweep_dir=5 must be a path"):
+        run_analyze({"sweep_dir": 5}, tmp_path / "out")
+    with pytest.raises(ConfigError, match="is not a folder"):
+        run_analyze({"sweep_dir": str(tmp_path / "nowhere")}, tmp_path / "out")
+    with pytest.raises(ConfigError, match="no run of sweep_dir=.* could be analysed: 0 .*sst2"):
+        run_analyze({"sweep_dir": str(sweep), "task": "sst2", "shots": 2, "lrs": [0.1]}, tmp_path / "out")

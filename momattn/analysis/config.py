@@ -15,6 +15,7 @@ from momattn.eval.config import check_bool, check_logger
 @dataclass
 class AnalyzeConfig:
     ckpt_path: str | None = None  # a .ckpt written by train.py
+    sweep_dir: str | None = None  # or a train.py -m folder: every finished run analysed, then mean ± std over seeds
     task: Any = "ginc"  # an ICL task name (sst2, mr, ..., ginc, ginc_l8, ...) or a local-file mapping
     shots: int = 32  # demonstrations per prompt = finetuning steps
     seed: int = 1  # demonstration draw (the evaluator's icl.seeds entry)
@@ -50,6 +51,13 @@ class AnalyzeConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be an int >= 0 (it seeds numpy's "
                                   "generator of the demonstrations and test rows)")
+        for name in ("ckpt_path", "sweep_dir"):  # sweep_dir=5: a TypeError from pathlib
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                raise ConfigError(f"{name}={v!r} must be a path")
+        if self.ckpt_path and self.sweep_dir:
+            raise ConfigError("pass either ckpt_path (one checkpoint) or sweep_dir (every run of a train.py -m "
+                              "folder), not both")
         check_bool("dual_check", self.dual_check)
         check_logger(self.logger, "analyze.py", self.tags)  # logger=csv was accepted and logged nothing
         if not isinstance(self.separator, str) or not self.separator:

@@ -329,8 +329,9 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
         simaou_proj_ft=LayerMetric(*layer_mean(sp_ft)), simaou_proj_random=LayerMetric(*layer_mean(sp_rnd)))
 
 
-def run_analyze(cfg: Mapping, out_dir: str | Path | None = None) -> AnalysisResult:
-    """analyze.py: load the checkpoint, analyse, write results.json / results.md / per_layer.png."""
+def run_analyze(cfg: Mapping, out_dir: str | Path | None = None) -> AnalysisResult | None:
+    """analyze.py: load the checkpoint, analyse, write results.json / results.md / per_layer.png. With sweep_dir:
+    every run of the sweep, then the verdict over seeds (momattn.analysis.sweep; None returned)."""
     from momattn.analysis.report import log_wandb, write_reports
     from momattn.checkpoint import load_checkpoint, read_meta
     from momattn.eval.config import build
@@ -338,11 +339,17 @@ def run_analyze(cfg: Mapping, out_dir: str | Path | None = None) -> AnalysisResu
     from momattn.hardware import resolve_device
 
     conf = build(AnalyzeConfig, cfg)
-    if not conf.ckpt_path:
-        raise ConfigError("ckpt_path is not set; pass ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt")
+    if not conf.ckpt_path and not conf.sweep_dir:
+        raise ConfigError("ckpt_path is not set; pass ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt, or "
+                          "sweep_dir=<a train.py -m folder> for every run of a sweep")
     out = Path(out_dir) if out_dir is not None else hydra_output_dir()
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(conf.device)
+    if conf.sweep_dir:
+        from momattn.analysis.sweep import run_analyze_sweep
+
+        run_analyze_sweep(conf, out, device)
+        return None
     meta = read_meta(conf.ckpt_path).get("momattn") or {}
     model, tokenizer = load_checkpoint(conf.ckpt_path, map_location=device)
     result = analyze(model, tokenizer, dict(meta.get("config") or {}), conf, checkpoint=str(conf.ckpt_path))

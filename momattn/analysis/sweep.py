@@ -1,0 +1,248 @@
+"""Section 4 over a sweep's seeds: `python analyze.py sweep_dir=multirun/.../<time>`.
+
+1. The sweep's finished runs, found and grouped as evaluate.py's sweep verdict does (momattn.eval.sweep.find_runs:
+   a setting per training config apart from seed and attention, one row per attention variant).
+2. Each run analysed with this command's settings into <out>/jobs/<job>/ (results.json, results.md,
+   per_layer.png), or that folder's results reused when they were made with the same settings on the same step.
+3. analysis_sweep.md / .json: per setting and attention, mean ± std over seeds of every headline metric; the
+   paper's findings per seed with a 95% t-interval (SimAOU(dFT) above its random baseline, SimAM after FT above
+   before, Kendall(ICL, FT) above Kendall(ICL, random), ICL and FT above ZSL): 'holds' / 'reversed' only when the
+   interval excludes 0; and each attention minus vanilla, paired by seed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from momattn.analysis.config import AnalyzeConfig
+from momattn.errors import ConfigError, DataError, NonFiniteLossError
+from momattn.eval.sweep import BASELINE, SweepRun, _flat, _strip, find_runs, no_interval, t_interval
+from momattn.io import atomic_write_text, json_text
+
+# the headline numbers of one analysis: (key, label, getter); accuracies and Rec2FTP are fractions
+METRICS: list[tuple[str, str, Callable]] = [
+    ("acc_zsl", "ZSL acc (%)", lambda r: r.acc["zsl"]),
+    ("acc_icl", "ICL acc (%)", lambda r: r.acc["icl"]),
+    ("acc_ft", "FT acc (%)", lambda r: r.acc["ft"]),
+    ("rec2ftp", "Rec2FTP (%)", lambda r: r.rec2ftp),
+    ("simaou_ft", "SimAOU(dFT)", lambda r: r.simaou_ft.mean),
+    ("simaou_random", "SimAOU(random d)", lambda r: r.simaou_random.mean),
+    ("simam_before", "SimAM before FT", lambda r: r.simam_before.mean),
+    ("simam_after", "SimAM after FT", lambda r: r.simam_after.mean),
+    ("kendall_ft", "Kendall(ICL, FT)", lambda r: r.kendall_ft.mean),
+    ("kendall_random", "Kendall(ICL, random)", lambda r: r.kendall_random.mean),
+]
+PERCENT = {"acc_zsl", "acc_icl", "acc_ft", "rec2ftp"}
+# the paper's qualitative findings as per-seed differences a - b that it finds above 0
+FINDINGS = [
+    ("ICL above ZSL", "acc_icl", "acc_zsl"),
+    ("FT above ZSL", "acc_ft", "acc_zsl"),
+    ("SimAOU(dFT) above SimAOU(random d)", "simaou_ft", "simaou_random"),
+    ("SimAM after FT above before FT", "simam_after", "simam_before"),
+    ("Kendall(ICL, FT) above Kendall(ICL, random)", "kendall_ft", "kendall_random"),
+]
+# analyze.py keys that change how fast or where an analysis runs, not its numbers
+NOT_SETTINGS = ("ckpt_path", "sweep_dir", "device", "batch_tokens", "ft_models_per_batch", "dual_check", "tags",
+                "logger", "paths")
+
+
+@dataclass
+class Interval:
+    name: str  # a finding, or a metric compared with vanilla
+    attention: str
+    mean: float
+    lo: float
+    hi: float
+    n: int
+    reading: str
+
+
+@dataclass
+class SettingAnalysis:
+    setting: str
+    differs: dict  # what tells this setting from the others
+    rows: dict[str, dict[str, dict]] = field(default_factory=dict)  # attention -> metric -> {mean, std, n, seeds}
+    findings: list[Interval] = field(default_factory=list)
+    comparisons: list[Interval] = field(default_factory=list)
+
+
+def settings_of(conf: AnalyzeConfig) -> dict:
+    """The analyze.py settings that shape the numbers (a reused analysis must have been made with these)."""
+    return json.loads(json.dumps({k: v for k, v in asdict(conf).items() if k not in NOT_SETTINGS}, default=str))
+
+
+def metrics_of(result) -> dict[str, float]:
+    """The headline numbers of one AnalysisResult, finite ones only (Rec2FTP of no FT-corrected example is None)."""
+    out = {}
+    for key, _, get in METRICS:
+        v = get(result)
+        if v is not None and math.isfinite(v):
+            out[key] = float(v)
+    return out
+
+
+def reading(lo: float, hi: float, n: int, above: str = "holds", below: str = "reversed",
+            neither: str = "no clear difference") -> str:
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return no_interval(n)
+    return above if lo > 0 else below if hi < 0 else neither
+
+
+def _interval(name: str, att: str, diffs: Sequence[float], **words) -> Interval:
+    mean, lo, hi = t_interval(diffs)
+    return Interval(name, att, mean, lo, hi, len(diffs), reading(lo, hi, len(diffs), **words))
+
+
+def summarise(runs: Sequence[SweepRun], metrics: dict[int, dict[str, float]]) -> list[SettingAnalysis]:
+    """metrics: id(run) -> its headline numbers, for the runs that were analysed."""
+    settings: dict[str, list[SweepRun]] = defaultdict(list)
+    for r in runs:
+        if id(r) in metrics:
+            settings[r.setting].append(r)
+    configs = {s: _flat(_strip(rs[0].config)) for s, rs in settings.items()}
+    out = []
+    for s, rs in settings.items():
+        summary = SettingAnalysis(s, {k: v for k, v in configs[s].items()
+                                      if any(c.get(k) != v for c in configs.values())})
+        by_att: dict[str, dict] = defaultdict(dict)
+        for r in rs:
+            if r.seed in by_att[r.attention]:
+                print(f"[momattn] warning: {r.job}: a second run of {r.attention} seed {r.seed} in one setting; left "
+                      "out", file=sys.stderr, flush=True)
+                continue
+            by_att[r.attention][r.seed] = metrics[id(r)]
+        for att, seeds in sorted(by_att.items(), key=lambda kv: (kv[0] != BASELINE, kv[0])):
+            summary.rows[att] = {}
+            for key, _, _ in METRICS:
+                vals = {sd: v[key] for sd, v in seeds.items() if key in v}
+                if vals:
+                    x = list(vals.values())
+                    summary.rows[att][key] = {"mean": float(np.mean(x)), "std": float(np.std(x, ddof=1))
+                                              if len(x) > 1 else 0.0, "n": len(x), "seeds": sorted(map(str, vals))}
+            for name, a, b in FINDINGS:
+                diffs = [v[a] - v[b] for v in seeds.values() if a in v and b in v]
+                if diffs:
+                    summary.findings.append(_interval(name, att, diffs))
+            if att == BASELINE or BASELINE not in by_att:
+                continue
+            base = by_att[BASELINE]
+            for key, _, _ in METRICS:
+                diffs = [v[key] - base[sd][key] for sd, v in seeds.items() if sd in base and key in v and key in base[sd]]
+                if diffs:
+                    summary.comparisons.append(_interval(key, att, diffs, above="higher", below="lower",
+                                                         neither="no difference at this budget"))
+        out.append(summary)
+    return out
+
+
+def _num(key: str, x: float) -> str:
+    return f"{100 * x:.1f}" if key in PERCENT else f"{x:.3f}"
+
+
+def _ci(key: str, iv: Interval) -> str:
+    if not math.isfinite(iv.lo):
+        return "n/a (one seed)" if iv.n < 2 else "n/a (no spread)"
+    return f"[{_num(key, iv.lo)}, {_num(key, iv.hi)}]"
+
+
+def markdown(summaries: Sequence[SettingAnalysis], failed: Sequence[str], conf: AnalyzeConfig, n_runs: int) -> str:
+    labels = {key: label for key, label, _ in METRICS}
+    lines = ["# momattn Section 4 over seeds (Dai et al. 2023)", "",
+             f"{n_runs} runs, each analysed with task={conf.task if isinstance(conf.task, str) else conf.task.get('name')}, "
+             f"shots={conf.shots}, max_examples={conf.max_examples}, demonstration seed {conf.seed}. Mean ± std "
+             "(sample) over training seeds; accuracies and Rec2FTP in %. Findings are per-seed differences with a 95% "
+             "t-interval: 'holds' / 'reversed' only when the interval excludes 0. Differences to vanilla are paired "
+             "by seed. Each run's own report: jobs/<job>/results.md.", ""]
+    if failed:
+        lines += ["Failed, partial or not analysed (left out): " + "; ".join(failed), ""]
+    for s in summaries:
+        title = ", ".join(f"{k}={json.dumps(v, default=str)[:80]}" for k, v in s.differs.items()) or "all runs"
+        lines += [f"## Setting {s.setting}: {title}", "", "| attention | seeds | " +
+                  " | ".join(label for _, label, _ in METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+        for att, row in s.rows.items():
+            seeds = max((v["n"] for v in row.values()), default=0)
+            cells = ["–" if key not in row else _num(key, row[key]["mean"]) if row[key]["n"] < 2 else
+                     f"{_num(key, row[key]['mean'])} ± {_num(key, row[key]['std'])}" for key, _, _ in METRICS]
+            lines.append(f"| {att} | {seeds} | " + " | ".join(cells) + " |")
+        lines += ["", "### The paper's findings, per seed", "", "| attention | finding | difference | 95% interval | "
+                  "seeds | reading |", "|---|---|---|---|---|---|"]
+        for f in s.findings:
+            key = next(a for name, a, _ in FINDINGS if name == f.name)
+            lines.append(f"| {f.attention} | {f.name} | {_num(key, f.mean)} | {_ci(key, f)} | {f.n} | {f.reading} |")
+        lines.append("")
+        if s.comparisons:
+            lines += ["### Attention − vanilla, paired by seed", "", "| metric | attention − vanilla | 95% interval | "
+                      "pairs | reading |", "|---|---|---|---|---|"]
+            for c in s.comparisons:
+                lines.append(f"| {labels[c.name]} | {c.attention}: {_num(c.name, c.mean)} | {_ci(c.name, c)} | {c.n} "
+                             f"| {c.reading} |")
+            lines.append("")
+        elif BASELINE not in s.rows:
+            lines += [f"No {BASELINE} run in this setting: nothing to compare against.", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _reusable(job_out: Path, settings: dict, step: int | None):
+    """The job's analysis in this output folder, when it was made with these settings on these weights."""
+    from momattn.analysis.runner import AnalysisResult
+
+    try:
+        made = json.loads((job_out / "settings.json").read_text())
+        doc = json.loads((job_out / "results.json").read_text())
+        result = AnalysisResult.from_json(doc["analyses"][0])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    return result if made == {"settings": settings, "step": step} else None
+
+
+def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[SettingAnalysis]:
+    """analyze.py sweep_dir=...: every finished run analysed (or its analysis reused), then the seeds' verdict."""
+    from momattn.analysis.report import log_wandb, write_reports
+    from momattn.analysis.runner import analyze
+    from momattn.checkpoint import load_checkpoint
+
+    sweep_dir = Path(conf.sweep_dir).expanduser()
+    runs, failed = find_runs(sweep_dir)
+    settings = settings_of(conf)
+    metrics: dict[int, dict[str, float]] = {}
+    for i, r in enumerate(runs, 1):
+        name = str(r.job.relative_to(sweep_dir))
+        job_out = out / "jobs" / name
+        result = _reusable(job_out, settings, r.step)
+        print(f"[momattn] {i}/{len(runs)} {name} ({r.attention}, seed {r.seed}): "
+              + ("its analysis in this folder is reused" if result is not None else f"analysing on {device}"),
+              file=sys.stderr, flush=True)
+        if result is None:
+            try:
+                model, tokenizer = load_checkpoint(r.path, map_location=device)
+                result = analyze(model, tokenizer, r.config, conf, checkpoint=str(r.path))
+            except (ConfigError, DataError, NonFiniteLossError) as e:  # e.g. a text run asked for a GINC task
+                failed.append(f"{name} ({e})")
+                continue
+            write_reports(result, job_out)
+            atomic_write_text(job_out / "settings.json", json_text({"settings": settings, "step": r.step}, indent=2))
+            if conf.logger and "wandb" in conf.logger:
+                log_wandb(result, job_out, conf.logger["wandb"], conf.tags)
+        metrics[id(r)] = metrics_of(result)
+    if not metrics:
+        raise ConfigError(f"no run of sweep_dir='{sweep_dir}' could be analysed: " + "; ".join(failed))
+    summaries = summarise(runs, metrics)
+    text = markdown(summaries, failed, conf, len(metrics))
+    atomic_write_text(out / "analysis_sweep.md", text)
+    doc = {"sweep_dir": str(sweep_dir), "settings": settings, "failed": failed,
+           "runs": [{"job": str(r.job.relative_to(sweep_dir)), "attention": r.attention, "seed": r.seed,
+                     "setting": r.setting, "metrics": metrics[id(r)]} for r in runs if id(r) in metrics],
+           "summaries": [asdict(s) for s in summaries]}
+    atomic_write_text(out / "analysis_sweep.json", json_text(doc, indent=2))
+    print(text)
+    print(f"[momattn] Section 4 over seeds written to {out}/ (analysis_sweep.md, analysis_sweep.json, jobs/)",
+          file=sys.stderr, flush=True)
+    return summaries

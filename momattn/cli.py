@@ -23,14 +23,19 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def user_overrides(argv: list[str]) -> list[str]:
-    """The overrides in a command line, as Hydra's own argument parser reads them."""
+    """The overrides in a command line, wherever they stand: before a flag too (`debug=smoke -m seed=1,2`), which the
+    entry points pass on to Hydra after the flags (Hydra's own parser would refuse those after -m as unrecognised)."""
     return list(_hydra_args(argv).overrides)
 
 
 def _hydra_args(argv: list[str]):
+    """Hydra's flags and overrides, read intermixed: with parse_known_args the overrides after a flag were left
+    over, so `python train.py debug=smoke -m ckpt_path=last` was checked as `debug=smoke` alone and then run by
+    Hydra with all of them (the sweep retrained every job from step 0 in a new folder, the typo checks were
+    skipped)."""
     from hydra._internal.utils import get_args_parser
 
-    return get_args_parser().parse_known_args(argv)[0]
+    return get_args_parser().parse_known_intermixed_args(argv)[0]
 
 
 def command_flags(argv: list[str]) -> tuple[bool, bool]:
@@ -665,12 +670,11 @@ def hydra_main(config_name: str):
                     return None
                 given = user_overrides(sys.argv[1:])
                 info, multirun = command_flags(sys.argv[1:])
+                flags = [a for a in sys.argv[1:] if a not in given]
                 if config_name == "train":
                     multirun = multirun or config_multirun(config_name, given)
-                    flags = [a for a in sys.argv[1:] if a not in given]
-                    merged = resume_overrides(given, multirun=multirun)
-                    sys.argv = [sys.argv[0], *flags, *merged]
-                    given = merged
+                    given = resume_overrides(given, multirun=multirun)
+                sys.argv = [sys.argv[0], *flags, *given]  # the flags first: Hydra reads overrides after them only
                 if not multirun:
                     check_run_mode(given)
                 sweep = plan_sweep(config_name, given) if multirun and not info else None

@@ -111,6 +111,20 @@ def test_command_line_forms_that_hydra_reads_its_own_way(tmp_path):
     assert not (tmp_path / "outputs").exists()  # refused before any folder was made
 
 
+def test_overrides_before_a_flag_are_checked_like_the_others(tmp_path):
+    """`python train.py debug=smoke -m ckpt_path=last` read as `debug=smoke` alone: the overrides after -m skipped
+    every check (the sweep retrained its jobs from step 0 in a new folder) and then went to Hydra all the same."""
+    from momattn.cli import command_flags, user_overrides
+
+    argv = ["debug=smoke", "-m", "ckpt_path=last", "seed=1,2"]
+    assert user_overrides(argv) == ["debug=smoke", "ckpt_path=last", "seed=1,2"]
+    assert command_flags(argv) == (False, True)
+    assert user_overrides(["a=1", "--cfg", "job", "b=2"]) == ["a=1", "b=2"]
+    r = run_cli("train.py", ["debug=smoke", "-m", "ckpt_path=last"], tmp_path)
+    assert r.returncode == 2 and "Name the sweep: hydra.sweep.dir=" in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and not (tmp_path / "multirun").exists()
+
+
 @pytest.mark.slow
 def test_resume_from_a_run_folder_retypes_nothing(tmp_path):
     run = tmp_path / "run"

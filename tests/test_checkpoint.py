@@ -386,7 +386,7 @@ def test_ckpt_path_last_prefers_the_run_folders_own(tmp_path):
     assert newest_last_checkpoint(tmp_path) == own
     assert resolve_ckpt_path(None, own.parents[1], tmp_path) is None
     assert resolve_ckpt_path("~/x.ckpt", own.parents[1], tmp_path) == Path("~/x.ckpt").expanduser()
-    with pytest.raises(CheckpointError, match="ckpt_path=last: no last.ckpt"):
+    with pytest.raises(CheckpointError, match="ckpt_path=last: no run to resume: .*/empty/outputs nor .*/empty/multirun"):
         resolve_ckpt_path("last", tmp_path / "new", tmp_path / "empty")
     # a folder the command line chose: never another run's; nothing saved there -> step 0; progress -> an error
     assert resolve_ckpt_path("last", tmp_path / "new", tmp_path, search=False) is None

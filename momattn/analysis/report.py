@@ -78,8 +78,10 @@ def markdown(results: Sequence) -> str:
         sel = ", ".join(f"{float(lr):g}: {_pct(a) if a is not None else 'diverged'}" for lr, a in r.lr_selection.items())
         lines += [f"- checkpoint: {r.checkpoint}; test examples: {r.n_test}; chance {_pct(r.chance)}%; "
                   f"demonstration seed {r.seed}",
-                  (f"- learning rate {r.lr:g}, chosen on {r.n_select} held-out rows (accuracy %: {sel})"
-                   if r.lr_selection else f"- learning rate {r.lr:g}, fixed by lrs (not chosen on held-out rows)"),
+                  (f"- learning rate {r.lr:g}, chosen on {r.n_select} held-out "
+                   f"{'rows' if r.kind == 'choice' else 'prompts'} (accuracy %: {sel})"
+                   if r.lr_selection else f"- learning rate {r.lr:g}, fixed by lrs (not chosen on held-out "
+                   f"{'rows' if r.kind == 'choice' else 'prompts'})"),
                   f"- FT loss per step (first, last): {_f(r.ft['loss_per_step'][0])}, "
                   f"{_f(r.ft['loss_per_step'][-1])}; update norm per layer: "
                   + ", ".join(_f(v) for v in r.ft["update_norm_per_layer"])

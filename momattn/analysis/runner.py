@@ -262,7 +262,8 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
     asked = cfg.select_examples if aset.kind == "choice" else cfg.select_prompts
     short = (f" (select_{'examples' if aset.kind == 'choice' else 'prompts'}={asked}: no more are usable beside "
              f"the {aset.k} demonstrations)" if len(cfg.lr_grid) > 1 and len(aset.select) < asked else "")
-    choose = (f"{len(cfg.lr_grid)} learning rates, {len(aset.select)} held-out rows to choose one{short}"
+    held = "rows" if aset.kind == "choice" else "prompts"  # GINC chooses on separate prompts (select_prompts)
+    choose = (f"{len(cfg.lr_grid)} learning rates, {len(aset.select)} held-out {held} to choose one{short}"
               if len(cfg.lr_grid) > 1 else f"learning rate {cfg.lr_grid[0]:g} (fixed by lrs)")
     print(f"[momattn] analysing {aset.task} ({aset.kind}, k={aset.k}): {len(eps)} test examples, {choose}",
           file=sys.stderr, flush=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -40,3 +42,12 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be at least 1")
     return value
+
+
+def done_line(what: str, t0: float, tty: bool | None = None) -> None:
+    """`[momattn] <what> (<seconds since t0>)` on stderr where it is not a terminal. The evaluation's and the
+    analysis's parts show tqdm bars on a terminal, which tqdm hides elsewhere: a log file (a cluster job, train.py's
+    evaluation redirected) was silent for the minutes they take; this line says when each part ends."""
+    if not (sys.stderr.isatty() if tty is None else tty):
+        s = int(time.perf_counter() - t0)
+        print(f"[momattn] {what} ({s // 60}m{s % 60:02d}s)", file=sys.stderr, flush=True)

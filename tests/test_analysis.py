@@ -369,7 +369,9 @@ def test_ginc_checkpoint_end_to_end(tmp_path, kind, capsys):
     res = run_analyze({"ckpt_path": str(path), "task": "ginc", "shots": 4, "max_examples": 6,
                        "select_prompts": 3, "lrs": [1e-2, 1e-1], "ft_models_per_batch": 4}, tmp_path / "out")
     # GINC chooses the rate on separate prompts (select_prompts), which the start line and the report call so
-    assert "3 held-out prompts to choose one" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "3 held-out prompts to choose one" in err
+    assert "[momattn] choosing the learning rate (0m" in err and "[momattn] finetuning a model per test prompt (" in err
     assert "chosen on 3 held-out prompts (accuracy %" in (tmp_path / "out" / "results.md").read_text()
     assert res.kind == "ginc" and res.attention == kind and res.n_test == 6 and res.chance == 0.1
     assert all(np.isfinite(res.kendall_ft.per_layer)) and res.dual["memory_op_max_rel_err"] < 1e-5

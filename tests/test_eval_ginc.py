@@ -68,7 +68,9 @@ def test_a_model_with_nan_outputs_has_no_accuracy_not_the_delimiters_share(world
     run = GincEvaluator(nan_lm, world.tokenizer(), cfg, world).evaluate_tasks([ginc_task("ginc")])["ginc"]
     seed1 = run.shots["2"].per_seed[0]
     assert seed1.acc != seed1.acc and seed1.acc_cand != seed1.acc_cand  # nan
-    assert "non-finite log-probabilities for 8 of 8 prompts" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "non-finite log-probabilities for 8 of 8 prompts" in err
+    assert "[momattn] icl ginc: k in [2], 1 seed(s) (0m0" in err  # a log file's progress line, as tqdm shows none
 
 
 def test_greedy_and_candidate_rules_against_the_bayes_label(world):

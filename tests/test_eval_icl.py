@@ -196,7 +196,9 @@ def test_a_model_with_nan_outputs_has_no_accuracy_not_answer_zeros_share(capsys)
         [letter_task(labels)])
     shots = out.tasks["letters"].shots
     assert all(np.isnan(shots[k].acc) and np.isnan(shots[k].acc_sum_lp) for k in ("0", "2"))
-    assert "non-finite log-probabilities for 4 of 4 test prompts" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "non-finite log-probabilities for 4 of 4 test prompts" in err
+    assert "[momattn] icl letters: 2 (k, seed) runs of 4 test examples (0m0" in err  # a log file's progress
 
 
 def test_a_diverged_tasks_reloaded_result_keeps_its_k_used():

@@ -77,11 +77,14 @@ def test_lengths_default_to_the_paper_or_fractions_of_the_context():
         PplConfig(max_windows=0)
 
 
-def test_evaluator_reports_valid_lengths_and_train_at_the_longest():
+def test_evaluator_reports_valid_lengths_and_train_at_the_longest(capsys):
     V = 20
     ev = PerplexityEvaluator(uniform_lm(V), CharTokenizer(V), max_windows=4)
     tokens = np.random.default_rng(0).integers(1, V, size=500)
     res = ev.evaluate(tokens, [8, 16], train_tokens=tokens)
+    # off a terminal (a log file), where tqdm shows no bar, each part says when it is done: it was silent
+    err = capsys.readouterr().err
+    assert "[momattn] ppl valid@8: 4 windows (0m0" in err and "[momattn] ppl train@16: 4 windows (" in err
     assert list(res.valid) == ["8", "16"] and list(res.train) == ["16"]
     assert res.valid["8"].ppl == pytest.approx(V) and "first token" in res.protocol
     assert res.valid["16"].n_windows == 4 and res.valid["16"].n_windows_available == 500 // 16

@@ -30,14 +30,16 @@ from momattn.eval.ginc import GincTask, check_separator
 from momattn.eval.results import JsonMixin
 from momattn.eval.scoring import PrefixScorer
 from momattn.eval.tasks import TASK_FILE_SUFFIXES, read_task_file, resolve_tasks
-from momattn.utils import stable_seed
+from momattn.utils import done_line, stable_seed
 
 
 def progress(it, desc: str, unit: str):
-    """A bar on a terminal (as evaluate.py's), nothing in a log file: the start line says what runs."""
+    """A bar on a terminal (as evaluate.py's); in a log file, where tqdm shows nothing, a line when it is done."""
     from tqdm.auto import tqdm
 
-    return tqdm(it, desc=desc, unit=unit, leave=False, disable=None)
+    t0 = time.perf_counter()
+    yield from tqdm(it, desc=desc, unit=unit, leave=False, disable=None)
+    done_line(desc, t0)
 
 log = logging.getLogger(__name__)
 

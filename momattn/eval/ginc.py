@@ -21,6 +21,7 @@ inputs are the same at every k (paired); demonstrations come from a stream that 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ from momattn.eval.config import IclConfig
 from momattn.eval.lm import LanguageModel, last_logits
 from momattn.eval.ppl import model_device
 from momattn.eval.results import MIN_DEMOS, SeedRun, ShotResult, TaskResult, warn_nonfinite
-from momattn.utils import stable_seed
+from momattn.utils import done_line, stable_seed
 
 DEFAULT_LEN = 5
 DEFAULT_PROMPTS = 2500  # the paper's prompts per (l, k)
@@ -196,6 +197,7 @@ class GincEvaluator:
         n_sym = self.world.n_symbols
         chance = 1.0 / n_sym
         fit = self.k_max_fit(task)
+        t0 = time.perf_counter()
         result = TaskResult(name=task.name, kind="ginc", source=task.source, chance=chance, n=self.n_prompts,
                             example_len=task.example_len, ood=task.ood, n_symbols=n_sym)
         for k in self.cfg.shots:
@@ -211,6 +213,7 @@ class GincEvaluator:
             fits = k != "max" or kk >= min(MIN_DEMOS, self.cfg.max_shots)
             note = None if fits else f"does not fit: k=max places only {kk} examples in the context"
             result.shots[str(k)] = ShotResult.from_runs(k, runs, chance, fits, k_max_fit=fit, note=note)
+        done_line(f"icl {task.name}: k in {list(self.cfg.shots)}, {len(self.cfg.seeds)} seed(s)", t0)
         return result
 
     def evaluate_tasks(self, tasks: Sequence[GincTask]) -> dict[str, TaskResult]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from momattn.eval.lm import LanguageModel
 from momattn.eval.results import MIN_DEMOS, IclResult, SeedRun, ShotResult, TaskResult, warn_nonfinite
 from momattn.eval.scoring import PrefixScorer
 from momattn.eval.tasks import IclExample, IclTask
+from momattn.utils import done_line
 
 PROTOCOL = (
     "prompt = <eot> + k demonstrations (template + ' ' + answer, each followed by the separator) + "
@@ -192,8 +194,10 @@ class IclEvaluator:
         prep = task if isinstance(task, PreparedTask) else self.prepare(task)
         runs = [(k, s) for k in self.cfg.shots for s in (self.cfg.seeds[:1] if k == 0 else self.cfg.seeds)]
         per_k: dict[int | str, list[SeedRun]] = defaultdict(list)
+        t0 = time.perf_counter()
         for k, seed in tqdm(runs, desc=f"icl {prep.task.name}", leave=False, disable=None):
             per_k[k].append(self.evaluate_run(prep.task, prep.test, prep.pool, k, seed))
+        done_line(f"icl {prep.task.name}: {len(runs)} (k, seed) runs of {len(prep.test)} test examples", t0)
         chance = prep.result.chance
         prep.result.shots = {str(k): ShotResult.from_runs(k, r, chance, self.fits(k, r), **self._note(k, r))
                              for k, r in per_k.items()}

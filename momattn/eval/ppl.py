@@ -14,6 +14,7 @@ Bytes are the UTF-8 bytes of the decoded scored tokens, with each end-of-text to
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 from momattn.errors import DataError
 from momattn.eval.lm import LanguageModel
 from momattn.eval.results import PerplexityResult, WindowNumbers
+from momattn.utils import done_line
 
 PROTOCOL = (
     "token-level perplexity on non-overlapping windows of L tokens, each scored from scratch (token j is "
@@ -122,8 +124,10 @@ class PerplexityEvaluator:
         self.max_windows, self.batch_tokens = max_windows, batch_tokens
 
     def evaluate_split(self, tokens: np.ndarray, length: int, split: str) -> WindowNumbers:
+        t0 = time.perf_counter()
         scores = score_windows(self.model, self.tokenizer, tokens, length, self.max_windows,
                                self.batch_tokens, desc=f"ppl {split}@{length}")
+        done_line(f"ppl {split}@{length}: {len(scores)} windows", t0)
         return WindowNumbers(**aggregate(scores), length=length, split=split,
                              n_windows_available=len(tokens) // length, split_tokens=len(tokens))
 

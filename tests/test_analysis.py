@@ -543,3 +543,26 @@ def test_a_sweep_analysis_refuses_bad_input_by_name(tmp_path):
         run_analyze({"sweep_dir": str(tmp_path / "nowhere")}, tmp_path / "out")
     with pytest.raises(ConfigError, match="no run of sweep_dir=.* could be analysed: 0 .*sst2"):
         run_analyze({"sweep_dir": str(sweep), "task": "sst2", "shots": 2, "lrs": [0.1]}, tmp_path / "out")
+
+
+SWEEP_ARGS = {"task": "ginc", "shots": 4, "max_examples": 6, "lrs": [0.1], "ft_models_per_batch": 6,
+              "dual_check": False}
+
+
+def test_a_sweep_analysis_is_not_reused_for_another_sweep_s_job_of_the_same_name(tmp_path, capsys):
+    """jobs/<job>/ is named by the job's folder alone: sweep B analysed into sweep A's output folder, its job 0 at
+    the same step, reused A's job 0 (other weights) and reported A's numbers as B's."""
+    from momattn.analysis.runner import run_analyze
+
+    a = ginc_sweep(tmp_path / "a", [("vanilla", 1)])
+    b = ginc_sweep(tmp_path / "b", [("vanilla", 2)])  # other weights, same job name and step
+    out = tmp_path / "out"
+    run_analyze({**SWEEP_ARGS, "sweep_dir": str(a)}, out)
+    capsys.readouterr()
+    run_analyze({**SWEEP_ARGS, "sweep_dir": str(b)}, out)
+    assert "reused" not in capsys.readouterr().err
+    job = strict_json((out / "jobs" / "0" / "results.json").read_text())["analyses"][0]
+    assert job["checkpoint"] == str(b / "0" / "checkpoints" / "last.ckpt")
+    run_analyze({**SWEEP_ARGS, "sweep_dir": str(b)}, out)  # the same sweep again: reused
+    assert "its analysis in this folder is reused" in capsys.readouterr().err
+

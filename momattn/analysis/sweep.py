@@ -3,7 +3,8 @@
 1. The sweep's finished runs, found and grouped as evaluate.py's sweep verdict does (momattn.eval.sweep.find_runs:
    a setting per training config apart from seed and attention, one row per attention variant).
 2. Each run analysed with this command's settings into <out>/jobs/<job>/ (results.json, results.md,
-   per_layer.png), or that folder's results reused when they were made with the same settings on the same step.
+   per_layer.png), or that folder's results reused when they were made with the same settings from the same
+   checkpoint (its path, step and modification time: not another sweep's job of the same name).
 3. analysis_sweep.md / .json: per setting and attention, mean ± std over seeds of every headline metric; the
    paper's findings per seed with a 95% t-interval (SimAOU(dFT) above its random baseline, SimAM after FT above
    before, Kendall(ICL, FT) above Kendall(ICL, random), ICL and FT above ZSL): 'holds' / 'reversed' only when the
@@ -190,17 +191,29 @@ def markdown(summaries: Sequence[SettingAnalysis], failed: Sequence[str], conf: 
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _reusable(job_out: Path, settings: dict, step: int | None):
-    """The job's analysis in this output folder, when it was made with these settings on these weights."""
-    from momattn.analysis.runner import AnalysisResult
+def made_of(run: SweepRun, settings: dict) -> dict:
+    """What a job's analysis was made from: these settings, and its checkpoint by resolved path, step and
+    modification time. jobs/<job>/ is named by the job's folder alone, so another sweep analysed into the same
+    output folder (its job 0 at the same step) or a job trained again in place must not find its analysis made."""
+    path = run.path.resolve()
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError:
+        mtime = None
+    return {"settings": settings, "checkpoint": str(path), "step": run.step, "mtime_ns": mtime}
+
+
+def _reusable(job_out: Path, made: dict):
+    """The job's analysis in this output folder, when it was made with these settings on these weights (made_of)."""
+    from momattn.analysis.runner import PROTOCOL, AnalysisResult
 
     try:
-        made = json.loads((job_out / "settings.json").read_text())
+        recorded = json.loads((job_out / "settings.json").read_text())
         doc = json.loads((job_out / "results.json").read_text())
         result = AnalysisResult.from_json(doc["analyses"][0])
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None
-    return result if made == {"settings": settings, "step": step} else None
+    return result if recorded == made and result.protocol == PROTOCOL else None
 
 
 def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[SettingAnalysis]:
@@ -216,7 +229,8 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     for i, r in enumerate(runs, 1):
         name = str(r.job.relative_to(sweep_dir))
         job_out = out / "jobs" / name
-        result = _reusable(job_out, settings, r.step)
+        made = made_of(r, settings)
+        result = _reusable(job_out, made)
         print(f"[momattn] {i}/{len(runs)} {name} ({r.attention}, seed {r.seed}): "
               + ("its analysis in this folder is reused" if result is not None else f"analysing on {device}"),
               file=sys.stderr, flush=True)
@@ -228,7 +242,7 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
                 failed.append(f"{name} ({e})")
                 continue
             write_reports(result, job_out)
-            atomic_write_text(job_out / "settings.json", json_text({"settings": settings, "step": r.step}, indent=2))
+            atomic_write_text(job_out / "settings.json", json_text(made, indent=2))
             if conf.logger and "wandb" in conf.logger:
                 log_wandb(result, job_out, conf.logger["wandb"], conf.tags)
         metrics[id(r)] = metrics_of(result)

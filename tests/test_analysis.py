@@ -566,3 +566,29 @@ def test_a_sweep_analysis_is_not_reused_for_another_sweep_s_job_of_the_same_name
     run_analyze({**SWEEP_ARGS, "sweep_dir": str(b)}, out)  # the same sweep again: reused
     assert "its analysis in this folder is reused" in capsys.readouterr().err
 
+
+def test_a_sweep_analysis_killed_after_its_results_is_not_reused_under_the_older_settings(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """A job analysed again with other settings and stopped between results.json and settings.json left the new
+    results beside the old settings: a third call with the old settings reused the other settings' numbers."""
+    import momattn.analysis.sweep as sweep_mod
+    from momattn.analysis.runner import run_analyze
+
+    sweep = ginc_sweep(tmp_path / "sweep", [("vanilla", 1)])
+    out = tmp_path / "out"
+    run_analyze({**SWEEP_ARGS, "sweep_dir": str(sweep)}, out)
+    real = sweep_mod.atomic_write_text
+
+    def killed(path, text):
+        if path.name == "settings.json":
+            raise KeyboardInterrupt
+        return real(path, text)
+
+    monkeypatch.setattr(sweep_mod, "atomic_write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_analyze({**SWEEP_ARGS, "sweep_dir": str(sweep), "shots": 3}, out)
+    monkeypatch.setattr(sweep_mod, "atomic_write_text", real)
+    capsys.readouterr()
+    run_analyze({**SWEEP_ARGS, "sweep_dir": str(sweep)}, out)
+    assert "reused" not in capsys.readouterr().err
+    assert strict_json((out / "jobs" / "0" / "results.json").read_text())["analyses"][0]["shots"] == 4

@@ -235,6 +235,9 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
               + ("its analysis in this folder is reused" if result is not None else f"analysing on {device}"),
               file=sys.stderr, flush=True)
         if result is None:
+            # an older analysis's record goes first: stopped between results.json and settings.json, the new
+            # results would otherwise sit beside the old settings and be reused under them
+            (job_out / "settings.json").unlink(missing_ok=True)
             try:
                 model, tokenizer = load_checkpoint(r.path, map_location=device)
                 result = analyze(model, tokenizer, r.config, conf, checkpoint=str(r.path))

@@ -592,3 +592,19 @@ def test_a_sweep_analysis_killed_after_its_results_is_not_reused_under_the_older
     run_analyze({**SWEEP_ARGS, "sweep_dir": str(sweep)}, out)
     assert "reused" not in capsys.readouterr().err
     assert strict_json((out / "jobs" / "0" / "results.json").read_text())["analyses"][0]["shots"] == 4
+
+
+def test_a_sweep_job_whose_weights_cannot_be_loaded_is_named_and_the_others_analysed(tmp_path):
+    """A finished run with nan weights (its meta reads, load_checkpoint refuses it): a CheckpointError ended the
+    whole sweep's analysis; evaluate.py's sweep names such a job as failed and goes on."""
+    from momattn.analysis.runner import run_analyze
+
+    sweep = ginc_sweep(tmp_path / "sweep", [("vanilla", 1), ("vanilla", 2)])
+    ckpt = torch.load(sweep / "1" / "checkpoints" / "last.ckpt", weights_only=False)
+    next(v for k, v in ckpt["state_dict"].items() if v.is_floating_point()).fill_(float("nan"))
+    torch.save(ckpt, sweep / "1" / "checkpoints" / "last.ckpt")
+    run_analyze({**SWEEP_ARGS, "sweep_dir": str(sweep)}, tmp_path / "out")
+    doc = strict_json((tmp_path / "out" / "analysis_sweep.json").read_text())
+    assert [r["job"] for r in doc["runs"]] == ["0"]
+    assert len(doc["failed"]) == 1 and doc["failed"][0].startswith("1 (") and "non-finite" in doc["failed"][0]
+

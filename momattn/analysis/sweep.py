@@ -221,6 +221,7 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     from momattn.analysis.report import log_wandb, write_reports
     from momattn.analysis.runner import analyze
     from momattn.checkpoint import load_checkpoint
+    from momattn.errors import CheckpointError
 
     sweep_dir = Path(conf.sweep_dir).expanduser()
     runs, failed = find_runs(sweep_dir)
@@ -240,10 +241,16 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
             (job_out / "settings.json").unlink(missing_ok=True)
             try:
                 model, tokenizer = load_checkpoint(r.path, map_location=device)
+            except CheckpointError as e:  # e.g. non-finite weights, or a sharded folder whose shard does not read
+                failed.append(f"{name} (unreadable checkpoint: {e})")
+                continue
+            try:
                 result = analyze(model, tokenizer, r.config, conf, checkpoint=str(r.path))
             except (ConfigError, DataError, NonFiniteLossError) as e:  # e.g. a text run asked for a GINC task
                 failed.append(f"{name} ({e})")
                 continue
+            finally:
+                del model  # one model on the device at a time
             write_reports(result, job_out)
             atomic_write_text(job_out / "settings.json", json_text(made, indent=2))
             if conf.logger and "wandb" in conf.logger:

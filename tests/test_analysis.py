@@ -608,3 +608,31 @@ def test_a_sweep_job_whose_weights_cannot_be_loaded_is_named_and_the_others_anal
     assert [r["job"] for r in doc["runs"]] == ["0"]
     assert len(doc["failed"]) == 1 and doc["failed"][0].startswith("1 (") and "non-finite" in doc["failed"][0]
 
+
+def test_a_sweep_summary_names_what_it_leaves_out():
+    """A second run of one attention and seed, a metric that is nan or undefined for a seed, and attentions with
+    no seed in common were left out of the numbers silently (evaluate.py's sweep.md names each)."""
+    from pathlib import Path
+
+    from momattn.analysis.config import AnalyzeConfig
+    from momattn.analysis.sweep import METRICS, markdown, summarise
+    from momattn.eval.sweep import SweepRun
+
+    def run(job, att, seed, setting="s"):
+        return SweepRun(Path(job), Path(job), att, seed, setting, {"seed": seed})
+
+    full = {key: 0.5 for key, _, _ in METRICS}
+    runs = [run("0", "vanilla", 1), run("1", "vanilla", 1), run("2", "vanilla", 2), run("3", "momentum", 3),
+            run("4", "momentum", 4)]
+    metrics = {id(runs[0]): full, id(runs[1]): full, id(runs[2]): {**full, "rec2ftp": None},
+               id(runs[3]): {**full, "simaou_ft": float("nan")}, id(runs[4]): full}
+    (s,) = summarise(runs, metrics)
+    assert [d.split(" ")[0] for d in s.duplicates] == ["1"]
+    assert s.rows["vanilla"]["acc_icl"]["n"] == 2  # job 1 left out
+    assert any("vanilla seed 2" in m and "Rec2FTP" in m for m in s.missing)
+    assert any("momentum seed 3" in m and "SimAOU(dFT)=nan" in m for m in s.missing)
+    md = markdown([s], [], AnalyzeConfig(sweep_dir="x"), 5)
+    assert md.count("No seed is shared with vanilla") == 1
+    assert "4 runs (1 more left out as a repeat, below)" in md and "a second run of" in md
+    assert "Rec2FTP" in md and "SimAOU(dFT)=nan" in md
+    assert "task=ginc, shots=32" in md  # the header names the settings (a lost f-string printed its own code)

@@ -73,6 +73,8 @@ class SettingAnalysis:
     rows: dict[str, dict[str, dict]] = field(default_factory=dict)  # attention -> metric -> {mean, std, n, seeds}
     findings: list[Interval] = field(default_factory=list)
     comparisons: list[Interval] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # "attention seed S: metric=nan", left out of every number
+    duplicates: list[str] = field(default_factory=list)  # jobs left out: a second run of one attention and seed
 
 
 def settings_of(conf: AnalyzeConfig) -> dict:
@@ -80,14 +82,14 @@ def settings_of(conf: AnalyzeConfig) -> dict:
     return json.loads(json.dumps({k: v for k, v in asdict(conf).items() if k not in NOT_SETTINGS}, default=str))
 
 
-def metrics_of(result) -> dict[str, float]:
-    """The headline numbers of one AnalysisResult, finite ones only (Rec2FTP of no FT-corrected example is None)."""
-    out = {}
-    for key, _, get in METRICS:
-        v = get(result)
-        if v is not None and math.isfinite(v):
-            out[key] = float(v)
-    return out
+def metrics_of(result) -> dict[str, float | None]:
+    """The headline numbers of one AnalysisResult: None where there is none (Rec2FTP with no example FT got right
+    and ZSL wrong; a non-finite mean, which results.json writes as null), nan as it is; summarise names both."""
+    return {key: None if (v := get(result)) is None else float(v) for key, _, get in METRICS}
+
+
+def _usable(metrics: dict[str, float | None]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}
 
 
 def reading(lo: float, hi: float, n: int, above: str = "holds", below: str = "reversed",
@@ -113,13 +115,25 @@ def summarise(runs: Sequence[SweepRun], metrics: dict[int, dict[str, float]]) ->
     for s, rs in settings.items():
         summary = SettingAnalysis(s, {k: v for k, v in configs[s].items()
                                       if any(c.get(k) != v for c in configs.values())})
+        labels = {key: label.removesuffix(" (%)") for key, label, _ in METRICS}
         by_att: dict[str, dict] = defaultdict(dict)
+        jobs: dict[tuple, Path] = {}
         for r in rs:
-            if r.seed in by_att[r.attention]:
-                print(f"[momattn] warning: {r.job}: a second run of {r.attention} seed {r.seed} in one setting; left "
-                      "out", file=sys.stderr, flush=True)
+            if (r.attention, r.seed) in jobs:  # e.g. jobs that differ only in an ignored key (callbacks, logger)
+                first = jobs[r.attention, r.seed]
+                print(f"[momattn] warning: {first} and {r.job}: same attention ({r.attention}) and seed ({r.seed}) "
+                      "in one setting; the second is left out", file=sys.stderr, flush=True)
+                summary.duplicates.append(f"{r.job} ({r.attention}, seed {r.seed}: a second run of {first})")
                 continue
-            by_att[r.attention][r.seed] = metrics[id(r)]
+            jobs[r.attention, r.seed] = r.job
+            m = metrics[id(r)]
+            for key, v in m.items():
+                if v is None and key == "rec2ftp":
+                    summary.missing.append(f"{r.attention} seed {r.seed}: {labels[key]} undefined (no test example "
+                                           "that FT got right and ZSL wrong)")
+                elif v is None or not math.isfinite(v):
+                    summary.missing.append(f"{r.attention} seed {r.seed}: {labels[key]}={v if v is not None else 'nan'}")
+            by_att[r.attention][r.seed] = _usable(m)
         for att, seeds in sorted(by_att.items(), key=lambda kv: (kv[0] != BASELINE, kv[0])):
             summary.rows[att] = {}
             for key, _, _ in METRICS:
@@ -148,16 +162,18 @@ def _num(key: str, x: float) -> str:
     return f"{100 * x:.1f}" if key in PERCENT else f"{x:.3f}"
 
 
-def _ci(key: str, iv: Interval) -> str:
+def _ci(key: str, iv: Interval, one: str = "one seed") -> str:
     if not math.isfinite(iv.lo):
-        return "n/a (one seed)" if iv.n < 2 else "n/a (no spread)"
+        return f"n/a ({one})" if iv.n < 2 else "n/a (no spread)"
     return f"[{_num(key, iv.lo)}, {_num(key, iv.hi)}]"
 
 
 def markdown(summaries: Sequence[SettingAnalysis], failed: Sequence[str], conf: AnalyzeConfig, n_runs: int) -> str:
     labels = {key: label for key, label, _ in METRICS}
+    left = sum(len(s.duplicates) for s in summaries)
     lines = ["# momattn Section 4 over seeds (Dai et al. 2023)", "",
-             f"{n_runs} runs, each analysed with task={conf.task if isinstance(conf.task, str) else conf.task.get('name')}, "
+             f"{n_runs - left} runs" + (f" ({left} more left out as {'a repeat' if left == 1 else 'repeats'}, below)"
+                                        if left else "") + f", each analysed with task={conf.task if isinstance(conf.task, str) else conf.task.get('name')}, "
              f"shots={conf.shots}, max_examples={conf.max_examples}, demonstration seed {conf.seed}. Mean ± std "
              "(sample) over training seeds; accuracies and Rec2FTP in %. Findings are per-seed differences with a 95% "
              "t-interval: 'holds' / 'reversed' only when the interval excludes 0. Differences to vanilla are paired "
@@ -168,6 +184,12 @@ def markdown(summaries: Sequence[SettingAnalysis], failed: Sequence[str], conf: 
         title = ", ".join(f"{k}={json.dumps(v, default=str)[:80]}" for k, v in s.differs.items()) or "all runs"
         lines += [f"## Setting {s.setting}: {title}", "", "| attention | seeds | " +
                   " | ".join(label for _, label, _ in METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+        if s.duplicates:
+            lines[-2:-2] = ["Left out, a second run of the same attention and seed (pass each copy's sweep on its own "
+                            "to analyse it): " + "; ".join(s.duplicates), ""]
+        if s.missing:
+            lines[-2:-2] = ["Missing or non-finite values, left out of every number below: " + "; ".join(s.missing),
+                            ""]
         for att, row in s.rows.items():
             seeds = max((v["n"] for v in row.values()), default=0)
             cells = ["–" if key not in row else _num(key, row[key]["mean"]) if row[key]["n"] < 2 else
@@ -183,11 +205,14 @@ def markdown(summaries: Sequence[SettingAnalysis], failed: Sequence[str], conf: 
             lines += ["### Attention − vanilla, paired by seed", "", "| metric | attention − vanilla | 95% interval | "
                       "pairs | reading |", "|---|---|---|---|---|"]
             for c in s.comparisons:
-                lines.append(f"| {labels[c.name]} | {c.attention}: {_num(c.name, c.mean)} | {_ci(c.name, c)} | {c.n} "
-                             f"| {c.reading} |")
+                lines.append(f"| {labels[c.name]} | {c.attention}: {_num(c.name, c.mean)} | "
+                             f"{_ci(c.name, c, 'one pair')} | {c.n} | {c.reading} |")
             lines.append("")
         elif BASELINE not in s.rows:
             lines += [f"No {BASELINE} run in this setting: nothing to compare against.", ""]
+        elif len(s.rows) > 1:  # pairs are by seed: vanilla seed 1 and momentum seed 2 make no pair
+            lines += [f"No seed is shared with {BASELINE}: differences are paired by seed, so nothing is compared; "
+                      "train the same seeds for each attention.", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

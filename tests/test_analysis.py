@@ -316,7 +316,8 @@ def test_bad_input_is_a_clear_error(tmp_path):
         analyze(model, tok, {}, cfg("ginc_l1"))
     from momattn.analysis.episodes import ginc_world
 
-    with pytest.raises(ConfigError, match=r"^task: 'ginc_l99': GINC example length 99 does not fit"):  # not icl.tasks
+    with pytest.raises(ConfigError, match=r"^task: 'ginc_l99': a GINC prompt of examples of length 99 "
+                                          r"needs 99 tokens even with k=0 .* the model's context is 64 tokens"):
         analyze(tiny_gpt(vocab=V + 1, block_size=64), ginc_world(WORLD).tokenizer(), {"data": dict(WORLD)},
                 cfg("ginc_l99"))
     ginc_run = {"data": {"_target_": "momattn.data.ginc.GincCorpus"}}

@@ -107,6 +107,18 @@ def test_k_that_does_not_fit_is_reported_not_truncated(world):
     assert ev.evaluate_tasks([ginc_task("ginc")])["ginc"].shots["max"].k_used_mean == 4  # capped by max_shots
 
 
+def test_a_length_that_does_not_fit_names_the_models_context_and_the_tokens_needed(world):
+    # <eot> + 64 symbols of test input: 65 tokens for a 64-token model (it said "the context of 63 tokens", the
+    # context less the <eot>); 64 tokens fit, at k=0 only
+    cfg = IclConfig(tasks=["ginc_l65"], shots=[0], seeds=[1], max_examples=2)
+    ev = GincEvaluator(tiny_gpt(vocab=V + 1, block_size=64), world.tokenizer(), cfg, world)
+    with pytest.raises(ConfigError, match=r"^icl.tasks: 'ginc_l65': a GINC prompt of examples of length 65 needs 65 "
+                                          r"tokens even with k=0 \(<eot> \+ the 64-symbol test input\) but the "
+                                          r"model's context is 64 tokens \(model.block_size\)"):
+        ev.k_max_fit(ginc_task("ginc_l65"))
+    assert ev.k_max_fit(ginc_task("ginc_l64")) == 0
+
+
 def test_a_ginc_task_needs_a_ginc_checkpoint(tmp_path):
     from test_eval_common import CharTokenizer
 

@@ -134,8 +134,14 @@ class GincEvaluator:
         self.predictions: list[dict] = []
 
     def k_max_fit(self, task: GincTask) -> int:
-        from momattn.data.ginc import max_shots
+        from momattn.data.ginc import max_shots, prompt_length
 
+        need = len(self.start) + prompt_length(task.example_len, 0)  # <eot> + the test input, k=0
+        if need > self.context:  # (max_shots would name the context less the <eot>: 255 of a 256-token model)
+            raise ConfigError(f"icl.tasks: '{task.name}': a GINC prompt of examples of length {task.example_len} "
+                              f"needs {need} tokens even with k=0 (<eot> + the {task.example_len - 1}-symbol test "
+                              f"input) but the model's context is {self.context} tokens (model.block_size); use a "
+                              "shorter example length or a model with a longer context")
         try:
             return max_shots(task.example_len, self.context - len(self.start))
         except ConfigError as e:

@@ -323,6 +323,9 @@ def test_bad_input_is_a_clear_error(tmp_path):
     ginc_run = {"data": {"_target_": "momattn.data.ginc.GincCorpus"}}
     with pytest.raises(ConfigError, match=r"^separator='/' does not apply to GINC tasks \(ginc_l3\)"):
         analyze(model, tok, ginc_run, cfg("ginc_l3", separator="/"))  # GINC's own delimiter, fixed by the task
+    with pytest.raises(ConfigError, match=r"^test_seed=2 does not apply to GINC tasks \(ginc\): GINC's test prompts "
+                                          r"follow seed .*leave test_seed=1 for GINC"):
+        analyze(model, tok, ginc_run, cfg("ginc", test_seed=2))  # it drew the same prompts as test_seed=1
     with pytest.raises(ConfigError, match=r"task 'ginc_l3' needs a checkpoint trained with data=ginc"):
         analyze(model, tok, {}, cfg("ginc_l3", separator="/"))  # on a text checkpoint, that comes first
 

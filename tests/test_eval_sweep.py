@@ -340,6 +340,11 @@ def test_text_tasks_on_a_ginc_checkpoint_are_refused_by_name(tmp_path):
     with pytest.raises(ConfigError, match=r"^icl.separator='xx' does not apply to GINC tasks \(ginc\)"):
         evaluate_model(model, tok, run_config, {"icl": {"tasks": ["ginc"], "separator": "xx"},
                                                 "ppl": {"enabled": False}}, tmp_path, "vanilla")
+    # so is a test_seed: GINC's test inputs are drawn with each prompt seed (icl.seeds), never shuffled
+    with pytest.raises(ConfigError, match=r"^icl.test_seed=0 does not apply to GINC tasks \(ginc\): GINC's test "
+                                          r"prompts follow icl.seeds .*leave icl.test_seed=1 for GINC"):
+        evaluate_model(model, tok, run_config, {"icl": {"tasks": ["ginc"], "test_seed": 0},
+                                                "ppl": {"enabled": False}}, tmp_path, "vanilla")
 
 
 def test_own_settings_never_compare_runs_evaluated_differently_and_nothing_is_dropped_silently(tmp_path, tokenizer,  # noqa: F811

@@ -88,6 +88,18 @@ def check_separator(tasks: Sequence, separator: str, key: str = "icl.separator")
                           f"2022), so the setting would be ignored; leave {key}=eot for GINC, or score text tasks")
 
 
+def check_test_seed(tasks: Sequence, test_seed: int, key: str = "icl.test_seed", seeds_key: str = "icl.seeds"
+                    ) -> None:
+    """A test_seed other than the default would be silently ignored by GINC tasks, whose test inputs are drawn
+    with each prompt seed (`seeds_key`), not from a shuffled test set: ConfigError naming the setting `key`."""
+    ginc = [t.name for t in tasks if isinstance(t, GincTask)]
+    if ginc and test_seed != IclConfig.test_seed:
+        raise ConfigError(f"{key}={test_seed!r} does not apply to GINC tasks ({', '.join(ginc)}): GINC's test "
+                          f"prompts follow {seeds_key} (each seed draws its prompts, test inputs included), so the "
+                          f"setting would be ignored; leave {key}={IclConfig.test_seed} for GINC, and choose other "
+                          f"test inputs with {seeds_key}")
+
+
 def describe_data(data_cfg: Mapping | None) -> str:
     """The data option a run chose, as typed (data=staicc), not its class (momattn.data.sources.StaiccCorpus)."""
     data = dict(data_cfg or {})

@@ -326,6 +326,10 @@ def test_bad_input_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match=r"^test_seed=2 does not apply to GINC tasks \(ginc\): GINC's test prompts "
                                           r"follow seed .*leave test_seed=1 for GINC"):
         analyze(model, tok, ginc_run, cfg("ginc", test_seed=2))  # it drew the same prompts as test_seed=1
+    for key in ("max_examples", "select_prompts"):  # GINC makes exactly that many prompts, all at once
+        with pytest.raises(ConfigError, match=f"^{key}=1000000 is more prompts than GINC makes at once "
+                                              r"\(ginc\): it must be <= 10,000"):
+            analyze(model, tok, ginc_run, cfg("ginc", **{key: 10**6}))
     with pytest.raises(ConfigError, match=r"task 'ginc_l3' needs a checkpoint trained with data=ginc"):
         analyze(model, tok, {}, cfg("ginc_l3", separator="/"))  # on a text checkpoint, that comes first
 

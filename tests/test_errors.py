@@ -374,6 +374,10 @@ def test_wrong_type_names_the_key(tmp_path):
                                    "eval.icl.tasks=[ginc]", "eval.icl.test_seed=2"], ConfigError)
     assert msg.startswith("eval.icl.test_seed=2 does not apply to GINC tasks (ginc): GINC's test prompts follow "
                           "eval.icl.seeds") and not (tmp_path / "checkpoints").exists()
+    msg = run_expecting(tmp_path, ["debug=smoke", "data=ginc", "tokenizer=source", "run_eval=true",
+                                   "eval.icl.tasks=[ginc]", "eval.icl.max_examples=1000000"], ConfigError)
+    assert msg.startswith("eval.icl.max_examples=1000000 is more prompts than GINC makes at once (ginc): it must be "
+                          "<= 10,000") and not (tmp_path / "checkpoints").exists()
     # GINC prompts the world cannot make (no held-out concept for ginc_ood): before training, not after it
     msg = run_expecting(tmp_path / "ood", ["debug=smoke", "data=ginc", "tokenizer=source", "run_eval=true",
                                            "eval.icl.tasks=[ginc_ood]", "data.n_train_concepts=${data.n_concepts}"],

@@ -340,6 +340,15 @@ def test_text_tasks_on_a_ginc_checkpoint_are_refused_by_name(tmp_path):
     with pytest.raises(ConfigError, match=r"^icl.separator='xx' does not apply to GINC tasks \(ginc\)"):
         evaluate_model(model, tok, run_config, {"icl": {"tasks": ["ginc"], "separator": "xx"},
                                                 "ppl": {"enabled": False}}, tmp_path, "vanilla")
+    # a prompt count GINC would make and hold at once (10**6 ran out of memory), before any scoring
+    with pytest.raises(ConfigError, match=r"^icl.max_examples=1000000 is more prompts than GINC makes at once "
+                                          r"\(ginc\): it must be <= 10,000"):
+        evaluate_model(model, tok, run_config, {"icl": {"tasks": ["ginc"], "max_examples": 10**6},
+                                                "ppl": {"enabled": False}}, tmp_path, "vanilla")
+    from momattn.eval.ginc import check_prompt_count, ginc_task
+
+    check_prompt_count([ginc_task("ginc")], 10_000)  # the bound itself, and null (2500), are taken
+    check_prompt_count([ginc_task("ginc")], None)
     # so is a test_seed: GINC's test inputs are drawn with each prompt seed (icl.seeds), never shuffled
     with pytest.raises(ConfigError, match=r"^icl.test_seed=0 does not apply to GINC tasks \(ginc\): GINC's test "
                                           r"prompts follow icl.seeds .*leave icl.test_seed=1 for GINC"):

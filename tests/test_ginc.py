@@ -235,6 +235,8 @@ def test_bad_prompt_requests(corpus):
         corpus.prompts(5, -1, 10)
     with pytest.raises(ConfigError, match="n="):
         corpus.prompts(5, 2, 0)
+    with pytest.raises(ConfigError, match=r"^GINC n=1000000 prompts must be <= 10,000"):  # ran out of memory
+        corpus.prompts(5, 32, 10**6)
     with pytest.raises(ConfigError, match="data.n_train_concepts"):
         GincCorpus(n_concepts=5, n_train_concepts=5, **SMALL).prompts(5, 2, 10, ood=True)
 

@@ -26,7 +26,7 @@ from momattn.analysis.episodes import AnalysisSet, Episode, ginc_set, text_set
 from momattn.analysis.finetune import FtRun, answer_scores, finetune
 from momattn.analysis.metrics import kendall_per_layer, kendall_random, layer_mean, rec2ftp, simam, simaou
 from momattn.errors import ConfigError, NonFiniteLossError
-from momattn.eval.ginc import GincTask, check_separator, check_test_seed
+from momattn.eval.ginc import GincTask, check_prompt_count, check_separator, check_test_seed
 from momattn.eval.results import JsonMixin
 from momattn.eval.scoring import PrefixScorer
 from momattn.eval.tasks import TASK_FILE_SUFFIXES, read_task_file, resolve_tasks
@@ -253,6 +253,8 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
     if ginc_run:  # (a GINC task on a text checkpoint is refused by ginc_set, naming data=ginc)
         check_separator(tasks, cfg.separator, key="separator")
         check_test_seed(tasks, cfg.test_seed, key="test_seed", seeds_key="seed")
+        for key in ("max_examples", "select_prompts"):
+            check_prompt_count(tasks, getattr(cfg, key), key=key)
     with timer("prepare"):
         if isinstance(task, GincTask):
             aset = ginc_set(model, tokenizer, task, cfg, run_config.get("data"))

@@ -150,6 +150,9 @@ def _check(ok: bool, field: str, value, fix: str) -> None:
 
 
 MAX_SYMBOLS, MAX_WORLD, MAX_DOCS, MAX_TOKENS = 2**20, 1000, 10**6, 2**31  # GincCorpus' size bounds
+# prompts made at once: 4x the paper's 2500 per (l, k). Each is held with its Bayes label and the intermediate
+# state paths while they are made (35 KB each at l=5, k=32: 20,000 prompts peaked at 707 MB; 10**6 ran out of memory)
+MAX_PROMPTS = 10_000
 _FLOAT_FIELDS = ("vic", "trans_temp", "start_temp")  # GincCorpus' float fields; the others are integers
 
 
@@ -436,6 +439,9 @@ class GincCorpus:
             raise ConfigError(f"GINC k={k} demonstrations must be >= 0")
         if n < 1:
             raise ConfigError(f"GINC n={n} prompts must be >= 1")
+        if n > MAX_PROMPTS:
+            raise ConfigError(f"GINC n={n} prompts must be <= {MAX_PROMPTS:,} (all are made and held at once); the "
+                              "paper uses 2500")
         if ood and self.n_train_concepts == self.n_concepts:
             raise ConfigError(f"GINC OOD prompts need a held-out concept but data.n_train_concepts=data.n_concepts="
                               f"{self.n_concepts}; lower data.n_train_concepts or drop the ood tasks")

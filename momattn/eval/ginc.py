@@ -100,6 +100,18 @@ def check_test_seed(tasks: Sequence, test_seed: int, key: str = "icl.test_seed",
                           f"test inputs with {seeds_key}")
 
 
+def check_prompt_count(tasks: Sequence, n: int | None, key: str = "icl.max_examples") -> None:
+    """GINC makes exactly `n` prompts per (task, k, seed), all at once, where a text task's max_examples only caps
+    its test file: ConfigError naming the setting `key` above MAX_PROMPTS (10**6 ran out of memory)."""
+    from momattn.data.ginc import MAX_PROMPTS
+
+    ginc = [t.name for t in tasks if isinstance(t, GincTask)]
+    if ginc and n is not None and n > MAX_PROMPTS:
+        raise ConfigError(f"{key}={n} is more prompts than GINC makes at once ({', '.join(ginc)}): it must be <= "
+                          f"{MAX_PROMPTS:,} (each prompt is generated and held in memory; the paper uses "
+                          f"{DEFAULT_PROMPTS}); score more seeds for a larger sample")
+
+
 def describe_data(data_cfg: Mapping | None) -> str:
     """The data option a run chose, as typed (data=staicc), not its class (momattn.data.sources.StaiccCorpus)."""
     data = dict(data_cfg or {})

@@ -21,7 +21,14 @@ from momattn.data.sources import merge_data
 from momattn.errors import ConfigError, DataError
 from momattn.eval.config import EvalConfig, EvaluateConfig, to_plain
 from momattn.eval.ginc import PROTOCOL as GINC_PROTOCOL
-from momattn.eval.ginc import GincEvaluator, GincTask, check_separator, check_test_seed, ginc_world
+from momattn.eval.ginc import (
+    GincEvaluator,
+    GincTask,
+    check_prompt_count,
+    check_separator,
+    check_test_seed,
+    ginc_world,
+)
 from momattn.eval.icl import IclEvaluator, icl_result
 from momattn.eval.lm import LanguageModel, attention_kind, describe
 from momattn.eval.ppl import PerplexityEvaluator
@@ -78,6 +85,7 @@ def _plan(model: LanguageModel, tokenizer, run_config: dict, cfg: EvalConfig, ca
     if ginc_tasks:  # after the checkpoint is known to be a GINC one, before the separator is encoded
         check_separator(ginc_tasks, cfg.icl.separator)
         check_test_seed(ginc_tasks, cfg.icl.test_seed)
+        check_prompt_count(ginc_tasks, cfg.icl.max_examples)
     icl_eval = IclEvaluator(model, tokenizer, cfg.icl, split_seed_of(run_config), cfg.batch_tokens)
     prepared = {t.name: icl_eval.prepare(t) for t in tasks if not isinstance(t, GincTask)}
     ginc_eval = None

@@ -391,6 +391,29 @@ def test_ginc_checkpoint_end_to_end(tmp_path, kind, capsys):
         run_analyze({"ckpt_path": str(path), "task": "ginc", "shots": 20, "lrs": [0.1]}, tmp_path / "out")
 
 
+def test_greedy_predictions_never_answer_a_padding_id(tmp_path, monkeypatch):
+    # the model's vocabulary padded beyond the tokenizer's V + 1 ids, with padding id V + 1 on top of every
+    # prediction: ZSL, ICL and FT answer the best real token, as evaluate.py's acc (it was the padding id: 0%)
+    import momattn.analysis.runner as runner
+    from momattn.analysis.capture import Capture
+    from momattn.checkpoint import load_checkpoint
+
+    model, tok = load_checkpoint(ginc_checkpoint(tmp_path, "vanilla"))
+    settings = cfg("ginc", shots=4, max_examples=40, lrs=[1e-2], ft_models_per_batch=40, dual_check=False)
+    plain = analyze(model, tok, {"data": dict(WORLD)}, settings)
+    real = runner.capture
+
+    def padded(*a, **kw):
+        c = real(*a, **kw)
+        top = torch.full((len(c.logits), 3), -1e4)
+        top[:, 0] = 1e4
+        return Capture(c.h, c.h_proj, c.q, c.scores, torch.cat([c.logits, top], dim=1))
+
+    monkeypatch.setattr(runner, "capture", padded)
+    res = analyze(model, tok, {"data": dict(WORLD)}, settings)
+    assert res.acc == plain.acc and max(plain.acc.values()) > 0
+
+
 def test_the_random_baseline_does_not_depend_on_how_many_models_are_finetuned_side_by_side(tmp_path):
     """ft_models_per_batch is a speed setting: each GINC prompt's random update is drawn from its own seed, so
     SimAOU(random d) is the same whatever the batch of models (it was drawn per batch, and changed with it)."""

@@ -91,6 +91,19 @@ def test_greedy_and_candidate_rules_against_the_bayes_label(world):
     assert res2.shots["2"].acc == 0.0 and res2.shots["2"].acc_cand == res.shots["2"].acc_cand
 
 
+def test_greedy_never_answers_a_padding_id(world):
+    # the model's vocabulary is padded beyond the tokenizer's V + 1 ids; a padding id (no token: model.generate
+    # never emits it) on top counted as a wrong greedy answer, not as the best real token, "/" here
+    cfg = IclConfig(tasks=["ginc"], shots=[2], seeds=[1], max_examples=40)
+    row = torch.full((V + 4,), 0.1 / (V + 2), dtype=torch.float64)
+    row[0], row[V + 2] = 0.3, 0.6  # "/" second to padding id V + 2
+    lm = FakeLM(row.log().expand(V + 1, V + 4).clone())
+    ev = GincEvaluator(lm, world.tokenizer(), cfg, world)
+    shot = ev.evaluate_tasks([ginc_task("ginc")])["ginc"].shots["2"]
+    assert shot.acc == shot.acc_cand == shot.per_seed[0].delimiter_baseline > 0
+    assert all(p["pred"] == 0 for p in ev.predictions)
+
+
 def test_k_that_does_not_fit_is_reported_not_truncated(world):
     # context 64 with a leading <eot>: (5 + 1) k + 4 <= 63 -> k <= 9; l=3: 4 k + 2 <= 63 -> k <= 15
     cfg = IclConfig(tasks=["ginc"], shots=[0, 8, 16, "max"], seeds=[1], max_examples=10)

@@ -295,7 +295,8 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
             icl = choice_predictions(model, aset.prefix, eps, None, cfg.batch_tokens)
             ft = choice_predictions(model, [eot], eps, run.delta, cfg.batch_tokens)
         else:
-            zsl, icl, ft = (c.logits.argmax(-1).numpy() for c in (cap_zsl, cap_icl, cap_ft))
+            # greedy over the tokenizer's ids, as evaluate.py's acc: the embedding's padding rows are no token
+            zsl, icl, ft = (c.logits[:, : tokenizer.n_ids].argmax(-1).numpy() for c in (cap_zsl, cap_icl, cap_ft))
             ft[diverged] = -1  # a diverged model's nan logits would argmax to symbol 0, often the right one
     with timer("metrics"):
         rng = np.random.default_rng(stable_seed("analyze-random-ranking", cfg.random_seed))

@@ -7,7 +7,8 @@
 prompt  = <eot> + k examples of l symbols, each followed by "/", + the test input x (l - 1 symbols)
 label   = the Bayes-optimal next symbol given x under the prompt's true concept (momattn.data.ginc)
 acc     = greedy next token (argmax over the model's whole vocabulary at the last position) == label: the
-          paper's metric and the headline
+          paper's metric and the headline. The vocabulary is the tokenizer's ids: the embedding's padding rows
+          (up to a multiple of 64) are no token, and model.generate never emits them either
 acc_cand = argmax over the V symbols only (the framework's candidate rule: every candidate is one token, so
           its mean log-prob is that token's log-prob; end-of-text is not a candidate)
 delimiter_baseline = share of labels that are "/" (always answering "/"); chance = 1 / V
@@ -206,7 +207,7 @@ class GincEvaluator:
         prompts = self.prompts(task, k, seed)
         logp = self.last_logprobs(self.encode(task, prompts))  # (N, V_model)
         n_sym = self.world.n_symbols
-        greedy = logp.argmax(-1)
+        greedy = logp[:, : self.tokenizer.n_ids].argmax(-1)  # the tokenizer's ids, not the embedding's padding
         cand = logp[:, :n_sym].argmax(-1)
         labels = torch.tensor([p.label for p in prompts])
         for p, g, c, lp in zip(prompts, greedy.tolist(), cand.tolist(), logp.gather(1, labels[:, None])[:, 0]):

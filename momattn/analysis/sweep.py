@@ -177,7 +177,9 @@ def markdown(summaries: Sequence[SettingAnalysis], failed: Sequence[str], conf: 
              f"shots={conf.shots}, max_examples={conf.max_examples}, demonstration seed {conf.seed}. Mean ± std "
              "(sample) over training seeds; accuracies and Rec2FTP in %. Findings are per-seed differences with a 95% "
              "t-interval: 'holds' / 'reversed' only when the interval excludes 0. Differences to vanilla are paired "
-             "by seed. Each run's own report: jobs/<job>/results.md.", ""]
+             "by seed. Each interval is 95% on its own: of 20 rows with no real difference, about one excludes 0 by "
+             "chance, so a lone 'higher' / 'lower' among many rows is a lead to test with more seeds, not a finding. "
+             "Each run's own report: jobs/<job>/results.md.", ""]
     if failed:
         lines += ["Failed, partial or not analysed (left out): " + "; ".join(failed), ""]
     for s in summaries:

@@ -410,7 +410,9 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
     lines = ["# momattn sweep verdict", "",
              f"{n_runs - left} runs" + (f" ({left} more left out as repeats, below)" if left else "") + "; accuracy in %, perplexity as is; mean ± std (sample) over seeds. Differences are "
              f"attention − {BASELINE}, paired by seed, with a 95% t-interval; 'better' / 'worse' only when the "
-             "interval excludes 0 (lower perplexity is better).", ""]
+             "interval excludes 0 (lower perplexity is better). Each interval is 95% on its own: of 20 rows with no real "
+             "difference, about one excludes 0 by chance, so a lone 'better' / 'worse' among many rows is a lead to "
+             "test with more seeds, not a finding.", ""]
     if failed:
         lines += ["Failed or partial jobs (left out): " + "; ".join(failed), ""]
     for s in summaries:

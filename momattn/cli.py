@@ -33,9 +33,32 @@ def _hydra_args(argv: list[str]):
     over, so `python train.py debug=smoke -m ckpt_path=last` was checked as `debug=smoke` alone and then run by
     Hydra with all of them (the sweep retrained every job from step 0 in a new folder, the typo checks were
     skipped)."""
+    return _command_line(argv)[0]
+
+
+def _command_line(argv: list[str]) -> tuple:
+    """(Hydra's parsed arguments, the flags as typed): what stands after a `--` is an override whatever it looks
+    like, as Hydra reads it (argparse's intermixed reading took `-- -m a=1` for a sweep, `-- --help` for help)."""
     from hydra._internal.utils import get_args_parser
 
-    return get_args_parser().parse_known_intermixed_args(argv)[0]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    head = [_Token(a) for a in argv[:cut]]  # told apart by identity: `-p seed=1 seed=1` has a flag value equal to
+    args = get_args_parser().parse_known_intermixed_args(head)[0]  # an override, which a comparison mixed up
+    ids = {id(o) for o in args.overrides}
+    flags = [str(a) for a in head if id(a) not in ids]
+    args.overrides = [*map(str, args.overrides), *argv[cut + 1:]]
+    return args, flags
+
+
+class _Token(str):
+    """One argument of the command line: argparse hands the same object back, so equal ones stay apart."""
+
+
+def hydra_argv(flags: list[str], overrides: list[str]) -> list[str]:
+    """The command line handed to Hydra: the flags, then `--` and the overrides. Hydra reads overrides after its
+    flags only, and without the `--` a flag whose value is optional took the first override for its value
+    (`seed=3 --info`: "argument --info: invalid choice: 'seed=3'")."""
+    return [*flags, "--", *overrides] if overrides else list(flags)
 
 
 def command_flags(argv: list[str]) -> tuple[bool, bool]:
@@ -663,18 +686,18 @@ def hydra_main(config_name: str):
 
             quiet_console()  # before Hydra: a sweeper's setup (Optuna's storage) logs too
             try:
-                if _hydra_args(sys.argv[1:]).help:  # what this entry point does and its keys, with their comments
+                args, flags = _command_line(sys.argv[1:])
+                if args.help:  # what this entry point does and its keys, with their comments
                     from momattn.helptext import print_help
 
                     print_help(config_name, sys.modules[fn.__module__].__doc__, CONF_DIR)
                     return None
-                given = user_overrides(sys.argv[1:])
+                given = list(args.overrides)
                 info, multirun = command_flags(sys.argv[1:])
-                flags = [a for a in sys.argv[1:] if a not in given]
                 if config_name == "train":
                     multirun = multirun or config_multirun(config_name, given)
                     given = resume_overrides(given, multirun=multirun)
-                sys.argv = [sys.argv[0], *flags, *given]  # the flags first: Hydra reads overrides after them only
+                sys.argv = [sys.argv[0], *hydra_argv(flags, given)]
                 if not multirun:
                     check_run_mode(given)
                 sweep = plan_sweep(config_name, given) if multirun and not info else None

@@ -125,6 +125,27 @@ def test_overrides_before_a_flag_are_checked_like_the_others(tmp_path):
     assert "Traceback" not in r.stderr and not (tmp_path / "multirun").exists()
 
 
+def test_the_overrides_reach_hydra_after_the_flags_and_a_double_dash(tmp_path):
+    """The overrides are handed to Hydra after the flags: without a `--` between them a flag whose value is optional
+    took the first override for its value (`python train.py seed=3 --info`: "invalid choice: 'seed=3'", a command
+    Hydra itself runs). After a `--` everything is an override, as Hydra reads it (`-- --help` was taken for help,
+    `-- -m seed=1,2` for a sweep), and a flag's value equal to an override stays the flag's."""
+    from momattn.cli import command_flags, user_overrides
+
+    r = run_cli("train.py", ["seed=3", "--info"], tmp_path)
+    assert r.returncode == 0 and "seed: 3" in r.stdout, r.stderr[-2000:]
+    assert user_overrides(["--", "--help"]) == ["--help"] and command_flags(["--", "--help"]) == (False, False)
+    assert user_overrides(["a=1", "--", "-m", "b=2"]) == ["a=1", "-m", "b=2"]
+    assert command_flags(["--", "-m", "seed=1,2"]) == (False, False)
+    from momattn.cli import _command_line, hydra_argv
+
+    args, flags = _command_line(["seed=3", "--info"])
+    assert args.info == "all" and hydra_argv(flags, args.overrides) == ["--info", "--", "seed=3"]
+    args, flags = _command_line(["-p", "seed=1", "seed=1", "-m", "seed=2"])
+    assert flags == ["-p", "seed=1", "-m"] and args.overrides == ["seed=1", "seed=2"]
+    assert hydra_argv(["-m"], []) == ["-m"]
+
+
 @pytest.mark.slow
 def test_resume_from_a_run_folder_retypes_nothing(tmp_path):
     run = tmp_path / "run"

@@ -694,6 +694,9 @@ def hydra_main(config_name: str):
                     return None
                 given = list(args.overrides)
                 info, multirun = command_flags(sys.argv[1:])
+                if args.shell_completion:  # install=bash, query=bash: Hydra's own commands, not overrides of the config
+                    sys.argv = [sys.argv[0], *hydra_argv(flags, given)]
+                    return hydra_task()
                 if config_name == "train":
                     multirun = multirun or config_multirun(config_name, given)
                     given = resume_overrides(given, multirun=multirun)

@@ -146,6 +146,18 @@ def test_the_overrides_reach_hydra_after_the_flags_and_a_double_dash(tmp_path):
     assert hydra_argv(["-m"], []) == ["-m"]
 
 
+def test_shell_completion_commands_are_hydras_not_overrides(tmp_path):
+    """`python train.py -sc install=bash` (Hydra's documented way to install tab completion) was refused as "'install'
+    is not a config key": install=, uninstall= and query= are Hydra's shell-completion commands."""
+    r = run_cli("train.py", ["-sc", "install=bash"], tmp_path)
+    assert r.returncode == 0 and "hydra_bash_completion" in r.stdout, r.stderr[-2000:]
+    r = run_cli("evaluate.py", ["--shell-completion", "query=bash"], tmp_path,
+                env={"COMP_LINE": "python evaluate.py ppl.ena"})
+    assert r.returncode == 0 and "ppl.enabled=" in r.stdout, r.stderr[-2000:]
+    r = run_cli("train.py", ["-sc", "-m", "install=bash"], tmp_path)  # still one mode at a time
+    assert r.returncode == 2 and "cannot be given together" in r.stderr
+
+
 @pytest.mark.slow
 def test_resume_from_a_run_folder_retypes_nothing(tmp_path):
     run = tmp_path / "run"

@@ -1,0 +1,115 @@
+"""What carries the sign of Kendall(ICL, FT) on a GINC checkpoint (a diagnostic, not one of the paper's metrics).
+
+    .venv/bin/python benchmarks/kendall_probe.py --ckpt <run>/checkpoints/last.ckpt [--lr 0.02] [--prompts 200]
+
+analyze.py's Kendall(ICL, FT) ranks the demonstration tokens two ways: ICL's attention from the prompt's last
+token (softmax per head, summed over heads) and finetuning's "attention to training tokens", sum over heads of
+q'_j . q (q'_j: the query recorded at demonstration token j while finetuning, q: the finetuned model's query at
+the zero-shot prompt's last token; both before rotary). This probe, with analyze.py's own episodes, finetuning and
+captures (task=ginc, k=32, demonstration seed 1), reports per layer, as means over prompts:
+
+  kendall          the package's Kendall(ICL, FT), as analyze.py computes it
+  icl_recency      tau(ICL attention, -distance to the last token): ICL's recency bias
+  ft_recency       tau(FT's q'_j . q, -distance): the same for the FT side
+  icl_norot_vs_ft  Kendall with ICL's attention computed without rotary (pre-rotary q . k): position removed
+  icl_vs_ft_keys   Kendall with the FT side's queries q'_j replaced by keys k'_j of the untouched model on each
+                   finetuning sequence: query-key, like attention, instead of query-query
+  l0_qq_vs_qk      layer 0 only, per head: tau(q_j . q, k_j . q) over the demonstration tokens of the ICL prompt
+                   (pre-rotary): whether query-query and query-key similarity rank the tokens alike
+
+Writes benchmarks/results/kendall_probe/<name>.json (--name, default: the run folder's name) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from harness import machine_info
+
+ROWS = ("kendall", "icl_recency", "ft_recency", "icl_norot_vs_ft", "icl_vs_ft_keys")
+
+
+def probe(ckpt: str, lr: float, n_prompts: int) -> dict:
+    from momattn.analysis.capture import attn_modules, capture, record
+    from momattn.analysis.config import AnalyzeConfig
+    from momattn.analysis.episodes import ginc_set
+    from momattn.analysis.finetune import finetune
+    from momattn.analysis.metrics import kendall_per_layer
+    from momattn.analysis.metrics import kendall_tau_b as tau
+    from momattn.checkpoint import load_checkpoint, read_meta
+    from momattn.eval.tasks import resolve_tasks
+
+    meta = read_meta(ckpt).get("momattn") or {}
+    model, tok = load_checkpoint(ckpt, map_location="cpu")
+    model.eval()
+    cfg = AnalyzeConfig(task="ginc", shots=32, max_examples=n_prompts, lrs=[lr], dual_check=False)
+    aset = ginc_set(model, tok, resolve_tasks(["ginc"], key="task")[0], cfg, (meta.get("config") or {}).get("data"))
+    eps = aset.test
+    mods = attn_modules(model)
+    L, H, C = len(mods), mods[0].n_head, mods[0].n_embd
+    D = C // H
+    icl = capture(model, [e.icl_prompt for e in eps])  # the package's rotated ICL scores
+    with torch.no_grad(), record(model) as (qkv, _, _):  # pre-rotary q, k of every ICL prompt
+        model(torch.tensor([e.icl_prompt for e in eps]))
+    run = finetune(model, [e.train for e in eps], [lr] * len(eps), record_queries=True)
+    ft = capture(model, [[aset.eot] + e.query for e in eps], delta=run.delta)
+    out = {r: np.zeros((len(eps), L)) for r in ROWS}
+    l0 = np.zeros((len(eps), H))
+    for n, e in enumerate(eps):
+        T, dp = len(e.icl_prompt), torch.as_tensor(e.demo_pos)
+        recency = -((T - 1) - dp.numpy())
+        q_ft_train = torch.cat(run.queries[n], dim=1)  # (L, n_demo, C): q'_j while finetuning
+        with torch.no_grad(), record(model) as (qkv_train, _, _):  # k'_j: the untouched model on each sequence
+            model(torch.tensor([s.tokens for s in e.train]))
+        out["kendall"][n] = kendall_per_layer(icl.scores[n], dp, ft.q[n], q_ft_train)
+        for layer in range(L):
+            w = icl.scores[n][layer].double().softmax(-1).sum(0)[dp].numpy()  # (n_demo,) ICL attention
+            qf = ft.q[n][layer].double()  # (C,) FT query at the last token
+            s_ft = (q_ft_train[layer].double() @ qf).numpy()  # q'_j . q
+            k_train = qkv_train[layer][0][:, 1:, C:2 * C].reshape(-1, C).double()  # (n_demo, C)
+            m = qkv[layer][0][n].double()  # (T, 3C)
+            q = m[:, :C].view(T, H, D).transpose(0, 1)  # (H, T, D) pre-rotary
+            k = m[:, C:2 * C].view(T, H, D).transpose(0, 1)
+            w_norot = (torch.einsum("hd,htd->ht", q[:, -1], k) / math.sqrt(D)).softmax(-1).sum(0)[dp].numpy()
+            out["icl_recency"][n, layer] = tau(w, recency)
+            out["ft_recency"][n, layer] = tau(s_ft, recency)
+            out["icl_norot_vs_ft"][n, layer] = tau(w_norot, s_ft)
+            out["icl_vs_ft_keys"][n, layer] = tau(w, (k_train @ qf).numpy())
+            if layer == 0:
+                for h in range(H):
+                    l0[n, h] = tau((q[h, dp] @ q[h, -1]).numpy(), (k[h, dp] @ q[h, -1]).numpy())
+    return {"per_layer": {r: np.nanmean(v, 0).tolist() for r, v in out.items()},
+            "mean": {r: float(np.nanmean(v)) for r, v in out.items()},
+            "l0_qq_vs_qk_per_head": np.nanmean(l0, 0).tolist(), "prompts": len(eps)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ckpt", required=True)
+    ap.add_argument("--lr", type=float, default=0.01, help="the finetuning lr (analyze.py's chosen one: results.md)")
+    ap.add_argument("--prompts", type=int, default=200)
+    ap.add_argument("--name", default=None)
+    args = ap.parse_args()
+    name = args.name or Path(args.ckpt).resolve().parent.parent.name
+    res = probe(args.ckpt, args.lr, args.prompts)
+    doc = {"checkpoint": args.ckpt, "lr": args.lr, **res, "machine": machine_info("cpu")}
+    path = Path(__file__).parent / "results" / "kendall_probe" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    L = len(res["per_layer"]["kendall"])
+    print(f"{args.ckpt} (lr {args.lr}, {res['prompts']} prompts)\n")
+    print("| quantity | " + " | ".join(f"layer {i}" for i in range(L)) + " | mean |")
+    print("|---|" + "---|" * (L + 1))
+    for r in ROWS:
+        print(f"| {r} | " + " | ".join(f"{x:+.3f}" for x in res["per_layer"][r]) + f" | {res['mean'][r]:+.3f} |")
+    print("\nlayer 0, tau(q_j . q, k_j . q) per head: "
+          + ", ".join(f"{x:+.2f}" for x in res["l0_qq_vs_qk_per_head"]) + f"\nwritten to {path}")
+
+
+if __name__ == "__main__":
+    main()

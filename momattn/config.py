@@ -196,7 +196,7 @@ def _eval(node: Mapping | None, run_eval: bool, source: Any = None) -> EvalConfi
         raise under_eval(e) from None
     if run_eval and cfg.icl.enabled:
         from momattn.data.ginc import GincCorpus
-        from momattn.eval.ginc import GincTask, check_prompt_count, check_separator, check_test_seed
+        from momattn.eval.ginc import GincTask, check_ginc_icl
         from momattn.eval.tasks import resolve_tasks
 
         tasks = resolve_tasks(cfg.icl.tasks, key="eval.icl.tasks")
@@ -209,9 +209,7 @@ def _eval(node: Mapping | None, run_eval: bool, source: Any = None) -> EvalConfi
                     "eval.icl.tasks=[ginc,ginc_ood] (or experiment=ginc, which sets them), or run_eval=false"
                     if ginc else "are GINC tasks, which need a run trained with data=ginc; use text tasks "
                     "(e.g. eval.icl.tasks=[sst2,trec]) or run_eval=false"))
-        check_separator(tasks, cfg.icl.separator, key="eval.icl.separator")  # GINC tasks on a GINC run
-        check_test_seed(tasks, cfg.icl.test_seed, key="eval.icl.test_seed", seeds_key="eval.icl.seeds")
-        check_prompt_count(tasks, cfg.icl.max_examples, key="eval.icl.max_examples")
+        check_ginc_icl(tasks, cfg.icl, prefix="eval.icl.")  # GINC tasks on a GINC run
     return cfg
 
 

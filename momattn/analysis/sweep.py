@@ -21,11 +21,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from momattn.analysis.config import AnalyzeConfig
 from momattn.errors import ConfigError, DataError, NonFiniteLossError
-from momattn.eval.sweep import BASELINE, SweepRun, _flat, _strip, find_runs, no_interval, t_interval
+from momattn.eval.sweep import (
+    BASELINE,
+    SweepRun,
+    by_setting,
+    distinct,
+    find_runs,
+    no_interval,
+    paired,
+    seed_row,
+    t_interval,
+)
 from momattn.io import atomic_write_text, json_text
 
 # the headline numbers of one analysis: (key, label, getter); accuracies and Rec2FTP are fractions
@@ -106,26 +114,12 @@ def _interval(name: str, att: str, diffs: Sequence[float], **words) -> Interval:
 
 def summarise(runs: Sequence[SweepRun], metrics: dict[int, dict[str, float]]) -> list[SettingAnalysis]:
     """metrics: id(run) -> its headline numbers, for the runs that were analysed."""
-    settings: dict[str, list[SweepRun]] = defaultdict(list)
-    for r in runs:
-        if id(r) in metrics:
-            settings[r.setting].append(r)
-    configs = {s: _flat(_strip(rs[0].config)) for s, rs in settings.items()}
+    labels = {key: label.removesuffix(" (%)") for key, label, _ in METRICS}
     out = []
-    for s, rs in settings.items():
-        summary = SettingAnalysis(s, {k: v for k, v in configs[s].items()
-                                      if any(c.get(k) != v for c in configs.values())})
-        labels = {key: label.removesuffix(" (%)") for key, label, _ in METRICS}
+    for s, differs, rs in by_setting([r for r in runs if id(r) in metrics]):
+        summary = SettingAnalysis(s, differs)
         by_att: dict[str, dict] = defaultdict(dict)
-        jobs: dict[tuple, Path] = {}
-        for r in rs:
-            if (r.attention, r.seed) in jobs:  # e.g. jobs that differ only in an ignored key (callbacks, logger)
-                first = jobs[r.attention, r.seed]
-                print(f"[momattn] warning: {first} and {r.job}: same attention ({r.attention}) and seed ({r.seed}) "
-                      "in one setting; the second is left out", file=sys.stderr, flush=True)
-                summary.duplicates.append(f"{r.job} ({r.attention}, seed {r.seed}: a second run of {first})")
-                continue
-            jobs[r.attention, r.seed] = r.job
+        for r in distinct(rs, summary.duplicates):
             m = metrics[id(r)]
             for key, v in m.items():
                 if v is None and key == "rec2ftp":
@@ -135,23 +129,15 @@ def summarise(runs: Sequence[SweepRun], metrics: dict[int, dict[str, float]]) ->
                     summary.missing.append(f"{r.attention} seed {r.seed}: {labels[key]}={v if v is not None else 'nan'}")
             by_att[r.attention][r.seed] = _usable(m)
         for att, seeds in sorted(by_att.items(), key=lambda kv: (kv[0] != BASELINE, kv[0])):
-            summary.rows[att] = {}
-            for key, _, _ in METRICS:
-                vals = {sd: v[key] for sd, v in seeds.items() if key in v}
-                if vals:
-                    x = list(vals.values())
-                    summary.rows[att][key] = {"mean": float(np.mean(x)), "std": float(np.std(x, ddof=1))
-                                              if len(x) > 1 else 0.0, "n": len(x), "seeds": sorted(map(str, vals))}
+            summary.rows[att] = {key: row for key, _, _ in METRICS if (row := seed_row(seeds, key)) is not None}
             for name, a, b in FINDINGS:
                 diffs = [v[a] - v[b] for v in seeds.values() if a in v and b in v]
                 if diffs:
                     summary.findings.append(_interval(name, att, diffs))
             if att == BASELINE or BASELINE not in by_att:
                 continue
-            base = by_att[BASELINE]
             for key, _, _ in METRICS:
-                diffs = [v[key] - base[sd][key] for sd, v in seeds.items() if sd in base and key in v and key in base[sd]]
-                if diffs:
+                if diffs := paired(seeds, by_att[BASELINE], key):
                     summary.comparisons.append(_interval(key, att, diffs, above="higher", below="lower",
                                                          neither="no difference at this budget"))
         out.append(summary)

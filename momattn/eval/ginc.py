@@ -113,6 +113,14 @@ def check_prompt_count(tasks: Sequence, n: int | None, key: str = "icl.max_examp
                           f"{DEFAULT_PROMPTS}); score more seeds for a larger sample")
 
 
+def check_ginc_icl(tasks: Sequence, icl: IclConfig, prefix: str = "icl.") -> None:
+    """The ICL settings GINC tasks cannot honour (separator, test_seed, max_examples above MAX_PROMPTS), each
+    refused naming {prefix}<key>: evaluate.py's icl.*, train.py's eval.icl.*."""
+    check_separator(tasks, icl.separator, key=f"{prefix}separator")
+    check_test_seed(tasks, icl.test_seed, key=f"{prefix}test_seed", seeds_key=f"{prefix}seeds")
+    check_prompt_count(tasks, icl.max_examples, key=f"{prefix}max_examples")
+
+
 def describe_data(data_cfg: Mapping | None) -> str:
     """The data option a run chose, as typed (data=staicc), not its class (momattn.data.sources.StaiccCorpus)."""
     data = dict(data_cfg or {})

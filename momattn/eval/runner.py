@@ -24,9 +24,7 @@ from momattn.eval.ginc import PROTOCOL as GINC_PROTOCOL
 from momattn.eval.ginc import (
     GincEvaluator,
     GincTask,
-    check_prompt_count,
-    check_separator,
-    check_test_seed,
+    check_ginc_icl,
     ginc_world,
 )
 from momattn.eval.icl import IclEvaluator, icl_result
@@ -83,9 +81,7 @@ def _plan(model: LanguageModel, tokenizer, run_config: dict, cfg: EvalConfig, ca
                           "icl.tasks=[ginc,ginc_l3,ginc_l8,ginc_ood]")
     world = ginc_world(run_config.get("data"), ginc_tasks[0].name) if ginc_tasks else None
     if ginc_tasks:  # after the checkpoint is known to be a GINC one, before the separator is encoded
-        check_separator(ginc_tasks, cfg.icl.separator)
-        check_test_seed(ginc_tasks, cfg.icl.test_seed)
-        check_prompt_count(ginc_tasks, cfg.icl.max_examples)
+        check_ginc_icl(ginc_tasks, cfg.icl)
     icl_eval = IclEvaluator(model, tokenizer, cfg.icl, split_seed_of(run_config), cfg.batch_tokens)
     prepared = {t.name: icl_eval.prepare(t) for t in tasks if not isinstance(t, GincTask)}
     ginc_eval = None

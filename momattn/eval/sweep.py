@@ -353,27 +353,55 @@ def metric_order(m: str) -> tuple:
     return (1, task, int(k) if k.isdigit() else 1 << 30)
 
 
-def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
+def by_setting(runs: Sequence[SweepRun]) -> list[tuple[str, dict, list[SweepRun]]]:
+    """(setting, what tells it from the other settings, its runs) for runs in first-seen order; what differs is
+    read leaf by leaf (trainer.max_steps=4, not the whole trainer section)."""
     settings: dict[str, list[SweepRun]] = defaultdict(list)
     for r in runs:
-        if r.result is not None:
-            settings[r.setting].append(r)
-    # what tells the settings apart, leaf by leaf (trainer.max_steps=4, not the whole trainer section)
+        settings[r.setting].append(r)
     configs = {s: {**_flat(_strip(rs[0].config)), **({"eval settings": rs[0].eval_key} if rs[0].eval_key else {})}
                for s, rs in settings.items()}
+    return [(s, {k: v for k, v in configs[s].items() if any(c.get(k) != v for c in configs.values())}, rs)
+            for s, rs in settings.items()]
+
+
+def distinct(runs: Sequence[SweepRun], duplicates: list[str]) -> list[SweepRun]:
+    """One run per (attention, seed) of a setting: a second one is warned about, named in duplicates, left out."""
+    jobs: dict[tuple, Path] = {}
     out = []
-    for s, rs in settings.items():
-        differs = {k: v for k, v in configs[s].items() if any(c.get(k) != v for c in configs.values())}
+    for r in runs:
+        if (r.attention, r.seed) in jobs:  # e.g. jobs that differ only in an ignored key (callbacks, logger)
+            first = jobs[r.attention, r.seed]
+            print(f"[momattn] warning: {first} and {r.job}: same attention ({r.attention}) and seed ({r.seed}) in one "
+                  "setting; the second is left out", file=sys.stderr, flush=True)
+            duplicates.append(f"{r.job} ({r.attention}, seed {r.seed}: a second run of {first})")
+            continue
+        jobs[r.attention, r.seed] = r.job
+        out.append(r)
+    return out
+
+
+def seed_row(seeds: Mapping, key: str) -> dict | None:
+    """{mean, std (sample; 0 for one seed), n, seeds} of key over the seeds that have it (seed -> metrics)."""
+    vals = {sd: v[key] for sd, v in seeds.items() if key in v}
+    if not vals:
+        return None
+    x = list(vals.values())
+    return {"mean": float(np.mean(x)), "std": float(np.std(x, ddof=1)) if len(x) > 1 else 0.0, "n": len(x),
+            "seeds": sorted(str(k) for k in vals)}
+
+
+def paired(seeds: Mapping, base: Mapping, key: str) -> list[float]:
+    """key's differences seeds - base, over the seeds both have it in (seed -> metrics each)."""
+    return [v[key] - base[sd][key] for sd, v in seeds.items() if sd in base and key in v and key in base[sd]]
+
+
+def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
+    out = []
+    for s, differs, rs in by_setting([r for r in runs if r.result is not None]):
         summary = SettingSummary(s, differs)
         by_att: dict[str, dict[int | None, dict[str, float]]] = defaultdict(dict)
-        jobs: dict[tuple, Path] = {}
-        for r in rs:
-            if (r.attention, r.seed) in jobs:  # e.g. jobs that differ only in an ignored key (callbacks, logger)
-                print(f"[momattn] warning: {jobs[r.attention, r.seed]} and {r.job}: same attention ({r.attention}) "
-                      f"and seed ({r.seed}) in one setting; the second is left out", file=sys.stderr, flush=True)
-                summary.duplicates.append(f"{r.job} ({r.attention}, seed {r.seed}: a second run of {jobs[r.attention, r.seed]})")
-                continue
-            jobs[r.attention, r.seed] = r.job
+        for r in distinct(rs, summary.duplicates):
             metrics = metrics_of(r.result)
             bad = {m: v for m, v in metrics.items() if not math.isfinite(v)}  # a diverged run: nan / inf ppl
             summary.non_finite += [f"{r.attention} seed {r.seed}: {m}={v}" for m, v in sorted(bad.items())]
@@ -381,22 +409,15 @@ def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
             summary.params[r.attention] = dict(r.attention_params)
         for att, seeds in sorted(by_att.items(), key=lambda kv: (kv[0] != BASELINE, kv[0])):
             names = sorted({m for v in seeds.values() for m in v}, key=metric_order)
-            summary.rows[att] = {}
-            for m in names:
-                vals = [v[m] for v in seeds.values() if m in v]
-                summary.rows[att][m] = {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1))
-                                        if len(vals) > 1 else 0.0, "n": len(vals),
-                                        "seeds": sorted(str(k) for k, v in seeds.items() if m in v)}
+            summary.rows[att] = {m: seed_row(seeds, m) for m in names}
             summary.rises += rises_of(att, seeds)
             if att == BASELINE or BASELINE not in by_att:
                 continue
-            base = by_att[BASELINE]
             for m in names:
-                pairs = [(v[m], base[sd][m]) for sd, v in seeds.items() if sd in base and m in v and m in base[sd]]
-                if not pairs:
-                    continue
-                mean, lo, hi = t_interval([a - b for a, b in pairs])
-                summary.comparisons.append(Comparison(m, att, mean, lo, hi, len(pairs), verdict(m, lo, hi, len(pairs))))
+                if diffs := paired(seeds, by_att[BASELINE], m):
+                    mean, lo, hi = t_interval(diffs)
+                    summary.comparisons.append(Comparison(m, att, mean, lo, hi, len(diffs),
+                                                          verdict(m, lo, hi, len(diffs))))
         out.append(summary)
     return out
 

@@ -12,10 +12,7 @@ from collections import deque
 
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 
-
-def _duration(seconds: float) -> str:
-    s = int(max(0, seconds))
-    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+from momattn.utils import duration
 
 
 def _rate(x: float) -> str:
@@ -60,9 +57,9 @@ class TrainProgress(ProgressBar):
             parts.append(f"loss {s['loss']:.4f}")
         if s["rate"] is not None:
             parts.append(f"{_rate(s['rate'])} tok/s")
-        parts.append(f"elapsed {_duration(s['elapsed'])}")
+        parts.append(f"elapsed {duration(s['elapsed'])}")
         if s["eta"] is not None:
-            parts.append(f"ETA {_duration(s['eta'])}")
+            parts.append(f"ETA {duration(s['eta'])}")
         return "  ".join(parts)
 
     def on_train_start(self, trainer, pl_module):

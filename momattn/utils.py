@@ -44,10 +44,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+def duration(seconds: float) -> str:
+    """1m05s, or 2h03m from an hour on: training's elapsed / ETA and the evaluation's part lines."""
+    s = int(max(0, seconds))
+    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
 def done_line(what: str, t0: float, tty: bool | None = None) -> None:
     """`[momattn] <what> (<seconds since t0>)` on stderr where it is not a terminal. The evaluation's and the
     analysis's parts show tqdm bars on a terminal, which tqdm hides elsewhere: a log file (a cluster job, train.py's
     evaluation redirected) was silent for the minutes they take; this line says when each part ends."""
     if not (sys.stderr.isatty() if tty is None else tty):
-        s = int(time.perf_counter() - t0)
-        print(f"[momattn] {what} ({s // 60}m{s % 60:02d}s)", file=sys.stderr, flush=True)
+        print(f"[momattn] {what} ({duration(time.perf_counter() - t0)})", file=sys.stderr, flush=True)

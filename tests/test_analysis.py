@@ -667,3 +667,35 @@ def test_a_sweep_summary_names_what_it_leaves_out():
     assert "4 runs (1 more left out as a repeat, below)" in md and "a second run of" in md
     assert "Rec2FTP" in md and "SimAOU(dFT)=nan" in md
     assert "task=ginc, shots=32" in md  # the header names the settings (a lost f-string printed its own code)
+
+
+def test_the_ood_probe_scores_as_evaluate_py_and_summarises_over_seeds(tmp_path):
+    """benchmarks/ginc_ood_probe.py on a sweep of GINC runs: each run's accuracy at k = 0 and K is evaluate.py's
+    (GincEvaluator's own score of the same prompts), the reader's answer is read from the k = K prompts, and the
+    summary's rows are the means over seeds."""
+    import sys
+    from pathlib import Path
+
+    from momattn.checkpoint import load_checkpoint
+    from momattn.eval.config import IclConfig
+    from momattn.eval.ginc import GincEvaluator, ginc_task, ginc_world
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import ginc_ood_probe
+
+    sweep = ginc_sweep(tmp_path / "sweep", [("vanilla", 1), ("vanilla", 2), ("momentum", 1)])
+    doc = ginc_ood_probe.main(["--sweep", str(sweep), "--prompts", "12", "--k", "4", "--out", str(tmp_path / "out")])
+    assert [(r["attention"], r["seed"]) for r in doc["runs"]] == [("vanilla", 1), ("vanilla", 2), ("momentum", 1)]
+    model, tok = load_checkpoint(str(sweep / "1" / "checkpoints" / "last.ckpt"), map_location="cpu")
+    ev = GincEvaluator(model, tok, IclConfig(tasks=["ginc_ood"], shots=[4], seeds=[1], max_examples=12),
+                       ginc_world(WORLD))
+    run = doc["runs"][1]["tasks"]["ginc_ood"]
+    for k in (0, 4):
+        assert run[f"acc_{'0' if k == 0 else 'K'}"] == pytest.approx(ev.evaluate_run(ginc_task("ginc_ood"), k, 1).acc)
+    reader = [ginc_ood_probe.bigram_reader(p) for p in ev.prompts(ginc_task("ginc_ood"), 4, 1)]
+    right = sum(r == p.label for r, p in zip(reader, ev.prompts(ginc_task("ginc_ood"), 4, 1)))
+    assert run["reader_right"] == right
+    rows = doc["summary"]["vanilla"]["rows"]["ginc/agree"]
+    assert rows["kK"] == pytest.approx(np.mean([r["tasks"]["ginc"]["agree_K"] for r in doc["runs"][:2]]))
+    assert doc["summary"]["momentum"]["seeds"] == [1] and "| momentum | 1 | `ginc_ood` |" in (
+        tmp_path / "out" / "probe.md").read_text()

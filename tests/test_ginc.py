@@ -354,6 +354,29 @@ def test_ginc_bayes_benchmark_writes_its_table(tmp_path):
         ginc_bayes.main(["--out", str(tmp_path), "n_wings=2"])
 
 
+def test_the_ood_probes_bigram_reader_reads_symbol_pairs_inside_the_examples():
+    import sys
+    from pathlib import Path
+
+    from momattn.data.ginc import GincPrompt
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import ginc_ood_probe
+
+    def prompt(symbols, k):
+        return GincPrompt("", tuple(symbols), 0, 0, k, 3)
+
+    # examples of 3 symbols, each then "/" (0); the test input is 2 symbols
+    assert ginc_ood_probe.bigram_reader(prompt([5, 7, 9, 0, 7, 9, 4, 0, 2, 7], 2)) == 9  # 7 -> 9 twice
+    assert ginc_ood_probe.bigram_reader(prompt([5, 7, 8, 0, 7, 9, 4, 0, 2, 7], 2)) == 8  # a tie: the lowest id
+    assert ginc_ood_probe.bigram_reader(prompt([9, 7, 6, 0, 2, 7], 1)) == 6  # a pair, not the position
+    # 4 ends an example and is followed by nothing inside one (4 -> "/" crosses into the delimiter): the most
+    # common last symbol of the examples; 8 occurs nowhere: the same, ties to the lowest id
+    assert ginc_ood_probe.bigram_reader(prompt([5, 7, 9, 0, 7, 3, 9, 0, 6, 2, 4, 0, 1, 4], 3)) == 9
+    assert ginc_ood_probe.bigram_reader(prompt([5, 7, 9, 0, 7, 3, 4, 0, 1, 8], 2)) == 4
+    assert ginc_ood_probe.bigram_reader(prompt([2, 4], 0)) == -1  # no examples: no answer
+
+
 def test_text_outside_the_ginc_vocabulary_is_a_clear_error(corpus):
     from momattn.errors import DataError
 

@@ -1,0 +1,208 @@
+"""Does the held-out-concept control rise because models read symbol pairs off the demonstrations? (a diagnostic)
+
+    .venv/bin/python benchmarks/ginc_ood_probe.py --sweep <folder of GINC runs> [--prompts 500] [--seed 1] [--k 32]
+
+The GINC control `ginc_ood` draws its prompts from concepts no pretraining document used, so a reader that knows
+only the pretraining concepts gains nothing from examples (benchmarks/ginc_bayes.py: the Bayes readers *fall* with
+k). Yet trained models rise by 1.5-2 points there (README). The untested reading: the held-out concepts share the
+world (entities, symbols), so the examples show which symbols follow which. This probe tests it with a model-free
+*in-context bigram reader*: its answer is the symbol that most often follows the test input's last symbol inside
+the k examples (pairs within an example; ties: the lowest id; no such pair: the most common last symbol of the
+examples; at k = 0 it has no answer). It knows no concept, so what it reads is in the prompt alone.
+
+For every finished run under --sweep (evaluate.py's own prompts: seed --seed, --prompts of them; the test inputs
+are the same at every k) and for `ginc` and `ginc_ood`, it reports, with the reader's answer taken from the k = K
+prompt for both k:
+  acc             the model's greedy accuracy at k = 0 and k = K
+  agree           how often the model's greedy answer equals the reader's: the examples move the model toward
+                  the reader's answer if agree rises from k = 0 to K
+  acc where the reader is right / wrong
+                  the model's accuracy at k = 0 and K on the prompts where the reader is right, and where it is
+                  wrong: the reading predicts the rise sits where the reader is right
+  answers "/"     how often the model's greedy answer is the delimiter "/" (symbol 0): what one example's format
+                  tells a model (examples are l symbols, then "/") that the test input alone does not
+and the reader's own accuracy at every k. Rows per attention are means over seeds with 95% t-intervals of the
+k = 0 -> K change (per row, uncorrected for multiple comparisons). Writes
+benchmarks/results/ginc_ood_probe/probe.json and .md and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import machine_info  # noqa: E402
+
+from momattn.utils import positive_int, stable_seed  # noqa: E402
+
+TASKS = ("ginc", "ginc_ood")
+SHOTS = (0, 1, 2, 4, 8, 16, 32)
+
+
+def bigram_reader(prompt) -> int:
+    """The symbol that most often follows the test input's last symbol within the prompt's examples (ties: the
+    lowest id); without such a pair the most common last symbol of the examples; -1 (no answer) at k = 0."""
+    length, k = prompt.example_len, prompt.k
+    if k == 0:
+        return -1
+    s = np.asarray(prompt.symbols)
+    demos = s[: k * (length + 1)].reshape(k, length + 1)[:, :length]  # (k, l): the examples without their "/"
+    last = int(s[-1])
+    after = Counter(int(b) for a, b in zip(demos[:, :-1].ravel(), demos[:, 1:].ravel()) if a == last)
+    votes = after or Counter(int(x) for x in demos[:, -1])
+    top = max(votes.values())
+    return min(sym for sym, n in votes.items() if n == top)
+
+
+def reader_accuracy(world, task, n: int, seed: int, shots) -> dict[str, float]:
+    out = {}
+    for k in shots:
+        prompts = world.prompts(task.example_len, k, n, ood=task.ood, seed=stable_seed("ginc-prompts", seed))
+        out[str(k)] = float(np.mean([bigram_reader(p) == p.label for p in prompts]))
+    return out
+
+
+def greedy(evaluator, task, k: int, seed: int) -> tuple[list, np.ndarray]:
+    prompts = evaluator.prompts(task, k, seed)
+    logp = evaluator.last_logprobs(evaluator.encode(task, prompts))  # (N, V_model)
+    return prompts, logp[:, : evaluator.tokenizer.n_ids].argmax(-1).numpy()  # as evaluate.py's acc
+
+
+def probe_run(path: Path, config: dict, n: int, seed: int, K: int) -> dict:
+    from momattn.checkpoint import load_checkpoint
+    from momattn.eval.config import IclConfig
+    from momattn.eval.ginc import GincEvaluator, ginc_task, ginc_world
+
+    model, tok = load_checkpoint(str(path), map_location="cpu")
+    model.eval()
+    world = ginc_world(config.get("data"))
+    ev = GincEvaluator(model, tok, IclConfig(tasks=list(TASKS), shots=[0, K], seeds=[seed], max_examples=n), world)
+    out = {}
+    for name in TASKS:
+        task = ginc_task(name)
+        p0, g0 = greedy(ev, task, 0, seed)
+        pk, gk = greedy(ev, task, K, seed)
+        label = np.array([p.label for p in pk])
+        assert [p.label for p in p0] == label.tolist(), "the test inputs differ between k = 0 and k = K"
+        reader = np.array([bigram_reader(p) for p in pk])
+        right = reader == label
+        out[name] = {
+            "acc_0": float(np.mean(g0 == label)), "acc_K": float(np.mean(gk == label)),
+            "agree_0": float(np.mean(g0 == reader)), "agree_K": float(np.mean(gk == reader)),
+            "acc_right_0": float(np.mean(g0[right] == label[right])), "acc_right_K": float(np.mean(gk[right] == label[right])),
+            "acc_wrong_0": float(np.mean(g0[~right] == label[~right])),
+            "acc_wrong_K": float(np.mean(gk[~right] == label[~right])),
+            "slash_0": float(np.mean(g0 == 0)), "slash_K": float(np.mean(gk == 0)),
+            "reader_right": int(right.sum()), "prompts": len(label),
+        }
+    return out
+
+
+ROWS = (("acc", "model accuracy"), ("agree", "model = reader"), ("acc_right", "accuracy where the reader is right"),
+        ("acc_wrong", "accuracy where the reader is wrong"), ("slash", "model answers \"/\""))
+
+
+def summarise(per_run: list[dict]) -> dict:
+    from momattn.eval.sweep import t_interval
+
+    by_att: dict[str, list[dict]] = defaultdict(list)
+    for r in per_run:
+        by_att[r["attention"]].append(r)
+    out = {}
+    for att, runs in sorted(by_att.items(), key=lambda kv: (kv[0] != "vanilla", kv[0])):
+        rows = {}
+        for name in TASKS:
+            for key, _ in ROWS:
+                a0 = np.array([r["tasks"][name][f"{key}_0"] for r in runs])
+                aK = np.array([r["tasks"][name][f"{key}_K"] for r in runs])
+                mean, lo, hi = t_interval((aK - a0).tolist())
+                rows[f"{name}/{key}"] = {"k0": float(a0.mean()), "kK": float(aK.mean()), "change": mean,
+                                         "lo": lo, "hi": hi}
+        out[att] = {"seeds": sorted(r["seed"] for r in runs), "rows": rows}
+    return out
+
+
+def pct(x: float) -> str:
+    return "n/a" if x != x else f"{100 * x:+.1f}"
+
+
+def markdown(doc: dict) -> str:
+    K, lines = doc["K"], []
+    lines.append(f"The in-context bigram reader alone (no model), accuracy in % on evaluate.py's {doc['prompts']} "
+                 f"prompts of seed {doc['seed']}:\n")
+    shots = list(doc["reader"][TASKS[0]])
+    lines += ["| task | " + " | ".join(f"k={k}" for k in shots) + " | always \"/\" |", "|---" * (len(shots) + 2) + "|"]
+    for name, row in doc["reader"].items():
+        lines.append(f"| `{name}` | " + " | ".join("n/a" if k == "0" else f"{100 * row[k]:.1f}" for k in shots)
+                     + f" | {100 * doc['slash'][name]:.1f} |")
+    lines.append(f"\nModels, k = 0 -> {K} on the same test inputs (the reader's answer is its k = {K} one for both; "
+                 "mean over seeds, change with its 95% t-interval, per row and uncorrected):\n")
+    lines += [f"| attention | seeds | task | quantity | k=0 | k={K} | change | 95% interval |", "|---" * 8 + "|"]
+    for att, s in doc["summary"].items():
+        for key, row in s["rows"].items():
+            name, q = key.split("/")
+            label = dict(ROWS)[q]
+            iv = "n/a" if row["lo"] != row["lo"] else f"[{pct(row['lo'])}, {pct(row['hi'])}]"
+            lines.append(f"| {att} | {len(s['seeds'])} | `{name}` | {label} | {100 * row['k0']:.1f} | "
+                         f"{100 * row['kK']:.1f} | {pct(row['change'])} | {iv} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from momattn.eval.ginc import ginc_task, ginc_world
+    from momattn.eval.sweep import find_runs
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sweep", required=True, help="a folder holding finished GINC runs (searched recursively)")
+    ap.add_argument("--prompts", type=positive_int, default=500)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--k", type=positive_int, default=32)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ginc_ood_probe"))
+    a = ap.parse_args(argv)
+    runs, failed = find_runs(Path(a.sweep))
+    for f in failed:
+        print(f"left out: {f}", file=sys.stderr)
+    t0 = time.time()
+    per_run = []
+    for i, run in enumerate(runs):
+        res = probe_run(run.path, run.config, a.prompts, a.seed, a.k)
+        per_run.append({"attention": run.attention, "seed": run.seed, "checkpoint": str(run.path), "tasks": res})
+        print(f"[{i + 1}/{len(runs)}] {run.attention} seed {run.seed}: " + ", ".join(
+            f"{t} acc {100 * r['acc_0']:.1f} -> {100 * r['acc_K']:.1f}, agree {100 * r['agree_0']:.1f} -> "
+            f"{100 * r['agree_K']:.1f}" for t, r in res.items()), flush=True)
+    world = ginc_world(runs[0].config.get("data"))
+    if any(ginc_world(r.config.get("data")).fingerprint() != world.fingerprint() for r in runs):
+        raise SystemExit("error: the runs were trained on different GINC worlds; probe one world at a time")
+    reader, slash = {}, {}
+    for name in TASKS:
+        task = ginc_task(name)
+        reader[name] = reader_accuracy(world, task, a.prompts, a.seed, [k for k in SHOTS if k <= a.k])
+        labels = [p.label for p in world.prompts(task.example_len, 0, a.prompts, ood=task.ood,
+                                                 seed=stable_seed("ginc-prompts", a.seed))]
+        slash[name] = float(np.mean(np.array(labels) == 0))
+    doc = {"sweep": str(a.sweep), "prompts": a.prompts, "seed": a.seed, "K": a.k, "reader": reader, "slash": slash,
+           "runs": per_run, "summary": summarise(per_run), "seconds": round(time.time() - t0, 1),
+           "machine": machine_info("cpu"), "torch": torch.__version__}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "probe.json").write_text(json.dumps(doc, indent=2) + "\n")
+    md = markdown(doc)
+    (out / "probe.md").write_text(f"`python benchmarks/ginc_ood_probe.py --sweep {a.sweep} --prompts {a.prompts} "
+                                  f"--seed {a.seed} --k {a.k}` ({len(runs)} runs, {doc['seconds']} s)\n\n" + md)
+    print(md)
+    return doc
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +115,35 @@ def where(run) -> tuple[Path, bool]:
     """(the run's folder, whether it is an offline run to sync later)."""
     run_dir = Path(run.dir).parent
     return run_dir, "offline-run" in run_dir.name
+
+
+def _cell(v: Any):
+    """A wandb.Table cell: numbers, text and None as they are; lists and mappings as JSON text."""
+    import json
+
+    return v if v is None or isinstance(v, bool | int | float | str) else json.dumps(v, default=str)
+
+
+def log_verdict(out_dir: Path, wandb_cfg: Mapping, who: str, tables: Mapping[str, Sequence[Mapping]],
+                images: Sequence[Path] = (), **init: Any) -> bool:
+    """One W&B run holding a sweep's verdict, under train.py's rules (start_run): each table, a list of flat rows,
+    as a wandb.Table under its name, and each image under plots/<name>; False when no run starts."""
+    run = start_run(out_dir, wandb_cfg, who, group=wandb_cfg.get("group") or out_dir.name,
+                    tags=list(wandb_cfg.get("tags") or []), **init)
+    if run is None:
+        return False
+    import wandb
+
+    try:
+        for key, rows in tables.items():
+            if rows:
+                columns = list(dict.fromkeys(c for r in rows for c in r))  # every row's keys, first seen first
+                run.log({key: wandb.Table(columns=columns, data=[[_cell(r.get(c)) for c in columns] for r in rows])})
+        for path in images:
+            run.log({f"plots/{path.stem}": wandb.Image(str(path))})
+        run_dir, offline = where(run)
+    finally:
+        run.finish()
+    print(f"[momattn] W&B run of {who}: {run_dir}" + (f" (offline; upload with: wandb sync {run_dir})" if offline
+                                                      else ""), file=sys.stderr)
+    return True

@@ -522,7 +522,7 @@ def ginc_sweep(root, jobs):
     return root
 
 
-def test_a_sweep_s_seeds_are_analysed_then_summarised_with_intervals_and_reused(tmp_path, capsys):
+def test_a_sweep_s_seeds_are_analysed_then_summarised_with_intervals_and_reused(tmp_path, capsys, monkeypatch):
     """analyze.py sweep_dir=...: every run analysed into jobs/<job>/; the table's means, the paper's findings per
     seed and momentum - vanilla paired by seed are recomputed here from the jobs' own results.json; a second call
     reuses them, another setting analyses again."""
@@ -555,9 +555,18 @@ def test_a_sweep_s_seeds_are_analysed_then_summarised_with_intervals_and_reused(
     assert c["attention"] == "momentum" and c["n"] == 2 and c["mean"] == pytest.approx(np.mean(pairs))
     md = (out / "analysis_sweep.md").read_text()
     assert "| vanilla | 2 |" in md and "### The paper's findings, per seed" in md and "momentum: " in md
-    # the same settings again: nothing is analysed; other shots: everything is
-    run_analyze(args, out)
+    # the same settings again: nothing is analysed; other shots: everything is. With logger=wandb the seeds'
+    # verdict goes to one W&B run (only each newly analysed job's had)
+    logged = []
+    monkeypatch.setattr("momattn.wandb_runs.log_verdict", lambda out, cfg, who, tables, *a, **kw: logged.append(
+        (cfg, tables, kw)))
+    run_analyze({**args, "logger": {"wandb": {"project": "p"}}, "tags": ["t"]}, out)
     assert capsys.readouterr().err.count("its analysis in this folder is reused") == 4
+    ((cfg, tables, kw),) = logged
+    assert cfg == {"project": "p", "tags": ["t"]} and kw["job_type"] == "analyze-sweep"
+    f_row = next(r for r in tables["findings"] if r["attention"] == "momentum" and r["name"].startswith("SimAOU"))
+    assert f_row["mean"] == pytest.approx(f["mean"]) and f_row["lo"] == pytest.approx(f["lo"])
+    assert any(r["attention"] == "vanilla" and r["metric"] == "acc_icl" for r in tables["rows"])
     run_analyze({**args, "shots": 3}, out)
     assert "reused" not in capsys.readouterr().err
 

@@ -113,7 +113,8 @@ def test_sweep_verdict(tmp_path, tokenizer):  # noqa: F811
 
 
 
-def test_unfinished_repeated_and_unpaired_runs_are_named_not_scored(tmp_path, tokenizer, capsys):  # noqa: F811
+def test_unfinished_repeated_and_unpaired_runs_are_named_not_scored(tmp_path, tokenizer, capsys,  # noqa: F811
+                                                                   monkeypatch):
     """Found by fuzzing: a diverged or interrupted job's early last.ckpt was averaged in as a finished run (a
     verdict of unlike things); evaluate.py's own folder inside the sweep was a "failed job"; a second cache folder
     split one experiment into two settings; a repeat was dropped with a console warning only; vanilla and
@@ -144,7 +145,15 @@ def test_unfinished_repeated_and_unpaired_runs_are_named_not_scored(tmp_path, to
         shutil.rmtree(d)
     job(sweep, 6, "vanilla", 1, tokenizer, extra={"trainer": {"max_steps": 8}}, step=8)
     job(sweep, 7, "momentum", 2, tokenizer, extra={"trainer": {"max_steps": 8}}, step=8)
-    run_evaluate({**EVAL, "sweep_dir": str(sweep), "device": "cpu"}, out_dir=tmp_path / "two")
+    logged = []
+    monkeypatch.setattr("momattn.wandb_runs.log_verdict", lambda out, cfg, who, tables, *a, **kw: logged.append(
+        (out, cfg, tables, kw)))
+    run_evaluate({**EVAL, "sweep_dir": str(sweep), "device": "cpu", "logger": {"wandb": {"project": "p"}}},
+                 out_dir=tmp_path / "two")
+    ((out, cfg, tables, kw),) = logged  # logger=wandb: the verdict's tables, one run (its settings apart)
+    assert out == tmp_path / "two" and cfg == {"project": "p"} and kw["job_type"] == "sweep-verdict"
+    assert {r["setting"] for r in tables["rows"]} == {s["setting"] for s in strict_json(
+        (out / "sweep.json").read_text())["settings"]} and len({r["setting"] for r in tables["rows"]}) == 2
     md = (tmp_path / "two" / "sweep.md").read_text()
     assert ": trainer.max_steps=8\n" in md and ": trainer.max_steps=6\n" in md
     assert md.count("No seed is shared with vanilla") == 1  # vanilla seed 1 and momentum seed 2: no pair
@@ -397,3 +406,29 @@ def test_a_diverged_seed_is_left_out_and_named_not_read_as_no_spread(monkeypatch
     md = sweep.sweep_markdown([s], [], 6)
     assert "left out of every number below (a diverged run?): momentum seed 1: ppl@64=nan" in md
     assert sweep.t_interval([1.0, 2.0] * 16)[2] - 1.5 == pytest.approx(2.0395 * 0.508 / math.sqrt(32), rel=2e-3)
+
+
+def test_a_sweep_verdict_goes_to_one_wandb_run_as_tables(tmp_path, monkeypatch, capsys):
+    """logger=wandb with sweep_dir: the verdict's rows, comparisons and rises as W&B tables in one offline run
+    (evaluate.py had said the verdict is not logged; analyze.py logged only each job)."""
+    from momattn.eval import sweep
+    from momattn.wandb_runs import log_verdict
+
+    ppl = {("vanilla", 1): 10.0, ("vanilla", 2): 11.0, ("momentum", 1): 9.0, ("momentum", 2): 9.5}
+    runs = [sweep.SweepRun(Path(f"{a}{s}.ckpt"), Path(f"{a}{s}"), a, s, "same", {}, result=(a, s)) for a, s in ppl]
+    monkeypatch.setattr(sweep, "metrics_of", lambda result: {"ppl@64": ppl[result]})
+    summaries = sweep.summarise(runs)
+    tables = sweep.verdict_tables(summaries, ("comparisons", "rises"))
+    assert {(r["attention"], r["metric"], r["mean"]) for r in tables["rows"]} == {("vanilla", "ppl@64", 10.5),
+                                                                                 ("momentum", "ppl@64", 9.25)}
+    (c,) = tables["comparisons"]
+    assert c["setting"] == "same" and c["diff_mean"] == pytest.approx(-1.25) and tables["rises"] == []
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    assert log_verdict(tmp_path, {}, "the sweep's verdict", tables, job_type="sweep-verdict", name="verdict-x")
+    (table,) = tmp_path.glob("wandb/offline-run-*/files/media/table/rows_*.table.json")
+    doc = json.loads(table.read_text())
+    assert doc["columns"][:4] == ["setting", "attention", "metric", "mean"]
+    seeds = doc["columns"].index("seeds")
+    assert sorted(row[3] for row in doc["data"]) == [9.25, 10.5] and len(json.loads(doc["data"][0][seeds])) == 2  # JSON text
+    assert "offline; upload with: wandb sync" in capsys.readouterr().err

@@ -33,6 +33,7 @@ from momattn.eval.sweep import (
     paired,
     seed_row,
     t_interval,
+    verdict_tables,
 )
 from momattn.io import atomic_write_text, json_text
 
@@ -282,4 +283,11 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     print(text)
     print(f"[momattn] Section 4 over seeds written to {out}/ (analysis_sweep.md, analysis_sweep.json, jobs/)",
           file=sys.stderr, flush=True)
+    if conf.logger and "wandb" in conf.logger:  # each newly analysed job got its own run above; the seeds' verdict:
+        from momattn.wandb_runs import log_verdict
+
+        wandb_cfg = {**conf.logger["wandb"], "tags": list(conf.tags or [])}  # as each job's run
+        log_verdict(out, wandb_cfg, "Section 4 over seeds", verdict_tables(summaries, ("findings", "comparisons")),
+                    job_type="analyze-sweep", name=f"section4-{sweep_dir.name}",
+                    config={"sweep_dir": str(sweep_dir), "settings": settings, "failed": failed})
     return summaries

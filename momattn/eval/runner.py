@@ -311,10 +311,7 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
         # no evaluation setting on the command line: each run is judged by its own end-of-run settings (train.py's
         # eval: section; a GINC run's are GINC tasks), so their results are reused instead of recomputed
         run_sweep(conf.sweep_dir, conf.eval_section(), out, device, cache_dir=conf.cache_dir,
-                  own_settings=not eval_overridden())
-        if conf.logger and "wandb" in conf.logger:  # said, not silently skipped
-            print("[momattn] logger=wandb: a sweep's verdict is not logged to W&B (each job's own run holds its "
-                  f"training and end-of-run metrics); it is in {out / 'sweep.md'}", file=sys.stderr)
+                  own_settings=not eval_overridden(), wandb_cfg=(conf.logger or {}).get("wandb"))
         return []
     paths = conf.checkpoint_paths()
     metas, steps = [], []

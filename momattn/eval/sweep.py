@@ -396,6 +396,19 @@ def paired(seeds: Mapping, base: Mapping, key: str) -> list[float]:
     return [v[key] - base[sd][key] for sd, v in seeds.items() if sd in base and key in v and key in base[sd]]
 
 
+def verdict_tables(summaries: Sequence, parts: Sequence[str]) -> dict[str, list[dict]]:
+    """A sweep verdict's tables as flat rows (for W&B): `rows`, one per (setting, attention, metric) with its mean,
+    std, n and seeds, and each of `parts` (a list of dataclasses on every summary: comparisons, rises, findings),
+    every row with its setting."""
+    out: dict[str, list[dict]] = {"rows": [], **{part: [] for part in parts}}
+    for s in summaries:
+        for att, metrics in s.rows.items():
+            out["rows"].extend({"setting": s.setting, "attention": att, "metric": m, **v} for m, v in metrics.items())
+        for part in parts:
+            out[part].extend({"setting": s.setting, **asdict(x)} for x in getattr(s, part))
+    return out
+
+
 def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
     out = []
     for s, differs, rs in by_setting([r for r in runs if r.result is not None]):
@@ -622,9 +635,11 @@ def run_settings(run: SweepRun, default: EvalConfig) -> EvalConfig:
 
 
 def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: str,
-              cache_dir: str | None = None, own_settings: bool = False) -> list[SettingSummary]:
+              cache_dir: str | None = None, own_settings: bool = False,
+              wandb_cfg: Mapping | None = None) -> list[SettingSummary]:
     """Evaluate (or reuse) every run of a sweep and write the verdict. own_settings: each run with the settings of
-    its own end-of-run evaluation (eval_cfg where it has none), so its results.json is reused; else eval_cfg."""
+    its own end-of-run evaluation (eval_cfg where it has none), so its results.json is reused; else eval_cfg.
+    wandb_cfg (logger.wandb): the verdict's tables and plots also go to one W&B run."""
     from momattn.checkpoint import load_checkpoint
     from momattn.errors import CheckpointError
     from momattn.eval.report import results_document
@@ -690,4 +705,10 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
     atomic_write_text(out / "sweep.md", md)
     print(md)
     print(f"sweep verdict written to {out}/ (sweep.md, sweep.json" + "".join(f", {p.name}" for p in plots) + ")")
+    if wandb_cfg is not None:
+        from momattn.wandb_runs import log_verdict
+
+        log_verdict(out, wandb_cfg, "the sweep's verdict", verdict_tables(summaries, ("comparisons", "rises")), plots,
+                    job_type="sweep-verdict", name=f"verdict-{sweep_dir.name}",
+                    config={"sweep_dir": str(sweep_dir), "eval": doc["eval_config"], "failed": failed})
     return summaries

@@ -327,6 +327,27 @@ def _check_sweep_config(config_name: str, overrides: list[str], fixed: list, key
                               f"there {str(e).rstrip('.')}.{fix}") from None
 
 
+def check_config_flags(config_name: str, args) -> None:
+    """-cn / -cp / -cd (Hydra's other primary config, config path and config folder) are refused by name: the entry
+    point's code and its start-up checks read conf/<config_name>.yaml and conf/ (`train.py -cn evaluate` checked the
+    overrides against train.yaml, then ran train.py's code on evaluate.yaml)."""
+    entry = f"{config_name}.py"
+    own = ("add yours to a group there, e.g. conf/experiment/<name>.yaml, then experiment=<name>" if config_name ==
+           "train" else "set what differs with overrides")
+    name = args.config_name
+    if name is not None and name.removesuffix(".yaml") != config_name:
+        other = name.removesuffix(".yaml")
+        if (CONF_DIR / f"{other}.yaml").is_file():
+            raise ConfigError(f"-cn {name}: {other}.yaml is {other}.py's config; run python {other}.py instead")
+        raise ConfigError(f"-cn {name}: {entry} runs on conf/{config_name}.yaml only; set what differs with "
+                          "overrides" + (", or as an experiment (conf/experiment/<name>.yaml, then experiment=<name>)"
+                                         if config_name == "train" else ""))
+    for flag, value in (("-cp/--config-path", args.config_path), ("-cd/--config-dir", args.config_dir)):
+        if value is not None:
+            raise ConfigError(f"{flag} {value}: {entry} reads its configs from {CONF_DIR} only (its start-up checks "
+                              f"compose them there); {own}")
+
+
 def check_run_mode(overrides: list[str]) -> None:
     """A single run (no -m) given a sweep (attention=vanilla,momentum): Hydra refuses it, but the key checks came
     first and blamed another override (attention.eta=0.3: 'not a config key', as the first option lacks it)."""
@@ -687,6 +708,7 @@ def hydra_main(config_name: str):
             quiet_console()  # before Hydra: a sweeper's setup (Optuna's storage) logs too
             try:
                 args, flags = _command_line(sys.argv[1:])
+                check_config_flags(config_name, args)
                 if args.help:  # what this entry point does and its keys, with their comments
                     from momattn.helptext import print_help
 

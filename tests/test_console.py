@@ -158,6 +158,33 @@ def test_shell_completion_commands_are_hydras_not_overrides(tmp_path):
     assert r.returncode == 2 and "cannot be given together" in r.stderr
 
 
+def test_another_primary_config_or_config_folder_is_refused_by_name(tmp_path):
+    """`python train.py -cn evaluate ckpt_path=x` said "'ckpt_paths' is not a top-level config key" (the checks read
+    train.yaml, Hydra would compose evaluate.yaml for train.py's code); -cp / -cd folders were never read by the
+    checks either."""
+    from types import SimpleNamespace
+
+    from momattn.cli import check_config_flags
+    from momattn.errors import ConfigError
+
+    r = run_cli("train.py", ["-cn", "evaluate", "ckpt_path=x.ckpt"], tmp_path)
+    assert r.returncode == 2 and "error: -cn evaluate: evaluate.yaml is evaluate.py's config; run python " \
+                                 "evaluate.py instead" in r.stderr and "Traceback" not in r.stderr
+
+    def flags(name=None, path=None, folder=None):
+        return SimpleNamespace(config_name=name, config_path=path, config_dir=folder)
+
+    check_config_flags("train", flags("train"))
+    check_config_flags("evaluate", flags("evaluate.yaml"))
+    with pytest.raises(ConfigError, match=r"^-cn mine: train.py runs on conf/train.yaml only; .* experiment=<name>"):
+        check_config_flags("train", flags("mine"))
+    with pytest.raises(ConfigError, match=r"^-cd/--config-dir /x: analyze.py reads its configs from .*conf only "
+                                          r".*; set what differs with overrides$"):
+        check_config_flags("analyze", flags(folder="/x"))
+    with pytest.raises(ConfigError, match=r"^-cp/--config-path c: generate.py"):
+        check_config_flags("generate", flags(path="c"))
+
+
 @pytest.mark.slow
 def test_resume_from_a_run_folder_retypes_nothing(tmp_path):
     run = tmp_path / "run"

@@ -121,7 +121,8 @@ class TokenDataModule(LightningDataModule):
         return self._resumed["position"] - self._resumed["step"] * self._per_step()
 
     def _order(self) -> str | None:
-        return self.train_set.order() if isinstance(self.train_set, TokenWindows) else None  # a stream: its own
+        order = getattr(self.train_set, "order", None)  # TokenWindows', a stream's (StreamWindows)
+        return order() if callable(order) else None
 
     def state_dict(self) -> dict:
         step = self.trainer.global_step  # checkpoints are taken between optimizer steps

@@ -82,6 +82,14 @@ class StreamingHubCorpus:
                        self.data_files, local_files(self.data_files), self.revision, self.shuffle_buffer, self.seed, self.val_docs,
                        self.tokenizer_docs] + folder_files(self.name))
 
+    def order(self) -> str:
+        """The settings that decide the training stream's documents and their order: a resume whose order differs
+        starts the new one at its beginning (TokenDataModule). The files' contents are not read for it (a file
+        rewritten in place, or an unpinned hub corpus updated, is not told apart)."""
+        held = [self.val_docs] if self.val_split is None else []  # the rows left out of training
+        return digest(["hf_stream", self.name, self.config, self.train_split, self.val_split, self.text_field,
+                       self.data_files, self.revision, self.shuffle_buffer, self.seed, *held])
+
     def _open(self, split: str):
         import datasets
 
@@ -204,6 +212,11 @@ class StreamWindows(Dataset):
         self._queue: queue.Queue | None = None
         self._stop: threading.Event | None = None
         self._next = 0  # index of the next window the queue holds
+
+    def order(self) -> str:
+        """Which windows, in which order (TokenWindows.order's counterpart): the stream's settings, the tokenizer and
+        the window size."""
+        return f"stream/{self.source.order()}/{self.tokenizer.fingerprint}/{self.block_size}"
 
     def __getstate__(self):  # DataLoader workers get a copy without the thread
         state = dict(self.__dict__)

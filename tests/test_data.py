@@ -76,6 +76,16 @@ def test_text_file_documents_crlf_blank_lines_and_a_single_document(tmp_path):
         assert not train.endswith("word") and not val.startswith("ord")  # cut at a space
 
 
+@pytest.mark.parametrize("text", ["Chapter 1 " + "字" * 2000, "A title\n" + "x" * 2000 + " end"])
+def test_a_single_document_with_few_spaces_is_cut_near_val_fraction(tmp_path, text):
+    # the cut moved back to the last space before it, however far: a CJK text whose only space came after its
+    # first word trained on "Chapter" and validated on the rest (found by review)
+    (tmp_path / "one.txt").write_text(text)
+    one = TextFiles([str(tmp_path / "one.txt")], val_fraction=0.05)
+    [train], [val] = one.documents("train"), one.documents("val")
+    assert 0.9 * len(text) < len(train) and len(val) < 0.1 * len(text) and text.startswith(train) and text.endswith(val)
+
+
 def test_a_changed_local_file_is_a_new_hub_corpus(tmp_path):
     import os
 

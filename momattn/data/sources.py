@@ -144,8 +144,9 @@ class TextFiles:
 
     def fingerprint(self) -> str:
         files = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in self._files]
-        # 2: blank lines; 3: training leaves out copies of validation documents
-        return digest(["text_files", 3, files, self.val_fraction, self.text_field, self.seed])
+        # 2: blank lines; 3: training leaves out copies of validation documents; 4: one document is cut near its
+        # val_fraction (it was cut at the last space before that, however far)
+        return digest(["text_files", 4, files, self.val_fraction, self.text_field, self.seed])
 
     def _read(self, p: Path) -> list[str]:
         text = _read_utf8(p)
@@ -192,8 +193,9 @@ class TextFiles:
         if len(self._docs) < 2:  # one document: its tail is the validation text, its head the training text
             doc = self._docs[0]
             cut = max(1, min(int(len(doc) * (1 - self.val_fraction)), len(doc) - 1))
-            space = doc.rfind(" ", 0, cut)
-            cut = space if space > 0 else cut  # at a space where there is one
+            near = max(0, cut - 200)  # a word's length: a space far before the cut (CJK text) would move it there
+            space = max(doc.rfind(" ", near, cut), doc.rfind("\n", near, cut))
+            cut = space if space > 0 else cut  # at a space where there is one near
             return [doc[cut:].strip()] if split == "val" else [doc[:cut]]
         return _held_out(self._docs, split, self.val_fraction, self.seed)
 

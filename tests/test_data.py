@@ -262,8 +262,16 @@ def test_text_files_checks_paths_when_reading_not_when_configured(tmp_path):
     src = TextFiles(["missing.txt"])  # a config is valid on any machine
     with pytest.raises(DataError, match="'missing.txt' does not exist"):
         src.fingerprint()
-    with pytest.raises(DataError, match="suffix '.csv'"):
+    with pytest.raises(DataError, match=r"suffix '.csv'; use .txt or .md \(plain text\), .jsonl or .json"):
         TextFiles(["table.csv"])
+
+
+def test_a_suffix_in_capitals_is_read_as_its_kind(tmp_path):
+    # CORPUS.TXT (as Windows and old tools write it) was refused with "has suffix '.TXT'; use .txt" (found by review)
+    (tmp_path / "CORPUS.TXT").write_text("one doc\n\nanother doc")
+    (tmp_path / "ROWS.JSONL").write_text('{"text": "row one"}\n{"text": "row two"}\n')
+    src = TextFiles([str(tmp_path / "CORPUS.TXT"), str(tmp_path / "ROWS.JSONL")], val_fraction=0.25)
+    assert sorted(src.documents("train") + src.documents("val")) == ["another doc", "one doc", "row one", "row two"]
 
 
 def test_another_staicc_release_changes_the_default_corpus_fingerprint(monkeypatch):

@@ -106,8 +106,8 @@ def _held_out(docs: list[str], split: Split, fraction: float, seed: int) -> list
 
 @dataclass
 class TextFiles:
-    """Your own corpus: .txt files (documents separated by blank lines) and .jsonl files (one JSON object per
-    line, text in `text_field`; a .json file may also hold one array of such objects). A seeded `val_fraction` of the documents is held out for validation."""
+    """Your own corpus: .txt files (documents separated by blank lines; also .md and no suffix) and .jsonl files
+    (one JSON object per line, text in `text_field`; a .json file may also hold one array of such objects). A seeded `val_fraction` of the documents is held out for validation."""
 
     paths: list[str] = field(default_factory=list)
     val_fraction: float = 0.05
@@ -119,8 +119,9 @@ class TextFiles:
         if not self.paths:
             raise DataError("data=text_files needs data.paths=[file1.txt,file2.jsonl,...]")
         for p in map(Path, self.paths):
-            if p.suffix not in (".txt", ".jsonl", ".json", ".md", ""):
-                raise DataError(f"data.paths: '{p}' has suffix '{p.suffix}'; use .txt (plain text) or .jsonl")
+            if p.suffix.lower() not in (".txt", ".jsonl", ".json", ".md", ""):  # CORPUS.TXT is text too
+                raise DataError(f"data.paths: '{p}' has suffix '{p.suffix}'; use .txt or .md (plain text), .jsonl or "
+                                ".json (JSON rows)")
         if not 0.0 < self.val_fraction < 1.0:
             raise DataError(f"data.val_fraction={self.val_fraction} must lie in (0, 1)")
         check_seed(self.seed)
@@ -150,7 +151,7 @@ class TextFiles:
 
     def _read(self, p: Path) -> list[str]:
         text = _read_utf8(p)
-        if p.suffix not in (".jsonl", ".json"):
+        if p.suffix.lower() not in (".jsonl", ".json"):
             return [d.strip() for d in _BLANK_LINE.split(text.replace("\r\n", "\n")) if d.strip()]
         docs = []
         for where, row in self._json_rows(p, text):
@@ -168,7 +169,7 @@ class TextFiles:
     def _json_rows(p: Path, text: str):
         """('line n' or 'item n', the object) of a JSON Lines file, or of a .json file holding one array of objects
         (read line by line, its first line '[' had no field 'text')."""
-        if p.suffix == ".json" and text.lstrip().startswith("["):
+        if p.suffix.lower() == ".json" and text.lstrip().startswith("["):
             try:
                 rows = json.loads(text)
             except json.JSONDecodeError as e:

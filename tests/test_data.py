@@ -274,6 +274,23 @@ def test_a_suffix_in_capitals_is_read_as_its_kind(tmp_path):
     assert sorted(src.documents("train") + src.documents("val")) == ["another doc", "one doc", "row one", "row two"]
 
 
+@pytest.mark.parametrize("source", ["hf", "hf_stream"])
+def test_data_files_as_one_file_or_a_list_are_the_training_split(tmp_path, source):
+    # data.data_files=a.jsonl (datasets reads a file or a list as the train split) was refused with OmegaConf's
+    # "data.data_files: Cannot assign str to Dict[str, Any]" (found by review)
+    target = {"hf": "momattn.data.sources.HubCorpus", "hf_stream": "momattn.data.streaming.StreamingHubCorpus"}[source]
+    for i in (1, 2):
+        (tmp_path / f"p{i}.jsonl").write_text("".join(json.dumps({"text": f"part {i} doc {j}"}) + "\n" for j in range(20)))
+    one, both = str(tmp_path / "p1.jsonl"), [str(tmp_path / "p1.jsonl"), str(tmp_path / "p2.jsonl")]
+    for files, n in ((one, 20), (both, 40)):
+        held = {"val_docs": 5} if source == "hf_stream" else {}
+        src = make_source({"_target_": target, "name": "json", "data_files": files, "val_split": None, **held})
+        assert src.data_files == {"train": files}
+        assert len(src.documents("train")) + len(src.documents("val")) == n
+    with pytest.raises(DataError, match=r"data.data_files=5 .*data.data_files=\{train: a.jsonl"):
+        make_source({"_target_": target, "name": "json", "data_files": 5, "val_split": None})
+
+
 def test_another_staicc_release_changes_the_default_corpus_fingerprint(monkeypatch):
     import importlib.metadata
 

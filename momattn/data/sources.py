@@ -211,7 +211,7 @@ class HubCorpus:
     train_split: str = "train"
     val_split: str | None = "validation"  # null: hold out val_fraction of train
     text_field: str = "text"
-    data_files: dict[str, Any] | None = None  # local builders: {train: a.jsonl, validation: b.jsonl}
+    data_files: Any = None  # local builders: {train: a.jsonl, validation: b.jsonl}; a file or a list: the train split's
     val_fraction: float = 0.01
     seed: int = SPLIT_SEED
     revision: str | None = None  # a hub commit or tag; the token cache is keyed by it (unpinned: by the name only)
@@ -221,6 +221,7 @@ class HubCorpus:
             raise DataError("data=hf needs data.name=<hub dataset>, e.g. data.name=Salesforce/wikitext "
                             "data.config=wikitext-103-raw-v1")
         check_splits(self.train_split, self.val_split)
+        self.data_files = split_files(self.data_files, self.train_split)
         check_local_files(self.name, self.data_files)
         if self.val_split is None:  # seed and val_fraction hold out part of train only then
             check_seed(self.seed)
@@ -233,7 +234,6 @@ class HubCorpus:
                                     "split is the validation set, read whole); to hold out part of "
                                     f"data.train_split='{self.train_split}' instead set data.val_split=null, or drop "
                                     f"data.{key}")
-        self.data_files = dict(self.data_files) if self.data_files else None
 
     def fingerprint(self) -> str:
         return digest(["hf", 1, self.name, self.config, self.train_split, self.val_split, self.text_field,
@@ -314,6 +314,17 @@ def check_local_files(name: str, data_files) -> None:
         ext = {"text": "txt", "json": "jsonl"}.get(str(name).lower(), str(name).lower())
         raise DataError(f"data.name={name} reads local files: name them with data.data_files={{train: a.{ext}}} "
                         f"(without it, every file of the current folder is read)")
+
+
+def split_files(data_files: Any, train_split: str) -> dict | None:
+    """data.data_files as {split: files}: a file or a list of files (what datasets reads as the train split) are
+    the training split's."""
+    if isinstance(data_files, str | list | tuple):
+        return {train_split: data_files} if data_files else None
+    if data_files is not None and not isinstance(data_files, Mapping):
+        raise DataError(f"data.data_files={data_files!r} is not a file, a list or a mapping of splits to files; write "
+                        "e.g. data.data_files={train: a.jsonl, validation: b.jsonl}")
+    return dict(data_files) if data_files else None
 
 
 def check_splits(train_split: str, val_split: str | None) -> None:

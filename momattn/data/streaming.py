@@ -37,6 +37,7 @@ from momattn.data.sources import (
     local_files,
     no_rows,
     not_utf8,
+    split_files,
     unparsed_rows,
 )
 from momattn.errors import DataError, first_line
@@ -58,7 +59,7 @@ class StreamingHubCorpus:
     train_split: str = "train"
     val_split: str | None = "validation"  # null: the first val_docs documents of the train stream
     text_field: str = "text"
-    data_files: dict[str, Any] | None = None  # local builders: {train: a.jsonl, validation: b.jsonl}
+    data_files: Any = None  # local builders: {train: a.jsonl, validation: b.jsonl}; a file or a list: the train split's
     revision: str | None = None  # a hub commit or tag: pin it, so a resume reads the same stream
     shuffle_buffer: int = 10_000  # documents shuffled in a buffer of this size (0: corpus order)
     seed: int = 1234
@@ -70,12 +71,12 @@ class StreamingHubCorpus:
             raise DataError("data=hf_stream needs data.name=<hub dataset>, e.g. data.name=HuggingFaceFW/fineweb "
                             "data.config=sample-10BT data.val_split=null (it has no validation split), or data.name=json data.data_files={train: a.jsonl}")
         check_splits(self.train_split, self.val_split)
+        self.data_files = split_files(self.data_files, self.train_split)
         check_local_files(self.name, self.data_files)
         check_seed(self.seed, "the shuffle buffer")
         if self.shuffle_buffer < 0 or self.val_docs < 1 or self.tokenizer_docs < 1:
             raise DataError(f"data.shuffle_buffer={self.shuffle_buffer} must be >= 0, data.val_docs={self.val_docs} "
                             f"and data.tokenizer_docs={self.tokenizer_docs} >= 1")
-        self.data_files = dict(self.data_files) if self.data_files else None
 
     def fingerprint(self) -> str:
         return digest(["hf_stream", 1, self.name, self.config, self.train_split, self.val_split, self.text_field,

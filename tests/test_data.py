@@ -291,6 +291,23 @@ def test_data_files_as_one_file_or_a_list_are_the_training_split(tmp_path, sourc
         make_source({"_target_": target, "name": "json", "data_files": 5, "val_split": None})
 
 
+@pytest.mark.parametrize("source", ["hf", "hf_stream"])
+def test_a_split_the_files_do_not_have_is_named_with_the_splits_they_have(tmp_path, source):
+    # data=hf data.name=json data.data_files={train: a.jsonl} (val_split left at 'validation') said "cannot load ...
+    # ValueError: Unknown split ... Without network, use local files" (hf_stream: "... check the network")
+    from momattn.data.streaming import StreamingHubCorpus
+
+    cls = {"hf": HubCorpus, "hf_stream": StreamingHubCorpus}[source]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": f"doc {j}"}) + "\n" for j in range(20)))
+    files = {"train": str(tmp_path / "a.jsonl")}
+    with pytest.raises(DataError, match=r"^data.val_split='validation' is not a split of data.name='json' \(its "
+                                        r"splits: \['train'\]\); name one of them, or data.val_split=null"):
+        cls(name="json", data_files=files).documents("val")
+    with pytest.raises(DataError, match=r"^data.train_split='trian' is not a split of data.name='json' \(its splits: "
+                                        r"\['train'\]\); name one of them$"):
+        cls(name="json", data_files=files, train_split="trian", val_split=None).documents("val")
+
+
 def test_another_staicc_release_changes_the_default_corpus_fingerprint(monkeypatch):
     import importlib.metadata
 

@@ -253,6 +253,8 @@ class HubCorpus:
         except StopIteration:  # what datasets raises for files without a single row
             raise no_rows(self.name, self.data_files) from None
         except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError, ...)
+            if wrong := unknown_split(self.name, split, self.val_split, e):
+                raise wrong from None
             if self.data_files and type(e).__name__ == "DatasetGenerationError":  # local files that do not parse
                 raise unparsed_rows(self.name, self.data_files, split, e) from e
             raise DataError(
@@ -297,6 +299,18 @@ def unparsed_rows(name: str, data_files: Any, split: str, e: BaseException) -> D
     return DataError(f"data.name='{name}'{files}: a row of the {split} split cannot be read ({type(cause).__name__}: "
                      f"{first_line(cause, 200)}); fix or remove it, or choose the builder that reads the files (json "
                      "for JSON lines, text for plain text)")
+
+
+def unknown_split(name: str, split: str, val_split: str | None, e: BaseException) -> DataError | None:
+    """A split the dataset does not have, named by its key with the splits it has (datasets says 'Unknown split'
+    or, streaming, 'Bad split'); None for any other failure."""
+    if not (isinstance(e, ValueError) and re.search(r"Unknown split|Bad split", str(e))):
+        return None
+    splits = re.search(r"\[[^\]]*\]", str(e))
+    key = "val_split" if split == val_split else "train_split"
+    return DataError(f"data.{key}='{split}' is not a split of data.name='{name}'"
+                     + (f" (its splits: {splits.group(0)})" if splits else "") + "; name one of them"
+                     + (", or data.val_split=null to hold out part of the training split" if key == "val_split" else ""))
 
 
 def no_rows(name: str, data_files: Any) -> DataError:

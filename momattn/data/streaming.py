@@ -38,6 +38,7 @@ from momattn.data.sources import (
     no_rows,
     not_utf8,
     split_files,
+    unknown_split,
     unparsed_rows,
 )
 from momattn.errors import DataError, first_line
@@ -100,6 +101,8 @@ class StreamingHubCorpus:
         except StopIteration:  # what datasets raises for files without a single row
             raise no_rows(self.name, self.data_files) from None
         except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError, ...)
+            if wrong := unknown_split(self.name, split, self.val_split, e):
+                raise wrong from None
             raise DataError(
                 f"cannot stream data.name='{self.name}' (config={self.config}, split={split}): "
                 f"{type(e).__name__}: {first_line(e, 300)}. Streaming reads the hub "

@@ -308,6 +308,25 @@ def test_a_split_the_files_do_not_have_is_named_with_the_splits_they_have(tmp_pa
         cls(name="json", data_files=files, train_split="trian", val_split=None).documents("val")
 
 
+@pytest.mark.parametrize("source", ["hf", "hf_stream"])
+def test_a_folder_written_by_save_to_disk_is_read(tmp_path, source):
+    # datasets.load_dataset refuses a saved Dataset ("Please use `load_from_disk` instead"), which no data.* key
+    # could ask for (found by review)
+    import datasets
+
+    from momattn.data.streaming import StreamingHubCorpus
+
+    cls = {"hf": HubCorpus, "hf_stream": StreamingHubCorpus}[source]
+    held = {"val_docs": 4} if source == "hf_stream" else {"val_fraction": 0.2}
+    texts = [f"saved doc {j}" for j in range(20)]
+    datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "saved"))
+    src = cls(name=str(tmp_path / "saved"), val_split=None, **held)
+    train, val = src.documents("train"), src.documents("val")
+    assert len(val) == 4 and sorted(train + val) == sorted(texts)
+    with pytest.raises(DataError, match=r"one Dataset saved with save_to_disk, without splits.*data.val_split=null"):
+        cls(name=str(tmp_path / "saved")).documents("val")
+
+
 def test_another_staicc_release_changes_the_default_corpus_fingerprint(monkeypatch):
     import importlib.metadata
 

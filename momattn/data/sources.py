@@ -204,7 +204,8 @@ class TextFiles:
 @dataclass
 class HubCorpus:
     """Any `datasets` corpus by hub name (Salesforce/wikitext, HuggingFaceFW/fineweb, ...; datasets >= 4 refuses
-    script datasets such as openwebtext) or a local builder (json, text)."""
+    script datasets such as openwebtext), a local builder (json, text) or a local folder (one that save_to_disk wrote
+    included)."""
 
     name: str = ""  # hub name, or a builder: json | text | csv
     config: str | None = None
@@ -245,6 +246,8 @@ class HubCorpus:
     def _load(self, split: str):
         import datasets
 
+        if (saved := saved_dataset(self.name, split, self.train_split)) is not None:
+            return saved
         try:
             return datasets.load_dataset(self.name, self.config, split=split, data_files=self.data_files,
                                          revision=self.revision)
@@ -299,6 +302,21 @@ def unparsed_rows(name: str, data_files: Any, split: str, e: BaseException) -> D
     return DataError(f"data.name='{name}'{files}: a row of the {split} split cannot be read ({type(cause).__name__}: "
                      f"{first_line(cause, 200)}); fix or remove it, or choose the builder that reads the files (json "
                      "for JSON lines, text for plain text)")
+
+
+def saved_dataset(name: str, split: str, train_split: str):
+    """The rows of a folder that Dataset.save_to_disk wrote (datasets.load_dataset refuses one: 'use
+    load_from_disk'), or None where `name` is no such folder. It has no splits: it is the training split."""
+    folder = Path(str(name)).expanduser()
+    if not (folder / "state.json").is_file():  # (a DatasetDict's folder has one per split: load_dataset reads it)
+        return None
+    if split != train_split:
+        raise DataError(f"data.name='{name}' is one Dataset saved with save_to_disk, without splits: it is the "
+                        f"training split, and has no split '{split}'; set data.val_split=null to hold out part of it "
+                        "(or save a DatasetDict with a validation split)")
+    import datasets
+
+    return datasets.load_from_disk(str(folder))
 
 
 def unknown_split(name: str, split: str, val_split: str | None, e: BaseException) -> DataError | None:

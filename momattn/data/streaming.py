@@ -37,6 +37,7 @@ from momattn.data.sources import (
     local_files,
     no_rows,
     not_utf8,
+    saved_dataset,
     split_files,
     unknown_split,
     unparsed_rows,
@@ -95,6 +96,8 @@ class StreamingHubCorpus:
     def _open(self, split: str):
         import datasets
 
+        if (saved := saved_dataset(self.name, split, self.train_split)) is not None:
+            return saved.to_iterable_dataset()
         try:
             return datasets.load_dataset(self.name, self.config, split=split, data_files=self.data_files,
                                          revision=self.revision, streaming=True)

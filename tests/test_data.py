@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from momattn.data.corpus import load_tokens
+from momattn.data.corpus import cache_key, load_tokens
 from momattn.data.sources import (
     LEGACY_SOURCES,
     HubCorpus,
@@ -177,6 +177,24 @@ def test_token_cache_is_reused_and_documents_are_separated(tmp_path):
     b = load_tokens(cfg, tok, "val", tmp_path)
     assert np.array_equal(a, b) and next((tmp_path / "tokens").glob("*.bin")).stat().st_mtime_ns == mtime
 
+
+
+def test_the_partial_file_of_a_killed_cache_build_is_removed_by_the_next_build(tmp_path, capsys):
+    # a build killed while writing (SIGKILL, OOM, or a SIGTERM before training, which Python does not catch) left
+    # its temporary .bin, as large as the corpus's tokens, in the cache folder for good (found by review)
+    import os
+
+    (tmp_path / "c.txt").write_text("\n\n".join(f"document {i}" for i in range(20)))
+    src = TextFiles([str(tmp_path / "c.txt")])
+    tok = train_bpe(lambda: src.documents("train"), 300)
+    key = cache_key(src.fingerprint(), tok, "train")
+    (tmp_path / "cache" / "tokens").mkdir(parents=True)
+    dead = tmp_path / "cache" / "tokens" / f".{key}.bin.0123abcd.tmp99999999"  # a writer that is not running
+    dead.write_bytes(b"\0" * 1000)
+    os.utime(dead, (0, 0))  # idle for long
+    load_tokens(src, tok, "train", tmp_path / "cache")
+    assert not dead.exists()
+    assert f"removed {dead.name}, a partial token cache of a killed process" in capsys.readouterr().err
 
 
 def test_a_damaged_or_truncated_token_cache_is_rebuilt_and_an_untouched_one_is_not_reread(tmp_path, capsys, monkeypatch):

@@ -22,7 +22,7 @@ import numpy as np
 
 from momattn.data.sources import DataSource, make_source
 from momattn.errors import DataError
-from momattn.io import atomic_write, atomic_write_text, file_lock
+from momattn.io import atomic_write, atomic_write_text, file_lock, remove_stale_temps
 from momattn.tokenizer import Tokenizer
 
 
@@ -153,6 +153,8 @@ def load_tokens(source: DataSource | Mapping, tokenizer: Tokenizer, split: str,
             return _open(bin_path, meta_path)
         if problem != "missing":
             print(f"[momattn] warning: token cache {bin_path} is {problem}; rebuilding it", file=sys.stderr, flush=True)
+        for tmp in remove_stale_temps(cache / "tokens"):  # a killed build's partial .bin, as large as its tokens
+            print(f"[momattn] removed {tmp.name}, a partial token cache of a killed process", file=sys.stderr)
         ids, n_docs = _own_token_ids(source, tokenizer, split)
         if ids is None:
             docs = source.documents(split)

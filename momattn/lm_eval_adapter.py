@@ -35,6 +35,19 @@ from momattn.hardware import resolve_device
 Pair = tuple[list[int], list[int]]  # (context ids, continuation ids)
 
 
+def rows_per_batch(batch_size: int | str) -> int | None:
+    """The rows a batch may hold: batch_size as a count, or None for auto / auto:N (batch_tokens bounds a batch)."""
+    from momattn.errors import ConfigError
+
+    text = str(batch_size).strip()
+    auto, _, every = text.partition(":")
+    if auto == "auto" and (not every or every.isdigit()):
+        return None
+    if isinstance(batch_size, bool) or not text.isdigit() or int(text) < 1:  # -2, 0, abc: was auto, unnoticed
+        raise ConfigError(f"--model_args batch_size={batch_size!r} must be an int >= 1, auto or auto:N")
+    return int(text)
+
+
 @register_model("momattn")
 class MomattnLM(TemplateLM):
     ARGS = ("ckpt_path", "device", "batch_size", "batch_tokens", "max_gen_toks", "precision")
@@ -63,7 +76,7 @@ class MomattnLM(TemplateLM):
         self._device = resolve_device(device or "auto")
         self.model, self.tokenizer = load_checkpoint(ckpt_path, map_location=self._device)
         self.precision = precision
-        self.max_rows = int(batch_size) if str(batch_size).isdigit() and int(batch_size) > 0 else None  # "auto": by tokens
+        self.max_rows = rows_per_batch(batch_size)
         self.batch_tokens, self.max_gen_toks = int(batch_tokens), int(max_gen_toks)
         self._warned: set[str] = set()  # generation settings already reported as ignored
 

@@ -160,3 +160,15 @@ def test_a_whitespace_only_context_reads_as_the_empty_context(ckpt):
     ((blank, _), (empty, _)) = lm.loglikelihood([req("loglikelihood", "\n", "Yes"), req("loglikelihood", "", "\nYes")])
     assert blank == pytest.approx(empty, abs=1e-6) and blank < 0  # lm-eval moved the "\n" to the continuation
     assert lm.score_pairs([([1, 2], [])]) == [(0.0, True)]
+
+
+@pytest.mark.parametrize("arg", ["batch_size=abc", "batch_size=-2", "batch_size=0", "batch_size=auto:x", "batch_size=2.5"])
+def test_a_batch_size_that_is_neither_a_count_nor_auto_is_refused(ckpt, arg):
+    from momattn.errors import ConfigError
+
+    # it was taken silently as batch_size=auto (rows bounded by batch_tokens alone), a misspelt count unnoticed
+    key, value = arg.split("=")
+    with pytest.raises(ConfigError, match=f"--model_args {key}='?{value}'? must be an int >= 1, auto or auto:N"):
+        MomattnLM.create_from_arg_string(f"ckpt_path={ckpt},{arg}")
+    for ok, rows in (("4", 4), ("auto", None), ("auto:8", None)):  # lm-eval's own --batch_size spellings
+        assert MomattnLM.create_from_arg_string(f"ckpt_path={ckpt}", {"batch_size": ok}).max_rows == rows

@@ -20,6 +20,7 @@ Needs the [lm-eval] extra: pip install 'momattn[lm-eval]'.
 
 from __future__ import annotations
 
+import math
 import sys
 
 import torch
@@ -33,6 +34,14 @@ from momattn.generate import inference_autocast, sample_tokens
 from momattn.hardware import resolve_device
 
 Pair = tuple[list[int], list[int]]  # (context ids, continuation ids)
+
+
+def _is_float(v) -> bool:
+    """A finite number, or a string that reads as one (--gen_kwargs temperature=0.7)."""
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
 
 
 def rows_per_batch(batch_size: int | str) -> int | None:
@@ -186,18 +195,39 @@ class MomattnLM(TemplateLM):
 
     # -- generation ------------------------------------------------------------------------------------------
 
+    def _generation_settings(self, kwargs: dict) -> tuple[list[str], int, float, int | None]:
+        """(until, max_gen_toks, temperature (0: greedy), top_k) popped from a request's generation kwargs; a
+        ConfigError naming a setting of the wrong type or range (null: the default)."""
+        from momattn.errors import ConfigError
+
+        def bad(key: str, value, must: str) -> ConfigError:
+            return ConfigError(f"generation setting {key}={value!r} must be {must} (the task's generation_kwargs "
+                               "or --gen_kwargs)")
+
+        until = kwargs.pop("until", None) or []
+        until = [until] if isinstance(until, str) else until
+        if not isinstance(until, list | tuple) or not all(isinstance(s, str) for s in until):
+            raise bad("until", until, "a string or a list of strings")
+        settings = {}
+        for key, default, must in (("max_gen_toks", self.max_gen_toks, "an int >= 0"),
+                                   ("temperature", 1.0, "a number >= 0"),
+                                   ("top_k", 0, "an int >= 0 (0: the whole vocabulary)")):
+            v = kwargs.pop(key, None)
+            v = default if v is None else v
+            number = _is_float(v) if key == "temperature" else str(v).strip().isdigit()
+            if isinstance(v, bool) or not number or float(v) < 0:
+                raise bad(key, v, must)
+            settings[key] = float(v) if key == "temperature" else int(v)
+        sample = bool(kwargs.pop("do_sample", False)) and settings["temperature"] > 0
+        # greedy unless sampling; top_k 0: the whole vocabulary (transformers' meaning)
+        return (list(until), settings["max_gen_toks"], settings["temperature"] if sample else 0.0,
+                settings["top_k"] or None)
+
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         out = []
         for req in tqdm(requests, disable=disable_tqdm, desc="momattn generating"):
             context, kwargs = req.args[0], dict(req.args[1] or {})
-            until = kwargs.pop("until", None) or []
-            until = [until] if isinstance(until, str) else list(until)
-            max_new = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
-            temperature = float(kwargs.pop("temperature", 1.0))
-            sample = bool(kwargs.pop("do_sample", False)) and temperature > 0
-            temperature = temperature if sample else 0.0
-            top_k = kwargs.pop("top_k", None)
-            top_k = int(top_k) if top_k else None  # 0 or None: the whole vocabulary (transformers' meaning)
+            until, max_new, temperature, top_k = self._generation_settings(kwargs)
             ignored = sorted(set(kwargs) - self._warned)
             if ignored:  # top_p, repetition_penalty, ...: say so once instead of sampling otherwise than asked
                 print(f"momattn: generation settings {', '.join(ignored)} are not supported and are ignored",

@@ -172,3 +172,25 @@ def test_a_batch_size_that_is_neither_a_count_nor_auto_is_refused(ckpt, arg):
         MomattnLM.create_from_arg_string(f"ckpt_path={ckpt},{arg}")
     for ok, rows in (("4", 4), ("auto", None), ("auto:8", None)):  # lm-eval's own --batch_size spellings
         assert MomattnLM.create_from_arg_string(f"ckpt_path={ckpt}", {"batch_size": ok}).max_rows == rows
+
+
+@pytest.mark.parametrize(("setting", "says"), [
+    ({"max_gen_toks": "abc"}, "max_gen_toks='abc' must be an int >= 0"),  # was int()'s ValueError traceback
+    ({"max_gen_toks": -1}, "max_gen_toks=-1 must be an int >= 0"),  # was silently nothing generated
+    ({"temperature": "hot", "do_sample": True}, "temperature='hot' must be a number >= 0"),
+    ({"top_k": -1, "do_sample": True}, r"top_k=-1 must be an int >= 0 \(0: the whole vocabulary\)"),  # torch.topk's error
+    ({"until": [3]}, r"until=\[3\] must be a string or a list of strings"),  # TypeError in `s in text`
+])
+def test_bad_generation_settings_are_refused_by_name(ckpt, setting, says):
+    from momattn.errors import ConfigError
+
+    lm = MomattnLM(ckpt_path=str(ckpt), precision="32-true")
+    with pytest.raises(ConfigError, match=f"generation setting {says} .*generation_kwargs or --gen_kwargs"):
+        lm.generate_until([req("generate_until", "Review:", {"until": ["\n"], **setting})])
+
+
+def test_a_null_max_gen_toks_or_until_takes_the_defaults(ckpt):
+    lm = MomattnLM(ckpt_path=str(ckpt), precision="32-true", max_gen_toks=3)
+    (null,) = lm.generate_until([req("generate_until", "Review:", {"until": None, "max_gen_toks": None})])
+    (default,) = lm.generate_until([req("generate_until", "Review:", {})])  # was int(None)'s TypeError
+    assert null == default and len(lm.tok_encode(default)) <= 3

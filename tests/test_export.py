@@ -208,3 +208,32 @@ def test_help_prints_the_usage_and_exits_0(flag, capsys):
     main([flag])  # it was "error: '--help' is not an export argument", exit 2
     out = capsys.readouterr().out
     assert "python -m momattn.export ckpt_path=" in out and "trust_remote_code=True" in out
+
+
+@pytest.mark.parametrize("attention", ["momentum", "multirate_ema"])
+def test_the_exported_model_returns_hidden_states_and_tuples_when_asked(tmp_path, attention):
+    # output_hidden_states=True gave hidden_states=None and return_dict=False a CausalLMOutput (unpacking it gave
+    # its key names): probes of the representations read nothing. GPT-2's convention: the embeddings, each block's
+    # output, the last one after the final norm
+    ckpt = tiny_checkpoint(tmp_path / "m.ckpt", attention)
+    ours, _ = load_checkpoint(ckpt)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(export(ckpt, tmp_path / "hf"), trust_remote_code=True)
+    seen = []
+    for block in ours.blocks:
+        block.register_forward_hook(lambda m, args, out: seen.append(out))
+    ids = torch.randint(0, 300, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = ours(ids)
+        out = hf(ids, output_hidden_states=True)
+        loss, tuple_logits, hidden = hf(ids, labels=ids, output_hidden_states=True, return_dict=False)
+    assert len(out.hidden_states) == ours.config.n_layer + 1
+    torch.testing.assert_close(out.hidden_states[0], ours.wte(ids) + ours.wpe(torch.arange(9)))
+    for mine, theirs in zip(seen[:-1], out.hidden_states[1:-1]):
+        torch.testing.assert_close(theirs, mine, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.hidden_states[-1], ours.ln_f(seen[-1]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tuple_logits, logits, atol=1e-4, rtol=1e-4)
+    assert loss.ndim == 0 and len(hidden) == len(out.hidden_states)
+    assert hf(ids).hidden_states is None and len(hf(ids, return_dict=False)) == 1  # not asked: logits alone
+    gen = hf.generate(ids[:1, :4], max_new_tokens=2, do_sample=False, use_cache=False, pad_token_id=0,
+                      output_hidden_states=True, return_dict_in_generate=True)
+    assert [len(step) for step in gen.hidden_states] == [ours.config.n_layer + 1] * 2  # was (None, None)

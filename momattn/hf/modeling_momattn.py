@@ -166,7 +166,10 @@ class MomattnForCausalLM(PreTrainedModel, GenerationMixin):
         self.wte = value
 
     def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.LongTensor | None = None, **kwargs) -> CausalLMOutput:
+                labels: torch.LongTensor | None = None, output_hidden_states: bool | None = None,
+                return_dict: bool | None = None, **kwargs) -> CausalLMOutput | tuple:
+        """logits (B, T, V); with output_hidden_states, GPT-2's n_layer + 1 states (B, T, C): the embeddings, each
+        block's output, the last one after the final norm. return_dict=False: a tuple of the fields that are set."""
         B, T = input_ids.shape
         if attention_mask is not None and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
             raise ValueError("attention_mask has a padded position before a real one (left padding, or a token "
@@ -177,15 +180,21 @@ class MomattnForCausalLM(PreTrainedModel, GenerationMixin):
         x = self.wte(input_ids)
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(T, device=input_ids.device))
+        hidden = []
         for block in self.blocks:
+            hidden.append(x)
             x = block(x)
-        logits = F.linear(self.ln_f(x), self.wte.weight)  # tied input/output embeddings
+        x = self.ln_f(x)
+        logits = F.linear(x, self.wte.weight)  # tied input/output embeddings
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        return CausalLMOutput(loss=loss, logits=logits)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        out = CausalLMOutput(loss=loss, logits=logits, hidden_states=(*hidden, x) if output_hidden_states else None)
+        return out.to_tuple() if return_dict is False else out
 
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, output_hidden_states=None, **kwargs):
         window = slice(-self.config.block_size, None)
-        return {"input_ids": input_ids[:, window],
+        return {"input_ids": input_ids[:, window], "output_hidden_states": output_hidden_states,
                 "attention_mask": None if attention_mask is None else attention_mask[:, window]}

@@ -25,10 +25,22 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from lm_eval.api.model import TemplateLM
-from lm_eval.api.registry import register_model
-from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
+
+try:
+    from lm_eval.api.model import TemplateLM
+    from lm_eval.api.registry import register_model
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+except ImportError as e:  # without the extra: say how to get it, not a ModuleNotFoundError traceback
+    if not (e.name or "").startswith("lm_eval"):
+        raise
+    _WHY = f"the lm-eval adapter needs the [lm-eval] extra ({e.name} is missing): pip install 'momattn[lm-eval]'"
+    if __name__ == "__main__":  # one line and exit status 2, as main() reports other bad input
+        print(f"error: {_WHY}", file=sys.stderr)
+        sys.exit(2)
+    from momattn.errors import ConfigError
+
+    raise ConfigError(_WHY) from None
 
 from momattn.generate import inference_autocast, sample_tokens
 from momattn.hardware import resolve_device

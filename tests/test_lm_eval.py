@@ -194,3 +194,12 @@ def test_a_null_max_gen_toks_or_until_takes_the_defaults(ckpt):
     (null,) = lm.generate_until([req("generate_until", "Review:", {"until": None, "max_gen_toks": None})])
     (default,) = lm.generate_until([req("generate_until", "Review:", {})])  # was int(None)'s TypeError
     assert null == default and len(lm.tok_encode(default)) <= 3
+
+
+def test_without_lm_eval_the_command_says_which_extra_to_install(tmp_path):
+    # was a ModuleNotFoundError traceback that did not say how to get lm-eval
+    (tmp_path / "lm_eval.py").write_text("raise ModuleNotFoundError(\"No module named 'lm_eval'\", name='lm_eval')\n")
+    path = f"{tmp_path}{__import__('os').pathsep}{ROOT}"
+    r = run_cli("-m", ["momattn.lm_eval_adapter", "--model", "momattn"], tmp_path, env={"PYTHONPATH": path}, fresh=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "needs the [lm-eval] extra (lm_eval is missing): pip install 'momattn[lm-eval]'" in r.stderr

@@ -773,3 +773,14 @@ def hydra_job() -> HydraJob:
         return HydraJob(list(hc.overrides.task), str(hc.sweep.dir), int(hc.job.num))
     return HydraJob(list(hc.overrides.task),
                     run_dir_given=any(str(o).startswith("hydra.run.dir=") for o in hc.overrides.hydra))
+
+
+def lm_eval_main() -> None:
+    """The momattn-lm-eval command: lm-eval's command line with the "momattn" model registered; without the
+    [lm-eval] extra, one line saying how to install it (exit 2), as `python -m momattn.lm_eval_adapter` does."""
+    try:
+        from momattn.lm_eval_adapter import main
+    except UserError as e:  # the adapter's ConfigError: lm_eval cannot be imported
+        report(e, hydra=False)
+        sys.exit(2)
+    main()

@@ -203,3 +203,13 @@ def test_without_lm_eval_the_command_says_which_extra_to_install(tmp_path):
     r = run_cli("-m", ["momattn.lm_eval_adapter", "--model", "momattn"], tmp_path, env={"PYTHONPATH": path}, fresh=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "needs the [lm-eval] extra (lm_eval is missing): pip install 'momattn[lm-eval]'" in r.stderr
+    # the momattn-lm-eval console script (pyproject's [project.scripts]) likewise: it showed the traceback
+    import re
+    import subprocess
+    import sys
+
+    module, func = re.search(r'^momattn-lm-eval = "([\w.]+):(\w+)"', (ROOT / "pyproject.toml").read_text(), re.M).groups()
+    r = subprocess.run([sys.executable, "-c", f"import {module}; {module}.{func}()", "--model", "momattn"], cwd=tmp_path,
+                       env={**__import__("os").environ, "PYTHONPATH": path}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "error: the lm-eval adapter needs the [lm-eval] extra" in r.stderr

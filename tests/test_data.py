@@ -86,6 +86,21 @@ def test_a_single_document_with_few_spaces_is_cut_near_val_fraction(tmp_path, te
     assert 0.9 * len(text) < len(train) and len(val) < 0.1 * len(text) and text.startswith(train) and text.endswith(val)
 
 
+def test_few_documents_holding_far_more_than_val_fraction_are_warned_of_once(tmp_path, capsys):
+    # whole documents are held out, at least one: two files of one document each validated on about half the text
+    # with val_fraction=0.05, silently (found by review)
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.txt").write_text(" ".join(f"{name}{i}" for i in range(300)))
+    two = TextFiles([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], val_fraction=0.05)
+    two.documents("train"), two.documents("val"), two.documents("val")
+    err = capsys.readouterr().err
+    assert err.count("warning: data.val_fraction=0.05 held out 1 of 2 documents, 50% of the text") == 1
+    (tmp_path / "many.txt").write_text("\n\n".join(f"doc {i} " + "w " * 50 for i in range(40)))
+    many = TextFiles([str(tmp_path / "many.txt")], val_fraction=0.05)  # 2 of 40 documents: as asked
+    many.documents("val")
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_a_changed_local_file_is_a_new_hub_corpus(tmp_path):
     import os
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import json
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -198,7 +199,21 @@ class TextFiles:
             space = max(doc.rfind(" ", near, cut), doc.rfind("\n", near, cut))
             cut = space if space > 0 else cut  # at a space where there is one near
             return [doc[cut:].strip()] if split == "val" else [doc[:cut]]
-        return _held_out(self._docs, split, self.val_fraction, self.seed)
+        held = _held_out(self._docs, split, self.val_fraction, self.seed)
+        if split == "val":
+            self._warn_share(held)
+        return held
+
+    def _warn_share(self, held: list[str]) -> None:
+        """Whole documents are held out, at least one: with few documents validation can take far more of the text
+        than val_fraction (two documents: about half), which the user should hear before training on the rest."""
+        share = sum(map(len, held)) / max(1, sum(map(len, self._docs)))
+        if share > max(2 * self.val_fraction, self.val_fraction + 0.05) and not getattr(self, "_warned", False):
+            self._warned = True
+            print(f"[momattn] warning: data.val_fraction={self.val_fraction} held out {len(held)} of "
+                  f"{len(self._docs)} documents, {share:.0%} of the text (whole documents, at least one); for a "
+                  "share nearer val_fraction give more documents (a blank line separates documents in a .txt file)",
+                  file=sys.stderr, flush=True)
 
 
 @dataclass

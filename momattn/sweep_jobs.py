@@ -148,6 +148,7 @@ def check_search(config_name: str, overrides: list[str]) -> None:
             "sqlite:///study.db) and run the search again into a new folder: the study keeps its finished trials and "
             "the sampler learns from them. A trial cut short can be finished as a single run: python train.py "
             "ckpt_path=<sweep folder>/<N>/checkpoints/last.ckpt")
+    check_optuna_settings(cfg.hydra.sweeper, _last(overrides, "optimized_metric") or cfg.get("optimized_metric"))
     params = sweeper_params(cfg)
     groups = _groups()
     searched: dict[str, list[str]] = {}  # the config-group options a trial may take: the space's and the command line's
@@ -191,3 +192,30 @@ def check_search(config_name: str, overrides: list[str]) -> None:
         else:
             if refused:
                 raise ConfigError(f"hydra.sweeper.params: {refused[0]}") from None
+
+
+def check_optuna_settings(sweeper, metric: str | None) -> None:
+    """The Optuna sweeper's own settings, which it (or Optuna, or SQLAlchemy) refused with a traceback or a bare
+    AssertionError once Hydra had started (n_jobs=0 divided by zero after launching nothing); and a direction that
+    maximizes a loss: every metric training returns (config.LOGGED) is better lower, so the search ran to the end
+    and named the worst trial its best."""
+    import re
+
+    from momattn.errors import ConfigError
+
+    n_jobs, rate = sweeper.get("n_jobs"), sweeper.get("max_failure_rate")
+    direction, storage = sweeper.get("direction"), sweeper.get("storage")
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
+        raise ConfigError(f"hydra.sweeper.n_jobs={n_jobs} must be an int >= 1 (the trials asked for at a time)")
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+        raise ConfigError(f"hydra.sweeper.max_failure_rate={rate} must be a number in [0, 1] (the share of a batch "
+                          "of trials that may fail before the search stops; 1.0 never stops it)")
+    if direction not in ("minimize", "maximize"):
+        raise ConfigError(f"hydra.sweeper.direction={direction!r} is neither minimize nor maximize (train.py returns "
+                          "one metric, optimized_metric)")
+    if direction == "maximize":
+        raise ConfigError(f"hydra.sweeper.direction=maximize would search for the worst {metric or 'metric'}: every "
+                          "metric training returns (optimized_metric) is better lower. Leave direction=minimize")
+    if isinstance(storage, str) and not re.match(r"^[A-Za-z][\w+.-]*://", storage):
+        raise ConfigError(f"hydra.sweeper.storage={storage!r} is not a database URL; for a SQLite file write "
+                          f"hydra.sweeper.storage=sqlite:///{storage} (any SQLAlchemy URL), or null for none")

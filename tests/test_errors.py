@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from conftest import SMOKE, compose_train, run_cli
@@ -170,6 +172,34 @@ def test_a_search_cannot_be_resumed_with_ckpt_path_last(tmp_path):
     err = cli_error(tmp_path, ["-m", "hparams_search=optuna", *SMOKE, "ckpt_path=last", f"hydra.sweep.dir={tmp_path}"])
     assert "ckpt_path=last cannot resume a search: its trials are new suggestions" in err
     assert "hydra.sweeper.storage=sqlite:///study.db" in err and "ckpt_path=<sweep folder>/<N>/checkpoints" in err
+
+
+@pytest.mark.parametrize("arg,said", [
+    ("hydra.sweeper.n_jobs=0", "hydra.sweeper.n_jobs=0 must be an int >= 1"),  # ZeroDivisionError traceback
+    ("hydra.sweeper.direction=maximise", "hydra.sweeper.direction='maximise' is neither minimize nor maximize"),
+    ("hydra.sweeper.direction=maximize", "hydra.sweeper.direction=maximize would search for the worst val/loss"),
+    ("hydra.sweeper.max_failure_rate=2", "hydra.sweeper.max_failure_rate=2.0 must be a number in [0, 1]"),
+    ("hydra.sweeper.storage=study.db", "hydra.sweeper.storage='study.db' is not a database URL; for a SQLite file"),
+])
+def test_a_bad_optuna_setting_is_one_line_before_the_search(arg, said):
+    # were a ZeroDivisionError, Optuna's ValueError and SQLAlchemy's ArgumentError tracebacks, and a bare
+    # AssertionError(); direction=maximize ran, and named the worst trial the best
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    from momattn.sweep_jobs import check_search
+
+    with pytest.raises(ConfigError, match="^" + re.escape(said)):
+        check_search("train", ["hparams_search=optuna", arg])
+    for fine in ("hydra.sweeper.storage=sqlite:///study.db", "hydra.sweeper.n_jobs=2",
+                 "hydra.sweeper.max_failure_rate=0", "hydra.sweeper.direction=minimize"):
+        check_search("train", ["hparams_search=optuna", fine])
+
+
+def test_a_bad_optuna_setting_exits_2_without_a_traceback(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    r = run_cli("train.py", ["-m", "hparams_search=optuna", *SMOKE, "hydra.sweeper.n_jobs=0",
+                             f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "hydra.sweeper.n_jobs=0 must be an int >= 1" in r.stderr and not (tmp_path / "s").exists()
 
 
 def test_a_search_space_naming_a_key_or_option_the_config_lacks_is_one_line(tmp_path, monkeypatch):

@@ -137,6 +137,7 @@ def check_search(config_name: str, overrides: list[str]) -> None:
     from momattn.cli import MAX_COMBOS, _check_key, _compose, _groups, _last, hydra_section
     from momattn.errors import ConfigError, did_you_mean
 
+    check_sweep_extra(overrides)
     parsed, cfg = hydra_section(config_name, overrides)
     target = str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="")) if cfg is not None else ""
     if "optuna" not in target.lower():
@@ -192,6 +193,30 @@ def check_search(config_name: str, overrides: list[str]) -> None:
         else:
             if refused:
                 raise ConfigError(f"hydra.sweeper.params: {refused[0]}") from None
+
+
+def optuna_sweeper_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
+
+
+def check_sweep_extra(overrides: list[str]) -> None:
+    """An hparams_search file that picks Optuna's sweeper, without the [sweep] extra: Hydra said only that it could
+    not find 'hydra/sweeper/optuna' among the options 'basic' (the plugin registers that config)."""
+    from omegaconf import OmegaConf
+
+    from momattn.cli import CONF_DIR, _last
+    from momattn.errors import ConfigError
+
+    name = _last(overrides, "hparams_search")
+    path = CONF_DIR / "hparams_search" / f"{name}.yaml"
+    if not name or not path.is_file() or optuna_sweeper_installed():
+        return
+    defaults = OmegaConf.to_container(OmegaConf.load(path)).get("defaults") or []
+    if any(isinstance(d, dict) and d.get("override /hydra/sweeper") == "optuna" for d in defaults):
+        raise ConfigError(f"hparams_search={name} needs the [sweep] extra (hydra-optuna-sweeper is missing): pip "
+                          "install 'momattn[sweep]' (or bash scripts/setup.sh sweep)")
 
 
 def check_optuna_settings(sweeper, metric: str | None) -> None:

@@ -202,6 +202,18 @@ def test_a_bad_optuna_setting_exits_2_without_a_traceback(tmp_path):
     assert "hydra.sweeper.n_jobs=0 must be an int >= 1" in r.stderr and not (tmp_path / "s").exists()
 
 
+def test_a_search_without_the_sweep_extra_says_which_extra_to_install(monkeypatch):
+    # was Hydra's "In 'hydra/config': Could not find 'hydra/sweeper/optuna'. Available options in 'hydra/sweeper':
+    # basic" (exit 1), which named neither the package nor the extra
+    from momattn import sweep_jobs
+
+    monkeypatch.setattr(sweep_jobs, "optuna_sweeper_installed", lambda: False)
+    with pytest.raises(ConfigError, match=r"^hparams_search=optuna needs the \[sweep\] extra \(hydra-optuna-sweeper is "
+                                          r"missing\): pip install 'momattn\[sweep\]'"):
+        sweep_jobs.check_search("train", ["hparams_search=optuna", "attention=momentum"])
+    sweep_jobs.check_search("train", ["attention=vanilla,momentum"])  # no search: nothing needed
+
+
 def test_a_search_space_naming_a_key_or_option_the_config_lacks_is_one_line(tmp_path, monkeypatch):
     # was Hydra's multi-line "Could not override 'optim.warmup_stepz'" at the first trial
     import shutil

@@ -580,16 +580,27 @@ def check_fresh_folder(overrides: list[str], multirun: bool, cwd: Path | None = 
     held = [folder / "checkpoints" / "last.ckpt"] if not multirun else sorted(folder.glob("*/checkpoints/last.ckpt"))
     held = [p for p in held if p.exists()]
     if held:
-        raise folder_holds_a_run(folder, held, key, sweep=multirun)
+        raise folder_holds_a_run(folder, held, key, sweep=multirun, search=multirun and _is_search(overrides))
 
 
-def folder_holds_a_run(folder: Path, held: list[Path], key: str, sweep: bool = False) -> ConfigError:
+def _is_search(overrides: list[str]) -> bool:
+    """Whether the multirun is a search (an Optuna sweeper), which ckpt_path=last cannot resume."""
+    from omegaconf import OmegaConf
+
+    cfg = hydra_section("train", overrides)[1]
+    return cfg is not None and "optuna" in str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="")).lower()
+
+
+def folder_holds_a_run(folder: Path, held: list[Path], key: str, sweep: bool = False,
+                       search: bool = False) -> ConfigError:
     """The refusal of a fresh run in a folder whose checkpoints `held` it would overwrite (sweep: the jobs'
-    checkpoints of a sweep folder)."""
-    what = f"{len(held)} job(s) of a sweep" if sweep else "a run"
+    checkpoints of a sweep folder; search: of an Optuna search, which is not resumed)."""
+    what = f"{len(held)} job(s) of a {'search' if search else 'sweep'}" if sweep else "a run"
+    how = ("search into another folder (hydra.sweep.dir=...; a study kept in hydra.sweeper.storage goes on there)"
+           if search else f"Resume it with ckpt_path=last (the same command otherwise), or train in another folder "
+                          f"({key}=...)")
     return ConfigError(f"{folder} holds {what} already ({held[0]}{', ...' if len(held) > 1 else ''}); a fresh run "
-                       "there would overwrite its checkpoints. Resume it with ckpt_path=last (the same command "
-                       f"otherwise), or train in another folder ({key}=...), or delete that folder first")
+                       f"there would overwrite its checkpoints. {how[0].upper()}{how[1:]}, or delete that folder first")
 
 
 _UNWRITABLE = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some of your quota",

@@ -214,6 +214,20 @@ def test_a_search_without_the_sweep_extra_says_which_extra_to_install(monkeypatc
     sweep_jobs.check_search("train", ["attention=vanilla,momentum"])  # no search: nothing needed
 
 
+def test_a_search_into_a_folder_of_an_earlier_one_is_not_told_to_resume_it(tmp_path):
+    # it said "Resume it with ckpt_path=last", which a search refuses (its trials are new suggestions)
+    from momattn.cli import check_fresh_folder
+
+    (tmp_path / "s" / "0" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "s" / "0" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(ConfigError) as search:
+        check_fresh_folder(["hparams_search=optuna", "hydra.sweep.dir=s"], multirun=True, cwd=tmp_path)
+    assert "holds 1 job(s) of a search already" in str(search.value) and "ckpt_path=last" not in str(search.value)
+    assert "Search into another folder (hydra.sweep.dir=...; a study kept in" in str(search.value)
+    with pytest.raises(ConfigError, match="Resume it with ckpt_path=last"):  # a grid sweep is resumed
+        check_fresh_folder(["seed=1,2", "hydra.sweep.dir=s"], multirun=True, cwd=tmp_path)
+
+
 def test_a_search_space_naming_a_key_or_option_the_config_lacks_is_one_line(tmp_path, monkeypatch):
     # was Hydra's multi-line "Could not override 'optim.warmup_stepz'" at the first trial
     import shutil

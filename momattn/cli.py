@@ -770,6 +770,7 @@ class HydraJob:
     sweep_dir: str | None = None  # multirun only: the sweep's folder
     num: int | None = None  # multirun only: this job's number
     run_dir_given: bool = False  # hydra.run.dir was on the command line
+    search: bool = False  # multirun only: an Optuna search's trial (not resumed with ckpt_path=last)
 
 
 def hydra_job() -> HydraJob:
@@ -781,7 +782,8 @@ def hydra_job() -> HydraJob:
         return HydraJob([])
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:
-        return HydraJob(list(hc.overrides.task), str(hc.sweep.dir), int(hc.job.num))
+        return HydraJob(list(hc.overrides.task), str(hc.sweep.dir), int(hc.job.num),
+                        search="optuna" in str(hc.sweeper.get("_target_", "")).lower())
     return HydraJob(list(hc.overrides.task),
                     run_dir_given=any(str(o).startswith("hydra.run.dir=") for o in hc.overrides.hydra))
 

@@ -235,7 +235,8 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
         if job.sweep_dir is not None and not _basic_launcher():
             return None  # submitit, joblib and other launchers end a job their own way
         if job.sweep_dir is not None and trainer.is_global_zero:  # a preempted sweep stops instead of going on
-            print(f"[momattn] SIGTERM: the sweep stops at job {job.num}; run the same command with ckpt_path=last "
+            print(f"[momattn] SIGTERM: {_search_stop(job, out_dir)}" if job.search else
+                  f"[momattn] SIGTERM: the sweep stops at job {job.num}; run the same command with ckpt_path=last "
                   f"hydra.sweep.dir={job.sweep_dir} to resume it (finished jobs train no further, each job resumes "
                   "its own folder)", file=sys.stderr, flush=True)
         # saved and resumable, but not done: exit 0 let `train.py && evaluate.py` go on with a run (or a sweep)
@@ -412,8 +413,17 @@ def _interrupt_hint(out_dir: Path, job) -> str:
     how to go on from there."""
     where = (f"ckpt_path=last hydra.sweep.dir={job.sweep_dir} (the same command; each job resumes its own folder)"
              if job.sweep_dir is not None else f"python train.py ckpt_path=last hydra.run.dir={out_dir}")
-    return (f"\n[momattn] interrupted (Ctrl-C): {_newest_checkpoint(out_dir)}; the steps after it are lost (a SIGTERM, "
-            f"e.g. kill <pid>, saves the current step first). Resume with: {where}")
+    lost = (f"\n[momattn] interrupted (Ctrl-C): {_newest_checkpoint(out_dir)}; the steps after it are lost (a SIGTERM, "
+            f"e.g. kill <pid>, saves the current step first).")
+    return f"{lost} {_search_stop(job, out_dir)}" if job.search else f"{lost} Resume with: {where}"
+
+
+def _search_stop(job: HydraJob, out_dir: Path) -> str:
+    """How to go on with a search stopped in trial job.num: ckpt_path=last cannot resume a search (its trials
+    would be new suggestions of the sampler, and cli.check_search refuses it)."""
+    return (f"the search stops at trial {job.num}; finish it as a single run: python train.py ckpt_path=last "
+            f"hydra.run.dir={out_dir}, and run the search again into a new folder for more trials (a search is not "
+            "resumed with ckpt_path=last; a study kept in hydra.sweeper.storage keeps its finished trials)")
 
 
 def _train_size(train) -> str:

@@ -225,6 +225,20 @@ def test_a_sigterm_stops_a_sweep_instead_of_starting_its_next_job(tmp_path):
     assert "val/loss" in json.loads((tmp_path / "0" / "summary.json").read_text())
 
 
+@pytest.mark.parametrize("spec,code", [("sigterm@2", PREEMPTED_EXIT), ("sigint@2", 1)])
+def test_a_search_stopped_by_a_signal_is_not_told_to_resume_with_ckpt_path_last(tmp_path, spec, code):
+    # it said "run the same command with ckpt_path=last hydra.sweep.dir=..." (Ctrl-C: "Resume with: ckpt_path=last
+    # hydra.sweep.dir=..."), which a search refuses: its trials would be new suggestions of the sampler
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    r = run_cli("train.py", ["-m", "hparams_search=optuna", *SMOKE, "trainer.max_steps=4", "hydra.sweeper.n_trials=2",
+                             *fault(spec), f"hydra.sweep.dir={tmp_path}"], tmp_path)
+    assert r.returncode == code, r.stderr[-3000:]
+    assert f"hydra.sweep.dir={tmp_path}" not in r.stderr and not (tmp_path / "1").exists(), r.stderr[-3000:]
+    assert "the search stops at trial 0" in r.stderr and (
+        f"finish it as a single run: python train.py ckpt_path=last hydra.run.dir={tmp_path}/0") in r.stderr
+    assert "run the search again into a new folder" in r.stderr
+
+
 @pytest.mark.slow
 def test_a_resumed_sweep_job_refuses_a_folder_trained_with_other_values(tmp_path):
     # job N resumes folder N: with the value list reordered (seed=2,1), folder 0's seed-1 weights went on with seed 2's

@@ -138,6 +138,7 @@ def check_search(config_name: str, overrides: list[str]) -> None:
     from momattn.errors import ConfigError, did_you_mean
 
     check_sweep_extra(overrides)
+    check_sweeper_keys(config_name, overrides)
     parsed, cfg = hydra_section(config_name, overrides)
     target = str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="")) if cfg is not None else ""
     if "optuna" not in target.lower():
@@ -217,6 +218,26 @@ def check_sweep_extra(overrides: list[str]) -> None:
     if any(isinstance(d, dict) and d.get("override /hydra/sweeper") == "optuna" for d in defaults):
         raise ConfigError(f"hparams_search={name} needs the [sweep] extra (hydra-optuna-sweeper is missing): pip "
                           "install 'momattn[sweep]' (or bash scripts/setup.sh sweep)")
+
+
+def check_sweeper_keys(config_name: str, overrides: list[str]) -> None:
+    """A misspelt sweeper setting (hydra.sweeper.n_trial=3): Hydra's multi-line 'Could not override', without the
+    nearest name. Checked against the sweeper's section composed without the command line's hydra.sweeper keys."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from momattn.cli import _check_key, hydra_section
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # check_overrides names a syntax error
+        return
+    setting = [o for o in parsed if o.key_or_group.startswith("hydra.sweeper.") and not o.is_add()
+               and not o.is_force_add() and not o.key_or_group.startswith("hydra.sweeper.params.")]
+    if not setting:
+        return
+    cfg = hydra_section(config_name, [o.input_line for o in parsed if o not in setting])[1]
+    for o in setting if cfg is not None else []:
+        _check_key(cfg, o.key_or_group, hint="the sweeper's settings: conf/hparams_search/optuna.yaml for a search")
 
 
 def check_optuna_settings(sweeper, metric: str | None) -> None:

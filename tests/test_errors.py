@@ -194,12 +194,28 @@ def test_a_bad_optuna_setting_is_one_line_before_the_search(arg, said):
         check_search("train", ["hparams_search=optuna", fine])
 
 
-def test_a_bad_optuna_setting_exits_2_without_a_traceback(tmp_path):
+@pytest.mark.parametrize("arg,said", [
+    ("hydra.sweeper.n_jobs=0", "hydra.sweeper.n_jobs=0 must be an int >= 1"),
+    # a misspelt setting was Hydra's multi-line "Could not override 'hydra.sweeper.n_trial'", with no suggestion
+    ("hydra.sweeper.n_trial=3", "'hydra.sweeper.n_trial' is not a config key: 'n_trial' does not exist in "
+                                "hydra.sweeper. Did you mean 'n_trials'?"),
+])
+def test_a_bad_optuna_setting_exits_2_without_a_traceback(tmp_path, arg, said):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    r = run_cli("train.py", ["-m", "hparams_search=optuna", *SMOKE, "hydra.sweeper.n_jobs=0",
-                             f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path)
+    r = run_cli("train.py", ["-m", "hparams_search=optuna", *SMOKE, arg, f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert "hydra.sweeper.n_jobs=0 must be an int >= 1" in r.stderr and not (tmp_path / "s").exists()
+    assert f"error: {said}" in r.stderr and not (tmp_path / "s").exists(), r.stderr[-3000:]
+
+
+def test_a_misspelt_sweeper_setting_is_named_with_the_nearest_one():
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    from momattn.sweep_jobs import check_search
+
+    with pytest.raises(ConfigError, match=r"^'hydra.sweeper.sampler.n_startup_trial' is not a config key: .* Did you "
+                                          r"mean 'n_startup_trials'\?.*conf/hparams_search/optuna.yaml"):
+        check_search("train", ["hparams_search=optuna", "hydra.sweeper.sampler.n_startup_trial=3"])
+    check_search("train", ["hparams_search=optuna", "hydra.sweeper.sampler.n_startup_trials=3",
+                           "hydra.sweeper.n_trials=3", "+hydra.sweeper.sampler.multivariate=true"])
 
 
 def test_a_search_without_the_sweep_extra_says_which_extra_to_install(monkeypatch):

@@ -410,6 +410,31 @@ def test_an_optuna_search_that_cannot_start_says_why_in_one_line(tmp_path):
         assert r.stderr.strip().splitlines()[-1].startswith(said), r.stderr[-3000:]
 
 
+@pytest.mark.parametrize("choice,sampler", [([], {"_target_": "optuna.samplers.TPESampler", "seed": 1234,
+                                                   "n_startup_trials": 4}),
+                                              (["hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=7"],
+                                               {"_target_": "optuna.samplers.RandomSampler", "seed": 7}),
+                                              (["hydra/sweeper/sampler=grid"], {"_target_": "optuna.samplers.GridSampler"})])
+def test_a_search_takes_another_sampler_from_the_command_line(choice, sampler):
+    # hydra/sweeper/sampler=random failed to compose ("Key 'n_startup_trials' not in 'SamplerConfig'": the search
+    # file set TPE's settings over any sampler, and its _target_ too), and so did sampler._target_=...RandomSampler
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    from momattn.cli import hydra_section
+
+    cfg = hydra_section("train", ["hparams_search=optuna", *choice])[1]
+    assert cfg is not None
+    got = OmegaConf.to_container(cfg.hydra.sweeper.sampler)
+    assert {k: got.get(k) for k in sampler} == sampler
+
+
+@pytest.mark.slow
+def test_a_search_with_the_random_sampler_runs(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    r = run_cli("train.py", ["-m", "hparams_search=optuna", *SMOKE, "trainer.max_steps=2", "hydra.sweeper.n_trials=1",
+                             "hydra/sweeper/sampler=random", f"hydra.sweep.dir={tmp_path}"], tmp_path)
+    assert r.returncode == 0 and "Sampler: RandomSampler" in r.stdout + r.stderr, r.stderr[-3000:]
+
+
 def test_wandb_sweep_recipe_arguments_are_accepted_by_train_py(tmp_path):
     import yaml
 

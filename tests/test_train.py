@@ -403,7 +403,10 @@ def test_an_optuna_search_that_cannot_start_says_why_in_one_line(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     for arg, said in [("hydra.sweeper.n_trials=0", "error: hydra.sweeper.n_trials=0: a search runs at least one trial"),
                       ("optim.lr=interval(1e-2,1e-4)", "error: the search space: The `low` value must be smaller than "
-                                                       "or equal to the `high` value (low=0.01, high=0.0001)")]:
+                                                       "or equal to the `high` value (low=0.01, high=0.0001)"),
+                      # a traceback once the sampler could be chosen: the space's intervals are not a grid
+                      ("hydra/sweeper/sampler=grid", "error: the search space: GridSampler only supports discrete "
+                                                     "distributions. (check hydra.sweeper.params")]:
         r = run_cli("train.py", ["-m", "hparams_search=optuna", *SMOKE, arg, f"hydra.sweep.dir={tmp_path / arg[:5]}"],
                     tmp_path)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]

@@ -59,9 +59,11 @@ class OptunaSweeper(Sweeper):
         try:
             return self.base.sweep(arguments)
         except ValueError as e:
-            if _raised_in(e, "optuna/distributions"):  # interval(1e-2,1e-4): Optuna's traceback, before any trial
+            if _raised_in(e, "optuna/distributions") or "GridSampler only supports" in str(e):
+                # interval(1e-2,1e-4), or an interval for the grid sampler: a traceback, before any trial
+                grid = " (the grid sampler takes choice(...) and range(...) only)" if "Grid" in str(e) else ""
                 print(f"error: the search space: {e} (check hydra.sweeper.params and any interval(...), "
-                      "range(...) or choice(...) on the command line)", file=sys.stderr)
+                      f"range(...) or choice(...) on the command line){grid}", file=sys.stderr)
                 raise SystemExit(2) from None
             if "No trials are completed" not in str(e):
                 raise

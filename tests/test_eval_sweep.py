@@ -432,3 +432,30 @@ def test_a_sweep_verdict_goes_to_one_wandb_run_as_tables(tmp_path, monkeypatch, 
     seeds = doc["columns"].index("seeds")
     assert sorted(row[3] for row in doc["data"]) == [9.25, 10.5] and len(json.loads(doc["data"][0][seeds])) == 2  # JSON text
     assert "offline; upload with: wandb sync" in capsys.readouterr().err
+
+
+def test_the_in_context_rise_is_compared_with_vanilla_s_paired_by_seed(monkeypatch):
+    """The question a GINC sweep asks, does momentum learn more in context, had no row: the verdict paired each k's
+    accuracy, not the rise. Now '<task>/rise@k<K>' (acc@kK - acc@k0 per seed, K the largest k every run scored)
+    is paired with vanilla's like any metric."""
+    from momattn.eval import sweep
+
+    acc = {("vanilla", 1): (0.60, 0.70, 0.72), ("vanilla", 2): (0.62, 0.75, 0.71), ("vanilla", 3): (0.58, 0.69, 0.74),
+           ("momentum", 1): (0.66, 0.70, None), ("momentum", 2): (0.67, 0.71, None), ("momentum", 3): (0.65, 0.68, None)}
+
+    def metrics(key):  # momentum was scored up to k = 4 only: the rises are compared at k = 4
+        a0, a4, a8 = acc[key]
+        return {"ginc/acc@k0": a0, "ginc/acc@k4": a4, **({"ginc/acc@k8": a8} if a8 is not None else {}), "ppl@64": 5.0}
+
+    runs = [sweep.SweepRun(Path(f"{a}{s}.ckpt"), Path(f"{a}{s}"), a, s, "same", {}, result=(a, s)) for a, s in acc]
+    monkeypatch.setattr(sweep, "metrics_of", metrics)
+    (s,) = sweep.summarise(runs)
+    (c,) = [c for c in s.comparisons if c.metric == "ginc/rise@k4"]
+    diffs = [(acc[("momentum", sd)][1] - acc[("momentum", sd)][0]) - (acc[("vanilla", sd)][1] - acc[("vanilla", sd)][0])
+             for sd in (1, 2, 3)]
+    mean, lo, hi = sweep.t_interval(diffs)
+    assert c.attention == "momentum" and c.n_pairs == 3 and c.diff_mean == pytest.approx(mean) and mean < 0
+    assert (c.lo, c.hi) == (pytest.approx(lo), pytest.approx(hi)) and c.verdict == "worse"  # hi < 0: a smaller rise
+    assert not [c for c in s.comparisons if "rise@k8" in c.metric]  # k = 8 is not every run's
+    md = sweep.sweep_markdown([s], [], 6)
+    assert "`<task>/rise@k<K>`: the in-context rise" in md and "| ginc/rise@k4 | momentum: -" in md

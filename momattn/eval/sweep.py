@@ -144,6 +144,29 @@ def rises_of(attention: str, seeds: Mapping[int | None, Mapping[str, float]]) ->
     return out
 
 
+def rise_ks(by_att: Mapping[str, Mapping[int | None, Mapping[str, float]]]) -> dict[str, int]:
+    """task -> the largest k > 0 that every seed of every attention scoring the task at k = 0 also scored: the k at
+    which the attentions' in-context rises are compared."""
+    common: dict[str, set[int]] = {}
+    for seeds in by_att.values():
+        for metrics in seeds.values():
+            ks: dict[str, set[int]] = defaultdict(set)
+            for m in metrics:
+                task, _, k = m.partition("/acc@k")
+                if k.isdigit():
+                    ks[task].add(int(k))
+            for task, task_ks in ks.items():
+                if 0 in task_ks:
+                    common[task] = common[task] & task_ks if task in common else task_ks
+    return {task: max(ks) for task, ks in sorted(common.items()) if max(ks) > 0}
+
+
+def seed_rises(seeds: Mapping[int | None, Mapping[str, float]], ks: Mapping[str, int]) -> dict:
+    """seed -> {'<task>/rise@k<K>': acc@kK - acc@k0}: each seed's in-context rise, a metric to pair by seed."""
+    return {sd: {f"{t}/rise@k{k}": v[f"{t}/acc@k{k}"] - v[f"{t}/acc@k0"] for t, k in ks.items()
+                 if f"{t}/acc@k{k}" in v and f"{t}/acc@k0" in v} for sd, v in seeds.items()}
+
+
 def no_interval(n: int) -> str:
     return ("cannot tell (one seed: no interval)" if n < 2 else
             f"cannot tell (the same difference in all {n} seeds: no spread, no interval)")
@@ -420,17 +443,21 @@ def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
             summary.non_finite += [f"{r.attention} seed {r.seed}: {m}={v}" for m, v in sorted(bad.items())]
             by_att[r.attention][r.seed] = {m: v for m, v in metrics.items() if m not in bad}
             summary.params[r.attention] = dict(r.attention_params)
+        ks = rise_ks(by_att)
         for att, seeds in sorted(by_att.items(), key=lambda kv: (kv[0] != BASELINE, kv[0])):
             names = sorted({m for v in seeds.values() for m in v}, key=metric_order)
             summary.rows[att] = {m: seed_row(seeds, m) for m in names}
             summary.rises += rises_of(att, seeds)
             if att == BASELINE or BASELINE not in by_att:
                 continue
-            for m in names:
-                if diffs := paired(seeds, by_att[BASELINE], m):
-                    mean, lo, hi = t_interval(diffs)
-                    summary.comparisons.append(Comparison(m, att, mean, lo, hi, len(diffs),
-                                                          verdict(m, lo, hi, len(diffs))))
+            rises, base_rises = seed_rises(seeds, ks), seed_rises(by_att[BASELINE], ks)
+            for values, base, keys in ((seeds, by_att[BASELINE], names),  # then the rises: does it learn more in context?
+                                       (rises, base_rises, [f"{t}/rise@k{k}" for t, k in ks.items()])):
+                for m in keys:
+                    if diffs := paired(values, base, m):
+                        mean, lo, hi = t_interval(diffs)
+                        summary.comparisons.append(Comparison(m, att, mean, lo, hi, len(diffs),
+                                                              verdict(m, lo, hi, len(diffs))))
         out.append(summary)
     return out
 
@@ -480,8 +507,12 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
                 lines.append(f"| {r.attention} | {r.task} | 0 -> {r.k} | {rise} | {ci} | {r.n_seeds} | {r.reading} |")
             lines.append("")
         if s.comparisons:
-            lines += ["### Verdict", "", "| metric | attention − vanilla | 95% interval | pairs | verdict |",
-                      "|---|---|---|---|---|"]
+            lines += ["### Verdict", ""]
+            if any("/rise@k" in c.metric for c in s.comparisons):
+                lines += ["`<task>/rise@k<K>`: the in-context rise, accuracy at k = K minus k = 0 (K: the largest k every "
+                          "run scored), paired by seed like the rest: does the attention learn more in context than "
+                          f"{BASELINE}?", ""]
+            lines += ["| metric | attention − vanilla | 95% interval | pairs | verdict |", "|---|---|---|---|---|"]
             for c in s.comparisons:
                 ci = ("n/a (one pair)" if c.n_pairs < 2 else "n/a (no spread)") if not math.isfinite(c.lo) else f"[{_num(c.metric, c.lo)}, {_num(c.metric, c.hi)}]"
                 lines.append(f"| {c.metric} | {c.attention}: {_num(c.metric, c.diff_mean)} | {ci} | {c.n_pairs} | "

@@ -337,7 +337,7 @@ def check_config_flags(config_name: str, args) -> None:
     name = args.config_name
     if name is not None and name.removesuffix(".yaml") != config_name:
         other = name.removesuffix(".yaml")
-        if (CONF_DIR / f"{other}.yaml").is_file():
+        if other in {p.stem for p in CONF_DIR.glob("*.yaml")}:  # an entry point's, not a group's option
             raise ConfigError(f"-cn {name}: {other}.yaml is {other}.py's config; run python {other}.py instead")
         raise ConfigError(f"-cn {name}: {entry} runs on conf/{config_name}.yaml only; set what differs with "
                           "overrides" + (", or as an experiment (conf/experiment/<name>.yaml, then experiment=<name>)"

@@ -183,6 +183,10 @@ def test_another_primary_config_or_config_folder_is_refused_by_name(tmp_path):
         check_config_flags("analyze", flags(folder="/x"))
     with pytest.raises(ConfigError, match=r"^-cp/--config-path c: generate.py"):
         check_config_flags("generate", flags(path="c"))
+    # a group's option is no entry point's config (it said "experiment/ginc.yaml is experiment/ginc.py's config")
+    with pytest.raises(ConfigError, match=r"^-cn experiment/ginc: train.py runs on conf/train.yaml only; .* "
+                                          r"experiment=<name>"):
+        check_config_flags("train", flags("experiment/ginc"))
 
 
 @pytest.mark.slow

@@ -161,7 +161,7 @@ def markdown(doc: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     from momattn.eval.ginc import ginc_task, ginc_world
-    from momattn.eval.sweep import find_runs
+    from momattn.eval.sweep import distinct, find_runs
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sweep", required=True, help="a folder holding finished GINC runs (searched recursively)")
@@ -173,6 +173,13 @@ def main(argv: list[str] | None = None) -> dict:
     runs, failed = find_runs(Path(a.sweep))
     for f in failed:
         print(f"left out: {f}", file=sys.stderr)
+    if len({r.setting for r in runs}) > 1:  # the means over seeds would mix training settings, as no verdict does
+        raise SystemExit(f"error: the runs under {a.sweep} hold {len({r.setting for r in runs})} training settings "
+                         "(configs that differ beyond seed and attention); probe one setting's folder at a time")
+    runs = distinct(runs, [])  # a second run of one attention and seed is left out (named), as the verdict does
+    world = ginc_world(runs[0].config.get("data"))
+    if any(ginc_world(r.config.get("data")).fingerprint() != world.fingerprint() for r in runs):
+        raise SystemExit("error: the runs were trained on different GINC worlds; probe one world at a time")
     t0 = time.time()
     per_run = []
     for i, run in enumerate(runs):
@@ -181,9 +188,6 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[{i + 1}/{len(runs)}] {run.attention} seed {run.seed}: " + ", ".join(
             f"{t} acc {100 * r['acc_0']:.1f} -> {100 * r['acc_K']:.1f}, agree {100 * r['agree_0']:.1f} -> "
             f"{100 * r['agree_K']:.1f}" for t, r in res.items()), flush=True)
-    world = ginc_world(runs[0].config.get("data"))
-    if any(ginc_world(r.config.get("data")).fingerprint() != world.fingerprint() for r in runs):
-        raise SystemExit("error: the runs were trained on different GINC worlds; probe one world at a time")
     reader, slash = {}, {}
     for name in TASKS:
         task = ginc_task(name)

@@ -708,3 +708,26 @@ def test_the_ood_probe_scores_as_evaluate_py_and_summarises_over_seeds(tmp_path)
     assert rows["kK"] == pytest.approx(np.mean([r["tasks"]["ginc"]["agree_K"] for r in doc["runs"][:2]]))
     assert doc["summary"]["momentum"]["seeds"] == [1] and "| momentum | 1 | `ginc_ood` |" in (
         tmp_path / "out" / "probe.md").read_text()
+
+
+def test_the_ood_probe_leaves_out_a_repeated_run_and_refuses_mixed_settings(tmp_path, capsys):
+    """A second run of one attention and seed was averaged in as another seed (the verdict leaves it out), and runs
+    of different training settings were averaged together by attention (the verdict compares within a setting)."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import ginc_ood_probe
+
+    sweep = ginc_sweep(tmp_path / "sweep", [("vanilla", 1), ("vanilla", 1), ("momentum", 1)])
+    doc = ginc_ood_probe.main(["--sweep", str(sweep), "--prompts", "6", "--k", "2", "--out", str(tmp_path / "out")])
+    assert doc["summary"]["vanilla"]["seeds"] == [1] and len(doc["runs"]) == 2
+    assert "same attention (vanilla) and seed (1) in one setting; the second is left out" in capsys.readouterr().err
+    ckpt = sweep / "2" / "checkpoints" / "last.ckpt"  # the momentum run trained with another lr: another setting
+    state = torch.load(ckpt, weights_only=False)
+    state["momattn"]["config"]["optim"] = {"lr": 0.5}
+    torch.save(state, ckpt)
+    with pytest.raises(SystemExit, match="hold 2 training settings"):
+        ginc_ood_probe.main(["--sweep", str(sweep), "--prompts", "6", "--k", "2", "--out", str(tmp_path / "out")])

@@ -19,6 +19,8 @@ prompt for both k:
   acc where the reader is right / wrong
                   the model's accuracy at k = 0 and K on the prompts where the reader is right, and where it is
                   wrong: the reading predicts the rise sits where the reader is right
+  wrong − right   the second minus the first: its change is the rise where the reader is wrong minus the rise
+                  where it is right, paired within each run (the direct test of where the rise sits)
   answers "/"     how often the model's greedy answer is the delimiter "/" (symbol 0): what one example's format
                   tells a model (examples are l symbols, then "/") that the test input alone does not
 and the reader's own accuracy at every k. Rows per attention are means over seeds with 95% t-intervals of the
@@ -79,6 +81,11 @@ def greedy(evaluator, task, k: int, seed: int) -> tuple[list, np.ndarray]:
     return prompts, logp[:, : evaluator.tokenizer.n_ids].argmax(-1).numpy()  # as evaluate.py's acc
 
 
+def _mean(hits: np.ndarray) -> float:
+    """The fraction of hits; nan, without numpy's warning, where there are none (the reader never right)."""
+    return float(hits.mean()) if hits.size else float("nan")
+
+
 def probe_run(path: Path, config: dict, n: int, seed: int, K: int) -> dict:
     from momattn.checkpoint import load_checkpoint
     from momattn.eval.config import IclConfig
@@ -100,17 +107,19 @@ def probe_run(path: Path, config: dict, n: int, seed: int, K: int) -> dict:
         out[name] = {
             "acc_0": float(np.mean(g0 == label)), "acc_K": float(np.mean(gk == label)),
             "agree_0": float(np.mean(g0 == reader)), "agree_K": float(np.mean(gk == reader)),
-            "acc_right_0": float(np.mean(g0[right] == label[right])), "acc_right_K": float(np.mean(gk[right] == label[right])),
-            "acc_wrong_0": float(np.mean(g0[~right] == label[~right])),
-            "acc_wrong_K": float(np.mean(gk[~right] == label[~right])),
+            "acc_right_0": _mean(g0[right] == label[right]), "acc_right_K": _mean(gk[right] == label[right]),
+            "acc_wrong_0": _mean(g0[~right] == label[~right]), "acc_wrong_K": _mean(gk[~right] == label[~right]),
             "slash_0": float(np.mean(g0 == 0)), "slash_K": float(np.mean(gk == 0)),
             "reader_right": int(right.sum()), "prompts": len(label),
         }
+        for k in ("0", "K"):  # its change: the rise where the reader is wrong minus the rise where it is right
+            out[name][f"gap_{k}"] = out[name][f"acc_wrong_{k}"] - out[name][f"acc_right_{k}"]
     return out
 
 
 ROWS = (("acc", "model accuracy"), ("agree", "model = reader"), ("acc_right", "accuracy where the reader is right"),
-        ("acc_wrong", "accuracy where the reader is wrong"), ("slash", "model answers \"/\""))
+        ("acc_wrong", "accuracy where the reader is wrong"),
+        ("gap", "accuracy where the reader is wrong − where right"), ("slash", "model answers \"/\""))
 
 
 def summarise(per_run: list[dict]) -> dict:

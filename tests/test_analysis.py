@@ -704,6 +704,7 @@ def test_the_ood_probe_scores_as_evaluate_py_and_summarises_over_seeds(tmp_path)
     reader = [ginc_ood_probe.bigram_reader(p) for p in ev.prompts(ginc_task("ginc_ood"), 4, 1)]
     right = sum(r == p.label for r, p in zip(reader, ev.prompts(ginc_task("ginc_ood"), 4, 1)))
     assert run["reader_right"] == right
+    assert run["gap_K"] == pytest.approx(run["acc_wrong_K"] - run["acc_right_K"])
     rows = doc["summary"]["vanilla"]["rows"]["ginc/agree"]
     assert rows["kK"] == pytest.approx(np.mean([r["tasks"]["ginc"]["agree_K"] for r in doc["runs"][:2]]))
     assert doc["summary"]["momentum"]["seeds"] == [1] and "| momentum | 1 | `ginc_ood` |" in (

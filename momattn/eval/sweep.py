@@ -113,20 +113,24 @@ def _t975(df: int) -> float:
     return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
+def scored_at_k0(metrics: Mapping[str, float]) -> dict[str, set[int]]:
+    """task -> the numeric k it was scored at ('<task>/acc@k<k>'), for the tasks scored at k = 0 (a rise's start)."""
+    ks: dict[str, set[int]] = defaultdict(set)
+    for m in metrics:
+        task, _, k = m.partition("/acc@k")
+        if k.isdigit():
+            ks[task].add(int(k))
+    return {task: task_ks for task, task_ks in ks.items() if 0 in task_ks}
+
+
 def rises_of(attention: str, seeds: Mapping[int | None, Mapping[str, float]]) -> list[Rise]:
     """Per task, over the seeds that scored it at k = 0: acc(largest numeric k they all scored) - acc(k = 0) per
     seed, its mean, sample std and 95% t-interval; 'rises' / 'falls' only when the interval excludes 0. A seed
     without the task (a run evaluated without ICL) is left out of that task's rise, which n_seeds then shows."""
     scored: dict[str, list[tuple[Mapping[str, float], set[int]]]] = defaultdict(list)  # task -> (metrics, ks)
     for metrics in seeds.values():
-        ks: dict[str, set[int]] = defaultdict(set)
-        for m in metrics:
-            task, _, k = m.partition("/acc@k")
-            if k.isdigit():
-                ks[task].add(int(k))
-        for task, task_ks in ks.items():
-            if 0 in task_ks:
-                scored[task].append((metrics, task_ks))
+        for task, task_ks in scored_at_k0(metrics).items():
+            scored[task].append((metrics, task_ks))
     out = []
     for task, runs in sorted(scored.items()):
         ks = set.intersection(*(task_ks for _, task_ks in runs))
@@ -150,14 +154,8 @@ def rise_ks(by_att: Mapping[str, Mapping[int | None, Mapping[str, float]]]) -> d
     common: dict[str, set[int]] = {}
     for seeds in by_att.values():
         for metrics in seeds.values():
-            ks: dict[str, set[int]] = defaultdict(set)
-            for m in metrics:
-                task, _, k = m.partition("/acc@k")
-                if k.isdigit():
-                    ks[task].add(int(k))
-            for task, task_ks in ks.items():
-                if 0 in task_ks:
-                    common[task] = common[task] & task_ks if task in common else task_ks
+            for task, task_ks in scored_at_k0(metrics).items():
+                common[task] = common[task] & task_ks if task in common else task_ks
     return {task: max(ks) for task, ks in sorted(common.items()) if max(ks) > 0}
 
 

@@ -78,7 +78,7 @@ def reader_accuracy(world, task, n: int, seed: int, shots) -> dict[str, float]:
 def greedy(evaluator, task, k: int, seed: int) -> tuple[list, np.ndarray]:
     prompts = evaluator.prompts(task, k, seed)
     logp = evaluator.last_logprobs(evaluator.encode(task, prompts))  # (N, V_model)
-    return prompts, logp[:, : evaluator.tokenizer.n_ids].argmax(-1).numpy()  # as evaluate.py's acc
+    return prompts, evaluator.greedy(logp).numpy()  # evaluate.py's acc scores this answer
 
 
 def _mean(hits: np.ndarray) -> float:

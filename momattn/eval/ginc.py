@@ -206,6 +206,10 @@ class GincEvaluator:
             out.append(F.log_softmax(logits.float(), dim=-1).cpu())
         return torch.cat(out)
 
+    def greedy(self, logp: torch.Tensor) -> torch.Tensor:
+        """(N,) the answer `acc` scores: the argmax over the tokenizer's ids, not the embedding's padding rows."""
+        return logp[:, : self.tokenizer.n_ids].argmax(-1)
+
     def prompts(self, task: GincTask, k: int, seed: int, n: int | None = None) -> list:
         """The prompts this evaluator scores for (task, k, seed): n of them (default: its own count)."""
         return self.world.prompts(task.example_len, k, n or self.n_prompts, ood=task.ood,
@@ -215,7 +219,7 @@ class GincEvaluator:
         prompts = self.prompts(task, k, seed)
         logp = self.last_logprobs(self.encode(task, prompts))  # (N, V_model)
         n_sym = self.world.n_symbols
-        greedy = logp[:, : self.tokenizer.n_ids].argmax(-1)  # the tokenizer's ids, not the embedding's padding
+        greedy = self.greedy(logp)
         cand = logp[:, :n_sym].argmax(-1)
         labels = torch.tensor([p.label for p in prompts])
         for p, g, c, lp in zip(prompts, greedy.tolist(), cand.tolist(), logp.gather(1, labels[:, None])[:, 0]):

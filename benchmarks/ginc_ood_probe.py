@@ -67,12 +67,13 @@ def bigram_reader(prompt) -> int:
     return min(sym for sym, n in votes.items() if n == top)
 
 
-def reader_accuracy(world, task, n: int, seed: int, shots) -> dict[str, float]:
+def reader_accuracy(world, task, n: int, seed: int, shots) -> tuple[dict[str, float], float]:
+    """(k -> the reader's accuracy, the share of labels that are "/"; the labels are the same at every k)."""
     out = {}
     for k in shots:
         prompts = world.prompts(task.example_len, k, n, ood=task.ood, seed=stable_seed("ginc-prompts", seed))
         out[str(k)] = float(np.mean([bigram_reader(p) == p.label for p in prompts]))
-    return out
+    return out, float(np.mean([p.label == 0 for p in prompts]))
 
 
 def greedy(evaluator, task, k: int, seed: int) -> tuple[list, np.ndarray]:
@@ -200,10 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     reader, slash = {}, {}
     for name in TASKS:
         task = ginc_task(name)
-        reader[name] = reader_accuracy(world, task, a.prompts, a.seed, [k for k in SHOTS if k <= a.k])
-        labels = [p.label for p in world.prompts(task.example_len, 0, a.prompts, ood=task.ood,
-                                                 seed=stable_seed("ginc-prompts", a.seed))]
-        slash[name] = float(np.mean(np.array(labels) == 0))
+        reader[name], slash[name] = reader_accuracy(world, task, a.prompts, a.seed, [k for k in SHOTS if k <= a.k])
     doc = {"sweep": str(a.sweep), "prompts": a.prompts, "seed": a.seed, "K": a.k, "reader": reader, "slash": slash,
            "runs": per_run, "summary": summarise(per_run), "seconds": round(time.time() - t0, 1),
            "machine": machine_info("cpu"), "torch": torch.__version__}

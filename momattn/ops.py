@@ -47,9 +47,11 @@ carried-in states go through small matmuls (the latter an in-place rank-1 update
 path (no states) has a hand-written backward (_MultiRateScan): each step's adjoint, the carry run backward
 over the chunks, and closed-form gradients for p and gamma on (C, R, c)-sized tensors.
 
-On CUDA the training path's scan is one Triton kernel instead (momattn/triton_scan.py, SCAN_BACKEND below):
-the dozen small launches of the matmul scan cost 3x its time at gpt2_124m's shape on an H200
-(benchmarks/results/gpu.md); the kernel reads the strided bf16 values in place and sums in float32.
+On CUDA the eager training path's scan is one Triton kernel instead (momattn/triton_scan.py, SCAN_BACKEND
+below): the dozen small launches of the matmul scan cost 2x its time at gpt2_124m's shape on an H200
+(benchmarks/results/gpu.md); the kernel reads the strided bf16 values in place and sums in float32. Inside
+torch.compile the matmul scan is the faster one there (inductor fuses the work around it; the kernel is an
+opaque op), so "auto" takes it while compiling.
 
 One signature serves training, prefill and decoding (as in flash-linear-attention and mamba):
 
@@ -77,8 +79,8 @@ Rate = float | torch.Tensor
 # below, every device), "cpu" (momattn/cpu_scan.py: a C++ kernel stepping through time, CPU tensors; the matmul
 # scans elsewhere), "triton" (momattn/triton_scan.py: one kernel for momentum_ema, CUDA or TRITON_INTERPRET=1),
 # or "auto" (cpu on CPU where the kernel builds; triton on CUDA where it is installed and the head size is a
-# multiple of 16; else torch). benchmarks/gpu_check.py and compare_revisions.py time them; set it with
-# MOMATTN_SCAN_BACKEND or by assigning ops.SCAN_BACKEND.
+# multiple of 16, except inside torch.compile; else torch). benchmarks/gpu_check.py and compare_revisions.py time
+# them; set it with MOMATTN_SCAN_BACKEND or by assigning ops.SCAN_BACKEND.
 SCAN_BACKEND = os.environ.get("MOMATTN_SCAN_BACKEND", "auto")
 
 
@@ -657,7 +659,11 @@ def _use_cpu_kernel(x: torch.Tensor) -> bool:
 def _use_triton(x: torch.Tensor, G: int) -> bool:
     """Whether _scan_merged runs the Triton kernel for x (B, T, C) in G groups (see SCAN_BACKEND)."""
     _check_backend()
-    if SCAN_BACKEND in ("torch", "cpu") or x.dtype == torch.float64 or (SCAN_BACKEND == "auto" and not x.is_cuda):
+    if SCAN_BACKEND in ("torch", "cpu") or x.dtype == torch.float64:
+        return False
+    # auto: the kernel on CUDA in eager mode only. On an H200 (gpt2_124m, batch 16, bf16; benchmarks/results/gpu.md)
+    # a compiled training step took 37.6 ms with the matmul scan and 42.7 ms with the kernel; eager, 68.8 and 50.3
+    if SCAN_BACKEND == "auto" and (not x.is_cuda or _is_compiling()):
         return False
     kernel = _triton_scan()
     if kernel is None:

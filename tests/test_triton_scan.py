@@ -201,3 +201,16 @@ def test_chunks_are_formed_only_where_the_gpu_would_idle(monkeypatch):
     monkeypatch.setenv("MOMATTN_TRITON_CHUNK", "100")
     with pytest.raises(ValueError, match="MOMATTN_TRITON_CHUNK must be 0 or a multiple of 64, got '100'"):
         ts.chunk_length(16, 1024, 768, gpu)
+
+
+def test_auto_takes_the_kernel_on_cuda_in_eager_mode_only(monkeypatch):
+    """SCAN_BACKEND "auto": the kernel for CUDA values in eager mode; inside torch.compile the matmul scan, which
+    was the faster one there on an H200 (benchmarks/results/gpu.md); "triton" forces the kernel in both."""
+    from types import SimpleNamespace
+
+    cuda_values = SimpleNamespace(dtype=torch.bfloat16, is_cuda=True, shape=(2, 8, 64))  # (B, T, C), 4 heads of 16
+    for backend, compiling, want in [("auto", False, True), ("auto", True, False), ("triton", True, True),
+                                     ("torch", False, False)]:
+        monkeypatch.setattr(ops, "SCAN_BACKEND", backend)
+        monkeypatch.setattr(ops, "_is_compiling", lambda c=compiling: c)
+        assert ops._use_triton(cuda_values, 4) is want, (backend, compiling)

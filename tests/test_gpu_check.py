@@ -114,3 +114,18 @@ def test_a_timed_out_command_takes_its_children_with_it(tmp_path):
             return
         time.sleep(0.1)
     pytest.fail(f"the child of the timed-out command is still running ({status})")
+
+
+def test_momentum_at_a_larger_batch_is_compared_with_vanilla_at_that_batch():
+    rows = [{"attention": "vanilla", "compile": True, "batch": 16, "ms_per_step": 34.0, "tokens_per_s": 480000,
+             "mfu": 0.42, "warmup_s": 2.0, "peak_mem_gib": 8.0},
+            {"attention": "vanilla", "compile": True, "batch": 32, "ms_per_step": 63.0, "tokens_per_s": 520000,
+             "mfu": 0.45, "warmup_s": 2.0, "peak_mem_gib": 15.0},
+            {"attention": "momentum (torch scan)", "compile": True, "batch": 32, "ms_per_step": 68.0,
+             "tokens_per_s": 494000, "mfu": 0.43, "warmup_s": 2.0, "peak_mem_gib": 16.0},
+            {"attention": "momentum (torch scan)", "compile": True, "batch": 64, "ms_per_step": 130.0,
+             "tokens_per_s": 504000, "mfu": 0.44, "warmup_s": 2.0, "peak_mem_gib": 30.0}]
+    md = gpu_check.markdown({"machine": "m", "date": "d", "throughput": rows})
+    assert "| vanilla | True | 32 | 63.0 | 520,000 | 45.0% | 1.083x |" in md  # vanilla: what the batch gains
+    assert "| momentum (torch scan) | True | 32 | 68.0 | 494,000 | 43.0% | 0.950x |" in md  # vanilla at batch 32
+    assert "| momentum (torch scan) | True | 64 | 130.0 | 504,000 | 44.0% | 1.050x |" in md  # none at 64: batch 16's

@@ -3,6 +3,7 @@
     python benchmarks/gpu_check.py            # or: bash benchmarks/gpu_check.sh
     python benchmarks/gpu_check.py --steps 5 --no-compile   # shorter
     python benchmarks/gpu_check.py --smoke    # every part on a tiny model on CPU (what the test runs)
+    python benchmarks/gpu_check.py --parts train --variants momentum/triton+compile --profile 3   # where time goes
 
 On a CUDA GPU, within about 8 minutes (--budget for the training part, --deadline for the whole): (1) the
 CUDA-only tests and the Triton scan's tests, (2) bench_attention.py --device cuda --dtype bf16 --quick,
@@ -144,10 +145,36 @@ def scan_timing(device: str, shape: tuple[int, int, int, int], reps: int) -> lis
     return rows
 
 
+def kernel_profile(step, steps: int, device: str, top: int = 8) -> dict:
+    """torch.profiler over `steps` calls of step(): per step, the wall time, the time the device spent in kernels
+    (on CPU: the profiled ops' own CPU time) and the kernels that took most of it. Where the kernels' sum is well
+    under the wall time the device waits on the host: launches, Python, syncs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    clock = Sync(device)
+    with profile(activities=acts) as prof:
+        t0 = clock.now()
+        for _ in range(steps):
+            step()
+        wall = (clock.now() - t0) / steps
+    own = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, own, 0) > 0]
+    if device == "cuda":  # kernels only: the CPU-side ops that launched them carry no device time of their own
+        events = [e for e in events if getattr(e, "device_type", None) != torch.autograd.DeviceType.CPU]
+    busy = sum(getattr(e, own) for e in events) / 1e3 / steps  # ms per step
+    events.sort(key=lambda e: -getattr(e, own))
+    return {"wall_ms": round(1000 * wall, 2), "kernel_ms": round(busy, 2),
+            "busy": round(busy / (1000 * wall), 3) if wall > 0 else None,
+            "top": [{"name": e.key[:90], "ms": round(getattr(e, own) / 1e3 / steps, 3),
+                     "calls": round(e.count / steps, 1)} for e in events[:top]]}
+
+
 def throughput(kind: str, compile_: bool | str, steps: int, batch: int, backend: str | None = None,
-               learnable: bool = False, cfg_kw: dict | None = None, device: str = "cuda") -> dict:
+               learnable: bool = False, cfg_kw: dict | None = None, device: str = "cuda", profile: int = 0) -> dict:
     """tokens/s of full training steps (forward, cross-entropy, backward, clip, AdamW) in bf16 autocast.
-    compile_: False (eager), True (torch.compile's default mode) or a torch.compile mode name."""
+    compile_: False (eager), True (torch.compile's default mode) or a torch.compile mode name. profile: that many
+    more steps under torch.profiler after the timed ones (kernel_profile), reported under "profile"."""
     torch.manual_seed(0)
     if compile_:
         torch._dynamo.reset()
@@ -175,9 +202,10 @@ def throughput(kind: str, compile_: bool | str, steps: int, batch: int, backend:
         t0 = clock.now()
         for _ in range(steps):
             step()
-        return clock.now() - t0, t0 - t_start
+        t1 = clock.now()
+        return t1 - t0, t0 - t_start, kernel_profile(step, profile, device) if profile else None
 
-    dt, warm = with_backend(backend, run)
+    dt, warm, prof = with_backend(backend, run)
     dt /= steps
     tokens = batch * cfg.block_size
     peak = datasheet_peak(torch.cuda.get_device_name(0)) if device == "cuda" else None
@@ -186,7 +214,8 @@ def throughput(kind: str, compile_: bool | str, steps: int, batch: int, backend:
     return {"attention": name, "compile": compile_, "batch": batch, "ms_per_step": round(1000 * dt, 1),
             "tokens_per_s": round(tokens / dt), "mfu": round(flops / peak, 4) if peak else None,
             "warmup_s": round(warm, 1),
-            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None}
+            "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
+            **({"profile": prof} if prof else {})}
 
 
 # (attention, scan backend, learnable eta, compiled (or a torch.compile mode), batch multiple), most important
@@ -264,6 +293,15 @@ def markdown(report: dict) -> str:
         mem = r.get("peak_mem_gib")
         lines.append(f"| {r['attention']} | {r['compile']} | {r['batch']} | {r['ms_per_step']} | "
                      f"{r['tokens_per_s']:,} | {mfu} | {rel} | {r.get('warmup_s', '')} | {'' if mem is None else mem} |")
+    for r in report.get("throughput", []):
+        pr = r.get("profile")
+        if not pr:
+            continue
+        where = "kernels on the GPU" if not report.get("smoke") else "ops' own CPU time (--smoke)"
+        lines += ["", f"Profile of {r['attention']}, compile {r['compile']}, batch {r['batch']}: {pr['wall_ms']} ms "
+                      f"per step, {pr['kernel_ms']} ms of it {where} ({100 * (pr['busy'] or 0):.0f}% busy); the "
+                      "largest:", "", "| kernel | ms/step | calls/step |", "|---|---:|---:|"]
+        lines += [f"| `{k['name']}` | {k['ms']} | {k['calls']} |" for k in pr["top"]]
     return "\n".join(lines + ["", "Targets (issue 11): vanilla >= 45% MFU at 124M in bf16; momentum >= 0.95x "
                                    "vanilla's tokens/s.", ""])
 
@@ -291,6 +329,9 @@ def main() -> int:
                     f"(default all): {', '.join(label(*v) for v in VARIANTS)}")
     ap.add_argument("--parts", default="tests,bench,scan,train", help="comma-separated: tests,bench,scan,train")
     ap.add_argument("--smoke", action="store_true", help="every part on CPU at toy size (exercises the code)")
+    ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                    help="after each training variant's timed steps, this many more under torch.profiler: the "
+                         "kernels' share of the step and the largest kernels (where the time goes)")
     ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/gpu.json on a CUDA machine; "
                     "a temporary folder where nothing is measured on a GPU (no CUDA, or --smoke)")
     a = ap.parse_args()
@@ -347,7 +388,7 @@ def main() -> int:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()  # each row's peak its own
             r = throughput(kind, compile_, 1 if a.smoke else a.steps, mult * (2 if a.smoke else a.batch), backend,
-                           learnable, toy, device)
+                           learnable, toy, device, a.profile)
             print(f"[gpu_check]   {r['tokens_per_s']:,} tokens/s, MFU {r['mfu']}, warm-up {r['warmup_s']} s", flush=True)
         except Exception as e:  # one failing variant (e.g. a compile error) must not lose the rest
             r = {**row, "error": repr(e)[:500]}

@@ -31,7 +31,7 @@ def test_smoke_runs_every_part_on_cpu(tmp_path):
     """--smoke: the scan timing and every non-compiled training variant on a toy model, so none of it can rot."""
     out = tmp_path / "gpu.json"
     env = {"TRITON_INTERPRET": "1"}  # the Triton scan, where installed, in its CPU interpreter
-    r = run_cli("benchmarks/gpu_check.py", ["--smoke", "--out", str(out)], tmp_path, env=env)
+    r = run_cli("benchmarks/gpu_check.py", ["--smoke", "--profile", "1", "--out", str(out)], tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     report = json.loads(out.read_text())
     names = [row["attention"] for row in report["throughput"]]
@@ -42,6 +42,9 @@ def test_smoke_runs_every_part_on_cpu(tmp_path):
     md = out.with_suffix(".md").read_text()
     assert "| momentum (torch scan) | False | 2 |" in md and "a toy model (--smoke" in md and "gpt2_124m" not in md
     assert "bf16 autocast, the loss inside the model," in out.with_suffix(".md").read_text()
+    prof = report["throughput"][0]["profile"]  # --profile: where each variant's step goes
+    assert 0 < prof["kernel_ms"] <= 1.5 * prof["wall_ms"] and prof["top"] and all(k["calls"] > 0 for k in prof["top"])
+    assert "Profile of vanilla, compile False, batch 2:" in md and "| `aten::" in md
 
 
 def test_the_report_compares_each_attention_with_vanilla_and_names_errors():

@@ -62,13 +62,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except OSError as e:
-        e.write_target = str(path)  # cli.unwritable: a write of this file failed (not a read), named by its target
-        raise
+    except Exception as e:
+        # torch.save's zip writer turns its file's OSError (a disk filling mid-write) into a RuntimeError ("unexpected
+        # pos ..."): the OSError behind it is what failed, and what the callers' full-disk handling looks for
+        failed = _os_error_behind(e)
+        if failed is None:
+            raise
+        failed.write_target = str(path)  # cli.unwritable: a write of this file failed (not a read), named by its target
+        if failed is e:
+            raise
+        raise failed from None
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _os_error_behind(e: BaseException) -> OSError | None:
+    """e itself where it is an OSError, else the OSError it was raised from or while handling, if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 @contextlib.contextmanager

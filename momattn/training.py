@@ -380,7 +380,8 @@ def _disk_full(e: OSError, out_dir: Path) -> str:
         saved = f"{last} (step {read_meta(last)['global_step']}) is intact"
     except Exception:
         saved = "no checkpoint was completed"
-    where = f" while writing {e.filename}" if e.filename else ""
+    target = getattr(e, "write_target", None) or e.filename  # io.atomic_write names the file it was writing
+    where = f" while writing {target}" if target else ""
     return (f"the disk is full{where} ({e.strerror or e}). {saved}. Free space (or choose another folder with "
             f"hydra.run.dir=...), then resume with: python train.py ckpt_path=last hydra.run.dir={out_dir}")
 

@@ -789,6 +789,36 @@ def test_a_full_disk_says_what_was_saved_and_how_to_resume(tmp_path):
     assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 3
 
 
+def test_a_disk_that_fills_while_torch_save_writes_is_a_full_disk_not_a_zip_writer_traceback(tmp_path, monkeypatch):
+    # a real full disk fails inside a write, not at open (as the disk_full fault does): torch.save's zip writer then
+    # raised RuntimeError('unexpected pos ...'), which train.py showed as a traceback, exit 1, instead of saying
+    # what was saved and how to resume
+    import errno
+    import io
+
+    import momattn.io
+    from momattn.cli import unwritable
+    from momattn.training import _disk_full
+
+    class Full(io.FileIO):
+        def write(self, b):
+            if self.tell() + len(b) > 100_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(b)
+
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    momattn.io.atomic_torch_save({"w": torch.zeros(10)}, target)
+    monkeypatch.setattr(momattn.io, "open", lambda f, mode: io.BufferedWriter(Full(f, mode)), raising=False)
+    with pytest.raises(OSError) as info:
+        momattn.io.atomic_torch_save({"w": torch.randn(200_000)}, target)
+    monkeypatch.undo()
+    assert info.value.errno == errno.ENOSPC and info.value.write_target == str(target)
+    assert torch.load(target)["w"].shape == (10,)  # the previous file stands
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # the partial temp file is gone
+    assert f"the disk is full while writing {target} (No space left on device)" in _disk_full(info.value, tmp_path)
+    assert str(unwritable(info.value)).startswith(f"cannot write {target}: No space left on device; free some space")
+
+
 def test_wandb_online_without_an_api_key_says_so(tmp_path):
     env = {"WANDB_MODE": "online", "WANDB_API_KEY": None, "NETRC": str(tmp_path / "no-netrc")}
     r = run_cli("train.py", [*SMOKE, "logger=wandb", "logger.wandb.offline=false", f"hydra.run.dir={tmp_path}"],

@@ -583,6 +583,42 @@ def check_fresh_folder(overrides: list[str], multirun: bool, cwd: Path | None = 
         raise folder_holds_a_run(folder, held, key, sweep=multirun, search=multirun and _is_search(overrides))
 
 
+def keep_run_config(overrides: list[str], cwd: Path | None = None):
+    """For a resume into a run folder: a function that puts back the folder's saved config (.hydra/*.yaml, which
+    Hydra rewrites with this command line as the job starts) where the job then fails without writing a checkpoint
+    (a refused resume: another model width or attention, another accumulation, ...). The folder's config keeps
+    describing the run that wrote its checkpoints: a later `ckpt_path=last hydra.run.dir=...` resumes it, and
+    evaluate.py reads its attention and settings. None where there is nothing to keep."""
+    ckpt, given = _last(overrides, "ckpt_path"), _last(overrides, "hydra.run.dir")
+    if not ckpt or ckpt == "null" or not given or "${" in given:
+        return None
+    folder = (cwd or Path.cwd()) / Path(given)
+    saved = {p: p.read_bytes() for p in (folder / ".hydra").glob("*.yaml")}
+    if not saved:
+        return None
+
+    def checkpoints() -> list:
+        found = []
+        for p in sorted((folder / "checkpoints").glob("*.ckpt")):
+            with contextlib.suppress(OSError):
+                st = p.stat()
+                found.append((p.name, st.st_ino, st.st_mtime_ns, st.st_size))
+        return found
+
+    before = checkpoints()
+
+    def restore() -> None:
+        if checkpoints() != before:  # it saved a new state: the config that trained it stays
+            return
+        from momattn.io import atomic_write
+
+        for p, data in saved.items():
+            with contextlib.suppress(OSError):
+                atomic_write(p, lambda f, data=data: f.write(data))
+
+    return restore
+
+
 def _is_search(overrides: list[str]) -> bool:
     """Whether the multirun is a search (an Optuna sweeper), which ckpt_path=last cannot resume."""
     from omegaconf import OmegaConf
@@ -750,9 +786,12 @@ def hydra_main(config_name: str):
             except UserError as e:
                 report(e)
                 sys.exit(2)
+            restore = keep_run_config(given) if config_name == "train" and not multirun and not info else None
             try:
                 return hydra_task()
-            except (SystemExit, Exception):  # the job's own exception where HYDRA_FULL_ERROR=1 (or a debugger)
+            except (SystemExit, Exception) as e:  # the job's own exception where HYDRA_FULL_ERROR=1 (or a debugger)
+                if restore is not None and not (isinstance(e, SystemExit) and e.code in (0, None)):
+                    restore()  # a resume that failed before saving leaves the run folder's config as it was
                 if multirun:  # Hydra ended the sweep on a failed job's error after running them all
                     from momattn.sweep_callback import after_failed_sweep
 

@@ -178,6 +178,26 @@ def test_ckpt_path_last_in_a_chosen_folder_never_resumes_another_run(reference_r
 
 
 @pytest.mark.slow
+def test_a_refused_resume_leaves_the_run_folders_saved_config_as_it_was(reference_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    saved = {p.name: p.read_bytes() for p in (run / ".hydra").glob("*.yaml")}
+    r = run_cli("train.py", [*RUN, "ckpt_path=last", f"hydra.run.dir={run}", "attention=vanilla",
+                             "trainer.max_steps=12"], tmp_path)
+    assert r.returncode == 2 and "was trained with a different model" in r.stderr, r.stderr[-3000:]
+    # Hydra had rewritten .hydra/ with the refused command line: every later `ckpt_path=last hydra.run.dir=...`
+    # (what the messages advise) resumed with attention=vanilla and was refused again, and evaluate.py read the
+    # momentum run as a vanilla one
+    assert {p.name: p.read_bytes() for p in (run / ".hydra").glob("*.yaml")} == saved
+    r = run_cli("train.py", ["ckpt_path=last", f"hydra.run.dir={run}", "trainer.max_steps=12"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert step_of(run / "checkpoints" / "last.ckpt") == 12
+    assert "trainer.max_steps=12" in (run / ".hydra" / "overrides.yaml").read_text()  # a resume that ran: its own
+
+
+@pytest.mark.slow
 def test_dataloader_workers_train_every_step_on_the_same_data(reference, tmp_path):
     r = run_cli("train.py", [*RUN, "data.num_workers=1", f"hydra.run.dir={tmp_path}"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]

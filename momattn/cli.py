@@ -619,6 +619,32 @@ def keep_run_config(overrides: list[str], cwd: Path | None = None):
     return restore
 
 
+_RUN_LOCKS: dict[Path, int] = {}  # the run folder this process trains in, and its lock (one run at a time)
+
+
+def hold_run_folder(folder: Path | None) -> None:
+    """Lock the run folder for this run (None: release it). Two runs in one folder (a resume started twice, a
+    requeued job whose first copy still runs, two runs started in the same second into Hydra's
+    outputs/<date>/<time>) overwrote each other's checkpoints and metrics.csv, and one crashed in the CSV logger: the
+    second is refused, before Hydra rewrites the folder's saved config where the folder is named (hydra.run.dir,
+    a resume's). Only a job's first process locks: the other ranks share its folder."""
+    folder = folder.resolve() if folder is not None else None
+    for held in [f for f in _RUN_LOCKS if f != folder]:
+        os.close(_RUN_LOCKS.pop(held))
+    if folder is None or folder in _RUN_LOCKS or any(
+            os.environ.get(k, "0") != "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")):
+        return
+    from momattn.io import lock_folder
+
+    fd, holder = lock_folder(folder)
+    if holder is not None:
+        raise ConfigError(f"{folder} is in use by another training run ({holder}): two runs in one folder overwrite "
+                          "each other's checkpoints and metrics. Wait for it to end (then resume with ckpt_path=last "
+                          f"hydra.run.dir={folder} if it was stopped), or train in another folder (hydra.run.dir=...)")
+    if fd is not None:
+        _RUN_LOCKS[folder] = fd
+
+
 def _is_search(overrides: list[str]) -> bool:
     """Whether the multirun is a search (an Optuna sweeper), which ckpt_path=last cannot resume."""
     from omegaconf import OmegaConf
@@ -776,6 +802,8 @@ def hydra_main(config_name: str):
                 check_overrides(config_name, given, jobs=sweep.jobs if sweep else None)
                 if config_name == "train" and not info:
                     check_fresh_folder(given, multirun=multirun)
+                    if not multirun and (run_dir := _last(given, "hydra.run.dir")) and "${" not in run_dir:
+                        hold_run_folder(Path(run_dir))
                     if sweep is not None and _last(given, "ckpt_path") == "last":
                         check_resume(sweep)  # before Hydra rewrites the job folders' saved command lines
                 if multirun and sweep is None and not info:

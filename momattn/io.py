@@ -129,6 +129,37 @@ def file_lock(lock_path: str | os.PathLike, timeout_s: float | None = None) -> I
             os.close(fd)  # closing releases the lock
 
 
+def lock_folder(folder: str | os.PathLike) -> tuple[int | None, str | None]:
+    """Try, without waiting, for an exclusive lock on `folder`/.momattn.lock (flock: a holder that dies releases it):
+    (fd, None) where it is now held (closing fd releases it; the file then names this process), (None, holder) where
+    another process holds it (holder: 'process PID on HOST'), (None, None) where no lock can be had (no flock:
+    Windows, a filesystem without locks)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None, None
+    lock = Path(folder) / ".momattn.lock"
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return None, None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        with contextlib.suppress(OSError):
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+        os.close(fd)
+        return None, holder or "another process"
+    except OSError:  # a filesystem without locks
+        os.close(fd)
+        return None, None
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {_host()}".encode(), 0)
+    return fd, None
+
+
 def lock_beside(path: str | os.PathLike) -> Path:
     """The lock file of a read-modify-write of `path`: `.NAME.lock` beside it."""
     path = Path(path)

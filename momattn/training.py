@@ -28,7 +28,7 @@ from momattn.checkpoint import (
     read_meta,
     resolve_ckpt_path,
 )
-from momattn.cli import HydraJob, changed_overrides, folder_holds_a_run, hydra_job
+from momattn.cli import HydraJob, changed_overrides, folder_holds_a_run, hold_run_folder, hydra_job
 from momattn.config import TrainConfig, load_train_config, world_size
 from momattn.console import quiet_console, quiet_resume
 from momattn.data.corpus import load_tokens
@@ -91,6 +91,7 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
         warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
     pl.seed_everything(c.seed, workers=True, verbose=False)
 
+    hold_run_folder(out_dir)
     for tmp in remove_stale_temps(out_dir / "checkpoints"):  # partial files of a run killed while saving
         print(f"[momattn] removed {tmp.name}, a partial checkpoint of a killed process", file=sys.stderr)
     ckpt_path = _resume_from(c, job, out_dir)
@@ -251,6 +252,7 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
         if close is not None:
             close()
         logs.finish(loggers, failed=failed)
+        hold_run_folder(None)
 
 
 def _resume_from(c: TrainConfig, job: HydraJob, out_dir: Path) -> Path | None:

@@ -197,6 +197,34 @@ def test_a_refused_resume_leaves_the_run_folders_saved_config_as_it_was(referenc
     assert "trainer.max_steps=12" in (run / ".hydra" / "overrides.yaml").read_text()  # a resume that ran: its own
 
 
+def test_a_second_run_into_a_folder_in_use_is_refused_before_it_touches_it(tmp_path):
+    # two runs in one folder (a resume started twice, a requeued job whose first copy still runs) overwrote each
+    # other's checkpoints and metrics.csv, one crashed in the CSV logger, and .hydra/ named the other's settings
+    import sys
+
+    from momattn.cli import hold_run_folder
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- seed=1\n")  # the running run's command line
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from momattn.io import lock_folder; "
+                               "fd, _ = lock_folder(sys.argv[1]); print(fd is not None, flush=True); time.sleep(120)",
+                               str(run)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        r = run_cli("train.py", [*SMOKE, "seed=2", f"hydra.run.dir={run}"], tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        assert f"{run} is in use by another training run (process {holder.pid} on " in r.stderr
+        assert (run / ".hydra" / "overrides.yaml").read_text() == "- seed=1\n"  # refused before Hydra wrote there
+        assert not (run / "checkpoints").exists() and not (run / "csv").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    hold_run_folder(run)  # free once its holder is gone; held again by the same process, as run_train does
+    hold_run_folder(run)
+    hold_run_folder(None)
+
+
 @pytest.mark.slow
 def test_dataloader_workers_train_every_step_on_the_same_data(reference, tmp_path):
     r = run_cli("train.py", [*RUN, "data.num_workers=1", f"hydra.run.dir={tmp_path}"], tmp_path)

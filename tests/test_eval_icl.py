@@ -215,3 +215,18 @@ def test_a_diverged_tasks_reloaded_result_keeps_its_k_used():
     assert shot.acc is None and _acc(shot) == "does not fit (k_used=1.0)"
     beyond = ShotResult(k="16", fits=False, chance=0.1, k_used_mean=0.0, k_max_fit=9)
     assert _acc(beyond) == "does not fit (at most k=9)"
+
+
+def test_the_report_names_each_models_truncated_prompts_where_they_differ():
+    # another context (or tokenizer) truncates other test prompts: the line gave the first model's count for all
+    from momattn.eval.report import markdown_report
+    from momattn.eval.results import ModelResult
+
+    task = letter_task([1, 0, 1, 0], text_len=[3, 40])  # two of the four test texts outgrow a 32-token context
+    results = [ModelResult(label=label, attention="vanilla", model={}, tokenizer={}, eval_config={},
+                           icl=evaluator(b_lover(block_size=n)).evaluate([task]))
+               for label, n in (("wide", 64), ("narrow", 32))]
+    assert [r.icl.tasks["letters"].n_truncated for r in results] == [0, 2]
+    assert "n = 4 test examples (of 4), demonstration pool 40, chance 50.0%, always the commonest label 50.0%, " \
+           "0 (wide), 2 (narrow) prompts truncated." in markdown_report(results)
+    assert "prompts truncated" not in markdown_report(results[:1])

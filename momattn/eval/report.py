@@ -113,6 +113,14 @@ def _task_info(results: Sequence[ModelResult], name: str) -> TaskResult:
     return next(r.icl.tasks[name] for r in results if r.icl and name in r.icl.tasks)
 
 
+def _per_model(results: Sequence[ModelResult], name: str, attr: str) -> str:
+    """A task's count (n, n_truncated): the one number where the models agree, else each model's."""
+    by_model = {r.label: getattr(r.icl.tasks[name], attr) for r in results if r.icl and name in r.icl.tasks}
+    if len(set(by_model.values())) == 1:
+        return str(next(iter(by_model.values())))
+    return ", ".join(f"{v} ({label})" for label, v in by_model.items())
+
+
 def _avg_cell(icl: IclResult, k: str) -> str:
     avg = icl.avg.get(k)
     if avg is None or avg.acc is None:
@@ -149,10 +157,12 @@ def choice_markdown(results: Sequence[ModelResult], first: IclResult) -> list[st
            "## Accuracy by number of demonstrations", ""]
     for t in tasks:
         info = _task_info(results, t)
-        truncated = f", {info.n_truncated} prompts truncated" if info.n_truncated else ""
+        # per model: another tokenizer or context truncates (or skips) other test prompts than the first model's
+        truncated = (f", {_per_model(results, t, 'n_truncated')} prompts truncated"
+                     if any(r.icl.tasks[t].n_truncated for r in results if r.icl and t in r.icl.tasks) else "")
         dropped = (f", {info.n_demo_dropped} pool rows dropped as copies of test texts"
                    if info.n_demo_dropped else "")
-        out += [f"### {t}", "", f"Source: {info.source}; n = {info.n} test examples (of "
+        out += [f"### {t}", "", f"Source: {info.source}; n = {_per_model(results, t, 'n')} test examples (of "
                 f"{info.n_test_available}), demonstration pool {info.n_demo_pool}{dropped}, "
                 f"chance {_pct(info.chance)}%"
                 + (f", always the commonest label {_pct(info.majority)}%" if info.majority is not None else "")

@@ -122,3 +122,26 @@ def test_the_report_names_each_models_window_count_where_they_differ():
 
     [line] = [x for x in ppl_markdown([result("bpe", 40), result("char", 50)]) if x.startswith("Windows scored")]
     assert line == "Windows scored: train64: 5; valid64: 40 (bpe), 50 (char)."
+
+
+def test_the_report_says_when_the_models_were_scored_on_different_texts():
+    # each checkpoint is scored on its own run's corpus: a GINC model beside a text one, or two runs of other files,
+    # sat side by side under "comparable across tokenizers" without a word
+    from momattn.eval.report import ppl_markdown
+    from momattn.eval.results import ModelResult, PerplexityResult, WindowNumbers
+
+    def result(label, data):
+        w = {"64": WindowNumbers(ppl=10.0, bpb=1.0, nll_per_token=2.3, n_windows=5, n_tokens=320, n_bytes=100,
+                                 length=64, split="valid", n_windows_available=5, split_tokens=9)}
+        return ModelResult(label=label, attention="vanilla", model={}, tokenizer={}, eval_config={},
+                           ppl=PerplexityResult(protocol="p", lengths=[64], max_windows=50, valid=w, data=data))
+
+    text = {"source": "text_files", "paths": ["a.txt"], "batch_size": 8, "cache_dir": "/c"}
+    same = [result("a", text), result("b", {**text, "batch_size": 2, "cache_dir": "/d"})]  # batching: same text
+    assert not [x for x in ppl_markdown(same) if "Different corpora" in x]
+    [line] = [x for x in ppl_markdown([result("a", text), result("b", {**text, "paths": ["b.txt"]})])
+              if "Different corpora" in x]
+    assert "(a: data.paths=['a.txt']; b: data.paths=['b.txt']; " in line
+    [line] = [x for x in ppl_markdown([result("t", text), result("g", {"_target_": "momattn.data.ginc.GincCorpus"})])
+              if "Different corpora" in x]
+    assert "(t: data=text_files; g: data=ginc; " in line

@@ -3,6 +3,7 @@ and PNG plots (perplexity vs length, accuracy vs number of demonstrations)."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -93,7 +94,28 @@ def ppl_markdown(results: Sequence[ModelResult]) -> list[str]:
     return ["## Perplexity (Table 6 layout)", "", *_table(header, rows("ppl", 2)), "",
             "Bits per byte (comparable across tokenizers):", "", *_table(header, rows("bpb", 4)), "",
             f"Windows scored: {'; '.join(f'{k}: {counts(v)}' for k, v in n_windows.items())}.", "",
-            f"Protocol: {ppl_mod.PROTOCOL}.", ""]
+            *_corpora_differ(results), f"Protocol: {ppl_mod.PROTOCOL}.", ""]
+
+
+def _corpora_differ(results: Sequence[ModelResult]) -> list[str]:
+    """A warning where the models were scored on different texts (each on its own training run's corpus, unless
+    ppl.data names one), whose numbers do not compare; the data keys that differ, per model. Empty otherwise."""
+    from momattn.data.sources import LOADER_KEYS  # batching and cache keys do not change the text
+
+    corpora = {r.label: {k: v for k, v in (r.ppl.data or {}).items() if k not in LOADER_KEYS}
+               for r in results if r.ppl}
+    keys = sorted({k for c in corpora.values() for k in c})
+    differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in corpora.values()}) > 1]
+    if not differ:
+        return []
+    if any(k in differ for k in ("_target_", "source")):  # other sources: their names say enough
+        each = "; ".join(f"{label}: {ginc_mod.describe_data(c)}" for label, c in corpora.items())
+    else:
+        each = "; ".join(f"{label}: " + ", ".join(f"data.{k}={c.get(k)}" for k in differ)
+                         for label, c in corpora.items())
+    return [f"**Different corpora**: the models were scored on different texts ({each}; each model's run's data "
+            "section, with ppl.data merged over it), so their perplexities and bits per byte do not compare; "
+            "ppl.data={source: text_files, paths: [...]} scores every model on one text.", ""]
 
 
 # -----------------------------------------------------------------------------

@@ -232,6 +232,12 @@ def test_run_evaluate_errors(tmp_path):
         run_evaluate({"ckpt_path": str(tmp_path / "missing.ckpt")}, out_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"unknown key 'ckpt'.*Did you mean 'ckpt_path'"):
         run_evaluate({"ckpt": "x"}, out_dir=tmp_path)
+    for name in ("a", "b"):  # a pattern was read as one file name: "does not exist", beside the files it matches
+        (tmp_path / name / "checkpoints").mkdir(parents=True)
+        (tmp_path / name / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"'.*/\*/checkpoints/last.ckpt' is a pattern \(it matches 2 file\(s\)\), and "
+                                          "evaluate.py does not expand patterns; list the checkpoints"):
+        run_evaluate({"ckpt_paths": [f"{tmp_path}/*/checkpoints/last.ckpt"]}, out_dir=tmp_path)
 
 
 def test_settings_a_command_line_gets_wrong_are_named_or_read_as_meant(tmp_path):

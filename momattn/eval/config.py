@@ -8,6 +8,7 @@ unknown keys with a did-you-mean, so a typo never silently falls back to a defau
 from __future__ import annotations
 
 import dataclasses
+import glob
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -241,6 +242,13 @@ class EvaluateConfig(EvalConfig):
             raise ConfigError("no checkpoint given: pass ckpt_path=PATH (a .ckpt written by train.py), "
                               "ckpt_paths=[A,B] to compare several, or sweep_dir=MULTIRUN_FOLDER for a sweep")
         paths = [str(p) for p in paths]
+        for p in paths:  # read as a file name, a pattern failed as "does not exist" beside the files it matches
+            if re.search(r"[*?[]", p) and not Path(p).expanduser().exists():
+                found = len(glob.glob(str(Path(p).expanduser())))
+                raise ConfigError(f"ckpt_path / ckpt_paths: '{p}' is a pattern (it matches {found} file(s)), and "
+                                  "evaluate.py does not expand patterns; list the checkpoints, ckpt_paths=[runA/"
+                                  "checkpoints/last.ckpt,runB/checkpoints/last.ckpt], or pass a sweep's folder as "
+                                  "sweep_dir=MULTIRUN_FOLDER")
         resolved = [Path(p).expanduser().resolve() for p in paths]
         same = sorted({p for p, r in zip(paths, resolved) if resolved.count(r) > 1})
         if same:  # scored twice, side by side, under two labels

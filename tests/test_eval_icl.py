@@ -230,3 +230,14 @@ def test_the_report_names_each_models_truncated_prompts_where_they_differ():
     assert "n = 4 test examples (of 4), demonstration pool 40, chance 50.0%, always the commonest label 50.0%, " \
            "0 (wide), 2 (narrow) prompts truncated." in markdown_report(results)
     assert "prompts truncated" not in markdown_report(results[:1])
+
+
+def test_a_max_that_the_pool_not_the_context_limits_says_so():
+    # a 3-row pool, every row placed: the note blamed "the 64-token context", which had room for more
+    out = evaluator(b_lover(), shots=["max"]).evaluate([letter_task([1, 0], n_pool=3)])
+    shot = out.tasks["letters"].shots["max"]
+    assert not shot.fits and shot.k_used_mean == 3
+    assert shot.note.startswith("the demonstration pool holds only 3 examples, all placed: k_used=3.0, wanted at "
+                                "least 4")
+    long = evaluator(b_lover(), shots=["max"]).evaluate([letter_task([1, 1], text_len=40)]).tasks["letters"]
+    assert long.shots["max"].note.startswith("does not fit the 64-token context")  # the context's limit stays so

@@ -199,7 +199,8 @@ class IclEvaluator:
             per_k[k].append(self.evaluate_run(prep.task, prep.test, prep.pool, k, seed))
         done_line(f"icl {prep.task.name}: {len(runs)} (k, seed) runs of {len(prep.test)} test examples", t0)
         chance = prep.result.chance
-        prep.result.shots = {str(k): ShotResult.from_runs(k, r, chance, self.fits(k, r), **self._note(k, r))
+        prep.result.shots = {str(k): ShotResult.from_runs(k, r, chance, self.fits(k, r),
+                                                  **self._note(k, r, len(prep.pool)))
                              for k, r in per_k.items()}
         return prep.result
 
@@ -209,11 +210,14 @@ class IclEvaluator:
             return float(np.mean([r.k_used_mean for r in runs])) >= min(MIN_DEMOS, self.cfg.max_shots)
         return min(r.k_used_min for r in runs) >= k
 
-    def _note(self, k: int | str, runs: Sequence[SeedRun]) -> dict:
+    def _note(self, k: int | str, runs: Sequence[SeedRun], n_pool: int | None = None) -> dict:
         if self.fits(k, runs):
             return {}
         used = float(np.mean([r.k_used_mean for r in runs]))
         want = f"at least {min(MIN_DEMOS, self.cfg.max_shots)}" if k == "max" else f"{k} in every prompt"
+        if k == "max" and n_pool is not None and min(r.k_used_min for r in runs) == n_pool:  # all placed
+            return {"note": f"the demonstration pool holds only {n_pool} examples, all placed: k_used={used:.1f}, "
+                            f"wanted {want}; give a larger pool (demo_path, or a larger demo_fraction)"}
         return {"note": f"does not fit the {self.context}-token context: k_used={used:.1f}, wanted {want}"}
 
     def demo_examples(self, pool: Sequence[IclExample], k: int | str, seed: int) -> list[IclExample]:

@@ -241,3 +241,14 @@ def test_a_max_that_the_pool_not_the_context_limits_says_so():
                                 "least 4")
     long = evaluator(b_lover(), shots=["max"]).evaluate([letter_task([1, 1], text_len=40)]).tasks["letters"]
     assert long.shots["max"].note.startswith("does not fit the 64-token context")  # the context's limit stays so
+
+
+def test_the_report_names_the_bar_k_max_was_held_to():
+    # with max_shots=2 a max of 2 fits, but the report said a task "fits" only with 4
+    from momattn.eval.report import markdown_report
+    from momattn.eval.results import ModelResult
+
+    out = evaluator(b_lover(), shots=["max"], max_shots=2).evaluate([letter_task([1, 0])])
+    assert out.tasks["letters"].shots["max"].fits and out.min_demos == 2
+    md = markdown_report([ModelResult(label="m", attention="vanilla", model={}, tokenizer={}, eval_config={}, icl=out)])
+    assert "(k=max: fewer than 2) is marked 'does not fit'" in md

@@ -308,4 +308,5 @@ def icl_result(cfg: IclConfig, tasks: Mapping[str, TaskResult], split_seed: int,
     return IclResult(protocol=PROTOCOL, score=cfg.score, headline_k=str(cfg.largest_k), separator=cfg.separator,
                      shots=shots, seeds=list(cfg.seeds), test_seed=cfg.test_seed, max_examples=cfg.max_examples,
                      max_shots=cfg.max_shots, split_seed=split_seed, tasks=dict(tasks),
-                     avg=IclResult.average(tasks, shots), ginc_protocol=ginc_protocol)
+                     avg=IclResult.average(tasks, shots), ginc_protocol=ginc_protocol,
+                     min_demos=min(MIN_DEMOS, cfg.max_shots))  # the bar fits() holds k=max to

@@ -147,6 +147,7 @@ def lock_folder(folder: str | os.PathLike) -> tuple[int | None, str | None]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        holder = ""
         with contextlib.suppress(OSError):
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
         os.close(fd)

@@ -225,6 +225,20 @@ def test_a_second_run_into_a_folder_in_use_is_refused_before_it_touches_it(tmp_p
     hold_run_folder(None)
 
 
+def test_a_held_folder_whose_lock_file_cannot_be_read_names_another_process(tmp_path, monkeypatch):
+    from momattn.io import lock_folder
+
+    fd, _ = lock_folder(tmp_path)  # held (flock: another open file, even in this process, is refused)
+    try:
+        def unreadable(*a):
+            raise OSError("read error")
+
+        monkeypatch.setattr(os, "pread", unreadable)
+        assert lock_folder(tmp_path) == (None, "another process")
+    finally:
+        os.close(fd)
+
+
 @pytest.mark.slow
 def test_dataloader_workers_train_every_step_on_the_same_data(reference, tmp_path):
     r = run_cli("train.py", [*RUN, "data.num_workers=1", f"hydra.run.dir={tmp_path}"], tmp_path)

@@ -218,7 +218,7 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
         failed = False
         return value
     except OSError as e:
-        if e.errno != errno.ENOSPC:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         raise DiskFullError(_disk_full(e, out_dir)) from None
     except (torch.distributed.DistError, RuntimeError) as e:
@@ -376,7 +376,8 @@ def _sweep_names(job: HydraJob, model_config: GPTConfig) -> tuple[str | None, st
 
 
 def _disk_full(e: OSError, out_dir: Path) -> str:
-    """What survived a full disk (checkpoints are written atomically: last.ckpt is the previous complete one)."""
+    """What survived a full disk or quota (checkpoints are written atomically: last.ckpt is the previous complete
+    one)."""
     last = out_dir / "checkpoints" / "last.ckpt"
     try:
         saved = f"{last} (step {read_meta(last)['global_step']}) is intact"
@@ -384,7 +385,8 @@ def _disk_full(e: OSError, out_dir: Path) -> str:
         saved = "no checkpoint was completed"
     target = getattr(e, "write_target", None) or e.filename  # io.atomic_write names the file it was writing
     where = f" while writing {target}" if target else ""
-    return (f"the disk is full{where} ({e.strerror or e}). {saved}. Free space (or choose another folder with "
+    full = "the disk quota is used up" if e.errno == errno.EDQUOT else "the disk is full"
+    return (f"{full}{where} ({e.strerror or e}). {saved}. Free space (or choose another folder with "
             f"hydra.run.dir=...), then resume with: python train.py ckpt_path=last hydra.run.dir={out_dir}")
 
 

@@ -817,6 +817,8 @@ def test_a_disk_that_fills_while_torch_save_writes_is_a_full_disk_not_a_zip_writ
     assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # the partial temp file is gone
     assert f"the disk is full while writing {target} (No space left on device)" in _disk_full(info.value, tmp_path)
     assert str(unwritable(info.value)).startswith(f"cannot write {target}: No space left on device; free some space")
+    quota = OSError(errno.EDQUOT, "Disk quota exceeded", str(target))  # a quota: the same resumable state
+    assert _disk_full(quota, tmp_path).startswith(f"the disk quota is used up while writing {target} (Disk quota ")
 
 
 def test_wandb_online_without_an_api_key_says_so(tmp_path):

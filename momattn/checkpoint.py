@@ -140,7 +140,8 @@ def _read_sharded(p: Path, path) -> dict:
         raise CheckpointError(f"checkpoint '{path}': its {SHARDED_META} is not a dict; it was not written by train.py")
     if not (p / ".metadata").is_file():  # torch logged two tracebacks, then a CheckpointException naming nothing
         raise CheckpointError(f"checkpoint '{path}' is a sharded checkpoint folder without its shard index "
-                              "(.metadata): it is incomplete. Use another one, e.g. the previous last.ckpt")
+                              "(.metadata): it is incomplete. Use another one, e.g. a best-step* checkpoint in the "
+                              "run's checkpoints/ folder")
     ckpt: dict[str, Any] = {}
     with safe_sharded_reads(path):
         try:  # read once here, where a damaged index is named, instead of inside torch's loader
@@ -149,8 +150,8 @@ def _read_sharded(p: Path, path) -> dict:
             if "is not allowed in a checkpoint's shard index" in str(e):
                 raise  # a refusal: safe_sharded_reads says so
             raise CheckpointError(f"checkpoint '{path}': its shard index (.metadata) cannot be read "
-                                  f"({_first_line(e)}); it is damaged. Use another one, e.g. the previous "
-                                  "last.ckpt") from None
+                                  f"({_first_line(e)}); it is damaged. Use another one, e.g. a best-step* "
+                                  "checkpoint in the run's checkpoints/ folder") from None
         _load_state_dict(ckpt, storage_reader=FileSystemReader(p), planner=_EmptyStateDictLoadPlanner(), no_dist=True)
     ckpt.update(meta)
     ckpt["state_dict"] = ckpt.pop("model", None)
@@ -170,7 +171,7 @@ def _first_line(e: Exception | str) -> str:
 def _unreadable(path, e: Exception | str) -> CheckpointError:
     return CheckpointError(
         f"checkpoint '{path}' cannot be read ({_first_line(e)}); it is truncated or not a PyTorch checkpoint. "
-        "Use another one, e.g. the previous last.ckpt or best checkpoint"
+        "Use another one, e.g. a best-step*.ckpt in the run's checkpoints/ folder"
     )
 
 
@@ -211,7 +212,7 @@ def _check_structure(ckpt: Any, path) -> None:
             bad = f"its 'state_dict' holds entries that are not named tensors ({odd[:3]})"
     if bad:
         raise CheckpointError(f"checkpoint '{path}' is damaged or was not written by train.py: {bad}; "
-                              "use another checkpoint, e.g. the previous last.ckpt or best checkpoint")
+                              "use another checkpoint, e.g. a best-step*.ckpt in the run's checkpoints/ folder")
 
 
 def _verify_crc(p: Path, path) -> None:
@@ -225,7 +226,8 @@ def _verify_crc(p: Path, path) -> None:
         raise _unreadable(path, e) from None
     if bad is not None:
         raise CheckpointError(f"checkpoint '{path}' is damaged: the bytes of its entry {bad} do not match their CRC-32 "
-                              "(a disk or copy error). Use another one, e.g. the previous last.ckpt or best checkpoint")
+                              "(a disk or copy error). Use another one, e.g. a best-step*.ckpt in the run's "
+                              "checkpoints/ folder")
 
 
 def read_checkpoint(path: str | os.PathLike, verify: bool = False) -> dict:

@@ -469,7 +469,7 @@ def test_damaged_bytes_inside_a_checkpoint_or_its_tokenizer_are_one_line_errors(
     start = data.index(b"data.pkl") + 200  # inside the pickled record: a bad memo key surfaces as a KeyError
     data[start:start + 16] = b"X" * 16
     (tmp_path / "bad.ckpt").write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=r"bad.ckpt' cannot be read .*truncated or not a PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match=r"bad.ckpt' cannot be read .*truncated or not a PyTorch checkpoint. Use another one, e.g. a best-step\*.ckpt in the run's checkpoints/ folder"):
         load_checkpoint(tmp_path / "bad.ckpt")
 
     def keyerror(*a, **k):  # what torch.load raised on one such file (a memo key read from damaged bytes)

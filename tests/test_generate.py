@@ -177,3 +177,14 @@ def test_model_generate_from_a_checkpoint_never_takes_a_padding_id(tmp_path):
     for kw in ({"temperature": 0}, {"temperature": 1.0, "top_k": 5}):  # 30 tokens: past the context of 16 too
         out = model.generate(idx, 30, generator=torch.Generator().manual_seed(0), **kw)
         assert int(out.max()) < tok.n_ids < model.config.vocab_size
+
+
+def test_an_unresolvable_interpolation_is_a_config_error_naming_the_key():
+    # prompt='${oops}' on the command line: was omegaconf's InterpolationKeyError with a traceback (exit 1)
+    from omegaconf import OmegaConf
+
+    from momattn.generate import run_generate
+
+    conf = OmegaConf.create({"ckpt_path": "x.ckpt", "prompt": "${oops}"})
+    with pytest.raises(ConfigError, match="config interpolation failed at prompt: Interpolation key 'oops'"):
+        run_generate(conf)

@@ -31,7 +31,13 @@ def to_plain(obj: Any) -> Any:
     except ImportError:  # pragma: no cover - omegaconf ships with hydra
         return obj
     if isinstance(obj, DictConfig | ListConfig):
-        return OmegaConf.to_container(obj, resolve=True)
+        from omegaconf.errors import OmegaConfBaseException
+
+        try:
+            return OmegaConf.to_container(obj, resolve=True)
+        except OmegaConfBaseException as e:  # prompt='${x}': one line (exit 2), as train.py's, not a traceback
+            raise ConfigError(f"config interpolation failed at {getattr(e, 'full_key', '?')}: "
+                              f"{str(e).splitlines()[0]}") from None
     return obj
 
 

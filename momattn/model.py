@@ -389,6 +389,10 @@ class GPT(nn.Module):
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Sample max_new_tokens after idx (B, T), decoding one token at a time with the KV cache; never an id
         >= self.n_ids (the vocabulary's padding) where it is set."""
+        from momattn.generate import next_token  # generate.py's rule: a tiny temperature is greedy, not nan
+
+        if not temperature >= 0:
+            raise ValueError(f"temperature={temperature!r} must be a number >= 0 (0 = greedy)")
         cache, logits = self.new_cache(), None
         ctx = idx[:, -self.config.block_size :]
         logits = self.last_logits(ctx, cache)
@@ -396,14 +400,7 @@ class GPT(nn.Module):
             if self.n_ids is not None and self.n_ids < logits.size(-1):
                 logits = logits.clone()
                 logits[:, self.n_ids :] = float("-inf")
-            if temperature == 0:
-                nxt = logits.argmax(-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)  # (B, 1)
+            nxt = next_token(logits, temperature, top_k, generator)  # (B, 1)
             idx = torch.cat([idx, nxt], dim=1)
             if cache.length >= self.config.block_size:  # context full: a window of the last block_size tokens
                 cache = self.new_cache()

@@ -188,3 +188,15 @@ def test_an_unresolvable_interpolation_is_a_config_error_naming_the_key():
     conf = OmegaConf.create({"ckpt_path": "x.ckpt", "prompt": "${oops}"})
     with pytest.raises(ConfigError, match="config interpolation failed at prompt: Interpolation key 'oops'"):
         run_generate(conf)
+
+
+def test_model_generate_takes_a_tiny_temperature_as_greedy_and_refuses_a_negative_one(ckpt):
+    # the README's Python API: logits / 1e-40 overflowed to inf and multinomial failed on the nan probabilities;
+    # a negative temperature sampled the least likely tokens first
+    model, tok = load_checkpoint(ckpt)
+    idx = torch.tensor([tok.encode("The film")])
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(model.generate(idx, 20, temperature=1e-40, generator=g), model.generate(idx, 20, temperature=0))
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="temperature=.* must be a number >= 0"):
+            model.generate(idx, 5, temperature=bad)

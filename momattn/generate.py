@@ -199,4 +199,8 @@ def run_generate(conf) -> list[str]:
     cfg = build(GenerateConfig, conf)
     device = resolve_device(cfg.device)
     model, tokenizer = load_checkpoint(cfg.ckpt_path, map_location=device)
-    return generate_text(model, tokenizer, cfg, device)
+    try:
+        return generate_text(model, tokenizer, cfg, device)
+    except BrokenPipeError:  # `generate.py ... | head`: the reader left; no traceback, nothing more to sample
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's own flush at exit fails too)
+        return []

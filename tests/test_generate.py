@@ -200,3 +200,19 @@ def test_model_generate_takes_a_tiny_temperature_as_greedy_and_refuses_a_negativ
     for bad in (-0.5, float("nan")):
         with pytest.raises(ValueError, match="temperature=.* must be a number >= 0"):
             model.generate(idx, 5, temperature=bad)
+
+
+def test_a_reader_that_leaves_early_ends_sampling_without_a_traceback(ckpt, tmp_path):
+    # `python generate.py ... | head -1`: was a BrokenPipeError traceback and exit 1
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "generate.py"), f"ckpt_path={ckpt}", 'prompt="a\\nb"',
+                             "max_new_tokens=2000", "num_samples=50", "device=cpu"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline() == b"a\n"
+    proc.stdout.close()  # the reader leaves while samples are still being written
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 0 and "Traceback" not in err and "Error" not in err, err

@@ -204,3 +204,6 @@ def run_generate(conf) -> list[str]:
     except BrokenPipeError:  # `generate.py ... | head`: the reader left; no traceback, nothing more to sample
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's own flush at exit fails too)
         return []
+    except KeyboardInterrupt:  # Ctrl-C, the way to end a long stream: the text so far stays, without a traceback
+        print(flush=True)
+        sys.exit(130)  # the shell's code for a command ended by SIGINT

@@ -216,3 +216,17 @@ def test_a_reader_that_leaves_early_ends_sampling_without_a_traceback(ckpt, tmp_
     proc.stdout.close()  # the reader leaves while samples are still being written
     err = proc.communicate(timeout=120)[1].decode()
     assert proc.returncode == 0 and "Traceback" not in err and "Error" not in err, err
+
+
+def test_ctrl_c_ends_sampling_with_the_text_so_far_and_no_traceback(ckpt, monkeypatch, capsys):
+    # was torch's KeyboardInterrupt traceback, some 40 lines deep in the model, under the streamed text
+    import momattn.generate as gen
+
+    def interrupted(model, tokenizer, cfg, device, out=None):
+        print("The film was", end="")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gen, "generate_text", interrupted)
+    with pytest.raises(SystemExit) as e:
+        gen.run_generate({"ckpt_path": str(ckpt), "prompt": "The film", "device": "cpu"})
+    assert e.value.code == 130 and capsys.readouterr().out == "The film was\n"

@@ -230,3 +230,42 @@ def test_ctrl_c_ends_sampling_with_the_text_so_far_and_no_traceback(ckpt, monkey
     with pytest.raises(SystemExit) as e:
         gen.run_generate({"ckpt_path": str(ckpt), "prompt": "The film", "device": "cpu"})
     assert e.value.code == 130 and capsys.readouterr().out == "The film was\n"
+
+
+def test_stream_decoder_decodes_a_bounded_window_and_prints_what_whole_decodes_print(ckpt):
+    # each token decoded the whole sequence again: 8,000 sampled tokens took 24 s of decoding alone
+    import os
+    import random
+
+    _, tok = load_checkpoint(ckpt)
+    decoded = []
+
+    def counting(ids):
+        decoded.append(len(ids))
+        return tok.decode(ids)
+
+    def whole_decodes(context, ids):  # the rule by definition: decode everything, print what is new once whole
+        seq, shown, held, out = list(context), tok.decode(list(context)), 0, []
+        for t in ids:
+            seq.append(t)
+            if tok.decode(seq).endswith("\ufffd") and held < 7:
+                held += 1
+                continue
+            text = tok.decode(seq)
+            out.append(text[len(os.path.commonprefix([shown, text])):])
+            shown, held = text, 0
+        if held:
+            text = tok.decode(seq)
+            out.append(text[len(os.path.commonprefix([shown, text])):])
+        return "".join(out)
+
+    rng = random.Random(0)
+    context = tok.encode("Über naïve résumé — 東京")
+    for _ in range(20):  # random ids: broken multi-byte characters and junk bytes among them
+        ids = [rng.randrange(tok.n_ids) for _ in range(rng.randrange(1, 60))]
+        stream = StreamDecoder(tok.decode, context)
+        assert "".join([stream.push(t) for t in ids] + [stream.flush()]) == whole_decodes(context, ids)
+    stream = StreamDecoder(counting, context)
+    for t in tok.encode("東京 ✓ é " * 300):  # ~1,800 tokens: each decode reads a few of them, not all
+        stream.push(t)
+    assert max(decoded) < 20

@@ -335,6 +335,14 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/gpu.json on a CUDA machine; "
                     "a temporary folder where nothing is measured on a GPU (no CUDA, or --smoke)")
     a = ap.parse_args()
+    # a misspelled part or variant would run nothing, silently, on a device lent for minutes
+    bad_parts = set(filter(None, a.parts.split(","))) - {"tests", "bench", "scan", "train"}
+    if bad_parts:
+        ap.error(f"--parts: unknown {', '.join(sorted(bad_parts))}; the parts are tests, bench, scan, train")
+    labels = [label(*v) for v in VARIANTS]
+    bad = [v for v in filter(None, a.variants.split(",")) if v not in labels]
+    if bad:
+        ap.error(f"--variants: unknown {', '.join(bad)}; the variants are {', '.join(labels)}")
     if a.out is None:
         a.out = RESULTS / "gpu.json" if torch.cuda.is_available() and not a.smoke else scratch_out()
     t_start = time.perf_counter()

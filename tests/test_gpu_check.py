@@ -132,3 +132,10 @@ def test_momentum_at_a_larger_batch_is_compared_with_vanilla_at_that_batch():
     assert "| vanilla | True | 32 | 63.0 | 520,000 | 45.0% | 1.083x |" in md  # vanilla: what the batch gains
     assert "| momentum (torch scan) | True | 32 | 68.0 | 494,000 | 43.0% | 0.950x |" in md  # vanilla at batch 32
     assert "| momentum (torch scan) | True | 64 | 130.0 | 504,000 | 44.0% | 1.050x |" in md  # none at 64: batch 16's
+
+
+@pytest.mark.parametrize("flag, value", [("--variants", "momentum/triton+compile,vanila"), ("--parts", "train,scans")])
+def test_a_misspelled_variant_or_part_is_refused_before_anything_runs(tmp_path, flag, value):
+    r = run_cli("benchmarks/gpu_check.py", ["--smoke", flag, value, "--out", str(tmp_path / "g.json")], tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"{flag}: unknown {value.split(',')[1]}; the " in r.stderr and not (tmp_path / "g.json").exists()

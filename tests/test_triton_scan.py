@@ -214,3 +214,27 @@ def test_auto_takes_the_kernel_on_cuda_in_eager_mode_only(monkeypatch):
         monkeypatch.setattr(ops, "SCAN_BACKEND", backend)
         monkeypatch.setattr(ops, "_is_compiling", lambda c=compiling: c)
         assert ops._use_triton(cuda_values, 4) is want, (backend, compiling)
+
+
+@pytest.mark.parametrize("learnable", [False, True])
+def test_torch_compile_traces_the_kernel_path_without_graph_breaks(learnable, monkeypatch):
+    """The kernel is one opaque op inside the compiled graph (a custom op): a break around it would split every
+    layer's graph (what the H200 run's slow compiled kernel path made us check; it was not the cause)."""
+    import torch._dynamo as dynamo
+
+    monkeypatch.setattr(ops, "SCAN_BACKEND", "triton")  # also on CPU, in the interpreter
+    torch.manual_seed(0)
+    attn = AttentionConfig(kind="momentum", learnable_eta=learnable)
+    model = GPT(GPTConfig(block_size=32, vocab_size=32, n_layer=2, n_head=2, n_embd=32, attention=attn)).to(DEV)
+
+    def step(idx):
+        with torch.autocast(DEV, dtype=torch.bfloat16):
+            return model(idx).float().logsumexp(-1).mean()
+
+    dynamo.reset()
+    explained = dynamo.explain(step)(torch.randint(0, 32, (2, 32), device=DEV))
+    dynamo.reset()
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    graph = explained.graphs[0]
+    code = graph.code + "".join(m.code for m in graph.modules() if hasattr(m, "code"))  # with its subgraphs
+    assert "momattn.decay_scan" in code, "the kernel path was not traced"

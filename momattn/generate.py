@@ -42,6 +42,7 @@ class GenerateConfig:
     max_new_tokens: int = 200  # tokens sampled after the prompt, per sample
     temperature: float = 0.8  # < 1 sharpens, > 1 flattens; 0 = greedy (argmax)
     top_k: int | None = 200  # sample among the k likeliest tokens; null = the whole vocabulary
+    top_p: float = 1.0  # nucleus: sample among the likeliest tokens whose probability adds up to top_p; 1 = all
     num_samples: int = 1  # samples drawn one after another, separated by a line of dashes
     seed: int = 1337
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:1
@@ -66,6 +67,9 @@ class GenerateConfig:
             raise ConfigError(f"temperature={self.temperature!r} must be a number >= 0 (0 = greedy)")
         if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
             raise ConfigError(f"top_k={self.top_k!r} must be an int >= 1, or null for the whole vocabulary")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, int | float) or not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p={self.top_p!r} must be a number in (0, 1]: the probability mass sampled from "
+                              "(1 = the whole distribution)")
         if not _is_int(self.seed) or not -2**63 <= self.seed < 2**64:
             raise ConfigError(f"seed={self.seed!r} must be an int in [-2**63, 2**64) (a torch generator's seed)")
         check_inference_precision(self.precision, f"precision={self.precision!r}")
@@ -91,8 +95,9 @@ def inference_autocast(device: str, precision: str = "auto") -> contextlib.Abstr
 
 
 def next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
-               generator: torch.Generator | None) -> torch.Tensor:
-    """logits (B, V) -> the sampled token ids (B, 1)."""
+               generator: torch.Generator | None, top_p: float = 1.0) -> torch.Tensor:
+    """logits (B, V) -> the sampled token ids (B, 1). top_k, then top_p (nucleus: the fewest likeliest tokens whose
+    probability, after temperature and top_k, reaches top_p; the likeliest is always kept)."""
     # float64 where the device has it (MPS does not), the largest logit at 0 first: a tiny temperature then sends
     # the others to -inf (greedy) instead of every logit to inf (nan probabilities)
     logits = logits.float() if logits.device.type == "mps" else logits.double()
@@ -102,13 +107,18 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)  # (B, 1)
+    probs = F.softmax(logits, dim=-1)  # (B, V)
+    if top_p < 1:
+        p, order = probs.sort(-1, descending=True)  # (B, V)
+        drop = p.cumsum(-1) - p >= top_p  # the mass before a token already reaches top_p
+        probs = probs.masked_fill(drop.scatter(-1, order, drop), 0.0)  # back in vocabulary order
+    return torch.multinomial(probs, 1, generator=generator)  # (B, 1)
 
 
 @torch.no_grad()
 def sample_tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                   top_k: int | None = None, generator: torch.Generator | None = None,
-                  vocab: int | None = None) -> Iterator[torch.Tensor]:
+                  vocab: int | None = None, top_p: float = 1.0) -> Iterator[torch.Tensor]:
     """Yield max_new_tokens sampled tokens (B,) one at a time after the prompts idx (B, T), using the KV cache.
     vocab: only ids below it (the tokenizer's; the model's vocabulary is padded to a multiple of 64, and its
     padding ids decode to nothing); by default the model's n_ids, as GPT.generate."""
@@ -120,7 +130,7 @@ def sample_tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: fl
         if vocab is not None and vocab < logits.size(-1):
             logits = logits.clone()
             logits[:, vocab:] = float("-inf")
-        nxt = next_token(logits, temperature, top_k, generator)  # (B, 1)
+        nxt = next_token(logits, temperature, top_k, generator, top_p)  # (B, 1)
         yield nxt[:, 0]
         if step == max_new_tokens - 1:
             break
@@ -183,7 +193,7 @@ def generate_text(model, tokenizer, cfg: GenerateConfig, device: str, out: TextI
         stream, text = StreamDecoder(tokenizer.decode, prompt_ids), []
         with inference_autocast(device, cfg.precision):
             for tok in sample_tokens(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator,
-                                     vocab=tokenizer.n_ids):
+                                     vocab=tokenizer.n_ids, top_p=cfg.top_p):
                 piece = stream.push(int(tok[0]))
                 if piece:
                     text.append(piece)

@@ -386,13 +386,15 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, top_p: float = 1.0) -> torch.Tensor:
         """Sample max_new_tokens after idx (B, T), decoding one token at a time with the KV cache; never an id
         >= self.n_ids (the vocabulary's padding) where it is set."""
         from momattn.generate import next_token  # generate.py's rule: a tiny temperature is greedy, not nan
 
         if not temperature >= 0:
             raise ValueError(f"temperature={temperature!r} must be a number >= 0 (0 = greedy)")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p={top_p!r} must be in (0, 1] (1 = the whole distribution)")
         cache, logits = self.new_cache(), None
         ctx = idx[:, -self.config.block_size :]
         logits = self.last_logits(ctx, cache)
@@ -400,7 +402,7 @@ class GPT(nn.Module):
             if self.n_ids is not None and self.n_ids < logits.size(-1):
                 logits = logits.clone()
                 logits[:, self.n_ids :] = float("-inf")
-            nxt = next_token(logits, temperature, top_k, generator)  # (B, 1)
+            nxt = next_token(logits, temperature, top_k, generator, top_p)  # (B, 1)
             idx = torch.cat([idx, nxt], dim=1)
             if cache.length >= self.config.block_size:  # context full: a window of the last block_size tokens
                 cache = self.new_cache()

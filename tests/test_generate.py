@@ -108,7 +108,9 @@ def test_streamed_text_is_the_decoded_sample_and_prints_whole_characters(ckpt):
     ({"top_k": 0}, "top_k=0"), ({"num_samples": 0}, "num_samples=0"), ({"ckpt_path": None}, "ckpt_path=PATH"),
     ({"temperature": float("nan")}, "temperature=nan"), ({"prompt": True}, "prompt=True was read as a bool"),
     ({"prompt": 0.1}, "prompt=0.1 was read as a float"), ({"prompt": ["a", "b"]}, "was read as a list"),
-    ({"seed": 2**70}, "seed=1180591620717411303424 must be an int in"),
+    ({"seed": 2**70}, "seed=1180591620717411303424 must be an int in"), ({"top_p": 0}, "top_p=0 must be a number in"),
+    ({"top_p": 1.5}, "top_p=1.5 must be"), ({"top_p": "0.9"}, "top_p='0.9' must be"),
+    ({"top_p": float("nan")}, "top_p=nan must be"),
 ])
 def test_bad_settings_name_the_culprit(kw, culprit):
     with pytest.raises(ConfigError, match=culprit.replace("(", r"\(")):
@@ -155,6 +157,30 @@ def test_a_tiny_temperature_samples_the_argmax_instead_of_failing():
     g = torch.Generator().manual_seed(0)
     assert next_token(logits, 1e-40, None, g).tolist() == [[1], [0]]  # float32 logits / 1e-40 overflowed to inf
     assert next_token(logits, 1e-320, None, g).tolist() == [[1], [0]]  # and float64 ones / 1e-320 (nan softmax)
+
+
+def test_top_p_samples_only_the_nucleus():
+    from momattn.generate import next_token
+
+    logits = torch.tensor([[0.05, 0.5, 0.15, 0.3]]).log().repeat(2000, 1)  # (2000, 4)
+    g = torch.Generator().manual_seed(0)
+    counts = lambda ids: torch.bincount(ids.flatten(), minlength=4).tolist()  # noqa: E731
+    # 0.5 + 0.3 reaches 0.7: ids 1 and 3 only, in their renormalised shares 5:3
+    nucleus = counts(next_token(logits, 1.0, None, g, top_p=0.7))
+    assert nucleus[0] == nucleus[2] == 0 and 0.55 < nucleus[1] / 2000 < 0.7
+    assert counts(next_token(logits, 1.0, None, g, top_p=0.5)) == [0, 2000, 0, 0]  # the first alone reaches 0.5
+    assert counts(next_token(logits, 1.0, None, g, top_p=1e-9)) == [0, 2000, 0, 0]  # the likeliest is always kept
+    assert min(counts(next_token(logits, 1.0, None, g, top_p=1.0))) > 0  # 1: the whole distribution
+    assert counts(next_token(logits, 1.0, 2, g, top_p=0.99))[0] == 0  # after top_k (ids 1 and 3 left)
+
+
+def test_model_generate_takes_top_p_and_refuses_one_out_of_range():
+    model = GPT(GPTConfig(block_size=16, vocab_size=32, n_layer=1, n_head=2, n_embd=16))
+    idx = torch.zeros(1, 2, dtype=torch.long)
+    greedy = model.generate(idx, 5, temperature=0)
+    assert torch.equal(model.generate(idx, 5, top_p=1e-9, generator=torch.Generator().manual_seed(0)), greedy)
+    with pytest.raises(ValueError, match="top_p=0 must be in"):
+        model.generate(idx, 5, top_p=0)
 
 
 def test_samples_never_take_the_models_padding_ids(ckpt):

@@ -259,7 +259,9 @@ def test_settings_a_command_line_gets_wrong_are_named_or_read_as_meant(tmp_path)
                         ({"ppl": None}, r"^ppl=null: ppl is a section; to turn it off write ppl.enabled=false"),
                         # loader keys under ppl.data were accepted and ignored, num_proc=abc too
                         ({"ppl": {"data": {"batch_size": 4}}}, r"^ppl.data.batch_size has no effect on perplexity"),
-                        ({"ppl": {"data": {"num_proc": "abc"}}}, r"^ppl.data.num_proc: Value 'abc'")]:
+                        ({"ppl": {"data": {"num_proc": "abc"}}}, r"^ppl.data.num_proc: Value 'abc'"),
+                        # both off wrote an empty report without a word
+                        ({"ppl": {"enabled": False}, "icl": {"enabled": False}}, r"leave nothing to evaluate")]:
         with pytest.raises(ConfigError, match=culprit):
             EvaluateConfig.from_mapping({"ckpt_path": "x.ckpt", **kw})
     with pytest.MonkeyPatch.context() as mp:  # WANDB_MODE=disabled: no run starts, so no name is W&B's to refuse

@@ -233,6 +233,8 @@ class EvaluateConfig(EvalConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if not self.ppl.enabled and not self.icl.enabled:  # wrote an empty report, silently
+            raise ConfigError("ppl.enabled=false and icl.enabled=false leave nothing to evaluate; enable one of them")
         for name in ("ckpt_path", "sweep_dir", "cache_dir"):  # cache_dir=5: a TypeError from pathlib, after loading
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):

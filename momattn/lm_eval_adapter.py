@@ -235,6 +235,12 @@ class MomattnLM(TemplateLM):
         return (list(until), settings["max_gen_toks"], settings["temperature"] if sample else 0.0,
                 settings["top_k"] or None)
 
+    DECODE_MARGIN = 8  # tokens decoded before a stop string's (generate.StreamDecoder's MARGIN)
+
+    def _has_stop(self, tokens: list[int], until: list[str]) -> bool:
+        text = self.tok_decode(tokens)
+        return any(s and s in text for s in until)
+
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         out = []
         for req in tqdm(requests, disable=disable_tqdm, desc="momattn generating"):
@@ -247,16 +253,20 @@ class MomattnLM(TemplateLM):
                 self._warned.update(ignored)
             ids = self.tok_encode(context) or [self.eot_token_id]
             idx = torch.tensor([ids], dtype=torch.long, device=self._device)
-            tokens, text = [], ""
+            # a stop string ending in the newest token lies in its last (one per byte, + 1) tokens; the decode
+            # starts a few before them (a decoder's context). Decoding the whole continuation at every token
+            # made generation quadratic in max_gen_toks; a hit in the tail is confirmed on the whole text
+            tail = max((len(s.encode()) for s in until), default=0) + 1 + self.DECODE_MARGIN
+            tokens = []
             with torch.no_grad(), inference_autocast(self._device, self.precision):
                 for tok in sample_tokens(self.model, idx, max_new, temperature, top_k,
                                          vocab=self.tokenizer.n_ids):
                     if int(tok[0]) == self.eot_token_id:
                         break
                     tokens.append(int(tok[0]))
-                    text = self.tok_decode(tokens)
-                    if any(s and s in text for s in until):
+                    if until and self._has_stop(tokens[-tail:], until) and self._has_stop(tokens, until):
                         break
+            text = self.tok_decode(tokens)
             for s in until:
                 if s:
                     text = text.split(s)[0]

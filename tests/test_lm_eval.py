@@ -213,3 +213,28 @@ def test_without_lm_eval_the_command_says_which_extra_to_install(tmp_path):
                        env={**__import__("os").environ, "PYTHONPATH": path}, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "error: the lm-eval adapter needs the [lm-eval] extra" in r.stderr
+
+
+def test_generate_until_decodes_a_bounded_tail_per_token_and_cuts_stop_strings_as_before(tmp_path):
+    # each generated token decoded the whole continuation again (and searched all of it for the stop strings):
+    # quadratic in max_gen_toks (2,000 tokens: 2 million tokens decoded)
+    lm = MomattnLM(ckpt_path=str(tiny_checkpoint(tmp_path / "long.ckpt", "momentum", block_size=512)),
+                   precision="32-true")  # a context longer than the sample: the KV cache, no re-encoded windows
+    decoded, real = [], lm.tok_decode
+    lm.tok_decode = lambda ids: decoded.append(len(ids)) or real(ids)
+    n = 300
+    (free,) = lm.generate_until([req("generate_until", "Review:", {"until": ["zzqq"], "max_gen_toks": n})])
+    ids = torch.tensor([lm.tok_encode("Review:")])
+    greedy = [int(t) for t in sample_tokens(lm.model, ids, n, temperature=0, vocab=lm.tokenizer.n_ids)]
+    assert lm.eot_token_id not in greedy and free == real(greedy) and "zzqq" not in free
+    assert sum(decoded) < 30 * n, sum(decoded)  # was n (n + 1) / 2
+    # stop strings: one spanning two tokens, several requests at once with their own until and max_gen_toks
+    cut = next(i for i in range(20, n) if real(greedy[i - 1:i]).strip() and real(greedy[i:i + 1]).strip())
+    span = real(greedy[cut - 1:cut])[-1] + real(greedy[cut:cut + 1])[0]
+    reqs = [(["zzqq", span], n), ([span], 5), (["zzqq"], 7), ([real(greedy[40:43])], n)]
+    got = lm.generate_until([req("generate_until", "Review:", {"until": u, "max_gen_toks": m}) for u, m in reqs])
+    for (until, m), text in zip(reqs, got):
+        expect = real(greedy[:m])
+        for s in until:
+            expect = expect.split(s)[0]
+        assert text == expect and not any(s in text for s in until)

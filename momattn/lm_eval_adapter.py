@@ -10,7 +10,7 @@ lm-eval's own command line with ARGS, unchanged.
 - loglikelihood: every (context, continuation) is one row, the context cut from the left so that the row
   fits the model's context (block_size tokens of input); rows are sorted by length and batched up to
   batch_tokens tokens (and batch_size rows, when lm-eval gives an int), so neighbours need little padding.
-  Returns (sum log p(continuation), whether each token was the argmax).
+  Returns (sum log p(continuation), whether each token was the argmax over the tokenizer's ids).
 - loglikelihood_rolling: lm-eval's disjoint rolling windows (one token of context each), scored as above.
 - device: --device (lm-eval's default cuda:0) or device= in --model_args; where there is no CUDA GPU, the CPU.
 - generate_until: one request at a time with the KV cache (momattn.generate.sample_tokens), greedy unless
@@ -172,7 +172,9 @@ class MomattnLM(TemplateLM):
                 cont = pairs[i][1]
                 lp, at = logp[at : at + len(cont)], at + len(cont)  # (N, V)
                 target = torch.tensor(cont, device=lp.device)
-                out[i] = (float(lp.gather(1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
+                # greedy over the tokenizer's ids, as generate_until: never the embedding's padding rows (ginc.py)
+                greedy = lp[:, : self.tokenizer.n_ids].argmax(-1)
+                out[i] = (float(lp.gather(1, target[:, None]).sum()), bool((greedy == target).all()))
 
         for i in tqdm(order, disable=disable_tqdm, desc="momattn scoring"):
             w = min(max(len(pairs[i][0]), 1) + len(pairs[i][1]) - 1, self.max_length)  # an empty context: [eot]

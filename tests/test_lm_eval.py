@@ -238,3 +238,19 @@ def test_generate_until_decodes_a_bounded_tail_per_token_and_cuts_stop_strings_a
         for s in until:
             expect = expect.split(s)[0]
         assert text == expect and not any(s in text for s in until)
+
+
+def test_is_greedy_means_what_greedy_generation_gives_never_a_padding_id(tmp_path):
+    # the argmax ran over the embedding's padding rows too (ids no text has, which generate_until never gives):
+    # where one of them was likeliest, the continuation greedy generation returns was scored "not greedy"
+    from test_generate import padding_first_checkpoint
+
+    lm = MomattnLM(ckpt_path=str(padding_first_checkpoint(tmp_path / "p.ckpt", "momentum", block_size=16)),
+                   precision="32-true")
+    (text,) = lm.generate_until([req("generate_until", "Review:", {"until": [], "max_gen_toks": 3})])
+    ctx = lm.tok_encode("Review:")
+    assert int(lm.model(torch.tensor([ctx]))[0, -1].argmax()) >= lm.tokenizer.n_ids  # a padding id is likeliest
+    cont = [int(t) for t in sample_tokens(lm.model, torch.tensor([ctx]), 3, temperature=0, vocab=lm.tokenizer.n_ids)]
+    assert lm.tok_decode(cont) == text
+    ((ll, greedy),) = lm._loglikelihood_tokens([(("", ""), ctx, cont)])
+    assert greedy and ll < 0

@@ -14,7 +14,8 @@ lm-eval's own command line with ARGS, unchanged.
 - loglikelihood_rolling: lm-eval's disjoint rolling windows (one token of context each), scored as above.
 - device: --device (lm-eval's default cuda:0) or device= in --model_args; where there is no CUDA GPU, the CPU.
 - generate_until: one request at a time with the KV cache (momattn.generate.sample_tokens), greedy unless
-  do_sample=true; stops at the end-of-text token or at the first `until` string, which is cut off.
+  do_sample=true (then temperature, top_k and top_p, as in transformers); stops at the end-of-text token or at
+  the first `until` string, which is cut off.
 Needs the [lm-eval] extra: pip install 'momattn[lm-eval]'.
 """
 
@@ -209,9 +210,9 @@ class MomattnLM(TemplateLM):
 
     # -- generation ------------------------------------------------------------------------------------------
 
-    def _generation_settings(self, kwargs: dict) -> tuple[list[str], int, float, int | None]:
-        """(until, max_gen_toks, temperature (0: greedy), top_k) popped from a request's generation kwargs; a
-        ConfigError naming a setting of the wrong type or range (null: the default)."""
+    def _generation_settings(self, kwargs: dict) -> tuple[list[str], int, float, int | None, float]:
+        """(until, max_gen_toks, temperature (0: greedy), top_k, top_p) popped from a request's generation kwargs;
+        a ConfigError naming a setting of the wrong type or range (null: the default)."""
         from momattn.errors import ConfigError
 
         def bad(key: str, value, must: str) -> ConfigError:
@@ -232,10 +233,14 @@ class MomattnLM(TemplateLM):
             if isinstance(v, bool) or not number or float(v) < 0:
                 raise bad(key, v, must)
             settings[key] = float(v) if key == "temperature" else int(v)
+        top_p = kwargs.pop("top_p", None)
+        top_p = 1.0 if top_p is None else top_p
+        if isinstance(top_p, bool) or not _is_float(top_p) or not 0 < float(top_p) <= 1:
+            raise bad("top_p", top_p, "a number in (0, 1] (1: the whole distribution)")
         sample = bool(kwargs.pop("do_sample", False)) and settings["temperature"] > 0
         # greedy unless sampling; top_k 0: the whole vocabulary (transformers' meaning)
         return (list(until), settings["max_gen_toks"], settings["temperature"] if sample else 0.0,
-                settings["top_k"] or None)
+                settings["top_k"] or None, float(top_p))
 
     DECODE_MARGIN = 8  # tokens decoded before a stop string's (generate.StreamDecoder's MARGIN)
 
@@ -247,9 +252,9 @@ class MomattnLM(TemplateLM):
         out = []
         for req in tqdm(requests, disable=disable_tqdm, desc="momattn generating"):
             context, kwargs = req.args[0], dict(req.args[1] or {})
-            until, max_new, temperature, top_k = self._generation_settings(kwargs)
+            until, max_new, temperature, top_k, top_p = self._generation_settings(kwargs)
             ignored = sorted(set(kwargs) - self._warned)
-            if ignored:  # top_p, repetition_penalty, ...: say so once instead of sampling otherwise than asked
+            if ignored:  # repetition_penalty, ...: say so once instead of sampling otherwise than asked
                 print(f"momattn: generation settings {', '.join(ignored)} are not supported and are ignored",
                       file=sys.stderr)
                 self._warned.update(ignored)
@@ -262,7 +267,7 @@ class MomattnLM(TemplateLM):
             tokens = []
             with torch.no_grad(), inference_autocast(self._device, self.precision):
                 for tok in sample_tokens(self.model, idx, max_new, temperature, top_k,
-                                         vocab=self.tokenizer.n_ids):
+                                         vocab=self.tokenizer.n_ids, top_p=top_p):
                     if int(tok[0]) == self.eot_token_id:
                         break
                     tokens.append(int(tok[0]))

@@ -127,12 +127,18 @@ def test_generation_settings_and_bad_input_are_handled_as_lm_eval_users_expect(c
     from momattn.errors import DataError
 
     lm = MomattnLM(ckpt_path=str(ckpt), precision="32-true")
-    settings = {"until": [], "max_gen_toks": 4, "do_sample": True, "top_k": 0, "top_p": 0.9}
+    settings = {"until": [], "max_gen_toks": 4, "do_sample": True, "top_k": 0, "top_p": 0.9,
+                "repetition_penalty": 1.2}
     (text,) = lm.generate_until([req("generate_until", "Review:", settings)])  # top_k=0: no top-k, as in HF
     assert isinstance(text, str)
-    assert "generation settings top_p are not supported and are ignored" in capsys.readouterr().err
+    assert "generation settings repetition_penalty are not supported and are ignored" in capsys.readouterr().err
     lm.generate_until([req("generate_until", "Review:", settings)])
-    assert "top_p" not in capsys.readouterr().err  # said once
+    assert "repetition_penalty" not in capsys.readouterr().err  # said once
+    # top_p is honoured: a nucleus too small for a second token is greedy generation
+    tiny = {"until": [], "max_gen_toks": 6, "do_sample": True, "temperature": 1.0, "top_p": 1e-9}
+    greedy = {"until": [], "max_gen_toks": 6}
+    assert lm.generate_until([req("generate_until", "Review:", tiny)]) == \
+        lm.generate_until([req("generate_until", "Review:", greedy)])
     with pytest.raises(DataError, match="a continuation of 70 tokens is longer than the model's context of 64"):
         lm.score_pairs([([1], [5] * 70)])
     r = run_cli("-m", ["momattn.lm_eval_adapter", "--model", "momattn", "--model_args", "ckpt_path=nope.ckpt",
@@ -180,6 +186,8 @@ def test_a_batch_size_that_is_neither_a_count_nor_auto_is_refused(ckpt, arg):
     ({"temperature": "hot", "do_sample": True}, "temperature='hot' must be a number >= 0"),
     ({"top_k": -1, "do_sample": True}, r"top_k=-1 must be an int >= 0 \(0: the whole vocabulary\)"),  # torch.topk's error
     ({"until": [3]}, r"until=\[3\] must be a string or a list of strings"),  # TypeError in `s in text`
+    ({"top_p": 0, "do_sample": True}, r"top_p=0 must be a number in \(0, 1\]"),
+    ({"top_p": "most", "do_sample": True}, r"top_p='most' must be a number in \(0, 1\]"),
 ])
 def test_bad_generation_settings_are_refused_by_name(ckpt, setting, says):
     from momattn.errors import ConfigError

@@ -414,6 +414,31 @@ def test_greedy_predictions_never_answer_a_padding_id(tmp_path, monkeypatch):
     assert res.acc == plain.acc and max(plain.acc.values()) > 0
 
 
+def test_the_learning_rate_is_chosen_on_the_tokenizer_s_ids_as_the_test_predictions(tmp_path, monkeypatch):
+    # the held-out GINC prompts choose the rate by greedy accuracy: over the tokenizer's ids, as the test's FT
+    # accuracy (a padding row on top read every rate as 0% right, and the choice fell to the smallest rate)
+    import momattn.analysis.runner as runner
+    from momattn.analysis.capture import Capture
+    from momattn.checkpoint import load_checkpoint
+
+    model, tok = load_checkpoint(ginc_checkpoint(tmp_path, "vanilla"))
+    settings = cfg("ginc", shots=4, max_examples=4, select_prompts=24, lrs=[1e-3, 3.0], ft_models_per_batch=48,
+                   dual_check=False)
+    plain = analyze(model, tok, {"data": dict(WORLD)}, settings)
+    real = runner.capture
+
+    def padded(*a, **kw):
+        c = real(*a, **kw)
+        top = torch.full((len(c.logits), 3), -1e4)
+        top[:, 0] = 1e4
+        return Capture(c.h, c.h_proj, c.q, c.scores, torch.cat([c.logits, top], dim=1))
+
+    monkeypatch.setattr(runner, "capture", padded)
+    res = analyze(model, tok, {"data": dict(WORLD)}, settings)
+    assert res.lr_selection == plain.lr_selection and res.lr == plain.lr
+    assert max(v for v in plain.lr_selection.values() if v is not None) > 0
+
+
 def test_the_random_baseline_does_not_depend_on_how_many_models_are_finetuned_side_by_side(tmp_path):
     """ft_models_per_batch is a speed setting: each GINC prompt's random update is drawn from its own seed, so
     SimAOU(random d) is the same whatever the batch of models (it was drawn per batch, and changed with it)."""

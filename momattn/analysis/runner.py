@@ -131,7 +131,10 @@ def choice_predictions(model, prefix: list[int], eps: list[Episode], delta: Delt
     return np.asarray(preds)
 
 
-def select_lr(model, aset: AnalysisSet, cfg: AnalyzeConfig) -> tuple[float, dict[str, float | None]]:
+def select_lr(model, aset: AnalysisSet, cfg: AnalyzeConfig, n_ids: int | None = None
+              ) -> tuple[float, dict[str, float | None]]:
+    """n_ids: GINC's greedy answer is over the tokenizer's ids (the embedding's padding rows are no token), as the
+    test predictions'."""
     grid = cfg.lr_grid
     if len(grid) == 1:  # fixed by lrs=[x]: nothing to choose, no held-out rows spent
         return grid[0], {}
@@ -166,7 +169,7 @@ def select_lr(model, aset: AnalysisSet, cfg: AnalyzeConfig) -> tuple[float, dict
             logp = torch.log_softmax(cap.logits.double(), -1)
             for (i, e), row, dv in zip(chunk, logp, run.diverged):
                 bad[i] |= bool(dv) or not bool(torch.isfinite(row).all())
-                right[i] += int(row.argmax()) == e.label
+                right[i] += int(row[:n_ids].argmax()) == e.label
                 lp[i] += float(row[e.label])
         acc, gold = right / len(aset.select), lp / len(aset.select)
     table = {str(lr): (None if b else float(a)) for lr, a, b in zip(grid, acc, bad)}
@@ -282,7 +285,7 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
         else:
             cap_icl = capture(model, [e.icl_prompt for e in eps], batch_tokens=cfg.batch_tokens)
     with timer("lr_select"):
-        lr, table = select_lr(model, aset, cfg)
+        lr, table = select_lr(model, aset, cfg, tokenizer.n_ids if aset.kind == "ginc" else None)
     cap_ft, cap_rnd, queries, run, facts, diverged = finetuned_states(model, aset, lr, cfg, timer)
     n_models = 1 if aset.kind == "choice" else len(eps)
     if facts["n_diverged"] == n_models:

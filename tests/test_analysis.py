@@ -439,6 +439,35 @@ def test_the_learning_rate_is_chosen_on_the_tokenizer_s_ids_as_the_test_predicti
     assert max(v for v in plain.lr_selection.values() if v is not None) > 0
 
 
+def test_a_finetuned_ginc_model_whose_test_logits_overflow_counts_as_diverged(tmp_path, monkeypatch):
+    # finite weights after every step, yet non-finite logits on the test prompt (an update large enough to overflow
+    # attention): such a model answers nothing, as one whose weights went non-finite (its nan argmaxed to symbol 0,
+    # the delimiter, often the label), and `diverged test models` counts it
+    import momattn.analysis.runner as runner
+    from momattn.analysis.capture import Capture
+    from momattn.checkpoint import load_checkpoint
+
+    model, tok = load_checkpoint(ginc_checkpoint(tmp_path, "vanilla"))
+    settings = cfg("ginc", shots=4, max_examples=6, lrs=[1e-2], ft_models_per_batch=6, dual_check=False)
+    real = runner.capture
+
+    def overflow(rows):
+        def cap(*a, **kw):
+            c = real(*a, **kw)
+            if kw.get("delta") is None:
+                return c
+            logits = c.logits.clone()
+            logits[rows] = float("nan")
+            return Capture(c.h, c.h_proj, c.q, c.scores, logits)
+        return cap
+
+    monkeypatch.setattr(runner, "capture", overflow([0]))
+    assert analyze(model, tok, {"data": dict(WORLD)}, settings).ft["n_diverged"] == 1
+    monkeypatch.setattr(runner, "capture", overflow(slice(None)))
+    with pytest.raises(NonFiniteLossError, match=r"finetuning at lr=0\.01 diverged"):
+        analyze(model, tok, {"data": dict(WORLD)}, settings)
+
+
 def test_the_random_baseline_does_not_depend_on_how_many_models_are_finetuned_side_by_side(tmp_path):
     """ft_models_per_batch is a speed setting: each GINC prompt's random update is drawn from its own seed, so
     SimAOU(random d) is the same whatever the batch of models (it was drawn per batch, and changed with it)."""

@@ -213,7 +213,8 @@ def finetuned_states(model, aset: AnalysisSet, lr: float, cfg: AnalyzeConfig, ti
         queries.extend(torch.cat(qm, dim=1) for qm in run.queries)
         losses.append(run.losses)
         norms.append(run.delta.norms())
-        diverged.extend(bool(d) for d in run.diverged)
+        # finite weights can still overflow on the test prompt: nan logits answer nothing, as a diverged model
+        diverged.extend(bool(d) or not bool(torch.isfinite(lg).all()) for d, lg in zip(run.diverged, caps_ft[-1].logits))
     ok = ~torch.tensor(diverged, dtype=torch.bool)  # a diverged model's inf / nan would swamp the means
     facts = {"loss_per_step": torch.cat(losses)[ok].mean(0).tolist(),
              "update_norm_per_layer": torch.cat(norms)[ok].mean(0).tolist(), "n_diverged": sum(diverged)}

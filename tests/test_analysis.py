@@ -786,3 +786,12 @@ def test_the_ood_probe_leaves_out_a_repeated_run_and_refuses_mixed_settings(tmp_
     torch.save(state, ckpt)
     with pytest.raises(SystemExit, match="hold 2 training settings"):
         ginc_ood_probe.main(["--sweep", str(sweep), "--prompts", "6", "--k", "2", "--out", str(tmp_path / "out")])
+
+
+def test_a_sweep_analysis_prints_no_interval_that_excludes_0_as_reaching_it():
+    """Kendall(ICL, random)'s -0.002 [-0.003, -0.000] read 'lower' with an interval printed as reaching 0."""
+    from momattn.analysis.sweep import Interval, _ci
+
+    assert _ci("kendall_random", Interval("kendall_random", "m", -0.002, -0.0034, -0.0002, 6, "lower")) == \
+        "[-0.003, -0.0002]"
+    assert _ci("acc_icl", Interval("acc_icl", "m", 0.02, 0.0003, 0.04, 6, "higher")) == "[0.03, 4.0]"

@@ -459,3 +459,22 @@ def test_the_in_context_rise_is_compared_with_vanilla_s_paired_by_seed(monkeypat
     assert not [c for c in s.comparisons if "rise@k8" in c.metric]  # k = 8 is not every run's
     md = sweep.sweep_markdown([s], [], 6)
     assert "`<task>/rise@k<K>`: the in-context rise" in md and "| ginc/rise@k4 | momentum: -" in md
+
+
+def test_a_printed_interval_reaches_0_only_where_the_interval_does():
+    """A bound of +0.0004 (accuracy) printed as 0.0 beside 'better' ([0.0, 2.4], as in ginc_eta's sweep.md) read as
+    an interval that reaches 0; a bound is now printed with the places it takes not to read as 0."""
+    from momattn.eval.sweep import Comparison, Rise, interval_end, sweep_markdown
+
+    assert interval_end(0.04, 1) == "0.04" and interval_end(-0.003, 2) == "-0.003" and interval_end(0.0, 1) == "0.0"
+    assert interval_end(2.44, 1, "+") == "+2.4" and interval_end(-0.0004, 1, "+") == "-0.0004"
+    comps = [Comparison("ginc/acc@k2", "momentum", 0.012, 0.0004, 0.024, 6, verdict("ginc/acc@k2", 0.0004, 0.024)),
+             Comparison("ginc/acc@k4", "momentum", 0.012, -0.0004, 0.024, 6, verdict("ginc/acc@k4", -0.0004, 0.024)),
+             Comparison("ppl@64", "momentum", -0.5, -1.0, -0.003, 6, verdict("ppl@64", -1.0, -0.003))]
+    rise = Rise("vanilla", "ginc", 32, 0.013, 0.0002, 0.026, 0.001, 2, "rises")
+    md = sweep_markdown([SettingSummary("s", {}, rows={"vanilla": {}, "momentum": {}}, comparisons=comps,
+                                        rises=[rise])], [], 12)
+    assert "| ginc/acc@k2 | momentum: 1.2 | [0.04, 2.4] | 6 | better |" in md
+    assert "| ginc/acc@k4 | momentum: 1.2 | [-0.04, 2.4] | 6 | no difference at this budget |" in md
+    assert "| ppl@64 | momentum: -0.50 | [-1.00, -0.003] | 6 | better |" in md
+    assert "| +1.3 ± 0.1 | [+0.02, +2.6] | 2 | rises |" in md

@@ -29,6 +29,7 @@ from momattn.eval.sweep import (
     by_setting,
     distinct,
     find_runs,
+    interval_end,
     no_interval,
     paired,
     seed_row,
@@ -152,7 +153,11 @@ def _num(key: str, x: float) -> str:
 def _ci(key: str, iv: Interval, one: str = "one seed") -> str:
     if not math.isfinite(iv.lo):
         return f"n/a ({one})" if iv.n < 2 else "n/a (no spread)"
-    return f"[{_num(key, iv.lo)}, {_num(key, iv.hi)}]"
+    return f"[{_end(key, iv.lo)}, {_end(key, iv.hi)}]"
+
+
+def _end(key: str, x: float) -> str:  # an interval's bound: never a nonzero one printed as 0
+    return interval_end(100 * x, 1) if key in PERCENT else interval_end(x, 3)
 
 
 def markdown(summaries: Sequence[SettingAnalysis], failed: Sequence[str], conf: AnalyzeConfig, n_runs: int) -> str:

@@ -464,6 +464,18 @@ def _num(metric: str, x: float) -> str:
     return f"{x:.2f}" if is_ppl(metric) else f"{100 * x:.1f}"
 
 
+def interval_end(x: float, decimals: int, sign: str = "") -> str:
+    """An interval's bound to `decimals` places, or to as many more as it takes not to print a bound that is not 0
+    as 0: [0.0, 2.4] beside 'better' read as an interval that reaches 0 (its low end was +0.0004), -0.0 likewise."""
+    while x != 0 and math.isfinite(x) and float(f"{x:.{decimals}f}") == 0 and decimals < 12:
+        decimals += 1
+    return f"{x:{sign}.{decimals}f}"
+
+
+def _end(metric: str, x: float) -> str:
+    return interval_end(x, 2) if is_ppl(metric) else interval_end(100 * x, 1)
+
+
 def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n_runs: int) -> str:
     left = sum(len(s.duplicates) for s in summaries)
     lines = ["# momattn sweep verdict", "",
@@ -500,7 +512,7 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
             lines += ["### In-context rise (accuracy at the largest k minus k = 0, per seed)", "",
                       "| attention | task | k | rise | 95% interval | seeds | reading |", "|---|---|---|---|---|---|---|"]
             for r in s.rises:
-                ci = ("n/a (one seed)" if r.n_seeds < 2 else "n/a (no spread)") if not math.isfinite(r.lo) else f"[{100 * r.lo:+.1f}, {100 * r.hi:+.1f}]"
+                ci = ("n/a (one seed)" if r.n_seeds < 2 else "n/a (no spread)") if not math.isfinite(r.lo) else f"[{interval_end(100 * r.lo, 1, '+')}, {interval_end(100 * r.hi, 1, '+')}]"
                 rise = f"{100 * r.mean:+.1f}" + (f" ± {100 * r.std:.1f}" if r.n_seeds > 1 else "")
                 lines.append(f"| {r.attention} | {r.task} | 0 -> {r.k} | {rise} | {ci} | {r.n_seeds} | {r.reading} |")
             lines.append("")
@@ -512,7 +524,7 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
                           f"{BASELINE}?", ""]
             lines += ["| metric | attention − vanilla | 95% interval | pairs | verdict |", "|---|---|---|---|---|"]
             for c in s.comparisons:
-                ci = ("n/a (one pair)" if c.n_pairs < 2 else "n/a (no spread)") if not math.isfinite(c.lo) else f"[{_num(c.metric, c.lo)}, {_num(c.metric, c.hi)}]"
+                ci = ("n/a (one pair)" if c.n_pairs < 2 else "n/a (no spread)") if not math.isfinite(c.lo) else f"[{_end(c.metric, c.lo)}, {_end(c.metric, c.hi)}]"
                 lines.append(f"| {c.metric} | {c.attention}: {_num(c.metric, c.diff_mean)} | {ci} | {c.n_pairs} | "
                              f"{c.verdict} |")
             lines.append("")

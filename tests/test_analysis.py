@@ -795,3 +795,19 @@ def test_a_sweep_analysis_prints_no_interval_that_excludes_0_as_reaching_it():
     assert _ci("kendall_random", Interval("kendall_random", "m", -0.002, -0.0034, -0.0002, 6, "lower")) == \
         "[-0.003, -0.0002]"
     assert _ci("acc_icl", Interval("acc_icl", "m", 0.02, 0.0003, 0.04, 6, "higher")) == "[0.03, 4.0]"
+
+
+def test_a_sweep_analysis_names_an_attention_sharing_no_seed_with_vanilla_where_others_are_compared():
+    from pathlib import Path
+
+    from momattn.analysis.config import AnalyzeConfig
+    from momattn.analysis.sweep import METRICS, markdown, summarise
+    from momattn.eval.sweep import SweepRun
+
+    runs = [SweepRun(Path(f"{a}{sd}"), Path(f"{a}{sd}"), a, sd, "s", {"seed": sd})
+            for a, sd in (("vanilla", 1), ("vanilla", 2), ("momentum", 1), ("momentum", 2), ("multirate_ema", 3))]
+    metrics = {id(r): {key: 0.5 + 0.01 * i for key, _, _ in METRICS} for i, r in enumerate(runs)}
+    (s,) = summarise(runs, metrics)
+    assert {c.attention for c in s.comparisons} == {"momentum"}
+    md = markdown([s], [], AnalyzeConfig(sweep_dir="x"), 5)
+    assert "vanilla's seeds: 1, 2): multirate_ema (seeds 3)" in md

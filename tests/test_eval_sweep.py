@@ -478,3 +478,19 @@ def test_a_printed_interval_reaches_0_only_where_the_interval_does():
     assert "| ginc/acc@k4 | momentum: 1.2 | [-0.04, 2.4] | 6 | no difference at this budget |" in md
     assert "| ppl@64 | momentum: -0.50 | [-1.00, -0.003] | 6 | better |" in md
     assert "| +1.3 ± 0.1 | [+0.02, +2.6] | 2 | rises |" in md
+
+
+def test_an_attention_sharing_no_seed_with_vanilla_is_named_where_others_are_compared(monkeypatch):
+    """vanilla and momentum on seeds 1-3, multirate_ema on seeds 4-5: multirate_ema had no verdict row and no word
+    (the 'No seed is shared' line came only when no attention at all was compared)."""
+    from momattn.eval import sweep
+
+    ppl = {("vanilla", 1): 10.0, ("vanilla", 2): 11.0, ("vanilla", 3): 12.5, ("momentum", 3): 9.0,
+           ("momentum", 1): 9.5, ("momentum", 2): 9.7, ("multirate_ema", 4): 8.0, ("multirate_ema", 5): 8.5}
+    runs = [sweep.SweepRun(Path(f"{a}{s}.ckpt"), Path(f"{a}{s}"), a, s, "same", {}, result=(a, s)) for a, s in ppl]
+    monkeypatch.setattr(sweep, "metrics_of", lambda result: {"ppl@64": ppl[result]})
+    (s,) = sweep.summarise(runs)
+    (c,) = s.comparisons
+    assert c.attention == "momentum" and c.diff_mean == pytest.approx((9.5 - 10 + 9.7 - 11 + 9.0 - 12.5) / 3)
+    md = sweep.sweep_markdown([s], [], 8)
+    assert "vanilla's seeds: 1, 2, 3): multirate_ema (seeds 4, 5)" in md and "No seed is shared" not in md

@@ -34,6 +34,7 @@ from momattn.eval.sweep import (
     paired,
     seed_row,
     t_interval,
+    unpaired_line,
     verdict_tables,
 )
 from momattn.io import atomic_write_text, json_text
@@ -202,6 +203,7 @@ def markdown(summaries: Sequence[SettingAnalysis], failed: Sequence[str], conf: 
                 lines.append(f"| {labels[c.name]} | {c.attention}: {_num(c.name, c.mean)} | "
                              f"{_ci(c.name, c, 'one pair')} | {c.n} | {c.reading} |")
             lines.append("")
+            lines += unpaired_line(s.rows, s.comparisons)
         elif BASELINE not in s.rows:
             lines += [f"No {BASELINE} run in this setting: nothing to compare against.", ""]
         elif len(s.rows) > 1:  # pairs are by seed: vanilla seed 1 and momentum seed 2 make no pair

@@ -417,6 +417,19 @@ def paired(seeds: Mapping, base: Mapping, key: str) -> list[float]:
     return [v[key] - base[sd][key] for sd, v in seeds.items() if sd in base and key in v and key in base[sd]]
 
 
+def unpaired_line(rows: Mapping[str, Mapping[str, Mapping]], comparisons: Sequence) -> list[str]:
+    """Where some attentions are compared with vanilla, a line naming those that are not (no seed shared with it,
+    or none with a value on both sides): pairs are by seed, and their rows were missing from the verdict silently."""
+    def seeds(att: str) -> str:
+        return ", ".join(sorted({sd for v in rows[att].values() for sd in v["seeds"]}, key=lambda x: (len(x), x)))
+
+    left = [att for att in rows if att != BASELINE and all(c.attention != att for c in comparisons)]
+    if not comparisons or BASELINE not in rows or not left:
+        return []
+    return [f"Not compared with {BASELINE} (differences are paired by seed, and no seed has a value on both sides; "
+            f"{BASELINE}'s seeds: {seeds(BASELINE)}): " + "; ".join(f"{att} (seeds {seeds(att)})" for att in left), ""]
+
+
 def verdict_tables(summaries: Sequence, parts: Sequence[str]) -> dict[str, list[dict]]:
     """A sweep verdict's tables as flat rows (for W&B): `rows`, one per (setting, attention, metric) with its mean,
     std, n and seeds, and each of `parts` (a list of dataclasses on every summary: comparisons, rises, findings),
@@ -528,6 +541,7 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
                 lines.append(f"| {c.metric} | {c.attention}: {_num(c.metric, c.diff_mean)} | {ci} | {c.n_pairs} | "
                              f"{c.verdict} |")
             lines.append("")
+            lines += unpaired_line(s.rows, s.comparisons)
         elif BASELINE not in s.rows:
             lines += [f"No {BASELINE} run in this setting: nothing to compare against.", ""]
         elif len(s.rows) > 1:  # pairs are by seed: vanilla seed 1 and momentum seed 2 make no pair

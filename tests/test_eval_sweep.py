@@ -494,3 +494,14 @@ def test_an_attention_sharing_no_seed_with_vanilla_is_named_where_others_are_com
     assert c.attention == "momentum" and c.diff_mean == pytest.approx((9.5 - 10 + 9.7 - 11 + 9.0 - 12.5) / 3)
     md = sweep.sweep_markdown([s], [], 8)
     assert "vanilla's seeds: 1, 2, 3): multirate_ema (seeds 4, 5)" in md and "No seed is shared" not in md
+
+
+def test_the_readme_names_every_case_the_verdict_cannot_tell():
+    """README's Sweeps bullet gave 'cannot tell' for a single seed pair only; the verdict gives it as well for pairs
+    that all differ by the same amount (no spread: t_interval returns no interval)."""
+    nan = float("nan")
+    assert verdict("ppl@64", *t_interval([0.5, 0.5, 0.5])[1:], 3).startswith("cannot tell")
+    bullet = next(p for p in (Path(__file__).parents[1] / "README.md").read_text().split("\n- ")
+                  if p.startswith("**Sweeps:**"))
+    assert '"cannot tell" for a single seed pair, or pairs that all differ by the same amount' in bullet
+    assert verdict("ppl@64", nan, nan, 1) == "cannot tell (one seed: no interval)"

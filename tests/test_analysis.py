@@ -797,6 +797,19 @@ def test_a_sweep_analysis_prints_no_interval_that_excludes_0_as_reaching_it():
     assert _ci("acc_icl", Interval("acc_icl", "m", 0.02, 0.0003, 0.04, 6, "higher")) == "[0.03, 4.0]"
 
 
+def test_the_ood_probe_prints_no_interval_that_excludes_0_as_reaching_it():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import ginc_ood_probe
+
+    row = {"k0": 0.5, "kK": 0.52, "change": 0.02, "lo": 0.0003, "hi": 0.04}
+    doc = {"K": 32, "prompts": 8, "seed": 1, "reader": {"ginc": {"0": 0.0, "32": 0.27}}, "slash": {"ginc": 0.09},
+           "summary": {"vanilla": {"seeds": [1, 2], "rows": {"ginc_ood/acc": row}}}}
+    assert "| +2.0 | [+0.03, +4.0] |" in ginc_ood_probe.markdown(doc)  # was [+0.0, +4.0]
+
+
 def test_a_sweep_analysis_names_an_attention_sharing_no_seed_with_vanilla_where_others_are_compared():
     from pathlib import Path
 

@@ -1,4 +1,5 @@
-"""The README's commands are real: every `python train.py ...` line composes and validates."""
+"""The README's commands are real: every `python train.py ...` line composes and validates (and so does each
+conf/**/*.yaml's first comment line, the command that uses that file)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,32 @@ from momattn.cli import check_overrides, user_overrides
 from momattn.config import load_train_config
 
 README = (ROOT / "README.md").read_text()
-COMMANDS = sorted({m.group(1).split("#")[0].strip() for m in re.finditer(r"python train\.py([^\n`]*)", README)})
+README_COMMANDS = {m.group(1).split("#")[0].strip() for m in re.finditer(r"python train\.py([^\n`]*)", README)}
+
+
+def _header_args(path) -> str | None:
+    """A conf file's first comment line names the command that uses it: its train.py arguments, each optional
+    `[key=value]` given, a `key=<placeholder>` given a name (the text in parentheses after it is a description)."""
+    line = next((ln for ln in path.read_text().splitlines() if ln.startswith("# ") and "@package" not in ln), "")
+    if not line.startswith("# python train.py"):
+        return None
+    args = re.sub(r"(\S+=)<[^>]*>", r"\1placeholder", line[len("# python train.py"):].split("   (")[0].split("  (")[0])
+    tokens = []
+    for t in shlex.split(args):
+        t = t[1:] if t.startswith("[") and "=" in t else t  # an optional argument's opening bracket
+        t = t[:-1] if t.count("]") > t.count("[") else t  # ... and its closing one
+        tokens.append(t)
+    return " ".join(shlex.quote(t) for t in tokens)
+
+
+HEADER_COMMANDS = {a for f in sorted((ROOT / "conf").rglob("*.yaml")) if (a := _header_args(f)) is not None}
+COMMANDS = sorted(README_COMMANDS | HEADER_COMMANDS)
+
+
+def test_the_conf_files_headers_are_read():
+    assert "data=ginc tokenizer=source 'eval.icl.tasks=[ginc,ginc_ood]'" in HEADER_COMMANDS
+    assert "attention=momentum attention.eta=0.5 attention.learnable_eta=true attention.include_current=true" in HEADER_COMMANDS
+    assert len(HEADER_COMMANDS) >= 30
 
 
 def test_readme_has_the_two_quickstart_commands():

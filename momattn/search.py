@@ -21,9 +21,29 @@ def attention_space(cfg, trial) -> None:
     fixed = {**trial.user_attrs, **trial.params}  # is not suggested a second time
     if att.kind == "momentum" and str(att.get("learnable_eta", False)).lower() != "true" and \
             "attention.eta" not in fixed:  # a learnable eta is trained, not searched
-        trial.suggest_float("attention.eta", *ETA_RANGE)
+        _suggest(trial, "float", "attention.eta", ETA_RANGE, "attention.eta=choice(0.1,0.3,0.5)")
     elif att.kind == "multirate_ema" and "attention.n_rates" not in fixed:
-        trial.suggest_categorical("attention.n_rates", list(N_RATES))
+        _suggest(trial, "categorical", "attention.n_rates", list(N_RATES), "attention.n_rates=choice(4,8,16)")
+
+
+def _suggest(trial, kind: str, name: str, space, example: str) -> None:
+    """trial.suggest_<kind>(name, space); a grid sampler, which samples only the grid the command line gives, is
+    told in one line to give the attention's parameter as a choice (it raised Optuna's ValueError, a traceback)."""
+    try:
+        if kind == "float":
+            trial.suggest_float(name, *space)
+        else:
+            trial.suggest_categorical(name, space)
+    except ValueError:
+        from optuna.samplers import GridSampler
+
+        if not isinstance(getattr(getattr(trial, "study", None), "sampler", None), GridSampler):
+            raise
+        from momattn.errors import ConfigError
+
+        raise ConfigError(f"hydra/sweeper/sampler=grid samples only the values the command line lists, and this "
+                          f"search also tunes {name} (the attention's own parameter): list its values too, e.g. "
+                          f"'{example}'") from None
 
 
 def trial_attention(cfg, trial):

@@ -56,8 +56,13 @@ class OptunaSweeper(Sweeper):
                   "hydra.sweeper.n_trials=N with N >= 1", file=sys.stderr)
             raise SystemExit(2)
         self._continue_stored_study()
+        from momattn.errors import UserError
+
         try:
             return self.base.sweep(arguments)
+        except UserError as e:  # raised before any trial (momattn.search's space): one line, as train.py's
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
         except ValueError as e:
             if _raised_in(e, "optuna/distributions") or "GridSampler only supports" in str(e):
                 # interval(1e-2,1e-4), or an interval for the grid sampler: a traceback, before any trial

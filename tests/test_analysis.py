@@ -391,15 +391,14 @@ def test_ginc_checkpoint_end_to_end(tmp_path, kind, capsys):
         run_analyze({"ckpt_path": str(path), "task": "ginc", "shots": 20, "lrs": [0.1]}, tmp_path / "out")
 
 
-def test_greedy_predictions_never_answer_a_padding_id(tmp_path, monkeypatch):
-    # the model's vocabulary padded beyond the tokenizer's V + 1 ids, with padding id V + 1 on top of every
-    # prediction: ZSL, ICL and FT answer the best real token, as evaluate.py's acc (it was the padding id: 0%)
+def with_a_padding_id_on_top(tmp_path, monkeypatch, settings):
+    """A GINC vanilla run analysed as it is, then again with 3 padding ids (beyond the tokenizer's) appended to
+    every captured prediction, the first of them on top: (plain, padded) results."""
     import momattn.analysis.runner as runner
     from momattn.analysis.capture import Capture
     from momattn.checkpoint import load_checkpoint
 
     model, tok = load_checkpoint(ginc_checkpoint(tmp_path, "vanilla"))
-    settings = cfg("ginc", shots=4, max_examples=40, lrs=[1e-2], ft_models_per_batch=40, dual_check=False)
     plain = analyze(model, tok, {"data": dict(WORLD)}, settings)
     real = runner.capture
 
@@ -410,31 +409,22 @@ def test_greedy_predictions_never_answer_a_padding_id(tmp_path, monkeypatch):
         return Capture(c.h, c.h_proj, c.q, c.scores, torch.cat([c.logits, top], dim=1))
 
     monkeypatch.setattr(runner, "capture", padded)
-    res = analyze(model, tok, {"data": dict(WORLD)}, settings)
+    return plain, analyze(model, tok, {"data": dict(WORLD)}, settings)
+
+
+def test_greedy_predictions_never_answer_a_padding_id(tmp_path, monkeypatch):
+    # the model's vocabulary padded beyond the tokenizer's V + 1 ids, with padding id V + 1 on top of every
+    # prediction: ZSL, ICL and FT answer the best real token, as evaluate.py's acc (it was the padding id: 0%)
+    plain, res = with_a_padding_id_on_top(tmp_path, monkeypatch, cfg(
+        "ginc", shots=4, max_examples=40, lrs=[1e-2], ft_models_per_batch=40, dual_check=False))
     assert res.acc == plain.acc and max(plain.acc.values()) > 0
 
 
 def test_the_learning_rate_is_chosen_on_the_tokenizer_s_ids_as_the_test_predictions(tmp_path, monkeypatch):
     # the held-out GINC prompts choose the rate by greedy accuracy: over the tokenizer's ids, as the test's FT
     # accuracy (a padding row on top read every rate as 0% right, and the choice fell to the smallest rate)
-    import momattn.analysis.runner as runner
-    from momattn.analysis.capture import Capture
-    from momattn.checkpoint import load_checkpoint
-
-    model, tok = load_checkpoint(ginc_checkpoint(tmp_path, "vanilla"))
-    settings = cfg("ginc", shots=4, max_examples=4, select_prompts=24, lrs=[1e-3, 3.0], ft_models_per_batch=48,
-                   dual_check=False)
-    plain = analyze(model, tok, {"data": dict(WORLD)}, settings)
-    real = runner.capture
-
-    def padded(*a, **kw):
-        c = real(*a, **kw)
-        top = torch.full((len(c.logits), 3), -1e4)
-        top[:, 0] = 1e4
-        return Capture(c.h, c.h_proj, c.q, c.scores, torch.cat([c.logits, top], dim=1))
-
-    monkeypatch.setattr(runner, "capture", padded)
-    res = analyze(model, tok, {"data": dict(WORLD)}, settings)
+    plain, res = with_a_padding_id_on_top(tmp_path, monkeypatch, cfg(
+        "ginc", shots=4, max_examples=4, select_prompts=24, lrs=[1e-3, 3.0], ft_models_per_batch=48, dual_check=False))
     assert res.lr_selection == plain.lr_selection and res.lr == plain.lr
     assert max(v for v in plain.lr_selection.values() if v is not None) > 0
 

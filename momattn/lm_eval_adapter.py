@@ -43,7 +43,7 @@ except ImportError as e:  # without the extra: say how to get it, not a ModuleNo
 
     raise ConfigError(_WHY) from None
 
-from momattn.generate import inference_autocast, sample_tokens
+from momattn.generate import StreamDecoder, inference_autocast, sample_tokens
 from momattn.hardware import resolve_device
 
 Pair = tuple[list[int], list[int]]  # (context ids, continuation ids)
@@ -242,8 +242,6 @@ class MomattnLM(TemplateLM):
         return (list(until), settings["max_gen_toks"], settings["temperature"] if sample else 0.0,
                 settings["top_k"] or None, float(top_p))
 
-    DECODE_MARGIN = 8  # tokens decoded before a stop string's (generate.StreamDecoder's MARGIN)
-
     def _has_stop(self, tokens: list[int], until: list[str]) -> bool:
         text = self.tok_decode(tokens)
         return any(s and s in text for s in until)
@@ -263,7 +261,7 @@ class MomattnLM(TemplateLM):
             # a stop string ending in the newest token lies in its last (one per byte, + 1) tokens; the decode
             # starts a few before them (a decoder's context). Decoding the whole continuation at every token
             # made generation quadratic in max_gen_toks; a hit in the tail is confirmed on the whole text
-            tail = max((len(s.encode()) for s in until), default=0) + 1 + self.DECODE_MARGIN
+            tail = max((len(s.encode()) for s in until), default=0) + 1 + StreamDecoder.MARGIN
             tokens = []
             with torch.no_grad(), inference_autocast(self._device, self.precision):
                 for tok in sample_tokens(self.model, idx, max_new, temperature, top_k,

@@ -665,6 +665,7 @@ def folder_holds_a_run(folder: Path, held: list[Path], key: str, sweep: bool = F
                        f"there would overwrite its checkpoints. {how[0].upper()}{how[1:]}, or delete that folder first")
 
 
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)  # no space left: the disk, or the user's quota
 _UNWRITABLE = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some of your quota",
                errno.EROFS: "choose a writable folder (hydra.run.dir=...)",
                errno.EACCES: "choose a writable folder (hydra.run.dir=...)",
@@ -677,7 +678,7 @@ def unwritable(e: OSError) -> UserError | None:
     names it). Files are written atomically (io.atomic_write, which marks its failures): those written before it
     are complete."""
     target = getattr(e, "write_target", None)
-    if e.errno not in _UNWRITABLE or not (target or e.errno in (errno.ENOSPC, errno.EDQUOT) and e.filename):
+    if e.errno not in _UNWRITABLE or not (target or e.errno in FULL_DISK and e.filename):
         return None
     where = target or e.filename
     return UserError(f"cannot write {where}: {e.strerror}; {_UNWRITABLE[e.errno]} and run it again (the files "

@@ -28,7 +28,7 @@ from momattn.checkpoint import (
     read_meta,
     resolve_ckpt_path,
 )
-from momattn.cli import HydraJob, changed_overrides, folder_holds_a_run, hold_run_folder, hydra_job
+from momattn.cli import FULL_DISK, HydraJob, changed_overrides, folder_holds_a_run, hold_run_folder, hydra_job
 from momattn.config import TrainConfig, load_train_config, world_size
 from momattn.console import quiet_console, quiet_resume
 from momattn.data.corpus import load_tokens
@@ -218,7 +218,7 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
         failed = False
         return value
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if e.errno not in FULL_DISK:
             raise
         raise DiskFullError(_disk_full(e, out_dir)) from None
     except (torch.distributed.DistError, RuntimeError) as e:

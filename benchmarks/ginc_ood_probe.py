@@ -148,7 +148,7 @@ def pct(x: float) -> str:
 
 
 def markdown(doc: dict) -> str:
-    from momattn.eval.sweep import interval_end  # a bound that is not 0 never prints as 0 (sweep.md's rule)
+    from momattn.eval.sweep import signed_pct_interval  # a nonzero bound never prints as 0 (sweep.md's rule)
 
     K, lines = doc["K"], []
     lines.append(f"The in-context bigram reader alone (no model), accuracy in % on evaluate.py's {doc['prompts']} "
@@ -165,8 +165,7 @@ def markdown(doc: dict) -> str:
         for key, row in s["rows"].items():
             name, q = key.split("/")
             label = dict(ROWS)[q]
-            iv = "n/a" if row["lo"] != row["lo"] else \
-                f"[{interval_end(100 * row['lo'], 1, '+')}, {interval_end(100 * row['hi'], 1, '+')}]"
+            iv = "n/a" if row["lo"] != row["lo"] else signed_pct_interval(row["lo"], row["hi"])
             lines.append(f"| {att} | {len(s['seeds'])} | `{name}` | {label} | {100 * row['k0']:.1f} | "
                          f"{100 * row['kK']:.1f} | {pct(row['change'])} | {iv} |")
     return "\n".join(lines) + "\n"

@@ -485,6 +485,11 @@ def interval_end(x: float, decimals: int, sign: str = "") -> str:
     return f"{x:{sign}.{decimals}f}"
 
 
+def signed_pct_interval(lo: float, hi: float) -> str:
+    """A 95% interval of a change in accuracy (fractions) as signed percentage points, by interval_end's rule."""
+    return f"[{interval_end(100 * lo, 1, '+')}, {interval_end(100 * hi, 1, '+')}]"
+
+
 def _end(metric: str, x: float) -> str:
     return interval_end(x, 2) if is_ppl(metric) else interval_end(100 * x, 1)
 
@@ -525,7 +530,7 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
             lines += ["### In-context rise (accuracy at the largest k minus k = 0, per seed)", "",
                       "| attention | task | k | rise | 95% interval | seeds | reading |", "|---|---|---|---|---|---|---|"]
             for r in s.rises:
-                ci = ("n/a (one seed)" if r.n_seeds < 2 else "n/a (no spread)") if not math.isfinite(r.lo) else f"[{interval_end(100 * r.lo, 1, '+')}, {interval_end(100 * r.hi, 1, '+')}]"
+                ci = ("n/a (one seed)" if r.n_seeds < 2 else "n/a (no spread)") if not math.isfinite(r.lo) else signed_pct_interval(r.lo, r.hi)
                 rise = f"{100 * r.mean:+.1f}" + (f" ± {100 * r.std:.1f}" if r.n_seeds > 1 else "")
                 lines.append(f"| {r.attention} | {r.task} | 0 -> {r.k} | {rise} | {ci} | {r.n_seeds} | {r.reading} |")
             lines.append("")

@@ -131,6 +131,19 @@ def scan_timing(device: str, shape: tuple[int, int, int, int], reps: int) -> lis
                 rows.append({"op": name, "ms": round(with_backend(backend, lambda: time_it(scan)), 3)})
         except Exception as e:
             rows.append({"op": name, "error": repr(e)[:300]})
+    if kernel is not None:  # as the model calls it: attention's output added; in the kernel, or after it (before)
+        add = torch.randn(B, H, T, D, device=device, dtype=torch.bfloat16, requires_grad=True)
+
+        def scan_add():
+            torch.autograd.backward(ops.momentum_ema(v, 0.5, add=add)[0], g)
+
+        for name, fused in [("momentum_ema + attention output, triton scan, added in the kernel", True),
+                            ("momentum_ema + attention output, triton scan, added after (float32 out)", False)]:
+            try:
+                with mock.patch.object(ops, "_fuses_triton", ops._fuses_triton if fused else lambda *a: False):
+                    rows.append({"op": name, "ms": round(with_backend("triton", lambda: time_it(scan_add)), 3)})
+            except Exception as e:
+                rows.append({"op": name, "error": repr(e)[:300]})
     rows.append({"op": "scaled_dot_product_attention (causal)", "ms": round(time_it(sdpa), 3)})
     if kernel is not None:
         xv, a = v.transpose(1, 2).reshape(B, T, H * D), torch.full((1,), 0.5, device=device)

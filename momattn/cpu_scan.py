@@ -274,6 +274,15 @@ def link_values(v: torch.Tensor) -> tuple[torch.Tensor, ValueLink]:
     return out, link
 
 
+def addend_grad(gy: torch.Tensor, add_shape: torch.Size | None) -> torch.Tensor | None:
+    """The gradient of an addend of a scan's output (B, T, C): the output's gradient gy, in the addend's shape,
+    (B, T, C) or (B, H, T, D) heads (a view); None without an addend."""
+    if add_shape is None or len(add_shape) == 3:
+        return None if add_shape is None else gy
+    B, H, T, D = add_shape
+    return gy.view(B, T, H, D).transpose(1, 2)
+
+
 class _Scan(torch.autograd.Function):
     """The kernel's forward and backward; the values are saved only for the rates' and weights' gradients
     (the values' own gradient is the reverse scan of the output's, which needs nothing full-size). An addend's
@@ -290,10 +299,7 @@ class _Scan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         x, p, g = ctx.saved_tensors
-        d_add = None
-        if ctx.add_shape is not None and ctx.needs_input_grad[5]:
-            d_add = gy if len(ctx.add_shape) == 3 else gy.view(*ctx.add_shape[:1], ctx.add_shape[2], ctx.add_shape[1],
-                                                               ctx.add_shape[3]).transpose(1, 2)
+        d_add = addend_grad(gy, ctx.add_shape) if ctx.needs_input_grad[5] else None
         if ctx.link is not None:
             ctx.link.pending = None  # nothing left from an earlier pass that stopped short of the join
         if torch.is_grad_enabled():  # create_graph: a differentiable backward

@@ -182,8 +182,8 @@ class CausalSelfAttention(nn.Module):
                ) -> torch.Tensor | None:
         """The extra term over the merged values v (B, T, C), plus add (the attention output, (B, H, T, D)) when
         given, heads merged: (B, T, C); vanilla has no term (None without add). With a cache, the term continues
-        from cache.state and leaves the new state there. The ops take add as an addend, which the CPU kernel adds
-        as it writes its output (one full-size pass less than adding afterwards)."""
+        from cache.state and leaves the new state there. The ops take add as an addend, which the kernels (CPU,
+        Triton) add as they write their output (full-size passes fewer than adding afterwards)."""
         return None if add is None else add.transpose(1, 2).reshape(v.shape)
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None, start: int = 0) -> torch.Tensor:
@@ -243,8 +243,8 @@ class MomentumAttention(CausalSelfAttention):
         return self.eta_fixed
 
     def link_values(self, v):
-        # a fixed eta: the CPU kernel's backward adds attention's value gradient as it writes its own (one pass
-        # instead of three); a learned one needs its own backward at once, for the rates' gradient
+        # a fixed eta: the kernels' backward (CPU, Triton) adds attention's value gradient as it writes its own (one
+        # pass instead of three); a learned one needs its own backward at once, for the rates' gradient
         return (v, None) if hasattr(self, "eta_logit") else link_values(v)
 
     def memory(self, vm, cache, add=None, link=None):

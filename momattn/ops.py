@@ -371,9 +371,10 @@ def momentum_ema(
     the check of a tensor eta altogether, for callers whose rates are valid by construction (the model's:
     a config-checked float or a sigmoid): on a GPU the check waits for the device, once per layer and step.
 
-    add: (B, H, T, D) or None, a tensor added to out (the model's attention output). The CPU kernel adds it as it
-    writes the output, in float32 before the one rounding (one full-size pass less); elsewhere it is a plain add.
-    link: from `link_values(v)`, whose first output attention read to give `add`: the CPU kernel's backward (fixed
+    add: (B, H, T, D) or None, a tensor added to out (the model's attention output). The CPU kernel, and the Triton
+    kernel for fixed rates, add it as they write the output, in float32 before the one rounding (full-size passes
+    fewer); elsewhere it is a plain add.
+    link: from `link_values(v)`, whose first output attention read to give `add`: the kernels' backward (fixed
     rates) then adds attention's value gradient as it writes its own, in one pass; elsewhere it does nothing.
     """
     fn = "momentum_ema"
@@ -439,6 +440,10 @@ def _momentum_merged(
         y = cpu_scan.ema(x, p, torch.ones_like(p), not include_current,
                          lambda xs, ps, _: _scan_merged_autograd(xs, ps[0, :: H * D // a.shape[0]], not include_current,
                                                                  chunk_size), fused, link if fused is not None else None)
+    elif _fuses_triton(x, a, add):  # one launch writes scan + add in v's dtype (momattn/triton_scan.py)
+        y = _triton_scan().ema(x, a, not include_current, lambda xs, r, strict: _scan_merged_autograd(
+            xs, r, strict, chunk_size).to(xs.dtype), add, link)  # (B, T, H*D)
+        return y.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
     else:
         y = _scan_merged_autograd(x, a, not include_current, chunk_size)  # (B, T, H*D)
     return _plus(y.to(v.dtype).view(B, T, H, D).transpose(1, 2), add)  # (B, H, T, D)
@@ -446,15 +451,18 @@ def _momentum_merged(
 
 def link_values(v: torch.Tensor) -> tuple[torch.Tensor, cpu_scan.ValueLink | None]:
     """(the values for attention to read, a link for momentum_ema(v, ..., add=attention's output, link=)), for
-    v (B, H, T, D) that a training step's backward will reach: where the CPU kernel will scan them, its backward
-    then writes its value gradient and attention's in one pass (see cpu_scan.link_values); elsewhere (v, None).
+    v (B, H, T, D) that a training step's backward will reach: where the CPU kernel (or, outside torch.compile, the
+    Triton kernel) will scan them, its backward then writes its value gradient and attention's in one pass (see
+    cpu_scan.link_values); elsewhere (v, None).
     The sum then flows back through attention's view of the values: a hook on that view, or gradients asked for
     both views in one call, see both terms there and none on the scan's view (the model's views are locals; a
     gradient asked for the scan's view alone, which the join does not reach, is its own term, tested)."""
-    # the kernel's choice for the merged values (B, T, H*D) is _use_cpu_kernel's; one head's (B, T, D) view has
-    # their device and dtype, and asks it without forming them
-    if not (torch.is_grad_enabled() and v.requires_grad) or not _use_cpu_kernel(v[:, 0]):
+    if not (torch.is_grad_enabled() and v.requires_grad):
         return v, None
+    # the kernels' choice for the merged values (B, T, H*D), asked of an empty tensor of their width, device and dtype
+    merged = v.new_empty((0, 0, v.shape[1] * v.shape[3]))
+    if not _use_cpu_kernel(merged) and (_is_compiling() or not _fuses_triton(merged, None, None)):
+        return v, None  # (torch.compile cannot trace the link: a weak reference to autograd's node)
     return cpu_scan.link_values(v)
 
 
@@ -672,6 +680,15 @@ def _use_triton(x: torch.Tensor, G: int) -> bool:
                               "triton >= 3 and torch >= 2.4 (pip install 'triton>=3')")
         return False
     return kernel.block_channels(x.shape[-1] // G) is not None  # else the matmul scan (any head size)
+
+
+def _fuses_triton(x: torch.Tensor, a: torch.Tensor | None, add: torch.Tensor | None) -> bool:
+    """Whether _momentum_merged scans x (B, T, C) by rates a (G,; None: one rate, not learned) with the Triton
+    kernel adding `add` as it writes: the kernel's path (see _use_triton), fixed rates (a learned rate's gradient
+    reads the sums alone), an addend of x's dtype or none."""
+    G = 1 if a is None else a.shape[0]
+    return (_use_triton(x, G) and not (a is not None and _needs_grad(a))
+            and (add is None or add.dtype == x.dtype))
 
 
 def _scan_merged_triton(x: torch.Tensor, a: torch.Tensor, strict: bool, reverse: bool) -> torch.Tensor:

@@ -7,15 +7,23 @@ groups with one rate a_g each,
     reverse: y_t = sum_{i>=t} a^(i-t) x_i   (i > t if strict; the adjoint, for the backward)
 
 One program per (sequence, block of BD channels of one group) walks time in blocks of BT positions: the scan
-inside a block is one (BT x BT) @ (BT x BD) product with the group's decay matrix (tl.dot, fp32), plus the
-state carried from the previous block times a^(j+1) (reverse: a^(BT-j)). The decay powers are formed in the
-kernel as exp2(k log2 a) for 0 < k <= BT (exactly 1 at k = 0 and 0 for a = 0), so a call is one launch with
-no small tensors built around it. Where that leaves too few programs for the GPU (few sequences: each program's
-blocks wait on each other), time is cut into chunks (`chunk_length`): a first launch finds every chunk's edge
-state from zero, and the scan then runs every chunk at once from the state entering it (the earlier chunks'
-edge states, decayed). x is read in place in any layout and float dtype (the strided bf16 view of
-the qkv projection too); sums and the output are float32. On CUDA the block sizes are autotuned once per
-head size; `TRITON_INTERPRET=1` runs the same kernel, untuned, on CPU tensors (tests/test_triton_scan.py).
+inside a block is one (BT x BT) @ (BT x BD) product with the group's decay matrix, plus the state carried from
+the previous block times a^(j+1) (reverse: a^(BT-j)). float32 values take an IEEE float32 dot; bf16 values, exact
+in bf16, take three tensor-core dots with the decay matrix split into three bf16 parts (24 significant bits, as
+float32's), summed in float32. The decay powers are formed in the kernel as exp2(k log2 a) for 0 < k <= BT
+(exactly 1 at k = 0 and 0 for a = 0), so a call is one launch with no small tensors built around it. Where that
+leaves too few programs for the GPU (few sequences: each program's blocks wait on each other), time is cut into
+chunks (`chunk_length`): a first launch finds every chunk's edge state from zero, and the scan then runs every
+chunk at once from the state entering it (the earlier chunks' edge states, decayed). x is read in place in any
+layout and float dtype (the strided bf16 view of the qkv projection too); sums are float32, and so is the output,
+or x's dtype (`keep_dtype`, rounded once), with an addend (attention's output) added as it is written.
+
+`ema` is the model's path with a fixed rate (ops.momentum_ema on CUDA): forward, one launch reads the values
+and attention's output and writes their sum in the values' dtype; backward, one launch reads the output's
+gradient and writes the values' gradient, joined with attention's (cpu_scan.link_values) where it is linked.
+On CUDA the block sizes are autotuned once per head size; `TRITON_INTERPRET=1` runs the same kernel, untuned, on
+CPU tensors (tests/test_triton_scan.py), with two of the interpreter's gaps filled (bf16 dots, and rounding to
+bf16, which it truncates).
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+from momattn import cpu_scan
 
 if int(triton.__version__.split(".")[0]) < 3 or not hasattr(torch.library, "custom_op"):
     # tl.dot(input_precision=...) needs Triton 3; torch.library.custom_op (torch >= 2.4) keeps torch.compile
@@ -44,18 +54,43 @@ def _decay(la, k):
 
 
 @triton.jit
-def _scan_block(X, Y, Lg, pw, carry, t0, b, cols, T, sxb, sxt, sxc, syb, syt, syc,
-                STRICT: tl.constexpr, REVERSE: tl.constexpr, BT: tl.constexpr):
-    """The block of BT positions from t0: y = Lg @ x + pw * carry, stored; returns the inclusive state carried on
-    to the next block (reverse: the state at t0, else at t0 + BT - 1)."""
+def _rounded(v, ty: tl.constexpr, INTERPRET: tl.constexpr):
+    """float32 v in dtype ty, rounded to nearest even as a GPU converts; the interpreter truncates to bfloat16,
+    so there the rounding is done on the bits first (the tests' bf16 outputs are then the GPU's)."""
+    if INTERPRET and ty == tl.bfloat16:
+        u = v.to(tl.uint32, bitcast=True)
+        v = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+    return v.to(ty)
+
+
+@triton.jit
+def _scan_block(X, Y, ADD, Lg, Lg_mid, Lg_lo, pw, carry, t0, b, cols, acols, T, sxb, sxt, sxc, syb, syt, syc, sab, sat,
+                STRICT: tl.constexpr, REVERSE: tl.constexpr, HAS_ADD: tl.constexpr, BT: tl.constexpr,
+                INTERPRET: tl.constexpr):
+    """The block of BT positions from t0: y = Lg @ x + pw * carry (bf16 x: (Lg + Lg_mid + Lg_lo) @ x; plus the addend's
+    block: HAS_ADD, its columns' offsets acols), stored in Y's dtype; returns the inclusive state carried on to the next block (reverse: the
+    state at t0, else at t0 + BT - 1)."""
     r = tl.arange(0, BT)
     t = t0 + r  # (BT,)
     mask = (t < T)[:, None]
     b64, t64 = b.to(tl.int64), t.to(tl.int64)[:, None]  # 64-bit offsets: a qkv view can span > 2^31 elements
     c64 = cols.to(tl.int64)[None, :]
-    x = tl.load(X + b64 * sxb + t64 * sxt + c64 * sxc, mask=mask, other=0.0).to(tl.float32)
-    y = tl.dot(Lg, x, input_precision="ieee") + pw[:, None] * carry[None, :]  # (BT, BD)
-    tl.store(Y + b64 * syb + t64 * syt + c64 * syc, y, mask=mask)
+    xv = tl.load(X + b64 * sxb + t64 * sxt + c64 * sxc, mask=mask, other=0.0)
+    x = xv.to(tl.float32)
+    if X.dtype.element_ty == tl.bfloat16 and INTERPRET:  # the interpreter multiplies bf16 bits as integers: the
+        # same products in float32, where they are exact
+        y = tl.dot(Lg.to(tl.float32), x, input_precision="ieee")
+        y = tl.dot(Lg_mid.to(tl.float32), x, acc=y, input_precision="ieee")
+        y = tl.dot(Lg_lo.to(tl.float32), x, acc=y, input_precision="ieee")
+    elif X.dtype.element_ty == tl.bfloat16:  # three tensor-core dots, the decay's bf16 parts (see the kernel)
+        y = tl.dot(Lg_lo, xv, acc=tl.dot(Lg_mid, xv, acc=tl.dot(Lg, xv, out_dtype=tl.float32)))
+    else:
+        y = tl.dot(Lg, x, input_precision="ieee")
+    y += pw[:, None] * carry[None, :]  # (BT, BD)
+    out = y
+    if HAS_ADD:  # summed in float32 before the one rounding to Y's dtype
+        out = y + tl.load(ADD + b64 * sab + t64 * sat + acols[None, :], mask=mask, other=0.0).to(tl.float32)
+    tl.store(Y + b64 * syb + t64 * syt + c64 * syc, _rounded(out, Y.dtype.element_ty, INTERPRET), mask=mask)
     if STRICT:  # the inclusive state at each position
         y = y + x
     if REVERSE:  # the position whose state enters the next block
@@ -128,15 +163,17 @@ def _chunk_state_kernel(X, E, A, T, CH, Dg, sxb, sxt, sxc, seb, sek,
 
 
 @triton.jit
-def _scan_kernel(X, Y, A, E, T, CH, Dg, sxb, sxt, sxc, syb, syt, syc, seb, sek,
-                 STRICT: tl.constexpr, REVERSE: tl.constexpr, CHUNKED: tl.constexpr, BT: tl.constexpr,
-                 BD: tl.constexpr, INTERPRET: tl.constexpr):
+def _scan_kernel(X, Y, A, E, ADD, T, CH, Dg, sxb, sxt, sxc, syb, syt, syc, seb, sek, sab, sat, sah, sac, DH,
+                 STRICT: tl.constexpr, REVERSE: tl.constexpr, CHUNKED: tl.constexpr, HAS_ADD: tl.constexpr,
+                 BT: tl.constexpr, BD: tl.constexpr, INTERPRET: tl.constexpr):
     """One program per (sequence, BD channels[, chunk]): the blocks of its chunk (CHUNKED: CH positions, the
-    state entering it summed from the first pass's E; else the whole sequence, from a zero state) in scan order."""
+    state entering it summed from the first pass's E; else the whole sequence, from a zero state) in scan order.
+    HAS_ADD: ADD's channel c (heads of DH channels, head stride sah, channel stride sac) is added to the output."""
     b = tl.program_id(0)
     c0 = tl.program_id(1) * BD
     g = c0 // Dg  # the group (head) of this block of channels: BD divides Dg
     cols = c0 + tl.arange(0, BD)  # (BD,)
+    acols = (cols // DH).to(tl.int64) * sah + (cols % DH).to(tl.int64) * sac  # (BD,) the addend's columns
     r = tl.arange(0, BT)
     la = tl.log2(tl.load(A + g).to(tl.float32))  # -inf for a == 0
     if REVERSE:  # (BT, BT) decay matrix [j, i] = a^(i-j) on/above the diagonal; carried state: a^(BT-j)
@@ -148,6 +185,17 @@ def _scan_kernel(X, Y, A, E, T, CH, Dg, sxb, sxt, sxc, syb, syt, syc, seb, sek,
     if STRICT:
         lag = tl.where(lag == 0, -1, lag)  # the diagonal off: sums over i != t
     Lg = _decay(la, lag)
+    if X.dtype.element_ty == tl.bfloat16:
+        # bf16 values are exact in bf16: the decay matrix as three bf16 parts, Lg + Lg_mid + Lg_lo to float32's 24
+        # significant bits, makes the block's product three tensor-core dots (products exact, sums float32) instead
+        # of an IEEE float32 dot on the CUDA cores
+        hi = Lg.to(tl.bfloat16)
+        rest = Lg - hi.to(tl.float32)
+        Lg_mid = rest.to(tl.bfloat16)
+        Lg_lo = (rest - Lg_mid.to(tl.float32)).to(tl.bfloat16)
+        Lg = hi
+    else:
+        Lg_mid, Lg_lo = Lg, Lg  # unread
     carry = tl.zeros((BD,), dtype=tl.float32)  # the inclusive state before (reverse: after) the block
     if CHUNKED:
         k = tl.program_id(2)
@@ -168,13 +216,13 @@ def _scan_kernel(X, Y, A, E, T, CH, Dg, sxb, sxt, sxc, syb, syt, syc, seb, sek,
         m, m_end = 0, TP // BT
     if INTERPRET:  # the CPU interpreter cannot loop over a runtime range (numpy 2): the blocks, in order
         while m < m_end:
-            carry = _scan_block(X, Y, Lg, pw, carry, _block_start(m, TP, REVERSE, BT), b, cols, T, sxb, sxt, sxc,
-                                syb, syt, syc, STRICT, REVERSE, BT)
+            carry = _scan_block(X, Y, ADD, Lg, Lg_mid, Lg_lo, pw, carry, _block_start(m, TP, REVERSE, BT), b, cols, acols, T, sxb,
+                                sxt, sxc, syb, syt, syc, sab, sat, STRICT, REVERSE, HAS_ADD, BT, INTERPRET)
             m += 1
     else:  # a for loop: the compiler pipelines the next block's loads
         for mm in range(m, m_end):
-            carry = _scan_block(X, Y, Lg, pw, carry, _block_start(mm, TP, REVERSE, BT), b, cols, T, sxb, sxt, sxc,
-                                syb, syt, syc, STRICT, REVERSE, BT)
+            carry = _scan_block(X, Y, ADD, Lg, Lg_mid, Lg_lo, pw, carry, _block_start(mm, TP, REVERSE, BT), b, cols, acols, T, sxb,
+                                sxt, sxc, syb, syt, syc, sab, sat, STRICT, REVERSE, HAS_ADD, BT, INTERPRET)
 
 
 def _fits(configs, named_args, **kwargs):
@@ -189,7 +237,7 @@ _tuned = triton.autotune(
     configs=[triton.Config({"BT": bt, "BD": bd}, num_warps=w)
              for bt, bd, w in [(16, 16, 1), (32, 16, 1), (32, 16, 2), (32, 32, 2), (32, 32, 4), (32, 64, 4),
                                (64, 16, 2), (64, 32, 4)]],
-    key=["Dg", "CHUNKED"], prune_configs_by={"early_config_prune": _fits},
+    key=["Dg", "CHUNKED", "HAS_ADD"], prune_configs_by={"early_config_prune": _fits},
 )(_scan_kernel)
 _tuned_state = triton.autotune(
     configs=[triton.Config({"BT": bt, "BD": bd}, num_warps=w)
@@ -245,10 +293,21 @@ def _launch(plain, tuned, B: int, C: int, programs: int, *args, **constexprs) ->
         tuned[lambda meta: (B, C // meta["BD"], programs)](*args, INTERPRET=False, **constexprs)
 
 
-def _decay_scan(x: torch.Tensor, a: torch.Tensor, strict: bool, reverse: bool) -> torch.Tensor:
+def _add_layout(add: torch.Tensor | None, C: int) -> tuple[int, int, int, int, int]:
+    """Strides (batch, time, head, channel) and head size of an addend: (B, T, C), or (B, H, T, D) heads (as
+    attention returns them, H * D = C); zeros for none."""
+    if add is None:
+        return 0, 0, 0, 0, C
+    if add.dim() == 3:
+        return add.stride(0), add.stride(1), 0, add.stride(2), C
+    return add.stride(0), add.stride(2), add.stride(1), add.stride(3), add.shape[3]
+
+
+def _decay_scan(x: torch.Tensor, a: torch.Tensor, strict: bool, reverse: bool, add: torch.Tensor | None = None,
+                keep_dtype: bool = False) -> torch.Tensor:
     B, T, C = x.shape
     G = a.shape[0]
-    y = torch.empty((B, T, C), dtype=torch.float32, device=x.device)
+    y = torch.empty((B, T, C), dtype=x.dtype if keep_dtype else torch.float32, device=x.device)
     a = a.contiguous()
     ch = chunk_length(B, T, C, x.device)
     n = -(-T // ch) if ch else 1
@@ -257,22 +316,84 @@ def _decay_scan(x: torch.Tensor, a: torch.Tensor, strict: bool, reverse: bool) -
     if ch:
         _launch(_chunk_state_kernel, _tuned_state, B, C, n - 1, x, e, a, T, ch, C // G, *x.stride(), e.stride(0),
                 e.stride(1), REVERSE=reverse)
-    _launch(_scan_kernel, _tuned, B, C, n, x, y, a, e, T, ch, C // G, *x.stride(), *y.stride(), e.stride(0),
-            e.stride(1) if ch else 0, STRICT=strict, REVERSE=reverse, CHUNKED=bool(ch))
+    _launch(_scan_kernel, _tuned, B, C, n, x, y, a, e, add if add is not None else y, T, ch, C // G, *x.stride(),
+            *y.stride(), e.stride(0), e.stride(1) if ch else 0, *_add_layout(add, C), STRICT=strict, REVERSE=reverse,
+            CHUNKED=bool(ch), HAS_ADD=add is not None)
     return y
 
 
 # one opaque op, so torch.compile neither traces into Triton nor breaks its graph around the launch. It has no
-# autograd formula: ops._MergedScan calls it only with grad mode off (its forward; a backward without create_graph)
-_decay_scan = torch.library.custom_op("momattn::decay_scan", mutates_args=())(_decay_scan)
+# autograd formula: ops._MergedScan and _Scan below call it only with grad mode off (their forward; a backward
+# without create_graph). Eager calls skip its dispatch (about 30 us of Python per call, two per layer and step)
+_decay_scan_op = torch.library.custom_op("momattn::decay_scan", mutates_args=())(_decay_scan)
 
 
-@_decay_scan.register_fake
-def _(x, a, strict, reverse):
-    return x.new_empty(x.shape, dtype=torch.float32)
+@_decay_scan_op.register_fake
+def _(x, a, strict, reverse, add=None, keep_dtype=False):
+    return x.new_empty(x.shape, dtype=x.dtype if keep_dtype else torch.float32)
 
 
-def decay_scan(x: torch.Tensor, a: torch.Tensor, strict: bool, reverse: bool) -> torch.Tensor:
+def decay_scan(x: torch.Tensor, a: torch.Tensor, strict: bool, reverse: bool, add: torch.Tensor | None = None,
+               keep_dtype: bool = False) -> torch.Tensor:
     """x (B, T, C), any strides and float dtype; a (G,) float32, the rates, one per group of C // G channels
-    (C // G a multiple of 16). Returns y (B, T, C) float32, contiguous."""
-    return _decay_scan(x, a, strict, reverse)
+    (C // G a multiple of 16). Returns y (B, T, C), contiguous: float32, or x's dtype with `keep_dtype` (summed in
+    float32, rounded once). add: None, or (B, T, C) or (B, H, T, D) heads with H * D = C (any strides and float
+    dtype), added to the sums in float32 as they are written."""
+    scan = _decay_scan_op if torch.compiler.is_compiling() else _decay_scan
+    return scan(x, a, strict, reverse, add, keep_dtype)
+
+
+class _Scan(torch.autograd.Function):
+    """The scan of x (B, T, C) by fixed rates a (G,), plus an addend, written in x's dtype: one pass each way.
+
+    Forward, one launch reads x and the addend (attention's output) and writes their sum: no float32 output to
+    round and add afterwards (three full-size passes). Backward, the reverse scan of the output's gradient reads it
+    in place and writes the values' gradient in x's dtype; with a link (cpu_scan.link_values) it waits for
+    attention's value gradient and writes the two gradients' sum in the same pass. The addend's gradient is the
+    output's, in its shape. A backward with create_graph runs the reverse scan through autograd (ops._MergedScan)."""
+
+    @staticmethod
+    def forward(ctx, x, a, strict, add, link, fallback):
+        ctx.save_for_backward(a)
+        ctx.strict, ctx.link, ctx.fallback = strict, link, fallback
+        ctx.add_shape = None if add is None else add.shape
+        return decay_scan(x, a, strict, False, add, keep_dtype=True)
+
+    @staticmethod
+    def backward(ctx, gy):
+        (a,) = ctx.saved_tensors
+        d_add = cpu_scan.addend_grad(gy, ctx.add_shape) if ctx.needs_input_grad[3] else None
+        if ctx.link is not None:
+            ctx.link.pending = None  # nothing left from an earlier pass that stopped short of the join
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, d_add, None, None
+        if torch.is_grad_enabled():  # create_graph: the reverse scan is the forward scan of the flipped gradient
+            return ctx.fallback(gy.flip(1), a, ctx.strict).flip(1), None, None, d_add, None, None
+        if ctx.link is not None and ctx.needs_input_grad[3] \
+                and ctx.link.defer(functools.partial(_joined_backward, gy, a, ctx.strict)):
+            # attention (whose output was the addend) has yet to give its value gradient: finish there (_Join)
+            return None, None, None, d_add, None, None
+        return decay_scan(gy, a, ctx.strict, True, keep_dtype=True), None, None, d_add, None, None
+
+
+def _joined_backward(gy: torch.Tensor, a: torch.Tensor, strict: bool, dv: torch.Tensor) -> torch.Tensor:
+    """The scan's value gradient plus attention's dv (B, H, T, D), in one pass: a (B, H, T, D) view of one
+    (B, T, H*D) tensor in gy's dtype (dv's dtype where the two differ: then added after)."""
+    B, H, T, D = dv.shape
+    if gy.shape != (B, T, H * D):
+        raise RuntimeError(f"triton_scan: a linked scan of {tuple(gy.shape)} values got attention's gradient of "
+                           f"{tuple(dv.shape)}: link_values must take the heads view of the scanned values")
+    if dv.dtype == gy.dtype:
+        return decay_scan(gy, a, strict, True, add=dv, keep_dtype=True).view(B, T, H, D).transpose(1, 2)
+    return dv + decay_scan(gy, a, strict, True, keep_dtype=True).view(B, T, H, D).transpose(1, 2)
+
+
+def ema(x: torch.Tensor, a: torch.Tensor, strict: bool, fallback, add: torch.Tensor | None = None,
+        link=None) -> torch.Tensor:
+    """The scan of x (B, T, C) by fixed rates a (G,) (no gradient for them), plus `add` ((B, T, C) or (B, H, T, D)
+    heads, x's dtype) when given: (B, T, C) in x's dtype, summed in float32 and rounded once. fallback(x, a, strict)
+    is the same scan through autograd, for a second derivative. link: from cpu_scan.link_values on the heads view
+    of x, whose attention output is `add`: the backward then writes both value gradients in one pass."""
+    if add is not None and add.dtype != x.dtype:
+        raise ValueError(f"triton_scan.ema: add must have the values' dtype {x.dtype}, got {add.dtype}")
+    return _Scan.apply(x, a.float(), strict, add, link, fallback)

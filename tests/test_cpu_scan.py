@@ -431,6 +431,21 @@ def test_states_from_a_shared_prefix_match_the_matmul_scans(monkeypatch):
         cpu_scan.ema_with_states(v.requires_grad_(), p.t(), gamma.t(), False, None, True)
 
 
+# the kernels whose backward joins attention's value gradient: this C++ kernel, and the Triton kernel (CUDA; here in
+# Triton's CPU interpreter, which conftest.py chooses)
+KERNELS = ["cpu", "triton"]
+
+
+def _kernel(backend):
+    """The module of a kernel backend ("torch", the matmul scans: None)."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+        from momattn import triton_scan
+
+        return triton_scan
+    return cpu_scan if backend == "cpu" else None
+
+
 def _linked_layer_grads(backend, dtype, monkeypatch, linked=True, eta_learnable=False, create_graph=False):
     """A momentum attention layer's forward and backward (float64 weights cast by autocast where bf16): the input's
     and the weights' gradients, and how many times the linked backward ran."""
@@ -441,8 +456,10 @@ def _linked_layer_grads(backend, dtype, monkeypatch, linked=True, eta_learnable=
     if not linked:
         monkeypatch.setattr(mm.MomentumAttention, "link_values", lambda self, v: (v, None))
     joined = []
-    real = cpu_scan._joined_backward
-    monkeypatch.setattr(cpu_scan, "_joined_backward", lambda *a: joined.append(1) or real(*a))
+    module = _kernel(backend)
+    if module is not None:
+        real = module._joined_backward
+        monkeypatch.setattr(module, "_joined_backward", lambda *a: joined.append(1) or real(*a))
     torch.manual_seed(0)
     layer = mm.MomentumAttention(GPTConfig(block_size=40, n_embd=32, n_head=4, attention=AttentionConfig(
         kind="momentum", eta=0.6, learnable_eta=eta_learnable)))
@@ -457,13 +474,14 @@ def _linked_layer_grads(backend, dtype, monkeypatch, linked=True, eta_learnable=
     return [g.detach() for g in grads], len(joined)
 
 
+@pytest.mark.parametrize("name", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_the_linked_backward_gives_the_same_gradients_in_one_pass(dtype, monkeypatch):
+def test_the_linked_backward_gives_the_same_gradients_in_one_pass(name, dtype, monkeypatch):
     """With a fixed eta, the kernel's backward waits for attention's and writes both value gradients' sum (once per
     layer): the gradients of the unlinked kernel and of the matmul scans (bf16: one rounding instead of two)."""
-    linked, n = _linked_layer_grads("cpu", dtype, monkeypatch)
+    linked, n = _linked_layer_grads(name, dtype, monkeypatch)
     assert n == 1
-    unlinked, n0 = _linked_layer_grads("cpu", dtype, monkeypatch, linked=False)
+    unlinked, n0 = _linked_layer_grads(name, dtype, monkeypatch, linked=False)
     matmul, _ = _linked_layer_grads("torch", dtype, monkeypatch)
     assert n0 == 0
     if dtype == torch.float32:
@@ -472,31 +490,35 @@ def test_the_linked_backward_gives_the_same_gradients_in_one_pass(dtype, monkeyp
             torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-5)
         return
     # bf16 values: the linked sum is rounded once, the unlinked one twice: at least as close to float32's gradients
-    exact, _ = _linked_layer_grads("cpu", torch.float32, monkeypatch)
+    exact, _ = _linked_layer_grads(name, torch.float32, monkeypatch)
     for a, b, e in zip(linked, unlinked, exact):
         err_linked, err_unlinked = ((a - e).norm() / e.norm()).item(), ((b - e).norm() / e.norm()).item()
         assert err_linked < 1e-2 and err_linked <= 1.01 * err_unlinked, (err_linked, err_unlinked)
 
 
-def test_the_link_stands_aside_for_learned_rates_and_second_derivatives(monkeypatch):
+@pytest.mark.parametrize("name", KERNELS)
+def test_the_link_stands_aside_for_learned_rates_and_second_derivatives(name, monkeypatch):
     """A learned eta needs its gradient at once (no join; the matmul scans' gradients), and a double backward runs
     the differentiable path (an op-level graph: CPU attention has no second derivative)."""
-    got, n = _linked_layer_grads("cpu", torch.float32, monkeypatch, eta_learnable=True)
+    got, n = _linked_layer_grads(name, torch.float32, monkeypatch, eta_learnable=True)
     want, _ = _linked_layer_grads("torch", torch.float32, monkeypatch, eta_learnable=True)
     assert n == 0
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
+    dtype = F64 if name == "cpu" else torch.float32  # the Triton kernel leaves float64 to the matmul scans
+
     def second(backend):
         monkeypatch.setattr(ops, "SCAN_BACKEND", backend)
-        v = torch.randn(2, 2, 30, 16, dtype=F64, generator=torch.Generator().manual_seed(0)).requires_grad_()
+        v = torch.randn(2, 2, 30, 16, dtype=dtype, generator=torch.Generator().manual_seed(0)).requires_grad_()
         v_attn, link = ops.link_values(v)
-        assert (link is not None) == (backend == "cpu")
+        assert (link is not None) == (backend != "torch")
         out = mom(v, 0.6, add=v_attn.sin(), link=link)  # sin: a stand-in for attention, twice differentiable
         (g,) = torch.autograd.grad((out * out).sum(), v, create_graph=True)
         return torch.autograd.grad((g * g).sum(), v)[0]
 
-    torch.testing.assert_close(second("cpu"), second("torch"), rtol=1e-9, atol=1e-9)
+    tol = 1e-9 if dtype == F64 else 1e-5
+    torch.testing.assert_close(second(name), second("torch"), rtol=tol, atol=tol)
 
 
 def test_the_joined_backward_reads_any_attention_gradient_and_refuses_a_wrong_link():
@@ -536,22 +558,24 @@ def _two_views(backend, monkeypatch):
     return vm, vs, y, (out * w).sum()
 
 
-def test_a_backward_pass_that_will_not_reach_attention_keeps_the_scans_value_gradient(monkeypatch):
+@pytest.mark.parametrize("name", KERNELS)
+def test_a_backward_pass_that_will_not_reach_attention_keeps_the_scans_value_gradient(name, monkeypatch):
     """The scan defers to the join only in a pass that will run it: a gradient for the scan's own view (the join
     not on the way) is the scan's, as without the link."""
     _, vs, _, loss = _two_views("torch", monkeypatch)
     (want,) = torch.autograd.grad(loss, vs)
-    _, vs, _, loss = _two_views("cpu", monkeypatch)
+    _, vs, _, loss = _two_views(name, monkeypatch)
     (got,) = torch.autograd.grad(loss, vs)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_a_pass_cut_short_leaves_nothing_for_the_next(monkeypatch):
+@pytest.mark.parametrize("name", KERNELS)
+def test_a_pass_cut_short_leaves_nothing_for_the_next(name, monkeypatch):
     """An error between the scan's backward and the join's leaves a deferred gradient behind; the next pass (here
     with create_graph, which the scan answers itself) must not add it again."""
     vm, _, y, loss = _two_views("torch", monkeypatch)
     want = torch.autograd.grad(loss, vm)[0]
-    vm, _, y, loss = _two_views("cpu", monkeypatch)
+    vm, _, y, loss = _two_views(name, monkeypatch)
     handle = y.register_hook(lambda g: (_ for _ in ()).throw(RuntimeError("stop")))
     with pytest.raises(RuntimeError, match="stop"):
         torch.autograd.grad(loss, vm, retain_graph=True)

@@ -38,7 +38,10 @@ def test_smoke_runs_every_part_on_cpu(tmp_path):
     assert names[:2] == ["vanilla", "momentum (torch scan)"] and "multirate_ema" in names
     assert all("tokens_per_s" in row for row in report["throughput"]), report["throughput"]
     assert all("ms" in row or "config" in row for row in report["scan"]), report["scan"]  # no errors
-    assert any("whole sequences" in row["op"] for row in report["scan"]) == bool(gpu_check.ops._triton_scan())
+    kernel = bool(gpu_check.ops._triton_scan())
+    assert any("whole sequences" in row["op"] for row in report["scan"]) == kernel
+    assert [row["op"].rsplit(", ", 1)[-1] for row in report["scan"] if "attention output" in row["op"]] == \
+        (["added in the kernel", "added after (float32 out)"] if kernel else [])
     md = out.with_suffix(".md").read_text()
     assert "| momentum (torch scan) | False | 2 |" in md and "a toy model (--smoke" in md and "gpt2_124m" not in md
     assert "bf16 autocast, the loss inside the model," in out.with_suffix(".md").read_text()

@@ -20,7 +20,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TextIO
 
 import torch
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from momattn.errors import ConfigError
 from momattn.eval.lm import last_logits
 from momattn.hardware import resolve_device, resolve_precision
+from momattn.tokenizer import EOT
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
@@ -44,6 +45,8 @@ class GenerateConfig:
     top_k: int | None = 200  # sample among the k likeliest tokens; null = the whole vocabulary
     top_p: float = 1.0  # nucleus: sample among the likeliest tokens whose probability adds up to top_p; 1 = all
     num_samples: int = 1  # samples drawn one after another, separated by a line of dashes
+    # a sample ends where it writes one of these (left out); the default: the end of its document. [] = never
+    stop: list[str] = field(default_factory=lambda: [EOT])
     seed: int = 1337
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:1
     precision: str = "auto"  # auto | 32-true | bf16-mixed | 16-mixed
@@ -58,6 +61,7 @@ class GenerateConfig:
             raise ConfigError(f"prompt={self.prompt!r} was read as a {type(self.prompt).__name__}, not text; quote "
                               f"it so that Hydra keeps it as written: 'prompt=\"{given[0] if given else self.prompt}\"'")
         self.prompt = self.prompt.replace("\\n", "\n")
+        self.stop = _stop_strings(self.stop)
         for name, low in (("max_new_tokens", 1), ("num_samples", 1)):
             v = getattr(self, name)
             if not _is_int(v) or v < low:
@@ -73,6 +77,17 @@ class GenerateConfig:
         if not _is_int(self.seed) or not -2**63 <= self.seed < 2**64:
             raise ConfigError(f"seed={self.seed!r} must be an int in [-2**63, 2**64) (a torch generator's seed)")
         check_inference_precision(self.precision, f"precision={self.precision!r}")
+
+
+def _stop_strings(stop) -> list[str]:
+    """stop as a list of non-empty strings ("\\n" typed: a line break); one string alone, or null, is taken too."""
+    if stop is None:
+        return []
+    items = [stop] if isinstance(stop, str) else stop
+    if not isinstance(items, Sequence) or not all(isinstance(s, str) and s for s in items):
+        raise ConfigError(f"stop={stop!r} must be a list of non-empty strings, e.g. 'stop=[\"\\n\\n\"]' (quoted, so "
+                          f"that Hydra keeps them as text), or [] to sample max_new_tokens every time")
+    return [s.replace("\\n", "\n") for s in items]
 
 
 def check_inference_precision(precision, setting: str) -> None:
@@ -177,6 +192,31 @@ class StreamDecoder:
         return self._release() if self.held else ""
 
 
+class StopAt:
+    """Streamed text in, the text before the first stop string out: what could still begin a stop string is held
+    back until the next piece shows whether it does (`done`: a stop string was written; the rest is dropped)."""
+
+    def __init__(self, stop: Sequence[str]):
+        self.stop, self.pending, self.done = list(stop), "", False
+
+    def push(self, piece: str) -> str:
+        if self.done:
+            return ""
+        text = self.pending + piece
+        hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            self.pending, self.done = "", True
+            return text[: min(hits)]
+        keep = max((k for s in self.stop for k in range(min(len(s) - 1, len(text)), 0, -1)
+                    if s.startswith(text[len(text) - k:])), default=0)  # the longest tail that begins a stop string
+        self.pending = text[len(text) - keep:] if keep else ""
+        return text[: len(text) - keep]
+
+    def flush(self) -> str:
+        text, self.pending = self.pending, ""
+        return text
+
+
 def generate_text(model, tokenizer, cfg: GenerateConfig, device: str, out: TextIO = sys.stdout) -> list[str]:
     """Write cfg.num_samples continuations of cfg.prompt to `out` as they are sampled; return them."""
     prompt_ids = tokenizer.encode(cfg.prompt)
@@ -190,16 +230,18 @@ def generate_text(model, tokenizer, cfg: GenerateConfig, device: str, out: TextI
             out.write("\n---------------\n")
         out.write(cfg.prompt)
         out.flush()
-        stream, text = StreamDecoder(tokenizer.decode, prompt_ids), []
+        stream, stop, text = StreamDecoder(tokenizer.decode, prompt_ids), StopAt(cfg.stop), []
         with inference_autocast(device, cfg.precision):
             for tok in sample_tokens(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator,
                                      vocab=tokenizer.n_ids, top_p=cfg.top_p):
-                piece = stream.push(int(tok[0]))
+                piece = stop.push(stream.push(int(tok[0])))
                 if piece:
                     text.append(piece)
                     out.write(piece)
                     out.flush()
-        text.append(stream.flush())
+                if stop.done:
+                    break
+        text.append(stop.push(stream.flush()) + stop.flush())
         out.write(text[-1] + ("\n" if i == cfg.num_samples - 1 else ""))
         out.flush()
         samples.append("".join(text))

@@ -110,7 +110,8 @@ def test_streamed_text_is_the_decoded_sample_and_prints_whole_characters(ckpt):
     ({"prompt": 0.1}, "prompt=0.1 was read as a float"), ({"prompt": ["a", "b"]}, "was read as a list"),
     ({"seed": 2**70}, "seed=1180591620717411303424 must be an int in"), ({"top_p": 0}, "top_p=0 must be a number in"),
     ({"top_p": 1.5}, "top_p=1.5 must be"), ({"top_p": "0.9"}, "top_p='0.9' must be"),
-    ({"top_p": float("nan")}, "top_p=nan must be"),
+    ({"top_p": float("nan")}, "top_p=nan must be"), ({"stop": 5}, "stop=5 must be a list of non-empty strings"),
+    ({"stop": ["a", ""]}, r"stop=\['a', ''\] must be"), ({"stop": [1]}, r"stop=\[1\] must be"),
 ])
 def test_bad_settings_name_the_culprit(kw, culprit):
     with pytest.raises(ConfigError, match=culprit.replace("(", r"\(")):
@@ -295,3 +296,44 @@ def test_stream_decoder_decodes_a_bounded_window_and_prints_what_whole_decodes_p
     for t in tok.encode("東京 ✓ é " * 300):  # ~1,800 tokens: each decode reads a few of them, not all
         stream.push(t)
     assert max(decoded) < 20
+
+
+def test_stop_at_holds_back_only_what_could_begin_a_stop_string():
+    from momattn.generate import StopAt
+
+    stop = StopAt(["\n\n", "END"])
+    assert [stop.push(p) for p in ["Hello wo", "rld\n", "E", "N", "x\n", "\nmore"]] == \
+        ["Hello wo", "rld", "\n", "", "ENx", ""]
+    assert stop.done and stop.push("again") == "" and stop.flush() == ""
+    stop = StopAt(["END"])
+    assert stop.push("the EN") == "the " and stop.flush() == "EN"  # a sample that ends inside a partial stop string
+    assert StopAt([]).push("anything\n\n") == "anything\n\n"
+
+
+def test_a_sample_ends_at_a_stop_string_printed_and_returned_alike(ckpt):
+    model, tok = load_checkpoint(ckpt)
+    kw = {"max_new_tokens": 30, "temperature": 1.0, "top_k": None, "seed": 2, "stop": []}
+    (full,) = generate_text(model, tok, cfg(ckpt, **kw), "cpu", io.StringIO())
+    cut = full[6:9]  # a string from the middle of the sample
+    assert len(full) > 12 and full.find(cut) > 0
+    out = io.StringIO()
+    samples = generate_text(model, tok, cfg(ckpt, **{**kw, "stop": ["never there", cut]}), "cpu", out)
+    assert samples == [full[: full.find(cut)]]
+    assert out.getvalue() == "The film" + samples[0] + "\n"
+
+
+def test_by_default_a_sample_ends_with_its_document(tmp_path):
+    """The default stop is the document separator: a model that always samples it gives empty samples; stop=[]
+    samples max_new_tokens of them (printed as the separator's spelling)."""
+    from momattn.tokenizer import EOT
+
+    path = tiny_checkpoint(tmp_path / "eot.ckpt")
+    ckpt = torch.load(path, weights_only=False)
+    sd, tok = ckpt["state_dict"], Tokenizer.from_json(ckpt["momattn"]["tokenizer"])
+    sd["model.ln_f.weight"].zero_()  # the final norm gives its bias whatever the input: make EOT its best match
+    sd["model.wte.weight"][tok.encode(EOT)[0]] = 10 * sd["model.ln_f.bias"]
+    atomic_torch_save(ckpt, path)
+    model, tok = load_checkpoint(path)
+    assert generate_text(model, tok, cfg(path, temperature=0), "cpu", io.StringIO()) == [""]
+    assert generate_text(model, tok, cfg(path, temperature=0, stop=[], max_new_tokens=3), "cpu",
+                         io.StringIO()) == [EOT * 3]

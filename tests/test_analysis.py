@@ -435,6 +435,7 @@ def test_a_finetuned_ginc_model_whose_test_logits_overflow_counts_as_diverged(tm
     # the delimiter, often the label), and `diverged test models` counts it
     import momattn.analysis.runner as runner
     from momattn.analysis.capture import Capture
+    from momattn.analysis.metrics import layer_mean
     from momattn.checkpoint import load_checkpoint
 
     model, tok = load_checkpoint(ginc_checkpoint(tmp_path, "vanilla"))
@@ -451,8 +452,12 @@ def test_a_finetuned_ginc_model_whose_test_logits_overflow_counts_as_diverged(tm
             return Capture(c.h, c.h_proj, c.q, c.scores, logits)
         return cap
 
+    means = []  # every per-example metric averaged: the diverged example is left out of FT's and the baselines'
+    monkeypatch.setattr(runner, "layer_mean", lambda a: means.append(np.array(a)) or layer_mean(a))
     monkeypatch.setattr(runner, "capture", overflow([0]))
     assert analyze(model, tok, {"data": dict(WORLD)}, settings).ft["n_diverged"] == 1
+    assert len(means) == 8 and all(a.shape[0] == 6 for a in means)
+    assert all(np.isnan(a[0]).all() and np.isfinite(a[1:]).any() for a in means)
     monkeypatch.setattr(runner, "capture", overflow(slice(None)))
     with pytest.raises(NonFiniteLossError, match=r"finetuning at lr=0\.01 diverged"):
         analyze(model, tok, {"data": dict(WORLD)}, settings)

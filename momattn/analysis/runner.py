@@ -314,6 +314,12 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
             after.append(simam(cap_icl.scores[i], cap_ft.scores[i], nq).numpy())
             k_ft.append(kendall_per_layer(cap_icl.scores[i], e.demo_pos, cap_ft.q[i], queries[i]))
             k_rnd.append(kendall_random(cap_icl.scores[i], e.demo_pos, rng))
+        before, after, k_ft, k_rnd = (np.asarray(a, dtype=np.float64) for a in (before, after, k_ft, k_rnd))
+        # a diverged model's example is left out of every per-example mean, the baselines' too: FT and its baselines
+        # are then compared over the same examples (its nan states leave it out of FT's; its finite states with
+        # non-finite logits would not)
+        for a in (sa_ft, sa_rnd, sp_ft, sp_rnd, before, after, k_ft, k_rnd):
+            a[diverged] = np.nan
     r2, r2n = rec2ftp(zsl == labels, icl == labels, ft == labels)
     dual = None
     if cfg.dual_check:
@@ -333,9 +339,9 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
         acc={"zsl": float((zsl == labels).mean()), "icl": float((icl == labels).mean()),
              "ft": float((ft == labels).mean())},
         rec2ftp=r2, rec2ftp_n=r2n, simaou_ft=LayerMetric(*layer_mean(sa_ft)),
-        simaou_random=LayerMetric(*layer_mean(sa_rnd)), simam_before=LayerMetric(*layer_mean(np.stack(before))),
-        simam_after=LayerMetric(*layer_mean(np.stack(after))), kendall_ft=LayerMetric(*layer_mean(np.asarray(k_ft))),
-        kendall_random=LayerMetric(*layer_mean(np.asarray(k_rnd))), lr=lr, lr_selection=table,
+        simaou_random=LayerMetric(*layer_mean(sa_rnd)), simam_before=LayerMetric(*layer_mean(before)),
+        simam_after=LayerMetric(*layer_mean(after)), kendall_ft=LayerMetric(*layer_mean(k_ft)),
+        kendall_random=LayerMetric(*layer_mean(k_rnd)), lr=lr, lr_selection=table,
         n_select=len(aset.select), ft=facts, dual=dual, timing_s=dict(timer.t),
         simaou_proj_ft=LayerMetric(*layer_mean(sp_ft)), simaou_proj_random=LayerMetric(*layer_mean(sp_rnd)))
 

@@ -606,11 +606,17 @@ def test_a_sweep_s_seeds_are_analysed_then_summarised_with_intervals_and_reused(
     assert "| vanilla | 2 |" in md and "### The paper's findings, per seed" in md and "momentum: " in md
     # the same settings again: nothing is analysed; other shots: everything is. With logger=wandb the seeds'
     # verdict goes to one W&B run (only each newly analysed job's had)
+    assert [r["n_diverged"] for r in doc["runs"]] == [0] * 4 and "Diverged test models" not in md
+    res1 = out / "jobs" / "1" / "results.json"  # as if 3 of job 1's finetuned test models had diverged
+    res1.write_text(res1.read_text().replace('"n_diverged": 0', '"n_diverged": 3'))
     logged = []
     monkeypatch.setattr("momattn.wandb_runs.log_verdict", lambda out, cfg, who, tables, *a, **kw: logged.append(
         (cfg, tables, kw)))
     run_analyze({**args, "logger": {"wandb": {"project": "p"}}, "tags": ["t"]}, out)
     assert capsys.readouterr().err.count("its analysis in this folder is reused") == 4
+    assert [r["n_diverged"] for r in strict_json((out / "analysis_sweep.json").read_text())["runs"]] == [0, 3, 0, 0]
+    assert "Diverged test models (left out of the run's means; counted wrong in its FT accuracy): 1 3\n" in \
+        (out / "analysis_sweep.md").read_text()
     ((cfg, tables, kw),) = logged
     assert cfg == {"project": "p", "tags": ["t"]} and kw["job_type"] == "analyze-sweep"
     f_row = next(r for r in tables["findings"] if r["attention"] == "momentum" and r["name"].startswith("SimAOU"))

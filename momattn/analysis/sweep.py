@@ -248,6 +248,7 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     runs, failed = find_runs(sweep_dir)
     settings = settings_of(conf)
     metrics: dict[int, dict[str, float]] = {}
+    diverged: dict[int, int] = {}  # test models whose finetuning diverged, per run (left out of its means)
     for i, r in enumerate(runs, 1):
         name = str(r.job.relative_to(sweep_dir))
         job_out = out / "jobs" / name
@@ -277,14 +278,19 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
             if conf.logger and "wandb" in conf.logger:
                 log_wandb(result, job_out, conf.logger["wandb"], conf.tags)
         metrics[id(r)] = metrics_of(result)
+        diverged[id(r)] = int(result.ft.get("n_diverged", 0))
     if not metrics:
         raise ConfigError(f"no run of sweep_dir='{sweep_dir}' could be analysed: " + "; ".join(failed))
     summaries = summarise(runs, metrics)
     text = markdown(summaries, failed, conf, len(metrics))
+    if any(diverged.values()):
+        text += "\nDiverged test models (left out of the run's means; counted wrong in its FT accuracy): " + ", ".join(
+            f"{r.job.relative_to(sweep_dir)} {diverged[id(r)]}" for r in runs if diverged.get(id(r))) + "\n"
     atomic_write_text(out / "analysis_sweep.md", text)
     doc = {"sweep_dir": str(sweep_dir), "settings": settings, "failed": failed,
            "runs": [{"job": str(r.job.relative_to(sweep_dir)), "attention": r.attention, "seed": r.seed,
-                     "setting": r.setting, "metrics": metrics[id(r)]} for r in runs if id(r) in metrics],
+                     "setting": r.setting, "metrics": metrics[id(r)], "n_diverged": diverged[id(r)]}
+                    for r in runs if id(r) in metrics],
            "summaries": [asdict(s) for s in summaries]}
     atomic_write_text(out / "analysis_sweep.json", json_text(doc, indent=2))
     print(text)

@@ -23,6 +23,9 @@ prompt for both k:
                   where it is right, paired within each run (the direct test of where the rise sits)
   answers "/"     how often the model's greedy answer is the delimiter "/" (symbol 0): what one example's format
                   tells a model (examples are l symbols, then "/") that the test input alone does not
+  right answers on prompts answered "/" at k = 0, and on the other prompts (each over all prompts)
+                  the accuracy split by the model's k = 0 answer: the two changes add up to the accuracy's, so
+                  they say whether the rise is made of prompts the model left "/" for a right answer
 and the reader's own accuracy at every k. Rows per attention are means over seeds with 95% t-intervals of the
 k = 0 -> K change (per row, uncorrected for multiple comparisons). Writes
 benchmarks/results/ginc_ood_probe/probe.json and .md and prints the table.
@@ -104,13 +107,18 @@ def probe_run(path: Path, config: dict, n: int, seed: int, K: int) -> dict:
         label = np.array([p.label for p in pk])
         assert [p.label for p in p0] == label.tolist(), "the test inputs differ between k = 0 and k = K"
         reader = np.array([bigram_reader(p) for p in pk])
-        right = reader == label
+        right, slash0 = reader == label, g0 == 0
         out[name] = {
             "acc_0": float(np.mean(g0 == label)), "acc_K": float(np.mean(gk == label)),
             "agree_0": float(np.mean(g0 == reader)), "agree_K": float(np.mean(gk == reader)),
             "acc_right_0": _mean(g0[right] == label[right]), "acc_right_K": _mean(gk[right] == label[right]),
             "acc_wrong_0": _mean(g0[~right] == label[~right]), "acc_wrong_K": _mean(gk[~right] == label[~right]),
             "slash_0": float(np.mean(g0 == 0)), "slash_K": float(np.mean(gk == 0)),
+            # the accuracy split by the k = 0 answer: right answers among the prompts the model answered "/" at
+            # k = 0, and among the others, each over all prompts (the two changes add up to the accuracy's)
+            "from_slash_0": float(np.mean((g0 == label) & slash0)), "from_slash_K": float(np.mean((gk == label) & slash0)),
+            "from_other_0": float(np.mean((g0 == label) & ~slash0)),
+            "from_other_K": float(np.mean((gk == label) & ~slash0)),
             "reader_right": int(right.sum()), "prompts": len(label),
         }
         for k in ("0", "K"):  # its change: the rise where the reader is wrong minus the rise where it is right
@@ -120,7 +128,9 @@ def probe_run(path: Path, config: dict, n: int, seed: int, K: int) -> dict:
 
 ROWS = (("acc", "model accuracy"), ("agree", "model = reader"), ("acc_right", "accuracy where the reader is right"),
         ("acc_wrong", "accuracy where the reader is wrong"),
-        ("gap", "accuracy where the reader is wrong − where right"), ("slash", "model answers \"/\""))
+        ("gap", "accuracy where the reader is wrong − where right"), ("slash", "model answers \"/\""),
+        ("from_slash", "right answers on prompts answered \"/\" at k = 0 (of all prompts)"),
+        ("from_other", "right answers on the other prompts (of all prompts)"))
 
 
 def summarise(per_run: list[dict]) -> dict:

@@ -760,6 +760,9 @@ def test_the_ood_probe_scores_as_evaluate_py_and_summarises_over_seeds(tmp_path)
     right = sum(r == p.label for r, p in zip(reader, ev.prompts(ginc_task("ginc_ood"), 4, 1)))
     assert run["reader_right"] == right
     assert run["gap_K"] == pytest.approx(run["acc_wrong_K"] - run["acc_right_K"])
+    for k in ("0", "K"):  # the accuracy split by the k = 0 answer ("/" or not) adds back up to it
+        assert run[f"from_slash_{k}"] + run[f"from_other_{k}"] == pytest.approx(run[f"acc_{k}"])
+    assert run["from_slash_0"] <= run["slash_0"]
     rows = doc["summary"]["vanilla"]["rows"]["ginc/agree"]
     assert rows["kK"] == pytest.approx(np.mean([r["tasks"]["ginc"]["agree_K"] for r in doc["runs"][:2]]))
     assert doc["summary"]["momentum"]["seeds"] == [1] and "| momentum | 1 | `ginc_ood` |" in (

@@ -279,3 +279,20 @@ def test_bf16_values_are_summed_to_float32_accuracy(reverse):
     a = torch.tensor([0.3, 0.77, 0.95, 0.999])
     want = ops._scan_merged(x.double(), a.double(), True, 32, reverse=reverse)
     torch.testing.assert_close(ts.decay_scan(x, a, True, reverse).double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_every_kernel_compiles_for_sm90_without_a_gpu(tmp_path):
+    """The interpreter runs what the GPU compiler may refuse: the reference variants compile for an H100/H200 with
+    Triton's own ptxas (no GPU, no driver), bf16 values on the tensor cores (HMMA), float32 on the CUDA cores.
+    benchmarks/triton_sm90.py without --quick compiles every variant (about 500, too slow for the suite)."""
+    import json
+
+    from conftest import run_cli
+
+    out = tmp_path / "sm90.json"
+    r = run_cli("benchmarks/triton_sm90.py", ["--quick", "--out", str(out)], tmp_path, env={"TRITON_INTERPRET": None},
+                fresh=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {(row["values"], row["addend"]): row for row in json.loads(out.read_text())["reference"]}
+    assert rows[("bf16", True)]["HMMA"] > 0 and rows[("bf16", False)]["HMMA"] > 0
+    assert rows[("fp32", False)]["HMMA"] == 0 and rows[("fp32", False)]["FFMA"] > rows[("bf16", False)]["FFMA"]

@@ -77,8 +77,9 @@ def _scan_block(X, Y, ADD, Lg, Lg_mid, Lg_lo, pw, carry, t0, b, cols, acols, T, 
     c64 = cols.to(tl.int64)[None, :]
     xv = tl.load(X + b64 * sxb + t64 * sxt + c64 * sxc, mask=mask, other=0.0)
     x = xv.to(tl.float32)
-    if X.dtype.element_ty == tl.bfloat16 and INTERPRET:  # the interpreter multiplies bf16 bits as integers: the
-        # same products in float32, where they are exact
+    if INTERPRET and X.dtype.element_ty == tl.bfloat16:  # the interpreter multiplies bf16 bits as integers: the
+        # same products in float32, where they are exact (INTERPRET first: before Triton 3.4 a dtype comparison is a
+        # Python bool, which a compiled `and` cannot take as its left side)
         y = tl.dot(Lg.to(tl.float32), x, input_precision="ieee")
         y = tl.dot(Lg_mid.to(tl.float32), x, acc=y, input_precision="ieee")
         y = tl.dot(Lg_lo.to(tl.float32), x, acc=y, input_precision="ieee")
@@ -275,6 +276,8 @@ def chunk_length(B: int, T: int, C: int, device: torch.device) -> int:
     if device.type != "cuda":
         return 0
     programs = B * (C // 16)
+    if programs == 0:  # an empty batch: nothing to scan, nothing to chunk
+        return 0
     want = PROGRAMS_PER_SM * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     n = min(-(-want // programs), T // CHUNK_UNIT)  # chunks, each at least CHUNK_UNIT positions
     if n < 3:  # a chunk's positions are walked twice in a row (its edge state, then its scan): no gain below 3

@@ -622,6 +622,13 @@ def test_a_sweep_s_seeds_are_analysed_then_summarised_with_intervals_and_reused(
     f_row = next(r for r in tables["findings"] if r["attention"] == "momentum" and r["name"].startswith("SimAOU"))
     assert f_row["mean"] == pytest.approx(f["mean"]) and f_row["lo"] == pytest.approx(f["lo"])
     assert any(r["attention"] == "vanilla" and r["metric"] == "acc_icl" for r in tables["rows"])
+    res0 = out / "jobs" / "0" / "results.json"  # an analysis made under an older protocol is made again
+    doc0 = json.loads(res0.read_text())
+    doc0["analyses"][0]["protocol"] = "an older protocol"
+    res0.write_text(json.dumps(doc0))
+    run_analyze(args, out)
+    err = capsys.readouterr().err
+    assert "1/4 0 (vanilla, seed 1): analysing on cpu" in err and err.count("is reused") == 3
     run_analyze({**args, "shots": 3}, out)
     assert "reused" not in capsys.readouterr().err
 

@@ -204,6 +204,7 @@ def test_chunks_are_formed_only_where_the_gpu_would_idle(monkeypatch):
         assert ts.chunk_length(1, T, 768, gpu) == 0
     assert ts.chunk_length(1, 256, 768, gpu) == 64
     assert ts.chunk_length(16, 1024, 768, torch.device("cpu")) == 0  # the interpreter: only when asked
+    assert ts.chunk_length(0, 1024, 768, gpu) == 0  # an empty batch (it divided by zero programs)
     monkeypatch.setenv("MOMATTN_TRITON_CHUNK", "0")
     assert ts.chunk_length(16, 1024, 768, gpu) == 0
     monkeypatch.setenv("MOMATTN_TRITON_CHUNK", "128")
@@ -264,7 +265,10 @@ def test_the_kernel_writes_the_sum_with_an_addend_in_the_values_dtype_rounded_on
         want = ts.decay_scan(x, a, True, reverse) + add.float().transpose(1, 2).reshape(B, T, H * D)  # float32
         got = ts.decay_scan(x, a, True, reverse, add=add, keep_dtype=True)
         assert got.dtype == torch.bfloat16 and got.is_contiguous()
-        torch.testing.assert_close(got, want.bfloat16(), rtol=0, atol=0)
+        # exact in the interpreter; on a GPU the two launches are autotuned apart (another block length sums in
+        # another order), so a value may round to the neighbouring bf16
+        tol = 0 if DEV == "cpu" else 2**-7
+        torch.testing.assert_close(got, want.bfloat16(), rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("reverse", [False, True])

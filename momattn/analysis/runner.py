@@ -53,7 +53,9 @@ PROTOCOL = (
     "on held-out rows (text: demonstration-pool rows after the k demonstrations in the seeded order, never in "
     "the prompt nor the test set; GINC: separate prompts from another seed, each finetuned on its own "
     "demonstrations); the most accurate non-diverged value wins, ties broken by the higher mean log-prob of "
-    "the right answer. Metric definitions: momattn/analysis/metrics.py."
+    "the right answer. A finetuned GINC model that diverged (non-finite loss, weights or test logits) answers "
+    "nothing (it is wrong), and its example is left out of every per-layer mean, FT's and the baselines'. Metric "
+    "definitions: momattn/analysis/metrics.py."
 )
 
 

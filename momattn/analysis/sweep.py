@@ -278,7 +278,7 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
             if conf.logger and "wandb" in conf.logger:
                 log_wandb(result, job_out, conf.logger["wandb"], conf.tags)
         metrics[id(r)] = metrics_of(result)
-        diverged[id(r)] = int(result.ft.get("n_diverged", 0))
+        diverged[id(r)] = int(result.ft.get("n_diverged") or 0)
     if not metrics:
         raise ConfigError(f"no run of sweep_dir='{sweep_dir}' could be analysed: " + "; ".join(failed))
     summaries = summarise(runs, metrics)

@@ -233,11 +233,11 @@ def _fits(configs, named_args, **kwargs):
 
 
 # tuned once per head size and scan shape (the first call's length stands for all: ICL prompts of every length
-# reuse it)
+# reuse it). (16, 64, 2) and (64, 64, 4): wider rows per load, for the tensor-core dots of bf16 values (session 34)
 _tuned = triton.autotune(
     configs=[triton.Config({"BT": bt, "BD": bd}, num_warps=w)
              for bt, bd, w in [(16, 16, 1), (32, 16, 1), (32, 16, 2), (32, 32, 2), (32, 32, 4), (32, 64, 4),
-                               (64, 16, 2), (64, 32, 4)]],
+                               (64, 16, 2), (64, 32, 4), (16, 64, 2), (64, 64, 4)]],
     key=["Dg", "CHUNKED", "HAS_ADD"], prune_configs_by={"early_config_prune": _fits},
 )(_scan_kernel)
 _tuned_state = triton.autotune(

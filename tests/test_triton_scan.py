@@ -70,9 +70,13 @@ def test_triton_scan_reads_bf16_strided_values_in_place():
 
 
 @pytest.mark.parametrize("learnable", [False, True])
-def test_triton_backend_trains_the_same_model(learnable):
-    """A fixed eta takes the fused path (attention's output added in the kernel, its value gradient joined), a
-    learned one the kernel inside _MergedScan: the loss and every gradient of the matmul scans."""
+def test_triton_backend_trains_the_same_model(learnable, monkeypatch):
+    """A fixed eta takes the fused path (attention's output added in the kernel, its value gradient joined, once
+    per layer), a learned one the kernel inside _MergedScan: the loss and every gradient of the matmul scans."""
+    from momattn import triton_scan as ts
+
+    joined, real = [], ts._joined_backward
+    monkeypatch.setattr(ts, "_joined_backward", lambda *a: joined.append(1) or real(*a))
     cfg = GPTConfig(block_size=48, vocab_size=64, n_layer=2, n_head=2, n_embd=32,
                     attention=AttentionConfig(kind="momentum", eta=0.5, learnable_eta=learnable))
     x = torch.randint(0, 64, (2, 48), device=DEV)
@@ -85,6 +89,7 @@ def test_triton_backend_trains_the_same_model(learnable):
         return loss.detach(), [p.grad for p in model.parameters()]
 
     (l1, g1), (l2, g2) = both(loss_and_grads)
+    assert len(joined) == (0 if learnable else cfg.n_layer)
     torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-6)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -258,9 +263,9 @@ def test_the_kernel_writes_the_sum_with_an_addend_in_the_values_dtype_rounded_on
 
     torch.manual_seed(0)
     B, H, T, D = 2, 4, 70, 16
-    x = torch.randn(B, T, 3 * H * D).bfloat16()[..., H * D: 2 * H * D]  # a strided view, as the model's values
-    add = torch.randn(B, H, T, D).bfloat16()
-    a = torch.tensor([0.3, 0.6, 0.9, 0.99])
+    x = torch.randn(B, T, 3 * H * D, device=DEV).bfloat16()[..., H * D: 2 * H * D]  # a strided view, as the model's
+    add = torch.randn(B, H, T, D, device=DEV).bfloat16()
+    a = torch.tensor([0.3, 0.6, 0.9, 0.99], device=DEV)
     for reverse in (False, True):
         want = ts.decay_scan(x, a, True, reverse) + add.float().transpose(1, 2).reshape(B, T, H * D)  # float32
         got = ts.decay_scan(x, a, True, reverse, add=add, keep_dtype=True)
@@ -279,8 +284,8 @@ def test_bf16_values_are_summed_to_float32_accuracy(reverse):
     from momattn import triton_scan as ts
 
     torch.manual_seed(0)
-    x = torch.randn(2, 150, 64).bfloat16()
-    a = torch.tensor([0.3, 0.77, 0.95, 0.999])
+    x = torch.randn(2, 150, 64, device=DEV).bfloat16()
+    a = torch.tensor([0.3, 0.77, 0.95, 0.999], device=DEV)
     want = ops._scan_merged(x.double(), a.double(), True, 32, reverse=reverse)
     torch.testing.assert_close(ts.decay_scan(x, a, True, reverse).double(), want, rtol=1e-5, atol=1e-5)
 

@@ -84,11 +84,17 @@ class Sync:
         return time.perf_counter()
 
 
+UNFUSED = "triton-unfused"  # the Triton kernel as before session 34: scan in float32, attention's output added after
+
+
 def with_backend(backend: str | None, fn):
-    """fn() with ops.SCAN_BACKEND set to backend (None: as it is)."""
+    """fn() with ops.SCAN_BACKEND set to backend (None: as it is; UNFUSED: "triton" without the fused path)."""
     old = ops.SCAN_BACKEND
-    ops.SCAN_BACKEND = backend or old
+    ops.SCAN_BACKEND = "triton" if backend == UNFUSED else backend or old
     try:
+        if backend == UNFUSED:
+            with mock.patch.object(ops, "_fuses_triton", lambda *a: False):
+                return fn()
         return fn()
     finally:
         ops.SCAN_BACKEND = old
@@ -137,11 +143,10 @@ def scan_timing(device: str, shape: tuple[int, int, int, int], reps: int) -> lis
         def scan_add():
             torch.autograd.backward(ops.momentum_ema(v, 0.5, add=add)[0], g)
 
-        for name, fused in [("momentum_ema + attention output, triton scan, added in the kernel", True),
-                            ("momentum_ema + attention output, triton scan, added after (float32 out)", False)]:
+        for name, backend in [("momentum_ema + attention output, triton scan, added in the kernel", "triton"),
+                              ("momentum_ema + attention output, triton scan, added after (float32 out)", UNFUSED)]:
             try:
-                with mock.patch.object(ops, "_fuses_triton", ops._fuses_triton if fused else lambda *a: False):
-                    rows.append({"op": name, "ms": round(with_backend("triton", lambda: time_it(scan_add)), 3)})
+                rows.append({"op": name, "ms": round(with_backend(backend, lambda: time_it(scan_add)), 3)})
             except Exception as e:
                 rows.append({"op": name, "error": repr(e)[:300]})
     rows.append({"op": "scaled_dot_product_attention (causal)", "ms": round(time_it(sdpa), 3)})
@@ -236,8 +241,11 @@ def throughput(kind: str, compile_: bool | str, steps: int, batch: int, backend:
 # The last three try the levers left for vanilla's MFU (issue 11: 45% at 124M): a larger batch, CUDA graphs
 # (reduce-overhead: fewer launches), autotuned matmul/fusion choices (max-autotune without graphs; its autotuning
 # can take minutes, so it runs only when named in --variants: benchmarks/device_run.sh gives it a call of its own).
+# momentum/triton-unfused is session 33's kernel path (float32 scan, attention's output added after), beside the
+# fused one in the same run: their ratio is the fused path's gain, free of the drift between device sessions.
 VARIANTS = [("vanilla", None, False, False, 1), ("momentum", "torch", False, False, 1),
-            ("momentum", "triton", False, False, 1), ("momentum", None, True, False, 1),
+            ("momentum", "triton", False, False, 1), ("momentum", UNFUSED, False, False, 1),
+            ("momentum", None, True, False, 1),
             ("multirate_ema", None, False, False, 1), ("vanilla", None, False, True, 1),
             ("momentum", "triton", False, True, 1), ("momentum", "torch", False, True, 1),
             ("momentum", None, True, True, 1), ("multirate_ema", None, False, True, 1), ("vanilla", None, False, True, 2),
@@ -386,7 +394,7 @@ def main() -> int:
     wanted = set(filter(None, a.variants.split(","))) if "train" in parts else set()
     toy = dict(block_size=32, vocab_size=128, n_layer=1, n_head=2, n_embd=32) if a.smoke else None
     for kind, backend, learnable, compile_, mult in VARIANTS:
-        if (compile_ and (a.no_compile or a.smoke)) or (backend == "triton" and triton_usable(device) is None) \
+        if (compile_ and (a.no_compile or a.smoke)) or (backend in ("triton", UNFUSED) and triton_usable(device) is None) \
                 or "train" not in parts or (wanted and label(kind, backend, learnable, compile_, mult) not in wanted) \
                 or (not wanted and isinstance(compile_, str) and compile_.startswith("max-autotune")):
             continue

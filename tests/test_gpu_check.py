@@ -39,6 +39,7 @@ def test_smoke_runs_every_part_on_cpu(tmp_path):
     assert all("tokens_per_s" in row for row in report["throughput"]), report["throughput"]
     assert all("ms" in row or "config" in row for row in report["scan"]), report["scan"]  # no errors
     kernel = bool(gpu_check.ops._triton_scan())
+    assert ("momentum (triton-unfused scan)" in names) == kernel  # the fused path's A/B, in one run
     assert any("whole sequences" in row["op"] for row in report["scan"]) == kernel
     assert [row["op"].rsplit(", ", 1)[-1] for row in report["scan"] if "attention output" in row["op"]] == \
         (["added in the kernel", "added after (float32 out)"] if kernel else [])

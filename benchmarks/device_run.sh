@@ -5,7 +5,8 @@
 #   gpu       benchmarks/gpu_check.py: CUDA tests, bf16 attention benchmark, gpt2_124m throughput, scan timing
 #             (~5-8 min: no training variant starts 240 s into the training part or 400 s into the script)
 #   profile   where the momentum steps' time goes (~3 min): torch.profiler over 3 steps of vanilla and momentum
-#             compiled (kernel and matmul scan), momentum eager with the kernel and multirate_ema eager, each
+#             compiled (kernel and matmul scan), momentum eager with the kernel (fused and as before session 34)
+#             and multirate_ema eager, each
 #             after its timed steps: the kernels' share of the step and the largest kernels
 #   autotune  vanilla compiled with max-autotune-no-cudagraphs alone (its autotuning can take minutes): last,
 #             only if device time is left
@@ -32,7 +33,7 @@ case "$part" in
   gpu) timeout -k 10 540 "$PY" benchmarks/gpu_check.py --budget "${BUDGET:-240}" --deadline "${DEADLINE:-400}" \
          --out "$out/gpu.json" 2>&1 | tee "$out/gpu_log.txt" ;;
   profile) timeout -k 10 540 "$PY" benchmarks/gpu_check.py --parts train --profile 3 \
-             --variants "vanilla+compile,momentum/triton+compile,momentum/torch+compile,momentum/triton,multirate_ema" \
+             --variants "vanilla+compile,momentum/triton+compile,momentum/torch+compile,momentum/triton,momentum/triton-unfused,multirate_ema" \
              --budget 400 --deadline 420 --out "$out/gpu_profile.json" 2>&1 | tee "$out/profile_log.txt" ;;
   autotune) timeout -k 10 540 "$PY" benchmarks/gpu_check.py --parts train \
               --variants "vanilla+compile:max-autotune-no-cudagraphsx2" --out "$out/gpu_autotune.json" 2>&1 \

@@ -249,7 +249,7 @@ VARIANTS = [("vanilla", None, False, False, 1), ("momentum", "torch", False, Fal
             ("multirate_ema", None, False, False, 1), ("vanilla", None, False, True, 1),
             ("momentum", "triton", False, True, 1), ("momentum", "torch", False, True, 1),
             ("momentum", None, True, True, 1), ("multirate_ema", None, False, True, 1), ("vanilla", None, False, True, 2),
-            ("vanilla", None, False, True, 4), ("momentum", "torch", False, True, 2),
+            ("vanilla", None, False, True, 4), ("momentum", "torch", False, True, 2), ("momentum", "triton", False, True, 2),
             ("vanilla", None, False, "reduce-overhead", 2),
             ("vanilla", None, False, "max-autotune-no-cudagraphs", 2)]
 

@@ -10,9 +10,10 @@ Two readings of momentum attention (Dai et al. 2023, section 5; see PAPER.md):
 On CPU, both ops' training paths (no states; also evaluation without a cache) run the C++ kernel of
 momattn/cpu_scan.py by default: one pass through time in the values' own layout, float32 states, each output
 rounded once (bf16 included); it takes about half the time of the chunked matmul scans below for learnable and
-multiple rates, the same for one fixed rate (benchmarks/results/compare_kernel_*.md). The matmul scans serve
-everything else (states, CUDA, torch.compile, SCAN_BACKEND "torch", or no C++ compiler) and are what the rest of
-this docstring describes.
+multiple rates, the same for one fixed rate (benchmarks/results/compare_kernel_*.md). On CUDA, momentum_ema runs
+the Triton kernel of momattn/triton_scan.py in eager mode (with a fixed rate, attention's output added as it
+writes, one pass each way). The matmul scans serve everything else (states, multirate_ema on CUDA,
+torch.compile, SCAN_BACKEND "torch", or no C++ compiler) and are what the rest of this docstring describes.
 
 Both run a chunked scan: inside a chunk of c positions a small (c x c) lower-triangular decay matrix is
 applied by matmul; the state at each chunk end is carried to the next chunks with rate eta^c: by one small

@@ -12,8 +12,9 @@ momattn/cpu_scan.py by default: one pass through time in the values' own layout,
 rounded once (bf16 included); it takes about half the time of the chunked matmul scans below for learnable and
 multiple rates, the same for one fixed rate (benchmarks/results/compare_kernel_*.md). On CUDA, momentum_ema runs
 the Triton kernel of momattn/triton_scan.py in eager mode (with a fixed rate, attention's output added as it
-writes, one pass each way). The matmul scans serve everything else (states, multirate_ema on CUDA,
-torch.compile, SCAN_BACKEND "torch", or no C++ compiler) and are what the rest of this docstring describes.
+writes, one pass each way). The matmul scans serve everything else (states with a gradient, multirate_ema off
+CPU, torch.compile, second derivatives, SCAN_BACKEND "torch", or no C++ compiler) and are what the rest of this
+docstring describes.
 
 Both run a chunked scan: inside a chunk of c positions a small (c x c) lower-triangular decay matrix is
 applied by matmul; the state at each chunk end is carried to the next chunks with rate eta^c: by one small

@@ -23,6 +23,9 @@ prompt for both k:
                   where it is right, paired within each run (the direct test of where the rise sits)
   answers "/"     how often the model's greedy answer is the delimiter "/" (symbol 0): what one example's format
                   tells a model (examples are l symbols, then "/") that the test input alone does not
+  model = majority-label reader, accuracy where it is right / wrong
+                  the same for a second reader, the most common last symbol of the examples whatever the test
+                  input: what the examples say about which answers the concept gives (its label distribution)
   right answers on prompts answered "/" at k = 0, and on the other prompts (each over all prompts)
                   the accuracy split by the model's k = 0 answer: the two changes add up to the accuracy's, so
                   they say whether the rise is made of prompts the model left "/" for a right answer
@@ -70,12 +73,23 @@ def bigram_reader(prompt) -> int:
     return min(sym for sym, n in votes.items() if n == top)
 
 
-def reader_accuracy(world, task, n: int, seed: int, shots) -> tuple[dict[str, float], float]:
+def majority_reader(prompt) -> int:
+    """The most common last symbol of the prompt's examples (ties: the lowest id), whatever the test input: what
+    the examples say about which answers this concept gives; -1 (no answer) at k = 0."""
+    length, k = prompt.example_len, prompt.k
+    if k == 0:
+        return -1
+    lasts = Counter(int(x) for x in np.asarray(prompt.symbols)[: k * (length + 1)].reshape(k, length + 1)[:, length - 1])
+    top = max(lasts.values())
+    return min(sym for sym, n in lasts.items() if n == top)
+
+
+def reader_accuracy(world, task, n: int, seed: int, shots, reader=bigram_reader) -> tuple[dict[str, float], float]:
     """(k -> the reader's accuracy, the share of labels that are "/"; the labels are the same at every k)."""
     out = {}
     for k in shots:
         prompts = world.prompts(task.example_len, k, n, ood=task.ood, seed=stable_seed("ginc-prompts", seed))
-        out[str(k)] = float(np.mean([bigram_reader(p) == p.label for p in prompts]))
+        out[str(k)] = float(np.mean([reader(p) == p.label for p in prompts]))
     return out, float(np.mean([p.label == 0 for p in prompts]))
 
 
@@ -121,6 +135,14 @@ def probe_run(path: Path, config: dict, n: int, seed: int, K: int) -> dict:
             "from_other_K": float(np.mean((gk == label) & ~slash0)),
             "reader_right": int(right.sum()), "prompts": len(label),
         }
+        major = np.array([majority_reader(p) for p in pk])
+        m_right = major == label
+        out[name].update({  # the same three for the majority-label reader
+            "agree_major_0": float(np.mean(g0 == major)), "agree_major_K": float(np.mean(gk == major)),
+            "acc_major_right_0": _mean(g0[m_right] == label[m_right]),
+            "acc_major_right_K": _mean(gk[m_right] == label[m_right]),
+            "acc_major_wrong_0": _mean(g0[~m_right] == label[~m_right]),
+            "acc_major_wrong_K": _mean(gk[~m_right] == label[~m_right]), "major_right": int(m_right.sum())})
         for k in ("0", "K"):  # its change: the rise where the reader is wrong minus the rise where it is right
             out[name][f"gap_{k}"] = out[name][f"acc_wrong_{k}"] - out[name][f"acc_right_{k}"]
     return out
@@ -130,7 +152,10 @@ ROWS = (("acc", "model accuracy"), ("agree", "model = reader"), ("acc_right", "a
         ("acc_wrong", "accuracy where the reader is wrong"),
         ("gap", "accuracy where the reader is wrong − where right"), ("slash", "model answers \"/\""),
         ("from_slash", "right answers on prompts answered \"/\" at k = 0 (of all prompts)"),
-        ("from_other", "right answers on the other prompts (of all prompts)"))
+        ("from_other", "right answers on the other prompts (of all prompts)"),
+        ("agree_major", "model = majority-label reader"),
+        ("acc_major_right", "accuracy where the majority-label reader is right"),
+        ("acc_major_wrong", "accuracy where the majority-label reader is wrong"))
 
 
 def summarise(per_run: list[dict]) -> dict:
@@ -161,13 +186,16 @@ def markdown(doc: dict) -> str:
     from momattn.eval.sweep import signed_pct_interval  # a nonzero bound never prints as 0 (sweep.md's rule)
 
     K, lines = doc["K"], []
-    lines.append(f"The in-context bigram reader alone (no model), accuracy in % on evaluate.py's {doc['prompts']} "
+    lines.append(f"The in-context readers alone (no model), accuracy in % on evaluate.py's {doc['prompts']} "
                  f"prompts of seed {doc['seed']}:\n")
     shots = list(doc["reader"][TASKS[0]])
-    lines += ["| task | " + " | ".join(f"k={k}" for k in shots) + " | always \"/\" |", "|---" * (len(shots) + 2) + "|"]
-    for name, row in doc["reader"].items():
-        lines.append(f"| `{name}` | " + " | ".join("n/a" if k == "0" else f"{100 * row[k]:.1f}" for k in shots)
-                     + f" | {100 * doc['slash'][name]:.1f} |")
+    lines += ["| task | reader | " + " | ".join(f"k={k}" for k in shots) + " | always \"/\" |",
+              "|---" * (len(shots) + 3) + "|"]
+    for key, reader in (("reader", "bigram"), ("majority_reader", "majority label")):
+        for name, row in doc.get(key, {}).items():
+            lines.append(f"| `{name}` | {reader} | " + " | ".join("n/a" if k == "0" else f"{100 * row[k]:.1f}"
+                                                                 for k in shots)
+                         + f" | {100 * doc['slash'][name]:.1f} |")
     lines.append(f"\nModels, k = 0 -> {K} on the same test inputs (the reader's answer is its k = {K} one for both; "
                  "mean over seeds, change with its 95% t-interval, per row and uncorrected):\n")
     lines += [f"| attention | seeds | task | quantity | k=0 | k={K} | change | 95% interval |", "|---" * 8 + "|"]
@@ -210,11 +238,14 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[{i + 1}/{len(runs)}] {run.attention} seed {run.seed}: " + ", ".join(
             f"{t} acc {100 * r['acc_0']:.1f} -> {100 * r['acc_K']:.1f}, agree {100 * r['agree_0']:.1f} -> "
             f"{100 * r['agree_K']:.1f}" for t, r in res.items()), flush=True)
-    reader, slash = {}, {}
+    reader, major, slash = {}, {}, {}
     for name in TASKS:
         task = ginc_task(name)
-        reader[name], slash[name] = reader_accuracy(world, task, a.prompts, a.seed, [k for k in SHOTS if k <= a.k])
-    doc = {"sweep": str(a.sweep), "prompts": a.prompts, "seed": a.seed, "K": a.k, "reader": reader, "slash": slash,
+        shots = [k for k in SHOTS if k <= a.k]
+        reader[name], slash[name] = reader_accuracy(world, task, a.prompts, a.seed, shots)
+        major[name] = reader_accuracy(world, task, a.prompts, a.seed, shots, majority_reader)[0]
+    doc = {"sweep": str(a.sweep), "prompts": a.prompts, "seed": a.seed, "K": a.k, "reader": reader,
+           "majority_reader": major, "slash": slash,
            "runs": per_run, "summary": summarise(per_run), "seconds": round(time.time() - t0, 1),
            "machine": machine_info("cpu"), "torch": torch.__version__}
     out = Path(a.out)

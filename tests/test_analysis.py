@@ -766,6 +766,8 @@ def test_the_ood_probe_scores_as_evaluate_py_and_summarises_over_seeds(tmp_path)
     reader = [ginc_ood_probe.bigram_reader(p) for p in ev.prompts(ginc_task("ginc_ood"), 4, 1)]
     right = sum(r == p.label for r, p in zip(reader, ev.prompts(ginc_task("ginc_ood"), 4, 1)))
     assert run["reader_right"] == right
+    major = [ginc_ood_probe.majority_reader(p) for p in ev.prompts(ginc_task("ginc_ood"), 4, 1)]
+    assert run["major_right"] == sum(m == p.label for m, p in zip(major, ev.prompts(ginc_task("ginc_ood"), 4, 1)))
     assert run["gap_K"] == pytest.approx(run["acc_wrong_K"] - run["acc_right_K"])
     for k in ("0", "K"):  # the accuracy split by the k = 0 answer ("/" or not) adds back up to it
         assert run[f"from_slash_{k}"] + run[f"from_other_{k}"] == pytest.approx(run[f"acc_{k}"])

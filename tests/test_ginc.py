@@ -375,6 +375,10 @@ def test_the_ood_probes_bigram_reader_reads_symbol_pairs_inside_the_examples():
     assert ginc_ood_probe.bigram_reader(prompt([5, 7, 9, 0, 7, 3, 9, 0, 6, 2, 4, 0, 1, 4], 3)) == 9
     assert ginc_ood_probe.bigram_reader(prompt([5, 7, 9, 0, 7, 3, 4, 0, 1, 8], 2)) == 4
     assert ginc_ood_probe.bigram_reader(prompt([2, 4], 0)) == -1  # no examples: no answer
+    # the majority-label reader: the most common last symbol of the examples, whatever the test input
+    assert ginc_ood_probe.majority_reader(prompt([5, 7, 9, 0, 7, 3, 9, 0, 6, 2, 4, 0, 1, 4], 3)) == 9
+    assert ginc_ood_probe.majority_reader(prompt([5, 7, 8, 0, 7, 9, 4, 0, 2, 7], 2)) == 4  # a tie: the lowest id
+    assert ginc_ood_probe.majority_reader(prompt([2, 4], 0)) == -1
 
 
 def test_text_outside_the_ginc_vocabulary_is_a_clear_error(corpus):

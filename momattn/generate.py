@@ -231,9 +231,14 @@ def generate_text(model, tokenizer, cfg: GenerateConfig, device: str, out: TextI
         out.write(cfg.prompt)
         out.flush()
         stream, stop, text = StreamDecoder(tokenizer.decode, prompt_ids), StopAt(cfg.stop), []
+        # the document separator as a stop ends the sample at its token, before it is decoded: a tokenizer that puts
+        # spaces between tokens (GINC's) would otherwise leave one before it
+        eot = getattr(tokenizer, "eot_id", None) if EOT in cfg.stop else None
         with inference_autocast(device, cfg.precision):
             for tok in sample_tokens(model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, generator,
                                      vocab=tokenizer.n_ids, top_p=cfg.top_p):
+                if eot is not None and int(tok[0]) == eot:
+                    break  # (what the decoder and StopAt hold back is released below)
                 piece = stop.push(stream.push(int(tok[0])))
                 if piece:
                     text.append(piece)

@@ -337,3 +337,35 @@ def test_by_default_a_sample_ends_with_its_document(tmp_path):
     assert generate_text(model, tok, cfg(path, temperature=0), "cpu", io.StringIO()) == [""]
     assert generate_text(model, tok, cfg(path, temperature=0, stop=[], max_new_tokens=3), "cpu",
                          io.StringIO()) == [EOT * 3]
+
+
+def test_the_document_separator_ends_a_sample_at_its_token_leaving_no_separator_space(monkeypatch):
+    """A tokenizer that puts spaces between tokens (GINC's) decodes "x2 <|endoftext|>": the sample ends at the
+    separator's token, before it is decoded, so no space is left before it; text held back for another stop string
+    is released."""
+    import contextlib
+
+    import momattn.generate as gen
+    from momattn.tokenizer import EOT
+
+    names = ["x1", "x2", "\n", EOT, "x3"]
+
+    class Spaced:
+        n_ids, eot_id = len(names), names.index(EOT)
+
+        def encode(self, text):
+            return [names.index(w) for w in text.split(" ")]
+
+        def decode(self, ids):
+            return " ".join(names[i] for i in ids)
+
+    def sampled(ids):
+        return lambda *a, **kw: iter(torch.tensor([i]) for i in ids)
+
+    monkeypatch.setattr(gen, "inference_autocast", lambda *a: contextlib.nullcontext())
+    for ids, stop, want in [([1, 0, 3, 4], [EOT], " x2 x1"), ([1, 2, 3, 4], [" \n \n", EOT], " x2 \n"),
+                            ([1, 0, 3, 4], [], " x2 x1 " + EOT + " x3")]:
+        monkeypatch.setattr(gen, "sample_tokens", sampled(ids))
+        out = io.StringIO()
+        got = generate_text(None, Spaced(), GenerateConfig(ckpt_path="x", prompt="x1", stop=stop), "cpu", out)
+        assert got == [want] and out.getvalue() == "x1" + want + "\n", (stop, got)

@@ -58,38 +58,40 @@ TASKS = ("ginc", "ginc_ood")
 SHOTS = (0, 1, 2, 4, 8, 16, 32)
 
 
+def _examples(prompt) -> np.ndarray:
+    """(k, l): the prompt's examples without their "/"."""
+    length, k = prompt.example_len, prompt.k
+    return np.asarray(prompt.symbols)[: k * (length + 1)].reshape(k, length + 1)[:, :length]
+
+
+def _most_common(votes: Counter) -> int:
+    top = max(votes.values())
+    return min(sym for sym, n in votes.items() if n == top)  # ties: the lowest id
+
+
 def bigram_reader(prompt) -> int:
     """The symbol that most often follows the test input's last symbol within the prompt's examples (ties: the
     lowest id); without such a pair the most common last symbol of the examples; -1 (no answer) at k = 0."""
-    length, k = prompt.example_len, prompt.k
-    if k == 0:
+    if prompt.k == 0:
         return -1
-    s = np.asarray(prompt.symbols)
-    demos = s[: k * (length + 1)].reshape(k, length + 1)[:, :length]  # (k, l): the examples without their "/"
-    last = int(s[-1])
+    demos, last = _examples(prompt), int(prompt.symbols[-1])
     after = Counter(int(b) for a, b in zip(demos[:, :-1].ravel(), demos[:, 1:].ravel()) if a == last)
-    votes = after or Counter(int(x) for x in demos[:, -1])
-    top = max(votes.values())
-    return min(sym for sym, n in votes.items() if n == top)
+    return _most_common(after or Counter(int(x) for x in demos[:, -1]))
 
 
 def majority_reader(prompt) -> int:
     """The most common last symbol of the prompt's examples (ties: the lowest id), whatever the test input: what
     the examples say about which answers this concept gives; -1 (no answer) at k = 0."""
-    length, k = prompt.example_len, prompt.k
-    if k == 0:
-        return -1
-    lasts = Counter(int(x) for x in np.asarray(prompt.symbols)[: k * (length + 1)].reshape(k, length + 1)[:, length - 1])
-    top = max(lasts.values())
-    return min(sym for sym, n in lasts.items() if n == top)
+    return -1 if prompt.k == 0 else _most_common(Counter(int(x) for x in _examples(prompt)[:, -1]))
 
 
-def reader_accuracy(world, task, n: int, seed: int, shots, reader=bigram_reader) -> tuple[dict[str, float], float]:
-    """(k -> the reader's accuracy, the share of labels that are "/"; the labels are the same at every k)."""
-    out = {}
+def reader_accuracy(world, task, n: int, seed: int, shots, readers) -> tuple[dict[str, dict[str, float]], float]:
+    """({reader name: {k: its accuracy}}, the share of labels that are "/"; the labels are the same at every k)."""
+    out = {name: {} for name in readers}
     for k in shots:
         prompts = world.prompts(task.example_len, k, n, ood=task.ood, seed=stable_seed("ginc-prompts", seed))
-        out[str(k)] = float(np.mean([reader(p) == p.label for p in prompts]))
+        for name, reader in readers.items():
+            out[name][str(k)] = float(np.mean([reader(p) == p.label for p in prompts]))
     return out, float(np.mean([p.label == 0 for p in prompts]))
 
 
@@ -102,6 +104,19 @@ def greedy(evaluator, task, k: int, seed: int) -> tuple[list, np.ndarray]:
 def _mean(hits: np.ndarray) -> float:
     """The fraction of hits; nan, without numpy's warning, where there are none (the reader never right)."""
     return float(hits.mean()) if hits.size else float("nan")
+
+
+def _against(reader, tag: str, count: str, prompts, g0: np.ndarray, gk: np.ndarray, label: np.ndarray) -> dict:
+    """The model's answers at k = 0 and K against a reader's (read from the k = K prompts): agree<tag>_*,
+    acc<tag>_right_*, acc<tag>_wrong_* (accuracy where the reader is right / wrong), and `count`: how often the
+    reader is right."""
+    answer = np.array([reader(p) for p in prompts])
+    right = answer == label
+    out = {count: int(right.sum())}
+    for k, g in (("0", g0), ("K", gk)):
+        out |= {f"agree{tag}_{k}": float(np.mean(g == answer)), f"acc{tag}_right_{k}": _mean(g[right] == label[right]),
+                f"acc{tag}_wrong_{k}": _mean(g[~right] == label[~right])}
+    return out
 
 
 def probe_run(path: Path, config: dict, n: int, seed: int, K: int) -> dict:
@@ -120,29 +135,19 @@ def probe_run(path: Path, config: dict, n: int, seed: int, K: int) -> dict:
         pk, gk = greedy(ev, task, K, seed)
         label = np.array([p.label for p in pk])
         assert [p.label for p in p0] == label.tolist(), "the test inputs differ between k = 0 and k = K"
-        reader = np.array([bigram_reader(p) for p in pk])
-        right, slash0 = reader == label, g0 == 0
+        slash0 = g0 == 0
         out[name] = {
             "acc_0": float(np.mean(g0 == label)), "acc_K": float(np.mean(gk == label)),
-            "agree_0": float(np.mean(g0 == reader)), "agree_K": float(np.mean(gk == reader)),
-            "acc_right_0": _mean(g0[right] == label[right]), "acc_right_K": _mean(gk[right] == label[right]),
-            "acc_wrong_0": _mean(g0[~right] == label[~right]), "acc_wrong_K": _mean(gk[~right] == label[~right]),
+            **_against(bigram_reader, "", "reader_right", pk, g0, gk, label),
+            **_against(majority_reader, "_major", "major_right", pk, g0, gk, label),
             "slash_0": float(np.mean(g0 == 0)), "slash_K": float(np.mean(gk == 0)),
             # the accuracy split by the k = 0 answer: right answers among the prompts the model answered "/" at
             # k = 0, and among the others, each over all prompts (the two changes add up to the accuracy's)
             "from_slash_0": float(np.mean((g0 == label) & slash0)), "from_slash_K": float(np.mean((gk == label) & slash0)),
             "from_other_0": float(np.mean((g0 == label) & ~slash0)),
             "from_other_K": float(np.mean((gk == label) & ~slash0)),
-            "reader_right": int(right.sum()), "prompts": len(label),
+            "prompts": len(label),
         }
-        major = np.array([majority_reader(p) for p in pk])
-        m_right = major == label
-        out[name].update({  # the same three for the majority-label reader
-            "agree_major_0": float(np.mean(g0 == major)), "agree_major_K": float(np.mean(gk == major)),
-            "acc_major_right_0": _mean(g0[m_right] == label[m_right]),
-            "acc_major_right_K": _mean(gk[m_right] == label[m_right]),
-            "acc_major_wrong_0": _mean(g0[~m_right] == label[~m_right]),
-            "acc_major_wrong_K": _mean(gk[~m_right] == label[~m_right]), "major_right": int(m_right.sum())})
         for k in ("0", "K"):  # its change: the rise where the reader is wrong minus the rise where it is right
             out[name][f"gap_{k}"] = out[name][f"acc_wrong_{k}"] - out[name][f"acc_right_{k}"]
     return out
@@ -242,8 +247,9 @@ def main(argv: list[str] | None = None) -> dict:
     for name in TASKS:
         task = ginc_task(name)
         shots = [k for k in SHOTS if k <= a.k]
-        reader[name], slash[name] = reader_accuracy(world, task, a.prompts, a.seed, shots)
-        major[name] = reader_accuracy(world, task, a.prompts, a.seed, shots, majority_reader)[0]
+        acc, slash[name] = reader_accuracy(world, task, a.prompts, a.seed, shots,
+                                           {"bigram": bigram_reader, "majority": majority_reader})
+        reader[name], major[name] = acc["bigram"], acc["majority"]
     doc = {"sweep": str(a.sweep), "prompts": a.prompts, "seed": a.seed, "K": a.k, "reader": reader,
            "majority_reader": major, "slash": slash,
            "runs": per_run, "summary": summarise(per_run), "seconds": round(time.time() - t0, 1),

@@ -21,6 +21,7 @@ machines; --smoke runs the same code on CPU at toy size.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -92,10 +93,8 @@ def with_backend(backend: str | None, fn):
     old = ops.SCAN_BACKEND
     ops.SCAN_BACKEND = "triton" if backend == UNFUSED else backend or old
     try:
-        if backend == UNFUSED:
-            with mock.patch.object(ops, "_fuses_triton", lambda *a: False):
-                return fn()
-        return fn()
+        with mock.patch.object(ops, "_fuses_triton", lambda *a: False) if backend == UNFUSED else contextlib.nullcontext():
+            return fn()
     finally:
         ops.SCAN_BACKEND = old
 

@@ -40,7 +40,14 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from momattn.hardware import cpu_has_native_bf16, describe, keep_freed_memory  # noqa: E402
+from momattn.hardware import (  # noqa: E402
+    cpu_bf16_speedup,
+    cpu_has_amx,
+    cpu_has_native_bf16,
+    describe,
+    keep_freed_memory,
+    resolve_precision,
+)
 from momattn.model import GPT, GPTConfig  # noqa: E402
 from momattn.optim import fused_adamw_ok  # noqa: E402
 from momattn.utils import positive_int  # noqa: E402
@@ -202,6 +209,14 @@ def markdown(rep: dict) -> str:
                              f"{ratio.get(k, float('nan')):.2f}x{pr} |")
         lines += ["", "Target (issue 11): bf16 at least 2x nanoGPT's fp32 step (the issue measured momattn's model at "
                   "0.98x nanoGPT's model.py in that step).", ""]
+        if rep.get("auto_precision"):  # what train.py's precision=auto takes on this CPU, and why
+            if rep.get("amx"):
+                why = "AMX"
+            elif "bf16_matmul_speedup" in rep:
+                why = f"avx512_bf16 without AMX; start-up probe: a bf16 matmul at {rep['bf16_matmul_speedup']:.2f}x fp32's speed"
+            else:
+                why = "no native bf16"
+            lines += [f"`precision=auto` on this CPU: {rep['auto_precision']} ({why}).", ""]
     if rep.get("runs"):
         lines += [f"The main job, {rep['runs_threads']} threads per run, {rep['runs_parallel']} runs at a time "
                   "(`python train.py trainer=cpu trainer.precision=bf16-mixed seed=1 run_eval=false logger=csv`, and so for each "
@@ -280,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     parts = set(a.parts.split(","))
     if "step" in parts:
         rep["step"] = step_timing(a.threads, 2 if a.smoke else a.rounds, 1 if a.smoke else 5, a.smoke)
+        rep["amx"], rep["auto_precision"] = cpu_has_amx(), resolve_precision("auto", "cpu")
+        if rep["native_bf16"] and not rep["amx"]:  # the probe precision=auto took (cached: the same measurement)
+            rep["bf16_matmul_speedup"] = round(cpu_bf16_speedup(), 3)
         rep.setdefault("part_dates", {})["step"] = now
         write(rep, a.out)
     if "runs" in parts:

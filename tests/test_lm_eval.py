@@ -60,7 +60,7 @@ def test_simple_evaluate_runs_local_tasks_and_matches_momattn_scoring(ckpt, monk
 @pytest.mark.parametrize("precision", ["32-true", "auto"])
 def test_loglikelihood_is_batch_independent_and_greedy_is_the_argmax(ckpt, precision):
     """Scores do not depend on how rows are batched and padded: to float32 rounding in fp32; under bf16 autocast
-    (`auto` on a CPU with native bf16) to bf16's, since a float32 last-bit difference from another matmul shape can
+    (`auto` where this CPU trains in bf16) to bf16's, since a float32 last-bit difference from another matmul shape can
     flip a bf16 rounding of an activation."""
     lm = MomattnLM(ckpt_path=str(ckpt), batch_size=1, precision=precision)
     texts = [("Review: a fine film\nSentiment:", " Positive"), ("Review: dull\nSentiment:", " Negative"),

@@ -16,11 +16,11 @@ from omegaconf import OmegaConf
 from momattn.checkpoint import read_checkpoint
 from momattn.config import load_train_config
 from momattn.errors import ConfigError
-from momattn.hardware import cpu_has_native_bf16
+from momattn.hardware import resolve_precision
 from momattn.schema import instantiate
 from momattn.training import run_train
 
-CPU_AUTO = "bf16-mixed" if cpu_has_native_bf16() else "32-true"  # what precision=auto resolves to on this CPU
+CPU_AUTO = resolve_precision("auto", "cpu")  # what precision=auto resolves to on this CPU (bf16-mixed where faster)
 
 GROUPS = {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in (ROOT / "conf").iterdir() if d.is_dir()}
 OPTIONS = [(g, o) for g, opts in sorted(GROUPS.items()) for o in opts]
@@ -50,7 +50,7 @@ def check_option(group: str, option: str, c, tmp_path: Path) -> None:
         assert c.tokenizer.kind == own["kind"]
     elif group == "trainer":
         assert c.trainer["precision"] != "auto" and c.max_steps >= 1
-        if option in ("default", "cpu"):  # auto: bf16-mixed where this CPU has native bf16, else 32-true
+        if option in ("default", "cpu"):  # auto: bf16-mixed where bf16 is faster on this CPU, else 32-true
             trainer = instantiate(c.trainer, "trainer", logger=False)
             assert trainer.max_steps == c.max_steps and trainer.precision == CPU_AUTO
     elif group == "logger":
@@ -273,7 +273,7 @@ def test_tokenizer_source_needs_a_source_with_a_tokenizer(tmp_path):
 def test_precision_auto_resolves_from_the_hardware(native, precision, expected, tmp_path, monkeypatch):
     import momattn.hardware
 
-    monkeypatch.setattr(momattn.hardware, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(momattn.hardware, "cpu_prefers_bf16", lambda: native)
     cfg = compose_train(tmp_path, ["trainer=cpu", f"trainer.precision={precision}"])
     c = load_train_config(cfg)
     assert c.trainer["precision"] == c.resolved["trainer"]["precision"] == expected

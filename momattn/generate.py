@@ -9,8 +9,8 @@
 - Text is printed as soon as it is whole: a multi-byte character split over several BPE tokens waits for
   its last byte instead of printing a replacement character.
 - Deterministic for a seed: one torch.Generator drives every sample, in order.
-- Precision `auto`: bf16 autocast on a GPU with bf16 (fp16 on older GPUs) or a CPU where bf16 is faster
-  (AMX, or avx512_bf16 that a matmul probe finds faster), fp32 elsewhere (momattn.hardware.resolve_precision).
+- Precision `auto`: bf16 autocast on a GPU with bf16 (fp16 on older GPUs) or a CPU with AMX, fp32
+  elsewhere (momattn.hardware.resolve_precision).
 """
 
 from __future__ import annotations

@@ -1,13 +1,11 @@
-"""What the machine can do fast: native bf16 on this CPU (detected from its flags, never assumed), whether bf16
-is actually faster there (AMX: yes; avx512_bf16 alone: measured), the training precision that
-`trainer.precision=auto` resolves to, and glibc's allocator told to keep freed memory.
+"""What the machine can do fast: native bf16 on this CPU (detected from its flags, never assumed), and AMX, the
+training precision that `trainer.precision=auto` resolves to, and glibc's allocator told to keep freed memory.
 
 On a CPU without avx512_bf16 / amx_bf16 PyTorch emulates bf16 matmuls, which can be 100x slower than fp32
-(measured on an AVX2-only AMD EPYC: 0.3 vs 69 GFLOP/s for 2048^3), so bf16 is chosen only where it is native. Native
-is not enough, though: on an Intel Xeon whose AMX is hidden from the guest (avx512_bf16 alone, session 35) oneDNN's
-bf16 matmul ran at 188 GFLOP/s against fp32's 340 (2048^3, 2 threads) and the main job's training step at 0.66x
-its fp32 speed; with AMX the same step ran at 1.8-2.3x. So AMX means bf16, no bf16 flag means fp32, and
-avx512_bf16 alone is decided by timing one matmul each way (cpu_bf16_speedup).
+(measured on an AVX2-only AMD EPYC: 0.3 vs 69 GFLOP/s for 2048^3), so bf16 is chosen only where it is native, and
+only with AMX: on an Intel Xeon whose AMX is hidden from the guest (avx512_bf16 alone, session 35) oneDNN's bf16
+matmul ran at 188 GFLOP/s against fp32's 340 (2048^3, 2 threads) and the main job's training step at 0.66x its
+fp32 speed; with AMX the same step ran at 1.8-2.3x.
 """
 
 from __future__ import annotations
@@ -47,44 +45,12 @@ def cpu_has_amx() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64") and {"amx_bf16", "amx_tile"} <= cpu_flags()
 
 
-BF16_MIN_SPEEDUP = 1.25  # bf16 must beat fp32 by this much in the probe to be chosen (its rounding costs accuracy)
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_bf16_speedup(n: int = 1024, rounds: int = 3) -> float:
-    """bf16 matmul speed over fp32's on this CPU at torch's current threads: the best of `rounds` interleaved
-    timings of one n x n matmul in each dtype (about 0.1 s in all; its own generator, so the run's random stream
-    is untouched). Cached for the process."""
-    import time
-
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
-    pairs = {torch.float32: (a, b), torch.bfloat16: (a.bfloat16(), b.bfloat16())}
-    for x, y in pairs.values():  # warm-up: oneDNN builds its kernel on the first call
-        torch.mm(x, y)
-    best = dict.fromkeys(pairs, float("inf"))
-    for _ in range(rounds):
-        for dtype, (x, y) in pairs.items():
-            t0 = time.perf_counter()
-            torch.mm(x, y)
-            best[dtype] = min(best[dtype], time.perf_counter() - t0)
-    return best[torch.float32] / best[torch.bfloat16]
-
-
 def cpu_prefers_bf16() -> bool:
-    """Whether `auto` trains in bf16 on this CPU: with AMX yes, without native bf16 no, with avx512_bf16 alone
-    where the matmul probe finds bf16 at least BF16_MIN_SPEEDUP times as fast as fp32 (logged either way)."""
-    if not cpu_has_native_bf16():
-        return False
-    if cpu_has_amx():
-        return True
-    speedup = cpu_bf16_speedup()
-    chosen = speedup >= BF16_MIN_SPEEDUP
-    log.info("momattn: this CPU has avx512_bf16 but no AMX: a bf16 matmul ran at %.2fx fp32's speed, so precision=auto "
-             "trains in %s", speedup, "bf16-mixed" if chosen else "32-true (set trainer.precision to override)")
-    return chosen
+    """Whether `auto` trains in bf16 on this CPU: only with AMX. avx512_bf16 alone is not enough: on an Intel Xeon
+    whose hypervisor hides AMX, oneDNN's bf16 matmul ran at half fp32's speed and the main job at 0.59x (session
+    35). A start-up timing cannot settle it either: under load (three runs starting at once) a probe read 0.72x,
+    0.93x and 1.31x on that Xeon, so one run of three would have trained in the other precision."""
+    return cpu_has_native_bf16() and cpu_has_amx()
 
 
 def _cuda_precision() -> str:
@@ -94,9 +60,8 @@ def _cuda_precision() -> str:
 
 
 def resolve_precision(precision: str | int | None, accelerator: str | None) -> str:
-    """`auto` -> bf16-mixed on a GPU with bf16 (16-mixed on older GPUs), bf16-mixed on a CPU where bf16 is faster
-    (cpu_prefers_bf16: AMX, or avx512_bf16 that a matmul probe finds faster), 32-true elsewhere. Any other value is
-    returned as given (the user's choice wins)."""
+    """`auto` -> bf16-mixed on a GPU with bf16 (16-mixed on older GPUs), bf16-mixed on a CPU with AMX
+    (cpu_prefers_bf16), 32-true elsewhere. Any other value is returned as given (the user's choice wins)."""
     if precision is not None and str(precision) != "auto":
         return str(precision)
     import torch

@@ -1,5 +1,5 @@
 """momattn.hardware: glibc told to keep freed memory, so re-allocated tensors take no page faults (the entry points
-and benchmarks call it); precision=auto on a CPU from its flags and, for avx512_bf16 without AMX, a matmul probe."""
+and benchmarks call it); precision=auto on a CPU from its flags (bf16 with AMX only)."""
 
 from __future__ import annotations
 
@@ -61,30 +61,18 @@ def test_a_freed_block_stays_in_the_heap_for_the_next_allocation():
     assert seen == {"1": ["True", "False", "True"], "0": ["False", "True", "False"]}
 
 
-@pytest.mark.parametrize("flags,speedup,expected,probed", [
-    ((), 9.0, "32-true", False),  # no bf16 instructions: emulated, never timed (it would take seconds)
-    (("avx512_bf16", "amx_bf16", "amx_tile"), 0.1, "bf16-mixed", False),  # AMX: bf16, no probe
-    (("avx512_bf16", "amx_bf16"), 0.6, "32-true", True),  # tiles not usable (no amx_tile): as avx512_bf16 alone
-    (("avx512_bf16",), 0.6, "32-true", True),  # avx512_bf16 alone, slower than fp32 (the session-35 Xeon)
-    (("avx512_bf16",), 1.9, "bf16-mixed", True),  # avx512_bf16 alone, faster
-    (("avx512_bf16",), hardware.BF16_MIN_SPEEDUP * 0.99, "32-true", True),  # a little faster is not enough
+@pytest.mark.parametrize("flags,expected", [
+    ((), "32-true"),  # no bf16 instructions: emulated
+    (("avx512_bf16", "amx_bf16", "amx_tile"), "bf16-mixed"),  # AMX
+    (("avx512_bf16", "amx_bf16"), "32-true"),  # tiles the kernel does not let processes use (no amx_tile)
+    (("avx512_bf16",), "32-true"),  # avx512_bf16 alone: slower than fp32 on the session-35 Xeon
 ])
-def test_precision_auto_on_a_cpu_follows_the_flags_and_the_probe(flags, speedup, expected, probed, monkeypatch):
-    calls = []
+def test_precision_auto_on_a_cpu_takes_bf16_only_with_amx(flags, expected, monkeypatch):
     monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
-    monkeypatch.setattr(hardware, "cpu_bf16_speedup", lambda: calls.append(1) or speedup)
     assert hardware.resolve_precision("auto", "cpu") == expected
-    assert bool(calls) is probed
-    assert hardware.resolve_precision("32-true", "cpu") == "32-true"  # the user's choice wins, unprobed
-    assert hardware.resolve_precision("bf16-mixed", "cpu") == "bf16-mixed" and len(calls) == int(probed)
-
-
-def test_the_bf16_probe_times_both_dtypes_without_touching_the_random_stream():
-    import torch
-
-    torch.manual_seed(123)
-    state = torch.get_rng_state()
-    ratio = hardware.cpu_bf16_speedup.__wrapped__(n=64, rounds=2)  # small: bf16 may be emulated on this CPU
-    assert 0 < ratio < float("inf")
-    assert torch.equal(torch.get_rng_state(), state)  # a run's dropout masks must not depend on the probe
+    assert hardware.resolve_precision("32-true", "cpu") == "32-true"  # the user's choice wins
+    assert hardware.resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+    assert hardware.cpu_has_native_bf16() is bool(flags)
+    monkeypatch.setattr(hardware.platform, "machine", lambda: "aarch64")  # x86 flags mean nothing elsewhere
+    assert hardware.resolve_precision("auto", "cpu") == "32-true"

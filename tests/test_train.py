@@ -20,7 +20,7 @@ from momattn.hardware import resolve_precision
 from momattn.schema import instantiate
 from momattn.training import run_train
 
-CPU_AUTO = resolve_precision("auto", "cpu")  # what precision=auto resolves to on this CPU (bf16-mixed where faster)
+CPU_AUTO = resolve_precision("auto", "cpu")  # what precision=auto resolves to on this CPU (bf16-mixed with AMX)
 
 GROUPS = {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in (ROOT / "conf").iterdir() if d.is_dir()}
 OPTIONS = [(g, o) for g, opts in sorted(GROUPS.items()) for o in opts]
@@ -50,7 +50,7 @@ def check_option(group: str, option: str, c, tmp_path: Path) -> None:
         assert c.tokenizer.kind == own["kind"]
     elif group == "trainer":
         assert c.trainer["precision"] != "auto" and c.max_steps >= 1
-        if option in ("default", "cpu"):  # auto: bf16-mixed where bf16 is faster on this CPU, else 32-true
+        if option in ("default", "cpu"):  # auto: bf16-mixed where this CPU has AMX, else 32-true
             trainer = instantiate(c.trainer, "trainer", logger=False)
             assert trainer.max_steps == c.max_steps and trainer.precision == CPU_AUTO
     elif group == "logger":

@@ -622,27 +622,47 @@ def keep_run_config(overrides: list[str], cwd: Path | None = None):
 _RUN_LOCKS: dict[Path, int] = {}  # the run folder this process trains in, and its lock (one run at a time)
 
 
-def hold_run_folder(folder: Path | None) -> None:
-    """Lock the run folder for this run (None: release it). Two runs in one folder (a resume started twice, a
-    requeued job whose first copy still runs, two runs started in the same second into Hydra's
-    outputs/<date>/<time>) overwrote each other's checkpoints and metrics.csv, and one crashed in the CSV logger: the
-    second is refused, before Hydra rewrites the folder's saved config where the folder is named (hydra.run.dir,
-    a resume's). Only a job's first process locks: the other ranks share its folder."""
-    folder = folder.resolve() if folder is not None else None
-    for held in [f for f in _RUN_LOCKS if f != folder]:
-        os.close(_RUN_LOCKS.pop(held))
-    if folder is None or folder in _RUN_LOCKS or any(
-            os.environ.get(k, "0") != "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")):
-        return
+def _other_rank() -> bool:
+    """Whether this process is a rank other than a job's first (they share its folder, which it locks)."""
+    return any(os.environ.get(k, "0") != "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"))
+
+
+def claim_run_folder(folder: Path) -> str | None:
+    """Lock the run folder for this run: None where it is now held (or cannot be locked: no flock there), else the
+    other run that holds it ('process PID on HOST')."""
     from momattn.io import lock_folder
 
+    folder = folder.resolve()
+    for held in [f for f in _RUN_LOCKS if f != folder]:
+        os.close(_RUN_LOCKS.pop(held))
+    if folder in _RUN_LOCKS or _other_rank():
+        return None
     fd, holder = lock_folder(folder)
-    if holder is not None:
-        raise ConfigError(f"{folder} is in use by another training run ({holder}): two runs in one folder overwrite "
-                          "each other's checkpoints and metrics. Wait for it to end (then resume with ckpt_path=last "
-                          f"hydra.run.dir={folder} if it was stopped), or train in another folder (hydra.run.dir=...)")
     if fd is not None:
         _RUN_LOCKS[folder] = fd
+    return holder
+
+
+def hold_run_folder(folder: Path | None) -> None:
+    """Lock the run folder for this run (None: release it). Two runs in one folder (a resume started twice, a
+    requeued job whose first copy still runs) overwrote each other's checkpoints and metrics.csv, and one crashed
+    in the CSV logger: the second is refused, before Hydra rewrites the folder's saved config where the folder is
+    named (hydra.run.dir, a resume's). Two runs started in the same second into Hydra's outputs/<date>/<time> do
+    not meet: the second moves to <time>_2 (momattn.run_folder). Only a job's first process locks: the other ranks
+    share its folder."""
+    if folder is None:
+        for held in list(_RUN_LOCKS):
+            os.close(_RUN_LOCKS.pop(held))
+        return
+    holder = claim_run_folder(folder)
+    if holder is not None:
+        raise in_use(folder.resolve(), holder)
+
+
+def in_use(folder: Path, holder: str) -> ConfigError:
+    return ConfigError(f"{folder} is in use by another training run ({holder}): two runs in one folder overwrite "
+                       "each other's checkpoints and metrics. Wait for it to end (then resume with ckpt_path=last "
+                       f"hydra.run.dir={folder} if it was stopped), or train in another folder (hydra.run.dir=...)")
 
 
 def _is_search(overrides: list[str]) -> bool:

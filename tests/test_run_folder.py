@@ -1,0 +1,90 @@
+"""momattn.run_folder: a run started in the same second as another (Hydra's outputs/<date>/<time>) moves to
+<time>_2 before Hydra writes anything into the other's folder; a fixed folder held by another run is refused."""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import pytest
+from conftest import run_cli
+from omegaconf import OmegaConf
+
+from momattn import cli
+from momattn.io import lock_folder
+from momattn.run_folder import ClaimRunFolder
+
+
+@pytest.fixture
+def held():
+    """Locks taken as another run would (their own file descriptors: flock keeps them apart from this process's
+    claim); all released, with the claim, at the end."""
+    fds = []
+
+    def hold(folder):
+        fd, holder = lock_folder(folder)
+        assert fd is not None and holder is None
+        fds.append(fd)
+
+    yield hold
+    for fd in fds:
+        os.close(fd)
+    cli.hold_run_folder(None)
+
+
+def config(run_dir: str, given: bool = False):
+    return OmegaConf.create({"root": "unused", "hydra": {"run": {"dir": run_dir}, "overrides": {
+        "hydra": [f"hydra.run.dir={run_dir}"] if given else [], "task": []}}})
+
+
+def test_a_timed_folder_another_run_holds_moves_this_run_to_the_next_free_one(tmp_path, held, capsys):
+    base = tmp_path / "outputs" / "12-00-00"
+    held(base)
+    (tmp_path / "outputs" / "12-00-00_2").mkdir()  # a run of that second had it (and ended)
+    cfg = config(f"{tmp_path}/outputs/12-00-0${{oc.env:SECOND,0}}")  # an interpolation, as ${now:...} is
+    ClaimRunFolder().on_run_start(cfg)
+    assert cfg.hydra.run.dir == f"{base}_3"
+    assert (base.parent / "12-00-00_3").resolve() in cli._RUN_LOCKS  # claimed: the next run of that second skips it
+    assert f"{base} is in use by a run started in the same second" in capsys.readouterr().err
+    fd, holder = lock_folder(f"{base}_3")  # another process's view: held, and by this one
+    assert fd is None and f"process {os.getpid()}" in holder
+
+
+def test_a_free_folder_is_claimed_as_it_is(tmp_path, held):
+    cfg = config(f"{tmp_path}/outputs/${{oc.env:NO_SUCH_VARIABLE,12-00-00}}")
+    ClaimRunFolder().on_run_start(cfg)
+    assert OmegaConf.to_container(cfg.hydra.run)["dir"] == f"{tmp_path}/outputs/${{oc.env:NO_SUCH_VARIABLE,12-00-00}}"
+    assert (tmp_path / "outputs" / "12-00-00").resolve() in cli._RUN_LOCKS
+
+
+def test_a_fixed_folder_another_run_holds_is_refused_before_hydra_writes(tmp_path, held, capsys):
+    held(tmp_path / "fixed")
+    with pytest.raises(SystemExit) as e:
+        ClaimRunFolder().on_run_start(config(str(tmp_path / "fixed")))
+    assert e.value.code == 2 and "is in use by another training run" in capsys.readouterr().err
+
+
+def test_a_folder_from_the_command_line_is_left_to_the_check_before_hydra(tmp_path, held):
+    held(tmp_path / "given")
+    cfg = config(str(tmp_path / "given"), given=True)
+    ClaimRunFolder().on_run_start(cfg)  # momattn.cli claimed (or refused) it before Hydra started
+    assert cfg.hydra.run.dir == str(tmp_path / "given") and not cli._RUN_LOCKS
+
+
+def test_train_started_in_a_second_another_run_holds_writes_beside_it(tmp_path, held):
+    """End to end: the folders of the next minute's seconds are held, as runs started then would hold them; the
+    run (refused right after Hydra's start by a bad value, so that no training is spent) writes its saved config
+    and log into <time>_2 and leaves the held folders untouched."""
+    start = datetime.datetime.now()
+    names = set()
+    for s in range(90):
+        t = start + datetime.timedelta(seconds=s)
+        folder = tmp_path / "outputs" / t.strftime("%Y-%m-%d") / t.strftime("%H-%M-%S")
+        held(folder)
+        names.add(folder)
+    r = run_cli("train.py", ["debug=smoke", "model.dropout=1.5"], tmp_path)
+    assert r.returncode == 2 and "model.dropout=1.5 must lie in [0, 1)" in r.stderr, r.stderr[-2000:]
+    moved = [p for p in (tmp_path / "outputs").glob("*/*_2")]
+    assert len(moved) == 1 and "this run writes to" in r.stderr, r.stderr[-2000:]
+    assert (moved[0] / ".hydra" / "overrides.yaml").read_text().count("model.dropout=1.5") == 1
+    assert all(sorted(p.name for p in f.iterdir()) == [".momattn.lock"] for f in names)  # nothing else written

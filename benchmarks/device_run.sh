@@ -26,7 +26,9 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv 2>/dev/null | tee "$out/device.txt"
-lscpu 2>/dev/null | grep -E "Model name|^CPU\(s\)|Flags" | sed 's/Flags:.*\(avx512_bf16\|amx_bf16\).*/Flags: ...native bf16 (\1)/' >> "$out/device.txt"
+lscpu 2>/dev/null | grep -E "Model name|^CPU\(s\)" >> "$out/device.txt"
+# precision=auto trains a CPU in bf16 only with AMX (amx_bf16 and amx_tile; momattn/hardware.py)
+echo "bf16 flags: $(grep -m1 -o -w -E 'avx512_bf16|amx_bf16|amx_tile' /proc/cpuinfo 2>/dev/null | sort -u | tr '\n' ' ')" >> "$out/device.txt"
 case "$part" in
   # timeout: under the device's 560 s per call, so that the log is flushed; the JSON is written before and after
   # every variant, so a cut-off run keeps its rows and names the variant it was on

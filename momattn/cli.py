@@ -622,7 +622,7 @@ def keep_run_config(overrides: list[str], cwd: Path | None = None):
 _RUN_LOCKS: dict[Path, int] = {}  # the run folder this process trains in, and its lock (one run at a time)
 
 
-def _other_rank() -> bool:
+def other_rank() -> bool:
     """Whether this process is a rank other than a job's first (they share its folder, which it locks)."""
     return any(os.environ.get(k, "0") != "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"))
 
@@ -635,7 +635,7 @@ def claim_run_folder(folder: Path) -> str | None:
     folder = folder.resolve()
     for held in [f for f in _RUN_LOCKS if f != folder]:
         os.close(_RUN_LOCKS.pop(held))
-    if folder in _RUN_LOCKS or _other_rank():
+    if folder in _RUN_LOCKS or other_rank():
         return None
     fd, holder = lock_folder(folder)
     if fd is not None:

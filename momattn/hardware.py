@@ -50,7 +50,7 @@ def cpu_prefers_bf16() -> bool:
     whose hypervisor hides AMX, oneDNN's bf16 matmul ran at half fp32's speed and the main job at 0.59x (session
     35). A start-up timing cannot settle it either: under load (three runs starting at once) a probe read 0.72x,
     0.93x and 1.31x on that Xeon, so one run of three would have trained in the other precision."""
-    return cpu_has_native_bf16() and cpu_has_amx()
+    return cpu_has_amx()
 
 
 def _cuda_precision() -> str:
@@ -130,8 +130,7 @@ def describe() -> str:
 
     cpu = cpu_name()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    bf16 = ("native bf16, AMX" if cpu_has_amx() else "native bf16, avx512_bf16 without AMX") if cpu_has_native_bf16() \
-        else "no native bf16"
+    bf16 = "native bf16, AMX" if cpu_has_amx() else "native bf16, no AMX" if cpu_has_native_bf16() else "no native bf16"
     return f"{cpu} ({torch.get_num_threads()} threads, {bf16}); {gpu}; torch {torch.__version__}"
 
 

@@ -29,7 +29,7 @@ while the states carried between chunks stay float32. A term then passes through
 roundings (unit roundoff 2^-8 each: the decay block, the chunk's sum, the carried state and its weight
 for the update, the updated sum), so the output is within 5 * 2^-8 * sum_i |w_i| |v_i| of the exact sums
 (tests/test_ops.py; typically under 2 of those units, and the float32 path rounded once is within 1).
-On a CPU with native bf16 that is twice as fast as converting to float32 and back (issue 11;
+On a CPU with AMX (where `auto` trains in bf16) that is twice as fast as converting to float32 and back (issue 11;
 benchmarks/results/compare_ema_bf16_T256.md). On CUDA bf16 values are summed in float32 as before (the
 Triton kernel, or float32 matmuls: cuBLAS's bf16 matmuls may reduce in lower precision).
 

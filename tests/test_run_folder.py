@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from pathlib import Path
 
 import pytest
 from conftest import run_cli
@@ -32,43 +33,64 @@ def held():
     cli.hold_run_folder(None)
 
 
+TIMED = "/outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}"  # Hydra's default run folder
+
+
 def config(run_dir: str, given: bool = False):
-    return OmegaConf.create({"root": "unused", "hydra": {"run": {"dir": run_dir}, "overrides": {
+    """A run's config as the callback sees it; its folder resolved once (Hydra's `now` is cached per config)."""
+    from hydra.core.utils import setup_globals
+
+    setup_globals()  # Hydra's resolvers (`now`), as a Hydra run has them
+    cfg = OmegaConf.create({"hydra": {"run": {"dir": run_dir}, "overrides": {
         "hydra": [f"hydra.run.dir={run_dir}"] if given else [], "task": []}}})
+    return cfg, Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
 
 
 def test_a_timed_folder_another_run_holds_moves_this_run_to_the_next_free_one(tmp_path, held, capsys):
-    base = tmp_path / "outputs" / "12-00-00"
+    cfg, base = config(f"{tmp_path}{TIMED}")
     held(base)
-    (tmp_path / "outputs" / "12-00-00_2").mkdir()  # a run of that second had it (and ended)
-    cfg = config(f"{tmp_path}/outputs/12-00-0${{oc.env:SECOND,0}}")  # an interpolation, as ${now:...} is
+    Path(f"{base}_2").mkdir()  # a run of that second had it (and ended)
     ClaimRunFolder().on_run_start(cfg)
     assert cfg.hydra.run.dir == f"{base}_3"
-    assert (base.parent / "12-00-00_3").resolve() in cli._RUN_LOCKS  # claimed: the next run of that second skips it
-    assert f"{base} is in use by a run started in the same second" in capsys.readouterr().err
+    assert Path(f"{base}_3").resolve() in cli._RUN_LOCKS  # claimed: the next run of that second skips it
+    assert f"{base} was taken by a run started in the same second; this run writes to {base}_3" in capsys.readouterr().err
     fd, holder = lock_folder(f"{base}_3")  # another process's view: held, and by this one
     assert fd is None and f"process {os.getpid()}" in holder
 
 
-def test_a_free_folder_is_claimed_as_it_is(tmp_path, held):
-    cfg = config(f"{tmp_path}/outputs/${{oc.env:NO_SUCH_VARIABLE,12-00-00}}")
+def test_a_timed_folder_a_run_of_that_second_left_is_not_reused(tmp_path, held):
+    cfg, base = config(f"{tmp_path}{TIMED}", given=True)  # given with ${now:...}: claimed here, not before Hydra
+    base.mkdir(parents=True)  # that run failed at once and let go of its lock: its saved config stays its own
     ClaimRunFolder().on_run_start(cfg)
-    assert OmegaConf.to_container(cfg.hydra.run)["dir"] == f"{tmp_path}/outputs/${{oc.env:NO_SUCH_VARIABLE,12-00-00}}"
-    assert (tmp_path / "outputs" / "12-00-00").resolve() in cli._RUN_LOCKS
+    assert cfg.hydra.run.dir == f"{base}_2"
 
 
-def test_a_fixed_folder_another_run_holds_is_refused_before_hydra_writes(tmp_path, held, capsys):
+def test_a_free_folder_is_claimed_as_it_is(tmp_path, held):
+    cfg, base = config(f"{tmp_path}{TIMED}")
+    ClaimRunFolder().on_run_start(cfg)
+    assert OmegaConf.to_container(cfg.hydra.run)["dir"] == f"{tmp_path}{TIMED}"  # untouched
+    assert base.resolve() in cli._RUN_LOCKS
+
+
+@pytest.mark.parametrize("run_dir", ["fixed", "${oc.env:NO_SUCH_VARIABLE,fixed}"])
+def test_a_folder_not_named_by_the_time_another_run_holds_is_refused_before_hydra_writes(run_dir, tmp_path, held,
+                                                                                       capsys):
     held(tmp_path / "fixed")
     with pytest.raises(SystemExit) as e:
-        ClaimRunFolder().on_run_start(config(str(tmp_path / "fixed")))
+        ClaimRunFolder().on_run_start(config(f"{tmp_path}/{run_dir}")[0])
     assert e.value.code == 2 and "is in use by another training run" in capsys.readouterr().err
 
 
-def test_a_folder_from_the_command_line_is_left_to_the_check_before_hydra(tmp_path, held):
+def test_folders_claimed_elsewhere_are_left_alone(tmp_path, held, monkeypatch):
     held(tmp_path / "given")
-    cfg = config(str(tmp_path / "given"), given=True)
+    cfg, _ = config(str(tmp_path / "given"), given=True)
     ClaimRunFolder().on_run_start(cfg)  # momattn.cli claimed (or refused) it before Hydra started
     assert cfg.hydra.run.dir == str(tmp_path / "given") and not cli._RUN_LOCKS
+    cfg, base = config(f"{tmp_path}{TIMED}")
+    held(base)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a rank after the first: its job's folder is the first process's
+    ClaimRunFolder().on_run_start(cfg)
+    assert OmegaConf.to_container(cfg.hydra.run)["dir"] == f"{tmp_path}{TIMED}" and not cli._RUN_LOCKS
 
 
 def test_train_started_in_a_second_another_run_holds_writes_beside_it(tmp_path, held):
@@ -85,6 +107,6 @@ def test_train_started_in_a_second_another_run_holds_writes_beside_it(tmp_path, 
     r = run_cli("train.py", ["debug=smoke", "model.dropout=1.5"], tmp_path)
     assert r.returncode == 2 and "model.dropout=1.5 must lie in [0, 1)" in r.stderr, r.stderr[-2000:]
     moved = [p for p in (tmp_path / "outputs").glob("*/*_2")]
-    assert len(moved) == 1 and "this run writes to" in r.stderr, r.stderr[-2000:]
+    assert len(moved) == 1 and "was taken by a run started in the same second; this run writes to" in r.stderr, r.stderr[-2000:]
     assert (moved[0] / ".hydra" / "overrides.yaml").read_text().count("model.dropout=1.5") == 1
     assert all(sorted(p.name for p in f.iterdir()) == [".momattn.lock"] for f in names)  # nothing else written

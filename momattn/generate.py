@@ -197,7 +197,9 @@ class StreamDecoder:
 
 class StopAt:
     """Streamed text in, the text before the first stop string out: what could still begin a stop string is held
-    back until the next piece shows whether it does (`done`: a stop string was written; the rest is dropped)."""
+    back until the next piece shows whether it does (`done`: a stop string was written; the rest is dropped).
+    "First" is the one complete first, as if the text came a character at a time (of two that end together, the
+    longer), so where the pieces break does not matter, even for a stop string inside another ("b" in "abc")."""
 
     def __init__(self, stop: Sequence[str]):
         self.stop, self.pending, self.done = list(stop), "", False
@@ -206,10 +208,10 @@ class StopAt:
         if self.done:
             return ""
         text = self.pending + piece
-        hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        hits = [(i + len(s), i) for s in self.stop if (i := text.find(s)) >= 0]  # (end, start) of each first use
         if hits:
             self.pending, self.done = "", True
-            return text[: min(hits)]
+            return text[: min(hits)[1]]
         keep = max((k for s in self.stop for k in range(min(len(s) - 1, len(text)), 0, -1)
                     if s.startswith(text[len(text) - k:])), default=0)  # the longest tail that begins a stop string
         self.pending = text[len(text) - keep:] if keep else ""

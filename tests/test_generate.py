@@ -310,6 +310,26 @@ def test_stop_at_holds_back_only_what_could_begin_a_stop_string():
     assert StopAt([]).push("anything\n\n") == "anything\n\n"
 
 
+@pytest.mark.parametrize("stops", [["abc", "b"], ["b", "abc"], ["xab", "abz"], ["aa", "a"], ["ca", "abca"]])
+def test_stop_at_cuts_the_same_wherever_the_pieces_break(stops):
+    """The text a stop string cuts is that of the text fed a character at a time, for every way of breaking it into
+    pieces (a stop string inside another one used to cut by where a token ended)."""
+    import itertools
+
+    from momattn.generate import StopAt
+
+    for text in ["xabcd", "xabzab", "caabca", "zzz", "xxabcabc"]:
+        def run(pieces):
+            stop = StopAt(stops)
+            return "".join(stop.push(p) for p in pieces) + stop.flush()
+
+        want = run(list(text))
+        for cuts in itertools.product([0, 1], repeat=len(text) - 1):  # every way of breaking the text
+            bounds = [0, *[i + 1 for i, c in enumerate(cuts) if c], len(text)]
+            assert run([text[i:j] for i, j in zip(bounds, bounds[1:])]) == want, (text, cuts)
+        assert not any(s in want for s in stops)
+
+
 def test_a_sample_ends_at_a_stop_string_printed_and_returned_alike(ckpt):
     model, tok = load_checkpoint(ckpt)
     kw = {"max_new_tokens": 30, "temperature": 1.0, "top_k": None, "seed": 2, "stop": []}

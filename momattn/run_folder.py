@@ -1,4 +1,5 @@
-"""A Hydra callback that claims train.py's run folder before Hydra writes into it (conf/train.yaml, hydra.callbacks).
+"""A Hydra callback that claims a run's folder before Hydra writes into it (hydra.callbacks of conf/train.yaml,
+evaluate.yaml and analyze.yaml).
 
 Hydra names a run's folder by the second it starts (outputs/<date>/<time>, `${now:...}`), so two runs started in
 the same second (a shell loop that backgrounds them) got one folder: the second rewrote the first's saved config
@@ -19,6 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf, open_dict, read_write
 
 from momattn.cli import claim_run_folder, in_use, other_rank, report
+from momattn.errors import ConfigError
 
 
 def _claimed_before_hydra(config) -> bool:
@@ -29,6 +31,12 @@ def _claimed_before_hydra(config) -> bool:
 
 
 class ClaimRunFolder(Callback):
+    """kind: what the entry point runs, named in a refusal ("training run"; evaluate.py's and analyze.py's configs
+    name theirs: two of them in one second wrote their reports into one folder, the second over the first's)."""
+
+    def __init__(self, kind: str = "training run"):
+        self.kind = str(kind)
+
     def on_run_start(self, config, **kwargs) -> None:
         if _claimed_before_hydra(config) or other_rank():  # the other ranks share their first process's folder
             return
@@ -37,7 +45,9 @@ class ClaimRunFolder(Callback):
         if not timed:
             holder = claim_run_folder(Path(name))
             if holder is not None:
-                report(in_use(Path(name).resolve(), holder))
+                report(in_use(Path(name).resolve(), holder) if self.kind == "training run" else ConfigError(
+                    f"{Path(name).resolve()} is in use by another {self.kind} ({holder}); wait for it to end, or write "
+                    "into another folder (hydra.run.dir=...)"))
                 sys.exit(2)
             return
         n = 1

@@ -110,3 +110,28 @@ def test_train_started_in_a_second_another_run_holds_writes_beside_it(tmp_path, 
     assert len(moved) == 1 and "was taken by a run started in the same second; this run writes to" in r.stderr, r.stderr[-2000:]
     assert (moved[0] / ".hydra" / "overrides.yaml").read_text().count("model.dropout=1.5") == 1
     assert all(sorted(p.name for p in f.iterdir()) == [".momattn.lock"] for f in names)  # nothing else written
+
+
+def test_a_held_fixed_folder_names_the_entry_points_kind(tmp_path, held, capsys):
+    held(tmp_path / "fixed")
+    with pytest.raises(SystemExit):
+        ClaimRunFolder(kind="evaluation").on_run_start(config(str(tmp_path / "fixed"))[0])
+    assert "is in use by another evaluation (" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script,folder", [("evaluate.py", "evaluate"), ("analyze.py", "analyze")])
+def test_evaluate_and_analyze_started_in_a_second_another_holds_write_beside_it(script, folder, tmp_path, held):
+    """Two evaluations started in one second wrote their reports into one folder, the second over the first's;
+    each entry point's config claims its folder as train.py's does (refused here by a missing checkpoint, after
+    Hydra's start)."""
+    start = datetime.datetime.now()
+    names = []
+    for s in range(90):
+        t = start + datetime.timedelta(seconds=s)
+        names.append(tmp_path / "outputs" / folder / t.strftime("%Y-%m-%d") / t.strftime("%H-%M-%S"))
+        held(names[-1])
+    r = run_cli(script, [f"ckpt_path={tmp_path / 'missing.ckpt'}"], tmp_path)
+    assert r.returncode == 2 and "missing.ckpt" in r.stderr, r.stderr[-2000:]
+    moved = list((tmp_path / "outputs" / folder).glob("*/*_2"))
+    assert len(moved) == 1 and "was taken by a run started in the same second" in r.stderr, r.stderr[-2000:]
+    assert all(sorted(p.name for p in f.iterdir()) == [".momattn.lock"] for f in names)

@@ -6,13 +6,16 @@ the same second (a shell loop that backgrounds them) got one folder: the second 
 (.hydra/) and log before its lock refused it. Claimed here, at Hydra's run start, a run whose timed folder another
 run of that second has taken (held, or there already: a run that failed at once and let go) moves to <time>_2
 (then _3, ...), saying so; any other folder held by another run is refused before anything is written. A folder
-given on the command line without `${now:...}` is claimed before Hydra starts (momattn.cli); a multirun's job
-folders are numbered by its sweep and not claimed here. Ranks a launcher starts one by one (srun, torchrun)
+given on the command line without `${now:...}` is claimed before Hydra starts (momattn.cli). A sweep's folder
+(multirun/<date>/<time>, or hydra.sweep.dir=...) that another sweep is writing is refused before the launcher
+writes into it: it cannot be moved, since Hydra composes each job's config afresh, with `now` as the sweep resolved
+it, so a changed hydra.sweep.dir would not reach the jobs. Its job folders are claimed by the jobs (momattn.cli). Ranks a launcher starts one by one (srun, torchrun)
 each resolve `now` themselves, so give them one folder with hydra.run.dir=... (README, "More than one machine").
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +24,9 @@ from omegaconf import OmegaConf, open_dict, read_write
 
 from momattn.cli import claim_run_folder, in_use, other_rank, report
 from momattn.errors import ConfigError
+from momattn.io import lock_folder
+
+_SWEEP_LOCKS: dict[Path, int] = {}  # the sweep folder this process launches jobs into, and its lock
 
 
 def _claimed_before_hydra(config) -> bool:
@@ -62,3 +68,20 @@ class ClaimRunFolder(Callback):
             config.hydra.run.dir = candidate
         print(f"[momattn] {name} was taken by a run started in the same second; this run writes to {candidate}",
               file=sys.stderr, flush=True)
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        folder = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).resolve()  # `now` cached for the launcher
+        if folder in _SWEEP_LOCKS or other_rank():
+            return
+        fd, holder = lock_folder(folder)
+        if holder is not None:
+            report(ConfigError(f"{folder} is in use by another sweep ({holder}), started in the same second or given "
+                               "the same folder: their jobs would rewrite each other's saved configs. Start this "
+                               "sweep again, or give it a folder of its own (hydra.sweep.dir=...)"))
+            sys.exit(2)
+        if fd is not None:
+            _SWEEP_LOCKS[folder] = fd
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        for folder in list(_SWEEP_LOCKS):
+            os.close(_SWEEP_LOCKS.pop(folder))

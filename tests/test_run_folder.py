@@ -135,3 +135,35 @@ def test_evaluate_and_analyze_started_in_a_second_another_holds_write_beside_it(
     moved = list((tmp_path / "outputs" / folder).glob("*/*_2"))
     assert len(moved) == 1 and "was taken by a run started in the same second" in r.stderr, r.stderr[-2000:]
     assert all(sorted(p.name for p in f.iterdir()) == [".momattn.lock"] for f in names)
+
+
+def test_a_sweep_folder_another_sweep_writes_is_refused_and_a_free_one_held_for_the_sweep(tmp_path, held, capsys):
+    from momattn import run_folder
+
+    held(tmp_path / "busy")
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "busy")}}})
+    with pytest.raises(SystemExit) as e:
+        ClaimRunFolder().on_multirun_start(cfg)
+    assert e.value.code == 2 and "is in use by another sweep" in capsys.readouterr().err
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "free")}}})
+    callback = ClaimRunFolder()
+    callback.on_multirun_start(cfg)
+    callback.on_multirun_start(cfg)  # the same sweep again in this process (its lock is its own)
+    fd, holder = lock_folder(tmp_path / "free")
+    assert fd is None and f"process {os.getpid()}" in holder  # held for the sweep, by this process
+    callback.on_multirun_end(cfg)
+    fd, holder = lock_folder(tmp_path / "free")  # released when the sweep ends
+    assert fd is not None and holder is None and not run_folder._SWEEP_LOCKS
+    os.close(fd)
+
+
+def test_a_multirun_into_a_sweep_folder_in_use_is_refused_before_any_job(tmp_path, held):
+    start = datetime.datetime.now()
+    names = []
+    for s in range(90):
+        t = start + datetime.timedelta(seconds=s)
+        names.append(tmp_path / "multirun" / t.strftime("%Y-%m-%d") / t.strftime("%H-%M-%S"))
+        held(names[-1])
+    r = run_cli("train.py", ["-m", "debug=smoke", "seed=1,2"], tmp_path)
+    assert r.returncode == 2 and "is in use by another sweep" in r.stderr, r.stderr[-2000:]
+    assert all(sorted(p.name for p in f.iterdir()) == [".momattn.lock"] for f in names)  # no job, no saved config

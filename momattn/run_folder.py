@@ -1,16 +1,17 @@
 """A Hydra callback that claims a run's folder before Hydra writes into it (hydra.callbacks of conf/train.yaml,
 evaluate.yaml and analyze.yaml).
 
-Hydra names a run's folder by the second it starts (outputs/<date>/<time>, `${now:...}`), so two runs started in
-the same second (a shell loop that backgrounds them) got one folder: the second rewrote the first's saved config
+Hydra names a run's folder by the second it starts (outputs/<date>/<time>, `${now:...}`), so two runs started in the
+same second (a shell loop that backgrounds them) got one folder: the second rewrote the first's saved config
 (.hydra/) and log before its lock refused it. Claimed here, at Hydra's run start, a run whose timed folder another
-run of that second has taken (held, or there already: a run that failed at once and let go) moves to <time>_2
-(then _3, ...), saying so; any other folder held by another run is refused before anything is written. A folder
-given on the command line without `${now:...}` is claimed before Hydra starts (momattn.cli). A sweep's folder
-(multirun/<date>/<time>, or hydra.sweep.dir=...) that another sweep is writing is refused before the launcher
-writes into it: it cannot be moved, since Hydra composes each job's config afresh, with `now` as the sweep resolved
-it, so a changed hydra.sweep.dir would not reach the jobs. Its job folders are claimed by the jobs (momattn.cli). Ranks a launcher starts one by one (srun, torchrun)
-each resolve `now` themselves, so give them one folder with hydra.run.dir=... (README, "More than one machine").
+run of that second has taken (held, or there already: a run that failed at once and let go) moves to <time>_2 (then
+_3, ...), saying so; any other folder held by another run is refused before anything is written. A folder given to
+train.py on the command line without `${now:...}` is claimed before Hydra starts (momattn.cli). A sweep's folder
+(multirun/<date>/<time>, or hydra.sweep.dir=...) that another sweep is writing is refused before the launcher writes
+into it: it cannot be moved, since Hydra composes each job's config afresh, with `now` as the sweep resolved it, so
+a changed hydra.sweep.dir would not reach the jobs. Its job folders are claimed by the jobs (momattn.cli). Ranks a
+launcher starts one by one (srun, torchrun) each resolve `now` themselves, so give them one folder with
+hydra.run.dir=... (README, "More than one machine").
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ _SWEEP_LOCKS: dict[Path, int] = {}  # the sweep folder this process launches job
 
 
 def _claimed_before_hydra(config) -> bool:
-    """Whether momattn.cli claimed the folder before Hydra started: hydra.run.dir given, with no interpolation."""
+    """Whether momattn.cli claimed train.py's folder before Hydra started: hydra.run.dir given, no interpolation."""
     overrides = OmegaConf.to_container(config.hydra.overrides.hydra, resolve=False)  # as typed: ${now:...} kept
     given = [str(o).split("=", 1)[1] for o in overrides if str(o).startswith("hydra.run.dir=")]
     return bool(given) and "${" not in given[-1]
@@ -44,8 +45,8 @@ class ClaimRunFolder(Callback):
         self.kind = str(kind)
 
     def on_run_start(self, config, **kwargs) -> None:
-        if _claimed_before_hydra(config) or other_rank():  # the other ranks share their first process's folder
-            return
+        if (self.kind == "training run" and _claimed_before_hydra(config)) or other_rank():  # other ranks share
+            return  # their first process's folder; evaluate.py's and analyze.py's are claimed here alone
         timed = "${now:" in str(OmegaConf.to_container(config.hydra.run, resolve=False).get("dir", ""))
         name = str(OmegaConf.select(config, "hydra.run.dir"))  # Hydra's `now` is cached: run_job reads the same
         if not timed:
@@ -53,7 +54,7 @@ class ClaimRunFolder(Callback):
             if holder is not None:
                 report(in_use(Path(name).resolve(), holder) if self.kind == "training run" else ConfigError(
                     f"{Path(name).resolve()} is in use by another {self.kind} ({holder}); wait for it to end, or write "
-                    "into another folder (hydra.run.dir=...)"))
+                    "into another folder (hydra.run.dir=...)"), hydra=False)
                 sys.exit(2)
             return
         n = 1
@@ -77,7 +78,7 @@ class ClaimRunFolder(Callback):
         if holder is not None:
             report(ConfigError(f"{folder} is in use by another sweep ({holder}), started in the same second or given "
                                "the same folder: their jobs would rewrite each other's saved configs. Start this "
-                               "sweep again, or give it a folder of its own (hydra.sweep.dir=...)"))
+                               "sweep again, or give it a folder of its own (hydra.sweep.dir=...)"), hydra=False)
             sys.exit(2)
         if fd is not None:
             _SWEEP_LOCKS[folder] = fd

@@ -167,3 +167,14 @@ def test_a_multirun_into_a_sweep_folder_in_use_is_refused_before_any_job(tmp_pat
     r = run_cli("train.py", ["-m", "debug=smoke", "seed=1,2"], tmp_path)
     assert r.returncode == 2 and "is in use by another sweep" in r.stderr, r.stderr[-2000:]
     assert all(sorted(p.name for p in f.iterdir()) == [".momattn.lock"] for f in names)  # no job, no saved config
+
+
+def test_evaluate_claims_a_folder_given_on_its_command_line_itself(tmp_path, held, capsys):
+    """train.py's entry point claims a given folder before Hydra; evaluate.py's and analyze.py's do not, so their
+    callback does: two evaluations into one given folder at once wrote over each other."""
+    held(tmp_path / "given")
+    cfg, _ = config(str(tmp_path / "given"), given=True)
+    with pytest.raises(SystemExit):
+        ClaimRunFolder(kind="evaluation").on_run_start(cfg)
+    err = capsys.readouterr().err
+    assert "is in use by another evaluation" in err and "HYDRA_FULL_ERROR" not in err  # no traceback to ask for

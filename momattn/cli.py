@@ -659,7 +659,11 @@ def hold_run_folder(folder: Path | None) -> None:
         raise in_use(folder.resolve(), holder)
 
 
-def in_use(folder: Path, holder: str) -> ConfigError:
+def in_use(folder: Path, holder: str, kind: str = "training run") -> ConfigError:
+    """The refusal of a run folder that another process (`holder`) holds; `kind` names what this entry point runs."""
+    if kind != "training run":
+        return ConfigError(f"{folder} is in use by another {kind} ({holder}); wait for it to end, or write into "
+                           "another folder (hydra.run.dir=...)")
     return ConfigError(f"{folder} is in use by another training run ({holder}): two runs in one folder overwrite "
                        "each other's checkpoints and metrics. Wait for it to end (then resume with ckpt_path=last "
                        f"hydra.run.dir={folder} if it was stopped), or train in another folder (hydra.run.dir=...)")

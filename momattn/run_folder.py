@@ -52,9 +52,7 @@ class ClaimRunFolder(Callback):
         if not timed:
             holder = claim_run_folder(Path(name))
             if holder is not None:
-                report(in_use(Path(name).resolve(), holder) if self.kind == "training run" else ConfigError(
-                    f"{Path(name).resolve()} is in use by another {self.kind} ({holder}); wait for it to end, or write "
-                    "into another folder (hydra.run.dir=...)"), hydra=False)
+                report(in_use(Path(name).resolve(), holder, self.kind), hydra=False)
                 sys.exit(2)
             return
         n = 1

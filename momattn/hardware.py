@@ -34,23 +34,20 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def _x86_flags() -> frozenset[str]:
+    """The CPU flags where they name x86 features (empty on other machines)."""
+    return cpu_flags() if platform.machine().lower() in ("x86_64", "amd64") else frozenset()
+
+
 def cpu_has_native_bf16() -> bool:
     """True where the CPU computes bf16 matmuls in hardware (x86 avx512_bf16 or AMX)."""
-    return platform.machine().lower() in ("x86_64", "amd64") and any(f in cpu_flags() for f in NATIVE_BF16_FLAGS)
+    return any(f in _x86_flags() for f in NATIVE_BF16_FLAGS)
 
 
 def cpu_has_amx() -> bool:
     """True where the CPU's AMX tiles multiply bf16 and the kernel lets processes use them (amx_bf16 and amx_tile
     in the flags; a hypervisor that does not pass AMX through leaves both out)."""
-    return platform.machine().lower() in ("x86_64", "amd64") and {"amx_bf16", "amx_tile"} <= cpu_flags()
-
-
-def cpu_prefers_bf16() -> bool:
-    """Whether `auto` trains in bf16 on this CPU: only with AMX. avx512_bf16 alone is not enough: on an Intel Xeon
-    whose hypervisor hides AMX, oneDNN's bf16 matmul ran at half fp32's speed and the main job at 0.59x (session
-    35). A start-up timing cannot settle it either: under load (three runs starting at once) a probe read 0.72x,
-    0.93x and 1.31x on that Xeon, so one run of three would have trained in the other precision."""
-    return cpu_has_amx()
+    return {"amx_bf16", "amx_tile"} <= _x86_flags()
 
 
 def _cuda_precision() -> str:
@@ -60,8 +57,11 @@ def _cuda_precision() -> str:
 
 
 def resolve_precision(precision: str | int | None, accelerator: str | None) -> str:
-    """`auto` -> bf16-mixed on a GPU with bf16 (16-mixed on older GPUs), bf16-mixed on a CPU with AMX
-    (cpu_prefers_bf16), 32-true elsewhere. Any other value is returned as given (the user's choice wins)."""
+    """`auto` -> bf16-mixed on a GPU with bf16 (16-mixed on older GPUs), bf16-mixed on a CPU with AMX, 32-true
+    elsewhere. Any other value is returned as given (the user's choice wins). avx512_bf16 alone is not enough: on an
+    Intel Xeon whose hypervisor hides AMX, oneDNN's bf16 matmul ran at half fp32's speed and the main job at 0.59x
+    (session 35). A start-up timing cannot settle it either: under load (three runs starting at once) a probe read
+    0.72x, 0.93x and 1.31x on that Xeon, so one run of three would have trained in the other precision."""
     if precision is not None and str(precision) != "auto":
         return str(precision)
     import torch
@@ -69,7 +69,7 @@ def resolve_precision(precision: str | int | None, accelerator: str | None) -> s
     acc = (accelerator or "auto").lower()
     if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
         return _cuda_precision()
-    return "bf16-mixed" if cpu_prefers_bf16() else "32-true"
+    return "bf16-mixed" if cpu_has_amx() else "32-true"
 
 
 # dense bf16 / fp16 tensor-core peaks (FLOP/s) from NVIDIA's datasheets, by a part of the device's name. Lightning's

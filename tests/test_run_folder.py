@@ -36,6 +36,17 @@ def held():
 TIMED = "/outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}"  # Hydra's default run folder
 
 
+def hold_the_next_seconds(hold, root: Path, seconds: int = 90) -> list[Path]:
+    """Hold root/<date>/<time> for each of the next `seconds` seconds, as runs started then would: a process started
+    now names its folder by one of them."""
+    start = datetime.datetime.now()
+    names = [root / t.strftime("%Y-%m-%d") / t.strftime("%H-%M-%S")
+             for t in (start + datetime.timedelta(seconds=s) for s in range(seconds))]
+    for folder in names:
+        hold(folder)
+    return names
+
+
 def config(run_dir: str, given: bool = False):
     """A run's config as the callback sees it; its folder resolved once (Hydra's `now` is cached per config)."""
     from hydra.core.utils import setup_globals
@@ -97,13 +108,7 @@ def test_train_started_in_a_second_another_run_holds_writes_beside_it(tmp_path, 
     """End to end: the folders of the next minute's seconds are held, as runs started then would hold them; the
     run (refused right after Hydra's start by a bad value, so that no training is spent) writes its saved config
     and log into <time>_2 and leaves the held folders untouched."""
-    start = datetime.datetime.now()
-    names = set()
-    for s in range(90):
-        t = start + datetime.timedelta(seconds=s)
-        folder = tmp_path / "outputs" / t.strftime("%Y-%m-%d") / t.strftime("%H-%M-%S")
-        held(folder)
-        names.add(folder)
+    names = hold_the_next_seconds(held, tmp_path / "outputs")
     r = run_cli("train.py", ["debug=smoke", "model.dropout=1.5"], tmp_path)
     assert r.returncode == 2 and "model.dropout=1.5 must lie in [0, 1)" in r.stderr, r.stderr[-2000:]
     moved = [p for p in (tmp_path / "outputs").glob("*/*_2")]
@@ -124,12 +129,7 @@ def test_evaluate_and_analyze_started_in_a_second_another_holds_write_beside_it(
     """Two evaluations started in one second wrote their reports into one folder, the second over the first's;
     each entry point's config claims its folder as train.py's does (refused here by a missing checkpoint, after
     Hydra's start)."""
-    start = datetime.datetime.now()
-    names = []
-    for s in range(90):
-        t = start + datetime.timedelta(seconds=s)
-        names.append(tmp_path / "outputs" / folder / t.strftime("%Y-%m-%d") / t.strftime("%H-%M-%S"))
-        held(names[-1])
+    names = hold_the_next_seconds(held, tmp_path / "outputs" / folder)
     r = run_cli(script, [f"ckpt_path={tmp_path / 'missing.ckpt'}"], tmp_path)
     assert r.returncode == 2 and "missing.ckpt" in r.stderr, r.stderr[-2000:]
     moved = list((tmp_path / "outputs" / folder).glob("*/*_2"))
@@ -158,12 +158,7 @@ def test_a_sweep_folder_another_sweep_writes_is_refused_and_a_free_one_held_for_
 
 
 def test_a_multirun_into_a_sweep_folder_in_use_is_refused_before_any_job(tmp_path, held):
-    start = datetime.datetime.now()
-    names = []
-    for s in range(90):
-        t = start + datetime.timedelta(seconds=s)
-        names.append(tmp_path / "multirun" / t.strftime("%Y-%m-%d") / t.strftime("%H-%M-%S"))
-        held(names[-1])
+    names = hold_the_next_seconds(held, tmp_path / "multirun")
     r = run_cli("train.py", ["-m", "debug=smoke", "seed=1,2"], tmp_path)
     assert r.returncode == 2 and "is in use by another sweep" in r.stderr, r.stderr[-2000:]
     assert all(sorted(p.name for p in f.iterdir()) == [".momattn.lock"] for f in names)  # no job, no saved config

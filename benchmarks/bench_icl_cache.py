@@ -1,13 +1,16 @@
 """How much does encoding each demonstration prefix once (KV cache) speed up ICL answer scoring?
 
-    python benchmarks/bench_icl_cache.py [--kinds vanilla momentum] [--examples 64] [--device cpu]
+    python benchmarks/bench_icl_cache.py [--kinds vanilla momentum] [--examples 200] [--device cpu]
 
 For k demonstrations (24 tokens each) and test queries (16-23 tokens) with 2 or 5 answers of one or two
 tokens, it times
     naive   every (prefix + query + answer) row scored as a full prompt, batched (no cache)
     cached  the prefix encoded once, rows = query + answer on cache.expand(rows)   (momattn.eval.scoring)
 with the same token budget per forward pass (medians of --repeats interleaved samples, benchmarks/harness.py),
-checks both give the same log-probs, prints a table (speed-up measured; `tokens` = how many fewer tokens
+checks both give the same log-probs, and times a bound beside them:
+    free    the cached scorer with its attention over the shared prefix replaced by nothing (wrong log-probs:
+            not a scorer, the speed-up the cache could reach if that attention cost nothing)
+It prints a table (speed-up measured; `tokens` = how many fewer tokens
 go through the model, the compute ratio) and writes benchmarks/results/icl_cache.json and .md.
 """
 
@@ -26,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import RESULTS, Timer, machine_info, table, write_results  # noqa: E402
 
+import momattn.model as model_module  # noqa: E402
 from momattn.eval.scoring import PrefixScorer  # noqa: E402
 from momattn.model import GPT, AttentionConfig, GPTConfig  # noqa: E402
 from momattn.utils import positive_int  # noqa: E402
@@ -68,16 +72,30 @@ def in_model(model, fn, repeats: int = 5) -> dict:
     return {"total_s": statistics.median(totals), "model_s": statistics.median(models), "model_tokens": tokens[0]}
 
 
+def attention_free(fn):
+    """fn with the attention over a shared prefix (the cached rows' attention) returning its queries instead: the
+    same shape at no cost. Its log-probs are wrong; its time bounds what any faster attention could give."""
+    def run():
+        real = model_module.shared_prefix_attention
+        model_module.shared_prefix_attention = lambda q, k, v, kp, vp: q  # (B, H, T, D)
+        try:
+            return fn()
+        finally:
+            model_module.shared_prefix_attention = real
+    return run
+
+
 def bench_case(model, prefix, rows, batch_tokens: int, timer: Timer, device) -> dict:
-    """Naive and cached scoring of the same rows, timed interleaved, with their largest difference; then, in
-    separate calls, how much of each one's time is inside the model and for how many tokens."""
+    """Naive and cached scoring of the same rows and the attention-free bound, timed interleaved, with the largest
+    difference between naive and cached; then, in separate calls, how much of each one's time is inside the
+    model and for how many tokens."""
     naive_rows = [(prefix + q, a) for q, a in rows]
     fns = {
         "naive": lambda: PrefixScorer(model, [], batch_tokens).score(naive_rows),
         "cached": lambda: PrefixScorer(model, prefix, batch_tokens).score(rows),
     }
     diff = max(abs(a[0] - b[0]) for a, b in zip(fns["naive"](), fns["cached"]()))
-    times = timer.time(fns, device)
+    times = timer.time({**fns, "free": attention_free(fns["cached"])}, device)
     split = {name: in_model(model, fn) for name, fn in fns.items()}
     # tokens through the model: every row re-reads the prefix vs. the prefix read once
     seqs = PrefixScorer._sequences(rows)
@@ -89,6 +107,8 @@ def bench_case(model, prefix, rows, batch_tokens: int, timer: Timer, device) -> 
         "naive_s": times["naive"]["median_s"],
         "cached_s": times["cached"]["median_s"],
         "speedup": times["naive"]["median_s"] / times["cached"]["median_s"],
+        "free_s": times["free"]["median_s"],  # the cached scorer with the prefix attention costing nothing
+        "speedup_attention_free": times["naive"]["median_s"] / times["free"]["median_s"],
         "token_ratio": naive_tok / cached_tok,
         "max_abs_diff": diff,
         "in_model": split,
@@ -116,6 +136,7 @@ def render(res: dict) -> str:
             f"{r['cached_s']:.3f}",
             f"{r['speedup']:.1f}x",
             f"{r['token_ratio']:.1f}x",
+            f"{r['speedup_attention_free']:.1f}x" if "speedup_attention_free" in r else "-",
             f"{r['max_abs_diff']:.1e}",
             *_per_token(r),
         ]
@@ -130,6 +151,7 @@ def render(res: dict) -> str:
         "cached s",
         "speed-up",
         "tokens",
+        "attention free",
         "max |diff|",
         "us/token in model, naive",
         "cached",
@@ -138,15 +160,17 @@ def render(res: dict) -> str:
     timing = res.get("settings", {}).get("timing") or m.get("timing", "")
     machine = m.get("describe") or f"torch {m.get('torch')}, {m.get('threads')} threads, {m.get('device')}"
     speedups = [r["speedup"] for r in res["results"]]
+    examples = res.get("settings", {}).get("examples", 64)  # results written before it was recorded: 64
     return "\n".join(
         [
-            f"{machine}. Timing: {timing}.",
+            f"{machine}. Timing: {timing}. {examples} test queries after each prefix.",
             "",
             table(header, rows),
             "",
             f"Speed-up {min(speedups):.1f}-{max(speedups):.1f}x; `tokens` is how many fewer tokens go through the "
             "model (the speed-up a cost proportional to tokens would give: the cache cannot beat it by much); "
-            "max |diff| is the largest difference of a log-probability between the two. Per token in model: the "
+            "`attention free` is the speed-up of the cached scorer with its attention over the prefix replaced by "
+            "nothing (wrong log-probs: a bound that no faster attention kernel could beat); max |diff| is the largest difference of a log-probability between the two. Per token in model: the "
             "time inside the model's forward calls over the tokens they took (padding included), measured in "
             "separate calls after the timing; a cached token attends over the whole prefix and runs in smaller batches, "
             "so it costs more than a full prompt's.",
@@ -162,7 +186,9 @@ def main() -> None:
     # 19 x 24 + a query fills the 512 context, as the main job's k = max does
     ap.add_argument("--shots", nargs="+", type=positive_int, default=[4, 9, 19])
     ap.add_argument("--answers", nargs="+", type=positive_int, default=[2, 5])
-    ap.add_argument("--examples", type=positive_int, default=64)
+    # evaluate.py scores every test example of a task (icl.max_examples, 200 by default) after one prefix
+    ap.add_argument("--examples", type=positive_int, default=200, help="test queries after one prefix (default: "
+                    "evaluate.py's icl.max_examples, 200)")
     ap.add_argument("--batch-tokens", type=positive_int, default=4096)
     ap.add_argument("--repeats", type=positive_int, default=7)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -201,7 +227,7 @@ def main() -> None:
                     flush=True,
                 )
     settings = {
-        "timing": f"medians of {args.repeats} samples, naive and cached interleaved",
+        "timing": f"medians of {args.repeats} samples, naive, cached and attention-free interleaved",
         "examples": args.examples,
         "batch_tokens": args.batch_tokens,
         "model": f"4 layers, 256 wide, vocab 4096, context {args.block_size} (the main job's model)",

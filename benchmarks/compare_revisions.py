@@ -161,7 +161,7 @@ def scoring_at(rev: str) -> types.ModuleType:
 
 
 def compare_icl(args) -> None:
-    """ICL answer scoring (bench_icl_cache.py's cases: 64 queries, k demonstrations, 2 or 5 answers) with the
+    """ICL answer scoring (bench_icl_cache.py's cases at 64 queries, k demonstrations, 2 or 5 answers) with the
     prefix cache and as full prompts, at `rev` and in the working tree (its model, ops and scorer), same weights,
     interleaved."""
     from bench_icl_cache import make_case
@@ -203,7 +203,7 @@ def compare_icl(args) -> None:
                     f"{t[f'full @ {args.rev}'] / t[f'cached @ {args.rev}']:.1f}x",
                     f"{t['full @ worktree'] / t['cached @ worktree']:.1f}x"])
     md = "\n".join([
-        f"ICL answer scoring, 64 queries (bench_icl_cache.py's cases), model 4 x 256, vocab 4096, context 512, fp32: "
+        f"ICL answer scoring, 64 queries (bench_icl_cache.py's cases at --examples 64), model 4 x 256, vocab 4096, context 512, fp32: "
         f"seconds at {args.rev} and in the working tree (same weights), medians of {args.repeats} interleaved samples.",
         "",
         table(["attention", "k", "answers", f"cached {args.rev}", "cached now", "change", f"full {args.rev}",

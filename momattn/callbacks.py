@@ -9,6 +9,7 @@ import inspect
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from momattn import hardware
 from momattn import lightning_compat as compat
 from momattn.checkpoint import read_checkpoint
+from momattn.errors import ConfigError
 from momattn.io import atomic_torch_save, atomic_write_text, file_lock, lock_beside
 
 
@@ -51,6 +53,22 @@ class ModelCheckpoint(lightning_callbacks.ModelCheckpoint):
 
     def __init__(self, *args, enable_version_counter: bool = False, **kwargs):
         super().__init__(*args, enable_version_counter=enable_version_counter, **kwargs)
+        if self.filename is not None:  # a broken template failed at the first checkpoint, after all those steps
+            self._check_filename()
+
+    def _check_filename(self) -> None:
+        """Format the template once: Lightning fills the metrics it names with integer zeros, on which a float's
+        format ({val/loss:.3}) fails, so a second try gives the metrics but epoch and step float zeros."""
+        named = [n for n in re.findall(r"\{([^:}!]*)", self.filename) if n not in ("epoch", "step")]
+        error = None
+        for metrics in ({}, {n: torch.tensor(0.0) for n in named}):
+            try:
+                self.format_checkpoint_name(metrics)
+                return
+            except (ValueError, KeyError, IndexError, AttributeError, TypeError) as e:
+                error = error or e
+        raise ConfigError(f"filename={self.filename!r} is not a checkpoint name template ({error}); metrics go in "
+                          "braces, e.g. filename='best-step{step}-{val/loss:.3f}'") from None
 
     _lightning = inspect.signature(lightning_callbacks.ModelCheckpoint.__init__)  # its keys, for the config check
     __init__.__signature__ = _lightning.replace(parameters=[

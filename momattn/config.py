@@ -157,6 +157,11 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
         value = trainer.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not ok(value)):
             raise ConfigError(f"trainer.{key}={value!r} must be {says}")
+    limit = trainer.get("limit_train_batches")  # 0 "finished" at step 0 and wrote a summary of an untrained model
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0
+                              or (isinstance(limit, float) and limit > 1 and not limit.is_integer())):
+        raise ConfigError(f"trainer.limit_train_batches={limit!r} must be a number of batches >= 1, a fraction "
+                          "in (0, 1] (a float) or null; trainer.max_steps sets how long the run trains")
     interval = trainer.get("val_check_interval")  # an int, a float, or a time (Lightning's "DD:HH:MM:SS", a dict)
     if isinstance(interval, bool) or (isinstance(interval, int) and interval < 1) or (
             isinstance(interval, float) and not (0 < interval <= 1 and trainer.get("check_val_every_n_epoch"))):
@@ -377,10 +382,18 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
                           "write checkpoints that a resume cannot continue exactly; set val_every_steps (optimizer "
                           f"steps), e.g. val_every_steps={steps} (every {steps * accumulate} micro-batches)")
     raw["trainer"] = trainer  # checkpoints record the precision that ran
+    optim = typed(OptimConfig, raw.get("optim"), "optim")
+    precision = str(trainer["precision"])
+    if precision in ("16-true", "transformer-engine-float16") and optim.eps <= 2**-25:  # 0 in float16 (least 2^-24)
+        # it trained to a final val/ppl of 5e21 without an error: the loss grew but stayed finite
+        raise ConfigError(f"trainer.precision={precision} holds the weights and AdamW's state in float16, where "
+                          f"optim.eps={optim.eps:g} rounds to 0 (float16's smallest value is 6e-8), so AdamW's step "
+                          "m / (sqrt(v) + eps) explodes where the second moment underflows and the run diverges; raise optim.eps (1e-4 is "
+                          "usual in float16), or train with trainer.precision=16-mixed or bf16-true")
     c = TrainConfig(
         **dataclasses.asdict(run),
         model=_model(raw.get("model"), attention),
-        optim=typed(OptimConfig, raw.get("optim"), "optim"),
+        optim=optim,
         data=source,
         loader=loader,
         tokenizer=tokenizer,

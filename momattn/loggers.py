@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import os
 import sys
@@ -117,6 +118,13 @@ class CSVLogger(_LightningCSVLogger):
     def __init__(self, *args, resumed: bool = False, start_step: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.resumed, self.start_step = resumed, start_step
+
+    _lightning = inspect.signature(_LightningCSVLogger.__init__)  # its keys and types, for the config check
+    __init__.__signature__ = _lightning.replace(parameters=[
+        *_lightning.parameters.values(),
+        *(inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t)
+          for n, d, t in (("resumed", False, bool), ("start_step", 0, int)))])
+    del _lightning
 
     @property
     def experiment(self) -> ExperimentWriter:

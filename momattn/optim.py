@@ -38,10 +38,13 @@ class OptimConfig:
                               f"two betas (got {list(self.betas)})")
         checks = [("min_lr_ratio", self.min_lr_ratio, 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
                   ("betas", list(self.betas), all(0 <= b < 1 for b in self.betas), "each in [0, 1)"),
-                  ("grad_clip", self.grad_clip, self.grad_clip is None or self.grad_clip >= 0,
-                   ">= 0 (0 or null: no clipping; a negative norm would reverse the gradient)"),
-                  ("power", self.power, self.power > 0, "> 0"), ("eps", self.eps, self.eps > 0, "> 0"),
-                  ("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0")]
+                  ("grad_clip", self.grad_clip, self.grad_clip is None or 0 <= self.grad_clip < math.inf,
+                   "finite and >= 0 (0 or null: no clipping; a negative norm would reverse the gradient)"),
+                  # inf passed these silently: eps=inf makes every Adam step 0, power=inf drops the lr to its floor
+                  # after step 0, and weight_decay=inf turned the loss nan, blamed on the learning rate
+                  ("power", self.power, 0 < self.power < math.inf, "finite and > 0"),
+                  ("eps", self.eps, 0 < self.eps < math.inf, "finite and > 0"),
+                  ("weight_decay", self.weight_decay, 0 <= self.weight_decay < math.inf, "finite and >= 0")]
         for name, value, ok, want in checks:
             if not ok:
                 raise ConfigError(f"optim.{name}={value} must be {want}")

@@ -140,6 +140,27 @@ def check_arguments(conf: Mapping, where: str) -> None:
                 value is a or (type(value) is type(a) and value == a) for a in allowed):
             # Lightning read enable_progress_bar=maybe (or deterministic=maybe, save_last=maybe) as true
             raise ConfigError(f"{_key(where, key)}={value!r} must be {_one_of(allowed)}")
+        if (text := _text(params[key].annotation)) is not None and not isinstance(value, str) and not (
+                value is None and text == "optional"):
+            # a list or number where Lightning wants a string failed deep inside it, some only at the first
+            # checkpoint (callbacks.model_checkpoint.filename=[a]: every step until then was lost)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            quoted = f" (quote a number: '{_key(where, key)}=\"{value}\"')" if number else ""
+            raise ConfigError(f"{_key(where, key)}={value!r} must be a string"
+                              f"{' or null' if text == 'optional' else ''}{quoted}")
+
+
+def _text(annotation: Any) -> str | None:
+    """"required" for an argument typed str, "optional" for str | None; None for any other type (a path, str | Path,
+    takes a Path too; a str | int takes numbers)."""
+    if annotation in (str, "str"):
+        return "required"
+    if annotation in ("Optional[str]", "str | None", "Union[str, None]", "Union[str, NoneType]"):
+        return "optional"
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and set(typing.get_args(annotation)) == {
+            str, type(None)}:
+        return "optional"
+    return None
 
 
 def _choices(annotation: Any) -> tuple | None:

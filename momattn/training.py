@@ -81,7 +81,8 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
     load_train_config(cfg), where the caller has checked it already (train.py does, before importing this module)."""
     quiet_console()
     c = checked if checked is not None else load_train_config(cfg)
-    for what, conf in [("trainer", c.trainer), *((f"callbacks.{k}", v) for k, v in (c.callbacks or {}).items())]:
+    for what, conf in [("trainer", c.trainer), *((f"callbacks.{k}", v) for k, v in (c.callbacks or {}).items()),
+                       *((f"logger.{k}", v) for k, v in (c.logger or {}).items())]:
         check_arguments(conf or {}, what)  # Lightning's own keys, before any tokenizing or data building
     out_dir, job = Path(c.paths.output_dir).resolve(), hydra_job()
     if warning := warmup_warning(c.optim.warmup_steps, c.max_steps, c.optim.lr):
@@ -474,7 +475,10 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
         lines.append(f"  throughput {speed['tokens_per_sec']:.0f} tokens/s{every} in the last steps{mean};{mfu} fit "
                      f"took {speed['fit_seconds']:.0f} s")
     lines.append(f"  checkpoints: best {best}  last {last}" if best or last else
-                 "  checkpoints: none written (no ModelCheckpoint callback: callbacks=none)")
+                 "  checkpoints: none written (no ModelCheckpoint callback: callbacks=none)" if ckpt_cb is None else
+                 "  checkpoints: none written (the ModelCheckpoint saves none: save_top_k=0 and save_last unset)"
+                 if getattr(ckpt_cb, "save_top_k", 1) == 0 and not getattr(ckpt_cb, "save_last", None) else
+                 "  checkpoints: none written (the run ended before its ModelCheckpoint saved one)")
     lines += [f"  {logs.describe(lg)}" for lg in loggers]
     print("\n".join(lines), file=sys.stderr, flush=True)
     summary = {"attention": c.resolved["attention"], "steps": trainer.global_step, "unigram_val_ppl": baseline,

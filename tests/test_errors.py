@@ -357,6 +357,36 @@ def run_expecting(tmp_path, overrides, error=UserError):
     return str(info.value)
 
 
+def test_a_setting_lightning_would_fail_on_after_steps_of_training_is_refused_first(tmp_path):
+    # a list where Lightning wants a string failed at the first checkpoint (its steps lost) or deep in a logger
+    msg = run_expecting(tmp_path, [*SMOKE, "callbacks.model_checkpoint.filename=[a]"], ConfigError)
+    assert msg == "callbacks.model_checkpoint.filename=['a'] must be a string or null"
+    msg = run_expecting(tmp_path, [*SMOKE, "callbacks.model_checkpoint.filename=5"], ConfigError)
+    assert msg.endswith("""(quote a number: 'callbacks.model_checkpoint.filename="5"')""")
+    msg = run_expecting(tmp_path, [*SMOKE, "logger=csv", "logger.csv.name=[a]"], ConfigError)
+    assert msg == "logger.csv.name=['a'] must be a string or null"
+    msg = run_expecting(tmp_path, [*SMOKE, "logger=csv", "+logger.csv.nmae=x"], ConfigError)
+    assert msg.startswith("logger.csv.nmae is not an argument of momattn.loggers.CSVLogger. Did you mean 'name'?")
+    msg = run_expecting(tmp_path, [*SMOKE, "callbacks.model_checkpoint.filename='best-{step'"], ConfigError)
+    assert "filename='best-{step' is not a checkpoint name template (expected '}' before end of string)" in msg
+    from momattn.callbacks import ModelCheckpoint
+
+    for ok in ("best-{val/loss:.3}", "{epoch:02d}-{step}-{val/ppl:.2f}", "last"):  # a float's format on a metric
+        ModelCheckpoint(filename=ok)
+    # limit_train_batches=0 "finished" at step 0 and summarised an untrained model
+    for bad in ("0", "0.0", "-1", "1.5"):
+        msg = run_expecting(tmp_path, [*SMOKE, f"+trainer.limit_train_batches={bad}"], ConfigError)
+        assert msg.startswith(f"trainer.limit_train_batches={bad} must be a number of batches >= 1")
+    for ok in ("5", "100.0", "0.5", "1.0"):  # Lightning takes a whole float as a number of batches
+        assert load_train_config(compose_train(tmp_path, [*SMOKE, f"+trainer.limit_train_batches={ok}"]))
+    # 16-true keeps AdamW's state in float16, where the default eps is 0: the run diverged without an error
+    msg = run_expecting(tmp_path, [*SMOKE, "trainer.precision=16-true"], ConfigError)
+    assert msg.startswith("trainer.precision=16-true holds the weights and AdamW's state in float16, where "
+                          "optim.eps=1e-08 rounds to 0")
+    assert load_train_config(compose_train(tmp_path, [*SMOKE, "trainer.precision=16-true", "optim.eps=1e-4"]))
+    assert load_train_config(compose_train(tmp_path, [*SMOKE, "trainer.precision=bf16-true"]))
+
+
 def test_wrong_type_names_the_key(tmp_path):
     msg = run_expecting(tmp_path, [*SMOKE, "model.n_embd=wide"], ConfigError)
     assert msg.startswith("model.n_embd: Value 'wide'") and "Integer" in msg
@@ -379,7 +409,7 @@ def test_wrong_type_names_the_key(tmp_path):
     for key, value in (("num_nodes", "two"), ("log_every_n_steps", "x")):
         msg = run_expecting(tmp_path, [*SMOKE, f"trainer.{key}={value}"], ConfigError)
         assert msg == f"trainer.{key}='{value}' must be an integer >= 1"
-    for override, culprit in (("optim.grad_clip=-1", "optim.grad_clip=-1.0 must be >= 0"),
+    for override, culprit in (("optim.grad_clip=-1", "optim.grad_clip=-1.0 must be finite and >= 0"),
                               ("optim.betas=[1.5,0.9]", "optim.betas=[1.5, 0.9] must be each in [0, 1)"),
                               ("optim.min_lr_ratio=-1", "optim.min_lr_ratio=-1.0 must be in [0, 1]"),
                               ("logger.wandb.offline=no", "logger.wandb.offline='no' must be true or false")):

@@ -187,6 +187,11 @@ def test_corpus_errors_name_the_keys_as_the_evaluation_sets_them(tmp_path, token
     with pytest.raises(DataError, match=r"^ppl\.data\.paths: .* is not set by ppl.data but taken from the training "
                                         r"run's data section; set it for the evaluation with ppl.data=\{paths: "):
         check_evaluation(model, tok, run, {"icl": {"enabled": False}})
+    # evaluate.py's own cache_dir= on a file: the culprit is that key, not "taken from the training run's data"
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(DataError, match=r"^cache_dir=.*a\.txt: the token cache folder .* cannot be made") as info:
+        check_evaluation(model, tok, {"data": DATA}, {"icl": {"enabled": False}}, cache_dir=str(tmp_path / "a.txt"))
+    assert "training run" not in str(info.value) and str(info.value).endswith("; set cache_dir= to a writable folder")
     # train.py holds these sections under eval: its errors named ppl.max_windows, which it has no key for
     with pytest.raises(ConfigError, match=r"^eval\.ppl\.max_windows=0 must be an int >= 1$"):
         _eval({"ppl": {"max_windows": 0}}, run_eval=True)
@@ -253,6 +258,9 @@ def test_settings_a_command_line_gets_wrong_are_named_or_read_as_meant(tmp_path)
     assert EvaluateConfig(ckpt_paths="runs/x/last.ckpt").checkpoint_paths() == ["runs/x/last.ckpt"]
     # found by fuzzing: a TypeError from pathlib, or W&B's UsageError, after the whole evaluation
     for kw, culprit in [({"cache_dir": 5}, "cache_dir=5 must be a path"), ({"sweep_dir": ["a"]}, "sweep_dir=.* must be"),
+                        # 'int' object is not iterable, from deep inside, after start-up
+                        ({"ckpt_paths": 5}, r"^ckpt_paths=5 must be a list of checkpoint paths"),
+                        ({"ckpt_paths": ["a.ckpt", 3]}, r"^ckpt_paths=\['a.ckpt', 3\] must be a list"),
                         ({"logger": {"wandb": {"project": "a/b"}}}, "logger.wandb.project='a/b': W&B refuses it"),
                         ({"logger": {"wandb": {}}, "tags": 5}, "tags=5 must be a list of texts"),
                         # ppl=null meant every default, perplexity on: the opposite of what it reads as

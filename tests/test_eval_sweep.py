@@ -505,3 +505,16 @@ def test_the_readme_names_every_case_the_verdict_cannot_tell():
                   if p.startswith("**Sweeps:**"))
     assert '"cannot tell" for a single seed pair, or pairs that all differ by the same amount' in bullet
     assert verdict("ppl@64", nan, nan, 1) == "cannot tell (one seed: no interval)"
+
+
+def test_a_single_run_given_as_sweep_dir_is_named_by_its_folder_not_dot(tmp_path, monkeypatch):
+    from momattn.eval.sweep import find_runs, job_name
+
+    run = tmp_path / "run1"
+    (run / ".hydra").mkdir(parents=True)  # a training run's folder, not a sweep's, and without a checkpoint
+    (run / ".hydra" / "config.yaml").write_text("trainer: {max_steps: 10}\n")
+    with pytest.raises(ConfigError, match=r"failed or partial jobs: run1 \(no checkpoints/last.ckpt\)$"):
+        find_runs(run)  # named ". (no checkpoints/last.ckpt)"
+    assert job_name(tmp_path / "sweep" / "3", tmp_path / "sweep") == "3"
+    monkeypatch.chdir(run)  # sweep_dir=. typed inside the run folder: its name, not ""
+    assert job_name(Path("."), Path(".")) == "run1"

@@ -125,6 +125,12 @@ def test_optim_config_bounds():
     OptimConfig(warmup_steps=0)  # no warm-up is allowed
     with pytest.raises(ConfigError, match=r"warmup_steps >= 0 \(got -1\)"):
         OptimConfig(warmup_steps=-1)
+    # inf passed: eps=inf made every step 0, power=inf dropped the lr to its floor, weight_decay=inf blamed the lr
+    for key in ("eps", "power", "weight_decay", "grad_clip"):
+        for bad in (math.inf, math.nan):
+            with pytest.raises(ConfigError, match=rf"optim\.{key}={bad} must be finite"):
+                OptimConfig(**{key: bad})
+    OptimConfig(grad_clip=None), OptimConfig(grad_clip=0.0), OptimConfig(weight_decay=0.0)
 
 
 def test_the_optimizer_takes_betas_eps_and_lr_from_the_config():

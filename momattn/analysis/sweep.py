@@ -30,6 +30,7 @@ from momattn.eval.sweep import (
     distinct,
     find_runs,
     interval_end,
+    job_name,
     no_interval,
     paired,
     seed_row,
@@ -250,7 +251,7 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     metrics: dict[int, dict[str, float]] = {}
     diverged: dict[int, int] = {}  # test models whose finetuning diverged, per run (left out of its means)
     for i, r in enumerate(runs, 1):
-        name = str(r.job.relative_to(sweep_dir))
+        name = job_name(r.job, sweep_dir)
         job_out = out / "jobs" / name
         made = made_of(r, settings)
         result = _reusable(job_out, made)
@@ -285,10 +286,10 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     text = markdown(summaries, failed, conf, len(metrics))
     if any(diverged.values()):
         text += "\nDiverged test models (left out of the run's means; counted wrong in its FT accuracy): " + ", ".join(
-            f"{r.job.relative_to(sweep_dir)} {diverged[id(r)]}" for r in runs if diverged.get(id(r))) + "\n"
+            f"{job_name(r.job, sweep_dir)} {diverged[id(r)]}" for r in runs if diverged.get(id(r))) + "\n"
     atomic_write_text(out / "analysis_sweep.md", text)
     doc = {"sweep_dir": str(sweep_dir), "settings": settings, "failed": failed,
-           "runs": [{"job": str(r.job.relative_to(sweep_dir)), "attention": r.attention, "seed": r.seed,
+           "runs": [{"job": job_name(r.job, sweep_dir), "attention": r.attention, "seed": r.seed,
                      "setting": r.setting, "metrics": metrics[id(r)], "n_diverged": diverged[id(r)]}
                     for r in runs if id(r) in metrics],
            "summaries": [asdict(s) for s in summaries]}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,6 +239,10 @@ class EvaluateConfig(EvalConfig):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{name}={value!r} must be a path")
+        many = self.ckpt_paths  # ckpt_paths=5: "'int' object is not iterable" from deep inside, after start-up
+        if many is not None and not isinstance(many, str) and (
+                not isinstance(many, Sequence) or not all(isinstance(p, str) for p in many)):
+            raise ConfigError(f"ckpt_paths={many!r} must be a list of checkpoint paths, ckpt_paths=[A.ckpt,B.ckpt]")
         check_logger(self.logger, "evaluate.py", self.tags)
 
     def checkpoint_paths(self) -> list[str]:

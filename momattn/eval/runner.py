@@ -97,23 +97,29 @@ def _plan(model: LanguageModel, tokenizer, run_config: dict, cfg: EvalConfig, ca
             raise DataError("the run config has no data source (data._target_ or data.source), so the LM "
                             "validation corpus is unknown; pass ppl.data={source: text_files, paths: [val.txt]} "
                             "or turn perplexity off with ppl.enabled=false")
-        cache_dir = cache_dir or data_cfg.get("cache_dir")
+        own_cache, cache_dir = bool(cache_dir), cache_dir or data_cfg.get("cache_dir")  # cache_dir= (empty): the run's
         plan.data_cfg = data_cfg
         if read_corpus:
             try:
                 plan.val = corpus.load_tokens(data_cfg, tokenizer, "val", cache_dir)
                 plan.train = corpus.load_tokens(data_cfg, tokenizer, "train", cache_dir) if cfg.ppl.train else None
             except (ConfigError, DataError) as e:
-                raise _corpus_error(e, cfg.ppl.data) from None
+                raise _corpus_error(e, {**(cfg.ppl.data or {}), **({"cache_dir": cache_dir} if own_cache else {})},
+                                    own_cache) from None
     return plan
 
 
-def _corpus_error(e: ConfigError | DataError, override: Mapping | None) -> ConfigError | DataError:
+def _corpus_error(e: ConfigError | DataError, override: Mapping | None, own_cache: bool = False
+                  ) -> ConfigError | DataError:
     """An error of the perplexity corpus with its keys named as the evaluation sets them (the loaders name them
     as train.py does): data.X -> ppl.data.X, data=hf -> ppl.data.source=hf; a culprit the checkpoint's own data
-    section gave, not ppl.data, is said to be so."""
+    section gave, not ppl.data, is said to be so. own_cache: the cache folder is the evaluation's own cache_dir=
+    (evaluate.py, analyze.py), named as the culprit where a cache folder is."""
     text = re.sub(r"(?<![\w.])data\.(?=\w)", "ppl.data.", str(e).rstrip("."))
     text = re.sub(r"(?<![\w.])data=(?=\w)", "ppl.data.source=", text)
+    if own_cache and "token cache" in text:  # the loader's advice names keys that this cache_dir= overrides
+        text = re.sub(r"; set cache_dir \(evaluate.py, analyze.py\).*", "", text)
+        return type(e)(f"cache_dir={override['cache_dir']}: {text}; set cache_dir= to a writable folder")
     culprit = re.search(r"ppl\.data\.(\w+)", text)
     if culprit and culprit[1] not in (override or {}):
         text += (f". ppl.data.{culprit[1]} is not set by ppl.data but taken from the training run's data section; "

@@ -247,6 +247,12 @@ def _unfinished(config: Mapping, step: int | None) -> str | None:
     return None
 
 
+def job_name(job: Path, sweep_dir: Path) -> str:
+    """A job's folder as reports name it: relative to the sweep's, or its own name where sweep_dir is the job (a
+    single run given as sweep_dir, which was named '.')."""
+    return job.resolve().name if job == sweep_dir else str(job.relative_to(sweep_dir))  # sweep_dir=. : its name
+
+
 def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
     """The finished runs of a sweep, and the names of its jobs that left no last checkpoint or stopped early."""
     from momattn.checkpoint import read_meta
@@ -259,17 +265,17 @@ def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
     done = {p.parent.parent for p in ckpts}
     for hydra_dir in sorted(sweep_dir.rglob(".hydra")):
         if hydra_dir.parent not in done and _is_training_job(hydra_dir.parent):
-            failed.append(f"{hydra_dir.parent.relative_to(sweep_dir)} (no checkpoints/last.ckpt)")
+            failed.append(f"{job_name(hydra_dir.parent, sweep_dir)} (no checkpoints/last.ckpt)")
     for path in ckpts:
         try:
             ckpt = read_meta(path)  # a sharded folder's meta.pt alone: a run whose results are reused needs no weights
             meta = ckpt["momattn"]
         except Exception as e:  # a half-written or foreign file: name it and go on with the others
-            failed.append(f"{path.parent.parent.relative_to(sweep_dir)} (unreadable checkpoint: {e})")
+            failed.append(f"{job_name(path.parent.parent, sweep_dir)} (unreadable checkpoint: {e})")
             continue
         config = to_plain(meta.get("config")) or {}
         if why := _unfinished(config, ckpt.get("global_step")):
-            failed.append(f"{path.parent.parent.relative_to(sweep_dir)} ({why})")
+            failed.append(f"{job_name(path.parent.parent, sweep_dir)} ({why})")
             continue
         att = dict((meta.get("model_config") or {}).get("attention") or config.get("attention") or {})
         run = SweepRun(path, path.parent.parent, str(att.get("kind", "unknown")), config.get("seed"),
@@ -709,7 +715,7 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
     runs, failed = find_runs(sweep_dir)
     settings: dict[str, dict] = {}
     for r in list(runs):
-        name = str(r.job.relative_to(sweep_dir))
+        name = job_name(r.job, sweep_dir)
         try:
             cfg = run_settings(r, eval_cfg) if own_settings else eval_cfg
         except ConfigError as e:  # an old run's eval: section (a key since renamed): that job, not the sweep
@@ -741,7 +747,7 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
     if not runs:
         raise CheckpointError(f"no run of sweep_dir='{sweep_dir}' could be evaluated: {'; '.join(failed)}")
     if own_settings:  # runs evaluated under different protocols are never compared: their settings split
-        keys = {id(r): digest(settings[str(r.job.relative_to(sweep_dir))])[:8] for r in runs}
+        keys = {id(r): digest(settings[job_name(r.job, sweep_dir)])[:8] for r in runs}
         by_setting: dict[str, set] = defaultdict(set)
         for r in runs:
             by_setting[r.setting].add(keys[id(r)])

@@ -16,6 +16,7 @@ A misspelled key or a wrong type stops the run at start-up with a message naming
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -157,6 +158,17 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
         value = trainer.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not ok(value)):
             raise ConfigError(f"trainer.{key}={value!r} must be {says}")
+    span = trainer.get("max_time")  # an int: "trainer could not be created: 'int' object has no attribute ..."
+    if span is not None and not isinstance(span, str | Mapping):
+        raise ConfigError(f"trainer.max_time={span!r} must be a time: 'DD:HH:MM:SS' (e.g. '00:02:00:00') or a mapping "
+                          "such as {hours: 2}, or null")
+    if isinstance(span, Mapping):  # Lightning takes a dict but not Hydra's DictConfig ("Missing key total_seconds")
+        try:
+            td = datetime.timedelta(**dict(span))
+        except (TypeError, ValueError, OverflowError) as e:
+            raise ConfigError(f"trainer.max_time={dict(span)!r} is not a time span ({e}); use days, hours, minutes, "
+                              "seconds, e.g. {hours: 2}") from None
+        trainer["max_time"] = f"{td.days:02d}:{td.seconds // 3600:02d}:{td.seconds // 60 % 60:02d}:{td.seconds % 60:02d}"
     limit = trainer.get("limit_train_batches")  # 0 "finished" at step 0 and wrote a summary of an untrained model
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0
                               or (isinstance(limit, float) and limit > 1 and not limit.is_integer())):
@@ -423,6 +435,30 @@ def _check_folders(c: TrainConfig) -> None:
                 folders[f"{group}.{name}.{field_}"] = Path(conf[field_]).expanduser()
     for key, path in folders.items():
         _check_folder(key, path)
+    _check_own_folders(c)
+
+
+def _check_own_folders(c: TrainConfig) -> None:
+    """The checkpoint folder is the run folder's checkpoints/ and a CSV logger writes inside the run folder: a
+    folder outside it is shared by every run given it (a second run wrote over the first's last.ckpt, or started
+    the first's metrics.csv anew, exit 0), and resuming (ckpt_path=last), SIGTERM saves, sweeps and evaluate.py
+    sweep_dir= look for checkpoints in <run>/checkpoints only."""
+    run = Path(c.paths.output_dir).expanduser().resolve()
+    for name, conf in (c.callbacks or {}).items():
+        where = conf.get("dirpath") if isinstance(conf, Mapping) else None
+        if isinstance(where, str) and Path(where).expanduser().resolve() != run / "checkpoints":
+            raise ConfigError(f"callbacks.{name}.dirpath='{where}': a run keeps its checkpoints in its own folder's "
+                              f"checkpoints/ ({run / 'checkpoints'}), where resuming, SIGTERM saves, sweeps and "
+                              "evaluate.py look for them, and a folder outside it is shared by every run given it (the "
+                              "next run writes over its last.ckpt). Leave it at ${paths.output_dir}/checkpoints; to keep "
+                              "checkpoints on another disk, put the run folder there: hydra.run.dir=/disk/run")
+    for name, conf in (c.logger or {}).items():
+        where = conf.get("save_dir") if isinstance(conf, Mapping) else None
+        if "CSVLogger" in str(conf.get("_target_", "") if isinstance(conf, Mapping) else "") and isinstance(
+                where, str) and run not in (p := Path(where).expanduser().resolve(), *p.parents):
+            raise ConfigError(f"logger.{name}.save_dir='{where}' is outside the run folder ({run}): every run given "
+                              "it writes one metrics.csv there, and a new run starts it anew (the earlier run's rows "
+                              "are lost). Leave it at ${paths.output_dir} (or a folder inside it)")
 
 
 def _check_folder(key: str, path: Path) -> None:

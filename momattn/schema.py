@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import importlib
 import inspect
 import types
@@ -140,6 +141,10 @@ def check_arguments(conf: Mapping, where: str) -> None:
                 value is a or (type(value) is type(a) and value == a) for a in allowed):
             # Lightning read enable_progress_bar=maybe (or deterministic=maybe, save_last=maybe) as true
             raise ConfigError(f"{_key(where, key)}={value!r} must be {_one_of(allowed)}")
+        if _is_timespan(params[key].annotation) and value is not None and not (
+                isinstance(value, Mapping) and value.get("_target_")):  # an int failed inside Lightning, at step 1
+            raise ConfigError(f"{_key(where, key)}={value!r} must be a time span, e.g. "
+                              f"{_key(where, key)}={{_target_: datetime.timedelta, minutes: 10}}, or null")
         if (text := _text(params[key].annotation)) is not None and not isinstance(value, str) and not (
                 value is None and text == "optional"):
             # a list or number where Lightning wants a string failed deep inside it, some only at the first
@@ -148,6 +153,14 @@ def check_arguments(conf: Mapping, where: str) -> None:
             quoted = f" (quote a number: '{_key(where, key)}=\"{value}\"')" if number else ""
             raise ConfigError(f"{_key(where, key)}={value!r} must be a string"
                               f"{' or null' if text == 'optional' else ''}{quoted}")
+
+
+def _is_timespan(annotation: Any) -> bool:
+    """An argument typed timedelta or timedelta | None (ModelCheckpoint.train_time_interval)."""
+    if annotation in (datetime.timedelta, "timedelta", "Optional[timedelta]", "timedelta | None"):
+        return True
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and set(typing.get_args(annotation)) == {
+        datetime.timedelta, type(None)}
 
 
 def _text(annotation: Any) -> str | None:

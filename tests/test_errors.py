@@ -371,8 +371,27 @@ def test_a_setting_lightning_would_fail_on_after_steps_of_training_is_refused_fi
     assert "filename='best-{step' is not a checkpoint name template (expected '}' before end of string)" in msg
     from momattn.callbacks import ModelCheckpoint
 
-    for ok in ("best-{val/loss:.3}", "{epoch:02d}-{step}-{val/ppl:.2f}", "last"):  # a float's format on a metric
+    for ok in ("best-{val/loss:.3}", "{epoch:02d}-{step}-{val/ppl:.2f}", "final"):  # a float's format on a metric
         ModelCheckpoint(filename=ok)
+    with pytest.raises(ConfigError, match="filename='last' names the best checkpoints as last.ckpt"):
+        ModelCheckpoint(filename="last")  # the best file was last.ckpt, rewritten with the newest state
+    with pytest.raises(ConfigError, match="filename='best' gives every checkpoint one name, so save_top_k=2"):
+        ModelCheckpoint(filename="best", save_top_k=2, monitor="val/loss")  # one file, replaced at each save
+    # a checkpoint or CSV folder outside the run folder: a second run wrote over the first's last.ckpt (exit 0)
+    msg = run_expecting(tmp_path, [*SMOKE, f"callbacks.model_checkpoint.dirpath={tmp_path / 'shared'}"], ConfigError)
+    assert msg.startswith(f"callbacks.model_checkpoint.dirpath='{tmp_path / 'shared'}': a run keeps its checkpoints")
+    shared = tmp_path.parent / f"{tmp_path.name}-logs"  # the run folder is tmp_path
+    msg = run_expecting(tmp_path, [*SMOKE, "logger=csv", f"logger.csv.save_dir={shared}"], ConfigError)
+    assert msg.startswith(f"logger.csv.save_dir='{shared}' is outside the run folder")
+    assert load_train_config(compose_train(tmp_path, [*SMOKE, "logger=csv", f"logger.csv.save_dir={tmp_path / 'logs'}"]))
+    # an int where Lightning wants a time span: a traceback at step 1, or a message without the key
+    msg = run_expecting(tmp_path, [*SMOKE, "+callbacks.model_checkpoint.train_time_interval=10"], ConfigError)
+    assert msg.startswith("callbacks.model_checkpoint.train_time_interval=10 must be a time span, e.g. ")
+    msg = run_expecting(tmp_path, [*SMOKE, "+trainer.max_time=5"], ConfigError)
+    assert msg.startswith("trainer.max_time=5 must be a time: 'DD:HH:MM:SS'")
+    # a mapping, which Lightning takes as a dict but not as Hydra's DictConfig ("Missing key total_seconds")
+    c = load_train_config(compose_train(tmp_path, [*SMOKE, "+trainer.max_time={hours:1,minutes:5}"]))
+    assert c.trainer["max_time"] == "00:01:05:00"
     # limit_train_batches=0 "finished" at step 0 and summarised an untrained model
     for bad in ("0", "0.0", "-1", "1.5"):
         msg = run_expecting(tmp_path, [*SMOKE, f"+trainer.limit_train_batches={bad}"], ConfigError)

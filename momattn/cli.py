@@ -801,7 +801,7 @@ def hydra_main(config_name: str):
         @functools.wraps(fn)
         def entry():
             from momattn.console import quiet_console
-            from momattn.sweep_jobs import check_resume, check_search, plan_sweep
+            from momattn.sweep_jobs import check_jobs, check_resume, check_search, plan_sweep
 
             quiet_console()  # before Hydra: a sweeper's setup (Optuna's storage) logs too
             try:
@@ -831,6 +831,8 @@ def hydra_main(config_name: str):
                         hold_run_folder(Path(run_dir))
                     if sweep is not None and _last(given, "ckpt_path") == "last":
                         check_resume(sweep)  # before Hydra rewrites the job folders' saved command lines
+                    if sweep is not None:
+                        check_jobs(sweep, given)  # a value one job takes, refused before any job trains
                 if multirun and sweep is None and not info:
                     check_search(config_name, given)  # an Optuna search: its space's keys, no ckpt_path=last
                 # sampling writes no files (hydra.output_subdir: null, run.dir: .), but Hydra makes a folder given

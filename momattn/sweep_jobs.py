@@ -125,6 +125,45 @@ def _original_command(root: Path, sweep_dir: str) -> str:
                      shlex.quote(f"hydra.sweep.dir={sweep_dir}")])
 
 
+LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher")  # jobs run on this machine: its checks hold for them
+
+
+def check_jobs(sweep: Sweep, overrides: list[str]) -> None:
+    """Every job of a train.py sweep run here, composed and checked as train.py checks one run (load_train_config)
+    before the first starts: a value that one job takes (optim.lr=1e-3,-1) failed only when that job started,
+    after the jobs before it had trained. Jobs a cluster launcher (submitit) runs elsewhere are left to their
+    nodes: a GPU job is refused on a login node without one."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+
+    from momattn.cli import _compose, hydra_section
+    from momattn.config import load_train_config
+    from momattn.errors import ConfigError, UserError
+
+    parsed, cfg = hydra_section("train", overrides)
+    launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="")) if cfg is not None else ""
+    if not launcher.endswith(LOCAL_LAUNCHERS):
+        return
+    hydra_args = [o.input_line for o in parsed if o.is_hydra_override() and not o.is_sweep_override()]
+    checked: set[tuple[str, ...]] = set()
+    for num, job in enumerate(sweep.jobs):
+        if tuple(job) in checked:
+            continue
+        checked.add(tuple(job))
+        composed = _compose("train", [*job, *hydra_args], return_hydra_config=True)
+        if composed is None:  # Hydra says why when it composes the job itself
+            continue
+        with open_dict(composed):  # Hydra sets these at launch; the folder checks probe the nearest existing parent
+            composed.hydra.runtime.output_dir = str(Path(sweep.sweep_dir or "multirun").resolve() / str(num))
+            composed.hydra.runtime.cwd = str(Path.cwd())
+            composed.hydra.job.num = num
+        HydraConfig().set_config(composed)
+        try:
+            load_train_config(composed)
+        except UserError as e:
+            raise ConfigError(f"job {num} of the sweep ({' '.join(job)}): {e}; no job was started") from None
+
+
 def check_search(config_name: str, overrides: list[str]) -> None:
     """A search (an Optuna sweeper): every key of its space (hydra.sweeper.params, in an hparams_search file) must
     be one the config has, and an option searched for a config group one of the group's: Hydra's multi-line

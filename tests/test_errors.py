@@ -95,6 +95,22 @@ def test_a_key_that_only_some_options_of_a_swept_group_have_is_named_with_those_
     assert plan_sweep("train", ["hparams_search=optuna"]) is None  # Optuna picks its trials as it goes
 
 
+def test_a_value_one_job_of_a_sweep_takes_is_refused_before_any_job_trains(tmp_path, monkeypatch):
+    # job 0 trained, then job 1 failed on its lr (exit 1): now no job starts, no folder is written
+    from momattn.sweep_jobs import check_jobs, plan_sweep
+
+    monkeypatch.chdir(tmp_path)
+    overrides = [*SMOKE, "trainer.max_steps=2", "optim.lr=1e-3,-1"]
+    with pytest.raises(ConfigError, match=r"^job 1 of the sweep \(.*optim.lr=-1\): optim: need lr > 0 \(got -1.0\).*"
+                                          r"; no job was started$"):
+        check_jobs(plan_sweep("train", overrides), overrides)
+    check_jobs(plan_sweep("train", [*SMOKE, "seed=1,2"]), [*SMOKE, "seed=1,2"])  # valid jobs pass
+    sweep = tmp_path / "sweep"
+    r = run_cli("train.py", ["-m", *overrides, f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "error: job 1 of the sweep" in r.stderr and not sweep.exists()
+
+
 def test_a_key_every_job_has_but_the_sweeps_own_config_lacks_is_one_line_with_the_way_that_runs():
     # Hydra composes the sweep's config with the swept groups at their defaults and applies the overrides that are
     # not sweeps to it: attention.eta with experiment=eta_sweep,eta_sweep_rotary (both choose momentum, the default

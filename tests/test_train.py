@@ -293,16 +293,20 @@ def test_two_job_multirun_from_the_command_line(tmp_path):
         assert f"[momattn] {kind} attention" in log and "[momattn] done:" in log and "\r" not in log
 
 
+# a job that fails while it runs (its loss turns nan at step 1; a bad value in one job is refused before any starts)
+NAN_IN_ONE_JOB = ["+callbacks.fault._target_=momattn.faults.FaultInjection"]
+
+
 @pytest.mark.slow
 def test_a_failing_job_of_a_multirun_does_not_stop_the_others(tmp_path):
-    r = run_cli("train.py", ["-m", *SMOKE, "trainer.max_steps=2", "model.dropout=1.5,0.0", f"hydra.sweep.dir={tmp_path}"],
-                tmp_path)
-    assert r.returncode != 0 and "error: model.dropout=1.5 must lie in [0, 1)" in r.stderr  # job 0: a bad value
+    r = run_cli("train.py", ["-m", *SMOKE, "trainer.max_steps=2", *NAN_IN_ONE_JOB, "+callbacks.fault.spec=nan@1,nan@99",
+                             f"hydra.sweep.dir={tmp_path}"], tmp_path)
+    assert r.returncode != 0 and "error: the training loss became nan at step 1" in r.stderr  # job 0
     assert (tmp_path / "1" / "checkpoints" / "last.ckpt").exists(), r.stderr[-3000:]  # job 1 still trained
     # and Hydra names the failure at the end, in one line (not a stack trace of momattn.cli.JobFailed)
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     named = next(i for i, line in enumerate(lines) if line.startswith("Error executing job with overrides: ["))
-    assert lines[named + 1] == "error: model.dropout=1.5 must lie in [0, 1)", r.stderr[-3000:]
+    assert lines[named + 1].startswith("error: the training loss became nan at step 1"), r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "[momattn] 1 of the sweep's 2 jobs failed" in lines[named + 3]
 
 
@@ -521,13 +525,14 @@ def test_a_sweep_with_a_failed_job_still_ends_with_the_comparison_of_the_others(
     # Hydra runs every job, then raises the failed one's error and skips the sweep's end: experiment=reproduce lost
     # its verdict to one bad job, and a plain sweep its evaluate.py command (found by review). With
     # HYDRA_FULL_ERROR=1 Hydra raises the job's exception itself instead of exiting: compared all the same
-    r = run_cli("train.py", ["-m", *SMOKE, "trainer.max_steps=2", "logger=csv", "run_eval=false", "optim.lr=1e-3,-1",
-                             f"hydra.sweep.dir={tmp_path}"], tmp_path, env={"HYDRA_FULL_ERROR": full_error})
+    r = run_cli("train.py", ["-m", *SMOKE, "trainer.max_steps=2", "logger=csv", "run_eval=false", *NAN_IN_ONE_JOB,
+                             "+callbacks.fault.spec=nan@99,nan@1", f"hydra.sweep.dir={tmp_path}"], tmp_path,
+                env={"HYDRA_FULL_ERROR": full_error})
     assert r.returncode == 1  # still Hydra's failure
-    assert ("Traceback" in r.stderr and "need lr > 0 (got -1.0)" in r.stderr if full_error else
-            "error: optim: need lr > 0 (got -1.0)" in r.stderr)
+    assert ("Traceback" in r.stderr and "the training loss became nan" in r.stderr if full_error else
+            "error: the training loss became nan at step 1" in r.stderr)
     assert "[momattn] 1 of the sweep's 2 jobs failed (their errors are above): job 1 (" in r.stderr
-    assert "optim.lr=-1)" in r.stderr and "The comparison covers the other 1." in r.stderr
+    assert "nan@1)" in r.stderr and "The comparison covers the other 1." in r.stderr
     assert f"python evaluate.py sweep_dir={tmp_path.resolve()}" in r.stderr.split("jobs failed")[1]
     assert (tmp_path / "0" / "checkpoints" / "last.ckpt").exists()
 

@@ -38,7 +38,7 @@ from momattn.model import AttentionConfig, GPTConfig
 from momattn.optim import OptimConfig
 from momattn.schema import typed
 from momattn.tokenizer import TokenizerConfig, source_tokenizer
-from momattn.wandb_runs import check_wandb_names
+from momattn.wandb_runs import check_wandb_keys, check_wandb_names
 
 
 @dataclass
@@ -362,6 +362,8 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
             raise ConfigError(f"logger.{name}.flush_logs_every_n_steps={flush!r} must be an integer >= 1")
         if isinstance(lg, Mapping) and "wandb" in str(lg.get("_target_", "")).lower():
             check_wandb_names(lg, f"logger.{name}")
+            if str(lg.get("_target_", "")).endswith("loggers.wandb_logger"):
+                check_wandb_keys(lg, f"logger.{name}")
     for name, cb in (raw.get("callbacks") or {}).items():  # a typo here failed only at the first validation
         if isinstance(cb, Mapping) and cb.get("monitor") is not None:
             _check_logged(f"callbacks.{name}.monitor", cb["monitor"])
@@ -387,6 +389,16 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
                               "between validations), or null to use trainer.val_check_interval")
         trainer["val_check_interval"] = run.val_every_steps * accumulate
     interval = trainer.get("val_check_interval")
+    every_epoch = trainer.get("check_val_every_n_epoch")  # a run is one epoch of max_steps optimizer steps
+    if every_epoch is not None and every_epoch > 1:  # it never validated: no val/loss, no best checkpoint, exit 0
+        raise ConfigError(f"trainer.check_val_every_n_epoch={every_epoch}: a momattn run is one epoch "
+                          f"(trainer.max_steps={max_steps} steps), so it would never validate; validate by steps with "
+                          "val_every_steps=N (and trainer.check_val_every_n_epoch=null)")
+    if every_epoch is not None and isinstance(interval, int) and interval > max_steps * accumulate:
+        # Lightning: "val_check_interval (10) must be less than or equal to the number of the training batches"
+        raise ConfigError(f"trainer.val_check_interval={interval} batches is more than the run's one epoch of "
+                          f"{max_steps * accumulate} with trainer.check_val_every_n_epoch set; lower it, or set "
+                          "trainer.check_val_every_n_epoch=null (batches are then counted across the run)")
     if accumulate > 1 and isinstance(interval, int) and interval % accumulate:
         steps = -(-interval // accumulate)
         raise ConfigError(f"trainer.val_check_interval={interval} micro-batches is not a whole number of optimizer "

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from momattn.errors import ConfigError, first_line
+from momattn.errors import ConfigError, did_you_mean, first_line
 
 # W&B's own checks of a run's names (wandb.Settings), by the logger key that sets each
 _WANDB_SETTINGS = {"project": "project", "entity": "entity", "name": "run_name", "group": "run_group",
@@ -44,6 +44,28 @@ def check_wandb_names(cfg: Mapping, where: str = "logger.wandb", tags: Any = Non
             why = re.sub(r"^Value error, | \[type=.*$", "", why)
             hint = " (by default the run's top-level tags=)" if key_of[key] != "tags" and key == "tags" else ""
             raise ConfigError(f"{key_of[key]}={value!r}{hint}: W&B refuses it: {why}") from None
+
+
+# momattn.loggers.wandb_logger's own arguments (that module imports Lightning: read here without it)
+_LOGGER_ARGS = ("_target_", "save_dir", "project", "offline", "name", "group", "tags", "id", "init_timeout")
+
+
+def check_wandb_keys(cfg: Mapping, where: str) -> None:
+    """Every key of a wandb_logger entry is an argument of it, of Lightning's WandbLogger or of wandb.init (they take
+    **kwargs, so +logger.wandb.foo=1 was a TypeError traceback from wandb.init once the data was built)."""
+    import inspect
+
+    import wandb
+
+    known = {*_LOGGER_ARGS, *inspect.signature(wandb.init).parameters}
+    unknown = [k for k in cfg if k not in known]
+    if unknown:  # Lightning's own keys (log_model, prefix, ...): its import is slow, so only now
+        from lightning.pytorch.loggers import WandbLogger
+
+        known |= set(inspect.signature(WandbLogger.__init__).parameters) - {"self", "kwargs"}
+        if unknown := [k for k in unknown if k not in known]:
+            raise ConfigError(f"{where}.{unknown[0]} is not an argument of momattn.loggers.wandb_logger, Lightning's "
+                              f"WandbLogger or wandb.init.{did_you_mean(str(unknown[0]), sorted(known))}")
 
 
 def wandb_api_key_found() -> bool:

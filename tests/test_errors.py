@@ -408,6 +408,25 @@ def test_a_setting_lightning_would_fail_on_after_steps_of_training_is_refused_fi
     # a mapping, which Lightning takes as a dict but not as Hydra's DictConfig ("Missing key total_seconds")
     c = load_train_config(compose_train(tmp_path, [*SMOKE, "+trainer.max_time={hours:1,minutes:5}"]))
     assert c.trainer["max_time"] == "00:01:05:00"
+    # a run is one epoch: every 2nd epoch never validated (exit 0), an interval past it was Lightning's traceback
+    msg = run_expecting(tmp_path, [*SMOKE, "trainer.check_val_every_n_epoch=2", "trainer.val_check_interval=null"],
+                        ConfigError)
+    assert msg.startswith("trainer.check_val_every_n_epoch=2: a momattn run is one epoch (trainer.max_steps=6 steps)")
+    msg = run_expecting(tmp_path, [*SMOKE, "trainer.check_val_every_n_epoch=1", "trainer.val_check_interval=10"],
+                        ConfigError)
+    assert msg.startswith("trainer.val_check_interval=10 batches is more than the run's one epoch of 6")
+    # W&B's keys: +logger.wandb.foo=1 was a TypeError from wandb.init once the data was built
+    msg = run_expecting(tmp_path, [*SMOKE, "logger=wandb", "+logger.wandb.projct=x"], ConfigError)
+    assert msg.startswith("logger.wandb.projct is not an argument of momattn.loggers.wandb_logger, Lightning's "
+                          "WandbLogger or wandb.init. Did you mean 'project'?")
+    assert load_train_config(compose_train(tmp_path, [*SMOKE, "logger=wandb", "+logger.wandb.notes=hi",
+                                                      "+logger.wandb.prefix=p"]))  # wandb.init's, Lightning's
+    # the end-of-run evaluation's corpus, read at start-up: too short for a window, it failed after training
+    (tmp_path / "wee.txt").write_text("a b c d e f g h i j k l\n" * 2)
+    msg = run_expecting(tmp_path, [*SMOKE, "run_eval=true", "eval.icl.enabled=false", "eval.ppl.data={source: "
+                                   f"text_files, paths: [{tmp_path / 'wee.txt'}], val_fraction: 0.4}}"], DataError)
+    assert re.search(r"cannot run: the perplexity corpus's validation split has only \d+ tokens, fewer than one window "
+                     r"of \d+; lower eval.ppl.lengths \(to at most \d+\)", msg), msg
     # limit_train_batches=0 "finished" at step 0 and summarised an untrained model
     for bad in ("0", "0.0", "-1", "1.5"):
         msg = run_expecting(tmp_path, [*SMOKE, f"+trainer.limit_train_batches={bad}"], ConfigError)

@@ -106,6 +106,11 @@ def _plan(model: LanguageModel, tokenizer, run_config: dict, cfg: EvalConfig, ca
             except (ConfigError, DataError) as e:
                 raise _corpus_error(e, {**(cfg.ppl.data or {}), **({"cache_dir": cache_dir} if own_cache else {})},
                                     own_cache) from None
+            for split, tokens in (("validation", plan.val), ("training", plan.train)):  # read now: scored after
+                if tokens is not None and (short := [n for n in lengths if len(tokens) < n]):  # training, it failed there
+                    raise DataError(f"the perplexity corpus's {split} split has only {len(tokens)} tokens, fewer than "
+                                    f"one window of {max(short)}; lower ppl.lengths (to at most {len(tokens)}) or "
+                                    "evaluate on a larger corpus")
     return plan
 
 

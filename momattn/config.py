@@ -233,6 +233,15 @@ def _eval(node: Mapping | None, run_eval: bool, source: Any = None) -> EvalConfi
 LOGGED = ("val/loss", "val/ppl", "train/loss", "train/lr")  # what run_train can return to a sweeper
 
 
+def _in_search() -> bool:
+    """Whether this is a trial of an Optuna search (its sweeper reads optimized_metric from each trial)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    return "optuna" in str(OmegaConf.select(HydraConfig.get(), "sweeper._target_", default="")).lower()
+
+
 def _check_logged(key: str, metric: Any) -> None:
     if metric not in LOGGED:
         raise ConfigError(f"{key}={metric!r} is not a metric training logs.{did_you_mean(str(metric), LOGGED)} "
@@ -368,6 +377,12 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
         if isinstance(cb, Mapping) and cb.get("monitor") is not None:
             _check_logged(f"callbacks.{name}.monitor", cb["monitor"])
     trainer, max_steps, accumulate = _trainer(raw.get("trainer"))
+    no_val = trainer.get("limit_val_batches")
+    if isinstance(no_val, int | float) and not isinstance(no_val, bool) and no_val == 0 and _in_search() and str(
+            run.optimized_metric).startswith("val/"):  # every trial trained, then failed: "must be float-castable"
+        raise ConfigError(f"trainer.limit_val_batches={no_val} turns validation off, so no trial of this search would "
+                          f"log optimized_metric={run.optimized_metric} for the sampler (each would train, then fail); "
+                          "keep validation on in a search (or optimize train/loss)")
     # said now, not at the first training step (a kernel matters only to the momentum kinds' scan)
     if problem := ops.backend_problem(kernel=attention.kind != "vanilla", on_cpu=_runs_on_cpu(trainer)):
         raise ConfigError(problem)

@@ -10,6 +10,7 @@ import re
 import sys
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -87,6 +88,9 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
     out_dir, job = Path(c.paths.output_dir).resolve(), hydra_job()
     if warning := warmup_warning(c.optim.warmup_steps, c.max_steps, c.optim.lr):
         print(warning, file=sys.stderr)
+    if any(isinstance(cb, Mapping) and cb.get("save_weights_only") is True for cb in (c.callbacks or {}).values()):
+        print("[momattn] note: save_weights_only=true: its checkpoints hold no optimizer or data position, so after a "
+              "crash the run cannot be resumed from them (a SIGTERM still saves a full last.ckpt)", file=sys.stderr)
     if note := logging_note(c.trainer.get("log_every_n_steps"), c.max_steps):
         print(note, file=sys.stderr)
         warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")

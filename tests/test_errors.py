@@ -427,6 +427,13 @@ def test_a_setting_lightning_would_fail_on_after_steps_of_training_is_refused_fi
                                    f"text_files, paths: [{tmp_path / 'wee.txt'}], val_fraction: 0.4}}"], DataError)
     assert re.search(r"cannot run: the perplexity corpus's validation split has only \d+ tokens, fewer than one window "
                      r"of \d+; lower eval.ppl.lengths \(to at most \d+\)", msg), msg
+    # validation off in an Optuna search: each trial trained, then failed ("must be float-castable")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    search = compose_train(tmp_path, [*SMOKE, "hparams_search=optuna", "+trainer.limit_val_batches=0"])
+    with pytest.raises(ConfigError, match=r"^trainer.limit_val_batches=0 turns validation off, so no trial of this "
+                                          r"search would log optimized_metric=val/loss"):
+        load_train_config(search)
+    assert load_train_config(compose_train(tmp_path, [*SMOKE, "+trainer.limit_val_batches=0"]))  # one run may
     # limit_train_batches=0 "finished" at step 0 and summarised an untrained model
     for bad in ("0", "0.0", "-1", "1.5"):
         msg = run_expecting(tmp_path, [*SMOKE, f"+trainer.limit_train_batches={bad}"], ConfigError)

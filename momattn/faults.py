@@ -77,13 +77,13 @@ class KillDuringSave:
         return bool(m) and int(m.group(1)) == os.getpid()
 
     def _audit(self, event: str, args: tuple) -> None:
-        if not self.armed or self._fired:
+        if not self.armed:
             return
-        if event == "open" and self._is_temp(args[0]) and any(m in str(args[1]) for m in "wxa+"):  # atomic_write: 'xb'
-            self._fired = True
+        if event == "open" and not self._fired and self._is_temp(args[0]) and any(m in str(args[1]) for m in "wxa+"):
+            self._fired = True  # atomic_write opens with 'xb'
             threading.Thread(target=self._watch, args=(Path(args[0]),), daemon=True).start()
-        elif event == "os.rename" and self._is_temp(args[0]):
-            _die(f"before renaming {args[0]}")
+        elif event == "os.rename" and self._is_temp(args[0]):  # also after the open fired: a small file on a busy
+            _die(f"before renaming {args[0]}")  # machine was written and renamed before the watcher ran ("survived")
 
     @staticmethod
     def _watch(tmp: Path) -> None:

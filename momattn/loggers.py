@@ -118,6 +118,8 @@ class CSVLogger(_LightningCSVLogger):
     def __init__(self, *args, resumed: bool = False, start_step: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.resumed, self.start_step = resumed, start_step
+        if resumed and self._version is None and self._get_next_version() > 0:  # version=null: Lightning numbers a
+            self._version = self._get_next_version() - 1  # new version_N; a resume continues the newest one
 
     _lightning = inspect.signature(_LightningCSVLogger.__init__)  # its keys and types, for the config check
     __init__.__signature__ = _lightning.replace(parameters=[

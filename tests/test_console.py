@@ -252,6 +252,22 @@ def test_metrics_csv_is_continued_only_by_a_resume(tmp_path):
     assert log([2, 3], resumed=True, start_step=2) == ["step,train/loss", "0,0.0", "1,1.0", "2,2.0", "3,3.0"]
 
 
+def test_a_resume_with_csv_version_null_continues_the_newest_version(tmp_path):
+    # logger.csv.version=null: Lightning numbers the folders, and a resume logged to a new version_1
+    from momattn.loggers import make_loggers
+
+    section = {"csv": {"_target_": "momattn.loggers.CSVLogger", "save_dir": str(tmp_path), "name": "csv", "version": None}}
+    for steps, resumed in (([0], False), ([1], True)):
+        (lg,) = make_loggers(section, resumed=resumed, start_step=steps[0])
+        lg.log_metrics({"train/loss": float(steps[0])}, step=steps[0])
+        lg.save()
+    assert [p.name for p in (tmp_path / "csv").iterdir()] == ["version_0"]
+    assert (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines() == ["step,train/loss", "0,0.0",
+                                                                                         "1,1.0"]
+    (lg,) = make_loggers(section)  # a fresh run into the same folder still takes the next version
+    assert lg.version == 1
+
+
 def test_wandb_mode_disabled_makes_no_wandb_run(tmp_path, monkeypatch, capsys):
     from momattn.loggers import make_loggers
 

@@ -146,6 +146,7 @@ def check_jobs(sweep: Sweep, overrides: list[str]) -> None:
         return
     hydra_args = [o.input_line for o in parsed if o.is_hydra_override() and not o.is_sweep_override()]
     checked: set[tuple[str, ...]] = set()
+    folders: dict[Path, int] = {}  # each job's run folder: paths.output_dir=X gave them all one
     for num, job in enumerate(sweep.jobs):
         if tuple(job) in checked:
             continue
@@ -159,9 +160,15 @@ def check_jobs(sweep: Sweep, overrides: list[str]) -> None:
             composed.hydra.job.num = num
         HydraConfig().set_config(composed)
         try:
-            load_train_config(composed)
+            c = load_train_config(composed)
         except UserError as e:
             raise ConfigError(f"job {num} of the sweep ({' '.join(job)}): {e}; no job was started") from None
+        folder = Path(c.paths.output_dir).expanduser().resolve()
+        if (first := folders.setdefault(folder, num)) != num:  # job 1 found job 0's run there ("hydra.sweep.dir")
+            raise ConfigError(f"paths.output_dir={c.paths.output_dir}: jobs {first} and {num} of the sweep would write "
+                              "into this one folder (the second refused, after the first had trained); leave "
+                              "paths.output_dir at its default, ${hydra:runtime.output_dir}, which is each job's own "
+                              "folder under hydra.sweep.dir")
 
 
 def check_search(config_name: str, overrides: list[str]) -> None:

@@ -105,6 +105,10 @@ def test_a_value_one_job_of_a_sweep_takes_is_refused_before_any_job_trains(tmp_p
                                           r"; no job was started$"):
         check_jobs(plan_sweep("train", overrides), overrides)
     check_jobs(plan_sweep("train", [*SMOKE, "seed=1,2"]), [*SMOKE, "seed=1,2"])  # valid jobs pass
+    shared = [*SMOKE, "seed=1,2", f"paths.output_dir={tmp_path / 'one'}"]  # job 1 blamed hydra.sweep.dir, late
+    with pytest.raises(ConfigError, match=r"^paths.output_dir=.*one: jobs 0 and 1 of the sweep would write into this "
+                                          r"one folder"):
+        check_jobs(plan_sweep("train", shared), shared)
     sweep = tmp_path / "sweep"
     r = run_cli("train.py", ["-m", *overrides, f"hydra.sweep.dir={sweep}"], tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]

@@ -50,6 +50,13 @@ def check_wandb_names(cfg: Mapping, where: str = "logger.wandb", tags: Any = Non
 _LOGGER_ARGS = ("_target_", "save_dir", "project", "offline", "name", "group", "tags", "id", "init_timeout")
 
 
+def check_init_timeout(cfg: Mapping, where: str) -> None:
+    """init_timeout: seconds to wait for W&B online, a number > 0 (-5 was accepted)."""
+    t = cfg.get("init_timeout")
+    if t is not None and (isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t < float("inf")):
+        raise ConfigError(f"{where}.init_timeout={t!r} must be a number of seconds > 0")
+
+
 def check_wandb_keys(cfg: Mapping, where: str) -> None:
     """Every key of a wandb_logger entry is an argument of it, of Lightning's WandbLogger or of wandb.init (they take
     **kwargs, so +logger.wandb.foo=1 was a TypeError traceback from wandb.init once the data was built)."""
@@ -57,6 +64,7 @@ def check_wandb_keys(cfg: Mapping, where: str) -> None:
 
     import wandb
 
+    check_init_timeout(cfg, where)
     known = {*_LOGGER_ARGS, *inspect.signature(wandb.init).parameters}
     unknown = [k for k in cfg if k not in known]
     if unknown:  # Lightning's own keys (log_model, prefix, ...): its import is slow, so only now
@@ -120,10 +128,13 @@ def start_run(out_dir: Path, wandb_cfg: Mapping, who: str, **init: Any):
     if wandb.run is not None:  # one an earlier call left open: never log into it
         wandb.finish(exit_code=1)
     init = dict(dir=str(out_dir), project=wandb_cfg.get("project") or "momattn", **init)
+    if wandb_cfg.get("entity"):
+        init["entity"] = wandb_cfg["entity"]
     if not offline:
         require_api_key()
         try:
-            return wandb.init(mode="online", settings=wandb.Settings(init_timeout=30.0), **init)
+            timeout = float(wandb_cfg.get("init_timeout") or 30.0)
+            return wandb.init(mode="online", settings=wandb.Settings(init_timeout=timeout), **init)
         except Exception as e:  # CommError, UsageError, TimeoutError, ...
             if wandb.run is not None:
                 wandb.finish(exit_code=1)

@@ -263,6 +263,13 @@ def test_settings_a_command_line_gets_wrong_are_named_or_read_as_meant(tmp_path)
                         ({"ckpt_paths": ["a.ckpt", 3]}, r"^ckpt_paths=\['a.ckpt', 3\] must be a list"),
                         ({"logger": {"wandb": {"project": "a/b"}}}, "logger.wandb.project='a/b': W&B refuses it"),
                         ({"logger": {"wandb": {}}, "tags": 5}, "tags=5 must be a list of texts"),
+                        # logger.wandb's own keys: a late traceback (a 70-character tag), or taken and ignored
+                        ({"logger": {"wandb": {"tags": ["x" * 70]}}}, r"^logger.wandb.tags=.* W&B refuses it: Tag"),
+                        ({"logger": {"wandb": {"tags": "abcd"}}}, r"^logger.wandb.tags='abcd' must be a list of texts"),
+                        ({"logger": {"wandb": {"foo": 1}}}, r"^logger.wandb.foo is not a setting of evaluate.py's W&B "
+                                                            r"runs. It takes save_dir, project, entity, offline, group"),
+                        ({"logger": {"wandb": {"id": "abc"}}}, r"^logger.wandb.id='abc': evaluate.py starts a W&B run"),
+                        ({"logger": {"wandb": {"init_timeout": -5}}}, r"^logger.wandb.init_timeout=-5 must be a number"),
                         # ppl=null meant every default, perplexity on: the opposite of what it reads as
                         ({"ppl": None}, r"^ppl=null: ppl is a section; to turn it off write ppl.enabled=false"),
                         # loader keys under ppl.data were accepted and ignored, num_proc=abc too

@@ -24,14 +24,14 @@ EVAL = {"ppl": {"lengths": [32], "max_windows": 2, "train": False},
 
 
 def job(root, num: int, kind: str, seed: int, tok, lr: float = 2e-3, extra: dict | None = None,
-        step: int | None = None):
+        step: int | None = None, block_size: int = 32):
     """A job folder of a multirun as train.py leaves it: .hydra/config.yaml and checkpoints/last.ckpt (at
     global_step `step`, where given)."""
     d = root / str(num)
     (d / ".hydra").mkdir(parents=True)
     (d / ".hydra" / "config.yaml").write_text(f"seed: {seed}\ntrainer:\n  max_steps: 400\n")
     torch.manual_seed(seed * 10 + len(kind))
-    cfg = GPTConfig(block_size=32, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16,
+    cfg = GPTConfig(block_size=block_size, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=16,
                     attention=AttentionConfig(kind=kind))
     run_config = {"data": DATA, "seed": seed, "attention": {"kind": kind}, "optim": {"lr": lr},
                   "paths": {"output_dir": str(d)}, **(extra or {})}
@@ -518,3 +518,14 @@ def test_a_single_run_given_as_sweep_dir_is_named_by_its_folder_not_dot(tmp_path
     assert job_name(tmp_path / "sweep" / "3", tmp_path / "sweep") == "3"
     monkeypatch.chdir(run)  # sweep_dir=. typed inside the run folder: its name, not ""
     assert job_name(Path("."), Path(".")) == "run1"
+
+
+def test_a_setting_one_job_cannot_take_is_refused_before_any_job_is_scored(tmp_path, tokenizer):  # noqa: F811
+    # job 0 was scored in full, then job 1 (a shorter context) failed on ppl.lengths: nothing is scored now
+    sweep, out = tmp_path / "multirun", tmp_path / "verdict"
+    job(sweep, 0, "vanilla", 1, tokenizer)
+    job(sweep, 1, "vanilla", 2, tokenizer, block_size=16)
+    with pytest.raises(ConfigError, match=r"^sweep job 1 \(.*\): ppl.lengths contains \[32\] but the model's context "
+                                          r"is 16 tokens.*; no job was scored$"):
+        run_evaluate({**EVAL, "sweep_dir": str(sweep), "device": "cpu"}, out_dir=out)
+    assert not (out / "jobs").exists()

@@ -156,7 +156,8 @@ def log_wandb(r, out_dir: Path, wandb_cfg: Mapping, tags: Sequence[str] = ()) ->
         return False
     from momattn.wandb_runs import start_run
 
-    run = start_run(out_dir, wandb_cfg, "the analysis", job_type="analyze", tags=list(tags or []),
+    run = start_run(out_dir, wandb_cfg, "the analysis", job_type="analyze", group=wandb_cfg.get("group"),
+                    tags=list(wandb_cfg.get("tags") or tags or []),  # logger.wandb.tags (${tags} by default)
                     name=f"{r.task}-{r.attention}", config={"checkpoint": r.checkpoint, "lr": r.lr, "shots": r.shots})
     if run is None:
         return False

@@ -58,6 +58,10 @@ def check_bool(name: str, value: Any) -> None:
         raise ConfigError(f"{name}={value!r} must be true or false")
 
 
+# conf/logger/wandb.yaml's keys that evaluate.py's and analyze.py's runs read (id and name only when null)
+EVAL_WANDB_KEYS = ("_target_", "save_dir", "project", "entity", "offline", "name", "group", "tags", "id", "init_timeout")
+
+
 def check_logger(logger: Any, entry: str, tags: Any = None) -> None:
     """evaluate.py and analyze.py log to W&B or nowhere (their tables are their files): logger=csv is refused.
     With W&B: its names and the entry point's tags as W&B will check them, before the work."""
@@ -68,8 +72,19 @@ def check_logger(logger: Any, entry: str, tags: Any = None) -> None:
         raise ConfigError(f"logger={other[0]} is not supported by {entry}; use logger=none or wandb")
     wandb_cfg = (logger or {}).get("wandb")
     if isinstance(wandb_cfg, Mapping):  # before the work, not after it
-        from momattn.wandb_runs import check_wandb_names, require_api_key, wandb_offline
+        from momattn.wandb_runs import check_init_timeout, check_wandb_names, require_api_key, wandb_offline
 
+        unknown = [k for k in wandb_cfg if k not in EVAL_WANDB_KEYS]  # accepted and ignored: +logger.wandb.foo=1
+        if unknown:
+            raise ConfigError(f"logger.wandb.{unknown[0]} is not a setting of {entry}'s W&B runs.{did_you_mean(str(unknown[0]), EVAL_WANDB_KEYS)} "
+                              f"It takes {', '.join(k for k in EVAL_WANDB_KEYS if k not in ('_target_', 'id', 'name'))}")
+        for key in ("id", "name"):  # train.py's: one run it names or resumes; these start a run per model
+            if wandb_cfg.get(key) is not None:
+                raise ConfigError(f"logger.wandb.{key}={wandb_cfg[key]!r}: {entry} starts a W&B run of its own for "
+                                  "each model (named by its label and attention) and never resumes one; drop it, and "
+                                  "group the runs with logger.wandb.group=...")
+        check_init_timeout(wandb_cfg, "logger.wandb")
+        check_wandb_names(wandb_cfg, "logger.wandb")  # its own tags, which its runs take (tags=abcd: a, b, c, d)
         check_wandb_names(wandb_cfg, "logger.wandb", tags=tags)
         if wandb_offline(wandb_cfg.get("offline", True)) is False:
             require_api_key()

@@ -292,15 +292,19 @@ def _train_run_id(checkpoint: str | None) -> str | None:
         return None
 
 
-def _check_one(path, label: str, meta: dict, conf: EvaluateConfig) -> None:
+def check_saved(path, meta: dict, eval_cfg: EvalConfig, cache_dir: str | None = None) -> None:
+    """check_evaluation of a checkpoint from its metadata alone (no weights are read): before any is scored."""
     from types import SimpleNamespace
 
     from momattn.checkpoint import checkpoint_tokenizer, model_config_from
 
     stand_in = SimpleNamespace(config=model_config_from(meta, path))  # all that the preparation reads of a model
+    check_evaluation(stand_in, checkpoint_tokenizer(meta, path), dict(meta.get("config") or {}), eval_cfg, cache_dir)
+
+
+def _check_one(path, label: str, meta: dict, conf: EvaluateConfig) -> None:
     try:
-        check_evaluation(stand_in, checkpoint_tokenizer(meta, path), dict(meta.get("config") or {}),
-                         conf.eval_section(), conf.cache_dir)
+        check_saved(path, meta, conf.eval_section(), conf.cache_dir)
     except (ConfigError, DataError) as e:
         raise type(e)(f"checkpoint '{path}' ({label}): {e}") from None
 

@@ -706,10 +706,10 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
     """Evaluate (or reuse) every run of a sweep and write the verdict. own_settings: each run with the settings of
     its own end-of-run evaluation (eval_cfg where it has none), so its results.json is reused; else eval_cfg.
     wandb_cfg (logger.wandb): the verdict's tables and plots also go to one W&B run."""
-    from momattn.checkpoint import load_checkpoint
+    from momattn.checkpoint import load_checkpoint, read_meta
     from momattn.errors import CheckpointError
     from momattn.eval.report import results_document
-    from momattn.eval.runner import evaluate_model
+    from momattn.eval.runner import check_saved, evaluate_model
 
     sweep_dir = Path(sweep_dir).expanduser()
     runs, failed = find_runs(sweep_dir)
@@ -726,6 +726,14 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
         settings[name] = asdict(cfg)
         r.result = reusable(r.job, cfg, r.step)
         r.reused = r.result is not None
+        if r.result is None:  # every job it will score checked first: a setting job 1 cannot take failed after job 0
+            try:
+                check_saved(r.path, read_meta(r.path)["momattn"], cfg, cache_dir)
+            except (ConfigError, DataError) as e:  # which job, where a sweep holds several kinds of run
+                raise type(e)(f"sweep job {name} ({r.path}): {e}; no job was scored") from None
+    for r in list(runs):
+        name = job_name(r.job, sweep_dir)
+        cfg = run_settings(r, eval_cfg) if own_settings else eval_cfg
         if r.result is None:
             print(f"[momattn] evaluating {name} ({r.attention}, seed {r.seed})", file=sys.stderr, flush=True)
             try:

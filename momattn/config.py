@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -168,6 +169,8 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
         except (TypeError, ValueError, OverflowError) as e:
             raise ConfigError(f"trainer.max_time={dict(span)!r} is not a time span ({e}); use days, hours, minutes, "
                               "seconds, e.g. {hours: 2}") from None
+        if td.total_seconds() <= 0:  # {minutes: -5} stopped the run at once
+            raise ConfigError(f"trainer.max_time={dict(span)!r} must be a time span > 0")
         trainer["max_time"] = f"{td.days:02d}:{td.seconds // 3600:02d}:{td.seconds // 60 % 60:02d}:{td.seconds % 60:02d}"
     limit = trainer.get("limit_train_batches")  # 0 "finished" at step 0 and wrote a summary of an untrained model
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0
@@ -466,23 +469,39 @@ def _check_folders(c: TrainConfig) -> None:
 
 
 def _check_own_folders(c: TrainConfig) -> None:
-    """The checkpoint folder is the run folder's checkpoints/ and a CSV logger writes inside the run folder: a
-    folder outside it is shared by every run given it (a second run wrote over the first's last.ckpt, or started
-    the first's metrics.csv anew, exit 0), and resuming (ckpt_path=last), SIGTERM saves, sweeps and evaluate.py
-    sweep_dir= look for checkpoints in <run>/checkpoints only."""
-    run = Path(c.paths.output_dir).expanduser().resolve()
+    """The checkpoint folder of the ModelCheckpoint that keeps last.ckpt is the run folder's checkpoints/, and other
+    checkpoint folders and a CSV logger's write inside the run folder: a folder outside it is shared by every run
+    given it (a second run wrote over the first's last.ckpt, or started the first's metrics.csv anew, exit 0), and
+    resuming (ckpt_path=last), SIGTERM saves, sweeps and evaluate.py sweep_dir= look in <run>/checkpoints only.
+    Paths compare both as written and with links followed (a checkpoints/ linked to another disk is the run's)."""
+    run = Path(c.paths.output_dir).expanduser()
+
+    def same(a: Path, b: Path) -> bool:
+        return Path(os.path.abspath(a)) == Path(os.path.abspath(b)) or a.resolve() == b.resolve()
+
+    def inside(p: Path) -> bool:
+        return any(same(q, run) for q in (p, *Path(os.path.abspath(p)).parents, *p.resolve().parents))
+
+    disk = "put the run folder there: hydra.run.dir=/disk/run (hydra.sweep.dir=/disk/sweep for a sweep)"
     for name, conf in (c.callbacks or {}).items():
         where = conf.get("dirpath") if isinstance(conf, Mapping) else None
-        if isinstance(where, str) and Path(where).expanduser().resolve() != run / "checkpoints":
-            raise ConfigError(f"callbacks.{name}.dirpath='{where}': a run keeps its checkpoints in its own folder's "
-                              f"checkpoints/ ({run / 'checkpoints'}), where resuming, SIGTERM saves, sweeps and "
-                              "evaluate.py look for them, and a folder outside it is shared by every run given it (the "
-                              "next run writes over its last.ckpt). Leave it at ${paths.output_dir}/checkpoints; to keep "
-                              "checkpoints on another disk, put the run folder there: hydra.run.dir=/disk/run")
+        if not isinstance(where, str):
+            continue
+        p = Path(where).expanduser()
+        if conf.get("save_last") and not same(p, run / "checkpoints"):
+            raise ConfigError(f"callbacks.{name}.dirpath='{where}': the checkpoint callback that keeps last.ckpt writes "
+                              f"into the run folder's checkpoints/ ({run / 'checkpoints'}), where resuming, SIGTERM "
+                              "saves, sweeps and evaluate.py look for it, and a folder outside the run is shared by "
+                              "every run given it (the next run writes over its last.ckpt). Leave it at "
+                              f"${{paths.output_dir}}/checkpoints; to keep checkpoints on another disk, {disk}")
+        if not inside(p):
+            raise ConfigError(f"callbacks.{name}.dirpath='{where}' is outside the run folder ({run}): every run given "
+                              f"it writes its checkpoints there, over each other's; use a folder inside the run folder "
+                              f"(${{paths.output_dir}}/...), or {disk}")
     for name, conf in (c.logger or {}).items():
         where = conf.get("save_dir") if isinstance(conf, Mapping) else None
         if "CSVLogger" in str(conf.get("_target_", "") if isinstance(conf, Mapping) else "") and isinstance(
-                where, str) and run not in (p := Path(where).expanduser().resolve(), *p.parents):
+                where, str) and not inside(Path(where).expanduser()):
             raise ConfigError(f"logger.{name}.save_dir='{where}' is outside the run folder ({run}): every run given "
                               "it writes one metrics.csv there, and a new run starts it anew (the earlier run's rows "
                               "are lost). Leave it at ${paths.output_dir} (or a folder inside it)")

@@ -5,6 +5,8 @@ job runs or any job folder is written: a key that only some options of a swept g
 from __future__ import annotations
 
 import itertools
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,7 +136,8 @@ def check_jobs(sweep: Sweep, overrides: list[str]) -> None:
     after the jobs before it had trained. Jobs a cluster launcher (submitit) runs elsewhere are left to their
     nodes: a GPU job is refused on a login node without one."""
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf, open_dict
+    from hydra.core.utils import env_override
+    from omegaconf import OmegaConf, open_dict, read_write
 
     from momattn.cli import _compose, hydra_section
     from momattn.config import load_train_config
@@ -147,28 +150,43 @@ def check_jobs(sweep: Sweep, overrides: list[str]) -> None:
     hydra_args = [o.input_line for o in parsed if o.is_hydra_override() and not o.is_sweep_override()]
     checked: set[tuple[str, ...]] = set()
     folders: dict[Path, int] = {}  # each job's run folder: paths.output_dir=X gave them all one
-    for num, job in enumerate(sweep.jobs):
-        if tuple(job) in checked:
-            continue
-        checked.add(tuple(job))
-        composed = _compose("train", [*job, *hydra_args], return_hydra_config=True)
-        if composed is None:  # Hydra says why when it composes the job itself
-            continue
-        with open_dict(composed):  # Hydra sets these at launch; the folder checks probe the nearest existing parent
-            composed.hydra.runtime.output_dir = str(Path(sweep.sweep_dir or "multirun").resolve() / str(num))
-            composed.hydra.runtime.cwd = str(Path.cwd())
-            composed.hydra.job.num = num
-        HydraConfig().set_config(composed)
-        try:
-            c = load_train_config(composed)
-        except UserError as e:
-            raise ConfigError(f"job {num} of the sweep ({' '.join(job)}): {e}; no job was started") from None
-        folder = Path(c.paths.output_dir).expanduser().resolve()
-        if (first := folders.setdefault(folder, num)) != num:  # job 1 found job 0's run there ("hydra.sweep.dir")
-            raise ConfigError(f"paths.output_dir={c.paths.output_dir}: jobs {first} and {num} of the sweep would write "
-                              "into this one folder (the second refused, after the first had trained); leave "
-                              "paths.output_dir at its default, ${hydra:runtime.output_dir}, which is each job's own "
-                              "folder under hydra.sweep.dir")
+    previous = HydraConfig.instance().cfg  # put back after: Hydra's run_job sets each job's own
+    try:
+        for num, job in enumerate(sweep.jobs):
+            if tuple(job) in checked:
+                continue
+            checked.add(tuple(job))
+            composed = _compose("train", [*job, *hydra_args], return_hydra_config=True)
+            if composed is None:  # Hydra says why when it composes the job itself
+                continue
+            with open_dict(composed):  # what the launcher and run_job set: the job's number, id and folder
+                composed.hydra.job.num = num
+                composed.hydra.job.id = num if launcher.endswith("BasicLauncher") else f"{composed.hydra.job.name}_{num}"
+            HydraConfig().set_config(composed)  # the folder's interpolations may read the hydra node
+            folder = os.path.join(str(OmegaConf.select(composed, "hydra.sweep.dir")),
+                                  str(OmegaConf.select(composed, "hydra.sweep.subdir")))
+            with read_write(composed.hydra), open_dict(composed.hydra):
+                composed.hydra.runtime.output_dir = os.path.abspath(folder)
+                composed.hydra.runtime.cwd = os.getcwd()
+            HydraConfig().set_config(composed)
+            try:
+                with env_override(dict(composed.hydra.job.env_set or {})):  # run_job sets them for the job
+                    c = load_train_config(composed)
+            except UserError as e:
+                raise ConfigError(f"job {num} of the sweep ({' '.join(job)}): {e}; no job was started") from None
+            # Hydra gives every job the sweep's resolved `now`: the same time in each job's folder name
+            written = str(OmegaConf.to_container(composed.paths, resolve=False).get("output_dir"))
+            if "${now:" in written:
+                with open_dict(composed):
+                    composed.paths.output_dir = re.sub(r"\$\{now:[^}]*\}", "<now>", written)
+            folder = Path(str(OmegaConf.select(composed, "paths.output_dir"))).expanduser().resolve()
+            if (other := folders.setdefault(folder, num)) != num:  # job 1 found job 0's run there, blamed the sweep
+                raise ConfigError(f"paths.output_dir={c.paths.output_dir}: jobs {other} and {num} of the sweep would "
+                                  "write into this one folder (the second refused, after the first had trained); leave "
+                                  "paths.output_dir at its default, ${hydra:runtime.output_dir}, which is each job's "
+                                  "own folder under hydra.sweep.dir")
+    finally:
+        HydraConfig.instance().cfg = previous
 
 
 def check_search(config_name: str, overrides: list[str]) -> None:

@@ -65,6 +65,10 @@ def check_wandb_keys(cfg: Mapping, where: str) -> None:
     import wandb
 
     check_init_timeout(cfg, where)
+    own = [k for k in ("resume", "settings", "mode", "dir") if k in cfg]  # wandb_logger passes these itself
+    if own:
+        raise ConfigError(f"{where}.{own[0]} is set by momattn.loggers.wandb_logger itself (a resume continues its run; "
+                          "offline: true/false and save_dir choose the mode and the folder); drop it")
     known = {*_LOGGER_ARGS, *inspect.signature(wandb.init).parameters}
     unknown = [k for k in cfg if k not in known]
     if unknown:  # Lightning's own keys (log_model, prefix, ...): its import is slow, so only now

@@ -97,18 +97,23 @@ def test_a_key_that_only_some_options_of_a_swept_group_have_is_named_with_those_
 
 def test_a_value_one_job_of_a_sweep_takes_is_refused_before_any_job_trains(tmp_path, monkeypatch):
     # job 0 trained, then job 1 failed on its lr (exit 1): now no job starts, no folder is written
+    from hydra.core.hydra_config import HydraConfig
+
     from momattn.sweep_jobs import check_jobs, plan_sweep
 
     monkeypatch.chdir(tmp_path)
+    before = HydraConfig.instance().cfg
     overrides = [*SMOKE, "trainer.max_steps=2", "optim.lr=1e-3,-1"]
     with pytest.raises(ConfigError, match=r"^job 1 of the sweep \(.*optim.lr=-1\): optim: need lr > 0 \(got -1.0\).*"
                                           r"; no job was started$"):
         check_jobs(plan_sweep("train", overrides), overrides)
     check_jobs(plan_sweep("train", [*SMOKE, "seed=1,2"]), [*SMOKE, "seed=1,2"])  # valid jobs pass
-    shared = [*SMOKE, "seed=1,2", f"paths.output_dir={tmp_path / 'one'}"]  # job 1 blamed hydra.sweep.dir, late
-    with pytest.raises(ConfigError, match=r"^paths.output_dir=.*one: jobs 0 and 1 of the sweep would write into this "
-                                          r"one folder"):
-        check_jobs(plan_sweep("train", shared), shared)
+    for folder in (tmp_path / "one", str(tmp_path) + "/one_${now:%H-%M-%S-%f}"):  # every job gets the sweep's `now`
+        shared = [*SMOKE, "seed=1,2", f"paths.output_dir={folder}"]  # job 1 blamed hydra.sweep.dir, after job 0 trained
+        with pytest.raises(ConfigError, match=r"^paths.output_dir=.*one.*: jobs 0 and 1 of the sweep would write into "
+                                              r"this one folder"):
+            check_jobs(plan_sweep("train", shared), shared)
+    assert HydraConfig.instance().cfg is before  # the check leaves no job's hydra config behind
     sweep = tmp_path / "sweep"
     r = run_cli("train.py", ["-m", *overrides, f"hydra.sweep.dir={sweep}"], tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
@@ -399,7 +404,17 @@ def test_a_setting_lightning_would_fail_on_after_steps_of_training_is_refused_fi
         ModelCheckpoint(filename="best", save_top_k=2, monitor="val/loss")  # one file, replaced at each save
     # a checkpoint or CSV folder outside the run folder: a second run wrote over the first's last.ckpt (exit 0)
     msg = run_expecting(tmp_path, [*SMOKE, f"callbacks.model_checkpoint.dirpath={tmp_path / 'shared'}"], ConfigError)
-    assert msg.startswith(f"callbacks.model_checkpoint.dirpath='{tmp_path / 'shared'}': a run keeps its checkpoints")
+    assert msg.startswith(f"callbacks.model_checkpoint.dirpath='{tmp_path / 'shared'}': the checkpoint callback that "
+                          "keeps last.ckpt writes into the run folder's checkpoints/")
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-snapshots"  # another checkpoint callback: inside the run folder
+    snap = "+callbacks.snap={_target_: momattn.callbacks.ModelCheckpoint, every_n_train_steps: 1, dirpath: %s}"
+    msg = run_expecting(tmp_path, [*SMOKE, snap % elsewhere], ConfigError)
+    assert msg.startswith(f"callbacks.snap.dirpath='{elsewhere}' is outside the run folder")
+    assert load_train_config(compose_train(tmp_path, [*SMOKE, snap % (tmp_path / "snapshots")]))
+    (tmp_path.parent / f"{tmp_path.name}-disk").mkdir()  # checkpoints/ linked to another disk is the run's own
+    (tmp_path / "checkpoints").symlink_to(tmp_path.parent / f"{tmp_path.name}-disk")
+    assert load_train_config(compose_train(tmp_path, SMOKE))
+    (tmp_path / "checkpoints").unlink()
     shared = tmp_path.parent / f"{tmp_path.name}-logs"  # the run folder is tmp_path
     msg = run_expecting(tmp_path, [*SMOKE, "logger=csv", f"logger.csv.save_dir={shared}"], ConfigError)
     assert msg.startswith(f"logger.csv.save_dir='{shared}' is outside the run folder")
@@ -423,6 +438,10 @@ def test_a_setting_lightning_would_fail_on_after_steps_of_training_is_refused_fi
     msg = run_expecting(tmp_path, [*SMOKE, "logger=wandb", "+logger.wandb.projct=x"], ConfigError)
     assert msg.startswith("logger.wandb.projct is not an argument of momattn.loggers.wandb_logger, Lightning's "
                           "WandbLogger or wandb.init. Did you mean 'project'?")
+    msg = run_expecting(tmp_path, [*SMOKE, "logger=wandb", "+logger.wandb.resume=allow"], ConfigError)
+    assert msg.startswith("logger.wandb.resume is set by momattn.loggers.wandb_logger itself")  # a TypeError, late
+    msg = run_expecting(tmp_path, [*SMOKE, "+trainer.max_time={minutes:-5}"], ConfigError)
+    assert msg == "trainer.max_time={'minutes': -5} must be a time span > 0"  # it stopped the run at once
     assert load_train_config(compose_train(tmp_path, [*SMOKE, "logger=wandb", "+logger.wandb.notes=hi",
                                                       "+logger.wandb.prefix=p"]))  # wandb.init's, Lightning's
     # the end-of-run evaluation's corpus, read at start-up: too short for a window, it failed after training

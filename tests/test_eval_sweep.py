@@ -529,3 +529,17 @@ def test_a_setting_one_job_cannot_take_is_refused_before_any_job_is_scored(tmp_p
                                           r"is 16 tokens.*; no job was scored$"):
         run_evaluate({**EVAL, "sweep_dir": str(sweep), "device": "cpu"}, out_dir=out)
     assert not (out / "jobs").exists()
+
+
+def test_a_job_whose_model_config_cannot_be_built_is_named_and_the_others_scored(tmp_path, tokenizer):  # noqa: F811
+    # the check before scoring stopped the whole sweep on it; it is a failed job, as an unreadable checkpoint is
+    sweep, out = tmp_path / "multirun", tmp_path / "verdict"
+    job(sweep, 0, "vanilla", 1, tokenizer)
+    path = job(sweep, 1, "vanilla", 2, tokenizer) / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["momattn"]["model_config"]["a_field_from_the_future"] = 1
+    atomic_torch_save(ckpt, path)
+    run_evaluate({**EVAL, "sweep_dir": str(sweep), "device": "cpu"}, out_dir=out)
+    doc = strict_json((out / "sweep.json").read_text())
+    assert len(doc["runs"]) == 1 and doc["failed"][0].startswith("1 (unreadable checkpoint: checkpoint '")
+    assert "has a model config this momattn cannot build" in doc["failed"][0]

@@ -300,7 +300,7 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     if conf.logger and "wandb" in conf.logger:  # each newly analysed job got its own run above; the seeds' verdict:
         from momattn.wandb_runs import log_verdict
 
-        wandb_cfg = {**conf.logger["wandb"], "tags": list(conf.tags or [])}  # as each job's run
+        wandb_cfg = {**conf.logger["wandb"], "tags": list(conf.logger["wandb"].get("tags") or conf.tags or [])}  # as each job's run
         log_verdict(out, wandb_cfg, "Section 4 over seeds", verdict_tables(summaries, ("findings", "comparisons")),
                     job_type="analyze-sweep", name=f"section4-{sweep_dir.name}",
                     config={"sweep_dir": str(sweep_dir), "settings": settings, "failed": failed})

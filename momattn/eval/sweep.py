@@ -729,6 +729,10 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
         if r.result is None:  # every job it will score checked first: a setting job 1 cannot take failed after job 0
             try:
                 check_saved(r.path, read_meta(r.path)["momattn"], cfg, cache_dir)
+            except CheckpointError as e:  # a model config or tokenizer this momattn cannot build: that job only
+                failed.append(f"{name} (unreadable checkpoint: {e})")
+                runs.remove(r)
+                settings.pop(name)
             except (ConfigError, DataError) as e:  # which job, where a sweep holds several kinds of run
                 raise type(e)(f"sweep job {name} ({r.path}): {e}; no job was scored") from None
     for r in list(runs):

@@ -59,7 +59,7 @@ class ModelCheckpoint(lightning_callbacks.ModelCheckpoint):
     def _check_filename(self) -> None:
         """Format the template once: Lightning fills the metrics it names with integer zeros, on which a float's
         format ({val/loss:.3}) fails, so a second try gives the metrics but epoch and step float zeros."""
-        if "{" not in self.filename and self.filename == self.CHECKPOINT_NAME_LAST:
+        if self.filename == self.CHECKPOINT_NAME_LAST:
             raise ConfigError(f"filename='{self.filename}' names the best checkpoints as last.ckpt, which is rewritten "
                               "with the newest state after every validation: the best would be lost; e.g. "
                               "filename='best-step{step}'")

@@ -141,11 +141,11 @@ def check_arguments(conf: Mapping, where: str) -> None:
                 value is a or (type(value) is type(a) and value == a) for a in allowed):
             # Lightning read enable_progress_bar=maybe (or deterministic=maybe, save_last=maybe) as true
             raise ConfigError(f"{_key(where, key)}={value!r} must be {_one_of(allowed)}")
-        if _is_timespan(params[key].annotation) and value is not None and not (
+        if _alone(params[key].annotation, datetime.timedelta) and value is not None and not (
                 isinstance(value, Mapping) and value.get("_target_")):  # an int failed inside Lightning, at step 1
             raise ConfigError(f"{_key(where, key)}={value!r} must be a time span, e.g. "
                               f"{_key(where, key)}={{_target_: datetime.timedelta, minutes: 10}}, or null")
-        if (text := _text(params[key].annotation)) is not None and not isinstance(value, str) and not (
+        if (text := _alone(params[key].annotation, str)) is not None and not isinstance(value, str) and not (
                 value is None and text == "optional"):
             # a list or number where Lightning wants a string failed deep inside it, some only at the first
             # checkpoint (callbacks.model_checkpoint.filename=[a]: every step until then was lost)
@@ -155,23 +155,16 @@ def check_arguments(conf: Mapping, where: str) -> None:
                               f"{' or null' if text == 'optional' else ''}{quoted}")
 
 
-def _is_timespan(annotation: Any) -> bool:
-    """An argument typed timedelta or timedelta | None (ModelCheckpoint.train_time_interval)."""
-    if annotation in (datetime.timedelta, "timedelta", "Optional[timedelta]", "timedelta | None"):
-        return True
-    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and set(typing.get_args(annotation)) == {
-        datetime.timedelta, type(None)}
-
-
-def _text(annotation: Any) -> str | None:
-    """"required" for an argument typed str, "optional" for str | None; None for any other type (a path, str | Path,
-    takes a Path too; a str | int takes numbers)."""
-    if annotation in (str, "str"):
+def _alone(annotation: Any, kind: type) -> str | None:
+    """"required" for an annotation that is `kind` itself, "optional" for `kind` | None (also as the text of a
+    postponed annotation: "Optional[kind]", "kind | None"); None for any other."""
+    name = kind.__name__
+    if annotation in (kind, name):
         return "required"
-    if annotation in ("Optional[str]", "str | None", "Union[str, None]", "Union[str, NoneType]"):
+    if annotation in (f"Optional[{name}]", f"{name} | None", f"Union[{name}, None]", f"Union[{name}, NoneType]"):
         return "optional"
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and set(typing.get_args(annotation)) == {
-            str, type(None)}:
+            kind, type(None)}:
         return "optional"
     return None
 

@@ -46,8 +46,9 @@ def check_wandb_names(cfg: Mapping, where: str = "logger.wandb", tags: Any = Non
             raise ConfigError(f"{key_of[key]}={value!r}{hint}: W&B refuses it: {why}") from None
 
 
-# momattn.loggers.wandb_logger's own arguments (that module imports Lightning: read here without it)
-_LOGGER_ARGS = ("_target_", "save_dir", "project", "offline", "name", "group", "tags", "id", "init_timeout")
+# momattn.loggers.wandb_logger's own arguments, conf/logger/wandb.yaml's keys (that module imports Lightning: read
+# here without it; tests/test_console.py checks the two agree)
+LOGGER_ARGS = ("_target_", "save_dir", "project", "offline", "name", "group", "tags", "id", "init_timeout")
 
 
 def check_init_timeout(cfg: Mapping, where: str) -> None:
@@ -69,7 +70,7 @@ def check_wandb_keys(cfg: Mapping, where: str) -> None:
     if own:
         raise ConfigError(f"{where}.{own[0]} is set by momattn.loggers.wandb_logger itself (a resume continues its run; "
                           "offline: true/false and save_dir choose the mode and the folder); drop it")
-    known = {*_LOGGER_ARGS, *inspect.signature(wandb.init).parameters}
+    known = {*LOGGER_ARGS, *inspect.signature(wandb.init).parameters}
     unknown = [k for k in cfg if k not in known]
     if unknown:  # Lightning's own keys (log_model, prefix, ...): its import is slow, so only now
         from lightning.pytorch.loggers import WandbLogger

@@ -268,6 +268,23 @@ def test_a_resume_with_csv_version_null_continues_the_newest_version(tmp_path):
     assert lg.version == 1
 
 
+def test_the_wandb_key_lists_agree_with_the_logger_and_its_config():
+    # two hand-kept lists (read without importing Lightning): wandb_logger's arguments, and what evaluate.py reads
+    import inspect
+
+    import yaml
+
+    from momattn.cli import CONF_DIR
+    from momattn.eval.config import EVAL_WANDB_KEYS
+    from momattn.loggers import wandb_logger
+    from momattn.wandb_runs import LOGGER_ARGS
+
+    own = [n for n, p in inspect.signature(wandb_logger).parameters.items() if p.kind is not p.VAR_KEYWORD]
+    assert set(LOGGER_ARGS) == {"_target_", *own}
+    conf = yaml.safe_load((CONF_DIR / "logger" / "wandb.yaml").read_text())["wandb"]
+    assert set(conf) <= set(LOGGER_ARGS) and set(EVAL_WANDB_KEYS) == {*LOGGER_ARGS, "entity"}
+
+
 def test_wandb_mode_disabled_makes_no_wandb_run(tmp_path, monkeypatch, capsys):
     from momattn.loggers import make_loggers
 

@@ -58,7 +58,8 @@ def check_bool(name: str, value: Any) -> None:
         raise ConfigError(f"{name}={value!r} must be true or false")
 
 
-# conf/logger/wandb.yaml's keys that evaluate.py's and analyze.py's runs read (id and name only when null)
+# the logger.wandb keys that evaluate.py's and analyze.py's runs read (id and name only when null): those of
+# momattn.wandb_runs.LOGGER_ARGS and entity (tests/test_console.py checks they agree)
 EVAL_WANDB_KEYS = ("_target_", "save_dir", "project", "entity", "offline", "name", "group", "tags", "id", "init_timeout")
 
 

@@ -104,8 +104,7 @@ def _plan(model: LanguageModel, tokenizer, run_config: dict, cfg: EvalConfig, ca
                 plan.val = corpus.load_tokens(data_cfg, tokenizer, "val", cache_dir)
                 plan.train = corpus.load_tokens(data_cfg, tokenizer, "train", cache_dir) if cfg.ppl.train else None
             except (ConfigError, DataError) as e:
-                raise _corpus_error(e, {**(cfg.ppl.data or {}), **({"cache_dir": cache_dir} if own_cache else {})},
-                                    own_cache) from None
+                raise _corpus_error(e, cfg.ppl.data, cache_dir if own_cache else None) from None
             for split, tokens in (("validation", plan.val), ("training", plan.train)):  # read now: scored after
                 if tokens is not None and (short := [n for n in lengths if len(tokens) < n]):  # training, it failed there
                     raise DataError(f"the perplexity corpus's {split} split has only {len(tokens)} tokens, fewer than "
@@ -114,17 +113,17 @@ def _plan(model: LanguageModel, tokenizer, run_config: dict, cfg: EvalConfig, ca
     return plan
 
 
-def _corpus_error(e: ConfigError | DataError, override: Mapping | None, own_cache: bool = False
+def _corpus_error(e: ConfigError | DataError, override: Mapping | None, own_cache: str | None = None
                   ) -> ConfigError | DataError:
     """An error of the perplexity corpus with its keys named as the evaluation sets them (the loaders name them
     as train.py does): data.X -> ppl.data.X, data=hf -> ppl.data.source=hf; a culprit the checkpoint's own data
-    section gave, not ppl.data, is said to be so. own_cache: the cache folder is the evaluation's own cache_dir=
-    (evaluate.py, analyze.py), named as the culprit where a cache folder is."""
+    section gave, not ppl.data, is said to be so. own_cache: the evaluation's own cache_dir= (evaluate.py,
+    analyze.py), named as the culprit of a token cache folder that cannot be made."""
     text = re.sub(r"(?<![\w.])data\.(?=\w)", "ppl.data.", str(e).rstrip("."))
     text = re.sub(r"(?<![\w.])data=(?=\w)", "ppl.data.source=", text)
     if own_cache and "token cache" in text:  # the loader's advice names keys that this cache_dir= overrides
         text = re.sub(r"; set cache_dir \(evaluate.py, analyze.py\).*", "", text)
-        return type(e)(f"cache_dir={override['cache_dir']}: {text}; set cache_dir= to a writable folder")
+        return type(e)(f"cache_dir={own_cache}: {text}; set cache_dir= to a writable folder")
     culprit = re.search(r"ppl\.data\.(\w+)", text)
     if culprit and culprit[1] not in (override or {}):
         text += (f". ppl.data.{culprit[1]} is not set by ppl.data but taken from the training run's data section; "

@@ -54,6 +54,7 @@ class SweepRun:
     attention_params: dict = field(default_factory=dict)  # the checkpoint's attention config
     eval_key: str | None = None  # own_settings: digest of the run's own evaluation settings, where runs differ
     step: int | None = None  # the checkpoint's global_step
+    meta: dict = field(default_factory=dict, repr=False)  # the checkpoint's `momattn` entry, read by find_runs
 
 
 @dataclass
@@ -282,6 +283,7 @@ def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
                        digest(_strip(config)), config)
         run.attention_params = att
         run.step = ckpt.get("global_step")  # an int (read_meta checks it), or None
+        run.meta = meta
         runs.append(run)
     _label_variants(runs)
     if not runs:
@@ -706,7 +708,7 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
     """Evaluate (or reuse) every run of a sweep and write the verdict. own_settings: each run with the settings of
     its own end-of-run evaluation (eval_cfg where it has none), so its results.json is reused; else eval_cfg.
     wandb_cfg (logger.wandb): the verdict's tables and plots also go to one W&B run."""
-    from momattn.checkpoint import load_checkpoint, read_meta
+    from momattn.checkpoint import load_checkpoint
     from momattn.errors import CheckpointError
     from momattn.eval.report import results_document
     from momattn.eval.runner import check_saved, evaluate_model
@@ -714,10 +716,11 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
     sweep_dir = Path(sweep_dir).expanduser()
     runs, failed = find_runs(sweep_dir)
     settings: dict[str, dict] = {}
+    cfgs: dict[int, EvalConfig] = {}  # each run's evaluation settings, by id(run)
     for r in list(runs):
         name = job_name(r.job, sweep_dir)
         try:
-            cfg = run_settings(r, eval_cfg) if own_settings else eval_cfg
+            cfg = cfgs[id(r)] = run_settings(r, eval_cfg) if own_settings else eval_cfg
         except ConfigError as e:  # an old run's eval: section (a key since renamed): that job, not the sweep
             failed.append(f"{name} (its own end-of-run eval settings cannot be used: {e}; pass the settings on "
                           "the command line, e.g. icl.tasks=[...], to evaluate every job with them)")
@@ -728,7 +731,7 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
         r.reused = r.result is not None
         if r.result is None:  # every job it will score checked first: a setting job 1 cannot take failed after job 0
             try:
-                check_saved(r.path, read_meta(r.path)["momattn"], cfg, cache_dir)
+                check_saved(r.path, r.meta, cfg, cache_dir)
             except CheckpointError as e:  # a model config or tokenizer this momattn cannot build: that job only
                 failed.append(f"{name} (unreadable checkpoint: {e})")
                 runs.remove(r)
@@ -736,8 +739,7 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
             except (ConfigError, DataError) as e:  # which job, where a sweep holds several kinds of run
                 raise type(e)(f"sweep job {name} ({r.path}): {e}; no job was scored") from None
     for r in list(runs):
-        name = job_name(r.job, sweep_dir)
-        cfg = run_settings(r, eval_cfg) if own_settings else eval_cfg
+        name, cfg = job_name(r.job, sweep_dir), cfgs[id(r)]
         if r.result is None:
             print(f"[momattn] evaluating {name} ({r.attention}, seed {r.seed})", file=sys.stderr, flush=True)
             try:

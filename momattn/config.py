@@ -163,14 +163,22 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
     if span is not None and not isinstance(span, str | Mapping):
         raise ConfigError(f"trainer.max_time={span!r} must be a time: 'DD:HH:MM:SS' (e.g. '00:02:00:00') or a mapping "
                           "such as {hours: 2}, or null")
+    if isinstance(span, str):  # '00:05:00' was "trainer could not be created: `Timer(...)`", 0 stopped at once
+        fields = span.split(":")
+        if len(fields) != 4 or not all(f.strip().isdigit() for f in fields):
+            raise ConfigError(f"trainer.max_time={span!r} must be 'DD:HH:MM:SS' (four fields, e.g. '00:02:00:00' for "
+                              "two hours) or a mapping such as {hours: 2}")
+    shown = span if isinstance(span, str) else dict(span or {})
+    if isinstance(span, str):
+        span = dict(zip(("days", "hours", "minutes", "seconds"), map(int, fields), strict=True))
     if isinstance(span, Mapping):  # Lightning takes a dict but not Hydra's DictConfig ("Missing key total_seconds")
         try:
             td = datetime.timedelta(**dict(span))
         except (TypeError, ValueError, OverflowError) as e:
-            raise ConfigError(f"trainer.max_time={dict(span)!r} is not a time span ({e}); use days, hours, minutes, "
+            raise ConfigError(f"trainer.max_time={shown!r} is not a time span ({e}); use days, hours, minutes, "
                               "seconds, e.g. {hours: 2}") from None
         if td.total_seconds() <= 0:  # {minutes: -5} stopped the run at once
-            raise ConfigError(f"trainer.max_time={dict(span)!r} must be a time span > 0")
+            raise ConfigError(f"trainer.max_time={shown!r} must be a time span > 0")
         trainer["max_time"] = f"{td.days:02d}:{td.seconds // 3600:02d}:{td.seconds // 60 % 60:02d}:{td.seconds % 60:02d}"
     limit = trainer.get("limit_train_batches")  # 0 "finished" at step 0 and wrote a summary of an untrained model
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0
@@ -414,7 +422,9 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
                           "val_every_steps=N (and trainer.check_val_every_n_epoch=null)")
     if every_epoch is not None and isinstance(interval, int) and interval > max_steps * accumulate:
         # Lightning: "val_check_interval (10) must be less than or equal to the number of the training batches"
-        raise ConfigError(f"trainer.val_check_interval={interval} batches is more than the run's one epoch of "
+        culprit = (f"val_every_steps={run.val_every_steps} ({interval} batches)" if run.val_every_steps is not None
+                   else f"trainer.val_check_interval={interval} batches")
+        raise ConfigError(f"{culprit} is more than the run's one epoch of "
                           f"{max_steps * accumulate} with trainer.check_val_every_n_epoch set; lower it, or set "
                           "trainer.check_val_every_n_epoch=null (batches are then counted across the run)")
     if accumulate > 1 and isinstance(interval, int) and interval % accumulate:

@@ -427,6 +427,13 @@ def test_a_setting_lightning_would_fail_on_after_steps_of_training_is_refused_fi
     # a mapping, which Lightning takes as a dict but not as Hydra's DictConfig ("Missing key total_seconds")
     c = load_train_config(compose_train(tmp_path, [*SMOKE, "+trainer.max_time={hours:1,minutes:5}"]))
     assert c.trainer["max_time"] == "00:01:05:00"
+    # three fields were "trainer could not be created: `Timer(...)`"; all zeros stopped the run after one step
+    msg = run_expecting(tmp_path, [*SMOKE, "+trainer.max_time='00:05:00'"], ConfigError)
+    assert msg.startswith("trainer.max_time='00:05:00' must be 'DD:HH:MM:SS' (four fields")
+    msg = run_expecting(tmp_path, [*SMOKE, "+trainer.max_time='00:00:00:00'"], ConfigError)
+    assert msg == "trainer.max_time='00:00:00:00' must be a time span > 0"
+    c = load_train_config(compose_train(tmp_path, [*SMOKE, "+trainer.max_time='00:00:90:00'"]))
+    assert c.trainer["max_time"] == "00:01:30:00"  # Lightning's reading of the same string: 90 minutes
     # a run is one epoch: every 2nd epoch never validated (exit 0), an interval past it was Lightning's traceback
     msg = run_expecting(tmp_path, [*SMOKE, "trainer.check_val_every_n_epoch=2", "trainer.val_check_interval=null"],
                         ConfigError)
@@ -434,6 +441,8 @@ def test_a_setting_lightning_would_fail_on_after_steps_of_training_is_refused_fi
     msg = run_expecting(tmp_path, [*SMOKE, "trainer.check_val_every_n_epoch=1", "trainer.val_check_interval=10"],
                         ConfigError)
     assert msg.startswith("trainer.val_check_interval=10 batches is more than the run's one epoch of 6")
+    msg = run_expecting(tmp_path, [*SMOKE, "trainer.check_val_every_n_epoch=1", "val_every_steps=7"], ConfigError)
+    assert msg.startswith("val_every_steps=7 (7 batches) is more than the run's one epoch of 6")  # not the key it set
     # W&B's keys: +logger.wandb.foo=1 was a TypeError from wandb.init once the data was built
     msg = run_expecting(tmp_path, [*SMOKE, "logger=wandb", "+logger.wandb.projct=x"], ConfigError)
     assert msg.startswith("logger.wandb.projct is not an argument of momattn.loggers.wandb_logger, Lightning's "

@@ -263,6 +263,7 @@ def test_settings_a_command_line_gets_wrong_are_named_or_read_as_meant(tmp_path)
                         ({"ckpt_paths": ["a.ckpt", 3]}, r"^ckpt_paths=\['a.ckpt', 3\] must be a list"),
                         ({"logger": {"wandb": {"project": "a/b"}}}, "logger.wandb.project='a/b': W&B refuses it"),
                         ({"logger": {"wandb": {}}, "tags": 5}, "tags=5 must be a list of texts"),
+                        ({"logger": {"wandb": {}}, "tags": ["y" * 70]}, r"^tags=\['y+'\]: W&B refuses it: Tag"),
                         # logger.wandb's own keys: a late traceback (a 70-character tag), or taken and ignored
                         ({"logger": {"wandb": {"tags": ["x" * 70]}}}, r"^logger.wandb.tags=.* W&B refuses it: Tag"),
                         ({"logger": {"wandb": {"tags": "abcd"}}}, r"^logger.wandb.tags='abcd' must be a list of texts"),

@@ -86,7 +86,8 @@ def check_logger(logger: Any, entry: str, tags: Any = None) -> None:
                                   "group the runs with logger.wandb.group=...")
         check_init_timeout(wandb_cfg, "logger.wandb")
         check_wandb_names(wandb_cfg, "logger.wandb")  # its own tags, which its runs take (tags=abcd: a, b, c, d)
-        check_wandb_names(wandb_cfg, "logger.wandb", tags=tags)
+        if tags is not None:  # the top-level tags= alone: the names above are checked once
+            check_wandb_names({}, "logger.wandb", tags=tags)
         if wandb_offline(wandb_cfg.get("offline", True)) is False:
             require_api_key()
 

@@ -208,6 +208,11 @@ def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]
         parsed = OverridesParser.create(config_loader=_GroupOptions()).parse_overrides(overrides)
     except Exception as e:  # a syntax error: Hydra's message says where; one line and exit 2, as for any typo
         text = " ".join(line.strip() for line in str(e).splitlines() if line.strip() and "hydra.cc/docs" not in line)
+        tilde = next((o for o in overrides if "=" in o and o.split("=", 1)[1].startswith("~")), None)  # hydra.run.dir=~/x: Hydra's lexer stops at the ~
+        if tilde is not None:
+            key, value = tilde.split("=", 1)
+            raise ConfigError(f"{tilde}: Hydra does not expand ~ (and cannot parse it unquoted); write the path out, "
+                              f"e.g. {key}=$HOME{value[1:]} unquoted, which the shell expands") from None
         raise ConfigError(f"the command line does not parse: {text} (Hydra's override grammar: "
                           "https://hydra.cc/docs/advanced/override_grammar/basic/)") from None
     groups, choices, keys, adds, deletes, settings = _groups(), [], [], [], [], []
@@ -541,13 +546,9 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
     return merged
 
 
-def check_output_dir(overrides: list[str], multirun: bool, cwd: Path | None = None) -> None:
-    """Refuse, before any work, an output folder that cannot be written (a read-only mount, /proc, a file in the
-    way): the folder Hydra will create (hydra.run.dir / hydra.sweep.dir, else outputs/ or multirun/ here) is
-    created now and a probe file written and removed."""
-    from momattn.io import probe_write
-
-    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+def check_dir_values(overrides: list[str]) -> None:
+    """An empty hydra.run.dir / hydra.sweep.dir, or one starting with ~ (Hydra makes a folder named '~'), refused
+    before anything is created or locked."""
     for k in ("hydra.run.dir", "hydra.sweep.dir"):
         value = _last(overrides, k)
         if value is not None and not value.strip():
@@ -555,6 +556,16 @@ def check_output_dir(overrides: list[str], multirun: bool, cwd: Path | None = No
         if value is not None and value.startswith("~"):
             raise ConfigError(f"{k}={value}: Hydra does not expand ~ (it would make a folder named '~'); write the "
                               f"path out, e.g. {k}=$HOME{value[1:]} unquoted, which the shell expands")
+
+
+def check_output_dir(overrides: list[str], multirun: bool, cwd: Path | None = None) -> None:
+    """Refuse, before any work, an output folder that cannot be written (a read-only mount, /proc, a file in the
+    way): the folder Hydra will create (hydra.run.dir / hydra.sweep.dir, else outputs/ or multirun/ here) is
+    created now and a probe file written and removed."""
+    from momattn.io import probe_write
+
+    check_dir_values(overrides)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     given = _last(overrides, key)
     target = given if given else ("multirun" if multirun else "outputs")
     target = target.split("${", 1)[0] or "."  # an interpolated folder (${now:...}): its fixed prefix
@@ -825,6 +836,8 @@ def hydra_main(config_name: str):
                     check_run_mode(given)
                 sweep = plan_sweep(config_name, given) if multirun and not info else None
                 check_overrides(config_name, given, jobs=sweep.jobs if sweep else None)
+                if not info:
+                    check_dir_values(given)  # before the run folder is locked: a '~' folder was made, then refused
                 if config_name == "train" and not info:
                     check_fresh_folder(given, multirun=multirun)
                     if not multirun and (run_dir := _last(given, "hydra.run.dir")) and "${" not in run_dir:

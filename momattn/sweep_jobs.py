@@ -99,7 +99,7 @@ def check_resume(sweep: Sweep, cwd: Path | None = None) -> None:
             first = first or (f"job {num}'s were: "
                               f"{' '.join(o for o in saved if not o.startswith(('hydra.', 'ckpt_path=')))}")
     if clashes:
-        more = f" (and {len(clashes) - 3} more jobs)" if len(clashes) > 3 else ""
+        more = f" (and {len(clashes) - 3} more job{'s' * (len(clashes) > 4)})" if len(clashes) > 3 else ""
         original = _original_command(root, sweep.sweep_dir)
         raise ConfigError(
             f"{'; '.join(clashes[:3])}{more}: the sweep's value lists (or their order) differ from the ones that made "

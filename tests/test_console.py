@@ -109,6 +109,13 @@ def test_command_line_forms_that_hydra_reads_its_own_way(tmp_path):
         with pytest.raises(ConfigError, match=says):
             check_output_dir([bad], multirun=False, cwd=tmp_path)
     assert not (tmp_path / "outputs").exists()  # refused before any folder was made
+    # on the command line: the quoted ~ was refused only after the run folder './~/x' had been locked (made);
+    # unquoted, Hydra's lexer error
+    for arg, says in (("hydra.run.dir='~/x'", "it would make a folder named '~'"),
+                      ("hydra.run.dir=~/x", "cannot parse it unquoted"), ("hydra.run.dir=", "is empty")):
+        r = run_cli("train.py", [arg], cwd=tmp_path)
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_overrides_before_a_flag_are_checked_like_the_others(tmp_path):

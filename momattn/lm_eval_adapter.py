@@ -29,6 +29,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 try:
+    # lm_eval.models: the lazy table of lm-eval's own models. get_model reads it only while the registry is empty,
+    # so with "momattn" registered first, --model hf / dummy were "not found"
+    import lm_eval.models  # noqa: F401
     from lm_eval.api.model import TemplateLM
     from lm_eval.api.registry import register_model
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
@@ -57,8 +60,9 @@ def _is_float(v) -> bool:
         return False
 
 
-def rows_per_batch(batch_size: int | str) -> int | None:
-    """The rows a batch may hold: batch_size as a count, or None for auto / auto:N (batch_tokens bounds a batch)."""
+def rows_per_batch(batch_size: int | str, flag: str = "--model_args batch_size") -> int | None:
+    """The rows a batch may hold: batch_size as a count, or None for auto / auto:N (batch_tokens bounds a batch).
+    flag: where the value came from, for the message."""
     from momattn.errors import ConfigError
 
     text = str(batch_size).strip()
@@ -66,8 +70,15 @@ def rows_per_batch(batch_size: int | str) -> int | None:
     if auto == "auto" and (not every or every.isdigit()):
         return None
     if isinstance(batch_size, bool) or not text.isdigit() or int(text) < 1:  # -2, 0, abc: was auto, unnoticed
-        raise ConfigError(f"--model_args batch_size={batch_size!r} must be an int >= 1, auto or auto:N")
+        raise ConfigError(f"{flag}={batch_size!r} must be an int >= 1, auto or auto:N")
     return int(text)
+
+
+def _no_chat_template():
+    from momattn.errors import ConfigError
+
+    return ConfigError("--apply_chat_template: a momattn model has no chat template (a base LM trained on plain "
+                       "text, its tokenizer has no chat roles); drop the flag (and --fewshot_as_multiturn)")
 
 
 @register_model("momattn")
@@ -112,6 +123,8 @@ class MomattnLM(TemplateLM):
     def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> MomattnLM:
         # lm-eval always adds its --device and --batch_size (cuda:0 and 1 by default): --model_args win over them
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        if "batch_size" in extra:  # lm-eval's own --batch_size 0: named as such, not as a --model_args value
+            rows_per_batch(extra["batch_size"], "--batch_size")
         return cls(**arg_dict, **extra)
 
     @property
@@ -125,6 +138,15 @@ class MomattnLM(TemplateLM):
     @property
     def device(self) -> str:
         return self._device
+
+    @property
+    def tokenizer_name(self) -> str:  # lm-eval reads it only for --apply_chat_template
+        raise _no_chat_template()
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        if chat_template:
+            raise _no_chat_template()
+        return None
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
         return self.tokenizer.encode(string)
@@ -237,7 +259,11 @@ class MomattnLM(TemplateLM):
         top_p = 1.0 if top_p is None else top_p
         if isinstance(top_p, bool) or not _is_float(top_p) or not 0 < float(top_p) <= 1:
             raise bad("top_p", top_p, "a number in (0, 1] (1: the whole distribution)")
-        sample = bool(kwargs.pop("do_sample", False)) and settings["temperature"] > 0
+        do_sample = kwargs.pop("do_sample", None)
+        do_sample = {"true": True, "false": False}.get(str(do_sample).strip().lower(), do_sample)  # "false": on
+        if do_sample is not None and not isinstance(do_sample, bool):
+            raise bad("do_sample", do_sample, "true or false")
+        sample = bool(do_sample) and settings["temperature"] > 0
         # greedy unless sampling; top_k 0: the whole vocabulary (transformers' meaning)
         return (list(until), settings["max_gen_toks"], settings["temperature"] if sample else 0.0,
                 settings["top_k"] or None, float(top_p))

@@ -395,6 +395,8 @@ class GPT(nn.Module):
             raise ValueError(f"temperature={temperature!r} must be a number >= 0 (0 = greedy)")
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p={top_p!r} must be in (0, 1] (1 = the whole distribution)")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k={top_k!r} must be an int >= 1, or None for the whole vocabulary")  # IndexError
         cache, logits = self.new_cache(), None
         ctx = idx[:, -self.config.block_size :]
         logits = self.last_logits(ctx, cache)

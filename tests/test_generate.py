@@ -182,6 +182,9 @@ def test_model_generate_takes_top_p_and_refuses_one_out_of_range():
     assert torch.equal(model.generate(idx, 5, top_p=1e-9, generator=torch.Generator().manual_seed(0)), greedy)
     with pytest.raises(ValueError, match="top_p=0 must be in"):
         model.generate(idx, 5, top_p=0)
+    for k in (0, -1, 2.5):  # an IndexError / RuntimeError from torch.topk
+        with pytest.raises(ValueError, match=f"top_k={k} must be an int >= 1"):
+            model.generate(idx, 5, top_k=k)
 
 
 def test_samples_never_take_the_models_padding_ids(ckpt):

@@ -115,6 +115,16 @@ def test_the_lm_eval_command_line_finds_the_momattn_model(ckpt):
                        str(DATA), "--limit", "4"], DATA, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "momattn_tiny_mc" in r.stdout and "acc" in r.stdout
+    # registering "momattn" filled lm-eval's registry before its lazy table of built-in models was read, so
+    # --model hf / dummy were "not found" in the same process
+    from lm_eval.api.registry import get_model
+
+    assert get_model("momattn") is MomattnLM and get_model("dummy").__name__ == "DummyLM"
+    r = run_cli("-m", ["momattn.lm_eval_adapter", "--model", "momattn", "--model_args", f"ckpt_path={ckpt},device=cpu",
+                       "--tasks", "momattn_tiny_mc", "--include_path", str(DATA), "--limit", "2",
+                       "--apply_chat_template"], DATA, timeout=600)  # was a NotImplementedError traceback
+    assert r.returncode == 2 and "--apply_chat_template: a momattn model has no chat template" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback is for machines without a GPU")
@@ -138,6 +148,10 @@ def test_generation_settings_and_bad_input_are_handled_as_lm_eval_users_expect(c
     tiny = {"until": [], "max_gen_toks": 6, "do_sample": True, "temperature": 1.0, "top_p": 1e-9}
     greedy = {"until": [], "max_gen_toks": 6}
     assert lm.generate_until([req("generate_until", "Review:", tiny)]) == \
+        lm.generate_until([req("generate_until", "Review:", greedy)])
+    # do_sample "false" (a string) was bool("false"): sampling at temperature 5
+    text_false = {"until": [], "max_gen_toks": 6, "do_sample": "false", "temperature": 5.0}
+    assert lm.generate_until([req("generate_until", "Review:", text_false)]) == \
         lm.generate_until([req("generate_until", "Review:", greedy)])
     with pytest.raises(DataError, match="a continuation of 70 tokens is longer than the model's context of 64"):
         lm.score_pairs([([1], [5] * 70)])
@@ -178,6 +192,8 @@ def test_a_batch_size_that_is_neither_a_count_nor_auto_is_refused(ckpt, arg):
         MomattnLM.create_from_arg_string(f"ckpt_path={ckpt},{arg}")
     for ok, rows in (("4", 4), ("auto", None), ("auto:8", None)):  # lm-eval's own --batch_size spellings
         assert MomattnLM.create_from_arg_string(f"ckpt_path={ckpt}", {"batch_size": ok}).max_rows == rows
+    with pytest.raises(ConfigError, match="^--batch_size='0' must be an int >= 1"):  # lm-eval's flag, not model_args
+        MomattnLM.create_from_arg_string(f"ckpt_path={ckpt}", {"batch_size": "0"})
 
 
 @pytest.mark.parametrize(("setting", "says"), [
@@ -188,6 +204,7 @@ def test_a_batch_size_that_is_neither_a_count_nor_auto_is_refused(ckpt, arg):
     ({"until": [3]}, r"until=\[3\] must be a string or a list of strings"),  # TypeError in `s in text`
     ({"top_p": 0, "do_sample": True}, r"top_p=0 must be a number in \(0, 1\]"),
     ({"top_p": "most", "do_sample": True}, r"top_p='most' must be a number in \(0, 1\]"),
+    ({"do_sample": "maybe"}, r"do_sample='maybe' must be true or false"),  # bool('maybe'): sampled
 ])
 def test_bad_generation_settings_are_refused_by_name(ckpt, setting, says):
     from momattn.errors import ConfigError

@@ -3,6 +3,7 @@
     python train.py +callbacks.fault._target_=momattn.faults.FaultInjection +callbacks.fault.spec=sigterm@4
 
 Specs (N = optimizer step): sigterm@N (a preemption, at the end of step N's hooks of this callback),
+sigterm_job@N (the same, sent to the DataLoader workers first: SLURM signals every process of a job),
 sigterm_late@N (after every hook of step N, right before Lightning looks at its SIGTERM flag), sigterm_in_val@N
 (during the validation at step N), kill@N (SIGKILL), nan@N (one batch's loss becomes NaN),
 kill_during_save@N (SIGKILL while the real checkpoint writer is writing the first checkpoint at step >= N),
@@ -28,7 +29,7 @@ from momattn import lightning_compat as compat
 from momattn.errors import ConfigError
 from momattn.io import TEMP_NAME
 
-KINDS = ("sigterm", "sigterm_late", "sigterm_in_val", "kill", "nan", "kill_during_save", "disk_full", "sigint")
+KINDS = ("sigterm", "sigterm_job", "sigterm_late", "sigterm_in_val", "kill", "nan", "kill_during_save", "disk_full", "sigint")
 
 
 def _fill_disk() -> None:
@@ -125,6 +126,12 @@ class FaultInjection(Callback):
             return
         if trainer.global_step == self.step and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
             if self.kind == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+            elif self.kind == "sigterm_job":
+                import multiprocessing
+
+                for worker in multiprocessing.active_children():  # the DataLoader's worker processes
+                    os.kill(worker.pid, signal.SIGTERM)
                 os.kill(os.getpid(), signal.SIGTERM)
             elif self.kind == "sigterm_late":
                 compat.after_train_batch(trainer, lambda: os.kill(os.getpid(), signal.SIGTERM))

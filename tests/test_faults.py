@@ -98,6 +98,17 @@ def test_a_sigterm_anywhere_in_a_step_saves_and_the_resume_logs_every_row_of_the
 
 
 @pytest.mark.slow
+def test_a_sigterm_to_every_process_of_the_job_saves_with_dataloader_workers(tmp_path):
+    # SLURM's preemption / scancel signals the DataLoader workers too: torch then raised "DataLoader worker ...
+    # killed by signal: Terminated" inside the preemption save, exit 1, no checkpoint, every step since lost
+    r = run_cli("train.py", [*RUN, "data.num_workers=2", *fault("sigterm_job@4"), f"hydra.run.dir={tmp_path}"],
+                tmp_path)
+    assert r.returncode == PREEMPTED_EXIT, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "killed by signal" not in r.stderr
+    assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 4
+
+
+@pytest.mark.slow
 def test_a_sigterm_on_one_ddp_rank_saves_on_both_at_the_same_step_without_a_hang(tmp_path):
     # Lightning's own handler broadcast from inside the signal handler of the signalled rank only: the ranks
     # deadlocked against the next collective. Rank 1 alone is signalled here (a scheduler that reaches it first)

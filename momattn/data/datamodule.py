@@ -11,6 +11,7 @@ position in the old order would train some windows twice and skip others), and s
 
 from __future__ import annotations
 
+import signal
 import sys
 import zlib
 from collections.abc import Callable
@@ -21,6 +22,14 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from momattn.errors import DataError
+
+
+def ignore_sigterm(worker_id: int) -> None:
+    """A DataLoader worker leaves SIGTERM to the main process. SLURM's preemption, time limit and scancel signal
+    every process of a job: a worker that died of it made torch raise "DataLoader worker ... killed by signal"
+    inside the preemption save, which lost every step since the last checkpoint (the worker ends when the main
+    process shuts the loader down, or when it is gone)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class TokenWindows(Dataset):
@@ -139,7 +148,8 @@ class TokenDataModule(LightningDataModule):
     def _loader(self, dataset, sampler) -> DataLoader:
         # its own generator: creating an iterator must not draw from the global RNG that dropout uses
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          drop_last=True, persistent_workers=False, generator=torch.Generator().manual_seed(0))
+                          drop_last=True, persistent_workers=False, generator=torch.Generator().manual_seed(0),
+                          worker_init_fn=ignore_sigterm if self.num_workers else None)
 
     def train_dataloader(self) -> DataLoader:
         world, rank, per_step, offset = self.trainer.world_size, self.trainer.global_rank, self._per_step(), self._offset()
@@ -179,4 +189,5 @@ class TokenDataModule(LightningDataModule):
         # default corpus AGNews, whose text comes first, and none of the MR, Subj, SST-5 or TREC text)
         spread = [j * len(self.val_set) // n for j in range(n)]
         return DataLoader(self.val_set, batch_size=min(self.batch_size, n), sampler=spread[rank::world],
-                          num_workers=self.num_workers, generator=torch.Generator().manual_seed(0))
+                          num_workers=self.num_workers, generator=torch.Generator().manual_seed(0),
+                          worker_init_fn=ignore_sigterm if self.num_workers else None)

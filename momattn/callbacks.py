@@ -84,6 +84,30 @@ class ModelCheckpoint(lightning_callbacks.ModelCheckpoint):
         p.replace(default=False) if p.name == "enable_version_counter" else p for p in _lightning.parameters.values()])
     del _lightning
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A run folder moved or copied before its resume (another disk, another mount point on a node): Lightning
+        dropped the best-k tracking because the saved dirpath differs, so a later worse score took best.ckpt's
+        place and save_top_k=1 left two best files. The saved paths are rebased to this folder where the file is
+        there, and tracking goes on as in place."""
+        old = state_dict.get("dirpath")
+        if old is None or self.dirpath is None or Path(old) == Path(self.dirpath):
+            return super().load_state_dict(state_dict)
+
+        def here(path):  # the same file in this folder, or None
+            if not path or Path(path).parent != Path(old):
+                return None
+            moved = Path(self.dirpath) / Path(path).name
+            return str(moved) if moved.exists() else None
+
+        best_k = {here(p): v for p, v in (state_dict.get("best_k_models") or {}).items()}
+        if None in best_k or here(state_dict.get("best_model_path")) is None:
+            return super().load_state_dict(state_dict)  # not this run's files: Lightning's fresh tracking
+        state = dict(state_dict, dirpath=self.dirpath, best_k_models=best_k,
+                     best_model_path=here(state_dict["best_model_path"]),
+                     kth_best_model_path=here(state_dict.get("kth_best_model_path")) or "",
+                     last_model_path=here(state_dict.get("last_model_path")) or "")
+        super().load_state_dict(state)
+
     def _refresh_last(self, trainer) -> None:
         if self.save_last is not True or self._should_skip_saving_checkpoint(trainer):
             return

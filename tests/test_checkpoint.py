@@ -484,3 +484,29 @@ def test_damaged_bytes_inside_a_checkpoint_or_its_tokenizer_are_one_line_errors(
     torch.save(ckpt, tmp_path / "tok.ckpt")
     with pytest.raises(CheckpointError, match=r"tok.ckpt': its tokenizer is damaged: not a valid tokenizer JSON"):
         load_checkpoint(tmp_path / "tok.ckpt")
+
+
+def test_a_moved_run_folder_keeps_its_best_checkpoint_tracking(tmp_path):
+    """A run folder moved (or mounted elsewhere) before its resume: Lightning dropped the best-k tracking because
+    the saved dirpath differed, so a later, worse score became the 'best' and save_top_k=1 left two best files."""
+    from momattn.callbacks import ModelCheckpoint
+
+    old, new = tmp_path / "a" / "checkpoints", tmp_path / "b" / "checkpoints"
+    new.mkdir(parents=True)
+    for name in ("best-step5.ckpt", "last.ckpt"):
+        (new / name).touch()
+    state = ModelCheckpoint(dirpath=old, monitor="val/loss", mode="max", filename="best-step{step}").state_dict()
+    state.update(best_model_score=torch.tensor(2.0), best_model_path=str(old / "best-step5.ckpt"),
+                 best_k_models={str(old / "best-step5.ckpt"): torch.tensor(2.0)}, kth_value=torch.tensor(2.0),
+                 kth_best_model_path=str(old / "best-step5.ckpt"), last_model_path=str(old / "last.ckpt"))
+    cb = ModelCheckpoint(dirpath=new, monitor="val/loss", mode="max", filename="best-step{step}")
+    cb.load_state_dict(state)
+    assert cb.best_model_path == str(new / "best-step5.ckpt") and cb.best_model_score == 2.0
+    assert list(cb.best_k_models) == [str(new / "best-step5.ckpt")] and cb.kth_value == 2.0
+    assert cb.last_model_path == str(new / "last.ckpt")
+    # another run's checkpoints (not in this folder): Lightning's fresh tracking, as before
+    (new / "best-step5.ckpt").unlink()
+    other = ModelCheckpoint(dirpath=new, monitor="val/loss", mode="max", filename="best-step{step}")
+    with pytest.warns(UserWarning, match="dirpath has changed"):
+        other.load_state_dict(state)
+    assert other.best_k_models == {} and other.best_model_score is None

@@ -186,7 +186,9 @@ class LitGPT(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         self._rng_to_restore = checkpoint.get("momattn", {}).get("rng")
         self._skipped = int(checkpoint.get("momattn", {}).get("skipped_nonfinite") or 0)  # the count runs on
-        self._resumed_optim = (checkpoint.get("momattn", {}).get("config") or {}).get("optim") or {}
+        config = checkpoint.get("momattn", {}).get("config") or {}
+        self._resumed_optim = config.get("optim") or {}
+        self._resumed_max_steps = (config.get("trainer") or {}).get("max_steps")
 
     def on_train_start(self):
         self._align_step = True
@@ -218,3 +220,11 @@ class LitGPT(pl.LightningModule):
         if changed and trainer.is_global_zero:
             print(f"[momattn] resumed with {', '.join(changed)}: training continues at step {trainer.global_step} "
                   "with these", file=sys.stderr)
+        was = getattr(self, "_resumed_max_steps", None)  # the schedule's length: a new max_steps re-stretches it
+        step = trainer.global_step
+        if isinstance(was, int) and was != self.max_steps and trainer.is_global_zero:
+            old_lr, new_lr = o.lr * lr_lambda(step, o, was), o.lr * lr_lambda(step, o, self.max_steps)
+            if not math.isclose(old_lr, new_lr, rel_tol=1e-9):  # constant, or still warming up: nothing changes
+                print(f"[momattn] trainer.max_steps={self.max_steps} (the checkpoint's run had {was}): the "
+                      f"{o.schedule} lr schedule now spans {self.max_steps} steps, so at step {step} the lr goes "
+                      f"from {old_lr:.3g} to {new_lr:.3g}", file=sys.stderr)

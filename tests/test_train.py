@@ -134,7 +134,7 @@ def test_loss_decreases_on_a_few_hundred_tokens(tmp_path):
 
 
 @pytest.mark.parametrize("stop", [6, 4])  # on the validation interval (3), and off it (the final validation)
-def test_resume_continues_at_the_right_step(tmp_path, stop):
+def test_resume_continues_at_the_right_step(tmp_path, stop, capsys):
     first = compose_train(tmp_path / "a", [*SMOKE, "attention=momentum", f"trainer.max_steps={stop}"])
     run_train(first)
     ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
@@ -151,6 +151,10 @@ def test_resume_continues_at_the_right_step(tmp_path, stop):
     o = load_train_config(second).optim
     lrs = {int(r["step"]): float(r["train/lr"]) for r in read_metrics(tmp_path / "b") if r.get("train/lr")}
     assert lrs == pytest.approx({s: 1e-5 * lr_lambda(s, o, 9) for s in range(stop, 9)}, rel=1e-6)
+    # a longer run re-stretches the schedule: the lr jumped at the resume without a word
+    assert lr_lambda(stop, o, stop) != pytest.approx(lr_lambda(stop, o, 9))
+    assert (f"trainer.max_steps=9 (the checkpoint's run had {stop}): the cosine lr schedule now spans 9 steps, so "
+            f"at step {stop} the lr goes from {1e-5 * lr_lambda(stop, o, stop):.3g} to ") in capsys.readouterr().err
 
 
 def test_wandb_offline_run_folder_is_written(tmp_path):

@@ -7,7 +7,9 @@ import json
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Mapping
@@ -80,12 +82,21 @@ def logging_note(log_every: int | None, max_steps: int) -> str | None:
 def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | None:
     """Train one model as the composed config says; return the metric named by cfg.optimized_metric. `checked`:
     load_train_config(cfg), where the caller has checked it already (train.py does, before importing this module)."""
+    guard = SigtermOutsideFit()
+    try:
+        return _train(cfg, checked, guard)
+    finally:
+        guard.close()
+
+
+def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFit) -> float | None:
     quiet_console()
     c = checked if checked is not None else load_train_config(cfg)
     for what, conf in [("trainer", c.trainer), *((f"callbacks.{k}", v) for k, v in (c.callbacks or {}).items()),
                        *((f"logger.{k}", v) for k, v in (c.logger or {}).items())]:
         check_arguments(conf or {}, what)  # Lightning's own keys, before any tokenizing or data building
     out_dir, job = Path(c.paths.output_dir).resolve(), hydra_job()
+    guard.out_dir, guard.job = out_dir, job
     if warning := warmup_warning(c.optim.warmup_steps, c.max_steps, c.optim.lr):
         print(warning, file=sys.stderr)
     if any(isinstance(cb, Mapping) and cb.get("save_weights_only") is True for cb in (c.callbacks or {}).values()):
@@ -193,7 +204,9 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
 
     failed = True  # until the run returns or is preempted (resumable): W&B marks the run by it
     try:
+        guard.enter("fit")
         trainer.fit(lit, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        guard.enter("end")
         if preempt.pending:  # a SIGTERM after the callback's last look (fit's teardown): stop as for any other
             raise SIGTERMException
         speed, metrics = outcome()
@@ -241,10 +254,7 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
         if job.sweep_dir is not None and not _basic_launcher():
             return None  # submitit, joblib and other launchers end a job their own way
         if job.sweep_dir is not None and trainer.is_global_zero:  # a preempted sweep stops instead of going on
-            print(f"[momattn] SIGTERM: {_search_stop(job, out_dir)}" if job.search else
-                  f"[momattn] SIGTERM: the sweep stops at job {job.num}; run the same command with ckpt_path=last "
-                  f"hydra.sweep.dir={job.sweep_dir} to resume it (finished jobs train no further, each job resumes "
-                  "its own folder)", file=sys.stderr, flush=True)
+            print(_sweep_stop(job, out_dir), file=sys.stderr, flush=True)
         # saved and resumable, but not done: exit 0 let `train.py && evaluate.py` go on with a run (or a sweep)
         # cut short; 143 is what a shell reports for a SIGTERM
         raise SystemExit(PREEMPTED_EXIT) from None
@@ -426,6 +436,60 @@ def _interrupt_hint(out_dir: Path, job) -> str:
     lost = (f"\n[momattn] interrupted (Ctrl-C): {_newest_checkpoint(out_dir)}; the steps after it are lost (a SIGTERM, "
             f"e.g. kill <pid>, saves the current step first).")
     return f"{lost} {_search_stop(job, out_dir)}" if job.search else f"{lost} Resume with: {where}"
+
+
+def _sweep_stop(job: HydraJob, out_dir: Path) -> str:
+    return (f"[momattn] SIGTERM: {_search_stop(job, out_dir)}" if job.search else
+            f"[momattn] SIGTERM: the sweep stops at job {job.num}; run the same command with ckpt_path=last "
+            f"hydra.sweep.dir={job.sweep_dir} to resume it (finished jobs train no further, each job resumes its own "
+            "folder)")
+
+
+class SigtermOutsideFit:
+    """A SIGTERM before trainer.fit (tokenizing, building GINC) or after it (the report, the evaluation) ended the
+    process without a word, as Python's default does; in a sweep, the whole sweep. Here it says what is saved and
+    how to go on, and exits 143 as a preempted run does. During fit Lightning's handlers (and momattn's
+    PreemptionCheckpoint) are in charge; a handler someone else installed (submitit's) is left alone."""
+
+    def __init__(self):
+        self.out_dir: Path | None = None
+        self.job: HydraJob | None = None
+        self.phase = "start"
+        self.previous = signal.getsignal(signal.SIGTERM)
+        self.active = self.previous == signal.SIG_DFL and threading.current_thread() is threading.main_thread()
+        self.enter("start")
+
+    def enter(self, phase: str) -> None:  # "start", "fit" (Lightning's own), "end"
+        self.phase = phase
+        if self.active:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if phase == "fit" else self._handler)
+
+    def close(self) -> None:
+        if self.active:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def _handler(self, signum, frame) -> None:
+        if self.out_dir is None or self.job is None:  # still reading the config
+            print("\n[momattn] SIGTERM before training started: nothing was trained", file=sys.stderr, flush=True)
+            raise SystemExit(PREEMPTED_EXIT)
+        newest = _newest_checkpoint(self.out_dir)
+        where = "before training started" if self.phase == "start" else "after training (its report or evaluation)"
+        again = "" if (self.out_dir / ".hydra" / "overrides.yaml").is_file() else \
+            " ".join(o for o in self.job.overrides if not o.startswith(("ckpt_path=", "hydra.run.dir=")))
+        hint = f"\n[momattn] SIGTERM {where}: {newest}."
+        if newest.startswith("no "):
+            hint += (" Nothing was trained" if self.phase == "start" else
+                     " The run keeps no checkpoints (no ModelCheckpoint callback), so its training is lost") + \
+                ": run the same command again."
+        else:
+            hint += (f"\nResume with: python train.py {again} ckpt_path=last hydra.run.dir={self.out_dir}"
+                     + (" (it trains no further; the report and evaluation are done again)" if self.phase == "end"
+                        else "")).replace("  ", " ")
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            print(hint, file=sys.stderr, flush=True)
+            if self.job.sweep_dir is not None:
+                print(_sweep_stop(self.job, self.out_dir), file=sys.stderr, flush=True)
+        raise SystemExit(PREEMPTED_EXIT)
 
 
 def _search_stop(job: HydraJob, out_dir: Path) -> str:

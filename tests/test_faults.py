@@ -633,3 +633,43 @@ def test_the_sync_command_of_a_resumed_offline_wandb_run_names_every_segment(tmp
                               f"{tmp_path}/offline-run-20261202_020000-abc123") and "2 segments" in resumed
     assert offline_sync_command(tmp_path / "offline-run-20261202_020000-other1") == \
         f"wandb sync {tmp_path}/offline-run-20261202_020000-other1"
+
+
+def test_a_sigterm_before_or_after_fit_says_what_is_saved_and_exits_143(tmp_path, capsys, monkeypatch):
+    """Outside trainer.fit (tokenizing, building GINC; the report, the end-of-run evaluation) a SIGTERM ended the
+    process without a word, as Python's default does, and a sweep with it."""
+    import signal
+    import time
+
+    import momattn.training
+    from momattn.cli import HydraJob
+    from momattn.training import SigtermOutsideFit
+
+    def sigterm() -> str:
+        with pytest.raises(SystemExit) as e:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs at the next bytecode
+        assert e.value.code == PREEMPTED_EXIT
+        return capsys.readouterr().err
+
+    guard = SigtermOutsideFit()
+    try:
+        assert guard.active and signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        assert "[momattn] SIGTERM before training started: nothing was trained" in sigterm()  # config not read yet
+        guard.out_dir, guard.job = tmp_path, HydraJob(overrides=["seed=3"])
+        guard.enter("fit")  # Lightning's own handlers (and PreemptionCheckpoint) take over inside fit
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        guard.enter("end")
+        assert ("[momattn] SIGTERM after training (its report or evaluation): no checkpoint was written yet. The run "
+                "keeps no checkpoints (no ModelCheckpoint callback), so its training is lost: run the") in sigterm()
+        monkeypatch.setattr(momattn.training, "_newest_checkpoint", lambda d: f"{d}/checkpoints/last.ckpt is at step 7")
+        assert (f"Resume with: python train.py seed=3 ckpt_path=last hydra.run.dir={tmp_path} (it trains no further; "
+                "the report and evaluation are done again)") in sigterm()
+        guard.enter("start")
+        err = sigterm()
+        assert "SIGTERM before training started: " in err and "ckpt_path=last" in err and "no further" not in err
+        guard.job = HydraJob(overrides=[], sweep_dir="multirun/x", num=2)  # a sweep stops, and says how to go on
+        assert "[momattn] SIGTERM: the sweep stops at job 2; run the same command with ckpt_path=last" in sigterm()
+    finally:
+        guard.close()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

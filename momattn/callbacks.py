@@ -336,6 +336,9 @@ class Throughput(ThroughputMonitor):
     def on_train_start(self, trainer, *args) -> None:
         super().on_train_start(trainer, *args)
         restored, self._restored = getattr(self, "_restored", None), None
+        # a checkpoint written before its first batch was counted (a SIGTERM in step 0) holds no per-batch
+        # counts: the first batch here gives them (every batch is the same size), or the counts ran one batch short
+        self._uncounted = trainer.global_step * trainer.accumulate_grad_batches if not restored else 0
         if restored and "samples_per_batch" in restored:
             s = RunningStage.TRAINING
             batches = trainer.global_step * trainer.accumulate_grad_batches  # the micro-batches trained so far
@@ -343,6 +346,17 @@ class Throughput(ThroughputMonitor):
             self._samples[s] += round(batches * restored["samples_per_batch"])
             self._lengths[s] += round(batches * restored["lengths_per_batch"])
             self._t0s[s] -= float(restored.get("time", 0.0))  # train/time: the training time before the resume too
+
+    @rank_zero_only
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, *args) -> None:
+        n, self._uncounted = getattr(self, "_uncounted", 0), 0
+        if n:
+            s = RunningStage.TRAINING
+            self._batches[s] += n
+            self._samples[s] += n * self.batch_size_fn(batch)
+            if self.length_fn is not None:
+                self._lengths[s] += n * self.length_fn(batch)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, *args)
 
     # validation throughput is logged once per validation, at its end (each logging-interval batch logged a row at
     # the same step, the first without rates)

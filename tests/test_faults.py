@@ -80,6 +80,7 @@ def logged_rows(run_dir: Path) -> dict[tuple[int, str], list[float]]:
 @pytest.mark.slow
 @pytest.mark.parametrize(("spec", "saved"), [
     ("sigterm@3", 3),  # at a validation step: saved again after that validation, which the resume must not skip
+    ("sigterm@1", 1),  # saved before the throughput counters saw a batch: train/samples ran one batch short
     ("sigterm_in_val@6", 6),  # during a validation: it finishes and is logged, then the save
     ("sigterm_late@4", 5),  # after every hook of step 4 (Lightning stopped there without saving): step 5 is saved
 ])

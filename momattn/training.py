@@ -210,6 +210,12 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         if preempt.pending:  # a SIGTERM after the callback's last look (fit's teardown): stop as for any other
             raise SIGTERMException
         speed, metrics = outcome()
+        own_last = out_dir / "checkpoints" / "last.ckpt"
+        if trainer.checkpoint_callback is None and trainer.global_step > start_step and ckpt_path is not None \
+                and Path(ckpt_path).resolve() == own_last:
+            # callbacks=none: no checkpoints but a SIGTERM's last.ckpt, which the resume left at its step (and
+            # evaluate.py then called the run partial, advising a resume that retrained): brought to the end
+            trainer.save_checkpoint(own_last)
         trained = trainer.global_step > start_step  # False: a finished run resumed (the final model was validated
         # inside fit, even off the validation interval: LitGPT.on_train_batch_end)
         eval_model = _evaluation_model(trainer, model, bool(c.run_eval and c.eval))  # FSDP: rank 0's full copy
@@ -529,6 +535,8 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
     ckpt_cb = trainer.checkpoint_callback
     best = getattr(ckpt_cb, "best_model_path", "") or None
     last = getattr(ckpt_cb, "last_model_path", "") or None
+    if ckpt_cb is None and (out_dir / "checkpoints" / "last.ckpt").is_file():  # a SIGTERM's, brought to the end
+        last = str(out_dir / "checkpoints" / "last.ckpt")
     lines = [f"[momattn] done: {trainer.global_step} steps"]
     if "val/loss" in metrics:
         unigram = f"  (unigram baseline ppl {baseline:.1f})" if baseline is not None else ""

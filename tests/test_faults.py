@@ -110,6 +110,19 @@ def test_a_sigterm_to_every_process_of_the_job_saves_with_dataloader_workers(tmp
 
 
 @pytest.mark.slow
+def test_without_checkpoint_callbacks_a_sigterms_last_ckpt_is_brought_to_the_end_of_the_resumed_run(tmp_path):
+    # callbacks=none: the SIGTERM's last.ckpt stayed at step 4 after the resume finished, so evaluate.py called
+    # the run partial and advised a resume that would train steps 4-8 again
+    r = run_cli("train.py", [*RUN, "callbacks=none", *fault("sigterm@4"), f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert r.returncode == PREEMPTED_EXIT, r.stderr[-3000:]
+    r = run_cli("train.py", [*RUN, "callbacks=none", "ckpt_path=last", f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert step_of(last) == 9 and sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
+    assert json.loads((tmp_path / "summary.json").read_text())["last_checkpoint"] == str(last)
+
+
+@pytest.mark.slow
 def test_a_sigterm_on_one_ddp_rank_saves_on_both_at_the_same_step_without_a_hang(tmp_path):
     # Lightning's own handler broadcast from inside the signal handler of the signalled rank only: the ranks
     # deadlocked against the next collective. Rank 1 alone is signalled here (a scheduler that reaches it first)

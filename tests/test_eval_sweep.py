@@ -543,3 +543,23 @@ def test_a_job_whose_model_config_cannot_be_built_is_named_and_the_others_scored
     doc = strict_json((out / "sweep.json").read_text())
     assert len(doc["runs"]) == 1 and doc["failed"][0].startswith("1 (unreadable checkpoint: checkpoint '")
     assert "has a model config this momattn cannot build" in doc["failed"][0]
+
+
+def test_jobs_a_stopped_sweep_never_started_are_named(tmp_path):
+    # a sweep stopped at job 2 (a SIGTERM): job 3 left no folder, and its attention vanished from the tables unnamed
+    from momattn.eval.sweep import _never_started, find_runs
+
+    sweep = tmp_path / "multirun"
+    (sweep / "0" / ".hydra").mkdir(parents=True)
+    (sweep / "0" / ".hydra" / "config.yaml").write_text("trainer: {max_steps: 10}\n")
+    (sweep / "multirun.yaml").write_text(
+        "hydra:\n  sweep: {dir: x, subdir: '${hydra.job.num}'}\n"
+        "  sweeper: {_target_: hydra._internal.core_plugins.basic_sweeper.BasicSweeper, params: {seed: '1,2'}}\n"
+        "  overrides: {task: [debug=smoke, 'attention=vanilla,momentum']}\n")
+    assert _never_started(sweep) == ["1 (never started: seed=1 attention=momentum)",
+                                     "2 (never started: seed=2 attention=vanilla)",
+                                     "3 (never started: seed=2 attention=momentum)"]
+    with pytest.raises(ConfigError, match=r"failed or partial jobs: 0 \(no checkpoints/last.ckpt\); 1 \(never "):
+        find_runs(sweep)
+    (sweep / "multirun.yaml").write_text("hydra: {sweeper: {_target_: optuna}}\n")  # a search: no fixed job list
+    assert _never_started(sweep) == []

@@ -254,6 +254,31 @@ def job_name(job: Path, sweep_dir: Path) -> str:
     return job.resolve().name if job == sweep_dir else str(job.relative_to(sweep_dir))  # sweep_dir=. : its name
 
 
+def _never_started(sweep_dir: Path) -> list[str]:
+    """The jobs of a basic sweep (its multirun.yaml) that have no folder: a sweep stopped before them (a SIGTERM,
+    a failed job) left no trace of them, and their attention or seed vanished from the tables unnamed."""
+    from omegaconf import OmegaConf
+
+    from momattn.sweep_jobs import BASIC, cross_jobs, sweeper_params
+
+    try:
+        cfg = OmegaConf.load(sweep_dir / "multirun.yaml")
+        basic = OmegaConf.select(cfg, "hydra.sweeper._target_") == BASIC
+        subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False).get("subdir")
+        jobs = cross_jobs(sweeper_params(cfg), [str(o) for o in cfg.hydra.overrides.task]) if basic else None
+    except Exception:  # no multirun.yaml (a single run, a hand-made folder), or not Hydra's: nothing to add
+        return []
+    if not jobs or subdir != "${hydra.job.num}":
+        return []
+    values: dict[str, set] = defaultdict(set)
+    for job in jobs:
+        for o in job:
+            values[o.split("=", 1)[0]].add(o)
+    swept = {k for k, v in values.items() if len(v) > 1}  # what tells the jobs apart (seed=2), not every setting
+    return [f"{i} (never started: {' '.join(o for o in job if o.split('=', 1)[0] in swept) or 'the sweep stopped before it'})"
+            for i, job in enumerate(jobs) if not (sweep_dir / str(i)).exists()]
+
+
 def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
     """The finished runs of a sweep, and the names of its jobs that left no last checkpoint or stopped early."""
     from momattn.checkpoint import read_meta
@@ -285,6 +310,7 @@ def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
         run.step = ckpt.get("global_step")  # an int (read_meta checks it), or None
         run.meta = meta
         runs.append(run)
+    failed += _never_started(sweep_dir)
     _label_variants(runs)
     if not runs:
         raise ConfigError(f"sweep_dir='{sweep_dir}' holds no finished run (a job's checkpoints/last.ckpt at its "

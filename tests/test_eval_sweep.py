@@ -563,3 +563,11 @@ def test_jobs_a_stopped_sweep_never_started_are_named(tmp_path):
         find_runs(sweep)
     (sweep / "multirun.yaml").write_text("hydra: {sweeper: {_target_: optuna}}\n")  # a search: no fixed job list
     assert _never_started(sweep) == []
+
+
+def test_a_rounding_residue_is_not_printed_as_minus_zero():
+    from momattn.eval.sweep import _num
+
+    diffs = [0.375 - 0.4, 0.425 - 0.4]  # accuracies at 40 examples: their mean difference is -3e-17, not 0
+    assert sum(diffs) / 2 < 0 and _num("ginc/acc@k4", sum(diffs) / 2) == "0.0"
+    assert _num("ginc/acc@k4", -0.004) == "-0.4" and _num("ppl@64", -3e-13) == "0.00"

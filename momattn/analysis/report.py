@@ -104,6 +104,7 @@ def plot_layers(results: Sequence, path: Path) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return False
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -116,6 +117,7 @@ def plot_layers(results: Sequence, path: Path) -> bool:
                 ax.plot(range(len(vals)), vals, style, label=f"{_col(r)}: {dict(PER_LAYER)[key]}")
         ax.set_title(title)
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no layer 0.5
         ax.axhline(0, color="grey", lw=0.5)
         ax.legend(fontsize=6)
     fig.tight_layout()

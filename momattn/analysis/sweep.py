@@ -36,6 +36,7 @@ from momattn.eval.sweep import (
     seed_row,
     t_interval,
     unpaired_line,
+    unround,
     verdict_tables,
 )
 from momattn.io import atomic_write_text, json_text
@@ -149,6 +150,7 @@ def summarise(runs: Sequence[SweepRun], metrics: dict[int, dict[str, float]]) ->
 
 
 def _num(key: str, x: float) -> str:
+    x = unround(x)
     return f"{100 * x:.1f}" if key in PERCENT else f"{x:.3f}"
 
 

@@ -508,7 +508,14 @@ def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
 
 
 def _num(metric: str, x: float) -> str:
+    x = unround(x)
     return f"{x:.2f}" if is_ppl(metric) else f"{100 * x:.1f}"
+
+
+def unround(x: float) -> float:
+    """0 for a float's rounding residue (accuracies of 0.375 and 0.425 against 0.4 differ by -3e-17 on average),
+    which printed as -0.0: a sign no data gave."""
+    return 0.0 if abs(x) < 1e-9 else x
 
 
 def interval_end(x: float, decimals: int, sign: str = "") -> str:
@@ -565,7 +572,7 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
                       "| attention | task | k | rise | 95% interval | seeds | reading |", "|---|---|---|---|---|---|---|"]
             for r in s.rises:
                 ci = ("n/a (one seed)" if r.n_seeds < 2 else "n/a (no spread)") if not math.isfinite(r.lo) else signed_pct_interval(r.lo, r.hi)
-                rise = f"{100 * r.mean:+.1f}" + (f" ± {100 * r.std:.1f}" if r.n_seeds > 1 else "")
+                rise = f"{100 * unround(r.mean):+.1f}" + (f" ± {100 * r.std:.1f}" if r.n_seeds > 1 else "")
                 lines.append(f"| {r.attention} | {r.task} | 0 -> {r.k} | {rise} | {ci} | {r.n_seeds} | {r.reading} |")
             lines.append("")
         if s.comparisons:

@@ -196,6 +196,36 @@ def _check_key(cfg, key: str, hint: str | None = None, set_too: tuple[str, ...] 
         )
 
 
+def _parse_error(overrides: list[str], e: Exception) -> ConfigError:
+    """Hydra's syntax error as one line, with the fix where it is known: a leading ~ (hydra.run.dir=~/x), or a
+    plain value Hydra's lexer stops in (prompt=It's, prompt=日本語), which quoting takes as it is."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from momattn.sweep_jobs import _GroupOptions
+
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip() and "hydra.cc/docs" not in line)
+    parser = OverridesParser.create(config_loader=_GroupOptions())
+
+    def parses(o: str) -> bool:
+        try:
+            parser.parse_overrides([o])
+            return True
+        except Exception:
+            return False
+
+    bad = next((o for o in overrides if not parses(o)), None)
+    key, _, value = (bad or "").partition("=")
+    if bad is not None and value.startswith("~"):
+        return ConfigError(f"{bad}: Hydra does not expand ~ (and cannot parse it unquoted); write the path out, "
+                           f"e.g. {key}=$HOME{value[1:]} unquoted, which the shell expands")
+    quoted = f"{key}='" + value.replace("'", "\\'") + "'"
+    if bad is not None and value and value[0] not in "[{('\"" and parses(quoted):  # not a broken list or dict
+        return ConfigError(f"{bad} does not parse as a Hydra override ({text}); quote the value: \"{quoted}\" (the "
+                           "shell keeps the single quotes inside the double ones)")
+    return ConfigError(f"the command line does not parse: {text} (Hydra's override grammar: "
+                       "https://hydra.cc/docs/advanced/override_grammar/basic/)")
+
+
 def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]] | None = None) -> None:
     """Raise ConfigError naming a misspelled group option or key, with the closest valid one. With a multirun's
     jobs (momattn.sweep_jobs.plan_sweep), the keys are checked against every combination of group options they
@@ -207,14 +237,7 @@ def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]
     try:
         parsed = OverridesParser.create(config_loader=_GroupOptions()).parse_overrides(overrides)
     except Exception as e:  # a syntax error: Hydra's message says where; one line and exit 2, as for any typo
-        text = " ".join(line.strip() for line in str(e).splitlines() if line.strip() and "hydra.cc/docs" not in line)
-        tilde = next((o for o in overrides if "=" in o and o.split("=", 1)[1].startswith("~")), None)  # hydra.run.dir=~/x: Hydra's lexer stops at the ~
-        if tilde is not None:
-            key, value = tilde.split("=", 1)
-            raise ConfigError(f"{tilde}: Hydra does not expand ~ (and cannot parse it unquoted); write the path out, "
-                              f"e.g. {key}=$HOME{value[1:]} unquoted, which the shell expands") from None
-        raise ConfigError(f"the command line does not parse: {text} (Hydra's override grammar: "
-                          "https://hydra.cc/docs/advanced/override_grammar/basic/)") from None
+        raise _parse_error(overrides, e) from None
     groups, choices, keys, adds, deletes, settings = _groups(), [], [], [], [], []
     fixed = []  # (item, override) of the keys set, added or deleted with one value: Hydra's sweep config has them too
     for o in parsed:

@@ -116,6 +116,16 @@ def test_command_line_forms_that_hydra_reads_its_own_way(tmp_path):
         r = run_cli("train.py", [arg], cwd=tmp_path)
         assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # a plain value Hydra's lexer stops in: the quoted form that parses, not the lexer's error alone
+    from momattn.cli import check_overrides
+
+    with pytest.raises(ConfigError, match=r"^prompt=It's does not parse as a Hydra override \(.*\); quote the value: "
+                                          r"\"prompt='It\\'s'\""):
+        check_overrides("generate", ["prompt=It's"])
+    with pytest.raises(ConfigError, match="quote the value: \"prompt='日本語'\""):
+        check_overrides("generate", ["prompt=日本語"])
+    with pytest.raises(ConfigError, match=r"^the command line does not parse: "):  # a broken list: not quoted
+        check_overrides("train", ["eval.icl.shots=[0,2"])
 
 
 def test_overrides_before_a_flag_are_checked_like_the_others(tmp_path):

@@ -141,8 +141,13 @@ def export(ckpt_path: str, out: str | Path, overwrite: bool = False) -> Path:
         _write(out, state, config, tokenizer, c.block_size, as_gpt2)
     except OSError as e:
         fix = "free the space or pick another folder" if e.errno == errno.ENOSPC else "pick a writable folder"
-        raise DataError(f"could not write the export to out='{out}': {e}; it is incomplete (no config.json, so "
-                        f"nothing loads it); {fix}, then export again") from None
+        try:
+            wrote = out.is_dir() and any(out.iterdir())
+        except OSError:
+            wrote = False
+        state_of = ("it is incomplete (no config.json, so nothing loads it)" if wrote else "nothing was written")
+        raise DataError(f"could not write the export to out='{out}': {e}; {state_of}; {fix}, then export "
+                        "again") from None
     return out
 
 
@@ -167,6 +172,11 @@ def _write(out: Path, state: dict, config: dict, tokenizer: Tokenizer, block_siz
     from_pretrained refuses, never new weights beside an earlier export's config (loaded as a random model)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").unlink(missing_ok=True)
+    # overwrite=true: another export's weights in other formats (a pickled pytorch_model.bin, shards and their
+    # index) would be left beside these, for a loader that looks for them first or by choice
+    for stale in [*out.glob("pytorch_model*.bin"), *out.glob("*.index.json"), *out.glob("model-*-of-*.safetensors"),
+                  out / "tf_model.h5", out / "flax_model.msgpack"]:
+        stale.unlink(missing_ok=True)
     # written by name into atomic_write's temporary file (save() would hold a second copy of the weights in memory)
     atomic_write(out / "model.safetensors", lambda f: _save_safetensors(state, f))
     gen = {"bos_token_id": tokenizer.eot_id, "eos_token_id": tokenizer.eot_id}

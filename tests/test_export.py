@@ -140,8 +140,13 @@ def test_the_exported_multirate_ema_matches_momattn_past_a_few_hundred_tokens(tm
 
 def test_overwrite_of_a_momentum_export_with_a_gpt2_one_leaves_no_modeling_file(tmp_path):
     export(tiny_checkpoint(tmp_path / "m.ckpt", "momentum"), tmp_path / "hf")
+    for stale in ("pytorch_model.bin", "model.safetensors.index.json", "model-00001-of-00002.safetensors"):
+        (tmp_path / "hf" / stale).write_bytes(b"another export's weights")  # kept beside the new ones, loadable
+    (tmp_path / "hf" / "notes.txt").write_text("mine")
     out = export(tiny_checkpoint(tmp_path / "v.ckpt"), tmp_path / "hf", overwrite=True)
     assert not (out / MODELING_FILE.name).exists()
+    assert not {"pytorch_model.bin", "model.safetensors.index.json", "model-00001-of-00002.safetensors"} & \
+        {p.name for p in out.iterdir()} and (out / "notes.txt").read_text() == "mine"
     assert type(transformers.AutoModelForCausalLM.from_pretrained(out)) is transformers.GPT2LMHeadModel
 
 
@@ -164,6 +169,9 @@ def test_a_failed_overwrite_leaves_no_config_that_would_load_new_weights_as_anot
     assert not (out / "config.json").exists()  # was: the momentum config over GPT-2 weights, loaded as random
     monkeypatch.setattr(ex, "write_tokenizer", real)
     parity(tmp_path / "v.ckpt", export(tmp_path / "v.ckpt", out, overwrite=True), trust=False)  # a rerun completes
+    monkeypatch.setattr(ex, "_write", lambda out, *a: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    with pytest.raises(DataError, match="denied; nothing was written; pick a writable folder"):  # not "incomplete"
+        export(tmp_path / "v.ckpt", tmp_path / "never", overwrite=True)
 
 
 def test_an_output_folder_that_cannot_be_made_is_refused_before_the_checkpoint_is_read(tmp_path, monkeypatch):

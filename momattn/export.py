@@ -136,7 +136,9 @@ def export(ckpt_path: str, out: str | Path, overwrite: bool = False) -> Path:
     state = gpt2_state(model) if as_gpt2 else momattn_state(model)
     config = gpt2_config(model, tokenizer) if as_gpt2 else momattn_config(model, tokenizer)
     state = {k: v.detach().float().contiguous().clone() for k, v in state.items()}
-    config["torch_dtype"] = "float32"
+    config["torch_dtype"] = "float32"  # transformers < 5 reads this name
+    if "dtype" in config:  # transformers >= 5: its own name, null from to_dict() beside the other
+        config["dtype"] = "float32"
     try:
         _write(out, state, config, tokenizer, c.block_size, as_gpt2)
     except OSError as e:

@@ -38,7 +38,9 @@ def test_vanilla_learned_positions_load_as_gpt2(tmp_path, bias):
     ckpt = tiny_checkpoint(tmp_path / "v.ckpt", bias=bias)
     out = export(ckpt, tmp_path / "hf")
     assert not (out / MODELING_FILE.name).exists()  # plain transformers, no remote code
-    assert json.loads((out / "config.json").read_text())["activation_function"] == "gelu"  # exact erf GELU
+    config = json.loads((out / "config.json").read_text())
+    assert config["activation_function"] == "gelu"  # exact erf GELU
+    assert config["torch_dtype"] == "float32" and config.get("dtype", "float32") == "float32"  # not dtype: null
     hf = parity(ckpt, out, trust=False)
     assert type(hf) is transformers.GPT2LMHeadModel
     assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # tied, as ours

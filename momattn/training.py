@@ -87,6 +87,8 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
         return _train(cfg, checked, guard)
     finally:
         guard.close()
+        hold_run_folder(None)  # also where a check after the folder was claimed refused the run (a process that
+        # goes on, a test or a sweep's next job, held it: the next run_train into it was refused as "in use")
 
 
 def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFit) -> float | None:

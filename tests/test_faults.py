@@ -687,3 +687,17 @@ def test_a_sigterm_before_or_after_fit_says_what_is_saved_and_exits_143(tmp_path
     finally:
         guard.close()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_run_refused_after_its_folder_was_claimed_lets_the_folder_go(tmp_path):
+    # a check after the run folder is locked (here the checkpoint to resume): the lock stayed with the process, so a test
+    # (or a sweep's next job) in it saw the folder as in use
+    from conftest import compose_train
+
+    from momattn import cli
+    from momattn.errors import CheckpointError
+    from momattn.training import run_train
+
+    with pytest.raises(CheckpointError, match="does not exist"):
+        run_train(compose_train(tmp_path, [*SMOKE, f"ckpt_path={tmp_path / 'nope.ckpt'}"]))
+    assert not cli._RUN_LOCKS

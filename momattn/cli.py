@@ -11,6 +11,7 @@ import errno
 import functools
 import itertools
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,13 +216,15 @@ def _parse_error(overrides: list[str], e: Exception) -> ConfigError:
 
     bad = next((o for o in overrides if not parses(o)), None)
     key, _, value = (bad or "").partition("=")
-    if bad is not None and value.startswith("~"):
+    if bad is not None and (value == "~" or value.startswith("~/")) and "dir" in key.rsplit(".", 1)[-1]:
         return ConfigError(f"{bad}: Hydra does not expand ~ (and cannot parse it unquoted); write the path out, "
                            f"e.g. {key}=$HOME{value[1:]} unquoted, which the shell expands")
     quoted = f"{key}='" + value.replace("'", "\\'") + "'"
     if bad is not None and value and value[0] not in "[{('\"" and parses(quoted):  # not a broken list or dict
-        return ConfigError(f"{bad} does not parse as a Hydra override ({text}); quote the value: \"{quoted}\" (the "
-                           "shell keeps the single quotes inside the double ones)")
+        # as typed in a shell: in double quotes where nothing in them is the shell's ($, `, ", \, !), else shlex's
+        typed = f'"{quoted}"' if not set(value) & set('$`"\\!') else shlex.quote(quoted)  # (\' is the shell's as typed)
+        return ConfigError(f"{bad} does not parse as a Hydra override ({text}); quote the value: {typed} (the "
+                           "shell passes the single quotes on to Hydra)")
     return ConfigError(f"the command line does not parse: {text} (Hydra's override grammar: "
                        "https://hydra.cc/docs/advanced/override_grammar/basic/)")
 
@@ -577,8 +580,11 @@ def check_dir_values(overrides: list[str]) -> None:
         if value is not None and not value.strip():
             raise ConfigError(f"{k}= is empty; give a folder ({k}=. for the current one)")
         if value is not None and value.startswith("~"):
-            raise ConfigError(f"{k}={value}: Hydra does not expand ~ (it would make a folder named '~'); write the "
-                              f"path out, e.g. {k}=$HOME{value[1:]} unquoted, which the shell expands")
+            home = value == "~" or value.startswith("~/")  # ~bob/runs: not $HOMEbob/runs
+            raise ConfigError(f"{k}={value}: Hydra does not expand ~ (it would make a folder named "
+                              f"'{value.split('/')[0]}'); write the path out"
+                              + (f", e.g. {k}=$HOME{value[1:]} unquoted, which the shell expands" if home else
+                                 " in full"))
 
 
 def check_output_dir(overrides: list[str], multirun: bool, cwd: Path | None = None) -> None:

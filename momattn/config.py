@@ -165,7 +165,7 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
                           "such as {hours: 2}, or null")
     if isinstance(span, str):  # '00:05:00' was "trainer could not be created: `Timer(...)`", 0 stopped at once
         fields = span.split(":")
-        if len(fields) != 4 or not all(f.strip().isdigit() for f in fields):
+        if len(fields) != 4 or not all(f.strip().isascii() and f.strip().isdigit() for f in fields):  # not '²'
             raise ConfigError(f"trainer.max_time={span!r} must be 'DD:HH:MM:SS' (four fields, e.g. '00:02:00:00' for "
                               "two hours) or a mapping such as {hours: 2}")
     shown = span if isinstance(span, str) else dict(span or {})

@@ -176,9 +176,12 @@ def _write(out: Path, state: dict, config: dict, tokenizer: Tokenizer, block_siz
     (out / "config.json").unlink(missing_ok=True)
     # overwrite=true: another export's weights in other formats (a pickled pytorch_model.bin, shards and their
     # index) would be left beside these, for a loader that looks for them first or by choice
-    for stale in [*out.glob("pytorch_model*.bin"), *out.glob("*.index.json"), *out.glob("model-*-of-*.safetensors"),
-                  out / "tf_model.h5", out / "flax_model.msgpack"]:
-        stale.unlink(missing_ok=True)
+    for pattern in ("pytorch_model.bin", "pytorch_model-*-of-*.bin", "model-*-of-*.safetensors", "tf_model.h5",
+                    "tf_model-*-of-*.h5", "flax_model.msgpack", "flax_model-*-of-*.msgpack",
+                    *(f"{w}.index.json" for w in ("pytorch_model.bin", "model.safetensors", "tf_model.h5",
+                                                  "flax_model.msgpack"))):  # Hugging Face's names only
+        for stale in out.glob(pattern):
+            stale.unlink(missing_ok=True)
     # written by name into atomic_write's temporary file (save() would hold a second copy of the weights in memory)
     atomic_write(out / "model.safetensors", lambda f: _save_safetensors(state, f))
     gen = {"bos_token_id": tokenizer.eot_id, "eos_token_id": tokenizer.eot_id}

@@ -260,7 +260,8 @@ class MomattnLM(TemplateLM):
         if isinstance(top_p, bool) or not _is_float(top_p) or not 0 < float(top_p) <= 1:
             raise bad("top_p", top_p, "a number in (0, 1] (1: the whole distribution)")
         do_sample = kwargs.pop("do_sample", None)
-        do_sample = {"true": True, "false": False}.get(str(do_sample).strip().lower(), do_sample)  # "false": on
+        do_sample = {"true": True, "false": False, "1": True, "0": False}.get(str(do_sample).strip().lower(),
+                                                                             do_sample)  # "false" was bool("false")
         if do_sample is not None and not isinstance(do_sample, bool):
             raise bad("do_sample", do_sample, "true or false")
         sample = bool(do_sample) and settings["temperature"] > 0

@@ -85,6 +85,12 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
     guard = SigtermOutsideFit()
     try:
         return _train(cfg, checked, guard)
+    except BaseException as e:
+        if guard.fired and not (isinstance(e, SystemExit) and e.code == PREEMPTED_EXIT):
+            # the SystemExit the handler raised, replaced on its way out (datasets' map pool raised a TimeoutError
+            # in its `finally`): the signal still decides, not a job failure the sweep would go on after
+            raise SystemExit(PREEMPTED_EXIT) from None
+        raise
     finally:
         guard.close()
         hold_run_folder(None)  # also where a check after the folder was claimed refused the run (a process that
@@ -267,6 +273,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         # cut short; 143 is what a shell reports for a SIGTERM
         raise SystemExit(PREEMPTED_EXIT) from None
     except SystemExit:  # Ctrl-C: Lightning tears down and exits 1, its one line silenced with the libraries' chatter
+        failed = failed and not guard.fired  # a SIGTERM after fit: the run itself is saved (W&B: not failed)
         if trainer.interrupted and trainer.is_global_zero:
             print(_interrupt_hint(out_dir, job), file=sys.stderr, flush=True)
         raise
@@ -457,12 +464,13 @@ class SigtermOutsideFit:
     """A SIGTERM before trainer.fit (tokenizing, building GINC) or after it (the report, the evaluation) ended the
     process without a word, as Python's default does; in a sweep, the whole sweep. Here it says what is saved and
     how to go on, and exits 143 as a preempted run does. During fit Lightning's handlers (and momattn's
-    PreemptionCheckpoint) are in charge; a handler someone else installed (submitit's) is left alone."""
+    PreemptionCheckpoint) are in charge; a handler someone else installed (submitit's) is left alone, and a
+    process forked from this one (a tokenizing pool) dies of the signal as before."""
 
     def __init__(self):
         self.out_dir: Path | None = None
         self.job: HydraJob | None = None
-        self.phase = "start"
+        self.phase, self.fired, self.pid = "start", False, os.getpid()
         self.previous = signal.getsignal(signal.SIGTERM)
         self.active = self.previous == signal.SIG_DFL and threading.current_thread() is threading.main_thread()
         self.enter("start")
@@ -477,27 +485,41 @@ class SigtermOutsideFit:
             signal.signal(signal.SIGTERM, self.previous)
 
     def _handler(self, signum, frame) -> None:
+        if os.getpid() != self.pid:  # a forked worker (datasets' map pool): the default, as before this handler
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        self.fired = True
+        from lightning.pytorch.utilities import rank_zero_only
+
+        if rank_zero_only.rank == 0:  # RANK, LOCAL_RANK or SLURM_PROCID: once per job, srun's nodes included
+            print(self.hint(), file=sys.stderr, flush=True)
+        raise SystemExit(PREEMPTED_EXIT)
+
+    def hint(self) -> str:
         if self.out_dir is None or self.job is None:  # still reading the config
-            print("\n[momattn] SIGTERM before training started: nothing was trained", file=sys.stderr, flush=True)
-            raise SystemExit(PREEMPTED_EXIT)
-        newest = _newest_checkpoint(self.out_dir)
+            return "\n[momattn] SIGTERM before training started: nothing was trained"
         where = "before training started" if self.phase == "start" else "after training (its report or evaluation)"
+        newest = _newest_checkpoint(self.out_dir)
+        others = sorted(p.name for p in (self.out_dir / "checkpoints").glob("*.ckpt")) if newest.startswith("no ") \
+            else []
         again = "" if (self.out_dir / ".hydra" / "overrides.yaml").is_file() else \
             " ".join(o for o in self.job.overrides if not o.startswith(("ckpt_path=", "hydra.run.dir=")))
-        hint = f"\n[momattn] SIGTERM {where}: {newest}."
-        if newest.startswith("no "):
-            hint += (" Nothing was trained" if self.phase == "start" else
-                     " The run keeps no checkpoints (no ModelCheckpoint callback), so its training is lost") + \
-                ": run the same command again."
+        hint = f"\n[momattn] SIGTERM {where}: "
+        if others:  # save_last=false: best files only, which a resume does not read
+            hint += (f"no last.ckpt (save_last is off); {self.out_dir / 'checkpoints'} holds {', '.join(others)}, "
+                     "which evaluate.py reads; training again means running the same command")
+        elif newest.startswith("no "):
+            hint += newest + (". Nothing was trained" if self.phase == "start" else
+                              ". The run keeps no checkpoints (no ModelCheckpoint callback), so its training is "
+                              "lost") + ": run the same command again."
         else:
-            hint += (f"\nResume with: python train.py {again} ckpt_path=last hydra.run.dir={self.out_dir}"
+            hint += (f"{newest}.\nResume with: python train.py {again} ckpt_path=last hydra.run.dir={self.out_dir}"
                      + (" (it trains no further; the report and evaluation are done again)" if self.phase == "end"
                         else "")).replace("  ", " ")
-        if os.environ.get("LOCAL_RANK", "0") == "0":
-            print(hint, file=sys.stderr, flush=True)
-            if self.job.sweep_dir is not None:
-                print(_sweep_stop(self.job, self.out_dir), file=sys.stderr, flush=True)
-        raise SystemExit(PREEMPTED_EXIT)
+        if self.job.sweep_dir is not None and _basic_launcher():  # other launchers end a job their own way
+            hint += "\n" + _sweep_stop(self.job, self.out_dir)
+        return hint
 
 
 def _search_stop(job: HydraJob, out_dir: Path) -> str:

@@ -126,6 +126,10 @@ def test_command_line_forms_that_hydra_reads_its_own_way(tmp_path):
         check_overrides("generate", ["prompt=日本語"])
     with pytest.raises(ConfigError, match=r"^the command line does not parse: "):  # a broken list: not quoted
         check_overrides("train", ["eval.icl.shots=[0,2"])
+    with pytest.raises(ConfigError, match="quote the value: \"prompt='~hello'\""):  # text, not a home folder
+        check_overrides("generate", ["prompt=~hello"])
+    with pytest.raises(ConfigError, match=r"folder named '~bob'\); write the path out in full$"):  # not $HOMEbob/runs
+        check_output_dir(["hydra.run.dir='~bob/runs'"], multirun=False, cwd=tmp_path)
 
 
 def test_overrides_before_a_flag_are_checked_like_the_others(tmp_path):

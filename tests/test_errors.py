@@ -430,6 +430,8 @@ def test_a_setting_lightning_would_fail_on_after_steps_of_training_is_refused_fi
     # three fields were "trainer could not be created: `Timer(...)`"; all zeros stopped the run after one step
     msg = run_expecting(tmp_path, [*SMOKE, "+trainer.max_time='00:05:00'"], ConfigError)
     assert msg.startswith("trainer.max_time='00:05:00' must be 'DD:HH:MM:SS' (four fields")
+    msg = run_expecting(tmp_path, [*SMOKE, "+trainer.max_time='00:00:00:²'"], ConfigError)  # int('²'): a traceback
+    assert msg.startswith("trainer.max_time='00:00:00:²' must be 'DD:HH:MM:SS' (four fields")
     msg = run_expecting(tmp_path, [*SMOKE, "+trainer.max_time='00:00:00:00'"], ConfigError)
     assert msg == "trainer.max_time='00:00:00:00' must be a time span > 0"
     c = load_train_config(compose_train(tmp_path, [*SMOKE, "+trainer.max_time='00:00:90:00'"]))

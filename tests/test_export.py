@@ -144,11 +144,14 @@ def test_overwrite_of_a_momentum_export_with_a_gpt2_one_leaves_no_modeling_file(
     export(tiny_checkpoint(tmp_path / "m.ckpt", "momentum"), tmp_path / "hf")
     for stale in ("pytorch_model.bin", "model.safetensors.index.json", "model-00001-of-00002.safetensors"):
         (tmp_path / "hf" / stale).write_bytes(b"another export's weights")  # kept beside the new ones, loadable
-    (tmp_path / "hf" / "notes.txt").write_text("mine")
+    for mine in ("notes.txt", "pytorch_model_backup.bin", "faiss.index.json"):  # not Hugging Face's names
+        (tmp_path / "hf" / mine).write_text("mine")
     out = export(tiny_checkpoint(tmp_path / "v.ckpt"), tmp_path / "hf", overwrite=True)
     assert not (out / MODELING_FILE.name).exists()
     assert not {"pytorch_model.bin", "model.safetensors.index.json", "model-00001-of-00002.safetensors"} & \
-        {p.name for p in out.iterdir()} and (out / "notes.txt").read_text() == "mine"
+        {p.name for p in out.iterdir()}
+    assert all((out / mine).read_text() == "mine" for mine in ("notes.txt", "pytorch_model_backup.bin",
+                                                                 "faiss.index.json"))
     assert type(transformers.AutoModelForCausalLM.from_pretrained(out)) is transformers.GPT2LMHeadModel
 
 

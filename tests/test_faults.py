@@ -683,10 +683,60 @@ def test_a_sigterm_before_or_after_fit_says_what_is_saved_and_exits_143(tmp_path
         err = sigterm()
         assert "SIGTERM before training started: " in err and "ckpt_path=last" in err and "no further" not in err
         guard.job = HydraJob(overrides=[], sweep_dir="multirun/x", num=2)  # a sweep stops, and says how to go on
+        monkeypatch.setattr(momattn.training, "_basic_launcher", lambda: True)
         assert "[momattn] SIGTERM: the sweep stops at job 2; run the same command with ckpt_path=last" in sigterm()
+        monkeypatch.setattr(momattn.training, "_basic_launcher", lambda: False)  # joblib, submitit: their own way
+        assert "the sweep stops" not in sigterm()
+        # save_last=false: best files only, no last.ckpt: not "its training is lost"
+        monkeypatch.setattr(momattn.training, "_newest_checkpoint", lambda d: "no checkpoint was written yet")
+        (tmp_path / "checkpoints").mkdir()
+        (tmp_path / "checkpoints" / "best-step5.ckpt").touch()
+        guard.job, guard.phase = HydraJob(overrides=[]), "end"
+        assert "no last.ckpt (save_last is off); " in sigterm() and guard.fired
+        # a process forked from this one (datasets' tokenizing pool) dies of the signal, silently, as before: five
+        # copies of the hint came out, and the pool's own error then replaced the SystemExit
+        pid = os.fork()
+        if pid == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+            os._exit(0)  # not reached
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+        assert "SIGTERM" not in capsys.readouterr().err
     finally:
         guard.close()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+    def replaced(cfg, checked, guard):  # the handler's SystemExit replaced on its way out, as datasets' pool did
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            raise TimeoutError("the pool's result")
+
+    monkeypatch.setattr(momattn.training, "_train", replaced)
+    with pytest.raises(SystemExit) as e:
+        momattn.training.run_train(None)
+    assert e.value.code == PREEMPTED_EXIT  # not a failed job, after which the sweep went on to the next
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_dataloader_workers_ignore_sigterm_and_are_still_seeded_as_lightning_seeds_them(monkeypatch):
+    # Lightning adds its own worker_init_fn (seeding each worker) only to a loader without one
+    import signal
+
+    import lightning.fabric.utilities.seed as seed
+
+    from momattn.data.datamodule import ignore_sigterm
+
+    seeded = []
+    monkeypatch.setattr(seed, "pl_worker_init_function", lambda worker_id, rank=None: seeded.append(worker_id))
+    monkeypatch.setenv("PL_SEED_WORKERS", "1")  # what seed_everything(workers=True) sets
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        ignore_sigterm(3)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN and seeded == [3]
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_a_run_refused_after_its_folder_was_claimed_lets_the_folder_go(tmp_path):

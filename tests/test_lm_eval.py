@@ -150,9 +150,10 @@ def test_generation_settings_and_bad_input_are_handled_as_lm_eval_users_expect(c
     assert lm.generate_until([req("generate_until", "Review:", tiny)]) == \
         lm.generate_until([req("generate_until", "Review:", greedy)])
     # do_sample "false" (a string) was bool("false"): sampling at temperature 5
-    text_false = {"until": [], "max_gen_toks": 6, "do_sample": "false", "temperature": 5.0}
-    assert lm.generate_until([req("generate_until", "Review:", text_false)]) == \
-        lm.generate_until([req("generate_until", "Review:", greedy)])
+    for off in ("false", 0):  # --gen_kwargs do_sample=0 arrives as an int
+        text_false = {"until": [], "max_gen_toks": 6, "do_sample": off, "temperature": 5.0}
+        assert lm.generate_until([req("generate_until", "Review:", text_false)]) == \
+            lm.generate_until([req("generate_until", "Review:", greedy)])
     with pytest.raises(DataError, match="a continuation of 70 tokens is longer than the model's context of 64"):
         lm.score_pairs([([1], [5] * 70)])
     r = run_cli("-m", ["momattn.lm_eval_adapter", "--model", "momattn", "--model_args", "ckpt_path=nope.ckpt",

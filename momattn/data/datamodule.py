@@ -11,6 +11,7 @@ position in the old order would train some windows twice and skip others), and s
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import zlib
@@ -30,6 +31,10 @@ def ignore_sigterm(worker_id: int) -> None:
     inside the preemption save, which lost every step since the last checkpoint (the worker ends when the main
     process shuts the loader down, or when it is gone)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if os.environ.get("PL_SEED_WORKERS") == "1":  # what Lightning adds itself where a loader has no worker_init_fn
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id)
 
 
 class TokenWindows(Dataset):

@@ -170,7 +170,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     evaluated = start_step >= c.max_steps and _evaluated_step(out_dir) in (start_step, "unknown")  # a finished run
     if c.run_eval and c.eval and not evaluated and os.environ.get("LOCAL_RANK", "0") == "0":
         _check_evaluation(c, model, tokenizer)  # a task or length the evaluation cannot take: now, not after training
-    meta = checkpoint_meta(model_config, tokenizer, c.resolved, overrides=list(job.overrides))
+    meta = checkpoint_meta(model_config, tokenizer, c.resolved, overrides=list(job.overrides),
+                           data_fingerprint=c.data.fingerprint())  # evaluate.py: is the corpus still this one?
     lit = LitGPT(model, c.optim, c.max_steps, meta,
                  tokens_per_batch=c.loader.batch_size * model_config.block_size)
     if c.compile:  # the forward only: parameter names (and so checkpoints) stay the same

@@ -501,3 +501,39 @@ def test_a_json_file_holding_one_array_of_objects_is_read(tmp_path):
     (tmp_path / "c.json").write_text('[{"text": "cut')
     with pytest.raises(DataError, match=r"c.json' is not valid JSON .*one array of objects, or one object per line"):
         TextFiles(paths=[str(tmp_path / "c.json")])._read(tmp_path / "c.json")
+
+
+def test_copies_that_differ_in_whitespace_or_share_a_file_never_reach_both_splits(tmp_path):
+    """Found by fuzzing: validation documents trained on all the same, with no warning."""
+    import os
+
+    from momattn.data.sources import file_stamp
+    from momattn.data.streaming import StreamingHubCorpus, _text_key
+
+    # a .jsonl row's CRLF against a .txt file's LF: one text, on both sides of the split at some seeds
+    (tmp_path / "a.txt").write_text("line one\nline two\n\n" + "\n\n".join(f"doc {i} text" for i in range(40)))
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "line one\r\nline two"}) + "\n")
+    for seed in range(30):
+        src = TextFiles([str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl")], val_fraction=0.2, seed=seed)
+        val = {" ".join(d.split()) for d in src.documents("val")}
+        assert not val & {" ".join(d.split()) for d in src.documents("train")}, seed
+    assert _text_key("held out\n") == _text_key(" held  out")  # hf_stream's held-out rows, compared the same way
+    # one file as both splits (or a glob that matches the validation file too), or twice in one
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(10)))
+    for cls in (HubCorpus, StreamingHubCorpus):
+        with pytest.raises(DataError, match=r"names .*rows.jsonl in the 'train' and 'validation' splits: validation "
+                                            r"would read training text; list each file once"):
+            cls(name="json", data_files={"train": str(rows), "validation": str(tmp_path / "*.jsonl")})
+        with pytest.raises(DataError, match=r"rows.jsonl twice in 'train': every row of it would be trained on twice"):
+            cls(name="json", data_files={"train": [str(rows), str(rows)]}, val_split=None)
+    # a lone surrogate in JSON: a UnicodeEncodeError traceback from the tokenizer, after the other files
+    (tmp_path / "sur.jsonl").write_text('{"text": "fine"}\n{"text": "bad \\ud800 here"}\n')
+    with pytest.raises(DataError, match=r"sur.jsonl' line 2: field 'text' holds a lone surrogate"):
+        TextFiles([str(tmp_path / "sur.jsonl")]).documents("train")
+    # another version of a file with its size and time (cp -p, rsync -a): the token cache kept the old tokens
+    stat = rows.stat()
+    before = file_stamp(rows)
+    rows.write_text(rows.read_text().replace("row 1", "wor 1"))
+    os.utime(rows, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert rows.stat().st_size == stat.st_size and file_stamp(rows) != before

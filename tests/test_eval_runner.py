@@ -369,3 +369,20 @@ def test_evaluate_py_user_errors_are_one_line(tmp_path):
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
     proc = _evaluate(["ckpt_path=x", "icl.shot=[0]", run_dir], cwd=tmp_path)
     assert proc.returncode == 2 and "did you mean 'shots'" in proc.stderr.lower()
+
+
+def test_a_corpus_changed_since_training_is_said_to_be_so(tmp_path, capsys):
+    # documents added to the run's file moved others across the re-made split: 15 of the 25 'validation'
+    # documents had been trained on, and evaluate.py scored them as Valid without a word
+    from momattn.data.sources import make_source
+    from momattn.eval.runner import check_same_corpus
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join(f"document {i}" for i in range(40)))
+    data = {"_target_": "momattn.data.sources.TextFiles", "paths": [str(corpus)]}
+    trained_on = make_source(data).fingerprint()
+    check_same_corpus(data, trained_on, "run")
+    assert "warning" not in capsys.readouterr().err
+    corpus.write_text(corpus.read_text() + "\n\nmore text")
+    check_same_corpus(data, trained_on, "run")
+    assert "warning: run: the run's LM corpus is not the one its checkpoint trained on" in capsys.readouterr().err

@@ -146,6 +146,9 @@ def test_resume_continues_at_the_right_step(tmp_path, stop, capsys):
     steps = sorted(train_losses(tmp_path / "b"))
     assert steps == list(range(stop, 9))  # logged at the step being taken: the first run took steps 0..stop-1
     assert read_checkpoint(tmp_path / "b" / "checkpoints" / "last.ckpt")["global_step"] == 9
+    # the corpus it trained on, which evaluate.py compares with the corpus it splits again
+    assert read_checkpoint(tmp_path / "b" / "checkpoints" / "last.ckpt")["momattn"]["data_fingerprint"] == \
+        load_train_config(second).data.fingerprint()
     from momattn.optim import lr_lambda
 
     o = load_train_config(second).optim

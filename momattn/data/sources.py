@@ -12,7 +12,9 @@ A new source is one module with such a class (anything with fingerprint() and do
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -101,8 +103,14 @@ def _held_out(docs: list[str], split: Split, fraction: float, seed: int) -> list
     held = [docs[i] for i in val]
     if split == "val":
         return held
-    texts = {d.strip() for d in held}
-    return [docs[i] for i in rest if docs[i].strip() not in texts]
+    texts = {same_text(d) for d in held}
+    return [docs[i] for i in rest if same_text(docs[i]) not in texts]
+
+
+def same_text(doc: str) -> str:
+    """A document as copies of it are compared: its words, whatever the whitespace between them (a .jsonl row's
+    CRLF against a .txt file's LF, a trailing newline) made a copy look like another document."""
+    return " ".join(doc.split())
 
 
 @dataclass
@@ -145,10 +153,11 @@ class TextFiles:
         return files
 
     def fingerprint(self) -> str:
-        files = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in self._files]
+        files = [file_stamp(p) for p in self._files]
         # 2: blank lines; 3: training leaves out copies of validation documents; 4: one document is cut near its
-        # val_fraction (it was cut at the last space before that, however far)
-        return digest(["text_files", 4, files, self.val_fraction, self.text_field, self.seed])
+        # val_fraction (it was cut at the last space before that, however far); 5: copies compared whatever their
+        # whitespace, files by a sample of their bytes too
+        return digest(["text_files", 5, files, self.val_fraction, self.text_field, self.seed])
 
     def _read(self, p: Path) -> list[str]:
         text = _read_utf8(p)
@@ -162,6 +171,12 @@ class TextFiles:
             if not isinstance(value, str):  # null or a number would become the documents "None" or "5"
                 raise DataError(f"'{p}' {where}: field '{self.text_field}' holds {type(value).__name__} "
                                 f"{json.dumps(value)[:60]}, not text; fix or drop that {where.split()[0]}")
+            try:
+                value.encode()
+            except UnicodeEncodeError:  # "\ud800" in JSON: a traceback from the tokenizer, after the other files
+                raise DataError(f"'{p}' {where}: field '{self.text_field}' holds a lone surrogate "
+                                f"({json.dumps(value)[:60]}), which is no character; fix or drop that "
+                                f"{where.split()[0]}") from None
             if value.strip():
                 docs.append(value.strip())
         return docs
@@ -239,6 +254,7 @@ class HubCorpus:
         check_splits(self.train_split, self.val_split)
         self.data_files = split_files(self.data_files, self.train_split)
         check_local_files(self.name, self.data_files)
+        check_split_files(self.data_files)
         if self.val_split is None:  # seed and val_fraction hold out part of train only then
             check_seed(self.seed)
             if not 0.0 < self.val_fraction < 1.0:
@@ -256,7 +272,7 @@ class HubCorpus:
                        self.data_files, local_files(self.data_files), self.val_fraction, self.seed]
                       + ([self.revision] if self.revision else [])  # unpinned: the key of earlier releases
                       + folder_files(self.name)
-                      + ([] if self.val_split else ["held-out copies left out"]))  # (what _held_out does since)
+                      + ([] if self.val_split else ["held-out copies left out", "whatever their whitespace"]))
 
     def _load(self, split: str):
         import datasets
@@ -374,6 +390,26 @@ def split_files(data_files: Any, train_split: str) -> dict | None:
     return dict(data_files) if data_files else None
 
 
+def check_split_files(data_files: dict | None) -> None:
+    """A file in two splits (train and validation), or twice in one: validation on training text, or every row of
+    it trained twice. Compared as resolved files (a glob matching the validation file too, a link)."""
+    named: dict[str, str] = {}
+    for split, files in (data_files or {}).items():
+        for path, *_ in _flat(local_files(files)):
+            if (other := named.get(path)) is not None:
+                same = other == str(split)
+                raise DataError(f"data.data_files names {path} " + (f"twice in '{split}'" if same else
+                                f"in the '{other}' and '{split}' splits") + ": " + (
+                                "every row of it would be trained on twice" if same else
+                                "validation would read training text") + "; list each file once")
+            named[path] = str(split)
+
+
+def _flat(stamps) -> list:
+    """local_files' nested lists, as one list of (path, ...) tuples."""
+    return [s for x in stamps for s in (_flat(x) if isinstance(x, list) else [x])]
+
+
 def check_splits(train_split: str, val_split: str | None) -> None:
     """A validation split that is the training split would validate on training text."""
     if val_split is not None and val_split == train_split:
@@ -404,7 +440,19 @@ def local_files(data_files: Any) -> list:
         return [local_files(v) for v in data_files]
     pattern = str(Path(str(data_files)).expanduser())
     paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [Path(pattern)]
-    return [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p.is_file()]
+    return [file_stamp(p) for p in paths if p.is_file()]
+
+
+def file_stamp(p: Path) -> tuple:
+    """(resolved path, size, mtime, a digest of the first and last 64 KiB): a token cache keyed by it changes when
+    the file does, also where another version kept its size and time (cp -p, rsync -a, tar x)."""
+    st, h = p.stat(), hashlib.blake2b(digest_size=8)
+    with open(p, "rb") as f:
+        h.update(f.read(1 << 16))
+        if st.st_size > 1 << 17:
+            f.seek(-(1 << 16), os.SEEK_END)
+            h.update(f.read())
+    return (str(p.resolve()), st.st_size, st.st_mtime_ns, h.hexdigest())
 
 
 # the data sections of run configs written before `_target_` (stored in older checkpoints): source: <name>

@@ -32,11 +32,13 @@ from momattn.data.sources import (
     Split,
     check_local_files,
     check_seed,
+    check_split_files,
     check_splits,
     folder_files,
     local_files,
     no_rows,
     not_utf8,
+    same_text,
     saved_dataset,
     split_files,
     unknown_split,
@@ -75,6 +77,7 @@ class StreamingHubCorpus:
         check_splits(self.train_split, self.val_split)
         self.data_files = split_files(self.data_files, self.train_split)
         check_local_files(self.name, self.data_files)
+        check_split_files(self.data_files)
         check_seed(self.seed, "the shuffle buffer")
         if self.shuffle_buffer < 0 or self.val_docs < 1 or self.tokenizer_docs < 1:
             raise DataError(f"data.shuffle_buffer={self.shuffle_buffer} must be >= 0, data.val_docs={self.val_docs} "
@@ -83,13 +86,13 @@ class StreamingHubCorpus:
     def fingerprint(self) -> str:
         return digest(["hf_stream", 1, self.name, self.config, self.train_split, self.val_split, self.text_field,
                        self.data_files, local_files(self.data_files), self.revision, self.shuffle_buffer, self.seed, self.val_docs,
-                       self.tokenizer_docs] + folder_files(self.name))
+                       self.tokenizer_docs] + folder_files(self.name) + ([] if self.val_split else [HELD_OUT_RULE]))
 
     def order(self) -> str:
         """The settings that decide the training stream's documents and their order: a resume whose order differs
         starts the new one at its beginning (TokenDataModule). The files' contents are not read for it (a file
         rewritten in place, or an unpinned hub corpus updated, is not told apart)."""
-        held = [self.val_docs] if self.val_split is None else []  # the rows left out of training
+        held = [self.val_docs, HELD_OUT_RULE] if self.val_split is None else []  # the rows left out of training
         return digest(["hf_stream", self.name, self.config, self.train_split, self.val_split, self.text_field,
                        self.data_files, self.revision, self.shuffle_buffer, self.seed, *held])
 
@@ -177,8 +180,11 @@ class StreamingHubCorpus:
         return docs
 
 
+HELD_OUT_RULE = "copies whatever their whitespace"  # in the keys: a held-out copy with a trailing newline was trained
+
+
 def _text_key(text: str) -> bytes:
-    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+    return hashlib.blake2b(same_text(text).encode(), digest_size=16).digest()
 
 
 def packed_windows(texts: Callable[[int], Iterator[str]], encode_batch: Callable[[list[str]], list[list[int]]],

@@ -113,6 +113,23 @@ def _plan(model: LanguageModel, tokenizer, run_config: dict, cfg: EvalConfig, ca
     return plan
 
 
+def check_same_corpus(data_cfg: Mapping, trained_on: str, label: str) -> None:
+    """The run's own corpus, split again for its validation perplexity, against the one the checkpoint trained on
+    (its fingerprint, kept since session 37): documents added to a file moved others across the split, and 15 of
+    the 25 'validation' documents of such a corpus had been trained on, scored without a word."""
+    from momattn.data.sources import make_source
+
+    try:
+        now = make_source(data_cfg).fingerprint()
+    except (ConfigError, DataError, OSError):
+        return  # the corpus was read (and checked) already; a source without files has no other fingerprint
+    if now != trained_on:
+        print(f"[momattn] warning: {label}: the run's LM corpus is not the one its checkpoint trained on (its files "
+              "changed, or moved, since): the validation split made from it now may hold documents the model "
+              "trained on, so its Valid perplexities can read too low. Evaluate on held-out text with ppl.data=..., "
+              "or restore the corpus", file=sys.stderr, flush=True)
+
+
 def _corpus_error(e: ConfigError | DataError, override: Mapping | None, own_cache: str | None = None
                   ) -> ConfigError | DataError:
     """An error of the perplexity corpus with its keys named as the evaluation sets them (the loaders name them
@@ -143,7 +160,8 @@ def check_evaluation(model: LanguageModel, tokenizer, run_config: Mapping, eval_
 
 
 def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cfg: Mapping | EvalConfig,
-                   out_dir: str | os.PathLike, label: str, cache_dir: str | None = None) -> ModelResult:
+                   out_dir: str | os.PathLike, label: str, cache_dir: str | None = None,
+                   trained_on: str | None = None) -> ModelResult:
     """Perplexity and ICL accuracy of one model (write_reports turns a list of these into the reports).
 
     run_config: the resolved training config (its `data` section names the LM corpus, the split seed and,
@@ -158,6 +176,8 @@ def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cf
                          tokenizer={"name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
                          eval_config=asdict(cfg))
     plan = _plan(model, tokenizer, run_config, cfg, cache_dir)
+    if cfg.ppl.enabled and not cfg.ppl.data and trained_on:
+        check_same_corpus(plan.data_cfg, trained_on, label)
     if cfg.batch_tokens < model.config.block_size:
         print(f"[momattn] note: batch_tokens={cfg.batch_tokens} is below the model's context of "
               f"{model.config.block_size} tokens, so every sequence is scored in a batch of its own (slow; the "
@@ -345,7 +365,7 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
         model, tokenizer = load_checkpoint(path, map_location=device)
         run_config = dict(meta.get("config") or {})
         res = evaluate_model(model, tokenizer, run_config, conf.eval_section(), out, label,
-                             cache_dir=conf.cache_dir)
+                             cache_dir=conf.cache_dir, trained_on=meta.get("data_fingerprint"))
         res.checkpoint, res.step = str(path), step
         results.append(res)
         written = write_reports(results, out)  # after each checkpoint: finished ones survive a later crash

@@ -116,6 +116,9 @@ def test_a_split_shorter_than_one_window_is_refused_and_named():
     with pytest.raises(DataError, match=r"the train split has 8 tokens, fewer than one training window"):
         _dm(3, train=np.arange(8, dtype=np.uint16))
     _dm(3, train=np.arange(9, dtype=np.uint16))  # block_size + 1 tokens: one window
+    with pytest.raises(DataError, match=r"the val split has 1 tokens, .*; add text, hold out more of it "
+                                        r"\(data.val_fraction, or data.val_docs for hf_stream\) or lower"):
+        _dm(0)  # a small val_fraction: the message did not name it
 
 
 def test_a_dataset_of_windows_is_taken_as_is():

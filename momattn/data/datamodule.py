@@ -113,7 +113,9 @@ class TokenDataModule(LightningDataModule):
             if len(toks) < block_size + 1:
                 raise DataError(
                     f"the {name} split has {len(toks)} tokens, fewer than one training window of "
-                    f"model.block_size + 1 = {block_size + 1}; add text or lower model.block_size"
+                    f"model.block_size + 1 = {block_size + 1}; add text"
+                    + (", hold out more of it (data.val_fraction, or data.val_docs for hf_stream)" if name == "val"
+                       else "") + " or lower model.block_size"
                 )
         self.train_set = train_tokens if isinstance(train_tokens, Dataset) else \
             TokenWindows(train_tokens, block_size, seed)

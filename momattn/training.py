@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -495,6 +496,12 @@ class SigtermOutsideFit:
 
         if rank_zero_only.rank == 0:  # RANK, LOCAL_RANK or SLURM_PROCID: once per job, srun's nodes included
             print(self.hint(), file=sys.stderr, flush=True)
+        if kids := _pool_children():  # a tokenizing pool: its cleanup, run by the SystemExit, waited forever on a
+            for kid in kids:  # lock a worker killed by the same signal held; nothing of the run is lost here
+                with contextlib.suppress(OSError):
+                    os.kill(kid.pid, signal.SIGKILL)
+            sys.stderr.flush()
+            os._exit(PREEMPTED_EXIT)
         raise SystemExit(PREEMPTED_EXIT)
 
     def hint(self) -> str:
@@ -521,6 +528,16 @@ class SigtermOutsideFit:
         if self.job.sweep_dir is not None and _basic_launcher():  # other launchers end a job their own way
             hint += "\n" + _sweep_stop(self.job, self.out_dir)
         return hint
+
+
+def _pool_children() -> list:
+    """The live processes of a multiprocessing pool of this process (datasets' map uses `multiprocess`)."""
+    kids = []
+    for name in ("multiprocessing", "multiprocess"):
+        if (module := sys.modules.get(name)) is not None:
+            with contextlib.suppress(Exception):
+                kids += module.active_children()
+    return kids
 
 
 def _search_stop(job: HydraJob, out_dir: Path) -> str:

@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -751,3 +752,33 @@ def test_a_run_refused_after_its_folder_was_claimed_lets_the_folder_go(tmp_path)
     with pytest.raises(CheckpointError, match="does not exist"):
         run_train(compose_train(tmp_path, [*SMOKE, f"ckpt_path={tmp_path / 'nope.ckpt'}"]))
     assert not cli._RUN_LOCKS
+
+
+def test_a_sigterm_while_a_tokenizing_pool_runs_exits_at_once(tmp_path):
+    # the SystemExit ran the pool's cleanup, which waited forever on a lock a worker killed by the same (group)
+    # signal held: the run hung until SIGKILL; now the pool is killed and the process exits 143
+    script = ("import os, signal, time, multiprocessing as mp\n"
+              "from momattn.training import SigtermOutsideFit\n"
+              "guard = SigtermOutsideFit()\n"
+              # workers that outlive a SIGTERM (the hang's state: the pool's cleanup waits on them forever)
+              "pool = mp.get_context('fork').Pool(2, signal.signal, (signal.SIGTERM, signal.SIG_IGN))\n"
+              "pool.map_async(time.sleep, [30, 30])\n"
+              "time.sleep(0.5)\n"
+              "print(' '.join(str(p.pid) for p in mp.active_children()), flush=True)\n"
+              "os.kill(os.getpid(), signal.SIGTERM)\n"
+              "time.sleep(60)\n")
+    import time
+
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == PREEMPTED_EXIT, r.stderr[-2000:]
+    assert "SIGTERM before training started: nothing was trained" in r.stderr and "Traceback" not in r.stderr
+    def alive(pid: int) -> bool:  # a zombie (killed, not yet reaped by the container's init) is not
+        status = Path(f"/proc/{pid}/status")
+        return status.exists() and "\nState:\tZ" not in status.read_text()
+
+    for pid in map(int, r.stdout.split()):  # the workers are gone too
+        for _ in range(50):
+            if not alive(pid):
+                break
+            time.sleep(0.1)
+        assert not alive(pid), pid

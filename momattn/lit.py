@@ -178,7 +178,11 @@ class LitGPT(pl.LightningModule):
             t.should_stop = True
 
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["momattn"] = {**self.meta, "rng": rng_state(), "skipped_nonfinite": self._skipped}
+        checkpoint["momattn"] = {**self.meta, "rng": rng_state(), "skipped_nonfinite": self._skipped,
+                                 # the newest validation's: a run stopped between its end and summary.json reports
+                                 # them on the resume that trains no further (its report had no val/loss)
+                                 "val_metrics": {k: float(v) for k, v in self.trainer.callback_metrics.items()
+                                                 if k.startswith("val/") and getattr(v, "numel", lambda: 1)() == 1}}
         for logger in self.loggers:  # a resume continues the same W&B run
             if isinstance(logger, WandbLogger) and logger.version:
                 checkpoint["momattn"]["wandb_run_id"] = logger.version

@@ -231,6 +231,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         eval_model = _evaluation_model(trainer, model, bool(c.run_eval and c.eval))  # FSDP: rank 0's full copy
         if trainer.is_global_zero:  # DDP: rank 0 reports and evaluates
             kept = None if trained else _kept_summary(out_dir / "summary.json")
+            if kept is None and not trained:  # stopped before its summary: the checkpoint's last validation
+                metrics = {**(resume.get("val_metrics") or {}), **metrics}
             if kept is None:
                 _report(c, trainer, metrics, loggers, _unigram(train, val, model_config.vocab_size), speed,
                         out_dir)

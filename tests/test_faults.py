@@ -298,7 +298,10 @@ def test_resuming_a_finished_run_keeps_its_summary(reference_run, tmp_path):
     r = run_cli("train.py", [*RUN, "ckpt_path=last", f"hydra.run.dir={run}"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]  # was a JSONDecodeError traceback
     assert f"warning: {run / 'summary.json'} cannot be read (Expecting" in r.stderr
-    assert json.loads((run / "summary.json").read_text())["steps"] == 9  # what the run knows without training
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 9  # what the run knows without training
+    # and its last validation, kept in the checkpoint: a SIGTERM between fit's end and summary.json lost val/loss
+    assert summary["val/loss"] == pytest.approx(before["val/loss"]) and "final val/loss" in r.stderr
 
 
 @pytest.mark.slow

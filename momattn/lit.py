@@ -34,6 +34,12 @@ def set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
+def _val_metrics(module) -> dict:
+    """The trainer's newest val/* metrics (none without a trainer: a checkpoint saved by hand)."""
+    metrics = getattr(getattr(module, "_trainer", None), "callback_metrics", None) or {}
+    return {k: v for k, v in metrics.items() if k.startswith("val/") and getattr(v, "numel", lambda: 1)() == 1}
+
+
 class LitGPT(pl.LightningModule):
     """Trains `model`; `meta` (model config, tokenizer, resolved run config) goes into every checkpoint."""
 
@@ -181,8 +187,7 @@ class LitGPT(pl.LightningModule):
         checkpoint["momattn"] = {**self.meta, "rng": rng_state(), "skipped_nonfinite": self._skipped,
                                  # the newest validation's: a run stopped between its end and summary.json reports
                                  # them on the resume that trains no further (its report had no val/loss)
-                                 "val_metrics": {k: float(v) for k, v in self.trainer.callback_metrics.items()
-                                                 if k.startswith("val/") and getattr(v, "numel", lambda: 1)() == 1}}
+                                 "val_metrics": {k: float(v) for k, v in _val_metrics(self).items()}}
         for logger in self.loggers:  # a resume continues the same W&B run
             if isinstance(logger, WandbLogger) and logger.version:
                 checkpoint["momattn"]["wandb_run_id"] = logger.version

@@ -336,12 +336,12 @@ class Throughput(ThroughputMonitor):
     def on_train_start(self, trainer, *args) -> None:
         super().on_train_start(trainer, *args)
         restored, self._restored = getattr(self, "_restored", None), None
+        batches = trainer.global_step * trainer.accumulate_grad_batches  # the micro-batches trained so far
         # a checkpoint written before its first batch was counted (a SIGTERM in step 0) holds no per-batch
         # counts: the first batch here gives them (every batch is the same size), or the counts ran one batch short
-        self._uncounted = trainer.global_step * trainer.accumulate_grad_batches if not restored else 0
+        self._uncounted = 0 if restored else batches
         if restored and "samples_per_batch" in restored:
             s = RunningStage.TRAINING
-            batches = trainer.global_step * trainer.accumulate_grad_batches  # the micro-batches trained so far
             self._batches[s] += batches
             self._samples[s] += round(batches * restored["samples_per_batch"])
             self._lengths[s] += round(batches * restored["lengths_per_batch"])

@@ -163,13 +163,12 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
     if span is not None and not isinstance(span, str | Mapping):
         raise ConfigError(f"trainer.max_time={span!r} must be a time: 'DD:HH:MM:SS' (e.g. '00:02:00:00') or a mapping "
                           "such as {hours: 2}, or null")
+    shown = span if isinstance(span, str) else dict(span or {})  # as given, in the messages below
     if isinstance(span, str):  # '00:05:00' was "trainer could not be created: `Timer(...)`", 0 stopped at once
         fields = span.split(":")
         if len(fields) != 4 or not all(f.strip().isascii() and f.strip().isdigit() for f in fields):  # not '²'
             raise ConfigError(f"trainer.max_time={span!r} must be 'DD:HH:MM:SS' (four fields, e.g. '00:02:00:00' for "
                               "two hours) or a mapping such as {hours: 2}")
-    shown = span if isinstance(span, str) else dict(span or {})
-    if isinstance(span, str):
         span = dict(zip(("days", "hours", "minutes", "seconds"), map(int, fields), strict=True))
     if isinstance(span, Mapping):  # Lightning takes a dict but not Hydra's DictConfig ("Missing key total_seconds")
         try:

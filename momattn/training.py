@@ -94,8 +94,8 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
         raise
     finally:
         guard.close()
-        hold_run_folder(None)  # also where a check after the folder was claimed refused the run (a process that
-        # goes on, a test or a sweep's next job, held it: the next run_train into it was refused as "in use")
+        hold_run_folder(None)  # however the run ended, a check after the folder was claimed included (a process
+        # that goes on, a test or a sweep's next job, held it: the next run_train into it was refused as "in use")
 
 
 def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFit) -> float | None:
@@ -220,14 +220,14 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         if preempt.pending:  # a SIGTERM after the callback's last look (fit's teardown): stop as for any other
             raise SIGTERMException
         speed, metrics = outcome()
+        trained = trainer.global_step > start_step  # False: a finished run resumed (the final model was validated
+        # inside fit, even off the validation interval: LitGPT.on_train_batch_end)
         own_last = out_dir / "checkpoints" / "last.ckpt"
-        if trainer.checkpoint_callback is None and trainer.global_step > start_step and ckpt_path is not None \
+        if trainer.checkpoint_callback is None and trained and ckpt_path is not None \
                 and Path(ckpt_path).resolve() == own_last:
             # callbacks=none: no checkpoints but a SIGTERM's last.ckpt, which the resume left at its step (and
             # evaluate.py then called the run partial, advising a resume that retrained): brought to the end
             trainer.save_checkpoint(own_last)
-        trained = trainer.global_step > start_step  # False: a finished run resumed (the final model was validated
-        # inside fit, even off the validation interval: LitGPT.on_train_batch_end)
         eval_model = _evaluation_model(trainer, model, bool(c.run_eval and c.eval))  # FSDP: rank 0's full copy
         if trainer.is_global_zero:  # DDP: rank 0 reports and evaluates
             kept = None if trained else _kept_summary(out_dir / "summary.json")
@@ -285,8 +285,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         close = getattr(dm.train_set, "close", None)  # a stream's reader thread, on success or failure
         if close is not None:
             close()
-        logs.finish(loggers, failed=failed)
-        hold_run_folder(None)
+        logs.finish(loggers, failed=failed)  # (run_train lets the run folder go)
 
 
 def _resume_from(c: TrainConfig, job: HydraJob, out_dir: Path) -> Path | None:
@@ -433,10 +432,15 @@ def _resume_hint(preempt: PreemptionCheckpoint, out_dir: Path, job: HydraJob) ->
     else:  # stopped before the first step (e.g. in the sanity check): the newest checkpoint there is stands
         saved = _newest_checkpoint(out_dir)
         saved = saved if saved.startswith("no ") else f"no new checkpoint; {saved}"
-    again = "" if (out_dir / ".hydra" / "overrides.yaml").is_file() else \
-        " ".join(o for o in job.overrides if not o.startswith(("ckpt_path=", "hydra.run.dir=")))
     return (f"\n[momattn] SIGTERM received: {saved}.\n"
-            f"Resume with: python train.py {again} ckpt_path=last hydra.run.dir={out_dir}").replace("  ", " ")
+            f"Resume with: python train.py {_retyped(out_dir, job)} ckpt_path=last hydra.run.dir={out_dir}"
+            ).replace("  ", " ")
+
+
+def _retyped(out_dir: Path, job: HydraJob) -> str:
+    """The overrides a resume command repeats: none where the run folder's .hydra/overrides.yaml holds them."""
+    return "" if (out_dir / ".hydra" / "overrides.yaml").is_file() else \
+        " ".join(o for o in job.overrides if not o.startswith(("ckpt_path=", "hydra.run.dir=")))
 
 
 def _newest_checkpoint(out_dir: Path) -> str:
@@ -513,8 +517,6 @@ class SigtermOutsideFit:
         newest = _newest_checkpoint(self.out_dir)
         others = sorted(p.name for p in (self.out_dir / "checkpoints").glob("*.ckpt")) if newest.startswith("no ") \
             else []
-        again = "" if (self.out_dir / ".hydra" / "overrides.yaml").is_file() else \
-            " ".join(o for o in self.job.overrides if not o.startswith(("ckpt_path=", "hydra.run.dir=")))
         hint = f"\n[momattn] SIGTERM {where}: "
         if others:  # save_last=false: best files only, which a resume does not read
             hint += (f"no last.ckpt (save_last is off); {self.out_dir / 'checkpoints'} holds {', '.join(others)}, "
@@ -524,7 +526,8 @@ class SigtermOutsideFit:
                               ". The run keeps no checkpoints (no ModelCheckpoint callback), so its training is "
                               "lost") + ": run the same command again."
         else:
-            hint += (f"{newest}.\nResume with: python train.py {again} ckpt_path=last hydra.run.dir={self.out_dir}"
+            hint += (f"{newest}.\nResume with: python train.py {_retyped(self.out_dir, self.job)} ckpt_path=last "
+                     f"hydra.run.dir={self.out_dir}"
                      + (" (it trains no further; the report and evaluation are done again)" if self.phase == "end"
                         else "")).replace("  ", " ")
         if self.job.sweep_dir is not None and _basic_launcher():  # other launchers end a job their own way

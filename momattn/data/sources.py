@@ -395,7 +395,7 @@ def check_split_files(data_files: dict | None) -> None:
     it trained twice. Compared as resolved files (a glob matching the validation file too, a link)."""
     named: dict[str, str] = {}
     for split, files in (data_files or {}).items():
-        for path, *_ in _flat(local_files(files)):
+        for path in (str(p.resolve()) for p in _named_files(files)):  # paths only: no file is read for this
             if (other := named.get(path)) is not None:
                 same = other == str(split)
                 raise DataError(f"data.data_files names {path} " + (f"twice in '{split}'" if same else
@@ -403,11 +403,6 @@ def check_split_files(data_files: dict | None) -> None:
                                 "every row of it would be trained on twice" if same else
                                 "validation would read training text") + "; list each file once")
             named[path] = str(split)
-
-
-def _flat(stamps) -> list:
-    """local_files' nested lists, as one list of (path, ...) tuples."""
-    return [s for x in stamps for s in (_flat(x) if isinstance(x, list) else [x])]
 
 
 def check_splits(train_split: str, val_split: str | None) -> None:
@@ -438,9 +433,16 @@ def local_files(data_files: Any) -> list:
         return [[str(k), local_files(v)] for k, v in sorted(data_files.items(), key=lambda kv: str(kv[0]))]
     if isinstance(data_files, list | tuple):
         return [local_files(v) for v in data_files]
-    pattern = str(Path(str(data_files)).expanduser())
+    return [file_stamp(p) for p in _named_files(data_files)]
+
+
+def _named_files(files: Any) -> list[Path]:
+    """The local files that one split's data_files (a path or a glob pattern, or a list of them) names."""
+    if isinstance(files, list | tuple):
+        return [p for f in files for p in _named_files(f)]
+    pattern = str(Path(str(files)).expanduser())
     paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [Path(pattern)]
-    return [file_stamp(p) for p in paths if p.is_file()]
+    return [p for p in paths if p.is_file()]
 
 
 def file_stamp(p: Path) -> tuple:

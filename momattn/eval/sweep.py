@@ -784,7 +784,7 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
                 continue
             try:
                 r.result = evaluate_model(model, tokenizer, r.config, cfg, out / "jobs" / name, r.attention,
-                                          cache_dir=cache_dir, trained_on=(r.meta or {}).get("data_fingerprint"))
+                                          cache_dir=cache_dir, trained_on=r.meta.get("data_fingerprint"))
             except (ConfigError, DataError) as e:  # which job, where a sweep holds several kinds of run
                 raise type(e)(f"sweep job {name} ({r.path}): {e}") from None
             r.result.checkpoint, r.result.step = str(r.path), r.step

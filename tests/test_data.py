@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -397,6 +398,9 @@ def test_a_file_listed_twice_in_data_paths_is_refused(tmp_path):
     (tmp_path / "b.txt").symlink_to(tmp_path / "a.txt")
     with pytest.raises(DataError, match=r"data.paths names one file twice \('.*a.txt' and '.*b.txt'\)"):
         TextFiles(paths=[str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]).documents("train")
+    os.link(tmp_path / "a.txt", tmp_path / "c.txt")  # a hard link too: its documents were trained twice
+    with pytest.raises(DataError, match=r"data.paths names one file twice \('.*a.txt' and '.*c.txt'\)"):
+        TextFiles(paths=[str(tmp_path / "a.txt"), str(tmp_path / "c.txt")]).documents("train")
 
 
 def test_text_files_read_what_editors_and_json_writers_write(tmp_path):
@@ -527,6 +531,10 @@ def test_copies_that_differ_in_whitespace_or_share_a_file_never_reach_both_split
             cls(name="json", data_files={"train": str(rows), "validation": str(tmp_path / "*.jsonl")})
         with pytest.raises(DataError, match=r"rows.jsonl twice in 'train': every row of it would be trained on twice"):
             cls(name="json", data_files={"train": [str(rows), str(rows)]}, val_split=None)
+    (tmp_path / "sub").mkdir()
+    os.link(rows, tmp_path / "sub" / "hard.jsonl")  # a hard link is the same file under another name
+    with pytest.raises(DataError, match=r"in the 'train' and 'validation' splits: validation would read training"):
+        HubCorpus(name="json", data_files={"train": str(rows), "validation": str(tmp_path / "sub" / "hard.jsonl")})
     # a lone surrogate in JSON: a UnicodeEncodeError traceback from the tokenizer, after the other files
     (tmp_path / "sur.jsonl").write_text('{"text": "fine"}\n{"text": "bad \\ud800 here"}\n')
     with pytest.raises(DataError, match=r"sur.jsonl' line 2: field 'text' holds a lone surrogate"):

@@ -146,9 +146,9 @@ class TextFiles:
                                 f"e.g. data.paths=[{p}/part1.txt,{p}/part2.jsonl]")
             if not p.is_file():
                 raise DataError(f"data.paths: '{p}' does not exist (or is not a file); check the path")
-        seen: dict[Path, Path] = {}
+        seen: dict[tuple, Path] = {}
         for p in files:  # one file twice trained on every document of it twice (data.tasks refuses a repeat too)
-            if (first := seen.setdefault(p.resolve(), p)) is not p:
+            if (first := seen.setdefault(file_id(p), p)) is not p:
                 raise DataError(f"data.paths names one file twice ('{first}' and '{p}'); list each file once")
         return files
 
@@ -392,17 +392,17 @@ def split_files(data_files: Any, train_split: str) -> dict | None:
 
 def check_split_files(data_files: dict | None) -> None:
     """A file in two splits (train and validation), or twice in one: validation on training text, or every row of
-    it trained twice. Compared as resolved files (a glob matching the validation file too, a link)."""
-    named: dict[str, str] = {}
+    it trained twice. Compared as files, not names (a glob matching the validation file too, a link, a hard link)."""
+    named: dict[tuple, str] = {}
     for split, files in (data_files or {}).items():
-        for path in (str(p.resolve()) for p in _named_files(files)):  # paths only: no file is read for this
-            if (other := named.get(path)) is not None:
+        for p in _named_files(files):  # stat only: no file is read for this
+            if (other := named.get(key := file_id(p))) is not None:
                 same = other == str(split)
-                raise DataError(f"data.data_files names {path} " + (f"twice in '{split}'" if same else
+                raise DataError(f"data.data_files names {p.resolve()} " + (f"twice in '{split}'" if same else
                                 f"in the '{other}' and '{split}' splits") + ": " + (
                                 "every row of it would be trained on twice" if same else
                                 "validation would read training text") + "; list each file once")
-            named[path] = str(split)
+            named[key] = str(split)
 
 
 def check_splits(train_split: str, val_split: str | None) -> None:
@@ -443,6 +443,12 @@ def _named_files(files: Any) -> list[Path]:
     pattern = str(Path(str(files)).expanduser())
     paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [Path(pattern)]
     return [p for p in paths if p.is_file()]
+
+
+def file_id(p: Path) -> tuple:
+    """One file however it is named: a symlink and its target, or two hard links, are the same file."""
+    st = p.stat()
+    return (st.st_dev, st.st_ino)
 
 
 def file_stamp(p: Path) -> tuple:

@@ -209,7 +209,9 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     t0 = time.perf_counter()
 
     def outcome() -> tuple[dict, dict]:  # (speed, logged metrics) at the end of fit, or where a SIGTERM ended it
-        return ({**throughput_summary(throughput), "fit_seconds": round(time.perf_counter() - t0, 1)},
+        # fit_seconds: this process's fit; after a resume it covers the steps from fit_from_step on only
+        return ({**throughput_summary(throughput), "fit_seconds": round(time.perf_counter() - t0, 1),
+                 **({"fit_from_step": start_step} if start_step else {})},
                 {k: float(v) for k, v in trainer.callback_metrics.items()})
 
     failed = True  # until the run returns or is preempted (resumable): W&B marks the run by it
@@ -595,8 +597,10 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
             if speed.get("tokens_per_sec_mean") else ""
         every = f" per device ({speed['tokens_per_sec_all_devices']:.0f} over all {speed['devices']} devices)" \
             if speed.get("tokens_per_sec_all_devices") else ""
+        since = f" (steps {speed['fit_from_step']}-{trainer.global_step}, since the resume)" \
+            if speed.get("fit_from_step") else ""
         lines.append(f"  throughput {speed['tokens_per_sec']:.0f} tokens/s{every} in the last steps{mean};{mfu} fit "
-                     f"took {speed['fit_seconds']:.0f} s")
+                     f"took {speed['fit_seconds']:.0f} s{since}")
     lines.append(f"  checkpoints: best {best}  last {last}" if best or last else
                  "  checkpoints: none written (no ModelCheckpoint callback: callbacks=none)" if ckpt_cb is None else
                  "  checkpoints: none written (the ModelCheckpoint saves none: save_top_k=0 and save_last unset)"

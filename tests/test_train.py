@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
@@ -157,7 +158,10 @@ def test_resume_continues_at_the_right_step(tmp_path, stop, capsys):
     # a longer run re-stretches the schedule: the lr jumped at the resume without a word
     assert lr_lambda(stop, o, stop) != pytest.approx(lr_lambda(stop, o, 9))
     assert (f"trainer.max_steps=9 (the checkpoint's run had {stop}): the cosine lr schedule now spans 9 steps, so "
-            f"at step {stop} the lr goes from {1e-5 * lr_lambda(stop, o, stop):.3g} to ") in capsys.readouterr().err
+            f"at step {stop} the lr goes from {1e-5 * lr_lambda(stop, o, stop):.3g} to ") in (err := capsys.readouterr().err)
+    # the fit time printed and kept is this process's, so it says which steps it covers (it read as the run's)
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["fit_from_step"] == stop
+    assert re.search(rf"fit took \d+ s \(steps {stop}-9, since the resume\)", err), err[-800:]
 
 
 def test_wandb_offline_run_folder_is_written(tmp_path):

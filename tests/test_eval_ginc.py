@@ -115,6 +115,8 @@ def test_k_that_does_not_fit_is_reported_not_truncated(world):
     assert l3["16"].fits is False and l3["max"].k_used_mean == 15 and out["ginc_ood_l3"].ood
     assert all(0 <= s.acc <= 1 for s in (l5["0"], l5["8"], l3["max"]))
     assert l5["16"].to_json()["acc"] is None  # in results.json as null, never missing
+    # the predictions say which icl.shots value asked for them: k=max's rows were "k": 9 like a k=9 row's
+    assert {(p["k"], p["k_used"]) for p in ev.predictions if p["task"] == "ginc"} == {(0, 0), (8, 8), ("max", 9)}
     cfg = IclConfig(tasks=["ginc"], shots=["max"], seeds=[1], max_examples=10, max_shots=4)
     ev = GincEvaluator(tiny_gpt(vocab=V + 1, block_size=64), world.tokenizer(), cfg, world)
     assert ev.evaluate_tasks([ginc_task("ginc")])["ginc"].shots["max"].k_used_mean == 4  # capped by max_shots

@@ -215,7 +215,8 @@ class GincEvaluator:
         return self.world.prompts(task.example_len, k, n or self.n_prompts, ood=task.ood,
                                   seed=stable_seed("ginc-prompts", seed))
 
-    def evaluate_run(self, task: GincTask, k: int, seed: int) -> SeedRun:
+    def evaluate_run(self, task: GincTask, k: int, seed: int, shots: int | str | None = None) -> SeedRun:
+        """shots: the icl.shots value that asked for k examples ("max"), as the predictions record it."""
         prompts = self.prompts(task, k, seed)
         logp = self.last_logprobs(self.encode(task, prompts))  # (N, V_model)
         n_sym = self.world.n_symbols
@@ -223,7 +224,7 @@ class GincEvaluator:
         cand = logp[:, :n_sym].argmax(-1)
         labels = torch.tensor([p.label for p in prompts])
         for p, g, c, lp in zip(prompts, greedy.tolist(), cand.tolist(), logp.gather(1, labels[:, None])[:, 0]):
-            self.predictions.append({"task": task.name, "k": k, "seed": seed, "label": p.label, "pred": g,
+            self.predictions.append({"task": task.name, "k": k if shots is None else shots, "seed": seed, "label": p.label, "pred": g,
                                      "pred_cand": c, "concept": p.concept, "k_used": p.k,
                                      "logprob_label": float(lp)})
         acc, acc_cand = float((greedy == labels).double().mean()), float((cand == labels).double().mean())
@@ -251,7 +252,7 @@ class GincEvaluator:
                          f"{self.context}-token context (at most k={fit})")
                 continue
             kk = min(fit, self.cfg.max_shots) if k == "max" else k
-            runs = [self.evaluate_run(task, kk, s)
+            runs = [self.evaluate_run(task, kk, s, shots=k)
                     for s in tqdm(self.cfg.seeds, desc=f"icl {task.name} k={k}", leave=False, disable=None)]
             fits = k != "max" or kk >= min(MIN_DEMOS, self.cfg.max_shots)
             note = None if fits else f"does not fit: k=max places only {kk} examples in the context"

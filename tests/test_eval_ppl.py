@@ -75,6 +75,11 @@ def test_lengths_default_to_the_paper_or_fractions_of_the_context():
         PplConfig(lengths=[512]).resolve_lengths(256)
     with pytest.raises(ConfigError, match="max_windows"):
         PplConfig(max_windows=0)
+    assert PplConfig().resolve_lengths(2) == [2]
+    # a context of one token: the default lengths were [1, 2], a ZeroDivisionError after training
+    with pytest.raises(ConfigError, match=r"context is 1 token: perplexity windows need 2 tokens at least; turn "
+                                          r"perplexity off with ppl.enabled=false"):
+        PplConfig().resolve_lengths(1)
 
 
 def test_evaluator_reports_valid_lengths_and_train_at_the_longest(capsys):

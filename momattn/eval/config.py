@@ -130,6 +130,9 @@ class PplConfig:
 
     def resolve_lengths(self, context: int) -> list[int]:
         """Window lengths for a model with this context (ConfigError if one does not fit)."""
+        if context < 2:  # a window of one token predicts nothing (its perplexity divided by zero)
+            raise ConfigError(f"the model's context is {context} token: perplexity windows need 2 tokens at least; "
+                              "turn perplexity off with ppl.enabled=false")
         if self.lengths is None:
             if context >= max(PAPER_LENGTHS):
                 return list(PAPER_LENGTHS)

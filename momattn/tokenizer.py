@@ -207,7 +207,19 @@ def file_tokenizer(path: str) -> Tokenizer:
         tok = _HFTokenizer.from_file(str(p))
     except Exception as e:  # tokenizers raises a bare Exception on bad JSON
         raise DataError(f"tokenizer.path='{path}' is not a valid tokenizer.json: {e}") from e
-    return Tokenizer(tok, p.name)
+    out = Tokenizer(tok, p.name)
+    try:
+        plain, quoted = out.encode_documents(["a b qzxj", f"a {EOT} b"])
+    except DataError:  # a vocabulary without a fallback for its characters: the spelling cannot be the separator
+        plain = quoted = []
+    if out.eot_id in plain:
+        raise DataError(f"tokenizer.path='{path}': ordinary text ('a b qzxj') encodes to the document separator '{EOT}' "
+                        f"(id {out.eot_id}), e.g. as the unknown token; give the tokenizer another unknown token")
+    if out.eot_id in quoted:  # a plain word of the model's vocabulary, or an added token not marked special
+        raise DataError(f"tokenizer.path='{path}': the text '{EOT}' inside a document encodes to the document "
+                        f"separator (id {out.eot_id}), so a document quoting it would be cut in two; make '{EOT}' a "
+                        "special added token (tokenizer.add_special_tokens), not a word of the model's vocabulary")
+    return out
 
 
 def source_tokenizer(source: DataSource) -> Callable[[], Tokenizer]:

@@ -628,6 +628,39 @@ def test_a_folder_as_the_tokenizer_file_is_called_a_folder(tmp_path):
         file_tokenizer(str(tmp_path))  # it said "does not exist"
 
 
+def test_a_tokenizer_file_whose_separator_is_also_text_is_refused(tmp_path):
+    # encode_documents keeps the spelling <|endoftext|> inside a document as text only where it is a special
+    # added token: as a plain word (or an added token not marked special) it cut the document in two, silently
+    from tokenizers import Tokenizer as HF
+    from tokenizers import models, pre_tokenizers
+
+    from momattn.errors import DataError
+    from momattn.tokenizer import file_tokenizer
+
+    vocab = {"[UNK]": 0, "a": 1, "b": 2, "<|endoftext|>": 3}
+    for name, special, unk in (("word", False, "[UNK]"), ("special", True, "[UNK]"), ("unk", True, "<|endoftext|>")):
+        t = HF(models.WordLevel(vocab, unk_token=unk))
+        t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        if special:
+            t.add_special_tokens(["<|endoftext|>"])
+        t.save(str(tmp_path / f"{name}.json"))
+    with pytest.raises(DataError, match=r"word.json': the text '<\|endoftext\|>' inside a document encodes to the "
+                                        r"document separator \(id 3\), so a document quoting it would be cut in two"):
+        file_tokenizer(str(tmp_path / "word.json"))
+    # special, yet a word of the vocabulary too: the literal copy still reads it as that word
+    with pytest.raises(DataError, match="make '<.endoftext.>' a special added token .*, not a word of the model's"):
+        file_tokenizer(str(tmp_path / "special.json"))
+    with pytest.raises(DataError, match=r"ordinary text \('a b qzxj'\) encodes to the document separator"):
+        file_tokenizer(str(tmp_path / "unk.json"))
+    del vocab["<|endoftext|>"]
+    t = HF(models.WordLevel(vocab, unk_token="[UNK]"))
+    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    t.add_special_tokens(["<|endoftext|>"])  # the usual way: a special added token alone
+    t.save(str(tmp_path / "ok.json"))
+    tok = file_tokenizer(str(tmp_path / "ok.json"))
+    assert tok.encode_documents(["a <|endoftext|> b"])[0] == [1, 0, 2]  # text: the unknown token, not id 4
+
+
 def test_unknown_top_level_key(tmp_path):
     assert "'sed' is not a top-level config key. Did you mean 'seed'?" in run_expecting(tmp_path, [*SMOKE, "+sed=1"])
 

@@ -403,6 +403,21 @@ def test_a_file_listed_twice_in_data_paths_is_refused(tmp_path):
         TextFiles(paths=[str(tmp_path / "a.txt"), str(tmp_path / "c.txt")]).documents("train")
 
 
+def test_text_files_that_would_be_misread_are_named(tmp_path):
+    # lines ended by a carriage return alone: read as one document whose blank lines were never seen
+    (tmp_path / "mac.txt").write_bytes(b"first doc\r\rsecond doc\r")
+    with pytest.raises(DataError, match=r"mac.txt' ends its lines with a carriage return alone \(classic Mac OS\)"):
+        TextFiles(paths=[str(tmp_path / "mac.txt")]).documents("train")
+    (tmp_path / "stray.txt").write_bytes(b"a progress bar\r50%\r100%\n\nsecond doc\n")  # a stray CR is text
+    assert TextFiles(paths=[str(tmp_path / "stray.txt")])._read(tmp_path / "stray.txt") == [
+        "a progress bar\r50%\r100%", "second doc"]
+    # UTF-16 (Windows' "Unicode"): the latin1 advice made garbage of it
+    (tmp_path / "wide.txt").write_text("one doc\n", encoding="utf-16")
+    with pytest.raises(DataError, match=r"wide.txt' is not UTF-8 text \(UTF-16, by its byte-order mark\); convert "
+                                        r"it, e.g. iconv -f utf-16 -t utf-8"):
+        TextFiles(paths=[str(tmp_path / "wide.txt")]).documents("train")
+
+
 def test_text_files_read_what_editors_and_json_writers_write(tmp_path):
     (tmp_path / "u.jsonl").write_text(json.dumps({"text": "a\u2028b\x85c"}, ensure_ascii=False) + "\r\n"
                                       + json.dumps({"text": "second"}) + "\n", encoding="utf-8")

@@ -92,8 +92,10 @@ def _read_utf8(path: Path) -> str:
     try:
         return data.decode("utf-8-sig")  # a byte-order mark (Windows editors write one) is not text
     except UnicodeDecodeError as e:
-        raise DataError(f"data file '{path}' is not UTF-8 text (byte {e.start}: {data[e.start:e.start + 4]!r}); "
-                        "convert it, e.g. iconv -f latin1 -t utf-8") from e
+        wide = data[:2] in (b"\xff\xfe", b"\xfe\xff")  # a UTF-16 byte-order mark (Windows' "Unicode")
+        raise DataError(f"data file '{path}' is not UTF-8 text (" + ("UTF-16, by its byte-order mark" if wide else
+                        f"byte {e.start}: {data[e.start:e.start + 4]!r}") + "); convert it, e.g. iconv -f "
+                        + ("utf-16" if wide else "latin1") + " -t utf-8") from e
 
 
 def _held_out(docs: list[str], split: Split, fraction: float, seed: int) -> list[str]:
@@ -162,6 +164,9 @@ class TextFiles:
     def _read(self, p: Path) -> list[str]:
         text = _read_utf8(p)
         if p.suffix.lower() not in (".jsonl", ".json"):
+            if "\r" in text and "\n" not in text:  # it was read as one document, its blank lines unseen
+                raise DataError(f"data file '{p}' ends its lines with a carriage return alone (classic Mac OS), so "
+                                "its blank lines between documents cannot be seen; convert it, e.g. tr '\\r' '\\n'")
             return [d.strip() for d in _BLANK_LINE.split(text.replace("\r\n", "\n")) if d.strip()]
         docs = []
         for where, row in self._json_rows(p, text):

@@ -7,9 +7,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -18,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 _STARTED: list[CompareSweep] = []  # the sweep under way in this process (its end is not called when a job failed)
+JOB_END = Path(".hydra") / "momattn_job_end.json"  # in each job's folder: how it ended, for the sweep's process
 
 
 class CompareSweep(Callback):
@@ -25,28 +28,54 @@ class CompareSweep(Callback):
         self.run = bool(run)
         self.config = None  # the sweep's config, from its start
         self.jobs: int | None = None  # the jobs it will run (Hydra's basic sweeper); None where not known
-        self.ended = 0  # the jobs that ran to their end, failed ones too
+        self.ended = 0  # the jobs that ran to their end, failed ones too (in this process)
         self.failed: list[str] = []  # 'job N (its overrides)'
+        self.started = 0.0  # time.time() at the sweep's start
 
     def command(self, sweep_dir: str) -> list[str]:
         return [sys.executable, str(ROOT / "evaluate.py"), f"sweep_dir={sweep_dir}"]
 
     def on_multirun_start(self, config, **kwargs) -> None:
         self.config, self.ended, self.failed, self.jobs = config, 0, [], count_jobs(config)
+        self.started = time.time()
         _STARTED[:] = [self]
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         from hydra.core.utils import JobStatus
 
+        from momattn.io import atomic_write_text
+
+        job = f"job {config.hydra.job.get('num')} ({' '.join(map(str, job_return.overrides or []))})"
+        failed = job_return.status == JobStatus.FAILED
         self.ended += 1
-        if job_return.status == JobStatus.FAILED:
-            self.failed.append(f"job {config.hydra.job.get('num')} ({' '.join(map(str, job_return.overrides or []))})")
+        if failed:
+            self.failed.append(job)
+        # the joblib and submitit launchers run this in the job's own process, not the sweep's: told by a file
+        try:
+            atomic_write_text(Path(config.hydra.runtime.output_dir) / JOB_END,
+                              json.dumps({"job": job, "num": config.hydra.job.get("num"), "failed": failed}))
+        except (OSError, AttributeError):
+            pass
+
+    def _ended_elsewhere(self) -> None:
+        """ended and failed from the files the jobs of this sweep wrote in processes of their own."""
+        ends = []
+        for f in Path(self.config.hydra.sweep.dir).glob(f"**/{JOB_END.as_posix()}"):
+            try:
+                if f.stat().st_mtime >= self.started - 1:  # not a file an earlier run of this sweep left
+                    ends.append(json.loads(f.read_text()))
+            except (OSError, ValueError):
+                continue
+        ends.sort(key=lambda e: e.get("num") if isinstance(e.get("num"), int) else -1)
+        self.ended, self.failed = len(ends), [str(e.get("job")) for e in ends if e.get("failed")]
 
     def after_failure(self) -> None:
         """Hydra's basic sweeper runs every job, then raises the first failed job's error, and the sweep's end (the
         comparison) is skipped: called after that, the jobs that completed are compared (or the command printed),
         with the failed ones named. Nothing where the sweep stopped before its last job (a SIGTERM) or none ran."""
         _STARTED.clear()
+        if self.config is not None and self.ended == 0:  # joblib, submitit: the jobs ended in other processes
+            self._ended_elsewhere()
         if self.config is None or not self.failed or self.jobs is None or self.ended < self.jobs:
             return
         done = self.ended - len(self.failed)

@@ -531,13 +531,18 @@ def test_reproduce_sweeps_both_recipes_every_attention_and_three_seeds_then_comp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("full_error", [None, "1"])
-def test_a_sweep_with_a_failed_job_still_ends_with_the_comparison_of_the_others(tmp_path, full_error):
+@pytest.mark.parametrize("full_error, launcher", [(None, None), ("1", None), (None, "joblib")])
+def test_a_sweep_with_a_failed_job_still_ends_with_the_comparison_of_the_others(tmp_path, full_error, launcher):
     # Hydra runs every job, then raises the failed one's error and skips the sweep's end: experiment=reproduce lost
     # its verdict to one bad job, and a plain sweep its evaluate.py command (found by review). With
-    # HYDRA_FULL_ERROR=1 Hydra raises the job's exception itself instead of exiting: compared all the same
+    # HYDRA_FULL_ERROR=1 Hydra raises the job's exception itself instead of exiting: compared all the same. The
+    # joblib launcher runs the jobs (and their end callbacks) in processes of their own: the sweep's process was
+    # told of no job's end, and printed nothing
+    if launcher:
+        pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    how = [f"hydra/launcher={launcher}", "hydra.launcher.n_jobs=2"] if launcher else []
     r = run_cli("train.py", ["-m", *SMOKE, "trainer.max_steps=2", "logger=csv", "run_eval=false", *NAN_IN_ONE_JOB,
-                             "+callbacks.fault.spec=nan@99,nan@1", f"hydra.sweep.dir={tmp_path}"], tmp_path,
+                             "+callbacks.fault.spec=nan@99,nan@1", f"hydra.sweep.dir={tmp_path}", *how], tmp_path,
                 env={"HYDRA_FULL_ERROR": full_error})
     assert r.returncode == 1  # still Hydra's failure
     assert ("Traceback" in r.stderr and "the training loss became nan" in r.stderr if full_error else

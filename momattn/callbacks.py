@@ -27,7 +27,7 @@ from momattn import hardware
 from momattn import lightning_compat as compat
 from momattn.checkpoint import read_checkpoint
 from momattn.errors import ConfigError
-from momattn.io import atomic_torch_save, atomic_write_text, file_lock, lock_beside
+from momattn.io import atomic_torch_save, atomic_write_text, file_lock, lock_beside, remove_path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -36,7 +36,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     the target) and read by momattn.checkpoint.read_checkpoint (weights only: a resume never runs code)."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
-        atomic_torch_save(checkpoint, path)
+        p = Path(path)
+        if not p.is_dir() or p.is_symlink():
+            atomic_torch_save(checkpoint, p)
+            return
+        # an FSDP run's sharded folder (last.ckpt/), its run resumed without FSDP: the file takes the folder's place
+        # (a file cannot be renamed over a folder: the run failed at its first save, its steps lost)
+        new, old = p.with_name(f".{p.name}.new"), p.with_name(f".{p.name}.old")
+        remove_path(old)
+        atomic_torch_save(checkpoint, new)
+        p.rename(old)  # a crash from here on leaves .old (the previous checkpoint) and .new (this one) in place
+        new.rename(p)
+        remove_path(old)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return read_checkpoint(path, verify=True)  # on the CPU; Lightning moves every state onto its device when it loads it

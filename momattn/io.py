@@ -167,6 +167,18 @@ def lock_beside(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.lock")
 
 
+def remove_path(p: Path) -> None:
+    """A checkpoint folder or file, if there; a link itself, never what it points at (save_last=link)."""
+    import shutil
+
+    if p.is_symlink():
+        p.unlink()
+    elif p.is_dir():
+        shutil.rmtree(p)
+    elif p.exists():
+        p.unlink()
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 

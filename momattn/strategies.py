@@ -10,12 +10,13 @@ accelerator; torch's FSDP works there with gloo when given the CPU as its device
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
+
+from momattn.io import remove_path as _remove
 
 
 class ShardedFSDP(FSDPStrategy):
@@ -71,16 +72,6 @@ class ShardedFSDP(FSDPStrategy):
     def remove_checkpoint(self, filepath) -> None:
         if self.global_rank == 0:
             _remove(Path(filepath))
-
-
-def _remove(p: Path) -> None:
-    """A checkpoint folder or file (an earlier single-file last.ckpt in the same run folder), if there."""
-    if p.is_symlink():  # save_last=link: the link, never what it points at (rmtree refuses a link anyway)
-        p.unlink()
-    elif p.is_dir():
-        shutil.rmtree(p)
-    elif p.exists():
-        p.unlink()
 
 
 class CPUShardedFSDP(ShardedFSDP):

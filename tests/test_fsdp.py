@@ -71,6 +71,14 @@ def test_a_two_process_sharded_checkpoint_resumes_on_one_process_with_or_without
     r = run_cli("train.py", [*FSDP, "trainer.devices=1", "trainer.max_steps=8", "run_eval=false", f"ckpt_path={single}",
                              f"hydra.run.dir={tmp_path / 'plain2fsdp'}"], tmp_path)
     assert r.returncode == 2 and "is a single file, written without FSDP" in r.stderr, r.stderr[-3000:]
+    # resumed in its own folder without FSDP: the file takes the sharded folder's place (a file cannot be renamed
+    # over a folder: the run trained its steps, then failed at its first save with "Is a directory")
+    r = run_cli("train.py", [*BASE, "trainer=cpu", "trainer.devices=1", "trainer.max_steps=6", "run_eval=false",
+                             "ckpt_path=last", f"hydra.run.dir={tmp_path / 'two'}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert folder.is_file() and read_checkpoint(folder)["global_step"] == 6
+    assert not list(folder.parent.glob(".last.ckpt.*"))
+    assert all(train_losses(tmp_path / "two")[s] == pytest.approx(runs["plain"][s], rel=1e-5) for s in (4, 5))
 
 
 def test_a_sharded_folder_whose_index_carries_code_is_refused_unrun(tmp_path):

@@ -659,7 +659,18 @@ def keep_run_config(overrides: list[str], cwd: Path | None = None):
     return restore
 
 
+SWEEP_ENV = "MOMATTN_SWEEP_DIR"  # rank 0's sweep folder, for the local ranks Lightning starts (rank_zeros_sweep_dir)
 _RUN_LOCKS: dict[Path, int] = {}  # the run folder this process trains in, and its lock (one run at a time)
+
+
+def rank_zeros_sweep_dir(overrides: list[str]) -> list[str]:
+    """A DDP job's other local ranks, which Lightning starts with the sweep's command line (so they run the sweep
+    alongside rank 0, job by job), sweep into rank 0's folder: the default multirun/<date>/<time> gave them a
+    folder of their own, a second or more later (its evaluate.py command then found no finished run)."""
+    folder = os.environ.get(SWEEP_ENV)
+    if not folder or os.environ.get("LOCAL_RANK", "0") == "0" or "'" in folder or folder.endswith("\\"):
+        return overrides
+    return [*overrides, f"hydra.sweep.dir='{folder}'"]
 
 
 def other_rank() -> bool:
@@ -860,6 +871,7 @@ def hydra_main(config_name: str):
                 if config_name == "train":
                     multirun = multirun or config_multirun(config_name, given)
                     given = resume_overrides(given, multirun=multirun)
+                    given = rank_zeros_sweep_dir(given) if multirun else given
                 sys.argv = [sys.argv[0], *hydra_argv(flags, given)]
                 if not multirun:
                     check_run_mode(given)

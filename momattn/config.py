@@ -275,13 +275,28 @@ def check_launch_environment(trainer: Mapping, environ: Mapping | None = None) -
                           "MASTER_ADDR, MASTER_PORT and NODE_RANK on every node (README: More than one machine)")
     port, rank = env.get("MASTER_PORT"), str(env.get("NODE_RANK", env.get("SLURM_NODEID", "0")))
     first = rank == "0" and str(env.get("LOCAL_RANK", "0")) == "0" and not env.get("TORCHELASTIC_RUN_ID")
-    if nodes > 1 and port and first and env.get("MASTER_ADDR") in ("127.0.0.1", "localhost", socket.gethostname()):
+    here = ("127.0.0.1", "localhost", socket.gethostname()) + (("", None) if nodes == 1 else ())
+    # one node: Lightning's launcher starts the other processes, and rank 0 listens (on 127.0.0.1 by default); a
+    # port in use there failed at once, as "did not all meet within dist_timeout_s", its children left waiting
+    several = nodes > 1 or (world_size(trainer) > 1 and "spawn" not in str(trainer.get("strategy")))
+    if several and port and first and env.get("MASTER_ADDR") in here and not _rendezvous_up():
         with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port an earlier run left in TIME_WAIT is free
             try:
                 sock.bind(("", int(port)))
             except OSError as e:
-                raise ConfigError(f"MASTER_PORT={port} is in use on this machine ({e.strerror}); the first node "
-                                  "listens there for the others: choose a free port, e.g. MASTER_PORT=29501") from None
+                who = "the first node listens there for the others" if nodes > 1 else \
+                    "the first process listens there for the others it starts"
+                raise ConfigError(f"MASTER_PORT={port} is in use on this machine ({e.strerror}); {who}: choose a "
+                                  "free port, e.g. MASTER_PORT=29501, or unset it (one node: Lightning finds one)") \
+                    from None
+
+
+def _rendezvous_up() -> bool:
+    """Whether this process has joined its process group already (a sweep's later job: the port is its own)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
 
 
 def world_size(trainer: Mapping) -> int:

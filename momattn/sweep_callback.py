@@ -74,6 +74,8 @@ class CompareSweep(Callback):
         comparison) is skipped: called after that, the jobs that completed are compared (or the command printed),
         with the failed ones named. Nothing where the sweep stopped before its last job (a SIGTERM) or none ran."""
         _STARTED.clear()
+        if _other_rank():
+            return
         if self.config is not None and self.ended == 0:  # joblib, submitit: the jobs ended in other processes
             self._ended_elsewhere()
         if self.config is None or not self.failed or self.jobs is None or self.ended < self.jobs:
@@ -88,6 +90,8 @@ class CompareSweep(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         _STARTED.clear()
+        if _other_rank():  # a DDP job's other ranks run the sweep alongside rank 0, which ends it (it was said twice)
+            return
         sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
         from omegaconf import OmegaConf
 
@@ -109,6 +113,12 @@ class CompareSweep(Callback):
         if done.returncode != 0:
             print(f"[momattn] the comparison failed (exit {done.returncode}); run it again with: {shown}",
                   file=sys.stderr, flush=True)
+
+
+def _other_rank() -> bool:
+    from momattn.cli import other_rank
+
+    return other_rank()
 
 
 def best_trial(sweep_dir: Path, metric: str | None, storage: str | None = None, study: str | None = None) -> str:

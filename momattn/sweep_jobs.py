@@ -140,7 +140,7 @@ def check_jobs(sweep: Sweep, overrides: list[str]) -> None:
     from omegaconf import OmegaConf, open_dict, read_write
 
     from momattn.cli import _compose, hydra_section
-    from momattn.config import load_train_config
+    from momattn.config import load_train_config, world_size
     from momattn.errors import ConfigError, UserError
 
     parsed, cfg = hydra_section("train", overrides)
@@ -150,6 +150,7 @@ def check_jobs(sweep: Sweep, overrides: list[str]) -> None:
     hydra_args = [o.input_line for o in parsed if o.is_hydra_override() and not o.is_sweep_override()]
     checked: set[tuple[str, ...]] = set()
     folders: dict[Path, int] = {}  # each job's run folder: paths.output_dir=X gave them all one
+    local: dict[int, list[int]] = {}  # processes per node: the jobs with each count
     previous = HydraConfig.instance().cfg  # put back after: Hydra's run_job sets each job's own
     try:
         for num, job in enumerate(sweep.jobs):
@@ -179,14 +180,29 @@ def check_jobs(sweep: Sweep, overrides: list[str]) -> None:
             if "${now:" in written:
                 with open_dict(composed):
                     composed.paths.output_dir = re.sub(r"\$\{now:[^}]*\}", "<now>", written)
+            spawned = "spawn" in str(c.trainer.get("strategy"))  # ddp_spawn: its processes are forked, not started
+            local.setdefault(1 if spawned else world_size(c.trainer) // (c.trainer.get("num_nodes", 1) or 1),
+                             []).append(num)
             folder = Path(str(OmegaConf.select(composed, "paths.output_dir"))).expanduser().resolve()
-            if (other := folders.setdefault(folder, num)) != num:  # job 1 found job 0's run there, blamed the sweep
+            if (other := folders.setdefault(folder, num)) != num and "hydra:runtime.output_dir" in written:
+                subdir = OmegaConf.to_container(composed.hydra.sweep, resolve=False).get("subdir")
+                raise ConfigError(f"hydra.sweep.subdir={subdir}: jobs {other} and {num} of the sweep would write into "
+                                  f"one folder, {folder}; leave hydra.sweep.subdir at its default, "
+                                  "${hydra.job.num}, or give it the job's number")
+            if other != num:  # job 1 found job 0's run there, blamed the sweep
                 raise ConfigError(f"paths.output_dir={c.paths.output_dir}: jobs {other} and {num} of the sweep would "
                                   "write into this one folder (the second refused, after the first had trained); leave "
                                   "paths.output_dir at its default, ${hydra:runtime.output_dir}, which is each job's "
                                   "own folder under hydra.sweep.dir")
     finally:
         HydraConfig.instance().cfg = previous
+    if len(local) > 1 and max(local) > 1 and launcher.endswith("BasicLauncher"):
+        counts = "; ".join(f"{n} in job(s) {', '.join(map(str, jobs[:5]))}" for n, jobs in sorted(local.items()))
+        raise ConfigError(f"the sweep's jobs train on different numbers of processes per node ({counts}): Lightning "
+                          "starts a job's other processes once, with the sweep's command line, and they run the later "
+                          "jobs alongside rank 0 (a job on another count crashed them); give the jobs of one sweep one "
+                          "trainer.devices, and sweep each count in a sweep of its own (hydra.sweep.dir=<parent>/<name>), "
+                          "then compare them all: python evaluate.py sweep_dir=<parent>")
 
 
 def check_search(config_name: str, overrides: list[str]) -> None:

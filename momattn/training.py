@@ -32,7 +32,15 @@ from momattn.checkpoint import (
     read_meta,
     resolve_ckpt_path,
 )
-from momattn.cli import FULL_DISK, HydraJob, changed_overrides, folder_holds_a_run, hold_run_folder, hydra_job
+from momattn.cli import (
+    FULL_DISK,
+    SWEEP_ENV,
+    HydraJob,
+    changed_overrides,
+    folder_holds_a_run,
+    hold_run_folder,
+    hydra_job,
+)
 from momattn.config import TrainConfig, load_train_config, world_size
 from momattn.console import quiet_console, quiet_resume
 from momattn.data.corpus import load_tokens
@@ -293,13 +301,19 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
 def _resume_from(c: TrainConfig, job: HydraJob, out_dir: Path) -> Path | None:
     """The checkpoint to resume. A folder the command line chose (hydra.run.dir, a multirun job's) resumes only
     its own last.ckpt. The processes Lightning starts for the other local ranks (their command line gains a
-    hydra.run.dir) take rank 0's choice from the environment they inherit, so that all resume the same file."""
-    inherited = os.environ.get(RESUME_ENV)
-    if inherited is not None and os.environ.get("LOCAL_RANK", "0") != "0":
-        return Path(inherited) if inherited else None
+    hydra.run.dir) take rank 0's choice from the environment they inherit, so that all resume the same file. In a
+    sweep they are started once, by the first job that trains on several processes, and run the later jobs of the
+    sweep's command line alongside rank 0's: the inherited choice is that job's only, each later one is chosen by
+    its own folder as rank 0 chooses it (job 1 took job 0's checkpoint, and was refused as resumed with other
+    values)."""
+    inherited = json.loads(os.environ.get(RESUME_ENV) or "null")
+    if isinstance(inherited, dict) and os.environ.get("LOCAL_RANK", "0") != "0" and inherited.get("run") == str(out_dir):
+        return Path(inherited["path"]) if inherited.get("path") else None
     chosen = job.sweep_dir is not None or job.run_dir_given
     path = resolve_ckpt_path(c.ckpt_path, out_dir, Path(c.paths.root_dir).resolve(), search=not chosen)
-    os.environ[RESUME_ENV] = str(path or "")
+    os.environ[RESUME_ENV] = json.dumps({"run": str(out_dir), "path": str(path or "")})
+    if job.sweep_dir is not None and os.environ.get("LOCAL_RANK", "0") == "0":  # for the ranks Lightning starts
+        os.environ[SWEEP_ENV] = str(Path(job.sweep_dir).resolve())
     return path
 
 

@@ -3,6 +3,7 @@ durable, and a resume restores the RNG (dropout) exactly."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -409,11 +410,20 @@ def test_the_local_ranks_lightning_starts_resume_rank_zeros_choice(tmp_path, mon
     other.write_bytes(b"x")
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert _resume_from(c, HydraJob([]), tmp_path / "run") == other  # rank 0, no folder chosen: the newest
-    assert os.environ[RESUME_ENV] == str(other)
     monkeypatch.setenv("LOCAL_RANK", "1")  # its command line gained hydra.run.dir, which alone would say step 0
     assert _resume_from(c, HydraJob([], run_dir_given=True), tmp_path / "run") == other
-    monkeypatch.setenv(RESUME_ENV, "")
+    monkeypatch.setenv(RESUME_ENV, json.dumps({"run": str(tmp_path / "run"), "path": ""}))
     assert _resume_from(c, HydraJob([], run_dir_given=True), tmp_path / "run") is None
+    # a DDP sweep: Lightning starts rank 1 once, in the first job, and it runs the later jobs of the sweep's command
+    # line alongside rank 0's; job 1 took job 0's choice (and was refused as a job trained with other values)
+    sweep = tmp_path / "sweep"
+    for job in ("0", "1"):
+        (sweep / job / "checkpoints").mkdir(parents=True)
+        (sweep / job / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert _resume_from(c, HydraJob([], sweep_dir=str(sweep)), sweep / "0") == sweep / "0" / "checkpoints" / "last.ckpt"
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert _resume_from(c, HydraJob([], sweep_dir=str(sweep)), sweep / "1") == sweep / "1" / "checkpoints" / "last.ckpt"
 
 
 def test_last_ckpt_is_not_refreshed_inside_a_gradient_accumulation(monkeypatch, capsys):

@@ -113,6 +113,18 @@ def test_a_value_one_job_of_a_sweep_takes_is_refused_before_any_job_trains(tmp_p
         with pytest.raises(ConfigError, match=r"^paths.output_dir=.*one.*: jobs 0 and 1 of the sweep would write into "
                                               r"this one folder"):
             check_jobs(plan_sweep("train", shared), shared)
+    subdir = [*SMOKE, "seed=1,2", "hydra.sweep.subdir=x"]  # it blamed paths.output_dir, which was not set
+    with pytest.raises(ConfigError, match=r"^hydra.sweep.subdir=x: jobs 0 and 1 of the sweep would write into one "
+                                          r"folder, .*; leave hydra.sweep.subdir at its default"):
+        check_jobs(plan_sweep("train", subdir), subdir)
+    # DDP: Lightning starts job 0's second process once, and it runs the later jobs alongside rank 0: job 1 on one
+    # process crashed it (an IndexError in Lightning, a gloo traceback on rank 0)
+    counts = [*SMOKE, "trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.devices=2,1"]
+    with pytest.raises(ConfigError, match=r"^the sweep's jobs train on different numbers of processes per node \(1 in "
+                                          r"job\(s\) 1; 2 in job\(s\) 0\): Lightning starts"):
+        check_jobs(plan_sweep("train", counts), counts)
+    same = [*counts[:-1], "trainer.devices=2", "seed=1,2"]
+    check_jobs(plan_sweep("train", same), same)  # one count: the sweep runs as before
     assert HydraConfig.instance().cfg is before  # the check leaves no job's hydra config behind
     sweep = tmp_path / "sweep"
     r = run_cli("train.py", ["-m", *overrides, f"hydra.sweep.dir={sweep}"], tmp_path)

@@ -87,6 +87,14 @@ def test_several_nodes_need_a_launcher_and_a_free_port():
         with pytest.raises(ConfigError, match=f"MASTER_PORT={port} is in use on this machine"):
             check_launch_environment({"num_nodes": 2}, env)
         check_launch_environment({"num_nodes": 2}, {**env, "NODE_RANK": "1"})  # the others connect, not listen
+        # one node of two processes: rank 0 failed at once, as "did not all meet within dist_timeout_s", and the
+        # process it had started waited twice that long, orphaned
+        ddp = {"num_nodes": 1, "devices": 2, "accelerator": "cpu", "strategy": "ddp"}
+        with pytest.raises(ConfigError, match=f"MASTER_PORT={port} is in use on this machine .*; the first process "
+                                              "listens there for the others it starts"):
+            check_launch_environment(ddp, {"MASTER_PORT": str(port)})
+        check_launch_environment({**ddp, "devices": 1}, {"MASTER_PORT": str(port)})  # one process: no rendezvous
+        check_launch_environment(ddp, {"MASTER_PORT": str(port), "LOCAL_RANK": "1"})  # the ones it starts connect
 
 
 def test_the_planner_plans_devices_auto_without_a_gpu(capsys):

@@ -553,6 +553,28 @@ def test_a_sweep_with_a_failed_job_still_ends_with_the_comparison_of_the_others(
     assert (tmp_path / "0" / "checkpoints" / "last.ckpt").exists()
 
 
+def test_a_ddp_sweeps_other_ranks_sweep_into_rank_zeros_folder_and_leave_its_end_to_it(tmp_path, monkeypatch, capsys):
+    # Lightning starts a DDP job's other local ranks with the sweep's command line: they run the sweep alongside
+    # rank 0, job by job. A timestamped sweep folder (the default) gave them a folder of their own, and each printed
+    # "sweep done" with an evaluate.py command for that folder, which held no finished run
+    from omegaconf import OmegaConf
+
+    from momattn import sweep_callback
+    from momattn.cli import SWEEP_ENV, rank_zeros_sweep_dir
+
+    monkeypatch.setenv(SWEEP_ENV, str(tmp_path / "sweep"))
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert rank_zeros_sweep_dir(["seed=1,2"]) == ["seed=1,2"]
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert rank_zeros_sweep_dir(["seed=1,2"]) == ["seed=1,2", f"hydra.sweep.dir='{tmp_path / 'sweep'}'"]
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    sweep_callback.CompareSweep(run=False).on_multirun_end(cfg)
+    assert "sweep done" not in capsys.readouterr().err
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    sweep_callback.CompareSweep(run=False).on_multirun_end(cfg)
+    assert "sweep done" in capsys.readouterr().err
+
+
 def test_the_compare_callback_prints_or_runs_evaluate_on_the_sweep(tmp_path, monkeypatch, capsys):
     from omegaconf import OmegaConf
 

@@ -107,8 +107,8 @@ class LitGPT(pl.LightningModule):
                 p.grad = None
             self._skipped += 1
             self.print(f"warning: non-finite loss ({value}) at step {self.global_step}{where}: step skipped")
-        if n_finite:
-            self.log("train/loss", total / n_finite, prog_bar=True)
+        # a step every loss of which was non-finite (skipped) logs nan: unlogged, Lightning wrote the step before's
+        self.log("train/loss", total / n_finite if n_finite else float("nan"), prog_bar=True)
         self.log("train/lr", optimizer.param_groups[0]["lr"])
         if self.optim.on_nonfinite == "skip":
             self.log("train/skipped_nonfinite", float(self._skipped))  # steps skipped so far in this run

@@ -5,6 +5,7 @@ Faults are injected by momattn.faults.FaultInjection, added through the config l
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shlex
@@ -401,6 +402,8 @@ def test_nonfinite_loss_can_be_skipped(tmp_path):
     assert ckpt["global_step"] == 9  # training went on to the end
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())  # the NaN batch left no trace
     assert ckpt["momattn"]["skipped_nonfinite"] == 1  # a resume's count continues from it
+    losses = train_losses(tmp_path)  # the skipped step's loss is nan, not the step before's again
+    assert math.isnan(losses[4]) and all(math.isfinite(losses[s]) for s in losses if s != 4), losses
 
 
 @pytest.mark.slow

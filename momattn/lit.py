@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import sys
+from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
@@ -99,10 +100,13 @@ class LitGPT(pl.LightningModule):
         if n_bad:
             value, where = (f"{bad[0][0]}", f" (batch {bad[0][1]})") if bad else ("non-finite", " on another process")
             if self.optim.on_nonfinite != "skip":
+                kept = self._checkpoint_kept()
                 raise NonFiniteLossError(
-                    f"the training loss became {value} at step {self.global_step}{where}; training stopped and the "
-                    "last good checkpoint is kept. Lower optim.lr, raise optim.warmup_steps or set optim.grad_clip, "
-                    "then resume with ckpt_path=last; or set optim.on_nonfinite=skip to skip such steps")
+                    f"the training loss became {value} at step {self.global_step}{where}; training stopped" + (
+                        " and the last good checkpoint is kept" if kept else
+                        " before its first checkpoint") + ". Lower optim.lr, raise optim.warmup_steps or set "
+                    "optim.grad_clip, then " + ("resume with ckpt_path=last" if kept else "train again") +
+                    "; or set optim.on_nonfinite=skip to skip such steps")
             for p in self.parameters():  # AdamW passes over parameters without a gradient: no update, no decay
                 p.grad = None
             self._skipped += 1
@@ -112,6 +116,11 @@ class LitGPT(pl.LightningModule):
         self.log("train/lr", optimizer.param_groups[0]["lr"])
         if self.optim.on_nonfinite == "skip":
             self.log("train/skipped_nonfinite", float(self._skipped))  # steps skipped so far in this run
+
+    def _checkpoint_kept(self) -> bool:
+        """Whether the run folder holds a checkpoint to resume (a divergence before the first one left none)."""
+        folder = getattr(getattr(self.trainer, "checkpoint_callback", None), "dirpath", None)
+        return folder is not None and Path(folder, "last.ckpt").exists()
 
     def validation_step(self, batch, batch_idx):
         loss = self._loss(batch)

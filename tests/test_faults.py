@@ -390,6 +390,7 @@ def test_nonfinite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint
     r = run_cli("train.py", [*RUN, *fault("nan@4"), f"hydra.run.dir={tmp_path}"], tmp_path)
     assert r.returncode == 2
     assert "loss became nan at step 4" in r.stderr and "Traceback" not in r.stderr
+    assert "the last good checkpoint is kept" in r.stderr and "resume with ckpt_path=last" in r.stderr
     assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 3
 
 

@@ -313,6 +313,9 @@ def test_a_failing_job_of_a_multirun_does_not_stop_the_others(tmp_path):
     r = run_cli("train.py", ["-m", *SMOKE, "trainer.max_steps=2", *NAN_IN_ONE_JOB, "+callbacks.fault.spec=nan@1,nan@99",
                              f"hydra.sweep.dir={tmp_path}"], tmp_path)
     assert r.returncode != 0 and "error: the training loss became nan at step 1" in r.stderr  # job 0
+    # before its first checkpoint: no "last good checkpoint is kept", no resume of a folder that holds none
+    assert "at step 1 (batch 1); training stopped before its first checkpoint. Lower optim.lr" in r.stderr
+    assert "then train again;" in r.stderr
     assert (tmp_path / "1" / "checkpoints" / "last.ckpt").exists(), r.stderr[-3000:]  # job 1 still trained
     # and Hydra names the failure at the end, in one line (not a stack trace of momattn.cli.JobFailed)
     lines = [line for line in r.stderr.splitlines() if line.strip()]

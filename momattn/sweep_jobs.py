@@ -145,6 +145,7 @@ def check_jobs(sweep: Sweep, overrides: list[str]) -> None:
 
     parsed, cfg = hydra_section("train", overrides)
     launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="")) if cfg is not None else ""
+    check_launcher_settings(cfg)
     if not launcher.endswith(LOCAL_LAUNCHERS):
         return
     hydra_args = [o.input_line for o in parsed if o.is_hydra_override() and not o.is_sweep_override()]
@@ -221,6 +222,7 @@ def check_search(config_name: str, overrides: list[str]) -> None:
     check_sweeper_keys(config_name, overrides)
     parsed, cfg = hydra_section(config_name, overrides)
     target = str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="")) if cfg is not None else ""
+    check_launcher_settings(cfg)
     if "optuna" not in target.lower():
         return
     if _last(overrides, "ckpt_path") == "last":
@@ -274,6 +276,20 @@ def check_search(config_name: str, overrides: list[str]) -> None:
         else:
             if refused:
                 raise ConfigError(f"hydra.sweeper.params: {refused[0]}") from None
+
+
+def check_launcher_settings(cfg) -> None:
+    """The joblib launcher's n_jobs, which joblib refused with a traceback once the sweep had started."""
+    from omegaconf import OmegaConf
+
+    from momattn.errors import ConfigError
+
+    if cfg is None or not str(OmegaConf.select(cfg, "hydra.launcher._target_", default="")).endswith("JoblibLauncher"):
+        return
+    n_jobs = OmegaConf.select(cfg, "hydra.launcher.n_jobs", default=None)
+    if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0):
+        raise ConfigError(f"hydra.launcher.n_jobs={n_jobs} must be an int other than 0: the jobs run at a time "
+                          "(-1: one per CPU core)")
 
 
 def optuna_sweeper_installed() -> bool:
@@ -345,3 +361,9 @@ def check_optuna_settings(sweeper, metric: str | None) -> None:
     if isinstance(storage, str) and not re.match(r"^[A-Za-z][\w+.-]*://", storage):
         raise ConfigError(f"hydra.sweeper.storage={storage!r} is not a database URL; for a SQLite file write "
                           f"hydra.sweeper.storage=sqlite:///{storage} (any SQLAlchemy URL), or null for none")
+    file = re.match(r"^sqlite(?:\+\w+)?:///([^?]+)", storage) if isinstance(storage, str) else None
+    if file and file[1] != ":memory:" and not (folder := Path(file[1]).expanduser().parent).is_dir():
+        # SQLAlchemy's 'unable to open database file', a traceback of a hundred lines once Hydra had started
+        raise ConfigError(f"hydra.sweeper.storage={storage}: the folder of its SQLite file, {folder}, does not exist; "
+                          f"make it (mkdir -p {folder}) or name a file in another (sqlite:////abs/path/study.db is an "
+                          "absolute path, sqlite:///study.db one in this folder)")

@@ -217,6 +217,11 @@ def test_a_search_cannot_be_resumed_with_ckpt_path_last(tmp_path):
     ("hydra.sweeper.direction=maximize", "hydra.sweeper.direction=maximize would search for the worst val/loss"),
     ("hydra.sweeper.max_failure_rate=2", "hydra.sweeper.max_failure_rate=2.0 must be a number in [0, 1]"),
     ("hydra.sweeper.storage=study.db", "hydra.sweeper.storage='study.db' is not a database URL; for a SQLite file"),
+    # SQLAlchemy's 'unable to open database file', a 127-line traceback after Hydra had started
+    ("hydra.sweeper.storage=sqlite:////no/such/dir/x.db", "hydra.sweeper.storage=sqlite:////no/such/dir/x.db: the "
+                                                          "folder of its SQLite file, /no/such/dir, does not exist"),
+    # joblib's "n_jobs == 0 in Parallel has no meaning", a traceback once the sweep had started
+    ("hydra/launcher=joblib hydra.launcher.n_jobs=0", "hydra.launcher.n_jobs=0 must be an int other than 0"),
 ])
 def test_a_bad_optuna_setting_is_one_line_before_the_search(arg, said):
     # were a ZeroDivisionError, Optuna's ValueError and SQLAlchemy's ArgumentError tracebacks, and a bare
@@ -224,8 +229,10 @@ def test_a_bad_optuna_setting_is_one_line_before_the_search(arg, said):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     from momattn.sweep_jobs import check_search
 
+    if arg.startswith("hydra/launcher=joblib"):
+        pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     with pytest.raises(ConfigError, match="^" + re.escape(said)):
-        check_search("train", ["hparams_search=optuna", arg])
+        check_search("train", ["hparams_search=optuna", *arg.split()])
     for fine in ("hydra.sweeper.storage=sqlite:///study.db", "hydra.sweeper.n_jobs=2",
                  "hydra.sweeper.max_failure_rate=0", "hydra.sweeper.direction=minimize"):
         check_search("train", ["hparams_search=optuna", fine])

@@ -359,6 +359,15 @@ def test_an_optuna_study_in_a_database_goes_on_across_searches(tmp_path):
     assert "holds 1 trial(s): this search's sampler is seeded 1234 + 1 = 1235" in r.stderr
     best = OmegaConf.load(tmp_path / "b" / "optimization_results.yaml").best_value
     assert best == pytest.approx(min(t.value for t in trials))
+    # a space whose lr is a choice where the study's was a log interval: refused before any trial, naming the
+    # stored study (it blamed the space alone), and the trial it had asked for is failed (it stayed RUNNING for good)
+    r = run_cli("train.py", ["-m", "hparams_search=optuna", *SMOKE, "trainer.max_steps=2", "hydra.sweeper.n_trials=1",
+                             "optim.lr=choice(0.001,0.002)", f"hydra.sweeper.storage={url}",
+                             f"hydra.sweep.dir={tmp_path / 'c'}"], tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "The stored study 'momattn' searched a parameter of this space with another distribution" in r.stderr
+    assert [t.state.name for t in optuna.load_study(study_name="momattn", storage=url).trials] == \
+        ["COMPLETE", "COMPLETE", "FAIL"]
 
 
 def test_a_search_with_no_study_name_is_a_new_study_and_keeps_its_sampler_seed(tmp_path):

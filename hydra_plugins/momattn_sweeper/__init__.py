@@ -19,6 +19,7 @@ class OptunaSweeper(Sweeper):
 
         self.base = Base(**kwargs)
         self.sweep_dir = None
+        self.held = 0  # the trials a stored study held before this search
 
     def setup(self, *, hydra_context, task_function, config) -> None:
         self.sweep_dir = config.hydra.sweep.dir
@@ -43,6 +44,7 @@ class OptunaSweeper(Sweeper):
             held = len(optuna.load_study(study_name=cfg.study_name, storage=cfg.storage).trials)
         except Exception:  # no such study yet (KeyError), or a storage the base sweeper reports on
             return
+        self.held = held
         if held:
             self.base.sweeper.sampler = instantiate(cfg.sampler, seed=seed + held)
             print(f"[momattn] the stored study '{cfg.study_name}' holds {held} trial(s): this search's sampler is "
@@ -67,6 +69,13 @@ class OptunaSweeper(Sweeper):
             if _raised_in(e, "optuna/distributions") or "GridSampler only supports" in str(e):
                 # interval(1e-2,1e-4), or an interval for the grid sampler: a traceback, before any trial
                 grid = " (the grid sampler takes choice(...) and range(...) only)" if "Grid" in str(e) else ""
+                if "different distribution" in str(e) and self.sweeper_cfg.get("storage"):
+                    self._fail_asked_trials()
+                    print(f"error: the search space: {e} The stored study '{self.sweeper_cfg.get('study_name')}' "
+                          "searched a parameter of this space with another distribution (interval, choice, log): "
+                          "search its space again, or start a new study (hydra.sweeper.study_name=<another name>)",
+                          file=sys.stderr)
+                    raise SystemExit(2) from None
                 print(f"error: the search space: {e} (check hydra.sweeper.params and any interval(...), "
                       f"range(...) or choice(...) on the command line){grid}", file=sys.stderr)
                 raise SystemExit(2) from None
@@ -76,6 +85,21 @@ class OptunaSweeper(Sweeper):
                   f"above and its log in its folder under {os.path.abspath(self.sweep_dir)}; fix the cause and run the search again",
                   file=sys.stderr)
             raise SystemExit(1) from None
+
+
+    def _fail_asked_trials(self) -> None:
+        """The trials this search had asked the stored study for before its space was refused: marked failed (they
+        stayed RUNNING in the database for good, and the next search counted them)."""
+        import optuna
+
+        cfg = self.sweeper_cfg
+        try:
+            study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                if t.number >= self.held:
+                    study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        except Exception:  # the storage, unreadable now: its trial stays as it is
+            pass
 
 
 def _raised_in(e: BaseException, where: str) -> bool:

@@ -636,15 +636,17 @@ def test_a_sweep_s_seeds_are_analysed_then_summarised_with_intervals_and_reused(
 def test_a_sweep_analysis_refuses_bad_input_by_name(tmp_path):
     from momattn.analysis.runner import run_analyze
 
-    sweep = ginc_sweep(tmp_path / "sweep", [("vanilla", 1)])
+    sweep = ginc_sweep(tmp_path / "sweep", [("vanilla", 1), ("momentum", 1)])
     with pytest.raises(ConfigError, match="either ckpt_path .* or sweep_dir"):
         run_analyze({"sweep_dir": str(sweep), "ckpt_path": "x.ckpt"}, tmp_path / "out")
     with pytest.raises(ConfigError, match="sweep_dir=5 must be a path"):
         run_analyze({"sweep_dir": 5}, tmp_path / "out")
     with pytest.raises(ConfigError, match="is not a folder"):
         run_analyze({"sweep_dir": str(tmp_path / "nowhere")}, tmp_path / "out")
-    with pytest.raises(ConfigError, match="no run of sweep_dir=.* could be analysed: 0 .*sst2"):
+    # one reason for every job is said once, naming them (it was repeated once per job)
+    with pytest.raises(ConfigError, match=r"no run of sweep_dir=.* could be analysed: jobs 0, 1 \(task=sst2 .*\)$") as e:
         run_analyze({"sweep_dir": str(sweep), "task": "sst2", "shots": 2, "lrs": [0.1]}, tmp_path / "out")
+    assert str(e.value).count("sst2") == 1
 
 
 SWEEP_ARGS = {"task": "ginc", "shots": 4, "max_examples": 6, "lrs": [0.1], "ft_models_per_batch": 6,

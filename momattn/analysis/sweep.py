@@ -252,6 +252,7 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     settings = settings_of(conf)
     metrics: dict[int, dict[str, float]] = {}
     diverged: dict[int, int] = {}  # test models whose finetuning diverged, per run (left out of its means)
+    refused: dict[str, list[str]] = {}  # why a job could not be analysed: the jobs, named once per reason
     for i, r in enumerate(runs, 1):
         name = job_name(r.job, sweep_dir)
         job_out = out / "jobs" / name
@@ -267,12 +268,12 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
             try:
                 model, tokenizer = load_checkpoint(r.path, map_location=device)
             except CheckpointError as e:  # e.g. non-finite weights, or a sharded folder whose shard does not read
-                failed.append(f"{name} (unreadable checkpoint: {e})")
+                refused.setdefault(f"unreadable checkpoint: {e}", []).append(name)
                 continue
             try:
                 result = analyze(model, tokenizer, r.config, conf, checkpoint=str(r.path))
             except (ConfigError, DataError, NonFiniteLossError) as e:  # e.g. a text run asked for a GINC task
-                failed.append(f"{name} ({e})")
+                refused.setdefault(str(e), []).append(name)  # every job of a sweep alike: said once, not per job
                 continue
             finally:
                 del model  # one model on the device at a time
@@ -282,6 +283,8 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
                 log_wandb(result, job_out, conf.logger["wandb"], conf.tags)
         metrics[id(r)] = metrics_of(result)
         diverged[id(r)] = int(result.ft.get("n_diverged") or 0)
+    failed += [f"{names[0]} ({why})" if len(names) == 1 else f"jobs {', '.join(names)} ({why})"
+               for why, names in refused.items()]
     if not metrics:
         raise ConfigError(f"no run of sweep_dir='{sweep_dir}' could be analysed: " + "; ".join(failed))
     summaries = summarise(runs, metrics)

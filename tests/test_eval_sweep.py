@@ -561,6 +561,11 @@ def test_jobs_a_stopped_sweep_never_started_are_named(tmp_path):
                                      "3 (never started: seed=2 attention=momentum)"]
     with pytest.raises(ConfigError, match=r"failed or partial jobs: 0 \(no checkpoints/last.ckpt\); 1 \(never "):
         find_runs(sweep)
+    # the sweep beside another under one parent (README: sweep_dir=<parent>): its own multirun.yaml was never read
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    sweep = sweep.rename(parent / "a")
+    assert _never_started(parent)[0] == "a/1 (never started: seed=1 attention=momentum)"
     (sweep / "multirun.yaml").write_text("hydra: {sweeper: {_target_: optuna}}\n")  # a search: no fixed job list
     assert _never_started(sweep) == []
 

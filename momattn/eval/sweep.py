@@ -255,8 +255,18 @@ def job_name(job: Path, sweep_dir: Path) -> str:
 
 
 def _never_started(sweep_dir: Path) -> list[str]:
-    """The jobs of a basic sweep (its multirun.yaml) that have no folder: a sweep stopped before them (a SIGTERM,
-    a failed job) left no trace of them, and their attention or seed vanished from the tables unnamed."""
+    """The jobs of the basic sweeps in sweep_dir (each sweep's multirun.yaml: the folder itself, or sweeps side by
+    side under one parent, as the README advises) that have no folder: a sweep stopped before them (a SIGTERM, a
+    failed job) left no trace of them, and their attention or seed vanished from the tables unnamed."""
+    out = []
+    for found in sorted(sweep_dir.rglob("multirun.yaml")):
+        where = found.parent.relative_to(sweep_dir).as_posix()
+        out += [f"{where}/{job}" if where != "." else job for job in _never_started_in(found.parent)]
+    return out
+
+
+def _never_started_in(sweep_dir: Path) -> list[str]:
+    """_never_started of one sweep's folder."""
     from omegaconf import OmegaConf
 
     from momattn.sweep_jobs import BASIC, cross_jobs, sweeper_params

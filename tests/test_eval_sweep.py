@@ -200,6 +200,10 @@ def test_plot_curves_follow_k_with_seed_bands(tmp_path):
     assert _curves(row) == {"ginc": [(0, 0.5, 0.01, 3), (2, 0.55, 0.0, 2), (8, 0.6, 0.02, 3)]}
     s = SettingSummary("abc", {}, rows={"vanilla": row, "momentum": row})
     assert [p.name for p in sweep_plots([s], tmp_path)] == ["icl_abc.png", "ppl_abc.png"]
+    # again into the same folder with perplexity off: the earlier ppl plot went on standing beside this verdict
+    no_ppl = {k: v for k, v in row.items() if not k.startswith("ppl@")}
+    sweep_plots([SettingSummary("abc", {}, rows={"vanilla": no_ppl})], tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["icl_abc.png"]
 
 
 def test_an_eta_sweep_gets_its_plot_of_perplexity_and_accuracy_against_eta(tmp_path):

@@ -19,6 +19,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
@@ -208,9 +209,10 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     n_all, n_core = model.num_params(non_embedding=False), model.num_params()
     counts = f"{n_all / 1e6:.2f}M parameters" + (f" ({n_core / 1e6:.2f}M without position embeddings)"
                                                   if n_core != n_all else "")
-    print(f"[momattn] {model_config.attention.kind} attention, {counts}, "
-          f"{_train_size(train)}, {tokenizer!r}, precision {c.trainer['precision']}; "
-          f"output: {out_dir}", file=sys.stderr)
+    if rank_zero_only.rank == 0:  # the processes Lightning starts for the other ranks run this too
+        print(f"[momattn] {model_config.attention.kind} attention, {counts}, "
+              f"{_train_size(train)}, {tokenizer!r}, precision {c.trainer['precision']}; "
+              f"output: {out_dir}", file=sys.stderr)
     if c.val_every_steps:  # it replaces trainer.val_check_interval, which Lightning counts in micro-batches
         print(f"[momattn] validating every {c.val_every_steps} optimizer steps (val_every_steps; "
               f"trainer.val_check_interval={c.trainer['val_check_interval']} micro-batches)", file=sys.stderr)

@@ -643,6 +643,8 @@ def test_ddp_on_two_cpu_processes_and_on_two_simulated_nodes(tmp_path):
     assert one.returncode == 0, one.stderr[-3000:]
     assert read_checkpoint(tmp_path / "one" / "checkpoints" / "last.ckpt")["global_step"] == 6
     assert any(row.get("val/loss") for row in read_metrics(tmp_path / "one"))
+    # the start line and the CPU peak are said once, not by each process
+    assert one.stderr.count("attention, 0.") == one.stderr.count("CPU MFU is relative") == 1, one.stderr[-3000:]
     port = _free_port()
 
     def node(rank: int) -> subprocess.CompletedProcess:  # a process each, at once (warm where it can: LOCAL_RANK=0)

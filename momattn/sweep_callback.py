@@ -51,6 +51,8 @@ class CompareSweep(Callback):
         if failed:
             self.failed.append(job)
         # the joblib and submitit launchers run this in the job's own process, not the sweep's: told by a file
+        if "MULTIRUN" not in str(config.hydra.get("mode")):  # a single run (train.py without -m) is no sweep's job
+            return
         try:
             atomic_write_text(Path(config.hydra.runtime.output_dir) / JOB_END,
                               json.dumps({"job": job, "num": config.hydra.job.get("num"), "failed": failed}))

@@ -274,7 +274,8 @@ def check_launch_environment(trainer: Mapping, environ: Mapping | None = None) -
                           " are unset): start one process per node with srun (SLURM) or torchrun, or set "
                           "MASTER_ADDR, MASTER_PORT and NODE_RANK on every node (README: More than one machine)")
     port, rank = env.get("MASTER_PORT"), str(env.get("NODE_RANK", env.get("SLURM_NODEID", "0")))
-    first = rank == "0" and str(env.get("LOCAL_RANK", "0")) == "0" and not env.get("TORCHELASTIC_RUN_ID")
+    first = rank == "0" and not env.get("TORCHELASTIC_RUN_ID") and all(  # srun's tasks: SLURM_PROCID
+        str(env.get(k, "0")) == "0" for k in ("RANK", "LOCAL_RANK", "GROUP_RANK", "SLURM_PROCID"))
     here = ("127.0.0.1", "localhost", socket.gethostname()) + (("", None) if nodes == 1 else ())
     # one node: Lightning's launcher starts the other processes, and rank 0 listens (on 127.0.0.1 by default); a
     # port in use there failed at once, as "did not all meet within dist_timeout_s", its children left waiting

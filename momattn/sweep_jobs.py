@@ -120,6 +120,8 @@ def _original_command(root: Path, sweep_dir: str) -> str:
         cfg = OmegaConf.load(root / "multirun.yaml")
         task = [str(o) for o in OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []]
         script = Path(str(OmegaConf.select(cfg, "hydra.job.name", default="train"))).name
+        # a DDP sweep's other ranks, which Lightning starts as jobs named so, rewrite the file in the same folder
+        script = "train" if re.fullmatch(r"train_ddp_process_\d+", script) else script
     except Exception:  # a missing or damaged file: the job's own overrides are named instead
         return ""
     keep = [o for o in task if not o.startswith(("ckpt_path=", "hydra.sweep.dir="))]

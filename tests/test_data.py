@@ -548,7 +548,8 @@ def test_copies_that_differ_in_whitespace_or_share_a_file_never_reach_both_split
             cls(name="json", data_files={"train": [str(rows), str(rows)]}, val_split=None)
     (tmp_path / "sub").mkdir()
     os.link(rows, tmp_path / "sub" / "hard.jsonl")  # a hard link is the same file under another name
-    with pytest.raises(DataError, match=r"in the 'train' and 'validation' splits: validation would read training"):
+    with pytest.raises(DataError, match=r"in the 'train' and 'validation' splits \(as .*rows.jsonl and .*hard.jsonl, "
+                                        r"one file\): validation would read training"):
         HubCorpus(name="json", data_files={"train": str(rows), "validation": str(tmp_path / "sub" / "hard.jsonl")})
     # a lone surrogate in JSON: a UnicodeEncodeError traceback from the tokenizer, after the other files
     (tmp_path / "sur.jsonl").write_text('{"text": "fine"}\n{"text": "bad \\ud800 here"}\n')

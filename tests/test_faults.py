@@ -357,6 +357,17 @@ def test_a_resumed_sweep_job_refuses_a_folder_trained_with_other_values(tmp_path
     assert [step_of(tmp_path / str(job) / "checkpoints" / "last.ckpt") for job in (0, 1)] == [6, 6]
 
 
+def test_the_command_that_made_a_ddp_sweep_is_train_py_whichever_rank_wrote_its_multirun_yaml(tmp_path):
+    # a DDP sweep's second process, which Lightning starts as job 'train_ddp_process_1', rewrites multirun.yaml in
+    # the same folder: the refusal of a reordered resume advised `python train_ddp_process_1.py -m ...`
+    from momattn.sweep_jobs import _original_command
+
+    (tmp_path / "multirun.yaml").write_text("hydra:\n  job: {name: train_ddp_process_1}\n"
+                                            "  overrides: {task: [trainer=ddp, 'seed=1,2']}\n")
+    assert _original_command(tmp_path, str(tmp_path)) == \
+        f"python train.py -m trainer=ddp seed=1,2 ckpt_path=last hydra.sweep.dir={tmp_path}"
+
+
 def test_changed_overrides_name_what_a_resume_would_change():
     from momattn.cli import changed_overrides
 

@@ -95,6 +95,8 @@ def test_several_nodes_need_a_launcher_and_a_free_port():
             check_launch_environment(ddp, {"MASTER_PORT": str(port)})
         check_launch_environment({**ddp, "devices": 1}, {"MASTER_PORT": str(port)})  # one process: no rendezvous
         check_launch_environment(ddp, {"MASTER_PORT": str(port), "LOCAL_RANK": "1"})  # the ones it starts connect
+        # srun's second task of one node: rank 0's store may be listening already (it connects, it does not listen)
+        check_launch_environment(ddp, {"MASTER_PORT": str(port), "SLURM_PROCID": "1", "SLURM_JOB_ID": "7"})
 
 
 def test_the_planner_plans_devices_auto_without_a_gpu(capsys):

@@ -398,16 +398,18 @@ def split_files(data_files: Any, train_split: str) -> dict | None:
 def check_split_files(data_files: dict | None) -> None:
     """A file in two splits (train and validation), or twice in one: validation on training text, or every row of
     it trained twice. Compared as files, not names (a glob matching the validation file too, a link, a hard link)."""
-    named: dict[tuple, str] = {}
+    named: dict[tuple, tuple[str, Path]] = {}
     for split, files in (data_files or {}).items():
         for p in _named_files(files):  # stat only: no file is read for this
-            if (other := named.get(key := file_id(p))) is not None:
+            if (seen := named.get(key := file_id(p))) is not None:
+                other, first = seen
                 same = other == str(split)
+                also = "" if first.resolve() == p.resolve() else f" (as {first} and {p}, one file)"
                 raise DataError(f"data.data_files names {p.resolve()} " + (f"twice in '{split}'" if same else
-                                f"in the '{other}' and '{split}' splits") + ": " + (
+                                f"in the '{other}' and '{split}' splits") + also + ": " + (
                                 "every row of it would be trained on twice" if same else
                                 "validation would read training text") + "; list each file once")
-            named[key] = str(split)
+            named[key] = (str(split), p)
 
 
 def check_splits(train_split: str, val_split: str | None) -> None:

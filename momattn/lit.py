@@ -53,6 +53,7 @@ class LitGPT(pl.LightningModule):
         self._train_flops = model.flops_per_token() * tokens_per_batch if tokens_per_batch else None
         self._val_sum, self._val_count, self._rng_to_restore = 0.0, 0, None
         self._step_loss, self._step_finite, self._nonfinite, self._skipped = None, 0, [], 0  # see training_step
+        self.last_finite_loss: float | None = None  # the newest step's train/loss that was not skipped
 
     @property
     def flops_per_batch(self) -> float | None:
@@ -112,7 +113,10 @@ class LitGPT(pl.LightningModule):
             self._skipped += 1
             self.print(f"warning: non-finite loss ({value}) at step {self.global_step}{where}: step skipped")
         # a step every loss of which was non-finite (skipped) logs nan: unlogged, Lightning wrote the step before's
+        # (the run's result, summary.json and a sweeper's metric, takes last_finite_loss instead: momattn.training)
         self.log("train/loss", total / n_finite if n_finite else float("nan"), prog_bar=True)
+        if n_finite:
+            self.last_finite_loss = total / n_finite
         self.log("train/lr", optimizer.param_groups[0]["lr"])
         if self.optim.on_nonfinite == "skip":
             self.log("train/skipped_nonfinite", float(self._skipped))  # steps skipped so far in this run

@@ -219,10 +219,12 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     t0 = time.perf_counter()
 
     def outcome() -> tuple[dict, dict]:  # (speed, logged metrics) at the end of fit, or where a SIGTERM ended it
+        logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if math.isnan(logged.get("train/loss", 0.0)) and lit.last_finite_loss is not None:
+            logged["train/loss"] = lit.last_finite_loss  # the last step was skipped (optim.on_nonfinite=skip)
         # fit_seconds: this process's fit; after a resume it covers the steps from fit_from_step on only
         return ({**throughput_summary(throughput), "fit_seconds": round(time.perf_counter() - t0, 1),
-                 **({"fit_from_step": start_step} if start_step else {})},
-                {k: float(v) for k, v in trainer.callback_metrics.items()})
+                 **({"fit_from_step": start_step} if start_step else {})}, logged)
 
     failed = True  # until the run returns or is preempted (resumable): W&B marks the run by it
     try:

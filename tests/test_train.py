@@ -192,6 +192,18 @@ def test_a_run_shorter_than_the_logging_interval_says_so_once(tmp_path, capsys, 
     assert not [w for w in recwarn if "logging interval" in str(w.message)]  # not Lightning's warning besides
 
 
+def test_a_run_whose_last_step_was_skipped_returns_its_last_finite_training_loss(tmp_path):
+    # the skipped step logs train/loss nan; the run's result took it, and a finished run (an Optuna trial
+    # optimizing train/loss) failed as "train/loss=nan at the end of training; the run diverged"
+    cfg = compose_train(tmp_path, [*SMOKE, "trainer.max_steps=4", "optimized_metric=train/loss", "logger=csv",
+                                   "optim.on_nonfinite=skip", "+callbacks.fault._target_=momattn.faults.FaultInjection",
+                                   "+callbacks.fault.spec=nan@3"])
+    value = run_train(cfg)
+    losses = train_losses(tmp_path)
+    assert math.isnan(losses[3]) and value == pytest.approx(losses[2])
+    assert json.loads((tmp_path / "summary.json").read_text())["train/loss"] == pytest.approx(losses[2])
+
+
 def test_logger_none_trains_and_still_reports(tmp_path):
     val_loss = run_train(compose_train(tmp_path, [*SMOKE, "logger=none"]))
     assert math.isfinite(val_loss)

@@ -101,13 +101,11 @@ class LitGPT(pl.LightningModule):
         if n_bad:
             value, where = (f"{bad[0][0]}", f" (batch {bad[0][1]})") if bad else ("non-finite", " on another process")
             if self.optim.on_nonfinite != "skip":
-                kept = self._checkpoint_kept()
+                kept, then = self._what_is_kept()
                 raise NonFiniteLossError(
-                    f"the training loss became {value} at step {self.global_step}{where}; training stopped" + (
-                        " and the last good checkpoint is kept" if kept else
-                        " before its first checkpoint") + ". Lower optim.lr, raise optim.warmup_steps or set "
-                    "optim.grad_clip, then " + ("resume with ckpt_path=last" if kept else "train again") +
-                    "; or set optim.on_nonfinite=skip to skip such steps")
+                    f"the training loss became {value} at step {self.global_step}{where}; training stopped{kept}. "
+                    f"Lower optim.lr, raise optim.warmup_steps or set optim.grad_clip, then {then}; or set "
+                    "optim.on_nonfinite=skip to skip such steps")
             for p in self.parameters():  # AdamW passes over parameters without a gradient: no update, no decay
                 p.grad = None
             self._skipped += 1
@@ -121,10 +119,20 @@ class LitGPT(pl.LightningModule):
         if self.optim.on_nonfinite == "skip":
             self.log("train/skipped_nonfinite", float(self._skipped))  # steps skipped so far in this run
 
-    def _checkpoint_kept(self) -> bool:
-        """Whether the run folder holds a checkpoint to resume (a divergence before the first one left none)."""
+    def _what_is_kept(self) -> tuple[str, str]:
+        """(what the run keeps, how to go on) for a divergence: it said "the last good checkpoint is kept ... resume
+        with ckpt_path=last" before the run's first checkpoint too, in a folder that held none."""
         folder = getattr(getattr(self.trainer, "checkpoint_callback", None), "dirpath", None)
-        return folder is not None and Path(folder, "last.ckpt").exists()
+        if folder is not None and Path(folder, "last.ckpt").exists():
+            return " and the last good checkpoint is kept", "resume with ckpt_path=last"
+        others = sorted(p.name for p in Path(folder).glob("*.ckpt")) if folder is not None else []
+        if others:  # save_last=false: its best checkpoints, which ckpt_path=last does not take
+            return (f" ({folder} keeps {', '.join(others[:3])}; no last.ckpt, save_last is off)",
+                    f"resume from one of them (ckpt_path={Path(folder) / others[-1]})")
+        started = getattr(self.trainer, "ckpt_path", None)
+        if started:  # resumed into a folder of its own from another run's checkpoint
+            return " before its first checkpoint", f"resume from the checkpoint it started from again (ckpt_path={started})"
+        return " before its first checkpoint", "train again"
 
     def validation_step(self, batch, batch_idx):
         loss = self._loss(batch)

@@ -353,3 +353,23 @@ def test_under_fsdp_clipping_by_value_clips_values_and_by_norm_takes_the_global_
     assert norms == [] and all(float(p.grad.abs().max()) == 0.5 for p in lit.model.parameters())
     lit.configure_gradient_clipping(opt, 0.5, "norm")
     assert norms == [0.5]  # FSDP's own clip_grad_norm_: the norm over every shard
+
+
+def test_a_divergence_says_what_the_run_keeps_and_how_to_go_on(tmp_path):
+    # it said "the last good checkpoint is kept ... resume with ckpt_path=last" in a folder that held none
+    from types import SimpleNamespace
+
+    from momattn.lit import LitGPT
+
+    def said(ckpt_path=None):
+        trainer = SimpleNamespace(checkpoint_callback=SimpleNamespace(dirpath=str(tmp_path)), ckpt_path=ckpt_path)
+        return LitGPT._what_is_kept(SimpleNamespace(trainer=trainer))
+
+    assert said() == (" before its first checkpoint", "train again")
+    assert said("/runs/a/checkpoints/last.ckpt")[1] == \
+        "resume from the checkpoint it started from again (ckpt_path=/runs/a/checkpoints/last.ckpt)"
+    (tmp_path / "best-step3.ckpt").write_bytes(b"x")  # save_last=false: best files only
+    assert said() == (f" ({tmp_path} keeps best-step3.ckpt; no last.ckpt, save_last is off)",
+                      f"resume from one of them (ckpt_path={tmp_path / 'best-step3.ckpt'})")
+    (tmp_path / "last.ckpt").write_bytes(b"x")
+    assert said() == (" and the last good checkpoint is kept", "resume with ckpt_path=last")

@@ -382,6 +382,34 @@ def test_an_optuna_study_in_a_database_goes_on_across_searches(tmp_path):
         ["COMPLETE", "COMPLETE", "FAIL"]
 
 
+def test_a_space_refused_by_a_stored_study_fails_only_the_trials_its_search_asked_for(tmp_path, capsys):
+    # other choices for a parameter (Optuna: "CategoricalDistribution does not support dynamic value space") got the
+    # generic message and left the trial running; and a trial of another search on the study must stay running
+    optuna = pytest.importorskip("optuna")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    from optuna.distributions import CategoricalDistribution
+
+    from hydra_plugins.momattn_sweeper import OptunaSweeper
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="s", storage=url)
+    study.tell(study.ask({"optim.lr": CategoricalDistribution([0.001, 0.002])}), 1.0)
+    study.ask()  # another search's trial, running now
+
+    def base_sweep(arguments):  # what the base sweeper does with this search's space
+        optuna.load_study(study_name="s", storage=url).ask({"optim.lr": CategoricalDistribution([0.001, 0.003])})
+
+    sweeper = OptunaSweeper.__new__(OptunaSweeper)
+    sweeper.sweeper_cfg, sweeper.sweep_dir = OmegaConf.create({"storage": url, "study_name": "s"}), str(tmp_path)
+    sweeper.base = SimpleNamespace(sweeper=SimpleNamespace(n_trials=1), sweep=base_sweep)
+    with pytest.raises(SystemExit) as e:
+        sweeper.sweep([])
+    assert e.value.code == 2
+    assert "The stored study 's' searched a parameter of this space with another distribution" in capsys.readouterr().err
+    assert [t.state.name for t in optuna.load_study(study_name="s", storage=url).trials] == ["COMPLETE", "RUNNING", "FAIL"]
+
+
 def test_a_search_with_no_study_name_is_a_new_study_and_keeps_its_sampler_seed(tmp_path):
     # hydra.sweeper.study_name=null: Optuna makes a new study each search; loading the study by no name took the
     # storage's only study, so the new one was reseeded and said to be "the stored study 'None'" with its trials

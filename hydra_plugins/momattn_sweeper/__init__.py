@@ -7,6 +7,7 @@ this module imports nothing optional until a sweep uses it (without the sweep ex
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -19,7 +20,6 @@ class OptunaSweeper(Sweeper):
 
         self.base = Base(**kwargs)
         self.sweep_dir = None
-        self.held = 0  # the trials a stored study held before this search
 
     def setup(self, *, hydra_context, task_function, config) -> None:
         self.sweep_dir = config.hydra.sweep.dir
@@ -44,7 +44,6 @@ class OptunaSweeper(Sweeper):
             held = len(optuna.load_study(study_name=cfg.study_name, storage=cfg.storage).trials)
         except Exception:  # no such study yet (KeyError), or a storage the base sweeper reports on
             return
-        self.held = held
         if held:
             self.base.sweeper.sampler = instantiate(cfg.sampler, seed=seed + held)
             print(f"[momattn] the stored study '{cfg.study_name}' holds {held} trial(s): this search's sampler is "
@@ -61,7 +60,8 @@ class OptunaSweeper(Sweeper):
         from momattn.errors import UserError
 
         try:
-            return self.base.sweep(arguments)
+            with self._recording_trials():
+                return self.base.sweep(arguments)
         except UserError as e:  # raised before any trial (momattn.search's space): one line, as train.py's
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -69,12 +69,12 @@ class OptunaSweeper(Sweeper):
             if _raised_in(e, "optuna/distributions") or "GridSampler only supports" in str(e):
                 # interval(1e-2,1e-4), or an interval for the grid sampler: a traceback, before any trial
                 grid = " (the grid sampler takes choice(...) and range(...) only)" if "Grid" in str(e) else ""
-                if "different distribution" in str(e) and self.sweeper_cfg.get("storage"):
+                if _raised_in(e, "check_distribution_compatibility", frame=True) and self.sweeper_cfg.get("storage"):
                     self._fail_asked_trials()
                     print(f"error: the search space: {e} The stored study '{self.sweeper_cfg.get('study_name')}' "
-                          "searched a parameter of this space with another distribution (interval, choice, log): "
-                          "search its space again, or start a new study (hydra.sweeper.study_name=<another name>)",
-                          file=sys.stderr)
+                          "searched a parameter of this space with another distribution (interval or choice, log "
+                          "or not, other choices): search its space again, or start a new study "
+                          "(hydra.sweeper.study_name=<another name>)", file=sys.stderr)
                     raise SystemExit(2) from None
                 print(f"error: the search space: {e} (check hydra.sweeper.params and any interval(...), "
                       f"range(...) or choice(...) on the command line){grid}", file=sys.stderr)
@@ -87,6 +87,24 @@ class OptunaSweeper(Sweeper):
             raise SystemExit(1) from None
 
 
+    @contextlib.contextmanager
+    def _recording_trials(self):
+        """The ids of the trials this process asks its study for (Optuna's Trial is made for each), so that the
+        ones a refused space left running are told apart from another search's on the same stored study."""
+        from optuna.trial import Trial
+
+        init, self.asked = Trial.__init__, []
+
+        def recorded(trial, study, trial_id):
+            init(trial, study, trial_id)
+            self.asked.append(trial_id)
+
+        Trial.__init__ = recorded
+        try:
+            yield
+        finally:
+            Trial.__init__ = init
+
     def _fail_asked_trials(self) -> None:
         """The trials this search had asked the stored study for before its space was refused: marked failed (they
         stayed RUNNING in the database for good, and the next search counted them)."""
@@ -95,16 +113,22 @@ class OptunaSweeper(Sweeper):
         cfg = self.sweeper_cfg
         try:
             study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
+            ours = set(getattr(self, "asked", []))
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-                if t.number >= self.held:
+                if t._trial_id in ours:
                     study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         except Exception:  # the storage, unreadable now: its trial stays as it is
             pass
 
 
-def _raised_in(e: BaseException, where: str) -> bool:
-    """Whether e was raised inside a module whose path holds `where` (e.g. 'optuna/distributions')."""
+def _raised_in(e: BaseException, where: str, frame: bool = False) -> bool:
+    """Whether e was raised inside a module whose path holds `where` (e.g. 'optuna/distributions'); frame=True:
+    inside a function of that name, anywhere on the way (e.g. 'check_distribution_compatibility')."""
     tb = e.__traceback__
-    while tb is not None and tb.tb_next is not None:
+    while tb is not None and (frame or tb.tb_next is not None):
+        if frame and tb.tb_frame.f_code.co_name == where:
+            return True
+        if tb.tb_next is None:
+            break
         tb = tb.tb_next
-    return tb is not None and where in tb.tb_frame.f_code.co_filename.replace("\\", "/")
+    return not frame and tb is not None and where in tb.tb_frame.f_code.co_filename.replace("\\", "/")

@@ -115,9 +115,10 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         check_arguments(conf or {}, what)  # Lightning's own keys, before any tokenizing or data building
     out_dir, job = Path(c.paths.output_dir).resolve(), hydra_job()
     guard.out_dir, guard.job = out_dir, job
-    if warning := warmup_warning(c.optim.warmup_steps, c.max_steps, c.optim.lr):
+    if (warning := warmup_warning(c.optim.warmup_steps, c.max_steps, c.optim.lr)) and rank_zero_only.rank == 0:
         print(warning, file=sys.stderr)
-    if any(isinstance(cb, Mapping) and cb.get("save_weights_only") is True for cb in (c.callbacks or {}).values()):
+    if any(isinstance(cb, Mapping) and cb.get("save_weights_only") is True for cb in (c.callbacks or {}).values()) \
+            and rank_zero_only.rank == 0:
         print("[momattn] note: save_weights_only=true: its checkpoints hold no optimizer or data position, so after a "
               "crash the run cannot be resumed from them (a SIGTERM still saves a full last.ckpt)", file=sys.stderr)
     if note := logging_note(c.trainer.get("log_every_n_steps"), c.max_steps):

@@ -203,6 +203,9 @@ def test_plot_curves_follow_k_with_seed_bands(tmp_path):
     # again into the same folder with perplexity off: the earlier ppl plot went on standing beside this verdict
     no_ppl = {k: v for k, v in row.items() if not k.startswith("ppl@")}
     sweep_plots([SettingSummary("abc", {}, rows={"vanilla": no_ppl})], tmp_path)
+    assert (tmp_path / "ppl_abc.png").is_file()  # a folder without an earlier verdict: its files are not ours
+    (tmp_path / "sweep.md").write_text("an earlier verdict\n")
+    sweep_plots([SettingSummary("abc", {}, rows={"vanilla": no_ppl})], tmp_path)
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["icl_abc.png"]
 
 

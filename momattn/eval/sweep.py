@@ -675,7 +675,8 @@ def sweep_plots(summaries: Sequence[SettingSummary], out: Path) -> list[Path]:
         path = eta_plot(s, out / f"eta_{s.setting}.png")
         if path is not None:
             written.append(path)
-    for stale in (p for prefix in ("icl_", "ppl_", "eta_") for p in out.glob(f"{prefix}*.png")):
+    earlier = (out / "sweep.md").is_file()  # a verdict was written here before: its plots, not someone else's files
+    for stale in (p for prefix in ("icl_", "ppl_", "eta_") for p in out.glob(f"{prefix}*.png") if earlier):
         if stale not in written:  # an earlier verdict's in this folder (perplexity off now): it read as this one's
             stale.unlink(missing_ok=True)
     return written

@@ -19,7 +19,7 @@ from momattn import lightning_compat as compat
 from momattn.errors import first_line
 from momattn.io import atomic_write_text
 from momattn.schema import instantiate, locate
-from momattn.wandb_runs import require_api_key, wandb_offline
+from momattn.wandb_runs import require_api_key, wandb_mode, wandb_offline
 
 
 def _without_anonymous(logger: WandbLogger) -> WandbLogger:
@@ -148,7 +148,7 @@ def make_loggers(section: Mapping | None, run_id: str | None = None, group: str 
             continue
         extra = {}
         target = locate(conf.get("_target_", ""), f"logger.{key}._target_")
-        if target in (wandb_logger, WandbLogger) and os.environ.get("WANDB_MODE") == "disabled":
+        if target in (wandb_logger, WandbLogger) and wandb_mode() == "disabled":
             print("[momattn] WANDB_MODE=disabled: no W&B run (unset it, or logger=csv, to keep the metrics)",
                   file=sys.stderr)
             continue

@@ -165,6 +165,7 @@ def check_jobs(sweep: Sweep, overrides: list[str]) -> None:
                 continue
             with open_dict(composed):  # what the launcher and run_job set: the job's number, id and folder
                 composed.hydra.job.num = num
+                composed.hydra.mode = "MULTIRUN"
                 composed.hydra.job.id = num if launcher.endswith("BasicLauncher") else f"{composed.hydra.job.name}_{num}"
             HydraConfig().set_config(composed)  # the folder's interpolations may read the hydra node
             folder = os.path.join(str(OmegaConf.select(composed, "hydra.sweep.dir")),

@@ -425,8 +425,27 @@ def _sweep_names(job: HydraJob, model_config: GPTConfig) -> tuple[str | None, st
         return None, None
     folder = Path(job.sweep_dir)
     group = f"{folder.parent.name}/{folder.name}" if re.fullmatch(r"\d\d-\d\d-\d\d", folder.name) else folder.name
-    own = " ".join(o for o in job.overrides if not o.startswith(("hydra.", "attention=", "ckpt_path=")))
-    return group[-128:], f"{model_config.attention.kind}-{job.num} {own}".strip()[:128]
+    own = [o for o in job.overrides if not o.startswith(("hydra.", "attention=", "ckpt_path="))]
+    swept = _swept_keys(folder)  # what tells the jobs apart first: the command line's other overrides cut it off
+    own = [o for o in own if o.split("=", 1)[0].lstrip("+~") in swept] if swept else own
+    name = f"{model_config.attention.kind}-{job.num} {' '.join(own)}".strip()
+    return group[-128:], name if len(name) <= 128 else name[:127] + "…"
+
+
+def _swept_keys(sweep_dir: Path) -> set[str]:
+    """The keys a sweep varies, from its multirun.yaml: its sweeps on the command line (seed=1,2) and the keys of
+    hydra.sweeper.params (an Optuna space, an experiment's sweep); empty where the file cannot be read."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = OmegaConf.load(sweep_dir / "multirun.yaml")
+        keys = {str(k) for k in (OmegaConf.select(cfg, "hydra.sweeper.params") or {})}
+        task = [str(o) for o in OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []]
+        keys |= {o.key_or_group for o in OverridesParser.create().parse_overrides(task) if o.is_sweep_override()}
+    except Exception:  # no file (a launcher that writes none), or one Hydra cannot parse: every override named
+        return set()
+    return {k.lstrip("+~") for k in keys}
 
 
 def _disk_full(e: OSError, out_dir: Path) -> str:

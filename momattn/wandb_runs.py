@@ -22,7 +22,7 @@ def check_wandb_names(cfg: Mapping, where: str = "logger.wandb", tags: Any = Non
     """A W&B project, name, group, tags or run id that W&B would refuse (project=a/b, a tag over 64 characters,
     tags=5), refused now with the key: W&B raised it from deep inside its settings when the run started, after the
     work. tags: the entry point's top-level tags, where they are passed apart from `cfg`."""
-    if os.environ.get("WANDB_MODE", "").strip().lower() == "disabled":  # no run starts: nothing W&B would read
+    if wandb_mode() == "disabled":  # no run starts: nothing W&B would read
         return
     values = {k: cfg.get(k) for k in _WANDB_SETTINGS} | ({"tags": tags} if tags is not None else {})
     key_of = {k: f"{where}.{k}" for k in _WANDB_SETTINGS} | ({"tags": "tags"} if tags is not None else {})
@@ -106,12 +106,43 @@ def require_api_key() -> None:
                           "upload later with `wandb sync`")
 
 
+def wandb_mode() -> str | None:
+    """WANDB_MODE, in lower case (W&B reads it so; WANDB_MODE=Disabled still started a run here), or None."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode is None:
+        return None
+    if mode != (lower := mode.strip().lower()):
+        os.environ["WANDB_MODE"] = lower  # what W&B itself then reads
+    return lower
+
+
+def check_train_wandb(cfg: Mapping, where: str, sweep: bool) -> None:
+    """train.py's W&B logger settings that failed only once the data and model were built (offline=no, online
+    without an API key, log_model offline), or went wrong without a word (an empty project: Lightning's
+    'lightning_logs'; one run id for every job of a sweep, whose histories then collided in one run)."""
+    offline = wandb_offline(cfg.get("offline", True), f"{where}.offline")
+    if offline is None:  # WANDB_MODE=disabled: no run
+        return
+    if offline is False:
+        require_api_key()
+    if offline and cfg.get("log_model"):
+        raise ConfigError(f"{where}.log_model={cfg['log_model']!r} uploads checkpoints, which an offline run cannot "
+                          f"do; drop it, or log online ({where}.offline=false)")
+    project = cfg.get("project")
+    if isinstance(project, str) and not project.strip():
+        raise ConfigError(f"{where}.project is empty: W&B would log into Lightning's 'lightning_logs' (evaluate.py "
+                          f"and analyze.py into 'momattn'); name a project, or leave the default, momattn")
+    if sweep and cfg.get("id") is not None:
+        raise ConfigError(f"{where}.id={cfg['id']!r} would give every job of the sweep one W&B run, whose histories "
+                          "would collide; drop it (each job starts its own run, and a resume continues it)")
+
+
 def wandb_offline(offline: Any, key: str = "logger.wandb.offline") -> bool | None:
     """Whether a W&B run logs offline: the config's `offline` (a bool), unless WANDB_MODE says otherwise; None when
     WANDB_MODE=disabled (no run at all)."""
     if not isinstance(offline, bool):  # `off` / `no` on the command line stay text, which is truthy
         raise ConfigError(f"{key}={offline!r} must be true or false")
-    mode = os.environ.get("WANDB_MODE")
+    mode = wandb_mode()
     if mode == "disabled":
         return None
     if mode in ("online", "run"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -113,6 +114,10 @@ def test_a_value_one_job_of_a_sweep_takes_is_refused_before_any_job_trains(tmp_p
         with pytest.raises(ConfigError, match=r"^paths.output_dir=.*one.*: jobs 0 and 1 of the sweep would write into "
                                               r"this one folder"):
             check_jobs(plan_sweep("train", shared), shared)
+    wandb_id = [*SMOKE, "seed=1,2", "logger=wandb", "logger.wandb.id=myrun"]  # both jobs wrote run myrun
+    with pytest.raises(ConfigError, match=r"^job 0 of the sweep .*logger.wandb.id='myrun' would give every job of the "
+                                          r"sweep one W&B run"):
+        check_jobs(plan_sweep("train", wandb_id), wandb_id)
     subdir = [*SMOKE, "seed=1,2", "hydra.sweep.subdir=x"]  # it blamed paths.output_dir, which was not set
     with pytest.raises(ConfigError, match=r"^hydra.sweep.subdir=x: jobs 0 and 1 of the sweep would write into one "
                                           r"folder, .*; leave hydra.sweep.subdir at its default"):
@@ -526,7 +531,12 @@ def test_wrong_type_names_the_key(tmp_path):
     for override, culprit in (("optim.grad_clip=-1", "optim.grad_clip=-1.0 must be finite and >= 0"),
                               ("optim.betas=[1.5,0.9]", "optim.betas=[1.5, 0.9] must be each in [0, 1)"),
                               ("optim.min_lr_ratio=-1", "optim.min_lr_ratio=-1.0 must be in [0, 1]"),
-                              ("logger.wandb.offline=no", "logger.wandb.offline='no' must be true or false")):
+                              ("logger.wandb.offline=no", "logger.wandb.offline='no' must be true or false"),
+                              # Lightning's 'lightning_logs' project (evaluate.py's 'momattn'), and log_model
+                              # offline failed once the data and model were built
+                              ("logger.wandb.project=", "logger.wandb.project is empty: W&B would log into "),
+                              ("+logger.wandb.log_model=true", "logger.wandb.log_model=True uploads checkpoints, "
+                                                               "which an offline run cannot do")):
         assert culprit in run_expecting(tmp_path, [*SMOKE, override, *(["logger=wandb"] if "wandb" in override
                                                                         else [])], ConfigError)
     assert load_train_config(compose_train(tmp_path, [*SMOKE, "optim.grad_clip=null"])).optim.grad_clip is None  # was
@@ -996,6 +1006,16 @@ def test_a_disk_that_fills_while_torch_save_writes_is_a_full_disk_not_a_zip_writ
     assert str(unwritable(info.value)).startswith(f"cannot write {target}: No space left on device; free some space")
     quota = OSError(errno.EDQUOT, "Disk quota exceeded", str(target))  # a quota: the same resumable state
     assert _disk_full(quota, tmp_path).startswith(f"the disk quota is used up while writing {target} (Disk quota ")
+
+
+def test_wandb_mode_is_read_in_any_case(monkeypatch):
+    from momattn.wandb_runs import wandb_mode, wandb_offline
+
+    monkeypatch.setenv("WANDB_MODE", "Disabled")  # a run was started (offline), and a refused name not checked
+    assert wandb_mode() == "disabled" and os.environ["WANDB_MODE"] == "disabled"
+    assert wandb_offline(True) is None
+    monkeypatch.setenv("WANDB_MODE", "ONLINE")
+    assert wandb_offline(True) is False
 
 
 def test_wandb_online_without_an_api_key_says_so(tmp_path):

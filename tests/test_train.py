@@ -787,7 +787,7 @@ def test_every_evaluation_setting_of_evaluate_yaml_can_be_set_for_the_end_of_run
     assert c.eval.icl.max_shots == 16 and c.eval.icl.score == "sum"
 
 
-def test_a_multirun_jobs_wandb_group_keeps_the_date_and_its_name_carries_the_jobs_overrides():
+def test_a_multirun_jobs_wandb_group_keeps_the_date_and_its_name_carries_the_jobs_overrides(tmp_path):
     from momattn.cli import HydraJob
     from momattn.model import AttentionConfig, GPTConfig
     from momattn.training import _sweep_names
@@ -799,6 +799,16 @@ def test_a_multirun_jobs_wandb_group_keeps_the_date_and_its_name_carries_the_job
     assert _sweep_names(job, model) == ("2026-12-02/01-40-28", "momentum-4 seed=2 optim.lr=1e-3")
     named = HydraJob(["seed=1"], sweep_dir="/runs/eta_sweep", num=0)
     assert _sweep_names(named, model) == ("eta_sweep", "momentum-0 seed=1")
+    # with the sweep's multirun.yaml, the swept values alone: the command line's other overrides cut the name at
+    # 128 characters before seed=1 (and a kept val_check_interval=500 read as =5)
+    common = ["debug=smoke", "data.tasks=[trec]", "trainer.accelerator=cpu", "logger=wandb", "trainer.max_steps=1500",
+              "trainer.val_check_interval=500", "model.n_embd=64", "model.n_layer=3"]
+    (tmp_path / "multirun.yaml").write_text(OmegaConf.to_yaml({"hydra": {
+        "overrides": {"task": [*common, "seed=1,2"]}, "sweeper": {"params": {"optim.lr": "choice(1e-3,2e-3)"}}}}))
+    job = HydraJob([*common, "seed=1", "optim.lr=2e-3"], sweep_dir=str(tmp_path), num=2)
+    assert _sweep_names(job, model)[1] == "momentum-2 seed=1 optim.lr=2e-3"
+    (tmp_path / "multirun.yaml").unlink()  # no file: every override, cut with an ellipsis
+    assert _sweep_names(job, model)[1].endswith("…") and len(_sweep_names(job, model)[1]) == 128
 
 
 def test_a_resumed_finished_run_is_evaluated_again_when_its_results_are_of_an_earlier_step(tmp_path):

@@ -618,7 +618,17 @@ def test_a_sweep_s_seeds_are_analysed_then_summarised_with_intervals_and_reused(
     assert "Diverged test models (left out of the run's means; counted wrong in its FT accuracy): 1 3\n" in \
         (out / "analysis_sweep.md").read_text()
     ((cfg, tables, kw),) = logged
-    assert cfg == {"project": "p", "tags": ["t"]} and kw["job_type"] == "analyze-sweep"
+    assert cfg == {"project": "p", "tags": ["t"], "group": f"section4-{sweep.name}"} and kw["job_type"] == "analyze-sweep"
+    # each job's run: in the verdict's group, named by its job (all were <task>-<attention>: seeds looked alike)
+    from types import SimpleNamespace
+
+    from momattn.analysis.report import log_wandb
+
+    started = []
+    monkeypatch.setattr("momattn.wandb_runs.start_run", lambda out, cfg, who, **init: started.append(init))
+    result = SimpleNamespace(task="ginc", attention="momentum", checkpoint="c", lr=0.1, shots=4)
+    assert log_wandb(result, out, {}, job="3", group=f"section4-{sweep.name}") is False  # (no run started here)
+    assert started[0]["name"] == "ginc-momentum job 3" and started[0]["group"] == f"section4-{sweep.name}"
     f_row = next(r for r in tables["findings"] if r["attention"] == "momentum" and r["name"].startswith("SimAOU"))
     assert f_row["mean"] == pytest.approx(f["mean"]) and f_row["lo"] == pytest.approx(f["lo"])
     assert any(r["attention"] == "vanilla" and r["metric"] == "acc_icl" for r in tables["rows"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -148,19 +149,23 @@ def flat_metrics(r) -> dict[str, float]:
     return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}
 
 
-def log_wandb(r, out_dir: Path, wandb_cfg: Mapping, tags: Sequence[str] = ()) -> bool:
+def log_wandb(r, out_dir: Path, wandb_cfg: Mapping, tags: Sequence[str] = (), job: str | None = None,
+              group: str | None = None) -> bool:
     """One W&B run under train.py's rules (momattn.wandb_runs: offline unless wandb_cfg says offline: false or
     WANDB_MODE=online, none for WANDB_MODE=disabled, offline when W&B cannot be reached); False when there is no
-    run (wandb cannot be imported, or WANDB_MODE=disabled)."""
+    run (wandb cannot be imported, or WANDB_MODE=disabled). job: a sweep job's name (its runs were all named
+    <task>-<attention>, so seeds could not be told apart), group: the sweep verdict's (where logger.wandb.group
+    names none); the run's folder is said, as train.py and evaluate.py say theirs."""
     try:
         import wandb
     except ImportError:
         return False
-    from momattn.wandb_runs import start_run
+    from momattn.wandb_runs import start_run, where
 
-    run = start_run(out_dir, wandb_cfg, "the analysis", job_type="analyze", group=wandb_cfg.get("group"),
+    run = start_run(out_dir, wandb_cfg, "the analysis", job_type="analyze", group=wandb_cfg.get("group") or group,
                     tags=list(wandb_cfg.get("tags") or tags or []),  # logger.wandb.tags (${tags} by default)
-                    name=f"{r.task}-{r.attention}", config={"checkpoint": r.checkpoint, "lr": r.lr, "shots": r.shots})
+                    name=f"{r.task}-{r.attention}" + (f" job {job}" if job else ""),
+                    config={"checkpoint": r.checkpoint, "lr": r.lr, "shots": r.shots, **({"job": job} if job else {})})
     if run is None:
         return False
     try:
@@ -169,6 +174,9 @@ def log_wandb(r, out_dir: Path, wandb_cfg: Mapping, tags: Sequence[str] = ()) ->
         run.summary.update(metrics)
         if (out_dir / "per_layer.png").exists():
             run.log({"per_layer": wandb.Image(str(out_dir / "per_layer.png"))})
+        run_dir, offline = where(run)
     finally:
         run.finish()
+    print(f"[momattn] W&B run of the analysis{f' of job {job}' if job else ''}: {run_dir}"
+          + (f" (offline; upload with: wandb sync {run_dir})" if offline else ""), file=sys.stderr)
     return True

@@ -7,7 +7,6 @@ import errno
 import json
 import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -65,6 +64,7 @@ from momattn.model import GPT, GPTConfig
 from momattn.progress import TrainProgress
 from momattn.schema import check_arguments, instantiate, instantiate_all
 from momattn.tokenizer import Tokenizer, build_tokenizer
+from momattn.wandb_runs import folder_group
 
 SUMMARY_METRICS = ("val/", "train/loss", "train/lr")  # summary.json's metrics: every optimized_metric (config.LOGGED)
 RESUME_ENV = "MOMATTN_RESUME_CKPT"  # rank 0's resume choice, for the local ranks Lightning starts
@@ -424,12 +424,12 @@ def _sweep_names(job: HydraJob, model_config: GPTConfig) -> tuple[str | None, st
     if job.sweep_dir is None:
         return None, None
     folder = Path(job.sweep_dir)
-    group = f"{folder.parent.name}/{folder.name}" if re.fullmatch(r"\d\d-\d\d-\d\d", folder.name) else folder.name
+    group = folder_group(folder)
     own = [o for o in job.overrides if not o.startswith(("hydra.", "attention=", "ckpt_path="))]
     swept = _swept_keys(folder)  # what tells the jobs apart first: the command line's other overrides cut it off
     own = [o for o in own if o.split("=", 1)[0].lstrip("+~") in swept] if swept else own
     name = f"{model_config.attention.kind}-{job.num} {' '.join(own)}".strip()
-    return group[-128:], name if len(name) <= 128 else name[:127] + "…"
+    return group, name if len(name) <= 128 else name[:127] + "…"
 
 
 def _swept_keys(sweep_dir: Path) -> set[str]:

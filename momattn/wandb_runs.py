@@ -193,11 +193,19 @@ def _cell(v: Any):
     return v if v is None or isinstance(v, bool | int | float | str) else json.dumps(v, default=str)
 
 
+def folder_group(folder: Path) -> str:
+    """A W&B group named by a run folder: with its date where Hydra's default <date>/<time> names it by the time
+    alone (train.py's sweeps, evaluate.py's and analyze.py's outputs/<entry>/<date>/<time>)."""
+    folder = Path(folder)
+    name = f"{folder.parent.name}/{folder.name}" if re.fullmatch(r"\d\d-\d\d-\d\d", folder.name) else folder.name
+    return name[-128:]
+
+
 def log_verdict(out_dir: Path, wandb_cfg: Mapping, who: str, tables: Mapping[str, Sequence[Mapping]],
                 images: Sequence[Path] = (), **init: Any) -> bool:
     """One W&B run holding a sweep's verdict, under train.py's rules (start_run): each table, a list of flat rows,
     as a wandb.Table under its name, and each image under plots/<name>; False when no run starts."""
-    run = start_run(out_dir, wandb_cfg, who, group=wandb_cfg.get("group") or out_dir.name,
+    run = start_run(out_dir, wandb_cfg, who, group=wandb_cfg.get("group") or folder_group(out_dir),
                     tags=list(wandb_cfg.get("tags") or []), **init)
     if run is None:
         return False

@@ -280,12 +280,12 @@ def log_wandb(results: Sequence[ModelResult], out_dir: Path, wandb_cfg: Mapping)
     """One W&B run per checkpoint, in the run folder, under train.py's rules (momattn.wandb_runs: offline unless
     wandb_cfg says offline: false or WANDB_MODE=online, none for WANDB_MODE=disabled, offline when W&B cannot be
     reached; sync an offline run later with `wandb sync`)."""
-    from momattn.wandb_runs import start_run, where
+    from momattn.wandb_runs import folder_group, start_run, where
 
     for r in results:
         train_run = _train_run_id(r.checkpoint)  # the training run this checkpoint logged to, to find it by
         run = start_run(out_dir, wandb_cfg, f"the evaluation of {r.label}",
-                        group=wandb_cfg.get("group") or out_dir.name, tags=list(wandb_cfg.get("tags") or []),
+                        group=wandb_cfg.get("group") or folder_group(out_dir), tags=list(wandb_cfg.get("tags") or []),
                         job_type="evaluate", name=r.label,
                         config={"checkpoint": r.checkpoint, "attention": r.attention, "eval": r.eval_config,
                                 "train_run_id": train_run})

@@ -252,13 +252,6 @@ def _in_search() -> bool:
     return "optuna" in str(OmegaConf.select(HydraConfig.get(), "sweeper._target_", default="")).lower()
 
 
-def _in_multirun() -> bool:
-    """Whether this run is a job of a sweep (train.py -m, or an experiment that sets hydra.mode: MULTIRUN)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.initialized() and "MULTIRUN" in str(HydraConfig.get().get("mode"))
-
-
 def _check_logged(key: str, metric: Any) -> None:
     if metric not in LOGGED:
         raise ConfigError(f"{key}={metric!r} is not a metric training logs.{did_you_mean(str(metric), LOGGED)} "
@@ -404,7 +397,7 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
             raise ConfigError(f"logger.{name}.flush_logs_every_n_steps={flush!r} must be an integer >= 1")
         if isinstance(lg, Mapping) and "wandb" in str(lg.get("_target_", "")).lower():
             check_wandb_names(lg, f"logger.{name}")
-            check_train_wandb(lg, f"logger.{name}", sweep=_in_multirun())
+            check_train_wandb(lg, f"logger.{name}")
             if str(lg.get("_target_", "")).endswith("loggers.wandb_logger"):
                 check_wandb_keys(lg, f"logger.{name}")
     for name, cb in (raw.get("callbacks") or {}).items():  # a typo here failed only at the first validation

@@ -53,7 +53,7 @@ class LitGPT(pl.LightningModule):
         self._train_flops = model.flops_per_token() * tokens_per_batch if tokens_per_batch else None
         self._val_sum, self._val_count, self._rng_to_restore = 0.0, 0, None
         self._step_loss, self._step_finite, self._nonfinite, self._skipped = None, 0, [], 0  # see training_step
-        self.last_finite_loss: float | None = None  # the newest step's train/loss that was not skipped
+        self.last_finite_loss: float | None = None  # the newest step's train/loss over its finite micro-batches
 
     @property
     def flops_per_batch(self) -> float | None:
@@ -125,10 +125,11 @@ class LitGPT(pl.LightningModule):
         folder = getattr(getattr(self.trainer, "checkpoint_callback", None), "dirpath", None)
         if folder is not None and Path(folder, "last.ckpt").exists():
             return " and the last good checkpoint is kept", "resume with ckpt_path=last"
-        others = sorted(p.name for p in Path(folder).glob("*.ckpt")) if folder is not None else []
-        if others:  # save_last=false: its best checkpoints, which ckpt_path=last does not take
-            return (f" ({folder} keeps {', '.join(others[:3])}; no last.ckpt, save_last is off)",
-                    f"resume from one of them (ckpt_path={Path(folder) / others[-1]})")
+        others = sorted(Path(folder).glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder is not None else []
+        if others:  # save_last=false: its best checkpoints, which ckpt_path=last does not take; the newest named
+            names = ", ".join(p.name for p in others[-3:]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+            return (f" ({folder} keeps {names}; no last.ckpt, save_last is off)",
+                    f"resume from one of them, e.g. the newest (ckpt_path={others[-1]})")
         started = getattr(self.trainer, "ckpt_path", None)
         if started:  # resumed into a folder of its own from another run's checkpoint
             return " before its first checkpoint", f"resume from the checkpoint it started from again (ckpt_path={started})"

@@ -64,11 +64,15 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float = 989.0) ->
     config._cuda_available, config.check_launch_environment, config._cuda_device_count, config.resolve_precision = (
         (lambda: True), (lambda *a, **k: None), (lambda: gpus),
         (real[3] if torch.cuda.is_available() else lambda p, acc: "bf16-mixed" if p in (None, "auto") else str(p)))
+    from momattn import wandb_runs
+
+    key_check, wandb_runs.require_api_key = wandb_runs.require_api_key, lambda: None  # no W&B run starts here
     try:
         c = config.load_train_config(cfg)
     finally:
         (config._cuda_available, config.check_launch_environment, config._cuda_device_count,
          config.resolve_precision) = real
+        wandb_runs.require_api_key = key_check
     m = c.model_for(_vocab(c))
     with torch.device("meta"):  # shapes only: nothing is allocated
         model = GPT(m)

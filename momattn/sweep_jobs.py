@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +155,7 @@ def check_jobs(sweep: Sweep, overrides: list[str]) -> None:
     checked: set[tuple[str, ...]] = set()
     folders: dict[Path, int] = {}  # each job's run folder: paths.output_dir=X gave them all one
     local: dict[int, list[int]] = {}  # processes per node: the jobs with each count
+    run_ids: dict[str, int] = {}  # a W&B run id the config gives (logger.wandb.id), and the first job with it
     previous = HydraConfig.instance().cfg  # put back after: Hydra's run_job sets each job's own
     try:
         for num, job in enumerate(sweep.jobs):
@@ -165,7 +167,6 @@ def check_jobs(sweep: Sweep, overrides: list[str]) -> None:
                 continue
             with open_dict(composed):  # what the launcher and run_job set: the job's number, id and folder
                 composed.hydra.job.num = num
-                composed.hydra.mode = "MULTIRUN"
                 composed.hydra.job.id = num if launcher.endswith("BasicLauncher") else f"{composed.hydra.job.name}_{num}"
             HydraConfig().set_config(composed)  # the folder's interpolations may read the hydra node
             folder = os.path.join(str(OmegaConf.select(composed, "hydra.sweep.dir")),
@@ -184,6 +185,13 @@ def check_jobs(sweep: Sweep, overrides: list[str]) -> None:
             if "${now:" in written:
                 with open_dict(composed):
                     composed.paths.output_dir = re.sub(r"\$\{now:[^}]*\}", "<now>", written)
+            for key, lg in (c.logger or {}).items():  # one id for every job: their histories collided in one run
+                rid = lg.get("id") if isinstance(lg, Mapping) and "wandb" in str(lg.get("_target_", "")).lower() else None
+                if rid is not None and (first := run_ids.setdefault(str(rid), num)) != num:
+                    raise ConfigError(f"logger.{key}.id={rid!r}: jobs {first} and {num} of the sweep would log into "
+                                      "this one W&B run, whose histories would collide; drop it (each job starts its "
+                                      "own run, and a resume continues it), or make it differ by job, e.g. "
+                                      "logger.wandb.id=run-${seed}")
             spawned = "spawn" in str(c.trainer.get("strategy"))  # ddp_spawn: its processes are forked, not started
             local.setdefault(1 if spawned else world_size(c.trainer) // (c.trainer.get("num_nodes", 1) or 1),
                              []).append(num)

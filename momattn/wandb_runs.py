@@ -116,11 +116,12 @@ def wandb_mode() -> str | None:
     return lower
 
 
-def check_train_wandb(cfg: Mapping, where: str, sweep: bool) -> None:
+def check_train_wandb(cfg: Mapping, where: str) -> None:
     """train.py's W&B logger settings that failed only once the data and model were built (offline=no, online
     without an API key, log_model offline), or went wrong without a word (an empty project: Lightning's
-    'lightning_logs'; one run id for every job of a sweep, whose histories then collided in one run)."""
-    offline = wandb_offline(cfg.get("offline", True), f"{where}.offline")
+    'lightning_logs'). One run id for every job of a sweep: momattn.sweep_jobs.check_jobs."""
+    own = str(cfg.get("_target_", "")).endswith("loggers.wandb_logger")  # offline by default; Lightning's: online
+    offline = wandb_offline(cfg.get("offline", own), f"{where}.offline")
     if offline is None:  # WANDB_MODE=disabled: no run
         return
     if offline is False:
@@ -132,9 +133,6 @@ def check_train_wandb(cfg: Mapping, where: str, sweep: bool) -> None:
     if isinstance(project, str) and not project.strip():
         raise ConfigError(f"{where}.project is empty: W&B would log into Lightning's 'lightning_logs' (evaluate.py "
                           f"and analyze.py into 'momattn'); name a project, or leave the default, momattn")
-    if sweep and cfg.get("id") is not None:
-        raise ConfigError(f"{where}.id={cfg['id']!r} would give every job of the sweep one W&B run, whose histories "
-                          "would collide; drop it (each job starts its own run, and a resume continues it)")
 
 
 def wandb_offline(offline: Any, key: str = "logger.wandb.offline") -> bool | None:

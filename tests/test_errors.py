@@ -115,9 +115,11 @@ def test_a_value_one_job_of_a_sweep_takes_is_refused_before_any_job_trains(tmp_p
                                               r"this one folder"):
             check_jobs(plan_sweep("train", shared), shared)
     wandb_id = [*SMOKE, "seed=1,2", "logger=wandb", "logger.wandb.id=myrun"]  # both jobs wrote run myrun
-    with pytest.raises(ConfigError, match=r"^job 0 of the sweep .*logger.wandb.id='myrun' would give every job of the "
-                                          r"sweep one W&B run"):
+    with pytest.raises(ConfigError, match=r"^logger.wandb.id='myrun': jobs 0 and 1 of the sweep would log into this "
+                                          r"one W&B run"):
         check_jobs(plan_sweep("train", wandb_id), wandb_id)
+    by_seed = [*SMOKE, "seed=1,2", "logger=wandb", "logger.wandb.id=run-${seed}"]  # one id per job: fine
+    check_jobs(plan_sweep("train", by_seed), by_seed)
     subdir = [*SMOKE, "seed=1,2", "hydra.sweep.subdir=x"]  # it blamed paths.output_dir, which was not set
     with pytest.raises(ConfigError, match=r"^hydra.sweep.subdir=x: jobs 0 and 1 of the sweep would write into one "
                                           r"folder, .*; leave hydra.sweep.subdir at its default"):

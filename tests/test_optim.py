@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -368,8 +369,11 @@ def test_a_divergence_says_what_the_run_keeps_and_how_to_go_on(tmp_path):
     assert said() == (" before its first checkpoint", "train again")
     assert said("/runs/a/checkpoints/last.ckpt")[1] == \
         "resume from the checkpoint it started from again (ckpt_path=/runs/a/checkpoints/last.ckpt)"
-    (tmp_path / "best-step3.ckpt").write_bytes(b"x")  # save_last=false: best files only
-    assert said() == (f" ({tmp_path} keeps best-step3.ckpt; no last.ckpt, save_last is off)",
-                      f"resume from one of them (ckpt_path={tmp_path / 'best-step3.ckpt'})")
+    for i, step in enumerate((100, 150, 50, 200)):  # save_last=false: best files only, named in order of time
+        (tmp_path / f"best-step{step}.ckpt").write_bytes(b"x")
+        os.utime(tmp_path / f"best-step{step}.ckpt", (i, i))
+    assert said() == (f" ({tmp_path} keeps best-step150.ckpt, best-step50.ckpt, best-step200.ckpt and 1 more; no "
+                      "last.ckpt, save_last is off)",
+                      f"resume from one of them, e.g. the newest (ckpt_path={tmp_path / 'best-step200.ckpt'})")
     (tmp_path / "last.ckpt").write_bytes(b"x")
     assert said() == (" and the last good checkpoint is kept", "resume with ckpt_path=last")

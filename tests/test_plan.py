@@ -110,3 +110,24 @@ def test_the_planner_reads_a_tokenizer_files_vocabulary(tmp_path):
     train_bpe(lambda: ["a tiny corpus of words"] * 50, 300, tmp_path / "tok.json")
     p = plan(["tokenizer=file", f"tokenizer.path={tmp_path / 'tok.json'}"])
     assert 300 <= p["vocab_size"] < 364  # the file's 300 tokens (padded to a multiple of 64), not 4096
+
+
+def test_the_planner_needs_no_wandb_key_and_lightnings_wandb_logger_is_online_by_default(tmp_path, monkeypatch,
+                                                                                         capsys):
+    # planning starts no W&B run: WANDB_MODE=online without a key refused the plan; and Lightning's own WandbLogger,
+    # online unless told otherwise, was judged offline (its log_model refused, its missing key not seen)
+    from momattn.wandb_runs import check_train_wandb
+
+    for k in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert main(["model=gpt2_124m", "logger=wandb"]) == 0 and "FLOPs" in capsys.readouterr().out
+    monkeypatch.delenv("WANDB_MODE")
+    lightning = {"_target_": "lightning.pytorch.loggers.WandbLogger", "log_model": True}
+    with pytest.raises(ConfigError, match="no W&B API key was found"):
+        check_train_wandb(lightning, "logger.wl")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    check_train_wandb(lightning, "logger.wl")  # online, with a key: log_model is fine
+    with pytest.raises(ConfigError, match="log_model=True uploads checkpoints, which an offline run cannot do"):
+        check_train_wandb({**lightning, "offline": True}, "logger.wl")

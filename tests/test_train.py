@@ -799,7 +799,9 @@ def test_a_multirun_jobs_wandb_group_keeps_the_date_and_its_name_carries_the_job
     assert _sweep_names(job, model) == ("2026-12-02/01-40-28", "momentum-4 seed=2 optim.lr=1e-3")
     named = HydraJob(["seed=1"], sweep_dir="/runs/eta_sweep", num=0)
     assert _sweep_names(named, model) == ("eta_sweep", "momentum-0 seed=1")
-    from momattn.wandb_runs import folder_group  # evaluate.py's and analyze.py's groups: the time alone before
+    from momattn.wandb_runs import (
+        folder_group,  # evaluate.py's and analyze.py's groups: the time alone before
+    )
 
     assert folder_group(Path("outputs/evaluate/2026-12-05/03-50-00")) == "2026-12-05/03-50-00"
     # with the sweep's multirun.yaml, the swept values alone: the command line's other overrides cut the name at

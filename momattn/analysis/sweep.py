@@ -246,6 +246,7 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     from momattn.analysis.runner import analyze
     from momattn.checkpoint import load_checkpoint
     from momattn.errors import CheckpointError
+    from momattn.wandb_runs import folder_group
 
     sweep_dir = Path(conf.sweep_dir).expanduser()
     runs, failed = find_runs(sweep_dir)
@@ -281,7 +282,7 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
             atomic_write_text(job_out / "settings.json", json_text(made, indent=2))
             if conf.logger and "wandb" in conf.logger:
                 log_wandb(result, job_out, conf.logger["wandb"], conf.tags, job=name,
-                          group=f"section4-{sweep_dir.name}")  # the seeds' verdict's run, below, is named so
+                          group=f"section4-{folder_group(sweep_dir)}")  # the seeds' verdict's run, below, is named so
         metrics[id(r)] = metrics_of(result)
         diverged[id(r)] = int(result.ft.get("n_diverged") or 0)
     failed += [f"{names[0]} ({why})" if len(names) == 1 else f"jobs {', '.join(names)} ({why})"
@@ -307,7 +308,7 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
         from momattn.wandb_runs import log_verdict
 
         wandb_cfg = {**conf.logger["wandb"], "tags": list(conf.logger["wandb"].get("tags") or conf.tags or []),  # as
-                     "group": conf.logger["wandb"].get("group") or f"section4-{sweep_dir.name}"}  # each job's run
+                     "group": conf.logger["wandb"].get("group") or f"section4-{folder_group(sweep_dir)}"}  # each job's run
         log_verdict(out, wandb_cfg, "Section 4 over seeds", verdict_tables(summaries, ("findings", "comparisons")),
                     job_type="analyze-sweep", name=f"section4-{sweep_dir.name}",
                     config={"sweep_dir": str(sweep_dir), "settings": settings, "failed": failed})

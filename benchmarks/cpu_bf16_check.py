@@ -271,6 +271,15 @@ def write(rep: dict, out: Path) -> str:
     return md
 
 
+def _measured(path: Path) -> bool:
+    """Whether path holds a report with a measured part (a step timing or main-job runs)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(old, dict) and not old.get("skipped") and ("step" in old or "runs" in old)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", default="step,runs", help="comma-separated: step,runs")
@@ -292,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge", action="store_true", help="keep the parts of an existing --out that this run does not "
                     "measure (e.g. --parts step --merge re-times the step beside earlier main-job runs)")
     a = ap.parse_args(argv)
+    parts = {p.strip() for p in a.parts.split(",") if p.strip()}
+    if not parts or parts - {"step", "runs"}:  # --parts stpe measured nothing and wrote that over the stored results
+        ap.error(f"--parts={a.parts!r}: choose step, runs or step,runs")
     if a.out is None:
         import tempfile
 
@@ -307,9 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     if not rep["native_bf16"] and not a.force:
         rep["skipped"] = ("this CPU has no native bf16 (no avx512_bf16 / amx_bf16 flag): bf16 would be emulated, so "
                           "there is nothing to measure; run it on a CPU that has it (e.g. the device machine's host)")
+        if _measured(a.out):  # a skip note never replaces measured results (the stored ones were wiped so)
+            print(f"[cpu_bf16_check] skipped: {rep['skipped']}. {a.out} holds measured results and is left as it "
+                  "is; pass --out elsewhere to keep this note", file=sys.stderr)
+            return 0
         print(write(rep, a.out))
         return 0
-    parts = set(a.parts.split(","))
     if "step" in parts:
         rep["step"] = step_timing(a.threads, 2 if a.smoke else a.rounds, 1 if a.smoke else 5, a.smoke)
         rep["amx"], rep["auto_precision"] = cpu_has_amx(), resolve_precision("auto", "cpu")

@@ -22,6 +22,20 @@ def test_without_native_bf16_it_skips_and_says_so(tmp_path):
     assert "Skipped: this CPU has no native bf16" in out.with_suffix(".md").read_text()
 
 
+def test_a_misspelt_part_or_a_skip_never_replaces_measured_results(tmp_path, monkeypatch, capsys):
+    # --parts stpe measured nothing and wrote that over benchmarks/results/cpu_bf16.json; so did a run on a CPU
+    # without native bf16 (its skip note replaced the stored measurements)
+    out = tmp_path / "cpu_bf16.json"
+    stored = json.dumps({"step": {"tokens_per_s": {"fp32": 1.0}}, "date": "then"})
+    out.write_text(stored)
+    with pytest.raises(SystemExit):
+        cpu_bf16_check.main(["--parts", "stpe", "--out", str(out)])
+    assert "--parts='stpe': choose step, runs or step,runs" in capsys.readouterr().err
+    monkeypatch.setattr(cpu_bf16_check, "cpu_has_native_bf16", lambda: False)
+    assert cpu_bf16_check.main(["--out", str(out)]) == 0
+    assert out.read_text() == stored and "holds measured results and is left as it is" in capsys.readouterr().err
+
+
 def test_smoke_times_the_step_and_runs_the_main_job_at_both_precisions(tmp_path):
     out = tmp_path / "cpu_bf16.json"
     r = run_cli("benchmarks/cpu_bf16_check.py", ["--smoke", "--force", "--seeds", "1", "--parallel", "2", "--threads",

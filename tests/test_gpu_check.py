@@ -25,6 +25,12 @@ def test_without_a_gpu_it_skips_and_says_so(tmp_path):
     r = run_cli("benchmarks/gpu_check.py", [], tmp_path, timeout=120)  # no --out: the stored results must survive
     assert r.returncode == 0 and "the stored device results are untouched" in r.stdout, r.stderr
     assert (stored.read_bytes() if stored.exists() else None) == before
+    # --out naming a device run's results (device_run.sh gpu on a CPU host passed the stored path): left as it is
+    measured = tmp_path / "measured.json"
+    measured.write_text(json.dumps({"machine": "an H200", "rows": []}))
+    r = run_cli("benchmarks/gpu_check.py", ["--out", str(measured)], tmp_path, timeout=120)
+    assert r.returncode == 0 and "holds a device run's results and is left as it is" in r.stderr, r.stderr
+    assert json.loads(measured.read_text()) == {"machine": "an H200", "rows": []}
 
 
 def test_smoke_runs_every_part_on_cpu(tmp_path):

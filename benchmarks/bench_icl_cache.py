@@ -152,7 +152,7 @@ def render(res: dict) -> str:
         "speed-up",
         "tokens",
         "attention free",
-        "max |diff|",
+        "max \\|diff\\|",
         "us/token in model, naive",
         "cached",
         "cached tokens (padded)",

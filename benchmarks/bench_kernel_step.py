@@ -129,6 +129,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS / "kernel_step.json")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.batch < 0 or args.threads < 0:  # caught inside the worker alone, which printed its whole traceback
+        ap.error(f"--batch={args.batch} and --threads={args.threads} must be >= 0 (0: the default)")
+    if not args.batch and args.T > BATCH * BLOCK:  # 4,096 // 8,192 = 0 rows: a table of empty batches
+        ap.error(f"--T={args.T} is longer than the {BATCH * BLOCK} tokens a step holds by default; give --batch")
     if args.worker:
         print(json.dumps(worker(args)))
         return

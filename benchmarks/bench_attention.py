@@ -34,7 +34,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from harness import MEMORY_METHOD, RESULTS, Timer, machine_info, mib, pct, peak_memory, table, write_results  # noqa: E402
+from harness import (  # noqa: E402
+    MEMORY_METHOD,
+    RESULTS,
+    Timer,
+    check_out,
+    machine_info,
+    mib,
+    pct,
+    peak_memory,
+    table,
+    write_results,
+)
 
 from momattn.model import ATTENTION_CLASSES, GPT, AttentionConfig, GPTConfig  # noqa: E402
 from momattn.ops import momentum_ema  # noqa: E402
@@ -557,6 +568,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is available here; use --device cpu")
+    if args.threads is not None and args.threads < 0:  # a RuntimeError from torch.set_num_threads
+        ap.error(f"--threads={args.threads} must be >= 1 (or left out: every core this process may use)")
+    check_out(ap, args.out)
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     threads = args.threads or (

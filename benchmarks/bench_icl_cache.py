@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import RESULTS, Timer, machine_info, table, write_results  # noqa: E402
+from harness import RESULTS, Timer, check_out, machine_info, table, write_results  # noqa: E402
 
 import momattn.model as model_module  # noqa: E402
 from momattn.eval.scoring import PrefixScorer  # noqa: E402
@@ -194,6 +194,13 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", type=Path, default=RESULTS / "icl_cache.json")
     args = ap.parse_args()
+    from momattn.model import ATTENTION_KINDS as KINDS
+
+    if bad := [k for k in args.kinds if k not in KINDS]:  # a ConfigError traceback from the model
+        ap.error(f"--kinds: unknown {', '.join(bad)}; the attention kinds are {', '.join(KINDS)}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():  # an AssertionError from torch
+        ap.error(f"--device {args.device}: no CUDA device is available here; use --device cpu")
+    check_out(ap, args.out)
     longest = 1 + 24 * max(args.shots) + 23 + 1  # <eot>, k demonstrations of 24 tokens, a query, an answer but its last
     if longest > args.block_size:
         ap.error(f"--shots {max(args.shots)} makes prompts of up to {longest} tokens, more than --block-size "

@@ -51,6 +51,9 @@ from momattn.model import GPT, GPTConfig  # noqa: E402
 from momattn.optim import fused_adamw_ok  # noqa: E402
 from momattn.utils import positive_int  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import check_out  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 PRECISIONS = ("32-true", "bf16-mixed")
 
@@ -309,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
 
         a.out = Path(tempfile.gettempdir()) / "momattn_cpu_bf16" / "cpu_bf16.json" if a.smoke else \
             RESULTS / "cpu_bf16.json"
+    check_out(ap, a.out)  # before the measurement: it failed at the write after it
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     rep: dict = {"machine": describe(), "native_bf16": cpu_has_native_bf16(), "torch": torch.__version__,
                  "date": now, "smoke": a.smoke}

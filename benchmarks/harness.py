@@ -279,6 +279,18 @@ def mib(b: int) -> str:
     return f"{b / 2**20:.1f}"
 
 
+def check_out(ap, path: Path) -> None:
+    """Refuse (ap.error: one line, exit 2) an output file whose folder cannot be made or written, before the
+    measurement: it failed in write_results afterwards, the whole run's numbers lost."""
+    from momattn.io import probe_write
+
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        probe_write(Path(path).parent)
+    except OSError as e:
+        ap.error(f"--out {path}: its folder cannot be written ({e.strerror or e}); choose another")
+
+
 def write_results(path: Path, res: dict, md: str) -> None:
     """Print the markdown, then write path (JSON) and path with suffix .md."""
     print()

@@ -53,3 +53,15 @@ def test_results_from_before_the_bound_render_with_a_dash():
     table = bench_icl_cache.render({"machine": {"describe": "old"}, "settings": {}, "results": [old]})
     assert "64 test queries after each prefix" in table
     assert "| 4.0x | 5.3x | - |" in table
+
+
+def test_bad_arguments_and_an_unwritable_output_are_one_line_before_any_timing(tmp_path):
+    # were a ConfigError traceback, torch's AssertionError, and a traceback at the write after the whole measurement
+    from conftest import run_cli
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for args, said in ((["--kinds", "foo"], "--kinds: unknown foo; the attention kinds are vanilla"),
+                       (["--out", str(blocker / "x.json")], "its folder cannot be written")):
+        r = run_cli("benchmarks/bench_icl_cache.py", args, tmp_path)
+        assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]

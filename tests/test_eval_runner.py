@@ -79,6 +79,18 @@ def test_evaluate_model_and_reports(tmp_path, tokenizer, cache_dir):
     assert "k = max" in md and "| again |" in md and "k_used=" in md
     maj = [100 * res.icl.tasks[t].majority for t in ("sst2", "trec")]
     assert f"| always the commonest label | {maj[0]:.1f} | {maj[1]:.1f} |" in md  # the baseline beside chance
+    assert "test sets differ" not in md
+    # another split seed reserves other test rows: one n and the first model's baseline stood for both, unsaid
+    other = again.to_json()
+    other["label"], other["icl"]["split_seed"] = "other", 99
+    other["icl"]["tasks"]["trec"]["majority"] = 0.75
+    write_reports([res, ModelResult.from_json(other)], tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    assert "**The models' test sets differ** (data.split_seed 1234 (momentum), 99 (other))" in md
+    assert f"| always the commonest label (momentum) | {maj[0]:.1f} | {maj[1]:.1f} |" in md
+    assert f"| always the commonest label (other) | {maj[0]:.1f} | 75.0 |" in md
+    assert f"always the commonest label {maj[1]:.1f}% (momentum), 75.0% (other)" in md
+    write_reports([res, again], tmp_path)
     assert f"does not fit (k_used={sst2.shots['max'].k_used_mean:.1f})" in md and "no task fits" in md
     doc = strict_json((tmp_path / "results.json").read_text())
     assert "first token" in doc["protocol"]["ppl"] and len(doc["checkpoints"]) == 2

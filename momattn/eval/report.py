@@ -135,12 +135,26 @@ def _task_info(results: Sequence[ModelResult], name: str) -> TaskResult:
     return next(r.icl.tasks[name] for r in results if r.icl and name in r.icl.tasks)
 
 
-def _per_model(results: Sequence[ModelResult], name: str, attr: str) -> str:
-    """A task's count (n, n_truncated): the one number where the models agree, else each model's."""
+def _per_model(results: Sequence[ModelResult], name: str, attr: str, show=str) -> str:
+    """A task's figure (n, n_truncated, majority): the one value where the models agree, else each model's."""
     by_model = {r.label: getattr(r.icl.tasks[name], attr) for r in results if r.icl and name in r.icl.tasks}
     if len(set(by_model.values())) == 1:
-        return str(next(iter(by_model.values())))
-    return ", ".join(f"{v} ({label})" for label, v in by_model.items())
+        return show(next(iter(by_model.values())))
+    return ", ".join(f"{show(v) if v is not None else MISSING} ({label})" for label, v in by_model.items())
+
+
+def _own_test_sets(results: Sequence[ModelResult], tasks: Sequence[str]) -> str:
+    """Why the models' ICL test sets differ ('' where they agree): another split seed reserves other rows, and
+    another context or tokenizer skips others (n, or the commonest label's share, differs). The table had one n and
+    one baseline, the first model's, for all."""
+    seeds = {r.label: r.icl.split_seed for r in results if r.icl}
+    if len(set(seeds.values())) > 1:
+        return "data.split_seed " + ", ".join(f"{v} ({label})" for label, v in seeds.items())
+    for t in tasks:
+        got = {(tr.n, tr.majority) for r in results if r.icl and (tr := r.icl.tasks.get(t)) is not None}
+        if len(got) > 1:
+            return f"{t}: other test rows fit each model's context or tokenizer"
+    return ""
 
 
 def _avg_cell(icl: IclResult, k: str) -> str:
@@ -158,12 +172,21 @@ def choice_markdown(results: Sequence[ModelResult], first: IclResult) -> list[st
     rule = "mean log-prob per answer token" if score == "mean" else "sum of answer log-probs"
     header = ["model", *tasks, "Avg"]
     chance = ["chance"] + [_pct(_task_info(results, t).chance) for t in tasks]
-    chance.append(_pct(first.avg[k].chance) if k in first.avg else MISSING)
-    shares = [_task_info(results, t).majority for t in tasks]  # None in results written before session 18
-    fit = [m for t, m in zip(tasks, shares) if m is not None and t not in (first.avg[k].excluded if k in first.avg
-                                                                          else ())]
-    majority = ["always the commonest label"] + [_pct(m) if m is not None else MISSING for m in shares] + \
-        [_pct(sum(fit) / len(fit)) if fit else MISSING]
+    avg_of = next((r.icl.avg[k] for r in results if r.icl and k in r.icl.avg and r.icl.avg[k].chance is not None),
+                  None)  # the first model's Avg was '-' where no task fitted its context
+    chance.append(_pct(avg_of.chance) if avg_of is not None else MISSING)
+    own = _own_test_sets(results, tasks)
+    majorities = []  # one row, or one per model where their test sets differ: each compared with its own
+    for r in (results if own else results[:1]):
+        if own and not r.icl:
+            continue
+        shares = [(r.icl.tasks[t].majority if r.icl and t in r.icl.tasks else None) if own
+                  else _task_info(results, t).majority for t in tasks]  # None in results before session 18
+        excluded = r.icl.avg[k].excluded if r.icl and k in r.icl.avg else ()
+        fit = [m for t, m in zip(tasks, shares) if m is not None and t not in excluded]
+        majorities.append([f"always the commonest label ({r.label})" if own else "always the commonest label"]
+                          + [_pct(m) if m is not None else MISSING for m in shares]
+                          + [_pct(sum(fit) / len(fit)) if fit else MISSING])
     rows = []
     for r in results:
         tr = r.icl.tasks if r.icl else {}
@@ -174,8 +197,10 @@ def choice_markdown(results: Sequence[ModelResult], first: IclResult) -> list[st
            f"Accuracy in %, {rule}, mean ± std over seeds {first.seeds}; k_used = demonstrations actually "
            f"placed (mean over prompts). A task whose prompts cannot hold the requested k (k=max: fewer than "
            f"{first.min_demos}) is marked 'does not fit' and left out of Avg"
-           + (f" (here: {', '.join(unfit)})." if unfit else "."), "",
-           *_table(header, rows + [chance] + ([majority] if any(m is not None for m in shares) else [])), "",
+           + (f" (here: {', '.join(unfit)})." if unfit else ".")
+           + (f" **The models' test sets differ** ({own}): each is scored on its own rows, so each has its own "
+              "baseline row; compare a model with its own, not across models." if own else ""), "",
+           *_table(header, rows + [chance] + [m for m in majorities if any(c != MISSING for c in m[1:])]), "",
            "## Accuracy by number of demonstrations", ""]
     for t in tasks:
         info = _task_info(results, t)
@@ -187,7 +212,8 @@ def choice_markdown(results: Sequence[ModelResult], first: IclResult) -> list[st
         out += [f"### {t}", "", f"Source: {info.source}; n = {_per_model(results, t, 'n')} test examples (of "
                 f"{info.n_test_available}), demonstration pool {info.n_demo_pool}{dropped}, "
                 f"chance {_pct(info.chance)}%"
-                + (f", always the commonest label {_pct(info.majority)}%" if info.majority is not None else "")
+                + (f", always the commonest label {_per_model(results, t, 'majority', lambda v: _pct(v) + '%')}"
+                   if info.majority is not None else "")
                 + f"{truncated}.", ""]
         header = ["model"] + [f"k={s}" for s in first.shots]
         rows = []

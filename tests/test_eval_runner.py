@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -245,6 +246,12 @@ def test_run_evaluate_errors(tmp_path):
         run_evaluate({}, out_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"name .*a.ckpt more than once"):  # scored twice under two labels
         run_evaluate({"ckpt_path": str(tmp_path / "a.ckpt"), "ckpt_paths": [f"{tmp_path}/./a.ckpt"]}, out_dir=tmp_path)
+    (tmp_path / "a.ckpt").write_bytes(b"x")
+    os.link(tmp_path / "a.ckpt", tmp_path / "b.ckpt")  # a hard link: the same checkpoint under another name
+    with pytest.raises(ConfigError, match=r"name .*a.ckpt, .*b.ckpt more than once"):
+        run_evaluate({"ckpt_paths": [str(tmp_path / "a.ckpt"), str(tmp_path / "b.ckpt")]}, out_dir=tmp_path)
+    (tmp_path / "a.ckpt").unlink()
+    (tmp_path / "b.ckpt").unlink()
     with pytest.raises(CheckpointError, match="does not exist"):
         run_evaluate({"ckpt_path": str(tmp_path / "missing.ckpt")}, out_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"unknown key 'ckpt'.*Did you mean 'ckpt_path'"):

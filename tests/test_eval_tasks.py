@@ -311,3 +311,12 @@ def test_a_field_that_is_not_text_or_a_number_is_named_not_printed_into_the_prom
     for bad in (["a", "b"], True, float("nan"), {"a": 1}):
         with pytest.raises(DataError, match=r"^t.jsonl line 2: field 't' holds .*, not text or a number"):
             fill_fields("{t}", {"t": bad}, "t.jsonl line 2")
+
+
+def test_a_task_named_as_a_metric_part_is_refused(tmp_path):
+    # a task named avg was logged as icl/avg/acc, which the average over the tasks then replaced
+    path = write_jsonl(tmp_path / "all.jsonl", [{"q": f"x{i}", "y": i % 2} for i in range(40)])
+    for name, why in (("avg", "would be logged as the average over the tasks"), ("a/b", "would break its metric")):
+        entry = {"name": name, "path": path, "template": "{q} ?", "answers": ["a", "b"], "label_field": "y"}
+        with pytest.raises(ConfigError, match=f"icl.tasks: a task named '{name}' {why}"):
+            resolve_tasks(["trec", entry])

@@ -281,7 +281,7 @@ class EvaluateConfig(EvalConfig):
                                   "evaluate.py does not expand patterns; list the checkpoints, ckpt_paths=[runA/"
                                   "checkpoints/last.ckpt,runB/checkpoints/last.ckpt], or pass a sweep's folder as "
                                   "sweep_dir=MULTIRUN_FOLDER")
-        resolved = [Path(p).expanduser().resolve() for p in paths]
+        resolved = [_same_file(Path(p).expanduser()) for p in paths]  # a link or a hard link: one checkpoint
         same = sorted({p for p, r in zip(paths, resolved) if resolved.count(r) > 1})
         if same:  # scored twice, side by side, under two labels
             raise ConfigError(f"ckpt_path / ckpt_paths name {', '.join(same)} more than once; list each checkpoint once")
@@ -317,3 +317,13 @@ def _dataclass_type(f: dataclasses.Field):
     if factory is not dataclasses.MISSING and isinstance(factory, type) and dataclasses.is_dataclass(factory):
         return factory
     return None
+
+
+def _same_file(p: Path):
+    """A checkpoint as a file (device, inode), so that a hard link is the checkpoint it links; its resolved path
+    where it cannot be read (a missing file is named later, as missing)."""
+    try:
+        st = p.stat()
+        return (st.st_dev, st.st_ino)
+    except OSError:
+        return p.resolve()

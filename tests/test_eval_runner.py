@@ -152,6 +152,12 @@ def test_run_evaluate_side_by_side_with_disambiguated_labels(tmp_path, tokenizer
     assert "momentum [b/last]" in (tmp_path / "run" / "results.md").read_text()
     err = capsys.readouterr().err  # train.py's console style, not a Hydra log record's
     assert f"[momattn] evaluating {v} (vanilla) on cpu\n" in err and f"[momattn] evaluating {b} (momentum [b/last])" in err
+    # again into that folder, one checkpoint, perplexity off: the earlier run's ppl.png and the other checkpoints'
+    # predictions stood beside reports that no longer held them
+    assert (tmp_path / "run" / "ppl.png").is_file() and len(list((tmp_path / "run").glob("icl_predictions_*"))) == 3
+    run_evaluate({**cfg, "ckpt_paths": None, "ppl": {"enabled": False}}, out_dir=tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.suffix in (".png", ".jsonl")) == \
+        ["icl.png", "icl_predictions_vanilla.jsonl"]
 
 
 def test_every_checkpoint_is_checked_before_any_is_scored(tmp_path, tokenizer, monkeypatch):

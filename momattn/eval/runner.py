@@ -359,6 +359,7 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
         # among text ones failed after the first had been scored); the config and tokenizer suffice, no weights
         for path, meta, label in zip(paths, metas, labels):
             _check_one(path, label, meta, conf)
+    earlier = (out / "results.json").is_file()  # an evaluation was written here before: its files, not others'
     results: list[ModelResult] = []
     for path, meta, label, step in zip(paths, metas, labels, steps):
         print(f"[momattn] evaluating {path} ({label}) on {device}", file=sys.stderr, flush=True)
@@ -370,6 +371,11 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
         results.append(res)
         written = write_reports(results, out)  # after each checkpoint: finished ones survive a later crash
         del model
+    if earlier:  # the earlier evaluation's plots and predictions that this one did not write again contradicted it
+        ours = {f"icl_predictions_{slug(label)}.jsonl" for label in labels if conf.icl.enabled} | set(written)
+        for stale in [*out.glob("icl_predictions_*.jsonl"), out / "ppl.png", out / "icl.png"]:
+            if stale.name not in ours:
+                stale.unlink(missing_ok=True)
     if conf.logger and "wandb" in conf.logger:
         log_wandb(results, out, conf.logger["wandb"])
     print(markdown_report(results))

@@ -80,13 +80,16 @@ def test_evaluate_model_and_reports(tmp_path, tokenizer, cache_dir):
     assert "k = max" in md and "| again |" in md and "k_used=" in md
     maj = [100 * res.icl.tasks[t].majority for t in ("sst2", "trec")]
     assert f"| always the commonest label | {maj[0]:.1f} | {maj[1]:.1f} |" in md  # the baseline beside chance
-    assert "test sets differ" not in md
+    assert "test sets differ" not in md and "Different tokenizers" not in md
+    assert f"| momentum | momentum | – | 64 | {res.model['n_params'] / 1e6:.2f}M | {tok.name}, {tok.vocab_size:,} tokens |" in md
     # another split seed reserves other test rows: one n and the first model's baseline stood for both, unsaid
     other = again.to_json()
     other["label"], other["icl"]["split_seed"] = "other", 99
     other["icl"]["tasks"]["trec"]["majority"] = 0.75
+    other["tokenizer"] = {"name": "bpe", "vocab_size": 1024}  # per-token perplexities of two vocabularies
     write_reports([res, ModelResult.from_json(other)], tmp_path)
     md = (tmp_path / "results.md").read_text()
+    assert f"**Different tokenizers** (momentum: {tok.name}, {tok.vocab_size:,} tokens; other: bpe, 1,024 tokens)" in md
     assert "**The models' test sets differ** (data.split_seed 1234 (momentum), 99 (other))" in md
     assert f"| always the commonest label (momentum) | {maj[0]:.1f} | {maj[1]:.1f} |" in md
     assert f"| always the commonest label (other) | {maj[0]:.1f} | 75.0 |" in md

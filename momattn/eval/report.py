@@ -92,9 +92,26 @@ def ppl_markdown(results: Sequence[ModelResult]) -> list[str]:
         return ", ".join(f"{v} ({label})" for label, v in by_model.items())
 
     return ["## Perplexity (Table 6 layout)", "", *_table(header, rows("ppl", 2)), "",
-            "Bits per byte (comparable across tokenizers):", "", *_table(header, rows("bpb", 4)), "",
+            "Bits per byte (comparable across tokenizers over the same text: every window, ppl.max_windows=null):",
+            "", *_table(header, rows("bpb", 4)), "",
             f"Windows scored: {'; '.join(f'{k}: {counts(v)}' for k, v in n_windows.items())}.", "",
-            *_corpora_differ(results), f"Protocol: {ppl_mod.PROTOCOL}.", ""]
+            *_tokenizers_differ(results), *_corpora_differ(results), f"Protocol: {ppl_mod.PROTOCOL}.", ""]
+
+
+def _tokenizers_differ(results: Sequence[ModelResult]) -> list[str]:
+    """A warning where the models' tokenizers differ: a perplexity is per token, so two vocabularies' numbers sat
+    side by side (3381.55 beside 897.65) with nothing saying that they do not compare."""
+    names = {r.label: _tokenizer_name(r) for r in results if r.ppl}
+    if len(set(names.values())) < 2:
+        return []
+    return [f"**Different tokenizers** ({'; '.join(f'{label}: {n}' for label, n in names.items())}): a perplexity "
+            "is per token of its own tokenizer, so these do not compare across models; bits per byte do, over the "
+            "same text.", ""]
+
+
+def _tokenizer_name(r: ModelResult) -> str:
+    t = r.tokenizer or {}
+    return f"{t.get('name', MISSING)}, {t['vocab_size']:,} tokens" if t.get("vocab_size") else str(t.get("name", MISSING))
 
 
 def _corpora_differ(results: Sequence[ModelResult]) -> list[str]:
@@ -362,8 +379,9 @@ def markdown_report(results: Sequence[ModelResult | Mapping]) -> str:
     info = []
     for r in results:
         info.append([r.label, r.attention or MISSING, str(r.checkpoint or MISSING),
-                     str(r.model.get("block_size", MISSING)), f"{r.model.get('n_params', 0) / 1e6:.2f}M"])
-    lines += _table(["model", "attention", "checkpoint", "context", "params"], info) + [""]
+                     str(r.model.get("block_size", MISSING)), f"{r.model.get('n_params', 0) / 1e6:.2f}M",
+                     _tokenizer_name(r)])
+    lines += _table(["model", "attention", "checkpoint", "context", "params", "tokenizer"], info) + [""]
     lines += ppl_markdown(results) + icl_markdown(results)
     return "\n".join(lines).rstrip() + "\n"
 

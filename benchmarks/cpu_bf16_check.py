@@ -52,7 +52,7 @@ from momattn.optim import fused_adamw_ok  # noqa: E402
 from momattn.utils import positive_int  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import check_out  # noqa: E402
+from harness import check_out, measured  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PRECISIONS = ("32-true", "bf16-mixed")
@@ -274,15 +274,6 @@ def write(rep: dict, out: Path) -> str:
     return md
 
 
-def _measured(path: Path) -> bool:
-    """Whether path holds a report with a measured part (a step timing or main-job runs)."""
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(old, dict) and not old.get("skipped") and ("step" in old or "runs" in old)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", default="step,runs", help="comma-separated: step,runs")
@@ -323,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     if not rep["native_bf16"] and not a.force:
         rep["skipped"] = ("this CPU has no native bf16 (no avx512_bf16 / amx_bf16 flag): bf16 would be emulated, so "
                           "there is nothing to measure; run it on a CPU that has it (e.g. the device machine's host)")
-        if _measured(a.out):  # a skip note never replaces measured results (the stored ones were wiped so)
+        if measured(a.out, ("step", "runs")):  # a skip note never replaces measured results (the stored ones were wiped so)
             print(f"[cpu_bf16_check] skipped: {rep['skipped']}. {a.out} holds measured results and is left as it "
                   "is; pass --out elsewhere to keep this note", file=sys.stderr)
             return 0

@@ -43,6 +43,9 @@ from momattn.hardware import describe, gpu_bf16_peak  # noqa: E402
 from momattn.model import GPT, AttentionConfig, GPTConfig  # noqa: E402
 from momattn.utils import positive_int  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import measured  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 KINDS = ("vanilla", "momentum", "multirate_ema")
 
@@ -334,15 +337,6 @@ def write(report: dict, out: Path) -> str:
     return md
 
 
-def _measured(path: Path) -> bool:
-    """Whether path holds a report of a device run (not a skip note)."""
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(old, dict) and not old.get("skipped")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=positive_int, default=10)
@@ -380,7 +374,7 @@ def main() -> int:
     if not torch.cuda.is_available() and not a.smoke:
         report["skipped"] = "no CUDA device on this machine: the CUDA tests, the bf16 attention benchmark and " \
                             "the gpt2_124m throughput runs need one (run this script where a GPU is lent)"
-        if _measured(a.out):  # device_run.sh gpu on a CPU host passed the stored results' path and wiped them
+        if measured(a.out):  # device_run.sh gpu on a CPU host passed the stored results' path and wiped them
             print(f"[gpu_check] skipped: {report['skipped']}. {a.out} holds a device run's results and is left as "
                   "it is; pass --out elsewhere to keep this note", file=sys.stderr)
             return 0

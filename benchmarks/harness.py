@@ -279,6 +279,16 @@ def mib(b: int) -> str:
     return f"{b / 2**20:.1f}"
 
 
+def measured(path: Path, parts: tuple[str, ...] = ()) -> bool:
+    """Whether path holds a report with measurements (not a skip note; with `parts`, one of them measured): a
+    benchmark that skips must not write its note over it."""
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(old, dict) and not old.get("skipped") and (not parts or any(p in old for p in parts))
+
+
 def check_out(ap, path: Path) -> None:
     """Refuse (ap.error: one line, exit 2) an output file whose folder cannot be made or written, before the
     measurement: it failed in write_results afterwards, the whole run's numbers lost."""

@@ -27,7 +27,7 @@ from momattn import hardware
 from momattn import lightning_compat as compat
 from momattn.checkpoint import read_checkpoint
 from momattn.errors import ConfigError
-from momattn.io import atomic_torch_save, atomic_write_text, file_lock, lock_beside, remove_path
+from momattn.io import atomic_torch_save, atomic_write_text, file_lock, lock_beside, swap_into
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -42,12 +42,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         # an FSDP run's sharded folder (last.ckpt/), its run resumed without FSDP: the file takes the folder's place
         # (a file cannot be renamed over a folder: the run failed at its first save, its steps lost)
-        new, old = p.with_name(f".{p.name}.new"), p.with_name(f".{p.name}.old")
-        remove_path(old)
+        new = p.with_name(f".{p.name}.new")
         atomic_torch_save(checkpoint, new)
-        p.rename(old)  # a crash from here on leaves .old (the previous checkpoint) and .new (this one) in place
-        new.rename(p)
-        remove_path(old)
+        swap_into(new, p)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return read_checkpoint(path, verify=True)  # on the CPU; Lightning moves every state onto its device when it loads it

@@ -15,7 +15,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -177,6 +177,33 @@ def remove_path(p: Path) -> None:
         shutil.rmtree(p)
     elif p.exists():
         p.unlink()
+
+
+def swap_into(new: Path, path: Path) -> None:
+    """Rename `new` (a file or a folder) to `path`, whichever of the two is there now: that one is renamed aside to
+    .<name>.old first and removed last, so a crash in between leaves both (a file cannot be renamed over a folder,
+    nor a folder over a file)."""
+    old = path.with_name(f".{path.name}.old")
+    remove_path(old)
+    if path.exists():
+        path.rename(old)  # a crash from here on leaves .old (the previous one) in place
+    new.rename(path)
+    remove_path(old)
+
+
+def file_id(p: Path) -> tuple:
+    """One file however it is named: a symlink and its target, or two hard links, are the same file."""
+    st = p.stat()
+    return (st.st_dev, st.st_ino)
+
+
+def remove_stale(folder: Path, patterns: Iterable[str], keep: Iterable[str]) -> None:
+    """Remove the files in `folder` matching `patterns` whose names are not in `keep`: an earlier report's there
+    that this one did not write again (they stood beside it, contradicting it)."""
+    keep = set(keep)
+    for p in {p for pattern in patterns for p in Path(folder).glob(pattern)}:
+        if p.name not in keep:
+            p.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
 from momattn.io import remove_path as _remove
+from momattn.io import swap_into
 
 
 class ShardedFSDP(FSDPStrategy):
@@ -45,12 +46,7 @@ class ShardedFSDP(FSDPStrategy):
         super().save_checkpoint(checkpoint, tmp, storage_options)
         self.barrier("momattn_fsdp_save_end")  # every shard is on disk
         if self.global_rank == 0:
-            old = path.with_name(f".{path.name}.old")
-            _remove(old)
-            if path.exists():
-                path.rename(old)  # a crash from here on leaves .old (the previous checkpoint) in place
-            tmp.rename(path)
-            _remove(old)
+            swap_into(tmp, path)  # a file (a run's last.ckpt before FSDP) or an earlier folder
         self.barrier("momattn_fsdp_save_done")
 
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:

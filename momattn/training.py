@@ -438,9 +438,11 @@ def _swept_keys(sweep_dir: Path) -> set[str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
+    from momattn.sweep_jobs import sweeper_params
+
     try:
         cfg = OmegaConf.load(sweep_dir / "multirun.yaml")
-        keys = {str(k) for k in (OmegaConf.select(cfg, "hydra.sweeper.params") or {})}
+        keys = {str(k) for k in sweeper_params(cfg)}
         task = [str(o) for o in OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []]
         keys |= {o.key_or_group for o in OverridesParser.create().parse_overrides(task) if o.is_sweep_override()}
     except Exception:  # no file (a launcher that writes none), or one Hydra cannot parse: every override named

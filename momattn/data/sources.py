@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol
 
 from momattn.data.staicc import LEAK_FILTER_VERSION, SPLIT_SEED, STAICC_FILES, lm_texts, staicc_identity
 from momattn.errors import ConfigError, DataError, did_you_mean, first_line
+from momattn.io import file_id
 from momattn.schema import known_keys, locate, to_plain, typed
 from momattn.utils import digest, seeded_split
 
@@ -450,12 +451,6 @@ def _named_files(files: Any) -> list[Path]:
     pattern = str(Path(str(files)).expanduser())
     paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [Path(pattern)]
     return [p for p in paths if p.is_file()]
-
-
-def file_id(p: Path) -> tuple:
-    """One file however it is named: a symlink and its target, or two hard links, are the same file."""
-    st = p.stat()
-    return (st.st_dev, st.st_ino)
 
 
 def file_stamp(p: Path) -> tuple:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from momattn.errors import ConfigError, UserError, did_you_mean
+from momattn.io import file_id
 
 PAPER_LENGTHS = (256, 512, 1024)  # Table 6: validation perplexity at these input lengths
 MAX_SHOTS_CAP = 32  # the paper: "up to 32 demonstrations"
@@ -323,7 +324,6 @@ def _same_file(p: Path):
     """A checkpoint as a file (device, inode), so that a hard link is the checkpoint it links; its resolved path
     where it cannot be read (a missing file is named later, as missing)."""
     try:
-        st = p.stat()
-        return (st.st_dev, st.st_ino)
+        return file_id(p)
     except OSError:
         return p.resolve()

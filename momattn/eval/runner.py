@@ -34,7 +34,7 @@ from momattn.eval.report import markdown_report, write_reports
 from momattn.eval.results import ModelResult, as_model_result
 from momattn.eval.tasks import resolve_tasks
 from momattn.hardware import resolve_device
-from momattn.io import atomic_write_text, json_text
+from momattn.io import atomic_write_text, json_text, remove_stale
 
 __all__ = ["check_evaluation", "evaluate_model", "flat_metrics", "run_evaluate", "write_reports"]
 
@@ -372,10 +372,8 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
         written = write_reports(results, out)  # after each checkpoint: finished ones survive a later crash
         del model
     if earlier:  # the earlier evaluation's plots and predictions that this one did not write again contradicted it
-        ours = {f"icl_predictions_{slug(label)}.jsonl" for label in labels if conf.icl.enabled} | set(written)
-        for stale in [*out.glob("icl_predictions_*.jsonl"), out / "ppl.png", out / "icl.png"]:
-            if stale.name not in ours:
-                stale.unlink(missing_ok=True)
+        remove_stale(out, ["icl_predictions_*.jsonl", "ppl.png", "icl.png"],
+                     {f"icl_predictions_{slug(label)}.jsonl" for label in labels if conf.icl.enabled} | set(written))
     if conf.logger and "wandb" in conf.logger:
         log_wandb(results, out, conf.logger["wandb"])
     print(markdown_report(results))

@@ -28,7 +28,7 @@ import numpy as np
 from momattn.errors import ConfigError, DataError
 from momattn.eval.config import EvalConfig, to_plain
 from momattn.eval.results import ModelResult
-from momattn.io import atomic_write_text, json_text, save_figure
+from momattn.io import atomic_write_text, json_text, remove_stale, save_figure
 from momattn.utils import digest
 
 BASELINE = "vanilla"
@@ -675,10 +675,8 @@ def sweep_plots(summaries: Sequence[SettingSummary], out: Path) -> list[Path]:
         path = eta_plot(s, out / f"eta_{s.setting}.png")
         if path is not None:
             written.append(path)
-    earlier = (out / "sweep.md").is_file()  # a verdict was written here before: its plots, not someone else's files
-    for stale in (p for prefix in ("icl_", "ppl_", "eta_") for p in out.glob(f"{prefix}*.png") if earlier):
-        if stale not in written:  # an earlier verdict's in this folder (perplexity off now): it read as this one's
-            stale.unlink(missing_ok=True)
+    if (out / "sweep.md").is_file():  # an earlier verdict's plots (perplexity off now) read as this one's; only
+        remove_stale(out, ["icl_*.png", "ppl_*.png", "eta_*.png"], {p.name for p in written})  # in its own folder
     return written
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from momattn.errors import ConfigError, DataError, UserError, did_you_mean
-from momattn.io import atomic_write, atomic_write_text
+from momattn.io import atomic_write, atomic_write_text, remove_stale
 from momattn.model import GPT
 from momattn.tokenizer import EOT, Tokenizer
 
@@ -176,12 +176,10 @@ def _write(out: Path, state: dict, config: dict, tokenizer: Tokenizer, block_siz
     (out / "config.json").unlink(missing_ok=True)
     # overwrite=true: another export's weights in other formats (a pickled pytorch_model.bin, shards and their
     # index) would be left beside these, for a loader that looks for them first or by choice
-    for pattern in ("pytorch_model.bin", "pytorch_model-*-of-*.bin", "model-*-of-*.safetensors", "tf_model.h5",
-                    "tf_model-*-of-*.h5", "flax_model.msgpack", "flax_model-*-of-*.msgpack",
-                    *(f"{w}.index.json" for w in ("pytorch_model.bin", "model.safetensors", "tf_model.h5",
-                                                  "flax_model.msgpack"))):  # Hugging Face's names only
-        for stale in out.glob(pattern):
-            stale.unlink(missing_ok=True)
+    remove_stale(out, ["pytorch_model.bin", "pytorch_model-*-of-*.bin", "model-*-of-*.safetensors", "tf_model.h5",
+                       "tf_model-*-of-*.h5", "flax_model.msgpack", "flax_model-*-of-*.msgpack",
+                       *(f"{w}.index.json" for w in ("pytorch_model.bin", "model.safetensors", "tf_model.h5",
+                                                     "flax_model.msgpack"))], keep=())  # Hugging Face's names only
     # written by name into atomic_write's temporary file (save() would hold a second copy of the weights in memory)
     atomic_write(out / "model.safetensors", lambda f: _save_safetensors(state, f))
     gen = {"bos_token_id": tokenizer.eot_id, "eos_token_id": tokenizer.eot_id}

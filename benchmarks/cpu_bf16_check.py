@@ -280,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=positive_int, default=4, help="torch threads for the step timing and per run")
     ap.add_argument("--parallel", type=positive_int, default=4, help="main-job runs at a time")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--rounds", type=positive_int, default=7)
+    ap.add_argument("--rounds", type=positive_int, default=None, help="interleaved samples of the step timing "
+                    "(default 7; --smoke: 2)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds for all the main-job runs together (runs "
                     "still going then are stopped and reported as such; four runs one at a time take 10-25 minutes on "
                     "a 2-core machine; benchmarks/device_run.sh passes 420 to fit a device lease)")
@@ -321,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         print(write(rep, a.out))
         return 0
     if "step" in parts:
-        rep["step"] = step_timing(a.threads, 2 if a.smoke else a.rounds, 1 if a.smoke else 5, a.smoke)
+        rep["step"] = step_timing(a.threads, a.rounds or (2 if a.smoke else 7), 1 if a.smoke else 5, a.smoke)
         rep["amx"], rep["auto_precision"] = cpu_has_amx(), resolve_precision("auto", "cpu")
         if rep["native_bf16"]:  # emulated bf16 would take seconds per matmul
             rep["bf16_matmul_n"] = 256 if a.smoke else 2048

@@ -51,12 +51,14 @@ def test_smoke_times_the_step_and_runs_the_main_job_at_both_precisions(tmp_path)
     assert "| bf16-mixed | 1 |" in md and f"`precision=auto` on this CPU: {rep['auto_precision']} (" in md
     assert rep["auto_precision"] == ("bf16-mixed" if rep["amx"] else "32-true")  # AMX alone makes it bf16
     assert ("bf16_matmul_speedup" in rep) == rep["native_bf16"] and rep.get("bf16_matmul_speedup", 1) > 0
-    # --parts step --merge re-times the step and keeps the runs measured before
+    assert rep["step"]["rounds"] == 2  # --smoke's default
+    # --parts step --merge re-times the step and keeps the runs measured before; --rounds is kept under --smoke
+    # (it was replaced by 2 silently)
     r = run_cli("benchmarks/cpu_bf16_check.py", ["--smoke", "--force", "--parts", "step", "--merge", "--threads", "1",
-                                                  "--out", str(out)], tmp_path)
+                                                  "--rounds", "3", "--out", str(out)], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     again = json.loads(out.read_text())
-    assert again["runs"] == rep["runs"] and again["verdict"] == rep["verdict"]
+    assert again["runs"] == rep["runs"] and again["verdict"] == rep["verdict"] and again["step"]["rounds"] == 3
     assert set(again["part_dates"]) == {"step", "runs"} and set(again["step"]["paired_over_nanogpt_fp32"]) == {
         "nanogpt_fp32", "fp32", "bf16"}
 

@@ -143,18 +143,21 @@ def test_non_finite_numbers_are_written_as_null_and_read_back_as_nan(tmp_path):
     assert set(metrics_of(back)) == set(metrics_of(res)) == {"ppl@16", "sst2/acc@k2", "avg/acc@k2"}
 
 
-def test_run_evaluate_side_by_side_with_disambiguated_labels(tmp_path, tokenizer, capsys):
+def test_run_evaluate_side_by_side_with_disambiguated_labels(tmp_path, tokenizer, capsys, monkeypatch):
     a = make_checkpoint(tmp_path / "a" / "last.ckpt", "momentum", tokenizer, seed=1)
     b = make_checkpoint(tmp_path / "b" / "last.ckpt", "momentum", tokenizer, seed=2)
     v = make_checkpoint(tmp_path / "v.ckpt", "vanilla", tokenizer)
-    cfg = {**FAST, "ckpt_paths": [str(a), str(b)], "ckpt_path": str(v), "device": "cpu",
+    monkeypatch.chdir(tmp_path)  # v named relative to here
+    cfg = {**FAST, "ckpt_paths": [str(a), str(b)], "ckpt_path": "v.ckpt", "device": "cpu",
            "icl": {**FAST["icl"], "tasks": ["trec"], "shots": [0]}, "ppl": {"max_windows": 2, "train": False}}
     results = run_evaluate(cfg, out_dir=tmp_path / "run")
     assert [r.label for r in results] == ["vanilla", "momentum [a/last]", "momentum [b/last]"]
     assert results[1].checkpoint == str(a)
+    # results.json names the relative one as a path that finds it from anywhere (it kept "v.ckpt")
+    assert Path(results[0].checkpoint).is_absolute() and Path(results[0].checkpoint).samefile(v)
     assert "momentum [b/last]" in (tmp_path / "run" / "results.md").read_text()
     err = capsys.readouterr().err  # train.py's console style, not a Hydra log record's
-    assert f"[momattn] evaluating {v} (vanilla) on cpu\n" in err and f"[momattn] evaluating {b} (momentum [b/last])" in err
+    assert "[momattn] evaluating v.ckpt (vanilla) on cpu\n" in err and f"[momattn] evaluating {b} (momentum [b/last])" in err
     # again into that folder, one checkpoint, perplexity off: the earlier run's ppl.png and the other checkpoints'
     # predictions stood beside reports that no longer held them
     assert (tmp_path / "run" / "ppl.png").is_file() and len(list((tmp_path / "run").glob("icl_predictions_*"))) == 3

@@ -367,7 +367,8 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
         run_config = dict(meta.get("config") or {})
         res = evaluate_model(model, tokenizer, run_config, conf.eval_section(), out, label,
                              cache_dir=conf.cache_dir, trained_on=meta.get("data_fingerprint"))
-        res.checkpoint, res.step = str(path), step
+        # as a path that still names the file from another folder (a relative one named it from where evaluate.py ran)
+        res.checkpoint, res.step = os.path.abspath(os.path.expanduser(path)), step
         results.append(res)
         written = write_reports(results, out)  # after each checkpoint: finished ones survive a later crash
         del model

@@ -71,7 +71,8 @@ def normalize_text(text: str) -> str:
 
 
 def answer_token_ids(answers: Sequence[str], tokenizer, where: str) -> list[list[int]]:
-    """Token ids of " " + answer for each answer; ConfigError for an empty answer or two identical encodings.
+    """Token ids of " " + answer for each answer; ConfigError for an empty answer, two answers that differ only in
+    whitespace, or two identical encodings.
     (One answer's tokens being a prefix of another's is fine: the mean log-prob compares them fairly.)"""
     ids = []
     for i, a in enumerate(answers):
@@ -81,6 +82,12 @@ def answer_token_ids(answers: Sequence[str], tokenizer, where: str) -> list[list
         if not ids[-1]:  # a tokenizer whose normaliser drops its characters
             raise ConfigError(f"{where}: answer {i} ({a!r}) encodes to no tokens with this tokenizer; use "
                               "answers it can spell")
+    words = [" ".join(str(a).split()) for a in answers]
+    for i, w in enumerate(words):  # " Yes" beside "Yes" (a YAML quote kept a space): told apart by spaces alone
+        if (j := words.index(w)) < i:
+            raise ConfigError(f"{where}: answers {answers[j]!r} and {answers[i]!r} differ only in whitespace, so "
+                              "the model would be asked to tell them apart by spaces (and the predictions would "
+                              "show one answer twice); make them differ in their words")
     seen: dict[tuple[int, ...], int] = {}
     for i, t in enumerate(ids):
         if tuple(t) in seen:

@@ -54,12 +54,20 @@ class GenerateConfig:
     def __post_init__(self):
         if not self.ckpt_path:
             raise ConfigError("no checkpoint given: pass ckpt_path=PATH (a .ckpt written by train.py)")
+        given = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("prompt=")][-1:]  # as typed (last wins)
         if self.prompt is None or not str(self.prompt):
-            raise ConfigError('prompt is empty; pass the text to continue, e.g. prompt="Once upon a time"')
+            null = " (prompt=null reads as no value: quote it, 'prompt=\"null\"', to continue the word)" \
+                if self.prompt is None and given and given[0].strip().lower() in ("null", "~") else ""
+            raise ConfigError(f'prompt is empty{null}; pass the text to continue, e.g. prompt="Once upon a time"')
         if not isinstance(self.prompt, str):  # Hydra reads prompt=true as a bool, prompt=0.10 as 0.1, [a,b] a list
-            given = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("prompt=")][-1:]  # as typed (last wins)
             raise ConfigError(f"prompt={self.prompt!r} was read as a {type(self.prompt).__name__}, not text; quote "
                               f"it so that Hydra keeps it as written: 'prompt=\"{given[0] if given else self.prompt}\"'")
+        typed = given[0] if given else self.prompt
+        if typed != typed.strip() and typed[:1] not in "'\"" and self.prompt == typed.strip():
+            # Hydra drops the spaces around an unquoted value: "prompt=The film " continued "The film"
+            print(f"[momattn] warning: prompt={typed!r} reads as {self.prompt!r}: Hydra drops the spaces around an "
+                  f"unquoted value, and a tokenizer sees them; quote it to keep them: \"prompt='{typed}'\"",
+                  file=sys.stderr)
         self.prompt = self.prompt.replace("\\n", "\n")
         self.stop = _stop_strings(self.stop)
         for name, low in (("max_new_tokens", 1), ("num_samples", 1)):
@@ -74,8 +82,8 @@ class GenerateConfig:
         if isinstance(self.top_p, bool) or not isinstance(self.top_p, int | float) or not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p={self.top_p!r} must be a number in (0, 1]: the probability mass sampled from "
                               "(1 = the whole distribution)")
-        if not _is_int(self.seed) or not -2**63 <= self.seed < 2**64:
-            raise ConfigError(f"seed={self.seed!r} must be an int in [-2**63, 2**64) (a torch generator's seed)")
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**64:  # torch takes it mod 2**64: -1 sampled as 2**64-1
+            raise ConfigError(f"seed={self.seed!r} must be an int in [0, 2**64) (a torch generator's seed)")
         check_inference_precision(self.precision, f"precision={self.precision!r}")
 
 
@@ -258,6 +266,23 @@ def generate_text(model, tokenizer, cfg: GenerateConfig, device: str, out: TextI
     return samples
 
 
+class _Escaping:
+    """A text stream whose characters its encoding cannot hold are written as escapes (a terminal that cannot show
+    a sampled character: a UnicodeEncodeError ended the stream)."""
+
+    def __init__(self, out: TextIO):
+        self.out, self.encoding = out, getattr(out, "encoding", None) or "utf-8"
+
+    def write(self, text: str) -> None:
+        try:
+            self.out.write(text)
+        except UnicodeEncodeError:
+            self.out.write(text.encode(self.encoding, "backslashreplace").decode(self.encoding))
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
 def run_generate(conf) -> list[str]:
     """generate.py's body: a Hydra config (or mapping) -> samples streamed to stdout."""
     from momattn.checkpoint import load_checkpoint
@@ -267,7 +292,7 @@ def run_generate(conf) -> list[str]:
     device = resolve_device(cfg.device)
     model, tokenizer = load_checkpoint(cfg.ckpt_path, map_location=device)
     try:
-        return generate_text(model, tokenizer, cfg, device)
+        return generate_text(model, tokenizer, cfg, device, _Escaping(sys.stdout))
     except BrokenPipeError:  # `generate.py ... | head`: the reader left; no traceback, nothing more to sample
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's own flush at exit fails too)
         return []

@@ -391,9 +391,14 @@ class GPT(nn.Module):
         >= self.n_ids (the vocabulary's padding) where it is set."""
         from momattn.generate import next_token  # generate.py's rule: a tiny temperature is greedy, not nan
 
-        if not temperature >= 0:
-            raise ValueError(f"temperature={temperature!r} must be a number >= 0 (0 = greedy)")
-        if not 0 < top_p <= 1:
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an int >= 0")  # -3 returned idx unchanged
+        if idx.dim() != 2 or idx.size(1) == 0:  # an empty prompt was an IndexError inside the first forward
+            raise ValueError(f"idx of shape {tuple(idx.shape)} must be (B, T) with T >= 1: at least one token to "
+                             "continue")
+        if not isinstance(temperature, int | float) or not 0 <= temperature < math.inf:  # None: a TypeError
+            raise ValueError(f"temperature={temperature!r} must be a finite number >= 0 (0 = greedy)")
+        if not isinstance(top_p, int | float) or not 0 < top_p <= 1:
             raise ValueError(f"top_p={top_p!r} must be in (0, 1] (1 = the whole distribution)")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"top_k={top_k!r} must be an int >= 1, or None for the whole vocabulary")  # IndexError

@@ -108,7 +108,7 @@ def test_streamed_text_is_the_decoded_sample_and_prints_whole_characters(ckpt):
     ({"top_k": 0}, "top_k=0"), ({"num_samples": 0}, "num_samples=0"), ({"ckpt_path": None}, "ckpt_path=PATH"),
     ({"temperature": float("nan")}, "temperature=nan"), ({"prompt": True}, "prompt=True was read as a bool"),
     ({"prompt": 0.1}, "prompt=0.1 was read as a float"), ({"prompt": ["a", "b"]}, "was read as a list"),
-    ({"seed": 2**70}, "seed=1180591620717411303424 must be an int in"), ({"top_p": 0}, "top_p=0 must be a number in"),
+    ({"seed": 2**70}, "seed=1180591620717411303424 must be an int in"), ({"seed": -1}, r"seed=-1 must be an int in \[0,"), ({"top_p": 0}, "top_p=0 must be a number in"),
     ({"top_p": 1.5}, "top_p=1.5 must be"), ({"top_p": "0.9"}, "top_p='0.9' must be"),
     ({"top_p": float("nan")}, "top_p=nan must be"), ({"stop": 5}, "stop=5 must be a list of non-empty strings"),
     ({"stop": ["a", ""]}, r"stop=\['a', ''\] must be"), ({"stop": [1]}, r"stop=\[1\] must be"),
@@ -133,12 +133,20 @@ def test_cli_streams_to_stdout_and_rejects_bad_input_with_exit_2(ckpt, tmp_path)
     assert not list(tmp_path.iterdir())  # no outputs/ folder, no .hydra
     for bad, culprit in (("temperature=-1", "temperature=-1"), ("top_k=0", "top_k=0"),
                          ("max_new_tokens=0", "max_new_tokens=0"), ("prompt=", "prompt is empty"),
+                         ("prompt=null", "prompt is empty (prompt=null reads as no value: quote it"),
                          ("prompt=0.10", "was read as a float, not text; quote it so that Hydra keeps it as written: "
                                          "'prompt=\"0.10\"'"),
                          (f"ckpt_path={tmp_path}/missing.ckpt", "does not exist"),
                          ("hydra.run.dir=/proc/x", "cannot write the output folder /proc/x")):  # was a traceback
         r = run_cli("generate.py", [*args, bad], tmp_path)
         assert r.returncode == 2 and culprit in r.stderr and "Traceback" not in r.stderr, r.stderr
+    # the space Hydra drops from an unquoted value is named (the model saw "The film", silently); a terminal that
+    # cannot show a character gets an escape (was a UnicodeEncodeError)
+    r = run_cli("generate.py", [*args, "prompt=The film "], tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("The film"), r.stderr
+    assert "prompt='The film ' reads as 'The film': Hydra drops the spaces around an unquoted value" in r.stderr
+    r = run_cli("generate.py", [*args, "prompt='The é '"], tmp_path, env={"PYTHONIOENCODING": "ascii"}, fresh=True)
+    assert r.returncode == 0 and r.stdout.startswith("The \\xe9 ") and "warning" not in r.stderr, (r.stdout, r.stderr)
 
 
 def test_stream_decoder_keeps_the_spaces_a_tokenizer_puts_between_tokens():
@@ -185,6 +193,16 @@ def test_model_generate_takes_top_p_and_refuses_one_out_of_range():
     for k in (0, -1, 2.5):  # an IndexError / RuntimeError from torch.topk
         with pytest.raises(ValueError, match=f"top_k={k} must be an int >= 1"):
             model.generate(idx, 5, top_k=k)
+    assert torch.equal(model.generate(idx, 0), idx)  # nothing to sample: the prompt
+    # -3 returned the prompt as if sampled; an empty prompt was an IndexError, temperature None a TypeError and
+    # inf sampled uniformly, which generate.py refuses (found by review)
+    for bad, match in (({"max_new_tokens": -3}, "max_new_tokens=-3 must be an int >= 0"),
+                       ({"max_new_tokens": 2.0}, "max_new_tokens=2.0 must be an int"),
+                       ({"idx": torch.zeros(1, 0, dtype=torch.long)}, r"idx of shape \(1, 0\) must be \(B, T\)"),
+                       ({"temperature": None}, "temperature=None must be a finite number"),
+                       ({"temperature": float("inf")}, "temperature=inf must be a finite number")):
+        with pytest.raises(ValueError, match=match):
+            model.generate(**{"idx": idx, "max_new_tokens": 5, **bad})
 
 
 def test_samples_never_take_the_models_padding_ids(ckpt):
@@ -228,7 +246,7 @@ def test_model_generate_takes_a_tiny_temperature_as_greedy_and_refuses_a_negativ
     g = torch.Generator().manual_seed(0)
     assert torch.equal(model.generate(idx, 20, temperature=1e-40, generator=g), model.generate(idx, 20, temperature=0))
     for bad in (-0.5, float("nan")):
-        with pytest.raises(ValueError, match="temperature=.* must be a number >= 0"):
+        with pytest.raises(ValueError, match="temperature=.* must be a finite number >= 0"):
             model.generate(idx, 5, temperature=bad)
 
 

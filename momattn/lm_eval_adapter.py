@@ -12,7 +12,10 @@ lm-eval's own command line with ARGS, unchanged.
   batch_tokens tokens (and batch_size rows, when lm-eval gives an int), so neighbours need little padding.
   Returns (sum log p(continuation), whether each token was the argmax over the tokenizer's ids).
 - loglikelihood_rolling: lm-eval's disjoint rolling windows (one token of context each), scored as above.
-- device: --device (lm-eval's default cuda:0) or device= in --model_args; where there is no CUDA GPU, the CPU.
+- device: --device (lm-eval's default cuda:0; where there is no CUDA GPU, the CPU) or device= in --model_args
+  (a GPU named there and missing is an error).
+- batch_size: lm-eval's --batch_size defaults to 1 row per forward pass (said on stderr); --batch_size auto lets
+  batch_tokens bound each batch.
 - generate_until: one request at a time with the KV cache (momattn.generate.sample_tokens), greedy unless
   do_sample=true (then temperature, top_k and top_p, as in transformers); stops at the end-of-text token or at
   the first `until` string, which is cut off.
@@ -122,9 +125,18 @@ class MomattnLM(TemplateLM):
     @classmethod
     def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> MomattnLM:
         # lm-eval always adds its --device and --batch_size (cuda:0 and 1 by default): --model_args win over them
+        from momattn.errors import ConfigError
+
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
         if "batch_size" in extra:  # lm-eval's own --batch_size 0: named as such, not as a --model_args value
-            rows_per_batch(extra["batch_size"], "--batch_size")
+            if rows_per_batch(extra["batch_size"], "--batch_size") == 1:  # its default: one row per forward pass
+                print("momattn: --batch_size 1 (lm-eval's default) scores one row per forward pass; --batch_size auto "
+                      "lets batch_tokens bound each batch instead: the same scores, several times faster",
+                      file=sys.stderr)
+        device = str(arg_dict.get("device") or "")
+        if device.startswith("cuda") and not torch.cuda.is_available():  # asked for by name: not lm-eval's default
+            raise ConfigError(f"--model_args device={device}, but no CUDA GPU is available; use device=cpu (or leave "
+                              "device out: lm-eval's --device default then falls back to the CPU)")
         return cls(**arg_dict, **extra)
 
     @property
@@ -174,10 +186,8 @@ class MomattnLM(TemplateLM):
                             f"{self.max_length} (block_size): it cannot be scored in one window")
         order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
         out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
-        batch: list[int] = []
-        width = 0
 
-        def flush():
+        def flush(batch: list[int]):
             rows = [self._fit(*pairs[i]) for i in batch]
             x = torch.full((len(rows), max(len(r) for r, _ in rows)), self.eot_token_id, dtype=torch.long)
             for j, (r, _) in enumerate(rows):
@@ -199,15 +209,20 @@ class MomattnLM(TemplateLM):
                 greedy = lp[:, : self.tokenizer.n_ids].argmax(-1)
                 out[i] = (float(lp.gather(1, target[:, None]).sum()), bool((greedy == target).all()))
 
-        for i in tqdm(order, disable=disable_tqdm, desc="momattn scoring"):
+        batches: list[list[int]] = [[]]
+        width = 0
+        for i in order:
             w = min(max(len(pairs[i][0]), 1) + len(pairs[i][1]) - 1, self.max_length)  # an empty context: [eot]
-            width = max(width, w)
+            width, batch = max(width, w), batches[-1]
             if batch and ((len(batch) + 1) * width > self.batch_tokens or len(batch) == (self.max_rows or 1 << 30)):
-                flush()
-                batch, width = [], w
-            batch.append(i)
-        if batch:
-            flush()
+                batches.append([])
+                width = w
+            batches[-1].append(i)
+        # the bar moves as batches are scored (it ran through the planning, then stood at the end while they were)
+        with tqdm(total=len(pairs), disable=disable_tqdm, desc="momattn scoring") as bar:
+            for batch in filter(None, batches):
+                flush(batch)
+                bar.update(len(batch))
         return out
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:

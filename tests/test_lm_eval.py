@@ -129,8 +129,16 @@ def test_the_lm_eval_command_line_finds_the_momattn_model(ckpt):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback is for machines without a GPU")
 def test_lm_evals_default_device_falls_back_to_the_cpu_without_a_gpu(ckpt, capsys):
+    from momattn.errors import ConfigError
+
     lm = MomattnLM(ckpt_path=str(ckpt), device="cuda:0")  # what lm-eval passes when --device is not given
     assert lm.device == "cpu" and "no CUDA GPU is available; running on the CPU" in capsys.readouterr().err
+    lm = MomattnLM.create_from_arg_string(f"ckpt_path={ckpt}", {"device": "cuda:0", "batch_size": 1})
+    assert lm.device == "cpu" and "--batch_size 1 (lm-eval's default) scores one row per forward pass; " \
+        "--batch_size auto" in capsys.readouterr().err
+    # a GPU named in --model_args is the user's own request: it ran on the CPU, one stderr line said so
+    with pytest.raises(ConfigError, match="^--model_args device=cuda:0, but no CUDA GPU is available; use device=cpu"):
+        MomattnLM.create_from_arg_string(f"ckpt_path={ckpt},device=cuda:0", {"device": "cuda:0"})
 
 
 def test_generation_settings_and_bad_input_are_handled_as_lm_eval_users_expect(ckpt, capsys):
@@ -174,6 +182,36 @@ def test_misspelt_model_args_and_precisions_are_refused_and_model_args_win_over_
     lm = MomattnLM.create_from_arg_string(f"ckpt_path={ckpt},device=cpu,batch_size=3",
                                           {"device": "cuda:0", "batch_size": 1, "max_batch_size": None})
     assert lm.device == "cpu" and lm.max_rows == 3
+
+
+def test_the_scoring_bar_moves_as_batches_are_scored(ckpt, monkeypatch):
+    import momattn.lm_eval_adapter as adapter
+
+    lm = MomattnLM(ckpt_path=str(ckpt), precision="32-true", batch_size=2)
+    seen, forward = [], lm.model.forward
+
+    class Bar:  # what the bar showed each time the model ran (it ran through the batching first, then stood at
+        n = 0   # the end while every batch was scored)
+
+        def __init__(self, total, **kw):
+            self.total = total
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, k):
+            Bar.n += k
+
+    monkeypatch.setattr(adapter, "tqdm", Bar)
+    monkeypatch.setattr(lm.model, "forward", lambda *a, **k: seen.append(Bar.n) or forward(*a, **k))
+    pairs = [([1, 2, 3], [4]), ([5], [6, 7]), ([8, 9], [10]), ([2], [3]), ([4, 4], [5])]
+    out = lm.score_pairs(pairs, disable_tqdm=False)
+    assert seen == [0, 2, 4] and Bar.n == 5  # 5 rows in batches of 2, 2, 1
+    for (lp, greedy), (alone, alone_greedy) in zip(out, [lm.score_pairs([p])[0] for p in pairs]):
+        assert lp == pytest.approx(alone, abs=1e-5) and greedy == alone_greedy
 
 
 def test_a_whitespace_only_context_reads_as_the_empty_context(ckpt):

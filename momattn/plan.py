@@ -1,9 +1,11 @@
 """Plan a run before paying for it: python -m momattn.plan experiment=paper_350m trainer.devices=8 trainer.num_nodes=4
 
-Parameters, tokens, FLOPs, memory per device for DDP and FSDP, wall time and GPU-hours at a stated MFU, and the
-accumulation that keeps the experiment's global batch on that many devices. Nothing is allocated: the model is
-built on the meta device, memory comes from momattn.memory's estimate. MFU is an assumption you state
-(--mfu, default 0.40) against a datasheet peak (--peak-tflops, default 989: H100/H200 SXM dense bf16)."""
+Parameters, tokens, FLOPs, memory per device for DDP and FSDP (and whether it fits), wall time and GPU-hours at a
+stated MFU, and the accumulation that keeps the experiment's global batch on that many devices. Nothing is
+allocated: the model is built on the meta device, memory comes from momattn.memory's estimate. MFU is an assumption
+you state (--mfu, default 0.40) against a datasheet peak (--peak-tflops, default 989: H100/H200 SXM dense bf16),
+and memory is weighed against --device-gib (default 80). A CPU run (trainer=cpu) is planned as train.py runs it
+here: this machine's precision, the CPU's blocked loss, the RAM available; its time only with --peak-tflops."""
 
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ def _vocab(c) -> int:
     return int(getattr(t, "vocab_size", 0) or 4096)
 
 
-def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float = 989.0) -> dict:
+def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = None, device_gib: float = 80.0) -> dict:
+    """The plan as a dict. peak_tflops: per GPU (None: 989), or per machine for a CPU run (None: no time)."""
     import torch
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -44,7 +47,7 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float = 989.0) ->
 
     import momattn.config as config
     from momattn.cli import CONF_DIR, check_overrides
-    from momattn.memory import estimate_train_memory
+    from momattn.memory import available_memory, estimate_train_memory
     from momattn.model import GPT
 
     check_overrides("train", overrides)
@@ -58,12 +61,18 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float = 989.0) ->
     HydraConfig().set_config(cfg)
     # plan a GPU, many-node run from any machine: no GPU nor launcher needed here
     # (trainer.devices=auto counts this machine's GPUs: at least one is assumed; trainer.devices=N plans N)
-    # precision=auto plans a bf16 GPU (an H100/H200-class device, as --peak-tflops), not this machine's CPU
+    # precision=auto plans a bf16 GPU (an H100/H200-class device, as --peak-tflops), not this machine's CPU; a run
+    # with trainer.accelerator=cpu is planned as train.py would run it here
     real = config._cuda_available, config.check_launch_environment, config._cuda_device_count, config.resolve_precision
+
+    def precision_for(p, acc):
+        if torch.cuda.is_available() or str(acc or "").lower() == "cpu":
+            return real[3](p, acc)
+        return "bf16-mixed" if p in (None, "auto") else str(p)
+
     gpus = max(1, real[2]())
     config._cuda_available, config.check_launch_environment, config._cuda_device_count, config.resolve_precision = (
-        (lambda: True), (lambda *a, **k: None), (lambda: gpus),
-        (real[3] if torch.cuda.is_available() else lambda p, acc: "bf16-mixed" if p in (None, "auto") else str(p)))
+        (lambda: True), (lambda *a, **k: None), (lambda: gpus), precision_for)
     from momattn import wandb_runs
 
     key_check, wandb_runs.require_api_key = wandb_runs.require_api_key, lambda: None  # no W&B run starts here
@@ -83,20 +92,34 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float = 989.0) ->
     tokens = tokens_per_step * c.max_steps
     flops = flops_per_token * tokens
     precision = c.trainer["precision"]
-    ddp = estimate_train_memory(m, c.loader.batch_size, precision)
-    fsdp_states = estimate_train_memory(m, c.loader.batch_size, precision, shards=world).states
-    seconds = flops / (mfu * peak_tflops * 1e12 * world)
+    on_cpu = str(c.trainer.get("accelerator") or "auto").lower() == "cpu"
+    # (trainer=cpu: no (B T, V) logits, momattn/loss.py; it was planned as a GPU run, 6.5x under train.py's check)
+    ddp = estimate_train_memory(m, c.loader.batch_size, precision, blocked_loss=on_cpu)
+    fsdp_states = estimate_train_memory(m, c.loader.batch_size, precision, blocked_loss=on_cpu, shards=world).states
+    fsdp = fsdp_states + ddp.activations + ddp.logits
+    if on_cpu:  # the processes of one machine share its RAM (memory.check_fits)
+        per_node = c.trainer.get("devices") if isinstance(c.trainer.get("devices"), int) else 1
+        ram = available_memory("cpu")
+        limit = ram / max(1, per_node) / GIB if ram else None
+        nodes = c.trainer.get("num_nodes") if isinstance(c.trainer.get("num_nodes"), int) else 1
+        seconds = flops / (mfu * peak_tflops * 1e12 * max(1, nodes)) if peak_tflops else None
+    else:
+        limit = device_gib
+        seconds = flops / (mfu * (peak_tflops or 989.0) * 1e12 * world)
+    fits = None if limit is None else "ddp" if ddp.total / GIB <= limit else "fsdp" if fsdp / GIB <= limit else "no"
     return {
         "overrides": overrides, "attention": m.attention.kind, "n_layer": m.n_layer, "n_embd": m.n_embd,
         "n_head": m.n_head, "block_size": m.block_size, "vocab_size": m.vocab_size, "parameters": n_params,
         "processes": world, "micro_batch": c.loader.batch_size, "accumulate_grad_batches": c.accumulate,
         "global_batch_sequences": seqs, "tokens_per_step": tokens_per_step, "max_steps": c.max_steps,
         "tokens": tokens, "flops_per_token": flops_per_token, "flops": flops, "precision": precision,
-        "memory_per_device_gib": {"ddp": ddp.total / GIB, "fsdp": (fsdp_states + ddp.activations + ddp.logits) / GIB,
+        "memory_per_device_gib": {"ddp": ddp.total / GIB, "fsdp": fsdp / GIB,
                                   "states_ddp": ddp.states / GIB, "states_fsdp": fsdp_states / GIB,
                                   "activations": ddp.activations / GIB, "logits": ddp.logits / GIB},
-        "mfu_assumed": mfu, "peak_tflops_per_device": peak_tflops,
-        "wall_hours": seconds / 3600, "gpu_hours": seconds * world / 3600,
+        "accelerator": "cpu" if on_cpu else "gpu", "memory_limit_gib": limit, "fits": fits,
+        "mfu_assumed": mfu, "peak_tflops_per_device": peak_tflops if on_cpu else peak_tflops or 989.0,
+        "wall_hours": None if seconds is None else seconds / 3600,
+        "gpu_hours": None if on_cpu else seconds * world / 3600,
         "global_batch": c.global_batch, "val_check_interval": c.trainer.get("val_check_interval"),
         "val_every_steps": c.val_every_steps,
         "optim": {"lr": c.optim.lr, "schedule": c.optim.schedule, "warmup_steps": c.optim.warmup_steps,
@@ -133,7 +156,47 @@ def _hours(h: float) -> str:
         return f"{h:.1f} h = {h / 24:.1f} days"
     if h >= 1:
         return f"{h:.1f} h"
-    return f"{h * 60:.1f} min" if h >= 1 / 60 else f"{h * 3600:.1f} s"
+    return f"{h * 60:.1f} min" if h >= 1 / 60 else f"{h * 3600:.1f} s" if h * 3600 >= 0.1 else "under 0.1 s"
+
+
+def _count(n: float, unit: str = "") -> str:
+    """27,524 -> 27.5K; 354,823,168 -> 354.8M (a small model read '0.0M parameters')."""
+    for scale, suffix in ((1e12, "T"), (1e9, "G" if unit else "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.{2 if n < 10 * scale else 1}f}{' ' if unit else ''}{suffix}{unit}"
+    return f"{n:,.0f}{' ' if unit else ''}{unit}"
+
+
+def _gib(x: float) -> str:
+    return f"{x:.1f} GiB" if x >= 0.1 else f"{x * 1024:.1f} MiB" if x * 1024 >= 0.1 else f"{x * 2**30:,.0f} B"
+
+
+def _fits(p: dict) -> str:
+    mem, limit, where = p["memory_per_device_gib"], p["memory_limit_gib"], \
+        "of the RAM available per process here" if p["accelerator"] == "cpu" else "per device (--device-gib)"
+    if p["fits"] is None:
+        return "not judged: this machine's available RAM is unknown"
+    if p["fits"] == "ddp":
+        return f"yes: DDP's {_gib(mem['ddp'])} within {_gib(limit)} {where}"
+    if p["fits"] == "fsdp":
+        return (f"only with FSDP (trainer=fsdp): DDP's {_gib(mem['ddp'])} is over {_gib(limit)} {where}, FSDP's "
+                f"{_gib(mem['fsdp'])} within")
+    more = ("lower data.batch_size (and raise trainer.accumulate_grad_batches to keep the tokens per step) or "
+            "model.block_size"
+            if mem["activations"] + mem["logits"] > mem["states_fsdp"] else "shard over more devices or train a "
+            "smaller model")
+    return f"NO: FSDP's {_gib(mem['fsdp'])} is over {_gib(limit)} {where}; {more} (train.py refuses it)"
+
+
+def _time(p: dict) -> str:
+    if p["wall_hours"] is None:
+        return ("not estimated for a CPU run (no datasheet peak is assumed): pass --peak-tflops with this CPU's dense "
+                "peak, or time a few steps with trainer.max_steps")
+    hours = "" if p["gpu_hours"] is None else \
+        f", {p['gpu_hours']:,.{0 if p['gpu_hours'] >= 10 else 2}f} GPU-hours"
+    per = "per machine" if p["accelerator"] == "cpu" else "per device"
+    return (f"{_hours(p['wall_hours'])} wall{hours}, at an ASSUMED MFU of {100 * p['mfu_assumed']:.0f}% of "
+            f"{p['peak_tflops_per_device']:g} TFLOPS {per}")
 
 
 def render(p: dict) -> str:
@@ -143,18 +206,19 @@ def render(p: dict) -> str:
     rows = [
         ("command", "python train.py " + " ".join(p["overrides"])),
         ("model", f"{p['n_layer']} layers x {p['n_embd']}, {p['n_head']} heads, context {p['block_size']}, "
-                  f"vocabulary {p['vocab_size']}, {p['attention']} attention: {p['parameters'] / 1e6:.1f}M parameters"),
+                  f"vocabulary {p['vocab_size']}, {p['attention']} attention: {_count(p['parameters'])} parameters"),
         ("batch", f"{p['global_batch_sequences']} sequences = {p['tokens_per_step']:,} tokens per step: "
                   f"data.batch_size={p['micro_batch']} x {p['processes']} processes x {acc}"),
         ("tokens", f"{p['max_steps']:,} steps x {p['tokens_per_step']:,} = {_tokens(p['tokens'])} tokens"),
         ("validation", _validation(p)),
         ("optimizer", _optimizer(p["optim"])),
-        ("FLOPs", f"{p['flops_per_token'] / 1e9:.2f} GFLOP per token (6N + 12 L d T) -> {p['flops']:.2e} in all"),
-        ("memory/device", f"DDP ~{mem['ddp']:.1f} GiB (weights+grads+AdamW {mem['states_ddp']:.1f}, activations "
-                          f"{mem['activations']:.1f}, logits {mem['logits']:.1f}); FSDP full shard ~{mem['fsdp']:.1f} GiB "
-                          f"(states {mem['states_fsdp']:.2f}); {p['precision']}, micro-batch {p['micro_batch']}"),
-        ("time", f"{_hours(p['wall_hours'])} wall, {p['gpu_hours']:,.{0 if p['gpu_hours'] >= 10 else 2}f} GPU-hours, at "
-                 f"an ASSUMED MFU of {100 * p['mfu_assumed']:.0f}% of {p['peak_tflops_per_device']:.0f} TFLOPS per device"),
+        ("FLOPs", f"{_count(p['flops_per_token'], 'FLOP')} per token (6N + 12 L d T) -> {p['flops']:.2e} in all"),
+        ("memory/device", f"DDP ~{_gib(mem['ddp'])} (weights+grads+AdamW {_gib(mem['states_ddp'])}, activations "
+                          f"{_gib(mem['activations'])}, logits {_gib(mem['logits'])}); FSDP full shard "
+                          f"~{_gib(mem['fsdp'])} (states {_gib(mem['states_fsdp'])}); {p['precision']} on "
+                          f"{'the CPU' if p['accelerator'] == 'cpu' else 'a GPU'}, micro-batch {p['micro_batch']}"),
+        ("fits", _fits(p)),
+        ("time", _time(p)),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -164,14 +228,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m momattn.plan", description=__doc__.splitlines()[0])
     ap.add_argument("overrides", nargs="*", help="train.py overrides, e.g. experiment=paper_350m trainer.devices=8")
     ap.add_argument("--mfu", type=float, default=0.40, help="model FLOPs utilisation to assume (default 0.40)")
-    ap.add_argument("--peak-tflops", type=float, default=989.0,
-                    help="dense bf16 peak per device (default 989: H100/H200 SXM datasheet)")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="dense bf16 peak per device (default 989: H100/H200 SXM datasheet); a CPU run: per machine "
+                         "(no default: its time is not estimated without it)")
+    ap.add_argument("--device-gib", type=float, default=80.0,
+                    help="memory per GPU that the plan must fit (default 80: an H100); a CPU run: this machine's RAM")
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
     a = ap.parse_args(argv)
     try:
-        if not 0 < a.mfu <= 1 or not 0 < a.peak_tflops < math.inf:  # (nan fails both: it compares False)
-            raise UserError(f"--mfu={a.mfu} must be in (0, 1] and --peak-tflops={a.peak_tflops} a finite number above 0")
-        p = plan(a.overrides, a.mfu, a.peak_tflops)
+        if not 0 < a.mfu <= 1:  # (nan fails every check: it compares False)
+            raise UserError(f"--mfu={a.mfu} must be in (0, 1]")
+        for flag, v in (("--peak-tflops", a.peak_tflops), ("--device-gib", a.device_gib)):
+            if v is not None and not 0 < v < math.inf:
+                raise UserError(f"{flag}={v} must be a finite number above 0")
+        p = plan(a.overrides, a.mfu, a.peak_tflops, a.device_gib)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -35,7 +35,7 @@ def test_plan_bad_input_is_one_line(capsys):
     assert "Did you mean 'paper_350m'" in capsys.readouterr().err
     assert main(["--mfu", "2"]) == 2
     assert main(["--peak-tflops", "nan"]) == 2  # printed "time nan s wall" (nan <= 0 is False; found by review)
-    assert "--peak-tflops=nan a finite number above 0" in capsys.readouterr().err
+    assert "--peak-tflops=nan must be a finite number above 0" in capsys.readouterr().err
     assert main(["model.n_layer=[1,2"]) == 2  # Hydra's own parse error: one line, no traceback
     assert "error: the command line does not parse: no viable alternative at input '[1,2'" in capsys.readouterr().err
     assert main(["tokenizer=file", "tokenizer.path=/no/such/tokenizer.json"]) == 2  # not a plan at vocabulary 4096
@@ -97,6 +97,41 @@ def test_several_nodes_need_a_launcher_and_a_free_port():
         check_launch_environment(ddp, {"MASTER_PORT": str(port), "LOCAL_RANK": "1"})  # the ones it starts connect
         # srun's second task of one node: rank 0's store may be listening already (it connects, it does not listen)
         check_launch_environment(ddp, {"MASTER_PORT": str(port), "SLURM_PROCID": "1", "SLURM_JOB_ID": "7"})
+
+
+def test_a_cpu_run_is_planned_as_train_py_runs_it_and_a_plan_that_fits_nothing_says_so(capsys, monkeypatch, tmp_path):
+    from momattn import memory
+    from momattn.config import resolve_precision
+
+    # trainer=cpu was planned as a bf16 GPU run with full logits: 6.5x under what train.py refused it for
+    big = ["trainer=cpu", "model=gpt_350m", "data.batch_size=512"]
+    p = plan(big)
+    assert p["accelerator"] == "cpu" and p["precision"] == resolve_precision("auto", "cpu") and p["gpu_hours"] is None
+    c = load_train_config(compose_train(tmp_path, big))  # what train.py checks (memory.check_fits, off CUDA)
+    need = memory.estimate_train_memory(c.model_for(p["vocab_size"]), 512, c.trainer["precision"], blocked_loss=True)
+    assert p["memory_per_device_gib"]["ddp"] == pytest.approx(need.total / 2**30)
+    assert p["fits"] == "no" and p["wall_hours"] is None  # no datasheet peak for a CPU
+    assert main(big) == 0
+    out = capsys.readouterr().out
+    assert "of the RAM available per process here; lower data.batch_size" in out and "on the CPU" in out
+    assert "time           not estimated for a CPU run" in out and "GPU-hours" not in out
+    # two processes on one machine share its RAM; a CPU peak given times it per machine
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 8 * 2**30)
+    two = plan(["trainer=cpu", "trainer.devices=2"], peak_tflops=2.0)
+    assert two["memory_limit_gib"] == 4 and two["fits"] == "ddp"
+    assert two["wall_hours"] == pytest.approx(two["flops"] / (0.4 * 2e12) / 3600)
+    # a GPU run over --device-gib: said, not planned silently
+    assert plan(["model=gpt_350m", "data.batch_size=512"])["fits"] == "no"
+    assert plan(["model=gpt_350m", "data.batch_size=512"], device_gib=1000)["fits"] == "ddp"
+    fsdp = plan(["experiment=paper_350m", "trainer.devices=8"], device_gib=15)
+    assert fsdp["memory_per_device_gib"]["fsdp"] < 15 < fsdp["memory_per_device_gib"]["ddp"] and fsdp["fits"] == "fsdp"
+    assert main(["model=gpt_350m", "data.batch_size=512"]) == 0
+    assert "fits           NO: FSDP's 512.6 GiB is over 80.0 GiB per device (--device-gib)" in capsys.readouterr().out
+    assert main(["--device-gib", "0"]) == 2
+    # a small model's figures are readable (it printed 0.0M parameters, 0.00 GFLOP per token, DDP ~0.0 GiB)
+    assert main(["experiment=ginc", "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=128"]) == 0
+    out = capsys.readouterr().out
+    assert "attention: 27.5K parameters" in out and "263.4 KFLOP per token" in out and "DDP ~7.4 MiB" in out
 
 
 def test_the_planner_plans_devices_auto_without_a_gpu(capsys):

@@ -17,11 +17,12 @@ import json
 import math
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from momattn.analysis.config import AnalyzeConfig
+from momattn.analysis.report import FINDINGS, METRICS, PERCENT
 from momattn.errors import ConfigError, DataError, NonFiniteLossError
 from momattn.eval.sweep import (
     BASELINE,
@@ -41,28 +42,6 @@ from momattn.eval.sweep import (
 )
 from momattn.io import atomic_write_text, json_text
 
-# the headline numbers of one analysis: (key, label, getter); accuracies and Rec2FTP are fractions
-METRICS: list[tuple[str, str, Callable]] = [
-    ("acc_zsl", "ZSL acc (%)", lambda r: r.acc["zsl"]),
-    ("acc_icl", "ICL acc (%)", lambda r: r.acc["icl"]),
-    ("acc_ft", "FT acc (%)", lambda r: r.acc["ft"]),
-    ("rec2ftp", "Rec2FTP (%)", lambda r: r.rec2ftp),
-    ("simaou_ft", "SimAOU(dFT)", lambda r: r.simaou_ft.mean),
-    ("simaou_random", "SimAOU(random d)", lambda r: r.simaou_random.mean),
-    ("simam_before", "SimAM before FT", lambda r: r.simam_before.mean),
-    ("simam_after", "SimAM after FT", lambda r: r.simam_after.mean),
-    ("kendall_ft", "Kendall(ICL, FT)", lambda r: r.kendall_ft.mean),
-    ("kendall_random", "Kendall(ICL, random)", lambda r: r.kendall_random.mean),
-]
-PERCENT = {"acc_zsl", "acc_icl", "acc_ft", "rec2ftp"}
-# the paper's qualitative findings as per-seed differences a - b that it finds above 0
-FINDINGS = [
-    ("ICL above ZSL", "acc_icl", "acc_zsl"),
-    ("FT above ZSL", "acc_ft", "acc_zsl"),
-    ("SimAOU(dFT) above SimAOU(random d)", "simaou_ft", "simaou_random"),
-    ("SimAM after FT above before FT", "simam_after", "simam_before"),
-    ("Kendall(ICL, FT) above Kendall(ICL, random)", "kendall_ft", "kendall_random"),
-]
 # analyze.py keys that change how fast or where an analysis runs, not its numbers
 NOT_SETTINGS = ("ckpt_path", "sweep_dir", "device", "batch_tokens", "ft_models_per_batch", "dual_check", "tags",
                 "logger", "paths")
@@ -91,8 +70,37 @@ class SettingAnalysis:
 
 
 def settings_of(conf: AnalyzeConfig) -> dict:
-    """The analyze.py settings that shape the numbers (a reused analysis must have been made with these)."""
-    return json.loads(json.dumps({k: v for k, v in asdict(conf).items() if k not in NOT_SETTINGS}, default=str))
+    """The analyze.py settings that shape the numbers (a reused analysis must have been made with these): a local
+    task's files by their contents too (a task file edited in place kept its name, and its old analyses)."""
+    settings = {k: v for k, v in asdict(conf).items() if k not in NOT_SETTINGS}
+    if files := _task_files(conf.task):
+        settings["task_files_sha256"] = {f: _sha256(f) for f in files}
+    return json.loads(json.dumps(settings, default=str))
+
+
+def _task_files(task) -> list[str]:
+    """The local files a task reads (its task file, data and demonstration files); [] for a named task."""
+    from collections.abc import Mapping
+
+    from momattn.eval.tasks import TASK_FILE_SUFFIXES, read_task_file
+
+    files = []
+    if isinstance(task, str) and task.endswith(TASK_FILE_SUFFIXES):
+        files.append(task)
+        task = read_task_file(task, key="task")
+    if isinstance(task, Mapping):
+        files += [str(task[k]) for k in ("path", "demo_path") if task.get(k)]
+    return [f for f in files if Path(f).expanduser().is_file()]
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(Path(path).expanduser(), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def metrics_of(result) -> dict[str, float | None]:
@@ -227,8 +235,9 @@ def made_of(run: SweepRun, settings: dict) -> dict:
     return {"settings": settings, "checkpoint": str(path), "step": run.step, "mtime_ns": mtime}
 
 
-def _reusable(job_out: Path, made: dict):
-    """The job's analysis in this output folder, when it was made with these settings on these weights (made_of)."""
+def _reusable(job_out: Path, made: dict, dual_check: bool = False):
+    """The job's analysis in this output folder, when it was made with these settings on these weights (made_of),
+    and holds the dual-form check where one is asked for (dual_check shapes no number, so made_of leaves it out)."""
     from momattn.analysis.runner import PROTOCOL, AnalysisResult
 
     try:
@@ -236,6 +245,8 @@ def _reusable(job_out: Path, made: dict):
         doc = json.loads((job_out / "results.json").read_text())
         result = AnalysisResult.from_json(doc["analyses"][0])
     except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    if dual_check and not result.dual:
         return None
     return result if recorded == made and result.protocol == PROTOCOL else None
 
@@ -258,7 +269,7 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
         name = job_name(r.job, sweep_dir)
         job_out = out / "jobs" / name
         made = made_of(r, settings)
-        result = _reusable(job_out, made)
+        result = _reusable(job_out, made, conf.dual_check)
         print(f"[momattn] {i}/{len(runs)} {name} ({r.attention}, seed {r.seed}): "
               + ("its analysis in this folder is reused" if result is not None else f"analysing on {device}"),
               file=sys.stderr, flush=True)

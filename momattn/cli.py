@@ -566,9 +566,14 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
     if run_dir is None and not multirun and folder is not None:
         safe = all(ch.isalnum() or ch in "/._-" for ch in str(folder))
         merged.append(f"hydra.run.dir={folder}" if safe else "hydra.run.dir='" + str(folder).replace("'", "\\'") + "'")
-    print(f"[momattn] resuming the run {'in ' + str(folder) if folder else 'of ' + ckpt} with its own config"
-          + (f" ({' '.join(kept)})" if kept else "") + (f"; on top: {' '.join(overrides)}" if overrides else ""),
-          file=sys.stderr, flush=True)
+    fork = folder is not None and ckpt != "last" and Path(ckpt).expanduser().parent.name == "checkpoints" and \
+        not same_run(ckpt, folder)  # its config came from the checkpoint, and the folder is a new one
+    what = f"continuing {ckpt} in a new folder, {folder}," if fork else \
+        f"resuming the run {'in ' + str(folder) if folder else 'of ' + ckpt}"
+    if os.environ.get("LOCAL_RANK", "0") == "0":  # (the processes Lightning starts for other ranks: said once)
+        print(f"[momattn] {what} with its own config"
+              + (f" ({' '.join(kept)})" if kept else "") + (f"; on top: {' '.join(overrides)}" if overrides else ""),
+              file=sys.stderr, flush=True)
     return merged
 
 
@@ -614,6 +619,10 @@ def check_fresh_folder(overrides: list[str], multirun: bool, cwd: Path | None = 
     ckpt = _last(overrides, "ckpt_path")
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     given = _last(overrides, key)
+    if ckpt and ckpt not in ("null", "last") and given and "${" not in given and not multirun:
+        folder = (cwd or Path.cwd()) / Path(given)  # another run's checkpoint, resumed into a folder holding a run
+        if (held := folder / "checkpoints" / "last.ckpt").exists() and not same_run(ckpt, folder, cwd):
+            raise another_runs_checkpoint(ckpt, folder, held, key)
     if (ckpt and ckpt != "null") or not given or "${" in given:
         return
     folder = (cwd or Path.cwd()) / Path(given)
@@ -726,6 +735,21 @@ def _is_search(overrides: list[str]) -> bool:
 
     cfg = hydra_section("train", overrides)[1]
     return cfg is not None and "optuna" in str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="")).lower()
+
+
+def same_run(ckpt: str | Path, folder: Path, cwd: Path | None = None) -> bool:
+    """Whether the checkpoint is one of the run folder's own (in its checkpoints/)."""
+    own = ((cwd or Path.cwd()) / Path(ckpt).expanduser()).resolve().parent
+    return own == ((cwd or Path.cwd()) / folder / "checkpoints").resolve()
+
+
+def another_runs_checkpoint(ckpt: str | Path, folder: Path, held: Path, key: str = "hydra.run.dir") -> ConfigError:
+    """The refusal of a resume of one run's checkpoint into the folder of another (it overwrote that run's
+    last.ckpt, cut its metrics.csv at the checkpoint's step and rewrote its summary and saved command line)."""
+    return ConfigError(f"ckpt_path={ckpt} is not a checkpoint of the run in {folder}, which holds {held}: resuming "
+                       "it there would overwrite that run's checkpoints, metrics and summary. Continue it in its own "
+                       f"folder (leave {key} out), fork it into a new folder ({key}=<a new folder>), or resume "
+                       f"{folder}'s own run with ckpt_path=last")
 
 
 def folder_holds_a_run(folder: Path, held: list[Path], key: str, sweep: bool = False,

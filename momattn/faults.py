@@ -5,7 +5,8 @@
 Specs (N = optimizer step): sigterm@N (a preemption, at the end of step N's hooks of this callback),
 sigterm_job@N (the same, sent to the DataLoader workers first: SLURM signals every process of a job),
 sigterm_late@N (after every hook of step N, right before Lightning looks at its SIGTERM flag), sigterm_in_val@N
-(during the validation at step N), kill@N (SIGKILL), nan@N (one batch's loss becomes NaN),
+(during the validation at step N), sigterm_setup@N (in fit's setup hook, before Lightning's handler is
+registered; N is not read), kill@N (SIGKILL), nan@N (one batch's loss becomes NaN),
 kill_during_save@N (SIGKILL while the real checkpoint writer is writing the first checkpoint at step >= N),
 disk_full@N (every file write from step N on fails with ENOSPC, as on a full disk), sigint@N (Ctrl-C: a
 KeyboardInterrupt at the end of step N's hooks of this callback).
@@ -29,7 +30,8 @@ from momattn import lightning_compat as compat
 from momattn.errors import ConfigError
 from momattn.io import TEMP_NAME
 
-KINDS = ("sigterm", "sigterm_job", "sigterm_late", "sigterm_in_val", "kill", "nan", "kill_during_save", "disk_full", "sigint")
+KINDS = ("sigterm", "sigterm_job", "sigterm_late", "sigterm_in_val", "sigterm_setup", "kill", "nan", "kill_during_save",
+         "disk_full", "sigint")
 
 
 def _fill_disk() -> None:
@@ -109,6 +111,10 @@ class FaultInjection(Callback):
         self.kind, self.step = kind, int(step)
         self._saved: torch.Tensor | None = None
         self._save_killer = KillDuringSave() if kind == "kill_during_save" else None
+
+    def setup(self, trainer, pl_module, stage):
+        if self.kind == "sigterm_setup" and stage == "fit" and self.rank in (None, trainer.global_rank):
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.kind == "nan" and trainer.global_step == self.step and self.rank in (None, trainer.global_rank):

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -36,10 +36,12 @@ from momattn.cli import (
     FULL_DISK,
     SWEEP_ENV,
     HydraJob,
+    another_runs_checkpoint,
     changed_overrides,
     folder_holds_a_run,
     hold_run_folder,
     hydra_job,
+    same_run,
 )
 from momattn.config import TrainConfig, load_train_config, world_size
 from momattn.console import quiet_console, quiet_resume
@@ -140,6 +142,16 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                               "evaluate.py, or resume from a full checkpoint (last.ckpt of a run without "
                               "save_weights_only)")
     resume, start_step = resumed.get("momattn") or {}, int(resumed.get("global_step") or 0)
+    same_folder = bool(resume) and same_run(ckpt_path, out_dir)
+    if resume and not same_folder and earlier.exists() and os.environ.get("LOCAL_RANK", "0") == "0":
+        raise another_runs_checkpoint(ckpt_path, out_dir, earlier, "hydra.sweep.dir" if job.sweep_dir else
+                                      "hydra.run.dir")  # (cli's check's backstop)
+    if resume and start_step > c.max_steps and not (same_folder and _summary_steps(out_dir) == start_step):
+        # nothing would train, and the summary would be the checkpoint's last validation, of an earlier model
+        raise ConfigError(f"trainer.max_steps={c.max_steps} is below the step of {ckpt_path}, {start_step}, which its "
+                          f"run had not finished: nothing would be trained, and the step-{start_step} model was never "
+                          f"reported. Resume with trainer.max_steps >= {start_step}, or evaluate the checkpoint with "
+                          "evaluate.py")
     if resume and job.sweep_dir is not None and c.ckpt_path == "last" and resume.get("overrides"):
         # a sweep's job N resumes folder N, whatever run is there: another value list (or order) than the one
         # that made the folders would continue one run's weights with another's settings, silently
@@ -151,7 +163,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                 "the sweep's original overrides plus ckpt_path=last (trainer.max_steps, logger and eval settings "
                 f"may change); this job's were: {' '.join(original)}")
     if resume:
-        quiet_resume(same_folder=ckpt_path.resolve().parent.parent == out_dir)
+        quiet_resume(same_folder=same_folder)
         was_accumulate = ((resume.get("config") or {}).get("trainer") or {}).get("accumulate_grad_batches")
         if isinstance(was_accumulate, int) and was_accumulate != c.accumulate and start_step < c.max_steps:
             raise ConfigError(
@@ -194,7 +206,10 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     callbacks = [*instantiate_all(c.callbacks, "callbacks"), preempt, throughput]
     if c.trainer.get("enable_progress_bar", True) and not any(isinstance(cb, ProgressBar) for cb in callbacks):
         callbacks.append(TrainProgress())
-    loggers = logs.make_loggers(c.logger, resume.get("wandb_run_id"), *_sweep_names(job, model_config),
+    # a fork (another folder) is a W&B run of its own: sharing the original's id, two diverging histories
+    # overwrote each other's steps when both were synced
+    loggers = logs.make_loggers(c.logger, resume.get("wandb_run_id") if same_folder else None,
+                                *_sweep_names(job, model_config),
                                 resumed=bool(resume), start_step=start_step)
     for lg in loggers:  # the run's whole config (attention, eta, lr, seed, ...): W&B runs can be told apart
         lg.log_hyperparams(c.resolved)
@@ -206,6 +221,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                                       default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()],
                                       gradient_clip_val=c.optim.grad_clip or None,
                                       **_timed_strategy(c.trainer, c.dist_timeout_s))
+    guard.kill_ranks = lambda signum: trainer.strategy.launcher.kill(signum) if trainer.strategy.launcher else None
 
     n_all, n_core = model.num_params(non_embedding=False), model.num_params()
     counts = f"{n_all / 1e6:.2f}M parameters" + (f" ({n_core / 1e6:.2f}M without position embeddings)"
@@ -293,7 +309,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         raise SystemExit(PREEMPTED_EXIT) from None
     except SystemExit:  # Ctrl-C: Lightning tears down and exits 1, its one line silenced with the libraries' chatter
         failed = failed and not guard.fired  # a SIGTERM after fit: the run itself is saved (W&B: not failed)
-        if trainer.interrupted and trainer.is_global_zero:
+        if trainer.interrupted and trainer.is_global_zero and not guard.fired:  # (a SIGTERM in fit's setup too)
             print(_interrupt_hint(out_dir, job), file=sys.stderr, flush=True)
         raise
     finally:
@@ -520,15 +536,28 @@ class SigtermOutsideFit:
     def __init__(self):
         self.out_dir: Path | None = None
         self.job: HydraJob | None = None
+        self.kill_ranks: Callable[[int], None] | None = None  # the processes Lightning started for other ranks
         self.phase, self.fired, self.pid = "start", False, os.getpid()
         self.previous = signal.getsignal(signal.SIGTERM)
         self.active = self.previous == signal.SIG_DFL and threading.current_thread() is threading.main_thread()
+        self._in_fit = self._fit_handler  # one bound method: getsignal returns it while it is the handler
         self.enter("start")
 
     def enter(self, phase: str) -> None:  # "start", "fit" (Lightning's own), "end"
         self.phase = phase
         if self.active:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if phase == "fit" else self._handler)
+            signal.signal(signal.SIGTERM, self._in_fit if phase == "fit" else self._handler)
+
+    def _fit_handler(self, signum, frame) -> None:
+        """In trainer.fit: Lightning's handler, registered once its setup is done (the process group, the
+        checkpoint's restore) and restored at its teardown, calls this one after its own; then nothing more is to
+        be done here. Outside it (SIG_DFL here ended the process without a word) the setup's SIGTERM is said."""
+        if os.getpid() == self.pid and signal.getsignal(signal.SIGTERM) is not self._in_fit:
+            return  # Lightning's handler is in charge (PreemptionCheckpoint saves at the step's end)
+        if os.getpid() == self.pid and self.kill_ranks is not None:
+            with contextlib.suppress(Exception):  # as Lightning passes a SIGTERM on to the ranks it started
+                self.kill_ranks(signum)
+        self._handler(signum, frame)
 
     def close(self) -> None:
         if self.active:
@@ -555,7 +584,8 @@ class SigtermOutsideFit:
     def hint(self) -> str:
         if self.out_dir is None or self.job is None:  # still reading the config
             return "\n[momattn] SIGTERM before training started: nothing was trained"
-        where = "before training started" if self.phase == "start" else "after training (its report or evaluation)"
+        where = {"start": "before training started", "fit": "outside the training steps (while trainer.fit set up "
+                 "or tore down)"}.get(self.phase, "after training (its report or evaluation)")
         newest = _newest_checkpoint(self.out_dir)
         others = sorted(p.name for p in (self.out_dir / "checkpoints").glob("*.ckpt")) if newest.startswith("no ") \
             else []
@@ -564,7 +594,7 @@ class SigtermOutsideFit:
             hint += (f"no last.ckpt (save_last is off); {self.out_dir / 'checkpoints'} holds {', '.join(others)}, "
                      "which evaluate.py reads; training again means running the same command")
         elif newest.startswith("no "):
-            hint += newest + (". Nothing was trained" if self.phase == "start" else
+            hint += newest + (". Nothing was trained" if self.phase in ("start", "fit") else
                               ". The run keeps no checkpoints (no ModelCheckpoint callback), so its training is "
                               "lost") + ": run the same command again."
         else:
@@ -602,6 +632,15 @@ def _train_size(train) -> str:
 def _unigram(train, val, vocab_size: int) -> float | None:
     """The unigram baseline (None for a stream: its train tokens are never all in one place)."""
     return None if isinstance(train, StreamWindows) else unigram_ppl(train, val, vocab_size)
+
+
+def _summary_steps(out_dir: Path) -> int | None:
+    """The steps a finished run's summary.json records (quietly: None where it is missing or unreadable)."""
+    try:
+        steps = json.loads((out_dir / "summary.json").read_text()).get("steps")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return steps if isinstance(steps, int) else None
 
 
 def _kept_summary(path: Path) -> dict | None:

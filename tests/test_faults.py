@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, SMOKE, read_metrics, run_cli, train_losses
+from conftest import ROOT, SMOKE, compose_train, read_metrics, run_cli, train_losses
 
 from momattn.checkpoint import read_checkpoint
 from momattn.data.corpus import load_tokens
+from momattn.errors import ConfigError
 from momattn.tokenizer import train_bpe
 from momattn.training import PREEMPTED_EXIT
 
@@ -202,6 +203,44 @@ def test_ckpt_path_last_in_a_chosen_folder_never_resumes_another_run(reference_r
     assert again.returncode == 2 and "holds a run already" in again.stderr and "ckpt_path=last" in again.stderr
     assert (run / ".hydra" / "overrides.yaml").read_text() == saved  # refused before Hydra rewrote its command line
     assert sorted(train_losses(run)) == list(range(9))  # its metrics.csv untouched: no second run appended
+
+
+@pytest.mark.slow
+def test_another_runs_checkpoint_never_resumes_into_a_folder_holding_a_run(reference_run, tmp_path):
+    # it was accepted: the folder's step-9 last.ckpt replaced by the other run's continuation, its metrics.csv cut
+    # at the other's step, its summary and saved command line rewritten (found by review)
+    import shutil
+
+    from momattn.training import run_train
+
+    other = tmp_path / "other"
+    r = run_cli("train.py", [*RUN, *fault("sigterm@4"), f"hydra.run.dir={other}"], tmp_path)
+    assert r.returncode == PREEMPTED_EXIT, r.stderr[-2000:]
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    before = {p.name: p.read_bytes() for p in [*(run / "checkpoints").iterdir(), *(run / ".hydra").iterdir()]}
+    r = run_cli("train.py", [f"ckpt_path={other}/checkpoints/last.ckpt", f"hydra.run.dir={run}"], tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert (f"error: ckpt_path={other}/checkpoints/last.ckpt is not a checkpoint of the run in {run}, which holds "
+            f"{run}/checkpoints/last.ckpt: resuming it there would overwrite") in r.stderr
+    assert {p.name: p.read_bytes() for p in [*(run / "checkpoints").iterdir(), *(run / ".hydra").iterdir()]} == before
+    # (train.py's own backstop, for a run started without the command line's check)
+    with pytest.raises(ConfigError, match="is not a checkpoint of the run in"):
+        run_train(compose_train(run, [*RUN, f"ckpt_path={other}/checkpoints/last.ckpt"]))
+    # a fork into a new folder is one (it said "resuming the run in <fork>", of a config it took from the checkpoint)
+    r = run_cli("train.py", [f"ckpt_path={other}/checkpoints/last.ckpt", f"hydra.run.dir={tmp_path / 'fork'}",
+                             "trainer.max_steps=5"], tmp_path)
+    assert r.returncode == 0 and f"continuing {other}/checkpoints/last.ckpt in a new folder, {tmp_path / 'fork'}," \
+        in r.stderr, r.stderr[-2000:]
+    # trainer.max_steps below an unfinished run's step: nothing trained, and the summary was the step-3 validation
+    # of an earlier model, reported as the step-4 run's (exit 0)
+    r = run_cli("train.py", ["ckpt_path=last", f"hydra.run.dir={other}", "trainer.max_steps=3"], tmp_path)
+    assert r.returncode == 2 and f"trainer.max_steps=3 is below the step of {other}/checkpoints/last.ckpt, 4, which " \
+        "its run had not finished" in r.stderr, r.stderr[-2000:]
+    assert not (other / "summary.json").exists()
+    # a finished run resumed below its end still says it has nothing to train, and keeps its summary
+    r = run_cli("train.py", ["ckpt_path=last", f"hydra.run.dir={run}", "trainer.max_steps=5"], tmp_path)
+    assert r.returncode == 0 and "nothing to train: the run was at step 9 already" in r.stderr, r.stderr[-2000:]
 
 
 @pytest.mark.slow
@@ -690,8 +729,15 @@ def test_a_sigterm_before_or_after_fit_says_what_is_saved_and_exits_143(tmp_path
         assert guard.active and signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
         assert "[momattn] SIGTERM before training started: nothing was trained" in sigterm()  # config not read yet
         guard.out_dir, guard.job = tmp_path, HydraJob(overrides=["seed=3"])
-        guard.enter("fit")  # Lightning's own handlers (and PreemptionCheckpoint) take over inside fit
-        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        guard.enter("fit")  # Lightning's own handlers (and PreemptionCheckpoint) take over inside fit, once its
+        # setup is done: until then (and after its teardown) a SIGTERM is said (SIG_DFL ended the process silently)
+        assert "SIGTERM outside the training steps (while trainer.fit set up or tore down): no checkpoint was " \
+               "written yet. Nothing was trained: run the same command again" in sigterm()
+        lightnings = lambda signum, frame: guard._in_fit(signum, frame)  # noqa: E731 (it calls the one it found)
+        signal.signal(signal.SIGTERM, lightnings)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # nothing raised: Lightning's handler is in charge
+        assert "SIGTERM" not in capsys.readouterr().err
         guard.enter("end")
         assert ("[momattn] SIGTERM after training (its report or evaluation): no checkpoint was written yet. The run "
                 "keeps no checkpoints (no ModelCheckpoint callback), so its training is lost: run the") in sigterm()
@@ -770,6 +816,21 @@ def test_a_run_refused_after_its_folder_was_claimed_lets_the_folder_go(tmp_path)
     with pytest.raises(CheckpointError, match="does not exist"):
         run_train(compose_train(tmp_path, [*SMOKE, f"ckpt_path={tmp_path / 'nope.ckpt'}"]))
     assert not cli._RUN_LOCKS
+
+
+def test_a_sigterm_while_fit_sets_up_says_so_and_the_resume_goes_on(tmp_path):
+    # the setup hooks, the checkpoint's restore and the DDP rendezvous run before Lightning registers its handler:
+    # a SIGTERM there (SIG_DFL) ended the process as -15, without a word (found by review)
+    args = [*SMOKE, "trainer.max_steps=4", "logger=csv", "run_eval=false", f"hydra.run.dir={tmp_path}"]
+    assert run_cli("train.py", [*args, "trainer.max_steps=2"], tmp_path).returncode == 0
+    r = run_cli("train.py", [*args, "ckpt_path=last", "+callbacks.fault._target_=momattn.faults.FaultInjection",
+                             "+callbacks.fault.spec=sigterm_setup@0"], tmp_path)
+    assert r.returncode == PREEMPTED_EXIT, r.stderr[-2000:]
+    assert "[momattn] SIGTERM outside the training steps (while trainer.fit set up or tore down): " in r.stderr
+    assert "Resume with: python train.py" in r.stderr and "interrupted (Ctrl-C)" not in r.stderr
+    assert "Traceback" not in r.stderr
+    r = run_cli("train.py", [*args, "ckpt_path=last"], tmp_path)
+    assert r.returncode == 0 and "done: 4 steps" in r.stderr, r.stderr[-2000:]
 
 
 def test_a_sigterm_while_a_tokenizing_pool_runs_exits_at_once(tmp_path):

@@ -162,6 +162,12 @@ def test_resume_continues_at_the_right_step(tmp_path, stop, capsys):
     # the fit time printed and kept is this process's, so it says which steps it covers (it read as the run's)
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["fit_from_step"] == stop
     assert re.search(rf"fit took \d+ s \(steps {stop}-9, since the resume\)", err), err[-800:]
+    assert "validation windows differ" not in err
+    if stop == 4:  # another validation set: best-*.ckpt and val/loss were compared across the two without a word
+        run_train(compose_train(tmp_path / "c", [*SMOKE, "attention=momentum", "trainer.max_steps=6",
+                                                 f"ckpt_path={ckpt}", "data.val_batches=1"]))
+        assert "[momattn] the validation windows differ from the checkpoint's run (data.val_batches, the split or " \
+               "the corpus changed)" in capsys.readouterr().err
 
 
 def test_wandb_offline_run_folder_is_written(tmp_path):
@@ -172,6 +178,14 @@ def test_wandb_offline_run_folder_is_written(tmp_path):
     assert list(runs[0].glob("*.wandb"))
     ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert runs[0].name.endswith(ckpt["momattn"]["wandb_run_id"])  # so a resume continues the same W&B run
+    # a fork (the checkpoint continued in another folder) is a W&B run of its own: it wrote to the original's id,
+    # and the two diverging histories overwrote each other's steps once both were synced (found by review)
+    fork = tmp_path / "fork"
+    run_train(compose_train(fork, [*SMOKE, "logger=wandb", "trainer.max_steps=8",
+                                   f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"]))
+    forked = read_checkpoint(fork / "checkpoints" / "last.ckpt")["momattn"]["wandb_run_id"]
+    assert forked != ckpt["momattn"]["wandb_run_id"]
+    assert [r.name[-len(forked):] for r in (fork / "wandb").glob("offline-run-*")] == [forked]
 
 
 def test_an_offline_wandb_row_is_keyed_by_the_global_step(tmp_path):

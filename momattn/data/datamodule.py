@@ -140,10 +140,14 @@ class TokenDataModule(LightningDataModule):
         order = getattr(self.train_set, "order", None)  # TokenWindows', a stream's (StreamWindows)
         return order() if callable(order) else None
 
+    def _validated(self) -> str:
+        """Which windows validation reads: the split's order() and how many of it (val_dataloader's n)."""
+        return f"{self.val_set.order()}/{self._val_count(self.trainer.world_size)}"
+
     def state_dict(self) -> dict:
         step = self.trainer.global_step  # checkpoints are taken between optimizer steps
         return {"position": step * self._per_step() + self._offset(), "step": step,
-                "samples_per_step": self._per_step(), "order": self._order()}
+                "samples_per_step": self._per_step(), "order": self._order(), "val": self._validated()}
 
     def load_state_dict(self, state: dict) -> None:
         self._resumed, self._restarted_from = dict(state), None
@@ -169,6 +173,11 @@ class TokenDataModule(LightningDataModule):
             was = self._resumed["samples_per_step"]
             print(f"[momattn] resumed with {per_step} samples per optimizer step (the checkpoint's run took {was}): "
                   f"the data continues at sample {self._resumed['position']}, where that run stopped", file=sys.stderr)
+        if self._resumed and self._resumed.get("val") not in (None, self._validated()) and rank == 0:
+            # best-*.ckpt and val/loss compared across two validation sets without a word (found by review)
+            print("[momattn] the validation windows differ from the checkpoint's run (data.val_batches, the split "
+                  "or the corpus changed): val/loss before and after this resume are not comparable, and the best "
+                  "checkpoint kept so far was chosen on the old ones", file=sys.stderr)
 
         def start() -> int:  # the global step (restored on resume) -> the exact data position
             return trainer.global_step * per_step + offset
@@ -181,13 +190,18 @@ class TokenDataModule(LightningDataModule):
         return self._loader(self.train_set, StreamSampler(start, total, rank, world,
                                                           length=max(total, self.max_steps * per_step)))
 
-    def val_dataloader(self) -> DataLoader:
-        world, rank = self.trainer.world_size, self.trainer.global_rank
+    def _val_count(self, world: int) -> int:
+        """The windows validated per validation, over all ranks."""
         n = min(len(self.val_set), self.val_batches * self.batch_size * world)
         n -= n % (self.batch_size * world)
         if n == 0:  # fewer windows than one global batch: an equal share each (every rank must validate, or the
             n = min(len(self.val_set), self.batch_size * world)  # others wait for it in their all_gather forever)
             n -= n % world
+        return n
+
+    def val_dataloader(self) -> DataLoader:
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        n = self._val_count(world)
         if n == 0:
             raise DataError(f"the val split has {len(self.val_set)} window(s) of model.block_size tokens, fewer than "
                             f"the {world} training processes (each validates its share); add validation text or "

@@ -359,10 +359,14 @@ def resolve_ckpt_path(ckpt_path: str | None, out_dir: Path, root_dir: Path, sear
         return None
     newest = newest_last_checkpoint(root_dir)
     if newest is None:
-        raise CheckpointError(f"ckpt_path=last: no run to resume: no checkpoints/last.ckpt under {root_dir}/outputs "
-                              f"nor {root_dir}/multirun (where it searches); pass the checkpoint's path, e.g. "
-                              "ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt")
+        raise no_run_to_resume(root_dir)
     return newest
+
+
+def no_run_to_resume(root_dir: Path) -> CheckpointError:
+    return CheckpointError(f"ckpt_path=last: no run to resume: no checkpoints/last.ckpt under {root_dir}/outputs nor "
+                           f"{root_dir}/multirun (where it searches); pass the checkpoint's path, e.g. "
+                           "ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt")
 
 
 def check_compatible(resumed: GPTConfig, current: GPTConfig, path: Path) -> None:

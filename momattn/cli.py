@@ -536,7 +536,12 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
         return overrides
     run_dir = _last(overrides, "hydra.run.dir")
     root_dir = _last(overrides, "paths.root_dir")  # where ckpt_path=last searches (train.py searches there too)
-    folder = run_folder_of(ckpt, run_dir, root or (Path(root_dir).expanduser() if root_dir else Path.cwd()))
+    search_root = root or (Path(root_dir).expanduser() if root_dir else Path.cwd())
+    folder = run_folder_of(ckpt, run_dir, search_root)
+    if ckpt == "last" and folder is None and "${" not in str(root_dir or ""):
+        from momattn.checkpoint import no_run_to_resume
+
+        raise no_run_to_resume(search_root)  # now, not once Hydra has made an empty run folder for it
     saved_file = folder / ".hydra" / "overrides.yaml" if folder else None
     if saved_file is not None and saved_file.is_file():
         from omegaconf import OmegaConf

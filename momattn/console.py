@@ -35,6 +35,8 @@ def quiet_console() -> None:
     # a font cache built by another matplotlib install (a recreated venv) names fonts that are gone: one warning per
     # family, twenty for one plot, while the fallback font draws it the same
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+    # without network each of its retries was two lines (its handler's and Hydra's) before the one-line error
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     for pattern in _QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     os.environ.setdefault("WANDB_SILENT", "true")  # momattn prints where the W&B run is, and how to sync it

@@ -322,18 +322,34 @@ class MomattnLM(TemplateLM):
         return out
 
 
+def _offline_errors() -> tuple[type[BaseException], ...]:
+    """What a hub download raises without network: datasets' ConnectionError, requests' own."""
+    try:
+        from requests.exceptions import ConnectionError as RequestsConnectionError
+    except ImportError:
+        return (ConnectionError,)
+    return ConnectionError, RequestsConnectionError
+
+
 def main() -> None:
     """lm-eval's own command line, with the "momattn" model registered."""
     from lm_eval.__main__ import cli_evaluate
 
     from momattn.cli import report
-    from momattn.errors import UserError
+    from momattn.console import quiet_console
+    from momattn.errors import DataError, UserError, first_line
 
+    quiet_console()  # (the hub's retries, two lines each, before the error below)
     sys.argv[0] = "lm_eval"
     try:
         cli_evaluate()
     except UserError as e:  # a missing checkpoint, a bad model argument: one line, not lm-eval's traceback
         report(e, hydra=False)
+        sys.exit(2)
+    except _offline_errors() as e:  # a hub task without network: a 60-line traceback from datasets
+        report(DataError(f"lm-eval could not fetch a task's data ({first_line(e)}); without network, only tasks "
+                         "whose data is local (--include_path with local files, or the hub cache with "
+                         "HF_DATASETS_OFFLINE=1) can run"), hydra=False)
         sys.exit(2)
 
 

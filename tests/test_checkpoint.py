@@ -372,6 +372,14 @@ def test_a_sharded_folder_reads_like_a_single_file(tmp_path, tokenizer):
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
 
 
+def test_ckpt_path_last_with_no_run_to_resume_makes_no_run_folder(tmp_path):
+    # refused once Hydra had made outputs/<date>/<time>/ (its train.log, .hydra/, lock) for it: an empty run folder
+    r = run_cli("train.py", ["ckpt_path=last", "debug=smoke"], tmp_path)
+    assert r.returncode == 2 and f"ckpt_path=last: no run to resume: no checkpoints/last.ckpt under {tmp_path}" \
+        in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_ckpt_path_last_prefers_the_run_folders_own(tmp_path):
     from momattn.checkpoint import newest_last_checkpoint, resolve_ckpt_path
 

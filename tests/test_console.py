@@ -362,3 +362,16 @@ def test_help_shows_the_entry_points_usage_its_own_groups_and_the_commented_sett
     done = run_cli("evaluate.py", ["--help"], tmp_path)
     assert done.returncode == 0 and done.stdout.startswith("Evaluate momattn checkpoints") and not done.stderr
     assert "Settings (conf/evaluate.yaml" in done.stdout and not list(tmp_path.iterdir())  # ran nothing
+
+
+def test_the_hubs_retries_without_network_are_not_printed(monkeypatch):
+    # each retry of huggingface_hub was two lines (its own handler's and Hydra's) before momattn's one-line error
+    import logging
+
+    from momattn.console import quiet_console
+
+    monkeypatch.delenv("MOMATTN_VERBOSE", raising=False)
+    hub = logging.getLogger("huggingface_hub.utils._http")
+    monkeypatch.setattr(logging.getLogger("huggingface_hub"), "level", logging.NOTSET)
+    quiet_console()
+    assert not hub.isEnabledFor(logging.WARNING) and hub.isEnabledFor(logging.ERROR)

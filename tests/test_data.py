@@ -65,6 +65,16 @@ def test_hub_loader_on_local_json_files(tmp_path):
     assert len(no_val.documents("train")) == 27 and len(no_val.documents("val")) == 3
 
 
+def test_loading_a_hub_corpus_into_a_log_file_draws_no_bar(tmp_path, capsys):
+    # stderr a file (a SLURM log): datasets' "Generating train split" bar wrote each carriage-return state into it
+    import datasets
+
+    datasets.enable_progress_bars()
+    (tmp_path / "bar.jsonl").write_text("\n".join(json.dumps({"text": f"doc {i}"}) for i in range(20)))
+    HubCorpus(name="json", data_files={"train": str(tmp_path / "bar.jsonl")}, val_split=None).documents("train")
+    assert "Generating" not in capsys.readouterr().err
+
+
 def test_text_file_documents_crlf_blank_lines_and_a_single_document(tmp_path):
     (tmp_path / "w.txt").write_bytes(b"doc one\r\nline two\r\n\r\ndoc two\n \t\ndoc three")
     docs = TextFiles([str(tmp_path / "w.txt")])._read(tmp_path / "w.txt")

@@ -318,3 +318,20 @@ def test_is_greedy_means_what_greedy_generation_gives_never_a_padding_id(tmp_pat
     assert lm.tok_decode(cont) == text
     ((ll, greedy),) = lm._loglikelihood_tokens([(("", ""), ctx, cont)])
     assert greedy and ll < 0
+
+
+def test_a_hub_task_without_network_is_one_line(monkeypatch, capsys):
+    import lm_eval.__main__
+
+    from momattn.lm_eval_adapter import main
+
+    def offline():  # what datasets raises for --tasks lambada_openai without network (a 60-line traceback)
+        raise ConnectionError("Couldn't reach 'EleutherAI/lambada_openai' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", offline)
+    monkeypatch.setattr("sys.argv", ["momattn.lm_eval_adapter"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2
+    assert "error: lm-eval could not fetch a task's data (Couldn't reach 'EleutherAI/lambada_openai' on the Hub " \
+           "(LocalEntryNotFoundError)); without network" in capsys.readouterr().err

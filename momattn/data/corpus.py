@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from momattn.data.sources import DataSource, make_source
+from momattn.data.sources import DataSource, import_datasets, make_source
 from momattn.errors import DataError
 from momattn.io import atomic_write, atomic_write_text, file_lock, remove_stale_temps
 from momattn.tokenizer import Tokenizer
@@ -82,11 +82,8 @@ def _tokenize(docs: list[str], tokenizer: Tokenizer, desc: str, num_proc: int = 
     corpus is never held as int64 or as one array (a hub corpus of N tokens needs ~2N bytes here, not ~32N)."""
     import time
 
-    import datasets
-
+    datasets = import_datasets()  # a log file: no carriage-return bar
     datasets.disable_caching()  # our cache is the .bin file; no arrow copies in ~/.cache/huggingface
-    if not sys.stderr.isatty():  # a log file: no carriage-return bar
-        datasets.disable_progress_bars()
     eot, dtype = tokenizer.eot_id, token_dtype(tokenizer)
 
     def encode(batch):

@@ -32,6 +32,16 @@ Split = Literal["train", "val"]
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")  # documents of a .txt file: separated by a line that is blank
 
 
+def import_datasets():
+    """datasets, its progress bars off where stderr is a log file (a SLURM log got every carriage-return state of
+    "Generating train split" as it loaded a local file)."""
+    import datasets
+
+    if not sys.stderr.isatty():
+        datasets.disable_progress_bars()
+    return datasets
+
+
 class DataSource(Protocol):
     """What training needs from a corpus. A source may also have `tokenizer() -> momattn.tokenizer.Tokenizer`,
     its own tokenizer, which `tokenizer=source` uses."""
@@ -281,8 +291,7 @@ class HubCorpus:
                       + ([] if self.val_split else ["held-out copies left out", "whatever their whitespace"]))
 
     def _load(self, split: str):
-        import datasets
-
+        datasets = import_datasets()
         if (saved := saved_dataset(self.name, split, self.train_split)) is not None:
             return saved
         try:

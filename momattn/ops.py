@@ -1,6 +1,6 @@
 """Exponential moving averages of attention values, in O(T) time and memory.
 
-Two readings of momentum attention (Dai et al. 2023, section 5; see PAPER.md):
+Two readings of momentum attention (Dai et al. 2023, section 5, and the authors' code):
 
 - `momentum_ema`: the paper's term  m_t = sum_{i<t} eta^(t-i) v_i  per head (exclusive of the current
   token), or inclusive with `include_current=True`.

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up momattn in ./.venv: bash scripts/setup.sh [dev] [sweep] [hf] [lm-eval] [slurm] [mutation]
 # (any of pyproject.toml's extras, installed together; CI: bash scripts/setup.sh dev sweep hf lm-eval slurm)
-# On a machine without a GPU the CPU build of torch is installed first, so that pip never pulls a multi-GB CUDA build.
+# On a machine without a GPU torch==2.13.0 is installed first (on this project's machines pip finds its CPU wheel on
+# disk); elsewhere PyPI serves that release as a CUDA build unless PIP_EXTRA_INDEX_URL points at the CPU index
+# (https://download.pytorch.org/whl/cpu; the README's Quickstart says so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

@@ -20,7 +20,7 @@ def test_the_papers_run_planned_on_32_gpus(capsys):
     assert main(["experiment=paper_350m", "trainer.devices=8", "trainer.num_nodes=4"]) == 0
     out = capsys.readouterr().out
     assert "accumulate 2 (from global_batch=512)" in out
-    # the paper's optimizer (Dai et al. 2023, Appendix; PAPER.md): Adam (0.9, 0.98), eps 1e-6, 3e-4, 20K warm-up,
+    # the paper's optimizer (Dai et al. 2023, Appendix): Adam (0.9, 0.98), eps 1e-6, 3e-4, 20K warm-up,
     # polynomial decay, clip 2.0
     assert ("AdamW lr 0.0003, 20,000 warm-up steps, then polynomial (power 1) to 0 x lr; betas (0.9, 0.98), "
             "eps 1e-06") in out and "gradient clip 2.0" in out

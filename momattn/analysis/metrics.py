@@ -1,4 +1,4 @@
-"""Section 4's measurements (Dai et al. 2023; definitions in PAPER.md), per example and layer, then averaged.
+"""Section 4's measurements (Dai et al. 2023, Section 4: the definitions), per example and layer, then averaged.
 
     Rec2FTP      N(FT right, ZSL wrong, ICL right) / N(FT right, ZSL wrong)
     SimAOU(dFT)  cos(h_ICL - h_ZSL, h_FT - h_ZSL), h = attention output (c_proj input, memory term included)

@@ -176,7 +176,7 @@ def markdown(summaries: Sequence[SettingAnalysis], failed: Sequence[str], conf: 
     labels = {key: label for key, label, _ in METRICS}
     left = sum(len(s.duplicates) for s in summaries)
     lines = ["# momattn Section 4 over seeds (Dai et al. 2023)", "",
-             f"{n_runs - left} runs" + (f" ({left} more left out as {'a repeat' if left == 1 else 'repeats'}, below)"
+             f"{n_runs - left} run{'s' if n_runs - left != 1 else ''}" + (f" ({left} more left out as {'a repeat' if left == 1 else 'repeats'}, below)"
                                         if left else "") + f", each analysed with task={conf.task if isinstance(conf.task, str) else conf.task.get('name')}, "
              f"shots={conf.shots}, max_examples={conf.max_examples}, demonstration seed {conf.seed}. Mean ± std "
              "(sample) over training seeds; accuracies and Rec2FTP in %. Findings are per-seed differences with a 95% "

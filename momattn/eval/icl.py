@@ -1,4 +1,4 @@
-"""In-context accuracy with the authors' protocol (PAPER.md), one task at a time.
+"""In-context accuracy with the authors' protocol (Dai et al. 2023, Section 5 and their code), one task at a time.
 
     prompt = <eot> demo_1 <sep> ... demo_k <sep> template(test)      demo = template(x) + " " + answer
     score  = mean log-prob of the tokens of " " + answer after the prompt (argmax wins); sum also reported

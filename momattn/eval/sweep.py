@@ -548,7 +548,8 @@ def _end(metric: str, x: float) -> str:
 def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n_runs: int) -> str:
     left = sum(len(s.duplicates) for s in summaries)
     lines = ["# momattn sweep verdict", "",
-             f"{n_runs - left} runs" + (f" ({left} more left out as repeats, below)" if left else "") + "; accuracy in %, perplexity as is; mean ± std (sample) over seeds. Differences are "
+             f"{n_runs - left} run{'s' if n_runs - left != 1 else ''}"
+             + (f" ({left} more left out as repeats, below)" if left else "") + "; accuracy in %, perplexity as is; mean ± std (sample) over seeds. Differences are "
              f"attention − {BASELINE}, paired by seed, with a 95% t-interval; 'better' / 'worse' only when the "
              "interval excludes 0 (lower perplexity is better). Each interval is 95% on its own: of 20 rows with no real "
              "difference, about one excludes 0 by chance, so a lone 'better' / 'worse' among many rows is a lead to "

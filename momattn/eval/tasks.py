@@ -120,7 +120,7 @@ def label_index(label, answers: Sequence[str], where: str) -> int:
 # -----------------------------------------------------------------------------
 # StaICC (offline)
 
-STAICC_TASKS = {  # name: (template, answers) -- PAPER.md, Table 8 (TREC ours, same style)
+STAICC_TASKS = {  # name: (template, answers) -- Dai et al. 2023, Table 8 (TREC ours, same style)
     "sst2": ("Sentence: {text}\nLabel:", ("Negative", "Positive")),
     "sst5": ("Sentence: {text}\nLabel:", ("terrible", "bad", "neutral", "good", "great")),
     "mr": ("Review: {text}\nSentiment:", ("Negative", "Positive")),

@@ -75,9 +75,10 @@ def command_flags(argv: list[str]) -> tuple[bool, bool]:
 
 def config_multirun(config_name: str, overrides: list[str]) -> bool:
     """Whether the composed config itself asks for a multirun (an experiment such as eta_sweep sets hydra.mode:
-    MULTIRUN), which makes `python train.py experiment=eta_sweep` a sweep without -m. Composed only where an
-    experiment or hydra.mode is named (a sweep's own comma lists left out)."""
-    if not any(_override_key(o) in ("experiment", "hydra.mode") for o in overrides):
+    MULTIRUN), which makes `python train.py experiment=eta_sweep` a sweep without -m; so does hparams_search=optuna
+    (its sweep's settings went unchecked: direction=up or n_jobs=0 were tracebacks, maximize searched for the worst
+    loss). Composed only where one of those, or hydra.mode, is named (a sweep's own comma lists left out)."""
+    if not any(_override_key(o) in ("experiment", "hparams_search", "hydra.mode") for o in overrides):
         return False
     from hydra.types import RunMode
 
@@ -103,6 +104,27 @@ def _hydra_section(config_name: str, overrides: tuple[str, ...], conf_dir: Path)
     return parsed, _compose(config_name, hydra_section_overrides(parsed), return_hydra_config=True)
 
 
+def check_hydra_overrides(config_name: str, overrides: list[str]) -> None:
+    """A hydra.* override of the wrong type or a hydra/ group option that does not exist (hydra.job.chdir=maybe,
+    hydra.sweeper.n_trials=abc, hydra/launcher=foo): Hydra's multi-line message and exit 1 once it started, one
+    line naming the override here."""
+    from momattn.errors import ConfigError
+
+    parsed, cfg = hydra_section(config_name, overrides)
+    if parsed is None or cfg is not None:
+        return
+    section = hydra_section_overrides(parsed)
+    hydras = [o.input_line for o in parsed if o.is_hydra_override() and not o.is_sweep_override()]
+    if not hydras or _compose(config_name, [o for o in section if o not in hydras], return_hydra_config=True) is None:
+        return  # not theirs: Hydra says what it is
+    try:
+        _compose(config_name, section, return_hydra_config=True, raise_errors=True)
+    except Exception as e:
+        why = [line.strip().rstrip(":") for err in (e, e.__cause__) if err is not None for line in str(err).splitlines()
+               if line.strip() and not line.strip().startswith(("full_key:", "object_type=", "reference_type="))]
+        raise ConfigError(f"{': '.join(dict.fromkeys(why[:3]))} (among {', '.join(hydras)})") from None
+
+
 def hydra_section_overrides(parsed: list) -> list[str]:
     """Of the parsed overrides, those the hydra section depends on, as Hydra composes it for the mode and the
     sweeper (its master config): the config groups (an experiment sets the mode and the sweep's params) and hydra.*
@@ -115,7 +137,7 @@ def hydra_section_overrides(parsed: list) -> list[str]:
     # hydra.sweeper.params.x=interval(...) and other swept hydra keys left out: Hydra refuses them in a multirun
 
 
-def _compose(config_name: str, overrides: list[str], **kwargs):
+def _compose(config_name: str, overrides: list[str], raise_errors: bool = False, **kwargs):
     """The composed config, or None where Hydra cannot compose it (Hydra reports that itself when it runs)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -125,6 +147,8 @@ def _compose(config_name: str, overrides: list[str], **kwargs):
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             return compose(config_name, overrides=overrides, **kwargs)
     except Exception:
+        if raise_errors:
+            raise
         return None
     finally:
         GlobalHydra.instance().clear()
@@ -247,6 +271,16 @@ def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]
         name = o.key_or_group
         if name.startswith("hydra") or o.is_force_add():
             continue
+        if name in groups and o.package is None and name not in _default_choices(config_name):
+            # Hydra: "Could not override 'model'. No match in the defaults list. To append ... use +model=small",
+            # advice that fails too (evaluate.py reads the model from the checkpoint)
+            owners = [f"{c}.py" for c in ("train", "evaluate", "analyze", "generate")
+                      if c != config_name and name in _default_choices(c)]
+            theirs = sorted(g for g in _default_choices(config_name) if g in groups)
+            raise ConfigError(f"{o.input_line}: '{name}' is a config group of {' and '.join(owners) or 'no entry point'}"
+                              f", not of {config_name}.py" + (", which reads the model and its training settings "
+                                                             "from the checkpoint" if config_name != "train" else "")
+                              + f"; its groups: {', '.join(theirs) or 'none'}")
         if o.is_add() and name in groups and o.package is None and name in (chosen := _default_choices(config_name)):
             # Hydra: "Multiple values for experiment. To override a value use 'override experiment: ginc'"
             raise ConfigError(f"{o.input_line}: the config group '{name}' is in {config_name}.yaml's defaults already "
@@ -534,6 +568,10 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
                           "step 0. Name the sweep: hydra.sweep.dir=multirun/<date>/<time>")
     if not ckpt or ckpt == "null" or (multirun and ckpt == "last"):  # a sweep's jobs each resume their own folder
         return overrides
+    if ckpt != "last" and "${" not in ckpt and not Path(_unquoted(ckpt)).expanduser().exists():
+        from momattn.checkpoint import read_checkpoint
+
+        read_checkpoint(_unquoted(ckpt))  # its one line for a missing file, now (it came 6-10 s later, in training)
     run_dir = _last(overrides, "hydra.run.dir")
     root_dir = _last(overrides, "paths.root_dir")  # where ckpt_path=last searches (train.py searches there too)
     search_root = root or (Path(root_dir).expanduser() if root_dir else Path.cwd())
@@ -918,6 +956,7 @@ def hydra_main(config_name: str):
                         check_jobs(sweep, given)  # a value one job takes, refused before any job trains
                 if multirun and sweep is None and not info:
                     check_search(config_name, given)  # an Optuna search: its space's keys, no ckpt_path=last
+                check_hydra_overrides(config_name, given)  # what the checks above leave to Hydra's hydra section
                 # sampling writes no files (hydra.output_subdir: null, run.dir: .), but Hydra makes a folder given
                 if not info and (config_name != "generate" or _last(given, "hydra.run.dir") is not None):
                     check_output_dir(given, multirun=multirun)

@@ -43,8 +43,18 @@ def n_params(model_config) -> int:
     from momattn.model import GPT
 
     def count(n_layer: int) -> int:
-        with torch.device("meta"):
-            return sum(p.numel() for p in GPT(replace(model_config, n_layer=n_layer)).parameters())
+        try:
+            with torch.device("meta"):
+                return sum(p.numel() for p in GPT(replace(model_config, n_layer=n_layer)).parameters())
+        except RuntimeError as e:  # model.n_embd=1e9: "Storage size calculation overflowed", a traceback
+            if "overflow" not in str(e):
+                raise
+            from momattn.errors import ConfigError
+
+            c = model_config
+            raise ConfigError(f"the model is too large to exist: a weight of model.n_embd={c.n_embd}, model.n_head="
+                              f"{c.n_head}, vocabulary {c.vocab_size} would hold more values than a tensor can; "
+                              "choose a smaller model.n_embd") from None
 
     if model_config.n_layer <= 2:
         return count(model_config.n_layer)

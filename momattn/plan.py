@@ -47,7 +47,7 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = No
 
     import momattn.config as config
     from momattn.cli import CONF_DIR, check_overrides
-    from momattn.memory import available_memory, estimate_train_memory
+    from momattn.memory import available_memory, estimate_train_memory, n_params
     from momattn.model import GPT
 
     check_overrides("train", overrides)
@@ -83,6 +83,7 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = No
          config.resolve_precision) = real
         wandb_runs.require_api_key = key_check
     m = c.model_for(_vocab(c))
+    n_params(m)  # a model too large for a tensor (model.n_embd=1e9): said in one line, not an overflow's traceback
     with torch.device("meta"):  # shapes only: nothing is allocated
         model = GPT(m)
     n_params, flops_per_token = sum(p.numel() for p in model.parameters()), model.flops_per_token()

@@ -70,7 +70,7 @@ def _type_checked(schema: type, node: dict, where: str) -> dict:
 
 def _scalar_lists_checked(schema: type, plain: dict, node: dict, where: str) -> None:
     """A list of a scalar type holds no list or mapping (OmegaConf lets data.paths=[[a.txt]] through a list[str],
-    and it failed deep inside pathlib)."""
+    and it failed deep inside pathlib); a bool is true or false, not a number."""
     try:
         hints = typing.get_type_hints(schema)
     except Exception:  # an annotation that cannot be resolved: nothing to check against
@@ -79,6 +79,10 @@ def _scalar_lists_checked(schema: type, plain: dict, node: dict, where: str) -> 
         hint = hints.get(key)
         options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
             else (hint,)
+        value = node[key]
+        if bool in options and isinstance(value, int | float) and not isinstance(value, bool):
+            # OmegaConf took any number as a bool: run_eval=7, model.bias=0 (a typo for a count, unnoticed)
+            raise ConfigError(f"{_key(where, key)}={value!r} must be true or false")
         for option in options:
             elem = typing.get_args(option)[:1] if typing.get_origin(option) is list else ()
             if elem and elem[0] in (str, int, float, bool) and isinstance(plain.get(key), list):

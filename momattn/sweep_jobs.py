@@ -363,6 +363,13 @@ def check_optuna_settings(sweeper, metric: str | None) -> None:
     if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
         raise ConfigError(f"hydra.sweeper.max_failure_rate={rate} must be a number in [0, 1] (the share of a batch "
                           "of trials that may fail before the search stops; 1.0 never stops it)")
+    n_trials, seed = sweeper.get("n_trials"), (sweeper.get("sampler") or {}).get("seed")
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise ConfigError(f"hydra.sweeper.n_trials={n_trials!r}: a search runs at least one trial; set "
+                          "hydra.sweeper.n_trials=N with N >= 1")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
+        raise ConfigError(f"hydra.sweeper.sampler.seed={seed!r} must be an int in [0, 2**32 - 1], or null for an "
+                          "unseeded sampler")
     if direction not in ("minimize", "maximize"):
         raise ConfigError(f"hydra.sweeper.direction={direction!r} is neither minimize nor maximize (train.py returns "
                           "one metric, optimized_metric)")

@@ -117,6 +117,11 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         check_arguments(conf or {}, what)  # Lightning's own keys, before any tokenizing or data building
     out_dir, job = Path(c.paths.output_dir).resolve(), hydra_job()
     guard.out_dir, guard.job = out_dir, job
+    # Lightning's own checks of its values (accelerator=foo, mode=minimum, save_top_k=-2) now, not after the
+    # tokenizer and the token cache were built: the config's callbacks made once, a trainer made and dropped
+    config_callbacks = instantiate_all(c.callbacks, "callbacks")
+    instantiate(c.trainer, "trainer", callbacks=[], logger=False, enable_checkpointing=False,
+                default_root_dir=str(out_dir), **_timed_strategy(c.trainer, c.dist_timeout_s))
     if (warning := warmup_warning(c.optim.warmup_steps, c.max_steps, c.optim.lr)) and rank_zero_only.rank == 0:
         print(warning, file=sys.stderr)
     if any(isinstance(cb, Mapping) and cb.get("save_weights_only") is True for cb in (c.callbacks or {}).values()) \
@@ -203,7 +208,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
 
     # the config's callbacks first: PreemptionCheckpoint then sees a SIGTERM raised by one of them at once
     preempt, throughput = PreemptionCheckpoint(out_dir / "checkpoints"), _throughput_monitor(c)
-    callbacks = [*instantiate_all(c.callbacks, "callbacks"), preempt, throughput]
+    callbacks = [*config_callbacks, preempt, throughput]
     if c.trainer.get("enable_progress_bar", True) and not any(isinstance(cb, ProgressBar) for cb in callbacks):
         callbacks.append(TrainProgress())
     # a fork (another folder) is a W&B run of its own: sharing the original's id, two diverging histories

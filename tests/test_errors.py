@@ -229,6 +229,7 @@ def test_a_search_cannot_be_resumed_with_ckpt_path_last(tmp_path):
                                                           "folder of its SQLite file, /no/such/dir, does not exist"),
     # joblib's "n_jobs == 0 in Parallel has no meaning", a traceback once the sweep had started
     ("hydra/launcher=joblib hydra.launcher.n_jobs=0", "hydra.launcher.n_jobs=0 must be an int other than 0"),
+    ("hydra.sweeper.sampler.seed=-1", "hydra.sweeper.sampler.seed=-1 must be an int in [0, 2**32 - 1]"),  # Optuna's
 ])
 def test_a_bad_optuna_setting_is_one_line_before_the_search(arg, said):
     # were a ZeroDivisionError, Optuna's ValueError and SQLAlchemy's ArgumentError tracebacks, and a bare
@@ -256,6 +257,26 @@ def test_a_bad_optuna_setting_exits_2_without_a_traceback(tmp_path, arg, said):
     r = run_cli("train.py", ["-m", "hparams_search=optuna", *SMOKE, arg, f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert f"error: {said}" in r.stderr and not (tmp_path / "s").exists(), r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("args,said", [
+    # hparams_search=optuna without -m is a search too (its hydra.mode): its settings went unchecked, a traceback
+    (["hparams_search=optuna", "hydra.sweeper.direction=up"], "hydra.sweeper.direction='up' is neither minimize"),
+    (["hparams_search=optuna", "hydra.sweeper.direction=maximize"], "hydra.sweeper.direction=maximize would search "
+                                                                   "for the worst val/loss"),
+    # a hydra.* value of the wrong type, a hydra/ option that does not exist: Hydra's multi-line message, exit 1
+    (["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=abc"], "Error merging override hydra.sweeper.n_trials="
+                                                                    "abc: Value 'abc' of type 'str' could not be "
+                                                                    "converted to Integer"),
+    (["hydra.job.chdir=maybe"], "Error merging override hydra.job.chdir=maybe: Value 'maybe' is not a valid bool"),
+    (["hydra/launcher=foo"], "In 'hydra/config': Could not find 'hydra/launcher/foo': Available options in "
+                             "'hydra/launcher': "),
+])
+def test_a_search_or_a_hydra_setting_is_checked_however_it_is_started(tmp_path, args, said):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    r = run_cli("train.py", [*args, *SMOKE, f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path)
+    assert r.returncode == 2 and f"error: {said}" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert not (tmp_path / "s").exists() and not (tmp_path / "outputs").exists()
 
 
 def test_a_misspelt_sweeper_setting_is_named_with_the_nearest_one():
@@ -385,7 +406,9 @@ def test_adding_a_key_that_exists_or_deleting_one_that_does_not_is_one_line():
                                           r"attention=vanilla,momentum$"):
         check_overrides("train", ["+attention=vanilla,momentum", "attention.eta=0.3"])  # not eta: the + is wrong
     check_overrides("train", ["+attention@extra=momentum"])  # another package: Hydra adds it
-    check_overrides("evaluate", ["+attention=momentum"])  # evaluate.yaml's defaults have no attention
+    with pytest.raises(ConfigError, match=r"^\+attention=momentum: 'attention' is a config group of train\.py, not "
+                                          r"of evaluate\.py"):  # evaluate.yaml's defaults have no attention
+        check_overrides("evaluate", ["+attention=momentum"])
     # group=null: Hydra's "ValueError: Config group override must be a string or a list", a traceback
     with pytest.raises(ConfigError, match=r"^logger=null: a config group takes one of its options, or logger=none"):
         check_overrides("train", ["logger=null"])
@@ -406,6 +429,19 @@ def run_expecting(tmp_path, overrides, error=UserError):
     with pytest.raises(error) as info:
         run_train(compose_train(tmp_path, overrides))
     return str(info.value)
+
+
+def test_lightnings_own_refusals_come_before_the_tokenizer_and_token_cache_are_built(tmp_path):
+    # they came once the BPE tokenizer was trained and the corpus tokenized (30 s on a cold cache; found by review)
+    cache = tmp_path / "cache"
+    for override, said in (("trainer.accelerator=foo", "trainer could not be created: You selected an invalid "
+                                                        "accelerator name"),
+                            ("callbacks.model_checkpoint.mode=minimum", "callbacks.model_checkpoint could not be "
+                                                                        "created: `mode` can be min, max")):
+        msg = run_expecting(tmp_path, [*SMOKE, f"paths.cache_dir={cache}", override], ConfigError)
+        assert msg.startswith(said), msg
+        assert not cache.exists() or not any(cache.rglob("*.bin")) and not any(cache.rglob("*.json")), \
+            list(cache.rglob("*"))
 
 
 def test_a_setting_lightning_would_fail_on_after_steps_of_training_is_refused_first(tmp_path):
@@ -534,6 +570,9 @@ def test_wrong_type_names_the_key(tmp_path):
                               ("optim.betas=[1.5,0.9]", "optim.betas=[1.5, 0.9] must be each in [0, 1)"),
                               ("optim.min_lr_ratio=-1", "optim.min_lr_ratio=-1.0 must be in [0, 1]"),
                               ("logger.wandb.offline=no", "logger.wandb.offline='no' must be true or false"),
+                              # OmegaConf took any number as a bool (run_eval=7 ran, and was saved so)
+                              ("run_eval=7", "run_eval=7 must be true or false"),
+                              ("model.bias=0", "model.bias=0 must be true or false"),
                               # Lightning's 'lightning_logs' project (evaluate.py's 'momattn'), and log_model
                               # offline failed once the data and model were built
                               ("logger.wandb.project=", "logger.wandb.project is empty: W&B would log into "),
@@ -1067,3 +1106,16 @@ def test_a_report_that_cannot_be_written_is_one_line_naming_the_file(tmp_path):
     assert unwritable(IsADirectoryError(errno.EISDIR, "Is a directory", "/data")) is None
     assert unwritable(OSError(errno.EIO, "I/O error", "/x")) is None
     assert unwritable(OSError(errno.ENOSPC, "No space left on device")) is None  # no file named
+
+
+@pytest.mark.parametrize("entry,override", [("evaluate", "model=small"), ("analyze", "debug=smoke"),
+                                            ("generate", "logger=csv"), ("generate", "+debug=smoke")])
+def test_a_group_of_another_entry_point_is_named_as_such(entry, override):
+    # Hydra's "Could not override 'model'. No match in the defaults list. To append ... use +model=small", advice
+    # that fails too; debug=smok was "Did you mean 'smoke'?", an option that fails there as well
+    group = override.lstrip("+").split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{re.escape(override)}: '{group}' is a config group of train\.py.*, not "
+                                          rf"of {entry}\.py, which reads the model .* from the checkpoint; its groups"):
+        check_overrides(entry, [override])
+    check_overrides("train", [override.lstrip("+")])
+    check_overrides("evaluate", ["logger=wandb", "paths=default"])

@@ -40,6 +40,8 @@ def test_plan_bad_input_is_one_line(capsys):
     assert "error: the command line does not parse: no viable alternative at input '[1,2'" in capsys.readouterr().err
     assert main(["tokenizer=file", "tokenizer.path=/no/such/tokenizer.json"]) == 2  # not a plan at vocabulary 4096
     assert "tokenizer.path='/no/such/tokenizer.json' does not exist" in capsys.readouterr().err
+    assert main(["model.n_embd=1000000000"]) == 2  # torch's "Storage size calculation overflowed" traceback
+    assert "the model is too large to exist: a weight of model.n_embd=1000000000" in capsys.readouterr().err
     for bad in ("trainer.precision=bf17", "trainer.devices=-2", "model.n_head=0", "global_batch=0"):
         assert main(["debug=smoke", bad]) == 2, bad
     assert "Did you mean 'bf16'" in capsys.readouterr().err

@@ -390,6 +390,11 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
                      f"choose the group tokenizer={tokenizer.kind} (which holds only its own keys)")
     if tokenizer.kind == "source":
         source_tokenizer(source)  # the source has one: checked now, not after the cache is built
+    elif run.run_eval and type(source).__name__ == "GincCorpus":  # refused only once trained and tokenized
+        raise ConfigError(f"data=ginc with tokenizer={tokenizer.kind}: GINC's evaluation reads GINC symbol i as "
+                          f"token i, which only tokenizer=source keeps (a {tokenizer.kind} tokenizer cuts the symbols "
+                          "into pieces of its own); use tokenizer=source (experiment=ginc sets it), or "
+                          "run_eval=false to train on GINC as plain text")
     _check_logged("optimized_metric", run.optimized_metric)
     for name, lg in (raw.get("logger") or {}).items():  # 0 was a ZeroDivisionError at Lightning's first CSV row
         flush = lg.get("flush_logs_every_n_steps", 1) if isinstance(lg, Mapping) else 1

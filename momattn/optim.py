@@ -33,10 +33,9 @@ class OptimConfig:
             raise ConfigError(f"optim.schedule='{self.schedule}' is unknown; choose cosine, polynomial or constant")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ConfigError(f"optim.on_nonfinite='{self.on_nonfinite}' is unknown; choose stop or skip")
-        if not (math.isfinite(self.lr) and self.lr > 0) or self.warmup_steps < 0 or len(self.betas) != 2:
-            raise ConfigError(f"optim: need lr > 0 (got {self.lr}), warmup_steps >= 0 (got {self.warmup_steps}), "
-                              f"two betas (got {list(self.betas)})")
-        checks = [("min_lr_ratio", self.min_lr_ratio, 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
+        checks = [("lr", self.lr, math.isfinite(self.lr) and self.lr > 0, "finite and > 0"),  # each named alone
+                  ("warmup_steps", self.warmup_steps, self.warmup_steps >= 0, ">= 0"),  # (one sentence named all)
+                  ("betas", list(self.betas), len(self.betas) == 2, "two numbers, e.g. optim.betas=[0.9,0.95]"),("min_lr_ratio", self.min_lr_ratio, 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
                   ("betas", list(self.betas), all(0 <= b < 1 for b in self.betas), "each in [0, 1)"),
                   ("grad_clip", self.grad_clip, self.grad_clip is None or 0 <= self.grad_clip < math.inf,
                    "finite and >= 0 (0 or null: no clipping; a negative norm would reverse the gradient)"),

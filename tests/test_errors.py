@@ -105,7 +105,7 @@ def test_a_value_one_job_of_a_sweep_takes_is_refused_before_any_job_trains(tmp_p
     monkeypatch.chdir(tmp_path)
     before = HydraConfig.instance().cfg
     overrides = [*SMOKE, "trainer.max_steps=2", "optim.lr=1e-3,-1"]
-    with pytest.raises(ConfigError, match=r"^job 1 of the sweep \(.*optim.lr=-1\): optim: need lr > 0 \(got -1.0\).*"
+    with pytest.raises(ConfigError, match=r"^job 1 of the sweep \(.*optim.lr=-1\): optim.lr=-1.0 must be finite and > 0.*"
                                           r"; no job was started$"):
         check_jobs(plan_sweep("train", overrides), overrides)
     check_jobs(plan_sweep("train", [*SMOKE, "seed=1,2"]), [*SMOKE, "seed=1,2"])  # valid jobs pass
@@ -567,6 +567,9 @@ def test_wrong_type_names_the_key(tmp_path):
         msg = run_expecting(tmp_path, [*SMOKE, f"trainer.{key}={value}"], ConfigError)
         assert msg == f"trainer.{key}='{value}' must be an integer >= 1"
     for override, culprit in (("optim.grad_clip=-1", "optim.grad_clip=-1.0 must be finite and >= 0"),
+                              # one sentence named four keys (and lr, warmup_steps and betas together)
+                              ("data.num_workers=-1", "data.num_workers=-1 must be an int >= 0"),
+                              ("optim.warmup_steps=-1", "optim.warmup_steps=-1 must be >= 0"),
                               ("optim.betas=[1.5,0.9]", "optim.betas=[1.5, 0.9] must be each in [0, 1)"),
                               ("optim.min_lr_ratio=-1", "optim.min_lr_ratio=-1.0 must be in [0, 1]"),
                               ("logger.wandb.offline=no", "logger.wandb.offline='no' must be true or false"),
@@ -604,7 +607,7 @@ def test_wrong_type_names_the_key(tmp_path):
                           "momattn.callbacks.ModelCheckpoint. Did you mean 'every_n_train_steps'?"), msg
     # found by fuzzing train.py's keys: each was a stack trace from inside Lightning, torch or the tokenizers library
     for override, says in (("seed=-5", "seed=-5 must lie in [0, 2**32 - 1]"),
-                           ("optim.lr=nan", "optim: need lr > 0 (got nan)"),
+                           ("optim.lr=nan", "optim.lr=nan must be finite and > 0"),
                            ("trainer.max_epochs=0", "trainer.max_epochs=0 must be null, -1 or an integer >= 1"),
                            ("trainer.check_val_every_n_epoch=0", "trainer.check_val_every_n_epoch=0 must be an integer"),
                            ("trainer.max_steps=4611686018427387904", "trainer.max_steps=4611686018427387904 must be an"),
@@ -631,6 +634,9 @@ def test_wrong_type_names_the_key(tmp_path):
         assert msg.startswith(says), msg
     msg = run_expecting(tmp_path / "typo", [*SMOKE, "+callbacks.foo=bar"], ConfigError)  # not a mapping
     assert msg.startswith("callbacks.foo could not be created"), msg
+    # GINC with a BPE tokenizer and its end-of-run evaluation: refused once trained and tokenized (found by review)
+    msg = run_expecting(tmp_path, ["debug=smoke", "data=ginc", "run_eval=true", "eval.icl.tasks=[ginc]"], ConfigError)
+    assert msg.startswith("data=ginc with tokenizer=bpe: GINC's evaluation reads GINC symbol i as token i"), msg
     # GINC training with the default (text) end-of-run tasks: refused now, not after training
     msg = run_expecting(tmp_path, ["debug=smoke", "data=ginc", "tokenizer=source", "run_eval=true"], ConfigError)
     assert msg.startswith("eval.icl.tasks: sst2, sst5, mr, subj, trec are text tasks, and this run trains on GINC")

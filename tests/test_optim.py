@@ -121,7 +121,7 @@ def test_the_python_defaults_are_train_yamls():
 def test_optim_config_bounds():
     from momattn.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"need lr > 0 \(got 0"):
+    with pytest.raises(ConfigError, match=r"optim.lr=0(.0)? must be finite and > 0"):
         OptimConfig(lr=0.0)
     OptimConfig(warmup_steps=0)  # no warm-up is allowed
     with pytest.raises(ConfigError, match=r"warmup_steps >= 0 \(got -1\)"):

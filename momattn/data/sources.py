@@ -62,9 +62,9 @@ class LoaderConfig:
     num_proc: int = 1  # processes that tokenize when the token cache is built (datasets.map num_proc)
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.val_batches < 1 or self.num_workers < 0 or self.num_proc < 1:
-            raise ConfigError(f"data.batch_size={self.batch_size}, data.val_batches={self.val_batches} and "
-                              f"data.num_proc={self.num_proc} must be >= 1, data.num_workers={self.num_workers} >= 0")
+        for key, low in (("batch_size", 1), ("val_batches", 1), ("num_proc", 1), ("num_workers", 0)):
+            if getattr(self, key) < low:  # (one sentence named all four, the one at fault among them)
+                raise ConfigError(f"data.{key}={getattr(self, key)} must be an int >= {low}")
 
 
 LOADER_KEYS = tuple(f.name for f in fields(LoaderConfig))

@@ -556,6 +556,16 @@ def _checkpoint_overrides(ckpt: str) -> list[str]:
         return []
 
 
+def check_ckpt_exists(overrides: list[str]) -> None:
+    """A ckpt_path file that does not exist: its one line now, before Hydra starts (it came 6-10 s later, once
+    training had imported Lightning)."""
+    ckpt = _last(overrides, "ckpt_path")
+    if ckpt and ckpt not in ("last", "null") and "${" not in ckpt and not Path(_unquoted(ckpt)).expanduser().exists():
+        from momattn.checkpoint import read_checkpoint
+
+        read_checkpoint(_unquoted(ckpt))
+
+
 def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | None = None) -> list[str]:
     """A resume reuses its run's own command line: the overrides saved in <run folder>/.hydra/overrides.yaml,
     then today's on top (today's win, key by key). A single run also continues in that folder. Anything else
@@ -568,10 +578,6 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
                           "step 0. Name the sweep: hydra.sweep.dir=multirun/<date>/<time>")
     if not ckpt or ckpt == "null" or (multirun and ckpt == "last"):  # a sweep's jobs each resume their own folder
         return overrides
-    if ckpt != "last" and "${" not in ckpt and not Path(_unquoted(ckpt)).expanduser().exists():
-        from momattn.checkpoint import read_checkpoint
-
-        read_checkpoint(_unquoted(ckpt))  # its one line for a missing file, now (it came 6-10 s later, in training)
     run_dir = _last(overrides, "hydra.run.dir")
     root_dir = _last(overrides, "paths.root_dir")  # where ckpt_path=last searches (train.py searches there too)
     search_root = root or (Path(root_dir).expanduser() if root_dir else Path.cwd())
@@ -937,6 +943,8 @@ def hydra_main(config_name: str):
                     return hydra_task()
                 if config_name == "train":
                     multirun = multirun or config_multirun(config_name, given)
+                    if not multirun:  # (a sweep may list several: ckpt_path=a.ckpt,b.ckpt)
+                        check_ckpt_exists(given)
                     given = resume_overrides(given, multirun=multirun)
                     given = rank_zeros_sweep_dir(given) if multirun else given
                 sys.argv = [sys.argv[0], *hydra_argv(flags, given)]

@@ -169,6 +169,10 @@ def check_jobs(sweep: Sweep, overrides: list[str]) -> None:
                 composed.hydra.job.num = num
                 composed.hydra.job.id = num if launcher.endswith("BasicLauncher") else f"{composed.hydra.job.name}_{num}"
             HydraConfig().set_config(composed)  # the folder's interpolations may read the hydra node
+            sweep_dir = str(OmegaConf.to_container(composed.hydra.sweep, resolve=False).get("dir"))
+            if "${now:" in sweep_dir:  # Hydra resolves the sweep's folder once: jobs composed a second apart here
+                with read_write(composed.hydra), open_dict(composed.hydra):  # got two (and a shared one went unseen)
+                    composed.hydra.sweep.dir = re.sub(r"\$\{now:[^}]*\}", "<now>", sweep_dir)
             folder = os.path.join(str(OmegaConf.select(composed, "hydra.sweep.dir")),
                                   str(OmegaConf.select(composed, "hydra.sweep.subdir")))
             with read_write(composed.hydra), open_dict(composed.hydra):

@@ -124,6 +124,24 @@ def test_a_value_one_job_of_a_sweep_takes_is_refused_before_any_job_trains(tmp_p
     with pytest.raises(ConfigError, match=r"^hydra.sweep.subdir=x: jobs 0 and 1 of the sweep would write into one "
                                           r"folder, .*; leave hydra.sweep.subdir at its default"):
         check_jobs(plan_sweep("train", subdir), subdir)
+    # the jobs composed a second apart (a loaded CI machine): the default multirun/${now:...} folder read as two,
+    # and the shared folder went unseen (Hydra resolves it once for the sweep)
+    import datetime as dt
+
+    import hydra.core.utils
+
+    class Ticking(dt.datetime):  # each reading a second after the last
+        ticks = 0
+
+        @classmethod
+        def now(cls, tz=None):
+            cls.ticks += 1
+            return dt.datetime(2026, 1, 1) + dt.timedelta(seconds=cls.ticks)
+
+    monkeypatch.setattr(hydra.core.utils, "datetime", Ticking)
+    with pytest.raises(ConfigError, match=r"^hydra.sweep.subdir=x: jobs 0 and 1 of the sweep would write"):
+        check_jobs(plan_sweep("train", subdir), subdir)
+    assert Ticking.ticks > 1  # (the clock was read)
     # DDP: Lightning starts job 0's second process once, and it runs the later jobs alongside rank 0: job 1 on one
     # process crashed it (an IndexError in Lightning, a gloo traceback on rank 0)
     counts = [*SMOKE, "trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.devices=2,1"]

@@ -27,7 +27,7 @@ GROUPS = {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in (ROOT / "con
 OPTIONS = [(g, o) for g, opts in sorted(GROUPS.items()) for o in opts]
 NEEDS = {("data", "text_files"): ["data.paths=[x.txt]"], ("data", "hf"): ["data.name=json", "data.data_files={train: a.jsonl}"],
          ("data", "hf_stream"): ["data.name=json", "data.data_files={train: a.jsonl}"],
-         ("data", "ginc"): ["eval.icl.tasks=[ginc,ginc_ood]"],  # as the command atop data/ginc.yaml says
+         ("data", "ginc"): ["tokenizer=source", "eval.icl.tasks=[ginc,ginc_ood]"],  # as the command atop data/ginc.yaml says
          ("tokenizer", "file"): ["tokenizer.path=tok.json"],
          ("tokenizer", "source"): ["data._target_=test_train.WordSourceWithTokenizer", "~data.tasks", "~data.split_seed"]}
 

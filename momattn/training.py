@@ -685,7 +685,9 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
             if speed.get("fit_from_step") else ""
         lines.append(f"  throughput {speed['tokens_per_sec']:.0f} tokens/s{every} in the last steps{mean};{mfu} fit "
                      f"took {speed['fit_seconds']:.0f} s{since}")
-    lines.append(f"  checkpoints: best {best}  last {last}" if best or last else
+    # "best None" where only last.ckpt was written; with monitor=null the kept file is the newest, not a best one
+    kept = [f"{'best' if getattr(ckpt_cb, 'monitor', None) else 'newest (monitor=null)'} {best}"] if best else []
+    lines.append("  checkpoints: " + "  ".join([*kept, *([f"last {last}"] if last else [])]) if best or last else
                  "  checkpoints: none written (no ModelCheckpoint callback: callbacks=none)" if ckpt_cb is None else
                  "  checkpoints: none written (the ModelCheckpoint saves none: save_top_k=0 and save_last unset)"
                  if getattr(ckpt_cb, "save_top_k", 1) == 0 and not getattr(ckpt_cb, "save_last", None) else

@@ -841,3 +841,16 @@ def test_a_resumed_finished_run_is_evaluated_again_when_its_results_are_of_an_ea
                           ({"checkpoints": []}, None)):
         (tmp_path / "eval" / "results.json").write_text(json.dumps(doc))
         assert _evaluated_step(tmp_path) == expected
+
+
+def test_the_summary_says_which_checkpoint_is_kept_and_never_best_none(tmp_path, capsys):
+    # monitor=null keeps the newest file, which the summary called "best"; a run with last.ckpt alone said "best None"
+    run_train(compose_train(tmp_path / "a", [*SMOKE, "trainer.max_steps=3", "callbacks.model_checkpoint.monitor=null"]))
+    err = capsys.readouterr().err
+    assert "  checkpoints: newest (monitor=null) " in err and "checkpoints: best" not in err
+    run_train(compose_train(tmp_path / "b", [*SMOKE, "trainer.max_steps=3", "callbacks.model_checkpoint.save_top_k=0",
+                                             "callbacks.model_checkpoint.save_last=true"]))
+    line = capsys.readouterr().err.split("checkpoints:")[1].split("\n")[0]
+    assert line.strip().startswith("last ") and "None" not in line, line
+    run_train(compose_train(tmp_path / "c", [*SMOKE, "trainer.max_steps=3"]))
+    assert "  checkpoints: best " in capsys.readouterr().err

@@ -668,13 +668,14 @@ def check_fresh_folder(overrides: list[str], multirun: bool, cwd: Path | None = 
     ckpt = _last(overrides, "ckpt_path")
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     given = _last(overrides, key)
-    if ckpt and ckpt not in ("null", "last") and given and "${" not in given and not multirun:
-        folder = (cwd or Path.cwd()) / Path(given)  # another run's checkpoint, resumed into a folder holding a run
-        if (held := folder / "checkpoints" / "last.ckpt").exists() and not same_run(ckpt, folder, cwd):
-            raise another_runs_checkpoint(ckpt, folder, held, key)
-    if (ckpt and ckpt != "null") or not given or "${" in given:
+    if not given or "${" in given:
         return
     folder = (cwd or Path.cwd()) / Path(given)
+    if ckpt and ckpt not in ("null", "last") and not multirun:  # another run's checkpoint, into a folder with a run
+        if (held := folder / "checkpoints" / "last.ckpt").exists() and not same_run(ckpt, folder, cwd):
+            raise another_runs_checkpoint(ckpt, folder, held, key)
+    if ckpt and ckpt != "null":
+        return
     held = [folder / "checkpoints" / "last.ckpt"] if not multirun else sorted(folder.glob("*/checkpoints/last.ckpt"))
     held = [p for p in held if p.exists()]
     if held:

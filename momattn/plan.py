@@ -83,10 +83,9 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = No
          config.resolve_precision) = real
         wandb_runs.require_api_key = key_check
     m = c.model_for(_vocab(c))
-    n_params(m)  # a model too large for a tensor (model.n_embd=1e9): said in one line, not an overflow's traceback
+    parameters = n_params(m)  # exact; a model too large for a tensor (model.n_embd=1e9) is one line, not a traceback
     with torch.device("meta"):  # shapes only: nothing is allocated
-        model = GPT(m)
-    n_params, flops_per_token = sum(p.numel() for p in model.parameters()), model.flops_per_token()
+        flops_per_token = GPT(m).flops_per_token()
     world = config.world_size(c.trainer)
     seqs = c.loader.batch_size * world * c.accumulate
     tokens_per_step = seqs * m.block_size
@@ -110,7 +109,7 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = No
     fits = None if limit is None else "ddp" if ddp.total / GIB <= limit else "fsdp" if fsdp / GIB <= limit else "no"
     return {
         "overrides": overrides, "attention": m.attention.kind, "n_layer": m.n_layer, "n_embd": m.n_embd,
-        "n_head": m.n_head, "block_size": m.block_size, "vocab_size": m.vocab_size, "parameters": n_params,
+        "n_head": m.n_head, "block_size": m.block_size, "vocab_size": m.vocab_size, "parameters": parameters,
         "processes": world, "micro_batch": c.loader.batch_size, "accumulate_grad_batches": c.accumulate,
         "global_batch_sequences": seqs, "tokens_per_step": tokens_per_step, "max_steps": c.max_steps,
         "tokens": tokens, "flops_per_token": flops_per_token, "flops": flops, "precision": precision,

@@ -639,27 +639,28 @@ def _unigram(train, val, vocab_size: int) -> float | None:
     return None if isinstance(train, StreamWindows) else unigram_ppl(train, val, vocab_size)
 
 
+def _read_summary(path: Path) -> tuple[dict | None, str | None]:
+    """(a finished run's summary.json, None) or (None, why it cannot be read); (None, None) where it is missing."""
+    if not path.exists():
+        return None, None
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return None, first_line(e)
+    return (kept, None) if isinstance(kept, dict) else (None, f"a JSON {type(kept).__name__}, not an object")
+
+
 def _summary_steps(out_dir: Path) -> int | None:
     """The steps a finished run's summary.json records (quietly: None where it is missing or unreadable)."""
-    try:
-        steps = json.loads((out_dir / "summary.json").read_text()).get("steps")
-    except (OSError, ValueError, AttributeError):
-        return None
+    steps = (_read_summary(out_dir / "summary.json")[0] or {}).get("steps")
     return steps if isinstance(steps, int) else None
 
 
 def _kept_summary(path: Path) -> dict | None:
     """A finished run's summary.json, or None where it is missing or unreadable (then written again)."""
-    if not path.exists():
-        return None
-    try:
-        kept = json.loads(path.read_text())
-        why = None if isinstance(kept, dict) else f"a JSON {type(kept).__name__}, not an object"
-    except (OSError, ValueError) as e:
-        why = first_line(e)
+    kept, why = _read_summary(path)
     if why:
         print(f"[momattn] warning: {path} cannot be read ({why}); it is written again", file=sys.stderr, flush=True)
-        return None
     return kept
 
 

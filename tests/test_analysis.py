@@ -354,11 +354,11 @@ def test_a_task_file_and_a_fixed_learning_rate(tmp_path, capsys):
     from momattn.analysis.sweep import settings_of
 
     before = settings_of(AnalyzeConfig(sweep_dir="x", task=str(tmp_path / "letters.yaml")))
-    assert len(before["task_files_sha256"]) == 2  # the task file and its rows
+    assert len(before["task_files"]) == 2  # the task file and its rows
     rows = tmp_path / "t.jsonl"
     rows.write_text(rows.read_text().replace("a", "b", 1))
     assert settings_of(AnalyzeConfig(sweep_dir="x", task=str(tmp_path / "letters.yaml"))) != before
-    assert "task_files_sha256" not in settings_of(AnalyzeConfig(sweep_dir="x", task="ginc"))
+    assert "task_files" not in settings_of(AnalyzeConfig(sweep_dir="x", task="ginc"))
 
 
 V = 10

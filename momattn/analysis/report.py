@@ -74,6 +74,7 @@ FINDINGS = [
     ("Kendall(ICL, FT) above Kendall(ICL, random)", "kendall_ft", "kendall_random"),
 ]
 
+
 def findings(r) -> list[str]:
     """The paper's qualitative findings (FINDINGS), checked on this run."""
     values = {key: get(r) for key, _, get in METRICS}

@@ -74,7 +74,9 @@ def settings_of(conf: AnalyzeConfig) -> dict:
     task's files by their contents too (a task file edited in place kept its name, and its old analyses)."""
     settings = {k: v for k, v in asdict(conf).items() if k not in NOT_SETTINGS}
     if files := _task_files(conf.task):
-        settings["task_files_sha256"] = {f: _sha256(f) for f in files}
+        from momattn.data.sources import file_stamp  # what keys the token cache: changes when the file does
+
+        settings["task_files"] = {f: list(file_stamp(Path(f).expanduser())) for f in files}
     return json.loads(json.dumps(settings, default=str))
 
 
@@ -91,16 +93,6 @@ def _task_files(task) -> list[str]:
     if isinstance(task, Mapping):
         files += [str(task[k]) for k in ("path", "demo_path") if task.get(k)]
     return [f for f in files if Path(f).expanduser().is_file()]
-
-
-def _sha256(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(Path(path).expanduser(), "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def metrics_of(result) -> dict[str, float | None]:

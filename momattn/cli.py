@@ -560,6 +560,10 @@ def check_ckpt_exists(overrides: list[str]) -> None:
     """A ckpt_path file that does not exist: its one line now, before Hydra starts (it came 6-10 s later, once
     training had imported Lightning)."""
     ckpt = _last(overrides, "ckpt_path")
+    if ckpt is not None and not ckpt.strip():  # ckpt_path=$CKPT with CKPT unset: a new run, not the resume meant
+        from momattn.config import empty_ckpt_path
+
+        raise empty_ckpt_path(ckpt)
     if ckpt and ckpt not in ("last", "null") and "${" not in ckpt and not Path(_unquoted(ckpt)).expanduser().exists():
         from momattn.checkpoint import read_checkpoint
 

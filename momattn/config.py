@@ -37,7 +37,7 @@ from momattn.hardware import resolve_precision
 from momattn.io import probe_write
 from momattn.model import AttentionConfig, GPTConfig
 from momattn.optim import OptimConfig
-from momattn.schema import typed
+from momattn.schema import interpolation_error, typed
 from momattn.tokenizer import TokenizerConfig, source_tokenizer
 from momattn.wandb_runs import check_train_wandb, check_wandb_keys, check_wandb_names
 
@@ -103,8 +103,7 @@ def _resolve(cfg: DictConfig | Mapping) -> dict[str, Any]:
     try:
         return OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as e:
-        raise ConfigError(f"config interpolation failed at {getattr(e, 'full_key', '?')}: "
-                          f"{str(e).splitlines()[0]}") from None
+        raise interpolation_error(cfg, e) from None
 
 
 def _model(node: Mapping | None, attention: AttentionConfig) -> GPTConfig:
@@ -367,6 +366,11 @@ def _check_kind_keys(section: str, node: Mapping | None, readers: Mapping[str, t
                               f"so it would be ignored; drop it, or {fix.format(**names)}")
 
 
+def empty_ckpt_path(value: str) -> ConfigError:
+    return ConfigError(f"ckpt_path={value!r} is empty: give a checkpoint to resume (a .ckpt file, or last for this "
+                       "folder's newest run), or leave ckpt_path out to start a new run")
+
+
 def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
     """The composed config, resolved once and checked section by section, or a ConfigError naming the culprit."""
     raw = _resolve(cfg)
@@ -376,6 +380,8 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
     run = typed(RunConfig, {k: v for k, v in raw.items() if k not in SECTIONS}, "")
     if not 0 <= run.seed < 2**32:  # Lightning's seed_everything raised a ValueError inside training
         raise ConfigError(f"seed={run.seed} must lie in [0, 2**32 - 1]")
+    if run.ckpt_path is not None and not str(run.ckpt_path).strip():  # ckpt_path=$CKPT with CKPT unset trained anew
+        raise empty_ckpt_path(run.ckpt_path)
     if run.dist_timeout_s < 1:
         raise ConfigError(f"dist_timeout_s={run.dist_timeout_s}: the seconds to wait for every node must be >= 1")
     attention = typed(AttentionConfig, raw.get("attention"), "attention")

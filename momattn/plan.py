@@ -18,6 +18,8 @@ from hydra.errors import HydraException
 
 from momattn.errors import UserError
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")  # Lightning's names (AcceleratorRegistry, plus auto and gpu)
+
 GIB = 2**30
 # vocabulary sizes of the tokenizer kinds that do not train their own
 FIXED_VOCAB = {"gpt2": 50257}
@@ -63,6 +65,12 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = No
     # (trainer.devices=auto counts this machine's GPUs: at least one is assumed; trainer.devices=N plans N)
     # precision=auto plans a bf16 GPU (an H100/H200-class device, as --peak-tflops), not this machine's CPU; a run
     # with trainer.accelerator=cpu is planned as train.py would run it here
+    acc = cfg.trainer.get("accelerator")
+    if isinstance(acc, str) and acc.lower() not in ACCELERATORS:  # a GPU plan was made for accelerator=foo
+        from momattn.errors import ConfigError, did_you_mean
+
+        raise ConfigError(f"trainer.accelerator={acc!r} is not an accelerator Lightning knows; choose one of "
+                          f"{', '.join(ACCELERATORS)}.{did_you_mean(acc.lower(), ACCELERATORS)}")
     real = config._cuda_available, config.check_launch_environment, config._cuda_device_count, config.resolve_precision
 
     def precision_for(p, acc):

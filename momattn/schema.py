@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import importlib
 import inspect
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -29,6 +30,38 @@ def to_plain(node: Any) -> Any:
     if isinstance(node, DictConfig | ListConfig):
         return OmegaConf.to_container(node, resolve=True)
     return node
+
+
+_REFERENCE = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")  # ${paths.cache_dir}; not resolvers (${now:...}), not ${..x}
+
+
+def interpolation_error(cfg: DictConfig | ListConfig, e: OmegaConfBaseException) -> ConfigError:
+    """One line for a failed interpolation, naming the key whose own value fails: paths.cache_dir=${oops} was
+    reported at data.cache_dir, which only reads ${paths.cache_dir}. The chain of absolute references is followed
+    from the key OmegaConf names while the referenced key fails too."""
+    key = getattr(e, "full_key", None) or "?"
+    why = str(e).splitlines()[0] if str(e) else type(e).__name__
+    try:
+        raw = OmegaConf.to_container(cfg, resolve=False)
+    except OmegaConfBaseException:
+        raw = None
+    chain = [key]
+    while raw is not None:
+        value = raw
+        for part in chain[-1].split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        failing = None
+        for ref in _REFERENCE.findall(value) if isinstance(value, str) else ():
+            try:
+                OmegaConf.select(cfg, ref)
+            except OmegaConfBaseException:
+                failing = ref
+                break
+        if failing is None or failing in chain:
+            break
+        chain.append(failing)
+    read_by = f" (read by {', '.join(reversed(chain[:-1]))})" if len(chain) > 1 else ""
+    return ConfigError(f"config interpolation failed at {chain[-1]}{read_by}: {why}")
 
 
 def known_keys(schema: Any) -> list[str] | None:
@@ -60,6 +93,12 @@ def _type_checked(schema: type, node: dict, where: str) -> dict:
         if "is not a ListConfig, list or tuple" in msg:  # e.g. data.paths=a.txt for data.paths=[a.txt]
             value = node.get(str(key).rsplit(".", 1)[-1])
             msg = f"a list is needed, got {value!r}; write it in brackets: {_key(where, key)}=[{value}]"
+        elif "is not a valid bool" in msg:
+            msg += f"; use {_key(where, key)}=true or false"
+        elif "could not be converted to" in msg:  # e.g. model.n_layer=abc: the default shows the form wanted
+            default = OmegaConf.select(base, str(key), default=None, throw_on_missing=False)
+            if isinstance(default, bool | int | float) or (isinstance(default, str) and default):
+                msg += f"; e.g. {_key(where, key)}={str(default).lower() if isinstance(default, bool) else default}"
         raise ConfigError(f"{_key(where, key)}: {msg}") from None
     except OmegaConfBaseException as e:
         raise ConfigError(f"{where or 'config'}: {str(e).splitlines()[0]}") from None

@@ -374,6 +374,11 @@ def check_optuna_settings(sweeper, metric: str | None) -> None:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
         raise ConfigError(f"hydra.sweeper.sampler.seed={seed!r} must be an int in [0, 2**32 - 1], or null for an "
                           "unseeded sampler")
+    startup = (sweeper.get("sampler") or {}).get("n_startup_trials")
+    if startup is not None and (isinstance(startup, bool) or not isinstance(startup, int) or startup < 0):
+        # Optuna took -1 as 0 (no random start) without a word
+        raise ConfigError(f"hydra.sweeper.sampler.n_startup_trials={startup!r} must be an int >= 0 (the random trials "
+                          "before the sampler models the results)")
     if direction not in ("minimize", "maximize"):
         raise ConfigError(f"hydra.sweeper.direction={direction!r} is neither minimize nor maximize (train.py returns "
                           "one metric, optimized_metric)")

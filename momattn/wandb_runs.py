@@ -41,6 +41,10 @@ def check_wandb_names(cfg: Mapping, where: str = "logger.wandb", tags: Any = Non
         except Exception as e:  # wandb's UsageError, or pydantic's ValidationError (its message's last line)
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
             why = next((ln for ln in lines if ln.startswith("Value error, ")), lines[0] if lines else type(e).__name__)
+            try:  # pydantic's own reason ("Input should be a valid string"), not its header line
+                why = e.errors()[0]["msg"]
+            except Exception:
+                pass
             why = re.sub(r"^Value error, | \[type=.*$", "", why)
             hint = " (by default the run's top-level tags=)" if key_of[key] != "tags" and key == "tags" else ""
             raise ConfigError(f"{key_of[key]}={value!r}{hint}: W&B refuses it: {why}") from None

@@ -41,6 +41,7 @@ def test_typos_are_caught_before_anything_runs_with_a_suggestion(tmp_path, args,
     (["attention=momentum", "attention.eta=1.5"], "attention.eta=1.5 is outside [0, 1)"),
     (["data=text_files", "data.paths=[/nonexistent/corpus.txt]"], "'/nonexistent/corpus.txt' does not exist"),
     (["ckpt_path=/nonexistent/last.ckpt"], "'/nonexistent/last.ckpt' does not exist"),
+    (["ckpt_path="], "ckpt_path='' is empty: give a checkpoint to resume"),  # ckpt_path=$UNSET trained a new run
 ])
 def test_cli_bad_values_exit_2_without_traceback(tmp_path, args, expected):
     base = SMOKE if not any(a.startswith("data=") for a in args) else ["debug=smoke"]
@@ -248,6 +249,8 @@ def test_a_search_cannot_be_resumed_with_ckpt_path_last(tmp_path):
     # joblib's "n_jobs == 0 in Parallel has no meaning", a traceback once the sweep had started
     ("hydra/launcher=joblib hydra.launcher.n_jobs=0", "hydra.launcher.n_jobs=0 must be an int other than 0"),
     ("hydra.sweeper.sampler.seed=-1", "hydra.sweeper.sampler.seed=-1 must be an int in [0, 2**32 - 1]"),  # Optuna's
+    # Optuna took it as 0 random startup trials, without a word
+    ("hydra.sweeper.sampler.n_startup_trials=-1", "hydra.sweeper.sampler.n_startup_trials=-1 must be an int >= 0"),
 ])
 def test_a_bad_optuna_setting_is_one_line_before_the_search(arg, said):
     # were a ZeroDivisionError, Optuna's ValueError and SQLAlchemy's ArgumentError tracebacks, and a bare
@@ -260,7 +263,8 @@ def test_a_bad_optuna_setting_is_one_line_before_the_search(arg, said):
     with pytest.raises(ConfigError, match="^" + re.escape(said)):
         check_search("train", ["hparams_search=optuna", *arg.split()])
     for fine in ("hydra.sweeper.storage=sqlite:///study.db", "hydra.sweeper.n_jobs=2",
-                 "hydra.sweeper.max_failure_rate=0", "hydra.sweeper.direction=minimize"):
+                 "hydra.sweeper.max_failure_rate=0", "hydra.sweeper.direction=minimize",
+                 "hydra.sweeper.sampler.n_startup_trials=0"):
         check_search("train", ["hparams_search=optuna", fine])
 
 
@@ -565,6 +569,16 @@ def test_a_setting_lightning_would_fail_on_after_steps_of_training_is_refused_fi
 def test_wrong_type_names_the_key(tmp_path):
     msg = run_expecting(tmp_path, [*SMOKE, "model.n_embd=wide"], ConfigError)
     assert msg.startswith("model.n_embd: Value 'wide'") and "Integer" in msg
+    assert msg.endswith("; e.g. model.n_embd=256"), msg  # the form wanted, from the schema's default
+    msg = run_expecting(tmp_path, [*SMOKE, "model.bias=maybe"], ConfigError)
+    assert msg.endswith("is not a valid bool (type str); use model.bias=true or false"), msg
+    # an interpolation that fails is named where it is written, not at the key that reads it (found by review)
+    msg = run_expecting(tmp_path, [*SMOKE, "paths.cache_dir=${oops}"], ConfigError)
+    assert msg == ("config interpolation failed at paths.cache_dir (read by data.cache_dir): "
+                   "Interpolation key 'oops' not found"), msg
+    # pydantic's reason, not its header line ("1 validation error for Settings")
+    msg = run_expecting(tmp_path, [*SMOKE, "logger=wandb", "logger.wandb.group=[a,b]"], ConfigError)
+    assert msg == "logger.wandb.group=['a', 'b']: W&B refuses it: Input should be a valid string", msg
     msg = run_expecting(tmp_path, [*SMOKE, "trainer.max_steps=many"], ConfigError)
     assert msg == "trainer.max_steps='many' must be an integer >= 1"
     msg = run_expecting(tmp_path, [*SMOKE, "trainer.accumulate_grad_batches=0"], ConfigError)

@@ -45,6 +45,16 @@ def test_plan_bad_input_is_one_line(capsys):
     for bad in ("trainer.precision=bf17", "trainer.devices=-2", "model.n_head=0", "global_batch=0"):
         assert main(["debug=smoke", bad]) == 2, bad
     assert "Did you mean 'bf16'" in capsys.readouterr().err
+    assert main(["trainer.accelerator=gpus"]) == 2  # planned as a GPU run, though train.py refuses it
+    assert "trainer.accelerator='gpus' is not an accelerator Lightning knows" in capsys.readouterr().err
+
+
+def test_the_planners_accelerator_names_hold_lightnings():
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    from momattn.plan import ACCELERATORS
+
+    assert set(AcceleratorRegistry.available_accelerators()) <= set(ACCELERATORS)
 
 
 def test_precision_auto_plans_a_bf16_gpu_whatever_this_machine_is():

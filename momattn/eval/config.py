@@ -37,8 +37,9 @@ def to_plain(obj: Any) -> Any:
         try:
             return OmegaConf.to_container(obj, resolve=True)
         except OmegaConfBaseException as e:  # prompt='${x}': one line (exit 2), as train.py's, not a traceback
-            raise ConfigError(f"config interpolation failed at {getattr(e, 'full_key', '?')}: "
-                              f"{str(e).splitlines()[0]}") from None
+            from momattn.schema import interpolation_error
+
+            raise interpolation_error(obj, e) from None
     return obj
 
 

@@ -123,6 +123,14 @@ def _per_token(r: dict) -> list[str]:
             f"{1e6 * s['cached']['model_s'] / s['cached']['model_tokens']:.1f}", str(s["cached"]["model_tokens"])]
 
 
+def _spread(r: dict) -> str:
+    """The interquartile ranges of the naive and cached samples, in % of their medians (results written before
+    the samples were kept: -)."""
+    if not all(isinstance(r.get(k), dict) and "iqr_pct" in r[k] for k in ("naive", "cached")):
+        return "-"
+    return f"{r['naive']['iqr_pct']:.0f}% / {r['cached']['iqr_pct']:.0f}%"
+
+
 def render(res: dict) -> str:
     """The markdown table of one results file (also used by render_readme.py)."""
     m = res.get("machine") or res.get("meta", {})
@@ -135,6 +143,7 @@ def render(res: dict) -> str:
             f"{r['naive_s']:.3f}",
             f"{r['cached_s']:.3f}",
             f"{r['speedup']:.1f}x",
+            _spread(r),
             f"{r['token_ratio']:.1f}x",
             f"{r['speedup_attention_free']:.1f}x" if "speedup_attention_free" in r else "-",
             f"{r['max_abs_diff']:.1e}",
@@ -150,6 +159,7 @@ def render(res: dict) -> str:
         "naive s",
         "cached s",
         "speed-up",
+        "spread, naive / cached",
         "tokens",
         "attention free",
         "max \\|diff\\|",
@@ -167,7 +177,8 @@ def render(res: dict) -> str:
             "",
             table(header, rows),
             "",
-            f"Speed-up {min(speedups):.1f}-{max(speedups):.1f}x; `tokens` is how many fewer tokens go through the "
+            f"Speed-up {min(speedups):.1f}-{max(speedups):.1f}x (medians; `spread`: each one's interquartile range "
+            "over its samples, in % of its median); `tokens` is how many fewer tokens go through the "
             "model (the speed-up a cost proportional to tokens would give: the cache cannot beat it by much); "
             "`attention free` is the speed-up of the cached scorer with its attention over the prefix replaced by "
             "nothing (wrong log-probs: a bound that no faster attention kernel could beat); max |diff| is the largest difference of a log-probability between the two. Per token in model: the "

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_attention import BATCH, BLOCK, VOCAB, _gpt_config, train_step_case  # noqa: E402
-from harness import RESULTS, machine_info, table, write_results  # noqa: E402
+from harness import RESULTS, machine_info, summarize, table, write_results  # noqa: E402
 
 from momattn import cpu_scan  # noqa: E402
 from momattn.model import GPT  # noqa: E402
@@ -92,6 +92,13 @@ def worker(args) -> dict:
                         for k, s in samples.items()}}
 
 
+def _spread(samples: list[float] | None) -> str:
+    """The interquartile range of a variant's step times, in % of their median (- for fewer than 2)."""
+    if not samples or len(samples) < 2:
+        return "-"
+    return f"{summarize(samples)['iqr_pct']:.0f}%"
+
+
 def render(res: dict) -> str:
     m, st = res["machine"], res["settings"]
     rows = []
@@ -102,13 +109,13 @@ def render(res: dict) -> str:
             v = r["results"][kind]
             us = [f"{v[f'{n}_us']:.0f}" if v[f"{n}_us"] is not None else "-" for n in ("forward", "backward")]
             rows.append([kind, mode + ("" if r["openmp"] == (mode == "openmp") else " (unavailable: own threads)"),
-                         *us, f"{v['step_ms']:.1f}"])
+                         *us, f"{v['step_ms']:.1f}", _spread(v.get("samples", {}).get("step_ms"))])
     return "\n".join([
         f"{m.get('describe') or m.get('cpu')}; {st['dtype']}; T = {st['T']}, batch {st['B']}; medians over "
         f"{st['rounds']} rounds of {st['steps']} steps, round-robin over the variants; each mode in its own process.",
         "",
         table(["variant", "kernel threads", "kernel forward, us per layer", "kernel backward, us per layer",
-               "step ms"], rows),
+               "step ms", "step spread (IQR)"], rows),
         "",
         "The kernel's calls are timed inside a running training step (momattn.cpu_scan's forward and backward, one "
         "call per layer each). `own`: MOMATTN_SCAN_OPENMP=0, the kernel's own threads, which compete with torch's "

@@ -52,7 +52,10 @@ def test_results_from_before_the_bound_render_with_a_dash():
            "speedup": 4.0, "token_ratio": 5.3, "max_abs_diff": 1e-7}
     table = bench_icl_cache.render({"machine": {"describe": "old"}, "settings": {}, "results": [old]})
     assert "64 test queries after each prefix" in table
-    assert "| 4.0x | 5.3x | - |" in table
+    assert "| 4.0x | - | 5.3x | - |" in table  # no samples kept: no spread either
+    timed = dict(old, naive={"iqr_pct": 10.2}, cached={"iqr_pct": 20.6})
+    table = bench_icl_cache.render({"machine": {"describe": "new"}, "settings": {}, "results": [timed]})
+    assert "| 4.0x | 10% / 21% | 5.3x | - |" in table
 
 
 def test_bad_arguments_and_an_unwritable_output_are_one_line_before_any_timing(tmp_path):

@@ -33,3 +33,21 @@ def test_a_step_too_long_for_its_default_batch_or_a_negative_setting_is_refused(
                        (["--batch", "-2"], "--batch=-2 and --threads=0 must be >= 0")):
         r = run_cli("benchmarks/bench_kernel_step.py", [*args, "--out", str(tmp_path / "k.json")], tmp_path)
         assert r.returncode == 2 and said in r.stderr and not (tmp_path / "k.json").exists(), r.stderr
+
+
+def test_the_table_gives_each_variants_step_spread():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_kernel_step
+
+    def variant(samples):
+        return {"step_ms": 3.0, "forward_us": None, "backward_us": None, "samples": {"step_ms": samples}}
+
+    res = {"machine": {"describe": "m"}, "settings": {"dtype": "fp32", "T": 8, "B": 1, "rounds": 5, "steps": 1},
+           "modes": {"openmp": {"openmp": True, "results": {k: variant([1.0, 2.0, 3.0, 4.0, 5.0] if k == "vanilla"
+                                                                        else [3.0]) for k in bench_kernel_step.KINDS}}}}
+    table = bench_kernel_step.render(res)
+    assert "| vanilla | openmp | - | - | 3.0 | 67% |" in table  # quartiles 2 and 4 over the median 3
+    assert "| momentum | openmp | - | - | 3.0 | - |" in table  # one sample: no spread

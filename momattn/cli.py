@@ -125,6 +125,20 @@ def check_hydra_overrides(config_name: str, overrides: list[str]) -> None:
         raise ConfigError(f"{': '.join(dict.fromkeys(why[:3]))} (among {', '.join(hydras)})") from None
 
 
+def check_compare_callback(config_name: str, overrides: list[str]) -> None:
+    """hydra.callbacks.compare.run is a bool: an untyped callback argument, so 'maybe' and 'no' were true, and the
+    sweep's end ran evaluate.py."""
+    from omegaconf import OmegaConf
+
+    from momattn.errors import ConfigError
+
+    _, cfg = hydra_section(config_name, overrides)
+    compare = OmegaConf.select(cfg, "hydra.callbacks.compare.run", default=False) if cfg is not None else False
+    if not isinstance(compare, bool):
+        raise ConfigError(f"hydra.callbacks.compare.run={compare!r} must be true or false (whether the sweep's end "
+                          "runs evaluate.py sweep_dir=... or prints it)")
+
+
 def hydra_section_overrides(parsed: list) -> list[str]:
     """Of the parsed overrides, those the hydra section depends on, as Hydra composes it for the mode and the
     sweeper (its master config): the config groups (an experiment sets the mode and the sweep's params) and hydra.*
@@ -970,6 +984,7 @@ def hydra_main(config_name: str):
                 if multirun and sweep is None and not info:
                     check_search(config_name, given)  # an Optuna search: its space's keys, no ckpt_path=last
                 check_hydra_overrides(config_name, given)  # what the checks above leave to Hydra's hydra section
+                check_compare_callback(config_name, given)
                 # sampling writes no files (hydra.output_subdir: null, run.dir: .), but Hydra makes a folder given
                 if not info and (config_name != "generate" or _last(given, "hydra.run.dir") is not None):
                     check_output_dir(given, multirun=multirun)

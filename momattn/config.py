@@ -251,10 +251,32 @@ def _in_search() -> bool:
     return "optuna" in str(OmegaConf.select(HydraConfig.get(), "sweeper._target_", default="")).lower()
 
 
+SCORES = tuple(m for m in LOGGED if m != "train/lr")  # each better lower
+
+
 def _check_logged(key: str, metric: Any) -> None:
     if metric not in LOGGED:
-        raise ConfigError(f"{key}={metric!r} is not a metric training logs.{did_you_mean(str(metric), LOGGED)} "
-                          f"Choose one of {', '.join(LOGGED)}")
+        raise ConfigError(f"{key}={metric!r} is not a metric training logs.{did_you_mean(str(metric), SCORES)} "
+                          f"Choose one of {', '.join(SCORES)}")
+    if metric not in SCORES:  # a search took the smallest lr, a checkpoint the one at the schedule's end
+        raise ConfigError(f"{key}={metric} is the learning-rate schedule, not a score of the model; choose one of "
+                          f"{', '.join(SCORES)}")
+
+
+def _check_checkpoint_callback(name: str, cb: Mapping) -> None:
+    """A ModelCheckpoint's monitor is a score training logs, its mode picks the lowest, and the one that keeps
+    last.ckpt names its folder: with dirpath null Lightning wrote into the first logger's folder
+    (<run>/csv/checkpoints), where resuming found nothing and started the run anew over its metrics."""
+    if cb.get("monitor") is not None:
+        _check_logged(f"callbacks.{name}.monitor", cb["monitor"])
+        if cb.get("mode", "min") != "min":
+            raise ConfigError(f"callbacks.{name}.mode={cb.get('mode')!r} would keep the checkpoint of the worst "
+                              f"{cb['monitor']} as the best: every score training logs is better lower. Leave "
+                              "mode=min")
+    if "ModelCheckpoint" in str(cb.get("_target_", "")) and cb.get("save_last") and cb.get("dirpath") is None:
+        raise ConfigError(f"callbacks.{name}.dirpath=null: Lightning would write last.ckpt into the first logger's "
+                          "folder, where resuming (ckpt_path=last), SIGTERM saves, sweeps and evaluate.py do not look "
+                          "(a resume would start the run anew). Leave it at ${paths.output_dir}/checkpoints")
 
 
 LAUNCHER_ENV = ("SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "MASTER_ADDR")
@@ -412,8 +434,8 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
             if str(lg.get("_target_", "")).endswith("loggers.wandb_logger"):
                 check_wandb_keys(lg, f"logger.{name}")
     for name, cb in (raw.get("callbacks") or {}).items():  # a typo here failed only at the first validation
-        if isinstance(cb, Mapping) and cb.get("monitor") is not None:
-            _check_logged(f"callbacks.{name}.monitor", cb["monitor"])
+        if isinstance(cb, Mapping):
+            _check_checkpoint_callback(name, cb)
     trainer, max_steps, accumulate = _trainer(raw.get("trainer"))
     no_val = trainer.get("limit_val_batches")
     if isinstance(no_val, int | float) and not isinstance(no_val, bool) and no_val == 0 and _in_search() and str(

@@ -37,6 +37,13 @@ def _claimed_before_hydra(config) -> bool:
     return bool(given) and "${" not in given[-1]
 
 
+def _holds_training_run(folder: Path) -> bool:
+    """Whether a folder holds a train.py run: its checkpoints/ folder, or a saved config with a trainer section."""
+    from momattn.eval.sweep import is_training_job
+
+    return (folder / "checkpoints").is_dir() or is_training_job(folder)
+
+
 class ClaimRunFolder(Callback):
     """kind: what the entry point runs, named in a refusal ("training run"; evaluate.py's and analyze.py's configs
     name theirs: two of them in one second wrote their reports into one folder, the second over the first's)."""
@@ -49,6 +56,13 @@ class ClaimRunFolder(Callback):
             return  # their first process's folder; evaluate.py's and analyze.py's are claimed here alone
         timed = "${now:" in str(OmegaConf.to_container(config.hydra.run, resolve=False).get("dir", ""))
         name = str(OmegaConf.select(config, "hydra.run.dir"))  # Hydra's `now` is cached: run_job reads the same
+        if not timed and self.kind != "training run" and _holds_training_run(Path(name)):
+            # Hydra would rewrite the run's saved config (.hydra/), which its resume and evaluate.py's sweep read
+            report(ConfigError(f"hydra.run.dir={name} holds a training run (its checkpoints/ or its saved config): this "
+                               f"{self.kind} would rewrite the run's .hydra/ command line, which resuming it reads. "
+                               "Give it a folder of its own, e.g. hydra.run.dir=" + str(Path(name) / "eval")),
+                   hydra=False)
+            sys.exit(2)
         if not timed:
             holder = claim_run_folder(Path(name))
             if holder is not None:

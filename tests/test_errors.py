@@ -237,6 +237,17 @@ def test_a_search_cannot_be_resumed_with_ckpt_path_last(tmp_path):
     assert "hydra.sweeper.storage=sqlite:///study.db" in err and "ckpt_path=<sweep folder>/<N>/checkpoints" in err
 
 
+def test_the_sweeps_compare_switch_is_a_bool():
+    from momattn.cli import check_compare_callback
+
+    for bad in ("maybe", "no"):  # both were true: the sweep's end ran evaluate.py
+        with pytest.raises(ConfigError, match=f"^hydra.callbacks.compare.run='{bad}' must be true or false"):
+            check_compare_callback("train", [f"hydra.callbacks.compare.run={bad}"])
+    for fine in ("true", "false"):
+        check_compare_callback("train", [f"hydra.callbacks.compare.run={fine}"])
+    check_compare_callback("evaluate", [])  # no such callback there
+
+
 @pytest.mark.parametrize("arg,said", [
     ("hydra.sweeper.n_jobs=0", "hydra.sweeper.n_jobs=0 must be an int >= 1"),  # ZeroDivisionError traceback
     ("hydra.sweeper.direction=maximise", "hydra.sweeper.direction='maximise' is neither minimize nor maximize"),
@@ -658,6 +669,16 @@ def test_wrong_type_names_the_key(tmp_path):
                                                                       "Invalid project name 'a/b'"),
                            ("logger=wandb tags=[" + "t" * 65 + "]", "logger.wandb.tags=['ttt"),
                            ("logger=wandb logger.wandb.id=a:b", "logger.wandb.id='a:b': W&B refuses it: Run ID"),
+                           # found by review: each ran, and went wrong without a word
+                           ("logger=wandb logger.wandb.project=null", "logger.wandb.project=null: W&B would log into "
+                                                                      "Lightning's 'lightning_logs'"),
+                           ("callbacks.model_checkpoint.mode=max", "callbacks.model_checkpoint.mode='max' would keep "
+                                                                   "the checkpoint of the worst val/loss as the best"),
+                           ("callbacks.model_checkpoint.dirpath=null", "callbacks.model_checkpoint.dirpath=null: "
+                                                                       "Lightning would write last.ckpt into the first "
+                                                                       "logger's folder"),
+                           ("optimized_metric=train/lr", "optimized_metric=train/lr is the learning-rate schedule, "
+                                                         "not a score of the model"),
                            # a setting of another tokenizer kind was ignored silently
                            ("tokenizer=gpt2 +tokenizer.vocab_size=300", "tokenizer.vocab_size applies to tokenizer=bpe "
                                                                          "only, and this run's is gpt2"),

@@ -173,3 +173,28 @@ def test_evaluate_claims_a_folder_given_on_its_command_line_itself(tmp_path, hel
         ClaimRunFolder(kind="evaluation").on_run_start(cfg)
     err = capsys.readouterr().err
     assert "is in use by another evaluation" in err and "HYDRA_FULL_ERROR" not in err  # no traceback to ask for
+
+
+@pytest.mark.parametrize("held_by", ["checkpoints", "saved config"])
+def test_an_evaluation_into_a_training_runs_folder_is_refused_before_hydra_rewrites_its_config(tmp_path, held_by, capsys):
+    # Hydra rewrote the run's .hydra/overrides.yaml with evaluate.py's, and resuming the run then failed on
+    # 'icl.enabled' is not a config key (found by review)
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    if held_by == "checkpoints":
+        (run / "checkpoints").mkdir()
+    else:
+        (run / ".hydra" / "config.yaml").write_text("trainer:\n  max_steps: 3\n")
+    cfg, _ = config(str(run), given=True)
+    for kind in ("evaluation", "analysis"):
+        with pytest.raises(SystemExit):
+            ClaimRunFolder(kind=kind).on_run_start(cfg)
+        err = capsys.readouterr().err
+        assert f"hydra.run.dir={run} holds a training run" in err and f"this {kind} would rewrite" in err, err
+    # its own folder inside the run, or a folder an evaluation wrote before, is fine
+    (tmp_path / "evaluated" / ".hydra").mkdir(parents=True)
+    (tmp_path / "evaluated" / ".hydra" / "config.yaml").write_text("ckpt_path: a.ckpt\nppl: {}\n")
+    for folder in (run / "eval", tmp_path / "evaluated"):
+        cfg, _ = config(str(folder), given=True)
+        ClaimRunFolder(kind="evaluation").on_run_start(cfg)
+    cli.hold_run_folder(None)

@@ -221,7 +221,7 @@ def _flat(config: Mapping, prefix: str = "") -> dict:
     return out
 
 
-def _is_training_job(folder: Path) -> bool:
+def is_training_job(folder: Path) -> bool:
     """Whether a folder holding .hydra/ is a train.py job: evaluate.py's and analyze.py's own folders (one written
     inside the sweep folder was listed as a failed job) have no trainer section."""
     import yaml
@@ -300,7 +300,7 @@ def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
     ckpts = sorted(sweep_dir.rglob("checkpoints/last.ckpt"))
     done = {p.parent.parent for p in ckpts}
     for hydra_dir in sorted(sweep_dir.rglob(".hydra")):
-        if hydra_dir.parent not in done and _is_training_job(hydra_dir.parent):
+        if hydra_dir.parent not in done and is_training_job(hydra_dir.parent):
             failed.append(f"{job_name(hydra_dir.parent, sweep_dir)} (no checkpoints/last.ckpt)")
     for path in ckpts:
         try:

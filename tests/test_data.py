@@ -388,6 +388,10 @@ def test_local_hub_files_that_are_empty_not_utf8_or_unmatched_get_a_one_line_err
     (tmp_path / "latin.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
     (tmp_path / "good.jsonl").write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(5)))
     (tmp_path / "prose.jsonl").write_text("hello\n")  # not JSON: datasets' "An error occurred while generating"
+    (tmp_path / "latin.txt").write_bytes(b"caf\xe9 au lait\nhello\n")
+    # the text builder's: wrapped by datasets, and advised "choose the builder that reads the files (... text ...)"
+    with pytest.raises(DataError, match=r"a byte that is not UTF-8 \(b'\\xe9 au'\); convert the files, e.g. iconv"):
+        HubCorpus(name="text", data_files={"train": str(tmp_path / "latin.txt")}, val_split=None).documents("train")
     cases = {"empty.jsonl": "no rows", "none*.jsonl": "no rows", "latin.jsonl": "not UTF-8",
              "prose.jsonl": r"cannot be read.*ArrowInvalid: JSON parse error: Invalid value. in row 0"}
     for name, says in cases.items():
@@ -426,6 +430,29 @@ def test_text_files_that_would_be_misread_are_named(tmp_path):
     with pytest.raises(DataError, match=r"wide.txt' is not UTF-8 text \(UTF-16, by its byte-order mark\); convert "
                                         r"it, e.g. iconv -f utf-16 -t utf-8"):
         TextFiles(paths=[str(tmp_path / "wide.txt")]).documents("train")
+
+
+def test_utf16_without_a_byte_order_mark_or_zero_bytes_are_refused_not_trained_as_nul_filled_text(tmp_path):
+    # it decodes as valid UTF-8, a NUL beside every letter: 400 documents became one, exit 0 (found by review)
+    from momattn.data.streaming import StreamingHubCorpus
+
+    text = "\n\n".join(f"document {i} has a few words in it" for i in range(40)) + "\n"
+    for order in ("le", "be"):
+        (tmp_path / f"{order}.txt").write_bytes(text.encode(f"utf-16-{order}"))
+        with pytest.raises(DataError, match=rf"{order}.txt' holds NUL characters \(\d+ of \d+\): UTF-16 without a "
+                                            rf"byte-order mark, it seems; convert it, e.g. iconv -f utf-16{order} -t"):
+            TextFiles(paths=[str(tmp_path / f"{order}.txt")]).documents("train")
+    (tmp_path / "zero.txt").write_bytes(bytes(500))
+    with pytest.raises(DataError, match=r"zero.txt' holds NUL characters \(500 of 500\): binary data, not text"):
+        TextFiles(paths=[str(tmp_path / "zero.txt")]).documents("train")
+    for cls, says in ((HubCorpus, "the text of its train split holds NUL"), (StreamingHubCorpus, "a row of its train "
+                                                                                                "split holds NUL")):
+        with pytest.raises(DataError, match=rf"data.name='text' data.data_files=.*: {says}.*iconv -f utf-16le"):
+            cls(name="text", data_files={"train": str(tmp_path / "le.txt")}, val_split=None).documents("train")
+    (tmp_path / "stray.txt").write_text("a document with one \x00 in it\n\nand another\n")  # a stray NUL is text
+    stray = TextFiles(paths=[str(tmp_path / "stray.txt")])
+    assert sorted(stray.documents("train") + stray.documents("val")) == ["a document with one \x00 in it",
+                                                                         "and another"]
 
 
 def test_text_files_read_what_editors_and_json_writers_write(tmp_path):

@@ -86,6 +86,23 @@ def test_without_a_validation_split_the_held_out_rows_are_never_trained_on(tmp_p
         StreamingHubCorpus(name="json", data_files={"train": str(files["train"])}, seed=-1)
 
 
+def test_a_training_stream_without_documents_says_what_to_change(tmp_path):
+    # with a tokenizer that needs no training documents (gpt2, a file) the stream's own thread found it empty, and
+    # said only "the training stream has no documents" (found by review)
+    files = corpus(tmp_path, n_train=40)
+    tok = train_bpe(lambda: ["the cat sat on the mat"] * 50, 300)
+    src = StreamingHubCorpus(name="json", data_files={"train": str(files["train"])}, val_split=None)  # 2000 held out
+    with pytest.raises(DataError, match=r"every row of the train split is among the first data.val_docs=2000, held "
+                                        r"out for validation .*; lower data.val_docs"):
+        StreamWindows(src, tok, 16)[0]
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text(json.dumps({"text": " "}) + "\n")
+    src = StreamingHubCorpus(name="json", data_files={"train": str(blank), "validation": str(files["validation"])})
+    with pytest.raises(DataError, match=r"the training stream of data.name='json' \(data.train_split=train\) has no "
+                                        r"documents with text in data.text_field='text'"):
+        StreamWindows(src, tok, 16)[0]
+
+
 def test_a_row_that_is_not_json_is_named_not_a_pyarrow_traceback(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\nhello\n')

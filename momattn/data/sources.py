@@ -98,10 +98,29 @@ class StaiccCorpus:
         return lm_texts(self.tasks, split, self.split_seed)
 
 
+def nul_problem(text: str) -> str | None:
+    """Why text that is mostly NUL characters is no text, or None: UTF-16 without a byte-order mark decodes as valid
+    UTF-8 with a NUL beside every ASCII letter (iconv -t UTF-16LE writes it), and trained as one NUL-filled
+    document; a file of zero bytes likewise. A stray NUL or two in real text passes."""
+    n = text.count("\x00")
+    if n < 16 or 4 * n < len(text):
+        return None
+    head = text[:4096]
+    odd, even = head[1::2].count("\x00"), head[0::2].count("\x00")
+    if max(odd, even) > 4 * min(odd, even):  # NULs on one side of each character: UTF-16's ASCII
+        order = "utf-16le" if odd > even else "utf-16be"
+        return (f"holds NUL characters ({n} of {len(text)}): UTF-16 without a byte-order mark, it seems; convert it, "
+                f"e.g. iconv -f {order} -t utf-8")
+    return f"holds NUL characters ({n} of {len(text)}): binary data, not text"
+
+
 def _read_utf8(path: Path) -> str:
     data = path.read_bytes()
     try:
-        return data.decode("utf-8-sig")  # a byte-order mark (Windows editors write one) is not text
+        text = data.decode("utf-8-sig")  # a byte-order mark (Windows editors write one) is not text
+        if problem := nul_problem(text):
+            raise DataError(f"data file '{path}' {problem}")
+        return text
     except UnicodeDecodeError as e:
         wide = data[:2] in (b"\xff\xfe", b"\xfe\xff")  # a UTF-16 byte-order mark (Windows' "Unicode")
         raise DataError(f"data file '{path}' is not UTF-8 text (" + ("UTF-16, by its byte-order mark" if wide else
@@ -305,6 +324,8 @@ class HubCorpus:
             if wrong := unknown_split(self.name, split, self.val_split, e):
                 raise wrong from None
             if self.data_files and type(e).__name__ == "DatasetGenerationError":  # local files that do not parse
+                if (bad := _unicode_cause(e)) is not None:  # the text builder's: wrapped, with the wrong advice
+                    raise not_utf8(self.name, self.data_files, bad) from None
                 raise unparsed_rows(self.name, self.data_files, split, e) from e
             raise DataError(
                 f"cannot load data.name='{self.name}' (config={self.config}, split={split}): "
@@ -314,7 +335,8 @@ class HubCorpus:
             ) from e
 
     def documents(self, split: Split) -> list[str]:
-        ds = self._load(self.val_split if split == "val" and self.val_split else self.train_split)
+        read = self.val_split if split == "val" and self.val_split else self.train_split
+        ds = self._load(read)
         if self.text_field not in ds.column_names:
             raise DataError(f"data.name='{self.name}' has no column '{self.text_field}' (columns: {ds.column_names}); "
                             "set data.text_field")
@@ -327,6 +349,9 @@ class HubCorpus:
             raise DataError(f"data.text_field='{self.text_field}' of data.name='{self.name}' holds "
                             f"{type(odd).__name__} values ({odd!r:.60}), not text; set data.text_field to the text")
         docs = [t for t in texts if t and t.strip()]
+        if any("\x00" in t for t in docs) and (problem := nul_problem("".join(docs))):
+            raise DataError(f"data.name='{self.name}'" + (f" data.data_files={self.data_files}" if self.data_files
+                                                          else "") + f": the text of its {read} split {problem}")
         if self.val_split:
             return docs
         return _held_out(docs, split, self.val_fraction, self.seed)  # no validation split on the hub
@@ -338,6 +363,17 @@ _HUB_DEFAULTS = {f.name: f.default for f in fields(HubCorpus)}
 def not_utf8(name: str, data_files: Any, e: UnicodeDecodeError) -> DataError:
     return DataError(f"data.name='{name}' data.data_files={data_files}: a byte that is not UTF-8 "
                      f"({e.object[e.start:e.start + 4]!r}); convert the files, e.g. iconv -f latin1 -t utf-8")
+
+
+def _unicode_cause(e: BaseException) -> UnicodeDecodeError | None:
+    """The UnicodeDecodeError an error was raised from (its __cause__ or __context__ chain), or None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, UnicodeDecodeError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def unparsed_rows(name: str, data_files: Any, split: str, e: BaseException) -> DataError:

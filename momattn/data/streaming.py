@@ -38,6 +38,7 @@ from momattn.data.sources import (
     local_files,
     no_rows,
     not_utf8,
+    nul_problem,
     same_text,
     saved_dataset,
     split_files,
@@ -144,6 +145,10 @@ class StreamingHubCorpus:
                 raise DataError(f"data.text_field='{self.text_field}' of data.name='{self.name}' holds "
                                 f"{type(text).__name__} values ({text!r:.60}), not text; set data.text_field")
             if text and text.strip():
+                if problem := nul_problem(text):
+                    raise DataError(f"data.name='{self.name}'" + (f" data.data_files={self.data_files}" if
+                                                                  self.data_files else "") + f": a row of its {split} "
+                                    f"split {problem}")
                 yield text
 
     def train_texts(self, epoch: int = 0) -> Iterator[str]:
@@ -170,14 +175,22 @@ class StreamingHubCorpus:
             docs = list(self.texts(self.val_split or self.train_split, shuffle=False, limit=self.val_docs))
         else:
             docs = list(islice(self.train_texts(), self.tokenizer_docs))
-        if not docs and split == "train" and not self.val_split and any(True for _ in self.texts(self.train_split, shuffle=False)):
-            raise DataError(f"data.name='{self.name}': every row of the train split is among the first "
-                            f"data.val_docs={self.val_docs}, held out for validation (or a copy of one); "
-                            + ("lower data.val_docs" if self.val_docs > 1 else "give more documents, or a "
-                               "validation split of their own (data.data_files={train: ..., validation: ...})"))
+        if not docs and split == "train":
+            raise self.no_training_documents()
         if not docs:
             raise DataError(f"the {split} stream of data.name='{self.name}' is empty")
         return docs
+
+    def no_training_documents(self) -> DataError:
+        """Why the training stream yields no document, and what to change: every row held out for validation, or
+        a train split without text."""
+        if not self.val_split and any(True for _ in self.texts(self.train_split, shuffle=False)):
+            return DataError(f"data.name='{self.name}': every row of the train split is among the first "
+                             f"data.val_docs={self.val_docs}, held out for validation (or a copy of one); "
+                             + ("lower data.val_docs" if self.val_docs > 1 else "give more documents, or a "
+                                "validation split of their own (data.data_files={train: ..., validation: ...})"))
+        return DataError(f"the training stream of data.name='{self.name}' (data.train_split={self.train_split}) has "
+                         f"no documents with text in data.text_field='{self.text_field}'")
 
 
 HELD_OUT_RULE = "copies whatever their whitespace"  # in the keys: a held-out copy with a trailing newline was trained
@@ -188,9 +201,11 @@ def _text_key(text: str) -> bytes:
 
 
 def packed_windows(texts: Callable[[int], Iterator[str]], encode_batch: Callable[[list[str]], list[list[int]]],
-                   eot: int, block_size: int, batch_docs: int = 64) -> Iterator[np.ndarray]:
+                   eot: int, block_size: int, batch_docs: int = 64,
+                   no_documents: Callable[[], DataError] | None = None) -> Iterator[np.ndarray]:
     """Windows of block_size + 1 tokens, window g = packed tokens [g T, g T + T + 1), over epochs 0, 1, ... of
-    texts(epoch) (each document followed by eot). Raises DataError when an epoch yields no document."""
+    texts(epoch) (each document followed by eot). Raises DataError when an epoch yields no document (no_documents'
+    error, where given: what to change)."""
     buf = np.empty(0, dtype=np.int64)
     epoch, n_windows, n_tokens = 0, 0, 0
     while True:
@@ -206,7 +221,7 @@ def packed_windows(texts: Callable[[int], Iterator[str]], encode_batch: Callable
                 yield buf[: block_size + 1]
                 buf = buf[block_size:]
         if n_docs == 0:
-            raise DataError("the training stream has no documents")
+            raise no_documents() if no_documents else DataError("the training stream has no documents")
         if n_windows == 0:  # each window would be the few tokens repeated, epoch after epoch
             raise DataError(f"the training stream has {n_tokens} tokens in all, fewer than one training window of "
                             f"model.block_size + 1 = {block_size + 1}; give more text or a smaller model.block_size")
@@ -243,7 +258,8 @@ class StreamWindows(Dataset):
 
         def produce():
             try:
-                for w in packed_windows(self.source.train_texts, tok.encode_documents, tok.eot_id, self.block_size):
+                for w in packed_windows(self.source.train_texts, tok.encode_documents, tok.eot_id, self.block_size,
+                                        no_documents=self.source.no_training_documents):
                     while not stop.is_set():
                         try:
                             q.put(w, timeout=0.1)

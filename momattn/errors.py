@@ -36,6 +36,18 @@ def not_a_file(path: Path) -> str:
     return "is a folder" if path.is_dir() else "does not exist"
 
 
+def raised_from(e: BaseException | None, kind: type[BaseException] | tuple) -> BaseException | None:
+    """e itself where it is a `kind`, else the `kind` it was raised from or while handling (its __cause__ or
+    __context__ chain), if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, kind):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def first_line(e: BaseException, limit: int = 200) -> str:
     """An exception's first line (at most limit characters), or its type's name where it says nothing."""
     text = str(e).strip()

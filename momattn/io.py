@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from momattn.errors import raised_from
+
 
 def fsync_dir(path: str | os.PathLike) -> None:
     """fsync a folder so that a rename inside it survives a power cut (a no-op where folders cannot be opened)."""
@@ -65,7 +67,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     except Exception as e:
         # torch.save's zip writer turns its file's OSError (a disk filling mid-write) into a RuntimeError ("unexpected
         # pos ..."): the OSError behind it is what failed, and what the callers' full-disk handling looks for
-        failed = _os_error_behind(e)
+        failed = raised_from(e, OSError)
         if failed is None:
             raise
         failed.write_target = str(path)  # cli.unwritable: a write of this file failed (not a read), named by its target
@@ -76,17 +78,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
         if tmp.exists():
             tmp.unlink()
     return path
-
-
-def _os_error_behind(e: BaseException) -> OSError | None:
-    """e itself where it is an OSError, else the OSError it was raised from or while handling, if any."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, OSError):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from momattn.data.staicc import LEAK_FILTER_VERSION, SPLIT_SEED, STAICC_FILES, lm_texts, staicc_identity
-from momattn.errors import ConfigError, DataError, did_you_mean, first_line
+from momattn.errors import ConfigError, DataError, did_you_mean, first_line, raised_from
 from momattn.io import file_id
 from momattn.schema import known_keys, locate, to_plain, typed
 from momattn.utils import digest, seeded_split
@@ -324,7 +324,7 @@ class HubCorpus:
             if wrong := unknown_split(self.name, split, self.val_split, e):
                 raise wrong from None
             if self.data_files and type(e).__name__ == "DatasetGenerationError":  # local files that do not parse
-                if (bad := _unicode_cause(e)) is not None:  # the text builder's: wrapped, with the wrong advice
+                if (bad := raised_from(e, UnicodeDecodeError)) is not None:  # the text builder's: wrapped, with the wrong advice
                     raise not_utf8(self.name, self.data_files, bad) from None
                 raise unparsed_rows(self.name, self.data_files, split, e) from e
             raise DataError(
@@ -363,17 +363,6 @@ _HUB_DEFAULTS = {f.name: f.default for f in fields(HubCorpus)}
 def not_utf8(name: str, data_files: Any, e: UnicodeDecodeError) -> DataError:
     return DataError(f"data.name='{name}' data.data_files={data_files}: a byte that is not UTF-8 "
                      f"({e.object[e.start:e.start + 4]!r}); convert the files, e.g. iconv -f latin1 -t utf-8")
-
-
-def _unicode_cause(e: BaseException) -> UnicodeDecodeError | None:
-    """The UnicodeDecodeError an error was raised from (its __cause__ or __context__ chain), or None."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, UnicodeDecodeError):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
 
 
 def unparsed_rows(name: str, data_files: Any, split: str, e: BaseException) -> DataError:

@@ -48,6 +48,7 @@ def test_bytes_count_utf8_of_decoded_text():
 def test_windows_are_non_overlapping_and_spread_with_a_fixed_stride():
     assert window_starts(100, 10, 3).tolist() == [0, 30, 60]
     assert window_starts(25, 10, 5).tolist() == [0, 10]  # only full windows
+    assert window_starts(100, 10, None).tolist() == list(range(0, 100, 10))  # ppl.max_windows=null: every window
     s = window_starts(10_000, 64, 20)
     assert len(s) == 20 and np.all(np.diff(s) >= 64) and s[-1] + 64 <= 10_000
     assert len(set(np.diff(s).tolist())) <= 2  # a fixed (rounded) stride
@@ -75,6 +76,7 @@ def test_lengths_default_to_the_paper_or_fractions_of_the_context():
         PplConfig(lengths=[512]).resolve_lengths(256)
     with pytest.raises(ConfigError, match="max_windows"):
         PplConfig(max_windows=0)
+    assert PplConfig(max_windows=None).max_windows is None  # every window (results.md's bits-per-byte advice)
     assert PplConfig().resolve_lengths(2) == [2]
     # a context of one token: the default lengths were [1, 2], a ZeroDivisionError after training
     with pytest.raises(ConfigError, match=r"context is 1 token: perplexity windows need 2 tokens at least; turn "

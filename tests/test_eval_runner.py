@@ -218,7 +218,7 @@ def test_corpus_errors_name_the_keys_as_the_evaluation_sets_them(tmp_path, token
         check_evaluation(model, tok, {"data": DATA}, {"icl": {"enabled": False}}, cache_dir=str(tmp_path / "a.txt"))
     assert "training run" not in str(info.value) and str(info.value).endswith("; set cache_dir= to a writable folder")
     # train.py holds these sections under eval: its errors named ppl.max_windows, which it has no key for
-    with pytest.raises(ConfigError, match=r"^eval\.ppl\.max_windows=0 must be an int >= 1$"):
+    with pytest.raises(ConfigError, match=r"^eval\.ppl\.max_windows=0 must be an int >= 1, or null for every window$"):
         _eval({"ppl": {"max_windows": 0}}, run_eval=True)
     with pytest.raises(ConfigError, match=r"^eval\.icl\.enabled='no' must be true or false$"):
         _eval({"icl": {"enabled": "no"}}, run_eval=True)

@@ -583,3 +583,22 @@ def test_a_rounding_residue_is_not_printed_as_minus_zero():
     diffs = [0.375 - 0.4, 0.425 - 0.4]  # accuracies at 40 examples: their mean difference is -3e-17, not 0
     assert sum(diffs) / 2 < 0 and _num("ginc/acc@k4", sum(diffs) / 2) == "0.0"
     assert _num("ginc/acc@k4", -0.004) == "-0.4" and _num("ppl@64", -3e-13) == "0.00"
+
+
+def test_a_ginc_k_that_does_not_fit_is_named_not_dropped_silently():
+    # each GINC k is compared; one beyond the context vanished from sweep.md without a word (found by review)
+    from types import SimpleNamespace as NS
+
+    from momattn.eval.sweep import unfit_note
+
+    def shot(fits, acc):
+        return NS(fits=fits, acc=acc)
+
+    ginc = NS(kind="ginc", shots={"0": shot(True, 0.1), "8": shot(True, 0.4), "64": shot(False, None),
+                                  "16": shot(False, None)})
+    text = NS(kind="text", shots={"max": shot(True, 0.5)})
+    runs = [NS(result=NS(icl=NS(headline_k="max", tasks={"ginc": ginc, "sst2": text})))]
+    assert unfit_note(runs) == ("\nLeft out of the tables (these k do not fit the runs' context; each job's results.md "
+                                "says which k fit): ginc at k=16, 64\n")
+    ginc.shots = {"0": shot(True, 0.1)}
+    assert unfit_note(runs) == ""

@@ -98,7 +98,7 @@ def check_logger(logger: Any, entry: str, tags: Any = None) -> None:
 class PplConfig:
     enabled: bool = True
     lengths: list[int] | None = None  # None: the paper's 256/512/1024; context/4, /2, /1 if shorter
-    max_windows: int = 200  # windows per split and length, taken with a fixed stride over the split
+    max_windows: int | None = 200  # windows per split and length, taken with a fixed stride over the split; null: all
     train: bool = True  # also train-split perplexity at the longest length (Table 6's "Train" column)
     data: dict | None = None  # null: the run's LM corpus; a mapping: keys merged over the run's `data`
 
@@ -127,8 +127,8 @@ class PplConfig:
                     raise ConfigError(f"ppl.lengths contains {n!r}; every length must be an int >= 2 "
                                       "(a window's first token has no prediction)")
             self.lengths = sorted(set(self.lengths))
-        if not _is_int(self.max_windows) or self.max_windows < 1:
-            raise ConfigError(f"ppl.max_windows={self.max_windows!r} must be an int >= 1")
+        if self.max_windows is not None and (not _is_int(self.max_windows) or self.max_windows < 1):
+            raise ConfigError(f"ppl.max_windows={self.max_windows!r} must be an int >= 1, or null for every window")
 
     def resolve_lengths(self, context: int) -> list[int]:
         """Window lengths for a model with this context (ConfigError if one does not fit)."""

@@ -51,10 +51,14 @@ def model_device(model: LanguageModel | nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def window_starts(n_tokens: int, length: int, max_windows: int) -> np.ndarray:
-    """Starts of at most max_windows non-overlapping full windows, with a fixed stride over the split."""
+def window_starts(n_tokens: int, length: int, max_windows: int | None) -> np.ndarray:
+    """Starts of at most max_windows non-overlapping full windows, with a fixed stride over the split (None:
+    every full window)."""
     n_full = n_tokens // length
-    idx = np.arange(n_full) if n_full <= max_windows else (np.arange(max_windows) * n_full) // max_windows
+    if max_windows is None or n_full <= max_windows:
+        idx = np.arange(n_full)
+    else:
+        idx = (np.arange(max_windows) * n_full) // max_windows
     return idx.astype(np.int64) * length
 
 
@@ -78,7 +82,7 @@ def count_bytes(tokenizer, ids: Sequence[int]) -> int:
 
 
 @torch.no_grad()
-def score_windows(model: LanguageModel, tokenizer, tokens: np.ndarray, length: int, max_windows: int,
+def score_windows(model: LanguageModel, tokenizer, tokens: np.ndarray, length: int, max_windows: int | None,
                   batch_tokens: int = 4096, desc: str = "ppl") -> list[WindowScore]:
     """Per-window (sum NLL, scored tokens, bytes) for windows of `length` tokens of `tokens`."""
     starts = window_starts(len(tokens), length, max_windows)
@@ -119,7 +123,7 @@ def aggregate(scores: Sequence[WindowScore]) -> dict:
 class PerplexityEvaluator:
     """Table 6 for one model: validation perplexity at each length, train perplexity at the longest."""
 
-    def __init__(self, model: LanguageModel, tokenizer, max_windows: int, batch_tokens: int = 4096):
+    def __init__(self, model: LanguageModel, tokenizer, max_windows: int | None, batch_tokens: int = 4096):
         self.model, self.tokenizer = model, tokenizer
         self.max_windows, self.batch_tokens = max_windows, batch_tokens
 

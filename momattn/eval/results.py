@@ -104,7 +104,7 @@ class WindowNumbers(JsonMixin):
 class PerplexityResult(JsonMixin):
     protocol: str
     lengths: list[int]
-    max_windows: int
+    max_windows: int | None  # None: every window
     valid: dict[str, WindowNumbers]  # str(L) -> numbers
     train: dict[str, WindowNumbers] = field(default_factory=dict)  # the longest L only
     data: dict | None = None  # the data section the corpus came from

@@ -395,8 +395,10 @@ def is_ppl(metric: str) -> bool:
 
 def unfit_note(runs: Sequence[SweepRun]) -> str:
     """A line naming the text tasks left out of the tables because their headline k does not fit a run's
-    context (metrics_of compares the headline k only), so that a missing Table 7 is never silent."""
+    context (metrics_of compares the headline k only), and one naming the GINC k (each compared) that do not fit,
+    so that a missing Table 7 or k is never silent."""
     left: dict[str, set] = defaultdict(set)
+    ginc: dict[str, set] = defaultdict(set)  # GINC compares every k: one that does not fit left them silently
     for r in runs:
         icl = r.result.icl if r.result is not None else None
         if icl:
@@ -404,10 +406,21 @@ def unfit_note(runs: Sequence[SweepRun]) -> str:
                 shot = t.shots.get(icl.headline_k)
                 if t.kind != "ginc" and shot is not None and not shot.fits:
                     left[name].add(f"k={icl.headline_k}")
-    if not left:
-        return ""
-    return ("\nLeft out of Table 7 (the headline k does not fit the runs' context; each job's results.md has the "
-            "smaller k): " + "; ".join(f"{n} at {', '.join(sorted(ks))}" for n, ks in sorted(left.items())) + "\n")
+                if t.kind == "ginc":
+                    ginc[name] |= {k for k, s in t.shots.items() if not (s.fits and s.acc is not None)}
+    note = ""
+    if left:
+        note += ("\nLeft out of Table 7 (the headline k does not fit the runs' context; each job's results.md has the "
+                 "smaller k): " + "; ".join(f"{n} at {', '.join(sorted(ks))}" for n, ks in sorted(left.items())) + "\n")
+    if ginc := {n: ks for n, ks in ginc.items() if ks}:
+        note += ("\nLeft out of the tables (these k do not fit the runs' context; each job's results.md says which "
+                 "k fit): " + "; ".join(f"{n} at k={', '.join(map(str, sorted(ks, key=_k_order)))}"
+                                       for n, ks in sorted(ginc.items())) + "\n")
+    return note
+
+
+def _k_order(k) -> tuple:
+    return (0, int(k)) if str(k).isdigit() else (1, str(k))
 
 
 def metric_order(m: str) -> tuple:
@@ -579,7 +592,8 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
                 lines.append(f"| {att} | {seeds} | " + " | ".join(cells) + " |")
             lines.append("")
         if s.rises:
-            lines += ["### In-context rise (accuracy at the largest k minus k = 0, per seed)", "",
+            lines += ["### In-context rise (accuracy at the largest numbered k minus k = 0, per seed; k = max, which "
+                      "places a different k per prompt, is not part of it)", "",
                       "| attention | task | k | rise | 95% interval | seeds | reading |", "|---|---|---|---|---|---|---|"]
             for r in s.rises:
                 ci = ("n/a (one seed)" if r.n_seeds < 2 else "n/a (no spread)") if not math.isfinite(r.lo) else signed_pct_interval(r.lo, r.hi)

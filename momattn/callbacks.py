@@ -248,6 +248,9 @@ def measured_peak_flops(dtype: torch.dtype = torch.float32, repeats: int = 4, ma
     return _PEAKS[key]
 
 
+_RECORDED: dict[tuple[str, str], tuple[float, int]] = {}  # (record file, key) -> what this process recorded there
+
+
 def recorded_peak_flops(path: Path | None, key: str, measured: float) -> tuple[float, int]:
     """(the best peak recorded under `key` so far, this measurement included; how many runs measured it).
 
@@ -311,7 +314,10 @@ class Throughput(ThroughputMonitor):
                 now, n = measured_peak_flops(dtype)
                 name, threads = str(dtype).removeprefix("torch."), torch.get_num_threads()
                 key = f"{hardware.cpu_name()} | {name} | {threads} threads | torch {torch.__version__}"
-                self._cpu_peak, runs = recorded_peak_flops(self.peak_record, key, now)
+                memo = (str(self.peak_record), key)  # one process's measurement (cached) is one run's, recorded
+                if memo not in _RECORDED:  # once: each trial of a search counted it again, "the best of N runs"
+                    _RECORDED[memo] = recorded_peak_flops(self.peak_record, key, now)
+                self._cpu_peak, runs = _RECORDED[memo]
                 self.peak_note = (f"{name} matmul peak of {self._cpu_peak / 1e9:.1f} GFLOP/s: the best start-up "
                                   f"measurement of {runs} run(s) on this CPU and {threads} threads (each the best "
                                   f"of 4 {n}x{n} matmuls; this run measured {now / 1e9:.1f})")
@@ -380,7 +386,8 @@ class Throughput(ThroughputMonitor):
         if not trainer.sanity_checking and RunningStage.VALIDATING in self._t0s:
             t = compat.stage_throughputs(self)[RunningStage.VALIDATING]
             with contextlib.suppress(Exception):  # fewer batches than a window: nothing to report
-                metrics = {f"{RunningStage.VALIDATING.value}{t.separator}{k}": v for k, v in t.compute().items()}
+                # under val/ with val/loss (Lightning names the stage validate/: a filter on val/* missed them)
+                metrics = {f"val{t.separator}{k}": v for k, v in t.compute().items()}
                 trainer._logger_connector.log_metrics(metrics)
         super().on_validation_end(trainer, *args)
 

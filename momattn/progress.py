@@ -91,7 +91,15 @@ class TrainProgress(ProgressBar):
             self._last_line = now
             print(self.line(s), file=sys.stderr, flush=True)
 
+    def on_validation_start(self, trainer, pl_module):
+        self._val_t0 = time.perf_counter()
+
     def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking and getattr(self, "_val_t0", None) is not None:
+            # the tokens/s shown is training's, as the summary's: the window's times move past the validation (it
+            # read as a slowdown over the next window of steps)
+            spent, self._val_t0 = time.perf_counter() - self._val_t0, None
+            self._times = type(self._times)(((t + spent, n) for t, n in self._times), maxlen=self._times.maxlen)
         if not (self._enabled and trainer.is_global_zero) or trainer.sanity_checking:
             return
         m = trainer.callback_metrics

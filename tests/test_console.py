@@ -23,6 +23,32 @@ def test_progress_line_names_step_loss_speed_and_eta():
     assert line == "[momattn] step 50/200 (25%)  loss 2.5000  12.3K tok/s  elapsed 1m05s  ETA 3m15s"
 
 
+def test_the_progress_rate_is_trainings_not_lowered_by_a_validation(monkeypatch):
+    # a validation inside the rate's window read as a slowdown over the next 20 steps (found by review)
+    from types import SimpleNamespace as NS
+
+    import torch
+
+    from momattn import progress
+
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    bar = TrainProgress(interval_s=1e9, tty=False)
+    trainer = NS(global_step=0, max_steps=100, callback_metrics={}, world_size=1, is_global_zero=True,
+                 sanity_checking=False)
+    bar.on_train_start(trainer, None)
+    batch = (torch.zeros(2, 50, dtype=torch.long),)  # 100 tokens a step, one step a second: 100 tokens/s
+    for step in range(1, 6):
+        clock[0] += 1.0
+        trainer.global_step = step
+        bar.on_train_batch_end(trainer, None, None, batch, step)
+        if step == 3:
+            bar.on_validation_start(trainer, None)
+            clock[0] += 30.0  # a 30 s validation
+            bar.on_validation_end(trainer, None)
+    assert bar._status(trainer)["rate"] == pytest.approx(100.0)  # 500 / 35 s over the window before
+
+
 def test_a_log_file_gets_progress_lines_not_a_bar(tmp_path, capsys):
     cfg = compose_train(tmp_path, [*SMOKE, "trainer.enable_progress_bar=true", "logger=none"])
     run_train(cfg)

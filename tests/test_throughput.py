@@ -193,3 +193,24 @@ def test_on_cuda_mfu_is_against_the_datasheet_peak(monkeypatch, name, precision,
         t.update(time=float(i), batches=i, samples=4 * i, lengths=64 * i, flops=expected / 100)
     s = throughput_summary(m)
     assert s["peak_flops_per_sec"] == expected and s["mfu"] == pytest.approx(0.01)
+
+
+def test_one_process_records_its_cpu_peak_once_however_many_runs_it_starts(tmp_path, monkeypatch, capsys):
+    # each trial of an Optuna search (one process) recorded the one cached measurement again: "the best of N runs"
+    # counted repeats (found by review)
+    import json
+    from types import SimpleNamespace
+
+    import lightning.pytorch.callbacks.throughput_monitor as tm
+
+    monkeypatch.setattr(tm, "get_available_flops", lambda device, dtype: None)
+    monkeypatch.setattr(tm, "_plugin_to_compute_dtype", lambda plugin: torch.float32)
+    record = tmp_path / "cpu_peak_flops.json"
+    trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cpu")), precision="32-true",
+                              precision_plugin=None, enable_validation=True, world_size=1, is_global_zero=True,
+                              state=SimpleNamespace(stage=RunningStage.TRAINING))
+    for _ in range(3):  # three runs in one process, each with its own callback
+        Throughput(batch_size_fn=len, window_size=3, peak_record=record).setup(trainer, None, "fit")
+    (entry,) = json.loads(record.read_text()).values()
+    assert entry["runs"] == 1
+    assert capsys.readouterr().err.count("the best start-up measurement of 1 run(s)") == 3

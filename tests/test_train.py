@@ -561,17 +561,17 @@ def test_training_ends_with_the_short_evaluation_logged(tmp_path):
     assert "icl/sst2/acc" in header and "eval/ppl@32" in header
     rows = read_metrics(tmp_path)
     step_of = {k: {int(r["step"]) for r in rows if r.get(k)} for k in ("train/loss", "val/loss", "eval/ppl@32",
-                                                                          "validate/device/items_per_sec")}
+                                                                          "val/device/items_per_sec")}
     last = max(step_of["train/loss"])  # one axis: the final validation and the evaluation at the last batch's step,
     assert max(step_of["val/loss"]) == step_of["eval/ppl@32"].pop() == last  # validation throughput beside them
-    assert step_of["validate/device/items_per_sec"] <= step_of["val/loss"]
-    val_rows = [int(r["step"]) for r in rows if r.get("validate/samples")]  # once per validation, at its end
+    assert step_of["val/device/items_per_sec"] <= step_of["val/loss"]
+    val_rows = [int(r["step"]) for r in rows if r.get("val/samples")]  # once per validation, at its end
     assert val_rows and len(val_rows) == len(set(val_rows)), val_rows
     # FLOPs per token: the forward alone while validating (it counted forward and backward, 3x; found by review)
     from momattn.checkpoint import load_checkpoint
 
     per_token = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")[0].flops_per_token()
-    for stage, flops in (("train", per_token), ("validate", per_token / 3)):
+    for stage, flops in (("train", per_token), ("val", per_token / 3)):
         r = next(r for r in rows if r.get(f"{stage}/device/flops_per_sec"))
         got = float(r[f"{stage}/device/flops_per_sec"]) / float(r[f"{stage}/device/items_per_sec"])
         assert got == pytest.approx(flops, rel=1e-6), stage

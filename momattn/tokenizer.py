@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
+import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,6 +29,11 @@ if TYPE_CHECKING:
 EOT = "<|endoftext|>"
 MAX_VOCAB = 2**20  # a trained BPE vocabulary (GPT-2: 50,257; the largest common ones: ~256K)
 KINDS = ("bpe", "gpt2", "file", "source")
+# a document longer than this is encoded in pieces (see Tokenizer.encode_documents), and pieces in groups of at most
+# GROUP_CHARS characters: the library's Encoding keeps offsets and token strings beside each id (~700 bytes a token)
+PIECE_CHARS = 1 << 18
+GROUP_CHARS = 1 << 20
+_CUT = re.compile(r"(?<=\S)[ \n]")  # a space or newline after a non-space: a byte-level pre-token boundary
 
 
 @dataclass
@@ -59,9 +66,10 @@ class Tokenizer:
             raise DataError(f"tokenizer '{name}' has no '{EOT}' token, which separates documents; add it as a special token")
         self.eot_id = eot
         self._literal: _HFTokenizer | None = None  # encode_documents' copy, built when first needed
+        self._cuttable = False  # whether encode_documents may encode a long document in pieces (with _literal)
 
     def __getstate__(self):  # datasets.map workers get a copy; the literal copy's flag would not survive pickling
-        return {**self.__dict__, "_literal": None}
+        return {**self.__dict__, "_literal": None, "_cuttable": False}
 
     @property
     def vocab_size(self) -> int:
@@ -78,11 +86,29 @@ class Tokenizer:
 
     def encode_documents(self, texts: list[str]) -> list[list[int]]:
         """Corpus documents: the spelling of a special token inside one is text, not the token (a web page that
-        quotes <|endoftext|> must not be cut in two by a false document separator; separators are added by id)."""
+        quotes <|endoftext|> must not be cut in two by a false document separator; separators are added by id).
+
+        A long document (a text8-style corpus is one 100 MB line) is encoded in pieces cut where a byte-level
+        pre-tokenizer splits anyway, so its ids are the whole document's: encoded whole, the library's Encoding
+        took ~700 bytes a token (a 1 GB line: killed for memory, without a word)."""
         if self._literal is None:
             self._literal = _HFTokenizer.from_str(self.hf.to_str())
             self._literal.encode_special_tokens = True
-        return self._encode_batch(self._literal, texts)
+            self._cuttable = _cuttable(self.hf)
+        if not self._cuttable or all(len(t) <= PIECE_CHARS for t in texts):
+            return self._encode_batch(self._literal, texts)
+        pieces = [(i, p) for i, t in enumerate(texts) for p in pieces_of(t, PIECE_CHARS)]
+        out: list[list[int]] = [[] for _ in texts]
+        start = 0
+        while start < len(pieces):  # groups of pieces: the Encodings of one group at a time
+            end, size = start + 1, len(pieces[start][1])
+            while end < len(pieces) and size + len(pieces[end][1]) <= GROUP_CHARS:
+                size, end = size + len(pieces[end][1]), end + 1
+            group = pieces[start:end]
+            for (i, _), ids in zip(group, self._encode_batch(self._literal, [p for _, p in group])):
+                out[i].extend(ids)
+            start = end
+        return out
 
     def _encode_batch(self, hf: _HFTokenizer, texts: list[str]) -> list[list[int]]:
         try:
@@ -146,6 +172,33 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.name}, vocab_size={self.vocab_size})"
+
+
+def _cuttable(tok: _HFTokenizer) -> bool:
+    """Whether a text cut at _CUT encodes as the whole text does: a byte-level pre-tokenizer with GPT-2's split
+    (no pre-token holds a non-space followed by whitespace), no normalizer, no added token holding whitespace."""
+    spec = json.loads(tok.to_str())
+    pre = spec.get("pre_tokenizer") or {}
+    return (spec.get("normalizer") is None and pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
+            and not any(any(c.isspace() for c in a.get("content", "")) for a in spec.get("added_tokens") or []))
+
+
+def pieces_of(text: str, size: int) -> list[str]:
+    """text in pieces of about `size` characters (the last may be longer where no cut follows), each cut at a space
+    or newline that follows a non-space."""
+    out, start = [], 0
+    while len(text) - start > size:
+        cut, j = None, start + size + 1  # the last cut within size: text[j] a space or newline, text[j - 1] not blank
+        while cut is None and (j := max(text.rfind(" ", start + 1, j), text.rfind("\n", start + 1, j))) > start:
+            cut = j if not text[j - 1].isspace() else None
+        if cut is None and (m := _CUT.search(text, start + size + 1)) is not None:  # else the first after it
+            cut = m.start()
+        if cut is None:
+            break
+        out.append(text[start:cut])
+        start = cut
+    out.append(text[start:])
+    return out
 
 
 def _byte_level(tok: _HFTokenizer) -> _HFTokenizer:

@@ -598,3 +598,38 @@ def test_copies_that_differ_in_whitespace_or_share_a_file_never_reach_both_split
     rows.write_text(rows.read_text().replace("row 1", "wor 1"))
     os.utime(rows, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert rows.stat().st_size == stat.st_size and file_stamp(rows) != before
+
+
+def test_a_long_document_is_encoded_in_pieces_to_the_same_ids(monkeypatch):
+    # encoded whole, the library's Encoding took ~700 bytes a token: a text8-style one-line corpus of 100 MB needed
+    # ~13 GB (found by review); cut where a byte-level pre-tokenizer splits anyway, the ids are the same
+    import random
+
+    from tokenizers import normalizers
+
+    from momattn import tokenizer as tokenizer_module
+    from momattn.tokenizer import pieces_of
+
+    rng = random.Random(0)
+    parts = ["the", "cat", "über", "naïve", "123", "4.5", "!!", "'s", "'ll", EOT, "日本", "\t", "  ", "\n", "\n\n",
+             " \n ", "\u00a0", "\u2028", "\x1c", "a\u0301", "😀", "\r\n"]
+    docs = ["".join(rng.choice(parts) + rng.choice([" ", "", "  ", "\n"]) for _ in range(rng.randint(1, 400)))
+            for _ in range(60)]
+    bpe = train_bpe(lambda: docs, 400)
+    for tok in (bpe, gpt2_tokenizer()):
+        whole = tok.encode_documents(docs)
+        for size in (5, 40, 300):
+            monkeypatch.setattr(tokenizer_module, "PIECE_CHARS", size)
+            monkeypatch.setattr(tokenizer_module, "GROUP_CHARS", 3 * size)
+            tok._literal = None
+            assert tok.encode_documents(docs) == whole, size
+            assert all("".join(pieces_of(d, size)) == d for d in docs)
+        assert tok._cuttable
+        monkeypatch.undo()
+    assert pieces_of("a" * 50 + " b", 10) == ["a" * 50, " b"]  # no cut within: the first after it
+    assert pieces_of("a" * 50, 10) == ["a" * 50]  # none at all: whole
+    # a normalizer (or another pre-tokenizer) may join across a cut: such a tokenizer encodes each document whole
+    other = Tokenizer.from_json(bpe.to_json())
+    other.hf.normalizer = normalizers.Lowercase()
+    other.encode_documents(["x"])
+    assert not other._cuttable

@@ -633,3 +633,26 @@ def test_a_long_document_is_encoded_in_pieces_to_the_same_ids(monkeypatch):
     other.hf.normalizer = normalizers.Lowercase()
     other.encode_documents(["x"])
     assert not other._cuttable
+
+
+def test_copies_of_a_local_validation_split_are_left_out_of_training(tmp_path, capsys):
+    # data_files={train: tr.jsonl, validation: va.jsonl} with va the first rows of tr: 5 of 5 validation documents
+    # were trained on, silently, where a held-out fraction's copies are left out (found by review)
+    from momattn.data.sources import local_val_split
+    from momattn.data.streaming import StreamingHubCorpus
+
+    rows = [f"document number {i} with words" for i in range(30)]
+    (tmp_path / "tr.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    (tmp_path / "va.jsonl").write_text("".join(json.dumps({"text": t + "\r\n"}) + "\n" for t in rows[:5]))
+    files = {"train": str(tmp_path / "tr.jsonl"), "validation": str(tmp_path / "va.jsonl")}
+    hub = HubCorpus(name="json", data_files=files)
+    assert hub.documents("train") == rows[5:] and len(hub.documents("val")) == 5
+    assert "5 of the 30 training documents copy a document of the validation split" in capsys.readouterr().err
+    stream = StreamingHubCorpus(name="json", data_files=files, shuffle_buffer=0)
+    assert list(stream.train_texts()) == rows[5:]
+    # the cache keys name the rule: a token cache built before it is not served
+    assert hub.fingerprint() != HubCorpus(name="json", data_files={"train": files["train"]},
+                                          val_split=None).fingerprint()
+    assert local_val_split("validation", files)
+    assert not local_val_split("validation", {"train": files["train"], "validation": "en/no-such-*.json.gz"})
+    assert not local_val_split(None, files) and not local_val_split("validation", None)

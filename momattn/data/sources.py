@@ -17,7 +17,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -307,7 +307,8 @@ class HubCorpus:
                        self.data_files, local_files(self.data_files), self.val_fraction, self.seed]
                       + ([self.revision] if self.revision else [])  # unpinned: the key of earlier releases
                       + folder_files(self.name)
-                      + ([] if self.val_split else ["held-out copies left out", "whatever their whitespace"]))
+                      + ([] if self.val_split else ["held-out copies left out", "whatever their whitespace"])
+                      + ([VAL_COPIES_RULE] if local_val_split(self.val_split, self.data_files) else []))
 
     def _load(self, split: str):
         datasets = import_datasets()
@@ -352,12 +353,38 @@ class HubCorpus:
         if any("\x00" in t for t in docs) and (problem := nul_problem("".join(docs))):
             raise DataError(f"data.name='{self.name}'" + (f" data.data_files={self.data_files}" if self.data_files
                                                           else "") + f": the text of its {read} split {problem}")
+        if self.val_split and split == "train" and local_val_split(self.val_split, self.data_files):
+            return without_val_copies(docs, self.documents("val"), self)
         if self.val_split:
             return docs
         return _held_out(docs, split, self.val_fraction, self.seed)  # no validation split on the hub
 
 
 _HUB_DEFAULTS = {f.name: f.default for f in fields(HubCorpus)}
+
+
+VAL_COPIES_RULE = "copies of a local validation split's documents left out of training"
+
+
+def local_val_split(val_split: str | None, data_files: Any) -> bool:
+    """Whether the validation split is the user's own local files (data.data_files={train: ..., validation: ...}):
+    a copy of one of its documents among the training files is then a mistake to undo, as with a held-out
+    fraction. A hub corpus's published splits are taken as they are."""
+    return (bool(val_split) and isinstance(data_files, Mapping) and val_split in data_files
+            and bool(_named_files(data_files[val_split])))
+
+
+def without_val_copies(train: list[str], val: Iterable[str], source: Any) -> list[str]:
+    """The training documents less any copy of a validation document (compared by their words, same_text): a
+    copy in both made the val loss too good. Says how many it left out, once per source."""
+    keys = {same_text(d) for d in val}
+    kept = [d for d in train if same_text(d) not in keys]
+    if len(kept) < len(train) and not getattr(source, "_said_val_copies", False):
+        source._said_val_copies = True
+        print(f"[momattn] data: {len(train) - len(kept)} of the {len(train)} training documents copy a document of "
+              f"the validation split (data.val_split={source.val_split}); left out of training", file=sys.stderr,
+              flush=True)
+    return kept
 
 
 def not_utf8(name: str, data_files: Any, e: UnicodeDecodeError) -> DataError:

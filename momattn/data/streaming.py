@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from momattn.data.sources import (
+    VAL_COPIES_RULE,
     Split,
     check_local_files,
     check_seed,
@@ -36,6 +37,7 @@ from momattn.data.sources import (
     check_splits,
     folder_files,
     local_files,
+    local_val_split,
     no_rows,
     not_utf8,
     nul_problem,
@@ -87,13 +89,15 @@ class StreamingHubCorpus:
     def fingerprint(self) -> str:
         return digest(["hf_stream", 1, self.name, self.config, self.train_split, self.val_split, self.text_field,
                        self.data_files, local_files(self.data_files), self.revision, self.shuffle_buffer, self.seed, self.val_docs,
-                       self.tokenizer_docs] + folder_files(self.name) + ([] if self.val_split else [HELD_OUT_RULE]))
+                       self.tokenizer_docs] + folder_files(self.name) + ([] if self.val_split else [HELD_OUT_RULE])
+                      + ([VAL_COPIES_RULE] if local_val_split(self.val_split, self.data_files) else []))
 
     def order(self) -> str:
         """The settings that decide the training stream's documents and their order: a resume whose order differs
         starts the new one at its beginning (TokenDataModule). The files' contents are not read for it (a file
         rewritten in place, or an unpinned hub corpus updated, is not told apart)."""
         held = [self.val_docs, HELD_OUT_RULE] if self.val_split is None else []  # the rows left out of training
+        held += [VAL_COPIES_RULE] if local_val_split(self.val_split, self.data_files) else []
         return digest(["hf_stream", self.name, self.config, self.train_split, self.val_split, self.text_field,
                        self.data_files, self.revision, self.shuffle_buffer, self.seed, *held])
 
@@ -156,14 +160,16 @@ class StreamingHubCorpus:
         are held out by their text, so no epoch trains on them (nor on a copy elsewhere in the stream). Skipping
         those rows by position instead (datasets' skip) stopped datasets from shuffling the shards' order: every epoch
         then read the shards in their stored order, shuffled only inside the buffer."""
-        if self.val_split:
+        if self.val_split and not local_val_split(self.val_split, self.data_files):
             return self.texts(self.train_split, epoch)
         held = self._held_out()
         return (t for t in self.texts(self.train_split, epoch) if _text_key(t) not in held)
 
     def _held_out(self) -> frozenset[bytes]:
+        """The documents no epoch trains on: the held-out first val_docs rows of the train split, or (a local
+        validation split of the user's own files) the validation documents, whose copies are left out."""
         if getattr(self, "_held", None) is None:
-            self._held = frozenset(_text_key(t) for t in self.texts(self.train_split, shuffle=False,
+            self._held = frozenset(_text_key(t) for t in self.texts(self.val_split or self.train_split, shuffle=False,
                                                                      limit=self.val_docs))
         return self._held
 

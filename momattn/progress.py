@@ -92,14 +92,17 @@ class TrainProgress(ProgressBar):
             print(self.line(s), file=sys.stderr, flush=True)
 
     def on_validation_start(self, trainer, pl_module):
-        self._val_t0 = time.perf_counter()
+        if not trainer.sanity_checking:
+            self._val_t0 = time.perf_counter()
 
-    def on_validation_end(self, trainer, pl_module):
-        if not trainer.sanity_checking and getattr(self, "_val_t0", None) is not None:
-            # the tokens/s shown is training's, as the summary's: the window's times move past the validation (it
-            # read as a slowdown over the next window of steps)
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if getattr(self, "_val_t0", None) is not None:
+            # the tokens/s shown is training's, as the summary's: the window's times move past the validation and the
+            # checkpoint saved after it (they read as a slowdown over the next window of steps)
             spent, self._val_t0 = time.perf_counter() - self._val_t0, None
             self._times = type(self._times)(((t + spent, n) for t, n in self._times), maxlen=self._times.maxlen)
+
+    def on_validation_end(self, trainer, pl_module):
         if not (self._enabled and trainer.is_global_zero) or trainer.sanity_checking:
             return
         m = trainer.callback_metrics

@@ -32,7 +32,8 @@ def to_plain(node: Any) -> Any:
     return node
 
 
-_REFERENCE = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")  # ${paths.cache_dir}; not resolvers (${now:...}), not ${..x}
+# ${paths.cache_dir}; not resolvers (${now:...}), not ${..x}, not an escaped \${x}
+_REFERENCE = re.compile(r"(?<!\\)\$\{([A-Za-z_][\w.]*)\}")
 
 
 def interpolation_error(cfg: DictConfig | ListConfig, e: OmegaConfBaseException) -> ConfigError:
@@ -54,9 +55,10 @@ def interpolation_error(cfg: DictConfig | ListConfig, e: OmegaConfBaseException)
         for ref in _REFERENCE.findall(value) if isinstance(value, str) else ():
             try:
                 OmegaConf.select(cfg, ref)
-            except OmegaConfBaseException:
-                failing = ref
-                break
+            except OmegaConfBaseException as inner:  # the same failure (not another one this key also reads)
+                if (str(inner).splitlines() or [""])[0] == why:
+                    failing = ref
+                    break
         if failing is None or failing in chain:
             break
         chain.append(failing)
@@ -96,9 +98,12 @@ def _type_checked(schema: type, node: dict, where: str) -> dict:
         elif "is not a valid bool" in msg:
             msg += f"; use {_key(where, key)}=true or false"
         elif "could not be converted to" in msg:  # e.g. model.n_layer=abc: the default shows the form wanted
-            default = OmegaConf.select(base, str(key), default=None, throw_on_missing=False)
+            name = str(key).split("[", 1)[0]  # an entry of a list (optim.betas[0]): the whole list is what one types
+            default = OmegaConf.select(base, name, default=None, throw_on_missing=False)
+            if isinstance(default, ListConfig):
+                default = "[" + ",".join(map(str, OmegaConf.to_container(default))) + "]"
             if isinstance(default, bool | int | float) or (isinstance(default, str) and default):
-                msg += f"; e.g. {_key(where, key)}={str(default).lower() if isinstance(default, bool) else default}"
+                msg += f"; e.g. {_key(where, name)}={str(default).lower() if isinstance(default, bool) else default}"
         raise ConfigError(f"{_key(where, key)}: {msg}") from None
     except OmegaConfBaseException as e:
         raise ConfigError(f"{where or 'config'}: {str(e).splitlines()[0]}") from None

@@ -176,11 +176,16 @@ class Tokenizer:
 
 def _cuttable(tok: _HFTokenizer) -> bool:
     """Whether a text cut at _CUT encodes as the whole text does: a byte-level pre-tokenizer with GPT-2's split
-    (no pre-token holds a non-space followed by whitespace), no normalizer, no added token holding whitespace."""
+    (no pre-token holds a non-space followed by whitespace) and no prefix space, no normalizer, no truncation or
+    padding, no added token holding or stripping whitespace."""
     spec = json.loads(tok.to_str())
     pre = spec.get("pre_tokenizer") or {}
+    added = spec.get("added_tokens") or []
     return (spec.get("normalizer") is None and pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
-            and not any(any(c.isspace() for c in a.get("content", "")) for a in spec.get("added_tokens") or []))
+            and not pre.get("add_prefix_space")  # each piece would start with a space of its own
+            and not spec.get("truncation") and not spec.get("padding")  # each piece truncated or padded
+            and not any(any(c.isspace() for c in a.get("content", "")) or a.get("lstrip") or a.get("rstrip")
+                        for a in added))  # an added token that takes the blanks beside it, across a cut
 
 
 def pieces_of(text: str, size: int) -> list[str]:
@@ -188,9 +193,7 @@ def pieces_of(text: str, size: int) -> list[str]:
     or newline that follows a non-space."""
     out, start = [], 0
     while len(text) - start > size:
-        cut, j = None, start + size + 1  # the last cut within size: text[j] a space or newline, text[j - 1] not blank
-        while cut is None and (j := max(text.rfind(" ", start + 1, j), text.rfind("\n", start + 1, j))) > start:
-            cut = j if not text[j - 1].isspace() else None
+        cut = _last_cut(text, start + 1, start + size + 1)  # the last cut within size
         if cut is None and (m := _CUT.search(text, start + size + 1)) is not None:  # else the first after it
             cut = m.start()
         if cut is None:
@@ -199,6 +202,20 @@ def pieces_of(text: str, size: int) -> list[str]:
         start = cut
     out.append(text[start:])
     return out
+
+
+def _last_cut(text: str, lo: int, hi: int) -> int | None:
+    """The last position p in [lo, hi) where _CUT matches, looking back from hi in spans that double (a window of
+    blanks or of one long word costs one pass over it)."""
+    end, span = hi, 4096
+    while end > lo:
+        begin, last = max(lo, end - span), None
+        for m in _CUT.finditer(text, begin, end):
+            last = m.start()
+        if last is not None:
+            return last
+        end, span = begin, 2 * span
+    return None
 
 
 def _byte_level(tok: _HFTokenizer) -> _HFTokenizer:
@@ -260,6 +277,11 @@ def file_tokenizer(path: str) -> Tokenizer:
         tok = _HFTokenizer.from_file(str(p))
     except Exception as e:  # tokenizers raises a bare Exception on bad JSON
         raise DataError(f"tokenizer.path='{path}' is not a valid tokenizer.json: {e}") from e
+    if tok.truncation or tok.padding:  # a sentence-transformers export: every document cut to N tokens, pad ids
+        tok.no_truncation()  # written into the training data (found by review)
+        tok.no_padding()
+        print(f"[momattn] tokenizer.path='{path}' truncates or pads what it encodes (for a model's inputs); turned "
+              "off here: documents and prompts are tokenized whole", file=sys.stderr, flush=True)
     out = Tokenizer(tok, p.name)
     try:
         plain, quoted = out.encode_documents(["a b qzxj", f"a {EOT} b"])

@@ -39,6 +39,7 @@ def test_the_progress_rate_is_trainings_not_lowered_by_a_validation(monkeypatch)
     bar.on_train_start(trainer, None)
     batch = (torch.zeros(2, 50, dtype=torch.long),)  # 100 tokens a step, one step a second: 100 tokens/s
     for step in range(1, 6):
+        bar.on_train_batch_start(trainer, None, batch, step)
         clock[0] += 1.0
         trainer.global_step = step
         bar.on_train_batch_end(trainer, None, None, batch, step)
@@ -46,6 +47,7 @@ def test_the_progress_rate_is_trainings_not_lowered_by_a_validation(monkeypatch)
             bar.on_validation_start(trainer, None)
             clock[0] += 30.0  # a 30 s validation
             bar.on_validation_end(trainer, None)
+            clock[0] += 5.0  # and the checkpoint saved after it
     assert bar._status(trainer)["rate"] == pytest.approx(100.0)  # 500 / 35 s over the window before
 
 

@@ -442,13 +442,23 @@ def test_utf16_without_a_byte_order_mark_or_zero_bytes_are_refused_not_trained_a
         with pytest.raises(DataError, match=rf"{order}.txt' holds NUL characters \(\d+ of \d+\): UTF-16 without a "
                                             rf"byte-order mark, it seems; convert it, e.g. iconv -f utf-16{order} -t"):
             TextFiles(paths=[str(tmp_path / f"{order}.txt")]).documents("train")
+    (tmp_path / "accents.txt").write_bytes(("café au lait\n\n" * 20).encode("utf-16-le"))  # not valid UTF-8 then:
+    with pytest.raises(DataError, match=r"accents.txt' is not UTF-8 text \(UTF-16 without a byte-order mark, it "
+                                        r"seems\); convert it, e.g. iconv -f utf-16le -t utf-8"):  # (latin1 made NULs)
+        TextFiles(paths=[str(tmp_path / "accents.txt")]).documents("train")
     (tmp_path / "zero.txt").write_bytes(bytes(500))
     with pytest.raises(DataError, match=r"zero.txt' holds NUL characters \(500 of 500\): binary data, not text"):
         TextFiles(paths=[str(tmp_path / "zero.txt")]).documents("train")
-    for cls, says in ((HubCorpus, "the text of its train split holds NUL"), (StreamingHubCorpus, "a row of its train "
-                                                                                                "split holds NUL")):
+    for cls, says in ((HubCorpus, "the text of its train split holds NUL"), (StreamingHubCorpus, "the text of its first "
+                                                                                                "val documents holds NUL")):
         with pytest.raises(DataError, match=rf"data.name='text' data.data_files=.*: {says}.*iconv -f utf-16le"):
-            cls(name="text", data_files={"train": str(tmp_path / "le.txt")}, val_split=None).documents("train")
+            cls(name="text", data_files={"train": str(tmp_path / "le.txt")}, val_split=None).documents("val")
+    # a stream is judged on the documents it reads at start-up: one junk row later on does not end a run
+    rows = [json.dumps({"text": f"document {i}" + ("\x00" * 40 if i == 250 else "")}) for i in range(300)]
+    (tmp_path / "junk.jsonl").write_text("\n".join(rows) + "\n")
+    junk = StreamingHubCorpus(name="json", data_files={"train": str(tmp_path / "junk.jsonl")}, val_split=None,
+                              val_docs=10, shuffle_buffer=0)
+    assert len(list(junk.train_texts())) == 290
     (tmp_path / "stray.txt").write_text("a document with one \x00 in it\n\nand another\n")  # a stray NUL is text
     stray = TextFiles(paths=[str(tmp_path / "stray.txt")])
     assert sorted(stray.documents("train") + stray.documents("val")) == ["a document with one \x00 in it",
@@ -628,14 +638,40 @@ def test_a_long_document_is_encoded_in_pieces_to_the_same_ids(monkeypatch):
         monkeypatch.undo()
     assert pieces_of("a" * 50 + " b", 10) == ["a" * 50, " b"]  # no cut within: the first after it
     assert pieces_of("a" * 50, 10) == ["a" * 50]  # none at all: whole
-    # a normalizer (or another pre-tokenizer) may join across a cut: such a tokenizer encodes each document whole
-    other = Tokenizer.from_json(bpe.to_json())
-    other.hf.normalizer = normalizers.Lowercase()
-    other.encode_documents(["x"])
-    assert not other._cuttable
+    # a normalizer, a prefix space, an added token that strips the blanks beside it, truncation or padding would
+    # each differ across a cut (found by review): such a tokenizer encodes each document whole
+    from tokenizers import AddedToken, pre_tokenizers
+
+    def changed(change):
+        other = Tokenizer.from_json(bpe.to_json())
+        change(other.hf)
+        other.encode_documents(["x"])
+        return other._cuttable
+
+    assert changed(lambda hf: None)
+    assert not changed(lambda hf: setattr(hf, "normalizer", normalizers.Lowercase()))
+    assert not changed(lambda hf: setattr(hf, "pre_tokenizer", pre_tokenizers.ByteLevel(add_prefix_space=True)))
+    assert not changed(lambda hf: hf.add_tokens([AddedToken("qq", rstrip=True)]))
+    assert not changed(lambda hf: hf.enable_truncation(8))
+    assert not changed(lambda hf: hf.enable_padding(length=16))
+    assert pieces_of(" " * 100_000 + "a b", 10) == [" " * 100_000 + "a", " b"]  # a long blank run: one pass over it
 
 
-def test_copies_of_a_local_validation_split_are_left_out_of_training(tmp_path, capsys):
+def test_a_tokenizer_file_that_truncates_or_pads_encodes_documents_whole(tmp_path, capsys):
+    # a sentence-transformers export: every document was cut to N tokens, and pad ids went into the training data
+    from momattn.tokenizer import file_tokenizer
+
+    hf = gpt2_tokenizer().hf
+    hf.enable_truncation(4)
+    hf.enable_padding(length=12)
+    hf.save(str(tmp_path / "tok.json"))
+    tok = file_tokenizer(str(tmp_path / "tok.json"))
+    assert "truncates or pads what it encodes (for a model's inputs); turned off here" in capsys.readouterr().err
+    text = "one two three four five six seven"
+    assert tok.encode_documents([text])[0] == tok.encode(text) == gpt2_tokenizer().encode(text)
+
+
+def test_copies_of_a_local_validation_split_are_left_out_of_training(tmp_path, capsys, monkeypatch):
     # data_files={train: tr.jsonl, validation: va.jsonl} with va the first rows of tr: 5 of 5 validation documents
     # were trained on, silently, where a held-out fraction's copies are left out (found by review)
     from momattn.data.sources import local_val_split
@@ -650,9 +686,15 @@ def test_copies_of_a_local_validation_split_are_left_out_of_training(tmp_path, c
     assert "5 of the 30 training documents copy a document of the validation split" in capsys.readouterr().err
     stream = StreamingHubCorpus(name="json", data_files=files, shuffle_buffer=0)
     assert list(stream.train_texts()) == rows[5:]
-    # the cache keys name the rule: a token cache built before it is not served
-    assert hub.fingerprint() != HubCorpus(name="json", data_files={"train": files["train"]},
-                                          val_split=None).fingerprint()
+    # the cache keys and the stream's order name the rule: a token cache built before it is not served, and a
+    # resumed stream starts its new order at its beginning
+    from momattn.data import sources, streaming
+
+    keys = hub.fingerprint(), stream.fingerprint(), stream.order()
+    monkeypatch.setattr(sources, "local_val_split", lambda *a: False)
+    monkeypatch.setattr(streaming, "local_val_split", lambda *a: False)
+    assert all(a != b for a, b in zip(keys, (hub.fingerprint(), stream.fingerprint(), stream.order())))
+    monkeypatch.undo()
     assert local_val_split("validation", files)
     assert not local_val_split("validation", {"train": files["train"], "validation": "en/no-such-*.json.gz"})
     assert not local_val_split(None, files) and not local_val_split("validation", None)

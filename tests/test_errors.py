@@ -48,6 +48,28 @@ def test_cli_bad_values_exit_2_without_traceback(tmp_path, args, expected):
     assert expected in cli_error(tmp_path, [*base, *args])
 
 
+def test_a_failed_interpolation_is_named_where_its_failure_is_written():
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from momattn.schema import interpolation_error
+
+    def said(node):
+        cfg = OmegaConf.create(node)
+        with pytest.raises(OmegaConfBaseException) as e:
+            OmegaConf.to_container(cfg, resolve=True)
+        return str(interpolation_error(cfg, e.value))
+
+    assert said({"data": {"cache_dir": "${paths.cache_dir}"}, "paths": {"cache_dir": "${oops}"}}) == (
+        "config interpolation failed at paths.cache_dir (read by data.cache_dir): Interpolation key 'oops' not found")
+    # a key that fails itself and also reads one that fails otherwise: its own failure (found by review)
+    assert said({"data": {"cache_dir": "${oops2}/${paths.root_dir}"}, "paths": {"root_dir": "${oops}"}}).startswith(
+        "config interpolation failed at data.cache_dir: Interpolation key 'oops2'")
+    assert said({"d": "\\${p.x} ${q}", "p": {"x": "${nope}"}}).startswith("config interpolation failed at d: ")
+    assert said({"a": "${b}", "b": "${c}", "c": "${a}"}).startswith("config interpolation failed at c (read by b, "
+                                                                      "a): Recursive interpolation")  # no loop
+
+
 def test_override_checker_leaves_globs_to_hydra_and_checks_each_option_of_a_list():
     check_overrides("train", ["attention=glob(*)", "logger=[csv,wandb]"])  # valid Hydra: no error
     with pytest.raises(ConfigError, match="logger=wandbb is not an option .* Did you mean 'wandb'"):
@@ -587,6 +609,8 @@ def test_wrong_type_names_the_key(tmp_path):
     msg = run_expecting(tmp_path, [*SMOKE, "paths.cache_dir=${oops}"], ConfigError)
     assert msg == ("config interpolation failed at paths.cache_dir (read by data.cache_dir): "
                    "Interpolation key 'oops' not found"), msg
+    msg = run_expecting(tmp_path, [*SMOKE, "optim.betas=[abc,0.95]"], ConfigError)
+    assert msg.endswith("; e.g. optim.betas=[0.9,0.95]"), msg  # what one types (optim.betas[0]=0.9 does not parse)
     # pydantic's reason, not its header line ("1 validation error for Settings")
     msg = run_expecting(tmp_path, [*SMOKE, "logger=wandb", "logger.wandb.group=[a,b]"], ConfigError)
     assert msg == "logger.wandb.group=['a', 'b']: W&B refuses it: Input should be a valid string", msg

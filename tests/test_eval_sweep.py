@@ -598,7 +598,7 @@ def test_a_ginc_k_that_does_not_fit_is_named_not_dropped_silently():
                                   "16": shot(False, None)})
     text = NS(kind="text", shots={"max": shot(True, 0.5)})
     runs = [NS(result=NS(icl=NS(headline_k="max", tasks={"ginc": ginc, "sst2": text})))]
-    assert unfit_note(runs) == ("\nLeft out of the tables (these k do not fit the runs' context; each job's results.md "
-                                "says which k fit): ginc at k=16, 64\n")
+    assert unfit_note(runs) == ("\nLeft out of the tables (these k do not fit the context of at least one run; each "
+                                "job's results.md says which k fit): ginc at k=16, 64\n")
     ginc.shots = {"0": shot(True, 0.1)}
     assert unfit_note(runs) == ""

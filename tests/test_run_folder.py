@@ -181,20 +181,28 @@ def test_an_evaluation_into_a_training_runs_folder_is_refused_before_hydra_rewri
     # 'icl.enabled' is not a config key (found by review)
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
     if held_by == "checkpoints":
-        (run / "checkpoints").mkdir()
+        (run / "checkpoints" / "last.ckpt").write_bytes(b"")
     else:
         (run / ".hydra" / "config.yaml").write_text("trainer:\n  max_steps: 3\n")
-    cfg, _ = config(str(run), given=True)
-    for kind in ("evaluation", "analysis"):
-        with pytest.raises(SystemExit):
-            ClaimRunFolder(kind=kind).on_run_start(cfg)
-        err = capsys.readouterr().err
-        assert f"hydra.run.dir={run} holds a training run" in err and f"this {kind} would rewrite" in err, err
-    # its own folder inside the run, or a folder an evaluation wrote before, is fine
+    (run / "eval").mkdir()  # train.py's end-of-run evaluation: a resume reads its results.json
+    (run / "eval" / "results.json").write_text("{}")
+    for folder, says in ((run, "holds a training run"), (run / "eval", "is the end-of-run evaluation of the "
+                                                                       f"training run in {run}")):
+        cfg, _ = config(str(folder), given=True)
+        for kind in ("evaluation", "analysis"):
+            with pytest.raises(SystemExit):
+                ClaimRunFolder(kind=kind).on_run_start(cfg)
+            err = capsys.readouterr().err
+            assert f"hydra.run.dir={folder} {says}" in err and f"hydra.run.dir={run / 'evaluate'}" in err, err
+    # a folder of its own inside the run, a folder an evaluation wrote before, or one whose checkpoints/ holds no
+    # checkpoint (a folder of models, say) is fine
     (tmp_path / "evaluated" / ".hydra").mkdir(parents=True)
     (tmp_path / "evaluated" / ".hydra" / "config.yaml").write_text("ckpt_path: a.ckpt\nppl: {}\n")
-    for folder in (run / "eval", tmp_path / "evaluated"):
+    (tmp_path / "evaluated" / "results.json").write_text("{}")
+    (tmp_path / "models" / "checkpoints").mkdir(parents=True)
+    for folder in (run / "evaluate", tmp_path / "evaluated", tmp_path / "models"):
         cfg, _ = config(str(folder), given=True)
         ClaimRunFolder(kind="evaluation").on_run_start(cfg)
     cli.hold_run_folder(None)

@@ -95,6 +95,14 @@ def test_a_training_stream_without_documents_says_what_to_change(tmp_path):
     with pytest.raises(DataError, match=r"every row of the train split is among the first data.val_docs=2000, held "
                                         r"out for validation .*; lower data.val_docs"):
         StreamWindows(src, tok, 16)[0]
+    # a local validation split that copies every training row: its copies are left out, and that is said
+    copy = tmp_path / "copy.jsonl"
+    copy.write_text(files["train"].read_text())
+    src = StreamingHubCorpus(name="json", data_files={"train": str(files["train"]), "validation": str(copy)},
+                             val_docs=100)
+    with pytest.raises(DataError, match=r"every row of the train split copies a document of the validation split "
+                                        r"\(data.val_split=validation\), and copies are left out of training"):
+        StreamWindows(src, tok, 16)[0]
     blank = tmp_path / "blank.jsonl"
     blank.write_text(json.dumps({"text": " "}) + "\n")
     src = StreamingHubCorpus(name="json", data_files={"train": str(blank), "validation": str(files["validation"])})

@@ -105,13 +105,21 @@ def nul_problem(text: str) -> str | None:
     n = text.count("\x00")
     if n < 16 or 4 * n < len(text):
         return None
-    head = text[:4096]
-    odd, even = head[1::2].count("\x00"), head[0::2].count("\x00")
-    if max(odd, even) > 4 * min(odd, even):  # NULs on one side of each character: UTF-16's ASCII
-        order = "utf-16le" if odd > even else "utf-16be"
+    if order := utf16_order(text):
         return (f"holds NUL characters ({n} of {len(text)}): UTF-16 without a byte-order mark, it seems; convert it, "
                 f"e.g. iconv -f {order} -t utf-8")
     return f"holds NUL characters ({n} of {len(text)}): binary data, not text"
+
+
+def utf16_order(data: str | bytes) -> str | None:
+    """'utf-16le' or 'utf-16be' where data (text, or the raw bytes) looks like UTF-16 written without a byte-order
+    mark: a quarter or more NULs, nearly all on one side of each character (ASCII's high byte); else None."""
+    nul = "\x00" if isinstance(data, str) else b"\x00"
+    head = data[:4096]
+    odd, even = head[1::2].count(nul), head[0::2].count(nul)
+    if 4 * (odd + even) < len(head) or max(odd, even) <= 4 * min(odd, even):
+        return None
+    return "utf-16le" if odd > even else "utf-16be"
 
 
 def _read_utf8(path: Path) -> str:
@@ -123,9 +131,11 @@ def _read_utf8(path: Path) -> str:
         return text
     except UnicodeDecodeError as e:
         wide = data[:2] in (b"\xff\xfe", b"\xfe\xff")  # a UTF-16 byte-order mark (Windows' "Unicode")
-        raise DataError(f"data file '{path}' is not UTF-8 text (" + ("UTF-16, by its byte-order mark" if wide else
-                        f"byte {e.start}: {data[e.start:e.start + 4]!r}") + "); convert it, e.g. iconv -f "
-                        + ("utf-16" if wide else "latin1") + " -t utf-8") from e
+        order = None if wide else utf16_order(data)  # without one, and not all ASCII (the latin1 advice made NULs)
+        why = ("UTF-16, by its byte-order mark" if wide else "UTF-16 without a byte-order mark, it seems" if order
+               else f"byte {e.start}: {data[e.start:e.start + 4]!r}")
+        raise DataError(f"data file '{path}' is not UTF-8 text ({why}); convert it, e.g. iconv -f "
+                        + ("utf-16" if wide else order or "latin1") + " -t utf-8") from e
 
 
 def _held_out(docs: list[str], split: Split, fraction: float, seed: int) -> list[str]:

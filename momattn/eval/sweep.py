@@ -413,8 +413,8 @@ def unfit_note(runs: Sequence[SweepRun]) -> str:
         note += ("\nLeft out of Table 7 (the headline k does not fit the runs' context; each job's results.md has the "
                  "smaller k): " + "; ".join(f"{n} at {', '.join(sorted(ks))}" for n, ks in sorted(left.items())) + "\n")
     if ginc := {n: ks for n, ks in ginc.items() if ks}:
-        note += ("\nLeft out of the tables (these k do not fit the runs' context; each job's results.md says which "
-                 "k fit): " + "; ".join(f"{n} at k={', '.join(map(str, sorted(ks, key=_k_order)))}"
+        note += ("\nLeft out of the tables (these k do not fit the context of at least one run; each job's "
+                 "results.md says which k fit): " + "; ".join(f"{n} at k={', '.join(map(str, sorted(ks, key=_k_order)))}"
                                        for n, ks in sorted(ginc.items())) + "\n")
     return note
 

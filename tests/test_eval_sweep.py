@@ -602,3 +602,22 @@ def test_a_ginc_k_that_does_not_fit_is_named_not_dropped_silently():
                                 "job's results.md says which k fit): ginc at k=16, 64\n")
     ginc.shots = {"0": shot(True, 0.1)}
     assert unfit_note(runs) == ""
+
+
+def test_a_run_with_a_time_limit_is_partial_only_when_stopped_before_it():
+    # with trainer.max_time every run counted as finished: a SIGTERM'd run at step 12 of 20 was averaged with the
+    # finished ones (found by review); Lightning's Timer keeps the training time in the checkpoint
+    from momattn.eval.sweep import _unfinished
+
+    def ckpt(seconds):
+        return {"callbacks": {"Timer": {"time_elapsed": {"train": seconds, "validate": 3.0}}}}
+
+    for limit in ("00:00:10:00", {"minutes": 10}):
+        config = {"trainer": {"max_steps": 20, "max_time": limit}}
+        assert _unfinished(config, 12, ckpt(601.0)) is None  # its time was up: finished
+        assert _unfinished(config, 12, ckpt(300.0)).startswith(f"partial: trained 12 steps in 300 s of "
+                                                               f"trainer.max_time={limit}")
+        assert _unfinished(config, 20, ckpt(300.0)) is None  # its steps were done
+        assert _unfinished(config, 12, {}) is None  # no timer saved: cannot tell
+    assert _unfinished({"trainer": {"max_steps": 20}}, 12).startswith("partial: trained 12 of trainer.max_steps=20")
+    assert _unfinished({"trainer": {"max_steps": 20, "max_epochs": 1}}, 12) is None  # an epoch may end it

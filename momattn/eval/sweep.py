@@ -233,19 +233,49 @@ def is_training_job(folder: Path) -> bool:
     return isinstance(config, Mapping) and "trainer" in config
 
 
-def _unfinished(config: Mapping, step: int | None) -> str | None:
+def _unfinished(config: Mapping, step: int | None, ckpt: Mapping | None = None) -> str | None:
     """Why a checkpoint is not a finished run (None if it is): it stopped before trainer.max_steps (diverged,
-    interrupted, or still training). Its numbers are of a model trained for fewer steps, so averaging them with
+    interrupted, or still training) and, with trainer.max_time, before that time (Lightning's Timer keeps the
+    training time in the checkpoint). Its numbers are of a model trained for fewer steps, so averaging them with
     finished runs would make a verdict of unlike things."""
     trainer = config.get("trainer")
-    if not isinstance(trainer, Mapping) or trainer.get("max_epochs") not in (None, -1) or trainer.get("max_time"):
-        return None  # another limit may end the run first, finished: only max_steps tells a short run here
+    if not isinstance(trainer, Mapping) or trainer.get("max_epochs") not in (None, -1):
+        return None  # an epoch limit may end the run first, finished: only max_steps tells a short run here
     max_steps = trainer.get("max_steps")
-    if isinstance(step, int) and isinstance(max_steps, int) and not isinstance(max_steps, bool) and 0 < max_steps \
-            and step < max_steps:
-        return (f"partial: trained {step} of trainer.max_steps={max_steps} steps (diverged or interrupted; resume "
-                "it with ckpt_path=last, or evaluate it alone with evaluate.py ckpt_path=...)")
+    if not (isinstance(step, int) and isinstance(max_steps, int) and not isinstance(max_steps, bool) and 0 < max_steps
+            and step < max_steps):
+        return None
+    limit = trainer.get("max_time")
+    if limit:  # a run that reached its time limit is finished; one a SIGTERM or a crash stopped before it is not
+        seconds, spent = _seconds(limit), _train_seconds(ckpt)
+        if seconds is None or spent is None or spent >= 0.99 * seconds:
+            return None
+        return (f"partial: trained {step} steps in {spent:.0f} s of trainer.max_time={limit} (diverged or "
+                "interrupted; resume it with ckpt_path=last, or evaluate it alone with evaluate.py ckpt_path=...)")
+    return (f"partial: trained {step} of trainer.max_steps={max_steps} steps (diverged or interrupted; resume "
+            "it with ckpt_path=last, or evaluate it alone with evaluate.py ckpt_path=...)")
+
+
+def _seconds(max_time) -> float | None:
+    """Lightning's max_time ("DD:HH:MM:SS" or {days:, hours:, minutes:, seconds:}) in seconds; None if unreadable."""
+    import datetime
+
+    try:
+        if isinstance(max_time, str):
+            d, h, m, sec = (int(x) for x in max_time.split(":"))
+            return datetime.timedelta(days=d, hours=h, minutes=m, seconds=sec).total_seconds()
+        if isinstance(max_time, Mapping):
+            return datetime.timedelta(**max_time).total_seconds()
+    except (TypeError, ValueError):
+        return None
     return None
+
+
+def _train_seconds(ckpt: Mapping | None) -> float | None:
+    """The training time Lightning's Timer callback saved in a checkpoint, or None."""
+    timer = ((ckpt or {}).get("callbacks") or {}).get("Timer") or {}
+    spent = (timer.get("time_elapsed") or {}).get("train") if isinstance(timer, Mapping) else None
+    return float(spent) if isinstance(spent, int | float) and not isinstance(spent, bool) else None
 
 
 def job_name(job: Path, sweep_dir: Path) -> str:
@@ -310,7 +340,7 @@ def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
             failed.append(f"{job_name(path.parent.parent, sweep_dir)} (unreadable checkpoint: {e})")
             continue
         config = to_plain(meta.get("config")) or {}
-        if why := _unfinished(config, ckpt.get("global_step")):
+        if why := _unfinished(config, ckpt.get("global_step"), ckpt):
             failed.append(f"{job_name(path.parent.parent, sweep_dir)} ({why})")
             continue
         att = dict((meta.get("model_config") or {}).get("attention") or config.get("attention") or {})

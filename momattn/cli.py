@@ -637,7 +637,7 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
         not same_run(ckpt, folder)  # its config came from the checkpoint, and the folder is a new one
     what = f"continuing {ckpt} in a new folder, {folder}," if fork else \
         f"resuming the run {'in ' + str(folder) if folder else 'of ' + ckpt}"
-    if os.environ.get("LOCAL_RANK", "0") == "0":  # (the processes Lightning starts for other ranks: said once)
+    if not other_rank():  # (the processes Lightning, srun or torchrun start for other ranks: said once)
         print(f"[momattn] {what} with its own config"
               + (f" ({' '.join(kept)})" if kept else "") + (f"; on top: {' '.join(overrides)}" if overrides else ""),
               file=sys.stderr, flush=True)

@@ -207,8 +207,17 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
     if _runs_on_cpu(trainer) and str(trainer["precision"]) in ("16-mixed", "16"):  # Lightning runs it as bf16-mixed on a CPU (CPU
         trainer["precision"] = "bf16-mixed"  # autocast has no fp16 there): the start line and checkpoints say so
     world_size(trainer)  # trainer.devices checked here too
+    strategy = trainer.get("strategy")
+    if isinstance(strategy, str) and strategy.startswith(SPAWNED):  # spawn: a pickling traceback after the data was
+        # built; fork: trained, then refused the weights file Lightning hands back (found by review)
+        raise ConfigError(f"trainer.strategy={strategy} starts its processes from this one (spawn or fork), which "
+                          "momattn's run does not support (its callbacks and checkpoint hand-over); use "
+                          "trainer=ddp (or trainer=fsdp), which starts them as separate commands")
     check_launch_environment(trainer)
     return trainer, steps[0], steps[1]
+
+
+SPAWNED = ("ddp_spawn", "ddp_fork", "ddp_notebook", "fsdp_spawn")  # Lightning's strategies that fork or spawn
 
 
 def _eval(node: Mapping | None, run_eval: bool, source: Any = None) -> EvalConfig | None:
@@ -290,6 +299,7 @@ def check_launch_environment(trainer: Mapping, environ: Mapping | None = None) -
 
     env = os.environ if environ is None else environ
     nodes = trainer.get("num_nodes", 1) or 1
+    _check_launch_values(env, nodes)
     if nodes > 1 and not any(env.get(k) for k in LAUNCHER_ENV):
         raise ConfigError(f"trainer.num_nodes={nodes} but no launcher environment was found ({', '.join(LAUNCHER_ENV)}"
                           " are unset): start one process per node with srun (SLURM) or torchrun, or set "
@@ -300,7 +310,7 @@ def check_launch_environment(trainer: Mapping, environ: Mapping | None = None) -
     here = ("127.0.0.1", "localhost", socket.gethostname()) + (("", None) if nodes == 1 else ())
     # one node: Lightning's launcher starts the other processes, and rank 0 listens (on 127.0.0.1 by default); a
     # port in use there failed at once, as "did not all meet within dist_timeout_s", its children left waiting
-    several = nodes > 1 or (world_size(trainer) > 1 and "spawn" not in str(trainer.get("strategy")))
+    several = nodes > 1 or world_size(trainer) > 1
     if several and port and first and env.get("MASTER_ADDR") in here and not _rendezvous_up():
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port an earlier run left in TIME_WAIT is free
@@ -312,6 +322,34 @@ def check_launch_environment(trainer: Mapping, environ: Mapping | None = None) -
                 raise ConfigError(f"MASTER_PORT={port} is in use on this machine ({e.strerror}); {who}: choose a "
                                   "free port, e.g. MASTER_PORT=29501, or unset it (one node: Lightning finds one)") \
                     from None
+
+
+def _check_launch_values(env: Mapping, nodes: int) -> None:
+    """MASTER_PORT, MASTER_ADDR and NODE_RANK values that torch or Lightning failed on only later: a traceback
+    (MASTER_PORT=abc, 70000 or empty), or a wait of 1.7 x dist_timeout_s blamed on a firewall (a MASTER_ADDR that
+    does not resolve, a NODE_RANK beyond num_nodes)."""
+    import socket
+
+    port = env.get("MASTER_PORT")
+    if port is not None and not (str(port).strip().isdigit() and 1 <= int(port) <= 65535):
+        raise ConfigError(f"MASTER_PORT={port!r} must be a port number in 1..65535, e.g. MASTER_PORT=29501 (or unset "
+                          "it on one node: Lightning finds one)")
+    addr = env.get("MASTER_ADDR")
+    if addr is not None and not str(addr).strip():  # MASTER_ADDR=$HEADNODE with HEADNODE unset
+        raise ConfigError("MASTER_ADDR is set but empty: give the first node's host name or address (or unset it on "
+                          "one node)")
+    if addr:
+        try:
+            socket.getaddrinfo(str(addr), None)
+        except (OSError, UnicodeError) as e:
+            raise ConfigError(f"MASTER_ADDR={addr} does not resolve to an address ({getattr(e, 'strerror', e)}): give "
+                              "the first node's host name or IP address") from None
+    for key in ("NODE_RANK", "SLURM_NODEID") if nodes > 1 else ():
+        rank = env.get(key)
+        if rank is not None and not (str(rank).isdigit() and int(rank) < nodes):
+            # (NODE_RANK=2 with 2 nodes waited dist_timeout_s for a node that never comes)
+            raise ConfigError(f"{key}={rank!r} must be a node index in 0..{nodes - 1} (trainer.num_nodes={nodes}): "
+                              "each node gets its own, the first node 0")
 
 
 def _rendezvous_up() -> bool:

@@ -32,6 +32,9 @@ def quiet_console() -> None:
         return
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # but not why Lightning killed this process: another rank ended (out of memory, a crash), said at INFO just
+    # before the SIGKILL; without it a DDP run ended in a bare "Killed", exit 137 (found by review)
+    logging.getLogger("lightning.fabric.strategies.launchers.subprocess_script").setLevel(logging.INFO)
     # a font cache built by another matplotlib install (a recreated venv) names fonts that are gone: one warning per
     # family, twenty for one plot, while the fallback font draws it the same
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)

@@ -196,9 +196,7 @@ def check_jobs(sweep: Sweep, overrides: list[str]) -> None:
                                       "this one W&B run, whose histories would collide; drop it (each job starts its "
                                       "own run, and a resume continues it), or make it differ by job, e.g. "
                                       "logger.wandb.id=run-${seed}")
-            spawned = "spawn" in str(c.trainer.get("strategy"))  # ddp_spawn: its processes are forked, not started
-            local.setdefault(1 if spawned else world_size(c.trainer) // (c.trainer.get("num_nodes", 1) or 1),
-                             []).append(num)
+            local.setdefault(world_size(c.trainer) // (c.trainer.get("num_nodes", 1) or 1), []).append(num)
             folder = Path(str(OmegaConf.select(composed, "paths.output_dir"))).expanduser().resolve()
             if (other := folders.setdefault(folder, num)) != num and "hydra:runtime.output_dir" in written:
                 subdir = OmegaConf.to_container(composed.hydra.sweep, resolve=False).get("subdir")
@@ -212,6 +210,15 @@ def check_jobs(sweep: Sweep, overrides: list[str]) -> None:
                                   "own folder under hydra.sweep.dir")
     finally:
         HydraConfig.instance().cfg = previous
+    if max(local, default=1) > 1 and not launcher.endswith(("BasicLauncher", "SlurmLauncher")):
+        # Lightning starts a job's other processes by running its command line again, which a joblib or local
+        # submitit worker does not have: a TerminatedWorkerError or an UncompletedJobError traceback (found by review)
+        jobs = ", ".join(map(str, sorted(n for c, js in local.items() if c > 1 for n in js)[:5]))
+        raise ConfigError(f"job(s) {jobs} of the sweep train on {max(local)} processes (trainer.devices) under "
+                          f"{launcher.rsplit('.', 1)[-1]}, whose workers cannot start a job's other processes "
+                          "(Lightning runs the command line again); sweep them with the basic launcher (drop "
+                          "hydra/launcher), or on SLURM with hydra/launcher=submitit_slurm and "
+                          "hydra.launcher.tasks_per_node=<devices>")
     if len(local) > 1 and max(local) > 1 and launcher.endswith("BasicLauncher"):
         counts = "; ".join(f"{n} in job(s) {', '.join(map(str, jobs[:5]))}" for n, jobs in sorted(local.items()))
         raise ConfigError(f"the sweep's jobs train on different numbers of processes per node ({counts}): Lightning "

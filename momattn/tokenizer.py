@@ -21,7 +21,7 @@ from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from momattn.errors import ConfigError, DataError, did_you_mean, first_line, not_a_file
-from momattn.io import atomic_write_text
+from momattn.io import atomic_write_text, file_lock, lock_beside
 
 if TYPE_CHECKING:
     from momattn.data.sources import DataSource
@@ -225,13 +225,32 @@ def _byte_level(tok: _HFTokenizer) -> _HFTokenizer:
 
 
 def train_bpe(texts: Callable[[], Iterable[str]], vocab_size: int, cache_file: Path | None = None) -> Tokenizer:
-    """Byte-level BPE trained on `texts()`; cached as tokenizer.json at `cache_file` when given."""
-    if cache_file is not None and cache_file.exists():
-        try:
-            return Tokenizer(_HFTokenizer.from_file(str(cache_file)), "bpe")
-        except Exception as e:  # a damaged cache file (a bare Exception from the library): train it again
+    """Byte-level BPE trained on `texts()`; cached as tokenizer.json at `cache_file` when given, trained under a
+    lock beside it: the jobs of a parallel sweep (joblib) on a cold cache each trained it, each holding the whole
+    train split in memory; the first trains it, the others read its file."""
+    if cache_file is None:
+        return _train_bpe(texts, vocab_size, None)
+    if (cached := _cached_bpe(cache_file)) is not None:
+        return cached
+    with file_lock(lock_beside(cache_file)):
+        return _cached_bpe(cache_file, say=True) or _train_bpe(texts, vocab_size, cache_file)
+
+
+def _cached_bpe(cache_file: Path, say: bool = False) -> Tokenizer | None:
+    """The tokenizer cached at cache_file, or None (no file, or a damaged one: said once, by the caller that then
+    trains it again)."""
+    if not cache_file.exists():
+        return None
+    try:
+        return Tokenizer(_HFTokenizer.from_file(str(cache_file)), "bpe")
+    except Exception as e:  # a damaged cache file (a bare Exception from the library): train it again
+        if say:
             print(f"[momattn] the cached tokenizer {cache_file} is damaged ({first_line(e)}); training it again",
                   file=sys.stderr, flush=True)
+        return None
+
+
+def _train_bpe(texts: Callable[[], Iterable[str]], vocab_size: int, cache_file: Path | None) -> Tokenizer:
     tok = _byte_level(_HFTokenizer(models.BPE()))
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -294,6 +294,13 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
             raise
         raise DiskFullError(_disk_full(e, out_dir)) from None
     except (torch.distributed.DistError, RuntimeError) as e:
+        if lost := _peer_lost(e):  # another rank ended mid-run (its own error is above, or it was killed): one
+            # line, not gloo's forty lines of C++ frames
+            where = (f"ckpt_path=last hydra.sweep.dir={job.sweep_dir}" if job.sweep_dir is not None
+                     else f"python train.py ckpt_path=last hydra.run.dir={out_dir}")
+            raise LaunchError(f"another process of this run ended (torch.distributed: {lost}): its error, if it had "
+                              f"time to print one, is above; {_newest_checkpoint(out_dir)}. Resume with: {where}") \
+                from None
         if not _rendezvous_failure(e):
             raise
         raise LaunchError(_no_join(e, c)) from None
@@ -393,21 +400,35 @@ def _tokens(c: TrainConfig, tokenizer: Tokenizer, vocab_size: int, block_size: i
 
 
 def _timed_strategy(trainer: dict, timeout_s: int) -> dict:
-    """strategy=ddp / fsdp as Lightning objects that wait dist_timeout_s (not torch's 30 minutes) for the other
-    processes to join (fsdp: momattn.strategies' sharded checkpoints); any other strategy is left as configured."""
+    """strategy=ddp / fsdp (and auto with several processes, which Lightning runs as ddp) as Lightning objects that
+    wait dist_timeout_s (not torch's 30 minutes) for the other processes to join (fsdp: momattn.strategies' sharded
+    checkpoints); any other strategy is left as configured."""
     from datetime import timedelta
 
     name = trainer.get("strategy")
-    if name == "ddp":
+    several = world_size(trainer) > 1  # auto with several processes is Lightning's ddp: dist_timeout_s was ignored
+    if name in ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false") or (
+            several and name in (None, "auto")):
         from lightning.pytorch.strategies import DDPStrategy
 
-        return {"strategy": DDPStrategy(timeout=timedelta(seconds=timeout_s))}
+        unused = name == "ddp_find_unused_parameters_true"
+        return {"strategy": DDPStrategy(timeout=timedelta(seconds=timeout_s), find_unused_parameters=unused)}
     if name == "fsdp":  # sharded, atomic checkpoint folders (momattn.strategies); CPU processes through gloo
         from momattn.strategies import CPUShardedFSDP, ShardedFSDP
 
         cpu = str(trainer.get("accelerator") or "auto").lower() == "cpu" or not torch.cuda.is_available()
         return {"strategy": (CPUShardedFSDP if cpu else ShardedFSDP)(timeout=timedelta(seconds=timeout_s))}
     return {}
+
+
+def _peer_lost(e: BaseException) -> str | None:
+    """What torch said when another process of a running job is gone (gloo: "connection closed by peer", NCCL: a
+    remote process exited), once the process group exists; else None."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    text = str(e).lower()
+    return next((m for m in ("connection closed by peer", "connection reset by peer", "remote process exited",
+                             "broken pipe") if m in text), None)
 
 
 def _rendezvous_failure(e: BaseException) -> bool:

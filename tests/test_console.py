@@ -403,3 +403,16 @@ def test_the_hubs_retries_without_network_are_not_printed(monkeypatch):
     monkeypatch.setattr(logging.getLogger("huggingface_hub"), "level", logging.NOTSET)
     quiet_console()
     assert not hub.isEnabledFor(logging.WARNING) and hub.isEnabledFor(logging.ERROR)
+
+
+def test_the_quiet_console_still_says_why_lightning_killed_a_ddp_process(monkeypatch):
+    # another rank ended (out of memory): Lightning said so at INFO, then SIGKILLed this process, whose output ended
+    # in a bare "Killed" (found by review)
+    import logging
+
+    from momattn.console import quiet_console
+
+    monkeypatch.delenv("MOMATTN_VERBOSE", raising=False)
+    quiet_console()
+    assert logging.getLogger("lightning.fabric.strategies.launchers.subprocess_script").isEnabledFor(logging.INFO)
+    assert not logging.getLogger("lightning.fabric.utilities.distributed").isEnabledFor(logging.INFO)

@@ -698,3 +698,26 @@ def test_copies_of_a_local_validation_split_are_left_out_of_training(tmp_path, c
     assert local_val_split("validation", files)
     assert not local_val_split("validation", {"train": files["train"], "validation": "en/no-such-*.json.gz"})
     assert not local_val_split(None, files) and not local_val_split("validation", None)
+
+
+def test_the_bpe_tokenizer_is_trained_once_by_jobs_starting_together_and_again_when_damaged(tmp_path, capsys):
+    # each job of a parallel sweep on a cold cache trained it, each holding the train split (found by review)
+    import threading
+
+    calls = []
+
+    def texts():
+        calls.append(1)
+        return ["the cat sat on the mat"] * 50
+
+    cache = tmp_path / "tokenizer.json"
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(train_bpe(texts, 300, cache))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len({r.fingerprint for r in results}) == 1
+    cache.write_text("{not json")  # a damaged cache: trained again, and said once
+    train_bpe(texts, 300, cache)
+    assert len(calls) == 2 and capsys.readouterr().err.count("is damaged") == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 
@@ -173,6 +174,15 @@ def test_a_value_one_job_of_a_sweep_takes_is_refused_before_any_job_trains(tmp_p
         check_jobs(plan_sweep("train", counts), counts)
     same = [*counts[:-1], "trainer.devices=2", "seed=1,2"]
     check_jobs(plan_sweep("train", same), same)  # one count: the sweep runs as before
+    # a worker of joblib (or submitit's local launcher) cannot start a job's other processes: Lightning runs the
+    # command line again (a TerminatedWorkerError or UncompletedJobError traceback; found by review)
+    if importlib.util.find_spec("hydra_plugins.hydra_joblib_launcher") is not None:
+        workers = [*same, "hydra/launcher=joblib"]
+        with pytest.raises(ConfigError, match=r"^job\(s\) 0, 1 of the sweep train on 2 processes \(trainer.devices\) "
+                                              r"under JoblibLauncher, whose workers cannot start"):
+            check_jobs(plan_sweep("train", workers), workers)
+        check_jobs(plan_sweep("train", [*workers[:-2], "trainer.devices=1", "seed=1,2", workers[-1]]),
+                   [*workers[:-2], "trainer.devices=1", "seed=1,2", workers[-1]])  # one process a job: fine
     assert HydraConfig.instance().cfg is before  # the check leaves no job's hydra config behind
     sweep = tmp_path / "sweep"
     r = run_cli("train.py", ["-m", *overrides, f"hydra.sweep.dir={sweep}"], tmp_path)

@@ -138,6 +138,19 @@ def test_a_sigterm_on_one_ddp_rank_saves_on_both_at_the_same_step_without_a_hang
 
 
 @pytest.mark.slow
+def test_a_ddp_rank_that_dies_mid_run_is_one_line_with_the_resume(tmp_path):
+    # rank 1 killed (out of memory, say): rank 0 ended in gloo's forty-line traceback, exit 1 (found by review)
+    ddp = ["trainer=ddp", "trainer.strategy=ddp", "trainer.devices=2", "trainer.precision=32-true", "dist_timeout_s=60"]
+    r = run_cli("train.py", [*RUN, *ddp, *fault("kill@4"), "+callbacks.fault.rank=1", f"hydra.run.dir={tmp_path}"],
+                tmp_path, timeout=240)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert re.search(r"error: another process of this run ended \(torch.distributed: connection (closed|reset) by "
+                     r"peer\): its error, if it had time to print one, is above; ", r.stderr), r.stderr[-3000:]
+    assert (f"{tmp_path}/checkpoints/last.ckpt is at step 3. Resume with: python train.py ckpt_path=last "
+            f"hydra.run.dir={tmp_path}") in r.stderr
+
+
+@pytest.mark.slow
 def test_a_nan_on_one_ddp_rank_skips_that_step_on_both(tmp_path):
     # skipping by returning None from training_step, as before, is refused by Lightning under DDP: rc 1
     ddp = ["trainer=ddp", "trainer.strategy=ddp", "trainer.devices=2", "trainer.precision=32-true", "dist_timeout_s=60"]

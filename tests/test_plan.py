@@ -111,6 +111,42 @@ def test_several_nodes_need_a_launcher_and_a_free_port():
         check_launch_environment(ddp, {"MASTER_PORT": str(port), "SLURM_PROCID": "1", "SLURM_JOB_ID": "7"})
 
 
+def test_launch_values_torch_fails_on_later_are_refused_before_any_work():
+    # tracebacks (MASTER_PORT=abc, 70000, empty; MASTER_ADDR empty) or a wait of 1.7 x dist_timeout_s blamed on a
+    # firewall (a name that does not resolve, NODE_RANK=2 of 2 nodes): found by review
+    from momattn.config import check_launch_environment
+
+    two = {"num_nodes": 2}
+    for env, says in (({"MASTER_PORT": "abc"}, "MASTER_PORT='abc' must be a port number in 1..65535"),
+                      ({"MASTER_PORT": "70000"}, "MASTER_PORT='70000' must be a port number"),
+                      ({"MASTER_PORT": ""}, "MASTER_PORT='' must be a port number"),
+                      ({"MASTER_ADDR": " "}, "MASTER_ADDR is set but empty"),
+                      ({"MASTER_ADDR": "bogus.invalid"}, "MASTER_ADDR=bogus.invalid does not resolve to an address"),
+                      ({"MASTER_ADDR": "127.0.0.1", "NODE_RANK": "2"}, r"NODE_RANK='2' must be a node index in 0..1")):
+        with pytest.raises(ConfigError, match=says):
+            check_launch_environment(two, env)
+    check_launch_environment(two, {"MASTER_ADDR": "localhost", "MASTER_PORT": "29599", "NODE_RANK": "1"})
+    check_launch_environment({"num_nodes": 1}, {"SLURM_NODEID": "3"})  # one node of a larger allocation: its own
+
+
+def test_strategies_that_spawn_or_fork_are_refused_and_auto_ddp_waits_dist_timeout_s():
+    # ddp_spawn: a pickling traceback after the data was built; ddp_fork: trained, then refused the weights file
+    # Lightning handed back; auto with several processes (Lightning's ddp) waited torch's 30 minutes, not
+    # dist_timeout_s, deaf to SIGTERM (found by review)
+    from datetime import timedelta
+
+    from momattn.config import _trainer
+    from momattn.training import _timed_strategy
+
+    for name in ("ddp_spawn", "ddp_fork", "ddp_notebook", "ddp_spawn_find_unused_parameters_true"):
+        with pytest.raises(ConfigError, match=f"^trainer.strategy={name} starts its processes from this one"):
+            _trainer({"max_steps": 3, "accelerator": "cpu", "devices": 2, "strategy": name})
+    for name, unused in ((None, False), ("auto", False), ("ddp", False), ("ddp_find_unused_parameters_true", True)):
+        s = _timed_strategy({"accelerator": "cpu", "devices": 2, "strategy": name}, 7)["strategy"]
+        assert s._timeout == timedelta(seconds=7) and s._ddp_kwargs.get("find_unused_parameters", False) == unused
+    assert _timed_strategy({"accelerator": "cpu", "devices": 1, "strategy": "auto"}, 7) == {}  # one process
+
+
 def test_a_cpu_run_is_planned_as_train_py_runs_it_and_a_plan_that_fits_nothing_says_so(capsys, monkeypatch, tmp_path):
     from momattn import memory
     from momattn.config import resolve_precision

@@ -166,8 +166,8 @@ def test_resume_continues_at_the_right_step(tmp_path, stop, capsys):
     if stop == 4:  # another validation set: best-*.ckpt and val/loss were compared across the two without a word
         run_train(compose_train(tmp_path / "c", [*SMOKE, "attention=momentum", "trainer.max_steps=6",
                                                  f"ckpt_path={ckpt}", "data.val_batches=1"]))
-        assert "[momattn] the validation windows differ from the checkpoint's run (data.val_batches, the split or " \
-               "the corpus changed)" in capsys.readouterr().err
+        assert "[momattn] the validation windows differ from the checkpoint's run (data.val_batches or " \
+               "data.batch_size, the number of processes" in capsys.readouterr().err
 
 
 def test_wandb_offline_run_folder_is_written(tmp_path):

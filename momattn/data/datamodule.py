@@ -175,9 +175,10 @@ class TokenDataModule(LightningDataModule):
                   f"the data continues at sample {self._resumed['position']}, where that run stopped", file=sys.stderr)
         if self._resumed and self._resumed.get("val") not in (None, self._validated()) and rank == 0:
             # best-*.ckpt and val/loss compared across two validation sets without a word (found by review)
-            print("[momattn] the validation windows differ from the checkpoint's run (data.val_batches, the split "
-                  "or the corpus changed): val/loss before and after this resume are not comparable, and the best "
-                  "checkpoint kept so far was chosen on the old ones", file=sys.stderr)
+            print("[momattn] the validation windows differ from the checkpoint's run (data.val_batches or "
+                  "data.batch_size, the number of processes, each of which validates data.val_batches batches, the "
+                  "split or the corpus changed): val/loss before and after this resume are not comparable, and the "
+                  "best checkpoint kept so far was chosen on the old ones", file=sys.stderr)
 
         def start() -> int:  # the global step (restored on resume) -> the exact data position
             return trainer.global_step * per_step + offset

@@ -56,7 +56,7 @@ class LoaderConfig:
     """The data section's reserved keys: how token windows are batched, and where the token cache lives."""
 
     batch_size: int = 8  # sequences per micro-batch per device (8 x 512 tokens with the default model)
-    val_batches: int = 10  # validation micro-batches per validation run
+    val_batches: int = 10  # validation micro-batches per validation run, per process (DDP: x processes)
     num_workers: int = 0  # DataLoader worker processes
     cache_dir: str | None = None  # token and tokenizer cache; null: paths.cache_dir, $MOMATTN_CACHE, ~/.cache
     num_proc: int = 1  # processes that tokenize when the token cache is built (datasets.map num_proc)

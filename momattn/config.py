@@ -278,7 +278,7 @@ def _check_checkpoint_callback(name: str, cb: Mapping) -> None:
     (<run>/csv/checkpoints), where resuming found nothing and started the run anew over its metrics."""
     if cb.get("monitor") is not None:
         _check_logged(f"callbacks.{name}.monitor", cb["monitor"])
-        if cb.get("mode", "min") != "min":
+        if cb.get("mode") == "max":  # (another value is Lightning's to refuse: "mode can be min, max")
             raise ConfigError(f"callbacks.{name}.mode={cb.get('mode')!r} would keep the checkpoint of the worst "
                               f"{cb['monitor']} as the best: every score training logs is better lower. Leave "
                               "mode=min")

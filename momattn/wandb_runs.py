@@ -137,7 +137,8 @@ def check_train_wandb(cfg: Mapping, where: str) -> None:
     if isinstance(project, str) and not project.strip():
         raise ConfigError(f"{where}.project is empty: W&B would log into Lightning's 'lightning_logs' (evaluate.py "
                           f"and analyze.py into 'momattn'); name a project, or leave the default, momattn")
-    if project is None and not os.environ.get("WANDB_PROJECT"):  # Lightning's fallback when WANDB_PROJECT is unset
+    if "project" in cfg and project is None and not os.environ.get("WANDB_PROJECT"):  # project=null given: Lightning's
+        # fallback, lightning_logs, unless WANDB_PROJECT names one
         raise ConfigError(f"{where}.project=null: W&B would log into Lightning's 'lightning_logs'; name a project "
                           "(or set WANDB_PROJECT), or leave the default, momattn")
 

@@ -354,7 +354,9 @@ def resolve_ckpt_path(ckpt_path: str | None, out_dir: Path, root_dir: Path, sear
             raise CheckpointError(f"ckpt_path=last: {out_dir}/checkpoints has no last.ckpt but holds {others}; "
                                   "resume from one of them with ckpt_path=<its path> (or move them away to start "
                                   "this run again from step 0)")
-        if not any(os.environ.get(k, "0") != "0" for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID")):  # said once
+        from momattn.cli import other_rank
+
+        if not other_rank():  # said once, by the job's first process
             print(f"[momattn] ckpt_path=last: {out_dir}/checkpoints holds no checkpoint (the run stopped before its "
                   "first one, or never started); starting it from step 0", file=sys.stderr, flush=True)
         return None

@@ -299,7 +299,8 @@ def check_launch_environment(trainer: Mapping, environ: Mapping | None = None) -
 
     env = os.environ if environ is None else environ
     nodes = trainer.get("num_nodes", 1) or 1
-    _check_launch_values(env, nodes)
+    if nodes > 1 or world_size(trainer) > 1:  # one process reads none of them (a stale MASTER_ADDR is no concern)
+        _check_launch_values(env, nodes)
     if nodes > 1 and not any(env.get(k) for k in LAUNCHER_ENV):
         raise ConfigError(f"trainer.num_nodes={nodes} but no launcher environment was found ({', '.join(LAUNCHER_ENV)}"
                           " are unset): start one process per node with srun (SLURM) or torchrun, or set "
@@ -327,8 +328,9 @@ def check_launch_environment(trainer: Mapping, environ: Mapping | None = None) -
 def _check_launch_values(env: Mapping, nodes: int) -> None:
     """MASTER_PORT, MASTER_ADDR and NODE_RANK values that torch or Lightning failed on only later: a traceback
     (MASTER_PORT=abc, 70000 or empty), or a wait of 1.7 x dist_timeout_s blamed on a firewall (a MASTER_ADDR that
-    does not resolve, a NODE_RANK beyond num_nodes)."""
+    does not resolve, said as a warning; a NODE_RANK beyond num_nodes)."""
     import socket
+    import sys
 
     port = env.get("MASTER_PORT")
     if port is not None and not (str(port).strip().isdigit() and 1 <= int(port) <= 65535):
@@ -341,10 +343,11 @@ def _check_launch_values(env: Mapping, nodes: int) -> None:
     if addr:
         try:
             socket.getaddrinfo(str(addr), None)
-        except (OSError, UnicodeError) as e:
-            raise ConfigError(f"MASTER_ADDR={addr} does not resolve to an address ({getattr(e, 'strerror', e)}): give "
-                              "the first node's host name or IP address") from None
-    for key in ("NODE_RANK", "SLURM_NODEID") if nodes > 1 else ():
+        except (OSError, UnicodeError) as e:  # said, not refused: a master's DNS name may appear only once it starts
+            print(f"[momattn] warning: MASTER_ADDR={addr} does not resolve to an address now "
+                  f"({getattr(e, 'strerror', e)}); the processes wait up to dist_timeout_s for it: check the first "
+                  "node's host name if it never does", file=sys.stderr, flush=True)
+    for key in ("NODE_RANK", "SLURM_NODEID") if nodes > 1 else ("NODE_RANK",):  # one node: NODE_RANK must be 0
         rank = env.get(key)
         if rank is not None and not (str(rank).isdigit() and int(rank) < nodes):
             # (NODE_RANK=2 with 2 nodes waited dist_timeout_s for a node that never comes)

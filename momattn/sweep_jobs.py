@@ -130,7 +130,8 @@ def _original_command(root: Path, sweep_dir: str) -> str:
                      shlex.quote(f"hydra.sweep.dir={sweep_dir}")])
 
 
-LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher")  # jobs run on this machine: its checks hold for them
+# jobs run on this machine: its checks hold for them (submitit's LocalLauncher: local processes too)
+LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher", "submitit_launcher.LocalLauncher")
 
 
 def check_jobs(sweep: Sweep, overrides: list[str]) -> None:
@@ -210,7 +211,7 @@ def check_jobs(sweep: Sweep, overrides: list[str]) -> None:
                                   "own folder under hydra.sweep.dir")
     finally:
         HydraConfig.instance().cfg = previous
-    if max(local, default=1) > 1 and not launcher.endswith(("BasicLauncher", "SlurmLauncher")):
+    if max(local, default=1) > 1 and not launcher.endswith("BasicLauncher"):
         # Lightning starts a job's other processes by running its command line again, which a joblib or local
         # submitit worker does not have: a TerminatedWorkerError or an UncompletedJobError traceback (found by review)
         jobs = ", ".join(map(str, sorted(n for c, js in local.items() if c > 1 for n in js)[:5]))

@@ -296,10 +296,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     except (torch.distributed.DistError, RuntimeError) as e:
         if lost := _peer_lost(e):  # another rank ended mid-run (its own error is above, or it was killed): one
             # line, not gloo's forty lines of C++ frames
-            where = (f"ckpt_path=last hydra.sweep.dir={job.sweep_dir}" if job.sweep_dir is not None
-                     else f"python train.py ckpt_path=last hydra.run.dir={out_dir}")
             raise LaunchError(f"another process of this run ended (torch.distributed: {lost}): its error, if it had "
-                              f"time to print one, is above; {_newest_checkpoint(out_dir)}. Resume with: {where}") \
+                              f"time to print one, is above; {_newest_checkpoint(out_dir)}. {_go_on(job, out_dir)}") \
                 from None
         if not _rendezvous_failure(e):
             raise
@@ -427,6 +425,8 @@ def _peer_lost(e: BaseException) -> str | None:
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return None
     text = str(e).lower()
+    if not (isinstance(e, torch.distributed.DistError) or any(t in text for t in ("gloo/", "nccl", "processgroup"))):
+        return None  # a DataLoader worker's "Broken pipe", a stream's network error: this process's own error
     return next((m for m in ("connection closed by peer", "connection reset by peer", "remote process exited",
                              "broken pipe") if m in text), None)
 
@@ -538,11 +538,18 @@ def _newest_checkpoint(out_dir: Path) -> str:
 def _interrupt_hint(out_dir: Path, job) -> str:
     """What a Ctrl-C left: no checkpoint of its own (it can land mid-step), the newest one written before it, and
     how to go on from there."""
-    where = (f"ckpt_path=last hydra.sweep.dir={job.sweep_dir} (the same command; each job resumes its own folder)"
-             if job.sweep_dir is not None else f"python train.py ckpt_path=last hydra.run.dir={out_dir}")
     lost = (f"\n[momattn] interrupted (Ctrl-C): {_newest_checkpoint(out_dir)}; the steps after it are lost (a SIGTERM, "
             f"e.g. kill <pid>, saves the current step first).")
-    return f"{lost} {_search_stop(job, out_dir)}" if job.search else f"{lost} Resume with: {where}"
+    return f"{lost} {_go_on(job, out_dir)}"
+
+
+def _go_on(job, out_dir: Path) -> str:
+    """How to go on from a run's newest checkpoint: a search's own way, the sweep's command, or the run's."""
+    if job.search:
+        return _search_stop(job, out_dir)
+    where = (f"ckpt_path=last hydra.sweep.dir={job.sweep_dir} (the same command; each job resumes its own folder)"
+             if job.sweep_dir is not None else f"python train.py ckpt_path=last hydra.run.dir={out_dir}")
+    return f"Resume with: {where}"
 
 
 def _sweep_stop(job: HydraJob, out_dir: Path) -> str:

@@ -183,6 +183,11 @@ def test_a_value_one_job_of_a_sweep_takes_is_refused_before_any_job_trains(tmp_p
             check_jobs(plan_sweep("train", workers), workers)
         check_jobs(plan_sweep("train", [*workers[:-2], "trainer.devices=1", "seed=1,2", workers[-1]]),
                    [*workers[:-2], "trainer.devices=1", "seed=1,2", workers[-1]])  # one process a job: fine
+    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None:
+        workers = [*same, "hydra/launcher=submitit_local"]
+        with pytest.raises(ConfigError, match=r"^job\(s\) 0, 1 of the sweep train on 2 processes \(trainer.devices\) "
+                                              r"under LocalLauncher, whose workers cannot start"):
+            check_jobs(plan_sweep("train", workers), workers)
     assert HydraConfig.instance().cfg is before  # the check leaves no job's hydra config behind
     sweep = tmp_path / "sweep"
     r = run_cli("train.py", ["-m", *overrides, f"hydra.sweep.dir={sweep}"], tmp_path)

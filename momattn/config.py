@@ -177,6 +177,8 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
                               "seconds, e.g. {hours: 2}") from None
         if td.total_seconds() <= 0:  # {minutes: -5} stopped the run at once
             raise ConfigError(f"trainer.max_time={shown!r} must be a time span > 0")
+        td = datetime.timedelta(seconds=-(-td // datetime.timedelta(seconds=1)))  # whole seconds, rounded up: {seconds:
+        # 0.5} became 00:00:00:00, and the run stopped at once
         trainer["max_time"] = f"{td.days:02d}:{td.seconds // 3600:02d}:{td.seconds // 60 % 60:02d}:{td.seconds % 60:02d}"
     limit = trainer.get("limit_train_batches")  # 0 "finished" at step 0 and wrote a summary of an untrained model
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0

@@ -559,6 +559,8 @@ def test_a_setting_lightning_would_fail_on_after_steps_of_training_is_refused_fi
     # a mapping, which Lightning takes as a dict but not as Hydra's DictConfig ("Missing key total_seconds")
     c = load_train_config(compose_train(tmp_path, [*SMOKE, "+trainer.max_time={hours:1,minutes:5}"]))
     assert c.trainer["max_time"] == "00:01:05:00"
+    c = load_train_config(compose_train(tmp_path, [*SMOKE, "+trainer.max_time={seconds:0.5}"]))
+    assert c.trainer["max_time"] == "00:00:00:01"  # rounded up: 00:00:00:00 stopped the run at once
     # three fields were "trainer could not be created: `Timer(...)`"; all zeros stopped the run after one step
     msg = run_expecting(tmp_path, [*SMOKE, "+trainer.max_time='00:05:00'"], ConfigError)
     assert msg.startswith("trainer.max_time='00:05:00' must be 'DD:HH:MM:SS' (four fields")

@@ -619,5 +619,7 @@ def test_a_run_with_a_time_limit_is_partial_only_when_stopped_before_it():
                                                                f"trainer.max_time={limit}")
         assert _unfinished(config, 20, ckpt(300.0)) is None  # its steps were done
         assert _unfinished(config, 12, {}) is None  # no timer saved: cannot tell
+    # a fraction of a second is rounded up, as train.py hands the limit to Lightning: its Timer stopped at 61 s
+    assert _unfinished({"trainer": {"max_steps": 20, "max_time": {"minutes": 1, "seconds": 0.9}}}, 12, ckpt(61.0)) is None
     assert _unfinished({"trainer": {"max_steps": 20}}, 12).startswith("partial: trained 12 of trainer.max_steps=20")
     assert _unfinished({"trainer": {"max_steps": 20, "max_epochs": 1}}, 12) is None  # an epoch may end it

@@ -264,8 +264,8 @@ def _seconds(max_time) -> float | None:
         if isinstance(max_time, str):
             d, h, m, sec = (int(x) for x in max_time.split(":"))
             return datetime.timedelta(days=d, hours=h, minutes=m, seconds=sec).total_seconds()
-        if isinstance(max_time, Mapping):
-            return datetime.timedelta(**max_time).total_seconds()
+        if isinstance(max_time, Mapping):  # in whole seconds, rounded up, as train.py hands it to Lightning
+            return float(math.ceil(datetime.timedelta(**max_time).total_seconds()))
     except (TypeError, ValueError):
         return None
     return None

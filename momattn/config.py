@@ -140,6 +140,32 @@ def _runs_on_cpu(trainer: Mapping) -> bool:
     return accelerator == "cpu" or (accelerator == "auto" and not _cuda_available() and not _mps_available())
 
 
+def max_time(span: Any) -> datetime.timedelta | None:
+    """trainer.max_time ('DD:HH:MM:SS' or a mapping such as {hours: 2}) as a span of whole seconds, rounded up ({seconds:
+    0.5} became 00:00:00:00, and the run stopped at once); None for null; a ConfigError for anything else."""
+    # an int: "trainer could not be created: 'int' object has no attribute ..."
+    if span is not None and not isinstance(span, str | Mapping):
+        raise ConfigError(f"trainer.max_time={span!r} must be a time: 'DD:HH:MM:SS' (e.g. '00:02:00:00') or a mapping "
+                          "such as {hours: 2}, or null")
+    shown = span if isinstance(span, str) else dict(span or {})  # as given, in the messages below
+    if isinstance(span, str):  # '00:05:00' was "trainer could not be created: `Timer(...)`", 0 stopped at once
+        fields = span.split(":")
+        if len(fields) != 4 or not all(f.strip().isascii() and f.strip().isdigit() for f in fields):  # not '²'
+            raise ConfigError(f"trainer.max_time={span!r} must be 'DD:HH:MM:SS' (four fields, e.g. '00:02:00:00' for "
+                              "two hours) or a mapping such as {hours: 2}")
+        span = dict(zip(("days", "hours", "minutes", "seconds"), map(int, fields), strict=True))
+    if not isinstance(span, Mapping):
+        return None
+    try:  # Lightning takes a dict but not Hydra's DictConfig ("Missing key total_seconds")
+        td = datetime.timedelta(**dict(span))
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ConfigError(f"trainer.max_time={shown!r} is not a time span ({e}); use days, hours, minutes, "
+                          "seconds, e.g. {hours: 2}") from None
+    if td.total_seconds() <= 0:  # {minutes: -5} stopped the run at once
+        raise ConfigError(f"trainer.max_time={shown!r} must be a time span > 0")
+    return datetime.timedelta(seconds=-(-td // datetime.timedelta(seconds=1)))
+
+
 def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
     """(Trainer arguments with precision=auto resolved for this machine, max_steps, accumulate_grad_batches)."""
     trainer = dict(node or {})
@@ -158,27 +184,7 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
         value = trainer.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not ok(value)):
             raise ConfigError(f"trainer.{key}={value!r} must be {says}")
-    span = trainer.get("max_time")  # an int: "trainer could not be created: 'int' object has no attribute ..."
-    if span is not None and not isinstance(span, str | Mapping):
-        raise ConfigError(f"trainer.max_time={span!r} must be a time: 'DD:HH:MM:SS' (e.g. '00:02:00:00') or a mapping "
-                          "such as {hours: 2}, or null")
-    shown = span if isinstance(span, str) else dict(span or {})  # as given, in the messages below
-    if isinstance(span, str):  # '00:05:00' was "trainer could not be created: `Timer(...)`", 0 stopped at once
-        fields = span.split(":")
-        if len(fields) != 4 or not all(f.strip().isascii() and f.strip().isdigit() for f in fields):  # not '²'
-            raise ConfigError(f"trainer.max_time={span!r} must be 'DD:HH:MM:SS' (four fields, e.g. '00:02:00:00' for "
-                              "two hours) or a mapping such as {hours: 2}")
-        span = dict(zip(("days", "hours", "minutes", "seconds"), map(int, fields), strict=True))
-    if isinstance(span, Mapping):  # Lightning takes a dict but not Hydra's DictConfig ("Missing key total_seconds")
-        try:
-            td = datetime.timedelta(**dict(span))
-        except (TypeError, ValueError, OverflowError) as e:
-            raise ConfigError(f"trainer.max_time={shown!r} is not a time span ({e}); use days, hours, minutes, "
-                              "seconds, e.g. {hours: 2}") from None
-        if td.total_seconds() <= 0:  # {minutes: -5} stopped the run at once
-            raise ConfigError(f"trainer.max_time={shown!r} must be a time span > 0")
-        td = datetime.timedelta(seconds=-(-td // datetime.timedelta(seconds=1)))  # whole seconds, rounded up: {seconds:
-        # 0.5} became 00:00:00:00, and the run stopped at once
+    if (td := max_time(trainer.get("max_time"))) is not None:
         trainer["max_time"] = f"{td.days:02d}:{td.seconds // 3600:02d}:{td.seconds // 60 % 60:02d}:{td.seconds % 60:02d}"
     limit = trainer.get("limit_train_batches")  # 0 "finished" at step 0 and wrote a summary of an untrained model
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float) or not limit > 0

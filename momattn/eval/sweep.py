@@ -256,19 +256,16 @@ def _unfinished(config: Mapping, step: int | None, ckpt: Mapping | None = None) 
             "it with ckpt_path=last, or evaluate it alone with evaluate.py ckpt_path=...)")
 
 
-def _seconds(max_time) -> float | None:
-    """Lightning's max_time ("DD:HH:MM:SS" or {days:, hours:, minutes:, seconds:}) in seconds; None if unreadable."""
-    import datetime
+def _seconds(limit) -> float | None:
+    """trainer.max_time in seconds, as train.py hands it to Lightning (config.max_time); None if unreadable."""
+    from momattn.config import max_time
+    from momattn.errors import ConfigError
 
     try:
-        if isinstance(max_time, str):
-            d, h, m, sec = (int(x) for x in max_time.split(":"))
-            return datetime.timedelta(days=d, hours=h, minutes=m, seconds=sec).total_seconds()
-        if isinstance(max_time, Mapping):  # in whole seconds, rounded up, as train.py hands it to Lightning
-            return float(math.ceil(datetime.timedelta(**max_time).total_seconds()))
-    except (TypeError, ValueError):
+        td = max_time(limit)
+    except ConfigError:
         return None
-    return None
+    return None if td is None else td.total_seconds()
 
 
 def _train_seconds(ckpt: Mapping | None) -> float | None:

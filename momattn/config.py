@@ -307,7 +307,8 @@ def check_launch_environment(trainer: Mapping, environ: Mapping | None = None) -
 
     env = os.environ if environ is None else environ
     nodes = trainer.get("num_nodes", 1) or 1
-    if nodes > 1 or world_size(trainer) > 1:  # one process reads none of them (a stale MASTER_ADDR is no concern)
+    several = nodes > 1 or world_size(trainer) > 1
+    if several:  # one process reads none of them (a stale MASTER_ADDR is no concern)
         _check_launch_values(env, nodes)
     if nodes > 1 and not any(env.get(k) for k in LAUNCHER_ENV):
         raise ConfigError(f"trainer.num_nodes={nodes} but no launcher environment was found ({', '.join(LAUNCHER_ENV)}"
@@ -319,7 +320,6 @@ def check_launch_environment(trainer: Mapping, environ: Mapping | None = None) -
     here = ("127.0.0.1", "localhost", socket.gethostname()) + (("", None) if nodes == 1 else ())
     # one node: Lightning's launcher starts the other processes, and rank 0 listens (on 127.0.0.1 by default); a
     # port in use there failed at once, as "did not all meet within dist_timeout_s", its children left waiting
-    several = nodes > 1 or world_size(trainer) > 1
     if several and port and first and env.get("MASTER_ADDR") in here and not _rendezvous_up():
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port an earlier run left in TIME_WAIT is free

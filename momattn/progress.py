@@ -29,6 +29,7 @@ class TrainProgress(ProgressBar):
         self._enabled, self._bar = True, None
         self._times: deque = deque(maxlen=window + 1)  # (time, tokens so far) at recent steps
         self._tokens, self._last_line, self._t0, self._step0 = 0, 0.0, 0.0, 0
+        self._val_t0: float | None = None  # when the validation under way started (its time is not training's)
 
     def disable(self) -> None:
         self._enabled = False
@@ -96,7 +97,7 @@ class TrainProgress(ProgressBar):
             self._val_t0 = time.perf_counter()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if getattr(self, "_val_t0", None) is not None:
+        if self._val_t0 is not None:
             # the tokens/s shown is training's, as the summary's: the window's times move past the validation and the
             # checkpoint saved after it (they read as a slowdown over the next window of steps)
             spent, self._val_t0 = time.perf_counter() - self._val_t0, None

@@ -37,21 +37,22 @@ def _claimed_before_hydra(config) -> bool:
     return bool(given) and "${" not in given[-1]
 
 
-def _a_training_runs(folder: Path) -> str | None:
-    """Why an evaluation or analysis must not write into `folder`, or None: it holds a train.py run (Hydra would
-    rewrite the run's saved command line, .hydra/, which resuming it and evaluate.py's sweep read), or it is such a
-    run's end-of-run evaluation (eval/, whose results.json a resume reads to know the evaluation is done)."""
+def _a_training_runs(folder: Path) -> tuple[str, Path] | None:
+    """(why an evaluation or analysis must not write into `folder`, the training run's folder), or None: it holds a
+    train.py run (Hydra would rewrite the run's saved command line, .hydra/, which resuming it and evaluate.py's sweep
+    read), or it is such a run's end-of-run evaluation (eval/, whose results.json a resume reads to know the
+    evaluation is done)."""
     from momattn.eval.sweep import is_training_job
 
     def holds_run(f: Path) -> bool:
         return any((f / "checkpoints").glob("*.ckpt")) or is_training_job(f)
 
     if holds_run(folder):
-        return "holds a training run (its checkpoints or its saved config): this would rewrite the run's .hydra/ " \
-               "command line, which resuming it reads"
+        return ("holds a training run (its checkpoints or its saved config): this would rewrite the run's .hydra/ "
+                "command line, which resuming it reads", folder)
     if (folder / "results.json").exists() and not (folder / ".hydra").exists() and holds_run(folder.parent):
-        return "is the end-of-run evaluation of the training run in " + str(folder.parent) + ", which a resume " \
-               "reads to know it is done: this would replace it"
+        return (f"is the end-of-run evaluation of the training run in {folder.parent}, which a resume reads to know "
+                "it is done: this would replace it", folder.parent)
     return None
 
 
@@ -67,10 +68,10 @@ class ClaimRunFolder(Callback):
             return  # their first process's folder; evaluate.py's and analyze.py's are claimed here alone
         timed = "${now:" in str(OmegaConf.to_container(config.hydra.run, resolve=False).get("dir", ""))
         name = str(OmegaConf.select(config, "hydra.run.dir"))  # Hydra's `now` is cached: run_job reads the same
-        if not timed and self.kind != "training run" and (why := _a_training_runs(Path(name))):
+        if not timed and self.kind != "training run" and (found := _a_training_runs(Path(name))):
+            why, run = found
             report(ConfigError(f"hydra.run.dir={name} {why}. Give it a folder of its own, e.g. hydra.run.dir="
-                               + str((Path(name).parent if why.startswith("is") else Path(name)) / "evaluate")),
-                   hydra=False)
+                               f"{run / 'evaluate'}"), hydra=False)
             sys.exit(2)
         if not timed:
             holder = claim_run_folder(Path(name))

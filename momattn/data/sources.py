@@ -111,6 +111,13 @@ def nul_problem(text: str) -> str | None:
     return f"holds NUL characters ({n} of {len(text)}): binary data, not text"
 
 
+def check_text(docs: list[str], name: str, data_files: Any, what: str) -> None:
+    """A DataError where a hub corpus's documents are NUL-filled (nul_problem over them all), naming the corpus."""
+    if any("\x00" in d for d in docs) and (problem := nul_problem("".join(docs))):
+        raise DataError(f"data.name='{name}'" + (f" data.data_files={data_files}" if data_files else "")
+                        + f": the text of {what} {problem}")
+
+
 def utf16_order(data: str | bytes) -> str | None:
     """'utf-16le' or 'utf-16be' where data (text, or the raw bytes) looks like UTF-16 written without a byte-order
     mark: a quarter or more NULs, nearly all on one side of each character (ASCII's high byte); else None."""
@@ -360,9 +367,7 @@ class HubCorpus:
             raise DataError(f"data.text_field='{self.text_field}' of data.name='{self.name}' holds "
                             f"{type(odd).__name__} values ({odd!r:.60}), not text; set data.text_field to the text")
         docs = [t for t in texts if t and t.strip()]
-        if any("\x00" in t for t in docs) and (problem := nul_problem("".join(docs))):
-            raise DataError(f"data.name='{self.name}'" + (f" data.data_files={self.data_files}" if self.data_files
-                                                          else "") + f": the text of its {read} split {problem}")
+        check_text(docs, self.name, self.data_files, f"its {read} split")
         if self.val_split and split == "train" and local_val_split(self.val_split, self.data_files):
             return without_val_copies(docs, self.documents("val"), self)
         if self.val_split:

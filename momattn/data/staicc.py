@@ -367,11 +367,16 @@ def near_keys(norm: str) -> tuple[str, str] | None:
     return (norm[:NEAR_CHARS], norm[-NEAR_CHARS:]) if len(norm) >= NEAR_CHARS else None
 
 
+def near_ends(norms) -> tuple[frozenset[str], frozenset[str]]:
+    """(first, last) NEAR_CHARS characters of every normalised text that has as many: what is_near compares with."""
+    keys = [k for n in norms if (k := near_keys(n))]
+    return frozenset(k[0] for k in keys), frozenset(k[1] for k in keys)
+
+
 @functools.cache
 def _reserved_ends(seed: int) -> tuple[frozenset[str], frozenset[str]]:
-    """(first, last) NEAR_CHARS normalised characters of every reserved row that has as many."""
-    keys = [k for n in _reserved(seed)[0] if (k := near_keys(n))]
-    return frozenset(k[0] for k in keys), frozenset(k[1] for k in keys)
+    """near_ends of every reserved row."""
+    return near_ends(_reserved(seed)[0])
 
 
 def is_near(norm: str, ends: tuple[frozenset[str], frozenset[str]]) -> bool:
@@ -471,8 +476,7 @@ def _lm_texts(tasks: tuple[str, ...], split: str, seed: int) -> tuple[str, ...]:
 
     train = [rows[i][0] for rows, s, _, drop in parts for i in s.lm_train.tolist() if i not in drop]
     train_norms = {norms[i] for _, s, norms, drop in parts for i in s.lm_train.tolist() if i not in drop}  # cached
-    keys = [k for n in train_norms if (k := near_keys(n))]  # rule (d) against LM-train: one story from two wires
-    ends = (frozenset(k[0] for k in keys), frozenset(k[1] for k in keys))
+    ends = near_ends(train_norms)  # rule (d) against LM-train: one story from two wires
     docs = [d for d, n in zip(docs, normalize_many(docs)) if n not in train_norms and not is_near(n, ends)]
     held = set().union(*holders(word_lists(docs), word_lists(train)).values())
     return tuple(d for j, d in enumerate(docs) if j not in held)

@@ -35,12 +35,12 @@ from momattn.data.sources import (
     check_seed,
     check_split_files,
     check_splits,
+    check_text,
     folder_files,
     local_files,
     local_val_split,
     no_rows,
     not_utf8,
-    nul_problem,
     same_text,
     saved_dataset,
     split_files,
@@ -183,9 +183,7 @@ class StreamingHubCorpus:
             raise DataError(f"the {split} stream of data.name='{self.name}' is empty")
         # judged on these bounded lists, read at start-up: UTF-16 shows in its first rows, and one junk row hours
         # into a web corpus does not end the run (HubCorpus judges its whole split so)
-        if any("\x00" in d for d in docs) and (problem := nul_problem("".join(docs))):
-            raise DataError(f"data.name='{self.name}'" + (f" data.data_files={self.data_files}" if self.data_files
-                                                          else "") + f": the text of its first {split} documents {problem}")
+        check_text(docs, self.name, self.data_files, f"its first {split} documents")
         return docs
 
     def no_training_documents(self) -> DataError:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from harness import machine_info
+from harness import check_out, machine_info, run_main, write_json
 
 from momattn.utils import positive_int  # noqa: E402
 
@@ -44,6 +44,15 @@ def main():
     ap.add_argument("--note", default="", help="how the machine was, e.g. 'alone on 2 cores' or 'contended'")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_analysis.json"))
     args = ap.parse_args()
+    if not args.ginc and not args.ckpt:
+        ap.error("give --ckpt PATH (a trained checkpoint) or --ginc (a random-init GINC model)")
+    check_out(ap, Path(args.out), suffixes=())
+    try:  # the rows of earlier runs, read before the measurement: a damaged file failed only at the end
+        old = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else []
+        if not isinstance(old, list) or not all(isinstance(r, dict) for r in old):
+            raise ValueError("not a list of rows")
+    except (OSError, ValueError) as e:
+        ap.error(f"--out {args.out}: not a bench_analysis results file ({e}); move it away or choose another")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     from momattn.analysis.config import AnalyzeConfig
     from momattn.analysis.runner import analyze
@@ -69,11 +78,9 @@ def main():
     print(f"{'phase':<18}{'seconds':>10}")
     for k, v in res.timing_s.items():
         print(f"{k:<18}{v:>10.1f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    old = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else []
-    old = [r for r in old if (r["model"], r["task"], r["shots"]) != (label, task, shots)]  # newest row per case
-    Path(args.out).write_text(json.dumps(old + [row], indent=2))
+    old = [r for r in old if (r.get("model"), r.get("task"), r.get("shots")) != (label, task, shots)]  # newest per case
+    write_json(Path(args.out), old + [row], indent=2)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

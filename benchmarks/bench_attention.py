@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from harness import (  # noqa: E402
     MEMORY_METHOD,
+    QUARTILES,
     RESULTS,
     Timer,
     check_out,
@@ -43,6 +44,8 @@ from harness import (  # noqa: E402
     mib,
     pct,
     peak_memory,
+    run_main,
+    summarize,
     table,
     write_results,
 )
@@ -228,7 +231,7 @@ def paired_overhead(samples: list[float], vanilla: list[float]) -> dict:
     whose speed drifts or jumps between rounds (this one's steps alternate between ~1.0 and ~1.3 s) moves
     both samples of a round alike, so the ratio is steadier than the ratio of two medians."""
     ratios = [100 * (a / b - 1) for a, b in zip(samples, vanilla)]
-    q = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) >= 2 else [ratios[0]] * 3
+    q = statistics.quantiles(ratios, n=4, method=QUARTILES) if len(ratios) >= 2 else [ratios[0]] * 3
     return {"overhead_vs_vanilla_paired_pct": statistics.median(ratios), "paired_q1_pct": q[0], "paired_q3_pct": q[2]}
 
 
@@ -509,11 +512,29 @@ def targets(res: dict) -> list[dict]:
     return out
 
 
-def rerender(path: Path) -> dict:
-    """Re-derive the training step's paired overheads and the targets from the samples stored in `path`."""
-    res = json.loads(path.read_text())
-    for r in res.get("train_step", []):
-        r.update(paired_overhead(r["samples_s"], _vanilla_row(res, r["T"])["samples_s"]))
+def _timed_rows(res: dict) -> list[dict]:
+    """Every row of `res` that holds timing samples (layer, training step, and both ops of the EMA part)."""
+    timed = res.get("attention_layer", []) + res.get("train_step", [])
+    return timed + [
+        r[n] for r in res.get("momentum_ema_vs_naive", {}).get("rows", []) for n in ("momentum_ema", "naive")
+    ]
+
+
+def rerender(ap: argparse.ArgumentParser, path: Path) -> dict:
+    """Re-derive every row's median and spread, the training step's paired overheads and the targets from the
+    samples stored in `path` (an older file's spreads were taken with exclusive quartiles: rendered beside new
+    rows, one table mixed two definitions)."""
+    try:
+        res = json.loads(path.read_text())
+        if not isinstance(res, dict) or "settings" not in res or not _timed_rows(res):
+            raise ValueError("no attention_layer, train_step or momentum_ema_vs_naive rows")
+        for r in _timed_rows(res):
+            r.update(summarize(r["samples_s"]))
+        for r in res.get("train_step", []):
+            r.update(paired_overhead(r["samples_s"], _vanilla_row(res, r["T"])["samples_s"]))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        ap.error(f"--rerender --out {path}: not a bench_attention results file ({e!r})")
+    res["settings"]["quartiles"] = QUARTILES
     res["targets"] = targets(res)
     write_results(path, res, render(res))
     return res
@@ -564,12 +585,14 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = ap.parse_args(argv)
     if args.rerender:
-        return rerender(args.out)
+        return rerender(ap, args.out)
 
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is available here; use --device cpu")
-    if args.threads is not None and args.threads < 0:  # a RuntimeError from torch.set_num_threads
+    if args.threads is not None and args.threads < 1:  # a RuntimeError from torch.set_num_threads below 0
         ap.error(f"--threads={args.threads} must be >= 1 (or left out: every core this process may use)")
+    if args.patience is not None and args.patience < 0:
+        ap.error(f"--patience={args.patience} must be >= 0 seconds (0 keeps every sample as measured)")
     check_out(ap, args.out)
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
@@ -600,6 +623,7 @@ def main(argv: list[str] | None = None) -> dict:
             "eta": ETA,
             "variants": VARIANTS,
             "patience_s": timer.patience_s,
+            "quartiles": QUARTILES,
             "dtype_note": "bf16: torch.autocast for layer and training step; bf16 inputs for the "
             "EMA ops (bf16 chunk matmuls accumulating in fp32, fp32 states between chunks)"
             if args.dtype == "bf16"
@@ -618,10 +642,7 @@ def main(argv: list[str] | None = None) -> dict:
         timer.patience_s = train_timer.patience_s
     res["wall_s"] = time.perf_counter() - t0
     res["settings"]["patience_left_s"] = timer.patience_s
-    timed = res.get("attention_layer", []) + res.get("train_step", [])
-    timed += [
-        r[n] for r in res.get("momentum_ema_vs_naive", {}).get("rows", []) for n in ("momentum_ema", "naive")
-    ]
+    timed = _timed_rows(res)
     res["contention"] = {
         "samples": sum(len(r["samples_s"]) for r in timed),
         "retaken": sum(r["samples_retaken"] for r in timed),
@@ -640,4 +661,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

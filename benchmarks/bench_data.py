@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import machine_info, table, write_results  # noqa: E402
+from harness import check_out, machine_info, run_main, table, write_results  # noqa: E402
 
 from momattn.utils import positive_int  # noqa: E402
 
@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--train-steps", type=positive_int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "data.json"))
     args = ap.parse_args()
+    check_out(ap, Path(args.out))
     from momattn.tokenizer import train_bpe
 
     res = {"machine": machine_info("cpu"), "docs": args.docs, "rows": []}
@@ -130,4 +131,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

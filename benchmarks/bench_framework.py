@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import RESULTS, machine_info, table, train_step, write_results  # noqa: E402
+from harness import RESULTS, check_out_dir, machine_info, run_main, table, train_step, write_results  # noqa: E402
 
 from momattn.checkpoint import model_config_from, read_meta  # noqa: E402
 from momattn.data.datamodule import StreamSampler, TokenWindows  # noqa: E402
@@ -98,10 +98,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--attention", default="vanilla")
     ap.add_argument("--steps", type=positive_int, default=120)
     ap.add_argument("--repeats", type=positive_int, default=3)
-    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--out", default=str(RESULTS), help="a folder: framework_<recipe>_<precision>.json goes there")
     a = ap.parse_args(argv)
     if a.steps <= WINDOW:
-        raise SystemExit(f"error: --steps must exceed the {WINDOW}-step measuring window")
+        ap.error(f"--steps={a.steps} must exceed the {WINDOW}-step measuring window")
+    check_out_dir(ap, Path(a.out))
     rows, meta = [], None
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(a.repeats):
@@ -144,4 +145,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

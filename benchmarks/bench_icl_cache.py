@@ -17,6 +17,7 @@ go through the model, the compute ratio) and writes benchmarks/results/icl_cache
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import time
@@ -27,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import RESULTS, Timer, check_out, machine_info, table, write_results  # noqa: E402
+from harness import RESULTS, Timer, check_out, machine_info, run_main, table, write_results  # noqa: E402
 
 import momattn.model as model_module  # noqa: E402
 from momattn.eval.scoring import PrefixScorer  # noqa: E402
@@ -209,6 +210,8 @@ def main() -> None:
 
     if bad := [k for k in args.kinds if k not in KINDS]:  # a ConfigError traceback from the model
         ap.error(f"--kinds: unknown {', '.join(bad)}; the attention kinds are {', '.join(KINDS)}")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):  # a RuntimeError from torch.device
+        ap.error(f"--device {args.device}: give cpu, cuda or cuda:N")
     if args.device.startswith("cuda") and not torch.cuda.is_available():  # an AssertionError from torch
         ap.error(f"--device {args.device}: no CUDA device is available here; use --device cpu")
     check_out(ap, args.out)
@@ -257,4 +260,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_attention import BATCH, BLOCK, VOCAB, _gpt_config, train_step_case  # noqa: E402
-from harness import RESULTS, machine_info, summarize, table, write_results  # noqa: E402
+from harness import RESULTS, check_out, machine_info, run_main, summarize, table, write_results  # noqa: E402
 
 from momattn import cpu_scan  # noqa: E402
 from momattn.model import GPT  # noqa: E402
@@ -143,6 +143,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args)))
         return
+    check_out(ap, args.out)
     machine = machine_info(torch.device("cpu"), args.dtype)  # its date and load: when the timing starts
     modes = {}
     for mode in args.modes:
@@ -162,4 +163,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import RESULTS, check_out, machine_info, table, write_results  # noqa: E402
+from harness import RESULTS, check_out, machine_info, run_main, table, write_results  # noqa: E402
 
 from momattn.utils import positive_int  # noqa: E402
 
@@ -94,4 +94,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import RESULTS, machine_info, table, write_results  # noqa: E402
+from harness import RESULTS, check_out, machine_info, run_main, table, write_results  # noqa: E402
 
 from momattn.utils import positive_int  # noqa: E402
 
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     root = args.root.resolve()
     if not (root / "train.py").is_file():
         ap.error(f"--root {root}: no train.py there")
+    check_out(ap, args.out)
     commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip() or None
     times: dict[str, list[float]] = {name: [] for name in CASES}
@@ -72,4 +73,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

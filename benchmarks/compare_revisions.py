@@ -35,7 +35,7 @@ from bench_attention import (  # noqa: E402
     paired_overhead,
     train_step_case,
 )
-from harness import RESULTS, Timer, machine_info, pct, table, write_results  # noqa: E402
+from harness import RESULTS, Timer, check_out, machine_info, pct, run_main, table, write_results  # noqa: E402
 
 from momattn import model as model_now  # noqa: E402
 from momattn.utils import positive_int  # noqa: E402
@@ -231,6 +231,15 @@ def main() -> None:
     ap.add_argument("--dtype", choices=list(DTYPES), default="fp32",
                     help="--part step / ema: bf16 = the step under CPU autocast / bf16 values for the ops")
     args = ap.parse_args()
+    if args.threads is not None and args.threads < 1:
+        ap.error(f"--threads={args.threads} must be >= 1 (or left out: torch's choice)")
+    if args.min_sample_s <= 0:
+        ap.error(f"--min-sample-s={args.min_sample_s} must be > 0 seconds")
+    rev = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{args.rev}^{{commit}}"], cwd=ROOT,
+                         capture_output=True, text=True)
+    if rev.returncode != 0:
+        ap.error(f"--rev {args.rev}: not a commit of this repository ({ROOT}); e.g. --rev HEAD or --rev HEAD~3")
+    check_out(ap, args.out)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -280,4 +289,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

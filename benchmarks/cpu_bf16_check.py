@@ -47,12 +47,13 @@ from momattn.hardware import (  # noqa: E402
     keep_freed_memory,
     resolve_precision,
 )
+from momattn.io import atomic_write_text, probe_write  # noqa: E402
 from momattn.model import GPT, GPTConfig  # noqa: E402
 from momattn.optim import fused_adamw_ok  # noqa: E402
 from momattn.utils import positive_int  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import check_out, measured  # noqa: E402
+from harness import check_out, measured, run_main, write_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PRECISIONS = ("32-true", "bf16-mixed")
@@ -268,9 +269,9 @@ def markdown(rep: dict) -> str:
 
 def write(rep: dict, out: Path) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rep, indent=1) + "\n")
     md = "# bf16 on a CPU with native bf16\n\n" + markdown(rep) + "\n"
-    out.with_suffix(".md").write_text(md)
+    atomic_write_text(out.with_suffix(".md"), md)
+    write_json(out, rep)  # atomic: the report a timed-out run left stays whole
     return md
 
 
@@ -299,6 +300,16 @@ def main(argv: list[str] | None = None) -> int:
     parts = {p.strip() for p in a.parts.split(",") if p.strip()}
     if not parts or parts - {"step", "runs"}:  # --parts stpe measured nothing and wrote that over the stored results
         ap.error(f"--parts={a.parts!r}: choose step, runs or step,runs")
+    if len(set(a.seeds)) < len(a.seeds):  # two runs in one folder: each start() removed it under its twin
+        ap.error(f"--seeds {' '.join(map(str, a.seeds))}: a seed is given twice")
+    if not a.timeout > 0:
+        ap.error(f"--timeout={a.timeout} must be > 0 seconds")
+    if "runs" in parts:  # checked before the step part's minutes, not after them
+        try:
+            a.workdir.mkdir(parents=True, exist_ok=True)
+            probe_write(a.workdir)
+        except OSError as e:
+            ap.error(f"--workdir {a.workdir}: it cannot be made or written ({e.strerror or e}); choose another")
     if a.out is None:
         import tempfile
 
@@ -309,7 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     rep: dict = {"machine": describe(), "native_bf16": cpu_has_native_bf16(), "torch": torch.__version__,
                  "date": now, "smoke": a.smoke}
     if a.merge and a.out.is_file():
-        old = json.loads(a.out.read_text())
+        try:
+            old = json.loads(a.out.read_text())
+            if not isinstance(old, dict) or "date" not in old:
+                raise ValueError("not a cpu_bf16_check report")
+        except (OSError, ValueError) as e:
+            ap.error(f"--merge --out {a.out}: it cannot be read ({e}); move it away or run without --merge")
         rep.update({k: v for k, v in old.items() if k not in rep and k != "skipped"})
         rep["part_dates"] = dict(old.get("part_dates") or {k: old["date"] for k in ("step", "runs") if k in old})
     if not rep["native_bf16"] and not a.force:
@@ -345,4 +361,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -18,7 +18,6 @@ benchmarks/results/ginc_bayes.json and .md and prints the table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict, fields
@@ -31,7 +30,11 @@ sys.path.insert(0, str(ROOT))
 
 from momattn.data.ginc import GincCorpus, max_shots  # noqa: E402
 from momattn.eval.ginc import ginc_task  # noqa: E402
+from momattn.io import atomic_write_text  # noqa: E402
 from momattn.utils import positive_int, stable_seed  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from harness import check_out_dir, run_main, write_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 TASKS = ["ginc", "ginc_l3", "ginc_l8", "ginc_ood"]
@@ -82,31 +85,38 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("fields", nargs="*", help="GincCorpus field=value")
     a = ap.parse_args(argv)
+    try:
+        shot_ints = [int(k) for k in a.shots.split(",")]
+    except ValueError:
+        ap.error(f"--shots must be comma-separated integers, got {a.shots!r}")
+    if any(k < 0 for k in shot_ints):
+        ap.error(f"--shots {a.shots}: k must be >= 0")
+    if bad := [t for t in a.tasks.split(",") if ginc_task(t, "--tasks") is None]:
+        ap.error(f"--tasks: {', '.join(bad)} is not a GINC task; e.g. {', '.join(TASKS)}")
+    check_out_dir(ap, Path(a.out))
     world = GincCorpus(**dict(_field(f) for f in a.fields))
     t0 = time.time()
-    shot_ints = [int(k) for k in a.shots.split(",")]
     tables = {label: bayes_table(world, a.tasks.split(","), shot_ints, a.prompts, a.seed, a.context, reader)
               for label, reader in READERS.items()}
     doc = {"world": asdict(world), "prompts": a.prompts, "seed": a.seed, "context": a.context,
            "seconds": round(time.time() - t0, 1), "accuracy": tables["label vote"], "accuracy_predictive":
            tables["predictive"], "readers": {"accuracy": "label vote (the ceiling)",
                                              "accuracy_predictive": "predictive argmax (a perfect model's greedy)"}}
-    shots = a.shots.split(",")
+    shots = [str(k) for k in shot_ints]  # bayes_table's keys ("04" would miss "4")
     lines = ["| reader | task | " + " | ".join(f"k={k}" for k in shots) + " |", "|---" * (len(shots) + 2) + "|"]
     for label, table in tables.items():
         for name, row in table.items():
             cells = ["(does not fit)" if row[k] is None else f"{100 * row[k]:.1f}" for k in shots]
             lines.append(f"| {label} | {name} | " + " | ".join(cells) + " |")
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ginc_bayes.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (out / "ginc_bayes.md").write_text(f"Bayes-optimal readers, accuracy in % ({a.prompts} prompts, seed {a.seed}, "
-                                       f"context {a.context}; label vote = the ceiling, predictive = a perfect "
-                                       "model's greedy answer):\n\n" + "\n".join(lines) + "\n")
+    atomic_write_text(out / "ginc_bayes.md", f"Bayes-optimal readers, accuracy in % ({a.prompts} prompts, seed "
+                      f"{a.seed}, context {a.context}; label vote = the ceiling, predictive = a perfect model's "
+                      "greedy answer):\n\n" + "\n".join(lines) + "\n")
+    write_json(out / "ginc_bayes.json", doc, indent=2)
     print("\n".join(lines))
     print(f"({doc['seconds']} s)")
     return doc
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

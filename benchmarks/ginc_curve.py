@@ -25,8 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import RESULTS, machine_info, table, train_step  # noqa: E402
+from harness import RESULTS, check_out_dir, machine_info, run_main, table, train_step, write_json  # noqa: E402
 
+from momattn.io import atomic_write_text  # noqa: E402
 from momattn.utils import positive_int  # noqa: E402
 
 
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         shots = [int(k) for k in a.shots.split(",")]
     except ValueError:
         ap.error(f"--shots must be comma-separated integers, got {a.shots!r}")
+    check_out_dir(ap, Path(a.out))
     try:
         result, _ = run(a.overrides, a.every, a.tasks.split(","), shots, a.prompts)
     except UserError as e:  # a misspelled override, a bad GINC setting, ...: the message, not a traceback
@@ -135,15 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     result["machine"] = machine_info("cpu")
     name = a.name or ("_".join(o.replace("=", "-") for o in a.overrides) or "default")
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     cols = list(result["rows"][0])
     md = table(cols, [["-" if r[k] is None else str(r[k]) for k in cols] for r in result["rows"]])
     head = f"GINC curve, `{' '.join(['experiment=ginc', *a.overrides])}` ({result['prompts']} prompts per k)\n\n"
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
-    (out / f"{name}.md").write_text(head + md + "\n")
+    atomic_write_text(out / f"{name}.md", head + md + "\n")
+    write_json(out / f"{name}.json", result)
     print(head + md)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

@@ -37,7 +37,6 @@ benchmarks/results/ginc_ood_probe/probe.json and .md and prints the table.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter, defaultdict
@@ -50,8 +49,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import machine_info  # noqa: E402
+from harness import check_out_dir, machine_info, run_main, write_json  # noqa: E402
 
+from momattn.io import atomic_write_text  # noqa: E402
 from momattn.utils import positive_int, stable_seed  # noqa: E402
 
 TASKS = ("ginc", "ginc_ood")
@@ -225,6 +225,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--k", type=positive_int, default=32)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ginc_ood_probe"))
     a = ap.parse_args(argv)
+    if not Path(a.sweep).is_dir():
+        ap.error(f"--sweep {a.sweep}: no such folder; give the folder of a GINC sweep (e.g. multirun/<date>/<time>)")
+    check_out_dir(ap, Path(a.out))
     runs, failed = find_runs(Path(a.sweep))
     for f in failed:
         print(f"left out: {f}", file=sys.stderr)
@@ -255,14 +258,13 @@ def main(argv: list[str] | None = None) -> dict:
            "runs": per_run, "summary": summarise(per_run), "seconds": round(time.time() - t0, 1),
            "machine": machine_info("cpu"), "torch": torch.__version__}
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "probe.json").write_text(json.dumps(doc, indent=2) + "\n")
     md = markdown(doc)
-    (out / "probe.md").write_text(f"`python benchmarks/ginc_ood_probe.py --sweep {a.sweep} --prompts {a.prompts} "
-                                  f"--seed {a.seed} --k {a.k}` ({len(runs)} runs, {doc['seconds']} s)\n\n" + md)
+    atomic_write_text(out / "probe.md", f"`python benchmarks/ginc_ood_probe.py --sweep {a.sweep} --prompts "
+                      f"{a.prompts} --seed {a.seed} --k {a.k}` ({len(runs)} runs, {doc['seconds']} s)\n\n" + md)
+    write_json(out / "probe.json", doc, indent=2)
     print(md)
     return doc
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import statistics
@@ -44,7 +43,9 @@ from momattn.model import GPT, AttentionConfig, GPTConfig  # noqa: E402
 from momattn.utils import positive_int  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import measured  # noqa: E402
+from harness import check_out, measured, run_main, write_json  # noqa: E402
+
+from momattn.io import atomic_write_text  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 KINDS = ("vanilla", "momentum", "multirate_ema")
@@ -331,9 +332,9 @@ def markdown(report: dict) -> str:
 
 def write(report: dict, out: Path) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
     md = "# GPU check\n\n" + markdown(report)
-    out.with_suffix(".md").write_text(md)
+    atomic_write_text(out.with_suffix(".md"), md)
+    write_json(out, report, indent=2)  # atomic: a run killed by its timeout mid-write keeps the rows it had
     return md
 
 
@@ -366,8 +367,13 @@ def main() -> int:
     bad = [v for v in filter(None, a.variants.split(",")) if v not in labels]
     if bad:
         ap.error(f"--variants: unknown {', '.join(bad)}; the variants are {', '.join(labels)}")
+    if a.profile < 0:
+        ap.error(f"--profile={a.profile} must be >= 0 steps (0: no profile)")
+    if not a.budget >= 0 or not a.deadline >= 0:  # 0: no training variant starts
+        ap.error(f"--budget={a.budget} and --deadline={a.deadline} must be >= 0 seconds")
     if a.out is None:
         a.out = RESULTS / "gpu.json" if torch.cuda.is_available() and not a.smoke else scratch_out()
+    check_out(ap, a.out)  # before the device's minutes, not after them
     t_start = time.perf_counter()
     report: dict = {"machine": describe(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "smoke": a.smoke,
                     "scan_backend_default": ops.SCAN_BACKEND, "loss": "the loss inside the model"}
@@ -446,4 +452,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -76,9 +76,12 @@ def _sample(fn: Callable[[], object], number: int, device: torch.device) -> tupl
     return wall / number, (own1 - own0) / number, others
 
 
+QUARTILES = "inclusive"  # statistics.quantiles method of every spread (exclusive read 2 samples wider than their range)
+
+
 def summarize(samples: list[float]) -> dict:
     """Median, extremes and spread (interquartile range over the median, in %) of timing samples."""
-    q = statistics.quantiles(samples, n=4, method="inclusive") if len(samples) >= 2 else [samples[0]] * 3
+    q = statistics.quantiles(samples, n=4, method=QUARTILES) if len(samples) >= 2 else [samples[0]] * 3
     med = statistics.median(samples)
     return {
         "median_s": med,
@@ -289,11 +292,14 @@ def measured(path: Path, parts: tuple[str, ...] = ()) -> bool:
     return isinstance(old, dict) and not old.get("skipped") and (not parts or any(p in old for p in parts))
 
 
-def check_out(ap, path: Path) -> None:
-    """Refuse (ap.error: one line, exit 2) an output file whose folder cannot be made or written, before the
-    measurement: it failed in write_results afterwards, the whole run's numbers lost."""
+def check_out(ap, path: Path, suffixes: tuple[str, ...] = (".md",)) -> None:
+    """Refuse (ap.error: one line, exit 2) an output file that is a folder, or whose folder cannot be made or
+    written, before the measurement: it failed in write_results afterwards, the whole run's numbers lost."""
     from momattn.io import probe_write
 
+    for p in (Path(path), *(Path(path).with_suffix(s) for s in suffixes)):
+        if p.is_dir():
+            ap.error(f"--out {path}: {p} is a folder; give a file name, e.g. {Path(path) / 'results.json'}")
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         probe_write(Path(path).parent)
@@ -301,11 +307,52 @@ def check_out(ap, path: Path) -> None:
         ap.error(f"--out {path}: its folder cannot be written ({e.strerror or e}); choose another")
 
 
+def check_out_dir(ap, folder: Path) -> None:
+    """check_out for the benchmarks whose --out is a folder: refuse a file there, or a folder that cannot be made
+    or written."""
+    from momattn.io import probe_write
+
+    if Path(folder).exists() and not Path(folder).is_dir():
+        ap.error(f"--out {folder}: it is a file; give a folder, e.g. {Path(folder).parent}")
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        probe_write(folder)
+    except OSError as e:
+        ap.error(f"--out {folder}: it cannot be made or written ({e.strerror or e}); choose another")
+
+
+def write_json(path: Path, obj, indent: int = 1) -> None:
+    """obj as standard JSON (a non-finite number as null) at path, written atomically: a kill mid-write leaves the
+    old file, never half a new one."""
+    from momattn.io import atomic_write_text, json_text
+
+    atomic_write_text(path, json_text(obj, indent=indent) + "\n")
+
+
 def write_results(path: Path, res: dict, md: str) -> None:
-    """Print the markdown, then write path (JSON) and path with suffix .md."""
+    """Print the markdown, then write path with suffix .md and path (JSON), each atomically, the JSON last: the
+    report that tables are rendered from is never older than its .md beside it."""
+    from momattn.io import atomic_write_text
+
     print()
     print(md)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(res, indent=1) + "\n")
-    path.with_suffix(".md").write_text(md + "\n")
+    atomic_write_text(path.with_suffix(".md"), md + "\n")
+    write_json(path, res)
     print(f"wrote {path} and {path.with_suffix('.md')}")
+
+
+def run_main(main: Callable[[], int | None]) -> None:
+    """Run a benchmark's main and exit with its code; Ctrl-C and momattn's own errors (a missing checkpoint, a bad
+    sweep folder) end in one line, not a traceback. Results already written stay (each write is atomic)."""
+    from momattn.errors import UserError
+
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("\ninterrupted: no results file is left half-written (each write is atomic)", file=sys.stderr)
+        sys.exit(130)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)  # some mains return their results

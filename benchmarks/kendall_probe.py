@@ -23,13 +23,14 @@ Writes benchmarks/results/kendall_probe/<name>.json (--name, default: the run fo
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
-from harness import machine_info
+from harness import machine_info, run_main, write_json
+
+from momattn.utils import positive_int  # noqa: E402
 
 ROWS = ("kendall", "icl_recency", "ft_recency", "icl_norot_vs_ft", "icl_vs_ft_keys")
 
@@ -92,15 +93,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--lr", type=float, default=0.01, help="the finetuning lr (analyze.py's chosen one: results.md)")
-    ap.add_argument("--prompts", type=int, default=200)
+    ap.add_argument("--prompts", type=positive_int, default=200)
     ap.add_argument("--name", default=None)
     args = ap.parse_args()
+    if not Path(args.ckpt).is_file():
+        ap.error(f"--ckpt {args.ckpt}: no such checkpoint file")
+    if not args.lr > 0:
+        ap.error(f"--lr={args.lr} must be > 0")
     name = args.name or Path(args.ckpt).resolve().parent.parent.name
     res = probe(args.ckpt, args.lr, args.prompts)
     doc = {"checkpoint": args.ckpt, "lr": args.lr, **res, "machine": machine_info("cpu")}
     path = Path(__file__).parent / "results" / "kendall_probe" / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    write_json(path, doc, indent=2)
     L = len(res["per_layer"]["kendall"])
     print(f"{args.ckpt} (lr {args.lr}, {res['prompts']} prompts)\n")
     print("| quantity | " + " | ".join(f"layer {i}" for i in range(L)) + " | mean |")
@@ -112,4 +116,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

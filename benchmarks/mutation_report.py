@@ -12,13 +12,17 @@ the list cannot go stale silently."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(RESULTS.parents[1]))  # run from a checkout without installing
+
+from momattn.io import atomic_write_text, json_text  # noqa: E402
+
 EQUIVALENT = Path(__file__).resolve().parent / "mutation_equivalent.txt"
 LINE = re.compile(r"^\s*(?P<name>[\w.]+)__mutmut_\d+: (?P<status>.+?)\s*$")
 
@@ -84,9 +88,13 @@ def cells(r: dict) -> str:
             f"{_pct(r['kill_rate_non_equivalent'])}")
 
 
-def main(path: str, sample: str | None = None, equivalent: Path = EQUIVALENT) -> None:
+def main(path: str, sample: str | None = None, equivalent: Path = EQUIVALENT, out: Path | None = None) -> None:
+    out = RESULTS if out is None else out
     only = set(Path(sample).read_text().split()) if sample else None
     per_module, survivors = parse(Path(path).read_text(), only)
+    if not per_module:  # another file given by mistake: the committed tables were replaced by empty ones
+        raise SystemExit(f"error: {path} holds no mutmut result lines ('<mutant name>: <status>'); give the "
+                         "listing benchmarks/mutation.sh writes (benchmarks/results/mutation_raw.txt)")
     named = read_equivalent(equivalent)
     n_eq = {m: sum(1 for s in names if s in named) for m, names in survivors.items()}
     rows = [row(module, c, n_eq.get(module, 0)) for module, c in sorted(per_module.items())]
@@ -95,8 +103,7 @@ def main(path: str, sample: str | None = None, equivalent: Path = EQUIVALENT) ->
     stale = sorted(n for n in named if n not in surviving and (only is None or n in only))
     doc = {"modules": rows, "total": total, "sampled": sample is not None, "survivors": survivors,
            "equivalent": {s: named[s] for s in sorted(surviving) if s in named}, "named_but_killed": stale}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "mutation.json").write_text(json.dumps(doc, indent=2) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
     lines = ["| module | killed | survived | of which equivalent | other | not checked | kill rate [95% CI] | "
              "kill rate, equivalent left out |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['module']} | {cells(r)} |" for r in rows]
@@ -108,7 +115,8 @@ def main(path: str, sample: str | None = None, equivalent: Path = EQUIVALENT) ->
     if stale:
         lines += ["", "Named in mutation_equivalent.txt but no longer surviving (remove them):", ""]
         lines += [f"- {name}" for name in stale]
-    (RESULTS / "mutation.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(out / "mutation.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / "mutation.json", json_text(doc, indent=2) + "\n")  # a kill rate of no mutants: null
     print("\n".join(lines[: len(rows) + 3]))
 
 
@@ -118,8 +126,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("raw", nargs="?", default=str(RESULTS / "mutation_raw.txt"), help="mutmut's results listing")
     ap.add_argument("sample", nargs="?", default=None, help="mutation_sample.py's list: only these mutants count")
+    ap.add_argument("--out", type=Path, default=None, help="the folder for mutation.json and mutation.md (default "
+                    "benchmarks/results)")
     a = ap.parse_args()
     for p in (a.raw, a.sample):
         if p is not None and not Path(p).is_file():
             ap.error(f"{p} is not a file")
-    main(a.raw, a.sample)
+    main(a.raw, a.sample, out=a.out)

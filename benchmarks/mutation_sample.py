@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 from pathlib import Path
 
 
@@ -39,13 +38,21 @@ def sample(names: dict[str, list[tuple[str, int | None]]], fraction: float, seed
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--pending"]
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("fraction", type=float, help="the share of every module's mutants to sample, in (0, 1]")
+    ap.add_argument("seed", type=int, nargs="?", default=0)
+    ap.add_argument("--pending", action="store_true", help="only the sampled mutants not run yet")
+    a = ap.parse_args()
+    if not 0 < a.fraction <= 1:
+        ap.error(f"fraction {a.fraction} must be in (0, 1], e.g. 0.25")
     found = mutant_names()
     if not found:
         raise SystemExit("error: no mutants/ folder with mutant lists: run `mutmut run` once (benchmarks/mutation.sh "
                          "generates them) before sampling")
-    picked = sample(found, float(args[0]), int(args[1]) if len(args) > 1 else 0)
-    if "--pending" in sys.argv:
+    picked = sample(found, a.fraction, a.seed)
+    if a.pending:
         done = {name for mutants in found.values() for name, code in mutants if code is not None}
         picked = [name for name in picked if name not in done]
     print("\n".join(picked))

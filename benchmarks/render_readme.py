@@ -87,7 +87,7 @@ def render_section(results: Path) -> str:
         out += [
             f"### {heading}",
             "",
-            f"`{command}` writes `benchmarks/results/{name}`:",
+            f"`{command}` writes `{'benchmarks/results' if results.resolve() == RESULTS else where}/{name}`:",
             "",
             render(json.loads(path.read_text())).rstrip(),
             "",
@@ -98,7 +98,10 @@ def render_section(results: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--results", type=Path, default=RESULTS)
-    print(render_section(ap.parse_args().results))
+    results = ap.parse_args().results
+    if not any((results / name).is_file() for name in SECTIONS):  # printed a section of its header alone
+        ap.error(f"--results {results}: no results file there ({', '.join(SECTIONS)})")
+    print(render_section(results))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import re
 import subprocess
@@ -30,6 +29,8 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, 
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from harness import check_out, run_main, write_json  # noqa: E402
 
 SCAN_FLAGS = ("STRICT", "REVERSE", "CHUNKED", "HAS_ADD")
 MIX = ("FFMA", "HMMA", "HGMMA", "LDG", "STG", "F2FP")  # the instruction kinds the table shows
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="only the reference variants' instruction mix")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "triton_sm90.json"))
     a = ap.parse_args(argv)
+    check_out(ap, Path(a.out), suffixes=())
     try:
         from momattn import triton_scan as ts
     except ImportError as e:
@@ -129,11 +131,10 @@ def main(argv: list[str] | None = None) -> dict:
                      + " | ".join(str(r[k]) for k in MIX) + " |")
     if not a.quick:
         lines += ["", f"{compiled} variants compiled, {len(failures)} failed ({doc['seconds']} s)"] + failures
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(doc, indent=2) + "\n")
+    write_json(Path(a.out), doc, indent=2)
     print("\n".join(lines))
     return doc
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

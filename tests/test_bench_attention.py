@@ -52,6 +52,35 @@ def test_rerender_derives_the_paired_overheads_from_stored_samples(tmp_path):
     mom = next(r for r in res["train_step"] if r["variant"] == "momentum")
     assert abs(mom["overhead_vs_vanilla_paired_pct"] - 1.0) < 1e-9
     assert res["targets"][0]["met"] and path.with_suffix(".md").exists()
+    # each row's spread is re-derived too (a file written with another quartile method kept its old spreads)
+    assert mom["iqr_pct"] == bench_attention.summarize(mom["samples_s"])["iqr_pct"] != template["iqr_pct"]
+    assert res["settings"]["quartiles"] == "inclusive"
+
+
+def test_the_committed_tables_spreads_are_what_the_harness_computes_from_their_samples():
+    """A change of the spread's definition must be followed by --rerender of the stored files: the README's tables
+    had mixed quartiles of two methods."""
+    files = sorted(bench_attention.RESULTS.glob("attention*.json"))
+    assert len(files) >= 3
+    for path in files:
+        res = json.loads(path.read_text())
+        assert res["settings"].get("quartiles") == bench_attention.QUARTILES, path.name
+        for r in bench_attention._timed_rows(res):
+            assert abs(r["iqr_pct"] - bench_attention.summarize(r["samples_s"])["iqr_pct"]) < 1e-9, path.name
+
+
+def test_rerender_refuses_a_file_of_another_benchmark(tmp_path, capsys):
+    import pytest
+
+    for text in ('{"rows": []}', "{not json", None):
+        path = tmp_path / "x.json"
+        path.unlink(missing_ok=True)
+        if text is not None:
+            path.write_text(text)
+        with pytest.raises(SystemExit) as e:
+            bench_attention.main(["--rerender", "--out", str(path)])
+        assert e.value.code == 2 and "not a bench_attention results file" in capsys.readouterr().err
+        assert not path.with_suffix(".md").exists()
 
 
 def test_the_spread_of_few_samples_never_exceeds_their_range():

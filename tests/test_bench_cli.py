@@ -1,0 +1,152 @@
+"""The benchmark scripts' command lines: bad input is one line before any measuring, results are written whole
+(atomically, the JSON last), and Ctrl-C or momattn's own errors end without a traceback."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import harness  # noqa: E402
+
+
+def _refused(capsys, main, argv, monkeypatch=None, script=None) -> str:
+    """main's argparse error line (exit 2) for argv; scripts that read sys.argv get it there."""
+    if script is not None:
+        monkeypatch.setattr(sys, "argv", [script, *argv])
+    with pytest.raises(SystemExit) as e:
+        main(argv) if script is None else main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_an_out_that_is_a_folder_is_refused_before_the_measurement(tmp_path, capsys, monkeypatch):
+    import bench_kernel_step
+    import bench_long_document
+    import bench_startup
+
+    line = _refused(capsys, bench_startup.main, ["--out", str(tmp_path)])
+    assert f"--out {tmp_path}: {tmp_path} is a folder" in line
+    (tmp_path / "r.md").mkdir()  # the .md written beside it
+    assert "r.md is a folder" in _refused(capsys, bench_startup.main, ["--out", str(tmp_path / "r.json")])
+    for mod in (bench_long_document, bench_kernel_step):
+        assert "is a folder" in _refused(capsys, mod.main, ["--out", str(tmp_path)], monkeypatch, mod.__file__)
+
+
+def test_an_out_folder_that_is_a_file_is_refused(tmp_path, capsys):
+    import bench_framework
+    import ginc_bayes
+
+    f = tmp_path / "file"
+    f.write_text("")
+    assert f"--out {f}: it is a file" in _refused(capsys, bench_framework.main, ["--out", str(f)])
+    assert f"--out {f}: it is a file" in _refused(capsys, ginc_bayes.main, ["--out", str(f), "--prompts", "1"])
+    assert "must exceed" in _refused(capsys, bench_framework.main, ["--steps", "5"])
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--rev", "nosuchrev"], "--rev nosuchrev: not a commit"),
+    (["--threads", "-1"], "--threads=-1 must be >= 1"),
+])
+def test_compare_revisions_bad_input(argv, says, capsys, monkeypatch):
+    import compare_revisions
+
+    assert says in _refused(capsys, compare_revisions.main, argv, monkeypatch, "compare_revisions.py")
+
+
+def test_bad_values_of_the_other_scripts_are_one_line(tmp_path, capsys, monkeypatch):
+    import bench_analysis
+    import bench_attention
+    import bench_icl_cache
+    import ginc_bayes
+    import ginc_ood_probe
+    import gpu_check
+    import kendall_probe
+
+    assert "give --ckpt PATH" in _refused(capsys, bench_analysis.main, [], monkeypatch, "bench_analysis.py")
+    bad = tmp_path / "rows.json"
+    bad.write_text("{not json")
+    assert "not a bench_analysis results file" in _refused(
+        capsys, bench_analysis.main, ["--ginc", "--out", str(bad)], monkeypatch, "bench_analysis.py")
+    assert "give cpu, cuda or cuda:N" in _refused(capsys, bench_icl_cache.main, ["--device", "tpu"], monkeypatch,
+                                                  "bench_icl_cache.py")
+    assert "--shots must be comma-separated integers" in _refused(capsys, ginc_bayes.main, ["--shots", "x"])
+    assert "not a GINC task" in _refused(capsys, ginc_bayes.main, ["--tasks", "sst2"])
+    assert "no such folder" in _refused(capsys, ginc_ood_probe.main, ["--sweep", str(tmp_path / "none")])
+    assert "no such checkpoint file" in _refused(capsys, kendall_probe.main, ["--ckpt", str(tmp_path / "x.ckpt")],
+                                                 monkeypatch, "kendall_probe.py")
+    assert "--threads=0 must be >= 1" in _refused(capsys, bench_attention.main, ["--threads", "0"])
+    assert "--patience=-1.0 must be >= 0" in _refused(capsys, bench_attention.main, ["--patience", "-1"])
+    assert "--profile=-3 must be >= 0" in _refused(capsys, gpu_check.main, ["--profile", "-3", "--smoke"],
+                                                   monkeypatch, "gpu_check.py")
+
+
+def test_cpu_bf16_check_refuses_a_seed_twice_and_no_time(tmp_path, capsys):
+    import cpu_bf16_check
+
+    out = ["--out", str(tmp_path / "r.json")]
+    assert "a seed is given twice" in _refused(capsys, cpu_bf16_check.main, ["--seeds", "1", "1", *out])
+    assert "--timeout=0.0 must be > 0" in _refused(capsys, cpu_bf16_check.main, ["--timeout", "0", *out])
+    (tmp_path / "r.json").write_text("[1]")
+    assert "--merge --out" in _refused(capsys, cpu_bf16_check.main, ["--merge", "--parts", "step", *out])
+
+
+def test_mutation_sample_reads_its_arguments_with_argparse(capsys, monkeypatch):
+    import runpy
+
+    for argv, says in ((["abc"], "invalid float value: 'abc'"), ([], "the following arguments are required"),
+                       (["1.5"], "fraction 1.5 must be in (0, 1]")):
+        monkeypatch.setattr(sys, "argv", ["mutation_sample.py", *argv])
+        with pytest.raises(SystemExit) as e:
+            runpy.run_path(str(BENCH / "mutation_sample.py"), run_name="__main__")
+        assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_mutation_report_refuses_a_file_without_results_and_writes_nothing(tmp_path):
+    import mutation_report
+
+    with pytest.raises(SystemExit, match="holds no mutmut result lines"):
+        mutation_report.main(str(BENCH.parent / "README.md"), out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_render_readme_refuses_a_folder_without_results(tmp_path, capsys, monkeypatch):
+    import render_readme
+
+    monkeypatch.setattr(sys, "argv", ["render_readme.py", "--results", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        render_readme.main()
+    assert e.value.code == 2 and "no results file there" in capsys.readouterr().err
+
+
+def test_results_are_written_whole_with_the_json_last(tmp_path, monkeypatch):
+    from momattn import io
+
+    order = []
+    real = io.atomic_write_text
+    monkeypatch.setattr(io, "atomic_write_text", lambda p, t: order.append(Path(p).suffix) or real(p, t))
+    harness.write_results(tmp_path / "r.json", {"x": float("nan"), "y": 1.5}, "| md |")
+    assert order == [".md", ".json"]  # each through the atomic writer; a kill between them leaves the old JSON
+    assert json.loads((tmp_path / "r.json").read_text()) == {"x": None, "y": 1.5}  # standard JSON: no NaN
+    assert (tmp_path / "r.md").read_text() == "| md |\n"
+
+
+def test_run_main_ends_ctrl_c_and_user_errors_in_one_line(capsys):
+    from momattn.errors import CheckpointError
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    def missing():
+        raise CheckpointError("no checkpoint at /x.ckpt")
+
+    for main, code, says in ((interrupted, 130, "interrupted"), (missing, 2, "error: no checkpoint at /x.ckpt"),
+                             (lambda: {"rows": []}, 0, ""), (lambda: 3, 3, "")):
+        with pytest.raises(SystemExit) as e:
+            harness.run_main(main)
+        err = capsys.readouterr().err
+        assert e.value.code == code and says in err and "Traceback" not in err

@@ -938,6 +938,11 @@ def hydra_main(config_name: str):
                     if _multirun():  # Hydra marks this job failed and runs the others (Optuna: a failed trial);
                         raise JobFailed(f"error: {first_line(e, 500)}") from None  # exiting ended the whole sweep
                     sys.exit(2)
+                except KeyboardInterrupt:  # outside fit (Lightning handles it there): a traceback of Hydra's frames
+                    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                        raise
+                    print(interrupted(config_name, cfg), file=sys.stderr, flush=True)
+                    sys.exit(130)  # what a shell reports for Ctrl-C; it ends a sweep as well
 
         hydra_task = hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)
 
@@ -1006,6 +1011,23 @@ def hydra_main(config_name: str):
         return entry
 
     return decorate
+
+
+def interrupted(config_name: str, cfg) -> str:
+    """The line a Ctrl-C outside trainer.fit ends with: what was kept and how to go on."""
+    from hydra.core.hydra_config import HydraConfig
+
+    out = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
+    if config_name == "train":  # while tokenizing, building the data, or evaluating after fit
+        from momattn.training import _go_on, _newest_checkpoint
+
+        return f"\n[momattn] interrupted (Ctrl-C): {_newest_checkpoint(out)}. {_go_on(hydra_job(), out)}"
+    if config_name == "generate":
+        return "\n[momattn] interrupted (Ctrl-C)"
+    reused = " (the sweep's jobs already analysed are reused)" if config_name == "analyze" and \
+        cfg.get("sweep_dir") else ""
+    return (f"\n[momattn] interrupted (Ctrl-C): results are written when the work ends, so none of this run's are in "
+            f"{out}; run the same command again{reused}")
 
 
 @dataclass

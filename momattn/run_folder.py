@@ -71,7 +71,7 @@ class ClaimRunFolder(Callback):
         if not timed and self.kind != "training run" and (found := _a_training_runs(Path(name))):
             why, run = found
             report(ConfigError(f"hydra.run.dir={name} {why}. Give it a folder of its own, e.g. hydra.run.dir="
-                               f"{run / 'evaluate'}"), hydra=False)
+                               f"{run / ('analyze' if 'analy' in self.kind else 'evaluate')}"), hydra=False)
             sys.exit(2)
         if not timed:
             holder = claim_run_folder(Path(name))

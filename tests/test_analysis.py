@@ -147,6 +147,66 @@ def test_the_metrics_match_hand_computed_cases():
     assert math.isnan(simam(a, torch.full_like(b, nan), 2).item())
 
 
+def test_a_text_tasks_example_whose_finetuned_scores_are_not_finite_answers_nothing(tmp_path, monkeypatch):
+    """Finite weights at a huge lr, yet nan answer scores (example 0) or non-finite states (example 2) on some test
+    rows: the nan argmaxed to candidate 0, counted right wherever the label is 0, and both examples stayed in every
+    per-example mean."""
+    import momattn.analysis.runner as runner
+    from momattn.analysis.capture import Capture
+    from momattn.analysis.metrics import layer_mean
+    from momattn.analysis.report import markdown
+
+    real_capture, real_predictions = runner.capture, runner.choice_predictions
+
+    def capture(model, rows, prefix=(), delta=None, batch_tokens=8192):
+        c = real_capture(model, rows, prefix, delta, batch_tokens)
+        if delta is None:
+            return c
+        logits = c.logits.clone()
+        logits[2] = float("inf")
+        return Capture(c.h, c.h_proj, c.q, c.scores, logits)
+
+    def predictions(model, prefix, eps, delta, batch_tokens):
+        out = real_predictions(model, prefix, eps, delta, batch_tokens)
+        if delta is not None:
+            out[0] = -1  # what choice_predictions answers for nan scores (the test below)
+        return out
+
+    means = []
+    monkeypatch.setattr(runner, "layer_mean", lambda x: means.append(np.array(x)) or layer_mean(x))
+    monkeypatch.setattr(runner, "capture", capture)
+    monkeypatch.setattr(runner, "choice_predictions", predictions)
+    model = tiny_gpt("vanilla", vocab=128, block_size=96)
+    res = analyze(model, CharTokenizer(), {}, cfg(letters_task(tmp_path), lrs=[1e-2], dual_check=False))
+    assert res.ft["n_diverged"] == 0 and res.ft["n_nonfinite_examples"] == 2
+    assert len(means) == 8 and all(np.isnan(a[[0, 2]]).all() and np.isfinite(a[[1, 3]]).any() for a in means)
+    assert "test examples with non-finite FT scores (left out of the means, counted wrong): 2" in markdown([res])
+
+
+def test_choice_predictions_answer_nothing_for_non_finite_scores(monkeypatch):
+    import momattn.analysis.runner as runner
+    from momattn.analysis.episodes import Episode
+
+    class Scores:  # (summed log-prob, tokens) per answer: nan, then a finite pair, then -inf
+        def __init__(self, *args):
+            pass
+
+        def score(self, pairs):
+            return [(-1.0, 1), (float("nan"), 1), (-2.0, 1), (-1.0, 2), (float("-inf"), 1), (-3.0, 1)]
+
+    monkeypatch.setattr(runner, "PrefixScorer", Scores)
+    eps = [Episode([1], 0, [[1], [2]], [], [1], np.zeros(0)) for _ in range(3)]
+    assert runner.choice_predictions(None, [0], eps, None, 64).tolist() == [-1, 1, -1]
+
+
+def test_update_norms_do_not_overflow_in_float32():
+    model = tiny_gpt("vanilla")
+    delta = Delta.zeros(model, 1)
+    for w in delta.w:
+        w.fill_(1e20)  # finite in float32; its square is not
+    assert torch.isfinite(delta.norms()).all() and torch.isfinite(delta.random_like(1).w[0]).all()
+
+
 def test_the_random_update_has_the_finetuning_updates_norm_per_model_and_layer():
     model = tiny_gpt("vanilla")
     delta = Delta.zeros(model, 3)
@@ -359,6 +419,12 @@ def test_a_task_file_and_a_fixed_learning_rate(tmp_path, capsys):
     rows.write_text(rows.read_text().replace("a", "b", 1))
     assert settings_of(AnalyzeConfig(sweep_dir="x", task=str(tmp_path / "letters.yaml"))) != before
     assert "task_files" not in settings_of(AnalyzeConfig(sweep_dir="x", task="ginc"))
+    # the other kind's selection setting shapes no number: changing it re-analysed every job of a sweep
+    for task, unused in (("ginc_l3", "select_examples"), ("sst2", "select_prompts")):
+        assert settings_of(AnalyzeConfig(sweep_dir="x", task=task)) == \
+            settings_of(AnalyzeConfig(sweep_dir="x", task=task, **{unused: 3}))
+        assert settings_of(AnalyzeConfig(sweep_dir="x", task=task)) != settings_of(AnalyzeConfig(
+            sweep_dir="x", task=task, **{({"select_examples", "select_prompts"} - {unused}).pop(): 3}))
 
 
 V = 10

@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import sys
 
 import pytest
 import torch
-from conftest import SMOKE, compose_train, run_cli
+from conftest import ROOT, SMOKE, compose_train, run_cli
 
 from momattn.checkpoint import load_checkpoint, read_checkpoint
 from momattn.cli import check_overrides
@@ -1219,3 +1220,52 @@ def test_a_group_of_another_entry_point_is_named_as_such(entry, override):
         check_overrides(entry, [override])
     check_overrides("train", [override.lstrip("+")])
     check_overrides("evaluate", ["logger=wandb", "paths=default"])
+
+
+@pytest.mark.parametrize("script, module, fn, extra", [
+    ("evaluate.py", "momattn.eval.runner", "run_evaluate", []),
+    ("analyze.py", "momattn.analysis.runner", "run_analyze", ["task=ginc"]),
+])
+def test_ctrl_c_outside_training_ends_in_one_line_saying_what_to_do(script, module, fn, extra, tmp_path, monkeypatch,
+                                                                    capsys):
+    """A Ctrl-C during an evaluation or an analysis printed Hydra's and the model's frames and no advice."""
+    import importlib
+    import runpy
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), fn, interrupted)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    ckpt = tmp_path / "x.ckpt"
+    ckpt.write_bytes(b"")
+    monkeypatch.setattr(sys, "argv", [script, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'out'}", *extra])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and "Traceback" not in err
+    assert f"interrupted (Ctrl-C): results are written when the work ends, so none of this run's are in {tmp_path / 'out'}" \
+        in err and "run the same command again" in err
+
+
+def test_ctrl_c_before_training_starts_says_how_to_go_on(tmp_path, monkeypatch, capsys):
+    """While tokenizing or building the data (before Lightning's own handler): the run folder and its resume."""
+    import runpy
+
+    import momattn.training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(momattn.training, "run_train", interrupted)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["train.py", "debug=smoke", f"hydra.run.dir={out}"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and "Traceback" not in err
+    assert (f"interrupted (Ctrl-C): no checkpoint was written yet. Resume with: python train.py ckpt_path=last "
+            f"hydra.run.dir={out}") in err

@@ -195,7 +195,8 @@ def test_an_evaluation_into_a_training_runs_folder_is_refused_before_hydra_rewri
             with pytest.raises(SystemExit):
                 ClaimRunFolder(kind=kind).on_run_start(cfg)
             err = capsys.readouterr().err
-            assert f"hydra.run.dir={folder} {says}" in err and f"hydra.run.dir={run / 'evaluate'}" in err, err
+            own = run / ("analyze" if kind == "analysis" else "evaluate")  # the entry point's own name (it said evaluate)
+            assert f"hydra.run.dir={folder} {says}" in err and f"hydra.run.dir={own}" in err, err
     # a folder of its own inside the run, a folder an evaluation wrote before, or one whose checkpoints/ holds no
     # checkpoint (a folder of models, say) is fine
     (tmp_path / "evaluated" / ".hydra").mkdir(parents=True)

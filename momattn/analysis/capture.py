@@ -51,10 +51,11 @@ class Delta:
         return Delta([w[idx] for w in self.w], [b[idx] for b in self.b] if self.b is not None else None)
 
     def norms(self) -> torch.Tensor:
-        """(M, L) Frobenius norm of each model's update per layer, weights and biases together."""
-        out = torch.stack([w.flatten(1).square().sum(1) for w in self.w], 1)
+        """(M, L) Frobenius norm of each model's update per layer, weights and biases together (squared in float64:
+        float32 overflowed to inf above ~1.8e19, and random_like's baseline took that scale)."""
+        out = torch.stack([w.flatten(1).double().square().sum(1) for w in self.w], 1)
         if self.b is not None:
-            out = out + torch.stack([b.square().sum(1) for b in self.b], 1)
+            out = out + torch.stack([b.double().square().sum(1) for b in self.b], 1)
         return out.sqrt()
 
     def random_like(self, seed: int | Sequence[int]) -> Delta:
@@ -76,7 +77,7 @@ class Delta:
                 b[i].append(torch.randn(x.shape[1:], generator=g, dtype=x.dtype))
         rnd = Delta([torch.stack(ws).to(x.device) for ws, x in zip(w, self.w)],
                     [torch.stack(bs).to(x.device) for bs, x in zip(b, self.b)] if self.b else None)
-        scale = self.norms() / rnd.norms().clamp_min(1e-30)  # (M, L)
+        scale = (self.norms() / rnd.norms().clamp_min(1e-30)).to(rnd.w[0].dtype)  # (M, L)
         return Delta([x * scale[:, i, None, None] for i, x in enumerate(rnd.w)],
                      [x * scale[:, i, None] for i, x in enumerate(rnd.b)] if rnd.b else None)
 

@@ -112,7 +112,9 @@ def markdown(results: Sequence) -> str:
                   f"- FT loss per step (first, last): {_f(r.ft['loss_per_step'][0])}, "
                   f"{_f(r.ft['loss_per_step'][-1])}; update norm per layer: "
                   + ", ".join(_f(v) for v in r.ft["update_norm_per_layer"])
-                  + f"; diverged test models: {r.ft['n_diverged']}"]
+                  + f"; diverged test models: {r.ft['n_diverged']}"
+                  + (f"; test examples with non-finite FT scores (left out of the means, counted wrong): "
+                     f"{r.ft['n_nonfinite_examples']}" if r.ft.get("n_nonfinite_examples") else "")]
         if r.dual:
             mem = r.dual.get("memory_op_max_rel_err")
             lines.append(f"- dual form (float64, every layer, {r.dual['n_demo_tokens']} demonstration tokens): "

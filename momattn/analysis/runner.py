@@ -122,14 +122,15 @@ def zsl_rows(eps: list[Episode]) -> list[list[int]]:
 
 def choice_predictions(model, prefix: list[int], eps: list[Episode], delta: Delta | None,
                        batch_tokens: int) -> np.ndarray:
-    """The evaluator's rule with its scorer: argmax over candidates of the mean log-prob after prefix + query."""
+    """The evaluator's rule with its scorer: argmax over candidates of the mean log-prob after prefix + query; -1
+    (no answer) where a score is not finite (a finetuned model's nan would argmax to candidate 0)."""
     with kv_delta(model, delta):
         scorer = PrefixScorer(model, prefix, batch_tokens)
         flat = iter(scorer.score([(e.query, a) for e in eps for a in e.answers]))
     preds = []
     for e in eps:
-        s = [next(flat) for _ in e.answers]
-        preds.append(int(np.argmax([lp / n for lp, n in s])))
+        s = np.asarray([lp / n for lp, n in (next(flat) for _ in e.answers)], dtype=np.float64)
+        preds.append(int(np.argmax(s)) if np.isfinite(s).all() else -1)
     return np.asarray(preds)
 
 
@@ -182,6 +183,11 @@ def select_lr(model, aset: AnalysisSet, cfg: AnalyzeConfig, n_ids: int | None = 
             f"'{aset.task}'; use smaller values, e.g. lrs=[1e-5,1e-4,1e-3], or the paper's grid (lrs=null)")
     best = max(ok, key=lambda i: (acc[i], gold[i]))
     return float(grid[best]), table
+
+
+def _diverged_everywhere(lr: float, aset: AnalysisSet, cfg: AnalyzeConfig) -> str:
+    return (f"finetuning at lr={lr:g} diverged (non-finite loss, weights or scores) on task '{aset.task}' "
+            f"(lrs={cfg.lr_grid}); use smaller values, e.g. lrs=[1e-5,1e-4,1e-3], or the paper's grid (lrs=null)")
 
 
 def finetuned_states(model, aset: AnalysisSet, lr: float, cfg: AnalyzeConfig, timer: Timer
@@ -292,14 +298,19 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
     cap_ft, cap_rnd, queries, run, facts, diverged = finetuned_states(model, aset, lr, cfg, timer)
     n_models = 1 if aset.kind == "choice" else len(eps)
     if facts["n_diverged"] == n_models:
-        raise NonFiniteLossError(
-            f"finetuning at lr={lr:g} diverged (non-finite loss or weights) on task '{aset.task}' (lrs={cfg.lr_grid}); "
-            "use smaller values, e.g. lrs=[1e-5,1e-4,1e-3], or the paper's grid (lrs=null)")
+        raise NonFiniteLossError(_diverged_everywhere(lr, aset, cfg))
     with timer("predict"):
         if aset.kind == "choice":
             zsl = choice_predictions(model, [eot], eps, None, cfg.batch_tokens)
             icl = choice_predictions(model, aset.prefix, eps, None, cfg.batch_tokens)
             ft = choice_predictions(model, [eot], eps, run.delta, cfg.batch_tokens)
+            # finite weights can still give non-finite states or scores (a huge lr): those examples answer nothing
+            # and are left out of the per-example means, as a diverged GINC model's are
+            bad = (ft == -1) | ~torch.isfinite(cap_ft.logits).all(-1).numpy()
+            facts["n_nonfinite_examples"] = int((bad & ~diverged).sum())
+            diverged = diverged | bad
+            if diverged.all():
+                raise NonFiniteLossError(_diverged_everywhere(lr, aset, cfg))
         else:
             # greedy over the tokenizer's ids, as evaluate.py's acc: the embedding's padding rows are no token
             zsl, icl, ft = (c.logits[:, : tokenizer.n_ids].argmax(-1).numpy() for c in (cap_zsl, cap_icl, cap_ft))

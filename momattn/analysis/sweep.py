@@ -73,6 +73,10 @@ def settings_of(conf: AnalyzeConfig) -> dict:
     """The analyze.py settings that shape the numbers (a reused analysis must have been made with these): a local
     task's files by their contents too (a task file edited in place kept its name, and its old analyses)."""
     settings = {k: v for k, v in asdict(conf).items() if k not in NOT_SETTINGS}
+    from momattn.eval.ginc import ginc_task
+
+    ginc = isinstance(conf.task, str) and ginc_task(conf.task, "task") is not None
+    settings.pop("select_examples" if ginc else "select_prompts")  # the other kind's: changing it changes nothing
     if files := _task_files(conf.task):
         from momattn.data.sources import file_stamp  # what keys the token cache: changes when the file does
 

@@ -151,7 +151,7 @@ def ginc_world(data_cfg: Mapping | None, task_name: str = "ginc", key: str = "ic
                           f"{describe_data(data_cfg)}. "
                           + ("Drop the ginc tasks from icl.tasks" if key == "icl.tasks" else
                              f"Choose a text task ({key}=sst2, ...)")
-                          + ", or evaluate a GINC checkpoint (python train.py data=ginc ...)")
+                          + ", or use a GINC checkpoint (python train.py data=ginc ...)")
     return source
 
 

@@ -41,6 +41,11 @@ def _suggest(trial, kind: str, name: str, space, example: str) -> None:
             raise
         from momattn.errors import ConfigError
 
+        if "attention" in trial.params:  # listing it too is refused: vanilla's trials have no attention.eta
+            raise ConfigError(f"hydra/sweeper/sampler=grid samples one grid for every trial, and this search tunes "
+                              f"the attention itself and {name}, which only some attentions have: search one "
+                              f"attention per search (attention={trial.params['attention']} '{example}'), or use "
+                              "another sampler (drop hydra/sweeper/sampler=grid)") from None
         raise ConfigError(f"hydra/sweeper/sampler=grid samples only the values the command line lists, and this "
                           f"search also tunes {name} (the attention's own parameter): list its values too, e.g. "
                           f"'{example}'") from None

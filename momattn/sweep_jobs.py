@@ -134,11 +134,12 @@ def _original_command(root: Path, sweep_dir: str) -> str:
 LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher", "submitit_launcher.LocalLauncher")
 
 
-def check_jobs(sweep: Sweep, overrides: list[str]) -> None:
+def check_jobs(sweep: Sweep, overrides: list[str], search: bool = False) -> None:
     """Every job of a train.py sweep run here, composed and checked as train.py checks one run (load_train_config)
     before the first starts: a value that one job takes (optim.lr=1e-3,-1) failed only when that job started,
     after the jobs before it had trained. Jobs a cluster launcher (submitit) runs elsewhere are left to their
-    nodes: a GPU job is refused on a login node without one."""
+    nodes: a GPU job is refused on a login node without one. search: the jobs are an Optuna search's trial
+    patterns (search_trials), named so."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import env_override
     from omegaconf import OmegaConf, open_dict, read_write
@@ -184,7 +185,8 @@ def check_jobs(sweep: Sweep, overrides: list[str]) -> None:
                 with env_override(dict(composed.hydra.job.env_set or {})):  # run_job sets them for the job
                     c = load_train_config(composed)
             except UserError as e:
-                raise ConfigError(f"job {num} of the sweep ({' '.join(job)}): {e}; no job was started") from None
+                raise ConfigError(f"a trial of the search ({' '.join(job)}): {e}; no trial was started" if search else
+                                  f"job {num} of the sweep ({' '.join(job)}): {e}; no job was started") from None
             # Hydra gives every job the sweep's resolved `now`: the same time in each job's folder name
             written = str(OmegaConf.to_container(composed.paths, resolve=False).get("output_dir"))
             if "${now:" in written:
@@ -201,11 +203,13 @@ def check_jobs(sweep: Sweep, overrides: list[str]) -> None:
             folder = Path(str(OmegaConf.select(composed, "paths.output_dir"))).expanduser().resolve()
             if (other := folders.setdefault(folder, num)) != num and "hydra:runtime.output_dir" in written:
                 subdir = OmegaConf.to_container(composed.hydra.sweep, resolve=False).get("subdir")
-                raise ConfigError(f"hydra.sweep.subdir={subdir}: jobs {other} and {num} of the sweep would write into "
-                                  f"one folder, {folder}; leave hydra.sweep.subdir at its default, "
-                                  "${hydra.job.num}, or give it the job's number")
+                jobs = "trials" if search else "jobs"
+                raise ConfigError(f"hydra.sweep.subdir={subdir}: {jobs} {other} and {num} of the "
+                                  f"{'search' if search else 'sweep'} would write into one folder, {folder}; leave "
+                                  "hydra.sweep.subdir at its default, ${hydra.job.num}, or give it the job's number")
             if other != num:  # job 1 found job 0's run there, blamed the sweep
-                raise ConfigError(f"paths.output_dir={c.paths.output_dir}: jobs {other} and {num} of the sweep would "
+                raise ConfigError(f"paths.output_dir={c.paths.output_dir}: {'trials' if search else 'jobs'} {other} "
+                                  f"and {num} of the {'search' if search else 'sweep'} would "
                                   "write into this one folder (the second refused, after the first had trained); leave "
                                   "paths.output_dir at its default, ${hydra:runtime.output_dir}, which is each job's "
                                   "own folder under hydra.sweep.dir")
@@ -281,8 +285,6 @@ def check_search(config_name: str, overrides: list[str]) -> None:
             searched[key] = options
         elif not key.startswith("+"):  # +key adds a key and ++key sets it either way: the sweeper passes them on
             keys.append(key)
-    if not keys:
-        return
     # a key holds where some trial's group options have it (attention.eta with attention: choice(momentum, vanilla))
     combos = [list(c) for c in itertools.islice(itertools.product(
         *([f"{g}={v}" for v in options] for g, options in searched.items())), MAX_COMBOS)]
@@ -299,6 +301,72 @@ def check_search(config_name: str, overrides: list[str]) -> None:
         else:
             if refused:
                 raise ConfigError(f"hydra.sweeper.params: {refused[0]}") from None
+    if config_name == "train":
+        subdir = str(OmegaConf.to_container(cfg.hydra.sweep, resolve=False).get("subdir"))
+        trials = search_trials(params, [o for o in parsed if not o.is_hydra_override()], set(groups), combos, configs)
+        try:
+            check_jobs(Sweep(trials, _last(overrides, "hydra.sweep.dir"), subdir), overrides, search=True)
+        except ConfigError as e:  # Hydra's interval() is float at both ends, and so is the trial's value
+            if "could not be converted to Integer" in str(e) and "interval(" in " ".join(
+                    [*map(str, params.values()), *(o.input_line for o in parsed)]):
+                raise ConfigError(f"{e} (an Optuna search samples interval(...) as floats: for an int key give "
+                                  "range(a,b) or choice(...))") from None
+            raise
+
+
+def search_trials(params: dict, task: list, groups: set[str], combos: list[list[str]], configs: list) -> list[list[str]]:
+    """Trial patterns that check_jobs checks before a search starts (a value some trials take, optim.schedule=
+    choice(cosine,cosinee), or an interval's end that an int key refuses, failed trial after trial, each
+    recorded in a stored study): under each combination of the searched group options (combos, composed as
+    configs), every value a choice or range lists and both ends of each interval, one key at a time, the others at
+    their first. A key the combination's config lacks is left out there, as the trial's would fail alone. A glob,
+    which Optuna cannot sample, and a searched seed are refused."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Glob, IntervalSweep
+
+    from momattn.cli import _check_key
+    from momattn.errors import ConfigError
+
+    values: dict[str, list[str]] = {}  # key -> the values to try, in order; the command line's after the space's
+    for o in [OverridesParser.create().parse_override(f"{k}={v}") for k, v in params.items()] + list(task):
+        key = o.get_key_element()
+        if not o.is_sweep_override():
+            values[key] = [o.get_value_element_as_str()]
+            continue
+        if isinstance(o.value(), Glob):
+            raise ConfigError(f"{o.input_line}: an Optuna search cannot sample glob(...), the basic sweeper's; list "
+                              f"the options, e.g. {key}=choice(momentum,multirate_ema)")
+        if o.key_or_group == "seed":  # experiment=eta_sweep's seed: 1,2 under hparams_search=optuna
+            raise ConfigError(f"{o.input_line}: this search would tune the seed, and call the luckiest one its best "
+                              "hyperparameter; fix it (seed=1) and search again per seed for a spread, or leave out "
+                              "the experiment whose sweep lists seeds (e.g. experiment=eta_sweep)")
+        v = o.value()
+        got = [repr(v.start), repr(v.end)] if isinstance(v, IntervalSweep) else list(o.sweep_string_iterator())
+        values[key] = got if len(got) <= 8 else [got[0], got[-1]]
+    trials: list[list[str]] = []
+    for combo, config in zip(combos or [[]], configs or [None]):
+        chosen = {c.split("=", 1)[0] for c in combo}
+        here = {}
+        for key, vals in values.items():
+            name = key.lstrip("+")
+            if key in chosen or name in groups:
+                continue
+            if config is not None and not key.startswith("+"):
+                try:
+                    _check_key(config, name, hint="")
+                except ConfigError:
+                    continue  # this option lacks it (attention.eta under vanilla)
+            here[key] = vals
+        fixed_groups = [f"{k}={v[0]}" for k, v in values.items() if k.lstrip("+") in groups and k not in chosen]
+        first = [*combo, *fixed_groups, *(f"{k}={v[0]}" for k, v in here.items())]
+        trials.append(first)
+        for key, vals in here.items():
+            trials += [[*combo, *fixed_groups, *(f"{k}={x if k == key else v[0]}" for k, v in here.items())]
+                       for x in vals[1:]]
+    return trials[:MAX_TRIAL_CHECKS]
+
+
+MAX_TRIAL_CHECKS = 48  # a search's trial patterns composed and checked before it starts
 
 
 def check_launcher_settings(cfg) -> None:
@@ -397,7 +465,13 @@ def check_optuna_settings(sweeper, metric: str | None) -> None:
         raise ConfigError(f"hydra.sweeper.storage={storage!r} is not a database URL; for a SQLite file write "
                           f"hydra.sweeper.storage=sqlite:///{storage} (any SQLAlchemy URL), or null for none")
     file = re.match(r"^sqlite(?:\+\w+)?:///([^?]+)", storage) if isinstance(storage, str) else None
-    if file and file[1] != ":memory:" and not (folder := Path(file[1]).expanduser().parent).is_dir():
+    if file and file[1].startswith("~"):  # SQLAlchemy opens it literally: a folder named '~' (unable to open it)
+        raise ConfigError(f"hydra.sweeper.storage={storage}: SQLite does not expand '~'; give the absolute path, "
+                          f"e.g. sqlite:///{Path(file[1]).expanduser()}")
+    if file and file[1] != ":memory:" and Path(file[1]).is_dir():
+        raise ConfigError(f"hydra.sweeper.storage={storage}: {file[1]} is a folder; name the SQLite file in it, e.g. "
+                          f"sqlite:///{Path(file[1]) / 'study.db'}")
+    if file and file[1] != ":memory:" and not (folder := Path(file[1]).parent).is_dir():
         # SQLAlchemy's 'unable to open database file', a traceback of a hundred lines once Hydra had started
         raise ConfigError(f"hydra.sweeper.storage={storage}: the folder of its SQLite file, {folder}, does not exist; "
                           f"make it (mkdir -p {folder}) or name a file in another (sqlite:////abs/path/study.db is an "

@@ -655,7 +655,8 @@ def _search_stop(job: HydraJob, out_dir: Path) -> str:
     would be new suggestions of the sampler, and cli.check_search refuses it)."""
     return (f"the search stops at trial {job.num}; finish it as a single run: python train.py ckpt_path=last "
             f"hydra.run.dir={out_dir}, and run the search again into a new folder for more trials (a search is not "
-            "resumed with ckpt_path=last; a study kept in hydra.sweeper.storage keeps its finished trials)")
+            "resumed with ckpt_path=last; a study kept in hydra.sweeper.storage keeps its finished trials, and marks "
+            "this one failed: the single run's result does not enter the study)")
 
 
 def _train_size(train) -> str:

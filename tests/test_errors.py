@@ -295,6 +295,9 @@ def test_the_sweeps_compare_switch_is_a_bool():
     # SQLAlchemy's 'unable to open database file', a 127-line traceback after Hydra had started
     ("hydra.sweeper.storage=sqlite:////no/such/dir/x.db", "hydra.sweeper.storage=sqlite:////no/such/dir/x.db: the "
                                                           "folder of its SQLite file, /no/such/dir, does not exist"),
+    # SQLAlchemy opens '~' literally, and a folder as a file: the same traceback
+    ("hydra.sweeper.storage='sqlite:///~/x.db'", "hydra.sweeper.storage=sqlite:///~/x.db: SQLite does not expand '~'"),
+    ("hydra.sweeper.storage=sqlite:////tmp", "hydra.sweeper.storage=sqlite:////tmp: /tmp is a folder; name the SQLite"),
     # joblib's "n_jobs == 0 in Parallel has no meaning", a traceback once the sweep had started
     ("hydra/launcher=joblib hydra.launcher.n_jobs=0", "hydra.launcher.n_jobs=0 must be an int other than 0"),
     ("hydra.sweeper.sampler.seed=-1", "hydra.sweeper.sampler.seed=-1 must be an int in [0, 2**32 - 1]"),  # Optuna's

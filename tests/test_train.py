@@ -403,7 +403,6 @@ def test_a_space_refused_by_a_stored_study_fails_only_the_trials_its_search_aske
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     from optuna.distributions import CategoricalDistribution
 
-    from hydra_plugins.momattn_sweeper import OptunaSweeper
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -414,14 +413,121 @@ def test_a_space_refused_by_a_stored_study_fails_only_the_trials_its_search_aske
     def base_sweep(arguments):  # what the base sweeper does with this search's space
         optuna.load_study(study_name="s", storage=url).ask({"optim.lr": CategoricalDistribution([0.001, 0.003])})
 
-    sweeper = OptunaSweeper.__new__(OptunaSweeper)
-    sweeper.sweeper_cfg, sweeper.sweep_dir = OmegaConf.create({"storage": url, "study_name": "s"}), str(tmp_path)
-    sweeper.base = SimpleNamespace(sweeper=SimpleNamespace(n_trials=1), sweep=base_sweep)
+    sweeper = fake_sweeper(tmp_path, url, base_sweep)
     with pytest.raises(SystemExit) as e:
         sweeper.sweep([])
     assert e.value.code == 2
     assert "The stored study 's' searched a parameter of this space with another distribution" in capsys.readouterr().err
     assert [t.state.name for t in optuna.load_study(study_name="s", storage=url).trials] == ["COMPLETE", "RUNNING", "FAIL"]
+
+
+def fake_sweeper(tmp_path, url, base_sweep, metric="val/loss", params=()):
+    """momattn's Optuna sweeper on a stored study "s", its base sweep replaced by base_sweep(arguments)."""
+    from hydra_plugins.momattn_sweeper import OptunaSweeper
+
+    sweeper = OptunaSweeper.__new__(OptunaSweeper)
+    sweeper.sweeper_cfg, sweeper.sweep_dir = OmegaConf.create({"storage": url, "study_name": "s"}), str(tmp_path)
+    sweeper.metric = metric
+    sweeper.base = SimpleNamespace(sweeper=SimpleNamespace(n_trials=2, _parse_sweeper_params_config=lambda: list(params)),
+                                   sweep=base_sweep)
+    return sweeper
+
+
+def test_a_stored_study_refuses_another_metric_and_names_other_fixed_settings(tmp_path, capsys):
+    """A second search with optimized_metric=val/ppl put its values beside val/loss ones and printed a val/loss as
+    its best; trials of 30 steps beside a search of 6 made an earlier trial its best without a word."""
+    optuna = pytest.importorskip("optuna")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def one_trial(arguments):
+        study = optuna.load_study(study_name="s", storage=url)
+        trial = study.ask()
+        for k, v in (o.split("=", 1) for o in arguments):
+            trial.set_user_attr(k, v)  # as the base sweeper stores the fixed overrides
+        study.tell(trial, 1.0)
+
+    optuna.create_study(study_name="s", storage=url)
+    fake_sweeper(tmp_path, url, one_trial).sweep(["trainer.max_steps=30"])
+    assert optuna.load_study(study_name="s", storage=url).user_attrs == {"momattn.optimized_metric": "val/loss"}
+    with pytest.raises(SystemExit) as e:
+        fake_sweeper(tmp_path, url, one_trial, metric="val/ppl").sweep(["trainer.max_steps=30"])
+    assert e.value.code == 2 and ("error: optimized_metric=val/ppl, and the stored study 's' optimised val/loss"
+                                  in capsys.readouterr().err)
+    fake_sweeper(tmp_path, url, one_trial).sweep(["trainer.max_steps=30"])
+    assert "warning" not in capsys.readouterr().err  # the same settings: nothing to say
+    fake_sweeper(tmp_path, url, one_trial).sweep(["trainer.max_steps=6"])
+    assert ("holds 2 finished trial(s) trained with other fixed settings (trainer.max_steps: ['30'] before, 6 now)"
+            in capsys.readouterr().err)
+    assert len(optuna.load_study(study_name="s", storage=url).trials) == 3
+
+
+def test_a_stored_studys_search_counts_its_own_trials_and_fails_those_a_stop_left_running(tmp_path, capsys):
+    """With earlier searches' trials in the study, a search whose every trial failed ended 'search done', exit 0;
+    a SIGTERM or Ctrl-C left the running trial RUNNING in the database for good."""
+    optuna = pytest.importorskip("optuna")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    from optuna.trial import TrialState
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.create_study(study_name="s", storage=url).optimize(lambda t: 1.0, n_trials=1)
+
+    def trials(*states):
+        def sweep(arguments):
+            study = optuna.load_study(study_name="s", storage=url)
+            for state in states:
+                trial = study.ask()
+                if state == "interrupt":
+                    raise KeyboardInterrupt
+                study.tell(trial, 1.0 if state == TrialState.COMPLETE else None, state=state)
+        return sweep
+
+    with pytest.raises(SystemExit) as e:
+        fake_sweeper(tmp_path, url, trials(TrialState.FAIL, TrialState.FAIL)).sweep([])
+    assert e.value.code == 1 and "error: none of the search's 2 trials completed" in capsys.readouterr().err
+    fake_sweeper(tmp_path, url, trials(TrialState.FAIL, TrialState.COMPLETE)).sweep([])
+    assert "1 of the search's 2 trials failed (their errors are above" in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt):
+        fake_sweeper(tmp_path, url, trials(TrialState.COMPLETE, "interrupt")).sweep([])
+    assert [t.state.name for t in optuna.load_study(study_name="s", storage=url).trials] == \
+        ["COMPLETE", "FAIL", "FAIL", "FAIL", "COMPLETE", "COMPLETE", "FAIL"]
+
+
+def test_a_storage_that_cannot_be_opened_is_one_line(tmp_path, capsys):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    (tmp_path / "notes.db").write_text("not a database")
+    sweeper = fake_sweeper(tmp_path, f"sqlite:///{tmp_path / 'notes.db'}", lambda arguments: None)
+    with pytest.raises(SystemExit) as e:
+        sweeper.sweep([])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"error: hydra.sweeper.storage=sqlite:///{tmp_path / 'notes.db'} cannot be opened: " \
+        "DatabaseError" in err and "file is not a database" in err
+    sweeper.sweeper_cfg.storage = "postgresql://me:secret@nohost/db"  # no driver here: its password is not printed
+    with pytest.raises(SystemExit):
+        sweeper.sweep([])
+    err = capsys.readouterr().err
+    assert "hydra.sweeper.storage=postgresql://me:***@nohost/db cannot be opened" in err and "secret" not in err
+
+
+@pytest.mark.parametrize("args, said", [
+    (["hydra.sweep.subdir=same"], "error: hydra.sweep.subdir=same: trials 0 and 1 of the search would write into one "
+                                  "folder"),
+    (["attention=glob(m*)"], "error: attention=glob(m*): an Optuna search cannot sample glob(...)"),
+    (["optim.schedule=choice(cosine,cosinee)"], "error: a trial of the search (hparams_search=optuna"),
+    (["optim.warmup_steps=interval(1,5)"], "samples interval(...) as floats: for an int key give range(a,b)"),
+    (["experiment=eta_sweep"], "error: seed=1,2: this search would tune the seed"),
+])
+def test_a_search_checks_its_trials_before_the_first(args, said, tmp_path):
+    """Each of these failed trial after trial (or, for the folder, every trial wrote one folder's config), with a
+    stored study counting the failures; a glob was an AssertionError traceback, a searched seed went unsaid."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    smoke = ["debug=smoke"] if args == ["experiment=eta_sweep"] else SMOKE  # (GINC's data has no data.tasks)
+    r = run_cli("train.py", ["-m", "hparams_search=optuna", *smoke, *args, f"hydra.sweep.dir={tmp_path / 's'}"], tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert any(line.startswith(said) or said in line for line in r.stderr.splitlines()), r.stderr[-3000:]
+    assert not (tmp_path / "s" / "0").exists()  # refused before any trial
 
 
 def test_a_search_with_no_study_name_is_a_new_study_and_keeps_its_sampler_seed(tmp_path):

@@ -24,7 +24,59 @@ class OptunaSweeper(Sweeper):
     def setup(self, *, hydra_context, task_function, config) -> None:
         self.sweep_dir = config.hydra.sweep.dir
         self.sweeper_cfg = config.hydra.sweeper
+        self.metric = config.get("optimized_metric")
         self.base.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def _open_storage(self) -> None:
+        """The storage opened before any trial: a driver that is not installed, a file that is not a database, or
+        a server that does not answer was a traceback of 45 to 127 lines from SQLAlchemy."""
+        url = self.sweeper_cfg.get("storage")
+        if not url:
+            return
+        import optuna
+
+        from momattn.sweep_callback import _no_password
+
+        try:
+            optuna.storages.get_storage(url)
+        except Exception as e:  # ImportError (no driver), sqlalchemy's OperationalError / DatabaseError, ...
+            shown = _no_password(str(url))
+            why = " ".join(str(e).split())[:300].replace(str(url), shown)
+            print(f"error: hydra.sweeper.storage={shown} cannot be opened: {type(e).__name__}: {why}",
+                  file=sys.stderr)
+            raise SystemExit(2) from None
+
+    def _check_stored_study(self, arguments: list[str]) -> None:
+        """A stored study's trials must measure what this search measures: a second search with another
+        optimized_metric put val/ppl values beside val/loss ones, and its 'best value' was a val/loss. A search
+        whose fixed settings differ from the stored trials' (trainer.max_steps=6 beside trials of 30 steps) is
+        told which, since its best may be an earlier trial's."""
+        cfg = self.sweeper_cfg
+        if not cfg.get("storage") or cfg.get("study_name") is None:
+            return
+        import optuna
+
+        try:
+            study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
+        except Exception:  # no such study yet
+            return
+        stored = study.user_attrs.get(METRIC_ATTR)
+        if stored is not None and self.metric is not None and str(stored) != str(self.metric):
+            print(f"error: optimized_metric={self.metric}, and the stored study '{cfg.study_name}' optimised "
+                  f"{stored}: their values cannot be compared, nor one best taken over them. Search {stored} again, "
+                  f"or start a new study (hydra.sweeper.study_name=<another name>)", file=sys.stderr)
+            raise SystemExit(2)
+        fixed = _fixed_overrides([*self.base.sweeper._parse_sweeper_params_config(), *arguments])
+        done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+        differ = sorted({k for t in done for k in set(t.user_attrs) | set(fixed)
+                         if not k.startswith("hydra.") and str(t.user_attrs.get(k)) != str(fixed.get(k))})
+        if done and differ:
+            shown = "; ".join(f"{k}: {sorted({str(t.user_attrs.get(k, '(not set)')) for t in done})} before, "
+                              f"{fixed.get(k, '(not set)')} now" for k in differ[:5])
+            print(f"[momattn] warning: the stored study '{cfg.study_name}' holds {len(done)} finished trial(s) trained "
+                  f"with other fixed settings ({shown}): its best trial may be one of theirs, not comparable with "
+                  "this search's; for a search of its own, give hydra.sweeper.study_name=<another name>",
+                  file=sys.stderr, flush=True)
 
     def _continue_stored_study(self) -> None:
         """A study kept in a database (hydra.sweeper.storage) goes on across searches, but each search seeded its
@@ -56,12 +108,19 @@ class OptunaSweeper(Sweeper):
             print(f"error: hydra.sweeper.n_trials={n_trials!r}: a search runs at least one trial; set "
                   "hydra.sweeper.n_trials=N with N >= 1", file=sys.stderr)
             raise SystemExit(2)
+        self._open_storage()
+        self._check_stored_study(arguments)
         self._continue_stored_study()
         from momattn.errors import UserError
 
         try:
-            with self._recording_trials():
-                return self.base.sweep(arguments)
+            try:
+                with self._recording_trials():
+                    self.base.sweep(arguments)
+            except BaseException:  # a refused space, Ctrl-C, SIGTERM: the trials it asked for stayed RUNNING in a
+                if self.sweeper_cfg.get("storage"):  # stored study for good, as Optuna's own optimize() does not
+                    self._fail_asked_trials()
+                raise
         except UserError as e:  # raised before any trial (momattn.search's space): one line, as train.py's
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
@@ -70,7 +129,6 @@ class OptunaSweeper(Sweeper):
                 # interval(1e-2,1e-4), or an interval for the grid sampler: a traceback, before any trial
                 grid = " (the grid sampler takes choice(...) and range(...) only)" if "Grid" in str(e) else ""
                 if _raised_in(e, "check_distribution_compatibility", frame=True) and self.sweeper_cfg.get("storage"):
-                    self._fail_asked_trials()
                     print(f"error: the search space: {e} The stored study '{self.sweeper_cfg.get('study_name')}' "
                           "searched a parameter of this space with another distribution (interval or choice, log "
                           "or not, other choices): search its space again, or start a new study "
@@ -81,10 +139,31 @@ class OptunaSweeper(Sweeper):
                 raise SystemExit(2) from None
             if "No trials are completed" not in str(e):
                 raise
-            print(f"error: none of the search's {self.base.sweeper.n_trials} trials completed: each one's error is "
-                  f"above and its log in its folder under {os.path.abspath(self.sweep_dir)}; fix the cause and run the search again",
-                  file=sys.stderr)
-            raise SystemExit(1) from None
+            self._none_completed()
+        self._count_trials()
+
+    def _none_completed(self) -> None:
+        print(f"error: none of the search's {self.base.sweeper.n_trials} trials completed: each one's error is "
+              f"above and its log in its folder under {os.path.abspath(self.sweep_dir)}; fix the cause and run the "
+              "search again", file=sys.stderr)
+        raise SystemExit(1) from None
+
+    def _count_trials(self) -> None:
+        """This search's own trials (a stored study holds earlier searches' too, so Optuna's 'No trials are
+        completed yet' never came, and a search whose every trial failed ended with 'search done', exit 0): none
+        completed is an error; some failed are said before the end line."""
+        from optuna.trial import TrialState
+
+        if self.study is None:
+            return
+        ours = set(self.asked)
+        states = [t.state for t in self.study.get_trials(deepcopy=False) if t._trial_id in ours]
+        if states and TrialState.COMPLETE not in states:
+            self._none_completed()
+        failed = sum(s == TrialState.FAIL for s in states)
+        if failed:
+            print(f"\n[momattn] {failed} of the search's {len(states)} trials failed (their errors are above, each "
+                  "trial's log in its folder); the best is taken over the others", file=sys.stderr, flush=True)
 
 
     @contextlib.contextmanager
@@ -93,11 +172,15 @@ class OptunaSweeper(Sweeper):
         ones a refused space left running are told apart from another search's on the same stored study."""
         from optuna.trial import Trial
 
-        init, self.asked = Trial.__init__, []
+        init, self.asked, self.study = Trial.__init__, [], None
 
         def recorded(trial, study, trial_id):
             init(trial, study, trial_id)
             self.asked.append(trial_id)
+            if self.study is None:  # the study this search made or loaded: what it optimises is kept with it
+                self.study = study
+                if self.metric is not None and study.user_attrs.get(METRIC_ATTR) is None:
+                    study.set_user_attr(METRIC_ATTR, str(self.metric))
 
         Trial.__init__ = recorded
         try:
@@ -119,6 +202,21 @@ class OptunaSweeper(Sweeper):
                     study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         except Exception:  # the storage, unreadable now: its trial stays as it is
             pass
+
+
+METRIC_ATTR = "momattn.optimized_metric"  # the study's user attribute that names the metric its trials returned
+
+
+def _fixed_overrides(arguments: list[str]) -> dict[str, str]:
+    """key -> value of the overrides that are not searched, as the base sweeper stores them on each trial (its user
+    attributes)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    out = {}
+    for o in OverridesParser.create().parse_overrides(arguments):
+        if not o.is_sweep_override() and not o.is_hydra_override():
+            out[o.get_key_element()] = o.get_value_element_as_str()
+    return out
 
 
 def _raised_in(e: BaseException, where: str, frame: bool = False) -> bool:

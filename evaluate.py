@@ -6,7 +6,8 @@
     python evaluate.py ckpt_path=ginc.ckpt icl.tasks=[ginc,ginc_l3,ginc_l8,ginc_ood] icl.shots=[0,1,2,4,8,16,max]
     python evaluate.py sweep_dir=multirun/2025-01-01/12-00-00   # a sweep's verdict: sweep.md, sweep.json
 
-Writes results.json, results.md, ppl.png and icl.png into the run folder (hydra.run.dir).
+Writes results.json, results.md, ppl.png, icl.png, icl_predictions_<model>.jsonl and evaluate.log into the
+run folder (hydra.run.dir); with sweep_dir, sweep.md and sweep.json (and their plots) too.
 Settings: conf/evaluate.yaml.
 """
 

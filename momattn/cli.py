@@ -228,7 +228,10 @@ def _check_key(cfg, key: str, hint: str | None = None, set_too: tuple[str, ...] 
         parts = key.split(".")
         where = ".".join(parts[:i]) or "the top level"
         known = [str(k) for k in node.keys()]
-        advice = "" if hint == "" else f" ({hint or f'To add a new key on purpose use +{key}=...'})"
+        from momattn.helptext import OPEN_SECTIONS  # +key adds one there only; elsewhere it is refused alike
+
+        adds = f"To add a new key on purpose use +{key}=..." if parts[0] in (*OPEN_SECTIONS, "hydra") else None
+        advice = "" if hint == "" or (hint is None and adds is None) else f" ({hint or adds})"
         raise ConfigError(
             f"'{key}' is not a config key: '{parts[i]}' does not exist in {where}.{did_you_mean(parts[i], known)} "
             f"Keys there: {', '.join(known)}.{advice}"

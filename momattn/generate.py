@@ -235,6 +235,10 @@ def generate_text(model, tokenizer, cfg: GenerateConfig, device: str, out: TextI
     prompt_ids = tokenizer.encode(cfg.prompt)
     if not prompt_ids:
         raise ConfigError(f"prompt={cfg.prompt!r} encodes to no tokens; give some text")
+    if len(prompt_ids) > (block := model.config.block_size):  # the model sees its last block_size tokens only
+        print(f"[momattn] the prompt is {len(prompt_ids)} tokens, longer than the model's context of {block}: "
+              f"sampling continues from its last {block} tokens (the whole prompt is still printed)",
+              file=sys.stderr, flush=True)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)  # (1, T)
     samples = []

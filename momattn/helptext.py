@@ -10,6 +10,9 @@ from pathlib import Path
 
 # options of a shared group that an entry point refuses (momattn.eval.config.check_logger): not offered in its help
 REFUSED = {("evaluate", "logger"): {"csv"}, ("analyze", "logger"): {"csv"}}
+# the sections that take keys their files do not list (Lightning's Trainer arguments, callbacks, loggers): the
+# only ones where +key=value adds a key; every other section is a typed config that refuses one it does not know
+OPEN_SECTIONS = ("trainer", "callbacks", "logger")
 
 
 def print_help(config_name: str, doc: str | None, conf_dir: Path) -> None:
@@ -38,7 +41,10 @@ def help_text(config_name: str, doc: str | None, conf_dir: Path) -> str:
             groups.append(f"  {group}: {', '.join(options)}  (default: {default})")
     if groups:
         out += ["Config groups (group=option; conf/<group>/<option>.yaml):", *groups, ""]
-    out += [f"Settings ({path.relative_to(conf_dir.parent)}; set any key with key=value, add one with +key=value):",
+    open_groups = [g for g in OPEN_SECTIONS if any(line.startswith(f"  {g}:") for line in groups)]
+    adds = (f"; +key=value adds one, under {' and '.join(open_groups)} only (the other sections take the keys they "
+            "list)" if open_groups else "")
+    out += [f"Settings ({path.relative_to(conf_dir.parent)}; set any key with key=value{adds}):",
             "", text.rstrip(), "",
             "The composed config: --cfg job. Hydra's own options (multirun, sweepers, shell completion): --hydra-help."]
     return "\n".join(out)

@@ -396,21 +396,30 @@ class GPT(nn.Module):
         if idx.dim() != 2 or idx.size(1) == 0:  # an empty prompt was an IndexError inside the first forward
             raise ValueError(f"idx of shape {tuple(idx.shape)} must be (B, T) with T >= 1: at least one token to "
                              "continue")
-        if not isinstance(temperature, int | float) or not 0 <= temperature < math.inf:  # None: a TypeError
+        bad = isinstance(temperature, bool) or not isinstance(temperature, int | float)  # True sampled at 1
+        if bad or not 0 <= temperature < math.inf:  # None: a TypeError
             raise ValueError(f"temperature={temperature!r} must be a finite number >= 0 (0 = greedy)")
-        if not isinstance(top_p, int | float) or not 0 < top_p <= 1:
+        if isinstance(top_p, bool) or not isinstance(top_p, int | float) or not 0 < top_p <= 1:
             raise ValueError(f"top_p={top_p!r} must be in (0, 1] (1 = the whole distribution)")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"top_k={top_k!r} must be an int >= 1, or None for the whole vocabulary")  # IndexError
+        vocab = self.config.vocab_size  # the embedding's rows
+        if idx.numel() and not 0 <= int(idx.min()) <= int(idx.max()) < vocab:  # an IndexError inside the embedding
+            raise ValueError(f"idx holds token id {int(idx.max()) if int(idx.max()) >= vocab else int(idx.min())}, "
+                             f"outside this model's vocabulary of {vocab} ids (0..{vocab - 1})")
+        if max_new_tokens == 0:
+            return idx
         cache, logits = self.new_cache(), None
         ctx = idx[:, -self.config.block_size :]
         logits = self.last_logits(ctx, cache)
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             if self.n_ids is not None and self.n_ids < logits.size(-1):
                 logits = logits.clone()
                 logits[:, self.n_ids :] = float("-inf")
             nxt = next_token(logits, temperature, top_k, generator, top_p)  # (B, 1)
             idx = torch.cat([idx, nxt], dim=1)
+            if step == max_new_tokens - 1:  # the last token's logits would be computed for nothing
+                break
             if cache.length >= self.config.block_size:  # context full: a window of the last block_size tokens
                 cache = self.new_cache()
                 logits = self.last_logits(idx[:, -self.config.block_size :], cache)

@@ -12,7 +12,7 @@ from collections import deque
 
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
 
-from momattn.utils import duration
+from momattn.utils import duration, stderr_tty
 
 
 def _rate(x: float) -> str:
@@ -25,7 +25,7 @@ class TrainProgress(ProgressBar):
     def __init__(self, interval_s: float = 30.0, window: int = 20, tty: bool | None = None):
         super().__init__()
         self.interval_s, self.window = interval_s, window
-        self.tty = sys.stderr.isatty() if tty is None else tty
+        self.tty = stderr_tty() if tty is None else tty
         self._enabled, self._bar = True, None
         self._times: deque = deque(maxlen=window + 1)  # (time, tokens so far) at recent steps
         self._tokens, self._last_line, self._t0, self._step0 = 0, 0.0, 0.0, 0

@@ -22,6 +22,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from momattn.errors import ConfigError, DataError, did_you_mean, first_line, not_a_file
 from momattn.io import atomic_write_text, file_lock, lock_beside
+from momattn.utils import stderr_tty
 
 if TYPE_CHECKING:
     from momattn.data.sources import DataSource
@@ -256,7 +257,7 @@ def _train_bpe(texts: Callable[[], Iterable[str]], vocab_size: int, cache_file: 
         vocab_size=vocab_size,
         special_tokens=[EOT],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte encodable: no unknown tokens
-        show_progress=sys.stderr.isatty(),
+        show_progress=stderr_tty(),
     )
     chars = 0
 

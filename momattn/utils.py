@@ -50,9 +50,23 @@ def duration(seconds: float) -> str:
     return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def stderr_tty() -> bool:
+    """Whether stderr is a terminal a progress bar can be drawn on. A pseudo-terminal that reports 0 columns
+    (`script -qc` without a size, some CI runners) drew tqdm's bar as nothing, and as a terminal it got no line
+    every 30 s either: a blank line where the bar should have been."""
+    if not sys.stderr.isatty():
+        return False
+    import os
+
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns > 0
+    except OSError:
+        return False
+
+
 def done_line(what: str, t0: float, tty: bool | None = None) -> None:
     """`[momattn] <what> (<seconds since t0>)` on stderr where it is not a terminal. The evaluation's and the
     analysis's parts show tqdm bars on a terminal, which tqdm hides elsewhere: a log file (a cluster job, train.py's
     evaluation redirected) was silent for the minutes they take; this line says when each part ends."""
-    if not (sys.stderr.isatty() if tty is None else tty):
+    if not (stderr_tty() if tty is None else tty):
         print(f"[momattn] {what} ({duration(time.perf_counter() - t0)})", file=sys.stderr, flush=True)

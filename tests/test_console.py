@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import sys
 
 import pytest
 from conftest import SMOKE, compose_train, read_metrics, run_cli
@@ -390,6 +392,36 @@ def test_help_shows_the_entry_points_usage_its_own_groups_and_the_commented_sett
     done = run_cli("evaluate.py", ["--help"], tmp_path)
     assert done.returncode == 0 and done.stdout.startswith("Evaluate momattn checkpoints") and not done.stderr
     assert "Settings (conf/evaluate.yaml" in done.stdout and not list(tmp_path.iterdir())  # ran nothing
+    # +key=value is offered only where it adds a key: +attention.x, +optim.x, ... are refused like a typo (it said
+    # "add one with +key=value" for every section)
+    assert "+key=value adds one, under trainer and callbacks and logger only" in train
+    assert "+key=value adds one, under logger only" in ev
+    assert "+key" not in help_text("generate", "Generate.", CONF_DIR).split("Settings (")[1].split("\n")[0]
+
+
+def test_a_terminal_of_no_columns_is_no_terminal_for_a_progress_bar(monkeypatch):
+    """A pseudo-terminal that reports 0 columns (script -qc without a size): tqdm drew its bar as nothing, and the
+    line every 30 s that a log gets was not written either."""
+    import fcntl
+    import io
+    import pty
+    import struct
+    import termios
+
+    from momattn.utils import stderr_tty
+
+    parent, child = pty.openpty()  # a new pseudo-terminal's size is 0 x 0
+    try:
+        with open(child, "w", closefd=False) as tty:
+            monkeypatch.setattr(sys, "stderr", tty)
+            assert tty.isatty() and not stderr_tty()
+            fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+            assert stderr_tty()
+        monkeypatch.setattr(sys, "stderr", io.StringIO())
+        assert not stderr_tty()
+    finally:
+        os.close(parent)
+        os.close(child)
 
 
 def test_the_hubs_retries_without_network_are_not_printed(monkeypatch):

@@ -102,10 +102,14 @@ def test_a_key_that_only_some_options_of_a_swept_group_have_is_named_with_those_
     # an experiment's own sweep (hydra.sweeper.params: attention over three kinds), no -m needed
     with pytest.raises(ConfigError, match=r"jobs with attention=vanilla or attention=multirate_ema: 'attention.eta'"):
         check(["experiment=reproduce", "attention.eta=0.3"])
-    # a typo that no option has: named as for a single run, against the option with the nearest key
+    # a typo that no option has: named as for a single run, against the option with the nearest key; without the
+    # advice to add it with +attention.etaa=..., which the typed attention section refuses too (found by review)
     with pytest.raises(ConfigError, match=r"^'attention.etaa' is not a config key.*Did you mean 'eta'\?.*"
-                                          r"\(To add a new key on purpose use \+attention.etaa=\.\.\.\)$"):
+                                          r"Keys there: kind, eta, .*include_current\.$"):
         check(["attention=vanilla,momentum", "attention.etaa=0.3"])
+    # where + does add a key (Lightning's Trainer arguments), the advice stays
+    with pytest.raises(ConfigError, match=r"\(To add a new key on purpose use \+trainer.gradient_clip_algorith=\.\.\.\)$"):
+        check(["trainer.gradient_clip_algorith=norm"])
     # each key judged on its own: eta fails on multirate_ema and vanilla, n_rates on momentum and vanilla, so every
     # job refuses one of them, but neither is a typo (it said "use +attention.n_rates=...")
     with pytest.raises(ConfigError, match=r"^the sweep's jobs with attention=multirate_ema or attention=vanilla: "

@@ -7,6 +7,7 @@ momattn.checkpoint reads, from a tiny GPT and a byte-level BPE trained on a few 
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -200,9 +201,28 @@ def test_model_generate_takes_top_p_and_refuses_one_out_of_range():
                        ({"max_new_tokens": 2.0}, "max_new_tokens=2.0 must be an int"),
                        ({"idx": torch.zeros(1, 0, dtype=torch.long)}, r"idx of shape \(1, 0\) must be \(B, T\)"),
                        ({"temperature": None}, "temperature=None must be a finite number"),
-                       ({"temperature": float("inf")}, "temperature=inf must be a finite number")):
+                       ({"temperature": float("inf")}, "temperature=inf must be a finite number"),
+                       # True sampled at temperature 1 and top_p 1; an id past the vocabulary was the embedding's
+                       # IndexError (found by review)
+                       ({"temperature": True}, "temperature=True must be a finite number"),
+                       ({"top_p": True}, "top_p=True must be in"),
+                       ({"idx": torch.tensor([[3, 32]])}, r"idx holds token id 32, outside this model's vocabulary of "
+                                                         r"32 ids \(0..31\)"),
+                       ({"idx": torch.tensor([[-1, 3]])}, "idx holds token id -1")):
         with pytest.raises(ValueError, match=match):
             model.generate(**{"idx": idx, "max_new_tokens": 5, **bad})
+
+
+def test_model_generate_runs_no_forward_after_its_last_token():
+    """The last sampled token's logits were computed and thrown away: max_new_tokens=1 cost two forward passes."""
+    model = GPT(GPTConfig(block_size=16, vocab_size=32, n_layer=1, n_head=2, n_embd=16))
+    calls = []
+    real = model.last_logits
+    model.last_logits = lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    for n in (1, 3):
+        calls.clear()
+        assert model.generate(torch.zeros(1, 2, dtype=torch.long), n, temperature=0).shape == (1, 2 + n)
+        assert len(calls) == n  # the prompt's forward, then one per token but the last
 
 
 def test_samples_never_take_the_models_padding_ids(ckpt):
@@ -408,5 +428,21 @@ def test_the_document_separator_ends_a_sample_at_its_token_leaving_no_separator_
                             ([1, 0, 3, 4], [], " x2 x1 " + EOT + " x3")]:
         monkeypatch.setattr(gen, "sample_tokens", sampled(ids))
         out = io.StringIO()
-        got = generate_text(None, Spaced(), GenerateConfig(ckpt_path="x", prompt="x1", stop=stop), "cpu", out)
+        model = SimpleNamespace(config=SimpleNamespace(block_size=8))  # sample_tokens is the fake above
+        got = generate_text(model, Spaced(), GenerateConfig(ckpt_path="x", prompt="x1", stop=stop), "cpu", out)
         assert got == [want] and out.getvalue() == "x1" + want + "\n", (stop, got)
+
+
+def test_a_prompt_longer_than_the_context_is_said_to_be_cut(ckpt, capsys):
+    """The model continues from the prompt's last block_size tokens (nanoGPT's crop): said, not silent."""
+    model, tok = load_checkpoint(ckpt)
+    long = "The film was long and " * 20
+    n = len(tok.encode(long))
+    assert n > model.config.block_size
+    out = io.StringIO()
+    generate_text(model, tok, cfg(ckpt, prompt=long, max_new_tokens=2), "cpu", out)
+    assert out.getvalue().startswith(long)  # printed whole
+    assert (f"the prompt is {n} tokens, longer than the model's context of {model.config.block_size}: sampling "
+            f"continues from its last {model.config.block_size} tokens") in capsys.readouterr().err
+    generate_text(model, tok, cfg(ckpt), "cpu", io.StringIO())
+    assert "longer than the model's context" not in capsys.readouterr().err

@@ -211,7 +211,7 @@ def test_generate_greedy_matches_argmax_of_full_forward():
     real = model.last_logits
     model.last_logits = lambda x, cache: encoded.append(x.shape[1]) or real(x, cache)
     out = model.generate(idx, max_new_tokens=30, temperature=0)  # runs past the context: a sliding window
-    assert encoded == [5] + [1] * 19 + [24] * 11, encoded  # (the old rule re-encoded 23)
+    assert encoded == [5] + [1] * 19 + [24] * 10, encoded  # (the old rule re-encoded 23; none after the last token)
     assert out.shape == (1, 35)
     for t in range(5, 35):
         assert out[0, t] == model(out[:, max(0, t - 24):t])[0, -1].argmax()

@@ -30,7 +30,7 @@ from momattn.eval.ginc import GincTask, check_prompt_count, check_separator, che
 from momattn.eval.results import JsonMixin
 from momattn.eval.scoring import PrefixScorer
 from momattn.eval.tasks import TASK_FILE_SUFFIXES, read_task_file, resolve_tasks
-from momattn.utils import done_line, stable_seed
+from momattn.utils import done_line, stable_seed, stderr_tty
 
 
 def progress(it, desc: str, unit: str):
@@ -38,7 +38,7 @@ def progress(it, desc: str, unit: str):
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    yield from tqdm(it, desc=desc, unit=unit, leave=False, disable=None)
+    yield from tqdm(it, desc=desc, unit=unit, leave=False, disable=not stderr_tty())
     done_line(desc, t0)
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,9 @@ def import_datasets():
     "Generating train split" as it loaded a local file)."""
     import datasets
 
-    if not sys.stderr.isatty():
+    from momattn.utils import stderr_tty
+
+    if not stderr_tty():
         datasets.disable_progress_bars()
     return datasets
 

@@ -36,7 +36,7 @@ from momattn.eval.config import IclConfig
 from momattn.eval.lm import LanguageModel, last_logits
 from momattn.eval.ppl import model_device
 from momattn.eval.results import MIN_DEMOS, SeedRun, ShotResult, TaskResult, warn_nonfinite
-from momattn.utils import done_line, stable_seed
+from momattn.utils import done_line, stable_seed, stderr_tty
 
 DEFAULT_LEN = 5
 DEFAULT_PROMPTS = 2500  # the paper's prompts per (l, k)
@@ -253,7 +253,7 @@ class GincEvaluator:
                 continue
             kk = min(fit, self.cfg.max_shots) if k == "max" else k
             runs = [self.evaluate_run(task, kk, s, shots=k)
-                    for s in tqdm(self.cfg.seeds, desc=f"icl {task.name} k={k}", leave=False, disable=None)]
+                    for s in tqdm(self.cfg.seeds, desc=f"icl {task.name} k={k}", leave=False, disable=not stderr_tty())]
             fits = k != "max" or kk >= min(MIN_DEMOS, self.cfg.max_shots)
             note = None if fits else f"does not fit: k=max places only {kk} examples in the context"
             result.shots[str(k)] = ShotResult.from_runs(k, runs, chance, fits, k_max_fit=fit, note=note)

@@ -33,7 +33,7 @@ from momattn.eval.lm import LanguageModel
 from momattn.eval.results import MIN_DEMOS, IclResult, SeedRun, ShotResult, TaskResult, warn_nonfinite
 from momattn.eval.scoring import PrefixScorer
 from momattn.eval.tasks import IclExample, IclTask
-from momattn.utils import done_line
+from momattn.utils import done_line, stderr_tty
 
 PROTOCOL = (
     "prompt = <eot> + k demonstrations (template + ' ' + answer, each followed by the separator) + "
@@ -202,7 +202,7 @@ class IclEvaluator:
         runs = [(k, s) for k in self.cfg.shots for s in (self.cfg.seeds[:1] if k == 0 else self.cfg.seeds)]
         per_k: dict[int | str, list[SeedRun]] = defaultdict(list)
         t0 = time.perf_counter()
-        for k, seed in tqdm(runs, desc=f"icl {prep.task.name}", leave=False, disable=None):
+        for k, seed in tqdm(runs, desc=f"icl {prep.task.name}", leave=False, disable=not stderr_tty()):
             per_k[k].append(self.evaluate_run(prep.task, prep.test, prep.pool, k, seed))
         done_line(f"icl {prep.task.name}: {len(runs)} (k, seed) runs of {len(prep.test)} test examples", t0)
         chance = prep.result.chance

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from momattn.errors import DataError
 from momattn.eval.lm import LanguageModel
 from momattn.eval.results import PerplexityResult, WindowNumbers
-from momattn.utils import done_line
+from momattn.utils import done_line, stderr_tty
 
 PROTOCOL = (
     "token-level perplexity on non-overlapping windows of L tokens, each scored from scratch (token j is "
@@ -93,7 +93,7 @@ def score_windows(model: LanguageModel, tokenizer, tokens: np.ndarray, length: i
     was_training = model.training
     model.eval()
     out = []
-    for i in tqdm(range(0, len(starts), batch), desc=desc, leave=False, disable=None):
+    for i in tqdm(range(0, len(starts), batch), desc=desc, leave=False, disable=not stderr_tty()):
         s = starts[i : i + batch]
         windows = np.stack([np.asarray(tokens[a : a + length], dtype=np.int64) for a in s])  # (B, L)
         x = torch.from_numpy(windows).to(device)

@@ -123,6 +123,12 @@ def _other_rank() -> bool:
     return other_rank()
 
 
+def _job_order(path: Path) -> tuple:
+    """A job folder's place in its sweep: by number (0, 1, 2, ..., 10), other names after them."""
+    name = path.parent.name
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
 def best_trial(sweep_dir: Path, metric: str | None, storage: str | None = None, study: str | None = None) -> str:
     """'; best trial: <its folder> (<its best checkpoint>)': the job whose summary.json holds the search's best
     value; with a study stored in a database (hydra.sweeper.storage) whose best value no job here has, that an
@@ -135,7 +141,7 @@ def best_trial(sweep_dir: Path, metric: str | None, storage: str | None = None, 
         best = float(yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())["best_value"])
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
         return ""
-    for summary in sorted(sweep_dir.glob("*/summary.json")):
+    for summary in sorted(sweep_dir.glob("*/summary.json"), key=_job_order):  # a tie: the first trial (2 before 10)
         try:
             kept = json.loads(summary.read_text())
         except (OSError, ValueError):

@@ -569,6 +569,28 @@ def test_the_best_trial_is_named_by_folder_or_as_an_earlier_searchs(tmp_path):
     (tmp_path / "1").mkdir()
     (tmp_path / "1" / "summary.json").write_text('{"val/loss": 2.5, "best_checkpoint": "a.ckpt"}')
     assert best_trial(tmp_path, "val/loss", "sqlite:///s.db", "momattn") == f"; best trial: {tmp_path / '1'} (a.ckpt)"
+    (tmp_path / "10").mkdir()  # a tie goes to the first trial, by number (the folders' names sorted 10 before 2)
+    (tmp_path / "10" / "summary.json").write_text('{"val/loss": 2.5, "best_checkpoint": "c.ckpt"}')
+    assert best_trial(tmp_path, "val/loss") == f"; best trial: {tmp_path / '1'} (a.ckpt)"
+    (tmp_path / "1" / "summary.json").write_text('{"val/loss": 3.5, "best_checkpoint": "a.ckpt"}')
+    (tmp_path / "2").mkdir()
+    (tmp_path / "2" / "summary.json").write_text('{"val/loss": 2.5, "best_checkpoint": "b.ckpt"}')
+    assert best_trial(tmp_path, "val/loss") == f"; best trial: {tmp_path / '2'} (b.ckpt)"
+
+
+def test_the_search_masks_a_storage_password_in_the_base_sweepers_log(caplog):
+    import logging
+
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    from hydra_plugins.momattn_sweeper import _mask_passwords
+
+    _mask_passwords()
+    _mask_passwords()  # once: a second filter is not added
+    log = logging.getLogger("hydra_plugins.hydra_optuna_sweeper._impl")
+    assert sum(type(f).__name__ == "Mask" for f in log.filters) == 1
+    with caplog.at_level(logging.INFO, logger=log.name):
+        log.info("Storage: postgresql://me:s3cret@db:5432/x")
+    assert "Storage: postgresql://me:***@db:5432/x" in caplog.text and "s3cret" not in caplog.text
 
 
 @pytest.mark.slow

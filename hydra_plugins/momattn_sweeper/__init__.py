@@ -108,6 +108,7 @@ class OptunaSweeper(Sweeper):
             print(f"error: hydra.sweeper.n_trials={n_trials!r}: a search runs at least one trial; set "
                   "hydra.sweeper.n_trials=N with N >= 1", file=sys.stderr)
             raise SystemExit(2)
+        _mask_passwords()
         self._open_storage()
         self._check_stored_study(arguments)
         self._continue_stored_study()
@@ -202,6 +203,22 @@ class OptunaSweeper(Sweeper):
                     study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         except Exception:  # the storage, unreadable now: its trial stays as it is
             pass
+
+
+def _mask_passwords() -> None:
+    """The base sweeper logs 'Storage: <url>' with a database's password in it: masked (user:***@host)."""
+    import logging
+    import re
+
+    class Mask(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if isinstance(record.msg, str) and "://" in record.msg:
+                record.msg = re.sub(r"([A-Za-z][\w+.-]*://[^:/@\s]*:)[^@\s]*@", r"\1***@", record.msg)
+            return True
+
+    log = logging.getLogger("hydra_plugins.hydra_optuna_sweeper._impl")
+    if not any(type(f).__name__ == "Mask" for f in log.filters):  # once per process
+        log.addFilter(Mask())
 
 
 METRIC_ATTR = "momattn.optimized_metric"  # the study's user attribute that names the metric its trials returned

@@ -297,7 +297,8 @@ def check_out(ap, path: Path, suffixes: tuple[str, ...] = (".md",)) -> None:
     written, before the measurement: it failed in write_results afterwards, the whole run's numbers lost."""
     from momattn.io import probe_write
 
-    for p in (Path(path), *(Path(path).with_suffix(s) for s in suffixes)):
+    beside = [Path(path).with_suffix(s) for s in suffixes] if Path(path).name else []  # ('.' has no name)
+    for p in (Path(path), *beside):
         if p.is_dir():
             ap.error(f"--out {path}: {p} is a folder; give a file name, e.g. {Path(path) / 'results.json'}")
     try:

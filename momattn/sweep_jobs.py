@@ -195,8 +195,8 @@ def check_jobs(sweep: Sweep, overrides: list[str], search: bool = False) -> None
             for key, lg in (c.logger or {}).items():  # one id for every job: their histories collided in one run
                 rid = lg.get("id") if isinstance(lg, Mapping) and "wandb" in str(lg.get("_target_", "")).lower() else None
                 if rid is not None and (first := run_ids.setdefault(str(rid), num)) != num:
-                    raise ConfigError(f"logger.{key}.id={rid!r}: jobs {first} and {num} of the sweep would log into "
-                                      "this one W&B run, whose histories would collide; drop it (each job starts its "
+                    who = "the search's trials" if search else f"jobs {first} and {num} of the sweep"
+                    raise ConfigError(f"logger.{key}.id={rid!r}: {who} would log into this one W&B run, whose histories would collide; drop it (each job starts its "
                                       "own run, and a resume continues it), or make it differ by job, e.g. "
                                       "logger.wandb.id=run-${seed}")
             local.setdefault(world_size(c.trainer) // (c.trainer.get("num_nodes", 1) or 1), []).append(num)
@@ -219,13 +219,18 @@ def check_jobs(sweep: Sweep, overrides: list[str], search: bool = False) -> None
         # Lightning starts a job's other processes by running its command line again, which a joblib or local
         # submitit worker does not have: a TerminatedWorkerError or an UncompletedJobError traceback (found by review)
         jobs = ", ".join(map(str, sorted(n for c, js in local.items() if c > 1 for n in js)[:5]))
-        raise ConfigError(f"job(s) {jobs} of the sweep train on {max(local)} processes (trainer.devices) under "
+        who = "the search's trials" if search else f"job(s) {jobs} of the sweep"
+        raise ConfigError(f"{who} train on {max(local)} processes (trainer.devices) under "
                           f"{launcher.rsplit('.', 1)[-1]}, whose workers cannot start a job's other processes "
                           "(Lightning runs the command line again); sweep them with the basic launcher (drop "
                           "hydra/launcher), or on SLURM with hydra/launcher=submitit_slurm and "
                           "hydra.launcher.tasks_per_node=<devices>")
     if len(local) > 1 and max(local) > 1 and launcher.endswith("BasicLauncher"):
         counts = "; ".join(f"{n} in job(s) {', '.join(map(str, jobs[:5]))}" for n, jobs in sorted(local.items()))
+        if search:
+            raise ConfigError("the search's trials would train on different numbers of processes per node: Lightning "
+                              "starts a trial's other processes once, and they run the later trials alongside rank 0; "
+                              "give every trial one trainer.devices (search it in searches of its own)")
         raise ConfigError(f"the sweep's jobs train on different numbers of processes per node ({counts}): Lightning "
                           "starts a job's other processes once, with the sweep's command line, and they run the later "
                           "jobs alongside rank 0 (a job on another count crashed them); give the jobs of one sweep one "
@@ -288,7 +293,8 @@ def check_search(config_name: str, overrides: list[str]) -> None:
     # a key holds where some trial's group options have it (attention.eta with attention: choice(momentum, vanilla))
     combos = [list(c) for c in itertools.islice(itertools.product(
         *([f"{g}={v}" for v in options] for g, options in searched.items())), MAX_COMBOS)]
-    configs = [c for c in (_compose(config_name, combo) for combo in combos) if c is not None]
+    pairs = [(combo, _compose(config_name, combo)) for combo in combos]
+    configs = [c for _, c in pairs if c is not None]
     for key in keys:
         refused = []
         for task in configs:
@@ -303,7 +309,7 @@ def check_search(config_name: str, overrides: list[str]) -> None:
                 raise ConfigError(f"hydra.sweeper.params: {refused[0]}") from None
     if config_name == "train":
         subdir = str(OmegaConf.to_container(cfg.hydra.sweep, resolve=False).get("subdir"))
-        trials = search_trials(params, [o for o in parsed if not o.is_hydra_override()], set(groups), combos, configs)
+        trials = search_trials(params, [o for o in parsed if not o.is_hydra_override()], set(groups), pairs)
         try:
             check_jobs(Sweep(trials, _last(overrides, "hydra.sweep.dir"), subdir), overrides, search=True)
         except ConfigError as e:  # Hydra's interval() is float at both ends, and so is the trial's value
@@ -314,15 +320,15 @@ def check_search(config_name: str, overrides: list[str]) -> None:
             raise
 
 
-def search_trials(params: dict, task: list, groups: set[str], combos: list[list[str]], configs: list) -> list[list[str]]:
+def search_trials(params: dict, task: list, groups: set[str], pairs: list[tuple[list[str], object]]) -> list[list[str]]:
     """Trial patterns that check_jobs checks before a search starts (a value some trials take, optim.schedule=
     choice(cosine,cosinee), or an interval's end that an int key refuses, failed trial after trial, each
-    recorded in a stored study): under each combination of the searched group options (combos, composed as
-    configs), every value a choice or range lists and both ends of each interval, one key at a time, the others at
-    their first. A key the combination's config lacks is left out there, as the trial's would fail alone. A glob,
-    which Optuna cannot sample, and a searched seed are refused."""
+    recorded in a stored study): under each combination of the searched group options (pairs: each with its
+    composed config, None where Hydra cannot compose it), every value a choice or range lists and both ends of each
+    interval, one key at a time, the others at their first. A key some combination lacks, a glob, which Optuna
+    cannot sample, and a searched seed are refused."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import Glob, IntervalSweep
+    from hydra.core.override_parser.types import Glob, IntervalSweep, RangeSweep
 
     from momattn.cli import _check_key
     from momattn.errors import ConfigError
@@ -342,9 +348,15 @@ def search_trials(params: dict, task: list, groups: set[str], combos: list[list[
                               "the experiment whose sweep lists seeds (e.g. experiment=eta_sweep)")
         v = o.value()
         got = [repr(v.start), repr(v.end)] if isinstance(v, IntervalSweep) else list(o.sweep_string_iterator())
-        values[key] = got if len(got) <= 8 else [got[0], got[-1]]
-    trials: list[list[str]] = []
-    for combo, config in zip(combos or [[]], configs or [None]):
+        got = got if len(got) <= 8 else [got[0], got[-1]]
+        if isinstance(v, RangeSweep) and not v.shuffle and all(isinstance(x, int) for x in (v.start, v.stop, v.step)) \
+                and v.step and (v.stop - v.start) % v.step == 0:
+            got.append(str(v.stop))  # hydra-optuna-sweeper's range includes its end, which Hydra's list leaves out
+        values[key] = got
+    swept = {k for k, v in values.items() if k.lstrip("+") in groups and len(v) > 1}
+    firsts: list[list[str]] = []  # each combination's first pattern before any one's variants: the cap keeps them
+    variants: list[list[str]] = []
+    for combo, config in pairs or [([], None)]:
         chosen = {c.split("=", 1)[0] for c in combo}
         here = {}
         for key, vals in values.items():
@@ -354,16 +366,19 @@ def search_trials(params: dict, task: list, groups: set[str], combos: list[list[
             if config is not None and not key.startswith("+"):
                 try:
                     _check_key(config, name, hint="")
-                except ConfigError:
-                    continue  # this option lacks it (attention.eta under vanilla)
+                except ConfigError as e:  # Optuna gives every trial every key: this option's would all fail
+                    which = " ".join(c for c in combo if c.split("=", 1)[0] in swept)
+                    raise ConfigError(f"the search's trials with {which}: {e} Optuna gives every trial each key "
+                                      "of the search, so they would all fail: search those options apart (a search "
+                                      "each), or leave the key out (hparams_search=optuna searches attention.eta for "
+                                      "momentum and attention.n_rates for multirate_ema by itself)") from None
             here[key] = vals
         fixed_groups = [f"{k}={v[0]}" for k, v in values.items() if k.lstrip("+") in groups and k not in chosen]
-        first = [*combo, *fixed_groups, *(f"{k}={v[0]}" for k, v in here.items())]
-        trials.append(first)
+        firsts.append([*combo, *fixed_groups, *(f"{k}={v[0]}" for k, v in here.items())])
         for key, vals in here.items():
-            trials += [[*combo, *fixed_groups, *(f"{k}={x if k == key else v[0]}" for k, v in here.items())]
-                       for x in vals[1:]]
-    return trials[:MAX_TRIAL_CHECKS]
+            variants += [[*combo, *fixed_groups, *(f"{k}={x if k == key else v[0]}" for k, v in here.items())]
+                         for x in vals[1:]]
+    return (firsts + variants)[:MAX_TRIAL_CHECKS]
 
 
 MAX_TRIAL_CHECKS = 48  # a search's trial patterns composed and checked before it starts

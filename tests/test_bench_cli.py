@@ -35,6 +35,8 @@ def test_an_out_that_is_a_folder_is_refused_before_the_measurement(tmp_path, cap
     assert "r.md is a folder" in _refused(capsys, bench_startup.main, ["--out", str(tmp_path / "r.json")])
     for mod in (bench_long_document, bench_kernel_step):
         assert "is a folder" in _refused(capsys, mod.main, ["--out", str(tmp_path)], monkeypatch, mod.__file__)
+    monkeypatch.chdir(tmp_path)
+    assert "--out .: . is a folder" in _refused(capsys, bench_startup.main, ["--out", "."])  # (a ValueError: no name)
 
 
 def test_an_out_folder_that_is_a_file_is_refused(tmp_path, capsys):

@@ -427,13 +427,19 @@ def test_a_search_space_may_add_keys_and_pick_the_group_options_its_keys_need(tm
     conf = shutil.copytree(cli.CONF_DIR, tmp_path / "conf")
     own = (conf / "hparams_search" / "optuna.yaml").read_text()
     for name, space in (("added", "+trainer.detect_anomaly: choice(false, true)"),
-                        ("picked", "attention: choice(momentum, multirate_ema)\n      attention.include_current: "
-                                   "choice(true, false)")):
+                        ("picked", "attention: choice(momentum)\n      attention.include_current: choice(true, false)"),
+                        ("mixed", "attention: choice(momentum, multirate_ema)\n      attention.include_current: "
+                                  "choice(true, false)")):
         (conf / "hparams_search" / f"{name}.yaml").write_text(own.replace("    params:", f"    params:\n      {space}"))
     monkeypatch.setattr(cli, "CONF_DIR", conf)
     check_search("train", ["hparams_search=added"])
     check_search("train", ["hparams_search=picked"])
     check_search("train", ["hparams_search=optuna", "attention=vanilla,momentum"])
+    # Optuna gives every trial every key of its space: each multirate_ema trial failed on attention.include_current,
+    # which only momentum has (the check passed it because some option had the key)
+    with pytest.raises(ConfigError, match=r"^the search's trials with attention=multirate_ema: "
+                                          r"'attention.include_current' is not a config key.*search those options apart"):
+        check_search("train", ["hparams_search=mixed"])
     (conf / "hparams_search" / "typo.yaml").write_text(own.replace(
         "    params:", "    params:\n      attention: choice(momentum)\n      attention.include_currnt: choice(true)"))
     with pytest.raises(ConfigError, match=r"^hydra.sweeper.params: 'attention.include_currnt' is not a config key"):

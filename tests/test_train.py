@@ -495,6 +495,28 @@ def test_a_stored_studys_search_counts_its_own_trials_and_fails_those_a_stop_lef
         ["COMPLETE", "FAIL", "FAIL", "FAIL", "COMPLETE", "COMPLETE", "FAIL"]
 
 
+def test_a_stop_fails_the_trials_of_a_search_whose_study_has_no_name(tmp_path):
+    """study_name null: Optuna names a new study each search; once the storage held two, loading the study by no
+    name failed (silently), and the interrupted trial stayed RUNNING."""
+    optuna = pytest.importorskip("optuna")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def interrupted(arguments):
+        optuna.create_study(storage=url).ask()
+        raise KeyboardInterrupt
+
+    for _ in range(2):
+        sweeper = fake_sweeper(tmp_path, url, interrupted)
+        sweeper.sweeper_cfg.study_name = None
+        with pytest.raises(KeyboardInterrupt):
+            sweeper.sweep([])
+    states = [t.state.name for s in optuna.get_all_study_summaries(storage=url)
+              for t in optuna.load_study(study_name=s.study_name, storage=url).trials]
+    assert states == ["FAIL", "FAIL"]
+
+
 def test_a_storage_that_cannot_be_opened_is_one_line(tmp_path, capsys):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     (tmp_path / "notes.db").write_text("not a database")
@@ -517,6 +539,8 @@ def test_a_storage_that_cannot_be_opened_is_one_line(tmp_path, capsys):
     (["attention=glob(m*)"], "error: attention=glob(m*): an Optuna search cannot sample glob(...)"),
     (["optim.schedule=choice(cosine,cosinee)"], "error: a trial of the search (hparams_search=optuna"),
     (["optim.warmup_steps=interval(1,5)"], "samples interval(...) as floats: for an int key give range(a,b)"),
+    # hydra-optuna-sweeper's range includes its end (3 does not divide 32), which Hydra's list leaves out
+    (["model.n_head=range(1,3)"], "model.n_head=3 does not divide model.n_embd"),
     (["experiment=eta_sweep"], "error: seed=1,2: this search would tune the seed"),
 ])
 def test_a_search_checks_its_trials_before_the_first(args, said, tmp_path):

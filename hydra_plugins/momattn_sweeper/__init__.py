@@ -164,7 +164,8 @@ class OptunaSweeper(Sweeper):
         failed = sum(s == TrialState.FAIL for s in states)
         if failed:
             print(f"\n[momattn] {failed} of the search's {len(states)} trials failed (their errors are above, each "
-                  "trial's log in its folder); the best is taken over the others", file=sys.stderr, flush=True)
+                  "trial's log in its folder); the best is taken over the study's completed trials",
+                  file=sys.stderr, flush=True)
 
 
     @contextlib.contextmanager
@@ -195,8 +196,8 @@ class OptunaSweeper(Sweeper):
         import optuna
 
         cfg = self.sweeper_cfg
-        try:
-            study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
+        try:  # the study this search made or loaded (with study_name null, loading by no name fails beside another)
+            study = getattr(self, "study", None) or optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
             ours = set(getattr(self, "asked", []))
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
                 if t._trial_id in ours:
@@ -213,7 +214,7 @@ def _mask_passwords() -> None:
     class Mask(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
             if isinstance(record.msg, str) and "://" in record.msg:
-                record.msg = re.sub(r"([A-Za-z][\w+.-]*://[^:/@\s]*:)[^@\s]*@", r"\1***@", record.msg)
+                record.msg = re.sub(r"([A-Za-z][\w+.-]*://[^:/@\s]*:)\S*@", r"\1***@", record.msg)  # to the last @
             return True
 
     log = logging.getLogger("hydra_plugins.hydra_optuna_sweeper._impl")

@@ -244,6 +244,11 @@ def _reusable(job_out: Path, made: dict, dual_check: bool = False):
         return None
     if dual_check and not result.dual:
         return None
+    if isinstance(recorded.get("settings"), dict):  # recorded before the other kind's selection key was left out
+        kept = made.get("settings", {})
+        for key in ("select_examples", "select_prompts"):
+            if key not in kept:
+                recorded["settings"].pop(key, None)
     return result if recorded == made and result.protocol == PROTOCOL else None
 
 

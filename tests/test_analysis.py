@@ -183,6 +183,59 @@ def test_a_text_tasks_example_whose_finetuned_scores_are_not_finite_answers_noth
     assert "test examples with non-finite FT scores (left out of the means, counted wrong): 2" in markdown([res])
 
 
+def test_the_random_baselines_read_the_random_update_and_random_rankings(tmp_path, monkeypatch):
+    """SimAOU after c_proj's random baseline and Kendall's random ranking were checked only for their form: the
+    first read from the finetuned capture instead of the random one, or the second a copy of Kendall(ICL, FT),
+    passed every test. Both are recomputed here from the captures the analysis made."""
+    import momattn.analysis.runner as runner
+    from momattn.analysis.capture import Delta
+    from momattn.analysis.metrics import kendall_random, layer_mean, simaou
+
+    randoms, caps, ranked = [], [], []
+    real_like, real_capture = Delta.random_like, runner.capture
+    monkeypatch.setattr(Delta, "random_like", lambda self, seed: randoms.append(real_like(self, seed)) or randoms[-1])
+
+    def capture(model, rows, prefix=(), delta=None, batch_tokens=8192):
+        caps.append((delta, real_capture(model, rows, prefix, delta, batch_tokens)))
+        return caps[-1][1]
+
+    def ranking(s_icl, demo_pos, rng):
+        ranked.append((s_icl, kendall_random(s_icl, demo_pos, rng)))
+        return ranked[-1][1]
+
+    monkeypatch.setattr(runner, "capture", capture)
+    monkeypatch.setattr(runner, "kendall_random", ranking)
+    model = tiny_gpt("vanilla", vocab=128, block_size=96)
+    res = analyze(model, CharTokenizer(), {}, cfg(letters_task(tmp_path), lrs=[1e-1], dual_check=False))
+    plain = [c for d, c in caps if d is None]  # zero-shot, then ICL
+    rnd = next(c for d, c in caps if any(d is r for r in randoms))
+    ft = next(c for d, c in caps if d is not None and not any(d is r for r in randoms))
+    want = layer_mean(simaou(plain[0].h_proj, plain[1].h_proj, rnd.h_proj).numpy())[0]
+    assert res.simaou_proj_random.per_layer == pytest.approx(want)
+    assert res.simaou_proj_random.per_layer != pytest.approx(
+        layer_mean(simaou(plain[0].h_proj, plain[1].h_proj, ft.h_proj).numpy())[0])
+    assert len(ranked) == res.n_test and all(s is plain[1].scores[i] for i, (s, _) in enumerate(ranked))
+    assert res.kendall_random.per_layer == pytest.approx(layer_mean(np.array([r for _, r in ranked]))[0])
+    assert res.kendall_random.per_layer != pytest.approx(res.kendall_ft.per_layer)
+
+
+def test_kendall_random_ranks_the_attention_to_demonstrations_against_uniform_draws():
+    from scipy.stats import kendalltau
+
+    from momattn.analysis.metrics import kendall_random
+
+    g = torch.Generator().manual_seed(0)
+    s_icl = torch.randn(2, 3, 9, generator=g)  # (L, H, T) scores of the last token
+    demo_pos = np.array([1, 2, 4, 5, 7])
+    got = kendall_random(s_icl, demo_pos, np.random.default_rng(4))
+    draws = np.random.default_rng(4)
+    for layer in range(2):
+        w = torch.softmax(s_icl[layer].double(), -1).sum(0)[demo_pos].numpy()  # attention to them, summed over heads
+        assert got[layer] == pytest.approx(kendalltau(w, draws.random(5)).statistic)
+    many = [v for seed in range(300) for v in kendall_random(s_icl, demo_pos, np.random.default_rng(seed))]
+    assert abs(np.mean(many)) < 0.05  # a random ranking agrees with nothing on average
+
+
 def test_choice_predictions_answer_nothing_for_non_finite_scores(monkeypatch):
     import momattn.analysis.runner as runner
     from momattn.analysis.episodes import Episode

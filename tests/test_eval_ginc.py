@@ -91,6 +91,23 @@ def test_greedy_and_candidate_rules_against_the_bayes_label(world):
     assert res2.shots["2"].acc == 0.0 and res2.shots["2"].acc_cand == res.shots["2"].acc_cand
 
 
+def test_the_prompt_scored_is_end_of_text_then_every_symbol_of_the_prompt(world):
+    """The constant models above answer alike whatever the prompt: a prompt that lost its last symbol (the one the
+    label is conditioned on) scored the same. A model that repeats the token it reads answers each prompt's last
+    symbol, so its accuracy is the share of labels equal to it."""
+    cfg = IclConfig(tasks=["ginc"], shots=[2], seeds=[1], max_examples=40)
+    repeat = torch.full((V + 1, V + 1), 0.01, dtype=torch.float64)
+    repeat.fill_diagonal_(1.0 - 0.01 * V)
+    ev = GincEvaluator(FakeLM(repeat.log(), 64), world.tokenizer(), cfg, world)
+    task = ginc_task("ginc")
+    prompts = ev.prompts(task, 2, 1)
+    assert ev.encode(task, prompts).tolist() == [[V] + list(p.symbols) for p in prompts]  # end-of-text is token V
+    res = ev.evaluate_tasks([task])["ginc"]
+    same = sum(p.label == p.symbols[-1] for p in prompts) / len(prompts)
+    assert res.shots["2"].per_seed[0].acc == pytest.approx(same)
+    assert [p["pred"] for p in ev.predictions] == [p.symbols[-1] for p in prompts]
+
+
 def test_greedy_never_answers_a_padding_id(world):
     # the model's vocabulary is padded beyond the tokenizer's V + 1 ids; a padding id (no token: model.generate
     # never emits it) on top counted as a wrong greedy answer, not as the best real token, "/" here

@@ -252,3 +252,22 @@ def test_the_report_names_the_bar_k_max_was_held_to():
     assert out.tasks["letters"].shots["max"].fits and out.min_demos == 2
     md = markdown_report([ModelResult(label="m", attention="vanilla", model={}, tokenizer={}, eval_config={}, icl=out)])
     assert "(k=max: fewer than 2) is marked 'does not fit'" in md
+
+
+def test_the_scored_prompt_holds_each_demonstration_with_its_own_labels_answer(monkeypatch):
+    """The fake models here ignore the demonstrations, so a demonstration shown with another example's answer (or
+    the wrong one) changed no accuracy: the prompt the scorer is given is checked against the pool itself."""
+    import momattn.eval.icl as icl
+
+    seen = []
+    real = icl.PrefixScorer
+    monkeypatch.setattr(icl, "PrefixScorer", lambda model, prefix, bt: seen.append(list(prefix)) or real(model, prefix, bt))
+    task = letter_task([1, 0, 1], n_pool=12)
+    pool = task.loader(0).demo_pool
+    evaluator(b_lover(block_size=128), shots=[4], seeds=[1, 2]).evaluate([task])
+    assert len(seen) == 2  # one prefix per seed: every test example fits all 4
+    for seed, prefix in zip((1, 2), seen):
+        drawn = [pool[i] for i in np.random.default_rng(seed).permutation(len(pool))[:4]]  # the protocol's draw
+        want = "".join(f"{ex.fields['text']}: {'ab'[int(ex.fields['text']) % 2]}<|endoftext|>" for ex in drawn)
+        assert TOK.decode(prefix) == "<|endoftext|>" + want  # a label's answer: "000" a, "001" b, ...
+    assert seen[0] != seen[1]

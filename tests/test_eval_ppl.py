@@ -35,6 +35,26 @@ def test_hand_computed_perplexity_and_bits_per_byte():
     assert res["bpb"] == pytest.approx(bits / 6, rel=1e-6)
 
 
+def test_each_position_is_scored_on_the_token_that_follows_it():
+    """The hand case above predicts one distribution at every position, so reading the input shifted by one (each
+    position seeing the token it predicts) scored the same: here p(next | current) differs by current token, and a
+    tiny GPT's window NLL is recomputed by hand from one forward pass."""
+    from test_eval_common import bigram_lm
+
+    # after 1 the next token is 2 with p .9, after 2 it is 3 with p .5; anything else: the rest spread evenly
+    model = bigram_lm(4, {1: {2: 0.9}, 2: {3: 0.5}})
+    tokens = np.array([1, 2, 3, 1])
+    res = aggregate(score_windows(model, CharTokenizer(4), tokens, length=4, max_windows=1))
+    want = -(math.log(0.9) + math.log(0.5) + math.log(1 / 4))  # 2 after 1, 3 after 2, 1 after 3 (row 3: uniform)
+    assert res["ppl"] == pytest.approx(math.exp(want / 3), rel=1e-6)
+    gpt = tiny_gpt("momentum", vocab=40)
+    window = torch.from_numpy(np.random.default_rng(3).integers(1, 40, size=32))
+    (score,) = score_windows(gpt, CharTokenizer(40), window.numpy(), length=32, max_windows=1)
+    with torch.no_grad():
+        by_hand = torch.nn.functional.cross_entropy(gpt(window[None, :-1])[0].double(), window[1:], reduction="sum")
+    assert score.nll == pytest.approx(float(by_hand), rel=1e-5) and score.n_tokens == 31
+
+
 def test_bytes_count_utf8_of_decoded_text():
     tok = CharTokenizer(300)
     assert count_bytes(tok, tok.encode("aé") + [0] + tok.encode("b")) == 1 + 2 + 1 + 1

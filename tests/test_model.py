@@ -258,6 +258,14 @@ def test_learnable_eta_stays_in_range_and_gets_gradients():
     attn = model.blocks[0].attn
     assert attn.eta_logit.grad is not None and torch.isfinite(attn.eta_logit.grad).all()
     assert torch.allclose(attn.eta, torch.full((2,), 0.5))
+    # in range however far training pushes it (the name's promise: it only checked the start), and the forward
+    # stays finite at either end
+    with torch.no_grad():
+        attn.eta_logit.copy_(torch.tensor([-60.0, 60.0]))
+    assert (attn.eta >= 0).all() and (attn.eta <= 1).all() and attn.eta[0] < 1e-20 and attn.eta[1] > 1 - 1e-6
+    assert torch.isfinite(model(idx)).all()
+    torch.optim.SGD([attn.eta_logit], lr=1e6).step()  # a huge step along the gradient taken above
+    assert ((attn.eta >= 0) & (attn.eta <= 1)).all()
 
 
 # ---------------------------------------------------------------- construction details a parity test cannot see

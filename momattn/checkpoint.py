@@ -213,6 +213,13 @@ def _check_structure(ckpt: Any, path) -> None:
     if bad:
         raise CheckpointError(f"checkpoint '{path}' is damaged or was not written by train.py: {bad}; "
                               "use another checkpoint, e.g. a best-step*.ckpt in the run's checkpoints/ folder")
+    from momattn.trust import check_config, check_overrides
+
+    check_config(meta.get("config"), path)  # a _target_ there is imported and called: momattn's classes only
+    if not isinstance(meta.get("overrides") or [], list):
+        raise CheckpointError(f"checkpoint '{path}' is damaged or was not written by train.py: its recorded command "
+                              "line ('momattn.overrides') is not a list")
+    check_overrides(meta.get("overrides"), path)
 
 
 def _verify_crc(p: Path, path) -> None:

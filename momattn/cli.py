@@ -568,9 +568,13 @@ def _checkpoint_overrides(ckpt: str) -> list[str]:
     try:  # weights only: never runs code (a sharded FSDP folder: its meta.pt alone)
         meta_file = path / SHARDED_META if path.is_dir() else path
         meta = torch.load(meta_file, map_location="cpu", weights_only=True, mmap=True).get("momattn") or {}
-        return [str(o) for o in meta.get("overrides") or []]
+        saved = [str(o) for o in meta.get("overrides") or []]
     except Exception:  # unreadable or foreign: train.py's own checks report it with one clear line
         return []
+    from momattn.trust import check_overrides
+
+    check_overrides(saved, ckpt)  # they become this run's command line: a _target_ there is imported and called
+    return saved
 
 
 def check_ckpt_exists(overrides: list[str]) -> None:

@@ -768,9 +768,12 @@ def _evaluate(c: TrainConfig, model: GPT, tokenizer: Tokenizer, loggers: list, s
     results = evaluate_model(model.eval(), tokenizer, c.resolved, c.eval, out_dir / "eval",
                              model.config.attention.kind)
     results.step = step  # the sweep's evaluation reuses these numbers only for a last.ckpt of this step
-    write_reports([results], out_dir / "eval")
-    for lg in loggers:  # eval/ppl@L, icl/<task>/acc, ...
-        lg.log_metrics(flat_metrics(results), step=max(0, step - 1))
-        lg.save()
+
+    def log() -> None:  # before results.json, which tells a resume that the evaluation is done
+        for lg in loggers:  # eval/ppl@L, icl/<task>/acc, ...
+            lg.log_metrics(flat_metrics(results), step=max(0, step - 1))
+            lg.save()
+
+    write_reports([results], out_dir / "eval", before_json=log)
     print(markdown_report([results]), flush=True)
     print(f"[momattn] evaluation tables: {out_dir / 'eval' / 'results.md'}", file=sys.stderr)

@@ -530,3 +530,66 @@ def test_a_moved_run_folder_keeps_its_best_checkpoint_tracking(tmp_path):
     with pytest.warns(UserWarning, match="dirpath has changed"):
         other.load_state_dict(state)
     assert other.best_k_models == {} and other.best_model_score is None
+
+
+# ---------------------------------------------------------------- what a checkpoint may name (momattn/trust.py)
+
+
+def test_a_checkpoints_config_may_name_only_momattns_classes(tmp_path, tokenizer, monkeypatch):
+    """Found by review: a checkpoint of plain data (weights_only loads it) whose run config's data section named
+    os.system ran a shell command in evaluate.py and analyze.py; its recorded command line, repeated by a resume
+    from the checkpoint alone, did the same through train.py (also behind a momattn function, make_source)."""
+    from momattn.checkpoint import read_meta
+
+    monkeypatch.delenv("MOMATTN_TRUSTED_TARGETS", raising=False)
+    ran = tmp_path / "ran"
+    own = {"data": {"_target_": "momattn.data.sources.TextFiles", "paths": ["a.txt"]},
+           "eval": {"ppl": {"data": {"_target_": "momattn.data.ginc.GincCorpus"}}},
+           "callbacks": {"lr": {"_target_": "lightning.pytorch.callbacks.LearningRateMonitor"}}}
+    _save(tmp_path / "own.ckpt", tokenizer, overrides=["attention=momentum", "+callbacks.fault._target_="
+                                                       "momattn.faults.FaultInjection", "+callbacks.fault.spec=nan@9"])
+    for name, config, overrides, says in [
+        ("data", {**own, "data": {"_target_": "os.system", "command": f"touch {ran}"}}, [],
+         "its run config's data section names _target_=os.system, which is not a class momattn's configs name"),
+        ("nested", {"eval": {"ppl": {"data": {"_target_": "subprocess.Popen", "args": "x"}}}}, [],
+         "its run config's eval section names _target_=subprocess.Popen"),
+        ("override", {}, ["data._target_=os.system"], "its recorded command line (data._target_=os.system) names"),
+        ("chain", {}, ["+callbacks.p._target_=momattn.data.sources.make_source",
+                       f"+callbacks.p.data={{_target_:os.system,command:'touch {ran}'}}"],
+         "names _target_=momattn.data.sources.make_source"),
+        ("hydra", {}, ["hydra.job.env_set.LD_PRELOAD=/x.so"], "sets Hydra itself, which train.py never records"),
+    ]:
+        path = tmp_path / f"{name}.ckpt"
+        _save(path, tokenizer, overrides=overrides)
+        ckpt = torch.load(path, weights_only=True)
+        ckpt["momattn"]["config"] = config
+        torch.save(ckpt, path)
+        for read in (read_checkpoint, read_meta, load_checkpoint):
+            with pytest.raises(CheckpointError, match=re.escape(says)):
+                read(path)
+    assert not ran.exists()
+    # the run's own classes (momattn's, Lightning's callbacks, a test's fault injection) load as before
+    ckpt = torch.load(tmp_path / "own.ckpt", weights_only=True)
+    ckpt["momattn"]["config"] = own
+    torch.save(ckpt, tmp_path / "own.ckpt")
+    assert read_meta(tmp_path / "own.ckpt")["momattn"]["config"] == own
+    # a class of your own, allowed by name (exactly, or by a prefix ending with '.')
+    ckpt["momattn"]["config"] = {"data": {"_target_": "mypkg.data.MySource"}}
+    torch.save(ckpt, tmp_path / "mine.ckpt")
+    with pytest.raises(CheckpointError, match="allow that class: MOMATTN_TRUSTED_TARGETS=mypkg.data.MySource"):
+        read_meta(tmp_path / "mine.ckpt")
+    for allowed in ("mypkg.data.MySource", "mypkg.", "other.X, mypkg.data."):
+        monkeypatch.setenv("MOMATTN_TRUSTED_TARGETS", allowed)
+        read_meta(tmp_path / "mine.ckpt")
+    monkeypatch.setenv("MOMATTN_TRUSTED_TARGETS", "mypkg.dat")  # a prefix must end with '.': not mypkg.data
+    with pytest.raises(CheckpointError):
+        read_meta(tmp_path / "mine.ckpt")
+
+
+def test_a_resume_from_a_checkpoint_alone_refuses_its_foreign_command_line(tmp_path, tokenizer):
+    _save(tmp_path / "x.ckpt", tokenizer, overrides=["debug=smoke", "data._target_=os.system",
+                                                     f"+data.command='touch {tmp_path / 'ran'}'"])
+    r = run_cli("train.py", [f"ckpt_path={tmp_path / 'x.ckpt'}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "its recorded command line (data._target_=os.system) names _target_=os.system" in r.stderr
+    assert not (tmp_path / "ran").exists()

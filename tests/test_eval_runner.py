@@ -74,7 +74,12 @@ def test_evaluate_model_and_reports(tmp_path, tokenizer, cache_dir):
     assert res.icl.avg["max"].excluded == ["sst2", "trec"] and "icl/avg/acc" not in metrics
     assert "icl/sst2/acc" not in metrics and "icl/trec/acc" not in metrics
     again = ModelResult.from_json({**res.to_json(), "label": "again"})
-    write_reports([res, again], tmp_path)
+    # results.json last, after the tables, the plots and train.py's logging (before_json): it marks the evaluation
+    # done, and a stop after it had been written first left a run "evaluated" without them (found by review)
+    seen = []
+    write_reports([res, again], tmp_path, before_json=lambda: seen.append(
+        {p.name for p in tmp_path.iterdir() if p.suffix in (".json", ".md", ".png")}))
+    assert seen == [{"results.md", "ppl.png", "icl.png"}] and (tmp_path / "results.json").exists()
     md = (tmp_path / "results.md").read_text()
     assert "| model | Train64 | Valid16 | Valid32 | Valid64 |" in md and "| model | sst2 | trec | Avg |" in md
     assert "k = max" in md and "| again |" in md and "k_used=" in md

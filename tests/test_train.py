@@ -701,10 +701,18 @@ def test_wandb_sweep_recipe_arguments_are_accepted_by_train_py(tmp_path):
         assert node == yaml.safe_load(value), (key, node, value)
 
 
-def test_training_ends_with_the_short_evaluation_logged(tmp_path):
+def test_training_ends_with_the_short_evaluation_logged(tmp_path, monkeypatch):
     cfg = compose_train(tmp_path, [*SMOKE, "run_eval=true", "eval.icl.tasks=[sst2]", "eval.icl.shots=[0,2]",
                                    "eval.icl.max_examples=5", "eval.ppl.max_windows=3"])
+    import momattn.eval.report as report
+
+    logged_first = []  # eval/results.json marks the evaluation done for a resume: the metrics are logged before it
+    real = report.atomic_write_text
+    monkeypatch.setattr(report, "atomic_write_text", lambda path, text: (
+        path.name == "results.json" and logged_first.append("eval/ppl@32" in (tmp_path / "csv" / "metrics.csv")
+                                                           .read_text().splitlines()[0])) or real(path, text))
     run_train(cfg)
+    assert logged_first == [True]
     assert (tmp_path / "eval" / "results.md").exists() and (tmp_path / "eval" / "results.json").exists()
     # the step of the weights scored is last.ckpt's (a sweep's evaluation reuses the numbers only for that step)
     scored = json.loads((tmp_path / "eval" / "results.json").read_text())["checkpoints"][0]["step"]

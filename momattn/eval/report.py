@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from momattn.eval import ginc as ginc_mod
@@ -404,13 +404,19 @@ def results_document(results: Sequence[ModelResult | Mapping]) -> dict:
             "checkpoints": [r.to_json() for r in results]}
 
 
-def write_reports(results: Sequence[ModelResult | Mapping], out_dir: str | os.PathLike) -> list[str]:
-    """results.json, results.md, ppl.png and icl.png (each plot where there is something to plot) in out_dir: the
-    evaluated checkpoints side by side. Returns the names of the files written."""
+def write_reports(results: Sequence[ModelResult | Mapping], out_dir: str | os.PathLike,
+                  before_json: Callable[[], None] | None = None) -> list[str]:
+    """results.md, ppl.png and icl.png (each plot where there is something to plot), then results.json, in out_dir:
+    the evaluated checkpoints side by side. results.json comes last, after before_json (train.py logs the metrics
+    there): it marks the evaluation done, and a stop before it leaves one that a resume makes again (it was first,
+    and a stop after it left a run reported as evaluated without its tables, plots or logged metrics). Returns the
+    names of the files written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = [as_model_result(r) for r in results]
-    atomic_write_text(out / "results.json", json_text(results_document(results), indent=2) + "\n")
     atomic_write_text(out / "results.md", markdown_report(results))
     plots = [name for name, plot in (("ppl.png", plot_ppl), ("icl.png", plot_icl)) if plot(results, out / name)]
+    if before_json is not None:
+        before_json()
+    atomic_write_text(out / "results.json", json_text(results_document(results), indent=2) + "\n")
     return ["results.json", "results.md", *plots]

@@ -288,6 +288,10 @@ def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]
         name = o.key_or_group
         if name.startswith("hydra") or o.is_force_add():
             continue
+        if config_name in ("evaluate", "analyze") and name in ("paths.output_dir", "paths.root_dir"):
+            # accepted and ignored (found by fuzzing): they serve the logger's interpolations only
+            raise ConfigError(f"{o.input_line}: {config_name}.py writes its reports into its run folder, "
+                              "hydra.run.dir (paths.output_dir follows it); give hydra.run.dir=<folder> instead")
         if name in groups and o.package is None and name not in _default_choices(config_name):
             # Hydra: "Could not override 'model'. No match in the defaults list. To append ... use +model=small",
             # advice that fails too (evaluate.py reads the model from the checkpoint)
@@ -480,20 +484,26 @@ def _check_shapes(settings: list, cfg) -> None:
     line: Hydra's own merge error exits 1 in its multi-line format (other mismatches reach the typed checks)."""
     from omegaconf import DictConfig, ListConfig, OmegaConf
 
+    given: dict[str, type] = {}  # the shape an earlier override on this line gave a key (a null default has none)
     for key, o in settings:
         try:
             value = o.value()
             node = OmegaConf.select(cfg, key, throw_on_missing=False)
         except Exception:  # an interpolation or anything else Hydra judges itself
             continue
-        if isinstance(node, ListConfig) and isinstance(value, dict):
+        shape = given.get(key) or (list if isinstance(node, ListConfig) else dict if isinstance(node, DictConfig)
+                                   else None)
+        if isinstance(value, list | dict):
+            given[key] = list if isinstance(value, list) else dict
+        if shape is list and isinstance(value, dict):
             shapes = "a list and the value is a mapping"
-        elif isinstance(node, DictConfig) and isinstance(value, list):
+        elif shape is dict and isinstance(value, list):
             shapes = "a section and the value is a list"
         else:
             continue
-        raise ConfigError(f"{o.input_line}: {key} is {shapes}; a list is written [a,b], and a section's keys are "
-                          "set one by one (key.sub=value)")
+        earlier = " (as an earlier override on the command line made it)" if key in given and node is None else ""
+        raise ConfigError(f"{o.input_line}: {key} is {shapes}{earlier}; a list is written [a,b], and a section's keys "
+                          "are set one by one (key.sub=value)")
 
 
 def _override_key(o: str) -> str:

@@ -504,6 +504,18 @@ def test_adding_a_key_that_exists_or_deleting_one_that_does_not_is_one_line():
         check_overrides("train", ["trainer.max_steps=3", "eval.icl.tasks={a:1}"])
     with pytest.raises(ConfigError, match=r"^ppl=\[1\]: ppl is a section and the value is a list"):
         check_overrides("evaluate", ["ppl=[1]"])
+    # a key whose default is null takes its shape from an earlier override on the line (found by fuzzing: Hydra's
+    # multi-line merge error, exit 1)
+    with pytest.raises(ConfigError, match=r"^lrs=\{a:1\}: lrs is a list and the value is a mapping \(as an earlier "
+                                          r"override on the command line made it\)"):
+        check_overrides("analyze", ["lrs=[0.1]", "lrs={a:1}"])
+    with pytest.raises(ConfigError, match=r"^ppl.data=\[1\]: ppl.data is a section and the value is a list"):
+        check_overrides("evaluate", ["ppl.data={tasks:[mr]}", "ppl.data=[1]"])
+    check_overrides("analyze", ["lrs=[0.1]", "lrs=[0.2,0.3]"])
+    for tool in ("evaluate", "analyze"):  # accepted and ignored: the reports go to hydra.run.dir
+        with pytest.raises(ConfigError, match=rf"^paths.output_dir=/x: {tool}.py writes its reports into its run "
+                                              r"folder, hydra.run.dir .*give hydra.run.dir=<folder> instead$"):
+            check_overrides(tool, ["paths.output_dir=/x"])
     for fine in (["eval.icl.tasks=[sst2]", "eval.icl={enabled:false}", "eval.icl.tasks=null", "model.n_layer=2"],
                  ["paths.output_dir=/tmp/x"]):
         check_overrides("train", fine)

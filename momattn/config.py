@@ -557,6 +557,9 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
         resolved=raw,
     )
     _check_folders(c)
+    from momattn.trust import allow_own
+
+    allow_own(raw)  # the classes this command line names: its own checkpoints, read back here, may name them
     return c
 
 

@@ -7,6 +7,7 @@ Lightning's callbacks and loggers) are taken from a checkpoint; a class of your 
 
 A run folder's .hydra/ (the command line a resume repeats) is trusted as your own, as Hydra trusts it: resume
 only folders you made; a checkpoint from elsewhere is evaluated, analysed or continued in a folder of its own.
+The classes train.py's own command line names are trusted in its process (its run reads its checkpoints back).
 """
 
 from __future__ import annotations
@@ -43,9 +44,18 @@ def _shipped() -> frozenset[str]:
     return frozenset(found)
 
 
+_OWN: set[str] = set()  # the targets this process's own training config names (its command line is trusted)
+
+
+def allow_own(config: Mapping) -> None:
+    """train.py's config names these classes itself (data._target_=mypkg.MySource): the checkpoints its run
+    writes, read back in this process (the resume check, the end-of-run evaluation), may name them too."""
+    _OWN.update(targets(config))
+
+
 def trusted(target: str) -> bool:
     given = [t.strip() for t in os.environ.get(ENV, "").split(",") if t.strip()]
-    return (target in _shipped() or target in EXTRA or target.startswith(PREFIXES)
+    return (target in _shipped() or target in EXTRA or target.startswith(PREFIXES) or target in _OWN
             or any(target == t or (t.endswith(".") and target.startswith(t)) for t in given))
 
 

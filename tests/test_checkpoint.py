@@ -539,9 +539,11 @@ def test_a_checkpoints_config_may_name_only_momattns_classes(tmp_path, tokenizer
     """Found by review: a checkpoint of plain data (weights_only loads it) whose run config's data section named
     os.system ran a shell command in evaluate.py and analyze.py; its recorded command line, repeated by a resume
     from the checkpoint alone, did the same through train.py (also behind a momattn function, make_source)."""
+    from momattn import trust
     from momattn.checkpoint import read_meta
 
     monkeypatch.delenv("MOMATTN_TRUSTED_TARGETS", raising=False)
+    monkeypatch.setattr(trust, "_OWN", set())  # (a training config run in this process trusts its own classes)
     ran = tmp_path / "ran"
     own = {"data": {"_target_": "momattn.data.sources.TextFiles", "paths": ["a.txt"]},
            "eval": {"ppl": {"data": {"_target_": "momattn.data.ginc.GincCorpus"}}},
@@ -584,6 +586,9 @@ def test_a_checkpoints_config_may_name_only_momattns_classes(tmp_path, tokenizer
     monkeypatch.setenv("MOMATTN_TRUSTED_TARGETS", "mypkg.dat")  # a prefix must end with '.': not mypkg.data
     with pytest.raises(CheckpointError):
         read_meta(tmp_path / "mine.ckpt")
+    # or named by this process's own training config (train.py reads its run's checkpoints back)
+    trust.allow_own({"data": {"_target_": "mypkg.data.MySource"}, "trainer": {"_target_": "x.Y"}})
+    read_meta(tmp_path / "mine.ckpt")
 
 
 def test_a_resume_from_a_checkpoint_alone_refuses_its_foreign_command_line(tmp_path, tokenizer):

@@ -47,7 +47,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         swap_into(new, p)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
-        return read_checkpoint(path, verify=True)  # on the CPU; Lightning moves every state onto its device when it loads it
+        from momattn.trust import clean_checkpoint_paths
+
+        ckpt = read_checkpoint(path, verify=True)  # on the CPU; Lightning moves every state onto its device
+        clean_checkpoint_paths(ckpt)  # a stored ModelCheckpoint state names files of its own folder only
+        return ckpt
 
 
 class ModelCheckpoint(lightning_callbacks.ModelCheckpoint):

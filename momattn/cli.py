@@ -634,6 +634,9 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
         saved = _checkpoint_overrides(ckpt)
         if not saved:
             return overrides
+        from momattn.trust import mark_resume_from_checkpoint
+
+        mark_resume_from_checkpoint(overrides)  # the composed config's targets are checked in the task
         folder = folder if run_dir else None
     now = {_override_key(o) for o in overrides}
     # not carried over: the checkpoint to resume (given now) and injected faults (a test device; re-injecting

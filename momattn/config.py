@@ -557,9 +557,9 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
         resolved=raw,
     )
     _check_folders(c)
-    from momattn.trust import allow_own
+    from momattn.trust import check_resumed_config
 
-    allow_own(raw)  # the classes this command line names: its own checkpoints, read back here, may name them
+    check_resumed_config(raw)  # a command line from a checkpoint: its targets checked; else the user's, trusted
     return c
 
 

@@ -1,42 +1,48 @@
 """What a checkpoint may name. A checkpoint is loaded weights-only, so its pickle runs no code; but its stored run
 config and command line are data that momattn acts on, and a `_target_` in them is an import and a call: a data
-section naming `os.system` ran a shell command in evaluate.py. Only the classes momattn's own configs name (and
-Lightning's callbacks and loggers) are taken from a checkpoint; a class of your own is allowed by name:
+section naming `os.system` ran a shell command in evaluate.py. Only classes named exactly as momattn's own configs
+name them (and Lightning's exported callbacks and loggers but LambdaCallback) are taken from a checkpoint, a data
+section's only data sources; a recorded command line names no Hydra setting, resolver or sweep; and the paths a
+stored ModelCheckpoint state names are kept only inside its own folder. A class of your own, allowed by name:
 
     MOMATTN_TRUSTED_TARGETS=mypkg.data.MySource,mypkg.callbacks.   # exact names, or prefixes ending with '.'
 
+The classes train.py's own command line names are trusted in its process (its run reads its checkpoints back).
 A run folder's .hydra/ (the command line a resume repeats) is trusted as your own, as Hydra trusts it: resume
 only folders you made; a checkpoint from elsewhere is evaluated, analysed or continued in a folder of its own.
-The classes train.py's own command line names are trusted in its process (its run reads its checkpoints back).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from momattn.errors import CheckpointError
 
 ENV = "MOMATTN_TRUSTED_TARGETS"
-# classes no shipped config names but momattn's own runs may (a test's fault injection; older runs' sources)
-EXTRA = ("momattn.faults.FaultInjection", "momattn.data.sources.StaiccCorpus", "momattn.data.sources.TextFiles",
-         "momattn.data.sources.HubCorpus", "momattn.data.streaming.StreamingHubCorpus", "momattn.data.ginc.GincCorpus")
-PREFIXES = ("lightning.pytorch.callbacks.", "lightning.pytorch.loggers.")  # classes a run may add with +callbacks.x
-# the sections of a stored run config that evaluate.py and analyze.py build objects from (data sources)
+UNTRUSTED_RESUME = "MOMATTN_RESUME_FROM_CHECKPOINT"  # set for a resume whose command line came from a checkpoint
+# data sources no shipped config names but older runs' checkpoints may (and a test's fault injection)
+DATA_EXTRA = ("momattn.data.sources.StaiccCorpus", "momattn.data.sources.TextFiles", "momattn.data.sources.HubCorpus",
+              "momattn.data.streaming.StreamingHubCorpus", "momattn.data.ginc.GincCorpus")
+EXTRA = (*DATA_EXTRA, "momattn.faults.FaultInjection")
+# the sections of a stored run config that evaluate.py and analyze.py build objects from: data sources only
 BUILT_FROM_CONFIG = ("data", "eval")
+# resolvers a recorded value may call: they read (the run's Hydra settings, the time, an environment variable)
+RESOLVERS = {"hydra", "now", "oc.env", "oc.select"}
+PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
 
-@functools.cache
-def _shipped() -> frozenset[str]:
-    """Every `_target_` the configs under conf/ name."""
+def _conf_targets(sub: str = "") -> frozenset[str]:
     import yaml
 
     from momattn.cli import CONF_DIR
 
     found: set[str] = set()
-    for path in Path(CONF_DIR).rglob("*.yaml"):
+    for path in (Path(CONF_DIR) / sub).rglob("*.yaml"):
         try:
             found.update(targets(yaml.safe_load(path.read_text())))
         except (OSError, yaml.YAMLError):
@@ -44,19 +50,40 @@ def _shipped() -> frozenset[str]:
     return frozenset(found)
 
 
-_OWN: set[str] = set()  # the targets this process's own training config names (its command line is trusted)
+@functools.cache
+def _trusted_names() -> frozenset[str]:
+    """Every class a checkpoint may name, exactly: the shipped configs' targets, older runs' sources, and
+    Lightning's exported callbacks and loggers (not LambdaCallback, which calls what it is given)."""
+    import lightning.pytorch.callbacks as callbacks
+    import lightning.pytorch.loggers as loggers
+
+    lightning = {f"{m.__name__}.{n}" for m in (callbacks, loggers) for n in m.__all__ if n != "LambdaCallback"}
+    return frozenset({*_conf_targets(), *EXTRA, *lightning})
 
 
-def allow_own(config: Mapping) -> None:
-    """train.py's config names these classes itself (data._target_=mypkg.MySource): the checkpoints its run
+@functools.cache
+def _data_names() -> frozenset[str]:
+    return frozenset({*_conf_targets("data"), *DATA_EXTRA})
+
+
+_OWN: set[str] = set()  # the targets this process's own training command line names
+
+
+def allow_own(names) -> None:
+    """train.py's command line names these classes itself (data._target_=mypkg.MySource): the checkpoints its run
     writes, read back in this process (the resume check, the end-of-run evaluation), may name them too."""
-    _OWN.update(targets(config))
+    _OWN.update(names)
 
 
-def trusted(target: str) -> bool:
+def _given(target: str) -> bool:
     given = [t.strip() for t in os.environ.get(ENV, "").split(",") if t.strip()]
-    return (target in _shipped() or target in EXTRA or target.startswith(PREFIXES) or target in _OWN
-            or any(target == t or (t.endswith(".") and target.startswith(t)) for t in given))
+    return target in _OWN or any(target == t or (t.endswith(".") and target.startswith(t)) for t in given)
+
+
+def trusted(target: str, data: bool = False) -> bool:
+    """Whether a stored config may name `target`, exactly (a dotted path walks attributes: a trusted module's
+    `.Path.write_text` is not the module); data: as a data source."""
+    return target in (_data_names() if data else _trusted_names()) or _given(target)
 
 
 def targets(node) -> Iterator[str]:
@@ -74,22 +101,29 @@ def targets(node) -> Iterator[str]:
 
 def _refused(target: str, where: str) -> CheckpointError:
     return CheckpointError(
-        f"{where} names _target_={target}, which is not a class momattn's configs name: a checkpoint's config is "
-        "data, and a _target_ in it is imported and called (it could run any code). If the file is yours (a run "
-        f"with a class of your own), allow that class: {ENV}={target}")
+        f"{where} names _target_={target}, which is not a class momattn takes from a checkpoint: a checkpoint's "
+        "config is data, and a _target_ in it is imported and called (it could run any code). Use a checkpoint you "
+        f"trust; if it is your own run with a class of your own, allow that class by name: {ENV}=<module.Class>")
 
 
 def check_config(config: Mapping | None, path) -> None:
-    """The targets of the sections evaluate.py and analyze.py build from a checkpoint's run config."""
+    """The targets of the sections evaluate.py and analyze.py build from a checkpoint's run config: data sources."""
     for section in BUILT_FROM_CONFIG:
         for t in targets((config or {}).get(section)):
-            if not trusted(t):
+            if not trusted(t, data=True):
                 raise _refused(t, f"checkpoint '{path}': its run config's {section} section")
 
 
+def resolvers(text: str) -> set[str]:
+    """The resolvers an OmegaConf string calls (${name:...}); a plain ${key} reference calls none."""
+    return set(re.findall(r"\$\{\s*([\w.]+)\s*:", text))
+
+
 def check_overrides(overrides, path) -> None:
-    """The command line a checkpoint records, which a resume from the checkpoint alone repeats: no hydra.*
-    setting (hydra.job.env_set sets environment variables), and every `_target_` it names or nests trusted."""
+    """The command line a checkpoint records, which a resume from the checkpoint alone repeats: no Hydra setting
+    (hydra.job.env_set sets environment variables), no sweep (train.py records a job's own values), no resolver
+    but those that read (oc.create made a _target_ out of a string), and every `_target_` it names or nests
+    trusted."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     for line in overrides or []:
@@ -102,8 +136,67 @@ def check_overrides(overrides, path) -> None:
         if o.is_hydra_override() or key.startswith("hydra"):
             raise CheckpointError(f"{where} sets Hydra itself, which train.py never records; the checkpoint was "
                                   "not written by train.py")
+        if o.is_sweep_override():
+            raise CheckpointError(f"{where} is a sweep, which train.py never records; the checkpoint was not "
+                                  "written by train.py")
+        if bad := resolvers(str(line)) - RESOLVERS:
+            raise CheckpointError(f"{where} calls the resolver {sorted(bad)[0]}, which train.py's configs never "
+                                  "record; a checkpoint's command line may only read values (${key}, oc.env, now)")
         found = [o.get_value_element_as_str()] if key.split(".")[-1] == "_target_" else []
-        value = o.value() if not o.is_sweep_override() else None
-        for t in [*found, *targets(value)]:
-            if not trusted(t):
+        for t in [*found, *targets(o.value())]:
+            if not trusted(t, data="data" in key.split(".")):
                 raise _refused(t, where)
+
+
+def mark_resume_from_checkpoint(own_overrides: list[str]) -> None:
+    """A resume whose command line comes from the checkpoint itself: train.py checks every target of the composed
+    config (a resolver could still make one) and trusts only those its own command line names."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    own = []
+    for o in OverridesParser.create().parse_overrides(own_overrides):
+        if o.key_or_group.split(".")[-1] == "_target_":
+            own.append(o.get_value_element_as_str())
+        if not o.is_sweep_override():
+            own.extend(targets(o.value()))
+    os.environ[UNTRUSTED_RESUME] = json.dumps(own)
+
+
+def check_resumed_config(config: Mapping) -> None:
+    """train.py's composed config: where its command line came from a checkpoint, every target must be trusted or
+    named on today's command line; otherwise the whole config is the user's, and its classes are trusted."""
+    own = os.environ.get(UNTRUSTED_RESUME)
+    if own is None:
+        allow_own(targets(config))
+        return
+    mine = set(json.loads(own))
+    for t in targets(config):
+        if t not in mine and not trusted(t):
+            raise _refused(t, "the config this resume takes from its checkpoint")
+    allow_own(mine)
+
+
+def clean_checkpoint_paths(ckpt: dict) -> None:
+    """A stored ModelCheckpoint state's paths (best_k_models, last_model_path, ...) kept only where they are
+    plain files directly in its own dirpath: Lightning deletes an old 'last' or top-k file when it saves a new
+    one, and a crafted state pointing at local:///anything (or a missing dirpath, which Lightning takes as this
+    folder) removed that folder on resume."""
+    for state in (ckpt.get("callbacks") or {}).values():
+        if not isinstance(state, dict) or not any(k in state for k in ("best_k_models", *PATH_KEYS)):
+            continue
+        folder = state.get("dirpath")
+        if not isinstance(folder, str):  # Lightning takes a missing dirpath as the current one: nothing kept
+            state["dirpath"] = folder = "<not recorded>"
+        for k in PATH_KEYS:
+            if k in state and not _inside(state[k], folder):
+                state[k] = ""
+        if isinstance(state.get("best_k_models"), dict):
+            state["best_k_models"] = {p: v for p, v in state["best_k_models"].items() if _inside(p, folder)}
+        elif "best_k_models" in state:
+            state["best_k_models"] = {}
+
+
+def _inside(path, folder: str) -> bool:
+    """A plain file path directly in folder (no fsspec protocol, no '..' out of it)."""
+    return (isinstance(path, str) and "://" not in path and "://" not in folder and folder != "<not recorded>"
+            and Path(path).resolve().parent == Path(folder).resolve())

@@ -552,7 +552,8 @@ def test_a_checkpoints_config_may_name_only_momattns_classes(tmp_path, tokenizer
                                                        "momattn.faults.FaultInjection", "+callbacks.fault.spec=nan@9"])
     for name, config, overrides, says in [
         ("data", {**own, "data": {"_target_": "os.system", "command": f"touch {ran}"}}, [],
-         "its run config's data section names _target_=os.system, which is not a class momattn's configs name"),
+         "its run config's data section names _target_=os.system, which is not a class momattn takes from a "
+         "checkpoint"),
         ("nested", {"eval": {"ppl": {"data": {"_target_": "subprocess.Popen", "args": "x"}}}}, [],
          "its run config's eval section names _target_=subprocess.Popen"),
         ("override", {}, ["data._target_=os.system"], "its recorded command line (data._target_=os.system) names"),
@@ -560,6 +561,20 @@ def test_a_checkpoints_config_may_name_only_momattns_classes(tmp_path, tokenizer
                        f"+callbacks.p.data={{_target_:os.system,command:'touch {ran}'}}"],
          "names _target_=momattn.data.sources.make_source"),
         ("hydra", {}, ["hydra.job.env_set.LD_PRELOAD=/x.so"], "sets Hydra itself, which train.py never records"),
+        # found by a second review: a trusted module's attributes walked to other objects (Hydra's _locate), a
+        # function given as a data source, LambdaCallback calling what it is given, a resolver building a target
+        # out of a string, a sweep
+        ("walk", {}, ["+callbacks.x._target_=lightning.pytorch.callbacks.model_checkpoint.Path"],
+         "names _target_=lightning.pytorch.callbacks.model_checkpoint.Path"),
+        ("function", {"data": {"_target_": "lightning.pytorch.loggers.csv_logs.save_hparams_to_yaml"}}, [],
+         "data section names _target_=lightning.pytorch.loggers.csv_logs.save_hparams_to_yaml"),
+        ("lambda", {}, ["+callbacks.x._target_=lightning.pytorch.callbacks.LambdaCallback"],
+         "names _target_=lightning.pytorch.callbacks.LambdaCallback"),
+        ("callback_as_data", {"data": {"_target_": "momattn.callbacks.ModelCheckpoint"}}, [],
+         "data section names _target_=momattn.callbacks.ModelCheckpoint"),
+        ("resolver", {}, ["+callbacks.x='${oc.create:{_target_:builtins.open,_args_:[x,w]}}'"],
+         "calls the resolver oc.create, which train.py's configs never record"),
+        ("sweep", {}, ["+callbacks.x=choice({_target_:builtins.print})"], "is a sweep, which train.py never records"),
     ]:
         path = tmp_path / f"{name}.ckpt"
         _save(path, tokenizer, overrides=overrides)
@@ -578,7 +593,7 @@ def test_a_checkpoints_config_may_name_only_momattns_classes(tmp_path, tokenizer
     # a class of your own, allowed by name (exactly, or by a prefix ending with '.')
     ckpt["momattn"]["config"] = {"data": {"_target_": "mypkg.data.MySource"}}
     torch.save(ckpt, tmp_path / "mine.ckpt")
-    with pytest.raises(CheckpointError, match="allow that class: MOMATTN_TRUSTED_TARGETS=mypkg.data.MySource"):
+    with pytest.raises(CheckpointError, match=r"allow that class by name: MOMATTN_TRUSTED_TARGETS=<module.Class>$"):
         read_meta(tmp_path / "mine.ckpt")
     for allowed in ("mypkg.data.MySource", "mypkg.", "other.X, mypkg.data."):
         monkeypatch.setenv("MOMATTN_TRUSTED_TARGETS", allowed)
@@ -587,8 +602,67 @@ def test_a_checkpoints_config_may_name_only_momattns_classes(tmp_path, tokenizer
     with pytest.raises(CheckpointError):
         read_meta(tmp_path / "mine.ckpt")
     # or named by this process's own training config (train.py reads its run's checkpoints back)
-    trust.allow_own({"data": {"_target_": "mypkg.data.MySource"}, "trainer": {"_target_": "x.Y"}})
+    monkeypatch.delenv("MOMATTN_TRUSTED_TARGETS")
+    monkeypatch.delenv(trust.UNTRUSTED_RESUME, raising=False)
+    trust.check_resumed_config({"data": {"_target_": "mypkg.data.MySource"}, "trainer": {"_target_": "x.Y"}})
     read_meta(tmp_path / "mine.ckpt")
+
+
+def test_a_resume_whose_command_line_came_from_its_checkpoint_trusts_only_todays_classes(monkeypatch):
+    """A resolver or a nested value of the stored command line could still make a target once composed: the
+    composed config of such a resume is checked, and only the classes today's command line names are trusted."""
+    from momattn import trust
+
+    monkeypatch.setattr(trust, "_OWN", set())
+    monkeypatch.delenv("MOMATTN_TRUSTED_TARGETS", raising=False)
+    trust.mark_resume_from_checkpoint(["data._target_=mypkg.Mine", "trainer.max_steps=9"])
+    try:
+        trust.check_resumed_config({"data": {"_target_": "mypkg.Mine"}, "trainer": {"_target_": "lightning.pytorch.Trainer"}})
+        with pytest.raises(CheckpointError, match="the config this resume takes from its checkpoint names "
+                                                  "_target_=builtins.open"):
+            trust.check_resumed_config({"callbacks": {"x": {"_target_": "builtins.open"}}})
+        assert "builtins.open" not in trust._OWN and "mypkg.Mine" in trust._OWN
+    finally:
+        os.environ.pop(trust.UNTRUSTED_RESUME, None)
+
+
+def test_a_stored_model_checkpoint_state_keeps_only_files_of_its_own_folder(tmp_path):
+    """Lightning deletes an old last or top-k file when it saves a new one: a crafted state naming
+    local:///<folder> (with no dirpath, which Lightning takes as the current one) removed that folder on resume."""
+    from momattn.trust import clean_checkpoint_paths
+
+    run = tmp_path / "run" / "checkpoints"
+    ckpt = {"callbacks": {
+        "ModelCheckpoint{'a'}": {"last_model_path": f"local://{tmp_path / 'victim'}", "best_k_models": {
+            str(tmp_path / "victim"): 1.0}, "best_model_path": str(tmp_path / "victim")},
+        "ModelCheckpoint{'b'}": {"dirpath": str(run), "last_model_path": str(run / "last.ckpt"),
+                                 "best_model_path": str(run / ".." / ".." / "victim"),
+                                 "best_k_models": {str(run / "best-step4.ckpt"): 2.0, f"file://{run}/x.ckpt": 1.0}},
+        "Timer": {"time_elapsed": {"train": 3.0}}}}
+    clean_checkpoint_paths(ckpt)
+    a, b = ckpt["callbacks"]["ModelCheckpoint{'a'}"], ckpt["callbacks"]["ModelCheckpoint{'b'}"]
+    assert a["dirpath"] == "<not recorded>" and a["last_model_path"] == a["best_model_path"] == "" \
+        and a["best_k_models"] == {}
+    assert b["last_model_path"] == str(run / "last.ckpt") and b["best_model_path"] == ""  # '..' out of it
+    assert b["best_k_models"] == {str(run / "best-step4.ckpt"): 2.0}
+    assert ckpt["callbacks"]["Timer"] == {"time_elapsed": {"train": 3.0}}
+
+
+def test_the_resume_reads_a_checkpoint_with_its_stored_paths_cleaned(tmp_path, tokenizer):
+    _save(tmp_path / "x.ckpt", tokenizer)
+    ckpt = torch.load(tmp_path / "x.ckpt", weights_only=True)
+    ckpt["callbacks"] = {"ModelCheckpoint{}": {"last_model_path": f"local://{tmp_path}"}}
+    torch.save(ckpt, tmp_path / "x.ckpt")
+    state = AtomicCheckpointIO().load_checkpoint(tmp_path / "x.ckpt")["callbacks"]["ModelCheckpoint{}"]
+    assert state == {"last_model_path": "", "dirpath": "<not recorded>"}
+
+
+def test_a_data_source_must_be_a_class():
+    from momattn.data.sources import make_source
+    from momattn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data._target_=momattn.data.sources.make_source is not a class"):
+        make_source({"_target_": "momattn.data.sources.make_source", "data": {}})
 
 
 def test_a_resume_from_a_checkpoint_alone_refuses_its_foreign_command_line(tmp_path, tokenizer):

@@ -558,6 +558,9 @@ def make_source(data: Mapping) -> DataSource:
         raise ConfigError(f"data.source='{legacy}' is unknown.{did_you_mean(legacy, LEGACY_SOURCES)} Choose one of "
                           f"{', '.join(LEGACY_SOURCES)}, or name a class: data._target_=module.Class")
     cls = locate(target, "data._target_") if target is not None else LEGACY_SOURCES[legacy]
+    if not isinstance(cls, type):  # a function was called with the section's keys (save_hparams_to_yaml wrote a file)
+        raise ConfigError(f"data._target_={target} is not a class; name a data source class, e.g. "
+                          "momattn.data.sources.TextFiles")
     known = known_keys(cls)
     for key in kwargs if known is not None else ():
         if key not in known:

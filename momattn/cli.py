@@ -636,7 +636,7 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
             return overrides
         from momattn.trust import mark_resume_from_checkpoint
 
-        mark_resume_from_checkpoint(overrides)  # the composed config's targets are checked in the task
+        mark_resume_from_checkpoint(overrides, _unquoted(ckpt))  # the composed config's targets: checked in the task
         folder = folder if run_dir else None
     now = {_override_key(o) for o in overrides}
     # not carried over: the checkpoint to resume (given now) and injected faults (a test device; re-injecting

@@ -148,9 +148,14 @@ def check_overrides(overrides, path) -> None:
                 raise _refused(t, where)
 
 
-def mark_resume_from_checkpoint(own_overrides: list[str]) -> None:
-    """A resume whose command line comes from the checkpoint itself: train.py checks every target of the composed
-    config (a resolver could still make one) and trusts only those its own command line names."""
+def _same_file(a, b) -> bool:
+    return os.path.realpath(os.path.expanduser(str(a))) == os.path.realpath(os.path.expanduser(str(b)))
+
+
+def mark_resume_from_checkpoint(own_overrides: list[str], ckpt: str) -> None:
+    """A resume of `ckpt` whose command line comes from the checkpoint itself: train.py checks every target of the
+    composed config that resumes it (a resolver could still make one) and trusts only those its own command line
+    names."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     own = []
@@ -159,17 +164,21 @@ def mark_resume_from_checkpoint(own_overrides: list[str]) -> None:
             own.append(o.get_value_element_as_str())
         if not o.is_sweep_override():
             own.extend(targets(o.value()))
-    os.environ[UNTRUSTED_RESUME] = json.dumps(own)
+    os.environ[UNTRUSTED_RESUME] = json.dumps({"ckpt": ckpt, "own": own})
 
 
 def check_resumed_config(config: Mapping) -> None:
     """train.py's composed config: where its command line came from a checkpoint, every target must be trusted or
     named on today's command line; otherwise the whole config is the user's, and its classes are trusted."""
-    own = os.environ.get(UNTRUSTED_RESUME)
-    if own is None:
-        allow_own(targets(config))
+    try:
+        marked = json.loads(os.environ.get(UNTRUSTED_RESUME) or "null")
+    except ValueError:
+        marked = None
+    if not isinstance(marked, dict) or not marked.get("ckpt") or not config.get("ckpt_path") \
+            or not _same_file(config["ckpt_path"], marked["ckpt"]):
+        allow_own(targets(config))  # (a mark of another command in this process, e.g. a test's, is not this one's)
         return
-    mine = set(json.loads(own))
+    mine = set(marked.get("own") or [])
     for t in targets(config):
         if t not in mine and not trusted(t):
             raise _refused(t, "the config this resume takes from its checkpoint")

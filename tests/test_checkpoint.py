@@ -615,13 +615,17 @@ def test_a_resume_whose_command_line_came_from_its_checkpoint_trusts_only_todays
 
     monkeypatch.setattr(trust, "_OWN", set())
     monkeypatch.delenv("MOMATTN_TRUSTED_TARGETS", raising=False)
-    trust.mark_resume_from_checkpoint(["data._target_=mypkg.Mine", "trainer.max_steps=9"])
+    trust.mark_resume_from_checkpoint(["data._target_=mypkg.Mine", "trainer.max_steps=9"], "x.ckpt")
     try:
-        trust.check_resumed_config({"data": {"_target_": "mypkg.Mine"}, "trainer": {"_target_": "lightning.pytorch.Trainer"}})
+        trust.check_resumed_config({"ckpt_path": "x.ckpt", "data": {"_target_": "mypkg.Mine"},
+                                    "trainer": {"_target_": "lightning.pytorch.Trainer"}})
         with pytest.raises(CheckpointError, match="the config this resume takes from its checkpoint names "
                                                   "_target_=builtins.open"):
-            trust.check_resumed_config({"callbacks": {"x": {"_target_": "builtins.open"}}})
+            trust.check_resumed_config({"ckpt_path": "x.ckpt", "callbacks": {"x": {"_target_": "builtins.open"}}})
         assert "builtins.open" not in trust._OWN and "mypkg.Mine" in trust._OWN
+        # another command's config in this process (a test's run after a resume): its own, as ever
+        trust.check_resumed_config({"ckpt_path": None, "data": {"_target_": "mypkg.Other"}})
+        assert "mypkg.Other" in trust._OWN
     finally:
         os.environ.pop(trust.UNTRUSTED_RESUME, None)
 

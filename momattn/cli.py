@@ -501,7 +501,7 @@ def _check_shapes(settings: list, cfg) -> None:
             shapes = "a section and the value is a list"
         else:
             continue
-        earlier = " (as an earlier override on the command line made it)" if key in given and node is None else ""
+        earlier = " (as an earlier override on the command line made it)" if node is None else ""
         raise ConfigError(f"{o.input_line}: {key} is {shapes}{earlier}; a list is written [a,b], and a section's keys "
                           "are set one by one (key.sub=value)")
 

@@ -156,9 +156,10 @@ def best_trial(sweep_dir: Path, metric: str | None, storage: str | None = None, 
     return ""
 
 
-def _no_password(url: str) -> str:
-    """A database URL as it may be printed: 'postgresql://user:secret@host/db' -> 'postgresql://user:***@host/db'."""
-    return re.sub(r"^([^:/]+://[^:/@]*:)[^@]*@", r"\1***@", str(url))
+def _no_password(text: str) -> str:
+    """A database URL, or a message holding one, as it may be printed: 'postgresql://user:secret@host/db' ->
+    'postgresql://user:***@host/db' (to the host's @, the last of the URL: a password may hold one)."""
+    return re.sub(r"([A-Za-z][\w+.-]*://[^:/@\s]*:)\S*@", r"\1***@", str(text))
 
 
 def count_jobs(config) -> int | None:

@@ -126,10 +126,11 @@ def check_overrides(overrides, path) -> None:
     trusted."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    parser = OverridesParser.create()
     for line in overrides or []:
         where = f"checkpoint '{path}': its recorded command line ({line})"
         try:
-            o = OverridesParser.create().parse_override(str(line))
+            o = parser.parse_override(str(line))
         except Exception:
             raise CheckpointError(f"{where} does not parse as an override; the checkpoint is damaged") from None
         key = o.key_or_group

@@ -40,9 +40,8 @@ class OptunaSweeper(Sweeper):
         try:
             optuna.storages.get_storage(url)
         except Exception as e:  # ImportError (no driver), sqlalchemy's OperationalError / DatabaseError, ...
-            shown = _no_password(str(url))
-            why = " ".join(str(e).split())[:300].replace(str(url), shown)
-            print(f"error: hydra.sweeper.storage={shown} cannot be opened: {type(e).__name__}: {why}",
+            why = _no_password(" ".join(str(e).split()))[:300]  # masked before it is cut
+            print(f"error: hydra.sweeper.storage={_no_password(url)} cannot be opened: {type(e).__name__}: {why}",
                   file=sys.stderr)
             raise SystemExit(2) from None
 
@@ -209,12 +208,13 @@ class OptunaSweeper(Sweeper):
 def _mask_passwords() -> None:
     """The base sweeper logs 'Storage: <url>' with a database's password in it: masked (user:***@host)."""
     import logging
-    import re
+
+    from momattn.sweep_callback import _no_password
 
     class Mask(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
             if isinstance(record.msg, str) and "://" in record.msg:
-                record.msg = re.sub(r"([A-Za-z][\w+.-]*://[^:/@\s]*:)\S*@", r"\1***@", record.msg)  # to the last @
+                record.msg = _no_password(record.msg)
             return True
 
     log = logging.getLogger("hydra_plugins.hydra_optuna_sweeper._impl")

@@ -95,6 +95,13 @@ def _type_checked(schema: type, node: dict, where: str) -> dict:
         if "is not a ListConfig, list or tuple" in msg:  # e.g. data.paths=a.txt for data.paths=[a.txt]
             value = node.get(str(key).rsplit(".", 1)[-1])
             msg = f"a list is needed, got {value!r}; write it in brackets: {_key(where, key)}=[{value}]"
+        elif "is not Optional" in msg or msg.startswith("Incompatible value 'None'"):  # data.paths=null: "field
+            # 'paths' is not Optional" said nothing of what to do
+            default = OmegaConf.select(base, str(key).split("[", 1)[0], default=None, throw_on_missing=False)
+            wanted = f"a list, e.g. {_key(where, key)}=[a,b]" if isinstance(default, ListConfig) else "a value"
+            if isinstance(default, bool | int | float) or (isinstance(default, str) and default):
+                wanted += f", e.g. {_key(where, key)}={str(default).lower() if isinstance(default, bool) else default}"
+            msg = f"null is not allowed here; give {wanted}"
         elif "is not a valid bool" in msg:
             msg += f"; use {_key(where, key)}=true or false"
         elif "could not be converted to" in msg:  # e.g. model.n_layer=abc: the default shows the form wanted

@@ -112,6 +112,15 @@ def test_few_documents_holding_far_more_than_val_fraction_are_warned_of_once(tmp
     assert "warning" not in capsys.readouterr().err
 
 
+def test_a_text_field_for_plain_text_files_only_is_warned_of(tmp_path, capsys):
+    # data.text_field=body with .txt files was ignored in silence: the user thought a field was read
+    TextFiles([str(tmp_path / "a.txt")], text_field="body")
+    assert "warning: data.text_field='body' is read from .jsonl and .json files only" in capsys.readouterr().err
+    TextFiles([str(tmp_path / "a.txt"), str(tmp_path / "b.JSONL")], text_field="body")  # read from b.JSONL
+    TextFiles([str(tmp_path / "a.txt")])  # the default names no field of the user's
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_a_changed_local_file_is_a_new_hub_corpus(tmp_path):
     import os
 

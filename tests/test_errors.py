@@ -470,6 +470,17 @@ def test_a_key_under_a_null_section_is_one_line():
     check_overrides("evaluate", ["ppl.data={source:staicc}", "ppl.data.tasks=[mr]"])  # the pair: Hydra judges
 
 
+def test_null_for_a_key_that_needs_a_value_says_what_to_give(tmp_path):
+    # OmegaConf's "field 'paths' is not Optional" / "Incompatible value 'None' for field of type 'int'"
+    for override, says in (("data.paths=null", "data.paths: null is not allowed here; give a list, e.g. "
+                                               "data.paths=[a,b]"),
+                           ("model.n_layer=null", "model.n_layer: null is not allowed here; give a value, e.g. "
+                                                  "model.n_layer=")):
+        base = ["debug=smoke", "data=text_files"] if override.startswith("data.") else SMOKE
+        with pytest.raises(ConfigError, match="^" + re.escape(says)):
+            load_train_config(compose_train(tmp_path, [*base, override]))
+
+
 def test_adding_a_key_that_exists_or_deleting_one_that_does_not_is_one_line():
     # both were Hydra's multi-line error with exit 1
     with pytest.raises(ConfigError, match=r"\+seed=3: 'seed' exists already.* Write seed=3 .*\+\+seed=3"):

@@ -185,6 +185,10 @@ class TextFiles:
         if not 0.0 < self.val_fraction < 1.0:
             raise DataError(f"data.val_fraction={self.val_fraction} must lie in (0, 1)")
         check_seed(self.seed)
+        if self.text_field != "text" and not any(Path(p).suffix.lower() in (".jsonl", ".json") for p in self.paths):
+            print(f"[momattn] warning: data.text_field='{self.text_field}' is read from .jsonl and .json files only; "
+                  "data.paths names none, so it is not used (a plain-text file's documents are its blank-line "
+                  "separated paragraphs)", file=sys.stderr, flush=True)
         self._docs: list[str] | None = None
 
     @property

@@ -148,7 +148,7 @@ def summarise(runs: Sequence[SweepRun], metrics: dict[int, dict[str, float]]) ->
             for key, _, _ in METRICS:
                 if diffs := paired(seeds, by_att[BASELINE], key):
                     summary.comparisons.append(_interval(key, att, diffs, above="higher", below="lower",
-                                                         neither="no difference at this budget"))
+                                                         neither="inconclusive (interval holds 0)"))
         out.append(summary)
     return out
 
@@ -201,13 +201,13 @@ def markdown(summaries: Sequence[SettingAnalysis], failed: Sequence[str], conf: 
                   "seeds | reading |", "|---|---|---|---|---|---|"]
         for f in s.findings:
             key = next(a for name, a, _ in FINDINGS if name == f.name)
-            lines.append(f"| {f.attention} | {f.name} | {_num(key, f.mean)} | {_ci(key, f)} | {f.n} | {f.reading} |")
+            lines.append(f"| {f.attention} | {f.name} | {_end(key, unround(f.mean))} | {_ci(key, f)} | {f.n} | {f.reading} |")
         lines.append("")
         if s.comparisons:
             lines += ["### Attention − vanilla, paired by seed", "", "| metric | attention − vanilla | 95% interval | "
                       "pairs | reading |", "|---|---|---|---|---|"]
             for c in s.comparisons:
-                lines.append(f"| {labels[c.name]} | {c.attention}: {_num(c.name, c.mean)} | "
+                lines.append(f"| {labels[c.name]} | {c.attention}: {_end(c.name, unround(c.mean))} | "
                              f"{_ci(c.name, c, 'one pair')} | {c.n} | {c.reading} |")
             lines.append("")
             lines += unpaired_line(s.rows, s.comparisons)

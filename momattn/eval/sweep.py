@@ -8,7 +8,7 @@
    or its job's eval/results.json is reused when that was made with the same settings.
 4. sweep.md / sweep.json: per setting, Table 6 / Table 7 miniatures with mean ± std over seeds, and for each
    non-vanilla attention the difference to vanilla paired by seed with a 95% t-interval and a verdict:
-   "better" / "worse" only when the interval excludes 0, else "no difference at this budget" ("cannot tell"
+   "better" / "worse" only when the interval excludes 0, else "inconclusive (interval holds 0)" ("cannot tell"
    with a single seed pair, which has no interval, or when every pair differs by exactly the same amount, as
    accuracies on a few hundred prompts can over two seeds: a zero-width interval is no evidence).
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -78,7 +79,7 @@ class Rise:
     mean: float
     lo: float
     hi: float
-    std: float
+    std: float | None  # None for one seed
     n_seeds: int
     reading: str
 
@@ -144,7 +145,7 @@ def rises_of(attention: str, seeds: Mapping[int | None, Mapping[str, float]]) ->
             reading = no_interval(len(diffs))
         else:
             reading = "rises" if lo > 0 else "falls" if hi < 0 else "no clear change"
-        std = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0
+        std = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else None  # one seed: no spread was measured
         out.append(Rise(attention, task, k, mean, lo, hi, std, len(diffs), reading))
     return out
 
@@ -172,12 +173,13 @@ def no_interval(n: int) -> str:
 
 
 def verdict(metric: str, lo: float, hi: float, n: int = 1) -> str:
-    """better / worse when the interval excludes 0 (lower is better for perplexity), else no difference; no
+    """better / worse when the interval excludes 0 (lower is better for perplexity), else inconclusive (an interval
+    holding 0 says the seeds could not tell the two apart, not that they are the same, however wide it is); no
     interval (a single seed pair, or n pairs with no spread) says nothing either way."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return no_interval(n)
     if lo <= 0 <= hi:
-        return "no difference at this budget"
+        return "inconclusive (interval holds 0)"
     higher = lo > 0
     lower_is_better = is_ppl(metric)
     return "better" if higher != lower_is_better else "worse"
@@ -415,9 +417,18 @@ def metrics_of(result: ModelResult) -> dict[str, float]:
     return out
 
 
+def text_rise_metrics(result: ModelResult) -> dict[str, float]:
+    """A text task's accuracy at k = 0 and at each numeric k: its in-context rise, which metrics_of's headline k
+    alone cannot give (Table 7 compares that k only; GINC's every k are in metrics_of already)."""
+    if not result.icl:
+        return {}
+    return {f"{name}/acc@k{s}": shot.acc for name, t in result.icl.tasks.items() if t.kind != "ginc"
+            for s, shot in t.shots.items() if shot.acc is not None and shot.fits and str(s).isdigit()}
+
+
 def is_ppl(metric: str) -> bool:
     """A perplexity (ppl@N; lower is better) rather than an accuracy (TASK/acc@kK, whatever the task's name)."""
-    return metric.startswith(("ppl@", "bpb@"))
+    return re.fullmatch(r"(ppl|bpb)@\d+", metric) is not None
 
 
 def unfit_note(runs: Sequence[SweepRun]) -> str:
@@ -487,12 +498,12 @@ def distinct(runs: Sequence[SweepRun], duplicates: list[str]) -> list[SweepRun]:
 
 
 def seed_row(seeds: Mapping, key: str) -> dict | None:
-    """{mean, std (sample; 0 for one seed), n, seeds} of key over the seeds that have it (seed -> metrics)."""
+    """{mean, std (sample; None for one seed, where 0 would read as no spread), n, seeds} of key over the seeds that have it (seed -> metrics)."""
     vals = {sd: v[key] for sd, v in seeds.items() if key in v}
     if not vals:
         return None
     x = list(vals.values())
-    return {"mean": float(np.mean(x)), "std": float(np.std(x, ddof=1)) if len(x) > 1 else 0.0, "n": len(x),
+    return {"mean": float(np.mean(x)), "std": float(np.std(x, ddof=1)) if len(x) > 1 else None, "n": len(x),
             "seeds": sorted(str(k) for k in vals)}
 
 
@@ -532,20 +543,22 @@ def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
     for s, differs, rs in by_setting([r for r in runs if r.result is not None]):
         summary = SettingSummary(s, differs)
         by_att: dict[str, dict[int | None, dict[str, float]]] = defaultdict(dict)
+        rise_in: dict[str, dict[int | None, dict[str, float]]] = defaultdict(dict)  # and every k of text tasks
         for r in distinct(rs, summary.duplicates):
             metrics = metrics_of(r.result)
             bad = {m: v for m, v in metrics.items() if not math.isfinite(v)}  # a diverged run: nan / inf ppl
             summary.non_finite += [f"{r.attention} seed {r.seed}: {m}={v}" for m, v in sorted(bad.items())]
             by_att[r.attention][r.seed] = {m: v for m, v in metrics.items() if m not in bad}
+            rise_in[r.attention][r.seed] = {**by_att[r.attention][r.seed], **text_rise_metrics(r.result)}
             summary.params[r.attention] = dict(r.attention_params)
-        ks = rise_ks(by_att)
+        ks = rise_ks(rise_in)
         for att, seeds in sorted(by_att.items(), key=lambda kv: (kv[0] != BASELINE, kv[0])):
             names = sorted({m for v in seeds.values() for m in v}, key=metric_order)
             summary.rows[att] = {m: seed_row(seeds, m) for m in names}
-            summary.rises += rises_of(att, seeds)
+            summary.rises += rises_of(att, rise_in[att])
             if att == BASELINE or BASELINE not in by_att:
                 continue
-            rises, base_rises = seed_rises(seeds, ks), seed_rises(by_att[BASELINE], ks)
+            rises, base_rises = seed_rises(rise_in[att], ks), seed_rises(rise_in[BASELINE], ks)
             for values, base, keys in ((seeds, by_att[BASELINE], names),  # then the rises: does it learn more in context?
                                        (rises, base_rises, [f"{t}/rise@k{k}" for t, k in ks.items()])):
                 for m in keys:
@@ -636,7 +649,7 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
             lines += ["| metric | attention − vanilla | 95% interval | pairs | verdict |", "|---|---|---|---|---|"]
             for c in s.comparisons:
                 ci = ("n/a (one pair)" if c.n_pairs < 2 else "n/a (no spread)") if not math.isfinite(c.lo) else f"[{_end(c.metric, c.lo)}, {_end(c.metric, c.hi)}]"
-                lines.append(f"| {c.metric} | {c.attention}: {_num(c.metric, c.diff_mean)} | {ci} | {c.n_pairs} | "
+                lines.append(f"| {c.metric} | {c.attention}: {_end(c.metric, unround(c.diff_mean))} | {ci} | {c.n_pairs} | "
                              f"{c.verdict} |")
             lines.append("")
             lines += unpaired_line(s.rows, s.comparisons)
@@ -654,7 +667,7 @@ def _curves(row: Mapping[str, Mapping]) -> dict[str, list[tuple[int, float, floa
     for m, v in row.items():
         task, _, k = m.partition("/acc@k")
         if k.isdigit():
-            out[task].append((int(k), v["mean"], v["std"], v["n"]))
+            out[task].append((int(k), v["mean"], v["std"] or 0.0, v["n"]))  # one seed: no band
     return {t: sorted(c) for t, c in out.items()}
 
 
@@ -702,7 +715,7 @@ def sweep_plots(summaries: Sequence[SettingSummary], out: Path) -> list[Path]:
             for att, row in s.rows.items():
                 pts = [(n, row[f"ppl@{n}"]) for n in lengths if f"ppl@{n}" in row]
                 if pts:
-                    ax.errorbar([n for n, _ in pts], [v["mean"] for _, v in pts], yerr=[v["std"] for _, v in pts],
+                    ax.errorbar([n for n, _ in pts], [v["mean"] for _, v in pts], yerr=[v["std"] or 0.0 for _, v in pts],
                                 marker="o", capsize=3, label=att)
             ax.set_xscale("log", base=2)
             ax.set_xlabel("evaluation length (tokens)")
@@ -758,16 +771,16 @@ def eta_plot(s: SettingSummary, path: Path) -> Path | None:
     for ax, (metric, label) in zip(axes[0], panels):
         scale = 1.0 if metric.startswith("ppl@") else 100.0
         pts = [(e, s.rows[att][metric]) for e, att in fixed if metric in s.rows[att]]
-        ax.errorbar([e for e, _ in pts], [scale * v["mean"] for _, v in pts], yerr=[scale * v["std"] for _, v in pts],
+        ax.errorbar([e for e, _ in pts], [scale * v["mean"] for _, v in pts], yerr=[scale * (v["std"] or 0.0) for _, v in pts],
                     marker="o", capsize=3, label="momentum, fixed eta")
         for e, att in learn:
             if metric in s.rows[att]:
                 v = s.rows[att][metric]
-                ax.errorbar([e], [scale * v["mean"]], yerr=[scale * v["std"]], marker="*", markersize=11,
+                ax.errorbar([e], [scale * v["mean"]], yerr=[scale * (v["std"] or 0.0)], marker="*", markersize=11,
                             capsize=3, linestyle="none", color="C2", label=f"learnable eta (from {e:g})")
         base = s.rows.get(BASELINE, {}).get(metric)
         if base is not None:
-            m, sd = scale * base["mean"], scale * base["std"]
+            m, sd = scale * base["mean"], scale * (base["std"] or 0.0)
             ax.axhline(m, color="C3", linestyle="--", label=BASELINE)
             ax.axhspan(m - sd, m + sd, color="C3", alpha=0.12)
         ax.set_xlabel("eta")

@@ -564,10 +564,11 @@ def resolve_tasks(entries: Sequence[str | Mapping], key: str = "icl.tasks") -> l
                               f"{', '.join(TASK_SETS)}; a task file {files}; or a local file "
                               "{name, path, template, answers}")
     names = [t.name for t in tasks]
-    if bad := next((n for n in names if n.lower() == "avg" or "/" in n), None):  # icl/<task>/acc: a metric's name
+    if bad := next((n for n in names if n.lower() == "avg" or "/" in n or "@" in n), None):  # icl/<task>/acc
         raise ConfigError(f"{key}: a task named '{bad}' " + ("would be logged as the average over the tasks "
-                          "(icl/avg/...), which replaced it" if "/" not in bad else "would break its metric names "
-                          "(icl/<task>/acc)") + "; give it another name")
+                          "(icl/avg/...), which replaced it" if "/" not in bad and "@" not in bad else
+                          "would break its metric names (icl/<task>/acc; ppl@N is a perplexity)")
+                          + "; give it another name")
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
         raise ConfigError(f"{key} lists task '{dup}' twice; "

@@ -378,6 +378,27 @@ def test_a_folder_written_by_save_to_disk_is_read(tmp_path, source):
     assert len(val) == 4 and sorted(train + val) == sorted(texts)
     with pytest.raises(DataError, match=r"one Dataset saved with save_to_disk, without splits.*data.val_split=null"):
         cls(name=str(tmp_path / "saved")).documents("val")
+    arrow = next((tmp_path / "saved").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:300])  # a copy cut short: pyarrow's ArrowInvalid, a traceback, exit 1
+    with pytest.raises(DataError, match=r"is a folder that Dataset.save_to_disk wrote, but it cannot be read "
+                                        r"\(ArrowInvalid: .*\); save the dataset again"):
+        cls(name=str(tmp_path / "saved"), val_split=None, **held).documents("val")
+
+
+def test_a_bad_stream_setting_or_a_bad_row_in_a_local_folder_is_named(tmp_path):
+    from momattn.data.streaming import StreamingHubCorpus
+
+    (tmp_path / "a.jsonl").write_text('{"text": "one"}\n')
+    for key, value, least in (("shuffle_buffer", -1, 0), ("val_docs", 0, 1), ("tokenizer_docs", 0, 1)):
+        # the three keys were named together for any one of them ("data.shuffle_buffer=10000 must be >= 0, ...")
+        with pytest.raises(DataError, match=f"^data.{key}={value} must be >= {least}$"):
+            StreamingHubCorpus(name="json", data_files=str(tmp_path / "a.jsonl"), val_split=None, **{key: value})
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"text": "one"}\n{"text": "two"}\nnot json\n')
+    # a folder's unparsable row got datasets' "An error occurred while generating the dataset" and network advice
+    with pytest.raises(DataError, match=r"a row of the train split cannot be read \(.*\); fix or remove it"):
+        HubCorpus(name=str(folder), val_split=None).documents("train")
 
 
 def test_another_staicc_release_changes_the_default_corpus_fingerprint(monkeypatch):
@@ -707,6 +728,17 @@ def test_copies_of_a_local_validation_split_are_left_out_of_training(tmp_path, c
     assert local_val_split("validation", files)
     assert not local_val_split("validation", {"train": files["train"], "validation": "en/no-such-*.json.gz"})
     assert not local_val_split(None, files) and not local_val_split("validation", None)
+    # the same files as a local folder (data.name=<folder>): its copies were trained on, in silence
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (tmp_path / "tr.jsonl").rename(folder / "train.jsonl")
+    (tmp_path / "va.jsonl").rename(folder / "validation.jsonl")
+    assert local_val_split("validation", None, str(folder))
+    assert HubCorpus(name=str(folder)).documents("train") == rows[5:]
+    stream = StreamingHubCorpus(name=str(folder), shuffle_buffer=0, val_docs=2)
+    assert list(stream.train_texts()) == rows[2:]  # val_docs decides which copies are left out ...
+    assert stream.order() != StreamingHubCorpus(name=str(folder), shuffle_buffer=0, val_docs=5).order()  # ... so
+    # it is part of the stream's order: a resume with another val_docs starts the new stream at its beginning
 
 
 def test_the_bpe_tokenizer_is_trained_once_by_jobs_starting_together_and_again_when_damaged(tmp_path, capsys):

@@ -200,6 +200,20 @@ class TokenDataModule(LightningDataModule):
             n -= n % world
         return n
 
+    def _val_windows(self, world: int) -> list[int]:
+        """The windows validated, over all ranks: n spread evenly over the whole split (the first n would be its
+        first documents only: in the default corpus AGNews, whose text comes first, and none of the MR, Subj, SST-5
+        or TREC text)."""
+        n = self._val_count(world)
+        return [j * len(self.val_set) // n for j in range(n)] if n else []
+
+    def validated_targets(self, world: int) -> np.ndarray:
+        """The tokens val/loss is measured on (each validated window's targets): the text a baseline that stands
+        beside val/ppl must be measured on too."""
+        t = self.val_set.block_size
+        windows = self._val_windows(world) or range(len(self.val_set))  # none validated: the split's windows
+        return np.concatenate([self.val_set.tokens[i * t + 1 : i * t + t + 1] for i in windows] or [[]]).astype(int)
+
     def val_dataloader(self) -> DataLoader:
         world, rank = self.trainer.world_size, self.trainer.global_rank
         n = self._val_count(world)
@@ -207,9 +221,7 @@ class TokenDataModule(LightningDataModule):
             raise DataError(f"the val split has {len(self.val_set)} window(s) of model.block_size tokens, fewer than "
                             f"the {world} training processes (each validates its share); add validation text or "
                             "lower model.block_size")
-        # n windows spread evenly over the whole split (the first n would be its first documents only: in the
-        # default corpus AGNews, whose text comes first, and none of the MR, Subj, SST-5 or TREC text)
-        spread = [j * len(self.val_set) // n for j in range(n)]
+        spread = self._val_windows(world)
         return DataLoader(self.val_set, batch_size=min(self.batch_size, n), sampler=spread[rank::world],
                           num_workers=self.num_workers, generator=torch.Generator().manual_seed(0),
                           worker_init_fn=ignore_sigterm if self.num_workers else None)

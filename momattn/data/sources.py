@@ -331,7 +331,7 @@ class HubCorpus:
                       + ([self.revision] if self.revision else [])  # unpinned: the key of earlier releases
                       + folder_files(self.name)
                       + ([] if self.val_split else ["held-out copies left out", "whatever their whitespace"])
-                      + ([VAL_COPIES_RULE] if local_val_split(self.val_split, self.data_files) else []))
+                      + ([VAL_COPIES_RULE] if local_val_split(self.val_split, self.data_files, self.name) else []))
 
     def _load(self, split: str):
         datasets = import_datasets()
@@ -347,7 +347,8 @@ class HubCorpus:
         except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError, ...)
             if wrong := unknown_split(self.name, split, self.val_split, e):
                 raise wrong from None
-            if self.data_files and type(e).__name__ == "DatasetGenerationError":  # local files that do not parse
+            if (self.data_files or folder_files(self.name)) and type(e).__name__ == "DatasetGenerationError":
+                # local files that do not parse (named by data.data_files, or a folder's files)
                 if (bad := raised_from(e, UnicodeDecodeError)) is not None:  # the text builder's: wrapped, with the wrong advice
                     raise not_utf8(self.name, self.data_files, bad) from None
                 raise unparsed_rows(self.name, self.data_files, split, e) from e
@@ -374,7 +375,7 @@ class HubCorpus:
                             f"{type(odd).__name__} values ({odd!r:.60}), not text; set data.text_field to the text")
         docs = [t for t in texts if t and t.strip()]
         check_text(docs, self.name, self.data_files, f"its {read} split")
-        if self.val_split and split == "train" and local_val_split(self.val_split, self.data_files):
+        if self.val_split and split == "train" and local_val_split(self.val_split, self.data_files, self.name):
             return without_val_copies(docs, self.documents("val"), self)
         if self.val_split:
             return docs
@@ -387,12 +388,16 @@ _HUB_DEFAULTS = {f.name: f.default for f in fields(HubCorpus)}
 VAL_COPIES_RULE = "copies of a local validation split's documents left out of training"
 
 
-def local_val_split(val_split: str | None, data_files: Any) -> bool:
-    """Whether the validation split is the user's own local files (data.data_files={train: ..., validation: ...}):
-    a copy of one of its documents among the training files is then a mistake to undo, as with a held-out
-    fraction. A hub corpus's published splits are taken as they are."""
-    return (bool(val_split) and isinstance(data_files, Mapping) and val_split in data_files
-            and bool(_named_files(data_files[val_split])))
+def local_val_split(val_split: str | None, data_files: Any, name: str = "") -> bool:
+    """Whether the validation split is the user's own local files (data.data_files={train: ..., validation: ...},
+    or a local folder as data.name: files, or a DatasetDict that save_to_disk wrote): a copy of one of its
+    documents among the training files is then a mistake to undo, as with a held-out fraction. A hub corpus's
+    published splits are taken as they are."""
+    if not val_split:
+        return False
+    if name and Path(str(name)).expanduser().is_dir():  # one folder named two ways was checked one way only
+        return True
+    return isinstance(data_files, Mapping) and val_split in data_files and bool(_named_files(data_files[val_split]))
 
 
 def without_val_copies(train: list[str], val: Iterable[str], source: Any) -> list[str]:
@@ -435,7 +440,11 @@ def saved_dataset(name: str, split: str, train_split: str):
                         "(or save a DatasetDict with a validation split)")
     import datasets
 
-    return datasets.load_from_disk(str(folder))
+    try:
+        return datasets.load_from_disk(str(folder))
+    except Exception as e:  # a cut .arrow file (pyarrow's ArrowInvalid), a damaged state.json (JSONDecodeError), ...
+        raise DataError(f"data.name='{name}' is a folder that Dataset.save_to_disk wrote, but it cannot be read "
+                        f"({type(e).__name__}: {first_line(e, 200)}); save the dataset again") from None
 
 
 def unknown_split(name: str, split: str, val_split: str | None, e: BaseException) -> DataError | None:

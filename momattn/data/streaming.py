@@ -82,22 +82,23 @@ class StreamingHubCorpus:
         check_local_files(self.name, self.data_files)
         check_split_files(self.data_files)
         check_seed(self.seed, "the shuffle buffer")
-        if self.shuffle_buffer < 0 or self.val_docs < 1 or self.tokenizer_docs < 1:
-            raise DataError(f"data.shuffle_buffer={self.shuffle_buffer} must be >= 0, data.val_docs={self.val_docs} "
-                            f"and data.tokenizer_docs={self.tokenizer_docs} >= 1")
+        for key, least in (("shuffle_buffer", 0), ("val_docs", 1), ("tokenizer_docs", 1)):  # the one key at fault
+            if getattr(self, key) < least:
+                raise DataError(f"data.{key}={getattr(self, key)} must be >= {least}")
 
     def fingerprint(self) -> str:
         return digest(["hf_stream", 1, self.name, self.config, self.train_split, self.val_split, self.text_field,
                        self.data_files, local_files(self.data_files), self.revision, self.shuffle_buffer, self.seed, self.val_docs,
                        self.tokenizer_docs] + folder_files(self.name) + ([] if self.val_split else [HELD_OUT_RULE])
-                      + ([VAL_COPIES_RULE] if local_val_split(self.val_split, self.data_files) else []))
+                      + ([VAL_COPIES_RULE] if local_val_split(self.val_split, self.data_files, self.name) else []))
 
     def order(self) -> str:
         """The settings that decide the training stream's documents and their order: a resume whose order differs
         starts the new one at its beginning (TokenDataModule). The files' contents are not read for it (a file
         rewritten in place, or an unpinned hub corpus updated, is not told apart)."""
         held = [self.val_docs, HELD_OUT_RULE] if self.val_split is None else []  # the rows left out of training
-        held += [VAL_COPIES_RULE] if local_val_split(self.val_split, self.data_files) else []
+        if local_val_split(self.val_split, self.data_files, self.name):  # val_docs decide the copies left out
+            held += [VAL_COPIES_RULE, self.val_docs]
         return digest(["hf_stream", self.name, self.config, self.train_split, self.val_split, self.text_field,
                        self.data_files, self.revision, self.shuffle_buffer, self.seed, *held])
 
@@ -156,7 +157,7 @@ class StreamingHubCorpus:
         are held out by their text, so no epoch trains on them (nor on a copy elsewhere in the stream). Skipping
         those rows by position instead (datasets' skip) stopped datasets from shuffling the shards' order: every epoch
         then read the shards in their stored order, shuffled only inside the buffer."""
-        if self.val_split and not local_val_split(self.val_split, self.data_files):
+        if self.val_split and not local_val_split(self.val_split, self.data_files, self.name):
             return self.texts(self.train_split, epoch)
         held = self._held_out()
         return (t for t in self.texts(self.train_split, epoch) if _text_key(t) not in held)
@@ -189,7 +190,7 @@ class StreamingHubCorpus:
     def no_training_documents(self) -> DataError:
         """Why the training stream yields no document, and what to change: every row held out for validation, or
         a train split without text."""
-        rows = not self.val_split or local_val_split(self.val_split, self.data_files)
+        rows = not self.val_split or local_val_split(self.val_split, self.data_files, self.name)
         if rows and any(True for _ in self.texts(self.train_split, shuffle=False)):
             if self.val_split:  # every row copies one of the validation split's documents
                 return DataError(f"data.name='{self.name}': every row of the train split copies a document of the "

@@ -187,8 +187,13 @@ class MomattnForCausalLM(PreTrainedModel, GenerationMixin):
         x = self.ln_f(x)
         logits = F.linear(x, self.wte.weight)  # tied input/output embeddings
         loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        if labels is not None:  # HF Trainer with gradient accumulation passes num_items_in_batch, the target tokens
+            # of all its micro-batches, and then does not divide by the accumulation steps itself: the sum over it
+            items = kwargs.get("num_items_in_batch")
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100,
+                                   reduction="mean" if items is None else "sum")
+            if items is not None:
+                loss = loss / items
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         out = CausalLMOutput(loss=loss, logits=logits, hidden_states=(*hidden, x) if output_hidden_states else None)

@@ -17,7 +17,8 @@ lm-eval's own command line with ARGS, unchanged.
 - batch_size: lm-eval's --batch_size defaults to 1 row per forward pass (said on stderr); --batch_size auto lets
   batch_tokens bound each batch.
 - generate_until: one request at a time with the KV cache (momattn.generate.sample_tokens), greedy unless
-  do_sample=true (then temperature, top_k and top_p, as in transformers); stops at the end-of-text token or at
+  do_sample=true (then temperature, top_k and top_p as in transformers, but top_k defaults to 0, the whole
+  vocabulary, where transformers takes 50: pass top_k=50 for its sampling); stops at the end-of-text token or at
   the first `until` string, which is cut off.
 Needs the [lm-eval] extra: pip install 'momattn[lm-eval]'.
 """

@@ -477,6 +477,11 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
         flush = lg.get("flush_logs_every_n_steps", 1) if isinstance(lg, Mapping) else 1
         if isinstance(flush, bool) or not isinstance(flush, int) or flush < 1:
             raise ConfigError(f"logger.{name}.flush_logs_every_n_steps={flush!r} must be an integer >= 1")
+        save_dir = lg.get("save_dir", ".") if isinstance(lg, Mapping) else "."  # (a logger without one: its own)
+        if not isinstance(save_dir, str | os.PathLike) or (isinstance(save_dir, str) and not save_dir.strip()):
+            # null or 5: "expected str, bytes or os.PathLike object" once the data and model were built
+            raise ConfigError(f"logger.{name}.save_dir={save_dir!r} must be a folder path (the default is the run "
+                              "folder, ${paths.output_dir})")
         if isinstance(lg, Mapping) and "wandb" in str(lg.get("_target_", "")).lower():
             check_wandb_names(lg, f"logger.{name}")
             check_train_wandb(lg, f"logger.{name}")

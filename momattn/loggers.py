@@ -27,14 +27,19 @@ def _without_anonymous(logger: WandbLogger) -> WandbLogger:
     return logger
 
 
-class _OfflineWandbLogger(WandbLogger):
-    """Lightning's WandbLogger with W&B's own step (_step) set to the trainer's global step. An offline run cannot
-    resume its W&B run (W&B resumes online only), so a resumed run's second segment restarted _step at 0 and its
-    rows repeated the first segment's steps (W&B's default x-axis, history API and sync key on _step); rows at one
-    global step merge into one."""
+class _StepWandbLogger(WandbLogger):
+    """Lightning's WandbLogger with W&B's own step (_step) set to the trainer's global step, online and offline.
+    An offline run cannot resume its W&B run (W&B resumes online only), so a resumed run's second segment restarted
+    _step at 0 and its rows repeated the first segment's steps (W&B's default x-axis, history API and sync key on
+    _step); online, each logging call was a _step of its own (2-4 partial rows per global step, and a resume after
+    a kill logged its repeated steps past the old end, where W&B keeps them). Rows at one global step merge into
+    one. Lightning's `epoch` (always 0: a run is one epoch) is left out, the one key without a namespace."""
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        metrics = {k: v for k, v in metrics.items() if k != "epoch"}
+        if not metrics:
+            return None
         if step is None:
             return super().log_metrics(metrics, step)
         prefix = f"{self._prefix}{self.LOGGER_JOIN_CHAR}" if self._prefix else ""
@@ -58,11 +63,11 @@ def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, 
     common = dict(save_dir=save_dir, project=project, name=name, group=group, tags=list(tags or []), id=id,
                   resume="allow" if id else None, **kwargs)
     if offline:
-        return _without_anonymous(_OfflineWandbLogger(offline=True, **common))
+        return _without_anonymous(_StepWandbLogger(offline=True, **common))
     require_api_key()
     try:
-        logger = _without_anonymous(WandbLogger(offline=False, settings=wandb.Settings(init_timeout=init_timeout),
-                                                **common))
+        logger = _without_anonymous(_StepWandbLogger(offline=False, settings=wandb.Settings(init_timeout=init_timeout),
+                                                     **common))
         logger.experiment  # noqa: B018 - starts the run now, so that a failure is caught here
         return logger
     except Exception as e:  # wandb raises CommError, UsageError (no key), TimeoutError, ...
@@ -71,7 +76,7 @@ def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, 
             wandb.finish(exit_code=1)
         wandb.teardown()  # the W&B service process keeps the online settings; start a fresh one
         os.environ["WANDB_MODE"] = "offline"  # the environment would otherwise override offline=True
-        fallback = _without_anonymous(_OfflineWandbLogger(offline=True, settings=wandb.Settings(mode="offline"), **common))
+        fallback = _without_anonymous(_StepWandbLogger(offline=True, settings=wandb.Settings(mode="offline"), **common))
         run_dir = Path(fallback.experiment.dir).parent
         print(f"[momattn] W&B is unreachable ({type(e).__name__}: {first}); logging offline to {run_dir}. "
               f"Sync it when online with: wandb sync {run_dir}", file=sys.stderr, flush=True)
@@ -127,6 +132,12 @@ class CSVLogger(_LightningCSVLogger):
         *(inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t)
           for n, d, t in (("resumed", False, bool), ("start_step", 0, int)))])
     del _lightning
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        # Lightning's `epoch` column (always 0: a run is one epoch), the one without a namespace
+        if metrics := {k: v for k, v in metrics.items() if k != "epoch"}:
+            super().log_metrics(metrics, step)
 
     @property
     def experiment(self) -> ExperimentWriter:

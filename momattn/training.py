@@ -280,7 +280,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                               and isinstance(v, int | float)}, **metrics}
             done_before = not trained and _evaluated_step(out_dir) in (trainer.global_step, "unknown")
             if c.run_eval and c.eval and not done_before:
-                _evaluate(c, eval_model, tokenizer, loggers, trainer.global_step, out_dir)
+                _evaluate(c, eval_model, tokenizer, loggers, trainer.global_step, out_dir, trained)
             elif c.run_eval and c.eval:
                 print(f"[momattn] the evaluation of step {start_step} is in {out_dir / 'eval'} already; "
                       "evaluate.py evaluates again with other settings", file=sys.stderr, flush=True)
@@ -761,10 +761,13 @@ def _check_evaluation(c: TrainConfig, model: GPT, tokenizer: Tokenizer) -> None:
         print(f"[momattn] the evaluation's tasks and corpus checked in {took:.0f}s", file=sys.stderr)
 
 
-def _evaluate(c: TrainConfig, model: GPT, tokenizer: Tokenizer, loggers: list, step: int, out_dir: Path) -> None:
+def _evaluate(c: TrainConfig, model: GPT, tokenizer: Tokenizer, loggers: list, step: int, out_dir: Path,
+              trained: bool = True) -> None:
     """The short evaluation (train.yaml's eval section) of the model after `step` optimizer steps, logged next to
     the training curves at the final validation's step: the loggers' axis is the last trained batch's index
-    (train/loss of optimizer step n is at n - 1), not the count of optimizer steps."""
+    (train/loss of optimizer step n is at n - 1), not the count of optimizer steps. A resume that trained nothing
+    (a SIGTERM at the last step) logs it at `step`: W&B drops the rows a resumed run logs below the step it
+    reached, and the first segment reached step - 1 with its last validation."""
     from momattn.eval.report import markdown_report
     from momattn.eval.runner import evaluate_model, flat_metrics, write_reports
 
@@ -774,7 +777,7 @@ def _evaluate(c: TrainConfig, model: GPT, tokenizer: Tokenizer, loggers: list, s
 
     def log() -> None:  # before results.json, which tells a resume that the evaluation is done
         for lg in loggers:  # eval/ppl@L, icl/<task>/acc, ...
-            lg.log_metrics(flat_metrics(results), step=max(0, step - 1))
+            lg.log_metrics(flat_metrics(results), step=max(0, step - 1) if trained else step)
             lg.save()
 
     write_reports([results], out_dir / "eval", before_json=log)

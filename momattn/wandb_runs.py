@@ -210,7 +210,7 @@ def folder_group(folder: Path) -> str:
 def log_verdict(out_dir: Path, wandb_cfg: Mapping, who: str, tables: Mapping[str, Sequence[Mapping]],
                 images: Sequence[Path] = (), **init: Any) -> bool:
     """One W&B run holding a sweep's verdict, under train.py's rules (start_run): each table, a list of flat rows,
-    as a wandb.Table under its name, and each image under plots/<name>; False when no run starts."""
+    as a wandb.Table under verdict/<name>, and each image under plots/<name>; False when no run starts."""
     run = start_run(out_dir, wandb_cfg, who, group=wandb_cfg.get("group") or folder_group(out_dir),
                     tags=list(wandb_cfg.get("tags") or []), **init)
     if run is None:
@@ -221,7 +221,7 @@ def log_verdict(out_dir: Path, wandb_cfg: Mapping, who: str, tables: Mapping[str
         for key, rows in tables.items():
             if rows:
                 columns = list(dict.fromkeys(c for r in rows for c in r))  # every row's keys, first seen first
-                run.log({key: wandb.Table(columns=columns, data=[[_cell(r.get(c)) for c in columns] for r in rows])})
+                run.log({f"verdict/{key}": wandb.Table(columns=columns, data=[[_cell(r.get(c)) for c in columns] for r in rows])})
         for path in images:
             run.log({f"plots/{path.stem}": wandb.Image(str(path))})
         run_dir, offline = where(run)

@@ -448,3 +448,23 @@ def test_the_quiet_console_still_says_why_lightning_killed_a_ddp_process(monkeyp
     quiet_console()
     assert logging.getLogger("lightning.fabric.strategies.launchers.subprocess_script").isEnabledFor(logging.INFO)
     assert not logging.getLogger("lightning.fabric.utilities.distributed").isEnabledFor(logging.INFO)
+
+
+def test_an_analysis_w_and_b_run_carries_its_settings_and_its_seed(tmp_path, monkeypatch):
+    # two analyze.py runs of other seeds or learning-rate grids were one name and one config: {checkpoint, lr, shots}
+    from dataclasses import asdict
+    from types import SimpleNamespace
+
+    from momattn import wandb_runs
+    from momattn.analysis.config import AnalyzeConfig
+    from momattn.analysis.report import log_wandb
+
+    started = []
+    monkeypatch.setattr(wandb_runs, "start_run", lambda out, cfg, who, **init: started.append(init))
+    r = SimpleNamespace(task="sst2", attention="vanilla", checkpoint=None, lr=0.1, shots=2)
+    conf = AnalyzeConfig(ckpt_path="x.ckpt", task="sst2", seed=2, lrs=[0.1, 0.01])
+    assert log_wandb(r, tmp_path, {}, settings=asdict(conf)) is False  # (no run started: nothing logged)
+    (init,) = started
+    assert init["name"] == "sst2-vanilla seed 2" and init["job_type"] == "analyze"
+    assert init["config"]["seed"] == 2 and init["config"]["lrs"] == conf.lrs and "logger" not in init["config"]
+    assert init["config"]["lr"] == 0.1 and "train_run_id" in init["config"]

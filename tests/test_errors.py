@@ -559,6 +559,9 @@ def test_a_setting_lightning_would_fail_on_after_steps_of_training_is_refused_fi
     assert msg.endswith("""(quote a number: 'callbacks.model_checkpoint.filename="5"')""")
     msg = run_expecting(tmp_path, [*SMOKE, "logger=csv", "logger.csv.name=[a]"], ConfigError)
     assert msg == "logger.csv.name=['a'] must be a string or null"
+    for logger, value in (("wandb", "null"), ("csv", "5")):  # failed once the data and model were built, unnamed
+        msg = run_expecting(tmp_path, [*SMOKE, f"logger={logger}", f"logger.{logger}.save_dir={value}"], ConfigError)
+        assert msg.startswith(f"logger.{logger}.save_dir={'None' if value == 'null' else value} must be a folder path")
     msg = run_expecting(tmp_path, [*SMOKE, "logger=csv", "+logger.csv.nmae=x"], ConfigError)
     assert msg.startswith("logger.csv.nmae is not an argument of momattn.loggers.CSVLogger. Did you mean 'name'?")
     msg = run_expecting(tmp_path, [*SMOKE, "callbacks.model_checkpoint.filename='best-{step'"], ConfigError)

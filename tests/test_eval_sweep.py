@@ -435,7 +435,7 @@ def test_a_sweep_verdict_goes_to_one_wandb_run_as_tables(tmp_path, monkeypatch, 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     assert log_verdict(tmp_path, {}, "the sweep's verdict", tables, job_type="sweep-verdict", name="verdict-x")
-    (table,) = tmp_path.glob("wandb/offline-run-*/files/media/table/rows_*.table.json")
+    (table,) = tmp_path.glob("wandb/offline-run-*/files/media/table/verdict/rows_*.table.json")  # namespaced
     doc = json.loads(table.read_text())
     assert doc["columns"][:4] == ["setting", "attention", "metric", "mean"]
     seeds = doc["columns"].index("seeds")

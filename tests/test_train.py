@@ -194,8 +194,21 @@ def test_an_offline_wandb_row_is_keyed_by_the_global_step(tmp_path):
 
     logger, logged = wandb_logger(str(tmp_path), prefix="p"), []
     logger._experiment = SimpleNamespace(log=lambda row, step=None: logged.append((step, row)))
-    logger.log_metrics({"train/loss": 1.5}, step=7)
+    logger.log_metrics({"train/loss": 1.5, "epoch": 0}, step=7)  # Lightning's epoch: the one bare key, left out
     assert logged == [(7, {"p-train/loss": 1.5, "trainer/global_step": 7})]
+
+
+def test_an_online_wandb_row_is_keyed_by_the_global_step_too(tmp_path, monkeypatch):
+    # online, Lightning's plain WandbLogger made each logging call a _step of its own (2-4 partial rows per global
+    # step; a resume after a kill logged its repeated steps past the old end): offline's step-keyed logger, online
+    from momattn import loggers
+
+    monkeypatch.setattr(loggers, "wandb_offline", lambda offline: False)
+    monkeypatch.setattr(loggers, "require_api_key", lambda: None)
+    started = []
+    monkeypatch.setattr(loggers._StepWandbLogger, "experiment", property(lambda self: started.append(self)))
+    logger = loggers.wandb_logger(str(tmp_path))
+    assert started == [logger] and isinstance(logger, loggers._StepWandbLogger) and not logger._offline
 
 
 def test_a_run_shorter_than_the_logging_interval_says_so_once(tmp_path, capsys, recwarn):
@@ -719,6 +732,7 @@ def test_training_ends_with_the_short_evaluation_logged(tmp_path, monkeypatch):
     assert scored == read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] > 0
     header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "icl/sst2/acc" in header and "eval/ppl@32" in header
+    assert "epoch" not in header.split(",")  # Lightning's, always 0 (a run is one epoch), the one bare name
     rows = read_metrics(tmp_path)
     step_of = {k: {int(r["step"]) for r in rows if r.get(k)} for k in ("train/loss", "val/loss", "eval/ppl@32",
                                                                           "val/device/items_per_sec")}
@@ -1001,6 +1015,25 @@ def test_a_resumed_finished_run_is_evaluated_again_when_its_results_are_of_an_ea
                           ({"checkpoints": []}, None)):
         (tmp_path / "eval" / "results.json").write_text(json.dumps(doc))
         assert _evaluated_step(tmp_path) == expected
+
+
+def test_a_resume_that_trained_nothing_logs_its_evaluation_past_the_first_segments_last_row(tmp_path, monkeypatch):
+    # a SIGTERM at the last step leaves the evaluation to the resume, which logged it at step - 1, where the first
+    # segment's last validation is: W&B drops a resumed run's rows below the step it reached (found by review)
+    from momattn import training
+    from momattn.eval import report, runner
+
+    steps = []
+    logger = SimpleNamespace(log_metrics=lambda metrics, step: steps.append(step), save=lambda: None)
+    monkeypatch.setattr(runner, "evaluate_model", lambda *a, **k: SimpleNamespace(step=None))
+    monkeypatch.setattr(runner, "flat_metrics", lambda result: {"eval/ppl@32": 1.0})
+    monkeypatch.setattr(runner, "write_reports", lambda results, out, before_json: before_json())
+    monkeypatch.setattr(report, "markdown_report", lambda results: "")
+    model = SimpleNamespace(eval=lambda: model, config=SimpleNamespace(attention=SimpleNamespace(kind="vanilla")))
+    c = SimpleNamespace(resolved={}, eval=None)
+    training._evaluate(c, model, None, [logger], 6, tmp_path)  # trained: beside the final validation, at 5
+    training._evaluate(c, model, None, [logger], 6, tmp_path, trained=False)
+    assert steps == [5, 6]
 
 
 def test_the_summary_says_which_checkpoint_is_kept_and_never_best_none(tmp_path, capsys):

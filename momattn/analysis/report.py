@@ -179,22 +179,27 @@ def flat_metrics(r) -> dict[str, float]:
 
 
 def log_wandb(r, out_dir: Path, wandb_cfg: Mapping, tags: Sequence[str] = (), job: str | None = None,
-              group: str | None = None) -> bool:
+              group: str | None = None, settings: Mapping | None = None) -> bool:
     """One W&B run under train.py's rules (momattn.wandb_runs: offline unless wandb_cfg says offline: false or
     WANDB_MODE=online, none for WANDB_MODE=disabled, offline when W&B cannot be reached); False when there is no
     run (wandb cannot be imported, or WANDB_MODE=disabled). job: a sweep job's name (its runs were all named
     <task>-<attention>, so seeds could not be told apart), group: the sweep verdict's (where logger.wandb.group
-    names none); the run's folder is said, as train.py and evaluate.py say theirs."""
+    names none); settings: analyze.py's config, logged with the run (two runs of other seeds or grids had the same
+    name and config); the run's folder is said, as train.py and evaluate.py say theirs."""
     try:
         import wandb
     except ImportError:
         return False
+    from momattn.eval.runner import train_run_id_of
     from momattn.wandb_runs import start_run, where
 
+    given = {k: v for k, v in (settings or {}).items() if k not in ("logger", "paths", "ckpt_path", "sweep_dir")}
+    seed = f" seed {given['seed']}" if given.get("seed", 1) != 1 else ""  # the demonstrations drawn
     run = start_run(out_dir, wandb_cfg, "the analysis", job_type="analyze", group=wandb_cfg.get("group") or group,
                     tags=list(wandb_cfg.get("tags") or tags or []),  # logger.wandb.tags (${tags} by default)
-                    name=f"{r.task}-{r.attention}" + (f" job {job}" if job else ""),
-                    config={"checkpoint": r.checkpoint, "lr": r.lr, "shots": r.shots, **({"job": job} if job else {})})
+                    name=f"{r.task}-{r.attention}" + (f" job {job}" if job else "") + seed,
+                    config={**given, "checkpoint": r.checkpoint, "lr": r.lr, "shots": r.shots,
+                            "train_run_id": train_run_id_of(r.checkpoint), **({"job": job} if job else {})})
     if run is None:
         return False
     try:
@@ -202,7 +207,7 @@ def log_wandb(r, out_dir: Path, wandb_cfg: Mapping, tags: Sequence[str] = (), jo
         run.log(metrics)
         run.summary.update(metrics)
         if (out_dir / "per_layer.png").exists():
-            run.log({"per_layer": wandb.Image(str(out_dir / "per_layer.png"))})
+            run.log({"analyze/per_layer": wandb.Image(str(out_dir / "per_layer.png"))})
         run_dir, offline = where(run)
     finally:
         run.finish()

@@ -14,7 +14,7 @@ import logging
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -385,7 +385,7 @@ def run_analyze(cfg: Mapping, out_dir: str | Path | None = None) -> AnalysisResu
     result = analyze(model, tokenizer, dict(meta.get("config") or {}), conf, checkpoint=str(conf.ckpt_path))
     write_reports(result, out)
     if conf.logger and "wandb" in conf.logger:
-        log_wandb(result, out, conf.logger["wandb"], conf.tags)
+        log_wandb(result, out, conf.logger["wandb"], conf.tags, settings=asdict(conf))
     print((out / "results.md").read_text())
     print(f"reports written to {out}/ (results.json, results.md, per_layer.png)")
     return result

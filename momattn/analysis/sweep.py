@@ -293,8 +293,8 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
             write_reports(result, job_out)
             atomic_write_text(job_out / "settings.json", json_text(made, indent=2))
             if conf.logger and "wandb" in conf.logger:
-                log_wandb(result, job_out, conf.logger["wandb"], conf.tags, job=name,
-                          group=f"section4-{folder_group(sweep_dir)}")  # the seeds' verdict's run, below, is named so
+                log_wandb(result, job_out, conf.logger["wandb"], conf.tags, job=name,  # the group: the seeds'
+                          group=f"section4-{folder_group(sweep_dir)}", settings=asdict(conf))  # verdict's run's
         metrics[id(r)] = metrics_of(result)
         diverged[id(r)] = int(result.ft.get("n_diverged") or 0)
     failed += [f"{names[0]} ({why})" if len(names) == 1 else f"jobs {', '.join(names)} ({why})"

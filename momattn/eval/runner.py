@@ -283,12 +283,12 @@ def log_wandb(results: Sequence[ModelResult], out_dir: Path, wandb_cfg: Mapping)
     from momattn.wandb_runs import folder_group, start_run, where
 
     for r in results:
-        train_run = _train_run_id(r.checkpoint)  # the training run this checkpoint logged to, to find it by
+        train_run = train_run_id_of(r.checkpoint)  # the training run this checkpoint logged to, to find it by
         run = start_run(out_dir, wandb_cfg, f"the evaluation of {r.label}",
                         group=wandb_cfg.get("group") or folder_group(out_dir), tags=list(wandb_cfg.get("tags") or []),
                         job_type="evaluate", name=r.label,
-                        config={"checkpoint": r.checkpoint, "attention": r.attention, "eval": r.eval_config,
-                                "train_run_id": train_run})
+                        config={"checkpoint": r.checkpoint, "attention": r.attention, "model": r.model,  # eta etc.
+                                "step": r.step, "eval": r.eval_config, "train_run_id": train_run})
         if run is None:
             return
         try:
@@ -302,7 +302,7 @@ def log_wandb(results: Sequence[ModelResult], out_dir: Path, wandb_cfg: Mapping)
               + (f" (offline; upload with: wandb sync {run_dir})" if offline else ""), file=sys.stderr)
 
 
-def _train_run_id(checkpoint: str | None) -> str | None:
+def train_run_id_of(checkpoint: str | None) -> str | None:
     from momattn.checkpoint import read_meta
 
     try:

@@ -60,8 +60,7 @@ class ShardedFSDP(FSDPStrategy):
         if not path.is_dir():
             raise CheckpointError(
                 f"checkpoint '{path}' is a single file, written without FSDP; trainer=fsdp resumes only the sharded "
-                "folders it writes. Resume it with the strategy it was trained with (trainer=ddp or one device), or "
-                "start a new FSDP run from its weights")
+                "folders it writes. Resume it with the strategy it was trained with (trainer=ddp, or one device)")
         with safe_sharded_reads(path):
             return super().load_checkpoint(checkpoint_path, weights_only)
 

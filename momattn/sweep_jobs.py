@@ -94,7 +94,7 @@ def check_resume(sweep: Sweep, cwd: Path | None = None) -> None:
     clashes, first = [], ""
     for num, job in enumerate(sweep.jobs):
         ckpt = root / str(num) / "checkpoints" / "last.ckpt"
-        saved = _checkpoint_overrides(str(ckpt)) if ckpt.is_file() else []
+        saved = _checkpoint_overrides(str(ckpt)) if ckpt.exists() else []  # (FSDP's is a folder)
         if saved and (changed := changed_overrides(saved, job)):
             clashes.append(f"job {num} would resume {ckpt}, trained with {'; '.join(changed)}")
             first = first or (f"job {num}'s were: "

@@ -141,6 +141,11 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     if ckpt_path is None and earlier.exists() and os.environ.get("LOCAL_RANK", "0") == "0":  # cli's check's backstop
         raise folder_holds_a_run(out_dir, [earlier], "hydra.sweep.dir" if job.sweep_dir else "hydra.run.dir")
     resumed = read_meta(ckpt_path) if ckpt_path else {}
+    if resumed and not ckpt_path.is_dir() and "fsdp" in str(c.trainer.get("strategy")).lower():
+        # ShardedFSDP.load_checkpoint refuses it too, but inside fit: once per launched process
+        raise CheckpointError(f"checkpoint '{ckpt_path}' is a single file, written without FSDP; trainer=fsdp resumes "
+                              "only the sharded folders it writes. Resume it with the strategy it was trained with "
+                              "(trainer=ddp, or one device)")
     if resumed and not ckpt_path.is_dir() and "optimizer_states" not in resumed:
         raise CheckpointError(f"checkpoint '{ckpt_path}' holds the weights only (save_weights_only=true): it has no "
                               "optimizer, schedule or data position to resume training from. Evaluate it with "
@@ -701,7 +706,8 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
     ckpt_cb = trainer.checkpoint_callback
     best = getattr(ckpt_cb, "best_model_path", "") or None
     last = getattr(ckpt_cb, "last_model_path", "") or None
-    if ckpt_cb is None and (out_dir / "checkpoints" / "last.ckpt").is_file():  # a SIGTERM's, brought to the end
+    if ckpt_cb is None and (out_dir / "checkpoints" / "last.ckpt").exists():  # a SIGTERM's, brought to the end
+        # (FSDP's is a folder)
         last = str(out_dir / "checkpoints" / "last.ckpt")
     lines = [f"[momattn] done: {trainer.global_step} steps"]
     if "val/loss" in metrics:

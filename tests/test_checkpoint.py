@@ -18,7 +18,7 @@ from conftest import SMOKE, run_cli
 from momattn.callbacks import AtomicCheckpointIO
 from momattn.checkpoint import checkpoint_meta, load_checkpoint, read_checkpoint
 from momattn.data.datamodule import TokenDataModule
-from momattn.errors import CheckpointError
+from momattn.errors import CheckpointError, ConfigError
 from momattn.lit import LitGPT
 from momattn.model import GPT, GPTConfig
 from momattn.optim import OptimConfig
@@ -676,3 +676,17 @@ def test_a_resume_from_a_checkpoint_alone_refuses_its_foreign_command_line(tmp_p
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "its recorded command line (data._target_=os.system) names _target_=os.system" in r.stderr
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_reordered_sweep_of_fsdp_runs_is_refused_before_any_job_starts(tmp_path, monkeypatch):
+    # FSDP's last.ckpt is a folder: the check looked for a file, skipped it, and each job then refused itself inside
+    # Hydra's launcher (exit 1) after Hydra had rewritten job 0's .hydra/ with seed 2's values (found by review)
+    from momattn import cli
+    from momattn.sweep_jobs import Sweep, check_resume
+
+    for num in (0, 1):  # job N trained with seed N + 1
+        (tmp_path / "sw" / str(num) / "checkpoints" / "last.ckpt").mkdir(parents=True)  # a sharded folder
+    monkeypatch.setattr(cli, "_checkpoint_overrides", lambda ckpt: [f"seed={int(Path(ckpt).parents[1].name) + 1}"])
+    with pytest.raises(ConfigError, match=r"job 0 would resume .*sw/0/checkpoints/last.ckpt, trained with seed=1"):
+        check_resume(Sweep([["seed=2"], ["seed=1"]], "sw", "${hydra.job.num}"), cwd=tmp_path)
+    check_resume(Sweep([["seed=1"], ["seed=2"]], "sw", "${hydra.job.num}"), cwd=tmp_path)  # in its order: resumes

@@ -221,7 +221,8 @@ def _fp32_at_least(t: torch.Tensor) -> torch.Tensor:
 
 
 class MomentumAttention(CausalSelfAttention):
-    """The paper's MoAttn: softmax attention plus sum_{i<t} eta^(t-i) v_i per head (Dai et al. 2023, Sec. 5)."""
+    """The paper's MoAttn: softmax attention plus sum_{i<t} eta^(t-i) v_i (Dai et al. 2023, Sec. 5); per head and
+    before c_proj are this project's reading (the paper says neither; the authors' posted code adds before c_proj)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__(config)

@@ -761,13 +761,17 @@ def test_training_ends_with_the_short_evaluation_logged(tmp_path, monkeypatch):
 def test_reproduce_sweeps_both_recipes_every_attention_and_three_seeds_then_compares(tmp_path):
     cfg = compose_train(tmp_path, ["experiment=reproduce"])
     params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
-    assert params == {"recipe": ["ginc", "text"], "attention": ["vanilla", "momentum", "multirate_ema"],
+    assert params == {"recipe": ["ginc", "ginc_short", "text"], "attention": ["vanilla", "momentum", "multirate_ema"],
                       "seed": ["1", "2", "3"]}
     assert cfg.hydra.mode.name == "MULTIRUN" and cfg.hydra.callbacks.compare.run is True
     job = compose_train(tmp_path, ["experiment=reproduce", "recipe=ginc", "attention=momentum", "seed=2"])
     assert job.data._target_.endswith("GincCorpus") and job.tokenizer.kind == "source"
     assert (job.attention.kind, job.seed) == ("momentum", 2)
     assert compose_train(tmp_path, ["experiment=reproduce", "recipe=text"]).data._target_.endswith("StaiccCorpus")
+    # PAPER.md: the verdict should report a short and a long budget (momentum may learn faster rather than better)
+    short = compose_train(tmp_path, ["experiment=reproduce", "recipe=ginc_short"])
+    assert (short.trainer.max_steps, job.trainer.max_steps) == (400, 1500)
+    assert short.data == job.data and short.model == job.model and short.eval == job.eval  # the budget alone differs
 
 
 @pytest.mark.slow

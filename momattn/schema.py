@@ -98,7 +98,9 @@ def _type_checked(schema: type, node: dict, where: str) -> dict:
         elif "is not Optional" in msg or msg.startswith("Incompatible value 'None'"):  # data.paths=null: "field
             # 'paths' is not Optional" said nothing of what to do
             default = OmegaConf.select(base, str(key).split("[", 1)[0], default=None, throw_on_missing=False)
-            wanted = f"a list, e.g. {_key(where, key)}=[a,b]" if isinstance(default, ListConfig) else "a value"
+            shown = "[" + ",".join(map(str, OmegaConf.to_container(default))) + "]" \
+                if isinstance(default, ListConfig) and len(default) else "[a,b]"  # its default, where it has one
+            wanted = f"a list, e.g. {_key(where, key)}={shown}" if isinstance(default, ListConfig) else "a value"
             if isinstance(default, bool | int | float) or (isinstance(default, str) and default):
                 wanted += f", e.g. {_key(where, key)}={str(default).lower() if isinstance(default, bool) else default}"
             msg = f"null is not allowed here; give {wanted}"

@@ -18,6 +18,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
@@ -670,7 +671,7 @@ def _train_size(train) -> str:
 
 def _unigram(train, dm: TokenDataModule, world: int, vocab_size: int) -> float | None:
     """The unigram baseline, on the tokens val/ppl is measured on (the whole split read 1162.3 where its validated
-    windows read 1172.9); None for a stream: its train tokens are never all in one place."""
+    windows read 1172.8); None for a stream: its train tokens are never all in one place."""
     if isinstance(train, StreamWindows) or not len(targets := dm.validated_targets(world)):
         return None
     return unigram_ppl(train, targets, vocab_size)
@@ -767,13 +768,19 @@ def _check_evaluation(c: TrainConfig, model: GPT, tokenizer: Tokenizer) -> None:
         print(f"[momattn] the evaluation's tasks and corpus checked in {took:.0f}s", file=sys.stderr)
 
 
+def _evaluation_step(logger, step: int, trained: bool) -> int:
+    """The logged step of the evaluation after `step` optimizer steps: the final validation's, step - 1; in W&B,
+    when the process trained nothing (a resume of a run a SIGTERM stopped at its last step), `step`: W&B drops the
+    rows a resumed run logs below the step its first segment reached. (metrics.csv keeps step - 1: a row at the
+    checkpoint's step is cut by the next resume, which continues the file from that step.)"""
+    return step if not trained and isinstance(logger, WandbLogger) else max(0, step - 1)
+
+
 def _evaluate(c: TrainConfig, model: GPT, tokenizer: Tokenizer, loggers: list, step: int, out_dir: Path,
               trained: bool = True) -> None:
     """The short evaluation (train.yaml's eval section) of the model after `step` optimizer steps, logged next to
     the training curves at the final validation's step: the loggers' axis is the last trained batch's index
-    (train/loss of optimizer step n is at n - 1), not the count of optimizer steps. A resume that trained nothing
-    (a SIGTERM at the last step) logs it at `step`: W&B drops the rows a resumed run logs below the step it
-    reached, and the first segment reached step - 1 with its last validation."""
+    (train/loss of optimizer step n is at n - 1), not the count of optimizer steps (_evaluation_step)."""
     from momattn.eval.report import markdown_report
     from momattn.eval.runner import evaluate_model, flat_metrics, write_reports
 
@@ -783,7 +790,7 @@ def _evaluate(c: TrainConfig, model: GPT, tokenizer: Tokenizer, loggers: list, s
 
     def log() -> None:  # before results.json, which tells a resume that the evaluation is done
         for lg in loggers:  # eval/ppl@L, icl/<task>/acc, ...
-            lg.log_metrics(flat_metrics(results), step=max(0, step - 1) if trained else step)
+            lg.log_metrics(flat_metrics(results), step=_evaluation_step(lg, step, trained))
             lg.save()
 
     write_reports([results], out_dir / "eval", before_json=log)

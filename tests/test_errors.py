@@ -475,7 +475,9 @@ def test_null_for_a_key_that_needs_a_value_says_what_to_give(tmp_path):
     for override, says in (("data.paths=null", "data.paths: null is not allowed here; give a list, e.g. "
                                                "data.paths=[a,b]"),
                            ("model.n_layer=null", "model.n_layer: null is not allowed here; give a value, e.g. "
-                                                  "model.n_layer=")):
+                                                  "model.n_layer="),
+                           ("optim.betas=null", "optim.betas: null is not allowed here; give a list, e.g. "
+                                                "optim.betas=[0.9,0.95]")):
         base = ["debug=smoke", "data=text_files"] if override.startswith("data.") else SMOKE
         with pytest.raises(ConfigError, match="^" + re.escape(says)):
             load_train_config(compose_train(tmp_path, [*base, override]))

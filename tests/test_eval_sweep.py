@@ -617,6 +617,10 @@ def test_one_seed_has_no_std_and_a_task_named_like_a_perplexity_is_refused():
     assert is_ppl("ppl@64") and is_ppl("bpb@128") and not is_ppl("ppl@review/acc@k2")
     with pytest.raises(ConfigError, match=r"a task named 'ppl@review' would break its metric names"):
         resolve_tasks([{"name": "ppl@review", "path": "x.jsonl", "template": "{text}", "answers": ["a", "b"]}])
+    with pytest.raises(ConfigError, match=r"a task named 'AVG' would be logged as the average"):
+        resolve_tasks([{"name": "AVG", "path": "x.jsonl", "template": "{text}", "answers": ["a", "b"]}])
+    (task,) = resolve_tasks([{"name": "review@v2", "path": "x.jsonl", "template": "{text}", "answers": ["a", "b"]}])
+    assert task.name == "review@v2" and not is_ppl("review@v2/acc@k4")  # another '@' is a name like any other
 
 
 def test_a_rounding_residue_is_not_printed_as_minus_zero():

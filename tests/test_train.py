@@ -1021,23 +1021,28 @@ def test_a_resumed_finished_run_is_evaluated_again_when_its_results_are_of_an_ea
         assert _evaluated_step(tmp_path) == expected
 
 
-def test_a_resume_that_trained_nothing_logs_its_evaluation_past_the_first_segments_last_row(tmp_path, monkeypatch):
+def test_a_resume_that_trained_nothing_logs_its_evaluation_past_the_first_segments_last_w_and_b_row(tmp_path):
     # a SIGTERM at the last step leaves the evaluation to the resume, which logged it at step - 1, where the first
-    # segment's last validation is: W&B drops a resumed run's rows below the step it reached (found by review)
-    from momattn import training
-    from momattn.eval import report, runner
+    # segment's last validation is: W&B drops a resumed run's rows below the step it reached (found by review).
+    # metrics.csv keeps step - 1: a row at the checkpoint's step was cut by the next resume (found by review too)
+    from momattn.loggers import CSVLogger, wandb_logger
+    from momattn.training import _evaluation_step
 
-    steps = []
-    logger = SimpleNamespace(log_metrics=lambda metrics, step: steps.append(step), save=lambda: None)
-    monkeypatch.setattr(runner, "evaluate_model", lambda *a, **k: SimpleNamespace(step=None))
-    monkeypatch.setattr(runner, "flat_metrics", lambda result: {"eval/ppl@32": 1.0})
-    monkeypatch.setattr(runner, "write_reports", lambda results, out, before_json: before_json())
-    monkeypatch.setattr(report, "markdown_report", lambda results: "")
-    model = SimpleNamespace(eval=lambda: model, config=SimpleNamespace(attention=SimpleNamespace(kind="vanilla")))
-    c = SimpleNamespace(resolved={}, eval=None)
-    training._evaluate(c, model, None, [logger], 6, tmp_path)  # trained: beside the final validation, at 5
-    training._evaluate(c, model, None, [logger], 6, tmp_path, trained=False)
-    assert steps == [5, 6]
+    wandb, csv = wandb_logger(str(tmp_path)), CSVLogger(str(tmp_path))  # (neither starts a run until it logs)
+    assert [_evaluation_step(lg, 6, trained=True) for lg in (wandb, csv)] == [5, 5]  # beside the final validation
+    assert [_evaluation_step(lg, 6, trained=False) for lg in (wandb, csv)] == [6, 5]
+
+
+def test_an_evaluation_a_resume_logged_stays_in_metrics_csv_through_the_next_resume(tmp_path):
+    # a resume that trained nothing logged its evaluation at the checkpoint's step, and the next resume, which
+    # continues metrics.csv from that step, cut the row; the evaluation was done, so it was never logged again
+    base = [*SMOKE, "model.block_size=64", "trainer.max_steps=3", "logger=csv"]
+    run_train(compose_train(tmp_path, base))
+    ev = ["run_eval=true", "eval.ppl.max_windows=2", "eval.ppl.train=false", "eval.icl.tasks=[sst2]",
+          "eval.icl.shots=[0]", "eval.icl.max_examples=4", "ckpt_path=last"]
+    for _ in range(2):  # evaluates, then finds the evaluation done
+        run_train(compose_train(tmp_path, [*base, *ev]))
+        assert [int(r["step"]) for r in read_metrics(tmp_path) if r.get("icl/sst2/acc")] == [2]
 
 
 def test_the_summary_says_which_checkpoint_is_kept_and_never_best_none(tmp_path, capsys):

@@ -164,6 +164,9 @@ def same_text(doc: str) -> str:
     return " ".join(doc.split())
 
 
+_SAID: set[tuple] = set()  # the warnings given in this process
+
+
 @dataclass
 class TextFiles:
     """Your own corpus: .txt files (documents separated by blank lines; also .md and no suffix) and .jsonl files
@@ -185,7 +188,9 @@ class TextFiles:
         if not 0.0 < self.val_fraction < 1.0:
             raise DataError(f"data.val_fraction={self.val_fraction} must lie in (0, 1)")
         check_seed(self.seed)
-        if self.text_field != "text" and not any(Path(p).suffix.lower() in (".jsonl", ".json") for p in self.paths):
+        plain = not any(Path(p).suffix.lower() in (".jsonl", ".json") for p in self.paths)
+        if self.text_field != "text" and plain and (said := (self.text_field, *self.paths)) not in _SAID:
+            _SAID.add(said)  # once per process: a sweep's check of its jobs builds each job's source too
             print(f"[momattn] warning: data.text_field='{self.text_field}' is read from .jsonl and .json files only; "
                   "data.paths names none, so it is not used (a plain-text file's documents are its blank-line "
                   "separated paragraphs)", file=sys.stderr, flush=True)

@@ -57,6 +57,9 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed if epoch == 0 else int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
+_VAL_DOCS = 2_000  # data.val_docs' default
+
+
 @dataclass
 class StreamingHubCorpus:
     """A `datasets` corpus read with streaming=True: nothing is downloaded or stored beyond what is being read."""
@@ -70,7 +73,7 @@ class StreamingHubCorpus:
     revision: str | None = None  # a hub commit or tag: pin it, so a resume reads the same stream
     shuffle_buffer: int = 10_000  # documents shuffled in a buffer of this size (0: corpus order)
     seed: int = 1234
-    val_docs: int = 2_000  # validation documents (read once, cached like any corpus)
+    val_docs: int = _VAL_DOCS  # validation documents (read once, cached like any corpus)
     tokenizer_docs: int = 50_000  # documents a BPE tokenizer is trained on (tokenizer=bpe)
 
     def __post_init__(self):
@@ -97,8 +100,9 @@ class StreamingHubCorpus:
         starts the new one at its beginning (TokenDataModule). The files' contents are not read for it (a file
         rewritten in place, or an unpinned hub corpus updated, is not told apart)."""
         held = [self.val_docs, HELD_OUT_RULE] if self.val_split is None else []  # the rows left out of training
-        if local_val_split(self.val_split, self.data_files, self.name):  # val_docs decide the copies left out
-            held += [VAL_COPIES_RULE, self.val_docs]
+        if local_val_split(self.val_split, self.data_files, self.name):  # the copies left out, of the val_docs
+            # read: another val_docs is another stream (the default's key stays that of earlier releases)
+            held += [VAL_COPIES_RULE, *([self.val_docs] if self.val_docs != _VAL_DOCS else [])]
         return digest(["hf_stream", self.name, self.config, self.train_split, self.val_split, self.text_field,
                        self.data_files, self.revision, self.shuffle_buffer, self.seed, *held])
 

@@ -709,7 +709,7 @@ def sweep_plots(summaries: Sequence[SettingSummary], out: Path) -> list[Path]:
             save_figure(fig, path, dpi=110)
             plt.close(fig)
             written.append(path)
-        lengths = sorted({int(m.split("@")[1]) for row in s.rows.values() for m in row if m.startswith("ppl@")})
+        lengths = sorted({int(m.split("@")[1]) for row in s.rows.values() for m in row if re.fullmatch(r"ppl@\d+", m)})
         if lengths:
             fig, ax = plt.subplots(figsize=(4.5, 3.4))
             for att, row in s.rows.items():

@@ -564,9 +564,12 @@ def resolve_tasks(entries: Sequence[str | Mapping], key: str = "icl.tasks") -> l
                               f"{', '.join(TASK_SETS)}; a task file {files}; or a local file "
                               "{name, path, template, answers}")
     names = [t.name for t in tasks]
-    if bad := next((n for n in names if n.lower() == "avg" or "/" in n or "@" in n), None):  # icl/<task>/acc
+    def looks_like_ppl(n: str) -> bool:  # ppl@review/acc@k2 was judged as a perplexity
+        return re.match(r"(ppl|bpb)@", n.lower()) is not None
+
+    if bad := next((n for n in names if n.lower() == "avg" or "/" in n or looks_like_ppl(n)), None):
         raise ConfigError(f"{key}: a task named '{bad}' " + ("would be logged as the average over the tasks "
-                          "(icl/avg/...), which replaced it" if "/" not in bad and "@" not in bad else
+                          "(icl/avg/...), which replaced it" if bad.lower() == "avg" else
                           "would break its metric names (icl/<task>/acc; ppl@N is a perplexity)")
                           + "; give it another name")
     dup = next((n for n in names if names.count(n) > 1), None)

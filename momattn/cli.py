@@ -292,6 +292,10 @@ def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]
             # accepted and ignored (found by fuzzing): they serve the logger's interpolations only
             raise ConfigError(f"{o.input_line}: {config_name}.py writes its reports into its run folder, "
                               "hydra.run.dir (paths.output_dir follows it); give hydra.run.dir=<folder> instead")
+        if config_name in ("evaluate", "analyze") and name == "paths.cache_dir":  # accepted and ignored too
+            raise ConfigError(f"{o.input_line}: {config_name}.py does not read paths.cache_dir"
+                              + ("; its token cache is cache_dir=<folder>" if config_name == "evaluate" else
+                                 " (it keeps no token cache)"))
         if name in groups and o.package is None and name not in _default_choices(config_name):
             # Hydra: "Could not override 'model'. No match in the defaults list. To append ... use +model=small",
             # advice that fails too (evaluate.py reads the model from the checkpoint)

@@ -202,6 +202,8 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
         raise ConfigError(f"trainer.use_distributed_sampler={trainer['use_distributed_sampler']!r}: momattn shards "
                           "the training stream by rank itself, resumably (momattn/data/datamodule.py); a "
                           "DistributedSampler on top would drop or repeat samples. Leave it false")
+    if (given := trainer.get("accelerator")) is not None and not isinstance(given, str):  # 123 or [cpu]: a traceback
+        raise ConfigError(f"trainer.accelerator={given!r} must be one of auto, cpu, gpu, cuda, mps, tpu")  # (in .lower())
     accelerator = str(trainer.get("accelerator") or "auto").lower()
     if accelerator in ("gpu", "cuda") and not _cuda_available():  # before any tokenizing or data building
         raise ConfigError(f"trainer.accelerator={accelerator} but this machine has no CUDA GPU "
@@ -455,6 +457,9 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
         raise empty_ckpt_path(run.ckpt_path)
     if run.dist_timeout_s < 1:
         raise ConfigError(f"dist_timeout_s={run.dist_timeout_s}: the seconds to wait for every node must be >= 1")
+    if not str((raw.get("paths") or {}).get("output_dir", ".") or "").strip():  # its '/checkpoints' was blamed
+        raise ConfigError("paths.output_dir is empty: it is the run folder; leave it (it follows hydra.run.dir), or "
+                          "give the run folder with hydra.run.dir=<folder>")
     attention = typed(AttentionConfig, raw.get("attention"), "attention")
     # attention=vanilla +attention.eta=0.9 trained vanilla, eta unused
     _check_kind_keys("attention", raw.get("attention"), ATTENTION_SETTINGS, attention.kind, "{kinds} attention",
@@ -600,6 +605,13 @@ def _check_own_folders(c: TrainConfig) -> None:
 
     disk = "put the run folder there: hydra.run.dir=/disk/run (hydra.sweep.dir=/disk/sweep for a sweep)"
     for name, conf in (c.callbacks or {}).items():
+        filename = conf.get("filename") if isinstance(conf, Mapping) else None
+        if isinstance(filename, str) and (Path(filename).is_absolute() or ".." in Path(filename).parts):
+            # '../../esc-{step}' or '/x/best': the best checkpoint was written outside the run folder, shared by every
+            # run given it, where resuming and evaluate.py do not look
+            raise ConfigError(f"callbacks.{name}.filename='{filename}' leads out of its checkpoint folder: every run "
+                              "given it writes there, over each other's; name a file inside the folder, e.g. "
+                              "'best-{step}' (to keep checkpoints on another disk, " + disk + ")")
         where = conf.get("dirpath") if isinstance(conf, Mapping) else None
         if not isinstance(where, str):
             continue

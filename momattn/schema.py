@@ -15,6 +15,7 @@ import re
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -181,6 +182,11 @@ def locate(path: str, where: str) -> Any:
 def check_arguments(conf: Mapping, where: str) -> None:
     """Every key of a `_target_` mapping is an argument its target takes: checked before any work (a key added
     with +trainer.precison=... failed only at instantiate, after the tokenizer, the data and the model)."""
+    if isinstance(conf, Mapping) and "_target_" in conf and not str(conf["_target_"] or "").strip():
+        # trainer._target_= was Hydra's "Empty path" after the data and model were built
+        example = {"trainer": "lightning.pytorch.Trainer", "logger": "momattn.loggers.CSVLogger"}.get(
+            where.split(".")[0], "lightning.pytorch.callbacks.ModelCheckpoint")
+        raise ConfigError(f"{where}._target_ is empty; name the class to build, e.g. {example}, or leave the default")
     if not isinstance(conf, Mapping) or not conf.get("_target_"):  # +callbacks.x=y: instantiate says it is a str
         return
     target = locate(conf["_target_"], f"{where}._target_")
@@ -210,6 +216,32 @@ def check_arguments(conf: Mapping, where: str) -> None:
             quoted = f" (quote a number: '{_key(where, key)}=\"{value}\"')" if number else ""
             raise ConfigError(f"{_key(where, key)}={value!r} must be a string"
                               f"{' or null' if text == 'optional' else ''}{quoted}")
+        if (kinds := _scalars(params[key].annotation)) and not _is_one_of(value, kinds):
+            # save_top_k=1.5, every_n_train_steps=nan (no best checkpoint, in silence), version=[1], dirpath=123
+            # (a TypeError deep inside Lightning, not naming the key)
+            names = {int: "an integer", str: "a string", Path: "a path", type(None): "null"}
+            wanted = " or ".join(dict.fromkeys(names[k] for k in kinds if k is not str or Path not in kinds))
+            quoted = f" (quote it: '{_key(where, key)}=\"{value}\"')" if str in kinds and isinstance(
+                value, int | float) and not isinstance(value, bool) else ""
+            raise ConfigError(f"{_key(where, key)}={value!r} must be {wanted}{quoted}")
+
+
+def _scalars(annotation: Any) -> tuple | None:
+    """The types an argument typed with int, str, Path and None only takes (Optional[int]: (int, NoneType)),
+    where int or Path is among them; None for any other annotation (floats, bools and the rest have their own
+    checks, or none)."""
+    parts = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
+        else (annotation,)
+    if not parts or not all(p in (int, str, Path, type(None)) for p in parts) or not ({int, Path} & set(parts)):
+        return None
+    return tuple(parts)
+
+
+def _is_one_of(value: Any, kinds: tuple) -> bool:
+    if isinstance(value, bool):  # an int to Python, not to a user who typed true
+        return False
+    return (value is None and type(None) in kinds) or (isinstance(value, int) and int in kinds) or (
+        isinstance(value, str) and (str in kinds or Path in kinds)) or (isinstance(value, Path) and Path in kinds)
 
 
 def _alone(annotation: Any, kind: type) -> str | None:

@@ -460,7 +460,7 @@ def _no_join(e: BaseException, c: TrainConfig) -> str:
 
 
 def _throughput_monitor(c: TrainConfig) -> Throughput:
-    window = max(2, min(20, int(c.trainer.get("log_every_n_steps", 50))))
+    window = max(2, min(20, int(c.trainer.get("log_every_n_steps") or 50)))  # null: Lightning's 50
     return Throughput(batch_size_fn=lambda b: b[0].size(0), length_fn=lambda b: b[0].numel(), window_size=window,
                       peak_record=c.cache_dir / "cpu_peak_flops.json")
 

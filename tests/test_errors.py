@@ -121,7 +121,7 @@ def test_a_key_that_only_some_options_of_a_swept_group_have_is_named_with_those_
         check(["attention=vanilla,momentum", "+attention.eta=0.3"])
     check(["attention=momentum", "attention.eta=0.1,0.3", "seed=1,2"])  # one group option: fine
     check(["attention=momentum,multirate_ema", "optim.lr=1e-3"])  # a key every option has: fine
-    assert len(plan_sweep("train", ["experiment=reproduce"]).jobs) == 18  # Hydra's own crossing: 2 x 3 x 3
+    assert len(plan_sweep("train", ["experiment=reproduce"]).jobs) == 27  # Hydra's own crossing: 3 x 3 x 3
     assert plan_sweep("train", ["hparams_search=optuna"]) is None  # Optuna picks its trials as it goes
 
 
@@ -529,6 +529,11 @@ def test_adding_a_key_that_exists_or_deleting_one_that_does_not_is_one_line():
         with pytest.raises(ConfigError, match=rf"^paths.output_dir=/x: {tool}.py writes its reports into its run "
                                               r"folder, hydra.run.dir .*give hydra.run.dir=<folder> instead$"):
             check_overrides(tool, ["paths.output_dir=/x"])
+    with pytest.raises(ConfigError, match=r"^paths.cache_dir=/c: evaluate.py does not read paths.cache_dir; its "
+                                          r"token cache is cache_dir=<folder>$"):
+        check_overrides("evaluate", ["paths.cache_dir=/c"])  # accepted and ignored too (found by fuzzing)
+    with pytest.raises(ConfigError, match=r"^paths.cache_dir=/c: analyze.py does not read paths.cache_dir"):
+        check_overrides("analyze", ["paths.cache_dir=/c"])
     for fine in (["eval.icl.tasks=[sst2]", "eval.icl={enabled:false}", "eval.icl.tasks=null", "model.n_layer=2"],
                  ["paths.output_dir=/tmp/x"]):
         check_overrides("train", fine)
@@ -538,6 +543,32 @@ def run_expecting(tmp_path, overrides, error=UserError):
     with pytest.raises(error) as info:
         run_train(compose_train(tmp_path, overrides))
     return str(info.value)
+
+
+def test_values_a_config_fuzz_found_taken_in_silence_or_failing_late_are_named(tmp_path):
+    # found by fuzzing every leaf: each ran (no best checkpoint ever written; metrics in csv/version_[1]/; the best
+    # checkpoint two folders up, shared by every run given it), or failed after the data and model were built with
+    # a TypeError that named no key, or a traceback
+    for override, said in (
+            ("callbacks.model_checkpoint.filename='../../esc-{step}'",
+             "callbacks.model_checkpoint.filename='../../esc-{step}' leads out of its checkpoint folder"),
+            ("callbacks.model_checkpoint.every_n_train_steps=nan",
+             "callbacks.model_checkpoint.every_n_train_steps=nan must be an integer or null"),
+            ("callbacks.model_checkpoint.save_top_k=1.5", "callbacks.model_checkpoint.save_top_k=1.5 must be an integer"),
+            ("callbacks.model_checkpoint.save_top_k=true", "callbacks.model_checkpoint.save_top_k=True must be an "
+                                                          "integer"),
+            ("callbacks.model_checkpoint.dirpath=123", "callbacks.model_checkpoint.dirpath=123 must be a path or null "
+                                                       "(quote it"),
+            ("trainer.accelerator=123", "trainer.accelerator=123 must be one of auto, cpu, gpu, cuda, mps, tpu"),
+            ("paths.output_dir=", "paths.output_dir is empty: it is the run folder"),
+            ("trainer._target_=", "trainer._target_ is empty; name the class to build, e.g. lightning.pytorch.Trainer"),
+            ("logger.csv.version=[1]", "logger.csv.version=[1] must be an integer or a string or null")):
+        extra = ["logger=csv"] if override.startswith("logger.csv") else []
+        assert run_expecting(tmp_path, [*SMOKE, *extra, override], ConfigError).startswith(said), override
+    assert run_train(compose_train(tmp_path / "log", [*SMOKE, "trainer.max_steps=2", "trainer.log_every_n_steps=null",
+                                                      "callbacks.model_checkpoint.filename='sub/best-{step}'",
+                                                      "logger=csv", "logger.csv.version=3"])) is not None  # (null:
+    # Lightning's 50; was int(None) in the throughput monitor, exit 1); a subfolder of the checkpoints is inside them
 
 
 def test_lightnings_own_refusals_come_before_the_tokenizer_and_token_cache_are_built(tmp_path):

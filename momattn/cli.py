@@ -876,6 +876,18 @@ def unwritable(e: OSError) -> UserError | None:
                      "written before it are complete)")
 
 
+def name_too_long(e: OSError) -> UserError | None:
+    """A path with a part longer than the filesystem takes (255 bytes on most), read or written, as one line; None
+    for any other OSError. The settings that give a path are checked at start-up (config._check_name_lengths):
+    this catches the rest (a task file, a checkpoint path on the command line)."""
+    if e.errno != errno.ENAMETOOLONG:
+        return None
+    name = str(e.filename or "")
+    shown = name if len(name) <= 120 else f"{name[:60]}...{name[-40:]} ({len(name)} characters)"
+    return UserError(f"a file or folder name is longer than the filesystem takes: '{shown}'; shorten the setting "
+                     "that gives it")
+
+
 def report(e: UserError, hydra: bool = True) -> None:
     hint = "\n(set HYDRA_FULL_ERROR=1 for the full traceback)" if hydra else ""
     print(f"\nerror: {e}{hint}", file=sys.stderr, flush=True)
@@ -952,7 +964,7 @@ def hydra_main(config_name: str):
                     try:
                         return fn(cfg)
                     except OSError as e:  # a report or table that cannot be written, after the work
-                        if (err := unwritable(e)) is None:
+                        if (err := unwritable(e) or name_too_long(e)) is None:
                             raise
                         raise err from e  # HYDRA_FULL_ERROR=1 shows where it failed
                 except UserError as e:
@@ -1019,6 +1031,11 @@ def hydra_main(config_name: str):
                     check_output_dir(given, multirun=multirun)
             except UserError as e:
                 report(e)
+                sys.exit(2)
+            except OSError as e:  # ckpt_path=<a 300-character name>: a traceback from the checks' own probes
+                if (err := name_too_long(e)) is None:
+                    raise
+                report(err)
                 sys.exit(2)
             restore = keep_run_config(given) if config_name == "train" and not multirun and not info else None
             try:

@@ -460,6 +460,15 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
     if not str((raw.get("paths") or {}).get("output_dir", ".") or "").strip():  # its '/checkpoints' was blamed
         raise ConfigError("paths.output_dir is empty: it is the run folder; leave it (it follows hydra.run.dir), or "
                           "give the run folder with hydra.run.dir=<folder>")
+    for section, key in (("paths", "cache_dir"), ("data", "cache_dir")):  # '' was read as unset: the default cache
+        if isinstance(value := (raw.get(section) or {}).get(key), str) and not value.strip():
+            raise ConfigError(f"{section}.{key} is empty" + (" (or MOMATTN_CACHE is set to nothing)" if section ==
+                              "paths" else "") + "; give a folder, or null for the default (MOMATTN_CACHE, else "
+                              "~/.cache/momattn)")
+    for name, conf in (raw.get("callbacks") or {}).items():  # '' was Lightning's default name, in silence
+        if isinstance(conf, Mapping) and isinstance(conf.get("filename"), str) and not conf["filename"].strip():
+            raise ConfigError(f"callbacks.{name}.filename is empty; give a name such as 'best-{{step}}', or null for "
+                              "Lightning's default")
     attention = typed(AttentionConfig, raw.get("attention"), "attention")
     # attention=vanilla +attention.eta=0.9 trained vanilla, eta unused
     _check_kind_keys("attention", raw.get("attention"), ATTENTION_SETTINGS, attention.kind, "{kinds} attention",
@@ -573,6 +582,9 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
     return c
 
 
+NAME_MAX = 255  # bytes in one file or folder name (ext4, xfs, btrfs, APFS, NTFS's 255 characters)
+
+
 def _check_folders(c: TrainConfig) -> None:
     """The folders a run writes (the token and tokenizer cache, its output, checkpoint and logger folders) can be
     made and written: each failed inside training (a file in the cache's place: NotADirectoryError after the
@@ -584,6 +596,16 @@ def _check_folders(c: TrainConfig) -> None:
         for name, conf in (entries or {}).items():
             if isinstance(conf, Mapping) and isinstance(conf.get(field_), str):
                 folders[f"{group}.{name}.{field_}"] = Path(conf[field_]).expanduser()
+    names = dict(folders)  # and the names a run writes under them, which failed at the first checkpoint save
+    for group, entries, fields in (("callbacks", c.callbacks, ("filename",)), ("logger", c.logger, ("name", "version"))):
+        for name, conf in (entries or {}).items():
+            for field_ in fields:
+                if isinstance(conf, Mapping) and isinstance(conf.get(field_), str):
+                    names[f"{group}.{name}.{field_}"] = Path(conf[field_])
+    for key, path in names.items():
+        if long := next((part for part in path.parts if len(part.encode()) > NAME_MAX), None):
+            raise ConfigError(f"{key}: the name '{long[:40]}...' ({len(long.encode())} bytes) is longer than a "
+                              f"file or folder name may be ({NAME_MAX} bytes on most filesystems); shorten it")
     for key, path in folders.items():
         _check_folder(key, path)
     _check_own_folders(c)

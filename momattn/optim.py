@@ -47,6 +47,17 @@ class OptimConfig:
         for name, value, ok, want in checks:
             if not ok:
                 raise ConfigError(f"optim.{name}={value} must be {want}")
+        # finite but absurd, as inf was (found by fuzzing): eps=1e30 made every Adam step ~0 and trained nothing in
+        # silence; lr x weight_decay >= 1 scales the weights by 1 - lr * wd <= 0 each step (1000: sign flips, 1e30:
+        # a nan loss blamed on the learning rate)
+        if self.eps >= 1:
+            raise ConfigError(f"optim.eps={self.eps} must be < 1 (it is added to Adam's sqrt(v), the size of a "
+                              "gradient: at 1 or more every step shrinks towards 0); the usual values are 1e-8 to 1e-6")
+        if self.lr * self.weight_decay >= 1:
+            raise ConfigError(f"optim.weight_decay={self.weight_decay} with optim.lr={self.lr}: AdamW scales the "
+                              f"weights by 1 - lr x weight_decay = {1 - self.lr * self.weight_decay:.3g} each step, "
+                              "which zeroes or flips them; lr x weight_decay must be < 1 (the usual weight_decay is "
+                              "0.01 to 0.1)")
 
 
 def lr_lambda(step: int, o: OptimConfig, max_steps: int) -> float:

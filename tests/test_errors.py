@@ -562,7 +562,12 @@ def test_values_a_config_fuzz_found_taken_in_silence_or_failing_late_are_named(t
             ("trainer.accelerator=123", "trainer.accelerator=123 must be one of auto, cpu, gpu, cuda, mps, tpu"),
             ("paths.output_dir=", "paths.output_dir is empty: it is the run folder"),
             ("trainer._target_=", "trainer._target_ is empty; name the class to build, e.g. lightning.pytorch.Trainer"),
-            ("logger.csv.version=[1]", "logger.csv.version=[1] must be an integer or a string or null")):
+            ("logger.csv.version=[1]", "logger.csv.version=[1] must be an integer or a string or null"),
+            ("data.cache_dir=", "data.cache_dir is empty; give a folder, or null for the default"),  # was the default
+            ("callbacks.model_checkpoint.filename=", "callbacks.model_checkpoint.filename is empty"),  # Lightning's
+            ("callbacks.model_checkpoint.filename=" + "x" * 300, "callbacks.model_checkpoint.filename: the name "
+                                                                  "'xxxx"),  # OSError at the first save, steps lost
+            ("logger.csv.name=" + "x" * 300, "logger.csv.name: the name 'xxx")):
         extra = ["logger=csv"] if override.startswith("logger.csv") else []
         assert run_expecting(tmp_path, [*SMOKE, *extra, override], ConfigError).startswith(said), override
     assert run_train(compose_train(tmp_path / "log", [*SMOKE, "trainer.max_steps=2", "trainer.log_every_n_steps=null",
@@ -1341,3 +1346,14 @@ def test_ctrl_c_before_training_starts_says_how_to_go_on(tmp_path, monkeypatch, 
     assert e.value.code == 130 and "Traceback" not in err
     assert (f"interrupted (Ctrl-C): no checkpoint was written yet. Resume with: python train.py ckpt_path=last "
             f"hydra.run.dir={out}") in err
+
+
+def test_a_name_longer_than_the_filesystem_takes_is_one_line(tmp_path):
+    # a 300-character name was OSError [Errno 36] from the start-up checks' own probes (exit 1, a traceback), in
+    # every entry point; settings that give a run's folders and files are named at start-up (test above)
+    long = tmp_path / ("x" * 300)
+    for script, args in (("train.py", [*SMOKE, f"ckpt_path={long}"]), ("evaluate.py", [f"ckpt_paths=[{long}]"])):
+        r = run_cli(script, [*args, f"hydra.run.dir={tmp_path / script}"], tmp_path)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert "error: a file or folder name is longer than the filesystem takes: '" in r.stderr
+        assert "(305 characters)" not in r.stderr and f"({len(str(long))} characters)" in r.stderr

@@ -132,6 +132,14 @@ def test_optim_config_bounds():
             with pytest.raises(ConfigError, match=rf"optim\.{key}={bad} must be finite"):
                 OptimConfig(**{key: bad})
     OptimConfig(grad_clip=None), OptimConfig(grad_clip=0.0), OptimConfig(weight_decay=0.0)
+    # finite but as absurd (found by fuzzing): eps=1e30 trained nothing in silence, weight_decay=1000 flipped the
+    # weights' sign each step, 1e30 made the loss nan and blamed the learning rate
+    with pytest.raises(ConfigError, match=r"^optim.eps=1e\+30 must be < 1"):
+        OptimConfig(eps=1e30)
+    with pytest.raises(ConfigError, match=r"^optim.weight_decay=1000(.0)? with optim.lr=0.002: AdamW scales the weights "
+                                          r"by 1 - lr x weight_decay = -1 each step"):
+        OptimConfig(weight_decay=1000.0)
+    OptimConfig(eps=1e-3), OptimConfig(lr=1.0, weight_decay=0.5)  # unusual, not absurd
 
 
 def test_the_optimizer_takes_betas_eps_and_lr_from_the_config():

@@ -878,7 +878,7 @@ def unwritable(e: OSError) -> UserError | None:
 
 def name_too_long(e: OSError) -> UserError | None:
     """A path with a part longer than the filesystem takes (255 bytes on most), read or written, as one line; None
-    for any other OSError. The settings that give a path are checked at start-up (config._check_name_lengths):
+    for any other OSError. The run's own folders and file names are checked at start-up (config._check_folders):
     this catches the rest (a task file, a checkpoint path on the command line)."""
     if e.errno != errno.ENAMETOOLONG:
         return None

@@ -465,10 +465,6 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
             raise ConfigError(f"{section}.{key} is empty" + (" (or MOMATTN_CACHE is set to nothing)" if section ==
                               "paths" else "") + "; give a folder, or null for the default (MOMATTN_CACHE, else "
                               "~/.cache/momattn)")
-    for name, conf in (raw.get("callbacks") or {}).items():  # '' was Lightning's default name, in silence
-        if isinstance(conf, Mapping) and isinstance(conf.get("filename"), str) and not conf["filename"].strip():
-            raise ConfigError(f"callbacks.{name}.filename is empty; give a name such as 'best-{{step}}', or null for "
-                              "Lightning's default")
     attention = typed(AttentionConfig, raw.get("attention"), "attention")
     # attention=vanilla +attention.eta=0.9 trained vanilla, eta unused
     _check_kind_keys("attention", raw.get("attention"), ATTENTION_SETTINGS, attention.kind, "{kinds} attention",
@@ -628,6 +624,9 @@ def _check_own_folders(c: TrainConfig) -> None:
     disk = "put the run folder there: hydra.run.dir=/disk/run (hydra.sweep.dir=/disk/sweep for a sweep)"
     for name, conf in (c.callbacks or {}).items():
         filename = conf.get("filename") if isinstance(conf, Mapping) else None
+        if isinstance(filename, str) and not filename.strip():  # '' was Lightning's default name, in silence
+            raise ConfigError(f"callbacks.{name}.filename is empty; give a name such as 'best-{{step}}', or null for "
+                              "Lightning's default")
         if isinstance(filename, str) and (Path(filename).is_absolute() or ".." in Path(filename).parts):
             # '../../esc-{step}' or '/x/best': the best checkpoint was written outside the run folder, shared by every
             # run given it, where resuming and evaluate.py do not look

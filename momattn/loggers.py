@@ -27,6 +27,11 @@ def _without_anonymous(logger: WandbLogger) -> WandbLogger:
     return logger
 
 
+def _namespaced(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The metrics less Lightning's `epoch` (always 0: a run is one epoch), the one name without a namespace."""
+    return {k: v for k, v in metrics.items() if k != "epoch"}
+
+
 class _StepWandbLogger(WandbLogger):
     """Lightning's WandbLogger with W&B's own step (_step) set to the trainer's global step, online and offline.
     An offline run cannot resume its W&B run (W&B resumes online only), so a resumed run's second segment restarted
@@ -37,8 +42,7 @@ class _StepWandbLogger(WandbLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        metrics = {k: v for k, v in metrics.items() if k != "epoch"}
-        if not metrics:
+        if not (metrics := _namespaced(metrics)):
             return None
         if step is None:
             return super().log_metrics(metrics, step)
@@ -135,8 +139,7 @@ class CSVLogger(_LightningCSVLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        # Lightning's `epoch` column (always 0: a run is one epoch), the one without a namespace
-        if metrics := {k: v for k, v in metrics.items() if k != "epoch"}:
+        if metrics := _namespaced(metrics):
             super().log_metrics(metrics, step)
 
     @property

@@ -99,27 +99,33 @@ def _type_checked(schema: type, node: dict, where: str) -> dict:
         elif "is not Optional" in msg or msg.startswith("Incompatible value 'None'"):  # data.paths=null: "field
             # 'paths' is not Optional" said nothing of what to do
             default = OmegaConf.select(base, str(key).split("[", 1)[0], default=None, throw_on_missing=False)
-            shown = "[" + ",".join(map(str, OmegaConf.to_container(default))) + "]" \
-                if isinstance(default, ListConfig) and len(default) else "[a,b]"  # its default, where it has one
-            wanted = f"a list, e.g. {_key(where, key)}={shown}" if isinstance(default, ListConfig) else "a value"
-            if isinstance(default, bool | int | float) or (isinstance(default, str) and default):
-                wanted += f", e.g. {_key(where, key)}={str(default).lower() if isinstance(default, bool) else default}"
+            if isinstance(default, ListConfig):
+                wanted = f"a list, e.g. {_key(where, key)}={_typed_form(default) if len(default) else '[a,b]'}"
+            else:
+                wanted = "a value" + (f", e.g. {_key(where, key)}={shown}" if (shown := _typed_form(default)) else "")
             msg = f"null is not allowed here; give {wanted}"
         elif "is not a valid bool" in msg:
             msg += f"; use {_key(where, key)}=true or false"
         elif "could not be converted to" in msg:  # e.g. model.n_layer=abc: the default shows the form wanted
             name = str(key).split("[", 1)[0]  # an entry of a list (optim.betas[0]): the whole list is what one types
-            default = OmegaConf.select(base, name, default=None, throw_on_missing=False)
-            if isinstance(default, ListConfig):
-                default = "[" + ",".join(map(str, OmegaConf.to_container(default))) + "]"
-            if isinstance(default, bool | int | float) or (isinstance(default, str) and default):
-                msg += f"; e.g. {_key(where, name)}={str(default).lower() if isinstance(default, bool) else default}"
+            if shown := _typed_form(OmegaConf.select(base, name, default=None, throw_on_missing=False)):
+                msg += f"; e.g. {_key(where, name)}={shown}"
         raise ConfigError(f"{_key(where, key)}: {msg}") from None
     except OmegaConfBaseException as e:
         raise ConfigError(f"{where or 'config'}: {str(e).splitlines()[0]}") from None
     plain = OmegaConf.to_container(merged, resolve=True)
     _scalar_lists_checked(schema, plain, node, where)
     return {k: plain[k] for k in node}
+
+
+def _typed_form(default: Any) -> str | None:
+    """A schema default as one types it on the command line ([0.9,0.95], true, 4, cosine); None where it shows
+    nothing (null, an empty string)."""
+    if isinstance(default, ListConfig):
+        return "[" + ",".join(map(str, OmegaConf.to_container(default))) + "]"
+    if isinstance(default, bool):
+        return str(default).lower()
+    return str(default) if isinstance(default, int | float) or (isinstance(default, str) and default) else None
 
 
 def _scalar_lists_checked(schema: type, plain: dict, node: dict, where: str) -> None:

@@ -661,13 +661,18 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _band(row: Mapping) -> float:
+    """A seed row's std as a plot's band: 0 (no band) for one seed, whose std is None."""
+    return row["std"] or 0.0
+
+
 def _curves(row: Mapping[str, Mapping]) -> dict[str, list[tuple[int, float, float, int]]]:
     """task -> [(k, mean, std, n)] sorted by k, from metric names '<task>/acc@k<k>' (numeric k only)."""
     out: dict[str, list] = defaultdict(list)
     for m, v in row.items():
         task, _, k = m.partition("/acc@k")
         if k.isdigit():
-            out[task].append((int(k), v["mean"], v["std"] or 0.0, v["n"]))  # one seed: no band
+            out[task].append((int(k), v["mean"], _band(v), v["n"]))
     return {t: sorted(c) for t, c in out.items()}
 
 
@@ -715,7 +720,7 @@ def sweep_plots(summaries: Sequence[SettingSummary], out: Path) -> list[Path]:
             for att, row in s.rows.items():
                 pts = [(n, row[f"ppl@{n}"]) for n in lengths if f"ppl@{n}" in row]
                 if pts:
-                    ax.errorbar([n for n, _ in pts], [v["mean"] for _, v in pts], yerr=[v["std"] or 0.0 for _, v in pts],
+                    ax.errorbar([n for n, _ in pts], [v["mean"] for _, v in pts], yerr=[_band(v) for _, v in pts],
                                 marker="o", capsize=3, label=att)
             ax.set_xscale("log", base=2)
             ax.set_xlabel("evaluation length (tokens)")
@@ -771,16 +776,16 @@ def eta_plot(s: SettingSummary, path: Path) -> Path | None:
     for ax, (metric, label) in zip(axes[0], panels):
         scale = 1.0 if metric.startswith("ppl@") else 100.0
         pts = [(e, s.rows[att][metric]) for e, att in fixed if metric in s.rows[att]]
-        ax.errorbar([e for e, _ in pts], [scale * v["mean"] for _, v in pts], yerr=[scale * (v["std"] or 0.0) for _, v in pts],
+        ax.errorbar([e for e, _ in pts], [scale * v["mean"] for _, v in pts], yerr=[scale * _band(v) for _, v in pts],
                     marker="o", capsize=3, label="momentum, fixed eta")
         for e, att in learn:
             if metric in s.rows[att]:
                 v = s.rows[att][metric]
-                ax.errorbar([e], [scale * v["mean"]], yerr=[scale * (v["std"] or 0.0)], marker="*", markersize=11,
+                ax.errorbar([e], [scale * v["mean"]], yerr=[scale * _band(v)], marker="*", markersize=11,
                             capsize=3, linestyle="none", color="C2", label=f"learnable eta (from {e:g})")
         base = s.rows.get(BASELINE, {}).get(metric)
         if base is not None:
-            m, sd = scale * base["mean"], scale * (base["std"] or 0.0)
+            m, sd = scale * base["mean"], scale * _band(base)
             ax.axhline(m, color="C3", linestyle="--", label=BASELINE)
             ax.axhspan(m - sd, m + sd, color="C3", alpha=0.12)
         ax.set_xlabel("eta")

@@ -34,7 +34,7 @@ from momattn.data.streaming import StreamingHubCorpus
 from momattn.errors import ConfigError, UserError, did_you_mean
 from momattn.eval.config import EvalConfig, under_eval
 from momattn.hardware import resolve_precision
-from momattn.io import probe_write
+from momattn.io import NAME_MAX, probe_write
 from momattn.model import AttentionConfig, GPTConfig
 from momattn.optim import OptimConfig
 from momattn.schema import interpolation_error, typed
@@ -578,9 +578,6 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
     return c
 
 
-NAME_MAX = 255  # bytes in one file or folder name (ext4, xfs, btrfs, APFS, NTFS's 255 characters)
-
-
 def _check_folders(c: TrainConfig) -> None:
     """The folders a run writes (the token and tokenizer cache, its output, checkpoint and logger folders) can be
     made and written: each failed inside training (a file in the cache's place: NotADirectoryError after the
@@ -602,9 +599,38 @@ def _check_folders(c: TrainConfig) -> None:
         if long := next((part for part in path.parts if len(part.encode()) > NAME_MAX), None):
             raise ConfigError(f"{key}: the name '{long[:40]}...' ({len(long.encode())} bytes) is longer than a "
                               f"file or folder name may be ({NAME_MAX} bytes on most filesystems); shorten it")
+    for name, conf in (c.callbacks or {}).items():
+        filename = conf.get("filename") if isinstance(conf, Mapping) else None
+        if isinstance(filename, str) and filename.strip():
+            parts = Path(checkpoint_file_name(filename, conf, c.trainer.get("max_steps"))).parts
+            if written := next((part for part in parts if len(part.encode()) > NAME_MAX), None):
+                raise ConfigError(f"callbacks.{name}.filename: the checkpoint files it names, such as "
+                                  f"'{written[:40]}...' ({len(written.encode())} bytes), are longer than a file name "
+                                  f"may be ({NAME_MAX} bytes on most filesystems), so the first save would fail; "
+                                  "shorten it")
     for key, path in folders.items():
         _check_folder(key, path)
     _check_own_folders(c)
+
+
+def checkpoint_file_name(template: str, conf: Mapping, max_steps: Any) -> str:
+    """The path (below its folder) Lightning's ModelCheckpoint makes from a filename template, near enough:
+    `{step}` at the run's last step, any other value as a long float, a version suffix and `.ckpt` (the template
+    alone passed a 250-byte name that failed at the first save, its steps lost)."""
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    steps = max_steps if isinstance(max_steps, int) and max_steps > 0 else 10**9
+    names = re.findall(r"\{([^:}]*)", template)
+    values = {n: torch.tensor(steps) if n in ("step", "epoch") else torch.tensor(-1.2345678901234567e-300,
+                                                                                dtype=torch.float64) for n in names}
+    try:
+        base = ModelCheckpoint._format_checkpoint_name(
+            ModelCheckpoint, template, values, auto_insert_metric_name=conf.get("auto_insert_metric_name", True)
+            is not False)
+    except (ValueError, KeyError, IndexError, TypeError):  # a template Lightning cannot format is named elsewhere
+        return template
+    return base + "-v1.ckpt"
 
 
 def _check_own_folders(c: TrainConfig) -> None:

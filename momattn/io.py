@@ -39,6 +39,7 @@ def fsync_dir(path: str | os.PathLike) -> None:
 # the temporary file atomic_write creates next to its target: .<name>.<random hex>.tmp<pid>@<host> (an older
 # momattn's has no @<host>); remove_stale_temps and momattn.faults read the PID and the host from it
 TEMP_NAME = re.compile(r"\..+\.tmp(\d+)(?:@([A-Za-z0-9-]+))?")
+NAME_MAX = 255  # bytes in one file or folder name (ext4, xfs, btrfs, APFS, NTFS's 255 characters)
 
 
 def probe_write(folder: str | os.PathLike) -> None:
@@ -55,7 +56,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     path = Path(path)
     # a random part: two writers with one PID (threads; twin containers on a shared filesystem) never share a file;
     # the PID and the host come last, for remove_stale_temps
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{os.getpid()}@{_host()}")
+    tail = f".{secrets.token_hex(4)}.tmp{os.getpid()}@{_host()}"
+    # the target's name is cut to leave room for the rest: a valid name of over ~170 bytes made the temporary file's
+    # too long to create, and the save failed (a checkpoint whose formatted name had 251 bytes, at its first save)
+    room = NAME_MAX - 1 - len(tail)
+    tmp = path.with_name(f".{path.name.encode()[:room].decode(errors='ignore')}{tail}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "xb") as f:

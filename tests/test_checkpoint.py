@@ -151,6 +151,30 @@ def test_two_writers_in_one_process_never_share_a_temporary_file(tmp_path):
     assert os.listdir(tmp_path) == ["tok.json"]
 
 
+def test_a_name_of_any_valid_length_is_written_through_a_temporary_file_that_fits(tmp_path, monkeypatch):
+    import socket
+
+    from momattn.io import NAME_MAX, TEMP_NAME, atomic_write
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "h" * 80)  # a long host name: the longest tail
+    real_open = open
+    for name in ("x" + "é" * 124 + ".ckpt", "x" * NAME_MAX, "x"):  # 254 bytes, cut inside an é; the longest name
+        seen = []
+
+        def spy(file, *a, _seen=seen, **k):
+            _seen.append(os.path.basename(file))
+            return real_open(file, *a, **k)
+
+        monkeypatch.setattr("builtins.open", spy)
+        # a valid name of over ~170 bytes made the temporary name too long: OSError, the checkpoint not written
+        atomic_write(tmp_path / name, lambda f: f.write(b"1"))
+        monkeypatch.setattr("builtins.open", real_open)
+        assert (tmp_path / name).read_bytes() == b"1" and os.listdir(tmp_path) == [name]
+        (tmp_path / name).unlink()
+        assert len(seen) == 1 and len(seen[0].encode()) <= NAME_MAX and TEMP_NAME.fullmatch(seen[0]), seen
+        assert seen[0].startswith("." + name[:10])
+
+
 def test_a_write_is_temp_file_fsync_rename_then_fsync_of_the_folder(tmp_path, monkeypatch):
     events = []
     real_fsync, real_replace = os.fsync, os.replace

@@ -567,6 +567,9 @@ def test_values_a_config_fuzz_found_taken_in_silence_or_failing_late_are_named(t
             ("callbacks.model_checkpoint.filename=", "callbacks.model_checkpoint.filename is empty"),  # Lightning's
             ("callbacks.model_checkpoint.filename=" + "x" * 300, "callbacks.model_checkpoint.filename: the name "
                                                                   "'xxxx"),  # OSError at the first save, steps lost
+            ("callbacks.model_checkpoint.filename=" + "x" * 251, "callbacks.model_checkpoint.filename: the checkpoint "
+                                                                  "files it names, such as 'xxxx"),  # OSError at
+            # the first save: with .ckpt the name has 256 bytes
             ("logger.csv.name=" + "x" * 300, "logger.csv.name: the name 'xxx")):
         extra = ["logger=csv"] if override.startswith("logger.csv") else []
         assert run_expecting(tmp_path, [*SMOKE, *extra, override], ConfigError).startswith(said), override

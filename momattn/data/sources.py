@@ -550,15 +550,17 @@ def _named_files(files: Any) -> list[Path]:
 
 
 def file_stamp(p: Path) -> tuple:
-    """(resolved path, size, mtime, a digest of the first and last 64 KiB): a token cache keyed by it changes when
-    the file does, also where another version kept its size and time (cp -p, rsync -a, tar x)."""
+    """(resolved path, size, mtime, ctime, inode, a digest of the first and last 64 KiB): a token cache keyed by it
+    changes when the file does, also where another version kept its size and time (cp -p, rsync -a, tar x: a new
+    inode) or an edit in its middle had its time set back (os.utime, touch -r: the ctime is the time of that call).
+    A chmod also changes the ctime, and rebuilds the cache once."""
     st, h = p.stat(), hashlib.blake2b(digest_size=8)
     with open(p, "rb") as f:
         h.update(f.read(1 << 16))
         if st.st_size > 1 << 17:
             f.seek(-(1 << 16), os.SEEK_END)
             h.update(f.read())
-    return (str(p.resolve()), st.st_size, st.st_mtime_ns, h.hexdigest())
+    return (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, h.hexdigest())
 
 
 # the data sections of run configs written before `_target_` (stored in older checkpoints): source: <name>

@@ -301,6 +301,19 @@ def load_state_into(model: GPT, state: dict, path: str | os.PathLike) -> None:
         )
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """A digest of a model's weights by name, each as float32 (bf16 weights and their float32 copy read the same):
+    which weights an evaluation scored, so that a sweep reuses a run's own evaluation only for its last.ckpt's."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().float() if t.is_floating_point() else t.detach()
+        h.update(f"{name.removeprefix('_orig_mod.')}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
     """(model, tokenizer) from a checkpoint alone. model(idx (B, T)) -> logits (B, T, V), in eval mode."""
     ckpt = read_checkpoint(path, verify=True)

@@ -32,6 +32,7 @@ from momattn.checkpoint import (
     model_config_from,
     read_meta,
     resolve_ckpt_path,
+    weights_digest,
 )
 from momattn.cli import (
     FULL_DISK,
@@ -783,10 +784,12 @@ def _evaluate(c: TrainConfig, model: GPT, tokenizer: Tokenizer, loggers: list, s
     (train/loss of optimizer step n is at n - 1), not the count of optimizer steps (_evaluation_step)."""
     from momattn.eval.report import markdown_report
     from momattn.eval.runner import evaluate_model, flat_metrics, write_reports
+    from momattn.eval.sweep import eval_inputs
 
     results = evaluate_model(model.eval(), tokenizer, c.resolved, c.eval, out_dir / "eval",
                              model.config.attention.kind)
-    results.step = step  # the sweep's evaluation reuses these numbers only for a last.ckpt of this step
+    # the sweep's evaluation reuses these numbers only for a last.ckpt of these weights, and these local files
+    results.step, results.weights, results.inputs = step, weights_digest(model), eval_inputs(c.eval)
 
     def log() -> None:  # before results.json, which tells a resume that the evaluation is done
         for lg in loggers:  # eval/ppl@L, icl/<task>/acc, ...

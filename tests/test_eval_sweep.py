@@ -110,6 +110,19 @@ def test_sweep_verdict(tmp_path, tokenizer):  # noqa: F811
     run_evaluate({**EVAL, "sweep_dir": str(sweep), "device": "cpu"}, out_dir=tmp_path / "again")
     again = strict_json((tmp_path / "again" / "sweep.json").read_text())
     assert all(r["reused_results"] for r in again["runs"]) and again["settings"] == doc["settings"]
+    assert "\nReused: the end-of-run evaluation (eval/results.json) of jobs 0, 1, 2, 3, 4, 5, 6: the same " \
+           "settings, the weights of its last.ckpt and the same local files; no job was evaluated here." in \
+           (tmp_path / "again" / "sweep.md").read_text()
+    # job 0 trained again in place to the same step (other weights): its old numbers were reused, in silence
+    ckpt = torch.load(sweep / "0" / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt["state_dict"]["model.wte.weight"] += 0.01
+    atomic_torch_save(ckpt, sweep / "0" / "checkpoints" / "last.ckpt")
+    run_evaluate({**EVAL, "sweep_dir": str(sweep), "device": "cpu"}, out_dir=tmp_path / "third")
+    third = strict_json((tmp_path / "third" / "sweep.json").read_text())
+    assert [r["reused_results"] for r in third["runs"]] == [False, *[True] * 6]
+    assert "Reused: the end-of-run evaluation (eval/results.json) of jobs 1, 2, 3, 4, 5, 6: the same settings, " \
+           "the weights of its last.ckpt and the same local files; the other jobs were evaluated here." in \
+           (tmp_path / "third" / "sweep.md").read_text()
 
 
 
@@ -191,6 +204,61 @@ def test_sweep_reuses_matching_results_and_rejects_bad_folders(tmp_path):
     doc["protocol"]["icl"] = "an older scoring rule"  # same settings, scored another way by an older momattn
     (tmp_path / "job" / "eval" / "results.json").write_text(json.dumps(doc))
     assert reusable(tmp_path / "job", cfg) is None
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-true"])
+def test_a_runs_own_evaluation_is_reused_for_the_weights_it_saved(tmp_path, capsys, precision):
+    """train.py's end-of-run evaluation records the weights it scored, and they are last.ckpt's (bf16 weights
+    too, loaded back as float32): a sweep's verdict reuses it instead of evaluating again."""
+    from conftest import SMOKE, compose_train
+
+    from momattn.eval.config import EvalConfig
+    from momattn.eval.sweep import run_sweep
+    from momattn.training import run_train
+
+    evals = ["eval.ppl.lengths=[16]", "eval.ppl.max_windows=2", "eval.ppl.train=false", "eval.icl.tasks=[trec]",
+             "eval.icl.shots=[0]", "eval.icl.seeds=[1]", "eval.icl.max_examples=4"]
+    run_train(compose_train(tmp_path / "sweep" / "0", [*SMOKE, "run_eval=true", "trainer.max_steps=2",
+                                                       f"trainer.precision={precision}", *evals]))
+    capsys.readouterr()
+    run_sweep(tmp_path / "sweep", EvalConfig.from_mapping(EVAL), tmp_path / "out", "cpu", own_settings=True)
+    assert "[momattn] 0: its own evaluation is reused (" in capsys.readouterr().err
+    assert strict_json((tmp_path / "out" / "sweep.json").read_text())["runs"][0]["reused_results"]
+
+
+def test_an_evaluation_is_reused_only_with_the_files_it_read_unchanged(tmp_path, capsys):
+    """A task file edited in place kept its name (the settings), and a sweep reused the scores of its old rows."""
+    import time
+
+    from momattn.eval.config import EvalConfig
+    from momattn.eval.results import ModelResult
+    from momattn.eval.sweep import SweepRun, eval_inputs, stale_reason
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"text": f"row {i}", "label": i % 2}) + "\n" for i in range(8)))
+    (tasks / "toy.yaml").write_text(f"name: toy\npath: {rows}\ntemplate: '{{text}} ->'\nanswers: [a, b]\n")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("some text\n")
+    cfg = EvalConfig.from_mapping({"icl": {"tasks": ["toy"], "task_dirs": [str(tasks)]},
+                                   "ppl": {"data": {"paths": [str(corpus)]}}})
+    made = eval_inputs(cfg)
+    assert set(made) == {str(p.resolve()) for p in (tasks / "toy.yaml", rows, corpus)}
+    result = ModelResult(label="v", attention="vanilla", model={}, tokenizer={}, eval_config={}, weights="w",
+                         inputs=made)
+    run = SweepRun(job=tmp_path, path=tmp_path / "missing.ckpt", attention="vanilla", seed=1, setting="s",
+                   config={}, meta={}, step=None)
+    time.sleep(0.02)
+    for f in (rows, tasks / "toy.yaml", corpus):
+        before = f.read_text()
+        f.write_text(before.replace("row 1", "row 9").replace("some", "more"))
+        assert stale_reason(run, result, cfg) == "a file it read (a task file, its rows or ppl.data) has changed since"
+        f.write_text(before)
+        result.inputs = eval_inputs(cfg)
+    assert stale_reason(run, result, cfg) == "its checkpoint cannot be read"  # the weights are checked next
+    result.weights = None
+    assert stale_reason(run, result, cfg).startswith("its eval/results.json does not record which weights")
 
 
 def test_plot_curves_follow_k_with_seed_bands(tmp_path):

@@ -268,6 +268,8 @@ class ModelResult(JsonMixin):
     timing_s: dict[str, float] = field(default_factory=dict)
     checkpoint: str | None = None
     step: int | None = None  # the optimizer steps the scored weights had trained (a checkpoint's global_step)
+    weights: str | None = None  # checkpoint.weights_digest of the scored weights: a sweep reuses only these
+    inputs: dict | None = None  # the local files read ({path: file_stamp}; eval.sweep.eval_inputs)
 
 
 def as_model_result(r: ModelResult | Mapping) -> ModelResult:

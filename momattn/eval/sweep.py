@@ -379,11 +379,49 @@ def _label_variants(runs: Sequence[SweepRun]) -> None:
             r.attention = f"{kind}(" + ", ".join(f"{k}={value(r, k)}" for k in varying) + ")"
 
 
+def eval_inputs(cfg: EvalConfig) -> dict[str, list]:
+    """{resolved path: file_stamp} of the local files an evaluation with these settings reads: the task files in
+    icl.task_dirs, the .yaml tasks in icl.tasks and the rows they name, and the files ppl.data names. Settings
+    name files, not their contents: a task file edited in place kept its name, and a sweep reused the old scores."""
+    from momattn.data.sources import _named_files, file_stamp
+    from momattn.eval.tasks import TASK_FILE_SUFFIXES, expand_task_files, task_files
+
+    files: set[Path] = set()
+    if cfg.icl.enabled:
+        try:
+            dirs = [str(d) for d in cfg.icl.task_dirs]
+            files |= set(task_files(dirs).values()) if dirs else set()
+            files |= {Path(e).expanduser() for e in cfg.icl.tasks
+                      if isinstance(e, str) and e.endswith(TASK_FILE_SUFFIXES)}
+            for e in expand_task_files(cfg.icl.tasks, dirs):
+                if isinstance(e, Mapping):
+                    files |= {Path(str(e[k])).expanduser() for k in ("path", "demo_path") if e.get(k)}
+        except (ConfigError, DataError):  # a task file that cannot be read is named where the evaluation reads it
+            pass
+
+    def named(value) -> None:
+        if isinstance(value, Mapping):
+            for v in value.values():
+                named(v)
+        elif isinstance(value, list | tuple):
+            for v in value:
+                named(v)
+        elif isinstance(value, str) and value:
+            folder = Path(value).expanduser()
+            files.update(q for q in folder.rglob("*") if q.is_file()) if folder.is_dir() else files.update(
+                _named_files(value))
+
+    if cfg.ppl.enabled and cfg.ppl.data:
+        named(to_plain(cfg.ppl.data))
+    return {str(p.resolve()): list(file_stamp(p)) for p in sorted(files) if p.is_file()}
+
+
 def reusable(job: Path, eval_cfg: EvalConfig, step: int | None = None) -> ModelResult | None:
     """The job's own eval/results.json, when it was made with exactly these evaluation settings, by today's
     scoring protocols (an older momattn's numbers, scored another way, are computed again) and of the weights at
     `step`, last.ckpt's (a run trained on after its evaluation, then stopped before the next one, left numbers of
-    older weights; a results.json that records no step, from before it did, is taken as it is)."""
+    older weights; a results.json that records no step, from before it did, is taken as it is). The caller checks
+    the weights themselves (stale_reason)."""
     from momattn.eval.ginc import PROTOCOL as GINC_PROTOCOL
     from momattn.eval.report import protocols
 
@@ -399,6 +437,37 @@ def reusable(job: Path, eval_cfg: EvalConfig, step: int | None = None) -> ModelR
     if step is not None and result.step is not None and result.step != step:
         return None
     return result if result.eval_config == json.loads(json.dumps(asdict(eval_cfg))) else None
+
+
+def stale_reason(run: SweepRun, result: ModelResult, eval_cfg: EvalConfig) -> str | None:
+    """Why a job's own evaluation (`result`, reusable by its settings and step) is not of its last.ckpt's weights
+    and today's files, or None where it is. A job trained again in place to the same step, or a task file edited
+    since, left numbers of other weights or rows in the verdict, in silence (found by review)."""
+    from momattn.checkpoint import load_checkpoint, weights_digest
+    from momattn.errors import CheckpointError
+
+    if result.weights is None:
+        return "its eval/results.json does not record which weights it scored (an older momattn's)"
+    if result.inputs is not None and result.inputs != eval_inputs(eval_cfg):
+        return "a file it read (a task file, its rows or ppl.data) has changed since"
+    try:
+        model, _ = load_checkpoint(run.path)
+    except CheckpointError:
+        return "its checkpoint cannot be read"  # and is named as such where the job is evaluated
+    digest = weights_digest(model)
+    del model
+    return None if digest == result.weights else "last.ckpt holds other weights than those it scored"
+
+
+def reuse_note(runs: Sequence[SweepRun], sweep_dir: Path) -> str:
+    """A line naming the jobs whose own end-of-run evaluation was reused, so that the verdict says which numbers
+    it computed and which it read."""
+    reused = [job_name(r.job, sweep_dir) for r in runs if r.reused]
+    if not reused:
+        return ""
+    return (f"\nReused: the end-of-run evaluation (eval/results.json) of job{'s' if len(reused) > 1 else ''} "
+            f"{', '.join(reused)}: the same settings, the weights of its last.ckpt and the same local files; "
+            f"{'the other jobs were' if len(reused) < len(runs) else 'no job was'} evaluated here.\n")
 
 
 def metrics_of(result: ModelResult) -> dict[str, float]:
@@ -813,7 +882,7 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
     """Evaluate (or reuse) every run of a sweep and write the verdict. own_settings: each run with the settings of
     its own end-of-run evaluation (eval_cfg where it has none), so its results.json is reused; else eval_cfg.
     wandb_cfg (logger.wandb): the verdict's tables and plots also go to one W&B run."""
-    from momattn.checkpoint import load_checkpoint
+    from momattn.checkpoint import load_checkpoint, weights_digest
     from momattn.errors import CheckpointError
     from momattn.eval.report import results_document
     from momattn.eval.runner import check_saved, evaluate_model
@@ -833,7 +902,13 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
             continue
         settings[name] = asdict(cfg)
         r.result = reusable(r.job, cfg, r.step)
+        if r.result is not None and (why := stale_reason(r, r.result, cfg)) is not None:
+            print(f"[momattn] {name}: its own evaluation is not reused: {why}", file=sys.stderr, flush=True)
+            r.result = None
         r.reused = r.result is not None
+        if r.reused:
+            print(f"[momattn] {name}: its own evaluation is reused ({r.job / 'eval' / 'results.json'})",
+                  file=sys.stderr, flush=True)
         if r.result is None:  # every job it will score checked first: a setting job 1 cannot take failed after job 0
             try:
                 check_saved(r.path, r.meta, cfg, cache_dir)
@@ -860,6 +935,7 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
             except (ConfigError, DataError) as e:  # which job, where a sweep holds several kinds of run
                 raise type(e)(f"sweep job {name} ({r.path}): {e}") from None
             r.result.checkpoint, r.result.step = str(r.path), r.step
+            r.result.weights, r.result.inputs = weights_digest(model), eval_inputs(cfg)
             atomic_write_text(out / "jobs" / name / "results.json",
                               json_text(results_document([r.result]), indent=2) + "\n")
             del model
@@ -884,7 +960,7 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "sweep.json", json_text(doc, indent=2, default=str) + "\n")
     plots = sweep_plots(summaries, out)
-    md = sweep_markdown(summaries, failed, len(runs)) + unfit_note(runs)
+    md = sweep_markdown(summaries, failed, len(runs)) + unfit_note(runs) + reuse_note(runs, sweep_dir)
     if plots:
         md += "\nPlots: " + ", ".join(f"[{p.name}]({p.name})" for p in plots) + "\n"
     atomic_write_text(out / "sweep.md", md)

@@ -35,7 +35,6 @@ import platform
 import shlex
 import shutil
 import subprocess
-import tempfile
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -99,20 +98,31 @@ def _openmp(cxx: list[str]) -> list[str]:
 
 
 def _build(cxx: list[str], extra: list[str]) -> Path:
-    """The kernel's shared library built with flags + extra, into the cache unless it is there already (atomic: a
-    concurrent build by another process replaces it with the same bytes)."""
+    """The kernel's shared library built with flags + extra, into the cache unless it is there already and intact
+    (its bytes match the digest recorded beside it: a truncated file, from a crash before its bytes reached the
+    disk, crashed every momentum run with SIGBUS when loaded). Built under a lock, through a temporary file that
+    remove_stale_temps clears if the build is killed."""
+    from momattn.io import _host, file_lock, lock_beside, remove_stale_temps
+
     version = _version(tuple(cxx))
     key = hashlib.sha256("\0".join([SOURCE.read_text(), *cxx, version, " ".join(_flags() + extra),
                                     _cpu_flags()]).encode())
     cache = Path(os.environ.get("MOMATTN_CACHE") or Path.home() / ".cache" / "momattn")
     lib = cache / f"ema_scan-{key.hexdigest()[:16]}.so"
-    if not lib.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-        os.close(fd)
+    if _intact(lib):
+        return lib
+    cache.mkdir(parents=True, exist_ok=True)
+    with file_lock(lock_beside(lib), waiting="the CPU scan kernel"):
+        if _intact(lib):  # another process built it while this one waited
+            return lib
+        if lib.exists():
+            log.warning("momattn: the cached CPU scan kernel %s does not match its recorded digest (damaged, or "
+                        "from an older momattn); building it again", lib)
+        remove_stale_temps(cache)
+        tmp = cache / f".{lib.name}.{os.urandom(4).hex()}.tmp{os.getpid()}@{_host()}"
         try:
             for flags in (_flags(), PORTABLE):
-                res = subprocess.run([*cxx, *flags, *extra, "-o", tmp, str(SOURCE)], capture_output=True,
+                res = subprocess.run([*cxx, *flags, *extra, "-o", str(tmp), str(SOURCE)], capture_output=True,
                                      text=True, timeout=300)
                 if not res.returncode:
                     break
@@ -120,11 +130,27 @@ def _build(cxx: list[str], extra: list[str]) -> Path:
                 said = res.stderr.strip()[-2000:] or res.stdout.strip()[-2000:]
                 raise RuntimeError(f"{' '.join(cxx)} failed with exit status {res.returncode}"
                                    + (f": {said}" if said else ", saying nothing"))
+            with open(tmp, "rb") as f:  # its bytes on disk before the name says it is built
+                os.fsync(f.fileno())
+                digest = hashlib.sha256(f.read()).hexdigest()
             os.replace(tmp, lib)
+            _digest_file(lib).write_text(digest + "\n")  # last: a library without it is built again
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
     return lib
+
+
+def _digest_file(lib: Path) -> Path:
+    return lib.with_name(lib.name + ".sha256")
+
+
+def _intact(lib: Path) -> bool:
+    """The library is there and its bytes are the ones its build recorded."""
+    try:
+        return hashlib.sha256(lib.read_bytes()).hexdigest() == _digest_file(lib).read_text().strip()
+    except OSError:
+        return False
 
 
 def load() -> ctypes.CDLL | None:

@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -86,10 +87,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
 
 
 @contextlib.contextmanager
-def file_lock(lock_path: str | os.PathLike, timeout_s: float | None = None) -> Iterator[bool]:
+def file_lock(lock_path: str | os.PathLike, timeout_s: float | None = None, waiting: str | None = None,
+              say_every_s: float = 60.0) -> Iterator[bool]:
     """Hold an exclusive advisory lock on the file `lock_path` (created if missing; flock, so a holder that dies
     releases it) and yield True; with timeout_s, yield False once it has waited that long. Also False, and the
-    caller goes on unlocked, where the lock file cannot be opened or the platform has no flock (Windows)."""
+    caller goes on unlocked, where the lock file cannot be opened or the platform has no flock (Windows).
+    waiting: what the holder makes (e.g. 'the token cache'): a wait is said on stderr, naming the holder, which
+    the lock file records, and said again every say_every_s (a run waited on another's cache build in silence)."""
     try:
         import fcntl
     except ImportError:  # Windows
@@ -107,17 +111,31 @@ def file_lock(lock_path: str | os.PathLike, timeout_s: float | None = None) -> I
                 continue
     held = False
     if fd is not None:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        start = time.monotonic()
+        deadline, said = None if timeout_s is None else start + timeout_s, None
         while not held:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if deadline is None else fcntl.LOCK_NB))
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if deadline is None and waiting is None else fcntl.LOCK_NB))
                 held = True
             except BlockingIOError:
-                if time.monotonic() >= deadline:
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
                     break
-                time.sleep(0.002)
+                if waiting is not None and (said is None or now - said >= say_every_s):
+                    holder = ""
+                    with contextlib.suppress(OSError):
+                        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+                    print(f"[momattn] waiting for {waiting}, which {holder or 'another process'} is making "
+                          f"({lock_path})" + (f"; {now - start:.0f} s so far" if said is not None else ""),
+                          file=sys.stderr, flush=True)
+                    said = now
+                time.sleep(0.002 if deadline is not None else 0.05)
             except OSError:  # a filesystem without locks
                 break
+        if held and waiting is not None:
+            with contextlib.suppress(OSError):  # who holds it, for the next waiter's line
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"process {os.getpid()} on {_host()}".encode(), 0)
     try:
         yield held
     finally:

@@ -233,7 +233,7 @@ def train_bpe(texts: Callable[[], Iterable[str]], vocab_size: int, cache_file: P
         return _train_bpe(texts, vocab_size, None)
     if (cached := _cached_bpe(cache_file)) is not None:
         return cached
-    with file_lock(lock_beside(cache_file)):
+    with file_lock(lock_beside(cache_file), waiting=f"the BPE tokenizer {cache_file.name}"):
         return _cached_bpe(cache_file, say=True) or _train_bpe(texts, vocab_size, cache_file)
 
 

@@ -277,7 +277,40 @@ def test_built_once_into_the_cache(tmp_path, monkeypatch):
     stamp = built[0].stat().st_mtime_ns
     monkeypatch.setattr(cpu_scan, "_LIB", None)
     assert cpu_scan.load() is not None and built[0].stat().st_mtime_ns == stamp
-    assert not list(tmp_path.glob("tmp*"))
+    assert not list(tmp_path.glob("tmp*")) and not list(tmp_path.glob(".*.tmp*"))
+
+
+def test_a_damaged_cached_kernel_is_built_again_not_loaded(tmp_path, monkeypatch, caplog):
+    """A truncated library (its bytes not on disk before a crash) crashed every momentum run with SIGBUS when
+    loaded, and an empty one was passed over for another build, each kept for good (found by review); a killed
+    build's temporary file stayed in the cache."""
+    import os
+    import time
+
+    from momattn.io import _host
+
+    monkeypatch.setenv("MOMATTN_CACHE", str(tmp_path))
+    monkeypatch.setattr(cpu_scan, "OPENMP", cpu_scan.OPENMP)  # restored with _LIB
+    monkeypatch.setattr(cpu_scan, "_LIB", None)
+    assert cpu_scan.load() is not None
+    (lib,) = tmp_path.glob("ema_scan-*.so")
+    good = lib.read_bytes()
+    killed = tmp_path / f".{lib.name}.0123abcd.tmp{2**22 + 1}@{_host()}"  # a build killed: its PID is gone
+    killed.write_bytes(good[:100])
+    os.utime(killed, (time.time() - 3600,) * 2)
+    for damage in (good[:5000], b"", b"\0" * len(good)):
+        (tmp_path / "damaged").write_bytes(damage)  # in place of the file (this process maps the one it loaded)
+        os.replace(tmp_path / "damaged", lib)
+        monkeypatch.setattr(cpu_scan, "_LIB", None)
+        with caplog.at_level("WARNING"):
+            assert cpu_scan.load() is not None
+        assert "does not match its recorded digest (damaged, or from an older momattn); building it again" in \
+            caplog.text
+        caplog.clear()
+        assert lib.read_bytes() != damage and cpu_scan._intact(lib)
+        torch.testing.assert_close(mom(torch.ones(1, 1, 3, 2, dtype=F64), 0.5)[0, 0, :, 0],
+                                   torch.tensor([0.0, 0.5, 0.75], dtype=F64))
+    assert not killed.exists()
 
 
 def test_flags_the_compiler_refuses_fall_back_to_portable_ones(tmp_path, monkeypatch):

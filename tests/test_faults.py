@@ -675,6 +675,37 @@ def test_file_lock_waits_for_its_holder_times_out_and_goes_on_unlocked_without_f
         assert held is False
 
 
+def test_a_wait_for_a_cache_another_process_builds_is_said_with_its_holder(tmp_path, capsys):
+    """A run waiting for another's tokenizer or token cache build waited in silence, for as long as it took
+    (found by review)."""
+    import os
+    import threading
+
+    from momattn.io import _host, file_lock
+
+    lock, inside, release = tmp_path / "x.lock", threading.Event(), threading.Event()
+
+    def holder():
+        with file_lock(lock, waiting="the token cache"):
+            inside.set()
+            release.wait(10)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    inside.wait(10)
+    threading.Timer(0.35, release.set).start()
+    with file_lock(lock, waiting="the val split's token cache", say_every_s=0.1) as held:
+        assert held
+    t.join(10)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (f"[momattn] waiting for the val split's token cache, which process {os.getpid()} on {_host()} "
+                      f"is making ({lock})")
+    assert len(err) >= 2 and err[1].startswith(err[0] + "; ") and err[1].endswith(" s so far")
+    with file_lock(lock, waiting="the token cache"):  # not held by another: nothing said
+        pass
+    assert capsys.readouterr().err == ""
+
+
 def test_a_resume_under_gradient_accumulation_continues_the_uninterrupted_run_exactly(tmp_path):
     """4 micro-batches per step, stopped on the validation interval (4) and off it (5): the same losses at every
     later step, written at the same steps. Off the interval a resume used to regroup the micro-batches, and with the

@@ -144,7 +144,7 @@ def load_tokens(source: DataSource | Mapping, tokenizer: Tokenizer, split: str,
     bin_path, meta_path = cache / "tokens" / f"{key}.bin", cache / "tokens" / f"{key}.json"
     if _problem(bin_path, meta_path) is None:
         return _open(bin_path, meta_path)
-    with file_lock(cache / "tokens" / f"{key}.lock"):
+    with file_lock(cache / "tokens" / f"{key}.lock", waiting=f"the {split} split's token cache"):
         problem = _problem(bin_path, meta_path)
         if problem is None:  # another process built it while we waited
             return _open(bin_path, meta_path)

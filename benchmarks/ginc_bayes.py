@@ -3,13 +3,20 @@
     python benchmarks/ginc_bayes.py [--prompts 500] [--seed 1] [--context 256] [field=value ...]
 
 field=value sets a GincCorpus field (n_symbols=100, n_train_concepts=10, ...; default: conf/data/ginc.yaml's,
-the paper's). Both readers know how prompts are made but not their concept or start property, and hold the
-posterior over (pretraining concept, start property) after the k examples and the test input:
+the paper's). The first two readers know how prompts are made (each example restarts at a start property all
+share, "/" separates them) but not their concept or start property, and hold the posterior over (pretraining
+concept, start property) after the k examples and the test input:
   label vote   each pair votes for its own label with its posterior weight (GincCorpus.bayes_label_probs): the
                most accurate answer any reader can give, the ceiling of accuracy at that k;
   predictive   the argmax of the posterior mixture of the pairs' next-symbol distributions (bayes_probs): the
-               greedy answer of a model that learned the pretraining distribution perfectly.
-They differ where several pairs stay plausible (short examples, few of them). Each is scored like a model, against
+               idealised in-context reader of Xie et al.'s analysis, done exactly.
+They differ where several pairs stay plausible (short examples, few of them). The third knows only the
+pretraining distribution:
+  pretraining  the greedy answer of a model that learned the pretraining documents perfectly and reads <eot> +
+               the prompt as the start of one (GincCorpus.pretraining_probs); where the examples' restarts make
+               the prompt impossible as a document its answer is undefined (uniform here, so "/"), and the share
+               of prompts it can read at all is reported beside it.
+Each is scored like a model, against
 the label, on exactly the prompts `evaluate.py` scores for icl.seeds=[seed] and icl.max_examples=prompts; the rise
 from k = 0 to the largest k is the most in-context learning the data allows. Writes
 benchmarks/results/ginc_bayes.json and .md and prints the table.
@@ -54,11 +61,14 @@ def _field(text: str) -> tuple[str, object]:
         raise SystemExit(f"error: {key}={value} must be a number ({types[key]})") from None
 
 
-READERS = {"label vote": "bayes_label_probs", "predictive": "bayes_probs"}
+READERS = {"label vote": lambda w, ps: w.bayes_label_probs(ps), "predictive": lambda w, ps: w.bayes_probs(ps),
+           "pretraining": lambda w, ps: w.pretraining_probs(ps)[0],
+           "pretraining: prompts it can read": lambda w, ps: w.pretraining_probs(ps)[1]}
 
 
 def bayes_table(world: GincCorpus, tasks: list[str], shots: list[int], n: int, seed: int, context: int,
-                reader: str = "bayes_label_probs") -> dict:
+                reader: str = "label vote") -> dict:
+    """{task: {k: accuracy, or for the share reader the share of prompts (None: k does not fit)}}."""
     out = {}
     for name in tasks:
         task = ginc_task(name)
@@ -69,8 +79,9 @@ def bayes_table(world: GincCorpus, tasks: list[str], shots: list[int], n: int, s
                 row[str(k)] = None  # does not fit the context
                 continue
             prompts = world.prompts(task.example_len, k, n, ood=task.ood, seed=stable_seed("ginc-prompts", seed))
-            pred = getattr(world, reader)(prompts).argmax(axis=1)
-            row[str(k)] = float(np.mean(pred == np.array([p.label for p in prompts])))
+            out_ = READERS[reader](world, prompts)
+            row[str(k)] = float(np.mean(out_ if out_.ndim == 1 else
+                                        out_.argmax(axis=1) == np.array([p.label for p in prompts])))
         out[name] = row
     return out
 
@@ -96,12 +107,18 @@ def main(argv: list[str] | None = None) -> dict:
     check_out_dir(ap, Path(a.out))
     world = GincCorpus(**dict(_field(f) for f in a.fields))
     t0 = time.time()
-    tables = {label: bayes_table(world, a.tasks.split(","), shot_ints, a.prompts, a.seed, a.context, reader)
-              for label, reader in READERS.items()}
+    tables = {label: bayes_table(world, a.tasks.split(","), shot_ints, a.prompts, a.seed, a.context, label)
+              for label in READERS}
     doc = {"world": asdict(world), "prompts": a.prompts, "seed": a.seed, "context": a.context,
            "seconds": round(time.time() - t0, 1), "accuracy": tables["label vote"], "accuracy_predictive":
-           tables["predictive"], "readers": {"accuracy": "label vote (the ceiling)",
-                                             "accuracy_predictive": "predictive argmax (a perfect model's greedy)"}}
+           tables["predictive"], "accuracy_pretraining": tables["pretraining"],
+           "readable_pretraining": tables["pretraining: prompts it can read"],
+           "readers": {"accuracy": "label vote (the ceiling)",
+                       "accuracy_predictive": "predictive argmax (the idealised in-context reader, who knows the "
+                                              "prompt format)",
+                       "accuracy_pretraining": "a perfect model of the pretraining documents, greedy (uniform where "
+                                               "the prompt is impossible as a document)",
+                       "readable_pretraining": "share of prompts possible as a pretraining document"}}
     shots = [str(k) for k in shot_ints]  # bayes_table's keys ("04" would miss "4")
     lines = ["| reader | task | " + " | ".join(f"k={k}" for k in shots) + " |", "|---" * (len(shots) + 2) + "|"]
     for label, table in tables.items():
@@ -110,8 +127,10 @@ def main(argv: list[str] | None = None) -> dict:
             lines.append(f"| {label} | {name} | " + " | ".join(cells) + " |")
     out = Path(a.out)
     atomic_write_text(out / "ginc_bayes.md", f"Bayes-optimal readers, accuracy in % ({a.prompts} prompts, seed "
-                      f"{a.seed}, context {a.context}; label vote = the ceiling, predictive = a perfect model's "
-                      "greedy answer):\n\n" + "\n".join(lines) + "\n")
+                      f"{a.seed}, context {a.context}; label vote = the ceiling, predictive = the idealised "
+                      "in-context reader who knows the prompt format, pretraining = a perfect model of the "
+                      "pretraining documents, greedy; its last rows: the share of prompts possible as a document):"
+                      "\n\n" + "\n".join(lines) + "\n")
     write_json(out / "ginc_bayes.json", doc, indent=2)
     print("\n".join(lines))
     print(f"({doc['seconds']} s)")

@@ -8,7 +8,7 @@ import torch
 from test_eval_common import FakeLM, tiny_gpt
 
 from momattn.data.ginc import GincCorpus
-from momattn.errors import ConfigError
+from momattn.errors import ConfigError, DataError
 from momattn.eval.config import IclConfig
 from momattn.eval.ginc import GincEvaluator, GincTask, describe_data, ginc_task, ginc_world
 from momattn.eval.runner import evaluate_model, flat_metrics, write_reports
@@ -165,6 +165,31 @@ def test_a_ginc_task_needs_a_ginc_checkpoint(tmp_path):
         assert describe_data({"_target_": target, "tasks": ["trec"]}) == f"data={option}"  # the option, as typed
     with pytest.raises(ConfigError, match="no data section"):
         ginc_world(None)
+
+
+def test_a_world_the_model_did_not_train_on_or_without_held_out_concepts_is_refused_before_scoring(tmp_path, world,
+                                                                                                  monkeypatch):
+    """Found by review: a checkpoint of another generator version was scored on the new world's prompts, exit 0;
+    ginc_ood on a world pretrained on every concept advised data.n_train_concepts, a key evaluate.py refuses."""
+    import momattn.data.ginc as ginc
+
+    model, cfg = tiny_gpt(vocab=V + 1, block_size=64), {"ppl": {"enabled": False}, "icl": {"tasks": ["ginc"],
+                                                                                          "max_examples": 2}}
+    trained_on = world.fingerprint()
+    evaluate_model(model, world.tokenizer(), {"data": WORLD}, cfg, tmp_path, "v", trained_on=trained_on)
+    monkeypatch.setattr(ginc, "VERSION", ginc.VERSION + 1)  # the generator changed since the checkpoint trained
+    with pytest.raises(DataError, match=r"'ginc': the GINC world this momattn builds from the checkpoint's data "
+                                        r"section is not the one the model trained on \(the generator, version \d+"):
+        evaluate_model(model, world.tokenizer(), {"data": WORLD}, cfg, tmp_path, "v", trained_on=trained_on)
+    monkeypatch.undo()
+    every = {**WORLD, "n_concepts": 2, "n_train_concepts": 2}
+    with pytest.raises(ConfigError, match=r"^icl.tasks: 'ginc_ood' scores concepts held out of pretraining, but this "
+                                          r"checkpoint's GINC world pretrained on all of its 2 concepts .*; drop the "
+                                          r"ood tasks from icl.tasks$"):
+        evaluate_model(model, world.tokenizer(), {"data": every}, {**cfg, "icl": {"tasks": ["ginc", "ginc_ood"]}},
+                       tmp_path, "v")
+    with pytest.raises(ConfigError, match=r"^task: 'ginc_ood' .*; choose task=ginc$"):
+        ginc_world(every, "ginc_ood", key="task", ood_task="ginc_ood")
 
 
 def test_evaluate_model_on_a_ginc_checkpoint_and_the_report(tmp_path, world):

@@ -12,6 +12,7 @@ import pytest
 from momattn.data.ginc import GincCorpus, max_shots, prompt_length
 from momattn.errors import ConfigError
 from momattn.tokenizer import EOT, Tokenizer
+from momattn.utils import stable_seed
 
 SMALL = dict(n_train_docs=20, doc_length=512, n_val_docs=4, val_doc_length=64)
 # few symbols, entities and properties: symbols collide, so the Bayes label needs real inference
@@ -307,6 +308,31 @@ def test_bayes_readers_match_brute_force_posteriors(k):
             assert row.sum() == pytest.approx(1.0) and np.allclose(row, ref, atol=1e-9)
 
 
+@pytest.mark.parametrize("example_len,k", [(3, 0), (2, 1), (2, 0)])
+def test_the_pretraining_reader_matches_brute_force_over_documents(example_len, k):
+    """pretraining_probs reads <eot> + prompt as the start of a pretraining document: a uniform pretraining
+    concept, its start distribution, every symbol emitted by the chain; checked against sums over every path."""
+    c = GincCorpus(**TINY)
+    h, emit = c.hmms, c.hmms.memory.reshape(-1)
+    prompts = c.prompts(example_len, k=k, n=8, seed=5) + c.prompts(example_len, k=k, n=4, ood=True, seed=5)
+    got, possible = c.pretraining_probs(prompts)
+    for p, row, ok in zip(prompts, got, possible):
+        seq, joint, total = list(p.symbols), np.zeros(c.n_symbols), 0.0
+        for concept in range(c.n_train_concepts):
+            trans = h.transition(concept)
+            for path in itertools.product(range(len(emit)), repeat=len(seq)):
+                if any(emit[s] != xs for s, xs in zip(path, seq)):
+                    continue
+                w = h.start[concept][path[0]] * np.prod([trans[a, b] for a, b in zip(path, path[1:])])
+                total += w
+                for nxt in range(len(emit)):
+                    joint[emit[nxt]] += w * trans[path[-1], nxt]
+        assert ok == (total > 0)
+        assert np.allclose(row, joint / total if total > 0 else np.full(c.n_symbols, 1 / c.n_symbols), atol=1e-9)
+    if k:  # an example's restart is not a pretraining transition: some prompts are impossible as documents
+        assert not possible.all()
+
+
 def test_the_label_vote_beats_the_predictive_argmax_where_pairs_stay_plausible():
     c = GincCorpus()  # the paper's world; l = 3 at k = 0 leaves many (concept, start) pairs plausible
     prompts = c.prompts(3, k=0, n=300, seed=1)
@@ -348,7 +374,14 @@ def test_ginc_bayes_benchmark_writes_its_table(tmp_path):
     assert acc["ginc_l8"]["40"] is None  # 40 examples of 8 do not fit 64 tokens
     assert 0.0 <= acc["ginc_l3"]["0"] <= acc["ginc_l3"]["4"] <= 1.0 and doc["world"]["n_symbols"] == 6
     assert "| label vote | ginc_l8 |" in (tmp_path / "ginc_bayes.md").read_text()
-    assert set(doc["accuracy_predictive"]) == {"ginc_l3", "ginc_l8"}  # the perfect model's greedy reader too
+    assert set(doc["accuracy_predictive"]) == {"ginc_l3", "ginc_l8"}  # the idealised in-context reader too
+    world = GincCorpus(n_symbols=6, n_entities=3, n_properties=4, n_concepts=4, n_train_concepts=2)
+    prompts = world.prompts(3, 4, 20, seed=stable_seed("ginc-prompts", 1))
+    probs, possible = world.pretraining_probs(prompts)  # and a perfect model of the pretraining documents
+    assert doc["readable_pretraining"]["ginc_l3"]["4"] == pytest.approx(possible.mean())
+    assert doc["accuracy_pretraining"]["ginc_l3"]["4"] == pytest.approx(
+        np.mean(probs.argmax(1) == [p.label for p in prompts]))
+    assert "| pretraining: prompts it can read | ginc_l3 |" in (tmp_path / "ginc_bayes.md").read_text()
     assert ginc_bayes._field("n_permutations=null") == ("n_permutations", None)
     with pytest.raises(SystemExit, match="not field=value with a GincCorpus field"):
         ginc_bayes.main(["--out", str(tmp_path), "n_wings=2"])

@@ -144,6 +144,20 @@ def test_a_split_shorter_than_one_window_is_refused_and_named():
         _dm(0)  # a small val_fraction: the message did not name it
 
 
+def test_a_ginc_split_shorter_than_one_window_names_ginc_keys(tmp_path):
+    """GINC's validation split was advised data.val_fraction, a key GINC refuses (found by review)."""
+    from conftest import compose_train
+
+    from momattn.errors import DataError
+    from momattn.training import run_train
+
+    with pytest.raises(DataError, match=r"^the val split has 4 tokens, fewer than one training window of "
+                                        r"model.block_size \+ 1 = 33; raise data.n_val_docs x data.val_doc_length "
+                                        r"\(now 1 x 3\) or lower model.block_size$"):
+        run_train(compose_train(tmp_path, ["experiment=ginc", "debug=smoke", "data.n_train_docs=20",
+                                           "data.doc_length=1024", "data.n_val_docs=1", "data.val_doc_length=3"]))
+
+
 def test_a_dataset_of_windows_is_taken_as_is():
     windows = TokenWindows(np.arange(30, dtype=np.uint16), 8, 0, shuffle=False)  # 3 windows, fewer than 9 items
     dm = _dm(3, train=windows)

@@ -114,9 +114,11 @@ def _ginc_episodes(prompts, x, example_len: int, eot: int) -> list[Episode]:
     return out
 
 
-def ginc_set(model, tokenizer, task: GincTask, cfg, data_cfg: Mapping | None) -> AnalysisSet:
+def ginc_set(model, tokenizer, task: GincTask, cfg, data_cfg: Mapping | None, trained_on: str | None = None
+             ) -> AnalysisSet:
     k = cfg.shots
-    world = ginc_world(data_cfg, task.name, key="task")
+    world = ginc_world(data_cfg, task.name, key="task", ood_task=task.name if task.ood else None,
+                       trained_on=trained_on)
     icl = IclConfig(tasks=[task.name], shots=[k], seeds=[cfg.seed], max_examples=cfg.max_examples)
     ev = GincEvaluator(model, tokenizer, icl, world, cfg.batch_tokens)
     try:

@@ -234,18 +234,20 @@ def _cat(caps: list[Capture]) -> Capture:
                    [s for c in caps for s in c.scores], torch.cat([c.logits for c in caps]))
 
 
-def analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoint: str | None = None
-            ) -> AnalysisResult:
-    """Section 4's measurements of one model on one task, in eval mode (the model's mode is given back)."""
+def analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoint: str | None = None,
+            trained_on: str | None = None) -> AnalysisResult:
+    """Section 4's measurements of one model on one task, in eval mode (the model's mode is given back).
+    trained_on: the checkpoint's data fingerprint (a GINC world must be the one it trained on)."""
     was_training = model.training
     model.eval()
     try:
-        return _analyze(model, tokenizer, run_config, cfg, checkpoint)
+        return _analyze(model, tokenizer, run_config, cfg, checkpoint, trained_on)
     finally:
         model.train(was_training)
 
 
-def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoint: str | None) -> AnalysisResult:
+def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoint: str | None,
+             trained_on: str | None = None) -> AnalysisResult:
     timer = Timer()
     t0 = time.perf_counter()
     entry = cfg.task
@@ -269,7 +271,7 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
             check_prompt_count(tasks, getattr(cfg, key), key=key)
     with timer("prepare"):
         if isinstance(task, GincTask):
-            aset = ginc_set(model, tokenizer, task, cfg, run_config.get("data"))
+            aset = ginc_set(model, tokenizer, task, cfg, run_config.get("data"), trained_on)
         else:
             from momattn.eval.runner import split_seed_of
 
@@ -382,7 +384,8 @@ def run_analyze(cfg: Mapping, out_dir: str | Path | None = None) -> AnalysisResu
         return None
     meta = read_meta(conf.ckpt_path).get("momattn") or {}
     model, tokenizer = load_checkpoint(conf.ckpt_path, map_location=device)
-    result = analyze(model, tokenizer, dict(meta.get("config") or {}), conf, checkpoint=str(conf.ckpt_path))
+    result = analyze(model, tokenizer, dict(meta.get("config") or {}), conf, checkpoint=str(conf.ckpt_path),
+                     trained_on=meta.get("data_fingerprint"))
     write_reports(result, out)
     if conf.logger and "wandb" in conf.logger:
         log_wandb(result, out, conf.logger["wandb"], conf.tags, settings=asdict(conf))

@@ -284,7 +284,8 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
                 refused.setdefault(f"unreadable checkpoint: {e}", []).append(name)
                 continue
             try:
-                result = analyze(model, tokenizer, r.config, conf, checkpoint=str(r.path))
+                result = analyze(model, tokenizer, r.config, conf, checkpoint=str(r.path),
+                                 trained_on=r.meta.get("data_fingerprint"))
             except (ConfigError, DataError, NonFiniteLossError) as e:  # e.g. a text run asked for a GINC task
                 refused.setdefault(str(e), []).append(name)  # every job of a sweep alike: said once, not per job
                 continue

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -104,19 +104,21 @@ class StreamSampler(Sampler[int]):
 
 class TokenDataModule(LightningDataModule):
     def __init__(self, train_tokens: np.ndarray | Dataset, val_tokens: np.ndarray, block_size: int, batch_size: int,
-                 max_steps: int, accumulate: int, val_batches: int, seed: int, num_workers: int = 0):
-        """train_tokens: the cached token ids, or a dataset of windows read in order (data=hf_stream's)."""
+                 max_steps: int, accumulate: int, val_batches: int, seed: int, num_workers: int = 0,
+                 more: Mapping[str, str] | None = None):
+        """train_tokens: the cached token ids, or a dataset of windows read in order (data=hf_stream's). more:
+        how the data source makes a split longer ({'train': ..., 'val': ...}, its own keys), where a split is
+        shorter than one window; else the text sources' advice."""
         super().__init__()
         splits = (("val", val_tokens),) if isinstance(train_tokens, Dataset) else \
             (("train", train_tokens), ("val", val_tokens))
         for name, toks in splits:
             if len(toks) < block_size + 1:
-                raise DataError(
-                    f"the {name} split has {len(toks)} tokens, fewer than one training window of "
-                    f"model.block_size + 1 = {block_size + 1}; add text"
-                    + (", hold out more of it (data.val_fraction, or data.val_docs for hf_stream)" if name == "val"
-                       else "") + " or lower model.block_size"
-                )
+                advice = (more or {}).get(name) or ("add text" + (
+                    ", hold out more of it (data.val_fraction, or data.val_docs for hf_stream)" if name == "val"
+                    else ""))
+                raise DataError(f"the {name} split has {len(toks)} tokens, fewer than one training window of "
+                                f"model.block_size + 1 = {block_size + 1}; {advice} or lower model.block_size")
         self.train_set = train_tokens if isinstance(train_tokens, Dataset) else \
             TokenWindows(train_tokens, block_size, seed)
         self.val_set = TokenWindows(val_tokens, block_size, seed, shuffle=False)

@@ -235,6 +235,12 @@ class GincCorpus:
         return digest(["ginc", VERSION, asdict(self)])
 
     @property
+    def split_size_advice(self) -> dict[str, str]:
+        """How to make a split longer than one training window (TokenDataModule's advice), in GINC's own keys."""
+        return {"train": f"raise data.n_train_docs x data.doc_length (now {self.n_train_docs} x {self.doc_length})",
+                "val": f"raise data.n_val_docs x data.val_doc_length (now {self.n_val_docs} x {self.val_doc_length})"}
+
+    @property
     def hmms(self) -> GincHmms:
         return _build_hmms(self.n_symbols, self.n_entities, self.n_properties, self.n_concepts, self.n_permutations,
                            float(self.vic), float(self.trans_temp), float(self.start_temp), self.seed)
@@ -397,18 +403,52 @@ class GincCorpus:
         return post, preds
 
     def bayes_probs(self, prompts: list[GincPrompt]) -> np.ndarray:
-        """(N, V) next-symbol distribution of the Bayes-optimal reader of each prompt, who knows how GINC prompts
-        are made but not their concept or start property: its posterior over (pretraining concept, start property)
-        mixes each pair's prediction (every symbol equally likely where no pair can produce the test input). This
-        is what a model that learned the pretraining distribution perfectly predicts (the implicit Bayesian
-        inference of Xie et al. 2022, done exactly): its argmax is that model's greedy answer. The most accurate
-        reader of the label is `bayes_label_probs`'s. The prompts of one call share k and example length."""
+        """(N, V) next-symbol distribution of the Bayes-optimal reader of each prompt who knows how GINC prompts
+        are made (each example restarts at a start property all share, its entity uniform; "/" separates examples)
+        but not their concept or start property: its posterior over (pretraining concept, start property) mixes
+        each pair's prediction (every symbol equally likely where no pair can produce the test input). This is the
+        idealised in-context reader of Xie et al. 2022's analysis, done exactly; a model of the pretraining text
+        alone does not know the prompt format (`pretraining_probs`). The most accurate reader of the label is
+        `bayes_label_probs`'s. The prompts of one call share k and example length."""
         if not prompts:
             return np.zeros((0, self.n_symbols))
         post, preds = self._bayes_posterior(prompts)
         out = np.einsum("nj,njv->nv", post, preds)
         out[post.sum(axis=1) == 0] = 1.0 / self.n_symbols
         return out
+
+    def pretraining_probs(self, prompts: list[GincPrompt]) -> tuple[np.ndarray, np.ndarray]:
+        """((N, V) next-symbol distribution, (N,) possible) of a model that learned the pretraining distribution
+        perfectly and reads <eot> + the prompt as the start of a pretraining document: a pretraining concept drawn
+        uniformly, a start state from its start distribution, every symbol ("/" too) emitted by the chain. It knows
+        nothing of the prompt format: where the examples' restarts make a prompt impossible under every concept
+        (possible False) its distribution is undefined, and is uniform here."""
+        h, n = self.hmms, len(prompts)
+        if not n:
+            return np.zeros((0, self.n_symbols)), np.zeros(0, bool)
+        sym = np.array([p.symbols for p in prompts])  # (N, T)
+        onehot = h.memory.reshape(-1)[:, None] == np.arange(self.n_symbols)  # (E*P, V)
+        logp = np.zeros((n, self.n_train_concepts))
+        preds = np.zeros((n, self.n_train_concepts, self.n_symbols))
+        for c in range(self.n_train_concepts):
+            alpha = np.broadcast_to(h.start[c].reshape(self.n_entities, self.n_properties),
+                                    (n, self.n_entities, self.n_properties))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                for t in range(sym.shape[1]):
+                    if t:
+                        alpha = self._step(alpha, h.property[c][None])
+                    alpha = alpha * (h.memory[None] == sym[:, t, None, None])  # (N, E, P) emission of symbol t
+                    z = alpha.sum(axis=(1, 2))
+                    logp[:, c] += np.log(z)
+                    alpha = np.nan_to_num(alpha / z[:, None, None])
+            preds[:, c] = self._step(alpha, h.property[c][None]).reshape(n, -1) @ onehot
+        possible = ~np.isneginf(logp.max(axis=1))
+        w = np.zeros_like(logp)
+        w[possible] = np.exp(logp[possible] - logp[possible].max(axis=1, keepdims=True))
+        w[possible] /= w[possible].sum(axis=1, keepdims=True)
+        out = np.einsum("nc,ncv->nv", w, preds)
+        out[~possible] = 1.0 / self.n_symbols
+        return out, possible
 
     def bayes_label_probs(self, prompts: list[GincPrompt]) -> np.ndarray:
         """(N, V) posterior probability that each symbol is the prompt's label. The label is the most likely next

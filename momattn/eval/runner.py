@@ -68,7 +68,7 @@ class _Plan:
 
 
 def _plan(model: LanguageModel, tokenizer, run_config: dict, cfg: EvalConfig, cache_dir: str | None,
-          read_corpus: bool = True) -> _Plan:
+          read_corpus: bool = True, trained_on: str | None = None) -> _Plan:
     # ICL data loaded and checked first: a missing file, an offline hub task or a GINC task on a checkpoint
     # that never saw GINC fails before any scoring
     lengths = cfg.ppl.resolve_lengths(model.config.block_size) if cfg.ppl.enabled else []
@@ -79,7 +79,8 @@ def _plan(model: LanguageModel, tokenizer, run_config: dict, cfg: EvalConfig, ca
         raise ConfigError(f"icl.tasks: {', '.join(text_tasks)} are text tasks, and this checkpoint was trained on GINC "
                           f"(its tokenizer, {tokenizer.name}, knows only the GINC symbols). Score GINC tasks instead: "
                           "icl.tasks=[ginc,ginc_l3,ginc_l8,ginc_ood]")
-    world = ginc_world(run_config.get("data"), ginc_tasks[0].name) if ginc_tasks else None
+    world = ginc_world(run_config.get("data"), ginc_tasks[0].name, ood_task=next(
+        (t.name for t in ginc_tasks if t.ood), None), trained_on=trained_on) if ginc_tasks else None
     if ginc_tasks:  # after the checkpoint is known to be a GINC one, before the separator is encoded
         check_ginc_icl(ginc_tasks, cfg.icl)
     icl_eval = IclEvaluator(model, tokenizer, cfg.icl, split_seed_of(run_config), cfg.batch_tokens)
@@ -150,13 +151,13 @@ def _corpus_error(e: ConfigError | DataError, override: Mapping | None, own_cach
 
 
 def check_evaluation(model: LanguageModel, tokenizer, run_config: Mapping, eval_cfg: Mapping | EvalConfig,
-                     cache_dir: str | None = None, read_corpus: bool = True) -> None:
+                     cache_dir: str | None = None, read_corpus: bool = True, trained_on: str | None = None) -> None:
     """Everything evaluate_model checks before scoring (tasks found and encoded against the model's context,
     perplexity lengths, the LM corpus read), without scoring: train.py calls it before training, so that a
     setting the evaluation cannot take fails at start-up, not after hours of training. read_corpus=False: the
     perplexity corpus is not read (train.py's own, which it has just read, or streams)."""
     cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else EvalConfig.from_mapping(eval_cfg, "eval")
-    _plan(model, tokenizer, to_plain(run_config) or {}, cfg, cache_dir, read_corpus)
+    _plan(model, tokenizer, to_plain(run_config) or {}, cfg, cache_dir, read_corpus, trained_on)
 
 
 def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cfg: Mapping | EvalConfig,
@@ -175,7 +176,7 @@ def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cf
     result = ModelResult(label=label, attention=attention_kind(model), model=describe(model),
                          tokenizer={"name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
                          eval_config=asdict(cfg))
-    plan = _plan(model, tokenizer, run_config, cfg, cache_dir)
+    plan = _plan(model, tokenizer, run_config, cfg, cache_dir, trained_on=trained_on)
     if cfg.ppl.enabled and not cfg.ppl.data and trained_on:
         check_same_corpus(plan.data_cfg, trained_on, label)
     if cfg.batch_tokens < model.config.block_size:
@@ -318,7 +319,8 @@ def check_saved(path, meta: dict, eval_cfg: EvalConfig, cache_dir: str | None = 
     from momattn.checkpoint import checkpoint_tokenizer, model_config_from
 
     stand_in = SimpleNamespace(config=model_config_from(meta, path))  # all that the preparation reads of a model
-    check_evaluation(stand_in, checkpoint_tokenizer(meta, path), dict(meta.get("config") or {}), eval_cfg, cache_dir)
+    check_evaluation(stand_in, checkpoint_tokenizer(meta, path), dict(meta.get("config") or {}), eval_cfg, cache_dir,
+                     trained_on=meta.get("data_fingerprint"))
 
 
 def _check_one(path, label: str, meta: dict, conf: EvaluateConfig) -> None:

@@ -60,7 +60,7 @@ class Tokenizer:
     """A thin wrapper: encode(str) -> list[int], decode(list[int]) -> str, vocab_size, eot_id."""
 
     def __init__(self, hf: _HFTokenizer, name: str = "tokenizer"):
-        self.hf = hf
+        self.hf = without_dropout(hf)[0]  # BPE dropout: every encoding of a text another (perplexity, prompts)
         self.name = name
         eot = hf.token_to_id(EOT)
         if eot is None:
@@ -134,6 +134,10 @@ class Tokenizer:
         return self.max_id + 1
 
     def _cannot_encode(self, text: str, e: Exception) -> DataError:
+        if bad := next(((i, ch) for i, ch in enumerate(text) if "\ud800" <= ch <= "\udfff"), None):
+            # a byte that is not UTF-8 (Python keeps it as a lone surrogate): not the vocabulary's fault
+            return DataError(f"the text {text[:80]!r} holds {bad[1]!r} at position {bad[0]}, which is not a "
+                             "character: a byte that is not UTF-8 (or half of a surrogate pair); pass UTF-8 text")
         return DataError(f"tokenizer '{self.name}' cannot encode the text {text[:80]!r} ({e}): its vocabulary "
                          "has no token for part of it and no unknown-token fallback (a GINC run's tokenizer "
                          "knows only the GINC symbols)")
@@ -288,6 +292,17 @@ def gpt2_tokenizer() -> Tokenizer:
     return Tokenizer(tok, "gpt2")
 
 
+def without_dropout(hf: _HFTokenizer) -> tuple[_HFTokenizer, bool]:
+    """The tokenizer with its model's dropout (BPE dropout: random merges skipped, for training-time augmentation)
+    turned off, and whether it had one; a tokenizer file kept it, and encoded one text differently at every call."""
+    spec = json.loads(hf.to_str())
+    model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
+    if not model.get("dropout"):
+        return hf, False
+    model["dropout"] = None
+    return _HFTokenizer.from_str(json.dumps(spec)), True
+
+
 def file_tokenizer(path: str) -> Tokenizer:
     """Any tokenizer.json (e.g. saved from a Hugging Face tokenizer)."""
     p = Path(path).expanduser()
@@ -302,6 +317,9 @@ def file_tokenizer(path: str) -> Tokenizer:
         tok.no_padding()
         print(f"[momattn] tokenizer.path='{path}' truncates or pads what it encodes (for a model's inputs); turned "
               "off here: documents and prompts are tokenized whole", file=sys.stderr, flush=True)
+    if without_dropout(tok)[1]:
+        print(f"[momattn] tokenizer.path='{path}' has BPE dropout (random merges skipped, for training-time "
+              "augmentation); turned off here: a text is encoded the same way every time", file=sys.stderr, flush=True)
     out = Tokenizer(tok, p.name)
     try:
         plain, quoted = out.encode_documents(["a b qzxj", f"a {EOT} b"])
@@ -310,6 +328,12 @@ def file_tokenizer(path: str) -> Tokenizer:
     if out.eot_id in plain:
         raise DataError(f"tokenizer.path='{path}': ordinary text ('a b qzxj') encodes to the document separator '{EOT}' "
                         f"(id {out.eot_id}), e.g. as the unknown token; give the tokenizer another unknown token")
+    added = out.hf.get_added_tokens_decoder().get(out.eot_id)
+    if out.eot_id in quoted and added is not None and added.special:  # special, and a piece of the vocabulary too
+        raise DataError(f"tokenizer.path='{path}': the text '{EOT}' inside a document encodes to the document "
+                        f"separator (id {out.eot_id}), so a document quoting it would be cut in two: '{EOT}' is a "
+                        "special added token but also a piece of the model's own vocabulary (model.vocab), as "
+                        "trainers and SentencePiece conversions put special tokens there; remove it from model.vocab")
     if out.eot_id in quoted:  # a plain word of the model's vocabulary, or an added token not marked special
         raise DataError(f"tokenizer.path='{path}': the text '{EOT}' inside a document encodes to the document "
                         f"separator (id {out.eot_id}), so a document quoting it would be cut in two; make '{EOT}' a "

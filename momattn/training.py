@@ -192,6 +192,11 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         print(f"[momattn] resuming with the checkpoint's own tokenizer ({tokenizer!r}); the tokenizer settings "
               "given now are not used (a model cannot change its vocabulary mid-run)", file=sys.stderr)
     model_config = c.model_for(tokenizer.n_ids)
+    if not resume and c.tokenizer.kind == "bpe" and tokenizer.vocab_size < c.tokenizer.vocab_size:
+        print(f"[momattn] note: the BPE tokenizer has {tokenizer.vocab_size} tokens, fewer than tokenizer.vocab_size="
+              f"{c.tokenizer.vocab_size}: the training text supports no more merges (a larger vocab_size trains the "
+              f"same tokenizer). The model's embedding has {model_config.vocab_size} rows; summary.json records both",
+              file=sys.stderr, flush=True)
     if resume:
         check_compatible(model_config_from(resume, ckpt_path), model_config, ckpt_path)
     check_fits(model_config, c.loader.batch_size, c.trainer["precision"], c.trainer.get("accelerator"),
@@ -201,7 +206,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
 
     train, val = _tokens(c, tokenizer, model_config.vocab_size, model_config.block_size)
     dm = TokenDataModule(train, val, model_config.block_size, c.loader.batch_size, c.max_steps, c.accumulate,
-                         c.loader.val_batches, c.seed, c.loader.num_workers)
+                         c.loader.val_batches, c.seed, c.loader.num_workers, getattr(c.data, "split_size_advice", None))
     evaluated = start_step >= c.max_steps and _evaluated_step(out_dir) in (start_step, "unknown")  # a finished run
     if c.run_eval and c.eval and not evaluated and os.environ.get("LOCAL_RANK", "0") == "0":
         _check_evaluation(c, model, tokenizer)  # a task or length the evaluation cannot take: now, not after training
@@ -277,8 +282,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
             if kept is None and not trained:  # stopped before its summary: the checkpoint's last validation
                 metrics = {**(resume.get("val_metrics") or {}), **metrics}
             if kept is None:
-                _report(c, trainer, metrics, loggers, _unigram(train, dm, trainer.world_size, model_config.vocab_size), speed,
-                        out_dir)
+                _report(c, trainer, metrics, loggers, _unigram(train, dm, trainer.world_size, tokenizer.n_ids), speed,
+                        out_dir, (tokenizer.vocab_size, model_config.vocab_size))
             else:  # a finished run resumed: its summary (val loss, speed) stays, and gives the sweep's metric
                 print(f"[momattn] nothing to train: the run was at step {start_step} already "
                       f"(trainer.max_steps={c.max_steps}); {out_dir / 'summary.json'} is kept. Raise "
@@ -314,7 +319,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         if trainer.global_step >= c.max_steps > start_step and trainer.is_global_zero:
             # a SIGTERM at the last step: the run is complete and reported now; its evaluation is left to the resume
             speed, metrics = outcome()
-            _report(c, trainer, metrics, loggers, _unigram(train, dm, trainer.world_size, model_config.vocab_size), speed, out_dir)
+            _report(c, trainer, metrics, loggers, _unigram(train, dm, trainer.world_size, tokenizer.n_ids), speed,
+                    out_dir, (tokenizer.vocab_size, model_config.vocab_size))
         if trainer.is_global_zero:
             print(_resume_hint(preempt, out_dir, job), file=sys.stderr, flush=True)
         if job.sweep_dir is not None and not _basic_launcher():
@@ -704,7 +710,8 @@ def _kept_summary(path: Path) -> dict | None:
 
 
 def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, baseline: float | None, speed: dict,
-            out_dir: Path) -> None:
+            out_dir: Path, vocab: tuple[int, int] | tuple[None, None] = (None, None)) -> None:
+    """The end-of-run lines and summary.json; vocab: (the tokenizer's tokens, the model's embedding rows)."""
     ckpt_cb = trainer.checkpoint_callback
     best = getattr(ckpt_cb, "best_model_path", "") or None
     last = getattr(ckpt_cb, "last_model_path", "") or None
@@ -736,7 +743,8 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
     lines += [f"  {logs.describe(lg)}" for lg in loggers]
     print("\n".join(lines), file=sys.stderr, flush=True)
     summary = {"attention": c.resolved["attention"], "steps": trainer.global_step, "unigram_val_ppl": baseline,
-               "precision": c.trainer["precision"], "best_checkpoint": best, "last_checkpoint": last, **speed,
+               "precision": c.trainer["precision"], "tokenizer_vocab_size": vocab[0], "model_vocab_size": vocab[1],
+               "best_checkpoint": best, "last_checkpoint": last, **speed,
                **{k: v for k, v in metrics.items() if k.startswith(SUMMARY_METRICS)}}
     atomic_write_text(out_dir / "summary.json", json_text(summary, indent=2))
 

@@ -715,6 +715,54 @@ def test_a_tokenizer_file_that_truncates_or_pads_encodes_documents_whole(tmp_pat
     assert tok.encode_documents([text])[0] == tok.encode(text) == gpt2_tokenizer().encode(text)
 
 
+def test_a_tokenizer_file_with_bpe_dropout_encodes_a_text_the_same_way_every_time(tmp_path, capsys):
+    # the dropout was kept: evaluate.py's perplexity and generate.py's greedy output changed at every call (found
+    # by review); so was a checkpoint's stored tokenizer
+    from momattn.tokenizer import Tokenizer, file_tokenizer
+
+    spec = json.loads(gpt2_tokenizer().hf.to_str())
+    spec["model"]["dropout"] = 0.5
+    (tmp_path / "tok.json").write_text(json.dumps(spec))
+    tok = file_tokenizer(str(tmp_path / "tok.json"))
+    assert "has BPE dropout (random merges skipped, for training-time augmentation); turned off here" in \
+        capsys.readouterr().err
+    text = "the film was a great movie with a fine plot " * 3
+    assert {tuple(tok.encode(text)) for _ in range(20)} == {tuple(gpt2_tokenizer().encode(text))}
+    from tokenizers import Tokenizer as HF
+
+    stored = Tokenizer(HF.from_str(json.dumps(spec)), "from a checkpoint")  # a stored tokenizer: quietly
+    assert {tuple(stored.encode(text)) for _ in range(20)} == {tuple(gpt2_tokenizer().encode(text))}
+    assert capsys.readouterr().err == ""
+
+
+def test_text_that_is_not_utf8_is_named_as_such_not_blamed_on_the_vocabulary():
+    # a byte that is not UTF-8 (a shell's raw 0xFF in generate.py's prompt) was "its vocabulary has no token for
+    # part of it", for a byte-level BPE that encodes every byte (found by review)
+    tok = gpt2_tokenizer()
+    for call in (tok.encode, lambda t: tok.encode_documents([t])):
+        with pytest.raises(DataError, match=r"^the text 'ab\\udcffcd' holds '\\udcff' at position 2, which is not a "
+                                            r"character: a byte that is not UTF-8 .*; pass UTF-8 text$"):
+            call("ab\udcffcd")
+
+
+def test_a_tokenizer_file_whose_vocabulary_holds_the_special_end_of_text_is_told_so(tmp_path):
+    # a Unigram trainer puts its special tokens in model.vocab too: the advice was to make the token special, which
+    # the file's added_tokens already did (found by review)
+    from tokenizers import Tokenizer as HF
+    from tokenizers import models, pre_tokenizers, trainers
+
+    from momattn.tokenizer import EOT, file_tokenizer
+
+    hf = HF(models.Unigram())
+    hf.pre_tokenizer = pre_tokenizers.Metaspace()
+    hf.train_from_iterator(["the film was good", "a bad plot", "one more text here"] * 20,
+                           trainers.UnigramTrainer(vocab_size=60, special_tokens=["<unk>", EOT], unk_token="<unk>"))
+    hf.save(str(tmp_path / "uni.json"))
+    with pytest.raises(DataError, match=r"'<\|endoftext\|>' is a special added token but also a piece of the model's "
+                                        r"own vocabulary \(model.vocab\), .*; remove it from model.vocab$"):
+        file_tokenizer(str(tmp_path / "uni.json"))
+
+
 def test_copies_of_a_local_validation_split_are_left_out_of_training(tmp_path, capsys, monkeypatch):
     # data_files={train: tr.jsonl, validation: va.jsonl} with va the first rows of tr: 5 of 5 validation documents
     # were trained on, silently, where a held-out fraction's copies are left out (found by review)

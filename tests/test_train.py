@@ -119,6 +119,19 @@ def test_smoke_training_each_attention(attention, tmp_path, capsys):
     assert f"precision {CPU_AUTO}" in capsys.readouterr().err
     summary = strict_json((tmp_path / "summary.json").read_text())
     assert summary["val/loss"] == pytest.approx(val_loss) and summary["steps"] == 6
+    assert summary["model_vocab_size"] == meta["model_config"]["vocab_size"] >= summary["tokenizer_vocab_size"] > 256
+
+
+def test_a_bpe_smaller_than_its_vocab_size_is_said_and_recorded(tmp_path, capsys):
+    # a corpus that supports fewer merges than asked for: only the start-up line's size said so, while the logged
+    # config kept the size asked for (found by review)
+    run_train(compose_train(tmp_path, [*SMOKE, "tokenizer.vocab_size=60000", "trainer.max_steps=2"]))
+    summary = strict_json((tmp_path / "summary.json").read_text())
+    n = summary["tokenizer_vocab_size"]
+    assert n < 60000 and summary["model_vocab_size"] >= n and summary["model_vocab_size"] % 64 == 0
+    assert (f"[momattn] note: the BPE tokenizer has {n} tokens, fewer than tokenizer.vocab_size=60000: the training "
+            f"text supports no more merges (a larger vocab_size trains the same tokenizer). The model's embedding "
+            f"has {summary['model_vocab_size']} rows; summary.json records both") in capsys.readouterr().err
 
 
 def test_loss_decreases_on_a_few_hundred_tokens(tmp_path):

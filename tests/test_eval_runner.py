@@ -289,6 +289,12 @@ def test_settings_a_command_line_gets_wrong_are_named_or_read_as_meant(tmp_path)
         section, name = key.split(".")
         with pytest.raises(ConfigError, match=f"{key}={value!r} must be true or false"):
             EvalConfig.from_mapping({section: {name: value}})
+    # null is named as typed, not as Python's 'None' (a folder named 'None'); '' scanned the working folder
+    for section, said in [({"score": None}, r"^icl.score=null is unknown"),
+                          ({"task_dirs": [None]}, r"^icl.task_dirs holds null; give folders"),
+                          ({"task_dirs": [""]}, r"^icl.task_dirs holds ''; give folders")]:
+        with pytest.raises(ConfigError, match=said):
+            EvalConfig.from_mapping({"icl": section})
     # `icl.separator="\n\n"` arrives as backslash-n text: a line break, as in task templates
     assert EvalConfig.from_mapping({"icl": {"separator": "\\n\\n"}}).icl.separator == "\n\n"
     assert EvaluateConfig(ckpt_paths="runs/x/last.ckpt").checkpoint_paths() == ["runs/x/last.ckpt"]

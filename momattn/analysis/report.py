@@ -190,11 +190,13 @@ def log_wandb(r, out_dir: Path, wandb_cfg: Mapping, tags: Sequence[str] = (), jo
         import wandb
     except ImportError:
         return False
+    from momattn.analysis.config import AnalyzeConfig
     from momattn.eval.runner import train_run_id_of
     from momattn.wandb_runs import start_run, where
 
     given = {k: v for k, v in (settings or {}).items() if k not in ("logger", "paths", "ckpt_path", "sweep_dir")}
-    seed = f" seed {given['seed']}" if given.get("seed", 1) != 1 else ""  # the demonstrations drawn
+    default = AnalyzeConfig.__dataclass_fields__["seed"].default
+    seed = f" seed {given['seed']}" if given.get("seed", default) != default else ""  # the demonstrations drawn
     run = start_run(out_dir, wandb_cfg, "the analysis", job_type="analyze", group=wandb_cfg.get("group") or group,
                     tags=list(wandb_cfg.get("tags") or tags or []),  # logger.wandb.tags (${tags} by default)
                     name=f"{r.task}-{r.attention}" + (f" job {job}" if job else "") + seed,

@@ -170,8 +170,13 @@ class IclConfig:
         if self.enabled and not self.tasks:
             raise ConfigError(f"icl.tasks={self.tasks!r} must be a non-empty list of task names or entries")
         self.tasks = list(self.tasks)
-        self.task_dirs = [str(d) for d in (self.task_dirs if isinstance(self.task_dirs, list | tuple)
-                                           else [self.task_dirs] if self.task_dirs else [])]
+        self.task_dirs = list(self.task_dirs) if isinstance(self.task_dirs, list | tuple) else \
+            [self.task_dirs] if self.task_dirs else []
+        for d in self.task_dirs:
+            if not isinstance(d, str | Path) or not str(d):
+                raise ConfigError(f"icl.task_dirs holds {'null' if d is None else repr(d)}; give folders of task "
+                                  ".yaml files (paths)")
+        self.task_dirs = [str(d) for d in self.task_dirs]
         if self.enabled:  # task files read and checked now, before any model is loaded
             from momattn.eval.tasks import expand_task_files  # (tasks imports this module)
 
@@ -209,7 +214,7 @@ class IclConfig:
         if not _is_int(self.max_shots) or self.max_shots < 1:
             raise ConfigError(f"icl.max_shots={self.max_shots!r} must be an int >= 1")
         if self.score not in ("mean", "sum"):
-            raise ConfigError(f"icl.score='{self.score}' is unknown; choose 'mean' (mean log-prob per answer "
+            raise ConfigError(f"icl.score={'null' if self.score is None else repr(self.score)} is unknown; choose 'mean' (mean log-prob per answer "
                               "token, the authors' rule) or 'sum'")
         if not isinstance(self.separator, str) or not self.separator:
             raise ConfigError(f"icl.separator={self.separator!r} must be 'eot' or a non-empty text "

@@ -215,6 +215,12 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+def _below_one(rate: torch.Tensor) -> torch.Tensor:
+    """A sigmoid's rate kept below 1: float32's sigmoid is exactly 1.0 for a logit above ~16.6 (eta=0.9999999 starts
+    at 16.1), an undamped sum the ops refuse, whose logit then gets no gradient to come back (found by review)."""
+    return rate.clamp(max=1 - torch.finfo(rate.dtype).eps / 2)
+
+
 def _fp32_at_least(t: torch.Tensor) -> torch.Tensor:
     """A rate's parameter in float32 where the model is in bf16/fp16 (a rate sigmoid(x) near 1 rounds to 1 there)."""
     return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
@@ -236,7 +242,7 @@ class MomentumAttention(CausalSelfAttention):
     @property
     def eta(self) -> torch.Tensor:  # float32 (or float64) whatever the weights' dtype
         if hasattr(self, "eta_logit"):
-            return torch.sigmoid(_fp32_at_least(self.eta_logit))
+            return _below_one(torch.sigmoid(_fp32_at_least(self.eta_logit)))
         if self.eta_fixed.dtype in (torch.bfloat16, torch.float16):
             # a model cast to bf16/fp16 (precision=bf16-true / 16-true, or FSDP's mixed precision, which casts
             # buffers itself): the rate from the config in float32; bf16 rounds 0.999 to 1.0, an undamped sum
@@ -251,8 +257,8 @@ class MomentumAttention(CausalSelfAttention):
     def memory(self, vm, cache, add=None, link=None):
         B, T, C = vm.shape
         v = vm.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D), no copy
-        # the rates are valid by construction (a config-checked eta or a sigmoid): checking them would make
-        # a GPU wait, once per layer and step
+        # the rates are valid by construction (a config-checked eta, or a sigmoid kept below 1 by _below_one):
+        # checking them would make a GPU wait, once per layer and step
         if cache is None:
             m = momentum_ema(v, self.eta, self.include_current, check_rates=False, add=add, link=link)[0]
         else:
@@ -273,7 +279,7 @@ class MultiRateEMAAttention(CausalSelfAttention):
         self.scale = math.sqrt(1.0 / C)
 
     def memory(self, vm, cache, add=None, link=None):
-        p, g = torch.sigmoid(_fp32_at_least(self.delta)), self.gamma * self.scale  # (C, R); p in float32 (bf16: 0.999 -> 1)
+        p, g = _below_one(torch.sigmoid(_fp32_at_least(self.delta))), self.gamma * self.scale  # (C, R); p in float32 (bf16: 0.999 -> 1)
         if cache is None:  # p is a sigmoid: valid by construction, unchecked (a check would make a GPU wait)
             return multirate_ema(vm, p, g, check_rates=False, add=add)[0]  # (B, T, C): the merged values
         m, cache.state = multirate_ema(vm, p, g, cache.state, output_final_state=True, check_rates=False, add=add)

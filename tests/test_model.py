@@ -251,7 +251,7 @@ def test_bad_attention_kind_and_eta():
         AttentionConfig(kind="momentum", eta=-0.1)
 
 
-def test_learnable_eta_stays_in_range_and_gets_gradients():
+def test_learnable_eta_stays_in_range_and_gets_gradients(monkeypatch):
     model = tiny("momentum", eta=0.5, learnable_eta=True).float().train()
     idx = torch.randint(0, 37, (2, 16))
     model(idx).sum().backward()
@@ -262,10 +262,27 @@ def test_learnable_eta_stays_in_range_and_gets_gradients():
     # stays finite at either end
     with torch.no_grad():
         attn.eta_logit.copy_(torch.tensor([-60.0, 60.0]))
-    assert (attn.eta >= 0).all() and (attn.eta <= 1).all() and attn.eta[0] < 1e-20 and attn.eta[1] > 1 - 1e-6
+    assert (attn.eta >= 0).all() and (attn.eta < 1).all() and attn.eta[0] < 1e-20 and attn.eta[1] > 1 - 1e-6
     assert torch.isfinite(model(idx)).all()
     torch.optim.SGD([attn.eta_logit], lr=1e6).step()  # a huge step along the gradient taken above
-    assert ((attn.eta >= 0) & (attn.eta <= 1)).all()
+    assert ((attn.eta >= 0) & (attn.eta < 1)).all()
+    # float32's sigmoid is exactly 1.0 above a logit of ~16.6 (eta=0.9999999 starts at 16.1): an undamped sum that
+    # the checked ops refuse ran unchecked, its logit without a gradient to come back (found by review)
+    from momattn.ops import momentum_ema, multirate_ema
+
+    v = torch.randn(1, 2, 8, 4)
+    momentum_ema(v, attn.eta, check_rates=True)  # in [0, 1): accepted
+    mr = tiny("multirate_ema").float()
+    with torch.no_grad():
+        mr.blocks[0].attn.delta.fill_(60.0)
+    p = torch.sigmoid(mr.blocks[0].attn.delta)
+    assert (p == 1).all() and torch.isfinite(mr(idx)).all()
+    captured = []
+    monkeypatch.setattr("momattn.model.multirate_ema", lambda x, p, *a, **k: captured.append(p) or multirate_ema(
+        x, p, *a, **k))
+    mr(idx)
+    assert (captured[0] < 1).all()
+    multirate_ema(torch.randn(1, 8, mr.config.n_embd), captured[0], torch.ones_like(captured[0]), check_rates=True)
 
 
 # ---------------------------------------------------------------- construction details a parity test cannot see

@@ -550,7 +550,7 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
     optim = typed(OptimConfig, raw.get("optim"), "optim")
     precision = str(trainer["precision"])
     if precision in ("16-true", "transformer-engine-float16") and optim.eps <= 2**-25:  # 0 in float16 (least 2^-24)
-        # it trained to a final val/ppl of 5e21 without an error: the loss grew but stayed finite
+        # it trained to a final val/ppl of 5e21 (then capped at e^50) without an error: the loss grew but stayed finite
         raise ConfigError(f"trainer.precision={precision} holds the weights and AdamW's state in float16, where "
                           f"optim.eps={optim.eps:g} rounds to 0 (float16's smallest value is 6e-8), so AdamW's step "
                           "m / (sqrt(v) + eps) explodes where the second moment underflows and the run diverges; raise optim.eps (1e-4 is "
@@ -615,8 +615,9 @@ def _check_folders(c: TrainConfig) -> None:
 
 def checkpoint_file_name(template: str, conf: Mapping, max_steps: Any) -> str:
     """The path (below its folder) Lightning's ModelCheckpoint makes from a filename template, near enough:
-    `{step}` at the run's last step, any other value as a long float, a version suffix and `.ckpt` (the template
-    alone passed a 250-byte name that failed at the first save, its steps lost)."""
+    `{step}` at the run's last step, any other value as a long float, a version suffix where the callback adds one
+    (Lightning's own ModelCheckpoint; momattn's does not) and `.ckpt`. Checking the template alone passed a
+    251-byte name that failed at the first save, its steps lost."""
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -630,7 +631,8 @@ def checkpoint_file_name(template: str, conf: Mapping, max_steps: Any) -> str:
             is not False)
     except (ValueError, KeyError, IndexError, TypeError):  # a template Lightning cannot format is named elsewhere
         return template
-    return base + "-v1.ckpt"
+    counter = conf.get("enable_version_counter", "momattn." not in str(conf.get("_target_", "")))  # momattn's: off
+    return base + ("-v1" if counter else "") + ".ckpt"
 
 
 def _check_own_folders(c: TrainConfig) -> None:

@@ -111,6 +111,8 @@ def _build(cxx: list[str], extra: list[str]) -> Path:
     lib = cache / f"ema_scan-{key.hexdigest()[:16]}.so"
     if _intact(lib):
         return lib
+    if lib.is_file() and not _digest_file(lib).exists() and not _writable(lib.parent):
+        return lib  # an older momattn's build in a read-only cache: no digest to check it by, and none can be written
     cache.mkdir(parents=True, exist_ok=True)
     with file_lock(lock_beside(lib), waiting="the CPU scan kernel"):
         if _intact(lib):  # another process built it while this one waited
@@ -118,7 +120,7 @@ def _build(cxx: list[str], extra: list[str]) -> Path:
         if lib.exists():
             log.warning("momattn: the cached CPU scan kernel %s does not match its recorded digest (damaged, or "
                         "from an older momattn); building it again", lib)
-        remove_stale_temps(cache)
+        remove_stale_temps(cache, pattern=".ema_scan-*.tmp*")  # the cache folder may be shared: the kernel's own
         tmp = cache / f".{lib.name}.{os.urandom(4).hex()}.tmp{os.getpid()}@{_host()}"
         try:
             for flags in (_flags(), PORTABLE):
@@ -143,6 +145,10 @@ def _build(cxx: list[str], extra: list[str]) -> Path:
 
 def _digest_file(lib: Path) -> Path:
     return lib.with_name(lib.name + ".sha256")
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK)
 
 
 def _intact(lib: Path) -> bool:

@@ -259,14 +259,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def remove_stale_temps(folder: str | os.PathLike, idle_s: float = 60.0, foreign_idle_s: float = 86400.0) -> list[Path]:
+def remove_stale_temps(folder: str | os.PathLike, idle_s: float = 60.0, foreign_idle_s: float = 86400.0,
+                       pattern: str = ".*.tmp*") -> list[Path]:
     """Delete the temporary files that atomic_write left in folder when its process was killed mid-write (SIGKILL,
     OOM, power cut): those written on this host (the name says which) whose writer (the PID in the name) is not
     running and which have not been written for idle_s seconds; and those of another host (a node sharing the
     filesystem, whose processes cannot be asked) not written for foreign_idle_s (a day). Returns what was removed.
     A large model's partial checkpoints would otherwise fill the disk over resumes."""
     removed, here = [], _host()
-    for tmp in Path(folder).glob(".*.tmp*"):
+    for tmp in Path(folder).glob(pattern):  # pattern: only some files' temporaries (a folder others share)
         m = TEMP_NAME.fullmatch(tmp.name)  # no host: an older momattn's, this host's
         if not m:
             continue

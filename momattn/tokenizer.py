@@ -22,7 +22,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from momattn.errors import ConfigError, DataError, did_you_mean, first_line, not_a_file
 from momattn.io import atomic_write_text, file_lock, lock_beside
-from momattn.utils import stderr_tty
+from momattn.utils import digest, stderr_tty
 
 if TYPE_CHECKING:
     from momattn.data.sources import DataSource
@@ -358,5 +358,9 @@ def build_tokenizer(cfg: TokenizerConfig, source: DataSource, cache_dir: Path) -
         return file_tokenizer(cfg.path)
     if cfg.kind == "source":
         return source_tokenizer(source)()
-    cache = Path(cache_dir) / "tokenizers" / f"bpe{cfg.vocab_size}-{source.fingerprint()}.json"
+    from momattn.data.sources import recording_changes  # (sources imports this module)
+
+    with recording_changes() as changes:  # the local files' inode and ctime, as the token cache's key has them
+        key = source.fingerprint() + (f"-{digest(sorted(changes), 12)}" if changes else "")
+    cache = Path(cache_dir) / "tokenizers" / f"bpe{cfg.vocab_size}-{key}.json"
     return train_bpe(lambda: source.documents("train"), cfg.vocab_size, cache)

@@ -190,6 +190,12 @@ def test_a_world_the_model_did_not_train_on_or_without_held_out_concepts_is_refu
                        tmp_path, "v")
     with pytest.raises(ConfigError, match=r"^task: 'ginc_ood' .*; choose task=ginc$"):
         ginc_world(every, "ginc_ood", key="task", ood_task="ginc_ood")
+    from momattn.eval.runner import check_evaluation  # train.py's check before training: its own keys advised
+
+    with pytest.raises(ConfigError, match=r"but this run's GINC world pretrains on all of its 2 concepts .*; lower "
+                                          r"data.n_train_concepts or drop the ood tasks from icl.tasks$"):
+        check_evaluation(model, world.tokenizer(), {"data": every}, {**cfg, "icl": {"tasks": ["ginc_ood"]}},
+                         training=True)
 
 
 def test_evaluate_model_on_a_ginc_checkpoint_and_the_report(tmp_path, world):

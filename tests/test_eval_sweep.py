@@ -226,7 +226,7 @@ def test_a_runs_own_evaluation_is_reused_for_the_weights_it_saved(tmp_path, caps
     assert strict_json((tmp_path / "out" / "sweep.json").read_text())["runs"][0]["reused_results"]
 
 
-def test_an_evaluation_is_reused_only_with_the_files_it_read_unchanged(tmp_path, capsys):
+def test_an_evaluation_is_reused_only_with_the_files_it_read_unchanged(tmp_path, monkeypatch):
     """A task file edited in place kept its name (the settings), and a sweep reused the scores of its old rows."""
     import time
 
@@ -257,6 +257,17 @@ def test_an_evaluation_is_reused_only_with_the_files_it_read_unchanged(tmp_path,
         f.write_text(before)
         result.inputs = eval_inputs(cfg)
     assert stale_reason(run, result, cfg) == "its checkpoint cannot be read"  # the weights are checked next
+    rows.chmod(0o600)  # the same rows: still reusable (a chmod changed the stamp, found by review of the change)
+    assert stale_reason(run, result, cfg) == "its checkpoint cannot be read"
+    # only the keys that name files are read: a split named like a folder here, or the token cache, were stamped
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "notes.md").write_text("x")
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "a.bin").write_text("x")
+    other = EvalConfig.from_mapping({"icl": {"enabled": False}, "ppl": {"data": {
+        "paths": [str(corpus)], "val_split": "test", "train_split": "train", "cache_dir": str(tmp_path / "cache")}}})
+    assert set(eval_inputs(other)) == {str(corpus.resolve())}
     result.weights = None
     assert stale_reason(run, result, cfg).startswith("its eval/results.json does not record which weights")
 

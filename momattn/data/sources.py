@@ -11,13 +11,15 @@ A new source is one module with such a class (anything with fingerprint() and do
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import glob
 import hashlib
 import json
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -549,18 +551,36 @@ def _named_files(files: Any) -> list[Path]:
     return [p for p in paths if p.is_file()]
 
 
+# the (inode, ctime) of every file file_stamp reads while a recording_changes() block is open
+_CHANGES: contextvars.ContextVar[list | None] = contextvars.ContextVar("momattn_file_changes", default=None)
+
+
 def file_stamp(p: Path) -> tuple:
-    """(resolved path, size, mtime, ctime, inode, a digest of the first and last 64 KiB): a token cache keyed by it
-    changes when the file does, also where another version kept its size and time (cp -p, rsync -a, tar x: a new
-    inode) or an edit in its middle had its time set back (os.utime, touch -r: the ctime is the time of that call).
-    A chmod also changes the ctime, and rebuilds the cache once."""
+    """(resolved path, size, mtime, a digest of the first and last 64 KiB): a source's fingerprint, kept in its
+    checkpoints (evaluate.py: is the corpus still this one?), changes when the file does, also where another version
+    kept its size and time (cp -p, rsync -a, tar x). The token cache's key adds each file's inode and ctime
+    (recording_changes): an edit in the middle of a large file whose time was set back (touch -r, os.utime) reused
+    the old tokens; those are left out of the fingerprint, which a chmod, a hard link or a copy to another node
+    changes though the text is the same."""
     st, h = p.stat(), hashlib.blake2b(digest_size=8)
     with open(p, "rb") as f:
         h.update(f.read(1 << 16))
         if st.st_size > 1 << 17:
             f.seek(-(1 << 16), os.SEEK_END)
             h.update(f.read())
-    return (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, h.hexdigest())
+    if (changes := _CHANGES.get()) is not None:
+        changes.append((str(p.resolve()), st.st_ino, st.st_ctime_ns))
+    return (str(p.resolve()), st.st_size, st.st_mtime_ns, h.hexdigest())
+
+
+@contextlib.contextmanager
+def recording_changes() -> Iterator[list]:
+    """Collect (path, inode, ctime) of the files every file_stamp in the block reads (the token cache's key)."""
+    token = _CHANGES.set([])
+    try:
+        yield _CHANGES.get()
+    finally:
+        _CHANGES.reset(token)
 
 
 # the data sections of run configs written before `_target_` (stored in older checkpoints): source: <name>

@@ -140,9 +140,10 @@ def data_option(target: str) -> str | None:
 
 
 def ginc_world(data_cfg: Mapping | None, task_name: str = "ginc", key: str = "icl.tasks", ood_task: str | None = None,
-               trained_on: str | None = None):
+               trained_on: str | None = None, training: bool = False):
     """The GincCorpus of a run config's `data` section; ConfigError (naming the setting `key`) if the run did not
-    train on GINC, or an OOD task (`ood_task`) is asked of a world without held-out concepts; DataError where the
+    train on GINC, or an OOD task (`ood_task`) is asked of a world without held-out concepts (training: advised as
+    train.py's, whose data.* keys can change it); DataError where the
     world is not the one the checkpoint trained on (`trained_on`, its data fingerprint): a changed generator
     (VERSION) made other prompts, scored without a word (found by review)."""
     from momattn.data.ginc import VERSION, GincCorpus
@@ -156,10 +157,12 @@ def ginc_world(data_cfg: Mapping | None, task_name: str = "ginc", key: str = "ic
                              f"Choose a text task ({key}=sst2, ...)")
                           + ", or use a GINC checkpoint (python train.py data=ginc ...)")
     if ood_task is not None and source.n_train_concepts == source.n_concepts:  # the data.* key is train.py's
-        raise ConfigError(f"{key}: '{ood_task}' scores concepts held out of pretraining, but this checkpoint's GINC "
-                          f"world pretrained on all of its {source.n_concepts} concepts (data.n_train_concepts = "
-                          "data.n_concepts); " + ("drop the ood tasks from icl.tasks" if key == "icl.tasks" else
-                                                  f"choose {key}=ginc"))
+        raise ConfigError(f"{key}: '{ood_task}' scores concepts held out of pretraining, but " + (
+            f"this run's GINC world pretrains on all of its {source.n_concepts} concepts (data.n_train_concepts = "
+            f"data.n_concepts); lower data.n_train_concepts or drop the ood tasks from {key}" if training else
+            f"this checkpoint's GINC world pretrained on all of its {source.n_concepts} concepts "
+            "(data.n_train_concepts = data.n_concepts); "
+            + (f"drop the ood tasks from {key}" if key == "icl.tasks" else f"choose {key}=ginc")))
     if trained_on is not None and source.fingerprint() != trained_on:
         raise DataError(f"'{task_name}': the GINC world this momattn builds from the checkpoint's data section is not "
                         f"the one the model trained on (the generator, version {VERSION} here, or its defaults changed "

@@ -68,7 +68,7 @@ class _Plan:
 
 
 def _plan(model: LanguageModel, tokenizer, run_config: dict, cfg: EvalConfig, cache_dir: str | None,
-          read_corpus: bool = True, trained_on: str | None = None) -> _Plan:
+          read_corpus: bool = True, trained_on: str | None = None, training: bool = False) -> _Plan:
     # ICL data loaded and checked first: a missing file, an offline hub task or a GINC task on a checkpoint
     # that never saw GINC fails before any scoring
     lengths = cfg.ppl.resolve_lengths(model.config.block_size) if cfg.ppl.enabled else []
@@ -80,7 +80,7 @@ def _plan(model: LanguageModel, tokenizer, run_config: dict, cfg: EvalConfig, ca
                           f"(its tokenizer, {tokenizer.name}, knows only the GINC symbols). Score GINC tasks instead: "
                           "icl.tasks=[ginc,ginc_l3,ginc_l8,ginc_ood]")
     world = ginc_world(run_config.get("data"), ginc_tasks[0].name, ood_task=next(
-        (t.name for t in ginc_tasks if t.ood), None), trained_on=trained_on) if ginc_tasks else None
+        (t.name for t in ginc_tasks if t.ood), None), trained_on=trained_on, training=training) if ginc_tasks else None
     if ginc_tasks:  # after the checkpoint is known to be a GINC one, before the separator is encoded
         check_ginc_icl(ginc_tasks, cfg.icl)
     icl_eval = IclEvaluator(model, tokenizer, cfg.icl, split_seed_of(run_config), cfg.batch_tokens)
@@ -151,13 +151,15 @@ def _corpus_error(e: ConfigError | DataError, override: Mapping | None, own_cach
 
 
 def check_evaluation(model: LanguageModel, tokenizer, run_config: Mapping, eval_cfg: Mapping | EvalConfig,
-                     cache_dir: str | None = None, read_corpus: bool = True, trained_on: str | None = None) -> None:
+                     cache_dir: str | None = None, read_corpus: bool = True, trained_on: str | None = None,
+                     training: bool = False) -> None:
     """Everything evaluate_model checks before scoring (tasks found and encoded against the model's context,
     perplexity lengths, the LM corpus read), without scoring: train.py calls it before training, so that a
     setting the evaluation cannot take fails at start-up, not after hours of training. read_corpus=False: the
-    perplexity corpus is not read (train.py's own, which it has just read, or streams)."""
+    perplexity corpus is not read (train.py's own, which it has just read, or streams). training: train.py's
+    check, whose advice may name its data.* keys."""
     cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else EvalConfig.from_mapping(eval_cfg, "eval")
-    _plan(model, tokenizer, to_plain(run_config) or {}, cfg, cache_dir, read_corpus, trained_on)
+    _plan(model, tokenizer, to_plain(run_config) or {}, cfg, cache_dir, read_corpus, trained_on, training)
 
 
 def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cfg: Mapping | EvalConfig,

@@ -399,7 +399,7 @@ def eval_inputs(cfg: EvalConfig) -> dict[str, list]:
         except (ConfigError, DataError):  # a task file that cannot be read is named where the evaluation reads it
             pass
 
-    def named(value) -> None:
+    def named(value) -> None:  # the paths of data.paths / data.data_files: a path, a list, splits of either
         if isinstance(value, Mapping):
             for v in value.values():
                 named(v)
@@ -407,13 +407,17 @@ def eval_inputs(cfg: EvalConfig) -> dict[str, list]:
             for v in value:
                 named(v)
         elif isinstance(value, str) and value:
-            folder = Path(value).expanduser()
-            files.update(q for q in folder.rglob("*") if q.is_file()) if folder.is_dir() else files.update(
-                _named_files(value))
+            files.update(_named_files(value))
 
-    if cfg.ppl.enabled and cfg.ppl.data:
-        named(to_plain(cfg.ppl.data))
-    return {str(p.resolve()): list(file_stamp(p)) for p in sorted(files) if p.is_file()}
+    data = to_plain(cfg.ppl.data) if cfg.ppl.enabled and cfg.ppl.data else {}
+    for key in ("paths", "data_files"):  # the keys that name files (split names and cache_dir are not read)
+        named(data.get(key))
+    if isinstance(data.get("name"), str) and (folder := Path(data["name"]).expanduser()).is_dir():
+        files.update(q for q in folder.rglob("*") if q.is_file())  # a local folder as data.name
+    try:
+        return {str(p.resolve()): list(file_stamp(p)) for p in sorted(files) if p.is_file()}
+    except OSError:  # a file gone while it was listed: nothing to reuse against, and never the evaluation lost
+        return {}
 
 
 def reusable(job: Path, eval_cfg: EvalConfig, step: int | None = None) -> ModelResult | None:

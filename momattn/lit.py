@@ -1,7 +1,9 @@
-"""The LightningModule: loss, AdamW with decay on 2-D weights, warm-up + decay schedule, RNG-exact resume."""
+"""The LightningModule: loss, AdamW with decay on the Linear and Embedding weights, warm-up + decay schedule,
+RNG-exact resume."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import sys
@@ -14,6 +16,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from momattn import lightning_compat as compat
 from momattn.errors import NonFiniteLossError
+from momattn.metrics import perplexity
 from momattn.model import GPT
 from momattn.optim import OptimConfig, build_adamw, fused_adamw_ok, lr_lambda
 
@@ -149,7 +152,7 @@ class LitGPT(pl.LightningModule):
                 self.validated_at = self.trainer.global_step  # the final step is validated where this lags
             val_loss = (totals[0] / totals[1]).item()
             self.log("val/loss", val_loss, prog_bar=True, sync_dist=False, rank_zero_only=True)
-            self.log("val/ppl", math.exp(min(val_loss, 50.0)), prog_bar=True, rank_zero_only=True)
+            self.log("val/ppl", perplexity(val_loss), prog_bar=True, rank_zero_only=True)
 
     def configure_optimizers(self):
         o = self.optim
@@ -254,7 +257,11 @@ class LitGPT(pl.LightningModule):
         was = getattr(self, "_resumed_max_steps", None)  # the schedule's length: a new max_steps re-stretches it
         step = trainer.global_step
         if isinstance(was, int) and was != self.max_steps and trainer.is_global_zero:
-            old_lr, new_lr = o.lr * lr_lambda(step, o, was), o.lr * lr_lambda(step, o, self.max_steps)
+            # the checkpoint's run's rate: its own optim section and length (today's lr on the old length mixed the
+            # two configs: "from 0.0001" where the run had 2e-4; found by review)
+            old = dataclasses.replace(o, **{k: before[k] for k in ("lr", "schedule", "warmup_steps", "min_lr_ratio",
+                                                                    "power") if before.get(k) is not None})
+            old_lr, new_lr = old.lr * lr_lambda(step, old, was), o.lr * lr_lambda(step, o, self.max_steps)
             if not math.isclose(old_lr, new_lr, rel_tol=1e-9):  # constant, or still warming up: nothing changes
                 print(f"[momattn] trainer.max_steps={self.max_steps} (the checkpoint's run had {was}): the "
                       f"{o.schedule} lr schedule now spans {self.max_steps} steps, so at step {step} the lr goes "

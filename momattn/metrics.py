@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -10,3 +12,9 @@ def unigram_ppl(train_tokens, val_tokens, vocab_size: int) -> float:
     counts = np.bincount(np.asarray(train_tokens), minlength=vocab_size).astype(np.float64) + 1.0
     logp = np.log(counts / counts.sum())
     return float(np.exp(-logp[np.asarray(val_tokens)].mean()))
+
+
+def perplexity(mean_loss: float) -> float:
+    """exp(mean loss in nats), exact to float64's range and inf past it (val/ppl was capped at e^50, silently: a
+    diverged run's val/loss of 60 read as 5.2e21)."""
+    return math.exp(mean_loss) if mean_loss < 709.0 else math.inf

@@ -19,7 +19,7 @@ class OptimConfig:
 
     lr: float = 2e-3
     min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio (cosine, polynomial)
-    weight_decay: float = 0.1  # AdamW, on 2-D weights only
+    weight_decay: float = 0.1  # AdamW, on the Linear and Embedding weights (not biases, norms or learned rates)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     warmup_steps: int = 40

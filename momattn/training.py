@@ -467,7 +467,11 @@ def _no_join(e: BaseException, c: TrainConfig) -> str:
 
 
 def _throughput_monitor(c: TrainConfig) -> Throughput:
-    window = max(2, min(20, int(c.trainer.get("log_every_n_steps") or 50)))  # null: Lightning's 50
+    # measured over whole optimizer steps: the monitor keeps one entry per micro-batch and computes at each step's
+    # end, so n steps are n * accumulate intervals between n * accumulate + 1 entries (a window of 2 under
+    # accumulate_grad_batches=4 timed the last micro-batch alone, its optimizer step included; found by review)
+    steps = max(1, min(20, int(c.trainer.get("log_every_n_steps") or 50)))  # null: Lightning's 50
+    window = steps * c.accumulate + 1
     return Throughput(batch_size_fn=lambda b: b[0].size(0), length_fn=lambda b: b[0].numel(), window_size=window,
                       peak_record=c.cache_dir / "cpu_peak_flops.json")
 
@@ -725,7 +729,8 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
     if speed.get("tokens_per_sec"):
         mfu = f" MFU {100 * speed['mfu']:.1f}%;" if speed.get("mfu") else f" ({speed['mfu_note']});" \
             if speed.get("mfu_note") else ""
-        mean = f", {speed['tokens_per_sec_mean']:.0f} tokens/s over the whole run" \
+        mean = (f", {speed['tokens_per_sec_mean']:.0f} tokens/s" + (" per device" if (speed.get("devices") or 1) > 1
+                                                                      else "") + " over the whole run") \
             if speed.get("tokens_per_sec_mean") else ""
         every = f" per device ({speed['tokens_per_sec_all_devices']:.0f} over all {speed['devices']} devices)" \
             if speed.get("tokens_per_sec_all_devices") else ""
@@ -768,7 +773,7 @@ def _check_evaluation(c: TrainConfig, model: GPT, tokenizer: Tokenizer) -> None:
     t0 = time.perf_counter()
     try:
         # the run's own corpus was just read (or streams: its perplexity tokens are built after training)
-        check_evaluation(model, tokenizer, c.resolved, c.eval, read_corpus=c.eval.ppl.data is not None)
+        check_evaluation(model, tokenizer, c.resolved, c.eval, read_corpus=c.eval.ppl.data is not None, training=True)
     except (ConfigError, DataError) as e:
         e = under_eval(e)
         raise type(e)(f"the evaluation after training (run_eval=true) cannot run: {str(e).rstrip('.')}. Fix the eval settings, or "

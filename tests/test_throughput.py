@@ -214,3 +214,15 @@ def test_one_process_records_its_cpu_peak_once_however_many_runs_it_starts(tmp_p
     (entry,) = json.loads(record.read_text()).values()
     assert entry["runs"] == 1
     assert capsys.readouterr().err.count("the best start-up measurement of 1 run(s)") == 3
+
+
+def test_the_throughput_window_spans_whole_optimizer_steps(tmp_path):
+    # under accumulate_grad_batches=4 the window of 2 entries timed the last micro-batch alone, its optimizer step
+    # included (735 tokens/s where the last step ran at 1,482; found by review)
+    from types import SimpleNamespace
+
+    from momattn.training import _throughput_monitor
+
+    for log_every, accumulate, window in ((1, 4, 5), (10, 4, 41), (10, 1, 11), (None, 2, 41), (50, 1, 21)):
+        c = SimpleNamespace(trainer={"log_every_n_steps": log_every}, accumulate=accumulate, cache_dir=tmp_path)
+        assert _throughput_monitor(c).kwargs["window_size"] == window  # (window - 1) / accumulate whole steps

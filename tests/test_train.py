@@ -170,8 +170,11 @@ def test_resume_continues_at_the_right_step(tmp_path, stop, capsys):
     assert lrs == pytest.approx({s: 1e-5 * lr_lambda(s, o, 9) for s in range(stop, 9)}, rel=1e-6)
     # a longer run re-stretches the schedule: the lr jumped at the resume without a word
     assert lr_lambda(stop, o, stop) != pytest.approx(lr_lambda(stop, o, 9))
+    was = load_train_config(first).optim  # "from": the checkpoint's run's own rate (was today's lr on its length)
+    assert was.lr != 1e-5
     assert (f"trainer.max_steps=9 (the checkpoint's run had {stop}): the cosine lr schedule now spans 9 steps, so "
-            f"at step {stop} the lr goes from {1e-5 * lr_lambda(stop, o, stop):.3g} to ") in (err := capsys.readouterr().err)
+            f"at step {stop} the lr goes from {was.lr * lr_lambda(stop, was, stop):.3g} to "
+            f"{1e-5 * lr_lambda(stop, o, 9):.3g}") in (err := capsys.readouterr().err)
     # the fit time printed and kept is this process's, so it says which steps it covers (it read as the run's)
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["fit_from_step"] == stop
     assert re.search(rf"fit took \d+ s \(steps {stop}-9, since the resume\)", err), err[-800:]

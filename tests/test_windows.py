@@ -213,3 +213,13 @@ def test_a_resume_with_another_order_of_windows_starts_it_at_its_beginning(chang
     same.trainer.global_step = 5
     assert list(same.train_dataloader().sampler)[:1] == [20]  # the same order: where it stopped
     assert "new order" not in capsys.readouterr().err
+
+
+def test_val_ppl_is_exp_of_val_loss_without_a_cap():
+    # capped at e^50, silently: a diverged run's val/loss of 60 read as a val/ppl of 5.2e21 (found by review)
+    import math
+
+    from momattn.metrics import perplexity
+
+    assert perplexity(60.0) == math.exp(60.0) and perplexity(2.0) == math.exp(2.0)
+    assert perplexity(800.0) == math.inf  # past float64's range

@@ -33,7 +33,7 @@ from momattn.data.sources import LOADER_KEYS, DataSource, LoaderConfig, make_sou
 from momattn.data.streaming import StreamingHubCorpus
 from momattn.errors import ConfigError, UserError, did_you_mean
 from momattn.eval.config import EvalConfig, under_eval
-from momattn.hardware import resolve_precision
+from momattn.hardware import precision_reason, resolve_precision
 from momattn.io import NAME_MAX, probe_write
 from momattn.model import AttentionConfig, GPTConfig
 from momattn.optim import OptimConfig
@@ -83,6 +83,7 @@ class TrainConfig(RunConfig):
     callbacks: dict[str, Any] = field(default_factory=dict)
     logger: dict[str, Any] = field(default_factory=dict)
     resolved: dict[str, Any] = field(default_factory=dict)  # the resolved config, stored in every checkpoint
+    precision_note: str | None = None  # why trainer.precision=auto chose what it did (the start line says it)
 
     @property
     def cache_dir(self) -> Path:
@@ -500,6 +501,7 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
     for name, cb in (raw.get("callbacks") or {}).items():  # a typo here failed only at the first validation
         if isinstance(cb, Mapping):
             _check_checkpoint_callback(name, cb)
+    given = (raw.get("trainer") or {}).get("precision") if isinstance(raw.get("trainer"), Mapping) else None
     trainer, max_steps, accumulate = _trainer(raw.get("trainer"))
     no_val = trainer.get("limit_val_batches")
     if isinstance(no_val, int | float) and not isinstance(no_val, bool) and no_val == 0 and _in_search() and str(
@@ -570,6 +572,7 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
         callbacks=raw.get("callbacks") or {},
         logger=raw.get("logger") or {},
         resolved=raw,
+        precision_note=precision_reason(given, trainer),
     )
     _check_folders(c)
     from momattn.trust import check_resumed_config

@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import platform
+from collections.abc import Mapping
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -72,17 +73,40 @@ def resolve_precision(precision: str | int | None, accelerator: str | None) -> s
     return "bf16-mixed" if cpu_has_amx() else "32-true"
 
 
+def precision_reason(given: str | int | None, trainer: Mapping) -> str | None:
+    """Why trainer.precision=auto (or unset) became trainer["precision"] here, for the start line; None where the
+    precision was given (it was said as chosen, not why: an avx512_bf16 CPU without AMX trains fp32 in silence)."""
+    if given is not None and str(given) != "auto":
+        return None
+    import torch
+
+    acc, chosen = str(trainer.get("accelerator") or "auto").lower(), trainer.get("precision")
+    if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
+        why = "a GPU with bf16" if chosen == "bf16-mixed" else "a GPU without bf16"
+    elif cpu_has_amx():
+        why = "a CPU with AMX"
+    elif cpu_has_native_bf16():
+        why = "avx512_bf16 without AMX: bf16 ran slower than fp32 on such a CPU"
+    else:
+        why = "a CPU without native bf16"
+    return f"auto: {why}; trainer.precision=... overrides"
+
+
 # dense bf16 / fp16 tensor-core peaks (FLOP/s) from NVIDIA's datasheets, by a part of the device's name. Lightning's
 # own table misses "NVIDIA H200" (it knows "H200 SXM1" / "NVL1" names, at the 2,000 TFLOPS sparse figure)
-GPU_BF16_PEAK = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
-                 "L40": 181e12, "A10G": 70e12, "L4": 121e12, "RTX 4090": 165e12, "A6000": 155e12}
+GPU_BF16_PEAK = {"H200": 989e12, "H200 NVL": 835e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12,
+                 "GH200": 989e12, "A100": 312e12, "L40S": 362e12, "L40": 181e12, "A10G": 70e12, "L4": 121e12,
+                 "RTX 4090": 165e12, "A6000": 155e12}
 
 
 def gpu_bf16_peak(name: str) -> float | None:
     """The dense bf16 peak of a CUDA device by its name (torch.cuda.get_device_name), or None where unknown: the
-    longest entry the name holds as a word ("NVIDIA L40" is an L40, not an L4)."""
+    longest entry the name holds as a word ("NVIDIA L40" is an L40, not an L4). A MIG slice ("... MIG 1g.10gb")
+    has a part of the GPU's compute: None, not the whole GPU's peak (its MFU read up to 7x low)."""
     import re
 
+    if re.search(r"(?<![A-Za-z0-9])MIG(?![A-Za-z0-9])", name):
+        return None
     hits = [k for k in GPU_BF16_PEAK if re.search(rf"(?<![A-Za-z0-9]){re.escape(k)}(?![A-Za-z0-9])", name, re.I)]
     return GPU_BF16_PEAK[max(hits, key=len)] if hits else None
 

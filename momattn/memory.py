@@ -73,10 +73,17 @@ def bytes_per_value(precision: str) -> tuple[int, int]:
     return (2 if half and p.endswith("-true") else 4), (2 if half else 4)
 
 
+def blocked_loss_for(precision: str, on_gpu: bool) -> bool:
+    """Whether momattn/loss.py's blocked loss (no (B T, V) logits) is the one a run takes: off CUDA, except in
+    float16, whose loss builds the full logits (16-true on a CPU was planned 4x under)."""
+    return not on_gpu and not str(precision).startswith("16")
+
+
 def estimate_train_memory(model_config, batch_size: int, precision: str = "32-true",
-                          blocked_loss: bool = False, shards: int = 1) -> MemoryEstimate:
-    """Per process. blocked_loss: off CUDA (momattn/loss.py: no (B T, V) logits, and with dropout SDPA keeps the
-    (T, T) attention matrix); False: CUDA. shards: the processes FSDP shards the states over (1: none)."""
+                          blocked_loss: bool = False, shards: int = 1, off_cuda: bool | None = None) -> MemoryEstimate:
+    """Per process. blocked_loss: momattn/loss.py's blocked loss, no (B T, V) logits (blocked_loss_for); off_cuda
+    (default: blocked_loss): with dropout, SDPA keeps the (T, T) attention matrix. shards: the processes FSDP shards
+    the states over (1: none)."""
     from momattn.loss import ROWS_PER_BLOCK
 
     c = model_config
@@ -88,8 +95,9 @@ def estimate_train_memory(model_config, batch_size: int, precision: str = "32-tr
         # root unit): the largest whole, with its gradient before the reduce-scatter
         root = c.vocab_size * c.n_embd + (c.block_size * c.n_embd if c.pos_emb == "learned" else 0)
         states += 2 * w * max(root, (n - root) // max(1, c.n_layer))
-    activations = tokens * c.n_layer * 20 * c.n_embd * act
-    if blocked_loss and c.dropout > 0:  # two (B, H, T, T) fp32 tensors per layer saved for backward, and a transient
+    inner = c.n_inner or 4 * c.n_embd  # the MLP's hidden width and its GELU output (n_inner was left out: 4x under)
+    activations = tokens * c.n_layer * (12 * c.n_embd + 2 * inner) * act
+    if (blocked_loss if off_cuda is None else off_cuda) and c.dropout > 0:  # two (B, H, T, T) fp32 tensors per layer saved for backward, and a transient
         activations += batch_size * c.n_layer * (12 * c.n_head * c.block_size ** 2 + 3 * c.block_size * c.n_embd)
     if blocked_loss:
         logits = min(tokens, ROWS_PER_BLOCK) * 10 * c.vocab_size + 4 * c.vocab_size * c.n_embd + tokens * 12 * c.n_embd
@@ -126,8 +134,8 @@ def check_fits(model_config, batch_size: int, precision: str, accelerator: str |
 
     acc = str(accelerator or "auto").lower()
     on_gpu = acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
-    need = estimate_train_memory(model_config, batch_size, precision, blocked_loss=not on_gpu,
-                                 shards=world if sharded else 1)
+    how = {"blocked_loss": blocked_loss_for(precision, on_gpu), "off_cuda": not on_gpu, "shards": world if sharded else 1}
+    need = estimate_train_memory(model_config, batch_size, precision, **how)
     have = available_memory("cuda" if on_gpu else "cpu")
     procs = 1 if on_gpu else (devices if isinstance(devices, int) and devices > 0 else 1)  # CPU DDP: one RAM
     if have is not None and need.total * procs > have:
@@ -136,8 +144,7 @@ def check_fits(model_config, batch_size: int, precision: str, accelerator: str |
             fix = ("Most of it is the weights and AdamW's state, which a smaller batch cannot free: shard them with "
                    "trainer=fsdp over more devices, or train a smaller model" if not sharded else
                    "Most of it is the weights and AdamW's state: shard them over more devices, or train a smaller model")
-        elif (one := estimate_train_memory(model_config, 1, precision, blocked_loss=not on_gpu,
-                                           shards=world if sharded else 1)).total * procs > have:
+        elif (one := estimate_train_memory(model_config, 1, precision, **how)).total * procs > have:
             fix = (f"Even data.batch_size=1 needs {one.describe()}: train a smaller model (model.n_layer, "
                    "model.n_embd) or a shorter context (model.block_size)")
         else:

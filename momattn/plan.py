@@ -39,8 +39,10 @@ def _vocab(c) -> int:
     return int(getattr(t, "vocab_size", 0) or 4096)
 
 
-def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = None, device_gib: float = 80.0) -> dict:
-    """The plan as a dict. peak_tflops: per GPU (None: 989), or per machine for a CPU run (None: no time)."""
+def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = None,
+         device_gib: float | None = None) -> dict:
+    """The plan as a dict. peak_tflops: per GPU (None: 989), or per machine for a CPU run (None: no time).
+    device_gib: memory per GPU (None: 80), or a CPU run's RAM per machine (None: this machine's available RAM)."""
     import torch
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -49,7 +51,7 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = No
 
     import momattn.config as config
     from momattn.cli import CONF_DIR, check_overrides
-    from momattn.memory import available_memory, estimate_train_memory, n_params
+    from momattn.memory import available_memory, blocked_loss_for, estimate_train_memory, n_params
     from momattn.model import GPT
 
     check_overrides("train", overrides)
@@ -102,19 +104,24 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = No
     precision = c.trainer["precision"]
     on_cpu = str(c.trainer.get("accelerator") or "auto").lower() == "cpu"
     # (trainer=cpu: no (B T, V) logits, momattn/loss.py; it was planned as a GPU run, 6.5x under train.py's check)
-    ddp = estimate_train_memory(m, c.loader.batch_size, precision, blocked_loss=on_cpu)
-    fsdp_states = estimate_train_memory(m, c.loader.batch_size, precision, blocked_loss=on_cpu, shards=world).states
+    blocked = blocked_loss_for(precision, not on_cpu)
+    ddp = estimate_train_memory(m, c.loader.batch_size, precision, blocked_loss=blocked, off_cuda=on_cpu)
+    fsdp_states = estimate_train_memory(m, c.loader.batch_size, precision, blocked_loss=blocked, shards=world,
+                                        off_cuda=on_cpu).states
     fsdp = fsdp_states + ddp.activations + ddp.logits
     if on_cpu:  # the processes of one machine share its RAM (memory.check_fits)
         per_node = c.trainer.get("devices") if isinstance(c.trainer.get("devices"), int) else 1
-        ram = available_memory("cpu")
+        ram = device_gib * GIB if device_gib else available_memory("cpu")  # --device-gib was ignored here
         limit = ram / max(1, per_node) / GIB if ram else None
         nodes = c.trainer.get("num_nodes") if isinstance(c.trainer.get("num_nodes"), int) else 1
         seconds = flops / (mfu * peak_tflops * 1e12 * max(1, nodes)) if peak_tflops else None
     else:
-        limit = device_gib
+        limit = device_gib or 80.0
         seconds = flops / (mfu * (peak_tflops or 989.0) * 1e12 * world)
+    if seconds is not None and not math.isfinite(seconds):
+        raise UserError(f"--mfu={mfu:g} x --peak-tflops={peak_tflops or 989.0:g} is too small a speed to plan with")
     fits = None if limit is None else "ddp" if ddp.total / GIB <= limit else "fsdp" if fsdp / GIB <= limit else "no"
+    one = estimate_train_memory(m, 1, precision, blocked_loss=blocked, shards=world, off_cuda=on_cpu)  # batch 1
     return {
         "overrides": overrides, "attention": m.attention.kind, "n_layer": m.n_layer, "n_embd": m.n_embd,
         "n_head": m.n_head, "block_size": m.block_size, "vocab_size": m.vocab_size, "parameters": parameters,
@@ -123,8 +130,10 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = No
         "tokens": tokens, "flops_per_token": flops_per_token, "flops": flops, "precision": precision,
         "memory_per_device_gib": {"ddp": ddp.total / GIB, "fsdp": fsdp / GIB,
                                   "states_ddp": ddp.states / GIB, "states_fsdp": fsdp_states / GIB,
-                                  "activations": ddp.activations / GIB, "logits": ddp.logits / GIB},
+                                  "activations": ddp.activations / GIB, "logits": ddp.logits / GIB,
+                                  "fsdp_batch_1": one.total / GIB},
         "accelerator": "cpu" if on_cpu else "gpu", "memory_limit_gib": limit, "fits": fits,
+        "memory_limit_given": device_gib is not None,
         "mfu_assumed": mfu, "peak_tflops_per_device": peak_tflops if on_cpu else peak_tflops or 989.0,
         "wall_hours": None if seconds is None else seconds / 3600,
         "gpu_hours": None if on_cpu else seconds * world / 3600,
@@ -181,7 +190,8 @@ def _gib(x: float) -> str:
 
 def _fits(p: dict) -> str:
     mem, limit, where = p["memory_per_device_gib"], p["memory_limit_gib"], \
-        "of the RAM available per process here" if p["accelerator"] == "cpu" else "per device (--device-gib)"
+        "per device (--device-gib)" if p["accelerator"] != "cpu" else "of the RAM per process (--device-gib)" \
+        if p.get("memory_limit_given") else "of the RAM available per process here"
     if p["fits"] is None:
         return "not judged: this machine's available RAM is unknown"
     if p["fits"] == "ddp":
@@ -193,6 +203,9 @@ def _fits(p: dict) -> str:
             "model.block_size"
             if mem["activations"] + mem["logits"] > mem["states_fsdp"] else "shard over more devices or train a "
             "smaller model")
+    if mem.get("fsdp_batch_1", 0) > limit:  # (the batch advice, where even a batch of 1 is over: as train.py says)
+        more = (f"even data.batch_size=1 needs {_gib(mem['fsdp_batch_1'])}: train a smaller model (model.n_layer, "
+                "model.n_embd) or a shorter context (model.block_size)")
     return f"NO: FSDP's {_gib(mem['fsdp'])} is over {_gib(limit)} {where}; {more} (train.py refuses it)"
 
 
@@ -239,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="dense bf16 peak per device (default 989: H100/H200 SXM datasheet); a CPU run: per machine "
                          "(no default: its time is not estimated without it)")
-    ap.add_argument("--device-gib", type=float, default=80.0,
-                    help="memory per GPU that the plan must fit (default 80: an H100); a CPU run: this machine's RAM")
+    ap.add_argument("--device-gib", type=float, default=None,
+                    help="memory per GPU that the plan must fit (default 80: an H100); a CPU run: the RAM per machine "
+                         "(default: this machine's available RAM)")
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
     a = ap.parse_args(argv)
     try:
@@ -249,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         for flag, v in (("--peak-tflops", a.peak_tflops), ("--device-gib", a.device_gib)):
             if v is not None and not 0 < v < math.inf:
                 raise UserError(f"{flag}={v} must be a finite number above 0")
+        if a.mfu * (a.peak_tflops or 989.0) * 1e12 < 1e6:  # underflowed to 0 (ZeroDivisionError), or 300-digit hours
+            raise UserError(f"--mfu={a.mfu:g} x --peak-tflops={a.peak_tflops or 989.0:g} is below 1 MFLOP/s: too "
+                            "small a speed to plan with")
         p = plan(a.overrides, a.mfu, a.peak_tflops, a.device_gib)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -245,7 +245,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                                                   if n_core != n_all else "")
     if rank_zero_only.rank == 0:  # the processes Lightning starts for the other ranks run this too
         print(f"[momattn] {model_config.attention.kind} attention, {counts}, "
-              f"{_train_size(train)}, {tokenizer!r}, precision {c.trainer['precision']}; "
+              f"{_train_size(train)}, {tokenizer!r}, precision {c.trainer['precision']}"
+              + (f" ({c.precision_note})" if c.precision_note else "") + "; "
               f"output: {out_dir}", file=sys.stderr)
     if c.val_every_steps:  # it replaces trainer.val_check_interval, which Lightning counts in micro-batches
         print(f"[momattn] validating every {c.val_every_steps} optimizer steps (val_every_steps; "

@@ -61,16 +61,23 @@ def test_a_freed_block_stays_in_the_heap_for_the_next_allocation():
     assert seen == {"1": ["True", "False", "True"], "0": ["False", "True", "False"]}
 
 
-@pytest.mark.parametrize("flags,expected", [
-    ((), "32-true"),  # no bf16 instructions: emulated
-    (("avx512_bf16", "amx_bf16", "amx_tile"), "bf16-mixed"),  # AMX
-    (("avx512_bf16", "amx_bf16"), "32-true"),  # tiles the kernel does not let processes use (no amx_tile)
-    (("avx512_bf16",), "32-true"),  # avx512_bf16 alone: slower than fp32 on the session-35 Xeon
+@pytest.mark.parametrize("flags,expected,why", [
+    ((), "32-true", "a CPU without native bf16"),  # no bf16 instructions: emulated
+    (("avx512_bf16", "amx_bf16", "amx_tile"), "bf16-mixed", "a CPU with AMX"),  # AMX
+    # tiles the kernel does not let processes use (no amx_tile)
+    (("avx512_bf16", "amx_bf16"), "32-true", "avx512_bf16 without AMX: bf16 ran slower than fp32 on such a CPU"),
+    # avx512_bf16 alone: slower than fp32 on the session-35 Xeon
+    (("avx512_bf16",), "32-true", "avx512_bf16 without AMX: bf16 ran slower than fp32 on such a CPU"),
 ])
-def test_precision_auto_on_a_cpu_takes_bf16_only_with_amx(flags, expected, monkeypatch):
+def test_precision_auto_on_a_cpu_takes_bf16_only_with_amx(flags, expected, why, monkeypatch):
     monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
     assert hardware.resolve_precision("auto", "cpu") == expected
+    # the start line says why (it said only what: an avx512_bf16 CPU trained fp32 in silence; found by review)
+    chosen = {"accelerator": "cpu", "precision": expected}
+    assert hardware.precision_reason("auto", chosen) == hardware.precision_reason(None, chosen) == \
+        f"auto: {why}; trainer.precision=... overrides"
+    assert hardware.precision_reason("32-true", chosen) is None
     assert hardware.resolve_precision("32-true", "cpu") == "32-true"  # the user's choice wins
     assert hardware.resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
     assert hardware.cpu_has_native_bf16() is bool(flags)

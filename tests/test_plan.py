@@ -47,6 +47,18 @@ def test_plan_bad_input_is_one_line(capsys):
     assert "Did you mean 'bf16'" in capsys.readouterr().err
     assert main(["trainer.accelerator=gpus"]) == 2  # planned as a GPU run, though train.py refuses it
     assert "trainer.accelerator='gpus' is not an accelerator Lightning knows" in capsys.readouterr().err
+    # found by review: a speed that underflows to 0 (ZeroDivisionError traceback) or plans 10^300 hours
+    for flags in (["--mfu", "1e-300", "--peak-tflops", "1e-300"], ["trainer=cpu", "--mfu", "1e-200",
+                                                                     "--peak-tflops", "1e-200"]):
+        assert main(flags) == 2
+        assert "is below 1 MFLOP/s: too small a speed to plan with" in capsys.readouterr().err
+
+
+def test_a_cpu_plan_weighs_the_ram_it_is_given_and_says_when_no_batch_fits(capsys):
+    # --device-gib was ignored on a CPU plan, and a model too large at batch 1 was advised a smaller batch (review)
+    assert main(["trainer=cpu", "debug=smoke", "--device-gib", "1e-6"]) == 0
+    out = capsys.readouterr().out
+    assert "fits           NO: FSDP's " in out and "RAM per process (--device-gib); even data.batch_size=1 needs " in out
 
 
 def test_the_planners_accelerator_names_hold_lightnings():
@@ -221,3 +233,24 @@ def test_the_planner_needs_no_wandb_key_and_lightnings_wandb_logger_is_online_by
     check_train_wandb(lightning, "logger.wl")  # online, with a key: log_model is fine
     with pytest.raises(ConfigError, match="log_model=True uploads checkpoints, which an offline run cannot do"):
         check_train_wandb({**lightning, "offline": True}, "logger.wl")
+
+
+def test_the_estimate_takes_the_loss_a_run_takes(monkeypatch):
+    # float16 builds the full (B T, V) logits on a CPU too (momattn/loss.py): 16-true there was planned with the
+    # blocked loss, 4x under a measured step (found by review)
+    import torch
+
+    from momattn import loss
+    from momattn.memory import blocked_loss_for, estimate_train_memory
+    from momattn.model import GPTConfig
+
+    taken = []
+    monkeypatch.setattr(loss, "_blocked_loss", lambda *a: taken.append("blocked") or torch.zeros(()))
+    for precision, dtype in (("16-true", torch.float16), ("bf16-true", torch.bfloat16), ("32-true", torch.float32)):
+        taken.clear()
+        loss.lm_loss(torch.randn(4, 8, dtype=dtype), torch.randn(16, 8, dtype=dtype), torch.zeros(4, dtype=torch.long))
+        assert bool(taken) == blocked_loss_for(precision, on_gpu=False), precision
+    assert not blocked_loss_for("bf16-mixed", on_gpu=True)
+    c = GPTConfig(vocab_size=50304, block_size=256, n_layer=1, n_embd=64, n_head=2)
+    full = estimate_train_memory(c, 8, "16-true", blocked_loss=blocked_loss_for("16-true", False), off_cuda=True)
+    assert full.logits >= 8 * 256 * 50304 * 12

@@ -89,6 +89,10 @@ def test_a_device_without_a_known_peak_says_why_it_has_no_mfu():
     assert gpu_bf16_peak("NVIDIA H100 PCIe") == 756e12 and gpu_bf16_peak("Tesla T4") is None
     assert gpu_bf16_peak("NVIDIA L40") == 181e12 and gpu_bf16_peak("NVIDIA L4") == 121e12  # not L4's for an L40
     assert gpu_bf16_peak("NVIDIA L40S") == 362e12 and gpu_bf16_peak("NVIDIA A10G") == 70e12
+    # NVL parts had the SXM figure, GH200 none, and a MIG slice the whole GPU's (MFU up to 7x low; found by review)
+    assert gpu_bf16_peak("NVIDIA H100 NVL") == gpu_bf16_peak("NVIDIA H200 NVL") == 835e12
+    assert gpu_bf16_peak("NVIDIA GH200 480GB") == 989e12
+    assert gpu_bf16_peak("NVIDIA A100-SXM4-40GB MIG 1g.5gb") is None
 
 
 def test_an_mfu_above_100_percent_is_not_reported():
@@ -126,7 +130,7 @@ def _record_many(path, i, n):
     from momattn.callbacks import recorded_peak_flops
 
     for j in range(n):
-        recorded_peak_flops(path, "cpu A | float32", float(1000 * i + j))
+        recorded_peak_flops(path, "cpu A | float32", float(1000 * i + j + 1))  # a speed: > 0
 
 
 def test_runs_starting_together_keep_every_update_of_the_peak_record(tmp_path):
@@ -147,7 +151,7 @@ def test_runs_starting_together_keep_every_update_of_the_peak_record(tmp_path):
         if p.is_alive():
             p.kill()
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
-    assert recorded_peak_flops(path, "cpu A | float32", 0.0) == (3039.0, 161)  # the highest of all, every run counted
+    assert recorded_peak_flops(path, "cpu A | float32", 1.0) == (3040.0, 161)  # the highest of all, every run counted
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"cpu A | float32": {"flops": "fast"}}'])
@@ -211,9 +215,31 @@ def test_one_process_records_its_cpu_peak_once_however_many_runs_it_starts(tmp_p
                               state=SimpleNamespace(stage=RunningStage.TRAINING))
     for _ in range(3):  # three runs in one process, each with its own callback
         Throughput(batch_size_fn=len, window_size=3, peak_record=record).setup(trainer, None, "fit")
-    (entry,) = json.loads(record.read_text()).values()
+    ((key, entry),) = json.loads(record.read_text()).items()
     assert entry["runs"] == 1
     assert capsys.readouterr().err.count("the best start-up measurement of 1 run(s)") == 3
+    # the key holds what decides the speed: one CPU name covers hosts with and without AMX (found by review)
+    from momattn import hardware
+
+    units = "amx" if hardware.cpu_has_amx() else "avx512_bf16" if hardware.cpu_has_native_bf16() else "-"
+    assert f" | {units} | float32 | " in key
+
+
+@pytest.mark.parametrize("kept", ["NaN", '"nan"', "Infinity", "-5.0", "0"])
+def test_a_cpu_peak_record_that_is_not_a_speed_starts_afresh(tmp_path, kept):
+    # a NaN peak was kept forever (max(nan, x) is nan), and every later run had no MFU and no note (found by review)
+    import json
+
+    from momattn.callbacks import recorded_peak_flops
+
+    record = tmp_path / "cpu_peak_flops.json"
+    record.write_text('{"k": {"flops": ' + kept + ', "runs": 7}}')
+    assert recorded_peak_flops(record, "k", 2e9) == (2e9, 1)
+    assert json.loads(record.read_text())["k"] == {"flops": 2e9, "runs": 1}
+    record.write_text('{"k": {"flops": 3e9, "runs": -5}}')
+    assert recorded_peak_flops(record, "k", 2e9) == (2e9, 1)
+    s = throughput_summary(_monitor(peak=float("nan"), flops_per_batch=1e9, seconds_per_batch=0.5))
+    assert s["mfu"] is None and s["mfu_note"].startswith("no MFU")
 
 
 def test_the_throughput_window_spans_whole_optimizer_steps(tmp_path):

@@ -116,7 +116,7 @@ def test_smoke_training_each_attention(attention, tmp_path, capsys):
     assert meta["config"]["data"]["_target_"] == "momattn.data.sources.StaiccCorpus"
     assert meta["config"]["trainer"]["precision"] == CPU_AUTO  # auto, resolved on this CPU and recorded
     assert "vocab_size" not in meta["config"]["model"] and meta["model_config"]["vocab_size"] % 64 == 0
-    assert f"precision {CPU_AUTO}" in capsys.readouterr().err
+    assert f"precision {CPU_AUTO} (auto: " in capsys.readouterr().err  # and why auto chose it
     summary = strict_json((tmp_path / "summary.json").read_text())
     assert summary["val/loss"] == pytest.approx(val_loss) and summary["steps"] == 6
     assert summary["model_vocab_size"] == meta["model_config"]["vocab_size"] >= summary["tokenizer_vocab_size"] > 256

@@ -8,6 +8,7 @@ import math
 import random
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import numpy as np
@@ -259,8 +260,9 @@ class LitGPT(pl.LightningModule):
         if isinstance(was, int) and was != self.max_steps and trainer.is_global_zero:
             # the checkpoint's run's rate: its own optim section and length (today's lr on the old length mixed the
             # two configs: "from 0.0001" where the run had 2e-4; found by review)
-            old = dataclasses.replace(o, **{k: before[k] for k in ("lr", "schedule", "warmup_steps", "min_lr_ratio",
-                                                                    "power") if before.get(k) is not None})
+            # (a plain view, not dataclasses.replace: its checks on a mix of the two configs could refuse a resume)
+            old = SimpleNamespace(**{**dataclasses.asdict(o), **{k: before[k] for k in (
+                "lr", "schedule", "warmup_steps", "min_lr_ratio", "power") if before.get(k) is not None}})
             old_lr, new_lr = old.lr * lr_lambda(step, old, was), o.lr * lr_lambda(step, o, self.max_steps)
             if not math.isclose(old_lr, new_lr, rel_tol=1e-9):  # constant, or still warming up: nothing changes
                 print(f"[momattn] trainer.max_steps={self.max_steps} (the checkpoint's run had {was}): the "

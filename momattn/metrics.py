@@ -15,6 +15,9 @@ def unigram_ppl(train_tokens, val_tokens, vocab_size: int) -> float:
 
 
 def perplexity(mean_loss: float) -> float:
-    """exp(mean loss in nats), exact to float64's range and inf past it (val/ppl was capped at e^50, silently: a
-    diverged run's val/loss of 60 read as 5.2e21)."""
-    return math.exp(mean_loss) if mean_loss < 709.0 else math.inf
+    """exp(mean loss in nats), exact to float64's range and inf past it, NaN for NaN (val/ppl was capped at e^50,
+    silently: a diverged run's val/loss of 60 read as 5.2e21)."""
+    try:
+        return math.exp(mean_loss)
+    except OverflowError:
+        return math.inf

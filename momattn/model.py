@@ -217,7 +217,8 @@ class CausalSelfAttention(nn.Module):
 
 def _below_one(rate: torch.Tensor) -> torch.Tensor:
     """A sigmoid's rate kept below 1: float32's sigmoid is exactly 1.0 for a logit above ~16.6 (eta=0.9999999 starts
-    at 16.1), an undamped sum the ops refuse, whose logit then gets no gradient to come back (found by review)."""
+    at 16.1), an undamped sum that the ops refuse and ran unchecked here (found by review). The rate then stays at
+    the largest value below 1: past that logit a float32 sigmoid has no gradient either way."""
     return rate.clamp(max=1 - torch.finfo(rate.dtype).eps / 2)
 
 

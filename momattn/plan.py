@@ -199,13 +199,15 @@ def _fits(p: dict) -> str:
     if p["fits"] == "fsdp":
         return (f"only with FSDP (trainer=fsdp): DDP's {_gib(mem['ddp'])} is over {_gib(limit)} {where}, FSDP's "
                 f"{_gib(mem['fsdp'])} within")
-    more = ("lower data.batch_size (and raise trainer.accumulate_grad_batches to keep the tokens per step) or "
-            "model.block_size"
-            if mem["activations"] + mem["logits"] > mem["states_fsdp"] else "shard over more devices or train a "
-            "smaller model")
-    if mem.get("fsdp_batch_1", 0) > limit:  # (the batch advice, where even a batch of 1 is over: as train.py says)
+    if mem["states_fsdp"] > limit or mem["states_fsdp"] >= mem["activations"] + mem["logits"]:
+        # the weights and AdamW's state alone (or mostly): no batch or context frees them
+        more = "shard over more devices or train a smaller model"
+    elif mem.get("fsdp_batch_1", 0) > limit:  # even a batch of 1 is over (as train.py's check says)
         more = (f"even data.batch_size=1 needs {_gib(mem['fsdp_batch_1'])}: train a smaller model (model.n_layer, "
                 "model.n_embd) or a shorter context (model.block_size)")
+    else:
+        more = ("lower data.batch_size (and raise trainer.accumulate_grad_batches to keep the tokens per step) or "
+                "model.block_size")
     return f"NO: FSDP's {_gib(mem['fsdp'])} is over {_gib(limit)} {where}; {more} (train.py refuses it)"
 
 

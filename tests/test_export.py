@@ -71,6 +71,21 @@ def test_modeling_file_is_self_contained():
     assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))
 
 
+def test_the_modeling_files_learned_rates_stay_below_one_as_the_models_do():
+    # a float32 sigmoid is exactly 1.0 past a logit of ~16.6: momattn's model keeps its rates below 1, and the
+    # exported file computes them the same way (found by review)
+    import importlib.util
+
+    from momattn.model import _below_one
+
+    spec = importlib.util.spec_from_file_location("modeling_momattn_under_test", MODELING_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    logits = torch.tensor([-40.0, 0.0, 16.0, 17.0, 40.0])
+    rates = module._rate(logits)
+    assert (rates < 1).all() and torch.equal(rates, _below_one(torch.sigmoid(logits)))
+
+
 def test_refusals_and_arguments(tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "v.ckpt")
     (tmp_path / "busy").mkdir()

@@ -56,9 +56,13 @@ def test_plan_bad_input_is_one_line(capsys):
 
 def test_a_cpu_plan_weighs_the_ram_it_is_given_and_says_when_no_batch_fits(capsys):
     # --device-gib was ignored on a CPU plan, and a model too large at batch 1 was advised a smaller batch (review)
-    assert main(["trainer=cpu", "debug=smoke", "--device-gib", "1e-6"]) == 0
+    assert main(["trainer=cpu", "debug=smoke", "model.block_size=8192", "--device-gib", "0.01"]) == 0
     out = capsys.readouterr().out
     assert "fits           NO: FSDP's " in out and "RAM per process (--device-gib); even data.batch_size=1 needs " in out
+    # the weights and AdamW's state alone over the limit: no batch or context frees them (the batch-1 advice said
+    # "or a shorter context" there; found by review)
+    assert main(["trainer=cpu", "debug=smoke", "--device-gib", "1e-6"]) == 0
+    assert "(--device-gib); shard over more devices or train a smaller model" in capsys.readouterr().out
 
 
 def test_the_planners_accelerator_names_hold_lightnings():

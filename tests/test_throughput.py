@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -249,6 +250,18 @@ def test_the_throughput_window_spans_whole_optimizer_steps(tmp_path):
 
     from momattn.training import _throughput_monitor
 
-    for log_every, accumulate, window in ((1, 4, 5), (10, 4, 41), (10, 1, 11), (None, 2, 41), (50, 1, 21)):
-        c = SimpleNamespace(trainer={"log_every_n_steps": log_every}, accumulate=accumulate, cache_dir=tmp_path)
-        assert _throughput_monitor(c).kwargs["window_size"] == window  # (window - 1) / accumulate whole steps
+    # (window - 1) / accumulate whole steps, and full by the first logging step and within the run (a window of one
+    # entry more than that step held reported no speed for a run of max_steps = log_every_n_steps: review)
+    for log_every, accumulate, max_steps, window in ((1, 4, 100, 5), (10, 4, 100, 37), (10, 1, 100, 10),
+                                                     (None, 2, 100, 39), (50, 1, 100, 20), (10, 2, 5, 9)):
+        c = SimpleNamespace(trainer={"log_every_n_steps": log_every}, accumulate=accumulate, cache_dir=tmp_path,
+                            max_steps=max_steps)
+        assert _throughput_monitor(c).kwargs["window_size"] == window
+    from conftest import SMOKE, compose_train
+
+    from momattn.training import run_train
+
+    run_train(compose_train(tmp_path / "run", [*SMOKE, "trainer.log_every_n_steps=6", "trainer.max_steps=6",
+                                               "trainer.accumulate_grad_batches=2", "val_every_steps=3"]))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["tokens_per_sec"] > 0 and summary["tokens_per_sec_mean"] > 0

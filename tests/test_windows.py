@@ -222,4 +222,5 @@ def test_val_ppl_is_exp_of_val_loss_without_a_cap():
     from momattn.metrics import perplexity
 
     assert perplexity(60.0) == math.exp(60.0) and perplexity(2.0) == math.exp(2.0)
-    assert perplexity(800.0) == math.inf  # past float64's range
+    assert perplexity(800.0) == math.inf and perplexity(709.5) == math.exp(709.5)  # past float64's range, and not
+    assert math.isnan(perplexity(math.nan))  # a broken validation, not a diverged one

@@ -26,7 +26,11 @@ import torch.nn.functional as F
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
 
-_BELOW_ONE = 1 - torch.finfo(torch.float32).eps / 2  # a learned rate's sigmoid kept below 1, as momattn's model does
+
+def _rate(logit: torch.Tensor) -> torch.Tensor:
+    """A learned rate in float32, kept below 1 as momattn's model keeps it (a float32 sigmoid is 1.0 past ~16.6)."""
+    return torch.sigmoid(logit.float()).clamp(max=1 - torch.finfo(torch.float32).eps / 2)
+
 
 class MomattnConfig(PretrainedConfig):
     model_type = "momattn"
@@ -87,13 +91,13 @@ class Attention(nn.Module):
         B, T, C = v.shape
         vf = v.float()
         if self.kind == "momentum":
-            eta = torch.sigmoid(self.eta_logit.float()).clamp(max=_BELOW_ONE) if hasattr(self, "eta_logit") else \
+            eta = _rate(self.eta_logit) if hasattr(self, "eta_logit") else \
                 torch.full((self.n_head,), float(self.eta), device=v.device)
             W = decay_matrix(eta[:, None], T, self.include_current)  # (H, T, T)
             vh = vf.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
             return (W @ vh).transpose(1, 2).reshape(B, T, C)
         if self.kind == "multirate_ema":
-            p, g = torch.sigmoid(self.delta.float()).clamp(max=_BELOW_ONE), self.gamma.float() * self.scale  # (C, R)
+            p, g = _rate(self.delta), self.gamma.float() * self.scale  # (C, R)
             lag = torch.arange(T, device=v.device, dtype=torch.float64)
             kernel = (g.double()[..., None] * p.double()[..., None] ** lag).sum(1)  # (C, T): sum_r gamma p^l
             # the causal convolution y_t = sum_l kernel_l v_(t-l), through float64 FFTs zero-padded to 2T (no

@@ -138,9 +138,11 @@ class Tokenizer:
             # a byte that is not UTF-8 (Python keeps it as a lone surrogate): not the vocabulary's fault
             return DataError(f"the text {text[:80]!r} holds {bad[1]!r} at position {bad[0]}, which is not a "
                              "character: a byte that is not UTF-8 (or half of a surrogate pair); pass UTF-8 text")
+        words = sorted((w for w in self.hf.get_vocab(with_added_tokens=False) if w != EOT), key=self.hf.token_to_id)
+        known = f"; its words are {' '.join(words[:8])} ..." if len(words) <= 4096 else ""  # a word-level vocabulary
         return DataError(f"tokenizer '{self.name}' cannot encode the text {text[:80]!r} ({e}): its vocabulary "
                          "has no token for part of it and no unknown-token fallback (a GINC run's tokenizer "
-                         "knows only the GINC symbols)")
+                         f"knows only the GINC symbols){known}")
 
     def decode(self, ids: list[int]) -> str:
         return self.hf.decode(list(ids), skip_special_tokens=False)

@@ -743,6 +743,9 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
             if speed.get("fit_from_step") else ""
         lines.append(f"  throughput {speed['tokens_per_sec']:.0f} tokens/s{every} in the last steps{mean};{mfu} fit "
                      f"took {speed['fit_seconds']:.0f} s{since}")
+    elif speed.get("fit_seconds") is not None:  # the line was left out without a word (a short resumed segment)
+        lines.append("  throughput not measured: this process trained too few optimizer steps to fill its window "
+                     f"(about min(20, trainer.log_every_n_steps) steps); fit took {speed['fit_seconds']:.0f} s")
     # "best None" where only last.ckpt was written; with monitor=null the kept file is the newest, not a best one
     kept = [f"{'best' if getattr(ckpt_cb, 'monitor', None) else 'newest (monitor=null)'} {best}"] if best else []
     lines.append("  checkpoints: " + "  ".join([*kept, *([f"last {last}"] if last else [])]) if best or last else

@@ -511,6 +511,13 @@ def test_ginc_checkpoint_end_to_end(tmp_path, kind, capsys):
     assert "3 held-out prompts to choose one" in err
     assert "[momattn] choosing the learning rate (0m" in err and "[momattn] finetuning a model per test prompt (" in err
     assert "chosen on 3 held-out prompts (accuracy %" in (tmp_path / "out" / "results.md").read_text()
+    # rates that tie on a few prompts are chosen by the held-out log-prob, which the report now says (review)
+    from momattn.analysis.report import markdown
+
+    tied = copy.copy(res)
+    tied.lr_selection = {"0.01": 2 / 3, "0.1": 2 / 3, "1.0": None}
+    assert "(accuracy %: 0.01: 66.7, 0.1: 66.7, 1: diverged; 0.01, 0.1 tie at 66.7%, broken by the held-out mean " \
+           "log-prob of the label)" in markdown([tied])
     assert res.kind == "ginc" and res.attention == kind and res.n_test == 6 and res.chance == 0.1
     assert all(np.isfinite(res.kendall_ft.per_layer)) and res.dual["memory_op_max_rel_err"] < 1e-5
     # rotary: layer 0's query tokens score the same keys with or without demonstrations, unless the keys were

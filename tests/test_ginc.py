@@ -418,7 +418,8 @@ def test_text_outside_the_ginc_vocabulary_is_a_clear_error(corpus):
     from momattn.errors import DataError
 
     tok = corpus.tokenizer()
-    with pytest.raises(DataError, match=r"cannot encode the text 'a great movie'.*GINC symbols"):
+    with pytest.raises(DataError, match=r"cannot encode the text 'a great movie'.*GINC symbols\); its words are / x1 "
+                                        r"x2 x3 "):  # what the symbols look like (a newcomer had to decode ids)
         tok.encode("a great movie")
     with pytest.raises(DataError, match=r"cannot encode the text 'Review:'"):
         tok.encode_batch([corpus.symbol_names()[0], "Review:"])

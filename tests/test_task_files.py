@@ -128,5 +128,7 @@ def test_a_task_set_takes_its_members_task_files_and_paths_may_start_with_a_tild
     cfg = IclConfig(task_dirs=[str(tmp_path / "t")], tasks=["table7"])  # was: every member from the hub
     tasks = {t.name: t for t in resolve_tasks(cfg.tasks)}
     assert tasks["hub_cb"].source.startswith(f"jsonl:{tmp_path / 'home' / 'cb.jsonl'}")
+    # the demonstration share, said as a share ("0.5 demonstrations" read as a count; found by review)
+    assert "cb.jsonl (seeded split, 50% of rows as demonstrations), task file " in tasks["hub_cb"].source
     assert tasks["hub_sst5"].source.startswith("hub:SetFit/sst5") and len(tasks) == 6
     assert len(tasks["hub_cb"].load(0).test) == 3

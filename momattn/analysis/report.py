@@ -103,6 +103,10 @@ def markdown(results: Sequence) -> str:
             lines.append(f"| {label} | " + " | ".join(_f(v) for v in m.per_layer) + f" | {_f(m.mean)} |")
         lines += ["", "Paper's findings on this run: " + "; ".join(findings(r)) + ".", ""]
         sel = ", ".join(f"{float(lr):g}: {_pct(a) if a is not None else 'diverged'}" for lr, a in r.lr_selection.items())
+        best = max((a for a in r.lr_selection.values() if a is not None), default=None)
+        tied = [f"{float(lr):g}" for lr, a in r.lr_selection.items() if a is not None and a == best]
+        if len(tied) > 1:  # the choice among equals is the held-out log-prob's, which the console did not say
+            sel += f"; {', '.join(tied)} tie at {_pct(best)}%, broken by the held-out mean log-prob of the label"
         lines += [f"- checkpoint: {r.checkpoint}; test examples: {r.n_test}; chance {_pct(r.chance)}%; "
                   f"demonstration seed {r.seed}",
                   (f"- learning rate {r.lr:g}, chosen on {r.n_select} held-out "

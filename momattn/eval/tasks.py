@@ -384,7 +384,7 @@ def file_task(entry: Mapping, key: str = "icl.tasks") -> IclTask:
         demo_fraction = float("nan")
     if not 0.0 < demo_fraction < 1.0:
         raise ConfigError(f"{who}: demo_fraction={entry.get('demo_fraction')!r} must be a number in (0, 1)")
-    split = f"demonstrations: {demo_path}" if demo_path else f"seeded split, {demo_fraction:g} demonstrations"
+    split = f"demonstrations: {demo_path}" if demo_path else f"seeded split, {demo_fraction:.0%} of rows as demonstrations"
     source = f"jsonl:{path} ({split})" + (f", task file {entry['task_file']}" if entry.get("task_file") else "")
     template, answers = entry.get("template"), entry.get("answers")
     if template is None and answers is None and name in HUB_TASKS:  # the hub's rows, saved locally

@@ -665,6 +665,12 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
         print(f"[momattn] {what} with its own config"
               + (f" ({' '.join(kept)})" if kept else "") + (f"; on top: {' '.join(overrides)}" if overrides else ""),
               file=sys.stderr, flush=True)
+        if ckpt == "last" and run_dir is None and not multirun and folder is not None and \
+                (Path(folder).parent / "multirun.yaml").is_file():  # the newest run was one job of a sweep: that
+            # job alone went on (and split the sweep's verdict), where the user meant the sweep (found by review)
+            print(f"[momattn] note: {folder} is job {Path(folder).name} of the sweep in {Path(folder).parent}; this "
+                  "resumes that job alone. To go on with the whole sweep: python train.py -m <its overrides> "
+                  f"ckpt_path=last hydra.sweep.dir={Path(folder).parent}", file=sys.stderr, flush=True)
     return merged
 
 

@@ -276,6 +276,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print(json.dumps(p, indent=2) if a.json else render(p))
+    import torch
+
+    if p["accelerator"] == "gpu" and not torch.cuda.is_available():  # on stderr: the plan itself is the same anywhere
+        print("[momattn] note: this is a GPU plan (an H100/H200-class device unless --peak-tflops and --device-gib "
+              "say otherwise); this machine has no GPU, and train.py would run here on its CPU: add trainer=cpu to "
+              "plan that run", file=sys.stderr)
     return 0
 
 

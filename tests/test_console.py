@@ -123,6 +123,19 @@ def test_resume_overrides_reuse_the_run_folder_and_today_wins(tmp_path, capsys):
     (other / "checkpoints" / "last.ckpt").write_bytes(b"")
     merged = resume_overrides(["ckpt_path=last", f"paths.root_dir={tmp_path / 'elsewhere'}"])
     assert merged[0] == "attention=multirate_ema" and merged[-1] == f"hydra.run.dir={other}"
+    # the newest run is one job of a sweep: said, with the sweep's own resume (one job went on alone and split the
+    # sweep's verdict; found by review)
+    job = tmp_path / "elsewhere" / "multirun" / "2026-01-02" / "10-00-00" / "3"
+    _saved(job, ["attention=vanilla", "seed=2"])
+    (job / "checkpoints").mkdir()
+    (job / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (job.parent / "multirun.yaml").write_text("hydra: {}\n")
+    capsys.readouterr()
+    merged = resume_overrides(["ckpt_path=last", f"paths.root_dir={tmp_path / 'elsewhere'}"])
+    assert merged[-1] == f"hydra.run.dir={job}"
+    assert (f"[momattn] note: {job} is job 3 of the sweep in {job.parent}; this resumes that job alone. To go on "
+            f"with the whole sweep: python train.py -m <its overrides> ckpt_path=last hydra.sweep.dir={job.parent}"
+            ) in capsys.readouterr().err
 
 
 def test_command_line_forms_that_hydra_reads_its_own_way(tmp_path):

@@ -258,3 +258,14 @@ def test_the_estimate_takes_the_loss_a_run_takes(monkeypatch):
     c = GPTConfig(vocab_size=50304, block_size=256, n_layer=1, n_embd=64, n_head=2)
     full = estimate_train_memory(c, 8, "16-true", blocked_loss=blocked_loss_for("16-true", False), off_cuda=True)
     assert full.logits >= 8 * 256 * 50304 * 12
+
+
+def test_a_gpu_plan_on_a_machine_without_one_says_how_to_plan_the_cpu_run(capsys):
+    # the default plan on a CPU-only machine was an H100's, while train.py would run here on the CPU (review)
+    import torch
+
+    assert main(["debug=smoke"]) == 0
+    err = capsys.readouterr().err
+    assert ("add trainer=cpu to plan that run" in err) is (not torch.cuda.is_available())
+    assert main(["debug=smoke", "trainer=cpu"]) == 0
+    assert "add trainer=cpu" not in capsys.readouterr().err

@@ -97,7 +97,8 @@ def estimate_train_memory(model_config, batch_size: int, precision: str = "32-tr
         states += 2 * w * max(root, (n - root) // max(1, c.n_layer))
     inner = c.n_inner or 4 * c.n_embd  # the MLP's hidden width and its GELU output (n_inner was left out: 4x under)
     activations = tokens * c.n_layer * (12 * c.n_embd + 2 * inner) * act
-    if (blocked_loss if off_cuda is None else off_cuda) and c.dropout > 0:  # two (B, H, T, T) fp32 tensors per layer saved for backward, and a transient
+    if (blocked_loss if off_cuda is None else off_cuda) and c.dropout > 0:
+        # off CUDA, two (B, H, T, T) fp32 tensors per layer saved for backward, and a transient
         activations += batch_size * c.n_layer * (12 * c.n_head * c.block_size ** 2 + 3 * c.block_size * c.n_embd)
     if blocked_loss:
         logits = min(tokens, ROWS_PER_BLOCK) * 10 * c.vocab_size + 4 * c.vocab_size * c.n_embd + tokens * 12 * c.n_embd

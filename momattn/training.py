@@ -468,12 +468,11 @@ def _no_join(e: BaseException, c: TrainConfig) -> str:
 
 
 def _throughput_monitor(c: TrainConfig) -> Throughput:
-    # measured over whole optimizer steps: the monitor keeps one entry per micro-batch and computes at each step's
-    # end, so n steps are n * accumulate intervals between n * accumulate + 1 entries (a window of 2 under
-    # accumulate_grad_batches=4 timed the last micro-batch alone, its optimizer step included; found by review)
-    # and the window must fill by the first logging step, and within the run: it reports nothing until it is full
-    # (a window of log_every_n_steps whole steps needs one entry more than that step has; a run of max_steps =
-    # log_every_n_steps reported no speed: found by review)
+    # The monitor keeps one entry per micro-batch and computes at each optimizer step's end; it reports nothing
+    # until its window is full. So the window spans whole steps, n steps = n * accumulate + 1 entries (a window of 2
+    # under accumulate_grad_batches=4 timed the last micro-batch alone), and n is one step short of the first
+    # logging step and of the run's length, so that it fills (at n = log_every_n_steps = max_steps it never did,
+    # and the run reported no speed). Both found by review.
     every = int(c.trainer.get("log_every_n_steps") or 50)  # null: Lightning's 50
     steps = max(1, min(20, every, c.max_steps if isinstance(c.max_steps, int) and c.max_steps > 0 else 20) - 1)
     window = steps * c.accumulate + 1

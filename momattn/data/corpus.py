@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from momattn.data.sources import DataSource, import_datasets, make_source, recording_changes
+from momattn.data.sources import DataSource, cache_fingerprint, import_datasets, make_source
 from momattn.errors import DataError
 from momattn.io import atomic_write, atomic_write_text, file_lock, remove_stale_temps
 from momattn.tokenizer import Tokenizer
-from momattn.utils import digest
 
 
 def default_cache_dir() -> Path:
@@ -141,9 +140,7 @@ def load_tokens(source: DataSource | Mapping, tokenizer: Tokenizer, split: str,
         raise DataError(f"the token cache folder '{cache / 'tokens'}' cannot be made ({e.strerror or e}); set "
                         "cache_dir (evaluate.py, analyze.py), data.cache_dir or MOMATTN_CACHE to a writable "
                         "folder") from None
-    with recording_changes() as changes:  # the local files' inode and ctime key the cache, not the fingerprint
-        fingerprint = source.fingerprint()
-    key = cache_key(fingerprint + (f"|{digest(sorted(changes))}" if changes else ""), tokenizer, split)
+    key = cache_key(cache_fingerprint(source), tokenizer, split)  # the local files' inode and ctime too
     bin_path, meta_path = cache / "tokens" / f"{key}.bin", cache / "tokens" / f"{key}.json"
     if _problem(bin_path, meta_path) is None:
         return _open(bin_path, meta_path)

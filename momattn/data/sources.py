@@ -404,7 +404,7 @@ def local_val_split(val_split: str | None, data_files: Any, name: str = "") -> b
         return False
     if name and Path(str(name)).expanduser().is_dir():  # one folder named two ways was checked one way only
         return True
-    return isinstance(data_files, Mapping) and val_split in data_files and bool(_named_files(data_files[val_split]))
+    return isinstance(data_files, Mapping) and val_split in data_files and bool(named_files(data_files[val_split]))
 
 
 def without_val_copies(train: list[str], val: Iterable[str], source: Any) -> list[str]:
@@ -499,7 +499,7 @@ def check_split_files(data_files: dict | None) -> None:
     it trained twice. Compared as files, not names (a glob matching the validation file too, a link, a hard link)."""
     named: dict[tuple, tuple[str, Path]] = {}
     for split, files in (data_files or {}).items():
-        for p in _named_files(files):  # stat only: no file is read for this
+        for p in named_files(files):  # stat only: no file is read for this
             if (seen := named.get(key := file_id(p))) is not None:
                 other, first = seen
                 same = other == str(split)
@@ -539,13 +539,18 @@ def local_files(data_files: Any) -> list:
         return [[str(k), local_files(v)] for k, v in sorted(data_files.items(), key=lambda kv: str(kv[0]))]
     if isinstance(data_files, list | tuple):
         return [local_files(v) for v in data_files]
-    return [file_stamp(p) for p in _named_files(data_files)]
+    return [file_stamp(p) for p in named_files(data_files)]
 
 
-def _named_files(files: Any) -> list[Path]:
-    """The local files that one split's data_files (a path or a glob pattern, or a list of them) names."""
+def named_files(files: Any) -> list[Path]:
+    """The local files that one split's data_files (a path or a glob pattern, or a list of them) names; of a
+    mapping of splits, every split's."""
+    if files is None:
+        return []
+    if isinstance(files, Mapping):
+        return [p for f in files.values() for p in named_files(f)]
     if isinstance(files, list | tuple):
-        return [p for f in files for p in _named_files(f)]
+        return [p for f in files for p in named_files(f)]
     pattern = str(Path(str(files)).expanduser())
     paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [Path(pattern)]
     return [p for p in paths if p.is_file()]
@@ -581,6 +586,14 @@ def recording_changes() -> Iterator[list]:
         yield _CHANGES.get()
     finally:
         _CHANGES.reset(token)
+
+
+def cache_fingerprint(source: DataSource) -> str:
+    """The source's fingerprint, plus its local files' inode and ctime where it reads any: what keys the caches
+    built from it (the token cache, a trained BPE), and not the fingerprint checkpoints keep."""
+    with recording_changes() as changes:
+        fingerprint = source.fingerprint()
+    return fingerprint + (f"-{digest(sorted(changes), 12)}" if changes else "")
 
 
 # the data sections of run configs written before `_target_` (stored in older checkpoints): source: <name>

@@ -383,7 +383,7 @@ def eval_inputs(cfg: EvalConfig) -> dict[str, list]:
     """{resolved path: file_stamp} of the local files an evaluation with these settings reads: the task files in
     icl.task_dirs, the .yaml tasks in icl.tasks and the rows they name, and the files ppl.data names. Settings
     name files, not their contents: a task file edited in place kept its name, and a sweep reused the old scores."""
-    from momattn.data.sources import _named_files, file_stamp
+    from momattn.data.sources import file_stamp, named_files
     from momattn.eval.tasks import TASK_FILE_SUFFIXES, expand_task_files, task_files
 
     files: set[Path] = set()
@@ -399,19 +399,9 @@ def eval_inputs(cfg: EvalConfig) -> dict[str, list]:
         except (ConfigError, DataError):  # a task file that cannot be read is named where the evaluation reads it
             pass
 
-    def named(value) -> None:  # the paths of data.paths / data.data_files: a path, a list, splits of either
-        if isinstance(value, Mapping):
-            for v in value.values():
-                named(v)
-        elif isinstance(value, list | tuple):
-            for v in value:
-                named(v)
-        elif isinstance(value, str) and value:
-            files.update(_named_files(value))
-
     data = to_plain(cfg.ppl.data) if cfg.ppl.enabled and cfg.ppl.data else {}
     for key in ("paths", "data_files"):  # the keys that name files (split names and cache_dir are not read)
-        named(data.get(key))
+        files.update(named_files(data.get(key)))
     if isinstance(data.get("name"), str) and (folder := Path(data["name"]).expanduser()).is_dir():
         files.update(q for q in folder.rglob("*") if q.is_file())  # a local folder as data.name
     try:

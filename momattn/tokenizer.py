@@ -22,7 +22,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from momattn.errors import ConfigError, DataError, did_you_mean, first_line, not_a_file
 from momattn.io import atomic_write_text, file_lock, lock_beside
-from momattn.utils import digest, stderr_tty
+from momattn.utils import stderr_tty
 
 if TYPE_CHECKING:
     from momattn.data.sources import DataSource
@@ -296,13 +296,12 @@ def gpt2_tokenizer() -> Tokenizer:
 
 def without_dropout(hf: _HFTokenizer) -> tuple[_HFTokenizer, bool]:
     """The tokenizer with its model's dropout (BPE dropout: random merges skipped, for training-time augmentation)
-    turned off, and whether it had one; a tokenizer file kept it, and encoded one text differently at every call."""
-    spec = json.loads(hf.to_str())
-    model = spec.get("model") if isinstance(spec.get("model"), dict) else {}
-    if not model.get("dropout"):
+    turned off in place, and whether it had one; a tokenizer file kept it, and encoded one text differently at
+    every call."""
+    if not getattr(hf.model, "dropout", None):  # only a BPE model has one
         return hf, False
-    model["dropout"] = None
-    return _HFTokenizer.from_str(json.dumps(spec)), True
+    hf.model.dropout = None
+    return hf, True
 
 
 def file_tokenizer(path: str) -> Tokenizer:
@@ -360,9 +359,7 @@ def build_tokenizer(cfg: TokenizerConfig, source: DataSource, cache_dir: Path) -
         return file_tokenizer(cfg.path)
     if cfg.kind == "source":
         return source_tokenizer(source)()
-    from momattn.data.sources import recording_changes  # (sources imports this module)
+    from momattn.data.sources import cache_fingerprint  # (sources imports this module)
 
-    with recording_changes() as changes:  # the local files' inode and ctime, as the token cache's key has them
-        key = source.fingerprint() + (f"-{digest(sorted(changes), 12)}" if changes else "")
-    cache = Path(cache_dir) / "tokenizers" / f"bpe{cfg.vocab_size}-{key}.json"
+    cache = Path(cache_dir) / "tokenizers" / f"bpe{cfg.vocab_size}-{cache_fingerprint(source)}.json"
     return train_bpe(lambda: source.documents("train"), cfg.vocab_size, cache)

@@ -322,8 +322,8 @@ class Throughput(ThroughputMonitor):
                 name, threads = str(dtype).removeprefix("torch."), torch.get_num_threads()
                 # what decides the speed: one CPU name covers hosts with and without AMX (bf16 1835 against 188
                 # GFLOP/s here), and a shared cache kept the best of both
-                units = "amx" if hardware.cpu_has_amx() else "avx512_bf16" if hardware.cpu_has_native_bf16() else "-"
-                key = f"{hardware.cpu_name()} | {units} | {name} | {threads} threads | torch {torch.__version__}"
+                key = (f"{hardware.cpu_name()} | {hardware.cpu_matmul_units()} | {name} | {threads} threads | "
+                       f"torch {torch.__version__}")
                 memo = (str(self.peak_record), key)  # one process's measurement (cached) is one run's, recorded
                 if memo not in _RECORDED:  # once: each trial of a search counted it again, "the best of N runs"
                     _RECORDED[memo] = recorded_peak_flops(self.peak_record, key, now)

@@ -51,6 +51,19 @@ def cpu_has_amx() -> bool:
     return {"amx_bf16", "amx_tile"} <= _x86_flags()
 
 
+def cpu_matmul_units() -> str:
+    """What decides this CPU's bf16 matmul speed: 'amx', 'avx512_bf16' (without AMX) or '-' (neither)."""
+    return "amx" if cpu_has_amx() else "avx512_bf16" if cpu_has_native_bf16() else "-"
+
+
+def runs_on_gpu(accelerator: str | None) -> bool:
+    """Whether a run with this trainer.accelerator trains on a CUDA GPU (auto: where one is available)."""
+    import torch
+
+    acc = str(accelerator or "auto").lower()
+    return acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
+
+
 def _cuda_precision() -> str:
     import torch
 
@@ -65,10 +78,7 @@ def resolve_precision(precision: str | int | None, accelerator: str | None) -> s
     0.72x, 0.93x and 1.31x on that Xeon, so one run of three would have trained in the other precision."""
     if precision is not None and str(precision) != "auto":
         return str(precision)
-    import torch
-
-    acc = (accelerator or "auto").lower()
-    if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
+    if runs_on_gpu(accelerator):
         return _cuda_precision()
     return "bf16-mixed" if cpu_has_amx() else "32-true"
 
@@ -78,17 +88,11 @@ def precision_reason(given: str | int | None, trainer: Mapping) -> str | None:
     precision was given (it was said as chosen, not why: an avx512_bf16 CPU without AMX trains fp32 in silence)."""
     if given is not None and str(given) != "auto":
         return None
-    import torch
-
-    acc, chosen = str(trainer.get("accelerator") or "auto").lower(), trainer.get("precision")
-    if acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available()):
-        why = "a GPU with bf16" if chosen == "bf16-mixed" else "a GPU without bf16"
-    elif cpu_has_amx():
-        why = "a CPU with AMX"
-    elif cpu_has_native_bf16():
-        why = "avx512_bf16 without AMX: bf16 ran slower than fp32 on such a CPU"
+    if runs_on_gpu(trainer.get("accelerator")):
+        why = "a GPU with bf16" if trainer.get("precision") == "bf16-mixed" else "a GPU without bf16"
     else:
-        why = "a CPU without native bf16"
+        why = {"amx": "a CPU with AMX", "avx512_bf16": "avx512_bf16 without AMX: bf16 ran slower than fp32 on such "
+               "a CPU", "-": "a CPU without native bf16"}[cpu_matmul_units()]
     return f"auto: {why}; trainer.precision=... overrides"
 
 

@@ -129,12 +129,10 @@ def check_fits(model_config, batch_size: int, precision: str, accelerator: str |
                world: int = 1, sharded: bool = False) -> MemoryEstimate:
     """Raise a ConfigError, naming the limit and the fix, when the first training step cannot fit in memory.
     world: the training processes; sharded: FSDP (each holds 1/world of the states)."""
-    import torch
-
     from momattn.errors import ConfigError
+    from momattn.hardware import runs_on_gpu
 
-    acc = str(accelerator or "auto").lower()
-    on_gpu = acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
+    on_gpu = runs_on_gpu(accelerator)
     how = {"blocked_loss": blocked_loss_for(precision, on_gpu), "off_cuda": not on_gpu, "shards": world if sharded else 1}
     need = estimate_train_memory(model_config, batch_size, precision, **how)
     have = available_memory("cuda" if on_gpu else "cpu")

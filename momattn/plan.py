@@ -109,6 +109,10 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = No
     fsdp_states = estimate_train_memory(m, c.loader.batch_size, precision, blocked_loss=blocked, shards=world,
                                         off_cuda=on_cpu).states
     fsdp = fsdp_states + ddp.activations + ddp.logits
+    if (peak_tflops or not on_cpu) and mfu * (peak_tflops or 989.0) * 1e12 < 1e6:  # underflowed to 0 (a
+        # ZeroDivisionError), or a time of 300 digits
+        raise UserError(f"--mfu={mfu:g} x --peak-tflops={peak_tflops or 989.0:g} is below 1 MFLOP/s: too small a "
+                        "speed to plan with")
     if on_cpu:  # the processes of one machine share its RAM (memory.check_fits)
         per_node = c.trainer.get("devices") if isinstance(c.trainer.get("devices"), int) else 1
         ram = device_gib * GIB if device_gib else available_memory("cpu")  # --device-gib was ignored here
@@ -118,8 +122,6 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = No
     else:
         limit = device_gib or 80.0
         seconds = flops / (mfu * (peak_tflops or 989.0) * 1e12 * world)
-    if seconds is not None and not math.isfinite(seconds):
-        raise UserError(f"--mfu={mfu:g} x --peak-tflops={peak_tflops or 989.0:g} is too small a speed to plan with")
     fits = None if limit is None else "ddp" if ddp.total / GIB <= limit else "fsdp" if fsdp / GIB <= limit else "no"
     one = estimate_train_memory(m, 1, precision, blocked_loss=blocked, shards=world, off_cuda=on_cpu)  # batch 1
     return {
@@ -265,9 +267,6 @@ def main(argv: list[str] | None = None) -> int:
         for flag, v in (("--peak-tflops", a.peak_tflops), ("--device-gib", a.device_gib)):
             if v is not None and not 0 < v < math.inf:
                 raise UserError(f"{flag}={v} must be a finite number above 0")
-        if a.mfu * (a.peak_tflops or 989.0) * 1e12 < 1e6:  # underflowed to 0 (ZeroDivisionError), or 300-digit hours
-            raise UserError(f"--mfu={a.mfu:g} x --peak-tflops={a.peak_tflops or 989.0:g} is below 1 MFLOP/s: too "
-                            "small a speed to plan with")
         p = plan(a.overrides, a.mfu, a.peak_tflops, a.device_gib)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

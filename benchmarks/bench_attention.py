@@ -298,11 +298,24 @@ def scan_name(device: torch.device) -> str:
     return "the chunked matmul scans (momattn/ops.py)"
 
 
+def attention_name(device: torch.device, dtype: str) -> str:
+    """Which backward the training step's causal attention takes (momattn.cpu_attention.pays, less the tensors)."""
+    from momattn import cpu_attention, cpu_scan
+    from momattn.hardware import cpu_has_amx
+
+    if (device.type == "cpu" and dtype == "bf16" and cpu_attention.enabled() and cpu_has_amx()
+            and cpu_scan.load() is not None):
+        return "momattn/cpu_attention.py (SDPA's forward; matmuls on AMX and one C++ pass backward)"
+    return "SDPA's"
+
+
 def _render_header(res: dict) -> list[str]:
     m, s, c = res["machine"], res["settings"], res["contention"]
     # results written before the CPU kernel name no scan: the matmul scans, then with bf16 chunk matmuls
     scan = m.get("scan", "the EMA ops' chunk matmuls in bf16 with fp32 accumulation, their carried states fp32")
     dtype = m["dtype"] + (" (autocast)" if m["dtype"] != "fp32" else "") + f"; EMA scans: {scan}"
+    if "attention" in m:  # recorded since session 44
+        dtype += f"; attention backward: {m['attention']}"
     out = [
         f"{m['cpu']}; {m['torch_threads']} threads; torch {m['torch']}; device {m['device']}; {dtype}; "
         f"{m['date']}{'; --quick' if s['quick'] else ''}.",
@@ -617,7 +630,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_repeats = args.train_repeats or train_repeats
     timer = Timer(**opts, patience_s=args.patience if args.patience is not None else patience)
     res = {
-        "machine": {**machine_info(device, args.dtype), "scan": scan_name(device)},
+        "machine": {**machine_info(device, args.dtype), "scan": scan_name(device),
+                    "attention": attention_name(device, args.dtype)},
         "settings": {
             "quick": args.quick,
             "parts": args.parts,

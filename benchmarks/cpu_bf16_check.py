@@ -53,6 +53,7 @@ from momattn.optim import fused_adamw_ok  # noqa: E402
 from momattn.utils import positive_int  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_attention  # noqa: E402
 from harness import check_out, measured, run_main, write_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -119,6 +120,7 @@ def step_timing(threads: int, rounds: int, steps: int, toy: bool) -> dict:
     med = {k: statistics.median(v) for k, v in samples.items()}
     return {"threads": threads, "rounds": rounds, "steps_per_sample": steps,
             "fused_adamw": bool(opts[id(ours)].defaults["fused"]),
+            "bf16_attention_backward": bench_attention.attention_name(torch.device("cpu"), "bf16"),
             "tokens_per_s": {k: round(v) for k, v in med.items()},
             "spread": {k: [round(min(v)), round(max(v))] for k, v in samples.items()},
             "bf16_over_fp32": round(med["bf16"] / med["fp32"], 3),
@@ -230,6 +232,8 @@ def markdown(rep: dict) -> str:
                 pr = f" (paired {paired[k]:.2f}x)" if k in paired and k != "nanogpt_fp32" else ""
                 lines.append(f"| {label} | {tps[k]:,} | {st['spread'][k][0]:,}-{st['spread'][k][1]:,} | "
                              f"{ratio.get(k, float('nan')):.2f}x{pr} |")
+        if st.get("bf16_attention_backward"):  # recorded since session 44
+            lines += ["", f"The bf16 step's attention backward: {st['bf16_attention_backward']}."]
         lines += ["", "Target (issue 11): bf16 at least 2x nanoGPT's fp32 step (the issue measured momattn's model at "
                   "0.98x nanoGPT's model.py in that step).", ""]
         if rep.get("auto_precision"):  # what train.py's precision=auto takes on this CPU, and why

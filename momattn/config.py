@@ -27,7 +27,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from momattn import ops
+from momattn import cpu_attention, ops
 from momattn.data.corpus import default_cache_dir
 from momattn.data.sources import LOADER_KEYS, DataSource, LoaderConfig, make_source
 from momattn.data.streaming import StreamingHubCorpus
@@ -511,6 +511,8 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
                           "keep validation on in a search (or optimize train/loss)")
     # said now, not at the first training step (a kernel matters only to the momentum kinds' scan)
     if problem := ops.backend_problem(kernel=attention.kind != "vanilla", on_cpu=_runs_on_cpu(trainer)):
+        raise ConfigError(problem)
+    if problem := cpu_attention.setting_problem():
         raise ConfigError(problem)
     loader = typed(LoaderConfig, {k: v for k, v in data.items() if k in LOADER_KEYS}, "data")
     if loader.num_workers and isinstance(source, StreamingHubCorpus):

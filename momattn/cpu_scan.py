@@ -16,6 +16,7 @@ front or repeat (c x c) decay blocks to use matmuls; stepping through time needs
 goal 2, for the measured effect). Evaluation with a cache (states in and out, no gradient) runs it too
 (ema_with_states), from a shared prefix's state read in place.
 
+The same library holds the elementwise pass of momattn/cpu_attention.py's attention backward (`softmax_grad`).
 It is plain C++ with no PyTorch headers, built on first use with the system's compiler (`c++`, or $CXX) in
 about two seconds into $MOMATTN_CACHE (default ~/.cache/momattn), keyed by the source, the compiler and this
 CPU's flags (it is built for this CPU: -march=native), and called through ctypes. Where it cannot be built
@@ -185,10 +186,13 @@ def load() -> ctypes.CDLL | None:
             for name in _NAMES.values():
                 getattr(lib, f"{name}_forward").restype = ctypes.c_int
                 getattr(lib, f"{name}_backward").restype = ctypes.c_int
+            for name in ("attn_grad_f32", "attn_grad_bf16"):  # momattn/cpu_attention.py's
+                getattr(lib, name).restype = ctypes.c_int
             _LIB = lib
         except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as e:  # ValueError: a malformed $CXX
             log.warning("momattn: the CPU scan kernel could not be built (%s); using the matmul scans of "
-                        "momattn/ops.py instead (same results, slower on CPU)", e)
+                        "momattn/ops.py instead (same results, slower on CPU), and SDPA's attention backward for "
+                        "bf16 training", e)
             _LIB = False
     return _LIB or None
 

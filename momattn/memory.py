@@ -9,7 +9,8 @@ that a context far beyond the machine is refused in a second instead of dying in
           + B L (12 H T^2 + 3 T d)                 off CUDA with dropout: the attention matrix and its dropout
                                                    mask in fp32 per layer (SDPA's math path), dropout masks
 with N the parameter count, B the micro-batch, T the context, L layers, d the width, H heads, V the vocabulary.
-Flash attention (CUDA, or CPU without dropout) keeps no (T, T) matrix; momentum's EMA is linear in T. Under FSDP
+Flash attention (CUDA, or CPU without dropout) keeps no (T, T) matrix (bf16 CPU training's backward at T <= 512,
+momattn/cpu_attention.py, holds at most 64 MiB of them at a time); momentum's EMA is linear in T. Under FSDP
 each of W processes holds 16 N / W of the states (a full shard), plus, whole, the weights and gradient of the
 largest FSDP unit it gathers (the embeddings; one unit per Block otherwise). Off CUDA the loss is blocked (momattn/loss.py):
 one block of rows' logits at a time, 10 V bytes per row of ROWS_PER_BLOCK, plus the hidden states' gradient and

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from momattn import cpu_attention
 from momattn.errors import ConfigError
 from momattn.loss import lm_loss
 from momattn.ops import link_values, momentum_ema, multirate_ema
@@ -205,7 +206,9 @@ class CausalSelfAttention(nn.Module):
             if shared:  # attention dropout (or nothing to attend with): SDPA over a full copy of the prefix per row
                 k = torch.cat([cache.shared_k.expand(B, -1, -1, -1), k], dim=2)  # (B, H, S+P, D)
                 v = torch.cat([cache.shared_v.expand(B, -1, -1, -1), v], dim=2)
-            if k.size(2) == T:
+            if k.size(2) == T and p == 0.0 and cpu_attention.pays(q, k, v):  # CPU training in bf16 with AMX
+                y = cpu_attention.causal(q, k, v)  # (B, H, T, D): SDPA's forward, a faster backward
+            elif k.size(2) == T:
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, H, T, D)
             else:  # queries continue a cached prefix: query i sees keys up to P + i
                 P = k.size(2) - T

@@ -980,6 +980,12 @@ def test_a_scan_backend_that_cannot_run_fails_before_any_work(tmp_path, monkeypa
     load_train_config(compose_train(tmp_path, [*SMOKE[:2], "trainer.accelerator=gpu", "attention=momentum"]))
 
 
+def test_a_cpu_attention_setting_that_is_not_one_fails_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOMATTN_CPU_ATTENTION", "flash")
+    msg = run_expecting(tmp_path, [*SMOKE, "attention=vanilla"], ConfigError)
+    assert msg.startswith("MOMATTN_CPU_ATTENTION='flash' is not a setting; use auto (the default) or sdpa")
+
+
 def test_trainer_gpu_without_a_gpu_fails_before_any_work(tmp_path, monkeypatch):
     import momattn.config
 

@@ -409,6 +409,48 @@ void backward(const T *v, int64_t sb, int64_t st, const T *gy, int64_t gb, int64
   });
 }
 
+// The elementwise part of causal softmax attention's backward (momattn/cpu_attention.py), in place on two
+// (nbh, t, t) buffers, one (batch, head) pair's t x t block after another: the raw scores s = q k^T become the
+// probabilities p = exp(scale s - lse), and the probabilities' gradient dp = dO v^T becomes the scores' gradient
+// ds = scale p (dp - delta), both 0 above the causal diagonal, where lse (nbh, t) is the forward's log-sum-exp and
+// delta (nbh, t) = rowsum(dO * O). One pass in float32 instead of the six or more full-size passes (casts,
+// subtract, exp, mask, multiply) the same took in torch ops, which cost more than the matmuls around it.
+inline float fast_exp(float x) {  // Cephes' expf polynomial, branch-free so that the loop vectorises; ~1 ulp
+  const float z = std::min(std::max(x, -87.0f), 88.0f);
+  const float n = (z * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // rounded to an integer (1.5 * 2^23)
+  const float r = z - n * 0.693359375f + n * 2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  const int32_t e = (int32_t(n) + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &e, 4);
+  return x < -87.0f ? 0.0f : y * two_n;
+}
+
+template <class T>
+void softmax_grad(T *__restrict__ s, T *__restrict__ dp, const float *lse, const float *delta, int64_t nbh, int64_t t,
+                  float scale, int threads) {
+  parallel(nbh * t, threads, [&](int64_t row) {  // row: pair row / t, query row % t
+    T *__restrict__ sr = s + row * t, *__restrict__ gr = dp + row * t;
+    const int64_t lim = row % t + 1;
+    const float m = lse[row], dl = delta[row];
+    for (int64_t j = 0; j < lim; ++j) {
+      const float p = fast_exp(load(sr, j) * scale - m);
+      store(gr, j, scale * p * (load(gr, j) - dl));
+      store(sr, j, p);
+    }
+    for (int64_t j = lim; j < t; ++j) {
+      store(sr, j, 0.0f);
+      store(gr, j, 0.0f);
+    }
+  });
+}
+
 }  // namespace
 
 // The exported functions return 0, 1 where a buffer (or, without OpenMP, a thread) could not be had, or 2 for a call
@@ -444,3 +486,17 @@ void backward(const T *v, int64_t sb, int64_t st, const T *gy, int64_t gb, int64
 EMA_EXPORT(ema_f32, float, float)
 EMA_EXPORT(ema_f64, double, double)
 EMA_EXPORT(ema_bf16, bf16, float)
+
+#define ATTN_EXPORT(NAME, T)                                                                                    \
+  extern "C" int NAME(T *s, T *dp, const float *lse, const float *delta, int64_t nbh, int64_t t, float scale,   \
+                      int threads) {                                                                            \
+    try {                                                                                                       \
+      softmax_grad<T>(s, dp, lse, delta, nbh, t, scale, threads);                                               \
+    } catch (...) {                                                                                             \
+      return 1;                                                                                                 \
+    }                                                                                                           \
+    return 0;                                                                                                   \
+  }
+
+ATTN_EXPORT(attn_grad_f32, float)
+ATTN_EXPORT(attn_grad_bf16, bf16)

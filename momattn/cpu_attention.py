@@ -1,0 +1,130 @@
+"""Causal softmax attention for CPU training, with a faster backward than SDPA's CPU flash kernel.
+
+    y = cpu_attention.causal(q, k, v)    # q, k, v (B, H, T, D) on the CPU, bf16 or float32 -> (B, H, T, D)
+
+The forward is torch's own CPU flash attention (the op F.scaled_dot_product_attention runs there, which also
+returns the rows' log-sum-exp lse). The backward recomputes the scores with batched matmuls in the inputs' dtype
+(bf16 ones run on the CPU's AMX tiles, with float32 sums) and does the elementwise part in one float32 pass of a
+C++ kernel (`softmax_grad` in momattn/csrc/ema_scan.cpp, the library momattn/cpu_scan.py builds):
+
+    p  = exp(scale q k^T - lse),   ds = scale p (dO v^T - rowsum(dO * O))     (both 0 above the causal diagonal)
+    dv = p^T dO,   dk = ds^T q,   dq = ds k
+
+p and ds are whole (T, T) matrices for as many (batch, head) pairs as fit in BUFFER_BYTES, so each gradient is one
+matmul (no sums over blocks). On the main job's model (4 x 256, T 512, batch 8, bf16) SDPA's CPU flash backward
+took ~34 ms a layer, six times its forward, and was a third of the step; forward and backward together ran 2.2x
+faster with this one (`python benchmarks/bench_cpu_attention.py`; README, Benchmarks, goal 1). p and ds are rounded to bf16 before the
+matmuls that read them, as autocast's own (non-flash) attention rounds them: the gradients agree with float64 SDPA
+to bf16 rounding, and in float32 to float32 rounding (tests/test_cpu_attention.py).
+
+The model (momattn/model.py) takes it where `pays` says: bf16 training on a CPU with AMX, no attention dropout, no
+cache, T <= MAX_T (512), eager mode, and the kernel builds; everything else takes SDPA. MOMATTN_CPU_ATTENTION=sdpa turns it
+off (the forward is the same either way). A second derivative (create_graph) goes through SDPA's math path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import torch
+
+from momattn import cpu_scan
+from momattn.hardware import cpu_has_amx
+
+BUFFER_BYTES = 64 << 20  # the backward's (G, T, T) p and ds together, at most (G >= 1 pair)
+# the longest context the model takes it for: forward + backward against SDPA's in bf16 on 2 cores of an AMX Xeon
+# (benchmarks/bench_cpu_attention.py, session 44) 2.3x at T 256, 2.2x at 512, 0.9-1.1x at 1024, 0.67x at 2048 and
+# 0.60x at 4096 (whole (T, T) matrices do the masked half's work too, and outgrow the caches; SDPA's are blocked)
+MAX_T = 512
+_NAMES = {torch.float32: "attn_grad_f32", torch.bfloat16: "attn_grad_bf16"}
+_P, _I = ctypes.c_void_p, ctypes.c_int64
+
+
+def setting_problem() -> str | None:
+    """Why MOMATTN_CPU_ATTENTION is not a setting (train.py says it at start-up), or None."""
+    setting = os.environ.get("MOMATTN_CPU_ATTENTION", "auto")
+    if setting not in ("auto", "sdpa"):
+        return f"MOMATTN_CPU_ATTENTION={setting!r} is not a setting; use auto (the default) or sdpa"
+    return None
+
+
+def enabled() -> bool:
+    if problem := setting_problem():
+        raise ValueError(problem)
+    return os.environ.get("MOMATTN_CPU_ATTENTION", "auto") == "auto"
+
+
+def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether `causal` takes these: CPU tensors of one dtype it has a kernel for (bf16, float32), one length of
+    queries and keys, outside torch.compile, and the kernel builds."""
+    return (q.device.type == "cpu" and q.dtype in _NAMES and k.dtype == v.dtype == q.dtype and q.dim() == 4
+            and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+            and q.shape == k.shape and v.shape[:3] == k.shape[:3] and q.size(2) > 0
+            and not torch.compiler.is_compiling() and cpu_scan.load() is not None)
+
+
+def pays(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the model's training step should take `causal` over SDPA: a gradient to take, bf16 on a CPU with AMX
+    (where its matmuls run; in float32 it was 0.6-1.0x SDPA's speed), a context of at most MAX_T, and `supports`."""
+    return (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+            and q.dtype == torch.bfloat16 and q.size(2) <= MAX_T
+            and enabled() and cpu_has_amx() and supports(q, k, v))
+
+
+def _softmax_grad(s: torch.Tensor, dp: torch.Tensor, lse: torch.Tensor, delta: torch.Tensor, scale: float) -> None:
+    """In place on (G, T, T) buffers: scores s -> probabilities, dp -> the scores' gradient (see the kernel)."""
+    G, T, _ = s.shape
+    status = getattr(cpu_scan.load(), _NAMES[s.dtype])(
+        _P(s.data_ptr()), _P(dp.data_ptr()), _P(lse.data_ptr()), _P(delta.data_ptr()), _I(G), _I(T),
+        ctypes.c_float(scale), ctypes.c_int(torch.get_num_threads()))
+    if status:
+        raise RuntimeError("the CPU attention kernel could not get a thread (out of memory?); "
+                           "MOMATTN_CPU_ATTENTION=sdpa uses SDPA's backward")
+
+
+class _CausalAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, scale):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True, scale=scale)[:2]
+        ctx.scale = scale
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, out, lse = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: a differentiable backward, through SDPA's math path (the CPU
+            from torch.nn.attention import SDPBackend, sdpa_kernel  # flash backward has no derivative)
+
+            with sdpa_kernel(SDPBackend.MATH):
+                y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=ctx.scale)
+            want = [t for t, need in zip((q, k, v), ctx.needs_input_grad) if need]
+            grads = iter(torch.autograd.grad(y, want, do, create_graph=True))
+            return (*(next(grads) if need else None for need in ctx.needs_input_grad[:3]), None)
+        with torch.autocast("cpu", enabled=False):
+            return (*_backward(q, k, v, out, lse.float().contiguous(), do, ctx.scale), None)
+
+
+def _backward(q, k, v, out, lse, do, scale):
+    """dq, dk, dv (B, H, T, D) from the forward's inputs, output and lse (B, H, T), and the output's gradient do."""
+    B, H, T, D = q.shape
+    q, k, v, do = (t.reshape(B * H, T, t.size(-1)) for t in (q, k, v, do))  # (BH, T, D), copies where strided
+    delta = (do.float() * out.reshape(B * H, T, -1).float()).sum(-1)  # (BH, T)
+    lse = lse.reshape(B * H, T)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    G = max(1, min(B * H, BUFFER_BYTES // (2 * T * T * q.element_size())))  # pairs at a time
+    for g0 in range(0, B * H, G):
+        g = slice(g0, min(B * H, g0 + G))
+        s = torch.bmm(q[g], k[g].transpose(1, 2))  # (G, T, T) scores, unscaled
+        dp = torch.bmm(do[g], v[g].transpose(1, 2))  # (G, T, T)
+        _softmax_grad(s, dp, lse[g], delta[g], scale)  # s -> p, dp -> ds
+        torch.bmm(s.transpose(1, 2), do[g], out=dv[g])
+        torch.bmm(dp.transpose(1, 2), q[g], out=dk[g])
+        torch.bmm(dp, k[g], out=dq[g])
+    return tuple(t.view(B, H, T, -1) for t in (dq, dk, dv))
+
+
+def causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Causal softmax attention of q, k, v (B, H, T, D) (see `supports`); scale defaults to 1/sqrt(D)."""
+    return _CausalAttention.apply(q, k, v, q.size(-1) ** -0.5 if scale is None else float(scale))

@@ -1,0 +1,159 @@
+"""momattn.cpu_attention: causal attention whose backward recomputes the scores with matmuls and one C++ pass.
+
+Against float64 SDPA: gradients to float32 rounding in float32 and to bf16 rounding in bf16 (no worse than SDPA's
+own CPU flash backward by more than that rounding), at lengths and head sizes that are not powers of two, over
+several (batch, head) groups, on the strided heads views a qkv projection gives. The model takes it only where it
+pays (bf16 training on a CPU with AMX, no dropout) and the same loss and gradients come out as with SDPA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from momattn import cpu_attention, cpu_scan
+from momattn.model import GPT, GPTConfig
+
+pytestmark = pytest.mark.skipif(cpu_scan.load() is None, reason="the CPU kernel cannot be built here")
+
+
+def _qkv(B, H, T, D, dtype, seed=0, strided=False):
+    g = torch.Generator().manual_seed(seed)
+    if strided:  # the heads views of a (B, T, 3 H D) projection, as the model splits it
+        x = torch.randn(B, T, 3 * H * D, generator=g).to(dtype)
+        qkv = [t.view(B, T, H, D).transpose(1, 2).detach().requires_grad_() for t in x.split(H * D, dim=2)]
+    else:
+        qkv = [torch.randn(B, H, T, D, generator=g).to(dtype).requires_grad_() for _ in range(3)]
+    return qkv, torch.randn(B, H, T, D, generator=g).to(dtype)
+
+
+def _grads(fn, qkv, go):
+    for t in qkv:
+        t.grad = None
+    out = fn(*qkv)
+    out.backward(go)
+    return out.detach(), [t.grad.clone() for t in qkv]
+
+
+def _sdpa(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape,buffer", [((2, 3, 37, 48), None), ((1, 2, 1, 8), None), ((3, 2, 130, 16), 40_000),
+                                          ((2, 2, 64, 64), None)])
+def test_gradients_match_float64(dtype, shape, buffer, monkeypatch):
+    if buffer:  # p and ds in groups of a few (batch, head) pairs, the last one short
+        monkeypatch.setattr(cpu_attention, "BUFFER_BYTES", buffer)
+    qkv, go = _qkv(*shape, dtype)
+    ref_out, ref = _grads(_sdpa, [t.detach().double().requires_grad_() for t in qkv], go.double())
+    out, ours = _grads(cpu_attention.causal, qkv, go)
+    _, flash = _grads(_sdpa, qkv, go)
+    assert torch.equal(out, _sdpa(*(t.detach() for t in qkv)))  # the forward is SDPA's own op
+    for name, a, f, r in zip("qkv", ours, flash, ref):
+        assert a.dtype == dtype and a.shape == r.shape
+        if not r.norm():  # T = 1: dq = dk = 0, up to the roundings of terms the size of dv's
+            assert a.double().norm() / ref[2].norm() < (2e-6 if dtype == torch.float32 else 1e-2), name
+        elif dtype == torch.float32:
+            assert _rel(a, r) < 2e-6, name
+        else:  # bf16: the scores and their gradient are rounded before the matmuls read them
+            assert _rel(a, r) < 1.5 * _rel(f, r) + 4e-3, (name, _rel(a, r), _rel(f, r))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_strided_heads_views_give_the_contiguous_result(dtype):
+    qkv, go = _qkv(2, 4, 50, 16, dtype, strided=True)
+    assert not qkv[0].is_contiguous()
+    _, strided = _grads(cpu_attention.causal, qkv, go)
+    _, dense = _grads(cpu_attention.causal, [t.detach().contiguous().requires_grad_() for t in qkv], go)
+    for a, b in zip(strided, dense):
+        assert torch.equal(a, b)
+
+
+def test_a_scale_and_a_double_backward():
+    qkv, go = _qkv(1, 2, 9, 8, torch.float32)
+    _, ours = _grads(lambda a, b, c: cpu_attention.causal(a, b, c, scale=0.3), qkv, go)
+    _, ref = _grads(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, is_causal=True, scale=0.3), qkv, go)
+    for a, r in zip(ours, ref):
+        assert _rel(a, r) < 2e-6
+    # create_graph: a backward that can itself be differentiated (SDPA's CPU flash backward cannot), equal to the
+    # double backward of SDPA's math path
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    seconds = []
+    for fn in (cpu_attention.causal, _sdpa):
+        for t in qkv:
+            t.grad = None
+        with sdpa_kernel(SDPBackend.MATH):
+            (gq,) = torch.autograd.grad((fn(*qkv) * go).sum(), qkv[0], create_graph=True)
+        gq.square().sum().backward()
+        seconds.append([t.grad.clone() for t in qkv])
+    for a, r in zip(*seconds):
+        assert _rel(a, r) < 2e-6
+
+
+def _model_grads(kind, monkeypatch, setting, dropout=0.0, **attention):
+    monkeypatch.setenv("MOMATTN_CPU_ATTENTION", setting)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=40, vocab_size=64, n_layer=2, n_head=2, n_embd=32, dropout=dropout,
+                          attention={"kind": kind, **attention}))
+    x = torch.randint(0, 64, (3, 41), generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(x[:, :-1], targets=x[:, 1:])
+    loss.backward()
+    return loss.item(), {n: p.grad.float() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("attention", [{"kind": "vanilla"}, {"kind": "momentum", "eta": 0.5},
+                                       {"kind": "momentum", "eta": 0.5, "learnable_eta": True},
+                                       {"kind": "multirate_ema"}])
+def test_the_model_takes_it_for_bf16_training_with_amx_and_learns_the_same(attention, monkeypatch):
+    monkeypatch.setattr(cpu_attention, "cpu_has_amx", lambda: True)  # the choice, on any CPU (AMX only speeds it)
+    calls = []
+    real = cpu_attention.causal
+    monkeypatch.setattr(cpu_attention, "causal", lambda *a, **k: calls.append(1) or real(*a, **k))
+    loss_sdpa, ref = _model_grads(**attention, monkeypatch=monkeypatch, setting="sdpa")
+    assert not calls
+    loss, ours = _model_grads(**attention, monkeypatch=monkeypatch, setting="auto")
+    assert len(calls) == 2  # one per layer
+    assert loss == loss_sdpa  # the same forward
+    for name, g in ours.items():
+        assert _rel(g, ref[name]) < 2e-2, name  # bf16 gradients, two roundings apart
+
+
+def test_the_model_keeps_sdpa_where_it_does_not_pay(monkeypatch):
+    calls = []
+    real = cpu_attention.causal
+    monkeypatch.setattr(cpu_attention, "causal", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(cpu_attention, "cpu_has_amx", lambda: False)  # bf16 without AMX
+    _model_grads("vanilla", monkeypatch, "auto")
+    monkeypatch.setattr(cpu_attention, "cpu_has_amx", lambda: True)
+    _model_grads("vanilla", monkeypatch, "auto", dropout=0.1)  # attention dropout: SDPA's
+    model = GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=2, n_embd=8))
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():  # no gradient (evaluation)
+        model(torch.zeros(1, 8, dtype=torch.long))
+    model(torch.zeros(1, 8, dtype=torch.long)).sum().backward()  # float32 training: SDPA's
+    monkeypatch.setattr(cpu_attention, "MAX_T", 39)  # a context longer than it pays for (the model's is 40)
+    _model_grads("vanilla", monkeypatch, "auto")
+    monkeypatch.setattr(cpu_scan, "load", lambda: None)  # no kernel (no compiler)
+    monkeypatch.setattr(cpu_attention, "MAX_T", 40)
+    _model_grads("vanilla", monkeypatch, "auto")
+    assert not calls
+    monkeypatch.undo()
+    monkeypatch.setattr(cpu_attention, "causal", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(cpu_attention, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(cpu_attention, "MAX_T", 40)  # just within: taken
+    _model_grads("vanilla", monkeypatch, "auto")
+    assert len(calls) == 2
+
+
+def test_a_setting_that_is_not_one_is_refused(monkeypatch):
+    monkeypatch.setenv("MOMATTN_CPU_ATTENTION", "yes")
+    assert cpu_attention.setting_problem() == ("MOMATTN_CPU_ATTENTION='yes' is not a setting; use auto (the default) "
+                                               "or sdpa")
+    with pytest.raises(ValueError, match="is not a setting"):
+        cpu_attention.enabled()

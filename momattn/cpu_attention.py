@@ -11,15 +11,18 @@ C++ kernel (`softmax_grad` in momattn/csrc/ema_scan.cpp, the library momattn/cpu
     dv = p^T dO,   dk = ds^T q,   dq = ds k
 
 p and ds are whole (T, T) matrices for as many (batch, head) pairs as fit in BUFFER_BYTES, so each gradient is one
-matmul (no sums over blocks). On the main job's model (4 x 256, T 512, batch 8, bf16) SDPA's CPU flash backward
-took ~34 ms a layer, six times its forward, and was a third of the step; forward and backward together ran 2.2x
-faster with this one (`python benchmarks/bench_cpu_attention.py`; README, Benchmarks, goal 1). p and ds are rounded to bf16 before the
-matmuls that read them, as autocast's own (non-flash) attention rounds them: the gradients agree with float64 SDPA
-to bf16 rounding, and in float32 to float32 rounding (tests/test_cpu_attention.py).
+matmul (no sums over blocks). The scores are formed less lse / scale (one more column of q and k), so that their
+rounding to bf16 is small where p is large. On the main job's model (4 x 256, T 512, batch 8, bf16) SDPA's CPU
+flash backward took ~34 ms a layer, six times its forward, and was a third of the step; forward and backward
+together ran ~2x faster with this one (`python benchmarks/bench_cpu_attention.py`; README, Benchmarks, goal 1).
+p and ds are rounded to bf16 before the matmuls that read them: against float64 SDPA the gradients' error is within
+about 1.5x SDPA's own in bf16, at logit spreads of 1 to 10, and float32 rounding in float32
+(tests/test_cpu_attention.py).
 
 The model (momattn/model.py) takes it where `pays` says: bf16 training on a CPU with AMX, no attention dropout, no
-cache, T <= MAX_T (512), eager mode, and the kernel builds; everything else takes SDPA. MOMATTN_CPU_ATTENTION=sdpa turns it
-off (the forward is the same either way). A second derivative (create_graph) goes through SDPA's math path.
+cached prefix, T <= MAX_T (512), eager mode, and the kernel builds; everything else takes SDPA.
+MOMATTN_CPU_ATTENTION=sdpa turns it off (the forward is the same either way). A second derivative (create_graph)
+goes through SDPA's math path.
 """
 
 from __future__ import annotations
@@ -67,7 +70,10 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
 def pays(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether the model's training step should take `causal` over SDPA: a gradient to take, bf16 on a CPU with AMX
     (where its matmuls run; in float32 it was 0.6-1.0x SDPA's speed), a context of at most MAX_T, and `supports`."""
-    return (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    # is_compiling first: under torch.compile the rest is not asked (Dynamo cannot trace the CPU flags' file read
+    # behind cpu_has_amx's cache, and broke the graph at every layer; found by review)
+    return (not torch.compiler.is_compiling() and torch.is_grad_enabled()
+            and (q.requires_grad or k.requires_grad or v.requires_grad)
             and q.dtype == torch.bfloat16 and q.size(2) <= MAX_T
             and enabled() and cpu_has_amx() and supports(q, k, v))
 
@@ -97,9 +103,10 @@ class _CausalAttention(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: a differentiable backward, through SDPA's math path (the CPU
             from torch.nn.attention import SDPBackend, sdpa_kernel  # flash backward has no derivative)
 
-            with sdpa_kernel(SDPBackend.MATH):
-                y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=ctx.scale)
-            want = [t for t, need in zip((q, k, v), ctx.needs_input_grad) if need]
+            qkv = [t.view_as(t) for t in (q, k, v)]  # an alias each: a tensor given as both q and k gets each
+            with sdpa_kernel(SDPBackend.MATH):  # gradient once (found by review: it got their sum twice)
+                y = torch.nn.functional.scaled_dot_product_attention(*qkv, is_causal=True, scale=ctx.scale)
+            want = [t for t, need in zip(qkv, ctx.needs_input_grad) if need]
             grads = iter(torch.autograd.grad(y, want, do, create_graph=True))
             return (*(next(grads) if need else None for need in ctx.needs_input_grad[:3]), None)
         with torch.autocast("cpu", enabled=False):
@@ -109,16 +116,27 @@ class _CausalAttention(torch.autograd.Function):
 def _backward(q, k, v, out, lse, do, scale):
     """dq, dk, dv (B, H, T, D) from the forward's inputs, output and lse (B, H, T), and the output's gradient do."""
     B, H, T, D = q.shape
-    q, k, v, do = (t.reshape(B * H, T, t.size(-1)) for t in (q, k, v, do))  # (BH, T, D), copies where strided
-    delta = (do.float() * out.reshape(B * H, T, -1).float()).sum(-1)  # (BH, T)
+    q, k, v, do, out = (t.reshape(B * H, T, t.size(-1)) for t in (q, k, v, do, out))  # (BH, T, D), copies if strided
     lse = lse.reshape(B * H, T)
+    # The scores are formed less each row's c = lse / scale, rounded to q's dtype, by one more column of q (-c) and
+    # of k (1), and a zero column so that the inner size stays even (AMX multiplies bf16 in pairs): the matmul sums
+    # in float32, and its output, rounded to bf16, is then near 0 where p is large (z = scale s - lse <= 0)
+    # instead of at the scores' own size, whose rounding (up to 2^-9 |scale s|) grew the gradients' error with the
+    # logits (found by review: 4.3e-2 against flash's 1.8e-2 at a logit spread of 10). lse - scale c is what the
+    # kernel then subtracts.
+    c = (lse / scale).to(q.dtype)  # (BH, T)
+    lse = lse - scale * c.float()
+    ones, zeros = torch.ones(B * H, T, 1, dtype=q.dtype), torch.zeros(B * H, T, 1, dtype=q.dtype)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     G = max(1, min(B * H, BUFFER_BYTES // (2 * T * T * q.element_size())))  # pairs at a time
     for g0 in range(0, B * H, G):
         g = slice(g0, min(B * H, g0 + G))
-        s = torch.bmm(q[g], k[g].transpose(1, 2))  # (G, T, T) scores, unscaled
+        qc = torch.cat([q[g], -c[g].unsqueeze(-1), zeros[g]], dim=-1)  # (G, T, D + 2)
+        kc = torch.cat([k[g], ones[g], zeros[g]], dim=-1)
+        s = torch.bmm(qc, kc.transpose(1, 2))  # (G, T, T) scores less c, unscaled
         dp = torch.bmm(do[g], v[g].transpose(1, 2))  # (G, T, T)
-        _softmax_grad(s, dp, lse[g], delta[g], scale)  # s -> p, dp -> ds
+        delta = (do[g].float() * out[g].float()).sum(-1)  # (G, T): rowsum(dO * O)
+        _softmax_grad(s, dp, lse[g], delta, scale)  # s -> p, dp -> ds
         torch.bmm(s.transpose(1, 2), do[g], out=dv[g])
         torch.bmm(dp.transpose(1, 2), q[g], out=dk[g])
         torch.bmm(dp, k[g], out=dq[g])

@@ -416,7 +416,8 @@ void backward(const T *v, int64_t sb, int64_t st, const T *gy, int64_t gb, int64
 // delta (nbh, t) = rowsum(dO * O). One pass in float32 instead of the six or more full-size passes (casts,
 // subtract, exp, mask, multiply) the same took in torch ops, which cost more than the matmuls around it.
 inline float fast_exp(float x) {  // Cephes' expf polynomial, branch-free so that the loop vectorises; ~1 ulp
-  const float z = std::min(std::max(x, -87.0f), 88.0f);
+  float z = x > -87.0f ? x : -87.0f;  // NaN too: the conversion to int below must see a finite number
+  z = z < 88.0f ? z : 88.0f;
   const float n = (z * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // rounded to an integer (1.5 * 2^23)
   const float r = z - n * 0.693359375f + n * 2.12194440e-4f;
   float y = 1.9875691500e-4f;
@@ -429,7 +430,7 @@ inline float fast_exp(float x) {  // Cephes' expf polynomial, branch-free so tha
   const int32_t e = (int32_t(n) + 127) << 23;
   float two_n;
   std::memcpy(&two_n, &e, 4);
-  return x < -87.0f ? 0.0f : y * two_n;
+  return x < -87.0f ? 0.0f : x == x ? y * two_n : x;  // NaN stays NaN
 }
 
 template <class T>

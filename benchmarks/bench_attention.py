@@ -305,7 +305,8 @@ def attention_name(device: torch.device, dtype: str) -> str:
 
     if (device.type == "cpu" and dtype == "bf16" and cpu_attention.enabled() and cpu_has_amx()
             and cpu_scan.load() is not None):
-        return "momattn/cpu_attention.py (SDPA's forward; matmuls on AMX and one C++ pass backward)"
+        return (f"momattn/cpu_attention.py at T <= {cpu_attention.MAX_T} (SDPA's forward; matmuls on AMX and one C++ "
+                "pass backward), SDPA's beyond")
     return "SDPA's"
 
 

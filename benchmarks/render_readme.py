@@ -26,7 +26,7 @@ from harness import RESULTS  # noqa: E402
 SECTIONS = {
     "cpu_bf16.json": (
         "bf16 on a CPU with native bf16 (the main job, fp32 against bf16-mixed)",
-        "python benchmarks/cpu_bf16_check.py --threads 2 --parallel 1 --rounds 11",
+        "python benchmarks/cpu_bf16_check.py --threads 2 --parallel 1 --rounds 11 --seeds 1 2 3 4",
         cpu_bf16_check.markdown,
     ),
     "attention_train_fp32.json": (

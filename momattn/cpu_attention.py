@@ -37,8 +37,8 @@ from momattn.hardware import cpu_has_amx
 
 BUFFER_BYTES = 64 << 20  # the backward's (G, T, T) p and ds together, at most (G >= 1 pair)
 # the longest context the model takes it for: forward + backward against SDPA's in bf16 on 2 cores of an AMX Xeon
-# (benchmarks/bench_cpu_attention.py, session 44) 2.3x at T 256, 2.2x at 512, 0.9-1.1x at 1024, 0.67x at 2048 and
-# 0.60x at 4096 (whole (T, T) matrices do the masked half's work too, and outgrow the caches; SDPA's are blocked)
+# (benchmarks/results/cpu_attention.md, session 44) 2.1x at T 256, 1.8x at 512, 0.95x at 1024, 0.65x at 2048 (whole
+# (T, T) matrices do the masked half's work too, and outgrow the caches; SDPA's are blocked)
 MAX_T = 512
 _NAMES = {torch.float32: "attn_grad_f32", torch.bfloat16: "attn_grad_bf16"}
 _P, _I = ctypes.c_void_p, ctypes.c_int64
@@ -69,7 +69,7 @@ def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
 
 def pays(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether the model's training step should take `causal` over SDPA: a gradient to take, bf16 on a CPU with AMX
-    (where its matmuls run; in float32 it was 0.6-1.0x SDPA's speed), a context of at most MAX_T, and `supports`."""
+    (where its matmuls run; in float32 it was 0.4-1.0x SDPA's speed), a context of at most MAX_T, and `supports`."""
     # is_compiling first: under torch.compile the rest is not asked (Dynamo cannot trace the CPU flags' file read
     # behind cpu_has_amx's cache, and broke the graph at every layer; found by review)
     return (not torch.compiler.is_compiling() and torch.is_grad_enabled()

@@ -14,10 +14,10 @@ p and ds are whole (T, T) matrices for as many (batch, head) pairs as fit in BUF
 matmul (no sums over blocks). The scores are formed less lse / scale (one more column of q and k), so that their
 rounding to bf16 is small where p is large. On the main job's model (4 x 256, T 512, batch 8, bf16) SDPA's CPU
 flash backward took ~34 ms a layer, six times its forward, and was a third of the step; forward and backward
-together ran ~2x faster with this one (`python benchmarks/bench_cpu_attention.py`; README, Benchmarks, goal 1).
-p and ds are rounded to bf16 before the matmuls that read them: against float64 SDPA the gradients' error is within
-about 1.5x SDPA's own in bf16, at logit spreads of 1 to 10, and float32 rounding in float32
-(tests/test_cpu_attention.py).
+together ran 1.8x faster with this one, 2.1x at T 256 (`python benchmarks/bench_cpu_attention.py`; README, Benchmarks, goal 1).
+p and ds are rounded to bf16 before the matmuls that read them: against float64 SDPA the gradients' error is 1.4-1.9x
+SDPA's own in bf16 (benchmarks/results/cpu_attention.md; tested within 2x at logit spreads of 3 and 10), and float32
+rounding in float32 (tests/test_cpu_attention.py).
 
 The model (momattn/model.py) takes it where `pays` says: bf16 training on a CPU with AMX, no attention dropout, no
 cached prefix, T <= MAX_T (512), eager mode, and the kernel builds; everything else takes SDPA.

@@ -300,11 +300,9 @@ def scan_name(device: torch.device) -> str:
 
 def attention_name(device: torch.device, dtype: str) -> str:
     """Which backward the training step's causal attention takes (momattn.cpu_attention.pays, less the tensors)."""
-    from momattn import cpu_attention, cpu_scan
-    from momattn.hardware import cpu_has_amx
+    from momattn import cpu_attention
 
-    if (device.type == "cpu" and dtype == "bf16" and cpu_attention.enabled() and cpu_has_amx()
-            and cpu_scan.load() is not None):
+    if device.type == "cpu" and dtype == "bf16" and cpu_attention.available():
         return (f"momattn/cpu_attention.py at T <= {cpu_attention.MAX_T} (SDPA's forward; matmuls on AMX and one C++ "
                 "pass backward), SDPA's beyond")
     return "SDPA's"

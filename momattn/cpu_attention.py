@@ -58,6 +58,12 @@ def enabled() -> bool:
     return os.environ.get("MOMATTN_CPU_ATTENTION", "auto") == "auto"
 
 
+def available() -> bool:
+    """Whether bf16 CPU training takes `causal` on this machine at all, before the tensors are asked: the setting
+    is auto, the CPU has AMX, and the kernel builds."""
+    return enabled() and cpu_has_amx() and cpu_scan.load() is not None
+
+
 def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether `causal` takes these: CPU tensors of one dtype it has a kernel for (bf16, float32), one length of
     queries and keys, outside torch.compile, and the kernel builds."""
@@ -74,8 +80,7 @@ def pays(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     # behind cpu_has_amx's cache, and broke the graph at every layer; found by review)
     return (not torch.compiler.is_compiling() and torch.is_grad_enabled()
             and (q.requires_grad or k.requires_grad or v.requires_grad)
-            and q.dtype == torch.bfloat16 and q.size(2) <= MAX_T
-            and enabled() and cpu_has_amx() and supports(q, k, v))
+            and q.dtype == torch.bfloat16 and q.size(2) <= MAX_T and available() and supports(q, k, v))
 
 
 def _softmax_grad(s: torch.Tensor, dp: torch.Tensor, lse: torch.Tensor, delta: torch.Tensor, scale: float) -> None:

@@ -206,10 +206,9 @@ class CausalSelfAttention(nn.Module):
             if shared:  # attention dropout (or nothing to attend with): SDPA over a full copy of the prefix per row
                 k = torch.cat([cache.shared_k.expand(B, -1, -1, -1), k], dim=2)  # (B, H, S+P, D)
                 v = torch.cat([cache.shared_v.expand(B, -1, -1, -1), v], dim=2)
-            if k.size(2) == T and p == 0.0 and cpu_attention.pays(q, k, v):  # CPU training in bf16 with AMX
-                y = cpu_attention.causal(q, k, v)  # (B, H, T, D): SDPA's forward, a faster backward
-            elif k.size(2) == T:
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, H, T, D)
+            if k.size(2) == T:  # (B, H, T, D); CPU training in bf16 with AMX: SDPA's forward, a faster backward
+                y = cpu_attention.causal(q, k, v) if p == 0.0 and cpu_attention.pays(q, k, v) else \
+                    F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
             else:  # queries continue a cached prefix: query i sees keys up to P + i
                 P = k.size(2) - T
                 mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)

@@ -9,8 +9,10 @@ sigterm_late@N (after every hook of step N, right before Lightning looks at its 
 registered; N is not read), kill@N (SIGKILL), nan@N (one batch's loss becomes NaN),
 kill_during_save@N (SIGKILL while the real checkpoint writer is writing the first checkpoint at step >= N),
 disk_full@N (every file write from step N on fails with ENOSPC, as on a full disk), sigint@N (Ctrl-C: a
-KeyboardInterrupt at the end of step N's hooks of this callback).
-`+callbacks.fault.rank=R` fires on global rank R only (DDP), else on every rank.
+KeyboardInterrupt at the end of step N's hooks of this callback), stall@N (sleep `+callbacks.fault.seconds=S`,
+default 10, at the end of step N's hooks: a rank busy or hung while another one dies).
+`+callbacks.fault.rank=R` fires on global rank R only (DDP), else on every rank. Two faults at once: a second
+callback, e.g. `+callbacks.fault2._target_=momattn.faults.FaultInjection +callbacks.fault2.spec=stall@4`.
 Nothing in the training code knows about this module.
 """
 
@@ -31,7 +33,7 @@ from momattn.errors import ConfigError
 from momattn.io import TEMP_NAME
 
 KINDS = ("sigterm", "sigterm_job", "sigterm_late", "sigterm_in_val", "sigterm_setup", "kill", "nan", "kill_during_save",
-         "disk_full", "sigint")
+         "disk_full", "sigint", "stall")
 
 
 def _fill_disk() -> None:
@@ -102,8 +104,9 @@ class KillDuringSave:
 class FaultInjection(Callback):
     """Simulate a preemption, a crash, a NaN, or a crash inside the checkpoint writer at optimizer step N."""
 
-    def __init__(self, spec: str, rank: int | None = None):
+    def __init__(self, spec: str, rank: int | None = None, seconds: float = 10.0):
         self.rank = rank  # only this global rank (DDP); None: every rank
+        self.seconds = seconds  # stall@N's sleep
         kind, _, step = str(spec).partition("@")
         if kind not in KINDS or not step.isdigit():
             raise ConfigError(f"fault spec '{spec}' is not KIND@STEP with KIND one of {', '.join(KINDS)} "
@@ -147,6 +150,8 @@ class FaultInjection(Callback):
                 _fill_disk()
             elif self.kind == "sigint":
                 raise KeyboardInterrupt
+            elif self.kind == "stall":
+                time.sleep(self.seconds)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if self.kind == "sigterm_in_val" and batch_idx == 0 and not trainer.sanity_checking \

@@ -13,11 +13,18 @@ detached, where `trainer` raises).
   ahead, depending on where in the loop the file was saved, so a resumed curve would be shifted by a step;
 - whether a micro-batch falls inside a gradient accumulation (last.ckpt is not refreshed there);
 - ThroughputMonitor._compute(trainer, iter_num), which momattn's Throughput overrides to log at the loggers' step;
-- the point after every hook of a training batch, where the fault tests send a late SIGTERM.
+- the point after every hook of a training batch, where the fault tests send a late SIGTERM;
+- the watcher of the local ranks Lightning's launcher starts (`_launch_process_observer`), which SIGKILLed this
+  process the moment it saw another rank end with an error, before this process could say so (`patient_observer`).
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 from lightning.fabric.utilities.throughput import Throughput as FabricThroughput
@@ -109,3 +116,48 @@ def drop_wandb_anonymous(logger) -> None:
     """Lightning's WandbLogger always passes anonymous=None to wandb.init, which W&B >= 0.19 answers with a
     deprecation warning on every run; the setting has no effect, so it is not passed."""
     _require(logger, "_wandb_init").pop("anonymous", None)
+
+
+def patient_observer(grace_s: float, message: Callable[[int, str], str], period_s: float = 5.0) -> None:
+    """Lightning's launcher looks at the ranks it started every period_s (its 5 s); when one has ended with an
+    error it SIGKILLs the others and this process (rank 0) at once. Rank 0 usually hears of the loss first (gloo:
+    "connection closed by peer") and ends in one line naming the checkpoint to resume from; on a busy machine the
+    watcher won the race and the run ended in exit -9 with nothing said (found by CI). From now on, launches in
+    this process use a watcher that says which rank ended and how, SIGKILLs the other started ranks as
+    Lightning's does, and gives this process grace_s to end by itself; one still running then (hung in a
+    collective) prints message(rank, how it ended) and exits 2."""
+    from lightning.fabric.strategies.launchers import subprocess_script as fabric_launcher
+    from lightning.pytorch.strategies.launchers import subprocess_script as trainer_launcher
+
+    base = _require(fabric_launcher, "_ChildProcessObserver")
+    for launcher in (fabric_launcher, trainer_launcher):  # the Trainer's launcher imported the function by name
+        _require(launcher, "_launch_process_observer")
+
+    class PatientObserver(base):
+        def _run(self) -> bool:
+            children = _require(self, "_child_processes")
+            codes = [proc.poll() for proc in children]
+            if all(code == 0 for code in codes):
+                return True
+            failed = next(((rank, code) for rank, code in enumerate(codes, 1) if code), None)
+            if failed is None:
+                return False
+            rank, code = failed
+            try:
+                how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+            alive = [proc for proc in children if proc.poll() is None]
+            print(f"[momattn] the process of rank {rank} ended ({how})"
+                  + ("; ending the other ranks it leaves" if alive else ""), file=sys.stderr, flush=True)
+            for proc in alive:
+                proc.kill()
+            time.sleep(grace_s)  # this process ends here when it stops by itself
+            print(message(rank, how), file=sys.stderr, flush=True)
+            os._exit(2)
+
+    def launch(child_processes) -> None:
+        PatientObserver(child_processes=child_processes, main_pid=os.getpid(), sleep_period=period_s).start()
+
+    for launcher in (fabric_launcher, trainer_launcher):
+        launcher._launch_process_observer = launch

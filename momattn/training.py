@@ -23,6 +23,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from momattn import lightning_compat as compat
 from momattn import loggers as logs
 from momattn.callbacks import AtomicCheckpointIO, PreemptionCheckpoint, Throughput, throughput_summary
 from momattn.checkpoint import (
@@ -72,6 +73,7 @@ from momattn.wandb_runs import folder_group
 
 SUMMARY_METRICS = ("val/", "train/loss", "train/lr")  # summary.json's metrics: every optimized_metric (config.LOGGED)
 RESUME_ENV = "MOMATTN_RESUME_CKPT"  # rank 0's resume choice, for the local ranks Lightning starts
+RANK_GRACE_S = 30  # how long rank 0 may take to end by itself once a rank it started has ended with an error
 
 
 def warmup_warning(warmup_steps: int, max_steps: int, lr: float) -> str | None:
@@ -262,6 +264,10 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                  **({"fit_from_step": start_step} if start_step else {})}, logged)
 
     failed = True  # until the run returns or is preempted (resumable): W&B marks the run by it
+    grace = min(RANK_GRACE_S, c.dist_timeout_s)  # a rank that ended: rank 0's own error first (lightning_compat)
+    compat.patient_observer(grace, lambda rank, how: (
+        f"\nerror: the process of rank {rank} ended ({how}) and this one did not stop within {grace} s (waiting in a "
+        f"collective); {_newest_checkpoint(out_dir)}. {_go_on(job, out_dir)}"))
     try:
         guard.enter("fit")
         trainer.fit(lit, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)

@@ -79,15 +79,20 @@ def main() -> int:
     ap.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["bf16", "fp32"])
     ap.add_argument("--repeats", type=positive_int, default=7)
     ap.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--patience", type=float, default=120.0,
+                    help="seconds the run may spend waiting out other processes and retaking contended samples "
+                         "(default 120; 0 keeps every sample as measured)")
     ap.add_argument("--out", type=Path, default=RESULTS / "cpu_attention.json")
     args = ap.parse_args()
     check_out(ap, args.out)
+    if not args.patience >= 0:
+        ap.error(f"--patience={args.patience} must be >= 0 seconds (0 keeps every sample as measured)")
     if cpu_scan.load() is None:
         print("the CPU kernel cannot be built here (see the warning above): nothing to compare", file=sys.stderr)
         return 1
     if args.threads:
         torch.set_num_threads(args.threads)
-    timer = Timer(repeats=args.repeats, warmup=2, min_sample_s=0.2, patience_s=120)
+    timer = Timer(repeats=args.repeats, warmup=2, min_sample_s=0.2, patience_s=args.patience)
     rows, results = [], []
     for shape in args.shapes:
         for name in args.dtypes:
@@ -108,7 +113,8 @@ def main() -> int:
                    "cpu_attention error"], rows)
           + f"\n\nThe model takes cpu_attention for bf16 training on a CPU with AMX at T <= {cpu_attention.MAX_T} "
           "(momattn.cpu_attention.pays).")
-    write_results(args.out, {"machine": info, "amx": cpu_has_amx(), "results": results}, md)
+    settings = {"repeats": args.repeats, "patience_s": args.patience, "patience_left_s": timer.patience_s}
+    write_results(args.out, {"machine": info, "amx": cpu_has_amx(), "settings": settings, "results": results}, md)
     return 0
 
 

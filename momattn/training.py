@@ -410,6 +410,7 @@ def _tokens(c: TrainConfig, tokenizer: Tokenizer, vocab_size: int, block_size: i
     source (data=hf_stream) the train side is a StreamWindows dataset that tokenizes while training."""
     val = load_tokens(c.data, tokenizer, "val", c.cache_dir, c.loader.num_proc)
     if isinstance(c.data, StreamingHubCorpus):
+        c.data.check_start()
         return StreamWindows(c.data, tokenizer, block_size), val
     train = load_tokens(c.data, tokenizer, "train", c.cache_dir, c.loader.num_proc)
     if int(max(train.max(initial=0), val.max(initial=0))) >= vocab_size:

@@ -412,6 +412,19 @@ def test_another_staicc_release_changes_the_default_corpus_fingerprint(monkeypat
     assert StaiccCorpus(tasks=["trec"]).fingerprint() != before  # the token cache would serve the old rows
 
 
+def test_files_with_different_columns_are_named_as_such(tmp_path):
+    # a train file without the text column: "a row of the validation split cannot be read (CastError: Couldn't cast)"
+    from momattn.data.streaming import StreamingHubCorpus
+
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"body": f"the cat {i}"}) + "\n" for i in range(20)))
+    (tmp_path / "v.jsonl").write_text("".join(json.dumps({"text": f"the dog {i}"}) + "\n" for i in range(20)))
+    files = {"train": str(tmp_path / "t.jsonl"), "validation": str(tmp_path / "v.jsonl")}
+    for cls in (HubCorpus, StreamingHubCorpus):
+        with pytest.raises(DataError, match=r"the files do not all have the same columns \(datasets reads them all "
+                                            r"with the columns of one of them: body\); give every file the same"):
+            cls(name="json", data_files=files).documents("val")
+
+
 def test_local_hub_files_that_are_empty_not_utf8_or_unmatched_get_a_one_line_error(tmp_path):
     from momattn.data.streaming import StreamingHubCorpus
 
@@ -423,7 +436,8 @@ def test_local_hub_files_that_are_empty_not_utf8_or_unmatched_get_a_one_line_err
     # the text builder's: wrapped by datasets, and advised "choose the builder that reads the files (... text ...)"
     with pytest.raises(DataError, match=r"a byte that is not UTF-8 \(b'\\xe9 au'\); convert the files, e.g. iconv"):
         HubCorpus(name="text", data_files={"train": str(tmp_path / "latin.txt")}, val_split=None).documents("train")
-    cases = {"empty.jsonl": "no rows", "none*.jsonl": "no rows", "latin.jsonl": "not UTF-8",
+    cases = {"empty.jsonl": "no rows", "none*.jsonl": r"the 'train' pattern '.*none\*.jsonl' matches no file",
+             "gone.jsonl": r"the 'train' file '.*gone.jsonl' does not exist", "latin.jsonl": "not UTF-8",
              "prose.jsonl": r"cannot be read.*ArrowInvalid: JSON parse error: Invalid value. in row 0"}
     for name, says in cases.items():
         for cls in (HubCorpus, StreamingHubCorpus):

@@ -148,6 +148,42 @@ def test_a_stream_that_cannot_be_opened_offline_is_one_clear_error(monkeypatch):
         StreamingHubCorpus()
 
 
+def test_a_utf16_training_stream_is_refused_at_start_up_whatever_the_tokenizer(tmp_path):
+    # only a BPE tokenizer's training read the stream's first documents: under tokenizer=gpt2 or file, a UTF-16
+    # training file trained to the end and exited 0 (found by review)
+    docs = [json.loads(line)["text"] for line in corpus(tmp_path)["train"].read_text().splitlines()]
+    (tmp_path / "wide.txt").write_bytes("".join(d + "\n" for d in docs).encode("utf-16-le"))
+    (tmp_path / "val.txt").write_text("".join(d + "\n" for d in docs[:30]))
+    train_bpe(lambda: docs, 300).hf.save(str(tmp_path / "tokenizer.json"))
+    data = ["data=hf_stream", "data.name=text", f"data.data_files={{train:{tmp_path / 'wide.txt'},validation:"
+            f"{tmp_path / 'val.txt'}}}", "data.val_docs=20", "tokenizer=file", f"tokenizer.path={tmp_path / 'tokenizer.json'}",
+            "debug=smoke", "model.block_size=16"]
+    with pytest.raises(DataError, match=r"wide.txt.*: the text of its first train documents holds NUL characters"):
+        run_train(compose_train(tmp_path / "run", data))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_sliced_split_is_refused_by_a_stream_and_a_missing_one_names_the_splits():
+    # 'train[:50%]' (which data=hf takes) was "not a split of data.name='json' (its splits: [:50%])"
+    from momattn.data.sources import unknown_split
+
+    with pytest.raises(DataError, match=r"data.train_split='train\[:50%\]': a stream reads whole splits"):
+        StreamingHubCorpus(name="json", data_files={"train": "a.jsonl"}, train_split="train[:50%]", val_split=None)
+    said = unknown_split("json", "valid[:5]", "valid[:5]", ValueError("Bad split: valid[:5]. Available splits: ['train']"))
+    assert str(said).startswith("data.val_split='valid[:5]' is not a split of data.name='json' (its splits: ['train'])")
+    said = unknown_split("x", "tran", "validation", ValueError('Unknown split "tran". Should be one of [\'train\'].'))
+    assert "data.train_split='tran' is not a split of data.name='x' (its splits: ['train']); name one" in str(said)
+
+
+def test_a_validation_stream_without_text_says_which_rows_and_what_to_raise(tmp_path):
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ["", None, "  "] + ["x y"] * 9))
+    src = StreamingHubCorpus(name="json", data_files={"train": str(tmp_path / "t.jsonl")}, val_split=None, val_docs=3)
+    with pytest.raises(DataError, match=r"the first data.val_docs=3 rows of data.train_split='train', held out for "
+                                        r"validation \(data.val_split=null\) hold no text \(blank or null rows\); "
+                                        "raise data.val_docs"):
+        src.documents("val")
+
+
 def test_training_on_a_stream_resumes_exactly(tmp_path):
     files = corpus(tmp_path)
     data = ["data=hf_stream", "data.name=json", f"data.data_files={{train:{files['train']},validation:{files['validation']}}}",

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from momattn.data.staicc import LEAK_FILTER_VERSION, SPLIT_SEED, STAICC_FILES, lm_texts, staicc_identity
-from momattn.errors import ConfigError, DataError, did_you_mean, first_line, raised_from
+from momattn.errors import ConfigError, DataError, did_you_mean, first_line, not_a_file, raised_from
 from momattn.io import file_id
 from momattn.schema import known_keys, locate, to_plain, typed
 from momattn.utils import digest, seeded_split
@@ -344,6 +344,7 @@ class HubCorpus:
         datasets = import_datasets()
         if (saved := saved_dataset(self.name, split, self.train_split)) is not None:
             return saved
+        check_files_there(self.name, self.data_files)
         try:
             return datasets.load_dataset(self.name, self.config, split=split, data_files=self.data_files,
                                          revision=self.revision)
@@ -430,6 +431,13 @@ def unparsed_rows(name: str, data_files: Any, split: str, e: BaseException) -> D
     datasets' "An error occurred while generating the dataset"."""
     cause = e.__cause__ or e
     files = f" (data.data_files={data_files})" if data_files else ""
+    if type(cause).__name__ == "CastError" and "column names don't match" in str(cause):
+        # "Couldn't cast\n<name: type lines>\nto\n{<the features of one file>}\nbecause column names don't match":
+        # it was "a row of the validation split cannot be read", of a train file without the text column
+        wanted = re.findall(r"'([^']+)': ", str(cause).split("\nto\n")[-1])
+        return DataError(f"data.name='{name}'{files}: the files do not all have the same columns (datasets reads "
+                         f"them all with the columns of one of them: {', '.join(wanted) or '?'}); give every file the "
+                         "same columns, with the text in the one data.text_field names")
     return DataError(f"data.name='{name}'{files}: a row of the {split} split cannot be read ({type(cause).__name__}: "
                      f"{first_line(cause, 200)}); fix or remove it, or choose the builder that reads the files (json "
                      "for JSON lines, text for plain text)")
@@ -459,10 +467,10 @@ def unknown_split(name: str, split: str, val_split: str | None, e: BaseException
     or, streaming, 'Bad split'); None for any other failure."""
     if not (isinstance(e, ValueError) and re.search(r"Unknown split|Bad split", str(e))):
         return None
-    splits = re.search(r"\[[^\]]*\]", str(e))
+    splits = re.search(r"(?:one of|splits:)\s*(\[[^\]]*\])", str(e))  # not a slice in the split's own name
     key = "val_split" if split == val_split else "train_split"
     return DataError(f"data.{key}='{split}' is not a split of data.name='{name}'"
-                     + (f" (its splits: {splits.group(0)})" if splits else "") + "; name one of them"
+                     + (f" (its splits: {splits.group(1)})" if splits else "") + "; name one of them"
                      + (", or data.val_split=null to hold out part of the training split" if key == "val_split" else ""))
 
 
@@ -481,6 +489,23 @@ def check_local_files(name: str, data_files) -> None:
         ext = {"text": "txt", "json": "jsonl"}.get(str(name).lower(), str(name).lower())
         raise DataError(f"data.name={name} reads local files: name them with data.data_files={{train: a.{ext}}} "
                         f"(without it, every file of the current folder is read)")
+
+
+def check_files_there(name: str, data_files: dict | None) -> None:
+    """Before a local builder reads data_files: a file that is not there, or a pattern that matches none, named
+    with its split (datasets' error for it sent the user to check the hub name and the network)."""
+    if str(name).lower() not in LOCAL_BUILDERS:
+        return
+    for split, files in (data_files or {}).items():
+        for f in files if isinstance(files, list | tuple) else [files]:
+            path = Path(str(f)).expanduser()
+            if "://" in str(f):  # a URL: datasets fetches it
+                continue
+            if glob.has_magic(str(path)):
+                if not named_files(str(path)):
+                    raise DataError(f"data.data_files: the '{split}' pattern '{f}' matches no file")
+            elif not path.is_file():
+                raise DataError(f"data.data_files: the '{split}' file '{f}' {not_a_file(path)}")
 
 
 def split_files(data_files: Any, train_split: str) -> dict | None:

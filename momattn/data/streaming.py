@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 from momattn.data.sources import (
     VAL_COPIES_RULE,
     Split,
+    check_files_there,
     check_local_files,
     check_seed,
     check_split_files,
@@ -81,6 +82,10 @@ class StreamingHubCorpus:
             raise DataError("data=hf_stream needs data.name=<hub dataset>, e.g. data.name=HuggingFaceFW/fineweb "
                             "data.config=sample-10BT data.val_split=null (it has no validation split), or data.name=json data.data_files={train: a.jsonl}")
         check_splits(self.train_split, self.val_split)
+        for key in ("train_split", "val_split"):  # datasets streams whole splits: 'train[:50%]' was "not a split"
+            if "[" in str(getattr(self, key) or ""):
+                raise DataError(f"data.{key}='{getattr(self, key)}': a stream reads whole splits, not a slice of one; "
+                                "name the split (data=hf, which reads the corpus up front, takes slices)")
         self.data_files = split_files(self.data_files, self.train_split)
         check_local_files(self.name, self.data_files)
         check_split_files(self.data_files)
@@ -111,6 +116,7 @@ class StreamingHubCorpus:
 
         if (saved := saved_dataset(self.name, split, self.train_split)) is not None:
             return saved.to_iterable_dataset()
+        check_files_there(self.name, self.data_files)
         try:
             return datasets.load_dataset(self.name, self.config, split=split, data_files=self.data_files,
                                          revision=self.revision, streaming=True)
@@ -185,11 +191,21 @@ class StreamingHubCorpus:
         if not docs and split == "train":
             raise self.no_training_documents()
         if not docs:
-            raise DataError(f"the {split} stream of data.name='{self.name}' is empty")
+            where = (f"data.val_split='{self.val_split}'" if self.val_split else
+                     f"data.train_split='{self.train_split}', held out for validation (data.val_split=null)")
+            raise DataError(f"data.name='{self.name}': the first data.val_docs={self.val_docs} rows of {where} hold "
+                            "no text (blank or null rows); raise data.val_docs, or name a validation split with text")
         # judged on these bounded lists, read at start-up: UTF-16 shows in its first rows, and one junk row hours
         # into a web corpus does not end the run (HubCorpus judges its whole split so)
         check_text(docs, self.name, self.data_files, f"its first {split} documents")
         return docs
+
+    def check_start(self, rows: int = 1_000) -> None:
+        """Judge the text of the training split's first rows at start-up, whatever the tokenizer: documents('train')
+        judges them only where a BPE tokenizer is trained on them, so under tokenizer=gpt2 a UTF-16 file read as
+        UTF-8 trained to the end without a word (found by review)."""
+        if docs := list(self.texts(self.train_split, shuffle=False, limit=rows)):
+            check_text(docs, self.name, self.data_files, "its first train documents")
 
     def no_training_documents(self) -> DataError:
         """Why the training stream yields no document, and what to change: every row held out for validation, or

@@ -87,23 +87,26 @@ def _no_chat_template():
 
 @register_model("momattn")
 class MomattnLM(TemplateLM):
-    ARGS = ("ckpt_path", "device", "batch_size", "batch_tokens", "max_gen_toks", "precision")
+    ARGS = ("ckpt_path", "device", "batch_size", "batch_tokens", "max_gen_toks", "precision", "max_batch_size")
 
     def __init__(self, ckpt_path: str | None = None, device: str | None = "auto", batch_size: int | str = 16,
-                 batch_tokens: int = 4096, max_gen_toks: int = 256, precision: str = "auto", **kwargs):
+                 batch_tokens: int = 4096, max_gen_toks: int = 256, precision: str = "auto",
+                 max_batch_size: int | None = None, **kwargs):
         super().__init__()
         from momattn.checkpoint import load_checkpoint
         from momattn.errors import ConfigError, did_you_mean
         from momattn.generate import check_inference_precision
 
-        kwargs.pop("max_batch_size", None)  # lm-eval passes it with batch_size=auto; batch_tokens bounds a batch
         for key in kwargs:  # a misspelt argument (precison=32-true) would otherwise score in another precision
             raise ConfigError(f"--model_args {key}= is not an argument of the momattn model.{did_you_mean(key, self.ARGS)}"
                               f" It takes {', '.join(self.ARGS)}")
         check_inference_precision(precision, f"--model_args precision={precision}")
-        for key, v in (("batch_tokens", batch_tokens), ("max_gen_toks", max_gen_toks)):  # "4k" or 0: said here
-            if isinstance(v, bool) or not str(v).strip().isdigit() or int(v) < 1:
+        for key, v in (("batch_tokens", batch_tokens), ("max_gen_toks", max_gen_toks),
+                       *((("max_batch_size", max_batch_size),) if max_batch_size is not None else ())):
+            if isinstance(v, bool) or not str(v).strip().isdigit() or int(v) < 1:  # "4k" or 0: said here
                 raise ConfigError(f"--model_args {key}={v!r} must be an int >= 1")
+        if isinstance(ckpt_path, int | float) and not isinstance(ckpt_path, bool):
+            ckpt_path = str(ckpt_path)  # lm-eval's parser read ckpt_path=123 as a number (spelt 001: quote it)
         if not ckpt_path:
             raise ConfigError("the momattn model needs --model_args ckpt_path=PATH (a .ckpt written by train.py)")
         if str(device or "").startswith("cuda") and not torch.cuda.is_available():
@@ -113,7 +116,9 @@ class MomattnLM(TemplateLM):
         self._device = resolve_device(device or "auto")
         self.model, self.tokenizer = load_checkpoint(ckpt_path, map_location=self._device)
         self.precision = precision
-        self.max_rows = rows_per_batch(batch_size)
+        # auto: batch_tokens bounds a batch, and lm-eval's --max_batch_size (64 unless set) its rows, as for its own
+        # models (it was dropped without a word)
+        self.max_rows = rows_per_batch(batch_size) or (int(max_batch_size) if max_batch_size is not None else None)
         self.batch_tokens, self.max_gen_toks = int(batch_tokens), int(max_gen_toks)
         self._warned: set[str] = set()  # generation settings already reported as ignored
 

@@ -235,6 +235,33 @@ def test_a_batch_size_that_is_neither_a_count_nor_auto_is_refused(ckpt, arg):
         MomattnLM.create_from_arg_string(f"ckpt_path={ckpt}", {"batch_size": "0"})
 
 
+def test_lm_evals_max_batch_size_caps_the_rows_of_an_auto_batch(ckpt, tmp_path, monkeypatch):
+    from momattn.errors import ConfigError
+
+    # --batch_size auto --max_batch_size 2 still scored 10 rows per forward pass: the cap was dropped without a word
+    lm = MomattnLM.create_from_arg_string(f"ckpt_path={ckpt},precision=32-true",
+                                          {"batch_size": "auto", "max_batch_size": 2})
+    assert lm.max_rows == 2
+    rows = []
+    forward = lm.model.forward
+    monkeypatch.setattr(lm.model, "forward", lambda idx, *a, **k: rows.append(len(idx)) or forward(idx, *a, **k))
+    lm.score_pairs([([1, 2, 3], [4, 5])] * 5)
+    assert rows and max(rows) == 2
+    assert MomattnLM.create_from_arg_string(f"ckpt_path={ckpt}", {"batch_size": 3, "max_batch_size": 2}).max_rows == 3
+    assert MomattnLM.create_from_arg_string(f"ckpt_path={ckpt}", {"batch_size": "auto"}).max_rows is None
+    with pytest.raises(ConfigError, match="^--model_args max_batch_size='abc' must be an int >= 1"):
+        MomattnLM.create_from_arg_string(f"ckpt_path={ckpt},max_batch_size=abc")
+
+
+def test_a_checkpoint_named_like_a_number_loads(ckpt, tmp_path, monkeypatch):
+    # lm-eval's --model_args parser read ckpt_path=123 as the int 123, which was refused as "not a path"
+    import shutil
+
+    shutil.copy(ckpt, tmp_path / "123")
+    monkeypatch.chdir(tmp_path)
+    assert MomattnLM.create_from_arg_string("ckpt_path=123,device=cpu").model.config.block_size == 64
+
+
 @pytest.mark.parametrize(("setting", "says"), [
     ({"max_gen_toks": "abc"}, "max_gen_toks='abc' must be an int >= 0"),  # was int()'s ValueError traceback
     ({"max_gen_toks": -1}, "max_gen_toks=-1 must be an int >= 0"),  # was silently nothing generated

@@ -1,5 +1,6 @@
 """Is the data pipeline ever the bottleneck? Tokens/s of the token-cache build (num_proc 1 and 2) and of the
-streaming path (data=hf_stream: read, tokenize, pack, in a background thread), against what training consumes.
+streaming path (data=hf_stream: read, tokenize, pack, in a background thread), against what training consumes;
+and how fast a resumed stream reaches its window, re-tokenized or seeking its checkpoint's Point.
 
     .venv/bin/python benchmarks/bench_data.py [--docs 20000] [--train-steps 3]
 
@@ -63,6 +64,33 @@ def stream(path: Path, tokenizer, block_size: int, n_windows: int) -> dict:
     return {"tokens": n_windows * block_size, "seconds": dt, "tokens_per_s": n_windows * block_size / dt}
 
 
+def resume(path: Path, tokenizer, block_size: int, window: int) -> dict:
+    """A resumed stream reaching `window`: re-tokenizing the stream up to it (as before session 45), and seeking
+    the Point a checkpoint records (the documents before it read, not tokenized). Returns both, with the windows'
+    equality."""
+    from momattn.data.streaming import StreamingHubCorpus, StreamWindows
+
+    src = StreamingHubCorpus(name="json", data_files={"train": str(path)}, val_split=None, val_docs=1)
+    first = StreamWindows(src, tokenizer, block_size)
+    first[window]
+    g, point = first.point_before(window)
+    first.close()
+    out = {"window": window, "tokens": window * block_size, "point": [g, *point]}
+    for how in ("retokenized", "sought"):
+        ds = StreamWindows(src, tokenizer, block_size)
+        if how == "sought":
+            ds.resume_at(g, point)
+        t0 = time.perf_counter()
+        x = ds[window][0]
+        dt = time.perf_counter() - t0
+        ds.close()
+        out[how] = {"seconds": dt, "tokens_per_s": window * block_size / dt}
+        out.setdefault("windows", []).append(x)
+    same = bool((out["windows"][0] == out["windows"][1]).all())
+    del out["windows"]
+    return {**out, "same_window": same}
+
+
 def train_124m(steps: int) -> dict:
     from momattn.model import GPT, GPTConfig
 
@@ -108,6 +136,7 @@ def main() -> None:
             res["rows"].append({"path": f"token cache build, num_proc={num_proc}", **r})
         r = stream(path, tok, 1024, args.windows)
         res["rows"].append({"path": "stream (data=hf_stream, local JSONL, 1 thread)", **r})
+        res["resume"] = resume(path, tok, 1024, args.windows)
     t = train_124m(args.train_steps)
     need_h200 = H200_PEAK_TFLOPS * 1e12 * H200_MFU / t["flops_per_token"]
     res["train_124m_cpu"] = t
@@ -126,6 +155,13 @@ def main() -> None:
         f"({t['seconds_per_step']:.1f} s per step, {t['flops_per_token'] / 1e9:.2f} GFLOP per token).",
         f"One H200 would consume {need_h200 / 1e3:,.0f}K tokens/s at 124M ({res['assumption_h200']}: computed, "
         "not measured).",
+        "",
+        f"A stream resumed at window {res['resume']['window']} ({res['resume']['tokens'] / 1e6:.2f}M tokens in): "
+        f"re-tokenized up to it (before session 45) {res['resume']['retokenized']['seconds']:.2f} s "
+        f"({res['resume']['retokenized']['tokens_per_s'] / 1e3:,.0f}K tokens/s); seeking the checkpoint's Point "
+        f"(read, not tokenized) {res['resume']['sought']['seconds']:.2f} s "
+        f"({res['resume']['sought']['tokens_per_s'] / 1e6:,.1f}M tokens/s); the same window: "
+        f"{'yes' if res['resume']['same_window'] else 'NO'}.",
     ])
     write_results(Path(args.out), res, md)
 

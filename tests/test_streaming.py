@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from itertools import islice
 
 import numpy as np
 import pytest
@@ -48,6 +49,34 @@ def test_packed_windows_are_the_cached_layout_over_the_same_tokens():
         next(packed_windows(lambda epoch: iter(["abc"]), enc, 99, 8))
 
 
+def test_a_stream_resumed_at_a_windows_point_is_the_same_stream_without_tokenizing_what_came_before():
+    # a resume re-tokenized the whole stream up to its step on every rank: about a day at paper_350m's scale
+    from momattn.data.streaming import located_windows
+
+    docs = lambda epoch: iter([f"e{epoch} doc {i} " + "x" * ((i * 5 + epoch) % 23) for i in range(40)])  # noqa: E731
+    encoded = []
+
+    def enc(batch):
+        encoded.extend(batch)
+        return [[ord(ch) % 97 for ch in d] for d in batch]
+
+    straight = list(islice(located_windows(docs, enc, 99, 8, batch_docs=7), 320))  # over 3 epochs
+    assert straight[0][1] == (0, 0, 0) and {p[0] for _, p in straight} == {0, 1, 2}
+    epochs = [next(g for g, (_, p) in enumerate(straight) if p[0] == e) for e in (1, 2)]
+    starts = [g for g, (_, p) in enumerate(straight) if p[2] == 0]  # windows that start a document
+    assert starts[1:] and all(straight[g][1][2] > 0 for g in (1, 2, 37))  # and ones that start inside one
+    for g in (1, 2, 37, starts[1], epochs[0] - 1, epochs[0], epochs[1], 300):
+        point = straight[g][1]
+        encoded.clear()
+        resumed = list(islice(located_windows(docs, enc, 99, 8, batch_docs=7, start=point), 320 - g))
+        assert all(np.array_equal(a, b) and p == q for (a, p), (b, q) in zip(resumed, straight[g:])), g
+        e, doc, _ = point  # the documents before the window's own were read, not tokenized
+        assert min(int(d.split()[2]) for d in encoded if d.startswith(f"e{e} ")) == doc, g
+    with pytest.raises(DataError, match=r"the training stream's epoch 0 has 40 documents, and the checkpoint's run "
+                                        r"stopped inside document 45: its text changed since"):
+        next(located_windows(docs, enc, 99, 8, start=(0, 45, 0)))
+
+
 def test_stream_windows_resume_and_ranks_are_exact(tmp_path):
     files = corpus(tmp_path)
     src = StreamingHubCorpus(name="json", data_files={k: str(v) for k, v in files.items()}, shuffle_buffer=16)
@@ -60,6 +89,11 @@ def test_stream_windows_resume_and_ranks_are_exact(tmp_path):
         got = [ds[g][0].numpy() for g in StreamSampler(10, 40, rank, 2)]
         assert len(got) == 15 and all(np.array_equal(a, ref[g]) for a, g in zip(got, range(10 + rank, 40, 2)))
         assert np.array_equal(ds[3][0].numpy(), ref[3])  # asking for an earlier window restarts the stream
+        sought = StreamWindows(src, tok, 16, ahead=4)  # the same rank resumed from a checkpoint's Point
+        sought.resume_at(*straight.point_before(9))
+        got = [sought[g][0].numpy() for g in StreamSampler(10, 40, rank, 2)]
+        assert len(got) == 15 and all(np.array_equal(a, ref[g]) for a, g in zip(got, range(10 + rank, 40, 2)))
+        assert sought.point_before(40) == straight.point_before(38 + rank) and sought.point_before(8) is None
     # the shuffle buffer is seeded: another seed, another order
     other = StreamWindows(StreamingHubCorpus(name="json", data_files={k: str(v) for k, v in files.items()},
                                              shuffle_buffer=16, seed=7), tok, 16)
@@ -184,7 +218,7 @@ def test_a_validation_stream_without_text_says_which_rows_and_what_to_raise(tmp_
         src.documents("val")
 
 
-def test_training_on_a_stream_resumes_exactly(tmp_path):
+def test_training_on_a_stream_resumes_exactly(tmp_path, monkeypatch):
     files = corpus(tmp_path)
     data = ["data=hf_stream", "data.name=json", f"data.data_files={{train:{files['train']},validation:{files['validation']}}}",
             "data.val_docs=20", "tokenizer.vocab_size=300", "debug=smoke", "trainer.val_check_interval=4",
@@ -198,7 +232,13 @@ def test_training_on_a_stream_resumes_exactly(tmp_path):
     ckpt = tmp_path / "half" / "checkpoints" / "last.ckpt"
     stopped = read_checkpoint(ckpt)["global_step"]
     assert 4 <= stopped < 8
+    state = read_checkpoint(ckpt)["TokenDataModule"]  # the stream seeks this window's Point, not re-tokenized to it
+    assert state["stream_point"][0] <= state["position"] < state["stream_point"][0] + 4 * 4  # a step's samples: 4
+    sought = []
+    monkeypatch.setattr(StreamWindows, "resume_at", lambda self, g, p, real=StreamWindows.resume_at: (
+        sought.append((g, p)), real(self, g, p)))
     run_train(compose_train(tmp_path / "resumed", [*data, "trainer.max_steps=8", f"ckpt_path={ckpt}"]))
+    assert sought == [(state["stream_point"][0], tuple(state["stream_point"][1:]))]
     a, b = train_losses(tmp_path / "straight"), train_losses(tmp_path / "resumed")
     assert sorted(b) == list(range(stopped, 8))
     assert all(b[s] == pytest.approx(a[s], rel=1e-5) for s in b), (a, b)

@@ -148,8 +148,13 @@ class TokenDataModule(LightningDataModule):
 
     def state_dict(self) -> dict:
         step = self.trainer.global_step  # checkpoints are taken between optimizer steps
-        return {"position": step * self._per_step() + self._offset(), "step": step,
-                "samples_per_step": self._per_step(), "order": self._order(), "val": self._validated()}
+        position = step * self._per_step() + self._offset()
+        state = {"position": position, "step": step, "samples_per_step": self._per_step(), "order": self._order(),
+                 "val": self._validated()}
+        point_before = getattr(self.train_set, "point_before", None)  # a stream's: where a window starts in it
+        if callable(point_before) and (at := point_before(position)) is not None:
+            state["stream_point"] = [at[0], *at[1]]  # [window, epoch, document, token]: a resume seeks it
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self._resumed, self._restarted_from = dict(state), None
@@ -157,6 +162,8 @@ class TokenDataModule(LightningDataModule):
         if was is not None and now is not None and was != now:  # another seed or other text: the old position
             self._restarted_from = int(state["position"])  # means nothing in the new order, which starts at 0
             self._resumed["position"] = 0
+        elif (point := state.get("stream_point")) is not None and hasattr(self.train_set, "resume_at"):
+            self.train_set.resume_at(point[0], tuple(point[1:]))  # read up to it, not tokenized up to it
 
     def _loader(self, dataset, sampler) -> DataLoader:
         # its own generator: creating an iterator must not draw from the global RNG that dropout uses

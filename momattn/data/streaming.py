@@ -4,10 +4,11 @@ the fly, packing documents (each followed by <eot>) into one token stream cut in
 Window g of the stream is tokens [g * T, g * T + T + 1) of the packed stream (T = block_size), the same layout as
 the cached path (TokenWindows without shuffling; the order comes from the corpus and its shuffle buffer). Sample g
 of the run is window g: DDP ranks take every world-th sample through the same StreamSampler as the cached path,
-and a resume restarts at sample global_step x samples_per_step, exactly where the run stopped. Reaching a sample
-means reading and tokenizing the stream up to it, so the first batch after a resume costs a pass over the data
-already trained on (at the pipeline's speed: benchmarks/bench_data.py); when the stream ends, the next epoch
-reads it again, shuffled with a seed drawn from (seed, epoch) (epoch 0: the seed itself).
+and a resume restarts at sample global_step x samples_per_step, exactly where the run stopped. The checkpoint
+records where a window at or before that sample starts (its Point: epoch, document, token), and the resume reads
+the documents before it without tokenizing them (16x faster than tokenizing them: benchmarks/bench_data.py); a
+checkpoint without one (before session 45) is reached by tokenizing the stream up to it. When the stream ends, the
+next epoch reads it again, shuffled with a seed drawn from (seed, epoch) (epoch 0: the seed itself).
 
 A background thread tokenizes ahead of training (the `tokenizers` library releases the GIL), so the pipeline
 overlaps the training step instead of adding to it. Validation uses the first `val_docs` documents of the
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -237,34 +239,78 @@ def packed_windows(texts: Callable[[int], Iterator[str]], encode_batch: Callable
     """Windows of block_size + 1 tokens, window g = packed tokens [g T, g T + T + 1), over epochs 0, 1, ... of
     texts(epoch) (each document followed by eot). Raises DataError when an epoch yields no document (no_documents'
     error, where given: what to change)."""
+    return (w for w, _ in located_windows(texts, encode_batch, eot, block_size, batch_docs, no_documents))
+
+
+Point = tuple[int, int, int]  # (epoch, document, token): where a window starts in the packed stream
+
+
+def located_windows(texts: Callable[[int], Iterator[str]], encode_batch: Callable[[list[str]], list[list[int]]],
+                    eot: int, block_size: int, batch_docs: int = 64,
+                    no_documents: Callable[[], DataError] | None = None,
+                    start: Point = (0, 0, 0)) -> Iterator[tuple[np.ndarray, Point]]:
+    """packed_windows' windows, each with the Point where it starts: its first token is token `token` of
+    document `document` of texts(epoch) (counted from 0; a document's tokens end with its eot). start: a window's
+    own Point to begin at; the documents before it are read but not tokenized (a resume reaches its window at the
+    speed of reading the corpus, not of tokenizing it)."""
     buf = np.empty(0, dtype=np.int64)
-    epoch, n_windows, n_tokens = 0, 0, 0
+    pieces: deque[list[int]] = deque()  # [epoch, document, first token, count] of each document buf holds, in order
+    epoch, skip, first = start
+    n_windows, n_tokens = int(start != (0, 0, 0)), 0  # a resumed stream is known to have windows
     while True:
         n_docs = 0
         docs_of_epoch = texts(epoch)
+        if skip:
+            n_docs = sum(1 for _ in islice(docs_of_epoch, skip))
+            if n_docs < skip:  # the corpus changed under an unchanged setting (an unpinned hub corpus, a file rewritten)
+                raise DataError(f"the training stream's epoch {epoch} has {n_docs} documents, and the checkpoint's "
+                                f"run stopped inside document {skip}: its text changed since (pin data.revision, or "
+                                "start a new run)")
         while docs := list(islice(docs_of_epoch, batch_docs)):  # tokenized batch_docs documents at a time
-            n_docs += len(docs)
             ids = [np.asarray(d + [eot], dtype=np.int64) for d in encode_batch(docs)]
+            if first:  # the resumed window starts inside the first of them
+                ids[0] = ids[0][first:]
+            pieces.extend([epoch, n_docs + i, first if i == 0 else 0, len(t)] for i, t in enumerate(ids))
+            first = 0
+            n_docs += len(docs)
             n_tokens += sum(map(len, ids)) if epoch == 0 else 0
             buf = np.concatenate([buf, *ids])
             while len(buf) >= block_size + 1:
                 n_windows += 1
-                yield buf[: block_size + 1]
+                yield buf[: block_size + 1], (pieces[0][0], pieces[0][1], pieces[0][2])
                 buf = buf[block_size:]
+                _drop(pieces, block_size)
         if n_docs == 0:
             raise no_documents() if no_documents else DataError("the training stream has no documents")
         if n_windows == 0:  # each window would be the few tokens repeated, epoch after epoch
             raise DataError(f"the training stream has {n_tokens} tokens in all, fewer than one training window of "
                             f"model.block_size + 1 = {block_size + 1}; give more text or a smaller model.block_size")
-        epoch += 1
+        epoch, skip = epoch + 1, 0
+
+
+def _drop(pieces: deque[list[int]], n: int) -> None:
+    """The first n tokens of the buffer that `pieces` describes leave it."""
+    while n:
+        if pieces[0][3] <= n:
+            n -= pieces.popleft()[3]
+        else:
+            pieces[0][2] += n
+            pieces[0][3] -= n
+            n = 0
 
 
 class StreamWindows(Dataset):
     """Item g -> (x, y) of window g of the stream. Items must be asked for in increasing order (StreamSampler
-    does); an earlier one restarts the stream. A thread reads and tokenizes up to `ahead` windows in advance."""
+    does); an earlier one restarts the stream. A thread reads and tokenizes up to `ahead` windows in advance.
 
-    def __init__(self, source: StreamingHubCorpus, tokenizer, block_size: int, ahead: int = 256):
+    The Points of the latest `kept` windows taken from the thread are kept: a checkpoint records one
+    (point_before), and a resume from it (resume_at) reads the documents before it without tokenizing them."""
+
+    def __init__(self, source: StreamingHubCorpus, tokenizer, block_size: int, ahead: int = 256,
+                 kept: int = 1 << 16):
         self.source, self.tokenizer, self.block_size, self.ahead = source, tokenizer, block_size, ahead
+        self.kept, self._points = kept, OrderedDict()  # window -> its Point, oldest first
+        self._resume: tuple[int, Point] | None = None  # where a resume starts the thread (window, its Point)
         self._reset()
 
     def _reset(self) -> None:
@@ -282,15 +328,25 @@ class StreamWindows(Dataset):
         state.update(_queue=None, _stop=None, _next=0)
         return state
 
-    def _start(self) -> None:
+    def point_before(self, g: int) -> tuple[int, Point] | None:
+        """The latest window at or before window g whose Point was kept, with it; None where there is none."""
+        return next(((k, p) for k, p in reversed(self._points.items()) if k <= g), None)
+
+    def resume_at(self, g: int, point: Point) -> None:
+        """Start the stream at window g, whose Point a checkpoint recorded (point_before), for any window >= g."""
+        self._resume = (int(g), tuple(int(x) for x in point))
+
+    def _start(self, g: int) -> None:
         self._stop = threading.Event()
         self._queue = q = queue.Queue(maxsize=self.ahead)
         stop, tok = self._stop, self.tokenizer
+        first, at = self._resume if self._resume is not None and self._resume[0] <= g else (0, (0, 0, 0))
+        self._next = first
 
         def produce():
             try:
-                for w in packed_windows(self.source.train_texts, tok.encode_documents, tok.eot_id, self.block_size,
-                                        no_documents=self.source.no_training_documents):
+                for w in located_windows(self.source.train_texts, tok.encode_documents, tok.eot_id, self.block_size,
+                                         no_documents=self.source.no_training_documents, start=at):
                     while not stop.is_set():
                         try:
                             q.put(w, timeout=0.1)
@@ -317,12 +373,15 @@ class StreamWindows(Dataset):
     def window(self, g: int) -> np.ndarray:
         if self._queue is None or g < self._next:
             self.close()
-            self._start()
+            self._start(g)
         while True:
-            w = self._queue.get()
-            if isinstance(w, BaseException):
+            got = self._queue.get()
+            if isinstance(got, BaseException):
                 self.close()
-                raise w
+                raise got
+            w, self._points[self._next] = got
+            if len(self._points) > self.kept:
+                self._points.popitem(last=False)
             self._next += 1
             if self._next - 1 == g:
                 return w

@@ -271,6 +271,40 @@ class _Trainer:
     world_size, global_rank, global_step = 1, 0, 0
 
 
+def test_a_stream_resumed_from_the_same_files_under_another_path_goes_on_where_it_stopped(tmp_path, monkeypatch, capsys):
+    # relative for absolute, or the data moved to another disk: the order was keyed by the spelling of
+    # data.data_files, and the resume restarted the stream at sample 0 (found by review); a checkpoint of an
+    # earlier release, keyed by the spelling, still resumes in place
+    from momattn.data.datamodule import TokenDataModule
+
+    files = corpus(tmp_path)
+    tok = train_bpe(lambda: [json.loads(x)["text"] for x in files["train"].read_text().splitlines()], 300)
+    moved = tmp_path / "disk2"
+    moved.mkdir()
+    for f in files.values():
+        (moved / f.name).write_bytes(f.read_bytes())
+
+    def dm(data_files):
+        windows = StreamWindows(StreamingHubCorpus(name="json", data_files=data_files, shuffle_buffer=16), tok, 16)
+        module = TokenDataModule(windows, np.arange(40, dtype=np.uint16), 16, 4, max_steps=10, accumulate=1,
+                                 val_batches=1, seed=0)
+        module.trainer = _Trainer()
+        module.trainer.global_step = 5
+        return module
+
+    state = dm({k: str(v) for k, v in files.items()}).state_dict()
+    legacy = {**state, "order": dm({k: str(v) for k, v in files.items()}).train_set.order_aliases()[0]}
+    monkeypatch.chdir(tmp_path)
+    for saved, data_files in ((state, {k: f"disk2/{v.name}" for k, v in files.items()}),
+                              (state, {k: str(moved / v.name) for k, v in files.items()}),
+                              (legacy, {k: str(v) for k, v in files.items()})):
+        now = dm(data_files)
+        now.load_state_dict(saved)
+        assert list(now.train_dataloader().sampler)[:1] == [20] and "new order" not in capsys.readouterr().err
+
+
+
+
 @pytest.mark.parametrize("change", ["seed", "shuffle_buffer", "data_files", "block_size"])
 def test_a_stream_resumed_with_another_order_starts_it_at_its_beginning(tmp_path, change, capsys):
     # the cached path restarts a new order at 0 (test_windows.py); a stream resumed with another data.seed went on
@@ -279,7 +313,7 @@ def test_a_stream_resumed_with_another_order_starts_it_at_its_beginning(tmp_path
 
     files = corpus(tmp_path)
     other = tmp_path / "other.jsonl"
-    other.write_text(files["train"].read_text())
+    other.write_text("".join(reversed(files["train"].read_text().splitlines(keepends=True))))
     base = {"name": "json", "data_files": {k: str(v) for k, v in files.items()}, "shuffle_buffer": 16}
     tok = train_bpe(lambda: StreamingHubCorpus(**base).documents("train"), 300)
 

@@ -159,7 +159,9 @@ class TokenDataModule(LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         self._resumed, self._restarted_from = dict(state), None
         was, now = state.get("order"), self._order()
-        if was is not None and now is not None and was != now:  # another seed or other text: the old position
+        aliases = getattr(self.train_set, "order_aliases", None)  # the same order, as an earlier release keyed it
+        if was is not None and now is not None and was != now and was not in (aliases() if callable(aliases) else []):
+            # another seed or other text: the old position
             self._restarted_from = int(state["position"])  # means nothing in the new order, which starts at 0
             self._resumed["position"] = 0
         elif (point := state.get("stream_point")) is not None and hasattr(self.train_set, "resume_at"):

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from momattn.data.sources import (
+    LOCAL_BUILDERS,
     VAL_COPIES_RULE,
     Split,
     check_files_there,
@@ -39,9 +40,11 @@ from momattn.data.sources import (
     check_split_files,
     check_splits,
     check_text,
+    file_stamp,
     folder_files,
     local_files,
     local_val_split,
+    named_files,
     no_rows,
     not_utf8,
     same_text,
@@ -104,14 +107,32 @@ class StreamingHubCorpus:
 
     def order(self) -> str:
         """The settings that decide the training stream's documents and their order: a resume whose order differs
-        starts the new one at its beginning (TokenDataModule). The files' contents are not read for it (a file
-        rewritten in place, or an unpinned hub corpus updated, is not told apart)."""
+        starts the new one at its beginning (TokenDataModule). Local files count by their size and a digest of
+        their first and last 64 KiB, not by how data.data_files spells them: the same files named by another path
+        (relative for absolute, moved to another disk) restarted the stream at its beginning (found by review). An
+        unpinned hub corpus updated is not told apart."""
+        return self._order(self._files_key())
+
+    def order_aliases(self) -> list[str]:
+        """The order's key as releases before session 45 spelt it (data.data_files as written): a checkpoint of
+        theirs still resumes in place."""
+        return [self._order(self.data_files)]
+
+    def _files_key(self):
+        if str(self.name).lower() not in LOCAL_BUILDERS or not self.data_files:
+            return self.data_files
+        if getattr(self, "_files", None) is None:  # read once per process (each checkpoint asks)
+            self._files = {str(split): [list(file_stamp(f)[1::2]) for f in named_files(files)] or files
+                           for split, files in self.data_files.items()}  # each file's (size, digest)
+        return self._files
+
+    def _order(self, files) -> str:
         held = [self.val_docs, HELD_OUT_RULE] if self.val_split is None else []  # the rows left out of training
         if local_val_split(self.val_split, self.data_files, self.name):  # the copies left out, of the val_docs
             # read: another val_docs is another stream (the default's key stays that of earlier releases)
             held += [VAL_COPIES_RULE, *([self.val_docs] if self.val_docs != _VAL_DOCS else [])]
         return digest(["hf_stream", self.name, self.config, self.train_split, self.val_split, self.text_field,
-                       self.data_files, self.revision, self.shuffle_buffer, self.seed, *held])
+                       files, self.revision, self.shuffle_buffer, self.seed, *held])
 
     def _open(self, split: str):
         import datasets
@@ -322,6 +343,10 @@ class StreamWindows(Dataset):
         """Which windows, in which order (TokenWindows.order's counterpart): the stream's settings, the tokenizer and
         the window size."""
         return f"stream/{self.source.order()}/{self.tokenizer.fingerprint}/{self.block_size}"
+
+    def order_aliases(self) -> list[str]:
+        """Other keys of the same order (the source's order_aliases): a checkpoint that recorded one resumes."""
+        return [f"stream/{a}/{self.tokenizer.fingerprint}/{self.block_size}" for a in self.source.order_aliases()]
 
     def __getstate__(self):  # DataLoader workers get a copy without the thread
         state = dict(self.__dict__)

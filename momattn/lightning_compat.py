@@ -118,6 +118,9 @@ def drop_wandb_anonymous(logger) -> None:
     _require(logger, "_wandb_init").pop("anonymous", None)
 
 
+_WATCH: dict[str, Any] = {}  # the current fit's grace and message: the watcher of a sweep's first job outlives it
+
+
 def patient_observer(grace_s: float, message: Callable[[int, str], str], period_s: float = 5.0) -> None:
     """Lightning's launcher looks at the ranks it started every period_s (its 5 s); when one has ended with an
     error it SIGKILLs the others and this process (rank 0) at once. Rank 0 usually hears of the loss first (gloo:
@@ -125,10 +128,13 @@ def patient_observer(grace_s: float, message: Callable[[int, str], str], period_
     watcher won the race and the run ended in exit -9 with nothing said (found by CI). From now on, launches in
     this process use a watcher that says which rank ended and how, SIGKILLs the other started ranks as
     Lightning's does, and gives this process grace_s to end by itself; one still running then (hung in a
-    collective) prints message(rank, how it ended) and exits 2."""
+    collective) prints message(rank, how it ended) and exits 2. A rank that exits 143 (PREEMPTED_EXIT: saved
+    after a SIGTERM, as every rank does) has not failed. Lightning starts the ranks once per process: a sweep's
+    later jobs only update the grace and the message, which the running watcher reads when a rank ends."""
     from lightning.fabric.strategies.launchers import subprocess_script as fabric_launcher
     from lightning.pytorch.strategies.launchers import subprocess_script as trainer_launcher
 
+    _WATCH.update(grace_s=grace_s, message=message)
     base = _require(fabric_launcher, "_ChildProcessObserver")
     for launcher in (fabric_launcher, trainer_launcher):  # the Trainer's launcher imported the function by name
         _require(launcher, "_launch_process_observer")
@@ -137,12 +143,15 @@ def patient_observer(grace_s: float, message: Callable[[int, str], str], period_
         def _run(self) -> bool:
             children = _require(self, "_child_processes")
             codes = [proc.poll() for proc in children]
-            if all(code == 0 for code in codes):
+            done = (0, 128 + signal.SIGTERM)  # ended well, or saved and stopped by a SIGTERM
+            if all(code in done for code in codes):
                 return True
-            failed = next(((rank, code) for rank, code in enumerate(codes, 1) if code), None)
+            failed = next(((i, code) for i, code in enumerate(codes, 1) if code is not None and code not in done), None)
             if failed is None:
                 return False
-            rank, code = failed
+            # the global rank: Lightning starts local ranks 1.. on each node (NODE_RANK; this process is local 0)
+            rank = int(os.environ.get("NODE_RANK") or 0) * (len(children) + 1) + failed[0]
+            code = failed[1]
             try:
                 how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
             except ValueError:
@@ -152,8 +161,8 @@ def patient_observer(grace_s: float, message: Callable[[int, str], str], period_
                   + ("; ending the other ranks it leaves" if alive else ""), file=sys.stderr, flush=True)
             for proc in alive:
                 proc.kill()
-            time.sleep(grace_s)  # this process ends here when it stops by itself
-            print(message(rank, how), file=sys.stderr, flush=True)
+            time.sleep(_WATCH["grace_s"])  # this process ends here when it stops by itself
+            print(_WATCH["message"](rank, how), file=sys.stderr, flush=True)
             os._exit(2)
 
     def launch(child_processes) -> None:

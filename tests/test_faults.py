@@ -200,6 +200,18 @@ def test_the_rank_watcher_gives_this_process_its_grace_then_ends_it_and_the_othe
                         "ended: rank 2, exit code 3\n"), r.stderr
 
 
+def test_the_rank_watcher_of_a_sweep_names_the_job_now_running_and_a_preempted_rank_is_no_failure(tmp_path):
+    # Lightning starts the ranks (and the watcher) once per process: a rank lost in a sweep's second job was
+    # reported with the first job's checkpoint and resume command (found by review)
+    second = "compat.patient_observer(1.0, lambda rank, how: f'job 1: rank {rank}, {how}', period_s=0.1)"
+    r = _observed(tmp_path, ["import time; time.sleep(60)", "import time; time.sleep(1); raise SystemExit(4)"],
+                  second, "time.sleep(30)")
+    assert r.returncode == 2 and r.stderr.endswith("job 1: rank 2, exit code 4\n"), r.stderr
+    # a rank that saved and stopped on a SIGTERM (exit 143, as every rank does) is not a lost rank
+    r = _observed(tmp_path, ["raise SystemExit(143)", "pass"], "import time; time.sleep(1.5)")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
 def test_the_rank_watcher_lets_this_process_end_by_itself_within_its_grace(tmp_path):
     # rank 1 killed: said; this process, ending on its own 0.5 s later (its own error, as rank 0's gloo one), keeps
     # its exit status; a rank that ended well is no failure

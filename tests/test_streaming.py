@@ -75,6 +75,9 @@ def test_a_stream_resumed_at_a_windows_point_is_the_same_stream_without_tokenizi
     with pytest.raises(DataError, match=r"the training stream's epoch 0 has 40 documents, and the checkpoint's run "
                                         r"stopped inside document 45: its text changed since"):
         next(located_windows(docs, enc, 99, 8, start=(0, 45, 0)))
+    with pytest.raises(DataError, match=r"document 3 of the training stream's epoch 0 has \d+ tokens, and the "
+                                        r"checkpoint's run stopped at its token 50: its text changed since"):
+        next(located_windows(docs, enc, 99, 8, start=(0, 3, 50)))  # a document that became shorter
 
 
 def test_stream_windows_resume_and_ranks_are_exact(tmp_path):
@@ -294,6 +297,12 @@ def test_a_stream_resumed_from_the_same_files_under_another_path_goes_on_where_i
 
     state = dm({k: str(v) for k, v in files.items()}).state_dict()
     legacy = {**state, "order": dm({k: str(v) for k, v in files.items()}).train_set.order_aliases()[0]}
+    big = tmp_path / "big.jsonl"  # a same-size edit past the first 64 KiB of a 64-128 KiB file is another stream
+    big.write_text("".join(json.dumps({"text": f"doc {i:05d} " + "x" * 90}) + "\n" for i in range(1000)))
+    key = StreamingHubCorpus(name="json", data_files={"train": str(big)}, val_split=None).order()
+    big.write_text(big.read_text().replace("doc 00990", "doc 99990"))
+    assert 1 << 16 < big.stat().st_size < 1 << 17
+    assert StreamingHubCorpus(name="json", data_files={"train": str(big)}, val_split=None).order() != key
     monkeypatch.chdir(tmp_path)
     for saved, data_files in ((state, {k: f"disk2/{v.name}" for k, v in files.items()}),
                               (state, {k: str(moved / v.name) for k, v in files.items()}),

@@ -40,7 +40,6 @@ from momattn.data.sources import (
     check_split_files,
     check_splits,
     check_text,
-    file_stamp,
     folder_files,
     local_files,
     local_val_split,
@@ -109,8 +108,9 @@ class StreamingHubCorpus:
         """The settings that decide the training stream's documents and their order: a resume whose order differs
         starts the new one at its beginning (TokenDataModule). Local files count by their size and a digest of
         their first and last 64 KiB, not by how data.data_files spells them: the same files named by another path
-        (relative for absolute, moved to another disk) restarted the stream at its beginning (found by review). An
-        unpinned hub corpus updated is not told apart."""
+        (relative for absolute, moved to another disk) restarted the stream at its beginning (found by review). Not
+        told apart: a same-size edit in the middle of a file over 128 KiB, an unpinned hub corpus updated, and the
+        files of a local folder (data.name=<folder>) or of a URL, which count by their names."""
         return self._order(self._files_key())
 
     def order_aliases(self) -> list[str]:
@@ -122,8 +122,9 @@ class StreamingHubCorpus:
         if str(self.name).lower() not in LOCAL_BUILDERS or not self.data_files:
             return self.data_files
         if getattr(self, "_files", None) is None:  # read once per process (each checkpoint asks)
-            self._files = {str(split): [list(file_stamp(f)[1::2]) for f in named_files(files)] or files
-                           for split, files in self.data_files.items()}  # each file's (size, digest)
+            self._files = {str(split): [_ends(f) for f in named_files(files)]
+                           + [f for f in (files if isinstance(files, list | tuple) else [files]) if "://" in str(f)]
+                           for split, files in self.data_files.items()}  # each file's (size, digest), and URLs
         return self._files
 
     def _order(self, files) -> str:
@@ -247,6 +248,16 @@ class StreamingHubCorpus:
                          f"no documents with text in data.text_field='{self.text_field}'")
 
 
+def _ends(path) -> list:
+    """[size, a digest of the first and the last 64 KiB] of a file (the two overlap in a file under 128 KiB)."""
+    h, size = hashlib.blake2b(digest_size=8), path.stat().st_size
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 16))
+        f.seek(max(0, size - (1 << 16)))
+        h.update(f.read())
+    return [size, h.hexdigest()]
+
+
 HELD_OUT_RULE = "copies whatever their whitespace"  # in the keys: a held-out copy with a trailing newline was trained
 
 
@@ -290,6 +301,10 @@ def located_windows(texts: Callable[[int], Iterator[str]], encode_batch: Callabl
         while docs := list(islice(docs_of_epoch, batch_docs)):  # tokenized batch_docs documents at a time
             ids = [np.asarray(d + [eot], dtype=np.int64) for d in encode_batch(docs)]
             if first:  # the resumed window starts inside the first of them
+                if first >= len(ids[0]):  # that document is shorter than where the window started in it
+                    raise DataError(f"document {n_docs} of the training stream's epoch {epoch} has {len(ids[0])} "
+                                    f"tokens, and the checkpoint's run stopped at its token {first}: its text changed "
+                                    "since (pin data.revision, or start a new run)")
                 ids[0] = ids[0][first:]
             pieces.extend([epoch, n_docs + i, first if i == 0 else 0, len(t)] for i, t in enumerate(ids))
             first = 0
@@ -405,6 +420,7 @@ class StreamWindows(Dataset):
                 self.close()
                 raise got
             w, self._points[self._next] = got
+            self._points.move_to_end(self._next)  # after a restart, kept again as the newest
             if len(self._points) > self.kept:
                 self._points.popitem(last=False)
             self._next += 1

@@ -265,9 +265,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
 
     failed = True  # until the run returns or is preempted (resumable): W&B marks the run by it
     grace = min(RANK_GRACE_S, c.dist_timeout_s)  # a rank that ended: rank 0's own error first (lightning_compat)
-    compat.patient_observer(grace, lambda rank, how: (
-        f"\nerror: the process of rank {rank} ended ({how}) and this one did not stop within {grace} s (waiting in a "
-        f"collective); {_newest_checkpoint(out_dir)}. {_go_on(job, out_dir)}"))
+    compat.patient_observer(grace, lambda rank, how: _rank_lost(rank, how, grace, out_dir, job))
     try:
         guard.enter("fit")
         trainer.fit(lit, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)
@@ -553,6 +551,12 @@ def _retyped(out_dir: Path, job: HydraJob) -> str:
     """The overrides a resume command repeats: none where the run folder's .hydra/overrides.yaml holds them."""
     return "" if (out_dir / ".hydra" / "overrides.yaml").is_file() else \
         " ".join(o for o in job.overrides if not o.startswith(("ckpt_path=", "hydra.run.dir=")))
+
+
+def _rank_lost(rank: int, how: str, grace: float, out_dir: Path, job) -> str:
+    """What the rank watcher says when another rank ended and this one (rank 0) did not stop within its grace."""
+    return (f"\nerror: the process of rank {rank} ended ({how}) and this one did not stop within {grace} s (waiting "
+            f"in a collective); {_newest_checkpoint(out_dir)}. {_go_on(job, out_dir)}")
 
 
 def _newest_checkpoint(out_dir: Path) -> str:

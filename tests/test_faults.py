@@ -162,17 +162,18 @@ def test_a_ddp_rank_that_dies_mid_run_is_one_line_with_the_resume(tmp_path):
     assert "did not stop within" not in r.stderr
 
 
-@pytest.mark.slow
-def test_a_ddp_rank_0_that_does_not_stop_after_another_rank_died_is_ended_with_the_resume(tmp_path):
-    # rank 0 hung (in a collective NCCL waits out, say) after rank 1 died: it is ended after min(30 s,
-    # dist_timeout_s), with the same resume line, not SIGKILLed in silence
-    r = run_cli("train.py", [*RUN, *ddp(20), *fault("kill@4"), "+callbacks.fault.rank=1", *stall(120),
-                             f"hydra.run.dir={tmp_path}"], tmp_path, timeout=240)
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert (f"[momattn] the process of rank 1 ended (killed by SIGKILL)\n\nerror: the process of rank 1 ended (killed "
-            f"by SIGKILL) and this one did not stop within 20 s (waiting in a collective); {tmp_path}/checkpoints/"
-            f"last.ckpt is at step 3. Resume with: python train.py ckpt_path=last hydra.run.dir={tmp_path}\n"
-            ) in r.stderr, r.stderr[-3000:]
+def test_a_rank_0_that_does_not_stop_after_another_rank_died_is_ended_with_the_resume(reference_run):
+    # rank 0 hung (in a collective NCCL waits out, say) after rank 1 died: the watcher ends it after min(30 s,
+    # dist_timeout_s) with this line (the watcher itself: test_the_rank_watcher_gives_this_process_its_grace...)
+    from types import SimpleNamespace
+
+    from momattn.training import _rank_lost
+
+    job = SimpleNamespace(search=None, sweep_dir=None)
+    assert _rank_lost(1, "killed by SIGKILL", 20, reference_run, job) == (
+        f"\nerror: the process of rank 1 ended (killed by SIGKILL) and this one did not stop within 20 s (waiting in a "
+        f"collective); {reference_run}/checkpoints/last.ckpt is at step 9. Resume with: python train.py ckpt_path=last "
+        f"hydra.run.dir={reference_run}")
 
 
 def _observed(tmp_path: Path, children: list[str], then: str, after: str = "", grace: float = 1.0
@@ -214,13 +215,11 @@ def test_the_rank_watcher_of_a_sweep_names_the_job_now_running_and_a_preempted_r
 
 def test_the_rank_watcher_lets_this_process_end_by_itself_within_its_grace(tmp_path):
     # rank 1 killed: said; this process, ending on its own 0.5 s later (its own error, as rank 0's gloo one), keeps
-    # its exit status; a rank that ended well is no failure
+    # its exit status
     r = _observed(tmp_path, ["import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "pass"],
                   "import time; time.sleep(1.5)", grace=20)
     assert r.returncode == 0 and r.stdout == "[False, False]\n", (r.stdout, r.stderr)
     assert r.stderr == "[momattn] the process of rank 1 ended (killed by SIGKILL)\n", r.stderr
-    r = _observed(tmp_path, ["pass", "pass"], "import time; time.sleep(1)")
-    assert r.returncode == 0 and r.stdout == "[False, False]\n" and r.stderr == "", (r.stdout, r.stderr)
 
 
 @pytest.mark.slow

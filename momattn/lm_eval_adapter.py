@@ -101,8 +101,10 @@ class MomattnLM(TemplateLM):
             raise ConfigError(f"--model_args {key}= is not an argument of the momattn model.{did_you_mean(key, self.ARGS)}"
                               f" It takes {', '.join(self.ARGS)}")
         check_inference_precision(precision, f"--model_args precision={precision}")
-        for key, v in (("batch_tokens", batch_tokens), ("max_gen_toks", max_gen_toks),
-                       *((("max_batch_size", max_batch_size),) if max_batch_size is not None else ())):
+        counts = {"batch_tokens": batch_tokens, "max_gen_toks": max_gen_toks}
+        if max_batch_size is not None:
+            counts["max_batch_size"] = max_batch_size
+        for key, v in counts.items():
             if isinstance(v, bool) or not str(v).strip().isdigit() or int(v) < 1:  # "4k" or 0: said here
                 raise ConfigError(f"--model_args {key}={v!r} must be an int >= 1")
         if isinstance(ckpt_path, int | float) and not isinstance(ckpt_path, bool):

@@ -68,6 +68,7 @@ from momattn.metrics import unigram_ppl
 from momattn.model import GPT, GPTConfig
 from momattn.progress import TrainProgress
 from momattn.schema import check_arguments, instantiate, instantiate_all
+from momattn.signal_watch import SignalWatch
 from momattn.tokenizer import Tokenizer, build_tokenizer
 from momattn.wandb_runs import folder_group
 
@@ -227,9 +228,12 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         callbacks.append(TrainProgress())
     # a fork (another folder) is a W&B run of its own: sharing the original's id, two diverging histories
     # overwrote each other's steps when both were synced
+    # a finished run resumed, with its summary and (where asked for) its evaluation: nothing to log
+    idle = (same_folder and start_step >= c.max_steps and (evaluated or not (c.run_eval and c.eval))
+            and _read_summary(out_dir / "summary.json")[0] is not None)
     loggers = logs.make_loggers(c.logger, resume.get("wandb_run_id") if same_folder else None,
                                 *_sweep_names(job, model_config),
-                                resumed=bool(resume), start_step=start_step)
+                                resumed=bool(resume), start_step=start_step, idle=idle)
     for lg in loggers:  # the run's whole config (attention, eta, lr, seed, ...): W&B runs can be told apart
         lg.log_hyperparams(c.resolved)
     # callbacks=none means no checkpoints (but on SIGTERM): not Lightning's default one in the logger's folder
@@ -584,9 +588,9 @@ def _go_on(job, out_dir: Path) -> str:
     return f"Resume with: {where}"
 
 
-def _sweep_stop(job: HydraJob, out_dir: Path) -> str:
-    return (f"[momattn] SIGTERM: {_search_stop(job, out_dir)}" if job.search else
-            f"[momattn] SIGTERM: the sweep stops at job {job.num}; run the same command with ckpt_path=last "
+def _sweep_stop(job: HydraJob, out_dir: Path, signame: str = "SIGTERM") -> str:
+    return (f"[momattn] {signame}: {_search_stop(job, out_dir)}" if job.search else
+            f"[momattn] {signame}: the sweep stops at job {job.num}; run the same command with ckpt_path=last "
             f"hydra.sweep.dir={job.sweep_dir} to resume it (finished jobs train no further, each job resumes its own "
             "folder)")
 
@@ -607,6 +611,41 @@ class SigtermOutsideFit:
         self.active = self.previous == signal.SIG_DFL and threading.current_thread() is threading.main_thread()
         self._in_fit = self._fit_handler  # one bound method: getsignal returns it while it is the handler
         self.enter("start")
+        self.interrupted, self._on_int, self.watch = False, self._int_handler, None
+        if self.active:
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                signal.signal(signal.SIGINT, self._on_int)
+            self.watch = SignalWatch((signal.SIGTERM, signal.SIGINT), self._heard, self._blocked)
+
+    def _int_handler(self, signum, frame) -> None:
+        self.interrupted = True  # the main thread heard the Ctrl-C: the KeyboardInterrupt goes its usual way
+        signal.default_int_handler(signum, frame)
+
+    def _heard(self, signum: int) -> bool:
+        """Whether the main thread ran its handler for signum, or a handler other than this one is in charge
+        (Lightning's in the training steps: the step ends, then PreemptionCheckpoint saves)."""
+        if signum == signal.SIGINT:
+            return self.interrupted or signal.getsignal(signal.SIGINT) is not self._on_int
+        return self.fired or signal.getsignal(signal.SIGTERM) not in (self._in_fit, self._handler)
+
+    def _blocked(self, signum: int) -> None:
+        """A SIGTERM or Ctrl-C while the main thread waits inside C++ (a DDP rendezvous for a node that has not
+        started waits up to dist_timeout_s): said and ended now, as the handler would once the wait ended."""
+        from lightning.pytorch.utilities import rank_zero_only
+
+        if rank_zero_only.rank == 0:
+            signame = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+            print(f"\n[momattn] {signame} while this process waited inside a call that Python cannot interrupt (the "
+                  f"DDP rendezvous waits up to dist_timeout_s for the other processes): ending it now"
+                  f"{self.hint(signame)}", file=sys.stderr, flush=True)
+        with contextlib.suppress(Exception):
+            if self.kill_ranks is not None:
+                self.kill_ranks(signum)
+        for kid in _pool_children():
+            with contextlib.suppress(OSError):
+                os.kill(kid.pid, signal.SIGKILL)
+        sys.stderr.flush()
+        os._exit(PREEMPTED_EXIT if signum == signal.SIGTERM else 130)
 
     def enter(self, phase: str) -> None:  # "start", "fit" (Lightning's own), "end"
         self.phase = phase
@@ -625,8 +664,12 @@ class SigtermOutsideFit:
         self._handler(signum, frame)
 
     def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
         if self.active:
             signal.signal(signal.SIGTERM, self.previous)
+            if signal.getsignal(signal.SIGINT) is self._on_int:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def _handler(self, signum, frame) -> None:
         if os.getpid() != self.pid:  # a forked worker (datasets' map pool): the default, as before this handler
@@ -646,15 +689,15 @@ class SigtermOutsideFit:
             os._exit(PREEMPTED_EXIT)
         raise SystemExit(PREEMPTED_EXIT)
 
-    def hint(self) -> str:
+    def hint(self, signame: str = "SIGTERM") -> str:
         if self.out_dir is None or self.job is None:  # still reading the config
-            return "\n[momattn] SIGTERM before training started: nothing was trained"
+            return f"\n[momattn] {signame} before training started: nothing was trained"
         where = {"start": "before training started", "fit": "outside the training steps (while trainer.fit set up "
                  "or tore down)"}.get(self.phase, "after training (its report or evaluation)")
         newest = _newest_checkpoint(self.out_dir)
         others = sorted(p.name for p in (self.out_dir / "checkpoints").glob("*.ckpt")) if newest.startswith("no ") \
             else []
-        hint = f"\n[momattn] SIGTERM {where}: "
+        hint = f"\n[momattn] {signame} {where}: "
         if others:  # save_last=false: best files only, which a resume does not read
             hint += (f"no last.ckpt (save_last is off); {self.out_dir / 'checkpoints'} holds {', '.join(others)}, "
                      "which evaluate.py reads; training again means running the same command")
@@ -668,7 +711,7 @@ class SigtermOutsideFit:
                      + (" (it trains no further; the report and evaluation are done again)" if self.phase == "end"
                         else "")).replace("  ", " ")
         if self.job.sweep_dir is not None and _basic_launcher():  # other launchers end a job their own way
-            hint += "\n" + _sweep_stop(self.job, self.out_dir)
+            hint += "\n" + _sweep_stop(self.job, self.out_dir, signame)
         return hint
 
 

@@ -413,6 +413,11 @@ def test_resuming_a_finished_run_keeps_its_summary(reference_run, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "nothing to train: the run was at step 9 already" in r.stderr
     assert json.loads((run / "summary.json").read_text()) == before and "val/loss" in before
+    # nor is its W&B run resumed: each such resume (a finished sweep job's) added an empty segment to sync
+    r = run_cli("train.py", [*RUN, "ckpt_path=last", "logger=wandb", f"hydra.run.dir={run}"], tmp_path,
+                env={"WANDB_MODE": "offline"})
+    assert r.returncode == 0 and "its W&B run is not resumed (nothing to log)" in r.stderr, r.stderr[-3000:]
+    assert not list(run.rglob("offline-run-*"))
     # a sweeper (Optuna) resuming it gets the run's metric, not None
     from conftest import compose_train
 
@@ -977,3 +982,43 @@ def test_a_sigterm_while_a_tokenizing_pool_runs_exits_at_once(tmp_path):
                 break
             time.sleep(0.1)
         assert not alive(pid), pid
+
+
+def test_a_signal_while_the_main_thread_waits_in_a_rendezvous_ends_the_run_at_once(tmp_path):
+    """A DDP rendezvous waiting for a node that has not started blocks inside torch.distributed, where Python runs no
+    signal handler: a SIGTERM (scancel, a preemption) or a Ctrl-C there was heard only when dist_timeout_s (30
+    minutes by default) ran out. Now a thread hears it and ends the run after 3 s, as the handler would have; a
+    forked worker's own SIGTERM (which reached the parent's wakeup socket) does not end the parent."""
+    import time
+
+    def waiting(sig: str) -> str:  # the guard in fit's setup, the main thread in the rendezvous's wait
+        return ("import datetime, os, signal, threading, torch.distributed as dist\n"
+                "from momattn.training import SigtermOutsideFit\n"
+                "guard = SigtermOutsideFit(); guard.enter('fit')\n"
+                f"threading.Timer(1, os.kill, (os.getpid(), signal.{sig})).start()\n"
+                "dist.TCPStore('127.0.0.1', 0, 2, True, timeout=datetime.timedelta(seconds=40), "
+                "wait_for_workers=True)\n")
+    forked = ("import os, signal, time\n"
+              "from momattn.signal_watch import SignalWatch\n"
+              "signal.signal(signal.SIGTERM, lambda *a: None)\n"  # a Python handler, which the child inherits
+              "watch = SignalWatch([signal.SIGTERM], lambda signum: False, lambda signum: os._exit(9), 1.0)\n"
+              "pid = os.fork()\n"
+              "if pid == 0:\n"
+              "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(3); os._exit(0)\n"
+              "os.waitpid(pid, 0); time.sleep(2); watch.close(); print('parent went on')\n")
+    procs = {name: subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, cwd=tmp_path)
+             for name, code in {"SIGTERM": waiting("SIGTERM"), "SIGINT": waiting("SIGINT"), "fork": forked}.items()}
+    t0 = time.monotonic()
+    out = {name: (p.wait(timeout=60), *p.communicate()) for name, p in procs.items()}
+    assert time.monotonic() - t0 < 35  # not the store's 40 s timeout
+    rc, _, err = out["SIGTERM"]
+    assert rc == PREEMPTED_EXIT, err[-2000:]
+    assert ("[momattn] SIGTERM while this process waited inside a call that Python cannot interrupt (the DDP "
+            "rendezvous waits up to dist_timeout_s for the other processes): ending it now\n"
+            "[momattn] SIGTERM before training started: nothing was trained") in err
+    rc, _, err = out["SIGINT"]
+    assert rc == 130 and "[momattn] Ctrl-C while this process waited inside a call" in err, err[-2000:]
+    assert "Traceback" not in err
+    rc, stdout, err = out["fork"]
+    assert rc == 0 and stdout.strip() == "parent went on", err[-2000:]

@@ -152,10 +152,12 @@ class CSVLogger(_LightningCSVLogger):
 
 
 def make_loggers(section: Mapping | None, run_id: str | None = None, group: str | None = None,
-                 name: str | None = None, resumed: bool = False, start_step: int = 0) -> list[Logger]:
+                 name: str | None = None, resumed: bool = False, start_step: int = 0,
+                 idle: bool = False) -> list[Logger]:
     """The loggers of the `logger` config group. A W&B logger continues run `run_id` (a resume) and takes
     `group` and `name` (a sweep's) unless its config sets them; momattn's CSVLogger continues its metrics.csv
-    only when the run resumed."""
+    only when the run resumed. idle: the run will log nothing (a finished, reported and evaluated run resumed):
+    no W&B run is resumed, which only added an empty segment (offline: a folder for `wandb sync`) per resume."""
     loggers = []
     for key, conf in (section or {}).items():
         if conf is None:
@@ -164,6 +166,10 @@ def make_loggers(section: Mapping | None, run_id: str | None = None, group: str 
         target = locate(conf.get("_target_", ""), f"logger.{key}._target_")
         if target in (wandb_logger, WandbLogger) and wandb_mode() == "disabled":
             print("[momattn] WANDB_MODE=disabled: no W&B run (unset it, or logger=csv, to keep the metrics)",
+                  file=sys.stderr)
+            continue
+        if target in (wandb_logger, WandbLogger) and idle:
+            print("[momattn] the run is finished, reported and evaluated: its W&B run is not resumed (nothing to log)",
                   file=sys.stderr)
             continue
         if target in (wandb_logger, WandbLogger):

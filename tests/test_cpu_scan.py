@@ -289,16 +289,24 @@ def test_a_damaged_cached_kernel_is_built_again_not_loaded(tmp_path, monkeypatch
 
     from momattn.io import _host
 
+    assert cpu_scan.load() is not None  # built in this worker's cache: copied, not built again (5 s a build)
     monkeypatch.setenv("MOMATTN_CACHE", str(tmp_path))
     monkeypatch.setattr(cpu_scan, "OPENMP", cpu_scan.OPENMP)  # restored with _LIB
+    lib = Path(cpu_scan._LIB._name)
+    for built in (lib, cpu_scan._digest_file(lib)):
+        (tmp_path / built.name).write_bytes(built.read_bytes())
+    lib = tmp_path / lib.name
     monkeypatch.setattr(cpu_scan, "_LIB", None)
-    assert cpu_scan.load() is not None
-    (lib,) = tmp_path.glob("ema_scan-*.so")
+    assert cpu_scan.load() is not None and cpu_scan._LIB._name == str(lib)
     good = lib.read_bytes()
     killed = tmp_path / f".{lib.name}.0123abcd.tmp{2**22 + 1}@{_host()}"  # a build killed: its PID is gone
     killed.write_bytes(good[:100])
     os.utime(killed, (time.time() - 3600,) * 2)
-    for damage in (good[:5000], b"", b"\0" * len(good)):
+    for damage in (b"", b"\0" * len(good)):  # seen as the truncated file below is (one build each: not repeated)
+        (tmp_path / "damaged").write_bytes(damage)  # in place of the file (this process maps the one it loaded)
+        os.replace(tmp_path / "damaged", lib)
+        assert not cpu_scan._intact(lib)
+    for damage in (good[:5000],):
         (tmp_path / "damaged").write_bytes(damage)  # in place of the file (this process maps the one it loaded)
         os.replace(tmp_path / "damaged", lib)
         monkeypatch.setattr(cpu_scan, "_LIB", None)

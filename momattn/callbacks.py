@@ -212,14 +212,7 @@ class PreemptionCheckpoint(Callback):
 
 def precision_dtype(precision: str) -> torch.dtype:
     """The matmul dtype a Lightning precision setting ('32-true', 'bf16-mixed', '16-mixed', ...) trains in."""
-    p = str(precision)
-    if "bf16" in p:
-        return torch.bfloat16
-    if p.startswith("16"):
-        return torch.float16
-    if p.startswith("64"):
-        return torch.float64
-    return torch.float32
+    return getattr(torch, hardware.precision_dtype_name(precision))
 
 
 _PEAKS: dict[tuple, tuple[float, int]] = {}
@@ -320,10 +313,7 @@ class Throughput(ThroughputMonitor):
                 dtype = precision_dtype(trainer.precision)
                 now, n = measured_peak_flops(dtype)
                 name, threads = str(dtype).removeprefix("torch."), torch.get_num_threads()
-                # what decides the speed: one CPU name covers hosts with and without AMX (bf16 1835 against 188
-                # GFLOP/s here), and a shared cache kept the best of both
-                key = (f"{hardware.cpu_name()} | {hardware.cpu_matmul_units()} | {name} | {threads} threads | "
-                       f"torch {torch.__version__}")
+                key = hardware.cpu_peak_key(name, threads, torch.__version__)
                 memo = (str(self.peak_record), key)  # one process's measurement (cached) is one run's, recorded
                 if memo not in _RECORDED:  # once: each trial of a search counted it again, "the best of N runs"
                     _RECORDED[memo] = recorded_peak_flops(self.peak_record, key, now)

@@ -152,6 +152,21 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def precision_dtype_name(precision: str) -> str:
+    """The torch dtype's name that a Lightning precision setting ('32-true', 'bf16-mixed', '16-mixed', ...) trains
+    its matmuls in."""
+    p = str(precision)
+    return "bfloat16" if "bf16" in p else "float16" if p.startswith("16") else "float64" if p.startswith("64") \
+        else "float32"
+
+
+def cpu_peak_key(dtype_name: str, threads: int, torch_version: str) -> str:
+    """The key of this CPU's matmul peak in the record train.py keeps (cpu_peak_flops.json in the cache): what
+    decides the speed. One CPU name covers hosts with and without AMX (bf16 1835 against 188 GFLOP/s), and a shared
+    cache kept the best of both."""
+    return f"{cpu_name()} | {cpu_matmul_units()} | {dtype_name} | {threads} threads | torch {torch_version}"
+
+
 def describe() -> str:
     """One line for logs and benchmark records."""
     import torch

@@ -5,7 +5,8 @@ stated MFU, and the accumulation that keeps the experiment's global batch on tha
 allocated: the model is built on the meta device, memory comes from momattn.memory's estimate. MFU is an assumption
 you state (--mfu, default 0.40) against a datasheet peak (--peak-tflops, default 989: H100/H200 SXM dense bf16),
 and memory is weighed against --device-gib (default 80). A CPU run (trainer=cpu) is planned as train.py runs it
-here: this machine's precision, the CPU's blocked loss, the RAM available; its time only with --peak-tflops."""
+here: this machine's precision, the CPU's blocked loss, the RAM available; its time against --peak-tflops, or
+else against the matmul peak that train.py's runs recorded for this CPU (cpu_peak_flops.json in the cache)."""
 
 from __future__ import annotations
 
@@ -118,9 +119,12 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = No
         ram = device_gib * GIB if device_gib else available_memory("cpu")  # --device-gib was ignored here
         limit = ram / max(1, per_node) / GIB if ram else None
         nodes = c.trainer.get("num_nodes") if isinstance(c.trainer.get("num_nodes"), int) else 1
+        recorded = None if peak_tflops or per_node != 1 else _recorded_peak(c.cache_dir, precision)
+        if recorded is not None:  # this CPU's own speed in this precision, as train.py measures its MFU against
+            peak_tflops = recorded[0] / 1e12
         seconds = flops / (mfu * peak_tflops * 1e12 * max(1, nodes)) if peak_tflops else None
     else:
-        limit = device_gib or 80.0
+        limit, recorded = device_gib or 80.0, None
         seconds = flops / (mfu * (peak_tflops or 989.0) * 1e12 * world)
     fits = None if limit is None else "ddp" if ddp.total / GIB <= limit else "fsdp" if fsdp / GIB <= limit else "no"
     one = estimate_train_memory(m, 1, precision, blocked_loss=blocked, shards=world, off_cuda=on_cpu)  # batch 1
@@ -137,6 +141,7 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = No
         "accelerator": "cpu" if on_cpu else "gpu", "memory_limit_gib": limit, "fits": fits,
         "memory_limit_given": device_gib is not None,
         "mfu_assumed": mfu, "peak_tflops_per_device": peak_tflops if on_cpu else peak_tflops or 989.0,
+        "peak_recorded": None if recorded is None else {"runs": recorded[1], "record": str(recorded[2])},
         "wall_hours": None if seconds is None else seconds / 3600,
         "gpu_hours": None if on_cpu else seconds * world / 3600,
         "global_batch": c.global_batch, "val_check_interval": c.trainer.get("val_check_interval"),
@@ -213,15 +218,36 @@ def _fits(p: dict) -> str:
     return f"NO: FSDP's {_gib(mem['fsdp'])} is over {_gib(limit)} {where}; {more} (train.py refuses it)"
 
 
+def _recorded_peak(cache_dir, precision: str) -> tuple[float, int, object] | None:
+    """(FLOP/s, runs, the record's path): this CPU's matmul peak in the precision's dtype, the best start-up
+    measurement of train.py's runs here (momattn.callbacks.recorded_peak_flops), or None where none recorded it."""
+    import torch
+
+    from momattn import hardware
+
+    path = cache_dir / "cpu_peak_flops.json"
+    key = hardware.cpu_peak_key(hardware.precision_dtype_name(precision), torch.get_num_threads(), torch.__version__)
+    try:
+        entry = json.loads(path.read_text())[key]
+        flops, runs = float(entry["flops"]), int(entry["runs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (flops, runs, path) if math.isfinite(flops) and flops > 0 and runs >= 1 else None
+
+
 def _time(p: dict) -> str:
     if p["wall_hours"] is None:
-        return ("not estimated for a CPU run (no datasheet peak is assumed): pass --peak-tflops with this CPU's dense "
-                "peak, or time a few steps with trainer.max_steps")
+        return ("not estimated for a CPU run (no datasheet peak is assumed, and no train.py run recorded this CPU's "
+                "matmul peak in this precision yet): pass --peak-tflops with this CPU's dense peak, or time a few "
+                "steps with trainer.max_steps")
     hours = "" if p["gpu_hours"] is None else \
         f", {p['gpu_hours']:,.{0 if p['gpu_hours'] >= 10 else 2}f} GPU-hours"
     per = "per machine" if p["accelerator"] == "cpu" else "per device"
+    said = "" if not p.get("peak_recorded") else (
+        f" (this CPU's matmul peak: the best start-up measurement of {p['peak_recorded']['runs']} train.py run(s), "
+        f"{p['peak_recorded']['record']}; --peak-tflops overrides it)")
     return (f"{_hours(p['wall_hours'])} wall{hours}, at an ASSUMED MFU of {100 * p['mfu_assumed']:.0f}% of "
-            f"{p['peak_tflops_per_device']:g} TFLOPS {per}")
+            f"{p['peak_tflops_per_device']:g} TFLOPS {per}{said}")
 
 
 def render(p: dict) -> str:
@@ -255,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mfu", type=float, default=0.40, help="model FLOPs utilisation to assume (default 0.40)")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="dense bf16 peak per device (default 989: H100/H200 SXM datasheet); a CPU run: per machine "
-                         "(no default: its time is not estimated without it)")
+                         "(default: the matmul peak train.py's runs recorded for this CPU, if any)")
     ap.add_argument("--device-gib", type=float, default=None,
                     help="memory per GPU that the plan must fit (default 80: an H100); a CPU run: the RAM per machine "
                          "(default: this machine's available RAM)")

@@ -175,7 +175,7 @@ def test_a_cpu_run_is_planned_as_train_py_runs_it_and_a_plan_that_fits_nothing_s
     from momattn.config import resolve_precision
 
     # trainer=cpu was planned as a bf16 GPU run with full logits: 6.5x under what train.py refused it for
-    big = ["trainer=cpu", "model=gpt_350m", "data.batch_size=512"]
+    big = ["trainer=cpu", "model=gpt_350m", "data.batch_size=512", f"paths.cache_dir={tmp_path / 'cache'}"]
     p = plan(big)
     assert p["accelerator"] == "cpu" and p["precision"] == resolve_precision("auto", "cpu") and p["gpu_hours"] is None
     c = load_train_config(compose_train(tmp_path, big))  # what train.py checks (memory.check_fits, off CUDA)
@@ -191,6 +191,31 @@ def test_a_cpu_run_is_planned_as_train_py_runs_it_and_a_plan_that_fits_nothing_s
     two = plan(["trainer=cpu", "trainer.devices=2"], peak_tflops=2.0)
     assert two["memory_limit_gib"] == 4 and two["fits"] == "ddp"
     assert two["wall_hours"] == pytest.approx(two["flops"] / (0.4 * 2e12) / 3600)
+    # without --peak-tflops: the matmul peak train.py's runs recorded for this CPU in the run's precision
+    import json
+
+    import torch
+
+    from momattn import hardware
+    from momattn.callbacks import precision_dtype, recorded_peak_flops
+
+    record = tmp_path / "cache" / "cpu_peak_flops.json"
+    record.parent.mkdir()
+    key = hardware.cpu_peak_key(str(precision_dtype(p["precision"])).removeprefix("torch."), torch.get_num_threads(),
+                                torch.__version__)
+    recorded_peak_flops(record, key, 3e11)
+    recorded_peak_flops(record, key, 2e11)  # the best of two runs
+    other = json.loads(record.read_text())
+    other[key.replace("threads", "threads (another)")] = {"flops": 9e15, "runs": 1}  # another CPU's, not read
+    record.write_text(json.dumps(other))
+    timed = plan(big, mfu=0.5)
+    assert timed["wall_hours"] == pytest.approx(timed["flops"] / (0.5 * 3e11) / 3600)
+    assert timed["peak_recorded"] == {"runs": 2, "record": str(record)}
+    assert main(big) == 0
+    assert ("at an ASSUMED MFU of 40% of 0.3 TFLOPS per machine (this CPU's matmul peak: the best start-up "
+            f"measurement of 2 train.py run(s), {record}; --peak-tflops overrides it)") in capsys.readouterr().out
+    assert plan(big, peak_tflops=1.0)["peak_recorded"] is None  # given: the record is not read
+    assert plan([*big, "trainer.devices=2"])["wall_hours"] is None  # processes sharing the cores: not that peak
     # a GPU run over --device-gib: said, not planned silently
     assert plan(["model=gpt_350m", "data.batch_size=512"])["fits"] == "no"
     assert plan(["model=gpt_350m", "data.batch_size=512"], device_gib=1000)["fits"] == "ddp"

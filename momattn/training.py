@@ -622,10 +622,12 @@ class SigtermOutsideFit:
         signal.default_int_handler(signum, frame)
 
     def _heard(self, signum: int) -> bool:
-        """Whether the main thread ran its handler for signum, or a handler other than this one is in charge
-        (Lightning's in the training steps: the step ends, then PreemptionCheckpoint saves)."""
+        """Whether the main thread ran its handler for signum, or a handler other than this one is in charge.
+        In the training steps Lightning's are: a SIGTERM saves once the step ends, and a Ctrl-C waits for the step's
+        long matmul (on a CPU, seconds at 350M) to end in Lightning's shutdown as before."""
+        steps = self.phase == "fit" and signal.getsignal(signal.SIGTERM) is not self._in_fit
         if signum == signal.SIGINT:
-            return self.interrupted or signal.getsignal(signal.SIGINT) is not self._on_int
+            return self.interrupted or steps or signal.getsignal(signal.SIGINT) is not self._on_int
         return self.fired or signal.getsignal(signal.SIGTERM) not in (self._in_fit, self._handler)
 
     def _blocked(self, signum: int) -> None:

@@ -1022,3 +1022,25 @@ def test_a_signal_while_the_main_thread_waits_in_a_rendezvous_ends_the_run_at_on
     assert "Traceback" not in err
     rc, stdout, err = out["fork"]
     assert rc == 0 and stdout.strip() == "parent went on", err[-2000:]
+
+
+def test_in_the_training_steps_a_ctrl_c_is_left_to_lightning_even_in_a_long_call():
+    """The watch acts only where Python's handlers cannot run and nobody else's are in charge: in the training
+    steps (Lightning's SIGTERM handler installed) a Ctrl-C during a long matmul waits for Lightning's shutdown."""
+    import signal
+
+    from momattn.training import SigtermOutsideFit
+
+    guard = SigtermOutsideFit()
+    try:
+        assert guard.watch is not None  # pytest runs this on the main thread, with Python's own handlers
+        guard.enter("fit")  # fit's setup (the rendezvous): the watch ends a signal the main thread did not hear
+        assert not guard._heard(signal.SIGINT) and not guard._heard(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, lambda *a: None)  # Lightning's handler, registered after the setup
+        assert guard._heard(signal.SIGINT) and guard._heard(signal.SIGTERM)
+        guard.enter("end")
+        assert not guard._heard(signal.SIGINT) and not guard._heard(signal.SIGTERM)
+    finally:
+        guard.close()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL and signal.set_wakeup_fd(-1) == -1

@@ -20,10 +20,14 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 part=${1:?usage: device_run.sh cpu|gpu|profile|autotune [OUTDIR]}
 out=${2:-${OUT:-benchmarks/results}}
-mkdir -p "$out"
 [ -d .devsite ] && export PYTHONPATH="$PWD/.devsite${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && PY=.venv/bin/python
+# before anything is written (the results folder's files are tracked): a Python without torch said only
+# ModuleNotFoundError, as a traceback, after device.txt and the log had been overwritten
+"$PY" -c "import torch" 2>/dev/null || {
+  echo "error: $PY cannot import torch: run this on the device machine (its image has torch), or set PYTHON= or set up .venv (bash scripts/setup.sh)" >&2; exit 2; }
+mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv 2>/dev/null | tee "$out/device.txt"
 lscpu 2>/dev/null | grep -E "Model name|^CPU\(s\)" >> "$out/device.txt"

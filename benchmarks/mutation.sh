@@ -10,12 +10,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
+[ -x "$(command -v "$PY")" ] || { echo "error: no Python at $PY: run bash scripts/setup.sh dev mutation, or set PYTHON=" >&2; exit 2; }
+"$PY" -c "import mutmut" 2>/dev/null || {
+  echo "error: mutmut is not installed for $PY: pip install -e '.[dev,mutation]' (or bash scripts/setup.sh dev mutation)" >&2; exit 2; }
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1   # one thread per mutant: the children run side by side
 if [ -n "${2:-}" ]; then
   # generate every mutant and map the tests to functions; the filter matches no mutant, so nothing runs yet
   "$PY" -m mutmut run --max-children "${1:-2}" "generate-only-no-such-mutant" >/dev/null 2>&1 || true
-  "$PY" benchmarks/mutation_sample.py "$2" > benchmarks/results/mutation_sample.txt
-  [ -s benchmarks/results/mutation_sample.txt ] || { echo "error: empty sample" >&2; exit 1; }
+  # the sample replaces the recorded one only once drawn (a failed draw left the tracked file empty)
+  SAMPLE=$(mktemp)
+  trap 'rm -f "$SAMPLE"' EXIT
+  "$PY" benchmarks/mutation_sample.py "$2" > "$SAMPLE"
+  [ -s "$SAMPLE" ] || { echo "error: empty sample" >&2; exit 1; }
+  mv "$SAMPLE" benchmarks/results/mutation_sample.txt
   mapfile -t PENDING < <("$PY" benchmarks/mutation_sample.py "$2" --pending)
   echo "sample: $(wc -l < benchmarks/results/mutation_sample.txt) mutants (fraction $2 of every module), ${#PENDING[@]} not run yet"
   if [ "${#PENDING[@]}" -gt 0 ]; then

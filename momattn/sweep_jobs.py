@@ -385,12 +385,20 @@ MAX_TRIAL_CHECKS = 48  # a search's trial patterns composed and checked before i
 
 
 def check_launcher_settings(cfg) -> None:
-    """The joblib launcher's n_jobs, which joblib refused with a traceback once the sweep had started."""
+    """The joblib launcher's n_jobs, which joblib refused with a traceback once the sweep had started; the SLURM
+    launcher on a machine without SLURM (submitit's 'Could not detect "srun"' came as a traceback)."""
+    import shutil
+
     from omegaconf import OmegaConf
 
     from momattn.errors import ConfigError
 
-    if cfg is None or not str(OmegaConf.select(cfg, "hydra.launcher._target_", default="")).endswith("JoblibLauncher"):
+    target = "" if cfg is None else str(OmegaConf.select(cfg, "hydra.launcher._target_", default=""))
+    if target.endswith("submitit_launcher.SlurmLauncher") and shutil.which("srun") is None:  # submitit's own test
+        raise ConfigError("hydra/launcher=submitit_slurm submits the jobs to SLURM, and this machine has no srun on "
+                          "its PATH (not a SLURM login node): run the command where SLURM is, or sweep on this "
+                          "machine with the basic launcher (drop hydra/launcher) or hydra/launcher=submitit_local")
+    if not target.endswith("JoblibLauncher"):
         return
     n_jobs = OmegaConf.select(cfg, "hydra.launcher.n_jobs", default=None)
     if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0):

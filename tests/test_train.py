@@ -870,6 +870,24 @@ def test_a_sweep_through_submitit_and_the_joblib_launcher_config(tmp_path):
         assert launcher.split("_")[0] in cfg.hydra.launcher._target_.lower()
 
 
+def test_the_slurm_launcher_off_a_slurm_machine_is_one_line_before_the_sweep(tmp_path, monkeypatch):
+    """Found by a README audit: submitit's 'Could not detect "srun", are you indeed on a slurm cluster?' came as a
+    25-line traceback once Hydra had started the sweep."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    import shutil
+
+    from momattn.sweep_jobs import check_launcher_settings
+
+    cfg = compose_train(tmp_path, ["hydra/launcher=submitit_slurm", *SMOKE])
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "srun" else "/usr/bin/" + name)
+    with pytest.raises(ConfigError, match=r"^hydra/launcher=submitit_slurm submits the jobs to SLURM, and this "
+                                          r"machine has no srun on its PATH"):
+        check_launcher_settings(cfg)
+    check_launcher_settings(compose_train(tmp_path, ["hydra/launcher=submitit_local", *SMOKE]))  # local: no srun
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: "/usr/bin/" + name)  # a SLURM login node
+    check_launcher_settings(cfg)
+
+
 def _free_port() -> int:
     import socket
 

@@ -34,9 +34,11 @@ os.register_at_fork(after_in_child=_not_in_a_fork)
 
 
 class SignalWatch:
-    """Watches `signals` on a thread while it is open (start it on the main thread). For each one that arrives, it
-    waits `grace_s` and calls `give_up(signum)` unless `handled(signum)` then says the main thread ran its handler
-    (or someone else's handler is in charge). give_up is expected to end the process (os._exit)."""
+    """Watches `signals` on a thread while it is open (start it on the main thread). For each one that arrives
+    where `handled(signum)` says no other handler is in charge, it waits `grace_s` and calls `give_up(signum)`
+    unless `handled` then says the main thread ran its handler. give_up is expected to end the process (os._exit).
+    A signal that another handler was in charge of on arrival is left to it, however long its work takes (a
+    SIGTERM in Lightning's training steps: the save, then the loggers' finish, an online W&B upload)."""
 
     def __init__(self, signals: Iterable[int], handled: Callable[[int], bool], give_up: Callable[[int], None],
                  grace_s: float = 3.0):
@@ -57,8 +59,10 @@ class SignalWatch:
                 return
             if not got:  # closed
                 return
-            for signum in sorted(set(got) & self.signals):
-                time.sleep(self.grace_s)  # a main thread that runs Python has handled it by now
+            pending = [signum for signum in sorted(set(got) & self.signals) if not self.handled(signum)]
+            if pending:
+                time.sleep(self.grace_s)  # a main thread that runs Python has handled them by now
+            for signum in pending:
                 if _WATCH is self and not self.handled(signum):
                     self.give_up(signum)
 

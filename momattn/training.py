@@ -637,9 +637,9 @@ class SigtermOutsideFit:
 
         if rank_zero_only.rank == 0:
             signame = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
-            print(f"\n[momattn] {signame} while this process waited inside a call that Python cannot interrupt (the "
-                  f"DDP rendezvous waits up to dist_timeout_s for the other processes): ending it now"
-                  f"{self.hint(signame)}", file=sys.stderr, flush=True)
+            print(f"\n[momattn] {signame} while this process waited inside a call that Python cannot interrupt (e.g. "
+                  f"the DDP rendezvous, which waits up to dist_timeout_s for the other processes, or a library's long "
+                  f"computation): ending it now{self.hint(signame)}", file=sys.stderr, flush=True)
         with contextlib.suppress(Exception):
             if self.kill_ranks is not None:
                 self.kill_ranks(signum)

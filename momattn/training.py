@@ -230,7 +230,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     # overwrote each other's steps when both were synced
     # a finished run resumed, with its summary and (where asked for) its evaluation: nothing to log
     idle = (same_folder and start_step >= c.max_steps and (evaluated or not (c.run_eval and c.eval))
-            and _read_summary(out_dir / "summary.json")[0] is not None)
+            and _kept_summary(out_dir / "summary.json", start_step, say=False) is not None)
     loggers = logs.make_loggers(c.logger, resume.get("wandb_run_id") if same_folder else None,
                                 *_sweep_names(job, model_config),
                                 resumed=bool(resume), start_step=start_step, idle=idle)
@@ -287,7 +287,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
             trainer.save_checkpoint(own_last)
         eval_model = _evaluation_model(trainer, model, bool(c.run_eval and c.eval))  # FSDP: rank 0's full copy
         if trainer.is_global_zero:  # DDP: rank 0 reports and evaluates
-            kept = None if trained else _kept_summary(out_dir / "summary.json")
+            kept = None if trained else _kept_summary(out_dir / "summary.json", trainer.global_step)
             if kept is None and not trained:  # stopped before its summary: the checkpoint's last validation
                 metrics = {**(resume.get("val_metrics") or {}), **metrics}
             if kept is None:
@@ -765,11 +765,16 @@ def _summary_steps(out_dir: Path) -> int | None:
     return steps if isinstance(steps, int) else None
 
 
-def _kept_summary(path: Path) -> dict | None:
-    """A finished run's summary.json, or None where it is missing or unreadable (then written again)."""
+def _kept_summary(path: Path, step: int, say: bool = True) -> dict | None:
+    """A finished run's summary.json, if it reports the model of `step`; None where it is missing or unreadable,
+    or reports an earlier end (then written again): a run finished, extended, stopped by a SIGTERM at a later step
+    and resumed with max_steps at that step kept the earlier end's summary (val loss, speed) for a model it never
+    reported (found by review). A summary without its steps (written before they were recorded) is kept."""
     kept, why = _read_summary(path)
-    if why:
+    if why and say:
         print(f"[momattn] warning: {path} cannot be read ({why}); it is written again", file=sys.stderr, flush=True)
+    if kept is not None and isinstance(kept.get("steps"), int) and kept["steps"] != step:
+        return None
     return kept
 
 

@@ -22,7 +22,7 @@ part=${1:?usage: device_run.sh cpu|gpu|profile|autotune [OUTDIR]}
 out=${2:-${OUT:-benchmarks/results}}
 [ -d .devsite ] && export PYTHONPATH="$PWD/.devsite${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] && PY=.venv/bin/python
+[ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && PY=.venv/bin/python   # PYTHON= wins
 # before anything is written (the results folder's files are tracked): a Python without torch said only
 # ModuleNotFoundError, as a traceback, after device.txt and the log had been overwritten
 "$PY" -c "import torch" 2>/dev/null || {

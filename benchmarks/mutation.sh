@@ -22,7 +22,7 @@ if [ -n "${2:-}" ]; then
   trap 'rm -f "$SAMPLE"' EXIT
   "$PY" benchmarks/mutation_sample.py "$2" > "$SAMPLE"
   [ -s "$SAMPLE" ] || { echo "error: empty sample" >&2; exit 1; }
-  mv "$SAMPLE" benchmarks/results/mutation_sample.txt
+  cp "$SAMPLE" benchmarks/results/mutation_sample.txt   # (cp: the file keeps its permissions, not mktemp's 0600)
   mapfile -t PENDING < <("$PY" benchmarks/mutation_sample.py "$2" --pending)
   echo "sample: $(wc -l < benchmarks/results/mutation_sample.txt) mutants (fraction $2 of every module), ${#PENDING[@]} not run yet"
   if [ "${#PENDING[@]}" -gt 0 ]; then

@@ -119,7 +119,8 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = No
         ram = device_gib * GIB if device_gib else available_memory("cpu")  # --device-gib was ignored here
         limit = ram / max(1, per_node) / GIB if ram else None
         nodes = c.trainer.get("num_nodes") if isinstance(c.trainer.get("num_nodes"), int) else 1
-        recorded = None if peak_tflops or per_node != 1 else _recorded_peak(c.cache_dir, precision)
+        # one process: train.py's record is keyed by its torch threads, which Lightning changes for several
+        recorded = None if peak_tflops is not None or world != 1 else _recorded_peak(c.cache_dir, precision)
         if recorded is not None:  # this CPU's own speed in this precision, as train.py measures its MFU against
             peak_tflops = recorded[0] / 1e12
         seconds = flops / (mfu * peak_tflops * 1e12 * max(1, nodes)) if peak_tflops else None

@@ -22,12 +22,14 @@ _WATCH: SignalWatch | None = None  # the watch whose socket the signal module wr
 
 def _not_in_a_fork() -> None:
     """A forked child (a DataLoader or tokenizing worker) inherits the wakeup socket: its own SIGTERM would reach
-    the parent's watch, which then ended the parent. The child writes to no socket."""
+    the parent's watch, which then ended the parent. The child writes to no socket, and closes its copies."""
     if _WATCH is not None:
         try:
             signal.set_wakeup_fd(-1)
         except ValueError:  # forked from a thread that is not the child's main thread
             pass
+        _WATCH._write.close()
+        _WATCH._read.close()
 
 
 os.register_at_fork(after_in_child=_not_in_a_fork)
@@ -72,6 +74,7 @@ class SignalWatch:
         if _WATCH is self:
             signal.set_wakeup_fd(self._previous)
             _WATCH = None
-        self._write.close()  # the thread reads the end and returns
-        self._thread.join(timeout=1)
+        self._read.shutdown(socket.SHUT_RDWR)  # the thread reads the end and returns (even where a child process
+        self._thread.join(timeout=1)  # still holds a copy of the write end)
+        self._write.close()
         self._read.close()

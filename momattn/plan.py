@@ -238,9 +238,10 @@ def _recorded_peak(cache_dir, precision: str) -> tuple[float, int, object] | Non
 
 def _time(p: dict) -> str:
     if p["wall_hours"] is None:
-        return ("not estimated for a CPU run (no datasheet peak is assumed, and no train.py run recorded this CPU's "
-                "matmul peak in this precision yet): pass --peak-tflops with this CPU's dense peak, or time a few "
-                "steps with trainer.max_steps")
+        why = ("train.py's recorded matmul peak is read for one process only" if p["processes"] != 1 else
+               "and no train.py run recorded this CPU's matmul peak in this precision yet")
+        return (f"not estimated for a CPU run (no datasheet peak is assumed, {why}): pass --peak-tflops with this "
+                "CPU's dense peak, or time a few steps with trainer.max_steps")
     hours = "" if p["gpu_hours"] is None else \
         f", {p['gpu_hours']:,.{0 if p['gpu_hours'] >= 10 else 2}f} GPU-hours"
     per = "per machine" if p["accelerator"] == "cpu" else "per device"

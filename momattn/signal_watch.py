@@ -10,6 +10,7 @@ within `grace_s`, ends the process with the caller's words (`give_up`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -74,7 +75,8 @@ class SignalWatch:
         if _WATCH is self:
             signal.set_wakeup_fd(self._previous)
             _WATCH = None
-        self._read.shutdown(socket.SHUT_RDWR)  # the thread reads the end and returns (even where a child process
-        self._thread.join(timeout=1)  # still holds a copy of the write end)
+        with contextlib.suppress(OSError):  # (closed already: a forked child's copy)
+            self._read.shutdown(socket.SHUT_RDWR)  # the thread reads the end and returns (even where a child
+        self._thread.join(timeout=1)  # process still holds a copy of the write end)
         self._write.close()
         self._read.close()

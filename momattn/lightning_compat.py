@@ -31,6 +31,8 @@ from lightning.fabric.utilities.throughput import Throughput as FabricThroughput
 from lightning.pytorch.callbacks import ThroughputMonitor
 from lightning.pytorch.trainer.states import RunningStage
 
+from momattn.signal_watch import PREEMPTED_EXIT
+
 
 def _require(obj: Any, attr: str) -> Any:
     if not hasattr(obj, attr):
@@ -143,7 +145,7 @@ def patient_observer(grace_s: float, message: Callable[[int, str], str], period_
         def _run(self) -> bool:
             children = _require(self, "_child_processes")
             codes = [proc.poll() for proc in children]
-            done = (0, 128 + signal.SIGTERM)  # ended well, or saved and stopped by a SIGTERM
+            done = (0, PREEMPTED_EXIT)  # ended well, or saved and stopped by a SIGTERM
             if all(code in done for code in codes):
                 return True
             failed = next(((i, code) for i, code in enumerate(codes, 1) if code is not None and code not in done), None)

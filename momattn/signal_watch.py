@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+PREEMPTED_EXIT = 128 + signal.SIGTERM  # a run (or sweep) stopped by SIGTERM after saving, as a shell reports it
 _WATCH: SignalWatch | None = None  # the watch whose socket the signal module writes to in this process
 
 

@@ -68,7 +68,7 @@ from momattn.metrics import unigram_ppl
 from momattn.model import GPT, GPTConfig
 from momattn.progress import TrainProgress
 from momattn.schema import check_arguments, instantiate, instantiate_all
-from momattn.signal_watch import SignalWatch
+from momattn.signal_watch import PREEMPTED_EXIT, SignalWatch
 from momattn.tokenizer import Tokenizer, build_tokenizer
 from momattn.wandb_runs import folder_group
 
@@ -370,8 +370,6 @@ def _resume_from(c: TrainConfig, job: HydraJob, out_dir: Path) -> Path | None:
     return path
 
 
-PREEMPTED_EXIT = 128 + 15  # the exit status of a run (or sweep) stopped by SIGTERM after saving: 128 + SIGTERM
-
 
 def _basic_launcher() -> bool:
     """Whether Hydra runs the sweep's jobs one after another in this process (its basic launcher): only then does
@@ -640,14 +638,16 @@ class SigtermOutsideFit:
             print(f"\n[momattn] {signame} while this process waited inside a call that Python cannot interrupt (e.g. "
                   f"the DDP rendezvous, which waits up to dist_timeout_s for the other processes, or a library's long "
                   f"computation): ending it now{self.hint(signame)}", file=sys.stderr, flush=True)
-        with contextlib.suppress(Exception):
-            if self.kill_ranks is not None:
-                self.kill_ranks(signum)
-        for kid in _pool_children():
-            with contextlib.suppress(OSError):
-                os.kill(kid.pid, signal.SIGKILL)
+        self._pass_on(signum)
+        _kill_pool()
         sys.stderr.flush()
         os._exit(PREEMPTED_EXIT if signum == signal.SIGTERM else 130)
+
+    def _pass_on(self, signum: int) -> None:
+        """To the ranks Lightning started, as Lightning passes a SIGTERM on."""
+        if self.kill_ranks is not None:
+            with contextlib.suppress(Exception):
+                self.kill_ranks(signum)
 
     def enter(self, phase: str) -> None:  # "start", "fit" (Lightning's own), "end"
         self.phase = phase
@@ -660,9 +660,8 @@ class SigtermOutsideFit:
         be done here. Outside it (SIG_DFL here ended the process without a word) the setup's SIGTERM is said."""
         if os.getpid() == self.pid and signal.getsignal(signal.SIGTERM) is not self._in_fit:
             return  # Lightning's handler is in charge (PreemptionCheckpoint saves at the step's end)
-        if os.getpid() == self.pid and self.kill_ranks is not None:
-            with contextlib.suppress(Exception):  # as Lightning passes a SIGTERM on to the ranks it started
-                self.kill_ranks(signum)
+        if os.getpid() == self.pid:
+            self._pass_on(signum)
         self._handler(signum, frame)
 
     def close(self) -> None:
@@ -683,11 +682,8 @@ class SigtermOutsideFit:
 
         if rank_zero_only.rank == 0:  # RANK, LOCAL_RANK or SLURM_PROCID: once per job, srun's nodes included
             print(self.hint(), file=sys.stderr, flush=True)
-        if kids := _pool_children():  # a tokenizing pool: its cleanup, run by the SystemExit, waited forever on a
-            for kid in kids:  # lock a worker killed by the same signal held; nothing of the run is lost here
-                with contextlib.suppress(OSError):
-                    os.kill(kid.pid, signal.SIGKILL)
-            sys.stderr.flush()
+        if _kill_pool():  # a tokenizing pool: its cleanup, run by the SystemExit, waited forever on a lock a worker
+            sys.stderr.flush()  # killed by the same signal held; nothing of the run is lost here
             os._exit(PREEMPTED_EXIT)
         raise SystemExit(PREEMPTED_EXIT)
 
@@ -715,6 +711,15 @@ class SigtermOutsideFit:
         if self.job.sweep_dir is not None and _basic_launcher():  # other launchers end a job their own way
             hint += "\n" + _sweep_stop(self.job, self.out_dir, signame)
         return hint
+
+
+def _kill_pool() -> bool:
+    """SIGKILL the live processes of this process's multiprocessing pools; whether there were any."""
+    kids = _pool_children()
+    for kid in kids:
+        with contextlib.suppress(OSError):
+            os.kill(kid.pid, signal.SIGKILL)
+    return bool(kids)
 
 
 def _pool_children() -> list:

@@ -16,7 +16,6 @@ import contextvars
 import glob
 import hashlib
 import json
-import os
 import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping
@@ -592,15 +591,23 @@ def file_stamp(p: Path) -> tuple:
     (recording_changes): an edit in the middle of a large file whose time was set back (touch -r, os.utime) reused
     the old tokens; those are left out of the fingerprint, which a chmod, a hard link or a copy to another node
     changes though the text is the same."""
-    st, h = p.stat(), hashlib.blake2b(digest_size=8)
-    with open(p, "rb") as f:
-        h.update(f.read(1 << 16))
-        if st.st_size > 1 << 17:
-            f.seek(-(1 << 16), os.SEEK_END)
-            h.update(f.read())
+    st = p.stat()
+    ends = ends_digest(p, st.st_size)
     if (changes := _CHANGES.get()) is not None:
         changes.append((str(p.resolve()), st.st_ino, st.st_ctime_ns))
-    return (str(p.resolve()), st.st_size, st.st_mtime_ns, h.hexdigest())
+    return (str(p.resolve()), st.st_size, st.st_mtime_ns, ends)
+
+
+def ends_digest(p: Path, size: int, tail_over: int = 1 << 17) -> str:
+    """A digest of a file's first 64 KiB and, where it is over `tail_over` bytes, its last 64 KiB (file_stamp
+    reads the end only past 128 KiB, as its keys always have; a stream's order key reads it always)."""
+    h = hashlib.blake2b(digest_size=8)
+    with open(p, "rb") as f:
+        h.update(f.read(1 << 16))
+        if size > tail_over:
+            f.seek(max(0, size - (1 << 16)))
+            h.update(f.read())
+    return h.hexdigest()
 
 
 @contextlib.contextmanager

@@ -40,6 +40,7 @@ from momattn.data.sources import (
     check_split_files,
     check_splits,
     check_text,
+    ends_digest,
     folder_files,
     local_files,
     local_val_split,
@@ -250,12 +251,8 @@ class StreamingHubCorpus:
 
 def _ends(path) -> list:
     """[size, a digest of the first and the last 64 KiB] of a file (the two overlap in a file under 128 KiB)."""
-    h, size = hashlib.blake2b(digest_size=8), path.stat().st_size
-    with open(path, "rb") as f:
-        h.update(f.read(1 << 16))
-        f.seek(max(0, size - (1 << 16)))
-        h.update(f.read())
-    return [size, h.hexdigest()]
+    size = path.stat().st_size
+    return [size, ends_digest(path, size, tail_over=-1)]
 
 
 HELD_OUT_RULE = "copies whatever their whitespace"  # in the keys: a held-out copy with a trailing newline was trained

@@ -272,6 +272,15 @@ def read_meta(path: str | os.PathLike) -> dict:
     return read_checkpoint(path)
 
 
+def newest_checkpoint(out_dir: Path) -> str:
+    """A run folder's last.ckpt and its step, as a stop's message says it."""
+    last = out_dir / "checkpoints" / "last.ckpt"
+    try:
+        return f"{last} is at step {read_meta(last)['global_step']}"
+    except Exception:
+        return "no checkpoint was written yet"
+
+
 def model_config_from(meta: dict, path: str | os.PathLike | None = None) -> GPTConfig:
     """The GPTConfig stored in a checkpoint's `momattn` entry (a CheckpointError if it has unknown fields)."""
     mc = dict(meta["model_config"])

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from hydra.errors import CompactHydraException
 
+from momattn.entry_signals import Terminated, entry_signals, import_cut_short, on_stop, saying, stop_code
 from momattn.errors import ConfigError, UserError, did_you_mean, first_line
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -958,6 +959,8 @@ def hydra_main(config_name: str):
     import hydra
 
     def decorate(fn):
+        started: list[bool] = []  # one per job begun in this process: a stop after one is between a sweep's jobs
+
         @functools.wraps(fn)
         def task(cfg):
             from momattn.console import quiet_console
@@ -965,7 +968,8 @@ def hydra_main(config_name: str):
 
             quiet_console()
             keep_freed_memory()  # no page faults on every step's re-allocated tensors (glibc)
-            with run_log():
+            started.append(True)
+            with run_log(), saying(lambda signame: interrupted(config_name, cfg, signame)):
                 try:
                     try:
                         return fn(cfg)
@@ -980,16 +984,29 @@ def hydra_main(config_name: str):
                     if _multirun():  # Hydra marks this job failed and runs the others (Optuna: a failed trial);
                         raise JobFailed(f"error: {first_line(e, 500)}") from None  # exiting ended the whole sweep
                     sys.exit(2)
-                except KeyboardInterrupt:  # outside fit (Lightning handles it there): a traceback of Hydra's frames
-                    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                except (KeyboardInterrupt, Terminated) as e:  # outside fit (Lightning handles it there): a traceback
+                    if os.environ.get("HYDRA_FULL_ERROR") == "1":  # of Hydra's frames, or a silent -15
                         raise
-                    print(interrupted(config_name, cfg), file=sys.stderr, flush=True)
-                    sys.exit(130)  # what a shell reports for Ctrl-C; it ends a sweep as well
+                    signame, code = stop_code(e)
+                    print(interrupted(config_name, cfg, signame), file=sys.stderr, flush=True)
+                    sys.exit(code)  # what a shell reports for Ctrl-C (130) or SIGTERM (143); it ends a sweep as well
 
         hydra_task = hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)
 
         @functools.wraps(fn)
         def entry():
+            say = functools.partial(stopped_outside_job, config_name, after_a_job=started)
+            with entry_signals(say):  # a SIGTERM or Ctrl-C before the job's own handling, or between jobs: one line
+                try:
+                    return checked_entry()
+                except (KeyboardInterrupt, Terminated) as e:  # outside the job: the checks, Hydra composing
+                    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                        raise
+                    signame, code = stop_code(e)
+                    print(say(signame), file=sys.stderr, flush=True)
+                    sys.exit(code)
+
+        def checked_entry():
             from momattn.console import quiet_console
             from momattn.sweep_jobs import check_jobs, check_resume, check_search, plan_sweep
 
@@ -1045,8 +1062,9 @@ def hydra_main(config_name: str):
                 sys.exit(2)
             restore = keep_run_config(given) if config_name == "train" and not multirun and not info else None
             try:
-                return hydra_task()
-            except (SystemExit, Exception) as e:  # the job's own exception where HYDRA_FULL_ERROR=1 (or a debugger)
+                with on_stop(restore):  # a stop inside an import ends the process at once: restored there
+                    return hydra_task()
+            except BaseException as e:  # the job's own exception where HYDRA_FULL_ERROR=1 (or a debugger), a signal
                 if restore is not None and not (isinstance(e, SystemExit) and e.code in (0, None)):
                     restore()  # a resume that failed before saving leaves the run folder's config as it was
                 if multirun:  # Hydra ended the sweep on a failed job's error after running them all
@@ -1060,21 +1078,46 @@ def hydra_main(config_name: str):
     return decorate
 
 
-def interrupted(config_name: str, cfg) -> str:
-    """The line a Ctrl-C outside trainer.fit ends with: what was kept and how to go on."""
+def interrupted(config_name: str, cfg, signame: str = "Ctrl-C") -> str:
+    """The line a Ctrl-C or SIGTERM in a job, outside trainer.fit, ends with: what was kept and how to go on."""
     from hydra.core.hydra_config import HydraConfig
 
     out = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path.cwd()
     if config_name == "train":  # while tokenizing, building the data, or evaluating after fit
-        from momattn.training import _go_on, _newest_checkpoint
-
-        return f"\n[momattn] interrupted (Ctrl-C): {_newest_checkpoint(out)}. {_go_on(hydra_job(), out)}"
+        return f"\n[momattn] interrupted ({signame}): {_saved(out)}. {go_on(hydra_job(), out)}"
     if config_name == "generate":
-        return "\n[momattn] interrupted (Ctrl-C)"
+        return f"\n[momattn] interrupted ({signame})"
     reused = " (the sweep's jobs already analysed are reused)" if config_name == "analyze" and \
         cfg.get("sweep_dir") else ""
-    return (f"\n[momattn] interrupted (Ctrl-C): results are written when the work ends, so none of this run's are in "
-            f"{out}; run the same command again{reused}")
+    return (f"\n[momattn] interrupted ({signame}): results are written when the work ends, so none of this run's are "
+            f"in {out}; run the same command again{reused}")
+
+
+def _saved(out: Path) -> str:
+    """The run's newest checkpoint, read without importing torch where the signal cut an import of it short (a
+    second import ran torch's start-up over its half-loaded C extension: a traceback, or a crash)."""
+    if import_cut_short():
+        last = out / "checkpoints" / "last.ckpt"
+        return f"{last} is kept" if last.exists() else "no checkpoint was written yet"
+    from momattn.checkpoint import newest_checkpoint
+
+    return newest_checkpoint(out)
+
+
+def stopped_outside_job(config_name: str, signame: str, after_a_job: list | bool) -> str:
+    """The line a Ctrl-C or SIGTERM outside any job ends with: before the first (the command line's checks, Hydra
+    composing the config) nothing was done; between a sweep's jobs, the jobs that ran are kept."""
+    job = hydra_job()
+    if not after_a_job:
+        return f"\n[momattn] interrupted ({signame}) before the run started: nothing was done; run the same command again"
+    if job.sweep_dir is None:  # Hydra's end of a single run
+        return f"\n[momattn] interrupted ({signame}) after the run's work ended: what it wrote is kept"
+    line = (f"\n[momattn] interrupted ({signame}) outside the sweep's jobs (Hydra starting the next or ending the "
+            f"sweep): the jobs that ran are kept in {job.sweep_dir}")
+    if config_name == "train" and not job.search:
+        return (line + f"; run the same command with ckpt_path=last hydra.sweep.dir={job.sweep_dir} to go on (finished "
+                "jobs train no further, each job resumes its own folder)")
+    return line
 
 
 @dataclass
@@ -1084,6 +1127,24 @@ class HydraJob:
     num: int | None = None  # multirun only: this job's number
     run_dir_given: bool = False  # hydra.run.dir was on the command line
     search: bool = False  # multirun only: an Optuna search's trial (not resumed with ckpt_path=last)
+
+
+def go_on(job, out_dir: Path) -> str:
+    """How to go on from a run's newest checkpoint: a search's own way, the sweep's command, or the run's."""
+    if job.search:
+        return search_stop(job, out_dir)
+    where = (f"ckpt_path=last hydra.sweep.dir={job.sweep_dir} (the same command; each job resumes its own folder)"
+             if job.sweep_dir is not None else f"python train.py ckpt_path=last hydra.run.dir={out_dir}")
+    return f"Resume with: {where}"
+
+
+def search_stop(job: HydraJob, out_dir: Path) -> str:
+    """How to go on with a search stopped in trial job.num: ckpt_path=last cannot resume a search (its trials
+    would be new suggestions of the sampler, and cli.check_search refuses it)."""
+    return (f"the search stops at trial {job.num}; finish it as a single run: python train.py ckpt_path=last "
+            f"hydra.run.dir={out_dir}, and run the search again into a new folder for more trials (a search is not "
+            "resumed with ckpt_path=last; a study kept in hydra.sweeper.storage keeps its finished trials, and marks "
+            "this one failed: the single run's result does not enter the study)")
 
 
 def hydra_job() -> HydraJob:

@@ -31,6 +31,7 @@ from momattn.checkpoint import (
     checkpoint_meta,
     checkpoint_tokenizer,
     model_config_from,
+    newest_checkpoint,
     read_meta,
     resolve_ckpt_path,
     weights_digest,
@@ -42,15 +43,18 @@ from momattn.cli import (
     another_runs_checkpoint,
     changed_overrides,
     folder_holds_a_run,
+    go_on,
     hold_run_folder,
     hydra_job,
     same_run,
+    search_stop,
 )
 from momattn.config import TrainConfig, load_train_config, world_size
 from momattn.console import quiet_console, quiet_resume
 from momattn.data.corpus import load_tokens
 from momattn.data.datamodule import TokenDataModule
 from momattn.data.streaming import StreamingHubCorpus, StreamWindows
+from momattn.entry_signals import end_now, end_now_if_importing, importing, is_default, is_default_int
 from momattn.errors import (
     CheckpointError,
     ConfigError,
@@ -318,7 +322,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         if lost := _peer_lost(e):  # another rank ended mid-run (its own error is above, or it was killed): one
             # line, not gloo's forty lines of C++ frames
             raise LaunchError(f"another process of this run ended (torch.distributed: {lost}): its error, if it had "
-                              f"time to print one, is above; {_newest_checkpoint(out_dir)}. {_go_on(job, out_dir)}") \
+                              f"time to print one, is above; {newest_checkpoint(out_dir)}. {go_on(job, out_dir)}") \
                 from None
         if not _rendezvous_failure(e):
             raise
@@ -542,7 +546,7 @@ def _resume_hint(preempt: PreemptionCheckpoint, out_dir: Path, job: HydraJob) ->
     if preempt.saved_path is not None:
         saved = f"checkpoint written to {preempt.saved_path} at step {preempt.saved_step}"
     else:  # stopped before the first step (e.g. in the sanity check): the newest checkpoint there is stands
-        saved = _newest_checkpoint(out_dir)
+        saved = newest_checkpoint(out_dir)
         saved = saved if saved.startswith("no ") else f"no new checkpoint; {saved}"
     return (f"\n[momattn] SIGTERM received: {saved}.\n"
             f"Resume with: python train.py {_retyped(out_dir, job)} ckpt_path=last hydra.run.dir={out_dir}"
@@ -558,36 +562,19 @@ def _retyped(out_dir: Path, job: HydraJob) -> str:
 def _rank_lost(rank: int, how: str, grace: float, out_dir: Path, job) -> str:
     """What the rank watcher says when another rank ended and this one (rank 0) did not stop within its grace."""
     return (f"\nerror: the process of rank {rank} ended ({how}) and this one did not stop within {grace} s (waiting "
-            f"in a collective); {_newest_checkpoint(out_dir)}. {_go_on(job, out_dir)}")
-
-
-def _newest_checkpoint(out_dir: Path) -> str:
-    last = out_dir / "checkpoints" / "last.ckpt"
-    try:
-        return f"{last} is at step {read_meta(last)['global_step']}"
-    except Exception:
-        return "no checkpoint was written yet"
+            f"in a collective); {newest_checkpoint(out_dir)}. {go_on(job, out_dir)}")
 
 
 def _interrupt_hint(out_dir: Path, job) -> str:
     """What a Ctrl-C left: no checkpoint of its own (it can land mid-step), the newest one written before it, and
     how to go on from there."""
-    lost = (f"\n[momattn] interrupted (Ctrl-C): {_newest_checkpoint(out_dir)}; the steps after it are lost (a SIGTERM, "
+    lost = (f"\n[momattn] interrupted (Ctrl-C): {newest_checkpoint(out_dir)}; the steps after it are lost (a SIGTERM, "
             f"e.g. kill <pid>, saves the current step first).")
-    return f"{lost} {_go_on(job, out_dir)}"
-
-
-def _go_on(job, out_dir: Path) -> str:
-    """How to go on from a run's newest checkpoint: a search's own way, the sweep's command, or the run's."""
-    if job.search:
-        return _search_stop(job, out_dir)
-    where = (f"ckpt_path=last hydra.sweep.dir={job.sweep_dir} (the same command; each job resumes its own folder)"
-             if job.sweep_dir is not None else f"python train.py ckpt_path=last hydra.run.dir={out_dir}")
-    return f"Resume with: {where}"
+    return f"{lost} {go_on(job, out_dir)}"
 
 
 def _sweep_stop(job: HydraJob, out_dir: Path, signame: str = "SIGTERM") -> str:
-    return (f"[momattn] {signame}: {_search_stop(job, out_dir)}" if job.search else
+    return (f"[momattn] {signame}: {search_stop(job, out_dir)}" if job.search else
             f"[momattn] {signame}: the sweep stops at job {job.num}; run the same command with ckpt_path=last "
             f"hydra.sweep.dir={job.sweep_dir} to resume it (finished jobs train no further, each job resumes its own "
             "folder)")
@@ -606,17 +593,21 @@ class SigtermOutsideFit:
         self.kill_ranks: Callable[[int], None] | None = None  # the processes Lightning started for other ranks
         self.phase, self.fired, self.pid = "start", False, os.getpid()
         self.previous = signal.getsignal(signal.SIGTERM)
-        self.active = self.previous == signal.SIG_DFL and threading.current_thread() is threading.main_thread()
+        self.active = is_default(self.previous) and threading.current_thread() is threading.main_thread()  # the
+        # entry point's handler (entry_signals) is replaced here and put back at close
         self._in_fit = self._fit_handler  # one bound method: getsignal returns it while it is the handler
         self.enter("start")
         self.interrupted, self._on_int, self.watch = False, self._int_handler, None
+        self.previous_int = signal.getsignal(signal.SIGINT)
         if self.active:
-            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            if is_default_int(self.previous_int):
                 signal.signal(signal.SIGINT, self._on_int)
             self.watch = SignalWatch((signal.SIGTERM, signal.SIGINT), self._heard, self._blocked)
 
     def _int_handler(self, signum, frame) -> None:
         self.interrupted = True  # the main thread heard the Ctrl-C: the KeyboardInterrupt goes its usual way
+        if os.getpid() == self.pid and self.phase == "start":  # inside an import it ends the process at once (see
+            end_now_if_importing("Ctrl-C", 130)  # entry_signals); from fit on, loggers are open and left to unwind
         signal.default_int_handler(signum, frame)
 
     def _heard(self, signum: int) -> bool:
@@ -633,15 +624,13 @@ class SigtermOutsideFit:
         started waits up to dist_timeout_s): said and ended now, as the handler would once the wait ended."""
         from lightning.pytorch.utilities import rank_zero_only
 
-        if rank_zero_only.rank == 0:
-            signame = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
-            print(f"\n[momattn] {signame} while this process waited inside a call that Python cannot interrupt (e.g. "
-                  f"the DDP rendezvous, which waits up to dist_timeout_s for the other processes, or a library's long "
-                  f"computation): ending it now{self.hint(signame)}", file=sys.stderr, flush=True)
+        signame = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        line = (f"\n[momattn] {signame} while this process waited inside a call that Python cannot interrupt (e.g. "
+                f"the DDP rendezvous, which waits up to dist_timeout_s for the other processes, or a library's long "
+                f"computation): ending it now{self.hint(signame)}") if rank_zero_only.rank == 0 else None
         self._pass_on(signum)
         _kill_pool()
-        sys.stderr.flush()
-        os._exit(PREEMPTED_EXIT if signum == signal.SIGTERM else 130)
+        end_now(line, PREEMPTED_EXIT if signum == signal.SIGTERM else 130)
 
     def _pass_on(self, signum: int) -> None:
         """To the ranks Lightning started, as Lightning passes a SIGTERM on."""
@@ -670,7 +659,7 @@ class SigtermOutsideFit:
         if self.active:
             signal.signal(signal.SIGTERM, self.previous)
             if signal.getsignal(signal.SIGINT) is self._on_int:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
+                signal.signal(signal.SIGINT, self.previous_int)
 
     def _handler(self, signum, frame) -> None:
         if os.getpid() != self.pid:  # a forked worker (datasets' map pool): the default, as before this handler
@@ -680,11 +669,13 @@ class SigtermOutsideFit:
         self.fired = True
         from lightning.pytorch.utilities import rank_zero_only
 
-        if rank_zero_only.rank == 0:  # RANK, LOCAL_RANK or SLURM_PROCID: once per job, srun's nodes included
-            print(self.hint(), file=sys.stderr, flush=True)
-        if _kill_pool():  # a tokenizing pool: its cleanup, run by the SystemExit, waited forever on a lock a worker
-            sys.stderr.flush()  # killed by the same signal held; nothing of the run is lost here
-            os._exit(PREEMPTED_EXIT)
+        line = self.hint() if rank_zero_only.rank == 0 else None  # RANK, LOCAL_RANK or SLURM_PROCID: once per
+        # job, srun's nodes included. A tokenizing pool: its cleanup, run by the SystemExit, waited forever on a lock
+        # a worker killed by the same signal held; an import before fit: see entry_signals. Nothing is lost there
+        if _kill_pool() or (self.phase == "start" and importing()):
+            end_now(line, PREEMPTED_EXIT)
+        if line is not None:
+            print(line, file=sys.stderr, flush=True)
         raise SystemExit(PREEMPTED_EXIT)
 
     def hint(self, signame: str = "SIGTERM") -> str:
@@ -692,7 +683,7 @@ class SigtermOutsideFit:
             return f"\n[momattn] {signame} before training started: nothing was trained"
         where = {"start": "before training started", "fit": "outside the training steps (while trainer.fit set up "
                  "or tore down)"}.get(self.phase, "after training (its report or evaluation)")
-        newest = _newest_checkpoint(self.out_dir)
+        newest = newest_checkpoint(self.out_dir)
         others = sorted(p.name for p in (self.out_dir / "checkpoints").glob("*.ckpt")) if newest.startswith("no ") \
             else []
         hint = f"\n[momattn] {signame} {where}: "
@@ -730,15 +721,6 @@ def _pool_children() -> list:
             with contextlib.suppress(Exception):
                 kids += module.active_children()
     return kids
-
-
-def _search_stop(job: HydraJob, out_dir: Path) -> str:
-    """How to go on with a search stopped in trial job.num: ckpt_path=last cannot resume a search (its trials
-    would be new suggestions of the sampler, and cli.check_search refuses it)."""
-    return (f"the search stops at trial {job.num}; finish it as a single run: python train.py ckpt_path=last "
-            f"hydra.run.dir={out_dir}, and run the search again into a new folder for more trials (a search is not "
-            "resumed with ckpt_path=last; a study kept in hydra.sweeper.storage keeps its finished trials, and marks "
-            "this one failed: the single run's result does not enter the study)")
 
 
 def _train_size(train) -> str:

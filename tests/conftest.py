@@ -34,6 +34,11 @@ if importlib.util.find_spec("triton") is not None:
 
     if not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
+# A test run started in the background (`cmd &` without job control, nohup) inherits SIGINT ignored, and so does
+# every process it starts: the tests of what a Ctrl-C does need it as a terminal has it (Python's handler, which an
+# exec turns back into the default)
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # tiny, fast runs on the TREC rows only (BPE training and tokenisation take about a second)
 SMOKE = ["debug=smoke", "data.tasks=[trec]", "trainer.accelerator=cpu"]
 

@@ -1317,14 +1317,18 @@ def test_a_group_of_another_entry_point_is_named_as_such(entry, override):
     ("evaluate.py", "momattn.eval.runner", "run_evaluate", []),
     ("analyze.py", "momattn.analysis.runner", "run_analyze", ["task=ginc"]),
 ])
-def test_ctrl_c_outside_training_ends_in_one_line_saying_what_to_do(script, module, fn, extra, tmp_path, monkeypatch,
-                                                                    capsys):
-    """A Ctrl-C during an evaluation or an analysis printed Hydra's and the model's frames and no advice."""
+@pytest.mark.parametrize("stop, signame, code", [("KeyboardInterrupt", "Ctrl-C", 130), ("Terminated", "SIGTERM", 143)])
+def test_ctrl_c_outside_training_ends_in_one_line_saying_what_to_do(script, module, fn, extra, stop, signame, code,
+                                                                    tmp_path, monkeypatch, capsys):
+    """A Ctrl-C during an evaluation or an analysis printed Hydra's and the model's frames and no advice; a SIGTERM
+    (raised as Terminated by the entry point's handler) ended it without a word."""
     import importlib
     import runpy
 
+    from momattn.entry_signals import Terminated
+
     def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+        raise {"KeyboardInterrupt": KeyboardInterrupt, "Terminated": Terminated}[stop]
 
     monkeypatch.setattr(importlib.import_module(module), fn, interrupted)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
@@ -1335,9 +1339,9 @@ def test_ctrl_c_outside_training_ends_in_one_line_saying_what_to_do(script, modu
     with pytest.raises(SystemExit) as e:
         runpy.run_path(str(ROOT / script), run_name="__main__")
     err = capsys.readouterr().err
-    assert e.value.code == 130 and "Traceback" not in err
-    assert f"interrupted (Ctrl-C): results are written when the work ends, so none of this run's are in {tmp_path / 'out'}" \
-        in err and "run the same command again" in err
+    assert e.value.code == code and "Traceback" not in err
+    assert f"interrupted ({signame}): results are written when the work ends, so none of this run's are in " \
+        f"{tmp_path / 'out'}" in err and "run the same command again" in err
 
 
 def test_ctrl_c_before_training_starts_says_how_to_go_on(tmp_path, monkeypatch, capsys):

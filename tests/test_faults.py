@@ -869,7 +869,7 @@ def test_a_sigterm_before_or_after_fit_says_what_is_saved_and_exits_143(tmp_path
         guard.enter("end")
         assert ("[momattn] SIGTERM after training (its report or evaluation): no checkpoint was written yet. The run "
                 "keeps no checkpoints (no ModelCheckpoint callback), so its training is lost: run the") in sigterm()
-        monkeypatch.setattr(momattn.training, "_newest_checkpoint", lambda d: f"{d}/checkpoints/last.ckpt is at step 7")
+        monkeypatch.setattr(momattn.training, "newest_checkpoint", lambda d: f"{d}/checkpoints/last.ckpt is at step 7")
         assert (f"Resume with: python train.py seed=3 ckpt_path=last hydra.run.dir={tmp_path} (it trains no further; "
                 "the report and evaluation are done again)") in sigterm()
         guard.enter("start")
@@ -881,7 +881,7 @@ def test_a_sigterm_before_or_after_fit_says_what_is_saved_and_exits_143(tmp_path
         monkeypatch.setattr(momattn.training, "_basic_launcher", lambda: False)  # joblib, submitit: their own way
         assert "the sweep stops" not in sigterm()
         # save_last=false: best files only, no last.ckpt: not "its training is lost"
-        monkeypatch.setattr(momattn.training, "_newest_checkpoint", lambda d: "no checkpoint was written yet")
+        monkeypatch.setattr(momattn.training, "newest_checkpoint", lambda d: "no checkpoint was written yet")
         (tmp_path / "checkpoints").mkdir()
         (tmp_path / "checkpoints" / "best-step5.ckpt").touch()
         guard.job, guard.phase = HydraJob(overrides=[]), "end"

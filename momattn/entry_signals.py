@@ -1,0 +1,154 @@
+"""A SIGTERM or Ctrl-C before a run's own handling takes over: one line saying what was kept, exit 143 or 130.
+
+The entry points install these handlers first: they cover the command line's checks, Hydra composing the config
+and train.py importing Lightning (the first seconds of a run), the time between a sweep's jobs, and the whole of
+evaluate.py, analyze.py and generate.py. Python's default ended a SIGTERM there without a word (-15). A SIGTERM
+raises Terminated in the main thread, as Ctrl-C raises KeyboardInterrupt, and the entry point prints the line.
+
+Except inside an import: an exception raised there leaves half-loaded C extensions (torch's, numpy's) behind, and
+the except clause's own imports, or the interpreter's exit, then ran their start-up or teardown over them (a
+traceback of torch's, "cannot load module more than once", a segmentation fault). Imports come before any work, so
+the handler itself says the line, runs the cleanups (a resume's saved config put back) and ends the process.
+train.py's own guard (training.SigtermOutsideFit) replaces these handlers for the run and puts them back after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+
+from momattn.signal_watch import PREEMPTED_EXIT
+
+_PID: int | None = None  # the process that installed the handlers (a forked worker inherits them)
+_SAY: list[Callable[[str], str]] = []  # the line a stop ends with, innermost last (the job's, inside the entry's)
+_CLEANUPS: list[Callable[[], None]] = []  # what a stop inside an import runs before ending the process
+
+
+class Terminated(BaseException):
+    """A SIGTERM, heard in the main thread. A BaseException, as KeyboardInterrupt is: a job's `except Exception`
+    (Hydra's launcher, a library's retry) does not take it for a failure and go on."""
+
+    code = PREEMPTED_EXIT
+    signame = "SIGTERM"
+
+
+def importing() -> bool:
+    """Whether the main thread is inside an import (a module's start-up is running)."""
+    return any(getattr(getattr(m, "__spec__", None), "_initializing", False) for m in list(sys.modules.values()))
+
+
+def import_cut_short() -> bool:
+    """Whether a signal's exception cut an import short: one still starting, or a package's submodule loaded while
+    the package is not (Python drops the package whose start-up failed, not the submodules it had loaded)."""
+    names = set(sys.modules)
+    return importing() or any("." in name and name.partition(".")[0] not in names for name in names)
+
+
+def end_now(line: str | None, code: int) -> None:
+    """Say the line (None: nothing, e.g. on a rank other than 0), run the cleanups, and end the process without
+    unwinding (os._exit)."""
+    if line is not None:
+        with contextlib.suppress(Exception):
+            print(line, file=sys.stderr, flush=True)
+    for cleanup in reversed(_CLEANUPS):
+        with contextlib.suppress(Exception):
+            cleanup()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def end_now_if_importing(signame: str, code: int) -> None:
+    if importing():
+        try:
+            line = _SAY[-1](signame) if _SAY else f"\n[momattn] interrupted ({signame})"
+        except Exception:
+            line = f"\n[momattn] interrupted ({signame})"
+        end_now(line, code)
+
+
+def _in_a_fork(signum: int) -> bool:
+    """A forked worker (a DataLoader's): the default, as before these handlers."""
+    if os.getpid() == _PID:
+        return False
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    return True
+
+
+def _on_sigterm(signum, frame) -> None:
+    if not _in_a_fork(signum):
+        end_now_if_importing(Terminated.signame, Terminated.code)
+        raise Terminated
+
+
+def _on_sigint(signum, frame) -> None:
+    if not _in_a_fork(signum):
+        end_now_if_importing("Ctrl-C", 130)
+        signal.default_int_handler(signum, frame)
+
+
+def is_default(handler) -> bool:
+    """Whether a SIGTERM handler is Python's default or the entry point's (which a run's guard may replace)."""
+    return handler == signal.SIG_DFL or handler is _on_sigterm
+
+
+def is_default_int(handler) -> bool:
+    """The same for SIGINT."""
+    return handler is signal.default_int_handler or handler is _on_sigint
+
+
+@contextlib.contextmanager
+def entry_signals(say: Callable[[str], str]) -> Iterator[None]:
+    """The handlers, in this block, where nobody else's are installed (submitit's are left alone). `say(signame)`:
+    the line a stop inside an import ends with, where no job has said another (`saying`)."""
+    global _PID
+    ours = threading.current_thread() is threading.main_thread()
+    term = ours and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    intr = ours and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    _PID = os.getpid()
+    if term:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    if intr:
+        signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        with saying(say):
+            yield
+    finally:
+        if term and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if intr and signal.getsignal(signal.SIGINT) is _on_sigint:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextlib.contextmanager
+def saying(say: Callable[[str], str]) -> Iterator[None]:
+    """In this block a stop inside an import ends with say(signame)."""
+    _SAY.append(say)
+    try:
+        yield
+    finally:
+        _SAY.remove(say)
+
+
+@contextlib.contextmanager
+def on_stop(cleanup: Callable[[], None] | None) -> Iterator[None]:
+    """In this block a stop that ends the process at once runs cleanup first."""
+    if cleanup is None:
+        yield
+        return
+    _CLEANUPS.append(cleanup)
+    try:
+        yield
+    finally:
+        _CLEANUPS.remove(cleanup)
+
+
+def stop_code(e: BaseException) -> tuple[str, int]:
+    """(what stopped the run, its exit status) for a Ctrl-C or a SIGTERM."""
+    return (e.signame, e.code) if isinstance(e, Terminated) else ("Ctrl-C", 130)

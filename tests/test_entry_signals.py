@@ -1,0 +1,107 @@
+"""A SIGTERM or Ctrl-C before a run's own guard exists: the command line's checks, Hydra composing, the imports.
+
+Before momattn.entry_signals, a SIGTERM there ended the process without a word (-15), and a Ctrl-C printed a
+traceback; inside an import of torch or numpy it printed torch's traceback, "cannot load module more than once",
+crashed, or was swallowed and the run trained on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import run_cli
+
+from momattn.entry_signals import Terminated, entry_signals, import_cut_short, stop_code
+
+# signals this process's own pid while `name` is being imported (from inside the import machinery, so the handler
+# runs in the middle of the import that asked for it), once
+HOOK = textwrap.dedent("""
+    import os, signal, sys
+    _at, _sig = os.environ.get("SIGNAL_AT_IMPORT"), os.environ.get("SIGNAL_NAME")
+    class _Hook:
+        def find_spec(self, name, path=None, target=None):
+            if name == _at:
+                sys.meta_path.remove(self)
+                os.kill(os.getpid(), getattr(signal, _sig))
+            return None
+    if _at:
+        sys.meta_path.insert(0, _Hook())
+""")
+
+
+@pytest.mark.parametrize("at, sig, code, said", [
+    # the command line's checks, before Hydra: nothing is written yet
+    ("momattn.sweep_jobs", "SIGTERM", 143, "interrupted (SIGTERM) before the run started: nothing was done; run the "
+                                           "same command again"),
+    # the job, importing numpy under torch (train.py's config check): it had been swallowed, and the run trained on
+    ("numpy._core.multiarray", "SIGINT", 130, "interrupted (Ctrl-C): {ckpt} is kept. Resume with: python train.py "
+                                              "ckpt_path=last hydra.run.dir={run}"),
+    ("numpy._core.multiarray", "SIGTERM", 143, "interrupted (SIGTERM): {ckpt} is kept. Resume with: python train.py "
+                                               "ckpt_path=last hydra.run.dir={run}"),
+])
+def test_a_signal_in_the_first_seconds_of_a_run_ends_it_in_one_line(at, sig, code, said, tmp_path):
+    """A resume's saved config is put back too: the process ends inside the import, without unwinding."""
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(HOOK)
+    run = tmp_path / "run"  # a run folder to resume: the signal comes before its checkpoint is read
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    saved = {"overrides.yaml": "- debug=smoke\n- logger=csv\n", "config.yaml": "seed: 1\n"}
+    for name, text in saved.items():
+        (run / ".hydra" / name).write_text(text)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"not read")
+    r = run_cli("train.py", [f"hydra.run.dir={run}", "ckpt_path=last", "trainer.max_steps=12"], tmp_path,
+                env={"PYTHONPATH": str(tmp_path / "hook"), "SIGNAL_AT_IMPORT": at, "SIGNAL_NAME": sig,
+                     "HYDRA_FULL_ERROR": None}, fresh=True)
+    assert r.returncode == code, r.stderr[-3000:]
+    assert said.format(ckpt=run / "checkpoints" / "last.ckpt", run=run) in r.stderr and "Traceback" not in r.stderr, \
+        r.stderr[-3000:]
+    assert {name: (run / ".hydra" / name).read_text() for name in saved} == saved  # Hydra's rewrite put back
+
+
+def test_a_sigterm_raises_in_the_main_thread_and_the_handlers_are_put_back():
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    if before != (signal.SIG_DFL, signal.default_int_handler):
+        pytest.skip("another handler is installed in this test process")
+    with pytest.raises(Terminated) as e, entry_signals(lambda signame: signame):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10**6):  # the handler runs at the next bytecode
+            pass
+    assert stop_code(e.value) == ("SIGTERM", 143) and stop_code(KeyboardInterrupt()) == ("Ctrl-C", 130)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    assert not import_cut_short()
+
+
+def test_a_forked_worker_dies_of_its_sigterm_and_leaves_the_parent_running():
+    code = textwrap.dedent("""
+        import os, signal, sys, time
+        from momattn.entry_signals import entry_signals
+        with entry_signals(lambda signame: signame):
+            pid = os.fork()
+            if pid == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+                os._exit(0)
+            _, status = os.waitpid(pid, 0)
+            print("child", os.waitstatus_to_exitcode(status), "parent alive")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "child -15 parent alive" in r.stdout, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("after_a_job, sweep, said", [
+    (False, None, "interrupted (SIGTERM) before the run started: nothing was done"),
+    (True, None, "interrupted (SIGTERM) after the run's work ended: what it wrote is kept"),
+    (True, "multirun/x", "the jobs that ran are kept in multirun/x; run the same command with ckpt_path=last "
+                         "hydra.sweep.dir=multirun/x to go on"),
+])
+def test_a_stop_outside_a_job_says_what_was_kept(after_a_job, sweep, said, monkeypatch):
+    import momattn.cli as cli
+
+    monkeypatch.setattr(cli, "hydra_job", lambda: cli.HydraJob([], sweep_dir=sweep, num=1))
+    assert said in cli.stopped_outside_job("train", "SIGTERM", after_a_job)

@@ -799,7 +799,12 @@ def test_copies_of_a_local_validation_split_are_left_out_of_training(tmp_path, c
     (tmp_path / "va.jsonl").write_text("".join(json.dumps({"text": t + "\r\n"}) + "\n" for t in rows[:5]))
     files = {"train": str(tmp_path / "tr.jsonl"), "validation": str(tmp_path / "va.jsonl")}
     hub = HubCorpus(name="json", data_files=files)
+    loads = []
+    load = hub._load
+    monkeypatch.setattr(hub, "_load", lambda split: loads.append(split) or load(split))
+    assert hub.documents("val") == [t + "\r\n" for t in rows[:5]]
     assert hub.documents("train") == rows[5:] and len(hub.documents("val")) == 5
+    assert loads == ["validation", "train"]  # the validation split is read once (it was read again for train)
     assert "5 of the 30 training documents copy a document of the validation split" in capsys.readouterr().err
     stream = StreamingHubCorpus(name="json", data_files=files, shuffle_buffer=0)
     assert list(stream.train_texts()) == rows[5:]

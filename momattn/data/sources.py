@@ -367,6 +367,8 @@ class HubCorpus:
             ) from e
 
     def documents(self, split: Split) -> list[str]:
+        if split == "val" and (kept := getattr(self, "_val_documents", None)) is not None:
+            return list(kept)  # read once: the training split's documents are checked against them too
         read = self.val_split if split == "val" and self.val_split else self.train_split
         ds = self._load(read)
         if self.text_field not in ds.column_names:
@@ -384,9 +386,11 @@ class HubCorpus:
         check_text(docs, self.name, self.data_files, f"its {read} split")
         if self.val_split and split == "train" and local_val_split(self.val_split, self.data_files, self.name):
             return without_val_copies(docs, self.documents("val"), self)
-        if self.val_split:
-            return docs
-        return _held_out(docs, split, self.val_fraction, self.seed)  # no validation split on the hub
+        if not self.val_split:
+            return _held_out(docs, split, self.val_fraction, self.seed)  # no validation split on the hub
+        if split == "val":
+            self._val_documents = tuple(docs)
+        return docs
 
 
 _HUB_DEFAULTS = {f.name: f.default for f in fields(HubCorpus)}

@@ -11,7 +11,10 @@ and analysis_sweep.md / .json with mean ± std over seeds, the paper's findings 
 each attention minus vanilla paired by seed). Settings: conf/analyze.yaml.
 """
 
-from momattn.cli import hydra_main
+from momattn.entry_signals import early_signals
+
+early_signals()  # a SIGTERM or Ctrl-C from here on ends in one line (importing Hydra takes ~0.3 s)
+from momattn.cli import hydra_main  # noqa: E402
 
 
 @hydra_main(config_name="analyze")

@@ -7,7 +7,10 @@
 Settings: conf/generate.yaml (momattn/generate.py explains the sampling).
 """
 
-from momattn.cli import hydra_main
+from momattn.entry_signals import early_signals
+
+early_signals()  # a SIGTERM or Ctrl-C from here on ends in one line (importing Hydra takes ~0.3 s)
+from momattn.cli import hydra_main  # noqa: E402
 
 
 @hydra_main(config_name="generate")

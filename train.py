@@ -12,7 +12,10 @@ Writes checkpoints, metrics and summary.json into the run folder (hydra.run.dir)
 README.md explains each part.
 """
 
-from momattn.cli import hydra_main
+from momattn.entry_signals import early_signals
+
+early_signals()  # a SIGTERM or Ctrl-C from here on ends in one line (importing Hydra takes ~0.3 s)
+from momattn.cli import hydra_main  # noqa: E402
 
 
 @hydra_main(config_name="train")

@@ -18,7 +18,18 @@ from pathlib import Path
 
 from hydra.errors import CompactHydraException
 
-from momattn.entry_signals import Terminated, entry_signals, import_cut_short, on_stop, saying, stop_code
+from momattn.entry_signals import (
+    BEFORE,
+    Terminated,
+    entry_signals,
+    heard,
+    import_cut_short,
+    on_stop,
+    pending,
+    rank_zero,
+    saying,
+    stop_code,
+)
 from momattn.errors import ConfigError, UserError, did_you_mean, first_line
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -959,16 +970,17 @@ def hydra_main(config_name: str):
     import hydra
 
     def decorate(fn):
-        started: list[bool] = []  # one per job begun in this process: a stop after one is between a sweep's jobs
+        jobs: list[HydraJob] = []  # the jobs begun in this process: a stop after one is between a sweep's jobs
 
         @functools.wraps(fn)
         def task(cfg):
             from momattn.console import quiet_console
             from momattn.hardware import keep_freed_memory
 
+            pending()  # a stop between the jobs that Python dropped: the sweep ends here, before this job
             quiet_console()
             keep_freed_memory()  # no page faults on every step's re-allocated tensors (glibc)
-            started.append(True)
+            jobs.append(hydra_job())  # (Hydra's config is gone again between a sweep's jobs)
             with run_log(), saying(lambda signame: interrupted(config_name, cfg, signame)):
                 try:
                     try:
@@ -987,23 +999,31 @@ def hydra_main(config_name: str):
                 except (KeyboardInterrupt, Terminated) as e:  # outside fit (Lightning handles it there): a traceback
                     if os.environ.get("HYDRA_FULL_ERROR") == "1":  # of Hydra's frames, or a silent -15
                         raise
+                    heard()
                     signame, code = stop_code(e)
-                    print(interrupted(config_name, cfg, signame), file=sys.stderr, flush=True)
+                    if rank_zero():  # (the job's first process says it for all)
+                        print(interrupted(config_name, cfg, signame), file=sys.stderr, flush=True)
                     sys.exit(code)  # what a shell reports for Ctrl-C (130) or SIGTERM (143); it ends a sweep as well
 
         hydra_task = hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)
 
         @functools.wraps(fn)
         def entry():
-            say = functools.partial(stopped_outside_job, config_name, after_a_job=started)
+            def say(signame: str) -> str:
+                return stopped_outside_job(config_name, signame, jobs[-1] if jobs else None)
+
             with entry_signals(say):  # a SIGTERM or Ctrl-C before the job's own handling, or between jobs: one line
                 try:
-                    return checked_entry()
+                    done = checked_entry()
+                    pending()
+                    return done
                 except (KeyboardInterrupt, Terminated) as e:  # outside the job: the checks, Hydra composing
                     if os.environ.get("HYDRA_FULL_ERROR") == "1":
                         raise
+                    heard()
                     signame, code = stop_code(e)
-                    print(say(signame), file=sys.stderr, flush=True)
+                    if rank_zero():
+                        print(say(signame), file=sys.stderr, flush=True)
                     sys.exit(code)
 
         def checked_entry():
@@ -1089,8 +1109,8 @@ def interrupted(config_name: str, cfg, signame: str = "Ctrl-C") -> str:
         return f"\n[momattn] interrupted ({signame})"
     reused = " (the sweep's jobs already analysed are reused)" if config_name == "analyze" and \
         cfg.get("sweep_dir") else ""
-    return (f"\n[momattn] interrupted ({signame}): results are written when the work ends, so none of this run's are "
-            f"in {out}; run the same command again{reused}")
+    return (f"\n[momattn] interrupted ({signame}): results are written as the work ends, so {out} holds none or only "
+            f"some of this run's; run the same command again{reused}")
 
 
 def _saved(out: Path) -> str:
@@ -1104,12 +1124,11 @@ def _saved(out: Path) -> str:
     return newest_checkpoint(out)
 
 
-def stopped_outside_job(config_name: str, signame: str, after_a_job: list | bool) -> str:
+def stopped_outside_job(config_name: str, signame: str, job: HydraJob | None) -> str:
     """The line a Ctrl-C or SIGTERM outside any job ends with: before the first (the command line's checks, Hydra
-    composing the config) nothing was done; between a sweep's jobs, the jobs that ran are kept."""
-    job = hydra_job()
-    if not after_a_job:
-        return f"\n[momattn] interrupted ({signame}) before the run started: nothing was done; run the same command again"
+    composing the config) nothing was done; after `job` (the last one begun), what the jobs wrote is kept."""
+    if job is None:
+        return f"\n[momattn] interrupted ({signame}) {BEFORE}"
     if job.sweep_dir is None:  # Hydra's end of a single run
         return f"\n[momattn] interrupted ({signame}) after the run's work ended: what it wrote is kept"
     line = (f"\n[momattn] interrupted ({signame}) outside the sweep's jobs (Hydra starting the next or ending the "

@@ -1,9 +1,12 @@
 """A SIGTERM or Ctrl-C before a run's own handling takes over: one line saying what was kept, exit 143 or 130.
 
-The entry points install these handlers first: they cover the command line's checks, Hydra composing the config
-and train.py importing Lightning (the first seconds of a run), the time between a sweep's jobs, and the whole of
-evaluate.py, analyze.py and generate.py. Python's default ended a SIGTERM there without a word (-15). A SIGTERM
-raises Terminated in the main thread, as Ctrl-C raises KeyboardInterrupt, and the entry point prints the line.
+The entry points install these handlers on their first line (early_signals, before Hydra is imported): they cover
+the command line's checks, Hydra composing the config and train.py importing Lightning (the first seconds of a
+run), the time between a sweep's jobs, and the whole of evaluate.py, analyze.py and generate.py. Python's default
+ended a SIGTERM there without a word (-15). A SIGTERM raises Terminated in the main thread, as Ctrl-C raises
+KeyboardInterrupt, and the entry point prints the line; only a job's first process does (rank_zero). A stop
+raised where Python drops exceptions (a weakref callback of a garbage collection, right after a sweep's job) is
+raised again at the next job's start or the entry point's end (pending), without Python's "Exception ignored".
 
 Except inside an import: an exception raised there leaves half-loaded C extensions (torch's, numpy's) behind, and
 the except clause's own imports, or the interpreter's exit, then ran their start-up or teardown over them (a
@@ -26,6 +29,9 @@ from momattn.signal_watch import PREEMPTED_EXIT
 _PID: int | None = None  # the process that installed the handlers (a forked worker inherits them)
 _SAY: list[Callable[[str], str]] = []  # the line a stop ends with, innermost last (the job's, inside the entry's)
 _CLEANUPS: list[Callable[[], None]] = []  # what a stop inside an import runs before ending the process
+_PENDING: list[BaseException] = []  # a stop raised where Python drops exceptions (a weakref callback in a garbage
+# collection, between a sweep's jobs): raised again at the next job's start or the entry point's end (pending())
+BEFORE = "before the run started: nothing was done; run the same command again"
 
 
 class Terminated(BaseException):
@@ -36,16 +42,29 @@ class Terminated(BaseException):
     signame = "SIGTERM"
 
 
-def importing() -> bool:
-    """Whether the main thread is inside an import (a module's start-up is running)."""
-    return any(getattr(getattr(m, "__spec__", None), "_initializing", False) for m in list(sys.modules.values()))
+def importing(frame) -> bool:
+    """Whether the frame (a signal handler's: the main thread's) is inside an import: a module's start-up runs
+    under importlib's _load_unlocked (imports on other threads do not count)."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "_load_unlocked" and code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def import_cut_short() -> bool:
-    """Whether a signal's exception cut an import short: one still starting, or a package's submodule loaded while
-    the package is not (Python drops the package whose start-up failed, not the submodules it had loaded)."""
+    """Whether a signal's exception cut an import short: a package's submodule is loaded while the package is not
+    (Python drops the package whose start-up failed, not the submodules it had loaded), or one is still starting."""
     names = set(sys.modules)
-    return importing() or any("." in name and name.partition(".")[0] not in names for name in names)
+    return any("." in name and name.partition(".")[0] not in names for name in names) or \
+        any(getattr(getattr(m, "__spec__", None), "_initializing", False) for m in list(sys.modules.values()))
+
+
+def rank_zero() -> bool:
+    """Whether this process is a job's first (the others, which Lightning or srun started, say nothing of a stop:
+    the first one says it for the job)."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"))
 
 
 def end_now(line: str | None, code: int) -> None:
@@ -63,34 +82,65 @@ def end_now(line: str | None, code: int) -> None:
     os._exit(code)
 
 
-def end_now_if_importing(signame: str, code: int) -> None:
-    if importing():
+def end_now_if_importing(signame: str, code: int, frame) -> None:
+    if importing(frame):
         try:
-            line = _SAY[-1](signame) if _SAY else f"\n[momattn] interrupted ({signame})"
+            line = _SAY[-1](signame) if _SAY else f"\n[momattn] interrupted ({signame}) {BEFORE}"
         except Exception:
             line = f"\n[momattn] interrupted ({signame})"
-        end_now(line, code)
-
-
-def _in_a_fork(signum: int) -> bool:
-    """A forked worker (a DataLoader's): the default, as before these handlers."""
-    if os.getpid() == _PID:
-        return False
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
-    return True
+        end_now(line if rank_zero() else None, code)
 
 
 def _on_sigterm(signum, frame) -> None:
-    if not _in_a_fork(signum):
-        end_now_if_importing(Terminated.signame, Terminated.code)
-        raise Terminated
+    if os.getpid() != _PID:  # a forked worker (a DataLoader's): the default, as before these handlers
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    end_now_if_importing(Terminated.signame, Terminated.code, frame)
+    _PENDING.append(e := Terminated())
+    raise e
 
 
 def _on_sigint(signum, frame) -> None:
-    if not _in_a_fork(signum):
-        end_now_if_importing("Ctrl-C", 130)
+    if os.getpid() != _PID:  # a forked worker: Python's KeyboardInterrupt, as before
         signal.default_int_handler(signum, frame)
+    end_now_if_importing("Ctrl-C", 130, frame)
+    _PENDING.append(e := KeyboardInterrupt())
+    raise e
+
+
+def _unraisable(hook):
+    """sys.unraisablehook less the stops pending() raises again (their "Exception ignored in" traceback)."""
+    def quiet(unraisable) -> None:
+        if not any(unraisable.exc_value is e for e in _PENDING):
+            hook(unraisable)
+
+    return quiet
+
+
+def pending() -> None:
+    """Raise a stop whose exception Python dropped (a handler that ran inside a weakref callback of a garbage
+    collection: a SIGTERM right after a sweep's job went unnoticed, and the sweep went on)."""
+    if _PENDING:
+        raise _PENDING[-1]
+
+
+def heard() -> None:
+    """The stop raised has reached the entry point's handling."""
+    _PENDING.clear()
+
+
+def early_signals() -> None:
+    """The handlers from an entry point's first line on, before Hydra is imported (~0.3 s): entry_signals, once
+    the entry point runs, takes them over and puts Python's back at its end."""
+    global _PID
+    if threading.current_thread() is not threading.main_thread():
+        return
+    _PID = os.getpid()
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
 
 
 def is_default(handler) -> bool:
@@ -109,9 +159,11 @@ def entry_signals(say: Callable[[str], str]) -> Iterator[None]:
     the line a stop inside an import ends with, where no job has said another (`saying`)."""
     global _PID
     ours = threading.current_thread() is threading.main_thread()
-    term = ours and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
-    intr = ours and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    term = ours and is_default(signal.getsignal(signal.SIGTERM))  # (ours already: early_signals)
+    intr = ours and is_default_int(signal.getsignal(signal.SIGINT))
     _PID = os.getpid()
+    _PENDING.clear()
+    hook, sys.unraisablehook = sys.unraisablehook, _unraisable(sys.unraisablehook)
     if term:
         signal.signal(signal.SIGTERM, _on_sigterm)
     if intr:
@@ -120,6 +172,7 @@ def entry_signals(say: Callable[[str], str]) -> Iterator[None]:
         with saying(say):
             yield
     finally:
+        sys.unraisablehook = hook
         if term and signal.getsignal(signal.SIGTERM) is _on_sigterm:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if intr and signal.getsignal(signal.SIGINT) is _on_sigint:

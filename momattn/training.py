@@ -607,7 +607,7 @@ class SigtermOutsideFit:
     def _int_handler(self, signum, frame) -> None:
         self.interrupted = True  # the main thread heard the Ctrl-C: the KeyboardInterrupt goes its usual way
         if os.getpid() == self.pid and self.phase == "start":  # inside an import it ends the process at once (see
-            end_now_if_importing("Ctrl-C", 130)  # entry_signals); from fit on, loggers are open and left to unwind
+            end_now_if_importing("Ctrl-C", 130, frame)  # entry_signals); from fit on, loggers are open, left to unwind
         signal.default_int_handler(signum, frame)
 
     def _heard(self, signum: int) -> bool:
@@ -672,7 +672,7 @@ class SigtermOutsideFit:
         line = self.hint() if rank_zero_only.rank == 0 else None  # RANK, LOCAL_RANK or SLURM_PROCID: once per
         # job, srun's nodes included. A tokenizing pool: its cleanup, run by the SystemExit, waited forever on a lock
         # a worker killed by the same signal held; an import before fit: see entry_signals. Nothing is lost there
-        if _kill_pool() or (self.phase == "start" and importing()):
+        if _kill_pool() or (self.phase == "start" and importing(frame)):
             end_now(line, PREEMPTED_EXIT)
         if line is not None:
             print(line, file=sys.stderr, flush=True)

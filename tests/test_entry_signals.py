@@ -16,7 +16,7 @@ import textwrap
 import pytest
 from conftest import run_cli
 
-from momattn.entry_signals import Terminated, entry_signals, import_cut_short, stop_code
+from momattn.entry_signals import Terminated, entry_signals, import_cut_short, pending, rank_zero, stop_code
 
 # signals this process's own pid while `name` is being imported (from inside the import machinery, so the handler
 # runs in the middle of the import that asked for it), once
@@ -35,6 +35,9 @@ HOOK = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("at, sig, code, said", [
+    # the entry point's own first import (Hydra's, ~0.3 s): was a traceback from omegaconf's parser, or -15
+    ("omegaconf", "SIGINT", 130, "interrupted (Ctrl-C) before the run started: nothing was done; run the same "
+                                 "command again"),
     # the command line's checks, before Hydra: nothing is written yet
     ("momattn.sweep_jobs", "SIGTERM", 143, "interrupted (SIGTERM) before the run started: nothing was done; run the "
                                            "same command again"),
@@ -97,11 +100,45 @@ def test_a_forked_worker_dies_of_its_sigterm_and_leaves_the_parent_running():
 @pytest.mark.parametrize("after_a_job, sweep, said", [
     (False, None, "interrupted (SIGTERM) before the run started: nothing was done"),
     (True, None, "interrupted (SIGTERM) after the run's work ended: what it wrote is kept"),
+    # the last job's sweep (between the jobs Hydra's own config is unset: the single run's line was said)
     (True, "multirun/x", "the jobs that ran are kept in multirun/x; run the same command with ckpt_path=last "
                          "hydra.sweep.dir=multirun/x to go on"),
 ])
-def test_a_stop_outside_a_job_says_what_was_kept(after_a_job, sweep, said, monkeypatch):
+def test_a_stop_outside_a_job_says_what_was_kept(after_a_job, sweep, said):
     import momattn.cli as cli
 
-    monkeypatch.setattr(cli, "hydra_job", lambda: cli.HydraJob([], sweep_dir=sweep, num=1))
-    assert said in cli.stopped_outside_job("train", "SIGTERM", after_a_job)
+    job = cli.HydraJob([], sweep_dir=sweep, num=1) if after_a_job else None
+    assert said in cli.stopped_outside_job("train", "SIGTERM", job)
+
+
+def test_a_stop_that_python_dropped_is_raised_again(monkeypatch):
+    """A handler's exception raised inside a weakref callback (a garbage collection right after a sweep's job) is
+    dropped by Python (with an "Exception ignored in" traceback): the sweep went on to its next job and exited 0."""
+    import weakref
+
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        pytest.skip("another handler is installed in this test process")
+    told = []
+    monkeypatch.setattr(sys, "unraisablehook", told.append)
+    def callback(_):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, inside the callback
+
+    class Thing:
+        pass
+
+    with pytest.raises(Terminated), entry_signals(lambda signame: signame):
+        thing = Thing()
+        ref = weakref.ref(thing, callback)
+        del thing  # the callback runs, its Terminated is dropped: the block goes on
+        assert ref() is None and told == []  # not said as an ignored exception: raised again instead
+        pending()
+
+
+def test_only_a_jobs_first_process_says_the_stop(monkeypatch):
+    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    assert rank_zero()
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert rank_zero()
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a rank Lightning started: rank 0 says the line for the job
+    assert not rank_zero()

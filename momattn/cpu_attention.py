@@ -11,7 +11,10 @@ C++ kernel (`softmax_grad` in momattn/csrc/ema_scan.cpp, the library momattn/cpu
     dv = p^T dO,   dk = ds^T q,   dq = ds k
 
 p and ds are whole (T, T) matrices for as many (batch, head) pairs as fit in BUFFER_BYTES, so each gradient is one
-matmul (no sums over blocks). The scores are formed less lse / scale (one more column of q and k), so that their
+matmul (no sums over blocks). Past WHOLE_T (512) they are blocks of BLOCK_T queries against the keys up to the
+block's last (the masked blocks are not formed; dk, dv summed over the blocks in float32): forward and backward at
+1.15x SDPA's speed at T 1024 and 1.11x at 2048, where whole matrices ran 0.95x and 0.65x
+(benchmarks/results/cpu_attention_blocked_session47.md). The scores are formed less lse / scale (one more column of q and k), so that their
 rounding to bf16 is small where p is large. On the main job's model (4 x 256, T 512, batch 8, bf16) SDPA's CPU
 flash backward took ~34 ms a layer, six times its forward, and was a third of the step; forward and backward
 together ran 1.8x faster with this one, 2.1x at T 256 (`python benchmarks/bench_cpu_attention.py`; README, Benchmarks, goal 1).
@@ -38,8 +41,12 @@ from momattn.hardware import cpu_has_amx
 BUFFER_BYTES = 64 << 20  # the backward's (G, T, T) p and ds together, at most (G >= 1 pair)
 # the longest context the model takes it for: forward + backward against SDPA's in bf16 on 2 cores of an AMX Xeon
 # (benchmarks/results/cpu_attention.md, session 44) 2.1x at T 256, 1.8x at 512, 0.95x at 1024, 0.65x at 2048 (whole
-# (T, T) matrices do the masked half's work too, and outgrow the caches; SDPA's are blocked)
+# (T, T) matrices do the masked half's work too, and outgrow the caches; SDPA's are blocked). Blocks of queries
+# (session 47) gave 1.15x at 1024 and 1.11x at 2048 (1.05-1.25x at 1024-4096 in a second run), with the gradients'
+# error still twice SDPA's: too little to move the model's rule, whose T = 1024 records were taken with SDPA
 MAX_T = 512
+WHOLE_T = 512  # up to this length the backward forms whole (T, T) matrices; past it, blocks of BLOCK_T queries
+BLOCK_T = 256
 _NAMES = {torch.float32: "attn_grad_f32", torch.bfloat16: "attn_grad_bf16"}
 _P, _I = ctypes.c_void_p, ctypes.c_int64
 
@@ -83,12 +90,14 @@ def pays(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
             and q.dtype == torch.bfloat16 and q.size(2) <= MAX_T and available() and supports(q, k, v))
 
 
-def _softmax_grad(s: torch.Tensor, dp: torch.Tensor, lse: torch.Tensor, delta: torch.Tensor, scale: float) -> None:
-    """In place on (G, T, T) buffers: scores s -> probabilities, dp -> the scores' gradient (see the kernel)."""
-    G, T, _ = s.shape
+def _softmax_grad(s: torch.Tensor, dp: torch.Tensor, lse: torch.Tensor, delta: torch.Tensor, scale: float,
+                  offset: int = 0) -> None:
+    """In place on (G, rows, cols) buffers of the queries offset .. offset + rows - 1 against the keys 0 .. cols - 1:
+    scores s -> probabilities, dp -> the scores' gradient (see the kernel); lse, delta (G, rows), contiguous."""
+    G, rows, cols = s.shape
     status = getattr(cpu_scan.load(), _NAMES[s.dtype])(
-        _P(s.data_ptr()), _P(dp.data_ptr()), _P(lse.data_ptr()), _P(delta.data_ptr()), _I(G), _I(T),
-        ctypes.c_float(scale), ctypes.c_int(torch.get_num_threads()))
+        _P(s.data_ptr()), _P(dp.data_ptr()), _P(lse.data_ptr()), _P(delta.data_ptr()), _I(G), _I(rows), _I(cols),
+        _I(offset), ctypes.c_float(scale), ctypes.c_int(torch.get_num_threads()))
     if status:
         raise RuntimeError("the CPU attention kernel could not get a thread (out of memory?); "
                            "MOMATTN_CPU_ATTENTION=sdpa uses SDPA's backward")
@@ -133,18 +142,32 @@ def _backward(q, k, v, out, lse, do, scale):
     lse = lse - scale * c.float()
     ones, zeros = torch.ones(B * H, T, 1, dtype=q.dtype), torch.zeros(B * H, T, 1, dtype=q.dtype)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    G = max(1, min(B * H, BUFFER_BYTES // (2 * T * T * q.element_size())))  # pairs at a time
+    rows = T if T <= WHOLE_T else BLOCK_T  # queries at a time: past WHOLE_T, blocks (keys up to the block's last)
+    G = max(1, min(B * H, BUFFER_BYTES // (2 * rows * T * q.element_size())))  # pairs at a time
     for g0 in range(0, B * H, G):
         g = slice(g0, min(B * H, g0 + G))
         qc = torch.cat([q[g], -c[g].unsqueeze(-1), zeros[g]], dim=-1)  # (G, T, D + 2)
         kc = torch.cat([k[g], ones[g], zeros[g]], dim=-1)
-        s = torch.bmm(qc, kc.transpose(1, 2))  # (G, T, T) scores less c, unscaled
-        dp = torch.bmm(do[g], v[g].transpose(1, 2))  # (G, T, T)
         delta = (do[g].float() * out[g].float()).sum(-1)  # (G, T): rowsum(dO * O)
-        _softmax_grad(s, dp, lse[g], delta, scale)  # s -> p, dp -> ds
-        torch.bmm(s.transpose(1, 2), do[g], out=dv[g])
-        torch.bmm(dp.transpose(1, 2), q[g], out=dk[g])
-        torch.bmm(dp, k[g], out=dq[g])
+        if rows == T:  # whole (T, T) matrices: each gradient one matmul
+            s = torch.bmm(qc, kc.transpose(1, 2))  # (G, T, T) scores less c, unscaled
+            dp = torch.bmm(do[g], v[g].transpose(1, 2))  # (G, T, T)
+            _softmax_grad(s, dp, lse[g], delta, scale)  # s -> p, dp -> ds
+            torch.bmm(s.transpose(1, 2), do[g], out=dv[g])
+            torch.bmm(dp.transpose(1, 2), q[g], out=dk[g])
+            torch.bmm(dp, k[g], out=dq[g])
+            continue
+        dk32 = torch.zeros(dk[g].shape, dtype=torch.float32)  # (G, T, D): sums over the query blocks
+        dv32 = torch.zeros(dv[g].shape, dtype=torch.float32)
+        for r0 in range(0, T, rows):  # the queries r0 .. r1 - 1 against the keys 0 .. r1 - 1 (the rest is masked)
+            r1 = min(T, r0 + rows)
+            s = torch.bmm(qc[:, r0:r1], kc[:, :r1].transpose(1, 2))  # (G, r1 - r0, r1)
+            dp = torch.bmm(do[g][:, r0:r1], v[g][:, :r1].transpose(1, 2))
+            _softmax_grad(s, dp, lse[g][:, r0:r1].contiguous(), delta[:, r0:r1].contiguous(), scale, r0)
+            dv32[:, :r1] += torch.bmm(s.transpose(1, 2), do[g][:, r0:r1])
+            dk32[:, :r1] += torch.bmm(dp.transpose(1, 2), q[g][:, r0:r1])
+            dq[g][:, r0:r1] = torch.bmm(dp, k[g][:, :r1])
+        dk[g], dv[g] = dk32, dv32
     return tuple(t.view(B, H, T, -1) for t in (dq, dk, dv))
 
 

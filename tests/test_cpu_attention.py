@@ -65,6 +65,27 @@ def test_gradients_match_float64(dtype, shape, groups, monkeypatch):
             assert _rel(a, r) < 1.5 * _rel(f, r) + 4e-3, (name, _rel(a, r), _rel(f, r))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape,block,groups", [((2, 3, 37, 48), 16, False), ((3, 2, 130, 16), 32, True),
+                                                ((1, 2, 64, 8), 64, False)])
+def test_a_long_context_is_done_in_blocks_of_queries_with_the_same_gradients(dtype, shape, block, groups, monkeypatch):
+    """Past WHOLE_T the backward takes BLOCK_T queries at a time against the keys up to the block's last (the
+    masked blocks are not computed); dk and dv are summed over the blocks in float32."""
+    T = shape[2]
+    monkeypatch.setattr(cpu_attention, "WHOLE_T", 8)
+    monkeypatch.setattr(cpu_attention, "BLOCK_T", block)  # 37 = 16 + 16 + 5; 130 = 4 x 32 + 2; 64: one block
+    if groups:  # two (batch, head) pairs at a time
+        monkeypatch.setattr(cpu_attention, "BUFFER_BYTES", 2 * 2 * block * T * torch.finfo(dtype).bits // 8)
+    qkv, go = _qkv(*shape, dtype, seed=1)
+    _, ref = _grads(_sdpa, [t.detach().double().requires_grad_() for t in qkv], go.double())
+    _, ours = _grads(cpu_attention.causal, qkv, go)
+    _, flash = _grads(_sdpa, qkv, go)
+    for name, a, f, r in zip("qkv", ours, flash, ref):
+        assert a.dtype == dtype and a.shape == r.shape
+        limit = 2e-6 if dtype == torch.float32 else 1.5 * _rel(f, r) + 4e-3
+        assert _rel(a, r) < limit, (name, _rel(a, r), _rel(f, r))
+
+
 @pytest.mark.parametrize("spread", [3.0, 10.0])
 def test_large_logits_do_not_grow_the_bf16_error(spread):
     """Scores of spread 3 and 10 (the standard deviation of scale q.k): the error stays within 2x SDPA's own (the

@@ -433,19 +433,21 @@ inline float fast_exp(float x) {  // Cephes' expf polynomial, branch-free so tha
   return x < -87.0f ? 0.0f : x == x ? y * two_n : x;  // NaN stays NaN
 }
 
+// s, dp: (nbh, rows, cols) scores and dO v^T of the queries offset .. offset + rows - 1 against keys 0 .. cols - 1;
+// query i sees keys 0 .. i (causal), the rest of its row is set to 0. lse, delta: (nbh, rows).
 template <class T>
-void softmax_grad(T *__restrict__ s, T *__restrict__ dp, const float *lse, const float *delta, int64_t nbh, int64_t t,
-                  float scale, int threads) {
-  parallel(nbh * t, threads, [&](int64_t row) {  // row: pair row / t, query row % t
-    T *__restrict__ sr = s + row * t, *__restrict__ gr = dp + row * t;
-    const int64_t lim = row % t + 1;
+void softmax_grad(T *__restrict__ s, T *__restrict__ dp, const float *lse, const float *delta, int64_t nbh, int64_t rows,
+                  int64_t cols, int64_t offset, float scale, int threads) {
+  parallel(nbh * rows, threads, [&](int64_t row) {  // row: pair row / rows, query offset + row % rows
+    T *__restrict__ sr = s + row * cols, *__restrict__ gr = dp + row * cols;
+    const int64_t lim = std::min(cols, row % rows + offset + 1);
     const float m = lse[row], dl = delta[row];
     for (int64_t j = 0; j < lim; ++j) {
       const float p = fast_exp(load(sr, j) * scale - m);
       store(gr, j, scale * p * (load(gr, j) - dl));
       store(sr, j, p);
     }
-    for (int64_t j = lim; j < t; ++j) {
+    for (int64_t j = lim; j < cols; ++j) {
       store(sr, j, 0.0f);
       store(gr, j, 0.0f);
     }
@@ -489,10 +491,10 @@ EMA_EXPORT(ema_f64, double, double)
 EMA_EXPORT(ema_bf16, bf16, float)
 
 #define ATTN_EXPORT(NAME, T)                                                                                    \
-  extern "C" int NAME(T *s, T *dp, const float *lse, const float *delta, int64_t nbh, int64_t t, float scale,   \
-                      int threads) {                                                                            \
+  extern "C" int NAME(T *s, T *dp, const float *lse, const float *delta, int64_t nbh, int64_t rows,              \
+                      int64_t cols, int64_t offset, float scale, int threads) {                                 \
     try {                                                                                                       \
-      softmax_grad<T>(s, dp, lse, delta, nbh, t, scale, threads);                                               \
+      softmax_grad<T>(s, dp, lse, delta, nbh, rows, cols, offset, scale, threads);                              \
     } catch (...) {                                                                                             \
       return 1;                                                                                                 \
     }                                                                                                           \

@@ -13,7 +13,8 @@ Settings: conf/evaluate.yaml.
 
 from momattn.entry_signals import early_signals
 
-early_signals()  # a SIGTERM or Ctrl-C from here on ends in one line (importing Hydra takes ~0.3 s)
+if __name__ == "__main__":  # (an import of this file leaves the process's signals alone)
+    early_signals()  # a SIGTERM or Ctrl-C from here on ends in one line (importing Hydra takes ~0.3 s)
 from momattn.cli import hydra_main  # noqa: E402
 
 

@@ -29,8 +29,9 @@ from momattn.signal_watch import PREEMPTED_EXIT
 _PID: int | None = None  # the process that installed the handlers (a forked worker inherits them)
 _SAY: list[Callable[[str], str]] = []  # the line a stop ends with, innermost last (the job's, inside the entry's)
 _CLEANUPS: list[Callable[[], None]] = []  # what a stop inside an import runs before ending the process
-_PENDING: list[BaseException] = []  # a stop raised where Python drops exceptions (a weakref callback in a garbage
-# collection, between a sweep's jobs): raised again at the next job's start or the entry point's end (pending())
+_PENDING: list[BaseException] = []  # a stop Python dropped (raised in a weakref callback of a garbage collection,
+# between a sweep's jobs), as sys.unraisablehook hears of it: raised again at the next job's start or the entry
+# point's end (pending()). A stop that code caught and handled is not one of them
 BEFORE = "before the run started: nothing was done; run the same command again"
 
 
@@ -97,25 +98,31 @@ def _on_sigterm(signum, frame) -> None:
         os.kill(os.getpid(), signum)
         return
     end_now_if_importing(Terminated.signame, Terminated.code, frame)
-    _PENDING.append(e := Terminated())
-    raise e
+    raise _stop(Terminated())
 
 
 def _on_sigint(signum, frame) -> None:
     if os.getpid() != _PID:  # a forked worker: Python's KeyboardInterrupt, as before
         signal.default_int_handler(signum, frame)
     end_now_if_importing("Ctrl-C", 130, frame)
-    _PENDING.append(e := KeyboardInterrupt())
-    raise e
+    raise _stop(KeyboardInterrupt())
+
+
+def _stop(e: BaseException) -> BaseException:
+    e.momattn_stop = True  # raised by these handlers: _unraisable tells it from others
+    return e
 
 
 def _unraisable(hook):
-    """sys.unraisablehook less the stops pending() raises again (their "Exception ignored in" traceback)."""
-    def quiet(unraisable) -> None:
-        if not any(unraisable.exc_value is e for e in _PENDING):
+    """sys.unraisablehook, where a stop these handlers raised is kept for pending() instead of said ("Exception
+    ignored in" and its traceback); other exceptions go to hook."""
+    def keep(unraisable) -> None:
+        if getattr(unraisable.exc_value, "momattn_stop", False):
+            _PENDING.append(unraisable.exc_value.with_traceback(None))  # (its frames' locals are not kept alive)
+        else:
             hook(unraisable)
 
-    return quiet
+    return keep
 
 
 def pending() -> None:

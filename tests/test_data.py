@@ -805,6 +805,9 @@ def test_copies_of_a_local_validation_split_are_left_out_of_training(tmp_path, c
     assert hub.documents("val") == [t + "\r\n" for t in rows[:5]]
     assert hub.documents("train") == rows[5:] and len(hub.documents("val")) == 5
     assert loads == ["validation", "train"]  # the validation split is read once (it was read again for train)
+    (tmp_path / "va2.jsonl").write_text(json.dumps({"text": "another validation text"}) + "\n")
+    hub.data_files = {**files, "validation": str(tmp_path / "va2.jsonl")}  # found by review: the first file's were
+    assert hub.documents("val") == ["another validation text"]  # served for another (or for val_split=null)
     assert "5 of the 30 training documents copy a document of the validation split" in capsys.readouterr().err
     stream = StreamingHubCorpus(name="json", data_files=files, shuffle_buffer=0)
     assert list(stream.train_texts()) == rows[5:]

@@ -134,6 +134,24 @@ def test_a_stop_that_python_dropped_is_raised_again(monkeypatch):
         pending()
 
 
+def test_a_stop_that_code_caught_is_not_raised_again():
+    """A Ctrl-C that a job catches and handles (found by review: it was kept, and ended the run, or the sweep
+    before its next job, with 130 once the job had finished)."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("another handler is installed in this test process")
+    with entry_signals(lambda signame: signame):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10**6):
+                pass
+        except KeyboardInterrupt:
+            pass  # handled
+        try:
+            pending()  # nothing to raise
+        except KeyboardInterrupt:
+            pytest.fail("the handled Ctrl-C was raised again")
+
+
 def test_only_a_jobs_first_process_says_the_stop(monkeypatch):
     for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"):
         monkeypatch.delenv(key, raising=False)

@@ -29,6 +29,7 @@ from momattn.entry_signals import (
     rank_zero,
     saying,
     stop_code,
+    stop_of,
 )
 from momattn.errors import ConfigError, UserError, did_you_mean, first_line
 
@@ -996,11 +997,13 @@ def hydra_main(config_name: str):
                     if _multirun():  # Hydra marks this job failed and runs the others (Optuna: a failed trial);
                         raise JobFailed(f"error: {first_line(e, 500)}") from None  # exiting ended the whole sweep
                     sys.exit(2)
-                except (KeyboardInterrupt, Terminated) as e:  # outside fit (Lightning handles it there): a traceback
-                    if os.environ.get("HYDRA_FULL_ERROR") == "1":  # of Hydra's frames, or a silent -15
+                except (KeyboardInterrupt, Terminated, Exception) as e:  # outside fit (Lightning handles it there): a
+                    if (stop := stop_of(e)) is None and not isinstance(e, KeyboardInterrupt | Terminated):
+                        raise  # (a stop: a traceback of Hydra's frames, or a silent -15)
+                    if os.environ.get("HYDRA_FULL_ERROR") == "1":
                         raise
                     heard()
-                    signame, code = stop_code(e)
+                    signame, code = stop_code(stop or e)
                     if rank_zero():  # (the job's first process says it for all)
                         print(interrupted(config_name, cfg, signame), file=sys.stderr, flush=True)
                     sys.exit(code)  # what a shell reports for Ctrl-C (130) or SIGTERM (143); it ends a sweep as well
@@ -1017,11 +1020,13 @@ def hydra_main(config_name: str):
                     done = checked_entry()
                     pending()
                     return done
-                except (KeyboardInterrupt, Terminated) as e:  # outside the job: the checks, Hydra composing
+                except (KeyboardInterrupt, Terminated, Exception) as e:  # outside the job: the checks, Hydra composing
+                    if (stop := stop_of(e)) is None and not isinstance(e, KeyboardInterrupt | Terminated):
+                        raise
                     if os.environ.get("HYDRA_FULL_ERROR") == "1":
                         raise
                     heard()
-                    signame, code = stop_code(e)
+                    signame, code = stop_code(stop or e)
                     if rank_zero():
                         print(say(signame), file=sys.stderr, flush=True)
                     sys.exit(code)

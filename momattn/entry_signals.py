@@ -209,6 +209,16 @@ def on_stop(cleanup: Callable[[], None] | None) -> Iterator[None]:
         _CLEANUPS.remove(cleanup)
 
 
+def stop_of(e: BaseException) -> BaseException | None:
+    """The stop these handlers raised that e is, or that e was raised while handling (a library's `finally` that
+    failed on its way out, e.g. argparse's: "During handling of the above exception, another exception occurred")."""
+    for _ in range(32):
+        if e is None or getattr(e, "momattn_stop", False):
+            return e
+        e = e.__context__
+    return None
+
+
 def stop_code(e: BaseException) -> tuple[str, int]:
     """(what stopped the run, its exit status) for a Ctrl-C or a SIGTERM."""
     return (e.signame, e.code) if isinstance(e, Terminated) else ("Ctrl-C", 130)

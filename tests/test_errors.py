@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import signal
 import sys
 
 import pytest
@@ -1317,7 +1318,8 @@ def test_a_group_of_another_entry_point_is_named_as_such(entry, override):
     ("evaluate.py", "momattn.eval.runner", "run_evaluate", []),
     ("analyze.py", "momattn.analysis.runner", "run_analyze", ["task=ginc"]),
 ])
-@pytest.mark.parametrize("stop, signame, code", [("KeyboardInterrupt", "Ctrl-C", 130), ("Terminated", "SIGTERM", 143)])
+@pytest.mark.parametrize("stop, signame, code", [("KeyboardInterrupt", "Ctrl-C", 130), ("Terminated", "SIGTERM", 143),
+                                                 ("a finally that fails", "SIGTERM", 143)])
 def test_ctrl_c_outside_training_ends_in_one_line_saying_what_to_do(script, module, fn, extra, stop, signame, code,
                                                                     tmp_path, monkeypatch, capsys):
     """A Ctrl-C during an evaluation or an analysis printed Hydra's and the model's frames and no advice; a SIGTERM
@@ -1328,7 +1330,14 @@ def test_ctrl_c_outside_training_ends_in_one_line_saying_what_to_do(script, modu
     from momattn.entry_signals import Terminated
 
     def interrupted(*args, **kwargs):
-        raise {"KeyboardInterrupt": KeyboardInterrupt, "Terminated": Terminated}[stop]
+        if stop != "a finally that fails":
+            raise {"KeyboardInterrupt": KeyboardInterrupt, "Terminated": Terminated}[stop]
+        try:  # a real SIGTERM, whose Terminated a library's `finally` replaced on its way out (argparse's, found
+            os.kill(os.getpid(), signal.SIGTERM)  # in the first 0.2 s of train.py: AttributeError, exit 1)
+            for _ in range(10**7):
+                pass
+        finally:
+            raise AttributeError("'_StoreAction' object has no attribute 'save_nargs'")
 
     monkeypatch.setattr(importlib.import_module(module), fn, interrupted)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)

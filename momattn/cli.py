@@ -13,23 +13,22 @@ import itertools
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.errors import CompactHydraException
 
 from momattn.entry_signals import (
-    BEFORE,
     Terminated,
+    before_line,
     entry_signals,
-    heard,
     import_cut_short,
     on_stop,
     pending,
     rank_zero,
     saying,
-    stop_code,
-    stop_of,
+    stopped,
 )
 from momattn.errors import ConfigError, UserError, did_you_mean, first_line
 
@@ -997,16 +996,9 @@ def hydra_main(config_name: str):
                     if _multirun():  # Hydra marks this job failed and runs the others (Optuna: a failed trial);
                         raise JobFailed(f"error: {first_line(e, 500)}") from None  # exiting ended the whole sweep
                     sys.exit(2)
-                except (KeyboardInterrupt, Terminated, Exception) as e:  # outside fit (Lightning handles it there): a
-                    if (stop := stop_of(e)) is None and not isinstance(e, KeyboardInterrupt | Terminated):
-                        raise  # (a stop: a traceback of Hydra's frames, or a silent -15)
-                    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                        raise
-                    heard()
-                    signame, code = stop_code(stop or e)
-                    if rank_zero():  # (the job's first process says it for all)
-                        print(interrupted(config_name, cfg, signame), file=sys.stderr, flush=True)
-                    sys.exit(code)  # what a shell reports for Ctrl-C (130) or SIGTERM (143); it ends a sweep as well
+                except (KeyboardInterrupt, Terminated, Exception) as e:  # a stop outside fit (Lightning handles it
+                    _end_stopped(e, lambda signame: interrupted(config_name, cfg, signame))  # there): it was a
+                    raise  # traceback of Hydra's frames, or a silent -15
 
         hydra_task = hydra.main(config_path=str(CONF_DIR), config_name=config_name, version_base="1.3")(task)
 
@@ -1021,15 +1013,8 @@ def hydra_main(config_name: str):
                     pending()
                     return done
                 except (KeyboardInterrupt, Terminated, Exception) as e:  # outside the job: the checks, Hydra composing
-                    if (stop := stop_of(e)) is None and not isinstance(e, KeyboardInterrupt | Terminated):
-                        raise
-                    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                        raise
-                    heard()
-                    signame, code = stop_code(stop or e)
-                    if rank_zero():
-                        print(say(signame), file=sys.stderr, flush=True)
-                    sys.exit(code)
+                    _end_stopped(e, say)
+                    raise
 
         def checked_entry():
             from momattn.console import quiet_console
@@ -1103,6 +1088,18 @@ def hydra_main(config_name: str):
     return decorate
 
 
+def _end_stopped(e: BaseException, line: Callable[[str], str]) -> None:
+    """For a Ctrl-C or SIGTERM (stopped): line(signame) from the job's first process, then exit 130 or 143, what a
+    shell reports (it ends a sweep as well). Returns for any other error, and where HYDRA_FULL_ERROR=1 asks for
+    the traceback: the caller raises it."""
+    if (stop := stopped(e)) is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        return
+    signame, code = stop
+    if rank_zero():
+        print(line(signame), file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
 def interrupted(config_name: str, cfg, signame: str = "Ctrl-C") -> str:
     """The line a Ctrl-C or SIGTERM in a job, outside trainer.fit, ends with: what was kept and how to go on."""
     from hydra.core.hydra_config import HydraConfig
@@ -1133,7 +1130,7 @@ def stopped_outside_job(config_name: str, signame: str, job: HydraJob | None) ->
     """The line a Ctrl-C or SIGTERM outside any job ends with: before the first (the command line's checks, Hydra
     composing the config) nothing was done; after `job` (the last one begun), what the jobs wrote is kept."""
     if job is None:
-        return f"\n[momattn] interrupted ({signame}) {BEFORE}"
+        return before_line(signame)
     if job.sweep_dir is None:  # Hydra's end of a single run
         return f"\n[momattn] interrupted ({signame}) after the run's work ended: what it wrote is kept"
     line = (f"\n[momattn] interrupted ({signame}) outside the sweep's jobs (Hydra starting the next or ending the "

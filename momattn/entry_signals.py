@@ -32,7 +32,6 @@ _CLEANUPS: list[Callable[[], None]] = []  # what a stop inside an import runs be
 _PENDING: list[BaseException] = []  # a stop Python dropped (raised in a weakref callback of a garbage collection,
 # between a sweep's jobs), as sys.unraisablehook hears of it: raised again at the next job's start or the entry
 # point's end (pending()). A stop that code caught and handled is not one of them
-BEFORE = "before the run started: nothing was done; run the same command again"
 
 
 class Terminated(BaseException):
@@ -86,17 +85,21 @@ def end_now(line: str | None, code: int) -> None:
 def end_now_if_importing(signame: str, code: int, frame) -> None:
     if importing(frame):
         try:
-            line = _SAY[-1](signame) if _SAY else f"\n[momattn] interrupted ({signame}) {BEFORE}"
+            line = _SAY[-1](signame) if _SAY else before_line(signame)
         except Exception:
             line = f"\n[momattn] interrupted ({signame})"
         end_now(line if rank_zero() else None, code)
 
 
+def die_by_default(signum: int) -> None:
+    """In a forked worker (a DataLoader's, a tokenizing pool's), which inherits a handler: the signal's default."""
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
 def _on_sigterm(signum, frame) -> None:
-    if os.getpid() != _PID:  # a forked worker (a DataLoader's): the default, as before these handlers
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        return
+    if os.getpid() != _PID:  # a forked worker: the default, as before these handlers
+        return die_by_default(signum)
     end_now_if_importing(Terminated.signame, Terminated.code, frame)
     raise _stop(Terminated())
 
@@ -130,11 +133,6 @@ def pending() -> None:
     collection: a SIGTERM right after a sweep's job went unnoticed, and the sweep went on)."""
     if _PENDING:
         raise _PENDING[-1]
-
-
-def heard() -> None:
-    """The stop raised has reached the entry point's handling."""
-    _PENDING.clear()
 
 
 def early_signals() -> None:
@@ -217,6 +215,18 @@ def stop_of(e: BaseException) -> BaseException | None:
             return e
         e = e.__context__
     return None
+
+
+def stopped(e: BaseException) -> tuple[str, int] | None:
+    """(what stopped the run, its exit status) where e is a Ctrl-C or a SIGTERM, or an error raised while one
+    unwound (stop_of); None for any other error."""
+    stop = stop_of(e) or (e if isinstance(e, KeyboardInterrupt | Terminated) else None)
+    return None if stop is None else stop_code(stop)
+
+
+def before_line(signame: str) -> str:
+    """The line of a stop before the first job began."""
+    return f"\n[momattn] interrupted ({signame}) before the run started: nothing was done; run the same command again"
 
 
 def stop_code(e: BaseException) -> tuple[str, int]:

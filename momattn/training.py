@@ -54,7 +54,14 @@ from momattn.console import quiet_console, quiet_resume
 from momattn.data.corpus import load_tokens
 from momattn.data.datamodule import TokenDataModule
 from momattn.data.streaming import StreamingHubCorpus, StreamWindows
-from momattn.entry_signals import end_now, end_now_if_importing, importing, is_default, is_default_int
+from momattn.entry_signals import (
+    die_by_default,
+    end_now,
+    end_now_if_importing,
+    importing,
+    is_default,
+    is_default_int,
+)
 from momattn.errors import (
     CheckpointError,
     ConfigError,
@@ -663,9 +670,7 @@ class SigtermOutsideFit:
 
     def _handler(self, signum, frame) -> None:
         if os.getpid() != self.pid:  # a forked worker (datasets' map pool): the default, as before this handler
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
+            return die_by_default(signum)
         self.fired = True
         from lightning.pytorch.utilities import rank_zero_only
 

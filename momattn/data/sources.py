@@ -367,7 +367,8 @@ class HubCorpus:
             ) from e
 
     def documents(self, split: Split) -> list[str]:
-        if split == "val" and (kept := getattr(self, "_val_documents", None)) and kept[0] == self.fingerprint():
+        key = self.fingerprint() if split == "val" and self.val_split else None  # the settings and files read
+        if key and (kept := getattr(self, "_val_documents", None)) and kept[0] == key:
             return list(kept[1])  # read once: the training split's documents are checked against them too
         read = self.val_split if split == "val" and self.val_split else self.train_split
         ds = self._load(read)
@@ -388,8 +389,8 @@ class HubCorpus:
             return without_val_copies(docs, self.documents("val"), self)
         if not self.val_split:
             return _held_out(docs, split, self.val_fraction, self.seed)  # no validation split on the hub
-        if split == "val":  # kept with the settings and files they were read from
-            self._val_documents = (self.fingerprint(), tuple(docs))
+        if key:
+            self._val_documents = (key, tuple(docs))
         return docs
 
 

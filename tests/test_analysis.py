@@ -902,6 +902,13 @@ def test_a_sweep_summary_names_what_it_leaves_out():
     assert "4 runs (1 more left out as a repeat, below)" in md and "a second run of" in md
     assert "Rec2FTP" in md and "SimAOU(dFT)=nan" in md
     assert "task=ginc, shots=32" in md  # the header names the settings (a lost f-string printed its own code)
+    # momentum seeds 2 and 3 against vanilla's 1 and 2: one pair, below both rows' two seeds, and the page says so
+    runs = [run("0", "vanilla", 1), run("1", "vanilla", 2), run("2", "momentum", 2), run("3", "momentum", 3)]
+    (s,) = summarise(runs, {id(r): full for r in runs})
+    assert all(c.seeds == ["2"] for c in s.comparisons)
+    md = markdown([s], [], AnalyzeConfig(sweep_dir="x"), 4)
+    label = next(label for key, label, _ in METRICS if key == "acc_icl")
+    assert "momentum: pairs of seeds 2 (of momentum's 2, 3 and vanilla's 1, 2) for " in md and label in md
 
 
 def test_the_ood_probe_scores_as_evaluate_py_and_summarises_over_seeds(tmp_path):

@@ -495,6 +495,49 @@ def test_a_diverged_seed_is_left_out_and_named_not_read_as_no_spread(monkeypatch
     assert sweep.t_interval([1.0, 2.0] * 16)[2] - 1.5 == pytest.approx(2.0395 * 0.508 / math.sqrt(32), rel=2e-3)
 
 
+def test_a_diverged_seeds_text_accuracies_are_left_out_of_its_rise_not_read_as_no_spread(monkeypatch):
+    """A diverged run's k = 0 and k = K accuracies (nan) reached the in-context rise, which then read 'the same
+    difference in all 3 seeds: no spread', and were not named among the values left out."""
+    from momattn.eval import sweep
+
+    acc = {("vanilla", 1): (0.50, 0.60), ("vanilla", 2): (0.52, 0.65), ("vanilla", 3): (0.49, 0.58),
+           ("momentum", 1): (0.50, 0.70), ("momentum", 2): (0.50, 0.68), ("momentum", 3): (float("nan"),) * 2}
+    runs = [sweep.SweepRun(Path(f"{a}{s}.ckpt"), Path(f"{a}{s}"), a, s, "same", {}, result=(a, s)) for a, s in acc]
+    monkeypatch.setattr(sweep, "metrics_of", lambda r: {"sst2/acc@k32": acc[r][1]})
+    monkeypatch.setattr(sweep, "text_rise_metrics", lambda r: {"sst2/acc@k0": acc[r][0], "sst2/acc@k32": acc[r][1]})
+    (s,) = sweep.summarise(runs)
+    assert s.non_finite == ["momentum seed 3: sst2/acc@k0=nan", "momentum seed 3: sst2/acc@k32=nan"]
+    rise = next(r for r in s.rises if r.attention == "momentum")
+    assert rise.n_seeds == 2 and rise.mean == pytest.approx(0.19) and rise.seeds == ["1", "2"]
+    assert math.isfinite(rise.lo) and "no spread" not in rise.reading
+    c = next(c for c in s.comparisons if c.metric == "sst2/rise@k32")
+    assert c.n_pairs == 2 and c.diff_mean == pytest.approx(((0.20 - 0.10) + (0.18 - 0.13)) / 2) and c.seeds == ["1", "2"]
+    assert "sst2/acc@k0=nan" in sweep.sweep_markdown([s], [], 6)
+    # were a nan to reach an interval, it would not read as 'no spread'
+    assert sweep.verdict("ppl@64", *sweep.t_interval([1.0, float("nan")])[1:], 2, [1.0, float("nan")]) == (
+        "cannot tell (a non-finite value: no interval)")
+
+
+def test_a_difference_over_fewer_seeds_than_the_tables_means_is_said(monkeypatch):
+    """Arms trained on other seeds: each table mean is over its own seeds, the difference over the shared ones;
+    a gap of -21 in the table sat beside a difference of -1.5 without a word."""
+    from momattn.eval import sweep
+
+    ppl = {("vanilla", 1): 130.0, ("vanilla", 2): 100.0, ("vanilla", 3): 102.0,
+           ("momentum", 2): 98.0, ("momentum", 3): 101.0, ("momentum", 4): 70.0}
+    runs = [sweep.SweepRun(Path(f"{a}{s}.ckpt"), Path(f"{a}{s}"), a, s, "same", {}, result=(a, s)) for a, s in ppl]
+    monkeypatch.setattr(sweep, "metrics_of", lambda r: {"ppl@256": ppl[r]})
+    monkeypatch.setattr(sweep, "text_rise_metrics", lambda r: {})
+    (s,) = sweep.summarise(runs)
+    (c,) = s.comparisons
+    assert c.seeds == ["2", "3"] and c.diff_mean == pytest.approx(-1.5)
+    md = sweep.sweep_markdown([s], [], 6)
+    assert ("momentum: pairs of seeds 2, 3 (of momentum's 2, 3, 4 and vanilla's 1, 2, 3) for ppl@256") in md
+    ppl[("momentum", 1)] = ppl.pop(("momentum", 4))  # the same seeds: nothing to say
+    runs = [sweep.SweepRun(Path(f"{a}{s}.ckpt"), Path(f"{a}{s}"), a, s, "same", {}, result=(a, s)) for a, s in ppl]
+    assert "Fewer pairs than seeds" not in sweep.sweep_markdown(sweep.summarise(runs), [], 6)
+
+
 def test_a_sweep_verdict_goes_to_one_wandb_run_as_tables(tmp_path, monkeypatch, capsys):
     """logger=wandb with sweep_dir: the verdict's rows, comparisons and rises as W&B tables in one offline run
     (evaluate.py had said the verdict is not logged; analyze.py logged only each job)."""

@@ -34,6 +34,8 @@ from momattn.eval.sweep import (
     job_name,
     no_interval,
     paired,
+    pairing_line,
+    row_seeds,
     seed_row,
     t_interval,
     unpaired_line,
@@ -56,6 +58,7 @@ class Interval:
     hi: float
     n: int
     reading: str
+    seeds: list[str] = field(default_factory=list)  # a comparison's: the seeds paired
 
 
 @dataclass
@@ -110,15 +113,15 @@ def _usable(metrics: dict[str, float | None]) -> dict[str, float]:
 
 
 def reading(lo: float, hi: float, n: int, above: str = "holds", below: str = "reversed",
-            neither: str = "no clear difference") -> str:
+            neither: str = "no clear difference", diffs: Sequence[float] = ()) -> str:
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        return no_interval(n)
+        return no_interval(n, diffs)
     return above if lo > 0 else below if hi < 0 else neither
 
 
 def _interval(name: str, att: str, diffs: Sequence[float], **words) -> Interval:
     mean, lo, hi = t_interval(diffs)
-    return Interval(name, att, mean, lo, hi, len(diffs), reading(lo, hi, len(diffs), **words))
+    return Interval(name, att, mean, lo, hi, len(diffs), reading(lo, hi, len(diffs), diffs=diffs, **words))
 
 
 def summarise(runs: Sequence[SweepRun], metrics: dict[int, dict[str, float]]) -> list[SettingAnalysis]:
@@ -146,9 +149,11 @@ def summarise(runs: Sequence[SweepRun], metrics: dict[int, dict[str, float]]) ->
             if att == BASELINE or BASELINE not in by_att:
                 continue
             for key, _, _ in METRICS:
-                if diffs := paired(seeds, by_att[BASELINE], key):
-                    summary.comparisons.append(_interval(key, att, diffs, above="higher", below="lower",
-                                                         neither="inconclusive (interval holds 0)"))
+                if by_seed := paired(seeds, by_att[BASELINE], key):
+                    iv = _interval(key, att, list(by_seed.values()), above="higher", below="lower",
+                                   neither="inconclusive (interval holds 0)")
+                    iv.seeds = [str(sd) for sd in by_seed]
+                    summary.comparisons.append(iv)
         out.append(summary)
     return out
 
@@ -210,6 +215,8 @@ def markdown(summaries: Sequence[SettingAnalysis], failed: Sequence[str], conf: 
                 lines.append(f"| {labels[c.name]} | {c.attention}: {_end(c.name, unround(c.mean))} | "
                              f"{_ci(c.name, c, 'one pair')} | {c.n} | {c.reading} |")
             lines.append("")
+            lines += pairing_line(row_seeds(s.rows), [(c.attention, c.name, c.seeds) for c in s.comparisons],
+                                  show=labels.get)
             lines += unpaired_line(s.rows, s.comparisons)
         elif BASELINE not in s.rows:
             lines += [f"No {BASELINE} run in this setting: nothing to compare against.", ""]

@@ -20,7 +20,7 @@ import math
 import re
 import sys
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -67,6 +67,7 @@ class Comparison:
     hi: float
     n_pairs: int
     verdict: str
+    seeds: list[str] = field(default_factory=list)  # the seeds paired: those both attentions have a value at
 
 
 @dataclass
@@ -82,6 +83,7 @@ class Rise:
     std: float | None  # None for one seed
     n_seeds: int
     reading: str
+    seeds: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -129,24 +131,24 @@ def rises_of(attention: str, seeds: Mapping[int | None, Mapping[str, float]]) ->
     """Per task, over the seeds that scored it at k = 0: acc(largest numeric k they all scored) - acc(k = 0) per
     seed, its mean, sample std and 95% t-interval; 'rises' / 'falls' only when the interval excludes 0. A seed
     without the task (a run evaluated without ICL) is left out of that task's rise, which n_seeds then shows."""
-    scored: dict[str, list[tuple[Mapping[str, float], set[int]]]] = defaultdict(list)  # task -> (metrics, ks)
-    for metrics in seeds.values():
+    scored: dict[str, list[tuple[str, Mapping[str, float], set[int]]]] = defaultdict(list)  # task -> (seed, metrics, ks)
+    for sd, metrics in seeds.items():
         for task, task_ks in scored_at_k0(metrics).items():
-            scored[task].append((metrics, task_ks))
+            scored[task].append((str(sd), metrics, task_ks))
     out = []
     for task, runs in sorted(scored.items()):
-        ks = set.intersection(*(task_ks for _, task_ks in runs))
+        ks = set.intersection(*(task_ks for _, _, task_ks in runs))
         if max(ks) == 0:
             continue
         k = max(ks)
-        diffs = [v[f"{task}/acc@k{k}"] - v[f"{task}/acc@k0"] for v, _ in runs]
+        diffs = [v[f"{task}/acc@k{k}"] - v[f"{task}/acc@k0"] for _, v, _ in runs]
         mean, lo, hi = t_interval(diffs)
         if not (math.isfinite(lo) and math.isfinite(hi)):
-            reading = no_interval(len(diffs))
+            reading = no_interval(len(diffs), diffs)
         else:
             reading = "rises" if lo > 0 else "falls" if hi < 0 else "no clear change"
         std = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else None  # one seed: no spread was measured
-        out.append(Rise(attention, task, k, mean, lo, hi, std, len(diffs), reading))
+        out.append(Rise(attention, task, k, mean, lo, hi, std, len(diffs), reading, [sd for sd, _, _ in runs]))
     return out
 
 
@@ -167,17 +169,21 @@ def seed_rises(seeds: Mapping[int | None, Mapping[str, float]], ks: Mapping[str,
                  if f"{t}/acc@k{k}" in v and f"{t}/acc@k0" in v} for sd, v in seeds.items()}
 
 
-def no_interval(n: int) -> str:
+def no_interval(n: int, diffs: Sequence[float] = ()) -> str:
+    """Why an interval is missing: one seed, no spread, or a value that is not a number (which the sweep leaves out
+    before it gets here: a nan read as 'no spread')."""
+    if not all(math.isfinite(d) for d in diffs):
+        return "cannot tell (a non-finite value: no interval)"
     return ("cannot tell (one seed: no interval)" if n < 2 else
             f"cannot tell (the same difference in all {n} seeds: no spread, no interval)")
 
 
-def verdict(metric: str, lo: float, hi: float, n: int = 1) -> str:
+def verdict(metric: str, lo: float, hi: float, n: int = 1, diffs: Sequence[float] = ()) -> str:
     """better / worse when the interval excludes 0 (lower is better for perplexity), else inconclusive (an interval
     holding 0 says the seeds could not tell the two apart, not that they are the same, however wide it is); no
     interval (a single seed pair, or n pairs with no spread) says nothing either way."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        return no_interval(n)
+        return no_interval(n, diffs)
     if lo <= 0 <= hi:
         return "inconclusive (interval holds 0)"
     higher = lo > 0
@@ -570,9 +576,9 @@ def seed_row(seeds: Mapping, key: str) -> dict | None:
             "seeds": sorted(str(k) for k in vals)}
 
 
-def paired(seeds: Mapping, base: Mapping, key: str) -> list[float]:
-    """key's differences seeds - base, over the seeds both have it in (seed -> metrics each)."""
-    return [v[key] - base[sd][key] for sd, v in seeds.items() if sd in base and key in v and key in base[sd]]
+def paired(seeds: Mapping, base: Mapping, key: str) -> dict:
+    """seed -> key's difference seeds - base, over the seeds both have it in (seed -> metrics each)."""
+    return {sd: v[key] - base[sd][key] for sd, v in seeds.items() if sd in base and key in v and key in base[sd]}
 
 
 def unpaired_line(rows: Mapping[str, Mapping[str, Mapping]], comparisons: Sequence) -> list[str]:
@@ -586,6 +592,45 @@ def unpaired_line(rows: Mapping[str, Mapping[str, Mapping]], comparisons: Sequen
         return []
     return [f"Not compared with {BASELINE} (differences are paired by seed, and no seed has a value on both sides; "
             f"{BASELINE}'s seeds: {seeds(BASELINE)}): " + "; ".join(f"{att} (seeds {seeds(att)})" for att in left), ""]
+
+
+def row_seeds(rows: Mapping[str, Mapping[str, Mapping]]) -> Callable[[str, str], list[str] | None]:
+    """(attention, metric) -> the seeds a table row's mean is over (rows: attention -> metric -> seed_row)."""
+    return lambda att, metric: (rows.get(att, {}).get(metric) or {}).get("seeds")
+
+
+def pairing_line(own_seeds: Callable[[str, str], Sequence[str] | None],
+                 pairs: Sequence[tuple[str, str, Sequence[str]]], show: Callable[[str], str] = str) -> list[str]:
+    """A line naming the differences taken over fewer seeds than an attention's numbers above them (the attentions
+    were trained on other seeds, or a seed's value was not finite): a table's mean is over the attention's own
+    seeds, a difference over the seeds both have, and the two told different stories without a word.
+    pairs: (attention, metric, the seeds paired); own_seeds(attention, metric) -> that row's seeds; show(metric):
+    its name on the page."""
+    odd: dict[tuple, list[str]] = defaultdict(list)
+    for att, metric, both in pairs:
+        a, b = own_seeds(att, metric), own_seeds(BASELINE, metric)
+        if a and b and len(both) < max(len(a), len(b)):
+            odd[(att, tuple(both), tuple(a), tuple(b))].append(show(metric))
+    if not odd:
+        return []
+
+    def seeds(xs) -> str:
+        return ", ".join(sorted(xs, key=lambda x: (len(x), x)))
+    return ["Fewer pairs than seeds: a difference is over the seeds both attentions have, a table's mean over the "
+            "attention's own, so the two need not agree. " + "; ".join(
+                f"{att}: pairs of seeds {seeds(both)} (of {att}'s {seeds(a)} and {BASELINE}'s {seeds(b)}) "
+                "for " + ", ".join(metrics) for (att, both, a, b), metrics in odd.items()), ""]
+
+
+def pairing_note(s: SettingSummary) -> list[str]:
+    """pairing_line for a sweep verdict: a rise's own seeds are its Rise row's."""
+    rises = {(r.attention, r.task): r.seeds for r in s.rises}
+    rows = row_seeds(s.rows)
+
+    def own(att: str, metric: str) -> list[str] | None:
+        task, rise, _ = metric.partition("/rise@k")
+        return rises.get((att, task)) if rise else rows(att, metric)
+    return pairing_line(own, [(c.attention, c.metric, c.seeds) for c in s.comparisons])
 
 
 def verdict_tables(summaries: Sequence, parts: Sequence[str]) -> dict[str, list[dict]]:
@@ -608,11 +653,12 @@ def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
         by_att: dict[str, dict[int | None, dict[str, float]]] = defaultdict(dict)
         rise_in: dict[str, dict[int | None, dict[str, float]]] = defaultdict(dict)  # and every k of text tasks
         for r in distinct(rs, summary.duplicates):
-            metrics = metrics_of(r.result)
-            bad = {m: v for m, v in metrics.items() if not math.isfinite(v)}  # a diverged run: nan / inf ppl
-            summary.non_finite += [f"{r.attention} seed {r.seed}: {m}={v}" for m, v in sorted(bad.items())]
-            by_att[r.attention][r.seed] = {m: v for m, v in metrics.items() if m not in bad}
-            rise_in[r.attention][r.seed] = {**by_att[r.attention][r.seed], **text_rise_metrics(r.result)}
+            compared = metrics_of(r.result)
+            metrics = {**text_rise_metrics(r.result), **compared}  # with a text task's every k: its rise
+            bad = {m: v for m, v in metrics.items() if not math.isfinite(v)}  # a diverged run: nan / inf ppl, nan acc
+            summary.non_finite += [f"{r.attention} seed {r.seed}: {m}={bad[m]}" for m in sorted(bad, key=metric_order)]
+            by_att[r.attention][r.seed] = {m: v for m, v in compared.items() if m not in bad}
+            rise_in[r.attention][r.seed] = {m: v for m, v in metrics.items() if m not in bad}
             summary.params[r.attention] = dict(r.attention_params)
         ks = rise_ks(rise_in)
         for att, seeds in sorted(by_att.items(), key=lambda kv: (kv[0] != BASELINE, kv[0])):
@@ -625,10 +671,12 @@ def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
             for values, base, keys in ((seeds, by_att[BASELINE], names),  # then the rises: does it learn more in context?
                                        (rises, base_rises, [f"{t}/rise@k{k}" for t, k in ks.items()])):
                 for m in keys:
-                    if diffs := paired(values, base, m):
+                    if by_seed := paired(values, base, m):
+                        diffs = list(by_seed.values())
                         mean, lo, hi = t_interval(diffs)
                         summary.comparisons.append(Comparison(m, att, mean, lo, hi, len(diffs),
-                                                              verdict(m, lo, hi, len(diffs))))
+                                                              verdict(m, lo, hi, len(diffs), diffs),
+                                                              seeds=[str(sd) for sd in by_seed]))
         out.append(summary)
     return out
 
@@ -715,6 +763,7 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
                 lines.append(f"| {c.metric} | {c.attention}: {_end(c.metric, unround(c.diff_mean))} | {ci} | {c.n_pairs} | "
                              f"{c.verdict} |")
             lines.append("")
+            lines += pairing_note(s)
             lines += unpaired_line(s.rows, s.comparisons)
         elif BASELINE not in s.rows:
             lines += [f"No {BASELINE} run in this setting: nothing to compare against.", ""]

@@ -73,6 +73,17 @@ def test_a_model_with_nan_outputs_has_no_accuracy_not_the_delimiters_share(world
     assert "[momattn] icl ginc: k in [2], 1 seed(s) (0m0" in err  # a log file's progress line, as tqdm shows none
 
 
+def test_a_tie_for_the_top_token_is_counted_and_said(world, capsys):
+    cfg = IclConfig(tasks=["ginc"], shots=[2], seeds=[1], max_examples=8)
+    flat = FakeLM(torch.zeros(V + 1, V + 1), 64)  # every token alike: the argmax takes id 0, the delimiter
+    run = GincEvaluator(flat, world.tokenizer(), cfg, world).evaluate_tasks([ginc_task("ginc")])["ginc"]
+    assert run.shots["2"].per_seed[0].n_ties == 8
+    assert "8 of 8 test prompts had two or more answers with the same top score; the first (the lowest token id" in (
+        capsys.readouterr().err)
+    run = GincEvaluator(constant_lm({3: 0.6}), world.tokenizer(), cfg, world).evaluate_tasks([ginc_task("ginc")])
+    assert run["ginc"].shots["2"].per_seed[0].n_ties == 0
+
+
 def test_greedy_and_candidate_rules_against_the_bayes_label(world):
     # always "/" (symbol 0): both rules score exactly the share of "/" labels
     cfg = IclConfig(tasks=["ginc"], shots=[0, 2], seeds=[1, 2], max_examples=40)

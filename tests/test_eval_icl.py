@@ -243,6 +243,28 @@ def test_a_max_that_the_pool_not_the_context_limits_says_so():
     assert long.shots["max"].note.startswith("does not fit the 64-token context")  # the context's limit stays so
 
 
+def test_answers_tied_for_the_top_score_are_counted_and_said(capsys):
+    """A model that cannot tell the answers apart: the argmax takes the first, so it scores answer 0's share of
+    the labels (75% here), and nothing said so."""
+    import torch
+    from test_eval_common import FakeLM
+
+    from momattn.eval.report import markdown_report
+    from momattn.eval.results import ModelResult
+
+    out = evaluator(FakeLM(torch.zeros(128, 128)), shots=[0, 2], seeds=[1]).evaluate([letter_task([0, 0, 0, 1])])
+    shots = out.tasks["letters"].shots
+    assert all(shots[k].acc == pytest.approx(0.75) and shots[k].per_seed[0].n_ties == 4 for k in ("0", "2"))
+    assert "4 of 4 test prompts had two or more answers with the same top score" in capsys.readouterr().err
+    md = markdown_report([ModelResult(label="m", attention="vanilla", model={}, tokenizer={}, eval_config={}, icl=out)])
+    assert "**Ties:**" in md and "m letters: 8 of 8" in md
+    # a model that prefers one answer: no tie, no line
+    out = evaluator(b_lover(), shots=[0]).evaluate([letter_task([0, 1])])
+    assert out.tasks["letters"].shots["0"].per_seed[0].n_ties == 0
+    assert "Ties" not in markdown_report([ModelResult(label="m", attention="vanilla", model={}, tokenizer={},
+                                                      eval_config={}, icl=out)])
+
+
 def test_the_report_names_the_bar_k_max_was_held_to():
     # with max_shots=2 a max of 2 fits, but the report said a task "fits" only with 4
     from momattn.eval.report import markdown_report

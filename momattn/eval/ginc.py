@@ -35,7 +35,7 @@ from momattn.errors import ConfigError, DataError
 from momattn.eval.config import IclConfig
 from momattn.eval.lm import LanguageModel, last_logits
 from momattn.eval.ppl import model_device
-from momattn.eval.results import MIN_DEMOS, SeedRun, ShotResult, TaskResult, warn_nonfinite
+from momattn.eval.results import MIN_DEMOS, SeedRun, ShotResult, TaskResult, warn_nonfinite, warn_ties
 from momattn.utils import done_line, stable_seed, stderr_tty
 
 DEFAULT_LEN = 5
@@ -245,12 +245,16 @@ class GincEvaluator:
                                      "logprob_label": float(lp)})
         acc, acc_cand = float((greedy == labels).double().mean()), float((cand == labels).double().mean())
         broken = int((~torch.isfinite(logp)).any(-1).sum())
+        top = logp[:, : self.tokenizer.n_ids]
+        ties = int(((top == top.max(-1, keepdim=True).values).sum(-1) > 1).sum())  # argmax takes the lowest id
         if broken:  # argmax over nan is symbol 0, the delimiter: an accuracy that looks like a baseline
             warn_nonfinite(task.name, k, seed, broken, len(prompts), "prompts")
             acc = acc_cand = float("nan")
+        elif ties:
+            warn_ties(task.name, k, seed, ties, len(prompts), "the lowest token id, 0 being the delimiter /")
         return SeedRun(seed=seed, acc=acc, k_used_mean=float(k),
                        k_used_min=k, k_used_max=k, n=len(prompts),
-                       acc_cand=acc_cand,
+                       acc_cand=acc_cand, n_ties=ties,
                        delimiter_baseline=float((labels == 0).double().mean()))
 
     def evaluate_task(self, task: GincTask) -> TaskResult:

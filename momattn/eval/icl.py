@@ -30,7 +30,15 @@ from tqdm.auto import tqdm
 from momattn.errors import ConfigError, DataError
 from momattn.eval.config import IclConfig
 from momattn.eval.lm import LanguageModel
-from momattn.eval.results import MIN_DEMOS, IclResult, SeedRun, ShotResult, TaskResult, warn_nonfinite
+from momattn.eval.results import (
+    MIN_DEMOS,
+    IclResult,
+    SeedRun,
+    ShotResult,
+    TaskResult,
+    warn_nonfinite,
+    warn_ties,
+)
 from momattn.eval.scoring import PrefixScorer
 from momattn.eval.tasks import IclExample, IclTask
 from momattn.utils import done_line, stderr_tty
@@ -275,12 +283,14 @@ class IclEvaluator:
             flat = iter(scorer.score(rows))
             for i in idx:
                 scores[i] = [next(flat) for _ in test[i].answers]
-        right_mean = right_sum = broken = 0
+        right_mean = right_sum = broken = ties = 0
         for e, s, j in zip(test, scores, k_used):
             if not all(math.isfinite(lp) for lp, _ in s):  # argmax over nan is answer 0: a believable accuracy
                 broken += 1
-            pred_mean = int(np.argmax([lp / n for lp, n in s]))
-            pred_sum = int(np.argmax([lp for lp, _ in s]))
+            by_mean, by_sum = [lp / n for lp, n in s], [lp for lp, _ in s]
+            pred_mean, pred_sum = int(np.argmax(by_mean)), int(np.argmax(by_sum))
+            headline = by_mean if self.cfg.score == "mean" else by_sum
+            ties += headline.count(max(headline)) > 1  # argmax takes the first of them
             right_mean += pred_mean == e.example.label
             right_sum += pred_sum == e.example.label
             self.predictions.append({"task": task.name, "k": k, "seed": seed, "id": e.example.id,
@@ -291,9 +301,12 @@ class IclEvaluator:
         if broken:  # a diverged model: no accuracy (a sweep names the run and leaves it out)
             warn_nonfinite(task.name, k, seed, broken, len(test), "test prompts")
             acc_mean = acc_sum = float("nan")
+        elif ties:
+            warn_ties(task.name, k, seed, ties, len(test), "the first answer listed")
         return SeedRun(seed=seed, acc=acc_mean if self.cfg.score == "mean" else acc_sum,
                        k_used_mean=float(np.mean(k_used)), k_used_min=int(min(k_used)),
-                       k_used_max=int(max(k_used)), n=len(test), acc_mean_lp=acc_mean, acc_sum_lp=acc_sum)
+                       k_used_max=int(max(k_used)), n=len(test), acc_mean_lp=acc_mean, acc_sum_lp=acc_sum,
+                       n_ties=ties)
 
     def evaluate_tasks(self, tasks: Sequence[IclTask | PreparedTask]) -> dict[str, TaskResult]:
         prepared = [t if isinstance(t, PreparedTask) else self.prepare(t) for t in tasks]

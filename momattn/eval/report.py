@@ -160,6 +160,23 @@ def _per_model(results: Sequence[ModelResult], name: str, attr: str, show=str) -
     return ", ".join(f"{show(v) if v is not None else MISSING} ({label})" for label, v in by_model.items())
 
 
+def ties_line(results: Sequence[ModelResult], tasks: Sequence[str]) -> list[str]:
+    """A line naming, per model and task, the scored prompts (over every k and seed) whose top score two answers
+    shared: the argmax took the first answer, so those prompts count that answer's share of the labels, not a
+    choice the model made."""
+    parts = []
+    for r in results:
+        for t in tasks:
+            runs = [run for s in r.icl.tasks[t].shots.values() for run in s.per_seed] if r.icl and t in r.icl.tasks else []
+            if tied := sum(run.n_ties or 0 for run in runs):
+                parts.append(f"{r.label} {t}: {tied} of {sum(run.n for run in runs)}")
+    if not parts:
+        return []
+    return ["**Ties:** prompts (over every k and seed) where two or more answers had the same top score, and the "
+            "first answer was taken (with many, the accuracy leans toward that answer's share of the labels): "
+            + "; ".join(parts) + ".", ""]
+
+
 def _own_test_sets(results: Sequence[ModelResult], tasks: Sequence[str]) -> str:
     """Why the models' ICL test sets differ ('' where they agree): another split seed reserves other rows, and
     another context or tokenizer skips others (n, or the commonest label's share, differs). The table had one n and
@@ -211,7 +228,7 @@ def choice_markdown(results: Sequence[ModelResult], first: IclResult) -> list[st
         rows.append(row + [_avg_cell(r.icl, k) if r.icl else MISSING])
     unfit = sorted({t for r in results if r.icl and k in r.icl.avg for t in r.icl.avg[k].excluded})
     out = [f"## In-context accuracy (Table 7 layout, k = {k})", "",
-           f"Accuracy in %, {rule}, mean ± std over seeds {first.seeds}; k_used = demonstrations actually "
+           f"Accuracy in %, {rule}, mean ± std (population) over demonstration seeds {first.seeds}; k_used = demonstrations actually "
            f"placed (mean over prompts). A task whose prompts cannot hold the requested k (k=max: fewer than "
            f"{first.min_demos}) is marked 'does not fit' and left out of Avg"
            + (f" (here: {', '.join(unfit)})." if unfit else ".")
@@ -239,6 +256,7 @@ def choice_markdown(results: Sequence[ModelResult], first: IclResult) -> list[st
             rows.append([r.label] + [_acc_cell(tr[t].shots[s], first.score) if t in tr and s in tr[t].shots else MISSING
                                      for s in first.shots])
         out += [*_table(header, rows), ""]
+    out += ties_line(results, tasks)
     out += [f"Protocol: {icl_mod.PROTOCOL}", ""]
     return out
 
@@ -267,12 +285,12 @@ def ginc_markdown(results: Sequence[ModelResult], first: IclResult) -> list[str]
                         + (" (held-out concepts)" if _task_info(results, t).ood else "") for t in tasks)
     return ["## GINC: accuracy vs number of examples k", "",
             f"Accuracy in %, greedy next token (argmax over the whole vocabulary) against the Bayes-optimal "
-            f"label: the headline, as in Xie et al. 2022. Mean ± std over seeds {first.seeds}; {lengths}. "
+            f"label: the headline, as in Xie et al. 2022. Mean ± std (population) over prompt seeds {first.seeds}; {lengths}. "
             "'always /' = the share of labels that are the delimiter; chance = 1/V.", "",
             *_table(header, acc_rows), "",
             "Candidate rule (argmax over the V symbols; each candidate is one token, so its mean log-prob is "
             "its log-prob):", "", *_table(header, cand_rows), "",
-            f"Protocol: {ginc_mod.PROTOCOL}", ""]
+            *ties_line(results, tasks), f"Protocol: {ginc_mod.PROTOCOL}", ""]
 
 
 def icl_markdown(results: Sequence[ModelResult]) -> list[str]:

@@ -128,6 +128,7 @@ class SeedRun(JsonMixin):
     acc_sum_lp: float | None = None  # answer-choice tasks: sum log-prob rule
     acc_cand: float | None = None  # GINC: argmax over the V symbols (the candidate rule)
     delimiter_baseline: float | None = None  # GINC: share of labels that are the delimiter "/"
+    n_ties: int | None = None  # test prompts whose top score two or more answers shared (the first was taken)
 
 
 def warn_nonfinite(task: str, k, seed: int, broken: int, n: int, what: str) -> None:
@@ -135,6 +136,14 @@ def warn_nonfinite(task: str, k, seed: int, broken: int, n: int, what: str) -> N
     nan picks answer 0, whose share of the labels would read as a real accuracy."""
     print(f"[momattn] warning: {task} k={k} seed={seed}: the model gave non-finite log-probabilities for {broken} "
           f"of {n} {what} (diverged weights?); its accuracy is nan", file=sys.stderr)
+
+
+def warn_ties(task: str, k, seed: int, ties: int, n: int, first: str) -> None:
+    """Said where answers tied for the top score: the argmax takes the first, so a model that cannot tell the
+    answers apart scores that answer's share of the labels, not chance."""
+    print(f"[momattn] warning: {task} k={k} seed={seed}: {ties} of {n} test prompts had two or more answers with the "
+          f"same top score; the first ({first}) was taken, which leans the accuracy toward its share of the labels",
+          file=sys.stderr)
 
 
 def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:

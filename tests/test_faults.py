@@ -214,10 +214,11 @@ def test_the_rank_watcher_of_a_sweep_names_the_job_now_running_and_a_preempted_r
 
 
 def test_the_rank_watcher_lets_this_process_end_by_itself_within_its_grace(tmp_path):
-    # rank 1 killed: said; this process, ending on its own 0.5 s later (its own error, as rank 0's gloo one), keeps
-    # its exit status
-    r = _observed(tmp_path, ["import os, signal; os.kill(os.getpid(), signal.SIGKILL)", "pass"],
-                  "import time; time.sleep(1.5)", grace=20)
+    # rank 1 killed: said; this process, ending on its own about a second later (its own error, as rank 0's gloo
+    # one), keeps its exit status. Rank 1 dies a second in, once rank 2 ("pass") has surely ended: on a loaded host
+    # rank 2's interpreter was still starting when rank 1 died, and the line rightly added "ending the other ranks"
+    r = _observed(tmp_path, ["import os, signal, time; time.sleep(1); os.kill(os.getpid(), signal.SIGKILL)", "pass"],
+                  "import time; time.sleep(2.5)", grace=20)
     assert r.returncode == 0 and r.stdout == "[False, False]\n", (r.stdout, r.stderr)
     assert r.stderr == "[momattn] the process of rank 1 ended (killed by SIGKILL)\n", r.stderr
 

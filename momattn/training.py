@@ -312,7 +312,9 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                               and isinstance(v, int | float)}, **metrics}
             done_before = not trained and _evaluated_step(out_dir) in (trainer.global_step, "unknown")
             if c.run_eval and c.eval and not done_before:
-                _evaluate(c, eval_model, tokenizer, loggers, trainer.global_step, out_dir, trained)
+                # the checkpoint callback saved last.ckpt at the final validation, the last step: these weights
+                scored = str(own_last) if trainer.checkpoint_callback is not None and own_last.exists() else None
+                _evaluate(c, eval_model, tokenizer, loggers, trainer.global_step, out_dir, trained, scored)
             elif c.run_eval and c.eval:
                 print(f"[momattn] the evaluation of step {start_step} is in {out_dir / 'eval'} already; "
                       "evaluate.py evaluates again with other settings", file=sys.stderr, flush=True)
@@ -851,7 +853,7 @@ def _evaluation_step(logger, step: int, trained: bool) -> int:
 
 
 def _evaluate(c: TrainConfig, model: GPT, tokenizer: Tokenizer, loggers: list, step: int, out_dir: Path,
-              trained: bool = True) -> None:
+              trained: bool = True, checkpoint: str | None = None) -> None:
     """The short evaluation (train.yaml's eval section) of the model after `step` optimizer steps, logged next to
     the training curves at the final validation's step: the loggers' axis is the last trained batch's index
     (train/loss of optimizer step n is at n - 1), not the count of optimizer steps (_evaluation_step)."""
@@ -863,6 +865,7 @@ def _evaluate(c: TrainConfig, model: GPT, tokenizer: Tokenizer, loggers: list, s
                              model.config.attention.kind)
     # the sweep's evaluation reuses these numbers only for a last.ckpt of these weights, and these local files
     results.step, results.weights, results.inputs = step, weights_digest(model), eval_inputs(c.eval)
+    results.checkpoint = checkpoint  # the file holding these weights (none with callbacks=none)
 
     def log() -> None:  # before results.json, which tells a resume that the evaluation is done
         for lg in loggers:  # eval/ppl@L, icl/<task>/acc, ...

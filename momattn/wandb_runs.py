@@ -143,6 +143,16 @@ def check_train_wandb(cfg: Mapping, where: str) -> None:
                           "(or set WANDB_PROJECT), or leave the default, momattn")
 
 
+_NOTED: set[str] = set()
+
+
+def note_once(line: str) -> None:
+    """A note said once per process (the W&B settings are read at start-up, by the logger, by every sweep job)."""
+    if line not in _NOTED:
+        _NOTED.add(line)
+        print(line, file=sys.stderr)
+
+
 def wandb_offline(offline: Any, key: str = "logger.wandb.offline") -> bool | None:
     """Whether a W&B run logs offline: the config's `offline` (a bool), unless WANDB_MODE says otherwise; None when
     WANDB_MODE=disabled (no run at all)."""
@@ -154,6 +164,9 @@ def wandb_offline(offline: Any, key: str = "logger.wandb.offline") -> bool | Non
     if mode in ("online", "run"):
         return False
     if mode in ("offline", "dryrun"):
+        if offline is False:  # asked for online in so many words: the environment's offline would pass unsaid
+            note_once(f"[momattn] note: WANDB_MODE={mode} in the environment wins over {key}=false: W&B logs "
+                      "offline (unset WANDB_MODE, or set it to online, to log online)")
         return True
     return offline
 

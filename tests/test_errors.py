@@ -1252,6 +1252,19 @@ def test_wandb_mode_is_read_in_any_case(monkeypatch):
     assert wandb_offline(True) is False
 
 
+def test_an_environments_offline_over_a_config_asking_for_online_is_said_once(monkeypatch, capsys):
+    # a WANDB_MODE=offline in a cluster profile turned logger.wandb.offline=false offline without a word
+    from momattn import wandb_runs
+
+    monkeypatch.setattr(wandb_runs, "_NOTED", set())
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert wandb_runs.wandb_offline(False) is True and wandb_runs.wandb_offline(False) is True
+    assert capsys.readouterr().err == ("[momattn] note: WANDB_MODE=offline in the environment wins over "
+                                       "logger.wandb.offline=false: W&B logs offline (unset WANDB_MODE, or set it to "
+                                       "online, to log online)\n")
+    assert wandb_runs.wandb_offline(True) is True and capsys.readouterr().err == ""  # offline asked for: nothing
+
+
 def test_wandb_online_without_an_api_key_says_so(tmp_path):
     env = {"WANDB_MODE": "online", "WANDB_API_KEY": None, "NETRC": str(tmp_path / "no-netrc")}
     r = run_cli("train.py", [*SMOKE, "logger=wandb", "logger.wandb.offline=false", f"hydra.run.dir={tmp_path}"],

@@ -744,8 +744,12 @@ def test_training_ends_with_the_short_evaluation_logged(tmp_path, monkeypatch):
     assert logged_first == [True]
     assert (tmp_path / "eval" / "results.md").exists() and (tmp_path / "eval" / "results.json").exists()
     # the step of the weights scored is last.ckpt's (a sweep's evaluation reuses the numbers only for that step)
-    scored = json.loads((tmp_path / "eval" / "results.json").read_text())["checkpoints"][0]["step"]
-    assert scored == read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] > 0
+    scored = json.loads((tmp_path / "eval" / "results.json").read_text())["checkpoints"][0]
+    last_ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    assert scored["step"] == read_checkpoint(last_ckpt)["global_step"] > 0
+    # and the report names it (its checkpoint cell was '–': which checkpoint, which step, was nowhere)
+    assert scored["checkpoint"] == str(last_ckpt)
+    assert f"| {last_ckpt} (step {scored['step']}) |" in (tmp_path / "eval" / "results.md").read_text()
     header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "icl/sst2/acc" in header and "eval/ppl@32" in header
     assert "epoch" not in header.split(",")  # Lightning's, always 0 (a run is one epoch), the one bare name

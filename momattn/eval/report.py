@@ -396,7 +396,8 @@ def markdown_report(results: Sequence[ModelResult | Mapping]) -> str:
     lines = ["# momattn evaluation", ""]
     info = []
     for r in results:
-        info.append([r.label, r.attention or MISSING, str(r.checkpoint or MISSING),
+        scored = str(r.checkpoint or MISSING) + (f" (step {r.step})" if r.step is not None else "")
+        info.append([r.label, r.attention or MISSING, scored,
                      str(r.model.get("block_size", MISSING)), f"{r.model.get('n_params', 0) / 1e6:.2f}M",
                      _tokenizer_name(r)])
     lines += _table(["model", "attention", "checkpoint", "context", "params", "tokenizer"], info) + [""]

@@ -179,7 +179,7 @@ def test_a_text_tasks_example_whose_finetuned_scores_are_not_finite_answers_noth
     model = tiny_gpt("vanilla", vocab=128, block_size=96)
     res = analyze(model, CharTokenizer(), {}, cfg(letters_task(tmp_path), lrs=[1e-2], dual_check=False))
     assert res.ft["n_diverged"] == 0 and res.ft["n_nonfinite_examples"] == 2
-    assert len(means) == 8 and all(np.isnan(a[[0, 2]]).all() and np.isfinite(a[[1, 3]]).any() for a in means)
+    assert len(means) == 9 and all(np.isnan(a[[0, 2]]).all() and np.isfinite(a[[1, 3]]).any() for a in means)
     assert "test examples with non-finite FT scores (left out of the means, counted wrong): 2" in markdown([res])
 
 
@@ -593,7 +593,7 @@ def test_a_finetuned_ginc_model_whose_test_logits_overflow_counts_as_diverged(tm
     monkeypatch.setattr(runner, "layer_mean", lambda a: means.append(np.array(a)) or layer_mean(a))
     monkeypatch.setattr(runner, "capture", overflow([0]))
     assert analyze(model, tok, {"data": dict(WORLD)}, settings).ft["n_diverged"] == 1
-    assert len(means) == 8 and all(a.shape[0] == 6 for a in means)
+    assert len(means) == 9 and all(a.shape[0] == 6 for a in means)
     assert all(np.isnan(a[0]).all() and np.isfinite(a[1:]).any() for a in means)
     monkeypatch.setattr(runner, "capture", overflow(slice(None)))
     with pytest.raises(NonFiniteLossError, match=r"finetuning at lr=0\.01 diverged"):
@@ -630,6 +630,30 @@ def test_an_update_too_small_to_change_the_weights_reads_as_no_update_in_every_m
     assert res.acc["ft"] == res.acc["zsl"] and (res.rec2ftp, res.rec2ftp_n) == (None, 0)
 
 
+def test_the_authors_kendall_ranks_the_head_summed_scores_and_can_disagree_with_ours():
+    """The authors' code ranks the demonstration tokens by the pre-softmax scores summed over heads; this project
+    by the post-softmax weights summed over heads. Where the heads disagree the two rank differently (the README
+    had called the difference about 1e-3, true only of a near-uniform, untrained model)."""
+    from momattn.analysis.metrics import kendall_per_layer, kendall_tau_b
+
+    # one layer, two heads, keys 0..4 (demonstration tokens 0..3, key 4 the last token's own). Head 0 puts its
+    # weight on token 0, so its 5 for token 1 is all but nothing after the softmax; head 1's small 1 for token 2
+    # is a real weight. Summed scores rank 0 > 1 > 2 > 3, summed weights 0 > 2 > 1 > 3
+    s = torch.tensor([[[10.0, 5.0, 0.0, 0.0, 0.0],
+                       [0.0, 0.0, 1.0, 0.0, 0.0]]])
+    demo = np.arange(4)
+    q_train, q_last = torch.eye(4)[None, :, :], torch.tensor([[4.0, 3.0, 2.0, 1.0]])  # FT side: 4, 3, 2, 1
+    ours = kendall_per_layer(s, demo, q_last, q_train)
+    authors = kendall_per_layer(s, demo, q_last, q_train, authors=True)
+    weights = torch.softmax(s.double(), -1).sum(1)[0, :4].numpy()
+    assert list(np.argsort(-weights)) == [0, 2, 1, 3]
+    assert authors == [pytest.approx(1.0)] and ours == [pytest.approx(4 / 6)]  # one discordant pair of six
+    assert ours == [kendall_tau_b(weights, np.array([4.0, 3, 2, 1]))]
+    # heads that agree rank alike either way
+    s = torch.tensor([[[3.0, 2.0, 1.0, 0.0, 0.0], [1.5, 1.0, 0.5, 0.0, 0.0]]])
+    assert kendall_per_layer(s, demo, q_last, q_train) == kendall_per_layer(s, demo, q_last, q_train, authors=True)
+
+
 def test_rec2ftp_and_kendall_read_the_right_predictions_and_queries(tmp_path, monkeypatch):
     """analyze()'s wiring where no anchor value tells: Rec2FTP gets ZSL, ICL and FT in that order (set here to
     predictions whose Rec2FTP is 1/2, while any swap gives 0 or 1), and Kendall(ICL, FT) the finetuned model's
@@ -643,9 +667,10 @@ def test_rec2ftp_and_kendall_read_the_right_predictions_and_queries(tmp_path, mo
         calls["capture"].append(capture(*a, **kw))
         return calls["capture"][-1]
 
-    def spy_kendall(s_icl, demo_pos, q_last, q_train):
-        calls["kendall"].append(q_last)
-        return kendall(s_icl, demo_pos, q_last, q_train)
+    def spy_kendall(s_icl, demo_pos, q_last, q_train, authors=False):
+        if not authors:  # the authors' reading of the ICL side takes the same FT side
+            calls["kendall"].append(q_last)
+        return kendall(s_icl, demo_pos, q_last, q_train, authors=authors)
 
     def spy_states(*a, **kw):
         out = states(*a, **kw)
@@ -1019,7 +1044,11 @@ def test_a_runs_findings_and_a_sweeps_verdict_read_the_paper_alike():
 
     m = lambda v: NS(mean=v)  # noqa: E731
     r = NS(acc={"zsl": 0.4, "icl": 0.6, "ft": 0.3}, rec2ftp=None, simaou_ft=m(0.2), simaou_random=m(0.0),
-           simam_before=m(0.9), simam_after=m(float("nan")), kendall_ft=m(-0.05), kendall_random=m(-0.10))
+           simam_before=m(0.9), simam_after=m(float("nan")), kendall_ft=m(-0.05), kendall_random=m(-0.10),
+           kendall_authors_ft=m(-0.2))
     assert findings(r) == ["ICL above ZSL: yes", "FT above ZSL: no", "SimAOU(dFT) above SimAOU(random d): yes",
-                           "SimAM after FT above before FT: n/a", "Kendall(ICL, FT) above Kendall(ICL, random): yes"]
+                           "SimAM after FT above before FT: n/a", "Kendall(ICL, FT) above Kendall(ICL, random): yes",
+                           "Kendall(ICL, FT), authors' reading, above Kendall(ICL, random): no"]
+    r.kendall_authors_ft = None  # an analysis made before it was read
+    assert findings(r)[-1].endswith(": n/a")
     assert [f.split(":")[0] for f in findings(r)] == [label for label, _, _ in FINDINGS]

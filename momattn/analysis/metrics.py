@@ -12,6 +12,10 @@
                  q'_i the query of training token i recorded in the finetuning step that trained on it, q the
                  last token's query in the finetuned model's zero-shot pass (both before rotary: positions of
                  different sequences are not comparable); baseline: Kendall(ICL, seeded uniform noise).
+                 The authors' reading of the ICL side, reported beside it: the pre-softmax scores summed over
+                 heads, then a softmax over the demonstration tokens only (a ranking of the summed scores). The
+                 two rank alike where the heads agree, and can differ by as much as the effects measured where
+                 they do not.
 Demonstration tokens = each demonstration's tokens in the prompt, separators excluded (GINC: the l symbols).
 """
 
@@ -83,10 +87,15 @@ def simam(s_icl: torch.Tensor, s_other: torch.Tensor, n_query: int) -> torch.Ten
 
 
 def kendall_per_layer(s_icl: torch.Tensor, demo_pos: np.ndarray, q_ft_last: torch.Tensor,
-                      q_train: torch.Tensor) -> list[float]:
+                      q_train: torch.Tensor, authors: bool = False) -> list[float]:
     """Kendall(ICL, FT) per layer. s_icl (L, H, T) ICL scores of the last token; demo_pos the demonstration
-    tokens' positions in the prompt; q_ft_last (L, C) the FT model's last query; q_train (L, n_demo, C)."""
-    w = torch.softmax(s_icl.double(), dim=-1).sum(1)[:, demo_pos]  # (L, n_demo) summed over heads
+    tokens' positions in the prompt; q_ft_last (L, C) the FT model's last query; q_train (L, n_demo, C).
+    authors: the ICL side as the authors' code reads it, the scores summed over heads with a softmax over the
+    demonstration tokens, which ranks them as the summed scores do."""
+    if authors:
+        w = s_icl.double().sum(1)[:, demo_pos]  # (L, n_demo): a softmax over these keeps their order
+    else:
+        w = torch.softmax(s_icl.double(), dim=-1).sum(1)[:, demo_pos]  # (L, n_demo) summed over heads
     ft = torch.einsum("lnc,lc->ln", q_train.double(), q_ft_last.double())  # (L, n_demo)
     return [kendall_tau_b(w[i].numpy(), ft[i].numpy()) for i in range(w.size(0))]
 

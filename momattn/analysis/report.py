@@ -23,11 +23,16 @@ METRIC_ROWS = [  # (label, getter), the paper's Table 2-5 order with their basel
     ("SimAM (after FT: ICL vs FT)", lambda r: _f(r.simam_after.mean)),
     ("Kendall (ICL, FT)", lambda r: _f(r.kendall_ft.mean)),
     ("Kendall (ICL, random)", lambda r: _f(r.kendall_random.mean)),
+    ("Kendall (ICL, FT), the authors' reading of ICL (scores summed over heads)",
+     lambda r: _f(r.kendall_authors_ft.mean) if r.kendall_authors_ft is not None else "n/a"),
 ]
 PER_LAYER = [("simaou_ft", "SimAOU (dFT)"), ("simaou_random", "SimAOU (random d)"),
              ("simam_before", "SimAM before FT"), ("simam_after", "SimAM after FT"),
              ("kendall_ft", "Kendall (ICL, FT)"), ("kendall_random", "Kendall (ICL, random)")]
-PER_LAYER_PROJ = [("simaou_proj_ft", "SimAOU after c_proj (dFT)"), ("simaou_proj_random", "SimAOU after c_proj (random d)")]
+# read by later versions: SimAOU after c_proj (session 18), the authors' Kendall (session 48); older results lack them
+PER_LAYER_LATER = [("simaou_proj_ft", "SimAOU after c_proj (dFT)"),
+                   ("simaou_proj_random", "SimAOU after c_proj (random d)"),
+                   ("kendall_authors_ft", "Kendall (ICL, FT), authors' reading")]
 
 
 def _f(x: float | None, digits: int = 3) -> str:
@@ -61,6 +66,8 @@ METRICS: list[tuple[str, str, Callable]] = [
     ("simam_after", "SimAM after FT", lambda r: r.simam_after.mean),
     ("kendall_ft", "Kendall(ICL, FT)", lambda r: r.kendall_ft.mean),
     ("kendall_random", "Kendall(ICL, random)", lambda r: r.kendall_random.mean),
+    ("kendall_authors_ft", "Kendall(ICL, FT), authors' reading",
+     lambda r: r.kendall_authors_ft.mean if r.kendall_authors_ft is not None else None),
 ]
 PERCENT = {"acc_zsl", "acc_icl", "acc_ft", "rec2ftp"}
 # the paper's qualitative findings, "a above b": checked on one run here (findings) and as per-seed differences
@@ -72,6 +79,7 @@ FINDINGS = [
     ("SimAOU(dFT) above SimAOU(random d)", "simaou_ft", "simaou_random"),
     ("SimAM after FT above before FT", "simam_after", "simam_before"),
     ("Kendall(ICL, FT) above Kendall(ICL, random)", "kendall_ft", "kendall_random"),
+    ("Kendall(ICL, FT), authors' reading, above Kendall(ICL, random)", "kendall_authors_ft", "kendall_random"),
 ]
 
 
@@ -96,7 +104,7 @@ def markdown(results: Sequence) -> str:
         L = len(r.simaou_ft.per_layer)
         lines += ["", f"## {_col(r)}: per layer", "",
                   "| metric | " + " | ".join(f"layer {i}" for i in range(L)) + " | mean |", "|---|" + "---|" * (L + 1)]
-        for key, label in PER_LAYER + PER_LAYER_PROJ:
+        for key, label in PER_LAYER + PER_LAYER_LATER:
             m = getattr(r, key)
             if m is None:
                 continue
@@ -173,7 +181,7 @@ def flat_metrics(r) -> dict[str, float]:
     out = {f"analyze/acc_{k}": v for k, v in r.acc.items()}
     if r.rec2ftp is not None:
         out["analyze/rec2ftp"] = r.rec2ftp
-    for key, _ in PER_LAYER + PER_LAYER_PROJ:
+    for key, _ in PER_LAYER + PER_LAYER_LATER:
         m = getattr(r, key)
         if m is None:
             continue

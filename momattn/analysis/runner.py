@@ -95,6 +95,8 @@ class AnalysisResult(JsonMixin):
     # session 18 have none)
     simaou_proj_ft: LayerMetric | None = None
     simaou_proj_random: LayerMetric | None = None
+    # Kendall(ICL, FT) with the ICL side read as the authors' code reads it (results before session 48 have none)
+    kendall_authors_ft: LayerMetric | None = None
     dual: dict | None = None
     timing_s: dict[str, float] = field(default_factory=dict)
 
@@ -322,18 +324,20 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
         sa_ft, sa_rnd = simaou(cap_zsl.h, cap_icl.h, cap_ft.h).numpy(), simaou(cap_zsl.h, cap_icl.h, cap_rnd.h).numpy()
         sp_ft = simaou(cap_zsl.h_proj, cap_icl.h_proj, cap_ft.h_proj).numpy()
         sp_rnd = simaou(cap_zsl.h_proj, cap_icl.h_proj, cap_rnd.h_proj).numpy()
-        before, after, k_ft, k_rnd = [], [], [], []
+        before, after, k_ft, k_rnd, k_authors = [], [], [], [], []
         for i, e in enumerate(eps):
             nq = len(e.query)
             before.append(simam(cap_icl.scores[i], cap_zsl.scores[i], nq).numpy())
             after.append(simam(cap_icl.scores[i], cap_ft.scores[i], nq).numpy())
             k_ft.append(kendall_per_layer(cap_icl.scores[i], e.demo_pos, cap_ft.q[i], queries[i]))
             k_rnd.append(kendall_random(cap_icl.scores[i], e.demo_pos, rng))
-        before, after, k_ft, k_rnd = (np.asarray(a, dtype=np.float64) for a in (before, after, k_ft, k_rnd))
+            k_authors.append(kendall_per_layer(cap_icl.scores[i], e.demo_pos, cap_ft.q[i], queries[i], authors=True))
+        before, after, k_ft, k_rnd, k_authors = (np.asarray(a, dtype=np.float64)
+                                                 for a in (before, after, k_ft, k_rnd, k_authors))
         # a diverged model's example is left out of every per-example mean, the baselines' too: FT and its baselines
         # are then compared over the same examples (its nan states leave it out of FT's; its finite states with
         # non-finite logits would not)
-        for a in (sa_ft, sa_rnd, sp_ft, sp_rnd, before, after, k_ft, k_rnd):
+        for a in (sa_ft, sa_rnd, sp_ft, sp_rnd, before, after, k_ft, k_rnd, k_authors):
             a[diverged] = np.nan
     r2, r2n = rec2ftp(zsl == labels, icl == labels, ft == labels)
     dual = None
@@ -358,7 +362,8 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
         simam_after=LayerMetric(*layer_mean(after)), kendall_ft=LayerMetric(*layer_mean(k_ft)),
         kendall_random=LayerMetric(*layer_mean(k_rnd)), lr=lr, lr_selection=table,
         n_select=len(aset.select), ft=facts, dual=dual, timing_s=dict(timer.t),
-        simaou_proj_ft=LayerMetric(*layer_mean(sp_ft)), simaou_proj_random=LayerMetric(*layer_mean(sp_rnd)))
+        simaou_proj_ft=LayerMetric(*layer_mean(sp_ft)), simaou_proj_random=LayerMetric(*layer_mean(sp_rnd)),
+        kendall_authors_ft=LayerMetric(*layer_mean(k_authors)))
 
 
 def run_analyze(cfg: Mapping, out_dir: str | Path | None = None) -> AnalysisResult | None:

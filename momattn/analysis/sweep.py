@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from momattn.analysis.config import AnalyzeConfig
-from momattn.analysis.report import FINDINGS, METRICS, PERCENT
+from momattn.analysis.report import FINDINGS, METRICS, PER_LAYER_LATER, PERCENT
 from momattn.errors import ConfigError, DataError, NonFiniteLossError
 from momattn.eval.sweep import (
     BASELINE,
@@ -43,6 +43,8 @@ from momattn.eval.sweep import (
     verdict_tables,
 )
 from momattn.io import atomic_write_text, json_text
+
+LATER = {key for key, _ in PER_LAYER_LATER}  # metrics an analysis made by an earlier version lacks
 
 # analyze.py keys that change how fast or where an analysis runs, not its numbers
 NOT_SETTINGS = ("ckpt_path", "sweep_dir", "device", "batch_tokens", "ft_models_per_batch", "dual_check", "tags",
@@ -137,6 +139,9 @@ def summarise(runs: Sequence[SweepRun], metrics: dict[int, dict[str, float]]) ->
                 if v is None and key == "rec2ftp":
                     summary.missing.append(f"{r.attention} seed {r.seed}: {labels[key]} undefined (no test example "
                                            "that FT got right and ZSL wrong)")
+                elif v is None and key in LATER:
+                    summary.missing.append(f"{r.attention} seed {r.seed}: {labels[key]} not in its analysis (made by "
+                                           "an earlier version; analyze the run again to have it)")
                 elif v is None or not math.isfinite(v):
                     summary.missing.append(f"{r.attention} seed {r.seed}: {labels[key]}={v if v is not None else 'nan'}")
             by_att[r.attention][r.seed] = _usable(m)

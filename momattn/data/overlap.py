@@ -67,8 +67,10 @@ def _distinct(h: np.ndarray, doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def holders(queries: Sequence[Sequence[str]], corpus: Iterable[Sequence[str]],
-            share: float = SHARE) -> dict[int, set[int]]:
-    """{index of a corpus document: indices of the queries whose shingles it holds at least `share` of}."""
+            share: float = SHARE, common: int | None = None) -> dict[int, set[int]]:
+    """{index of a corpus document: indices of the queries whose shingles it holds at least `share` of}.
+    common: a shingle that more than this many queries have is boilerplate (AGNews's Reuters quote links), left out
+    of every query's count and of the matching: two stories that share a link are not one story."""
     if not 0 <= share <= 1:  # (also nan)
         raise ValueError(f"share={share!r} must lie in [0, 1]")
     queries, corpus = list(queries), list(corpus)
@@ -78,6 +80,10 @@ def holders(queries: Sequence[Sequence[str]], corpus: Iterable[Sequence[str]],
             vocab.setdefault(w, len(vocab))
     table = np.random.default_rng(0).integers(0, 2**64, size=(N, len(vocab)), dtype=np.uint64)  # fixed: same result
     qh, qi = _distinct(*_hashed(queries, vocab, table))  # (S,) each: every query's distinct shingles, by hash
+    if common is not None and len(qh):
+        _, first, n = np.unique(qh, return_inverse=True, return_counts=True)  # queries per shingle (pairs distinct)
+        own = n[first] <= common
+        qh, qi = qh[own], qi[own]
     if not len(qh):
         return {}
     need = np.maximum(1, np.ceil(share * np.bincount(qi, minlength=len(queries)))).astype(np.int64)

@@ -291,8 +291,9 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         trained = trainer.global_step > start_step  # False: a finished run resumed (the final model was validated
         # inside fit, even off the validation interval: LitGPT.on_train_batch_end)
         own_last = out_dir / "checkpoints" / "last.ckpt"
-        if trainer.checkpoint_callback is None and trained and ckpt_path is not None \
-                and Path(ckpt_path).resolve() == own_last:
+        brought = trainer.checkpoint_callback is None and trained and ckpt_path is not None \
+            and Path(ckpt_path).resolve() == own_last
+        if brought:
             # callbacks=none: no checkpoints but a SIGTERM's last.ckpt, which the resume left at its step (and
             # evaluate.py then called the run partial, advising a resume that retrained): brought to the end
             trainer.save_checkpoint(own_last)
@@ -313,7 +314,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
             done_before = not trained and _evaluated_step(out_dir) in (trainer.global_step, "unknown")
             if c.run_eval and c.eval and not done_before:
                 # the checkpoint callback saved last.ckpt at the final validation, the last step: these weights
-                scored = str(own_last) if trainer.checkpoint_callback is not None and own_last.exists() else None
+                scored = str(own_last) if (trainer.checkpoint_callback is not None or brought) and own_last.exists() \
+                    else None
                 _evaluate(c, eval_model, tokenizer, loggers, trainer.global_step, out_dir, trained, scored)
             elif c.run_eval and c.eval:
                 print(f"[momattn] the evaluation of step {start_step} is in {out_dir / 'eval'} already; "

@@ -801,6 +801,17 @@ def test_a_sweep_s_seeds_are_analysed_then_summarised_with_intervals_and_reused(
     run_analyze(args, out)
     err = capsys.readouterr().err
     assert "1/4 0 (vanilla, seed 1): analysing on cpu" in err and err.count("is reused") == 3
+    # one made before the authors' Kendall was read lacks it: made again, not reused with a hole in the verdict
+    doc0 = json.loads(res0.read_text())
+    del doc0["analyses"][0]["kendall_authors_ft"]
+    res0.write_text(json.dumps(doc0))
+    run_analyze(args, out)
+    err = capsys.readouterr().err
+    assert "1/4 0 (vanilla, seed 1): analysing on cpu" in err and err.count("is reused") == 3
+    assert "not in its analysis" not in (out / "analysis_sweep.md").read_text()
+    f = next(x for x in strict_json((out / "analysis_sweep.json").read_text())["summaries"][0]["findings"]
+             if x["attention"] == "momentum")
+    assert f["seeds"] == ["1", "2"]  # a finding's seeds, as a comparison's (they were [])
     # dual_check shapes no number, but an analysis made without it has no dual-form check to report: made again
     # (it was reused, and results.md lacked the check asked for)
     run_analyze({**args, "dual_check": True}, out)

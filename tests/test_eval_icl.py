@@ -196,6 +196,7 @@ def test_a_model_with_nan_outputs_has_no_accuracy_not_answer_zeros_share(capsys)
         [letter_task(labels)])
     shots = out.tasks["letters"].shots
     assert all(np.isnan(shots[k].acc) and np.isnan(shots[k].acc_sum_lp) for k in ("0", "2"))
+    assert all(shots[k].per_seed[0].n_ties is None for k in ("0", "2"))  # no accuracy, no ties to lean on
     err = capsys.readouterr().err
     assert "non-finite log-probabilities for 4 of 4 test prompts" in err
     assert "[momattn] icl letters: 2 (k, seed) runs of 4 test examples (0m0" in err  # a log file's progress
@@ -258,6 +259,11 @@ def test_answers_tied_for_the_top_score_are_counted_and_said(capsys):
     assert "4 of 4 test prompts had two or more answers with the same top score" in capsys.readouterr().err
     md = markdown_report([ModelResult(label="m", attention="vanilla", model={}, tokenizer={}, eval_config={}, icl=out)])
     assert "**Ties:**" in md and "m letters: 8 of 8" in md
+    # a model whose log-probabilities are all -inf has no accuracy: its equal scores are not ties to report
+    out = evaluator(FakeLM(torch.full((128, 128), float("-inf"))), shots=[0]).evaluate([letter_task([0, 1])])
+    assert out.tasks["letters"].shots["0"].per_seed[0].n_ties is None
+    assert "Ties" not in markdown_report([ModelResult(label="m", attention="vanilla", model={}, tokenizer={},
+                                                      eval_config={}, icl=out)])
     # a model that prefers one answer: no tie, no line
     out = evaluator(b_lover(), shots=[0]).evaluate([letter_task([0, 1])])
     assert out.tasks["letters"].shots["0"].per_seed[0].n_ties == 0

@@ -513,6 +513,13 @@ def test_a_diverged_seeds_text_accuracies_are_left_out_of_its_rise_not_read_as_n
     c = next(c for c in s.comparisons if c.metric == "sst2/rise@k32")
     assert c.n_pairs == 2 and c.diff_mean == pytest.approx(((0.20 - 0.10) + (0.18 - 0.13)) / 2) and c.seeds == ["1", "2"]
     assert "sst2/acc@k0=nan" in sweep.sweep_markdown([s], [], 6)
+    # a seed that diverged at k = 32 only: left out of the task's rise; the k every seed shares stays 32 (the bad k
+    # dropped alone, the shared k fell to 0 and every attention's rise and rise comparison vanished)
+    acc[("momentum", 3)] = (0.5, float("nan"))
+    (s,) = sweep.summarise(runs)
+    assert s.non_finite == ["momentum seed 3: sst2/acc@k32=nan"]
+    assert {(r.attention, r.k, r.n_seeds) for r in s.rises} == {("vanilla", 32, 3), ("momentum", 32, 2)}
+    assert next(c for c in s.comparisons if c.metric == "sst2/rise@k32").seeds == ["1", "2"]
     # were a nan to reach an interval, it would not read as 'no spread'
     assert sweep.verdict("ppl@64", *sweep.t_interval([1.0, float("nan")])[1:], 2, [1.0, float("nan")]) == (
         "cannot tell (a non-finite value: no interval)")

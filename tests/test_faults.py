@@ -123,11 +123,14 @@ def test_without_checkpoint_callbacks_a_sigterms_last_ckpt_is_brought_to_the_end
     # the run partial and advised a resume that would train steps 4-8 again
     r = run_cli("train.py", [*RUN, "callbacks=none", *fault("sigterm@4"), f"hydra.run.dir={tmp_path}"], tmp_path)
     assert r.returncode == PREEMPTED_EXIT, r.stderr[-3000:]
-    r = run_cli("train.py", [*RUN, "callbacks=none", "ckpt_path=last", f"hydra.run.dir={tmp_path}"], tmp_path)
+    r = run_cli("train.py", [*RUN, "callbacks=none", "ckpt_path=last", "run_eval=true", "eval.icl.enabled=false",
+                             "eval.ppl.max_windows=2", f"hydra.run.dir={tmp_path}"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert step_of(last) == 9 and sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
     assert json.loads((tmp_path / "summary.json").read_text())["last_checkpoint"] == str(last)
+    # the evaluation at its end scored the weights brought to last.ckpt, and names it (it said none)
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["checkpoints"][0]["checkpoint"] == str(last)
 
 
 @pytest.mark.slow

@@ -60,7 +60,7 @@ class Interval:
     hi: float
     n: int
     reading: str
-    seeds: list[str] = field(default_factory=list)  # a comparison's: the seeds paired
+    seeds: list[str] = field(default_factory=list)  # the seeds the differences are of (a comparison's: paired)
 
 
 @dataclass
@@ -141,16 +141,17 @@ def summarise(runs: Sequence[SweepRun], metrics: dict[int, dict[str, float]]) ->
                                            "that FT got right and ZSL wrong)")
                 elif v is None and key in LATER:
                     summary.missing.append(f"{r.attention} seed {r.seed}: {labels[key]} not in its analysis (made by "
-                                           "an earlier version; analyze the run again to have it)")
+                                           "an earlier version)")
                 elif v is None or not math.isfinite(v):
                     summary.missing.append(f"{r.attention} seed {r.seed}: {labels[key]}={v if v is not None else 'nan'}")
             by_att[r.attention][r.seed] = _usable(m)
         for att, seeds in sorted(by_att.items(), key=lambda kv: (kv[0] != BASELINE, kv[0])):
             summary.rows[att] = {key: row for key, _, _ in METRICS if (row := seed_row(seeds, key)) is not None}
             for name, a, b in FINDINGS:
-                diffs = [v[a] - v[b] for v in seeds.values() if a in v and b in v]
-                if diffs:
-                    summary.findings.append(_interval(name, att, diffs))
+                by_seed = {sd: v[a] - v[b] for sd, v in seeds.items() if a in v and b in v}
+                if by_seed:
+                    summary.findings.append(_interval(name, att, list(by_seed.values())))
+                    summary.findings[-1].seeds = [str(sd) for sd in by_seed]
             if att == BASELINE or BASELINE not in by_att:
                 continue
             for key, _, _ in METRICS:
@@ -255,6 +256,8 @@ def _reusable(job_out: Path, made: dict, dual_check: bool = False):
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None
     if dual_check and not result.dual:
+        return None
+    if any(getattr(result, key) is None for key in LATER):  # made by an earlier version: analysed again, to have it
         return None
     if isinstance(recorded.get("settings"), dict):  # recorded before the other kind's selection key was left out
         kept = made.get("settings", {})

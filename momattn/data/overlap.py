@@ -69,8 +69,9 @@ def _distinct(h: np.ndarray, doc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def holders(queries: Sequence[Sequence[str]], corpus: Iterable[Sequence[str]],
             share: float = SHARE, common: int | None = None) -> dict[int, set[int]]:
     """{index of a corpus document: indices of the queries whose shingles it holds at least `share` of}.
-    common: a shingle that more than this many queries have is boilerplate (AGNews's Reuters quote links), left out
-    of every query's count and of the matching: two stories that share a link are not one story."""
+    common: a shingle that more than this many queries have is left out of every query's count and of the matching
+    (AGNews's Reuters quote links: two stories that share a link are not one story). A query all of whose
+    shingles are common is never held."""
     if not 0 <= share <= 1:  # (also nan)
         raise ValueError(f"share={share!r} must lie in [0, 1]")
     queries, corpus = list(queries), list(corpus)

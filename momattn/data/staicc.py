@@ -16,7 +16,8 @@ only, after undoing escapes), and `lm_texts` drops every LM document that
       as one AGNews story from two wires ("... (AFP) AFP - The Association ..." and "... SHANGHAI : The
       Association ...") or with one word changed, or
   (e) holds at least `RESERVED_SHARE` (a tenth) of a reserved row's own word 8-grams (momattn/data/overlap.py;
-      8-grams that more than `BOILERPLATE` reserved rows share, AGNews's Reuters quote links, are not counted):
+      8-grams that more than `BOILERPLATE` reserved rows share are not counted: AGNews's Reuters quote links,
+      and sentences that several tasks reserve alike, which rules (a)-(c) compare whole):
       the same story rewritten by another wire, with a headline word changed and another ending, which (d)
       misses. At half, the bar until session 48, 116 AGNews test rows kept a rewrite of their story in the LM
       text with 30-50% of their 8-grams; from a tenth down the pairs are still one story (checked by eye), and
@@ -62,7 +63,8 @@ LM_VAL_FRACTION = 0.05
 # reserved rows of at least this many words are also searched for INSIDE LM documents
 MIN_SUBSTRING_WORDS = 5
 # rule (e): an LM document holding this share of a reserved row's own word 8-grams is dropped; an 8-gram that more
-# than BOILERPLATE reserved rows have is left out of the count (shared links and bylines, not one story)
+# than BOILERPLATE reserved rows have is left out of the count (shared links, not one story; a sentence that several
+# tasks reserve alike is left to rules a-c, which compare whole rows)
 RESERVED_SHARE = 0.1
 BOILERPLATE = 3
 # LM documents that begin or end with the same this many normalised characters as a reserved row are dropped

@@ -254,7 +254,7 @@ class GincEvaluator:
             warn_ties(task.name, k, seed, ties, len(prompts), "the lowest token id, 0 being the delimiter /")
         return SeedRun(seed=seed, acc=acc, k_used_mean=float(k),
                        k_used_min=k, k_used_max=k, n=len(prompts),
-                       acc_cand=acc_cand, n_ties=ties,
+                       acc_cand=acc_cand, n_ties=None if broken else ties,
                        delimiter_baseline=float((labels == 0).double().mean()))
 
     def evaluate_task(self, task: GincTask) -> TaskResult:

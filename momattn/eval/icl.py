@@ -306,7 +306,7 @@ class IclEvaluator:
         return SeedRun(seed=seed, acc=acc_mean if self.cfg.score == "mean" else acc_sum,
                        k_used_mean=float(np.mean(k_used)), k_used_min=int(min(k_used)),
                        k_used_max=int(max(k_used)), n=len(test), acc_mean_lp=acc_mean, acc_sum_lp=acc_sum,
-                       n_ties=ties)
+                       n_ties=None if broken else ties)  # a run with no accuracy has no ties to lean on
 
     def evaluate_tasks(self, tasks: Sequence[IclTask | PreparedTask]) -> dict[str, TaskResult]:
         prepared = [t if isinstance(t, PreparedTask) else self.prepare(t) for t in tasks]

@@ -658,7 +658,11 @@ def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
             bad = {m: v for m, v in metrics.items() if not math.isfinite(v)}  # a diverged run: nan / inf ppl, nan acc
             summary.non_finite += [f"{r.attention} seed {r.seed}: {m}={bad[m]}" for m in sorted(bad, key=metric_order)]
             by_att[r.attention][r.seed] = {m: v for m, v in compared.items() if m not in bad}
-            rise_in[r.attention][r.seed] = {m: v for m, v in metrics.items() if m not in bad}
+            # a task with a non-finite accuracy at any k is left out of this seed's rises (as a seed without the
+            # task is): dropping the bad k alone lowered the k every seed shares, and the rise of every attention
+            broken = {m.partition("/acc@k")[0] for m in bad if "/acc@k" in m}
+            rise_in[r.attention][r.seed] = {m: v for m, v in metrics.items()
+                                            if m not in bad and m.partition("/acc@k")[0] not in broken}
             summary.params[r.attention] = dict(r.attention_params)
         ks = rise_ks(rise_in)
         for att, seeds in sorted(by_att.items(), key=lambda kv: (kv[0] != BASELINE, kv[0])):

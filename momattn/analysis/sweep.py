@@ -17,7 +17,7 @@ import json
 import math
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -91,8 +91,6 @@ def settings_of(conf: AnalyzeConfig) -> dict:
 
 def _task_files(task) -> list[str]:
     """The local files a task reads (its task file, data and demonstration files); [] for a named task."""
-    from collections.abc import Mapping
-
     from momattn.eval.tasks import TASK_FILE_SUFFIXES, read_task_file
 
     files = []
@@ -121,9 +119,12 @@ def reading(lo: float, hi: float, n: int, above: str = "holds", below: str = "re
     return above if lo > 0 else below if hi < 0 else neither
 
 
-def _interval(name: str, att: str, diffs: Sequence[float], **words) -> Interval:
+def _interval(name: str, att: str, by_seed: Mapping, **words) -> Interval:
+    """The t-interval of the differences by_seed (seed -> difference), with its reading and seeds."""
+    diffs = list(by_seed.values())
     mean, lo, hi = t_interval(diffs)
-    return Interval(name, att, mean, lo, hi, len(diffs), reading(lo, hi, len(diffs), diffs=diffs, **words))
+    return Interval(name, att, mean, lo, hi, len(diffs), reading(lo, hi, len(diffs), diffs=diffs, **words),
+                    [str(sd) for sd in by_seed])
 
 
 def summarise(runs: Sequence[SweepRun], metrics: dict[int, dict[str, float]]) -> list[SettingAnalysis]:
@@ -139,9 +140,6 @@ def summarise(runs: Sequence[SweepRun], metrics: dict[int, dict[str, float]]) ->
                 if v is None and key == "rec2ftp":
                     summary.missing.append(f"{r.attention} seed {r.seed}: {labels[key]} undefined (no test example "
                                            "that FT got right and ZSL wrong)")
-                elif v is None and key in LATER:
-                    summary.missing.append(f"{r.attention} seed {r.seed}: {labels[key]} not in its analysis (made by "
-                                           "an earlier version)")
                 elif v is None or not math.isfinite(v):
                     summary.missing.append(f"{r.attention} seed {r.seed}: {labels[key]}={v if v is not None else 'nan'}")
             by_att[r.attention][r.seed] = _usable(m)
@@ -150,16 +148,13 @@ def summarise(runs: Sequence[SweepRun], metrics: dict[int, dict[str, float]]) ->
             for name, a, b in FINDINGS:
                 by_seed = {sd: v[a] - v[b] for sd, v in seeds.items() if a in v and b in v}
                 if by_seed:
-                    summary.findings.append(_interval(name, att, list(by_seed.values())))
-                    summary.findings[-1].seeds = [str(sd) for sd in by_seed]
+                    summary.findings.append(_interval(name, att, by_seed))
             if att == BASELINE or BASELINE not in by_att:
                 continue
             for key, _, _ in METRICS:
                 if by_seed := paired(seeds, by_att[BASELINE], key):
-                    iv = _interval(key, att, list(by_seed.values()), above="higher", below="lower",
-                                   neither="inconclusive (interval holds 0)")
-                    iv.seeds = [str(sd) for sd in by_seed]
-                    summary.comparisons.append(iv)
+                    summary.comparisons.append(_interval(key, att, by_seed, above="higher", below="lower",
+                                                         neither="inconclusive (interval holds 0)"))
         out.append(summary)
     return out
 

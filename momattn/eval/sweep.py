@@ -581,11 +581,16 @@ def paired(seeds: Mapping, base: Mapping, key: str) -> dict:
     return {sd: v[key] - base[sd][key] for sd, v in seeds.items() if sd in base and key in v and key in base[sd]}
 
 
+def seed_list(seeds) -> str:
+    """Seeds (as text) in numeric order where they are numbers: 1, 2, 10."""
+    return ", ".join(sorted(seeds, key=lambda x: (len(x), x)))
+
+
 def unpaired_line(rows: Mapping[str, Mapping[str, Mapping]], comparisons: Sequence) -> list[str]:
     """Where some attentions are compared with vanilla, a line naming those that are not (no seed shared with it,
     or none with a value on both sides): pairs are by seed, and their rows were missing from the verdict silently."""
     def seeds(att: str) -> str:
-        return ", ".join(sorted({sd for v in rows[att].values() for sd in v["seeds"]}, key=lambda x: (len(x), x)))
+        return seed_list({sd for v in rows[att].values() for sd in v["seeds"]})
 
     left = [att for att in rows if att != BASELINE and all(c.attention != att for c in comparisons)]
     if not comparisons or BASELINE not in rows or not left:
@@ -613,12 +618,9 @@ def pairing_line(own_seeds: Callable[[str, str], Sequence[str] | None],
             odd[(att, tuple(both), tuple(a), tuple(b))].append(show(metric))
     if not odd:
         return []
-
-    def seeds(xs) -> str:
-        return ", ".join(sorted(xs, key=lambda x: (len(x), x)))
     return ["Fewer pairs than seeds: a difference is over the seeds both attentions have, a table's mean over the "
             "attention's own, so the two need not agree. " + "; ".join(
-                f"{att}: pairs of seeds {seeds(both)} (of {att}'s {seeds(a)} and {BASELINE}'s {seeds(b)}) "
+                f"{att}: pairs of seeds {seed_list(both)} (of {att}'s {seed_list(a)} and {BASELINE}'s {seed_list(b)}) "
                 "for " + ", ".join(metrics) for (att, both, a, b), metrics in odd.items()), ""]
 
 

@@ -1175,12 +1175,17 @@ def hydra_job() -> HydraJob:
 
     if not HydraConfig.initialized():
         return HydraJob([])
+    from omegaconf import OmegaConf
+
     hc = HydraConfig.get()
+    # unresolved: an override's ${...} is its text here (resolving it crashed with omegaconf's traceback before
+    # the config's own check could name it)
+    overrides = OmegaConf.to_container(hc.overrides, resolve=False)
     if hc.mode == RunMode.MULTIRUN:
-        return HydraJob(list(hc.overrides.task), str(hc.sweep.dir), int(hc.job.num),
+        return HydraJob(overrides["task"], str(hc.sweep.dir), int(hc.job.num),
                         search="optuna" in str(hc.sweeper.get("_target_", "")).lower())
-    return HydraJob(list(hc.overrides.task),
-                    run_dir_given=any(str(o).startswith("hydra.run.dir=") for o in hc.overrides.hydra))
+    return HydraJob(overrides["task"],
+                    run_dir_given=any(str(o).startswith("hydra.run.dir=") for o in overrides["hydra"]))
 
 
 def lm_eval_main() -> None:

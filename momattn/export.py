@@ -7,7 +7,9 @@
   activation_function="gelu" (momattn's exact erf GELU, not GPT-2's tanh "gelu_new"), layer norm eps 1e-5;
   a model trained without biases gets zero biases (GPT-2 always has them).
 - momentum, multirate_ema or rotary positions -> MomattnForCausalLM, with momattn/hf/modeling_momattn.py
-  copied into the folder (config.json's auto_map): load it with trust_remote_code=True.
+  copied into the folder (config.json's auto_map): load it with trust_remote_code=True. It has no dropout: its
+  logits are the model's, but fine-tuning it (it takes labels) runs without the model's model.dropout, which
+  config.json records as `trained_dropout` (GPT-2 exports carry it as resid/embd/attn_pdrop).
 The vocabulary stays padded (config vocab_size = the model's, >= the tokenizer's; generation_config.json's
 suppress_tokens keeps generate() off the padding ids, as momattn's generate); the tokenizer is the checkpoint's
 own tokenizer.json, its end-of-text token serving as bos, eos and unk.
@@ -71,7 +73,10 @@ def gpt2_config(model: GPT, tokenizer: Tokenizer) -> dict:
     c = model.config
     return GPT2Config(
         vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
-        n_inner=c.n_inner, activation_function="gelu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        # the model's dropout where GPT-2 has it alike (embeddings, attention probabilities, both residual
+        # branches): a model fine-tuned from the export trains as it did here (all 0.0 before; found by review)
+        n_inner=c.n_inner, activation_function="gelu", resid_pdrop=c.dropout, embd_pdrop=c.dropout,
+        attn_pdrop=c.dropout,
         layer_norm_epsilon=1e-5, tie_word_embeddings=True, bos_token_id=tokenizer.eot_id,
         eos_token_id=tokenizer.eot_id, architectures=["GPT2LMHeadModel"],
     ).to_dict()
@@ -85,7 +90,7 @@ def momattn_config(model: GPT, tokenizer: Tokenizer) -> dict:
         vocab_size=c.vocab_size, block_size=c.block_size, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
         n_inner=c.n_inner, bias=c.bias, pos_emb=c.pos_emb, attention_kind=a.kind, eta=a.eta,
         learnable_eta=a.learnable_eta, include_current=a.include_current, n_rates=a.n_rates,
-        bos_token_id=tokenizer.eot_id, eos_token_id=tokenizer.eot_id, architectures=["MomattnForCausalLM"],
+        trained_dropout=c.dropout, bos_token_id=tokenizer.eot_id, eos_token_id=tokenizer.eot_id, architectures=["MomattnForCausalLM"],
     )
     cfg.auto_map = {"AutoConfig": "modeling_momattn.MomattnConfig",
                     "AutoModelForCausalLM": "modeling_momattn.MomattnForCausalLM"}

@@ -82,8 +82,11 @@ class GenerateConfig:
         if isinstance(self.top_p, bool) or not isinstance(self.top_p, int | float) or not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p={self.top_p!r} must be a number in (0, 1]: the probability mass sampled from "
                               "(1 = the whole distribution)")
-        if not _is_int(self.seed) or not 0 <= self.seed < 2**64:  # torch takes it mod 2**64: -1 sampled as 2**64-1
-            raise ConfigError(f"seed={self.seed!r} must be an int in [0, 2**64) (a torch generator's seed)")
+        # torch takes it mod 2**64 (-1 sampled as 2**64-1), and a CPU generator reads its low 32 bits only: 2**32
+        # sampled as 0 (found by review)
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed={self.seed!r} must be an int in [0, 2**32) (a CPU torch generator reads 32 bits "
+                              "of its seed: larger ones sample as their remainder)")
         check_inference_precision(self.precision, f"precision={self.precision!r}")
 
 

@@ -417,6 +417,9 @@ class GPT(nn.Module):
         if idx.numel() and not 0 <= int(idx.min()) <= int(idx.max()) < vocab:  # an IndexError inside the embedding
             raise ValueError(f"idx holds token id {int(idx.max()) if int(idx.max()) >= vocab else int(idx.min())}, "
                              f"outside this model's vocabulary of {vocab} ids (0..{vocab - 1})")
+        if self.n_ids is not None and idx.numel() and int(idx.max()) >= self.n_ids:  # an untrained row, decoded as ''
+            raise ValueError(f"idx holds token id {int(idx.max())}: ids {self.n_ids}..{vocab - 1} are the "
+                             f"vocabulary's padding, not tokens of this model's tokenizer (0..{self.n_ids - 1})")
         if max_new_tokens == 0:
             return idx
         cache, logits = self.new_cache(), None

@@ -45,6 +45,8 @@ def test_typos_are_caught_before_anything_runs_with_a_suggestion(tmp_path, args,
     (["data=text_files", "data.paths=[/nonexistent/corpus.txt]"], "'/nonexistent/corpus.txt' does not exist"),
     (["ckpt_path=/nonexistent/last.ckpt"], "'/nonexistent/last.ckpt' does not exist"),
     (["ckpt_path="], "ckpt_path='' is empty: give a checkpoint to resume"),  # ckpt_path=$UNSET trained a new run
+    # the job's overrides were resolved before any check: omegaconf's traceback, exit 1 (found by review)
+    (["paths.cache_dir=${oops}"], "config interpolation failed at paths.cache_dir (read by data.cache_dir)"),
 ])
 def test_cli_bad_values_exit_2_without_traceback(tmp_path, args, expected):
     base = SMOKE if not any(a.startswith("data=") for a in args) else ["debug=smoke"]

@@ -63,6 +63,18 @@ def test_other_variants_load_with_their_own_modeling_file(tmp_path, attention, p
     assert type(hf).__name__ == "MomattnForCausalLM"
 
 
+@pytest.mark.parametrize("attention", ["vanilla", "momentum"])  # GPT2LMHeadModel, MomattnForCausalLM
+def test_the_models_dropout_is_carried_or_recorded(tmp_path, attention):
+    # GPT-2's three dropouts were written as 0.0: fine-tuning the export dropped the model's dropout unsaid (found
+    # by review); the modeling file has none, and config.json records the one the model trained with
+    out = export(tiny_checkpoint(tmp_path / "d.ckpt", attention, dropout=0.2), tmp_path / "hf")
+    config = json.loads((out / "config.json").read_text())
+    if attention == "vanilla":
+        assert config["resid_pdrop"] == config["embd_pdrop"] == config["attn_pdrop"] == 0.2
+    else:
+        assert config["trained_dropout"] == 0.2
+
+
 def test_modeling_file_is_self_contained():
     tree = ast.parse(MODELING_FILE.read_text())
     roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}

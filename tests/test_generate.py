@@ -26,12 +26,12 @@ TEXT = ["The café serves crème brûlée. The film was great; the plot was thin
 
 
 def tiny_checkpoint(path, attention: str = "vanilla", pos_emb: str = "learned", block_size: int = 32,
-                    bias: bool = True, seed: int = 0, **attn):
+                    bias: bool = True, seed: int = 0, dropout: float = 0.0, **attn):
     """A checkpoint of a randomly initialised 2-layer GPT (non-zero biases, so every parameter matters)."""
     tok = train_bpe(lambda: TEXT, vocab_size=300)
     torch.manual_seed(seed)
     cfg = GPTConfig(block_size=block_size, vocab_size=320, n_layer=2, n_head=2, n_embd=16, bias=bias,
-                    pos_emb=pos_emb, attention=AttentionConfig(kind=attention, **attn))
+                    pos_emb=pos_emb, dropout=dropout, attention=AttentionConfig(kind=attention, **attn))
     model = GPT(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -109,7 +109,9 @@ def test_streamed_text_is_the_decoded_sample_and_prints_whole_characters(ckpt):
     ({"top_k": 0}, "top_k=0"), ({"num_samples": 0}, "num_samples=0"), ({"ckpt_path": None}, "ckpt_path=PATH"),
     ({"temperature": float("nan")}, "temperature=nan"), ({"prompt": True}, "prompt=True was read as a bool"),
     ({"prompt": 0.1}, "prompt=0.1 was read as a float"), ({"prompt": ["a", "b"]}, "was read as a list"),
-    ({"seed": 2**70}, "seed=1180591620717411303424 must be an int in"), ({"seed": -1}, r"seed=-1 must be an int in \[0,"), ({"top_p": 0}, "top_p=0 must be a number in"),
+    ({"seed": 2**70}, "seed=1180591620717411303424 must be an int in"), ({"seed": -1}, r"seed=-1 must be an int in \[0,"),
+    # a CPU generator reads 32 bits of its seed: 2**32 sampled as seed 0 (found by review)
+    ({"seed": 2**32}, r"seed=4294967296 must be an int in \[0, 2\*\*32\)"), ({"top_p": 0}, "top_p=0 must be a number in"),
     ({"top_p": 1.5}, "top_p=1.5 must be"), ({"top_p": "0.9"}, "top_p='0.9' must be"),
     ({"top_p": float("nan")}, "top_p=nan must be"), ({"stop": 5}, "stop=5 must be a list of non-empty strings"),
     ({"stop": ["a", ""]}, r"stop=\['a', ''\] must be"), ({"stop": [1]}, r"stop=\[1\] must be"),
@@ -138,7 +140,9 @@ def test_cli_streams_to_stdout_and_rejects_bad_input_with_exit_2(ckpt, tmp_path)
                          ("prompt=0.10", "was read as a float, not text; quote it so that Hydra keeps it as written: "
                                          "'prompt=\"0.10\"'"),
                          (f"ckpt_path={tmp_path}/missing.ckpt", "does not exist"),
-                         ("hydra.run.dir=/proc/x", "cannot write the output folder /proc/x")):  # was a traceback
+                         ("hydra.run.dir=/proc/x", "cannot write the output folder /proc/x"),  # was a traceback
+                         # read as the job's overrides before any check: omegaconf's traceback, exit 1 (found by review)
+                         ("prompt=it ${x}", "config interpolation failed at prompt: Interpolation key 'x' not found")):
         r = run_cli("generate.py", [*args, bad], tmp_path)
         assert r.returncode == 2 and culprit in r.stderr and "Traceback" not in r.stderr, r.stderr
     # the space Hydra drops from an unquoted value is named (the model saw "The film", silently); a terminal that
@@ -242,6 +246,10 @@ def test_model_generate_from_a_checkpoint_never_takes_a_padding_id(tmp_path):
     model, tok = load_checkpoint(padding_first_checkpoint(tmp_path / "p.ckpt", block_size=16))
     idx = torch.tensor([tok.encode("The film")])
     assert int(model(idx)[0, -1].argmax()) >= tok.n_ids  # unmasked, a padding id wins
+    # nor is given one: its untrained row was read and it decoded as '' (found by review)
+    with pytest.raises(ValueError, match=f"idx holds token id {tok.n_ids}: ids {tok.n_ids}..{model.config.vocab_size - 1} "
+                                         "are the vocabulary's padding"):
+        model.generate(torch.tensor([[*tok.encode("The"), tok.n_ids]]), 2)
     for kw in ({"temperature": 0}, {"temperature": 1.0, "top_k": 5}):  # 30 tokens: past the context of 16 too
         out = model.generate(idx, 30, generator=torch.Generator().manual_seed(0), **kw)
         assert int(out.max()) < tok.n_ids < model.config.vocab_size

@@ -26,7 +26,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from momattn import hardware
 from momattn import lightning_compat as compat
 from momattn.checkpoint import read_checkpoint
-from momattn.errors import ConfigError
+from momattn.errors import ConfigError, DataError
 from momattn.io import atomic_torch_save, atomic_write_text, file_lock, lock_beside, swap_into
 
 
@@ -164,6 +164,7 @@ class PreemptionCheckpoint(Callback):
         self.pending = False  # a SIGTERM not yet acted on
         self.saved_path: Path | None = None
         self.saved_step: int | None = None  # the step saved for a SIGTERM: the run stops before the next one
+        self.data_error_step: int | None = None  # the step saved when the training data failed to read on
 
     def on_fit_start(self, trainer, pl_module):
         def on_sigterm(signum, frame):
@@ -202,6 +203,16 @@ class PreemptionCheckpoint(Callback):
         if self.saved_step == trainer.global_step or self._asked(trainer):
             self._save(trainer)  # the validation is done and logged: a resume goes on with the next step
             compat.set_received_sigterm(trainer, True)  # Lightning stops at the end of this step
+
+    def on_exception(self, trainer, pl_module, exception):
+        """A row the training stream cannot read, hours in (data=hf_stream): raised where the next batch is
+        fetched, between the hooks of two micro-batches, so the model is that of the last one's end; at a step
+        boundary it is saved (the steps since the last checkpoint were lost). One process only: under DDP each
+        rank meets the row at its own batch, and a save waits for all of them."""
+        if (isinstance(exception, DataError) and trainer.world_size == 1 and trainer.state.fn == TrainerFn.FITTING
+                and trainer.training and trainer.global_step > 0 and not compat.mid_accumulation(trainer)):
+            self._save(trainer)
+            self.data_error_step = trainer.global_step
 
     def on_train_end(self, trainer, pl_module):
         if self.saved_step is None and self._asked(trainer):  # a SIGTERM after the last step's hooks

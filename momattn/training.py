@@ -338,6 +338,13 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         if not _rendezvous_failure(e):
             raise
         raise LaunchError(_no_join(e, c)) from None
+    except DataError as e:
+        if preempt.data_error_step is None:
+            raise
+        # (a resume reads the stream again from its start: the rows before the bad one must be read alike)
+        raise DataError(f"{e}. The {preempt.data_error_step} steps trained are saved in {preempt.saved_path}. "
+                        f"{go_on(job, out_dir)} (a stream whose files changed starts its new order at sample 0, "
+                        "and says so)") from None
     except SIGTERMException:
         failed = False  # preempted, saved and resumable
         if trainer.global_step >= c.max_steps > start_step and trainer.is_global_zero:

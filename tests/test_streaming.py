@@ -157,6 +157,57 @@ def test_a_row_that_is_not_json_is_named_not_a_pyarrow_traceback(tmp_path):
         list(src.texts("train", shuffle=False))
 
 
+def test_a_damaged_local_file_is_named_as_such_not_sent_to_the_network(tmp_path):
+    # a gzip cut short, at the start or hours into the stream, and a parquet file that is not one: the first was
+    # "check the name and the network", the second a 40-line traceback (found by review)
+    import gzip
+
+    good = corpus(tmp_path, n_train=30)["train"]
+    packed = gzip.compress(good.read_bytes())
+    (tmp_path / "cut.jsonl.gz").write_bytes(packed[: len(packed) // 2])
+    (tmp_path / "p.parquet").write_bytes(b"PAR1garbage")
+    for name, files, cause in (("json", str(tmp_path / "cut.jsonl.gz"), "EOFError"),
+                               ("json", [str(good), str(tmp_path / "cut.jsonl.gz")], "EOFError"),
+                               ("parquet", str(tmp_path / "p.parquet"), "ArrowInvalid")):
+        src = StreamingHubCorpus(name=name, data_files={"train": files}, val_split=None, val_docs=1)
+        with pytest.raises(DataError, match=rf"data.name='{name}' \(data.data_files=.*\): a row of the train split "
+                                            rf"cannot be read \({cause}: ") as e:
+            list(src.texts("train", shuffle=False))
+        assert "network" not in str(e.value)
+
+
+def test_an_empty_validation_file_is_named_empty_not_sent_to_raise_val_docs(tmp_path):
+    files = corpus(tmp_path, n_train=5)
+    (tmp_path / "empty.jsonl").write_text("")
+    src = StreamingHubCorpus(name="json", data_files={"train": str(files["train"]),
+                                                      "validation": str(tmp_path / "empty.jsonl")})
+    with pytest.raises(DataError, match=r"data.data_files=.*empty.jsonl.*: no rows \(an empty file"):
+        src.documents("val")
+
+
+def test_a_row_that_fails_deep_in_the_stream_keeps_the_steps_trained(tmp_path):
+    # a run stopped by a bad row (after the start-up check of the first 1,000) lost every step since its last
+    # checkpoint, and its error named none (found by review): the model is saved at the step it reached
+    rng = np.random.default_rng(0)
+    for name in "ab":  # (datasets reads a file ahead: b.jsonl's rows train, c.jsonl's fails)
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": " ".join(rng.choice(WORDS, size=4))}) + "\n"
+                                                        for _ in range(1001)))
+    (tmp_path / "c.jsonl").write_text('not json\n{"text": "the cat"}\n')
+    files = corpus(tmp_path, n_train=1)
+    train = ",".join(str(tmp_path / f"{name}.jsonl") for name in "abc")
+    cfg = compose_train(tmp_path / "run", [
+        "data=hf_stream", "data.name=json", "data.shuffle_buffer=0", "data.val_docs=20", "tokenizer.vocab_size=300",
+        f"data.data_files={{train:[{train}],validation:{files['validation']}}}",
+        "data.tokenizer_docs=500", "debug=smoke", "model.block_size=16", "trainer.max_steps=1000",
+        "trainer.val_check_interval=500"])
+    with pytest.raises(DataError, match="a row of the train split cannot be read") as e:
+        run_train(cfg)
+    step = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"]
+    assert step > 10  # 1,001 rows of 4 words: ~8 tokens a row, 16 x 4 a step
+    assert f"The {step} steps trained are saved in {tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}. Resume with: " \
+           f"python train.py ckpt_path=last hydra.run.dir={tmp_path / 'run'}" in str(e.value)
+
+
 def test_without_a_validation_split_the_shards_order_is_still_shuffled(tmp_path):
     # holding the first rows out by position (datasets' skip) blocked shard shuffling: every epoch began with the
     # first shard's documents, whatever the seed

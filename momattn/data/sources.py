@@ -478,6 +478,17 @@ def unknown_split(name: str, split: str, val_split: str | None, e: BaseException
                      + (", or data.val_split=null to hold out part of the training split" if key == "val_split" else ""))
 
 
+def damaged(e: BaseException) -> bool:
+    """A local file that cannot be read to its end: a compressed file cut short (EOFError), one whose compression
+    is damaged (zlib.error, gzip's BadGzipFile), rows not of the builder's format (pyarrow's ArrowInvalid, a
+    ValueError; datasets' DatasetGenerationError)."""
+    import gzip
+    import zlib
+
+    return isinstance(e, EOFError | zlib.error | gzip.BadGzipFile | ValueError) or \
+        type(e).__name__ == "DatasetGenerationError"
+
+
 def no_rows(name: str, data_files: Any) -> DataError:
     return DataError(f"data.name='{name}' data.data_files={data_files}: no rows (an empty file, or a pattern that "
                      "matches no file)")

@@ -11,8 +11,8 @@ checkpoint without one (before session 45) is reached by tokenizing the stream u
 next epoch reads it again, shuffled with a seed drawn from (seed, epoch) (epoch 0: the seed itself).
 
 A background thread tokenizes ahead of training (the `tokenizers` library releases the GIL), so the pipeline
-overlaps the training step instead of adding to it. Validation uses the first `val_docs` documents of the
-validation split (or, without one, of the train stream, which training then leaves out): a fixed, cached set.
+overlaps the training step instead of adding to it. Validation uses the documents of the first `val_docs` rows of
+the validation split (or, without one, of the train stream, which training then leaves out): a fixed, cached set.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from momattn.data.sources import (
     check_split_files,
     check_splits,
     check_text,
+    damaged,
     ends_digest,
     folder_files,
     local_files,
@@ -150,12 +151,18 @@ class StreamingHubCorpus:
         except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError, ...)
             if wrong := unknown_split(self.name, split, self.val_split, e):
                 raise wrong from None
+            if self._local() and damaged(e):  # a damaged file, not the hub or the network (found by review)
+                raise unparsed_rows(self.name, self.data_files, split, e) from None
             raise DataError(
                 f"cannot stream data.name='{self.name}' (config={self.config}, split={split}): "
                 f"{type(e).__name__}: {first_line(e, 300)}. Streaming reads the hub "
                 "while training: check the name and the network (HF_DATASETS_OFFLINE=1 forbids it), or stream "
                 "local files: data.name=json data.data_files={train: a.jsonl, validation: b.jsonl}"
             ) from None
+
+    def _local(self) -> bool:
+        """Whether the stream reads local files (data_files, or a folder named by data.name)."""
+        return bool(self.data_files or folder_files(self.name))
 
     def texts(self, split: str, epoch: int = 0, shuffle: bool = True, limit: int | None = None) -> Iterator[str]:
         """The non-empty documents of `split` in stream order (of its first `limit` rows), shuffled (the shards'
@@ -173,8 +180,10 @@ class StreamingHubCorpus:
                 return
             except UnicodeDecodeError as e:
                 raise not_utf8(self.name, self.data_files, e) from None
-            except Exception as e:  # pyarrow's ArrowInvalid (a line that is not JSON), datasets' generation errors
-                if not isinstance(e, ValueError) and type(e).__name__ != "DatasetGenerationError":
+            except Exception as e:  # pyarrow's ArrowInvalid (a line that is not JSON), datasets' generation errors;
+                # a local file cut short or damaged (a gzip's EOFError hours in was a traceback; found by review)
+                if not (isinstance(e, ValueError) or type(e).__name__ == "DatasetGenerationError"
+                        or self._local() and damaged(e)):
                     raise  # a connection or other failure: as it is
                 raise unparsed_rows(self.name, self.data_files, split, e) from None
             if self.text_field not in row:
@@ -215,6 +224,8 @@ class StreamingHubCorpus:
             docs = list(islice(self.train_texts(), self.tokenizer_docs))
         if not docs and split == "train":
             raise self.no_training_documents()
+        if not docs and next(iter(self._open(self.val_split or self.train_split).take(1)), None) is None:
+            raise no_rows(self.name, self.data_files)  # an empty file: no val_docs gives it text (found by review)
         if not docs:
             where = (f"data.val_split='{self.val_split}'" if self.val_split else
                      f"data.train_split='{self.train_split}', held out for validation (data.val_split=null)")

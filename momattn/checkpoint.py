@@ -245,6 +245,9 @@ def read_checkpoint(path: str | os.PathLike, verify: bool = False) -> dict:
         raise CheckpointError(f"ckpt_path={path!r} is not a path; pass the path of a .ckpt written by train.py")
     p = Path(path).expanduser()
     if not p.exists():
+        if str(path) == "last":  # train.py's resume shortcut, typed to another entry point (found by review)
+            raise CheckpointError("ckpt_path=last is train.py's way to resume a run folder's newest checkpoint; here, "
+                                  "give the checkpoint's path, e.g. ckpt_path=<run folder>/checkpoints/last.ckpt")
         raise CheckpointError(f"checkpoint '{path}' does not exist; pass the path of a .ckpt written by train.py")
     if not p.is_dir() and not p.is_file():  # a FIFO or /dev/zero: reading it would wait, or never end
         raise CheckpointError(f"checkpoint '{path}' is not a regular file; pass the path of a .ckpt written by "
@@ -343,7 +346,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint '{path}': tokenizer has {tokenizer.n_ids} ids but the model only "
                               f"{model.config.vocab_size}; the checkpoint was assembled from mismatched parts")
     model.n_ids = tokenizer.n_ids  # model.generate samples no padding id
+    check_environment(model.config.attention.kind, torch.device(map_location))
     return model.to(map_location).eval(), tokenizer
+
+
+def check_environment(kind: str, device: torch.device) -> None:
+    """The environment variables the attention reads (MOMATTN_SCAN_BACKEND, MOMATTN_TRITON_CHUNK,
+    MOMATTN_CPU_ATTENTION), judged for a model of this kind on this device as train.py judges them at start-up:
+    generate.py, evaluate.py, analyze.py and lm-eval met them at the first forward, as a traceback (found by
+    review)."""
+    from momattn import cpu_attention, ops
+
+    if problem := ops.backend_problem(kernel=kind != "vanilla", on_cpu=device.type == "cpu") or \
+            cpu_attention.setting_problem():
+        raise ConfigError(problem)
 
 
 def checkpoint_tokenizer(meta: dict, path) -> Tokenizer:

@@ -28,13 +28,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from momattn import cpu_attention, ops
-from momattn.data.corpus import default_cache_dir
 from momattn.data.sources import LOADER_KEYS, DataSource, LoaderConfig, make_source
 from momattn.data.streaming import StreamingHubCorpus
 from momattn.errors import ConfigError, UserError, did_you_mean
 from momattn.eval.config import EvalConfig, under_eval
 from momattn.hardware import precision_reason, resolve_precision
-from momattn.io import NAME_MAX, probe_write
+from momattn.io import NAME_MAX, cache_root, probe_write
 from momattn.model import AttentionConfig, GPTConfig
 from momattn.optim import OptimConfig
 from momattn.schema import interpolation_error, typed
@@ -87,7 +86,7 @@ class TrainConfig(RunConfig):
 
     @property
     def cache_dir(self) -> Path:
-        return Path(self.loader.cache_dir or self.paths.cache_dir or default_cache_dir()).expanduser()
+        return Path(self.loader.cache_dir or self.paths.cache_dir or cache_root()).expanduser()
 
     def model_for(self, vocab_size: int) -> GPTConfig:
         """The model config for a tokenizer of vocab_size tokens, padded up to a multiple of vocab_multiple."""
@@ -290,9 +289,12 @@ def _check_checkpoint_callback(name: str, cb: Mapping) -> None:
     if cb.get("monitor") is not None:
         _check_logged(f"callbacks.{name}.monitor", cb["monitor"])
         if cb.get("mode") == "max":  # (another value is Lightning's to refuse: "mode can be min, max")
-            raise ConfigError(f"callbacks.{name}.mode={cb.get('mode')!r} would keep the checkpoint of the worst "
-                              f"{cb['monitor']} as the best: every score training logs is better lower. Leave "
-                              "mode=min")
+            # what mode=max does, by the callback (an EarlyStopping keeps no checkpoint; found by review)
+            does = (f"would stop the run once {cb['monitor']} stops rising" if "EarlyStopping" in
+                    str(cb.get("_target_", "")) else f"would keep the checkpoint of the worst {cb['monitor']} as the "
+                    "best")
+            raise ConfigError(f"callbacks.{name}.mode={cb.get('mode')!r} {does}: every score training logs is better "
+                              "lower. Leave mode=min")
     if "ModelCheckpoint" in str(cb.get("_target_", "")) and cb.get("save_last") and cb.get("dirpath") is None:
         raise ConfigError(f"callbacks.{name}.dirpath=null: Lightning would write last.ckpt into the first logger's "
                           "folder, where resuming (ckpt_path=last), SIGTERM saves, sweeps and evaluate.py do not look "

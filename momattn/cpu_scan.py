@@ -103,12 +103,12 @@ def _build(cxx: list[str], extra: list[str]) -> Path:
     (its bytes match the digest recorded beside it: a truncated file, from a crash before its bytes reached the
     disk, crashed every momentum run with SIGBUS when loaded). Built under a lock, through a temporary file that
     remove_stale_temps clears if the build is killed."""
-    from momattn.io import _host, file_lock, lock_beside, remove_stale_temps
+    from momattn.io import _host, cache_root, file_lock, lock_beside, remove_stale_temps
 
     version = _version(tuple(cxx))
     key = hashlib.sha256("\0".join([SOURCE.read_text(), *cxx, version, " ".join(_flags() + extra),
                                     _cpu_flags()]).encode())
-    cache = Path(os.environ.get("MOMATTN_CACHE") or Path.home() / ".cache" / "momattn")
+    cache = cache_root()  # (MOMATTN_CACHE='~/...' was built into a folder named ~ of the working folder)
     lib = cache / f"ema_scan-{key.hexdigest()[:16]}.so"
     if _intact(lib):
         return lib

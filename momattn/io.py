@@ -23,6 +23,11 @@ from typing import IO, Any
 from momattn.errors import raised_from
 
 
+def cache_root() -> Path:
+    """momattn's cache folder: MOMATTN_CACHE (a ~ expanded; empty = unset), else ~/.cache/momattn."""
+    return Path(os.environ.get("MOMATTN_CACHE") or Path.home() / ".cache" / "momattn").expanduser()
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """fsync a folder so that a rename inside it survives a power cut (a no-op where folders cannot be opened)."""
     try:

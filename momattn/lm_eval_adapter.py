@@ -354,6 +354,12 @@ def main() -> None:
     except UserError as e:  # a missing checkpoint, a bad model argument: one line, not lm-eval's traceback
         report(e, hydra=False)
         sys.exit(2)
+    except ValueError as e:  # a misspelt task: lm-eval's traceback ending in "Tasks not found: ..." (found by review)
+        if not str(e).startswith("Tasks not found"):
+            raise
+        report(DataError(f"lm-eval: {first_line(e, 300)}; `--tasks list` lists the tasks lm-eval knows, and "
+                         "--include_path adds a folder of your own task YAMLs"), hydra=False)
+        sys.exit(2)
     except _offline_errors() as e:  # a hub task without network: a 60-line traceback from datasets
         report(DataError(f"lm-eval could not fetch a task's data ({first_line(e)}); without network, only tasks "
                          "whose data is local (--include_path with local files, or the hub cache with "

@@ -636,12 +636,35 @@ def _check_backend() -> None:
         raise ValueError(f"momattn.ops.SCAN_BACKEND must be 'auto', 'torch', 'triton' or 'cpu', got {SCAN_BACKEND!r}")
 
 
+TRITON_CHUNK_UNIT = 64  # the Triton scan's chunk lengths are multiples of the largest block (BT) any config uses
+
+
+def triton_chunk_setting() -> int | None:
+    """MOMATTN_TRITON_CHUNK (the Triton scan's chunk length; 0: never chunk), None where it is unset; a ValueError
+    naming it where it is not 0 or a multiple of TRITON_CHUNK_UNIT."""
+    env = os.environ.get("MOMATTN_TRITON_CHUNK")
+    if env is None:
+        return None
+    try:
+        ch = int(env)
+    except ValueError:
+        ch = -1
+    if ch < 0 or ch % TRITON_CHUNK_UNIT:
+        raise ValueError(f"MOMATTN_TRITON_CHUNK={env!r} must be 0 (never chunk) or a multiple of {TRITON_CHUNK_UNIT}; "
+                         "unset it for the chunk length the GPU suits")
+    return ch
+
+
 def backend_problem(kernel: bool = True, on_cpu: bool = True) -> str | None:
     """Why SCAN_BACKEND cannot run here (not a backend, or, with `kernel`, the kernel it names cannot load; the CPU
     kernel only `on_cpu`, where it runs), or None: train.py says it at start-up instead of at the first step."""
     if SCAN_BACKEND not in SCAN_BACKENDS:
         return (f"MOMATTN_SCAN_BACKEND={SCAN_BACKEND!r} is not a scan backend; use auto (the default), torch, "
                 "triton or cpu")
+    try:  # read at the first GPU step: said at start-up on any machine (found by review)
+        triton_chunk_setting()
+    except ValueError as e:
+        return str(e)
     if not kernel:
         return None
     if SCAN_BACKEND == "cpu" and on_cpu and cpu_scan.load() is None:

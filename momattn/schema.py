@@ -95,7 +95,10 @@ def _type_checked(schema: type, node: dict, where: str) -> dict:
         msg = str(e).splitlines()[0]
         if "is not a ListConfig, list or tuple" in msg:  # e.g. data.paths=a.txt for data.paths=[a.txt]
             value = node.get(str(key).rsplit(".", 1)[-1])
-            msg = f"a list is needed, got {value!r}; write it in brackets: {_key(where, key)}=[{value}]"
+            default = OmegaConf.select(base, str(key), default=None, throw_on_missing=False)
+            # the default's form where it has one: optim.betas=[0.9] was then refused as not two numbers
+            form = _typed_form(default) if isinstance(default, ListConfig) and len(default) > 1 else f"[{value}]"
+            msg = f"a list is needed, got {value!r}; write it in brackets, e.g. {_key(where, key)}={form}"
         elif "is not Optional" in msg or msg.startswith("Incompatible value 'None'"):  # data.paths=null: "field
             # 'paths' is not Optional" said nothing of what to do
             default = OmegaConf.select(base, str(key).split("[", 1)[0], default=None, throw_on_missing=False)

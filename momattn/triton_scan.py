@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 from momattn import cpu_scan
+from momattn.ops import TRITON_CHUNK_UNIT, triton_chunk_setting
 
 if int(triton.__version__.split(".")[0]) < 3 or not hasattr(torch.library, "custom_op"):
     # tl.dot(input_precision=...) needs Triton 3; torch.library.custom_op (torch >= 2.4) keeps torch.compile
@@ -246,7 +247,7 @@ _tuned_state = triton.autotune(
     key=["Dg"], prune_configs_by={"early_config_prune": _fits},
 )(_chunk_state_kernel)
 
-CHUNK_UNIT = 64  # chunk lengths are multiples of the largest block (BT) any config uses
+CHUNK_UNIT = TRITON_CHUNK_UNIT
 PROGRAMS_PER_SM = 32  # chunk a scan when (sequences x 16-channel blocks) would leave fewer programs than this per SM
 
 
@@ -267,11 +268,7 @@ def chunk_length(B: int, T: int, C: int, device: torch.device) -> int:
     with few sequences (gpt2_124m: 16 x 48 programs for 132 SMs) most of the GPU idles. Chunked, a first pass
     finds each chunk's edge state (all chunks at once) and the second scans every chunk from the state entering
     it: T / CH times the programs for one more read of x. MOMATTN_TRITON_CHUNK sets the length (0: never chunk)."""
-    env = os.environ.get("MOMATTN_TRITON_CHUNK")
-    if env is not None:
-        ch = int(env)
-        if ch < 0 or ch % CHUNK_UNIT:
-            raise ValueError(f"MOMATTN_TRITON_CHUNK must be 0 or a multiple of {CHUNK_UNIT}, got {env!r}")
+    if (ch := triton_chunk_setting()) is not None:
         return ch if 0 < ch < T else 0
     if device.type != "cuda":
         return 0

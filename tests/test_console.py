@@ -171,6 +171,11 @@ def test_command_line_forms_that_hydra_reads_its_own_way(tmp_path):
         check_overrides("train", ["eval.icl.shots=[0,2"])
     with pytest.raises(ConfigError, match="quote the value: \"prompt='~hello'\""):  # text, not a home folder
         check_overrides("generate", ["prompt=~hello"])
+    # a ~ in a list: the lexer's error alone (found by review); the quoted entries parse, and their ~ is expanded
+    with pytest.raises(ConfigError, match=r"^data.paths=\[a.txt, ~/b.txt\]: Hydra cannot parse an unquoted ~ in a "
+                                          r"list; quote each such entry: \"data.paths=\[a.txt,'~/b.txt'\]\""):
+        check_overrides("train", ["data=text_files", "data.paths=[a.txt, ~/b.txt]"])
+    check_overrides("train", ["data=text_files", "data.paths=[a.txt,'~/b.txt']"])
     with pytest.raises(ConfigError, match=r"folder named '~bob'\); write the path out in full$"):  # not $HOMEbob/runs
         check_output_dir(["hydra.run.dir='~bob/runs'"], multirun=False, cwd=tmp_path)
 

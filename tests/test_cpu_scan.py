@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -278,6 +279,22 @@ def test_built_once_into_the_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(cpu_scan, "_LIB", None)
     assert cpu_scan.load() is not None and built[0].stat().st_mtime_ns == stamp
     assert not list(tmp_path.glob("tmp*")) and not list(tmp_path.glob(".*.tmp*"))
+
+
+def test_the_cache_named_with_a_tilde_is_the_home_folders_for_the_kernel_as_for_the_tokens(tmp_path, monkeypatch):
+    # MOMATTN_CACHE='~/mc': the token cache went to $HOME/mc, the kernel into a folder named ~ of the working folder
+    # (rebuilt in every folder; `rm -rf ~` to clean it up; found by review)
+    from momattn.config import TrainConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MOMATTN_CACHE", "~/mc")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cpu_scan, "_intact", lambda lib: True)  # taken as built: the path alone is asked
+    assert cpu_scan._build(["true"], []).parent == tmp_path / "home" / "mc"
+    assert TrainConfig.cache_dir.fget(SimpleNamespace(loader=SimpleNamespace(cache_dir=None),
+                                                      paths=SimpleNamespace(cache_dir=None))) == tmp_path / "home" / "mc"
+    monkeypatch.setenv("MOMATTN_CACHE", "")  # empty: unset (the token cache was the working folder)
+    assert cpu_scan._build(["true"], []).parent == tmp_path / "home" / ".cache" / "momattn"
 
 
 def test_a_damaged_cached_kernel_is_built_again_not_loaded(tmp_path, monkeypatch, caplog):

@@ -799,6 +799,10 @@ def test_wrong_type_names_the_key(tmp_path):
                                                                       "Lightning's 'lightning_logs'"),
                            ("callbacks.model_checkpoint.mode=max", "callbacks.model_checkpoint.mode='max' would keep "
                                                                    "the checkpoint of the worst val/loss as the best"),
+                           # an EarlyStopping keeps no checkpoint (found by review)
+                           ("+callbacks.es._target_=lightning.pytorch.callbacks.EarlyStopping "
+                            "+callbacks.es.monitor=val/loss +callbacks.es.mode=max",
+                            "callbacks.es.mode='max' would stop the run once val/loss stops rising"),
                            ("callbacks.model_checkpoint.dirpath=null", "callbacks.model_checkpoint.dirpath=null: "
                                                                        "Lightning would write last.ckpt into the first "
                                                                        "logger's folder"),
@@ -983,6 +987,35 @@ def test_a_scan_backend_that_cannot_run_fails_before_any_work(tmp_path, monkeypa
     load_train_config(compose_train(tmp_path, [*SMOKE[:2], "trainer.accelerator=gpu", "attention=momentum"]))
 
 
+def test_the_attentions_environment_is_judged_where_a_checkpoint_is_loaded(tmp_path, monkeypatch):
+    # generate.py, evaluate.py, analyze.py and lm-eval met a bad MOMATTN_* setting at the first forward, as a
+    # 65-line traceback; MOMATTN_TRITON_CHUNK=abc was int()'s ValueError at a GPU's first step (found by review)
+    from test_generate import tiny_checkpoint
+
+    from momattn import ops
+
+    vanilla, momentum = tiny_checkpoint(tmp_path / "v.ckpt"), tiny_checkpoint(tmp_path / "m.ckpt", "momentum")
+    monkeypatch.setattr(ops, "SCAN_BACKEND", "bogus")
+    for ckpt in (vanilla, momentum):
+        with pytest.raises(ConfigError, match="MOMATTN_SCAN_BACKEND='bogus' is not a scan backend"):
+            load_checkpoint(ckpt)
+    monkeypatch.setattr(ops, "SCAN_BACKEND", "triton")  # no GPU: the kernel cannot load, for momentum only
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    load_checkpoint(vanilla)
+    with pytest.raises(ConfigError, match="MOMATTN_SCAN_BACKEND=triton but the Triton scan cannot load"):
+        load_checkpoint(momentum)
+    monkeypatch.setattr(ops, "SCAN_BACKEND", "auto")
+    monkeypatch.setenv("MOMATTN_CPU_ATTENTION", "flash")
+    with pytest.raises(ConfigError, match="MOMATTN_CPU_ATTENTION='flash' is not a setting"):
+        load_checkpoint(vanilla)
+    monkeypatch.delenv("MOMATTN_CPU_ATTENTION")
+    monkeypatch.setenv("MOMATTN_TRITON_CHUNK", "abc")
+    with pytest.raises(ConfigError, match=r"MOMATTN_TRITON_CHUNK='abc' must be 0 \(never chunk\) or a multiple of 64"):
+        load_checkpoint(vanilla)
+    assert run_expecting(tmp_path / "t", [*SMOKE, "attention=vanilla"], ConfigError).startswith(
+        "MOMATTN_TRITON_CHUNK='abc' must be")  # and train.py, at start-up
+
+
 def test_a_cpu_attention_setting_that_is_not_one_fails_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setenv("MOMATTN_CPU_ATTENTION", "flash")
     msg = run_expecting(tmp_path, [*SMOKE, "attention=vanilla"], ConfigError)
@@ -1006,7 +1039,10 @@ def test_jsonl_without_the_text_field(tmp_path):
     msg = run_expecting(tmp_path, ["debug=smoke", "data=text_files", f"data.paths=[{f}]"], DataError)
     assert "line 2: field 'text' holds NoneType null, not text" in msg
     msg = run_expecting(tmp_path, ["debug=smoke", "data=text_files", f"data.paths={f}"], ConfigError)
-    assert msg == f"data.paths: a list is needed, got '{f}'; write it in brackets: data.paths=[{f}]"
+    assert msg == f"data.paths: a list is needed, got '{f}'; write it in brackets, e.g. data.paths=[{f}]"
+    # a list of a fixed length is shown in its default's form: optim.betas=[0.9] was then "must be two numbers"
+    msg = run_expecting(tmp_path, [*SMOKE, "optim.betas=0.9"], ConfigError)
+    assert msg == "optim.betas: a list is needed, got 0.9; write it in brackets, e.g. optim.betas=[0.9,0.95]", msg
     msg = run_expecting(tmp_path, ["debug=smoke", "data=text_files", f"data.paths=[[{f}]]"], ConfigError)
     assert msg.startswith(f"data.paths: each entry must be a str, got ['{f}']")  # was a TypeError inside pathlib
     msg = run_expecting(tmp_path, ["debug=smoke", "data=text_files", f"data.paths=[{f}]", "data.seed=-1"], DataError)

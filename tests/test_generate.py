@@ -126,6 +126,10 @@ def test_missing_checkpoint_is_a_checkpoint_error(tmp_path):
 
     with pytest.raises(CheckpointError, match="does not exist"):
         run_generate({"ckpt_path": str(tmp_path / "nope.ckpt"), "prompt": "hi"})
+    # train.py's resume shortcut, typed here: "checkpoint 'last' does not exist" (found by review)
+    with pytest.raises(CheckpointError, match="ckpt_path=last is train.py's way to resume a run folder's newest "
+                                              "checkpoint; here, give the checkpoint's path"):
+        run_generate({"ckpt_path": "last", "prompt": "hi"})
 
 
 def test_cli_streams_to_stdout_and_rejects_bad_input_with_exit_2(ckpt, tmp_path):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -174,6 +175,27 @@ def test_generation_settings_and_bad_input_are_handled_as_lm_eval_users_expect(c
     r = run_cli("-m", ["momattn.lm_eval_adapter", "--model", "momattn", "--model_args", "ckpt_path=nope.ckpt",
                        "--tasks", "momattn_tiny_mc", "--include_path", str(DATA)], DATA, timeout=600)
     assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+def test_a_misspelt_task_is_one_line_naming_it(monkeypatch, capsys):
+    # lm-eval's 17-line traceback ending in "ValueError: Tasks not found: lambada_opena" (found by review; its
+    # message read from lm-eval 0.4 by hand: indexing its tasks takes ~10 s, so lm-eval's raise is stood in for)
+    import lm_eval.__main__
+
+    from momattn.lm_eval_adapter import main
+
+    def cli_evaluate():
+        raise ValueError("Tasks not found: lambada_opena. Try `lm-eval --tasks {list_groups,list_subtasks}` ...")
+
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", cli_evaluate)
+    monkeypatch.setattr(sys, "argv", ["lm_eval"])  # (main names the program in it)
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2
+    assert "error: lm-eval: Tasks not found: lambada_opena. Try" in capsys.readouterr().err
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", lambda: int("x"))  # any other ValueError: as it is
+    with pytest.raises(ValueError, match="invalid literal"):
+        main()
 
 
 def test_misspelt_model_args_and_precisions_are_refused_and_model_args_win_over_lm_evals_own(ckpt):

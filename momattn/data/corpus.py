@@ -22,12 +22,8 @@ import numpy as np
 
 from momattn.data.sources import DataSource, cache_fingerprint, import_datasets, make_source
 from momattn.errors import DataError
-from momattn.io import atomic_write, atomic_write_text, file_lock, remove_stale_temps
+from momattn.io import atomic_write, atomic_write_text, cache_root, file_lock, remove_stale_temps
 from momattn.tokenizer import Tokenizer
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("MOMATTN_CACHE", Path.home() / ".cache" / "momattn")).expanduser()
 
 
 def _crc32(path: Path, block: int = 64 << 20) -> int:
@@ -133,7 +129,7 @@ def load_tokens(source: DataSource | Mapping, tokenizer: Tokenizer, split: str,
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     if isinstance(source, Mapping):
         source = make_source(source)
-    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    cache = Path(cache_dir).expanduser() if cache_dir else cache_root()
     try:
         (cache / "tokens").mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a file on the path, a read-only or missing mount: not a stack trace from deep inside

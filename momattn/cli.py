@@ -11,6 +11,7 @@ import errno
 import functools
 import itertools
 import os
+import re
 import shlex
 import sys
 from collections.abc import Callable
@@ -272,6 +273,11 @@ def _parse_error(overrides: list[str], e: Exception) -> ConfigError:
     if bad is not None and (value == "~" or value.startswith("~/")) and "dir" in key.rsplit(".", 1)[-1]:
         return ConfigError(f"{bad}: Hydra does not expand ~ (and cannot parse it unquoted); write the path out, "
                            f"e.g. {key}=$HOME{value[1:]} unquoted, which the shell expands")
+    if bad is not None and value.startswith("[") and re.search(r"[\[,]\s*~", value):  # data.paths=[~/a.txt]
+        entries = [e.strip() for e in value.strip("[]").split(",")]
+        fixed = "[" + ",".join(f"'{e}'" if e.startswith("~") else e for e in entries) + "]"
+        return ConfigError(f"{bad}: Hydra cannot parse an unquoted ~ in a list; quote each such entry: "
+                           f'"{key}={fixed}" (momattn expands the ~ of a path)')
     quoted = f"{key}='" + value.replace("'", "\\'") + "'"
     if bad is not None and value and value[0] not in "[{('\"" and parses(quoted):  # not a broken list or dict
         # as typed in a shell: in double quotes where nothing in them is the shell's ($, `, ", \, !), else shlex's
@@ -736,8 +742,10 @@ def check_fresh_folder(overrides: list[str], multirun: bool, cwd: Path | None = 
             raise another_runs_checkpoint(ckpt, folder, held, key)
     if ckpt and ckpt != "null":
         return
-    held = [folder / "checkpoints" / "last.ckpt"] if not multirun else sorted(folder.glob("*/checkpoints/last.ckpt"))
-    held = [p for p in held if p.exists()]
+    # a run's checkpoint, or the summary of one that kept none (callbacks=none: was overwritten without a word)
+    runs = [folder] if not multirun else sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    held = [p for run in runs if (p := next((f for f in (run / "checkpoints" / "last.ckpt", run / "summary.json")
+                                             if f.exists()), None))]
     if held:
         raise folder_holds_a_run(folder, held, key, sweep=multirun, search=multirun and _is_search(overrides))
 
@@ -871,7 +879,8 @@ def folder_holds_a_run(folder: Path, held: list[Path], key: str, sweep: bool = F
            if search else f"Resume it with ckpt_path=last (the same command otherwise), or train in another folder "
                           f"({key}=...)")
     return ConfigError(f"{folder} holds {what} already ({held[0]}{', ...' if len(held) > 1 else ''}); a fresh run "
-                       f"there would overwrite its checkpoints. {how[0].upper()}{how[1:]}, or delete that folder first")
+                       f"there would overwrite its checkpoints and results. {how[0].upper()}{how[1:]}, or delete that "
+                       "folder first")
 
 
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)  # no space left: the disk, or the user's quota

@@ -152,6 +152,9 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     hold_run_folder(out_dir)
     for tmp in remove_stale_temps(out_dir / "checkpoints"):  # partial files of a run killed while saving
         print(f"[momattn] removed {tmp.name}, a partial checkpoint of a killed process", file=sys.stderr)
+    if summary := _finished_uncheckpointed(c, out_dir):  # (every rank: a sweep's later jobs run on the ranks it
+        value = summary.get(c.optimized_metric)  # started)
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
     ckpt_path = _resume_from(c, job, out_dir)
     earlier = out_dir / "checkpoints" / "last.ckpt"
     if ckpt_path is None and earlier.exists() and os.environ.get("LOCAL_RANK", "0") == "0":  # cli's check's backstop
@@ -766,6 +769,23 @@ def _summary_steps(out_dir: Path) -> int | None:
     """The steps a finished run's summary.json records (quietly: None where it is missing or unreadable)."""
     steps = (_read_summary(out_dir / "summary.json")[0] or {}).get("steps")
     return steps if isinstance(steps, int) else None
+
+
+def _finished_uncheckpointed(c: TrainConfig, out_dir: Path) -> dict | None:
+    """The summary of a run that finished at trainer.max_steps without a checkpoint (callbacks=none), resumed, having
+    said that nothing trains; None where the folder holds no such run. A sweep resumed with ckpt_path=last trained
+    such jobs again from step 0 over their logs (found by review)."""
+    checkpoints = out_dir / "checkpoints"
+    if c.ckpt_path != "last" or checkpoints.is_dir() and any(checkpoints.iterdir()):  # (resolve_ckpt_path's to take)
+        return None
+    summary = _read_summary(out_dir / "summary.json")[0]
+    if not summary or summary.get("steps") != c.max_steps:
+        return None
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        print(f"[momattn] nothing to train: {out_dir} finished at step {c.max_steps} without a checkpoint "
+              f"(trainer.max_steps={c.max_steps}); {out_dir / 'summary.json'} is kept. Without a checkpoint it cannot "
+              "train further: a longer run starts anew in another folder", file=sys.stderr, flush=True)
+    return summary
 
 
 def _kept_summary(path: Path, step: int, say: bool = True) -> dict | None:

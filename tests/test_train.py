@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
 from momattn.checkpoint import read_checkpoint
+from momattn.cli import check_fresh_folder
 from momattn.config import load_train_config
 from momattn.errors import ConfigError
 from momattn.hardware import resolve_precision
@@ -944,9 +945,22 @@ def test_a_node_that_never_joins_times_out_with_a_message_naming_the_rendezvous(
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
 
 
-def test_callbacks_none_writes_no_checkpoint(tmp_path):
-    run_train(compose_train(tmp_path, [*SMOKE, "callbacks=none", "trainer.max_steps=3"]))
+def test_callbacks_none_writes_no_checkpoint(tmp_path, capsys):
+    run = tmp_path / "sweep" / "0"  # (a sweep's job 0)
+    val = run_train(compose_train(run, [*SMOKE, "callbacks=none", "trainer.max_steps=3"]))
     assert not list(tmp_path.rglob("*.ckpt"))  # not even Lightning's default one in the logger's folder
+    # such a run, finished, is not trained again from step 0 by a resume (a sweep's ckpt_path=last did, over its
+    # logs), nor overwritten by a fresh run (found by review)
+    summary = (run / "summary.json").read_bytes()
+    assert run_train(compose_train(run, [*SMOKE, "callbacks=none", "trainer.max_steps=3", "ckpt_path=last"])) \
+        == pytest.approx(val)
+    assert f"nothing to train: {run} finished at step 3 without a checkpoint" in capsys.readouterr().err
+    assert (run / "summary.json").read_bytes() == summary and not list(tmp_path.rglob("*.ckpt"))
+    for multirun, folder in ((False, run), (True, run.parent)):  # the run, and the sweep whose job it is
+        key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        with pytest.raises(ConfigError, match=f"holds {'1 job' if multirun else 'a run'}.* already "
+                                              f"\\({run / 'summary.json'}"):
+            check_fresh_folder([f"{key}={folder}"], multirun=multirun)
 
 
 def test_the_final_model_is_validated_when_max_steps_is_off_the_interval(tmp_path):

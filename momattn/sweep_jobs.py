@@ -131,6 +131,7 @@ def _original_command(root: Path, sweep_dir: str) -> str:
 
 
 # jobs run on this machine: its checks hold for them (submitit's LocalLauncher: local processes too)
+SEARCH_KEYS_ENV = "MOMATTN_SEARCH_KEYS"  # the keys an Optuna search varies (JSON), for its trials' W&B names
 LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher", "submitit_launcher.LocalLauncher")
 
 

@@ -529,18 +529,22 @@ def _sweep_names(job: HydraJob, model_config: GPTConfig) -> tuple[str | None, st
 
 def _swept_keys(sweep_dir: Path) -> set[str]:
     """The keys a sweep varies, from its multirun.yaml: its sweeps on the command line (seed=1,2) and the keys of
-    hydra.sweeper.params (an Optuna space, an experiment's sweep); empty where the file cannot be read."""
+    hydra.sweeper.params (an experiment's sweep); empty where the file cannot be read. An Optuna search writes
+    none: its sweeper names the keys it searches in SEARCH_KEYS_ENV."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    from momattn.sweep_jobs import sweeper_params
+    from momattn.sweep_jobs import SEARCH_KEYS_ENV, sweeper_params
 
+    if not (sweep_dir / "multirun.yaml").is_file():  # an Optuna search writes none: the keys its sweeper searches
+        keys = json.loads(os.environ.get(SEARCH_KEYS_ENV) or "[]")
+        return {str(k).lstrip("+~") for k in keys} if isinstance(keys, list) else set()
     try:
         cfg = OmegaConf.load(sweep_dir / "multirun.yaml")
         keys = {str(k) for k in sweeper_params(cfg)}
         task = [str(o) for o in OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []]
         keys |= {o.key_or_group for o in OverridesParser.create().parse_overrides(task) if o.is_sweep_override()}
-    except Exception:  # no file (a launcher that writes none), or one Hydra cannot parse: every override named
+    except Exception:  # a file Hydra cannot parse: every override named
         return set()
     return {k.lstrip("+~") for k in keys}
 

@@ -213,11 +213,12 @@ def _cell(v: Any):
 
 
 def folder_group(folder: Path) -> str:
-    """A W&B group named by a run folder: with its date where Hydra's default <date>/<time> names it by the time
-    alone (train.py's sweeps, evaluate.py's and analyze.py's outputs/<entry>/<date>/<time>)."""
+    """A W&B group named by a run folder and the folder it is in: its date where Hydra's default <date>/<time> names
+    it by the time alone (train.py's sweeps, evaluate.py's and analyze.py's outputs/<entry>/<date>/<time>), and the
+    study's name where a layout names the arm (sweeps/text_eta/vanilla and sweeps/ginc_eta/vanilla were one group,
+    their runs' names alike; found by review)."""
     folder = Path(folder)
-    name = f"{folder.parent.name}/{folder.name}" if re.fullmatch(r"\d\d-\d\d-\d\d", folder.name) else folder.name
-    return name[-128:]
+    return "/".join(p for p in (folder.parent.name, folder.name) if p)[-128:]
 
 
 def log_verdict(out_dir: Path, wandb_cfg: Mapping, who: str, tables: Mapping[str, Sequence[Mapping]],

@@ -8,6 +8,7 @@ this module imports nothing optional until a sweep uses it (without the sweep ex
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 
@@ -45,20 +46,28 @@ class OptunaSweeper(Sweeper):
                   file=sys.stderr)
             raise SystemExit(2) from None
 
+    def _stored_study(self):
+        """The stored study this search goes on with (hydra.sweeper.storage and study_name), or None."""
+        cfg = self.sweeper_cfg
+        if not cfg.get("storage") or cfg.get("study_name") is None:
+            return None
+        import optuna
+
+        try:
+            return optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
+        except Exception:  # no such study yet
+            return None
+
     def _check_stored_study(self, arguments: list[str]) -> None:
         """A stored study's trials must measure what this search measures: a second search with another
         optimized_metric put val/ppl values beside val/loss ones, and its 'best value' was a val/loss. A search
         whose fixed settings differ from the stored trials' (trainer.max_steps=6 beside trials of 30 steps) is
         told which, since its best may be an earlier trial's."""
-        cfg = self.sweeper_cfg
-        if not cfg.get("storage") or cfg.get("study_name") is None:
+        if (study := self._stored_study()) is None:
             return
         import optuna
 
-        try:
-            study = optuna.load_study(study_name=cfg.study_name, storage=cfg.storage)
-        except Exception:  # no such study yet
-            return
+        cfg = self.sweeper_cfg
         stored = study.user_attrs.get(METRIC_ATTR)
         if stored is not None and self.metric is not None and str(stored) != str(self.metric):
             print(f"error: optimized_metric={self.metric}, and the stored study '{cfg.study_name}' optimised "
@@ -113,9 +122,16 @@ class OptunaSweeper(Sweeper):
         self._continue_stored_study()
         from momattn.errors import UserError
 
+        self._stale_trials()
+        from momattn.sweep_jobs import SEARCH_KEYS_ENV
+
+        # what tells the trials apart, for their W&B names (this sweeper writes no multirun.yaml, whose swept keys a
+        # basic sweep's jobs read: a trial's name was the whole command line, cut at 128 characters)
+        searched = [*self.base.sweeper._parse_sweeper_params_config(), *arguments]
+        os.environ[SEARCH_KEYS_ENV] = json.dumps(sorted(_searched_keys(searched)))
         try:
             try:
-                with self._recording_trials():
+                with self._recording_trials(), self._grid_left():
                     self.base.sweep(arguments)
             except BaseException:  # a refused space, Ctrl-C, SIGTERM: the trials it asked for stayed RUNNING in a
                 if self.sweeper_cfg.get("storage"):  # stored study for good, as Optuna's own optimize() does not
@@ -140,6 +156,8 @@ class OptunaSweeper(Sweeper):
             if "No trials are completed" not in str(e):
                 raise
             self._none_completed()
+        finally:
+            os.environ.pop(SEARCH_KEYS_ENV, None)
         self._count_trials()
 
     def _none_completed(self) -> None:
@@ -166,6 +184,59 @@ class OptunaSweeper(Sweeper):
                   "trial's log in its folder); the best is taken over the study's completed trials",
                   file=sys.stderr, flush=True)
 
+
+    def _stale_trials(self) -> None:
+        """RUNNING trials of a stored study: another search's, running now, or those of one killed (SIGKILL, a lost
+        node) before it could mark them; they stayed RUNNING for good, unsaid, and the grid sampler counts their
+        points as taken (found by review). Named; with MOMATTN_FAIL_RUNNING_TRIALS=1 (no other search running on
+        the study) marked failed, their grid points free again."""
+        if (study := self._stored_study()) is None:
+            return
+        import optuna
+
+        cfg = self.sweeper_cfg
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if not running:
+            return
+        numbers = ", ".join(str(t.number) for t in running[:10]) + (", ..." if len(running) > 10 else "")
+        if os.environ.get("MOMATTN_FAIL_RUNNING_TRIALS") == "1":
+            for t in running:
+                _fail_trial(study, t)
+            print(f"[momattn] marked {len(running)} RUNNING trial(s) of the stored study '{cfg.study_name}' failed "
+                  f"(MOMATTN_FAIL_RUNNING_TRIALS=1): {numbers}", file=sys.stderr, flush=True)
+            return
+        print(f"[momattn] warning: the stored study '{cfg.study_name}' holds {len(running)} RUNNING trial(s) "
+              f"({numbers}): another search running on it now, or one that was killed (SIGKILL, a lost node) before "
+              "it could mark them. A grid search counts their points as taken. If no other search runs on it, "
+              "run this command again with MOMATTN_FAIL_RUNNING_TRIALS=1 set to mark them failed",
+              file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def _grid_left(self):
+        """A grid search on a stored study searches the points its earlier searches left (the base sweeper asked
+        for min(n_trials, grid size) trials: once the grid was taken, the sampler re-ran taken points at random,
+        and a point whose trial a stop interrupted was never trained; found by review)."""
+        import optuna
+
+        create, inner = optuna.create_study, self.base.sweeper
+
+        def created(*args, **kwargs):
+            study = create(*args, **kwargs)
+            unvisited = getattr(study.sampler, "_get_unvisited_grid_ids", None)
+            if isinstance(study.sampler, optuna.samplers.GridSampler) and unvisited is not None and study.trials:
+                left, size = len(unvisited(study)), len(study.sampler._all_grids)
+                inner.n_trials = min(inner.n_trials, left)
+                print(f"[momattn] the stored study '{study.study_name}' has taken {size - left} of its grid's {size} "
+                      f"points: this search trains {inner.n_trials} of the {left} left"
+                      + ("" if left else " (nothing to search: its best is that of the trials it holds)"),
+                      file=sys.stderr, flush=True)
+            return study
+
+        optuna.create_study = created
+        try:
+            yield
+        finally:
+            optuna.create_study = create
 
     @contextlib.contextmanager
     def _recording_trials(self):
@@ -200,9 +271,23 @@ class OptunaSweeper(Sweeper):
             ours = set(getattr(self, "asked", []))
             for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
                 if t._trial_id in ours:
-                    study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+                    _fail_trial(study, t)
         except Exception:  # the storage, unreadable now: its trial stays as it is
             pass
+
+
+def _fail_trial(study, trial) -> None:
+    """A RUNNING trial that never finished, marked failed; where the grid sampler gave it a point, that point is left
+    free (it counts a failed trial's point as taken: an interrupted point was never trained)."""
+    import optuna
+
+    if "grid_id" in trial.system_attrs:
+        study._storage.set_trial_system_attr(trial._trial_id, "grid_id", -1)  # no point of the grid
+    try:
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    except RuntimeError as e:  # the grid sampler stops its study where none is left, outside optimize() an error,
+        if "Study.stop" not in str(e):  # raised once the state is written (the base sweeper lets it pass too)
+            raise
 
 
 def _mask_passwords() -> None:
@@ -235,6 +320,14 @@ def _fixed_overrides(arguments: list[str]) -> dict[str, str]:
         if not o.is_sweep_override() and not o.is_hydra_override():
             out[o.get_key_element()] = o.get_value_element_as_str()
     return out
+
+
+def _searched_keys(arguments: list[str]) -> set[str]:
+    """The keys of the overrides that are searched (interval(...), choice(...), range(...))."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return {o.get_key_element() for o in OverridesParser.create().parse_overrides(arguments)
+            if o.is_sweep_override() and not o.is_hydra_override()}
 
 
 def _raised_in(e: BaseException, where: str, frame: bool = False) -> bool:

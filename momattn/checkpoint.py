@@ -328,7 +328,13 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
     """(model, tokenizer) from a checkpoint alone. model(idx (B, T)) -> logits (B, T, V), in eval mode."""
-    ckpt = read_checkpoint(path, verify=True)
+    return model_from(read_checkpoint(path, verify=True), path, map_location)
+
+
+def model_from(ckpt: dict, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
+    """load_checkpoint's (model, tokenizer) from the dict read_checkpoint(path, verify=True) gave: where its step
+    labels the weights, both come from one read (a file replaced between two reads labelled one step's scores
+    with another's)."""
     meta = ckpt["momattn"]
     model = GPT(model_config_from(meta, path))
     try:

@@ -1120,6 +1120,8 @@ def interrupted(config_name: str, cfg, signame: str = "Ctrl-C") -> str:
         return f"\n[momattn] interrupted ({signame})"
     reused = " (the sweep's jobs already analysed are reused)" if config_name == "analyze" and \
         cfg.get("sweep_dir") else ""
+    if config_name == "evaluate" and cfg.get("sweep_dir"):  # its jobs' results are kept in this folder
+        reused = f" with hydra.run.dir={out} (the sweep's jobs already scored there are reused)"
     return (f"\n[momattn] interrupted ({signame}): results are written as the work ends, so {out} holds none or only "
             f"some of this run's; run the same command again{reused}")
 

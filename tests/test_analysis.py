@@ -780,7 +780,7 @@ def test_a_sweep_s_seeds_are_analysed_then_summarised_with_intervals_and_reused(
     assert "Diverged test models (left out of the run's means; counted wrong in its FT accuracy): 1 3\n" in \
         (out / "analysis_sweep.md").read_text()
     ((cfg, tables, kw),) = logged
-    assert cfg == {"project": "p", "tags": ["t"], "group": f"section4-{sweep.name}"} and kw["job_type"] == "analyze-sweep"
+    assert cfg == {"project": "p", "tags": ["t"], "group": f"section4-{sweep.parent.name}/{sweep.name}"} and kw["job_type"] == "analyze-sweep"
     # each job's run: in the verdict's group, named by its job (all were <task>-<attention>: seeds looked alike)
     from types import SimpleNamespace
 

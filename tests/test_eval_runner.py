@@ -41,13 +41,14 @@ def tokenizer():
     return train_bpe(lambda: texts, 320)
 
 
-def make_checkpoint(path: Path, kind: str, tokenizer, seed: int = 0) -> Path:
+def make_checkpoint(path: Path, kind: str, tokenizer, seed: int = 0, step: int | None = None, **attn) -> Path:
     torch.manual_seed(seed)
     cfg = GPTConfig(block_size=64, vocab_size=tokenizer.vocab_size, n_layer=2, n_head=2, n_embd=32,
-                    attention=AttentionConfig(kind=kind))
+                    attention=AttentionConfig(kind=kind, **attn))
     model = GPT(cfg)
     ckpt = {"state_dict": {"model." + k: v for k, v in model.state_dict().items()},
-            "momattn": checkpoint_meta(cfg, tokenizer, {"data": dict(DATA), "seed": 1})}
+            "momattn": checkpoint_meta(cfg, tokenizer, {"data": dict(DATA), "seed": 1}),
+            **({"global_step": step} if step is not None else {})}
     atomic_torch_save(ckpt, path)
     return path
 
@@ -169,6 +170,33 @@ def test_run_evaluate_side_by_side_with_disambiguated_labels(tmp_path, tokenizer
     run_evaluate({**cfg, "ckpt_paths": None, "ppl": {"enabled": False}}, out_dir=tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.suffix in (".png", ".jsonl")) == \
         ["icl.png", "icl_predictions_vanilla.jsonl"]
+
+
+def test_rows_name_the_variant_and_the_weights_scored_even_when_a_file_is_replaced_midway(tmp_path, tokenizer,
+                                                                                          monkeypatch, capsys):
+    # eta 0.3 and 0.5 both read "momentum" (told apart by path only); a checkpoint replaced while another was scored
+    # (a run still training) was labelled with the step first read and scored with the weights read later (found by
+    # review)
+    import momattn.eval.runner as runner
+    from momattn.checkpoint import weights_digest
+
+    a = make_checkpoint(tmp_path / "a" / "last.ckpt", "momentum", tokenizer, seed=1, step=400, eta=0.3)
+    b = make_checkpoint(tmp_path / "b" / "last.ckpt", "momentum", tokenizer, seed=2, step=400, eta=0.5)
+    real = runner.evaluate_model
+
+    def scoring(model, *args, **kw):
+        if args[4] == "momentum(eta=0.3)":  # (the label) while a is scored, b's run saves step 800
+            make_checkpoint(b, "momentum", tokenizer, seed=3, step=800, eta=0.5)
+        return real(model, *args, **kw)
+
+    monkeypatch.setattr(runner, "evaluate_model", scoring)
+    cfg = {**FAST, "ckpt_paths": [str(a), str(b)], "device": "cpu",
+           "icl": {**FAST["icl"], "tasks": ["trec"], "shots": [0], "seeds": [1]}, "ppl": {"enabled": False}}
+    results = run_evaluate(cfg, out_dir=tmp_path / "run")
+    assert [r.label for r in results] == ["momentum(eta=0.3)", "momentum(eta=0.5)"]
+    assert [r.step for r in results] == [400, 800]
+    assert results[1].weights == weights_digest(load_checkpoint(b)[0])
+    assert f"warning: {b} changed since it was first read (step 400, now 800" in capsys.readouterr().err
 
 
 def test_every_checkpoint_is_checked_before_any_is_scored(tmp_path, tokenizer, monkeypatch):

@@ -804,3 +804,53 @@ def test_a_run_with_a_time_limit_is_partial_only_when_stopped_before_it():
     assert _unfinished({"trainer": {"max_steps": 20, "max_time": {"minutes": 1, "seconds": 0.9}}}, 12, ckpt(61.0)) is None
     assert _unfinished({"trainer": {"max_steps": 20}}, 12).startswith("partial: trained 12 of trainer.max_steps=20")
     assert _unfinished({"trainer": {"max_steps": 20, "max_epochs": 1}}, 12) is None  # an epoch may end it
+
+
+def test_runs_of_a_setting_at_different_steps_are_named_and_each_runs_step_recorded(tmp_path):
+    # under trainer.max_epochs (or max_time) a run's step cannot tell finished from stopped: one stopped at step 50
+    # was averaged with runs at 400 unsaid, and sweep.json recorded no step (found by review)
+    from momattn.eval.sweep import SweepRun, step_note
+
+    def run(num, attention, seed, step):
+        return SweepRun(path=tmp_path / str(num) / "last.ckpt", job=tmp_path / str(num), attention=attention,
+                        seed=seed, setting="s1", config={"trainer": {"max_epochs": 3}}, step=step)
+
+    runs = [run(0, "vanilla", 1, 400), run(1, "momentum", 1, 400), run(2, "momentum", 3, 50)]
+    assert step_note(runs, tmp_path) == ("\nSteps differ in setting s1: 2 (momentum, seed 3) at step 50, the others "
+                                         "at step 400. An epoch or time limit ends runs at their own step, so these "
+                                         "may be finished runs or stopped ones; their numbers are averaged with the "
+                                         "others'.\n")
+    assert step_note(runs[:2], tmp_path) == ""
+
+
+def test_a_sweep_evaluation_cut_short_goes_on_where_it_stopped_in_its_folder(tmp_path, tokenizer, monkeypatch,  # noqa: F811
+                                                                            capsys):
+    # "run the same command again" scored every job again: the jobs scored into the folder are reused there, as
+    # long as their weights and settings are those scored (found by review)
+    import momattn.eval.runner as runner
+
+    sweep, out = tmp_path / "multirun", tmp_path / "verdict"
+    for n, (kind, seed) in enumerate([("vanilla", 1), ("momentum", 1), ("vanilla", 2), ("momentum", 2)]):
+        job(sweep, n, kind, seed, tokenizer)
+    real, scored, stop_at = runner.evaluate_model, [], [2]
+
+    def scoring(model, tok, run_config, cfg, where, *args, **kw):
+        if len(scored) in stop_at:
+            raise KeyboardInterrupt  # a stop while the third job is scored
+        scored.append(where.name)
+        return real(model, tok, run_config, cfg, where, *args, **kw)
+
+    monkeypatch.setattr(runner, "evaluate_model", scoring)
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluate({**EVAL, "sweep_dir": str(sweep), "device": "cpu"}, out_dir=out)
+    assert scored == ["0", "1"]
+    job(sweep / "replaced", 0, "vanilla", 3, tokenizer)  # job 1 trained again in place: other weights, same step
+    shutil.copy(sweep / "replaced" / "0" / "checkpoints" / "last.ckpt", sweep / "1" / "checkpoints" / "last.ckpt")
+    shutil.rmtree(sweep / "replaced")
+    scored.clear(), stop_at.clear()
+    run_evaluate({**EVAL, "sweep_dir": str(sweep), "device": "cpu"}, out_dir=out)
+    assert scored == ["1", "2", "3"]  # job 0 reused, job 1 (other weights) scored again
+    assert f"[momattn] 0: scored into this folder before ({out / 'jobs' / '0' / 'results.json'}): reused" in \
+        capsys.readouterr().err
+    assert len(strict_json((out / "sweep.json").read_text())["runs"]) == 4
+

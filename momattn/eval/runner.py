@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -237,6 +238,24 @@ def slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "model"
 
 
+def variant_labels(params: Sequence[Mapping]) -> list[str]:
+    """Each model's attention kind, and where models of one kind differ in its settings (an eta sweep), what differs:
+    'momentum(eta=0.3)', 'momentum(learnable_eta=True)'. params: each model's attention config (with its kind);
+    vanilla's settings are unused, so never named."""
+    from momattn.model import AttentionConfig
+
+    defaults = asdict(AttentionConfig())  # a setting an older checkpoint lacks had its default value then
+    labels = [str(p["kind"]) for p in params]
+    for kind in set(labels) - {"vanilla"}:
+        idx = [i for i, k in enumerate(labels) if k == kind]
+        value = lambda i, k: params[i].get(k, defaults.get(k))  # noqa: E731
+        keys = sorted({k for i in idx for k in params[i] if k != "kind"})
+        varying = [k for k in keys if len({json.dumps(value(i, k), default=str) for i in idx}) > 1]
+        for i in idx if varying else ():
+            labels[i] = f"{kind}(" + ", ".join(f"{k}={value(i, k)}" for k in varying) + ")"
+    return labels
+
+
 def checkpoint_labels(paths: Sequence[str], kinds: Sequence[str]) -> list[str]:
     """Each checkpoint's attention variant; a variant that repeats gets the shortest path tail that tells
     its checkpoints apart, also as a file name (slug: the predictions file of one would replace another's)."""
@@ -335,7 +354,7 @@ def _check_one(path, label: str, meta: dict, conf: EvaluateConfig) -> None:
 def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list[ModelResult]:
     """evaluate.py: every checkpoint in cfg evaluated with the same settings; reports in the run folder.
     With sweep_dir: the sweep's verdict (momattn.eval.sweep), sweep.md / sweep.json in the run folder."""
-    from momattn.checkpoint import load_checkpoint, read_checkpoint
+    from momattn.checkpoint import model_from, read_checkpoint, weights_digest
 
     conf = EvaluateConfig.from_mapping(cfg)
     out = Path(out_dir) if out_dir is not None else hydra_output_dir()
@@ -358,7 +377,8 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
         metas.append(ckpt["momattn"])
         steps.append(ckpt.get("global_step"))  # an int (read_checkpoint checks it), or None: into results.json
         del ckpt
-    labels = checkpoint_labels(paths, [m["model_config"]["attention"]["kind"] for m in metas])
+    # by attention variant (momentum(eta=0.3) beside momentum(eta=0.5): both read "momentum"; found by review)
+    labels = checkpoint_labels(paths, variant_labels([m["model_config"]["attention"] for m in metas]))
     if len(paths) > 1:  # each one's tasks, lengths and corpus checked before any is scored (a GINC checkpoint
         # among text ones failed after the first had been scored); the config and tokenizer suffice, no weights
         for path, meta, label in zip(paths, metas, labels):
@@ -367,12 +387,20 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
     results: list[ModelResult] = []
     for path, meta, label, step in zip(paths, metas, labels, steps):
         print(f"[momattn] evaluating {path} ({label}) on {device}", file=sys.stderr, flush=True)
-        model, tokenizer = load_checkpoint(path, map_location=device)
+        ckpt = read_checkpoint(path, verify=True)  # the weights, step and settings of one read (found by review)
+        model, tokenizer = model_from(ckpt, path, map_location=device)
+        if ckpt.get("global_step") != step or ckpt["momattn"].get("model_config") != meta.get("model_config"):
+            print(f"[momattn] warning: {path} changed since it was first read (step {step}, now "
+                  f"{ckpt.get('global_step')}; a run still training?): its row is the weights read now",
+                  file=sys.stderr, flush=True)
+            step, meta = ckpt.get("global_step"), ckpt["momattn"]
+        del ckpt
         run_config = dict(meta.get("config") or {})
         res = evaluate_model(model, tokenizer, run_config, conf.eval_section(), out, label,
                              cache_dir=conf.cache_dir, trained_on=meta.get("data_fingerprint"))
         # as a path that still names the file from another folder (a relative one named it from where evaluate.py ran)
         res.checkpoint, res.step = os.path.abspath(os.path.expanduser(path)), step
+        res.weights = weights_digest(model)  # which weights, as a sweep's job records them
         results.append(res)
         written = write_reports(results, out)  # after each checkpoint: finished ones survive a later crash
         del model

@@ -366,23 +366,10 @@ def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
 def _label_variants(runs: Sequence[SweepRun]) -> None:
     """Runs of one attention kind that differ in its settings (an eta sweep) are distinct variants: their label
     names what differs, e.g. 'momentum(eta=0.3)', 'momentum(learnable_eta=True)'."""
-    from momattn.model import AttentionConfig
+    from momattn.eval.runner import variant_labels
 
-    defaults = asdict(AttentionConfig())  # a setting an older checkpoint lacks had its default value then
-    by_kind: dict[str, list[SweepRun]] = defaultdict(list)
-    for r in runs:
-        by_kind[r.attention].append(r)
-    for kind, rs in by_kind.items():
-        keys = sorted({k for r in rs for k in r.attention_params if k != "kind"})
-
-        def value(r: SweepRun, k: str):
-            return r.attention_params.get(k, defaults.get(k))
-
-        varying = [k for k in keys if len({json.dumps(value(r, k), default=str) for r in rs}) > 1]
-        if kind == BASELINE or not varying:
-            continue
-        for r in rs:
-            r.attention = f"{kind}(" + ", ".join(f"{k}={value(r, k)}" for k in varying) + ")"
+    for r, label in zip(runs, variant_labels([{**r.attention_params, "kind": r.attention} for r in runs])):
+        r.attention = label
 
 
 def eval_inputs(cfg: EvalConfig) -> dict[str, list]:
@@ -416,8 +403,9 @@ def eval_inputs(cfg: EvalConfig) -> dict[str, list]:
         return {}
 
 
-def reusable(job: Path, eval_cfg: EvalConfig, step: int | None = None) -> ModelResult | None:
-    """The job's own eval/results.json, when it was made with exactly these evaluation settings, by today's
+def reusable(job: Path, eval_cfg: EvalConfig, step: int | None = None,
+             results: Path | None = None) -> ModelResult | None:
+    """The job's own eval/results.json (or `results`, a results.json of its scored elsewhere), when it was made with exactly these evaluation settings, by today's
     scoring protocols (an older momattn's numbers, scored another way, are computed again) and of the weights at
     `step`, last.ckpt's (a run trained on after its evaluation, then stopped before the next one, left numbers of
     older weights; a results.json that records no step, from before it did, is taken as it is). The caller checks
@@ -425,7 +413,7 @@ def reusable(job: Path, eval_cfg: EvalConfig, step: int | None = None) -> ModelR
     from momattn.eval.ginc import PROTOCOL as GINC_PROTOCOL
     from momattn.eval.report import protocols
 
-    path = job / "eval" / "results.json"
+    path = results or job / "eval" / "results.json"
     try:
         doc = json.loads(path.read_text())
         result = ModelResult.from_json(doc["checkpoints"][0])
@@ -498,6 +486,23 @@ def text_rise_metrics(result: ModelResult) -> dict[str, float]:
 def is_ppl(metric: str) -> bool:
     """A perplexity (ppl@N; lower is better) rather than an accuracy (TASK/acc@kK, whatever the task's name)."""
     return re.fullmatch(r"(ppl|bpb)@\d+", metric) is not None
+
+
+def step_note(runs: Sequence[SweepRun], sweep_dir: Path) -> str:
+    """A line naming the runs of a setting trained for fewer steps than others of it: under trainer.max_epochs or
+    trainer.max_time a run's step does not tell a finished run from a stopped one (_unfinished keeps them), and one
+    stopped early was averaged in unsaid (found by review)."""
+    lines = []
+    for setting, _, rs in by_setting(runs):
+        steps = {r.step for r in rs if isinstance(r.step, int)}
+        if len(steps) > 1:
+            top = max(steps)
+            short = [f"{job_name(r.job, sweep_dir)} ({r.attention}, seed {r.seed}) at step {r.step}" for r in rs
+                     if isinstance(r.step, int) and r.step < top]
+            lines.append(f"\nSteps differ in setting {setting}: {'; '.join(short)}, the others at step {top}. An "
+                         "epoch or time limit ends runs at their own step, so these may be finished runs or stopped "
+                         "ones; their numbers are averaged with the others'.\n")
+    return "".join(lines)
 
 
 def unfit_note(runs: Sequence[SweepRun]) -> str:
@@ -931,7 +936,7 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
     """Evaluate (or reuse) every run of a sweep and write the verdict. own_settings: each run with the settings of
     its own end-of-run evaluation (eval_cfg where it has none), so its results.json is reused; else eval_cfg.
     wandb_cfg (logger.wandb): the verdict's tables and plots also go to one W&B run."""
-    from momattn.checkpoint import load_checkpoint, weights_digest
+    from momattn.checkpoint import model_from, read_checkpoint, weights_digest
     from momattn.errors import CheckpointError
     from momattn.eval.report import results_document
     from momattn.eval.runner import check_saved, evaluate_model
@@ -958,6 +963,13 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
         if r.reused:
             print(f"[momattn] {name}: its own evaluation is reused ({r.job / 'eval' / 'results.json'})",
                   file=sys.stderr, flush=True)
+        # scored into this folder by an evaluation a stop cut short: run again there, it goes on (every job was
+        # scored again; found by review)
+        elif (done := reusable(r.job, cfg, r.step, out / "jobs" / name / "results.json")) is not None and \
+                stale_reason(r, done, cfg) is None:
+            r.result = done
+            print(f"[momattn] {name}: scored into this folder before ({out / 'jobs' / name / 'results.json'}): "
+                  "reused", file=sys.stderr, flush=True)
         if r.result is None:  # every job it will score checked first: a setting job 1 cannot take failed after job 0
             try:
                 check_saved(r.path, r.meta, cfg, cache_dir)
@@ -972,12 +984,19 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
         if r.result is None:
             print(f"[momattn] evaluating {name} ({r.attention}, seed {r.seed})", file=sys.stderr, flush=True)
             try:
-                model, tokenizer = load_checkpoint(r.path, map_location=device)
+                ckpt = read_checkpoint(r.path, verify=True)  # its step labels the weights of this one read
+                model, tokenizer = model_from(ckpt, r.path, map_location=device)
             except CheckpointError as e:  # e.g. a sharded folder whose meta.pt reads but a shard does not
                 failed.append(f"{name} (unreadable checkpoint: {e})")
                 runs.remove(r)
                 settings.pop(name)
                 continue
+            if ckpt.get("global_step") != r.step:  # replaced since the job was found (a run still training?)
+                print(f"[momattn] warning: {r.path} changed since it was first read (step {r.step}, now "
+                      f"{ckpt.get('global_step')}): job {name} is scored at the step read now", file=sys.stderr,
+                      flush=True)
+                r.step = ckpt.get("global_step")
+            del ckpt
             try:
                 r.result = evaluate_model(model, tokenizer, r.config, cfg, out / "jobs" / name, r.attention,
                                           cache_dir=cache_dir, trained_on=r.meta.get("data_fingerprint"))
@@ -1003,13 +1022,14 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
     shared = list(settings.values())
     doc = {"sweep_dir": str(sweep_dir), "failed": failed,
            "eval_config": shared[0] if shared and all(v == shared[0] for v in shared) else settings,
-           "runs": [{"checkpoint": str(r.path), "attention": r.attention, "seed": r.seed, "setting": r.setting,
-                     "reused_results": r.reused, "metrics": metrics_of(r.result)} for r in runs],
+           "runs": [{"checkpoint": str(r.path), "attention": r.attention, "seed": r.seed, "step": r.step,
+                     "setting": r.setting, "reused_results": r.reused, "metrics": metrics_of(r.result)} for r in runs],
            "settings": [asdict(s) for s in summaries]}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "sweep.json", json_text(doc, indent=2, default=str) + "\n")
     plots = sweep_plots(summaries, out)
-    md = sweep_markdown(summaries, failed, len(runs)) + unfit_note(runs) + reuse_note(runs, sweep_dir)
+    md = sweep_markdown(summaries, failed, len(runs)) + step_note(runs, sweep_dir) + unfit_note(runs) + \
+        reuse_note(runs, sweep_dir)
     if plots:
         md += "\nPlots: " + ", ".join(f"[{p.name}]({p.name})" for p in plots) + "\n"
     atomic_write_text(out / "sweep.md", md)

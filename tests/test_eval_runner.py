@@ -199,6 +199,39 @@ def test_rows_name_the_variant_and_the_weights_scored_even_when_a_file_is_replac
     assert f"warning: {b} changed since it was first read (step 400, now 800" in capsys.readouterr().err
 
 
+def test_an_evaluation_stopped_part_way_says_so_and_goes_on_where_it_stopped(tmp_path, tokenizer, monkeypatch):
+    # a stop after 2 of 3 checkpoints left reports that read as complete, over an earlier complete evaluation of
+    # the folder, and the same command scored all 3 again (found by review)
+    import momattn.eval.runner as runner
+
+    paths = [make_checkpoint(tmp_path / f"{n}" / "last.ckpt", "vanilla", tokenizer, seed=n, step=4) for n in range(3)]
+    real, scored, stop_at = runner.evaluate_model, [], [2]
+
+    def scoring(model, *args, **kw):
+        if len(scored) in stop_at:
+            raise KeyboardInterrupt
+        scored.append(args[4])
+        return real(model, *args, **kw)
+
+    monkeypatch.setattr(runner, "evaluate_model", scoring)
+    cfg = {**FAST, "ckpt_paths": [str(p) for p in paths], "device": "cpu",
+           "icl": {**FAST["icl"], "tasks": ["trec"], "shots": [0], "seeds": [1]}, "ppl": {"enabled": False}}
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluate(cfg, out_dir=tmp_path / "run")
+    labels = ["vanilla [0/last]", "vanilla [1/last]", "vanilla [2/last]"]
+    assert scored == labels[:2]
+    assert (tmp_path / "run" / "results.md").read_text().startswith(
+        "**Partial:** 2 of 3 checkpoints evaluated so far; not yet: vanilla [2/last] (a stop leaves this")
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["pending"] == labels[2:]
+    make_checkpoint(paths[1], "vanilla", tokenizer, seed=7, step=4)  # trained again in place: scored again
+    scored.clear(), stop_at.clear()
+    results = run_evaluate(cfg, out_dir=tmp_path / "run")
+    assert scored == labels[1:] and [r.label for r in results] == labels
+    doc = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert "pending" not in doc and len(doc["checkpoints"]) == 3
+    assert not (tmp_path / "run" / "results.md").read_text().startswith("**Partial:**")
+
+
 def test_every_checkpoint_is_checked_before_any_is_scored(tmp_path, tokenizer, monkeypatch):
     import momattn.eval.runner as runner
 

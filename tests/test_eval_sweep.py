@@ -143,7 +143,8 @@ def test_unfinished_repeated_and_unpaired_runs_are_named_not_scored(tmp_path, to
     run_evaluate({**EVAL, "sweep_dir": str(sweep), "device": "cpu"}, out_dir=out)
     doc, md = strict_json((out / "sweep.json").read_text()), (out / "sweep.md").read_text()
     assert doc["failed"] == ["4 (partial: trained 3 of trainer.max_steps=6 steps (diverged or interrupted; resume it "
-                             "with ckpt_path=last, or evaluate it alone with evaluate.py ckpt_path=...))"]
+                             "with ckpt_path=last, or evaluate it alone with evaluate.py ckpt_path=...; or still "
+                             "training: evaluate the sweep once it ends))"]
     assert len(doc["settings"]) == 1  # data.cache_dir is where tokens are kept, not what is trained
     (setting,) = doc["settings"]
     assert setting["rows"]["momentum"]["ppl@32"]["n"] == 2 and setting["comparisons"][0]["n_pairs"] == 2

@@ -423,19 +423,36 @@ def results_document(results: Sequence[ModelResult | Mapping]) -> dict:
             "checkpoints": [r.to_json() for r in results]}
 
 
+def read_results(path: Path) -> list[ModelResult] | None:
+    """The results a results.json holds, where it reads and was scored by today's protocols (an older momattn's
+    numbers, scored another way, are computed again); None otherwise."""
+    try:
+        doc = json.loads(Path(path).read_text())
+        results = [ModelResult.from_json(r) for r in doc["checkpoints"]]
+        protocol = dict(doc["protocol"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    return results if protocol == protocols(ginc_mod.PROTOCOL if "ginc" in protocol else None) else None
+
+
 def write_reports(results: Sequence[ModelResult | Mapping], out_dir: str | os.PathLike,
-                  before_json: Callable[[], None] | None = None) -> list[str]:
+                  before_json: Callable[[], None] | None = None, pending: Sequence[str] = ()) -> list[str]:
     """results.md, ppl.png and icl.png (each plot where there is something to plot), then results.json, in out_dir:
     the evaluated checkpoints side by side. results.json comes last, after before_json (train.py logs the metrics
     there): it marks the evaluation done, and a stop before it leaves one that a resume makes again (it was first,
-    and a stop after it left a run reported as evaluated without its tables, plots or logged metrics). Returns the
-    names of the files written."""
+    and a stop after it left a run reported as evaluated without its tables, plots or logged metrics). pending: the
+    checkpoints still to be evaluated (both files say so: a stop part-way left reports that read as complete).
+    Returns the names of the files written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = [as_model_result(r) for r in results]
-    atomic_write_text(out / "results.md", markdown_report(results))
+    partial = (f"**Partial:** {len(results)} of {len(results) + len(pending)} checkpoints evaluated so far; not yet: "
+               f"{', '.join(pending)} (a stop leaves this; the same command into this folder goes on)\n\n"
+               if pending else "")
+    atomic_write_text(out / "results.md", partial + markdown_report(results))
     plots = [name for name, plot in (("ppl.png", plot_ppl), ("icl.png", plot_icl)) if plot(results, out / name)]
     if before_json is not None:
         before_json()
-    atomic_write_text(out / "results.json", json_text(results_document(results), indent=2) + "\n")
+    doc = {**results_document(results), **({"pending": list(pending)} if pending else {})}
+    atomic_write_text(out / "results.json", json_text(doc, indent=2) + "\n")
     return ["results.json", "results.md", *plots]

@@ -351,10 +351,22 @@ def _check_one(path, label: str, meta: dict, conf: EvaluateConfig) -> None:
         raise type(e)(f"checkpoint '{path}' ({label}): {e}") from None
 
 
+def _scored_before(path: Path, eval_cfg: EvalConfig) -> dict[tuple[str, str], ModelResult]:
+    """(checkpoint, label) -> its result in an earlier results.json of this folder, where scored by today's
+    protocols with these settings and the local files it read unchanged (the caller checks step and weights)."""
+    from momattn.eval.report import read_results
+    from momattn.eval.sweep import eval_inputs
+
+    settings, inputs = json.loads(json.dumps(asdict(eval_cfg))), eval_inputs(eval_cfg)
+    return {(r.checkpoint, r.label): r for r in read_results(path) or ()
+            if r.eval_config == settings and r.inputs == inputs and r.weights is not None}
+
+
 def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list[ModelResult]:
     """evaluate.py: every checkpoint in cfg evaluated with the same settings; reports in the run folder.
     With sweep_dir: the sweep's verdict (momattn.eval.sweep), sweep.md / sweep.json in the run folder."""
     from momattn.checkpoint import model_from, read_checkpoint, weights_digest
+    from momattn.eval.sweep import eval_inputs
 
     conf = EvaluateConfig.from_mapping(cfg)
     out = Path(out_dir) if out_dir is not None else hydra_output_dir()
@@ -384,9 +396,9 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
         for path, meta, label in zip(paths, metas, labels):
             _check_one(path, label, meta, conf)
     earlier = (out / "results.json").is_file()  # an evaluation was written here before: its files, not others'
+    done = _scored_before(out / "results.json", conf.eval_section()) if earlier else {}
     results: list[ModelResult] = []
-    for path, meta, label, step in zip(paths, metas, labels, steps):
-        print(f"[momattn] evaluating {path} ({label}) on {device}", file=sys.stderr, flush=True)
+    for i, (path, meta, label, step) in enumerate(zip(paths, metas, labels, steps)):
         ckpt = read_checkpoint(path, verify=True)  # the weights, step and settings of one read (found by review)
         model, tokenizer = model_from(ckpt, path, map_location=device)
         if ckpt.get("global_step") != step or ckpt["momattn"].get("model_config") != meta.get("model_config"):
@@ -395,14 +407,23 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
                   file=sys.stderr, flush=True)
             step, meta = ckpt.get("global_step"), ckpt["momattn"]
         del ckpt
-        run_config = dict(meta.get("config") or {})
-        res = evaluate_model(model, tokenizer, run_config, conf.eval_section(), out, label,
-                             cache_dir=conf.cache_dir, trained_on=meta.get("data_fingerprint"))
-        # as a path that still names the file from another folder (a relative one named it from where evaluate.py ran)
-        res.checkpoint, res.step = os.path.abspath(os.path.expanduser(path)), step
-        res.weights = weights_digest(model)  # which weights, as a sweep's job records them
+        checkpoint, weights = os.path.abspath(os.path.expanduser(path)), weights_digest(model)
+        if (res := done.get((checkpoint, label))) is not None and (res.step, res.weights) == (step, weights):
+            # scored into this folder by an evaluation a stop cut short: every checkpoint was scored again
+            print(f"[momattn] {path} ({label}): scored into this folder before, with these settings: reused",
+                  file=sys.stderr, flush=True)
+        else:
+            print(f"[momattn] evaluating {path} ({label}) on {device}", file=sys.stderr, flush=True)
+            run_config = dict(meta.get("config") or {})
+            res = evaluate_model(model, tokenizer, run_config, conf.eval_section(), out, label,
+                                 cache_dir=conf.cache_dir, trained_on=meta.get("data_fingerprint"))
+            # as a path that still names the file from another folder (a relative one named it from where
+            # evaluate.py ran)
+            res.checkpoint, res.step, res.weights = checkpoint, step, weights  # which weights, as a sweep's job
+            res.inputs = eval_inputs(conf.eval_section())
         results.append(res)
-        written = write_reports(results, out)  # after each checkpoint: finished ones survive a later crash
+        # after each checkpoint: finished ones survive a later crash, marked as a part
+        written = write_reports(results, out, pending=labels[i + 1:])
         del model
     if earlier:  # the earlier evaluation's plots and predictions that this one did not write again contradicted it
         remove_stale(out, ["icl_predictions_*.jsonl", "ppl.png", "icl.png"],

@@ -258,10 +258,13 @@ def _unfinished(config: Mapping, step: int | None, ckpt: Mapping | None = None) 
         seconds, spent = _seconds(limit), _train_seconds(ckpt)
         if seconds is None or spent is None or spent >= 0.99 * seconds:
             return None
-        return (f"partial: trained {step} steps in {spent:.0f} s of trainer.max_time={limit} (diverged or "
-                "interrupted; resume it with ckpt_path=last, or evaluate it alone with evaluate.py ckpt_path=...)")
-    return (f"partial: trained {step} of trainer.max_steps={max_steps} steps (diverged or interrupted; resume "
-            "it with ckpt_path=last, or evaluate it alone with evaluate.py ckpt_path=...)")
+        return f"partial: trained {step} steps in {spent:.0f} s of trainer.max_time={limit} {_GO_ON}"
+    return f"partial: trained {step} of trainer.max_steps={max_steps} steps {_GO_ON}"
+
+
+# (a job still training read as one to resume: found by review)
+_GO_ON = ("(diverged or interrupted; resume it with ckpt_path=last, or evaluate it alone with evaluate.py "
+          "ckpt_path=...; or still training: evaluate the sweep once it ends)")
 
 
 def _seconds(limit) -> float | None:
@@ -410,18 +413,11 @@ def reusable(job: Path, eval_cfg: EvalConfig, step: int | None = None,
     `step`, last.ckpt's (a run trained on after its evaluation, then stopped before the next one, left numbers of
     older weights; a results.json that records no step, from before it did, is taken as it is). The caller checks
     the weights themselves (stale_reason)."""
-    from momattn.eval.ginc import PROTOCOL as GINC_PROTOCOL
-    from momattn.eval.report import protocols
+    from momattn.eval.report import read_results
 
-    path = results or job / "eval" / "results.json"
-    try:
-        doc = json.loads(path.read_text())
-        result = ModelResult.from_json(doc["checkpoints"][0])
-        protocol = dict(doc["protocol"])
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
+    if not (read := read_results(results or job / "eval" / "results.json")):
         return None
-    if protocol != protocols(GINC_PROTOCOL if "ginc" in protocol else None):
-        return None
+    result = read[0]
     if step is not None and result.step is not None and result.step != step:
         return None
     return result if result.eval_config == json.loads(json.dumps(asdict(eval_cfg))) else None

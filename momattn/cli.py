@@ -282,8 +282,11 @@ def _parse_error(overrides: list[str], e: Exception) -> ConfigError:
     if bad is not None and value and value[0] not in "[{('\"" and parses(quoted):  # not a broken list or dict
         # as typed in a shell: in double quotes where nothing in them is the shell's ($, `, ", \, !), else shlex's
         typed = f'"{quoted}"' if not set(value) & set('$`"\\!') else shlex.quote(quoted)  # (\' is the shell's as typed)
+        # one argument that holds two overrides ("trainer.devices=2 trainer.accelerator=cpu"): quoting is not it
+        split = ("; or, if it holds several overrides, pass each as an argument of its own"
+                 if re.search(r"\s[A-Za-z_+~][\w.]*=", value) else "")
         return ConfigError(f"{bad} does not parse as a Hydra override ({text}); quote the value: {typed} (the "
-                           "shell passes the single quotes on to Hydra)")
+                           f"shell passes the single quotes on to Hydra){split}")
     return ConfigError(f"the command line does not parse: {text} (Hydra's override grammar: "
                        "https://hydra.cc/docs/advanced/override_grammar/basic/)")
 

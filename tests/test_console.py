@@ -176,6 +176,10 @@ def test_command_line_forms_that_hydra_reads_its_own_way(tmp_path):
                                           r"list; quote each such entry: \"data.paths=\[a.txt,'~/b.txt'\]\""):
         check_overrides("train", ["data=text_files", "data.paths=[a.txt, ~/b.txt]"])
     check_overrides("train", ["data=text_files", "data.paths=[a.txt,'~/b.txt']"])
+    # two overrides in one argument: quoting the rest as one value is not what was meant (found by review)
+    with pytest.raises(ConfigError, match=r"Hydra\); or, if it holds several overrides, pass each as an argument of "
+                                          r"its own$"):
+        check_overrides("train", ["trainer.devices=2 trainer.accelerator=cpu"])
     with pytest.raises(ConfigError, match=r"folder named '~bob'\); write the path out in full$"):  # not $HOMEbob/runs
         check_output_dir(["hydra.run.dir='~bob/runs'"], multirun=False, cwd=tmp_path)
 

@@ -165,6 +165,7 @@ class PreemptionCheckpoint(Callback):
         self.saved_path: Path | None = None
         self.saved_step: int | None = None  # the step saved for a SIGTERM: the run stops before the next one
         self.data_error_step: int | None = None  # the step saved when the training data failed to read on
+        self.start_step = 0  # the step this fit started from (a resume's)
 
     def on_fit_start(self, trainer, pl_module):
         def on_sigterm(signum, frame):
@@ -186,6 +187,9 @@ class PreemptionCheckpoint(Callback):
         self.pending = False
         self.saved_path, self.saved_step = self.dirpath / "last.ckpt", trainer.global_step
         trainer.save_checkpoint(self.saved_path)
+
+    def on_train_start(self, trainer, pl_module):
+        self.start_step = trainer.global_step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.saved_step is not None:  # no validation followed the step saved for the SIGTERM
@@ -209,8 +213,10 @@ class PreemptionCheckpoint(Callback):
         fetched, between the hooks of two micro-batches, so the model is that of the last one's end; at a step
         boundary it is saved (the steps since the last checkpoint were lost). One process only: under DDP each
         rank meets the row at its own batch, and a save waits for all of them."""
+        # (only where this fit trained: a row met before a resume's first step rewrote its good last.ckpt, without
+        # its stream point or its validation; found by review)
         if (isinstance(exception, DataError) and trainer.world_size == 1 and trainer.state.fn == TrainerFn.FITTING
-                and trainer.training and trainer.global_step > 0 and not compat.mid_accumulation(trainer)):
+                and trainer.training and trainer.global_step > self.start_step and not compat.mid_accumulation(trainer)):
             self._save(trainer)
             self.data_error_step = trainer.global_step
 

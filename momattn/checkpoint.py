@@ -326,12 +326,16 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()[:32]
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
-    """(model, tokenizer) from a checkpoint alone. model(idx (B, T)) -> logits (B, T, V), in eval mode."""
-    return model_from(read_checkpoint(path, verify=True), path, map_location)
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    check_env: bool = True) -> tuple[GPT, Tokenizer]:
+    """(model, tokenizer) from a checkpoint alone. model(idx (B, T)) -> logits (B, T, V), in eval mode.
+    check_env=False: the model is not run (an export, a digest of its weights), so the attention's environment
+    variables are not judged."""
+    return model_from(read_checkpoint(path, verify=True), path, map_location, check_env)
 
 
-def model_from(ckpt: dict, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[GPT, Tokenizer]:
+def model_from(ckpt: dict, path: str | os.PathLike, map_location: str | torch.device = "cpu",
+               check_env: bool = True) -> tuple[GPT, Tokenizer]:
     """load_checkpoint's (model, tokenizer) from the dict read_checkpoint(path, verify=True) gave: where its step
     labels the weights, both come from one read (a file replaced between two reads labelled one step's scores
     with another's)."""
@@ -352,7 +356,8 @@ def model_from(ckpt: dict, path: str | os.PathLike, map_location: str | torch.de
         raise CheckpointError(f"checkpoint '{path}': tokenizer has {tokenizer.n_ids} ids but the model only "
                               f"{model.config.vocab_size}; the checkpoint was assembled from mismatched parts")
     model.n_ids = tokenizer.n_ids  # model.generate samples no padding id
-    check_environment(model.config.attention.kind, torch.device(map_location))
+    if check_env:
+        check_environment(model.config.attention.kind, torch.device(map_location))
     return model.to(map_location).eval(), tokenizer
 
 

@@ -560,8 +560,10 @@ def changed_overrides(saved: list[str], now: list[str], free: tuple[str, ...] = 
         return out
 
     was, today = values(saved), values(now)
+    # an interpolation is not compared: the command line is kept unresolved since session 49 (resolving it before
+    # any check crashed on a bad one), and a checkpoint of an earlier release holds it resolved
     return [f"{k}={v} (now: {today[k] if k in today else 'not given'})" for k, v in was.items()
-            if k not in today or today[k] != v]
+            if (k not in today or today[k] != v) and "${" not in f"{v}{today.get(k)}"]
 
 
 def _last(overrides: list[str], key: str) -> str | None:
@@ -1123,8 +1125,10 @@ def interrupted(config_name: str, cfg, signame: str = "Ctrl-C") -> str:
         return f"\n[momattn] interrupted ({signame})"
     reused = " (the sweep's jobs already analysed are reused)" if config_name == "analyze" and \
         cfg.get("sweep_dir") else ""
-    if config_name == "evaluate" and cfg.get("sweep_dir"):  # its jobs' results are kept in this folder
-        reused = f" with hydra.run.dir={out} (the sweep's jobs already scored there are reused)"
+    if config_name == "evaluate":  # the checkpoints (a sweep's jobs) finished are kept in its folder, and reused
+        what = "sweep's jobs" if cfg.get("sweep_dir") else "checkpoints"
+        return (f"\n[momattn] interrupted ({signame}): {out} holds the results of the {what} evaluated so far; run "
+                f"the same command again with hydra.run.dir={out}: those are reused")
     return (f"\n[momattn] interrupted ({signame}): results are written as the work ends, so {out} holds none or only "
             f"some of this run's; run the same command again{reused}")
 

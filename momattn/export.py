@@ -134,7 +134,7 @@ def export(ckpt_path: str, out: str | Path, overwrite: bool = False) -> Path:
     if out.is_symlink() and not out.exists() or not above.is_dir():
         culprit = f"'{out}' is a link to nothing" if out.is_symlink() else f"'{above}' is not a folder"
         raise ConfigError(f"out='{out}' cannot be created: {culprit}; pick another folder")
-    model, tokenizer = load_checkpoint(ckpt_path)
+    model, tokenizer = load_checkpoint(ckpt_path, check_env=False)  # (never run here)
     check_exportable(model)
     c = model.config
     as_gpt2 = c.attention.kind == "vanilla" and c.pos_emb == "learned"

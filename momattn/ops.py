@@ -661,12 +661,13 @@ def backend_problem(kernel: bool = True, on_cpu: bool = True) -> str | None:
     if SCAN_BACKEND not in SCAN_BACKENDS:
         return (f"MOMATTN_SCAN_BACKEND={SCAN_BACKEND!r} is not a scan backend; use auto (the default), torch, "
                 "triton or cpu")
-    try:  # read at the first GPU step: said at start-up on any machine (found by review)
-        triton_chunk_setting()
-    except ValueError as e:
-        return str(e)
     if not kernel:
         return None
+    if not on_cpu:  # read by the Triton scan at the first GPU step: said at start-up instead (found by review)
+        try:
+            triton_chunk_setting()
+        except ValueError as e:
+            return str(e)
     if SCAN_BACKEND == "cpu" and on_cpu and cpu_scan.load() is None:
         return ("MOMATTN_SCAN_BACKEND=cpu but the CPU scan kernel cannot be built (see the warning above); install a "
                 "C++ compiler, or unset it (auto uses the matmul scans where the kernel does not build)")

@@ -152,7 +152,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     hold_run_folder(out_dir)
     for tmp in remove_stale_temps(out_dir / "checkpoints"):  # partial files of a run killed while saving
         print(f"[momattn] removed {tmp.name}, a partial checkpoint of a killed process", file=sys.stderr)
-    if summary := _finished_uncheckpointed(c, out_dir):  # (every rank: a sweep's later jobs run on the ranks it
+    if summary := _finished_uncheckpointed(c, job, out_dir):  # (every rank: a sweep's later jobs run on the ranks it
         value = summary.get(c.optimized_metric)  # started)
         return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
     ckpt_path = _resume_from(c, job, out_dir)
@@ -775,20 +775,33 @@ def _summary_steps(out_dir: Path) -> int | None:
     return steps if isinstance(steps, int) else None
 
 
-def _finished_uncheckpointed(c: TrainConfig, out_dir: Path) -> dict | None:
-    """The summary of a run that finished at trainer.max_steps without a checkpoint (callbacks=none), resumed, having
-    said that nothing trains; None where the folder holds no such run. A sweep resumed with ckpt_path=last trained
-    such jobs again from step 0 over their logs (found by review)."""
+def _finished_uncheckpointed(c: TrainConfig, job: HydraJob, out_dir: Path) -> dict | None:
+    """The summary of a run that finished without a checkpoint (callbacks=none), resumed with ckpt_path=last, having
+    said that nothing trains; None where the folder holds no such run; a ConfigError where this command asks it
+    for what it cannot do without one (more steps) or names other settings than it was trained with. A sweep
+    resumed with ckpt_path=last trained such jobs again from step 0 over their logs (found by review)."""
     checkpoints = out_dir / "checkpoints"
     if c.ckpt_path != "last" or checkpoints.is_dir() and any(checkpoints.iterdir()):  # (resolve_ckpt_path's to take)
         return None
     summary = _read_summary(out_dir / "summary.json")[0]
-    if not summary or summary.get("steps") != c.max_steps:
+    if not summary:
         return None
+    saved = summary.get("overrides")
+    if isinstance(saved, list) and (changed := changed_overrides([str(o) for o in saved], list(job.overrides))):
+        raise ConfigError(f"{out_dir} holds a run that finished without a checkpoint, trained with "
+                          f"{'; '.join(changed)}: this command's settings differ, and it cannot be resumed. Train in "
+                          "another folder (hydra.run.dir=..., or hydra.sweep.dir=...)")
+    target = summary.get("max_steps", summary.get("steps"))  # (a summary of before session 49: its steps)
+    if target != c.max_steps:
+        raise ConfigError(f"{out_dir} holds a run that finished at step {summary.get('steps')} without a checkpoint "
+                          f"(callbacks=none): with trainer.max_steps={c.max_steps} it would train on, which it cannot "
+                          "without one. A longer run starts anew in another folder (hydra.run.dir=...)")
     if os.environ.get("LOCAL_RANK", "0") == "0":
-        print(f"[momattn] nothing to train: {out_dir} finished at step {c.max_steps} without a checkpoint "
-              f"(trainer.max_steps={c.max_steps}); {out_dir / 'summary.json'} is kept. Without a checkpoint it cannot "
-              "train further: a longer run starts anew in another folder", file=sys.stderr, flush=True)
+        unevaluated = c.run_eval and c.eval and not (out_dir / "eval" / "results.json").is_file()
+        print(f"[momattn] nothing to train: {out_dir} finished at step {summary.get('steps')} without a checkpoint "
+              f"(trainer.max_steps={c.max_steps}); {out_dir / 'summary.json'} is kept"
+              + ("; its end-of-run evaluation did not finish, and without a checkpoint it cannot be made"
+                 if unevaluated else ""), file=sys.stderr, flush=True)
     return summary
 
 
@@ -842,7 +855,9 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
                  "  checkpoints: none written (the run ended before its ModelCheckpoint saved one)")
     lines += [f"  {logs.describe(lg)}" for lg in loggers]
     print("\n".join(lines), file=sys.stderr, flush=True)
-    summary = {"attention": c.resolved["attention"], "steps": trainer.global_step, "unigram_val_ppl": baseline,
+    summary = {"attention": c.resolved["attention"], "steps": trainer.global_step, "max_steps": c.max_steps,
+               # the command line: a run without a checkpoint, resumed, is judged by it (_finished_uncheckpointed)
+               "overrides": list(hydra_job().overrides), "unigram_val_ppl": baseline,
                "precision": c.trainer["precision"], "tokenizer_vocab_size": vocab[0], "model_vocab_size": vocab[1],
                "best_checkpoint": best, "last_checkpoint": last, **speed,
                **{k: v for k, v in metrics.items() if k.startswith(SUMMARY_METRICS)}}

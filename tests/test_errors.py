@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import ROOT, SMOKE, compose_train, run_cli
 
-from momattn.checkpoint import load_checkpoint, read_checkpoint
+from momattn.checkpoint import check_environment, load_checkpoint, read_checkpoint
 from momattn.cli import check_overrides
 from momattn.config import load_train_config
 from momattn.errors import CheckpointError, ConfigError, DataError, UserError
@@ -1008,12 +1008,18 @@ def test_the_attentions_environment_is_judged_where_a_checkpoint_is_loaded(tmp_p
     monkeypatch.setenv("MOMATTN_CPU_ATTENTION", "flash")
     with pytest.raises(ConfigError, match="MOMATTN_CPU_ATTENTION='flash' is not a setting"):
         load_checkpoint(vanilla)
+    load_checkpoint(vanilla, check_env=False)  # an export, a digest of the weights: nothing is run
     monkeypatch.delenv("MOMATTN_CPU_ATTENTION")
-    monkeypatch.setenv("MOMATTN_TRITON_CHUNK", "abc")
+    monkeypatch.setenv("MOMATTN_TRITON_CHUNK", "abc")  # read by the Triton scan: a momentum model on a GPU
+    load_checkpoint(momentum)  # (on the CPU: never read)
     with pytest.raises(ConfigError, match=r"MOMATTN_TRITON_CHUNK='abc' must be 0 \(never chunk\) or a multiple of 64"):
-        load_checkpoint(vanilla)
-    assert run_expecting(tmp_path / "t", [*SMOKE, "attention=vanilla"], ConfigError).startswith(
-        "MOMATTN_TRITON_CHUNK='abc' must be")  # and train.py, at start-up
+        check_environment("momentum", torch.device("cuda"))
+    check_environment("vanilla", torch.device("cuda"))
+    import momattn.config  # and train.py, at start-up
+
+    monkeypatch.setattr(momattn.config, "_cuda_available", lambda: True)
+    with pytest.raises(ConfigError, match="MOMATTN_TRITON_CHUNK='abc' must be"):
+        load_train_config(compose_train(tmp_path, [*SMOKE[:2], "trainer.accelerator=gpu", "attention=momentum"]))
 
 
 def test_a_cpu_attention_setting_that_is_not_one_fails_before_any_work(tmp_path, monkeypatch):
@@ -1400,8 +1406,13 @@ def test_ctrl_c_outside_training_ends_in_one_line_saying_what_to_do(script, modu
         runpy.run_path(str(ROOT / script), run_name="__main__")
     err = capsys.readouterr().err
     assert e.value.code == code and "Traceback" not in err
-    assert f"interrupted ({signame}): results are written as the work ends, so {tmp_path / 'out'} holds none or only " \
-        "some of this run's; run the same command again" in err
+    if script == "analyze.py":
+        assert f"interrupted ({signame}): results are written as the work ends, so {tmp_path / 'out'} holds none or " \
+            "only some of this run's; run the same command again" in err
+    else:  # the same command into the same folder goes on where it stopped (it said "run the same command again",
+        # which went to a new folder: nothing reused; found by review)
+        assert f"interrupted ({signame}): {tmp_path / 'out'} holds the results of the checkpoints evaluated so far; " \
+            f"run the same command again with hydra.run.dir={tmp_path / 'out'}: those are reused" in err
 
 
 def test_ctrl_c_before_training_starts_says_how_to_go_on(tmp_path, monkeypatch, capsys):

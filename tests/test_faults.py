@@ -517,6 +517,10 @@ def test_changed_overrides_name_what_a_resume_would_change():
                               "trainer.devices=8", "data.paths=[a, b]"]) == []  # where it runs; [a, b] is [a,b]
     assert changed_overrides(saved, ["debug=smoke", "seed='2'", "trainer.max_steps=9"]) == \
         ["seed=1 (now: 2)", "optim.x=2 (now: not given)"]
+    # the command line is kept unresolved since session 49, and an earlier release's checkpoint holds it resolved:
+    # an interpolation is not compared (a resume was refused though nothing changed; found by review)
+    assert changed_overrides(["data.cache_dir=/home/me/c", "seed=1"], ["data.x=${oc.env:HOME}/c", "seed=1"]) == []
+    assert changed_overrides(["data.x=/home/me/c"], ["data.x=${oc.env:HOME}/c"]) == []
 
 
 @pytest.mark.slow

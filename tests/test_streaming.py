@@ -206,6 +206,14 @@ def test_a_row_that_fails_deep_in_the_stream_keeps_the_steps_trained(tmp_path):
     assert step > 10  # 1,001 rows of 4 words: ~8 tokens a row, 16 x 4 a step
     assert f"The {step} steps trained are saved in {tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}. Resume with: " \
            f"python train.py ckpt_path=last hydra.run.dir={tmp_path / 'run'}" in str(e.value)
+    # resumed with the row still bad: it fails before this process trains a step, and the checkpoint is kept as it
+    # was (it was rewritten at the resumed step, without its stream point, and said to hold steps trained)
+    saved = (tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes()
+    cfg.ckpt_path = "last"
+    with pytest.raises(DataError, match="a row of the train split cannot be read") as e:
+        run_train(cfg)
+    assert "steps trained are saved" not in str(e.value)
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes() == saved
 
 
 def test_without_a_validation_split_the_shards_order_is_still_shuffled(tmp_path):

@@ -569,6 +569,20 @@ def test_a_grid_search_on_a_stored_study_trains_the_points_left_and_frees_an_int
     sweeper.base.sweeper.n_trials = 3
     sweeper.sweep([])  # the grid is done: nothing trains again
     assert trained() == [1, 2, 3] and "trains 0 of the 0 left (nothing to search" in capsys.readouterr().err
+    # a grid whose every point failed: nothing to train and no best, each time (a traceback at best_trial)
+    study = optuna.create_study(study_name="f", storage=url, sampler=optuna.samplers.GridSampler(grid))
+    for _ in grid["x"]:
+        trial = study.ask()
+        trial.suggest_categorical("x", grid["x"])
+        with contextlib.suppress(RuntimeError):
+            study.tell(trial, state=TrialState.FAIL)
+    sweeper.sweeper_cfg.study_name, sweeper.base.sweeper.n_trials = "f", 3
+    sweeper.base.sweep = lambda arguments: optuna.create_study(study_name="f", storage=url, load_if_exists=True,
+                                                               sampler=optuna.samplers.GridSampler(grid))
+    with pytest.raises(SystemExit) as e:
+        sweeper.sweep([])
+    assert e.value.code == 2 and "every point of the stored study 'f''s grid (3) is taken by a trial that failed" in \
+        capsys.readouterr().err
     # a search killed by SIGKILL: its trial stays RUNNING, its point taken; named, and failed on request
     optuna.create_study(study_name="k", storage=url, sampler=optuna.samplers.GridSampler(grid)).ask().suggest_categorical(
         "x", grid["x"])
@@ -1016,6 +1030,16 @@ def test_callbacks_none_writes_no_checkpoint(tmp_path, capsys):
         == pytest.approx(val)
     assert f"nothing to train: {run} finished at step 3 without a checkpoint" in capsys.readouterr().err
     assert (run / "summary.json").read_bytes() == summary and not list(tmp_path.rglob("*.ckpt"))
+    # asked for more steps, or given other settings, it says it cannot, not "starting it from step 0" over it
+    with pytest.raises(ConfigError, match=f"{run} holds a run that finished at step 3 without a checkpoint "
+                                          r"\(callbacks=none\): with trainer.max_steps=5 it would train on"):
+        run_train(compose_train(run, [*SMOKE, "callbacks=none", "trainer.max_steps=5", "ckpt_path=last"]))
+    summary_doc = json.loads(summary)
+    assert summary_doc["max_steps"] == 3 and summary_doc["overrides"] == [*SMOKE, "callbacks=none", "trainer.max_steps=3"]
+    with pytest.raises(ConfigError, match=r"trained with data.tasks=\[trec\] \(now: \[mr\]\): this command's settings "
+                                          "differ"):
+        run_train(compose_train(run, [*SMOKE, "callbacks=none", "trainer.max_steps=3", "ckpt_path=last",
+                                      "data.tasks=[mr]"]))
     for multirun, folder in ((False, run), (True, run.parent)):  # the run, and the sweep whose job it is
         key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
         with pytest.raises(ConfigError, match=f"holds {'1 job' if multirun else 'a run'}.* already "

@@ -225,6 +225,13 @@ class OptunaSweeper(Sweeper):
             unvisited = getattr(study.sampler, "_get_unvisited_grid_ids", None)
             if isinstance(study.sampler, optuna.samplers.GridSampler) and unvisited is not None and study.trials:
                 left, size = len(unvisited(study)), len(study.sampler._all_grids)
+                if not left and not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+                    # every point taken by a failed trial: nothing to train, no best, each time (found by review)
+                    print(f"error: every point of the stored study '{study.study_name}''s grid ({size}) is taken by "
+                          "a trial that failed, and none completed: this grid search has nothing left to train. "
+                          "Fix the cause (each trial's log is in its folder) and search a new study "
+                          "(hydra.sweeper.study_name=<another name>)", file=sys.stderr, flush=True)
+                    raise SystemExit(2)
                 inner.n_trials = min(inner.n_trials, left)
                 print(f"[momattn] the stored study '{study.study_name}' has taken {size - left} of its grid's {size} "
                       f"points: this search trains {inner.n_trials} of the {left} left"

@@ -435,7 +435,7 @@ def stale_reason(run: SweepRun, result: ModelResult, eval_cfg: EvalConfig) -> st
     if result.inputs is not None and result.inputs != eval_inputs(eval_cfg):
         return "a file it read (a task file, its rows or ppl.data) has changed since"
     try:
-        model, _ = load_checkpoint(run.path)
+        model, _ = load_checkpoint(run.path, check_env=False)  # its weights hashed, not run
     except CheckpointError:
         return "its checkpoint cannot be read"  # and is named as such where the job is evaluated
     digest = weights_digest(model)

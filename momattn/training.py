@@ -344,7 +344,6 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     except DataError as e:
         if preempt.data_error_step is None:
             raise
-        # (a resume reads the stream again from its start: the rows before the bad one must be read alike)
         raise DataError(f"{e}. The {preempt.data_error_step} steps trained are saved in {preempt.saved_path}. "
                         f"{go_on(job, out_dir)} (a stream whose files changed starts its new order at sample 0, "
                         "and says so)") from None

@@ -247,7 +247,6 @@ _tuned_state = triton.autotune(
     key=["Dg"], prune_configs_by={"early_config_prune": _fits},
 )(_chunk_state_kernel)
 
-CHUNK_UNIT = TRITON_CHUNK_UNIT
 PROGRAMS_PER_SM = 32  # chunk a scan when (sequences x 16-channel blocks) would leave fewer programs than this per SM
 
 
@@ -276,11 +275,11 @@ def chunk_length(B: int, T: int, C: int, device: torch.device) -> int:
     if programs == 0:  # an empty batch: nothing to scan, nothing to chunk
         return 0
     want = PROGRAMS_PER_SM * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    n = min(-(-want // programs), T // CHUNK_UNIT)  # chunks, each at least CHUNK_UNIT positions
+    n = min(-(-want // programs), T // TRITON_CHUNK_UNIT)  # chunks, each at least TRITON_CHUNK_UNIT positions
     if n < 3:  # a chunk's positions are walked twice in a row (its edge state, then its scan): no gain below 3
         return 0
     ch = -(-T // n)
-    ch = -(-ch // CHUNK_UNIT) * CHUNK_UNIT  # rounded up to a multiple of every block length
+    ch = -(-ch // TRITON_CHUNK_UNIT) * TRITON_CHUNK_UNIT  # rounded up to a multiple of every block length
     return ch if -(-T // ch) >= 3 else 0
 
 

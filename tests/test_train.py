@@ -673,7 +673,8 @@ def test_a_search_with_no_study_name_is_a_new_study_and_keeps_its_sampler_seed(t
         sweeper.sweeper_cfg = OmegaConf.create({"storage": url, "study_name": name, "sampler": {
             "_target_": "optuna.samplers.RandomSampler", "seed": 5}})
         sweeper.base = SimpleNamespace(sweeper=SimpleNamespace(sampler="own"))
-        sweeper._continue_stored_study()
+        if (study := sweeper._stored_study()) is not None:  # as sweep() does: none by no name
+            sweeper._continue_stored_study(study)
         assert (sweeper.base.sweeper.sampler != "own") == reseeded
     # nor does its end point at load_study(study_name='None', ...), which cannot load it
     from momattn.sweep_callback import best_trial

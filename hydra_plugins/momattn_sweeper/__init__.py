@@ -58,13 +58,11 @@ class OptunaSweeper(Sweeper):
         except Exception:  # no such study yet
             return None
 
-    def _check_stored_study(self, arguments: list[str]) -> None:
+    def _check_stored_study(self, study, arguments: list[str]) -> None:
         """A stored study's trials must measure what this search measures: a second search with another
         optimized_metric put val/ppl values beside val/loss ones, and its 'best value' was a val/loss. A search
         whose fixed settings differ from the stored trials' (trainer.max_steps=6 beside trials of 30 steps) is
         told which, since its best may be an earlier trial's."""
-        if (study := self._stored_study()) is None:
-            return
         import optuna
 
         cfg = self.sweeper_cfg
@@ -86,25 +84,18 @@ class OptunaSweeper(Sweeper):
                   "this search's; for a search of its own, give hydra.sweeper.study_name=<another name>",
                   file=sys.stderr, flush=True)
 
-    def _continue_stored_study(self) -> None:
+    def _continue_stored_study(self, study) -> None:
         """A study kept in a database (hydra.sweeper.storage) goes on across searches, but each search seeded its
         sampler alike (sampler.seed): a second search repeated the first one's startup suggestions, trial for
         trial. Where the stored study holds trials, the sampler is seeded seed + their number (reproducible from
         the study's state)."""
         cfg = self.sweeper_cfg
         seed = cfg.get("sampler", {}).get("seed") if cfg.get("sampler") else None
-        if not cfg.get("storage") or isinstance(seed, bool) or not isinstance(seed, int):
+        if isinstance(seed, bool) or not isinstance(seed, int):
             return
-        if cfg.get("study_name") is None:  # a new study each search (Optuna names it), which holds no trials yet;
-            return                         # loading none by name took the storage's only study for this one's
-        import optuna
         from hydra.utils import instantiate
 
-        try:
-            held = len(optuna.load_study(study_name=cfg.study_name, storage=cfg.storage).trials)
-        except Exception:  # no such study yet (KeyError), or a storage the base sweeper reports on
-            return
-        if held:
+        if held := len(study.trials):
             self.base.sweeper.sampler = instantiate(cfg.sampler, seed=seed + held)
             print(f"[momattn] the stored study '{cfg.study_name}' holds {held} trial(s): this search's sampler is "
                   f"seeded {seed} + {held} = {seed + held} (hydra.sweeper.sampler.seed + the trials so far), so that "
@@ -118,11 +109,13 @@ class OptunaSweeper(Sweeper):
             raise SystemExit(2)
         _mask_passwords()
         self._open_storage()
-        self._check_stored_study(arguments)
-        self._continue_stored_study()
+        # read once (it was opened once for each of these; study_name null: a new study each search, Optuna names
+        # it, with no trials yet: loading none by name took the storage's only study for this one's)
+        if (study := self._stored_study()) is not None:
+            self._check_stored_study(study, arguments)
+            self._continue_stored_study(study)
+            self._stale_trials(study)
         from momattn.errors import UserError
-
-        self._stale_trials()
         from momattn.sweep_jobs import SEARCH_KEYS_ENV
 
         # what tells the trials apart, for their W&B names (this sweeper writes no multirun.yaml, whose swept keys a
@@ -185,13 +178,11 @@ class OptunaSweeper(Sweeper):
                   file=sys.stderr, flush=True)
 
 
-    def _stale_trials(self) -> None:
+    def _stale_trials(self, study) -> None:
         """RUNNING trials of a stored study: another search's, running now, or those of one killed (SIGKILL, a lost
         node) before it could mark them; they stayed RUNNING for good, unsaid, and the grid sampler counts their
         points as taken (found by review). Named; with MOMATTN_FAIL_RUNNING_TRIALS=1 (no other search running on
         the study) marked failed, their grid points free again."""
-        if (study := self._stored_study()) is None:
-            return
         import optuna
 
         cfg = self.sweeper_cfg

@@ -351,13 +351,13 @@ def _check_one(path, label: str, meta: dict, conf: EvaluateConfig) -> None:
         raise type(e)(f"checkpoint '{path}' ({label}): {e}") from None
 
 
-def _scored_before(path: Path, eval_cfg: EvalConfig) -> dict[tuple[str, str], ModelResult]:
+def _scored_before(path: Path, eval_cfg: EvalConfig, inputs: dict) -> dict[tuple[str, str], ModelResult]:
     """(checkpoint, label) -> its result in an earlier results.json of this folder, where scored by today's
-    protocols with these settings and the local files it read unchanged (the caller checks step and weights)."""
+    protocols with these settings and the local files it read (`inputs`, eval_inputs') unchanged (the caller
+    checks step and weights)."""
     from momattn.eval.report import read_results
-    from momattn.eval.sweep import eval_inputs
 
-    settings, inputs = json.loads(json.dumps(asdict(eval_cfg))), eval_inputs(eval_cfg)
+    settings = json.loads(json.dumps(asdict(eval_cfg)))
     return {(r.checkpoint, r.label): r for r in read_results(path) or ()
             if r.eval_config == settings and r.inputs == inputs and r.weights is not None}
 
@@ -396,7 +396,8 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
         for path, meta, label in zip(paths, metas, labels):
             _check_one(path, label, meta, conf)
     earlier = (out / "results.json").is_file()  # an evaluation was written here before: its files, not others'
-    done = _scored_before(out / "results.json", conf.eval_section()) if earlier else {}
+    inputs = eval_inputs(conf.eval_section())  # the local files the evaluation reads, as they are now
+    done = _scored_before(out / "results.json", conf.eval_section(), inputs) if earlier else {}
     results: list[ModelResult] = []
     for i, (path, meta, label, step) in enumerate(zip(paths, metas, labels, steps)):
         ckpt = read_checkpoint(path, verify=True)  # the weights, step and settings of one read (found by review)
@@ -420,7 +421,7 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
             # as a path that still names the file from another folder (a relative one named it from where
             # evaluate.py ran)
             res.checkpoint, res.step, res.weights = checkpoint, step, weights  # which weights, as a sweep's job
-            res.inputs = eval_inputs(conf.eval_section())
+            res.inputs = inputs
         results.append(res)
         # after each checkpoint: finished ones survive a later crash, marked as a part
         written = write_reports(results, out, pending=labels[i + 1:])

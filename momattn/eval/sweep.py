@@ -408,8 +408,9 @@ def eval_inputs(cfg: EvalConfig) -> dict[str, list]:
 
 def reusable(job: Path, eval_cfg: EvalConfig, step: int | None = None,
              results: Path | None = None) -> ModelResult | None:
-    """The job's own eval/results.json (or `results`, a results.json of its scored elsewhere), when it was made with exactly these evaluation settings, by today's
-    scoring protocols (an older momattn's numbers, scored another way, are computed again) and of the weights at
+    """The job's own eval/results.json (or `results`, a results.json of its scored elsewhere), when it was made
+    with exactly these evaluation settings, by today's scoring protocols (an older momattn's numbers, scored
+    another way, are computed again) and of the weights at
     `step`, last.ckpt's (a run trained on after its evaluation, then stopped before the next one, left numbers of
     older weights; a results.json that records no step, from before it did, is taken as it is). The caller checks
     the weights themselves (stale_reason)."""

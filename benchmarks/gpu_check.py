@@ -395,7 +395,7 @@ def main() -> int:
     parts = set(a.parts.split(","))
     if not a.smoke and "tests" in parts:
         report["commands"]["cuda tests"] = run(
-            [py, "-m", "pytest", "-q", "-x", "-n", "4", "tests/test_ops.py", "tests/test_model.py", "tests/test_triton_scan.py", "-k",
+            [py, "-m", "pytest", "-q", "-x", "--slow", "-n", "4", "tests/test_ops.py", "tests/test_model.py", "tests/test_triton_scan.py", "-k",
              "cuda or triton"], 150)
         write(report, a.out)
     if not a.smoke and "bench" in parts:

@@ -43,12 +43,42 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and threading.current_threa
 SMOKE = ["debug=smoke", "data.tasks=[trec]", "trainer.accelerator=cpu"]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="also run the tests marked slow (CI does: .ci/run)")
+
+
+def _runs_slow(config) -> bool:
+    """The tests marked slow (multi-process runs, the benchmarks' smoke runs, the leak checks over the whole LM text)
+    run with --slow, under any -m expression (`-m slow`: those alone), or when named by id; not by default, which
+    keeps `pytest` under 10 minutes on 2 cores."""
+    return config.getoption("--slow") or bool(config.getoption("markexpr"))
+
+
+def pytest_report_header(config):
+    if not _runs_slow(config):
+        return "tests marked slow are left out: `pytest --slow` runs every test, `pytest -m slow` those alone"
+
+
+def _leave_out_slow(config, items) -> None:
+    if _runs_slow(config):
+        return
+    named = [a for a in config.args if "::" in a]  # a test named by its id runs, slow or not
+    keep, left = [], []
+    for item in items:
+        slow = item.get_closest_marker("slow") and not any(item.nodeid.startswith(a) for a in named)
+        (left if slow else keep).append(item)
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = keep
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
     """--dist loadgroup: a test marked xdist_group is named "<node id>@<group>" so that the scheduler sends the
     whole group to one worker. pytest-xdist does it by setting item._nodeid, which pytest 9 no longer reads (the
     id is item._id): the groups were spread over the workers, each building what the group shares. Done here
-    where xdist's renaming did not take."""
+    where xdist's renaming did not take. The tests marked slow are left out first, unless asked for (_runs_slow)."""
+    _leave_out_slow(config, items)
     if not getattr(config.option, "loadgroup", False):
         return
     for item in items:

@@ -9,6 +9,7 @@ from conftest import run_cli
 from momattn import cpu_scan
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(cpu_scan.load() is None, reason="the CPU kernel cannot be built here")
 def test_it_times_both_and_reports_their_errors(tmp_path):
     # --patience 0: the default waited out the other test processes for two minutes

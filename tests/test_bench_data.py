@@ -3,12 +3,14 @@ a generator of chunks, and the benchmark crashed on its len() at every run)."""
 
 import sys
 
+import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench_data  # noqa: E402
 
 
+@pytest.mark.slow
 def test_the_cache_build_counts_every_token_it_times(tmp_path):
     from momattn.tokenizer import train_bpe
 
@@ -19,6 +21,7 @@ def test_the_cache_build_counts_every_token_it_times(tmp_path):
     assert r["seconds"] > 0 and r["tokens_per_s"] == r["tokens"] / r["seconds"]
 
 
+@pytest.mark.slow
 def test_a_resumed_stream_reaches_the_same_window_both_ways(tmp_path):
     from momattn.tokenizer import train_bpe
 

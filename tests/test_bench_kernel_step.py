@@ -10,6 +10,7 @@ from conftest import run_cli
 from momattn import cpu_scan
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")), reason="no C++ compiler")
 def test_both_modes_time_the_kernel_inside_the_step(tmp_path):
     out = tmp_path / "k.json"

@@ -36,6 +36,7 @@ def test_a_misspelt_part_or_a_skip_never_replaces_measured_results(tmp_path, mon
     assert out.read_text() == stored and "holds measured results and is left as it is" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_smoke_times_the_step_and_runs_the_main_job_at_both_precisions(tmp_path):
     out = tmp_path / "cpu_bf16.json"
     r = run_cli("benchmarks/cpu_bf16_check.py", ["--smoke", "--force", "--seeds", "1", "--parallel", "2", "--threads",

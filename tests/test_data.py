@@ -36,6 +36,7 @@ def test_split_is_disjoint_and_never_trains_on_reserved_rows(task):
     assert not np.array_equal(split_rows(task, 99).icl_test, s.icl_test)  # the seed matters
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("staicc_lm_text")  # with test_leakage.py: one worker builds the filtered LM text once
 def test_lm_text_contains_no_reserved_text_of_any_task():
     banned = reserved_texts()

@@ -321,10 +321,15 @@ def test_a_bad_optuna_setting_is_one_line_before_the_search(arg, said):
         pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     with pytest.raises(ConfigError, match="^" + re.escape(said)):
         check_search("train", ["hparams_search=optuna", *arg.split()])
-    for fine in ("hydra.sweeper.storage=sqlite:///study.db", "hydra.sweeper.n_jobs=2",
-                 "hydra.sweeper.max_failure_rate=0", "hydra.sweeper.direction=minimize",
-                 "hydra.sweeper.sampler.n_startup_trials=0"):
-        check_search("train", ["hparams_search=optuna", fine])
+
+
+def test_good_optuna_settings_pass_the_search_check():  # the other side of the check above, once (each composes)
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    from momattn.sweep_jobs import check_search
+
+    check_search("train", ["hparams_search=optuna", "hydra.sweeper.storage=sqlite:///study.db", "hydra.sweeper.n_jobs=2",
+                           "hydra.sweeper.max_failure_rate=0", "hydra.sweeper.direction=minimize",
+                           "hydra.sweeper.sampler.n_startup_trials=0"])
 
 
 @pytest.mark.parametrize("arg,said", [

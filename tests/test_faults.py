@@ -195,6 +195,7 @@ def _observed(tmp_path: Path, children: list[str], then: str, after: str = "", g
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_the_rank_watcher_gives_this_process_its_grace_then_ends_it_and_the_other_ranks(tmp_path):
     # rank 2 exits 3 while rank 1 runs on: rank 1 is killed at once, this process (hung) after its grace, exit 2
     r = _observed(tmp_path, ["import time; time.sleep(60)", "import sys; sys.exit(3)"], "import time; time.sleep(2)",
@@ -204,6 +205,7 @@ def test_the_rank_watcher_gives_this_process_its_grace_then_ends_it_and_the_othe
                         "ended: rank 2, exit code 3\n"), r.stderr
 
 
+@pytest.mark.slow
 def test_the_rank_watcher_of_a_sweep_names_the_job_now_running_and_a_preempted_rank_is_no_failure(tmp_path):
     # Lightning starts the ranks (and the watcher) once per process: a rank lost in a sweep's second job was
     # reported with the first job's checkpoint and resume command (found by review)
@@ -216,6 +218,7 @@ def test_the_rank_watcher_of_a_sweep_names_the_job_now_running_and_a_preempted_r
     assert r.returncode == 0 and r.stderr == "", r.stderr
 
 
+@pytest.mark.slow
 def test_the_rank_watcher_lets_this_process_end_by_itself_within_its_grace(tmp_path):
     # rank 1 killed: said; this process, ending on its own about a second later (its own error, as rank 0's gloo
     # one), keeps its exit status. Rank 1 dies a second in, once rank 2 ("pass") has surely ended: on a loaded host
@@ -969,6 +972,7 @@ def test_a_sigterm_while_fit_sets_up_says_so_and_the_resume_goes_on(tmp_path):
     assert r.returncode == 0 and "done: 4 steps" in r.stderr, r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_a_sigterm_while_a_tokenizing_pool_runs_exits_at_once(tmp_path):
     # the SystemExit ran the pool's cleanup, which waited forever on a lock a worker killed by the same (group)
     # signal held: the run hung until SIGKILL; now the pool is killed and the process exits 143
@@ -999,6 +1003,7 @@ def test_a_sigterm_while_a_tokenizing_pool_runs_exits_at_once(tmp_path):
         assert not alive(pid), pid
 
 
+@pytest.mark.slow
 def test_a_signal_while_the_main_thread_waits_in_a_rendezvous_ends_the_run_at_once(tmp_path):
     """A DDP rendezvous waiting for a node that has not started blocks inside torch.distributed, where Python runs no
     signal handler: a SIGTERM (scancel, a preemption) or a Ctrl-C there was heard only when dist_timeout_s (30

@@ -201,6 +201,7 @@ def fragments(raw: list[str], docs: list[str], whole: set[str]) -> list[str]:
     return [d for d, ok in zip(docs, enough) if ok and d in found]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_lm_text_holds_no_reserved_row_whole_inside_or_in_part(split):
     whole, long = reserved()
@@ -275,6 +276,7 @@ def test_the_check_fails_on_the_lm_text_of_the_old_filter():
     assert len(old_rows) == len(set(old_rows)) and all(rows[i][0].strip() for i in old_rows)
 
 
+@pytest.mark.slow
 def test_near_duplicates_of_reserved_rows_are_dropped_from_the_lm_text():
     """AGNews holds one story from two wires, or with a word changed: ~14% of its test rows begin or end with the
     same 60 normalised characters as a document that the rules (a)-(c) kept; rule (d) drops those documents."""
@@ -443,6 +445,7 @@ def test_validation_documents_that_a_training_document_mostly_holds_are_dropped(
     assert not any(staicc.is_near(v, ends) for v in norms(val))  # nor one that begins or ends as one does
 
 
+@pytest.mark.slow
 def test_the_leak_report_counts_the_documents_the_corpus_holds():
     """Its 'new docs' were the LM rows minus those lm_dropped names, without the LM-val documents dropped as copies
     of LM-train ones: the README's 'loses 2.9% of its documents' was 3.8% (a review). Every document of the old

@@ -109,6 +109,7 @@ def test_generate_until_is_greedy_and_stops_at_the_stop_string(ckpt):
     assert cut == free.split(stop)[0] if stop in free else cut == free
 
 
+@pytest.mark.slow
 def test_the_lm_eval_command_line_finds_the_momattn_model(ckpt, monkeypatch, capsys):
     # device= and batch_size= in --model_args, beside the --device cuda:0 and --batch_size 1 lm-eval always adds
     r = run_cli("-m", ["momattn.lm_eval_adapter", "--model", "momattn", "--model_args",
@@ -149,6 +150,7 @@ def test_lm_evals_default_device_falls_back_to_the_cpu_without_a_gpu(ckpt, capsy
         MomattnLM.create_from_arg_string(f"ckpt_path={ckpt},device=cuda:0", {"device": "cuda:0"})
 
 
+@pytest.mark.slow
 def test_generation_settings_and_bad_input_are_handled_as_lm_eval_users_expect(ckpt, capsys):
     from momattn.errors import DataError
 

@@ -134,7 +134,7 @@ def test_an_unknown_backend_is_named():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA the autotuner runs these blocks itself")
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("chunk", [0, 64])
+@pytest.mark.parametrize("chunk", [0, pytest.param(64, marks=pytest.mark.slow)])
 def test_every_autotuned_block_shape_gives_the_same_scan(reverse, chunk):
     """The interpreter runs one block shape by default; each shape the GPU autotuner may pick is checked here, whole
     sequences and chunked (each first-pass shape too)."""

@@ -76,6 +76,7 @@ def test_modules_missing_files_and_hash_seeds_as_python_has_them(tmp_path):
     assert a.stdout.split()[1] != b.stdout.split()[1]
 
 
+@pytest.mark.slow
 def test_a_config_error_a_timeout_and_an_interrupted_run(tmp_path):
     args = ["model.n_layr=2", f"hydra.run.dir={tmp_path / 'run'}"]
     warm, fresh = warm_or_skip(run_cli("train.py", args, tmp_path)), run_cli("train.py", args, tmp_path, fresh=True)

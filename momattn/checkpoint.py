@@ -63,8 +63,14 @@ def _load_safely(p: Path, path) -> Any:
 SHARDED_META = "meta.pt"  # what Lightning's FSDP writes beside the shards: everything but weights and optimizer
 
 
+# what a real shard index names, no more: torch.distributed.checkpoint's metadata dataclasses by name, not its
+# modules (they import os and hold functions that torch.load any file: a prefix let both run, found by review)
+_DCP_METADATA = ("Metadata", "MetadataIndex", "StorageMeta", "TensorStorageMetadata", "BytesStorageMetadata",
+                 "ChunkStorageMetadata", "TensorProperties", "_MEM_FORMAT_ENCODING")
 _DCP_SAFE = {("torch", "Size"), ("collections", "OrderedDict"), ("torch.serialization", "_get_layout"),
-             ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath")}  # what a real shard index names, no more
+             ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),
+             ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+             *(("torch.distributed.checkpoint.metadata", n) for n in _DCP_METADATA)}
 
 
 class _DcpUnpickler(pickle.Unpickler):
@@ -72,7 +78,7 @@ class _DcpUnpickler(pickle.Unpickler):
     layouts, memory formats and Size may appear in it; anything else (os.system, ...) is refused unrun."""
 
     def find_class(self, module: str, name: str):
-        if module.startswith("torch.distributed.checkpoint.") or (module, name) in _DCP_SAFE:
+        if (module, name) in _DCP_SAFE:
             return super().find_class(module, name)
         if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout,
                                                                          torch.memory_format)):
@@ -175,6 +181,28 @@ def _unreadable(path, e: Exception | str) -> CheckpointError:
     )
 
 
+def _rng_problem(rng: Any) -> str | None:
+    """Why a checkpoint's RNG states (momattn.lit.rng_state) cannot be restored, tried on throwaway generators (a
+    resume restores them once training starts, where a bad one was a traceback); None if they can be, or are absent."""
+    if rng is None:
+        return None
+    try:
+        import random
+
+        import numpy as np
+
+        random.Random().setstate(rng["python"])
+        name, keys, pos, has_gauss, gauss = rng["numpy"]
+        np.random.RandomState().set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        torch.Generator().set_state(rng["torch"])
+        cuda = rng.get("cuda")
+        if cuda is not None and not (isinstance(cuda, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in cuda)):
+            raise TypeError(f"cuda is {type(cuda).__name__}, not a list of tensors")
+    except Exception as e:
+        return f"its 'momattn.rng' entry (the RNG states a resume restores) is not usable ({type(e).__name__}: {e})"
+    return None
+
+
 def _check_structure(ckpt: Any, path) -> None:
     """What the rest of momattn reads from a checkpoint, checked once with a message naming the bad entry."""
     if not isinstance(ckpt, dict) or "momattn" not in ckpt:
@@ -206,6 +234,11 @@ def _check_structure(ckpt: Any, path) -> None:
         bad = f"its 'global_step' entry is {ckpt['global_step']!r}, not an integer"
     elif not isinstance(state, dict):
         bad = f"its 'state_dict' entry is of type {type(state).__name__}, not a dict of tensors"
+    elif (skipped := meta.get("skipped_nonfinite")) is not None and (not isinstance(skipped, int)
+                                                                     or isinstance(skipped, bool)):
+        bad = f"its 'momattn.skipped_nonfinite' entry is {skipped!r}, not an integer"
+    elif bad := _rng_problem(meta.get("rng")):
+        pass
     else:
         odd = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
         if odd:

@@ -628,6 +628,21 @@ def check_ckpt_exists(overrides: list[str]) -> None:
         read_checkpoint(_unquoted(ckpt))
 
 
+def hydra_quoted(value) -> str:
+    """value as Hydra reads it back verbatim: as it is where it holds only path characters, else in quotes."""
+    text = str(value)
+    return text if all(ch.isalnum() or ch in "/._-" for ch in text) else "'" + text.replace("'", "\\'") + "'"
+
+
+def shell_arg(key: str, value) -> str:
+    """key=value as one argument to paste into a shell (a folder with a space or a quote was split by it, and the
+    printed resume command failed to parse)."""
+    arg = f"{key}={hydra_quoted(value)}"
+    if arg == f"{key}={value}":
+        return arg
+    return f'"{arg}"' if not any(ch in arg for ch in '"$`!\\') else shlex.quote(arg)  # as the README writes them
+
+
 def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | None = None) -> list[str]:
     """A resume reuses its run's own command line: the overrides saved in <run folder>/.hydra/overrides.yaml,
     then today's on top (today's win, key by key). A single run also continues in that folder. Anything else
@@ -678,8 +693,7 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
     if not multirun and "hydra.mode" not in now:  # one job of a sweep experiment (its config sets MULTIRUN) resumes
         merged.append("hydra.mode=RUN")           # as the single run it is, in its own folder
     if run_dir is None and not multirun and folder is not None:
-        safe = all(ch.isalnum() or ch in "/._-" for ch in str(folder))
-        merged.append(f"hydra.run.dir={folder}" if safe else "hydra.run.dir='" + str(folder).replace("'", "\\'") + "'")
+        merged.append(f"hydra.run.dir={hydra_quoted(folder)}")
     fork = folder is not None and ckpt != "last" and Path(ckpt).expanduser().parent.name == "checkpoints" and \
         not same_run(ckpt, folder)  # its config came from the checkpoint, and the folder is a new one
     what = f"continuing {ckpt} in a new folder, {folder}," if fork else \
@@ -693,7 +707,7 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
             # job alone went on (and split the sweep's verdict), where the user meant the sweep (found by review)
             print(f"[momattn] note: {folder} is job {Path(folder).name} of the sweep in {Path(folder).parent}; this "
                   "resumes that job alone. To go on with the whole sweep: python train.py -m <its overrides> "
-                  f"ckpt_path=last hydra.sweep.dir={Path(folder).parent}", file=sys.stderr, flush=True)
+                  f"ckpt_path=last {shell_arg('hydra.sweep.dir', Path(folder).parent)}", file=sys.stderr, flush=True)
     return merged
 
 
@@ -849,7 +863,7 @@ def in_use(folder: Path, holder: str, kind: str = "training run") -> ConfigError
                            "another folder (hydra.run.dir=...)")
     return ConfigError(f"{folder} is in use by another training run ({holder}): two runs in one folder overwrite "
                        "each other's checkpoints and metrics. Wait for it to end (then resume with ckpt_path=last "
-                       f"hydra.run.dir={folder} if it was stopped), or train in another folder (hydra.run.dir=...)")
+                       f"{shell_arg('hydra.run.dir', folder)} if it was stopped), or train in another folder (hydra.run.dir=...)")
 
 
 def _is_search(overrides: list[str]) -> bool:
@@ -1128,7 +1142,7 @@ def interrupted(config_name: str, cfg, signame: str = "Ctrl-C") -> str:
     if config_name == "evaluate":  # the checkpoints (a sweep's jobs) finished are kept in its folder, and reused
         what = "sweep's jobs" if cfg.get("sweep_dir") else "checkpoints"
         return (f"\n[momattn] interrupted ({signame}): {out} holds the results of the {what} evaluated so far; run "
-                f"the same command again with hydra.run.dir={out}: those are reused")
+                f"the same command again with {shell_arg('hydra.run.dir', out)}: those are reused")
     return (f"\n[momattn] interrupted ({signame}): results are written as the work ends, so {out} holds none or only "
             f"some of this run's; run the same command again{reused}")
 
@@ -1154,7 +1168,7 @@ def stopped_outside_job(config_name: str, signame: str, job: HydraJob | None) ->
     line = (f"\n[momattn] interrupted ({signame}) outside the sweep's jobs (Hydra starting the next or ending the "
             f"sweep): the jobs that ran are kept in {job.sweep_dir}")
     if config_name == "train" and not job.search:
-        return (line + f"; run the same command with ckpt_path=last hydra.sweep.dir={job.sweep_dir} to go on (finished "
+        return (line + f"; run the same command with ckpt_path=last {shell_arg('hydra.sweep.dir', job.sweep_dir)} to go on (finished "
                 "jobs train no further, each job resumes its own folder)")
     return line
 
@@ -1172,8 +1186,8 @@ def go_on(job, out_dir: Path) -> str:
     """How to go on from a run's newest checkpoint: a search's own way, the sweep's command, or the run's."""
     if job.search:
         return search_stop(job, out_dir)
-    where = (f"ckpt_path=last hydra.sweep.dir={job.sweep_dir} (the same command; each job resumes its own folder)"
-             if job.sweep_dir is not None else f"python train.py ckpt_path=last hydra.run.dir={out_dir}")
+    where = (f"ckpt_path=last {shell_arg('hydra.sweep.dir', job.sweep_dir)} (the same command; each job resumes its own folder)"
+             if job.sweep_dir is not None else f"python train.py ckpt_path=last {shell_arg('hydra.run.dir', out_dir)}")
     return f"Resume with: {where}"
 
 
@@ -1181,7 +1195,7 @@ def search_stop(job: HydraJob, out_dir: Path) -> str:
     """How to go on with a search stopped in trial job.num: ckpt_path=last cannot resume a search (its trials
     would be new suggestions of the sampler, and cli.check_search refuses it)."""
     return (f"the search stops at trial {job.num}; finish it as a single run: python train.py ckpt_path=last "
-            f"hydra.run.dir={out_dir}, and run the search again into a new folder for more trials (a search is not "
+            f"{shell_arg('hydra.run.dir', out_dir)}, and run the search again into a new folder for more trials (a search is not "
             "resumed with ckpt_path=last; a study kept in hydra.sweeper.storage keeps its finished trials, and marks "
             "this one failed: the single run's result does not enter the study)")
 

@@ -277,10 +277,11 @@ def remove_stale_temps(folder: str | os.PathLike, idle_s: float = 60.0, foreign_
         if not m:
             continue
         foreign = m.group(2) not in (None, here)
-        if not foreign and _running(int(m.group(1))):
-            continue
         try:
-            if time.time() - tmp.stat().st_mtime >= (foreign_idle_s if foreign else idle_s):
+            mtime = tmp.stat().st_mtime
+            if not foreign and _running(int(m.group(1)), since=mtime):
+                continue
+            if time.time() - mtime >= (foreign_idle_s if foreign else idle_s):
                 tmp.unlink()
                 removed.append(tmp)
         except OSError:  # gone already, or not ours to remove
@@ -293,11 +294,25 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
 
 
-def _running(pid: int) -> bool:
+def _running(pid: int, since: float | None = None) -> bool:
+    """Whether process pid runs, and (since: a time) ran then: a process started after it took the PID of one
+    that ended (a restarted container's train.py gets the PID its killed one had, and kept its partial files)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:  # exists, owned by someone else
-        return True
-    return True
+        pass
+    started = _start_time(pid)
+    return since is None or started is None or started <= since + 1.0
+
+
+def _start_time(pid: int) -> float | None:
+    """When process pid started (seconds since the epoch), where /proc tells (Linux); else None."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None

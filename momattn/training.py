@@ -7,6 +7,7 @@ import errno
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -48,6 +49,7 @@ from momattn.cli import (
     hydra_job,
     same_run,
     search_stop,
+    shell_arg,
 )
 from momattn.config import TrainConfig, load_train_config, world_size
 from momattn.console import quiet_console, quiet_resume
@@ -560,7 +562,7 @@ def _disk_full(e: OSError, out_dir: Path) -> str:
     where = f" while writing {target}" if target else ""
     full = "the disk quota is used up" if e.errno == errno.EDQUOT else "the disk is full"
     return (f"{full}{where} ({e.strerror or e}). {saved}. Free space (or choose another folder with "
-            f"hydra.run.dir=...), then resume with: python train.py ckpt_path=last hydra.run.dir={out_dir}")
+            f"hydra.run.dir=...), then resume with: python train.py ckpt_path=last {shell_arg('hydra.run.dir', out_dir)}")
 
 
 def _resume_hint(preempt: PreemptionCheckpoint, out_dir: Path, job: HydraJob) -> str:
@@ -573,14 +575,14 @@ def _resume_hint(preempt: PreemptionCheckpoint, out_dir: Path, job: HydraJob) ->
         saved = newest_checkpoint(out_dir)
         saved = saved if saved.startswith("no ") else f"no new checkpoint; {saved}"
     return (f"\n[momattn] SIGTERM received: {saved}.\n"
-            f"Resume with: python train.py {_retyped(out_dir, job)} ckpt_path=last hydra.run.dir={out_dir}"
+            f"Resume with: python train.py {_retyped(out_dir, job)} ckpt_path=last {shell_arg('hydra.run.dir', out_dir)}"
             ).replace("  ", " ")
 
 
 def _retyped(out_dir: Path, job: HydraJob) -> str:
     """The overrides a resume command repeats: none where the run folder's .hydra/overrides.yaml holds them."""
     return "" if (out_dir / ".hydra" / "overrides.yaml").is_file() else \
-        " ".join(o for o in job.overrides if not o.startswith(("ckpt_path=", "hydra.run.dir=")))
+        " ".join(shlex.quote(o) for o in job.overrides if not o.startswith(("ckpt_path=", "hydra.run.dir=")))
 
 
 def _rank_lost(rank: int, how: str, grace: float, out_dir: Path, job) -> str:
@@ -600,7 +602,7 @@ def _interrupt_hint(out_dir: Path, job) -> str:
 def _sweep_stop(job: HydraJob, out_dir: Path, signame: str = "SIGTERM") -> str:
     return (f"[momattn] {signame}: {search_stop(job, out_dir)}" if job.search else
             f"[momattn] {signame}: the sweep stops at job {job.num}; run the same command with ckpt_path=last "
-            f"hydra.sweep.dir={job.sweep_dir} to resume it (finished jobs train no further, each job resumes its own "
+            f"{shell_arg('hydra.sweep.dir', job.sweep_dir)} to resume it (finished jobs train no further, each job resumes its own "
             "folder)")
 
 
@@ -718,7 +720,7 @@ class SigtermOutsideFit:
                               "lost") + ": run the same command again."
         else:
             hint += (f"{newest}.\nResume with: python train.py {_retyped(self.out_dir, self.job)} ckpt_path=last "
-                     f"hydra.run.dir={self.out_dir}"
+                     f"{shell_arg('hydra.run.dir', self.out_dir)}"
                      + (" (it trains no further; the report and evaluation are done again)" if self.phase == "end"
                         else "")).replace("  ", " ")
         if self.job.sweep_dir is not None and _basic_launcher():  # other launchers end a job their own way

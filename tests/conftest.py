@@ -49,9 +49,9 @@ def pytest_addoption(parser):
 
 def _runs_slow(config) -> bool:
     """The tests marked slow (multi-process runs, the benchmarks' smoke runs, the leak checks over the whole LM text)
-    run with --slow, under any -m expression (`-m slow`: those alone), or when named by id; not by default, which
-    keeps `pytest` under 10 minutes on 2 cores."""
-    return config.getoption("--slow") or bool(config.getoption("markexpr"))
+    run with --slow, under any -m expression (`-m slow`: those alone), when picked with -k, or when named by id; not
+    by default, which keeps `pytest` under 10 minutes on 2 cores."""
+    return config.getoption("--slow") or bool(config.getoption("markexpr")) or bool(config.getoption("keyword"))
 
 
 def pytest_report_header(config):

@@ -19,10 +19,18 @@ from momattn.callbacks import AtomicCheckpointIO
 from momattn.checkpoint import checkpoint_meta, load_checkpoint, read_checkpoint
 from momattn.data.datamodule import TokenDataModule
 from momattn.errors import CheckpointError, ConfigError
-from momattn.lit import LitGPT
+from momattn.lit import LitGPT, rng_state
 from momattn.model import GPT, GPTConfig
 from momattn.optim import OptimConfig
 from momattn.tokenizer import train_bpe
+
+
+def _calls(module: str, name: str, arg: str) -> bytes:
+    """A protocol-4 pickle that calls module.name(arg) (STACK_GLOBAL resolves a dotted name through the module)."""
+    def text(t: str) -> bytes:
+        return b"\x8c" + bytes([len(t.encode())]) + t.encode()  # SHORT_BINUNICODE
+
+    return b"\x80\x04" + text(module) + text(name) + b"\x93" + text(arg) + b"\x85R."  # STACK_GLOBAL, TUPLE1, REDUCE
 
 
 class _RunsShell:
@@ -90,6 +98,11 @@ META = {"format": 1, "model_config": {"attention": {"kind": "vanilla"}}, "tokeni
     ({"state_dict": {}, "momattn": {**META, "config": {"data": [1]}}}, "run config's 'data' entry is of type list"),
     ({"state_dict": {}, "momattn": {**META, "config": {"data": {"split_seed": "abc"}}}},
      "data.split_seed is 'abc', not an integer"),
+    # a resume restored these once training had started: a traceback from random.setstate, and int('x')
+    ({"state_dict": {}, "momattn": {**META, "rng": {"python": "junk"}}},
+     "'momattn.rng' entry (the RNG states a resume restores) is not usable (ValueError: state with version j"),
+    ({"state_dict": {}, "momattn": {**META, "rng": {**rng_state(), "torch": torch.zeros(3)}}}, "'momattn.rng' entry"),
+    ({"state_dict": {}, "momattn": {**META, "skipped_nonfinite": "x"}}, "'momattn.skipped_nonfinite' entry is 'x'"),
 ])
 def test_a_loadable_file_with_the_wrong_structure_gets_a_clear_error(tmp_path, ckpt, says):
     torch.save(ckpt, tmp_path / "odd.ckpt")
@@ -498,6 +511,14 @@ def test_a_sharded_folder_with_code_or_damage_in_its_index_is_refused(tmp_path, 
     with pytest.raises(CheckpointError, match=r"last.ckpt' contains code or objects a safe load refuses \(posix.system"):
         read_checkpoint(folder)
     assert not (tmp_path / "ran").exists()
+    # a name reached through torch.distributed.checkpoint's own modules: os.system by a dotted name, and a function
+    # of theirs that torch.load()s any file unsafely (both ran while every name under those modules was allowed)
+    for module, name, arg in (("torch.distributed.checkpoint.filesystem", "os.system", f"touch {tmp_path / 'ran'}"),
+                              ("torch.distributed.checkpoint.format_utils", "torch_save_to_dcp", str(tmp_path))):
+        (folder / ".metadata").write_bytes(_calls(module, name, arg))
+        with pytest.raises(CheckpointError, match=rf"contains code or objects a safe load refuses \({re.escape(module)}"):
+            read_checkpoint(folder)
+        assert not (tmp_path / "ran").exists()
     (folder / ".metadata").write_bytes(b"not a pickle")  # named, without torch's two logged tracebacks
     with pytest.raises(CheckpointError, match=r"last.ckpt': its shard index \(.metadata\) cannot be read \(.*\); it is "
                                               r"damaged"):

@@ -57,18 +57,19 @@ def reference(reference_run) -> dict[int, float]:
 
 @pytest.mark.slow
 def test_sigterm_writes_checkpoint_exits_cleanly_and_resume_is_exact(reference, tmp_path):
-    r = run_cli("train.py", [*RUN, *fault("sigterm@4"), f"hydra.run.dir={tmp_path}"], tmp_path)
+    run = tmp_path / "a run"  # a space: the printed command was split there by the shell (found by review)
+    r = run_cli("train.py", [*RUN, *fault("sigterm@4"), f"hydra.run.dir='{run}'"], tmp_path)
     # saved and resumable, but not done: 143 (128 + SIGTERM), as a shell reports a SIGTERM; it was 0, so that
     # `train.py && evaluate.py` went on to evaluate a run cut short
     assert r.returncode == PREEMPTED_EXIT == 143, r.stderr[-3000:]
     assert "Traceback" not in r.stderr
     resume_cmd = re.search(r"Resume with: python train.py (.*)", r.stderr).group(1)
-    assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 4
-    assert f"hydra.run.dir={tmp_path}" in resume_cmd
-    # resume as the message says (ckpt_path=last finds the run folder's last.ckpt)
-    r2 = run_cli("train.py", [*RUN, "ckpt_path=last", f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert step_of(run / "checkpoints" / "last.ckpt") == 4
+    assert f"\"hydra.run.dir='{run}'\"" in resume_cmd
+    # resume with the command printed, as a shell splits it (ckpt_path=last finds the run folder's last.ckpt)
+    r2 = run_cli("train.py", shlex.split(resume_cmd), tmp_path)
     assert r2.returncode == 0, r2.stderr[-3000:]
-    resumed = train_losses(tmp_path)
+    resumed = train_losses(run)
     assert sorted(s for s in resumed if s >= 4) == list(range(4, 9))
     for step in range(4, 9):  # the resumed trajectory is the uninterrupted one
         assert resumed[step] == pytest.approx(reference[step], rel=1e-6, abs=1e-6), step
@@ -657,8 +658,10 @@ def test_a_figure_that_fails_half_way_leaves_the_previous_picture(tmp_path):
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["icl.png"]
 
 
-def test_only_the_partial_files_of_dead_idle_writers_are_removed(tmp_path, save_script):
+def test_only_the_partial_files_of_dead_idle_writers_are_removed(tmp_path, save_script, monkeypatch):
     from momattn.io import _host, remove_stale_temps
+
+    monkeypatch.setattr("momattn.io._start_time", lambda pid: 0.0)  # every process began long ago (PIDs taken anew: below)
 
     r = _save_with_fault(save_script, tmp_path / "last.ckpt", "atomic")  # a writer killed mid-save: its PID is gone
     [dead] = [p for p in tmp_path.iterdir() if p.name != "last.ckpt"]
@@ -678,6 +681,28 @@ def test_only_the_partial_files_of_dead_idle_writers_are_removed(tmp_path, save_
     for p in other:  # idle for more than a day: left by a node that is gone
         os.utime(p, (p.stat().st_atime - 86400, p.stat().st_mtime - 86400))
     assert sorted(remove_stale_temps(tmp_path)) == sorted(other) and live.exists()
+
+
+def test_a_partial_file_whose_pid_a_later_process_took_is_removed(tmp_path):
+    # a restarted container's train.py gets the PID its killed run had: its partial file stayed for good
+    import time
+
+    from momattn.io import _host, _start_time, remove_stale_temps
+
+    before = time.time()
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        assert before - 1.5 <= _start_time(child.pid) <= time.time() + 1.5
+        reused = tmp_path / f".last.ckpt.tmp{child.pid}@{_host()}"  # written before the child started: not its
+        live = tmp_path / f".best.ckpt.tmp{child.pid}@{_host()}"  # written since: the child's, kept
+        for p in (reused, live):
+            p.write_bytes(b"x")
+        os.utime(reused, (before - 3600, before - 3600))
+        os.utime(live, (time.time() + 2, time.time() + 2))  # written after the child started, idle or not
+        assert remove_stale_temps(tmp_path, idle_s=0) == [reused] and live.exists()
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_kill_during_save_never_fires_for_a_writer_without_a_temp_file(tmp_path, save_script):

@@ -296,10 +296,15 @@ def recorded_peak_flops(path: Path | None, key: str, measured: float) -> tuple[f
 
 
 class BoundedThroughput(FabricThroughput):
-    """Lightning's Throughput, but an MFU above 100% (the peak was wrong, not the run) is reported as NaN."""
+    """Lightning's Throughput, but an MFU above 100% (the peak was wrong, not the run) is reported as NaN, and the
+    counts of samples and tokens (`train/samples`, `train/lengths`) are the job's, every process's share (they were
+    rank 0's alone: a 2-process run logged half the samples a 1-process run of the same steps did)."""
 
     def compute(self):
         metrics = super().compute()
+        for k in ("samples", "lengths"):
+            if k in metrics:
+                metrics[k] *= self.world_size
         for k in [k for k in metrics if k.endswith("mfu")]:
             if metrics[k] > 1.0:
                 metrics[k] = float("nan")
@@ -357,9 +362,12 @@ class Throughput(ThroughputMonitor):
         s = RunningStage.TRAINING
         if s not in self._t0s or not self._batches.get(s):  # not rank 0, or not trained yet
             return {}
-        # per batch, not totals: a checkpoint may be written before this step's batch was counted (a SIGTERM)
+        # per batch, not totals: a checkpoint may be written before this step's batch was counted (a SIGTERM);
+        # and per optimizer step of the whole job, which a resume on another number of processes continues
+        per_step = getattr(self, "_processes", 1) * getattr(self, "_accumulate", 1) / self._batches[s]
         return {"samples_per_batch": self._samples[s] / self._batches[s],
-                "lengths_per_batch": self._lengths[s] / self._batches[s], "time": time.perf_counter() - self._t0s[s]}
+                "lengths_per_batch": self._lengths[s] / self._batches[s], "time": time.perf_counter() - self._t0s[s],
+                "samples_per_step": self._samples[s] * per_step, "lengths_per_step": self._lengths[s] * per_step}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._restored = dict(state_dict) or None
@@ -368,6 +376,7 @@ class Throughput(ThroughputMonitor):
     def on_train_start(self, trainer, *args) -> None:
         super().on_train_start(trainer, *args)
         restored, self._restored = getattr(self, "_restored", None), None
+        self._processes, self._accumulate = trainer.world_size, trainer.accumulate_grad_batches
         batches = trainer.global_step * trainer.accumulate_grad_batches  # the micro-batches trained so far
         # a checkpoint written before its first batch was counted (a SIGTERM in step 0) holds no per-batch
         # counts: the first batch here gives them (every batch is the same size), or the counts ran one batch short
@@ -375,8 +384,12 @@ class Throughput(ThroughputMonitor):
         if restored and "samples_per_batch" in restored:
             s = RunningStage.TRAINING
             self._batches[s] += batches
-            self._samples[s] += round(batches * restored["samples_per_batch"])
-            self._lengths[s] += round(batches * restored["lengths_per_batch"])
+            if "samples_per_step" in restored:  # this process's share of the job's counts (compute() scales them)
+                self._samples[s] += round(trainer.global_step * restored["samples_per_step"] / trainer.world_size)
+                self._lengths[s] += round(trainer.global_step * restored["lengths_per_step"] / trainer.world_size)
+            else:  # a checkpoint of an earlier release: per batch of this process
+                self._samples[s] += round(batches * restored["samples_per_batch"])
+                self._lengths[s] += round(batches * restored["lengths_per_batch"])
             self._t0s[s] -= float(restored.get("time", 0.0))  # train/time: the training time before the resume too
 
     @rank_zero_only
@@ -412,8 +425,8 @@ class Throughput(ThroughputMonitor):
 def throughput_summary(monitor: ThroughputMonitor) -> dict:
     """The last training window: tokens/s, FLOP/s and MFU (rank 0's device), and the peak MFU is relative to;
     with several processes also `tokens_per_sec_all_devices`, the job's;
-    and `tokens_per_sec_mean`, every training token over the whole training time (validation excluded, as
-    Lightning's monitor times it), which one slow or fast window does not move.
+    and `tokens_per_sec_mean`, every training token of the job (all processes) over the whole training time
+    (validation excluded, as Lightning's monitor times it), which one slow or fast window does not move.
 
     MFU is None (with `mfu_note`) when it cannot be trusted: no peak known, or above 100%."""
     m = compat.throughput_metrics(monitor, RunningStage.TRAINING)

@@ -628,6 +628,27 @@ def check_ckpt_exists(overrides: list[str]) -> None:
         read_checkpoint(_unquoted(ckpt))
 
 
+def _outside_switched_groups(saved: list[str], now: list[str]) -> tuple[list[str], list[str]]:
+    """The run's saved overrides that still apply where today's command switches a config group (trainer=cpu on a
+    run trained with trainer=ddp trainer.strategy=ddp: the saved trainer.strategy was re-applied to a group without
+    it, and the error blamed a key not typed), and those dropped."""
+    groups = _groups()
+    switched = {_override_key(o) for o in now if "=" in o and not o.startswith("~") and _override_key(o) in groups}
+    under = [o for o in saved if not o.startswith(("+", "~")) and _override_key(o).split(".", 1)[0] in switched]
+    if not under:
+        return saved, []
+    from omegaconf import OmegaConf
+
+    cfg = _compose("train", [o for o in now if _override_key(o) in switched])
+    if cfg is None:  # today's group choice does not compose: Hydra says so when it runs
+        return saved, []
+    dropped = [o for o in under if OmegaConf.select(cfg, _override_key(o), default=_MISSING) is _MISSING]
+    return [o for o in saved if o not in dropped], dropped
+
+
+_MISSING = object()
+
+
 def hydra_quoted(value) -> str:
     """value as Hydra reads it back verbatim: as it is where it holds only path characters, else in quotes."""
     text = str(value)
@@ -685,6 +706,7 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
     # one would kill the resumed run at the same step)
     kept = [o for o in saved if _override_key(o) not in now and _override_key(o) != "ckpt_path"
             and not _override_key(o).startswith("callbacks.fault")]
+    kept, dropped = _outside_switched_groups(kept, overrides)
     # a key the run added (+k=v; not in the base config) and today sets again as k=v2: still an addition
     added = {_override_key(o): o[: len(o) - len(o.lstrip("+"))] for o in saved if o.startswith("+")}
     overrides = [added[_override_key(o)] + o if not o.startswith(("+", "~")) and _override_key(o) in added else o
@@ -700,7 +722,8 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
         f"resuming the run {'in ' + str(folder) if folder else 'of ' + ckpt}"
     if not other_rank():  # (the processes Lightning, srun or torchrun start for other ranks: said once)
         print(f"[momattn] {what} with its own config"
-              + (f" ({' '.join(kept)})" if kept else "") + (f"; on top: {' '.join(overrides)}" if overrides else ""),
+              + (f" ({' '.join(kept)})" if kept else "") + (f"; on top: {' '.join(overrides)}" if overrides else "")
+              + (f"; not carried over, as the group given now has no such key: {' '.join(dropped)}" if dropped else ""),
               file=sys.stderr, flush=True)
         if ckpt == "last" and run_dir is None and not multirun and folder is not None and \
                 (Path(folder).parent / "multirun.yaml").is_file():  # the newest run was one job of a sweep: that

@@ -378,6 +378,10 @@ def _rendezvous_up() -> bool:
 def world_size(trainer: Mapping) -> int:
     """Processes that train together: trainer.devices (an integer, or a list of device ids) x trainer.num_nodes."""
     devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1) or 1
+    if str(trainer.get("accelerator") or "").lower() == "cpu" and (
+            devices == -1 or isinstance(devices, (list, tuple)) or (isinstance(devices, str) and "," in devices)):
+        raise ConfigError(f"trainer.devices={devices!r}: on a CPU give a number of processes >= 1 (device ids and -1 "
+                          "are for GPUs)")  # Lightning refused it, after the plan had counted it
     if devices == "auto" or devices == -1:  # Lightning's meaning: every GPU here, else one CPU process
         gpu = str(trainer.get("accelerator") or "auto").lower() in ("gpu", "cuda", "auto") and _cuda_available()
         devices = max(1, _cuda_device_count()) if gpu else 1

@@ -21,6 +21,8 @@ _QUIET_WARNINGS = (
     r".*_get_pg_default_device` will be deprecated.*",  # torch's own FSDP code, on a sharded resume
     r".*Multiple backends are registered with this ProcessGroup.*",
     r".*`load_state_dict` is deprecated and will be removed.*",
+    r".*FSDP is switching to use .?.?NO_SHARD.*",  # one process under trainer=fsdp (a sharded run resumed on one)
+    r".*When using .?.?NO_SHARD.?.? for .?.?ShardingStrategy.*full_state_dict will be returned.*",
 )
 
 

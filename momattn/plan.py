@@ -93,6 +93,8 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = No
         (config._cuda_available, config.check_launch_environment, config._cuda_device_count,
          config.resolve_precision) = real
         wandb_runs.require_api_key = key_check
+    on_cpu = str(c.trainer.get("accelerator") or "auto").lower() == "cpu"
+    _check_trainer(c, on_cpu)
     m = c.model_for(_vocab(c))
     parameters = n_params(m)  # exact; a model too large for a tensor (model.n_embd=1e9) is one line, not a traceback
     with torch.device("meta"):  # shapes only: nothing is allocated
@@ -103,7 +105,6 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = No
     tokens = tokens_per_step * c.max_steps
     flops = flops_per_token * tokens
     precision = c.trainer["precision"]
-    on_cpu = str(c.trainer.get("accelerator") or "auto").lower() == "cpu"
     # (trainer=cpu: no (B T, V) logits, momattn/loss.py; it was planned as a GPU run, 6.5x under train.py's check)
     blocked = blocked_loss_for(precision, not on_cpu)
     ddp = estimate_train_memory(m, c.loader.batch_size, precision, blocked_loss=blocked, off_cuda=on_cpu)
@@ -151,6 +152,26 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = No
                   "min_lr_ratio": c.optim.min_lr_ratio, "power": c.optim.power, "betas": list(c.optim.betas),
                   "eps": c.optim.eps, "weight_decay": c.optim.weight_decay, "grad_clip": c.optim.grad_clip},
     }
+
+
+def _check_trainer(c, on_cpu: bool) -> None:
+    """What train.py refuses of the trainer's values is refused here too: a CPU run's trainer is made as train.py
+    makes it (strategy, precision, devices); a GPU one cannot be made without a GPU, so its strategy's name alone."""
+    if on_cpu:
+        from momattn.console import quiet_console
+        from momattn.training import check_trainer
+
+        quiet_console()
+        check_trainer(c)
+        return
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    from momattn.errors import ConfigError, did_you_mean
+
+    name, known = c.trainer.get("strategy"), StrategyRegistry.available_strategies()
+    if isinstance(name, str) and name != "auto" and name not in known:
+        raise ConfigError(f"trainer.strategy={name!r} is not a strategy Lightning knows (ddp, fsdp, auto, ...)."
+                          f"{did_you_mean(name, known)}")
 
 
 def _validation(p: dict) -> str:

@@ -138,8 +138,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     # Lightning's own checks of its values (accelerator=foo, mode=minimum, save_top_k=-2) now, not after the
     # tokenizer and the token cache were built: the config's callbacks made once, a trainer made and dropped
     config_callbacks = instantiate_all(c.callbacks, "callbacks")
-    instantiate(c.trainer, "trainer", callbacks=[], logger=False, enable_checkpointing=False,
-                default_root_dir=str(out_dir), **_timed_strategy(c.trainer, c.dist_timeout_s))
+    check_trainer(c, out_dir)
     if (warning := warmup_warning(c.optim.warmup_steps, c.max_steps, c.optim.lr)) and rank_zero_only.rank == 0:
         print(warning, file=sys.stderr)
     if any(isinstance(cb, Mapping) and cb.get("save_weights_only") is True for cb in (c.callbacks or {}).values()) \
@@ -442,6 +441,19 @@ def _tokens(c: TrainConfig, tokenizer: Tokenizer, vocab_size: int, block_size: i
     if int(max(train.max(initial=0), val.max(initial=0))) >= vocab_size:
         raise CheckpointError("token ids exceed the model's vocabulary: the tokenizer and the model do not match")
     return train, val
+
+
+def check_trainer(c: TrainConfig, out_dir: Path | str = ".") -> None:
+    """Lightning's own checks of the trainer's values (a trainer made and dropped), and that it runs the processes
+    the batch arithmetic counted: strategy=single_device with devices=2 trained one process, without a word, at half
+    the global batch (momattn.plan calls this too, for what it plans as train.py would run it)."""
+    probe = instantiate(c.trainer, "trainer", callbacks=[], logger=False, enable_checkpointing=False,
+                        default_root_dir=str(out_dir), **_timed_strategy(c.trainer, c.dist_timeout_s))
+    runs, counted = probe.num_devices * probe.num_nodes, world_size(c.trainer)
+    if runs != counted:
+        raise ConfigError(f"trainer.strategy={c.trainer.get('strategy')} runs {runs} process(es), but trainer.devices "
+                          f"x trainer.num_nodes asks for {counted}: use strategy=ddp (or fsdp) for several, or "
+                          "trainer.devices=1 for one")
 
 
 def _timed_strategy(trainer: dict, timeout_s: int) -> dict:
@@ -835,7 +847,7 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
     if speed.get("tokens_per_sec"):
         mfu = f" MFU {100 * speed['mfu']:.1f}%;" if speed.get("mfu") else f" ({speed['mfu_note']});" \
             if speed.get("mfu_note") else ""
-        mean = (f", {speed['tokens_per_sec_mean']:.0f} tokens/s" + (" per device" if (speed.get("devices") or 1) > 1
+        mean = (f", {speed['tokens_per_sec_mean']:.0f} tokens/s" + (" over all devices" if (speed.get("devices") or 1) > 1
                                                                       else "") + " over the whole run") \
             if speed.get("tokens_per_sec_mean") else ""
         every = f" per device ({speed['tokens_per_sec_all_devices']:.0f} over all {speed['devices']} devices)" \

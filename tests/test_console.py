@@ -111,6 +111,14 @@ def test_resume_overrides_reuse_the_run_folder_and_today_wins(tmp_path, capsys):
     # a key the run added (+x.y=1) set again today as x.y=2: still an addition (x.y is not in the base config)
     merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir={run}", "x.y=2"])
     assert "+x.y=2" in merged and "+x.y=1" not in merged and "x.y=2" not in merged
+    # a config group switched today: the run's overrides under it that the new option lacks are not carried over
+    # (trainer.strategy re-applied to trainer=cpu was "not a config key", a key not typed; found by review)
+    ddp = tmp_path / "ddp"
+    _saved(ddp, ["trainer=ddp", "trainer.strategy=ddp", "trainer.devices=2", "trainer.max_steps=6"])
+    capsys.readouterr()
+    merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir={ddp}", "trainer=cpu"])
+    assert merged[:2] == ["trainer.devices=2", "trainer.max_steps=6"] and "trainer.strategy=ddp" not in merged
+    assert "not carried over, as the group given now has no such key: trainer.strategy=ddp" in capsys.readouterr().err
     # a saved override holding an interpolation is read as written (reading resolved it, and failed)
     interp = tmp_path / "interp"
     _saved(interp, ["+logger.csv.save_dir=${paths.output_dir}"])

@@ -47,6 +47,18 @@ def test_plan_bad_input_is_one_line(capsys):
     assert "Did you mean 'bf16'" in capsys.readouterr().err
     assert main(["trainer.accelerator=gpus"]) == 2  # planned as a GPU run, though train.py refuses it
     assert "trainer.accelerator='gpus' is not an accelerator Lightning knows" in capsys.readouterr().err
+    # planned (one of them as 2 processes that train.py runs as one), where train.py refuses them (found by review)
+    for bad, says in (("trainer=cpu trainer.devices=[0,1]", "trainer.devices=[0, 1]: on a CPU give a number of processes"),
+                      ("trainer=cpu trainer.devices=-1", "trainer.devices=-1: on a CPU give a number of processes"),
+                      ("trainer=ddp trainer.accelerator=cpu trainer.strategy=single_device trainer.devices=2",
+                       "trainer.strategy=single_device runs 1 process(es), but trainer.devices x trainer.num_nodes "
+                       "asks for 2"),
+                      ("trainer=fsdp trainer.accelerator=cpu trainer.precision=64-true",
+                       "trainer could not be created: `precision='64-true')` is not supported in FSDP")):
+        assert main(bad.split()) == 2, bad
+        assert says in capsys.readouterr().err, bad
+    assert main(["trainer=ddp", "trainer.strategy=dpp"]) == 2  # a GPU plan: the strategy's name
+    assert "trainer.strategy='dpp' is not a strategy Lightning knows" in capsys.readouterr().err
     # found by review: a speed that underflows to 0 (ZeroDivisionError traceback) or plans 10^300 hours
     for flags in (["--mfu", "1e-300", "--peak-tflops", "1e-300"], ["trainer=cpu", "--mfu", "1e-200",
                                                                      "--peak-tflops", "1e-200"]):

@@ -989,6 +989,10 @@ def test_ddp_on_two_cpu_processes_and_on_two_simulated_nodes(tmp_path):
     assert one.returncode == 0, one.stderr[-3000:]
     assert read_checkpoint(tmp_path / "one" / "checkpoints" / "last.ckpt")["global_step"] == 6
     assert any(row.get("val/loss") for row in read_metrics(tmp_path / "one"))
+    # the job's counts, both processes' batches of 4 sequences of 32 tokens (they were rank 0's alone: review)
+    counts = {int(r["step"]): (float(r["train/samples"]), float(r["train/lengths"]))
+              for r in read_metrics(tmp_path / "one") if r.get("train/samples")}
+    assert counts and all(c == ((s + 1) * 4 * 2, (s + 1) * 4 * 2 * 32) for s, c in counts.items()), counts
     # the start line and the CPU peak are said once, not by each process
     assert one.stderr.count("attention, 0.") == one.stderr.count("CPU MFU is relative") == 1, one.stderr[-3000:]
     port = _free_port()

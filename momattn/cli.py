@@ -1160,14 +1160,15 @@ def interrupted(config_name: str, cfg, signame: str = "Ctrl-C") -> str:
         return f"\n[momattn] interrupted ({signame}): {_saved(out)}. {go_on(hydra_job(), out)}"
     if config_name == "generate":
         return f"\n[momattn] interrupted ({signame})"
-    reused = " (the sweep's jobs already analysed are reused)" if config_name == "analyze" and \
-        cfg.get("sweep_dir") else ""
+    if config_name == "analyze" and cfg.get("sweep_dir"):  # its finished jobs are kept, and reused in that folder
+        return (f"\n[momattn] interrupted ({signame}): {out} holds the sweep's jobs analysed so far; run the same "
+                f"command again with {shell_arg('hydra.run.dir', out)}: those are reused")
     if config_name == "evaluate":  # the checkpoints (a sweep's jobs) finished are kept in its folder, and reused
         what = "sweep's jobs" if cfg.get("sweep_dir") else "checkpoints"
         return (f"\n[momattn] interrupted ({signame}): {out} holds the results of the {what} evaluated so far; run "
                 f"the same command again with {shell_arg('hydra.run.dir', out)}: those are reused")
     return (f"\n[momattn] interrupted ({signame}): results are written as the work ends, so {out} holds none or only "
-            f"some of this run's; run the same command again{reused}")
+            "some of this run's; run the same command again")
 
 
 def _saved(out: Path) -> str:

@@ -476,8 +476,12 @@ def test_a_task_file_and_a_fixed_learning_rate(tmp_path, capsys):
     for task, unused in (("ginc_l3", "select_examples"), ("sst2", "select_prompts")):
         assert settings_of(AnalyzeConfig(sweep_dir="x", task=task)) == \
             settings_of(AnalyzeConfig(sweep_dir="x", task=task, **{unused: 3}))
+        used = ({"select_examples", "select_prompts"} - {unused}).pop()
         assert settings_of(AnalyzeConfig(sweep_dir="x", task=task)) != settings_of(AnalyzeConfig(
-            sweep_dir="x", task=task, **{({"select_examples", "select_prompts"} - {unused}).pop(): 3}))
+            sweep_dir="x", task=task, **{used: 3}))
+        # with one learning rate nothing is chosen: its own selection setting shapes no number either (review)
+        assert settings_of(AnalyzeConfig(sweep_dir="x", task=task, lrs=[0.1])) == settings_of(AnalyzeConfig(
+            sweep_dir="x", task=task, lrs=[0.1], **{used: 3}))
 
 
 V = 10

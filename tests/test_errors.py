@@ -1420,6 +1420,16 @@ def test_ctrl_c_outside_training_ends_in_one_line_saying_what_to_do(script, modu
             f"run the same command again with hydra.run.dir={tmp_path / 'out'}: those are reused" in err
 
 
+def test_an_analysis_of_a_sweep_stopped_part_way_names_the_folder_that_reuses_its_jobs(tmp_path, monkeypatch):
+    # "run the same command again (the jobs already analysed are reused)" went to a new folder: none were (review)
+    from momattn.cli import interrupted
+
+    monkeypatch.chdir(tmp_path)
+    assert interrupted("analyze", {"sweep_dir": "sweep"}, "SIGTERM") == (
+        f"\n[momattn] interrupted (SIGTERM): {tmp_path} holds the sweep's jobs analysed so far; run the same command "
+        f"again with hydra.run.dir={tmp_path}: those are reused")
+
+
 def test_ctrl_c_before_training_starts_says_how_to_go_on(tmp_path, monkeypatch, capsys):
     """While tokenizing or building the data (before Lightning's own handler): the run folder and its resume."""
     import runpy

@@ -82,6 +82,8 @@ def settings_of(conf: AnalyzeConfig) -> dict:
 
     ginc = isinstance(conf.task, str) and ginc_task(conf.task, "task") is not None
     settings.pop("select_examples" if ginc else "select_prompts")  # the other kind's: changing it changes nothing
+    if len(conf.lr_grid) == 1:  # one rate: nothing is chosen, so neither selection setting shapes a number
+        settings.pop("select_prompts" if ginc else "select_examples")
     if files := _task_files(conf.task):
         from momattn.data.sources import file_stamp  # what keys the token cache: changes when the file does
 

@@ -30,7 +30,7 @@ import math
 import numbers
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -235,7 +235,7 @@ HUB_TASKS = {  # name: (template, answers or None, source)
 }
 
 
-def _hub_rows(task: str, src: HubSource, split: str) -> list[dict]:
+def _hub_rows(task: str, src: HubSource, split: str, key: str = "icl.tasks") -> list[dict]:
     template = HUB_TASKS[task][0]
     try:
         import datasets
@@ -248,8 +248,8 @@ def _hub_rows(task: str, src: HubSource, split: str) -> list[dict]:
             f"{', ' + repr(src.config) if src.config else ''}, split='{split}') failed: "
             f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}). Offline, save its "
             f"'{src.test_split}' and '{src.demo_split}' splits as JSONL (one row a line, the hub's columns) "
-            f"and pass icl.tasks=[{{name: {task}, path: test.jsonl, demo_path: train.jsonl}}], or any file "
-            f"with your own fields: {{name: mytask, path: file.jsonl, template: {json.dumps(template)}, "
+            f"and pass {_one_file_task(key, f'{{name: {task}, path: test.jsonl, demo_path: train.jsonl}}')}, or "
+            f"any file with your own fields: {{name: mytask, path: file.jsonl, template: {json.dumps(template)}, "
             "answers: [...]}"
         ) from e
 
@@ -270,11 +270,16 @@ def _convert_rows(task: str, convert: Converter, rows: Sequence[tuple[int, Mappi
     return out
 
 
-def _hub_loader(task: str, src: HubSource) -> Callable[[int], IclData]:
+def _one_file_task(key: str, mapping: str) -> str:
+    """How a setting takes one local-file task: analyze.py's `task` takes it alone, evaluate.py's list in a list."""
+    return f"{key}={mapping}" if key == "task" else f"{key}=[{mapping}]"
+
+
+def _hub_loader(task: str, src: HubSource, key: str = "icl.tasks") -> Callable[[int], IclData]:
     def load(split_seed: int) -> IclData:
         data = {}
         for split in (src.test_split, src.demo_split):
-            data[split] = _convert_rows(task, src.convert, list(enumerate(_hub_rows(task, src, split))),
+            data[split] = _convert_rows(task, src.convert, list(enumerate(_hub_rows(task, src, split, key))),
                                         f"{src.path} {split}")
         return IclData(demo_pool=data[src.demo_split], test=data[src.test_split])
 
@@ -550,14 +555,16 @@ def resolve_tasks(entries: Sequence[str | Mapping], key: str = "icl.tasks") -> l
             tasks.append(file_task(entry, key))
         elif entry in TASK_SETS:
             tasks.extend(TASKS[n] for n in TASK_SETS[entry])
+        elif entry in HUB_TASKS and key != "icl.tasks":  # its offline advice names the setting it came from
+            tasks.append(replace(TASKS[entry], loader=_hub_loader(entry, HUB_TASKS[entry][2], key)))
         elif entry in TASKS:
             tasks.append(TASKS[entry])
         elif ginc_task(entry, key) is not None:
             tasks.append(ginc_task(entry, key))
         else:
             hint = did_you_mean(entry, [*TASKS, *TASK_SETS, *GINC_NAMES])
-            files = (f"{key}=<file>.yaml" if key == "task" else  # analyze.py's one task; evaluate.py's list
-                     f"{key}=[<file>.yaml] (or its name, with {key.removesuffix('tasks')}task_dirs)")
+            files = (_one_file_task(key, "<file>.yaml") if key == "task" else  # analyze.py's one; evaluate.py's list
+                     f"{_one_file_task(key, '<file>.yaml')} (or its name, with {key.removesuffix('tasks')}task_dirs)")
             raise ConfigError(f"{key}: unknown task '{entry}'.{hint} "
                               f"Known: {', '.join(TASKS)}; GINC (checkpoints trained with data=ginc): "
                               f"{', '.join(GINC_NAMES)} (ginc[_ood]_l<N> for any length); sets: "

@@ -264,9 +264,17 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     n_all, n_core = model.num_params(non_embedding=False), model.num_params()
     counts = f"{n_all / 1e6:.2f}M parameters" + (f" ({n_core / 1e6:.2f}M without position embeddings)"
                                                   if n_core != n_all else "")
+    passes = _passes(train, c, model_config.block_size)
     if rank_zero_only.rank == 0:  # the processes Lightning starts for the other ranks run this too
+        if passes and c.loader.batch_size * world_size(c.trainer) > passes["train_windows"]:
+            print(f"[momattn] warning: a step's {c.loader.batch_size * world_size(c.trainer)} sequences per micro-batch "
+                  f"(data.batch_size x processes) outnumber the training split's {passes['train_windows']} windows "
+                  "of model.block_size tokens, so every batch repeats windows: give more data, or a smaller "
+                  "data.batch_size or model.block_size", file=sys.stderr)
         print(f"[momattn] {model_config.attention.kind} attention, {counts}, "
-              f"{_train_size(train)}, {tokenizer!r}, precision {c.trainer['precision']}"
+              f"{_train_size(train)}"
+              + (f" ({passes['train_windows']:,} windows, read {passes['train_epochs']:.3g} times in "
+                 f"{c.max_steps} steps)" if passes else "") + f", {tokenizer!r}, precision {c.trainer['precision']}"
               + (f" ({c.precision_note})" if c.precision_note else "") + "; "
               f"output: {out_dir}", file=sys.stderr)
     if c.val_every_steps:  # it replaces trainer.val_check_interval, which Lightning counts in micro-batches
@@ -280,7 +288,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
             logged["train/loss"] = lit.last_finite_loss  # the last step was skipped (optim.on_nonfinite=skip)
         # fit_seconds: this process's fit; after a resume it covers the steps from fit_from_step on only
         return ({**throughput_summary(throughput), "fit_seconds": round(time.perf_counter() - t0, 1),
-                 **({"fit_from_step": start_step} if start_step else {})}, logged)
+                 **({"fit_from_step": start_step} if start_step else {}), **passes}, logged)
 
     failed = True  # until the run returns or is preempted (resumable): W&B marks the run by it
     grace = min(RANK_GRACE_S, c.dist_timeout_s)  # a rank that ended: rank 0's own error first (lightning_compat)
@@ -757,6 +765,16 @@ def _pool_children() -> list:
             with contextlib.suppress(Exception):
                 kids += module.active_children()
     return kids
+
+
+def _passes(train, c: TrainConfig, block_size: int) -> dict:
+    """How often the run reads its training split: its windows and the epochs max_steps make of them (the same
+    windows repeat past 1; a corpus smaller than a batch repeated them within each batch, unsaid: found by review);
+    {} for a stream, whose length is not known."""
+    if isinstance(train, StreamWindows) or not (windows := (len(train) - 1) // block_size):
+        return {}
+    sequences = c.max_steps * c.loader.batch_size * world_size(c.trainer) * c.accumulate
+    return {"train_windows": windows, "train_epochs": round(sequences / windows, 4)}
 
 
 def _train_size(train) -> str:

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from momattn.data.corpus import cache_key, load_tokens
 from momattn.data.sources import (
@@ -865,3 +866,23 @@ def test_the_bpe_tokenizer_is_trained_once_by_jobs_starting_together_and_again_w
     cache.write_text("{not json")  # a damaged cache: trained again, and said once
     train_bpe(texts, 300, cache)
     assert len(calls) == 2 and capsys.readouterr().err.count("is damaged") == 1
+
+
+def test_token_windows_pickle_their_memmap_as_its_file_span(tmp_path):
+    # a DataLoader worker started by spawn or forkserver unpickled a copy of the whole token cache (found by review)
+    import pickle
+
+    from momattn.data.datamodule import TokenWindows
+
+    ids = np.arange(100_000, dtype=np.uint16)
+    ids.tofile(tmp_path / "t.bin")
+    whole = np.memmap(tmp_path / "t.bin", dtype=np.uint16, mode="r", shape=(100_000,))
+    for tokens in (whole, whole[12_345:87_001]):  # a slice's own offset attribute is its parent's
+        windows = TokenWindows(tokens, 32, seed=3)
+        blob = pickle.dumps(windows)
+        again = pickle.loads(blob)
+        assert len(blob) < 2_000 and isinstance(again.tokens, np.memmap)
+        assert np.array_equal(np.asarray(again.tokens), np.asarray(tokens))
+        assert all(torch.equal(a, b) for g in (0, 7, len(windows) - 1) for a, b in zip(windows[g], again[g]))
+    plain = TokenWindows(np.arange(1000, dtype=np.int64), 8, seed=0)  # not a file: pickled as it is
+    assert np.array_equal(pickle.loads(pickle.dumps(plain)).tokens, plain.tokens)

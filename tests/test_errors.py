@@ -970,7 +970,23 @@ def test_a_directory_as_a_data_path_says_so(tmp_path):
     (tmp_path / "corpus").mkdir()
     msg = run_expecting(tmp_path, ["debug=smoke", "data=text_files", f"data.paths=[{tmp_path / 'corpus'}]"],
                         DataError)
-    assert "is a directory; list the files in it" in msg
+    assert "is a directory; list the files in it" in msg and f"or a pattern: data.paths=['{tmp_path / 'corpus'}/*.txt']" in msg
+
+
+def test_a_pattern_in_data_paths_reads_the_files_it_matches(tmp_path):
+    # it was "does not exist (or is not a file)", where data=hf takes patterns (found by review)
+    from momattn.data.sources import TextFiles
+
+    (tmp_path / "corpus").mkdir()
+    for name, text in (("b.txt", "second file text"), ("a.txt", "first file text"), ("c.md", "not matched")):
+        (tmp_path / "corpus" / name).write_text(text)
+    files = TextFiles(paths=[str(tmp_path / "corpus" / "*.txt")], val_fraction=0.5)._files
+    assert files == [tmp_path / "corpus" / "a.txt", tmp_path / "corpus" / "b.txt"]
+    cfg = compose_train(tmp_path, ["debug=smoke", "data=text_files", f"data.paths=[{tmp_path}/corpus/*.txt]"])
+    assert list(cfg.data.paths) == [f"{tmp_path}/corpus/*.txt"]  # Hydra takes the pattern unquoted
+    msg = run_expecting(tmp_path, ["debug=smoke", "data=text_files", f"data.paths=[{tmp_path}/corpus/*.json]"],
+                        DataError)
+    assert msg == f"data.paths: '{tmp_path}/corpus/*.json' matches no file; check the pattern"
 
 
 def test_a_scan_backend_that_cannot_run_fails_before_any_work(tmp_path, monkeypatch):

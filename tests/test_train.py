@@ -136,7 +136,7 @@ def test_a_bpe_smaller_than_its_vocab_size_is_said_and_recorded(tmp_path, capsys
             f"has {summary['model_vocab_size']} rows; summary.json records both") in capsys.readouterr().err
 
 
-def test_loss_decreases_on_a_few_hundred_tokens(tmp_path):
+def test_loss_decreases_on_a_few_hundred_tokens(tmp_path, capsys):
     # a fixed 300-token corpus, memorised by a small model: the loss must fall far below its start
     text = tmp_path / "tiny.txt"
     text.write_text(" ".join(f"w{i % 17} x{i % 5}" for i in range(150)) + "\n\n" + "tail " * 20)
@@ -147,6 +147,19 @@ def test_loss_decreases_on_a_few_hundred_tokens(tmp_path):
     losses = train_losses(tmp_path)
     first, last = losses[min(losses)], losses[max(losses)]
     assert last < 0.5 * first, (first, last)
+    # how often the split is read, said and recorded (a corpus repeated 12 times was unsaid: found by review)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    windows = summary["train_windows"]
+    assert 0 < windows < 60 * 4 and summary["train_epochs"] == round(60 * 4 / windows, 4)
+    err = capsys.readouterr().err
+    assert f"({windows:,} windows, read {60 * 4 / windows:.3g} times in 60 steps)" in err
+    assert "outnumber the training split" not in err
+    # a batch larger than the split: every batch repeats windows, and the run says so
+    run_train(compose_train(tmp_path / "b", ["debug=smoke", "data=text_files", f"data.paths=[{text}]",
+                                             "tokenizer.vocab_size=300", "trainer.max_steps=1", "model.block_size=16",
+                                             f"data.batch_size={windows + 1}"]))
+    assert (f"a step's {windows + 1} sequences per micro-batch (data.batch_size x processes) outnumber the training "
+            f"split's {windows} windows") in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("stop", [6, 4])  # on the validation interval (3), and off it (the final validation)

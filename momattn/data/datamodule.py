@@ -16,6 +16,7 @@ import signal
 import sys
 import zlib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,6 +36,27 @@ def ignore_sigterm(worker_id: int) -> None:
         from lightning.fabric.utilities.seed import pl_worker_init_function
 
         pl_worker_init_function(worker_id)
+
+
+@dataclass(frozen=True)
+class _MappedFile:
+    """Where a read-only memmap's tokens lie in their file: what a worker maps again instead of a pickled copy."""
+    path: str
+    dtype: str
+    offset: int
+    length: int
+
+
+def _mapped_file(tokens) -> _MappedFile | None:
+    """The file span of a 1-D read-only memmap (or a contiguous slice of one, whose own `offset` is its parent's)."""
+    root = tokens
+    while isinstance(getattr(root, "base", None), np.memmap):
+        root = root.base
+    if not (isinstance(tokens, np.memmap) and isinstance(root, np.memmap) and root.filename and tokens.ndim == 1
+            and tokens.flags.c_contiguous and root.mode == "r"):
+        return None
+    start = root.offset + tokens.ctypes.data - root.ctypes.data
+    return _MappedFile(str(root.filename), tokens.dtype.str, int(start), len(tokens))
 
 
 class TokenWindows(Dataset):
@@ -67,6 +89,20 @@ class TokenWindows(Dataset):
 
     def __len__(self) -> int:
         return self.n_windows
+
+    # a DataLoader worker started by spawn or forkserver (macOS's default; Linux's from Python 3.14) gets this by
+    # pickle, where a memmap pickles as a copy of its data: the whole token cache in each worker's RAM (review)
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if (mapped := _mapped_file(self.tokens)) is not None:
+            state["tokens"] = mapped
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(tokens := state["tokens"], _MappedFile):
+            state["tokens"] = np.memmap(tokens.path, dtype=tokens.dtype, mode="r", offset=tokens.offset,
+                                        shape=(tokens.length,))
+        self.__dict__.update(state)
 
     def __getitem__(self, g: int):
         s = self.window(g) * self.block_size

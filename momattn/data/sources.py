@@ -171,7 +171,9 @@ _SAID: set[tuple] = set()  # the warnings given in this process
 @dataclass
 class TextFiles:
     """Your own corpus: .txt files (documents separated by blank lines; also .md and no suffix) and .jsonl files
-    (one JSON object per line, text in `text_field`; a .json file may also hold one array of such objects). A seeded `val_fraction` of the documents is held out for validation."""
+    (one JSON object per line, text in `text_field`; a .json file may also hold one array of such objects); a path
+    may be a pattern (corpus/*.txt: the files it matches, in name order). A seeded `val_fraction` of the documents
+    is held out for validation."""
 
     paths: list[str] = field(default_factory=list)
     val_fraction: float = 0.05
@@ -200,11 +202,20 @@ class TextFiles:
     @property
     def _files(self) -> list[Path]:
         """The files, checked when they are needed (a config is valid on any machine; its files are not)."""
-        files = [Path(p).expanduser() for p in self.paths]
+        files = []
+        for given in self.paths:  # a pattern (*, ?, [...]) is the files it matches, in name order, as data=hf takes
+            p = Path(given).expanduser()
+            if not p.exists() and glob.has_magic(str(p)):
+                if not (matched := sorted(Path(f) for f in glob.glob(str(p)) if Path(f).is_file())):
+                    raise DataError(f"data.paths: '{given}' matches no file; check the pattern")
+                files += matched
+            else:
+                files.append(p)
         for p in files:
             if p.is_dir():
                 raise DataError(f"data.paths: '{p}' is a directory; list the files in it, "
-                                f"e.g. data.paths=[{p}/part1.txt,{p}/part2.jsonl]")
+                                f"e.g. data.paths=[{p}/part1.txt,{p}/part2.jsonl], or a pattern: "
+                                f"data.paths=['{p}/*.txt']")
             if not p.is_file():
                 raise DataError(f"data.paths: '{p}' does not exist (or is not a file); check the path")
         seen: dict[tuple, Path] = {}

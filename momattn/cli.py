@@ -32,6 +32,7 @@ from momattn.entry_signals import (
     stopped,
 )
 from momattn.errors import ConfigError, UserError, did_you_mean, first_line
+from momattn.quoting import hydra_quoted, shell_arg
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -637,31 +638,29 @@ def _outside_switched_groups(saved: list[str], now: list[str]) -> tuple[list[str
     under = [o for o in saved if not o.startswith(("+", "~")) and _override_key(o).split(".", 1)[0] in switched]
     if not under:
         return saved, []
-    from omegaconf import OmegaConf
-
     cfg = _compose("train", [o for o in now if _override_key(o) in switched])
     if cfg is None:  # today's group choice does not compose: Hydra says so when it runs
         return saved, []
-    dropped = [o for o in under if OmegaConf.select(cfg, _override_key(o), default=_MISSING) is _MISSING]
+    dropped = [o for o in under if not _has_key(cfg, _override_key(o))]
     return [o for o in saved if o not in dropped], dropped
 
 
-_MISSING = object()
+def _has_key(cfg, dotted: str) -> bool:
+    """Whether the config has the key, read without resolving anything on the way (${paths.output_dir} needs Hydra's
+    run, not set up here: OmegaConf.select raised there, or took the key for missing)."""
+    from omegaconf import DictConfig, ListConfig
 
-
-def hydra_quoted(value) -> str:
-    """value as Hydra reads it back verbatim: as it is where it holds only path characters, else in quotes."""
-    text = str(value)
-    return text if all(ch.isalnum() or ch in "/._-" for ch in text) else "'" + text.replace("'", "\\'") + "'"
-
-
-def shell_arg(key: str, value) -> str:
-    """key=value as one argument to paste into a shell (a folder with a space or a quote was split by it, and the
-    printed resume command failed to parse)."""
-    arg = f"{key}={hydra_quoted(value)}"
-    if arg == f"{key}={value}":
-        return arg
-    return f'"{arg}"' if not any(ch in arg for ch in '"$`!\\') else shlex.quote(arg)  # as the README writes them
+    node = cfg
+    for part in dotted.split("."):
+        if isinstance(node, DictConfig):
+            node = node._get_node(part, validate_access=False, throw_on_missing_key=False)
+        elif isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node):
+            node = node._get_node(int(part))
+        else:
+            return False
+        if node is None:
+            return False
+    return True
 
 
 def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | None = None) -> list[str]:

@@ -294,9 +294,14 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
 
 
+PID_TAKEN_AFTER_S = 3600.0  # a process started this long after a file was written is not its writer
+
+
 def _running(pid: int, since: float | None = None) -> bool:
-    """Whether process pid runs, and (since: a time) ran then: a process started after it took the PID of one
-    that ended (a restarted container's train.py gets the PID its killed one had, and kept its partial files)."""
+    """Whether process pid runs, and (since: a file's time) ran then: a process started an hour or more after the
+    file was written took the PID of its writer, which ended (a restarted container's train.py gets the PID its
+    killed one had, and kept its partial files). The margin is wide: a file's time may come from another clock (a
+    network filesystem's server) or a coarse one, and a live writer's file is never removed."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -304,7 +309,7 @@ def _running(pid: int, since: float | None = None) -> bool:
     except OSError:  # exists, owned by someone else
         pass
     started = _start_time(pid)
-    return since is None or started is None or started <= since + 1.0
+    return since is None or started is None or started <= since + PID_TAKEN_AFTER_S
 
 
 def _start_time(pid: int) -> float | None:

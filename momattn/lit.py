@@ -20,6 +20,7 @@ from momattn.errors import NonFiniteLossError
 from momattn.metrics import perplexity
 from momattn.model import GPT
 from momattn.optim import OptimConfig, build_adamw, fused_adamw_ok, lr_lambda
+from momattn.quoting import shell_arg
 
 
 def rng_state() -> dict:
@@ -133,10 +134,11 @@ class LitGPT(pl.LightningModule):
         if others:  # save_last=false: its best checkpoints, which ckpt_path=last does not take; the newest named
             names = ", ".join(p.name for p in others[-3:]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
             return (f" ({folder} keeps {names}; no last.ckpt, save_last is off)",
-                    f"resume from one of them, e.g. the newest (ckpt_path={others[-1]})")
+                    f"resume from one of them, e.g. the newest ({shell_arg('ckpt_path', others[-1])})")
         started = getattr(self.trainer, "ckpt_path", None)
         if started:  # resumed into a folder of its own from another run's checkpoint
-            return " before its first checkpoint", f"resume from the checkpoint it started from again (ckpt_path={started})"
+            return " before its first checkpoint", ("resume from the checkpoint it started from again "
+                                                    f"({shell_arg('ckpt_path', started)})")
         return " before its first checkpoint", "train again"
 
     def validation_step(self, batch, batch_idx):

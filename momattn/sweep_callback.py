@@ -105,7 +105,9 @@ class CompareSweep(Callback):
                   f"in {sweep_dir}/optimization_results.yaml" + best_trial(Path(sweep_dir), metric, storage, study),
                   file=sys.stderr, flush=True)
             return
-        shown = f"python evaluate.py sweep_dir={sweep_dir}"
+        from momattn.quoting import shell_arg
+
+        shown = f"python evaluate.py {shell_arg('sweep_dir', sweep_dir)}"
         if not self.run:
             print(f"\n[momattn] sweep done. Compare its jobs (mean +- std over seeds, paired intervals, verdicts):\n"
                   f"  {shown}", file=sys.stderr, flush=True)

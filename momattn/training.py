@@ -49,7 +49,6 @@ from momattn.cli import (
     hydra_job,
     same_run,
     search_stop,
-    shell_arg,
 )
 from momattn.config import TrainConfig, load_train_config, world_size
 from momattn.console import quiet_console, quiet_resume
@@ -80,6 +79,7 @@ from momattn.memory import check_fits
 from momattn.metrics import unigram_ppl
 from momattn.model import GPT, GPTConfig
 from momattn.progress import TrainProgress
+from momattn.quoting import shell_arg
 from momattn.schema import check_arguments, instantiate, instantiate_all
 from momattn.signal_watch import PREEMPTED_EXIT, SignalWatch
 from momattn.tokenizer import Tokenizer, build_tokenizer

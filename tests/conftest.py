@@ -59,10 +59,20 @@ def pytest_report_header(config):
         return "tests marked slow are left out: `pytest --slow` runs every test, `pytest -m slow` those alone"
 
 
+def _node_id(config, arg: str) -> str:
+    """A test id as typed (from any folder, or an absolute path) as pytest names it: relative to the root folder."""
+    path, rest = arg.split("::", 1)
+    full = (Path(config.invocation_params.dir) / path).resolve()
+    try:
+        return f"{full.relative_to(config.rootpath).as_posix()}::{rest}"
+    except ValueError:
+        return arg
+
+
 def _leave_out_slow(config, items) -> None:
     if _runs_slow(config):
         return
-    named = [a for a in config.args if "::" in a]  # a test named by its id runs, slow or not
+    named = [_node_id(config, a) for a in config.args if "::" in a]  # a test named by its id runs, slow or not
     keep, left = [], []
     for item in items:
         slow = item.get_closest_marker("slow") and not any(item.nodeid.startswith(a) for a in named)

@@ -119,6 +119,11 @@ def test_resume_overrides_reuse_the_run_folder_and_today_wins(tmp_path, capsys):
     merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir={ddp}", "trainer=cpu"])
     assert merged[:2] == ["trainer.devices=2", "trainer.max_steps=6"] and "trainer.strategy=ddp" not in merged
     assert "not carried over, as the group given now has no such key: trainer.strategy=ddp" in capsys.readouterr().err
+    # a key there whose value needs Hydra's run to resolve (${paths.output_dir}) is there: kept, not a traceback
+    logs = tmp_path / "logs"
+    _saved(logs, ["logger.csv.save_dir=${paths.output_dir}/logs"])
+    merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir={logs}", "logger=csv"])
+    assert merged[0] == "logger.csv.save_dir=${paths.output_dir}/logs"
     # a saved override holding an interpolation is read as written (reading resolved it, and failed)
     interp = tmp_path / "interp"
     _saved(interp, ["+logger.csv.save_dir=${paths.output_dir}"])
@@ -498,3 +503,20 @@ def test_an_analysis_w_and_b_run_carries_its_settings_and_its_seed(tmp_path, mon
     assert init["name"] == "sst2-vanilla seed 2" and init["job_type"] == "analyze"
     assert init["config"]["seed"] == 2 and init["config"]["lrs"] == conf.lrs and "logger" not in init["config"]
     assert init["config"]["lr"] == 0.1 and "train_run_id" in init["config"]
+
+
+def test_a_printed_folder_argument_comes_back_as_the_folder_through_the_shell_and_hydra():
+    # resume commands were split at a space by the shell, and an unquoted non-ASCII folder or a ${...} in one did not
+    # come back from Hydra as typed (found by review)
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from momattn.quoting import shell_arg
+
+    parser = OverridesParser.create()
+    for folder in ("/runs/a", "/runs/a run", "/runs/it's", "/runs/x=1,2", "/runs/$x y", "runs/café", "/runs/a\\'b",
+                   "/runs/end\\", "/runs/${oc.env:HOME}", "/runs/a\\b c", '/runs/"q"'):
+        [arg] = shlex.split(shell_arg("hydra.run.dir", folder))
+        value = parser.parse_override(arg).value()
+        assert OmegaConf.create({"v": value}).v == folder, (folder, arg, value)

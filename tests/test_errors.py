@@ -987,6 +987,10 @@ def test_a_pattern_in_data_paths_reads_the_files_it_matches(tmp_path):
     msg = run_expecting(tmp_path, ["debug=smoke", "data=text_files", f"data.paths=[{tmp_path}/corpus/*.json]"],
                         DataError)
     assert msg == f"data.paths: '{tmp_path}/corpus/*.json' matches no file; check the pattern"
+    (tmp_path / "corpus" / "d.csv").write_text("a,b")  # a suffix refused by name is refused when matched too
+    with pytest.raises(DataError, match=r"d.csv' \(matched by '.*corpus/\*'; narrow the pattern, e.g. \*.txt\) has "
+                                        r"suffix '.csv'"):
+        assert TextFiles(paths=[str(tmp_path / "corpus" / "*")], val_fraction=0.5)._files
 
 
 def test_a_scan_backend_that_cannot_run_fails_before_any_work(tmp_path, monkeypatch):
@@ -1438,9 +1442,12 @@ def test_ctrl_c_outside_training_ends_in_one_line_saying_what_to_do(script, modu
 
 def test_an_analysis_of_a_sweep_stopped_part_way_names_the_folder_that_reuses_its_jobs(tmp_path, monkeypatch):
     # "run the same command again (the jobs already analysed are reused)" went to a new folder: none were (review)
+    from hydra.core.hydra_config import HydraConfig
+
     from momattn.cli import interrupted
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: False))  # another test's run may have set it
     assert interrupted("analyze", {"sweep_dir": "sweep"}, "SIGTERM") == (
         f"\n[momattn] interrupted (SIGTERM): {tmp_path} holds the sweep's jobs analysed so far; run the same command "
         f"again with hydra.run.dir={tmp_path}: those are reused")

@@ -693,13 +693,15 @@ def test_a_partial_file_whose_pid_a_later_process_took_is_removed(tmp_path):
     child = subprocess.Popen(["sleep", "60"])
     try:
         assert before - 1.5 <= _start_time(child.pid) <= time.time() + 1.5
-        reused = tmp_path / f".last.ckpt.tmp{child.pid}@{_host()}"  # written before the child started: not its
+        reused = tmp_path / f".last.ckpt.tmp{child.pid}@{_host()}"  # written long before the child started: not its
         live = tmp_path / f".best.ckpt.tmp{child.pid}@{_host()}"  # written since: the child's, kept
-        for p in (reused, live):
+        skewed = tmp_path / f".x.ckpt.tmp{child.pid}@{_host()}"  # stamped by a clock 10 minutes behind: kept too
+        for p in (reused, live, skewed):
             p.write_bytes(b"x")
-        os.utime(reused, (before - 3600, before - 3600))
+        os.utime(reused, (before - 7200, before - 7200))
         os.utime(live, (time.time() + 2, time.time() + 2))  # written after the child started, idle or not
-        assert remove_stale_temps(tmp_path, idle_s=0) == [reused] and live.exists()
+        os.utime(skewed, (before - 600, before - 600))
+        assert remove_stale_temps(tmp_path, idle_s=0) == [reused] and live.exists() and skewed.exists()
     finally:
         child.kill()
         child.wait()

@@ -168,6 +168,12 @@ def same_text(doc: str) -> str:
 _SAID: set[tuple] = set()  # the warnings given in this process
 
 
+def _check_suffix(p: Path, matched: str = "") -> None:
+    if p.suffix.lower() not in (".txt", ".jsonl", ".json", ".md", ""):  # CORPUS.TXT is text too
+        raise DataError(f"data.paths: '{p}'{matched} has suffix '{p.suffix}'; use .txt or .md (plain text), .jsonl or "
+                        ".json (JSON rows)")
+
+
 @dataclass
 class TextFiles:
     """Your own corpus: .txt files (documents separated by blank lines; also .md and no suffix) and .jsonl files
@@ -185,9 +191,7 @@ class TextFiles:
         if not self.paths:
             raise DataError("data=text_files needs data.paths=[file1.txt,file2.jsonl,...]")
         for p in map(Path, self.paths):
-            if p.suffix.lower() not in (".txt", ".jsonl", ".json", ".md", ""):  # CORPUS.TXT is text too
-                raise DataError(f"data.paths: '{p}' has suffix '{p.suffix}'; use .txt or .md (plain text), .jsonl or "
-                                ".json (JSON rows)")
+            _check_suffix(p)
         if not 0.0 < self.val_fraction < 1.0:
             raise DataError(f"data.val_fraction={self.val_fraction} must lie in (0, 1)")
         check_seed(self.seed)
@@ -208,6 +212,8 @@ class TextFiles:
             if not p.exists() and glob.has_magic(str(p)):
                 if not (matched := sorted(Path(f) for f in glob.glob(str(p)) if Path(f).is_file())):
                     raise DataError(f"data.paths: '{given}' matches no file; check the pattern")
+                for f in matched:  # what it matches is read as the suffix says: a .csv as text was not refused
+                    _check_suffix(f, f" (matched by '{given}'; narrow the pattern, e.g. *.txt)")
                 files += matched
             else:
                 files.append(p)

@@ -51,6 +51,11 @@ class _StepWandbLogger(WandbLogger):
                             step=int(step))
 
 
+# WANDB_MODE as the job found it: the fallback below sets it offline, and Lightning's offline logger to dryrun, for
+# the rest of the process; a sweep's later jobs stayed offline, told that the environment had asked so (review)
+_MODE_BEFORE: dict[str, str | None] = {}
+
+
 def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, name: str | None = None,
                  group: str | None = None, tags: list[str] | None = None, id: str | None = None,
                  init_timeout: float = 30.0, **kwargs) -> WandbLogger:
@@ -60,6 +65,7 @@ def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, 
     goes on with an offline run in the same folder and a message says how to sync it later."""
     import wandb
 
+    _MODE_BEFORE.setdefault("WANDB_MODE", os.environ.get("WANDB_MODE"))  # finish() puts it back for the next job
     offline = wandb_offline(offline) is not False  # (WANDB_MODE=disabled is make_loggers' to skip)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     if wandb.run is not None:  # a run an earlier job of this process left open (it failed before training):
@@ -80,6 +86,7 @@ def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, 
             wandb.finish(exit_code=1)
         wandb.teardown()  # the W&B service process keeps the online settings; start a fresh one
         os.environ["WANDB_MODE"] = "offline"  # the environment would otherwise override offline=True
+        _MODE_BEFORE["fell_back"] = "1"  # finish() starts W&B afresh: its settings now hold offline too
         fallback = _without_anonymous(_StepWandbLogger(offline=True, settings=wandb.Settings(mode="offline"), **common))
         run_dir = Path(fallback.experiment.dir).parent
         print(f"[momattn] W&B is unreachable ({type(e).__name__}: {first}); logging offline to {run_dir}. "
@@ -169,7 +176,7 @@ def make_loggers(section: Mapping | None, run_id: str | None = None, group: str 
                   file=sys.stderr)
             continue
         if target in (wandb_logger, WandbLogger) and idle:
-            print("[momattn] the run is finished, reported and evaluated: its W&B run is not resumed (nothing to log)",
+            print("[momattn] the run is finished and reported (and evaluated, where it evaluates): its W&B run is not resumed (nothing to log)",
                   file=sys.stderr)
             continue
         if target in (wandb_logger, WandbLogger):
@@ -209,3 +216,12 @@ def finish(loggers: list[Logger], failed: bool = False) -> None:
 
         if wandb.run is not None:
             wandb.finish(exit_code=1 if failed else 0)
+    if _MODE_BEFORE.pop("fell_back", None):
+        import wandb
+
+        wandb.teardown()
+    if "WANDB_MODE" in _MODE_BEFORE:
+        if (mode := _MODE_BEFORE.pop("WANDB_MODE")) is None:
+            os.environ.pop("WANDB_MODE", None)
+        else:
+            os.environ["WANDB_MODE"] = mode

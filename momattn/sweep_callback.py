@@ -33,7 +33,20 @@ class CompareSweep(Callback):
         self.started = 0.0  # time.time() at the sweep's start
 
     def command(self, sweep_dir: str) -> list[str]:
-        return [sys.executable, str(ROOT / "evaluate.py"), f"sweep_dir={sweep_dir}"]
+        """evaluate.py over the sweep; to W&B too where the sweep's jobs log there, with their project and mode (the
+        verdict stayed local, evaluate.py's default, while the jobs' runs were in W&B: found by review)."""
+        from omegaconf import OmegaConf
+
+        from momattn.quoting import hydra_quoted
+
+        cmd = [sys.executable, str(ROOT / "evaluate.py"), f"sweep_dir={sweep_dir}"]
+        wandb = OmegaConf.select(self.config, "logger.wandb", default=None) if self.config is not None else None
+        if wandb is not None and "wandb_logger" in str(wandb.get("_target_", "")):
+            cmd.append("logger=wandb")
+            for key in ("project", "offline"):
+                if (value := OmegaConf.select(wandb, key, default=None)) is not None:
+                    cmd.append(f"logger.wandb.{key}={hydra_quoted(value)}")
+        return cmd
 
     def on_multirun_start(self, config, **kwargs) -> None:
         self.config, self.ended, self.failed, self.jobs = config, 0, [], count_jobs(config)
@@ -92,6 +105,7 @@ class CompareSweep(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         _STARTED.clear()
+        self.config = config  # (the same config its start had)
         if _other_rank():  # a DDP job's other ranks run the sweep alongside rank 0, which ends it (it was said twice)
             return
         sweep_dir = str(Path(config.hydra.sweep.dir).resolve())

@@ -560,6 +560,9 @@ def test_values_a_config_fuzz_found_taken_in_silence_or_failing_late_are_named(t
     for override, said in (
             ("callbacks.model_checkpoint.filename='../../esc-{step}'",
              "callbacks.model_checkpoint.filename='../../esc-{step}' leads out of its checkpoint folder"),
+            # metrics.csv written outside the run folder, and over by the next run (found by review)
+            ("logger.csv.name=../../escape", "logger.csv.name='../../escape' leads out of the run folder"),
+            ("logger.csv.version=/tmp/abs_escape", "logger.csv.version='/tmp/abs_escape' leads out of the run folder"),
             ("callbacks.model_checkpoint.every_n_train_steps=nan",
              "callbacks.model_checkpoint.every_n_train_steps=nan must be an integer or null"),
             ("callbacks.model_checkpoint.save_top_k=1.5", "callbacks.model_checkpoint.save_top_k=1.5 must be an integer"),

@@ -576,6 +576,12 @@ def test_wandb_unreachable_in_online_mode_falls_back_to_offline(tmp_path):
     assert "W&B is unreachable" in r.stderr and "wandb sync" in r.stderr
     assert list((tmp_path / "wandb").glob("offline-run-*"))
     assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 6
+    # a sweep: each job tries online again (the fallback's WANDB_MODE=offline stayed for every later job, which was
+    # told that the environment asked for it; found by review)
+    r = run_cli("train.py", ["-m", *SMOKE, "logger=wandb", "logger.wandb.offline=false", "logger.wandb.init_timeout=3",
+                             "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("W&B is unreachable") == 2 and "in the environment wins" not in r.stderr, r.stderr[-3000:]
 
 
 # kill_during_save outside training: the fault fires inside momattn's real writer, and only there

@@ -941,6 +941,12 @@ def test_the_compare_callback_prints_or_runs_evaluate_on_the_sweep(tmp_path, mon
                         type("Done", (), {"returncode": 0})())
     sweep_callback.CompareSweep(run=True).on_multirun_end(cfg)
     assert ran and ran[0][1:] == [str(sweep_callback.ROOT / "evaluate.py"), f"sweep_dir={tmp_path.resolve()}"]
+    # jobs that log to W&B: the verdict too, in their project and mode (it stayed local: found by review)
+    logged = OmegaConf.create({**OmegaConf.to_container(cfg), "logger": {"wandb": {
+        "_target_": "momattn.loggers.wandb_logger", "project": "my proj", "offline": False}}})
+    sweep_callback.CompareSweep(run=True).on_multirun_end(logged)
+    assert ran[1][3:] == ["logger=wandb", "logger.wandb.project='my proj'", "logger.wandb.offline=False"]
+    ran.pop()
     optuna = OmegaConf.create({"optimized_metric": "val/loss", "hydra": {
         "sweep": {"dir": str(tmp_path)}, "sweeper": {"_target_": "hydra_plugins.hydra_optuna_sweeper.OptunaSweeper"}}})
     sweep_callback.CompareSweep(run=True).on_multirun_end(optuna)  # a search: no seeds to compare

@@ -301,7 +301,7 @@ def _running(pid: int, since: float | None = None) -> bool:
     """Whether process pid runs, and (since: a file's time) ran then: a process started an hour or more after the
     file was written took the PID of its writer, which ended (a restarted container's train.py gets the PID its
     killed one had, and kept its partial files). The margin is wide: a file's time may come from another clock (a
-    network filesystem's server) or a coarse one, and a live writer's file is never removed."""
+    network filesystem's server) or a coarse one: a live writer's file is kept for any clock off by under an hour."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -823,12 +823,13 @@ def test_a_sweep_s_seeds_are_analysed_then_summarised_with_intervals_and_reused(
     assert strict_json((out / "jobs" / "2" / "results.json").read_text())["analyses"][0]["dual"]
     run_analyze(args, out)  # one with the check serves a call without it
     assert capsys.readouterr().err.count("is reused") == 4
-    # an analysis recorded when the settings held both kinds' selection keys serves as well (a GINC task: its
-    # select_examples shapes nothing); every job was made again, once
+    # an analysis recorded when the settings held the selection keys serves as well (a GINC task: its select_examples
+    # shapes nothing, nor, with one learning rate, its select_prompts); every job was made again, once
     made = out / "jobs" / "1" / "settings.json"
     recorded = json.loads(made.read_text())
-    assert "select_examples" not in recorded["settings"] and "select_prompts" in recorded["settings"]
-    made.write_text(json.dumps({**recorded, "settings": {**recorded["settings"], "select_examples": 32}}))
+    assert "select_examples" not in recorded["settings"] and "select_prompts" not in recorded["settings"]
+    made.write_text(json.dumps({**recorded, "settings": {**recorded["settings"], "select_examples": 32,
+                                                         "select_prompts": 16}}))
     run_analyze(args, out)
     assert capsys.readouterr().err.count("is reused") == 4
     run_analyze({**args, "shots": 3}, out)

@@ -985,6 +985,10 @@ def test_a_pattern_in_data_paths_reads_the_files_it_matches(tmp_path):
         (tmp_path / "corpus" / name).write_text(text)
     files = TextFiles(paths=[str(tmp_path / "corpus" / "*.txt")], val_fraction=0.5)._files
     assert files == [tmp_path / "corpus" / "a.txt", tmp_path / "corpus" / "b.txt"]
+    (tmp_path / "corpus" / "sub").mkdir()
+    (tmp_path / "corpus" / "sub" / "e.txt").write_text("deeper")  # ** crosses folders, as the shell's globstar does
+    assert TextFiles(paths=[str(tmp_path / "corpus" / "**" / "*.txt")], val_fraction=0.5)._files == [
+        tmp_path / "corpus" / n for n in ("a.txt", "b.txt", "sub/e.txt")]
     cfg = compose_train(tmp_path, ["debug=smoke", "data=text_files", f"data.paths=[{tmp_path}/corpus/*.txt]"])
     assert list(cfg.data.paths) == [f"{tmp_path}/corpus/*.txt"]  # Hydra takes the pattern unquoted
     msg = run_expecting(tmp_path, ["debug=smoke", "data=text_files", f"data.paths=[{tmp_path}/corpus/*.json]"],

@@ -178,7 +178,7 @@ def _check_suffix(p: Path, matched: str = "") -> None:
 class TextFiles:
     """Your own corpus: .txt files (documents separated by blank lines; also .md and no suffix) and .jsonl files
     (one JSON object per line, text in `text_field`; a .json file may also hold one array of such objects); a path
-    may be a pattern (corpus/*.txt: the files it matches, in name order). A seeded `val_fraction` of the documents
+    may be a pattern (corpus/*.txt, corpus/**/*.txt through subfolders: the files it matches, in name order). A seeded `val_fraction` of the documents
     is held out for validation."""
 
     paths: list[str] = field(default_factory=list)
@@ -210,7 +210,7 @@ class TextFiles:
         for given in self.paths:  # a pattern (*, ?, [...]) is the files it matches, in name order, as data=hf takes
             p = Path(given).expanduser()
             if not p.exists() and glob.has_magic(str(p)):
-                if not (matched := sorted(Path(f) for f in glob.glob(str(p)) if Path(f).is_file())):
+                if not (matched := sorted(Path(f) for f in glob.glob(str(p), recursive=True) if Path(f).is_file())):
                     raise DataError(f"data.paths: '{given}' matches no file; check the pattern")
                 for f in matched:  # what it matches is read as the suffix says: a .csv as text was not refused
                     _check_suffix(f, f" (matched by '{given}'; narrow the pattern, e.g. *.txt)")

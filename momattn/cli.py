@@ -641,26 +641,8 @@ def _outside_switched_groups(saved: list[str], now: list[str]) -> tuple[list[str
     cfg = _compose("train", [o for o in now if _override_key(o) in switched])
     if cfg is None:  # today's group choice does not compose: Hydra says so when it runs
         return saved, []
-    dropped = [o for o in under if not _has_key(cfg, _override_key(o))]
+    dropped = [o for o in under if _exists(cfg, _override_key(o)) is False]  # (the leaf is never read)
     return [o for o in saved if o not in dropped], dropped
-
-
-def _has_key(cfg, dotted: str) -> bool:
-    """Whether the config has the key, read without resolving anything on the way (${paths.output_dir} needs Hydra's
-    run, not set up here: OmegaConf.select raised there, or took the key for missing)."""
-    from omegaconf import DictConfig, ListConfig
-
-    node = cfg
-    for part in dotted.split("."):
-        if isinstance(node, DictConfig):
-            node = node._get_node(part, validate_access=False, throw_on_missing_key=False)
-        elif isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node):
-            node = node._get_node(int(part))
-        else:
-            return False
-        if node is None:
-            return False
-    return True
 
 
 def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | None = None) -> list[str]:

@@ -688,19 +688,19 @@ def _check_own_folders(c: TrainConfig) -> None:
                               f"(${{paths.output_dir}}/...), or {disk}")
     for name, conf in (c.logger or {}).items():
         where = conf.get("save_dir") if isinstance(conf, Mapping) else None
-        if "CSVLogger" in str(conf.get("_target_", "") if isinstance(conf, Mapping) else "") and isinstance(
-                where, str) and not inside(Path(where).expanduser()):
+        if "CSVLogger" not in str(conf.get("_target_", "") if isinstance(conf, Mapping) else "") or \
+                not isinstance(where, str):
+            continue
+        if not inside(Path(where).expanduser()):
             raise ConfigError(f"logger.{name}.save_dir='{where}' is outside the run folder ({run}): every run given "
                               "it writes one metrics.csv there, and a new run starts it anew (the earlier run's rows "
                               "are lost). Leave it at ${paths.output_dir} (or a folder inside it)")
-        if "CSVLogger" in str(conf.get("_target_", "") if isinstance(conf, Mapping) else "") and isinstance(where, str):
-            for field_ in ("name", "version"):  # the folders under save_dir: '../..' or an absolute one led out too
-                part = conf.get(field_)
-                if isinstance(part, str) and part and not inside(Path(where).expanduser() / part):
-                    raise ConfigError(f"logger.{name}.{field_}='{part}' leads out of the run folder ({run}): every "
-                                      "run given it writes one metrics.csv there, over the earlier run's rows. Give a "
-                                      "plain folder name, or leave it at its default")
-
+        for field_ in ("name", "version"):  # the folders under save_dir: '../..' or an absolute one led out too
+            part = conf.get(field_)
+            if isinstance(part, str) and part and not inside(Path(where).expanduser() / part):
+                raise ConfigError(f"logger.{name}.{field_}='{part}' leads out of the run folder ({run}): every "
+                                  "run given it writes one metrics.csv there, over the earlier run's rows. Give a "
+                                  "plain folder name, or leave it at its default")
 
 def _check_folder(key: str, path: Path) -> None:
     """The folder, or the first of its parents that exists, is a folder that can be written."""

@@ -266,8 +266,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                                                   if n_core != n_all else "")
     passes = _passes(train, c, model_config.block_size)
     if rank_zero_only.rank == 0:  # the processes Lightning starts for the other ranks run this too
-        if passes and c.loader.batch_size * world_size(c.trainer) > passes["train_windows"]:
-            print(f"[momattn] warning: a step's {c.loader.batch_size * world_size(c.trainer)} sequences per micro-batch "
+        if passes and (per_batch := c.loader.batch_size * world_size(c.trainer)) > passes["train_windows"]:
+            print(f"[momattn] warning: a step's {per_batch} sequences per micro-batch "
                   f"(data.batch_size x processes) outnumber the training split's {passes['train_windows']} windows "
                   "of model.block_size tokens, so every batch repeats windows: give more data, or a smaller "
                   "data.batch_size or model.block_size", file=sys.stderr)

@@ -210,7 +210,7 @@ class TextFiles:
         for given in self.paths:  # a pattern (*, ?, [...]) is the files it matches, in name order, as data=hf takes
             p = Path(given).expanduser()
             if not p.exists() and glob.has_magic(str(p)):
-                if not (matched := sorted(Path(f) for f in glob.glob(str(p), recursive=True) if Path(f).is_file())):
+                if not (matched := named_files(given)):
                     raise DataError(f"data.paths: '{given}' matches no file; check the pattern")
                 for f in matched:  # what it matches is read as the suffix says: a .csv as text was not refused
                     _check_suffix(f, f" (matched by '{given}'; narrow the pattern, e.g. *.txt)")

@@ -113,7 +113,12 @@ class ModelCheckpoint(lightning_callbacks.ModelCheckpoint):
 
         best_k = {here(p): v for p, v in (state_dict.get("best_k_models") or {}).items()}
         if None in best_k or here(state_dict.get("best_model_path")) is None:
-            return super().load_state_dict(state_dict)  # not this run's files: Lightning's fresh tracking
+            # not this run's files (a fork into a new folder): tracking starts afresh here. Lightning's own
+            # load kept the source's best_model_path, which a fork that trained nothing reported as its best
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"[momattn] checkpoints: the resumed checkpoint was saved in {old}, not in this run's "
+                      f"{self.dirpath}: best-checkpoint tracking starts afresh here", file=sys.stderr, flush=True)
+            return None
         state = dict(state_dict, dirpath=self.dirpath, best_k_models=best_k,
                      best_model_path=here(state_dict["best_model_path"]),
                      kth_best_model_path=here(state_dict.get("kth_best_model_path")) or "",

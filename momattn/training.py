@@ -316,7 +316,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                 metrics = {**(resume.get("val_metrics") or {}), **metrics}
             if kept is None:
                 _report(c, trainer, metrics, loggers, _unigram(train, dm, trainer.world_size, tokenizer.n_ids), speed,
-                        out_dir, (tokenizer.vocab_size, model_config.vocab_size))
+                        out_dir, (tokenizer.vocab_size, model_config.vocab_size), None if trained else ckpt_path)
             else:  # a finished run resumed: its summary (val loss, speed) stays, and gives the sweep's metric
                 print(f"[momattn] nothing to train: the run was at step {start_step} already "
                       f"(trainer.max_steps={c.max_steps}); {out_dir / 'summary.json'} is kept. Raise "
@@ -850,8 +850,10 @@ def _kept_summary(path: Path, step: int, say: bool = True) -> dict | None:
 
 
 def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, baseline: float | None, speed: dict,
-            out_dir: Path, vocab: tuple[int, int] | tuple[None, None] = (None, None)) -> None:
-    """The end-of-run lines and summary.json; vocab: (the tokenizer's tokens, the model's embedding rows)."""
+            out_dir: Path, vocab: tuple[int, int] | tuple[None, None] = (None, None),
+            untrained_from: str | None = None) -> None:
+    """The end-of-run lines and summary.json; vocab: (the tokenizer's tokens, the model's embedding rows);
+    untrained_from: the checkpoint a resume that trained nothing started from (a fork at its last step)."""
     ckpt_cb = trainer.checkpoint_callback
     best = getattr(ckpt_cb, "best_model_path", "") or None
     last = getattr(ckpt_cb, "last_model_path", "") or None
@@ -880,6 +882,8 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
     # "best None" where only last.ckpt was written; with monitor=null the kept file is the newest, not a best one
     kept = [f"{'best' if getattr(ckpt_cb, 'monitor', None) else 'newest (monitor=null)'} {best}"] if best else []
     lines.append("  checkpoints: " + "  ".join([*kept, *([f"last {last}"] if last else [])]) if best or last else
+                 f"  checkpoints: none written (nothing was trained: the model is {untrained_from}'s)"
+                 if untrained_from else
                  "  checkpoints: none written (no ModelCheckpoint callback: callbacks=none)" if ckpt_cb is None else
                  "  checkpoints: none written (the ModelCheckpoint saves none: save_top_k=0 and save_last unset)"
                  if getattr(ckpt_cb, "save_top_k", 1) == 0 and not getattr(ckpt_cb, "save_last", None) else

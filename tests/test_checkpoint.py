@@ -7,6 +7,7 @@ import json
 import os
 import re
 import stat
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -551,7 +552,7 @@ def test_damaged_bytes_inside_a_checkpoint_or_its_tokenizer_are_one_line_errors(
         load_checkpoint(tmp_path / "tok.ckpt")
 
 
-def test_a_moved_run_folder_keeps_its_best_checkpoint_tracking(tmp_path):
+def test_a_moved_run_folder_keeps_its_best_checkpoint_tracking(tmp_path, capsys):
     """A run folder moved (or mounted elsewhere) before its resume: Lightning dropped the best-k tracking because
     the saved dirpath differed, so a later, worse score became the 'best' and save_top_k=1 left two best files."""
     from momattn.callbacks import ModelCheckpoint
@@ -569,12 +570,16 @@ def test_a_moved_run_folder_keeps_its_best_checkpoint_tracking(tmp_path):
     assert cb.best_model_path == str(new / "best-step5.ckpt") and cb.best_model_score == 2.0
     assert list(cb.best_k_models) == [str(new / "best-step5.ckpt")] and cb.kth_value == 2.0
     assert cb.last_model_path == str(new / "last.ckpt")
-    # another run's checkpoints (not in this folder): Lightning's fresh tracking, as before
+    # another run's checkpoints (a fork into a new folder): fresh tracking, said once. Lightning's own load kept
+    # the source's best_model_path, which a fork that trained nothing reported as its best checkpoint
     (new / "best-step5.ckpt").unlink()
     other = ModelCheckpoint(dirpath=new, monitor="val/loss", mode="max", filename="best-step{step}")
-    with pytest.warns(UserWarning, match="dirpath has changed"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Lightning's "dirpath has changed" warning is not shown beside ours
         other.load_state_dict(state)
     assert other.best_k_models == {} and other.best_model_score is None
+    assert other.best_model_path == "" and other.last_model_path == ""
+    assert f"saved in {old}, not in this run's {new}: best-checkpoint tracking starts afresh" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- what a checkpoint may name (momattn/trust.py)

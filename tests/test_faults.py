@@ -325,6 +325,13 @@ def test_another_runs_checkpoint_never_resumes_into_a_folder_holding_a_run(refer
                              "trainer.max_steps=5"], tmp_path)
     assert r.returncode == 0 and f"continuing {other}/checkpoints/last.ckpt in a new folder, {tmp_path / 'fork'}," \
         in r.stderr, r.stderr[-2000:]
+    # a fork at the checkpoint's own step trains nothing: it reported the other run's best file as its own
+    r = run_cli("train.py", [f"ckpt_path={other}/checkpoints/last.ckpt", f"hydra.run.dir={tmp_path / 'fork4'}",
+                             "trainer.max_steps=4"], tmp_path)
+    assert r.returncode == 0 and f"checkpoints: none written (nothing was trained: the model is {other}/checkpoints/" \
+        "last.ckpt's)" in r.stderr and "dirpath has changed" not in r.stderr, r.stderr[-2000:]
+    summary = json.loads((tmp_path / "fork4" / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["best_checkpoint"] is None and summary["last_checkpoint"] is None
     # trainer.max_steps below an unfinished run's step: nothing trained, and the summary was the step-3 validation
     # of an earlier model, reported as the step-4 run's (exit 0)
     r = run_cli("train.py", ["ckpt_path=last", f"hydra.run.dir={other}", "trainer.max_steps=3"], tmp_path)

@@ -9,7 +9,7 @@
 - Text is printed as soon as it is whole: a multi-byte character split over several BPE tokens waits for
   its last byte instead of printing a replacement character.
 - Deterministic for a seed: one torch.Generator drives every sample, in order.
-- Precision `auto`: bf16 autocast on a GPU with bf16 (fp16 on older GPUs) or a CPU with AMX, fp32
+- Precision `auto`: bf16 autocast on a GPU with bf16 (fp16 on older GPUs) or a CPU where bf16 pays, fp32
   elsewhere (momattn.hardware.resolve_precision).
 """
 

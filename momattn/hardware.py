@@ -2,10 +2,12 @@
 training precision that `trainer.precision=auto` resolves to, and glibc's allocator told to keep freed memory.
 
 On a CPU without avx512_bf16 / amx_bf16 PyTorch emulates bf16 matmuls, which can be 100x slower than fp32
-(measured on an AVX2-only AMD EPYC: 0.3 vs 69 GFLOP/s for 2048^3), so bf16 is chosen only where it is native, and
-only with AMX: on an Intel Xeon whose AMX is hidden from the guest (avx512_bf16 alone, session 35) oneDNN's bf16
-matmul ran at 188 GFLOP/s against fp32's 340 (2048^3, 2 threads) and the main job's training step at 0.66x its
-fp32 speed; with AMX the same step ran at 1.8-2.3x.
+(measured on an AVX2-only AMD EPYC: 0.3 vs 69 GFLOP/s for 2048^3), so bf16 is chosen only where it is native: with
+AMX, or avx512_bf16 on an AMD CPU. On an Intel Xeon whose AMX is hidden from the guest (avx512_bf16 alone, session
+35) oneDNN's bf16 matmul ran at 188 GFLOP/s against fp32's 340 (2048^3, 2 threads) and the main job's training step
+at 0.66x its fp32 speed; with AMX the same step ran at 1.8-2.3x. On an AMD EPYC with avx512_bf16 and no AMX (Zen 4,
+family 25 model 17, session 51) the bf16 matmul ran at 2.7x fp32's speed and the main job's step at 1.8x
+(benchmarks/cpu_bf16_check.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,23 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def _cpuinfo(field: str) -> str | None:
+    """The first value of a /proc/cpuinfo field ('model name', 'vendor_id'); None where there is none."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_vendor() -> str:
+    """The CPU's vendor as the kernel reports it ('GenuineIntel', 'AuthenticAMD', ...); empty where unknown."""
+    return _cpuinfo("vendor_id") or ""
+
+
 def _x86_flags() -> frozenset[str]:
     """The CPU flags where they name x86 features (empty on other machines)."""
     return cpu_flags() if platform.machine().lower() in ("x86_64", "amd64") else frozenset()
@@ -56,6 +75,12 @@ def cpu_matmul_units() -> str:
     return "amx" if cpu_has_amx() else "avx512_bf16" if cpu_has_native_bf16() else "-"
 
 
+def cpu_bf16_pays() -> bool:
+    """True where bf16 trains faster than fp32 on this CPU: AMX, or avx512_bf16 on an AMD CPU (Zen 4 and later). An
+    Intel CPU with avx512_bf16 alone ran bf16 at half fp32's speed (the module's docstring has the figures)."""
+    return cpu_has_amx() or ("avx512_bf16" in _x86_flags() and cpu_vendor() == "AuthenticAMD")
+
+
 def runs_on_gpu(accelerator: str | None) -> bool:
     """Whether a run with this trainer.accelerator trains on a CUDA GPU (auto: where one is available)."""
     import torch
@@ -71,16 +96,17 @@ def _cuda_precision() -> str:
 
 
 def resolve_precision(precision: str | int | None, accelerator: str | None) -> str:
-    """`auto` -> bf16-mixed on a GPU with bf16 (16-mixed on older GPUs), bf16-mixed on a CPU with AMX, 32-true
-    elsewhere. Any other value is returned as given (the user's choice wins). avx512_bf16 alone is not enough: on an
-    Intel Xeon whose hypervisor hides AMX, oneDNN's bf16 matmul ran at half fp32's speed and the main job at 0.59x
-    (session 35). A start-up timing cannot settle it either: under load (three runs starting at once) a probe read
-    0.72x, 0.93x and 1.31x on that Xeon, so one run of three would have trained in the other precision."""
+    """`auto` -> bf16-mixed on a GPU with bf16 (16-mixed on older GPUs), bf16-mixed on a CPU where bf16 pays (AMX,
+    or avx512_bf16 on an AMD CPU), 32-true elsewhere. Any other value is returned as given (the user's choice wins).
+    avx512_bf16 alone is not enough on Intel: on a Xeon whose hypervisor hides AMX, oneDNN's bf16 matmul ran at half
+    fp32's speed and the main job at 0.59x (session 35); on an AMD EPYC (Zen 4) the step ran at 1.8x (session 51).
+    A start-up timing cannot settle it: under load (three runs starting at once) a probe read 0.72x, 0.93x and
+    1.31x on that Xeon, so one run of three would have trained in the other precision."""
     if precision is not None and str(precision) != "auto":
         return str(precision)
     if runs_on_gpu(accelerator):
         return _cuda_precision()
-    return "bf16-mixed" if cpu_has_amx() else "32-true"
+    return "bf16-mixed" if cpu_bf16_pays() else "32-true"
 
 
 def precision_reason(given: str | int | None, trainer: Mapping) -> str | None:
@@ -91,8 +117,9 @@ def precision_reason(given: str | int | None, trainer: Mapping) -> str | None:
     if runs_on_gpu(trainer.get("accelerator")):
         why = "a GPU with bf16" if trainer.get("precision") == "bf16-mixed" else "a GPU without bf16"
     else:
-        why = {"amx": "a CPU with AMX", "avx512_bf16": "avx512_bf16 without AMX: bf16 ran slower than fp32 on such "
-               "a CPU", "-": "a CPU without native bf16"}[cpu_matmul_units()]
+        why = {"amx": "a CPU with AMX", "avx512_bf16": "an AMD CPU with avx512_bf16: bf16 trained 1.8x faster than "
+               "fp32 on such a CPU" if cpu_bf16_pays() else "avx512_bf16 without AMX: bf16 ran slower than fp32 on "
+               "such a CPU", "-": "a CPU without native bf16"}[cpu_matmul_units()]
     return f"auto: {why}; trainer.precision=... overrides"
 
 
@@ -143,13 +170,7 @@ def resolve_device(name: str) -> str:
 
 def cpu_name() -> str:
     """The CPU's model name (/proc/cpuinfo), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def precision_dtype_name(precision: str) -> str:

@@ -354,7 +354,7 @@ def test_tokenizer_source_needs_a_source_with_a_tokenizer(tmp_path):
 def test_precision_auto_resolves_from_the_hardware(native, precision, expected, tmp_path, monkeypatch):
     import momattn.hardware
 
-    monkeypatch.setattr(momattn.hardware, "cpu_has_amx", lambda: native)
+    monkeypatch.setattr(momattn.hardware, "cpu_bf16_pays", lambda: native)
     cfg = compose_train(tmp_path, ["trainer=cpu", f"trainer.precision={precision}"])
     c = load_train_config(cfg)
     assert c.trainer["precision"] == c.resolved["trainer"]["precision"] == expected

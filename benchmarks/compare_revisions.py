@@ -151,7 +151,8 @@ def compare_ema(args) -> None:
         "",
         table(["op", args.rev, "worktree", "change (medians)", "change (paired, IQR)"], rows),
     ])
-    write_results(args.out, {"machine": machine_info(torch.device("cpu")), "rev": args.rev, "part": "ema", "T": T,
+    # the values' dtype in the record (every bf16 comparison was written as fp32: found by review)
+    write_results(args.out, {"machine": machine_info(torch.device("cpu"), args.dtype), "rev": args.rev, "part": "ema", "T": T,
                              "B": B, "dtype": args.dtype, "times": times}, md)
 
 
@@ -283,7 +284,7 @@ def main() -> None:
         ]
     )
     write_results(
-        args.out, {"machine": machine_info(device), "rev": args.rev, "T": T, "B": B, "dtype": args.dtype,
+        args.out, {"machine": machine_info(device, args.dtype), "rev": args.rev, "T": T, "B": B, "dtype": args.dtype,
                    "times": times}, md
     )
 

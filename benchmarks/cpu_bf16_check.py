@@ -111,8 +111,10 @@ def step_timing(threads: int, rounds: int, steps: int, toy: bool) -> dict:
     samples: dict[str, list[float]] = {"nanogpt_fp32": [], "fp32": [], "bf16": []}
     for name in samples:  # warm-up
         step(name)
-    for _ in range(rounds):
-        for name in samples:
+    names = list(samples)
+    for r in range(rounds):
+        # the order turns each round (as harness.Timer's does): drift inside a round fell on one variant always
+        for name in names[r % len(names):] + names[:r % len(names)]:
             t0 = time.perf_counter()
             for _ in range(steps):
                 step(name)
@@ -211,7 +213,10 @@ def verdict(rows: list[dict]) -> dict:
 def markdown(rep: dict) -> str:
     dates = rep.get("part_dates", {})
     when = "; ".join(f"{k} {v}" for k, v in dates.items()) if len(dates) > 1 else rep["date"]
-    lines = [f"Machine: {rep['machine']}; {when}" + (" (--smoke: toy model, 6-step runs)" if rep.get("smoke") else ""),
+    machines = rep.get("part_machines", {})
+    machine = "; ".join(f"{k} on {v}" for k, v in machines.items()) if len(set(machines.values())) > 1 \
+        else rep["machine"]
+    lines = [f"Machine: {machine}; {when}" + (" (--smoke: toy model, 6-step runs)" if rep.get("smoke") else ""),
              ""]
     if rep.get("skipped"):
         return "\n".join(lines + [f"Skipped: {rep['skipped']}", ""])
@@ -279,12 +284,20 @@ def write(rep: dict, out: Path) -> str:
     return md
 
 
+def seed(text: str) -> int:
+    """An argparse type: a seed train.py takes (a negative one failed every run, its reason only in the JSON)."""
+    value = int(text) if text.lstrip("-").isdigit() else None
+    if value is None or not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed train.py takes (an integer, 0 to 2**32 - 1)")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", default="step,runs", help="comma-separated: step,runs")
     ap.add_argument("--threads", type=positive_int, default=4, help="torch threads for the step timing and per run")
     ap.add_argument("--parallel", type=positive_int, default=4, help="main-job runs at a time")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--seeds", type=seed, nargs="+", default=[1, 2], help="train.py seeds, 0 to 2**32 - 1")
     ap.add_argument("--rounds", type=positive_int, default=None, help="interleaved samples of the step timing "
                     "(default 7; --smoke: 2)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds for all the main-job runs together (runs "
@@ -332,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--merge --out {a.out}: it cannot be read ({e}); move it away or run without --merge")
         rep.update({k: v for k, v in old.items() if k not in rep and k != "skipped"})
         rep["part_dates"] = dict(old.get("part_dates") or {k: old["date"] for k in ("step", "runs") if k in old})
+        # and the machine each part ran on: runs merged from another host were credited to this one (found by review)
+        rep["part_machines"] = dict(old.get("part_machines") or {k: old["machine"] for k in ("step", "runs") if k in old})
     if not rep["native_bf16"] and not a.force:
         rep["skipped"] = ("this CPU has no native bf16 (no avx512_bf16 / amx_bf16 flag): bf16 would be emulated, so "
                           "there is nothing to measure; run it on a CPU that has it (e.g. the device machine's host)")
@@ -349,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
             rep["bf16_matmul_rounds"] = 5
             rep["bf16_matmul_speedup"] = round(matmul_speedup(a.threads, rep["bf16_matmul_n"], rep["bf16_matmul_rounds"]), 3)
         rep.setdefault("part_dates", {})["step"] = now
+        rep.setdefault("part_machines", {})["step"] = rep["machine"]
         write(rep, a.out)
     if "runs" in parts:
         a.workdir.mkdir(parents=True, exist_ok=True)
@@ -356,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         rep["runs_threads"], rep["runs_parallel"] = a.threads, a.parallel
         rep["runs"] = main_job_runs(a.seeds, a.threads, a.parallel, a.workdir, extra, a.timeout)
         rep.setdefault("part_dates", {})["runs"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")  # when they finished
+        rep.setdefault("part_machines", {})["runs"] = rep["machine"]
         rep["verdict"] = verdict(rep["runs"])
     print(write(rep, a.out))
     if "runs" in parts and not rep["verdict"]["seeds_paired"]:

@@ -27,11 +27,17 @@ PY=${PYTHON:-python3}
 # ModuleNotFoundError, as a traceback, after device.txt and the log had been overwritten
 "$PY" -c "import torch" 2>/dev/null || {
   echo "error: $PY cannot import torch: run this on the device machine (its image has torch), or set PYTHON= or set up .venv (bash scripts/setup.sh)" >&2; exit 2; }
+# the GPU parts on a machine without CUDA: gpu_check.py would skip and say so, but the tee below had already
+# replaced the stored device log (benchmarks/results/gpu_log.txt) with that one line (found by review)
+case "$part" in gpu|profile|autotune)
+  "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null || {
+    echo "error: device_run.sh $part needs a CUDA GPU and this machine has none (torch.cuda.is_available() is False); nothing was run or written. On a CPU: bash benchmarks/gpu_check.sh runs what it can and says what it skipped" >&2; exit 2; } ;;
+esac
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv 2>/dev/null | tee "$out/device.txt"
 lscpu 2>/dev/null | grep -E "Model name|^CPU\(s\)" >> "$out/device.txt"
-# precision=auto trains a CPU in bf16 only with AMX (amx_bf16 and amx_tile; momattn/hardware.py)
+# precision=auto trains a CPU in bf16 with AMX (amx_bf16 and amx_tile) or on AMD with avx512_bf16 (momattn/hardware.py)
 echo "bf16 flags: $(grep -m1 -o -w -E 'avx512_bf16|amx_bf16|amx_tile' /proc/cpuinfo 2>/dev/null | sort -u | tr '\n' ' ')" >> "$out/device.txt"
 case "$part" in
   # timeout: under the device's 560 s per call, so that the log is flushed; the JSON is written before and after

@@ -134,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:  # a misspelled override, a bad GINC setting, ...: the message, not a traceback
         print(f"ginc_curve.py: {e}", file=sys.stderr)
         return 2
-    result["machine"] = machine_info("cpu")
+    from momattn.hardware import precision_dtype_name
+
+    # the precision it trained in (auto resolved): it was recorded as fp32 under bf16-mixed (found by review)
+    result["machine"] = machine_info("cpu", {"bfloat16": "bf16", "float16": "fp16"}.get(
+        precision_dtype_name(result["precision"]), "fp32"))
     name = a.name or ("_".join(o.replace("=", "-") for o in a.overrides) or "default")
     out = Path(a.out)
     cols = list(result["rows"][0])

@@ -35,10 +35,12 @@ SECTIONS = {
         "--out benchmarks/results/attention_train_fp32.json",
         bench_attention.render,
     ),
-    "attention_train_bf16.json": (
+    # the newest run of the current bf16 step (since session 44 attention's backward on AMX is
+    # momattn/cpu_attention.py's; attention_train_bf16.json, of 2026-12-01, timed SDPA's: found by review)
+    "attention_train_bf16_session46.json": (
         "Momentum's cost per training step on a CPU with native bf16: bf16 autocast",
-        "python benchmarks/bench_attention.py --parts train --dtype bf16 --train-repeats 21 "
-        "--out benchmarks/results/attention_train_bf16.json",
+        "python benchmarks/bench_attention.py --parts train --dtype bf16 --train-repeats 41 "
+        "--out benchmarks/results/attention_train_bf16_session46.json",
         bench_attention.render,
     ),
     "kernel_step_bf16.json": (
@@ -71,6 +73,19 @@ SECTIONS = {
 }
 
 
+class ResultsError(ValueError):
+    """A results file that is not what its section renders (damaged, cut short, another benchmark's)."""
+
+
+def _render(path: Path, render) -> str:
+    try:
+        return render(json.loads(path.read_text())).rstrip()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
+        # a traceback from inside the renderer named neither the file nor the fault (found by review)
+        raise ResultsError(f"{path}: not a results file its benchmark can render ({type(e).__name__}: {e}); "
+                           "write it again with the command above its section in this script") from None
+
+
 def render_section(results: Path) -> str:
     root = Path(__file__).resolve().parents[1]
     where = results.resolve().relative_to(root) if results.resolve().is_relative_to(root) else results
@@ -89,7 +104,7 @@ def render_section(results: Path) -> str:
             "",
             f"`{command}` writes `{'benchmarks/results' if results.resolve() == RESULTS else where}/{name}`:",
             "",
-            render(json.loads(path.read_text())).rstrip(),
+            _render(path, render),
             "",
         ]
     return "\n".join(out)
@@ -101,7 +116,10 @@ def main() -> None:
     results = ap.parse_args().results
     if not any((results / name).is_file() for name in SECTIONS):  # printed a section of its header alone
         ap.error(f"--results {results}: no results file there ({', '.join(SECTIONS)})")
-    print(render_section(results))
+    try:
+        print(render_section(results))
+    except ResultsError as e:
+        ap.error(str(e))
 
 
 if __name__ == "__main__":

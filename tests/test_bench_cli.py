@@ -125,6 +125,21 @@ def test_render_readme_refuses_a_folder_without_results(tmp_path, capsys, monkey
     assert e.value.code == 2 and "no results file there" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("text,says", [('{"broken', "JSONDecodeError"), ("{}", "KeyError: 'machine'"),
+                                        ("[1, 2]", "Error")])
+def test_render_readme_names_a_results_file_it_cannot_render(tmp_path, capsys, monkeypatch, text, says):
+    """A damaged or cut results file was a traceback from inside a renderer, naming neither file nor fault."""
+    import render_readme
+
+    (tmp_path / "attention.json").write_text(text)
+    monkeypatch.setattr(sys, "argv", ["render_readme.py", "--results", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        render_readme.main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"{tmp_path / 'attention.json'}: not a results file its benchmark can render (" \
+        in err and says in err and "Traceback" not in err
+
+
 def test_results_are_written_whole_with_the_json_last(tmp_path, monkeypatch):
     from momattn import io
 

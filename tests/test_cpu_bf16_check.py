@@ -31,6 +31,10 @@ def test_a_misspelt_part_or_a_skip_never_replaces_measured_results(tmp_path, mon
     with pytest.raises(SystemExit):
         cpu_bf16_check.main(["--parts", "stpe", "--out", str(out)])
     assert "--parts='stpe': choose step, runs or step,runs" in capsys.readouterr().err
+    for bad in ("-1", "x", str(2**32)):  # a negative seed failed every run, its reason only in the JSON
+        with pytest.raises(SystemExit):
+            cpu_bf16_check.main(["--seeds", "1", bad, "--out", str(out)])
+        assert f"--seeds: '{bad}' is not a seed train.py takes" in capsys.readouterr().err
     monkeypatch.setattr(cpu_bf16_check, "cpu_has_native_bf16", lambda: False)
     assert cpu_bf16_check.main(["--out", str(out)]) == 0
     assert out.read_text() == stored and "holds measured results and is left as it is" in capsys.readouterr().err
@@ -79,3 +83,20 @@ def test_verdict_compares_the_bf16_difference_with_the_seed_spread():
     assert far["within_seed_noise"] is False
     failed = cpu_bf16_check.verdict([_row("32-true", 1, 4.0), {"precision": "bf16-mixed", "seed": 1, "rc": 1}])
     assert failed["bf16_minus_fp32"] == [] and "within_seed_noise" not in failed
+
+
+def test_a_merged_report_keeps_the_machine_each_part_ran_on(tmp_path, monkeypatch):
+    """--merge kept the earlier main-job runs but credited them to this host (found by review)."""
+    out = tmp_path / "cpu_bf16.json"
+    runs = [_row("32-true", 1, 4.0), _row("bf16-mixed", 1, 4.0)]
+    out.write_text(json.dumps({"machine": "the AMX host", "date": "then", "native_bf16": True, "runs": runs,
+                               "runs_threads": 2, "runs_parallel": 1, "verdict": cpu_bf16_check.verdict(runs)}))
+    monkeypatch.setattr(cpu_bf16_check, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(cpu_bf16_check, "describe", lambda: "this host")
+    monkeypatch.setattr(cpu_bf16_check, "step_timing", lambda *a: {"threads": 1, "rounds": 1, "steps_per_sample": 1,
+                        "tokens_per_s": {"fp32": 1, "bf16": 2}, "spread": {"fp32": [1, 1], "bf16": [2, 2]}})
+    monkeypatch.setattr(cpu_bf16_check, "matmul_speedup", lambda *a: 2.0)
+    assert cpu_bf16_check.main(["--parts", "step", "--merge", "--out", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["part_machines"] == {"runs": "the AMX host", "step": "this host"}
+    assert "\nMachine: runs on the AMX host; step on this host; runs then; step " in out.with_suffix(".md").read_text()

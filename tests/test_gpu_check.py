@@ -33,6 +33,25 @@ def test_without_a_gpu_it_skips_and_says_so(tmp_path):
     assert json.loads(measured.read_text()) == {"machine": "an H200", "rows": []}
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path; the GPU path is the device run itself")
+def test_the_shell_wrappers_refuse_what_they_cannot_run_before_writing(tmp_path):
+    """device_run.sh gpu on a CPU host replaced the stored device log with gpu_check's one skip line; gpu_check.sh
+    in a clone without .venv ended in a ModuleNotFoundError traceback (found by review)."""
+    import subprocess
+
+    out = tmp_path / "out"
+    for part in ("gpu", "profile", "autotune"):
+        r = subprocess.run(["bash", "benchmarks/device_run.sh", part, str(out)], cwd=ROOT, capture_output=True,
+                           text=True, timeout=120, env={**os.environ, "PYTHON": sys.executable})
+        assert r.returncode == 2 and f"device_run.sh {part} needs a CUDA GPU and this machine has none" in r.stderr
+        assert not out.exists(), part
+    (tmp_path / "python3").write_text("#!/bin/sh\nexec /usr/bin/env -i python3 -S -c 'import sys; sys.exit(1)'\n")
+    (tmp_path / "python3").chmod(0o755)  # a Python that cannot import torch
+    r = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHON": str(tmp_path / "python3")})
+    assert r.returncode == 2 and "cannot import torch: set up .venv first" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_smoke_runs_every_part_on_cpu(tmp_path):
     """--smoke: the scan timing and every non-compiled training variant on a toy model, so none of it can rot."""
     out = tmp_path / "gpu.json"
@@ -99,6 +118,9 @@ def test_no_training_variant_starts_past_the_budget_or_the_deadline(tmp_path, fl
     rows = json.loads(out.read_text())["throughput"]
     assert rows and all(why in row.get("skipped", "") for row in rows), rows
     assert f"skipped: past the 0 s {why}" in out.with_suffix(".md").read_text()
+    # each skipped row keeps its batch: gpu.md showed two identical skipped vanilla rows (x2 and x4)
+    assert all(row["batch"] == 2 for row in rows) and f"| vanilla | False | 2 | | skipped: past the 0 s {why}" in \
+        out.with_suffix(".md").read_text()
 
 
 def test_a_variant_cut_off_mid_run_is_named_in_the_report():

@@ -360,6 +360,11 @@ def main() -> None:
         report(DataError(f"lm-eval: {first_line(e, 300)}; `--tasks list` lists the tasks lm-eval knows, and "
                          "--include_path adds a folder of your own task YAMLs"), hydra=False)
         sys.exit(2)
+    except FileNotFoundError as e:  # a local task's data file: a 57-line traceback from datasets (found by review)
+        report(DataError(f"lm-eval: a task's data file was not found ({first_line(e, 300)}); a task YAML's "
+                         "data_files are read from the working folder, not the YAML's: run from the folder they "
+                         "are relative to, or give them as absolute paths"), hydra=False)
+        sys.exit(2)
     except _offline_errors() as e:  # a hub task without network: a 60-line traceback from datasets
         report(DataError(f"lm-eval could not fetch a task's data ({first_line(e)}); without network, only tasks "
                          "whose data is local (--include_path with local files, or the hub cache with "

@@ -393,3 +393,20 @@ def test_a_hub_task_without_network_is_one_line(monkeypatch, capsys):
     assert e.value.code == 2
     assert "error: lm-eval could not fetch a task's data (Couldn't reach 'EleutherAI/lambada_openai' on the Hub " \
            "(LocalEntryNotFoundError)); without network" in capsys.readouterr().err
+
+
+def test_a_local_tasks_missing_data_file_is_one_line(ckpt, tmp_path, capsys):
+    """Run from anywhere but the folder its data_files are relative to, a local task ended in datasets' 57-line
+    FileNotFoundError traceback (found by review: the README's offline use)."""
+    from momattn.lm_eval_adapter import main
+
+    with pytest.MonkeyPatch.context() as m:
+        m.chdir(tmp_path)  # tiny_reviews.jsonl is not here
+        m.setattr("sys.argv", ["momattn.lm_eval_adapter", "--model", "momattn", "--model_args",
+                               f"ckpt_path={ckpt},device=cpu", "--tasks", "momattn_tiny_mc", "--include_path",
+                               str(DATA), "--limit", "2"])
+        with pytest.raises(SystemExit) as e:
+            main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "error: lm-eval: a task's data file was not found (" in err and \
+        "tiny_reviews.jsonl" in err and "data_files are read from the working folder" in err, err[-2000:]

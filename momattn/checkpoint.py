@@ -274,7 +274,9 @@ def read_checkpoint(path: str | os.PathLike, verify: bool = False) -> dict:
     """The raw checkpoint dict, loaded without running any code, with a clear error for a missing, truncated,
     foreign, code-carrying or malformed file. verify: also check every byte against the zip's CRC-32s (where the
     weights will be used: a resume, a model load; not for reading the metadata)."""
-    if not isinstance(path, str | os.PathLike) or not str(path).strip():  # ckpt_path=123 / true / [a]: not a path
+    if type(path) is int:  # Hydra reads ckpt_path=123 as a number: the file named 123 (refused until review found it)
+        path = str(path)
+    if not isinstance(path, str | os.PathLike) or not str(path).strip():  # ckpt_path=true / [a] / 1.5: not a path
         raise CheckpointError(f"ckpt_path={path!r} is not a path; pass the path of a .ckpt written by train.py")
     p = Path(path).expanduser()
     if not p.exists():

@@ -98,7 +98,10 @@ def momattn_config(model: GPT, tokenizer: Tokenizer) -> dict:
 
 
 def momattn_state(model: GPT) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied to wte
+    """The modeling file's names: lm_head is tied to wte; multirate_ema's gamma is rate_mix there (the modeling
+    file says why)."""
+    return {k.removesuffix(".attn.gamma") + ".attn.rate_mix" if k.endswith(".attn.gamma") else k: v
+            for k, v in model.state_dict().items() if k != "lm_head.weight"}
 
 
 def check_exportable(model: GPT) -> None:
@@ -111,8 +114,21 @@ def check_exportable(model: GPT) -> None:
                           "formats assume tied embeddings")
 
 
+def hf_tokenizer_json(tokenizer: Tokenizer) -> str:
+    """The tokenizer as transformers should read it: momattn encodes without special tokens, and transformers'
+    tokenizer(text) adds them by default, so a post-processor that adds any (a BOS/CLS template in a tokenizer=file
+    run) is left out of the export; HF users got ids the model never saw before each text (found by review)."""
+    hf = tokenizer.hf
+    if all(hf.encode(t, add_special_tokens=True).ids == hf.encode(t, add_special_tokens=False).ids
+           for t in ("", "a b")):
+        return tokenizer.to_json()
+    spec = json.loads(tokenizer.to_json())
+    spec["post_processor"] = None
+    return json.dumps(spec, ensure_ascii=False)
+
+
 def write_tokenizer(tokenizer: Tokenizer, block_size: int, out: Path) -> None:
-    atomic_write_text(out / "tokenizer.json", tokenizer.to_json())
+    atomic_write_text(out / "tokenizer.json", hf_tokenizer_json(tokenizer))
     special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": block_size,
               "add_prefix_space": False, "clean_up_tokenization_spaces": False, **special}
@@ -144,15 +160,15 @@ def export(ckpt_path: str, out: str | Path, overwrite: bool = False) -> Path:
     config["torch_dtype"] = "float32"  # transformers < 5 reads this name
     if "dtype" in config:  # transformers >= 5: its own name, null from to_dict() beside the other
         config["dtype"] = "float32"
+    changed: list[str] = []  # what _write did before a failure
     try:
-        _write(out, state, config, tokenizer, c.block_size, as_gpt2)
+        _write(out, state, config, tokenizer, c.block_size, as_gpt2, changed)
     except OSError as e:
         fix = "free the space or pick another folder" if e.errno == errno.ENOSPC else "pick a writable folder"
-        try:
-            wrote = out.is_dir() and any(out.iterdir())
-        except OSError:
-            wrote = False
-        state_of = ("it is incomplete (no config.json, so nothing loads it)" if wrote else "nothing was written")
+        # from what was done, not from what the folder holds: a read-only folder with an earlier export (or the
+        # user's own files) was called incomplete, with no config.json, though nothing in it had changed (review)
+        state_of = "it is incomplete (no config.json, so nothing loads it)" if changed else \
+            "nothing in it was changed" if (out / "config.json").exists() else "nothing was written"
         raise DataError(f"could not write the export to out='{out}': {e}; {state_of}; {fix}, then export "
                         "again") from None
     return out
@@ -174,11 +190,15 @@ def _save_safetensors(state: dict, f) -> None:
         os.close(fd)
 
 
-def _write(out: Path, state: dict, config: dict, tokenizer: Tokenizer, block_size: int, as_gpt2: bool) -> None:
+def _write(out: Path, state: dict, config: dict, tokenizer: Tokenizer, block_size: int, as_gpt2: bool,
+           changed: list[str]) -> None:
     """The folder's files, config.json last: a failure part-way (a full disk) leaves a folder without one, which
-    from_pretrained refuses, never new weights beside an earlier export's config (loaded as a random model)."""
+    from_pretrained refuses, never new weights beside an earlier export's config (loaded as a random model).
+    `changed` gets a word once the folder no longer holds what it held."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").unlink(missing_ok=True)
+    if (out / "config.json").exists():
+        (out / "config.json").unlink()
+        changed.append("config.json removed")
     # overwrite=true: another export's weights in other formats (a pickled pytorch_model.bin, shards and their
     # index) would be left beside these, for a loader that looks for them first or by choice
     remove_stale(out, ["pytorch_model.bin", "pytorch_model-*-of-*.bin", "model-*-of-*.safetensors", "tf_model.h5",
@@ -187,6 +207,7 @@ def _write(out: Path, state: dict, config: dict, tokenizer: Tokenizer, block_siz
                                                      "flax_model.msgpack"))], keep=())  # Hugging Face's names only
     # written by name into atomic_write's temporary file (save() would hold a second copy of the weights in memory)
     atomic_write(out / "model.safetensors", lambda f: _save_safetensors(state, f))
+    changed.append("model.safetensors written")
     gen = {"bos_token_id": tokenizer.eot_id, "eos_token_id": tokenizer.eot_id}
     if padding := list(range(tokenizer.n_ids, config["vocab_size"])):  # ids that decode to nothing
         gen["suppress_tokens"] = padding

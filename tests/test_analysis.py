@@ -842,7 +842,9 @@ def test_a_sweep_analysis_refuses_bad_input_by_name(tmp_path):
     sweep = ginc_sweep(tmp_path / "sweep", [("vanilla", 1), ("momentum", 1)])
     with pytest.raises(ConfigError, match="either ckpt_path .* or sweep_dir"):
         run_analyze({"sweep_dir": str(sweep), "ckpt_path": "x.ckpt"}, tmp_path / "out")
-    with pytest.raises(ConfigError, match="sweep_dir=5 must be a path"):
+    with pytest.raises(ConfigError, match="sweep_dir=1.5 must be a path"):
+        run_analyze({"sweep_dir": 1.5}, tmp_path / "out")
+    with pytest.raises(ConfigError, match="sweep_dir='5' is not a folder"):  # Hydra's number: the folder named 5
         run_analyze({"sweep_dir": 5}, tmp_path / "out")
     with pytest.raises(ConfigError, match="is not a folder"):
         run_analyze({"sweep_dir": str(tmp_path / "nowhere")}, tmp_path / "out")

@@ -318,9 +318,12 @@ def test_load_checkpoint_round_trip_and_an_old_file_without_a_tokenizer_name(tmp
 
 def test_paths_that_are_no_checkpoint_file_and_damaged_weights_are_one_line_errors(tmp_path, tokenizer):
     # found by fuzzing generate.py, analyze.py and export: tracebacks, hangs, a wrong culprit, silent NaN output
-    for path in (123, True, ["a"], " "):  # ckpt_path=123: a TypeError from pathlib
+    for path in (1.5, True, ["a"], " "):  # ckpt_path=[a]: a TypeError from pathlib
         with pytest.raises(CheckpointError, match=r"^ckpt_path=.* is not a path"):
             read_checkpoint(path)
+    # ckpt_path=123, which Hydra reads as a number: the file named 123 (it was refused as not a path; review)
+    with pytest.raises(CheckpointError, match="checkpoint '123' does not exist"):
+        read_checkpoint(123)
     os.mkfifo(tmp_path / "fifo.ckpt")  # zipfile.is_zipfile waited for a writer forever
     for path in (tmp_path / "fifo.ckpt", "/dev/zero"):
         with pytest.raises(CheckpointError, match="is not a regular file"):

@@ -20,8 +20,16 @@ pytest.importorskip("safetensors")
 
 
 def parity(ckpt, out, trust: bool):
+    from safetensors import safe_open
+
     ours, tok = load_checkpoint(ckpt)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=trust).eval()
+    hf, info = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=trust, output_loading_info=True)
+    hf.eval()
+    assert not info["missing_keys"] and not info["unexpected_keys"], info  # none left at its random start
+    with safe_open(out / "model.safetensors", "pt") as f:
+        # transformers up to 4.48 (which the hf extra admits) renamed every key holding "gamma" or "beta" to
+        # weight / bias as it loaded: multirate_ema's gamma stayed random there (found by review)
+        assert not [k for k in f.keys() if "gamma" in k or "beta" in k]
     ids = torch.randint(0, ours.config.vocab_size, (3, ours.config.block_size), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         diff = (hf(ids).logits - ours(ids)).abs().max().item()
@@ -204,6 +212,10 @@ def test_a_failed_overwrite_leaves_no_config_that_would_load_new_weights_as_anot
     monkeypatch.setattr(ex, "_write", lambda out, *a: (_ for _ in ()).throw(PermissionError(13, "denied")))
     with pytest.raises(DataError, match="denied; nothing was written; pick a writable folder"):  # not "incomplete"
         export(tmp_path / "v.ckpt", tmp_path / "never", overwrite=True)
+    # a read-only folder holding a complete export: it was called incomplete, with no config.json (found by review)
+    with pytest.raises(DataError, match="denied; nothing in it was changed; pick a writable folder"):
+        export(tmp_path / "v.ckpt", out, overwrite=True)
+    assert (out / "config.json").exists()
 
 
 def test_an_output_folder_that_cannot_be_made_is_refused_before_the_checkpoint_is_read(tmp_path, monkeypatch):
@@ -282,3 +294,25 @@ def test_the_exported_model_returns_hidden_states_and_tuples_when_asked(tmp_path
     gen = hf.generate(ids[:1, :4], max_new_tokens=2, do_sample=False, use_cache=False, pad_token_id=0,
                       output_hidden_states=True, return_dict_in_generate=True)
     assert [len(step) for step in gen.hidden_states] == [ours.config.n_layer + 1] * 2  # was (None, None)
+
+
+def test_a_tokenizer_that_adds_special_tokens_is_exported_without_adding_them(tmp_path):
+    """momattn encodes without special tokens; transformers' tokenizer(text) adds them by default, so a BOS template
+    in a tokenizer=file run's tokenizer gave HF users an id the model never saw before each text (found by review)."""
+    from tokenizers import processors
+
+    from momattn.io import atomic_torch_save
+    from momattn.tokenizer import EOT, Tokenizer
+
+    ckpt = torch.load(tiny_checkpoint(tmp_path / "t.ckpt"), weights_only=False)
+    tok = Tokenizer.from_json(ckpt["momattn"]["tokenizer"])
+    tok.hf.post_processor = processors.TemplateProcessing(single=f"{EOT} $A", special_tokens=[(EOT, tok.eot_id)])
+    assert tok.hf.encode("The film", add_special_tokens=True).ids[0] == tok.eot_id  # the template adds one
+    ckpt["momattn"]["tokenizer"] = tok.to_json()
+    atomic_torch_save(ckpt, tmp_path / "t.ckpt")
+    out = export(tmp_path / "t.ckpt", tmp_path / "hf")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert hf_tok("The film")["input_ids"] == tok.encode("The film") and tok.eot_id not in tok.encode("The film")
+    # a tokenizer that adds none is exported as it is
+    plain = export(tiny_checkpoint(tmp_path / "p.ckpt"), tmp_path / "hf2")
+    assert (plain / "tokenizer.json").read_text() == load_checkpoint(tmp_path / "p.ckpt")[1].to_json()

@@ -53,6 +53,8 @@ class AnalyzeConfig:
                                   "generator of the demonstrations and test rows)")
         for name in ("ckpt_path", "sweep_dir"):  # sweep_dir=5: a TypeError from pathlib
             v = getattr(self, name)
+            if type(v) is int:  # Hydra reads ckpt_path=123 as a number: the file or folder named 123
+                setattr(self, name, v := str(v))
             if v is not None and not isinstance(v, str):
                 raise ConfigError(f"{name}={v!r} must be a path")
         if self.ckpt_path and self.sweep_dir:

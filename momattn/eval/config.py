@@ -264,6 +264,8 @@ class EvaluateConfig(EvalConfig):
             raise ConfigError("ppl.enabled=false and icl.enabled=false leave nothing to evaluate; enable one of them")
         for name in ("ckpt_path", "sweep_dir", "cache_dir"):  # cache_dir=5: a TypeError from pathlib, after loading
             value = getattr(self, name)
+            if type(value) is int:  # Hydra reads ckpt_path=123 as a number: the file or folder named 123
+                setattr(self, name, value := str(value))
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{name}={value!r} must be a path")
         many = self.ckpt_paths  # ckpt_paths=5: "'int' object is not iterable" from deep inside, after start-up

@@ -81,7 +81,9 @@ class Attention(nn.Module):
             self.eta = config.eta
         elif self.kind == "multirate_ema":
             self.delta = nn.Parameter(torch.randn(C, config.n_rates) * 0.2)  # momattn's start: rates near 0.5
-            self.gamma = nn.Parameter(torch.randn(C, config.n_rates))
+            # momattn's gamma, named so that no key holds "gamma": transformers up to 4.48 renamed every such key
+            # to "weight" when loading (an old TF LayerNorm fix) and left this one at random (found by review)
+            self.rate_mix = nn.Parameter(torch.randn(C, config.n_rates))
             self.scale = math.sqrt(1.0 / C)
         elif self.kind != "vanilla":
             raise ValueError(f"attention_kind={self.kind!r} is unknown to this modeling file")
@@ -97,7 +99,7 @@ class Attention(nn.Module):
             vh = vf.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
             return (W @ vh).transpose(1, 2).reshape(B, T, C)
         if self.kind == "multirate_ema":
-            p, g = _rate(self.delta), self.gamma.float() * self.scale  # (C, R)
+            p, g = _rate(self.delta), self.rate_mix.float() * self.scale  # (C, R)
             lag = torch.arange(T, device=v.device, dtype=torch.float64)
             kernel = (g.double()[..., None] * p.double()[..., None] ** lag).sum(1)  # (C, T): sum_r gamma p^l
             # the causal convolution y_t = sum_l kernel_l v_(t-l), through float64 FFTs zero-padded to 2T (no

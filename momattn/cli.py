@@ -1146,6 +1146,9 @@ def interrupted(config_name: str, cfg, signame: str = "Ctrl-C") -> str:
                 f"command again with {shell_arg('hydra.run.dir', out)}: those are reused")
     if config_name == "evaluate":  # the checkpoints (a sweep's jobs) finished are kept in its folder, and reused
         what = "sweep's jobs" if cfg.get("sweep_dir") else "checkpoints"
+        if not cfg.get("sweep_dir") and not (out / "results.json").exists():  # it said results were held (review)
+            return f"\n[momattn] interrupted ({signame}) before any checkpoint's evaluation had finished; run the " \
+                "same command again"
         return (f"\n[momattn] interrupted ({signame}): {out} holds the results of the {what} evaluated so far; run "
                 f"the same command again with {shell_arg('hydra.run.dir', out)}: those are reused")
     return (f"\n[momattn] interrupted ({signame}): results are written as the work ends, so {out} holds none or only "

@@ -1441,10 +1441,24 @@ def test_ctrl_c_outside_training_ends_in_one_line_saying_what_to_do(script, modu
     if script == "analyze.py":
         assert f"interrupted ({signame}): results are written as the work ends, so {tmp_path / 'out'} holds none or " \
             "only some of this run's; run the same command again" in err
-    else:  # the same command into the same folder goes on where it stopped (it said "run the same command again",
-        # which went to a new folder: nothing reused; found by review)
-        assert f"interrupted ({signame}): {tmp_path / 'out'} holds the results of the checkpoints evaluated so far; " \
-            f"run the same command again with hydra.run.dir={tmp_path / 'out'}: those are reused" in err
+    else:  # before any checkpoint finished: it said the folder held results, where only evaluate.log was (review)
+        assert f"interrupted ({signame}) before any checkpoint's evaluation had finished; run the same command " \
+            "again" in err
+
+
+def test_an_evaluation_stopped_part_way_names_the_folder_that_reuses_its_checkpoints(tmp_path, monkeypatch):
+    # the same command into the same folder goes on where it stopped (it said "run the same command again", which
+    # went to a new folder: nothing reused; found by review)
+    from hydra.core.hydra_config import HydraConfig
+
+    from momattn.cli import interrupted
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: False))  # another test's run may have set it
+    (tmp_path / "results.json").write_text("{}")  # the first checkpoint's, written as it finished
+    assert interrupted("evaluate", {"ckpt_paths": ["a", "b"]}, "SIGTERM") == (
+        f"\n[momattn] interrupted (SIGTERM): {tmp_path} holds the results of the checkpoints evaluated so far; run "
+        f"the same command again with hydra.run.dir={tmp_path}: those are reused")
 
 
 def test_an_analysis_of_a_sweep_stopped_part_way_names_the_folder_that_reuses_its_jobs(tmp_path, monkeypatch):

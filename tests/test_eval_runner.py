@@ -96,6 +96,19 @@ def test_evaluate_model_and_reports(tmp_path, tokenizer, cache_dir):
     write_reports([res, ModelResult.from_json(other)], tmp_path)
     md = (tmp_path / "results.md").read_text()
     assert f"**Different tokenizers** (momentum: {tok.name}, {tok.vocab_size:,} tokens; other: bpe, 1,024 tokens)" in md
+    # bits per byte compare across tokenizers only where every window was scored: with ppl.max_windows set, each
+    # model's windows spread over its own tokens, other parts of the text (said flatly before; found by review)
+    for sampled in (False, True):
+        both = [res.to_json(), json.loads(json.dumps(other))]
+        for j in both:
+            for split in ("train", "valid"):
+                for w in j["ppl"][split].values():
+                    w["n_windows_available"] = w["n_windows"] + (5 if sampled else 0)
+        write_reports([ModelResult.from_json(j) for j in both], tmp_path)
+        md = (tmp_path / "results.md").read_text()
+        assert ("bits per byte do, over the same text." in md) is not sampled
+        assert ("these scored a subset of windows spread over each model's own tokens, so different parts of it: "
+                "rerun with ppl.max_windows=null to compare them." in md) is sampled
     assert "**The models' test sets differ** (data.split_seed 1234 (momentum), 99 (other))" in md
     assert f"| always the commonest label (momentum) | {maj[0]:.1f} | {maj[1]:.1f} |" in md
     assert f"| always the commonest label (other) | {maj[0]:.1f} | 75.0 |" in md

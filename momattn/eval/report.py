@@ -104,9 +104,14 @@ def _tokenizers_differ(results: Sequence[ModelResult]) -> list[str]:
     names = {r.label: _tokenizer_name(r) for r in results if r.ppl}
     if len(set(names.values())) < 2:
         return []
+    # with ppl.max_windows set, each model's windows are spread over its own token count: other parts of the text
+    sampled = any(w.n_windows < w.n_windows_available for r in results if r.ppl
+                  for split in (r.ppl.train, r.ppl.valid) for w in split.values())
+    bpb = "bits per byte do only over the same text, and these scored a subset of windows spread over each " \
+        "model's own tokens, so different parts of it: rerun with ppl.max_windows=null to compare them" if sampled \
+        else "bits per byte do, over the same text"
     return [f"**Different tokenizers** ({'; '.join(f'{label}: {n}' for label, n in names.items())}): a perplexity "
-            "is per token of its own tokenizer, so these do not compare across models; bits per byte do, over the "
-            "same text.", ""]
+            f"is per token of its own tokenizer, so these do not compare across models; {bpb}.", ""]
 
 
 def _tokenizer_name(r: ModelResult) -> str:

@@ -84,6 +84,10 @@ def command_flags(argv: list[str]) -> tuple[bool, bool]:
     if len(modes) > 1:
         raise ConfigError(f"{' and '.join(modes)} cannot be given together: Hydra does one of --run, --multirun, "
                           "--cfg, --info at a time (to see one job's config, drop -m/--multirun)")
+    if args.shell_completion and not any(str(o).split("=")[0] in ("install", "uninstall", "query")
+                                         for o in args.overrides):  # Hydra's ValueError traceback (review)
+        raise ConfigError("--shell-completion (-sc) takes one of install=SHELL, uninstall=SHELL or query=SHELL, e.g. "
+                          "eval \"$(python train.py -sc install=bash)\"")
     return bool(args.help or args.hydra_help or args.cfg or args.info or args.shell_completion), bool(args.multirun)
 
 
@@ -134,6 +138,14 @@ def check_hydra_overrides(config_name: str, overrides: list[str]) -> None:
     try:
         _compose(config_name, section, return_hydra_config=True, raise_errors=True)
     except Exception as e:
+        text = str(e)
+        if (missing := re.search(r"Could not find '(hydra/[\w/]+)/([^'/]+)'", text)) and \
+                (listed := re.search(r"Available options in '[^']+':\n((?:\t.*\n?)+)", text)):
+            # hydra/launcher=jobli: Hydra lists each option on a line of its own, and the first three lines kept
+            # below named one (basic) as if it were the only launcher (found by review)
+            options = [line.strip() for line in listed.group(1).splitlines() if line.strip()]
+            raise ConfigError(f"{missing.group(1)}={missing.group(2)} is not an option of '{missing.group(1)}'."
+                              f"{did_you_mean(missing.group(2), options)} Options: {', '.join(options)}") from None
         why = [line.strip().rstrip(":") for err in (e, e.__cause__) if err is not None for line in str(err).splitlines()
                if line.strip() and not line.strip().startswith(("full_key:", "object_type=", "reference_type="))]
         raise ConfigError(f"{': '.join(dict.fromkeys(why[:3]))} (among {', '.join(hydras)})") from None
@@ -248,8 +260,45 @@ def _check_key(cfg, key: str, hint: str | None = None, set_too: tuple[str, ...] 
         advice = "" if hint == "" or (hint is None and adds is None) else f" ({hint or adds})"
         raise ConfigError(
             f"'{key}' is not a config key: '{parts[i]}' does not exist in {where}.{did_you_mean(parts[i], known)} "
-            f"Keys there: {', '.join(known)}.{advice}"
+            f"Keys there: {', '.join(known)}.{_elsewhere(cfg, parts, i) if hint != '' else ''}{advice}"
         )
+
+
+def _elsewhere(cfg, parts: list[str], i: int) -> str:
+    """Where a key the config lacks lives instead: another option of its config group (attention.eta under
+    attention=vanilla belongs to attention=momentum), or a section (lr=1e-3 at the top level is optim.lr). The
+    message listed only the keys there (found by review)."""
+    from omegaconf import DictConfig
+
+    if i == 1 and (holders := _options_holding(parts[0], parts[1:])):
+        return f" It belongs to {' and '.join(holders)}: choose it as well ({holders[0]} {'.'.join(parts)}=...)."
+    if i == 0 and len(parts) == 1:
+        homes = [f"{k}.{parts[0]}" for k, v in cfg.items_ex(resolve=False) if isinstance(v, DictConfig)
+                 and parts[0] in v]
+        homes += [f"{o} {o.split('=')[0]}.{parts[0]}" for group in sorted(p.name for p in CONF_DIR.iterdir())
+                  if f"{group}.{parts[0]}" not in homes for o in _options_holding(group, parts)]
+        if homes:
+            return f" Did you mean {' or '.join(homes)}?"
+    return ""
+
+
+def _options_holding(group: str, parts: list[str]) -> list[str]:
+    """The options of a config group (conf/<group>/*.yaml) whose YAML sets the dotted key `parts`, as group=option."""
+    import yaml
+
+    if not (CONF_DIR / group).is_dir():
+        return []
+    holders = []
+    for option in sorted((CONF_DIR / group).glob("*.yaml")):
+        node = yaml.safe_load(option.read_text()) or {}
+        for part in parts:
+            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+        if node is not _ABSENT:
+            holders.append(f"{group}={option.stem}")
+    return holders
+
+
+_ABSENT = object()
 
 
 def _parse_error(overrides: list[str], e: Exception) -> ConfigError:
@@ -333,6 +382,12 @@ def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]
             raise ConfigError(f"{o.input_line}: the config group '{name}' is in {config_name}.yaml's defaults already "
                               f"({name}: {chosen[name] if chosen[name] is not None else 'null'}), and '+' adds a "
                               f"group the defaults lack; choose its option with {o.input_line[1:]}")
+        if o.is_delete() and name in groups and _default_choices(config_name).get(name) is not None:
+            # ~attention, ~trainer: the run trained on its built-in defaults, then failed at its end (a traceback,
+            # no summary, no evaluation; found by review)
+            off = f"; {name}=none turns it off" if "none" in groups[name] else ""
+            raise ConfigError(f"{o.input_line}: every run needs its {name} group, which cannot be left out{off}. "
+                              f"Options: {', '.join(groups[name])}")
         if o.is_add() or o.is_delete():
             if name not in groups:
                 (adds if o.is_add() else deletes).append((name, o.input_line or name))
@@ -353,8 +408,9 @@ def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]
                                   f"'{name}', so the sweep has no jobs. Options: {', '.join(groups[name])}")
             for v in values:
                 if v == "null":  # Hydra: "ValueError: Config group override must be a string ...", a traceback
-                    off = f"{name}=none" if "none" in groups[name] else f"~{name} (to leave it out)"
-                    raise ConfigError(f"{name}=null: a config group takes one of its options, or {off}. "
+                    off = f", or {name}=none" if "none" in groups[name] else f", or ~{name} (to leave it out)" \
+                        if _default_choices(config_name).get(name) is None else ""  # ~ of a needed one: refused
+                    raise ConfigError(f"{name}=null: a config group takes one of its options{off}. "
                                       f"Options: {', '.join(groups[name])}")
                 if v not in groups[name]:
                     raise ConfigError(f"{name}={v} is not an option of the config group '{name}'."

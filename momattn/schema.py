@@ -185,17 +185,29 @@ def locate(path: str, where: str) -> Any:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as e:
         raise ConfigError(f"{where}='{path}' cannot be imported ({type(e).__name__}: {e}); give a module path and "
-                          "a name, e.g. momattn.data.sources.TextFiles") from None
+                          f"a name, e.g. {_example(where)}") from None
+
+
+def _example(where: str) -> str:
+    """A class that the section of `where` (trainer.x, logger.x, callbacks.x, data, ...) could name."""
+    return {"trainer": "lightning.pytorch.Trainer", "logger": "momattn.loggers.CSVLogger",
+            "callbacks": "lightning.pytorch.callbacks.EarlyStopping"}.get(where.split(".")[0],
+                                                                          "momattn.data.sources.TextFiles")
 
 
 def check_arguments(conf: Mapping, where: str) -> None:
     """Every key of a `_target_` mapping is an argument its target takes: checked before any work (a key added
     with +trainer.precison=... failed only at instantiate, after the tokenizer, the data and the model)."""
+    section, example = where.split(".")[0], _example(where)
     if isinstance(conf, Mapping) and "_target_" in conf and not str(conf["_target_"] or "").strip():
         # trainer._target_= was Hydra's "Empty path" after the data and model were built
-        example = {"trainer": "lightning.pytorch.Trainer", "logger": "momattn.loggers.CSVLogger"}.get(
-            where.split(".")[0], "lightning.pytorch.callbacks.ModelCheckpoint")
         raise ConfigError(f"{where}._target_ is empty; name the class to build, e.g. {example}, or leave the default")
+    if section in ("callbacks", "logger") and "." in where and (not isinstance(conf, Mapping) or "_target_" not in conf):
+        # +callbacks.es.monitor=val/loss without a _target_: Hydra handed Lightning the bare mapping as a callback,
+        # a traceback inside fit after the data and model were built; +logger.foo=1 an AttributeError (review)
+        what = f"{where}={conf!r} is not a mapping" if not isinstance(conf, Mapping) else f"{where} has no _target_"
+        raise ConfigError(f"{what}: each entry of {section} names the class to build, e.g. "
+                          f"+{where}._target_={example}, with its arguments beside it")
     if not isinstance(conf, Mapping) or not conf.get("_target_"):  # +callbacks.x=y: instantiate says it is a str
         return
     target = locate(conf["_target_"], f"{where}._target_")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import math
@@ -132,7 +133,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     c = checked if checked is not None else load_train_config(cfg)
     for what, conf in [("trainer", c.trainer), *((f"callbacks.{k}", v) for k, v in (c.callbacks or {}).items()),
                        *((f"logger.{k}", v) for k, v in (c.logger or {}).items())]:
-        check_arguments(conf or {}, what)  # Lightning's own keys, before any tokenizing or data building
+        if conf is not None:  # (callbacks.x=null: left out)
+            check_arguments(conf, what)  # Lightning's own keys, before any tokenizing or data building
     out_dir, job = Path(c.paths.output_dir).resolve(), hydra_job()
     guard.out_dir, guard.job = out_dir, job
     # Lightning's own checks of its values (accelerator=foo, mode=minimum, save_top_k=-2) now, not after the
@@ -890,7 +892,9 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
                  "  checkpoints: none written (the run ended before its ModelCheckpoint saved one)")
     lines += [f"  {logs.describe(lg)}" for lg in loggers]
     print("\n".join(lines), file=sys.stderr, flush=True)
-    summary = {"attention": c.resolved["attention"], "steps": trainer.global_step, "max_steps": c.max_steps,
+    # the attention the model has (its typed config, defaults filled in): attention.kind=momentum under
+    # attention=vanilla recorded {kind: momentum} without the eta it trained with (found by review)
+    summary = {"attention": dataclasses.asdict(c.model.attention), "steps": trainer.global_step, "max_steps": c.max_steps,
                # the command line: a run without a checkpoint, resumed, is judged by it (_finished_uncheckpointed)
                "overrides": list(hydra_job().overrides), "unigram_val_ppl": baseline,
                "precision": c.trainer["precision"], "tokenizer_vocab_size": vocab[0], "model_vocab_size": vocab[1],

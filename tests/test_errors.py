@@ -123,6 +123,17 @@ def test_a_key_that_only_some_options_of_a_swept_group_have_is_named_with_those_
                                           r"'attention.eta' exists already.*\)\. The sweep's other jobs accept it"):
         check(["attention=vanilla,momentum", "+attention.eta=0.3"])
     check(["attention=momentum", "attention.eta=0.1,0.3", "seed=1,2"])  # one group option: fine
+    # one run: the key of another option, or of a section, is named where it lives (it listed the keys there only;
+    # found by review)
+    for overrides, says in ((["attention.eta=0.9"], r"Keys there: kind\. It belongs to attention=momentum: choose it "
+                                                    r"as well \(attention=momentum attention\.eta=\.\.\.\)\.$"),
+                            (["attention=multirate_ema", "attention.eta=0.9"], r"It belongs to attention=momentum"),
+                            (["attention.n_rates=2"], r"It belongs to attention=multirate_ema"),
+                            (["lr=1e-3"], r"Did you mean optim\.lr\?$"),
+                            (["max_steps=10"], r"Did you mean trainer\.max_steps\?$"),
+                            (["eta=0.9"], r"Did you mean attention=momentum attention\.eta\?$")):
+        with pytest.raises(ConfigError, match=r"^'[a-z_.]+' is not a config key: .*" + says):
+            check(overrides)
     check(["attention=momentum,multirate_ema", "optim.lr=1e-3"])  # a key every option has: fine
     assert len(plan_sweep("train", ["experiment=reproduce"]).jobs) == 27  # Hydra's own crossing: 3 x 3 x 3
     assert plan_sweep("train", ["hparams_search=optuna"]) is None  # Optuna picks its trials as it goes
@@ -355,8 +366,9 @@ def test_a_bad_optuna_setting_exits_2_without_a_traceback(tmp_path, arg, said):
                                                                     "abc: Value 'abc' of type 'str' could not be "
                                                                     "converted to Integer"),
     (["hydra.job.chdir=maybe"], "Error merging override hydra.job.chdir=maybe: Value 'maybe' is not a valid bool"),
-    (["hydra/launcher=foo"], "In 'hydra/config': Could not find 'hydra/launcher/foo': Available options in "
-                             "'hydra/launcher': "),
+    # (every option: the first three lines of Hydra's message named basic alone; found by review)
+    (["hydra/launcher=jobli"], "hydra/launcher=jobli is not an option of 'hydra/launcher'. Did you mean 'joblib'? "
+                               "Options: basic, joblib, submitit_local, submitit_slurm"),
 ])
 def test_a_search_or_a_hydra_setting_is_checked_however_it_is_started(tmp_path, args, said):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
@@ -519,6 +531,15 @@ def test_adding_a_key_that_exists_or_deleting_one_that_does_not_is_one_line():
         check_overrides("train", ["logger=null"])
     with pytest.raises(ConfigError, match=r"^debug=null: .* or ~debug \(to leave it out\)"):
         check_overrides("train", ["debug=null"])
+    # a group every run needs: ~attention (which the null message offered) trained on the built-in defaults, then
+    # failed at the run's end with a KeyError traceback, no summary and no evaluation (found by review)
+    with pytest.raises(ConfigError, match=r"^attention=null: a config group takes one of its options\. Options: "):
+        check_overrides("train", ["attention=null"])
+    for group, off in (("attention", ""), ("trainer", ""), ("logger", "; logger=none turns it off")):
+        with pytest.raises(ConfigError, match=rf"^~{group}: every run needs its {group} group, which cannot be left "
+                                              rf"out{off}\. Options: "):
+            check_overrides("train", [f"~{group}"])
+    check_overrides("train", ["debug=smoke", "~debug"])  # an optional group can be left out
     # a mapping given to a list, a list to a section: Hydra's "Cannot merge DictConfig with ListConfig", exit 1
     with pytest.raises(ConfigError, match=r"^eval.icl.tasks=\{a:1\}: eval.icl.tasks is a list and the value is a "
                                           r"mapping; a list is written \[a,b\]"):
@@ -822,8 +843,17 @@ def test_wrong_type_names_the_key(tmp_path):
                            ("+tokenizer.path=/no.json", "tokenizer.path applies to tokenizer=file only")):
         msg = run_expecting(tmp_path / "typo", [*SMOKE, *override.split()], ConfigError)
         assert msg.startswith(says), msg
-    msg = run_expecting(tmp_path / "typo", [*SMOKE, "+callbacks.foo=bar"], ConfigError)  # not a mapping
-    assert msg.startswith("callbacks.foo could not be created"), msg
+    # an entry that is not a mapping with a _target_: +callbacks.es.monitor=... alone was a traceback inside fit
+    # (Hydra handed Lightning the bare mapping), +logger.foo=1 an AttributeError (found by review)
+    for override, says in (("+callbacks.foo=bar", "callbacks.foo='bar' is not a mapping: each entry of callbacks "
+                                                  "names the class to build, e.g. +callbacks.foo._target_="
+                                                  "lightning.pytorch.callbacks.EarlyStopping"),
+                           ("+callbacks.es.monitor=val/loss", "callbacks.es has no _target_: each entry of callbacks"),
+                           ("+logger.foo=1", "logger.foo=1 is not a mapping: each entry of logger names the class to "
+                                             "build, e.g. +logger.foo._target_=momattn.loggers.CSVLogger"),
+                           ("+logger.tb.save_dir=tb", "logger.tb has no _target_")):
+        msg = run_expecting(tmp_path / "typo", [*SMOKE, override], ConfigError)
+        assert msg.startswith(says), msg
     # GINC with a BPE tokenizer and its end-of-run evaluation: refused once trained and tokenized (found by review)
     msg = run_expecting(tmp_path, ["debug=smoke", "data=ginc", "run_eval=true", "eval.icl.tasks=[ginc]"], ConfigError)
     assert msg.startswith("data=ginc with tokenizer=bpe: GINC's evaluation reads GINC symbol i as token i"), msg

@@ -67,13 +67,17 @@ def test_evaluate_model_and_reports(tmp_path, tokenizer, cache_dir):
     assert res.icl.split_seed == 1234 and res.attention == "momentum"
     assert (tmp_path / "icl_predictions_momentum.jsonl").exists()
     metrics = flat_metrics(res)
-    assert {"eval/ppl@16", "eval/bpb@64", "eval/train_ppl@64", "icl/trec/acc@k2",
-            "icl/avg/acc@k0", "icl/sst2/acc_sum@kmax", "icl/sst2/k_used@kmax"} <= set(metrics)
+    assert {"eval/ppl@16", "eval/bpb@64", "eval/train_ppl@64", "icl/trec/acc@k0", "icl/trec/k_used@k2",
+            "icl/avg/acc@k0", "icl/sst2/k_used@kmax"} <= set(metrics)
+    for task in ("sst2", "trec"):  # a k's accuracies are logged where it fits
+        assert (f"icl/{task}/acc@k2" in metrics) is res.icl.tasks[task].shots["2"].fits
     # a 64-token context holds fewer than max_shots=3 demonstrations: k=max does not fit, no headline average
     # and no headline accuracy (the per-k numbers stay, with their k_used)
     assert not sst2.shots["max"].fits and sst2.shots["max"].k_used_mean < 3
     assert res.icl.avg["max"].excluded == ["sst2", "trec"] and "icl/avg/acc" not in metrics
     assert "icl/sst2/acc" not in metrics and "icl/trec/acc" not in metrics
+    # nor per k: a k that does not fit logged a near zero-shot score under its k (found by review)
+    assert not {"icl/sst2/acc@kmax", "icl/sst2/acc_sum@kmax", "icl/sst2/acc_cand@kmax"} & set(metrics)
     again = ModelResult.from_json({**res.to_json(), "label": "again"})
     # results.json last, after the tables, the plots and train.py's logging (before_json): it marks the evaluation
     # done, and a stop after it had been written first left a run "evaluated" without them (found by review)

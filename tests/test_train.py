@@ -122,6 +122,8 @@ def test_smoke_training_each_attention(attention, tmp_path, capsys):
     summary = strict_json((tmp_path / "summary.json").read_text())
     assert summary["val/loss"] == pytest.approx(val_loss) and summary["steps"] == 6
     assert summary["model_vocab_size"] == meta["model_config"]["vocab_size"] >= summary["tokenizer_vocab_size"] > 256
+    # the attention the model trained with, every setting (the group's YAML holds kind alone for vanilla)
+    assert summary["attention"] == meta["model_config"]["attention"] and "eta" in summary["attention"]
 
 
 def test_a_bpe_smaller_than_its_vocab_size_is_said_and_recorded(tmp_path, capsys):

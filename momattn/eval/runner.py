@@ -221,12 +221,14 @@ def flat_metrics(result: ModelResult | Mapping) -> dict[str, float]:
     if r.icl:
         k = r.icl.headline_k
         for name, t in r.icl.tasks.items():
-            # the headline only where its k fits (as the report and the average); per k, with k_used beside it
+            # accuracies only where their k fits, as the report ("does not fit") and the average: a k whose prompts
+            # placed fewer demonstrations logged a near zero-shot score under its k (found by review); k_used always
             out[f"icl/{name}/acc"] = t.shots[k].acc if t.shots[k].fits else None
             for s, v in t.shots.items():
-                out[f"icl/{name}/acc@k{s}"] = v.acc
-                out[f"icl/{name}/acc_sum@k{s}"] = v.acc_sum_lp
-                out[f"icl/{name}/acc_cand@k{s}"] = v.acc_cand
+                if v.fits:
+                    out[f"icl/{name}/acc@k{s}"] = v.acc
+                    out[f"icl/{name}/acc_sum@k{s}"] = v.acc_sum_lp
+                    out[f"icl/{name}/acc_cand@k{s}"] = v.acc_cand
                 out[f"icl/{name}/k_used@k{s}"] = v.k_used_mean
         out["icl/avg/acc"] = r.icl.avg[k].acc if k in r.icl.avg else None
         for s, v in r.icl.avg.items():

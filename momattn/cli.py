@@ -328,6 +328,12 @@ def _parse_error(overrides: list[str], e: Exception) -> ConfigError:
         fixed = "[" + ",".join(f"'{e}'" if e.startswith("~") else e for e in entries) + "]"
         return ConfigError(f"{bad}: Hydra cannot parse an unquoted ~ in a list; quote each such entry: "
                            f'"{key}={fixed}" (momattn expands the ~ of a path)')
+    if bad is not None and (fn := re.match(r"(choice|range|interval|glob|tag|shuffle|sort)\(", value)):
+        # choice(), interval(1e-3): quoting turned the sweep into a string value, refused later (found by review)
+        return ConfigError(f"{bad} does not parse as Hydra's {fn.group(1)}(...) ({text}); e.g. {key}=choice(1e-3,2e-3), "
+                           f"{key}=range(1,5), {key}=interval(1e-4,1e-2) (Hydra's sweep grammar: "
+                           "https://hydra.cc/docs/advanced/override_grammar/extended/); a text value, not a sweep, "
+                           f"is quoted: \"{key}='{value}'\"")
     quoted = f"{key}='" + value.replace("'", "\\'") + "'"
     if bad is not None and value and value[0] not in "[{('\"" and parses(quoted):  # not a broken list or dict
         # as typed in a shell: in double quotes where nothing in them is the shell's ($, `, ", \, !), else shlex's

@@ -310,7 +310,8 @@ def check_search(config_name: str, overrides: list[str]) -> None:
                 raise ConfigError(f"hydra.sweeper.params: {refused[0]}") from None
     if config_name == "train":
         subdir = str(OmegaConf.to_container(cfg.hydra.sweep, resolve=False).get("subdir"))
-        trials = search_trials(params, [o for o in parsed if not o.is_hydra_override()], set(groups), pairs)
+        grid = "GridSampler" in str(OmegaConf.select(cfg, "hydra.sweeper.sampler._target_", default=""))
+        trials = search_trials(params, [o for o in parsed if not o.is_hydra_override()], set(groups), pairs, grid)
         try:
             check_jobs(Sweep(trials, _last(overrides, "hydra.sweep.dir"), subdir), overrides, search=True)
         except ConfigError as e:  # Hydra's interval() is float at both ends, and so is the trial's value
@@ -321,13 +322,15 @@ def check_search(config_name: str, overrides: list[str]) -> None:
             raise
 
 
-def search_trials(params: dict, task: list, groups: set[str], pairs: list[tuple[list[str], object]]) -> list[list[str]]:
+def search_trials(params: dict, task: list, groups: set[str], pairs: list[tuple[list[str], object]],
+                  grid: bool = False) -> list[list[str]]:
     """Trial patterns that check_jobs checks before a search starts (a value some trials take, optim.schedule=
     choice(cosine,cosinee), or an interval's end that an int key refuses, failed trial after trial, each
     recorded in a stored study): under each combination of the searched group options (pairs: each with its
     composed config, None where Hydra cannot compose it), every value a choice or range lists and both ends of each
     interval, one key at a time, the others at their first. A key some combination lacks, a glob, which Optuna
-    cannot sample, and a searched seed are refused."""
+    cannot sample, and a searched seed are refused. grid: the grid sampler's search, whose range(a,b) leaves b
+    out as Hydra's does (the other samplers' int distribution includes it)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import Glob, IntervalSweep, RangeSweep
 
@@ -351,8 +354,10 @@ def search_trials(params: dict, task: list, groups: set[str], pairs: list[tuple[
         got = [repr(v.start), repr(v.end)] if isinstance(v, IntervalSweep) else list(o.sweep_string_iterator())
         got = got if len(got) <= 8 else [got[0], got[-1]]
         if isinstance(v, RangeSweep) and not v.shuffle and all(isinstance(x, int) for x in (v.start, v.stop, v.step)) \
-                and v.step and (v.stop - v.start) % v.step == 0:
-            got.append(str(v.stop))  # hydra-optuna-sweeper's range includes its end, which Hydra's list leaves out
+                and v.step and (v.stop - v.start) % v.step == 0 and not grid:
+            # hydra-optuna-sweeper's range includes its end, which Hydra's list leaves out; the grid's does not, and
+            # a grid search was refused for a value it never samples (found by review)
+            got.append(str(v.stop))
         values[key] = got
     swept = {k for k, v in values.items() if k.lstrip("+") in groups and len(v) > 1}
     firsts: list[list[str]] = []  # each combination's first pattern before any one's variants: the cap keeps them

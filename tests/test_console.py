@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import sys
 
 import pytest
@@ -187,6 +188,12 @@ def test_command_line_forms_that_hydra_reads_its_own_way(tmp_path):
         check_overrides("train", ["eval.icl.shots=[0,2"])
     with pytest.raises(ConfigError, match="quote the value: \"prompt='~hello'\""):  # text, not a home folder
         check_overrides("generate", ["prompt=~hello"])
+    # a malformed sweep: quoting (the advice) made it a string, refused as not a float later (found by review)
+    for bad in ("optim.lr=choice()", "optim.lr=interval(1e-3)"):
+        with pytest.raises(ConfigError, match=rf"^{re.escape(bad)} does not parse as Hydra's (choice|interval)\(\.\.\.\) "
+                                              r"\(.*\); e\.g\. optim\.lr=choice\(1e-3,2e-3\), .*a text value, not a "
+                                              r"sweep, is quoted"):
+            check_overrides("train", [bad])
     # a ~ in a list: the lexer's error alone (found by review); the quoted entries parse, and their ~ is expanded
     with pytest.raises(ConfigError, match=r"^data.paths=\[a.txt, ~/b.txt\]: Hydra cannot parse an unquoted ~ in a "
                                           r"list; quote each such entry: \"data.paths=\[a.txt,'~/b.txt'\]\""):

@@ -53,7 +53,10 @@ def damage_a_tensor(path: Path) -> None:
 
 def test_t_interval_and_verdicts():
     mean, lo, hi = t_interval([1.0, 2.0, 3.0])
-    assert mean == 2.0 and hi - mean == pytest.approx(4.303 * 1.0 / math.sqrt(3), rel=1e-6)
+    assert mean == 2.0 and hi - mean == pytest.approx(4.3026527 * 1.0 / math.sqrt(3), rel=1e-7)
+    # an interval's end near 0: with the quantiles at 3 decimals (12.706) this read +0.0001, "worse", where
+    # scipy's end is -0.0001 and the verdict inconclusive (found by review)
+    assert t_interval([11.7061, 13.7061])[1] < 0
     assert math.isnan(t_interval([0.5])[1])
     assert verdict("trec/acc@k0", 0.01, 0.05) == "better" and verdict("ppl@256", 0.01, 0.05) == "worse"
     assert verdict("apple/acc@k4", 0.01, 0.05) == "better"  # an accuracy, whatever letters its task's name holds
@@ -855,3 +858,11 @@ def test_a_sweep_evaluation_cut_short_goes_on_where_it_stopped_in_its_folder(tmp
         capsys.readouterr().err
     assert len(strict_json((out / "sweep.json").read_text())["runs"]) == 4
 
+
+
+def test_the_t_quantiles_are_students_to_7_decimals():
+    stats = pytest.importorskip("scipy.stats")
+    from momattn.eval.sweep import T975, _t975
+
+    assert max(abs(q - stats.t.ppf(0.975, df)) for df, q in enumerate(T975, 1)) < 1e-7
+    assert max(abs(_t975(df) - stats.t.ppf(0.975, df)) for df in range(len(T975) + 1, 500)) < 1e-7

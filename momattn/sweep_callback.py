@@ -167,6 +167,18 @@ def best_trial(sweep_dir: Path, metric: str | None, storage: str | None = None, 
             return f"; best trial: {summary.parent} ({kept.get('best_checkpoint') or 'no checkpoint'})"
     if storage and metric and study:  # the study goes on from earlier searches stored there: one may hold it
         # (study_name null: each search its own new study, named by Optuna; this one's best is one of its jobs)
+        folder = None
+        try:  # the folder each trial recorded (since session 51: the best could not be traced to its checkpoint)
+            import optuna
+
+            if not storage.startswith("sqlite:///") or Path(storage.removeprefix("sqlite:///")).is_file():
+                # (opening a SQLite file that is not there would make one)
+                found = optuna.load_study(study_name=study, storage=storage).best_trial
+                folder = found.user_attrs.get("momattn.folder")
+        except Exception:
+            pass
+        if folder:
+            return f"; best trial: {folder}, of an earlier search of the stored study '{study}'"
         return (f"; no job in this folder has the best value, so an earlier search of the stored study may hold it "
                 f"(optuna.load_study(study_name='{study}', storage='{_no_password(storage)}').best_trial)")
     return ""

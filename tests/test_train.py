@@ -737,6 +737,46 @@ def test_a_search_with_no_study_name_is_a_new_study_and_keeps_its_sampler_seed(t
     assert best_trial(tmp_path, "val/loss", url, None) == ""
 
 
+def test_a_stored_studys_best_trial_of_an_earlier_search_is_named_by_its_folder(tmp_path, monkeypatch):
+    """Each trial records its job folder in the study: the best trial of a stored study, found by an earlier
+    search, could not be traced to its folder or checkpoint (found by review)."""
+    optuna = pytest.importorskip("optuna")
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from hydra_plugins.momattn_sweeper import FOLDER_ATTR
+    from momattn.sweep_callback import best_trial
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    values = iter([2.0, 1.0])
+
+    def sweep(arguments):  # the base sweeper's loop: ask, launch, tell
+        study = optuna.create_study(study_name="s", storage=url, load_if_exists=True)
+        for i in range(2):
+            trial = study.ask()
+            ret = sweeper.base.sweeper.launcher.launch([["x=1"]], initial_job_idx=i)[0]
+            study.tell(trial, ret.return_value)
+
+    launcher = SimpleNamespace(launch=lambda overrides, initial_job_idx: [JobReturn(
+        working_dir=str(tmp_path / "first" / str(initial_job_idx)), _return_value=next(values),
+        status=JobStatus.COMPLETED)])
+    sweeper = fake_sweeper(tmp_path, url, sweep)
+    sweeper.base.sweeper.launcher = launcher
+    sweeper.sweep([])
+    study = optuna.load_study(study_name="s", storage=url)
+    assert [t.user_attrs[FOLDER_ATTR] for t in study.trials] == [str(tmp_path / "first" / "0"),
+                                                                   str(tmp_path / "first" / "1")]
+    later = tmp_path / "later"  # a later search into another folder, none of whose jobs is the best
+    later.mkdir()
+    (later / "optimization_results.yaml").write_text("best_value: 1.0\n")
+    assert best_trial(later, "val/loss", url, "s") == \
+        f"; best trial: {tmp_path / 'first' / '1'}, of an earlier search of the stored study 's'"
+    assert not (tmp_path / "none.db").exists() and best_trial(later, "val/loss", f"sqlite:///{tmp_path / 'none.db'}",
+                                                              "s").startswith("; no job in this folder")
+    assert not (tmp_path / "none.db").exists()  # looking made no database
+
+
 def test_the_best_trial_is_named_by_folder_or_as_an_earlier_searchs(tmp_path):
     from momattn.sweep_callback import best_trial
 

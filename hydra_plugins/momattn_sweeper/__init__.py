@@ -74,8 +74,8 @@ class OptunaSweeper(Sweeper):
             raise SystemExit(2)
         fixed = _fixed_overrides([*self.base.sweeper._parse_sweeper_params_config(), *arguments])
         done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-        differ = sorted({k for t in done for k in set(t.user_attrs) | set(fixed)
-                         if not k.startswith("hydra.") and str(t.user_attrs.get(k)) != str(fixed.get(k))})
+        differ = sorted({k for t in done for k in set(t.user_attrs) | set(fixed) if not k.startswith("hydra.")
+                         and k != FOLDER_ATTR and str(t.user_attrs.get(k)) != str(fixed.get(k))})
         if done and differ:
             shown = "; ".join(f"{k}: {sorted({str(t.user_attrs.get(k, '(not set)')) for t in done})} before, "
                               f"{fixed.get(k, '(not set)')} now" for k in differ[:5])
@@ -124,7 +124,7 @@ class OptunaSweeper(Sweeper):
         os.environ[SEARCH_KEYS_ENV] = json.dumps(sorted(_searched_keys(searched)))
         try:
             try:
-                with self._recording_trials(), self._grid_left():
+                with self._recording_trials(), self._grid_left(), self._recording_folders():
                     self.base.sweep(arguments)
             except BaseException:  # a refused space, Ctrl-C, SIGTERM: the trials it asked for stayed RUNNING in a
                 if self.sweeper_cfg.get("storage"):  # stored study for good, as Optuna's own optimize() does not
@@ -260,6 +260,32 @@ class OptunaSweeper(Sweeper):
         finally:
             Trial.__init__ = init
 
+    @contextlib.contextmanager
+    def _recording_folders(self):
+        """Each trial's job folder, kept with it in the study (its user attribute momattn.folder): the best trial of
+        a stored study, found by an earlier search, could not be traced to its folder or checkpoint (review)."""
+        launcher = getattr(self.base.sweeper, "launcher", None)
+        if launcher is None:
+            yield
+            return
+        launch = launcher.launch
+
+        def launched(job_overrides, initial_job_idx):
+            returns = launch(job_overrides, initial_job_idx=initial_job_idx)
+            # the trials of this batch: the last ones asked, in the launch's order (their tell comes after)
+            for trial_id, ret in zip(self.asked[-len(returns):] if returns else [], returns):
+                folder = getattr(ret, "working_dir", None)
+                if folder and self.study is not None:
+                    with contextlib.suppress(Exception):  # a record, never the search's failure
+                        self.study._storage.set_trial_user_attr(trial_id, FOLDER_ATTR, os.path.abspath(folder))
+            return returns
+
+        launcher.launch = launched
+        try:
+            yield
+        finally:
+            launcher.launch = launch
+
     def _fail_asked_trials(self) -> None:
         """The trials this search had asked the stored study for before its space was refused: marked failed (they
         stayed RUNNING in the database for good, and the next search counted them)."""
@@ -324,6 +350,7 @@ def _mask_passwords() -> None:
 
 
 METRIC_ATTR = "momattn.optimized_metric"  # the study's user attribute that names the metric its trials returned
+FOLDER_ATTR = "momattn.folder"  # each trial's user attribute: the job folder it trained in
 
 
 def _fixed_overrides(arguments: list[str]) -> dict[str, str]:

@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from momattn.hardware import (  # noqa: E402
     cpu_has_amx,
     cpu_has_native_bf16,
+    cpu_vendor,
     describe,
     keep_freed_memory,
     resolve_precision,
@@ -242,7 +243,8 @@ def markdown(rep: dict) -> str:
         lines += ["", "Target (issue 11): bf16 at least 2x nanoGPT's fp32 step (the issue measured momattn's model at "
                   "0.98x nanoGPT's model.py in that step).", ""]
         if rep.get("auto_precision"):  # what train.py's precision=auto takes on this CPU, and why
-            why = "AMX" if rep.get("amx") else "no AMX" if rep.get("native_bf16") else "no native bf16"
+            why = "AMX" if rep.get("amx") else "no native bf16" if not rep.get("native_bf16") else \
+                "no AMX, an AMD CPU with avx512_bf16" if rep.get("vendor") == "AuthenticAMD" else "no AMX"
             if "bf16_matmul_speedup" in rep:
                 why += (f"; a {rep.get('bf16_matmul_n', 2048)}^3 matmul in bf16 at {rep['bf16_matmul_speedup']:.2f}x "
                         f"fp32's speed, median of {rep.get('bf16_matmul_rounds', 5)} paired timings")
@@ -359,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     if "step" in parts:
         rep["step"] = step_timing(a.threads, a.rounds or (2 if a.smoke else 7), 1 if a.smoke else 5, a.smoke)
         rep["amx"], rep["auto_precision"] = cpu_has_amx(), resolve_precision("auto", "cpu")
+        rep["vendor"] = cpu_vendor()  # auto's bf16 on AMD with avx512_bf16 (momattn.hardware.cpu_bf16_pays)
         if rep["native_bf16"]:  # emulated bf16 would take seconds per matmul
             rep["bf16_matmul_n"] = 256 if a.smoke else 2048
             rep["bf16_matmul_rounds"] = 5

@@ -115,7 +115,7 @@ class ModelCheckpoint(lightning_callbacks.ModelCheckpoint):
         if None in best_k or here(state_dict.get("best_model_path")) is None:
             # not this run's files (a fork into a new folder): tracking starts afresh here. Lightning's own
             # load kept the source's best_model_path, which a fork that trained nothing reported as its best
-            if int(os.environ.get("RANK", "0")) == 0:
+            if rank_zero_only.rank == 0:  # (set by Lightning: spawned DDP workers have no RANK variable)
                 print(f"[momattn] checkpoints: the resumed checkpoint was saved in {old}, not in this run's "
                       f"{self.dirpath}: best-checkpoint tracking starts afresh here", file=sys.stderr, flush=True)
             return None

@@ -84,10 +84,11 @@ def command_flags(argv: list[str]) -> tuple[bool, bool]:
     if len(modes) > 1:
         raise ConfigError(f"{' and '.join(modes)} cannot be given together: Hydra does one of --run, --multirun, "
                           "--cfg, --info at a time (to see one job's config, drop -m/--multirun)")
-    if args.shell_completion and not any(str(o).split("=")[0] in ("install", "uninstall", "query")
-                                         for o in args.overrides):  # Hydra's ValueError traceback (review)
-        raise ConfigError("--shell-completion (-sc) takes one of install=SHELL, uninstall=SHELL or query=SHELL, e.g. "
-                          "eval \"$(python train.py -sc install=bash)\"")
+    asked = [str(o).split("=", 1) for o in args.overrides if str(o).split("=")[0] in ("install", "uninstall", "query")]
+    if args.shell_completion and (len(asked) != 1 or len(asked[0]) < 2 or asked[0][1] not in ("bash", "zsh", "fish")):
+        # -sc alone, two subcommands, install=powershell, install without a shell: Hydra's tracebacks (review)
+        raise ConfigError("--shell-completion (-sc) takes one of install=SHELL, uninstall=SHELL or query=SHELL, SHELL "
+                          "bash, zsh or fish, e.g. eval \"$(python train.py -sc install=bash)\"")
     return bool(args.help or args.hydra_help or args.cfg or args.info or args.shell_completion), bool(args.multirun)
 
 
@@ -275,8 +276,9 @@ def _elsewhere(cfg, parts: list[str], i: int) -> str:
     if i == 0 and len(parts) == 1:
         homes = [f"{k}.{parts[0]}" for k, v in cfg.items_ex(resolve=False) if isinstance(v, DictConfig)
                  and parts[0] in v]
+        # the groups of this entry point only (its config's sections): evaluate.py was told attention=momentum
         homes += [f"{o} {o.split('=')[0]}.{parts[0]}" for group in sorted(p.name for p in CONF_DIR.iterdir())
-                  if f"{group}.{parts[0]}" not in homes for o in _options_holding(group, parts)]
+                  if group in cfg and f"{group}.{parts[0]}" not in homes for o in _options_holding(group, parts)]
         if homes:
             return f" Did you mean {' or '.join(homes)}?"
     return ""
@@ -328,16 +330,16 @@ def _parse_error(overrides: list[str], e: Exception) -> ConfigError:
         fixed = "[" + ",".join(f"'{e}'" if e.startswith("~") else e for e in entries) + "]"
         return ConfigError(f"{bad}: Hydra cannot parse an unquoted ~ in a list; quote each such entry: "
                            f'"{key}={fixed}" (momattn expands the ~ of a path)')
+    quoted = f"{key}='" + value.replace("'", "\\'") + "'"
+    # as typed in a shell: in double quotes where nothing in them is the shell's ($, `, ", \, !), else shlex's
+    typed = f'"{quoted}"' if not set(value) & set('$`"\\!') else shlex.quote(quoted)  # (\' is the shell's as typed)
     if bad is not None and (fn := re.match(r"(choice|range|interval|glob|tag|shuffle|sort)\(", value)):
         # choice(), interval(1e-3): quoting turned the sweep into a string value, refused later (found by review)
         return ConfigError(f"{bad} does not parse as Hydra's {fn.group(1)}(...) ({text}); e.g. {key}=choice(1e-3,2e-3), "
                            f"{key}=range(1,5), {key}=interval(1e-4,1e-2) (Hydra's sweep grammar: "
                            "https://hydra.cc/docs/advanced/override_grammar/extended/); a text value, not a sweep, "
-                           f"is quoted: \"{key}='{value}'\"")
-    quoted = f"{key}='" + value.replace("'", "\\'") + "'"
+                           f"is quoted: {typed}")
     if bad is not None and value and value[0] not in "[{('\"" and parses(quoted):  # not a broken list or dict
-        # as typed in a shell: in double quotes where nothing in them is the shell's ($, `, ", \, !), else shlex's
-        typed = f'"{quoted}"' if not set(value) & set('$`"\\!') else shlex.quote(quoted)  # (\' is the shell's as typed)
         # one argument that holds two overrides ("trainer.devices=2 trainer.accelerator=cpu"): quoting is not it
         split = ("; or, if it holds several overrides, pass each as an argument of its own"
                  if re.search(r"\s[A-Za-z_+~][\w.]*=", value) else "")
@@ -388,11 +390,11 @@ def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]
             raise ConfigError(f"{o.input_line}: the config group '{name}' is in {config_name}.yaml's defaults already "
                               f"({name}: {chosen[name] if chosen[name] is not None else 'null'}), and '+' adds a "
                               f"group the defaults lack; choose its option with {o.input_line[1:]}")
-        if o.is_delete() and name in groups and _default_choices(config_name).get(name) is not None:
+        if o.is_delete() and name in groups and "none" not in groups[name] and \
+                _default_choices(config_name).get(name) is not None:
             # ~attention, ~trainer: the run trained on its built-in defaults, then failed at its end (a traceback,
-            # no summary, no evaluation; found by review)
-            off = f"; {name}=none turns it off" if "none" in groups[name] else ""
-            raise ConfigError(f"{o.input_line}: every run needs its {name} group, which cannot be left out{off}. "
+            # no summary, no evaluation; found by review). ~logger and ~callbacks mean their option none
+            raise ConfigError(f"{o.input_line}: every run needs its {name} group, which cannot be left out. "
                               f"Options: {', '.join(groups[name])}")
         if o.is_add() or o.is_delete():
             if name not in groups:

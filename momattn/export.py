@@ -118,13 +118,21 @@ def hf_tokenizer_json(tokenizer: Tokenizer) -> str:
     """The tokenizer as transformers should read it: momattn encodes without special tokens, and transformers'
     tokenizer(text) adds them by default, so a post-processor that adds any (a BOS/CLS template in a tokenizer=file
     run) is left out of the export; HF users got ids the model never saw before each text (found by review)."""
-    hf = tokenizer.hf
-    if all(hf.encode(t, add_special_tokens=True).ids == hf.encode(t, add_special_tokens=False).ids
-           for t in ("", "a b")):
-        return tokenizer.to_json()
     spec = json.loads(tokenizer.to_json())
+    if not _adds_tokens(spec.get("post_processor")):  # read from the JSON: a probe text may not encode (GINC's
+        return tokenizer.to_json()                    # word-level vocabulary refuses unknown words; diff review)
     spec["post_processor"] = None
     return json.dumps(spec, ensure_ascii=False)
+
+
+def _adds_tokens(processor: dict | None) -> bool:
+    """Whether a tokenizers post-processor (its JSON) adds special tokens: a template (BOS/CLS ...), BERT's or
+    RoBERTa's, or a Sequence holding one. ByteLevel's only trims offsets."""
+    if not isinstance(processor, dict):
+        return False
+    if processor.get("type") == "Sequence":
+        return any(_adds_tokens(p) for p in processor.get("processors") or [])
+    return processor.get("type") in ("TemplateProcessing", "BertProcessing", "RobertaProcessing")
 
 
 def write_tokenizer(tokenizer: Tokenizer, block_size: int, out: Path) -> None:

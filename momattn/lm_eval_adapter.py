@@ -361,6 +361,8 @@ def main() -> None:
                          "--include_path adds a folder of your own task YAMLs"), hydra=False)
         sys.exit(2)
     except FileNotFoundError as e:  # a local task's data file: a 57-line traceback from datasets (found by review)
+        if not str(e).startswith("Unable to find"):  # datasets' words for data_files; another missing file: as is
+            raise
         report(DataError(f"lm-eval: a task's data file was not found ({first_line(e, 300)}); a task YAML's "
                          "data_files are read from the working folder, not the YAML's: run from the folder they "
                          "are relative to, or give them as absolute paths"), hydra=False)

@@ -162,7 +162,11 @@ def test_command_line_forms_that_hydra_reads_its_own_way(tmp_path):
         command_flags(["-m", "seed=1", "--cfg", "job"])  # was Hydra's ValueError traceback
     with pytest.raises(ConfigError, match=r"^--shell-completion \(-sc\) takes one of install=SHELL"):
         command_flags(["--shell-completion"])  # (the --help points at it) Hydra's ValueError traceback (review)
-    assert command_flags(["-sc", "install=bash"]) == (True, False)
+    for bad in (["-sc", "install=powershell"], ["-sc", "install=bash", "uninstall=bash"], ["-sc", "install"],
+                ["-sc", "seed=1"]):  # each another Hydra traceback (found by the diff review)
+        with pytest.raises(ConfigError, match=r"^--shell-completion \(-sc\) takes one of install=SHELL"):
+            command_flags(bad)
+    assert command_flags(["-sc", "install=bash"]) == (True, False) == command_flags(["-sc", "query=zsh", "seed=1"])
     # experiment=eta_sweep is a sweep without -m: a resume must not take the newest single run's folder
     assert config_multirun("train", ["experiment=eta_sweep"]) and not config_multirun("train", ["experiment=ginc"])
     for bad, says in (("hydra.run.dir=", "is empty"), ("hydra.run.dir=~/x", "Hydra does not expand ~")):

@@ -378,10 +378,11 @@ def test_settings_a_command_line_gets_wrong_are_named_or_read_as_meant(tmp_path)
     assert EvaluateConfig(ckpt_paths="runs/x/last.ckpt").checkpoint_paths() == ["runs/x/last.ckpt"]
     # found by fuzzing: a TypeError from pathlib, or W&B's UsageError, after the whole evaluation
     assert EvaluateConfig(ckpt_path=123).ckpt_path == "123"  # Hydra reads ckpt_path=123 as a number: the file 123
+    assert EvaluateConfig(ckpt_paths=[123, "a.ckpt"]).ckpt_paths == ["123", "a.ckpt"]
     for kw, culprit in [({"cache_dir": 1.5}, "cache_dir=1.5 must be a path"), ({"sweep_dir": ["a"]}, "sweep_dir=.* must be"),
                         # 'int' object is not iterable, from deep inside, after start-up
                         ({"ckpt_paths": 5}, r"^ckpt_paths=5 must be a list of checkpoint paths"),
-                        ({"ckpt_paths": ["a.ckpt", 3]}, r"^ckpt_paths=\['a.ckpt', 3\] must be a list"),
+                        ({"ckpt_paths": ["a.ckpt", 1.5]}, r"^ckpt_paths=\['a.ckpt', 1.5\] must be a list"),
                         ({"logger": {"wandb": {"project": "a/b"}}}, "logger.wandb.project='a/b': W&B refuses it"),
                         ({"logger": {"wandb": {}}, "tags": 5}, "tags=5 must be a list of texts"),
                         ({"logger": {"wandb": {}}, "tags": ["y" * 70]}, r"^tags=\['y+'\]: W&B refuses it: Tag"),

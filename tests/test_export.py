@@ -316,3 +316,14 @@ def test_a_tokenizer_that_adds_special_tokens_is_exported_without_adding_them(tm
     # a tokenizer that adds none is exported as it is
     plain = export(tiny_checkpoint(tmp_path / "p.ckpt"), tmp_path / "hf2")
     assert (plain / "tokenizer.json").read_text() == load_checkpoint(tmp_path / "p.ckpt")[1].to_json()
+
+
+def test_a_ginc_checkpoint_exports_with_its_word_level_tokenizer(tmp_path):
+    """Its vocabulary refuses unknown words: the post-processor check encoded a probe text, a traceback that left a
+    folder without config.json (found by the diff review)."""
+    from test_analysis import ginc_checkpoint
+
+    path = ginc_checkpoint(tmp_path, "momentum")
+    out = export(path, tmp_path / "hf")
+    assert (out / "config.json").exists()
+    assert (out / "tokenizer.json").read_text() == load_checkpoint(path)[1].to_json()

@@ -758,9 +758,11 @@ def test_a_stored_studys_best_trial_of_an_earlier_search_is_named_by_its_folder(
             ret = sweeper.base.sweeper.launcher.launch([["x=1"]], initial_job_idx=i)[0]
             study.tell(trial, ret.return_value)
 
+    # as Hydra's launchers return them: working_dir is the launch's folder (the same for every job, without
+    # hydra.job.chdir); the job's own folder is in its Hydra config (the review found the first recorded)
     launcher = SimpleNamespace(launch=lambda overrides, initial_job_idx: [JobReturn(
-        working_dir=str(tmp_path / "first" / str(initial_job_idx)), _return_value=next(values),
-        status=JobStatus.COMPLETED)])
+        working_dir=str(tmp_path), _return_value=next(values), status=JobStatus.COMPLETED,
+        hydra_cfg=OmegaConf.create({"hydra": {"runtime": {"output_dir": str(tmp_path / "first" / str(initial_job_idx))}}}))])
     sweeper = fake_sweeper(tmp_path, url, sweep)
     sweeper.base.sweeper.launcher = launcher
     sweeper.sweep([])

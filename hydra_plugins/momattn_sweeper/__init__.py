@@ -274,7 +274,7 @@ class OptunaSweeper(Sweeper):
             returns = launch(job_overrides, initial_job_idx=initial_job_idx)
             # the trials of this batch: the last ones asked, in the launch's order (their tell comes after)
             for trial_id, ret in zip(self.asked[-len(returns):] if returns else [], returns):
-                folder = getattr(ret, "working_dir", None)
+                folder = _job_folder(ret)
                 if folder and self.study is not None:
                     with contextlib.suppress(Exception):  # a record, never the search's failure
                         self.study._storage.set_trial_user_attr(trial_id, FOLDER_ATTR, os.path.abspath(folder))
@@ -300,6 +300,15 @@ class OptunaSweeper(Sweeper):
                     _fail_trial(study, t)
         except Exception:  # the storage, unreadable now: its trial stays as it is
             pass
+
+
+def _job_folder(ret) -> str | None:
+    """The folder a launched job wrote into: its hydra.runtime.output_dir (a JobReturn's working_dir is the launch's
+    working folder, the same for every job, unless hydra.job.chdir; found by the diff review)."""
+    try:
+        return str(ret.hydra_cfg.hydra.runtime.output_dir) or None
+    except Exception:  # a launcher's return without Hydra's config
+        return None
 
 
 def _stop_outside_optimize(after_trial):

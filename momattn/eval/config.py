@@ -269,6 +269,8 @@ class EvaluateConfig(EvalConfig):
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"{name}={value!r} must be a path")
         many = self.ckpt_paths  # ckpt_paths=5: "'int' object is not iterable" from deep inside, after start-up
+        if isinstance(many, Sequence) and not isinstance(many, str):  # [123]: Hydra's number, the file 123
+            self.ckpt_paths = many = [str(p) if type(p) is int else p for p in many]
         if many is not None and not isinstance(many, str) and (
                 not isinstance(many, Sequence) or not all(isinstance(p, str) for p in many)):
             raise ConfigError(f"ckpt_paths={many!r} must be a list of checkpoint paths, ckpt_paths=[A.ckpt,B.ckpt]")

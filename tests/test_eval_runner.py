@@ -247,6 +247,12 @@ def test_an_evaluation_stopped_part_way_says_so_and_goes_on_where_it_stopped(tmp
     doc = json.loads((tmp_path / "run" / "results.json").read_text())
     assert "pending" not in doc and len(doc["checkpoints"]) == 3
     assert not (tmp_path / "run" / "results.md").read_text().startswith("**Partial:**")
+    # again with other settings, stopped after the first: the other two's predictions were the earlier settings',
+    # left beside the new partial results until a run reached its end (found by review)
+    scored.clear(), stop_at.append(1)
+    with pytest.raises(KeyboardInterrupt):
+        run_evaluate({**cfg, "icl": {**cfg["icl"], "seeds": [2]}}, out_dir=tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").glob("icl_predictions_*")) == ["icl_predictions_vanilla_0_last.jsonl"]
 
 
 def test_every_checkpoint_is_checked_before_any_is_scored(tmp_path, tokenizer, monkeypatch):

@@ -400,6 +400,10 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
     earlier = (out / "results.json").is_file()  # an evaluation was written here before: its files, not others'
     inputs = eval_inputs(conf.eval_section())  # the local files the evaluation reads, as they are now
     done = _scored_before(out / "results.json", conf.eval_section(), inputs) if earlier else {}
+    for path, label in zip(paths, labels):  # an earlier evaluation's predictions of a checkpoint to score again:
+        # gone now, not at the end (a stop part-way left them beside the new results; found by review)
+        if earlier and (os.path.abspath(os.path.expanduser(path)), label) not in done:
+            (out / f"icl_predictions_{slug(label)}.jsonl").unlink(missing_ok=True)
     results: list[ModelResult] = []
     for i, (path, meta, label, step) in enumerate(zip(paths, metas, labels, steps)):
         ckpt = read_checkpoint(path, verify=True)  # the weights, step and settings of one read (found by review)

@@ -14,7 +14,7 @@ acc_cand = argmax over the V symbols only (the framework's candidate rule: every
 delimiter_baseline = share of labels that are "/" (always answering "/"); chance = 1 / V
 
 For each k of icl.shots (k = 'max': as many as fit the context, at most icl.max_shots) and each seed of
-icl.seeds, icl.max_examples prompts (2500, the paper's count, when null). A k whose prompt does not fit the
+icl.seeds, icl.max_examples prompts (2500, Xie et al.'s count, when null). A k whose prompt does not fit the
 context is reported as not fitting, never truncated. The prompt seed depends on the seed alone, so the test
 inputs are the same at every k (paired); demonstrations come from a stream that adds k.
 """
@@ -39,7 +39,7 @@ from momattn.eval.results import MIN_DEMOS, SeedRun, ShotResult, TaskResult, war
 from momattn.utils import done_line, stable_seed, stderr_tty
 
 DEFAULT_LEN = 5
-DEFAULT_PROMPTS = 2500  # the paper's prompts per (l, k)
+DEFAULT_PROMPTS = 2500  # Xie et al.'s prompts per (l, k)
 NAME = re.compile(r"ginc(?P<ood>_ood)?(?:_l(?P<len>\d+))?")
 
 PROTOCOL = (
@@ -109,7 +109,7 @@ def check_prompt_count(tasks: Sequence, n: int | None, key: str = "icl.max_examp
     ginc = [t.name for t in tasks if isinstance(t, GincTask)]
     if ginc and n is not None and n > MAX_PROMPTS:
         raise ConfigError(f"{key}={n} is more prompts than GINC makes at once ({', '.join(ginc)}): it must be <= "
-                          f"{MAX_PROMPTS:,} (each prompt is generated and held in memory; the paper uses "
+                          f"{MAX_PROMPTS:,} (each prompt is generated and held in memory; Xie et al. use "
                           f"{DEFAULT_PROMPTS}); score more seeds for a larger sample")
 
 

@@ -392,8 +392,11 @@ def test_demonstration_positions_point_at_the_demonstrations_in_the_prompt(tmp_p
 def test_bad_input_is_a_clear_error(tmp_path):
     model, tok = tiny_gpt(vocab=128, block_size=96), CharTokenizer()
     task = letters_task(tmp_path, n=12)  # 6 pool rows with demo_fraction 0.5
-    with pytest.raises(DataError, match=r"has 6 demonstration-pool rows .* shots=8 .*lower shots"):
+    with pytest.raises(DataError, match=r"has 6 demonstration-pool rows .* shots=8 .*lower shots.*fix the learning rate"):
         analyze(model, tok, {}, cfg(task, shots=8))
+    with pytest.raises(DataError, match=r"shots=7 needs 7; lower shots or give a larger pool \(demo_path or "
+                                        r"demo_fraction\)$"):  # lrs fixed already: not told to fix it (review)
+        analyze(model, tok, {}, cfg(task, shots=7, lrs=[0.01]))
     with pytest.raises(DataError, match=r"the prompt needs \d+ tokens but the model's context is 40; lower shots"):
         analyze(tiny_gpt(vocab=128, block_size=40), tok, {}, cfg(letters_task(tmp_path), shots=4))
     with pytest.raises(NonFiniteLossError, match=r"every learning rate in lrs=\[1e\+30, 1e\+31\] diverged"):
@@ -706,10 +709,15 @@ def test_cli_prints_one_line_errors(tmp_path):
     from conftest import run_cli
 
     path = ginc_checkpoint(tmp_path, "vanilla")
+    (tmp_path / "run").mkdir()
+    for name in ("results.json", "results.md", "per_layer.png"):  # an earlier analysis's reports in the folder
+        (tmp_path / "run" / name).write_text("earlier")
     out = run_cli("analyze.py", [f"ckpt_path={path}", "task=ginc", "shots=4", "max_examples=4",
                                  "select_prompts=2", "lrs=[1e30]", f"hydra.run.dir={tmp_path}/run"], tmp_path)
     assert out.returncode == 2 and "error: finetuning at lr=1e+30 diverged" in out.stderr
     assert "Traceback" not in out.stderr
+    # the failed rerun left them looking like its own (found by review)
+    assert not [p.name for p in (tmp_path / "run").iterdir() if p.name in ("results.json", "results.md", "per_layer.png")]
 
 
 def test_a_missing_task_file_is_named_without_evaluate_py_s_keys(tmp_path):
@@ -849,9 +857,14 @@ def test_a_sweep_analysis_refuses_bad_input_by_name(tmp_path):
     with pytest.raises(ConfigError, match="is not a folder"):
         run_analyze({"sweep_dir": str(tmp_path / "nowhere")}, tmp_path / "out")
     # one reason for every job is said once, naming them (it was repeated once per job)
+    (tmp_path / "out").mkdir(exist_ok=True)
+    for stale in ("analysis_sweep.md", "analysis_sweep.json"):  # an earlier verdict in the folder
+        (tmp_path / "out" / stale).write_text("earlier")
     with pytest.raises(ConfigError, match=r"no run of sweep_dir=.* could be analysed: jobs 0, 1 \(task=sst2 .*\)$") as e:
         run_analyze({"sweep_dir": str(sweep), "task": "sst2", "shots": 2, "lrs": [0.1]}, tmp_path / "out")
     assert str(e.value).count("sst2") == 1
+    # the failed rerun left it beside jobs that no longer matched it (found by review)
+    assert not (tmp_path / "out" / "analysis_sweep.md").exists() and not (tmp_path / "out" / "analysis_sweep.json").exists()
 
 
 SWEEP_ARGS = {"task": "ginc", "shots": 4, "max_examples": 6, "lrs": [0.1], "ft_models_per_batch": 6,

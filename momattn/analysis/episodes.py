@@ -68,8 +68,8 @@ def text_set(model, tokenizer, task: IclTask, cfg, split_seed: int) -> AnalysisS
                         + (f"; {dropped} more were dropped as copies of test texts" if dropped else "")
                         + f") but shots={k}"
                         + (" plus at least one held-out row to choose the learning rate" if need_pool > k else "")
-                        + f" needs {need_pool}; lower shots, give a larger pool (demo_path or demo_fraction), "
-                        "or fix the learning rate with lrs=[x]")
+                        + f" needs {need_pool}; lower shots or give a larger pool (demo_path or demo_fraction)"
+                        + (", or fix the learning rate with lrs=[x]" if need_pool > k else ""))
     order = ev.demo_examples(pool, len(pool), cfg.seed)
     demos, held = order[:k], order[k : k + cfg.select_examples] if len(cfg.lr_grid) > 1 else []
     demo_ids = [ev.demo_ids(task, ex) for ex in demos]  # each ends with the separator

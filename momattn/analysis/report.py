@@ -168,13 +168,18 @@ def plot_layers(results: Sequence, path: Path) -> bool:
     return True
 
 
-def write_reports(results, out_dir: str | os.PathLike) -> None:
+REPORTS = ("results.json", "results.md", "per_layer.png")
+
+
+def write_reports(results, out_dir: str | os.PathLike) -> list[str]:
+    """results.json, results.md and (with matplotlib) per_layer.png; the names of those written."""
     results = results if isinstance(results, list | tuple) else [results]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.json", json_text({"analyses": [r.to_json() for r in results]}, indent=2))
     atomic_write_text(out / "results.md", markdown(results))
-    plot_layers(results, out / "per_layer.png")
+    plotted = plot_layers(results, out / "per_layer.png")
+    return [*REPORTS[:2], *(REPORTS[2:] if plotted else ())]
 
 
 def flat_metrics(r) -> dict[str, float]:

@@ -278,6 +278,8 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     metrics: dict[int, dict[str, float]] = {}
     diverged: dict[int, int] = {}  # test models whose finetuning diverged, per run (left out of its means)
     refused: dict[str, list[str]] = {}  # why a job could not be analysed: the jobs, named once per reason
+    for stale in ("analysis_sweep.md", "analysis_sweep.json"):  # an earlier verdict, written again at the end: a
+        (out / stale).unlink(missing_ok=True)  # stop or failure before it left that one beside new jobs (review)
     for i, r in enumerate(runs, 1):
         name = job_name(r.job, sweep_dir)
         job_out = out / "jobs" / name

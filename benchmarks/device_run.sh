@@ -27,11 +27,11 @@ PY=${PYTHON:-python3}
 # ModuleNotFoundError, as a traceback, after device.txt and the log had been overwritten
 "$PY" -c "import torch" 2>/dev/null || {
   echo "error: $PY cannot import torch: run this on the device machine (its image has torch), or set PYTHON= or set up .venv (bash scripts/setup.sh)" >&2; exit 2; }
-# the GPU parts on a machine without CUDA: gpu_check.py would skip and say so, but the tee below had already
-# replaced the stored device log (benchmarks/results/gpu_log.txt) with that one line (found by review)
 case "$part" in cpu|gpu|profile|autotune) ;; *)  # before device.txt is written (the tracked results folder's)
   echo "unknown part '$part': cpu, gpu, profile or autotune" >&2; exit 2 ;;
 esac
+# the GPU parts on a machine without CUDA: gpu_check.py would skip and say so, but the tee below had already
+# replaced the stored device log (benchmarks/results/gpu_log.txt) with that one line (found by review)
 case "$part" in gpu|profile|autotune)
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null || {
     echo "error: device_run.sh $part needs a CUDA GPU and this machine has none (torch.cuda.is_available() is False); nothing was run or written. On a CPU: bash benchmarks/gpu_check.sh runs what it can and says what it skipped" >&2; exit 2; } ;;
@@ -55,5 +55,4 @@ case "$part" in
               | tee "$out/autotune_log.txt" ;;
   cpu) "$PY" benchmarks/cpu_bf16_check.py --threads 4 --parallel 4 --timeout "${TIMEOUT:-420}" --out "$out/cpu_bf16.json" \
          2>&1 | tee "$out/cpu_log.txt" ;;
-  *) echo "unknown part '$part': cpu, gpu, profile or autotune" >&2; exit 2 ;;
 esac

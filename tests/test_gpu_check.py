@@ -45,6 +45,9 @@ def test_the_shell_wrappers_refuse_what_they_cannot_run_before_writing(tmp_path)
                            text=True, timeout=120, env={**os.environ, "PYTHON": sys.executable})
         assert r.returncode == 2 and f"device_run.sh {part} needs a CUDA GPU and this machine has none" in r.stderr
         assert not out.exists(), part
+    r = subprocess.run(["bash", "benchmarks/device_run.sh", "gpux", str(out)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "PYTHON": sys.executable})
+    assert r.returncode == 2 and "unknown part 'gpux'" in r.stderr and not out.exists()  # device.txt was written
     (tmp_path / "python3").write_text("#!/bin/sh\nexec /usr/bin/env -i python3 -S -c 'import sys; sys.exit(1)'\n")
     (tmp_path / "python3").chmod(0o755)  # a Python that cannot import torch
     r = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, capture_output=True, text=True, timeout=120,

@@ -6,7 +6,7 @@ On a CPU without avx512_bf16 / amx_bf16 PyTorch emulates bf16 matmuls, which can
 AMX, or avx512_bf16 on an AMD CPU. On an Intel Xeon whose AMX is hidden from the guest (avx512_bf16 alone, session
 35) oneDNN's bf16 matmul ran at 188 GFLOP/s against fp32's 340 (2048^3, 2 threads) and the main job's training step
 at 0.66x its fp32 speed; with AMX the same step ran at 1.8-2.3x. On an AMD EPYC with avx512_bf16 and no AMX (Zen 4,
-family 25 model 17, session 51) the bf16 matmul ran at 2.7x fp32's speed and the main job's step at 1.8x
+family 25 model 17, session 51) the bf16 matmul ran at 2.25-2.7x fp32's speed, the main job's step at 1.8x and the main job at 1.6x
 (benchmarks/cpu_bf16_check.py).
 """
 
@@ -99,7 +99,7 @@ def resolve_precision(precision: str | int | None, accelerator: str | None) -> s
     """`auto` -> bf16-mixed on a GPU with bf16 (16-mixed on older GPUs), bf16-mixed on a CPU where bf16 pays (AMX,
     or avx512_bf16 on an AMD CPU), 32-true elsewhere. Any other value is returned as given (the user's choice wins).
     avx512_bf16 alone is not enough on Intel: on a Xeon whose hypervisor hides AMX, oneDNN's bf16 matmul ran at half
-    fp32's speed and the main job at 0.59x (session 35); on an AMD EPYC (Zen 4) the step ran at 1.8x (session 51).
+    fp32's speed and the main job at 0.59x (session 35); on an AMD EPYC (Zen 4) the main job ran at 1.6x (session 51).
     A start-up timing cannot settle it: under load (three runs starting at once) a probe read 0.72x, 0.93x and
     1.31x on that Xeon, so one run of three would have trained in the other precision."""
     if precision is not None and str(precision) != "auto":
@@ -117,7 +117,7 @@ def precision_reason(given: str | int | None, trainer: Mapping) -> str | None:
     if runs_on_gpu(trainer.get("accelerator")):
         why = "a GPU with bf16" if trainer.get("precision") == "bf16-mixed" else "a GPU without bf16"
     else:
-        why = {"amx": "a CPU with AMX", "avx512_bf16": "an AMD CPU with avx512_bf16: bf16 trained 1.8x faster than "
+        why = {"amx": "a CPU with AMX", "avx512_bf16": "an AMD CPU with avx512_bf16: bf16 trained 1.6x faster than "
                "fp32 on such a CPU" if cpu_bf16_pays() else "avx512_bf16 without AMX: bf16 ran slower than fp32 on "
                "such a CPU", "-": "a CPU without native bf16"}[cpu_matmul_units()]
     return f"auto: {why}; trainer.precision=... overrides"

@@ -118,9 +118,10 @@ def hf_tokenizer_json(tokenizer: Tokenizer) -> str:
     """The tokenizer as transformers should read it: momattn encodes without special tokens, and transformers'
     tokenizer(text) adds them by default, so a post-processor that adds any (a BOS/CLS template in a tokenizer=file
     run) is left out of the export; HF users got ids the model never saw before each text (found by review)."""
-    spec = json.loads(tokenizer.to_json())
+    text = tokenizer.to_json()
+    spec = json.loads(text)
     if not _adds_tokens(spec.get("post_processor")):  # read from the JSON: a probe text may not encode (GINC's
-        return tokenizer.to_json()                    # word-level vocabulary refuses unknown words; diff review)
+        return text                                   # word-level vocabulary refuses unknown words; diff review)
     spec["post_processor"] = None
     return json.dumps(spec, ensure_ascii=False)
 

@@ -445,6 +445,20 @@ def test_local_hub_files_that_are_empty_not_utf8_or_unmatched_get_a_one_line_err
         for cls in (HubCorpus, StreamingHubCorpus):
             with pytest.raises(DataError, match=says):
                 cls(name="json", data_files={"train": str(tmp_path / name)}, val_split=None).documents("train")
+    # an empty validation file ("Instruction 'validation' corresponds to no data", with the advice to use local
+    # files), an empty text file ("a row cannot be read; choose the builder"), a folder with no data files ("check
+    # the name and the network"): found by review
+    empty = str(tmp_path / "empty.jsonl")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "nothing").mkdir()
+    for cls in (HubCorpus, StreamingHubCorpus):
+        with pytest.raises(DataError, match=r"the 'validation' split's file is empty \(.*empty.jsonl\): no rows"):
+            cls(name="json", data_files={"train": str(tmp_path / "good.jsonl"), "validation": empty}).documents("val")
+        with pytest.raises(DataError, match=r"the 'train' split's file is empty \(.*empty.txt\): no rows"):
+            cls(name="text", data_files={"train": str(tmp_path / "empty.txt")}, val_split=None).documents("train")
+        with pytest.raises(DataError, match=r"data.name='.*nothing' is a folder with no data files") as e:
+            cls(name=str(tmp_path / "nothing"), val_split=None).documents("train")
+        assert "network" not in str(e.value)
     with pytest.raises(DataError, match=r"held out for validation \(or a copy of one\); lower data.val_docs"):
         StreamingHubCorpus(name="json", data_files={"train": str(tmp_path / "good.jsonl")}, val_split=None,
                            val_docs=5).documents("train")

@@ -181,7 +181,7 @@ def test_an_empty_validation_file_is_named_empty_not_sent_to_raise_val_docs(tmp_
     (tmp_path / "empty.jsonl").write_text("")
     src = StreamingHubCorpus(name="json", data_files={"train": str(files["train"]),
                                                       "validation": str(tmp_path / "empty.jsonl")})
-    with pytest.raises(DataError, match=r"data.data_files=.*empty.jsonl.*: no rows \(an empty file"):
+    with pytest.raises(DataError, match=r"the 'validation' split's file is empty \(.*empty.jsonl\): no rows to read"):
         src.documents("val")
 
 

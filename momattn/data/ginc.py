@@ -210,6 +210,8 @@ class GincCorpus:
             _check(getattr(self, field) >= 1, field, getattr(self, field), "must be >= 1")
         _check(self.n_permutations is None or self.n_permutations >= 1, "n_permutations", self.n_permutations,
                "must be >= 1, or null for the chain's size")
+        if self.n_permutations == self.n_entities == self.n_properties:  # null's own value: one spelling, as above
+            self.n_permutations = None  # (n_permutations=10 was the same HMMs with other documents and prompts)
         # bounds far above any GINC world worth training on, below the sizes that hung or ran out of memory
         for field, most, why in (("n_symbols", MAX_SYMBOLS, "the vocabulary"),
                                  ("n_entities", MAX_WORLD, "each draws a permutation of the entities"),

@@ -369,7 +369,7 @@ class HubCorpus:
         except StopIteration:  # what datasets raises for files without a single row
             raise no_rows(self.name, self.data_files) from None
         except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError, ...)
-            if wrong := unknown_split(self.name, split, self.val_split, e):
+            if wrong := unknown_split(self.name, split, self.val_split, e) or empty_folder(self.name, e):
                 raise wrong from None
             if (self.data_files or folder_files(self.name)) and type(e).__name__ == "DatasetGenerationError":
                 # local files that do not parse (named by data.data_files, or a folder's files)
@@ -538,6 +538,21 @@ def check_files_there(name: str, data_files: dict | None) -> None:
                     raise DataError(f"data.data_files: the '{split}' pattern '{f}' matches no file")
             elif not path.is_file():
                 raise DataError(f"data.data_files: the '{split}' file '{f}' {not_a_file(path)}")
+        if (paths := named_files(files)) and all(p.stat().st_size == 0 for p in paths):
+            # datasets said "Instruction 'validation' corresponds to no data", or a row could not be read (text)
+            shown = ", ".join(str(p) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
+            raise DataError(f"data.data_files: the '{split}' split's {'file is' if len(paths) == 1 else 'files are'} "
+                            f"empty ({shown}): no rows to read; give it a file with documents")
+
+
+def empty_folder(name: str, e: BaseException) -> DataError | None:
+    """data.name a local folder without a file datasets reads (it was sent to check the hub name and the network);
+    None for any other failure."""
+    if type(e).__name__ != "EmptyDatasetError" or not Path(str(name)).expanduser().is_dir():
+        return None
+    return DataError(f"data.name='{name}' is a folder with no data files datasets reads (.jsonl, .json, .txt, .csv, "
+                     ".parquet, .arrow); put the files there, or name them: data.name=json data.data_files={train: "
+                     "a.jsonl}")
 
 
 def split_files(data_files: Any, train_split: str) -> dict | None:

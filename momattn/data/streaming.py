@@ -41,6 +41,7 @@ from momattn.data.sources import (
     check_splits,
     check_text,
     damaged,
+    empty_folder,
     ends_digest,
     folder_files,
     local_files,
@@ -149,7 +150,7 @@ class StreamingHubCorpus:
         except StopIteration:  # what datasets raises for files without a single row
             raise no_rows(self.name, self.data_files) from None
         except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError, ...)
-            if wrong := unknown_split(self.name, split, self.val_split, e):
+            if wrong := unknown_split(self.name, split, self.val_split, e) or empty_folder(self.name, e):
                 raise wrong from None
             if self._local() and damaged(e):  # a damaged file, not the hub or the network (found by review)
                 raise unparsed_rows(self.name, self.data_files, split, e) from None

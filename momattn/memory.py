@@ -13,8 +13,8 @@ Flash attention (CUDA, or CPU without dropout) keeps no (T, T) matrix (bf16 CPU 
 momattn/cpu_attention.py, holds at most 64 MiB of them at a time); momentum's EMA is linear in T. Under FSDP
 each of W processes holds 16 N / W of the states (a full shard), plus, whole, the weights and gradient of the
 largest FSDP unit it gathers (the embeddings; one unit per Block otherwise). Off CUDA the loss is blocked (momattn/loss.py):
-one block of rows' logits at a time, 10 V bytes per row of ROWS_PER_BLOCK, plus the hidden states' gradient and
-the LM head's (4 B T d + 4 V d) instead of 12 B T V. The estimate is meant to be within about 2x."""
+one block of rows' logits at a time, 10 V bytes per row of ROWS_PER_BLOCK, plus the hidden states' copies and
+gradient and the LM head's gradient (12 B T d + 4 V d) instead of 12 B T V. The estimate is meant to be within about 2x."""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 Parameters, tokens, FLOPs, memory per device for DDP and FSDP (and whether it fits), wall time and GPU-hours at a
 stated MFU, and the accumulation that keeps the experiment's global batch on that many devices. Nothing is
 allocated: the model is built on the meta device, memory comes from momattn.memory's estimate. MFU is an assumption
-you state (--mfu, default 0.40) against a datasheet peak (--peak-tflops, default 989: H100/H200 SXM dense bf16),
+you state (--mfu, default 0.40) against a datasheet peak (--peak-tflops; default the H100 SXM's in the run's precision:
+989 TFLOPS dense bf16/fp16, 66.9 fp32, 33.5 fp64, the figures Lightning measures such a run's MFU against),
 and memory is weighed against --device-gib (default 80). A CPU run (trainer=cpu) is planned as train.py runs it
 here: this machine's precision, the CPU's blocked loss, the RAM available; its time against --peak-tflops, or
 else against the matmul peak that train.py's runs recorded for this CPU (cpu_peak_flops.json in the cache)."""
@@ -24,20 +25,30 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")  # Lightning's names
 GIB = 2**30
 # vocabulary sizes of the tokenizer kinds that do not train their own
 FIXED_VOCAB = {"gpt2": 50257}
+# an H100 SXM's dense peaks (TFLOPS) by the dtype a precision trains its matmuls in: Lightning's table, which a GPU
+# run's MFU is measured against (momattn.hardware.GPU_BF16_PEAK for bf16/fp16); fp32 without TF32, torch's default
+GPU_PEAK_TFLOPS = {"bfloat16": 989.0, "float16": 989.0, "float32": 66.9, "float64": 33.5}
 
 
-def _vocab(c) -> int:
+def _vocab(c) -> tuple[int, str | None]:
+    """(the ids the model will embed, a note where that is not yet known)."""
     t = c.tokenizer
     if t.kind in FIXED_VOCAB:
-        return FIXED_VOCAB[t.kind]
+        return FIXED_VOCAB[t.kind], None
     if t.kind == "source" and hasattr(c.data, "n_symbols"):
-        return c.data.n_symbols + 1
+        return c.data.n_symbols + 1, None
     path = getattr(t, "path", None)
     if t.kind == "file":  # the file says how many tokens it has
         from momattn.tokenizer import file_tokenizer
 
-        return file_tokenizer(path).n_ids  # a DataError naming a missing or damaged file
-    return int(getattr(t, "vocab_size", 0) or 4096)
+        return file_tokenizer(path).n_ids, None  # a DataError naming a missing or damaged file
+    asked = int(getattr(t, "vocab_size", 0) or 4096)
+    from momattn.tokenizer import bpe_cache_file, cached_bpe
+
+    if (trained := cached_bpe(bpe_cache_file(asked, c.data, c.cache_dir))) is not None:
+        return trained.n_ids, None  # train.py's tokenizer: a corpus with fewer merges than asked gave fewer tokens
+    return asked, (f"the BPE is not trained yet: {asked:,} tokens at most, fewer where the corpus has fewer "
+                   "merges; train.py trains it first")
 
 
 def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = None,
@@ -95,10 +106,12 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = No
         wandb_runs.require_api_key = key_check
     on_cpu = str(c.trainer.get("accelerator") or "auto").lower() == "cpu"
     _check_trainer(c, on_cpu)
-    m = c.model_for(_vocab(c))
+    vocab, vocab_note = _vocab(c)
+    m = c.model_for(vocab)
     parameters = n_params(m)  # exact; a model too large for a tensor (model.n_embd=1e9) is one line, not a traceback
     with torch.device("meta"):  # shapes only: nothing is allocated
-        flops_per_token = GPT(m).flops_per_token()
+        meta = GPT(m)
+        flops_per_token, m_flops_params = meta.flops_per_token(), meta.num_params()
     world = config.world_size(c.trainer)
     seqs = c.loader.batch_size * world * c.accumulate
     tokens_per_step = seqs * m.block_size
@@ -111,9 +124,14 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = No
     fsdp_states = estimate_train_memory(m, c.loader.batch_size, precision, blocked_loss=blocked, shards=world,
                                         off_cuda=on_cpu).states
     fsdp = fsdp_states + ddp.activations + ddp.logits
-    if (peak_tflops or not on_cpu) and mfu * (peak_tflops or 989.0) * 1e12 < 1e6:  # underflowed to 0 (a
-        # ZeroDivisionError), or a time of 300 digits
-        raise UserError(f"--mfu={mfu:g} x --peak-tflops={peak_tflops or 989.0:g} is below 1 MFLOP/s: too small a "
+    from momattn.hardware import precision_dtype_name
+
+    given_peak = peak_tflops is not None
+    if not on_cpu and peak_tflops is None:  # a 32-true run measured against the bf16 peak was planned 15x too fast
+        peak_tflops = GPU_PEAK_TFLOPS[precision_dtype_name(precision)]
+    if peak_tflops and mfu * peak_tflops * 1e12 < 1e6:  # underflowed to 0 (a ZeroDivisionError), or a time of
+        # 300 digits
+        raise UserError(f"--mfu={mfu:g} x --peak-tflops={peak_tflops:g} is below 1 MFLOP/s: too small a "
                         "speed to plan with")
     if on_cpu:  # the processes of one machine share its RAM (memory.check_fits)
         per_node = c.trainer.get("devices") if isinstance(c.trainer.get("devices"), int) else 1
@@ -127,22 +145,24 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = No
         seconds = flops / (mfu * peak_tflops * 1e12 * max(1, nodes)) if peak_tflops else None
     else:
         limit, recorded = device_gib or 80.0, None
-        seconds = flops / (mfu * (peak_tflops or 989.0) * 1e12 * world)
+        seconds = flops / (mfu * peak_tflops * 1e12 * world)
     fits = None if limit is None else "ddp" if ddp.total / GIB <= limit else "fsdp" if fsdp / GIB <= limit else "no"
     one = estimate_train_memory(m, 1, precision, blocked_loss=blocked, shards=world, off_cuda=on_cpu)  # batch 1
     return {
         "overrides": overrides, "attention": m.attention.kind, "n_layer": m.n_layer, "n_embd": m.n_embd,
-        "n_head": m.n_head, "block_size": m.block_size, "vocab_size": m.vocab_size, "parameters": parameters,
+        "n_head": m.n_head, "block_size": m.block_size, "vocab_size": m.vocab_size, "vocab_note": vocab_note, "parameters": parameters,
+        "parameters_in_flops": m_flops_params,
         "processes": world, "micro_batch": c.loader.batch_size, "accumulate_grad_batches": c.accumulate,
         "global_batch_sequences": seqs, "tokens_per_step": tokens_per_step, "max_steps": c.max_steps,
         "tokens": tokens, "flops_per_token": flops_per_token, "flops": flops, "precision": precision,
+        "precision_dtype": precision_dtype_name(precision), "peak_given": given_peak,
         "memory_per_device_gib": {"ddp": ddp.total / GIB, "fsdp": fsdp / GIB,
                                   "states_ddp": ddp.states / GIB, "states_fsdp": fsdp_states / GIB,
                                   "activations": ddp.activations / GIB, "logits": ddp.logits / GIB,
                                   "fsdp_batch_1": one.total / GIB},
         "accelerator": "cpu" if on_cpu else "gpu", "memory_limit_gib": limit, "fits": fits,
         "memory_limit_given": device_gib is not None,
-        "mfu_assumed": mfu, "peak_tflops_per_device": peak_tflops if on_cpu else peak_tflops or 989.0,
+        "mfu_assumed": mfu, "peak_tflops_per_device": peak_tflops,
         "peak_recorded": None if recorded is None else {"runs": recorded[1], "record": str(recorded[2])},
         "wall_hours": None if seconds is None else seconds / 3600,
         "gpu_hours": None if on_cpu else seconds * world / 3600,
@@ -269,8 +289,13 @@ def _time(p: dict) -> str:
     said = "" if not p.get("peak_recorded") else (
         f" (this CPU's matmul peak: the best start-up measurement of {p['peak_recorded']['runs']} train.py run(s), "
         f"{p['peak_recorded']['record']}; --peak-tflops overrides it)")
+    dtype = "" if p["accelerator"] == "cpu" or p.get("peak_given") else \
+        f" (an H100 SXM's dense {_DTYPE_WORDS[p['precision_dtype']]} peak; --peak-tflops for another device)"
     return (f"{_hours(p['wall_hours'])} wall{hours}, at an ASSUMED MFU of {100 * p['mfu_assumed']:.0f}% of "
-            f"{p['peak_tflops_per_device']:g} TFLOPS {per}{said}")
+            f"{p['peak_tflops_per_device']:g} TFLOPS {per}{said}{dtype}")
+
+
+_DTYPE_WORDS = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32 (no TF32)", "float64": "fp64"}
 
 
 def render(p: dict) -> str:
@@ -280,13 +305,16 @@ def render(p: dict) -> str:
     rows = [
         ("command", "python train.py " + " ".join(p["overrides"])),
         ("model", f"{p['n_layer']} layers x {p['n_embd']}, {p['n_head']} heads, context {p['block_size']}, "
-                  f"vocabulary {p['vocab_size']}, {p['attention']} attention: {_count(p['parameters'])} parameters"),
+                  f"{p['vocab_size']:,} embedding rows" + (f" ({p['vocab_note']})" if p.get("vocab_note") else "")
+                  + f", {p['attention']} attention: {_count(p['parameters'])} parameters"),
         ("batch", f"{p['global_batch_sequences']} sequences = {p['tokens_per_step']:,} tokens per step: "
                   f"data.batch_size={p['micro_batch']} x {p['processes']} processes x {acc}"),
         ("tokens", f"{p['max_steps']:,} steps x {p['tokens_per_step']:,} = {_tokens(p['tokens'])} tokens"),
         ("validation", _validation(p)),
         ("optimizer", _optimizer(p["optim"])),
-        ("FLOPs", f"{_count(p['flops_per_token'], 'FLOP')} per token (6N + 12 L d T) -> {p['flops']:.2e} in all"),
+        ("FLOPs", f"{_count(p['flops_per_token'], 'FLOP')} per token (6N + 12 L d T, N = "
+                  f"{_count(p['parameters_in_flops'])}: the parameters without the position embeddings) -> "
+                  f"{p['flops']:.2e} in all"),
         ("memory/device", f"DDP ~{_gib(mem['ddp'])} (weights+grads+AdamW {_gib(mem['states_ddp'])}, activations "
                           f"{_gib(mem['activations'])}, logits {_gib(mem['logits'])}); FSDP full shard "
                           f"~{_gib(mem['fsdp'])} (states {_gib(mem['states_fsdp'])}); {p['precision']} on "
@@ -303,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="train.py overrides, e.g. experiment=paper_350m trainer.devices=8")
     ap.add_argument("--mfu", type=float, default=0.40, help="model FLOPs utilisation to assume (default 0.40)")
     ap.add_argument("--peak-tflops", type=float, default=None,
-                    help="dense bf16 peak per device (default 989: H100/H200 SXM datasheet); a CPU run: per machine "
+                    help="dense peak per device in the run's precision (default an H100 SXM's: 989 bf16/fp16, 66.9 "
+                         "fp32, 33.5 fp64); a CPU run: per machine "
                          "(default: the matmul peak train.py's runs recorded for this CPU, if any)")
     ap.add_argument("--device-gib", type=float, default=None,
                     help="memory per GPU that the plan must fit (default 80: an H100); a CPU run: the RAM per machine "

@@ -237,13 +237,13 @@ def train_bpe(texts: Callable[[], Iterable[str]], vocab_size: int, cache_file: P
     train split in memory; the first trains it, the others read its file."""
     if cache_file is None:
         return _train_bpe(texts, vocab_size, None)
-    if (cached := _cached_bpe(cache_file)) is not None:
+    if (cached := cached_bpe(cache_file)) is not None:
         return cached
     with file_lock(lock_beside(cache_file), waiting=f"the BPE tokenizer {cache_file.name}"):
-        return _cached_bpe(cache_file, say=True) or _train_bpe(texts, vocab_size, cache_file)
+        return cached_bpe(cache_file, say=True) or _train_bpe(texts, vocab_size, cache_file)
 
 
-def _cached_bpe(cache_file: Path, say: bool = False) -> Tokenizer | None:
+def cached_bpe(cache_file: Path, say: bool = False) -> Tokenizer | None:
     """The tokenizer cached at cache_file, or None (no file, or a damaged one: said once, by the caller that then
     trains it again)."""
     if not cache_file.exists():
@@ -359,7 +359,12 @@ def build_tokenizer(cfg: TokenizerConfig, source: DataSource, cache_dir: Path) -
         return file_tokenizer(cfg.path)
     if cfg.kind == "source":
         return source_tokenizer(source)()
+    cache = bpe_cache_file(cfg.vocab_size, source, cache_dir)
+    return train_bpe(lambda: source.documents("train"), cfg.vocab_size, cache)
+
+
+def bpe_cache_file(vocab_size: int, source: DataSource, cache_dir: Path) -> Path:
+    """Where the BPE of this vocabulary size trained on this source is cached (build_tokenizer, momattn.plan)."""
     from momattn.data.sources import cache_fingerprint  # (sources imports this module)
 
-    cache = Path(cache_dir) / "tokenizers" / f"bpe{cfg.vocab_size}-{cache_fingerprint(source)}.json"
-    return train_bpe(lambda: source.documents("train"), cfg.vocab_size, cache)
+    return Path(cache_dir) / "tokenizers" / f"bpe{vocab_size}-{cache_fingerprint(source)}.json"

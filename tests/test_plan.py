@@ -255,6 +255,44 @@ def test_the_planner_reads_a_tokenizer_files_vocabulary(tmp_path):
     assert 300 <= p["vocab_size"] < 364  # the file's 300 tokens (padded to a multiple of 64), not 4096
 
 
+def test_the_planner_reads_the_bpe_train_py_trained_and_says_when_there_is_none(tmp_path, capsys):
+    """A corpus with fewer merges than asked trains a smaller BPE (train.py embeds its n_ids): the plan was of the
+    size asked for (parameters, FLOPs and memory of a model train.py does not build). Found by review."""
+    from momattn.tokenizer import bpe_cache_file, train_bpe
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("".join(f"document {i} of a tiny corpus, number {7 * i}\n\n" for i in range(60)))
+    args = ["data=text_files", f"data.paths=[{corpus}]", "tokenizer.vocab_size=2048", f"paths.cache_dir={tmp_path}"]
+    before = plan(args)
+    assert before["vocab_size"] == 2048 and "not trained yet" in before["vocab_note"]
+    c = load_train_config(compose_train(tmp_path / "run", args))
+    trained = train_bpe(lambda: c.data.documents("train"), 2048, bpe_cache_file(2048, c.data, c.cache_dir))
+    assert trained.n_ids < 400  # what this corpus gives
+    after = plan(args)
+    assert after["vocab_size"] == c.model_for(trained.n_ids).vocab_size and after["vocab_note"] is None
+    assert after["parameters"] < before["parameters"]
+    main(args)
+    out = capsys.readouterr().out
+    assert f"{after['vocab_size']:,} embedding rows, vanilla" in out
+    # the FLOPs line names the N it uses (without the position embeddings), which the parameters line does not
+    assert f"N = {after['parameters_in_flops'] / 1e6:.2f}M: the parameters without the position embeddings" in out
+    assert after["flops_per_token"] == 6 * after["parameters_in_flops"] + 12 * 4 * 256 * 512
+
+
+def test_a_gpu_plan_takes_the_peak_of_its_precision(capsys):
+    """A 32-true or 64-true GPU run was timed against the bf16 peak (989 TFLOPS), 15-30x too fast; its run measures
+    its MFU against Lightning's fp32 / fp64 figures. Found by review."""
+    for precision, peak in (("bf16-mixed", 989.0), ("16-mixed", 989.0), ("32-true", 66.9), ("64-true", 33.5)):
+        p = plan(["model=gpt2_124m", "tokenizer=gpt2", f"trainer.precision={precision}"])
+        assert p["peak_tflops_per_device"] == peak
+        assert p["wall_hours"] == pytest.approx(p["flops"] / (0.4 * peak * 1e12) / 3600)
+    main(["model=gpt2_124m", "tokenizer=gpt2", "trainer.precision=32-true"])
+    assert "of 66.9 TFLOPS per device (an H100 SXM's dense fp32 (no TF32) peak" in capsys.readouterr().out
+    main(["model=gpt2_124m", "tokenizer=gpt2", "trainer.precision=32-true", "--peak-tflops", "100"])
+    out = capsys.readouterr().out
+    assert "of 100 TFLOPS per device" in out and "H100" not in out
+
+
 def test_the_planner_needs_no_wandb_key_and_lightnings_wandb_logger_is_online_by_default(tmp_path, monkeypatch,
                                                                                          capsys):
     # planning starts no W&B run: WANDB_MODE=online without a key refused the plan; and Lightning's own WandbLogger,

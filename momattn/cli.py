@@ -596,6 +596,23 @@ def _check_shapes(settings: list, cfg) -> None:
                           "are set one by one (key.sub=value)")
 
 
+def _removed_additions(saved: list[str], kept: list[str], overrides: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(kept, overrides, the saved ones left out): a key the run added (+k=..., or +k.x=... below it) that today's
+    command deletes (~k) or sets to null (k=null) is left out of the resume, with today's deletion, which would
+    name a key the base config does not have. Each way to drop an added callback was refused (found by review)."""
+    def below(key: str, parent: str) -> bool:
+        return key == parent or key.startswith(parent + ".")
+
+    asked = {_override_key(o) for o in overrides if o.startswith("~") or
+             (not o.startswith("+") and o.partition("=")[2].strip() in ("null", "~"))}
+    gone = {k for k in asked if any(o.startswith("+") and below(_override_key(o), k) for o in saved)}
+    if not gone:
+        return kept, overrides, []
+    removed = [o for o in kept if o.startswith("+") and any(below(_override_key(o), k) for k in gone)]
+    return ([o for o in kept if o not in removed],
+            [o for o in overrides if o.startswith("+") or _override_key(o) not in gone], removed)
+
+
 def _override_key(o: str) -> str:
     """The key an override sets: 'trainer.max_steps' for 'trainer.max_steps=5', '+x.y=1', '~x.y'."""
     return o.split("=", 1)[0].lstrip("+~")
@@ -752,6 +769,7 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
     kept = [o for o in saved if _override_key(o) not in now and _override_key(o) != "ckpt_path"
             and not _override_key(o).startswith("callbacks.fault")]
     kept, dropped = _outside_switched_groups(kept, overrides)
+    kept, overrides, removed = _removed_additions(saved, kept, overrides)
     # a key the run added (+k=v; not in the base config) and today sets again as k=v2: still an addition
     added = {_override_key(o): o[: len(o) - len(o.lstrip("+"))] for o in saved if o.startswith("+")}
     overrides = [added[_override_key(o)] + o if not o.startswith(("+", "~")) and _override_key(o) in added else o
@@ -768,7 +786,8 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
     if not other_rank():  # (the processes Lightning, srun or torchrun start for other ranks: said once)
         print(f"[momattn] {what} with its own config"
               + (f" ({' '.join(kept)})" if kept else "") + (f"; on top: {' '.join(overrides)}" if overrides else "")
-              + (f"; not carried over, as the group given now has no such key: {' '.join(dropped)}" if dropped else ""),
+              + (f"; not carried over, as the group given now has no such key: {' '.join(dropped)}" if dropped else "")
+              + (f"; left out, as asked now: {' '.join(removed)}" if removed else ""),
               file=sys.stderr, flush=True)
         if ckpt == "last" and run_dir is None and not multirun and folder is not None and \
                 (Path(folder).parent / "multirun.yaml").is_file():  # the newest run was one job of a sweep: that

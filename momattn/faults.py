@@ -112,6 +112,9 @@ class FaultInjection(Callback):
             raise ConfigError(f"fault spec '{spec}' is not KIND@STEP with KIND one of {', '.join(KINDS)} "
                               "(e.g. +callbacks.fault.spec=sigterm@4)")
         self.kind, self.step = kind, int(step)
+        if self.step < 1 and kind not in ("nan", "kill_during_save", "sigterm_setup"):  # accepted, and never fired
+            raise ConfigError(f"fault spec '{spec}': {kind} fires at the end of optimizer step N (or in its "
+                              "validation), and steps end from 1 on; give N >= 1")
         self._saved: torch.Tensor | None = None
         self._save_killer = KillDuringSave() if kind == "kill_during_save" else None
 

@@ -94,7 +94,44 @@ def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, 
         return fallback
 
 
-class _ContinuingWriter(ExperimentWriter):
+class _AtomicWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that metrics.csv, rewritten whole when a new column appears (the first
+    throughput window, the first validation, the end-of-run evaluation), is replaced atomically: rewritten in place,
+    a full disk or a kill at that moment left a header and no rows (found by review). A fresh run's writer also
+    replaces an earlier attempt's file with a line of its own (Lightning's warning said "will be deleted")."""
+
+    def save(self) -> None:
+        keys = list(self.metrics_keys)
+        try:
+            super().save()
+        except BaseException:  # the file keeps its header: the next save adds the new columns again (it appended
+            self.metrics_keys = keys  # rows wider than the header), with the rows kept to log (Lightning's own)
+            raise
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        if "file" not in _protocols(self._fs):  # a remote filesystem (s3://...): Lightning's own
+            return super()._rewrite_with_new_header(fieldnames)
+        with open(self.metrics_file_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        buf = io.StringIO(newline="")
+        writer = csv.DictWriter(buf, fieldnames=fieldnames)  # Lightning's dialect: the rows it appends match
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(Path(self.metrics_file_path), buf.getvalue())
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):  # an attempt that saved no checkpoint, run again from step 0
+            self._fs.rm_file(self.metrics_file_path)
+            print(f"[momattn] {self.metrics_file_path}: the rows of an earlier attempt without a checkpoint are "
+                  "replaced by this run's", file=sys.stderr, flush=True)
+
+
+def _protocols(fs) -> tuple[str, ...]:
+    p = getattr(fs, "protocol", ())
+    return (p,) if isinstance(p, str) else tuple(p)
+
+
+class _ContinuingWriter(_AtomicWriter):
     """Lightning's CSV writer, except that an existing metrics.csv is continued (a resume) instead of deleted: its
     rows from the resumed step on are dropped first (a run killed after its checkpoint had logged them; the resume
     logs them again)."""
@@ -154,7 +191,7 @@ class CSVLogger(_LightningCSVLogger):
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = (_ContinuingWriter(self.log_dir, self.start_step) if self.resumed
-                                else ExperimentWriter(log_dir=self.log_dir))
+                                else _AtomicWriter(log_dir=self.log_dir))
         return self._experiment
 
 
@@ -196,6 +233,13 @@ def describe(logger: Logger) -> str:
             return f"W&B run: {run_dir}"
         return f"W&B run: {run_dir}  (offline; upload with: {offline_sync_command(run_dir)})"
     return f"{type(logger).__name__}: {getattr(logger, 'log_dir', None) or logger.save_dir or ''}"
+
+
+def offline_runs(loggers: list[Logger]) -> list[str]:
+    """describe() of each W&B logger whose run has started and is offline: what a stop names for `wandb sync` (the
+    next segment's end lists them all, but a run never resumed was never told)."""
+    said = [describe(lg) for lg in loggers if isinstance(lg, WandbLogger) and getattr(lg, "_experiment", None)]
+    return [line for line in said if "(offline;" in line]
 
 
 def offline_sync_command(run_dir: Path) -> str:

@@ -251,8 +251,9 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     loggers = logs.make_loggers(c.logger, resume.get("wandb_run_id") if same_folder else None,
                                 *_sweep_names(job, model_config),
                                 resumed=bool(resume), start_step=start_step, idle=idle)
-    for lg in loggers:  # the run's whole config (attention, eta, lr, seed, ...): W&B runs can be told apart
-        lg.log_hyperparams(c.resolved)
+    for lg in loggers:  # the run's whole config (attention, eta, lr, seed, ...): W&B runs can be told apart; the
+        # attention as the model has it (typed, defaults filled in): attention.kind=momentum logged no eta (review)
+        lg.log_hyperparams({**c.resolved, "attention": dataclasses.asdict(c.model.attention)})
     # callbacks=none means no checkpoints (but on SIGTERM): not Lightning's default one in the logger's folder
     own_checkpointing = {} if "enable_checkpointing" in c.trainer else {
         "enable_checkpointing": any(isinstance(cb, pl.callbacks.ModelCheckpoint) for cb in callbacks)}
@@ -366,7 +367,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
             _report(c, trainer, metrics, loggers, _unigram(train, dm, trainer.world_size, tokenizer.n_ids), speed,
                     out_dir, (tokenizer.vocab_size, model_config.vocab_size))
         if trainer.is_global_zero:
-            print(_resume_hint(preempt, out_dir, job), file=sys.stderr, flush=True)
+            print(_resume_hint(preempt, out_dir, job, loggers), file=sys.stderr, flush=True)
         if job.sweep_dir is not None and not _basic_launcher():
             return None  # submitit, joblib and other launchers end a job their own way
         if job.sweep_dir is not None and trainer.is_global_zero:  # a preempted sweep stops instead of going on
@@ -378,6 +379,9 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         failed = failed and not guard.fired  # a SIGTERM after fit: the run itself is saved (W&B: not failed)
         if trainer.interrupted and trainer.is_global_zero and not guard.fired:  # (a SIGTERM in fit's setup too)
             print(_interrupt_hint(out_dir, job), file=sys.stderr, flush=True)
+        raise
+    except KeyboardInterrupt:  # a Ctrl-C after fit (the report, the evaluation): the run is trained and saved, and a
+        failed = failed and guard.phase != "end"  # SIGTERM there is not a failure either (W&B marked it failed)
         raise
     finally:
         close = getattr(dm.train_set, "close", None)  # a stream's reader thread, on success or failure
@@ -587,10 +591,10 @@ def _disk_full(e: OSError, out_dir: Path) -> str:
             f"hydra.run.dir=...), then resume with: python train.py ckpt_path=last {shell_arg('hydra.run.dir', out_dir)}")
 
 
-def _resume_hint(preempt: PreemptionCheckpoint, out_dir: Path, job: HydraJob) -> str:
+def _resume_hint(preempt: PreemptionCheckpoint, out_dir: Path, job: HydraJob, loggers: list = ()) -> str:
     """What was saved, and the resume command. The run folder's .hydra/overrides.yaml holds its command line, which
     a resume reuses (momattn.cli.resume_overrides), so nothing is retyped; without that file the overrides are
-    repeated."""
+    repeated. An offline W&B run's segment so far is named with its `wandb sync`."""
     if preempt.saved_path is not None:
         saved = f"checkpoint written to {preempt.saved_path} at step {preempt.saved_step}"
     else:  # stopped before the first step (e.g. in the sanity check): the newest checkpoint there is stands
@@ -598,7 +602,7 @@ def _resume_hint(preempt: PreemptionCheckpoint, out_dir: Path, job: HydraJob) ->
         saved = saved if saved.startswith("no ") else f"no new checkpoint; {saved}"
     return (f"\n[momattn] SIGTERM received: {saved}.\n"
             f"Resume with: python train.py {_retyped(out_dir, job)} ckpt_path=last {shell_arg('hydra.run.dir', out_dir)}"
-            ).replace("  ", " ")
+            ).replace("  ", " ") + "".join(f"\n{line}" for line in logs.offline_runs(list(loggers)))
 
 
 def _retyped(out_dir: Path, job: HydraJob) -> str:
@@ -616,9 +620,11 @@ def _rank_lost(rank: int, how: str, grace: float, out_dir: Path, job) -> str:
 def _interrupt_hint(out_dir: Path, job) -> str:
     """What a Ctrl-C left: no checkpoint of its own (it can land mid-step), the newest one written before it, and
     how to go on from there."""
-    lost = (f"\n[momattn] interrupted (Ctrl-C): {newest_checkpoint(out_dir)}; the steps after it are lost (a SIGTERM, "
-            f"e.g. kill <pid>, saves the current step first).")
-    return f"{lost} {go_on(job, out_dir)}"
+    newest, sigterm = newest_checkpoint(out_dir), "(a SIGTERM, e.g. kill <pid>, saves the current step first)"
+    if newest.startswith("no "):  # it said "no checkpoint was written yet; the steps after it are lost" (review)
+        return (f"\n[momattn] interrupted (Ctrl-C) before the first checkpoint: the steps trained are lost {sigterm}. "
+                + go_on(job, out_dir).replace("Resume with:", "Start it again with:", 1))
+    return f"\n[momattn] interrupted (Ctrl-C): {newest}; the steps after it are lost {sigterm}. {go_on(job, out_dir)}"
 
 
 def _sweep_stop(job: HydraJob, out_dir: Path, signame: str = "SIGTERM") -> str:

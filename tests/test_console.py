@@ -112,6 +112,18 @@ def test_resume_overrides_reuse_the_run_folder_and_today_wins(tmp_path, capsys):
     # a key the run added (+x.y=1) set again today as x.y=2: still an addition (x.y is not in the base config)
     merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir={run}", "x.y=2"])
     assert "+x.y=2" in merged and "+x.y=1" not in merged and "x.y=2" not in merged
+    # a callback the run added, dropped today (~k or k=null): its saved additions go, and so does today's deletion,
+    # of a key the base config has not (each way was refused by one checker or the other; found by review)
+    cb = tmp_path / "cb"
+    _saved(cb, ["+callbacks.es._target_=x.EarlyStop", "+callbacks.es.patience=2", "+callbacks.esx.a=1", "seed=3"])
+    for drop in ("~callbacks.es", "callbacks.es=null"):
+        capsys.readouterr()
+        merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir={cb}", drop])
+        assert merged == ["+callbacks.esx.a=1", "seed=3", "ckpt_path=last", f"hydra.run.dir={cb}", "hydra.mode=RUN"]
+        assert ("left out, as asked now: +callbacks.es._target_=x.EarlyStop +callbacks.es.patience=2"
+                in capsys.readouterr().err)
+    merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir={cb}", "~callbacks.es.patience"])
+    assert "+callbacks.es._target_=x.EarlyStop" in merged and "+callbacks.es.patience=2" not in merged
     # a config group switched today: the run's overrides under it that the new option lacks are not carried over
     # (trainer.strategy re-applied to trainer=cpu was "not a config key", a key not typed; found by review)
     ddp = tmp_path / "ddp"
@@ -350,6 +362,43 @@ def test_metrics_csv_is_continued_only_by_a_resume(tmp_path):
     # a run killed after its checkpoint (step 2) had logged steps 2-4: the resume logs them again, once
     log([1, 2, 3, 4], resumed=True, start_step=1)
     assert log([2, 3], resumed=True, start_step=2) == ["step,train/loss", "0,0.0", "1,1.0", "2,2.0", "3,3.0"]
+
+
+def test_metrics_csv_survives_a_failure_while_a_new_column_rewrites_it(tmp_path, monkeypatch, capsys):
+    """A new column (the first validation, the end-of-run evaluation) rewrites the file whole: in place, a full disk
+    at that moment left a header and no rows (found by review). Replaced atomically, and the next save adds the
+    column again."""
+    import csv
+    import errno
+
+    from momattn.loggers import make_loggers
+
+    section = {"csv": {"_target_": "momattn.loggers.CSVLogger", "save_dir": str(tmp_path), "name": "", "version": ""}}
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,train/loss\n0,9.0\n")  # an earlier attempt that saved no checkpoint
+    (lg,) = make_loggers(section)
+    for step in range(100):
+        lg.log_metrics({"train/loss": float(step)}, step=step)
+    lg.save()
+    assert "the rows of an earlier attempt without a checkpoint are replaced" in capsys.readouterr().err
+    before = path.read_text()
+    assert len(before.splitlines()) == 101
+
+    def disk_full(self, rows):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(csv.DictWriter, "writerows", disk_full)
+        lg.log_metrics({"val/loss": 1.0}, step=100)
+        with pytest.raises(OSError, match="No space left"):
+            lg.save()
+    assert path.read_text() == before  # every row kept
+    lg.log_metrics({"val/loss": 2.0}, step=101)
+    lg.save()
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 102 and all(None not in r for r in rows)  # no row wider than the header
+    assert [r["val/loss"] for r in rows[-2:]] == ["1.0", "2.0"] and rows[5]["train/loss"] == "5.0"
 
 
 def test_a_resume_with_csv_version_null_continues_the_newest_version(tmp_path):

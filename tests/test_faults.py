@@ -271,6 +271,17 @@ def test_a_ctrl_c_says_what_is_kept_and_how_to_resume(tmp_path):
         f"hydra.run.dir={tmp_path}")
 
 
+def test_a_ctrl_c_before_the_first_checkpoint_says_the_steps_are_lost(tmp_path):
+    """It said "no checkpoint was written yet; the steps after it are lost" (found by review)."""
+    from momattn.cli import HydraJob
+    from momattn.training import _interrupt_hint
+
+    assert _interrupt_hint(tmp_path, HydraJob([])).strip() == (
+        "[momattn] interrupted (Ctrl-C) before the first checkpoint: the steps trained are lost (a SIGTERM, e.g. kill "
+        f"<pid>, saves the current step first). Start it again with: python train.py ckpt_path=last "
+        f"hydra.run.dir={tmp_path}")
+
+
 @pytest.mark.slow
 def test_last_ckpt_is_the_final_model_when_the_last_validation_does_not_improve(tmp_path):
     # a learning rate too small to move any weight: every validation reads the first's val/loss, so only the first
@@ -735,6 +746,12 @@ def test_a_bad_fault_spec_is_a_config_error():
         FaultInjection("explode@3")
     with pytest.raises(ConfigError, match="KIND@STEP"):
         FaultInjection("sigterm")
+    # step 0 ends no step: accepted, and never fired, so a test of "a SIGTERM in the first step" passed vacuously
+    for kind in ("sigterm", "sigterm_job", "sigterm_late", "sigterm_in_val", "kill", "disk_full", "sigint", "stall"):
+        with pytest.raises(ConfigError, match=f"'{kind}@0': {kind} fires at the end of optimizer step N .* N >= 1"):
+            FaultInjection(f"{kind}@0")
+    for spec in ("nan@0", "kill_during_save@0", "sigterm_setup@0", "sigterm@1"):  # these fire at 0, or N is unread
+        FaultInjection(spec)
 
 
 _BUILD = f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n" + """

@@ -1156,7 +1156,7 @@ def test_callbacks_none_writes_no_checkpoint(tmp_path, capsys):
 
 def test_the_final_model_is_validated_when_max_steps_is_off_the_interval(tmp_path):
     val = run_train(compose_train(tmp_path, [*SMOKE, "trainer.max_steps=4", "trainer.val_check_interval=3",
-                                             "logger=csv"]))
+                                             "logger=csv", "attention.kind=momentum"]))
     rows = [r for r in read_metrics(tmp_path) if r.get("val/loss")]
     assert len(rows) == 2 and float(rows[-1]["val/loss"]) == pytest.approx(val)
     assert json.loads((tmp_path / "summary.json").read_text())["val/loss"] == pytest.approx(val)
@@ -1166,7 +1166,10 @@ def test_the_final_model_is_validated_when_max_steps_is_off_the_interval(tmp_pat
     assert last["global_step"] == 4 and float(state["current_score"]) == pytest.approx(val, abs=1e-4)
     assert float(state["best_model_score"]) == pytest.approx(min(float(r["val/loss"]) for r in rows), abs=1e-4)
     hparams = OmegaConf.load(next(tmp_path.rglob("hparams.yaml")))  # the run's config goes to every logger
-    assert hparams.attention.kind == "vanilla" and hparams.trainer.max_steps == 4
+    assert hparams.trainer.max_steps == 4
+    # the attention the model has: attention.kind=momentum under attention=vanilla logged no eta (found by review)
+    assert hparams.attention.kind == "momentum" and hparams.attention.eta == 0.5
+    assert OmegaConf.to_container(hparams.attention) == json.loads((tmp_path / "summary.json").read_text())["attention"]
 
 
 def test_val_every_steps_counts_optimizer_steps_whatever_the_accumulation(tmp_path):
@@ -1308,3 +1311,38 @@ def test_the_summary_says_which_checkpoint_is_kept_and_never_best_none(tmp_path,
     assert line.strip().startswith("last ") and "None" not in line, line
     run_train(compose_train(tmp_path / "c", [*SMOKE, "trainer.max_steps=3"]))
     assert "  checkpoints: best " in capsys.readouterr().err
+
+
+def test_a_ctrl_c_in_the_end_of_run_evaluation_does_not_mark_the_trained_run_failed(tmp_path, monkeypatch):
+    """The run is trained and saved when its evaluation starts: W&B marked it failed (exit code 1), though a SIGTERM
+    at the same point did not (found by review)."""
+    import momattn.training
+
+    finished = []
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(momattn.training, "_evaluate", interrupted)
+    monkeypatch.setattr(momattn.training.logs, "finish", lambda loggers, failed=False: finished.append(failed))
+    with pytest.raises(KeyboardInterrupt):
+        run_train(compose_train(tmp_path, [*SMOKE, "trainer.max_steps=2", "logger=csv", "run_eval=true"]))
+    assert finished == [False]
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
+def test_a_sigterm_names_the_offline_wandb_segment_to_sync(tmp_path):
+    """A preempted run's message named its checkpoint and the resume, not the offline W&B folder: a run never
+    resumed was never told to sync it (found by review). A W&B run not started yet is not started for this."""
+    from momattn.cli import HydraJob
+    from momattn.loggers import wandb_logger
+    from momattn.training import _resume_hint
+
+    preempt = SimpleNamespace(saved_path=tmp_path / "checkpoints" / "last.ckpt", saved_step=4)
+    logger = wandb_logger(str(tmp_path), offline=True)
+    assert "W&B" not in _resume_hint(preempt, tmp_path, HydraJob([]), [logger]) and logger._experiment is None
+    run_dir = tmp_path / "wandb" / "offline-run-20260101_000000-abc123"
+    (run_dir / "files").mkdir(parents=True)
+    logger._experiment = SimpleNamespace(dir=str(run_dir / "files"))
+    hint = _resume_hint(preempt, tmp_path, HydraJob([]), [logger])
+    assert hint.splitlines()[-1] == f"W&B run: {run_dir}  (offline; upload with: wandb sync {run_dir})"

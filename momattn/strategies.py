@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.precision import FSDPPrecision
 from lightning.pytorch.strategies import FSDPStrategy
 
 from momattn.io import remove_path as _remove
@@ -70,7 +71,18 @@ class ShardedFSDP(FSDPStrategy):
 
 
 class CPUShardedFSDP(ShardedFSDP):
-    """ShardedFSDP on CPU processes (gloo): the model is wrapped with device_id=cpu before Lightning sees it."""
+    """ShardedFSDP on CPU processes (gloo): the model is wrapped with device_id=cpu before Lightning sees it, and a
+    mixed precision autocasts on the CPU (_CPUFSDPPrecision)."""
+
+    @property
+    def precision_plugin(self):
+        return super().precision_plugin
+
+    @precision_plugin.setter
+    def precision_plugin(self, plugin) -> None:  # Lightning's connector sets FSDP's own plugin: the CPU's instead
+        if plugin is not None and type(plugin) is FSDPPrecision:
+            plugin = _CPUFSDPPrecision(plugin.precision, plugin.scaler)
+        ShardedFSDP.precision_plugin.fset(self, plugin)
 
     def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
@@ -79,3 +91,23 @@ class CPUShardedFSDP(ShardedFSDP):
             model = FSDP(module=model, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,
                          sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"), **self.kwargs)
         return super()._setup_model(model)
+
+
+class _CPUFSDPPrecision(FSDPPrecision):
+    """Lightning's FSDP precision, whose mixed precisions autocast on CUDA alone: on a CPU "bf16-mixed" ran with
+    autocast disabled (a warning per process), so LayerNorm, softmax, the residual stream and the loss computed in
+    FSDP's bf16 parameters, a bf16-true run under the bf16-mixed name (found by review). Here a mixed precision is
+    what it is without FSDP: float32 parameters (and gradients reduced in float32), autocast on the CPU."""
+
+    @property
+    def mixed_precision_config(self):
+        if "mixed" not in self.precision:
+            return super().mixed_precision_config
+        from torch.distributed.fsdp import MixedPrecision
+
+        return MixedPrecision(param_dtype=torch.float32, reduce_dtype=torch.float32, buffer_dtype=torch.float32)
+
+    def forward_context(self):
+        if "mixed" in self.precision:
+            return torch.autocast("cpu", dtype=torch.bfloat16 if self.precision == "bf16-mixed" else torch.float16)
+        return super().forward_context()

@@ -122,3 +122,33 @@ def test_a_skipped_non_finite_step_under_single_process_fsdp_saves_as_usual(tmp_
     assert "Warning" not in r.stderr, r.stderr  # torch's two NO_SHARD warnings of one process (found by review)
     ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 5 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def test_bf16_mixed_under_fsdp_on_a_cpu_autocasts_as_a_run_without_it():
+    """Lightning's FSDP precision autocasts on CUDA alone: on a CPU "bf16-mixed" ran without autocast ("Disabling
+    autocast", once per process), LayerNorm, softmax, the residual stream and the loss in FSDP's bf16 parameters
+    (found by review)."""
+    from lightning.pytorch.plugins.precision import FSDPPrecision
+
+    from momattn.strategies import CPUShardedFSDP
+
+    strategy = CPUShardedFSDP()
+    strategy.precision_plugin = FSDPPrecision("bf16-mixed")
+    with strategy.precision_plugin.forward_context():
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    assert strategy.precision_plugin.mixed_precision_config.param_dtype == torch.float32
+    strategy.precision_plugin = FSDPPrecision("bf16-true")  # a true precision: Lightning's, as before
+    assert strategy.precision_plugin.mixed_precision_config.param_dtype == torch.bfloat16
+
+
+@pytest.mark.slow
+def test_a_bf16_mixed_fsdp_run_on_a_cpu_trains_as_one_without_fsdp(tmp_path):
+    bf16 = [t.replace("32-true", "bf16-mixed") for t in FSDP]
+    r = run_cli("train.py", [*bf16, "trainer.devices=1", "trainer.max_steps=3", "run_eval=false",
+                             f"hydra.run.dir={tmp_path / 'fsdp'}"], tmp_path)
+    assert r.returncode == 0 and "autocast" not in r.stderr, r.stderr[-3000:]
+    plain = [t.replace("32-true", "bf16-mixed") for t in BASE]
+    r = run_cli("train.py", [*plain, "trainer.max_steps=3", "run_eval=false", f"hydra.run.dir={tmp_path / 'plain'}"],
+                tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert train_losses(tmp_path / "fsdp") == pytest.approx(train_losses(tmp_path / "plain"), rel=0, abs=1e-6)

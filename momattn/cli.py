@@ -1022,6 +1022,8 @@ def name_too_long(e: OSError) -> UserError | None:
 
 
 def report(e: UserError, hydra: bool = True) -> None:
+    if getattr(e, "every_rank", False) and other_rank():  # the first process says it (twice: found by review)
+        return
     hint = "\n(set HYDRA_FULL_ERROR=1 for the full traceback)" if hydra else ""
     print(f"\nerror: {e}{hint}", file=sys.stderr, flush=True)
 

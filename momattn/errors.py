@@ -24,7 +24,7 @@ class CheckpointError(UserError):
 
 
 class NonFiniteLossError(UserError):
-    pass
+    every_rank = True  # raised alike by every process of a run (momattn.lit): said once, by the first (cli.report)
 
 
 class LaunchError(UserError):

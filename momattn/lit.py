@@ -93,18 +93,28 @@ class LitGPT(pl.LightningModule):
         return torch.nan_to_num(loss, 0.0, 0.0, 0.0) * 0.0 + zero
 
     def on_before_optimizer_step(self, optimizer):
-        """After the step's last backward: every rank learns whether any rank met a non-finite loss (one all-reduce
-        of three numbers under DDP, which also gives the step's mean loss over all ranks and micro-batches); such a
-        step stops training, or with optim.on_nonfinite=skip leaves the weights and AdamW's state untouched."""
+        """After the step's last backward: every rank learns whether any rank met a non-finite loss, which and where
+        (one all-reduce of 3 + 3 x ranks numbers under DDP, which also gives the step's mean loss over all ranks and
+        micro-batches); such a step stops training, or with optim.on_nonfinite=skip leaves the weights and AdamW's
+        state untouched."""
         zero = torch.zeros((), dtype=torch.float64, device=self.device)
         stats = torch.stack([zero if self._step_loss is None else self._step_loss.to(self.device),
                              zero + self._step_finite, zero + len(self._nonfinite)])
-        if self.trainer.world_size > 1:
-            stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
-        total, n_finite, n_bad = stats.tolist()
-        bad, self._nonfinite, self._step_loss, self._step_finite = self._nonfinite, [], None, 0
+        world, bad = self.trainer.world_size, self._nonfinite
+        if world > 1:  # and each rank's first non-finite loss (met, value, batch): every rank says the same, where
+            # rank 0 said "non-finite ... on another process" beside the rank's own line (found by review)
+            firsts = torch.zeros(world, 3, dtype=torch.float64, device=self.device)
+            if bad:
+                firsts[self.trainer.global_rank] = torch.tensor([1.0, bad[0][0], bad[0][1]], dtype=torch.float64,
+                                                                device=self.device)
+            stats = self.trainer.strategy.reduce(torch.cat([stats, firsts.flatten()]), reduce_op="sum")
+            firsts = stats[3:].view(world, 3).tolist()
+            bad = [(v, int(b), r) for r, (met, v, b) in enumerate(firsts) if met][:1]
+        total, n_finite, n_bad = stats[:3].tolist()
+        self._nonfinite, self._step_loss, self._step_finite = [], None, 0
         if n_bad:
-            value, where = (f"{bad[0][0]}", f" (batch {bad[0][1]})") if bad else ("non-finite", " on another process")
+            value, where = f"{bad[0][0]}", f" (batch {bad[0][1]})" if world == 1 else \
+                f" (rank {bad[0][2]}, batch {bad[0][1]})"
             if self.optim.on_nonfinite != "skip":
                 kept, then = self._what_is_kept()
                 raise NonFiniteLossError(

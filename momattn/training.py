@@ -148,7 +148,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         print("[momattn] note: save_weights_only=true: its checkpoints hold no optimizer or data position, so after a "
               "crash the run cannot be resumed from them (a SIGTERM still saves a full last.ckpt)", file=sys.stderr)
     if note := logging_note(c.trainer.get("log_every_n_steps"), c.max_steps):
-        print(note, file=sys.stderr)
+        if rank_zero_only.rank == 0:  # (each note below was printed once per process: found by review)
+            print(note, file=sys.stderr)
         warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
     pl.seed_everything(c.seed, workers=True, verbose=False)
 
@@ -208,11 +209,12 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     tokenizer = checkpoint_tokenizer(resume, ckpt_path) if resume else build_tokenizer(c.tokenizer, c.data,
                                                                                           c.cache_dir)
     was = (resume.get("config") or {}).get("tokenizer")
-    if resume and was is not None and was != c.resolved.get("tokenizer"):
+    if resume and was is not None and was != c.resolved.get("tokenizer") and rank_zero_only.rank == 0:
         print(f"[momattn] resuming with the checkpoint's own tokenizer ({tokenizer!r}); the tokenizer settings "
               "given now are not used (a model cannot change its vocabulary mid-run)", file=sys.stderr)
     model_config = c.model_for(tokenizer.n_ids)
-    if not resume and c.tokenizer.kind == "bpe" and tokenizer.vocab_size < c.tokenizer.vocab_size:
+    if not resume and c.tokenizer.kind == "bpe" and tokenizer.vocab_size < c.tokenizer.vocab_size \
+            and rank_zero_only.rank == 0:
         print(f"[momattn] note: the BPE tokenizer has {tokenizer.vocab_size} tokens, fewer than tokenizer.vocab_size="
               f"{c.tokenizer.vocab_size}: the training text supports no more merges (a larger vocab_size trains the "
               f"same tokenizer). The model's embedding has {model_config.vocab_size} rows; summary.json records both",
@@ -280,7 +282,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                  f"{c.max_steps} steps)" if passes else "") + f", {tokenizer!r}, precision {c.trainer['precision']}"
               + (f" ({c.precision_note})" if c.precision_note else "") + "; "
               f"output: {out_dir}", file=sys.stderr)
-    if c.val_every_steps:  # it replaces trainer.val_check_interval, which Lightning counts in micro-batches
+    if c.val_every_steps and rank_zero_only.rank == 0:  # it replaces trainer.val_check_interval, which Lightning
+        # counts in micro-batches
         print(f"[momattn] validating every {c.val_every_steps} optimizer steps (val_every_steps; "
               f"trainer.val_check_interval={c.trainer['val_check_interval']} micro-batches)", file=sys.stderr)
     t0 = time.perf_counter()
@@ -350,6 +353,15 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
             raise LaunchError(f"another process of this run ended (torch.distributed: {lost}): its error, if it had "
                               f"time to print one, is above; {newest_checkpoint(out_dir)}. {go_on(job, out_dir)}") \
                 from None
+        if _peer_hung(e):  # a collective waited dist_timeout_s for a rank that never came (hung, or far slower):
+            # a traceback, and the ranks Lightning started outlived this one (found by review); they end with it now
+            if guard.kill_ranks is not None:
+                guard.kill_ranks(signal.SIGKILL)
+            raise LaunchError(f"a collective of torch.distributed waited dist_timeout_s={c.dist_timeout_s} s for "
+                              "another process of this run, which did not answer (hung, or far slower: a long "
+                              "evaluation or checkpoint write on one rank needs a larger dist_timeout_s); the other "
+                              f"processes this one started are stopped; {newest_checkpoint(out_dir)}. "
+                              f"{go_on(job, out_dir)} (torch: {first_line(e, 200)})") from None
         if not _rendezvous_failure(e):
             raise
         raise LaunchError(_no_join(e, c)) from None
@@ -502,6 +514,16 @@ def _peer_lost(e: BaseException) -> str | None:
         return None  # a DataLoader worker's "Broken pipe", a stream's network error: this process's own error
     return next((m for m in ("connection closed by peer", "connection reset by peer", "remote process exited",
                              "broken pipe") if m in text), None)
+
+
+def _peer_hung(e: BaseException) -> bool:
+    """Whether torch says a collective of a running job timed out (gloo: "Timed out waiting ...ms for recv", NCCL's
+    watchdog: "Timeout at NCCL work"), once the process group exists."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False
+    text = str(e).lower()
+    return ("gloo/" in text or "nccl" in text or isinstance(e, torch.distributed.DistError)) and \
+        ("timed out" in text or "timeout" in text)
 
 
 def _rendezvous_failure(e: BaseException) -> bool:

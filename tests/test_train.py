@@ -1086,7 +1086,7 @@ def test_ddp_on_two_cpu_processes_and_on_two_simulated_nodes(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
     common = [*SMOKE, "trainer=ddp", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.strategy=ddp",
-              "logger=csv"]
+              "logger=csv", "val_every_steps=3"]
     one = run_cli("train.py", [*common, "trainer.devices=2", f"hydra.run.dir={tmp_path / 'one'}"], tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
     assert read_checkpoint(tmp_path / "one" / "checkpoints" / "last.ckpt")["global_step"] == 6
@@ -1097,6 +1097,7 @@ def test_ddp_on_two_cpu_processes_and_on_two_simulated_nodes(tmp_path):
     assert counts and all(c == ((s + 1) * 4 * 2, (s + 1) * 4 * 2 * 32) for s, c in counts.items()), counts
     # the start line and the CPU peak are said once, not by each process
     assert one.stderr.count("attention, 0.") == one.stderr.count("CPU MFU is relative") == 1, one.stderr[-3000:]
+    assert one.stderr.count("validating every 3 optimizer steps") == 1, one.stderr[-3000:]  # (twice: review)
     port = _free_port()
 
     def node(rank: int) -> subprocess.CompletedProcess:  # a process each, at once (warm where it can: LOCAL_RANK=0)

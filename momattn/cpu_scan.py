@@ -20,9 +20,11 @@ The same library holds the elementwise pass of momattn/cpu_attention.py's attent
 It is plain C++ with no PyTorch headers, built on first use with the system's compiler (`c++`, or $CXX) in
 about two seconds into $MOMATTN_CACHE (default ~/.cache/momattn), keyed by the source, the compiler and this
 CPU's flags (it is built for this CPU: -march=native), and called through ctypes. Where it cannot be built
-(no compiler), momattn warns once and uses the matmul scans: results agree to float32 rounding. Not under
-torch.compile (the matmul scans trace), not on CUDA (Triton there), not for gradients through states, and a
-second derivative recomputes through the matmul scans.
+(no compiler), momattn warns once and uses the matmul scans: results agree to float32 rounding in float32 (in
+bf16 training the matmul scans round their chunk matmuls to bf16, README "Precision"). Not under torch.compile (the
+matmul scans trace), not on CUDA (Triton there), not for gradients through states; a second derivative with
+learned rates recomputes through the matmul scans (with fixed rates the backward is this kernel's reverse scan,
+itself differentiable).
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import shlex
 import shutil
+import struct
 import subprocess
 import weakref
 from collections.abc import Callable
@@ -113,8 +117,20 @@ def _build(cxx: list[str], extra: list[str]) -> Path:
     if _intact(lib):
         return lib
     if lib.is_file() and not _digest_file(lib).exists() and not _writable(lib.parent):
-        return lib  # an older momattn's build in a read-only cache: no digest to check it by, and none can be written
-    cache.mkdir(parents=True, exist_ok=True)
+        # an older momattn's build in a read-only cache: no digest to check it by, and none can be written; loaded
+        # only where its ELF tables end within the file (a truncated one crashed the process with a bus error)
+        if _elf_whole(lib):
+            return lib
+        raise _CacheUnwritable(f"the cached CPU scan kernel {lib} is cut short, and its folder cannot be written to "
+                               "build it again; remove it, or set MOMATTN_CACHE to a writable folder")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _CacheUnwritable(f"the kernel cache folder {cache} cannot be made ({e.strerror}); set MOMATTN_CACHE "
+                               "to a writable folder") from None
+    if not _writable(cache):  # four full builds (with and without OpenMP, native and portable) failed at the link,
+        raise _CacheUnwritable(f"the kernel cache folder {cache} cannot be written; set MOMATTN_CACHE to a "
+                               "writable folder")  # 13 s a process, and said so at the end of 11 lines (review)
     with file_lock(lock_beside(lib), waiting="the CPU scan kernel"):
         if _intact(lib):  # another process built it while this one waited
             return lib
@@ -130,7 +146,7 @@ def _build(cxx: list[str], extra: list[str]) -> Path:
                 if not res.returncode:
                     break
             else:
-                said = res.stderr.strip()[-2000:] or res.stdout.strip()[-2000:]
+                said = _errors(res.stderr) or res.stdout.strip()[-2000:]
                 raise RuntimeError(f"{' '.join(cxx)} failed with exit status {res.returncode}"
                                    + (f": {said}" if said else ", saying nothing"))
             with open(tmp, "rb") as f:  # its bytes on disk before the name says it is built
@@ -142,6 +158,33 @@ def _build(cxx: list[str], extra: list[str]) -> Path:
             if os.path.exists(tmp):
                 os.remove(tmp)
     return lib
+
+
+class _CacheUnwritable(RuntimeError):
+    """The cache cannot hold a build: no other build (without OpenMP) is tried."""
+
+
+def _errors(said: str) -> str:
+    """A compiler's error lines, without its warnings and notes (the -Wpsabi notes hid the cause at the end)."""
+    lines = [line for line in said.splitlines() if re.search(r"error|cannot|undefined reference", line, re.I)]
+    return "; ".join(lines[:5])[-2000:] if lines else said.strip()[-2000:]
+
+
+def _elf_whole(lib: Path) -> bool:
+    """Whether a 64-bit little-endian ELF file holds the section table its header points at (whole, not cut)."""
+    try:
+        with open(lib, "rb") as f:
+            head = f.read(64)
+        size = lib.stat().st_size
+    except OSError:
+        return False
+    if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+        return False
+    shoff, = struct.unpack_from("<Q", head, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", head, 0x3A)
+    phoff, = struct.unpack_from("<Q", head, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+    return 0 < shoff + shentsize * shnum <= size and phoff + phentsize * phnum <= size
 
 
 def _digest_file(lib: Path) -> Path:
@@ -177,7 +220,7 @@ def load() -> ctypes.CDLL | None:
                     OPENMP = bool(extra)
                     break
                 except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # e.g. a compiler without OpenMP
-                    if not extra:
+                    if not extra or isinstance(e, _CacheUnwritable):
                         raise
                     without_omp = f"{' '.join(extra)} ({e})"
             if without_omp and not OPENMP:  # said only when the build without it worked (else the warning says all)
@@ -191,8 +234,8 @@ def load() -> ctypes.CDLL | None:
             _LIB = lib
         except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as e:  # ValueError: a malformed $CXX
             log.warning("momattn: the CPU scan kernel could not be built (%s); using the matmul scans of "
-                        "momattn/ops.py instead (same results, slower on CPU), and SDPA's attention backward for "
-                        "bf16 training", e)
+                        "momattn/ops.py instead (slower on CPU; the same results in float32, while in bf16 training "
+                        "their chunk matmuls round to bf16), and SDPA's attention backward for bf16 training", e)
             _LIB = False
     return _LIB or None
 

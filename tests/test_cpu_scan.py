@@ -345,6 +345,34 @@ def test_a_damaged_cached_kernel_is_built_again_not_loaded(tmp_path, monkeypatch
     with caplog.at_level("WARNING"):
         assert cpu_scan.load() is not None
     assert lib.stat().st_mtime_ns == built and "building it again" not in caplog.text
+    # ... unless it is cut short: loaded unchecked, its first call was a bus error (found by review)
+    (tmp_path / "cut").write_bytes(good[:100000])
+    os.replace(tmp_path / "cut", lib)
+    monkeypatch.setattr(cpu_scan, "_LIB", None)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert cpu_scan.load() is None
+    assert f"the cached CPU scan kernel {lib} is cut short, and its folder cannot be written" in caplog.text
+
+
+def test_a_cache_folder_that_cannot_be_written_is_said_at_once(tmp_path, monkeypatch, caplog):
+    """Four full builds (with and without OpenMP, native and portable flags) failed at the link, 13 s in every
+    process, and the warning's 11 lines ended with the cause (found by review)."""
+    monkeypatch.setenv("MOMATTN_CACHE", str(tmp_path / "ro"))
+    (tmp_path / "ro").mkdir()
+    monkeypatch.setattr(cpu_scan, "_writable", lambda folder: False)
+    monkeypatch.setattr(cpu_scan, "_LIB", None)
+    ran = []
+    real = cpu_scan.subprocess.run
+    monkeypatch.setattr(cpu_scan.subprocess, "run", lambda cmd, **kw: ran.append(cmd) or real(cmd, **kw))
+    with caplog.at_level("WARNING"):
+        assert cpu_scan.load() is None
+    assert f"the kernel cache folder {tmp_path / 'ro'} cannot be written; set MOMATTN_CACHE" in caplog.text
+    assert not [c for c in ran if "-o" in c]  # no build tried
+    # a compiler's warnings and notes are left out of a failed build's message: its errors are the cause
+    said = "a.cpp:1:1: warning: AVX512F vector return without AVX512F enabled changes the ABI [-Wpsabi]\n" \
+           "  note: here\n/usr/bin/ld: cannot open output file x.so: Read-only file system\n"
+    assert cpu_scan._errors(said) == "/usr/bin/ld: cannot open output file x.so: Read-only file system"
 
 
 def test_flags_the_compiler_refuses_fall_back_to_portable_ones(tmp_path, monkeypatch):

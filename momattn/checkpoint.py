@@ -252,7 +252,7 @@ def _check_structure(ckpt: Any, path) -> None:
     if not isinstance(meta.get("overrides") or [], list):
         raise CheckpointError(f"checkpoint '{path}' is damaged or was not written by train.py: its recorded command "
                               "line ('momattn.overrides') is not a list")
-    check_overrides(meta.get("overrides"), path)
+    check_overrides(meta.get("overrides"), f"checkpoint '{path}': its recorded command line")
 
 
 def _verify_crc(p: Path, path) -> None:

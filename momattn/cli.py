@@ -690,10 +690,7 @@ def _checkpoint_overrides(ckpt: str) -> list[str]:
         saved = [str(o) for o in meta.get("overrides") or []]
     except Exception:  # unreadable or foreign: train.py's own checks report it with one clear line
         return []
-    from momattn.trust import check_overrides
-
-    check_overrides(saved, ckpt)  # they become this run's command line: a _target_ there is imported and called
-    return saved
+    return saved  # checked by resume_overrides (trust.check_overrides), where they become this run's command line
 
 
 def check_ckpt_exists(overrides: list[str]) -> None:
@@ -747,6 +744,7 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
 
         raise no_run_to_resume(search_root)  # now, not once Hydra has made an empty run folder for it
     saved_file = folder / ".hydra" / "overrides.yaml" if folder else None
+    source = f"{saved_file}, the run folder's saved command line,"
     if saved_file is not None and saved_file.is_file():
         from omegaconf import OmegaConf
 
@@ -759,9 +757,7 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
         saved = _checkpoint_overrides(ckpt)
         if not saved:
             return overrides
-        from momattn.trust import mark_resume_from_checkpoint
-
-        mark_resume_from_checkpoint(overrides, _unquoted(ckpt))  # the composed config's targets: checked in the task
+        source = f"checkpoint '{ckpt}': its recorded command line"
         folder = folder if run_dir else None
     now = {_override_key(o) for o in overrides}
     # not carried over: the checkpoint to resume (given now) and injected faults (a test device; re-injecting
@@ -770,6 +766,12 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
             and not _override_key(o).startswith("callbacks.fault")]
     kept, dropped = _outside_switched_groups(kept, overrides)
     kept, overrides, removed = _removed_additions(saved, kept, overrides)
+    from momattn.trust import check_overrides, mark_resume_from_checkpoint
+
+    # what this resume repeats is data from the folder or the checkpoint, which may come from elsewhere: a _target_
+    # there is imported and called, a path chooses where files are written (a run folder's was trusted: review)
+    check_overrides(kept, source, repeat=True)
+    mark_resume_from_checkpoint(overrides, _unquoted(ckpt))  # the composed config's targets: checked in the task
     # a key the run added (+k=v; not in the base config) and today sets again as k=v2: still an addition
     added = {_override_key(o): o[: len(o) - len(o.lstrip("+"))] for o in saved if o.startswith("+")}
     overrides = [added[_override_key(o)] + o if not o.startswith(("+", "~")) and _override_key(o) in added else o

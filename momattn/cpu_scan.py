@@ -38,6 +38,7 @@ import platform
 import re
 import shlex
 import shutil
+import stat
 import struct
 import subprocess
 import weakref
@@ -112,7 +113,7 @@ def _build(cxx: list[str], extra: list[str]) -> Path:
     version = _version(tuple(cxx))
     key = hashlib.sha256("\0".join([SOURCE.read_text(), *cxx, version, " ".join(_flags() + extra),
                                     _cpu_flags()]).encode())
-    cache = cache_root()  # (MOMATTN_CACHE='~/...' was built into a folder named ~ of the working folder)
+    cache = _private(cache_root())  # (MOMATTN_CACHE='~/...' was built into a folder named ~ of the working folder)
     lib = cache / f"ema_scan-{key.hexdigest()[:16]}.so"
     if _intact(lib):
         return lib
@@ -187,6 +188,31 @@ def _elf_whole(lib: Path) -> bool:
     return 0 < shoff + shentsize * shnum <= size and phoff + phentsize * phnum <= size
 
 
+def _private(cache: Path) -> Path:
+    """The folder the kernel is cached in: `cache`, unless other users can write there (a shared cache, group- or
+    world-writable), where a library planted under the predictable name, with its digest beside it, was loaded and
+    ran its code (found by review): a folder of this user's own inside it then, which only this user can write."""
+    uid = getattr(os, "getuid", lambda: None)()
+    try:
+        st = cache.stat()
+    except OSError:
+        return cache  # made by this process (umask's mode), or not at all (said where it is made)
+    if uid is None or (st.st_uid == uid and not st.st_mode & 0o022):
+        return cache
+    own = cache / f"user-{uid}"
+    try:
+        own.mkdir(mode=0o700, exist_ok=True)
+        st = own.lstat()
+    except OSError as e:
+        raise _CacheUnwritable(f"the kernel cache folder {cache} is writable by other users, and a folder of this "
+                               f"user's own cannot be made in it ({e.strerror}); set MOMATTN_CACHE to a folder of "
+                               "your own") from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
+        raise _CacheUnwritable(f"the kernel cache folder {own} is not this user's own (a link, another owner, or "
+                               "open to others); set MOMATTN_CACHE to a folder of your own")
+    return own
+
+
 def _digest_file(lib: Path) -> Path:
     return lib.with_name(lib.name + ".sha256")
 
@@ -232,7 +258,8 @@ def load() -> ctypes.CDLL | None:
             for name in ("attn_grad_f32", "attn_grad_bf16"):  # momattn/cpu_attention.py's
                 getattr(lib, name).restype = ctypes.c_int
             _LIB = lib
-        except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as e:  # ValueError: a malformed $CXX
+        except (OSError, RuntimeError, ValueError, AttributeError, subprocess.SubprocessError) as e:  # ValueError: a
+            # malformed $CXX; AttributeError: a library without the kernel's functions
             log.warning("momattn: the CPU scan kernel could not be built (%s); using the matmul scans of "
                         "momattn/ops.py instead (slower on CPU; the same results in float32, while in bf16 training "
                         "their chunk matmuls round to bf16), and SDPA's attention backward for bf16 training", e)

@@ -8,12 +8,14 @@ or a crash at any moment, sees either the old complete file or the new complete 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
 import re
 import secrets
 import socket
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -110,7 +112,7 @@ def file_lock(lock_path: str | os.PathLike, timeout_s: float | None = None, wait
             lock_path.parent.mkdir(parents=True, exist_ok=True)
         for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):  # read-only: a lock file another user created
             try:
-                fd = os.open(lock_path, flags, 0o644)
+                fd = _open_lock(lock_path, flags)
                 break
             except OSError:
                 continue
@@ -138,9 +140,7 @@ def file_lock(lock_path: str | os.PathLike, timeout_s: float | None = None, wait
             except OSError:  # a filesystem without locks
                 break
         if held and waiting is not None:
-            with contextlib.suppress(OSError):  # who holds it, for the next waiter's line
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"process {os.getpid()} on {_host()}".encode(), 0)
+            _say_holder(fd)  # who holds it, for the next waiter's line
     try:
         yield held
     finally:
@@ -160,7 +160,7 @@ def lock_folder(folder: str | os.PathLike) -> tuple[int | None, str | None]:
     lock = Path(folder) / ".momattn.lock"
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock(lock, os.O_RDWR | os.O_CREAT)
     except OSError:
         return None, None
     try:
@@ -174,10 +174,27 @@ def lock_folder(folder: str | os.PathLike) -> tuple[int | None, str | None]:
     except OSError:  # a filesystem without locks
         os.close(fd)
         return None, None
+    _say_holder(fd)
+    return fd, None
+
+
+def _open_lock(path: Path, flags: int) -> int:
+    """A lock file opened without following a link, and only a plain file: a link planted in a shared cache made
+    the holder's line truncate and overwrite the file it pointed at (found by review)."""
+    fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device: not a lock file
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a plain file", str(path))
+    return fd
+
+
+def _say_holder(fd: int) -> None:
+    """Write 'process PID on HOST' into a held lock file: only into one this user owns (another's is left as is)."""
     with contextlib.suppress(OSError):
+        if hasattr(os, "getuid") and os.fstat(fd).st_uid != os.getuid():
+            return
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()} on {_host()}".encode(), 0)
-    return fd, None
 
 
 def lock_beside(path: str | os.PathLike) -> Path:

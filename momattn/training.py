@@ -977,7 +977,7 @@ def _evaluate(c: TrainConfig, model: GPT, tokenizer: Tokenizer, loggers: list, s
     from momattn.eval.sweep import eval_inputs
 
     results = evaluate_model(model.eval(), tokenizer, c.resolved, c.eval, out_dir / "eval",
-                             model.config.attention.kind)
+                             model.config.attention.kind, training=True)
     # the sweep's evaluation reuses these numbers only for a last.ckpt of these weights, and these local files
     results.step, results.weights, results.inputs = step, weights_digest(model), eval_inputs(c.eval)
     results.checkpoint = checkpoint  # the file holding these weights (none with callbacks=none)

@@ -8,8 +8,11 @@ stored ModelCheckpoint state names are kept only inside its own folder. A class 
     MOMATTN_TRUSTED_TARGETS=mypkg.data.MySource,mypkg.callbacks.   # exact names, or prefixes ending with '.'
 
 The classes train.py's own command line names are trusted in its process (its run reads its checkpoints back).
-A run folder's .hydra/ (the command line a resume repeats) is trusted as your own, as Hydra trusts it: resume
-only folders you made; a checkpoint from elsewhere is evaluated, analysed or continued in a folder of its own.
+A run folder's .hydra/overrides.yaml (the command line a resume repeats) is checked as a checkpoint's is: a run
+folder from elsewhere named its own _target_ (a data section's class is called by momattn itself, past Hydra's own
+blocklist) and folders to write into (found by review). Neither may choose where a run writes or caches: a
+recorded `paths.*`, `*.dirpath`, `*.save_dir`, `*.cache_dir`, ... is refused, and taken when today's command
+line gives it again.
 """
 
 from __future__ import annotations
@@ -28,12 +31,17 @@ UNTRUSTED_RESUME = "MOMATTN_RESUME_FROM_CHECKPOINT"  # set for a resume whose co
 # data sources no shipped config names but older runs' checkpoints may (and a test's fault injection)
 DATA_EXTRA = ("momattn.data.sources.StaiccCorpus", "momattn.data.sources.TextFiles", "momattn.data.sources.HubCorpus",
               "momattn.data.streaming.StreamingHubCorpus", "momattn.data.ginc.GincCorpus")
-EXTRA = (*DATA_EXTRA, "momattn.faults.FaultInjection")
+FAULTS = "momattn.faults.FaultInjection"  # read (a test's checkpoints record it), never repeated by a resume
+EXTRA = (*DATA_EXTRA, FAULTS)
 # the sections of a stored run config that evaluate.py and analyze.py build objects from: data sources only
 BUILT_FROM_CONFIG = ("data", "eval")
 # resolvers a recorded value may call: they read (the run's Hydra settings, the time, an environment variable)
 RESOLVERS = {"hydra", "now", "oc.env", "oc.select"}
 PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
+# settings that choose where a run writes (or caches what it reads): not taken from a recorded command line. A
+# checkpoint that recorded paths.output_dir and a ModelCheckpoint dirpath wrote its run into another folder and
+# deleted a file there as an old top-k checkpoint (found by review)
+WRITE_KEYS = ("dirpath", "save_dir", "cache_dir", "default_root_dir", "root_dir", "output_dir", "log_dir", "dir")
 
 
 def _conf_targets(sub: str = "") -> frozenset[str]:
@@ -101,9 +109,10 @@ def targets(node) -> Iterator[str]:
 
 def _refused(target: str, where: str) -> CheckpointError:
     return CheckpointError(
-        f"{where} names _target_={target}, which is not a class momattn takes from a checkpoint: a checkpoint's "
-        "config is data, and a _target_ in it is imported and called (it could run any code). Use a checkpoint you "
-        f"trust; if it is your own run with a class of your own, allow that class by name: {ENV}=<module.Class>")
+        f"{where} names _target_={target}, which is not a class momattn takes from a checkpoint or a run folder: "
+        "their config is data, and a _target_ in it is imported and called (it could run any code). Use a checkpoint "
+        "you trust; if it is your own run with a class of your own, give that override again on today's command "
+        f"line, or allow the class by name: {ENV}=<module.Class>")
 
 
 def check_config(config: Mapping | None, path) -> None:
@@ -119,16 +128,18 @@ def resolvers(text: str) -> set[str]:
     return set(re.findall(r"\$\{\s*([\w.]+)\s*:", text))
 
 
-def check_overrides(overrides, path) -> None:
-    """The command line a checkpoint records, which a resume from the checkpoint alone repeats: no Hydra setting
-    (hydra.job.env_set sets environment variables), no sweep (train.py records a job's own values), no resolver
-    but those that read (oc.create made a _target_ out of a string), and every `_target_` it names or nests
-    trusted."""
+def check_overrides(overrides, source: str, repeat: bool = False) -> None:
+    """The command line a checkpoint or a run folder records (`source` names it, e.g. "checkpoint 'x.ckpt': its
+    recorded command line"): no Hydra setting (hydra.job.env_set sets environment variables), no sweep (train.py
+    records a job's own values), no resolver but those that read (oc.create made a _target_ out of a string), and
+    every `_target_` it names or nests trusted. repeat: a resume repeats them: no folder to write into either
+    (WRITE_KEYS), and no fault injection (a recorded one, under another key than callbacks.fault, which a resume
+    leaves out, SIGKILLed every resume)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
     for line in overrides or []:
-        where = f"checkpoint '{path}': its recorded command line ({line})"
+        where = f"{source} ({line})"
         try:
             o = parser.parse_override(str(line))
         except Exception:
@@ -143,10 +154,33 @@ def check_overrides(overrides, path) -> None:
         if bad := resolvers(str(line)) - RESOLVERS:
             raise CheckpointError(f"{where} calls the resolver {sorted(bad)[0]}, which train.py's configs never "
                                   "record; a checkpoint's command line may only read values (${key}, oc.env, now)")
+        if repeat and not all(_in_run(v) for v in _written(key, o.value())):
+            raise CheckpointError(f"{where} chooses a folder to write into, which is not taken from a checkpoint or "
+                                  "a run folder (one from elsewhere could write, or delete files, anywhere you can); "
+                                  f"if it is your own run, give {key}=... again on today's command line")
         found = [o.get_value_element_as_str()] if key.split(".")[-1] == "_target_" else []
         for t in [*found, *targets(o.value())]:
-            if not trusted(t, data="data" in key.split(".")):
+            if not trusted(t, data="data" in key.split(".")) or (repeat and t == FAULTS and not _given(t)):
                 raise _refused(t, where)
+
+
+def _written(key: str, value) -> Iterator:
+    """The values of an override that choose a folder to write into: `value` itself where `key` is such a setting
+    (paths.*, or a WRITE_KEYS name), and those of such keys nested in it."""
+    if key.split(".")[0] == "paths" or key.split(".")[-1] in WRITE_KEYS:
+        yield value
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _written(str(k), v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _written("", v)
+
+
+def _in_run(value) -> bool:
+    """A folder inside the run's own, as the configs write it (${paths.output_dir}/logs): not chosen elsewhere."""
+    text = str(value).replace(" ", "")
+    return text.startswith(("${paths.output_dir}", "${hydra:runtime.output_dir}")) and ".." not in text
 
 
 def _same_file(a, b) -> bool:

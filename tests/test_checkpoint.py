@@ -646,7 +646,7 @@ def test_a_checkpoints_config_may_name_only_momattns_classes(tmp_path, tokenizer
     # a class of your own, allowed by name (exactly, or by a prefix ending with '.')
     ckpt["momattn"]["config"] = {"data": {"_target_": "mypkg.data.MySource"}}
     torch.save(ckpt, tmp_path / "mine.ckpt")
-    with pytest.raises(CheckpointError, match=r"allow that class by name: MOMATTN_TRUSTED_TARGETS=<module.Class>$"):
+    with pytest.raises(CheckpointError, match=r"or allow the class by name: MOMATTN_TRUSTED_TARGETS=<module.Class>$"):
         read_meta(tmp_path / "mine.ckpt")
     for allowed in ("mypkg.data.MySource", "mypkg.", "other.X, mypkg.data."):
         monkeypatch.setenv("MOMATTN_TRUSTED_TARGETS", allowed)
@@ -720,6 +720,10 @@ def test_a_data_source_must_be_a_class():
 
     with pytest.raises(ConfigError, match=r"data._target_=momattn.data.sources.make_source is not a class"):
         make_source({"_target_": "momattn.data.sources.make_source", "data": {}})
+    # a class that is no data source is not called (subprocess.Popen ran before failing; found by review)
+    for target in ("subprocess.Popen", "collections.OrderedDict"):
+        with pytest.raises(ConfigError, match=rf"data._target_={target} is not a data source: a source has"):
+            make_source({"_target_": target, "args": ["touch", "x"]})
 
 
 def test_a_resume_from_a_checkpoint_alone_refuses_its_foreign_command_line(tmp_path, tokenizer):
@@ -729,6 +733,47 @@ def test_a_resume_from_a_checkpoint_alone_refuses_its_foreign_command_line(tmp_p
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "its recorded command line (data._target_=os.system) names _target_=os.system" in r.stderr
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_resume_repeats_no_foreign_class_or_folder_from_a_run_folder_or_a_checkpoint(tmp_path, tokenizer,
+                                                                                          monkeypatch):
+    """Found by review: a run folder's .hydra/overrides.yaml was trusted, so a downloaded folder resumed by its
+    checkpoint ran any class (a data source is called by momattn, past Hydra's blocklist); a checkpoint's recorded
+    paths.output_dir and ModelCheckpoint dirpath wrote the run elsewhere and deleted a file there as an old top-k
+    checkpoint; a recorded fault injection under another key killed every resume."""
+    from momattn import trust
+    from momattn.cli import resume_overrides
+
+    monkeypatch.delenv("MOMATTN_TRUSTED_TARGETS", raising=False)
+    monkeypatch.setattr(trust, "_OWN", set())
+    run = tmp_path / "dl"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    _save(run / "checkpoints" / "last.ckpt", tokenizer)
+    (run / ".hydra" / "overrides.yaml").write_text("- debug=smoke\n- data._target_=subprocess.Popen\n"
+                                                   f"- +data.args=[touch,{tmp_path / 'ran'}]\n")
+    r = run_cli("train.py", [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "trainer.max_steps=7"], tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert (f"error: {run}/.hydra/overrides.yaml, the run folder's saved command line, (data._target_="
+            "subprocess.Popen) names _target_=subprocess.Popen") in r.stderr
+    assert not (tmp_path / "ran").exists()
+    last = str(run / "checkpoints" / "last.ckpt")
+    for line, key in (("paths.output_dir=/tmp/elsewhere", "paths.output_dir"),
+                      ("+callbacks.x.dirpath=/tmp/elsewhere", "callbacks.x.dirpath"),
+                      ("+callbacks.x={_target_:lightning.pytorch.callbacks.ModelCheckpoint,dirpath:/x}", "callbacks.x"),
+                      ("+logger.w.save_dir=/tmp/elsewhere", "logger.w.save_dir")):
+        (run / ".hydra" / "overrides.yaml").write_text(f"- '{line}'\n")
+        with pytest.raises(CheckpointError, match=rf"chooses a folder to write into, .* give {re.escape(key)}=\.\.\. "
+                                                  "again on today's command line"):
+            resume_overrides([f"ckpt_path={last}"])
+        given = line.split("=", 1)[0] + "=/tmp/mine" if "{" not in line else line
+        assert given in resume_overrides([f"ckpt_path={last}", given])  # given today: the user's own
+    (run / ".hydra" / "overrides.yaml").write_text("- logger.csv.save_dir=${paths.output_dir}/logs\n")
+    assert resume_overrides([f"ckpt_path={last}"])[0] == "logger.csv.save_dir=${paths.output_dir}/logs"
+    (run / ".hydra" / "overrides.yaml").write_text("- +callbacks.f2._target_=momattn.faults.FaultInjection\n"
+                                                   "- +callbacks.f2.spec=kill@7\n")
+    with pytest.raises(CheckpointError, match="names _target_=momattn.faults.FaultInjection"):
+        resume_overrides([f"ckpt_path={last}"])
 
 
 def test_a_reordered_sweep_of_fsdp_runs_is_refused_before_any_job_starts(tmp_path, monkeypatch):

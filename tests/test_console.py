@@ -115,15 +115,16 @@ def test_resume_overrides_reuse_the_run_folder_and_today_wins(tmp_path, capsys):
     # a callback the run added, dropped today (~k or k=null): its saved additions go, and so does today's deletion,
     # of a key the base config has not (each way was refused by one checker or the other; found by review)
     cb = tmp_path / "cb"
-    _saved(cb, ["+callbacks.es._target_=x.EarlyStop", "+callbacks.es.patience=2", "+callbacks.esx.a=1", "seed=3"])
+    _saved(cb, ["+callbacks.es._target_=lightning.pytorch.callbacks.EarlyStopping", "+callbacks.es.patience=2", "+callbacks.esx.a=1", "seed=3"])
     for drop in ("~callbacks.es", "callbacks.es=null"):
         capsys.readouterr()
         merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir={cb}", drop])
         assert merged == ["+callbacks.esx.a=1", "seed=3", "ckpt_path=last", f"hydra.run.dir={cb}", "hydra.mode=RUN"]
-        assert ("left out, as asked now: +callbacks.es._target_=x.EarlyStop +callbacks.es.patience=2"
+        assert ("left out, as asked now: +callbacks.es._target_=lightning.pytorch.callbacks.EarlyStopping "
+                "+callbacks.es.patience=2"
                 in capsys.readouterr().err)
     merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir={cb}", "~callbacks.es.patience"])
-    assert "+callbacks.es._target_=x.EarlyStop" in merged and "+callbacks.es.patience=2" not in merged
+    assert "+callbacks.es._target_=lightning.pytorch.callbacks.EarlyStopping" in merged and "+callbacks.es.patience=2" not in merged
     # a config group switched today: the run's overrides under it that the new option lacks are not carried over
     # (trainer.strategy re-applied to trainer=cpu was "not a config key", a key not typed; found by review)
     ddp = tmp_path / "ddp"

@@ -375,6 +375,31 @@ def test_a_cache_folder_that_cannot_be_written_is_said_at_once(tmp_path, monkeyp
     assert cpu_scan._errors(said) == "/usr/bin/ld: cannot open output file x.so: Read-only file system"
 
 
+def test_a_cache_others_can_write_holds_the_kernel_in_a_folder_of_this_users_own(tmp_path, monkeypatch):
+    """A library planted under the kernel's predictable name in a shared cache, with its digest beside it, was
+    loaded and ran its code (found by review): where other users can write the cache, the kernel is built and read
+    in a folder only this user can write."""
+    import os
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    own = cpu_scan._private(shared)
+    assert own == shared / f"user-{os.getuid()}" and (own.stat().st_mode & 0o777) == 0o700
+    assert cpu_scan._private(own) == own and cpu_scan._private(tmp_path / "new") == tmp_path / "new"
+    (tmp_path / "elsewhere").mkdir()
+    other = tmp_path / "shared2"
+    other.mkdir()
+    other.chmod(0o777)
+    (other / f"user-{os.getuid()}").symlink_to(tmp_path / "elsewhere")  # planted: a link to another folder
+    with pytest.raises(cpu_scan._CacheUnwritable, match="is not this user's own"):
+        cpu_scan._private(other)
+    monkeypatch.setenv("MOMATTN_CACHE", str(shared))
+    monkeypatch.setattr(cpu_scan, "OPENMP", cpu_scan.OPENMP)  # restored with _LIB
+    monkeypatch.setattr(cpu_scan, "_LIB", None)
+    assert cpu_scan.load() is not None and Path(cpu_scan._LIB._name).parent == own
+
+
 def test_flags_the_compiler_refuses_fall_back_to_portable_ones(tmp_path, monkeypatch):
     """-march=native is not every compiler's (Apple's clang on arm64): the build retries with portable flags."""
     monkeypatch.setenv("MOMATTN_CACHE", str(tmp_path))

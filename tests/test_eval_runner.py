@@ -284,6 +284,23 @@ def test_the_check_before_training_reads_the_corpus_only_when_asked(tmp_path, to
         check_evaluation(model, tok, run, cfg)
 
 
+def test_a_checkpoints_recorded_cache_folder_is_not_written_into(tmp_path, tokenizer, monkeypatch):
+    """evaluate.py wrote the tokens of the corpus a checkpoint names into the cache folder it recorded: one from
+    elsewhere chose where the tokens of any local file went (found by review). MOMATTN_CACHE's instead, or
+    cache_dir=; train.py's end-of-run evaluation keeps its own run's."""
+    from momattn.eval.runner import check_evaluation
+
+    model, tok = load_checkpoint(make_checkpoint(tmp_path / "m.ckpt", "vanilla", tokenizer))
+    (tmp_path / "doc.txt").write_text("".join(f"document {i} of many words, said {7 * i} times\n\n" for i in range(400)))
+    run = {"data": {"_target_": "momattn.data.sources.TextFiles", "paths": [str(tmp_path / "doc.txt")],
+                    "cache_dir": str(tmp_path / "chosen")}}
+    monkeypatch.setenv("MOMATTN_CACHE", str(tmp_path / "mine"))
+    check_evaluation(model, tok, run, {"icl": {"enabled": False}})
+    assert not (tmp_path / "chosen").exists() and any((tmp_path / "mine" / "tokens").glob("*.bin"))
+    check_evaluation(model, tok, run, {"icl": {"enabled": False}}, training=True)  # train.py's own run
+    assert any((tmp_path / "chosen" / "tokens").glob("*.bin"))
+
+
 def test_corpus_errors_name_the_keys_as_the_evaluation_sets_them(tmp_path, tokenizer):
     """The loaders name train.py's keys (data.paths); the evaluation sets them as ppl.data.X (eval.ppl.data.X in
     train.py), and a culprit the training run's data section gave is said to be so."""

@@ -233,10 +233,10 @@ def test_a_non_finite_loss_on_another_ddp_rank_stops_or_skips_this_rank_too(monk
 
     lit, opt, logged = _logging_lit(monkeypatch, world_size=2, on_nonfinite="skip")
 
-    class Strategy:  # the other rank: one micro-batch of loss 4.0 and one non-finite one
+    class Strategy:  # the other rank: one micro-batch of loss 4.0 and one non-finite one (nan, its batch 7)
         def reduce(self, t, reduce_op):
-            assert reduce_op == "sum"
-            return t + torch.tensor([4.0, 1.0, 1.0], dtype=t.dtype)
+            assert reduce_op == "sum" and t.shape == (3 + 3 * 2,)
+            return t + torch.tensor([4.0, 1.0, 1.0, 0, 0, 0, 1.0, float("nan"), 7.0], dtype=t.dtype)
 
     lit.trainer.strategy = Strategy()
     loss = lit.training_step(_batch(2), 0)
@@ -247,7 +247,8 @@ def test_a_non_finite_loss_on_another_ddp_rank_stops_or_skips_this_rank_too(monk
     assert logged["train/loss"][0] == pytest.approx((loss.item() + 4.0) / 2, rel=1e-9)  # over both ranks
     lit.optim = OptimConfig(on_nonfinite="stop")
     lit.training_step(_batch(2), 1).backward()
-    with pytest.raises(NonFiniteLossError, match="became non-finite at step 0 on another process"):
+    # the rank and batch that met it, said alike on every rank (it was "non-finite ... on another process")
+    with pytest.raises(NonFiniteLossError, match=r"became nan at step 0 \(rank 1, batch 7\)"):
         lit.on_before_optimizer_step(opt)
 
 

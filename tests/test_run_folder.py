@@ -207,3 +207,23 @@ def test_an_evaluation_into_a_training_runs_folder_is_refused_before_hydra_rewri
         cfg, _ = config(str(folder), given=True)
         ClaimRunFolder(kind="evaluation").on_run_start(cfg)
     cli.hold_run_folder(None)
+
+
+def test_a_lock_file_that_is_a_link_is_not_followed(tmp_path):
+    """A link planted as a lock file (a shared cache, a downloaded run folder) made the holder's line truncate and
+    overwrite the file it pointed at (found by review)."""
+    from momattn.io import file_lock
+
+    victim = tmp_path / "victim"
+    victim.write_text("IMPORTANT")
+    (tmp_path / "tokens").mkdir()
+    (tmp_path / "tokens" / "k.lock").symlink_to(victim)
+    with file_lock(tmp_path / "tokens" / "k.lock", waiting="the token cache") as held:
+        assert not held  # no lock rather than the link's target
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".momattn.lock").symlink_to(victim)
+    assert lock_folder(tmp_path / "run") == (None, None)
+    assert victim.read_text() == "IMPORTANT"
+    fd, holder = lock_folder(tmp_path / "own")  # a plain lock file: held, and names this process
+    assert holder is None and f"process {os.getpid()}" in (tmp_path / "own" / ".momattn.lock").read_text()
+    os.close(fd)

@@ -694,6 +694,11 @@ def make_source(data: Mapping) -> DataSource:
     if not isinstance(cls, type):  # a function was called with the section's keys (save_hparams_to_yaml wrote a file)
         raise ConfigError(f"data._target_={target} is not a class; name a data source class, e.g. "
                           "momattn.data.sources.TextFiles")
+    if not all(callable(getattr(cls, m, None)) for m in ("fingerprint", "documents")):
+        # momattn calls this class itself, past Hydra's blocklist: subprocess.Popen ran, then failed on its missing
+        # fingerprint; collections.OrderedDict was a traceback from inspect (found by review)
+        raise ConfigError(f"data._target_={target} is not a data source: a source has the methods fingerprint() "
+                          "and documents(split) (momattn.data.sources.DataSource), e.g. momattn.data.sources.TextFiles")
     known = known_keys(cls)
     for key in kwargs if known is not None else ():
         if key not in known:

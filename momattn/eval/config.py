@@ -254,7 +254,7 @@ class EvaluateConfig(EvalConfig):
     sweep_dir: str | None = None  # a multirun folder: every checkpoints/last.ckpt, grouped, with a verdict
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:1 ...
     logger: dict | None = None  # the `logger` config group: none (null) or wandb ({wandb: {project, ...}})
-    cache_dir: str | None = None  # token cache for the corpus loader; null = the checkpoint's data.cache_dir
+    cache_dir: str | None = None  # token cache for the corpus loader; null = MOMATTN_CACHE (~/.cache/momattn), not the checkpoint's data.cache_dir
     paths: dict | None = None  # the `paths` config group (the logger group's interpolations use it)
     tags: list | None = None  # W&B tags
 

@@ -99,7 +99,9 @@ def _plan(model: LanguageModel, tokenizer, run_config: dict, cfg: EvalConfig, ca
             raise DataError("the run config has no data source (data._target_ or data.source), so the LM "
                             "validation corpus is unknown; pass ppl.data={source: text_files, paths: [val.txt]} "
                             "or turn perplexity off with ppl.enabled=false")
-        own_cache, cache_dir = bool(cache_dir), cache_dir or data_cfg.get("cache_dir")  # cache_dir= (empty): the run's
+        # cache_dir= (empty): train.py's own run's cache; a checkpoint's recorded folder is not written into (one from
+        # elsewhere chose where the tokens of any file it names went: found by review): MOMATTN_CACHE's instead
+        own_cache, cache_dir = bool(cache_dir), cache_dir or (data_cfg.get("cache_dir") if training else None)
         plan.data_cfg = data_cfg
         if read_corpus:
             try:
@@ -165,13 +167,14 @@ def check_evaluation(model: LanguageModel, tokenizer, run_config: Mapping, eval_
 
 def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cfg: Mapping | EvalConfig,
                    out_dir: str | os.PathLike, label: str, cache_dir: str | None = None,
-                   trained_on: str | None = None) -> ModelResult:
+                   trained_on: str | None = None, training: bool = False) -> ModelResult:
     """Perplexity and ICL accuracy of one model (write_reports turns a list of these into the reports).
 
     run_config: the resolved training config (its `data` section names the LM corpus, the split seed and,
     for GINC, the world the prompts come from); eval_cfg: the `ppl` / `icl` / `batch_tokens` sections
     (EvalConfig or a mapping); out_dir receives the per-example ICL predictions
-    (icl_predictions_<label>.jsonl)."""
+    (icl_predictions_<label>.jsonl). training: train.py's end-of-run evaluation of its own run (its data.cache_dir
+    is used)."""
     cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else EvalConfig.from_mapping(eval_cfg, "eval")
     run_config = to_plain(run_config) or {}
     out_dir = Path(out_dir)
@@ -179,7 +182,7 @@ def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cf
     result = ModelResult(label=label, attention=attention_kind(model), model=describe(model),
                          tokenizer={"name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
                          eval_config=asdict(cfg))
-    plan = _plan(model, tokenizer, run_config, cfg, cache_dir, trained_on=trained_on)
+    plan = _plan(model, tokenizer, run_config, cfg, cache_dir, trained_on=trained_on, training=training)
     if cfg.ppl.enabled and not cfg.ppl.data and trained_on:
         check_same_corpus(plan.data_cfg, trained_on, label)
     if cfg.batch_tokens < model.config.block_size:

@@ -597,20 +597,27 @@ def _check_shapes(settings: list, cfg) -> None:
 
 
 def _removed_additions(saved: list[str], kept: list[str], overrides: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """(kept, overrides, the saved ones left out): a key the run added (+k=..., or +k.x=... below it) that today's
-    command deletes (~k) or sets to null (k=null) is left out of the resume, with today's deletion, which would
-    name a key the base config does not have. Each way to drop an added callback was refused (found by review)."""
-    def below(key: str, parent: str) -> bool:
-        return key == parent or key.startswith(parent + ".")
+    """(kept, overrides, the saved ones left out): a key the run added to (+k=..., or +k.x=... below it) that
+    today's command deletes (~k) or sets to null (k=null, k a section the run added keys below) is left out of the
+    resume with those additions (each way to drop an added callback was refused: found by review). Today's
+    deletion goes too where k is not in the base config (it would name a key that is not there); where k is (the
+    run added a key below a shipped callback), it stays and applies."""
+    def below(key: str, parent: str, strictly: bool = False) -> bool:
+        return (key == parent and not strictly) or key.startswith(parent + ".")
 
-    asked = {_override_key(o) for o in overrides if o.startswith("~") or
-             (not o.startswith("+") and o.partition("=")[2].strip() in ("null", "~"))}
-    gone = {k for k in asked if any(o.startswith("+") and below(_override_key(o), k) for o in saved)}
+    added = [_override_key(o) for o in saved if o.startswith("+")]
+    gone = {_override_key(o) for o in overrides if not o.startswith("+") and (
+        (o.startswith("~") and any(below(a, _override_key(o)) for a in added)) or
+        (o.partition("=")[2].strip() in ("null", "~") and any(below(a, _override_key(o), True) for a in added)))}
     if not gone:
         return kept, overrides, []
     removed = [o for o in kept if o.startswith("+") and any(below(_override_key(o), k) for k in gone)]
+    groups = _groups()
+    choices = [o for o in [*saved, *overrides] if not o.startswith(("+", "~")) and _override_key(o) in groups]
+    base = _compose("train", choices)
+    in_base = {k for k in gone if base is None or _exists(base, k) is not False}
     return ([o for o in kept if o not in removed],
-            [o for o in overrides if o.startswith("+") or _override_key(o) not in gone], removed)
+            [o for o in overrides if o.startswith("+") or _override_key(o) not in gone - in_base], removed)
 
 
 def _override_key(o: str) -> str:

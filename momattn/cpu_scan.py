@@ -172,19 +172,24 @@ def _errors(said: str) -> str:
 
 
 def _elf_whole(lib: Path) -> bool:
-    """Whether a 64-bit little-endian ELF file holds the section table its header points at (whole, not cut)."""
+    """Whether an ELF file holds the program and section tables its header points at (whole, not cut short)."""
     try:
         with open(lib, "rb") as f:
             head = f.read(64)
         size = lib.stat().st_size
     except OSError:
         return False
-    if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+    if len(head) < 52 or head[:4] != b"\x7fELF" or head[4] not in (1, 2) or head[5] not in (1, 2):
         return False
-    shoff, = struct.unpack_from("<Q", head, 0x28)
-    shentsize, shnum = struct.unpack_from("<HH", head, 0x3A)
-    phoff, = struct.unpack_from("<Q", head, 0x20)
-    phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+    order = "<" if head[5] == 1 else ">"
+    if head[4] == 2:  # 64-bit: e_phoff, e_shoff at 0x20, 0x28; the counts at 0x36
+        if len(head) < 64:
+            return False
+        phoff, shoff = struct.unpack_from(order + "QQ", head, 0x20)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", head, 0x36)
+    else:  # 32-bit: at 0x1C, 0x20; the counts at 0x2A
+        phoff, shoff = struct.unpack_from(order + "II", head, 0x1C)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", head, 0x2A)
     return 0 < shoff + shentsize * shnum <= size and phoff + phentsize * phnum <= size
 
 

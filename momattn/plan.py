@@ -43,9 +43,14 @@ def _vocab(c) -> tuple[int, str | None]:
 
         return file_tokenizer(path).n_ids, None  # a DataError naming a missing or damaged file
     asked = int(getattr(t, "vocab_size", 0) or 4096)
+    from momattn.errors import UserError
     from momattn.tokenizer import bpe_cache_file, cached_bpe
 
-    if (trained := cached_bpe(bpe_cache_file(asked, c.data, c.cache_dir))) is not None:
+    try:  # (the corpus need not be here: a plan made on a login node, the data on the cluster's disks)
+        trained = cached_bpe(bpe_cache_file(asked, c.data, c.cache_dir))
+    except (UserError, OSError):
+        trained = None
+    if trained is not None:
         return trained.n_ids, None  # train.py's tokenizer: a corpus with fewer merges than asked gave fewer tokens
     return asked, (f"the BPE is not trained yet: {asked:,} tokens at most, fewer where the corpus has fewer "
                    "merges; train.py trains it first")
@@ -124,11 +129,9 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = No
     fsdp_states = estimate_train_memory(m, c.loader.batch_size, precision, blocked_loss=blocked, shards=world,
                                         off_cuda=on_cpu).states
     fsdp = fsdp_states + ddp.activations + ddp.logits
-    from momattn.hardware import precision_dtype_name
-
     given_peak = peak_tflops is not None
     if not on_cpu and peak_tflops is None:  # a 32-true run measured against the bf16 peak was planned 15x too fast
-        peak_tflops = GPU_PEAK_TFLOPS[precision_dtype_name(precision)]
+        peak_tflops = GPU_PEAK_TFLOPS[_peak_dtype(precision)]
     if peak_tflops and mfu * peak_tflops * 1e12 < 1e6:  # underflowed to 0 (a ZeroDivisionError), or a time of
         # 300 digits
         raise UserError(f"--mfu={mfu:g} x --peak-tflops={peak_tflops:g} is below 1 MFLOP/s: too small a "
@@ -155,7 +158,7 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = No
         "processes": world, "micro_batch": c.loader.batch_size, "accumulate_grad_batches": c.accumulate,
         "global_batch_sequences": seqs, "tokens_per_step": tokens_per_step, "max_steps": c.max_steps,
         "tokens": tokens, "flops_per_token": flops_per_token, "flops": flops, "precision": precision,
-        "precision_dtype": precision_dtype_name(precision), "peak_given": given_peak,
+        "precision_dtype": _peak_dtype(precision), "peak_given": given_peak,
         "memory_per_device_gib": {"ddp": ddp.total / GIB, "fsdp": fsdp / GIB,
                                   "states_ddp": ddp.states / GIB, "states_fsdp": fsdp_states / GIB,
                                   "activations": ddp.activations / GIB, "logits": ddp.logits / GIB,
@@ -172,6 +175,14 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = No
                   "min_lr_ratio": c.optim.min_lr_ratio, "power": c.optim.power, "betas": list(c.optim.betas),
                   "eps": c.optim.eps, "weight_decay": c.optim.weight_decay, "grad_clip": c.optim.grad_clip},
     }
+
+
+def _peak_dtype(precision: str) -> str:
+    """The dtype whose peak a GPU plan assumes: the precision's matmul dtype; Transformer Engine's FP8 precisions
+    at the bf16 peak (as a lower bound: their FP8 matmuls peak higher), not fp32's."""
+    from momattn.hardware import precision_dtype_name
+
+    return "bfloat16" if "transformer-engine" in str(precision) else precision_dtype_name(precision)
 
 
 def _check_trainer(c, on_cpu: bool) -> None:

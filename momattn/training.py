@@ -359,7 +359,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                 guard.kill_ranks(signal.SIGKILL)
             raise LaunchError(f"a collective of torch.distributed waited dist_timeout_s={c.dist_timeout_s} s for "
                               "another process of this run, which did not answer (hung, or far slower: a long "
-                              "evaluation or checkpoint write on one rank needs a larger dist_timeout_s); the other "
+                              "evaluation or checkpoint write on one rank needs a larger dist_timeout_s); any "
                               f"processes this one started are stopped; {newest_checkpoint(out_dir)}. "
                               f"{go_on(job, out_dir)} (torch: {first_line(e, 200)})") from None
         if not _rendezvous_failure(e):
@@ -643,6 +643,12 @@ def _interrupt_hint(out_dir: Path, job) -> str:
     """What a Ctrl-C left: no checkpoint of its own (it can land mid-step), the newest one written before it, and
     how to go on from there."""
     newest, sigterm = newest_checkpoint(out_dir), "(a SIGTERM, e.g. kill <pid>, saves the current step first)"
+    others = sorted((out_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime) \
+        if newest.startswith("no ") else []
+    if others:  # no last.ckpt (save_last off, or damaged): the newest other one (it said "before the first")
+        return (f"\n[momattn] interrupted (Ctrl-C): no last.ckpt; the newest checkpoint is {others[-1]}, and the "
+                f"steps after it are lost {sigterm}. Resume from it with: python train.py "
+                f"{shell_arg('ckpt_path', others[-1])}")
     if newest.startswith("no "):  # it said "no checkpoint was written yet; the steps after it are lost" (review)
         return (f"\n[momattn] interrupted (Ctrl-C) before the first checkpoint: the steps trained are lost {sigterm}. "
                 + go_on(job, out_dir).replace("Resume with:", "Start it again with:", 1))

@@ -123,6 +123,16 @@ def test_resume_overrides_reuse_the_run_folder_and_today_wins(tmp_path, capsys):
         assert ("left out, as asked now: +callbacks.es._target_=lightning.pytorch.callbacks.EarlyStopping "
                 "+callbacks.es.patience=2"
                 in capsys.readouterr().err)
+    # a leaf set to null is a value, not a removal: the run's addition is replaced by it
+    merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir={cb}", "callbacks.es.patience=null"])
+    assert "+callbacks.es.patience=null" in merged and "+callbacks.es.patience=2" not in merged
+    # a shipped callback the run added a key below: left out as asked, today's null kept (it was dropped, and the
+    # run checkpointed on; found by the diff review)
+    shipped = tmp_path / "shipped"
+    _saved(shipped, ["+callbacks.model_checkpoint.save_on_train_epoch_end=false", "seed=3"])
+    merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir={shipped}", "callbacks.model_checkpoint=null"])
+    assert merged[:3] == ["seed=3", "ckpt_path=last", f"hydra.run.dir={shipped}"], merged
+    assert "callbacks.model_checkpoint=null" in merged and not any("save_on_train" in o for o in merged)
     merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir={cb}", "~callbacks.es.patience"])
     assert "+callbacks.es._target_=lightning.pytorch.callbacks.EarlyStopping" in merged and "+callbacks.es.patience=2" not in merged
     # a config group switched today: the run's overrides under it that the new option lacks are not carried over

@@ -456,6 +456,13 @@ def test_local_hub_files_that_are_empty_not_utf8_or_unmatched_get_a_one_line_err
             cls(name="json", data_files={"train": str(tmp_path / "good.jsonl"), "validation": empty}).documents("val")
         with pytest.raises(DataError, match=r"the 'train' split's file is empty \(.*empty.txt\): no rows"):
             cls(name="text", data_files={"train": str(tmp_path / "empty.txt")}, val_split=None).documents("train")
+        # a split not read, or a URL beside the empty file: not refused (found by the diff review)
+        good, val = str(tmp_path / "good.jsonl"), str(tmp_path / "val.jsonl")
+        (tmp_path / "val.jsonl").write_text(json.dumps({"text": "held out"}) + "\n")
+        assert cls(name="json", data_files={"train": good, "validation": val, "test": empty}).documents("train")
+        held = {"val_docs": 1} if cls is StreamingHubCorpus else {}
+        assert cls(name="json", data_files={"train": good, "validation": empty}, val_split=None,
+                   **held).documents("train")
         with pytest.raises(DataError, match=r"data.name='.*nothing' is a folder with no data files") as e:
             cls(name=str(tmp_path / "nothing"), val_split=None).documents("train")
         assert "network" not in str(e.value)

@@ -262,7 +262,7 @@ def test_a_rank_that_hangs_past_dist_timeout_s_is_one_line_and_is_stopped(tmp_pa
     started = time.monotonic()
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert re.search(r"error: a collective of torch.distributed waited dist_timeout_s=15 s for another process of "
-                     r"this run, which did not answer .* the other processes this one started are stopped; "
+                     r"this run, which did not answer .* any processes this one started are stopped; "
                      rf"{tmp_path}/checkpoints/last.ckpt is at step 3\. Resume with: python train.py ckpt_path=last",
                      r.stderr), r.stderr[-3000:]
     while time.monotonic() - started < 10:  # SIGKILL: gone at once (it slept on for its 120 s, then spoke)
@@ -309,6 +309,14 @@ def test_a_ctrl_c_before_the_first_checkpoint_says_the_steps_are_lost(tmp_path):
         "[momattn] interrupted (Ctrl-C) before the first checkpoint: the steps trained are lost (a SIGTERM, e.g. kill "
         f"<pid>, saves the current step first). Start it again with: python train.py ckpt_path=last "
         f"hydra.run.dir={tmp_path}")
+    # no last.ckpt (save_last=false, or damaged) but a best one: that one is named, with its own resume (it said
+    # "before the first checkpoint", and ckpt_path=last was refused: found by the diff review)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "best-step3.ckpt").write_bytes(b"x")
+    assert _interrupt_hint(tmp_path, HydraJob([])).strip() == (
+        f"[momattn] interrupted (Ctrl-C): no last.ckpt; the newest checkpoint is {tmp_path}/checkpoints/best-step3.ckpt, "
+        "and the steps after it are lost (a SIGTERM, e.g. kill <pid>, saves the current step first). Resume from it "
+        f"with: python train.py ckpt_path={tmp_path}/checkpoints/best-step3.ckpt")
 
 
 @pytest.mark.slow

@@ -277,6 +277,9 @@ def test_the_planner_reads_the_bpe_train_py_trained_and_says_when_there_is_none(
     # the FLOPs line names the N it uses (without the position embeddings), which the parameters line does not
     assert f"N = {after['parameters_in_flops'] / 1e6:.2f}M: the parameters without the position embeddings" in out
     assert after["flops_per_token"] == 6 * after["parameters_in_flops"] + 12 * 4 * 256 * 512
+    # a corpus that is not here (a plan made on a login node): planned at the size asked, as before (diff review)
+    gone = ["data=text_files", f"data.paths=[{tmp_path / 'gone.txt'}]", f"paths.cache_dir={tmp_path}"]
+    assert "not trained yet" in plan(gone)["vocab_note"]
 
 
 def test_a_gpu_plan_takes_the_peak_of_its_precision(capsys):
@@ -288,6 +291,9 @@ def test_a_gpu_plan_takes_the_peak_of_its_precision(capsys):
         assert p["wall_hours"] == pytest.approx(p["flops"] / (0.4 * peak * 1e12) / 3600)
     main(["model=gpt2_124m", "tokenizer=gpt2", "trainer.precision=32-true"])
     assert "of 66.9 TFLOPS per device (an H100 SXM's dense fp32 (no TF32) peak" in capsys.readouterr().out
+    # Transformer Engine's FP8: at the bf16 peak, not fp32's (found by the diff review)
+    assert plan(["model=gpt2_124m", "tokenizer=gpt2", "trainer.precision=transformer-engine"])[
+        "peak_tflops_per_device"] == 989.0
     main(["model=gpt2_124m", "tokenizer=gpt2", "trainer.precision=32-true", "--peak-tflops", "100"])
     out = capsys.readouterr().out
     assert "of 100 TFLOPS per device" in out and "H100" not in out

@@ -179,7 +179,10 @@ class GincCorpus:
     n_val_docs: int = 100
     val_doc_length: int = 1024
     seed: int = 1111  # everything (memory matrix, concepts, documents) is a function of the fields
-    n_permutations: int | None = None  # permutation matrices per mixture; None = the chain's size (10)
+    # permutation matrices per mixture; None = the chain's size (10). Written out as 10 it builds the same HMMs with
+    # other documents and prompts (the random streams are keyed by the fields as given): not folded into None, which
+    # would change the corpus of runs and checkpoints that wrote it out (session 52)
+    n_permutations: int | None = None
 
     def __post_init__(self):
         # one spelling per value: the documents' and prompts' random streams are keyed by the fields as JSON, so
@@ -210,8 +213,6 @@ class GincCorpus:
             _check(getattr(self, field) >= 1, field, getattr(self, field), "must be >= 1")
         _check(self.n_permutations is None or self.n_permutations >= 1, "n_permutations", self.n_permutations,
                "must be >= 1, or null for the chain's size")
-        if self.n_permutations == self.n_entities == self.n_properties:  # null's own value: one spelling, as above
-            self.n_permutations = None  # (n_permutations=10 was the same HMMs with other documents and prompts)
         # bounds far above any GINC world worth training on, below the sizes that hung or ran out of memory
         for field, most, why in (("n_symbols", MAX_SYMBOLS, "the vocabulary"),
                                  ("n_entities", MAX_WORLD, "each draws a permutation of the entities"),

@@ -360,7 +360,7 @@ class HubCorpus:
         datasets = import_datasets()
         if (saved := saved_dataset(self.name, split, self.train_split)) is not None:
             return saved
-        check_files_there(self.name, self.data_files)
+        check_files_there(self.name, self.data_files, split)
         try:
             return datasets.load_dataset(self.name, self.config, split=split, data_files=self.data_files,
                                          revision=self.revision)
@@ -523,9 +523,11 @@ def check_local_files(name: str, data_files) -> None:
                         f"(without it, every file of the current folder is read)")
 
 
-def check_files_there(name: str, data_files: dict | None) -> None:
+def check_files_there(name: str, data_files: dict | None, reading: str | None = None) -> None:
     """Before a local builder reads data_files: a file that is not there, or a pattern that matches none, named
-    with its split (datasets' error for it sent the user to check the hub name and the network)."""
+    with its split (datasets' error for it sent the user to check the hub name and the network); and the split
+    `reading`, where its files are all local and empty (datasets said to use local files, or to choose the text
+    builder)."""
     if str(name).lower() not in LOCAL_BUILDERS:
         return
     for split, files in (data_files or {}).items():
@@ -538,7 +540,8 @@ def check_files_there(name: str, data_files: dict | None) -> None:
                     raise DataError(f"data.data_files: the '{split}' pattern '{f}' matches no file")
             elif not path.is_file():
                 raise DataError(f"data.data_files: the '{split}' file '{f}' {not_a_file(path)}")
-        if (paths := named_files(files)) and all(p.stat().st_size == 0 for p in paths):
+        local = all("://" not in str(f) for f in (files if isinstance(files, list | tuple) else [files]))
+        if split == reading and local and (paths := named_files(files)) and all(p.stat().st_size == 0 for p in paths):
             # datasets said "Instruction 'validation' corresponds to no data", or a row could not be read (text)
             shown = ", ".join(str(p) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
             raise DataError(f"data.data_files: the '{split}' split's {'file is' if len(paths) == 1 else 'files are'} "

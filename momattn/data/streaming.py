@@ -143,7 +143,7 @@ class StreamingHubCorpus:
 
         if (saved := saved_dataset(self.name, split, self.train_split)) is not None:
             return saved.to_iterable_dataset()
-        check_files_there(self.name, self.data_files)
+        check_files_there(self.name, self.data_files, split)
         try:
             return datasets.load_dataset(self.name, self.config, split=split, data_files=self.data_files,
                                          revision=self.revision, streaming=True)

@@ -143,7 +143,7 @@ def check_overrides(overrides, source: str, repeat: bool = False) -> None:
         try:
             o = parser.parse_override(str(line))
         except Exception:
-            raise CheckpointError(f"{where} does not parse as an override; the checkpoint is damaged") from None
+            raise CheckpointError(f"{where} does not parse as an override: it is damaged") from None
         key = o.key_or_group
         if o.is_hydra_override() or key.startswith("hydra"):
             raise CheckpointError(f"{where} sets Hydra itself, which train.py never records; the checkpoint was "
@@ -154,6 +154,12 @@ def check_overrides(overrides, source: str, repeat: bool = False) -> None:
         if bad := resolvers(str(line)) - RESOLVERS:
             raise CheckpointError(f"{where} calls the resolver {sorted(bad)[0]}, which train.py's configs never "
                                   "record; a checkpoint's command line may only read values (${key}, oc.env, now)")
+        if repeat and ({"_args_", "_partial_"} & {*key.split("."), *_keys(o.value())}):
+            # positional arguments name no key: ModelCheckpoint's first is its dirpath, CSVLogger's its save_dir
+            # (a recorded `_args_: [/elsewhere]` wrote and deleted there: found by the second review)
+            raise CheckpointError(f"{where} passes positional arguments (_args_) or a partial (_partial_), which "
+                                  "train.py's configs never record and a resume does not repeat; if it is your own "
+                                  "run, give that override again on today's command line")
         if repeat and not all(_in_run(v) for v in _written(key, o.value())):
             raise CheckpointError(f"{where} chooses a folder to write into, which is not taken from a checkpoint or "
                                   "a run folder (one from elsewhere could write, or delete files, anywhere you can); "
@@ -164,10 +170,21 @@ def check_overrides(overrides, source: str, repeat: bool = False) -> None:
                 raise _refused(t, where)
 
 
+def _keys(node) -> Iterator[str]:
+    """Every key of a nested value (dicts and lists)."""
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            yield str(k)
+            yield from _keys(v)
+    elif isinstance(node, list | tuple):
+        for v in node:
+            yield from _keys(v)
+
+
 def _written(key: str, value) -> Iterator:
     """The values of an override that choose a folder to write into: `value` itself where `key` is such a setting
-    (paths.*, or a WRITE_KEYS name), and those of such keys nested in it."""
-    if key.split(".")[0] == "paths" or key.split(".")[-1] in WRITE_KEYS:
+    (paths.x, or a WRITE_KEYS name; `paths=<option>` picks a shipped file of conf/paths), and those nested in it."""
+    if key.startswith("paths.") or key.split(".")[-1] in WRITE_KEYS:
         yield value
     if isinstance(value, Mapping):
         for k, v in value.items():
@@ -178,9 +195,10 @@ def _written(key: str, value) -> Iterator:
 
 
 def _in_run(value) -> bool:
-    """A folder inside the run's own, as the configs write it (${paths.output_dir}/logs): not chosen elsewhere."""
-    text = str(value).replace(" ", "")
-    return text.startswith(("${paths.output_dir}", "${hydra:runtime.output_dir}")) and ".." not in text
+    """A folder inside the run's own, as the configs write it (${paths.output_dir}/logs): the run's folder then
+    plain names, none '.' or '..' and no interpolation (`.${now:.}` made '..' of a resolver: second review)."""
+    m = re.fullmatch(r"\$\{(?:paths\.output_dir|hydra:runtime\.output_dir)\}((?:/[^/$]*)*)", str(value).strip())
+    return m is not None and all(part not in (".", "..") for part in m.group(1).split("/")[1:])
 
 
 def _same_file(a, b) -> bool:
@@ -244,3 +262,25 @@ def _inside(path, folder: str) -> bool:
     """A plain file path directly in folder (no fsspec protocol, no '..' out of it)."""
     return (isinstance(path, str) and "://" not in path and "://" not in folder and folder != "<not recorded>"
             and Path(path).resolve().parent == Path(folder).resolve())
+
+
+LINKS_ENV = "MOMATTN_TRUST_LINKS"  # =1: the links in a resumed run folder are the user's own (a disk elsewhere)
+
+
+def check_links(folder: Path) -> None:
+    """A run folder a resume writes into holds no symbolic link out of it (anywhere below it) unless the user says
+    the links are theirs: a downloaded folder's csv/hparams.yaml linked to a file of the user's was overwritten with the run's
+    config, its train.log link appended to, a linked csv/ or checkpoints/ had files written and replaced in the
+    folder it pointed at (found by the second review)."""
+    if os.environ.get(LINKS_ENV) == "1" or not Path(folder).is_dir():
+        return
+    real = Path(folder).resolve()
+    for root, dirs, files in os.walk(folder):  # (links to folders are listed in dirs, and not walked into)
+        for name in [*dirs, *files]:
+            path = Path(root) / name
+            if path.is_symlink() and not path.resolve().is_relative_to(real):  # (save_last=link: last.ckpt is a
+                # link to a best checkpoint beside it, inside)
+                raise CheckpointError(
+                    f"the run folder {folder} holds a symbolic link, {path} -> {os.readlink(path)}: a resume writes "
+                    "through it (a run folder from elsewhere could make it overwrite any file you can write). If the "
+                    f"links are your own (checkpoints/ on another disk), set {LINKS_ENV}=1")

@@ -774,6 +774,30 @@ def test_a_resume_repeats_no_foreign_class_or_folder_from_a_run_folder_or_a_chec
                                                    "- +callbacks.f2.spec=kill@7\n")
     with pytest.raises(CheckpointError, match="names _target_=momattn.faults.FaultInjection"):
         resume_overrides([f"ckpt_path={last}"])
+    # found by the second review: positional arguments (ModelCheckpoint's first is its dirpath), '..' made of a
+    # resolver, links out of the folder that a resume writes through; paths=default is a shipped option, not a path
+    for line, says in (
+            ("+callbacks.y={_target_:momattn.callbacks.ModelCheckpoint,_args_:[/tmp/elsewhere]}", "positional"),
+            ("data.cache_dir=${paths.output_dir}/.${now:.}/.${now:.}/x", "chooses a folder to write into")):
+        (run / ".hydra" / "overrides.yaml").write_text(f"- '{line}'\n")
+        with pytest.raises(CheckpointError, match=says):
+            resume_overrides([f"ckpt_path={last}"])
+    (run / ".hydra" / "overrides.yaml").write_text("- paths=default\n")
+    assert resume_overrides([f"ckpt_path={last}"])[0] == "paths=default"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    (run / "csv").mkdir()
+    (run / "csv" / "hparams.yaml").symlink_to(victim)
+    with pytest.raises(CheckpointError, match=rf"holds a symbolic link, .*hparams.yaml -> {victim}: a resume writes "
+                                              "through it .* set MOMATTN_TRUST_LINKS=1"):
+        resume_overrides([f"ckpt_path={last}"])
+    monkeypatch.setenv("MOMATTN_TRUST_LINKS", "1")  # the user's own links
+    resume_overrides([f"ckpt_path={last}"])
+    monkeypatch.delenv("MOMATTN_TRUST_LINKS")
+    (run / "csv" / "hparams.yaml").unlink()
+    (run / "checkpoints" / "best-step3.ckpt").write_bytes(b"x")
+    (run / "checkpoints" / "latest.ckpt").symlink_to("best-step3.ckpt")  # inside the folder (save_last=link): fine
+    resume_overrides([f"ckpt_path={last}"])
 
 
 def test_a_reordered_sweep_of_fsdp_runs_is_refused_before_any_job_starts(tmp_path, monkeypatch):

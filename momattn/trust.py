@@ -274,8 +274,11 @@ def check_links(folder: Path) -> None:
     folder it pointed at (found by the second review)."""
     if os.environ.get(LINKS_ENV) == "1" or not Path(folder).is_dir():
         return
-    real = Path(folder).resolve()
-    for root, dirs, files in os.walk(folder):  # (links to folders are listed in dirs, and not walked into)
+    real, top = Path(folder).resolve(), Path(folder)
+    for root, dirs, files in os.walk(top):  # (links to folders are listed in dirs, and not walked into)
+        if Path(root) == top and "wandb" in dirs and not (top / "wandb").is_symlink():
+            dirs.remove("wandb")  # W&B's own links (debug-core.log -> ~/.cache/wandb/...), which a resume does not
+            # write through: its new segment is a folder of its own, and W&B makes its top links afresh
         for name in [*dirs, *files]:
             path = Path(root) / name
             if path.is_symlink() and not path.resolve().is_relative_to(real):  # (save_last=link: last.ckpt is a

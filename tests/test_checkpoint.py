@@ -798,6 +798,15 @@ def test_a_resume_repeats_no_foreign_class_or_folder_from_a_run_folder_or_a_chec
     (run / "checkpoints" / "best-step3.ckpt").write_bytes(b"x")
     (run / "checkpoints" / "latest.ckpt").symlink_to("best-step3.ckpt")  # inside the folder (save_last=link): fine
     resume_overrides([f"ckpt_path={last}"])
+    # W&B's own links out of its folder (offline-run-*/logs/debug-core.log -> ~/.cache/wandb/...), which it does not
+    # write through on a resume: passed over (a W&B run's resume was refused); a wandb/ that is itself a link is not
+    (run / "wandb" / "offline-run-1-x" / "logs").mkdir(parents=True)
+    (run / "wandb" / "offline-run-1-x" / "logs" / "debug-core.log").symlink_to(victim)
+    resume_overrides([f"ckpt_path={last}"])
+    (run / "wandb").rename(tmp_path / "wandb-elsewhere")
+    (run / "wandb").symlink_to(tmp_path / "wandb-elsewhere")
+    with pytest.raises(CheckpointError, match=r"holds a symbolic link, .*/wandb -> "):
+        resume_overrides([f"ckpt_path={last}"])
 
 
 def test_a_reordered_sweep_of_fsdp_runs_is_refused_before_any_job_starts(tmp_path, monkeypatch):

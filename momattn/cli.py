@@ -740,6 +740,10 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
         raise ConfigError("ckpt_path=last in a sweep resumes each job from its own folder in the sweep's folder; "
                           "without hydra.sweep.dir a new timestamped one would be made and every job start from "
                           "step 0. Name the sweep: hydra.sweep.dir=multirun/<date>/<time>")
+    if multirun and ckpt == "last" and not other_rank():  # each job resumes, and writes into, its folder in it
+        from momattn.trust import check_links
+
+        check_links(Path(_unquoted(_last(overrides, "hydra.sweep.dir"))).expanduser())  # (skipped: third review)
     if not ckpt or ckpt == "null" or (multirun and ckpt == "last"):  # a sweep's jobs each resume their own folder
         return overrides
     run_dir = _last(overrides, "hydra.run.dir")
@@ -1292,8 +1296,11 @@ def go_on(job, out_dir: Path) -> str:
     """How to go on from a run's newest checkpoint: a search's own way, the sweep's command, or the run's."""
     if job.search:
         return search_stop(job, out_dir)
+    from momattn.trust import unrepeated
+
+    own = "".join(f" {shlex.quote(o)}" for o in unrepeated(list(getattr(job, "overrides", ()))))  # not saved: given
     where = (f"ckpt_path=last {shell_arg('hydra.sweep.dir', job.sweep_dir)} (the same command; each job resumes its own folder)"
-             if job.sweep_dir is not None else f"python train.py ckpt_path=last {shell_arg('hydra.run.dir', out_dir)}")
+             if job.sweep_dir is not None else f"python train.py ckpt_path=last {shell_arg('hydra.run.dir', out_dir)}{own}")
     return f"Resume with: {where}"
 
 

@@ -56,6 +56,15 @@ class TokenizerConfig:
             raise ConfigError("tokenizer=file needs tokenizer.path=/path/to/tokenizer.json")
 
 
+def _library_error(e: BaseException) -> BaseException:
+    """e where the tokenizers library raised it (an Exception, or a Rust panic: pyo3's PanicException derives from
+    BaseException, so a checkpoint's tokenizer with a runaway regex was a traceback: third review); a Ctrl-C or an
+    exit goes on as raised."""
+    if isinstance(e, Exception) or type(e).__name__ == "PanicException":
+        return e
+    raise e
+
+
 class Tokenizer:
     """A thin wrapper: encode(str) -> list[int], decode(list[int]) -> str, vocab_size, eot_id."""
 
@@ -79,8 +88,8 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         try:
             return self.hf.encode(text, add_special_tokens=False).ids
-        except Exception as e:  # the library raises a bare Exception, e.g. a word-level vocabulary without [UNK]
-            raise self._cannot_encode(text, e) from None
+        except BaseException as e:  # the library raises a bare Exception, e.g. a word-level vocabulary without [UNK]
+            raise self._cannot_encode(text, _library_error(e)) from None
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self._encode_batch(self.hf, texts)
@@ -114,12 +123,13 @@ class Tokenizer:
     def _encode_batch(self, hf: _HFTokenizer, texts: list[str]) -> list[list[int]]:
         try:
             return [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
-        except Exception as e:
+        except BaseException as e:
+            _library_error(e)
             for t in texts:  # the DataError that names the first text it cannot encode
                 try:
                     hf.encode(t, add_special_tokens=False)
-                except Exception as e1:
-                    raise self._cannot_encode(t, e1) from None
+                except BaseException as e1:
+                    raise self._cannot_encode(t, _library_error(e1)) from None
             raise self._cannot_encode(texts[0] if texts else "", e) from None
 
     @property
@@ -138,6 +148,10 @@ class Tokenizer:
             # a byte that is not UTF-8 (Python keeps it as a lone surrogate): not the vocabulary's fault
             return DataError(f"the text {text[:80]!r} holds {bad[1]!r} at position {bad[0]}, which is not a "
                              "character: a byte that is not UTF-8 (or half of a surrogate pair); pass UTF-8 text")
+        if type(e).__name__ == "PanicException":  # the library failed on it (a runaway regex), not the vocabulary
+            return DataError(f"tokenizer '{self.name}' failed on the text {text[:80]!r} ({first_line(e, 200)}): the "
+                             "tokenizer itself is broken (its pre-tokenizer or normalizer); use a checkpoint whose "
+                             "tokenizer you trust")
         words = sorted((w for w in self.hf.get_vocab(with_added_tokens=False) if w != EOT), key=self.hf.token_to_id)
         known = f"; its words are {' '.join(words[:8])} ..." if len(words) <= 4096 else ""  # a word-level vocabulary
         return DataError(f"tokenizer '{self.name}' cannot encode the text {text[:80]!r} ({e}): its vocabulary "

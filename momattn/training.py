@@ -629,7 +629,10 @@ def _resume_hint(preempt: PreemptionCheckpoint, out_dir: Path, job: HydraJob, lo
 
 def _retyped(out_dir: Path, job: HydraJob) -> str:
     """The overrides a resume command repeats: none where the run folder's .hydra/overrides.yaml holds them."""
-    return "" if (out_dir / ".hydra" / "overrides.yaml").is_file() else \
+    from momattn.trust import unrepeated  # (what a resume does not take from the saved line: given again)
+
+    return " ".join(shlex.quote(o) for o in unrepeated(list(job.overrides))) \
+        if (out_dir / ".hydra" / "overrides.yaml").is_file() else \
         " ".join(shlex.quote(o) for o in job.overrides if not o.startswith(("ckpt_path=", "hydra.run.dir=")))
 
 
@@ -643,8 +646,8 @@ def _interrupt_hint(out_dir: Path, job) -> str:
     """What a Ctrl-C left: no checkpoint of its own (it can land mid-step), the newest one written before it, and
     how to go on from there."""
     newest, sigterm = newest_checkpoint(out_dir), "(a SIGTERM, e.g. kill <pid>, saves the current step first)"
-    others = sorted((out_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime) \
-        if newest.startswith("no ") else []
+    others = sorted((p for p in (out_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"),
+                    key=lambda p: p.stat().st_mtime) if newest.startswith("no ") else []  # (a damaged last.ckpt too)
     if others:  # no last.ckpt (save_last off, or damaged): the newest other one (it said "before the first")
         return (f"\n[momattn] interrupted (Ctrl-C): no last.ckpt; the newest checkpoint is {others[-1]}, and the "
                 f"steps after it are lost {sigterm}. Resume from it with: python train.py "

@@ -151,6 +151,11 @@ def check_overrides(overrides, source: str, repeat: bool = False) -> None:
         if o.is_sweep_override():
             raise CheckpointError(f"{where} is a sweep, which train.py never records; the checkpoint was not "
                                   "written by train.py")
+        if repeat and "oc.env" in resolvers(str(line)):  # an environment variable (HF_TOKEN, WANDB_API_KEY) sent
+            # out in a recorded data URL or hub name (found by the third review)
+            raise CheckpointError(f"{where} reads an environment variable (oc.env), which a resume does not repeat "
+                                  "from a recorded command line; if it is your own run, give that override again on "
+                                  "today's command line")
         if bad := resolvers(str(line)) - RESOLVERS:
             raise CheckpointError(f"{where} calls the resolver {sorted(bad)[0]}, which train.py's configs never "
                                   "record; a checkpoint's command line may only read values (${key}, oc.env, now)")
@@ -160,7 +165,8 @@ def check_overrides(overrides, source: str, repeat: bool = False) -> None:
             raise CheckpointError(f"{where} passes positional arguments (_args_) or a partial (_partial_), which "
                                   "train.py's configs never record and a resume does not repeat; if it is your own "
                                   "run, give that override again on today's command line")
-        if repeat and not all(_in_run(v) for v in _written(key, o.value())):
+        if repeat and not (all(_in_run(v) for v in _written(key, o.value()))
+                           and all(_plain_name(v) for v in _named(key, o.value()))):
             raise CheckpointError(f"{where} chooses a folder to write into, which is not taken from a checkpoint or "
                                   "a run folder (one from elsewhere could write, or delete files, anywhere you can); "
                                   f"if it is your own run, give {key}=... again on today's command line")
@@ -168,6 +174,22 @@ def check_overrides(overrides, source: str, repeat: bool = False) -> None:
         for t in [*found, *targets(o.value())]:
             if not trusted(t, data="data" in key.split(".")) or (repeat and t == FAULTS and not _given(t)):
                 raise _refused(t, where)
+
+
+def unrepeated(overrides: list[str]) -> list[str]:
+    """Of a run's own command line, what its resume does not take from the saved one (a folder to write into, an
+    environment variable, a class of the user's own...): the resume command printed for the run repeats them,
+    since they are the user's (a run with paths.cache_dir=/scratch/cache was told a resume command that was
+    refused: third review)."""
+    out = []
+    for o in overrides:
+        if o.split("=", 1)[0].lstrip("+~").startswith(("hydra", "ckpt_path", "callbacks.fault")):  # (a resume drops
+            continue  # an injected fault: re-injected, it would stop the resumed run at the same step)
+        try:
+            check_overrides([o], "", repeat=True)
+        except CheckpointError:
+            out.append(o)
+    return out
 
 
 def _keys(node) -> Iterator[str]:
@@ -192,6 +214,20 @@ def _written(key: str, value) -> Iterator:
     elif isinstance(value, list | tuple):
         for v in value:
             yield from _written("", v)
+
+
+def _named(key: str, value) -> Iterator:
+    """The values of a logger's name, version and sub_dir in an override (Lightning writes to save_dir/name/version:
+    a recorded `name: ../../elsewhere` led out of the run, for any logger but the CSVLogger start-up checks)."""
+    if key.split(".")[0] == "logger" and key.split(".")[-1] in ("name", "version", "sub_dir"):
+        yield value
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _named(f"{key}.{k}", v)
+
+
+def _plain_name(value) -> bool:
+    return value is None or ("/" not in str(value) and "\\" not in str(value) and str(value) not in (".", ".."))
 
 
 def _in_run(value) -> bool:
@@ -274,15 +310,15 @@ def check_links(folder: Path) -> None:
     folder it pointed at (found by the second review)."""
     if os.environ.get(LINKS_ENV) == "1" or not Path(folder).is_dir():
         return
-    real, top = Path(folder).resolve(), Path(folder)
+    real, top = os.path.realpath(folder), Path(folder)
     for root, dirs, files in os.walk(top):  # (links to folders are listed in dirs, and not walked into)
         if Path(root) == top and "wandb" in dirs and not (top / "wandb").is_symlink():
             dirs.remove("wandb")  # W&B's own links (debug-core.log -> ~/.cache/wandb/...), which a resume does not
             # write through: its new segment is a folder of its own, and W&B makes its top links afresh
         for name in [*dirs, *files]:
             path = Path(root) / name
-            if path.is_symlink() and not path.resolve().is_relative_to(real):  # (save_last=link: last.ckpt is a
-                # link to a best checkpoint beside it, inside)
+            if path.is_symlink() and os.path.commonpath([os.path.realpath(path), real]) != real:  # (save_last=link:
+                # last.ckpt is a link to a best checkpoint beside it, inside; realpath: a loop is a path, not an error)
                 raise CheckpointError(
                     f"the run folder {folder} holds a symbolic link, {path} -> {os.readlink(path)}: a resume writes "
                     "through it (a run folder from elsewhere could make it overwrite any file you can write). If the "

@@ -798,6 +798,24 @@ def test_a_resume_repeats_no_foreign_class_or_folder_from_a_run_folder_or_a_chec
     (run / "checkpoints" / "best-step3.ckpt").write_bytes(b"x")
     (run / "checkpoints" / "latest.ckpt").symlink_to("best-step3.ckpt")  # inside the folder (save_last=link): fine
     resume_overrides([f"ckpt_path={last}"])
+    # found by the third review: an environment variable read by a recorded value (sent out in a data URL), a
+    # logger's name leading out of its save_dir, a link loop (a traceback); the run's own resume command repeats
+    # what a resume does not take from its saved line
+    from momattn.trust import unrepeated
+
+    for line, says in (("data.name=${oc.env:HOME}", "reads an environment variable"),
+                       ("+logger.tb={_target_:lightning.pytorch.loggers.TensorBoardLogger,save_dir:'${paths.output_dir}',"
+                        "name:../../elsewhere}", "chooses a folder to write into")):
+        (run / ".hydra" / "overrides.yaml").write_text(f"- \"{line}\"\n")
+        with pytest.raises(CheckpointError, match=says):
+            resume_overrides([f"ckpt_path={last}"])
+    (run / ".hydra" / "overrides.yaml").write_text("- seed=3\n")
+    assert unrepeated(["seed=3", "paths.cache_dir=/scratch/c", "data.name=${oc.env:X}", "hydra.run.dir=r",
+                       "+callbacks.fault.spec=kill@3"]) == ["paths.cache_dir=/scratch/c", "data.name=${oc.env:X}"]
+    from momattn.cli import HydraJob, go_on
+
+    assert go_on(HydraJob(["paths.cache_dir=/scratch/c", "seed=3"]), run) == (
+        f"Resume with: python train.py ckpt_path=last hydra.run.dir={run} paths.cache_dir=/scratch/c")
     # W&B's own links out of its folder (offline-run-*/logs/debug-core.log -> ~/.cache/wandb/...), which it does not
     # write through on a resume: passed over (a W&B run's resume was refused); a wandb/ that is itself a link is not
     (run / "wandb" / "offline-run-1-x" / "logs").mkdir(parents=True)
@@ -807,6 +825,24 @@ def test_a_resume_repeats_no_foreign_class_or_folder_from_a_run_folder_or_a_chec
     (run / "wandb").symlink_to(tmp_path / "wandb-elsewhere")
     with pytest.raises(CheckpointError, match=r"holds a symbolic link, .*/wandb -> "):
         resume_overrides([f"ckpt_path={last}"])
+    (run / "wandb").unlink()
+    (run / "loopy").symlink_to("loopy")  # a loop leads nowhere to write: passed over (it was a traceback)
+    resume_overrides([f"ckpt_path={last}"])
+    sweep = tmp_path / "sweep"  # a sweep's resume: its jobs write into their folders in it (it was not checked)
+    (sweep / "0" / "csv").mkdir(parents=True)
+    (sweep / "0" / "csv" / "hparams.yaml").symlink_to(victim)
+    with pytest.raises(CheckpointError, match=r"holds a symbolic link, .*0/csv/hparams.yaml -> "):
+        resume_overrides(["ckpt_path=last", f"hydra.sweep.dir={sweep}"], multirun=True)
+    # a tokenizer whose pre-tokenizer runs away (a Rust panic, which Python's `except Exception` misses: a traceback)
+    from tokenizers import Regex, pre_tokenizers
+
+    from momattn.errors import DataError
+    from momattn.tokenizer import Tokenizer
+
+    hf = tokenizer.hf.__class__.from_str(tokenizer.hf.to_str())
+    hf.pre_tokenizer = pre_tokenizers.Split(Regex("(a|a?)+$"), "isolated")
+    with pytest.raises(DataError, match=r"failed on the text .* the tokenizer itself is broken"):
+        Tokenizer(hf, "crafted").encode("a" * 50000 + "b")
 
 
 def test_a_reordered_sweep_of_fsdp_runs_is_refused_before_any_job_starts(tmp_path, monkeypatch):

@@ -454,6 +454,10 @@ def test_local_hub_files_that_are_empty_not_utf8_or_unmatched_get_a_one_line_err
     for cls in (HubCorpus, StreamingHubCorpus):
         with pytest.raises(DataError, match=r"the 'validation' split's file is empty \(.*empty.jsonl\): no rows"):
             cls(name="json", data_files={"train": str(tmp_path / "good.jsonl"), "validation": empty}).documents("val")
+        if cls is HubCorpus:  # a slice of the split read (it was "corresponds to no data ... without network")
+            with pytest.raises(DataError, match=r"the 'validation' split's file is empty"):
+                cls(name="json", data_files={"train": str(tmp_path / "good.jsonl"), "validation": empty},
+                    val_split="validation[:50%]").documents("val")
         with pytest.raises(DataError, match=r"the 'train' split's file is empty \(.*empty.txt\): no rows"):
             cls(name="text", data_files={"train": str(tmp_path / "empty.txt")}, val_split=None).documents("train")
         # a split not read, or a URL beside the empty file: not refused (found by the diff review)

@@ -313,6 +313,7 @@ def test_a_ctrl_c_before_the_first_checkpoint_says_the_steps_are_lost(tmp_path):
     # "before the first checkpoint", and ckpt_path=last was refused: found by the diff review)
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "best-step3.ckpt").write_bytes(b"x")
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"damaged, and newer")  # not advised (third review)
     assert _interrupt_hint(tmp_path, HydraJob([])).strip() == (
         f"[momattn] interrupted (Ctrl-C): no last.ckpt; the newest checkpoint is {tmp_path}/checkpoints/best-step3.ckpt, "
         "and the steps after it are lost (a SIGTERM, e.g. kill <pid>, saves the current step first). Resume from it "

@@ -346,7 +346,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     except OSError as e:
         if e.errno not in FULL_DISK:
             raise
-        raise DiskFullError(_disk_full(e, out_dir)) from None
+        raise DiskFullError(_disk_full(e, out_dir, job)) from None
     except (torch.distributed.DistError, RuntimeError) as e:
         if lost := _peer_lost(e):  # another rank ended mid-run (its own error is above, or it was killed): one
             # line, not gloo's forty lines of C++ frames
@@ -598,9 +598,11 @@ def _swept_keys(sweep_dir: Path) -> set[str]:
     return {k.lstrip("+~") for k in keys}
 
 
-def _disk_full(e: OSError, out_dir: Path) -> str:
+def _disk_full(e: OSError, out_dir: Path, job=None) -> str:
     """What survived a full disk or quota (checkpoints are written atomically: last.ckpt is the previous complete
     one)."""
+    from momattn.trust import given_again
+
     last = out_dir / "checkpoints" / "last.ckpt"
     try:
         saved = f"{last} (step {read_meta(last)['global_step']}) is intact"
@@ -610,20 +612,24 @@ def _disk_full(e: OSError, out_dir: Path) -> str:
     where = f" while writing {target}" if target else ""
     full = "the disk quota is used up" if e.errno == errno.EDQUOT else "the disk is full"
     return (f"{full}{where} ({e.strerror or e}). {saved}. Free space (or choose another folder with "
-            f"hydra.run.dir=...), then resume with: python train.py ckpt_path=last {shell_arg('hydra.run.dir', out_dir)}")
+            f"hydra.run.dir=...), then resume with: python train.py ckpt_path=last {shell_arg('hydra.run.dir', out_dir)}"
+            + given_again(getattr(job, "overrides", ())))
 
 
 def _resume_hint(preempt: PreemptionCheckpoint, out_dir: Path, job: HydraJob, loggers: list = ()) -> str:
     """What was saved, and the resume command. The run folder's .hydra/overrides.yaml holds its command line, which
     a resume reuses (momattn.cli.resume_overrides), so nothing is retyped; without that file the overrides are
     repeated. An offline W&B run's segment so far is named with its `wandb sync`."""
+    from momattn.trust import resume_prefix
+
     if preempt.saved_path is not None:
         saved = f"checkpoint written to {preempt.saved_path} at step {preempt.saved_step}"
     else:  # stopped before the first step (e.g. in the sanity check): the newest checkpoint there is stands
         saved = newest_checkpoint(out_dir)
         saved = saved if saved.startswith("no ") else f"no new checkpoint; {saved}"
     return (f"\n[momattn] SIGTERM received: {saved}.\n"
-            f"Resume with: python train.py {_retyped(out_dir, job)} ckpt_path=last {shell_arg('hydra.run.dir', out_dir)}"
+            f"Resume with: {resume_prefix(out_dir)}python train.py {_retyped(out_dir, job)} ckpt_path=last "
+            f"{shell_arg('hydra.run.dir', out_dir)}"
             ).replace("  ", " ") + "".join(f"\n{line}" for line in logs.offline_runs(list(loggers)))
 
 
@@ -643,6 +649,8 @@ def _rank_lost(rank: int, how: str, grace: float, out_dir: Path, job) -> str:
 
 
 def _interrupt_hint(out_dir: Path, job) -> str:
+    from momattn.trust import given_again
+
     """What a Ctrl-C left: no checkpoint of its own (it can land mid-step), the newest one written before it, and
     how to go on from there."""
     newest, sigterm = newest_checkpoint(out_dir), "(a SIGTERM, e.g. kill <pid>, saves the current step first)"
@@ -651,7 +659,7 @@ def _interrupt_hint(out_dir: Path, job) -> str:
     if others:  # no last.ckpt (save_last off, or damaged): the newest other one (it said "before the first")
         return (f"\n[momattn] interrupted (Ctrl-C): no last.ckpt; the newest checkpoint is {others[-1]}, and the "
                 f"steps after it are lost {sigterm}. Resume from it with: python train.py "
-                f"{shell_arg('ckpt_path', others[-1])}")
+                f"{shell_arg('ckpt_path', others[-1])}{given_again(getattr(job, 'overrides', ()))}")
     if newest.startswith("no "):  # it said "no checkpoint was written yet; the steps after it are lost" (review)
         return (f"\n[momattn] interrupted (Ctrl-C) before the first checkpoint: the steps trained are lost {sigterm}. "
                 + go_on(job, out_dir).replace("Resume with:", "Start it again with:", 1))

@@ -83,15 +83,15 @@ def allow_own(names) -> None:
     _OWN.update(names)
 
 
-def _given(target: str) -> bool:
+def _given(target: str, own: bool = True) -> bool:
     given = [t.strip() for t in os.environ.get(ENV, "").split(",") if t.strip()]
-    return target in _OWN or any(target == t or (t.endswith(".") and target.startswith(t)) for t in given)
+    return (own and target in _OWN) or any(target == t or (t.endswith(".") and target.startswith(t)) for t in given)
 
 
-def trusted(target: str, data: bool = False) -> bool:
+def trusted(target: str, data: bool = False, own: bool = True) -> bool:
     """Whether a stored config may name `target`, exactly (a dotted path walks attributes: a trusted module's
     `.Path.write_text` is not the module); data: as a data source."""
-    return target in (_data_names() if data else _trusted_names()) or _given(target)
+    return target in (_data_names() if data else _trusted_names()) or _given(target, own)
 
 
 def targets(node) -> Iterator[str]:
@@ -107,12 +107,13 @@ def targets(node) -> Iterator[str]:
             yield from targets(v)
 
 
-def _refused(target: str, where: str) -> CheckpointError:
+def _refused(target: str, where: str, resume: bool = False) -> CheckpointError:
+    again = "give that override again on today's command line, or " if resume else ""
     return CheckpointError(
         f"{where} names _target_={target}, which is not a class momattn takes from a checkpoint or a run folder: "
         "their config is data, and a _target_ in it is imported and called (it could run any code). Use a checkpoint "
-        "you trust; if it is your own run with a class of your own, give that override again on today's command "
-        f"line, or allow the class by name: {ENV}=<module.Class>")
+        f"you trust; if it is your own run with a class of your own, {again}allow the class by name: "
+        f"{ENV}=<module.Class>")
 
 
 def check_config(config: Mapping | None, path) -> None:
@@ -128,7 +129,7 @@ def resolvers(text: str) -> set[str]:
     return set(re.findall(r"\$\{\s*([\w.]+)\s*:", text))
 
 
-def check_overrides(overrides, source: str, repeat: bool = False) -> None:
+def check_overrides(overrides, source: str, repeat: bool = False, own: bool = True) -> None:
     """The command line a checkpoint or a run folder records (`source` names it, e.g. "checkpoint 'x.ckpt': its
     recorded command line"): no Hydra setting (hydra.job.env_set sets environment variables), no sweep (train.py
     records a job's own values), no resolver but those that read (oc.create made a _target_ out of a string), and
@@ -172,8 +173,21 @@ def check_overrides(overrides, source: str, repeat: bool = False) -> None:
                                   f"if it is your own run, give {key}=... again on today's command line")
         found = [o.get_value_element_as_str()] if key.split(".")[-1] == "_target_" else []
         for t in [*found, *targets(o.value())]:
-            if not trusted(t, data="data" in key.split(".")) or (repeat and t == FAULTS and not _given(t)):
-                raise _refused(t, where)
+            if not trusted(t, data="data" in key.split("."), own=own) or (repeat and t == FAULTS and not _given(t)):
+                raise _refused(t, where, resume=repeat)
+
+
+def resume_prefix(folder) -> str:
+    """'MOMATTN_TRUST_LINKS=1 ' where the run's folder links out of itself (its own checkpoints/ on another disk: the
+    printed resume command was refused), else ''."""
+    return f"{LINKS_ENV}=1 " if os.environ.get(LINKS_ENV) != "1" and link_out(folder) is not None else ""
+
+
+def given_again(overrides) -> str:
+    """unrepeated(overrides) as a command line's tail (' k=v ...', shell-quoted), for a printed resume command."""
+    import shlex
+
+    return "".join(f" {shlex.quote(o)}" for o in unrepeated(list(overrides or ())))
 
 
 def unrepeated(overrides: list[str]) -> list[str]:
@@ -186,7 +200,7 @@ def unrepeated(overrides: list[str]) -> list[str]:
         if o.split("=", 1)[0].lstrip("+~").startswith(("hydra", "ckpt_path", "callbacks.fault")):  # (a resume drops
             continue  # an injected fault: re-injected, it would stop the resumed run at the same step)
         try:
-            check_overrides([o], "", repeat=True)
+            check_overrides([o], "", repeat=True, own=False)  # (this process trusts its own classes: a resume not)
         except CheckpointError:
             out.append(o)
     return out
@@ -310,16 +324,26 @@ def check_links(folder: Path) -> None:
     folder it pointed at (found by the second review)."""
     if os.environ.get(LINKS_ENV) == "1" or not Path(folder).is_dir():
         return
+    if (path := link_out(folder)) is not None:
+        raise CheckpointError(
+            f"the run folder {folder} holds a symbolic link, {path} -> {os.readlink(path)}: a resume writes through it "
+            "(a run folder from elsewhere could make it overwrite any file you can write). If the links are your own "
+            f"(checkpoints/ on another disk), set {LINKS_ENV}=1")
+
+
+def link_out(folder) -> Path | None:
+    """The first symbolic link below `folder` that leads out of it, or None. W&B's own folders (`wandb/`, at any
+    depth: a sweep's jobs, a save_dir inside the run) are passed over: their links (debug-core.log ->
+    ~/.cache/wandb/...) are not written through by a resume, whose segment is a folder of its own and whose top
+    links W&B makes afresh (a W&B run's resume was refused: found by review)."""
     real, top = os.path.realpath(folder), Path(folder)
+    if not top.is_dir():
+        return None
     for root, dirs, files in os.walk(top):  # (links to folders are listed in dirs, and not walked into)
-        if Path(root) == top and "wandb" in dirs and not (top / "wandb").is_symlink():
-            dirs.remove("wandb")  # W&B's own links (debug-core.log -> ~/.cache/wandb/...), which a resume does not
-            # write through: its new segment is a folder of its own, and W&B makes its top links afresh
+        if "wandb" in dirs and not (Path(root) / "wandb").is_symlink():
+            dirs.remove("wandb")
         for name in [*dirs, *files]:
             path = Path(root) / name
             if path.is_symlink() and os.path.commonpath([os.path.realpath(path), real]) != real:  # (save_last=link:
-                # last.ckpt is a link to a best checkpoint beside it, inside; realpath: a loop is a path, not an error)
-                raise CheckpointError(
-                    f"the run folder {folder} holds a symbolic link, {path} -> {os.readlink(path)}: a resume writes "
-                    "through it (a run folder from elsewhere could make it overwrite any file you can write). If the "
-                    f"links are your own (checkpoints/ on another disk), set {LINKS_ENV}=1")
+                return path  # last.ckpt links a best checkpoint beside it, inside; realpath: a loop is no error)
+    return None

@@ -646,7 +646,7 @@ def test_a_checkpoints_config_may_name_only_momattns_classes(tmp_path, tokenizer
     # a class of your own, allowed by name (exactly, or by a prefix ending with '.')
     ckpt["momattn"]["config"] = {"data": {"_target_": "mypkg.data.MySource"}}
     torch.save(ckpt, tmp_path / "mine.ckpt")
-    with pytest.raises(CheckpointError, match=r"or allow the class by name: MOMATTN_TRUSTED_TARGETS=<module.Class>$"):
+    with pytest.raises(CheckpointError, match=r"your own, allow the class by name: MOMATTN_TRUSTED_TARGETS=<module.Class>$"):
         read_meta(tmp_path / "mine.ckpt")
     for allowed in ("mypkg.data.MySource", "mypkg.", "other.X, mypkg.data."):
         monkeypatch.setenv("MOMATTN_TRUSTED_TARGETS", allowed)
@@ -816,6 +816,19 @@ def test_a_resume_repeats_no_foreign_class_or_folder_from_a_run_folder_or_a_chec
 
     assert go_on(HydraJob(["paths.cache_dir=/scratch/c", "seed=3"]), run) == (
         f"Resume with: python train.py ckpt_path=last hydra.run.dir={run} paths.cache_dir=/scratch/c")
+    # a class of the run's own is given again too, though this process (the run's) trusts it (flows review)
+    trust.allow_own(["mymod.Cb"])
+    assert unrepeated(["+callbacks.mine._target_=mymod.Cb", "seed=3"]) == ["+callbacks.mine._target_=mymod.Cb"]
+    assert "finish it as a single run: python train.py ckpt_path=last hydra.run.dir=" in go_on(
+        HydraJob(["paths.cache_dir=/scratch/c"], sweep_dir="s", num=0, search=True), run)
+    assert go_on(HydraJob(["paths.cache_dir=/scratch/c"], sweep_dir="s", num=0, search=True), run).count(
+        "paths.cache_dir=/scratch/c") == 1
+    linked = tmp_path / "linked"  # the run's own checkpoints/ on another disk: its printed command says so
+    (tmp_path / "disk").mkdir()
+    linked.mkdir()
+    (linked / "checkpoints").symlink_to(tmp_path / "disk")
+    assert go_on(HydraJob([]), linked) == (f"Resume with: MOMATTN_TRUST_LINKS=1 python train.py ckpt_path=last "
+                                           f"hydra.run.dir={linked}")
     # W&B's own links out of its folder (offline-run-*/logs/debug-core.log -> ~/.cache/wandb/...), which it does not
     # write through on a resume: passed over (a W&B run's resume was refused); a wandb/ that is itself a link is not
     (run / "wandb" / "offline-run-1-x" / "logs").mkdir(parents=True)
@@ -826,9 +839,15 @@ def test_a_resume_repeats_no_foreign_class_or_folder_from_a_run_folder_or_a_chec
     with pytest.raises(CheckpointError, match=r"holds a symbolic link, .*/wandb -> "):
         resume_overrides([f"ckpt_path={last}"])
     (run / "wandb").unlink()
+    (run / "logs" / "wandb" / "offline-run-2-x" / "logs").mkdir(parents=True)  # W&B under a save_dir in the run
+    (run / "logs" / "wandb" / "offline-run-2-x" / "logs" / "debug-core.log").symlink_to(victim)
+    resume_overrides([f"ckpt_path={last}"])
     (run / "loopy").symlink_to("loopy")  # a loop leads nowhere to write: passed over (it was a traceback)
     resume_overrides([f"ckpt_path={last}"])
     sweep = tmp_path / "sweep"  # a sweep's resume: its jobs write into their folders in it (it was not checked)
+    (sweep / "1" / "wandb" / "offline-run-3-x" / "logs").mkdir(parents=True)  # a job's W&B run: passed over
+    (sweep / "1" / "wandb" / "offline-run-3-x" / "logs" / "debug-core.log").symlink_to(victim)
+    resume_overrides(["ckpt_path=last", f"hydra.sweep.dir={sweep}"], multirun=True)
     (sweep / "0" / "csv").mkdir(parents=True)
     (sweep / "0" / "csv" / "hparams.yaml").symlink_to(victim)
     with pytest.raises(CheckpointError, match=r"holds a symbolic link, .*0/csv/hparams.yaml -> "):

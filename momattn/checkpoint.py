@@ -411,9 +411,21 @@ def check_environment(kind: str, device: torch.device) -> None:
 def checkpoint_tokenizer(meta: dict, path) -> Tokenizer:
     """The tokenizer a checkpoint stores, or a CheckpointError naming the checkpoint where it is damaged."""
     try:
-        return Tokenizer.from_json(meta["tokenizer"], name=meta.get("tokenizer_name", "tokenizer"))
+        tok = Tokenizer.from_json(meta["tokenizer"], name=meta.get("tokenizer_name", "tokenizer"))
     except DataError as e:
         raise CheckpointError(f"checkpoint '{path}': its tokenizer is damaged: {e}") from None
+    try:  # a tokenizer that multiplies text (a normalizer replacing ' ' by 100,000 characters: 3 GB of ids for 400
+        ids = len(tok.encode(_PROBE))  # characters of a corpus, found by review) is refused before it reads one
+    except DataError:
+        return tok  # one that cannot encode plain English (GINC's symbols): nothing to measure
+    if ids > 8 * len(_PROBE):
+        raise CheckpointError(f"checkpoint '{path}': its tokenizer turns {len(_PROBE)} characters of plain text into "
+                              f"{ids:,} tokens (a byte-level tokenizer gives at most one per byte): it is crafted or "
+                              "damaged; use a checkpoint you trust")
+    return tok
+
+
+_PROBE = "The quick brown fox jumps over the lazy dog, 0123456789; caf\u00e9 na\u00efve \u65e5\u672c.\n" * 4
 
 
 def checkpoint_meta(model_config: GPTConfig, tokenizer: Tokenizer, config: dict, **extra) -> dict:

@@ -876,3 +876,18 @@ def test_a_reordered_sweep_of_fsdp_runs_is_refused_before_any_job_starts(tmp_pat
     with pytest.raises(ConfigError, match=r"job 0 would resume .*sw/0/checkpoints/last.ckpt, trained with seed=1"):
         check_resume(Sweep([["seed=2"], ["seed=1"]], "sw", "${hydra.job.num}"), cwd=tmp_path)
     check_resume(Sweep([["seed=1"], ["seed=2"]], "sw", "${hydra.job.num}"), cwd=tmp_path)  # in its order: resumes
+
+
+def test_a_tokenizer_that_multiplies_text_is_refused_before_it_reads_a_corpus(tokenizer):
+    """A normalizer replacing ' ' by 100,000 characters turned 400 characters of a corpus into 3 GB of ids (found by
+    review): a checkpoint's tokenizer is measured on a probe text first."""
+    import json
+
+    from momattn.checkpoint import checkpoint_tokenizer
+
+    assert checkpoint_tokenizer({"tokenizer": tokenizer.to_json()}, "own.ckpt").vocab_size == tokenizer.vocab_size
+    crafted = json.loads(tokenizer.to_json())
+    crafted["normalizer"] = {"type": "Replace", "pattern": {"String": " "}, "content": "x" * 20000}
+    with pytest.raises(CheckpointError, match=r"^checkpoint 'c.ckpt': its tokenizer turns \d+ characters of plain "
+                                              r"text into [\d,]+ tokens .* it is crafted or damaged"):
+        checkpoint_tokenizer({"tokenizer": json.dumps(crafted)}, "c.ckpt")

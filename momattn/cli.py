@@ -777,15 +777,13 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
             and not _override_key(o).startswith("callbacks.fault")]
     kept, dropped = _outside_switched_groups(kept, overrides)
     kept, overrides, removed = _removed_additions(saved, kept, overrides)
-    from momattn.trust import check_overrides, mark_resume_from_checkpoint
+    from momattn.trust import check_links, check_overrides, mark_resume_from_checkpoint
 
     # what this resume repeats is data from the folder or the checkpoint, which may come from elsewhere: a _target_
     # there is imported and called, a path chooses where files are written (a run folder's was trusted: review)
     check_overrides(kept, source, repeat=True)
     mark_resume_from_checkpoint(overrides, _unquoted(ckpt))  # the composed config's targets: checked in the task
     if folder is not None and not other_rank():  # the folder this resume writes into: no link to write through
-        from momattn.trust import check_links
-
         check_links(Path(folder))
     # a key the run added (+k=v; not in the base config) and today sets again as k=v2: still an addition
     added = {_override_key(o): o[: len(o) - len(o.lstrip("+"))] for o in saved if o.startswith("+")}

@@ -635,10 +635,9 @@ def _resume_hint(preempt: PreemptionCheckpoint, out_dir: Path, job: HydraJob, lo
 
 def _retyped(out_dir: Path, job: HydraJob) -> str:
     """The overrides a resume command repeats: none where the run folder's .hydra/overrides.yaml holds them."""
-    from momattn.trust import unrepeated  # (what a resume does not take from the saved line: given again)
+    from momattn.trust import given_again  # (what a resume does not take from the saved line: given again)
 
-    return " ".join(shlex.quote(o) for o in unrepeated(list(job.overrides))) \
-        if (out_dir / ".hydra" / "overrides.yaml").is_file() else \
+    return given_again(job.overrides).strip() if (out_dir / ".hydra" / "overrides.yaml").is_file() else \
         " ".join(shlex.quote(o) for o in job.overrides if not o.startswith(("ckpt_path=", "hydra.run.dir=")))
 
 
@@ -649,10 +648,10 @@ def _rank_lost(rank: int, how: str, grace: float, out_dir: Path, job) -> str:
 
 
 def _interrupt_hint(out_dir: Path, job) -> str:
-    from momattn.trust import given_again
-
     """What a Ctrl-C left: no checkpoint of its own (it can land mid-step), the newest one written before it, and
     how to go on from there."""
+    from momattn.trust import given_again
+
     newest, sigterm = newest_checkpoint(out_dir), "(a SIGTERM, e.g. kill <pid>, saves the current step first)"
     others = sorted((p for p in (out_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"),
                     key=lambda p: p.stat().st_mtime) if newest.startswith("no ") else []  # (a damaged last.ckpt too)

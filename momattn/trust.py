@@ -322,9 +322,7 @@ def check_links(folder: Path) -> None:
     the links are theirs: a downloaded folder's csv/hparams.yaml linked to a file of the user's was overwritten with the run's
     config, its train.log link appended to, a linked csv/ or checkpoints/ had files written and replaced in the
     folder it pointed at (found by the second review)."""
-    if os.environ.get(LINKS_ENV) == "1" or not Path(folder).is_dir():
-        return
-    if (path := link_out(folder)) is not None:
+    if os.environ.get(LINKS_ENV) != "1" and (path := link_out(folder)) is not None:
         raise CheckpointError(
             f"the run folder {folder} holds a symbolic link, {path} -> {os.readlink(path)}: a resume writes through it "
             "(a run folder from elsewhere could make it overwrite any file you can write). If the links are your own "

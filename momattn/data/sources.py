@@ -540,12 +540,14 @@ def check_files_there(name: str, data_files: dict | None, reading: str | None = 
                     raise DataError(f"data.data_files: the '{split}' pattern '{f}' matches no file")
             elif not path.is_file():
                 raise DataError(f"data.data_files: the '{split}' file '{f}' {not_a_file(path)}")
-        local = all("://" not in str(f) for f in (files if isinstance(files, list | tuple) else [files]))
-        if split == str(reading).split("[", 1)[0] and local and (paths := named_files(files)) and all(p.stat().st_size == 0 for p in paths):
-            # datasets said "Instruction 'validation' corresponds to no data", or a row could not be read (text)
-            shown = ", ".join(str(p) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
-            raise DataError(f"data.data_files: the '{split}' split's {'file is' if len(paths) == 1 else 'files are'} "
-                            f"empty ({shown}): no rows to read; give it a file with documents")
+    split = str(reading).split("[", 1)[0]  # (a slice of the split reads its files)
+    files = (data_files or {}).get(split) if reading is not None else None
+    local = all("://" not in str(f) for f in (files if isinstance(files, list | tuple) else [files]))
+    if local and (paths := named_files(files)) and all(p.stat().st_size == 0 for p in paths):
+        # datasets said "Instruction 'validation' corresponds to no data", or a row could not be read (text)
+        shown = ", ".join(str(p) for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
+        raise DataError(f"data.data_files: the '{split}' split's {'file is' if len(paths) == 1 else 'files are'} "
+                        f"empty ({shown}): no rows to read; give it a file with documents")
 
 
 def empty_folder(name: str, e: BaseException) -> DataError | None:

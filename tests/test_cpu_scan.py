@@ -381,16 +381,38 @@ def test_a_cache_others_can_write_holds_the_kernel_in_a_folder_of_this_users_own
     in a folder only this user can write."""
     import os
 
+    tmp_path = tmp_path.resolve()
     shared = tmp_path / "shared"
     shared.mkdir()
-    shared.chmod(0o777)
+    shared.chmod(0o1777)  # as /tmp: others write, none renames another's entry
     own = cpu_scan._private(shared)
     assert own == shared / f"user-{os.getuid()}" and (own.stat().st_mode & 0o777) == 0o700
     assert cpu_scan._private(own) == own and cpu_scan._private(tmp_path / "new") == tmp_path / "new"
+    (tmp_path / "link").symlink_to(shared)  # followed once, at the check (relinked before the load: review)
+    assert cpu_scan._private(tmp_path / "link") == own
+    # where another user could rename this user's folder: no sticky bit, or another's folder (a link in /tmp)
+    open_to_all = tmp_path / "open"
+    open_to_all.mkdir()
+    open_to_all.chmod(0o777)
+    with pytest.raises(cpu_scan._CacheUnwritable, match="open can be written by other users, and has no sticky bit"):
+        cpu_scan._private(open_to_all)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    foreign.chmod(0o1777)
+    if os.getuid() == 0:
+        os.chown(foreign, 12345, -1)
+    else:
+        me = os.getuid()
+        monkeypatch.setattr(os, "getuid", lambda: me + 1)
+    (tmp_path / "tmp_link").symlink_to(foreign)
+    with pytest.raises(cpu_scan._CacheUnwritable, match=r"foreign can be written by other users, and belongs to "
+                                                        r"another \(uid"):
+        cpu_scan._private(tmp_path / "tmp_link")
+    monkeypatch.undo()
     (tmp_path / "elsewhere").mkdir()
     other = tmp_path / "shared2"
     other.mkdir()
-    other.chmod(0o777)
+    other.chmod(0o1777)
     (other / f"user-{os.getuid()}").symlink_to(tmp_path / "elsewhere")  # planted: a link to another folder
     with pytest.raises(cpu_scan._CacheUnwritable, match="is not this user's own"):
         cpu_scan._private(other)

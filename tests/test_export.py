@@ -34,6 +34,10 @@ def parity(ckpt, out, trust: bool):
     with torch.no_grad():
         diff = (hf(ids).logits - ours(ids)).abs().max().item()
     assert diff < 1e-4
+    with torch.no_grad():  # and to float64 in float64 (the memory term was float32 there: found by review)
+        diff = (hf.double()(ids).logits - ours.double()(ids)).abs().max().item()
+    hf.float()
+    assert diff < 1e-10, diff
     hf_tok = transformers.AutoTokenizer.from_pretrained(out, trust_remote_code=trust)
     text = "The café serves crème brûlée. 東京 ✓"
     assert hf_tok(text)["input_ids"] == tok.encode(text)

@@ -28,8 +28,10 @@ from transformers.modeling_outputs import CausalLMOutput
 
 
 def _rate(logit: torch.Tensor) -> torch.Tensor:
-    """A learned rate in float32, kept below 1 as momattn's model keeps it (a float32 sigmoid is 1.0 past ~16.6)."""
-    return torch.sigmoid(logit.float()).clamp(max=1 - torch.finfo(torch.float32).eps / 2)
+    """A learned rate in float32 at least (float64 in a float64 model), kept below 1 as momattn's model keeps it (a
+    float32 sigmoid is 1.0 past ~16.6)."""
+    r = torch.sigmoid(logit.to(torch.promote_types(logit.dtype, torch.float32)))
+    return r.clamp(max=1 - torch.finfo(r.dtype).eps / 2)
 
 
 class MomattnConfig(PretrainedConfig):
@@ -62,7 +64,7 @@ def rotary(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
 def decay_matrix(rate: torch.Tensor, T: int, include_current: bool) -> torch.Tensor:
     """rate (..., 1) -> (..., T, T) with rate^(t-i) where i < t (i <= t with include_current), else 0."""
     t = torch.arange(T, device=rate.device)
-    lag = (t[:, None] - t[None, :]).float()  # (T, T)
+    lag = (t[:, None] - t[None, :]).to(rate.dtype)  # (T, T)
     keep = lag >= 0 if include_current else lag > 0
     return torch.where(keep, rate.unsqueeze(-1) ** lag.clamp(min=0), torch.zeros((), device=rate.device))
 
@@ -89,24 +91,26 @@ class Attention(nn.Module):
             raise ValueError(f"attention_kind={self.kind!r} is unknown to this modeling file")
 
     def memory(self, v: torch.Tensor) -> torch.Tensor | None:
-        """The term added to the merged attention output, from the merged values v (B, T, C), in fp32."""
+        """The term added to the merged attention output, from the merged values v (B, T, C), in float32 at least
+        (float64 in a float64 model: its logits are then momattn's to float64, not to float32: found by review)."""
         B, T, C = v.shape
-        vf = v.float()
-        if self.kind == "momentum":
+        dtype = torch.promote_types(v.dtype, torch.float32)
+        vf = v.to(dtype)
+        if self.kind == "momentum":  # a fixed eta as momattn's model holds it: rounded to float32
             eta = _rate(self.eta_logit) if hasattr(self, "eta_logit") else \
-                torch.full((self.n_head,), float(self.eta), device=v.device)
+                torch.full((self.n_head,), float(self.eta), device=v.device).to(dtype)
             W = decay_matrix(eta[:, None], T, self.include_current)  # (H, T, T)
             vh = vf.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
             return (W @ vh).transpose(1, 2).reshape(B, T, C)
         if self.kind == "multirate_ema":
-            p, g = _rate(self.delta), self.rate_mix.float() * self.scale  # (C, R)
+            p, g = _rate(self.delta), self.rate_mix.to(dtype) * self.scale  # (C, R)
             lag = torch.arange(T, device=v.device, dtype=torch.float64)
             kernel = (g.double()[..., None] * p.double()[..., None] ** lag).sum(1)  # (C, T): sum_r gamma p^l
             # the causal convolution y_t = sum_l kernel_l v_(t-l), through float64 FFTs zero-padded to 2T (no
             # wrap-around): O(T log T), and exact to float32 on any device (a GPU conv would round in TF32)
             n = 2 * T
             y = torch.fft.irfft(torch.fft.rfft(vf.double().transpose(1, 2), n=n) * torch.fft.rfft(kernel, n=n), n=n)
-            return y[..., :T].transpose(1, 2).float()  # (B, T, C)
+            return y[..., :T].transpose(1, 2).to(dtype)  # (B, T, C)
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1296,7 +1296,7 @@ def go_on(job, out_dir: Path) -> str:
         return search_stop(job, out_dir)
     from momattn.trust import given_again, resume_prefix
 
-    own = given_again(getattr(job, "overrides", ()))  # what a resume does not take from the saved line: given again
+    own = given_again(job)  # what a resume does not take from the saved line: given again
     where = (f"ckpt_path=last {shell_arg('hydra.sweep.dir', job.sweep_dir)} (the same command; each job resumes its own folder)"
              if job.sweep_dir is not None else
              f"{resume_prefix(out_dir)}python train.py ckpt_path=last {shell_arg('hydra.run.dir', out_dir)}{own}")
@@ -1309,7 +1309,7 @@ def search_stop(job: HydraJob, out_dir: Path) -> str:
     from momattn.trust import given_again
 
     return (f"the search stops at trial {job.num}; finish it as a single run: python train.py ckpt_path=last "
-            f"{shell_arg('hydra.run.dir', out_dir)}{given_again(getattr(job, 'overrides', ()))}, and run the search again into a new folder for more trials (a search is not "
+            f"{shell_arg('hydra.run.dir', out_dir)}{given_again(job)}, and run the search again into a new folder for more trials (a search is not "
             "resumed with ckpt_path=last; a study kept in hydra.sweeper.storage keeps its finished trials, and marks "
             "this one failed: the single run's result does not enter the study)")
 

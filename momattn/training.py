@@ -504,26 +504,29 @@ def _timed_strategy(trainer: dict, timeout_s: int) -> dict:
     return {}
 
 
-def _peer_lost(e: BaseException) -> str | None:
-    """What torch said when another process of a running job is gone (gloo: "connection closed by peer", NCCL: a
-    remote process exited), once the process group exists; else None."""
+def _collective_error(e: BaseException) -> str | None:
+    """torch's error text, lowered, where it comes from a collective of a running job (its process group exists);
+    else None (a DataLoader worker's "Broken pipe", a stream's network error: this process's own error)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return None
     text = str(e).lower()
-    if not (isinstance(e, torch.distributed.DistError) or any(t in text for t in ("gloo/", "nccl", "processgroup"))):
-        return None  # a DataLoader worker's "Broken pipe", a stream's network error: this process's own error
+    found = isinstance(e, torch.distributed.DistError) or any(t in text for t in ("gloo/", "nccl", "processgroup"))
+    return text if found else None
+
+
+def _peer_lost(e: BaseException) -> str | None:
+    """What torch said when another process of a running job is gone (gloo: "connection closed by peer", NCCL: a
+    remote process exited); else None."""
+    text = _collective_error(e) or ""
     return next((m for m in ("connection closed by peer", "connection reset by peer", "remote process exited",
                              "broken pipe") if m in text), None)
 
 
 def _peer_hung(e: BaseException) -> bool:
     """Whether torch says a collective of a running job timed out (gloo: "Timed out waiting ...ms for recv", NCCL's
-    watchdog: "Timeout at NCCL work"), once the process group exists."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return False
-    text = str(e).lower()
-    return ("gloo/" in text or "nccl" in text or isinstance(e, torch.distributed.DistError)) and \
-        ("timed out" in text or "timeout" in text)
+    watchdog: "Timeout at NCCL work")."""
+    text = _collective_error(e) or ""
+    return "timed out" in text or "timeout" in text
 
 
 def _rendezvous_failure(e: BaseException) -> bool:
@@ -613,7 +616,7 @@ def _disk_full(e: OSError, out_dir: Path, job=None) -> str:
     full = "the disk quota is used up" if e.errno == errno.EDQUOT else "the disk is full"
     return (f"{full}{where} ({e.strerror or e}). {saved}. Free space (or choose another folder with "
             f"hydra.run.dir=...), then resume with: python train.py ckpt_path=last {shell_arg('hydra.run.dir', out_dir)}"
-            + given_again(getattr(job, "overrides", ())))
+            + given_again(job))
 
 
 def _resume_hint(preempt: PreemptionCheckpoint, out_dir: Path, job: HydraJob, loggers: list = ()) -> str:
@@ -637,7 +640,7 @@ def _retyped(out_dir: Path, job: HydraJob) -> str:
     """The overrides a resume command repeats: none where the run folder's .hydra/overrides.yaml holds them."""
     from momattn.trust import given_again  # (what a resume does not take from the saved line: given again)
 
-    return given_again(job.overrides).strip() if (out_dir / ".hydra" / "overrides.yaml").is_file() else \
+    return given_again(job).strip() if (out_dir / ".hydra" / "overrides.yaml").is_file() else \
         " ".join(shlex.quote(o) for o in job.overrides if not o.startswith(("ckpt_path=", "hydra.run.dir=")))
 
 
@@ -658,7 +661,7 @@ def _interrupt_hint(out_dir: Path, job) -> str:
     if others:  # no last.ckpt (save_last off, or damaged): the newest other one (it said "before the first")
         return (f"\n[momattn] interrupted (Ctrl-C): no last.ckpt; the newest checkpoint is {others[-1]}, and the "
                 f"steps after it are lost {sigterm}. Resume from it with: python train.py "
-                f"{shell_arg('ckpt_path', others[-1])}{given_again(getattr(job, 'overrides', ()))}")
+                f"{shell_arg('ckpt_path', others[-1])}{given_again(job)}")
     if newest.startswith("no "):  # it said "no checkpoint was written yet; the steps after it are lost" (review)
         return (f"\n[momattn] interrupted (Ctrl-C) before the first checkpoint: the steps trained are lost {sigterm}. "
                 + go_on(job, out_dir).replace("Resume with:", "Start it again with:", 1))

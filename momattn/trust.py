@@ -162,7 +162,7 @@ def check_overrides(overrides, source: str, repeat: bool = False, own: bool = Tr
         if bad := resolvers(str(line)) - RESOLVERS:
             raise CheckpointError(f"{where} calls the resolver {sorted(bad)[0]}, which train.py's configs never "
                                   "record; a checkpoint's command line may only read values (${key}, oc.env, now)")
-        if repeat and ({"_args_", "_partial_"} & {*key.split("."), *_keys(o.value())}):
+        if repeat and ({"_args_", "_partial_"} & {p for k, _ in _nodes(key, o.value()) for p in k.split(".")}):
             # positional arguments name no key: ModelCheckpoint's first is its dirpath, CSVLogger's its save_dir
             # (a recorded `_args_: [/elsewhere]` wrote and deleted there: found by the second review)
             raise CheckpointError(f"{where} passes positional arguments (_args_) or a partial (_partial_), which "
@@ -187,11 +187,12 @@ def resume_prefix(folder) -> str:
     return f"{LINKS_ENV}=1 " if os.environ.get(LINKS_ENV) != "1" and link_out(folder) is not None else ""
 
 
-def given_again(overrides) -> str:
-    """unrepeated(overrides) as a command line's tail (' k=v ...', shell-quoted), for a printed resume command."""
+def given_again(job) -> str:
+    """unrepeated(the Hydra job's command line) as a command line's tail (' k=v ...', shell-quoted), for a printed
+    resume command (a job without overrides: '')."""
     import shlex
 
-    return "".join(f" {shlex.quote(o)}" for o in unrepeated(list(overrides or ())))
+    return "".join(f" {shlex.quote(o)}" for o in unrepeated(list(getattr(job, "overrides", None) or ())))
 
 
 def unrepeated(overrides: list[str]) -> list[str]:
@@ -210,38 +211,25 @@ def unrepeated(overrides: list[str]) -> list[str]:
     return out
 
 
-def _keys(node) -> Iterator[str]:
-    """Every key of a nested value (dicts and lists)."""
-    if isinstance(node, Mapping):
-        for k, v in node.items():
-            yield str(k)
-            yield from _keys(v)
-    elif isinstance(node, list | tuple):
-        for v in node:
-            yield from _keys(v)
+def _nodes(key: str, value) -> Iterator[tuple[str, object]]:
+    """Every (dotted key, value) of an override's value, itself first: a list's items under their index."""
+    yield key, value
+    items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, list | tuple) else ()
+    for k, v in items:
+        yield from _nodes(f"{key}.{k}", v)
 
 
 def _written(key: str, value) -> Iterator:
-    """The values of an override that choose a folder to write into: `value` itself where `key` is such a setting
-    (paths.x, or a WRITE_KEYS name; `paths=<option>` picks a shipped file of conf/paths), and those nested in it."""
-    if key.startswith("paths.") or key.split(".")[-1] in WRITE_KEYS:
-        yield value
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            yield from _written(str(k), v)
-    elif isinstance(value, list | tuple):
-        for v in value:
-            yield from _written("", v)
+    """The values of an override that choose a folder to write into: where the key is such a setting (paths.x, or
+    a WRITE_KEYS name; `paths=<option>` picks a shipped file of conf/paths), itself or nested."""
+    return (v for k, v in _nodes(key, value) if k.startswith("paths.") or k.split(".")[-1] in WRITE_KEYS)
 
 
 def _named(key: str, value) -> Iterator:
     """The values of a logger's name, version and sub_dir in an override (Lightning writes to save_dir/name/version:
     a recorded `name: ../../elsewhere` led out of the run, for any logger but the CSVLogger start-up checks)."""
-    if key.split(".")[0] == "logger" and key.split(".")[-1] in ("name", "version", "sub_dir"):
-        yield value
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            yield from _named(f"{key}.{k}", v)
+    return (v for k, v in _nodes(key, value)
+            if k.split(".")[0] == "logger" and k.split(".")[-1] in ("name", "version", "sub_dir"))
 
 
 def _plain_name(value) -> bool:

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 EOT = "<|endoftext|>"
 MAX_VOCAB = 2**20  # a trained BPE vocabulary (GPT-2: 50,257; the largest common ones: ~256K)
 KINDS = ("bpe", "gpt2", "file", "source")
+# the recipe of a trained BPE (_train_bpe, _byte_level), in its cache file's name: a change to it must not reuse
+# the tokenizers an older recipe cached (bump it with any change that trains or splits differently)
+BPE_RECIPE = 2
 # a document longer than this is encoded in pieces (see Tokenizer.encode_documents), and pieces in groups of at most
 # GROUP_CHARS characters: the library's Encoding keeps offsets and token strings beside each id (~700 bytes a token)
 PIECE_CHARS = 1 << 18
@@ -381,4 +384,4 @@ def bpe_cache_file(vocab_size: int, source: DataSource, cache_dir: Path) -> Path
     """Where the BPE of this vocabulary size trained on this source is cached (build_tokenizer, momattn.plan)."""
     from momattn.data.sources import cache_fingerprint  # (sources imports this module)
 
-    return Path(cache_dir) / "tokenizers" / f"bpe{vocab_size}-{cache_fingerprint(source)}.json"
+    return Path(cache_dir) / "tokenizers" / f"bpe{vocab_size}-r{BPE_RECIPE}-{cache_fingerprint(source)}.json"

@@ -199,6 +199,20 @@ def test_bpe_roundtrip_and_cache(tmp_path):
     assert not (tmp_path / "empty.json").exists()
 
 
+def test_a_bpe_cached_by_another_recipe_is_not_reused(tmp_path, monkeypatch):
+    """The cache file is named by the source's fingerprint and the training recipe: a change to how a BPE is trained
+    or split (a bumped BPE_RECIPE) trains it again instead of reusing the older recipe's tokenizer."""
+    from momattn import tokenizer
+    from momattn.data.sources import TextFiles
+
+    (tmp_path / "a.txt").write_text("some words to learn a tokenizer from\n\n" * 20)
+    source = TextFiles(paths=[str(tmp_path / "a.txt")])
+    first = tokenizer.bpe_cache_file(300, source, tmp_path)
+    assert first == tokenizer.bpe_cache_file(300, source, tmp_path)
+    monkeypatch.setattr(tokenizer, "BPE_RECIPE", tokenizer.BPE_RECIPE + 1)
+    assert tokenizer.bpe_cache_file(300, source, tmp_path) != first
+
+
 def test_gpt2_tokenizer_is_gpt2s_bpe():
     tok = gpt2_tokenizer()
     assert tok.vocab_size == 50257 and tok.eot_id == 50256

@@ -45,7 +45,7 @@ def _a_training_runs(folder: Path) -> tuple[str, Path] | None:
     from momattn.eval.sweep import is_training_job
 
     def holds_run(f: Path) -> bool:
-        return any((f / "checkpoints").glob("*.ckpt")) or is_training_job(f)
+        return any((f / "checkpoints").glob("*.ckpt")) or is_training_job(f) is not False  # (None: unreadable)
 
     if holds_run(folder):
         return ("holds a training run (its checkpoints or its saved config): this would rewrite the run's .hydra/ "

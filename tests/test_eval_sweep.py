@@ -489,13 +489,20 @@ def test_a_diverged_seed_is_left_out_and_named_not_read_as_no_spread(monkeypatch
     monkeypatch.setattr(sweep, "metrics_of", lambda result: {"ppl@64": ppl[result]})
     monkeypatch.setattr(sweep, "text_rise_metrics", lambda result: {})
     (s,) = sweep.summarise(runs)
-    assert s.non_finite == ["momentum seed 1: ppl@64=nan"]
+    assert s.non_finite == ["momentum seed 1 (ppl@64)"]
     assert s.rows["momentum"]["ppl@64"]["n"] == 2 and s.rows["momentum"]["ppl@64"]["mean"] == pytest.approx(9.25)
     (c,) = s.comparisons
     assert c.n_pairs == 2 and c.diff_mean == pytest.approx(-1.75)  # seeds 2 and 3 only
     assert "no spread" not in c.verdict  # a nan difference had been read as "the same in all 3 seeds"
+    # an overflowed perplexity beside finite accuracies: the whole run is left out, its accuracies too (they were
+    # averaged and paired: found by review)
+    acc = {k: 0.5 + 0.01 * i for i, k in enumerate(ppl)}
+    monkeypatch.setattr(sweep, "metrics_of", lambda result: {"ppl@64": ppl[result], "ginc/acc@k4": acc[result]})
+    (s,) = sweep.summarise(runs)
+    assert s.non_finite == ["momentum seed 1 (ppl@64)"] and s.rows["momentum"]["ginc/acc@k4"]["n"] == 2
+    assert {c.metric: c.n_pairs for c in s.comparisons} == {"ppl@64": 2, "ginc/acc@k4": 2}
     md = sweep.sweep_markdown([s], [], 6)
-    assert "left out of every number below (a diverged run?): momentum seed 1: ppl@64=nan" in md
+    assert "(diverged?), left out of every number below: momentum seed 1 (ppl@64)" in md
     assert sweep.t_interval([1.0, 2.0] * 16)[2] - 1.5 == pytest.approx(2.0395 * 0.508 / math.sqrt(32), rel=2e-3)
 
 
@@ -510,18 +517,18 @@ def test_a_diverged_seeds_text_accuracies_are_left_out_of_its_rise_not_read_as_n
     monkeypatch.setattr(sweep, "metrics_of", lambda r: {"sst2/acc@k32": acc[r][1]})
     monkeypatch.setattr(sweep, "text_rise_metrics", lambda r: {"sst2/acc@k0": acc[r][0], "sst2/acc@k32": acc[r][1]})
     (s,) = sweep.summarise(runs)
-    assert s.non_finite == ["momentum seed 3: sst2/acc@k0=nan", "momentum seed 3: sst2/acc@k32=nan"]
+    assert s.non_finite == ["momentum seed 3 (sst2/acc@k0, sst2/acc@k32)"]
     rise = next(r for r in s.rises if r.attention == "momentum")
     assert rise.n_seeds == 2 and rise.mean == pytest.approx(0.19) and rise.seeds == ["1", "2"]
     assert math.isfinite(rise.lo) and "no spread" not in rise.reading
     c = next(c for c in s.comparisons if c.metric == "sst2/rise@k32")
     assert c.n_pairs == 2 and c.diff_mean == pytest.approx(((0.20 - 0.10) + (0.18 - 0.13)) / 2) and c.seeds == ["1", "2"]
-    assert "sst2/acc@k0=nan" in sweep.sweep_markdown([s], [], 6)
+    assert "momentum seed 3 (sst2/acc@k0, sst2/acc@k32)" in sweep.sweep_markdown([s], [], 6)
     # a seed that diverged at k = 32 only: left out of the task's rise; the k every seed shares stays 32 (the bad k
     # dropped alone, the shared k fell to 0 and every attention's rise and rise comparison vanished)
     acc[("momentum", 3)] = (0.5, float("nan"))
     (s,) = sweep.summarise(runs)
-    assert s.non_finite == ["momentum seed 3: sst2/acc@k32=nan"]
+    assert s.non_finite == ["momentum seed 3 (sst2/acc@k32)"]
     assert {(r.attention, r.k, r.n_seeds) for r in s.rises} == {("vanilla", 32, 3), ("momentum", 32, 2)}
     assert next(c for c in s.comparisons if c.metric == "sst2/rise@k32").seeds == ["1", "2"]
     # were a nan to reach an interval, it would not read as 'no spread'
@@ -712,6 +719,31 @@ def test_jobs_a_stopped_sweep_never_started_are_named(tmp_path):
     assert _never_started(parent)[0] == "a/1 (never started: seed=1 attention=momentum)"
     (sweep / "multirun.yaml").write_text("hydra: {sweeper: {_target_: optuna}}\n")  # a search: no fixed job list
     assert _never_started(sweep) == []
+
+
+def test_sweeps_gathered_with_links_are_read_once_and_an_unreadable_job_is_named(tmp_path, tokenizer):  # noqa: F811
+    """Path.rglob does not enter a link to a folder: sweeps gathered under one parent with ln -s were passed over
+    without a word ('holds no finished run' where it held six), and a job whose .hydra/config.yaml cannot be read
+    vanished from the report (both found by review)."""
+    from momattn.eval.sweep import find_runs
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    job(a, 0, "vanilla", 1, tokenizer)
+    job(b, 0, "momentum", 1, tokenizer)
+    job(b, 1, "momentum", 2, tokenizer)
+    gathered = tmp_path / "gathered"
+    gathered.mkdir()
+    (gathered / "a").symlink_to(a)
+    (gathered / "b").symlink_to(b)
+    (gathered / "b_again").symlink_to(b)  # the same sweep twice: read once
+    (b / "loop").symlink_to(gathered)  # a loop: entered once
+    runs, failed = find_runs(gathered)
+    assert sorted((r.attention, r.seed) for r in runs) == [("momentum", 1), ("momentum", 2), ("vanilla", 1)]
+    assert sorted(str(r.job.relative_to(gathered)) for r in runs) == ["a/0", "b/0", "b/1"] and failed == []
+    (b / "1" / "checkpoints" / "last.ckpt").unlink()
+    (b / "1" / ".hydra" / "config.yaml").write_text("not yaml: [")
+    runs, failed = find_runs(gathered)
+    assert len(runs) == 2 and failed == ["b/1 (no checkpoints/last.ckpt, and its .hydra/config.yaml cannot be read)"]
 
 
 def test_a_text_task_s_in_context_rise_is_given_and_compared_like_ginc_s():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
 from collections import defaultdict
@@ -96,7 +97,7 @@ class SettingSummary:
     comparisons: list[Comparison] = field(default_factory=list)
     rises: list[Rise] = field(default_factory=list)
     params: dict[str, dict] = field(default_factory=dict)  # attention label -> its attention config
-    non_finite: list[str] = field(default_factory=list)  # "attention seed S: metric=nan", left out of every number
+    non_finite: list[str] = field(default_factory=list)  # "attention seed S (metric, ...)": runs left out of every number
     duplicates: list[str] = field(default_factory=list)  # jobs left out: a second run of one attention and seed
 
 
@@ -233,16 +234,33 @@ def _flat(config: Mapping, prefix: str = "") -> dict:
     return out
 
 
-def is_training_job(folder: Path) -> bool:
+def is_training_job(folder: Path) -> bool | None:
     """Whether a folder holding .hydra/ is a train.py job: evaluate.py's and analyze.py's own folders (one written
-    inside the sweep folder was listed as a failed job) have no trainer section."""
+    inside the sweep folder was listed as a failed job) have no trainer section. None: its .hydra/config.yaml is
+    there but cannot be read (such a job vanished from a sweep's report unnamed: found by review)."""
     import yaml
 
+    file = folder / ".hydra" / "config.yaml"
     try:
-        config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return False
+        config = yaml.safe_load(file.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None if file.is_file() else False
     return isinstance(config, Mapping) and "trainer" in config
+
+
+def _folders(sweep_dir: Path) -> list[Path]:
+    """Every folder under sweep_dir, itself first, in order, through links to folders (sweeps gathered under one
+    parent with ln -s were passed over unnamed: found by review), each real folder once (a link loop, or a sweep
+    linked twice, is read once); a job's own checkpoints/, .hydra/ and wandb/ are not entered."""
+    seen, out = set(), []
+    for root, dirs, _ in os.walk(sweep_dir, followlinks=True):
+        if (real := os.path.realpath(root)) in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        out.append(Path(root))
+        dirs[:] = sorted(d for d in dirs if d not in ("checkpoints", ".hydra", "wandb"))
+    return out
 
 
 def _unfinished(config: Mapping, step: int | None, ckpt: Mapping | None = None) -> str | None:
@@ -301,7 +319,7 @@ def _never_started(sweep_dir: Path) -> list[str]:
     side under one parent, as the README advises) that have no folder: a sweep stopped before them (a SIGTERM, a
     failed job) left no trace of them, and their attention or seed vanished from the tables unnamed."""
     out = []
-    for found in sorted(sweep_dir.rglob("multirun.yaml")):
+    for found in [f / "multirun.yaml" for f in _folders(sweep_dir) if (f / "multirun.yaml").is_file()]:
         where = found.parent.relative_to(sweep_dir).as_posix()
         out += [f"{where}/{job}" if where != "." else job for job in _never_started_in(found.parent)]
     return out
@@ -339,11 +357,15 @@ def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
         raise ConfigError(f"sweep_dir='{sweep_dir}' is not a folder; pass the multirun folder of a "
                           "`python train.py -m ...` sweep (it holds one folder per job)")
     runs, failed = [], []
-    ckpts = sorted(sweep_dir.rglob("checkpoints/last.ckpt"))
+    folders = _folders(sweep_dir)
+    ckpts = [f / "checkpoints" / "last.ckpt" for f in folders if os.path.lexists(f / "checkpoints" / "last.ckpt")]
     done = {p.parent.parent for p in ckpts}
-    for hydra_dir in sorted(sweep_dir.rglob(".hydra")):
-        if hydra_dir.parent not in done and is_training_job(hydra_dir.parent):
-            failed.append(f"{job_name(hydra_dir.parent, sweep_dir)} (no checkpoints/last.ckpt)")
+    for job in (f for f in folders if f not in done and (f / ".hydra").is_dir()):
+        if (training := is_training_job(job)) is None:
+            failed.append(f"{job_name(job, sweep_dir)} (no checkpoints/last.ckpt, and its .hydra/config.yaml "
+                          "cannot be read)")
+        elif training:
+            failed.append(f"{job_name(job, sweep_dir)} (no checkpoints/last.ckpt)")
     for path in ckpts:
         try:
             ckpt = read_meta(path)  # a sharded folder's meta.pt alone: a run whose results are reused needs no weights
@@ -663,15 +685,14 @@ def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
         for r in distinct(rs, summary.duplicates):
             compared = metrics_of(r.result)
             metrics = {**text_rise_metrics(r.result), **compared}  # with a text task's every k: its rise
-            bad = {m: v for m, v in metrics.items() if not math.isfinite(v)}  # a diverged run: nan / inf ppl, nan acc
-            summary.non_finite += [f"{r.attention} seed {r.seed}: {m}={bad[m]}" for m in sorted(bad, key=metric_order)]
-            by_att[r.attention][r.seed] = {m: v for m, v in compared.items() if m not in bad}
-            # a task with a non-finite accuracy at any k is left out of this seed's rises (as a seed without the
-            # task is): dropping the bad k alone lowered the k every seed shares, and the rise of every attention
-            broken = {m.partition("/acc@k")[0] for m in bad if "/acc@k" in m}
-            rise_in[r.attention][r.seed] = {m: v for m, v in metrics.items()
-                                            if m not in bad and m.partition("/acc@k")[0] not in broken}
             summary.params[r.attention] = dict(r.attention_params)
+            if bad := [m for m, v in metrics.items() if not math.isfinite(v)]:  # a diverged run: nan / inf ppl (JSON
+                # keeps either as null), nan acc: left out of every number, its accuracies too (an overflowed
+                # perplexity beside finite near-chance accuracies was averaged and paired: found by review)
+                summary.non_finite.append(f"{r.attention} seed {r.seed} ({', '.join(sorted(bad, key=metric_order))})")
+                continue
+            by_att[r.attention][r.seed] = dict(compared)
+            rise_in[r.attention][r.seed] = metrics
         ks = rise_ks(rise_in)
         for att, seeds in sorted(by_att.items(), key=lambda kv: (kv[0] != BASELINE, kv[0])):
             names = sorted({m for v in seeds.values() for m in v}, key=metric_order)
@@ -739,7 +760,7 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
             lines += ["Left out, a second run of the same attention and seed (pass each copy's sweep on its own to "
                       "score it): " + "; ".join(s.duplicates), ""]
         if s.non_finite:
-            lines += ["Non-finite values, left out of every number below (a diverged run?): "
+            lines += ["Runs with values that are not finite (diverged?), left out of every number below: "
                       + "; ".join(s.non_finite), ""]
         metrics = sorted({m for row in s.rows.values() for m in row}, key=metric_order)
         for kind, ppl in (("Table 6 (valid perplexity)", True), ("Table 7 (in-context accuracy)", False)):

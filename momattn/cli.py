@@ -714,20 +714,40 @@ def check_ckpt_exists(overrides: list[str]) -> None:
         read_checkpoint(_unquoted(ckpt))
 
 
-def _outside_switched_groups(saved: list[str], now: list[str]) -> tuple[list[str], list[str]]:
-    """The run's saved overrides that still apply where today's command switches a config group (trainer=cpu on a
-    run trained with trainer=ddp trainer.strategy=ddp: the saved trainer.strategy was re-applied to a group without
-    it, and the error blamed a key not typed), and those dropped."""
+def _outside_switched_groups(kept: list[str], now: list[str], saved: list[str]) -> tuple[list[str], list[str],
+                                                                                          list[str]]:
+    """The run's saved overrides (`kept` of `saved`) that still apply where today's command switches a config
+    group, those dropped because the option chosen now lacks the key (trainer=cpu on a run trained with trainer=ddp
+    trainer.strategy=ddp: the saved trainer.strategy was re-applied to a group without it, and the error blamed a
+    key not typed), and those replaced by the option's own value where the switch itself changes it (trainer=fsdp on
+    a DDP run kept its trainer.strategy=ddp and trained with DDP, and trainer=cpu its trainer.devices=2, without a
+    word: found by review)."""
     groups = _groups()
     switched = {_override_key(o) for o in now if "=" in o and not o.startswith("~") and _override_key(o) in groups}
-    under = [o for o in saved if not o.startswith(("+", "~")) and _override_key(o).split(".", 1)[0] in switched]
+    under = [o for o in kept if not o.startswith(("+", "~")) and _override_key(o).split(".", 1)[0] in switched]
     if not under:
-        return saved, []
+        return kept, [], []
     cfg = _compose("train", [o for o in now if _override_key(o) in switched])
     if cfg is None:  # today's group choice does not compose: Hydra says so when it runs
-        return saved, []
+        return kept, [], []
     dropped = [o for o in under if _exists(cfg, _override_key(o)) is False]  # (the leaf is never read)
-    return [o for o in saved if o not in dropped], dropped
+    before = _compose("train", [o for o in saved if _override_key(o) in switched])  # the run's own choice
+    replaced = [o for o in under if o not in dropped and before is not None
+                and _raw(before, _override_key(o)) is not _raw
+                and _raw(cfg, _override_key(o)) != _raw(before, _override_key(o))]
+    return [o for o in kept if o not in dropped and o not in replaced], dropped, replaced
+
+
+def _raw(cfg, key: str):
+    """The value at a dotted key, unresolved (${paths.output_dir} needs Hydra's run), or a marker where none."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(cfg, resolve=False)
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _raw
+        node = node[part]
+    return node
 
 
 def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | None = None) -> list[str]:
@@ -775,7 +795,7 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
     # one would kill the resumed run at the same step)
     kept = [o for o in saved if _override_key(o) not in now and _override_key(o) != "ckpt_path"
             and not _override_key(o).startswith("callbacks.fault")]
-    kept, dropped = _outside_switched_groups(kept, overrides)
+    kept, dropped, replaced = _outside_switched_groups(kept, overrides, saved)
     kept, overrides, removed = _removed_additions(saved, kept, overrides)
     from momattn.trust import check_links, check_overrides, mark_resume_from_checkpoint
 
@@ -802,6 +822,8 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
         print(f"[momattn] {what} with its own config"
               + (f" ({' '.join(kept)})" if kept else "") + (f"; on top: {' '.join(overrides)}" if overrides else "")
               + (f"; not carried over, as the group given now has no such key: {' '.join(dropped)}" if dropped else "")
+              + (f"; not carried over, as the group given now sets them itself: {' '.join(replaced)} (give them "
+                 "again to keep them)" if replaced else "")
               + (f"; left out, as asked now: {' '.join(removed)}" if removed else ""),
               file=sys.stderr, flush=True)
         if ckpt == "last" and run_dir is None and not multirun and folder is not None and \

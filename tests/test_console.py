@@ -141,8 +141,16 @@ def test_resume_overrides_reuse_the_run_folder_and_today_wins(tmp_path, capsys):
     _saved(ddp, ["trainer=ddp", "trainer.strategy=ddp", "trainer.devices=2", "trainer.max_steps=6"])
     capsys.readouterr()
     merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir={ddp}", "trainer=cpu"])
-    assert merged[:2] == ["trainer.devices=2", "trainer.max_steps=6"] and "trainer.strategy=ddp" not in merged
-    assert "not carried over, as the group given now has no such key: trainer.strategy=ddp" in capsys.readouterr().err
+    assert merged[:1] == ["trainer.max_steps=6"] and "trainer.strategy=ddp" not in merged
+    err = capsys.readouterr().err
+    assert "not carried over, as the group given now has no such key: trainer.strategy=ddp" in err
+    # and those whose value the switch itself changes are the new option's (trainer=cpu is one device; trainer=fsdp
+    # on a DDP run trained on with DDP, without a word: found by review); the run's own other values are kept
+    assert "trainer.devices=2" not in merged and "sets them itself: trainer.devices=2 (give them again" in err
+    _saved(tmp_path / "ddp2", ["trainer=ddp", "trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu"])
+    merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir={tmp_path / 'ddp2'}", "trainer=fsdp"])
+    assert merged[:2] == ["trainer.devices=2", "trainer.accelerator=cpu"] and "trainer.strategy=ddp" not in merged
+    assert "sets them itself: trainer.strategy=ddp (give" in capsys.readouterr().err
     # a key there whose value needs Hydra's run to resolve (${paths.output_dir}) is there: kept, not a traceback
     logs = tmp_path / "logs"
     _saved(logs, ["logger.csv.save_dir=${paths.output_dir}/logs"])

@@ -793,11 +793,12 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
     now = {_override_key(o) for o in overrides}
     # not carried over: the checkpoint to resume (given now) and injected faults (a test device; re-injecting
     # one would kill the resumed run at the same step)
+    from momattn.trust import check_links, check_overrides, injected, mark_resume_from_checkpoint
+
     kept = [o for o in saved if _override_key(o) not in now and _override_key(o) != "ckpt_path"
-            and not _override_key(o).startswith("callbacks.fault")]
+            and not injected(o, saved)]
     kept, dropped, replaced = _outside_switched_groups(kept, overrides, saved)
     kept, overrides, removed = _removed_additions(saved, kept, overrides)
-    from momattn.trust import check_links, check_overrides, mark_resume_from_checkpoint
 
     # what this resume repeats is data from the folder or the checkpoint, which may come from elsewhere: a _target_
     # there is imported and called, a path chooses where files are written (a run folder's was trusted: review)
@@ -1319,7 +1320,9 @@ def go_on(job, out_dir: Path) -> str:
     from momattn.trust import given_again, resume_prefix
 
     own = given_again(job)  # what a resume does not take from the saved line: given again
-    where = (f"ckpt_path=last {shell_arg('hydra.sweep.dir', job.sweep_dir)} (the same command; each job resumes its own folder)"
+    links = resume_prefix(job.sweep_dir) if job.sweep_dir is not None else ""  # the sweep's folder links out
+    where = (f"ckpt_path=last {shell_arg('hydra.sweep.dir', job.sweep_dir)} (the same command"
+             f"{', after ' + links.strip() if links else ''}; each job resumes its own folder)"
              if job.sweep_dir is not None else
              f"{resume_prefix(out_dir)}python train.py ckpt_path=last {shell_arg('hydra.run.dir', out_dir)}{own}")
     return f"Resume with: {where}"

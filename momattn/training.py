@@ -154,7 +154,9 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     pl.seed_everything(c.seed, workers=True, verbose=False)
 
     hold_run_folder(out_dir)
-    for tmp in remove_stale_temps(out_dir / "checkpoints"):  # partial files of a run killed while saving
+    # partial files of a run killed while saving: this host's, whose writer is gone, at any age, since this process
+    # holds the run folder (a minute's wait kept a resume-at-once's for good in the finished run: DDP review)
+    for tmp in remove_stale_temps(out_dir / "checkpoints", idle_s=0):
         print(f"[momattn] removed {tmp.name}, a partial checkpoint of a killed process", file=sys.stderr)
     if summary := _finished_uncheckpointed(c, job, out_dir):  # (every rank: a sweep's later jobs run on the ranks it
         value = summary.get(c.optimized_metric)  # started)
@@ -604,7 +606,7 @@ def _swept_keys(sweep_dir: Path) -> set[str]:
 def _disk_full(e: OSError, out_dir: Path, job=None) -> str:
     """What survived a full disk or quota (checkpoints are written atomically: last.ckpt is the previous complete
     one)."""
-    from momattn.trust import given_again
+    from momattn.trust import given_again, resume_prefix
 
     last = out_dir / "checkpoints" / "last.ckpt"
     try:
@@ -615,7 +617,8 @@ def _disk_full(e: OSError, out_dir: Path, job=None) -> str:
     where = f" while writing {target}" if target else ""
     full = "the disk quota is used up" if e.errno == errno.EDQUOT else "the disk is full"
     return (f"{full}{where} ({e.strerror or e}). {saved}. Free space (or choose another folder with "
-            f"hydra.run.dir=...), then resume with: python train.py ckpt_path=last {shell_arg('hydra.run.dir', out_dir)}"
+            f"hydra.run.dir=...), then resume with: {resume_prefix(out_dir)}python train.py ckpt_path=last "
+            f"{shell_arg('hydra.run.dir', out_dir)}"
             + given_again(job))
 
 
@@ -653,14 +656,14 @@ def _rank_lost(rank: int, how: str, grace: float, out_dir: Path, job) -> str:
 def _interrupt_hint(out_dir: Path, job) -> str:
     """What a Ctrl-C left: no checkpoint of its own (it can land mid-step), the newest one written before it, and
     how to go on from there."""
-    from momattn.trust import given_again
+    from momattn.trust import given_again, resume_prefix
 
     newest, sigterm = newest_checkpoint(out_dir), "(a SIGTERM, e.g. kill <pid>, saves the current step first)"
     others = sorted((p for p in (out_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"),
                     key=lambda p: p.stat().st_mtime) if newest.startswith("no ") else []  # (a damaged last.ckpt too)
     if others:  # no last.ckpt (save_last off, or damaged): the newest other one (it said "before the first")
         return (f"\n[momattn] interrupted (Ctrl-C): no last.ckpt; the newest checkpoint is {others[-1]}, and the "
-                f"steps after it are lost {sigterm}. Resume from it with: python train.py "
+                f"steps after it are lost {sigterm}. Resume from it with: {resume_prefix(out_dir)}python train.py "
                 f"{shell_arg('ckpt_path', others[-1])}{given_again(job)}")
     if newest.startswith("no "):  # it said "no checkpoint was written yet; the steps after it are lost" (review)
         return (f"\n[momattn] interrupted (Ctrl-C) before the first checkpoint: the steps trained are lost {sigterm}. "
@@ -774,6 +777,8 @@ class SigtermOutsideFit:
     def hint(self, signame: str = "SIGTERM") -> str:
         if self.out_dir is None or self.job is None:  # still reading the config
             return f"\n[momattn] {signame} before training started: nothing was trained"
+        from momattn.trust import resume_prefix
+
         where = {"start": "before training started", "fit": "outside the training steps (while trainer.fit set up "
                  "or tore down)"}.get(self.phase, "after training (its report or evaluation)")
         newest = newest_checkpoint(self.out_dir)
@@ -788,7 +793,8 @@ class SigtermOutsideFit:
                               ". The run keeps no checkpoints (no ModelCheckpoint callback), so its training is "
                               "lost") + ": run the same command again."
         else:
-            hint += (f"{newest}.\nResume with: python train.py {_retyped(self.out_dir, self.job)} ckpt_path=last "
+            hint += (f"{newest}.\nResume with: {resume_prefix(self.out_dir)}python train.py "
+                     f"{_retyped(self.out_dir, self.job)} ckpt_path=last "
                      f"{shell_arg('hydra.run.dir', self.out_dir)}"
                      + (" (it trains no further; the report and evaluation are done again)" if self.phase == "end"
                         else "")).replace("  ", " ")

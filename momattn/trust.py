@@ -83,15 +83,15 @@ def allow_own(names) -> None:
     _OWN.update(names)
 
 
-def _given(target: str, own: bool = True) -> bool:
-    given = [t.strip() for t in os.environ.get(ENV, "").split(",") if t.strip()]
+def _given(target: str, own: bool = True, env: bool = True) -> bool:
+    given = [t.strip() for t in os.environ.get(ENV, "").split(",") if t.strip()] if env else []
     return (own and target in _OWN) or any(target == t or (t.endswith(".") and target.startswith(t)) for t in given)
 
 
-def trusted(target: str, data: bool = False, own: bool = True) -> bool:
+def trusted(target: str, data: bool = False, own: bool = True, env: bool = True) -> bool:
     """Whether a stored config may name `target`, exactly (a dotted path walks attributes: a trusted module's
     `.Path.write_text` is not the module); data: as a data source."""
-    return target in (_data_names() if data else _trusted_names()) or _given(target, own)
+    return target in (_data_names() if data else _trusted_names()) or _given(target, own, env)
 
 
 def targets(node) -> Iterator[str]:
@@ -129,7 +129,8 @@ def resolvers(text: str) -> set[str]:
     return set(re.findall(r"\$\{\s*([\w.]+)\s*:", text))
 
 
-def check_overrides(overrides, source: str, repeat: bool = False, own: bool = True, built: bool = False) -> None:
+def check_overrides(overrides, source: str, repeat: bool = False, own: bool = True, built: bool = False,
+                    env: bool = True) -> None:
     """The command line a checkpoint or a run folder records (`source` names it, e.g. "checkpoint 'x.ckpt': its
     recorded command line"): no Hydra setting (hydra.job.env_set sets environment variables), no sweep (train.py
     records a job's own values), no resolver but those that read (oc.create made a _target_ out of a string), and
@@ -177,14 +178,15 @@ def check_overrides(overrides, source: str, repeat: bool = False, own: bool = Tr
             continue
         found = [o.get_value_element_as_str()] if key.split(".")[-1] == "_target_" else []
         for t in [*found, *targets(o.value())]:
-            if not trusted(t, data="data" in key.split("."), own=own) or (repeat and t == FAULTS and not _given(t)):
+            if not trusted(t, data="data" in key.split("."), own=own, env=env) or \
+                    (repeat and t == FAULTS and not _given(t, own, env)):
                 raise _refused(t, where, resume=repeat)
 
 
 def resume_prefix(folder) -> str:
     """'MOMATTN_TRUST_LINKS=1 ' where the run's folder links out of itself (its own checkpoints/ on another disk: the
-    printed resume command was refused), else ''."""
-    return f"{LINKS_ENV}=1 " if os.environ.get(LINKS_ENV) != "1" and link_out(folder) is not None else ""
+    printed resume command was refused), else ''; said where this command had it set too (for itself alone, maybe)."""
+    return f"{LINKS_ENV}=1 " if link_out(folder) is not None else ""
 
 
 def given_again(job) -> str:
@@ -202,13 +204,27 @@ def unrepeated(overrides: list[str]) -> list[str]:
     refused: third review)."""
     out = []
     for o in overrides:
-        if o.split("=", 1)[0].lstrip("+~").startswith(("hydra", "ckpt_path", "callbacks.fault")):  # (a resume drops
-            continue  # an injected fault: re-injected, it would stop the resumed run at the same step)
-        try:
-            check_overrides([o], "", repeat=True, own=False)  # (this process trusts its own classes: a resume not)
+        if o.split("=", 1)[0].lstrip("+~").startswith(("hydra", "ckpt_path")) or injected(o, overrides):
+            continue  # (a resume drops an injected fault: re-injected, it would stop the resumed run at the same step)
+        try:  # this process trusts its own classes, and those MOMATTN_TRUSTED_TARGETS named for this command alone:
+            check_overrides([o], "", repeat=True, own=False, env=False)  # a resume, typed later, neither (review)
         except CheckpointError:
             out.append(o)
     return out
+
+
+def injected(override: str, overrides: list[str]) -> bool:
+    """Whether `override` sets a fault-injection callback of `overrides` (callbacks.fault*, or any callbacks.X whose
+    _target_ is FaultInjection): a resume leaves it out (a recorded +callbacks.inj one was refused, with the advice
+    to trust momattn's own class, which would have injected the fault again: DDP review)."""
+    def key(o: str) -> str:
+        return o.split("=", 1)[0].lstrip("+~")
+
+    sections = {"callbacks.fault"} | {
+        key(o).removesuffix("._target_") for o in overrides if key(o).startswith("callbacks.") and FAULTS in o
+        and (key(o).endswith("._target_") or key(o).count(".") == 1)}
+    return any(key(override) == s or key(override).startswith(s if s == "callbacks.fault" else s + ".")
+               for s in sections)
 
 
 def _nodes(key: str, value) -> Iterator[tuple[str, object]]:

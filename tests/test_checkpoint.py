@@ -778,8 +778,7 @@ def test_a_resume_repeats_no_foreign_class_or_folder_from_a_run_folder_or_a_chec
     assert resume_overrides([f"ckpt_path={last}"])[0] == "logger.csv.save_dir=${paths.output_dir}/logs"
     (run / ".hydra" / "overrides.yaml").write_text("- +callbacks.f2._target_=momattn.faults.FaultInjection\n"
                                                    "- +callbacks.f2.spec=kill@7\n")
-    with pytest.raises(CheckpointError, match="names _target_=momattn.faults.FaultInjection"):
-        resume_overrides([f"ckpt_path={last}"])
+    assert not any("f2" in o for o in resume_overrides([f"ckpt_path={last}"]))  # left out, as callbacks.fault is
     # found by the second review: positional arguments (ModelCheckpoint's first is its dirpath), '..' made of a
     # resolver, links out of the folder that a resume writes through; paths=default is a shipped option, not a path
     for line, says in (
@@ -835,6 +834,29 @@ def test_a_resume_repeats_no_foreign_class_or_folder_from_a_run_folder_or_a_chec
     (linked / "checkpoints").symlink_to(tmp_path / "disk")
     assert go_on(HydraJob([]), linked) == (f"Resume with: MOMATTN_TRUST_LINKS=1 python train.py ckpt_path=last "
                                            f"hydra.run.dir={linked}")
+    # found by the DDP review: the full-disk, Ctrl-C and late-SIGTERM commands said no MOMATTN_TRUST_LINKS=1, nor
+    # one set for this command alone; a class MOMATTN_TRUSTED_TARGETS named for this command was not given again;
+    # a fault injected under another key than callbacks.fault was refused by the resume, with the advice to trust it
+    import errno
+
+    from momattn.training import _disk_full, _interrupt_hint
+
+    monkeypatch.setenv("MOMATTN_TRUST_LINKS", "1")
+    assert "MOMATTN_TRUST_LINKS=1 python train.py" in go_on(HydraJob([]), linked)
+    assert "resume with: MOMATTN_TRUST_LINKS=1 python train.py ckpt_path=last" in _disk_full(
+        OSError(errno.ENOSPC, "No space left on device"), linked, HydraJob([]))
+    (tmp_path / "disk" / "best-step3.ckpt").write_bytes(b"x")
+    assert "Resume from it with: MOMATTN_TRUST_LINKS=1 python train.py ckpt_path=" in _interrupt_hint(linked,
+                                                                                                    HydraJob([]))
+    monkeypatch.delenv("MOMATTN_TRUST_LINKS")
+    monkeypatch.setenv("MOMATTN_TRUSTED_TARGETS", "mypkg.Cb")
+    assert unrepeated(["+callbacks.my._target_=mypkg.Cb", "seed=3"]) == ["+callbacks.my._target_=mypkg.Cb"]
+    monkeypatch.delenv("MOMATTN_TRUSTED_TARGETS")
+    inj = ["+callbacks.inj._target_=momattn.faults.FaultInjection", "+callbacks.inj.spec=kill@4",
+           "+callbacks.inj.rank=1", "+callbacks.injx.a=1", "seed=3"]
+    assert unrepeated(inj) == []
+    (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in inj))
+    assert resume_overrides([f"ckpt_path={last}"])[:2] == ["+callbacks.injx.a=1", "seed=3"]
     # W&B's own links out of its folder (offline-run-*/logs/debug-core.log -> ~/.cache/wandb/...), which it does not
     # write through on a resume: passed over (a W&B run's resume was refused); a wandb/ that is itself a link is not
     (run / "wandb" / "offline-run-1-x" / "logs").mkdir(parents=True)

@@ -731,7 +731,15 @@ def _outside_switched_groups(kept: list[str], now: list[str], saved: list[str]) 
     if cfg is None:  # today's group choice does not compose: Hydra says so when it runs
         return kept, [], []
     dropped = [o for o in under if _exists(cfg, _override_key(o)) is False]  # (the leaf is never read)
-    before = _compose("train", [o for o in saved if _override_key(o) in switched])  # the run's own choice
+    # the option's own values, in the run's config (an experiment= may choose or set them too), before and after
+    from momattn.trust import injected
+
+    rest = [o for o in saved if o not in under and _override_key(o) not in switched and not injected(o, saved)]
+    before, after = _compose("train", [*rest, *(o for o in saved if _override_key(o) in switched)]), \
+        _compose("train", [*rest, *(o for o in now if _override_key(o) in switched)])
+    if before is None or after is None:  # (not composed with the rest: the group choices alone)
+        before, after = _compose("train", [o for o in saved if _override_key(o) in switched]), cfg
+    cfg = after
     replaced = [o for o in under if o not in dropped and before is not None
                 and _raw(before, _override_key(o)) is not _raw
                 and _raw(cfg, _override_key(o)) != _raw(before, _override_key(o))]

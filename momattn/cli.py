@@ -737,12 +737,11 @@ def _outside_switched_groups(kept: list[str], now: list[str], saved: list[str]) 
     rest = [o for o in saved if o not in under and _override_key(o) not in switched and not injected(o, saved)]
     before, after = _compose("train", [*rest, *(o for o in saved if _override_key(o) in switched)]), \
         _compose("train", [*rest, *(o for o in now if _override_key(o) in switched)])
-    if before is None or after is None:  # (not composed with the rest: the group choices alone)
-        before, after = _compose("train", [o for o in saved if _override_key(o) in switched]), cfg
-    cfg = after
-    replaced = [o for o in under if o not in dropped and before is not None
-                and _raw(before, _override_key(o)) is not _raw
-                and _raw(cfg, _override_key(o)) != _raw(before, _override_key(o))]
+    # (where they do not compose, the run's own values are kept: the group choices alone missed those that an
+    # experiment= or recipe= makes, and dropped a data.batch_size on data=ginc where the recipe chose ginc: review)
+    replaced = [] if before is None or after is None else [
+        o for o in under if o not in dropped and _raw(before, _override_key(o)) is not _raw
+        and _raw(after, _override_key(o)) != _raw(before, _override_key(o))]
     return [o for o in kept if o not in dropped and o not in replaced], dropped, replaced
 
 

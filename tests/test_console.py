@@ -151,6 +151,13 @@ def test_resume_overrides_reuse_the_run_folder_and_today_wins(tmp_path, capsys):
     merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir={tmp_path / 'ddp2'}", "trainer=fsdp"])
     assert merged[:2] == ["trainer.devices=2", "trainer.accelerator=cpu"] and "trainer.strategy=ddp" not in merged
     assert "sets them itself: trainer.strategy=ddp (give" in capsys.readouterr().err
+    # the run's option chosen by a recipe or an experiment, named again today: no switch, nothing dropped (the
+    # group choices alone read data=ginc as a switch from the default data and dropped data.batch_size: review)
+    for saved, now in ((["recipe=ginc", "data.batch_size=2", "trainer=cpu"], "data=ginc"),
+                       (["experiment=paper_350m", "model.n_layer=2"], "model=gpt_350m")):
+        _saved(tmp_path / now.split("=")[1], saved)
+        merged = resume_overrides(["ckpt_path=last", f"hydra.run.dir={tmp_path / now.split('=')[1]}", now])
+        assert merged[:len(saved)] == saved and "not carried over" not in capsys.readouterr().err
     # a key there whose value needs Hydra's run to resolve (${paths.output_dir}) is there: kept, not a traceback
     logs = tmp_path / "logs"
     _saved(logs, ["logger.csv.save_dir=${paths.output_dir}/logs"])

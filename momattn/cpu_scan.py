@@ -197,23 +197,27 @@ def _private(cache: Path) -> Path:
     """The folder the kernel is cached in: `cache`, unless other users can write there (a shared cache, group- or
     world-writable), where a library planted under the predictable name, with its digest beside it, was loaded and
     ran its code (found by review): a folder of this user's own inside it then, which only this user can write.
-    Such a folder is made only where no other user can rename it (its parent is this user's or root's, and sticky
-    where others may write), and a link is followed once, here: another user's link in /tmp could point elsewhere
-    between this check and the load."""
+    Such a folder is made only where no other user can rename it (a cache of this user's that only its group may
+    write, as umask 002 makes them; or one of this user's or root's with the sticky bit, as /tmp), and a link is
+    followed once, here: another user's link in /tmp could point elsewhere between this check and the load."""
     uid = getattr(os, "getuid", lambda: None)()
     try:
+        made = not cache.exists()
         cache.mkdir(parents=True, exist_ok=True)  # made now, not after the check (a folder planted in between)
         cache = cache.resolve(strict=True)
+        if made:  # under umask 002 (Debian's for users) it was group-writable: this user's alone
+            cache.chmod(cache.stat().st_mode & ~0o022)
         st = cache.stat()
     except (OSError, RuntimeError):  # RuntimeError: a link loop
         return cache  # said where it is made
     if uid is None or (st.st_uid in (uid, 0) and not st.st_mode & 0o022):  # only this user (or root) writes here
         return cache
-    if st.st_uid not in (uid, 0) or not st.st_mode & stat.S_ISVTX:
+    if not (st.st_uid == uid and not st.st_mode & 0o002) and (st.st_uid not in (uid, 0) or
+                                                              not st.st_mode & stat.S_ISVTX):
         raise _CacheUnwritable(f"the kernel cache folder {cache} can be written by other users, and " + (
             f"belongs to another (uid {st.st_uid})" if st.st_uid not in (uid, 0) else "has no sticky bit") +
-            ": a folder of this user's own in it could be renamed and replaced with another's; set MOMATTN_CACHE to "
-            "a folder of your own")
+            ": a folder of this user's own in it could be renamed and replaced with another's; " + (
+                f"chmod o-w {cache}, or " if st.st_uid == uid else "") + "set MOMATTN_CACHE to a folder of your own")
     own = cache / f"user-{uid}"
     try:
         own.mkdir(mode=0o700, exist_ok=True)

@@ -531,3 +531,18 @@ def test_a_corpus_changed_since_training_is_said_to_be_so(tmp_path, capsys):
     corpus.write_text(corpus.read_text() + "\n\nmore text")
     check_same_corpus(data, trained_on, "run")
     assert "warning: run: the run's LM corpus is not the one its checkpoint trained on" in capsys.readouterr().err
+
+
+def test_staicc_tasks_on_a_checkpoint_of_another_text_say_that_text_was_not_checked_against_them():
+    """Only momattn's own StaICC LM text is kept clear of the rows the StaICC tasks score: a text_files corpus
+    holding them trained on the test rows without a word (found by review)."""
+    from momattn.eval.runner import _unchecked_leak
+    from momattn.eval.tasks import resolve_tasks
+
+    tasks = resolve_tasks(["sst5", "ginc"])
+    files = {"data": {"_target_": "momattn.data.sources.TextFiles", "paths": ["c.txt"]}}
+    assert "sst5 score rows that momattn keeps out of its own LM text" in _unchecked_leak(files, tasks)
+    assert "trained on momattn.data.sources.TextFiles, whose text is not checked" in _unchecked_leak(files, tasks)
+    for own in ({"_target_": "momattn.data.sources.StaiccCorpus"}, {"source": "staicc"}, {}):
+        assert _unchecked_leak({"data": own}, tasks) is None
+    assert _unchecked_leak(files, resolve_tasks(["ginc"])) is None

@@ -93,9 +93,11 @@ def test_empty_or_identically_tokenized_answers_are_errors():
     with pytest.raises(ConfigError, match="tokenize identically"):
         answer_token_ids(["yes", "YES"], type("Lower", (CharTokenizer,), {"encode": lambda s, t: CharTokenizer.encode(
             s, t.lower())})(), "t")
-    for same in (["yes", "yes"], ["yes", " yes"], ["no way", "no  way\n"]):  # were scored as two answers
+    for same in (["yes", "yes "], ["yes", " yes"], ["no way", "no  way\n"]):  # were scored as two answers
         with pytest.raises(ConfigError, match="differ only in whitespace"):
             answer_token_ids(same, tok, "t")
+    with pytest.raises(ConfigError, match="'yes' and 'yes' are the same answer twice"):
+        answer_token_ids(["yes", "yes"], tok, "t")
 
 
     class DropsDigits(CharTokenizer):

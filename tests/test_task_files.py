@@ -63,11 +63,34 @@ def test_a_task_file_path_works_without_task_dirs_and_files_win_over_registered_
     ({"demo_path": "demos.jsonl"}, ROWS, DataError, r"demo_path: 'demos.jsonl' does not exist"),
     ({"template": "no placeholder"}, ROWS, ConfigError, r"task file .*bad.yaml: template"),
     ({"answers": ["only"]}, ROWS, ConfigError, r"task file .*bad.yaml: answers"),
+    # found by review: answers' own faults were blamed on a data row's label; a template naming the label field put
+    # the answer into every prompt
+    ({"answers": ["no", "no"]}, ROWS, ConfigError, r"bad.yaml: answers 'no' and 'no' are the same answer twice"),
+    ({"answers": ["", "yes"]}, ROWS, ConfigError, r"bad.yaml: answer 0 is empty"),
+    ({"answers": ["no", "no "]}, ROWS, ConfigError, r"bad.yaml: answers 'no' and 'no ' differ only in whitespace"),
+    ({"template": "Q: {q} ({label})\nA:"}, ROWS, ConfigError, r"the template names \{label\}, the label field"),
 ])
 def test_bad_task_files_name_the_file_and_the_fix(tmp_path, keys, rows, error, message):
     write_task(tmp_path, "bad", rows, **keys)
     with pytest.raises(error, match=message):
         IclConfig(task_dirs=[str(tmp_path)], tasks=["bad"])
+
+
+def test_a_field_name_with_a_hyphen_is_filled_and_a_yaml_error_says_where(tmp_path):
+    """{review-text} was left in every prompt as text (the placeholder took word characters only), and a YAML error
+    said "while parsing a flow sequence" without a line (found by review)."""
+    rows = [{"q-text": f"question {i}", "label": i % 2} for i in range(6)]
+    write_task(tmp_path, "hy", rows, template="Q: {q-text}\nA:")
+    (task,) = resolve_tasks(IclConfig(task_dirs=[str(tmp_path)], tasks=["hy"]).tasks)
+    data = task.load(1)
+    assert task.fill(data.test[0]).startswith("Q: question ") and "{" not in task.fill(data.test[0])
+    write_task(tmp_path, "hy2", ROWS, template="Q: {q-text}\nA:")
+    (task,) = resolve_tasks(IclConfig(task_dirs=[str(tmp_path)], tasks=["hy2"]).tasks)
+    with pytest.raises(DataError, match=r"the template names field '\{q-text\}' but the row has only"):
+        task.load(1)
+    (tmp_path / "broken.yaml").write_text("path: x.jsonl\ntemplate: 'Q: {q}'\nanswers: [a, b\nname: broken\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml is not valid YAML: .* at line \d+, column \d+"):
+        IclConfig(tasks=[str(tmp_path / "broken.yaml")])
 
 
 def test_labels_outside_the_answers_name_the_data_line(tmp_path):

@@ -40,7 +40,7 @@ from momattn.eval.results import (
     warn_ties,
 )
 from momattn.eval.scoring import PrefixScorer
-from momattn.eval.tasks import IclExample, IclTask
+from momattn.eval.tasks import IclExample, IclTask, check_answer_texts
 from momattn.utils import done_line, stderr_tty
 
 PROTOCOL = (
@@ -82,20 +82,13 @@ def answer_token_ids(answers: Sequence[str], tokenizer, where: str) -> list[list
     """Token ids of " " + answer for each answer; ConfigError for an empty answer, two answers that differ only in
     whitespace, or two identical encodings.
     (One answer's tokens being a prefix of another's is fine: the mean log-prob compares them fairly.)"""
+    check_answer_texts(answers, where)
     ids = []
     for i, a in enumerate(answers):
-        if not str(a).strip():
-            raise ConfigError(f"{where}: answer {i} is empty ({a!r}); every answer needs visible text")
         ids.append(tokenizer.encode(" " + str(a)))
         if not ids[-1]:  # a tokenizer whose normaliser drops its characters
             raise ConfigError(f"{where}: answer {i} ({a!r}) encodes to no tokens with this tokenizer; use "
                               "answers it can spell")
-    words = [" ".join(str(a).split()) for a in answers]
-    for i, w in enumerate(words):  # " Yes" beside "Yes" (a YAML quote kept a space): told apart by spaces alone
-        if (j := words.index(w)) < i:
-            raise ConfigError(f"{where}: answers {answers[j]!r} and {answers[i]!r} differ only in whitespace, so "
-                              "the model would be asked to tell them apart by spaces (and the predictions would "
-                              "show one answer twice); make them differ in their words")
     seen: dict[tuple[int, ...], int] = {}
     for i, t in enumerate(ids):
         if tuple(t) in seen:

@@ -68,6 +68,23 @@ class _Plan:
     data_cfg: dict | None = None
 
 
+def _unchecked_leak(run_config: dict, tasks: list) -> str | None:
+    """A note where StaICC tasks score a checkpoint trained on another text than momattn's StaICC LM text: only
+    that text is kept clear of the rows they score (momattn.data.staicc's filter), and a corpus of the same
+    datasets could hold them (found by review: the report read as if the model never trained on them)."""
+    data = run_config.get("data") if isinstance(run_config.get("data"), dict) else {}
+    target = data.get("_target_") or data.get("source")  # (source: an older run config's name)
+    staicc = [t.name for t in tasks if not isinstance(t, GincTask) and str(t.source).startswith("staicc:")]
+    if not staicc or not target or target in (STAICC_SOURCE, "staicc"):
+        return None
+    return (f"[momattn] note: {', '.join(staicc)} score rows that momattn keeps out of its own LM text (data=staicc); "
+            f"this checkpoint was trained on {target}, whose text is not checked against them: if it holds them (a "
+            "corpus made of the same datasets), the model may have trained on its own test examples")
+
+
+STAICC_SOURCE = "momattn.data.sources.StaiccCorpus"
+
+
 def _plan(model: LanguageModel, tokenizer, run_config: dict, cfg: EvalConfig, cache_dir: str | None,
           read_corpus: bool = True, trained_on: str | None = None, training: bool = False) -> _Plan:
     # ICL data loaded and checked first: a missing file, an offline hub task or a GINC task on a checkpoint
@@ -93,6 +110,8 @@ def _plan(model: LanguageModel, tokenizer, run_config: dict, cfg: EvalConfig, ca
             ginc_eval.k_max_fit(t)  # the tokenizer maps symbol i to token i: one 0-shot prompt made and encoded
             ginc_eval.encode(t, ginc_eval.world.prompts(t.example_len, 0, 1, ood=t.ood, seed=0))
     plan = _Plan(lengths, tasks, icl_eval, prepared, ginc_tasks, ginc_eval)
+    if note := _unchecked_leak(run_config, tasks):
+        print(note, file=sys.stderr, flush=True)
     if cfg.ppl.enabled:
         data_cfg = merge_data(run_config.get("data") or {}, cfg.ppl.data)
         if not data_cfg.get("source") and not data_cfg.get("_target_"):

@@ -3,8 +3,8 @@ and where the rows come from. Chance level is 1 / number of answers.
 
 Three sources (and GINC, tasks of their own kind: momattn.eval.ginc):
 - StaICC (offline, the default): sst2, sst5, mr, subj, agnews, trec, on the rows that
-  momattn.data.staicc.split_rows reserved for ICL (test = icl_test, demonstration pool = icl_demo), so the
-  language model never trained on them.
+  momattn.data.staicc.split_rows reserved for ICL (test = icl_test, demonstration pool = icl_demo), which
+  momattn's own LM text (data=staicc) leaves out; another corpus is not checked against them (a note says so).
 - the Hugging Face hub (the paper's Table 7 set): hub_sst5, hub_imdb, hub_mr, hub_cb, hub_arc_easy, hub_piqa.
   Offline they raise a DataError that says how to pass the same rows as a local JSONL file.
 - local JSONL files: {name, path, template, answers, demo_path?, label_field?, demo_fraction?}, one example
@@ -39,7 +39,8 @@ from momattn.errors import ConfigError, DataError, did_you_mean, not_a_file
 from momattn.eval.ginc import GincTask, ginc_task
 from momattn.utils import stable_seed
 
-PLACEHOLDER = re.compile(r"\{(\w+)\}")
+# a {field}: any name of one line without braces ({review-text} was left in the prompt as text: found by review)
+PLACEHOLDER = re.compile(r"\{([^{}\n]+)\}")
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,22 @@ def fill_fields(template: str, row: Mapping, where: str) -> dict[str, str]:
         raise DataError(f"{where}: field '{odd[0]}' holds {row[odd[0]]!r}, not text or a number; fix or drop "
                         "that row")
     return {f: str(row[f]) for f in PLACEHOLDER.findall(template)}
+
+
+def check_answer_texts(answers: Sequence[str], where: str) -> None:
+    """ConfigError for an empty answer, or two that are the same or differ only in whitespace (" Yes" beside "Yes",
+    a YAML quote kept a space): the model would be asked to tell them apart by spaces. Checked as a task is read
+    (it was checked once the rows were, and a row's label was blamed for it: found by review) and at scoring."""
+    words = []
+    for i, a in enumerate(answers):
+        if not str(a).strip():
+            raise ConfigError(f"{where}: answer {i} is empty ({a!r}); every answer needs visible text")
+        words.append(" ".join(str(a).split()))
+        if (j := words.index(words[-1])) < i:
+            how = "are the same answer twice" if answers[j] == answers[i] else "differ only in whitespace, so the " \
+                "model would be asked to tell them apart by spaces (and the predictions would show one answer twice)"
+            raise ConfigError(f"{where}: answers {answers[j]!r} and {answers[i]!r} {how}; make them differ in "
+                              "their words")
 
 
 def label_index(label, answers: Sequence[str], where: str) -> int:
@@ -419,7 +436,12 @@ def file_task(entry: Mapping, key: str = "icl.tasks") -> IclTask:
                               "write the answer, quoted if it looks like a number or a boolean)")
     template = template.replace("\\n", "\n")  # a "\n" typed on the command line means a line break
     answers = tuple(str(a) for a in answers)
-    convert = _file_converter(template, answers, str(entry.get("label_field", "label")), path, name)
+    check_answer_texts(answers, who)
+    label_field = str(entry.get("label_field", "label"))
+    if label_field in PLACEHOLDER.findall(template):  # every prompt held its own answer (found by review)
+        raise ConfigError(f"{who}: the template names {{{label_field}}}, the label field: every prompt would hold "
+                          "its own answer. Name the input fields only")
+    convert = _file_converter(template, answers, label_field, path, name)
     loader = _file_loader(name, path, demo_path, demo_fraction, convert, own_schema=True)
     return IclTask(name, template, answers, source, loader)
 
@@ -445,7 +467,10 @@ def read_task_file(path: str | Path, key: str = "icl.tasks") -> dict:
     try:
         doc = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"task file {p} is not valid YAML: {str(e).splitlines()[0]}") from e
+        mark = getattr(e, "problem_mark", None)  # where: the first line alone said "while parsing a flow sequence"
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"task file {p} is not valid YAML: {what}{at}") from e
     if not isinstance(doc, dict):
         raise ConfigError(f"task file {p} must be a mapping of keys ({', '.join(TASK_FILE_KEYS)}), "
                           f"not {type(doc).__name__}")

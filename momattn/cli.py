@@ -1300,11 +1300,21 @@ def stopped_outside_job(config_name: str, signame: str, job: HydraJob | None) ->
     """The line a Ctrl-C or SIGTERM outside any job ends with: before the first (the command line's checks, Hydra
     composing the config) nothing was done; after `job` (the last one begun), what the jobs wrote is kept."""
     if job is None:
-        return before_line(signame)
+        from momattn.sweep_callback import SWEEP
+
+        started = SWEEP[0] if SWEEP else None
+        if started is None:
+            return before_line(signame)
+        # the jobs ran in processes of their own (joblib, submitit: none in this one), which had trained: "nothing
+        # was done; run the same command again" started the sweep afresh (found by review)
+        job = HydraJob([], sweep_dir=str(started.hydra.sweep.dir), search="optuna" in str(
+            started.hydra.sweeper.get("_target_", "")).lower())
+        where = "in the sweep's process, whose jobs ran in processes of their own (each said what it saved, above)"
+    else:
+        where = "outside the sweep's jobs (Hydra starting the next or ending the sweep)"
     if job.sweep_dir is None:  # Hydra's end of a single run
         return f"\n[momattn] interrupted ({signame}) after the run's work ended: what it wrote is kept"
-    line = (f"\n[momattn] interrupted ({signame}) outside the sweep's jobs (Hydra starting the next or ending the "
-            f"sweep): the jobs that ran are kept in {job.sweep_dir}")
+    line = f"\n[momattn] interrupted ({signame}) {where}: the jobs that ran are kept in {job.sweep_dir}"
     if config_name == "train" and not job.search:
         return (line + f"; run the same command with ckpt_path=last {shell_arg('hydra.sweep.dir', job.sweep_dir)} to go on (finished "
                 "jobs train no further, each job resumes its own folder)")

@@ -29,6 +29,7 @@ from momattn.signal_watch import PREEMPTED_EXIT
 _PID: int | None = None  # the process that installed the handlers (a forked worker inherits them)
 _SAY: list[Callable[[str], str]] = []  # the line a stop ends with, innermost last (the job's, inside the entry's)
 _CLEANUPS: list[Callable[[], None]] = []  # what a stop inside an import runs before ending the process
+BEFORE_STOP: list[Callable[[], None]] = []  # run by a SIGTERM before it raises (a sweep's job processes told first)
 _PENDING: list[BaseException] = []  # a stop Python dropped (raised in a weakref callback of a garbage collection,
 # between a sweep's jobs), as sys.unraisablehook hears of it: raised again at the next job's start or the entry
 # point's end (pending()). A stop that code caught and handled is not one of them
@@ -101,6 +102,8 @@ def _on_sigterm(signum, frame) -> None:
     if os.getpid() != _PID:  # a forked worker: the default, as before these handlers
         return die_by_default(signum)
     end_now_if_importing(Terminated.signame, Terminated.code, frame)
+    for hook in list(BEFORE_STOP):
+        hook()
     raise _stop(Terminated())
 
 

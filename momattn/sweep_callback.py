@@ -8,10 +8,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -20,6 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 _STARTED: list[CompareSweep] = []  # the sweep under way in this process (its end is not called when a job failed)
+SWEEP: list = []  # the config of the sweep this process started (kept after its end: a stop's last line names it)
+PREEMPTED: list[int] = []  # the step a job of this process saved at when a SIGTERM stopped it (joblib, submitit)
 JOB_END = Path(".hydra") / "momattn_job_end.json"  # in each job's folder: how it ended, for the sweep's process
 
 
@@ -31,6 +36,7 @@ class CompareSweep(Callback):
         self.ended = 0  # the jobs that ran to their end, failed ones too (in this process)
         self.failed: list[str] = []  # 'job N (its overrides)'
         self.started = 0.0  # time.time() at the sweep's start
+        self.preempted: list[str] = []  # 'job N (...) at step S': stopped by a SIGTERM in a process of its own
 
     def command(self, sweep_dir: str) -> list[str]:
         """evaluate.py over the sweep; to W&B too where the sweep's jobs log there, with their project and mode (the
@@ -52,6 +58,25 @@ class CompareSweep(Callback):
         self.config, self.ended, self.failed, self.jobs = config, 0, [], count_jobs(config)
         self.started = time.time()
         _STARTED[:] = [self]
+        SWEEP[:] = [config]
+        if not str(config.hydra.launcher.get("_target_", "")).endswith("BasicLauncher"):
+            from momattn.entry_signals import BEFORE_STOP
+
+            BEFORE_STOP[:] = [self.stop_jobs]  # (this process's SIGTERM: its job processes save first)
+
+    def stop_jobs(self) -> None:
+        _stop_job_processes(ended=self._jobs_ended)
+
+    def _jobs_ended(self) -> bool:
+        """Whether every job folder of the sweep has this sweep's end file (a pool's worker process lives on after
+        its job: joblib's)."""
+        sweep = Path(self.config.hydra.sweep.dir)
+        jobs = [f for f in sweep.glob("*/.hydra")] if sweep.is_dir() else []
+        try:
+            return all((f.parent / JOB_END).is_file() and (f.parent / JOB_END).stat().st_mtime >= self.started - 1
+                       for f in jobs)
+        except OSError:
+            return False
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         from hydra.core.utils import JobStatus
@@ -66,9 +91,11 @@ class CompareSweep(Callback):
         # the joblib and submitit launchers run this in the job's own process, not the sweep's: told by a file
         if "MULTIRUN" not in str(config.hydra.get("mode")):  # a single run (train.py without -m) is no sweep's job
             return
+        stopped = PREEMPTED.pop() if PREEMPTED else None  # (a launcher that ran it here took its None as done)
         try:
             atomic_write_text(Path(config.hydra.runtime.output_dir) / JOB_END,
-                              json.dumps({"job": job, "num": config.hydra.job.get("num"), "failed": failed}))
+                              json.dumps({"job": job, "num": config.hydra.job.get("num"), "failed": failed,
+                                          "preempted": stopped}))
         except (OSError, AttributeError):
             pass
 
@@ -83,6 +110,7 @@ class CompareSweep(Callback):
                 continue
         ends.sort(key=lambda e: e.get("num") if isinstance(e.get("num"), int) else -1)
         self.ended, self.failed = len(ends), [str(e.get("job")) for e in ends if e.get("failed")]
+        self.preempted = [f"{e.get('job')} at step {e['preempted']}" for e in ends if e.get("preempted") is not None]
 
     def after_failure(self) -> None:
         """Hydra's basic sweeper runs every job, then raises the first failed job's error, and the sweep's end (the
@@ -110,6 +138,17 @@ class CompareSweep(Callback):
             return
         sweep_dir = str(Path(config.hydra.sweep.dir).resolve())
         from omegaconf import OmegaConf
+
+        if self.ended == 0:  # joblib, submitit: the jobs ended in processes of their own, which took a SIGTERM's
+            self._ended_elsewhere()  # saved job as done: "sweep done" and exit 0 (found by review)
+        if self.preempted:
+            from momattn.quoting import shell_arg
+
+            print(f"\n[momattn] SIGTERM: {len(self.preempted)} of the sweep's jobs stopped, saved: "
+                  f"{'; '.join(self.preempted[:5])}{' ...' if len(self.preempted) > 5 else ''}. Run the same command "
+                  f"with ckpt_path=last {shell_arg('hydra.sweep.dir', sweep_dir)} to resume them (finished jobs "
+                  "train no further, each job resumes its own folder)", file=sys.stderr, flush=True)
+            raise SystemExit(143)  # saved and resumable, not done (what a shell reports for a SIGTERM)
 
         if "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).lower():  # a search
             metric = OmegaConf.select(config, "optimized_metric", default=None)
@@ -201,6 +240,54 @@ def count_jobs(config) -> int | None:
         return None
     jobs = cross_jobs(sweeper_params(config), list(config.hydra.overrides.task))
     return None if jobs is None else len(jobs)
+
+
+JOB_GRACE_S = 120.0  # how long a SIGTERM'd sweep process waits for its job processes to save and end
+
+
+def _children() -> list[int]:
+    """This process's child processes but multiprocessing's trackers (which ignore a SIGTERM): Linux's /proc; none
+    where there is none."""
+    me, out = str(os.getpid()), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # (the name may hold spaces and parentheses)
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+        except (OSError, IndexError):
+            continue
+        if fields[1] == me and b"resource_tracker" not in command and b"semaphore_tracker" not in command:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _stop_job_processes(grace: float = JOB_GRACE_S, ended: Callable[[], bool] = lambda: False) -> None:
+    """A SIGTERM to the process of a sweep whose jobs run in processes of its own (joblib, submitit's local
+    launcher): passed on to them, and waited for (up to `grace`), so that each saves its checkpoint before the
+    launcher ends them: joblib SIGKILLed a job in the middle of writing it (its steps lost), and submitit's jobs
+    trained on unwatched (found by review). ended(): the jobs have ended, though their processes live on."""
+    children = _children()
+    if not children:
+        return
+    print(f"[momattn] SIGTERM: passing it to the sweep's {len(children)} job processes and waiting up to "
+          f"{grace:.0f} s for them to save", file=sys.stderr, flush=True)
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            continue
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and (alive := [p for p in children if _alive(p)]) and not ended():
+        time.sleep(0.2)
+        children = alive
+
+
+def _alive(pid: int) -> bool:
+    """Whether process pid still runs (an ended child not yet reaped, a zombie, does not; it is left to the
+    launcher to reap)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def after_failed_sweep() -> None:

@@ -383,7 +383,12 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         if trainer.is_global_zero:
             print(_resume_hint(preempt, out_dir, job, loggers), file=sys.stderr, flush=True)
         if job.sweep_dir is not None and not _basic_launcher():
-            return None  # submitit, joblib and other launchers end a job their own way
+            # submitit, joblib and other launchers end a job their own way (a None is done): the sweep's process
+            # learns of the stop from the job's end file
+            from momattn.sweep_callback import PREEMPTED
+
+            PREEMPTED[:] = [int(trainer.global_step)]
+            return None
         if job.sweep_dir is not None and trainer.is_global_zero:  # a preempted sweep stops instead of going on
             print(_sweep_stop(job, out_dir), file=sys.stderr, flush=True)
         # saved and resumable, but not done: exit 0 let `train.py && evaluate.py` go on with a run (or a sweep)
@@ -633,10 +638,13 @@ def _resume_hint(preempt: PreemptionCheckpoint, out_dir: Path, job: HydraJob, lo
     else:  # stopped before the first step (e.g. in the sanity check): the newest checkpoint there is stands
         saved = newest_checkpoint(out_dir)
         saved = saved if saved.startswith("no ") else f"no new checkpoint; {saved}"
-    return (f"\n[momattn] SIGTERM received: {saved}.\n"
-            f"Resume with: {resume_prefix(out_dir)}python train.py {_retyped(out_dir, job)} ckpt_path=last "
-            f"{shell_arg('hydra.run.dir', out_dir)}"
-            ).replace("  ", " ") + "".join(f"\n{line}" for line in logs.offline_runs(list(loggers)))
+    if job.sweep_dir is not None and not job.search and not _basic_launcher():  # a job of joblib's or submitit's:
+        how = go_on(job, out_dir)  # the sweep's resume (the job's own left it out of the sweep's W&B group: review)
+    else:
+        how = (f"Resume with: {resume_prefix(out_dir)}python train.py {_retyped(out_dir, job)} ckpt_path=last "
+               f"{shell_arg('hydra.run.dir', out_dir)}").replace("  ", " ")
+    return f"\n[momattn] SIGTERM received: {saved}.\n{how}" + "".join(f"\n{line}" for line in
+                                                                     logs.offline_runs(list(loggers)))
 
 
 def _retyped(out_dir: Path, job: HydraJob) -> str:

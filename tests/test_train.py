@@ -1347,3 +1347,72 @@ def test_a_sigterm_names_the_offline_wandb_segment_to_sync(tmp_path):
     logger._experiment = SimpleNamespace(dir=str(run_dir / "files"))
     hint = _resume_hint(preempt, tmp_path, HydraJob([]), [logger])
     assert hint.splitlines()[-1] == f"W&B run: {run_dir}  (offline; upload with: wandb sync {run_dir})"
+
+
+def test_a_sigterm_to_a_sweep_whose_jobs_run_elsewhere_is_passed_on_waited_for_and_not_done(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """joblib and submitit's local launcher run the jobs in processes of their own (found by review): a SIGTERM to
+    the sweep's process had joblib SIGKILL a job in the middle of saving, and said "nothing was done; run the same
+    command again" (a new sweep from step 0); a job a SIGTERM stopped and saved was taken as done ("sweep done",
+    exit 0)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from omegaconf import OmegaConf
+
+    from momattn import sweep_callback
+    from momattn.cli import stopped_outside_job
+
+    # passed on and waited for, in a process of its own (this one's children are the test suite's): a job that
+    # takes a second to save is waited for; a tracker that ignores SIGTERM is not waited on
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent(f"""
+        import subprocess, sys, time
+        from momattn.sweep_callback import _stop_job_processes
+        job = subprocess.Popen([sys.executable, "-c", "import signal, time, sys\\n"
+                                "def bye(*a):\\n    time.sleep(1); open({str(tmp_path / 'saved')!r}, 'w').close(); sys.exit(143)\\n"
+                                "signal.signal(signal.SIGTERM, bye)\\ntime.sleep(60)"])
+        tracker = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                                    "signal.SIG_IGN); time.sleep(30)  # resource_tracker"])
+        time.sleep(1.0)
+        start = time.monotonic()
+        _stop_job_processes(grace=20)
+        print(round(time.monotonic() - start, 1), job.wait(), tracker.poll())
+        tracker.kill()
+    """))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    took, job_code, tracker_code = r.stdout.split()
+    assert (tmp_path / "saved").exists() and job_code == "143" and tracker_code == "None", r.stderr
+    assert 0.9 <= float(took) < 10 and "passing it to the sweep's 1 job processes" in r.stderr
+    # the line the sweep's process ends with names the sweep's resume
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "sweeper": {"_target_": "x.BasicSweeper"},
+                                      "launcher": {"_target_": "hydra_plugins.hydra_joblib_launcher.JoblibLauncher"}}})
+    callback = sweep_callback.CompareSweep(run=False)
+    monkeypatch.setattr(sweep_callback, "count_jobs", lambda config: 2)
+    monkeypatch.setattr(sweep_callback, "SWEEP", [])  # (this process's own, after the test)
+    assert "nothing was done" in stopped_outside_job("train", "SIGTERM", None)
+    callback.on_multirun_start(cfg)
+    line = stopped_outside_job("train", "SIGTERM", None)
+    assert "nothing was done" not in line and f"ckpt_path=last hydra.sweep.dir={tmp_path}" in line
+    from momattn.entry_signals import BEFORE_STOP
+
+    assert BEFORE_STOP == [callback.stop_jobs]
+    BEFORE_STOP.clear()
+    (tmp_path / "0" / ".hydra").mkdir(parents=True)  # a pool's worker lives on after its job: its end file tells
+    assert not callback._jobs_ended()
+    (tmp_path / "0" / ".hydra" / "momattn_job_end.json").write_text(json.dumps({"job": "job 0", "num": 0}))
+    assert callback._jobs_ended()
+    # a job stopped and saved in its own process: the sweep is not done, and exits 143
+    (tmp_path / "1" / ".hydra").mkdir(parents=True)
+    (tmp_path / "1" / ".hydra" / "momattn_job_end.json").write_text(json.dumps(
+        {"job": "job 1 (seed=2)", "num": 1, "failed": False, "preempted": 418}))
+    with pytest.raises(SystemExit) as stop:
+        callback.on_multirun_end(cfg)
+    err = capsys.readouterr().err
+    assert stop.value.code == 143 and "sweep done" not in err
+    assert "1 of the sweep's jobs stopped, saved: job 1 (seed=2) at step 418. Run the same command with " \
+           f"ckpt_path=last hydra.sweep.dir={tmp_path.resolve()}" in err

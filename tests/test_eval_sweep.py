@@ -168,7 +168,8 @@ def test_unfinished_repeated_and_unpaired_runs_are_named_not_scored(tmp_path, to
     run_evaluate({**EVAL, "sweep_dir": str(sweep), "device": "cpu", "logger": {"wandb": {"project": "p"}}},
                  out_dir=tmp_path / "two")
     ((out, cfg, tables, kw),) = logged  # logger=wandb: the verdict's tables, one run (its settings apart)
-    assert out == tmp_path / "two" and cfg == {"project": "p"} and kw["job_type"] == "sweep-verdict"
+    assert out == tmp_path / "two" and kw["job_type"] == "sweep-verdict"
+    assert cfg == {"project": "p", "group": f"{tmp_path.name}/{sweep.name}"}  # the sweep's jobs' group (review)
     assert {r["setting"] for r in tables["rows"]} == {s["setting"] for s in strict_json(
         (out / "sweep.json").read_text())["settings"]} and len({r["setting"] for r in tables["rows"]}) == 2
     md = (tmp_path / "two" / "sweep.md").read_text()

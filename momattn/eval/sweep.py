@@ -1058,8 +1058,10 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
     print(md)
     print(f"sweep verdict written to {out}/ (sweep.md, sweep.json" + "".join(f", {p.name}" for p in plots) + ")")
     if wandb_cfg is not None:
-        from momattn.wandb_runs import log_verdict
+        from momattn.wandb_runs import folder_group, log_verdict
 
+        # in the sweep's W&B group, beside the runs it judges (it was evaluate.py's own folder's: found by review)
+        wandb_cfg = {**wandb_cfg, "group": wandb_cfg.get("group") or folder_group(sweep_dir.resolve())}
         log_verdict(out, wandb_cfg, "the sweep's verdict", verdict_tables(summaries, ("comparisons", "rises")), plots,
                     job_type="sweep-verdict", name=f"verdict-{sweep_dir.name}",
                     config={"sweep_dir": str(sweep_dir), "eval": doc["eval_config"], "failed": failed})

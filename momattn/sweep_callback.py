@@ -68,13 +68,15 @@ class CompareSweep(Callback):
         _stop_job_processes(ended=self._jobs_ended)
 
     def _jobs_ended(self) -> bool:
-        """Whether every job folder of the sweep has this sweep's end file (a pool's worker process lives on after
-        its job: joblib's)."""
+        """Whether every job this sweep started (its .hydra/config.yaml written since) has its end file (a pool's
+        worker process lives on after its job: joblib's)."""
+        def since(f: Path) -> bool:
+            return f.is_file() and f.stat().st_mtime >= self.started - 1
+
         sweep = Path(self.config.hydra.sweep.dir)
-        jobs = [f for f in sweep.glob("*/.hydra")] if sweep.is_dir() else []
         try:
-            return all((f.parent / JOB_END).is_file() and (f.parent / JOB_END).stat().st_mtime >= self.started - 1
-                       for f in jobs)
+            jobs = [f.parent for f in sweep.glob("*/.hydra") if since(f / "config.yaml")] if sweep.is_dir() else []
+            return all(since(job / JOB_END) for job in jobs)
         except OSError:
             return False
 

@@ -1403,6 +1403,10 @@ def test_a_sigterm_to_a_sweep_whose_jobs_run_elsewhere_is_passed_on_waited_for_a
     assert BEFORE_STOP == [callback.stop_jobs]
     BEFORE_STOP.clear()
     (tmp_path / "0" / ".hydra").mkdir(parents=True)  # a pool's worker lives on after its job: its end file tells
+    (tmp_path / "0" / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    (tmp_path / "2" / ".hydra").mkdir(parents=True)  # a job of an earlier run of the sweep, not started by this one
+    (tmp_path / "2" / ".hydra" / "config.yaml").write_text("seed: 3\n")
+    os.utime(tmp_path / "2" / ".hydra" / "config.yaml", (callback.started - 60, callback.started - 60))
     assert not callback._jobs_ended()
     (tmp_path / "0" / ".hydra" / "momattn_job_end.json").write_text(json.dumps({"job": "job 0", "num": 0}))
     assert callback._jobs_ended()

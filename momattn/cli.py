@@ -1309,7 +1309,9 @@ def stopped_outside_job(config_name: str, signame: str, job: HydraJob | None) ->
         # was done; run the same command again" started the sweep afresh (found by review)
         job = HydraJob([], sweep_dir=str(started.hydra.sweep.dir), search="optuna" in str(
             started.hydra.sweeper.get("_target_", "")).lower())
-        where = "in the sweep's process, whose jobs ran in processes of their own (each said what it saved, above)"
+        where = ("in the sweep's process, whose jobs ran in processes of their own (" + (
+            "it was passed on to them, and each said what it saved, above" if signame == "SIGTERM" else
+            "a Ctrl-C is not passed on: they keep their last checkpoints") + ")")
     else:
         where = "outside the sweep's jobs (Hydra starting the next or ending the sweep)"
     if job.sweep_dir is None:  # Hydra's end of a single run

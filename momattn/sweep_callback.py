@@ -49,7 +49,7 @@ class CompareSweep(Callback):
         wandb = OmegaConf.select(self.config, "logger.wandb", default=None) if self.config is not None else None
         if wandb is not None and "wandb_logger" in str(wandb.get("_target_", "")):
             cmd.append("logger=wandb")
-            for key in ("project", "offline"):
+            for key in ("project", "offline", "group"):  # (the jobs' group: the verdict beside them)
                 if (value := OmegaConf.select(wandb, key, default=None)) is not None:
                     cmd.append(f"logger.wandb.{key}={hydra_quoted(value)}")
         return cmd
@@ -135,6 +135,7 @@ class CompareSweep(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         _STARTED.clear()
+        SWEEP.clear()  # (ended: a later stop in this process, a test's, is no longer this sweep's)
         self.config = config  # (the same config its start had)
         if _other_rank():  # a DDP job's other ranks run the sweep alongside rank 0, which ends it (it was said twice)
             return
@@ -146,10 +147,15 @@ class CompareSweep(Callback):
         if self.preempted:
             from momattn.quoting import shell_arg
 
-            print(f"\n[momattn] SIGTERM: {len(self.preempted)} of the sweep's jobs stopped, saved: "
-                  f"{'; '.join(self.preempted[:5])}{' ...' if len(self.preempted) > 5 else ''}. Run the same command "
-                  f"with ckpt_path=last {shell_arg('hydra.sweep.dir', sweep_dir)} to resume them (finished jobs "
-                  "train no further, each job resumes its own folder)", file=sys.stderr, flush=True)
+            what = "search's trials" if _search(config) else "sweep's jobs"
+            how = ("A search is not resumed with ckpt_path=last: finish a trial as a single run (python train.py "
+                   f"ckpt_path=last hydra.run.dir={sweep_dir}/<its number>), and search again into a new folder for "
+                   "more trials" if _search(config) else
+                   f"Run the same command with ckpt_path=last {shell_arg('hydra.sweep.dir', sweep_dir)} to resume "
+                   "them (finished jobs train no further, each job resumes its own folder)")
+            print(f"\n[momattn] SIGTERM: {len(self.preempted)} of the {what} stopped, saved: "
+                  f"{'; '.join(self.preempted[:5])}{' ...' if len(self.preempted) > 5 else ''}. {how}",
+                  file=sys.stderr, flush=True)
             raise SystemExit(143)  # saved and resumable, not done (what a shell reports for a SIGTERM)
 
         if "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).lower():  # a search
@@ -242,6 +248,12 @@ def count_jobs(config) -> int | None:
         return None
     jobs = cross_jobs(sweeper_params(config), list(config.hydra.overrides.task))
     return None if jobs is None else len(jobs)
+
+
+def _search(config) -> bool:
+    from omegaconf import OmegaConf
+
+    return "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).lower()
 
 
 JOB_GRACE_S = 120.0  # how long a SIGTERM'd sweep process waits for its job processes to save and end

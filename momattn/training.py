@@ -430,9 +430,14 @@ def _resume_from(c: TrainConfig, job: HydraJob, out_dir: Path) -> Path | None:
 
 
 def _basic_launcher() -> bool:
-    """Whether Hydra runs the sweep's jobs one after another in this process (its basic launcher): only then does
-    a SystemExit stop the sweep cleanly (submitit, joblib and others run jobs elsewhere, and handle exits
-    their own way)."""
+    """Whether Hydra runs the sweep's jobs one after another in this process (its basic launcher, or joblib with a
+    single worker, which runs them in the sweep's own process: a SIGTERM there went on to the next job and ended in
+    'sweep done', exit 0: found by review): only then does a SystemExit stop the sweep cleanly (submitit, joblib
+    and others run jobs elsewhere, and handle exits their own way)."""
+    from momattn.sweep_callback import SWEEP
+
+    if SWEEP:  # the sweep started in this process (the callback's start runs in the sweep's)
+        return True
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -578,7 +583,7 @@ def _sweep_names(job: HydraJob, model_config: GPTConfig) -> tuple[str | None, st
     if job.sweep_dir is None:
         return None, None
     folder = Path(job.sweep_dir)
-    group = folder_group(folder)
+    group = folder_group(folder.resolve())  # (as evaluate.py's verdict names it: sweep_dir=x was 'x' here)
     own = [o for o in job.overrides if not o.startswith(("hydra.", "attention=", "ckpt_path="))]
     swept = _swept_keys(folder)  # what tells the jobs apart first: the command line's other overrides cut it off
     own = [o for o in own if o.split("=", 1)[0].lstrip("+~") in swept] if swept else own

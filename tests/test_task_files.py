@@ -84,6 +84,9 @@ def test_a_field_name_with_a_hyphen_is_filled_and_a_yaml_error_says_where(tmp_pa
     (task,) = resolve_tasks(IclConfig(task_dirs=[str(tmp_path)], tasks=["hy"]).tasks)
     data = task.load(1)
     assert task.fill(data.test[0]).startswith("Q: question ") and "{" not in task.fill(data.test[0])
+    write_task(tmp_path, "lit", ROWS, template="Q: {q}\nIs it {yes or no}?")  # braces holding a space are text
+    (task,) = resolve_tasks(IclConfig(task_dirs=[str(tmp_path)], tasks=["lit"]).tasks)
+    assert task.fill(task.load(1).test[0]).endswith("\nIs it {yes or no}?")
     write_task(tmp_path, "hy2", ROWS, template="Q: {q-text}\nA:")
     (task,) = resolve_tasks(IclConfig(task_dirs=[str(tmp_path)], tasks=["hy2"]).tasks)
     with pytest.raises(DataError, match=r"the template names field '\{q-text\}' but the row has only"):

@@ -1029,6 +1029,9 @@ def test_the_compare_callback_prints_or_runs_evaluate_on_the_sweep(tmp_path, mon
         "_target_": "momattn.loggers.wandb_logger", "project": "my proj", "offline": False}}})
     sweep_callback.CompareSweep(run=True).on_multirun_end(logged)
     assert ran[1][3:] == ["logger=wandb", "logger.wandb.project='my proj'", "logger.wandb.offline=False"]
+    logged.logger.wandb.group = "G"  # the jobs' own group: the verdict's too (second flows review)
+    sweep_callback.CompareSweep(run=True).on_multirun_end(logged)
+    assert ran.pop()[-1] == "logger.wandb.group=G"
     ran.pop()
     optuna = OmegaConf.create({"optimized_metric": "val/loss", "hydra": {
         "sweep": {"dir": str(tmp_path)}, "sweeper": {"_target_": "hydra_plugins.hydra_optuna_sweeper.OptunaSweeper"}}})
@@ -1398,6 +1401,11 @@ def test_a_sigterm_to_a_sweep_whose_jobs_run_elsewhere_is_passed_on_waited_for_a
     callback.on_multirun_start(cfg)
     line = stopped_outside_job("train", "SIGTERM", None)
     assert "nothing was done" not in line and f"ckpt_path=last hydra.sweep.dir={tmp_path}" in line
+    assert "it was passed on to them" in line  # a Ctrl-C is not (second flows review)
+    assert "a Ctrl-C is not passed on" in stopped_outside_job("train", "Ctrl-C", None)
+    from momattn.training import _basic_launcher
+
+    assert _basic_launcher()  # joblib with one worker runs the jobs in the sweep's process: stopped as the basic
     from momattn.entry_signals import BEFORE_STOP
 
     assert BEFORE_STOP == [callback.stop_jobs]
@@ -1420,3 +1428,13 @@ def test_a_sigterm_to_a_sweep_whose_jobs_run_elsewhere_is_passed_on_waited_for_a
     assert stop.value.code == 143 and "sweep done" not in err
     assert "1 of the sweep's jobs stopped, saved: job 1 (seed=2) at step 418. Run the same command with " \
            f"ckpt_path=last hydra.sweep.dir={tmp_path.resolve()}" in err
+    # a search's trial: not resumed with ckpt_path=last (that advice was refused: second flows review)
+    search = OmegaConf.merge(cfg, {"hydra": {"sweeper": {"_target_": "hydra_plugins.hydra_optuna_sweeper.X"}}})
+    callback.on_multirun_start(search)
+    with pytest.raises(SystemExit):
+        callback.on_multirun_end(search)
+    assert "1 of the search's trials stopped, saved: job 1 (seed=2) at step 418. A search is not resumed with " \
+           "ckpt_path=last" in capsys.readouterr().err
+    from momattn.entry_signals import BEFORE_STOP
+
+    BEFORE_STOP.clear()

@@ -86,7 +86,8 @@ STAICC_SOURCE = "momattn.data.sources.StaiccCorpus"
 
 
 def _plan(model: LanguageModel, tokenizer, run_config: dict, cfg: EvalConfig, cache_dir: str | None,
-          read_corpus: bool = True, trained_on: str | None = None, training: bool = False) -> _Plan:
+          read_corpus: bool = True, trained_on: str | None = None, training: bool = False,
+          notes: bool = True) -> _Plan:
     # ICL data loaded and checked first: a missing file, an offline hub task or a GINC task on a checkpoint
     # that never saw GINC fails before any scoring
     lengths = cfg.ppl.resolve_lengths(model.config.block_size) if cfg.ppl.enabled else []
@@ -110,8 +111,8 @@ def _plan(model: LanguageModel, tokenizer, run_config: dict, cfg: EvalConfig, ca
             ginc_eval.k_max_fit(t)  # the tokenizer maps symbol i to token i: one 0-shot prompt made and encoded
             ginc_eval.encode(t, ginc_eval.world.prompts(t.example_len, 0, 1, ood=t.ood, seed=0))
     plan = _Plan(lengths, tasks, icl_eval, prepared, ginc_tasks, ginc_eval)
-    if note := _unchecked_leak(run_config, tasks):
-        print(note, file=sys.stderr, flush=True)
+    if notes and (note := _unchecked_leak(run_config, tasks)):  # (once a run: said at train.py's end-of-run
+        print(note, file=sys.stderr, flush=True)  # evaluation, not at its start-up check too: found by review)
     if cfg.ppl.enabled:
         data_cfg = merge_data(run_config.get("data") or {}, cfg.ppl.data)
         if not data_cfg.get("source") and not data_cfg.get("_target_"):
@@ -181,7 +182,7 @@ def check_evaluation(model: LanguageModel, tokenizer, run_config: Mapping, eval_
     perplexity corpus is not read (train.py's own, which it has just read, or streams). training: train.py's
     check, whose advice may name its data.* keys."""
     cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else EvalConfig.from_mapping(eval_cfg, "eval")
-    _plan(model, tokenizer, to_plain(run_config) or {}, cfg, cache_dir, read_corpus, trained_on, training)
+    _plan(model, tokenizer, to_plain(run_config) or {}, cfg, cache_dir, read_corpus, trained_on, training, notes=False)
 
 
 def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cfg: Mapping | EvalConfig,

@@ -39,8 +39,9 @@ from momattn.errors import ConfigError, DataError, did_you_mean, not_a_file
 from momattn.eval.ginc import GincTask, ginc_task
 from momattn.utils import stable_seed
 
-# a {field}: any name of one line without braces ({review-text} was left in the prompt as text: found by review)
-PLACEHOLDER = re.compile(r"\{([^{}\n]+)\}")
+# a {field}: any name without braces or whitespace ({review-text} was left in the prompt as text: found by review);
+# braces holding a space are text ("Is it {Negative or Positive}?")
+PLACEHOLDER = re.compile(r"\{([^{}\s]+)\}")
 
 
 @dataclass(frozen=True)

@@ -739,17 +739,19 @@ def _outside_switched_groups(kept: list[str], now: list[str], saved: list[str]) 
         _compose("train", [*rest, *(o for o in now if _override_key(o) in switched)])
     # (where they do not compose, the run's own values are kept: the group choices alone missed those that an
     # experiment= or recipe= makes, and dropped a data.batch_size on data=ginc where the recipe chose ginc: review)
-    replaced = [] if before is None or after is None else [
-        o for o in under if o not in dropped and _raw(before, _override_key(o)) is not _raw
-        and _raw(after, _override_key(o)) != _raw(before, _override_key(o))]
+    replaced = []
+    if before is not None and after is not None:
+        from omegaconf import OmegaConf
+
+        # unresolved (${paths.output_dir} needs Hydra's run), each converted once
+        before, after = (OmegaConf.to_container(c, resolve=False) for c in (before, after))
+        replaced = [o for o in under if o not in dropped and _raw(before, _override_key(o)) is not _raw
+                    and _raw(after, _override_key(o)) != _raw(before, _override_key(o))]
     return [o for o in kept if o not in dropped and o not in replaced], dropped, replaced
 
 
-def _raw(cfg, key: str):
-    """The value at a dotted key, unresolved (${paths.output_dir} needs Hydra's run), or a marker where none."""
-    from omegaconf import OmegaConf
-
-    node = OmegaConf.to_container(cfg, resolve=False)
+def _raw(node, key: str):
+    """The value at a dotted key of a plain nested config, or a marker (_raw itself) where there is none."""
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
             return _raw
@@ -1300,15 +1302,14 @@ def stopped_outside_job(config_name: str, signame: str, job: HydraJob | None) ->
     """The line a Ctrl-C or SIGTERM outside any job ends with: before the first (the command line's checks, Hydra
     composing the config) nothing was done; after `job` (the last one begun), what the jobs wrote is kept."""
     if job is None:
-        from momattn.sweep_callback import SWEEP
+        from momattn.sweep_callback import SWEEP, _search
 
         started = SWEEP[0] if SWEEP else None
         if started is None:
             return before_line(signame)
         # the jobs ran in processes of their own (joblib, submitit: none in this one), which had trained: "nothing
         # was done; run the same command again" started the sweep afresh (found by review)
-        job = HydraJob([], sweep_dir=str(started.hydra.sweep.dir), search="optuna" in str(
-            started.hydra.sweeper.get("_target_", "")).lower())
+        job = HydraJob([], sweep_dir=str(started.hydra.sweep.dir), search=_search(started))
         where = ("in the sweep's process, whose jobs ran in processes of their own (" + (
             "it was passed on to them, and each said what it saved, above" if signame == "SIGTERM" else
             "a Ctrl-C is not passed on: they keep their last checkpoints") + ")")

@@ -147,10 +147,11 @@ class CompareSweep(Callback):
         if self.preempted:
             from momattn.quoting import shell_arg
 
-            what = "search's trials" if _search(config) else "sweep's jobs"
+            search = _search(config)
+            what = "search's trials" if search else "sweep's jobs"
             how = ("A search is not resumed with ckpt_path=last: finish a trial as a single run (python train.py "
                    f"ckpt_path=last hydra.run.dir={sweep_dir}/<its number>), and search again into a new folder for "
-                   "more trials" if _search(config) else
+                   "more trials" if search else
                    f"Run the same command with ckpt_path=last {shell_arg('hydra.sweep.dir', sweep_dir)} to resume "
                    "them (finished jobs train no further, each job resumes its own folder)")
             print(f"\n[momattn] SIGTERM: {len(self.preempted)} of the {what} stopped, saved: "
@@ -158,7 +159,7 @@ class CompareSweep(Callback):
                   file=sys.stderr, flush=True)
             raise SystemExit(143)  # saved and resumable, not done (what a shell reports for a SIGTERM)
 
-        if "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).lower():  # a search
+        if _search(config):
             metric = OmegaConf.select(config, "optimized_metric", default=None)
             storage = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
             study = OmegaConf.select(config, "hydra.sweeper.study_name", default=None)
@@ -251,6 +252,7 @@ def count_jobs(config) -> int | None:
 
 
 def _search(config) -> bool:
+    """Whether the sweep is a search (an Optuna sweeper)."""
     from omegaconf import OmegaConf
 
     return "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).lower()
@@ -259,18 +261,27 @@ def _search(config) -> bool:
 JOB_GRACE_S = 120.0  # how long a SIGTERM'd sweep process waits for its job processes to save and end
 
 
+def _stat(pid: int | str) -> list[str]:
+    """/proc/<pid>/stat's fields after the process's name (state, parent pid, ...); [] where it cannot be read."""
+    try:  # (the name may hold spaces and parentheses)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def _children() -> list[int]:
     """This process's child processes but multiprocessing's trackers (which ignore a SIGTERM): Linux's /proc; none
     where there is none."""
     me, out = str(os.getpid()), []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()  # (the name may hold spaces and parentheses)
-            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
-        except (OSError, IndexError):
+    for proc in Path("/proc").glob("[0-9]*"):
+        if _stat(proc.name)[1:2] != [me]:
             continue
-        if fields[1] == me and b"resource_tracker" not in command and b"semaphore_tracker" not in command:
-            out.append(int(stat.parent.name))
+        try:
+            command = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"resource_tracker" not in command and b"semaphore_tracker" not in command:
+            out.append(int(proc.name))
     return out
 
 
@@ -298,10 +309,7 @@ def _stop_job_processes(grace: float = JOB_GRACE_S, ended: Callable[[], bool] = 
 def _alive(pid: int) -> bool:
     """Whether process pid still runs (an ended child not yet reaped, a zombie, does not; it is left to the
     launcher to reap)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    return _stat(pid)[:1] not in ([], ["Z"])
 
 
 def after_failed_sweep() -> None:

@@ -330,3 +330,25 @@ def test_a_task_named_as_a_metric_part_is_refused(tmp_path):
         entry = {"name": name, "path": path, "template": "{q} ?", "answers": ["a", "b"], "label_field": "y"}
         with pytest.raises(ConfigError, match=f"icl.tasks: a task named '{name}' {why}"):
             resolve_tasks(["trec", entry])
+
+
+def test_a_file_in_its_own_template_keeps_case_and_punctuation_and_answers_get_one_space(tmp_path):
+    """Found by review: "Q: 12+5 =" dropped "Q: 12-5 =" from the pool (punctuation folded, as for the hub's rows),
+    and an answer written " yes" was scored and shown as "  yes"."""
+    from test_eval_common import uniform_lm
+
+    from momattn.eval.icl import IclEvaluator
+
+    test = write_jsonl(tmp_path / "t.jsonl", [{"q": "12+5", "label": " yes"}, {"q": "7*3", "label": "no "}])
+    demo = write_jsonl(tmp_path / "d.jsonl", [{"q": "12-5", "label": "no"}, {"q": "7/3", "label": 0},
+                                              {"q": " 12+5", "label": 0}])  # only whitespace differs: a copy
+    task = file_task({"name": "m", "path": test, "demo_path": demo, "template": "Q: {q} =",
+                      "answers": [" yes", "no"]})
+    assert task.answers == ("yes", "no")
+    ev = IclEvaluator(uniform_lm(128), CharTokenizer(), IclConfig(tasks=["sst2"], shots=[0]), split_seed=0)
+    prep = ev.prepare(task)
+    assert sorted(task.fill(e) for e in prep.pool) == ["Q: 12-5 =", "Q: 7/3 ="]
+    assert prep.result.n_demo_dropped == 1
+    assert [e.example.label for e in sorted(prep.test, key=lambda e: e.example.id)] == [0, 1]
+    assert CharTokenizer().decode(ev.demo_ids(task, prep.pool[0])[:-len(ev.sep) or None]).count("  ") == 0
+    assert [CharTokenizer().decode(a) for a in prep.test[0].answers] == [" yes", " no"]

@@ -179,8 +179,9 @@ class IclEvaluator:
         if not test:
             raise DataError(f"ICL task '{task.name}': no usable test example ({skipped} skipped: each one's answers "
                             "are empty, encode alike, or leave no room for its text in the model's context)")
-        test_texts = {normalize_text(task.fill(e)) for e in data.test}
-        pool = [e for e in data.demo_pool if normalize_text(task.fill(e)) not in test_texts]
+        same = task.same_text or normalize_text
+        test_texts = {same(task.fill(e)) for e in data.test}
+        pool = [e for e in data.demo_pool if same(task.fill(e)) not in test_texts]
         for k in self.cfg.shots:
             if k != "max" and k > len(pool):
                 dropped = len(data.demo_pool) - len(pool)
@@ -244,10 +245,11 @@ class IclEvaluator:
                       k_used: Sequence[int], k: int | str, seed: int) -> None:
         """Raise DemonstrationLeakError if a test example's text is among the demonstrations of its prompt."""
         first: dict[str, int] = {}
+        same = task.same_text or normalize_text
         for pos, ex in enumerate(demos):
-            first.setdefault(normalize_text(task.fill(ex)), pos)
+            first.setdefault(same(task.fill(ex)), pos)
         for e, j in zip(test, k_used):
-            pos = first.get(normalize_text(task.fill(e.example)))
+            pos = first.get(same(task.fill(e.example)))
             if pos is not None and pos < j:
                 raise DemonstrationLeakError(
                     f"ICL task '{task.name}': test row {e.example.id} appears as demonstration {pos + 1} "

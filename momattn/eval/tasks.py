@@ -65,6 +65,10 @@ class IclTask:
     answers: tuple[str, ...] | None  # None: every example brings its own (ARC-E choices, PIQA solutions)
     source: str  # where the rows come from, for the report
     loader: Callable[[int], IclData] = field(repr=False, compare=False)  # split seed -> rows
+    # the text a demonstration must not share with a test example; None: momattn.eval.icl.normalize_text (case,
+    # punctuation and escapes folded, as the hub's and StaICC's rows need). A file in a template of its own keeps
+    # case and punctuation ("Q: 12+5 =" and "Q: 12-5 =" are two texts): fold_whitespace
+    same_text: Callable[[str], str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def fields(self) -> list[str]:
@@ -78,6 +82,10 @@ class IclTask:
         if not data.test:
             raise DataError(f"ICL task '{self.name}' has no test examples ({self.source})")
         return data
+
+
+def fold_whitespace(text: str) -> str:
+    return " ".join(text.split())
 
 
 def fill_fields(template: str, row: Mapping, where: str) -> dict[str, str]:
@@ -118,8 +126,8 @@ def label_index(label, answers: Sequence[str], where: str) -> int:
     if isinstance(label, bool) or not isinstance(label, int | str):
         raise DataError(f"{where}: label {label!r} is neither an index nor one of the answers "
                         f"{list(answers)}")
-    if isinstance(label, str) and label in answers:
-        return list(answers).index(label)
+    if isinstance(label, str) and label.strip() in (stripped := [a.strip() for a in answers]):
+        return stripped.index(label.strip())  # a row's " yes" is the answer "yes" (answers differ in words)
     if isinstance(label, str) and re.fullmatch(r"-?\d+", label.strip()):
         label = int(label)
     numeric = all(re.fullmatch(r"-?\d+", a.strip()) for a in answers) and \
@@ -436,15 +444,15 @@ def file_task(entry: Mapping, key: str = "icl.tasks") -> IclTask:
             raise ConfigError(f"{who}: answers[{i}]={a!r} must be a text (YAML reads an empty entry or ~ as null: "
                               "write the answer, quoted if it looks like a number or a boolean)")
     template = template.replace("\\n", "\n")  # a "\n" typed on the command line means a line break
-    answers = tuple(str(a) for a in answers)
-    check_answer_texts(answers, who)
+    check_answer_texts([str(a) for a in answers], who)
+    answers = tuple(str(a).strip() for a in answers)  # each is scored after one space: " yes" gave "  yes"
     label_field = str(entry.get("label_field", "label"))
     if label_field in PLACEHOLDER.findall(template):  # every prompt held its own answer (found by review)
         raise ConfigError(f"{who}: the template names {{{label_field}}}, the label field: every prompt would hold "
                           "its own answer. Name the input fields only")
     convert = _file_converter(template, answers, label_field, path, name)
     loader = _file_loader(name, path, demo_path, demo_fraction, convert, own_schema=True)
-    return IclTask(name, template, answers, source, loader)
+    return IclTask(name, template, answers, source, loader, same_text=fold_whitespace)
 
 
 # -----------------------------------------------------------------------------

@@ -352,3 +352,6 @@ def test_a_file_in_its_own_template_keeps_case_and_punctuation_and_answers_get_o
     assert [e.example.label for e in sorted(prep.test, key=lambda e: e.example.id)] == [0, 1]
     assert CharTokenizer().decode(ev.demo_ids(task, prep.pool[0])[:-len(ev.sep) or None]).count("  ") == 0
     assert [CharTokenizer().decode(a) for a in prep.test[0].answers] == [" yes", " no"]
+    # StaICC's rows saved locally (no template given) still fold case, punctuation and escapes, as the built-in do
+    staicc = file_task({"name": "sst2", "path": write_jsonl(tmp_path / "s.jsonl", [{"text": "a", "label": 0}])})
+    assert staicc.same_text is None and task.same_text is not None

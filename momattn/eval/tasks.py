@@ -452,7 +452,8 @@ def file_task(entry: Mapping, key: str = "icl.tasks") -> IclTask:
                           "its own answer. Name the input fields only")
     convert = _file_converter(template, answers, label_field, path, name)
     loader = _file_loader(name, path, demo_path, demo_fraction, convert, own_schema=True)
-    return IclTask(name, template, answers, source, loader, same_text=fold_whitespace)
+    staicc_rows = entry.get("template") is None  # StaICC's rows saved locally: their escapes and case still fold
+    return IclTask(name, template, answers, source, loader, same_text=None if staicc_rows else fold_whitespace)
 
 
 # -----------------------------------------------------------------------------

@@ -1004,8 +1004,10 @@ def _is_search(overrides: list[str]) -> bool:
     """Whether the multirun is a search (an Optuna sweeper), which ckpt_path=last cannot resume."""
     from omegaconf import OmegaConf
 
+    from momattn.utils import optuna_search
+
     cfg = hydra_section("train", overrides)[1]
-    return cfg is not None and "optuna" in str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="")).lower()
+    return cfg is not None and optuna_search(OmegaConf.select(cfg, "hydra"))
 
 
 def same_run(ckpt: str | Path, folder: Path, cwd: Path | None = None) -> bool:
@@ -1368,13 +1370,15 @@ def hydra_job() -> HydraJob:
         return HydraJob([])
     from omegaconf import OmegaConf
 
+    from momattn.utils import optuna_search
+
     hc = HydraConfig.get()
     # unresolved: an override's ${...} is its text here (resolving it crashed with omegaconf's traceback before
     # the config's own check could name it)
     overrides = OmegaConf.to_container(hc.overrides, resolve=False)
     if hc.mode == RunMode.MULTIRUN:
         return HydraJob(overrides["task"], str(hc.sweep.dir), int(hc.job.num),
-                        search="optuna" in str(hc.sweeper.get("_target_", "")).lower())
+                        search=optuna_search(hc))
     return HydraJob(overrides["task"],
                     run_dir_given=any(str(o).startswith("hydra.run.dir=") for o in overrides["hydra"]))
 

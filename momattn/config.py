@@ -267,7 +267,9 @@ def _in_search() -> bool:
 
     if not HydraConfig.initialized():
         return False
-    return "optuna" in str(OmegaConf.select(HydraConfig.get(), "sweeper._target_", default="")).lower()
+    from momattn.utils import optuna_search
+
+    return optuna_search(HydraConfig.get())
 
 
 SCORES = tuple(m for m in LOGGED if m != "train/lr")  # each better lower

@@ -255,7 +255,9 @@ def _search(config) -> bool:
     """Whether the sweep is a search (an Optuna sweeper)."""
     from omegaconf import OmegaConf
 
-    return "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).lower()
+    from momattn.utils import optuna_search
+
+    return optuna_search(OmegaConf.select(config, "hydra"))
 
 
 JOB_GRACE_S = 120.0  # how long a SIGTERM'd sweep process waits for its job processes to save and end

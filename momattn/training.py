@@ -382,7 +382,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                     out_dir, (tokenizer.vocab_size, model_config.vocab_size))
         if trainer.is_global_zero:
             print(_resume_hint(preempt, out_dir, job, loggers), file=sys.stderr, flush=True)
-        if job.sweep_dir is not None and not _basic_launcher():
+        if job.sweep_dir is not None and not _jobs_in_sweep_process():
             # submitit, joblib and other launchers end a job their own way (a None is done): the sweep's process
             # learns of the stop from the job's end file
             from momattn.sweep_callback import PREEMPTED
@@ -429,7 +429,7 @@ def _resume_from(c: TrainConfig, job: HydraJob, out_dir: Path) -> Path | None:
 
 
 
-def _basic_launcher() -> bool:
+def _jobs_in_sweep_process() -> bool:
     """Whether Hydra runs the sweep's jobs one after another in this process (its basic launcher, or joblib with a
     single worker, which runs them in the sweep's own process: a SIGTERM there went on to the next job and ended in
     'sweep done', exit 0: found by review): only then does a SystemExit stop the sweep cleanly (submitit, joblib
@@ -643,7 +643,7 @@ def _resume_hint(preempt: PreemptionCheckpoint, out_dir: Path, job: HydraJob, lo
     else:  # stopped before the first step (e.g. in the sanity check): the newest checkpoint there is stands
         saved = newest_checkpoint(out_dir)
         saved = saved if saved.startswith("no ") else f"no new checkpoint; {saved}"
-    if job.sweep_dir is not None and not job.search and not _basic_launcher():  # a job of joblib's or submitit's:
+    if job.sweep_dir is not None and not job.search and not _jobs_in_sweep_process():  # a job of joblib's or submitit's:
         how = go_on(job, out_dir)  # the sweep's resume (the job's own left it out of the sweep's W&B group: review)
     else:
         how = (f"Resume with: {resume_prefix(out_dir)}python train.py {_retyped(out_dir, job)} ckpt_path=last "
@@ -811,7 +811,7 @@ class SigtermOutsideFit:
                      f"{shell_arg('hydra.run.dir', self.out_dir)}"
                      + (" (it trains no further; the report and evaluation are done again)" if self.phase == "end"
                         else "")).replace("  ", " ")
-        if self.job.sweep_dir is not None and _basic_launcher():  # other launchers end a job their own way
+        if self.job.sweep_dir is not None and _jobs_in_sweep_process():  # other launchers end a job their own way
             hint += "\n" + _sweep_stop(self.job, self.out_dir, signame)
         return hint
 

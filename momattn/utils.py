@@ -70,3 +70,11 @@ def done_line(what: str, t0: float, tty: bool | None = None) -> None:
     evaluation redirected) was silent for the minutes they take; this line says when each part ends."""
     if not (stderr_tty() if tty is None else tty):
         print(f"[momattn] {what} ({duration(time.perf_counter() - t0)})", file=sys.stderr, flush=True)
+
+
+def optuna_search(hydra: Any) -> bool:
+    """Whether a config's `hydra` section (or HydraConfig.get()) sweeps with Optuna's sweeper: a search, whose
+    trials ckpt_path=last cannot resume and which reads optimized_metric from each trial. None: no Hydra section."""
+    from omegaconf import OmegaConf
+
+    return hydra is not None and "optuna" in str(OmegaConf.select(hydra, "sweeper._target_", default="")).lower()

@@ -983,9 +983,9 @@ def test_a_sigterm_before_or_after_fit_says_what_is_saved_and_exits_143(tmp_path
         err = sigterm()
         assert "SIGTERM before training started: " in err and "ckpt_path=last" in err and "no further" not in err
         guard.job = HydraJob(overrides=[], sweep_dir="multirun/x", num=2)  # a sweep stops, and says how to go on
-        monkeypatch.setattr(momattn.training, "_basic_launcher", lambda: True)
+        monkeypatch.setattr(momattn.training, "_jobs_in_sweep_process", lambda: True)
         assert "[momattn] SIGTERM: the sweep stops at job 2; run the same command with ckpt_path=last" in sigterm()
-        monkeypatch.setattr(momattn.training, "_basic_launcher", lambda: False)  # joblib, submitit: their own way
+        monkeypatch.setattr(momattn.training, "_jobs_in_sweep_process", lambda: False)  # joblib, submitit: their own way
         assert "the sweep stops" not in sigterm()
         # save_last=false: best files only, no last.ckpt: not "its training is lost"
         monkeypatch.setattr(momattn.training, "newest_checkpoint", lambda d: "no checkpoint was written yet")

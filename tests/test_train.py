@@ -1403,9 +1403,9 @@ def test_a_sigterm_to_a_sweep_whose_jobs_run_elsewhere_is_passed_on_waited_for_a
     assert "nothing was done" not in line and f"ckpt_path=last hydra.sweep.dir={tmp_path}" in line
     assert "it was passed on to them" in line  # a Ctrl-C is not (second flows review)
     assert "a Ctrl-C is not passed on" in stopped_outside_job("train", "Ctrl-C", None)
-    from momattn.training import _basic_launcher
+    from momattn.training import _jobs_in_sweep_process
 
-    assert _basic_launcher()  # joblib with one worker runs the jobs in the sweep's process: stopped as the basic
+    assert _jobs_in_sweep_process()  # joblib with one worker runs the jobs in the sweep's process: stopped as the basic
     from momattn.entry_signals import BEFORE_STOP
 
     assert BEFORE_STOP == [callback.stop_jobs]

@@ -829,20 +829,31 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
     what = f"continuing {ckpt} in a new folder, {folder}," if fork else \
         f"resuming the run {'in ' + str(folder) if folder else 'of ' + ckpt}"
     if not other_rank():  # (the processes Lightning, srun or torchrun start for other ranks: said once)
-        print(f"[momattn] {what} with its own config"
-              + (f" ({' '.join(kept)})" if kept else "") + (f"; on top: {' '.join(overrides)}" if overrides else "")
-              + (f"; not carried over, as the group given now has no such key: {' '.join(dropped)}" if dropped else "")
-              + (f"; not carried over, as the group given now sets them itself: {' '.join(replaced)} (give them "
-                 "again to keep them)" if replaced else "")
-              + (f"; left out, as asked now: {' '.join(removed)}" if removed else ""),
-              file=sys.stderr, flush=True)
+        _BEFORE_LOG.clear()  # (an earlier resume of this process, e.g. a test's, never opened its log)
+        say = _say_before_log if not multirun else functools.partial(print, file=sys.stderr, flush=True)
+        say(f"[momattn] {what} with its own config"
+            + (f" ({' '.join(kept)})" if kept else "") + (f"; on top: {' '.join(overrides)}" if overrides else "")
+            + (f"; not carried over, as the group given now has no such key: {' '.join(dropped)}" if dropped else "")
+            + (f"; not carried over, as the group given now sets them itself: {' '.join(replaced)} (give them "
+               "again to keep them)" if replaced else "")
+            + (f"; left out, as asked now: {' '.join(removed)}" if removed else ""))
         if ckpt == "last" and run_dir is None and not multirun and folder is not None and \
                 (Path(folder).parent / "multirun.yaml").is_file():  # the newest run was one job of a sweep: that
             # job alone went on (and split the sweep's verdict), where the user meant the sweep (found by review)
-            print(f"[momattn] note: {folder} is job {Path(folder).name} of the sweep in {Path(folder).parent}; this "
-                  "resumes that job alone. To go on with the whole sweep: python train.py -m <its overrides> "
-                  f"ckpt_path=last {shell_arg('hydra.sweep.dir', Path(folder).parent)}", file=sys.stderr, flush=True)
+            say(f"[momattn] note: {folder} is job {Path(folder).name} of the sweep in {Path(folder).parent}; this "
+                "resumes that job alone. To go on with the whole sweep: python train.py -m <its overrides> "
+                f"ckpt_path=last {shell_arg('hydra.sweep.dir', Path(folder).parent)}")
     return merged
+
+
+_BEFORE_LOG: list[str] = []  # said before Hydra made the run's folder and log: written into that log when it opens
+
+
+def _say_before_log(line: str) -> None:
+    """A line of a single run's start-up (the resume's overrides), printed now and kept for its train.log, which
+    holds the run's record of what was carried over (found by review: only the console had it)."""
+    print(line, file=sys.stderr, flush=True)
+    _BEFORE_LOG.append(line)
 
 
 def check_dir_values(overrides: list[str]) -> None:
@@ -1112,6 +1123,8 @@ def run_log():
         return
     out, err = sys.stdout, sys.stderr
     with open(files[0], "a", encoding="utf-8") as log:
+        log.writelines(line + "\n" for line in _BEFORE_LOG)
+        _BEFORE_LOG.clear()
         sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)
         try:
             yield

@@ -609,3 +609,30 @@ def test_a_printed_folder_argument_comes_back_as_the_folder_through_the_shell_an
         [arg] = shlex.split(shell_arg("hydra.run.dir", folder))
         value = parser.parse_override(arg).value()
         assert OmegaConf.create({"v": value}).v == folder, (folder, arg, value)
+
+
+def test_a_resumes_carried_over_overrides_are_kept_in_the_runs_log(tmp_path, capsys):
+    """Found by review: the resume line (what was carried over, replaced, left out) reached the console only; it
+    is said before Hydra opens train.log, which now gets it first."""
+    import logging
+
+    from momattn.cli import run_log
+
+    run = tmp_path / "run"
+    _saved(run, ["attention=momentum", "trainer.max_steps=6"])
+    resume_overrides(["ckpt_path=last", f"hydra.sweep.dir={tmp_path}"], multirun=True)  # a sweep's: not a job's
+    resume_overrides(["ckpt_path=last", f"hydra.run.dir={run}", "trainer.max_steps=9"])
+    handler = logging.FileHandler(tmp_path / "train.log")
+    logging.getLogger().handlers.insert(0, handler)  # before pytest's own (to os.devnull)
+    try:
+        with run_log():
+            print("[momattn] the job", file=sys.stderr)
+        with run_log():  # said into one log only
+            pass
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    log = (tmp_path / "train.log").read_text().splitlines()
+    assert log[0].startswith(f"[momattn] resuming the run in {run} with its own config (attention=momentum")
+    assert log[1:] == ["[momattn] the job"]
+    assert "resuming the run in" in capsys.readouterr().err  # and on the console, as before

@@ -43,6 +43,8 @@ def main():
     ap.add_argument("--max-examples", type=positive_int, default=200)
     ap.add_argument("--note", default="", help="how the machine was, e.g. 'alone on 2 cores' or 'contended'")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_analysis.json"))
+    ap.add_argument("--threads", type=positive_int, default=None,
+                    help="CPU threads (default: torch's choice, which follows OMP_NUM_THREADS)")
     args = ap.parse_args()
     if not args.ginc and not args.ckpt:
         ap.error("give --ckpt PATH (a trained checkpoint) or --ginc (a random-init GINC model)")
@@ -53,7 +55,8 @@ def main():
             raise ValueError("not a list of rows")
     except (OSError, ValueError) as e:
         ap.error(f"--out {args.out}: not a bench_analysis results file ({e}); move it away or choose another")
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    if args.threads is not None:  # (it read int(OMP_NUM_THREADS), a traceback for OpenMP's "2,1")
+        torch.set_num_threads(args.threads)
     from momattn.analysis.config import AnalyzeConfig
     from momattn.analysis.runner import analyze
 

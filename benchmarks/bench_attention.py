@@ -609,8 +609,8 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("--device cuda: no CUDA device is available here; use --device cpu")
     if args.threads is not None and args.threads < 1:  # a RuntimeError from torch.set_num_threads below 0
         ap.error(f"--threads={args.threads} must be >= 1 (or left out: every core this process may use)")
-    if args.patience is not None and args.patience < 0:
-        ap.error(f"--patience={args.patience} must be >= 0 seconds (0 keeps every sample as measured)")
+    if args.patience is not None and not 0 <= args.patience < float("inf"):  # (nan passed '< 0')
+        ap.error(f"--patience={args.patience} must be a finite number >= 0 seconds (0 keeps every sample as measured)")
     check_out(ap, args.out)
     device = torch.device(args.device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]

@@ -5,8 +5,8 @@ and how fast a resumed stream reaches its window, re-tokenized or seeking its ch
     .venv/bin/python benchmarks/bench_data.py [--docs 20000] [--train-steps 3]
 
 The corpus: the embedded StaICC LM documents, repeated to --docs documents, as a local JSONL file (streamed with
-the `json` builder, no network). The tokenizer: a byte-level BPE of 4,096 tokens (the default), and GPT-2's where
-its files are cached. Training's need: (1) the GPT-2 124M model (conf/model/gpt2_124m.yaml) measured here on
+the `json` builder, no network). The tokenizer: a byte-level BPE of 4,096 tokens (the default). Each row is one
+timing (the ratios it judges are far from 1; a row's process count is the one the build used). Training's need: (1) the GPT-2 124M model (conf/model/gpt2_124m.yaml) measured here on
 CPU, forward + backward + AdamW at batch 1 x 1024 tokens, fp32; (2) for one H200 computed from FLOPs: tokens/s =
 peak x MFU / FLOPs per token (989 dense bf16 TFLOPS, 45% MFU: issue 11's target), not measured.
 Writes benchmarks/results/data.json and data.md.
@@ -26,9 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import check_out, machine_info, run_main, table, write_results  # noqa: E402
 
+from momattn.hardware import gpu_bf16_peak  # noqa: E402
 from momattn.utils import positive_int  # noqa: E402
 
-H200_PEAK_TFLOPS, H200_MFU = 989.0, 0.45
+H200_PEAK_TFLOPS, H200_MFU = gpu_bf16_peak("H200") / 1e12, 0.45  # train.py's table; issue 11's MFU target
 
 
 def corpus(n_docs: int, folder: Path) -> tuple[list[str], Path]:
@@ -47,7 +48,8 @@ def cache_build(docs, tokenizer, num_proc: int) -> dict:
     t0 = time.perf_counter()  # _tokenize yields chunks as it goes: they are read inside the timed region
     n = sum(len(chunk) for chunk in _tokenize(docs, tokenizer, f"bench num_proc={num_proc}", num_proc))
     dt = time.perf_counter() - t0
-    return {"tokens": int(n), "seconds": dt, "tokens_per_s": n / dt}
+    used = max(1, min(num_proc, len(docs) // 1000))  # _tokenize's cap: a process per 1,000 documents at most
+    return {"tokens": int(n), "seconds": dt, "tokens_per_s": n / dt, "processes": used}
 
 
 def stream(path: Path, tokenizer, block_size: int, n_windows: int) -> dict:
@@ -130,7 +132,8 @@ def main() -> None:
         cache_build(docs[:1000], tok, 1)  # warm-up: datasets' import and first map are not timed
         for num_proc in (1, 2):
             r = cache_build(docs, tok, num_proc)
-            res["rows"].append({"path": f"token cache build, num_proc={num_proc}", **r})
+            used = "" if r["processes"] == num_proc else f" ({r['processes']} process: --docs under {1000 * num_proc})"
+            res["rows"].append({"path": f"token cache build, num_proc={num_proc}{used}", **r})
         r = stream(path, tok, 1024, args.windows)
         res["rows"].append({"path": "stream (data=hf_stream, local JSONL, 1 thread)", **r})
         res["resume"] = resume(path, tok, 1024, args.windows)

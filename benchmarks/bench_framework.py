@@ -11,7 +11,8 @@ StreamSampler train.py uses (uniform random tokens made the step ~15-25% slower 
 the run's precision (bf16 autocast where it trained in bf16-mixed), backward,
 clip, step, schedule, zero_grad, loss.item() (Lightning reads the loss for its progress bar too). Both figures
 are steady-state: tokens over the last `window` steps divided by the time between the ends of those steps
-(Lightning's ThroughputMonitor in train.py, window 20; the same window timed with perf_counter here), so start-up,
+(Lightning's ThroughputMonitor in train.py, 20 step ends spanning 19 steps; the same 19 timed with perf_counter
+here), so start-up,
 the final validation and the checkpoint are left out of both. Repeats alternate which runs first; medians and
 ranges are reported. Writes benchmarks/results/framework_<recipe>_<fp32|bf16>.json and .md.
 """
@@ -45,7 +46,8 @@ from momattn.optim import OptimConfig  # noqa: E402
 from momattn.utils import positive_int  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-WINDOW = 20  # momattn.training._throughput_monitor's window when log_every_n_steps >= 20
+WINDOW = 19  # steps between the first and last of momattn.training._throughput_monitor's 20 step ends
+# (log_every_n_steps >= 20; it said 20 steps here, and the bare loop timed 20: found by review)
 
 
 def run_train(recipe: str, attention: str, steps: int, out: Path) -> dict:

@@ -154,7 +154,9 @@ def main() -> None:
         print(f"  {mode}: {' '.join(cmd[1:])}", flush=True)
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if out.returncode:
-            raise SystemExit(f"the {mode} worker failed:\n{out.stderr[-3000:]}")
+            how = f"was killed by signal {-out.returncode}" if out.returncode < 0 else f"exited {out.returncode}"
+            raise SystemExit(f"the {mode} worker {how}" + (f":\n{out.stderr[-3000:]}" if out.stderr.strip() else
+                                                           " and printed nothing"))
         modes[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     settings = {"dtype": args.dtype, "T": args.T, "B": args.batch or BATCH * BLOCK // args.T, "rounds": args.rounds,
                 "steps": args.steps}

@@ -234,8 +234,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads is not None and args.threads < 1:
         ap.error(f"--threads={args.threads} must be >= 1 (or left out: torch's choice)")
-    if args.min_sample_s <= 0:
-        ap.error(f"--min-sample-s={args.min_sample_s} must be > 0 seconds")
+    if not 0 < args.min_sample_s < float("inf"):  # (nan and inf passed '<= 0', then a ValueError traceback)
+        ap.error(f"--min-sample-s={args.min_sample_s} must be a finite number > 0 seconds")
     rev = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{args.rev}^{{commit}}"], cwd=ROOT,
                          capture_output=True, text=True)
     if rev.returncode != 0:

@@ -253,7 +253,7 @@ def markdown(rep: dict) -> str:
         lines += [f"The main job, {rep['runs_threads']} threads per run, {rep['runs_parallel']} runs at a time "
                   "(`python train.py trainer=cpu trainer.precision=bf16-mixed seed=1 run_eval=false logger=csv`, and so for each "
                   "precision and seed):", "",
-                  "| precision | seed | final val loss | val ppl | tokens/s, whole run | last 10 steps | fit s |",
+                  "| precision | seed | final val loss | val ppl | tokens/s, whole run | last logged window | fit s |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for r in rep["runs"]:
             if "val/loss" in r and r["val/loss"] is not None:
@@ -349,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
         rep["part_dates"] = dict(old.get("part_dates") or {k: old["date"] for k in ("step", "runs") if k in old})
         # and the machine each part ran on: runs merged from another host were credited to this one (found by review)
         rep["part_machines"] = dict(old.get("part_machines") or {k: old["machine"] for k in ("step", "runs") if k in old})
+    if "runs" in parts:  # a misspelled --override failed every run, after the step timing's minutes (found by review)
+        from momattn.cli import check_overrides
+
+        check_overrides("train", ["trainer=cpu", *(["debug=smoke"] if a.smoke else []), *a.override])
     if not rep["native_bf16"] and not a.force:
         rep["skipped"] = ("this CPU has no native bf16 (no avx512_bf16 / amx_bf16 flag): bf16 would be emulated, so "
                           "there is nothing to measure; run it on a CPU that has it (e.g. the device machine's host)")
@@ -379,7 +383,11 @@ def main(argv: list[str] | None = None) -> int:
         rep["verdict"] = verdict(rep["runs"])
     print(write(rep, a.out))
     if "runs" in parts and not rep["verdict"]["seeds_paired"]:
-        print("error: no seed finished at both precisions (see the runs above)", file=sys.stderr)
+        failed = next((r for r in rep["runs"] if r.get("tail")), None)
+        last = next((ln for ln in reversed((failed or {}).get("tail", "").splitlines()) if ln.strip()), "")
+        print("error: no seed finished at both precisions" + (
+            f"; {failed['precision']} seed {failed['seed']} ended with: {last.strip()}" if last else
+            " (see the runs above)"), file=sys.stderr)
         return 1
     return 0
 

@@ -5,6 +5,8 @@
 # PYTHONPATH there: benchmarks/device_run.sh does.) About 45 MiB: StaICC's files for the main job's tasks only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || {  # the packages are copied from this checkout's .venv (found missing: exit 127)
+  echo "error: no .venv here: set it up first (bash scripts/setup.sh), then run this again" >&2; exit 2; }
 SITE=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 grep -qx '/.devsite/' .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo '/.devsite/' >> .git/info/exclude; }
 rm -rf .devsite && mkdir -p .devsite/StaICC/cached_dataset

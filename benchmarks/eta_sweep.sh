@@ -9,6 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
+[ -x "$PY" ] || command -v "$PY" >/dev/null || {  # a fresh clone: "line 15: .venv/bin/python: No such file", exit 127
+  echo "error: no Python at $PY: set up .venv first (bash scripts/setup.sh) or set PYTHON= to one with momattn's packages" >&2; exit 2; }
 OUT=${1:-multirun/eta_sweep}
 RESUME_ARGS=()
 if [ "${RESUME:-0}" = 1 ]; then RESUME_ARGS=(ckpt_path=last); fi

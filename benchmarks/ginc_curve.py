@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import statistics
 import sys
 import time
@@ -25,7 +27,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import RESULTS, check_out_dir, machine_info, run_main, table, train_step, write_json  # noqa: E402
+from harness import (  # noqa: E402
+    RESULTS,
+    check_out_dir,
+    machine_info,
+    run_main,
+    table,
+    train_step,
+    with_machine,
+    write_json,
+)
 
 from momattn.io import atomic_write_text  # noqa: E402
 from momattn.utils import positive_int  # noqa: E402
@@ -110,6 +121,17 @@ def run(overrides: list[str], every: int, tasks: list[str], shots: list[int], pr
     return result, model
 
 
+def file_name(overrides: list[str]) -> str:
+    """The results' file name from the overrides: one file in --out whatever they hold (a path's slashes made
+    folders, and '..' could leave --out: found by review); a long one cut, with a hash of the whole."""
+    import hashlib
+
+    name = re.sub(r"[^A-Za-z0-9._,+-]", "_", "_".join(o.replace("=", "-") for o in overrides)).strip(".") or "default"
+    if len(name) > 120:
+        name = name[:100] + "_" + hashlib.sha256(name.encode()).hexdigest()[:12]
+    return name
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--every", type=positive_int, default=200, help="score the prompts every this many steps")
@@ -129,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         ap.error(f"--shots must be comma-separated integers, got {a.shots!r}")
     check_out_dir(ap, Path(a.out))
+    if a.name is not None and (a.name in ("", ".", "..") or any(sep in a.name for sep in ("/", "\\", os.sep))):
+        ap.error(f"--name {a.name!r}: a file name, without folders (the files go into --out)")
+    name = a.name or file_name(a.overrides)  # before the run, not after its minutes
     try:
         result, _ = run(a.overrides, a.every, a.tasks.split(","), shots, a.prompts)
     except UserError as e:  # a misspelled override, a bad GINC setting, ...: the message, not a traceback
@@ -139,12 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     # the precision it trained in (auto resolved): it was recorded as fp32 under bf16-mixed (found by review)
     result["machine"] = machine_info("cpu", {"bfloat16": "bf16", "float16": "fp16"}.get(
         precision_dtype_name(result["precision"]), "fp32"))
-    name = a.name or ("_".join(o.replace("=", "-") for o in a.overrides) or "default")
     out = Path(a.out)
     cols = list(result["rows"][0])
     md = table(cols, [["-" if r[k] is None else str(r[k]) for k in cols] for r in result["rows"]])
     head = f"GINC curve, `{' '.join(['experiment=ginc', *a.overrides])}` ({result['prompts']} prompts per k)\n\n"
-    atomic_write_text(out / f"{name}.md", head + md + "\n")
+    atomic_write_text(out / f"{name}.md", with_machine(head + md, result["machine"]) + "\n")
     write_json(out / f"{name}.json", result)
     print(head + md)
     return 0

@@ -103,6 +103,11 @@ def with_backend(backend: str | None, fn):
         ops.SCAN_BACKEND = old
 
 
+def quartiles(xs: list[float]) -> tuple[float, float, float]:
+    """The first quartile, the median and the third (inclusive method; one sample: itself thrice)."""
+    return tuple(statistics.quantiles(xs, n=4, method="inclusive")) if len(xs) > 1 else (xs[0],) * 3
+
+
 def scan_timing(device: str, shape: tuple[int, int, int, int], reps: int) -> list[dict]:
     """Median ms of forward + backward of momentum_ema per scan backend, and of SDPA, at shape (B, H, T, D)."""
     B, H, T, D = shape
@@ -111,14 +116,16 @@ def scan_timing(device: str, shape: tuple[int, int, int, int], reps: int) -> lis
     q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in qkv.split(H * D, dim=2))  # (B, H, T, D) views
     g = torch.randn(B, H, T, D, device=device, dtype=torch.bfloat16)
 
-    def time_it(fn) -> float:
+    def time_it(fn) -> dict:
+        """median ms over reps calls, with the quartiles"""
         fn()
         ms = []
         for _ in range(reps):
             t0 = clock.now()
             fn()
             ms.append(1000 * (clock.now() - t0))
-        return statistics.median(ms)
+        q1, med, q3 = quartiles(ms)
+        return {"ms": round(med, 3), "ms_iqr": [round(q1, 3), round(q3, 3)]}
 
     def scan():
         torch.autograd.backward(ops.momentum_ema(v, 0.5)[0], g)
@@ -137,7 +144,7 @@ def scan_timing(device: str, shape: tuple[int, int, int, int], reps: int) -> lis
         name = f"momentum_ema, {backend} scan" + (", whole sequences (MOMATTN_TRITON_CHUNK=0)" if chunk else "")
         try:
             with mock.patch.dict(os.environ, {"MOMATTN_TRITON_CHUNK": chunk} if chunk is not None else {}):
-                rows.append({"op": name, "ms": round(with_backend(backend, lambda: time_it(scan)), 3)})
+                rows.append({"op": name, **with_backend(backend, lambda: time_it(scan))})
         except Exception as e:
             rows.append({"op": name, "error": repr(e)[:300]})
     if kernel is not None:  # as the model calls it: attention's output added; in the kernel, or after it (before)
@@ -149,15 +156,15 @@ def scan_timing(device: str, shape: tuple[int, int, int, int], reps: int) -> lis
         for name, backend in [("momentum_ema + attention output, triton scan, added in the kernel", "triton"),
                               ("momentum_ema + attention output, triton scan, added after (float32 out)", UNFUSED)]:
             try:
-                rows.append({"op": name, "ms": round(with_backend(backend, lambda: time_it(scan_add)), 3)})
+                rows.append({"op": name, **with_backend(backend, lambda: time_it(scan_add))})
             except Exception as e:
                 rows.append({"op": name, "error": repr(e)[:300]})
-    rows.append({"op": "scaled_dot_product_attention (causal)", "ms": round(time_it(sdpa), 3)})
+    rows.append({"op": "scaled_dot_product_attention (causal)", **time_it(sdpa)})
     if kernel is not None:
         xv, a = v.transpose(1, 2).reshape(B, T, H * D), torch.full((1,), 0.5, device=device)
         try:
             rows.append({"op": "triton kernel alone, forward",
-                         "ms": round(time_it(lambda: kernel.decay_scan(xv, a, True, False)), 3)})
+                         **time_it(lambda: kernel.decay_scan(xv, a, True, False))})
         except Exception as e:
             rows.append({"op": "triton kernel alone, forward", "error": repr(e)[:300]})
         # the autotuner's choice per tuning key (forward and backward calls may differ), where it keeps them
@@ -221,19 +228,25 @@ def throughput(kind: str, compile_: bool | str, steps: int, batch: int, backend:
         for _ in range(3):  # warm-up (and compilation)
             step()
         t0 = clock.now()
+        times = []  # each step timed on its own (one device sync a step): the median and its spread
         for _ in range(steps):
             step()
-        t1 = clock.now()
-        return t1 - t0, t0 - t_start, kernel_profile(step, profile, device) if profile else None
+            times.append(clock.now() - t0)
+            t0 += times[-1]
+        return times, t0 - t_start - sum(times), kernel_profile(step, profile, device) if profile else None
 
-    dt, warm, prof = with_backend(backend, run)
-    dt /= steps
+    times, warm, prof = with_backend(backend, run)
+    dt, (q1, _, q3) = statistics.median(times), quartiles(times)
     tokens = batch * cfg.block_size
     peak = datasheet_peak(torch.cuda.get_device_name(0)) if device == "cuda" else None
     flops = model.flops_per_token() * tokens / dt
     name = kind + (f" ({backend} scan)" if backend else "") + (" learnable eta" if learnable else "")
+    mfu = round(flops / peak, 4) if peak else None
+    over = mfu is not None and mfu > 1.0  # above the datasheet's peak: a timing that is wrong, not a fast step
     return {"attention": name, "compile": compile_, "batch": batch, "ms_per_step": round(1000 * dt, 1),
-            "tokens_per_s": round(tokens / dt), "mfu": round(flops / peak, 4) if peak else None,
+            "ms_iqr": [round(1000 * q1, 1), round(1000 * q3, 1)], "steps_timed": len(times),
+            "tokens_per_s": round(tokens / dt), "mfu": None if over else mfu,
+            **({"mfu_refused": f"{100 * mfu:.1f}% of the datasheet peak: a timing error"} if over else {}),
             "warmup_s": round(warm, 1),
             "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
             **({"profile": prof} if prof else {})}
@@ -264,6 +277,16 @@ def triton_usable(device: str):
     return kernel if kernel is not None and (device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1") else None
 
 
+def smoke_report(path: Path) -> bool:
+    """Whether path holds a --smoke report (toy sizes on a CPU: nothing measured on a device)."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text()).get("smoke") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def scratch_out() -> Path:
     """Where a run that measures no GPU writes (a CPU machine, --smoke): never over the stored device results."""
     import tempfile
@@ -284,15 +307,20 @@ def markdown(report: dict) -> str:
         lines.append(f"- {name}: exit {r['rc']} in {r['seconds']} s (`{r['cmd']}`)")
     if report.get("scan"):
         lines += ["", f"The momentum term alone, forward + backward, (B, H, T, D) = {tuple(report['scan_shape'])}, "
-                      "bf16 values (median ms):", "", "| op | ms |", "|---|---:|"]
-        lines += [f"| {r['op']} | {r.get('config') or r.get('ms') or 'error: ' + r.get('error', '')[:80]} |"
+                      "bf16 values (median ms" + (", its quartiles beside it" if any("ms_iqr" in r for r in report["scan"])
+                                                  else "") + "):", "", "| op | ms |", "|---|---:|"]
+        lines += [f"| {r['op']} | {r.get('config') or _ms(r) or 'error: ' + r.get('error', '')[:80]} |"
                   for r in report["scan"]]
     # reports before session 15 took an eager float32 cross-entropy of the logits outside the (compiled) model
     loss = report.get("loss", "an eager float32 cross-entropy outside the model")
     what = ("a toy model (--smoke: 1 x 32, T 32, on the CPU, to exercise the code, not to measure it"
             if report.get("smoke") else "gpt2_124m (12 x 768, T 1024") + ", bf16 autocast"
-    lines += ["", f"Training steps of {what}, {loss}, fused AdamW; the learnable-eta and multirate rows use the "
-                  "default scan backend):", "",
+    adam = "AdamW" if report.get("smoke") else "fused AdamW"
+    spread = any("ms_iqr" in r for r in report.get("throughput", []))  # (reports before session 54: a mean)
+    per = (f"median of {max(r.get('steps_timed', 0) for r in report['throughput'])} steps timed one by one (its "
+           "quartiles beside it); tokens/s and MFU from the median") if spread else "mean over the timed steps"
+    lines += ["", f"Training steps of {what}, {loss}, {adam}; the learnable-eta and multirate rows use the "
+                  f"default scan backend). ms/step: {per}:", "",
               "| attention | compile | batch | ms/step | tokens/s | MFU | vs vanilla | warm-up s | peak GiB |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     # vanilla rows: against the first vanilla row of their compile setting (a compile mode: default compile), which
@@ -314,9 +342,10 @@ def markdown(report: dict) -> str:
         if r["attention"] != "vanilla":
             ref = same.get((r["compile"], r["batch"]), ref)
         rel = f"{r['tokens_per_s'] / ref:.3f}x" if ref else "-"
-        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else (
+            f"refused ({r['mfu_refused']})" if r.get("mfu_refused") else "n/a")
         mem = r.get("peak_mem_gib")
-        lines.append(f"| {r['attention']} | {r['compile']} | {r['batch']} | {r['ms_per_step']} | "
+        lines.append(f"| {r['attention']} | {r['compile']} | {r['batch']} | {_ms(r, 'ms_per_step')} | "
                      f"{r['tokens_per_s']:,} | {mfu} | {rel} | {r.get('warmup_s', '')} | {'' if mem is None else mem} |")
     for r in report.get("throughput", []):
         pr = r.get("profile")
@@ -329,6 +358,14 @@ def markdown(report: dict) -> str:
         lines += [f"| `{k['name']}` | {k['ms']} | {k['calls']} |" for k in pr["top"]]
     return "\n".join(lines + ["", "Targets (issue 11): vanilla >= 45% MFU at 124M in bf16; momentum >= 0.95x "
                                    "vanilla's tokens/s.", ""])
+
+
+def _ms(r: dict, key: str = "ms"):
+    """'12.3 (12.1-12.6)': a median with its quartiles where the row has them; '' where it has no time."""
+    if r.get(key) is None:
+        return ""
+    iqr = r.get("ms_iqr")
+    return f"{r[key]} ({iqr[0]}-{iqr[1]})" if iqr else f"{r[key]}"
 
 
 def write(report: dict, out: Path) -> str:
@@ -379,9 +416,11 @@ def main() -> int:
     report: dict = {"machine": describe(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "smoke": a.smoke,
                     "scan_backend_default": ops.SCAN_BACKEND, "loss": "the loss inside the model"}
     if not torch.cuda.is_available() and not a.smoke:
-        report["skipped"] = "no CUDA device on this machine: the CUDA tests, the bf16 attention benchmark and " \
-                            "the gpt2_124m throughput runs need one (run this script where a GPU is lent)"
-        if measured(a.out):  # device_run.sh gpu on a CPU host passed the stored results' path and wiped them
+        report["skipped"] = "no CUDA device on this machine: the CUDA tests, the bf16 attention benchmark, " \
+                            "the gpt2_124m throughput runs and the momentum scan's timing need one (run this script " \
+                            "where a GPU is lent; --smoke runs every part on CPU at toy size)"
+        if measured(a.out) and not smoke_report(a.out):  # device_run.sh gpu on a CPU host passed the stored
+            # results' path and wiped them (a --smoke report, in the scratch folder by default, is no device run's)
             print(f"[gpu_check] skipped: {report['skipped']}. {a.out} holds a device run's results and is left as "
                   "it is; pass --out elsewhere to keep this note", file=sys.stderr)
             return 0
@@ -432,7 +471,7 @@ def main() -> int:
             if device == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()  # each row's peak its own
-            r = throughput(kind, compile_, 1 if a.smoke else a.steps, row["batch"], backend, learnable, toy, device,
+            r = throughput(kind, compile_, 2 if a.smoke else a.steps, row["batch"], backend, learnable, toy, device,
                            a.profile)
             print(f"[gpu_check]   {r['tokens_per_s']:,} tokens/s, MFU {r['mfu']}, warm-up {r['warmup_s']} s", flush=True)
         except Exception as e:  # one failing variant (e.g. a compile error) must not lose the rest

@@ -330,11 +330,21 @@ def write_json(path: Path, obj, indent: int = 1) -> None:
     atomic_write_text(path, json_text(obj, indent=indent) + "\n")
 
 
+def with_machine(md: str, machine) -> str:
+    """md with a last line naming the machine (machine_info's), where md does not name it already: a table read
+    alone says where it was measured (three scripts' .md did not: found by review)."""
+    if not isinstance(machine, dict) or not machine.get("describe") or machine["describe"] in md:
+        return md
+    return (md.rstrip("\n") + f"\n\nMachine: {machine['describe']}; {machine.get('torch_threads')} torch threads; "
+            f"{machine.get('date')}.")
+
+
 def write_results(path: Path, res: dict, md: str) -> None:
     """Print the markdown, then write path with suffix .md and path (JSON), each atomically, the JSON last: the
     report that tables are rendered from is never older than its .md beside it."""
     from momattn.io import atomic_write_text
 
+    md = with_machine(md, res.get("machine") if isinstance(res, dict) else None)
     print()
     print(md)
     path.parent.mkdir(parents=True, exist_ok=True)

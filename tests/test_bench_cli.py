@@ -82,7 +82,7 @@ def test_bad_values_of_the_other_scripts_are_one_line(tmp_path, capsys, monkeypa
     assert "no such checkpoint file" in _refused(capsys, kendall_probe.main, ["--ckpt", str(tmp_path / "x.ckpt")],
                                                  monkeypatch, "kendall_probe.py")
     assert "--threads=0 must be >= 1" in _refused(capsys, bench_attention.main, ["--threads", "0"])
-    assert "--patience=-1.0 must be >= 0" in _refused(capsys, bench_attention.main, ["--patience", "-1"])
+    assert "--patience=-1.0 must be a finite number >= 0" in _refused(capsys, bench_attention.main, ["--patience", "-1"])
     assert "--profile=-3 must be >= 0" in _refused(capsys, gpu_check.main, ["--profile", "-3", "--smoke"],
                                                    monkeypatch, "gpu_check.py")
 
@@ -178,3 +178,38 @@ def test_every_committed_result_is_standard_json():
     assert len(files) > 20
     for f in files:
         strict_json(f.read_text())
+
+
+def test_benchmark_review_bad_values_are_refused_before_any_measuring(tmp_path, capsys, monkeypatch):
+    """Found by the benchmarks review: nan passed '< 0' checks (a ValueError traceback, or a 60 s wait per retake);
+    a misspelled --override failed every main-job run after the step timing's minutes; a --name or an override
+    holding a path wrote outside --out."""
+    import bench_attention
+    import compare_revisions
+    import cpu_bf16_check
+    import ginc_curve
+
+    from momattn.errors import ConfigError
+
+    assert "--patience=nan must be a finite number" in _refused(capsys, bench_attention.main, ["--patience", "nan"])
+    for v in ("nan", "inf"):
+        assert f"--min-sample-s={v} must be a finite number > 0" in _refused(
+            capsys, compare_revisions.main, ["--min-sample-s", v], monkeypatch, "compare_revisions.py")
+    with pytest.raises(ConfigError, match="'model.n_layr' is not a config key.*Did you mean 'n_layer'"):
+        cpu_bf16_check.main(["--parts", "runs", "--smoke", "--seeds", "1", "--workdir", str(tmp_path / "w"),
+                             "--out", str(tmp_path / "r.json"), "--override", "model.n_layr=2"])
+    assert not (tmp_path / "r.json").exists()
+    assert "--name '../x': a file name, without folders" in _refused(
+        capsys, ginc_curve.main, ["--name", "../x", "--out", str(tmp_path)])
+    name = ginc_curve.file_name(["tokenizer.path=../../x", "model.n_layer=2"])
+    assert "/" not in name and not name.startswith(".") and name == "tokenizer.path-.._.._x_model.n_layer-2"
+    assert len(ginc_curve.file_name([f"seed={'1' * 400}"])) <= 120
+
+
+def test_a_results_table_names_its_machine(tmp_path, capsys):
+    machine = harness.machine_info("cpu")
+    harness.write_results(tmp_path / "r.json", {"machine": machine}, "| a |\n|---|")
+    md = (tmp_path / "r.md").read_text()
+    assert md.startswith("| a |\n|---|\n\nMachine: ") and machine["describe"] in md
+    said = f"{machine['describe']}: a table"  # one that says it already is left as it is
+    assert harness.with_machine(said, machine) == said and harness.with_machine("t", None) == "t"

@@ -31,6 +31,10 @@ def test_without_a_gpu_it_skips_and_says_so(tmp_path):
     r = run_cli("benchmarks/gpu_check.py", ["--out", str(measured)], tmp_path, timeout=120)
     assert r.returncode == 0 and "holds a device run's results and is left as it is" in r.stderr, r.stderr
     assert json.loads(measured.read_text()) == {"machine": "an H200", "rows": []}
+    # a --smoke report there (toy sizes on this CPU; by default in the scratch folder) is no device run's: replaced
+    measured.write_text(json.dumps({"machine": "this CPU", "smoke": True, "throughput": [{"tokens_per_s": 1}]}))
+    r = run_cli("benchmarks/gpu_check.py", ["--out", str(measured)], tmp_path, timeout=120)
+    assert r.returncode == 0 and "no CUDA device" in json.loads(measured.read_text())["skipped"], r.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path; the GPU path is the device run itself")
@@ -73,7 +77,13 @@ def test_smoke_runs_every_part_on_cpu(tmp_path):
         (["added in the kernel", "added after (float32 out)"] if kernel else [])
     md = out.with_suffix(".md").read_text()
     assert "| momentum (torch scan) | False | 2 |" in md and "a toy model (--smoke" in md and "gpt2_124m" not in md
-    assert "bf16 autocast, the loss inside the model," in out.with_suffix(".md").read_text()
+    assert "bf16 autocast, the loss inside the model, AdamW;" in md  # fused only on CUDA (it said fused here)
+    # each step timed on its own: the median and its quartiles (one mean over 10 steps judged 0.945x against 0.95x)
+    row = report["throughput"][0]
+    assert row["steps_timed"] == 2 and row["ms_iqr"][0] <= row["ms_per_step"] <= row["ms_iqr"][1]
+    assert f"| vanilla | False | 2 | {row['ms_per_step']} ({row['ms_iqr'][0]}-{row['ms_iqr'][1]}) |" in md
+    assert "median of 2 steps timed one by one" in md
+    assert all(r["ms_iqr"][0] <= r["ms"] <= r["ms_iqr"][1] for r in report["scan"] if "ms" in r)
     prof = report["throughput"][0]["profile"]  # --profile: where each variant's step goes
     assert 0 < prof["kernel_ms"] <= 1.5 * prof["wall_ms"] and prof["top"] and all(k["calls"] > 0 for k in prof["top"])
     assert "Profile of vanilla, compile False, batch 2:" in md and "| `aten::" in md
@@ -174,3 +184,11 @@ def test_a_misspelled_variant_or_part_is_refused_before_anything_runs(tmp_path, 
     r = run_cli("benchmarks/gpu_check.py", ["--smoke", flag, value, "--out", str(tmp_path / "g.json")], tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert f"{flag}: unknown {value.split(',')[1]}; the " in r.stderr and not (tmp_path / "g.json").exists()
+
+
+def test_an_mfu_above_the_datasheet_peak_is_refused_not_reported():
+    """Issue 11: MFU never above 100%; a row whose timing read above the peak says so (found by review)."""
+    row = {"attention": "vanilla", "compile": False, "batch": 16, "ms_per_step": 1.0, "ms_iqr": [0.9, 1.1],
+           "tokens_per_s": 10**9, "mfu": None, "mfu_refused": "153.0% of the datasheet peak: a timing error"}
+    md = gpu_check.markdown({"machine": "m", "date": "d", "throughput": [row]})
+    assert "| refused (153.0% of the datasheet peak: a timing error) |" in md and "fused AdamW" in md

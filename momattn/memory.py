@@ -109,21 +109,61 @@ def estimate_train_memory(model_config, batch_size: int, precision: str = "32-tr
 
 
 def available_memory(device: str = "cpu") -> int | None:
-    """Bytes free for a new allocation: MemAvailable on Linux (or physical memory), a GPU's free memory."""
+    """Bytes free for a new allocation: a GPU's free memory; on a CPU, MemAvailable on Linux (or physical memory),
+    or less where this process's cgroup (a container's --memory, a SLURM job's --mem) allows less."""
     if device.startswith("cuda"):
         import torch
 
         return int(torch.cuda.mem_get_info()[0]) if torch.cuda.is_available() else None
+    have = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+                have = int(line.split()[1]) * 1024
+                break
     except OSError:
         pass
+    if have is None:
+        try:
+            have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            pass
+    limit = cgroup_memory()
+    if limit is not None:  # the node's MemAvailable passed, and the kernel's OOM killer ended the run mid-step
+        have = limit[0] if have is None else min(have, limit[0])
+    return have
+
+
+def cgroup_memory(root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/self/cgroup")) -> tuple[int, int] | None:
+    """(bytes left, the limit) under the tightest memory limit of this process's cgroup and its parents (v2:
+    memory.max - memory.current; v1: the memory controller's limit_in_bytes - usage_in_bytes), or None where no
+    limit is set or none can be read."""
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
+        lines = proc.read_text().splitlines()
+    except OSError:
         return None
+    best = None
+    for line in lines:
+        hier, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if hier == "0" and controllers == "":  # v2's unified hierarchy
+            base, files = root, ("memory.max", "memory.current")
+        elif "memory" in controllers.split(","):  # v1's memory controller
+            base, files = root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        else:
+            continue
+        rel = Path(path.strip() or "/").relative_to("/") if path.strip().startswith("/") else Path(path.strip())
+        for folder in [base / rel, *(base / p for p in rel.parents)]:  # the job's cgroup and each one above it
+            try:
+                limit_text, used = ((folder / f).read_text().strip() for f in files)
+                limit, used = int(limit_text), int(used)
+            except (OSError, ValueError):  # "max" (no limit), a folder not mounted here
+                continue
+            if limit >= 1 << 60:  # v1's "no limit" is a page-rounded 2^63
+                continue
+            left = max(0, limit - used)
+            if best is None or left < best[0]:
+                best = (left, limit)
+    return best
 
 
 def check_fits(model_config, batch_size: int, precision: str, accelerator: str | None, devices=1,
@@ -139,18 +179,23 @@ def check_fits(model_config, batch_size: int, precision: str, accelerator: str |
     have = available_memory("cuda" if on_gpu else "cpu")
     procs = 1 if on_gpu else (devices if isinstance(devices, int) and devices > 0 else 1)  # CPU DDP: one RAM
     if have is not None and need.total * procs > have:
-        where = "GPU memory free" if on_gpu else "RAM available"
+        limit = None if on_gpu else cgroup_memory()
+        where = "GPU memory free" if on_gpu else "RAM available" + (
+            f" (this job's cgroup allows {limit[1] / GIB:.1f} GiB)" if limit is not None and limit[0] <= have else "")
+        # off CUDA, the processes share one machine's RAM: more of them there shard nothing (found by review)
+        more = "over more devices" if on_gpu else "over more machines (trainer.num_nodes)"
+        dropout = (", or set model.dropout=0 (off CUDA, attention with dropout keeps the T x T matrix)"
+                   if model_config.dropout > 0 and not on_gpu else "")
         if need.states > need.activations + need.logits:  # a smaller batch or context cannot free the states
-            fix = ("Most of it is the weights and AdamW's state, which a smaller batch cannot free: shard them with "
-                   "trainer=fsdp over more devices, or train a smaller model" if not sharded else
-                   "Most of it is the weights and AdamW's state: shard them over more devices, or train a smaller model")
+            fix = (f"Most of it is the weights and AdamW's state, which a smaller batch cannot free: shard them with "
+                   f"trainer=fsdp {more}, or train a smaller model" if not sharded else
+                   f"Most of it is the weights and AdamW's state: shard them {more}, or train a smaller model")
         elif (one := estimate_train_memory(model_config, 1, precision, **how)).total * procs > have:
             fix = (f"Even data.batch_size=1 needs {one.describe()}: train a smaller model (model.n_layer, "
-                   "model.n_embd) or a shorter context (model.block_size)")
+                   f"model.n_embd) or a shorter context (model.block_size){dropout}")
         else:
             fix = ("Lower data.batch_size (and raise trainer.accumulate_grad_batches to keep the tokens per step) or "
-                   "model.block_size" + (", or set model.dropout=0 (off CUDA, attention with dropout keeps the "
-                                         "T x T matrix)" if model_config.dropout > 0 and not on_gpu else ""))
+                   f"model.block_size{dropout}")
         raise ConfigError(
             f"the first training step needs {need.describe()}{f' x {procs} processes' if procs > 1 else ''}"
             f"{f' (states sharded over {world})' if sharded and world > 1 else ''}, but "

@@ -163,7 +163,7 @@ def plan(overrides: list[str], mfu: float = 0.40, peak_tflops: float | None = No
                                   "states_ddp": ddp.states / GIB, "states_fsdp": fsdp_states / GIB,
                                   "activations": ddp.activations / GIB, "logits": ddp.logits / GIB,
                                   "fsdp_batch_1": one.total / GIB},
-        "accelerator": "cpu" if on_cpu else "gpu", "memory_limit_gib": limit, "fits": fits,
+        "accelerator": "cpu" if on_cpu else "gpu", "memory_limit_gib": limit, "fits": fits, "dropout": m.dropout,
         "memory_limit_given": device_gib is not None,
         "mfu_assumed": mfu, "peak_tflops_per_device": peak_tflops,
         "peak_recorded": None if recorded is None else {"runs": recorded[1], "record": str(recorded[2])},
@@ -248,6 +248,12 @@ def _gib(x: float) -> str:
     return f"{x:.1f} GiB" if x >= 0.1 else f"{x * 1024:.1f} MiB" if x * 1024 >= 0.1 else f"{x * 2**30:,.0f} B"
 
 
+def _dropout(p: dict) -> str:
+    """train.py's advice where the CPU keeps attention's T x T matrix for dropout (memory.check_fits)."""
+    return (", or set model.dropout=0 (off CUDA, attention with dropout keeps the T x T matrix)"
+            if p["accelerator"] == "cpu" and (p.get("dropout") or 0) > 0 else "")
+
+
 def _fits(p: dict) -> str:
     mem, limit, where = p["memory_per_device_gib"], p["memory_limit_gib"], \
         "per device (--device-gib)" if p["accelerator"] != "cpu" else "of the RAM per process (--device-gib)" \
@@ -261,13 +267,15 @@ def _fits(p: dict) -> str:
                 f"{_gib(mem['fsdp'])} within")
     if mem["states_fsdp"] > limit or mem["states_fsdp"] >= mem["activations"] + mem["logits"]:
         # the weights and AdamW's state alone (or mostly): no batch or context frees them
-        more = "shard over more devices or train a smaller model"
+        # (a CPU's processes share one machine's RAM: more of them shard nothing)
+        more = ("shard over more machines (trainer.num_nodes)" if p["accelerator"] == "cpu" else
+                "shard over more devices") + " or train a smaller model"
     elif mem.get("fsdp_batch_1", 0) > limit:  # even a batch of 1 is over (as train.py's check says)
         more = (f"even data.batch_size=1 needs {_gib(mem['fsdp_batch_1'])}: train a smaller model (model.n_layer, "
-                "model.n_embd) or a shorter context (model.block_size)")
+                f"model.n_embd) or a shorter context (model.block_size){_dropout(p)}")
     else:
         more = ("lower data.batch_size (and raise trainer.accumulate_grad_batches to keep the tokens per step) or "
-                "model.block_size")
+                f"model.block_size{_dropout(p)}")
     return f"NO: FSDP's {_gib(mem['fsdp'])} is over {_gib(limit)} {where}; {more} (train.py refuses it)"
 
 

@@ -1263,6 +1263,46 @@ def test_the_memory_check_counts_fsdp_shards_and_names_the_fix_that_frees_the_st
     assert shard.states == need.states // 2 + gathered  # and the largest unit whole, with its gradient
 
 
+def test_the_memory_check_reads_a_cgroups_limit_and_gives_advice_that_works_on_a_cpu(tmp_path, monkeypatch):
+    """Found by review: a container's or SLURM job's memory limit was not read (the node's MemAvailable passed, and
+    the OOM killer ended the run); on a CPU, 'over more devices' shards nothing (one machine's RAM), and the
+    batch-1 refusal left out model.dropout=0, the fix that frees attention's T x T matrices."""
+    import momattn.memory as memory
+    from momattn.model import GPTConfig
+
+    # cgroup v2: the job's folder and the one above it both limit; the tighter (3 GiB - 1 GiB used) wins
+    v2, proc = tmp_path / "v2", tmp_path / "cgroup"
+    for folder, limit, used in ((v2 / "slurm" / "job", 3 * 2**30, 2**30), (v2 / "slurm", 8 * 2**30, 2**30)):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "memory.max").write_text(f"{limit}\n")
+        (folder / "memory.current").write_text(f"{used}\n")
+    (v2 / "memory.max").write_text("max\n")  # the root: no limit
+    (v2 / "memory.current").write_text("5\n")
+    proc.write_text("0::/slurm/job\n")
+    assert memory.cgroup_memory(v2, proc) == (2 * 2**30, 3 * 2**30)
+    # v1's memory controller, with its 'no limit' of a page-rounded 2^63
+    v1 = tmp_path / "v1" / "memory"
+    (v1 / "docker").mkdir(parents=True)
+    for folder, limit in ((v1 / "docker", 4 * 2**30), (v1, 9223372036854771712)):
+        (folder / "memory.limit_in_bytes").write_text(str(limit))
+        (folder / "memory.usage_in_bytes").write_text(str(2**30))
+    proc.write_text("4:memory:/docker\n2:cpu:/\n")
+    assert memory.cgroup_memory(tmp_path / "v1", proc) == (3 * 2**30, 4 * 2**30)
+    proc.write_text("4:memory:/\n")
+    assert memory.cgroup_memory(tmp_path / "v1", proc) is None  # no limit: the node's memory
+    monkeypatch.setattr(memory, "cgroup_memory", lambda *a: (2**30, 3 * 2**30))
+    assert memory.available_memory("cpu") == 2**30
+    cfg = GPTConfig(vocab_size=256, block_size=4096, n_layer=2, n_embd=64, n_head=8, dropout=0.1)
+    with pytest.raises(ConfigError, match=r"1\.0 GiB of RAM available \(this job's cgroup allows 3\.0 GiB\).* Even "
+                                          r"data.batch_size=1 needs .*, or set model.dropout=0 \(off CUDA"):
+        memory.check_fits(cfg, 64, "32-true", "cpu")
+    big = GPTConfig(vocab_size=4096, block_size=64, n_layer=8, n_embd=512)
+    need = memory.estimate_train_memory(big, 1, "32-true", blocked_loss=True)
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": int(need.total * 2 * 0.7))
+    with pytest.raises(ConfigError, match=r"shard them with trainer=fsdp over more machines \(trainer.num_nodes\)"):
+        memory.check_fits(big, 1, "32-true", "cpu", devices=2, world=2)
+
+
 def test_a_model_too_deep_for_any_batch_is_refused_at_once_and_says_to_shrink_it(monkeypatch):
     import momattn.memory
     from momattn.model import GPT, AttentionConfig, GPTConfig

@@ -74,7 +74,12 @@ def test_a_cpu_plan_weighs_the_ram_it_is_given_and_says_when_no_batch_fits(capsy
     # the weights and AdamW's state alone over the limit: no batch or context frees them (the batch-1 advice said
     # "or a shorter context" there; found by review)
     assert main(["trainer=cpu", "debug=smoke", "--device-gib", "1e-6"]) == 0
-    assert "(--device-gib); shard over more devices or train a smaller model" in capsys.readouterr().out
+    # (a CPU's processes share one machine's RAM: more of them shard nothing; more machines do: review)
+    assert "(--device-gib); shard over more machines (trainer.num_nodes) or train a smaller model" in \
+        capsys.readouterr().out
+    # attention's T x T matrices kept for dropout: model.dropout=0 frees them, as train.py's check says
+    assert main(["trainer=cpu", "debug=smoke", "model.block_size=8192", "model.dropout=0.1", "--device-gib", "0.01"]) == 0
+    assert "(model.block_size), or set model.dropout=0 (off CUDA" in capsys.readouterr().out
 
 
 def test_the_planners_accelerator_names_hold_lightnings():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import json
 import math
 import os
@@ -208,6 +209,11 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                 f"unit and step on a part of an accumulation. Resume with trainer.accumulate_grad_batches="
                 f"{was_accumulate}{' global_batch=null' if c.global_batch else ''} (to change the samples per "
                 "step, change data.batch_size: the data continues where it stopped)")
+    fits = functools.partial(check_fits, batch_size=c.loader.batch_size, precision=c.trainer["precision"],
+                             accelerator=c.trainer.get("accelerator"), devices=c.trainer.get("devices", 1),
+                             world=world_size(c.trainer), sharded="fsdp" in str(c.trainer.get("strategy")).lower())
+    if not resume and c.tokenizer.kind == "bpe":  # before a BPE's training (minutes on a large corpus): a run that
+        fits(c.model_for(257))  # cannot fit with its smallest vocabulary (the 256 bytes and <|endoftext|>) won't
     tokenizer = checkpoint_tokenizer(resume, ckpt_path) if resume else build_tokenizer(c.tokenizer, c.data,
                                                                                           c.cache_dir)
     was = (resume.get("config") or {}).get("tokenizer")
@@ -223,9 +229,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
               file=sys.stderr, flush=True)
     if resume:
         check_compatible(model_config_from(resume, ckpt_path), model_config, ckpt_path)
-    check_fits(model_config, c.loader.batch_size, c.trainer["precision"], c.trainer.get("accelerator"),
-               c.trainer.get("devices", 1),
-               world=world_size(c.trainer), sharded="fsdp" in str(c.trainer.get("strategy")).lower())
+    fits(model_config)
     model = GPT(model_config)
 
     train, val = _tokens(c, tokenizer, model_config.vocab_size, model_config.block_size)

@@ -1246,6 +1246,12 @@ def test_a_context_beyond_memory_is_refused_up_front(tmp_path, monkeypatch):
                                           r"model.block_size=100000.*Lower data.batch_size"):
         run_train(cfg)
     assert not (tmp_path / "checkpoints").exists()
+    # before a BPE is trained (minutes on a large corpus): refused with its smallest vocabulary (found by review)
+    import momattn.training
+
+    monkeypatch.setattr(momattn.training, "build_tokenizer", lambda *a: pytest.fail("the BPE was built first"))
+    with pytest.raises(ConfigError, match=r"model.block_size=100000.*vocabulary 320\)"):
+        run_train(compose_train(tmp_path, [*SMOKE, "model.block_size=100000", "hydra.run.dir=x2"]))
 
 
 def test_the_memory_check_counts_fsdp_shards_and_names_the_fix_that_frees_the_states(monkeypatch):

@@ -61,12 +61,23 @@ class ModelCheckpoint(lightning_callbacks.ModelCheckpoint):
     also written after every validation and when training ends, unless this step was saved already, or the
     validation fell inside a gradient accumulation (a state that a resume could not continue exactly). No
     version counter: last.ckpt is one file that PreemptionCheckpoint may have written too (not last-v1.ckpt).
-    save_last=link keeps Lightning's meaning: a link to the newest file it saved."""
+    save_last=link keeps Lightning's meaning, a link to the newest file it saved, where that file holds the newest
+    state; where none does (a validation that did not improve, the run's end), last.ckpt is a file of its own."""
 
     def __init__(self, *args, enable_version_counter: bool = False, **kwargs):
         super().__init__(*args, enable_version_counter=enable_version_counter, **kwargs)
         if self.filename is not None:  # a broken template failed at the first checkpoint, after all those steps
             self._check_filename()
+        every = "every_n_train_steps" if self._every_n_train_steps else \
+            "train_time_interval" if self._train_time_interval else None
+        if every and self.monitor is not None:  # (found by review)
+            raise ConfigError(
+                f"{every} with monitor={self.monitor}: Lightning saves those checkpoints at the end of a step, before "
+                "its validation, so a 'best' file would hold weights never validated, scored with an earlier "
+                "validation's value. The best is chosen at each validation (trainer.val_check_interval); for step "
+                f"files as well, add a checkpoint callback with monitor=null and {every}, e.g. "
+                "+callbacks.steps={_target_: momattn.callbacks.ModelCheckpoint, dirpath: ${paths.output_dir}/steps, "
+                f"{every}: ..., save_top_k: -1, save_last: false}}")
 
     def _check_filename(self) -> None:
         """Format the template once: Lightning fills the metrics it names with integer zeros, on which a float's
@@ -126,11 +137,16 @@ class ModelCheckpoint(lightning_callbacks.ModelCheckpoint):
         super().load_state_dict(state)
 
     def _refresh_last(self, trainer) -> None:
-        if self.save_last is not True or self._should_skip_saving_checkpoint(trainer):
+        """last.ckpt written with this step's state where no file holds it yet (skipped: this step was saved)."""
+        if self.save_last not in (True, "link") or self._should_skip_saving_checkpoint(trainer):
             return
         if compat.mid_accumulation(trainer):
             return  # mid-accumulation: the next step boundary's validation or the run's end writes it
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        link, self.save_last = self.save_last, True  # link: no file holds this step's weights to link to, so a
+        try:  # real last.ckpt (they were lost: last.ckpt linked to an older best, and a resume trained those steps
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))  # again: found by review); the
+        finally:  # next best file saved makes it a link again
+            self.save_last = link
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if compat.mid_accumulation(trainer) and not trainer.sanity_checking:

@@ -233,6 +233,10 @@ SPAWNED = ("ddp_spawn", "ddp_fork", "ddp_notebook", "fsdp_spawn")  # Lightning's
 def _eval(node: Mapping | None, run_eval: bool, source: Any = None) -> EvalConfig | None:
     """The end-of-run evaluation's settings; with run_eval, its task names, and that they suit the training data
     (GINC tasks on GINC, text tasks on text), are checked now, not after training."""
+    if node is None and run_eval:  # eval=null or ~eval beside run_eval=true skipped the evaluation silently (review)
+        raise ConfigError("eval=null (or ~eval) with run_eval=true: the end-of-run evaluation has no settings. To skip "
+                          "it write run_eval=false; its parts are turned off one by one (eval.icl.enabled=false, "
+                          "eval.ppl.enabled=false)")
     if node is None:
         return None
     try:
@@ -458,7 +462,8 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
     raw = _resolve(cfg)
     for key in raw:
         if key not in TOP_LEVEL:
-            raise ConfigError(f"'{key}' is not a top-level config key.{did_you_mean(key, TOP_LEVEL)}")
+            raise ConfigError(f"'{key}' is not a top-level config key.{did_you_mean(key, TOP_LEVEL)} Keys "
+                              f"there: {', '.join(TOP_LEVEL)}")
     run = typed(RunConfig, {k: v for k, v in raw.items() if k not in SECTIONS}, "")
     if not 0 <= run.seed < 2**32:  # Lightning's seed_everything raised a ValueError inside training
         raise ConfigError(f"seed={run.seed} must lie in [0, 2**32 - 1]")
@@ -559,6 +564,10 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
                           "write checkpoints that a resume cannot continue exactly; set val_every_steps (optimizer "
                           f"steps), e.g. val_every_steps={steps} (every {steps * accumulate} micro-batches)")
     raw["trainer"] = trainer  # checkpoints record the precision that ran
+    if raw.get("optim") is None:  # optim=null or ~optim trained on the dataclass's defaults without a word (an
+        # experiment's lr, betas and schedule replaced): found by review
+        raise ConfigError("optim=null (or ~optim): the optimizer's section is needed; set its keys one by one "
+                          "(optim.lr=3e-4, optim.schedule=cosine, ...)")
     optim = typed(OptimConfig, raw.get("optim"), "optim")
     precision = str(trainer["precision"])
     if precision in ("16-true", "transformer-engine-float16") and optim.eps <= 2**-25:  # 0 in float16 (least 2^-24)

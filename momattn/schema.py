@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
-from momattn.errors import ConfigError, did_you_mean, first_line
+from momattn.errors import ConfigError, UserError, did_you_mean, first_line
 
 T = TypeVar("T")
 
@@ -311,8 +311,9 @@ def instantiate(conf: Mapping, what: str, **kwargs: Any) -> Any:
     try:
         return hydra.utils.instantiate(conf, **kwargs)
     except Exception as e:
-        cause = e.__cause__ or e
-        raise ConfigError(f"{what} could not be created: {first_line(cause, 300)}") from e
+        cause = e.__cause__ or e  # momattn's own message whole (a class of ours says what to do): others cut
+        raise ConfigError(f"{what} could not be created: "
+                          f"{first_line(cause, 2000 if isinstance(cause, UserError) else 300)}") from e
 
 
 def instantiate_all(node: Mapping | None, what: str) -> list:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import os
 import re
@@ -507,6 +508,18 @@ def test_null_for_a_key_that_needs_a_value_says_what_to_give(tmp_path):
             load_train_config(compose_train(tmp_path, [*base, override]))
 
 
+def test_a_null_or_deleted_eval_or_optim_section_is_refused_not_read_as_defaults(tmp_path):
+    """Found by review: eval=null beside run_eval=true skipped the evaluation without a word, and optim=null
+    trained on the dataclass's defaults (an experiment's lr and schedule replaced)."""
+    for given, says in ((["run_eval=true", "eval=null"], "eval=null (or ~eval) with run_eval=true: "),
+                        (["run_eval=true", "~eval"], "To skip it write run_eval=false"),
+                        (["optim=null"], "optim=null (or ~optim): the optimizer's section is needed"),
+                        (["~optim"], "set its keys one by one (optim.lr=3e-4")):
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            load_train_config(compose_train(tmp_path, [*SMOKE, *given]))
+    assert load_train_config(compose_train(tmp_path, [*SMOKE, "run_eval=false", "eval=null"])).eval is None
+
+
 def test_adding_a_key_that_exists_or_deleting_one_that_does_not_is_one_line():
     # both were Hydra's multi-line error with exit 1
     with pytest.raises(ConfigError, match=r"\+seed=3: 'seed' exists already.* Write seed=3 .*\+\+seed=3"):
@@ -515,6 +528,13 @@ def test_adding_a_key_that_exists_or_deleting_one_that_does_not_is_one_line():
         check_overrides("train", ["~optim.nothing"])
     with pytest.raises(ConfigError, match="'attention.eta' exists already"):  # the chosen option's keys count
         check_overrides("train", ["attention=momentum", "+attention.eta=0.3"])
+    # a value set from the run's folder: Hydra resolved it to delete it, "HydraConfig was not set", exit 1 (review)
+    for key, raw in (("callbacks.model_checkpoint.dirpath", "${paths.output_dir}/checkpoints"),
+                     ("paths.output_dir", "${hydra:runtime.output_dir}")):
+        with pytest.raises(ConfigError, match=re.escape(f"~{key}: {key} is set from the run's folder ({raw}), which "
+                                                        f"Hydra cannot delete; set it instead ({key}=...)")):
+            check_overrides("train", [f"~{key}"])
+    check_overrides("train", ["~paths.cache_dir", "~attention.kind"])  # values Hydra can read are deleted as before
     with pytest.raises(ConfigError, match="'paths.output_dir' exists already"):  # a ${hydra:...} value, never read
         check_overrides("train", ["+paths.output_dir=/tmp/x"])
     # a group the defaults list has already: Hydra's "Multiple values for experiment. To override a value use
@@ -651,6 +671,14 @@ def test_a_setting_lightning_would_fail_on_after_steps_of_training_is_refused_fi
         ModelCheckpoint(filename="last")  # the best file was last.ckpt, rewritten with the newest state
     with pytest.raises(ConfigError, match="filename='best' gives every checkpoint one name, so save_top_k=2"):
         ModelCheckpoint(filename="best", save_top_k=2, monitor="val/loss")  # one file, replaced at each save
+    # step-based saving with a monitor: the 'best' file was a step's weights never validated, scored with the
+    # previous validation's value (best-step9.ckpt holding step 6's score: found by review)
+    for every in ({"every_n_train_steps": 3}, {"train_time_interval": datetime.timedelta(minutes=5)}):
+        with pytest.raises(ConfigError, match=f"{next(iter(every))} with monitor=val/loss: .*never validated"):
+            ModelCheckpoint(monitor="val/loss", **every)
+    ModelCheckpoint(monitor=None, every_n_train_steps=3, save_top_k=-1)  # step files alone: as before
+    msg = run_expecting(tmp_path, [*SMOKE, "callbacks.model_checkpoint.every_n_train_steps=3"], ConfigError)
+    assert msg.endswith("every_n_train_steps: ..., save_top_k: -1, save_last: false}")  # whole, not cut at 300
     # a checkpoint or CSV folder outside the run folder: a second run wrote over the first's last.ckpt (exit 0)
     msg = run_expecting(tmp_path, [*SMOKE, f"callbacks.model_checkpoint.dirpath={tmp_path / 'shared'}"], ConfigError)
     assert msg.startswith(f"callbacks.model_checkpoint.dirpath='{tmp_path / 'shared'}': the checkpoint callback that "
@@ -966,6 +994,9 @@ def test_a_tokenizer_file_whose_separator_is_also_text_is_refused(tmp_path):
 
 def test_unknown_top_level_key(tmp_path):
     assert "'sed' is not a top-level config key. Did you mean 'seed'?" in run_expecting(tmp_path, [*SMOKE, "+sed=1"])
+    # nothing close: the keys there, as `foo=1` without the + gives them (it ended at "config key.": review)
+    assert "'foo' is not a top-level config key. Keys there: tags, seed, ckpt_path," in \
+        run_expecting(tmp_path, [*SMOKE, "+foo=1"])
 
 
 def test_unknown_key_added_with_plus_is_refused(tmp_path):

@@ -328,6 +328,14 @@ def test_last_ckpt_is_the_final_model_when_the_last_validation_does_not_improve(
     assert r.returncode == 0, r.stderr[-3000:]
     assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 9
     assert [p.name for p in (tmp_path / "checkpoints").glob("best-*.ckpt")] == ["best-step3.ckpt"]
+    # save_last=link: no file held the final weights to link to, so last.ckpt linked step 3's and steps 4-9 were
+    # lost (a resume trained them again: found by review); it is a file of its own there
+    link = tmp_path / "link"
+    r = run_cli("train.py", [*RUN, "optim.lr=1e-20", "callbacks.model_checkpoint.save_last=link",
+                             f"hydra.run.dir={link}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert step_of(link / "checkpoints" / "last.ckpt") == 9 and not (link / "checkpoints" / "last.ckpt").is_symlink()
+    assert [p.name for p in (link / "checkpoints").glob("best-*.ckpt")] == ["best-step3.ckpt"]
 
 
 @pytest.mark.slow

@@ -86,6 +86,19 @@ def test_every_option_of_every_group_composes_validates_and_instantiates(group, 
     check_option(group, option, load_train_config(cfg), tmp_path)
 
 
+def test_a_model_chosen_beside_a_recipe_or_experiment_is_the_model_trained(tmp_path):
+    """Found by review: recipe=ginc set model.* itself, after the model group, so `experiment=ginc model=gpt2_124m`
+    trained the recipe's 4 x 128 model without a word. The recipe now chooses model=ginc, which model=... replaces."""
+    assert load_train_config(compose_train(tmp_path, ["experiment=ginc"])).model.n_embd == 128
+    for given in (["experiment=ginc", "model=gpt2_124m"], ["recipe=ginc_short", "model=gpt2_124m"]):
+        m = load_train_config(compose_train(tmp_path, given)).model
+        assert (m.n_layer, m.n_embd, m.block_size, m.pos_emb) == (12, 768, 1024, "learned"), given
+    m = load_train_config(compose_train(tmp_path, ["experiment=eta_sweep_rotary", "model=small"])).model
+    assert (m.n_embd, m.block_size) == (256, 512)
+    # data.num_proc is a loader key of every text corpus (it was refused beside staicc and text_files, advising data=hf)
+    assert load_train_config(compose_train(tmp_path, ["data.num_proc=2"])).loader.num_proc == 2
+
+
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_fused_adamw_is_clipped_at_every_precision(precision, tmp_path, monkeypatch):
     """Lightning's mixed-precision plugin refuses to clip for a fused optimizer (an fp16 grad-scaler guard); LitGPT

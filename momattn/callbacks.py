@@ -424,6 +424,25 @@ class Throughput(ThroughputMonitor):
                 self._lengths[s] += n * self.length_fn(batch)
         super().on_train_batch_end(trainer, pl_module, outputs, batch, *args)
 
+    # The training clock stops at the last training batch before a validation and starts again at the next training
+    # batch: Lightning's monitor moved it on by the validation alone, so the checkpoint written after it (the
+    # ModelCheckpoint's hook runs last) counted as training time (found by review: 300 tokens/s logged where the
+    # progress line, which excludes it, read 1.0K, with a 1 s save)
+    @rank_zero_only
+    def on_validation_start(self, trainer, *args) -> None:
+        super().on_validation_start(trainer, *args)
+        s = RunningStage.TRAINING
+        if not trainer.sanity_checking and s in self._t0s:
+            times = getattr(compat.stage_throughputs(self).get(s), "_time", None)  # each batch's end, from t0
+            self._paused_from = self._t0s[s] + times[-1] if times else time.perf_counter()
+
+    @rank_zero_only
+    def on_train_batch_start(self, trainer, *args) -> None:
+        paused, self._paused_from = getattr(self, "_paused_from", None), None
+        if paused is not None:
+            self._t0s[RunningStage.TRAINING] += time.perf_counter() - paused
+        super().on_train_batch_start(trainer, *args)
+
     # validation throughput is logged once per validation, at its end (each logging-interval batch logged a row at
     # the same step, the first without rates)
     @rank_zero_only
@@ -440,7 +459,11 @@ class Throughput(ThroughputMonitor):
                 # under val/ with val/loss (Lightning names the stage validate/: a filter on val/* missed them)
                 metrics = {f"val{t.separator}{k}": v for k, v in t.compute().items()}
                 trainer._logger_connector.log_metrics(metrics)
+        s = RunningStage.TRAINING
+        t0 = self._t0s.get(s)
         super().on_validation_end(trainer, *args)
+        if t0 is not None and getattr(self, "_paused_from", None) is not None:  # moved on at the next batch instead
+            self._t0s[s] = t0
 
 
 def throughput_summary(monitor: ThroughputMonitor) -> dict:

@@ -279,3 +279,30 @@ def test_a_segment_too_short_to_measure_says_so(tmp_path, capsys):
                                        f"hydra.run.dir={tmp_path}"]))
     assert "  throughput not measured: this process trained too few optimizer steps to fill its window" in \
         capsys.readouterr().err
+
+
+def test_the_checkpoint_written_after_a_validation_is_not_training_time(tmp_path, monkeypatch):
+    """Lightning's monitor moved the training clock on by the validation alone: the checkpoint saved after it
+    (ModelCheckpoint's hook runs last) counted as training time (found by review: 300 tokens/s logged against the
+    progress line's 1.0K with a 1 s save)."""
+    import time
+
+    from conftest import SMOKE, compose_train
+
+    import momattn.callbacks
+    from momattn.training import run_train
+
+    real = momattn.callbacks.ModelCheckpoint.on_validation_end
+
+    def slow_save(self, trainer, pl_module):
+        real(self, trainer, pl_module)
+        time.sleep(1.5)  # a large model's fsynced save
+
+    monkeypatch.setattr(momattn.callbacks.ModelCheckpoint, "on_validation_end", slow_save)
+    run_train(compose_train(tmp_path / "run", [*SMOKE, "trainer.max_steps=6", "trainer.val_check_interval=2",
+                                               "trainer.log_every_n_steps=1"]))
+    with open(tmp_path / "run" / "csv" / "metrics.csv") as f:
+        import csv
+
+        times = [float(r["train/time"]) for r in csv.DictReader(f) if r.get("train/time")]
+    assert times and times[-1] < 3.0, times  # two saves (after steps 2 and 4) inside: 3 s or more

@@ -18,7 +18,7 @@ class OptimConfig:
     """train.yaml's optim section."""
 
     lr: float = 2e-3
-    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio (cosine, polynomial)
+    min_lr_ratio: float = 0.1  # lr * min_lr_ratio at step max_steps (cosine, polynomial): the last step trained, max_steps - 1, is one decay step above it
     weight_decay: float = 0.1  # AdamW, on the Linear and Embedding weights (not biases, norms or learned rates)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8

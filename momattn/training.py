@@ -85,6 +85,7 @@ from momattn.quoting import shell_arg
 from momattn.schema import check_arguments, instantiate, instantiate_all
 from momattn.signal_watch import PREEMPTED_EXIT, SignalWatch
 from momattn.tokenizer import Tokenizer, build_tokenizer
+from momattn.utils import early_stopped
 from momattn.wandb_runs import folder_group
 
 SUMMARY_METRICS = ("val/", "train/loss", "train/lr")  # summary.json's metrics: every optimized_metric (config.LOGGED)
@@ -932,7 +933,9 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
     if ckpt_cb is None and (out_dir / "checkpoints" / "last.ckpt").exists():  # a SIGTERM's, brought to the end
         # (FSDP's is a folder)
         last = str(out_dir / "checkpoints" / "last.ckpt")
-    lines = [f"[momattn] done: {trainer.global_step} steps"]
+    stop = early_stopped({cb.state_key: cb.state_dict() for cb in trainer.callbacks if type(cb).__name__ ==
+                          "EarlyStopping"})  # (Lightning says so in an INFO line, which is silenced: found by review)
+    lines = [f"[momattn] done: {trainer.global_step} steps" + (f", stopped early ({stop})" if stop else "")]
     if "val/loss" in metrics:
         unigram = f"  (unigram baseline ppl {baseline:.1f})" if baseline is not None else ""
         lines.append(f"  final val/loss {metrics['val/loss']:.4f}  val/ppl {metrics['val/ppl']:.2f}{unigram}")
@@ -968,7 +971,7 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
                # the command line: a run without a checkpoint, resumed, is judged by it (_finished_uncheckpointed)
                "overrides": list(hydra_job().overrides), "unigram_val_ppl": baseline,
                "precision": c.trainer["precision"], "tokenizer_vocab_size": vocab[0], "model_vocab_size": vocab[1],
-               "best_checkpoint": best, "last_checkpoint": last, **speed,
+               "best_checkpoint": best, "last_checkpoint": last, "stopped_early": stop, **speed,
                **{k: v for k, v in metrics.items() if k.startswith(SUMMARY_METRICS)}}
     atomic_write_text(out_dir / "summary.json", json_text(summary, indent=2))
 

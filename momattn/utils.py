@@ -78,3 +78,17 @@ def optuna_search(hydra: Any) -> bool:
     from omegaconf import OmegaConf
 
     return hydra is not None and "optuna" in str(OmegaConf.select(hydra, "sweeper._target_", default="")).lower()
+
+
+def early_stopped(callback_states: Any) -> str | None:
+    """Why an EarlyStopping callback stopped the run, from the callbacks' states (a checkpoint's "callbacks", or
+    {cb.state_key: cb.state_dict()}), or None where none did: a run it stopped is finished, not one to resume."""
+    for key, state in (callback_states or {}).items() if isinstance(callback_states, dict) else ():
+        if not str(key).startswith("EarlyStopping") or not isinstance(state, dict):
+            continue
+        reason, wait, patience = state.get("stopping_reason"), state.get("wait_count"), state.get("patience")
+        stopped = bool(int(reason)) if isinstance(reason, int) or hasattr(reason, "__int__") else \
+            isinstance(wait, int) and isinstance(patience, int) and wait >= patience
+        if stopped:
+            return str(state.get("stopping_reason_message") or f"{key}: no improvement in {wait} validations")
+    return None

@@ -1451,3 +1451,23 @@ def test_a_sigterm_to_a_sweep_whose_jobs_run_elsewhere_is_passed_on_waited_for_a
     from momattn.entry_signals import BEFORE_STOP
 
     BEFORE_STOP.clear()
+
+
+def test_a_run_early_stopping_ended_says_so_and_counts_as_finished(tmp_path, capsys):
+    """Found by review: it ended with 'done: 14 steps' alone (Lightning's INFO line is silenced), and a sweep called
+    it 'partial ... diverged or interrupted; resume it', which trained past the stop."""
+    from momattn.eval.sweep import _unfinished
+    from momattn.utils import early_stopped
+
+    run_train(compose_train(tmp_path, [*SMOKE, "trainer.precision=32-true", "trainer.max_steps=16",
+                                       "trainer.val_check_interval=2", "optim.lr=0.03", "optim.warmup_steps=0",
+                                       "optim.schedule=constant", "+callbacks.es._target_=lightning.pytorch.callbacks.EarlyStopping",
+                                       "+callbacks.es.monitor=val/loss", "+callbacks.es.patience=1"]))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] < 16 and "did not improve" in summary["stopped_early"]
+    assert f"done: {summary['steps']} steps, stopped early (Monitored metric val/loss" in capsys.readouterr().err
+    ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert early_stopped(ckpt["callbacks"]) and _unfinished(ckpt["momattn"]["config"], summary["steps"], ckpt) is None
+    assert _unfinished(ckpt["momattn"]["config"], summary["steps"], {"callbacks": {}}).startswith("partial")
+    assert early_stopped({"EarlyStopping{'monitor': 'val/loss'}": {"wait_count": 0, "patience": 3,
+                                                                   "stopping_reason": 0}}) is None

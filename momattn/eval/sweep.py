@@ -275,6 +275,10 @@ def _unfinished(config: Mapping, step: int | None, ckpt: Mapping | None = None) 
     if not (isinstance(step, int) and isinstance(max_steps, int) and not isinstance(max_steps, bool) and 0 < max_steps
             and step < max_steps):
         return None
+    from momattn.utils import early_stopped
+
+    if early_stopped((ckpt or {}).get("callbacks")):  # an EarlyStopping callback ended it: finished (it read as
+        return None  # "diverged or interrupted; resume it", which trained past the stop: found by review)
     limit = trainer.get("max_time")
     if limit:  # a run that reached its time limit is finished; one a SIGTERM or a crash stopped before it is not
         seconds, spent = _seconds(limit), _train_seconds(ckpt)

@@ -190,6 +190,16 @@ def _tps(row: dict) -> float | None:
     return row.get("tokens_per_sec_mean") or row.get("tokens_per_sec")
 
 
+def failure(rows: list[dict]) -> str:
+    """'; <precision> seed <s> ended with: <its error line>' for the first failed run, or where to look."""
+    failed = next((r for r in rows if r.get("tail")), None)
+    lines = [ln for ln in (failed or {}).get("tail", "").splitlines() if ln.strip()]
+    last = next((ln for ln in reversed(lines) if ln.startswith("error:")), None) or next(
+        (ln for ln in reversed(lines) if "HYDRA_FULL_ERROR" not in ln), "")  # not the hint after every error
+    return f"; {failed['precision']} seed {failed['seed']} ended with: {last.strip()}" if last else \
+        " (see the runs above)"
+
+
 def verdict(rows: list[dict]) -> dict:
     """Mean final validation loss per precision; bf16 - fp32 per seed; the fp32 spread between seeds."""
     ok = [r for r in rows if isinstance(r.get("val/loss"), float)]
@@ -383,11 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         rep["verdict"] = verdict(rep["runs"])
     print(write(rep, a.out))
     if "runs" in parts and not rep["verdict"]["seeds_paired"]:
-        failed = next((r for r in rep["runs"] if r.get("tail")), None)
-        last = next((ln for ln in reversed((failed or {}).get("tail", "").splitlines()) if ln.strip()), "")
-        print("error: no seed finished at both precisions" + (
-            f"; {failed['precision']} seed {failed['seed']} ended with: {last.strip()}" if last else
-            " (see the runs above)"), file=sys.stderr)
+        print("error: no seed finished at both precisions" + failure(rep["runs"]), file=sys.stderr)
         return 1
     return 0
 

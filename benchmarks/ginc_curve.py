@@ -126,9 +126,10 @@ def file_name(overrides: list[str]) -> str:
     folders, and '..' could leave --out: found by review); a long one cut, with a hash of the whole."""
     import hashlib
 
-    name = re.sub(r"[^A-Za-z0-9._,+-]", "_", "_".join(o.replace("=", "-") for o in overrides)).strip(".") or "default"
-    if len(name) > 120:
-        name = name[:100] + "_" + hashlib.sha256(name.encode()).hexdigest()[:12]
+    raw = "_".join(o.replace("=", "-") for o in overrides)
+    name = re.sub(r"[^A-Za-z0-9._,+-]", "_", raw).strip(".") or "default"
+    if name != (raw or "default") or len(name) > 120:  # characters replaced (a=b/c and a=b_c would share a file)
+        name = name[:100] + "_" + hashlib.sha256(raw.encode()).hexdigest()[:12]
     return name
 
 

@@ -1231,6 +1231,7 @@ def hydra_main(config_name: str):
             from momattn.sweep_jobs import check_jobs, check_resume, check_search, plan_sweep
 
             quiet_console()  # before Hydra: a sweeper's setup (Optuna's storage) logs too
+            _BEFORE_LOG.clear()  # an earlier entry of this process (a test, a notebook) refused before its log opened
             try:
                 args, flags = _command_line(sys.argv[1:])
                 check_config_flags(config_name, args)

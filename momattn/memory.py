@@ -134,10 +134,22 @@ def available_memory(device: str = "cpu") -> int | None:
     return have
 
 
+def _stat_value(path: Path, key: str) -> int:
+    """A field of a cgroup's memory.stat (0 where it cannot be read)."""
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def cgroup_memory(root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/self/cgroup")) -> tuple[int, int] | None:
     """(bytes left, the limit) under the tightest memory limit of this process's cgroup and its parents (v2:
-    memory.max - memory.current; v1: the memory controller's limit_in_bytes - usage_in_bytes), or None where no
-    limit is set or none can be read."""
+    memory.max - (memory.current - inactive_file); v1: the memory controller's limit_in_bytes - (usage_in_bytes -
+    total_inactive_file)), or None where no limit is set or none can be read."""
     try:
         lines = proc.read_text().splitlines()
     except OSError:
@@ -146,9 +158,10 @@ def cgroup_memory(root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/
     for line in lines:
         hier, controllers, path = (line.split(":", 2) + ["", ""])[:3]
         if hier == "0" and controllers == "":  # v2's unified hierarchy
-            base, files = root, ("memory.max", "memory.current")
+            base, files, cache = root, ("memory.max", "memory.current"), "inactive_file"
         elif "memory" in controllers.split(","):  # v1's memory controller
-            base, files = root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes")
+            base, files, cache = root / "memory", ("memory.limit_in_bytes", "memory.usage_in_bytes"), \
+                "total_inactive_file"
         else:
             continue
         rel = Path(path.strip() or "/").relative_to("/") if path.strip().startswith("/") else Path(path.strip())
@@ -160,16 +173,20 @@ def cgroup_memory(root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/
                 continue
             if limit >= 1 << 60:  # v1's "no limit" is a page-rounded 2^63
                 continue
-            left = max(0, limit - used)
+            # usage counts the page cache, which the kernel reclaims before it kills: the inactive part is free room
+            # (the working set, as kubelet counts it; a corpus just read made runs that fit look over: found by review)
+            used -= _stat_value(folder / "memory.stat", cache)
+            left = max(0, limit - max(0, used))
             if best is None or left < best[0]:
                 best = (left, limit)
     return best
 
 
 def check_fits(model_config, batch_size: int, precision: str, accelerator: str | None, devices=1,
-               world: int = 1, sharded: bool = False) -> MemoryEstimate:
+               world: int = 1, sharded: bool = False, at_least: str | None = None) -> MemoryEstimate:
     """Raise a ConfigError, naming the limit and the fix, when the first training step cannot fit in memory.
-    world: the training processes; sharded: FSDP (each holds 1/world of the states)."""
+    world: the training processes; sharded: FSDP (each holds 1/world of the states); at_least: the model is a lower
+    bound (a BPE's smallest vocabulary, before it is trained), said so in the message."""
     from momattn.errors import ConfigError
     from momattn.hardware import runs_on_gpu
 
@@ -183,7 +200,7 @@ def check_fits(model_config, batch_size: int, precision: str, accelerator: str |
         where = "GPU memory free" if on_gpu else "RAM available" + (
             f" (this job's cgroup allows {limit[1] / GIB:.1f} GiB)" if limit is not None and limit[0] <= have else "")
         # off CUDA, the processes share one machine's RAM: more of them there shard nothing (found by review)
-        more = "over more devices" if on_gpu else "over more machines (trainer.num_nodes)"
+        more = "over more devices" if on_gpu else "over more machines (trainer.accelerator=cpu trainer.num_nodes=N)"
         dropout = (", or set model.dropout=0 (off CUDA, attention with dropout keeps the T x T matrix)"
                    if model_config.dropout > 0 and not on_gpu else "")
         if need.states > need.activations + need.logits:  # a smaller batch or context cannot free the states
@@ -197,7 +214,8 @@ def check_fits(model_config, batch_size: int, precision: str, accelerator: str |
             fix = ("Lower data.batch_size (and raise trainer.accumulate_grad_batches to keep the tokens per step) or "
                    f"model.block_size{dropout}")
         raise ConfigError(
-            f"the first training step needs {need.describe()}{f' x {procs} processes' if procs > 1 else ''}"
+            f"the first training step needs {'at least ' if at_least else ''}{need.describe()}"
+            f"{f' x {procs} processes' if procs > 1 else ''}{f' ({at_least})' if at_least else ''}"
             f"{f' (states sharded over {world})' if sharded and world > 1 else ''}, but "
             f"this machine has {have / GIB:.1f} GiB of {where} (model.block_size={model_config.block_size}, "
             f"data.batch_size={batch_size}, model.n_layer={model_config.n_layer}, model.n_embd={model_config.n_embd}, "

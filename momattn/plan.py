@@ -268,7 +268,8 @@ def _fits(p: dict) -> str:
     if mem["states_fsdp"] > limit or mem["states_fsdp"] >= mem["activations"] + mem["logits"]:
         # the weights and AdamW's state alone (or mostly): no batch or context frees them
         # (a CPU's processes share one machine's RAM: more of them shard nothing)
-        more = ("shard over more machines (trainer.num_nodes)" if p["accelerator"] == "cpu" else
+        more = ("shard over more machines (trainer=fsdp trainer.accelerator=cpu trainer.num_nodes=N)"
+                if p["accelerator"] == "cpu" else
                 "shard over more devices") + " or train a smaller model"
     elif mem.get("fsdp_batch_1", 0) > limit:  # even a batch of 1 is over (as train.py's check says)
         more = (f"even data.batch_size=1 needs {_gib(mem['fsdp_batch_1'])}: train a smaller model (model.n_layer, "

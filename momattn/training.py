@@ -214,7 +214,10 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                              accelerator=c.trainer.get("accelerator"), devices=c.trainer.get("devices", 1),
                              world=world_size(c.trainer), sharded="fsdp" in str(c.trainer.get("strategy")).lower())
     if not resume and c.tokenizer.kind == "bpe":  # before a BPE's training (minutes on a large corpus): a run that
-        fits(c.model_for(257))  # cannot fit with its smallest vocabulary (the 256 bytes and <|endoftext|>) won't
+        # cannot fit with its smallest vocabulary (the 256 bytes and <|endoftext|>) won't
+        least = c.model_for(257)
+        fits(least, at_least=f"with a BPE's smallest vocabulary, {least.vocab_size} rows; tokenizer.vocab_size="
+                             f"{c.tokenizer.vocab_size} needs more")
     tokenizer = checkpoint_tokenizer(resume, ckpt_path) if resume else build_tokenizer(c.tokenizer, c.data,
                                                                                           c.cache_dir)
     was = (resume.get("config") or {}).get("tokenizer")

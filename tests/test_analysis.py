@@ -1088,17 +1088,16 @@ def test_a_runs_findings_and_a_sweeps_verdict_read_the_paper_alike():
 def test_a_staicc_task_on_a_checkpoint_of_another_text_says_its_rows_are_unchecked(capsys):
     """As evaluate.py says it (found missing in analyze.py by review): the StaICC rows are kept out of momattn's own
     LM text only."""
-    from momattn import wandb_runs
-
     class Folded(CharTokenizer):  # any character: StaICC's rows hold some beyond ASCII
         def encode(self, text):
             return [1 + ord(c) % 255 for c in text]
 
-    wandb_runs._NOTED.clear()
     model, run = tiny_gpt(vocab=256, block_size=400), {"data": {"_target_": "momattn.data.sources.TextFiles"}}
     analyze(model, Folded(256), run, cfg("sst2", shots=1, max_examples=2, select_examples=2, lrs=[0.01]))
     err = capsys.readouterr().err
     assert "sst2 score rows that momattn keeps out of its own LM text" in err and "TextFiles" in err
+    analyze(model, Folded(256), run, cfg("sst2", shots=1, max_examples=2, select_examples=2, lrs=[0.01]))
+    assert "keeps out of its own LM text" in capsys.readouterr().err  # each checkpoint's (a -m job's log too)
     analyze(model, Folded(256), {"data": {"_target_": "momattn.data.sources.StaiccCorpus"}},
             cfg("sst2", shots=1, max_examples=2, select_examples=2, lrs=[0.01]))
     assert "keeps out of its own LM text" not in capsys.readouterr().err

@@ -202,7 +202,9 @@ def test_benchmark_review_bad_values_are_refused_before_any_measuring(tmp_path, 
     assert "--name '../x': a file name, without folders" in _refused(
         capsys, ginc_curve.main, ["--name", "../x", "--out", str(tmp_path)])
     name = ginc_curve.file_name(["tokenizer.path=../../x", "model.n_layer=2"])
-    assert "/" not in name and not name.startswith(".") and name == "tokenizer.path-.._.._x_model.n_layer-2"
+    assert "/" not in name and not name.startswith(".") and name.startswith("tokenizer.path-.._.._x_model.n_layer-2_")
+    assert ginc_curve.file_name(["a=b/c"]) != ginc_curve.file_name(["a=b_c"]) == "a-b_c"  # one file each
+    assert ginc_curve.file_name([]) == "default"
     assert len(ginc_curve.file_name([f"seed={'1' * 400}"])) <= 120
 
 
@@ -213,3 +215,14 @@ def test_a_results_table_names_its_machine(tmp_path, capsys):
     assert md.startswith("| a |\n|---|\n\nMachine: ") and machine["describe"] in md
     said = f"{machine['describe']}: a table"  # one that says it already is left as it is
     assert harness.with_machine(said, machine) == said and harness.with_machine("t", None) == "t"
+
+
+def test_cpu_bf16_check_names_a_failed_runs_error_not_hydras_hint():
+    """Every train.py error ends with Hydra's hint line, which the failure line quoted (flows review)."""
+    import cpu_bf16_check
+
+    tail = "[momattn] ...\nerror: trainer.max_steps=0 must be an integer >= 1\n(set HYDRA_FULL_ERROR=1 for the full traceback)\n"
+    rows = [{"precision": "32-true", "seed": 1, "val/loss": 1.0}, {"precision": "bf16-mixed", "seed": 1, "tail": tail}]
+    assert cpu_bf16_check.failure(rows) == "; bf16-mixed seed 1 ended with: error: trainer.max_steps=0 must be an integer >= 1"
+    assert cpu_bf16_check.failure([{"precision": "32-true", "seed": 2, "tail": "Killed\n"}]).endswith("ended with: Killed")
+    assert cpu_bf16_check.failure([]) == " (see the runs above)"

@@ -75,7 +75,8 @@ def test_a_cpu_plan_weighs_the_ram_it_is_given_and_says_when_no_batch_fits(capsy
     # "or a shorter context" there; found by review)
     assert main(["trainer=cpu", "debug=smoke", "--device-gib", "1e-6"]) == 0
     # (a CPU's processes share one machine's RAM: more of them shard nothing; more machines do: review)
-    assert "(--device-gib); shard over more machines (trainer.num_nodes) or train a smaller model" in \
+    assert "(--device-gib); shard over more machines (trainer=fsdp trainer.accelerator=cpu trainer.num_nodes=N) or " \
+        "train a smaller model" in \
         capsys.readouterr().out
     # attention's T x T matrices kept for dropout: model.dropout=0 frees them, as train.py's check says
     assert main(["trainer=cpu", "debug=smoke", "model.block_size=8192", "model.dropout=0.1", "--device-gib", "0.01"]) == 0

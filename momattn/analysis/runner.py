@@ -261,14 +261,13 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
                           f"task={tasks[0].name}")
     task = tasks[0]
     from momattn.eval.runner import _unchecked_leak, is_ginc_run
-    from momattn.wandb_runs import note_once
 
     ginc_run = is_ginc_run(run_config)
     if not isinstance(task, GincTask) and ginc_run:
         raise ConfigError(f"task={task.name} is a text task, and this checkpoint was trained on GINC (its tokenizer "
                           "knows only the GINC symbols); analyse a GINC task instead, e.g. task=ginc")
-    if not ginc_run and (note := _unchecked_leak(dict(run_config), tasks)):  # as evaluate.py says it (a sweep:
-        note_once(note)  # once for all its checkpoints)
+    if not ginc_run and (note := _unchecked_leak(dict(run_config), tasks)):  # as evaluate.py says it: for each
+        print(note, file=sys.stderr, flush=True)  # checkpoint (once a process left job 1's analyze.log without it)
     if ginc_run:  # (a GINC task on a text checkpoint is refused by ginc_set, naming data=ginc)
         check_separator(tasks, cfg.separator, key="separator")
         check_test_seed(tasks, cfg.test_seed, key="test_seed", seeds_key="seed")

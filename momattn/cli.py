@@ -1046,7 +1046,7 @@ def _is_search(overrides: list[str]) -> bool:
     """Whether the multirun is a search (an Optuna sweeper), which ckpt_path=last cannot resume."""
     from omegaconf import OmegaConf
 
-    from momattn.utils import optuna_search
+    from momattn.sweep_jobs import optuna_search
 
     cfg = hydra_section("train", overrides)[1]
     return cfg is not None and optuna_search(OmegaConf.select(cfg, "hydra"))
@@ -1415,7 +1415,7 @@ def hydra_job() -> HydraJob:
         return HydraJob([])
     from omegaconf import OmegaConf
 
-    from momattn.utils import optuna_search
+    from momattn.sweep_jobs import optuna_search
 
     hc = HydraConfig.get()
     # unresolved: an override's ${...} is its text here (resolving it crashed with omegaconf's traceback before

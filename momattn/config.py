@@ -271,7 +271,7 @@ def _in_search() -> bool:
 
     if not HydraConfig.initialized():
         return False
-    from momattn.utils import optuna_search
+    from momattn.sweep_jobs import optuna_search
 
     return optuna_search(HydraConfig.get())
 

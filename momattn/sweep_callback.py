@@ -255,7 +255,7 @@ def _search(config) -> bool:
     """Whether the sweep is a search (an Optuna sweeper)."""
     from omegaconf import OmegaConf
 
-    from momattn.utils import optuna_search
+    from momattn.sweep_jobs import optuna_search
 
     return optuna_search(OmegaConf.select(config, "hydra"))
 

@@ -505,3 +505,13 @@ def check_optuna_settings(sweeper, metric: str | None) -> None:
         raise ConfigError(f"hydra.sweeper.storage={storage}: the folder of its SQLite file, {folder}, does not exist; "
                           f"make it (mkdir -p {folder}) or name a file in another (sqlite:////abs/path/study.db is an "
                           "absolute path, sqlite:///study.db one in this folder)")
+
+
+def optuna_search(hydra: object) -> bool:
+    """Whether a config's `hydra` section (or HydraConfig.get()) sweeps with Optuna's sweeper: a search, whose
+    trials ckpt_path=last cannot resume and which reads optimized_metric from each trial. None: no Hydra section.
+    Here, not in momattn.utils (numpy): the command line's checks before Hydra ask it."""
+    from omegaconf import OmegaConf
+
+    return hydra is not None and "optuna" in str(OmegaConf.select(hydra, "sweeper._target_", default="")).lower()
+

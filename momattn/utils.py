@@ -72,14 +72,6 @@ def done_line(what: str, t0: float, tty: bool | None = None) -> None:
         print(f"[momattn] {what} ({duration(time.perf_counter() - t0)})", file=sys.stderr, flush=True)
 
 
-def optuna_search(hydra: Any) -> bool:
-    """Whether a config's `hydra` section (or HydraConfig.get()) sweeps with Optuna's sweeper: a search, whose
-    trials ckpt_path=last cannot resume and which reads optimized_metric from each trial. None: no Hydra section."""
-    from omegaconf import OmegaConf
-
-    return hydra is not None and "optuna" in str(OmegaConf.select(hydra, "sweeper._target_", default="")).lower()
-
-
 def early_stopped(callback_states: Any) -> str | None:
     """Why an EarlyStopping callback stopped the run, from the callbacks' states (a checkpoint's "callbacks", or
     {cb.state_key: cb.state_dict()}), or None where none did: a run it stopped is finished, not one to resume."""

@@ -387,7 +387,9 @@ class Throughput(ThroughputMonitor):
         # and per optimizer step of the whole job, which a resume on another number of processes continues
         per_step = getattr(self, "_processes", 1) * getattr(self, "_accumulate", 1) / self._batches[s]
         return {"samples_per_batch": self._samples[s] / self._batches[s],
-                "lengths_per_batch": self._lengths[s] / self._batches[s], "time": time.perf_counter() - self._t0s[s],
+                "lengths_per_batch": self._lengths[s] / self._batches[s],
+                # (during or after a validation the clock is stopped: a checkpoint saved there counted it: flows review)
+                "time": (getattr(self, "_paused_from", None) or time.perf_counter()) - self._t0s[s],
                 "samples_per_step": self._samples[s] * per_step, "lengths_per_step": self._lengths[s] * per_step}
 
     def load_state_dict(self, state_dict: dict) -> None:

@@ -216,8 +216,9 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     if not resume and c.tokenizer.kind == "bpe":  # before a BPE's training (minutes on a large corpus): a run that
         # cannot fit with its smallest vocabulary (the 256 bytes and <|endoftext|>) won't
         least = c.model_for(257)
-        fits(least, at_least=f"with a BPE's smallest vocabulary, {least.vocab_size} rows; tokenizer.vocab_size="
-                             f"{c.tokenizer.vocab_size} needs more")
+        more = c.model_for(c.tokenizer.vocab_size).vocab_size > least.vocab_size  # (300 pads to the same 320 rows)
+        fits(least, at_least=f"with a BPE's smallest vocabulary, {least.vocab_size} rows" + (
+            f"; tokenizer.vocab_size={c.tokenizer.vocab_size} needs more" if more else ""))
     tokenizer = checkpoint_tokenizer(resume, ckpt_path) if resume else build_tokenizer(c.tokenizer, c.data,
                                                                                           c.cache_dir)
     was = (resume.get("config") or {}).get("tokenizer")

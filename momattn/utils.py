@@ -79,8 +79,11 @@ def early_stopped(callback_states: Any) -> str | None:
         if not str(key).startswith("EarlyStopping") or not isinstance(state, dict):
             continue
         reason, wait, patience = state.get("stopping_reason"), state.get("wait_count"), state.get("patience")
-        stopped = bool(int(reason)) if isinstance(reason, int) or hasattr(reason, "__int__") else \
-            isinstance(wait, int) and isinstance(patience, int) and wait >= patience
+        waited = isinstance(wait, int) and isinstance(patience, int) and wait >= patience
+        # Lightning keeps a stopping_reason after the metric improves again (a resumed run trained on): the wait
+        # must still be over too, where the state has one (flows review)
+        stopped = (bool(int(reason)) if isinstance(reason, int) or hasattr(reason, "__int__") else True) and (
+            waited or not isinstance(wait, int)) and (reason is not None or waited)
         if stopped:
             return str(state.get("stopping_reason_message") or f"{key}: no improvement in {wait} validations")
     return None

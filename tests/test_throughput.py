@@ -295,8 +295,8 @@ def test_the_checkpoint_written_after_a_validation_is_not_training_time(tmp_path
     real = momattn.callbacks.ModelCheckpoint.on_validation_end
 
     def slow_save(self, trainer, pl_module):
+        time.sleep(1.5)  # a large model's fsynced save (before the state it writes is taken)
         real(self, trainer, pl_module)
-        time.sleep(1.5)  # a large model's fsynced save
 
     monkeypatch.setattr(momattn.callbacks.ModelCheckpoint, "on_validation_end", slow_save)
     run_train(compose_train(tmp_path / "run", [*SMOKE, "trainer.max_steps=6", "trainer.val_check_interval=2",
@@ -306,3 +306,10 @@ def test_the_checkpoint_written_after_a_validation_is_not_training_time(tmp_path
 
         times = [float(r["train/time"]) for r in csv.DictReader(f) if r.get("train/time")]
     assert times and times[-1] < 3.0, times  # two saves (after steps 2 and 4) inside: 3 s or more
+    # and the time a checkpoint records (a resume starts from it) stops where the clock stopped: it held the last
+    # validation and save, so each resume added one (flows review)
+    from momattn.checkpoint import read_checkpoint
+
+    states = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["callbacks"]
+    saved = next(v["time"] for k, v in states.items() if k.startswith("Throughput"))
+    assert times[-1] <= saved < times[-1] + 0.5, (saved, times)

@@ -1471,3 +1471,7 @@ def test_a_run_early_stopping_ended_says_so_and_counts_as_finished(tmp_path, cap
     assert _unfinished(ckpt["momattn"]["config"], summary["steps"], {"callbacks": {}}).startswith("partial")
     assert early_stopped({"EarlyStopping{'monitor': 'val/loss'}": {"wait_count": 0, "patience": 3,
                                                                    "stopping_reason": 0}}) is None
+    # Lightning keeps its stopping_reason after the metric improves again (a resumed run trained on): not stopped
+    assert early_stopped({"EarlyStopping": {"wait_count": 0, "patience": 1, "stopping_reason": 3,
+                                            "stopping_reason_message": "did not improve"}}) is None
+    assert early_stopped({"EarlyStopping": {"wait_count": 2, "patience": 2}})  # a release without the reason

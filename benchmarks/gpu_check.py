@@ -228,12 +228,13 @@ def throughput(kind: str, compile_: bool | str, steps: int, batch: int, backend:
         for _ in range(3):  # warm-up (and compilation)
             step()
         t0 = clock.now()
-        times = []  # each step timed on its own (one device sync a step): the median and its spread
+        warm, times = t0 - t_start, []  # each step timed on its own (one device sync a step): median and spread
         for _ in range(steps):
             step()
-            times.append(clock.now() - t0)
-            t0 += times[-1]
-        return times, t0 - t_start - sum(times), kernel_profile(step, profile, device) if profile else None
+            t1 = clock.now()
+            times.append(t1 - t0)
+            t0 = t1
+        return times, warm, kernel_profile(step, profile, device) if profile else None
 
     times, warm, prof = with_backend(backend, run)
     dt, (q1, _, q3) = statistics.median(times), quartiles(times)

@@ -338,6 +338,7 @@ class Throughput(ThroughputMonitor):
     of every run on this CPU so far, kept in `peak_record` (recorded_peak_flops; printed once)."""
 
     peak_note: str | None = None
+    _paused_from: float | None = None  # where the training clock stopped for a validation (None: running)
 
     def __init__(self, *args, peak_record: Path | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -389,7 +390,7 @@ class Throughput(ThroughputMonitor):
         return {"samples_per_batch": self._samples[s] / self._batches[s],
                 "lengths_per_batch": self._lengths[s] / self._batches[s],
                 # (during or after a validation the clock is stopped: a checkpoint saved there counted it: flows review)
-                "time": (getattr(self, "_paused_from", None) or time.perf_counter()) - self._t0s[s],
+                "time": (self._paused_from or time.perf_counter()) - self._t0s[s],
                 "samples_per_step": self._samples[s] * per_step, "lengths_per_step": self._lengths[s] * per_step}
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -440,7 +441,7 @@ class Throughput(ThroughputMonitor):
 
     @rank_zero_only
     def on_train_batch_start(self, trainer, *args) -> None:
-        paused, self._paused_from = getattr(self, "_paused_from", None), None
+        paused, self._paused_from = self._paused_from, None
         if paused is not None:
             self._t0s[RunningStage.TRAINING] += time.perf_counter() - paused
         super().on_train_batch_start(trainer, *args)
@@ -464,7 +465,7 @@ class Throughput(ThroughputMonitor):
         s = RunningStage.TRAINING
         t0 = self._t0s.get(s)
         super().on_validation_end(trainer, *args)
-        if t0 is not None and getattr(self, "_paused_from", None) is not None:  # moved on at the next batch instead
+        if t0 is not None and self._paused_from is not None:  # moved on at the next batch instead
             self._t0s[s] = t0
 
 

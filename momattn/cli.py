@@ -573,30 +573,20 @@ def _check_item(cfg, item: tuple, keys: list[str], settings: list, hint: str | N
 def _check_deletable(cfg, key: str, line: str) -> None:
     """Hydra resolves the value it deletes: one set from the run's folder (${hydra:...}, or ${paths.output_dir}
     that is) ended in its multi-line 'HydraConfig was not set', exit 1 (found by review). Refused in one line."""
-    raw = _raw_value(cfg, key)
-    if isinstance(raw, str) and _from_hydra(cfg, raw):
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(cfg, resolve=False)  # as written: the answer must not depend on whether this
+    raw = _raw(plain, key)  # process has run a Hydra job before (HydraConfig set)
+    if isinstance(raw, str) and _from_hydra(plain, raw):
         raise ConfigError(f"{line}: {key} is set from the run's folder ({raw}), which Hydra cannot delete; set it "
                           f"instead ({key}=...), or leave it")
 
 
-def _raw_value(cfg, key: str):
-    """The value at key as written (an interpolation unresolved), or None."""
-    from omegaconf import OmegaConf
-
-    parent, _, leaf = key.rpartition(".")
-    try:
-        node = OmegaConf.select(cfg, parent) if parent else cfg
-        return node._get_node(leaf)._value()
-    except Exception:
-        return None
-
-
-def _from_hydra(cfg, raw: str, depth: int = 0) -> bool:
-    """Whether a written value reads ${hydra:...}, itself or through the keys it interpolates (read as written: the
-    answer must not depend on whether this process has run a Hydra job before)."""
+def _from_hydra(plain: dict, raw: str, depth: int = 0) -> bool:
+    """Whether a written value reads ${hydra:...}, itself or through the keys it interpolates."""
     if "${hydra:" in raw:
         return True
-    return depth < 8 and any(isinstance(v := _raw_value(cfg, ref), str) and _from_hydra(cfg, v, depth + 1)
+    return depth < 8 and any(isinstance(v := _raw(plain, ref), str) and _from_hydra(plain, v, depth + 1)
                              for ref in re.findall(r"\$\{([\w.]+)\}", raw))
 
 

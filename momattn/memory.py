@@ -182,6 +182,9 @@ def cgroup_memory(root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/
     return best
 
 
+DROPOUT_ADVICE = ", or set model.dropout=0 (off CUDA, attention with dropout keeps the T x T matrix)"  # (and plan)
+
+
 def check_fits(model_config, batch_size: int, precision: str, accelerator: str | None, devices=1,
                world: int = 1, sharded: bool = False, at_least: str | None = None) -> MemoryEstimate:
     """Raise a ConfigError, naming the limit and the fix, when the first training step cannot fit in memory.
@@ -201,8 +204,7 @@ def check_fits(model_config, batch_size: int, precision: str, accelerator: str |
             f" (this job's cgroup allows {limit[1] / GIB:.1f} GiB)" if limit is not None and limit[0] <= have else "")
         # off CUDA, the processes share one machine's RAM: more of them there shard nothing (found by review)
         more = "over more devices" if on_gpu else "over more machines (trainer.accelerator=cpu trainer.num_nodes=N)"
-        dropout = (", or set model.dropout=0 (off CUDA, attention with dropout keeps the T x T matrix)"
-                   if model_config.dropout > 0 and not on_gpu else "")
+        dropout = DROPOUT_ADVICE if model_config.dropout > 0 and not on_gpu else ""
         if need.states > need.activations + need.logits:  # a smaller batch or context cannot free the states
             fix = (f"Most of it is the weights and AdamW's state, which a smaller batch cannot free: shard them with "
                    f"trainer=fsdp {more}, or train a smaller model" if not sharded else

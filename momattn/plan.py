@@ -250,8 +250,9 @@ def _gib(x: float) -> str:
 
 def _dropout(p: dict) -> str:
     """train.py's advice where the CPU keeps attention's T x T matrix for dropout (memory.check_fits)."""
-    return (", or set model.dropout=0 (off CUDA, attention with dropout keeps the T x T matrix)"
-            if p["accelerator"] == "cpu" and (p.get("dropout") or 0) > 0 else "")
+    from momattn.memory import DROPOUT_ADVICE
+
+    return DROPOUT_ADVICE if p["accelerator"] == "cpu" and (p.get("dropout") or 0) > 0 else ""
 
 
 def _fits(p: dict) -> str:

@@ -80,10 +80,11 @@ def early_stopped(callback_states: Any) -> str | None:
             continue
         reason, wait, patience = state.get("stopping_reason"), state.get("wait_count"), state.get("patience")
         waited = isinstance(wait, int) and isinstance(patience, int) and wait >= patience
-        # Lightning keeps a stopping_reason after the metric improves again (a resumed run trained on): the wait
-        # must still be over too, where the state has one (flows review)
-        stopped = (bool(int(reason)) if isinstance(reason, int) or hasattr(reason, "__int__") else True) and (
-            waited or not isinstance(wait, int)) and (reason is not None or waited)
+        if reason is None:  # a release that keeps no reason: the wait alone
+            stopped = waited
+        else:  # Lightning keeps a stopping_reason after the metric improves again (a resumed run trained on): the
+            # wait must still be over too, where the state has one (flows review)
+            stopped = (not hasattr(reason, "__int__") or bool(int(reason))) and (waited or not isinstance(wait, int))
         if stopped:
             return str(state.get("stopping_reason_message") or f"{key}: no improvement in {wait} validations")
     return None

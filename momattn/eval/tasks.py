@@ -113,7 +113,7 @@ def check_answer_texts(answers: Sequence[str], where: str) -> None:
     for i, a in enumerate(answers):
         if not str(a).strip():
             raise ConfigError(f"{where}: answer {i} is empty ({a!r}); every answer needs visible text")
-        words.append(" ".join(str(a).split()))
+        words.append(fold_whitespace(str(a)))
         if (j := words.index(words[-1])) < i:
             how = "are the same answer twice" if answers[j] == answers[i] else "differ only in whitespace, so the " \
                 "model would be asked to tell them apart by spaces (and the predictions would show one answer twice)"

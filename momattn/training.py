@@ -180,6 +180,11 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                               "save_weights_only)")
     resume, start_step = resumed.get("momattn") or {}, int(resumed.get("global_step") or 0)
     same_folder = bool(resume) and same_run(ckpt_path, out_dir)
+    # a run an EarlyStopping callback ended, resumed with that callback: finished (Lightning restores the callback's
+    # wait and patience but not the stop, so it trained on to the next validation, and further where the metric
+    # improved there: a sweep resumed after a crash retrained its early-stopped jobs; found by review)
+    stopped = _stopped_early(resumed, c, config_callbacks) if resume else None
+    finished = bool(resume) and (start_step >= c.max_steps or stopped is not None)
     if resume and not same_folder and earlier.exists() and os.environ.get("LOCAL_RANK", "0") == "0":
         raise another_runs_checkpoint(ckpt_path, out_dir, earlier, "hydra.sweep.dir" if job.sweep_dir else
                                       "hydra.run.dir")  # (cli's check's backstop)
@@ -240,7 +245,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     train, val = _tokens(c, tokenizer, model_config.vocab_size, model_config.block_size)
     dm = TokenDataModule(train, val, model_config.block_size, c.loader.batch_size, c.max_steps, c.accumulate,
                          c.loader.val_batches, c.seed, c.loader.num_workers, getattr(c.data, "split_size_advice", None))
-    evaluated = start_step >= c.max_steps and _evaluated_step(out_dir) in (start_step, "unknown")  # a finished run
+    evaluated = finished and _evaluated_step(out_dir) in (start_step, "unknown")  # a finished run
     if c.run_eval and c.eval and not evaluated and os.environ.get("LOCAL_RANK", "0") == "0":
         _check_evaluation(c, model, tokenizer)  # a task or length the evaluation cannot take: now, not after training
     meta = checkpoint_meta(model_config, tokenizer, c.resolved, overrides=list(job.overrides),
@@ -259,7 +264,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     # a fork (another folder) is a W&B run of its own: sharing the original's id, two diverging histories
     # overwrote each other's steps when both were synced
     # a finished run resumed, with its summary and (where asked for) its evaluation: nothing to log
-    idle = (same_folder and start_step >= c.max_steps and (evaluated or not (c.run_eval and c.eval))
+    idle = (same_folder and finished and (evaluated or not (c.run_eval and c.eval))
             and _kept_summary(out_dir / "summary.json", start_step, say=False) is not None)
     loggers = logs.make_loggers(c.logger, resume.get("wandb_run_id") if same_folder else None,
                                 *_sweep_names(job, model_config),
@@ -273,6 +278,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     trainer: pl.Trainer = instantiate(c.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
                                       **own_checkpointing,
                                       default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()],
+                                      **({"max_steps": start_step} if stopped else {}),
                                       gradient_clip_val=c.optim.grad_clip or None,
                                       **_timed_strategy(c.trainer, c.dist_timeout_s))
     guard.kill_ranks = lambda signum: trainer.strategy.launcher.kill(signum) if trainer.strategy.launcher else None
@@ -335,9 +341,13 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                 _report(c, trainer, metrics, loggers, _unigram(train, dm, trainer.world_size, tokenizer.n_ids), speed,
                         out_dir, (tokenizer.vocab_size, model_config.vocab_size), None if trained else ckpt_path)
             else:  # a finished run resumed: its summary (val loss, speed) stays, and gives the sweep's metric
-                print(f"[momattn] nothing to train: the run was at step {start_step} already "
-                      f"(trainer.max_steps={c.max_steps}); {out_dir / 'summary.json'} is kept. Raise "
-                      "trainer.max_steps to train on", file=sys.stderr, flush=True)
+                print("[momattn] nothing to train: " + (
+                    f"its EarlyStopping callback ended the run at step {start_step} ({stopped[1]}); "
+                    f"{out_dir / 'summary.json'} is kept. To train on, resume with ~callbacks.{stopped[0]}" if stopped
+                    else
+                    f"the run was at step {start_step} already (trainer.max_steps={c.max_steps}); "
+                    f"{out_dir / 'summary.json'} is kept. Raise trainer.max_steps to train on"),
+                    file=sys.stderr, flush=True)
                 metrics = {**{k: float(v) for k, v in kept.items() if k.startswith(SUMMARY_METRICS)
                               and isinstance(v, int | float)}, **metrics}
             done_before = not trained and _evaluated_step(out_dir) in (trainer.global_step, "unknown")
@@ -911,6 +921,18 @@ def _finished_uncheckpointed(c: TrainConfig, job: HydraJob, out_dir: Path) -> di
               + ("; its end-of-run evaluation did not finish, and without a checkpoint it cannot be made"
                  if unevaluated else ""), file=sys.stderr, flush=True)
     return summary
+
+
+def _stopped_early(checkpoint: dict, c: TrainConfig, callbacks: list) -> tuple[str, str] | None:
+    """(The config's name for it, why) where an EarlyStopping callback ended the checkpoint's run and this run has
+    that callback (the same state_key: monitor and mode), which Lightning restores with the checkpoint's wait and
+    patience; None otherwise (no such callback now: the run trains on). callbacks: instantiate_all(c.callbacks)."""
+    names = [name for name, conf in (c.callbacks or {}).items() if conf is not None]
+    states = checkpoint.get("callbacks") or {}
+    for name, cb in zip(names, callbacks, strict=True):
+        if isinstance(cb, pl.callbacks.EarlyStopping) and (why := early_stopped({cb.state_key: states.get(cb.state_key)})):
+            return str(name), why
+    return None
 
 
 def _kept_summary(path: Path, step: int, say: bool = True) -> dict | None:

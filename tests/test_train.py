@@ -1459,13 +1459,23 @@ def test_a_run_early_stopping_ended_says_so_and_counts_as_finished(tmp_path, cap
     from momattn.eval.sweep import _unfinished
     from momattn.utils import early_stopped
 
-    run_train(compose_train(tmp_path, [*SMOKE, "trainer.precision=32-true", "trainer.max_steps=16",
-                                       "trainer.val_check_interval=2", "optim.lr=0.03", "optim.warmup_steps=0",
-                                       "optim.schedule=constant", "+callbacks.es._target_=lightning.pytorch.callbacks.EarlyStopping",
-                                       "+callbacks.es.monitor=val/loss", "+callbacks.es.patience=1"]))
+    overrides = [*SMOKE, "trainer.precision=32-true", "trainer.max_steps=16", "trainer.val_check_interval=2",
+                 "optim.lr=0.03", "optim.warmup_steps=0", "optim.schedule=constant",
+                 "+callbacks.es._target_=lightning.pytorch.callbacks.EarlyStopping", "+callbacks.es.monitor=val/loss",
+                 "+callbacks.es.patience=1"]
+    run_train(compose_train(tmp_path, overrides))
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] < 16 and "did not improve" in summary["stopped_early"]
     assert f"done: {summary['steps']} steps, stopped early (Monitored metric val/loss" in capsys.readouterr().err
+    # resumed (a sweep's ckpt_path=last after a crash): finished, not trained on to the next validation and past it
+    # where the metric improved there (Lightning restores the callback's wait but not the stop: found by review)
+    last = (tmp_path / "checkpoints" / "last.ckpt").read_bytes()
+    run_train(compose_train(tmp_path, [*overrides, "ckpt_path=last"]))
+    assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == last
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    err = capsys.readouterr().err
+    assert f"nothing to train: its EarlyStopping callback ended the run at step {summary['steps']} (Monitored" in err
+    assert "resume with ~callbacks.es" in err
     ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert early_stopped(ckpt["callbacks"]) and _unfinished(ckpt["momattn"]["config"], summary["steps"], ckpt) is None
     assert _unfinished(ckpt["momattn"]["config"], summary["steps"], {"callbacks": {}}).startswith("partial")

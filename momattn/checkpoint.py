@@ -12,6 +12,7 @@ import os
 import pickle
 import re
 import sys
+import time
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -415,18 +416,31 @@ def checkpoint_tokenizer(meta: dict, path) -> Tokenizer:
         tok = Tokenizer.from_json(meta["tokenizer"], name=meta.get("tokenizer_name", "tokenizer"))
     except DataError as e:
         raise CheckpointError(f"checkpoint '{path}': its tokenizer is damaged: {e}") from None
-    try:  # a tokenizer that multiplies text (a normalizer replacing ' ' by 100,000 characters: 3 GB of ids for 400
-        ids = len(tok.encode(_PROBE))  # characters of a corpus, found by review) is refused before it reads one
-    except DataError:
-        return tok  # one that cannot encode plain English (GINC's symbols): nothing to measure
-    if ids > 8 * len(_PROBE):
-        raise CheckpointError(f"checkpoint '{path}': its tokenizer turns {len(_PROBE)} characters of plain text into "
-                              f"{ids:,} tokens (a byte-level tokenizer gives at most one per byte): it is crafted or "
-                              "damaged; use a checkpoint you trust")
+    # a tokenizer that multiplies text (a normalizer replacing ' ' by 100,000 characters: 3 GB of ids for 400
+    # characters of a corpus) or whose patterns backtrack for seconds is refused before it reads one (found by
+    # review); each probe it can encode is measured (one failing the first alone measured none: second review)
+    for probe in _PROBES:
+        t0 = time.perf_counter()
+        try:  # (the library itself: Tokenizer.encode refuses a multiplied text, and says less)
+            ids = len(tok.hf.encode(probe, add_special_tokens=False).ids)
+        except BaseException:  # noqa: BLE001 (the library raises bare Exceptions, and panics)
+            continue  # one that cannot encode plain English (GINC's symbols): nothing to measure
+        took = time.perf_counter() - t0
+        if ids > 8 * len(probe):
+            raise CheckpointError(f"checkpoint '{path}': its tokenizer turns {len(probe)} characters of plain text "
+                                  f"into {ids:,} tokens (a byte-level tokenizer gives at most one per byte): it is "
+                                  "crafted or damaged; use a checkpoint you trust")
+        if took > PROBE_S:
+            raise CheckpointError(f"checkpoint '{path}': its tokenizer takes {took:.1f} s to encode {len(probe)} "
+                                  "characters of plain text (a BPE takes well under a millisecond; at this rate a "
+                                  "megabyte takes hours): its patterns are crafted or damaged; use a checkpoint you "
+                                  "trust")
     return tok
 
 
-_PROBE = "The quick brown fox jumps over the lazy dog, 0123456789; caf\u00e9 na\u00efve \u65e5\u672c.\n" * 4
+_PROBES = ("The quick brown fox jumps over the lazy dog, 0123456789; caf\u00e9 na\u00efve \u65e5\u672c.\n" * 4,
+           "The quick brown fox jumps over the lazy dog, 0123456789.\n" * 4, "a b c d e f g h i j k l m n o p\n" * 8)
+PROBE_S = 0.5  # seconds a probe may take (thousands of times what any trained tokenizer takes)
 
 
 def checkpoint_meta(model_config: GPTConfig, tokenizer: Tokenizer, config: dict, **extra) -> dict:

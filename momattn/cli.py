@@ -32,7 +32,7 @@ from momattn.entry_signals import (
     stopped,
 )
 from momattn.errors import ConfigError, UserError, did_you_mean, first_line
-from momattn.quoting import hydra_quoted, shell_arg
+from momattn.quoting import hydra_quoted, printable, shell_arg
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -825,6 +825,9 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
     # one would kill the resumed run at the same step)
     from momattn.trust import check_links, check_overrides, injected, mark_resume_from_checkpoint
 
+    # checked whole before anything below composes it: Hydra reads a recorded hydra.searchpath=[pkg://x] as it
+    # composes, importing x, before the check of what is kept refused it (found by review)
+    check_overrides([o for o in saved if _override_key(o) != "ckpt_path" and not injected(o, saved)], source)
     kept = [o for o in saved if _override_key(o) not in now and _override_key(o) != "ckpt_path"
             and not injected(o, saved)]
     kept, dropped, replaced = _outside_switched_groups(kept, overrides, saved)
@@ -852,12 +855,15 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
     if not other_rank():  # (the processes Lightning, srun or torchrun start for other ranks: said once)
         _BEFORE_LOG.clear()  # (an earlier resume of this process, e.g. a test's, never opened its log)
         say = _say_before_log if not multirun else functools.partial(print, file=sys.stderr, flush=True)
-        say(f"[momattn] {what} with its own config"
-            + (f" ({' '.join(kept)})" if kept else "") + (f"; on top: {' '.join(overrides)}" if overrides else "")
-            + (f"; not carried over, as the group given now has no such key: {' '.join(dropped)}" if dropped else "")
-            + (f"; not carried over, as the group given now sets them itself: {' '.join(replaced)} (give them "
-               "again to keep them)" if replaced else "")
-            + (f"; left out, as asked now: {' '.join(removed)}" if removed else ""))
+        shown = functools.partial(map, printable)  # recorded text: no escape sequence reaches the terminal raw
+        say(printable(f"[momattn] {what}") + " with its own config"
+            + (f" ({' '.join(shown(kept))})" if kept else "")
+            + (f"; on top: {' '.join(shown(overrides))}" if overrides else "")
+            + (f"; not carried over, as the group given now has no such key: {' '.join(shown(dropped))}" if dropped
+               else "")
+            + (f"; not carried over, as the group given now sets them itself: {' '.join(shown(replaced))} (give "
+               "them again to keep them)" if replaced else "")
+            + (f"; left out, as asked now: {' '.join(shown(removed))}" if removed else ""))
         if ckpt == "last" and run_dir is None and not multirun and folder is not None and \
                 (Path(folder).parent / "multirun.yaml").is_file():  # the newest run was one job of a sweep: that
             # job alone went on (and split the sweep's verdict), where the user meant the sweep (found by review)

@@ -113,9 +113,9 @@ def _original_command(root: Path, sweep_dir: str) -> str:
     """The command line that made the sweep, from Hydra's <sweep_dir>/multirun.yaml (written at the sweep's start,
     so the last sweep into the folder), as a resume: 'python <script> -m <its overrides> ckpt_path=last
     hydra.sweep.dir=<dir>'; '' where the file is missing or unreadable."""
-    import shlex
-
     from omegaconf import OmegaConf
+
+    from momattn.quoting import shell_quote
 
     try:
         cfg = OmegaConf.load(root / "multirun.yaml")
@@ -126,8 +126,8 @@ def _original_command(root: Path, sweep_dir: str) -> str:
     except Exception:  # a missing or damaged file: the job's own overrides are named instead
         return ""
     keep = [o for o in task if not o.startswith(("ckpt_path=", "hydra.sweep.dir="))]
-    return " ".join(["python", f"{script}.py", "-m", *map(shlex.quote, keep), "ckpt_path=last",
-                     shlex.quote(f"hydra.sweep.dir={sweep_dir}")])
+    return " ".join(["python", f"{shell_quote(script)}.py", "-m", *map(shell_quote, keep), "ckpt_path=last",
+                     shell_quote(f"hydra.sweep.dir={sweep_dir}")])
 
 
 # jobs run on this machine: its checks hold for them (submitit's LocalLauncher: local processes too)

@@ -90,9 +90,10 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         try:
-            return self.hf.encode(text, add_special_tokens=False).ids
+            ids = self.hf.encode(text, add_special_tokens=False).ids
         except BaseException as e:  # the library raises a bare Exception, e.g. a word-level vocabulary without [UNK]
             raise self._cannot_encode(text, _library_error(e)) from None
+        return self._checked([text], [ids])[0]
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self._encode_batch(self.hf, texts)
@@ -125,7 +126,7 @@ class Tokenizer:
 
     def _encode_batch(self, hf: _HFTokenizer, texts: list[str]) -> list[list[int]]:
         try:
-            return [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
+            out = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
         except BaseException as e:
             _library_error(e)
             for t in texts:  # the DataError that names the first text it cannot encode
@@ -134,6 +135,17 @@ class Tokenizer:
                 except BaseException as e1:
                     raise self._cannot_encode(t, _library_error(e1)) from None
             raise self._cannot_encode(texts[0] if texts else "", e) from None
+        return self._checked(texts, out)
+
+    def _checked(self, texts: list[str], out: list[list[int]]) -> list[list[int]]:
+        """out, where no text gave far more tokens than characters: a tokenizer that multiplies text (a crafted
+        normalizer, one that passes checkpoint_tokenizer's probes) is stopped at its first batch, not after
+        gigabytes of ids (found by review)."""
+        if many := next(((t, ids) for t, ids in zip(texts, out) if len(ids) > 32 * len(t) + 16), None):
+            raise DataError(f"tokenizer '{self.name}' turns a text of {len(many[0]):,} characters into "
+                            f"{len(many[1]):,} tokens (a byte-level tokenizer gives at most one per byte, four per "
+                            "character): it is crafted or damaged")
+        return out
 
     @property
     def max_id(self) -> int:

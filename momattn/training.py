@@ -9,7 +9,6 @@ import functools
 import json
 import math
 import os
-import shlex
 import signal
 import sys
 import threading
@@ -81,7 +80,7 @@ from momattn.memory import check_fits
 from momattn.metrics import unigram_ppl
 from momattn.model import GPT, GPTConfig
 from momattn.progress import TrainProgress
-from momattn.quoting import shell_arg
+from momattn.quoting import shell_arg, shell_quote
 from momattn.schema import check_arguments, instantiate, instantiate_all
 from momattn.signal_watch import PREEMPTED_EXIT, SignalWatch
 from momattn.tokenizer import Tokenizer, build_tokenizer
@@ -676,7 +675,7 @@ def _retyped(out_dir: Path, job: HydraJob) -> str:
     from momattn.trust import given_again  # (what a resume does not take from the saved line: given again)
 
     return given_again(job).strip() if (out_dir / ".hydra" / "overrides.yaml").is_file() else \
-        " ".join(shlex.quote(o) for o in job.overrides if not o.startswith(("ckpt_path=", "hydra.run.dir=")))
+        " ".join(shell_quote(o) for o in job.overrides if not o.startswith(("ckpt_path=", "hydra.run.dir=")))
 
 
 def _rank_lost(rank: int, how: str, grace: float, out_dir: Path, job) -> str:

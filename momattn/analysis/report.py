@@ -116,7 +116,9 @@ def markdown(results: Sequence) -> str:
         if len(tied) > 1:  # the choice among equals is the held-out log-prob's, which the console did not say
             sel += f"; {', '.join(tied)} tie at {_pct(best)}%, broken by the held-out mean log-prob of the label"
         lines += [f"- checkpoint: {r.checkpoint}; test examples: {r.n_test}; chance {_pct(r.chance)}%; "
-                  f"demonstration seed {r.seed}",
+                  f"demonstration seed {r.seed}" + (f", test-set seed {r.settings['test_seed']}, baselines' seed "
+                                                     f"{r.settings['random_seed']}, separator "
+                                                     f"{r.settings['separator']!r}" if r.settings else ""),
                   (f"- learning rate {r.lr:g}, chosen on {r.n_select} held-out "
                    f"{'rows' if r.kind == 'choice' else 'prompts'} (accuracy %: {sel})"
                    if r.lr_selection else f"- learning rate {r.lr:g}, fixed by lrs (not chosen on held-out "

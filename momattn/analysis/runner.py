@@ -99,6 +99,9 @@ class AnalysisResult(JsonMixin):
     kendall_authors_ft: LayerMetric | None = None
     dual: dict | None = None
     timing_s: dict[str, float] = field(default_factory=dict)
+    # the draws and the prompt's form besides seed and shots: a copied results.json said which baseline draw it
+    # used nowhere (found by review; results before session 55 have none)
+    settings: dict | None = None
 
 
 class Timer:
@@ -365,7 +368,9 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
         kendall_random=LayerMetric(*layer_mean(k_rnd)), lr=lr, lr_selection=table,
         n_select=len(aset.select), ft=facts, dual=dual, timing_s=dict(timer.t),
         simaou_proj_ft=LayerMetric(*layer_mean(sp_ft)), simaou_proj_random=LayerMetric(*layer_mean(sp_rnd)),
-        kendall_authors_ft=LayerMetric(*layer_mean(k_authors)))
+        kendall_authors_ft=LayerMetric(*layer_mean(k_authors)),
+        settings={"random_seed": cfg.random_seed, "test_seed": cfg.test_seed, "separator": cfg.separator,
+                  "select_examples": cfg.select_examples, "select_prompts": cfg.select_prompts})
 
 
 def run_analyze(cfg: Mapping, out_dir: str | Path | None = None) -> AnalysisResult | None:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from momattn.analysis.config import AnalyzeConfig
-from momattn.analysis.report import FINDINGS, METRICS, PER_LAYER_LATER, PERCENT
+from momattn.analysis.report import FINDINGS, METRICS, PER_LAYER_LATER, PERCENT, REPORTS
 from momattn.errors import ConfigError, DataError, NonFiniteLossError
 from momattn.eval.sweep import (
     BASELINE,
@@ -290,8 +290,10 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
               file=sys.stderr, flush=True)
         if result is None:
             # an older analysis's record goes first: stopped between results.json and settings.json, the new
-            # results would otherwise sit beside the old settings and be reused under them
-            (job_out / "settings.json").unlink(missing_ok=True)
+            # results would otherwise sit beside the old settings and be reused under them; and its reports, which a
+            # job that now fails left under the sweep's verdict's "each run's own report" (found by review)
+            for stale in ("settings.json", *REPORTS):
+                (job_out / stale).unlink(missing_ok=True)
             try:
                 model, tokenizer = load_checkpoint(r.path, map_location=device)
             except CheckpointError as e:  # e.g. non-finite weights, or a sharded folder whose shard does not read

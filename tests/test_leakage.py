@@ -229,6 +229,13 @@ def test_lm_text_holds_no_reserved_row_whole_inside_or_in_part(split):
                                  if len(n) >= staicc.NEAR_CHARS) for first in (True, False))
     kept = [r for raw, docs in lm.values() for r, d in zip(raw, docs)
             if d not in train and not staicc.is_near(d, train_ends)]
+    if split == "val":  # rules (b) and (c) against LM-train: lying inside one of its documents, or holding one
+        long_train = {n for r, n in zip(train_raw, norms(train_raw)) if n_words(r) >= MIN_SUBSTRING_WORDS}
+        kept_norms = norms(kept)
+        inside = set(fragments(kept, kept_norms, train))
+        holding = docs_containing(kept_norms, long_train)
+        assert len(inside) + int(holding.sum()) > 0  # what the rule is there for (session 55's review: 7)
+        kept = [r for r, n, h in zip(kept, kept_norms, holding) if n not in inside and not h]
     held = set().union(*holders(words(kept), words(train_raw)).values()) if split == "val" else set()
     assert [r for j, r in enumerate(kept) if j not in held] == combined
     if split == "val":

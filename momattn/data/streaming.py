@@ -194,7 +194,7 @@ class StreamingHubCorpus:
             if text is not None and not isinstance(text, str):  # a number: the wrong column (null rows are skipped)
                 raise DataError(f"data.text_field='{self.text_field}' of data.name='{self.name}' holds "
                                 f"{type(text).__name__} values ({text!r:.60}), not text; set data.text_field")
-            if text and text.strip():
+            if text and (text := text.lstrip("\ufeff")).strip():  # a byte-order mark is not text (HubCorpus)
                 yield text
 
     def train_texts(self, epoch: int = 0) -> Iterator[str]:

@@ -144,10 +144,11 @@ def check_same_corpus(data_cfg: Mapping, trained_on: str, label: str) -> None:
     from momattn.data.sources import make_source
 
     try:
-        now = make_source(data_cfg).fingerprint()
+        source = make_source(data_cfg)
+        now = source.fingerprint()
     except (ConfigError, DataError, OSError):
         return  # the corpus was read (and checked) already; a source without files has no other fingerprint
-    if now != trained_on:
+    if now != trained_on and not (hasattr(source, "same_rows") and source.same_rows(trained_on)):
         print(f"[momattn] warning: {label}: the run's LM corpus is not the one its checkpoint trained on (its files "
               "changed, or moved, since): the validation split made from it now may hold documents the model "
               "trained on, so its Valid perplexities can read too low. Evaluate on held-out text with ppl.data=..., "

@@ -139,7 +139,11 @@ def _adds_tokens(processor: dict | None) -> bool:
 def write_tokenizer(tokenizer: Tokenizer, block_size: int, out: Path) -> None:
     atomic_write_text(out / "tokenizer.json", hf_tokenizer_json(tokenizer))
     special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
+    # model_input_names: transformers 4.x's fast tokenizer otherwise also returns token_type_ids (zeros), which
+    # GPT2LMHeadModel adds as embeddings (model(**tokenizer(text)) was silently wrong) and MomattnForCausalLM's
+    # generate refuses (found by review)
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": block_size,
+              "model_input_names": ["input_ids", "attention_mask"],
               "add_prefix_space": False, "clean_up_tokenization_spaces": False, **special}
     atomic_write_text(out / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
     atomic_write_text(out / "special_tokens_map.json", json.dumps(special, indent=2) + "\n")

@@ -42,6 +42,14 @@ def parity(ckpt, out, trust: bool):
     text = "The café serves crème brûlée. 東京 ✓"
     assert hf_tok(text)["input_ids"] == tok.encode(text)
     assert hf_tok.decode(tok.encode(text)) == text and hf_tok.eos_token_id == tok.eot_id
+    # the documented model(**tokenizer(text)): no token_type_ids, which transformers 4.x's fast tokenizer returned
+    # unless the config names the inputs (GPT-2 added them as embeddings; generate refused them: found by review)
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_input_names"] == ["input_ids",
+                                                                                            "attention_mask"]
+    enc = hf_tok(text, return_tensors="pt")
+    assert set(enc) == {"input_ids", "attention_mask"}
+    with torch.no_grad():
+        assert (hf(**enc).logits - ours(enc["input_ids"])).abs().max().item() < 1e-4
     return hf
 
 

@@ -562,6 +562,14 @@ def test_utf16_without_a_byte_order_mark_or_zero_bytes_are_refused_not_trained_a
                                                                          "and another"]
 
 
+def test_a_file_that_does_not_parse_is_said_once(tmp_path, capfd):
+    # datasets' json builder logged it twice first, its own handler's and Hydra's (found by session 55's review)
+    (tmp_path / "prose.jsonl").write_text("hello\n")
+    with pytest.raises(DataError, match="a row of the train split cannot be read"):
+        HubCorpus(name="json", data_files={"train": str(tmp_path / "prose.jsonl")}, val_split=None).documents("train")
+    assert "Failed to load JSON" not in capfd.readouterr().err
+
+
 def test_a_byte_order_mark_is_not_text_in_any_source(tmp_path):
     """text_files dropped it; datasets' text builder kept it on the first row, where it was tokenised and hid a
     copy from the held-out check (found by session 55's review)."""

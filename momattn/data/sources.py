@@ -37,13 +37,18 @@ _BLANK_LINE = re.compile(r"\n[^\S\n]*\n")
 
 def import_datasets():
     """datasets, its progress bars off where stderr is a log file (a SLURM log got every carriage-return state of
-    "Generating train split" as it loaded a local file)."""
+    "Generating train split" as it loaded a local file), and its builders' own error lines off: a file that does
+    not parse is said once, in momattn's line naming it (the json builder logged it twice before, its own handler's
+    and Hydra's: found by review)."""
+    import logging
+
     import datasets
 
     from momattn.utils import stderr_tty
 
     if not stderr_tty():
         datasets.disable_progress_bars()
+    logging.getLogger("datasets.packaged_modules").setLevel(logging.CRITICAL)
     return datasets
 
 

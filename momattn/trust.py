@@ -156,7 +156,7 @@ def resolvers(text: str) -> set[str]:
 
 
 def check_overrides(overrides, source: str, repeat: bool = False, own: bool = True, built: bool = False,
-                    env: bool = True) -> None:
+                    env: bool = True, classes: bool = True) -> None:
     """The command line a checkpoint or a run folder records (`source` names it, e.g. "checkpoint 'x.ckpt': its
     recorded command line"): no Hydra setting (hydra.job.env_set sets environment variables), no sweep (train.py
     records a job's own values), no resolver but those that read (oc.create made a _target_ out of a string), and
@@ -164,7 +164,8 @@ def check_overrides(overrides, source: str, repeat: bool = False, own: bool = Tr
     (WRITE_KEYS), and no fault injection (a recorded one, under another key than callbacks.fault, which a resume
     leaves out, SIGKILLed every resume). built: only the targets of the sections a read-only tool builds
     (BUILT_FROM_CONFIG): evaluate.py read your own run's checkpoint naming a callback class of your own only with
-    MOMATTN_TRUSTED_TARGETS, though it builds no callback; a resume checks every target it repeats."""
+    MOMATTN_TRUSTED_TARGETS, though it builds no callback; a resume checks every target it repeats. classes=False:
+    no target is checked (a command line composed, not built: what is kept of it is checked again)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
@@ -200,7 +201,7 @@ def check_overrides(overrides, source: str, repeat: bool = False, own: bool = Tr
             raise CheckpointError(f"{where} chooses a folder to write into, which is not taken from a checkpoint or "
                                   "a run folder (one from elsewhere could write, or delete files, anywhere you can); "
                                   f"if it is your own run, give {key}=... again on today's command line")
-        if built and key.split(".")[0] not in BUILT_FROM_CONFIG:
+        if not classes or built and key.split(".")[0] not in BUILT_FROM_CONFIG:
             continue
         found = [o.get_value_element_as_str()] if key.split(".")[-1] == "_target_" else []
         for t in [*found, *targets(o.value())]:

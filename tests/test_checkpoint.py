@@ -900,6 +900,7 @@ def test_a_downloaded_run_folder_runs_no_code_and_reads_no_secret_before_its_che
     build from it (${oc.env:...} in a data URL); a recorded escape sequence reached the terminal raw."""
     import sys
 
+    from momattn import trust
     from momattn.cli import resume_overrides
 
     marker = tmp_path / "ran"
@@ -915,6 +916,15 @@ def test_a_downloaded_run_folder_runs_no_code_and_reads_no_secret_before_its_che
     with pytest.raises(CheckpointError, match=r"\(hydra.searchpath=\[pkg://pwn\]\) sets Hydra itself"):
         resume_overrides([f"ckpt_path={last}", "trainer=cpu"])  # (trainer=cpu: composed with what it keeps)
     assert not marker.exists() and "pwn" not in sys.modules
+    # a class of the run's own, given again today (as the printed resume command gives it): resumed, as before
+    # (the whole line's early check refused it: flows review)
+    monkeypatch.setattr(trust, "_OWN", set())
+    monkeypatch.delenv("MOMATTN_TRUSTED_TARGETS", raising=False)
+    (run / ".hydra" / "overrides.yaml").write_text("- +callbacks.mine._target_=mymod.Cb\n- trainer.devices=1\n")
+    mine = "+callbacks.mine._target_=mymod.Cb"
+    assert mine in resume_overrides([f"ckpt_path={last}", mine, "trainer=cpu"])
+    with pytest.raises(CheckpointError, match="names _target_=mymod.Cb"):  # not given today: refused, as before
+        resume_overrides([f"ckpt_path={last}"])
     for line in ("tags=[env,'${oc.${tags.0}:SECRET}']", "data.name='${oc.${x}:y}'", "data.name='${ ${x} }'"):
         (run / ".hydra" / "overrides.yaml").write_text(f"- \"{line}\"\n")
         with pytest.raises(CheckpointError, match=r"calls the resolver named by an interpolation"):

@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from momattn import lightning_compat as compat
 from momattn.errors import first_line
 from momattn.io import atomic_write_text
+from momattn.quoting import shell_quote
 from momattn.schema import instantiate, locate
 from momattn.wandb_runs import require_api_key, wandb_mode, wandb_offline
 
@@ -90,7 +91,7 @@ def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, 
         fallback = _without_anonymous(_StepWandbLogger(offline=True, settings=wandb.Settings(mode="offline"), **common))
         run_dir = Path(fallback.experiment.dir).parent
         print(f"[momattn] W&B is unreachable ({type(e).__name__}: {first}); logging offline to {run_dir}. "
-              f"Sync it when online with: wandb sync {run_dir}", file=sys.stderr, flush=True)
+              f"Sync it when online with: wandb sync {shell_quote(str(run_dir))}", file=sys.stderr, flush=True)
         return fallback
 
 
@@ -248,8 +249,8 @@ def offline_sync_command(run_dir: Path) -> str:
     run_id = run_dir.name.rsplit("-", 1)[-1]
     parts = sorted(run_dir.parent.glob(f"offline-run-*-{run_id}"))
     if len(parts) <= 1:
-        return f"wandb sync {run_dir}"
-    return f"wandb sync {' '.join(str(p) for p in parts)}  ({len(parts)} segments: the run was resumed)"
+        return f"wandb sync {shell_quote(str(run_dir))}"  # (a folder with a space: two arguments, unquoted)
+    return f"wandb sync {' '.join(shell_quote(str(p)) for p in parts)}  ({len(parts)} segments: the run was resumed)"
 
 
 def finish(loggers: list[Logger], failed: bool = False) -> None:

@@ -26,6 +26,7 @@ from omegaconf import OmegaConf, open_dict, read_write
 from momattn.cli import claim_run_folder, in_use, other_rank, report
 from momattn.errors import ConfigError
 from momattn.io import lock_folder
+from momattn.quoting import shell_arg
 
 _SWEEP_LOCKS: dict[Path, int] = {}  # the sweep folder this process launches jobs into, and its lock
 
@@ -78,13 +79,14 @@ class ClaimRunFolder(Callback):
         name = str(OmegaConf.select(config, "hydra.run.dir"))  # Hydra's `now` is cached: run_job reads the same
         if not timed and self.kind != "training run" and (found := _a_training_runs(Path(name))):
             why, run = found
-            report(ConfigError(f"hydra.run.dir={name} {why}. Give it a folder of its own, e.g. hydra.run.dir="
-                               f"{run / ('analyze' if 'analy' in self.kind else 'evaluate')}"), hydra=False)
+            report(ConfigError(f"hydra.run.dir={name} {why}. Give it a folder of its own, e.g. "
+                               f"{shell_arg('hydra.run.dir', run / ('analyze' if 'analy' in self.kind else 'evaluate'))}"),
+                   hydra=False)
             sys.exit(2)
         if not timed and (other := _another_tools(Path(name), self.kind)):
             report(ConfigError(f"hydra.run.dir={name} holds {other}'s reports ({other}.log, results.json, "
                                f"results.md), which this {self.kind} would replace under the same names. Give it a "
-                               f"folder of its own, e.g. hydra.run.dir={Path(name) / self.kind.split()[0]}"),
+                               f"folder of its own, e.g. {shell_arg('hydra.run.dir', Path(name) / self.kind)}"),
                    hydra=False)
             sys.exit(2)
         if not timed:

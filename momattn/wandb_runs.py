@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from momattn.errors import ConfigError, did_you_mean, first_line
+from momattn.quoting import shell_quote
 
 # W&B's own checks of a run's names (wandb.Settings), by the logger key that sets each
 _WANDB_SETTINGS = {"project": "project", "entity": "entity", "name": "run_name", "group": "run_group",
@@ -241,6 +242,6 @@ def log_verdict(out_dir: Path, wandb_cfg: Mapping, who: str, tables: Mapping[str
         run_dir, offline = where(run)
     finally:
         run.finish()
-    print(f"[momattn] W&B run of {who}: {run_dir}" + (f" (offline; upload with: wandb sync {run_dir})" if offline
+    print(f"[momattn] W&B run of {who}: {run_dir}" + (f" (offline; upload with: wandb sync {shell_quote(str(run_dir))})" if offline
                                                       else ""), file=sys.stderr)
     return True

@@ -128,14 +128,15 @@ def test_analyze_and_evaluate_refuse_each_others_folder(tmp_path, capsys):
     """Found by review: analyze.py given evaluate.py's folder deleted its results.json and results.md and wrote its
     own under those names, without a word (and the reverse)."""
     for kind, other in (("analysis", "evaluate"), ("evaluation", "analyze")):
-        folder = tmp_path / other
+        folder = tmp_path / f"my {other}"  # (the folder it suggests is quoted for a shell: flows review)
         folder.mkdir()
         (folder / f"{other}.log").write_text("")
         (folder / "results.json").write_text("{}")
         with pytest.raises(SystemExit):
             ClaimRunFolder(kind=kind).on_run_start(config(str(folder))[0])
+        err = capsys.readouterr().err
         assert f"holds {other}'s reports ({other}.log, results.json, results.md), which this {kind} would " \
-               f"replace" in capsys.readouterr().err
+               f"replace" in err and f"e.g. \"hydra.run.dir='{folder / kind}'\"" in err
         ClaimRunFolder(kind=other.replace("evaluate", "evaluation").replace("analyze", "analysis")).on_run_start(
             config(str(folder))[0])  # its own tool again: its reports, written again
 

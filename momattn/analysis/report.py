@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from momattn.io import atomic_write_text, json_text, save_figure
+from momattn.quoting import shell_quote
 
 METRIC_ROWS = [  # (label, getter), the paper's Table 2-5 order with their baselines beside
     ("ZSL accuracy (%)", lambda r: _pct(r.acc["zsl"])),
@@ -233,5 +234,5 @@ def log_wandb(r, out_dir: Path, wandb_cfg: Mapping, tags: Sequence[str] = (), jo
     finally:
         run.finish()
     print(f"[momattn] W&B run of the analysis{f' of job {job}' if job else ''}: {run_dir}"
-          + (f" (offline; upload with: wandb sync {run_dir})" if offline else ""), file=sys.stderr)
+          + (f" (offline; upload with: wandb sync {shell_quote(str(run_dir))})" if offline else ""), file=sys.stderr)
     return True

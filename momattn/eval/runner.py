@@ -36,6 +36,7 @@ from momattn.eval.results import ModelResult, as_model_result
 from momattn.eval.tasks import resolve_tasks
 from momattn.hardware import resolve_device
 from momattn.io import atomic_write_text, json_text, remove_stale
+from momattn.quoting import shell_quote
 
 __all__ = ["check_evaluation", "evaluate_model", "flat_metrics", "run_evaluate", "write_reports"]
 
@@ -145,10 +146,11 @@ def check_same_corpus(data_cfg: Mapping, trained_on: str, label: str) -> None:
 
     try:
         source = make_source(data_cfg)
-        now = source.fingerprint()
+        # (same_rows: the rows under an earlier version of the source's rules, which moved none across the split)
+        same = source.fingerprint() == trained_on or hasattr(source, "same_rows") and source.same_rows(trained_on)
     except (ConfigError, DataError, OSError):
         return  # the corpus was read (and checked) already; a source without files has no other fingerprint
-    if now != trained_on and not (hasattr(source, "same_rows") and source.same_rows(trained_on)):
+    if not same:
         print(f"[momattn] warning: {label}: the run's LM corpus is not the one its checkpoint trained on (its files "
               "changed, or moved, since): the validation split made from it now may hold documents the model "
               "trained on, so its Valid perplexities can read too low. Evaluate on held-out text with ppl.data=..., "
@@ -347,7 +349,7 @@ def log_wandb(results: Sequence[ModelResult], out_dir: Path, wandb_cfg: Mapping)
         finally:
             run.finish()
         print(f"[momattn] W&B run of {r.label}: {run_dir}"
-              + (f" (offline; upload with: wandb sync {run_dir})" if offline else ""), file=sys.stderr)
+              + (f" (offline; upload with: wandb sync {shell_quote(str(run_dir))})" if offline else ""), file=sys.stderr)
 
 
 def train_run_id_of(checkpoint: str | None) -> str | None:

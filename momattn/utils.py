@@ -72,6 +72,9 @@ def done_line(what: str, t0: float, tty: bool | None = None) -> None:
         print(f"[momattn] {what} ({duration(time.perf_counter() - t0)})", file=sys.stderr, flush=True)
 
 
+PATIENCE_EXHAUSTED = 3  # lightning.pytorch.callbacks.early_stopping.EarlyStoppingReason's (0: not stopped)
+
+
 def early_stopped(callback_states: Any) -> str | None:
     """Why an EarlyStopping callback stopped the run, from the callbacks' states (a checkpoint's "callbacks", or
     {cb.state_key: cb.state_dict()}), or None where none did: a run it stopped is finished, not one to resume."""
@@ -80,11 +83,16 @@ def early_stopped(callback_states: Any) -> str | None:
             continue
         reason, wait, patience = state.get("stopping_reason"), state.get("wait_count"), state.get("patience")
         waited = isinstance(wait, int) and isinstance(patience, int) and wait >= patience
+        value = getattr(reason, "value", reason)  # Lightning's EarlyStoppingReason (an Enum), or its int
+        code = int(value) if hasattr(value, "__int__") else None
         if reason is None:  # a release that keeps no reason: the wait alone
             stopped = waited
-        else:  # Lightning keeps a stopping_reason after the metric improves again (a resumed run trained on): the
-            # wait must still be over too, where the state has one (flows review)
-            stopped = (not hasattr(reason, "__int__") or bool(int(reason))) and (waited or not isinstance(wait, int))
+        elif code == PATIENCE_EXHAUSTED:  # Lightning keeps the reason after the metric improves again (a resumed
+            # run trained on): the wait must still be over too, where the state has one (flows review)
+            stopped = waited or not isinstance(wait, int)
+        else:  # a threshold reached, divergence, a non-finite metric: no wait counted (their runs read as not
+            # stopped, and a resume trained past the stop: session 55's flows review)
+            stopped = code != 0
         if stopped:
             return str(state.get("stopping_reason_message") or f"{key}: no improvement in {wait} validations")
     return None

@@ -1485,3 +1485,12 @@ def test_a_run_early_stopping_ended_says_so_and_counts_as_finished(tmp_path, cap
     assert early_stopped({"EarlyStopping": {"wait_count": 0, "patience": 1, "stopping_reason": 3,
                                             "stopping_reason_message": "did not improve"}}) is None
     assert early_stopped({"EarlyStopping": {"wait_count": 2, "patience": 2}})  # a release without the reason
+    # a threshold, divergence or a non-finite metric counts no wait (such runs read as not stopped: flows review)
+    from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+
+    for reason in (EarlyStoppingReason.STOPPING_THRESHOLD, EarlyStoppingReason.DIVERGENCE_THRESHOLD,
+                   EarlyStoppingReason.NON_FINITE_METRIC):
+        assert early_stopped({"EarlyStopping": {"wait_count": 0, "patience": 3, "stopping_reason": reason,
+                                                "stopping_reason_message": "threshold"}}) == "threshold"
+    assert early_stopped({"EarlyStopping": {"wait_count": 0, "patience": 3,
+                                            "stopping_reason": EarlyStoppingReason.NOT_STOPPED}}) is None

@@ -33,6 +33,7 @@ Split = Literal["train", "val"]
 # documents of a .txt file: separated by a line that is blank (any whitespace: a PDF's page break \f, a no-break
 # space, which str.strip() calls blank too, joined two documents until session 55)
 _BLANK_LINE = re.compile(r"\n[^\S\n]*\n")
+_OLD_BLANK_LINE = re.compile(r"\n[ \t]*\n")  # (text_files' fingerprint version 5's)
 
 
 def import_datasets():
@@ -255,11 +256,22 @@ class TextFiles:
         return files
 
     def fingerprint(self) -> str:
-        files = [file_stamp(p) for p in self._files]
         # 2: blank lines; 3: training leaves out copies of validation documents; 4: one document is cut near its
         # val_fraction (it was cut at the last space before that, however far); 5: copies compared whatever their
         # whitespace, files by a sample of their bytes too; 6: a line of any whitespace is blank
-        return digest(["text_files", 6, files, self.val_fraction, self.text_field, self.seed])
+        return self._fingerprint(6)
+
+    def _fingerprint(self, version: int) -> str:
+        files = [file_stamp(p) for p in self._files]
+        return digest(["text_files", version, files, self.val_fraction, self.text_field, self.seed])
+
+    def same_rows(self, fingerprint: str) -> bool:
+        """Whether `fingerprint` is these files' under version 5, whose documents were these where no line is
+        blank by today's rule alone (a \\f, a no-break space): evaluate.py called every earlier checkpoint's corpus
+        changed when the version moved on."""
+        return fingerprint == self._fingerprint(5) and not any(
+            _OLD_BLANK_LINE.split(t) != _BLANK_LINE.split(t) for p in self._files
+            if p.suffix.lower() not in (".jsonl", ".json") for t in [_read_utf8(p).replace("\r\n", "\n")])
 
     def _read(self, p: Path) -> list[str]:
         text = _read_utf8(p)
@@ -428,7 +440,9 @@ class HubCorpus:
         if odd is not None:
             raise DataError(f"data.text_field='{self.text_field}' of data.name='{self.name}' holds "
                             f"{type(odd).__name__} values ({odd!r:.60}), not text; set data.text_field to the text")
-        # a byte-order mark is not text (text_files drops it: datasets' text builder kept it on the first row)
+        # a byte-order mark is not text (text_files drops it: datasets' text builder kept it on the first row). The
+        # fingerprint stays: a token cache built before keeps the mark's one token, where a new key would rebuild
+        # every hf cache and have evaluate.py call every such checkpoint's corpus changed
         docs = [d for t in texts if t and (d := t.lstrip("\ufeff")).strip()]
         check_text(docs, self.name, self.data_files, f"its {read} split")
         if self.val_split and split == "train" and local_val_split(self.val_split, self.data_files, self.name):

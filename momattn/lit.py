@@ -99,7 +99,7 @@ class LitGPT(pl.LightningModule):
         state untouched."""
         zero = torch.zeros((), dtype=torch.float64, device=self.device)
         stats = torch.stack([zero if self._step_loss is None else self._step_loss.to(self.device),
-                             zero + self._step_finite, zero + len(self._nonfinite)])
+                             zero + self._step_finite, zero + len(self._nonfinite), self._grad_norm(zero)])
         world, bad = self.trainer.world_size, self._nonfinite
         if world > 1:  # and each rank's first non-finite loss (met, value, batch): every rank says the same, where
             # rank 0 said "non-finite ... on another process" beside the rank's own line (found by review)
@@ -108,23 +108,27 @@ class LitGPT(pl.LightningModule):
                 firsts[self.trainer.global_rank] = torch.tensor([1.0, bad[0][0], bad[0][1]], dtype=torch.float64,
                                                                 device=self.device)
             stats = self.trainer.strategy.reduce(torch.cat([stats, firsts.flatten()]), reduce_op="sum")
-            firsts = stats[3:].view(world, 3).tolist()
+            firsts = stats[4:].view(world, 3).tolist()
             bad = [(v, int(b), r) for r, (met, v, b) in enumerate(firsts) if met][:1]
-        total, n_finite, n_bad = stats[:3].tolist()
+        total, n_finite, n_bad, grad_norm = stats[:4].tolist()
         self._nonfinite, self._step_loss, self._step_finite = [], None, 0
-        if n_bad:
-            value, where = f"{bad[0][0]}", f" (batch {bad[0][1]})" if world == 1 else \
-                f" (rank {bad[0][2]}, batch {bad[0][1]})"
+        if n_bad or not math.isfinite(grad_norm):
+            # a gradient that overflowed in the backward of a finite loss: clipping then scaled every gradient by
+            # nan and AdamW wrote nan into every weight, which the next validation saved as last.ckpt and as the
+            # best, the checkpoint the stop called good (found by review)
+            value, where = (f"{bad[0][0]}", f" (batch {bad[0][1]})" if world == 1 else
+                            f" (rank {bad[0][2]}, batch {bad[0][1]})") if n_bad else (f"{grad_norm}", "")
             if self.optim.on_nonfinite != "skip":
                 kept, then = self._what_is_kept()
                 raise NonFiniteLossError(
-                    f"the training loss became {value} at step {self.global_step}{where}; training stopped{kept}. "
-                    f"Lower optim.lr, raise optim.warmup_steps or set optim.grad_clip, then {then}; or set "
-                    "optim.on_nonfinite=skip to skip such steps")
+                    f"the training {'loss' if n_bad else 'gradient norm (of a finite loss)'} became {value} at step "
+                    f"{self.global_step}{where}; training stopped{kept}. Lower optim.lr, raise optim.warmup_steps or "
+                    f"set optim.grad_clip, then {then}; or set optim.on_nonfinite=skip to skip such steps")
             for p in self.parameters():  # AdamW passes over parameters without a gradient: no update, no decay
                 p.grad = None
             self._skipped += 1
-            self.print(f"warning: non-finite loss ({value}) at step {self.global_step}{where}: step skipped")
+            self.print(f"warning: non-finite {'loss' if n_bad else 'gradient norm'} ({value}) at step "
+                       f"{self.global_step}{where}: step skipped")
         # a step every loss of which was non-finite (skipped) logs nan: unlogged, Lightning wrote the step before's
         # (the run's result, summary.json and a sweeper's metric, takes last_finite_loss instead: momattn.training)
         self.log("train/loss", total / n_finite if n_finite else float("nan"), prog_bar=True)
@@ -133,6 +137,14 @@ class LitGPT(pl.LightningModule):
         self.log("train/lr", optimizer.param_groups[0]["lr"])
         if self.optim.on_nonfinite == "skip":
             self.log("train/skipped_nonfinite", float(self._skipped))  # steps skipped so far in this run
+
+    def _grad_norm(self, zero: torch.Tensor) -> torch.Tensor:
+        """This process's gradient norm (its shard's under FSDP; a sum over processes is non-finite where any is),
+        as a float64 scalar; zero under fp16's grad scaler, which skips a step of non-finite gradients itself."""
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads or self._grad_scaler():
+            return zero
+        return torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False).to(zero)
 
     def _what_is_kept(self) -> tuple[str, str]:
         """(what the run keeps, how to go on) for a divergence: it said "the last good checkpoint is kept ... resume
@@ -206,7 +218,7 @@ class LitGPT(pl.LightningModule):
     def _grad_scaler(self) -> bool:
         """Whether the trainer (if any) scales gradients (fp16 mixed precision)."""
         trainer = getattr(self, "_trainer", None)
-        return trainer is not None and getattr(trainer.precision_plugin, "scaler", None) is not None
+        return trainer is not None and getattr(getattr(trainer, "precision_plugin", None), "scaler", None) is not None
 
     def on_train_batch_start(self, batch, batch_idx):
         if getattr(self, "_align_step", False):  # the first batch of this fit, after Lightning restored its loops

@@ -226,6 +226,36 @@ def test_a_non_finite_loss_skips_the_whole_step_and_is_counted_or_stops_training
         _nan_step(lit, opt, 3)
 
 
+def test_a_non_finite_gradient_of_a_finite_loss_skips_the_step_or_stops_training(monkeypatch):
+    """Found by review: a gradient that overflowed in the backward of a finite loss passed the check, clipping
+    scaled every gradient by nan and AdamW wrote nan into every weight, which the next validation saved as
+    last.ckpt, the checkpoint the stop then called good."""
+    from momattn.errors import NonFiniteLossError
+
+    lit, opt, logged = _logging_lit(monkeypatch, on_nonfinite="skip")
+    before = {k: v.clone() for k, v in lit.model.state_dict().items()}
+    for step in (1, 2):
+        loss = lit.training_step(_batch(2), 0)
+        assert torch.isfinite(loss)
+        loss.backward()
+        next(lit.model.parameters()).grad.view(-1)[0] = float("inf")
+        lit.on_before_optimizer_step(opt)
+        assert all(p.grad is None for p in lit.model.parameters())  # skipped whole
+        opt.step()
+        assert logged["train/skipped_nonfinite"][0] == float(step) and logged["train/loss"][0] == loss.item()
+    assert all(torch.equal(v, before[k]) for k, v in lit.model.state_dict().items())
+    lit.optim = OptimConfig(on_nonfinite="stop")
+    lit.training_step(_batch(2), 0).backward()
+    next(lit.model.parameters()).grad.view(-1)[0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"^the training gradient norm \(of a finite loss\) became nan at "
+                                                 r"step 0; training stopped"):
+        lit.on_before_optimizer_step(opt)
+    opt.zero_grad()
+    lit.training_step(_batch(2), 0).backward()  # a finite one goes through
+    lit.on_before_optimizer_step(opt)
+    assert all(p.grad is not None for p in lit.model.parameters())
+
+
 def test_a_non_finite_loss_on_another_ddp_rank_stops_or_skips_this_rank_too(monkeypatch):
     """Returning None to skip a batch is refused by Lightning under DDP (the run crashed); now every rank learns
     of it in the step's one all-reduce and skips or stops at the same step."""
@@ -235,8 +265,8 @@ def test_a_non_finite_loss_on_another_ddp_rank_stops_or_skips_this_rank_too(monk
 
     class Strategy:  # the other rank: one micro-batch of loss 4.0 and one non-finite one (nan, its batch 7)
         def reduce(self, t, reduce_op):
-            assert reduce_op == "sum" and t.shape == (3 + 3 * 2,)
-            return t + torch.tensor([4.0, 1.0, 1.0, 0, 0, 0, 1.0, float("nan"), 7.0], dtype=t.dtype)
+            assert reduce_op == "sum" and t.shape == (4 + 3 * 2,)  # (loss, finite, non-finite, gradient norm)
+            return t + torch.tensor([4.0, 1.0, 1.0, 0.0, 0, 0, 0, 1.0, float("nan"), 7.0], dtype=t.dtype)
 
     lit.trainer.strategy = Strategy()
     loss = lit.training_step(_batch(2), 0)

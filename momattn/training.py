@@ -84,7 +84,7 @@ from momattn.quoting import shell_arg, shell_quote
 from momattn.schema import check_arguments, instantiate, instantiate_all
 from momattn.signal_watch import PREEMPTED_EXIT, SignalWatch
 from momattn.tokenizer import Tokenizer, build_tokenizer
-from momattn.utils import early_stopped
+from momattn.utils import DIVERGENCE, THRESHOLD, early_stopped, stop_reason
 from momattn.wandb_runs import folder_group
 
 SUMMARY_METRICS = ("val/", "train/loss", "train/lr")  # summary.json's metrics: every optimized_metric (config.LOGGED)
@@ -925,12 +925,24 @@ def _finished_uncheckpointed(c: TrainConfig, job: HydraJob, out_dir: Path) -> di
 def _stopped_early(checkpoint: dict, c: TrainConfig, callbacks: list) -> tuple[str, str] | None:
     """(The config's name for it, why) where an EarlyStopping callback ended the checkpoint's run and this run has
     that callback (the same state_key: monitor and mode), which Lightning restores with the checkpoint's wait and
-    patience; None otherwise (no such callback now: the run trains on). callbacks: instantiate_all(c.callbacks)."""
+    patience; None otherwise: no such callback now, or one whose threshold (which Lightning does not restore) is
+    not the one the run stopped at: the run trains on. callbacks: instantiate_all(c.callbacks)."""
     names = [name for name, conf in (c.callbacks or {}).items() if conf is not None]
     states = checkpoint.get("callbacks") or {}
+    was = ((checkpoint.get("momattn") or {}).get("config") or {}).get("callbacks") or {}
     for name, cb in zip(names, callbacks, strict=True):
-        if isinstance(cb, pl.callbacks.EarlyStopping) and (why := early_stopped({cb.state_key: states.get(cb.state_key)})):
-            return str(name), why
+        state = states.get(cb.state_key) if isinstance(cb, pl.callbacks.EarlyStopping) else None
+        if not (why := early_stopped({cb.state_key: state})):
+            continue
+        key = {THRESHOLD: "stopping_threshold", DIVERGENCE: "divergence_threshold"}.get(stop_reason(state))
+        before = (was.get(name) or {}).get(key) if isinstance(was.get(name), Mapping) else None
+        if key and getattr(cb, key) != before:  # a new threshold: it trains on until it meets that one (flows review)
+            if rank_zero_only.rank == 0:
+                print(f"[momattn] the run stopped early at step {checkpoint.get('global_step')} ({why}); with "
+                      f"callbacks.{name}.{key}={getattr(cb, key)} (it stopped at {before}) it trains on",
+                      file=sys.stderr, flush=True)
+            return None
+        return str(name), why
     return None
 
 

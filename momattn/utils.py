@@ -72,7 +72,15 @@ def done_line(what: str, t0: float, tty: bool | None = None) -> None:
         print(f"[momattn] {what} ({duration(time.perf_counter() - t0)})", file=sys.stderr, flush=True)
 
 
-PATIENCE_EXHAUSTED = 3  # lightning.pytorch.callbacks.early_stopping.EarlyStoppingReason's (0: not stopped)
+# lightning.pytorch.callbacks.early_stopping.EarlyStoppingReason's values (0: not stopped)
+THRESHOLD, DIVERGENCE, PATIENCE_EXHAUSTED = 1, 2, 3
+
+
+def stop_reason(state: Any) -> int | None:
+    """An EarlyStopping state's stopping_reason as its number (Lightning's enum, or the int), or None."""
+    reason = state.get("stopping_reason") if isinstance(state, dict) else None
+    value = getattr(reason, "value", reason)
+    return int(value) if hasattr(value, "__int__") else None
 
 
 def early_stopped(callback_states: Any) -> str | None:
@@ -83,8 +91,7 @@ def early_stopped(callback_states: Any) -> str | None:
             continue
         reason, wait, patience = state.get("stopping_reason"), state.get("wait_count"), state.get("patience")
         waited = isinstance(wait, int) and isinstance(patience, int) and wait >= patience
-        value = getattr(reason, "value", reason)  # Lightning's EarlyStoppingReason (an Enum), or its int
-        code = int(value) if hasattr(value, "__int__") else None
+        code = stop_reason(state)
         if reason is None:  # a release that keeps no reason: the wait alone
             stopped = waited
         elif code == PATIENCE_EXHAUSTED:  # Lightning keeps the reason after the metric improves again (a resumed

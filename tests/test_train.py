@@ -1453,6 +1453,23 @@ def test_a_sigterm_to_a_sweep_whose_jobs_run_elsewhere_is_passed_on_waited_for_a
     BEFORE_STOP.clear()
 
 
+def test_a_run_stopped_at_a_threshold_is_finished_unless_its_threshold_changes(tmp_path, capsys):
+    """Found by session 55's flows reviews: a threshold stop counted no wait, so it read as not stopped and a resume
+    trained past it; then, counted, a resume with a new threshold (which Lightning does not restore) trained no
+    further."""
+    overrides = [*SMOKE, "trainer.precision=32-true", "trainer.max_steps=12", "trainer.val_check_interval=2",
+                 "+callbacks.es._target_=lightning.pytorch.callbacks.EarlyStopping", "+callbacks.es.monitor=val/loss",
+                 "+callbacks.es.stopping_threshold=100"]
+    run_train(compose_train(tmp_path, overrides))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 2 and "Stopping threshold reached" in summary["stopped_early"]
+    run_train(compose_train(tmp_path, [*overrides, "ckpt_path=last"]))
+    assert "nothing to train: its EarlyStopping callback ended the run at step 2" in capsys.readouterr().err
+    run_train(compose_train(tmp_path, [*overrides[:-1], "+callbacks.es.stopping_threshold=0.5", "ckpt_path=last"]))
+    assert "with callbacks.es.stopping_threshold=0.5 (it stopped at 100) it trains on" in capsys.readouterr().err
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 12
+
+
 def test_a_run_early_stopping_ended_says_so_and_counts_as_finished(tmp_path, capsys):
     """Found by review: it ended with 'done: 14 steps' alone (Lightning's INFO line is silenced), and a sweep called
     it 'partial ... diverged or interrupted; resume it', which trained past the stop."""

@@ -120,10 +120,13 @@ class LitGPT(pl.LightningModule):
                             f" (rank {bad[0][2]}, batch {bad[0][1]})") if n_bad else (f"{grad_norm}", "")
             if self.optim.on_nonfinite != "skip":
                 kept, then = self._what_is_kept()
+                advice = "Lower optim.lr, raise optim.warmup_steps or set optim.grad_clip" if n_bad else \
+                    "Lower optim.lr or raise optim.warmup_steps (clipping cannot mend an infinite norm; in float16, " \
+                    "a wider precision: bf16-mixed or 32-true)"
                 raise NonFiniteLossError(
                     f"the training {'loss' if n_bad else 'gradient norm (of a finite loss)'} became {value} at step "
-                    f"{self.global_step}{where}; training stopped{kept}. Lower optim.lr, raise optim.warmup_steps or "
-                    f"set optim.grad_clip, then {then}; or set optim.on_nonfinite=skip to skip such steps")
+                    f"{self.global_step}{where}; training stopped{kept}. {advice}, then {then}; or set "
+                    "optim.on_nonfinite=skip to skip such steps")
             for p in self.parameters():  # AdamW passes over parameters without a gradient: no update, no decay
                 p.grad = None
             self._skipped += 1
@@ -144,6 +147,8 @@ class LitGPT(pl.LightningModule):
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if not grads or self._grad_scaler():
             return zero
+        # float16 gradients summed in float32: their norm overflowed at 65504 though each was finite (review)
+        grads = [g.float() if g.dtype == torch.float16 else g for g in grads]
         return torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False).to(zero)
 
     def _what_is_kept(self) -> tuple[str, str]:
@@ -190,6 +195,8 @@ class LitGPT(pl.LightningModule):
         wrapped module clips the global norm over all shards itself."""
         from lightning.pytorch.strategies import FSDPStrategy
 
+        if all(p.grad is None for p in self.parameters()):  # a step skipped (optim.on_nonfinite=skip): nothing to
+            return  # clip (FSDP warned "clip_grad_norm_() ... with no gradients" on every rank: review)
         if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
             if gradient_clip_algorithm == "value":  # elementwise: each shard clips its own gradients alone
                 torch.nn.utils.clip_grad_value_([p for p in self.parameters() if p.grad is not None], gradient_clip_val)

@@ -248,12 +248,19 @@ def test_a_non_finite_gradient_of_a_finite_loss_skips_the_step_or_stops_training
     lit.training_step(_batch(2), 0).backward()
     next(lit.model.parameters()).grad.view(-1)[0] = float("nan")
     with pytest.raises(NonFiniteLossError, match=r"^the training gradient norm \(of a finite loss\) became nan at "
-                                                 r"step 0; training stopped"):
+                                                 r"step 0; training stopped.*clipping cannot mend an infinite norm"):
         lit.on_before_optimizer_step(opt)
     opt.zero_grad()
     lit.training_step(_batch(2), 0).backward()  # a finite one goes through
     lit.on_before_optimizer_step(opt)
     assert all(p.grad is not None for p in lit.model.parameters())
+    # float16 gradients, each finite, whose norm passes float16's 65504: finite (summed in float32: flows review)
+    param = torch.nn.Parameter(torch.zeros(10, dtype=torch.float16))
+    param.grad = torch.full((10,), 3e4, dtype=torch.float16)
+    monkeypatch.setattr(lit, "parameters", lambda: [param])
+    assert math.isfinite(lit._grad_norm(torch.zeros((), dtype=torch.float64)).item())
+    param.grad = None  # a skipped step: nothing to clip (FSDP warned of clipping no gradients on each rank)
+    lit.configure_gradient_clipping(opt, 1.0, "norm")  # (no strategy here: it returns before asking for one)
 
 
 def test_a_non_finite_loss_on_another_ddp_rank_stops_or_skips_this_rank_too(monkeypatch):

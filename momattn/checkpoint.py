@@ -428,14 +428,14 @@ def checkpoint_tokenizer(meta: dict, path) -> Tokenizer:
         except BaseException:  # noqa: BLE001 (the library raises bare Exceptions, and panics)
             continue  # one that cannot encode plain English (GINC's symbols): nothing to measure
         took = time.perf_counter() - t0
-        for _ in range(2 if took > PROBE_S else 0):  # the best of three before refusing: one stall of a loaded
-            t0 = time.perf_counter()  # machine is not the tokenizer's (flows review)
-            tok.hf.encode(probe, add_special_tokens=False)
-            took = min(took, time.perf_counter() - t0)
         if ids > 8 * len(probe):
             raise CheckpointError(f"checkpoint '{path}': its tokenizer turns {len(probe)} characters of plain text "
                                   f"into {ids:,} tokens (a byte-level tokenizer gives at most one per byte): it is "
                                   "crafted or damaged; use a checkpoint you trust")
+        for _ in range(2 if took > PROBE_S else 0):  # the best of three before refusing: one stall of a loaded
+            t0 = time.perf_counter()  # machine is not the tokenizer's (flows review)
+            tok.hf.encode(probe, add_special_tokens=False)
+            took = min(took, time.perf_counter() - t0)
         if took > PROBE_S:
             raise CheckpointError(f"checkpoint '{path}': its tokenizer takes {took:.1f} s to encode {len(probe)} "
                                   "characters of plain text (a BPE takes well under a millisecond; at this rate a "

@@ -618,16 +618,16 @@ def _check_folders(c: TrainConfig) -> None:
                 if isinstance(conf, Mapping) and isinstance(conf.get(field_), str):
                     names[f"{group}.{name}.{field_}"] = Path(conf[field_])
     for key, path in names.items():
-        if long := next((part for part in path.parts if len(part.encode()) > NAME_MAX), None):
-            raise ConfigError(f"{key}: the name '{long[:40]}...' ({len(long.encode())} bytes) is longer than a "
+        if long := next((part for part in path.parts if len(os.fsencode(part)) > NAME_MAX), None):
+            raise ConfigError(f"{key}: the name '{long[:40]}...' ({len(os.fsencode(long))} bytes) is longer than a "
                               f"file or folder name may be ({NAME_MAX} bytes on most filesystems); shorten it")
     for name, conf in (c.callbacks or {}).items():
         filename = conf.get("filename") if isinstance(conf, Mapping) else None
         if isinstance(filename, str) and filename.strip():
             parts = Path(checkpoint_file_name(filename, conf, c.trainer.get("max_steps"))).parts
-            if written := next((part for part in parts if len(part.encode()) > NAME_MAX), None):
+            if written := next((part for part in parts if len(os.fsencode(part)) > NAME_MAX), None):
                 raise ConfigError(f"callbacks.{name}.filename: the checkpoint files it names, such as "
-                                  f"'{written[:40]}...' ({len(written.encode())} bytes), are longer than a file name "
+                                  f"'{written[:40]}...' ({len(os.fsencode(written))} bytes), are longer than a file name "
                                   f"may be ({NAME_MAX} bytes on most filesystems), so the first save would fail; "
                                   "shorten it")
     for key, path in folders.items():

@@ -612,7 +612,7 @@ def test_a_printed_folder_argument_comes_back_as_the_folder_through_the_shell_an
     for folder in ("/runs/a", "/runs/a run", "/runs/it's", "/runs/x=1,2", "/runs/$x y", "runs/café", "/runs/a\\'b",
                    "/runs/end\\", "/runs/${oc.env:HOME}", "/runs/a\\b c", '/runs/"q"', "/runs/\\${x}",
                    "/runs/\\\\${x}", "/runs/\x1b[2Kx", "/runs/a\nb", "/runs/\u202ex", "/runs/nb\u00a0sp",
-                   "/runs/soft\u00adhyphen", "/runs/caf\u00e9\x85", "/runs/\u2028"):
+                   "/runs/soft\u00adhyphen", "/runs/caf\u00e9\x85", "/runs/\u2028", "/runs/x\udcffy"):
         typed = shell_arg("hydra.run.dir", folder)
         if hidden(folder):  # (a no-break space, a soft hyphen print as they are: the flows review's pasted
             # $'\xa0' came back as a lone byte, not the character)
@@ -621,11 +621,19 @@ def test_a_printed_folder_argument_comes_back_as_the_folder_through_the_shell_an
             assert "$'" not in typed
         if bash is None and hidden(folder):
             continue
-        [arg] = shlex.split(typed) if bash is None else [
-            subprocess.run([bash, "-c", f"printf %s {typed}"], capture_output=True, text=True, check=True,
-                           env={**os.environ, "LC_ALL": "C.UTF-8"}).stdout]
+        [arg] = shlex.split(typed) if bash is None else [  # (a byte of a name not UTF-8 comes back as that byte)
+            subprocess.run([bash, "-c", f"printf %s {typed}"], capture_output=True, check=True,
+                           env={**os.environ, "LC_ALL": "C.UTF-8"}).stdout.decode(errors="surrogateescape")]
         value = parser.parse_override(arg).value()
         assert OmegaConf.create({"v": value}).v == folder, (folder, arg, value)
+
+
+def test_a_run_folder_whose_name_is_not_utf8_is_checked_without_a_traceback(tmp_path):
+    # a byte 0xff in the folder's name (Python's surrogate escape) ended in UnicodeEncodeError (flows review)
+    from momattn.config import load_train_config
+
+    folder = tmp_path / "x\udcffy"
+    assert load_train_config(compose_train(folder, SMOKE)).paths.output_dir == str(folder)
 
 
 def test_a_resumes_carried_over_overrides_are_kept_in_the_runs_log(tmp_path, capsys):

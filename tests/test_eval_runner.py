@@ -533,7 +533,10 @@ def test_a_corpus_changed_since_training_is_said_to_be_so(tmp_path, capsys):
     old = make_source(data)._fingerprint(5)
     check_same_corpus(data, old, "run")
     assert "warning" not in capsys.readouterr().err
-    corpus.write_text(corpus.read_text() + "\n\f\nlast")
+    corpus.write_text(corpus.read_text() + "\n\f\n")  # a page break at the end: the same documents either way
+    check_same_corpus(data, make_source(data)._fingerprint(5), "run")
+    assert "warning" not in capsys.readouterr().err  # (the raw splits differed: flows review)
+    corpus.write_text(corpus.read_text() + "last")
     check_same_corpus(data, make_source(data)._fingerprint(5), "run")
     assert "warning: run: the run's LM corpus is not the one" in capsys.readouterr().err
     corpus.write_text(corpus.read_text() + "\n\nmore text")

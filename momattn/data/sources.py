@@ -269,8 +269,11 @@ class TextFiles:
         """Whether `fingerprint` is these files' under version 5, whose documents were these where no line is
         blank by today's rule alone (a \\f, a no-break space): evaluate.py called every earlier checkpoint's corpus
         changed when the version moved on."""
+        def docs(rule: re.Pattern, text: str) -> list[str]:  # as _read keeps them
+            return [d.strip() for d in rule.split(text) if d.strip()]
+
         return fingerprint == self._fingerprint(5) and not any(
-            _OLD_BLANK_LINE.split(t) != _BLANK_LINE.split(t) for p in self._files
+            docs(_OLD_BLANK_LINE, t) != docs(_BLANK_LINE, t) for p in self._files
             if p.suffix.lower() not in (".jsonl", ".json") for t in [_read_utf8(p).replace("\r\n", "\n")])
 
     def _read(self, p: Path) -> list[str]:

@@ -939,11 +939,28 @@ def _stopped_early(checkpoint: dict, c: TrainConfig, callbacks: list) -> tuple[s
         if key and getattr(cb, key) != before:  # a new threshold: it trains on until it meets that one (flows review)
             if rank_zero_only.rank == 0:
                 print(f"[momattn] the run stopped early at step {checkpoint.get('global_step')} ({why}); with "
-                      f"callbacks.{name}.{key}={getattr(cb, key)} (it stopped at {before}) it trains on",
-                      file=sys.stderr, flush=True)
+                      f"callbacks.{name}.{key}={getattr(cb, key)} ("
+                      + (f"it stopped at {before}" if before is not None else f"callbacks.{name} records none")
+                      + ") it trains on", file=sys.stderr, flush=True)
+            _forget_stop(cb)
             return None
         return str(name), why
     return None
+
+
+def _forget_stop(cb: pl.callbacks.EarlyStopping) -> None:
+    """The callback, as Lightning restores it, without the stop it restores: that stop stayed in every checkpoint
+    of the run trained on, which then read as stopped early (at its end, and as finished on resume after a
+    SIGTERM: third flows review)."""
+    from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+
+    restore = cb.load_state_dict
+
+    def load_state_dict(state_dict: dict) -> None:
+        restore(state_dict)
+        cb.stopping_reason, cb.stopping_reason_message = EarlyStoppingReason.NOT_STOPPED, None
+
+    cb.load_state_dict = load_state_dict
 
 
 def _kept_summary(path: Path, step: int, say: bool = True) -> dict | None:

@@ -1457,6 +1457,7 @@ def test_a_run_stopped_at_a_threshold_is_finished_unless_its_threshold_changes(t
     """Found by session 55's flows reviews: a threshold stop counted no wait, so it read as not stopped and a resume
     trained past it; then, counted, a resume with a new threshold (which Lightning does not restore) trained no
     further."""
+    from momattn.utils import early_stopped
     overrides = [*SMOKE, "trainer.precision=32-true", "trainer.max_steps=12", "trainer.val_check_interval=2",
                  "+callbacks.es._target_=lightning.pytorch.callbacks.EarlyStopping", "+callbacks.es.monitor=val/loss",
                  "+callbacks.es.stopping_threshold=100"]
@@ -1467,7 +1468,11 @@ def test_a_run_stopped_at_a_threshold_is_finished_unless_its_threshold_changes(t
     assert "nothing to train: its EarlyStopping callback ended the run at step 2" in capsys.readouterr().err
     run_train(compose_train(tmp_path, [*overrides[:-1], "+callbacks.es.stopping_threshold=0.5", "ckpt_path=last"]))
     assert "with callbacks.es.stopping_threshold=0.5 (it stopped at 100) it trains on" in capsys.readouterr().err
-    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 12
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    # not stopped early: the restored stop was not kept in its checkpoints (a SIGTERM's resume said "nothing to
+    # train", and the end "stopped early (... < 100)": third flows review)
+    assert summary["steps"] == 12 and summary["stopped_early"] is None
+    assert not early_stopped(read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["callbacks"])
 
 
 def test_a_run_early_stopping_ended_says_so_and_counts_as_finished(tmp_path, capsys):

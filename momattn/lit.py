@@ -59,6 +59,7 @@ class LitGPT(pl.LightningModule):
         self._val_sum, self._val_count, self._rng_to_restore = 0.0, 0, None
         self._step_loss, self._step_finite, self._nonfinite, self._skipped = None, 0, [], 0  # see training_step
         self.last_finite_loss: float | None = None  # the newest step's train/loss over its finite micro-batches
+        self._half_norm: torch.Tensor | None = None  # the step's float16 gradients' norm, summed in float32
 
     @property
     def flops_per_batch(self) -> float | None:
@@ -145,11 +146,15 @@ class LitGPT(pl.LightningModule):
         """This process's gradient norm (its shard's under FSDP; a sum over processes is non-finite where any is),
         as a float64 scalar; zero under fp16's grad scaler, which skips a step of non-finite gradients itself."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
+        self._half_norm = None
         if not grads or self._grad_scaler():
             return zero
         # float16 gradients summed in float32: their norm overflowed at 65504 though each was finite (review)
+        half = any(g.dtype == torch.float16 for g in grads)
         grads = [g.float() if g.dtype == torch.float16 else g for g in grads]
-        return torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False).to(zero)
+        norm = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)
+        self._half_norm = norm if half else None  # what clipping float16 gradients takes (configure_gradient_clipping)
+        return norm.to(zero)
 
     def _what_is_kept(self) -> tuple[str, str]:
         """(what the run keeps, how to go on) for a divergence: it said "the last good checkpoint is kept ... resume
@@ -197,6 +202,14 @@ class LitGPT(pl.LightningModule):
 
         if all(p.grad is None for p in self.parameters()):  # a step skipped (optim.on_nonfinite=skip): nothing to
             return  # clip (FSDP warned "clip_grad_norm_() ... with no gradients" on every rank: review)
+        if gradient_clip_val and self._half_norm is not None and gradient_clip_algorithm != "value" \
+                and not isinstance(self.trainer.strategy, FSDPStrategy):
+            # float16 gradients (16-true): clipped by the norm summed in float32; torch's clip_grad_norm_ sums them
+            # in float16, where a finite norm over 65504 overflows and the clip multiplied every gradient by 0,
+            # silently (third flows review)
+            torch.nn.utils.clip_grads_with_norm_([p for p in self.parameters() if p.grad is not None],
+                                                 gradient_clip_val, self._half_norm)
+            return
         if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
             if gradient_clip_algorithm == "value":  # elementwise: each shard clips its own gradients alone
                 torch.nn.utils.clip_grad_value_([p for p in self.parameters() if p.grad is not None], gradient_clip_val)

@@ -259,7 +259,12 @@ def test_a_non_finite_gradient_of_a_finite_loss_skips_the_step_or_stops_training
     param.grad = torch.full((10,), 3e4, dtype=torch.float16)
     monkeypatch.setattr(lit, "parameters", lambda: [param])
     assert math.isfinite(lit._grad_norm(torch.zeros((), dtype=torch.float64)).item())
+    # and clipped by that norm: torch's clip_grad_norm_ sums them in float16, got inf, and multiplied every one by 0
+    lit.trainer.strategy = object()
+    lit.configure_gradient_clipping(opt, 1.0, "norm")
+    assert param.grad.float().norm().item() == pytest.approx(1.0, rel=1e-3)
     param.grad = None  # a skipped step: nothing to clip (FSDP warned of clipping no gradients on each rank)
+    del lit.trainer.strategy
     lit.configure_gradient_clipping(opt, 1.0, "norm")  # (no strategy here: it returns before asking for one)
 
 

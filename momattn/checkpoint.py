@@ -432,8 +432,8 @@ def checkpoint_tokenizer(meta: dict, path) -> Tokenizer:
             raise CheckpointError(f"checkpoint '{path}': its tokenizer turns {len(probe)} characters of plain text "
                                   f"into {ids:,} tokens (a byte-level tokenizer gives at most one per byte): it is "
                                   "crafted or damaged; use a checkpoint you trust")
-        for _ in range(2 if took > PROBE_S else 0):  # the best of three before refusing: one stall of a loaded
-            t0 = time.perf_counter()  # machine is not the tokenizer's (flows review)
+        for _ in range(2 if PROBE_S < took < 10 * PROBE_S else 0):  # the best of three before refusing: one stall
+            t0 = time.perf_counter()  # of a loaded machine is not the tokenizer's (flows review); far over: refused
             tok.hf.encode(probe, add_special_tokens=False)
             took = min(took, time.perf_counter() - t0)
         if took > PROBE_S:

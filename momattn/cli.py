@@ -32,7 +32,7 @@ from momattn.entry_signals import (
     stopped,
 )
 from momattn.errors import ConfigError, UserError, did_you_mean, first_line
-from momattn.quoting import hydra_quoted, printable, shell_arg
+from momattn.quoting import hidden, hydra_quoted, printable, shell_arg, shell_quote
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -332,7 +332,8 @@ def _parse_error(overrides: list[str], e: Exception) -> ConfigError:
                            f'"{key}={fixed}" (momattn expands the ~ of a path)')
     quoted = f"{key}='" + value.replace("'", "\\'") + "'"
     # as typed in a shell: in double quotes where nothing in them is the shell's ($, `, ", \, !), else shlex's
-    typed = f'"{quoted}"' if not set(value) & set('$`"\\!') else shlex.quote(quoted)  # (\' is the shell's as typed)
+    typed = shell_quote(quoted) if hidden(quoted) else f'"{quoted}"' if not set(value) & set('$`"\\!') else \
+        shlex.quote(quoted)  # (\' is the shell's as typed; $'...' for a byte that is not UTF-8, or a control)
     if bad is not None and (fn := re.match(r"(choice|range|interval|glob|tag|shuffle|sort)\(", value)):
         # choice(), interval(1e-3): quoting turned the sweep into a string value, refused later (found by review)
         return ConfigError(f"{bad} does not parse as Hydra's {fn.group(1)}(...) ({text}); e.g. {key}=choice(1e-3,2e-3), "
@@ -1152,7 +1153,8 @@ def run_log():
         yield
         return
     out, err = sys.stdout, sys.stderr
-    with open(files[0], "a", encoding="utf-8") as log:
+    # (backslashreplace: a folder name that is not UTF-8 in the start line was a traceback: review)
+    with open(files[0], "a", encoding="utf-8", errors="backslashreplace") as log:
         log.writelines(line + "\n" for line in _BEFORE_LOG)
         _BEFORE_LOG.clear()
         sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)

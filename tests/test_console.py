@@ -232,6 +232,9 @@ def test_command_line_forms_that_hydra_reads_its_own_way(tmp_path):
         check_overrides("train", ["eval.icl.shots=[0,2"])
     with pytest.raises(ConfigError, match="quote the value: \"prompt='~hello'\""):  # text, not a home folder
         check_overrides("generate", ["prompt=~hello"])
+    # a byte that is not UTF-8: bash's $'...' gives it back (pasted, the advice made a folder named x\udcffy)
+    with pytest.raises(ConfigError, match=re.escape("quote the value: $'hydra.run.dir=\\'/tmp/x\\xffy\\''")):
+        check_overrides("train", ["hydra.run.dir=/tmp/x\udcffy"])
     # a malformed sweep: quoting (the advice) made it a string, refused as not a float later (found by review)
     for bad in ("optim.lr=choice()", "optim.lr=interval(1e-3)"):
         with pytest.raises(ConfigError, match=rf"^{re.escape(bad)} does not parse as Hydra's (choice|interval)\(\.\.\.\) "
@@ -631,9 +634,15 @@ def test_a_printed_folder_argument_comes_back_as_the_folder_through_the_shell_an
 def test_a_run_folder_whose_name_is_not_utf8_is_checked_without_a_traceback(tmp_path):
     # a byte 0xff in the folder's name (Python's surrogate escape) ended in UnicodeEncodeError (flows review)
     from momattn.config import load_train_config
+    from momattn.quoting import hydra_quoted
 
     folder = tmp_path / "x\udcffy"
     assert load_train_config(compose_train(folder, SMOKE)).paths.output_dir == str(folder)
+    # end to end: its start line, written to train.log, was the next traceback (third flows review)
+    r = run_cli("train.py", [*SMOKE, "trainer.max_steps=2", "run_eval=false", f"hydra.run.dir={hydra_quoted(folder)}"],
+                tmp_path, fresh=True)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "x\\udcffy" in (folder / "train.log").read_text()
 
 
 def test_a_resumes_carried_over_overrides_are_kept_in_the_runs_log(tmp_path, capsys):

@@ -72,11 +72,12 @@ def available() -> bool:
 
 
 def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether `causal` takes these: CPU tensors of one dtype it has a kernel for (bf16, float32), one length of
-    queries and keys, outside torch.compile, and the kernel builds."""
+    """Whether `causal` takes these: CPU tensors of one dtype it has a kernel for (bf16, float32), one shape of
+    queries, keys and values (torch's CPU flash op takes one head size: a wider v was claimed, then refused inside
+    torch; found by review), outside torch.compile, and the kernel builds."""
     return (q.device.type == "cpu" and q.dtype in _NAMES and k.dtype == v.dtype == q.dtype and q.dim() == 4
             and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
-            and q.shape == k.shape and v.shape[:3] == k.shape[:3] and q.size(2) > 0
+            and q.shape == k.shape == v.shape and q.size(2) > 0
             and not torch.compiler.is_compiling() and cpu_scan.load() is not None)
 
 

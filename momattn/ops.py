@@ -663,6 +663,9 @@ def backend_problem(kernel: bool = True, on_cpu: bool = True) -> str | None:
                 "triton or cpu")
     if not kernel:
         return None
+    if (openmp := os.environ.get("MOMATTN_SCAN_OPENMP", "1")) not in ("0", "1"):  # (false, off: OpenMP stayed on
+        # without a word, where the README offers it against the fork hang: found by review)
+        return f"MOMATTN_SCAN_OPENMP={openmp!r} is not a setting; use 0 (the CPU kernel without OpenMP) or 1"
     if not on_cpu:  # read by the Triton scan at the first GPU step: said at start-up instead (found by review)
         try:
             triton_chunk_setting()
@@ -690,6 +693,10 @@ def _use_cpu_kernel(x: torch.Tensor) -> bool:
     return False
 
 
+def _triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"  # (triton_scan.INTERPRET, without importing Triton)
+
+
 def _use_triton(x: torch.Tensor, G: int) -> bool:
     """Whether _scan_merged runs the Triton kernel for x (B, T, C) in G groups (see SCAN_BACKEND)."""
     _check_backend()
@@ -699,6 +706,10 @@ def _use_triton(x: torch.Tensor, G: int) -> bool:
     # a compiled training step took 37.6 ms with the matmul scan and 42.7 ms with the kernel; eager, 68.8 and 50.3
     if SCAN_BACKEND == "auto" and (not x.is_cuda or _is_compiling()):
         return False
+    if not x.is_cuda and not _triton_interpret():  # (a direct call of the ops: Triton's own traceback, "0 active
+        # drivers", where train.py says backend_problem's line at start-up; found by review)
+        raise RuntimeError(f"MOMATTN_SCAN_BACKEND=triton runs on CUDA tensors (or with TRITON_INTERPRET=1); these are "
+                           f"on {x.device}: unset it (auto)")
     kernel = _triton_scan()
     if kernel is None:
         if SCAN_BACKEND == "triton":

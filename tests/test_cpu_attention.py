@@ -224,3 +224,10 @@ def test_a_setting_that_is_not_one_is_refused(monkeypatch):
                                                "or sdpa")
     with pytest.raises(ValueError, match="is not a setting"):
         cpu_attention.enabled()
+
+
+def test_it_claims_only_one_shape_of_queries_keys_and_values():
+    # a wider v was claimed, then refused inside torch's flash op with a traceback (found by review)
+    q = torch.randn(1, 2, 8, 16)
+    assert cpu_attention.supports(q, q, q) == (cpu_scan.load() is not None)
+    assert not cpu_attention.supports(q, q, torch.randn(1, 2, 8, 32))

@@ -1117,6 +1117,20 @@ def test_the_attentions_environment_is_judged_where_a_checkpoint_is_loaded(tmp_p
     monkeypatch.setattr(momattn.config, "_cuda_available", lambda: True)
     with pytest.raises(ConfigError, match="MOMATTN_TRITON_CHUNK='abc' must be"):
         load_train_config(compose_train(tmp_path, [*SMOKE[:2], "trainer.accelerator=gpu", "attention=momentum"]))
+    monkeypatch.delenv("MOMATTN_TRITON_CHUNK")
+    # MOMATTN_SCAN_OPENMP=false left OpenMP on without a word (the README's switch against the fork hang: review)
+    monkeypatch.setenv("MOMATTN_SCAN_OPENMP", "false")
+    load_checkpoint(vanilla)  # (no scan)
+    with pytest.raises(ConfigError, match=r"MOMATTN_SCAN_OPENMP='false' is not a setting; use 0 \(the CPU kernel "
+                                          r"without OpenMP\) or 1"):
+        load_checkpoint(momentum)
+    monkeypatch.setenv("MOMATTN_SCAN_OPENMP", "0")
+    load_checkpoint(momentum)
+    # SCAN_BACKEND=triton met by a direct call on CPU tensors: one line, not Triton's "0 active drivers"
+    monkeypatch.setattr(ops, "SCAN_BACKEND", "triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match=r"^MOMATTN_SCAN_BACKEND=triton runs on CUDA tensors .* these are on cpu"):
+        ops.momentum_ema(torch.randn(2, 3, 40, 16), 0.5)
 
 
 def test_a_cpu_attention_setting_that_is_not_one_fails_before_any_work(tmp_path, monkeypatch):

@@ -570,3 +570,19 @@ def test_staicc_tasks_on_a_checkpoint_of_another_text_say_that_text_was_not_chec
     for own in ({"_target_": "momattn.data.sources.StaiccCorpus"}, {"source": "staicc"}, {}):
         assert _unchecked_leak({"data": own}, tasks) is None
     assert _unchecked_leak(files, resolve_tasks(["ginc"])) is None
+
+
+def test_the_unchecked_rows_note_is_in_the_report_too(tmp_path, tokenizer):
+    # it was said on the console only: results.json and results.md read as clean accuracies (found by review)
+    from momattn.eval.report import markdown_report, results_document
+
+    model, tok = load_checkpoint(make_checkpoint(tmp_path / "m.ckpt", "vanilla", tokenizer))
+    files = {"data": {"_target_": "momattn.data.sources.TextFiles", "paths": [str(tmp_path / "c.txt")]}}
+    fast = {**FAST, "ppl": {"enabled": False}, "icl": {**FAST["icl"], "tasks": ["trec"]}}
+    res = evaluate_model(model, tok, files, fast, tmp_path, "v")
+    [note] = res.notes
+    assert note.startswith("trec score rows that momattn keeps out of its own LM text")
+    assert f"Note (v): {note}" in markdown_report([res])
+    assert results_document([res])["checkpoints"][0]["notes"] == [note]
+    own = evaluate_model(model, tok, {"data": DATA}, fast, tmp_path, "v")
+    assert own.notes == [] and "Note (" not in markdown_report([own])

@@ -90,9 +90,12 @@ def test_empty_or_identically_tokenized_answers_are_errors():
     assert answer_token_ids(["No", "Nope"], tok, "t") == [tok.encode(" No"), tok.encode(" Nope")]
     with pytest.raises(ConfigError, match="answer 1 is empty"):
         answer_token_ids(["yes", "  "], tok, "t")
-    with pytest.raises(ConfigError, match="tokenize identically"):
+    with pytest.raises(ConfigError, match="tokenize identically"):  # (a row's own answers may differ in case alone)
         answer_token_ids(["yes", "YES"], type("Lower", (CharTokenizer,), {"encode": lambda s, t: CharTokenizer.encode(
-            s, t.lower())})(), "t")
+            s, t.lower())})(), "t", case=False)
+    with pytest.raises(ConfigError, match="'yes' and 'YES' differ only in whitespace or case"):  # a task's set
+        answer_token_ids(["yes", "YES"], tok, "t")
+    assert len(answer_token_ids(["yes", "YES"], tok, "t", case=False)) == 2
     for same in (["yes", "yes "], ["yes", " yes"], ["no way", "no  way\n"]):  # were scored as two answers
         with pytest.raises(ConfigError, match="differ only in whitespace"):
             answer_token_ids(same, tok, "t")

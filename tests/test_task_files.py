@@ -57,7 +57,8 @@ def test_a_task_file_path_works_without_task_dirs_and_files_win_over_registered_
 
 
 @pytest.mark.parametrize(("keys", "rows", "error", "message"), [
-    ({"template": None}, ROWS, ConfigError, r"missing key 'template'"),
+    ({"template": None}, ROWS, ConfigError, r"missing key 'template' \(needs path, template, answers\), e\.g\. path: "
+                                            r"data\.jsonl, [^\n]*answers: \[Negative, Positive\]\Z"),  # one line
     ({"answer": ["a", "b"]}, ROWS, ConfigError, r"unknown key 'answer'.*Did you mean 'answers'"),
     ({"path": "nowhere.jsonl"}, ROWS, DataError, r"path: 'nowhere.jsonl' does not exist \(read relative to"),
     ({"demo_path": "demos.jsonl"}, ROWS, DataError, r"demo_path: 'demos.jsonl' does not exist"),
@@ -68,6 +69,9 @@ def test_a_task_file_path_works_without_task_dirs_and_files_win_over_registered_
     ({"answers": ["no", "no"]}, ROWS, ConfigError, r"bad.yaml: answers 'no' and 'no' are the same answer twice"),
     ({"answers": ["", "yes"]}, ROWS, ConfigError, r"bad.yaml: answer 0 is empty"),
     ({"answers": ["no", "no "]}, ROWS, ConfigError, r"bad.yaml: answers 'no' and 'no ' differ only in whitespace"),
+    # session 55's review: a typo made a task of telling capitals apart, and it reported a real-looking accuracy
+    ({"answers": ["Positive", "positive"]}, ROWS, ConfigError,
+     r"bad.yaml: answers 'Positive' and 'positive' differ only in whitespace or case"),
     ({"template": "Q: {q} ({label})\nA:"}, ROWS, ConfigError, r"the template names \{label\}, the label field"),
 ])
 def test_bad_task_files_name_the_file_and_the_fix(tmp_path, keys, rows, error, message):

@@ -91,7 +91,7 @@ def text_set(model, tokenizer, task: IclTask, cfg, split_seed: int) -> AnalysisS
     select = []
     for ex in held:
         try:
-            answers = answer_token_ids(ex.answers, tokenizer, f"{task.name} example {ex.id}")
+            answers = answer_token_ids(ex.answers, tokenizer, f"{task.name} example {ex.id}", case=False)
         except ConfigError:
             continue
         room = context - 1 - max(map(len, answers))  # the query's last tokens that fit beside its longest answer

@@ -78,11 +78,11 @@ def normalize_text(text: str) -> str:
     return extra(text) if extra is not None else re.sub(r"\s+", " ", text.strip().lower())
 
 
-def answer_token_ids(answers: Sequence[str], tokenizer, where: str) -> list[list[int]]:
+def answer_token_ids(answers: Sequence[str], tokenizer, where: str, case: bool = True) -> list[list[int]]:
     """Token ids of " " + answer for each answer; ConfigError for an empty answer, two answers that differ only in
-    whitespace, or two identical encodings.
+    whitespace (or case, where `case`: a task's answer set, not a row's own), or two identical encodings.
     (One answer's tokens being a prefix of another's is fine: the mean log-prob compares them fairly.)"""
-    check_answer_texts(answers, where)
+    check_answer_texts(answers, where, case)
     ids = []
     for i, a in enumerate(answers):
         ids.append(tokenizer.encode(" " + str(a)))
@@ -151,7 +151,7 @@ class IclEvaluator:
                 answers = fixed
             else:
                 try:
-                    answers = answer_token_ids(ex.answers, self.tokenizer, f"{task.name} example {ex.id}")
+                    answers = answer_token_ids(ex.answers, self.tokenizer, f"{task.name} example {ex.id}", case=False)
                 except ConfigError:
                     skipped += 1  # a hub item with an empty or duplicated choice
                     continue

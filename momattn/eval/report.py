@@ -406,6 +406,8 @@ def markdown_report(results: Sequence[ModelResult | Mapping]) -> str:
                      str(r.model.get("block_size", MISSING)), f"{r.model.get('n_params', 0) / 1e6:.2f}M",
                      _tokenizer_name(r)])
     lines += _table(["model", "attention", "checkpoint", "context", "params", "tokenizer"], info) + [""]
+    lines += [f"Note ({r.label}): {note}" for r in results for note in r.notes] + (
+        [""] if any(r.notes for r in results) else [])
     lines += ppl_markdown(results) + icl_markdown(results)
     return "\n".join(lines).rstrip() + "\n"
 

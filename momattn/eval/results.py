@@ -151,6 +151,8 @@ def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | Non
     if not vals:
         return None, None
     a = np.asarray(vals, dtype=np.float64)
+    if len(set(vals)) == 1:  # seeds that agree: their value and 0 exactly (the float sum gave 0.4000000000000001
+        return float(vals[0]), (0.0 if len(vals) > 1 else None)  # and a std of 5.6e-17: found by review)
     # population std over seeds, as before; none for a single seed (0-shot), where 0 would read as "no spread"
     return float(a.mean()), (float(a.std()) if len(a) > 1 else None)
 
@@ -279,6 +281,9 @@ class ModelResult(JsonMixin):
     step: int | None = None  # the optimizer steps the scored weights had trained (a checkpoint's global_step)
     weights: str | None = None  # checkpoint.weights_digest of the scored weights: a sweep reuses only these
     inputs: dict | None = None  # the local files read ({path: file_stamp}; eval.sweep.eval_inputs)
+    # what a reader of the report must know besides the numbers (the StaICC rows unchecked against the checkpoint's
+    # own text: said on the console only, the report read clean; found by review)
+    notes: list[str] = field(default_factory=list)
 
 
 def as_model_result(r: ModelResult | Mapping) -> ModelResult:

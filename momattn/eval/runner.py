@@ -206,6 +206,8 @@ def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cf
                          tokenizer={"name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
                          eval_config=asdict(cfg))
     plan = _plan(model, tokenizer, run_config, cfg, cache_dir, trained_on=trained_on, training=training)
+    if note := _unchecked_leak(run_config, plan.tasks):
+        result.notes.append(note.removeprefix("[momattn] note: "))
     if cfg.ppl.enabled and not cfg.ppl.data and trained_on:
         check_same_corpus(plan.data_cfg, trained_on, label)
     if cfg.batch_tokens < model.config.block_size:

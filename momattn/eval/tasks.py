@@ -105,18 +105,21 @@ def fill_fields(template: str, row: Mapping, where: str) -> dict[str, str]:
     return {f: str(row[f]) for f in PLACEHOLDER.findall(template)}
 
 
-def check_answer_texts(answers: Sequence[str], where: str) -> None:
+def check_answer_texts(answers: Sequence[str], where: str, case: bool = True) -> None:
     """ConfigError for an empty answer, or two that are the same or differ only in whitespace (" Yes" beside "Yes",
-    a YAML quote kept a space): the model would be asked to tell them apart by spaces. Checked as a task is read
-    (it was checked once the rows were, and a row's label was blamed for it: found by review) and at scoring."""
+    a YAML quote kept a space) or case ("Positive" beside "positive", a typo that made the task one of telling
+    capitals apart: found by review): the model would be asked to tell them apart by those. Checked as a task is
+    read (it was checked once the rows were, and a row's label was blamed for it: found by review) and at scoring.
+    case=False: a row's own answers (a hub task's), which may differ only in case, as two real solutions can."""
     words = []
     for i, a in enumerate(answers):
         if not str(a).strip():
             raise ConfigError(f"{where}: answer {i} is empty ({a!r}); every answer needs visible text")
-        words.append(fold_whitespace(str(a)))
+        words.append(fold_whitespace(str(a)).casefold() if case else fold_whitespace(str(a)))
         if (j := words.index(words[-1])) < i:
-            how = "are the same answer twice" if answers[j] == answers[i] else "differ only in whitespace, so the " \
-                "model would be asked to tell them apart by spaces (and the predictions would show one answer twice)"
+            how = "are the same answer twice" if answers[j] == answers[i] else "differ only in whitespace" + (
+                " or case" if case else "") + ", so the model would be asked to tell them apart by " + (
+                "those" if case else "spaces") + " (and the predictions would show one answer twice)"
             raise ConfigError(f"{where}: answers {answers[j]!r} and {answers[i]!r} {how}; make them differ in "
                               "their words")
 
@@ -495,9 +498,8 @@ def read_task_file(path: str | Path, key: str = "icl.tasks") -> dict:
     required = ("path", "template", "answers") if own else ("path",)
     missing = [k for k in required if doc.get(k) in (None, "")]
     if missing:
-        raise ConfigError(f"task file {p}: missing key '{missing[0]}' (needs {', '.join(required)}), e.g.\n"
-                          "  path: data.jsonl\n  template: \"Review: {text}\\nSentiment:\"\n"
-                          "  answers: [Negative, Positive]")
+        raise ConfigError(f"task file {p}: missing key '{missing[0]}' (needs {', '.join(required)}), e.g. "
+                          "path: data.jsonl, template: \"Review: {text}\\nSentiment:\", answers: [Negative, Positive]")
     entry = {k: v for k, v in doc.items() if k != "description"}
     entry.update(name=name, task_file=str(p))
     for key in ("path", "demo_path"):

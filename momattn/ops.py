@@ -661,11 +661,12 @@ def backend_problem(kernel: bool = True, on_cpu: bool = True) -> str | None:
     if SCAN_BACKEND not in SCAN_BACKENDS:
         return (f"MOMATTN_SCAN_BACKEND={SCAN_BACKEND!r} is not a scan backend; use auto (the default), torch, "
                 "triton or cpu")
+    if (openmp := os.environ.get("MOMATTN_SCAN_OPENMP", "1")) not in ("0", "1"):  # (false, off: OpenMP stayed on
+        # without a word, where the README offers it against the fork hang; vanilla's bf16 attention backward on
+        # an AMX CPU runs in the same library: found by reviews)
+        return f"MOMATTN_SCAN_OPENMP={openmp!r} is not a setting; use 0 (the CPU kernel without OpenMP) or 1"
     if not kernel:
         return None
-    if (openmp := os.environ.get("MOMATTN_SCAN_OPENMP", "1")) not in ("0", "1"):  # (false, off: OpenMP stayed on
-        # without a word, where the README offers it against the fork hang: found by review)
-        return f"MOMATTN_SCAN_OPENMP={openmp!r} is not a setting; use 0 (the CPU kernel without OpenMP) or 1"
     if not on_cpu:  # read by the Triton scan at the first GPU step: said at start-up instead (found by review)
         try:
             triton_chunk_setting()
@@ -677,6 +678,10 @@ def backend_problem(kernel: bool = True, on_cpu: bool = True) -> str | None:
     if SCAN_BACKEND == "triton" and (not torch.cuda.is_available() or _triton_scan() is None):
         return ("MOMATTN_SCAN_BACKEND=triton but the Triton scan cannot load: it needs a CUDA GPU, triton >= 3 and "
                 "torch >= 2.4; unset it (auto)")
+    if SCAN_BACKEND == "triton" and on_cpu and not _triton_interpret():  # (it passed here on a GPU machine running
+        # on its CPU, then failed at the first forward with a traceback: flows review)
+        return ("MOMATTN_SCAN_BACKEND=triton runs on CUDA (or with TRITON_INTERPRET=1); this run is on the CPU: "
+                "unset it (auto)")
     return None
 
 

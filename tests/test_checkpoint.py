@@ -974,6 +974,26 @@ def test_a_checkpoints_tokenizer_is_measured_on_each_probe_it_can_encode(tokeniz
     with pytest.raises(CheckpointError, match=r"its tokenizer takes [\d.]+ s to encode \d+ characters .* crafted or "
                                               "damaged"):
         checkpoint.checkpoint_tokenizer({"tokenizer": tokenizer.to_json()}, "own.ckpt")
+    # its CPU time is measured, not the wall clock's: a stall of the machine (a paused VM) is not the tokenizer's
+    # (one refused a sound checkpoint as crafted: flows review)
+    import time
+
+    class Stalls:  # the library's encode after 0.6 s of the machine's stall (a sleep: no CPU time)
+        def __init__(self, hf):
+            self.real = hf
+
+        def encode(self, text, add_special_tokens=False):
+            time.sleep(0.6)
+            return self.real.encode(text, add_special_tokens=add_special_tokens)
+
+    def stalled(s, name="tokenizer"):
+        tok = Tokenizer.from_json(s, name)
+        tok.hf = Stalls(tok.hf)
+        return tok
+
+    monkeypatch.setattr(checkpoint, "PROBE_S", 0.5)
+    monkeypatch.setattr(checkpoint, "Tokenizer", type("T", (), {"from_json": staticmethod(stalled)}))
+    assert checkpoint.checkpoint_tokenizer({"tokenizer": tokenizer.to_json()}, "own.ckpt").hf.real is not None
 
 
 def test_a_reordered_sweep_of_fsdp_runs_is_refused_before_any_job_starts(tmp_path, monkeypatch):

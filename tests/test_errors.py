@@ -1120,12 +1120,21 @@ def test_the_attentions_environment_is_judged_where_a_checkpoint_is_loaded(tmp_p
     monkeypatch.delenv("MOMATTN_TRITON_CHUNK")
     # MOMATTN_SCAN_OPENMP=false left OpenMP on without a word (the README's switch against the fork hang: review)
     monkeypatch.setenv("MOMATTN_SCAN_OPENMP", "false")
-    load_checkpoint(vanilla)  # (no scan)
-    with pytest.raises(ConfigError, match=r"MOMATTN_SCAN_OPENMP='false' is not a setting; use 0 \(the CPU kernel "
-                                          r"without OpenMP\) or 1"):
-        load_checkpoint(momentum)
+    for ckpt in (vanilla, momentum):  # (vanilla's bf16 attention backward on AMX runs in that library too: review)
+        with pytest.raises(ConfigError, match=r"MOMATTN_SCAN_OPENMP='false' is not a setting; use 0 \(the CPU "
+                                              r"kernel without OpenMP\) or 1"):
+            load_checkpoint(ckpt)
     monkeypatch.setenv("MOMATTN_SCAN_OPENMP", "0")
     load_checkpoint(momentum)
+    # triton on a GPU machine's CPU: refused where the checkpoint is loaded, not at the first forward (flows review)
+    monkeypatch.setattr(ops, "SCAN_BACKEND", "triton")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ops, "_triton_scan", lambda: object())
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ConfigError, match=r"MOMATTN_SCAN_BACKEND=triton runs on CUDA .*this run is on the CPU"):
+        load_checkpoint(momentum)
+    check_environment("momentum", torch.device("cuda"))  # on the GPU: fine
+    monkeypatch.setattr(ops, "SCAN_BACKEND", "auto")
     # SCAN_BACKEND=triton met by a direct call on CPU tensors: one line, not Triton's "0 active drivers"
     monkeypatch.setattr(ops, "SCAN_BACKEND", "triton")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

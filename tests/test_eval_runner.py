@@ -548,9 +548,10 @@ def test_a_corpus_changed_since_training_is_said_to_be_so(tmp_path, capsys):
     from momattn.data.sources import StaiccCorpus
 
     staicc_data = {"_target_": "momattn.data.sources.StaiccCorpus", "tasks": ["trec"]}
-    for version, more in ((staicc.LEAK_FILTER_VERSION - 1, []), (1, []), (staicc.LEAK_FILTER_VERSION, None)):
-        old = StaiccCorpus(tasks=["trec"])._fingerprint(version, StaiccCorpus._fingerprint_more() if more is None
-                                                        else more)
+    from momattn.data.staicc import staicc_identity
+
+    for version, thresholds in ((staicc.LEAK_FILTER_VERSION - 1, False), (1, False), (staicc.LEAK_FILTER_VERSION, True)):
+        old = StaiccCorpus(tasks=["trec"])._fingerprint(version, thresholds, staicc_identity())
         check_same_corpus(staicc_data, old, "run")
         assert "warning" not in capsys.readouterr().err
     check_same_corpus(staicc_data, StaiccCorpus(tasks=["trec"], split_seed=7).fingerprint(), "run")  # other rows

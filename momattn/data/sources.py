@@ -99,28 +99,24 @@ class StaiccCorpus:
     def fingerprint(self) -> str:
         # the filter shapes the text; the package's release and files are the rows; the split's sizes and the
         # filter's thresholds are named too, so that editing one rebuilds the cache even without a version bump
-        return self._fingerprint(LEAK_FILTER_VERSION, self._fingerprint_more())
+        return self._fingerprint(LEAK_FILTER_VERSION, True, staicc_identity())
 
-    def _fingerprint(self, version: int, more: list) -> str:
+    def _fingerprint(self, version: int, thresholds: bool, identity: list) -> str:
+        """thresholds: rule (e)'s too, named since session 55 (editing one reused the cache: found by review)."""
         from momattn.data import overlap, staicc
 
         sizes = [staicc.ICL_TEST_ROWS, staicc.ICL_DEMO_ROWS, staicc.LM_VAL_FRACTION, staicc.MIN_SUBSTRING_WORDS,
-                 staicc.NEAR_CHARS, overlap.N, overlap.SHARE, *more]
-        return digest(["staicc", 1, self.tasks, self.split_seed, version, staicc_identity(), sizes])
+                 staicc.NEAR_CHARS, overlap.N, overlap.SHARE,
+                 *([staicc.RESERVED_SHARE, staicc.BOILERPLATE] if thresholds else [])]
+        return digest(["staicc", 1, self.tasks, self.split_seed, version, identity, sizes])
 
     def same_rows(self, fingerprint: str) -> bool:
         """Whether `fingerprint` is this corpus's under an earlier leak filter (LEAK_FILTER_VERSION): the rows and
         their split are the same, and a filter only drops documents, so the LM-val text made now holds none of the
         rows the checkpoint trained on (evaluate.py warned that the files had changed)."""
-        return any(fingerprint == self._fingerprint(v, more) for v in range(1, LEAK_FILTER_VERSION + 1)
-                   for more in ([], self._fingerprint_more()))
-
-    @staticmethod
-    def _fingerprint_more() -> list:
-        """Rule (e)'s thresholds, in the fingerprint since session 55 (editing one reused the cache: review)."""
-        from momattn.data import staicc
-
-        return [staicc.RESERVED_SHARE, staicc.BOILERPLATE]
+        identity = staicc_identity()  # (the package's files, read once for every version's key)
+        return any(fingerprint == self._fingerprint(v, thresholds, identity)
+                   for v in range(1, LEAK_FILTER_VERSION + 1) for thresholds in (False, True))
 
     def documents(self, split: Split) -> list[str]:
         return lm_texts(self.tasks, split, self.split_seed)
@@ -410,9 +406,8 @@ class HubCorpus:
         except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError, ...)
             if wrong := unknown_split(self.name, split, self.val_split, e) or empty_folder(self.name, e):
                 raise wrong from None
-            if (self.data_files or folder_files(self.name)) and (type(e).__name__ == "DatasetGenerationError"
-                                                                 or damaged(e) and not isinstance(e, ValueError)
-                                                                 or type(e).__name__ == "ArrowInvalid"):
+            if (self.data_files or folder_files(self.name)) and damaged(e) and (
+                    not isinstance(e, ValueError) or type(e).__name__ == "ArrowInvalid"):
                 # (a parquet file that is not one raises pyarrow's ArrowInvalid itself: it got the advice to use
                 # local files, which it was; found by review)
                 # local files that do not parse (named by data.data_files, or a folder's files)

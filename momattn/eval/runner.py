@@ -67,6 +67,7 @@ class _Plan:
     val: object = None
     train: object = None
     data_cfg: dict | None = None
+    leak_note: str | None = None  # _unchecked_leak's, for the console and the report
 
 
 def _unchecked_leak(run_config: dict, tasks: list) -> str | None:
@@ -111,9 +112,9 @@ def _plan(model: LanguageModel, tokenizer, run_config: dict, cfg: EvalConfig, ca
         for t in ginc_tasks:  # the length fits, the world can make its prompts (ood: a held-out concept), and
             ginc_eval.k_max_fit(t)  # the tokenizer maps symbol i to token i: one 0-shot prompt made and encoded
             ginc_eval.encode(t, ginc_eval.world.prompts(t.example_len, 0, 1, ood=t.ood, seed=0))
-    plan = _Plan(lengths, tasks, icl_eval, prepared, ginc_tasks, ginc_eval)
-    if notes and (note := _unchecked_leak(run_config, tasks)):  # (once a run: said at train.py's end-of-run
-        print(note, file=sys.stderr, flush=True)  # evaluation, not at its start-up check too: found by review)
+    plan = _Plan(lengths, tasks, icl_eval, prepared, ginc_tasks, ginc_eval, leak_note=_unchecked_leak(run_config, tasks))
+    if notes and plan.leak_note:  # (once a run: said at train.py's end-of-run evaluation, not at its start-up check
+        print(plan.leak_note, file=sys.stderr, flush=True)  # too: found by review)
     if cfg.ppl.enabled:
         data_cfg = merge_data(run_config.get("data") or {}, cfg.ppl.data)
         if not data_cfg.get("source") and not data_cfg.get("_target_"):
@@ -206,8 +207,8 @@ def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cf
                          tokenizer={"name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
                          eval_config=asdict(cfg))
     plan = _plan(model, tokenizer, run_config, cfg, cache_dir, trained_on=trained_on, training=training)
-    if note := _unchecked_leak(run_config, plan.tasks):
-        result.notes.append(note.removeprefix("[momattn] note: "))
+    if plan.leak_note:
+        result.notes.append(plan.leak_note.removeprefix("[momattn] note: "))
     if cfg.ppl.enabled and not cfg.ppl.data and trained_on:
         check_same_corpus(plan.data_cfg, trained_on, label)
     if cfg.batch_tokens < model.config.block_size:

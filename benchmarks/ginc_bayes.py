@@ -35,7 +35,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from momattn.data.ginc import GincCorpus, max_shots  # noqa: E402
+from momattn.data.ginc import MAX_PROMPTS, GincCorpus, max_shots, prompt_length  # noqa: E402
+from momattn.errors import ConfigError  # noqa: E402
 from momattn.eval.ginc import ginc_task  # noqa: E402
 from momattn.io import atomic_write_text  # noqa: E402
 from momattn.utils import positive_int, stable_seed  # noqa: E402
@@ -104,11 +105,20 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"--shots {a.shots}: k must be >= 0")
     if bad := [t for t in a.tasks.split(",") if ginc_task(t, "--tasks") is None]:
         ap.error(f"--tasks: {', '.join(bad)} is not a GINC task; e.g. {', '.join(TASKS)}")
+    if a.prompts > MAX_PROMPTS:
+        ap.error(f"--prompts {a.prompts}: at most {MAX_PROMPTS:,} (all are made and held at once)")
+    for name in a.tasks.split(","):  # the evaluator puts <eot> first: context - 1 tokens for the prompt
+        if prompt_length(ginc_task(name).example_len, 0) > a.context - 1:
+            ap.error(f"--context {a.context}: task {name}'s test input alone takes {ginc_task(name).example_len - 1} "
+                     "tokens after <eot>; raise --context or drop the task")
     check_out_dir(ap, Path(a.out))
-    world = GincCorpus(**dict(_field(f) for f in a.fields))
     t0 = time.time()
-    tables = {label: bayes_table(world, a.tasks.split(","), shot_ints, a.prompts, a.seed, a.context, label)
-              for label in READERS}
+    try:
+        world = GincCorpus(**dict(_field(f) for f in a.fields))
+        tables = {label: bayes_table(world, a.tasks.split(","), shot_ints, a.prompts, a.seed, a.context, label)
+                  for label in READERS}
+    except ConfigError as e:  # in the script's own spelling: field=value, not data.field
+        ap.error(str(e).replace("data.", ""))
     doc = {"world": asdict(world), "prompts": a.prompts, "seed": a.seed, "context": a.context,
            "seconds": round(time.time() - t0, 1), "accuracy": tables["label vote"], "accuracy_predictive":
            tables["predictive"], "accuracy_pretraining": tables["pretraining"],

@@ -231,5 +231,6 @@ def test_evaluate_model_on_a_ginc_checkpoint_and_the_report(tmp_path, world):
     shot = doc["checkpoints"][0]["icl"]["tasks"]["ginc"]["shots"]["2"]
     assert shot["acc"] == g.shots["2"].acc and shot["chance"] == 0.1 and shot["k_used_mean"] == 2
     assert "Bayes-optimal" in doc["protocol"]["ginc"]
+    assert doc["headline"]["icl"] is None and "Bayes-optimal" in doc["headline"]["ginc"]  # no Table 7 Avg here
     preds = (tmp_path / "icl_predictions_vanilla.jsonl").read_text().splitlines()
     assert len(preds) == 2 * 3 * 2 * 12  # tasks x fitting k x seeds x prompts

@@ -391,6 +391,25 @@ def test_ginc_bayes_benchmark_writes_its_table(tmp_path):
         ginc_bayes.main(["--out", str(tmp_path), "n_wings=2"])
 
 
+
+@pytest.mark.parametrize("args, says", [
+    (["--context", "3"], "--context 3: task ginc's test input"),
+    (["n_concepts=0"], "error: n_concepts=0 must be >= 1"),
+    (["--prompts", "20000"], "--prompts 20000: at most 10,000"),
+    (["--tasks", "ginc_ood", "n_train_concepts=10"], "but n_train_concepts=n_concepts=10; lower n_train_concepts")])
+def test_ginc_bayes_names_its_own_arguments_in_its_errors(tmp_path, capsys, args, says):
+    """Its errors spoke of data.n_concepts and model.block_size, which the script does not take (found by review)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import ginc_bayes
+
+    with pytest.raises(SystemExit):
+        ginc_bayes.main(["--out", str(tmp_path), "--shots", "0", *args])
+    err = capsys.readouterr().err
+    assert says in err and "data." not in err and "block_size" not in err, err
+
 def test_the_ood_probes_bigram_reader_reads_symbol_pairs_inside_the_examples():
     import sys
     from pathlib import Path
@@ -447,3 +466,23 @@ def test_the_readme_states_the_always_delimiter_levels_the_evaluator_scores():
     assert (f'always answering "/"\nscores {level("ginc", 500)}% (l=5), {level("ginc_l3", 500)}% (l=3), '
             f'{level("ginc_l8", 500)}% (l=8), {level("ginc_ood", 500)}% (OOD)') in readme
     assert f'OOD k=0 / k=32 (always "/" {level("ginc_ood", 300)}; chance 2.0)' in readme
+
+
+def test_generation_and_labels_hold_a_bounded_share_of_a_wide_world():
+    """Documents and prompts of a wide world the config accepts do not copy its tables once per chain: each chain's
+    (P, P) table and permutations took 4-8 GB at sizes inside the bounds (found by review)."""
+    import tracemalloc
+
+    w = GincCorpus(n_properties=300, n_val_docs=200, val_doc_length=20)
+    tables = w.hmms  # built (and cached) before measuring: about 15 MB of its own
+    assert tables.property.nbytes > 5e6
+    tracemalloc.start()
+    try:
+        w.symbols("val")  # 200 chains: 144 MB of permutations copied
+        docs = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        w.prompts(3, 1, 200)  # 200 test inputs: 144 MB of transition tables copied
+        prompts = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert docs < 20e6 and prompts < 40e6, (docs, prompts)

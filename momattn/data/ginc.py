@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import numbers
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -150,6 +151,7 @@ def _check(ok: bool, field: str, value, fix: str) -> None:
 
 
 MAX_SYMBOLS, MAX_WORLD, MAX_DOCS, MAX_TOKENS = 2**20, 1000, 10**6, 2**31  # GincCorpus' size bounds
+_DRAWS = 2**20  # random numbers or chain states held at once by the generator and the forward algorithm
 # prompts made at once: 4x the paper's 2500 per (l, k). Each is held with its Bayes label and the intermediate
 # state paths while they are made (35 KB each at l=5, k=32: 20,000 prompts peaked at 707 MB; 10**6 ran out of memory)
 MAX_PROMPTS = 10_000
@@ -262,23 +264,31 @@ class GincCorpus:
         """Run N chains `steps` transitions from their start states, vectorised over chains: (N, steps + 1) entity
         and property ids. The chains of kron(entity, property) move independently (Xie et al. 2022), and a step
         of a permutation mixture is: draw a component by its weight, apply its permutation. The components'
-        weights do not depend on the state, so they are drawn for a block of steps at once."""
+        weights do not depend on the state, so they are drawn for a block of 256 steps at once: the entities'
+        (256, N) uniforms, then the properties'. They are drawn in row slices of at most _DRAWS numbers, the
+        same numbers: the whole block, and each chain's copy of its concept's permutations, took 4-8 GB at
+        sizes the config accepts (found by review)."""
         h = self.hmms
         n, n_prop = len(concept), self.n_properties
-        ent_cdf, prop_cdf = _cdf(h.entity_weights), _cdf(h.property_weights)[concept]  # (Ke,), (N, Kp)
-        prop_perms = h.property_perms[concept].reshape(-1)  # (N * Kp * P,) row r, component c: r*Kp*P + c*P
-        row = np.arange(n) * prop_cdf.shape[1] * n_prop
+        ent_cdf, prop_cdf = _cdf(h.entity_weights), _cdf(h.property_weights)  # (Ke,), (C, Kp)
+        prop_perms = h.property_perms.reshape(-1)  # (C * Kp * P,) concept c, component j: from (c * Kp + j) * P
+        groups = [(c, np.flatnonzero(concept == c)) for c in np.unique(concept)]
         ent = np.empty((steps + 1, n), _smallest_int(self.n_entities))  # time-major: each step writes one row
         prop = np.empty((steps + 1, n), _smallest_int(n_prop))
         ent[0], prop[0] = entity0, prop0
+        rows = max(1, min(256, _DRAWS // max(n, 1)))  # steps per slice of uniforms
         for t0 in range(0, steps, 256):
-            u = rng.random((2, min(256, steps - t0), n))
-            ent_comp = np.searchsorted(ent_cdf, u[0], side="right")  # (B, N): inverse CDF over components
-            prop_pos = row + (u[1][..., None] >= prop_cdf).sum(-1) * n_prop  # (B, N) start of each permutation
-            for i in range(len(ent_comp)):
-                t = t0 + i
-                ent[t + 1] = h.entity_perms[ent_comp[i], ent[t]]
-                prop[t + 1] = prop_perms[prop_pos[i] + prop[t]]
+            block = range(t0, min(t0 + 256, steps))
+            for ts in (block[i:i + rows] for i in range(0, len(block), rows)):
+                comp = np.searchsorted(ent_cdf, rng.random((len(ts), n)), side="right")  # (b, N) inverse CDF
+                for i, t in enumerate(ts):
+                    ent[t + 1] = h.entity_perms[comp[i], ent[t]]
+            for ts in (block[i:i + rows] for i in range(0, len(block), rows)):
+                u, pos = rng.random((len(ts), n)), np.empty((len(ts), n), np.int64)  # (b, N)
+                for c, chains in groups:  # start of each chain's drawn permutation
+                    pos[:, chains] = (c * prop_cdf.shape[1] + np.searchsorted(prop_cdf[c], u[:, chains], side="right")) * n_prop
+                for i, t in enumerate(ts):
+                    prop[t + 1] = prop_perms[pos[i] + prop[t]]
         return ent.T.copy(), prop.T.copy()
 
     # --- pretraining documents -------------------------------------------------------------------------------
@@ -341,41 +351,51 @@ class GincCorpus:
         the property chain prop ((N or 1), P, P) on the right."""
         return np.matmul(self.hmms.entity.T[None], np.matmul(alpha, prop))
 
-    def _forward(self, concept: np.ndarray, start: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _forward(self, concept: np.ndarray, start: np.ndarray, x: np.ndarray) -> Iterator[tuple[np.ndarray, int,
+                                                                                                   np.ndarray, np.ndarray]]:
         """The forward algorithm over (entity, property) states for symbol sequences x (N, L >= 1), each starting
-        at property start[n] with the entity uniform, under concept[n]: (alpha (N, E, P), the state distribution
-        after emitting x, and log P(x) (N,)). Where the concept cannot emit x: log P = -inf and alpha = 0."""
+        at property start[n] with the entity uniform, under concept[n], in slices of rows of one concept: (rows,
+        concept, alpha (rows, E, P): the state distribution after emitting x, log P(x) (rows,)). Where the concept
+        cannot emit x: log P = -inf and alpha = 0. A slice holds at most _DRAWS states: all N at once, each with
+        its concept's (P, P) table, took 5 GB for 500 prompts at k=32 of 200 properties (found by review)."""
         h = self.hmms
-        prop = h.property[concept]  # (N, P, P)
-        alpha = np.zeros((len(x), self.n_entities, self.n_properties))
-        alpha[np.arange(len(x)), :, start] = 1.0 / self.n_entities
-        logp = np.zeros(len(x))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            for t in range(x.shape[1]):
-                if t:
-                    alpha = self._step(alpha, prop)
-                alpha = alpha * (h.memory[None] == x[:, t, None, None])  # (N, E, P) emission of symbol t
-                z = alpha.sum(axis=(1, 2))
-                logp += np.log(z)
-                alpha = np.nan_to_num(alpha / z[:, None, None])
-        return alpha, logp
+        rows = max(1, _DRAWS // (self.n_entities * self.n_properties))
+        for c in np.unique(concept):
+            chains = np.flatnonzero(concept == c)
+            prop = h.property[c][None]  # (1, P, P)
+            for idx in (chains[i:i + rows] for i in range(0, len(chains), rows)):
+                alpha = np.zeros((len(idx), self.n_entities, self.n_properties))
+                alpha[np.arange(len(idx)), :, start[idx]] = 1.0 / self.n_entities
+                logp = np.zeros(len(idx))
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    for t in range(x.shape[1]):
+                        if t:
+                            alpha = self._step(alpha, prop)
+                        alpha = alpha * (h.memory[None] == x[idx, t, None, None])  # (n, E, P) emission of symbol t
+                        z = alpha.sum(axis=(1, 2))
+                        logp += np.log(z)
+                        alpha = np.nan_to_num(alpha / z[:, None, None])
+                yield idx, int(c), alpha, logp
 
     def next_symbol_probs(self, concept: np.ndarray, start: np.ndarray, x: np.ndarray) -> np.ndarray:
         """(N, V) probability of the symbol after x (N, L >= 1) under each prompt's true concept, given x alone:
         the forward algorithm over (entity, property) states from a start spread uniformly over entities at
         property `start`, deterministic emissions, then one more transition (Xie et al. 2022, Section 4). A row
         whose concept cannot emit x is all zeros."""
-        alpha, _ = self._forward(concept, start, x)
-        alpha = self._step(alpha, self.hmms.property[concept])
         onehot = self.hmms.memory.reshape(-1)[:, None] == np.arange(self.n_symbols)  # (E*P, V)
-        return alpha.reshape(len(x), -1) @ onehot
+        out = np.zeros((len(x), self.n_symbols))
+        for idx, c, alpha, _ in self._forward(concept, start, x):
+            out[idx] = self._step(alpha, self.hmms.property[c][None]).reshape(len(idx), -1) @ onehot
+        return out
 
     def sequence_logprob(self, concept: int, start: int, seqs: np.ndarray) -> np.ndarray:
         """(N,) log P(seq | concept, start) of symbol sequences (N, L) drawn as a prompt's examples are: entity
         uniform, property `start`, then L - 1 transitions of the concept's HMM (-inf where the concept cannot
         emit the sequence)."""
-        n = len(seqs)
-        return self._forward(np.full(n, concept), np.full(n, start), seqs)[1]
+        n, out = len(seqs), np.zeros(len(seqs))
+        for idx, _, _, logp in self._forward(np.full(n, concept), np.full(n, start), seqs):
+            out[idx] = logp
+        return out
 
     def _bayes_posterior(self, prompts: list[GincPrompt]) -> tuple[np.ndarray, np.ndarray]:
         """(posterior (N, pairs), predictions (N, pairs, V)) of the Bayes-optimal reader over (pretraining concept,

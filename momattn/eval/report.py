@@ -421,10 +421,11 @@ def results_document(results: Sequence[ModelResult | Mapping]) -> dict:
     """results.json: the protocols, what the headline numbers are, and every checkpoint's ModelResult."""
     results = [as_model_result(r) for r in results]
     first = next((r.icl for r in results if r.icl), None)
+    choice = any(t.kind == "choice" for r in results if r.icl for t in r.icl.tasks.values())
     return {"protocol": protocols(first.ginc_protocol if first is not None else None),
             "headline": {"ppl": "valid perplexity per window length (Table 6)",
                          "icl": f"accuracy at k={first.headline_k} (Table 7; Avg over tasks that fit)"
-                         if first else None,
+                         if choice else None,  # GINC alone has no such average (found by review)
                          "ginc": "greedy next-token accuracy vs the Bayes-optimal label, per k"
                          if first and first.ginc_protocol else None},
             "checkpoints": [r.to_json() for r in results]}

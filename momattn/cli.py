@@ -937,10 +937,8 @@ def check_fresh_folder(overrides: list[str], multirun: bool, cwd: Path | None = 
             raise another_runs_checkpoint(ckpt, folder, held, key)
     if ckpt and ckpt != "null":
         return
-    # a run's checkpoint, or the summary of one that kept none (callbacks=none: was overwritten without a word)
     runs = [folder] if not multirun else sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    held = [p for run in runs if (p := next((f for f in (run / "checkpoints" / "last.ckpt", run / "summary.json")
-                                             if f.exists()), None))]
+    held = [p for run in runs if (p := run_held(run))]
     if held:
         raise folder_holds_a_run(folder, held, key, sweep=multirun, search=multirun and _is_search(overrides))
 
@@ -1067,13 +1065,29 @@ def another_runs_checkpoint(ckpt: str | Path, folder: Path, held: Path, key: str
                        f"{folder}'s own run with ckpt_path=last")
 
 
+def run_held(run: Path) -> Path | None:
+    """What a fresh run in the folder `run` would overwrite: its last.ckpt; else its newest other checkpoint (with
+    save_last=false, a fresh run overwrote an earlier attempt's checkpoints without a word: found by review); else
+    the summary of a run that kept none (callbacks=none); None where it holds none of these."""
+    if (last := run / "checkpoints" / "last.ckpt").exists():
+        return last
+    others = []
+    with contextlib.suppress(OSError):
+        others = [(p.stat().st_mtime, p) for p in (run / "checkpoints").glob("*.ckpt*")]
+    if others:
+        return max(others)[1]
+    return summary if (summary := run / "summary.json").exists() else None
+
+
 def folder_holds_a_run(folder: Path, held: list[Path], key: str, sweep: bool = False,
                        search: bool = False) -> ConfigError:
     """The refusal of a fresh run in a folder whose checkpoints `held` it would overwrite (sweep: the jobs'
     checkpoints of a sweep folder; search: of an Optuna search, which is not resumed)."""
     what = f"{len(held)} job(s) of a {'search' if search else 'sweep'}" if sweep else "a run"
+    resume = "ckpt_path=last" if held[0].name in ("last.ckpt", "summary.json") else \
+        f"{shell_arg('ckpt_path', held[0])} (it has no last.ckpt; this is its newest checkpoint)"
     how = ("search into another folder (hydra.sweep.dir=...; a study kept in hydra.sweeper.storage goes on there)"
-           if search else f"Resume it with ckpt_path=last (the same command otherwise), or train in another folder "
+           if search else f"Resume it with {resume} (the same command otherwise), or train in another folder "
                           f"({key}=...)")
     return ConfigError(f"{folder} holds {what} already ({held[0]}{', ...' if len(held) > 1 else ''}); a fresh run "
                        f"there would overwrite its checkpoints and results. {how[0].upper()}{how[1:]}, or delete that "

@@ -30,6 +30,7 @@ class TrainProgress(ProgressBar):
         self._times: deque = deque(maxlen=window + 1)  # (time, tokens so far) at recent steps
         self._tokens, self._last_line, self._t0, self._step0 = 0, 0.0, 0.0, 0
         self._val_t0: float | None = None  # when the validation under way started (its time is not training's)
+        self._line_step: int | None = None  # the step of the last line printed
 
     def disable(self) -> None:
         self._enabled = False
@@ -89,7 +90,7 @@ class TrainProgress(ProgressBar):
             self._bar.set_postfix(post, refresh=False)
             self._bar.refresh()
         elif now - self._last_line >= self.interval_s:
-            self._last_line = now
+            self._last_line, self._line_step = now, s["step"]
             print(self.line(s), file=sys.stderr, flush=True)
 
     def on_validation_start(self, trainer, pl_module):
@@ -118,5 +119,5 @@ class TrainProgress(ProgressBar):
             self._bar.n = trainer.global_step
             self._bar.close()
             self._bar = None
-        elif self._enabled and trainer.is_global_zero:
-            print(self.line(self._status(trainer)), file=sys.stderr, flush=True)
+        elif self._enabled and trainer.is_global_zero and self._line_step != trainer.global_step:  # (its line twice,
+            print(self.line(self._status(trainer)), file=sys.stderr, flush=True)  # where one fell on the last step)

@@ -48,6 +48,7 @@ from momattn.cli import (
     go_on,
     hold_run_folder,
     hydra_job,
+    run_held,
     same_run,
     search_stop,
 )
@@ -164,8 +165,9 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
     ckpt_path = _resume_from(c, job, out_dir)
     earlier = out_dir / "checkpoints" / "last.ckpt"
-    if ckpt_path is None and earlier.exists() and os.environ.get("LOCAL_RANK", "0") == "0":  # cli's check's backstop
-        raise folder_holds_a_run(out_dir, [earlier], "hydra.sweep.dir" if job.sweep_dir else "hydra.run.dir")
+    if ckpt_path is None and (held := run_held(out_dir)) and held.name != "summary.json" \
+            and os.environ.get("LOCAL_RANK", "0") == "0":  # cli's check's backstop
+        raise folder_holds_a_run(out_dir, [held], "hydra.sweep.dir" if job.sweep_dir else "hydra.run.dir")
     resumed = read_meta(ckpt_path) if ckpt_path else {}
     if resumed and not ckpt_path.is_dir() and "fsdp" in str(c.trainer.get("strategy")).lower():
         # ShardedFSDP.load_checkpoint refuses it too, but inside fit: once per launched process
@@ -248,7 +250,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     if c.run_eval and c.eval and not evaluated and os.environ.get("LOCAL_RANK", "0") == "0":
         _check_evaluation(c, model, tokenizer)  # a task or length the evaluation cannot take: now, not after training
     meta = checkpoint_meta(model_config, tokenizer, c.resolved, overrides=list(job.overrides),
-                           data_fingerprint=c.data.fingerprint())  # evaluate.py: is the corpus still this one?
+                           data_fingerprint=c.data.fingerprint(),  # evaluate.py: is the corpus still this one?
+                           **_history(resume, start_step, c.resolved))
     lit = LitGPT(model, c.optim, c.max_steps, meta,
                  tokens_per_batch=c.loader.batch_size * model_config.block_size)
     if c.compile:  # the forward only: parameter names (and so checkpoints) stay the same
@@ -325,11 +328,11 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         trained = trainer.global_step > start_step  # False: a finished run resumed (the final model was validated
         # inside fit, even off the validation interval: LitGPT.on_train_batch_end)
         own_last = out_dir / "checkpoints" / "last.ckpt"
-        brought = trainer.checkpoint_callback is None and trained and ckpt_path is not None \
-            and Path(ckpt_path).resolve() == own_last
+        brought = not getattr(trainer.checkpoint_callback, "save_last", None) and trained and own_last.exists()
         if brought:
-            # callbacks=none: no checkpoints but a SIGTERM's last.ckpt, which the resume left at its step (and
-            # evaluate.py then called the run partial, advising a resume that retrained): brought to the end
+            # callbacks=none or save_last=false: a SIGTERM's last.ckpt that no callback keeps, which the resume left
+            # at its step (evaluate.py then called the run partial, and a resume of the finished run retrained from
+            # it: found by review): brought to the end
             trainer.save_checkpoint(own_last)
         eval_model = _evaluation_model(trainer, model, bool(c.run_eval and c.eval))  # FSDP: rank 0's full copy
         if trainer.is_global_zero:  # DDP: rank 0 reports and evaluates
@@ -342,7 +345,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
             else:  # a finished run resumed: its summary (val loss, speed) stays, and gives the sweep's metric
                 print("[momattn] nothing to train: " + (
                     f"its EarlyStopping callback ended the run at step {start_step} ({stopped[1]}); "
-                    f"{out_dir / 'summary.json'} is kept. To train on, resume with ~callbacks.{stopped[0]}" if stopped
+                    f"{out_dir / 'summary.json'} is kept. To train on, " + _train_on(stopped[0], job) if stopped
                     else
                     f"the run was at step {start_step} already (trainer.max_steps={c.max_steps}); "
                     f"{out_dir / 'summary.json'} is kept. Raise trainer.max_steps to train on"),
@@ -948,6 +951,30 @@ def _stopped_early(checkpoint: dict, c: TrainConfig, callbacks: list) -> tuple[s
     return None
 
 
+def _train_on(name: str, job: HydraJob) -> str:
+    """How to resume a run its EarlyStopping callback `name` ended without that callback. A sweep's command line
+    that adds it (+callbacks.es.patience=...) cannot also delete it (~callbacks.es was refused there: found by
+    review); a single run's resume drops its saved additions for ~callbacks.<name>."""
+    added = [o for o in job.overrides if o.lstrip("+").startswith((f"callbacks.{name}.", f"callbacks.{name}="))
+             and o.startswith("+")]
+    if job.sweep_dir is not None and added:
+        return f"resume the sweep without its +callbacks.{name} overrides ({' '.join(map(shell_quote, added))})"
+    return f"resume with ~callbacks.{name}"
+
+
+def _history(resume: dict, step: int, config: dict) -> dict:
+    """{"history": [{"step", "config"}, ...]}: the configs a run trained with before each resume that changed its
+    settings (optim.lr after a divergence, a longer trainer.max_steps), oldest first; {} for a run that has none.
+    The stored config is the latest only, so such a run read as trained that way from step 0, and a sweep's
+    verdict averaged it with runs that were (found by review)."""
+    history = list(resume.get("history") or [])
+    before = resume.get("config")
+    if isinstance(before, Mapping) and {k: v for k, v in before.items() if k != "ckpt_path"} != \
+            {k: v for k, v in config.items() if k != "ckpt_path"}:
+        history.append({"step": step, "config": before})
+    return {"history": history} if history else {}
+
+
 def _forget_stop(cb: pl.callbacks.EarlyStopping) -> None:
     """The callback, as Lightning restores it, without the stop it restores: that stop stayed in every checkpoint
     of the run trained on, which then read as stopped early (at its end, and as finished on resume after a
@@ -984,7 +1011,7 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
     ckpt_cb = trainer.checkpoint_callback
     best = getattr(ckpt_cb, "best_model_path", "") or None
     last = getattr(ckpt_cb, "last_model_path", "") or None
-    if ckpt_cb is None and (out_dir / "checkpoints" / "last.ckpt").exists():  # a SIGTERM's, brought to the end
+    if last is None and (out_dir / "checkpoints" / "last.ckpt").exists():  # a SIGTERM's, brought to the end
         # (FSDP's is a folder)
         last = str(out_dir / "checkpoints" / "last.ckpt")
     stop = early_stopped({cb.state_key: cb.state_dict() for cb in trainer.callbacks if type(cb).__name__ ==

@@ -56,6 +56,28 @@ def test_the_progress_rate_is_trainings_not_lowered_by_a_validation(monkeypatch)
     assert bar._status(trainer)["rate"] == pytest.approx(100.0)  # 500 / 35 s over the window before
 
 
+
+def test_the_last_step_gets_one_progress_line(capsys):
+    # where the periodic line fell on the last step, the end printed the step again (found by review)
+    from types import SimpleNamespace as NS
+
+    import torch
+
+    bar = TrainProgress(interval_s=0.0, tty=False)
+    trainer = NS(global_step=0, max_steps=2, callback_metrics={}, world_size=1, is_global_zero=True,
+                 sanity_checking=False)
+    bar.on_train_start(trainer, None)
+    for step in (1, 2):
+        trainer.global_step = step
+        bar.on_train_batch_end(trainer, None, None, (torch.zeros(1, 4, dtype=torch.long),), step)
+    bar.on_train_end(trainer, None)
+    err = capsys.readouterr().err
+    assert err.count("step 2/2") == 1 and err.count("step 1/2") == 1, err
+    bar = TrainProgress(interval_s=1e9, tty=False)  # and where none did, the end prints it
+    bar.on_train_start(trainer, None)
+    bar.on_train_end(trainer, None)
+    assert capsys.readouterr().err.count("step 2/2") == 1
+
 def test_a_log_file_gets_progress_lines_not_a_bar(tmp_path, capsys):
     cfg = compose_train(tmp_path, [*SMOKE, "trainer.enable_progress_bar=true", "logger=none"])
     run_train(cfg)

@@ -344,6 +344,32 @@ def test_settings_added_later_at_their_neutral_value_do_not_split_a_sweep():
     assert _strip({**new, "trainer": {"max_steps": 10, "num_nodes": 2}}) != _strip(old)
 
 
+
+def test_a_run_resumed_with_other_settings_is_a_setting_of_its_own(tmp_path, tokenizer):  # noqa: F811
+    """A job diverged at lr 2e-3 and resumed at 1e-3 stored lr 1e-3 alone, and was averaged and paired with runs
+    trained at 1e-3 from step 0 (found by review). Resumes that changed the same thing at the same step group."""
+    from momattn.eval.sweep import by_setting, find_runs, sweep_markdown
+
+    sweep = tmp_path / "sweep"
+    for num, (kind, seed) in enumerate([("vanilla", 1), ("momentum", 1), ("vanilla", 2), ("momentum", 2)]):
+        d = job(sweep, num, kind, seed, tokenizer, lr=1e-3)
+        if seed == 1:  # resumed at step 3 with optim.lr=0.001, and again with nothing of its identity changed
+            ckpt = torch.load(d / "checkpoints" / "last.ckpt", weights_only=False)
+            config = ckpt["momattn"]["config"]
+            ckpt["momattn"]["history"] = [{"step": 3, "config": {**config, "optim": {"lr": 2e-3}}},
+                                          {"step": 5, "config": {**config, "data": {**config["data"], "num_workers": 2}}}]
+            atomic_torch_save(ckpt, d / "checkpoints" / "last.ckpt")
+    runs, failed = find_runs(sweep)
+    assert not failed and [r.resumed for r in runs] == [["at step 3 with optim.lr=0.001 (was 0.002)"]] * 2 + [[]] * 2
+    groups = by_setting(runs)
+    assert [[r.seed for r in rs] for _, _, rs in groups] == [[1, 1], [2, 2]]
+    assert [differs for _, differs, _ in groups] == [{"resumed": "at step 3 with optim.lr=0.001 (was 0.002)"},
+                                                     {"resumed": None}]
+    md = sweep_markdown([SettingSummary(s, differs) for s, differs, _ in groups], [], len(runs))
+    assert ": resumed at step 3 with optim.lr=0.001 (was 0.002)\n" in md and ": not resumed with other settings\n" in md
+    assert [r.resumed for r in find_runs(sweep)[0] if r.seed == 2] == [[], []]  # none: one setting, as before
+    assert by_setting([r for r in runs if r.seed == 2])[0][1] == {}
+
 def test_metrics_are_ordered_by_length_and_by_k():
     from momattn.eval.sweep import metric_order
 
@@ -646,6 +672,10 @@ def test_an_attention_sharing_no_seed_with_vanilla_is_named_where_others_are_com
     assert c.attention == "momentum" and c.diff_mean == pytest.approx((9.5 - 10 + 9.7 - 11 + 9.0 - 12.5) / 3)
     md = sweep.sweep_markdown([s], [], 8)
     assert "vanilla's seeds: 1, 2, 3): multirate_ema (seeds 4, 5)" in md and "No seed is shared" not in md
+    # seeds shared but nothing scored (the headline k did not fit): it said no seed was shared (found by review)
+    monkeypatch.setattr(sweep, "metrics_of", lambda result: {})
+    md = sweep.sweep_markdown(sweep.summarise([r for r in runs if r.seed in (1, 2)]), [], 4)
+    assert "No metric was scored for vanilla, momentum in this setting" in md and "No seed is shared" not in md
 
 
 def test_the_readme_names_every_case_the_verdict_cannot_tell():

@@ -134,6 +134,23 @@ def test_without_checkpoint_callbacks_a_sigterms_last_ckpt_is_brought_to_the_end
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["checkpoints"][0]["checkpoint"] == str(last)
 
 
+
+@pytest.mark.slow
+def test_with_save_last_false_a_sigterms_last_ckpt_is_brought_to_the_end_and_the_finished_run_stays_finished(tmp_path):
+    # the resume finished at step 9 but left the SIGTERM's last.ckpt at step 4: resuming the finished run then
+    # trained steps 5-9 again over its metrics.csv and summary (found by review)
+    keep = "callbacks.model_checkpoint.save_last=false"
+    r = run_cli("train.py", [*RUN, keep, *fault("sigterm@4"), f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert r.returncode == PREEMPTED_EXIT, r.stderr[-3000:]
+    r = run_cli("train.py", [*RUN, keep, "ckpt_path=last", f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert step_of(last) == 9 and json.loads((tmp_path / "summary.json").read_text())["last_checkpoint"] == str(last)
+    summary = (tmp_path / "summary.json").read_bytes()
+    r = run_cli("train.py", [*RUN, keep, "ckpt_path=last", f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert r.returncode == 0 and "nothing to train" in r.stderr, r.stderr[-3000:]
+    assert (tmp_path / "summary.json").read_bytes() == summary and step_of(last) == 9
+
 @pytest.mark.slow
 def test_a_sigterm_on_one_ddp_rank_saves_on_both_at_the_same_step_without_a_hang(tmp_path):
     # Lightning's own handler broadcast from inside the signal handler of the signalled rank only: the ranks

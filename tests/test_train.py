@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -190,6 +191,12 @@ def test_resume_continues_at_the_right_step(tmp_path, stop, capsys):
     steps = sorted(train_losses(tmp_path / "b"))
     assert steps == list(range(stop, 9))  # logged at the step being taken: the first run took steps 0..stop-1
     assert read_checkpoint(tmp_path / "b" / "checkpoints" / "last.ckpt")["global_step"] == 9
+    # the settings it trained with before the resume changed them: a sweep then knows it did not train as its
+    # config says from step 0 (found by review); a resume that changes nothing records nothing
+    meta = read_checkpoint(tmp_path / "b" / "checkpoints" / "last.ckpt")["momattn"]
+    assert [h["step"] for h in meta["history"]] == [stop] and meta["history"][0]["config"]["optim"]["lr"] != 1e-5
+    assert meta["history"][0]["config"]["trainer"]["max_steps"] == stop and meta["config"]["optim"]["lr"] == 1e-5
+    assert "history" not in read_checkpoint(ckpt)["momattn"]
     # the corpus it trained on, which evaluate.py compares with the corpus it splits again
     assert read_checkpoint(tmp_path / "b" / "checkpoints" / "last.ckpt")["momattn"]["data_fingerprint"] == \
         load_train_config(second).data.fingerprint()
@@ -1171,6 +1178,26 @@ def test_callbacks_none_writes_no_checkpoint(tmp_path, capsys):
             check_fresh_folder([f"{key}={folder}"], multirun=multirun)
 
 
+
+def test_a_fresh_run_is_refused_where_a_run_kept_checkpoints_but_no_last_ckpt(tmp_path):
+    """save_last=false: an earlier attempt's best-step6.ckpt was overwritten, then deleted by top-k, by the same
+    command given again, with a word that the attempt had no checkpoint (found by review)."""
+    run = tmp_path / "sweep" / "0"
+    (run / "checkpoints").mkdir(parents=True)
+    for name in ("best-step3.ckpt", "best-step6.ckpt"):
+        (run / "checkpoints" / name).write_bytes(b"x")
+        os.utime(run / "checkpoints" / name, (1e9 + int(name[9]),) * 2)  # step 6's the newer
+    for multirun, folder in ((False, run), (True, run.parent)):
+        key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        with pytest.raises(ConfigError, match=f"holds {'1 job' if multirun else 'a run'}.* already "
+                                              f"\\({run / 'checkpoints' / 'best-step6.ckpt'}\\)") as e:
+            check_fresh_folder([f"{key}={folder}"], multirun=multirun)
+        if not multirun:  # the resume it advises is one that works (ckpt_path=last refuses such a folder)
+            assert f"Resume it with ckpt_path={run / 'checkpoints' / 'best-step6.ckpt'} (it has no last.ckpt" in str(e.value)
+    with pytest.raises(ConfigError, match="holds a run already"):  # train.py's own check, behind the command line's
+        run_train(compose_train(run, [*SMOKE, "trainer.max_steps=3"]))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best-step3.ckpt", "best-step6.ckpt"]
+
 def test_the_final_model_is_validated_when_max_steps_is_off_the_interval(tmp_path):
     val = run_train(compose_train(tmp_path, [*SMOKE, "trainer.max_steps=4", "trainer.val_check_interval=3",
                                              "logger=csv", "attention.kind=momentum"]))
@@ -1474,6 +1501,20 @@ def test_a_run_stopped_at_a_threshold_is_finished_unless_its_threshold_changes(t
     assert summary["steps"] == 12 and summary["stopped_early"] is None
     assert not early_stopped(read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["callbacks"])
 
+
+
+def test_the_advice_to_train_on_past_an_early_stop_is_one_a_sweep_accepts():
+    """In a sweep whose command line adds the callback, ~callbacks.es was refused (found by review)."""
+    from momattn.cli import HydraJob
+    from momattn.training import _train_on
+
+    added = ["+callbacks.es._target_=lightning.pytorch.callbacks.EarlyStopping", "+callbacks.es.monitor=val/loss",
+             "seed=1"]
+    assert _train_on("es", HydraJob(added, sweep_dir="s", num=0)) == (
+        "resume the sweep without its +callbacks.es overrides (+callbacks.es._target_=lightning.pytorch.callbacks."
+        "EarlyStopping +callbacks.es.monitor=val/loss)")
+    assert _train_on("es", HydraJob(added)) == "resume with ~callbacks.es"  # a run's resume drops its additions
+    assert _train_on("es", HydraJob(["callbacks=es"], sweep_dir="s", num=0)) == "resume with ~callbacks.es"
 
 def test_a_run_early_stopping_ended_says_so_and_counts_as_finished(tmp_path, capsys):
     """Found by review: it ended with 'done: 14 steps' alone (Lightning's INFO line is silenced), and a sweep called

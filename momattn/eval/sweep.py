@@ -59,6 +59,7 @@ class SweepRun:
     eval_key: str | None = None  # own_settings: digest of the run's own evaluation settings, where runs differ
     step: int | None = None  # the checkpoint's global_step
     meta: dict = field(default_factory=dict, repr=False)  # the checkpoint's `momattn` entry, read by find_runs
+    resumed: list[str] = field(default_factory=list)  # resumed_with's: settings changed by a resume, oldest first
 
 
 @dataclass
@@ -223,6 +224,21 @@ def _strip(config: Mapping) -> dict:
     return out
 
 
+def resumed_with(meta: Mapping, config: Mapping) -> list[str]:
+    """'at step 3 with optim.lr=0.001 (was 0.002)' for each resume that changed a setting of the run's identity
+    (meta["history"]: train.py's configs before such resumes), oldest first; [] for a run trained as its config
+    says from step 0. Such a run is a setting of its own: it was averaged with runs trained that way throughout
+    (found by review)."""
+    out, history = [], [h for h in meta.get("history") or () if isinstance(h, Mapping)]
+    for i, h in enumerate(history):
+        after = to_plain(history[i + 1].get("config")) if i + 1 < len(history) else config
+        old, new = _flat(_strip(to_plain(h.get("config")) or {})), _flat(_strip(after or {}))
+        if changed := [f"{k}={json.dumps(new.get(k), default=str)} (was {json.dumps(old.get(k), default=str)})"
+                       for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]:
+            out.append(f"at step {h.get('step')} with {', '.join(changed)}")
+    return out
+
+
 def _flat(config: Mapping, prefix: str = "") -> dict:
     """{'trainer.max_steps': 400, ...}: every leaf of a nested config under its dotted key."""
     out = {}
@@ -382,8 +398,9 @@ def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
             failed.append(f"{job_name(path.parent.parent, sweep_dir)} ({why})")
             continue
         att = dict((meta.get("model_config") or {}).get("attention") or config.get("attention") or {})
+        resumed = resumed_with(meta, config)
         run = SweepRun(path, path.parent.parent, str(att.get("kind", "unknown")), config.get("seed"),
-                       digest(_strip(config)), config)
+                       digest([_strip(config), resumed] if resumed else _strip(config)), config, resumed=resumed)
         run.attention_params = att
         run.step = ckpt.get("global_step")  # an int (read_meta checks it), or None
         run.meta = meta
@@ -576,8 +593,8 @@ def by_setting(runs: Sequence[SweepRun]) -> list[tuple[str, dict, list[SweepRun]
     settings: dict[str, list[SweepRun]] = defaultdict(list)
     for r in runs:
         settings[r.setting].append(r)
-    configs = {s: {**_flat(_strip(rs[0].config)), **({"eval settings": rs[0].eval_key} if rs[0].eval_key else {})}
-               for s, rs in settings.items()}
+    configs = {s: {**_flat(_strip(rs[0].config)), **({"eval settings": rs[0].eval_key} if rs[0].eval_key else {}),
+                   "resumed": "; ".join(rs[0].resumed) or None} for s, rs in settings.items()}
     return [(s, {k: v for k, v in configs[s].items() if any(c.get(k) != v for c in configs.values())}, rs)
             for s, rs in settings.items()]
 
@@ -758,7 +775,9 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
     if failed:
         lines += ["Failed or partial jobs (left out): " + "; ".join(failed), ""]
     for s in summaries:
-        title = ", ".join(f"{k}={json.dumps(v, default=str)[:80]}" for k, v in s.differs.items()) or "all runs"
+        title = ", ".join(f"{k}={json.dumps(v, default=str)[:80]}" if k != "resumed" else
+                          f"resumed {v}" if v else "not resumed with other settings"
+                          for k, v in s.differs.items()) or "all runs"
         lines += [f"## Setting {s.setting}: {title}", ""]
         if s.duplicates:
             lines += ["Left out, a second run of the same attention and seed (pass each copy's sweep on its own to "
@@ -804,6 +823,9 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
             lines += unpaired_line(s.rows, s.comparisons)
         elif BASELINE not in s.rows:
             lines += [f"No {BASELINE} run in this setting: nothing to compare against.", ""]
+        elif unscored := [a for a, row in s.rows.items() if not any(row.values())]:  # (it read as no shared seed:
+            lines += [f"No metric was scored for {', '.join(unscored)} in this setting (the notes below say why): "  # review)
+                      "nothing is compared.", ""]
         elif len(s.rows) > 1:  # pairs are by seed: vanilla seed 1 and momentum seed 2 make no pair
             lines += [f"No seed is shared with {BASELINE}: differences are paired by seed, so nothing is compared; "
                       "train the same seeds for each attention.", ""]
@@ -1049,7 +1071,8 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
     doc = {"sweep_dir": str(sweep_dir), "failed": failed,
            "eval_config": shared[0] if shared and all(v == shared[0] for v in shared) else settings,
            "runs": [{"checkpoint": str(r.path), "attention": r.attention, "seed": r.seed, "step": r.step,
-                     "setting": r.setting, "reused_results": r.reused, "metrics": metrics_of(r.result)} for r in runs],
+                     "setting": r.setting, "reused_results": r.reused, "metrics": metrics_of(r.result),
+                     **({"resumed_with": r.resumed} if r.resumed else {})} for r in runs],
            "settings": [asdict(s) for s in summaries]}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "sweep.json", json_text(doc, indent=2, default=str) + "\n")

@@ -348,7 +348,10 @@ class Throughput(ThroughputMonitor):
     def setup(self, trainer, pl_module, stage):
         super().setup(trainer, pl_module, stage)
         device = trainer.strategy.root_device
-        if device.type == "cuda" and precision_dtype(trainer.precision) in (torch.bfloat16, torch.float16):
+        if device.type == "cuda" and hardware.is_mig(torch.cuda.get_device_name(device)):
+            # a part of the GPU: Lightning's table gave the whole GPU's peak (an MFU up to 7x low: found by review)
+            self.available_flops = None
+        elif device.type == "cuda" and precision_dtype(trainer.precision) in (torch.bfloat16, torch.float16):
             # the datasheet's dense peak where momattn knows the device (Lightning's table has no "NVIDIA H200",
             # and its H200 names carry the sparse figure); Lightning's otherwise
             self.available_flops = hardware.gpu_bf16_peak(torch.cuda.get_device_name(device)) or self.available_flops

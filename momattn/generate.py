@@ -184,26 +184,28 @@ class StreamDecoder:
         self.shown = decode(self.ids[self.start:]) if self.ids else ""  # the decode of ids[start:] shown so far
         self.held = 0  # tokens whose text is held back (a broken multi-byte character so far)
 
-    def _release(self, text: str) -> str:
-        """The part of `text` (the decode of ids[start:]) not shown yet; `start` then moves up to MARGIN tokens
-        before the end."""
+    def _release(self, text: str, keep: int = 0) -> str:
+        """The part of `text` (the decode of ids[start:]) not shown yet, but its last `keep` characters; `start`
+        then moves up to MARGIN tokens before the end."""
         same = len(os.path.commonprefix([self.shown, text]))  # all of `shown`, unless a decoder rewrote its end
-        new = text[same:]
+        new = text[same:len(text) - keep]
         start = max(len(self.ids) - self.MARGIN, 0)
-        self.shown = text if start == self.start else self.decode(self.ids[start:])
-        self.start, self.held = start, 0
+        shown = text if start == self.start else self.decode(self.ids[start:])
+        self.shown, self.start, self.held = shown[:len(shown) - keep], start, 0
         return new
 
     def push(self, token: int) -> str:
         self.ids.append(int(token))
         text = self.decode(self.ids[self.start:])
-        if text.endswith("\ufffd") and self.held < 7:  # a character has at most 4 bytes: a longer run that still
-            self.held += 1  # ends in a broken one is junk the model sampled, as is
-            return ""
+        if text.endswith("\ufffd"):
+            if self.held < 7:  # a character has at most 4 bytes: a longer run that still ends in a broken one is
+                self.held += 1  # junk the model sampled, as is, but its last one, which the next tokens may
+                return ""  # complete (shown, it stayed beside the character: found by review)
+            return self._release(text, keep=1)
         return self._release(text)
 
     def flush(self) -> str:
-        return self._release(self.decode(self.ids[self.start:])) if self.held else ""
+        return self._release(self.decode(self.ids[self.start:]))
 
 
 class StopAt:

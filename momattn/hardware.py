@@ -130,13 +130,21 @@ GPU_BF16_PEAK = {"H200": 989e12, "H200 NVL": 835e12, "H100 PCIe": 756e12, "H100 
                  "RTX 4090": 165e12, "A6000": 155e12}
 
 
+def is_mig(name: str) -> bool:
+    """Whether a CUDA device name (torch.cuda.get_device_name) is a MIG slice ("... MIG 1g.10gb"): a part of the
+    GPU's compute, whose peak no table holds."""
+    import re
+
+    return bool(re.search(r"(?<![A-Za-z0-9])MIG(?![A-Za-z0-9])", name))
+
+
 def gpu_bf16_peak(name: str) -> float | None:
     """The dense bf16 peak of a CUDA device by its name (torch.cuda.get_device_name), or None where unknown: the
     longest entry the name holds as a word ("NVIDIA L40" is an L40, not an L4). A MIG slice ("... MIG 1g.10gb")
     has a part of the GPU's compute: None, not the whole GPU's peak (its MFU read up to 7x low)."""
     import re
 
-    if re.search(r"(?<![A-Za-z0-9])MIG(?![A-Za-z0-9])", name):
+    if is_mig(name):
         return None
     hits = [k for k in GPU_BF16_PEAK if re.search(rf"(?<![A-Za-z0-9]){re.escape(k)}(?![A-Za-z0-9])", name, re.I)]
     return GPU_BF16_PEAK[max(hits, key=len)] if hits else None

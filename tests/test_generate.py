@@ -166,6 +166,14 @@ def test_stream_decoder_keeps_the_spaces_a_tokenizer_puts_between_tokens():
     raw = bytes("é✓", "utf-8")  # byte-level: 2 + 3 bytes, one token per byte
     bytewise = StreamDecoder(lambda ids: bytes(ids).decode("utf-8", errors="replace"))
     assert [bytewise.push(b) for b in raw] == ["", "é", "", "", "✓"]
+    # eight lead bytes of junk, then the two bytes that complete the last into 東: the streamed text had one
+    # replacement character more than the sample (found by review)
+    ids = [0xE6] * 8 + [0x9D, 0xB1]
+    bytewise = StreamDecoder(lambda ids: bytes(ids).decode("utf-8", errors="replace"), context=list(b"Hi"))
+    pieces = [bytewise.push(b) for b in ids] + [bytewise.flush()]
+    assert "".join(pieces) == bytes(ids).decode("utf-8", errors="replace") == "\ufffd" * 7 + "東"
+    bytewise = StreamDecoder(lambda ids: bytes(ids).decode("utf-8", errors="replace"))  # junk to the end: all shown
+    assert "".join([bytewise.push(b) for b in [0xE6] * 9] + [bytewise.flush()]) == "\ufffd" * 9
 
 
 def test_a_tiny_temperature_samples_the_argmax_instead_of_failing():

@@ -96,6 +96,28 @@ def test_a_device_without_a_known_peak_says_why_it_has_no_mfu():
     assert gpu_bf16_peak("NVIDIA A100-SXM4-40GB MIG 1g.5gb") is None
 
 
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_a_mig_slices_run_has_no_mfu_against_the_whole_gpus_peak(monkeypatch, precision):
+    # the callback fell back to Lightning's table, which gave a 1g.10gb slice of an H100 all of its 989 TFLOP/s
+    # (found by review)
+    from types import SimpleNamespace as NS
+
+    from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+    from lightning.pytorch.trainer.states import RunningStage, TrainerFn
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3 MIG 1g.10gb")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))  # (Lightning's fp32 lookup asks)
+    trainer = NS(precision_plugin=MixedPrecision("bf16-mixed", "cuda") if precision == "bf16-mixed" else Precision(),
+                 precision=precision, strategy=NS(root_device=torch.device("cuda", 0)), enable_validation=False,
+                 world_size=1, state=NS(stage=RunningStage.TRAINING, fn=TrainerFn.FITTING), is_global_zero=True)
+    monitor = Throughput(batch_size_fn=len)
+    monitor.setup(trainer, None, "fit")
+    assert monitor.available_flops is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")  # the whole GPU: its own
+    monitor.setup(trainer, None, "fit")
+    assert monitor.available_flops == (989e12 if precision == "bf16-mixed" else 66.9e12)  # fp32 (matmul precision "highest")
+
+
 def test_an_mfu_above_100_percent_is_not_reported():
     m = _monitor(peak=1e9, flops_per_batch=1e9, seconds_per_batch=0.5)  # 2 GFLOP/s against a 1 GFLOP/s "peak"
     assert math.isnan(compat.throughput_metrics(m)["device/mfu"])  # what Lightning logs each window

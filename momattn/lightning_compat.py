@@ -15,7 +15,9 @@ detached, where `trainer` raises).
 - ThroughputMonitor._compute(trainer, iter_num), which momattn's Throughput overrides to log at the loggers' step;
 - the point after every hook of a training batch, where the fault tests send a late SIGTERM;
 - the watcher of the local ranks Lightning's launcher starts (`_launch_process_observer`), which SIGKILLed this
-  process the moment it saw another rank end with an error, before this process could say so (`patient_observer`).
+  process the moment it saw another rank end with an error, before this process could say so (`patient_observer`);
+- the command line of those ranks (`_hydra_subprocess_cmd`), which gives them the run folder unescaped
+  (`quoted_rank_folder`).
 """
 
 from __future__ import annotations
@@ -172,3 +174,33 @@ def patient_observer(grace_s: float, message: Callable[[int, str], str], period_
 
     for launcher in (fabric_launcher, trainer_launcher):
         launcher._launch_process_observer = launch
+
+
+def quoted_rank_folder() -> None:
+    """Lightning gives the ranks it starts the run folder as hydra.run.dir="<folder>", unescaped: a folder with a
+    " (or ${, or a backslash at its end) did not parse in rank 1, whose error came 30 s later beside a resume
+    command that failed the same way (found by review). From now on it is given as Hydra reads it back verbatim."""
+    from lightning.fabric.strategies.launchers import subprocess_script as fabric_launcher
+    from lightning.pytorch.strategies.launchers import subprocess_script as trainer_launcher
+
+    from momattn.quoting import hydra_quoted
+
+    original = _require(fabric_launcher, "_hydra_subprocess_cmd")
+    _require(trainer_launcher, "_hydra_subprocess_cmd")  # (imported by name)
+    if getattr(original, "momattn", False):
+        return
+
+    def command(local_rank: int):
+        from hydra.core.hydra_config import HydraConfig
+
+        cmd, cwd = original(local_rank)
+        folder = HydraConfig.get().run.dir
+        lightning = f'hydra.run.dir="{folder}"'
+        if lightning not in cmd:
+            raise RuntimeError("Lightning's command line for the ranks it starts changed; update "
+                               "momattn/lightning_compat.py:quoted_rank_folder for this Lightning version")
+        return [f"hydra.run.dir={hydra_quoted(folder)}" if arg == lightning else arg for arg in cmd], cwd
+
+    command.momattn = True
+    for launcher in (fabric_launcher, trainer_launcher):
+        launcher._hydra_subprocess_cmd = command

@@ -318,6 +318,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     failed = True  # until the run returns or is preempted (resumable): W&B marks the run by it
     grace = min(RANK_GRACE_S, c.dist_timeout_s)  # a rank that ended: rank 0's own error first (lightning_compat)
     compat.patient_observer(grace, lambda rank, how: _rank_lost(rank, how, grace, out_dir, job))
+    compat.quoted_rank_folder()
     try:
         guard.enter("fit")
         trainer.fit(lit, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)

@@ -151,6 +151,32 @@ def test_with_save_last_false_a_sigterms_last_ckpt_is_brought_to_the_end_and_the
     assert r.returncode == 0 and "nothing to train" in r.stderr, r.stderr[-3000:]
     assert (tmp_path / "summary.json").read_bytes() == summary and step_of(last) == 9
 
+
+@pytest.mark.parametrize("folder", ['runs/q"x y', "runs/a b\\", "runs/cost ${x}", "runs/plain"])
+def test_the_ranks_lightning_starts_are_given_the_run_folder_as_it_is(tmp_path, folder):
+    # Lightning wrote hydra.run.dir="<folder>" unescaped: rank 1 could not parse a folder with a " (found by review)
+    from hydra.conf import HydraConf
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from lightning.pytorch.strategies.launchers import subprocess_script as launcher
+    from omegaconf import OmegaConf
+
+    from momattn import lightning_compat as compat
+
+    before = HydraConfig.instance().cfg
+    try:
+        hydra = OmegaConf.structured(HydraConf)
+        hydra.run.dir, hydra.runtime.cwd = folder.replace("${", "\\${"), str(tmp_path)  # (as Hydra keeps it: escaped)
+        HydraConfig.instance().set_config(OmegaConf.create({"hydra": hydra}))
+        compat.quoted_rank_folder()
+        compat.quoted_rank_folder()  # a sweep's later jobs: patched once
+        cmd, cwd = launcher._hydra_subprocess_cmd(1)
+    finally:
+        HydraConfig.instance().cfg = before
+    (arg,) = [a for a in cmd if a.startswith("hydra.run.dir=")][-1:]
+    (parsed,) = OverridesParser.create().parse_overrides([arg])
+    assert OmegaConf.create({"dir": parsed.value()}).dir == folder and cwd == str(tmp_path) and "hydra.job.name=train_ddp_process_1" in cmd
+
 @pytest.mark.slow
 def test_a_sigterm_on_one_ddp_rank_saves_on_both_at_the_same_step_without_a_hang(tmp_path):
     # Lightning's own handler broadcast from inside the signal handler of the signalled rank only: the ranks

@@ -149,6 +149,27 @@ def early_signals() -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_sigint)
+    die_with_parent()
+
+
+def die_with_parent(on: bool = True) -> None:
+    """A rank another process started (LOCAL_RANK 1, 2, ...: Lightning's, torchrun's or srun's) ends when the
+    process that started it ends, until its process group exists (on=False then: a rank lost mid-run is heard of
+    in the next collective, and this rank says so and names the checkpoint). Rank 0 killed (out of memory, kill -9)
+    while the ranks met left them waiting, with no collective yet to tell them, for twice dist_timeout_s, printing
+    torch's C++ frames into its console after it had ended (found by review). Linux's parent-death signal;
+    elsewhere nothing changes."""
+    if os.environ.get("LOCAL_RANK", "0") in ("", "0") or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL if on else 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if on and os.getppid() != parent:  # it ended before the signal was set
+        os._exit(1)
 
 
 def is_default(handler) -> bool:

@@ -269,6 +269,12 @@ class LitGPT(pl.LightningModule):
         self._resumed_optim = config.get("optim") or {}
         self._resumed_max_steps = (config.get("trainer") or {}).get("max_steps")
 
+    def setup(self, stage: str) -> None:
+        from momattn.entry_signals import die_with_parent
+
+        die_with_parent(False)  # the ranks have met (Lightning's setup_environment, before this hook): from here a
+        # lost rank 0 is heard of in a collective, and this rank ends in one line naming the checkpoint
+
     def on_train_start(self):
         self._align_step = True
         if self._rng_to_restore is not None:  # after every other restore step, right before the next batch

@@ -59,6 +59,7 @@ from momattn.data.datamodule import TokenDataModule
 from momattn.data.streaming import StreamingHubCorpus, StreamWindows
 from momattn.entry_signals import (
     die_by_default,
+    die_with_parent,
     end_now,
     end_now_if_importing,
     importing,
@@ -116,6 +117,7 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
     """Train one model as the composed config says; return the metric named by cfg.optimized_metric. `checked`:
     load_train_config(cfg), where the caller has checked it already (train.py does, before importing this module)."""
     guard = SigtermOutsideFit()
+    die_with_parent()  # a rank started once for a sweep's jobs: again until this job's ranks meet (LitGPT.setup)
     try:
         return _train(cfg, checked, guard)
     except BaseException as e:
@@ -388,6 +390,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                               f"{go_on(job, out_dir)} (torch: {first_line(e, 200)})") from None
         if not _rendezvous_failure(e):
             raise
+        if guard.kill_ranks is not None:  # the ranks it started outlived it, and printed torch's C++ frames into
+            guard.kill_ranks(signal.SIGKILL)  # its console after it had ended (found by review)
         raise LaunchError(_no_join(e, c)) from None
     except DataError as e:
         if preempt.data_error_step is None:
@@ -578,6 +582,14 @@ def _no_join(e: BaseException, c: TrainConfig) -> str:
     addr, port = os.environ.get("MASTER_ADDR", "?"), os.environ.get("MASTER_PORT", "?")
     rank = os.environ.get("NODE_RANK", os.environ.get("SLURM_NODEID", "?"))
     first = first_line(e)
+    if int(c.trainer.get("num_nodes") or 1) == 1:  # one machine: no address to get wrong (it blamed MASTER_ADDR)
+        local = os.environ.get("LOCAL_RANK", "0")
+        who = ("the processes this one started" if local == "0" else
+               f"this process (local rank {local}) and the job's first process, which ended or started far slower")
+        return (f"the processes of this job did not all meet within dist_timeout_s={c.dist_timeout_s} s: {who} did "
+                "not reach the rendezvous in time (each one's start-up, its imports, data and model, counts against "
+                f"it; a process that ended first printed its error above); nothing was trained. Raise dist_timeout_s "
+                f"(e.g. dist_timeout_s={max(120, 4 * int(c.dist_timeout_s))}) on a busy machine (torch: {first})")
     return (f"the processes of this job did not all meet at MASTER_ADDR={addr} MASTER_PORT={port} within "
             f"dist_timeout_s={c.dist_timeout_s} s (this is node NODE_RANK={rank} of trainer.num_nodes="
             f"{c.trainer.get('num_nodes', 1)}; torch: {first}). Start every node with the same MASTER_ADDR / "

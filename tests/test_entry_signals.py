@@ -7,11 +7,14 @@ crashed, or was swallowed and the run trained on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 from conftest import run_cli
@@ -96,6 +99,50 @@ def test_a_forked_worker_dies_of_its_sigterm_and_leaves_the_parent_running():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "child -15 parent alive" in r.stdout, r.stderr[-2000:]
 
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's parent-death signal")
+@pytest.mark.parametrize("met", [False, True])
+def test_a_started_rank_ends_with_the_process_that_started_it_until_the_ranks_meet(met):
+    # rank 0 killed while the ranks met left rank 1 waiting for twice dist_timeout_s, printing torch's C++ frames
+    # into the console of a run that had ended (found by review); once they have met, rank 1 hears of it itself
+    rank = textwrap.dedent(f"""
+        import time
+        from momattn.entry_signals import die_with_parent, early_signals
+        early_signals()
+        if {met}:
+            die_with_parent(False)
+        print("ready", flush=True)
+        time.sleep(30)
+    """)
+    parent = textwrap.dedent(f"""
+        import os, subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", {rank!r}], env={{**os.environ, "LOCAL_RANK": "1"}},
+                                 stdout=subprocess.PIPE, text=True)
+        child.stdout.readline()
+        print(child.pid, flush=True)
+        time.sleep(30)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    child = int(p.stdout.readline())
+    p.kill()
+    p.wait()
+
+    def alive() -> bool:  # (a zombie nobody has reaped yet has ended)
+        try:
+            return Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    try:
+        deadline = time.monotonic() + 5
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert alive() == met, "the started rank outlived the process that started it" if not met else \
+            "the rank ended with its parent after the ranks met"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
 
 @pytest.mark.parametrize("after_a_job, sweep, said", [
     (False, None, "interrupted (SIGTERM) before the run started: nothing was done"),

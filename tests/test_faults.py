@@ -152,6 +152,25 @@ def test_with_save_last_false_a_sigterms_last_ckpt_is_brought_to_the_end_and_the
     assert (tmp_path / "summary.json").read_bytes() == summary and step_of(last) == 9
 
 
+
+def test_ranks_that_do_not_meet_on_one_machine_are_not_blamed_on_the_nodes_address(monkeypatch):
+    # on one machine it advised MASTER_ADDR / NODE_RANK settings, where the ranks' own start-up had outlasted a
+    # short dist_timeout_s on a busy machine (found by review)
+    from types import SimpleNamespace as NS
+
+    from momattn.training import _no_join
+
+    e = RuntimeError("Timed out after 6 seconds waiting for clients. 1/2 clients joined.")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    one = _no_join(e, NS(trainer={"num_nodes": 1}, dist_timeout_s=5))
+    assert one.startswith("the processes of this job did not all meet within dist_timeout_s=5 s: the processes this "
+                          "one started did not reach the rendezvous in time (each one's start-up")
+    assert "MASTER_ADDR" not in one and "dist_timeout_s=120" in one and "1/2 clients joined" in one
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert "this process (local rank 1) and the job's first process, which ended or started far slower" in \
+        _no_join(e, NS(trainer={"num_nodes": 1}, dist_timeout_s=600))
+    assert "MASTER_ADDR=" in _no_join(e, NS(trainer={"num_nodes": 2}, dist_timeout_s=5))  # nodes: their address
+
 @pytest.mark.parametrize("folder", ['runs/q"x y', "runs/a b\\", "runs/cost ${x}", "runs/plain"])
 def test_the_ranks_lightning_starts_are_given_the_run_folder_as_it_is(tmp_path, folder):
     # Lightning wrote hydra.run.dir="<folder>" unescaped: rank 1 could not parse a folder with a " (found by review)

@@ -12,6 +12,7 @@ import importlib.util
 import json
 import re
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,6 +288,10 @@ def cached_bpe(cache_file: Path, say: bool = False) -> Tokenizer | None:
 
 
 def _train_bpe(texts: Callable[[], Iterable[str]], vocab_size: int, cache_file: Path | None) -> Tokenizer:
+    if cache_file is not None:  # a first run's longest silence where stderr is no terminal (no bar): found by review
+        print(f"[momattn] training a BPE tokenizer of {vocab_size} tokens on the train split's text (once: it is "
+              f"cached as {cache_file})", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
     tok = _byte_level(_HFTokenizer(models.BPE()))
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -309,6 +314,8 @@ def _train_bpe(texts: Callable[[], Iterable[str]], vocab_size: int, cache_file: 
                         "that copies a held-out one is dropped); give more documents")
     if cache_file is not None:
         atomic_write_text(cache_file, tok.to_str())  # a parallel run never reads half a file
+        print(f"[momattn] BPE tokenizer trained in {time.perf_counter() - t0:.1f} s ({chars / 1e6:.1f}M characters)",
+              file=sys.stderr, flush=True)
     return Tokenizer(tok, "bpe")
 
 

@@ -517,7 +517,10 @@ def test_ginc_checkpoint_end_to_end(tmp_path, kind, capsys):
     err = capsys.readouterr().err
     assert "3 held-out prompts to choose one" in err
     assert "[momattn] choosing the learning rate (0m" in err and "[momattn] finetuning a model per test prompt (" in err
-    assert "chosen on 3 held-out prompts (accuracy %" in (tmp_path / "out" / "results.md").read_text()
+    assert "chosen on 3 held-out prompts (accuracy %" in (md := (tmp_path / "out" / "results.md").read_text())
+    # GINC's own prompts and delimiter: it reported a text task's test-set seed and separator 'eot' (found by review)
+    assert "prompt seed 1 (test prompts and demonstrations), baselines' seed 0, separator '/' (GINC's delimiter)" \
+        in md and "test-set seed" not in md
     # rates that tie on a few prompts are chosen by the held-out log-prob, which the report now says (review)
     from momattn.analysis.report import markdown
 

@@ -188,9 +188,13 @@ def test_hub_loader_offline_says_what_to_do():
         HubCorpus(name="surely-not/a-dataset-here").documents("train")
 
 
-def test_bpe_roundtrip_and_cache(tmp_path):
+def test_bpe_roundtrip_and_cache(tmp_path, capsys):
     docs = lm_texts(["trec"], "train")
     tok = train_bpe(lambda: docs, 400, tmp_path / "tok.json")
+    # said where stderr is no terminal (no bar): a first run's log was silent for a minute (found by review)
+    err = capsys.readouterr().err
+    assert f"[momattn] training a BPE tokenizer of 400 tokens on the train split's text (once: it is cached as " \
+           f"{tmp_path / 'tok.json'})" in err and "[momattn] BPE tokenizer trained in " in err
     assert tok.vocab_size == 400 and tok.decode(tok.encode("What is the capital of France?")) == "What is the capital of France?"
     assert tok.encode(EOT) == [tok.eot_id]
     again = train_bpe(lambda: pytest.fail("should come from the cache"), 400, tmp_path / "tok.json")
@@ -224,11 +228,12 @@ def test_gpt2_tokenizer_is_gpt2s_bpe():
     assert tok.decode(tok.encode(" naïve café")) == " naïve café"
 
 
-def test_token_cache_is_reused_and_documents_are_separated(tmp_path):
+def test_token_cache_is_reused_and_documents_are_separated(tmp_path, capsys):
     tok = train_bpe(lambda: lm_texts(["trec"], "train"), 300)
     cfg = {"source": "staicc", "tasks": ["trec"]}
     a = load_tokens(cfg, tok, "val", tmp_path)
     assert (np.asarray(a) == tok.eot_id).sum() == len(lm_texts(["trec"], "val"))
+    assert "[momattn] building the val split's token cache (once): reading its documents" in capsys.readouterr().err
     mtime = next((tmp_path / "tokens").glob("*.bin")).stat().st_mtime_ns
     b = load_tokens(cfg, tok, "val", tmp_path)
     assert np.array_equal(a, b) and next((tmp_path / "tokens").glob("*.bin")).stat().st_mtime_ns == mtime

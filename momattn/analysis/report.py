@@ -116,10 +116,12 @@ def markdown(results: Sequence) -> str:
         tied = [f"{float(lr):g}" for lr, a in r.lr_selection.items() if a is not None and a == best]
         if len(tied) > 1:  # the choice among equals is the held-out log-prob's, which the console did not say
             sel += f"; {', '.join(tied)} tie at {_pct(best)}%, broken by the held-out mean log-prob of the label"
+        ginc = r.kind == "ginc"
         lines += [f"- checkpoint: {r.checkpoint}; test examples: {r.n_test}; chance {_pct(r.chance)}%; "
-                  f"demonstration seed {r.seed}" + (f", test-set seed {r.settings['test_seed']}, baselines' seed "
-                                                     f"{r.settings['random_seed']}, separator "
-                                                     f"{r.settings['separator']!r}" if r.settings else ""),
+                  + (f"prompt seed {r.seed} (test prompts and demonstrations)" if ginc else f"demonstration seed {r.seed}")
+                  + ((f", test-set seed {r.settings['test_seed']}" if not ginc else "")
+                     + f", baselines' seed {r.settings['random_seed']}, separator {r.settings['separator']!r}"
+                     + (" (GINC's delimiter)" if ginc else "") if r.settings else ""),
                   (f"- learning rate {r.lr:g}, chosen on {r.n_select} held-out "
                    f"{'rows' if r.kind == 'choice' else 'prompts'} (accuracy %: {sel})"
                    if r.lr_selection else f"- learning rate {r.lr:g}, fixed by lrs (not chosen on held-out "

@@ -369,7 +369,9 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
         n_select=len(aset.select), ft=facts, dual=dual, timing_s=dict(timer.t),
         simaou_proj_ft=LayerMetric(*layer_mean(sp_ft)), simaou_proj_random=LayerMetric(*layer_mean(sp_rnd)),
         kendall_authors_ft=LayerMetric(*layer_mean(k_authors)),
-        settings={"random_seed": cfg.random_seed, "test_seed": cfg.test_seed, "separator": cfg.separator,
+        settings={"random_seed": cfg.random_seed,  # GINC: its prompts follow seed, its delimiter is "/" (found by review)
+                  "test_seed": cfg.test_seed if aset.kind != "ginc" else None,
+                  "separator": cfg.separator if aset.kind != "ginc" else "/",
                   "select_examples": cfg.select_examples, "select_prompts": cfg.select_prompts})
 
 

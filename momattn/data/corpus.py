@@ -150,6 +150,8 @@ def load_tokens(source: DataSource | Mapping, tokenizer: Tokenizer, split: str,
             print(f"[momattn] removed {tmp.name}, a partial token cache of a killed process", file=sys.stderr)
         ids, n_docs = _own_token_ids(source, tokenizer, split)
         if ids is None:
+            print(f"[momattn] building the {split} split's token cache (once): reading its documents", file=sys.stderr,
+                  flush=True)  # (the default corpus's leak filter takes ~20 s here, silent: found by review)
             docs = source.documents(split)
             if not docs:
                 why = ""

@@ -993,6 +993,17 @@ def rank_zeros_sweep_dir(overrides: list[str]) -> list[str]:
     return [*overrides, f"hydra.sweep.dir='{folder}'"]
 
 
+def check_sweep_folder_key(overrides: list[str]) -> None:
+    """A sweep (-m, or an experiment or search whose config sets hydra.mode=MULTIRUN) given hydra.run.dir alone,
+    which only a single run reads: the sweep went to multirun/<date>/<time> without a word (found by review)."""
+    run_dir = _last(overrides, "hydra.run.dir")
+    if run_dir is None or _last(overrides, "hydra.sweep.dir") is not None or other_rank():
+        return
+    raise ConfigError(f"hydra.run.dir={run_dir} names a single run's folder, but this command is a sweep (-m, or an "
+                      "experiment or search whose config sets hydra.mode=MULTIRUN), whose jobs go into folders under "
+                      f"hydra.sweep.dir: give hydra.sweep.dir={run_dir} instead")
+
+
 def other_rank() -> bool:
     """Whether this process is a rank other than a job's first (they share its folder, which it locks)."""
     return any(os.environ.get(k, "0") != "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"))
@@ -1266,6 +1277,8 @@ def hydra_main(config_name: str):
                         check_ckpt_exists(given)
                     given = resume_overrides(given, multirun=multirun)
                     given = rank_zeros_sweep_dir(given) if multirun else given
+                    if multirun:
+                        check_sweep_folder_key(given)
                 sys.argv = [sys.argv[0], *hydra_argv(flags, given)]
                 if not multirun:
                     check_run_mode(given)

@@ -447,6 +447,13 @@ def check_sweeper_keys(config_name: str, overrides: list[str]) -> None:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except Exception:  # check_overrides names a syntax error
         return
+    from momattn.errors import ConfigError
+
+    for o in parsed:  # Hydra's two lines ("Sweeping over Hydra's configuration is not supported"), exit 1, 15 s in
+        if o.key_or_group.startswith("hydra.sweeper.params.") and o.is_sweep_override():
+            key, value = o.key_or_group.removeprefix("hydra.sweeper.params."), o.input_line.split("=", 1)[1]
+            raise ConfigError(f"{o.input_line}: a search space of the command line is given by its own key, "
+                              f"'{key}={value}' (Hydra refuses a sweep inside its own hydra.* section)")
     setting = [o for o in parsed if o.key_or_group.startswith("hydra.sweeper.") and not o.is_add()
                and not o.is_force_add() and not o.key_or_group.startswith("hydra.sweeper.params.")]
     if not setting:

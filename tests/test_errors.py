@@ -353,6 +353,10 @@ def test_good_optuna_settings_pass_the_search_check():  # the other side of the 
     # a misspelt setting was Hydra's multi-line "Could not override 'hydra.sweeper.n_trial'", with no suggestion
     ("hydra.sweeper.n_trial=3", "'hydra.sweeper.n_trial' is not a config key: 'n_trial' does not exist in "
                                 "hydra.sweeper. Did you mean 'n_trials'?"),
+    # a search space under the sweeper's params: Hydra's two lines, exit 1, 15 s in (found by review)
+    ("hydra.sweeper.params.optim.lr=tag(log, interval(1e-7, 2e-7))",
+     "hydra.sweeper.params.optim.lr=tag(log, interval(1e-7, 2e-7)): a search space of the command line is given by "
+     "its own key, 'optim.lr=tag(log, interval(1e-7, 2e-7))'"),
 ])
 def test_a_bad_optuna_setting_exits_2_without_a_traceback(tmp_path, arg, said):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
@@ -418,6 +422,18 @@ def test_a_search_into_a_folder_of_an_earlier_one_is_not_told_to_resume_it(tmp_p
     with pytest.raises(ConfigError, match="Resume it with ckpt_path=last"):  # a grid sweep is resumed
         check_fresh_folder(["seed=1,2", "hydra.sweep.dir=s"], multirun=True, cwd=tmp_path)
 
+
+
+def test_a_sweep_given_a_single_runs_folder_is_told_its_own_key(tmp_path):
+    # experiment=eta_sweep (a sweep without -m) with hydra.run.dir=X swept into multirun/<date>/<time> without a
+    # word (found by review)
+    r = run_cli("train.py", ["experiment=eta_sweep", "trainer.max_steps=2", f"hydra.run.dir={tmp_path / 'one'}"],
+                tmp_path)
+    assert r.returncode == 2 and f"give hydra.sweep.dir={tmp_path / 'one'} instead" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "multirun").exists() and "Traceback" not in r.stderr
+    from momattn.cli import check_sweep_folder_key
+
+    check_sweep_folder_key(["hydra.run.dir=a", "hydra.sweep.dir=b"])  # both given: the sweep's is used
 
 def test_a_search_space_naming_a_key_or_option_the_config_lacks_is_one_line(tmp_path, monkeypatch):
     # was Hydra's multi-line "Could not override 'optim.warmup_stepz'" at the first trial

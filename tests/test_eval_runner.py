@@ -502,6 +502,9 @@ def test_evaluate_py_end_to_end(tmp_path, tokenizer):
     assert list((run / "wandb").glob("offline-run-*"))
     assert "[momattn] W&B run of vanilla: " in proc.stderr and "wandb sync " in proc.stderr  # where it went
     assert "Table 6 layout" in proc.stdout
+    # every file it wrote, the predictions and its log too (it named the reports alone: docs review)
+    assert f"reports written to {run}/ (results.json, results.md, ppl.png, icl.png, icl_predictions_multirate_ema" \
+           ".jsonl, icl_predictions_vanilla.jsonl, evaluate.log)" in proc.stdout, proc.stdout[-500:]
     line = f"[momattn] evaluating {a} (vanilla) on cpu\n"  # as train.py's lines, without Hydra's log prefix
     assert line in proc.stderr and "][INFO] - " not in proc.stdout + proc.stderr
     assert line in (run / "evaluate.log").read_text()

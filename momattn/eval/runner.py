@@ -467,5 +467,7 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
     if conf.logger and "wandb" in conf.logger:
         log_wandb(results, out, conf.logger["wandb"])
     print(markdown_report(results))
-    print(f"reports written to {out}/ ({', '.join(written)})")
+    others = sorted(p.name for p in out.glob("icl_predictions_*.jsonl")) + \
+        [name for name in ("evaluate.log",) if (out / name).exists()]  # (it named the reports alone: docs review)
+    print(f"reports written to {out}/ ({', '.join([*written, *others])})")
     return results

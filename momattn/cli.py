@@ -933,7 +933,7 @@ def check_fresh_folder(overrides: list[str], multirun: bool, cwd: Path | None = 
         return
     folder = (cwd or Path.cwd()) / Path(given)
     if ckpt and ckpt not in ("null", "last") and not multirun:  # another run's checkpoint, into a folder with a run
-        if (held := folder / "checkpoints" / "last.ckpt").exists() and not same_run(ckpt, folder, cwd):
+        if (held := run_held(folder)) and not same_run(ckpt, folder, cwd):
             raise another_runs_checkpoint(ckpt, folder, held, key)
     if ckpt and ckpt != "null":
         return
@@ -1073,7 +1073,17 @@ def another_runs_checkpoint(ckpt: str | Path, folder: Path, held: Path, key: str
     return ConfigError(f"ckpt_path={ckpt} is not a checkpoint of the run in {folder}, which holds {held}: resuming "
                        "it there would overwrite that run's checkpoints, metrics and summary. Continue it in its own "
                        f"folder (leave {key} out), fork it into a new folder ({key}=<a new folder>), or resume "
-                       f"{folder}'s own run with ckpt_path=last")
+                       f"{folder}'s own run with {resume_arg(held)}{_newest_note(held)}")
+
+
+def resume_arg(held: Path) -> str:
+    """How to resume the run that holds `held` (run_held's): ckpt_path=last, or its newest checkpoint where it has no
+    last.ckpt (ckpt_path=last refuses such a folder)."""
+    return "ckpt_path=last" if held.name in ("last.ckpt", "summary.json") else shell_arg("ckpt_path", held)
+
+
+def _newest_note(held: Path) -> str:
+    return "" if held.name in ("last.ckpt", "summary.json") else " (it has no last.ckpt; this is its newest checkpoint)"
 
 
 def run_held(run: Path) -> Path | None:
@@ -1083,8 +1093,8 @@ def run_held(run: Path) -> Path | None:
     if (last := run / "checkpoints" / "last.ckpt").exists():
         return last
     others = []
-    with contextlib.suppress(OSError):
-        others = [(p.stat().st_mtime, p) for p in (run / "checkpoints").glob("*.ckpt*")]
+    with contextlib.suppress(OSError):  # (not a partial file of a writer: .name.tmp<pid>, .name.new / .old)
+        others = [(p.stat().st_mtime, p) for p in (run / "checkpoints").glob("*.ckpt") if not p.name.startswith(".")]
     if others:
         return max(others)[1]
     return summary if (summary := run / "summary.json").exists() else None
@@ -1095,11 +1105,17 @@ def folder_holds_a_run(folder: Path, held: list[Path], key: str, sweep: bool = F
     """The refusal of a fresh run in a folder whose checkpoints `held` it would overwrite (sweep: the jobs'
     checkpoints of a sweep folder; search: of an Optuna search, which is not resumed)."""
     what = f"{len(held)} job(s) of a {'search' if search else 'sweep'}" if sweep else "a run"
-    resume = "ckpt_path=last" if held[0].name in ("last.ckpt", "summary.json") else \
-        f"{shell_arg('ckpt_path', held[0])} (it has no last.ckpt; this is its newest checkpoint)"
-    how = ("search into another folder (hydra.sweep.dir=...; a study kept in hydra.sweeper.storage goes on there)"
-           if search else f"Resume it with {resume} (the same command otherwise), or train in another folder "
-                          f"({key}=...)")
+    bare = [h for h in held if h.name not in ("last.ckpt", "summary.json")]  # kept by best files alone
+    if search:
+        how = "search into another folder (hydra.sweep.dir=...; a study kept in hydra.sweeper.storage goes on there)"
+    elif bare and (sweep or key == "hydra.sweep.dir"):  # one file for every job would not do (diff review)
+        job = bare[0].parent.parent
+        how = (f"resume each job without a last.ckpt on its own from its newest checkpoint ({len(bare)}: e.g. python "
+               f"train.py {resume_arg(bare[0])} {shell_arg('hydra.run.dir', job)}), then the sweep with "
+               f"ckpt_path=last (the same command otherwise), or sweep into another folder ({key}=...)")
+    else:
+        how = (f"resume it with {resume_arg(held[0])}{_newest_note(held[0])} (the same command otherwise), or train in "
+               f"another folder ({key}=...)")
     return ConfigError(f"{folder} holds {what} already ({held[0]}{', ...' if len(held) > 1 else ''}); a fresh run "
                        f"there would overwrite its checkpoints and results. {how[0].upper()}{how[1:]}, or delete that "
                        "folder first")
@@ -1277,13 +1293,13 @@ def hydra_main(config_name: str):
                         check_ckpt_exists(given)
                     given = resume_overrides(given, multirun=multirun)
                     given = rank_zeros_sweep_dir(given) if multirun else given
-                    if multirun:
-                        check_sweep_folder_key(given)
                 sys.argv = [sys.argv[0], *hydra_argv(flags, given)]
                 if not multirun:
                     check_run_mode(given)
                 sweep = plan_sweep(config_name, given) if multirun and not info else None
                 check_overrides(config_name, given, jobs=sweep.jobs if sweep else None)
+                if multirun and config_name == "train":
+                    check_sweep_folder_key(given)  # (after the overrides' own checks: a typo is named first)
                 if not info:
                     check_dir_values(given)  # before the run folder is locked: a '~' folder was made, then refused
                 if config_name == "train" and not info:
@@ -1416,6 +1432,11 @@ def go_on(job, out_dir: Path) -> str:
 
     own = given_again(job)  # what a resume does not take from the saved line: given again
     links = resume_prefix(job.sweep_dir) if job.sweep_dir is not None else ""  # the sweep's folder links out
+    if (held := run_held(out_dir)) is not None and held.name not in ("last.ckpt", "summary.json"):
+        # kept by best files alone (save_last=false): ckpt_path=last refuses it (diff review)
+        alone = f"{resume_prefix(out_dir)}python train.py {resume_arg(held)} {shell_arg('hydra.run.dir', out_dir)}{own}"
+        return f"Resume with: {alone}" + (f", then the sweep with ckpt_path=last {shell_arg('hydra.sweep.dir', job.sweep_dir)}"
+                                           " (the same command otherwise)" if job.sweep_dir is not None else "")
     where = (f"ckpt_path=last {shell_arg('hydra.sweep.dir', job.sweep_dir)} (the same command"
              f"{', after ' + links.strip() if links else ''}; each job resumes its own folder)"
              if job.sweep_dir is not None else

@@ -153,7 +153,7 @@ def early_signals() -> None:
 
 
 def die_with_parent(on: bool = True) -> None:
-    """A rank another process started (LOCAL_RANK 1, 2, ...: Lightning's, torchrun's or srun's) ends when the
+    """A rank another process started (LOCAL_RANK 1, 2, ...: Lightning's launcher, or torchrun) ends when the
     process that started it ends, until its process group exists (on=False then: a rank lost mid-run is heard of
     in the next collective, and this rank says so and names the checkpoint). Rank 0 killed (out of memory, kill -9)
     while the ranks met left them waiting, with no collective yet to tell them, for twice dist_timeout_s, printing
@@ -168,7 +168,7 @@ def die_with_parent(on: bool = True) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL if on else 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if on and os.getppid() != parent:  # it ended before the signal was set
+    if on and (parent == 1 or os.getppid() != parent):  # it ended before the signal was set (init took this one)
         os._exit(1)
 
 

@@ -166,7 +166,6 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         value = summary.get(c.optimized_metric)  # started)
         return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
     ckpt_path = _resume_from(c, job, out_dir)
-    earlier = out_dir / "checkpoints" / "last.ckpt"
     if ckpt_path is None and (held := run_held(out_dir)) and held.name != "summary.json" \
             and os.environ.get("LOCAL_RANK", "0") == "0":  # cli's check's backstop
         raise folder_holds_a_run(out_dir, [held], "hydra.sweep.dir" if job.sweep_dir else "hydra.run.dir")
@@ -188,8 +187,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     # improved there: a sweep resumed after a crash retrained its early-stopped jobs; found by review)
     stopped = _stopped_early(resumed, c, config_callbacks) if resume else None
     finished = bool(resume) and (start_step >= c.max_steps or stopped is not None)
-    if resume and not same_folder and earlier.exists() and os.environ.get("LOCAL_RANK", "0") == "0":
-        raise another_runs_checkpoint(ckpt_path, out_dir, earlier, "hydra.sweep.dir" if job.sweep_dir else
+    if resume and not same_folder and (held := run_held(out_dir)) and os.environ.get("LOCAL_RANK", "0") == "0":
+        raise another_runs_checkpoint(ckpt_path, out_dir, held, "hydra.sweep.dir" if job.sweep_dir else
                                       "hydra.run.dir")  # (cli's check's backstop)
     if resume and start_step > c.max_steps and not (same_folder and _summary_steps(out_dir) == start_step):
         # nothing would train, and the summary would be the checkpoint's last validation, of an earlier model
@@ -331,7 +330,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         trained = trainer.global_step > start_step  # False: a finished run resumed (the final model was validated
         # inside fit, even off the validation interval: LitGPT.on_train_batch_end)
         own_last = out_dir / "checkpoints" / "last.ckpt"
-        brought = not getattr(trainer.checkpoint_callback, "save_last", None) and trained and own_last.exists()
+        brought = not getattr(trainer.checkpoint_callback, "save_last", None) and trained and \
+            trainer.strategy.broadcast(own_last.exists(), src=0)  # (a collective: every rank takes rank 0's way)
         if brought:
             # callbacks=none or save_last=false: a SIGTERM's last.ckpt that no callback keeps, which the resume left
             # at its step (evaluate.py then called the run partial, and a resume of the finished run retrained from
@@ -584,8 +584,9 @@ def _no_join(e: BaseException, c: TrainConfig) -> str:
     first = first_line(e)
     if int(c.trainer.get("num_nodes") or 1) == 1:  # one machine: no address to get wrong (it blamed MASTER_ADDR)
         local = os.environ.get("LOCAL_RANK", "0")
-        who = ("the processes this one started" if local == "0" else
-               f"this process (local rank {local}) and the job's first process, which ended or started far slower")
+        launched = any(k in os.environ for k in ("TORCHELASTIC_RUN_ID", "SLURM_PROCID"))  # torchrun / srun started it
+        who = (f"this process (local rank {local}) and the job's first process, which ended or started far slower"
+               if local != "0" else "the processes of this job" if launched else "the processes this one started")
         return (f"the processes of this job did not all meet within dist_timeout_s={c.dist_timeout_s} s: {who} did "
                 "not reach the rendezvous in time (each one's start-up, its imports, data and model, counts against "
                 f"it; a process that ended first printed its error above); nothing was trained. Raise dist_timeout_s "
@@ -980,10 +981,13 @@ def _history(resume: dict, step: int, config: dict) -> dict:
     settings (optim.lr after a divergence, a longer trainer.max_steps), oldest first; {} for a run that has none.
     The stored config is the latest only, so such a run read as trained that way from step 0, and a sweep's
     verdict averaged it with runs that were (found by review)."""
+    from momattn.eval.sweep import setting_config
+
     history = list(resume.get("history") or [])
     before = resume.get("config")
-    if isinstance(before, Mapping) and {k: v for k, v in before.items() if k != "ckpt_path"} != \
-            {k: v for k, v in config.items() if k != "ckpt_path"}:
+    # what a sweep's setting is made of: a resume with a fault callback dropped, another logger or cache folder
+    # changed nothing it trained (each such resume kept a copy of the config: diff review)
+    if isinstance(before, Mapping) and setting_config(before) != setting_config(config):
         history.append({"step": step, "config": before})
     return {"history": history} if history else {}
 

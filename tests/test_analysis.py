@@ -917,9 +917,10 @@ def test_a_sweep_analysis_killed_after_its_results_is_not_reused_under_the_older
     run_analyze({**SWEEP_ARGS, "sweep_dir": str(sweep)}, out)
     assert "reused" not in capsys.readouterr().err
     done = strict_json((out / "jobs" / "0" / "results.json").read_text())["analyses"][0]
-    assert done["shots"] == 4 and done["settings"] == {"random_seed": 0, "test_seed": 1, "separator": "eot",
-                                                        "select_examples": 32, "select_prompts": 8}
-    assert "test-set seed 1, baselines' seed 0, separator 'eot'" in (out / "jobs" / "0" / "results.md").read_text()
+    assert done["shots"] == 4 and done["settings"] == {"random_seed": 0, "test_seed": None, "separator": "/",
+                                                        "select_examples": 32, "select_prompts": 8}  # GINC's own
+    assert "prompt seed 1 (test prompts and demonstrations), baselines' seed 0, separator '/'" in \
+        (out / "jobs" / "0" / "results.md").read_text()
     # a job that now fails leaves none of the earlier analysis's reports (results.md sat under the verdict's "each
     # run's own report" with the other settings' numbers: session 55's review)
     with pytest.raises(ConfigError, match="could be analysed"):
@@ -1038,6 +1039,17 @@ def test_the_ood_probe_leaves_out_a_repeated_run_and_refuses_mixed_settings(tmp_
     with pytest.raises(SystemExit, match="hold 2 training settings"):
         ginc_ood_probe.main(["--sweep", str(sweep), "--prompts", "6", "--k", "2", "--out", str(tmp_path / "out")])
 
+
+
+def test_a_sweep_analysis_titles_a_resumed_setting_and_a_ginc_prompt_seed_as_the_verdict_does():
+    # it wrote resumed="at step 3 ..." and resumed=null, and "demonstration seed" for GINC's prompt seed (diff review)
+    from momattn.analysis.config import AnalyzeConfig
+    from momattn.analysis.sweep import SettingAnalysis, markdown
+
+    md = markdown([SettingAnalysis("a1", {"resumed": "at step 3 with optim.lr=0.001 (was 0.002)"}),
+                   SettingAnalysis("b2", {"resumed": None})], [], AnalyzeConfig(task="ginc"), 4)
+    assert "## Setting a1: resumed at step 3 with optim.lr=0.001 (was 0.002)\n" in md
+    assert "## Setting b2: not resumed with other settings\n" in md and ", prompt seed 1. " in md
 
 def test_a_sweep_analysis_prints_no_interval_that_excludes_0_as_reaching_it():
     """Kendall(ICL, random)'s -0.002 [-0.003, -0.000] read 'lower' with an interval printed as reaching 0."""

@@ -84,6 +84,13 @@ def test_sweep_verdict(tmp_path, tokenizer):  # noqa: F811
     run_evaluate({**EVAL, "sweep_dir": str(sweep), "device": "cpu"}, out_dir=out)
     doc = strict_json((out / "sweep.json").read_text())
     assert len(doc["runs"]) == 7 and doc["failed"][0] == "99 (no checkpoints/last.ckpt)"
+    from momattn.eval.sweep import find_runs
+
+    (sweep / "99" / "checkpoints").mkdir()  # kept by a best file alone (save_last=false): it is named (diff review)
+    (sweep / "99" / "checkpoints" / "best-step6.ckpt").write_bytes(b"x")
+    assert f"99 (no checkpoints/last.ckpt; it holds best-step6.ckpt (save_last=false?): evaluate.py ckpt_path=" \
+           f"{sweep / '99' / 'checkpoints' / 'best-step6.ckpt'} scores it alone)" in find_runs(sweep)[1]
+    (sweep / "99" / "checkpoints" / "best-step6.ckpt").unlink()
     # its metadata reads (find_runs) but its weights fail the CRC check at evaluation: named, not the sweep's end
     assert len(doc["failed"]) == 2 and doc["failed"][1].startswith("7 (unreadable checkpoint: checkpoint '")
     assert "is damaged" in doc["failed"][1]
@@ -336,12 +343,12 @@ def test_an_eta_sweep_keeps_each_eta_a_variant_of_its_own(tmp_path):
 
 
 def test_settings_added_later_at_their_neutral_value_do_not_split_a_sweep():
-    from momattn.eval.sweep import _strip
+    from momattn.eval.sweep import setting_config
 
     old = {"seed": 1, "trainer": {"max_steps": 10}, "optim": {"lr": 1e-3}}
     new = {"seed": 2, "trainer": {"max_steps": 10, "num_nodes": 1}, "optim": {"lr": 1e-3}, "global_batch": None}
-    assert _strip(old) == _strip(new) and new["trainer"]["num_nodes"] == 1
-    assert _strip({**new, "trainer": {"max_steps": 10, "num_nodes": 2}}) != _strip(old)
+    assert setting_config(old) == setting_config(new) and new["trainer"]["num_nodes"] == 1
+    assert setting_config({**new, "trainer": {"max_steps": 10, "num_nodes": 2}}) != setting_config(old)
 
 
 

@@ -486,3 +486,13 @@ def test_generation_and_labels_hold_a_bounded_share_of_a_wide_world():
     finally:
         tracemalloc.stop()
     assert docs < 20e6 and prompts < 40e6, (docs, prompts)
+    w = GincCorpus(n_entities=300, n_properties=300, n_concepts=1, n_train_concepts=1, n_val_docs=200,
+                   val_doc_length=5)
+    assert w.hmms.start.shape == (1, 90000)  # built (and cached) before measuring
+    tracemalloc.start()
+    try:
+        w.symbols("val")  # each document's start distribution: 200 x 90,000 values, 144 MB (diff review)
+        starts = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert starts < 20e6, starts

@@ -1192,8 +1192,28 @@ def test_a_fresh_run_is_refused_where_a_run_kept_checkpoints_but_no_last_ckpt(tm
         with pytest.raises(ConfigError, match=f"holds {'1 job' if multirun else 'a run'}.* already "
                                               f"\\({run / 'checkpoints' / 'best-step6.ckpt'}\\)") as e:
             check_fresh_folder([f"{key}={folder}"], multirun=multirun)
+        best = run / "checkpoints" / "best-step6.ckpt"
         if not multirun:  # the resume it advises is one that works (ckpt_path=last refuses such a folder)
-            assert f"Resume it with ckpt_path={run / 'checkpoints' / 'best-step6.ckpt'} (it has no last.ckpt" in str(e.value)
+            assert f"Resume it with ckpt_path={best} (it has no last.ckpt" in str(e.value)
+        else:  # each job on its own: one file given to the sweep would be every job's (diff review)
+            assert f"Resume each job without a last.ckpt on its own from its newest checkpoint (1: e.g. python " \
+                   f"train.py ckpt_path={best} hydra.run.dir={run}), then the sweep with ckpt_path=last" in str(e.value)
+    # another run's checkpoint resumed into it: refused too (it deleted best-step3.ckpt: diff review)
+    with pytest.raises(ConfigError, match=f"is not a checkpoint of the run in {run}, which holds .*best-step6.ckpt: "
+                                          ".* or resume .* own run with ckpt_path=.*best-step6.ckpt"):
+        check_fresh_folder([f"hydra.run.dir={run}", f"ckpt_path={tmp_path / 'other' / 'last.ckpt'}"], multirun=False)
+    # how a run that failed there is told to go on
+    from momattn.cli import HydraJob, go_on
+
+    assert go_on(HydraJob([]), run) == f"Resume with: python train.py ckpt_path={best} hydra.run.dir={run}"
+    assert go_on(HydraJob([], sweep_dir=str(run.parent), num=0), run) == (
+        f"Resume with: python train.py ckpt_path={best} hydra.run.dir={run}, then the sweep with ckpt_path=last "
+        f"hydra.sweep.dir={run.parent} (the same command otherwise)")
+    # a killed writer's partial file is no checkpoint: a fresh run may go there (it was told to resume from it)
+    part = tmp_path / "part"
+    (part / "checkpoints").mkdir(parents=True)
+    (part / "checkpoints" / ".last.ckpt.deadbeef.tmp999999@vm").write_bytes(b"x")
+    check_fresh_folder([f"hydra.run.dir={part}"], multirun=False)
     with pytest.raises(ConfigError, match="holds a run already"):  # train.py's own check, behind the command line's
         run_train(compose_train(run, [*SMOKE, "trainer.max_steps=3"]))
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best-step3.ckpt", "best-step6.ckpt"]

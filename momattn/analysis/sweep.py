@@ -37,6 +37,7 @@ from momattn.eval.sweep import (
     pairing_line,
     row_seeds,
     seed_row,
+    setting_title,
     t_interval,
     unpaired_line,
     unround,
@@ -78,9 +79,7 @@ def settings_of(conf: AnalyzeConfig) -> dict:
     """The analyze.py settings that shape the numbers (a reused analysis must have been made with these): a local
     task's files by their contents too (a task file edited in place kept its name, and its old analyses)."""
     settings = {k: v for k, v in asdict(conf).items() if k not in NOT_SETTINGS}
-    from momattn.eval.ginc import ginc_task
-
-    ginc = isinstance(conf.task, str) and ginc_task(conf.task, "task") is not None
+    ginc = _is_ginc(conf.task)
     settings.pop("select_examples" if ginc else "select_prompts")  # the other kind's: changing it changes nothing
     if len(conf.lr_grid) == 1:  # one rate: nothing is chosen, so neither selection setting shapes a number
         settings.pop("select_prompts" if ginc else "select_examples")
@@ -89,6 +88,12 @@ def settings_of(conf: AnalyzeConfig) -> dict:
 
         settings["task_files"] = {f: list(file_stamp(Path(f).expanduser())) for f in files}
     return json.loads(json.dumps(settings, default=str))
+
+
+def _is_ginc(task) -> bool:
+    from momattn.eval.ginc import ginc_task
+
+    return isinstance(task, str) and ginc_task(task, "task") is not None
 
 
 def _task_files(task) -> list[str]:
@@ -182,7 +187,8 @@ def markdown(summaries: Sequence[SettingAnalysis], failed: Sequence[str], conf: 
     lines = ["# momattn Section 4 over seeds (Dai et al. 2023)", "",
              f"{n_runs - left} run{'s' if n_runs - left != 1 else ''}" + (f" ({left} more left out as {'a repeat' if left == 1 else 'repeats'}, below)"
                                         if left else "") + f", each analysed with task={conf.task if isinstance(conf.task, str) else conf.task.get('name')}, "
-             f"shots={conf.shots}, max_examples={conf.max_examples}, demonstration seed {conf.seed}. Mean ± std "
+             f"shots={conf.shots}, max_examples={conf.max_examples}, "
+             f"{'prompt' if _is_ginc(conf.task) else 'demonstration'} seed {conf.seed}. Mean ± std "
              "(sample) over training seeds; accuracies and Rec2FTP in %. Findings are per-seed differences with a 95% "
              "t-interval: 'holds' / 'reversed' only when the interval excludes 0. Differences to vanilla are paired "
              "by seed. Each interval is 95% on its own: of 20 rows with no real difference, about one excludes 0 by "
@@ -191,7 +197,7 @@ def markdown(summaries: Sequence[SettingAnalysis], failed: Sequence[str], conf: 
     if failed:
         lines += ["Failed, partial or not analysed (left out): " + "; ".join(failed), ""]
     for s in summaries:
-        title = ", ".join(f"{k}={json.dumps(v, default=str)[:80]}" for k, v in s.differs.items()) or "all runs"
+        title = setting_title(s.differs)  # (as evaluate.py's verdict: a run resumed with other settings is named)
         lines += [f"## Setting {s.setting}: {title}", "", "| attention | seeds | " +
                   " | ".join(label for _, label, _ in METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
         if s.duplicates:
@@ -326,7 +332,8 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     atomic_write_text(out / "analysis_sweep.md", text)
     doc = {"sweep_dir": str(sweep_dir), "settings": settings, "failed": failed,
            "runs": [{"job": job_name(r.job, sweep_dir), "attention": r.attention, "seed": r.seed,
-                     "setting": r.setting, "metrics": metrics[id(r)], "n_diverged": diverged[id(r)]}
+                     "setting": r.setting, "metrics": metrics[id(r)], "n_diverged": diverged[id(r)],
+                     **({"resumed_with": r.resumed} if r.resumed else {})}
                     for r in runs if id(r) in metrics],
            "summaries": [asdict(s) for s in summaries]}
     atomic_write_text(out / "analysis_sweep.json", json_text(doc, indent=2))

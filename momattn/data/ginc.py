@@ -305,7 +305,11 @@ class GincCorpus:
         n_docs, length = self._split(split)
         rng = self._rng("documents", split, n_docs, length)
         concept = rng.integers(self.n_train_concepts, size=n_docs)
-        state0 = (rng.random((n_docs, 1)) >= _cdf(self.hmms.start)[concept]).sum(1)  # (N,) ids e * P + p
+        u, start = rng.random(n_docs), _cdf(self.hmms.start)  # (N,), (C, E * P)
+        state0 = np.empty(n_docs, np.int64)  # (N,) ids e * P + p, by inverse CDF: each concept's row, not one per
+        for c in np.unique(concept):  # document (n_docs x E x P values: diff review)
+            chains = np.flatnonzero(concept == c)
+            state0[chains] = np.searchsorted(start[c], u[chains], side="right")
         ent, prop = self._run(rng, concept, state0 // self.n_properties, state0 % self.n_properties, length - 1)
         return GincSample(concept, ent, prop)
 

@@ -209,7 +209,8 @@ DROPPED = {("data", "cache_dir"): ANY, ("data", "num_workers"): ANY, ("data", "n
            ("global_batch",): None, ("val_every_steps",): None, ("trainer", "num_nodes"): 1}
 
 
-def _strip(config: Mapping) -> dict:
+def setting_config(config: Mapping) -> dict:
+    """A run's config as its setting's identity: without IGNORED_KEYS, and without DROPPED's keys."""
     out = {k: v for k, v in config.items() if k not in IGNORED_KEYS}
     for path, value in DROPPED.items():
         *parents, leaf = path
@@ -232,7 +233,7 @@ def resumed_with(meta: Mapping, config: Mapping) -> list[str]:
     out, history = [], [h for h in meta.get("history") or () if isinstance(h, Mapping)]
     for i, h in enumerate(history):
         after = to_plain(history[i + 1].get("config")) if i + 1 < len(history) else config
-        old, new = _flat(_strip(to_plain(h.get("config")) or {})), _flat(_strip(after or {}))
+        old, new = _flat(setting_config(to_plain(h.get("config")) or {})), _flat(setting_config(after or {}))
         if changed := [f"{k}={json.dumps(new.get(k), default=str)} (was {json.dumps(old.get(k), default=str)})"
                        for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]:
             out.append(f"at step {h.get('step')} with {', '.join(changed)}")
@@ -384,8 +385,13 @@ def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
         if (training := is_training_job(job)) is None:
             failed.append(f"{job_name(job, sweep_dir)} (no checkpoints/last.ckpt, and its .hydra/config.yaml "
                           "cannot be read)")
-        elif training:
-            failed.append(f"{job_name(job, sweep_dir)} (no checkpoints/last.ckpt)")
+        elif training:  # kept by its best files alone (save_last=false): which is the final model is not known
+            from momattn.cli import run_held
+
+            held = run_held(job)
+            failed.append(f"{job_name(job, sweep_dir)} (no checkpoints/last.ckpt" + (
+                f"; it holds {held.name} (save_last=false?): evaluate.py ckpt_path={held} scores it alone)"
+                if held is not None and held.suffix == ".ckpt" else ")"))
     for path in ckpts:
         try:
             ckpt = read_meta(path)  # a sharded folder's meta.pt alone: a run whose results are reused needs no weights
@@ -400,7 +406,7 @@ def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
         att = dict((meta.get("model_config") or {}).get("attention") or config.get("attention") or {})
         resumed = resumed_with(meta, config)
         run = SweepRun(path, path.parent.parent, str(att.get("kind", "unknown")), config.get("seed"),
-                       digest([_strip(config), resumed] if resumed else _strip(config)), config, resumed=resumed)
+                       digest([setting_config(config), resumed] if resumed else setting_config(config)), config, resumed=resumed)
         run.attention_params = att
         run.step = ckpt.get("global_step")  # an int (read_meta checks it), or None
         run.meta = meta
@@ -587,13 +593,20 @@ def metric_order(m: str) -> tuple:
     return (1, task, int(k) if k.isdigit() else 1 << 30)
 
 
+def setting_title(differs: Mapping) -> str:
+    """A setting's heading: what tells it from the others (by_setting's), as key=value, and how it was resumed."""
+    return ", ".join(f"{k}={json.dumps(v, default=str)[:80]}" if k != "resumed" else
+                     f"resumed {v}" if v else "not resumed with other settings"
+                     for k, v in differs.items()) or "all runs"
+
+
 def by_setting(runs: Sequence[SweepRun]) -> list[tuple[str, dict, list[SweepRun]]]:
     """(setting, what tells it from the other settings, its runs) for runs in first-seen order; what differs is
     read leaf by leaf (trainer.max_steps=4, not the whole trainer section)."""
     settings: dict[str, list[SweepRun]] = defaultdict(list)
     for r in runs:
         settings[r.setting].append(r)
-    configs = {s: {**_flat(_strip(rs[0].config)), **({"eval settings": rs[0].eval_key} if rs[0].eval_key else {}),
+    configs = {s: {**_flat(setting_config(rs[0].config)), **({"eval settings": rs[0].eval_key} if rs[0].eval_key else {}),
                    "resumed": "; ".join(rs[0].resumed) or None} for s, rs in settings.items()}
     return [(s, {k: v for k, v in configs[s].items() if any(c.get(k) != v for c in configs.values())}, rs)
             for s, rs in settings.items()]
@@ -775,9 +788,7 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
     if failed:
         lines += ["Failed or partial jobs (left out): " + "; ".join(failed), ""]
     for s in summaries:
-        title = ", ".join(f"{k}={json.dumps(v, default=str)[:80]}" if k != "resumed" else
-                          f"resumed {v}" if v else "not resumed with other settings"
-                          for k, v in s.differs.items()) or "all runs"
+        title = setting_title(s.differs)
         lines += [f"## Setting {s.setting}: {title}", ""]
         if s.duplicates:
             lines += ["Left out, a second run of the same attention and seed (pass each copy's sweep on its own to "

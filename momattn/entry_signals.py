@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from momattn.signal_watch import PREEMPTED_EXIT
 
 _PID: int | None = None  # the process that installed the handlers (a forked worker inherits them)
+PARENT_ENV = "MOMATTN_RANKS_PARENT"  # the pid of the process that started this rank (started_ranks_know_me)
 _SAY: list[Callable[[str], str]] = []  # the line a stop ends with, innermost last (the job's, inside the entry's)
 _CLEANUPS: list[Callable[[], None]] = []  # what a stop inside an import runs before ending the process
 BEFORE_STOP: list[Callable[[], None]] = []  # run by a SIGTERM before it raises (a sweep's job processes told first)
@@ -163,13 +164,21 @@ def die_with_parent(on: bool = True) -> None:
         return
     import ctypes
 
-    parent = os.getppid()
+    parent, started_by = os.getppid(), os.environ.get(PARENT_ENV, "")
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL if on else 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if on and (parent == 1 or os.getppid() != parent):  # it ended before the signal was set (init took this one)
+    # it ended before the signal was set: this process was handed to another (init, a subreaper), whose end the
+    # signal would wait for (flows review: rank 0 killed while rank 1 imported)
+    if on and (os.getppid() != parent or (started_by.isdigit() and int(started_by) != parent)):
         os._exit(1)
+
+
+def started_ranks_know_me() -> None:
+    """Called by a job's first process before Lightning starts its other ranks: they read its pid (die_with_parent),
+    so a rank whose starter ended before the rank armed its signal ends too."""
+    os.environ[PARENT_ENV] = str(os.getpid())
 
 
 def is_default(handler) -> bool:

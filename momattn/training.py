@@ -65,6 +65,7 @@ from momattn.entry_signals import (
     importing,
     is_default,
     is_default_int,
+    started_ranks_know_me,
 )
 from momattn.errors import (
     CheckpointError,
@@ -320,6 +321,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     grace = min(RANK_GRACE_S, c.dist_timeout_s)  # a rank that ended: rank 0's own error first (lightning_compat)
     compat.patient_observer(grace, lambda rank, how: _rank_lost(rank, how, grace, out_dir, job))
     compat.quoted_rank_folder()
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        started_ranks_know_me()
     try:
         guard.enter("fit")
         trainer.fit(lit, datamodule=dm, ckpt_path=str(ckpt_path) if ckpt_path else None)

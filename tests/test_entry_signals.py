@@ -117,8 +117,8 @@ def test_a_started_rank_ends_with_the_process_that_started_it_until_the_ranks_me
     """)
     parent = textwrap.dedent(f"""
         import os, subprocess, sys, time
-        child = subprocess.Popen([sys.executable, "-c", {rank!r}], env={{**os.environ, "LOCAL_RANK": "1"}},
-                                 stdout=subprocess.PIPE, text=True)
+        child = subprocess.Popen([sys.executable, "-c", {rank!r}], stdout=subprocess.PIPE, text=True,
+                                 env={{**os.environ, "LOCAL_RANK": "1", "MOMATTN_RANKS_PARENT": str(os.getpid())}})
         child.stdout.readline()
         print(child.pid, flush=True)
         time.sleep(30)
@@ -143,6 +143,21 @@ def test_a_started_rank_ends_with_the_process_that_started_it_until_the_ranks_me
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's parent-death signal")
+def test_a_started_rank_whose_starter_ended_before_it_armed_ends_at_once():
+    # rank 0 killed while rank 1 was still importing: rank 1, handed to init, armed a signal for init's end and
+    # waited dist_timeout_s (flows review). Its starter's pid, which rank 0 sets, is not its parent's: it ends
+    from momattn.entry_signals import PARENT_ENV
+
+    code = "from momattn.entry_signals import early_signals; early_signals(); print('armed')"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "LOCAL_RANK": "1", PARENT_ENV: "1"})
+    assert r.returncode == 1 and "armed" not in r.stdout, (r.returncode, r.stdout, r.stderr[-2000:])
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "LOCAL_RANK": "1", PARENT_ENV: str(os.getpid())})
+    assert r.returncode == 0 and "armed" in r.stdout, r.stderr[-2000:]
 
 @pytest.mark.parametrize("after_a_job, sweep, said", [
     (False, None, "interrupted (SIGTERM) before the run started: nothing was done"),

@@ -320,7 +320,7 @@ def check_launch_environment(trainer: Mapping, environ: Mapping | None = None) -
     nodes = trainer.get("num_nodes", 1) or 1
     several = nodes > 1 or world_size(trainer) > 1
     if several:  # one process reads none of them (a stale MASTER_ADDR is no concern)
-        _check_launch_values(env, nodes)
+        _check_launch_values(env, nodes, max(1, world_size(trainer) // nodes))
     if nodes > 1 and not any(env.get(k) for k in LAUNCHER_ENV):
         raise ConfigError(f"trainer.num_nodes={nodes} but no launcher environment was found ({', '.join(LAUNCHER_ENV)}"
                           " are unset): start one process per node with srun (SLURM) or torchrun, or set "
@@ -344,7 +344,7 @@ def check_launch_environment(trainer: Mapping, environ: Mapping | None = None) -
                     from None
 
 
-def _check_launch_values(env: Mapping, nodes: int) -> None:
+def _check_launch_values(env: Mapping, nodes: int, per_node: int = 1) -> None:
     """MASTER_PORT, MASTER_ADDR and NODE_RANK values that torch or Lightning failed on only later: a traceback
     (MASTER_PORT=abc, 70000 or empty), or a wait of 1.7 x dist_timeout_s blamed on a firewall (a MASTER_ADDR that
     does not resolve, said as a warning; a NODE_RANK beyond num_nodes)."""
@@ -366,6 +366,11 @@ def _check_launch_values(env: Mapping, nodes: int) -> None:
             print(f"[momattn] warning: MASTER_ADDR={addr} does not resolve to an address now "
                   f"({getattr(e, 'strerror', e)}); the processes wait up to dist_timeout_s for it: check the first "
                   "node's host name if it never does", file=sys.stderr, flush=True)
+    local = env.get("LOCAL_RANK")  # (a process started by hand as local rank 1 of one: Lightning's IndexError)
+    if local is not None and str(local).isdigit() and int(local) >= per_node:
+        raise ConfigError(f"LOCAL_RANK={local} but trainer.devices gives {per_node} process(es) per node: a node's "
+                          f"local ranks are 0..{per_node - 1}; start as many processes on each node as trainer.devices "
+                          "(e.g. torchrun --nproc_per_node), or raise trainer.devices")
     for key in ("NODE_RANK", "SLURM_NODEID") if nodes > 1 else ("NODE_RANK",):  # one node: NODE_RANK must be 0
         rank = env.get(key)
         if rank is not None and not (str(rank).isdigit() and int(rank) < nodes):

@@ -143,6 +143,12 @@ def test_several_nodes_need_a_launcher_and_a_free_port():
         check_launch_environment(ddp, {"MASTER_PORT": str(port), "LOCAL_RANK": "1"})  # the ones it starts connect
         # srun's second task of one node: rank 0's store may be listening already (it connects, it does not listen)
         check_launch_environment(ddp, {"MASTER_PORT": str(port), "SLURM_PROCID": "1", "SLURM_JOB_ID": "7"})
+    # local rank 1 of a node of one process (started by hand): Lightning's IndexError traceback (flows review)
+    with pytest.raises(ConfigError, match=r"^LOCAL_RANK=1 but trainer.devices gives 1 process\(es\) per node: a "
+                                          r"node's local ranks are 0..0"):
+        check_launch_environment({"num_nodes": 2, "devices": 1, "accelerator": "cpu"},
+                                 {"LOCAL_RANK": "1", "NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511"})
+    check_launch_environment({"num_nodes": 1, "devices": 2, "accelerator": "cpu"}, {"LOCAL_RANK": "1"})
 
 
 def test_launch_values_torch_fails_on_later_are_refused_before_any_work(capsys):

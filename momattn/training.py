@@ -956,7 +956,13 @@ def _stopped_early(checkpoint: dict, c: TrainConfig, callbacks: list) -> tuple[s
             continue
         key = {THRESHOLD: "stopping_threshold", DIVERGENCE: "divergence_threshold"}.get(stop_reason(state))
         before = (was.get(name) or {}).get(key) if isinstance(was.get(name), Mapping) else None
-        if key and getattr(cb, key) != before:  # a new threshold: it trains on until it meets that one (flows review)
+        now = getattr(cb, key) if key else None
+        if key and now is not None and before is not None and now != before and \
+                (now >= before if (key == "stopping_threshold") == (cb.mode == "min") else now <= before):
+            # a looser threshold, which the value that stopped the run meets too: still stopped (it trained one
+            # more validation interval, then stopped there)
+            return str(name), f"{why}; callbacks.{name}.{key}={now} is met by it too"
+        if key and now != before:  # a new threshold: it trains on until it meets that one (flows review)
             if rank_zero_only.rank == 0:
                 print(f"[momattn] the run stopped early at step {checkpoint.get('global_step')} ({why}); with "
                       f"callbacks.{name}.{key}={getattr(cb, key)} ("

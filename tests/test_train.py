@@ -1513,6 +1513,12 @@ def test_a_run_stopped_at_a_threshold_is_finished_unless_its_threshold_changes(t
     assert summary["steps"] == 2 and "Stopping threshold reached" in summary["stopped_early"]
     run_train(compose_train(tmp_path, [*overrides, "ckpt_path=last"]))
     assert "nothing to train: its EarlyStopping callback ended the run at step 2" in capsys.readouterr().err
+    # a looser threshold, met by the value that stopped it: still finished (it trained one more interval)
+    run_train(compose_train(tmp_path, [*overrides[:-1], "+callbacks.es.stopping_threshold=200", "ckpt_path=last"]))
+    err = capsys.readouterr().err
+    assert "nothing to train: its EarlyStopping callback ended the run at step 2" in err
+    assert "callbacks.es.stopping_threshold=200 is met by it too" in err
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 2
     run_train(compose_train(tmp_path, [*overrides[:-1], "+callbacks.es.stopping_threshold=0.5", "ckpt_path=last"]))
     assert "with callbacks.es.stopping_threshold=0.5 (it stopped at 100) it trains on" in capsys.readouterr().err
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -1520,7 +1526,6 @@ def test_a_run_stopped_at_a_threshold_is_finished_unless_its_threshold_changes(t
     # train", and the end "stopped early (... < 100)": third flows review)
     assert summary["steps"] == 12 and summary["stopped_early"] is None
     assert not early_stopped(read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["callbacks"])
-
 
 
 def test_the_advice_to_train_on_past_an_early_stop_is_one_a_sweep_accepts():
@@ -1535,6 +1540,7 @@ def test_the_advice_to_train_on_past_an_early_stop_is_one_a_sweep_accepts():
         "EarlyStopping +callbacks.es.monitor=val/loss)")
     assert _train_on("es", HydraJob(added)) == "resume with ~callbacks.es"  # a run's resume drops its additions
     assert _train_on("es", HydraJob(["callbacks=es"], sweep_dir="s", num=0)) == "resume with ~callbacks.es"
+
 
 def test_a_run_early_stopping_ended_says_so_and_counts_as_finished(tmp_path, capsys):
     """Found by review: it ended with 'done: 14 steps' alone (Lightning's INFO line is silenced), and a sweep called

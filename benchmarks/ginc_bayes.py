@@ -103,19 +103,20 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"--shots must be comma-separated integers, got {a.shots!r}")
     if any(k < 0 for k in shot_ints):
         ap.error(f"--shots {a.shots}: k must be >= 0")
-    if bad := [t for t in a.tasks.split(",") if ginc_task(t, "--tasks") is None]:
+    tasks = a.tasks.split(",")
+    if bad := [t for t in tasks if ginc_task(t, "--tasks") is None]:
         ap.error(f"--tasks: {', '.join(bad)} is not a GINC task; e.g. {', '.join(TASKS)}")
     if a.prompts > MAX_PROMPTS:
         ap.error(f"--prompts {a.prompts}: at most {MAX_PROMPTS:,} (all are made and held at once)")
-    for name in a.tasks.split(","):  # the evaluator puts <eot> first: context - 1 tokens for the prompt
-        if prompt_length(ginc_task(name).example_len, 0) > a.context - 1:
-            ap.error(f"--context {a.context}: task {name}'s test input alone takes {ginc_task(name).example_len - 1} "
-                     "tokens after <eot>; raise --context or drop the task")
+    for name, length in ((t, ginc_task(t).example_len) for t in tasks):  # the evaluator puts <eot> first: context
+        if prompt_length(length, 0) > a.context - 1:  # - 1 tokens for the prompt
+            ap.error(f"--context {a.context}: task {name}'s test input alone takes {length - 1} tokens after <eot>; "
+                     "raise --context or drop the task")
     check_out_dir(ap, Path(a.out))
     t0 = time.time()
     try:
         world = GincCorpus(**dict(_field(f) for f in a.fields))
-        tables = {label: bayes_table(world, a.tasks.split(","), shot_ints, a.prompts, a.seed, a.context, label)
+        tables = {label: bayes_table(world, tasks, shot_ints, a.prompts, a.seed, a.context, label)
                   for label in READERS}
     except ConfigError as e:  # in the script's own spelling: field=value, not data.field
         ap.error(str(e).replace("data.", ""))

@@ -348,13 +348,14 @@ class Throughput(ThroughputMonitor):
     def setup(self, trainer, pl_module, stage):
         super().setup(trainer, pl_module, stage)
         device = trainer.strategy.root_device
-        if device.type == "cuda" and hardware.is_mig(torch.cuda.get_device_name(device)):
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+        if device.type == "cuda" and hardware.is_mig(name):
             # a part of the GPU: Lightning's table gave the whole GPU's peak (an MFU up to 7x low: found by review)
             self.available_flops = None
         elif device.type == "cuda" and precision_dtype(trainer.precision) in (torch.bfloat16, torch.float16):
             # the datasheet's dense peak where momattn knows the device (Lightning's table has no "NVIDIA H200",
             # and its H200 names carry the sparse figure); Lightning's otherwise
-            self.available_flops = hardware.gpu_bf16_peak(torch.cuda.get_device_name(device)) or self.available_flops
+            self.available_flops = hardware.gpu_bf16_peak(name) or self.available_flops
         if device.type == "cpu" and self.available_flops is None:
             if self.peak_note is None:  # measured once, at fit's setup: the final validate() reuses it
                 dtype = precision_dtype(trainer.precision)

@@ -468,8 +468,9 @@ def resolve_ckpt_path(ckpt_path: str | None, out_dir: Path, root_dir: Path, sear
     if own.exists():
         return own
     if not search:
-        others = sorted(p.name for p in (out_dir / "checkpoints").glob("*.ckpt") if not p.name.startswith(".")) \
-            if (out_dir / "checkpoints").is_dir() else []  # (not a killed writer's partial .name.tmp<pid>: review)
+        from momattn.cli import saved_checkpoints
+
+        others = sorted(p.name for p in saved_checkpoints(out_dir))  # (not a killed writer's partial file: review)
         if others:  # saved progress (save_last=false, an FSDP swap cut short): never trained over from step 0
             raise CheckpointError(f"ckpt_path=last: {out_dir}/checkpoints has no last.ckpt but holds {others}; "
                                   "resume from one of them with ckpt_path=<its path> (or move them away to start "

@@ -1076,14 +1076,27 @@ def another_runs_checkpoint(ckpt: str | Path, folder: Path, held: Path, key: str
                        f"{folder}'s own run with {resume_arg(held)}{_newest_note(held)}")
 
 
+def best_files_only(held: Path) -> bool:
+    """Whether run_held's `held` is a checkpoint of a run without last.ckpt (save_last=false), which ckpt_path=last
+    refuses to resume."""
+    return held.name not in ("last.ckpt", "summary.json")
+
+
 def resume_arg(held: Path) -> str:
     """How to resume the run that holds `held` (run_held's): ckpt_path=last, or its newest checkpoint where it has no
-    last.ckpt (ckpt_path=last refuses such a folder)."""
-    return "ckpt_path=last" if held.name in ("last.ckpt", "summary.json") else shell_arg("ckpt_path", held)
+    last.ckpt."""
+    return shell_arg("ckpt_path", held) if best_files_only(held) else "ckpt_path=last"
 
 
 def _newest_note(held: Path) -> str:
-    return "" if held.name in ("last.ckpt", "summary.json") else " (it has no last.ckpt; this is its newest checkpoint)"
+    return " (it has no last.ckpt; this is its newest checkpoint)" if best_files_only(held) else ""
+
+
+def saved_checkpoints(run: Path) -> list[Path]:
+    """The checkpoint files (or FSDP folders) in run/checkpoints, not a killed writer's partial file."""
+    with contextlib.suppress(OSError):
+        return [p for p in (run / "checkpoints").glob("*.ckpt") if not p.name.startswith(".")]
+    return []
 
 
 def run_held(run: Path) -> Path | None:
@@ -1093,8 +1106,8 @@ def run_held(run: Path) -> Path | None:
     if (last := run / "checkpoints" / "last.ckpt").exists():
         return last
     others = []
-    with contextlib.suppress(OSError):  # (not a partial file of a writer: .name.tmp<pid>, .name.new / .old)
-        others = [(p.stat().st_mtime, p) for p in (run / "checkpoints").glob("*.ckpt") if not p.name.startswith(".")]
+    with contextlib.suppress(OSError):
+        others = [(p.stat().st_mtime, p) for p in saved_checkpoints(run)]
     if others:
         return max(others)[1]
     return summary if (summary := run / "summary.json").exists() else None
@@ -1105,7 +1118,7 @@ def folder_holds_a_run(folder: Path, held: list[Path], key: str, sweep: bool = F
     """The refusal of a fresh run in a folder whose checkpoints `held` it would overwrite (sweep: the jobs'
     checkpoints of a sweep folder; search: of an Optuna search, which is not resumed)."""
     what = f"{len(held)} job(s) of a {'search' if search else 'sweep'}" if sweep else "a run"
-    bare = [h for h in held if h.name not in ("last.ckpt", "summary.json")]  # kept by best files alone
+    bare = [h for h in held if best_files_only(h)]
     if search:
         how = "search into another folder (hydra.sweep.dir=...; a study kept in hydra.sweeper.storage goes on there)"
     elif bare and (sweep or key == "hydra.sweep.dir"):  # one file for every job would not do (diff review)
@@ -1432,8 +1445,7 @@ def go_on(job, out_dir: Path) -> str:
 
     own = given_again(job)  # what a resume does not take from the saved line: given again
     links = resume_prefix(job.sweep_dir) if job.sweep_dir is not None else ""  # the sweep's folder links out
-    if (held := run_held(out_dir)) is not None and held.name not in ("last.ckpt", "summary.json"):
-        # kept by best files alone (save_last=false): ckpt_path=last refuses it (diff review)
+    if (held := run_held(out_dir)) is not None and best_files_only(held):  # ckpt_path=last refuses it (diff review)
         alone = f"{resume_prefix(out_dir)}python train.py {resume_arg(held)} {shell_arg('hydra.run.dir', out_dir)}{own}"
         return f"Resume with: {alone}" + (f", then the sweep with ckpt_path=last {shell_arg('hydra.sweep.dir', job.sweep_dir)}"
                                            " (the same command otherwise)" if job.sweep_dir is not None else "")

@@ -317,10 +317,10 @@ def check_launch_environment(trainer: Mapping, environ: Mapping | None = None) -
     import socket
 
     env = os.environ if environ is None else environ
-    nodes = trainer.get("num_nodes", 1) or 1
-    several = nodes > 1 or world_size(trainer) > 1
+    nodes, processes = trainer.get("num_nodes", 1) or 1, world_size(trainer)
+    several = nodes > 1 or processes > 1
     if several:  # one process reads none of them (a stale MASTER_ADDR is no concern)
-        _check_launch_values(env, nodes, max(1, world_size(trainer) // nodes))
+        _check_launch_values(env, nodes, max(1, processes // nodes))
     if nodes > 1 and not any(env.get(k) for k in LAUNCHER_ENV):
         raise ConfigError(f"trainer.num_nodes={nodes} but no launcher environment was found ({', '.join(LAUNCHER_ENV)}"
                           " are unset): start one process per node with srun (SLURM) or torchrun, or set "

@@ -965,7 +965,7 @@ def _stopped_early(checkpoint: dict, c: TrainConfig, callbacks: list) -> tuple[s
         if key and now != before:  # a new threshold: it trains on until it meets that one (flows review)
             if rank_zero_only.rank == 0:
                 print(f"[momattn] the run stopped early at step {checkpoint.get('global_step')} ({why}); with "
-                      f"callbacks.{name}.{key}={getattr(cb, key)} ("
+                      f"callbacks.{name}.{key}={now} ("
                       + (f"it stopped at {before}" if before is not None else f"callbacks.{name} records none")
                       + ") it trains on", file=sys.stderr, flush=True)
             _forget_stop(cb)

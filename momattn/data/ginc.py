@@ -64,6 +64,16 @@ def _cdf(p: np.ndarray) -> np.ndarray:
     return c / c[..., -1:]  # x / x == 1 exactly, also for trailing zero-probability entries
 
 
+def _by_concept(concept: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(concept, indices of the chains under it) for each concept of `concept` (N,), in increasing order."""
+    return [(int(c), np.flatnonzero(concept == c)) for c in np.unique(concept)]
+
+
+def _slices(seq, size: int):
+    """seq in consecutive slices of at most `size` items."""
+    return (seq[i:i + size] for i in range(0, len(seq), size))
+
+
 def _smallest_int(n: int) -> type:
     return np.uint8 if n <= 256 else np.int32
 
@@ -272,18 +282,18 @@ class GincCorpus:
         n, n_prop = len(concept), self.n_properties
         ent_cdf, prop_cdf = _cdf(h.entity_weights), _cdf(h.property_weights)  # (Ke,), (C, Kp)
         prop_perms = h.property_perms.reshape(-1)  # (C * Kp * P,) concept c, component j: from (c * Kp + j) * P
-        groups = [(c, np.flatnonzero(concept == c)) for c in np.unique(concept)]
+        groups = _by_concept(concept)
         ent = np.empty((steps + 1, n), _smallest_int(self.n_entities))  # time-major: each step writes one row
         prop = np.empty((steps + 1, n), _smallest_int(n_prop))
         ent[0], prop[0] = entity0, prop0
         rows = max(1, min(256, _DRAWS // max(n, 1)))  # steps per slice of uniforms
         for t0 in range(0, steps, 256):
             block = range(t0, min(t0 + 256, steps))
-            for ts in (block[i:i + rows] for i in range(0, len(block), rows)):
+            for ts in _slices(block, rows):
                 comp = np.searchsorted(ent_cdf, rng.random((len(ts), n)), side="right")  # (b, N) inverse CDF
                 for i, t in enumerate(ts):
                     ent[t + 1] = h.entity_perms[comp[i], ent[t]]
-            for ts in (block[i:i + rows] for i in range(0, len(block), rows)):
+            for ts in _slices(block, rows):
                 u, pos = rng.random((len(ts), n)), np.empty((len(ts), n), np.int64)  # (b, N)
                 for c, chains in groups:  # start of each chain's drawn permutation
                     pos[:, chains] = (c * prop_cdf.shape[1] + np.searchsorted(prop_cdf[c], u[:, chains], side="right")) * n_prop
@@ -307,8 +317,7 @@ class GincCorpus:
         concept = rng.integers(self.n_train_concepts, size=n_docs)
         u, start = rng.random(n_docs), _cdf(self.hmms.start)  # (N,), (C, E * P)
         state0 = np.empty(n_docs, np.int64)  # (N,) ids e * P + p, by inverse CDF: each concept's row, not one per
-        for c in np.unique(concept):  # document (n_docs x E x P values: diff review)
-            chains = np.flatnonzero(concept == c)
+        for c, chains in _by_concept(concept):  # document (n_docs x E x P values: diff review)
             state0[chains] = np.searchsorted(start[c], u[chains], side="right")
         ent, prop = self._run(rng, concept, state0 // self.n_properties, state0 % self.n_properties, length - 1)
         return GincSample(concept, ent, prop)
@@ -364,10 +373,9 @@ class GincCorpus:
         its concept's (P, P) table, took 5 GB for 500 prompts at k=32 of 200 properties (found by review)."""
         h = self.hmms
         rows = max(1, _DRAWS // (self.n_entities * self.n_properties))
-        for c in np.unique(concept):
-            chains = np.flatnonzero(concept == c)
+        for c, chains in _by_concept(concept):
             prop = h.property[c][None]  # (1, P, P)
-            for idx in (chains[i:i + rows] for i in range(0, len(chains), rows)):
+            for idx in _slices(chains, rows):
                 alpha = np.zeros((len(idx), self.n_entities, self.n_properties))
                 alpha[np.arange(len(idx)), :, start[idx]] = 1.0 / self.n_entities
                 logp = np.zeros(len(idx))
@@ -379,7 +387,7 @@ class GincCorpus:
                         z = alpha.sum(axis=(1, 2))
                         logp += np.log(z)
                         alpha = np.nan_to_num(alpha / z[:, None, None])
-                yield idx, int(c), alpha, logp
+                yield idx, c, alpha, logp
 
     def next_symbol_probs(self, concept: np.ndarray, start: np.ndarray, x: np.ndarray) -> np.ndarray:
         """(N, V) probability of the symbol after x (N, L >= 1) under each prompt's true concept, given x alone:

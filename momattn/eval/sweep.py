@@ -386,12 +386,12 @@ def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
             failed.append(f"{job_name(job, sweep_dir)} (no checkpoints/last.ckpt, and its .hydra/config.yaml "
                           "cannot be read)")
         elif training:  # kept by its best files alone (save_last=false): which is the final model is not known
-            from momattn.cli import run_held
+            from momattn.cli import best_files_only, run_held
 
             held = run_held(job)
             failed.append(f"{job_name(job, sweep_dir)} (no checkpoints/last.ckpt" + (
                 f"; it holds {held.name} (save_last=false?): evaluate.py ckpt_path={held} scores it alone)"
-                if held is not None and held.suffix == ".ckpt" else ")"))
+                if held is not None and best_files_only(held) else ")"))
     for path in ckpts:
         try:
             ckpt = read_meta(path)  # a sharded folder's meta.pt alone: a run whose results are reused needs no weights

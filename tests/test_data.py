@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -519,7 +520,7 @@ def test_a_file_listed_twice_in_data_paths_is_refused(tmp_path):
         TextFiles(paths=[str(tmp_path / "a.txt"), str(tmp_path / "c.txt")]).documents("train")
 
 
-def test_text_files_that_would_be_misread_are_named(tmp_path):
+def test_text_files_that_would_be_misread_are_named(tmp_path, capsys):
     # lines ended by a carriage return alone: read as one document whose blank lines were never seen
     (tmp_path / "mac.txt").write_bytes(b"first doc\r\rsecond doc\r")
     with pytest.raises(DataError, match=r"mac.txt' ends its lines with a carriage return alone \(classic Mac OS\)"):
@@ -527,6 +528,12 @@ def test_text_files_that_would_be_misread_are_named(tmp_path):
     (tmp_path / "stray.txt").write_bytes(b"a progress bar\r50%\r100%\n\nsecond doc\n")  # a stray CR is text
     assert TextFiles(paths=[str(tmp_path / "stray.txt")])._read(tmp_path / "stray.txt") == [
         "a progress bar\r50%\r100%", "second doc"]
+    assert "mixes line ends" not in capsys.readouterr().err  # (its stray CRs join no paragraphs)
+    # a Mac-format file joined to a Unix one: its blank lines were not seen, two documents read as one, no word
+    (tmp_path / "mixed.txt").write_bytes(b"a\r\nb\r\n\r\nc\rd\r\re\n")
+    assert TextFiles(paths=[str(tmp_path / "mixed.txt")])._read(tmp_path / "mixed.txt") == ["a\nb", "c\rd\r\re"]
+    assert re.search(r"warning: data file '.*mixed.txt' mixes line ends: .* so its 3 paragraphs are read as 2 "
+                     r"documents", capsys.readouterr().err)
     # UTF-16 (Windows' "Unicode"): the latin1 advice made garbage of it
     (tmp_path / "wide.txt").write_text("one doc\n", encoding="utf-16")
     with pytest.raises(DataError, match=r"wide.txt' is not UTF-8 text \(UTF-16, by its byte-order mark\); convert "

@@ -75,6 +75,10 @@ def test_a_stream_resumed_at_a_windows_point_is_the_same_stream_without_tokenizi
     with pytest.raises(DataError, match=r"the training stream's epoch 0 has 40 documents, and the checkpoint's run "
                                         r"stopped inside document 45: its text changed since"):
         next(located_windows(docs, enc, 99, 8, start=(0, 45, 0)))
+    with pytest.raises(DataError, match=r"epoch 0 has 39 documents, and the checkpoint's run stopped inside "
+                                        r"document 39"):  # just the document it stopped in gone: it went on, a
+        # window into epoch 1 that lost the tokens before the point's (review)
+        next(located_windows(lambda e: islice(docs(e), 39), enc, 99, 8, start=(0, 39, 2)))
     with pytest.raises(DataError, match=r"document 3 of the training stream's epoch 0 has \d+ tokens, and the "
                                         r"checkpoint's run stopped at its token 50: its text changed since"):
         next(located_windows(docs, enc, 99, 8, start=(0, 3, 50)))  # a document that became shorter

@@ -278,7 +278,16 @@ class TextFiles:
             if "\r" in text and "\n" not in text:  # it was read as one document, its blank lines unseen
                 raise DataError(f"data file '{p}' ends its lines with a carriage return alone (classic Mac OS), so "
                                 "its blank lines between documents cannot be seen; convert it, e.g. tr '\\r' '\\n'")
-            return [d.strip() for d in _BLANK_LINE.split(text.replace("\r\n", "\n")) if d.strip()]
+            text = text.replace("\r\n", "\n")
+            docs = [d.strip() for d in _BLANK_LINE.split(text) if d.strip()]
+            if "\r" in text and len(mac := [d for d in _BLANK_LINE.split(text.replace("\r", "\n")) if d.strip()]) \
+                    > len(docs) and (said := ("mixed", str(p))) not in _SAID:  # (joined documents without a word: review)
+                _SAID.add(said)
+                print(f"[momattn] warning: data file '{p}' mixes line ends: some lines end with a carriage return "
+                      f"alone, and the blank lines among them are not seen, so its {len(mac)} paragraphs are read as "
+                      f"{len(docs)} documents; convert those line ends to \\n if they were meant to separate them",
+                      file=sys.stderr, flush=True)
+            return docs
         docs = []
         for where, row in self._json_rows(p, text):
             if not isinstance(row, dict) or self.text_field not in row:

@@ -303,10 +303,6 @@ def located_windows(texts: Callable[[int], Iterator[str]], encode_batch: Callabl
         docs_of_epoch = texts(epoch)
         if skip:
             n_docs = sum(1 for _ in islice(docs_of_epoch, skip))
-            if n_docs < skip:  # the corpus changed under an unchanged setting (an unpinned hub corpus, a file rewritten)
-                raise DataError(f"the training stream's epoch {epoch} has {n_docs} documents, and the checkpoint's "
-                                f"run stopped inside document {skip}: its text changed since (pin data.revision, or "
-                                "start a new run)")
         while docs := list(islice(docs_of_epoch, batch_docs)):  # tokenized batch_docs documents at a time
             ids = [np.asarray(d + [eot], dtype=np.int64) for d in encode_batch(docs)]
             if first:  # the resumed window starts inside the first of them
@@ -325,6 +321,11 @@ def located_windows(texts: Callable[[int], Iterator[str]], encode_batch: Callabl
                 yield buf[: block_size + 1], (pieces[0][0], pieces[0][1], pieces[0][2])
                 buf = buf[block_size:]
                 _drop(pieces, block_size)
+        if skip and n_docs <= skip:  # no document `skip`: the corpus changed under an unchanged setting (an unpinned
+            # hub corpus, a file rewritten); one that lost just that document went on into the next epoch (review)
+            raise DataError(f"the training stream's epoch {epoch} has {n_docs} documents, and the checkpoint's run "
+                            f"stopped inside document {skip}: its text changed since (pin data.revision, or start a "
+                            "new run)")
         if n_docs == 0:
             raise no_documents() if no_documents else DataError("the training stream has no documents")
         if n_windows == 0:  # each window would be the few tokens repeated, epoch after epoch

@@ -127,6 +127,17 @@ def test_a_text_field_for_plain_text_files_only_is_warned_of(tmp_path, capsys):
     TextFiles([str(tmp_path / "a.txt"), str(tmp_path / "b.JSONL")], text_field="body")  # read from b.JSONL
     TextFiles([str(tmp_path / "a.txt")])  # the default names no field of the user's
     assert "warning" not in capsys.readouterr().err
+    # nor does it key the token cache (and the BPE, and evaluate.py's "corpus changed") where no file reads it
+    (tmp_path / "a.txt").write_text("one\n\ntwo\n")
+    (tmp_path / "b.jsonl").write_text('{"text": "x", "body": "y"}\n')
+    plain, jsonl = [str(tmp_path / "a.txt")], [str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl")]
+    assert TextFiles(plain, text_field="body").fingerprint() == TextFiles(plain).fingerprint()
+    from momattn.data.sources import SPLIT_SEED, file_stamp
+    from momattn.utils import digest
+
+    before = digest(["text_files", 6, [file_stamp(tmp_path / "a.txt")], 0.05, "body", SPLIT_SEED])  # (session 56's)
+    assert TextFiles(plain, text_field="body", val_fraction=0.05).same_rows(before)  # its checkpoints: the same rows
+    assert TextFiles(jsonl, text_field="body").fingerprint() != TextFiles(jsonl).fingerprint()
 
 
 def test_a_changed_local_file_is_a_new_hub_corpus(tmp_path):

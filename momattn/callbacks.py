@@ -102,6 +102,19 @@ class ModelCheckpoint(lightning_callbacks.ModelCheckpoint):
         raise ConfigError(f"filename={self.filename!r} is not a checkpoint name template ({error}); metrics go in "
                           "braces, e.g. filename='best-step{step}-{val/loss:.3f}'") from None
 
+    def _get_metric_interpolated_filepath_name(self, monitor_candidates, trainer, del_filepath=None) -> str:
+        """A best file's name, with Lightning's version counter (-v1) where the name has no step: two validations
+        whose val/loss formats alike ('best-{val/loss:.2f}') had one name, and the later, worse model replaced the
+        better one, which stayed "best" in the run's report (found by review). A name with the step is one step's,
+        rewritten only when that step is trained again (a resume), as it should be."""
+        if "{step" in (self.filename or "{step}"):  # (None: Lightning's default name, {epoch}-{step})
+            return super()._get_metric_interpolated_filepath_name(monitor_candidates, trainer, del_filepath)
+        was, self._enable_version_counter = self._enable_version_counter, True  # (off for last.ckpt: one file)
+        try:
+            return super()._get_metric_interpolated_filepath_name(monitor_candidates, trainer, del_filepath)
+        finally:
+            self._enable_version_counter = was
+
     _lightning = inspect.signature(lightning_callbacks.ModelCheckpoint.__init__)  # its keys, for the config check
     __init__.__signature__ = _lightning.replace(parameters=[
         p.replace(default=False) if p.name == "enable_version_counter" else p for p in _lightning.parameters.values()])

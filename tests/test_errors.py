@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -687,6 +688,20 @@ def test_a_setting_lightning_would_fail_on_after_steps_of_training_is_refused_fi
         ModelCheckpoint(filename="last")  # the best file was last.ckpt, rewritten with the newest state
     with pytest.raises(ConfigError, match="filename='best' gives every checkpoint one name, so save_top_k=2"):
         ModelCheckpoint(filename="best", save_top_k=2, monitor="val/loss")  # one file, replaced at each save
+    # a name with a metric but no step: a later, worse validation that formats alike replaced the best file, which
+    # stayed "best" in the report (found by review); it is versioned now, as Lightning does, and a step's is not
+    import lightning.pytorch as pl
+
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    (tmp_path / "best-8.ckpt").write_bytes(b"")
+    (tmp_path / "best-step4.ckpt").write_bytes(b"")
+    for name, metrics, path in (("best-{val/loss:.0f}", {"val/loss": 8.3}, "best-8-v1.ckpt"),
+                                ("best-step{step}", {"step": 4}, "best-step4.ckpt")):  # (a resume redoing step 4)
+        cb = ModelCheckpoint(dirpath=tmp_path, filename=name, monitor="val/loss", save_top_k=3,
+                             auto_insert_metric_name=False)
+        got = cb._get_metric_interpolated_filepath_name({k: torch.tensor(v) for k, v in metrics.items()}, trainer)
+        assert Path(got).name == path and not cb._enable_version_counter
     # step-based saving with a monitor: the 'best' file was a step's weights never validated, scored with the
     # previous validation's value (best-step9.ckpt holding step 6's score: found by review)
     for every in ({"every_n_train_steps": 3}, {"train_time_interval": datetime.timedelta(minutes=5)}):

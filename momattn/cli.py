@@ -350,18 +350,23 @@ def _parse_error(overrides: list[str], e: Exception) -> ConfigError:
                        "https://hydra.cc/docs/advanced/override_grammar/basic/)")
 
 
-def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]] | None = None) -> None:
-    """Raise ConfigError naming a misspelled group option or key, with the closest valid one. With a multirun's
-    jobs (momattn.sweep_jobs.plan_sweep), the keys are checked against every combination of group options they
-    take (attention.eta set for attention=vanilla,momentum: vanilla has none)."""
+def parsed_overrides(overrides: list[str]) -> list:
+    """Hydra's parse of the command line; a syntax error as one line (_parse_error), exit 2 as for any typo."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from momattn.sweep_jobs import _GroupOptions
 
     try:
-        parsed = OverridesParser.create(config_loader=_GroupOptions()).parse_overrides(overrides)
-    except Exception as e:  # a syntax error: Hydra's message says where; one line and exit 2, as for any typo
+        return OverridesParser.create(config_loader=_GroupOptions()).parse_overrides(overrides)
+    except Exception as e:  # Hydra's message says where
         raise _parse_error(overrides, e) from None
+
+
+def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]] | None = None) -> None:
+    """Raise ConfigError naming a misspelled group option or key, with the closest valid one. With a multirun's
+    jobs (momattn.sweep_jobs.plan_sweep), the keys are checked against every combination of group options they
+    take (attention.eta set for attention=vanilla,momentum: vanilla has none)."""
+    parsed = parsed_overrides(overrides)
     groups, choices, keys, adds, deletes, settings = _groups(), [], [], [], [], []
     fixed = []  # (item, override) of the keys set, added or deleted with one value: Hydra's sweep config has them too
     for o in parsed:
@@ -1301,6 +1306,8 @@ def hydra_main(config_name: str):
                     sys.argv = [sys.argv[0], *hydra_argv(flags, given)]
                     return hydra_task()
                 if config_name == "train":
+                    parsed_overrides(given)  # (a ckpt_path=steps/epoch=0-step=8.ckpt unquoted: resume_overrides'
+                    # own parse of it ended in Hydra's traceback: found by review)
                     multirun = multirun or config_multirun(config_name, given)
                     if not multirun:  # (a sweep may list several: ckpt_path=a.ckpt,b.ckpt)
                         check_ckpt_exists(given)

@@ -242,6 +242,15 @@ def test_command_line_forms_that_hydra_reads_its_own_way(tmp_path):
         r = run_cli("train.py", [arg], cwd=tmp_path)
         assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # a step file as Lightning names it, given unquoted to a resume: Hydra's traceback (found by review)
+    (tmp_path / "steps").mkdir()
+    import torch
+
+    torch.save({"momattn": {"overrides": ["seed=1"]}}, tmp_path / "steps" / "epoch=0-step=8.ckpt")  # (its line)
+    r = run_cli("train.py", ["ckpt_path=steps/epoch=0-step=8.ckpt"], cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "ckpt_path=steps/epoch=0-step=8.ckpt does not parse as a Hydra override" in r.stderr
+    assert "quote the value: \"ckpt_path='steps/epoch=0-step=8.ckpt'\"" in r.stderr
     # a plain value Hydra's lexer stops in: the quoted form that parses, not the lexer's error alone
     from momattn.cli import check_overrides
 

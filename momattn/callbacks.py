@@ -443,6 +443,12 @@ class Throughput(ThroughputMonitor):
             if self.length_fn is not None:
                 self._lengths[s] += n * self.length_fn(batch)
         super().on_train_batch_end(trainer, pl_module, outputs, batch, *args)
+        if 0 < trainer.max_steps <= trainer.global_step and not compat.mid_accumulation(trainer) \
+                and not trainer._logger_connector.should_update_logs:  # the run's last step, off the logging
+            # interval: its rates, summary.json's tokens_per_sec, were in no metrics.csv row (found by review)
+            t = compat.stage_throughputs(self)[RunningStage.TRAINING]
+            with contextlib.suppress(Exception):  # fewer batches than a window: nothing to report
+                trainer._logger_connector.log_metrics({f"train{t.separator}{k}": v for k, v in t.compute().items()})
 
     # The training clock stops at the last training batch before a validation and starts again at the next training
     # batch: Lightning's monitor moved it on by the validation alone, so the checkpoint written after it (the
@@ -450,6 +456,14 @@ class Throughput(ThroughputMonitor):
     # progress line, which excludes it, read 1.0K, with a 1 s save)
     @rank_zero_only
     def on_validation_start(self, trainer, *args) -> None:
+        live, n = compat.stage_throughputs(self), sum(trainer.num_val_batches or [0])
+        if not trainer.sanity_checking and RunningStage.VALIDATING in live and math.isfinite(n) and n >= 2 \
+                and n < self.kwargs.get("window_size", 100):  # a window of this validation's batches at most: one
+            # of the training steps' micro-batches never filled with data.val_batches=10 (under gradient
+            # accumulation, or log_every_n_steps > 11), and no val/device/* rate was logged (found by review)
+            live[RunningStage.VALIDATING] = BoundedThroughput(available_flops=self.available_flops,
+                                                               world_size=trainer.world_size,
+                                                               **{**self.kwargs, "window_size": int(n)})
         super().on_validation_start(trainer, *args)
         s = RunningStage.TRAINING
         if not trainer.sanity_checking and s in self._t0s:

@@ -279,14 +279,22 @@ def test_the_throughput_window_spans_whole_optimizer_steps(tmp_path):
         c = SimpleNamespace(trainer={"log_every_n_steps": log_every}, accumulate=accumulate, cache_dir=tmp_path,
                             max_steps=max_steps)
         assert _throughput_monitor(c).kwargs["window_size"] == window
-    from conftest import SMOKE, compose_train
+    from conftest import SMOKE, compose_train, read_metrics
 
     from momattn.training import run_train
 
-    run_train(compose_train(tmp_path / "run", [*SMOKE, "trainer.log_every_n_steps=6", "trainer.max_steps=6",
-                                               "trainer.accumulate_grad_batches=2", "val_every_steps=3"]))
+    run_train(compose_train(tmp_path / "run", [*SMOKE, "trainer.log_every_n_steps=6", "trainer.max_steps=7",
+                                               "trainer.accumulate_grad_batches=2", "val_every_steps=3",
+                                               "data.val_batches=4"]))
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["tokens_per_sec"] > 0 and summary["tokens_per_sec_mean"] > 0
+    # a validation's rates, in a window of its own 4 batches (the training window of 11 micro-batches never
+    # filled: no val/device/* was logged), and the last step's, off the logging interval (summary.json's
+    # tokens_per_sec was in no row of metrics.csv): both found by review
+    rows = read_metrics(tmp_path / "run")
+    assert [int(r["step"]) for r in rows if r.get("val/device/items_per_sec")] == [2, 5, 6]
+    last = [r for r in rows if r.get("train/device/items_per_sec")][-1]
+    assert int(last["step"]) == 6 and float(last["train/device/items_per_sec"]) == pytest.approx(summary["tokens_per_sec"])
 
 
 def test_a_segment_too_short_to_measure_says_so(tmp_path, capsys):

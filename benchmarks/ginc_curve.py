@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import sys
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness import (  # noqa: E402
     RESULTS,
+    check_name,
     check_out_dir,
     machine_info,
     run_main,
@@ -152,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         ap.error(f"--shots must be comma-separated integers, got {a.shots!r}")
     check_out_dir(ap, Path(a.out))
-    if a.name is not None and (a.name in ("", ".", "..") or any(sep in a.name for sep in ("/", "\\", os.sep))):
-        ap.error(f"--name {a.name!r}: a file name, without folders (the files go into --out)")
+    check_name(ap, a.name)
     name = a.name or file_name(a.overrides)  # before the run, not after its minutes
     try:
         result, _ = run(a.overrides, a.every, a.tasks.split(","), shots, a.prompts)

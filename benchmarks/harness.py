@@ -308,6 +308,12 @@ def check_out(ap, path: Path, suffixes: tuple[str, ...] = (".md",)) -> None:
         ap.error(f"--out {path}: its folder cannot be written ({e.strerror or e}); choose another")
 
 
+def check_name(ap, name: str | None) -> None:
+    """Refuse (ap.error) a --name that is not a plain file name: '../x' wrote outside --out (found by review)."""
+    if name is not None and (name in ("", ".", "..") or any(sep in name for sep in ("/", "\\", os.sep))):
+        ap.error(f"--name {name!r}: a file name, without folders (the files go into --out)")
+
+
 def check_out_dir(ap, folder: Path) -> None:
     """check_out for the benchmarks whose --out is a folder: refuse a file there, or a folder that cannot be made
     or written."""

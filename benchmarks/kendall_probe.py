@@ -17,7 +17,8 @@ captures (task=ginc, k=32, demonstration seed 1), reports per layer, as means ov
   l0_qq_vs_qk      layer 0 only, per head: tau(q_j . q, k_j . q) over the demonstration tokens of the ICL prompt
                    (pre-rotary): whether query-query and query-key similarity rank the tokens alike
 
-Writes benchmarks/results/kendall_probe/<name>.json (--name, default: the run folder's name) and prints a table.
+Writes <out>/<name>.json and .md (--out, default benchmarks/results/kendall_probe; --name, default the run folder's
+name) and prints the table. An existing result is not replaced without --force.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from harness import machine_info, run_main, write_json
+from harness import check_name, check_out_dir, machine_info, run_main, write_results
 
 from momattn.utils import positive_int  # noqa: E402
 
@@ -94,25 +95,29 @@ def main():
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--lr", type=float, default=0.01, help="the finetuning lr (analyze.py's chosen one: results.md)")
     ap.add_argument("--prompts", type=positive_int, default=200)
-    ap.add_argument("--name", default=None)
+    ap.add_argument("--name", default=None, help="the result's file name (default: the run folder's name)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "kendall_probe"),
+                    help="the folder it is written to (default: the stored results, benchmarks/results/kendall_probe)")
+    ap.add_argument("--force", action="store_true", help="replace a result of that name in --out")
     args = ap.parse_args()
     if not Path(args.ckpt).is_file():
         ap.error(f"--ckpt {args.ckpt}: no such checkpoint file")
     if not args.lr > 0:
         ap.error(f"--lr={args.lr} must be > 0")
+    check_name(ap, args.name)
+    check_out_dir(ap, Path(args.out))
     name = args.name or Path(args.ckpt).resolve().parent.parent.name
+    path = Path(args.out) / f"{name}.json"
+    if path.exists() and not args.force:  # a new run named like a stored one (vanilla_seed1) replaced its result
+        ap.error(f"{path} exists (another checkpoint's result?); give --name or --out, or --force to replace it")
     res = probe(args.ckpt, args.lr, args.prompts)
-    doc = {"checkpoint": args.ckpt, "lr": args.lr, **res, "machine": machine_info("cpu")}
-    path = Path(__file__).parent / "results" / "kendall_probe" / f"{name}.json"
-    write_json(path, doc, indent=2)
     L = len(res["per_layer"]["kendall"])
-    print(f"{args.ckpt} (lr {args.lr}, {res['prompts']} prompts)\n")
-    print("| quantity | " + " | ".join(f"layer {i}" for i in range(L)) + " | mean |")
-    print("|---|" + "---|" * (L + 1))
-    for r in ROWS:
-        print(f"| {r} | " + " | ".join(f"{x:+.3f}" for x in res["per_layer"][r]) + f" | {res['mean'][r]:+.3f} |")
-    print("\nlayer 0, tau(q_j . q, k_j . q) per head: "
-          + ", ".join(f"{x:+.2f}" for x in res["l0_qq_vs_qk_per_head"]) + f"\nwritten to {path}")
+    md = [f"{args.ckpt} (lr {args.lr}, {res['prompts']} prompts)\n",
+          "| quantity | " + " | ".join(f"layer {i}" for i in range(L)) + " | mean |", "|---|" + "---|" * (L + 1)]
+    md += [f"| {r} | " + " | ".join(f"{x:+.3f}" for x in res["per_layer"][r]) + f" | {res['mean'][r]:+.3f} |"
+           for r in ROWS]
+    md.append("\nlayer 0, tau(q_j . q, k_j . q) per head: " + ", ".join(f"{x:+.2f}" for x in res["l0_qq_vs_qk_per_head"]))
+    write_results(path, {"checkpoint": args.ckpt, "lr": args.lr, **res, "machine": machine_info("cpu")}, "\n".join(md))
 
 
 if __name__ == "__main__":

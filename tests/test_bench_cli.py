@@ -81,6 +81,15 @@ def test_bad_values_of_the_other_scripts_are_one_line(tmp_path, capsys, monkeypa
     assert "no such folder" in _refused(capsys, ginc_ood_probe.main, ["--sweep", str(tmp_path / "none")])
     assert "no such checkpoint file" in _refused(capsys, kendall_probe.main, ["--ckpt", str(tmp_path / "x.ckpt")],
                                                  monkeypatch, "kendall_probe.py")
+    # its --name wrote outside the results folder, and a run folder named like a stored one replaced its result
+    (tmp_path / "x.ckpt").write_bytes(b"")
+    probe = ["--ckpt", str(tmp_path / "x.ckpt"), "--out", str(tmp_path / "kp")]
+    assert "--name '../x': a file name, without folders" in _refused(
+        capsys, kendall_probe.main, [*probe, "--name", "../x"], monkeypatch, "kendall_probe.py")
+    (tmp_path / "kp").mkdir()
+    (tmp_path / "kp" / "seed1.json").write_text("{}")
+    assert "seed1.json exists (another checkpoint's result?); give --name or --out, or --force" in _refused(
+        capsys, kendall_probe.main, [*probe, "--name", "seed1"], monkeypatch, "kendall_probe.py")
     assert "--threads=0 must be >= 1" in _refused(capsys, bench_attention.main, ["--threads", "0"])
     assert "--patience=-1.0 must be a finite number >= 0" in _refused(capsys, bench_attention.main, ["--patience", "-1"])
     assert "--profile=-3 must be >= 0" in _refused(capsys, gpu_check.main, ["--profile", "-3", "--smoke"],

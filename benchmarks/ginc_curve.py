@@ -4,7 +4,8 @@
                                     [override ...]          # e.g. attention=momentum optim.lr=4e-3 seed=2
 
 The overrides compose with `experiment=ginc` exactly as train.py's do (model, optim, data, seed, ...), and the
-loop is train.py's step: the same model init, precision (trainer.precision, auto resolved), AdamW groups, lr
+loop is train.py's step: the same model init, precision (trainer.precision, auto resolved; 32-true or
+bf16-mixed: the loop reproduces no other), AdamW groups, lr
 schedule, gradient clipping and window order (the run's TokenDataModule). Every `every` steps (and after the last) the model answers the evaluator's own GINC
 prompts (GincEvaluator, the same prompts as `python evaluate.py icl.seeds=[1] icl.max_examples=<prompts>`), and
 the row gets the training tokens so far, the training seconds so far (steps only, evaluation excluded) and the
@@ -30,6 +31,7 @@ from harness import (  # noqa: E402
     RESULTS,
     check_name,
     check_out_dir,
+    check_precision,
     machine_info,
     run_main,
     table,
@@ -82,6 +84,7 @@ def run(overrides: list[str], every: int, tasks: list[str], shots: list[int], pr
 
     with tempfile.TemporaryDirectory() as out_dir:
         c = compose_config(overrides, out_dir)
+    check_precision(c.trainer["precision"])  # before the tokenizer and the data: one line, not a traceback
     pl.seed_everything(c.seed, workers=True, verbose=False)
     tokenizer = build_tokenizer(c.tokenizer, c.data, c.cache_dir)
     model_config = c.model_for(tokenizer.vocab_size)

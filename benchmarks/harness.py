@@ -243,6 +243,19 @@ def machine_info(device: torch.device | str, dtype_name: str = "fp32") -> dict:
     return info
 
 
+_AUTOCAST = {"bf16-mixed": True, "bf16": True, "32-true": False, "32": False}  # the precisions train_step takes
+
+
+def check_precision(precision: str) -> None:
+    """Refuse (UserError: run_main's one line) a trainer.precision that train_step does not reproduce: train.py
+    takes bf16-true, 16-true, 64-true too, and ginc_curve.py ended in a traceback on them (found by review)."""
+    if str(precision) not in _AUTOCAST:
+        from momattn.errors import UserError
+
+        raise UserError(f"trainer.precision={precision}: this benchmark's training loop reproduces train.py's step "
+                        "in 32-true and bf16-mixed only; give one of them")
+
+
 def train_step(model, opt, sched, batches, accumulate: int = 1, clip: float = 0.0, precision: str = "32-true") -> float:
     """One optimizer step as train.py takes it, with no framework around it: `accumulate` micro-batches from the
     iterator `batches` (LitGPT's loss, model(x, targets=y), each scaled by 1/accumulate; under bf16 autocast for
@@ -250,9 +263,8 @@ def train_step(model, opt, sched, batches, accumulate: int = 1, clip: float = 0.
     the optimizer, the schedule, zero_grad. Returns the step's loss (the micro-batches' mean) as a float, read as
     Lightning reads it for its progress bar."""
     device = next(model.parameters()).device.type
-    autocast = {"bf16-mixed": True, "bf16": True, "32-true": False, "32": False}.get(str(precision))
-    if autocast is None:
-        raise ValueError(f"train_step: precision {precision!r} is not one this loop reproduces (32-true, bf16-mixed)")
+    check_precision(precision)
+    autocast = _AUTOCAST[str(precision)]
     total = 0.0
     for _ in range(accumulate):
         x, y = next(batches)

@@ -210,6 +210,11 @@ def test_benchmark_review_bad_values_are_refused_before_any_measuring(tmp_path, 
     assert not (tmp_path / "r.json").exists()
     assert "--name '../x': a file name, without folders" in _refused(
         capsys, ginc_curve.main, ["--name", "../x", "--out", str(tmp_path)])
+    # a precision train.py takes and the loop does not: a traceback, after the tokenizer and data (review)
+    assert ginc_curve.main(["--out", str(tmp_path), "trainer.precision=bf16-true"]) == 2
+    assert capsys.readouterr().err.strip() == ("ginc_curve.py: trainer.precision=bf16-true: this benchmark's training "
+                                               "loop reproduces train.py's step in 32-true and bf16-mixed only; give "
+                                               "one of them")
     name = ginc_curve.file_name(["tokenizer.path=../../x", "model.n_layer=2"])
     assert "/" not in name and not name.startswith(".") and name.startswith("tokenizer.path-.._.._x_model.n_layer-2_")
     assert ginc_curve.file_name(["a=b/c"]) != ginc_curve.file_name(["a=b_c"]) == "a-b_c"  # one file each

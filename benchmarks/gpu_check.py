@@ -317,9 +317,12 @@ def markdown(report: dict) -> str:
     what = ("a toy model (--smoke: 1 x 32, T 32, on the CPU, to exercise the code, not to measure it"
             if report.get("smoke") else "gpt2_124m (12 x 768, T 1024") + ", bf16 autocast"
     adam = "AdamW" if report.get("smoke") else "fused AdamW"
-    spread = any("ms_iqr" in r for r in report.get("throughput", []))  # (reports before session 54: a mean)
-    per = (f"median of {max(r.get('steps_timed', 0) for r in report['throughput'])} steps timed one by one (its "
-           "quartiles beside it); tokens/s and MFU from the median") if spread else "mean over the timed steps"
+    timed = [r for r in report.get("throughput", []) if "ms_per_step" in r]
+    if timed and not any("ms_iqr" in r for r in timed):  # a report before session 54: a mean
+        per = "mean over the timed steps"
+    else:  # (a table of skipped rows alone read "mean": review)
+        per = (f"median of {max([r.get('steps_timed', 0) for r in timed] or [0])} steps timed one by one (its "
+               "quartiles beside it); tokens/s and MFU from the median")
     lines += ["", f"Training steps of {what}, {loss}, {adam}; the learnable-eta and multirate rows use the "
                   f"default scan backend). ms/step: {per}:", "",
               "| attention | compile | batch | ms/step | tokens/s | MFU | vs vanilla | warm-up s | peak GiB |",
@@ -449,14 +452,21 @@ def main() -> int:
     wanted = set(filter(None, a.variants.split(","))) if "train" in parts else set()
     toy = dict(block_size=32, vocab_size=128, n_layer=1, n_head=2, n_embd=32) if a.smoke else None
     for kind, backend, learnable, compile_, mult in VARIANTS:
-        if (compile_ and (a.no_compile or a.smoke)) or (backend in ("triton", UNFUSED) and triton_usable(device) is None) \
-                or "train" not in parts or (wanted and label(kind, backend, learnable, compile_, mult) not in wanted) \
+        name = label(kind, backend, learnable, compile_, mult)
+        if "train" not in parts or (wanted and name not in wanted) \
                 or (not wanted and isinstance(compile_, str) and compile_.startswith("max-autotune")):
             continue
         # the batch in every row: two skipped vanilla rows (x2, x4) read the same in gpu.md (found by review)
         row = {"attention": kind + (f" ({backend} scan)" if backend else "") + (" learnable eta" if learnable else ""),
                "compile": compile_, "batch": mult * (2 if a.smoke else a.batch)}
-        name = label(kind, backend, learnable, compile_, mult)
+        why = ("torch.compile is off (--no-compile)" if compile_ and a.no_compile else
+               "torch.compile is off under --smoke" if compile_ and a.smoke else
+               "Triton is not usable here" if backend in ("triton", UNFUSED) and triton_usable(device) is None else None)
+        if why:  # a variant --variants names says why it did not run (it was left out of the table without a word)
+            if wanted:
+                report["throughput"].append({**row, "skipped": why})
+                print(f"[gpu_check] {name}: skipped, {why}", flush=True)
+            continue
         now = time.perf_counter()
         if now - t_train > a.budget or now - t_start > a.deadline:
             why = f"past the {a.budget:.0f} s budget" if now - t_train > a.budget else f"past the {a.deadline:.0f} s deadline"

@@ -136,6 +136,19 @@ def test_no_training_variant_starts_past_the_budget_or_the_deadline(tmp_path, fl
         out.with_suffix(".md").read_text()
 
 
+def test_a_variant_named_that_cannot_run_here_is_a_skipped_row_not_left_out(tmp_path):
+    # --variants vanilla+compile under --smoke (or --no-compile), a Triton scan with no Triton: an empty table, exit
+    # 0, no word, on a device lent for minutes (found by review); the empty table's header read "mean"
+    out = tmp_path / "gpu.json"
+    r = run_cli("benchmarks/gpu_check.py", ["--smoke", "--parts", "train", "--variants",
+                                            "vanilla+compile", "--out", str(out)], tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr  # (Triton is usable in the tests: its interpreter)
+    rows = [(row["attention"], row.get("skipped")) for row in json.loads(out.read_text())["throughput"]]
+    assert rows == [("vanilla", "torch.compile is off under --smoke")]
+    md = out.with_suffix(".md").read_text()
+    assert "skipped: torch.compile is off under --smoke" in md and "mean over" not in md
+
+
 def test_a_variant_cut_off_mid_run_is_named_in_the_report():
     rows = [{"attention": "vanilla", "compile": "max-autotune-no-cudagraphs", "started_s": 12.5}]
     md = gpu_check.markdown({"machine": "m", "date": "d", "throughput": rows})

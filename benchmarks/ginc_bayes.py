@@ -7,7 +7,9 @@ the paper's). The first two readers know how prompts are made (each example rest
 share, "/" separates them) but not their concept or start property, and hold the posterior over (pretraining
 concept, start property) after the k examples and the test input:
   label vote   each pair votes for its own label with its posterior weight (GincCorpus.bayes_label_probs): the
-               most accurate answer any reader can give, the ceiling of accuracy at that k;
+               most accurate answer any reader can give, the ceiling of accuracy at that k, on the tasks of the
+               pretraining concepts (on ginc_ood, whose concepts the prior does not hold, no reader is a ceiling:
+               the predictive reader scores more there);
   predictive   the argmax of the posterior mixture of the pairs' next-symbol distributions (bayes_probs): the
                idealised in-context reader of Xie et al.'s analysis, done exactly.
 They differ where several pairs stay plausible (short examples, few of them). The third knows only the
@@ -138,8 +140,9 @@ def main(argv: list[str] | None = None) -> dict:
             lines.append(f"| {label} | {name} | " + " | ".join(cells) + " |")
     out = Path(a.out)
     atomic_write_text(out / "ginc_bayes.md", f"Bayes-optimal readers, accuracy in % ({a.prompts} prompts, seed "
-                      f"{a.seed}, context {a.context}; label vote = the ceiling, predictive = the idealised "
-                      "in-context reader who knows the prompt format, pretraining = a perfect model of the "
+                      f"{a.seed}, context {a.context}; label vote = the ceiling on the pretraining concepts' tasks "
+                      "(on ginc_ood, whose concepts the prior does not hold, no reader is), predictive = the "
+                      "idealised in-context reader who knows the prompt format, pretraining = a perfect model of the "
                       "pretraining documents, greedy; its last rows: the share of prompts possible as a document):"
                       "\n\n" + "\n".join(lines) + "\n")
     write_json(out / "ginc_bayes.json", doc, indent=2)

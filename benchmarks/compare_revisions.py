@@ -38,6 +38,7 @@ from bench_attention import (  # noqa: E402
 from harness import RESULTS, Timer, check_out, machine_info, pct, run_main, table, write_results  # noqa: E402
 
 from momattn import model as model_now  # noqa: E402
+from momattn.errors import UserError  # noqa: E402
 from momattn.utils import positive_int  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +96,27 @@ def model_at(rev: str) -> types.ModuleType:
     return _module_from_source(
         f"{_tag(rev)}_model", _show(rev, "momattn/model.py").replace("from momattn.ops ", f"from {ops.__name__} ")
     )
+
+
+def config_for(mod: types.ModuleType, cfg, attention: dict, rev: str):
+    """mod's GPTConfig with today's settings `cfg` and attention: a field an older revision's class lacks is left
+    out (said once); one it needs and does not take (an older AttentionConfig) is one line, not a TypeError
+    traceback (found by review: --rev HEAD~950)."""
+    import dataclasses
+
+    have = {f.name for f in dataclasses.fields(mod.GPTConfig)}
+    settings = {k: v for k, v in cfg.__dict__.items() if k != "attention"}
+    dropped = sorted(set(settings) - have)
+    if dropped and dropped != getattr(mod, "_said_dropped", None):
+        mod._said_dropped = dropped
+        print(f"[compare_revisions] --rev {rev}'s GPTConfig has no {', '.join(dropped)}: its model is built "
+              f"without {'it' if len(dropped) == 1 else 'them'}", flush=True)
+    try:
+        return mod.GPTConfig(**{k: v for k, v in settings.items() if k in have},
+                             attention=mod.AttentionConfig(**attention))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"--rev {rev}: its model cannot be built with these settings ({e}); choose a later "
+                        "revision") from None
 
 
 def compare_ema(args) -> None:
@@ -257,11 +279,14 @@ def main() -> None:
     for variant in args.variants:
         for label, mod in ((args.rev, old), ("worktree", model_now)):
             torch.manual_seed(0)
-            cfg = _gpt_config(variant, T)
-            gpt = mod.GPT(
-                mod.GPTConfig(**{**cfg.__dict__, "attention": mod.AttentionConfig(**VARIANTS[variant])})
-            )
-            cases[f"{variant} @ {label}"] = train_step_case(gpt, x, y, device, DTYPES[args.dtype])
+            gpt = mod.GPT(config_for(mod, _gpt_config(variant, T), VARIANTS[variant], args.rev))
+            cases[f"{variant} @ {label}"] = case = train_step_case(gpt, x, y, device, DTYPES[args.dtype])
+            if mod is old:
+                try:  # one step now: a model of another interface (model(x, targets=y)) failed mid-timing
+                    case()
+                except (TypeError, AttributeError, ValueError) as e:
+                    raise UserError(f"--rev {args.rev}: its model does not take today's training step ({e}); "
+                                    "choose a later revision") from None
     times = Timer(repeats=args.repeats, warmup=2, min_sample_s=args.min_sample_s).time(cases, device)
     rows = []
     for variant in args.variants:

@@ -60,6 +60,34 @@ def test_compare_revisions_bad_input(argv, says, capsys, monkeypatch):
     assert says in _refused(capsys, compare_revisions.main, argv, monkeypatch, "compare_revisions.py")
 
 
+def test_compare_revisions_builds_an_older_revisions_model_from_the_fields_it_has(capsys):
+    # today's GPTConfig.__dict__ given whole to an older class: a TypeError traceback (--rev HEAD~950: review)
+    import dataclasses
+    import types
+
+    import compare_revisions
+
+    from momattn.errors import UserError
+    from momattn.model import GPTConfig
+
+    @dataclasses.dataclass
+    class OldAttention:
+        kind: str = "vanilla"
+
+    @dataclasses.dataclass
+    class OldConfig:
+        n_layer: int = 1
+        attention: OldAttention = dataclasses.field(default_factory=OldAttention)
+
+    old = types.SimpleNamespace(GPTConfig=OldConfig, AttentionConfig=OldAttention)
+    cfg = GPTConfig(n_layer=3)
+    assert compare_revisions.config_for(old, cfg, {"kind": "vanilla"}, "v1") == OldConfig(3, OldAttention("vanilla"))
+    assert "--rev v1's GPTConfig has no bias, block_size, " in capsys.readouterr().out
+    with pytest.raises(UserError, match=r"^--rev v1: its model cannot be built with these settings \(.*eta.*\); "
+                                        r"choose a later revision"):
+        compare_revisions.config_for(old, cfg, {"kind": "momentum", "eta": 0.5}, "v1")
+
+
 def test_bad_values_of_the_other_scripts_are_one_line(tmp_path, capsys, monkeypatch):
     import bench_analysis
     import bench_attention

@@ -1,4 +1,4 @@
-"""Where analyze.py's time goes on the default-size model (4 layers x 256, context 256), 200 test examples.
+"""Where analyze.py's time goes on a default-width model (4 layers x 256; --ginc: context 256), 200 test examples.
 
     .venv/bin/python benchmarks/bench_analysis.py --ckpt /tmp/hG_run_full/checkpoints/last.ckpt --task sst2 --shots 4
     .venv/bin/python benchmarks/bench_analysis.py --ginc          # a random-init default-size GINC model, k=32

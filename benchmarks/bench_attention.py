@@ -1,7 +1,7 @@
 """Speed and memory of momentum attention against vanilla attention.
 
     python benchmarks/bench_attention.py                 # full run, about 5 minutes on a quiet 2-core CPU
-    python benchmarks/bench_attention.py --quick         # smoke run, under a minute
+    python benchmarks/bench_attention.py --quick         # smoke run, a minute or two
     python benchmarks/bench_attention.py --device cuda --dtype bf16
     python benchmarks/bench_attention.py --parts train --train-repeats 15 --out /tmp/train.json
 
@@ -57,7 +57,8 @@ from momattn.optim import OptimConfig, build_adamw, fused_adamw_ok  # noqa: E402
 from momattn.reference import momentum_ema_matrix  # noqa: E402
 from momattn.utils import positive_int  # noqa: E402
 
-# the default model (conf/model/small.yaml) and its batch size (conf/data/staicc.yaml)
+# issue 11's benchmark model (GPTConfig()'s defaults: the default model's width and depth, conf/model/small.yaml,
+# at context 256, batch 16; the main job itself trains at context 512, batch 8)
 N_EMBD, N_HEAD, N_LAYER, VOCAB, BLOCK, BATCH = 256, 4, 4, 4096, 256, 16
 LAYER_TOKENS = 8192  # attention-layer benchmark: B = max(1, LAYER_TOKENS // T) sequences per call
 # momentum_ema benchmark: a fixed batch, so time grows with T. One sequence keeps tensors small enough that
@@ -557,7 +558,7 @@ def rerender(ap: argparse.ArgumentParser, path: Path) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
-        "--quick", action="store_true", help="smoke run: two lengths, few repeats (under a minute)"
+        "--quick", action="store_true", help="smoke run: two lengths, few repeats (a minute or two)"
     )
     ap.add_argument(
         "--parts", nargs="+", choices=["layer", "ema", "train"], default=["layer", "ema", "train"]

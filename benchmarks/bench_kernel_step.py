@@ -110,8 +110,12 @@ def render(res: dict) -> str:
             us = [f"{v[f'{n}_us']:.0f}" if v[f"{n}_us"] is not None else "-" for n in ("forward", "backward")]
             rows.append([kind, mode + ("" if r["openmp"] == (mode == "openmp") else " (unavailable: own threads)"),
                          *us, f"{v['step_ms']:.1f}", _spread(v.get("samples", {}).get("step_ms"))])
+    threads = sorted({r["threads"] for r in res["modes"].values() if r and "threads" in r})
+    # (the workers' own: the machine line's count is the cores', and --threads was nowhere: review)
     return "\n".join([
-        f"{m.get('describe') or m.get('cpu')}; {st['dtype']}; T = {st['T']}, batch {st['B']}; medians over "
+        f"{m.get('describe') or m.get('cpu')}; {st['dtype']}; "
+        + (f"torch threads: {'/'.join(map(str, threads))}; " if threads else "")
+        + f"T = {st['T']}, batch {st['B']}; medians over "
         f"{st['rounds']} rounds of {st['steps']} steps, round-robin over the variants; each mode in its own process.",
         "",
         table(["variant", "kernel threads", "kernel forward, us per layer", "kernel backward, us per layer",
@@ -160,6 +164,9 @@ def main() -> None:
         modes[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     settings = {"dtype": args.dtype, "T": args.T, "B": args.batch or BATCH * BLOCK // args.T, "rounds": args.rounds,
                 "steps": args.steps}
+    threads = {r["threads"] for r in modes.values() if r}
+    if len(threads) == 1:  # what the workers timed with (machine_info read this process's torch, not --threads)
+        machine["torch_threads"] = threads.pop()
     res = {"machine": machine, "settings": settings, "modes": modes}
     write_results(args.out, res, render(res))
 

@@ -14,8 +14,8 @@ from momattn import cpu_scan
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")), reason="no C++ compiler")
 def test_both_modes_time_the_kernel_inside_the_step(tmp_path):
     out = tmp_path / "k.json"
-    r = run_cli("benchmarks/bench_kernel_step.py", ["--T", "32", "--batch", "2", "--rounds", "1", "--steps", "1", "--out",
-                                                     str(out)], tmp_path, timeout=600)
+    r = run_cli("benchmarks/bench_kernel_step.py", ["--T", "32", "--batch", "2", "--rounds", "1", "--steps", "1",
+                                                     "--threads", "1", "--out", str(out)], tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
     assert set(res["modes"]) == {"openmp", "own"}
@@ -26,6 +26,8 @@ def test_both_modes_time_the_kernel_inside_the_step(tmp_path):
         assert r["vanilla"]["forward_us"] is None and r["vanilla"]["step_ms"] > 0
         assert all(r[k]["forward_us"] > 0 and r[k]["backward_us"] > 0 for k in ("momentum", "multirate_ema"))
     assert "kernel threads" in out.with_suffix(".md").read_text()
+    # the workers' thread count (the machine line gave this process's torch, 2 on 2 cores: review)
+    assert res["machine"]["torch_threads"] == 1 and "; torch threads: 1; T = 32" in out.with_suffix(".md").read_text()
 
 
 def test_a_step_too_long_for_its_default_batch_or_a_negative_setting_is_refused(tmp_path):

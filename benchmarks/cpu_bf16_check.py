@@ -315,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds for all the main-job runs together (runs "
                     "still going then are stopped and reported as such; four runs one at a time take 10-25 minutes on "
                     "a 2-core machine; benchmarks/device_run.sh passes 420 to fit a device lease)")
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/momattn_cpu_bf16"))
+    ap.add_argument("--workdir", type=Path, default=None, help="where the main-job runs train (default: a new "
+                    "temporary folder, printed: a fixed one was shared by concurrent checks, which removed each "
+                    "other's runs)")
     ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                     help="an extra train.py override for the main-job runs (repeatable)")
     ap.add_argument("--force", action="store_true", help="measure even where bf16 is not native (emulated: slow)")
@@ -334,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     if not a.timeout > 0:
         ap.error(f"--timeout={a.timeout} must be > 0 seconds")
     if "runs" in parts:  # checked before the step part's minutes, not after them
+        if a.workdir is None:
+            import tempfile
+
+            a.workdir = Path(tempfile.mkdtemp(prefix="momattn_cpu_bf16_runs_"))
+            print(f"[cpu_bf16_check] the main-job runs train in {a.workdir}", flush=True)
         try:
             a.workdir.mkdir(parents=True, exist_ok=True)
             probe_write(a.workdir)

@@ -222,6 +222,8 @@ def _write(out: Path, state: dict, config: dict, tokenizer: Tokenizer, block_siz
     atomic_write(out / "model.safetensors", lambda f: _save_safetensors(state, f))
     changed.append("model.safetensors written")
     gen = {"bos_token_id": tokenizer.eot_id, "eos_token_id": tokenizer.eot_id}
+    if not as_gpt2:  # no cache: assisted or prompt-lookup generation then gets transformers' own one line
+        gen["use_cache"] = False
     if padding := list(range(tokenizer.n_ids, config["vocab_size"])):  # ids that decode to nothing
         gen["suppress_tokens"] = padding
     atomic_write_text(out / "generation_config.json", json.dumps(gen, indent=2) + "\n")

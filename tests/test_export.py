@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import ROOT, run_cli
 from test_generate import padding_first_checkpoint, tiny_checkpoint
 
@@ -164,6 +165,24 @@ def test_the_exported_model_generates_as_momattn_does_and_refuses_left_padding(t
     torch.testing.assert_close(hf(ids, attention_mask=right).logits[:, :3], hf(ids[:, :3]).logits)
     fresh = type(hf)(hf.config)  # a model built from the config starts where momattn's does
     assert torch.allclose(torch.sigmoid(fresh.blocks[0].attn.eta_logit), torch.tensor(0.7))
+    # it keeps no cache: one given scored the new token alone, at position 0, with no word; assisted generation
+    # ended in an AttributeError deep in transformers; output_attentions gave None (found by review)
+    with pytest.raises(ValueError, match="past_key_values: this model keeps no cache; pass the whole sequence"):
+        hf(ids[:, -1:], past_key_values=transformers.DynamicCache(), use_cache=True)
+    with pytest.raises(ValueError, match="output_attentions: this model does not return attention weights"):
+        hf(ids, output_attentions=True)
+    assert json.loads((out / "generation_config.json").read_text())["use_cache"] is False
+    assert hf.config.use_cache is False and hf.generation_config.use_cache is False
+    with pytest.raises(Exception) as e:  # transformers' own one line: it needs a cache
+        hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False,
+                    prompt_lookup_num_tokens=2, pad_token_id=0)
+    assert not isinstance(e.value, AttributeError), e.value
+    # the training loss in float64 for a float64 model, as its logits are (it was float32)
+    double = hf.double()
+    with torch.no_grad():
+        loss = double(ids, labels=ids).loss
+        exact = F.cross_entropy(double(ids).logits[0, :-1], ids[0, 1:])
+    assert loss.dtype == torch.float64 and abs(loss.item() - exact.item()) < 1e-12
 
 
 @pytest.mark.parametrize("attention", ["vanilla", "momentum"])  # GPT2LMHeadModel, MomattnForCausalLM

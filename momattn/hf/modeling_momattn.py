@@ -12,7 +12,8 @@ with its summed kernel (float64 FFTs), rather than momattn's O(T) scans.
 
 Sequences are right-padded or unpadded (a causal model never looks right); a left-padded attention_mask is
 refused, since the memory terms sum every earlier position, pads included. There is no KV cache, so generate()
-re-reads the whole sequence at every step (pass use_cache=False); past the context it reads a window of the
+re-reads the whole sequence at every step (use_cache is False in its config; a past_key_values given to forward()
+is refused, as is output_attentions); past the context it reads a window of the
 last block_size tokens, as momattn's own generate does.
 """
 
@@ -48,6 +49,8 @@ class MomattnConfig(PretrainedConfig):
         self.attention_kind, self.eta, self.learnable_eta = attention_kind, eta, learnable_eta
         self.include_current, self.n_rates, self.layer_norm_eps = include_current, n_rates, layer_norm_eps
         kwargs.setdefault("tie_word_embeddings", False)  # the output layer reads wte.weight directly
+        self.use_cache = kwargs.pop("use_cache", False)  # there is none (assisted generation failed deep inside
+        # transformers); set here, as transformers 5 keeps it on the config of a model that declares it
         super().__init__(**kwargs)
 
 
@@ -182,6 +185,13 @@ class MomattnForCausalLM(PreTrainedModel, GenerationMixin):
         """logits (B, T, V); with output_hidden_states, GPT-2's n_layer + 1 states (B, T, C): the embeddings, each
         block's output, the last one after the final norm. return_dict=False: a tuple of the fields that are set."""
         B, T = input_ids.shape
+        cache = next((k for k in ("past_key_values", "cache", "cache_params") if kwargs.get(k) is not None), None)
+        if cache is not None:  # it scored the new tokens alone, as a sequence of their own (found by review)
+            raise ValueError(f"{cache}: this model keeps no cache; pass the whole sequence each time (generate() "
+                             "does so with use_cache=False)")
+        if kwargs.get("output_attentions"):  # (it came back None without a word)
+            raise ValueError("output_attentions: this model does not return attention weights (its momentum terms "
+                             "are no attention map); momattn's analyze.py captures them")
         if attention_mask is not None and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
             raise ValueError("attention_mask has a padded position before a real one (left padding, or a token "
                              "generated after right padding): the momentum terms sum every earlier position, pads "
@@ -201,7 +211,8 @@ class MomattnForCausalLM(PreTrainedModel, GenerationMixin):
         if labels is not None:  # HF Trainer with gradient accumulation passes num_items_in_batch, the target tokens
             # of all its micro-batches, and then does not divide by the accumulation steps itself: the sum over it
             items = kwargs.get("num_items_in_batch")
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100,
+            wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # (float64 in a float64 model)
+            loss = F.cross_entropy(wide[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100,
                                    reduction="mean" if items is None else "sum")
             if items is not None:
                 loss = loss / items

@@ -37,7 +37,7 @@ ROWS = ("kendall", "icl_recency", "ft_recency", "icl_norot_vs_ft", "icl_vs_ft_ke
 
 
 def probe(ckpt: str, lr: float, n_prompts: int) -> dict:
-    from momattn.analysis.capture import attn_modules, capture, record
+    from momattn.analysis.capture import attn_modules, capture, queries64, record
     from momattn.analysis.config import AnalyzeConfig
     from momattn.analysis.episodes import ginc_set
     from momattn.analysis.finetune import finetune
@@ -65,7 +65,7 @@ def probe(ckpt: str, lr: float, n_prompts: int) -> dict:
     for n, e in enumerate(eps):
         T, dp = len(e.icl_prompt), torch.as_tensor(e.demo_pos)
         recency = -((T - 1) - dp.numpy())
-        q_ft_train = torch.cat(run.queries[n], dim=1)  # (L, n_demo, C): q'_j while finetuning
+        q_ft_train = queries64(model, torch.cat(run.queries[n], dim=1))  # (L, n_demo, C): q'_j while finetuning
         with torch.no_grad(), record(model) as (qkv_train, _, _):  # k'_j: the untouched model on each sequence
             model(torch.tensor([s.tokens for s in e.train]))
         out["kendall"][n] = kendall_per_layer(icl.scores[n], dp, ft.q[n], q_ft_train)

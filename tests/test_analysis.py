@@ -616,11 +616,34 @@ def test_the_random_baseline_does_not_depend_on_how_many_models_are_finetuned_si
     from momattn.analysis.runner import run_analyze
 
     path = ginc_checkpoint(tmp_path, "momentum")
-    res = [run_analyze({"ckpt_path": str(path), "task": "ginc", "shots": 4, "max_examples": 6, "lrs": [0.3],
-                        "ft_models_per_batch": m, "dual_check": False}, tmp_path / f"out{m}") for m in (2, 3)]
+    res = [run_analyze({"ckpt_path": str(path), "task": "ginc", "shots": 8, "max_examples": 6, "lrs": [0.3],
+                        "ft_models_per_batch": m, "dual_check": False}, tmp_path / f"out{m}") for m in (1, 3)]
     assert res[0].simaou_ft.per_layer == pytest.approx(res[1].simaou_ft.per_layer, abs=1e-6)
     assert res[0].simaou_random.per_layer == pytest.approx(res[1].simaou_random.per_layer, abs=1e-6)
     assert res[0].simaou_proj_random.per_layer == pytest.approx(res[1].simaou_proj_random.per_layer, abs=1e-6)
+    # and Kendall(ICL, FT) at layer 0 of this rotary model, whose repeated tokens have one query there: recorded
+    # in float32 from batched forwards, the ties were broken by each row's rounding, so it moved with the batch
+    assert res[0].kendall_ft.per_layer[0] == res[1].kendall_ft.per_layer[0]
+
+
+def test_a_tokens_layer_0_query_while_finetuning_is_exactly_its_own():
+    # (a rotary model: no position enters layer 0's query; found by review: repeated tokens' float32 queries
+    # differed by 2e-6, and tau-b counted their exact ties as ordered pairs)
+    from momattn.analysis.capture import queries64
+
+    model = tiny_gpt("momentum", vocab=40, block_size=32, pos_emb="rotary")
+    seqs = [[FtSequence([0, 5, 7, 5, 9, 5, 3, 5], 1), FtSequence([0, 9, 5, 5, 7], 1)],
+            [FtSequence([0, 1, 2], 1), FtSequence([0, 5, 8, 9, 9, 5, 2, 5, 4, 5], 1)]]
+    run = finetune(model, seqs, [0.1, 0.2], record_queries=True)
+    for m, steps in enumerate(run.queries):
+        q = queries64(model, torch.cat(steps, dim=1))  # (L, n, C)
+        toks = [t for s in seqs[m] for t in s.tokens[1:]]
+        for t in set(toks):
+            rows = q[0, [i for i, u in enumerate(toks) if u == t]]
+            assert (rows == rows[0]).all(), (m, t)
+        W = model.blocks[1].attn.c_attn  # and a layer's query is W_Q x + b_Q of its input, in float64
+        assert q.dtype == torch.float64 and torch.allclose(
+            q[1], (torch.cat(steps, 1)[1].double() @ W.weight[:16].double().T + W.bias[:16].double()))
 
 
 def test_an_update_too_small_to_change_the_weights_reads_as_no_update_in_every_metric(tmp_path):

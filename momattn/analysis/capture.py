@@ -168,6 +168,35 @@ def record(model):
             h.remove()
 
 
+@contextmanager
+def record_inputs(model, active: bool = True):
+    """Per layer, the c_attn inputs (B, T, C) of every forward pass while active (nothing recorded otherwise)."""
+    xs: list[list[torch.Tensor]] = [[] for _ in attn_modules(model)]
+    handles = [mod.c_attn.register_forward_hook(lambda m, a, out, i=i: xs[i].append(a[0].detach()))
+               for i, mod in enumerate(attn_modules(model))] if active else []
+    try:
+        yield xs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def queries64(model, x: torch.Tensor) -> torch.Tensor:
+    """(L, n, C) c_attn inputs -> the queries (before rotary) in float64, W_Q x + b_Q of each layer (W_Q is
+    frozen while finetuning). A token's query at layer 0 of a rotary model is then exactly its own: recorded in
+    float32 from batched forwards, repeated tokens' queries differed by their row's rounding, and Kendall's tau-b
+    counted those ties as ordered pairs (found by review)."""
+    out = []
+    for layer, mod in enumerate(attn_modules(model)):
+        C, b = mod.n_embd, mod.c_attn.bias
+        # each distinct input once: a matrix product can round equal rows apart (its blocks' edges sum otherwise)
+        rows, inverse = torch.unique(x[layer], dim=0, return_inverse=True)
+        q = rows.double() @ mod.c_attn.weight[:C].double().T + (b[:C].double() if b is not None else 0.0)
+        out.append(q[inverse])
+    return torch.stack(out)
+
+
 def rotate(mod, x: torch.Tensor, start: int) -> torch.Tensor:
     """Rotary at positions start.. of x (..., T, D), where the model uses it."""
     return mod.rotary(x, start) if getattr(mod, "rotary", None) is not None else x

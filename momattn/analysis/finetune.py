@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from momattn.analysis.capture import Delta, at_positions, attn_modules, kv_delta, record
+from momattn.analysis.capture import Delta, at_positions, kv_delta, record_inputs
 
 
 @dataclass
@@ -38,8 +38,9 @@ class FtRun:
     delta: Delta  # M models
     losses: torch.Tensor  # (M, k) loss of each step (before its update)
     diverged: torch.Tensor  # (M,) bool: a non-finite loss or update at some step
-    queries: list[list[torch.Tensor]] | None  # per model, per step: (L, n_tokens - 1, C) queries of the
-    # demonstration tokens (after the leading <eot>) in the forward pass that trained on them
+    queries: list[list[torch.Tensor]] | None  # per model, per step: (L, n_tokens - 1, C) c_attn inputs of the
+    # demonstration tokens (after the leading <eot>) in the forward pass that trained on them; their queries in
+    # float64: capture.queries64
 
 
 def paper_lr_grid() -> list[float]:
@@ -83,7 +84,7 @@ def finetune(model, sequences: Sequence[Sequence[FtSequence]], lrs: torch.Tensor
             tgt = torch.tensor([[s.tokens[lens[m] - s.n_answer + min(a, s.n_answer - 1)] for a in range(n_max)]
                                 for m, s in enumerate(batch)], device=dev)
             keep = torch.tensor([[a < s.n_answer for a in range(n_max)] for s in batch], device=dev)
-            with kv_delta(model, delta), record(model) as (qkv, _, _), at_positions(model, pos):
+            with kv_delta(model, delta), record_inputs(model, queries is not None) as xs, at_positions(model, pos):
                 logits = model(x)  # (M, n_max, V): only where an answer token is predicted
             nll = F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten(), reduction="none").view(M, n_max)
             per_model = (nll * keep).sum(1)
@@ -102,8 +103,7 @@ def finetune(model, sequences: Sequence[Sequence[FtSequence]], lrs: torch.Tensor
             diverged |= bad
             if queries is not None:
                 for m in range(M):
-                    queries[m].append(torch.stack([qkv[i][0][m, 1 : lens[m], : mod.n_embd]
-                                                   for i, mod in enumerate(attn_modules(model))]).float().cpu())
+                    queries[m].append(torch.stack([x[0][m, 1 : lens[m]] for x in xs]).float().cpu())
     finally:
         for p, req in frozen:
             p.requires_grad_(req)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from momattn.analysis.capture import Capture, Delta, capture, kv_delta
+from momattn.analysis.capture import Capture, Delta, capture, kv_delta, queries64
 from momattn.analysis.config import AnalyzeConfig
 from momattn.analysis.episodes import AnalysisSet, Episode, ginc_set, text_set
 from momattn.analysis.finetune import FtRun, answer_scores, finetune
@@ -197,8 +197,8 @@ def _diverged_everywhere(lr: float, aset: AnalysisSet, cfg: AnalyzeConfig) -> st
 
 def finetuned_states(model, aset: AnalysisSet, lr: float, cfg: AnalyzeConfig, timer: Timer
                      ) -> tuple[Capture, Capture, list[torch.Tensor], FtRun | None, dict, np.ndarray]:
-    """FT and random-update captures of every test example's zero-shot prompt, the queries recorded while
-    finetuning (per example (L, n_demo, C)), FT facts, and which test examples' finetuned models diverged."""
+    """FT and random-update captures of every test example's zero-shot prompt, the c_attn inputs recorded while
+    finetuning (per example (L, n_demo, C): capture.queries64 makes them queries), FT facts, and which test examples' finetuned models diverged."""
     eot, eps = aset.eot, aset.test
     if aset.kind == "choice":  # one finetuned model serves every test example
         with timer("ft_test"):
@@ -334,9 +334,10 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
             nq = len(e.query)
             before.append(simam(cap_icl.scores[i], cap_zsl.scores[i], nq).numpy())
             after.append(simam(cap_icl.scores[i], cap_ft.scores[i], nq).numpy())
-            k_ft.append(kendall_per_layer(cap_icl.scores[i], e.demo_pos, cap_ft.q[i], queries[i]))
+            q_train = queries64(model, queries[i])  # (L, n_demo, C) float64
+            k_ft.append(kendall_per_layer(cap_icl.scores[i], e.demo_pos, cap_ft.q[i], q_train))
             k_rnd.append(kendall_random(cap_icl.scores[i], e.demo_pos, rng))
-            k_authors.append(kendall_per_layer(cap_icl.scores[i], e.demo_pos, cap_ft.q[i], queries[i], authors=True))
+            k_authors.append(kendall_per_layer(cap_icl.scores[i], e.demo_pos, cap_ft.q[i], q_train, authors=True))
         before, after, k_ft, k_rnd, k_authors = (np.asarray(a, dtype=np.float64)
                                                  for a in (before, after, k_ft, k_rnd, k_authors))
         # a diverged model's example is left out of every per-example mean, the baselines' too: FT and its baselines

@@ -736,14 +736,15 @@ def test_cli_prints_one_line_errors(tmp_path):
 
     path = ginc_checkpoint(tmp_path, "vanilla")
     (tmp_path / "run").mkdir()
-    for name in ("results.json", "results.md", "per_layer.png"):  # an earlier analysis's reports in the folder
-        (tmp_path / "run" / name).write_text("earlier")
+    for name in ("results.json", "results.md", "per_layer.png", "analysis_sweep.md"):  # an earlier analysis's
+        (tmp_path / "run" / name).write_text("earlier")  # reports in the folder, a sweep's verdict too
     out = run_cli("analyze.py", [f"ckpt_path={path}", "task=ginc", "shots=4", "max_examples=4",
                                  "select_prompts=2", "lrs=[1e30]", f"hydra.run.dir={tmp_path}/run"], tmp_path)
     assert out.returncode == 2 and "error: finetuning at lr=1e+30 diverged" in out.stderr
     assert "Traceback" not in out.stderr
     # the failed rerun left them looking like its own (found by review)
-    assert not [p.name for p in (tmp_path / "run").iterdir() if p.name in ("results.json", "results.md", "per_layer.png")]
+    assert not [p.name for p in (tmp_path / "run").iterdir()
+                if p.name in ("results.json", "results.md", "per_layer.png", "analysis_sweep.md")]
 
 
 def test_a_missing_task_file_is_named_without_evaluate_py_s_keys(tmp_path):
@@ -884,13 +885,13 @@ def test_a_sweep_analysis_refuses_bad_input_by_name(tmp_path):
         run_analyze({"sweep_dir": str(tmp_path / "nowhere")}, tmp_path / "out")
     # one reason for every job is said once, naming them (it was repeated once per job)
     (tmp_path / "out").mkdir(exist_ok=True)
-    for stale in ("analysis_sweep.md", "analysis_sweep.json"):  # an earlier verdict in the folder
-        (tmp_path / "out" / stale).write_text("earlier")
+    for stale in ("analysis_sweep.md", "analysis_sweep.json", "results.md"):  # an earlier verdict in the folder,
+        (tmp_path / "out" / stale).write_text("earlier")  # and a single analysis's report (it stayed: review)
     with pytest.raises(ConfigError, match=r"no run of sweep_dir=.* could be analysed: jobs 0, 1 \(task=sst2 .*\)$") as e:
         run_analyze({"sweep_dir": str(sweep), "task": "sst2", "shots": 2, "lrs": [0.1]}, tmp_path / "out")
     assert str(e.value).count("sst2") == 1
     # the failed rerun left it beside jobs that no longer matched it (found by review)
-    assert not (tmp_path / "out" / "analysis_sweep.md").exists() and not (tmp_path / "out" / "analysis_sweep.json").exists()
+    assert not [p.name for p in (tmp_path / "out").iterdir() if p.suffix in (".md", ".json")]
 
 
 SWEEP_ARGS = {"task": "ginc", "shots": 4, "max_examples": 6, "lrs": [0.1], "ft_models_per_batch": 6,

@@ -174,6 +174,7 @@ def plot_layers(results: Sequence, path: Path) -> bool:
 
 
 REPORTS = ("results.json", "results.md", "per_layer.png")
+SWEEP_REPORTS = ("analysis_sweep.md", "analysis_sweep.json")  # a sweep's verdict (its jobs' reports: jobs/)
 
 
 def write_reports(results, out_dir: str | os.PathLike) -> list[str]:

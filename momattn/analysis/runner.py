@@ -379,7 +379,7 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
 def run_analyze(cfg: Mapping, out_dir: str | Path | None = None) -> AnalysisResult | None:
     """analyze.py: load the checkpoint, analyse, write results.json / results.md / per_layer.png. With sweep_dir:
     every run of the sweep, then the verdict over seeds (momattn.analysis.sweep; None returned)."""
-    from momattn.analysis.report import REPORTS, log_wandb, write_reports
+    from momattn.analysis.report import REPORTS, SWEEP_REPORTS, log_wandb, write_reports
     from momattn.checkpoint import load_checkpoint, read_meta
     from momattn.eval.config import build
     from momattn.eval.runner import hydra_output_dir
@@ -399,8 +399,10 @@ def run_analyze(cfg: Mapping, out_dir: str | Path | None = None) -> AnalysisResu
         return None
     meta = read_meta(conf.ckpt_path).get("momattn") or {}
     model, tokenizer = load_checkpoint(conf.ckpt_path, map_location=device)
-    for stale in REPORTS:  # an earlier analysis's reports in this folder: written again at the end, and a stop or
-        (out / stale).unlink(missing_ok=True)  # failure before it left them looking like this run's (found by review)
+    for stale in (*REPORTS, *SWEEP_REPORTS):  # an earlier analysis's reports in this folder: written again at the
+        # end, and a stop or failure before it left them looking like this run's; a sweep's verdict stood beside
+        # this single analysis's (both found by review)
+        (out / stale).unlink(missing_ok=True)
     result = analyze(model, tokenizer, dict(meta.get("config") or {}), conf, checkpoint=str(conf.ckpt_path),
                      trained_on=meta.get("data_fingerprint"))
     written = write_reports(result, out)

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from momattn.analysis.config import AnalyzeConfig
-from momattn.analysis.report import FINDINGS, METRICS, PER_LAYER_LATER, PERCENT, REPORTS
+from momattn.analysis.report import FINDINGS, METRICS, PER_LAYER_LATER, PERCENT, REPORTS, SWEEP_REPORTS
 from momattn.errors import ConfigError, DataError, NonFiniteLossError
 from momattn.eval.sweep import (
     BASELINE,
@@ -284,8 +284,9 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     metrics: dict[int, dict[str, float]] = {}
     diverged: dict[int, int] = {}  # test models whose finetuning diverged, per run (left out of its means)
     refused: dict[str, list[str]] = {}  # why a job could not be analysed: the jobs, named once per reason
-    for stale in ("analysis_sweep.md", "analysis_sweep.json"):  # an earlier verdict, written again at the end: a
-        (out / stale).unlink(missing_ok=True)  # stop or failure before it left that one beside new jobs (review)
+    for stale in (*SWEEP_REPORTS, *REPORTS):  # an earlier verdict, written again at the end: a stop or failure
+        # before it left that one beside new jobs; a single analysis's reports stood beside the sweep's (review)
+        (out / stale).unlink(missing_ok=True)
     for i, r in enumerate(runs, 1):
         name = job_name(r.job, sweep_dir)
         job_out = out / "jobs" / name
@@ -329,14 +330,14 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     if any(diverged.values()):
         text += "\nDiverged test models (left out of the run's means; counted wrong in its FT accuracy): " + ", ".join(
             f"{job_name(r.job, sweep_dir)} {diverged[id(r)]}" for r in runs if diverged.get(id(r))) + "\n"
-    atomic_write_text(out / "analysis_sweep.md", text)
+    atomic_write_text(out / SWEEP_REPORTS[0], text)
     doc = {"sweep_dir": str(sweep_dir), "settings": settings, "failed": failed,
            "runs": [{"job": job_name(r.job, sweep_dir), "attention": r.attention, "seed": r.seed,
                      "setting": r.setting, "metrics": metrics[id(r)], "n_diverged": diverged[id(r)],
                      **({"resumed_with": r.resumed} if r.resumed else {})}
                     for r in runs if id(r) in metrics],
            "summaries": [asdict(s) for s in summaries]}
-    atomic_write_text(out / "analysis_sweep.json", json_text(doc, indent=2))
+    atomic_write_text(out / SWEEP_REPORTS[1], json_text(doc, indent=2))
     print(text)
     print(f"[momattn] Section 4 over seeds written to {out}/ (analysis_sweep.md, analysis_sweep.json, jobs/)",
           file=sys.stderr, flush=True)

@@ -73,6 +73,10 @@ def test_a_task_file_path_works_without_task_dirs_and_files_win_over_registered_
     ({"answers": ["Positive", "positive"]}, ROWS, ConfigError,
      r"bad.yaml: answers 'Positive' and 'positive' differ only in whitespace or case"),
     ({"template": "Q: {q} ({label})\nA:"}, ROWS, ConfigError, r"the template names \{label\}, the label field"),
+    # session 57's review: answers scored after two spaces ('A:  yes'); a blank input scored as an example
+    ({"template": "Q: {q}\nA: "}, ROWS, ConfigError, r"bad.yaml: template 'Q: \{q\}\\nA: ' ends in a space, and each "
+                                                   r"answer is appended after a space of its own, so prompts would "
+                                                   r"end 'Q: \{q\}\\nA:  no'; drop the trailing space"),
 ])
 def test_bad_task_files_name_the_file_and_the_fix(tmp_path, keys, rows, error, message):
     write_task(tmp_path, "bad", rows, **keys)
@@ -104,6 +108,11 @@ def test_labels_outside_the_answers_name_the_data_line(tmp_path):
     write_task(tmp_path, "bad", [*ROWS, {"q": "x", "label": "maybe"}])
     (task,) = resolve_tasks(IclConfig(task_dirs=[str(tmp_path)], tasks=["bad"]).tasks)
     with pytest.raises(DataError, match=r"bad.jsonl line 7: label 'maybe' is outside the answer set"):
+        task.load(1)
+    # a blank input: the prompt "Q: \nA:" was scored as an example (found by review)
+    write_task(tmp_path, "bad", [*ROWS, {"q": " \t", "label": 0}])
+    (task,) = resolve_tasks(IclConfig(task_dirs=[str(tmp_path)], tasks=["bad"]).tasks)
+    with pytest.raises(DataError, match=r"bad.jsonl line 7: field 'q' is empty \(' \\t'\); fill or drop that row"):
         task.load(1)
 
 

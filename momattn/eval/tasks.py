@@ -102,6 +102,9 @@ def fill_fields(template: str, row: Mapping, where: str) -> dict[str, str]:
     if odd:  # a list, a mapping, true or NaN went into the prompt as "['a', 'b']", "True" or "nan"
         raise DataError(f"{where}: field '{odd[0]}' holds {row[odd[0]]!r}, not text or a number; fix or drop "
                         "that row")
+    blank = [f for f in PLACEHOLDER.findall(template) if isinstance(row[f], str) and not row[f].strip()]
+    if blank:  # the prompt "Review: \nSentiment:" was scored as an example (found by review)
+        raise DataError(f"{where}: field '{blank[0]}' is empty ({row[blank[0]]!r}); fill or drop that row")
     return {f: str(row[f]) for f in PLACEHOLDER.findall(template)}
 
 
@@ -447,6 +450,10 @@ def file_task(entry: Mapping, key: str = "icl.tasks") -> IclTask:
             raise ConfigError(f"{who}: answers[{i}]={a!r} must be a text (YAML reads an empty entry or ~ as null: "
                               "write the answer, quoted if it looks like a number or a boolean)")
     template = template.replace("\\n", "\n")  # a "\n" typed on the command line means a line break
+    if template != template.rstrip(" \t"):  # 'Sentiment: ' + ' ' + answer: scored after two spaces (review)
+        raise ConfigError(f"{who}: template {template!r} ends in a space, and each answer is appended after a space "
+                          f"of its own, so prompts would end {template.rstrip()[-12:] + '  ' + str(answers[0])!r}; "
+                          "drop the trailing space")
     check_answer_texts([str(a) for a in answers], who)
     answers = tuple(str(a).strip() for a in answers)  # each is scored after one space: " yes" gave "  yes"
     label_field = str(entry.get("label_field", "label"))

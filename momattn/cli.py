@@ -727,6 +727,24 @@ def _checkpoint_overrides(ckpt: str) -> list[str]:
     return saved  # checked by resume_overrides (trust.check_overrides), where they become this run's command line
 
 
+def resolved_ckpt_path(overrides: list[str]) -> list[str]:
+    """A ckpt_path given through a resolver of its own (${oc.env:CKPT,last}) as its value: the resume's decisions
+    (ckpt_path=last's folder and saved command line, the checkpoint's folder) read the text, which named no file,
+    so it resumed into a new folder with the settings it did not repeat back at their defaults (found by review).
+    One that names the config (${paths.output_dir}/...) is left to Hydra, as before."""
+    raw = _last(overrides, "ckpt_path")
+    if raw is None or "${" not in raw:
+        return overrides
+    from omegaconf import OmegaConf
+
+    try:
+        value = OmegaConf.create({"v": raw}).v
+    except Exception:  # it names the config, or cannot be resolved: Hydra's own message, later
+        return overrides
+    i = max(n for n, o in enumerate(overrides) if "=" in o and _override_key(o) == "ckpt_path")
+    return [*overrides[:i], f"ckpt_path={'null' if value is None else hydra_quoted(value)}", *overrides[i + 1:]]
+
+
 def check_ckpt_exists(overrides: list[str]) -> None:
     """A ckpt_path file that does not exist: its one line now, before Hydra starts (it came 6-10 s later, once
     training had imported Lightning)."""
@@ -1310,6 +1328,7 @@ def hydra_main(config_name: str):
                     # own parse of it ended in Hydra's traceback: found by review)
                     multirun = multirun or config_multirun(config_name, given)
                     if not multirun:  # (a sweep may list several: ckpt_path=a.ckpt,b.ckpt)
+                        given = resolved_ckpt_path(given)
                         check_ckpt_exists(given)
                     given = resume_overrides(given, multirun=multirun)
                     given = rank_zeros_sweep_dir(given) if multirun else given

@@ -421,6 +421,19 @@ def test_ckpt_path_last_with_no_run_to_resume_makes_no_run_folder(tmp_path):
     assert r.returncode == 2 and f"ckpt_path=last: no run to resume: no checkpoints/last.ckpt under {tmp_path}" \
         in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "outputs").exists()
+    # given through a resolver of its own, the same: its text named no file, and it resumed another run's
+    # checkpoint into a new folder, the settings it did not repeat back at their defaults (found by review)
+    r = run_cli("train.py", ["ckpt_path=${oc.env:MOMATTN_TEST_NO_SUCH_VARIABLE,last}", "debug=smoke"], tmp_path)
+    assert r.returncode == 2 and f"ckpt_path=last: no run to resume: no checkpoints/last.ckpt under {tmp_path}" \
+        in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "outputs").exists()
+    from momattn.cli import resolved_ckpt_path
+
+    assert resolved_ckpt_path(["a=1", "ckpt_path='${oc.env:MOMATTN_TEST_NO_SUCH_VARIABLE,/x y/l.ckpt}'"]) == [
+        "a=1", "ckpt_path='/x y/l.ckpt'"]
+    assert resolved_ckpt_path(["ckpt_path=${oc.env:MOMATTN_TEST_NO_SUCH_VARIABLE,null}"]) == ["ckpt_path=null"]
+    kept = ["ckpt_path=${paths.output_dir}/checkpoints/last.ckpt"]  # the config's: Hydra resolves it, as before
+    assert resolved_ckpt_path(kept) == kept
 
 
 def test_ckpt_path_last_prefers_the_run_folders_own(tmp_path):

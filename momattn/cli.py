@@ -583,6 +583,14 @@ def _check_deletable(cfg, key: str, line: str) -> None:
 
     plain = OmegaConf.to_container(cfg, resolve=False)  # as written: the answer must not depend on whether this
     raw = _raw(plain, key)  # process has run a Hydra job before (HydraConfig set)
+    if raw is None:  # Hydra: "Could not delete from config. 'ckpt_path' does not exist.", exit 1 (found by review)
+        raise ConfigError(f"{line}: {key} is null already (unset); leave the override out")
+    if isinstance(raw, dict) and "enabled" in raw:  # ~eval.icl ran the section with its defaults: on, not off
+        raise ConfigError(f"{line}: {key} is a section, and deleting it runs it with its defaults; to turn it off "
+                          f"write {key}.enabled=false")
+    if key.rsplit(".", 1)[-1] == "_target_":  # a bare mapping where a class was built: a traceback later
+        raise ConfigError(f"{line}: {key} names the class to build; choose another option of the group, or set "
+                          f"{key}=<a class>")
     if isinstance(raw, str) and _from_hydra(plain, raw):
         raise ConfigError(f"{line}: {key} is set from the run's folder ({raw}), which Hydra cannot delete; set it "
                           f"instead ({key}=...), or leave it")

@@ -211,7 +211,11 @@ def check_arguments(conf: Mapping, where: str) -> None:
     if not isinstance(conf, Mapping) or not conf.get("_target_"):  # +callbacks.x=y: instantiate says it is a str
         return
     target = locate(conf["_target_"], f"{where}._target_")
-    known = known_keys(target)
+    try:
+        known = known_keys(target)
+    except (ValueError, TypeError):  # a builtin with no signature (builtins.dict): inspect's traceback (review)
+        raise ConfigError(f"{where}._target_={conf['_target_']} has no signature to check its arguments against; "
+                          f"name a class of the kind {where.split('.')[0]} takes") from None
     if known is None:  # **kwargs: anything goes
         return
     params = inspect.signature(target).parameters

@@ -516,6 +516,10 @@ def check_trainer(c: TrainConfig, out_dir: Path | str = ".") -> None:
     the global batch (momattn.plan calls this too, for what it plans as train.py would run it)."""
     probe = instantiate(c.trainer, "trainer", callbacks=[], logger=False, enable_checkpointing=False,
                         default_root_dir=str(out_dir), **_timed_strategy(c.trainer, c.dist_timeout_s))
+    if not isinstance(probe, pl.Trainer):  # (a bare mapping, ~trainer._target_: a traceback on its num_devices)
+        raise ConfigError(f"trainer._target_={c.trainer.get('_target_')} made a {type(probe).__name__}, not a "
+                          "Lightning Trainer; choose a trainer option (trainer=cpu, gpu, ddp, ...) or "
+                          "trainer._target_=lightning.pytorch.Trainer")
     runs, counted = probe.num_devices * probe.num_nodes, world_size(c.trainer)
     if runs != counted:
         raise ConfigError(f"trainer.strategy={c.trainer.get('strategy')} runs {runs} process(es), but trainer.devices "

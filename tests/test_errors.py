@@ -552,6 +552,33 @@ def test_adding_a_key_that_exists_or_deleting_one_that_does_not_is_one_line():
                                                         f"Hydra cannot delete; set it instead ({key}=...)")):
             check_overrides("train", [f"~{key}"])
     check_overrides("train", ["~paths.cache_dir", "~attention.kind"])  # values Hydra can read are deleted as before
+    # session 57's review: a null key (Hydra: "'ckpt_path' does not exist", exit 1); an evaluation section deleted
+    # ran with its defaults, the full ICL suite among them, not off; ~trainer._target_ a traceback after the data
+    for config, key, says in (("train", "ckpt_path", "ckpt_path is null already (unset); leave the override out"),
+                              ("evaluate", "ckpt_paths", "ckpt_paths is null already"),
+                              ("train", "eval.icl", "eval.icl is a section, and deleting it runs it with its defaults; "
+                                                    "to turn it off write eval.icl.enabled=false"),
+                              ("evaluate", "ppl", "ppl is a section, and deleting it runs it with its defaults; to "
+                                                  "turn it off write ppl.enabled=false"),
+                              ("train", "trainer._target_", "trainer._target_ names the class to build; choose another "
+                                                            "option of the group")):
+        with pytest.raises(ConfigError, match=re.escape(f"~{key}: {says}")):
+            check_overrides(config, [f"~{key}"])
+    from momattn.schema import check_arguments
+
+    with pytest.raises(ConfigError, match=r"^callbacks.x._target_=builtins.dict has no signature to check its "
+                                          r"arguments against; name a class of the kind callbacks takes"):
+        check_arguments({"_target_": "builtins.dict", "a": 1}, "callbacks.x")  # (inspect's ValueError)
+
+
+def test_a_trainer_target_that_is_no_trainer_is_named(tmp_path):
+    # a traceback on its num_devices (~trainer._target_ left the mapping itself: found by review)
+    from momattn.training import check_trainer
+
+    c = load_train_config(compose_train(tmp_path, [*SMOKE, "trainer._target_=collections.OrderedDict"]))
+    with pytest.raises(ConfigError, match=r"^trainer._target_=collections.OrderedDict made a OrderedDict, not a "
+                                          r"Lightning Trainer; choose a trainer option"):
+        check_trainer(c, tmp_path)
     with pytest.raises(ConfigError, match="'paths.output_dir' exists already"):  # a ${hydra:...} value, never read
         check_overrides("train", ["+paths.output_dir=/tmp/x"])
     # a group the defaults list has already: Hydra's "Multiple values for experiment. To override a value use

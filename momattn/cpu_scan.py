@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "ema_scan.cpp"
 _NAMES = {torch.float32: "ema_f32", torch.float64: "ema_f64", torch.bfloat16: "ema_bf16"}
+DTYPES = frozenset(_NAMES)  # what the kernel scans
 _LIB: ctypes.CDLL | bool | None = None  # None: not tried yet; False: could not be built
 OPENMP = False  # whether the loaded kernel runs its tasks on torch's OpenMP threads (else its own threads)
 _P, _I, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int

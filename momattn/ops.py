@@ -7,13 +7,13 @@ Two readings of momentum attention (Dai et al. 2023, section 5, and the authors'
 - `multirate_ema`: the authors' posted code, a MEGA-style damped EMA per channel with R decay rates p and
   mixing weights gamma, current token included:  y_t = sum_r gamma_r sum_{i<=t} p_r^(t-i) v_i.
 
-On CPU, both ops' training paths (no states; also evaluation without a cache) run the C++ kernel of
-momattn/cpu_scan.py by default: one pass through time in the values' own layout, float32 states, each output
+On CPU, both ops' training paths (no states; also evaluation without a cache) in float32, bf16 or float64 run
+the C++ kernel of momattn/cpu_scan.py by default: one pass through time in the values' own layout, float32 states, each output
 rounded once (bf16 included); it takes about half the time of the chunked matmul scans below for learnable and
 multiple rates, the same for one fixed rate (benchmarks/results/compare_kernel_*.md). On CUDA, momentum_ema runs
 the Triton kernel of momattn/triton_scan.py in eager mode (with a fixed rate, attention's output added as it
 writes, one pass each way). The matmul scans serve everything else (states with a gradient, multirate_ema off
-CPU, torch.compile, second derivatives, SCAN_BACKEND "torch", or no C++ compiler) and are what the rest of this
+CPU, float16, torch.compile, second derivatives with learned rates, SCAN_BACKEND "torch", or no C++ compiler) and are what the rest of this
 docstring describes.
 
 Both run a chunked scan: inside a chunk of c positions a small (c x c) lower-triangular decay matrix is
@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -144,7 +145,7 @@ def _eta_per_head(fn: str, eta: Rate, H: int, device, dtype, check_values: bool 
     if isinstance(eta, str | bytes) or not hasattr(eta, "__float__"):
         raise TypeError(f"{fn}: eta must be a float or a tensor, got {type(eta).__name__}")
     eta_f = float(eta)
-    if check_values and not 0 <= eta_f < 1:
+    if not 0 <= eta_f < 1:  # a float costs no device sync: always checked (a decoding step took 1.5, and nan)
         raise ValueError(f"{fn}: eta must lie in [0, 1), got {eta_f:g}")
     return torch.full((H,), eta_f, device=device, dtype=dtype)
 
@@ -370,7 +371,7 @@ def momentum_ema(
 
     A tensor eta's range is not re-checked on a one-token step that continues a state (that would sync
     the device every decoded token); it was checked when the state was started. check_rates=False skips
-    the check of a tensor eta altogether, for callers whose rates are valid by construction (the model's:
+    the check of a tensor eta altogether (a float's is always checked: it costs nothing), for callers whose rates are valid by construction (the model's:
     a config-checked float or a sigmoid): on a GPU the check waits for the device, once per layer and step.
 
     add: (B, H, T, D) or None, a tensor added to out (the model's attention output). The CPU kernel, and the Triton
@@ -685,6 +686,9 @@ def backend_problem(kernel: bool = True, on_cpu: bool = True) -> str | None:
     return None
 
 
+_SAID_CPU: set = set()  # what _use_cpu_kernel has warned of, once each
+
+
 def _use_cpu_kernel(x: torch.Tensor) -> bool:
     """Whether the training paths (no states) scan x (B, T, C) with the CPU kernel (see SCAN_BACKEND)."""
     _check_backend()
@@ -695,6 +699,11 @@ def _use_cpu_kernel(x: torch.Tensor) -> bool:
     if SCAN_BACKEND == "cpu" and cpu_scan.load() is None:
         raise RuntimeError("momattn.ops.SCAN_BACKEND is 'cpu' but the CPU scan kernel cannot be built (see the "
                            "warning above); install a C++ compiler or use 'auto'")
+    if SCAN_BACKEND == "cpu" and x.dtype not in cpu_scan.DTYPES and x.dtype not in _SAID_CPU:  # forced, not taken
+        # (found by review: float16 took the matmul scans without a word)
+        _SAID_CPU.add(x.dtype)
+        warnings.warn(f"momattn.ops.SCAN_BACKEND is 'cpu', but the CPU scan kernel takes float32, bfloat16 and "
+                      f"float64 values, not {x.dtype}: the matmul scans run these", stacklevel=3)
     return False
 
 

@@ -86,6 +86,12 @@ def test_the_kernel_runs(monkeypatch):
     with torch.no_grad():  # states without one (evaluation with a cache): the kernel
         momentum_ema(v, 0.5, output_final_state=True)
     assert len(calls) == 3
+    # float16, forced onto the kernel, which does not take it: the matmul scans, said once (in silence: review)
+    monkeypatch.setattr(ops, "_SAID_CPU", set())
+    with pytest.warns(UserWarning, match="SCAN_BACKEND is 'cpu', but the CPU scan kernel takes float32, bfloat16 "
+                                         "and float64 values, not torch.float16: the matmul scans run these"):
+        mom(v.detach().half(), 0.5)
+    assert len(calls) == 3
     monkeypatch.setattr(ops, "SCAN_BACKEND", "torch")
     mom(v, 0.5)
     assert len(calls) == 3

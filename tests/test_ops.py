@@ -785,6 +785,10 @@ BAD_CALLS = [
     (lambda: mom(_v(1, 4, 5, 2), -0.1), r"eta must lie in \[0, 1\), got -0\.1"),
     (lambda: mom(_v(1, 4, 5, 2), float("nan")), r"eta must lie in \[0, 1\), got nan"),
     (lambda: mom(_v(1, 4, 5, 2), torch.tensor(1.5)), r"eta must lie in \[0, 1\), got 1\.5"),
+    # a float on a decoding step, or with check_rates=False: it costs no device sync (taken without a word: review)
+    (lambda: mom(_v(1, 4, 1, 2), 1.5, initial_state=torch.zeros(1, 4, 2), output_final_state=True),
+     r"eta must lie in \[0, 1\), got 1\.5"),
+    (lambda: mom(_v(1, 4, 5, 2), -2.0, check_rates=False), r"eta must lie in \[0, 1\), got -2"),
     (
         lambda: mom(_v(1, 2, 5, 2), torch.tensor([0.5, 1.0], requires_grad=True)),
         r"eta must lie in \[0, 1\), got \[0\.5, 1\]",

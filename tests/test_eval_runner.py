@@ -118,7 +118,7 @@ def test_evaluate_model_and_reports(tmp_path, tokenizer, cache_dir):
     assert f"| always the commonest label (other) | {maj[0]:.1f} | 75.0 |" in md
     assert f"always the commonest label {maj[1]:.1f}% (momentum), 75.0% (other)" in md
     write_reports([res, again], tmp_path)
-    assert f"does not fit (k_used={sst2.shots['max'].k_used_mean:.1f})" in md and "no task fits" in md
+    assert f"does not fit (k_used={sst2.shots['max'].k_used_mean:.2f})" in md and "no task fits" in md
     doc = strict_json((tmp_path / "results.json").read_text())
     assert "first token" in doc["protocol"]["ppl"] and len(doc["checkpoints"]) == 2
     assert doc["checkpoints"][0] == res.to_json()

@@ -160,9 +160,13 @@ class IclEvaluator:
             if room < 1 and fixed is None:  # one PIQA solution longer than a tiny context: that example only
                 skipped += 1
                 continue
-            if room < 1:
-                raise DataError(f"ICL task '{task.name}': an answer of example {ex.id} is longer than the "
-                                f"model's context of {self.context} tokens")
+            if room < 1:  # the task's answer set, not this example (it blamed the first one drawn: review)
+                longest = max(range(len(answers)), key=lambda i: len(answers[i]))
+                text = str(task.answers[longest]) if task.answers and longest < len(task.answers) else "?"
+                raise DataError(f"ICL task '{task.name}': an answer of the task, {text[:40]!r}"
+                                f"{'...' if len(text) > 40 else ''} ({len(answers[longest])} tokens), is longer than "
+                                f"the model's context of {self.context} tokens holds after the prompt's start; "
+                                "shorten the task's answers")
             out.append(EncodedExample(ex, query[-room:], answers, len(query) > room))
         return out, skipped
 
@@ -225,9 +229,10 @@ class IclEvaluator:
         used = float(np.mean([r.k_used_mean for r in runs]))
         want = f"at least {min(MIN_DEMOS, self.cfg.max_shots)}" if k == "max" else f"{k} in every prompt"
         if k == "max" and n_pool is not None and min(r.k_used_min for r in runs) == n_pool:  # all placed
-            return {"note": f"the demonstration pool holds only {n_pool} examples, all placed: k_used={used:.1f}, "
+            return {"note": f"the demonstration pool holds only {n_pool} examples, all placed: k_used={used:.2f}, "
                             f"wanted {want}; give a larger pool (demo_path, or a larger demo_fraction)"}
-        return {"note": f"does not fit the {self.context}-token context: k_used={used:.1f}, wanted {want}"}
+        fewest = "" if k == "max" else f" (fewest {min(r.k_used_min for r in runs)})"  # (k_used=1.0 at k=1: review)
+        return {"note": f"does not fit the {self.context}-token context: k_used={used:.2f}{fewest}, wanted {want}"}
 
     def demo_examples(self, pool: Sequence[IclExample], k: int | str, seed: int) -> list[IclExample]:
         """The demonstrations of draw `seed`, in prompt order (k='max': up to max_shots of them)."""

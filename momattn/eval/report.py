@@ -34,7 +34,12 @@ def _acc(shot: ShotResult, k_used: bool = True) -> str:
     # scored by a diverged model (nan, read back as None), keeps its k_used
     nothing_fits = shot.acc is None and shot.k_max_fit is not None
     used = f"at most k={shot.k_max_fit}" if nothing_fits else f"k_used={shot.k_used_mean:.1f}"
-    if not shot.fits:
+    if not shot.fits:  # more digits, and for a k every prompt must hold the fewest placed: "does not fit
+        # (k_used=1.0)" at k=1 read as placed (0.95, one prompt with none: found by review)
+        if not nothing_fits:
+            fewest = min((r.k_used_min for r in shot.per_seed), default=None)
+            used = f"k_used={shot.k_used_mean:.2f}" + (f", fewest {fewest}" if fewest is not None and shot.k != "max"
+                                                       else "")
         return f"does not fit ({used})"
     return _pct(shot.acc, shot.acc_std) + (f" ({used})" if k_used else "")
 

@@ -154,7 +154,8 @@ def check_hydra_overrides(config_name: str, overrides: list[str]) -> None:
 
 def check_compare_callback(config_name: str, overrides: list[str]) -> None:
     """hydra.callbacks.compare.run is a bool: an untyped callback argument, so 'maybe' and 'no' were true, and the
-    sweep's end ran evaluate.py."""
+    sweep's end ran evaluate.py. And hydra.job.chdir stays false (every entry point reads paths from where it
+    starts)."""
     from omegaconf import OmegaConf
 
     from momattn.errors import ConfigError
@@ -164,6 +165,10 @@ def check_compare_callback(config_name: str, overrides: list[str]) -> None:
     if not isinstance(compare, bool):
         raise ConfigError(f"hydra.callbacks.compare.run={compare!r} must be true or false (whether the sweep's end "
                           "runs evaluate.py sweep_dir=... or prints it)")
+    if cfg is not None and OmegaConf.select(cfg, "hydra.job.chdir", default=False) is True:  # (found by review:
+        # data.paths=[corpus.txt] was then looked for in the run folder, "does not exist")
+        raise ConfigError("hydra.job.chdir=true: momattn reads the paths you give (data files, ckpt_path, task "
+                          "files) from the folder you start in, and writes into the run folder itself; leave it false")
 
 
 def hydra_section_overrides(parsed: list) -> list[str]:

@@ -238,7 +238,9 @@ def test_command_line_forms_that_hydra_reads_its_own_way(tmp_path):
     # on the command line: the quoted ~ was refused only after the run folder './~/x' had been locked (made);
     # unquoted, Hydra's lexer error
     for arg, says in (("hydra.run.dir='~/x'", "it would make a folder named '~'"),
-                      ("hydra.run.dir=~/x", "cannot parse it unquoted"), ("hydra.run.dir=", "is empty")):
+                      ("hydra.run.dir=~/x", "cannot parse it unquoted"), ("hydra.run.dir=", "is empty"),
+                      # its data.paths were looked for in the run folder: "does not exist" (session 57's review)
+                      ("hydra.job.chdir=true", "hydra.job.chdir=true: momattn reads the paths you give")):
         r = run_cli("train.py", [arg], cwd=tmp_path)
         assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []

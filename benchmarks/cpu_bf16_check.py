@@ -340,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             import tempfile
 
             a.workdir = Path(tempfile.mkdtemp(prefix="momattn_cpu_bf16_runs_"))
+            a.made_workdir = True  # removed at the end where every run finished (their logs kept otherwise)
             print(f"[cpu_bf16_check] the main-job runs train in {a.workdir}", flush=True)
         try:
             a.workdir.mkdir(parents=True, exist_ok=True)
@@ -399,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         rep.setdefault("part_machines", {})["runs"] = rep["machine"]
         rep["verdict"] = verdict(rep["runs"])
     print(write(rep, a.out))
+    if getattr(a, "made_workdir", False) and all(r.get("rc") == 0 for r in rep["runs"]):
+        shutil.rmtree(a.workdir, ignore_errors=True)  # (each call left a folder of full runs in /tmp: diff review)
     if "runs" in parts and not rep["verdict"]["seeds_paired"]:
         print("error: no seed finished at both precisions" + failure(rep["runs"]), file=sys.stderr)
         return 1

@@ -37,7 +37,7 @@ ROWS = ("kendall", "icl_recency", "ft_recency", "icl_norot_vs_ft", "icl_vs_ft_ke
 
 
 def probe(ckpt: str, lr: float, n_prompts: int) -> dict:
-    from momattn.analysis.capture import attn_modules, capture, queries64, record
+    from momattn.analysis.capture import attn_modules, capture, projections64, queries64, record_inputs
     from momattn.analysis.config import AnalyzeConfig
     from momattn.analysis.episodes import ginc_set
     from momattn.analysis.finetune import finetune
@@ -56,7 +56,7 @@ def probe(ckpt: str, lr: float, n_prompts: int) -> dict:
     L, H, C = len(mods), mods[0].n_head, mods[0].n_embd
     D = C // H
     icl = capture(model, [e.icl_prompt for e in eps])  # the package's rotated ICL scores
-    with torch.no_grad(), record(model) as (qkv, _, _):  # pre-rotary q, k of every ICL prompt
+    with torch.no_grad(), record_inputs(model) as xs:  # pre-rotary q, k of every ICL prompt (float64, below)
         model(torch.tensor([e.icl_prompt for e in eps]))
     run = finetune(model, [e.train for e in eps], [lr] * len(eps), record_queries=True)
     ft = capture(model, [[aset.eot] + e.query for e in eps], delta=run.delta)
@@ -66,17 +66,21 @@ def probe(ckpt: str, lr: float, n_prompts: int) -> dict:
         T, dp = len(e.icl_prompt), torch.as_tensor(e.demo_pos)
         recency = -((T - 1) - dp.numpy())
         q_ft_train = queries64(model, torch.cat(run.queries[n], dim=1))  # (L, n_demo, C): q'_j while finetuning
-        with torch.no_grad(), record(model) as (qkv_train, _, _):  # k'_j: the untouched model on each sequence
+        with torch.no_grad(), record_inputs(model) as xs_train:  # k'_j: the untouched model on each sequence
             model(torch.tensor([s.tokens for s in e.train]))
+        # in float64 from the layer inputs, each distinct one once: repeated tokens' exact ties at layer 0 (rotary)
+        # were ordered by float32 rounding (diff review)
+        k_train_all = projections64(model, torch.stack([x[0][:, 1:].reshape(-1, C) for x in xs_train]), 1)
+        x_icl = torch.stack([x[0][n] for x in xs])  # (L, T, C)
+        q_icl, k_icl = projections64(model, x_icl, 0), projections64(model, x_icl, 1)  # (L, T, C)
         out["kendall"][n] = kendall_per_layer(icl.scores[n], dp, ft.q[n], q_ft_train)
         for layer in range(L):
             w = icl.scores[n][layer].double().softmax(-1).sum(0)[dp].numpy()  # (n_demo,) ICL attention
             qf = ft.q[n][layer].double()  # (C,) FT query at the last token
             s_ft = (q_ft_train[layer].double() @ qf).numpy()  # q'_j . q
-            k_train = qkv_train[layer][0][:, 1:, C:2 * C].reshape(-1, C).double()  # (n_demo, C)
-            m = qkv[layer][0][n].double()  # (T, 3C)
-            q = m[:, :C].view(T, H, D).transpose(0, 1)  # (H, T, D) pre-rotary
-            k = m[:, C:2 * C].view(T, H, D).transpose(0, 1)
+            k_train = k_train_all[layer]  # (n_demo, C)
+            q = q_icl[layer].view(T, H, D).transpose(0, 1)  # (H, T, D) pre-rotary
+            k = k_icl[layer].view(T, H, D).transpose(0, 1)
             w_norot = (torch.einsum("hd,htd->ht", q[:, -1], k) / math.sqrt(D)).softmax(-1).sum(0)[dp].numpy()
             out["icl_recency"][n, layer] = tau(w, recency)
             out["ft_recency"][n, layer] = tau(s_ft, recency)

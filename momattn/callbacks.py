@@ -86,11 +86,6 @@ class ModelCheckpoint(lightning_callbacks.ModelCheckpoint):
             raise ConfigError(f"filename='{self.filename}' names the best checkpoints as last.ckpt, which is rewritten "
                               "with the newest state after every validation: the best would be lost; e.g. "
                               "filename='best-step{step}'")
-        if "{step" not in self.filename and self.save_top_k not in (0, 1) and not re.search(r"\{(?!epoch)", self.filename):
-            # the version counter is off (last.ckpt stays one file): each save replaced the one before
-            raise ConfigError(f"filename='{self.filename}' gives every checkpoint one name, so save_top_k="
-                              f"{self.save_top_k} would keep only the newest; put the step or a metric in it, e.g. "
-                              "filename='best-step{step}'")
         named = [n for n in re.findall(r"\{([^:}!]*)", self.filename) if n not in ("epoch", "step")]
         error = None
         for metrics in ({}, {n: torch.tensor(0.0) for n in named}):

@@ -748,13 +748,15 @@ def resolved_ckpt_path(overrides: list[str]) -> list[str]:
     raw = _last(overrides, "ckpt_path")
     if raw is None or "${" not in raw:
         return overrides
+    i = max(n for n, o in enumerate(overrides) if "=" in o and _override_key(o) == "ckpt_path")
+    if parsed_overrides([overrides[i]])[0].is_sweep_override():  # a sweep's list of them: each job's, Hydra's
+        return overrides
     from omegaconf import OmegaConf
 
     try:
         value = OmegaConf.create({"v": raw}).v
     except Exception:  # it names the config, or cannot be resolved: Hydra's own message, later
         return overrides
-    i = max(n for n, o in enumerate(overrides) if "=" in o and _override_key(o) == "ckpt_path")
     return [*overrides[:i], f"ckpt_path={'null' if value is None else hydra_quoted(value)}", *overrides[i + 1:]]
 
 
@@ -869,7 +871,10 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
     check_overrides([o for o in saved if _override_key(o) != "ckpt_path" and not injected(o, saved)], source,
                     classes=False)
     kept = [o for o in saved if _override_key(o) not in now and _override_key(o) != "ckpt_path"
-            and not injected(o, saved)]
+            and not injected(o, saved)
+            # a saved ~eval.icl where today sets eval.icl.enabled=false, as the refusal of that deletion advises (a
+            # run started before it was refused could not be resumed: diff review)
+            and not (o.startswith("~") and any(k.startswith(_override_key(o) + ".") for k in now))]
     kept, dropped, replaced = _outside_switched_groups(kept, overrides, saved)
     kept, overrides, removed = _removed_additions(saved, kept, overrides)
 
@@ -1340,8 +1345,8 @@ def hydra_main(config_name: str):
                     parsed_overrides(given)  # (a ckpt_path=steps/epoch=0-step=8.ckpt unquoted: resume_overrides'
                     # own parse of it ended in Hydra's traceback: found by review)
                     multirun = multirun or config_multirun(config_name, given)
+                    given = resolved_ckpt_path(given)  # (a sweep's too: its ckpt_path=last checks: diff review)
                     if not multirun:  # (a sweep may list several: ckpt_path=a.ckpt,b.ckpt)
-                        given = resolved_ckpt_path(given)
                         check_ckpt_exists(given)
                     given = resume_overrides(given, multirun=multirun)
                     given = rank_zeros_sweep_dir(given) if multirun else given

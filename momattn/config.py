@@ -643,7 +643,7 @@ def _check_folders(c: TrainConfig) -> None:
 def checkpoint_file_name(template: str, conf: Mapping, max_steps: Any) -> str:
     """The path (below its folder) Lightning's ModelCheckpoint makes from a filename template, near enough:
     `{step}` at the run's last step, any other value as a long float, a version suffix where the callback adds one
-    (Lightning's own ModelCheckpoint; momattn's does not) and `.ckpt`. Checking the template alone passed a
+    (Lightning's own ModelCheckpoint; momattn's to a name without the step) and `.ckpt`. Checking the template alone passed a
     251-byte name that failed at the first save, its steps lost."""
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -658,8 +658,9 @@ def checkpoint_file_name(template: str, conf: Mapping, max_steps: Any) -> str:
             is not False)
     except (ValueError, KeyError, IndexError, TypeError):  # a template Lightning cannot format is named elsewhere
         return template
-    counter = conf.get("enable_version_counter", "momattn." not in str(conf.get("_target_", "")))  # momattn's: off
-    return base + ("-v1" if counter else "") + ".ckpt"
+    counter = conf.get("enable_version_counter", "momattn." not in str(conf.get("_target_", "")))  # momattn's: off,
+    counter = counter or "{step" not in template  # but for a name without the step (momattn.callbacks: diff review)
+    return base + ("-v99" if counter else "") + ".ckpt"  # (room for 99 versions)
 
 
 def _check_own_folders(c: TrainConfig) -> None:

@@ -848,6 +848,15 @@ def test_a_sweep_s_seeds_are_analysed_then_summarised_with_intervals_and_reused(
     err = capsys.readouterr().err
     assert "1/4 0 (vanilla, seed 1): analysing on cpu" in err and err.count("is reused") == 3
     assert "not in its analysis" not in (out / "analysis_sweep.md").read_text()
+    # one made before Kendall(ICL, FT)'s queries were float64 (its settings.json has no methods): made again (a
+    # rerun adding seeds mixed the two in one verdict: diff review)
+    made0 = out / "jobs" / "0" / "settings.json"
+    recorded = json.loads(made0.read_text())
+    del recorded["methods"]
+    made0.write_text(json.dumps(recorded))
+    run_analyze(args, out)
+    err = capsys.readouterr().err
+    assert "1/4 0 (vanilla, seed 1): analysing on cpu" in err and err.count("is reused") == 3
     f = next(x for x in strict_json((out / "analysis_sweep.json").read_text())["summaries"][0]["findings"]
              if x["attention"] == "momentum")
     assert f["seeds"] == ["1", "2"]  # a finding's seeds, as a comparison's (they were [])

@@ -434,6 +434,8 @@ def test_ckpt_path_last_with_no_run_to_resume_makes_no_run_folder(tmp_path):
     assert resolved_ckpt_path(["ckpt_path=${oc.env:MOMATTN_TEST_NO_SUCH_VARIABLE,null}"]) == ["ckpt_path=null"]
     kept = ["ckpt_path=${paths.output_dir}/checkpoints/last.ckpt"]  # the config's: Hydra resolves it, as before
     assert resolved_ckpt_path(kept) == kept
+    swept = ["ckpt_path=${oc.env:A,a.ckpt},${oc.env:B,b.ckpt}"]  # a sweep's list: each job's, Hydra's
+    assert resolved_ckpt_path(swept) == swept
 
 
 def test_ckpt_path_last_prefers_the_run_folders_own(tmp_path):
@@ -802,6 +804,11 @@ def test_a_resume_repeats_no_foreign_class_or_folder_from_a_run_folder_or_a_chec
             resume_overrides([f"ckpt_path={last}"])
     (run / ".hydra" / "overrides.yaml").write_text("- paths=default\n")
     assert resume_overrides([f"ckpt_path={last}"])[0] == "paths=default"
+    # a run started with ~eval.icl (accepted before session 57, refused now with eval.icl.enabled=false advised):
+    # the advice given today drops the saved deletion, which the refusal met again (diff review)
+    (run / ".hydra" / "overrides.yaml").write_text("- debug=smoke\n- ~eval.icl\n")
+    assert "~eval.icl" in resume_overrides([f"ckpt_path={last}"])
+    assert "~eval.icl" not in resume_overrides([f"ckpt_path={last}", "eval.icl.enabled=false"])
     victim = tmp_path / "victim.txt"
     victim.write_text("mine")
     (run / "csv").mkdir()

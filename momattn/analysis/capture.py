@@ -181,19 +181,27 @@ def record_inputs(model, active: bool = True):
             h.remove()
 
 
-@torch.no_grad()
 def queries64(model, x: torch.Tensor) -> torch.Tensor:
     """(L, n, C) c_attn inputs -> the queries (before rotary) in float64, W_Q x + b_Q of each layer (W_Q is
     frozen while finetuning). A token's query at layer 0 of a rotary model is then exactly its own: recorded in
     float32 from batched forwards, repeated tokens' queries differed by their row's rounding, and Kendall's tau-b
     counted those ties as ordered pairs (found by review)."""
+    return projections64(model, x, 0)
+
+
+@torch.no_grad()
+def projections64(model, x: torch.Tensor, part: int) -> torch.Tensor:
+    """(L, n, C) c_attn inputs -> part 0 (queries), 1 (keys) or 2 (values) of every layer, before rotary, in float64
+    on the CPU, each distinct input once: a matrix product can round equal rows apart (its blocks' edges sum
+    otherwise), which ordered exact ties (queries64)."""
     out = []
     for layer, mod in enumerate(attn_modules(model)):
         C, b = mod.n_embd, mod.c_attn.bias
-        # each distinct input once: a matrix product can round equal rows apart (its blocks' edges sum otherwise)
-        rows, inverse = torch.unique(x[layer], dim=0, return_inverse=True)
-        q = rows.double() @ mod.c_attn.weight[:C].double().T + (b[:C].double() if b is not None else 0.0)
-        out.append(q[inverse])
+        rows, inverse = torch.unique(x[layer].cpu(), dim=0, return_inverse=True)  # (recorded on the CPU; the
+        # weights on the model's device, a GPU's: diff review)
+        W = mod.c_attn.weight[part * C:(part + 1) * C].detach().to("cpu", torch.float64)
+        bias = b[part * C:(part + 1) * C].detach().to("cpu", torch.float64) if b is not None else 0.0
+        out.append((rows.double() @ W.T + bias)[inverse])
     return torch.stack(out)
 
 

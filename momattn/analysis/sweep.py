@@ -244,7 +244,13 @@ def made_of(run: SweepRun, settings: dict) -> dict:
         mtime = path.stat().st_mtime_ns
     except OSError:
         mtime = None
-    return {"settings": settings, "checkpoint": str(path), "step": run.step, "mtime_ns": mtime}
+    return {"settings": settings, "checkpoint": str(path), "step": run.step, "mtime_ns": mtime,
+            "methods": METHODS}
+
+
+# how numbers are computed, where it changed them: an analysis recorded without these (made before) is made again
+# (a rerun adding seeds mixed float32-era Kendall(ICL, FT) jobs with float64 ones in one verdict: diff review)
+METHODS = {"kendall_ft_queries": "float64 from the layer inputs (session 57)"}
 
 
 def _reusable(job_out: Path, made: dict, dual_check: bool = False):

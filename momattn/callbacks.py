@@ -442,7 +442,7 @@ class Throughput(ThroughputMonitor):
                 and not trainer._logger_connector.should_update_logs:  # the run's last step, off the logging
             # interval: its rates, summary.json's tokens_per_sec, were in no metrics.csv row (found by review)
             t = compat.stage_throughputs(self)[RunningStage.TRAINING]
-            with contextlib.suppress(Exception):  # fewer batches than a window: nothing to report
+            with contextlib.suppress(Exception):  # (fewer batches than a window: the counts, without rates)
                 trainer._logger_connector.log_metrics({f"train{t.separator}{k}": v for k, v in t.compute().items()})
 
     # The training clock stops at the last training batch before a validation and starts again at the next training

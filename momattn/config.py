@@ -114,7 +114,7 @@ def _model(node: Mapping | None, attention: AttentionConfig) -> GPTConfig:
     if "attention" in node:
         raise ConfigError("model.attention: attention has its own section; use attention=momentum "
                           "attention.eta=0.5 (conf/attention/)")
-    return typed(GPTConfig, node, "model", attention=attention)
+    return typed(GPTConfig, node, "model", unlisted=("vocab_size",), attention=attention)
 
 
 # Lightning's precision settings (lightning.fabric.connector._PRECISION_INPUT), and momattn's auto (momattn.hardware)

@@ -155,16 +155,18 @@ def _scalar_lists_checked(schema: type, plain: dict, node: dict, where: str) -> 
                                       f"write a flat list, e.g. {_key(where, key)}=[a,b]")
 
 
-def typed(schema: type[T], node: Mapping | None, where: str, **given: Any) -> T:
+def typed(schema: type[T], node: Mapping | None, where: str, unlisted: tuple[str, ...] = (), **given: Any) -> T:
     """schema(**node, **given): unknown keys, wrong types and missing required keys raise a ConfigError that
     names `where.key` (with the closest valid key); validation in schema.__post_init__ runs once."""
     node = dict(to_plain(node) or {})
     known = known_keys(schema)
     if known is not None:
+        settable = [k for k in known if k not in given and k not in unlisted]  # (model's vocab_size and attention
+        # are set elsewhere (unlisted, given): naming them as keys to set, refused when set, misled: review)
         for key in node:
             if key not in known:
-                raise ConfigError(f"{_key(where, key)} is not a known key.{did_you_mean(key, known)} "
-                                  f"Known keys of {where or 'the top level'}: {', '.join(known)}")
+                raise ConfigError(f"{_key(where, key)} is not a known key.{did_you_mean(key, settable)} "
+                                  f"Known keys of {where or 'the top level'}: {', '.join(settable)}")
     if not dataclasses.is_dataclass(schema):
         try:
             return schema(**node, **given)

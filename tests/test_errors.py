@@ -1063,6 +1063,9 @@ def test_unknown_top_level_key(tmp_path):
 def test_unknown_key_added_with_plus_is_refused(tmp_path):
     msg = run_expecting(tmp_path, [*SMOKE, "+optim.learning_rate=1"], ConfigError)
     assert msg.startswith("optim.learning_rate is not a known key.") and "Known keys of optim: lr," in msg
+    # model's vocab_size (the tokenizer's) and attention (its own section) were listed, and refused when set
+    msg = run_expecting(tmp_path, [*SMOKE, "+model.foo=1"], ConfigError)
+    assert "Known keys of model: block_size, vocab_multiple, n_layer," in msg and "attention" not in msg
 
 
 def test_heads_not_dividing_width(tmp_path):

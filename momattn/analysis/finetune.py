@@ -2,7 +2,7 @@
 
 Each model sees its k demonstrations as k training sequences, in prompt order, one epoch, batch size 1,
 plain SGD (no momentum, no weight decay), and only the key and value projections move: the update lives in a
-Delta on the K/V rows [C:3C) of every c_attn (weights and biases), so Q, the MLPs, embeddings and LayerNorms
+Delta on the K/V rows [C:3C) of every c_attn (weights, and biases where it has them), so Q, the MLPs, embeddings and LayerNorms
 are never touched, nor the memory term's own parameters (momentum's eta, multirate_ema's delta and gamma): the
 paper's baseline trains the K/V projections alone. Dropout is off (eval mode).
 

@@ -316,8 +316,8 @@ def main(argv: list[str] | None = None) -> int:
                     "still going then are stopped and reported as such; four runs one at a time take 10-25 minutes on "
                     "a 2-core machine; benchmarks/device_run.sh passes 420 to fit a device lease)")
     ap.add_argument("--workdir", type=Path, default=None, help="where the main-job runs train (default: a new "
-                    "temporary folder, printed: a fixed one was shared by concurrent checks, which removed each "
-                    "other's runs)")
+                    "temporary folder, printed, and removed at the end where every run finished: a fixed one was "
+                    "shared by concurrent checks, which removed each other's runs)")
     ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                     help="an extra train.py override for the main-job runs (repeatable)")
     ap.add_argument("--force", action="store_true", help="measure even where bf16 is not native (emulated: slow)")

@@ -309,6 +309,9 @@ def check_out(ap, path: Path, suffixes: tuple[str, ...] = (".md",)) -> None:
     written, before the measurement: it failed in write_results afterwards, the whole run's numbers lost."""
     from momattn.io import probe_write
 
+    if Path(path).suffix in suffixes:  # x.md: the JSON was written over its own .md (flows review)
+        ap.error(f"--out {path}: give the JSON file's name (e.g. {Path(path).with_suffix('.json')}); the "
+                 f"{', '.join(suffixes)} is written beside it")
     beside = [Path(path).with_suffix(s) for s in suffixes] if Path(path).name else []  # ('.' has no name)
     for p in (Path(path), *beside):
         if p.is_dir():

@@ -589,7 +589,8 @@ def _check_deletable(cfg, key: str, line: str) -> None:
     plain = OmegaConf.to_container(cfg, resolve=False)  # as written: the answer must not depend on whether this
     raw = _raw(plain, key)  # process has run a Hydra job before (HydraConfig set)
     if raw is None:  # Hydra: "Could not delete from config. 'ckpt_path' does not exist.", exit 1 (found by review)
-        raise ConfigError(f"{line}: {key} is null already (unset); leave the override out")
+        raise ConfigError(f"{line}: {key} is null already (unset); leave the override out (on a resume of a run "
+                          f"that set it, write {key}=null to unset it: flows review)")
     if isinstance(raw, dict) and "enabled" in raw:  # ~eval.icl ran the section with its defaults: on, not off
         raise ConfigError(f"{line}: {key} is a section, and deleting it runs it with its defaults; to turn it off "
                           f"write {key}.enabled=false")

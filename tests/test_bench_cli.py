@@ -37,6 +37,9 @@ def test_an_out_that_is_a_folder_is_refused_before_the_measurement(tmp_path, cap
         assert "is a folder" in _refused(capsys, mod.main, ["--out", str(tmp_path)], monkeypatch, mod.__file__)
     monkeypatch.chdir(tmp_path)
     assert "--out .: . is a folder" in _refused(capsys, bench_startup.main, ["--out", "."])  # (a ValueError: no name)
+    # the .md's own name: the JSON was written over it ("wrote r.md and r.md": flows review)
+    assert "--out r.md: give the JSON file's name (e.g. r.json); the .md is written beside it" in _refused(
+        capsys, bench_startup.main, ["--out", "r.md"])
 
 
 def test_an_out_folder_that_is_a_file_is_refused(tmp_path, capsys):

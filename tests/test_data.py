@@ -545,6 +545,9 @@ def test_text_files_that_would_be_misread_are_named(tmp_path, capsys):
     assert TextFiles(paths=[str(tmp_path / "mixed.txt")])._read(tmp_path / "mixed.txt") == ["a\nb", "c\rd\r\re"]
     assert re.search(r"warning: data file '.*mixed.txt' mixes line ends: .* so its 3 paragraphs are read as 2 "
                      r"documents", capsys.readouterr().err)
+    (tmp_path / "crcrlf.txt").write_bytes(b"L1\r\r\nL2\r\r\n\r\r\nL3\r\r\n")  # read right: no warning (its
+    assert len(TextFiles(paths=[str(tmp_path / "crcrlf.txt")])._read(tmp_path / "crcrlf.txt")) == 2  # advice split
+    assert "mixes line ends" not in capsys.readouterr().err  # every line: flows review)
     # UTF-16 (Windows' "Unicode"): the latin1 advice made garbage of it
     (tmp_path / "wide.txt").write_text("one doc\n", encoding="utf-16")
     with pytest.raises(DataError, match=r"wide.txt' is not UTF-8 text \(UTF-16, by its byte-order mark\); convert "

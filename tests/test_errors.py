@@ -554,7 +554,8 @@ def test_adding_a_key_that_exists_or_deleting_one_that_does_not_is_one_line():
     check_overrides("train", ["~paths.cache_dir", "~attention.kind"])  # values Hydra can read are deleted as before
     # session 57's review: a null key (Hydra: "'ckpt_path' does not exist", exit 1); an evaluation section deleted
     # ran with its defaults, the full ICL suite among them, not off; ~trainer._target_ a traceback after the data
-    for config, key, says in (("train", "ckpt_path", "ckpt_path is null already (unset); leave the override out"),
+    for config, key, says in (("train", "ckpt_path", "ckpt_path is null already (unset); leave the override out (on "
+                                                     "a resume of a run that set it, write ckpt_path=null"),
                               ("evaluate", "ckpt_paths", "ckpt_paths is null already"),
                               ("train", "eval.icl", "eval.icl is a section, and deleting it runs it with its defaults; "
                                                     "to turn it off write eval.icl.enabled=false"),

@@ -287,7 +287,8 @@ class TextFiles:
                                 "its blank lines between documents cannot be seen; convert it, e.g. tr '\\r' '\\n'")
             text = text.replace("\r\n", "\n")
             docs = [d.strip() for d in _BLANK_LINE.split(text) if d.strip()]
-            if "\r" in text and len(mac := [d for d in _BLANK_LINE.split(text.replace("\r", "\n")) if d.strip()]) \
+            if "\r" in text and len(mac := [d for d in _BLANK_LINE.split(re.sub(r"\r+\n", "\n", text).replace(
+                    "\r", "\n")) if d.strip()]) \
                     > len(docs) and (said := ("mixed", str(p))) not in _SAID:  # (joined documents without a word: review)
                 _SAID.add(said)
                 print(f"[momattn] warning: data file '{p}' mixes line ends: some lines end with a carriage return "

@@ -335,13 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--seeds {' '.join(map(str, a.seeds))}: a seed is given twice")
     if not a.timeout > 0:
         ap.error(f"--timeout={a.timeout} must be > 0 seconds")
-    if "runs" in parts:  # checked before the step part's minutes, not after them
-        if a.workdir is None:
-            import tempfile
-
-            a.workdir = Path(tempfile.mkdtemp(prefix="momattn_cpu_bf16_runs_"))
-            a.made_workdir = True  # removed at the end where every run finished (their logs kept otherwise)
-            print(f"[cpu_bf16_check] the main-job runs train in {a.workdir}", flush=True)
+    if "runs" in parts and a.workdir is not None:  # checked before the step part's minutes, not after them
         try:
             a.workdir.mkdir(parents=True, exist_ok=True)
             probe_write(a.workdir)
@@ -392,6 +386,12 @@ def main(argv: list[str] | None = None) -> int:
         rep.setdefault("part_machines", {})["step"] = rep["machine"]
         write(rep, a.out)
     if "runs" in parts:
+        if a.workdir is None:  # made now, not before the checks that may end the program (an empty folder left)
+            import tempfile
+
+            a.workdir = Path(tempfile.mkdtemp(prefix="momattn_cpu_bf16_runs_"))
+            a.made_workdir = True  # removed at the end where every run finished (their logs kept otherwise)
+            print(f"[cpu_bf16_check] the main-job runs train in {a.workdir}", flush=True)
         a.workdir.mkdir(parents=True, exist_ok=True)
         extra = (["debug=smoke"] if a.smoke else []) + a.override
         rep["runs_threads"], rep["runs_parallel"] = a.threads, a.parallel

@@ -86,6 +86,12 @@ class ModelCheckpoint(lightning_callbacks.ModelCheckpoint):
             raise ConfigError(f"filename='{self.filename}' names the best checkpoints as last.ckpt, which is rewritten "
                               "with the newest state after every validation: the best would be lost; e.g. "
                               "filename='best-step{step}'")
+        if "{step" not in self.filename and self.monitor is None and self.save_top_k not in (0, 1):
+            # Lightning hands each save the name of the one before as the file to replace: the version counter
+            # stops there, and every step file took the same name (steps 2 and 4 lost to step 6: diff review)
+            raise ConfigError(f"filename='{self.filename}' has no {{step}}, and with monitor=null each of the "
+                              f"save_top_k={self.save_top_k} saves would take the name of the one before; put the "
+                              "step in it, e.g. filename='step{step}'")
         named = [n for n in re.findall(r"\{([^:}!]*)", self.filename) if n not in ("epoch", "step")]
         error = None
         for metrics in ({}, {n: torch.tensor(0.0) for n in named}):

@@ -861,6 +861,12 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
         source = f"checkpoint '{ckpt}': its recorded command line"
         folder = folder if run_dir else None
     now = {_override_key(o) for o in overrides}
+    set_now = {_override_key(o) for o in overrides if not o.startswith("~")}
+
+    def undeleted(o: str) -> bool:  # a saved ~eval.icl where today sets eval.icl.enabled=false, as the refusal of
+        # that deletion advises (a run started before it was refused could not be resumed: diff review)
+        return o.startswith("~") and any(k.startswith(_override_key(o) + ".") for k in set_now)
+
     # not carried over: the checkpoint to resume (given now) and injected faults (a test device; re-injecting
     # one would kill the resumed run at the same step)
     from momattn.trust import check_links, check_overrides, injected, mark_resume_from_checkpoint
@@ -873,9 +879,8 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
                     classes=False)
     kept = [o for o in saved if _override_key(o) not in now and _override_key(o) != "ckpt_path"
             and not injected(o, saved)
-            # a saved ~eval.icl where today sets eval.icl.enabled=false, as the refusal of that deletion advises (a
-            # run started before it was refused could not be resumed: diff review)
-            and not (o.startswith("~") and any(k.startswith(_override_key(o) + ".") for k in now))]
+            and not undeleted(o)]
+    undone = [o for o in saved if undeleted(o)]
     kept, dropped, replaced = _outside_switched_groups(kept, overrides, saved)
     kept, overrides, removed = _removed_additions(saved, kept, overrides)
 
@@ -909,7 +914,8 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
                else "")
             + (f"; not carried over, as the group given now sets them itself: {' '.join(shown(replaced))} (give "
                "them again to keep them)" if replaced else "")
-            + (f"; left out, as asked now: {' '.join(shown(removed))}" if removed else ""))
+            + (f"; left out, as asked now: {' '.join(shown(removed))}" if removed else "")
+            + (f"; not carried over, as keys below it are set now: {' '.join(shown(undone))}" if undone else ""))
         if ckpt == "last" and run_dir is None and not multirun and folder is not None and \
                 (Path(folder).parent / "multirun.yaml").is_file():  # the newest run was one job of a sweep: that
             # job alone went on (and split the sweep's verdict), where the user meant the sweep (found by review)

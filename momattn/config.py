@@ -658,8 +658,11 @@ def checkpoint_file_name(template: str, conf: Mapping, max_steps: Any) -> str:
             is not False)
     except (ValueError, KeyError, IndexError, TypeError):  # a template Lightning cannot format is named elsewhere
         return template
-    counter = conf.get("enable_version_counter", "momattn." not in str(conf.get("_target_", "")))  # momattn's: off,
-    counter = counter or "{step" not in template  # but for a name without the step (momattn.callbacks: diff review)
+    own = "momattn." in str(conf.get("_target_", ""))
+    counter = conf.get("enable_version_counter", not own)  # momattn's: off, but for a name without the step where
+    # several files are kept under a monitor (callbacks.ModelCheckpoint; one kept file is rewritten: diff review)
+    counter = counter or own and "{step" not in template and conf.get("monitor") is not None and \
+        conf.get("save_top_k", 1) not in (0, 1)
     return base + ("-v99" if counter else "") + ".ckpt"  # (room for 99 versions)
 
 

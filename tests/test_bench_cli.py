@@ -239,19 +239,15 @@ def test_benchmark_review_bad_values_are_refused_before_any_measuring(tmp_path, 
         cpu_bf16_check.main(["--parts", "runs", "--smoke", "--seeds", "1", "--workdir", str(tmp_path / "w"),
                              "--out", str(tmp_path / "r.json"), "--override", "model.n_layr=2"])
     assert not (tmp_path / "r.json").exists()
-    # without --workdir, a folder of its own each time (a fixed /tmp one: two checks removed each other's runs)
+    # without --workdir: a temporary folder of its own (a fixed /tmp one: two checks removed each other's runs),
+    # made once the checks passed (each refused call left an empty one: diff review)
     import tempfile
 
-    capsys.readouterr()
-    made = []
-    for _ in range(2):
-        with pytest.raises(ConfigError):
-            cpu_bf16_check.main(["--parts", "runs", "--smoke", "--seeds", "1", "--out", str(tmp_path / "r.json"),
-                                 "--override", "model.n_layr=2"])
-        made.append(Path(capsys.readouterr().out.split("the main-job runs train in ")[1].split()[0]))
-    assert made[0] != made[1] and all(p.is_dir() and p.parent == Path(tempfile.gettempdir()) for p in made)
-    for p in made:
-        p.rmdir()
+    before = set(Path(tempfile.gettempdir()).glob("momattn_cpu_bf16_runs_*"))
+    with pytest.raises(ConfigError):
+        cpu_bf16_check.main(["--parts", "runs", "--smoke", "--seeds", "1", "--out", str(tmp_path / "r.json"),
+                             "--override", "model.n_layr=2"])
+    assert set(Path(tempfile.gettempdir()).glob("momattn_cpu_bf16_runs_*")) == before
     assert "--name '../x': a file name, without folders" in _refused(
         capsys, ginc_curve.main, ["--name", "../x", "--out", str(tmp_path)])
     # a precision train.py takes and the loop does not: a traceback, after the tokenizer and data (review)

@@ -757,7 +757,7 @@ def test_a_resume_from_a_checkpoint_alone_refuses_its_foreign_command_line(tmp_p
 
 
 def test_a_resume_repeats_no_foreign_class_or_folder_from_a_run_folder_or_a_checkpoint(tmp_path, tokenizer,
-                                                                                          monkeypatch):
+                                                                                          monkeypatch, capsys):
     """Found by review: a run folder's .hydra/overrides.yaml was trusted, so a downloaded folder resumed by its
     checkpoint ran any class (a data source is called by momattn, past Hydra's blocklist); a checkpoint's recorded
     paths.output_dir and ModelCheckpoint dirpath wrote the run elsewhere and deleted a file there as an old top-k
@@ -808,7 +808,10 @@ def test_a_resume_repeats_no_foreign_class_or_folder_from_a_run_folder_or_a_chec
     # the advice given today drops the saved deletion, which the refusal met again (diff review)
     (run / ".hydra" / "overrides.yaml").write_text("- debug=smoke\n- ~eval.icl\n")
     assert "~eval.icl" in resume_overrides([f"ckpt_path={last}"])
+    capsys.readouterr()
     assert "~eval.icl" not in resume_overrides([f"ckpt_path={last}", "eval.icl.enabled=false"])
+    assert "; not carried over, as keys below it are set now: ~eval.icl" in capsys.readouterr().err  # (said)
+    assert "~eval.icl" in resume_overrides([f"ckpt_path={last}", "~eval.icl.task_dirs"])  # a deletion sets nothing
     victim = tmp_path / "victim.txt"
     victim.write_text("mine")
     (run / "csv").mkdir()

@@ -671,12 +671,18 @@ def test_values_a_config_fuzz_found_taken_in_silence_or_failing_late_are_named(t
             ("callbacks.model_checkpoint.filename=" + "x" * 251, "callbacks.model_checkpoint.filename: the checkpoint "
                                                                   "files it names, such as 'xxxx"),  # OSError at
             # the first save: with .ckpt the name has 256 bytes
-            ("callbacks.model_checkpoint.filename=" + "x" * 247, "callbacks.model_checkpoint.filename: the checkpoint "
-                                                                  "files it names, such as 'xxxx"),  # a name without
-            # the step is versioned (-v1 ... -v99): 252 bytes, and the second save's failed (diff review)
             ("logger.csv.name=" + "x" * 300, "logger.csv.name: the name 'xxx")):
         extra = ["logger=csv"] if override.startswith("logger.csv") else []
         assert run_expecting(tmp_path, [*SMOKE, *extra, override], ConfigError).startswith(said), override
+    # a name without the step, several files kept under a monitor: versioned (-v1 ... -v99), so 252 bytes made a
+    # later save's name too long (diff review); with one kept file (the default) it is rewritten, never versioned
+    long = "callbacks.model_checkpoint.filename=" + "x" * 247
+    assert run_expecting(tmp_path, [*SMOKE, long, "callbacks.model_checkpoint.save_top_k=3"], ConfigError).startswith(
+        "callbacks.model_checkpoint.filename: the checkpoint files it names, such as 'xxxx")
+    from momattn.config import checkpoint_file_name
+
+    assert checkpoint_file_name("x" * 247, {"_target_": "momattn.callbacks.ModelCheckpoint", "monitor": "val/loss"},
+                                10) == "x" * 247 + ".ckpt"
     assert run_train(compose_train(tmp_path / "log", [*SMOKE, "trainer.max_steps=2", "trainer.log_every_n_steps=null",
                                                       "callbacks.model_checkpoint.filename='sub/best-{step}'",
                                                       "logger=csv", "logger.csv.version=3"])) is not None  # (null:
@@ -718,7 +724,11 @@ def test_a_setting_lightning_would_fail_on_after_steps_of_training_is_refused_fi
     with pytest.raises(ConfigError, match="filename='last' names the best checkpoints as last.ckpt"):
         ModelCheckpoint(filename="last")  # the best file was last.ckpt, rewritten with the newest state
     ModelCheckpoint(filename="best", save_top_k=2, monitor="val/loss")  # versioned since session 57 (best-v1.ckpt):
-    # it was refused, as one file replaced at each save
+    # it was refused, as one file replaced at each save; without a monitor Lightning hands each save the one before
+    # to replace, and the counter stops there: every step file took one name (diff review)
+    with pytest.raises(ConfigError, match=r"filename='\{epoch\}' has no \{step\}, and with monitor=null each of the "
+                                          r"save_top_k=-1 saves would take the name of the one before"):
+        ModelCheckpoint(filename="{epoch}", monitor=None, every_n_train_steps=2, save_top_k=-1)
     # a name with a metric but no step: a later, worse validation that formats alike replaced the best file, which
     # stayed "best" in the report (found by review); it is versioned now, as Lightning does, and a step's is not
     import lightning.pytorch as pl

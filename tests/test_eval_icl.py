@@ -220,6 +220,8 @@ def test_a_diverged_tasks_reloaded_result_keeps_its_k_used():
 
     runs = [SeedRun(seed=1, acc=0.5, k_used_mean=0.95, k_used_min=0, k_used_max=1)]
     assert _acc(ShotResult.from_runs(1, runs, 0.5, fits=False)) == "does not fit (k_used=0.95, fewest 0)"
+    # rounded down: a max whose mean 3.9995 falls short of 4 read "4.00" (diff review)
+    assert _acc(ShotResult(k="max", fits=False, chance=0.5, k_used_mean=3.9995)) == "does not fit (k_used=3.99)"
     beyond = ShotResult(k="16", fits=False, chance=0.1, k_used_mean=0.0, k_max_fit=9)
     assert _acc(beyond) == "does not fit (at most k=9)"
 

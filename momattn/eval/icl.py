@@ -57,6 +57,11 @@ PROTOCOL = (
 )
 
 
+def floor2(x: float) -> str:
+    """x to two places, rounded down: a mean k_used of 3.9995 that does not fit read "4.00" (diff review)."""
+    return f"{math.floor(x * 100) / 100:.2f}"
+
+
 class DemonstrationLeakError(DataError):
     """A test example appears among its own prompt's demonstrations (a bug guard: it should never fire)."""
 
@@ -229,10 +234,11 @@ class IclEvaluator:
         used = float(np.mean([r.k_used_mean for r in runs]))
         want = f"at least {min(MIN_DEMOS, self.cfg.max_shots)}" if k == "max" else f"{k} in every prompt"
         if k == "max" and n_pool is not None and min(r.k_used_min for r in runs) == n_pool:  # all placed
-            return {"note": f"the demonstration pool holds only {n_pool} examples, all placed: k_used={used:.2f}, "
+            return {"note": f"the demonstration pool holds only {n_pool} examples, all placed: k_used={floor2(used)}, "
                             f"wanted {want}; give a larger pool (demo_path, or a larger demo_fraction)"}
         fewest = "" if k == "max" else f" (fewest {min(r.k_used_min for r in runs)})"  # (k_used=1.0 at k=1: review)
-        return {"note": f"does not fit the {self.context}-token context: k_used={used:.2f}{fewest}, wanted {want}"}
+        return {"note": f"does not fit the {self.context}-token context: k_used={floor2(used)}{fewest}, "
+                        f"wanted {want}"}
 
     def demo_examples(self, pool: Sequence[IclExample], k: int | str, seed: int) -> list[IclExample]:
         """The demonstrations of draw `seed`, in prompt order (k='max': up to max_shots of them)."""

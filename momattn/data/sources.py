@@ -36,6 +36,16 @@ _BLANK_LINE = re.compile(r"\n[^\S\n]*\n")
 _OLD_BLANK_LINE = re.compile(r"\n[ \t]*\n")  # (text_files' fingerprint version 5's)
 
 
+def _paragraphs(text: str, rule: re.Pattern = _BLANK_LINE) -> list[str]:
+    """A plain-text file's documents (its line ends \n): the stripped, non-empty parts between blank lines."""
+    return [d.strip() for d in rule.split(text) if d.strip()]
+
+
+def _is_json(p: str | Path) -> bool:
+    """Whether text_files reads `p` as JSON rows (one field of each), not as plain text."""
+    return Path(p).suffix.lower() in (".jsonl", ".json")
+
+
 def import_datasets():
     """datasets, its progress bars off where stderr is a log file (a SLURM log got every carriage-return state of
     "Generating train split" as it loaded a local file), and its builders' own error lines off: a file that does
@@ -216,7 +226,7 @@ class TextFiles:
         if not 0.0 < self.val_fraction < 1.0:
             raise DataError(f"data.val_fraction={self.val_fraction} must lie in (0, 1)")
         check_seed(self.seed)
-        plain = not any(Path(p).suffix.lower() in (".jsonl", ".json") for p in self.paths)
+        plain = not any(_is_json(p) for p in self.paths)
         if self.text_field != "text" and plain and (said := (self.text_field, *self.paths)) not in _SAID:
             _SAID.add(said)  # once per process: a sweep's check of its jobs builds each job's source too
             print(f"[momattn] warning: data.text_field='{self.text_field}' is read from .jsonl and .json files only; "
@@ -261,7 +271,7 @@ class TextFiles:
         files = [file_stamp(p) for p in self._files]
         if field is None:  # a field no file reads rebuilt the token cache and the BPE, and evaluate.py called the
             # corpus changed (review); "text", the default, keeps the key of the runs before
-            field = self.text_field if any(p.suffix.lower() in (".jsonl", ".json") for p in self._files) else "text"
+            field = self.text_field if any(_is_json(p) for p in self._files) else "text"
         return digest(["text_files", version, files, self.val_fraction, field, self.seed])
 
     def same_rows(self, fingerprint: str) -> bool:
@@ -271,25 +281,22 @@ class TextFiles:
         reads (the fingerprint of session 56)."""
         if fingerprint == self._fingerprint(6, self.text_field):
             return True
-
-        def docs(rule: re.Pattern, text: str) -> list[str]:  # as _read keeps them
-            return [d.strip() for d in rule.split(text) if d.strip()]
-
         return fingerprint == self._fingerprint(5) and not any(
-            docs(_OLD_BLANK_LINE, t) != docs(_BLANK_LINE, t) for p in self._files
-            if p.suffix.lower() not in (".jsonl", ".json") for t in [_read_utf8(p).replace("\r\n", "\n")])
+            _paragraphs(t, _OLD_BLANK_LINE) != _paragraphs(t) for p in self._files
+            if not _is_json(p) for t in [_read_utf8(p).replace("\r\n", "\n")])
 
     def _read(self, p: Path) -> list[str]:
         text = _read_utf8(p)
-        if p.suffix.lower() not in (".jsonl", ".json"):
+        if not _is_json(p):
             if "\r" in text and "\n" not in text:  # it was read as one document, its blank lines unseen
                 raise DataError(f"data file '{p}' ends its lines with a carriage return alone (classic Mac OS), so "
                                 "its blank lines between documents cannot be seen; convert it, e.g. tr '\\r' '\\n'")
             text = text.replace("\r\n", "\n")
-            docs = [d.strip() for d in _BLANK_LINE.split(text) if d.strip()]
-            if "\r" in text and len(mac := [d for d in _BLANK_LINE.split(re.sub(r"\r+\n", "\n", text).replace(
-                    "\r", "\n")) if d.strip()]) \
-                    > len(docs) and (said := ("mixed", str(p))) not in _SAID:  # (joined documents without a word: review)
+            docs = _paragraphs(text)
+            # lines ended by a carriage return alone beside \n ones: blank lines among them are not seen (documents
+            # joined without a word: review); \r\r\n is one line end, read right
+            mac = _paragraphs(re.sub(r"\r+\n", "\n", text).replace("\r", "\n")) if "\r" in text else docs
+            if len(mac) > len(docs) and (said := ("mixed", str(p))) not in _SAID:
                 _SAID.add(said)
                 print(f"[momattn] warning: data file '{p}' mixes line ends: some lines end with a carriage return "
                       f"alone, and the blank lines among them are not seen, so its {len(mac)} paragraphs are read as "

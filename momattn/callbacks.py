@@ -447,9 +447,14 @@ class Throughput(ThroughputMonitor):
         if 0 < trainer.max_steps <= trainer.global_step and not compat.mid_accumulation(trainer) \
                 and not trainer._logger_connector.should_update_logs:  # the run's last step, off the logging
             # interval: its rates, summary.json's tokens_per_sec, were in no metrics.csv row (found by review)
-            t = compat.stage_throughputs(self)[RunningStage.TRAINING]
-            with contextlib.suppress(Exception):  # (fewer batches than a window: the counts, without rates)
-                trainer._logger_connector.log_metrics({f"train{t.separator}{k}": v for k, v in t.compute().items()})
+            self._log_window(trainer, RunningStage.TRAINING, "train")
+
+    def _log_window(self, trainer, stage: RunningStage, prefix: str) -> None:
+        """Log the stage's window now, under `prefix`/ (Lightning's _compute logs only at a logging step, named by the
+        stage); fewer batches than a window log the counts alone, or nothing."""
+        t = compat.stage_throughputs(self)[stage]
+        with contextlib.suppress(Exception):
+            trainer._logger_connector.log_metrics({f"{prefix}{t.separator}{k}": v for k, v in t.compute().items()})
 
     # The training clock stops at the last training batch before a validation and starts again at the next training
     # batch: Lightning's monitor moved it on by the validation alone, so the checkpoint written after it (the
@@ -489,11 +494,8 @@ class Throughput(ThroughputMonitor):
     @rank_zero_only
     def on_validation_end(self, trainer, *args) -> None:
         if not trainer.sanity_checking and RunningStage.VALIDATING in self._t0s:
-            t = compat.stage_throughputs(self)[RunningStage.VALIDATING]
-            with contextlib.suppress(Exception):  # fewer batches than a window: nothing to report
-                # under val/ with val/loss (Lightning names the stage validate/: a filter on val/* missed them)
-                metrics = {f"val{t.separator}{k}": v for k, v in t.compute().items()}
-                trainer._logger_connector.log_metrics(metrics)
+            # under val/ with val/loss (Lightning names the stage validate/: a filter on val/* missed them)
+            self._log_window(trainer, RunningStage.VALIDATING, "val")
         s = RunningStage.TRAINING
         t0 = self._t0s.get(s)
         super().on_validation_end(trainer, *args)

@@ -335,7 +335,8 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
             nq = len(e.query)
             before.append(simam(cap_icl.scores[i], cap_zsl.scores[i], nq).numpy())
             after.append(simam(cap_icl.scores[i], cap_ft.scores[i], nq).numpy())
-            q_train = queries64(model, queries[i])  # (L, n_demo, C) float64
+            if i == 0 or queries[i] is not queries[i - 1]:  # (a choice task's one finetuned model: one set)
+                q_train = queries64(model, queries[i])  # (L, n_demo, C) float64
             k_ft.append(kendall_per_layer(cap_icl.scores[i], e.demo_pos, cap_ft.q[i], q_train))
             k_rnd.append(kendall_random(cap_icl.scores[i], e.demo_pos, rng))
             k_authors.append(kendall_per_layer(cap_icl.scores[i], e.demo_pos, cap_ft.q[i], q_train, authors=True))

@@ -57,9 +57,11 @@ PROTOCOL = (
 )
 
 
-def floor2(x: float) -> str:
-    """x to two places, rounded down: a mean k_used of 3.9995 that does not fit read "4.00" (diff review)."""
-    return f"{math.floor(x * 100) / 100:.2f}"
+def short_k_used(mean: float, fewest: int | None, k: int | str) -> str:
+    """k_used where the k does not fit: the mean to two places rounded down (3.9995 read "4.00": diff review), and
+    for an integer k, which every prompt must hold, the fewest placed ("k_used=1.0" at k=1 read as placed: review)."""
+    return f"k_used={math.floor(mean * 100) / 100:.2f}" + (f", fewest {fewest}" if fewest is not None and
+                                                          str(k) != "max" else "")
 
 
 class DemonstrationLeakError(DataError):
@@ -166,8 +168,8 @@ class IclEvaluator:
                 skipped += 1
                 continue
             if room < 1:  # the task's answer set, not this example (it blamed the first one drawn: review)
-                longest = max(range(len(answers)), key=lambda i: len(answers[i]))
-                text = str(task.answers[longest]) if task.answers and longest < len(task.answers) else "?"
+                longest = max(range(len(answers)), key=lambda i: len(answers[i]))  # (fixed: task.answers' tokens)
+                text = str(task.answers[longest])
                 raise DataError(f"ICL task '{task.name}': an answer of the task, {text[:40]!r}"
                                 f"{'...' if len(text) > 40 else ''} ({len(answers[longest])} tokens), is longer than "
                                 f"the model's context of {self.context} tokens holds after the prompt's start; "
@@ -234,11 +236,11 @@ class IclEvaluator:
         used = float(np.mean([r.k_used_mean for r in runs]))
         want = f"at least {min(MIN_DEMOS, self.cfg.max_shots)}" if k == "max" else f"{k} in every prompt"
         if k == "max" and n_pool is not None and min(r.k_used_min for r in runs) == n_pool:  # all placed
-            return {"note": f"the demonstration pool holds only {n_pool} examples, all placed: k_used={floor2(used)}, "
-                            f"wanted {want}; give a larger pool (demo_path, or a larger demo_fraction)"}
-        fewest = "" if k == "max" else f" (fewest {min(r.k_used_min for r in runs)})"  # (k_used=1.0 at k=1: review)
-        return {"note": f"does not fit the {self.context}-token context: k_used={floor2(used)}{fewest}, "
-                        f"wanted {want}"}
+            return {"note": f"the demonstration pool holds only {n_pool} examples, all placed: "
+                            f"{short_k_used(used, None, k)}, wanted {want}; give a larger pool (demo_path, or a "
+                            "larger demo_fraction)"}
+        return {"note": f"does not fit the {self.context}-token context: "
+                        f"{short_k_used(used, min(r.k_used_min for r in runs), k)}, wanted {want}"}
 
     def demo_examples(self, pool: Sequence[IclExample], k: int | str, seed: int) -> list[IclExample]:
         """The demonstrations of draw `seed`, in prompt order (k='max': up to max_shots of them)."""

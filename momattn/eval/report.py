@@ -37,9 +37,8 @@ def _acc(shot: ShotResult, k_used: bool = True) -> str:
     if not shot.fits:  # more digits, and for a k every prompt must hold the fewest placed: "does not fit
         # (k_used=1.0)" at k=1 read as placed (0.95, one prompt with none: found by review)
         if not nothing_fits:
-            fewest = min((r.k_used_min for r in shot.per_seed), default=None)
-            used = f"k_used={icl_mod.floor2(shot.k_used_mean)}" + (f", fewest {fewest}" if fewest is not None and
-                                                             shot.k != "max" else "")
+            used = icl_mod.short_k_used(shot.k_used_mean, min((r.k_used_min for r in shot.per_seed), default=None),
+                                        shot.k)
         return f"does not fit ({used})"
     return _pct(shot.acc, shot.acc_std) + (f" ({used})" if k_used else "")
 

@@ -90,22 +90,23 @@ def fold_whitespace(text: str) -> str:
 
 def fill_fields(template: str, row: Mapping, where: str) -> dict[str, str]:
     """The row's values for the template's placeholders, as strings; DataError naming a missing field."""
-    missing = [f for f in PLACEHOLDER.findall(template) if f not in row]
+    names = PLACEHOLDER.findall(template)
+    missing = [f for f in names if f not in row]
     if missing:
         raise DataError(f"{where}: the template names field '{{{missing[0]}}}' but the row has only "
                         f"{sorted(row)}.{did_you_mean(missing[0], row)} Fix the template or the data")
-    empty = [f for f in PLACEHOLDER.findall(template) if row[f] is None]
+    empty = [f for f in names if row[f] is None]
     if empty:  # str(None) would put the word "None" into the prompt
         raise DataError(f"{where}: field '{empty[0]}' is null; fill or drop that row")
-    odd = [f for f in PLACEHOLDER.findall(template) if not isinstance(row[f], str) and (
+    odd = [f for f in names if not isinstance(row[f], str) and (
            not isinstance(row[f], numbers.Real) or isinstance(row[f], bool) or not math.isfinite(row[f]))]
     if odd:  # a list, a mapping, true or NaN went into the prompt as "['a', 'b']", "True" or "nan"
         raise DataError(f"{where}: field '{odd[0]}' holds {row[odd[0]]!r}, not text or a number; fix or drop "
                         "that row")
-    blank = [f for f in PLACEHOLDER.findall(template) if isinstance(row[f], str) and not row[f].strip()]
+    blank = [f for f in names if isinstance(row[f], str) and not row[f].strip()]
     if blank:  # the prompt "Review: \nSentiment:" was scored as an example (found by review)
         raise DataError(f"{where}: field '{blank[0]}' is empty ({row[blank[0]]!r}); fill or drop that row")
-    return {f: str(row[f]) for f in PLACEHOLDER.findall(template)}
+    return {f: str(row[f]) for f in names}
 
 
 def check_answer_texts(answers: Sequence[str], where: str, case: bool = True) -> None:

@@ -101,6 +101,7 @@ def run(overrides: list[str], every: int, tasks: list[str], shots: list[int], pr
     task_objs = [ginc_task(t) for t in tasks]
     if any(t is None for t in task_objs):
         raise SystemExit(f"--tasks: every task must be a GINC task (ginc, ginc_l3, ginc_ood, ...), got {tasks}")
+    check_tasks(evaluator, task_objs, shots, prompts, log)  # before training, not at the first score (review)
     rows, losses, train_s, step = [], [], 0.0, 0
     tokens_per_step = c.loader.batch_size * model_config.block_size * c.accumulate
     # the window order of train.py's first (single-process) run: TokenDataModule.train_dataloader at step 0
@@ -122,6 +123,24 @@ def run(overrides: list[str], every: int, tasks: list[str], shots: list[int], pr
     result = {"overrides": overrides, "max_steps": c.max_steps, "tasks": tasks, "shots": shots, "prompts": prompts,
               "attention": c.model.attention.kind, "precision": c.trainer["precision"], "rows": rows}
     return result, model
+
+
+def check_tasks(evaluator, task_objs: list, shots: list[int], prompts: int, log=print) -> None:
+    """The tasks' prompts against the model's context and the prompt count, before any training (they were first
+    met at step --every, after its minutes, in messages naming evaluate.py's keys): ConfigError naming the flags;
+    a k that does not fit is said (its column reads '-')."""
+    from momattn.errors import ConfigError
+    from momattn.eval.ginc import check_prompt_count
+
+    check_prompt_count(task_objs, prompts, key="--prompts")
+    for t in task_objs:
+        try:
+            fit = evaluator.k_max_fit(t)
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("icl.tasks: ", "--tasks: ", 1)) from None
+        if over := [k for k in shots if k > fit]:
+            log(f"note: --shots {','.join(map(str, over))}: at most {fit} examples of task '{t.name}' fit the "
+                f"model's {evaluator.context}-token context; its column reads '-'")
 
 
 def file_name(overrides: list[str]) -> str:

@@ -119,15 +119,18 @@ def _against(reader, tag: str, count: str, prompts, g0: np.ndarray, gk: np.ndarr
     return out
 
 
-def probe_run(path: Path, config: dict, n: int, seed: int, K: int) -> dict:
+def probe_run(path: Path, world, n: int, seed: int, K: int) -> dict:
     from momattn.checkpoint import load_checkpoint
     from momattn.eval.config import IclConfig
-    from momattn.eval.ginc import GincEvaluator, ginc_task, ginc_world
+    from momattn.eval.ginc import GincEvaluator, ginc_task
 
     model, tok = load_checkpoint(str(path), map_location="cpu")
     model.eval()
-    world = ginc_world(config.get("data"))
     ev = GincEvaluator(model, tok, IclConfig(tasks=list(TASKS), shots=[0, K], seeds=[seed], max_examples=n), world)
+    for name in TASKS:  # before any scoring (the evaluator's own guard fired after k = 0, naming no flag: review)
+        if K > (fit := ev.k_max_fit(ginc_task(name))):
+            raise SystemExit(f"error: --k {K}: at most {fit} examples of task '{name}' fit the model's "
+                             f"{ev.context}-token context; give --k {fit} or less")
     out = {}
     for name in TASKS:
         task = ginc_task(name)
@@ -215,6 +218,7 @@ def markdown(doc: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from momattn.errors import UserError
     from momattn.eval.ginc import ginc_task, ginc_world
     from momattn.eval.sweep import distinct, find_runs
 
@@ -235,13 +239,21 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"error: the runs under {a.sweep} hold {len({r.setting for r in runs})} training settings "
                          "(configs that differ beyond seed and attention); probe one setting's folder at a time")
     runs = distinct(runs, [])  # a second run of one attention and seed is left out (named), as the verdict does
-    world = ginc_world(runs[0].config.get("data"))
-    if any(ginc_world(r.config.get("data")).fingerprint() != world.fingerprint() for r in runs):
+    # each run's world checked against the one its checkpoint trained on, as evaluate.py does (a changed generator
+    # would have scored another world's prompts and labels without a word; found by review)
+    worlds = []
+    for r in runs:
+        try:
+            worlds.append(ginc_world(r.config.get("data"), trained_on=r.meta.get("data_fingerprint")))
+        except UserError as e:
+            raise SystemExit(f"error: {r.path}: {e}") from None
+    world = worlds[0]
+    if any(w.fingerprint() != world.fingerprint() for w in worlds):
         raise SystemExit("error: the runs were trained on different GINC worlds; probe one world at a time")
     t0 = time.time()
     per_run = []
     for i, run in enumerate(runs):
-        res = probe_run(run.path, run.config, a.prompts, a.seed, a.k)
+        res = probe_run(run.path, world, a.prompts, a.seed, a.k)
         per_run.append({"attention": run.attention, "seed": run.seed, "checkpoint": str(run.path), "tasks": res})
         print(f"[{i + 1}/{len(runs)}] {run.attention} seed {run.seed}: " + ", ".join(
             f"{t} acc {100 * r['acc_0']:.1f} -> {100 * r['acc_K']:.1f}, agree {100 * r['agree_0']:.1f} -> "

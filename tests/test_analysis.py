@@ -1071,6 +1071,18 @@ def test_the_ood_probe_leaves_out_a_repeated_run_and_refuses_mixed_settings(tmp_
     torch.save(state, ckpt)
     with pytest.raises(SystemExit, match="hold 2 training settings"):
         ginc_ood_probe.main(["--sweep", str(sweep), "--prompts", "6", "--k", "2", "--out", str(tmp_path / "out")])
+    # a --k past the context is named before any scoring (the evaluator's guard fired after k = 0: review)
+    ckpt.unlink()
+    with pytest.raises(SystemExit, match=r"--k 1000: at most \d+ examples of task 'ginc' fit"):
+        ginc_ood_probe.main(["--sweep", str(sweep), "--prompts", "6", "--k", "1000", "--out", str(tmp_path / "o2")])
+    # a world other than the one the checkpoint trained on (a changed generator) is refused, as evaluate.py does;
+    # it was scored without a word
+    ckpt = sweep / "0" / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=False)
+    state["momattn"]["data_fingerprint"] = "another world"
+    torch.save(state, ckpt)
+    with pytest.raises(SystemExit, match="last.ckpt.*not the one the model trained on"):
+        ginc_ood_probe.main(["--sweep", str(sweep), "--prompts", "6", "--k", "2", "--out", str(tmp_path / "o3")])
 
 
 

@@ -26,7 +26,9 @@ def test_curve_trains_exactly_as_train_py_and_scores_at_every_interval(tmp_path)
     last = result["rows"][-1]
     assert 0 <= last["ginc k=0"] <= 100 and 0 <= last["ginc_ood k=2"] <= 100
     assert last["ginc k=32"] is None  # 32 examples of 5 symbols do not fit a 64-token context
-    assert len(rows) == 2 and result["precision"] == "32-true"
+    assert len(rows) == 4 and result["precision"] == "32-true"  # a note for each task that 32 does not fit
+    assert rows[0].startswith("note: --shots 32: at most 9 examples of task 'ginc' fit the model's 64-token")
+    assert rows[1].startswith("note: --shots 32: at most 9 examples of task 'ginc_ood' fit")
 
     proc = run_cli("train.py", ["experiment=ginc", *TINY, "run_eval=false", "logger=none",
                                 f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
@@ -43,6 +45,19 @@ def test_curve_refuses_a_task_that_is_not_ginc():
 
     with pytest.raises(SystemExit, match="GINC task"):
         ginc_curve.run(TINY, every=2, tasks=["sst2"], shots=[0], prompts=4)
+
+
+def test_a_task_or_a_prompt_count_it_cannot_score_is_refused_before_training(monkeypatch, capsys):
+    """They were met at the first score, --every steps of training later, in messages naming evaluate.py's keys."""
+    import harness
+
+    monkeypatch.setattr(harness, "train_step", lambda *a: (_ for _ in ()).throw(AssertionError("trained")))
+    monkeypatch.setattr(ginc_curve, "train_step", harness.train_step)
+    assert ginc_curve.main(["--every", "2", "--tasks", "ginc,ginc_l70", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "--tasks: 'ginc_l70': a GINC prompt of examples of length 70 needs" in err and "Traceback" not in err
+    assert ginc_curve.main(["--every", "2", "--prompts", "20000", *TINY]) == 2
+    assert "--prompts=20000 is more prompts than GINC makes at once" in capsys.readouterr().err
 
 
 def test_a_misspelled_override_is_a_message_and_exit_2(capsys):

@@ -7,6 +7,7 @@ import dataclasses
 import math
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -58,6 +59,7 @@ class LitGPT(pl.LightningModule):
         self._train_flops = model.flops_per_token() * tokens_per_batch if tokens_per_batch else None
         self._val_sum, self._val_count, self._rng_to_restore = 0.0, 0, None
         self._step_loss, self._step_finite, self._nonfinite, self._skipped = None, 0, [], 0  # see training_step
+        self.outcome: Callable[[], tuple[dict, dict]] | None = None  # train.py's (speed, logged metrics) so far
         self.last_finite_loss: float | None = None  # the newest step's train/loss over its finite micro-batches
         self._half_norm: torch.Tensor | None = None  # the step's float16 gradients' norm, summed in float32
 
@@ -258,6 +260,10 @@ class LitGPT(pl.LightningModule):
                                  # the newest validation's: a run stopped between its end and summary.json reports
                                  # them on the resume that trains no further (its report had no val/loss)
                                  "val_metrics": {k: float(v) for k, v in _val_metrics(self).items()}}
+        if self.outcome is not None:  # and its train/* metrics and speed (they were missing there: review)
+            speed, logged = self.outcome()
+            checkpoint["momattn"] |= {"speed": speed,
+                                      "train_metrics": {k: v for k, v in logged.items() if k.startswith("train/")}}
         for logger in self.loggers:  # a resume continues the same W&B run
             if isinstance(logger, WandbLogger) and logger.version:
                 checkpoint["momattn"]["wandb_run_id"] = logger.version

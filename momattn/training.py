@@ -43,13 +43,16 @@ from momattn.cli import (
     SWEEP_ENV,
     HydraJob,
     another_runs_checkpoint,
+    best_files_only,
     changed_overrides,
     folder_holds_a_run,
     go_on,
     hold_run_folder,
     hydra_job,
+    resume_arg,
     run_held,
     same_run,
+    saved_checkpoints,
     search_stop,
 )
 from momattn.config import TrainConfig, load_train_config, world_size
@@ -317,6 +320,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         return ({**throughput_summary(throughput), "fit_seconds": round(time.perf_counter() - t0, 1),
                  **({"fit_from_step": start_step} if start_step else {}), **passes}, logged)
 
+    lit.outcome = outcome  # into each checkpoint: a resume that trains no steps reports them (see below)
     failed = True  # until the run returns or is preempted (resumable): W&B marks the run by it
     grace = min(RANK_GRACE_S, c.dist_timeout_s)  # a rank that ended: rank 0's own error first (lightning_compat)
     compat.patient_observer(grace, lambda rank, how: _rank_lost(rank, how, grace, out_dir, job))
@@ -343,8 +347,12 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         eval_model = _evaluation_model(trainer, model, bool(c.run_eval and c.eval))  # FSDP: rank 0's full copy
         if trainer.is_global_zero:  # DDP: rank 0 reports and evaluates
             kept = None if trained else _kept_summary(out_dir / "summary.json", trainer.global_step)
-            if kept is None and not trained:  # stopped before its summary: the checkpoint's last validation
-                metrics = {**(resume.get("val_metrics") or {}), **metrics}
+            if kept is None and not trained:  # stopped before its summary: the checkpoint's last validation, train
+                # metrics and speed (the summary had no train/loss or tokens/s: found by review)
+                metrics = {**(resume.get("train_metrics") or {}), **(resume.get("val_metrics") or {}), **metrics}
+                if not speed.get("tokens_per_sec") and (saved := resume.get("speed")):
+                    speed = {**saved, "speed_note": f"measured by the process that saved {ckpt_path} (this one "
+                             "trained no steps)"}
             if kept is None:
                 _report(c, trainer, metrics, loggers, _unigram(train, dm, trainer.world_size, tokenizer.n_ids), speed,
                         out_dir, (tokenizer.vocab_size, model_config.vocab_size), None if trained else ckpt_path)
@@ -837,19 +845,25 @@ class SigtermOutsideFit:
         where = {"start": "before training started", "fit": "outside the training steps (while trainer.fit set up "
                  "or tore down)"}.get(self.phase, "after training (its report or evaluation)")
         newest = newest_checkpoint(self.out_dir)
-        others = sorted(p.name for p in (self.out_dir / "checkpoints").glob("*.ckpt")) if newest.startswith("no ") \
-            else []
+        held = run_held(self.out_dir) if newest.startswith("no ") else None  # what the same command would refuse
+        again = f"{resume_prefix(self.out_dir)}python train.py {_retyped(self.out_dir, self.job)}"
         hint = f"\n[momattn] {signame} {where}: "
-        if others:  # save_last=false: best files only, which a resume does not read
+        if held is not None and best_files_only(held):  # save_last=false: best files only, which ckpt_path=last
+            others = sorted(p.name for p in saved_checkpoints(self.out_dir))  # does not read; the same command
+            # refuses to overwrite them (it was advised; found by review)
             hint += (f"no last.ckpt (save_last is off); {self.out_dir / 'checkpoints'} holds {', '.join(others)}, "
-                     "which evaluate.py reads; training again means running the same command")
+                     f"which evaluate.py reads.\nResume from the newest with: {again} {resume_arg(held)} "
+                     f"{shell_arg('hydra.run.dir', self.out_dir)} (it trains on from that file's step)").replace("  ", " ")
+        elif held is not None:  # callbacks=none, stopped after its summary: the same command is refused there
+            hint += (f"{newest}. The run keeps no checkpoints (no ModelCheckpoint callback), so its trained model is "
+                     f"lost and its evaluation cannot be finished; to train it again, delete {self.out_dir} (its "
+                     "summary.json is kept there) or train in another folder (hydra.run.dir=...)")
         elif newest.startswith("no "):
             hint += newest + (". Nothing was trained" if self.phase in ("start", "fit") else
                               ". The run keeps no checkpoints (no ModelCheckpoint callback), so its training is "
                               "lost") + ": run the same command again."
         else:
-            hint += (f"{newest}.\nResume with: {resume_prefix(self.out_dir)}python train.py "
-                     f"{_retyped(self.out_dir, self.job)} ckpt_path=last "
+            hint += (f"{newest}.\nResume with: {again} ckpt_path=last "
                      f"{shell_arg('hydra.run.dir', self.out_dir)}"
                      + (" (it trains no further; the report and evaluation are done again)" if self.phase == "end"
                         else "")).replace("  ", " ")

@@ -568,6 +568,10 @@ def test_resuming_a_finished_run_keeps_its_summary(reference_run, tmp_path):
     assert summary["steps"] == 9  # what the run knows without training
     # and its last validation, kept in the checkpoint: a SIGTERM between fit's end and summary.json lost val/loss
     assert summary["val/loss"] == pytest.approx(before["val/loss"]) and "final val/loss" in r.stderr
+    # its train metrics and speed too, measured by the process that trained (they were missing: found by review)
+    for key in ("train/loss", "train/lr", "tokens_per_sec", "tokens_per_sec_mean"):
+        assert summary.get(key) == pytest.approx(before[key]), key
+    assert "this one trained no steps" in summary["speed_note"] and "throughput not measured" not in r.stderr
     # a summary of an earlier end (finished at 6, extended, stopped by a SIGTERM at 9, resumed with max_steps=9) is
     # not the step-9 model's: reported again, not kept, and its W&B run resumed (found by review)
     (run / "summary.json").write_text(json.dumps({**before, "steps": 6, "val/loss": 99.0}))
@@ -1064,7 +1068,18 @@ def test_a_sigterm_before_or_after_fit_says_what_is_saved_and_exits_143(tmp_path
         (tmp_path / "checkpoints").mkdir()
         (tmp_path / "checkpoints" / "best-step5.ckpt").touch()
         guard.job, guard.phase = HydraJob(overrides=[]), "end"
-        assert "no last.ckpt (save_last is off); " in sigterm() and guard.fired
+        err = sigterm()
+        assert "no last.ckpt (save_last is off); " in err and guard.fired
+        # the same command, which it advised, is refused in a folder holding these files (found by review)
+        assert (f"Resume from the newest with: python train.py ckpt_path={tmp_path}/checkpoints/best-step5.ckpt "
+                f"hydra.run.dir={tmp_path} (it trains on from that file's step)") in err
+        # callbacks=none, stopped in its evaluation after its summary: the same command is refused there too
+        (tmp_path / "checkpoints" / "best-step5.ckpt").unlink()
+        (tmp_path / "summary.json").write_text("{}")
+        err = sigterm()
+        assert (f"its trained model is lost and its evaluation cannot be finished; to train it again, delete "
+                f"{tmp_path} (its summary.json is kept there) or train in another folder") in err
+        assert "run the same command" not in err
         # a process forked from this one (datasets' tokenizing pool) dies of the signal, silently, as before: five
         # copies of the hint came out, and the pool's own error then replaced the SystemExit
         pid = os.fork()

@@ -216,6 +216,8 @@ def check_jobs(sweep: Sweep, overrides: list[str], search: bool = False) -> None
                                   "own folder under hydra.sweep.dir")
     finally:
         HydraConfig.instance().cfg = previous
+    if not search:
+        check_resumed_folders(sweep, overrides, folders)
     if max(local, default=1) > 1 and not launcher.endswith("BasicLauncher"):
         # Lightning starts a job's other processes by running its command line again, which a joblib or local
         # submitit worker does not have: a TerminatedWorkerError or an UncompletedJobError traceback (found by review)
@@ -237,6 +239,28 @@ def check_jobs(sweep: Sweep, overrides: list[str], search: bool = False) -> None
                           "jobs alongside rank 0 (a job on another count crashed them); give the jobs of one sweep one "
                           "trainer.devices, and sweep each count in a sweep of its own (hydra.sweep.dir=<parent>/<name>), "
                           "then compare them all: python evaluate.py sweep_dir=<parent>")
+
+
+def check_resumed_folders(sweep: Sweep, overrides: list[str], folders: dict[Path, int]) -> None:
+    """A sweep resumed with ckpt_path=last under a subdir of its own (e.g. ${hydra.job.override_dirname}), whose
+    jobs' folders (`folders`, check_jobs') are none of the trained ones the sweep folder holds: the folder names
+    took the command line's settings, which differ from the sweep's, and every job retrained from step 0 in new
+    folders beside the old (found by review). ConfigError; jobs under the default subdir are check_resume's."""
+    from momattn.cli import _last, run_held
+    from momattn.errors import ConfigError
+
+    if (_last(overrides, "ckpt_path") != "last" or not sweep.sweep_dir or "${" in sweep.sweep_dir
+            or sweep.subdir == "${hydra.job.num}" or any(f.exists() for f in folders)):
+        return
+    root = Path(sweep.sweep_dir).expanduser().resolve()
+    held = sorted({d for p in root.rglob(".hydra") if run_held(d := p.parent)}) if root.is_dir() else []
+    if held:
+        raise ConfigError(f"hydra.sweep.subdir={sweep.subdir}: none of the resumed jobs' folders (e.g. "
+                          f"{min(folders)}) is one of the {len(held)} trained job folder(s) {root} holds (e.g. "
+                          f"{held[0]}): the folder names take the command line's settings, which differ from the "
+                          "sweep's, and every job would retrain from step 0 in a new folder; nothing was started. "
+                          "Resume with the sweep's original overrides plus ckpt_path=last"
+                          + (f": {original}" if (original := _original_command(root, sweep.sweep_dir)) else ""))
 
 
 def check_search(config_name: str, overrides: list[str]) -> None:

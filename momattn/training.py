@@ -863,10 +863,14 @@ class SigtermOutsideFit:
                               ". The run keeps no checkpoints (no ModelCheckpoint callback), so its training is "
                               "lost") + ": run the same command again."
         else:
-            hint += (f"{newest}.\nResume with: {again} ckpt_path=last "
-                     f"{shell_arg('hydra.run.dir', self.out_dir)}"
-                     + (" (it trains no further; the report and evaluation are done again)" if self.phase == "end"
-                        else "")).replace("  ", " ")
+            no_further = " (it trains no further; the report and evaluation are done again)" if self.phase == "end" \
+                else ""
+            if self.job.sweep_dir is not None and not _jobs_in_sweep_process():  # a joblib or submitit job: the
+                # sweep's resume, as a job stopped in fit says (its own left it out of the sweep: found by review)
+                hint += f"{newest}.\n{go_on(self.job, self.out_dir)}"
+            else:
+                hint += (f"{newest}.\nResume with: {again} ckpt_path=last {shell_arg('hydra.run.dir', self.out_dir)}"
+                         + no_further).replace("  ", " ")
         if self.job.sweep_dir is not None and _jobs_in_sweep_process():  # other launchers end a job their own way
             hint += "\n" + _sweep_stop(self.job, self.out_dir, signame)
         return hint

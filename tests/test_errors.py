@@ -169,6 +169,23 @@ def test_a_value_one_job_of_a_sweep_takes_is_refused_before_any_job_trains(tmp_p
         check_jobs(plan_sweep("train", wandb_id), wandb_id)
     by_seed = [*SMOKE, "seed=1,2", "logger=wandb", "logger.wandb.id=run-${seed}"]  # one id per job: fine
     check_jobs(plan_sweep("train", by_seed), by_seed)
+    # a sweep under ${hydra.job.override_dirname} resumed with ckpt_path=last: the jobs' folders took ckpt_path in
+    # their names, and every job retrained from step 0 in a new folder (found by review); ckpt_path is left out of
+    # them now, and a resume whose folders are none of the trained ones is refused
+    named = [*SMOKE, "seed=1,2", "hydra.sweep.subdir=${hydra.job.override_dirname}", "hydra.sweep.dir=sd",
+             "ckpt_path=last"]
+    check_jobs(plan_sweep("train", named), named)  # nothing trained there yet
+    (tmp_path / "sd" / "old" / ".hydra").mkdir(parents=True)
+    (tmp_path / "sd" / "old" / "checkpoints").mkdir()
+    (tmp_path / "sd" / "old" / "checkpoints" / "last.ckpt").touch()
+    with pytest.raises(ConfigError, match=r"^hydra.sweep.subdir=\$\{hydra.job.override_dirname\}: none of the resumed "
+                                          r"jobs' folders \(e.g. .*sd/[^/]*debug=smoke,seed=1,[^/]*\) is one of the 1 trained "
+                                          r"job folder\(s\) .*sd holds \(e.g. .*sd/old\)") as e:
+        check_jobs(plan_sweep("train", named), named)
+    job0 = Path(re.search(r"\(e.g. (\S*seed=1\S*)\) is", str(e.value)).group(1))
+    assert "ckpt_path" not in job0.name
+    job0.mkdir()  # one of the jobs' own folders is there: its resume goes on
+    check_jobs(plan_sweep("train", named), named)
     subdir = [*SMOKE, "seed=1,2", "hydra.sweep.subdir=x"]  # it blamed paths.output_dir, which was not set
     with pytest.raises(ConfigError, match=r"^hydra.sweep.subdir=x: jobs 0 and 1 of the sweep would write into one "
                                           r"folder, .*; leave hydra.sweep.subdir at its default"):

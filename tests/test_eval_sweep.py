@@ -755,6 +755,16 @@ def test_jobs_a_stopped_sweep_never_started_are_named(tmp_path):
     parent.mkdir()
     sweep = sweep.rename(parent / "a")
     assert _never_started(parent)[0] == "a/1 (never started: seed=1 attention=momentum)"
+    # a subdir of its own (${hydra.job.override_dirname}): the jobs no folder's saved command line holds (they were
+    # left out unnamed: found by review)
+    mr = (sweep / "multirun.yaml").read_text().replace("'${hydra.job.num}'", "'${hydra.job.override_dirname}'")
+    (sweep / "multirun.yaml").write_text(mr)
+    for name, overrides in (("0", ["debug=smoke", "attention=vanilla", "seed=1"]),
+                            ("x/y", ["debug=smoke", "seed=2", "attention=momentum", "ckpt_path=last"])):
+        (sweep / name / ".hydra").mkdir(parents=True, exist_ok=True)
+        (sweep / name / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    assert _never_started(sweep) == ["1 (never started: seed=1 attention=momentum)",
+                                     "2 (never started: seed=2 attention=vanilla)"]
     (sweep / "multirun.yaml").write_text("hydra: {sweeper: {_target_: optuna}}\n")  # a search: no fixed job list
     assert _never_started(sweep) == []
 

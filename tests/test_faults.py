@@ -1062,7 +1062,9 @@ def test_a_sigterm_before_or_after_fit_says_what_is_saved_and_exits_143(tmp_path
         monkeypatch.setattr(momattn.training, "_jobs_in_sweep_process", lambda: True)
         assert "[momattn] SIGTERM: the sweep stops at job 2; run the same command with ckpt_path=last" in sigterm()
         monkeypatch.setattr(momattn.training, "_jobs_in_sweep_process", lambda: False)  # joblib, submitit: their own way
-        assert "the sweep stops" not in sigterm()
+        err = sigterm()  # and the sweep's resume, not the job's own (which left it out of the sweep: found by review)
+        assert "the sweep stops" not in err and "hydra.run.dir" not in err
+        assert "Resume with: ckpt_path=last hydra.sweep.dir=multirun/x (the same command; each job resumes" in err
         # save_last=false: best files only, no last.ckpt: not "its training is lost"
         monkeypatch.setattr(momattn.training, "newest_checkpoint", lambda d: "no checkpoint was written yet")
         (tmp_path / "checkpoints").mkdir()

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -359,15 +360,28 @@ def _never_started_in(sweep_dir: Path) -> list[str]:
         jobs = cross_jobs(sweeper_params(cfg), [str(o) for o in cfg.hydra.overrides.task]) if basic else None
     except Exception:  # no multirun.yaml (a single run, a hand-made folder), or not Hydra's: nothing to add
         return []
-    if not jobs or subdir != "${hydra.job.num}":
+    if not jobs:
         return []
     values: dict[str, set] = defaultdict(set)
     for job in jobs:
         for o in job:
             values[o.split("=", 1)[0]].add(o)
     swept = {k for k, v in values.items() if len(v) > 1}  # what tells the jobs apart (seed=2), not every setting
-    return [f"{i} (never started: {' '.join(o for o in job if o.split('=', 1)[0] in swept) or 'the sweep stopped before it'})"
-            for i, job in enumerate(jobs) if not (sweep_dir / str(i)).exists()]
+
+    def key(job) -> frozenset:
+        return frozenset(o for o in job if o.split("=", 1)[0] in swept)
+
+    if subdir == "${hydra.job.num}":
+        missing = [i for i in range(len(jobs)) if not (sweep_dir / str(i)).exists()]
+    else:  # a subdir of its own (${hydra.job.override_dirname}, ...): the jobs whose swept values no job folder's
+        # saved command line holds (they were left out unnamed: found by review)
+        started = set()
+        for saved in sweep_dir.rglob(".hydra/overrides.yaml"):
+            with contextlib.suppress(Exception):
+                started.add(key(str(o) for o in OmegaConf.load(saved)))
+        missing = [i for i, job in enumerate(jobs) if key(job) not in started]
+    return [f"{i} (never started: {' '.join(o for o in jobs[i] if o.split('=', 1)[0] in swept) or 'the sweep stopped before it'})"
+            for i in missing]
 
 
 def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:

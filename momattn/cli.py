@@ -960,7 +960,9 @@ def check_output_dir(overrides: list[str], multirun: bool, cwd: Path | None = No
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     given = _last(overrides, key)
     target = given if given else ("multirun" if multirun else "outputs")
-    target = target.split("${", 1)[0] or "."  # an interpolated folder (${now:...}): its fixed prefix
+    prefix = target.split("${", 1)[0]  # an interpolated folder (${now:...}): the folder its fixed prefix names,
+    target = prefix if prefix == target or prefix.endswith("/") else os.path.dirname(prefix)  # not run_ of run_${now:}
+    target = target or "."  # (an empty run_ folder was left beside each run: found by review)
     folder = (cwd or Path.cwd()) / Path(target)
     try:
         folder.mkdir(parents=True, exist_ok=True)

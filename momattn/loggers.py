@@ -161,7 +161,7 @@ class _ContinuingWriter(_AtomicWriter):
         kept = [r for r in rows if before(r)]
         if len(kept) < len(rows):
             buf = io.StringIO()
-            csv.writer(buf, lineterminator="\n").writerows([header, *kept])
+            csv.writer(buf).writerows([header, *kept])  # Lightning's dialect (\r\n), as the rows it appends (review)
             atomic_write_text(Path(self.metrics_file_path), buf.getvalue())
 
 

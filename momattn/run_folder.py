@@ -75,7 +75,8 @@ class ClaimRunFolder(Callback):
     def on_run_start(self, config, **kwargs) -> None:
         if (self.kind == "training run" and _claimed_before_hydra(config)) or other_rank():  # other ranks share
             return  # their first process's folder; evaluate.py's and analyze.py's are claimed here alone
-        timed = "${now:" in str(OmegaConf.to_container(config.hydra.run, resolve=False).get("dir", ""))
+        pattern = str(OmegaConf.to_container(config.hydra.run, resolve=False).get("dir", ""))
+        timed = "${now:" in pattern
         name = str(OmegaConf.select(config, "hydra.run.dir"))  # Hydra's `now` is cached: run_job reads the same
         if not timed and self.kind != "training run" and (found := _a_training_runs(Path(name))):
             why, run = found
@@ -105,8 +106,9 @@ class ClaimRunFolder(Callback):
             return
         with read_write(config.hydra.run), open_dict(config.hydra.run):
             config.hydra.run.dir = candidate
-        print(f"[momattn] {name} was taken by a run started in the same second; this run writes to {candidate}",
-              file=sys.stderr, flush=True)
+        why = "was taken by a run started in the same second" if "%S" in pattern else \
+            "exists already (another run of this hydra.run.dir pattern)"  # a day's folder: not of one second (review)
+        print(f"[momattn] {name} {why}; this run writes to {candidate}", file=sys.stderr, flush=True)
 
     def on_multirun_start(self, config, **kwargs) -> None:
         folder = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))).resolve()  # `now` cached for the launcher

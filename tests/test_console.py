@@ -235,6 +235,10 @@ def test_command_line_forms_that_hydra_reads_its_own_way(tmp_path):
         with pytest.raises(ConfigError, match=says):
             check_output_dir([bad], multirun=False, cwd=tmp_path)
     assert not (tmp_path / "outputs").exists()  # refused before any folder was made
+    # a name with ${now:...} inside it: its parent is made, not a stray 'day_' beside the run (found by review)
+    check_output_dir(["hydra.run.dir=runs/day_${now:%Y-%m-%d}"], multirun=False, cwd=tmp_path)
+    check_output_dir(["hydra.sweep.dir=sweeps/${now:%Y}/x"], multirun=True, cwd=tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["runs", "sweeps"]
     # on the command line: the quoted ~ was refused only after the run folder './~/x' had been locked (made);
     # unquoted, Hydra's lexer error
     for arg, says in (("hydra.run.dir='~/x'", "it would make a folder named '~'"),
@@ -426,6 +430,8 @@ def test_metrics_csv_is_continued_only_by_a_resume(tmp_path):
     # a run killed after its checkpoint (step 2) had logged steps 2-4: the resume logs them again, once
     log([1, 2, 3, 4], resumed=True, start_step=1)
     assert log([2, 3], resumed=True, start_step=2) == ["step,train/loss", "0,0.0", "1,1.0", "2,2.0", "3,3.0"]
+    # in one line ending, Lightning's \r\n: the rows kept had \n, the rows appended \r\n (found by review)
+    assert (tmp_path / "metrics.csv").read_bytes().count(b"\r\n") == 5
 
 
 def test_metrics_csv_survives_a_failure_while_a_new_column_rewrites_it(tmp_path, monkeypatch, capsys):

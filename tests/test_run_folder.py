@@ -67,6 +67,11 @@ def test_a_timed_folder_another_run_holds_moves_this_run_to_the_next_free_one(tm
     assert f"{base} was taken by a run started in the same second; this run writes to {base}_3" in capsys.readouterr().err
     fd, holder = lock_folder(f"{base}_3")  # another process's view: held, and by this one
     assert fd is None and f"process {os.getpid()}" in holder
+    cfg, day = config(f"{tmp_path}/day_${{now:%Y-%m-%d}}")  # a pattern not of the second: not said to be (review)
+    day.mkdir()
+    ClaimRunFolder().on_run_start(cfg)
+    assert f"{day} exists already (another run of this hydra.run.dir pattern); this run writes to {day}_2" in \
+        capsys.readouterr().err
 
 
 def test_a_timed_folder_a_run_of_that_second_left_is_not_reused(tmp_path, held):

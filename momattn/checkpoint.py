@@ -318,7 +318,12 @@ def newest_checkpoint(out_dir: Path) -> str:
     try:
         return f"{last} is at step {read_meta(last)['global_step']}"
     except Exception:
-        return "no checkpoint was written yet"
+        from momattn.cli import saved_checkpoints
+
+        others = sorted(p.name for p in saved_checkpoints(out_dir) if p.name != "last.ckpt")  # (save_last=false: it
+        # said "no checkpoint was written yet" beside them; found by review)
+        return f"no last.ckpt, but {out_dir / 'checkpoints'} holds {', '.join(others)}" if others else \
+            "no checkpoint was written yet"
 
 
 def model_config_from(meta: dict, path: str | os.PathLike | None = None) -> GPTConfig:

@@ -94,6 +94,8 @@ class TrainConfig(RunConfig):
         return dataclasses.replace(self.model, vocab_size=-(-vocab_size // m) * m)
 
 
+MAX_DIST_TIMEOUT_S = 10**8  # dist_timeout_s's bound (torch's store timeout overflows past ~9.2e9 s)
+
 def _resolve(cfg: DictConfig | Mapping) -> dict[str, Any]:
     """The composed config as plain, resolved containers (Hydra's own `hydra` node dropped)."""
     if not isinstance(cfg, DictConfig):
@@ -476,6 +478,10 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
         raise empty_ckpt_path(run.ckpt_path)
     if run.dist_timeout_s < 1:
         raise ConfigError(f"dist_timeout_s={run.dist_timeout_s}: the seconds to wait for every node must be >= 1")
+    if run.dist_timeout_s > MAX_DIST_TIMEOUT_S:  # torch's store overflowed past ~9e9 s: its C++ frames, then advice
+        # to raise it further (found by review)
+        raise ConfigError(f"dist_timeout_s={run.dist_timeout_s}: the seconds to wait for every node must be <= "
+                          f"{MAX_DIST_TIMEOUT_S:.0e} (about 3 years), which torch can hold; give that for no limit")
     if not str((raw.get("paths") or {}).get("output_dir", ".") or "").strip():  # its '/checkpoints' was blamed
         raise ConfigError("paths.output_dir is empty: it is the run folder; leave it (it follows hydra.run.dir), or "
                           "give the run folder with hydra.run.dir=<folder>")

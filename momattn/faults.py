@@ -19,6 +19,7 @@ Nothing in the training code knows about this module.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -61,6 +62,11 @@ def _die(why: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _is_fsdp_temp(path) -> bool:
+    """Whether `path` is an FSDP save's temporary folder, .<checkpoint name>.tmp (strategies.FSDPStrategy)."""
+    return isinstance(path, (str, os.PathLike)) and re.fullmatch(r"\..+\.ckpt\.tmp", Path(path).name) is not None
+
+
 class KillDuringSave:
     """Once armed, SIGKILL this process while a temp file of the atomic writer is being written.
 
@@ -79,7 +85,9 @@ class KillDuringSave:
         if not isinstance(path, (str, os.PathLike)):
             return False
         m = TEMP_NAME.fullmatch(Path(path).name)  # momattn.io.atomic_write's temporary file
-        return bool(m) and int(m.group(1)) == os.getpid()
+        # or a shard in an FSDP save's temporary folder (strategies.FSDPStrategy: .<name>.tmp/, renamed into place
+        # once whole), which torch writes itself: the fault never fired there (found by review)
+        return bool(m) and int(m.group(1)) == os.getpid() or _is_fsdp_temp(Path(path).parent)
 
     def _audit(self, event: str, args: tuple) -> None:
         if not self.armed:
@@ -87,8 +95,9 @@ class KillDuringSave:
         if event == "open" and not self._fired and self._is_temp(args[0]) and any(m in str(args[1]) for m in "wxa+"):
             self._fired = True  # atomic_write opens with 'xb'
             threading.Thread(target=self._watch, args=(Path(args[0]),), daemon=True).start()
-        elif event == "os.rename" and self._is_temp(args[0]):  # also after the open fired: a small file on a busy
-            _die(f"before renaming {args[0]}")  # machine was written and renamed before the watcher ran ("survived")
+        elif event == "os.rename" and (self._is_temp(args[0]) or _is_fsdp_temp(args[0])):  # also after the open
+            _die(f"before renaming {args[0]}")  # fired: a small file on a busy machine was written and renamed
+            # before the watcher ran ("survived")
 
     @staticmethod
     def _watch(tmp: Path) -> None:
@@ -164,5 +173,6 @@ class FaultInjection(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         # called while the checkpoint dict is assembled, right before the checkpoint IO plugin writes it
-        if self._save_killer is not None and trainer.global_step >= self.step:
+        if self._save_killer is not None and trainer.global_step >= self.step \
+                and (self.rank is None or trainer.global_rank == self.rank):  # (it armed every rank: review)
             self._save_killer.armed = True

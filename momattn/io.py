@@ -227,6 +227,28 @@ def swap_into(new: Path, path: Path) -> None:
     remove_path(old)
 
 
+def recover_swaps(folder: Path) -> list[tuple[Path, Path]]:
+    """The checkpoints a swap_into cut short (a kill between its two renames) left aside, renamed back: X where
+    .X.old is there and X is not takes the new one (.X.tmp, FSDP's folder, or .X.new), complete by then, else the
+    old. Its newest checkpoint was hidden: `ckpt_path=last` offered only older best files (found by review).
+    Returns (restored, from) pairs."""
+    out = []
+    for old in sorted(Path(folder).glob(".*.old")):
+        path = old.with_name(old.name[1:-len(".old")])
+        if path.exists() or path.is_symlink():
+            continue  # the swap was done; the next one removes .old
+        new = next((n for n in (path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.new"))
+                    if n.is_file() or (n / ".metadata").is_file()), old)  # a folder: torch's index written last
+        try:
+            new.rename(path)
+        except OSError:  # another process of the job got there first
+            continue
+        out.append((path, new))
+        if new != old:
+            remove_path(old)
+    return out
+
+
 def file_id(p: Path) -> tuple:
     """One file however it is named: a symlink and its target, or two hard links, are the same file."""
     st = p.stat()

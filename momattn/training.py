@@ -79,7 +79,7 @@ from momattn.errors import (
     NonFiniteLossError,
     first_line,
 )
-from momattn.io import atomic_write_text, json_text, remove_stale_temps
+from momattn.io import atomic_write_text, json_text, recover_swaps, remove_stale_temps
 from momattn.lit import LitGPT
 from momattn.loss import before_compile
 from momattn.memory import check_fits
@@ -166,6 +166,11 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     # holds the run folder (a minute's wait kept a resume-at-once's for good in the finished run: DDP review)
     for tmp in remove_stale_temps(out_dir / "checkpoints", idle_s=0):
         print(f"[momattn] removed {tmp.name}, a partial checkpoint of a killed process", file=sys.stderr)
+    remove_stale_temps(out_dir, idle_s=0)  # a summary.json's or log's, kept for good (DDP review)
+    if rank_zero_only.rank == 0:  # a checkpoint a kill left aside between swap_into's renames
+        for path, source in recover_swaps(out_dir / "checkpoints"):
+            print(f"[momattn] restored {path} from {source.name}, which a process killed while it replaced the "
+                  "checkpoint left aside", file=sys.stderr)
     if summary := _finished_uncheckpointed(c, job, out_dir):  # (every rank: a sweep's later jobs run on the ranks it
         value = summary.get(c.optimized_metric)  # started)
         return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

@@ -1046,3 +1046,33 @@ def test_a_tokenizer_that_multiplies_text_is_refused_before_it_reads_a_corpus(to
     with pytest.raises(CheckpointError, match=r"^checkpoint 'c.ckpt': its tokenizer turns \d+ characters of plain "
                                               r"text into [\d,]+ tokens .* it is crafted or damaged"):
         checkpoint_tokenizer({"tokenizer": json.dumps(crafted)}, "c.ckpt")
+
+
+def test_a_checkpoint_a_kill_left_aside_between_two_renames_is_restored(tmp_path):
+    """swap_into renames the checkpoint to .X.old, then the new one (.X.tmp, FSDP's folder, or .X.new) to X: a kill
+    in between hid the newest checkpoint, and ckpt_path=last offered older best files only (found by review)."""
+    from momattn.checkpoint import newest_checkpoint
+    from momattn.io import recover_swaps
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    (ckpts / ".last.ckpt.old").write_text("old")  # a file checkpoint: the new one complete beside it
+    (ckpts / ".last.ckpt.new").write_text("new")
+    for folder, done in ((".best.ckpt.tmp", True), (".other.ckpt.tmp", False)):  # FSDP folders: one written whole
+        (ckpts / folder).mkdir()
+        (ckpts / folder / "__0_0.distcp").write_text("shard")
+        if done:
+            (ckpts / folder / ".metadata").write_text("index")
+        (ckpts / (folder[:-len(".tmp")] + ".old")).mkdir()
+        (ckpts / (folder[:-len(".tmp")] + ".old") / ".metadata").write_text("old index")
+    (ckpts / "kept.ckpt").write_text("done")  # a swap that was done: its .old is left for the next one
+    (ckpts / ".kept.ckpt.old").write_text("older")
+    restored = {p.name: s.name for p, s in recover_swaps(ckpts)}
+    assert restored == {"last.ckpt": ".last.ckpt.new", "best.ckpt": ".best.ckpt.tmp", "other.ckpt": ".other.ckpt.old"}
+    assert (ckpts / "last.ckpt").read_text() == "new" and (ckpts / "best.ckpt" / ".metadata").read_text() == "index"
+    assert (ckpts / "other.ckpt" / ".metadata").read_text() == "old index"  # the partial new one is not taken
+    assert not (ckpts / ".last.ckpt.old").exists() and (ckpts / "kept.ckpt").read_text() == "done"
+    assert recover_swaps(ckpts) == []
+    # a stop's message names the best files a run without last.ckpt holds (it said nothing was written)
+    (ckpts / "last.ckpt").unlink()
+    assert newest_checkpoint(tmp_path) == f"no last.ckpt, but {ckpts} holds best.ckpt, kept.ckpt, other.ckpt"

@@ -688,7 +688,10 @@ def test_values_a_config_fuzz_found_taken_in_silence_or_failing_late_are_named(t
             ("callbacks.model_checkpoint.filename=" + "x" * 251, "callbacks.model_checkpoint.filename: the checkpoint "
                                                                   "files it names, such as 'xxxx"),  # OSError at
             # the first save: with .ckpt the name has 256 bytes
-            ("logger.csv.name=" + "x" * 300, "logger.csv.name: the name 'xxx")):
+            ("logger.csv.name=" + "x" * 300, "logger.csv.name: the name 'xxx"),
+            # torch's C++ frames, then advice to raise it further (found by review)
+            ("dist_timeout_s=10000000000", "dist_timeout_s=10000000000: the seconds to wait for every node must be "
+                                           "<= 1e+08")):
         extra = ["logger=csv"] if override.startswith("logger.csv") else []
         assert run_expecting(tmp_path, [*SMOKE, *extra, override], ConfigError).startswith(said), override
     # a name without the step, several files kept under a monitor: versioned (-v1 ... -v99), so 252 bytes made a

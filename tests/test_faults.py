@@ -775,6 +775,35 @@ print("survived")
         r.stderr[-2000:]
 
 
+def test_kill_during_save_kills_inside_an_fsdp_save_and_on_its_rank_only(tmp_path):
+    # FSDP's shards are written by torch into .<name>.tmp/, renamed into place once whole: the fault never fired
+    # there (it killed the summary's writer after training instead), and a rank-specific one armed every rank
+    from types import SimpleNamespace
+
+    from momattn.faults import FaultInjection
+
+    script = f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n" + """
+import os, time
+from momattn.faults import KillDuringSave
+k = KillDuringSave(); k.armed = True
+os.mkdir(sys.argv[1])
+with open(os.path.join(sys.argv[1], "__0_0.distcp"), "wb") as f:
+    f.write(b"x" * 10); f.flush(); time.sleep(2); f.write(b"y" * 10)
+print("survived")
+"""
+    (tmp_path / "shard.py").write_text(script)
+    r = run_cli(str(tmp_path / "shard.py"), [str(tmp_path / ".last.ckpt.tmp")], tmp_path, timeout=120)
+    assert r.returncode == -9 and "[fault] SIGKILL while writing" in r.stderr and "__0_0.distcp" in r.stderr, \
+        r.stderr[-2000:]
+    for rank, armed in ((0, False), (1, True)):
+        fault = FaultInjection("kill_during_save@5", rank=1)
+        try:
+            fault.on_save_checkpoint(SimpleNamespace(global_step=5, global_rank=rank), None, {})
+            assert fault._save_killer.armed is armed
+        finally:  # (armed, it SIGKILLs this test process at its next atomic write)
+            fault._save_killer.armed = False
+
+
 def test_a_figure_that_fails_half_way_leaves_the_previous_picture(tmp_path):
     # evaluate.py's and the sweep's plots (ppl.png, icl_*.png, eta_*.png) called fig.savefig(path): a crash or kill
     # mid-save left a truncated PNG; they go through atomic_write now, as analyze.py's did

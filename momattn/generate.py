@@ -180,17 +180,29 @@ class StreamDecoder:
     def __init__(self, decode: Callable[[Sequence[int]], str], context: Sequence[int] = ()):
         self.decode = decode
         self.ids = [int(t) for t in context]
-        self.start = max(len(self.ids) - self.MARGIN, 0)
-        self.shown = decode(self.ids[self.start:]) if self.ids else ""  # the decode of ids[start:] shown so far
+        self.start = -1  # (none yet: _window decodes its own)
+        self.start, self.shown = self._window("")  # the decode of ids[start:] shown so far
         self.held = 0  # tokens whose text is held back (a broken multi-byte character so far)
+
+    def _window(self, text: str) -> tuple[int, str]:
+        """The next `start`, MARGIN tokens before the end, and the decode from there (`text`, the decode from the
+        current start, where it does not move). Where that decode would begin inside a character, a start up to
+        MARGIN tokens further back that does not: a byte-fallback decoder (Llama's <0xNN> tokens) turns a whole
+        run of byte tokens into replacement characters where the run does not begin at a character, and a
+        window cut there printed a newline after a multi-byte character as U+FFFD (found by review)."""
+        end = max(len(self.ids) - self.MARGIN, 0)
+        for start in range(end, max(self.start, end - self.MARGIN) - 1, -1):
+            decoded = text if start == self.start else self.decode(self.ids[start:])
+            if start == 0 or not decoded.startswith("\ufffd"):
+                return start, decoded
+        return end, self.decode(self.ids[end:])  # junk bytes all the way back: cut at the margin, as before
 
     def _release(self, text: str, keep: int = 0) -> str:
         """The part of `text` (the decode of ids[start:]) not shown yet, but its last `keep` characters; `start`
-        then moves up to MARGIN tokens before the end."""
+        then moves up to MARGIN tokens before the end (see _window)."""
         same = len(os.path.commonprefix([self.shown, text]))  # all of `shown`, unless a decoder rewrote its end
         new = text[same:len(text) - keep]
-        start = max(len(self.ids) - self.MARGIN, 0)
-        shown = text if start == self.start else self.decode(self.ids[start:])
+        start, shown = self._window(text)
         self.shown, self.start, self.held = shown[:len(shown) - keep], start, 0
         return new
 

@@ -35,8 +35,12 @@ def _vocab(c) -> tuple[int, str | None]:
     t = c.tokenizer
     if t.kind in FIXED_VOCAB:
         return FIXED_VOCAB[t.kind], None
-    if t.kind == "source" and hasattr(c.data, "n_symbols"):
+    if t.kind == "source" and hasattr(c.data, "n_symbols"):  # GINC's, without building its world
         return c.data.n_symbols + 1, None
+    if t.kind == "source":  # any other source's own tokenizer (it fell to the BPE's 4,096: found by review)
+        from momattn.tokenizer import source_tokenizer
+
+        return source_tokenizer(c.data)().n_ids, None
     path = getattr(t, "path", None)
     if t.kind == "file":  # the file says how many tokens it has
         from momattn.tokenizer import file_tokenizer

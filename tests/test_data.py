@@ -671,7 +671,7 @@ def test_a_local_dataset_folder_keys_the_token_cache_by_its_files(tmp_path):
     assert HubCorpus(name="Salesforce/wikitext").fingerprint() == HubCorpus(name="Salesforce/wikitext").fingerprint()
 
 
-def test_training_text_leaves_out_copies_of_the_held_out_documents(tmp_path):
+def test_training_text_leaves_out_copies_of_the_held_out_documents(tmp_path, capsys):
     # 200 paragraphs and 40 copies of one boilerplate line: 4 val documents were also training documents, so the
     # val loss read too good (found by review); data=hf with val_split=null holds out the same way
     paragraphs = [f"paragraph {i} says something of its own" for i in range(200)] + ["Copyright notice."] * 40
@@ -679,7 +679,12 @@ def test_training_text_leaves_out_copies_of_the_held_out_documents(tmp_path):
     src = TextFiles(paths=[str(tmp_path / "c.txt")], val_fraction=0.1)
     train, val = src.documents("train"), src.documents("val")
     assert "Copyright notice." in val and not set(train) & set(val)
-    assert len(train) + len(val) == 240 - (40 - val.count("Copyright notice."))  # only the training copies dropped
+    dropped = 40 - val.count("Copyright notice.")
+    assert len(train) + len(val) == 240 - dropped  # only the training copies dropped
+    # and said, once (they went without a word, where a validation split's copies are counted: found by review)
+    src.documents("train")
+    assert capsys.readouterr().err.count(f"[momattn] data: {dropped} of the {240 - len(val)} training documents copy "
+                                         "a document held out for validation (data.val_fraction=0.1); left out") == 1
     assert sorted(set(train) | set(val)) == sorted(set(paragraphs))
 
 
@@ -990,3 +995,27 @@ def test_token_windows_pickle_their_memmap_as_its_file_span(tmp_path):
         assert all(torch.equal(a, b) for g in (0, 7, len(windows) - 1) for a, b in zip(windows[g], again[g]))
     plain = TokenWindows(np.arange(1000, dtype=np.int64), 8, seed=0)  # not a file: pickled as it is
     assert np.array_equal(pickle.loads(pickle.dumps(plain)).tokens, plain.tokens)
+
+
+def test_a_custom_sources_documents_may_be_any_iterable_of_strings_and_nothing_else(tmp_path):
+    # a generator was a TypeError traceback (len() of it), found by review; a str or a list of numbers one line
+    from momattn.data.corpus import load_tokens
+    from momattn.tokenizer import gpt2_tokenizer
+
+    class Gen:
+        def __init__(self, make):
+            self.make = make
+
+        def fingerprint(self) -> str:
+            return f"gen-{id(self)}"
+
+        def documents(self, split):
+            return self.make()
+
+    tok = gpt2_tokenizer()
+    ids = np.asarray(load_tokens(Gen(lambda: (f"document {i}" for i in range(3))), tok, "train", tmp_path))
+    assert (ids == tok.eot_id).sum() == 3 and tok.decode(ids[:2].tolist()) == "document 0"
+    for make, says in ((lambda: "one string", "documents('train') returned a str, not a list of documents"),
+                       (lambda: ["text", 5], "documents('train') holds 5 (int), not a string")):
+        with pytest.raises(DataError, match=r"^the data source Gen: " + re.escape(says)):
+            load_tokens(Gen(make), tok, "train", tmp_path)

@@ -466,3 +466,30 @@ def test_a_prompt_longer_than_the_context_is_said_to_be_cut(ckpt, capsys):
             f"continues from its last {model.config.block_size} tokens") in capsys.readouterr().err
     generate_text(model, tok, cfg(ckpt), "cpu", io.StringIO())
     assert "longer than the model's context" not in capsys.readouterr().err
+
+
+def test_stream_decoder_prints_a_byte_fallback_tokenizers_text_whole(tmp_path):
+    """A Llama-style tokenizer.json (Metaspace, <0xNN> byte tokens, a ByteFallback decoder) decodes a run of byte
+    tokens together, into replacement characters where the run does not begin at a character: a window cut inside
+    one printed the newline after "✓✓✓" as U+FFFD (found by review)."""
+    import random
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from momattn.tokenizer import file_tokenizer
+
+    words = ["the", "cat", "sat", "on", "mat", "hat", "Hello", "world"]  # nothing outside ASCII: byte tokens below
+    rng = random.Random(0)
+    hf = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    hf.pre_tokenizer = pre_tokenizers.Metaspace()
+    hf.decoder = decoders.Sequence([decoders.Metaspace(), decoders.ByteFallback(), decoders.Fuse()])
+    hf.train_from_iterator([" ".join(rng.choice(words) for _ in range(30)) for _ in range(100)], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<|endoftext|>"] + [f"<0x{i:02X}>" for i in range(256)]))
+    hf.save(str(tmp_path / "tokenizer.json"))
+    tok = file_tokenizer(str(tmp_path / "tokenizer.json"))
+    pool = ["Hello", " world", " 日本", " 😀", " naïve", "✓", " the cat", "\n", "ж", " €"]
+    for text in ["✓✓✓\nok", *("".join(rng.choice(pool) for _ in range(rng.randint(1, 12))) for _ in range(200))]:
+        context = tok.encode("Hello")
+        ids = tok.encode("Hello" + text)[len(context):]
+        stream = StreamDecoder(tok.decode, context)
+        assert "".join([stream.push(t) for t in ids] + [stream.flush()]) == tok.decode(context + ids)[5:], text

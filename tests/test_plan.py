@@ -362,3 +362,16 @@ def test_a_gpu_plan_on_a_machine_without_one_says_how_to_plan_the_cpu_run(capsys
     assert ("add trainer=cpu to plan that run" in err) is (not torch.cuda.is_available())
     assert main(["debug=smoke", "trainer=cpu"]) == 0
     assert "add trainer=cpu" not in capsys.readouterr().err
+
+
+def test_the_planner_reads_the_vocabulary_of_a_data_sources_own_tokenizer():
+    # tokenizer=source on a source other than GINC was planned at the BPE's 4,096 (with its "not trained yet" note),
+    # 2.7x the parameters of a 1,001-id source's model (found by review)
+    from types import SimpleNamespace
+
+    from momattn.plan import _vocab
+
+    source = SimpleNamespace(tokenizer=lambda: SimpleNamespace(n_ids=1001))
+    assert _vocab(SimpleNamespace(tokenizer=SimpleNamespace(kind="source", vocab_size=4096), data=source)) == (1001, None)
+    ginc = plan(["experiment=ginc"])  # GINC's, from its n_symbols, without building the world
+    assert ginc["vocab_note"] is None and ginc["vocab_size"] >= 51

@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,20 @@ from momattn.data.sources import DataSource, cache_fingerprint, import_datasets,
 from momattn.errors import DataError
 from momattn.io import atomic_write, atomic_write_text, cache_root, file_lock, remove_stale_temps
 from momattn.tokenizer import Tokenizer
+
+
+def own_documents(source, split: str) -> list[str]:
+    """source.documents(split) as a list of strings: a generator was a TypeError traceback (no len()), found by
+    review; anything else than strings is a DataError naming the source."""
+    docs = source.documents(split)
+    if isinstance(docs, str | bytes) or not isinstance(docs, Iterable):
+        raise DataError(f"the data source {type(source).__name__}: documents('{split}') returned a "
+                        f"{type(docs).__name__}, not a list of documents (one string each)")
+    docs = docs if isinstance(docs, list) else list(docs)
+    if (bad := next((d for d in docs if not isinstance(d, str)), None)) is not None:
+        raise DataError(f"the data source {type(source).__name__}: documents('{split}') holds "
+                        f"{repr(bad)[:40]} ({type(bad).__name__}), not a string; each document is one string")
+    return docs
 
 
 def _crc32(path: Path, block: int = 64 << 20) -> int:
@@ -152,7 +166,7 @@ def load_tokens(source: DataSource | Mapping, tokenizer: Tokenizer, split: str,
         if ids is None:
             print(f"[momattn] building the {split} split's token cache (once): reading its documents", file=sys.stderr,
                   flush=True)  # (the default corpus's leak filter takes ~20 s here, silent: found by review)
-            docs = source.documents(split)
+            docs = own_documents(source, split)
             if not docs:
                 why = ""
                 if getattr(source, "val_fraction", None) is not None and getattr(source, "val_split", None) is None:

@@ -179,15 +179,21 @@ def _read_utf8(path: Path) -> str:
                         + ("utf-16" if wide else order or "latin1") + " -t utf-8") from e
 
 
-def _held_out(docs: list[str], split: Split, fraction: float, seed: int) -> list[str]:
+def _held_out(docs: list[str], split: Split, fraction: float, seed: int, source: Any = None) -> list[str]:
     """A seeded `fraction` of the documents for validation; the rest, less any copy of a validation document's
-    text (a boilerplate paragraph, a repeated row), for training: a copy in both made the val loss too good."""
+    text (a boilerplate paragraph, a repeated row), for training: a copy in both made the val loss too good. How
+    many were left out is said once per `source` (they went without a word: found by review)."""
     rest, val = seeded_split(len(docs), fraction, seed)
     held = [docs[i] for i in val]
     if split == "val":
         return held
     texts = {same_text(d) for d in held}
-    return [docs[i] for i in rest if same_text(docs[i]) not in texts]
+    kept = [docs[i] for i in rest if same_text(docs[i]) not in texts]
+    if len(kept) < len(rest) and source is not None and not getattr(source, "_said_val_copies", False):
+        source._said_val_copies = True
+        print(f"[momattn] data: {len(rest) - len(kept)} of the {len(rest)} training documents copy a document held "
+              f"out for validation (data.val_fraction={fraction}); left out of training", file=sys.stderr, flush=True)
+    return kept
 
 
 def same_text(doc: str) -> str:
@@ -354,7 +360,7 @@ class TextFiles:
             space = max(doc.rfind(" ", near, cut), doc.rfind("\n", near, cut))
             cut = space if space > 0 else cut  # at a space where there is one near
             return [doc[cut:].strip()] if split == "val" else [doc[:cut]]
-        held = _held_out(self._docs, split, self.val_fraction, self.seed)
+        held = _held_out(self._docs, split, self.val_fraction, self.seed, self)
         if split == "val":
             self._warn_share(held)
         return held
@@ -470,7 +476,7 @@ class HubCorpus:
         if self.val_split and split == "train" and local_val_split(self.val_split, self.data_files, self.name):
             return without_val_copies(docs, self.documents("val"), self)
         if not self.val_split:
-            return _held_out(docs, split, self.val_fraction, self.seed)  # no validation split on the hub
+            return _held_out(docs, split, self.val_fraction, self.seed, self)  # no validation split on the hub
         if key:
             self._val_documents = (key, tuple(docs))
         return docs

@@ -1490,10 +1490,29 @@ class HydraJob:
     search: bool = False  # multirun only: an Optuna search's trial (not resumed with ckpt_path=last)
 
 
+def relaunch_note() -> str:
+    """How a resume is launched where a launcher started this job (torchrun, srun, several nodes by hand): as it
+    was; '' for a plain `python train.py`. The printed `python train.py ...` alone, run on one node of a
+    two-node job, was refused (found by review)."""
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        how = "with the same torchrun command"
+    elif os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
+        how = "with the same srun (or sbatch script)"
+    elif os.environ.get("MASTER_ADDR") and os.environ.get("NODE_RANK") is not None:
+        how = "on every node, with its NODE_RANK, MASTER_ADDR and MASTER_PORT, as before"
+    else:
+        return ""
+    return f" (launch it as this job was launched: {how})"
+
+
 def go_on(job, out_dir: Path) -> str:
     """How to go on from a run's newest checkpoint: a search's own way, the sweep's command, or the run's."""
     if job.search:
         return search_stop(job, out_dir)
+    return _go_on(job, out_dir) + relaunch_note()
+
+
+def _go_on(job, out_dir: Path) -> str:
     from momattn.trust import given_again, resume_prefix
 
     own = given_again(job)  # what a resume does not take from the saved line: given again

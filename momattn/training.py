@@ -49,6 +49,7 @@ from momattn.cli import (
     go_on,
     hold_run_folder,
     hydra_job,
+    relaunch_note,
     resume_arg,
     run_held,
     same_run,
@@ -698,11 +699,14 @@ def _resume_hint(preempt: PreemptionCheckpoint, out_dir: Path, job: HydraJob, lo
     else:  # stopped before the first step (e.g. in the sanity check): the newest checkpoint there is stands
         saved = newest_checkpoint(out_dir)
         saved = saved if saved.startswith("no ") else f"no new checkpoint; {saved}"
-    if job.sweep_dir is not None and not job.search and not _jobs_in_sweep_process():  # a job of joblib's or submitit's:
-        how = go_on(job, out_dir)  # the sweep's resume (the job's own left it out of the sweep's W&B group: review)
+    held = run_held(out_dir) if preempt.saved_path is None else None
+    if job.sweep_dir is not None and not job.search and not _jobs_in_sweep_process() or \
+            held is not None and best_files_only(held):  # a job of joblib's or submitit's: the sweep's resume (the
+        # job's own left it out of the sweep's W&B group: review); best files only: ckpt_path=last refuses them
+        how = go_on(job, out_dir)
     else:
         how = (f"Resume with: {resume_prefix(out_dir)}python train.py {_retyped(out_dir, job)} ckpt_path=last "
-               f"{shell_arg('hydra.run.dir', out_dir)}").replace("  ", " ")
+               f"{shell_arg('hydra.run.dir', out_dir)}").replace("  ", " ") + relaunch_note()
     return f"\n[momattn] SIGTERM received: {saved}.\n{how}" + "".join(f"\n{line}" for line in
                                                                      logs.offline_runs(list(loggers)))
 
@@ -875,7 +879,7 @@ class SigtermOutsideFit:
                 hint += f"{newest}.\n{go_on(self.job, self.out_dir)}"
             else:
                 hint += (f"{newest}.\nResume with: {again} ckpt_path=last {shell_arg('hydra.run.dir', self.out_dir)}"
-                         + no_further).replace("  ", " ")
+                         + no_further).replace("  ", " ") + relaunch_note()
         if self.job.sweep_dir is not None and _jobs_in_sweep_process():  # other launchers end a job their own way
             hint += "\n" + _sweep_stop(self.job, self.out_dir, signame)
         return hint

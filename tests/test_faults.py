@@ -1292,3 +1292,31 @@ def test_in_the_training_steps_a_ctrl_c_is_left_to_lightning_even_in_a_long_call
         guard.close()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL and signal.set_wakeup_fd(-1) == -1
+
+
+def test_a_resume_command_says_to_launch_it_as_the_job_was_launched(tmp_path, monkeypatch):
+    # under torchrun, srun or several nodes by hand, the printed `python train.py ...` alone was refused on one node
+    # of a two-node job (found by review)
+    from momattn.callbacks import PreemptionCheckpoint
+    from momattn.cli import HydraJob, go_on, relaunch_note
+    from momattn.training import _resume_hint
+
+    for key in ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_NTASKS", "MASTER_ADDR", "NODE_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    assert relaunch_note() == ""
+    monkeypatch.setenv("SLURM_JOB_ID", "7")  # an allocation (salloc, sbatch) with one task: a plain command
+    assert relaunch_note() == ""
+    for env, says in (({"SLURM_NTASKS": "4"}, "with the same srun"), ({"TORCHELASTIC_RUN_ID": "x"}, "with the same torchrun"),
+                      ({"MASTER_ADDR": "node0", "NODE_RANK": "1", "SLURM_JOB_ID": ""}, "on every node")):
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        assert f"(launch it as this job was launched: {says}" in go_on(HydraJob([]), tmp_path)
+        assert says in _resume_hint(PreemptionCheckpoint(tmp_path / "checkpoints"), tmp_path, HydraJob([]))
+        for k in env:
+            monkeypatch.delenv(k)
+    # a SIGTERM before this process saved, in a run with best files only: their resume, not ckpt_path=last (refused)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "best-step3.ckpt").write_bytes(b"x")
+    hint = _resume_hint(PreemptionCheckpoint(tmp_path / "checkpoints"), tmp_path, HydraJob([]))
+    assert f"no last.ckpt, but {tmp_path / 'checkpoints'} holds best-step3.ckpt" in hint
+    assert f"Resume with: python train.py ckpt_path={tmp_path}/checkpoints/best-step3.ckpt" in hint

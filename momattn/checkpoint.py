@@ -322,8 +322,10 @@ def newest_checkpoint(out_dir: Path) -> str:
 
         others = sorted(p.name for p in saved_checkpoints(out_dir) if p.name != "last.ckpt")  # (save_last=false: it
         # said "no checkpoint was written yet" beside them; found by review)
-        return f"no last.ckpt, but {out_dir / 'checkpoints'} holds {', '.join(others)}" if others else \
-            "no checkpoint was written yet"
+        holds = f"{out_dir / 'checkpoints'} holds {', '.join(others)}"
+        if last.exists():  # damaged, or not train.py's (diff review: it read "no last.ckpt")
+            return f"{last} cannot be read" + (f"; {holds}" if others else "")
+        return f"no last.ckpt, but {holds}" if others else "no checkpoint was written yet"
 
 
 def model_config_from(meta: dict, path: str | os.PathLike | None = None) -> GPTConfig:

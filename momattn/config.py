@@ -481,7 +481,7 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
     if run.dist_timeout_s > MAX_DIST_TIMEOUT_S:  # torch's store overflowed past ~9e9 s: its C++ frames, then advice
         # to raise it further (found by review)
         raise ConfigError(f"dist_timeout_s={run.dist_timeout_s}: the seconds to wait for every node must be <= "
-                          f"{MAX_DIST_TIMEOUT_S:.0e} (about 3 years), which torch can hold; give that for no limit")
+                          f"{MAX_DIST_TIMEOUT_S} (about 3 years), which torch can hold; give that for no limit")
     if not str((raw.get("paths") or {}).get("output_dir", ".") or "").strip():  # its '/checkpoints' was blamed
         raise ConfigError("paths.output_dir is empty: it is the run folder; leave it (it follows hydra.run.dir), or "
                           "give the run folder with hydra.run.dir=<folder>")

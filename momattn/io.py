@@ -231,21 +231,23 @@ def recover_swaps(folder: Path) -> list[tuple[Path, Path]]:
     """The checkpoints a swap_into cut short (a kill between its two renames) left aside, renamed back: X where
     .X.old is there and X is not takes the new one (.X.tmp, FSDP's folder, or .X.new), complete by then, else the
     old. Its newest checkpoint was hidden: `ckpt_path=last` offered only older best files (found by review).
-    Returns (restored, from) pairs."""
-    out = []
-    for old in sorted(Path(folder).glob(".*.old")):
-        path = old.with_name(old.name[1:-len(".old")])
-        if path.exists() or path.is_symlink():
-            continue  # the swap was done; the next one removes .old
-        new = next((n for n in (path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.new"))
-                    if n.is_file() or (n / ".metadata").is_file()), old)  # a folder: torch's index written last
-        try:
+    Every process of a job may call it (torchrun starts them at once): one at a time, under a lock beside the
+    folder, so that none resolves ckpt_path=last before the checkpoint is back (diff review). Returns (restored,
+    from) pairs: this process's."""
+    folder, out = Path(folder), []
+    if not any(folder.glob(".*.old")):
+        return out
+    with file_lock(lock_beside(folder)):
+        for old in sorted(folder.glob(".*.old")):
+            path = old.with_name(old.name[1:-len(".old")])
+            if path.exists() or path.is_symlink():
+                continue  # the swap was done (or another process restored it); the next swap removes .old
+            new = next((n for n in (path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.new"))
+                        if n.is_file() or (n / ".metadata").is_file()), old)  # a folder: torch's index written last
             new.rename(path)
-        except OSError:  # another process of the job got there first
-            continue
-        out.append((path, new))
-        if new != old:
-            remove_path(old)
+            out.append((path, new))
+            if new != old:
+                remove_path(old)
     return out
 
 

@@ -17,6 +17,7 @@ hydra.run.dir=... (README, "More than one machine").
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -106,7 +107,7 @@ class ClaimRunFolder(Callback):
             return
         with read_write(config.hydra.run), open_dict(config.hydra.run):
             config.hydra.run.dir = candidate
-        why = "was taken by a run started in the same second" if "%S" in pattern else \
+        why = "was taken by a run started in the same second" if re.search(r"%[STXcsf]", pattern) else \
             "exists already (another run of this hydra.run.dir pattern)"  # a day's folder: not of one second (review)
         print(f"[momattn] {name} {why}; this run writes to {candidate}", file=sys.stderr, flush=True)
 

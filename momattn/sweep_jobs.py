@@ -249,18 +249,24 @@ def check_resumed_folders(sweep: Sweep, overrides: list[str], folders: dict[Path
     from momattn.cli import _last, run_held
     from momattn.errors import ConfigError
 
-    if (_last(overrides, "ckpt_path") != "last" or not sweep.sweep_dir or "${" in sweep.sweep_dir
+    if (_last(overrides, "ckpt_path") != "last" or not sweep.sweep_dir or "${" in sweep.sweep_dir or not folders
             or sweep.subdir == "${hydra.job.num}" or any(f.exists() for f in folders)):
         return
     root = Path(sweep.sweep_dir).expanduser().resolve()
     held = sorted({d for p in root.rglob(".hydra") if run_held(d := p.parent)}) if root.is_dir() else []
-    if held:
-        raise ConfigError(f"hydra.sweep.subdir={sweep.subdir}: none of the resumed jobs' folders (e.g. "
-                          f"{min(folders)}) is one of the {len(held)} trained job folder(s) {root} holds (e.g. "
-                          f"{held[0]}): the folder names take the command line's settings, which differ from the "
-                          "sweep's, and every job would retrain from step 0 in a new folder; nothing was started. "
-                          "Resume with the sweep's original overrides plus ckpt_path=last"
-                          + (f": {original}" if (original := _original_command(root, sweep.sweep_dir)) else ""))
+    if not held:
+        return
+    if any("ckpt_path=" in d.name for d in held):  # named before ckpt_path was left out of the names (session 58)
+        how = ("its folders were named with ckpt_path in them (before momattn left it out): resume with the same "
+               "command plus hydra.job.config.override_dirname.exclude_keys=[]")
+    else:
+        original = _original_command(root, sweep.sweep_dir)
+        how = ("resume with the sweep's original overrides plus ckpt_path=last" + (f": {original}" if original else "")
+               + "; new values go into a sweep folder of their own (hydra.sweep.dir=...)")
+    raise ConfigError(f"hydra.sweep.subdir={sweep.subdir}: none of the resumed jobs' folders (e.g. {min(folders)}) "
+                      f"is one of the {len(held)} trained job folder(s) {root} holds (e.g. {held[0]}): the folder "
+                      "names take the command line's settings, which differ from the sweep's, and every job would "
+                      f"retrain from step 0 in a new folder; nothing was started. {how[0].upper()}{how[1:]}")
 
 
 def check_search(config_name: str, overrides: list[str]) -> None:

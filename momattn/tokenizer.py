@@ -395,8 +395,10 @@ def build_tokenizer(cfg: TokenizerConfig, source: DataSource, cache_dir: Path) -
         return file_tokenizer(cfg.path)
     if cfg.kind == "source":
         return source_tokenizer(source)()
+    from momattn.data.corpus import own_documents  # checked: a str trained a byte-only BPE (review)
+
     cache = bpe_cache_file(cfg.vocab_size, source, cache_dir)
-    return train_bpe(lambda: source.documents("train"), cfg.vocab_size, cache)
+    return train_bpe(lambda: own_documents(source, "train"), cfg.vocab_size, cache)
 
 
 def bpe_cache_file(vocab_size: int, source: DataSource, cache_dir: Path) -> Path:

@@ -50,7 +50,6 @@ from momattn.cli import (
     hold_run_folder,
     hydra_job,
     relaunch_note,
-    resume_arg,
     run_held,
     same_run,
     saved_checkpoints,
@@ -168,10 +167,9 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     for tmp in remove_stale_temps(out_dir / "checkpoints", idle_s=0):
         print(f"[momattn] removed {tmp.name}, a partial checkpoint of a killed process", file=sys.stderr)
     remove_stale_temps(out_dir, idle_s=0)  # a summary.json's or log's, kept for good (DDP review)
-    if rank_zero_only.rank == 0:  # a checkpoint a kill left aside between swap_into's renames
-        for path, source in recover_swaps(out_dir / "checkpoints"):
-            print(f"[momattn] restored {path} from {source.name}, which a process killed while it replaced the "
-                  "checkpoint left aside", file=sys.stderr)
+    for path, source in recover_swaps(out_dir / "checkpoints"):  # a checkpoint a kill left aside between
+        print(f"[momattn] restored {path} from {source.name}, which a process killed while it replaced the "  # swap_into's
+              "checkpoint left aside", file=sys.stderr)  # renames (every rank: each waits for the one restoring it)
     if summary := _finished_uncheckpointed(c, job, out_dir):  # (every rank: a sweep's later jobs run on the ranks it
         value = summary.get(c.optimized_metric)  # started)
         return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
@@ -355,8 +353,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
             kept = None if trained else _kept_summary(out_dir / "summary.json", trainer.global_step)
             if kept is None and not trained:  # stopped before its summary: the checkpoint's last validation, train
                 # metrics and speed (the summary had no train/loss or tokens/s: found by review)
-                metrics = {**(resume.get("train_metrics") or {}), **(resume.get("val_metrics") or {}), **metrics}
-                if not speed.get("tokens_per_sec") and (saved := resume.get("speed")):
+                metrics = {**_dict(resume.get("train_metrics")), **_dict(resume.get("val_metrics")), **metrics}
+                if not speed.get("tokens_per_sec") and (saved := _dict(resume.get("speed"))):
                     speed = {**saved, "speed_note": f"measured by the process that saved {ckpt_path} (this one "
                              "trained no steps)"}
             if kept is None:
@@ -711,6 +709,11 @@ def _resume_hint(preempt: PreemptionCheckpoint, out_dir: Path, job: HydraJob, lo
                                                                      logs.offline_runs(list(loggers)))
 
 
+def _dict(value) -> dict:
+    """A checkpoint's entry that should be a dict (one written by hand, or damaged: {}, not a TypeError)."""
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
 def _retyped(out_dir: Path, job: HydraJob) -> str:
     """The overrides a resume command repeats: none where the run folder's .hydra/overrides.yaml holds them."""
     from momattn.trust import given_again  # (what a resume does not take from the saved line: given again)
@@ -854,32 +857,38 @@ class SigtermOutsideFit:
         where = {"start": "before training started", "fit": "outside the training steps (while trainer.fit set up "
                  "or tore down)"}.get(self.phase, "after training (its report or evaluation)")
         newest = newest_checkpoint(self.out_dir)
-        held = run_held(self.out_dir) if newest.startswith("no ") else None  # what the same command would refuse
+        last = self.out_dir / "checkpoints" / "last.ckpt"
+        readable = newest.startswith(f"{last} is at step ")  # (not "cannot be read", nor "no ...")
+        held = None if readable else run_held(self.out_dir)  # what the same command would refuse to overwrite
         again = f"{resume_prefix(self.out_dir)}python train.py {_retyped(self.out_dir, self.job)}"
         hint = f"\n[momattn] {signame} {where}: "
-        if held is not None and best_files_only(held):  # save_last=false: best files only, which ckpt_path=last
-            others = sorted(p.name for p in saved_checkpoints(self.out_dir))  # does not read; the same command
-            # refuses to overwrite them (it was advised; found by review)
-            hint += (f"no last.ckpt (save_last is off); {self.out_dir / 'checkpoints'} holds {', '.join(others)}, "
-                     f"which evaluate.py reads.\nResume from the newest with: {again} {resume_arg(held)} "
-                     f"{shell_arg('hydra.run.dir', self.out_dir)} (it trains on from that file's step)").replace("  ", " ")
-        elif held is not None:  # callbacks=none, stopped after its summary: the same command is refused there
-            hint += (f"{newest}. The run keeps no checkpoints (no ModelCheckpoint callback), so its trained model is "
-                     f"lost and its evaluation cannot be finished; to train it again, delete {self.out_dir} (its "
-                     "summary.json is kept there) or train in another folder (hydra.run.dir=...)")
-        elif newest.startswith("no "):
-            hint += newest + (". Nothing was trained" if self.phase in ("start", "fit") else
-                              ". The run keeps no checkpoints (no ModelCheckpoint callback), so its training is "
-                              "lost") + ": run the same command again."
-        else:
-            no_further = " (it trains no further; the report and evaluation are done again)" if self.phase == "end" \
-                else ""
+        if readable:
             if self.job.sweep_dir is not None and not _jobs_in_sweep_process():  # a joblib or submitit job: the
                 # sweep's resume, as a job stopped in fit says (its own left it out of the sweep: found by review)
                 hint += f"{newest}.\n{go_on(self.job, self.out_dir)}"
             else:
                 hint += (f"{newest}.\nResume with: {again} ckpt_path=last {shell_arg('hydra.run.dir', self.out_dir)}"
-                         + no_further).replace("  ", " ") + relaunch_note()
+                         + (" (it trains no further; the report and evaluation are done again)"
+                            if self.phase == "end" else "")).replace("  ", " ") + relaunch_note()
+        elif held is not None and best_files_only(held):  # save_last=false: best files only, which ckpt_path=last
+            # does not read; the same command refuses to overwrite them (it was advised; found by review)
+            names = sorted(p.name for p in saved_checkpoints(self.out_dir))
+            hint += (f"no last.ckpt (save_last is off); {self.out_dir / 'checkpoints'} holds {', '.join(names)}, "
+                     f"which evaluate.py reads.\n{go_on(self.job, self.out_dir)} (it trains on from that file's step)")
+        elif held is not None and held.name == "last.ckpt":  # there, but it cannot be read (diff review)
+            others = sorted((p for p in saved_checkpoints(self.out_dir) if p.name != "last.ckpt"),
+                            key=lambda p: p.stat().st_mtime)
+            hint += newest + (f".\nResume from the newest other with: {again} {shell_arg('ckpt_path', others[-1])} "
+                              f"{shell_arg('hydra.run.dir', self.out_dir)}".replace("  ", " ") + relaunch_note()
+                              if others else "; move it away and run the same command again")
+        elif held is not None:  # callbacks=none, stopped after its summary: the same command is refused there
+            hint += (f"{newest}. The run keeps no checkpoints (no ModelCheckpoint callback), so its trained model is "
+                     f"lost and its evaluation cannot be finished; to train it again, delete {self.out_dir} (its "
+                     "summary.json is kept there) or train in another folder (hydra.run.dir=...)")
+        else:
+            hint += newest + (". Nothing was trained" if self.phase in ("start", "fit") else
+                              ". The run keeps no checkpoints (no ModelCheckpoint callback), so its training is "
+                              "lost") + ": run the same command again."
         if self.job.sweep_dir is not None and _jobs_in_sweep_process():  # other launchers end a job their own way
             hint += "\n" + _sweep_stop(self.job, self.out_dir, signame)
         return hint
@@ -1088,7 +1097,8 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
         since = f" (steps {speed['fit_from_step']}-{trainer.global_step}, since the resume)" \
             if speed.get("fit_from_step") else ""
         lines.append(f"  throughput {speed['tokens_per_sec']:.0f} tokens/s{every} in the last steps{mean};{mfu} fit "
-                     f"took {speed['fit_seconds']:.0f} s{since}")
+                     f"took {speed['fit_seconds']:.0f} s{since}"
+                     + (f" ({speed['speed_note']})" if speed.get("speed_note") else ""))
     elif speed.get("fit_seconds") is not None:  # the line was left out without a word (a short resumed segment)
         lines.append("  throughput not measured: this process trained too few optimizer steps to fill its window "
                      f"(about min(20, trainer.log_every_n_steps) steps); fit took {speed['fit_seconds']:.0f} s")

@@ -1015,7 +1015,15 @@ def test_a_custom_sources_documents_may_be_any_iterable_of_strings_and_nothing_e
     tok = gpt2_tokenizer()
     ids = np.asarray(load_tokens(Gen(lambda: (f"document {i}" for i in range(3))), tok, "train", tmp_path))
     assert (ids == tok.eot_id).sum() == 3 and tok.decode(ids[:2].tolist()) == "document 0"
+    from momattn.tokenizer import TokenizerConfig, build_tokenizer
+
     for make, says in ((lambda: "one string", "documents('train') returned a str, not a list of documents"),
+                       (lambda: {"id1": "text"}, "documents('train') returned a dict, not a list of documents"),
                        (lambda: ["text", 5], "documents('train') holds 5 (int), not a string")):
         with pytest.raises(DataError, match=r"^the data source Gen: " + re.escape(says)):
             load_tokens(Gen(make), tok, "train", tmp_path)
+        # the BPE trained on them first (the default tokenizer): a str trained and cached a byte-only one, and a
+        # non-string was a traceback (diff review)
+        with pytest.raises(DataError, match=r"^the data source Gen: " + re.escape(says)):
+            build_tokenizer(TokenizerConfig(vocab_size=300), Gen(make), tmp_path)
+    assert not list(tmp_path.rglob("bpe*.json"))

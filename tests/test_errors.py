@@ -186,6 +186,12 @@ def test_a_value_one_job_of_a_sweep_takes_is_refused_before_any_job_trains(tmp_p
     assert "ckpt_path" not in job0.name
     job0.mkdir()  # one of the jobs' own folders is there: its resume goes on
     check_jobs(plan_sweep("train", named), named)
+    # a sweep named before ckpt_path was left out of the names: its way to resume (the advice looped: diff review)
+    job0.rmdir()
+    (tmp_path / "sd" / "old").rename(tmp_path / "sd" / "ckpt_path=last,debug=smoke,seed=1")
+    with pytest.raises(ConfigError, match=r"Its folders were named with ckpt_path in them .*: resume with the same "
+                                          r"command plus hydra.job.config.override_dirname.exclude_keys=\[\]$"):
+        check_jobs(plan_sweep("train", named), named)
     subdir = [*SMOKE, "seed=1,2", "hydra.sweep.subdir=x"]  # it blamed paths.output_dir, which was not set
     with pytest.raises(ConfigError, match=r"^hydra.sweep.subdir=x: jobs 0 and 1 of the sweep would write into one "
                                           r"folder, .*; leave hydra.sweep.subdir at its default"):
@@ -691,7 +697,7 @@ def test_values_a_config_fuzz_found_taken_in_silence_or_failing_late_are_named(t
             ("logger.csv.name=" + "x" * 300, "logger.csv.name: the name 'xxx"),
             # torch's C++ frames, then advice to raise it further (found by review)
             ("dist_timeout_s=10000000000", "dist_timeout_s=10000000000: the seconds to wait for every node must be "
-                                           "<= 1e+08")):
+                                           "<= 100000000 (about 3 years)")):
         extra = ["logger=csv"] if override.startswith("logger.csv") else []
         assert run_expecting(tmp_path, [*SMOKE, *extra, override], ConfigError).startswith(said), override
     # a name without the step, several files kept under a monitor: versioned (-v1 ... -v99), so 252 bytes made a

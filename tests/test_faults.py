@@ -572,6 +572,7 @@ def test_resuming_a_finished_run_keeps_its_summary(reference_run, tmp_path):
     for key in ("train/loss", "train/lr", "tokens_per_sec", "tokens_per_sec_mean"):
         assert summary.get(key) == pytest.approx(before[key]), key
     assert "this one trained no steps" in summary["speed_note"] and "throughput not measured" not in r.stderr
+    assert "(measured by the process that saved" in r.stderr  # on the console too (diff review)
     # a summary of an earlier end (finished at 6, extended, stopped by a SIGTERM at 9, resumed with max_steps=9) is
     # not the step-9 model's: reported again, not kept, and its W&B run resumed (found by review)
     (run / "summary.json").write_text(json.dumps({**before, "steps": 6, "val/loss": 99.0}))
@@ -1102,8 +1103,19 @@ def test_a_sigterm_before_or_after_fit_says_what_is_saved_and_exits_143(tmp_path
         err = sigterm()
         assert "no last.ckpt (save_last is off); " in err and guard.fired
         # the same command, which it advised, is refused in a folder holding these files (found by review)
-        assert (f"Resume from the newest with: python train.py ckpt_path={tmp_path}/checkpoints/best-step5.ckpt "
+        assert (f"Resume with: python train.py ckpt_path={tmp_path}/checkpoints/best-step5.ckpt "
                 f"hydra.run.dir={tmp_path} (it trains on from that file's step)") in err
+        # a last.ckpt that cannot be read beside it: named, and the other file's resume (it said "no last.ckpt"
+        # and "delete the folder": diff review)
+        import momattn.checkpoint
+
+        monkeypatch.setattr(momattn.training, "newest_checkpoint", momattn.checkpoint.newest_checkpoint)
+        (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"damaged")
+        err = sigterm()
+        assert f"{tmp_path}/checkpoints/last.ckpt cannot be read; {tmp_path}/checkpoints holds best-step5.ckpt." in err
+        assert (f"Resume from the newest other with: python train.py ckpt_path={tmp_path}/checkpoints/best-step5.ckpt "
+                f"hydra.run.dir={tmp_path}") in err and "delete" not in err
+        (tmp_path / "checkpoints" / "last.ckpt").unlink()
         # callbacks=none, stopped in its evaluation after its summary: the same command is refused there too
         (tmp_path / "checkpoints" / "best-step5.ckpt").unlink()
         (tmp_path / "summary.json").write_text("{}")

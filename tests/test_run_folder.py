@@ -67,6 +67,10 @@ def test_a_timed_folder_another_run_holds_moves_this_run_to_the_next_free_one(tm
     assert f"{base} was taken by a run started in the same second; this run writes to {base}_3" in capsys.readouterr().err
     fd, holder = lock_folder(f"{base}_3")  # another process's view: held, and by this one
     assert fd is None and f"process {os.getpid()}" in holder
+    cfg, t = config(f"{tmp_path}/t_${{now:%T}}")  # the seconds in another spelling (%T, %X, %c, %s): said
+    t.mkdir()
+    ClaimRunFolder().on_run_start(cfg)
+    assert f"{t} was taken by a run started in the same second" in capsys.readouterr().err
     cfg, day = config(f"{tmp_path}/day_${{now:%Y-%m-%d}}")  # a pattern not of the second: not said to be (review)
     day.mkdir()
     ClaimRunFolder().on_run_start(cfg)

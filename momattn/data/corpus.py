@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Set
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,8 @@ def own_documents(source, split: str) -> list[str]:
     """source.documents(split) as a list of strings: a generator was a TypeError traceback (no len()), found by
     review; anything else than strings is a DataError naming the source."""
     docs = source.documents(split)
-    if isinstance(docs, str | bytes) or not isinstance(docs, Iterable):
+    if isinstance(docs, str | bytes | Mapping | Set) or not isinstance(docs, Iterable):  # (a dict's keys, a
+        # set's order of the hash seed: not documents in order)
         raise DataError(f"the data source {type(source).__name__}: documents('{split}') returned a "
                         f"{type(docs).__name__}, not a list of documents (one string each)")
     docs = docs if isinstance(docs, list) else list(docs)

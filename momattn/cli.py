@@ -1490,6 +1490,11 @@ class HydraJob:
     search: bool = False  # multirun only: an Optuna search's trial (not resumed with ckpt_path=last)
 
 
+# the launch variables as this process started with them: Lightning sets MASTER_ADDR and NODE_RANK itself when it
+# starts a single node's ranks, which read as nodes started by hand
+_STARTED_WITH = {k: os.environ.get(k) for k in ("MASTER_ADDR", "NODE_RANK", "LOCAL_RANK")}
+
+
 def relaunch_note() -> str:
     """How a resume is launched where a launcher started this job (torchrun, srun, several nodes by hand): as it
     was; '' for a plain `python train.py`. The printed `python train.py ...` alone, run on one node of a
@@ -1498,7 +1503,8 @@ def relaunch_note() -> str:
         how = "with the same torchrun command"
     elif os.environ.get("SLURM_JOB_ID") and int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
         how = "with the same srun (or sbatch script)"
-    elif os.environ.get("MASTER_ADDR") and os.environ.get("NODE_RANK") is not None:
+    elif _STARTED_WITH["MASTER_ADDR"] and _STARTED_WITH["NODE_RANK"] is not None and \
+            _STARTED_WITH["LOCAL_RANK"] is None:  # (a rank Lightning started has LOCAL_RANK)
         how = "on every node, with its NODE_RANK, MASTER_ADDR and MASTER_PORT, as before"
     else:
         return ""

@@ -1309,12 +1309,16 @@ def test_in_the_training_steps_a_ctrl_c_is_left_to_lightning_even_in_a_long_call
 def test_a_resume_command_says_to_launch_it_as_the_job_was_launched(tmp_path, monkeypatch):
     # under torchrun, srun or several nodes by hand, the printed `python train.py ...` alone was refused on one node
     # of a two-node job (found by review)
+    import momattn.cli
     from momattn.callbacks import PreemptionCheckpoint
     from momattn.cli import HydraJob, go_on, relaunch_note
     from momattn.training import _resume_hint
 
     for key in ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_NTASKS", "MASTER_ADDR", "NODE_RANK"):
         monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(momattn.cli, "_STARTED_WITH", {"MASTER_ADDR": None, "NODE_RANK": None, "LOCAL_RANK": None})
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # set by Lightning as it starts one node's ranks: not by hand
+    monkeypatch.setenv("NODE_RANK", "0")
     assert relaunch_note() == ""
     monkeypatch.setenv("SLURM_JOB_ID", "7")  # an allocation (salloc, sbatch) with one task: a plain command
     assert relaunch_note() == ""
@@ -1322,6 +1326,8 @@ def test_a_resume_command_says_to_launch_it_as_the_job_was_launched(tmp_path, mo
                       ({"MASTER_ADDR": "node0", "NODE_RANK": "1", "SLURM_JOB_ID": ""}, "on every node")):
         for k, v in env.items():
             monkeypatch.setenv(k, v)
+        if "NODE_RANK" in env:  # given when the process started: nodes started by hand
+            momattn.cli._STARTED_WITH.update(MASTER_ADDR="node0", NODE_RANK="1")
         assert f"(launch it as this job was launched: {says}" in go_on(HydraJob([]), tmp_path)
         assert says in _resume_hint(PreemptionCheckpoint(tmp_path / "checkpoints"), tmp_path, HydraJob([]))
         for k in env:

@@ -1518,13 +1518,40 @@ def go_on(job, out_dir: Path) -> str:
     return _go_on(job, out_dir) + relaunch_note()
 
 
-def _go_on(job, out_dir: Path) -> str:
-    from momattn.trust import given_again, resume_prefix
+def retyped(out_dir: Path, job) -> str:
+    """The overrides a printed resume command repeats: what a resume does not take from the run folder's saved
+    command line (.hydra/overrides.yaml), or all of them where it has none (hydra.output_subdir=null)."""
+    from momattn.trust import given_again
 
-    own = given_again(job)  # what a resume does not take from the saved line: given again
+    return given_again(job).strip() if (out_dir / ".hydra" / "overrides.yaml").is_file() else \
+        " ".join(shell_quote(o) for o in job.overrides if not o.startswith(("ckpt_path=", "hydra.run.dir=")))
+
+
+def resume_from(out_dir: Path) -> Path | None:
+    """The checkpoint a resume of the run folder starts from: its last.ckpt where that can be read, else its newest
+    other one (save_last=false, or a damaged last.ckpt, which ckpt_path=last refuses: every stop message advised
+    it; diff review); None where it holds none."""
+    from momattn.checkpoint import read_meta
+
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if last.exists():
+        with contextlib.suppress(Exception):
+            read_meta(last)
+            return last
+    others = [p for p in saved_checkpoints(out_dir) if p.name != "last.ckpt"]
+    with contextlib.suppress(OSError):
+        return max(others, key=lambda p: p.stat().st_mtime) if others else None
+    return None
+
+
+def _go_on(job, out_dir: Path) -> str:
+    from momattn.trust import resume_prefix
+
+    own = f" {retyped(out_dir, job)}".rstrip()  # what a resume does not take from the saved line: given again
     links = resume_prefix(job.sweep_dir) if job.sweep_dir is not None else ""  # the sweep's folder links out
-    if (held := run_held(out_dir)) is not None and best_files_only(held):  # ckpt_path=last refuses it (diff review)
-        alone = f"{resume_prefix(out_dir)}python train.py {resume_arg(held)} {shell_arg('hydra.run.dir', out_dir)}{own}"
+    if (held := resume_from(out_dir)) is not None and best_files_only(held):  # ckpt_path=last refuses it (review)
+        alone = (f"{resume_prefix(out_dir)}python train.py {resume_arg(held)} {shell_arg('hydra.run.dir', out_dir)}{own}"
+                 " (it trains on from that file's step)")
         return f"Resume with: {alone}" + (f", then the sweep with ckpt_path=last {shell_arg('hydra.sweep.dir', job.sweep_dir)}"
                                            " (the same command otherwise)" if job.sweep_dir is not None else "")
     where = (f"ckpt_path=last {shell_arg('hydra.sweep.dir', job.sweep_dir)} (the same command"
@@ -1539,7 +1566,9 @@ def search_stop(job: HydraJob, out_dir: Path) -> str:
     would be new suggestions of the sampler, and cli.check_search refuses it)."""
     from momattn.trust import given_again
 
-    return (f"the search stops at trial {job.num}; finish it as a single run: python train.py ckpt_path=last "
+    held = resume_from(out_dir)  # best files only: their path (ckpt_path=last refuses them: diff review)
+    arg = resume_arg(held) if held is not None else "ckpt_path=last"
+    return (f"the search stops at trial {job.num}; finish it as a single run: python train.py {arg} "
             f"{shell_arg('hydra.run.dir', out_dir)}{given_again(job)}, and run the search again into a new folder for more trials (a search is not "
             "resumed with ckpt_path=last; a study kept in hydra.sweeper.storage keeps its finished trials, and marks "
             "this one failed: the single run's result does not enter the study)")

@@ -244,7 +244,12 @@ def recover_swaps(folder: Path) -> list[tuple[Path, Path]]:
                 continue  # the swap was done (or another process restored it); the next swap removes .old
             new = next((n for n in (path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.new"))
                         if n.is_file() or (n / ".metadata").is_file()), old)  # a folder: torch's index written last
-            new.rename(path)
+            try:
+                new.rename(path)
+            except OSError:  # no lock here (no flock: Windows, some shared filesystems), and another process
+                if path.exists():  # restored it first (diff review)
+                    continue
+                raise
             out.append((path, new))
             if new != old:
                 remove_path(old)

@@ -256,7 +256,8 @@ def check_resumed_folders(sweep: Sweep, overrides: list[str], folders: dict[Path
     held = sorted({d for p in root.rglob(".hydra") if run_held(d := p.parent)}) if root.is_dir() else []
     if not held:
         return
-    if any("ckpt_path=" in d.name for d in held):  # named before ckpt_path was left out of the names (session 58)
+    excluded = _last(overrides, "hydra.job.config.override_dirname.exclude_keys")  # (given: not advised again)
+    if any("ckpt_path=" in d.name for d in held) and excluded is None:  # named before ckpt_path was left out
         how = ("its folders were named with ckpt_path in them (before momattn left it out): resume with the same "
                "command plus hydra.job.config.override_dirname.exclude_keys=[]")
     else:

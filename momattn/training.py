@@ -50,6 +50,8 @@ from momattn.cli import (
     hold_run_folder,
     hydra_job,
     relaunch_note,
+    resume_from,
+    retyped,
     run_held,
     same_run,
     saved_checkpoints,
@@ -697,7 +699,7 @@ def _resume_hint(preempt: PreemptionCheckpoint, out_dir: Path, job: HydraJob, lo
     else:  # stopped before the first step (e.g. in the sanity check): the newest checkpoint there is stands
         saved = newest_checkpoint(out_dir)
         saved = saved if saved.startswith("no ") else f"no new checkpoint; {saved}"
-    held = run_held(out_dir) if preempt.saved_path is None else None
+    held = resume_from(out_dir) if preempt.saved_path is None else None
     if job.sweep_dir is not None and not job.search and not _jobs_in_sweep_process() or \
             held is not None and best_files_only(held):  # a job of joblib's or submitit's: the sweep's resume (the
         # job's own left it out of the sweep's W&B group: review); best files only: ckpt_path=last refuses them
@@ -715,12 +717,7 @@ def _dict(value) -> dict:
 
 
 def _retyped(out_dir: Path, job: HydraJob) -> str:
-    """The overrides a resume command repeats: none where the run folder's .hydra/overrides.yaml holds them."""
-    from momattn.trust import given_again  # (what a resume does not take from the saved line: given again)
-
-    return given_again(job).strip() if (out_dir / ".hydra" / "overrides.yaml").is_file() else \
-        " ".join(shell_quote(o) for o in job.overrides if not o.startswith(("ckpt_path=", "hydra.run.dir=")))
-
+    return retyped(out_dir, job)
 
 def _rank_lost(rank: int, how: str, grace: float, out_dir: Path, job) -> str:
     """What the rank watcher says when another rank ended and this one (rank 0) did not stop within its grace."""
@@ -734,12 +731,13 @@ def _interrupt_hint(out_dir: Path, job) -> str:
     from momattn.trust import given_again, resume_prefix
 
     newest, sigterm = newest_checkpoint(out_dir), "(a SIGTERM, e.g. kill <pid>, saves the current step first)"
-    others = sorted((p for p in (out_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"),
-                    key=lambda p: p.stat().st_mtime) if newest.startswith("no ") else []  # (a damaged last.ckpt too)
-    if others:  # no last.ckpt (save_last off, or damaged): the newest other one (it said "before the first")
-        return (f"\n[momattn] interrupted (Ctrl-C): no last.ckpt; the newest checkpoint is {others[-1]}, and the "
+    held = resume_from(out_dir)  # a readable last.ckpt, else the newest other (a damaged last.ckpt too: review)
+    if held is not None and held.name != "last.ckpt":  # (it said "before the first")
+        last = out_dir / "checkpoints" / "last.ckpt"
+        what = f"{last} cannot be read" if last.exists() else "no last.ckpt"
+        return (f"\n[momattn] interrupted (Ctrl-C): {what}; the newest checkpoint is {held}, and the "
                 f"steps after it are lost {sigterm}. Resume from it with: {resume_prefix(out_dir)}python train.py "
-                f"{shell_arg('ckpt_path', others[-1])}{given_again(job)}")
+                f"{shell_arg('ckpt_path', held)}{given_again(job)}")
     if newest.startswith("no "):  # it said "no checkpoint was written yet; the steps after it are lost" (review)
         return (f"\n[momattn] interrupted (Ctrl-C) before the first checkpoint: the steps trained are lost {sigterm}. "
                 + go_on(job, out_dir).replace("Resume with:", "Start it again with:", 1))
@@ -874,7 +872,7 @@ class SigtermOutsideFit:
             # does not read; the same command refuses to overwrite them (it was advised; found by review)
             names = sorted(p.name for p in saved_checkpoints(self.out_dir))
             hint += (f"no last.ckpt (save_last is off); {self.out_dir / 'checkpoints'} holds {', '.join(names)}, "
-                     f"which evaluate.py reads.\n{go_on(self.job, self.out_dir)} (it trains on from that file's step)")
+                     f"which evaluate.py reads.\n{go_on(self.job, self.out_dir)}")
         elif held is not None and held.name == "last.ckpt":  # there, but it cannot be read (diff review)
             others = sorted((p for p in saved_checkpoints(self.out_dir) if p.name != "last.ckpt"),
                             key=lambda p: p.stat().st_mtime)
@@ -1097,7 +1095,7 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
         since = f" (steps {speed['fit_from_step']}-{trainer.global_step}, since the resume)" \
             if speed.get("fit_from_step") else ""
         lines.append(f"  throughput {speed['tokens_per_sec']:.0f} tokens/s{every} in the last steps{mean};{mfu} fit "
-                     f"took {speed['fit_seconds']:.0f} s{since}"
+                     f"took {speed.get('fit_seconds') or 0:.0f} s{since}"
                      + (f" ({speed['speed_note']})" if speed.get("speed_note") else ""))
     elif speed.get("fit_seconds") is not None:  # the line was left out without a word (a short resumed segment)
         lines.append("  throughput not measured: this process trained too few optimizer steps to fill its window "

@@ -1076,3 +1076,26 @@ def test_a_checkpoint_a_kill_left_aside_between_two_renames_is_restored(tmp_path
     # a stop's message names the best files a run without last.ckpt holds (it said nothing was written)
     (ckpts / "last.ckpt").unlink()
     assert newest_checkpoint(tmp_path) == f"no last.ckpt, but {ckpts} holds best.ckpt, kept.ckpt, other.ckpt"
+
+
+def test_a_checkpoint_another_process_restored_first_is_left_to_it(tmp_path, monkeypatch):
+    # without a lock (no flock), another rank can restore it between this one's look and its rename: that rank's
+    # file stands, not a FileNotFoundError traceback (second diff review)
+    import contextlib
+
+    import momattn.io
+    from momattn.io import recover_swaps
+
+    (tmp_path / ".last.ckpt.old").write_text("old")
+    (tmp_path / ".last.ckpt.new").write_text("new")
+    monkeypatch.setattr(momattn.io, "file_lock", lambda *a, **k: contextlib.nullcontext(False))
+    real = Path.rename
+
+    def another_first(self, target):
+        real(self, target)  # the other process's rename
+        raise FileNotFoundError(2, "No such file or directory", str(self))
+
+    monkeypatch.setattr(Path, "rename", another_first)
+    assert recover_swaps(tmp_path) == []
+    monkeypatch.setattr(Path, "rename", real)
+    assert (tmp_path / "last.ckpt").read_text() == "new"

@@ -188,10 +188,15 @@ def test_a_value_one_job_of_a_sweep_takes_is_refused_before_any_job_trains(tmp_p
     check_jobs(plan_sweep("train", named), named)
     # a sweep named before ckpt_path was left out of the names: its way to resume (the advice looped: diff review)
     job0.rmdir()
-    (tmp_path / "sd" / "old").rename(tmp_path / "sd" / "ckpt_path=last,debug=smoke,seed=1")
+    (tmp_path / "sd" / "old").rename(tmp_path / "sd" / f"ckpt_path=last,{job0.name}")
     with pytest.raises(ConfigError, match=r"Its folders were named with ckpt_path in them .*: resume with the same "
                                           r"command plus hydra.job.config.override_dirname.exclude_keys=\[\]$"):
         check_jobs(plan_sweep("train", named), named)
+    advised = [*named, "hydra.job.config.override_dirname.exclude_keys=[]"]
+    check_jobs(plan_sweep("train", advised), advised)  # which resumes it
+    other = [*advised[:1], "seed=3", *advised[2:]]  # and a value it never had: not advised it again (it looped)
+    with pytest.raises(ConfigError, match=r"Resume with the sweep's original overrides plus ckpt_path=last"):
+        check_jobs(plan_sweep("train", other), other)
     subdir = [*SMOKE, "seed=1,2", "hydra.sweep.subdir=x"]  # it blamed paths.output_dir, which was not set
     with pytest.raises(ConfigError, match=r"^hydra.sweep.subdir=x: jobs 0 and 1 of the sweep would write into one "
                                           r"folder, .*; leave hydra.sweep.subdir at its default"):

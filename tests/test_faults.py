@@ -378,10 +378,25 @@ def test_a_ctrl_c_before_the_first_checkpoint_says_the_steps_are_lost(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "best-step3.ckpt").write_bytes(b"x")
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"damaged, and newer")  # not advised (third review)
-    assert _interrupt_hint(tmp_path, HydraJob([])).strip() == (
-        f"[momattn] interrupted (Ctrl-C): no last.ckpt; the newest checkpoint is {tmp_path}/checkpoints/best-step3.ckpt, "
-        "and the steps after it are lost (a SIGTERM, e.g. kill <pid>, saves the current step first). Resume from it "
-        f"with: python train.py ckpt_path={tmp_path}/checkpoints/best-step3.ckpt")
+    for what in (f"{tmp_path}/checkpoints/last.ckpt cannot be read", "no last.ckpt"):
+        assert _interrupt_hint(tmp_path, HydraJob([])).strip() == (
+            f"[momattn] interrupted (Ctrl-C): {what}; the newest checkpoint is {tmp_path}/checkpoints/best-step3.ckpt, "
+            "and the steps after it are lost (a SIGTERM, e.g. kill <pid>, saves the current step first). Resume from "
+            f"it with: python train.py ckpt_path={tmp_path}/checkpoints/best-step3.ckpt")
+        (tmp_path / "checkpoints" / "last.ckpt").unlink(missing_ok=True)
+    # and the other stop messages (go_on: a crash of another rank, a SIGTERM before the first save, a search's
+    # trial) give it too: they advised ckpt_path=last, which cannot read a damaged file (second diff review)
+    from momattn.callbacks import PreemptionCheckpoint
+    from momattn.cli import go_on
+    from momattn.training import _resume_hint
+
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"damaged")
+    best = f"ckpt_path={tmp_path}/checkpoints/best-step3.ckpt hydra.run.dir={tmp_path}"
+    assert f"Resume with: python train.py {best} (it trains on from that file's step)" in go_on(HydraJob([]), tmp_path)
+    assert f"python train.py {best}" in _resume_hint(PreemptionCheckpoint(tmp_path / "checkpoints"), tmp_path,
+                                                     HydraJob([]))
+    trial = HydraJob([], sweep_dir=str(tmp_path), num=3, search=True)
+    assert f"the search stops at trial 3; finish it as a single run: python train.py {best}" in go_on(trial, tmp_path)
 
 
 @pytest.mark.slow

@@ -1205,9 +1205,10 @@ def test_a_fresh_run_is_refused_where_a_run_kept_checkpoints_but_no_last_ckpt(tm
     # how a run that failed there is told to go on
     from momattn.cli import HydraJob, go_on
 
-    assert go_on(HydraJob([]), run) == f"Resume with: python train.py ckpt_path={best} hydra.run.dir={run}"
+    step = " (it trains on from that file's step)"
+    assert go_on(HydraJob([]), run) == f"Resume with: python train.py ckpt_path={best} hydra.run.dir={run}{step}"
     assert go_on(HydraJob([], sweep_dir=str(run.parent), num=0), run) == (
-        f"Resume with: python train.py ckpt_path={best} hydra.run.dir={run}, then the sweep with ckpt_path=last "
+        f"Resume with: python train.py ckpt_path={best} hydra.run.dir={run}{step}, then the sweep with ckpt_path=last "
         f"hydra.sweep.dir={run.parent} (the same command otherwise)")
     # a killed writer's partial file is no checkpoint: a fresh run may go there (it was told to resume from it)
     part = tmp_path / "part"

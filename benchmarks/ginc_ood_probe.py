@@ -224,10 +224,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sweep", required=True, help="a folder holding finished GINC runs (searched recursively)")
-    ap.add_argument("--prompts", type=positive_int, default=500)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--k", type=positive_int, default=32)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ginc_ood_probe"))
+    ap.add_argument("--prompts", type=positive_int, default=500, help="prompts per task (evaluate.py's; default 500)")
+    ap.add_argument("--seed", type=int, default=1, help="the prompts' seed (evaluate.py's icl.seeds; default 1)")
+    ap.add_argument("--k", type=positive_int, default=32, help="the examples in a prompt, against k = 0 (default 32)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ginc_ood_probe"),
+                    help="the folder for probe.json and probe.md (default benchmarks/results/ginc_ood_probe)")
     a = ap.parse_args(argv)
     if not Path(a.sweep).is_dir():
         ap.error(f"--sweep {a.sweep}: no such folder; give the folder of a GINC sweep (e.g. multirun/<date>/<time>)")

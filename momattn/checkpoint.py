@@ -458,7 +458,13 @@ def checkpoint_meta(model_config: GPTConfig, tokenizer: Tokenizer, config: dict,
 
 
 def newest_last_checkpoint(root_dir: Path) -> Path | None:
-    """The most recently written checkpoints/last.ckpt under root_dir/outputs and root_dir/multirun, if any."""
+    """The most recently written checkpoints/last.ckpt under root_dir/outputs and root_dir/multirun, if any (one
+    left aside by a kill restored first: the search chose an older run's, found by review)."""
+    for d in ("outputs", "multirun"):
+        for old in (root_dir / d).glob("**/checkpoints/.last.ckpt.old"):
+            from momattn.io import restore_left_aside
+
+            restore_left_aside(old.parent)
     found = [p for d in ("outputs", "multirun") for p in (root_dir / d).glob("**/checkpoints/last.ckpt")]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 

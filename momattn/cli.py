@@ -988,6 +988,10 @@ def check_fresh_folder(overrides: list[str], multirun: bool, cwd: Path | None = 
     if ckpt and ckpt != "null":
         return
     runs = [folder] if not multirun else sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    from momattn.io import restore_left_aside
+
+    for run in runs:  # a checkpoint left aside by a kill: restored, and so seen (a fresh run went on into its
+        restore_left_aside(run / "checkpoints")  # folder, and Hydra rewrote its saved command line: review)
     held = [p for run in runs if (p := run_held(run))]
     if held:
         raise folder_holds_a_run(folder, held, key, sweep=multirun, search=multirun and _is_search(overrides))

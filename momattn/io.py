@@ -256,6 +256,13 @@ def recover_swaps(folder: Path) -> list[tuple[Path, Path]]:
     return out
 
 
+def restore_left_aside(checkpoints: Path) -> None:
+    """recover_swaps, said: checkpoints a process killed between swap_into's renames left aside, renamed back."""
+    for path, source in recover_swaps(checkpoints):
+        print(f"[momattn] restored {path} from {source.name}, which a process killed while it replaced the "
+              "checkpoint left aside", file=sys.stderr)
+
+
 def file_id(p: Path) -> tuple:
     """One file however it is named: a symlink and its target, or two hard links, are the same file."""
     st = p.stat()

@@ -32,6 +32,19 @@ from momattn.quoting import shell_arg
 _SWEEP_LOCKS: dict[Path, int] = {}  # the sweep folder this process launches jobs into, and its lock
 
 
+def _second_sweep(config, folder: Path) -> ConfigError | None:
+    """A fresh sweep into a folder named with ${now:...} that holds a sweep's runs already (cli.check_fresh_folder
+    checks a folder given as is, before Hydra): its jobs trained into the other sweep's folders and one verdict
+    mixed the two (found by review). None where it holds none, or the sweep resumes (ckpt_path given)."""
+    from momattn.cli import _is_search, _last, folder_holds_a_run, run_held
+
+    task = [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=None) or []]
+    if _last(task, "ckpt_path") not in (None, "null") or not folder.is_dir():
+        return None
+    held = [p for run in sorted(folder.iterdir()) if run.is_dir() and (p := run_held(run))]
+    return folder_holds_a_run(folder, held, "hydra.sweep.dir", sweep=True, search=_is_search(task)) if held else None
+
+
 def _claimed_before_hydra(config) -> bool:
     """Whether momattn.cli claimed train.py's folder before Hydra started: hydra.run.dir given, no interpolation."""
     overrides = OmegaConf.to_container(config.hydra.overrides.hydra, resolve=False)  # as typed: ${now:...} kept
@@ -123,6 +136,9 @@ class ClaimRunFolder(Callback):
             sys.exit(2)
         if fd is not None:
             _SWEEP_LOCKS[folder] = fd
+        if self.kind == "training run" and (refusal := _second_sweep(config, folder)) is not None:
+            report(refusal, hydra=False)
+            sys.exit(2)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         for folder in list(_SWEEP_LOCKS):

@@ -145,7 +145,7 @@ def check_jobs(sweep: Sweep, overrides: list[str], search: bool = False) -> None
     from hydra.core.utils import env_override
     from omegaconf import OmegaConf, open_dict, read_write
 
-    from momattn.cli import _compose, hydra_section
+    from momattn.cli import _compose, _last, hydra_section
     from momattn.config import load_train_config, world_size
     from momattn.errors import ConfigError, UserError
 
@@ -205,9 +205,14 @@ def check_jobs(sweep: Sweep, overrides: list[str], search: bool = False) -> None
             if (other := folders.setdefault(folder, num)) != num and "hydra:runtime.output_dir" in written:
                 subdir = OmegaConf.to_container(composed.hydra.sweep, resolve=False).get("subdir")
                 jobs = "trials" if search else "jobs"
+                why = ("; ckpt_path is left out of ${hydra.job.override_dirname} (conf/train.yaml's hydra.job.config."
+                       "override_dirname.exclude_keys, so that a resume keeps the folders): to sweep checkpoints "
+                       "there, give hydra.job.config.override_dirname.exclude_keys=[]"
+                       if "override_dirname" in str(subdir) and _last(job, "ckpt_path") else "")
                 raise ConfigError(f"hydra.sweep.subdir={subdir}: {jobs} {other} and {num} of the "
                                   f"{'search' if search else 'sweep'} would write into one folder, {folder}; leave "
-                                  "hydra.sweep.subdir at its default, ${hydra.job.num}, or give it the job's number")
+                                  "hydra.sweep.subdir at its default, ${hydra.job.num}, or give it the job's number"
+                                  + why)
             if other != num:  # job 1 found job 0's run there, blamed the sweep
                 raise ConfigError(f"paths.output_dir={c.paths.output_dir}: {'trials' if search else 'jobs'} {other} "
                                   f"and {num} of the {'search' if search else 'sweep'} would "

@@ -81,7 +81,7 @@ from momattn.errors import (
     NonFiniteLossError,
     first_line,
 )
-from momattn.io import atomic_write_text, json_text, recover_swaps, remove_stale_temps
+from momattn.io import atomic_write_text, json_text, remove_stale_temps, restore_left_aside
 from momattn.lit import LitGPT
 from momattn.loss import before_compile
 from momattn.memory import check_fits
@@ -169,9 +169,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     for tmp in remove_stale_temps(out_dir / "checkpoints", idle_s=0):
         print(f"[momattn] removed {tmp.name}, a partial checkpoint of a killed process", file=sys.stderr)
     remove_stale_temps(out_dir, idle_s=0)  # a summary.json's or log's, kept for good (DDP review)
-    for path, source in recover_swaps(out_dir / "checkpoints"):  # a checkpoint a kill left aside between
-        print(f"[momattn] restored {path} from {source.name}, which a process killed while it replaced the "  # swap_into's
-              "checkpoint left aside", file=sys.stderr)  # renames (every rank: each waits for the one restoring it)
+    restore_left_aside(out_dir / "checkpoints")  # a kill between swap_into's renames (every rank: each waits for
+    # the one restoring it)
     if summary := _finished_uncheckpointed(c, job, out_dir):  # (every rank: a sweep's later jobs run on the ranks it
         value = summary.get(c.optimized_metric)  # started)
         return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
@@ -956,11 +955,25 @@ def _finished_uncheckpointed(c: TrainConfig, job: HydraJob, out_dir: Path) -> di
     for what it cannot do without one (more steps) or names other settings than it was trained with. A sweep
     resumed with ckpt_path=last trained such jobs again from step 0 over their logs (found by review)."""
     checkpoints = out_dir / "checkpoints"
-    if c.ckpt_path != "last" or checkpoints.is_dir() and any(checkpoints.iterdir()):  # (resolve_ckpt_path's to take)
+    if c.ckpt_path != "last" or (checkpoints / "last.ckpt").exists():  # (resolve_ckpt_path's to take)
+        return None
+    best = sorted(p.name for p in saved_checkpoints(out_dir))
+    if not best and checkpoints.is_dir() and any(checkpoints.iterdir()):
         return None
     summary = _read_summary(out_dir / "summary.json")[0]
     if not summary:
         return None
+    if best:  # save_last=false: a finished job of a sweep resumed with ckpt_path=last was refused ("no last.ckpt"),
+        # and failed the sweep (flows review); an unfinished one or other settings: resolve_ckpt_path's refusal
+        saved, target = summary.get("overrides"), summary.get("max_steps", summary.get("steps"))
+        if target != c.max_steps or summary.get("steps") != target and not summary.get("stopped_early") or \
+                isinstance(saved, list) and changed_overrides([str(o) for o in saved], list(job.overrides)):
+            return None
+        if os.environ.get("LOCAL_RANK", "0") == "0":
+            print(f"[momattn] nothing to train: {out_dir} finished at step {summary.get('steps')} "
+                  f"(trainer.max_steps={c.max_steps}), keeping {', '.join(best)} and no last.ckpt (save_last=false); "
+                  f"{out_dir / 'summary.json'} is kept", file=sys.stderr, flush=True)
+        return summary
     saved = summary.get("overrides")
     if isinstance(saved, list) and (changed := changed_overrides([str(o) for o in saved], list(job.overrides))):
         raise ConfigError(f"{out_dir} holds a run that finished without a checkpoint, trained with "

@@ -1099,3 +1099,25 @@ def test_a_checkpoint_another_process_restored_first_is_left_to_it(tmp_path, mon
     assert recover_swaps(tmp_path) == []
     monkeypatch.setattr(Path, "rename", real)
     assert (tmp_path / "last.ckpt").read_text() == "new"
+
+
+def test_a_checkpoint_left_aside_is_seen_by_the_checks_before_the_run(tmp_path):
+    # `ckpt_path=last` alone resumed an older run instead, and a fresh run went on into the folder (Hydra rewrote its
+    # saved command line before the run refused): the flows review
+    import os
+    import time
+
+    from momattn.checkpoint import newest_last_checkpoint
+    from momattn.cli import check_fresh_folder
+
+    older, newer = tmp_path / "outputs" / "b", tmp_path / "outputs" / "c"
+    for run in (older, newer):
+        (run / "checkpoints").mkdir(parents=True)
+    (older / "checkpoints" / "last.ckpt").write_text("b")
+    (newer / "checkpoints" / ".last.ckpt.old").write_text("c")
+    t = time.time()
+    os.utime(older / "checkpoints" / "last.ckpt", (t - 60, t - 60))
+    assert newest_last_checkpoint(tmp_path) == newer / "checkpoints" / "last.ckpt"
+    (newer / "checkpoints" / "last.ckpt").rename(newer / "checkpoints" / ".last.ckpt.old")
+    with pytest.raises(ConfigError, match="holds a run already"):
+        check_fresh_folder([f"hydra.run.dir={newer}"], multirun=False, cwd=tmp_path)

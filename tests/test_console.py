@@ -236,9 +236,12 @@ def test_command_line_forms_that_hydra_reads_its_own_way(tmp_path):
             check_output_dir([bad], multirun=False, cwd=tmp_path)
     assert not (tmp_path / "outputs").exists()  # refused before any folder was made
     # a name with ${now:...} inside it: its parent is made, not a stray 'day_' beside the run (found by review)
-    check_output_dir(["hydra.run.dir=runs/day_${now:%Y-%m-%d}"], multirun=False, cwd=tmp_path)
-    check_output_dir(["hydra.sweep.dir=sweeps/${now:%Y}/x"], multirun=True, cwd=tmp_path)
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["runs", "sweeps"]
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    check_output_dir(["hydra.run.dir=runs/day_${now:%Y-%m-%d}"], multirun=False, cwd=probe)
+    check_output_dir(["hydra.sweep.dir=sweeps/${now:%Y}/x"], multirun=True, cwd=probe)
+    assert sorted(p.relative_to(probe).as_posix() for p in probe.rglob("*")) == ["runs", "sweeps"]
+    probe.joinpath("runs").rmdir(), probe.joinpath("sweeps").rmdir(), probe.rmdir()
     # on the command line: the quoted ~ was refused only after the run folder './~/x' had been locked (made);
     # unquoted, Hydra's lexer error
     for arg, says in (("hydra.run.dir='~/x'", "it would make a folder named '~'"),

@@ -192,6 +192,11 @@ def test_a_value_one_job_of_a_sweep_takes_is_refused_before_any_job_trains(tmp_p
     with pytest.raises(ConfigError, match=r"Its folders were named with ckpt_path in them .*: resume with the same "
                                           r"command plus hydra.job.config.override_dirname.exclude_keys=\[\]$"):
         check_jobs(plan_sweep("train", named), named)
+    # a sweep over checkpoints there: its jobs share a folder, said with why (flows review)
+    ckpts = [*SMOKE, "ckpt_path=a.ckpt,b.ckpt", "hydra.sweep.subdir=${hydra.job.override_dirname}", "hydra.sweep.dir=sc"]
+    with pytest.raises(ConfigError, match=r"would write into one folder.*; ckpt_path is left out of .*: to sweep "
+                                          r"checkpoints there, give hydra.job.config.override_dirname.exclude_keys=\[\]"):
+        check_jobs(plan_sweep("train", ckpts), ckpts)
     advised = [*named, "hydra.job.config.override_dirname.exclude_keys=[]"]
     check_jobs(plan_sweep("train", advised), advised)  # which resumes it
     other = [*advised[:1], "seed=3", *advised[2:]]  # and a value it never had: not advised it again (it looped)

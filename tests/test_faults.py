@@ -155,6 +155,22 @@ def test_with_save_last_false_a_sigterms_last_ckpt_is_brought_to_the_end_and_the
 
 
 
+def test_a_finished_run_without_last_ckpt_resumed_with_ckpt_path_last_has_nothing_to_train(tmp_path):
+    # save_last=false: a finished job of a sweep resumed with ckpt_path=last was refused ("has no last.ckpt but
+    # holds ..."), which failed the sweep at every resume (flows review)
+    keep = "callbacks.model_checkpoint.save_last=false"
+    r = run_cli("train.py", [*RUN, keep, f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert r.returncode == 0 and not (tmp_path / "checkpoints" / "last.ckpt").exists(), r.stderr[-3000:]
+    summary = (tmp_path / "summary.json").read_bytes()
+    r = run_cli("train.py", [*RUN, keep, "ckpt_path=last", f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert r.returncode == 0 and "nothing to train" in r.stderr and "(save_last=false)" in r.stderr, r.stderr[-3000:]
+    assert (tmp_path / "summary.json").read_bytes() == summary
+    # asked for more steps, it is still refused with its files named (it cannot train on from the last step)
+    r = run_cli("train.py", [*RUN, keep, "ckpt_path=last", "trainer.max_steps=12", f"hydra.run.dir={tmp_path}"],
+                tmp_path)
+    assert r.returncode == 2 and "has no last.ckpt but holds" in r.stderr, r.stderr[-3000:]
+
+
 def test_ranks_that_do_not_meet_on_one_machine_are_not_blamed_on_the_nodes_address(monkeypatch):
     # on one machine it advised MASTER_ADDR / NODE_RANK settings, where the ranks' own start-up had outlasted a
     # short dist_timeout_s on a busy machine (found by review)

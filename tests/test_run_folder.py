@@ -183,6 +183,26 @@ def test_a_sweep_folder_another_sweep_writes_is_refused_and_a_free_one_held_for_
     os.close(fd)
 
 
+def test_a_fresh_sweep_into_a_timed_folder_holding_a_sweep_is_refused(tmp_path, capsys):
+    # sweep_${now:%H} twice within the hour: the second sweep's jobs trained into the first's folders, and one
+    # verdict mixed the two (the flows review); a resume (ckpt_path=last) goes on
+    from momattn import run_folder
+
+    (tmp_path / "sw" / "0" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "sw" / "0" / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    for task, refused in ((["seed=5,6"], True), (["seed=1", "ckpt_path=last"], False)):
+        cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sw")}, "overrides": {"task": task}}})
+        callback = ClaimRunFolder()
+        if refused:
+            with pytest.raises(SystemExit) as e:
+                callback.on_multirun_start(cfg)
+            assert e.value.code == 2 and "holds 1 job(s) of a sweep already" in capsys.readouterr().err
+        else:
+            callback.on_multirun_start(cfg)
+        callback.on_multirun_end(cfg)
+    assert not run_folder._SWEEP_LOCKS
+
+
 def test_a_multirun_into_a_sweep_folder_in_use_is_refused_before_any_job(tmp_path, held):
     names = hold_the_next_seconds(held, tmp_path / "multirun")
     r = run_cli("train.py", ["-m", "debug=smoke", "seed=1,2"], tmp_path)

@@ -1534,13 +1534,14 @@ def retyped(out_dir: Path, job) -> str:
 def resume_from(out_dir: Path) -> Path | None:
     """The checkpoint a resume of the run folder starts from: its last.ckpt where that can be read, else its newest
     other one (save_last=false, or a damaged last.ckpt, which ckpt_path=last refuses: every stop message advised
-    it; diff review); None where it holds none."""
-    from momattn.checkpoint import read_meta
-
+    it; diff review); None where it holds none. Before momattn.checkpoint (and torch) is loaded, a last.ckpt is
+    taken as it is: a stop during the start-up's imports cannot import them (its message came out empty)."""
     last = out_dir / "checkpoints" / "last.ckpt"
     if last.exists():
+        if "momattn.checkpoint" not in sys.modules:
+            return last
         with contextlib.suppress(Exception):
-            read_meta(last)
+            sys.modules["momattn.checkpoint"].read_meta(last)
             return last
     others = [p for p in saved_checkpoints(out_dir) if p.name != "last.ckpt"]
     with contextlib.suppress(OSError):

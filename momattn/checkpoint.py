@@ -464,7 +464,7 @@ def newest_last_checkpoint(root_dir: Path) -> Path | None:
         for old in (root_dir / d).glob("**/checkpoints/.last.ckpt.old"):
             from momattn.io import restore_left_aside
 
-            restore_left_aside(old.parent)
+            restore_left_aside(old.parent, unless_held=True)
     found = [p for d in ("outputs", "multirun") for p in (root_dir / d).glob("**/checkpoints/last.ckpt")]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 

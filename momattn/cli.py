@@ -991,7 +991,8 @@ def check_fresh_folder(overrides: list[str], multirun: bool, cwd: Path | None = 
     from momattn.io import restore_left_aside
 
     for run in runs:  # a checkpoint left aside by a kill: restored, and so seen (a fresh run went on into its
-        restore_left_aside(run / "checkpoints")  # folder, and Hydra rewrote its saved command line: review)
+        restore_left_aside(run / "checkpoints", unless_held=True)  # folder, and Hydra rewrote its saved command
+        # line: review)
     held = [p for run in runs if (p := run_held(run))]
     if held:
         raise folder_holds_a_run(folder, held, key, sweep=multirun, search=multirun and _is_search(overrides))
@@ -1538,10 +1539,11 @@ def resume_from(out_dir: Path) -> Path | None:
     taken as it is: a stop during the start-up's imports cannot import them (its message came out empty)."""
     last = out_dir / "checkpoints" / "last.ckpt"
     if last.exists():
-        if "momattn.checkpoint" not in sys.modules:
+        read_meta = getattr(sys.modules.get("momattn.checkpoint"), "read_meta", None)  # (not half-imported)
+        if read_meta is None:
             return last
         with contextlib.suppress(Exception):
-            sys.modules["momattn.checkpoint"].read_meta(last)
+            read_meta(last)
             return last
     others = [p for p in saved_checkpoints(out_dir) if p.name != "last.ckpt"]
     with contextlib.suppress(OSError):

@@ -256,11 +256,28 @@ def recover_swaps(folder: Path) -> list[tuple[Path, Path]]:
     return out
 
 
-def restore_left_aside(checkpoints: Path) -> None:
-    """recover_swaps, said: checkpoints a process killed between swap_into's renames left aside, renamed back."""
-    for path, source in recover_swaps(checkpoints):
-        print(f"[momattn] restored {path} from {source.name}, which a process killed while it replaced the "
-              "checkpoint left aside", file=sys.stderr)
+def restore_left_aside(checkpoints: Path, unless_held: bool = False) -> None:
+    """recover_swaps, said: checkpoints a process killed between swap_into's renames left aside, renamed back.
+    unless_held: only where no process holds the run folder (checkpoints' parent; a check before this run holds its
+    own): a live run between its two renames would lose its save (diff review). A folder that cannot be written
+    is said and left (a traceback, and the search for a run to resume stopped there)."""
+    if not any(Path(checkpoints).glob(".*.old")):
+        return
+    fd = None
+    if unless_held:
+        fd, holder = lock_folder(Path(checkpoints).parent)
+        if holder is not None:
+            return
+    try:
+        for path, source in recover_swaps(checkpoints):
+            print(f"[momattn] restored {path} from {source.name}, which a process killed while it replaced the "
+                  "checkpoint left aside", file=sys.stderr)
+    except OSError as e:
+        print(f"[momattn] warning: {checkpoints} holds a checkpoint a killed process left aside, which cannot be "
+              f"restored here ({e.strerror or e}): rename it back by hand", file=sys.stderr)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def file_id(p: Path) -> tuple:

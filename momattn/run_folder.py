@@ -36,13 +36,26 @@ def _second_sweep(config, folder: Path) -> ConfigError | None:
     """A fresh sweep into a folder named with ${now:...} that holds a sweep's runs already (cli.check_fresh_folder
     checks a folder given as is, before Hydra): its jobs trained into the other sweep's folders and one verdict
     mixed the two (found by review). None where it holds none, or the sweep resumes (ckpt_path given)."""
-    from momattn.cli import _is_search, _last, folder_holds_a_run, run_held
+    from momattn.cli import _last, run_held
+    from momattn.io import restore_left_aside
+    from momattn.sweep_jobs import _original_command
 
     task = [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=None) or []]
     if _last(task, "ckpt_path") not in (None, "null") or not folder.is_dir():
         return None
-    held = [p for run in sorted(folder.iterdir()) if run.is_dir() and (p := run_held(run))]
-    return folder_holds_a_run(folder, held, "hydra.sweep.dir", sweep=True, search=_is_search(task)) if held else None
+    runs = [run for run in sorted(folder.iterdir()) if run.is_dir()]
+    for run in runs:  # (a checkpoint a killed process left aside: seen, as check_fresh_folder sees it)
+        restore_left_aside(run / "checkpoints", unless_held=True)
+    held = [p for run in runs if (p := run_held(run))]
+    if not held:
+        return None
+    pattern = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("dir"))
+    original = _original_command(folder, str(folder))
+    return ConfigError(f"{folder} (hydra.sweep.dir={pattern}) holds {len(held)} job(s) of another sweep already "
+                       f"({held[0]}{', ...' if len(held) > 1 else ''}): this sweep's jobs would train into them. Give "
+                       "it a folder of its own (a pattern down to the second, e.g. "
+                       "hydra.sweep.dir=multirun/${now:%Y-%m-%d}/${now:%H-%M-%S}, or a new folder)"
+                       + (f"; that sweep resumes with: {original}" if original else ""))
 
 
 def _claimed_before_hydra(config) -> bool:

@@ -206,9 +206,10 @@ def check_jobs(sweep: Sweep, overrides: list[str], search: bool = False) -> None
                 subdir = OmegaConf.to_container(composed.hydra.sweep, resolve=False).get("subdir")
                 jobs = "trials" if search else "jobs"
                 why = ("; ckpt_path is left out of ${hydra.job.override_dirname} (conf/train.yaml's hydra.job.config."
-                       "override_dirname.exclude_keys, so that a resume keeps the folders): to sweep checkpoints "
-                       "there, give hydra.job.config.override_dirname.exclude_keys=[]"
-                       if "override_dirname" in str(subdir) and _last(job, "ckpt_path") else "")
+                       "override_dirname.exclude_keys, so that a resume keeps the folders): sweep checkpoints with "
+                       "hydra.sweep.subdir=${hydra.job.num}"
+                       if "override_dirname" in str(subdir) and _last(job, "ckpt_path") != _last(sweep.jobs[other],
+                                                                                                "ckpt_path") else "")
                 raise ConfigError(f"hydra.sweep.subdir={subdir}: {jobs} {other} and {num} of the "
                                   f"{'search' if search else 'sweep'} would write into one folder, {folder}; leave "
                                   "hydra.sweep.subdir at its default, ${hydra.job.num}, or give it the job's number"

@@ -966,9 +966,20 @@ def _finished_uncheckpointed(c: TrainConfig, job: HydraJob, out_dir: Path) -> di
     if best:  # save_last=false: a finished job of a sweep resumed with ckpt_path=last was refused ("no last.ckpt"),
         # and failed the sweep (flows review); an unfinished one or other settings: resolve_ckpt_path's refusal
         saved, target = summary.get("overrides"), summary.get("max_steps", summary.get("steps"))
-        if target != c.max_steps or summary.get("steps") != target and not summary.get("stopped_early") or \
-                isinstance(saved, list) and changed_overrides([str(o) for o in saved], list(job.overrides)):
+        early = summary.get("stopped_early") and any("EarlyStopping" in str(cb.get("_target_", "")) for cb in (
+            c.callbacks or {}).values() if isinstance(cb, Mapping))  # (without the callback now, it trains on)
+        if target != c.max_steps or summary.get("steps") != target and not early or \
+                isinstance(saved, list) and changed_overrides([str(o) for o in saved], list(job.overrides)) or \
+                c.run_eval and c.eval and not (out_dir / "eval" / "results.json").is_file():  # its evaluation cut
+            return None  # short: the refusal, which names its files (third diff review)
+        try:  # the model it would report: another width or attention added on the command line was taken as it
+            from momattn.checkpoint import model_config_from  # (third diff review)
+
+            newest = max(saved_checkpoints(out_dir), key=lambda p: p.stat().st_mtime)
+            resumed = model_config_from(read_meta(newest)["momattn"], newest)
+        except Exception:  # unreadable: resolve_ckpt_path's refusal names the files
             return None
+        check_compatible(resumed, c.model_for(resumed.vocab_size), newest)
         if os.environ.get("LOCAL_RANK", "0") == "0":
             print(f"[momattn] nothing to train: {out_dir} finished at step {summary.get('steps')} "
                   f"(trainer.max_steps={c.max_steps}), keeping {', '.join(best)} and no last.ckpt (save_last=false); "

@@ -194,9 +194,14 @@ def test_a_value_one_job_of_a_sweep_takes_is_refused_before_any_job_trains(tmp_p
         check_jobs(plan_sweep("train", named), named)
     # a sweep over checkpoints there: its jobs share a folder, said with why (flows review)
     ckpts = [*SMOKE, "ckpt_path=a.ckpt,b.ckpt", "hydra.sweep.subdir=${hydra.job.override_dirname}", "hydra.sweep.dir=sc"]
-    with pytest.raises(ConfigError, match=r"would write into one folder.*; ckpt_path is left out of .*: to sweep "
-                                          r"checkpoints there, give hydra.job.config.override_dirname.exclude_keys=\[\]"):
+    with pytest.raises(ConfigError, match=r"would write into one folder.*; ckpt_path is left out of .*: sweep "
+                                          r"checkpoints with hydra.sweep.subdir=\$\{hydra.job.num\}$"):
         check_jobs(plan_sweep("train", ckpts), ckpts)
+    other = [*SMOKE, "seed=1,2", "ckpt_path=null", "hydra.sweep.subdir=${hydra.job.override_dirname}",
+             "hydra.job.config.override_dirname.exclude_keys=[seed]"]  # not the checkpoint's doing: not said
+    with pytest.raises(ConfigError, match=r"would write into one folder") as e:
+        check_jobs(plan_sweep("train", other), other)
+    assert "ckpt_path is left out" not in str(e.value)
     advised = [*named, "hydra.job.config.override_dirname.exclude_keys=[]"]
     check_jobs(plan_sweep("train", advised), advised)  # which resumes it
     other = [*advised[:1], "seed=3", *advised[2:]]  # and a value it never had: not advised it again (it looped)

@@ -165,6 +165,10 @@ def test_a_finished_run_without_last_ckpt_resumed_with_ckpt_path_last_has_nothin
     r = run_cli("train.py", [*RUN, keep, "ckpt_path=last", f"hydra.run.dir={tmp_path}"], tmp_path)
     assert r.returncode == 0 and "nothing to train" in r.stderr and "(save_last=false)" in r.stderr, r.stderr[-3000:]
     assert (tmp_path / "summary.json").read_bytes() == summary
+    # another model added on the command line is refused, not reported as this one (third diff review)
+    r = run_cli("train.py", [*RUN, keep, "ckpt_path=last", "model.n_layer=3", f"hydra.run.dir={tmp_path}"],
+                tmp_path)
+    assert r.returncode == 2 and "was trained with a different model" in r.stderr, r.stderr[-3000:]
     # asked for more steps, it is still refused with its files named (it cannot train on from the last step)
     r = run_cli("train.py", [*RUN, keep, "ckpt_path=last", "trainer.max_steps=12", f"hydra.run.dir={tmp_path}"],
                 tmp_path)

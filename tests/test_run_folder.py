@@ -196,7 +196,8 @@ def test_a_fresh_sweep_into_a_timed_folder_holding_a_sweep_is_refused(tmp_path, 
         if refused:
             with pytest.raises(SystemExit) as e:
                 callback.on_multirun_start(cfg)
-            assert e.value.code == 2 and "holds 1 job(s) of a sweep already" in capsys.readouterr().err
+            err = capsys.readouterr().err
+            assert e.value.code == 2 and "holds 1 job(s) of another sweep already" in err and "folder of its own" in err
         else:
             callback.on_multirun_start(cfg)
         callback.on_multirun_end(cfg)

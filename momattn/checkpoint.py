@@ -460,12 +460,13 @@ def checkpoint_meta(model_config: GPTConfig, tokenizer: Tokenizer, config: dict,
 def newest_last_checkpoint(root_dir: Path) -> Path | None:
     """The most recently written checkpoints/last.ckpt under root_dir/outputs and root_dir/multirun, if any (one
     left aside by a kill restored first: the search chose an older run's, found by review)."""
-    for d in ("outputs", "multirun"):
-        for old in (root_dir / d).glob("**/checkpoints/.last.ckpt.old"):
-            from momattn.io import restore_left_aside
+    from momattn.io import restore_left_aside
 
-            restore_left_aside(old.parent, unless_held=True)
-    found = [p for d in ("outputs", "multirun") for p in (root_dir / d).glob("**/checkpoints/last.ckpt")]
+    found = []
+    for folder in (f for d in ("outputs", "multirun") for f in (root_dir / d).glob("**/checkpoints")):  # one walk
+        restore_left_aside(folder, unless_held=True)  # (only where a kill left one aside)
+        if (folder / "last.ckpt").exists():
+            found.append(folder / "last.ckpt")
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 

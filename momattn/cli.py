@@ -988,13 +988,7 @@ def check_fresh_folder(overrides: list[str], multirun: bool, cwd: Path | None = 
     if ckpt and ckpt != "null":
         return
     runs = [folder] if not multirun else sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    from momattn.io import restore_left_aside
-
-    for run in runs:  # a checkpoint left aside by a kill: restored, and so seen (a fresh run went on into its
-        restore_left_aside(run / "checkpoints", unless_held=True)  # folder, and Hydra rewrote its saved command
-        # line: review)
-    held = [p for run in runs if (p := run_held(run))]
-    if held:
+    if held := runs_held(runs):
         raise folder_holds_a_run(folder, held, key, sweep=multirun, search=multirun and _is_search(overrides))
 
 
@@ -1152,6 +1146,17 @@ def saved_checkpoints(run: Path) -> list[Path]:
     with contextlib.suppress(OSError):
         return [p for p in (run / "checkpoints").glob("*.ckpt") if not p.name.startswith(".")]
     return []
+
+
+def runs_held(runs: list[Path]) -> list[Path]:
+    """run_held of each run folder that holds a run, a checkpoint a kill left aside in it restored first (where no
+    process holds the folder), so that it is seen: a fresh run went on into such a folder, and Hydra rewrote its
+    saved command line (found by review)."""
+    from momattn.io import restore_left_aside
+
+    for run in runs:
+        restore_left_aside(run / "checkpoints", unless_held=True)
+    return [p for run in runs if (p := run_held(run))]
 
 
 def run_held(run: Path) -> Path | None:

@@ -36,17 +36,13 @@ def _second_sweep(config, folder: Path) -> ConfigError | None:
     """A fresh sweep into a folder named with ${now:...} that holds a sweep's runs already (cli.check_fresh_folder
     checks a folder given as is, before Hydra): its jobs trained into the other sweep's folders and one verdict
     mixed the two (found by review). None where it holds none, or the sweep resumes (ckpt_path given)."""
-    from momattn.cli import _last, run_held
-    from momattn.io import restore_left_aside
+    from momattn.cli import _last, runs_held
     from momattn.sweep_jobs import _original_command
 
     task = [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=None) or []]
     if _last(task, "ckpt_path") not in (None, "null") or not folder.is_dir():
         return None
-    runs = [run for run in sorted(folder.iterdir()) if run.is_dir()]
-    for run in runs:  # (a checkpoint a killed process left aside: seen, as check_fresh_folder sees it)
-        restore_left_aside(run / "checkpoints", unless_held=True)
-    held = [p for run in runs if (p := run_held(run))]
+    held = runs_held([run for run in sorted(folder.iterdir()) if run.is_dir()])  # (as check_fresh_folder sees them)
     if not held:
         return None
     pattern = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("dir"))

@@ -691,8 +691,6 @@ def _resume_hint(preempt: PreemptionCheckpoint, out_dir: Path, job: HydraJob, lo
     """What was saved, and the resume command. The run folder's .hydra/overrides.yaml holds its command line, which
     a resume reuses (momattn.cli.resume_overrides), so nothing is retyped; without that file the overrides are
     repeated. An offline W&B run's segment so far is named with its `wandb sync`."""
-    from momattn.trust import resume_prefix
-
     if preempt.saved_path is not None:
         saved = f"checkpoint written to {preempt.saved_path} at step {preempt.saved_step}"
     else:  # stopped before the first step (e.g. in the sanity check): the newest checkpoint there is stands
@@ -704,8 +702,7 @@ def _resume_hint(preempt: PreemptionCheckpoint, out_dir: Path, job: HydraJob, lo
         # job's own left it out of the sweep's W&B group: review); best files only: ckpt_path=last refuses them
         how = go_on(job, out_dir)
     else:
-        how = (f"Resume with: {resume_prefix(out_dir)}python train.py {_retyped(out_dir, job)} ckpt_path=last "
-               f"{shell_arg('hydra.run.dir', out_dir)}").replace("  ", " ") + relaunch_note()
+        how = _own_resume(out_dir, job)
     return f"\n[momattn] SIGTERM received: {saved}.\n{how}" + "".join(f"\n{line}" for line in
                                                                      logs.offline_runs(list(loggers)))
 
@@ -715,8 +712,14 @@ def _dict(value) -> dict:
     return dict(value) if isinstance(value, Mapping) else {}
 
 
-def _retyped(out_dir: Path, job: HydraJob) -> str:
-    return retyped(out_dir, job)
+def _own_resume(out_dir: Path, job: HydraJob, tail: str = "") -> str:
+    """'Resume with: python train.py <what the saved line lacks> ckpt_path=last hydra.run.dir=<run>' + tail, and
+    the launcher's note: a single run's (or a basic sweep's job's) own resume from its last.ckpt."""
+    from momattn.trust import resume_prefix
+
+    return (f"Resume with: {resume_prefix(out_dir)}python train.py {retyped(out_dir, job)} ckpt_path=last "
+            f"{shell_arg('hydra.run.dir', out_dir)}{tail}").replace("  ", " ") + relaunch_note()
+
 
 def _rank_lost(rank: int, how: str, grace: float, out_dir: Path, job) -> str:
     """What the rank watcher says when another rank ended and this one (rank 0) did not stop within its grace."""
@@ -857,27 +860,25 @@ class SigtermOutsideFit:
         last = self.out_dir / "checkpoints" / "last.ckpt"
         readable = newest.startswith(f"{last} is at step ")  # (not "cannot be read", nor "no ...")
         held = None if readable else run_held(self.out_dir)  # what the same command would refuse to overwrite
-        again = f"{resume_prefix(self.out_dir)}python train.py {_retyped(self.out_dir, self.job)}"
         hint = f"\n[momattn] {signame} {where}: "
         if readable:
             if self.job.sweep_dir is not None and not _jobs_in_sweep_process():  # a joblib or submitit job: the
                 # sweep's resume, as a job stopped in fit says (its own left it out of the sweep: found by review)
                 hint += f"{newest}.\n{go_on(self.job, self.out_dir)}"
             else:
-                hint += (f"{newest}.\nResume with: {again} ckpt_path=last {shell_arg('hydra.run.dir', self.out_dir)}"
-                         + (" (it trains no further; the report and evaluation are done again)"
-                            if self.phase == "end" else "")).replace("  ", " ") + relaunch_note()
+                hint += f"{newest}.\n" + _own_resume(self.out_dir, self.job, (
+                    " (it trains no further; the report and evaluation are done again)" if self.phase == "end" else ""))
         elif held is not None and best_files_only(held):  # save_last=false: best files only, which ckpt_path=last
             # does not read; the same command refuses to overwrite them (it was advised; found by review)
             names = sorted(p.name for p in saved_checkpoints(self.out_dir))
             hint += (f"no last.ckpt (save_last is off); {self.out_dir / 'checkpoints'} holds {', '.join(names)}, "
                      f"which evaluate.py reads.\n{go_on(self.job, self.out_dir)}")
         elif held is not None and held.name == "last.ckpt":  # there, but it cannot be read (diff review)
-            others = sorted((p for p in saved_checkpoints(self.out_dir) if p.name != "last.ckpt"),
-                            key=lambda p: p.stat().st_mtime)
-            hint += newest + (f".\nResume from the newest other with: {again} {shell_arg('ckpt_path', others[-1])} "
+            other = resume_from(self.out_dir)  # (the newest other, where it has one)
+            hint += newest + (f".\nResume from the newest other with: {resume_prefix(self.out_dir)}python train.py "
+                              f"{retyped(self.out_dir, self.job)} {shell_arg('ckpt_path', other)} "
                               f"{shell_arg('hydra.run.dir', self.out_dir)}".replace("  ", " ") + relaunch_note()
-                              if others else "; move it away and run the same command again")
+                              if other is not None else "; move it away and run the same command again")
         elif held is not None:  # callbacks=none, stopped after its summary: the same command is refused there
             hint += (f"{newest}. The run keeps no checkpoints (no ModelCheckpoint callback), so its trained model is "
                      f"lost and its evaluation cannot be finished; to train it again, delete {self.out_dir} (its "
@@ -975,7 +976,7 @@ def _finished_uncheckpointed(c: TrainConfig, job: HydraJob, out_dir: Path) -> di
         try:  # the model it would report: another width or attention added on the command line was taken as it
             from momattn.checkpoint import model_config_from  # (third diff review)
 
-            newest = max(saved_checkpoints(out_dir), key=lambda p: p.stat().st_mtime)
+            newest = resume_from(out_dir)  # (no last.ckpt here: the newest best file)
             resumed = model_config_from(read_meta(newest)["momattn"], newest)
         except Exception:  # unreadable: resolve_ckpt_path's refusal names the files
             return None

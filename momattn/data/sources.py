@@ -187,13 +187,8 @@ def _held_out(docs: list[str], split: Split, fraction: float, seed: int, source:
     held = [docs[i] for i in val]
     if split == "val":
         return held
-    texts = {same_text(d) for d in held}
-    kept = [docs[i] for i in rest if same_text(docs[i]) not in texts]
-    if len(kept) < len(rest) and source is not None and not getattr(source, "_said_val_copies", False):
-        source._said_val_copies = True
-        print(f"[momattn] data: {len(rest) - len(kept)} of the {len(rest)} training documents copy a document held "
-              f"out for validation (data.val_fraction={fraction}); left out of training", file=sys.stderr, flush=True)
-    return kept
+    return without_val_copies([docs[i] for i in rest], held, source,
+                              f"a document held out for validation (data.val_fraction={fraction})")
 
 
 def same_text(doc: str) -> str:
@@ -500,16 +495,17 @@ def local_val_split(val_split: str | None, data_files: Any, name: str = "") -> b
     return isinstance(data_files, Mapping) and val_split in data_files and bool(named_files(data_files[val_split]))
 
 
-def without_val_copies(train: list[str], val: Iterable[str], source: Any) -> list[str]:
+def without_val_copies(train: list[str], val: Iterable[str], source: Any, what: str | None = None) -> list[str]:
     """The training documents less any copy of a validation document (compared by their words, same_text): a
-    copy in both made the val loss too good. Says how many it left out, once per source."""
+    copy in both made the val loss too good. Says how many it left out (copies of `what`, by default a document
+    of the source's validation split), once per source (a source of None: not said)."""
     keys = {same_text(d) for d in val}
     kept = [d for d in train if same_text(d) not in keys]
-    if len(kept) < len(train) and not getattr(source, "_said_val_copies", False):
+    if len(kept) < len(train) and source is not None and not getattr(source, "_said_val_copies", False):
         source._said_val_copies = True
-        print(f"[momattn] data: {len(train) - len(kept)} of the {len(train)} training documents copy a document of "
-              f"the validation split (data.val_split={source.val_split}); left out of training", file=sys.stderr,
-              flush=True)
+        what = what or f"a document of the validation split (data.val_split={source.val_split})"
+        print(f"[momattn] data: {len(train) - len(kept)} of the {len(train)} training documents copy {what}; left "
+              "out of training", file=sys.stderr, flush=True)
     return kept
 
 

@@ -92,6 +92,8 @@ class MomattnLM(TemplateLM):
     def __init__(self, ckpt_path: str | None = None, device: str | None = "auto", batch_size: int | str = 16,
                  batch_tokens: int = 4096, max_gen_toks: int = 256, precision: str = "auto",
                  max_batch_size: int | None = None, **kwargs):
+        """precision: auto is bf16 autocast where the device has native bf16 (as training would run it; log-
+        likelihoods then differ from exact ones by up to ~0.1 nat a row), 32-true exact float32 scores."""
         super().__init__()
         from momattn.checkpoint import load_checkpoint
         from momattn.errors import ConfigError, did_you_mean

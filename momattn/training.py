@@ -60,7 +60,7 @@ from momattn.cli import (
 from momattn.config import TrainConfig, load_train_config, world_size
 from momattn.console import quiet_console, quiet_resume
 from momattn.data.corpus import load_tokens
-from momattn.data.datamodule import TokenDataModule
+from momattn.data.datamodule import TokenDataModule, check_window
 from momattn.data.streaming import StreamingHubCorpus, StreamWindows
 from momattn.entry_signals import (
     die_by_default,
@@ -514,6 +514,8 @@ def _tokens(c: TrainConfig, tokenizer: Tokenizer, vocab_size: int, block_size: i
     """The train and val token ids (cached on disk), checked against the model's vocabulary; for a streaming
     source (data=hf_stream) the train side is a StreamWindows dataset that tokenizes while training."""
     val = load_tokens(c.data, tokenizer, "val", c.cache_dir, c.loader.num_proc)
+    # before the train split is read and tokenized (minutes to hours of a large corpus: found by review)
+    check_window("val", val, block_size, getattr(c.data, "split_size_advice", None))
     if isinstance(c.data, StreamingHubCorpus):
         c.data.check_start()
         return StreamWindows(c.data, tokenizer, block_size), val

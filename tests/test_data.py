@@ -68,6 +68,29 @@ def test_hub_loader_on_local_json_files(tmp_path):
     assert len(no_val.documents("train")) == 27 and len(no_val.documents("val")) == 3
 
 
+def test_a_hub_split_without_text_or_a_json_file_read_as_text_is_named(tmp_path):
+    from momattn.data.streaming import StreamingHubCorpus
+
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(5)))
+    (tmp_path / "blank.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ["", "  ", None]))
+    files = {"train": str(tmp_path / "train.jsonl"), "validation": str(tmp_path / "blank.jsonl")}
+    # blank or null rows: said at once, naming the split and its files (it said "the val split of the data source
+    # HubCorpus is empty" after a BPE was trained; a blank train split was told about data.val_fraction)
+    with pytest.raises(DataError, match=r"data.name='json' data.data_files=.*blank.jsonl.*: the 3 rows of its "
+                                        r"validation split hold no text in data.text_field='text' \(blank or null "
+                                        r"rows\); give that split text, or set data.val_split=null"):
+        HubCorpus(name="json", data_files=files).documents("val")
+    with pytest.raises(DataError, match=r"the 3 rows of its train split hold no text .*; give that split text$"):
+        HubCorpus(name="json", data_files={"train": files["validation"]}, val_split=None).documents("train")
+    # the text builder on JSON Lines trained each raw line, braces and keys included, without a word
+    for cls in (HubCorpus, StreamingHubCorpus):
+        with pytest.raises(DataError, match=r"data.name=text reads every line of a file as text, .*train.jsonl: use "
+                                            r"data.name=json"):
+            cls(name="text", data_files={"train": files["train"]}, val_split=None)
+    (tmp_path / "a.txt").write_text("plain text\n")
+    HubCorpus(name="text", data_files={"train": str(tmp_path / "a.txt")}, val_split=None)
+
+
 def test_loading_a_hub_corpus_into_a_log_file_draws_no_bar(tmp_path, capsys):
     # stderr a file (a SLURM log): datasets' "Generating train split" bar wrote each carriage-return state into it
     import datasets

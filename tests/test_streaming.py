@@ -133,17 +133,20 @@ def test_a_training_stream_without_documents_says_what_to_change(tmp_path):
     files = corpus(tmp_path, n_train=40)
     tok = train_bpe(lambda: ["the cat sat on the mat"] * 50, 300)
     src = StreamingHubCorpus(name="json", data_files={"train": str(files["train"])}, val_split=None)  # 2000 held out
-    with pytest.raises(DataError, match=r"every row of the train split is among the first data.val_docs=2000, held "
-                                        r"out for validation .*; lower data.val_docs"):
-        StreamWindows(src, tok, 16)[0]
+    for said_when in (src.check_start, lambda: StreamWindows(src, tok, 16)[0]):  # at start-up, before the model
+        with pytest.raises(DataError, match=r"every row of the train split is among the first data.val_docs=2000, "
+                                            r"held out for validation .*; lower data.val_docs"):
+            said_when()
     # a local validation split that copies every training row: its copies are left out, and that is said
     copy = tmp_path / "copy.jsonl"
     copy.write_text(files["train"].read_text())
     src = StreamingHubCorpus(name="json", data_files={"train": str(files["train"]), "validation": str(copy)},
                              val_docs=100)
-    with pytest.raises(DataError, match=r"every row of the train split copies a document of the validation split "
-                                        r"\(data.val_split=validation\), and copies are left out of training"):
-        StreamWindows(src, tok, 16)[0]
+    for said_when in (src.check_start, lambda: StreamWindows(src, tok, 16)[0]):
+        with pytest.raises(DataError, match=r"every row of the train split copies a document of the validation "
+                                            r"split \(data.val_split=validation\), and copies are left out of training"):
+            said_when()
+    StreamingHubCorpus(name="json", data_files={k: str(v) for k, v in files.items()}, val_docs=100).check_start()
     blank = tmp_path / "blank.jsonl"
     blank.write_text(json.dumps({"text": " "}) + "\n")
     src = StreamingHubCorpus(name="json", data_files={"train": str(blank), "validation": str(files["validation"])})
@@ -281,6 +284,13 @@ def test_a_validation_stream_without_text_says_which_rows_and_what_to_raise(tmp_
     with pytest.raises(DataError, match=r"the first data.val_docs=3 rows of data.train_split='train', held out for "
                                         r"validation \(data.val_split=null\) hold no text \(blank or null rows\); "
                                         "raise data.val_docs"):
+        src.documents("val")
+    # a validation file with no rows past its blank ones: more of them cannot help (it said to raise val_docs)
+    (tmp_path / "v.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ["", None, "  "]))
+    src = StreamingHubCorpus(name="json", data_files={"train": str(tmp_path / "t.jsonl"),
+                                                      "validation": str(tmp_path / "v.jsonl")}, val_docs=3)
+    with pytest.raises(DataError, match=r"data.val_split='validation' hold no text \(blank or null rows\); name a "
+                                        r"validation split with text$"):
         src.documents("val")
 
 

@@ -140,7 +140,7 @@ def test_a_split_shorter_than_one_window_is_refused_and_named():
         _dm(3, train=np.arange(8, dtype=np.uint16))
     _dm(3, train=np.arange(9, dtype=np.uint16))  # block_size + 1 tokens: one window
     with pytest.raises(DataError, match=r"the val split has 1 tokens, .*; add text, hold out more of it "
-                                        r"\(data.val_fraction, or data.val_docs for hf_stream\) or lower"):
+                                        r"\(data.val_fraction\) or lower"):
         _dm(0)  # a small val_fraction: the message did not name it
 
 
@@ -156,6 +156,31 @@ def test_a_ginc_split_shorter_than_one_window_names_ginc_keys(tmp_path):
                                         r"\(now 1 x 3\) or lower model.block_size$"):
         run_train(compose_train(tmp_path, ["experiment=ginc", "debug=smoke", "data.n_train_docs=20",
                                            "data.doc_length=1024", "data.n_val_docs=1", "data.val_doc_length=3"]))
+
+
+def test_a_hub_validation_split_shorter_than_one_window_is_refused_before_the_train_split_is_tokenized(tmp_path):
+    """data=hf tokenized the whole train split (hours of a large corpus) before refusing a short validation split,
+    and advised data.val_fraction, which it refuses beside a named validation split (found by review)."""
+    import json
+
+    from conftest import compose_train
+
+    from momattn.errors import DataError
+    from momattn.training import run_train
+
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": f"the cat {i} sat"}) + "\n" for i in range(200)))
+    (tmp_path / "val.jsonl").write_text(json.dumps({"text": "hi there"}) + "\n")
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match=r"^the val split has \d+ tokens, fewer than one training window of model."
+                                        r"block_size \+ 1 = 33; give the validation split \(data.val_split="
+                                        r"'validation'\) more text, or set data.val_split=null to hold out part of "
+                                        r"the train split or lower model.block_size$"):
+        run_train(compose_train(tmp_path / "run", [
+            "debug=smoke", "data=hf", "data.name=json", "tokenizer.vocab_size=300", "model.block_size=32",
+            f"data.data_files={{train:{tmp_path / 'train.jsonl'},validation:{tmp_path / 'val.jsonl'}}}",
+            f"paths.cache_dir={cache}"]))
+    # the train split was never tokenized: the one token cache is the validation split's
+    assert [json.loads(p.read_text())["split"] for p in (cache / "tokens").glob("*.json")] == ["val"]
 
 
 def test_a_dataset_of_windows_is_taken_as_is():

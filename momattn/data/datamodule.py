@@ -138,6 +138,16 @@ class StreamSampler(Sampler[int]):
         return max(0, -(-(self.length - self.rank) // self.world))
 
 
+def check_window(name: str, tokens, block_size: int, more: Mapping[str, str] | None = None) -> None:
+    """A DataError where a split's tokens are fewer than one training window (block_size + 1); more: the data
+    source's own advice by split (its split_size_advice), else the text sources'."""
+    if len(tokens) < block_size + 1:
+        advice = (more or {}).get(name) or ("add text" + (", hold out more of it (data.val_fraction)"
+                                                          if name == "val" else ""))
+        raise DataError(f"the {name} split has {len(tokens)} tokens, fewer than one training window of "
+                        f"model.block_size + 1 = {block_size + 1}; {advice} or lower model.block_size")
+
+
 class TokenDataModule(LightningDataModule):
     def __init__(self, train_tokens: np.ndarray | Dataset, val_tokens: np.ndarray, block_size: int, batch_size: int,
                  max_steps: int, accumulate: int, val_batches: int, seed: int, num_workers: int = 0,
@@ -149,12 +159,7 @@ class TokenDataModule(LightningDataModule):
         splits = (("val", val_tokens),) if isinstance(train_tokens, Dataset) else \
             (("train", train_tokens), ("val", val_tokens))
         for name, toks in splits:
-            if len(toks) < block_size + 1:
-                advice = (more or {}).get(name) or ("add text" + (
-                    ", hold out more of it (data.val_fraction, or data.val_docs for hf_stream)" if name == "val"
-                    else ""))
-                raise DataError(f"the {name} split has {len(toks)} tokens, fewer than one training window of "
-                                f"model.block_size + 1 = {block_size + 1}; {advice} or lower model.block_size")
+            check_window(name, toks, block_size, more)
         self.train_set = train_tokens if isinstance(train_tokens, Dataset) else \
             TokenWindows(train_tokens, block_size, seed)
         self.val_set = TokenWindows(val_tokens, block_size, seed, shuffle=False)

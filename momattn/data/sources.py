@@ -416,6 +416,15 @@ class HubCorpus:
                       + ([] if self.val_split else ["held-out copies left out", "whatever their whitespace"])
                       + ([VAL_COPIES_RULE] if local_val_split(self.val_split, self.data_files, self.name) else []))
 
+    @property
+    def split_size_advice(self) -> dict[str, str]:
+        """How to make a split longer than one training window (TokenDataModule's advice), in this source's keys:
+        data.val_fraction only where it holds out part of train (it is refused beside a validation split)."""
+        if self.val_split is None:
+            return {"val": "add text, or hold out more of it (data.val_fraction)"}
+        return {"val": f"give the validation split (data.val_split='{self.val_split}') more text, or set "
+                       "data.val_split=null to hold out part of the train split"}
+
     def _load(self, split: str):
         datasets = import_datasets()
         if (saved := saved_dataset(self.name, split, self.train_split)) is not None:
@@ -467,6 +476,13 @@ class HubCorpus:
         # fingerprint stays: a token cache built before keeps the mark's one token, where a new key would rebuild
         # every hf cache and have evaluate.py call every such checkpoint's corpus changed
         docs = [d for t in texts if t and (d := t.lstrip("\ufeff")).strip()]
+        if not docs:  # (an error naming no split or cause came later, after a BPE was trained: found by review)
+            raise DataError(f"data.name='{self.name}'" + (f" data.data_files={self.data_files}" if self.data_files
+                                                          else "")
+                            + f": the {len(texts)} rows of its {read} split hold no text in data.text_field="
+                            f"'{self.text_field}' (blank or null rows); give that split text"
+                            + (", or set data.val_split=null to hold out part of the train split"
+                               if split == "val" else ""))
         check_text(docs, self.name, self.data_files, f"its {read} split")
         if self.val_split and split == "train" and local_val_split(self.val_split, self.data_files, self.name):
             return without_val_copies(docs, self.documents("val"), self)
@@ -588,6 +604,10 @@ def check_local_files(name: str, data_files) -> None:
         ext = {"text": "txt", "json": "jsonl"}.get(str(name).lower(), str(name).lower())
         raise DataError(f"data.name={name} reads local files: name them with data.data_files={{train: a.{ext}}} "
                         f"(without it, every file of the current folder is read)")
+    if str(name).lower() == "text" and (js := [p for p in named_files(data_files) if p.suffix.lower() in
+                                               (".json", ".jsonl")]):  # each JSON line trained as text (found by review)
+        raise DataError(f"data.name=text reads every line of a file as text, JSON included, and data.data_files names "
+                        f"{js[0]}: use data.name=json (with data.text_field) for JSON Lines files")
 
 
 def check_files_there(name: str, data_files: dict | None, reading: str | None = None) -> None:

@@ -101,6 +101,14 @@ class StreamingHubCorpus:
             if getattr(self, key) < least:
                 raise DataError(f"data.{key}={getattr(self, key)} must be >= {least}")
 
+    @property
+    def split_size_advice(self) -> dict[str, str]:
+        """How to make the validation split longer than one training window (TokenDataModule's advice): more of its
+        rows (data.val_docs: its first rows are read), or a split with more text."""
+        where = f"data.val_split='{self.val_split}'" if self.val_split else "the train split's first rows"
+        return {"val": f"raise data.val_docs={self.val_docs} (the first rows of {where} are read) where it has more "
+                       "rows, or give it more text"}
+
     def fingerprint(self) -> str:
         return digest(["hf_stream", 1, self.name, self.config, self.train_split, self.val_split, self.text_field,
                        self.data_files, local_files(self.data_files), self.revision, self.shuffle_buffer, self.seed, self.val_docs,
@@ -230,8 +238,10 @@ class StreamingHubCorpus:
         if not docs:
             where = (f"data.val_split='{self.val_split}'" if self.val_split else
                      f"data.train_split='{self.train_split}', held out for validation (data.val_split=null)")
+            more = next(iter(self._open(self.val_split or self.train_split).skip(self.val_docs).take(1)), None)
             raise DataError(f"data.name='{self.name}': the first data.val_docs={self.val_docs} rows of {where} hold "
-                            "no text (blank or null rows); raise data.val_docs, or name a validation split with text")
+                            "no text (blank or null rows); " + ("raise data.val_docs, or " if more is not None else "")
+                            + "name a validation split with text")  # (a split with no more rows: found by review)
         # judged on these bounded lists, read at start-up: UTF-16 shows in its first rows, and one junk row hours
         # into a web corpus does not end the run (HubCorpus judges its whole split so)
         check_text(docs, self.name, self.data_files, f"its first {split} documents")
@@ -243,6 +253,13 @@ class StreamingHubCorpus:
         UTF-8 trained to the end without a word (found by review)."""
         if docs := list(self.texts(self.train_split, shuffle=False, limit=rows)):
             check_text(docs, self.name, self.data_files, "its first train documents")
+        if not self.val_split or local_val_split(self.val_split, self.data_files, self.name):
+            # rows left out of training (held out, or copies of the validation split's): one left to train on is
+            # seen now, not at the first training batch after the model's set-up (found by review). Read in stream
+            # order, it is the row after the held-out ones as a rule
+            held = self._held_out()
+            if all(_text_key(t) in held for t in self.texts(self.train_split, shuffle=False)):
+                raise self.no_training_documents()
 
     def no_training_documents(self) -> DataError:
         """Why the training stream yields no document, and what to change: every row held out for validation, or

@@ -1440,14 +1440,19 @@ def interrupted(config_name: str, cfg, signame: str = "Ctrl-C") -> str:
         return f"\n[momattn] interrupted ({signame}): {_saved(out)}. {go_on(hydra_job(), out)}"
     if config_name == "generate":
         return f"\n[momattn] interrupted ({signame})"
+    # a sweep's finished jobs: each job's record, written last (it said results were held where none were: review)
+    jobs_done = any((out / "jobs").glob("*/settings.json" if config_name == "analyze" else "*/results.json"))
     if config_name == "analyze" and cfg.get("sweep_dir"):  # its finished jobs are kept, and reused in that folder
+        if not jobs_done:
+            return f"\n[momattn] interrupted ({signame}) before any job's analysis had finished; run the same " \
+                "command again"
         return (f"\n[momattn] interrupted ({signame}): {out} holds the sweep's jobs analysed so far; run the same "
                 f"command again with {shell_arg('hydra.run.dir', out)}: those are reused")
     if config_name == "evaluate":  # the checkpoints (a sweep's jobs) finished are kept in its folder, and reused
         what = "sweep's jobs" if cfg.get("sweep_dir") else "checkpoints"
-        if not cfg.get("sweep_dir") and not (out / "results.json").exists():  # it said results were held (review)
-            return f"\n[momattn] interrupted ({signame}) before any checkpoint's evaluation had finished; run the " \
-                "same command again"
+        if not (jobs_done if cfg.get("sweep_dir") else (out / "results.json").exists()):
+            return f"\n[momattn] interrupted ({signame}) before any {'job' if cfg.get('sweep_dir') else 'checkpoint'}" \
+                "'s evaluation had finished; run the same command again"
         return (f"\n[momattn] interrupted ({signame}): {out} holds the results of the {what} evaluated so far; run "
                 f"the same command again with {shell_arg('hydra.run.dir', out)}: those are reused")
     return (f"\n[momattn] interrupted ({signame}): results are written as the work ends, so {out} holds none or only "

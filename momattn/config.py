@@ -82,7 +82,7 @@ class TrainConfig(RunConfig):
     callbacks: dict[str, Any] = field(default_factory=dict)
     logger: dict[str, Any] = field(default_factory=dict)
     resolved: dict[str, Any] = field(default_factory=dict)  # the resolved config, stored in every checkpoint
-    precision_note: str | None = None  # why trainer.precision=auto chose what it did (the start line says it)
+    precision_note: str | None = None  # why trainer.precision (auto; 16-mixed on a CPU) became what runs (start line)
 
     @property
     def cache_dir(self) -> Path:
@@ -276,6 +276,15 @@ def _in_search() -> bool:
     from momattn.sweep_jobs import optuna_search
 
     return optuna_search(HydraConfig.get())
+
+
+def _on_command_line(key: str) -> bool:
+    """Whether the job's command line (a sweep job's own overrides included) sets `key` (key=, +key=, ++key=)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    return any(str(o).lstrip("+").split("=", 1)[0] == key for o in HydraConfig.get().overrides.task)
 
 
 SCORES = tuple(m for m in LOGGED if m != "train/lr")  # each better lower
@@ -554,6 +563,10 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
         if isinstance(run.val_every_steps, bool) or run.val_every_steps < 1:
             raise ConfigError(f"val_every_steps={run.val_every_steps!r} must be an integer >= 1 (optimizer steps "
                               "between validations), or null to use trainer.val_check_interval")
+        if _on_command_line("trainer.val_check_interval"):  # one the user typed was replaced without a word
+            raise ConfigError(f"val_every_steps={run.val_every_steps} sets trainer.val_check_interval (to "
+                              f"{run.val_every_steps * accumulate} micro-batches), but it is given too; drop one of "
+                              "the two")
         trainer["val_check_interval"] = run.val_every_steps * accumulate
     interval = trainer.get("val_check_interval")
     every_epoch = trainer.get("check_val_every_n_epoch")  # a run is one epoch of max_steps optimizer steps
@@ -586,7 +599,8 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
         raise ConfigError(f"trainer.precision={precision} holds the weights and AdamW's state in float16, where "
                           f"optim.eps={optim.eps:g} rounds to 0 (float16's smallest value is 6e-8), so AdamW's step "
                           "m / (sqrt(v) + eps) explodes where the second moment underflows and the run diverges; raise optim.eps (1e-4 is "
-                          "usual in float16), or train with trainer.precision=16-mixed or bf16-true")
+                          "usual in float16), or train with trainer.precision="
+                          + ("bf16-mixed" if _runs_on_cpu(trainer) else "16-mixed") + " or bf16-true")
     c = TrainConfig(
         **dataclasses.asdict(run),
         model=_model(raw.get("model"), attention),

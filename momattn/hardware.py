@@ -112,6 +112,8 @@ def resolve_precision(precision: str | int | None, accelerator: str | None) -> s
 def precision_reason(given: str | int | None, trainer: Mapping) -> str | None:
     """Why trainer.precision=auto (or unset) became trainer["precision"] here, for the start line; None where the
     precision was given (it was said as chosen, not why: an avx512_bf16 CPU without AMX trains fp32 in silence)."""
+    if str(given) in ("16-mixed", "16") and trainer.get("precision") == "bf16-mixed":  # on a CPU (config.py)
+        return f"{given} on a CPU: bf16-mixed (CPU autocast has no float16)"  # (it changed in silence: found by review)
     if given is not None and str(given) != "auto":
         return None
     if runs_on_gpu(trainer.get("accelerator")):

@@ -61,6 +61,7 @@ class LitGPT(pl.LightningModule):
         self._step_loss, self._step_finite, self._nonfinite, self._skipped = None, 0, [], 0  # see training_step
         self.outcome: Callable[[], tuple[dict, dict]] | None = None  # train.py's (speed, logged metrics) so far
         self.last_finite_loss: float | None = None  # the newest step's train/loss over its finite micro-batches
+        self.last_finite_step: int | None = None  # that step (counted from 0, as metrics.csv's step column)
         self._half_norm: torch.Tensor | None = None  # the step's float16 gradients' norm, summed in float32
 
     @property
@@ -139,7 +140,7 @@ class LitGPT(pl.LightningModule):
         # (the run's result, summary.json and a sweeper's metric, takes last_finite_loss instead: momattn.training)
         self.log("train/loss", total / n_finite if n_finite else float("nan"), prog_bar=True)
         if n_finite:
-            self.last_finite_loss = total / n_finite
+            self.last_finite_loss, self.last_finite_step = total / n_finite, self.global_step
         self.log("train/lr", optimizer.param_groups[0]["lr"])
         if self.optim.on_nonfinite == "skip":
             self.log("train/skipped_nonfinite", float(self._skipped))  # steps skipped so far in this run
@@ -189,7 +190,10 @@ class LitGPT(pl.LightningModule):
                 self.validated_at = self.trainer.global_step  # the final step is validated where this lags
             val_loss = (totals[0] / totals[1]).item()
             self.log("val/loss", val_loss, prog_bar=True, sync_dist=False, rank_zero_only=True)
-            self.log("val/ppl", perplexity(val_loss), prog_bar=True, rank_zero_only=True)
+            # a float64 tensor (on the CPU, where every device has float64): a float was logged as float32, inf
+            # past a val/loss of 88.7 (found by review)
+            self.log("val/ppl", torch.tensor(perplexity(val_loss), dtype=torch.float64), prog_bar=True,
+                     rank_zero_only=True)
 
     def configure_optimizers(self):
         o = self.optim

@@ -1,5 +1,6 @@
 """AdamW and its learning-rate schedule as train.py runs them: train.yaml's optim section (validated at start-up,
-without Lightning), the warm-up + decay multiplier, and the optimizer with decay on 2-D weights only."""
+without Lightning), the warm-up + decay multiplier, and the optimizer with decay on the Linear and Embedding
+weights only (not biases, LayerNorms, eta or multirate_ema's rates: build_adamw)."""
 
 from __future__ import annotations
 

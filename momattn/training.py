@@ -321,6 +321,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if math.isnan(logged.get("train/loss", 0.0)) and lit.last_finite_loss is not None:
             logged["train/loss"] = lit.last_finite_loss  # the last step was skipped (optim.on_nonfinite=skip)
+            # and said so: summary.json put an earlier step's loss beside the last step's lr (found by review)
+            logged["train/loss_step"] = float(lit.last_finite_step)
         # fit_seconds: this process's fit; after a resume it covers the steps from fit_from_step on only
         return ({**throughput_summary(throughput), "fit_seconds": round(time.perf_counter() - t0, 1),
                  **({"fit_from_step": start_step} if start_step else {}), **passes}, logged)
@@ -1110,7 +1112,9 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
     lines = [f"[momattn] done: {trainer.global_step} steps" + (f", stopped early ({stop})" if stop else "")]
     if "val/loss" in metrics:
         unigram = f"  (unigram baseline ppl {baseline:.1f})" if baseline is not None else ""
-        lines.append(f"  final val/loss {metrics['val/loss']:.4f}  val/ppl {metrics['val/ppl']:.2f}{unigram}")
+        ppl = metrics["val/ppl"]
+        ppl = f"{ppl:.2f}" if ppl < 1e7 else f"{ppl:.4g}"  # a diverged run's printed as 37 digits (found by review)
+        lines.append(f"  final val/loss {metrics['val/loss']:.4f}  val/ppl {ppl}{unigram}")
     if speed.get("tokens_per_sec"):
         mfu = f" MFU {100 * speed['mfu']:.1f}%;" if speed.get("mfu") else f" ({speed['mfu_note']});" \
             if speed.get("mfu_note") else ""

@@ -1725,9 +1725,21 @@ def test_an_analysis_of_a_sweep_stopped_part_way_names_the_folder_that_reuses_it
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: False))  # another test's run may have set it
+    # before any job finished (a job's record, written last, is not there): the folder held nothing to reuse, and a
+    # sweep's evaluation said it held results all the same (found by review)
+    (tmp_path / "jobs" / "0").mkdir(parents=True)  # a job begun (evaluate.py writes its predictions there first)
+    assert interrupted("evaluate", {"sweep_dir": "sweep"}, "SIGTERM") == (
+        "\n[momattn] interrupted (SIGTERM) before any job's evaluation had finished; run the same command again")
+    (tmp_path / "jobs" / "0" / "results.json").write_text("{}")  # analysed, its settings.json not yet written
+    assert interrupted("analyze", {"sweep_dir": "sweep"}, "SIGTERM") == (
+        "\n[momattn] interrupted (SIGTERM) before any job's analysis had finished; run the same command again")
+    (tmp_path / "jobs" / "0" / "settings.json").write_text("{}")
     assert interrupted("analyze", {"sweep_dir": "sweep"}, "SIGTERM") == (
         f"\n[momattn] interrupted (SIGTERM): {tmp_path} holds the sweep's jobs analysed so far; run the same command "
         f"again with hydra.run.dir={tmp_path}: those are reused")
+    assert interrupted("evaluate", {"sweep_dir": "sweep"}, "SIGTERM") == (
+        f"\n[momattn] interrupted (SIGTERM): {tmp_path} holds the results of the sweep's jobs evaluated so far; run "
+        f"the same command again with hydra.run.dir={tmp_path}: those are reused")
 
 
 def test_ctrl_c_before_training_starts_says_how_to_go_on(tmp_path, monkeypatch, capsys):

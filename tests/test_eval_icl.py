@@ -307,3 +307,19 @@ def test_the_scored_prompt_holds_each_demonstration_with_its_own_labels_answer(m
         want = "".join(f"{ex.fields['text']}: {'ab'[int(ex.fields['text']) % 2]}<|endoftext|>" for ex in drawn)
         assert TOK.decode(prefix) == "<|endoftext|>" + want  # a label's answer: "000" a, "001" b, ...
     assert seen[0] != seen[1]
+
+
+def test_each_examples_prediction_is_the_headline_rules_beside_each_rules():
+    """icl_predictions' `pred` was the mean rule's whatever icl.score was: under score=sum it disagreed with the
+    headline accuracy (5% against 35% in the review's run)."""
+    lm = bigram_lm(128, {SP: {B: 0.9, A: 0.05}, B: {B: 0.5}})
+    answers = ("a", "bbbbbb")  # one token against six: the sum rule prefers "a", the mean rule "bbbbbb"
+    data = IclData(demo_pool=[IclExample(1000 + i, {"text": f"{i:03d}"}, answers, i % 2) for i in range(10)],
+                   test=[IclExample(i, {"text": "xxx"}, answers, i % 2) for i in range(4)])
+    task = IclTask("rules", "{text}:", answers, "synthetic", lambda seed: data)
+    for score, headline in (("mean", 1), ("sum", 0)):
+        ev = evaluator(lm, score=score)
+        shot = ev.evaluate([task]).tasks["rules"].shots["0"]
+        assert [(p["pred"], p["pred_mean"], p["pred_sum"]) for p in ev.predictions] == [(headline, 1, 0)] * 4
+        right = sum(p["pred"] == p["label"] for p in ev.predictions) / 4
+        assert shot.acc == right == 0.5 and shot.acc_mean_lp == shot.acc_sum_lp == 0.5

@@ -113,6 +113,11 @@ def test_evaluate_model_and_reports(tmp_path, tokenizer, cache_dir):
         assert ("bits per byte do, over the same text." in md) is not sampled
         assert ("these scored a subset of windows spread over each model's own tokens, so different parts of it: "
                 "rerun with ppl.max_windows=null to compare them." in md) is sampled
+        # the bits-per-byte header read as a fact where windows were sampled (found by review)
+        assert ("Bits per byte (comparable across tokenizers over the same text where every window is scored "
+                "(ppl.max_windows=null); these scored a sample of windows):" in md) is sampled
+        assert ("Bits per byte (comparable across tokenizers over the same text: every window scored):" in md) \
+            is not sampled
     assert "**The models' test sets differ** (data.split_seed 1234 (momentum), 99 (other))" in md
     assert f"| always the commonest label (momentum) | {maj[0]:.1f} | {maj[1]:.1f} |" in md
     assert f"| always the commonest label (other) | {maj[0]:.1f} | 75.0 |" in md
@@ -126,6 +131,16 @@ def test_evaluate_model_and_reports(tmp_path, tokenizer, cache_dir):
     assert {"acc", "acc_std", "k_used_mean", "chance", "fits", "acc_sum_lp", "per_seed"} <= set(shot)
     assert flat_metrics(doc["checkpoints"][0]) == metrics  # the JSON form reads back to the same numbers
     assert (tmp_path / "ppl.png").stat().st_size > 0 and (tmp_path / "icl.png").stat().st_size > 0
+    # two BPEs of one name and size trained on other texts: told apart by their fingerprints (they were not)
+    assert len(res.tokenizer["fingerprint"]) == 16 and res.tokenizer["fingerprint"] == tok.fingerprint
+    twin = {**again.to_json(), "label": "twin", "tokenizer": {**res.tokenizer, "fingerprint": "0123456789abcdef"}}
+    write_reports([res, ModelResult.from_json(twin)], tmp_path)
+    twins = (tmp_path / "results.md").read_text()
+    assert (f"**Different tokenizers** (momentum: {tok.name}, {tok.vocab_size:,} tokens, fingerprint "
+            f"{tok.fingerprint}; twin: {tok.name}, {tok.vocab_size:,} tokens, fingerprint 0123456789abcdef)") in twins
+    old = {**again.to_json(), "tokenizer": {"name": tok.name, "vocab_size": tok.vocab_size}}  # before session 59
+    write_reports([res, ModelResult.from_json(old)], tmp_path)
+    assert "Different tokenizers" not in (tmp_path / "results.md").read_text()
 
 
 def test_non_finite_numbers_are_written_as_null_and_read_back_as_nan(tmp_path):

@@ -108,6 +108,10 @@ def test_sweep_verdict(tmp_path, tokenizer):  # noqa: F811
     md = (out / "sweep.md").read_text()
     assert "Failed or partial jobs (left out): 99" in md and "### Table 6 (valid perplexity)" in md
     assert "| momentum | 3 |" in md and "momentum: " in md and "No vanilla run" not in md
+    for r in doc["runs"]:  # each job scored here has its own tables, which the verdict's notes point to (review)
+        scored = out / "jobs" / r["checkpoint"].split("/")[-3]
+        assert (scored / "results.md").read_text().startswith("# momattn evaluation")
+        assert (scored / "results.json").exists()
     for kind in ("icl", "ppl"):  # the plots: accuracy vs k and perplexity by length, one file per setting
         png = out / f"{kind}_{main['setting']}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"({png.name})" in md
@@ -864,7 +868,7 @@ def test_a_ginc_k_that_does_not_fit_is_named_not_dropped_silently():
     text = NS(kind="text", shots={"max": shot(True, 0.5)})
     runs = [NS(result=NS(icl=NS(headline_k="max", tasks={"ginc": ginc, "sst2": text})))]
     assert unfit_note(runs) == ("\nLeft out of the tables (these k do not fit the context of at least one run; each "
-                                "job's results.md says which k fit): ginc at k=16, 64\n")
+                                "job's results.md, in jobs/<job>/ here or its run's eval/, says which k fit): ginc at k=16, 64\n")
     ginc.shots = {"0": shot(True, 0.1)}
     assert unfit_note(runs) == ""
 
@@ -946,3 +950,13 @@ def test_the_t_quantiles_are_students_to_7_decimals():
 
     assert max(abs(q - stats.t.ppf(0.975, df)) for df, q in enumerate(T975, 1)) < 1e-7
     assert max(abs(_t975(df) - stats.t.ppf(0.975, df)) for df in range(len(T975) + 1, 500)) < 1e-7
+
+
+def test_an_unknown_task_is_refused_before_any_checkpoint_is_read_and_blamed_on_no_job(tmp_path, tokenizer):  # noqa: F811
+    # it was said after a checkpoint's weights were read and checked, and a sweep's as "sweep job 0 (...): ..."
+    sweep = tmp_path / "sweep"
+    job(sweep, 0, "vanilla", 1, tokenizer)
+    bad = {**EVAL, "icl": {**EVAL["icl"], "tasks": ["sst3"]}}
+    for where in ({"sweep_dir": str(sweep)}, {"ckpt_path": str(tmp_path / "missing.ckpt")}):
+        with pytest.raises(ConfigError, match=r"^icl.tasks: unknown task 'sst3'"):
+            run_evaluate({**bad, **where, "device": "cpu"}, out_dir=tmp_path / "out")

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import ROOT, SMOKE, compose_train, read_metrics, run_cli, strict_json, train_losses
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import OmegaConf
 
 from momattn.checkpoint import read_checkpoint
@@ -281,7 +281,9 @@ def test_a_run_whose_last_step_was_skipped_returns_its_last_finite_training_loss
     value = run_train(cfg)
     losses = train_losses(tmp_path)
     assert math.isnan(losses[3]) and value == pytest.approx(losses[2])
-    assert json.loads((tmp_path / "summary.json").read_text())["train/loss"] == pytest.approx(losses[2])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["train/loss"] == pytest.approx(losses[2])
+    assert summary["train/loss_step"] == 2  # the step it comes from, beside the last step's lr (it said none)
 
 
 def test_logger_none_trains_and_still_reports(tmp_path):
@@ -1248,6 +1250,46 @@ def test_val_every_steps_counts_optimizer_steps_whatever_the_accumulation(tmp_pa
     assert val_steps(tmp_path / "acc", "global_batch=8", "data.batch_size=2", "val_every_steps=2") == plain
     with pytest.raises(ConfigError, match="val_every_steps=0 must be an integer >= 1"):
         load_train_config(compose_train(tmp_path, [*SMOKE, "val_every_steps=0"]))
+    # both typed: the interval was replaced without a word (found by review); one from a config file is not refused
+    with pytest.raises(ConfigError, match=r"^val_every_steps=2 sets trainer.val_check_interval \(to 2 micro-batches\), "
+                                          r"but it is given too; drop one of the two$"):
+        load_train_config(compose_train(tmp_path, [*SMOKE, "val_every_steps=2", "trainer.val_check_interval=5"]))
+    assert load_train_config(compose_train(tmp_path, [*SMOKE, "val_every_steps=2"])).trainer["val_check_interval"] == 2
+
+
+class ScaledAtValidation(Callback):
+    """The final LayerNorm's gain x factor during validations only: a val/loss far past float32's exp range."""
+
+    def __init__(self, factor: float):
+        self.factor = factor
+
+    def on_validation_start(self, trainer, pl_module):
+        pl_module.model.ln_f.weight.data.mul_(self.factor)
+
+    def on_validation_end(self, trainer, pl_module):
+        pl_module.model.ln_f.weight.data.div_(self.factor)
+
+
+def test_a_perplexity_past_float32s_range_is_logged_whole(tmp_path, capsys):
+    # val/ppl was logged as float32: inf in metrics.csv (null in summary.json) past a val/loss of 88.7, and the
+    # console printed a large one in 37 digits (found by review)
+    run_train(compose_train(tmp_path, [*SMOKE, "trainer.max_steps=3", "trainer.precision=32-true", "run_eval=false",
+                                       "logger=csv", "+callbacks.big._target_=test_train.ScaledAtValidation",
+                                       "+callbacks.big.factor=400"]))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["val/loss"] > 100 and summary["val/ppl"] == pytest.approx(math.exp(summary["val/loss"]), rel=1e-9)
+    rows = [r for r in read_metrics(tmp_path) if r.get("val/ppl")]
+    assert rows and all(math.isfinite(float(r["val/ppl"])) for r in rows)
+    assert f"val/ppl {summary['val/ppl']:.4g}" in capsys.readouterr().err
+
+
+def test_16_mixed_on_a_cpu_says_it_trains_bf16_mixed(tmp_path):
+    # CPU autocast has no float16: Lightning runs bf16-mixed, and the start line said so without saying why
+    c = load_train_config(compose_train(tmp_path, [*SMOKE, "trainer=cpu", "trainer.precision=16-mixed"]))
+    assert c.trainer["precision"] == "bf16-mixed"
+    assert c.precision_note == "16-mixed on a CPU: bf16-mixed (CPU autocast has no float16)"
+    with pytest.raises(ConfigError, match=r"or train with trainer.precision=bf16-mixed or bf16-true$"):
+        load_train_config(compose_train(tmp_path, [*SMOKE, "trainer=cpu", "trainer.precision=16-true"]))
 
 
 @dataclass

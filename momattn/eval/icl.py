@@ -302,7 +302,10 @@ class IclEvaluator:
             right_mean += pred_mean == e.example.label
             right_sum += pred_sum == e.example.label
             self.predictions.append({"task": task.name, "k": k, "seed": seed, "id": e.example.id,
-                                     "label": e.example.label, "pred": pred_mean, "pred_sum": pred_sum,
+                                     # pred: the headline rule's (icl.score; it was the mean rule's whatever
+                                     # the headline: found by review), then each rule's
+                                     "label": e.example.label, "pred": pred_mean if self.cfg.score == "mean"
+                                     else pred_sum, "pred_mean": pred_mean, "pred_sum": pred_sum,
                                      "k_used": j, "logprob_sum": [lp for lp, _ in s],
                                      "n_tokens": [n for _, n in s]})
         acc_mean, acc_sum = right_mean / len(test), right_sum / len(test)

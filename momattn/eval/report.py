@@ -95,25 +95,38 @@ def ppl_markdown(results: Sequence[ModelResult]) -> list[str]:
             return str(next(iter(by_model.values())))
         return ", ".join(f"{v} ({label})" for label, v in by_model.items())
 
-    return ["## Perplexity (Table 6 layout)", "", *_table(header, rows("ppl", 2)), "",
-            "Bits per byte (comparable across tokenizers over the same text: every window, ppl.max_windows=null):",
+    # (it read as a fact where windows were sampled, each model's over its own tokens: found by review)
+    bpb = ("comparable across tokenizers over the same text where every window is scored (ppl.max_windows=null); "
+           "these scored a sample of windows") if _sampled(results) else \
+        "comparable across tokenizers over the same text: every window scored"
+    return ["## Perplexity (Table 6 layout)", "", *_table(header, rows("ppl", 2)), "", f"Bits per byte ({bpb}):",
             "", *_table(header, rows("bpb", 4)), "",
             f"Windows scored: {'; '.join(f'{k}: {counts(v)}' for k, v in n_windows.items())}.", "",
             *_tokenizers_differ(results), *_corpora_differ(results), f"Protocol: {ppl_mod.PROTOCOL}.", ""]
 
 
+def _sampled(results: Sequence[ModelResult]) -> bool:
+    """Whether any model scored a sample of its windows (ppl.max_windows below their count), not every one."""
+    return any(w.n_windows < w.n_windows_available for r in results if r.ppl
+               for split in (r.ppl.train, r.ppl.valid) for w in split.values())
+
+
 def _tokenizers_differ(results: Sequence[ModelResult]) -> list[str]:
     """A warning where the models' tokenizers differ: a perplexity is per token, so two vocabularies' numbers sat
     side by side (3381.55 beside 897.65) with nothing saying that they do not compare."""
-    names = {r.label: _tokenizer_name(r) for r in results if r.ppl}
-    if len(set(names.values())) < 2:
+    scored = [r for r in results if r.ppl]
+    names = {r.label: _tokenizer_name(r) for r in scored}
+    # two BPEs of one size trained on other texts share a name: their fingerprints (the vocabulary and merges) tell
+    # them apart (results.json files written before session 59 have none: those compare by name)
+    prints = {r.label: (r.tokenizer or {}).get("fingerprint") for r in scored}
+    if len(set(names.values())) < 2 and (None in prints.values() or len(set(prints.values())) < 2):
         return []
+    if len(set(names.values())) < 2:
+        names = {label: f"{n}, fingerprint {prints[label]}" for label, n in names.items()}
     # with ppl.max_windows set, each model's windows are spread over its own token count: other parts of the text
-    sampled = any(w.n_windows < w.n_windows_available for r in results if r.ppl
-                  for split in (r.ppl.train, r.ppl.valid) for w in split.values())
-    bpb = "bits per byte do only over the same text, and these scored a subset of windows spread over each " \
-        "model's own tokens, so different parts of it: rerun with ppl.max_windows=null to compare them" if sampled \
-        else "bits per byte do, over the same text"
+    bpb = ("bits per byte do only over the same text, and these scored a subset of windows spread over each "
+           "model's own tokens, so different parts of it: rerun with ppl.max_windows=null to compare them") \
+        if _sampled(results) else "bits per byte do, over the same text"
     return [f"**Different tokenizers** ({'; '.join(f'{label}: {n}' for label, n in names.items())}): a perplexity "
             f"is per token of its own tokenizer, so these do not compare across models; {bpb}.", ""]
 

@@ -204,7 +204,8 @@ def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cf
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     result = ModelResult(label=label, attention=attention_kind(model), model=describe(model),
-                         tokenizer={"name": tokenizer.name, "vocab_size": tokenizer.vocab_size},
+                         tokenizer={"name": tokenizer.name, "vocab_size": tokenizer.vocab_size,
+                                    "fingerprint": getattr(tokenizer, "fingerprint", None)},
                          eval_config=asdict(cfg))
     plan = _plan(model, tokenizer, run_config, cfg, cache_dir, trained_on=trained_on, training=training)
     if plan.leak_note:
@@ -400,6 +401,8 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
     from momattn.eval.sweep import eval_inputs
 
     conf = EvaluateConfig.from_mapping(cfg)
+    if conf.icl.enabled:  # an unknown task name: said now, not after a checkpoint's weights were read and checked,
+        resolve_tasks(conf.icl.tasks)  # nor blamed on a sweep's first job (found by review)
     out = Path(out_dir) if out_dir is not None else hydra_output_dir()
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(conf.device)

@@ -586,11 +586,11 @@ def unfit_note(runs: Sequence[SweepRun]) -> str:
                     ginc[name] |= {k for k, s in t.shots.items() if not (s.fits and s.acc is not None)}
     note = ""
     if left:
-        note += ("\nLeft out of Table 7 (the headline k does not fit the runs' context; each job's results.md has the "
-                 "smaller k): " + "; ".join(f"{n} at {', '.join(sorted(ks))}" for n, ks in sorted(left.items())) + "\n")
+        note += ("\nLeft out of Table 7 (the headline k does not fit the runs' context; each job's results.md, in "
+                 "jobs/<job>/ here or its run's eval/, has the smaller k): " + "; ".join(f"{n} at {', '.join(sorted(ks))}" for n, ks in sorted(left.items())) + "\n")
     if ginc := {n: ks for n, ks in ginc.items() if ks}:
         note += ("\nLeft out of the tables (these k do not fit the context of at least one run; each job's "
-                 "results.md says which k fit): " + "; ".join(f"{n} at k={', '.join(map(str, sorted(ks, key=_k_order)))}"
+                 "results.md, in jobs/<job>/ here or its run's eval/, says which k fit): " + "; ".join(f"{n} at k={', '.join(map(str, sorted(ks, key=_k_order)))}"
                                        for n, ks in sorted(ginc.items())) + "\n")
     return note
 
@@ -1077,6 +1077,11 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
                 raise type(e)(f"sweep job {name} ({r.path}): {e}") from None
             r.result.checkpoint, r.result.step = str(r.path), r.step
             r.result.weights, r.result.inputs = weights_digest(model), eval_inputs(cfg)
+            from momattn.eval.report import markdown_report
+
+            # the job's own tables, which the verdict's notes point to (a job scored here had none: found by
+            # review), before its results.json, which marks it done
+            atomic_write_text(out / "jobs" / name / "results.md", markdown_report([r.result]))
             atomic_write_text(out / "jobs" / name / "results.json",
                               json_text(results_document([r.result]), indent=2) + "\n")
             del model

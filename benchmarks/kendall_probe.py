@@ -1,12 +1,13 @@
 """What carries the sign of Kendall(ICL, FT) on a GINC checkpoint (a diagnostic, not one of the paper's metrics).
 
     .venv/bin/python benchmarks/kendall_probe.py --ckpt <run>/checkpoints/last.ckpt [--lr 0.02] [--prompts 200]
+        [--shots 32]
 
 analyze.py's Kendall(ICL, FT) ranks the demonstration tokens two ways: ICL's attention from the prompt's last
 token (softmax per head, summed over heads) and finetuning's "attention to training tokens", sum over heads of
 q'_j . q (q'_j: the query recorded at demonstration token j while finetuning, q: the finetuned model's query at
 the zero-shot prompt's last token; both before rotary). This probe, with analyze.py's own episodes, finetuning and
-captures (task=ginc, k=32, demonstration seed 1), reports per layer, as means over prompts:
+captures (task=ginc, k=32 unless --shots, demonstration seed 1), reports per layer, as means over prompts:
 
   kendall          the package's Kendall(ICL, FT), as analyze.py computes it
   icl_recency      tau(ICL attention, -distance to the last token): ICL's recency bias
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +38,7 @@ from momattn.utils import positive_int  # noqa: E402
 ROWS = ("kendall", "icl_recency", "ft_recency", "icl_norot_vs_ft", "icl_vs_ft_keys")
 
 
-def probe(ckpt: str, lr: float, n_prompts: int) -> dict:
+def probe(ckpt: str, lr: float, n_prompts: int, shots: int = 32) -> dict:
     from momattn.analysis.capture import attn_modules, capture, projections64, queries64, record_inputs
     from momattn.analysis.config import AnalyzeConfig
     from momattn.analysis.episodes import ginc_set
@@ -44,13 +46,23 @@ def probe(ckpt: str, lr: float, n_prompts: int) -> dict:
     from momattn.analysis.metrics import kendall_per_layer
     from momattn.analysis.metrics import kendall_tau_b as tau
     from momattn.checkpoint import load_checkpoint, read_meta
+    from momattn.errors import ConfigError, DataError
+    from momattn.eval.runner import is_ginc_run
     from momattn.eval.tasks import resolve_tasks
 
     meta = read_meta(ckpt).get("momattn") or {}
+    run_config = meta.get("config") or {}
+    if not is_ginc_run(run_config):  # (it advised analyze.py's text tasks, which the probe cannot take: review)
+        raise ConfigError(f"--ckpt {ckpt}: the probe reads GINC prompts, and this checkpoint was not trained on GINC; "
+                          "give a GINC run's checkpoint (python train.py experiment=ginc)")
     model, tok = load_checkpoint(ckpt, map_location="cpu")
     model.eval()
-    cfg = AnalyzeConfig(task="ginc", shots=32, max_examples=n_prompts, lrs=[lr], dual_check=False)
-    aset = ginc_set(model, tok, resolve_tasks(["ginc"], key="task")[0], cfg, (meta.get("config") or {}).get("data"))
+    cfg = AnalyzeConfig(task="ginc", shots=shots, max_examples=n_prompts, lrs=[lr], dual_check=False)
+    try:  # the world the checkpoint trained on, as analyze.py checks it (it was not checked: review)
+        aset = ginc_set(model, tok, resolve_tasks(["ginc"], key="task")[0], cfg, run_config.get("data"),
+                        trained_on=meta.get("data_fingerprint"))
+    except (ConfigError, DataError) as e:  # analyze.py's keys, as this probe's flags
+        raise type(e)(re.sub(r"\bshots\b", "--shots", str(e)).replace("max_examples", "--prompts")) from None
     eps = aset.test
     mods = attn_modules(model)
     L, H, C = len(mods), mods[0].n_head, mods[0].n_embd
@@ -99,6 +111,7 @@ def main():
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--lr", type=float, default=0.01, help="the finetuning lr (analyze.py's chosen one: results.md)")
     ap.add_argument("--prompts", type=positive_int, default=200)
+    ap.add_argument("--shots", type=positive_int, default=32, help="demonstrations per prompt (default 32)")
     ap.add_argument("--name", default=None, help="the result's file name (default: the run folder's name)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "kendall_probe"),
                     help="the folder it is written to (default: the stored results, benchmarks/results/kendall_probe)")
@@ -114,9 +127,9 @@ def main():
     path = Path(args.out) / f"{name}.json"
     if path.exists() and not args.force:  # a new run named like a stored one (vanilla_seed1) replaced its result
         ap.error(f"{path} exists (another checkpoint's result?); give --name or --out, or --force to replace it")
-    res = probe(args.ckpt, args.lr, args.prompts)
+    res = probe(args.ckpt, args.lr, args.prompts, args.shots)
     L = len(res["per_layer"]["kendall"])
-    md = [f"{args.ckpt} (lr {args.lr}, {res['prompts']} prompts)\n",
+    md = [f"{args.ckpt} (lr {args.lr}, k={args.shots}, {res['prompts']} prompts)\n",
           "| quantity | " + " | ".join(f"layer {i}" for i in range(L)) + " | mean |", "|---|" + "---|" * (L + 1)]
     md += [f"| {r} | " + " | ".join(f"{x:+.3f}" for x in res["per_layer"][r]) + f" | {res['mean'][r]:+.3f} |"
            for r in ROWS]

@@ -292,7 +292,10 @@ def read_checkpoint(path: str | os.PathLike, verify: bool = False) -> dict:
     if p.is_dir() and not (p / SHARDED_META).is_file():
         found = sorted(p.glob("*.ckpt")) or sorted(p.glob("checkpoints/*.ckpt"))
         last = [f for f in found if f.name == "last.ckpt"]
-        hint = f"e.g. {(last or found)[0]}" if found else f"none is there; a run keeps them in {p}/checkpoints/"
+        jobs = [] if found else sorted(p.glob("*/checkpoints/last.ckpt")) or sorted(p.glob("*/checkpoints/*.ckpt"))
+        hint = f"e.g. {(last or found)[0]}" if found else (  # a sweep's folder: not one run's (found by review)
+            f"it holds a sweep's runs, e.g. {jobs[0]}; for every run of the sweep, pass sweep_dir={path} to "
+            "evaluate.py or analyze.py instead" if jobs else f"none is there; a run keeps them in {p}/checkpoints/")
         raise CheckpointError(f"checkpoint '{path}' is a folder; pass a .ckpt file inside it ({hint})")
     ckpt = _read_sharded(p, path) if p.is_dir() else _load_safely(p, path)
     _check_structure(ckpt, path)

@@ -4,6 +4,7 @@ Kendall tau-b, the dual form, bad input, and end-to-end runs on a text task and 
 import copy
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -929,6 +930,7 @@ def test_a_sweep_analysis_killed_after_its_results_is_not_reused_under_the_older
                                                                                           capsys):
     """A job analysed again with other settings and stopped between results.json and settings.json left the new
     results beside the old settings: a third call with the old settings reused the other settings' numbers."""
+    import momattn.analysis.runner as runner
     import momattn.analysis.sweep as sweep_mod
     from momattn.analysis.runner import run_analyze
 
@@ -954,11 +956,31 @@ def test_a_sweep_analysis_killed_after_its_results_is_not_reused_under_the_older
                                                         "select_examples": 32, "select_prompts": 8}  # GINC's own
     assert "prompt seed 1 (test prompts and demonstrations), baselines' seed 0, separator '/'" in \
         (out / "jobs" / "0" / "results.md").read_text()
-    # a job that now fails leaves none of the earlier analysis's reports (results.md sat under the verdict's "each
-    # run's own report" with the other settings' numbers: session 55's review)
+    # settings every job refuses (too many shots; a misspelt task, refused before any job) keep every job's
+    # analysis for a rerun to reuse (they were removed, job by job, before each refused them: session 59's review)
+    kept = sorted(p.name for p in (out / "jobs" / "0").iterdir())
     with pytest.raises(ConfigError, match="could be analysed"):
         run_analyze({**SWEEP_ARGS, "sweep_dir": str(sweep), "shots": 300}, out)
-    assert not any((out / "jobs" / "0").iterdir())
+    with pytest.raises(ConfigError, match="^task: unknown task 'gnic'"):
+        run_analyze({**SWEEP_ARGS, "sweep_dir": str(sweep), "task": "gnic"}, out)
+    assert sorted(p.name for p in (out / "jobs" / "0").iterdir()) == kept and "settings.json" in kept
+    run_analyze({**SWEEP_ARGS, "sweep_dir": str(sweep)}, out)
+    assert "its analysis in this folder is reused" in capsys.readouterr().err
+    # a job that fails beside others analysed under new settings keeps none of its earlier reports (results.md sat
+    # under the verdict's "each run's own report" with the other settings' numbers: session 55's review)
+    two = ginc_sweep(tmp_path / "two", [("vanilla", 1), ("vanilla", 2)])
+    run_analyze({**SWEEP_ARGS, "sweep_dir": str(two)}, tmp_path / "out2")
+    real_analyze = runner.analyze
+
+    def second_fails(model, tokenizer, run_config, conf, checkpoint=None, **kw):
+        if f"{os.sep}1{os.sep}checkpoints" in str(checkpoint):
+            raise ConfigError("job 1 cannot take these settings")
+        return real_analyze(model, tokenizer, run_config, conf, checkpoint=checkpoint, **kw)
+
+    monkeypatch.setattr(runner, "analyze", second_fails)
+    run_analyze({**SWEEP_ARGS, "sweep_dir": str(two), "shots": 3}, tmp_path / "out2")
+    assert not any((tmp_path / "out2" / "jobs" / "1").iterdir())
+    assert (tmp_path / "out2" / "jobs" / "0" / "settings.json").exists()
 
 
 def test_a_sweep_job_whose_weights_cannot_be_loaded_is_named_and_the_others_analysed(tmp_path):
@@ -1169,3 +1191,29 @@ def test_a_staicc_task_on_a_checkpoint_of_another_text_says_its_rows_are_uncheck
     analyze(model, Folded(256), {"data": {"_target_": "momattn.data.sources.StaiccCorpus"}},
             cfg("sst2", shots=1, max_examples=2, select_examples=2, lrs=[0.01]))
     assert "keeps out of its own LM text" not in capsys.readouterr().err
+
+
+def test_the_kendall_probe_names_its_own_flags_and_checks_the_world(tmp_path):
+    """benchmarks/kendall_probe.py fixed shots=32 but advised analyze.py's `shots` and text tasks, and never checked
+    that the checkpoint trained on the GINC world it rebuilt (found by review)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import kendall_probe
+
+    from momattn.checkpoint import read_checkpoint
+    from momattn.io import atomic_torch_save
+
+    ckpt = ginc_sweep(tmp_path / "sweep", [("vanilla", 1)]) / "0" / "checkpoints" / "last.ckpt"
+    with pytest.raises(DataError, match=r"with --shots=32 the prompt needs .*; lower --shots \(at most \d+ fit"):
+        kendall_probe.probe(str(ckpt), 0.1, 2)
+    doc = read_checkpoint(ckpt)
+    doc["momattn"]["data_fingerprint"] = "another world"
+    atomic_torch_save(doc, ckpt)
+    with pytest.raises(DataError, match="another"):
+        kendall_probe.probe(str(ckpt), 0.1, 2, shots=2)
+    doc["momattn"]["config"]["data"] = {"_target_": "momattn.data.sources.TextFiles"}
+    atomic_torch_save(doc, ckpt)
+    with pytest.raises(ConfigError, match=r"the probe reads GINC prompts, and this checkpoint was not trained on GINC"):
+        kendall_probe.probe(str(ckpt), 0.1, 2)

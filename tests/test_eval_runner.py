@@ -457,6 +457,12 @@ def test_settings_a_command_line_gets_wrong_are_named_or_read_as_meant(tmp_path)
     for folder in (run, run / "checkpoints"):  # the hint names a file that is there
         with pytest.raises(CheckpointError, match=f"is a folder; pass a .ckpt file inside it \\(e.g. {run}/checkpoints/last.ckpt\\)"):
             run_evaluate({"ckpt_path": str(folder)}, out_dir=tmp_path)
+    # a sweep's folder: its runs' checkpoints are a level down, and sweep_dir reads them all (it said "none is
+    # there; a run keeps them in <sweep>/checkpoints/", a folder a sweep does not have: found by review)
+    with pytest.raises(CheckpointError, match=f"it holds a sweep's runs, e.g. {run}/checkpoints/last.ckpt; for every "
+                                              f"run of the sweep, pass sweep_dir={tmp_path} to evaluate.py or "
+                                              "analyze.py instead"):
+        run_evaluate({"ckpt_path": str(tmp_path)}, out_dir=tmp_path / "out")
 
 
 def test_the_report_shows_the_other_scoring_rule_beside_the_headline(tmp_path, tokenizer):

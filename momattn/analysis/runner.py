@@ -29,7 +29,7 @@ from momattn.errors import ConfigError, NonFiniteLossError
 from momattn.eval.ginc import GincTask, check_prompt_count, check_separator, check_test_seed
 from momattn.eval.results import JsonMixin
 from momattn.eval.scoring import PrefixScorer
-from momattn.eval.tasks import TASK_FILE_SUFFIXES, read_task_file, resolve_tasks
+from momattn.eval.tasks import TASK_FILE_SUFFIXES, IclTask, read_task_file, resolve_tasks
 from momattn.utils import done_line, stable_seed, stderr_tty
 
 
@@ -252,18 +252,24 @@ def analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoin
         model.train(was_training)
 
 
-def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoint: str | None,
-             trained_on: str | None = None) -> AnalysisResult:
-    timer = Timer()
-    t0 = time.perf_counter()
+def analysis_task(cfg: AnalyzeConfig) -> IclTask | GincTask:
+    """The one task `task=` names (a name, or a task file as evaluate.py reads them); a ConfigError naming it."""
     entry = cfg.task
-    if isinstance(entry, str) and entry.endswith(TASK_FILE_SUFFIXES):  # a task file, as evaluate.py reads them
+    if isinstance(entry, str) and entry.endswith(TASK_FILE_SUFFIXES):
         entry = read_task_file(entry, key="task")
     tasks = resolve_tasks([entry], key="task")
     if len(tasks) != 1:
         raise ConfigError(f"task={cfg.task} is a set of {len(tasks)} tasks; analyze.py takes one, e.g. "
                           f"task={tasks[0].name}")
-    task = tasks[0]
+    return tasks[0]
+
+
+def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoint: str | None,
+             trained_on: str | None = None) -> AnalysisResult:
+    timer = Timer()
+    t0 = time.perf_counter()
+    task = analysis_task(cfg)
+    tasks = [task]
     from momattn.eval.runner import _unchecked_leak, is_ginc_run
 
     ginc_run = is_ginc_run(run_config)
@@ -391,6 +397,8 @@ def run_analyze(cfg: Mapping, out_dir: str | Path | None = None) -> AnalysisResu
     if not conf.ckpt_path and not conf.sweep_dir:
         raise ConfigError("ckpt_path is not set; pass ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt, or "
                           "sweep_dir=<a train.py -m folder> for every run of a sweep")
+    analysis_task(conf)  # a misspelt task: now, before any checkpoint is read or an earlier analysis's files are
+    # removed (a sweep's every job record was removed, then each job refused it: found by review)
     out = Path(out_dir) if out_dir is not None else hydra_output_dir()
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(conf.device)

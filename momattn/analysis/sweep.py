@@ -302,11 +302,6 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
               + ("its analysis in this folder is reused" if result is not None else f"analysing on {device}"),
               file=sys.stderr, flush=True)
         if result is None:
-            # an older analysis's record goes first: stopped between results.json and settings.json, the new
-            # results would otherwise sit beside the old settings and be reused under them; and its reports, which a
-            # job that now fails left under the sweep's verdict's "each run's own report" (found by review)
-            for stale in ("settings.json", *REPORTS):
-                (job_out / stale).unlink(missing_ok=True)
             try:
                 model, tokenizer = load_checkpoint(r.path, map_location=device)
             except CheckpointError as e:  # e.g. non-finite weights, or a sharded folder whose shard does not read
@@ -320,6 +315,12 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
                 continue
             finally:
                 del model  # one model on the device at a time
+            # the older analysis's record goes once the new one is made (removed first, a setting every job
+            # refused emptied every job's folder: found by review), and before the new results: stopped between
+            # results.json and settings.json, the new results would sit beside the old settings, reused under them.
+            # (a job that fails now: see below)
+            for stale in ("settings.json", *REPORTS):
+                (job_out / stale).unlink(missing_ok=True)
             write_reports(result, job_out)
             atomic_write_text(job_out / "settings.json", json_text(made, indent=2))
             if conf.logger and "wandb" in conf.logger:
@@ -329,8 +330,12 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
         diverged[id(r)] = int(result.ft.get("n_diverged") or 0)
     failed += [f"{names[0]} ({why})" if len(names) == 1 else f"jobs {', '.join(names)} ({why})"
                for why, names in refused.items()]
-    if not metrics:
+    if not metrics:  # every job's older record is kept: nothing was made, and a rerun with the settings mended
+        # reuses them
         raise ConfigError(f"no run of sweep_dir='{sweep_dir}' could be analysed: " + "; ".join(failed))
+    for name in (n for names in refused.values() for n in names):  # a job that failed under a verdict made now
+        for stale in ("settings.json", *REPORTS):  # keeps none of an older analysis's reports (they sat under the
+            (out / "jobs" / name / stale).unlink(missing_ok=True)  # verdict's "each run's own report": session 55)
     summaries = summarise(runs, metrics)
     text = markdown(summaries, failed, conf, len(metrics))
     if any(diverged.values()):

@@ -1343,7 +1343,13 @@ def hydra_main(config_name: str):
 
         def checked_entry():
             from momattn.console import quiet_console
-            from momattn.sweep_jobs import check_jobs, check_resume, check_search, plan_sweep
+            from momattn.sweep_jobs import (
+                check_entry_jobs,
+                check_jobs,
+                check_resume,
+                check_search,
+                plan_sweep,
+            )
 
             quiet_console()  # before Hydra: a sweeper's setup (Optuna's storage) logs too
             _BEFORE_LOG.clear()  # an earlier entry of this process (a test, a notebook) refused before its log opened
@@ -1386,6 +1392,8 @@ def hydra_main(config_name: str):
                         check_resume(sweep)  # before Hydra rewrites the job folders' saved command lines
                     if sweep is not None:
                         check_jobs(sweep, given)  # a value one job takes, refused before any job trains
+                if config_name in ("evaluate", "analyze") and sweep is not None and not info:
+                    check_entry_jobs(config_name, sweep, given)  # as train.py's sweeps: before any job's work
                 if multirun and sweep is None and not info:
                     check_search(config_name, given)  # an Optuna search: its space's keys, no ckpt_path=last
                 check_hydra_overrides(config_name, given)  # what the checks above leave to Hydra's hydra section

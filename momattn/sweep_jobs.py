@@ -5,6 +5,7 @@ job runs or any job folder is written: a key that only some options of a swept g
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -135,6 +136,58 @@ SEARCH_KEYS_ENV = "MOMATTN_SEARCH_KEYS"  # the keys an Optuna search varies (JSO
 LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher", "submitit_launcher.LocalLauncher")
 
 
+def check_entry_jobs(config_name: str, sweep: Sweep, overrides: list[str]) -> None:
+    """evaluate.py -m / analyze.py -m: every job's settings checked as one run checks them at its start, before
+    the first job starts (icl.max_examples=5,0 failed job 1 after job 0's whole evaluation: found by review)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    from momattn.cli import _compose, hydra_section
+
+    parsed, _ = hydra_section(config_name, overrides)
+    hydra_args = [o.input_line for o in parsed if o.is_hydra_override() and not o.is_sweep_override()]
+    checked: set[tuple[str, ...]] = set()
+    previous = HydraConfig.instance().cfg  # put back after: the settings' interpolations read the hydra node
+    try:
+        for num, job in enumerate(sweep.jobs):
+            composed = _compose(config_name, [*job, *hydra_args], return_hydra_config=True)
+            if tuple(job) in checked or composed is None:
+                continue  # (Hydra says why it cannot compose a job when it runs it)
+            checked.add(tuple(job))
+            with read_write(composed.hydra), open_dict(composed.hydra):  # what Hydra's run_job sets
+                composed.hydra.job.num = num
+                composed.hydra.runtime.output_dir = os.path.abspath(os.path.join(
+                    str(OmegaConf.select(composed, "hydra.sweep.dir")),
+                    str(OmegaConf.select(composed, "hydra.sweep.subdir"))))
+                composed.hydra.runtime.cwd = os.getcwd()
+            HydraConfig().set_config(composed)
+            _check_entry_job(config_name, OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"]),
+                             f"job {num} of the sweep ({' '.join(job)})")
+    finally:
+        HydraConfig.instance().cfg = previous
+
+
+def _check_entry_job(config_name: str, cfg, job: str) -> None:
+    from momattn.errors import ConfigError, UserError
+
+    try:
+        if config_name == "evaluate":
+            from momattn.eval.config import EvaluateConfig
+            from momattn.eval.tasks import resolve_tasks
+
+            conf = EvaluateConfig.from_mapping(cfg)
+            if conf.icl.enabled:
+                resolve_tasks(conf.icl.tasks)
+        else:
+            from momattn.analysis.config import AnalyzeConfig
+            from momattn.analysis.runner import analysis_task
+            from momattn.eval.config import build
+
+            analysis_task(build(AnalyzeConfig, cfg))
+    except UserError as e:
+        raise ConfigError(f"{job}: {e}; no job was started") from None
+
+
 def check_jobs(sweep: Sweep, overrides: list[str], search: bool = False) -> None:
     """Every job of a train.py sweep run here, composed and checked as train.py checks one run (load_train_config)
     before the first starts: a value that one job takes (optim.lr=1e-3,-1) failed only when that job started,
@@ -148,6 +201,7 @@ def check_jobs(sweep: Sweep, overrides: list[str], search: bool = False) -> None
     from momattn.cli import _compose, _last, hydra_section
     from momattn.config import load_train_config, world_size
     from momattn.errors import ConfigError, UserError
+    from momattn.training import check_lightning_values
 
     parsed, cfg = hydra_section("train", overrides)
     launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="")) if cfg is not None else ""
@@ -156,6 +210,7 @@ def check_jobs(sweep: Sweep, overrides: list[str], search: bool = False) -> None
         return
     hydra_args = [o.input_line for o in parsed if o.is_hydra_override() and not o.is_sweep_override()]
     checked: set[tuple[str, ...]] = set()
+    lightning: set[str] = set()  # the trainer and callbacks settings Lightning has checked
     folders: dict[Path, int] = {}  # each job's run folder: paths.output_dir=X gave them all one
     local: dict[int, list[int]] = {}  # processes per node: the jobs with each count
     run_ids: dict[str, int] = {}  # a W&B run id the config gives (logger.wandb.id), and the first job with it
@@ -185,6 +240,11 @@ def check_jobs(sweep: Sweep, overrides: list[str], search: bool = False) -> None
             try:
                 with env_override(dict(composed.hydra.job.env_set or {})):  # run_job sets them for the job
                     c = load_train_config(composed)
+                    # Lightning's checks of its values too (save_top_k=-5 or accelerator=foo in job 1 was refused
+                    # after job 0 had trained: found by review), once per distinct trainer and callbacks
+                    if (key := json.dumps([c.trainer, c.callbacks], sort_keys=True, default=str)) not in lightning:
+                        lightning.add(key)
+                        check_lightning_values(c, composed.hydra.runtime.output_dir)
             except UserError as e:
                 raise ConfigError(f"a trial of the search ({' '.join(job)}): {e}; no trial was started" if search else
                                   f"job {num} of the sweep ({' '.join(job)}): {e}; no job was started") from None

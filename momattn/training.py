@@ -141,16 +141,9 @@ def run_train(cfg: DictConfig, checked: TrainConfig | None = None) -> float | No
 def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFit) -> float | None:
     quiet_console()
     c = checked if checked is not None else load_train_config(cfg)
-    for what, conf in [("trainer", c.trainer), *((f"callbacks.{k}", v) for k, v in (c.callbacks or {}).items()),
-                       *((f"logger.{k}", v) for k, v in (c.logger or {}).items())]:
-        if conf is not None:  # (callbacks.x=null: left out)
-            check_arguments(conf, what)  # Lightning's own keys, before any tokenizing or data building
     out_dir, job = Path(c.paths.output_dir).resolve(), hydra_job()
     guard.out_dir, guard.job = out_dir, job
-    # Lightning's own checks of its values (accelerator=foo, mode=minimum, save_top_k=-2) now, not after the
-    # tokenizer and the token cache were built: the config's callbacks made once, a trainer made and dropped
-    config_callbacks = instantiate_all(c.callbacks, "callbacks")
-    check_trainer(c, out_dir)
+    config_callbacks = check_lightning_values(c, out_dir)
     if (warning := warmup_warning(c.optim.warmup_steps, c.max_steps, c.optim.lr)) and rank_zero_only.rank == 0:
         print(warning, file=sys.stderr)
     if any(isinstance(cb, Mapping) and cb.get("save_weights_only") is True for cb in (c.callbacks or {}).values()) \
@@ -525,6 +518,20 @@ def _tokens(c: TrainConfig, tokenizer: Tokenizer, vocab_size: int, block_size: i
     if int(max(train.max(initial=0), val.max(initial=0))) >= vocab_size:
         raise CheckpointError("token ids exceed the model's vocabulary: the tokenizer and the model do not match")
     return train, val
+
+
+def check_lightning_values(c: TrainConfig, out_dir: Path | str = ".") -> list:
+    """Lightning's own keys (check_arguments) and its checks of their values (accelerator=foo, mode=minimum,
+    save_top_k=-2) now, not after the tokenizer and the token cache were built: the config's callbacks made (and
+    returned), a trainer made and dropped. A sweep checks every job's so before the first starts (sweep_jobs)."""
+    quiet_console()  # (Lightning's "GPU available" lines, printed by the trainer made here)
+    for what, conf in [("trainer", c.trainer), *((f"callbacks.{k}", v) for k, v in (c.callbacks or {}).items()),
+                       *((f"logger.{k}", v) for k, v in (c.logger or {}).items())]:
+        if conf is not None:  # (callbacks.x=null: left out)
+            check_arguments(conf, what)
+    callbacks = instantiate_all(c.callbacks, "callbacks")
+    check_trainer(c, out_dir)
+    return callbacks
 
 
 def check_trainer(c: TrainConfig, out_dir: Path | str = ".") -> None:

@@ -158,6 +158,24 @@ def test_a_value_one_job_of_a_sweep_takes_is_refused_before_any_job_trains(tmp_p
                                           r"; no job was started$"):
         check_jobs(plan_sweep("train", overrides), overrides)
     check_jobs(plan_sweep("train", [*SMOKE, "seed=1,2"]), [*SMOKE, "seed=1,2"])  # valid jobs pass
+    # evaluate.py -m and analyze.py -m: job 1's bad value came after job 0's whole evaluation (found by review)
+    from momattn.sweep_jobs import check_entry_jobs
+
+    for name, given, said in (("evaluate", ["ckpt_path=x.ckpt", "icl.max_examples=5,0"],
+                               r"icl.max_examples=0 must be an int >= 1 or null \(all\)"),
+                              ("evaluate", ["ckpt_path=x.ckpt", "icl.tasks=[sst2],[sst3]"], "icl.tasks: unknown task 'sst3'"),
+                              ("analyze", ["ckpt_path=x.ckpt", "task=sst2,sst3"], "task: unknown task 'sst3'")):
+        with pytest.raises(ConfigError, match=rf"^job 1 of the sweep \(.*\): {said}.*; no job was started$"):
+            check_entry_jobs(name, plan_sweep(name, given), given)
+        good = [g.replace(",0", ",3").replace(",[sst3]", ",[trec]").replace(",sst3", ",trec") for g in given]
+        check_entry_jobs(name, plan_sweep(name, good), good)
+    assert HydraConfig.instance().cfg is before
+    for value, said in (("callbacks.model_checkpoint.save_top_k=1,-5", "Invalid value for save_top_k=-5"),
+                        ("trainer.accelerator=cpu,foo", "accelerator"),
+                        ("callbacks.model_checkpoint.mode=min,minimum", "mode")):  # Lightning's own checks: job 0
+        lightning = [*SMOKE, "trainer.max_steps=2", value]  # trained before job 1 met them (found by review)
+        with pytest.raises(ConfigError, match=rf"^job 1 of the sweep \(.*\): .*{said}.*; no job was started$"):
+            check_jobs(plan_sweep("train", lightning), lightning)
     for folder in (tmp_path / "one", str(tmp_path) + "/one_${now:%H-%M-%S-%f}"):  # every job gets the sweep's `now`
         shared = [*SMOKE, "seed=1,2", f"paths.output_dir={folder}"]  # job 1 blamed hydra.sweep.dir, after job 0 trained
         with pytest.raises(ConfigError, match=r"^paths.output_dir=.*one.*: jobs 0 and 1 of the sweep would write into "

@@ -21,6 +21,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -302,6 +303,20 @@ def measured(path: Path, parts: tuple[str, ...] = ()) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(old, dict) and not old.get("skipped") and (not parts or any(p in old for p in parts))
+
+
+def default_out(ap, args, committed: str, skip: tuple[str, ...] = ("out",)) -> Path:
+    """Where a run that gives no --out writes: the committed results (benchmarks/results/<committed>) when every
+    setting is the default one that made them, else a scratch file in the temporary folder, said on stderr. A trial
+    run with other settings (a small shape, one repeat) replaced the committed results and their table, measured on
+    another machine (found by review)."""
+    changed = [k for k, v in vars(args).items() if k not in skip and v != ap.get_default(k)]
+    if not changed:
+        return RESULTS / committed
+    out = Path(tempfile.gettempdir()) / "momattn-bench" / committed
+    print(f"[bench] settings other than the defaults ({', '.join('--' + k.replace('_', '-') for k in changed)}): "
+          f"writing {out}, not the committed {RESULTS / committed} (give --out to choose)", file=sys.stderr)
+    return out
 
 
 def check_out(ap, path: Path, suffixes: tuple[str, ...] = (".md",)) -> None:

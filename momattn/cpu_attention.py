@@ -7,7 +7,7 @@ returns the rows' log-sum-exp lse). The backward recomputes the scores with batc
 (bf16 ones run on the CPU's AMX tiles, with float32 sums) and does the elementwise part in one float32 pass of a
 C++ kernel (`softmax_grad` in momattn/csrc/ema_scan.cpp, the library momattn/cpu_scan.py builds):
 
-    p  = exp(scale q k^T - lse),   ds = scale p (dO v^T - rowsum(dO * O))     (both 0 above the causal diagonal)
+    p  = exp(scale q k^T - lse),   dp = dO v^T,   ds = scale p (dp - rowsum(p * dp))   (0 above the diagonal)
     dv = p^T dO,   dk = ds^T q,   dq = ds k
 
 p and ds are whole (T, T) matrices for as many (batch, head) pairs as fit in BUFFER_BYTES, so each gradient is one
@@ -20,7 +20,9 @@ flash backward took ~34 ms a layer, six times its forward, and was a third of th
 together ran 1.8x faster with this one, 2.1x at T 256 (`python benchmarks/bench_cpu_attention.py`; README, Benchmarks, goal 1).
 p and ds are rounded to bf16 before the matmuls that read them: against float64 SDPA the gradients' error is 1.4-1.9x
 SDPA's own in bf16 (benchmarks/results/cpu_attention.md; tested within 2x at logit spreads of 3 and 10), and float32
-rounding in float32 (tests/test_cpu_attention.py).
+rounding in float32 (tests/test_cpu_attention.py). The row sum is the p's and dp's as rounded (it equals rowsum(dO * O)
+exactly): each row of ds then sums to ~0, as the exact one does (a float32 rowsum(dO * O) beside dp rounded to bf16
+left dq and dk at 7e-3 at a sequence's first position, where they are 0: session 59's review).
 
 The model (momattn/model.py) takes it where `pays` says: bf16 training on a CPU with AMX, no attention dropout, no
 cached prefix, T <= MAX_T (512), eager mode, and the kernel builds; everything else takes SDPA.
@@ -91,13 +93,12 @@ def pays(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
             and q.dtype == torch.bfloat16 and q.size(2) <= MAX_T and available() and supports(q, k, v))
 
 
-def _softmax_grad(s: torch.Tensor, dp: torch.Tensor, lse: torch.Tensor, delta: torch.Tensor, scale: float,
-                  offset: int = 0) -> None:
+def _softmax_grad(s: torch.Tensor, dp: torch.Tensor, lse: torch.Tensor, scale: float, offset: int = 0) -> None:
     """In place on (G, rows, cols) buffers of the queries offset .. offset + rows - 1 against the keys 0 .. cols - 1:
-    scores s -> probabilities, dp -> the scores' gradient (see the kernel); lse, delta (G, rows), contiguous."""
+    scores s -> probabilities, dp -> the scores' gradient (see the kernel); lse (G, rows), contiguous."""
     G, rows, cols = s.shape
     status = getattr(cpu_scan.load(), _NAMES[s.dtype])(
-        _P(s.data_ptr()), _P(dp.data_ptr()), _P(lse.data_ptr()), _P(delta.data_ptr()), _I(G), _I(rows), _I(cols),
+        _P(s.data_ptr()), _P(dp.data_ptr()), _P(lse.data_ptr()), _I(G), _I(rows), _I(cols),
         _I(offset), ctypes.c_float(scale), ctypes.c_int(torch.get_num_threads()))
     if status:
         raise RuntimeError("the CPU attention kernel could not get a thread (out of memory?); "
@@ -109,12 +110,12 @@ class _CausalAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, scale):
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True, scale=scale)[:2]
         ctx.scale = scale
-        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.save_for_backward(q, k, v, lse)  # (the backward's delta comes from p and dp: the output is not kept)
         return out
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, out, lse = ctx.saved_tensors
+        q, k, v, lse = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: a differentiable backward, through SDPA's math path (the CPU
             from torch.nn.attention import SDPBackend, sdpa_kernel  # flash backward has no derivative)
 
@@ -125,13 +126,13 @@ class _CausalAttention(torch.autograd.Function):
             grads = iter(torch.autograd.grad(y, want, do, create_graph=True))
             return (*(next(grads) if need else None for need in ctx.needs_input_grad[:3]), None)
         with torch.autocast("cpu", enabled=False):
-            return (*_backward(q, k, v, out, lse.float().contiguous(), do, ctx.scale), None)
+            return (*_backward(q, k, v, lse.float().contiguous(), do, ctx.scale), None)
 
 
-def _backward(q, k, v, out, lse, do, scale):
-    """dq, dk, dv (B, H, T, D) from the forward's inputs, output and lse (B, H, T), and the output's gradient do."""
+def _backward(q, k, v, lse, do, scale):
+    """dq, dk, dv (B, H, T, D) from the forward's inputs, its lse (B, H, T), and the output's gradient do."""
     B, H, T, D = q.shape
-    q, k, v, do, out = (t.reshape(B * H, T, t.size(-1)) for t in (q, k, v, do, out))  # (BH, T, D), copies if strided
+    q, k, v, do = (t.reshape(B * H, T, t.size(-1)) for t in (q, k, v, do))  # (BH, T, D), copies if strided
     lse = lse.reshape(B * H, T)
     # The scores are formed less each row's c = lse / scale, rounded to q's dtype, by one more column of q (-c) and
     # of k (1), and a zero column so that the inner size stays even (AMX multiplies bf16 in pairs): the matmul sums
@@ -149,11 +150,10 @@ def _backward(q, k, v, out, lse, do, scale):
         g = slice(g0, min(B * H, g0 + G))
         qc = torch.cat([q[g], -c[g].unsqueeze(-1), zeros[g]], dim=-1)  # (G, T, D + 2)
         kc = torch.cat([k[g], ones[g], zeros[g]], dim=-1)
-        delta = (do[g].float() * out[g].float()).sum(-1)  # (G, T): rowsum(dO * O)
         if rows == T:  # whole (T, T) matrices: each gradient one matmul
             s = torch.bmm(qc, kc.transpose(1, 2))  # (G, T, T) scores less c, unscaled
             dp = torch.bmm(do[g], v[g].transpose(1, 2))  # (G, T, T)
-            _softmax_grad(s, dp, lse[g], delta, scale)  # s -> p, dp -> ds
+            _softmax_grad(s, dp, lse[g], scale)  # s -> p, dp -> ds
             torch.bmm(s.transpose(1, 2), do[g], out=dv[g])
             torch.bmm(dp.transpose(1, 2), q[g], out=dk[g])
             torch.bmm(dp, k[g], out=dq[g])
@@ -164,7 +164,7 @@ def _backward(q, k, v, out, lse, do, scale):
             r1 = min(T, r0 + rows)
             s = torch.bmm(qc[:, r0:r1], kc[:, :r1].transpose(1, 2))  # (G, r1 - r0, r1)
             dp = torch.bmm(do[g][:, r0:r1], v[g][:, :r1].transpose(1, 2))
-            _softmax_grad(s, dp, lse[g][:, r0:r1].contiguous(), delta[:, r0:r1].contiguous(), scale, r0)
+            _softmax_grad(s, dp, lse[g][:, r0:r1].contiguous(), scale, r0)
             dv32[:, :r1] += torch.bmm(s.transpose(1, 2), do[g][:, r0:r1])
             dk32[:, :r1] += torch.bmm(dp.transpose(1, 2), q[g][:, r0:r1])
             dq[g][:, r0:r1] = torch.bmm(dp, k[g][:, :r1])

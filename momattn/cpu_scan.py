@@ -280,9 +280,12 @@ def load() -> ctypes.CDLL | None:
             _LIB = lib
         except (OSError, RuntimeError, ValueError, AttributeError, subprocess.SubprocessError) as e:  # ValueError: a
             # malformed $CXX; AttributeError: a library without the kernel's functions
+            from momattn.hardware import cpu_has_amx
+
             log.warning("momattn: the CPU scan kernel could not be built (%s); using the matmul scans of "
                         "momattn/ops.py instead (slower on CPU; the same results in float32, while in bf16 training "
-                        "their chunk matmuls round to bf16), and SDPA's attention backward for bf16 training", e)
+                        "their chunk matmuls round to bf16)%s", e,
+                        ", and SDPA's attention backward for bf16 training" if cpu_has_amx() else "")
             _LIB = False
     return _LIB or None
 

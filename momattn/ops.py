@@ -139,14 +139,20 @@ def _eta_per_head(fn: str, eta: Rate, H: int, device, dtype, check_values: bool 
                 f"{fn}: eta has shape {tuple(eta.shape)} but v has H={H} heads; pass a float, "
                 f"a 0-d tensor or one rate per head (shape ({H},))"
             )
+        a = eta.to(device=device, dtype=dtype)
         if check_values:
             _check_rates(fn, "eta", eta)
-        return eta.to(device=device, dtype=dtype).reshape(-1).expand(H)
+            if a.dtype != eta.dtype:  # a float64 rate below 1 that rounds to 1: an undamped sum (found by review)
+                _check_rates(fn, f"eta (as {str(dtype).removeprefix('torch.')}, the sums' precision)", a)
+        return a.reshape(-1).expand(H)
     if isinstance(eta, str | bytes) or not hasattr(eta, "__float__"):
         raise TypeError(f"{fn}: eta must be a float or a tensor, got {type(eta).__name__}")
     eta_f = float(eta)
     if not 0 <= eta_f < 1:  # a float costs no device sync: always checked (a decoding step took 1.5, and nan)
         raise ValueError(f"{fn}: eta must lie in [0, 1), got {eta_f:g}")
+    if float(torch.tensor(eta_f, dtype=dtype)) >= 1:  # on the CPU: no device sync (1 - 1e-9 is 1.0 in float32)
+        raise ValueError(f"{fn}: eta={eta_f!r} rounds to 1 in {str(dtype).removeprefix('torch.')}, the sums' "
+                         "precision, where it sums without decay; use a rate below it (at most 0.9999999 in float32)")
     return torch.full((H,), eta_f, device=device, dtype=dtype)
 
 
@@ -384,6 +390,8 @@ def momentum_ema(
     _check_v4(fn, v)
     _check_chunk(fn, chunk_size)
     B, H, T, D = v.shape
+    if H < 1:  # (a ZeroDivisionError deep in the scan: found by review)
+        raise ValueError(f"{fn}: v has no heads (shape {tuple(v.shape)}, H=0)")
     _check_add(fn, add, v)
     _check_state(fn, initial_state, (B, H, D), "B, H, D")
     acc = _acc_dtype(v.dtype)
@@ -843,6 +851,8 @@ def _check_multirate(fn: str, v: torch.Tensor, p: torch.Tensor, gamma: torch.Ten
     if not isinstance(p, torch.Tensor) or p.dim() != 2 or p.shape[0] != C:
         shape = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
         raise ValueError(f"{fn}: p must be a (C, R) tensor with C={C} (v's channels), got shape {shape}")
+    if p.shape[1] < 1:  # no rate: zeros without a word (found by review)
+        raise ValueError(f"{fn}: p has no rates (shape {tuple(p.shape)}); give each channel R >= 1 of them")
     if not isinstance(gamma, torch.Tensor) or gamma.shape != p.shape:
         shape = tuple(gamma.shape) if isinstance(gamma, torch.Tensor) else type(gamma).__name__
         raise ValueError(f"{fn}: gamma must have p's shape {tuple(p.shape)}, got shape {shape}")

@@ -280,3 +280,23 @@ def test_cpu_bf16_check_names_a_failed_runs_error_not_hydras_hint():
     assert cpu_bf16_check.failure(rows) == "; bf16-mixed seed 1 ended with: error: trainer.max_steps=0 must be an integer >= 1"
     assert cpu_bf16_check.failure([{"precision": "32-true", "seed": 2, "tail": "Killed\n"}]).endswith("ended with: Killed")
     assert cpu_bf16_check.failure([]) == " (see the runs above)"
+
+
+def test_a_trial_run_with_other_settings_never_replaces_the_committed_results(tmp_path, capsys):
+    """bench_cpu_attention.py --shapes 1x1x8x4 --repeats 1 replaced benchmarks/results/cpu_attention.json (measured
+    on an AMX Xeon) in 4 seconds (found by review): only the defaults that made them write there."""
+    import argparse
+    import tempfile
+
+    from harness import RESULTS, default_out
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=None)
+    assert default_out(ap, ap.parse_args(["--threads", "2"]), "x.json", skip=("out", "threads")) == RESULTS / "x.json"
+    assert capsys.readouterr().err == ""
+    scratch = default_out(ap, ap.parse_args(["--repeats", "1"]), "x.json", skip=("out", "threads"))
+    assert scratch == Path(tempfile.gettempdir()) / "momattn-bench" / "x.json"
+    assert f"settings other than the defaults (--repeats): writing {scratch}, not the committed" in \
+        capsys.readouterr().err

@@ -57,8 +57,9 @@ def test_gradients_match_float64(dtype, shape, groups, monkeypatch):
     assert torch.equal(out, _sdpa(*(t.detach() for t in qkv)))  # the forward is SDPA's own op
     for name, a, f, r in zip("qkv", ours, flash, ref):
         assert a.dtype == dtype and a.shape == r.shape
-        if not r.norm():  # T = 1: dq = dk = 0, up to the roundings of terms the size of dv's
-            assert a.double().norm() / ref[2].norm() < (2e-6 if dtype == torch.float32 else 1e-2), name
+        if not r.norm():  # T = 1: dq = dk = 0, up to the roundings of terms the size of dv's (bf16's were 7e-3 of
+            # dv's size while delta was a float32 rowsum(dO * O) beside dp rounded to bf16: found by review)
+            assert a.double().norm() / ref[2].norm() < (2e-6 if dtype == torch.float32 else 1e-4), name
         elif dtype == torch.float32:
             assert _rel(a, r) < 2e-6, name
         else:  # bf16: the scores and their gradient are rounded before the matmuls read them
@@ -84,6 +85,19 @@ def test_a_long_context_is_done_in_blocks_of_queries_with_the_same_gradients(dty
         assert a.dtype == dtype and a.shape == r.shape
         limit = 2e-6 if dtype == torch.float32 else 1.5 * _rel(f, r) + 4e-3
         assert _rel(a, r) < limit, (name, _rel(a, r), _rel(f, r))
+
+
+def test_each_row_of_the_scores_gradient_sums_to_zero_in_bf16():
+    """softmax's gradient has rows that sum to 0; with delta from the rounded p and dp (not a float32 rowsum(dO * O)
+    beside dp rounded to bf16) they do to rounding, at a sequence's first positions too (review: 7e-3 at T = 1)."""
+    qkv, go = _qkv(4, 4, 9, 64, torch.bfloat16, seed=5)
+    _, ref = _grads(_sdpa, [t.detach().double().requires_grad_() for t in qkv], go.double())
+    _, ours = _grads(cpu_attention.causal, qkv, go)
+    _, flash = _grads(_sdpa, qkv, go)
+    first = ours[0][:, :, 0].double().norm().item()  # query 0 sees key 0 alone: its dq is 0
+    assert first < 1e-6 * ref[2].norm().item(), first
+    for name, a, f, r in zip("qk", ours, flash, ref):  # and no worse than SDPA's own bf16 error at the others
+        assert _rel(a, r) < 1.5 * _rel(f, r) + 4e-3, (name, _rel(a, r), _rel(f, r))
 
 
 @pytest.mark.parametrize("spread", [3.0, 10.0])

@@ -789,6 +789,12 @@ BAD_CALLS = [
     (lambda: mom(_v(1, 4, 1, 2), 1.5, initial_state=torch.zeros(1, 4, 2), output_final_state=True),
      r"eta must lie in \[0, 1\), got 1\.5"),
     (lambda: mom(_v(1, 4, 5, 2), -2.0, check_rates=False), r"eta must lie in \[0, 1\), got -2"),
+    # a rate below 1 that rounds to 1 in the sums' float32: an undamped cumulative sum (found by review)
+    (lambda: mom(_v(1, 4, 5, 2), 1 - 1e-9), r"eta=0\.999999999 rounds to 1 in float32, the sums' precision"),
+    (lambda: mom(_v(1, 4, 5, 2), torch.tensor(1 - 1e-9, dtype=torch.float64)),
+     r"eta \(as float32, the sums' precision\) must lie in \[0, 1\), got 1"),
+    (lambda: mom(_v(1, 0, 5, 2), 0.5), r"momentum_ema: v has no heads \(shape \(1, 0, 5, 2\), H=0\)"),
+    (lambda: mr(_v(2, 5, 4), P_OK[:, :0], P_OK[:, :0]), r"multirate_ema: p has no rates \(shape \(4, 0\)\)"),
     (
         lambda: mom(_v(1, 2, 5, 2), torch.tensor([0.5, 1.0], requires_grad=True)),
         r"eta must lie in \[0, 1\), got \[0\.5, 1\]",

@@ -288,9 +288,6 @@ def cached_bpe(cache_file: Path, say: bool = False) -> Tokenizer | None:
 
 
 def _train_bpe(texts: Callable[[], Iterable[str]], vocab_size: int, cache_file: Path | None) -> Tokenizer:
-    if cache_file is not None:  # a first run's longest silence where stderr is no terminal (no bar): found by review
-        print(f"[momattn] training a BPE tokenizer of {vocab_size} tokens on the train split's text (once: it is "
-              f"cached as {cache_file})", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     tok = _byte_level(_HFTokenizer(models.BPE()))
     trainer = trainers.BpeTrainer(
@@ -303,7 +300,11 @@ def _train_bpe(texts: Callable[[], Iterable[str]], vocab_size: int, cache_file: 
 
     def counted() -> Iterable[str]:
         nonlocal chars
-        for text in texts():
+        for i, text in enumerate(texts()):
+            if i == 0 and cache_file is not None:  # once the text reads (an empty or unreadable file's error came
+                # right after it: found by review); a first run's longest silence where stderr is no terminal
+                print(f"[momattn] training a BPE tokenizer of {vocab_size} tokens on the train split's text (once: "
+                      f"it is cached as {cache_file})", file=sys.stderr, flush=True)
             chars += len(text.strip())
             yield text
 

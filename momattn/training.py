@@ -59,7 +59,7 @@ from momattn.cli import (
 )
 from momattn.config import TrainConfig, load_train_config, world_size
 from momattn.console import quiet_console, quiet_resume
-from momattn.data.corpus import load_tokens
+from momattn.data.corpus import load_tokens, own_documents
 from momattn.data.datamodule import TokenDataModule, check_window
 from momattn.data.streaming import StreamingHubCorpus, StreamWindows
 from momattn.entry_signals import (
@@ -91,7 +91,7 @@ from momattn.progress import TrainProgress
 from momattn.quoting import shell_arg, shell_quote
 from momattn.schema import check_arguments, instantiate, instantiate_all
 from momattn.signal_watch import PREEMPTED_EXIT, SignalWatch
-from momattn.tokenizer import Tokenizer, build_tokenizer
+from momattn.tokenizer import Tokenizer, bpe_cache_file, build_tokenizer
 from momattn.utils import DIVERGENCE, THRESHOLD, early_stopped, stop_reason
 from momattn.wandb_runs import folder_group
 
@@ -228,6 +228,13 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         more = c.model_for(c.tokenizer.vocab_size).vocab_size > least.vocab_size  # (300 pads to the same 320 rows)
         fits(least, at_least=f"with a BPE's smallest vocabulary, {least.vocab_size} rows" + (
             f"; tokenizer.vocab_size={c.tokenizer.vocab_size} needs more" if more else ""))
+    if not resume and c.tokenizer.kind == "bpe" and not isinstance(c.data, StreamingHubCorpus) and \
+            not bpe_cache_file(c.tokenizer.vocab_size, c.data, c.cache_dir).exists():
+        # a validation split too short for one window even at a token per byte: said before the BPE is trained on
+        # the whole train split (seconds to minutes), not after (found by review)
+        most = sum(len(d.encode("utf-8", "replace")) + 1 for d in own_documents(c.data, "val"))
+        check_window("val", range(most), c.model.block_size, getattr(c.data, "split_size_advice", None),
+                     at_most=True)
     tokenizer = checkpoint_tokenizer(resume, ckpt_path) if resume else build_tokenizer(c.tokenizer, c.data,
                                                                                           c.cache_dir)
     was = (resume.get("config") or {}).get("tokenizer")
@@ -291,7 +298,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     n_all, n_core = model.num_params(non_embedding=False), model.num_params()
     counts = f"{n_all / 1e6:.2f}M parameters" + (f" ({n_core / 1e6:.2f}M without position embeddings)"
                                                   if n_core != n_all else "")
-    passes = _passes(train, c, model_config.block_size)
+    passes = _passes(train, c, model_config.block_size, dm, resumed.get(type(dm).__qualname__) if resumed else None)
     if rank_zero_only.rank == 0:  # the processes Lightning starts for the other ranks run this too
         if passes and (per_batch := c.loader.batch_size * world_size(c.trainer)) > passes["train_windows"]:
             print(f"[momattn] warning: a step's {per_batch} sequences per micro-batch "
@@ -922,13 +929,22 @@ def _pool_children() -> list:
     return kids
 
 
-def _passes(train, c: TrainConfig, block_size: int) -> dict:
+def _passes(train, c: TrainConfig, block_size: int, dm: TokenDataModule | None = None,
+            data_state: dict | None = None) -> dict:
     """How often the run reads its training split: its windows and the epochs max_steps make of them (the same
     windows repeat past 1; a corpus smaller than a batch repeated them within each batch, unsaid: found by review);
-    {} for a stream, whose length is not known."""
+    {} for a stream, whose length is not known. data_state: a resumed checkpoint's data position (its samples read
+    so far, at its own samples per step), from which the run goes on; a run in a new order of the windows counts
+    from that order's start (max_steps x this run's samples per step read 156 samples as 2.09 epochs of 107 windows
+    after a resume at another data.batch_size: found by review)."""
     if isinstance(train, StreamWindows) or not (windows := (len(train) - 1) // block_size):
         return {}
-    sequences = c.max_steps * c.loader.batch_size * world_size(c.trainer) * c.accumulate
+    per_step = c.loader.batch_size * world_size(c.trainer) * c.accumulate
+    sequences = c.max_steps * per_step
+    if isinstance(data_state, dict) and isinstance(data_state.get("position"), int) and \
+            isinstance(data_state.get("step"), int) and dm is not None:
+        rest = max(0, c.max_steps - data_state["step"]) * per_step
+        sequences = rest + (data_state["position"] if dm.continues(data_state) else 0)
     return {"train_windows": windows, "train_epochs": round(sequences / windows, 4)}
 
 

@@ -176,6 +176,15 @@ def test_loss_decreases_on_a_few_hundred_tokens(tmp_path, capsys):
                                              f"data.batch_size={windows + 1}"]))
     assert (f"a step's {windows + 1} sequences per micro-batch (data.batch_size x processes) outnumber the training "
             f"split's {windows} windows") in capsys.readouterr().err
+    # resumed at another batch size: the samples read are the checkpoint's position, then this run's steps at its
+    # own size (max_steps x the new size counted 2.09 epochs where 1.46 were read: found by review)
+    more = ["debug=smoke", "data=text_files", f"data.paths=[{text}]", "tokenizer.vocab_size=300", "model.block_size=16",
+            "run_eval=false", "optim.warmup_steps=1"]
+    run_train(compose_train(tmp_path / "c", [*more, "trainer.max_steps=3", "data.batch_size=2"]))
+    run_train(compose_train(tmp_path / "c", [*more, "trainer.max_steps=5", "data.batch_size=4",
+                                             f"ckpt_path={tmp_path / 'c' / 'checkpoints' / 'last.ckpt'}"]))
+    resumed = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert resumed["train_epochs"] == round((3 * 2 + 2 * 4) / windows, 4)
 
 
 @pytest.mark.parametrize("stop", [6, 4])  # on the validation interval (3), and off it (the final validation)

@@ -171,15 +171,25 @@ def test_a_hub_validation_split_shorter_than_one_window_is_refused_before_the_tr
     (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": f"the cat {i} sat"}) + "\n" for i in range(200)))
     (tmp_path / "val.jsonl").write_text(json.dumps({"text": "hi there"}) + "\n")
     cache = tmp_path / "cache"
-    with pytest.raises(DataError, match=r"^the val split has \d+ tokens, fewer than one training window of model."
-                                        r"block_size \+ 1 = 33; give the validation split \(data.val_split="
+    with pytest.raises(DataError, match=r"^the val split has at most \d+ tokens \(.*\), fewer than one training "
+                                        r"window of model.block_size \+ 1 = 33; give the validation split \(data.val_split="
                                         r"'validation'\) more text, or set data.val_split=null to hold out part of "
                                         r"the train split or lower model.block_size$"):
         run_train(compose_train(tmp_path / "run", [
             "debug=smoke", "data=hf", "data.name=json", "tokenizer.vocab_size=300", "model.block_size=32",
             f"data.data_files={{train:{tmp_path / 'train.jsonl'},validation:{tmp_path / 'val.jsonl'}}}",
             f"paths.cache_dir={cache}"]))
-    # the train split was never tokenized: the one token cache is the validation split's
+    # the train split was never tokenized (the BPE not even trained: the bound of a token per byte says it)
+    assert not [json.loads(p.read_text())["split"] for p in (cache / "tokens").glob("*.json")]
+    # under a tokenizer trained already (a file): the validation split is tokenized, the train split is not
+    from momattn.tokenizer import train_bpe
+
+    (tmp_path / "tok.json").write_text(train_bpe(lambda: ["the cat sat"] * 20, 300).to_json())
+    with pytest.raises(DataError, match=r"^the val split has \d+ tokens, fewer than one training window"):
+        run_train(compose_train(tmp_path / "run2", [
+            "debug=smoke", "data=hf", "data.name=json", "tokenizer=file", f"tokenizer.path={tmp_path / 'tok.json'}",
+            "model.block_size=32", f"paths.cache_dir={cache}",
+            f"data.data_files={{train:{tmp_path / 'train.jsonl'},validation:{tmp_path / 'val.jsonl'}}}"]))
     assert [json.loads(p.read_text())["split"] for p in (cache / "tokens").glob("*.json")] == ["val"]
 
 
@@ -249,3 +259,28 @@ def test_val_ppl_is_exp_of_val_loss_without_a_cap():
     assert perplexity(60.0) == math.exp(60.0) and perplexity(2.0) == math.exp(2.0)
     assert perplexity(800.0) == math.inf and perplexity(709.5) == math.exp(709.5)  # past float64's range, and not
     assert math.isnan(perplexity(math.nan))  # a broken validation, not a diverged one
+
+
+def test_a_validation_split_too_short_at_a_token_per_byte_is_refused_before_the_bpe_is_trained(tmp_path, capsys):
+    """The BPE was trained on the whole train split (seconds to minutes of a large corpus) before a validation split
+    shorter than one window was refused, and the message said it trained one (found by review)."""
+    from conftest import compose_train
+
+    from momattn.errors import DataError
+    from momattn.training import run_train
+
+    text = tmp_path / "small.txt"
+    text.write_text("\n\n".join(f"document {i} " + "word " * 5 for i in range(40)))
+    with pytest.raises(DataError, match=r"^the val split has at most \d+ tokens \(a byte each and one end-of-text "
+                                        r"per document, before the BPE is trained\), fewer than one training window "
+                                        r"of model.block_size \+ 1 = 401; add text, hold out more of it "
+                                        r"\(data.val_fraction\) or lower model.block_size$"):
+        run_train(compose_train(tmp_path / "run", ["debug=smoke", "data=text_files", f"data.paths=[{text}]",
+                                                   "tokenizer.vocab_size=300", "model.block_size=400",
+                                                   f"paths.cache_dir={tmp_path / 'cache'}"]))
+    assert "training a BPE" not in capsys.readouterr().err and not (tmp_path / "cache" / "tokenizers").exists()
+    (tmp_path / "empty.txt").write_text("")  # nothing to read: no word of a BPE trained before the error
+    with pytest.raises(DataError):
+        run_train(compose_train(tmp_path / "run2", ["debug=smoke", "data=text_files", f"data.paths=[{tmp_path / 'empty.txt'}]",
+                                                    f"paths.cache_dir={tmp_path / 'cache'}"]))
+    assert "training a BPE" not in capsys.readouterr().err

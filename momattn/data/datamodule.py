@@ -138,13 +138,17 @@ class StreamSampler(Sampler[int]):
         return max(0, -(-(self.length - self.rank) // self.world))
 
 
-def check_window(name: str, tokens, block_size: int, more: Mapping[str, str] | None = None) -> None:
+def check_window(name: str, tokens, block_size: int, more: Mapping[str, str] | None = None,
+                 at_most: bool = False) -> None:
     """A DataError where a split's tokens are fewer than one training window (block_size + 1); more: the data
-    source's own advice by split (its split_size_advice), else the text sources'."""
+    source's own advice by split (its split_size_advice), else the text sources'. at_most: `tokens` is a bound of
+    the count (the split's bytes, before a byte-level BPE is trained)."""
     if len(tokens) < block_size + 1:
         advice = (more or {}).get(name) or ("add text" + (", hold out more of it (data.val_fraction)"
                                                           if name == "val" else ""))
-        raise DataError(f"the {name} split has {len(tokens)} tokens, fewer than one training window of "
+        count = (f"at most {len(tokens)} tokens (a byte each and one end-of-text per document, before the BPE is "
+                 "trained)") if at_most else f"{len(tokens)} tokens"
+        raise DataError(f"the {name} split has {count}, fewer than one training window of "
                         f"model.block_size + 1 = {block_size + 1}; {advice} or lower model.block_size")
 
 
@@ -197,12 +201,17 @@ class TokenDataModule(LightningDataModule):
             state["stream_point"] = [at[0], *at[1]]  # [window, epoch, document, token]: a resume seeks it
         return state
 
-    def load_state_dict(self, state: dict) -> None:
-        self._resumed, self._restarted_from = dict(state), None
+    def continues(self, state: dict) -> bool:
+        """Whether a checkpoint's data state (state_dict) counted this run's order of the training windows: its
+        position then goes on here; else (another seed or other text) the new order starts at 0."""
         was, now = state.get("order"), self._order()
         aliases = getattr(self.train_set, "order_aliases", None)  # the same order, as an earlier release keyed it
-        if was is not None and now is not None and was != now and was not in (aliases() if callable(aliases) else []):
-            # another seed or other text: the old position
+        return not (was is not None and now is not None and was != now
+                    and was not in (aliases() if callable(aliases) else []))
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resumed, self._restarted_from = dict(state), None
+        if not self.continues(state):  # another seed or other text: the old position
             self._restarted_from = int(state["position"])  # means nothing in the new order, which starts at 0
             self._resumed["position"] = 0
         elif (point := state.get("stream_point")) is not None and hasattr(self.train_set, "resume_at"):

@@ -601,8 +601,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = ap.parse_args(argv)
     if args.out is None:  # a smoke run (--quick) overwrote the committed results by default (found by review)
-        args.out = Path(tempfile.gettempdir()) / "momattn-bench" / "attention_quick.json" if args.quick and not \
-            args.rerender else RESULTS / "attention.json"
+        args.out = Path(tempfile.gettempdir()) / "momattn-bench" / "attention_quick.json" if args.quick else \
+            RESULTS / "attention.json"  # (--rerender --quick rewrote the committed results: found by review)
     if args.rerender:
         return rerender(ap, args.out)
 

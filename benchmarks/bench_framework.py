@@ -36,7 +36,16 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness import RESULTS, check_out_dir, machine_info, run_main, table, train_step, write_results  # noqa: E402
+from harness import (  # noqa: E402
+    RESULTS,
+    check_out_dir,
+    die_with_parent,
+    machine_info,
+    run_main,
+    table,
+    train_step,
+    write_results,
+)
 
 from momattn.checkpoint import model_config_from, read_meta  # noqa: E402
 from momattn.data.datamodule import StreamSampler, TokenWindows  # noqa: E402
@@ -55,7 +64,7 @@ def run_train(recipe: str, attention: str, steps: int, out: Path) -> dict:
            f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "trainer.log_every_n_steps=50",
            "run_eval=false", "logger=none", f"hydra.run.dir={out}"]
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, preexec_fn=die_with_parent)
     if proc.returncode != 0:
         raise SystemExit(f"train.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     summary = json.loads((out / "summary.json").read_text())

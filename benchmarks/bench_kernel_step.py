@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_attention import BATCH, BLOCK, VOCAB, _gpt_config, train_step_case  # noqa: E402
-from harness import check_out, machine_info, run_main, summarize, table, write_results  # noqa: E402
+from harness import check_out, die_with_parent, machine_info, run_main, summarize, table, write_results  # noqa: E402
 
 from momattn import cpu_scan  # noqa: E402
 from momattn.model import GPT  # noqa: E402
@@ -161,7 +161,7 @@ def main() -> None:
                str(args.rounds), "--steps", str(args.steps), "--threads", str(args.threads)]
         env = {**os.environ, "MOMATTN_SCAN_OPENMP": MODES[mode]}
         print(f"  {mode}: {' '.join(cmd[1:])}", flush=True)
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, preexec_fn=die_with_parent)
         if out.returncode:
             how = f"was killed by signal {-out.returncode}" if out.returncode < 0 else f"exited {out.returncode}"
             raise SystemExit(f"the {mode} worker {how}" + (f":\n{out.stderr[-3000:]}" if out.stderr.strip() else

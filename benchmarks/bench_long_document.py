@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import RESULTS, check_out, machine_info, run_main, table, write_results  # noqa: E402
+from harness import RESULTS, check_out, die_with_parent, machine_info, run_main, table, write_results  # noqa: E402
 
 from momattn.utils import positive_int  # noqa: E402
 
@@ -85,7 +85,7 @@ def main() -> None:
     results = []
     for way in WAYS:
         r = subprocess.run([sys.executable, __file__, "--worker", way, "--words", str(args.words), "--tokenizer",
-                            args.tokenizer], capture_output=True, text=True)
+                            args.tokenizer], capture_output=True, text=True, preexec_fn=die_with_parent)
         if r.returncode != 0:
             sys.exit(f"error: the {way} worker failed:\n{r.stderr[-2000:]}")
         results.append(json.loads(r.stdout.strip().splitlines()[-1]))

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import RESULTS, check_out, machine_info, run_main, table, write_results  # noqa: E402
+from harness import RESULTS, check_out, die_with_parent, machine_info, run_main, table, write_results  # noqa: E402
 
 from momattn.utils import positive_int  # noqa: E402
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
             for name, (argv, want) in CASES.items():
                 cmd = [sys.executable, *(a.format(root=root, tmp=tmp) for a in argv)]
                 t0 = time.perf_counter()
-                p = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)  # a script's folder is first on
+                p = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, preexec_fn=die_with_parent)  # a script's folder is first on
                 # sys.path: --root's momattn is the one imported
                 times[name].append(time.perf_counter() - t0)
                 if p.returncode != want:

@@ -55,7 +55,7 @@ from momattn.utils import positive_int  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_attention  # noqa: E402
-from harness import check_out, measured, run_main, write_json  # noqa: E402
+from harness import check_out, die_with_parent, measured, run_main, write_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PRECISIONS = ("32-true", "bf16-mixed")
@@ -150,7 +150,8 @@ def main_job_runs(seeds: list[int], threads: int, parallel: int, workdir: Path, 
         cmd = [sys.executable, "train.py", "trainer=cpu", f"trainer.precision={prec}", f"seed={seed}",
                "run_eval=false", "logger=csv", f"hydra.run.dir={d}", *extra]
         log = open(workdir / f"{prec}_s{seed}.log", "w")
-        return prec, seed, d, cmd, log, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        return prec, seed, d, cmd, log, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                          preexec_fn=die_with_parent)
 
     def finish(job, rc) -> dict:
         prec, seed, d, cmd, log, _ = job
@@ -307,8 +308,12 @@ def seed(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", default="step,runs", help="comma-separated: step,runs")
-    ap.add_argument("--threads", type=positive_int, default=4, help="torch threads for the step timing and per run")
-    ap.add_argument("--parallel", type=positive_int, default=4, help="main-job runs at a time")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # (4 and 4 started 16 threads on a 2-core host: the timings measured oversubscription; found by review)
+    ap.add_argument("--threads", type=positive_int, default=min(4, cores),
+                    help=f"torch threads for the step timing and per run (default: min(4, cores) = {min(4, cores)})")
+    ap.add_argument("--parallel", type=positive_int, default=max(1, cores // min(4, cores)),
+                    help="main-job runs at a time (default: as many as the cores hold at --threads' default)")
     ap.add_argument("--seeds", type=seed, nargs="+", default=[1, 2], help="train.py seeds, 0 to 2**32 - 1")
     ap.add_argument("--rounds", type=positive_int, default=None, help="interleaved samples of the step timing "
                     "(default 7; --smoke: 2)")
@@ -357,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("not a cpu_bf16_check report")
         except (OSError, ValueError) as e:
             ap.error(f"--merge --out {a.out}: it cannot be read ({e}); move it away or run without --merge")
+        if bool(old.get("smoke")) != a.smoke:  # a toy step beside the real runs read as one report (found by review)
+            ap.error(f"--merge --out {a.out}: it holds a {'--smoke' if old.get('smoke') else 'full-size'} report, "
+                     f"and this run is {'--smoke' if a.smoke else 'full-size'}; merge like with like, or give "
+                     "another --out")
         rep.update({k: v for k, v in old.items() if k not in rep and k != "skipped"})
         rep["part_dates"] = dict(old.get("part_dates") or {k: old["date"] for k in ("step", "runs") if k in old})
         # and the machine each part ran on: runs merged from another host were credited to this one (found by review)

@@ -305,6 +305,20 @@ def measured(path: Path, parts: tuple[str, ...] = ()) -> bool:
     return isinstance(old, dict) and not old.get("skipped") and (not parts or any(p in old for p in parts))
 
 
+def die_with_parent() -> None:
+    """preexec_fn of a benchmark's child process (a worker, a train.py run): on Linux the child gets SIGTERM when
+    this process dies, so a benchmark stopped by SIGTERM or a time limit leaves no run going on, adopted by PID 1,
+    burning the CPU under the next timing (found by review). Elsewhere it does nothing."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
 def default_out(ap, args, committed: str, skip: tuple[str, ...] = ("out",)) -> Path:
     """Where a run that gives no --out writes: the committed results (benchmarks/results/<committed>) when every
     setting is the default one that made them, else a scratch file in the temporary folder, said on stderr. A trial

@@ -86,8 +86,14 @@ def state_variant(ts, config, xt: str, reverse: bool):
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only the reference variants' instruction mix")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "triton_sm90.json"))
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/triton_sm90.json; with --quick, a "
+                    "scratch file in the temporary folder (a quick run replaced the stored 656-variant report: review)")
     a = ap.parse_args(argv)
+    if a.out is None:
+        import tempfile
+
+        a.out = str(Path(tempfile.gettempdir()) / "momattn-bench" / "triton_sm90_quick.json" if a.quick else
+                    ROOT / "benchmarks" / "results" / "triton_sm90.json")
     check_out(ap, Path(a.out), suffixes=())
     try:
         from momattn import triton_scan as ts
@@ -122,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
                 compiled += 1
     import triton
 
-    doc = {"triton": triton.__version__, "target": "sm_90", "reference": rows, "variants": compiled,
+    doc = {"triton": triton.__version__, "target": "sm_90", "quick": a.quick, "reference": rows, "variants": compiled,
            "failures": failures, "seconds": round(time.time() - t0, 1)}
     lines = [f"Triton {triton.__version__}, sm_90, {ref.kwargs} with {ref.num_warps} warp(s), strict, chunked:", "",
              "| values | output | addend | SASS | " + " | ".join(MIX) + " |", "|---" * (4 + len(MIX)) + "|"]

@@ -135,6 +135,10 @@ def test_cpu_bf16_check_refuses_a_seed_twice_and_no_time(tmp_path, capsys):
     assert "--timeout=0.0 must be > 0" in _refused(capsys, cpu_bf16_check.main, ["--timeout", "0", *out])
     (tmp_path / "r.json").write_text("[1]")
     assert "--merge --out" in _refused(capsys, cpu_bf16_check.main, ["--merge", "--parts", "step", *out])
+    # a --smoke step merged into a full-size report was labelled and chained with its runs (found by review)
+    (tmp_path / "r.json").write_text('{"date": "x", "machine": "m", "smoke": false, "runs": {}}')
+    assert "it holds a full-size report, and this run is --smoke; merge like with like" in _refused(
+        capsys, cpu_bf16_check.main, ["--merge", "--smoke", "--parts", "step", *out])
 
 
 def test_mutation_sample_reads_its_arguments_with_argparse(capsys, monkeypatch):
@@ -300,3 +304,35 @@ def test_a_trial_run_with_other_settings_never_replaces_the_committed_results(tm
     assert scratch == Path(tempfile.gettempdir()) / "momattn-bench" / "x.json"
     assert f"settings other than the defaults (--repeats): writing {scratch}, not the committed" in \
         capsys.readouterr().err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_benchmarks_child_does_not_outlive_it(tmp_path):
+    """bench_kernel_step's worker and cpu_bf16_check's train.py runs went on after their benchmark was stopped by
+    SIGTERM or a time limit, adopted by PID 1 (found by review): they are started to die with it."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    parent = tmp_path / "parent.py"
+    parent.write_text(f"import subprocess, sys, time\nsys.path.insert(0, {str(BENCH)!r})\n"
+                      "from harness import die_with_parent\n"
+                      "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+                      "preexec_fn=die_with_parent)\nprint(c.pid, flush=True)\ntime.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, str(parent)], stdout=subprocess.PIPE, text=True)
+    child = int(p.stdout.readline())
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    for _ in range(100):  # the kernel signals the child as the parent dies
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{child}/stat") as f:  # gone but not yet reaped (a zombie) counts as gone
+            if f.read().split(") ")[1].startswith("Z"):
+                break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the child outlived its parent")

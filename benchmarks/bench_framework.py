@@ -104,7 +104,7 @@ def bare_loop(meta: dict, steps: int, window: int = WINDOW) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--recipe", default="text", choices=["text", "ginc"])
     ap.add_argument("--attention", default="vanilla")
     ap.add_argument("--steps", type=positive_int, default=120)

@@ -96,6 +96,9 @@ def bench_case(model, prefix, rows, batch_tokens: int, timer: Timer, device) -> 
         "cached": lambda: PrefixScorer(model, prefix, batch_tokens).score(rows),
     }
     diff = max(abs(a[0] - b[0]) for a, b in zip(fns["naive"](), fns["cached"]()))
+    if not diff <= 1e-3:  # the docstring's check (it only reported: a broken cache still timed; found by review)
+        raise SystemExit(f"error: the cached scorer's log-probs differ from full-prompt scoring by {diff:.3g} "
+                         "(more than 1e-3): the prefix cache is wrong; nothing is timed")
     times = timer.time({**fns, "free": attention_free(fns["cached"])}, device)
     split = {name: in_model(model, fn) for name, fn in fns.items()}
     # tokens through the model: every row re-reads the prefix vs. the prefix read once

@@ -71,7 +71,7 @@ def render(res: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--words", type=positive_int, default=2_000_000)
     ap.add_argument("--tokenizer", choices=("gpt2", "bpe"), default="gpt2")
     ap.add_argument("--out", type=Path, default=RESULTS / "long_document.json")

@@ -306,7 +306,7 @@ def seed(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--parts", default="step,runs", help="comma-separated: step,runs")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     # (4 and 4 started 16 threads on a 2-core host: the timings measured oversubscription; found by review)

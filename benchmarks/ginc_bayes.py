@@ -90,7 +90,7 @@ def bayes_table(world: GincCorpus, tasks: list[str], shots: list[int], n: int, s
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--prompts", type=positive_int, default=500)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--context", type=positive_int, default=256)

@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     from momattn.eval.ginc import ginc_task, ginc_world
     from momattn.eval.sweep import distinct, find_runs
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--sweep", required=True, help="a folder holding finished GINC runs (searched recursively)")
     ap.add_argument("--prompts", type=positive_int, default=500, help="prompts per task (evaluate.py's; default 500)")
     ap.add_argument("--seed", type=int, default=1, help="the prompts' seed (evaluate.py's icl.seeds; default 1)")

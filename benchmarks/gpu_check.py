@@ -381,7 +381,7 @@ def write(report: dict, out: Path) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--steps", type=positive_int, default=10)
     ap.add_argument("--batch", type=positive_int, default=16)
     ap.add_argument("--no-compile", action="store_true")

@@ -107,7 +107,7 @@ def probe(ckpt: str, lr: float, n_prompts: int, shots: int = 32) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--lr", type=float, default=0.01, help="the finetuning lr (analyze.py's chosen one: results.md)")
     ap.add_argument("--prompts", type=positive_int, default=200)

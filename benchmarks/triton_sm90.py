@@ -84,7 +84,7 @@ def state_variant(ts, config, xt: str, reverse: bool):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("--quick", action="store_true", help="only the reference variants' instruction mix")
     ap.add_argument("--out", default=None, help="default: benchmarks/results/triton_sm90.json; with --quick, a "
                     "scratch file in the temporary folder (a quick run replaced the stored 656-variant report: review)")

@@ -8,7 +8,8 @@ forward and backward, per layer), and the step itself, vanilla's included; round
 variants. Each mode runs in its own process, since a process loads the kernel once: "openmp", its tasks on
 torch's OpenMP threads (the default where torch runs on GNU OpenMP, see momattn.cpu_scan._openmp), and "own",
 its own threads (MOMATTN_SCAN_OPENMP=0). torch's OpenMP workers spin for a while after each op: a kernel on its
-own threads competes with them. Prints a table and writes benchmarks/results/kernel_step.json and .md.
+own threads competes with them. Prints a table and writes --out and its .md (default: a scratch file in the
+temporary folder; the README's runs name benchmarks/results/kernel_step_<dtype>.json).
 """
 
 from __future__ import annotations

@@ -134,7 +134,7 @@ def main():
     md += [f"| {r} | " + " | ".join(f"{x:+.3f}" for x in res["per_layer"][r]) + f" | {res['mean'][r]:+.3f} |"
            for r in ROWS]
     md.append("\nlayer 0, tau(q_j . q, k_j . q) per head: " + ", ".join(f"{x:+.2f}" for x in res["l0_qq_vs_qk_per_head"]))
-    write_results(path, {"checkpoint": args.ckpt, "lr": args.lr, **res, "machine": machine_info("cpu")}, "\n".join(md))
+    write_results(path, {"checkpoint": args.ckpt, "lr": args.lr, "shots": args.shots, **res, "machine": machine_info("cpu")}, "\n".join(md))
 
 
 if __name__ == "__main__":

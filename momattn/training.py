@@ -322,7 +322,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         if math.isnan(logged.get("train/loss", 0.0)) and lit.last_finite_loss is not None:
             logged["train/loss"] = lit.last_finite_loss  # the last step was skipped (optim.on_nonfinite=skip)
             # and said so: summary.json put an earlier step's loss beside the last step's lr (found by review)
-            logged["train/loss_step"] = float(lit.last_finite_step)
+            logged["train/loss_from"] = float(lit.last_finite_step)  # (a "_step" suffix reads as a per-step metric)
         # fit_seconds: this process's fit; after a resume it covers the steps from fit_from_step on only
         return ({**throughput_summary(throughput), "fit_seconds": round(time.perf_counter() - t0, 1),
                  **({"fit_from_step": start_step} if start_step else {}), **passes}, logged)

@@ -964,6 +964,7 @@ def test_a_sweep_analysis_killed_after_its_results_is_not_reused_under_the_older
     with pytest.raises(ConfigError, match="^task: unknown task 'gnic'"):
         run_analyze({**SWEEP_ARGS, "sweep_dir": str(sweep), "task": "gnic"}, out)
     assert sorted(p.name for p in (out / "jobs" / "0").iterdir()) == kept and "settings.json" in kept
+    assert (out / "analysis_sweep.md").exists()  # and the verdict made of them (removed first: diff review)
     run_analyze({**SWEEP_ARGS, "sweep_dir": str(sweep)}, out)
     assert "its analysis in this folder is reused" in capsys.readouterr().err
     # a job that fails beside others analysed under new settings keeps none of its earlier reports (results.md sat

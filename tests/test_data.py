@@ -80,8 +80,9 @@ def test_a_hub_split_without_text_or_a_json_file_read_as_text_is_named(tmp_path)
                                         r"validation split hold no text in data.text_field='text' \(blank or null "
                                         r"rows\); give that split text, or set data.val_split=null"):
         HubCorpus(name="json", data_files=files).documents("val")
-    with pytest.raises(DataError, match=r"the 3 rows of its train split hold no text .*; give that split text$"):
-        HubCorpus(name="json", data_files={"train": files["validation"]}, val_split=None).documents("train")
+    for split in ("train", "val"):  # val_split=null: not told to set it (diff review)
+        with pytest.raises(DataError, match=r"the 3 rows of its train split hold no text .*; give that split text$"):
+            HubCorpus(name="json", data_files={"train": files["validation"]}, val_split=None).documents(split)
     # the text builder on JSON Lines trained each raw line, braces and keys included, without a word
     for cls in (HubCorpus, StreamingHubCorpus):
         with pytest.raises(DataError, match=r"data.name=text reads every line of a file as text, .*train.jsonl: use "

@@ -292,7 +292,7 @@ def test_a_run_whose_last_step_was_skipped_returns_its_last_finite_training_loss
     assert math.isnan(losses[3]) and value == pytest.approx(losses[2])
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["train/loss"] == pytest.approx(losses[2])
-    assert summary["train/loss_step"] == 2  # the step it comes from, beside the last step's lr (it said none)
+    assert summary["train/loss_from"] == 2  # the step it comes from, beside the last step's lr (it said none)
 
 
 def test_logger_none_trains_and_still_reports(tmp_path):
@@ -1264,6 +1264,11 @@ def test_val_every_steps_counts_optimizer_steps_whatever_the_accumulation(tmp_pa
                                           r"but it is given too; drop one of the two$"):
         load_train_config(compose_train(tmp_path, [*SMOKE, "val_every_steps=2", "trainer.val_check_interval=5"]))
     assert load_train_config(compose_train(tmp_path, [*SMOKE, "val_every_steps=2"])).trainer["val_check_interval"] == 2
+    # one from the config (an experiment's) beside a typed interval: dropping it means val_every_steps=null (it was
+    # told "drop one of the two": diff review)
+    with pytest.raises(ConfigError, match=r"^val_every_steps=2000 \(from the config, e.g. an experiment\) sets "
+                                          r".*; add val_every_steps=null to validate at the interval given, or drop it$"):
+        load_train_config(compose_train(tmp_path, ["experiment=paper_350m", "trainer=cpu", "trainer.val_check_interval=5"]))
 
 
 class ScaledAtValidation(Callback):

@@ -290,9 +290,11 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     metrics: dict[int, dict[str, float]] = {}
     diverged: dict[int, int] = {}  # test models whose finetuning diverged, per run (left out of its means)
     refused: dict[str, list[str]] = {}  # why a job could not be analysed: the jobs, named once per reason
-    for stale in (*SWEEP_REPORTS, *REPORTS):  # an earlier verdict, written again at the end: a stop or failure
-        # before it left that one beside new jobs; a single analysis's reports stood beside the sweep's (review)
+    for stale in REPORTS:  # a single analysis's reports stood beside the sweep's (review)
         (out / stale).unlink(missing_ok=True)
+    verdict_kept = True  # an earlier verdict stays until a job's record changes (then it is written again at the
+    # end: a stop or failure before it left that one beside new jobs), so settings every job refuses keep it with
+    # the jobs' records it was made of (diff review)
     for i, r in enumerate(runs, 1):
         name = job_name(r.job, sweep_dir)
         job_out = out / "jobs" / name
@@ -321,6 +323,10 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
             # (a job that fails now: see below)
             for stale in ("settings.json", *REPORTS):
                 (job_out / stale).unlink(missing_ok=True)
+            if verdict_kept:
+                for stale in SWEEP_REPORTS:
+                    (out / stale).unlink(missing_ok=True)
+                verdict_kept = False
             write_reports(result, job_out)
             atomic_write_text(job_out / "settings.json", json_text(made, indent=2))
             if conf.logger and "wandb" in conf.logger:
@@ -331,8 +337,13 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     failed += [f"{names[0]} ({why})" if len(names) == 1 else f"jobs {', '.join(names)} ({why})"
                for why, names in refused.items()]
     if not metrics:  # every job's older record is kept: nothing was made, and a rerun with the settings mended
-        # reuses them
+        # reuses them; the verdict made of them too, where every job has one (else it matches no jobs kept here)
+        if not all((out / "jobs" / job_name(r.job, sweep_dir) / "settings.json").is_file() for r in runs):
+            for stale in SWEEP_REPORTS:
+                (out / stale).unlink(missing_ok=True)
         raise ConfigError(f"no run of sweep_dir='{sweep_dir}' could be analysed: " + "; ".join(failed))
+    for stale in SWEEP_REPORTS:  # (all jobs reused: written again below, as they were)
+        (out / stale).unlink(missing_ok=True)
     for name in (n for names in refused.values() for n in names):  # a job that failed under a verdict made now
         for stale in ("settings.json", *REPORTS):  # keeps none of an older analysis's reports (they sat under the
             (out / "jobs" / name / stale).unlink(missing_ok=True)  # verdict's "each run's own report": session 55)

@@ -482,7 +482,7 @@ class HubCorpus:
                             + f": the {len(texts)} rows of its {read} split hold no text in data.text_field="
                             f"'{self.text_field}' (blank or null rows); give that split text"
                             + (", or set data.val_split=null to hold out part of the train split"
-                               if split == "val" else ""))
+                               if split == "val" and self.val_split else ""))
         check_text(docs, self.name, self.data_files, f"its {read} split")
         if self.val_split and split == "train" and local_val_split(self.val_split, self.data_files, self.name):
             return without_val_copies(docs, self.documents("val"), self)

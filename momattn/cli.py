@@ -1448,6 +1448,13 @@ def interrupted(config_name: str, cfg, signame: str = "Ctrl-C") -> str:
         return f"\n[momattn] interrupted ({signame}): {_saved(out)}. {go_on(hydra_job(), out)}"
     if config_name == "generate":
         return f"\n[momattn] interrupted ({signame})"
+    if config_name in ("evaluate", "analyze") and _multirun():  # each job's folder is new under a new sweep folder:
+        # "the same command again" (or hydra.run.dir, which -m ignores) redid the jobs finished (flows review)
+        sweep = Path(str(HydraConfig.get().sweep.dir)).resolve()
+        reused = "the checkpoints each job scored there are reused" if config_name == "evaluate" else \
+            "a sweep_dir analysis reuses its jobs' analyses there"
+        return (f"\n[momattn] interrupted ({signame}): {sweep} holds the jobs of this -m run finished so far; run the "
+                f"same command again with {shell_arg('hydra.sweep.dir', sweep)}: {reused}")
     # a sweep's finished jobs: each job's record, written last (it said results were held where none were: review)
     jobs_done = any((out / "jobs").glob("*/settings.json" if config_name == "analyze" else "*/results.json"))
     if config_name == "analyze" and cfg.get("sweep_dir"):  # its finished jobs are kept, and reused in that folder

@@ -19,6 +19,7 @@ import dataclasses
 import datetime
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -563,13 +564,13 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
         if isinstance(run.val_every_steps, bool) or run.val_every_steps < 1:
             raise ConfigError(f"val_every_steps={run.val_every_steps!r} must be an integer >= 1 (optimizer steps "
                               "between validations), or null to use trainer.val_check_interval")
-        if _on_command_line("trainer.val_check_interval"):  # one the user typed was replaced without a word
-            both = _on_command_line("val_every_steps")  # (an experiment's was advised "drop one": diff review)
-            raise ConfigError(
-                f"val_every_steps={run.val_every_steps}" + ("" if both else " (from the config, e.g. an experiment)")
-                + f" sets trainer.val_check_interval (to {run.val_every_steps * accumulate} micro-batches), but it "
-                "is given too; " + ("drop one of the two" if both else
-                                    "add val_every_steps=null to validate at the interval given, or drop it"))
+        given = trainer.get("val_check_interval")
+        if _on_command_line("trainer.val_check_interval") and given != run.val_every_steps * accumulate and \
+                os.environ.get("LOCAL_RANK", "0") == "0":  # one the user typed was replaced without a word (review);
+            # said, not refused: a resume repeats the run's own overrides, so both may be on its command line
+            print(f"[momattn] note: val_every_steps={run.val_every_steps} sets trainer.val_check_interval to "
+                  f"{run.val_every_steps * accumulate} micro-batches; the trainer.val_check_interval={given} given is "
+                  "not used (val_every_steps=null uses it)", file=sys.stderr)
         trainer["val_check_interval"] = run.val_every_steps * accumulate
     interval = trainer.get("val_check_interval")
     every_epoch = trainer.get("check_val_every_n_epoch")  # a run is one epoch of max_steps optimizer steps

@@ -7,7 +7,8 @@ returns the rows' log-sum-exp lse). The backward recomputes the scores with batc
 (bf16 ones run on the CPU's AMX tiles, with float32 sums) and does the elementwise part in one float32 pass of a
 C++ kernel (`softmax_grad` in momattn/csrc/ema_scan.cpp, the library momattn/cpu_scan.py builds):
 
-    p  = exp(scale q k^T - lse),   dp = dO v^T,   ds = scale p (dp - rowsum(p * dp))   (0 above the diagonal)
+    p  = exp(scale q k^T - lse) / its row's sum,   dp = dO v^T,   ds = scale p (dp - rowsum(p * dp))
+                                                                                       (0 above the diagonal)
     dv = p^T dO,   dk = ds^T q,   dq = ds k
 
 p and ds are whole (T, T) matrices for as many (batch, head) pairs as fit in BUFFER_BYTES, so each gradient is one
@@ -20,9 +21,11 @@ flash backward took ~34 ms a layer, six times its forward, and was a third of th
 together ran 1.8x faster with this one, 2.1x at T 256 (`python benchmarks/bench_cpu_attention.py`; README, Benchmarks, goal 1).
 p and ds are rounded to bf16 before the matmuls that read them: against float64 SDPA the gradients' error is 1.4-1.9x
 SDPA's own in bf16 (benchmarks/results/cpu_attention.md; tested within 2x at logit spreads of 3 and 10), and float32
-rounding in float32 (tests/test_cpu_attention.py). The row sum is the p's and dp's as rounded (it equals rowsum(dO * O)
-exactly): each row of ds then sums to ~0, as the exact one does (a float32 rowsum(dO * O) beside dp rounded to bf16
-left dq and dk at 7e-3 at a sequence's first position, where they are 0: session 59's review).
+rounding in float32 (tests/test_cpu_attention.py). p is divided by its row's sum as computed (1 up to the exp's and
+the rounding's error), and the row sum in ds is the p's and dp's as rounded (it equals rowsum(dO * O) exactly): each row
+of ds then sums to ~0, as the exact one does, and dv reads probabilities that sum to 1 (a float32 rowsum(dO * O)
+beside dp rounded to bf16 left dq and dk at 7e-3 at a sequence's first position, where they are 0: session 59's
+reviews, which also found the exp's error entering ds and dv on rows near one-hot).
 
 The model (momattn/model.py) takes it where `pays` says: bf16 training on a CPU with AMX, no attention dropout, no
 cached prefix, T <= MAX_T (512), eager mode, and the kernel builds; everything else takes SDPA.

@@ -945,7 +945,8 @@ def _passes(train, c: TrainConfig, block_size: int, dm: TokenDataModule | None =
             isinstance(data_state.get("step"), int) and dm is not None:
         rest = max(0, c.max_steps - data_state["step"]) * per_step
         sequences = rest + (data_state["position"] if dm.continues(data_state) else 0)
-    return {"train_windows": windows, "train_epochs": round(sequences / windows, 4)}
+    epochs = sequences / windows  # (a tiny run's read "0 times" at 4 decimals: flows review)
+    return {"train_windows": windows, "train_epochs": round(epochs, 4) if epochs >= 0.01 else float(f"{epochs:.3g}")}
 
 
 def _train_size(train) -> str:

@@ -982,6 +982,12 @@ def test_a_sweep_analysis_killed_after_its_results_is_not_reused_under_the_older
     run_analyze({**SWEEP_ARGS, "sweep_dir": str(two), "shots": 3}, tmp_path / "out2")
     assert not any((tmp_path / "out2" / "jobs" / "1").iterdir())
     assert (tmp_path / "out2" / "jobs" / "0" / "settings.json").exists()
+    # then settings every job refuses: the verdict made of job 0 alone (job 1 failed) is kept with job 0's record
+    # (it was removed: not every job had a record; second diff review)
+    verdict = (tmp_path / "out2" / "analysis_sweep.json").read_text()
+    with pytest.raises(ConfigError, match="could be analysed"):
+        run_analyze({**SWEEP_ARGS, "sweep_dir": str(two), "shots": 300}, tmp_path / "out2")
+    assert (tmp_path / "out2" / "analysis_sweep.json").read_text() == verdict
 
 
 def test_a_sweep_job_whose_weights_cannot_be_loaded_is_named_and_the_others_analysed(tmp_path):

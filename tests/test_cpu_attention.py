@@ -100,17 +100,20 @@ def test_each_row_of_the_scores_gradient_sums_to_zero_in_bf16():
         assert _rel(a, r) < 1.5 * _rel(f, r) + 4e-3, (name, _rel(a, r), _rel(f, r))
 
 
-def test_rows_near_one_hot_keep_float32_rounding():
+@pytest.mark.parametrize("T,spread", [(7, 10.0), (2, 30.0)])
+def test_rows_near_one_hot_keep_float32_rounding(T, spread):
     """The row sum over the p as computed (the exp approximate) made ds = p (dp - delta) mostly that error on a row
-    near one-hot: float32's dq at 4e-6 of float64's against SDPA's 4e-7 (diff review); it is divided by sum p."""
+    near one-hot: float32's dq at 4e-6 of float64's against SDPA's 4e-7, and dv (p unnormalised) at 2.5e-6 at T = 2
+    (diff reviews); p is divided by its row's sum."""
     g = torch.Generator().manual_seed(0)
-    q, k, v, go = (torch.randn(2, 2, 7, 16, generator=g) for _ in range(4))
-    q = (q * 10.0).requires_grad_()  # scores of spread ~10: rows near one-hot
+    q, k, v, go = (torch.randn(2, 2, T, 16, generator=g) for _ in range(4))
+    q = (q * spread).requires_grad_()  # large scores: rows near one-hot
     k, v = k.requires_grad_(), v.requires_grad_()
     _, ref = _grads(_sdpa, [t.detach().double().requires_grad_() for t in (q, k, v)], go.double())
     _, ours = _grads(cpu_attention.causal, [q, k, v], go)
-    for name, a, r in zip("qkv", ours, ref):
-        assert _rel(a, r) < 2e-6, (name, _rel(a, r))
+    for name, a, r in zip("qkv", ours, ref):  # (at T = 2 the true dq, dk nearly cancel: dv alone is judged there)
+        if T > 2 or name == "v":
+            assert _rel(a, r) < 1e-6, (name, _rel(a, r))
 
 
 @pytest.mark.parametrize("spread", [3.0, 10.0])

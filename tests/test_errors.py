@@ -1791,3 +1791,24 @@ def test_a_name_longer_than_the_filesystem_takes_is_one_line(tmp_path):
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
         assert "error: a file or folder name is longer than the filesystem takes: '" in r.stderr
         assert "(305 characters)" not in r.stderr and f"({len(str(long))} characters)" in r.stderr
+
+
+def test_a_stop_in_an_evaluate_or_analyze_multirun_names_its_sweep_folder(tmp_path, monkeypatch):
+    # evaluate.py -m stopped in job 1 said "run the same command again" (a new sweep folder: job 0 redone), and
+    # analyze.py -m named hydra.run.dir, which -m ignores (flows review)
+    from types import SimpleNamespace
+
+    from hydra.core.hydra_config import HydraConfig
+
+    import momattn.cli as cli
+
+    sweep = tmp_path / "multirun" / "12-00-00"
+    fake = SimpleNamespace(sweep=SimpleNamespace(dir=str(sweep)), runtime=SimpleNamespace(output_dir=str(sweep / "1")))
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: fake))
+    monkeypatch.setattr(cli, "_multirun", lambda: True)
+    for name, reused in (("evaluate", "the checkpoints each job scored there are reused"),
+                         ("analyze", "a sweep_dir analysis reuses its jobs' analyses there")):
+        assert cli.interrupted(name, {"ckpt_path": "a.ckpt"}, "Ctrl-C") == (
+            f"\n[momattn] interrupted (Ctrl-C): {sweep} holds the jobs of this -m run finished so far; run the same "
+            f"command again with hydra.sweep.dir={sweep}: {reused}")

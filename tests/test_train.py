@@ -1248,7 +1248,7 @@ def test_the_final_model_is_validated_when_max_steps_is_off_the_interval(tmp_pat
     assert OmegaConf.to_container(hparams.attention) == json.loads((tmp_path / "summary.json").read_text())["attention"]
 
 
-def test_val_every_steps_counts_optimizer_steps_whatever_the_accumulation(tmp_path):
+def test_val_every_steps_counts_optimizer_steps_whatever_the_accumulation(tmp_path, capsys):
     # Lightning's val_check_interval counts micro-batches; global_batch makes the accumulation depend on the devices
     def val_steps(out, *overrides):
         run_train(compose_train(out, [*SMOKE, "trainer.max_steps=4", "run_eval=false", "logger=csv", *overrides]))
@@ -1259,16 +1259,14 @@ def test_val_every_steps_counts_optimizer_steps_whatever_the_accumulation(tmp_pa
     assert val_steps(tmp_path / "acc", "global_batch=8", "data.batch_size=2", "val_every_steps=2") == plain
     with pytest.raises(ConfigError, match="val_every_steps=0 must be an integer >= 1"):
         load_train_config(compose_train(tmp_path, [*SMOKE, "val_every_steps=0"]))
-    # both typed: the interval was replaced without a word (found by review); one from a config file is not refused
-    with pytest.raises(ConfigError, match=r"^val_every_steps=2 sets trainer.val_check_interval \(to 2 micro-batches\), "
-                                          r"but it is given too; drop one of the two$"):
-        load_train_config(compose_train(tmp_path, [*SMOKE, "val_every_steps=2", "trainer.val_check_interval=5"]))
+    # both on the command line: the interval typed was replaced without a word (found by review); it is said, not
+    # refused (a resume repeats the run's own overrides: a refusal broke a resume at another interval, flows review)
+    c = load_train_config(compose_train(tmp_path, [*SMOKE, "val_every_steps=2", "trainer.val_check_interval=5"]))
+    assert c.trainer["val_check_interval"] == 2
+    assert ("[momattn] note: val_every_steps=2 sets trainer.val_check_interval to 2 micro-batches; the "
+            "trainer.val_check_interval=5 given is not used (val_every_steps=null uses it)") in capsys.readouterr().err
     assert load_train_config(compose_train(tmp_path, [*SMOKE, "val_every_steps=2"])).trainer["val_check_interval"] == 2
-    # one from the config (an experiment's) beside a typed interval: dropping it means val_every_steps=null (it was
-    # told "drop one of the two": diff review)
-    with pytest.raises(ConfigError, match=r"^val_every_steps=2000 \(from the config, e.g. an experiment\) sets "
-                                          r".*; add val_every_steps=null to validate at the interval given, or drop it$"):
-        load_train_config(compose_train(tmp_path, ["experiment=paper_350m", "trainer=cpu", "trainer.val_check_interval=5"]))
+    assert "val_every_steps=2 sets" not in capsys.readouterr().err  # the config's own interval: nothing to say
 
 
 class ScaledAtValidation(Callback):

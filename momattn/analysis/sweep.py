@@ -276,6 +276,17 @@ def _reusable(job_out: Path, made: dict, dual_check: bool = False):
     return result if recorded == made and result.protocol == PROTOCOL else None
 
 
+def _verdict_of_kept_records(out: Path, sweep_dir: Path, names: list[str]) -> bool:
+    """Whether the verdict in `out` (analysis_sweep.json) was made of this sweep's jobs that hold a record there now."""
+    try:
+        doc = json.loads((out / SWEEP_REPORTS[1]).read_text())
+        made_of = {r["job"] for r in doc["runs"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    kept = {n for n in names if (out / "jobs" / n / "settings.json").is_file()}
+    return doc.get("sweep_dir") == str(sweep_dir) and made_of == kept
+
+
 def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[SettingAnalysis]:
     """analyze.py sweep_dir=...: every finished run analysed (or its analysis reused), then the seeds' verdict."""
     from momattn.analysis.report import log_wandb, write_reports
@@ -337,8 +348,9 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     failed += [f"{names[0]} ({why})" if len(names) == 1 else f"jobs {', '.join(names)} ({why})"
                for why, names in refused.items()]
     if not metrics:  # every job's older record is kept: nothing was made, and a rerun with the settings mended
-        # reuses them; the verdict made of them too, where every job has one (else it matches no jobs kept here)
-        if not all((out / "jobs" / job_name(r.job, sweep_dir) / "settings.json").is_file() for r in runs):
+        # reuses them; the verdict made of them too, where its runs are the jobs with a record here (else it was made
+        # of other jobs, or another sweep's)
+        if not _verdict_of_kept_records(out, sweep_dir, [job_name(r.job, sweep_dir) for r in runs]):
             for stale in SWEEP_REPORTS:
                 (out / stale).unlink(missing_ok=True)
         raise ConfigError(f"no run of sweep_dir='{sweep_dir}' could be analysed: " + "; ".join(failed))

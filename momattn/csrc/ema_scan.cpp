@@ -413,8 +413,8 @@ void backward(const T *v, int64_t sb, int64_t st, const T *gy, int64_t gb, int64
 // (nbh, t, t) buffers, one (batch, head) pair's t x t block after another: the raw scores s = q k^T become the
 // probabilities p = exp(scale s - lse), and the probabilities' gradient dp = dO v^T becomes the scores' gradient
 // ds = scale p (dp - delta), both 0 above the causal diagonal, where lse (nbh, t) is the forward's log-sum-exp and
-// delta (nbh, t) = rowsum(dO * O). One pass in float32 instead of the six or more full-size passes (casts,
-// subtract, exp, mask, multiply) the same took in torch ops, which cost more than the matmuls around it.
+// delta = rowsum(p dp) (see softmax_grad). Two passes over a row in float32 instead of the six or more full-size
+// passes (casts, subtract, exp, mask, multiply) the same took in torch ops, which cost more than the matmuls.
 inline float fast_exp(float x) {  // Cephes' expf polynomial, branch-free so that the loop vectorises; ~1 ulp
   float z = x > -87.0f ? x : -87.0f;  // NaN too: the conversion to int below must see a finite number
   z = z < 88.0f ? z : 88.0f;
@@ -434,10 +434,13 @@ inline float fast_exp(float x) {  // Cephes' expf polynomial, branch-free so tha
 }
 
 // s, dp: (nbh, rows, cols) scores and dO v^T of the queries offset .. offset + rows - 1 against keys 0 .. cols - 1;
-// query i sees keys 0 .. i (causal), the rest of its row is set to 0. lse: (nbh, rows). s becomes p, dp becomes
-// ds = scale p (dp - delta) with delta = sum_j p_j dp_j / sum_j p_j of the p and dp as stored (rounded to T): each
-// row of ds then sums to ~0 as the exact gradient's does. delta as rowsum(dO * O) in float32 beside dp rounded to bf16 did not: at
-// one key (a sequence's first position) dq and dk read 7e-3 where they are 0 (found by review).
+// query i sees keys 0 .. i (causal), the rest of its row is set to 0. lse: (nbh, rows). s becomes p, normalised by
+// its row's sum as computed (which is 1 up to the exp's and the rounding's error), and dp becomes
+// ds = scale p (dp - delta) with delta = sum_j p_j dp_j of that p and of dp as stored (rounded to T): each row of ds
+// then sums to ~0 as the exact gradient's does, and dv = p^T dO reads probabilities that sum to 1. Reviews found:
+// delta as rowsum(dO * O) in float32 beside dp rounded to bf16 left dq and dk at 7e-3 at one key (a sequence's
+// first position), where they are 0; on rows near one-hot the exp's own error, times |dp|, was most of ds
+// (float32's dq 4e-6 against SDPA's 4e-7); an unnormalised p gave dv 2.5e-6 in float32 at a logit spread of 30.
 template <class T>
 void softmax_grad(T *__restrict__ s, T *__restrict__ dp, const float *lse, int64_t nbh, int64_t rows, int64_t cols,
                   int64_t offset, float scale, int threads) {
@@ -451,10 +454,10 @@ void softmax_grad(T *__restrict__ s, T *__restrict__ dp, const float *lse, int64
       dl += load(sr, j) * load(gr, j);
       sum += load(sr, j);
     }
-    // over the p as stored, whose sum is 1 up to the exp's and the rounding's error: on a row near one-hot that error,
-    // times |dp|, was most of ds = p (dp - delta) (float32's dq error 4e-6, against SDPA's 4e-7: diff review)
-    dl = sum > 0.0f ? dl / sum : dl;
+    const float inv = sum > 0.0f ? 1.0f / sum : 1.0f;  // (a row of NaN passes through as NaN)
+    dl *= inv;
     for (int64_t j = 0; j < lim; ++j) {
+      store(sr, j, load(sr, j) * inv);
       store(gr, j, scale * load(sr, j) * (load(gr, j) - dl));
     }
     for (int64_t j = lim; j < cols; ++j) {

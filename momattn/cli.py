@@ -1451,8 +1451,12 @@ def interrupted(config_name: str, cfg, signame: str = "Ctrl-C") -> str:
     if config_name in ("evaluate", "analyze") and _multirun():  # each job's folder is new under a new sweep folder:
         # "the same command again" (or hydra.run.dir, which -m ignores) redid the jobs finished (flows review)
         sweep = Path(str(HydraConfig.get().sweep.dir)).resolve()
+        if config_name == "analyze" and not cfg.get("sweep_dir"):  # one checkpoint's analysis is never reused: a
+            # rerun makes it again (it was said to be reused: diff review)
+            return (f"\n[momattn] interrupted ({signame}): {sweep} holds the reports of the jobs of this -m run "
+                    "finished so far; a rerun analyses every job it lists again, so rerun the unfinished values alone")
         reused = "the checkpoints each job scored there are reused" if config_name == "evaluate" else \
-            "a sweep_dir analysis reuses its jobs' analyses there"
+            "each job's sweep analyses there are reused"
         return (f"\n[momattn] interrupted ({signame}): {sweep} holds the jobs of this -m run finished so far; run the "
                 f"same command again with {shell_arg('hydra.sweep.dir', sweep)}: {reused}")
     # a sweep's finished jobs: each job's record, written last (it said results were held where none were: review)

@@ -20,7 +20,7 @@ rounding to bf16 is small where p is large. On the main job's model (4 x 256, T 
 flash backward took ~34 ms a layer, six times its forward, and was a third of the step; forward and backward
 together ran 1.8x faster with this one, 2.1x at T 256 (`python benchmarks/bench_cpu_attention.py`; README, Benchmarks, goal 1).
 p and ds are rounded to bf16 before the matmuls that read them: against float64 SDPA the gradients' error is 1.4-1.9x
-SDPA's own in bf16 (benchmarks/results/cpu_attention.md; tested within 2x at logit spreads of 3 and 10), and float32
+SDPA's own in bf16 (dq up to 2.4x at T = 512 with unit-size scores: a review's eight seeds) (benchmarks/results/cpu_attention.md; tested within 2x at logit spreads of 3 and 10), and float32
 rounding in float32 (tests/test_cpu_attention.py). p is divided by its row's sum as computed (1 up to the exp's and
 the rounding's error), and the row sum in ds is the p's and dp's as rounded (it equals rowsum(dO * O) exactly): each row
 of ds then sums to ~0, as the exact one does, and dv reads probabilities that sum to 1 (a float32 rowsum(dO * O)

@@ -4,6 +4,8 @@ job runs or any job folder is written: a key that only some options of a swept g
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import json
 import os
@@ -238,8 +240,9 @@ def check_jobs(sweep: Sweep, overrides: list[str], search: bool = False) -> None
                 composed.hydra.runtime.cwd = os.getcwd()
             HydraConfig().set_config(composed)
             try:
-                with env_override(dict(composed.hydra.job.env_set or {})):  # run_job sets them for the job
-                    c = load_train_config(composed)
+                with env_override(dict(composed.hydra.job.env_set or {})), \
+                        contextlib.redirect_stderr(io.StringIO()):  # its notes: said by each job as it runs (they
+                    c = load_train_config(composed)  # came twice per job, the first naming none: diff review)
                     # Lightning's checks of its values too (save_top_k=-5 or accelerator=foo in job 1 was refused
                     # after job 0 had trained: found by review), once per distinct trainer and callbacks
                     if (key := json.dumps([c.trainer, c.callbacks], sort_keys=True, default=str)) not in lightning:

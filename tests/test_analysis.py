@@ -988,6 +988,10 @@ def test_a_sweep_analysis_killed_after_its_results_is_not_reused_under_the_older
     with pytest.raises(ConfigError, match="could be analysed"):
         run_analyze({**SWEEP_ARGS, "sweep_dir": str(two), "shots": 300}, tmp_path / "out2")
     assert (tmp_path / "out2" / "analysis_sweep.json").read_text() == verdict
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="could be analysed"):  # the folder spelt another way (third diff review)
+        run_analyze({**SWEEP_ARGS, "sweep_dir": "two", "shots": 300}, tmp_path / "out2")
+    assert (tmp_path / "out2" / "analysis_sweep.json").read_text() == verdict
 
 
 def test_a_sweep_job_whose_weights_cannot_be_loaded_is_named_and_the_others_analysed(tmp_path):

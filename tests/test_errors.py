@@ -145,7 +145,7 @@ def test_a_key_that_only_some_options_of_a_swept_group_have_is_named_with_those_
     assert plan_sweep("train", ["hparams_search=optuna"]) is None  # Optuna picks its trials as it goes
 
 
-def test_a_value_one_job_of_a_sweep_takes_is_refused_before_any_job_trains(tmp_path, monkeypatch):
+def test_a_value_one_job_of_a_sweep_takes_is_refused_before_any_job_trains(tmp_path, monkeypatch, capsys):
     # job 0 trained, then job 1 failed on its lr (exit 1): now no job starts, no folder is written
     from hydra.core.hydra_config import HydraConfig
 
@@ -158,6 +158,10 @@ def test_a_value_one_job_of_a_sweep_takes_is_refused_before_any_job_trains(tmp_p
                                           r"; no job was started$"):
         check_jobs(plan_sweep("train", overrides), overrides)
     check_jobs(plan_sweep("train", [*SMOKE, "seed=1,2"]), [*SMOKE, "seed=1,2"])  # valid jobs pass
+    noted = [*SMOKE, "trainer.val_check_interval=2", "val_every_steps=1,3"]  # each job says its note as it runs:
+    capsys.readouterr()
+    check_jobs(plan_sweep("train", noted), noted)  # the checks before them said it too, naming no job (diff review)
+    assert "note: val_every_steps" not in capsys.readouterr().err
     # evaluate.py -m and analyze.py -m: job 1's bad value came after job 0's whole evaluation (found by review)
     from momattn.sweep_jobs import check_entry_jobs
 
@@ -1807,8 +1811,12 @@ def test_a_stop_in_an_evaluate_or_analyze_multirun_names_its_sweep_folder(tmp_pa
     monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
     monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: fake))
     monkeypatch.setattr(cli, "_multirun", lambda: True)
-    for name, reused in (("evaluate", "the checkpoints each job scored there are reused"),
-                         ("analyze", "a sweep_dir analysis reuses its jobs' analyses there")):
-        assert cli.interrupted(name, {"ckpt_path": "a.ckpt"}, "Ctrl-C") == (
+    for name, cfg, reused in (("evaluate", {"ckpt_path": "a.ckpt"}, "the checkpoints each job scored there are reused"),
+                              ("analyze", {"sweep_dir": "sw"}, "each job's sweep analyses there are reused")):
+        assert cli.interrupted(name, cfg, "Ctrl-C") == (
             f"\n[momattn] interrupted (Ctrl-C): {sweep} holds the jobs of this -m run finished so far; run the same "
             f"command again with hydra.sweep.dir={sweep}: {reused}")
+    # one checkpoint's analysis is never reused: not promised (diff review)
+    assert cli.interrupted("analyze", {"ckpt_path": "a.ckpt"}, "Ctrl-C") == (
+        f"\n[momattn] interrupted (Ctrl-C): {sweep} holds the reports of the jobs of this -m run finished so far; a "
+        "rerun analyses every job it lists again, so rerun the unfinished values alone")

@@ -284,7 +284,8 @@ def _verdict_of_kept_records(out: Path, sweep_dir: Path, names: list[str]) -> bo
     except (OSError, ValueError, KeyError, TypeError):
         return False
     kept = {n for n in names if (out / "jobs" / n / "settings.json").is_file()}
-    return doc.get("sweep_dir") == str(sweep_dir) and made_of == kept
+    same = Path(str(doc.get("sweep_dir"))).expanduser().resolve() == Path(sweep_dir).expanduser().resolve()
+    return same and made_of == kept  # (the folder spelt another way: diff review)
 
 
 def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[SettingAnalysis]:

@@ -24,7 +24,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from harness import (  # noqa: E402
     MEMORY_METHOD,
     QUARTILES,
     RESULTS,
+    SCRATCH,
     Timer,
     check_out,
     machine_info,
@@ -604,7 +604,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = ap.parse_args(argv)
     if args.out is None:  # a smoke run (--quick) overwrote the committed results by default (found by review)
-        args.out = Path(tempfile.gettempdir()) / "momattn-bench" / "attention_quick.json" if args.quick else \
+        args.out = SCRATCH / "attention_quick.json" if args.quick else \
             RESULTS / "attention.json"  # (--rerender --quick rewrote the committed results: found by review)
     if args.rerender:
         return rerender(ap, args.out)

@@ -20,7 +20,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_attention import BATCH, BLOCK, VOCAB, _gpt_config, train_step_case  # noqa: E402
-from harness import check_out, die_with_parent, machine_info, run_main, summarize, table, write_results  # noqa: E402
+from harness import (  # noqa: E402
+    SCRATCH,
+    check_out,
+    die_with_parent,
+    machine_info,
+    run_main,
+    summarize,
+    table,
+    write_results,
+)
 
 from momattn import cpu_scan  # noqa: E402
 from momattn.model import GPT  # noqa: E402
@@ -152,7 +160,7 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
     if args.out is None:  # (a trial run wrote a results file beside the committed ones: found by review)
-        args.out = Path(tempfile.gettempdir()) / "momattn-bench" / f"kernel_step_{args.dtype}.json"
+        args.out = SCRATCH / f"kernel_step_{args.dtype}.json"
     check_out(ap, args.out)
     machine = machine_info(torch.device("cpu"), args.dtype)  # its date and load: when the timing starts
     modes = {}

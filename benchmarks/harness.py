@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from momattn import hardware  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SCRATCH = Path(tempfile.gettempdir()) / "momattn-bench"  # a trial run's results: never the committed ones
 
 # as train.py, evaluate.py and the other entry points do (momattn.cli): every variant a benchmark times in this
 # process runs with glibc keeping freed memory, so no step pays page faults for re-allocated tensors
@@ -327,7 +328,7 @@ def default_out(ap, args, committed: str, skip: tuple[str, ...] = ("out",)) -> P
     changed = [k for k, v in vars(args).items() if k not in skip and v != ap.get_default(k)]
     if not changed:
         return RESULTS / committed
-    out = Path(tempfile.gettempdir()) / "momattn-bench" / committed
+    out = SCRATCH / committed
     print(f"[bench] settings other than the defaults ({', '.join('--' + k.replace('_', '-') for k in changed)}): "
           f"writing {out}, not the committed {RESULTS / committed} (give --out to choose)", file=sys.stderr)
     return out

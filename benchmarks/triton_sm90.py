@@ -30,7 +30,7 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from harness import check_out, run_main, write_json  # noqa: E402
+from harness import SCRATCH, check_out, run_main, write_json  # noqa: E402
 
 SCAN_FLAGS = ("STRICT", "REVERSE", "CHUNKED", "HAS_ADD")
 MIX = ("FFMA", "HMMA", "HGMMA", "LDG", "STG", "F2FP")  # the instruction kinds the table shows
@@ -90,9 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "scratch file in the temporary folder (a quick run replaced the stored 656-variant report: review)")
     a = ap.parse_args(argv)
     if a.out is None:
-        import tempfile
-
-        a.out = str(Path(tempfile.gettempdir()) / "momattn-bench" / "triton_sm90_quick.json" if a.quick else
+        a.out = str(SCRATCH / "triton_sm90_quick.json" if a.quick else
                     ROOT / "benchmarks" / "results" / "triton_sm90.json")
     check_out(ap, Path(a.out), suffixes=())
     try:

@@ -283,9 +283,9 @@ def _on_command_line(key: str) -> bool:
     """Whether the job's command line (a sweep job's own overrides included) sets `key` (key=, +key=, ++key=)."""
     from hydra.core.hydra_config import HydraConfig
 
-    if not HydraConfig.initialized():
-        return False
-    return any(str(o).lstrip("+").split("=", 1)[0] == key for o in HydraConfig.get().overrides.task)
+    from momattn.cli import _last
+
+    return HydraConfig.initialized() and _last([str(o) for o in HydraConfig.get().overrides.task], key) is not None
 
 
 SCORES = tuple(m for m in LOGGED if m != "train/lr")  # each better lower

@@ -150,7 +150,9 @@ def _eta_per_head(fn: str, eta: Rate, H: int, device, dtype, check_values: bool 
     eta_f = float(eta)
     if not 0 <= eta_f < 1:  # a float costs no device sync: always checked (a decoding step took 1.5, and nan)
         raise ValueError(f"{fn}: eta must lie in [0, 1), got {eta_f:g}")
-    if float(torch.tensor(eta_f, dtype=dtype)) >= 1:  # on the CPU: no device sync (1 - 1e-9 is 1.0 in float32)
+    # rounds to 1 in the sums' dtype (1 - 1e-9 is 1.0 in float32): at or above 1 less half the spacing below 1,
+    # ties to even going to 1 (a plain comparison, where a tensor made per call sat on every forward and decoded token)
+    if eta_f >= 1 - torch.finfo(dtype).eps / 4:
         raise ValueError(f"{fn}: eta={eta_f!r} rounds to 1 in {str(dtype).removeprefix('torch.')}, the sums' "
                          "precision, where it sums without decay; use a rate below it (at most 0.9999999 in float32)")
     return torch.full((H,), eta_f, device=device, dtype=dtype)

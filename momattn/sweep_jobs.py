@@ -142,31 +142,54 @@ def check_entry_jobs(config_name: str, sweep: Sweep, overrides: list[str]) -> No
     """evaluate.py -m / analyze.py -m: every job's settings checked as one run checks them at its start, before
     the first job starts (icl.max_examples=5,0 failed job 1 after job 0's whole evaluation: found by review)."""
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf, open_dict, read_write
+    from omegaconf import OmegaConf
 
-    from momattn.cli import _compose, hydra_section
+    from momattn.cli import hydra_section
 
-    parsed, _ = hydra_section(config_name, overrides)
+    parsed, cfg = hydra_section(config_name, overrides)
+    launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="")) if cfg is not None else ""
     hydra_args = [o.input_line for o in parsed if o.is_hydra_override() and not o.is_sweep_override()]
     checked: set[tuple[str, ...]] = set()
     previous = HydraConfig.instance().cfg  # put back after: the settings' interpolations read the hydra node
     try:
         for num, job in enumerate(sweep.jobs):
-            composed = _compose(config_name, [*job, *hydra_args], return_hydra_config=True)
-            if tuple(job) in checked or composed is None:
-                continue  # (Hydra says why it cannot compose a job when it runs it)
+            if tuple(job) in checked:
+                continue
             checked.add(tuple(job))
-            with read_write(composed.hydra), open_dict(composed.hydra):  # what Hydra's run_job sets
-                composed.hydra.job.num = num
-                composed.hydra.runtime.output_dir = os.path.abspath(os.path.join(
-                    str(OmegaConf.select(composed, "hydra.sweep.dir")),
-                    str(OmegaConf.select(composed, "hydra.sweep.subdir"))))
-                composed.hydra.runtime.cwd = os.getcwd()
-            HydraConfig().set_config(composed)
+            if (composed := _job_config(config_name, job, num, hydra_args, launcher)) is None:
+                continue  # (Hydra says why it cannot compose a job when it runs it)
             _check_entry_job(config_name, OmegaConf.masked_copy(composed, [k for k in composed if k != "hydra"]),
                              f"job {num} of the sweep ({' '.join(job)})")
     finally:
         HydraConfig.instance().cfg = previous
+
+
+def _job_config(config_name: str, job: list[str], num: int, hydra_args: list[str], launcher: str):
+    """Job `num` of a sweep composed as Hydra's launcher and run_job set it up (its number, id and folder), and
+    made the current Hydra config (the settings' interpolations read it); None where Hydra cannot compose it."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    from momattn.cli import _compose
+
+    composed = _compose(config_name, [*job, *hydra_args], return_hydra_config=True)
+    if composed is None:
+        return None
+    with open_dict(composed):
+        composed.hydra.job.num = num
+        composed.hydra.job.id = num if launcher.endswith("BasicLauncher") else f"{composed.hydra.job.name}_{num}"
+    HydraConfig().set_config(composed)  # the folder's interpolations may read the hydra node
+    sweep_dir = str(OmegaConf.to_container(composed.hydra.sweep, resolve=False).get("dir"))
+    if "${now:" in sweep_dir:  # Hydra resolves the sweep's folder once: jobs composed a second apart here
+        with read_write(composed.hydra), open_dict(composed.hydra):  # got two (and a shared one went unseen)
+            composed.hydra.sweep.dir = re.sub(r"\$\{now:[^}]*\}", "<now>", sweep_dir)
+    folder = os.path.join(str(OmegaConf.select(composed, "hydra.sweep.dir")),
+                          str(OmegaConf.select(composed, "hydra.sweep.subdir")))
+    with read_write(composed.hydra), open_dict(composed.hydra):
+        composed.hydra.runtime.output_dir = os.path.abspath(folder)
+        composed.hydra.runtime.cwd = os.getcwd()
+    HydraConfig().set_config(composed)
+    return composed
 
 
 def _check_entry_job(config_name: str, cfg, job: str) -> None:
@@ -198,9 +221,9 @@ def check_jobs(sweep: Sweep, overrides: list[str], search: bool = False) -> None
     patterns (search_trials), named so."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import env_override
-    from omegaconf import OmegaConf, open_dict, read_write
+    from omegaconf import OmegaConf, open_dict
 
-    from momattn.cli import _compose, _last, hydra_section
+    from momattn.cli import _last, hydra_section
     from momattn.config import load_train_config, world_size
     from momattn.errors import ConfigError, UserError
     from momattn.training import check_lightning_values
@@ -222,23 +245,8 @@ def check_jobs(sweep: Sweep, overrides: list[str], search: bool = False) -> None
             if tuple(job) in checked:
                 continue
             checked.add(tuple(job))
-            composed = _compose("train", [*job, *hydra_args], return_hydra_config=True)
-            if composed is None:  # Hydra says why when it composes the job itself
-                continue
-            with open_dict(composed):  # what the launcher and run_job set: the job's number, id and folder
-                composed.hydra.job.num = num
-                composed.hydra.job.id = num if launcher.endswith("BasicLauncher") else f"{composed.hydra.job.name}_{num}"
-            HydraConfig().set_config(composed)  # the folder's interpolations may read the hydra node
-            sweep_dir = str(OmegaConf.to_container(composed.hydra.sweep, resolve=False).get("dir"))
-            if "${now:" in sweep_dir:  # Hydra resolves the sweep's folder once: jobs composed a second apart here
-                with read_write(composed.hydra), open_dict(composed.hydra):  # got two (and a shared one went unseen)
-                    composed.hydra.sweep.dir = re.sub(r"\$\{now:[^}]*\}", "<now>", sweep_dir)
-            folder = os.path.join(str(OmegaConf.select(composed, "hydra.sweep.dir")),
-                                  str(OmegaConf.select(composed, "hydra.sweep.subdir")))
-            with read_write(composed.hydra), open_dict(composed.hydra):
-                composed.hydra.runtime.output_dir = os.path.abspath(folder)
-                composed.hydra.runtime.cwd = os.getcwd()
-            HydraConfig().set_config(composed)
+            if (composed := _job_config("train", job, num, hydra_args, launcher)) is None:
+                continue  # Hydra says why when it composes the job itself
             try:
                 with env_override(dict(composed.hydra.job.env_set or {})), \
                         contextlib.redirect_stderr(io.StringIO()):  # its notes: said by each job as it runs (they

@@ -43,7 +43,7 @@ from momattn.eval.sweep import (
     unround,
     verdict_tables,
 )
-from momattn.io import atomic_write_text, json_text
+from momattn.io import atomic_write_text, json_text, remove_stale
 
 LATER = {key for key, _ in PER_LAYER_LATER}  # metrics an analysis made by an earlier version lacks
 
@@ -302,8 +302,7 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     metrics: dict[int, dict[str, float]] = {}
     diverged: dict[int, int] = {}  # test models whose finetuning diverged, per run (left out of its means)
     refused: dict[str, list[str]] = {}  # why a job could not be analysed: the jobs, named once per reason
-    for stale in REPORTS:  # a single analysis's reports stood beside the sweep's (review)
-        (out / stale).unlink(missing_ok=True)
+    remove_stale(out, REPORTS, ())  # a single analysis's reports stood beside the sweep's (review)
     verdict_kept = True  # an earlier verdict stays until a job's record changes (then it is written again at the
     # end: a stop or failure before it left that one beside new jobs), so settings every job refuses keep it with
     # the jobs' records it was made of (diff review)
@@ -333,11 +332,9 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
             # refused emptied every job's folder: found by review), and before the new results: stopped between
             # results.json and settings.json, the new results would sit beside the old settings, reused under them.
             # (a job that fails now: see below)
-            for stale in ("settings.json", *REPORTS):
-                (job_out / stale).unlink(missing_ok=True)
+            remove_stale(job_out, ("settings.json", *REPORTS), ())
             if verdict_kept:
-                for stale in SWEEP_REPORTS:
-                    (out / stale).unlink(missing_ok=True)
+                remove_stale(out, SWEEP_REPORTS, ())
                 verdict_kept = False
             write_reports(result, job_out)
             atomic_write_text(job_out / "settings.json", json_text(made, indent=2))
@@ -352,14 +349,12 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
         # reuses them; the verdict made of them too, where its runs are the jobs with a record here (else it was made
         # of other jobs, or another sweep's)
         if not _verdict_of_kept_records(out, sweep_dir, [job_name(r.job, sweep_dir) for r in runs]):
-            for stale in SWEEP_REPORTS:
-                (out / stale).unlink(missing_ok=True)
+            remove_stale(out, SWEEP_REPORTS, ())
         raise ConfigError(f"no run of sweep_dir='{sweep_dir}' could be analysed: " + "; ".join(failed))
-    for stale in SWEEP_REPORTS:  # (all jobs reused: written again below, as they were)
-        (out / stale).unlink(missing_ok=True)
+    remove_stale(out, SWEEP_REPORTS, ())  # (all jobs reused: written again below, as they were)
     for name in (n for names in refused.values() for n in names):  # a job that failed under a verdict made now
-        for stale in ("settings.json", *REPORTS):  # keeps none of an older analysis's reports (they sat under the
-            (out / "jobs" / name / stale).unlink(missing_ok=True)  # verdict's "each run's own report": session 55)
+        # keeps none of an older analysis's reports (they sat under the verdict's "each run's own report": session 55)
+        remove_stale(out / "jobs" / name, ("settings.json", *REPORTS), ())
     summaries = summarise(runs, metrics)
     text = markdown(summaries, failed, conf, len(metrics))
     if any(diverged.values()):

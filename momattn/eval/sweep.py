@@ -1011,7 +1011,7 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
     wandb_cfg (logger.wandb): the verdict's tables and plots also go to one W&B run."""
     from momattn.checkpoint import model_from, read_checkpoint, weights_digest
     from momattn.errors import CheckpointError
-    from momattn.eval.report import results_document
+    from momattn.eval.report import markdown_report, results_document
     from momattn.eval.runner import check_saved, evaluate_model
 
     sweep_dir = Path(sweep_dir).expanduser()
@@ -1077,8 +1077,6 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
                 raise type(e)(f"sweep job {name} ({r.path}): {e}") from None
             r.result.checkpoint, r.result.step = str(r.path), r.step
             r.result.weights, r.result.inputs = weights_digest(model), eval_inputs(cfg)
-            from momattn.eval.report import markdown_report
-
             # the job's own tables, which the verdict's notes point to (a job scored here had none: found by
             # review), before its results.json, which marks it done
             atomic_write_text(out / "jobs" / name / "results.md", markdown_report([r.result]))

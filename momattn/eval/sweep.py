@@ -1052,8 +1052,17 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
                 settings.pop(name)
             except (ConfigError, DataError) as e:  # which job, where a sweep holds several kinds of run
                 raise type(e)(f"sweep job {name} ({r.path}): {e}; no job was scored") from None
+    first_of: dict[tuple, SweepRun] = {}  # (setting, evaluation settings, attention, seed) -> its first run scored
+    twins: list[tuple[SweepRun, SweepRun]] = []  # (a second run of one attention and seed, the first): not scored
     for r in list(runs):
         name, cfg = job_name(r.job, sweep_dir), cfgs[id(r)]
+        key = (r.setting, digest(settings[name]) if own_settings else "", r.attention, r.seed)
+        if r.result is None and key in first_of:  # distinct leaves it out of the verdict: it was scored, then dropped
+            print(f"[momattn] warning: {first_of[key].job} and {r.job}: same attention ({r.attention}) and seed "
+                  f"({r.seed}) in one setting; the second is left out, not scored", file=sys.stderr, flush=True)
+            twins.append((r, first_of[key]))
+            runs.remove(r)
+            continue
         if r.result is None:
             print(f"[momattn] evaluating {name} ({r.attention}, seed {r.seed})", file=sys.stderr, flush=True)
             try:
@@ -1083,6 +1092,7 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
             atomic_write_text(out / "jobs" / name / "results.json",
                               json_text(results_document([r.result]), indent=2) + "\n")
             del model
+        first_of.setdefault(key, r)
     if not runs:
         raise CheckpointError(f"no run of sweep_dir='{sweep_dir}' could be evaluated: {'; '.join(failed)}")
     if own_settings:  # runs evaluated under different protocols are never compared: their settings split
@@ -1095,17 +1105,23 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
                 r.eval_key = keys[id(r)]
                 r.setting = f"{r.setting}-{r.eval_key}"
     summaries = summarise(runs)
+    for r, first in twins:
+        next(s for s in summaries if s.setting == first.setting).duplicates.append(
+            f"{r.job} ({r.attention}, seed {r.seed}: a second run of {first.job}, not scored)")
     shared = list(settings.values())
     doc = {"sweep_dir": str(sweep_dir), "failed": failed,
            "eval_config": shared[0] if shared and all(v == shared[0] for v in shared) else settings,
            "runs": [{"checkpoint": str(r.path), "attention": r.attention, "seed": r.seed, "step": r.step,
                      "setting": r.setting, "reused_results": r.reused, "metrics": metrics_of(r.result),
-                     **({"resumed_with": r.resumed} if r.resumed else {})} for r in runs],
+                     **({"resumed_with": r.resumed} if r.resumed else {})} for r in runs]
+                   + [{"checkpoint": str(r.path), "attention": r.attention, "seed": r.seed, "step": r.step,
+                       "setting": first.setting, "left_out": f"a second run of {first.job}, not scored"}
+                      for r, first in twins],
            "settings": [asdict(s) for s in summaries]}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "sweep.json", json_text(doc, indent=2, default=str) + "\n")
     plots = sweep_plots(summaries, out)
-    md = sweep_markdown(summaries, failed, len(runs)) + step_note(runs, sweep_dir) + unfit_note(runs) + \
+    md = sweep_markdown(summaries, failed, len(runs) + len(twins)) + step_note(runs, sweep_dir) + unfit_note(runs) + \
         reuse_note(runs, sweep_dir)
     if plots:
         md += "\nPlots: " + ", ".join(f"[{p.name}]({p.name})" for p in plots) + "\n"

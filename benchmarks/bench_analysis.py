@@ -37,9 +37,11 @@ def ginc_model(n_symbols: int = 50):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ckpt")
-    ap.add_argument("--task", default="sst2")
-    ap.add_argument("--shots", type=positive_int, default=4)
-    ap.add_argument("--ginc", action="store_true", help="random-init default-size model on GINC (k=32)")
+    ap.add_argument("--task", default=None, help="the analysis task of --ckpt (default: sst2; --ginc's is ginc)")
+    ap.add_argument("--shots", type=positive_int, default=None, help="demonstrations per prompt (default: 4; "
+                    "--ginc: 32)")
+    ap.add_argument("--ginc", action="store_true", help="random-init default-size model on GINC (k=32 unless "
+                    "--shots says)")
     ap.add_argument("--max-examples", type=positive_int, default=200)
     ap.add_argument("--note", default="", help="how the machine was, e.g. 'alone on 2 cores' or 'contended'")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_analysis.json"))
@@ -48,6 +50,10 @@ def main():
     args = ap.parse_args()
     if not args.ginc and not args.ckpt:
         ap.error("give --ckpt PATH (a trained checkpoint) or --ginc (a random-init GINC model)")
+    if args.ginc and args.task not in (None, "ginc"):  # (it was ignored: the row said ginc, k=32)
+        ap.error(f"--ginc analyses the GINC task, not --task {args.task}; give --ckpt for another task")
+    if args.ginc and args.ckpt:
+        ap.error("give --ckpt or --ginc, not both (--ginc makes a random-init model)")
     check_out(ap, Path(args.out), suffixes=())
     try:  # the rows of earlier runs, read before the measurement: a damaged file failed only at the end
         old = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else []
@@ -62,13 +68,13 @@ def main():
 
     if args.ginc:
         model, tok, run_config = ginc_model()
-        task, shots, label = "ginc", 32, "random-init 4x256 GINC model"
+        task, shots, label = "ginc", args.shots or 32, "random-init 4x256 GINC model"
     else:
         from momattn.checkpoint import load_checkpoint, read_checkpoint
 
         model, tok = load_checkpoint(args.ckpt)
         run_config = dict(read_checkpoint(args.ckpt)["momattn"].get("config") or {})
-        task, shots, label = args.task, args.shots, args.ckpt
+        task, shots, label = args.task or "sst2", args.shots or 4, args.ckpt
     cfg = AnalyzeConfig(task=task, shots=shots, max_examples=args.max_examples)
     t0 = time.perf_counter()
     res = analyze(model, tok, run_config, cfg)

@@ -101,6 +101,11 @@ def test_bad_values_of_the_other_scripts_are_one_line(tmp_path, capsys, monkeypa
     import kendall_probe
 
     assert "give --ckpt PATH" in _refused(capsys, bench_analysis.main, [], monkeypatch, "bench_analysis.py")
+    # --ginc with another task or a checkpoint: the task and the checkpoint were ignored, the row said ginc
+    assert "not --task sst2" in _refused(capsys, bench_analysis.main, ["--ginc", "--task", "sst2"], monkeypatch,
+                                         "bench_analysis.py")
+    assert "not both" in _refused(capsys, bench_analysis.main, ["--ginc", "--ckpt", "x.ckpt"], monkeypatch,
+                                  "bench_analysis.py")
     bad = tmp_path / "rows.json"
     bad.write_text("{not json")
     assert "not a bench_analysis results file" in _refused(

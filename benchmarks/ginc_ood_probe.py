@@ -97,7 +97,7 @@ def reader_accuracy(world, task, n: int, seed: int, shots, readers) -> tuple[dic
 
 def greedy(evaluator, task, k: int, seed: int) -> tuple[list, np.ndarray]:
     prompts = evaluator.prompts(task, k, seed)
-    logp = evaluator.last_logprobs(evaluator.encode(task, prompts))  # (N, V_model)
+    logp = evaluator.last_logprobs(evaluator.encode(task, prompts))  # (N, n_ids)
     return prompts, evaluator.greedy(logp).numpy()  # evaluate.py's acc scores this answer
 
 

@@ -130,6 +130,9 @@ def test_greedy_never_answers_a_padding_id(world):
     shot = ev.evaluate_tasks([ginc_task("ginc")])["ginc"].shots["2"]
     assert shot.acc == shot.acc_cand == shot.per_seed[0].delimiter_baseline > 0
     assert all(p["pred"] == 0 for p in ev.predictions)
+    # logprob_label is over the tokenizer's ids too: the padding rows' 0.6 took part in it (found by review)
+    real = row[: V + 1] / row[: V + 1].sum()
+    assert all(abs(p["logprob_label"] - real[p["label"]].log().item()) < 1e-5 for p in ev.predictions)
 
 
 def test_k_that_does_not_fit_is_reported_not_truncated(world):
@@ -234,3 +237,14 @@ def test_evaluate_model_on_a_ginc_checkpoint_and_the_report(tmp_path, world):
     assert doc["headline"]["icl"] is None and "Bayes-optimal" in doc["headline"]["ginc"]  # no Table 7 Avg here
     preds = (tmp_path / "icl_predictions_vanilla.jsonl").read_text().splitlines()
     assert len(preds) == 2 * 3 * 2 * 12  # tasks x fitting k x seeds x prompts
+    assert "Different GINC worlds" not in md
+    # a model of another world beside it: scored on its own world's prompts and labels, in one table without a word
+    # (found by review)
+    other = GincCorpus(**{**{k: v for k, v in WORLD.items() if k != "_target_"}, "seed": WORLD.get("seed", 0) + 7})
+    eval_cfg["icl"]["tasks"] = ["ginc"]
+    res2 = evaluate_model(model, other.tokenizer(), {"data": {**WORLD, "seed": other.seed}}, eval_cfg,
+                          tmp_path / "b", "momentum")
+    write_reports([res, res2], tmp_path / "both")
+    md = (tmp_path / "both" / "results.md").read_text()
+    assert f"**Different GINC worlds** (vanilla: data.seed={world.seed}; momentum: data.seed={other.seed})" in md
+    assert "compare GINC models trained on one world" in md and "ppl.data={source: text_files" not in md

@@ -424,6 +424,13 @@ def test_in_context_rise_per_attention_with_its_interval_over_seeds():
     assert partial[0].n_seeds == 2 and partial[0].mean == pytest.approx(0.15)  # was dropped whole, silently
     md = sweep_markdown([SettingSummary("s", {}, rows={"vanilla": {}}, rises=one)], [], 1)
     assert "| vanilla | ginc | 0 -> 8 | +10.0 | n/a (one seed) | 1 |" in md  # no "± 0.0" of a single seed
+    # seeds scored at k = 0, 32 and k = 0, 16 share no k > 0: the rise was left out without a word (found by review)
+    gaps: list[str] = []
+    assert rises_of("vanilla", {1: {"ginc/acc@k0": 0.5, "ginc/acc@k32": 0.6}, 2: {"ginc/acc@k0": 0.5,
+                                "ginc/acc@k16": 0.7}, 3: {"ginc_ood/acc@k0": 0.1}}, gaps) == []
+    assert gaps == ["vanilla on ginc (seed 1: k = 0, 32; seed 2: k = 0, 16)"]  # not ginc_ood: k = 0 alone
+    md = sweep_markdown([SettingSummary("s", {}, rows={"vanilla": {}}, no_rise=gaps)], [], 2)
+    assert "No in-context rise for these (its seeds share no k > 0" in md and gaps[0] in md
 
 
 def test_a_sweep_without_evaluation_overrides_judges_each_run_by_its_own_end_of_run_settings(tmp_path):

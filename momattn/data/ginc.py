@@ -260,10 +260,14 @@ class GincCorpus:
         return _build_hmms(self.n_symbols, self.n_entities, self.n_properties, self.n_concepts, self.n_permutations,
                            float(self.vic), float(self.trans_temp), float(self.start_temp), self.seed)
 
+    def world_settings(self) -> dict:
+        """The fields that define the HMMs and the concepts pretrained on, so the prompts and labels: not the size
+        of the pretraining set."""
+        return {k: v for k, v in asdict(self).items() if k not in ("n_train_docs", "doc_length", "n_val_docs",
+                                                                    "val_doc_length")}
+
     def _model_key(self) -> str:
-        # the fields that define the HMMs: prompts do not change with the size of the pretraining set
-        model = {k: v for k, v in asdict(self).items() if k not in ("n_train_docs", "doc_length", "n_val_docs", "val_doc_length")}
-        return digest(["ginc-model", VERSION, model])
+        return digest(["ginc-model", VERSION, self.world_settings()])
 
     def _rng(self, *parts) -> np.random.Generator:
         # one independent stream per purpose: documents and prompts never share random numbers

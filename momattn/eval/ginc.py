@@ -213,12 +213,13 @@ class GincEvaluator:
 
     @torch.inference_mode()
     def last_logprobs(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, V_model) float32 log-probabilities of the token after each prompt, in batches of batch_tokens."""
+        """(N, n_ids) float32 log-probabilities of the token after each prompt over the tokenizer's ids (the
+        embedding's padding rows are no token: their share went into logprob_label), in batches of batch_tokens."""
         device = model_device(self.model)
         rows = max(1, self.batch_tokens // x.size(1))
         out = []
         for i in range(0, len(x), rows):
-            logits = last_logits(self.model, x[i : i + rows].to(device))  # (B, V_model)
+            logits = last_logits(self.model, x[i : i + rows].to(device))[:, : self.tokenizer.n_ids]  # (B, n_ids)
             out.append(F.log_softmax(logits.float(), dim=-1).cpu())
         return torch.cat(out)
 
@@ -234,7 +235,7 @@ class GincEvaluator:
     def evaluate_run(self, task: GincTask, k: int, seed: int, shots: int | str | None = None) -> SeedRun:
         """shots: the icl.shots value that asked for k examples ("max"), as the predictions record it."""
         prompts = self.prompts(task, k, seed)
-        logp = self.last_logprobs(self.encode(task, prompts))  # (N, V_model)
+        logp = self.last_logprobs(self.encode(task, prompts))  # (N, n_ids)
         n_sym = self.world.n_symbols
         greedy = self.greedy(logp)
         cand = logp[:, :n_sym].argmax(-1)
@@ -263,7 +264,8 @@ class GincEvaluator:
         fit = self.k_max_fit(task)
         t0 = time.perf_counter()
         result = TaskResult(name=task.name, kind="ginc", source=task.source, chance=chance, n=self.n_prompts,
-                            example_len=task.example_len, ood=task.ood, n_symbols=n_sym)
+                            example_len=task.example_len, ood=task.ood, n_symbols=n_sym,
+                            world=self.world.world_settings())
         for k in self.cfg.shots:
             if k != "max" and k > fit:
                 result.shots[str(k)] = ShotResult(

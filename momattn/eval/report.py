@@ -152,9 +152,12 @@ def _corpora_differ(results: Sequence[ModelResult]) -> list[str]:
     else:
         each = "; ".join(f"{label}: " + ", ".join(f"data.{k}={c.get(k)}" for k in differ)
                          for label, c in corpora.items())
+    ginc = all(ginc_mod.describe_data(c) == "data=ginc" for c in corpora.values())  # (a text cannot be given them)
+    how = ("compare GINC models trained on one world" if ginc else
+           "ppl.data={source: text_files, paths: [...]} scores every model on one text")
     return [f"**Different corpora**: the models were scored on different texts ({each}; each model's run's data "
-            "section, with ppl.data merged over it), so their perplexities and bits per byte do not compare; "
-            "ppl.data={source: text_files, paths: [...]} scores every model on one text.", ""]
+            f"section, with ppl.data merged over it), so their perplexities and bits per byte do not compare; {how}.",
+            ""]
 
 
 # -----------------------------------------------------------------------------
@@ -305,7 +308,7 @@ def ginc_markdown(results: Sequence[ModelResult], first: IclResult) -> list[str]
                              + tail)
     lengths = ", ".join(f"{t}: l={_task_info(results, t).example_len}"
                         + (" (held-out concepts)" if _task_info(results, t).ood else "") for t in tasks)
-    return ["## GINC: accuracy vs number of examples k", "",
+    return ["## GINC: accuracy vs number of examples k", "", *_worlds_differ(results, tasks),
             f"Accuracy in %, greedy next token (argmax over the whole vocabulary) against the Bayes-optimal "
             f"label: the headline, as in Xie et al. 2022. Mean ± std (population) over prompt seeds {first.seeds}; {lengths}. "
             "'always /' = the share of labels that are the delimiter; chance = 1/V.", "",
@@ -313,6 +316,21 @@ def ginc_markdown(results: Sequence[ModelResult], first: IclResult) -> list[str]
             "Candidate rule (argmax over the V symbols; each candidate is one token, so its mean log-prob is "
             "its log-prob):", "", *_table(header, cand_rows), "",
             *ties_line(results, tasks), f"Protocol: {ginc_mod.PROTOCOL}", ""]
+
+
+def _worlds_differ(results: Sequence[ModelResult], tasks: Sequence[str]) -> list[str]:
+    """A warning where the models' GINC worlds differ: each is scored on its own world's prompts and labels, so
+    their accuracies sit side by side over different test sets (found by review). Files written before session 60
+    record no world: not compared."""
+    worlds = {r.label: next(iter(w)) for r in results if r.icl and len(w := [
+        r.icl.tasks[t].world for t in tasks if t in r.icl.tasks and r.icl.tasks[t].world is not None]) > 0}
+    keys = sorted({k for w in worlds.values() for k in w})
+    differ = [k for k in keys if len({json.dumps(w.get(k)) for w in worlds.values()}) > 1]
+    if not differ:
+        return []
+    each = "; ".join(f"{label}: " + ", ".join(f"data.{k}={w.get(k)}" for k in differ) for label, w in worlds.items())
+    return [f"**Different GINC worlds** ({each}): each model is scored on prompts and labels of its own world, so "
+            "these accuracies are over different test sets; compare models trained on one world.", ""]
 
 
 def icl_markdown(results: Sequence[ModelResult]) -> list[str]:

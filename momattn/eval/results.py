@@ -220,6 +220,7 @@ class TaskResult(JsonMixin):
     ood: bool | None = None  # GINC: held-out concepts
     n_symbols: int | None = None  # GINC: V
     majority: float | None = None  # share of the commonest label in the scored test set: always answering it
+    world: dict | None = None  # GINC: the world's settings its prompts and labels come from (world_settings)
 
 
 @dataclass

@@ -101,6 +101,7 @@ class SettingSummary:
     params: dict[str, dict] = field(default_factory=dict)  # attention label -> its attention config
     non_finite: list[str] = field(default_factory=list)  # "attention seed S (metric, ...)": runs left out of every number
     duplicates: list[str] = field(default_factory=list)  # jobs left out: a second run of one attention and seed
+    no_rise: list[str] = field(default_factory=list)  # rises_of's gaps: tasks whose seeds share no k > 0
 
 
 def t_interval(diffs: Sequence[float]) -> tuple[float, float, float]:
@@ -134,10 +135,12 @@ def scored_at_k0(metrics: Mapping[str, float]) -> dict[str, set[int]]:
     return {task: task_ks for task, task_ks in ks.items() if 0 in task_ks}
 
 
-def rises_of(attention: str, seeds: Mapping[int | None, Mapping[str, float]]) -> list[Rise]:
+def rises_of(attention: str, seeds: Mapping[int | None, Mapping[str, float]],
+             gaps: list[str] | None = None) -> list[Rise]:
     """Per task, over the seeds that scored it at k = 0: acc(largest numeric k they all scored) - acc(k = 0) per
     seed, its mean, sample std and 95% t-interval; 'rises' / 'falls' only when the interval excludes 0. A seed
-    without the task (a run evaluated without ICL) is left out of that task's rise, which n_seeds then shows."""
+    without the task (a run evaluated without ICL) is left out of that task's rise, which n_seeds then shows.
+    gaps: where given, gets a line per task scored at some k > 0 whose seeds share none (a rise left out)."""
     scored: dict[str, list[tuple[str, Mapping[str, float], set[int]]]] = defaultdict(list)  # task -> (seed, metrics, ks)
     for sd, metrics in seeds.items():
         for task, task_ks in scored_at_k0(metrics).items():
@@ -145,7 +148,10 @@ def rises_of(attention: str, seeds: Mapping[int | None, Mapping[str, float]]) ->
     out = []
     for task, runs in sorted(scored.items()):
         ks = set.intersection(*(task_ks for _, _, task_ks in runs))
-        if max(ks) == 0:
+        if max(ks) == 0:  # (left out silently where the seeds scored other k > 0: found by review)
+            if gaps is not None and any(max(task_ks) > 0 for _, _, task_ks in runs):
+                gaps.append(f"{attention} on {task} (" + "; ".join(
+                    f"seed {sd}: k = {', '.join(map(str, sorted(task_ks)))}" for sd, _, task_ks in runs) + ")")
             continue
         k = max(ks)
         diffs = [v[f"{task}/acc@k{k}"] - v[f"{task}/acc@k0"] for _, v, _ in runs]
@@ -745,7 +751,7 @@ def summarise(runs: Sequence[SweepRun]) -> list[SettingSummary]:
         for att, seeds in sorted(by_att.items(), key=lambda kv: (kv[0] != BASELINE, kv[0])):
             names = sorted({m for v in seeds.values() for m in v}, key=metric_order)
             summary.rows[att] = {m: seed_row(seeds, m) for m in names}
-            summary.rises += rises_of(att, rise_in[att])
+            summary.rises += rises_of(att, rise_in[att], summary.no_rise)
             if att == BASELINE or BASELINE not in by_att:
                 continue
             rises, base_rises = seed_rises(rise_in[att], ks), seed_rises(rise_in[BASELINE], ks)
@@ -798,7 +804,10 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
              f"attention − {BASELINE}, paired by seed, with a 95% t-interval; 'better' / 'worse' only when the "
              "interval excludes 0 (lower perplexity is better). Each interval is 95% on its own: of 20 rows with no real "
              "difference, about one excludes 0 by chance, so a lone 'better' / 'worse' among many rows is a lead to "
-             "test with more seeds, not a finding.", ""]
+             "test with more seeds, not a finding. The seeds vary the training (the model's initialisation and the "
+             "order of the data); the data itself (a GINC world: data.seed) and the test prompts (icl.seeds) are "
+             "the same in every run, so an interval says how a result moves with training, not with another world "
+             "or test set.", ""]
     if failed:
         lines += ["Failed or partial jobs (left out): " + "; ".join(failed), ""]
     for s in summaries:
@@ -832,6 +841,9 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
                 rise = f"{100 * unround(r.mean):+.1f}" + (f" ± {100 * r.std:.1f}" if r.n_seeds > 1 else "")
                 lines.append(f"| {r.attention} | {r.task} | 0 -> {r.k} | {rise} | {ci} | {r.n_seeds} | {r.reading} |")
             lines.append("")
+        if s.no_rise:
+            lines += ["No in-context rise for these (its seeds share no k > 0 to take it at; evaluate them at one list "
+                      "of k): " + "; ".join(s.no_rise), ""]
         if s.comparisons:
             lines += ["### Verdict", ""]
             if any("/rise@k" in c.metric for c in s.comparisons):

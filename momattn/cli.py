@@ -351,7 +351,16 @@ def _parse_error(overrides: list[str], e: Exception) -> ConfigError:
                  if re.search(r"\s[A-Za-z_+~][\w.]*=", value) else "")
         return ConfigError(f"{bad} does not parse as a Hydra override ({text}); quote the value: {typed} (the "
                            f"shell passes the single quotes on to Hydra){split}")
-    return ConfigError(f"the command line does not parse: {text} (Hydra's override grammar: "
+    if bad is not None and len(value) > 1 and value[0] in "'\"" and value[-1] == value[0]:
+        # prompt='It's a "great" film' (a file's text wrapped in quotes): its inner quote ends the quoted value
+        q = value[0]
+        fixed = f"{key}={q}" + value[1:-1].replace(q, "\\" + q) + q
+        if parses(fixed):
+            typed = shell_quote(fixed) if hidden(fixed) else shlex.quote(fixed)
+            return ConfigError(f"{bad} does not parse as a Hydra override ({text}): the {q} inside the quoted value "
+                               f"ends it; escape each inner {q} as \\{q}: {typed} (as typed in the shell)")
+    return ConfigError((f"{bad} does not parse as a Hydra override" if bad is not None else
+                        "the command line does not parse") + f": {text} (Hydra's override grammar: "
                        "https://hydra.cc/docs/advanced/override_grammar/basic/)")
 
 

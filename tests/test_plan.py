@@ -37,7 +37,8 @@ def test_plan_bad_input_is_one_line(capsys):
     assert main(["--peak-tflops", "nan"]) == 2  # printed "time nan s wall" (nan <= 0 is False; found by review)
     assert "--peak-tflops=nan must be a finite number above 0" in capsys.readouterr().err
     assert main(["model.n_layer=[1,2"]) == 2  # Hydra's own parse error: one line, no traceback
-    assert "error: the command line does not parse: no viable alternative at input '[1,2'" in capsys.readouterr().err
+    assert "error: model.n_layer=[1,2 does not parse as a Hydra override: no viable alternative at input '[1,2'" in \
+        capsys.readouterr().err
     assert main(["tokenizer=file", "tokenizer.path=/no/such/tokenizer.json"]) == 2  # not a plan at vocabulary 4096
     assert "tokenizer.path='/no/such/tokenizer.json' does not exist" in capsys.readouterr().err
     assert main(["model.n_embd=1000000000"]) == 2  # torch's "Storage size calculation overflowed" traceback

@@ -692,17 +692,20 @@ def _disk_full(e: OSError, out_dir: Path, job=None) -> str:
     from momattn.trust import given_again, resume_prefix
 
     last = out_dir / "checkpoints" / "last.ckpt"
+    again = given_again(job)
     try:
         saved = f"{last} (step {read_meta(last)['global_step']}) is intact"
+        # ckpt_path=last in another folder finds no checkpoint there and trains the defaults from step 0: the
+        # checkpoint is named (found by review)
+        elsewhere = (f"; or go on in another folder, on a disk with room: {resume_prefix(out_dir)}python train.py "
+                     f"{shell_arg('ckpt_path', last)} hydra.run.dir=<another folder>{again}")
     except Exception:
-        saved = "no checkpoint was completed"
+        saved, elsewhere = "no checkpoint was completed", ""
     target = getattr(e, "write_target", None) or e.filename  # io.atomic_write names the file it was writing
     where = f" while writing {target}" if target else ""
     full = "the disk quota is used up" if e.errno == errno.EDQUOT else "the disk is full"
-    return (f"{full}{where} ({e.strerror or e}). {saved}. Free space (or choose another folder with "
-            f"hydra.run.dir=...), then resume with: {resume_prefix(out_dir)}python train.py ckpt_path=last "
-            f"{shell_arg('hydra.run.dir', out_dir)}"
-            + given_again(job))
+    return (f"{full}{where} ({e.strerror or e}). {saved}. Free space, then resume with: {resume_prefix(out_dir)}"
+            f"python train.py ckpt_path=last {shell_arg('hydra.run.dir', out_dir)}{again}{elsewhere}")
 
 
 def _resume_hint(preempt: PreemptionCheckpoint, out_dir: Path, job: HydraJob, loggers: list = ()) -> str:

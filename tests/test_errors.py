@@ -1562,6 +1562,13 @@ def test_a_full_disk_says_what_was_saved_and_how_to_resume(tmp_path):
     assert "the disk is full" in r.stderr and "(step 3) is intact" in r.stderr
     assert f"resume with: python train.py ckpt_path=last hydra.run.dir={tmp_path}" in r.stderr
     assert read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["global_step"] == 3
+    # "another folder" with ckpt_path=last trained the defaults from step 0 there: the checkpoint is named
+    other = tmp_path / "other"
+    assert (f"or go on in another folder, on a disk with room: python train.py "
+            f"ckpt_path={tmp_path}/checkpoints/last.ckpt hydra.run.dir=<another folder>") in r.stderr
+    r = run_cli("train.py", [f"ckpt_path={tmp_path}/checkpoints/last.ckpt", f"hydra.run.dir={other}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert read_checkpoint(other / "checkpoints" / "last.ckpt")["global_step"] == 6  # the smoke run's, not 400
 
 
 def test_a_disk_that_fills_while_torch_save_writes_is_a_full_disk_not_a_zip_writer_traceback(tmp_path, monkeypatch):

@@ -257,9 +257,29 @@ def _check_structure(ckpt: Any, path) -> None:
     check_overrides(meta.get("overrides"), f"checkpoint '{path}': its recorded command line", built=True)
 
 
+_VERIFIED: set[tuple] = set()  # (file, size, times, inode, device) whose CRC-32s this process has checked
+
+
+def verify_file(path: str | os.PathLike) -> None:
+    """Check a checkpoint file's every byte against its CRC-32s (_verify_crc) where a resume first reads it, before
+    the data are tokenized (the check came inside fit: a damaged file was found after minutes, or hours, of set-up;
+    found by review). A sharded folder has no CRCs to check."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        _verify_crc(p, path)
+
+
 def _verify_crc(p: Path, path) -> None:
     """torch's reader never checks the zip's CRC-32s: damaged bytes inside a tensor load as garbage or NaN weights
-    (and a resume then stops at a "loss became nan" that is no fault of the run). Reads the whole file (~2 GB/s)."""
+    (and a resume then stops at a "loss became nan" that is no fault of the run). Reads the whole file (~2 GB/s),
+    once per process: a resume checks it before its set-up, then loads it in fit."""
+    try:
+        st = p.stat()
+        key = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+    except OSError as e:
+        raise _unreadable(path, e) from None
+    if key in _VERIFIED:
+        return
     try:
         with zipfile.ZipFile(p) as z:
             # torch.serialization.set_crc32_options(False) writes CRCs of 0: nothing to check against
@@ -270,6 +290,7 @@ def _verify_crc(p: Path, path) -> None:
         raise CheckpointError(f"checkpoint '{path}' is damaged: the bytes of its entry {bad} do not match their CRC-32 "
                               "(a disk or copy error). Use another one, e.g. a best-step*.ckpt in the run's "
                               "checkpoints/ folder")
+    _VERIFIED.add(key)
 
 
 def read_checkpoint(path: str | os.PathLike, verify: bool = False) -> dict:

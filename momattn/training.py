@@ -36,6 +36,7 @@ from momattn.checkpoint import (
     newest_checkpoint,
     read_meta,
     resolve_ckpt_path,
+    verify_file,
     weights_digest,
 )
 from momattn.cli import (
@@ -219,6 +220,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                 f"unit and step on a part of an accumulation. Resume with trainer.accumulate_grad_batches="
                 f"{was_accumulate}{' global_batch=null' if c.global_batch else ''} (to change the samples per "
                 "step, change data.batch_size: the data continues where it stopped)")
+    if resume:  # its every byte, before the data and the model are set up (fit checked it after them: review)
+        verify_file(ckpt_path)
     fits = functools.partial(check_fits, batch_size=c.loader.batch_size, precision=c.trainer["precision"],
                              accelerator=c.trainer.get("accelerator"), devices=c.trainer.get("devices", 1),
                              world=world_size(c.trainer), sharded="fsdp" in str(c.trainer.get("strategy")).lower())

@@ -185,6 +185,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                               "save_weights_only)")
     resume, start_step = resumed.get("momattn") or {}, int(resumed.get("global_step") or 0)
     same_folder = bool(resume) and same_run(ckpt_path, out_dir)
+    if same_folder and rank_zero_only.rank == 0:
+        _older_than_last(ckpt_path, start_step, out_dir)
     # a run an EarlyStopping callback ended, resumed with that callback: finished (Lightning restores the callback's
     # wait and patience but not the stop, so it trained on to the next validation, and further where the metric
     # improved there: a sweep resumed after a crash retrained its early-stopped jobs; found by review)
@@ -687,6 +689,23 @@ def _swept_keys(sweep_dir: Path) -> set[str]:
     except Exception:  # a file Hydra cannot parse: every override named
         return set()
     return {k.lstrip("+~") for k in keys}
+
+
+def _older_than_last(ckpt_path: Path, step: int, out_dir: Path) -> None:
+    """A note where a resume in a run's own folder starts from an earlier step than its last.ckpt: the later
+    steps' last.ckpt and metrics were replaced without a word (found by review)."""
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if ckpt_path.name == last.name or not last.is_file():
+        return
+    try:
+        newer = int(read_meta(last).get("global_step") or 0)
+    except (CheckpointError, OSError, ValueError, TypeError):
+        return
+    if newer > step:
+        print(f"[momattn] note: resuming {ckpt_path.name} at step {step}, but {last} is at step {newer}: training "
+              f"from step {step} replaces last.ckpt and the metrics logged after step {step}, and keeps "
+              f"{ckpt_path.name} (Lightning never removes the checkpoint a run resumed from); to keep step {newer}'s "
+              "run, resume into another folder (hydra.run.dir=...)", file=sys.stderr, flush=True)
 
 
 def _disk_full(e: OSError, out_dir: Path, job=None) -> str:

@@ -1369,6 +1369,28 @@ def test_a_checkpoint_damaged_inside_a_tensor_is_refused_not_loaded_as_garbage(t
     load_checkpoint(tmp_path / "nocrc.ckpt")  # nothing to check against: loaded, not called damaged
 
 
+def test_a_resume_from_an_earlier_checkpoint_of_its_own_folder_says_what_it_replaces(tmp_path, trained, capsys):
+    """Resumed from best-step3.ckpt in a folder whose last.ckpt is at a later step, the later last.ckpt and metrics
+    were replaced without a word (found by review)."""
+    import shutil
+
+    from momattn.io import atomic_torch_save
+    from momattn.training import _older_than_last
+
+    ckpt = read_checkpoint(trained)
+    step, folder = ckpt["global_step"], tmp_path / "checkpoints"
+    folder.mkdir()
+    shutil.copy(trained, folder / "best-step3.ckpt")
+    ckpt["global_step"] = step + 5
+    atomic_torch_save(ckpt, folder / "last.ckpt")
+    _older_than_last(folder / "best-step3.ckpt", step, tmp_path)
+    assert (f"note: resuming best-step3.ckpt at step {step}, but {folder / 'last.ckpt'} is at step {step + 5}: "
+            f"training from step {step} replaces last.ckpt") in capsys.readouterr().err
+    _older_than_last(folder / "last.ckpt", step + 5, tmp_path)  # last.ckpt itself, or a later file: no note
+    _older_than_last(folder / "best-step3.ckpt", step + 5, tmp_path)
+    assert capsys.readouterr().err == ""
+
+
 def test_a_weights_only_checkpoint_cannot_resume_training(tmp_path, trained):
     ckpt = read_checkpoint(trained)
     del ckpt["optimizer_states"], ckpt["lr_schedulers"]  # what save_weights_only=true writes

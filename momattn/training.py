@@ -447,6 +447,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         failed = failed and not guard.fired  # a SIGTERM after fit: the run itself is saved (W&B: not failed)
         if trainer.interrupted and trainer.is_global_zero and not guard.fired:  # (a SIGTERM in fit's setup too)
             print(_interrupt_hint(out_dir, job), file=sys.stderr, flush=True)
+        if trainer.interrupted and not guard.fired:  # Lightning's exit 1 read as a crash to a wrapper script: a
+            raise SystemExit(130) from None  # Ctrl-C exits 130 everywhere else (found by review)
         raise
     except KeyboardInterrupt:  # a Ctrl-C after fit (the report, the evaluation): the run is trained and saved, and a
         failed = failed and guard.phase != "end"  # SIGTERM there is not a failure either (W&B marked it failed)

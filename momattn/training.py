@@ -96,7 +96,7 @@ from momattn.tokenizer import Tokenizer, bpe_cache_file, build_tokenizer
 from momattn.utils import DIVERGENCE, THRESHOLD, early_stopped, stop_reason
 from momattn.wandb_runs import folder_group
 
-SUMMARY_METRICS = ("val/", "train/loss", "train/lr")  # summary.json's metrics: every optimized_metric (config.LOGGED)
+SUMMARY_METRICS = ("val/", "train/loss", "train/lr", "train/skipped_nonfinite")  # summary.json's metrics: every optimized_metric (config.LOGGED)
 RESUME_ENV = "MOMATTN_RESUME_CKPT"  # rank 0's resume choice, for the local ranks Lightning starts
 RANK_GRACE_S = 30  # how long rank 0 may take to end by itself once a rank it started has ended with an error
 
@@ -1166,6 +1166,9 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
         ppl = metrics["val/ppl"]
         ppl = f"{ppl:.2f}" if ppl < 1e7 else f"{ppl:.4g}"  # a diverged run's printed as 37 digits (found by review)
         lines.append(f"  final val/loss {metrics['val/loss']:.4f}  val/ppl {ppl}{unigram}")
+    if skipped := int(metrics.get("train/skipped_nonfinite") or 0):  # (metrics.csv alone had it: found by review)
+        lines.append(f"  {skipped} step{'s' if skipped > 1 else ''} skipped: a non-finite loss or gradient norm "
+                     "(optim.on_nonfinite=skip; the warnings above say where)")
     if speed.get("tokens_per_sec"):
         mfu = f" MFU {100 * speed['mfu']:.1f}%;" if speed.get("mfu") else f" ({speed['mfu_note']});" \
             if speed.get("mfu_note") else ""

@@ -281,7 +281,7 @@ def test_a_run_shorter_than_the_logging_interval_says_so_once(tmp_path, capsys, 
     assert not [w for w in recwarn if "logging interval" in str(w.message)]  # not Lightning's warning besides
 
 
-def test_a_run_whose_last_step_was_skipped_returns_its_last_finite_training_loss(tmp_path):
+def test_a_run_whose_last_step_was_skipped_returns_its_last_finite_training_loss(tmp_path, capsys):
     # the skipped step logs train/loss nan; the run's result took it, and a finished run (an Optuna trial
     # optimizing train/loss) failed as "train/loss=nan at the end of training; the run diverged"
     cfg = compose_train(tmp_path, [*SMOKE, "trainer.max_steps=4", "optimized_metric=train/loss", "logger=csv",
@@ -293,6 +293,8 @@ def test_a_run_whose_last_step_was_skipped_returns_its_last_finite_training_loss
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["train/loss"] == pytest.approx(losses[2])
     assert summary["train/loss_from"] == 2  # the step it comes from, beside the last step's lr (it said none)
+    assert summary["train/skipped_nonfinite"] == 1  # metrics.csv alone had the count (found by review)
+    assert "  1 step skipped: a non-finite loss or gradient norm (optim.on_nonfinite=skip" in capsys.readouterr().err
 
 
 def test_logger_none_trains_and_still_reports(tmp_path):

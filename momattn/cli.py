@@ -908,8 +908,9 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
         merged.append("hydra.mode=RUN")           # as the single run it is, in its own folder
     if run_dir is None and not multirun and folder is not None:
         merged.append(f"hydra.run.dir={hydra_quoted(folder)}")
-    fork = folder is not None and ckpt != "last" and Path(ckpt).expanduser().parent.name == "checkpoints" and \
-        not same_run(ckpt, folder)  # its config came from the checkpoint, and the folder is a new one
+    # its config came from the checkpoint, and the folder is a new one (a copy outside any checkpoints/ folder too:
+    # it said "resuming the run in <new folder>"; found by review)
+    fork = folder is not None and ckpt != "last" and not same_run(ckpt, folder)
     what = f"continuing {ckpt} in a new folder, {folder}," if fork else \
         f"resuming the run {'in ' + str(folder) if folder else 'of ' + ckpt}"
     if not other_rank():  # (the processes Lightning, srun or torchrun start for other ranks: said once)

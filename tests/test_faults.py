@@ -455,7 +455,7 @@ def test_ckpt_path_last_in_a_chosen_folder_never_resumes_another_run(reference_r
 
 
 @pytest.mark.slow
-def test_another_runs_checkpoint_never_resumes_into_a_folder_holding_a_run(reference_run, tmp_path):
+def test_another_runs_checkpoint_never_resumes_into_a_folder_holding_a_run(reference_run, tmp_path, capsys):
     # it was accepted: the folder's step-9 last.ckpt replaced by the other run's continuation, its metrics.csv cut
     # at the other's step, its summary and saved command line rewritten (found by review)
     import shutil
@@ -481,6 +481,13 @@ def test_another_runs_checkpoint_never_resumes_into_a_folder_holding_a_run(refer
                              "trainer.max_steps=5"], tmp_path)
     assert r.returncode == 0 and f"continuing {other}/checkpoints/last.ckpt in a new folder, {tmp_path / 'fork'}," \
         in r.stderr, r.stderr[-2000:]
+    # a copy of it outside any checkpoints/ folder: a fork too (it said "resuming the run in <new folder>": review)
+    from momattn.cli import resume_overrides
+
+    loose = tmp_path / "loose.ckpt"
+    shutil.copy(other / "checkpoints" / "last.ckpt", loose)
+    resume_overrides([f"ckpt_path={loose}", f"hydra.run.dir={tmp_path / 'fork5'}"])
+    assert f"continuing {loose} in a new folder, {tmp_path / 'fork5'}," in capsys.readouterr().err
     # a fork at the checkpoint's own step trains nothing: it reported the other run's best file as its own
     r = run_cli("train.py", [f"ckpt_path={other}/checkpoints/last.ckpt", f"hydra.run.dir={tmp_path / 'fork4'}",
                              "trainer.max_steps=4"], tmp_path)

@@ -379,6 +379,8 @@ def _running(pid: int, since: float | None = None) -> bool:
     except OSError:  # exists, owned by someone else
         pass
     started = _start_time(pid)
+    if pid == os.getpid() and since is not None and started is not None:  # this process: a file written before it
+        return started <= since  # started is its killed predecessor's, whose PID a restarted container gave it
     return since is None or started is None or started <= since + PID_TAKEN_AFTER_S
 
 

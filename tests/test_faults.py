@@ -916,6 +916,16 @@ def test_a_partial_file_whose_pid_a_later_process_took_is_removed(tmp_path):
     finally:
         child.kill()
         child.wait()
+    # this process's own PID, taken from a killed run minutes before it started (a restarted container): the file
+    # is its predecessor's, which the hour's margin kept for good (found by review); one written since is kept
+    (tmp_path / "own").mkdir()
+    mine = tmp_path / "own" / f".last.ckpt.tmp{os.getpid()}@{_host()}"
+    ours = tmp_path / "own" / f".best.ckpt.tmp{os.getpid()}@{_host()}"
+    for p in (mine, ours):
+        p.write_bytes(b"x")
+    started = _start_time(os.getpid())
+    os.utime(mine, (started - 120, started - 120))
+    assert remove_stale_temps(tmp_path / "own", idle_s=0) == [mine] and ours.exists()
 
 
 def test_kill_during_save_never_fires_for_a_writer_without_a_temp_file(tmp_path, save_script):

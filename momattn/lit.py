@@ -324,7 +324,12 @@ class LitGPT(pl.LightningModule):
             old = SimpleNamespace(**{**dataclasses.asdict(o), **{k: before[k] for k in (
                 "lr", "schedule", "warmup_steps", "min_lr_ratio", "power") if before.get(k) is not None}})
             old_lr, new_lr = old.lr * lr_lambda(step, old, was), o.lr * lr_lambda(step, o, self.max_steps)
-            if not math.isclose(old_lr, new_lr, rel_tol=1e-9):  # constant, or still warming up: nothing changes
+            if not math.isclose(old_lr, new_lr, rel_tol=1e-9) and changed:  # the optim settings changed too:
+                # the jump is theirs as much (optim.schedule=constant's was put down to the length: found by review)
+                print(f"[momattn] trainer.max_steps={self.max_steps} (the checkpoint's run had {was}) and the optim "
+                      f"settings above: at step {step} the lr goes from {old_lr:.3g} (its {old.schedule} schedule "
+                      f"over {was} steps) to {new_lr:.3g} ({o.schedule} over {self.max_steps})", file=sys.stderr)
+            elif not math.isclose(old_lr, new_lr, rel_tol=1e-9):  # constant, or still warming up: nothing changes
                 print(f"[momattn] trainer.max_steps={self.max_steps} (the checkpoint's run had {was}): the "
                       f"{o.schedule} lr schedule now spans {self.max_steps} steps, so at step {step} the lr goes "
                       f"from {old_lr:.3g} to {new_lr:.3g}", file=sys.stderr)

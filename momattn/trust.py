@@ -176,12 +176,14 @@ def check_overrides(overrides, source: str, repeat: bool = False, own: bool = Tr
         except Exception:
             raise CheckpointError(f"{where} does not parse as an override: it is damaged") from None
         key = o.key_or_group
+        # (a run folder's file was blamed on the checkpoint: found by review)
+        what = "that file" if "the run folder's saved command line" in source else "the checkpoint"
         if o.is_hydra_override() or key.startswith("hydra"):
-            raise CheckpointError(f"{where} sets Hydra itself, which train.py never records; the checkpoint was "
-                                  "not written by train.py")
-        if o.is_sweep_override():
-            raise CheckpointError(f"{where} is a sweep, which train.py never records; the checkpoint was not "
+            raise CheckpointError(f"{where} sets Hydra itself, which train.py never records; {what} was not "
                                   "written by train.py")
+        if o.is_sweep_override():
+            raise CheckpointError(f"{where} is a sweep, which train.py never records; {what} was not written by "
+                                  "train.py")
         if repeat and "oc.env" in resolvers(str(line)):  # an environment variable (HF_TOKEN, WANDB_API_KEY) sent
             # out in a recorded data URL or hub name (found by the third review)
             raise CheckpointError(f"{where} reads an environment variable (oc.env), which a resume does not repeat "

@@ -936,7 +936,9 @@ def test_a_downloaded_run_folder_runs_no_code_and_reads_no_secret_before_its_che
     last = run / "checkpoints" / "last.ckpt"
     _save(last, tokenizer)
     (run / ".hydra" / "overrides.yaml").write_text("- trainer.devices=1\n- hydra.searchpath=[pkg://pwn]\n")
-    with pytest.raises(CheckpointError, match=r"\(hydra.searchpath=\[pkg://pwn\]\) sets Hydra itself"):
+    with pytest.raises(CheckpointError, match=r"\(hydra.searchpath=\[pkg://pwn\]\) sets Hydra itself, which train.py "
+                                              r"never records; that file was not written by train.py"):  # not "the
+        # checkpoint": the run folder's file is at fault (found by review)
         resume_overrides([f"ckpt_path={last}", "trainer=cpu"])  # (trainer=cpu: composed with what it keeps)
     assert not marker.exists() and "pwn" not in sys.modules
     # a class of the run's own, given again today (as the printed resume command gives it): resumed, as before

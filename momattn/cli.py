@@ -1511,6 +1511,15 @@ def stopped_outside_job(config_name: str, signame: str, job: HydraJob | None) ->
         # the jobs ran in processes of their own (joblib, submitit: none in this one), which had trained: "nothing
         # was done; run the same command again" started the sweep afresh (found by review)
         job = HydraJob([], sweep_dir=str(started.hydra.sweep.dir), search=_search(started))
+        if str(started.hydra.launcher.get("_target_", "")).endswith("SlurmLauncher"):
+            # the jobs are SLURM's: nothing is passed on, and a resume now would submit copies of jobs still queued
+            # or running (it said the signal was passed on to them: found by review)
+            return (f"\n[momattn] interrupted ({signame}) in the sweep's process, which waited on jobs submitted to "
+                    f"SLURM: they go on (queued or running) and write into {job.sweep_dir}; squeue lists them and "
+                    "scancel stops them (a SIGTERM saves each one's step). Once none runs, "
+                    + (f"the same command with ckpt_path=last {shell_arg('hydra.sweep.dir', job.sweep_dir)} resumes "
+                       "the unfinished ones" if config_name == "train" and not job.search else
+                       "evaluate the folder: python evaluate.py " + shell_arg("sweep_dir", job.sweep_dir)))
         where = ("in the sweep's process, whose jobs ran in processes of their own (" + (
             "it was passed on to them, and each said what it saved, above" if signame == "SIGTERM" else
             "a Ctrl-C is not passed on: they keep their last checkpoints") + ")")

@@ -209,9 +209,13 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
         raise ConfigError(f"trainer.accelerator={given!r} must be one of auto, cpu, gpu, cuda, mps, tpu")  # (in .lower())
     accelerator = str(trainer.get("accelerator") or "auto").lower()
     if accelerator in ("gpu", "cuda") and not _cuda_available():  # before any tokenizing or data building
+        strategy = str(trainer.get("strategy") or "").lower()
+        multi = next((s for s in ("fsdp", "ddp") if s in strategy), None)  # trainer=cpu would drop the strategy
         raise ConfigError(f"trainer.accelerator={accelerator} but this machine has no CUDA GPU "
-                          "(torch.cuda.is_available() is False); use trainer=cpu (or trainer=default, which "
-                          "picks what is there)")
+                          "(torch.cuda.is_available() is False); " + (
+                              f"keep trainer={multi} on CPU processes with trainer.accelerator=cpu (trainer=cpu "
+                              f"trains one process without {multi.upper()})" if multi else
+                              "use trainer=cpu (or trainer=default, which picks what is there)"))
     precision = trainer.get("precision")
     if precision is not None and str(precision) not in PRECISIONS:  # before any tokenizing, not at Trainer(...)
         raise ConfigError(f"trainer.precision={precision!r} is not a precision.{did_you_mean(str(precision), PRECISIONS)} "

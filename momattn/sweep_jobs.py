@@ -231,9 +231,11 @@ def check_jobs(sweep: Sweep, overrides: list[str], search: bool = False) -> None
     parsed, cfg = hydra_section("train", overrides)
     launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="")) if cfg is not None else ""
     check_launcher_settings(cfg)
+    hydra_args = [o.input_line for o in parsed if o.is_hydra_override() and not o.is_sweep_override()]
+    if launcher.endswith("SlurmLauncher"):
+        _check_slurm_tasks(sweep, hydra_args, launcher)
     if not launcher.endswith(LOCAL_LAUNCHERS):
         return
-    hydra_args = [o.input_line for o in parsed if o.is_hydra_override() and not o.is_sweep_override()]
     checked: set[tuple[str, ...]] = set()
     lightning: set[str] = set()  # the trainer and callbacks settings Lightning has checked
     folders: dict[Path, int] = {}  # each job's run folder: paths.output_dir=X gave them all one
@@ -316,6 +318,33 @@ def check_jobs(sweep: Sweep, overrides: list[str], search: bool = False) -> None
                           "jobs alongside rank 0 (a job on another count crashed them); give the jobs of one sweep one "
                           "trainer.devices, and sweep each count in a sweep of its own (hydra.sweep.dir=<parent>/<name>), "
                           "then compare them all: python evaluate.py sweep_dir=<parent>")
+
+
+def _check_slurm_tasks(sweep: Sweep, hydra_args: list[str], launcher: str) -> None:
+    """Each job's processes per node (trainer.devices, where a number) against the SLURM tasks per node it is
+    submitted with (hydra.launcher.tasks_per_node), and its nodes against hydra.launcher.nodes: Lightning runs one
+    process per task, and a mismatch failed on the node, after the queue's wait, as a traceback (found by review).
+    The jobs' other values are judged on their nodes, whose hardware this machine may not have."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from momattn.errors import ConfigError
+
+    previous = HydraConfig.instance().cfg
+    try:
+        for num, job in enumerate(sweep.jobs):
+            if (composed := _job_config("train", job, num, hydra_args, launcher)) is None:
+                continue
+            for ours, theirs, default in (("trainer.devices", "hydra.launcher.tasks_per_node", 1),
+                                          ("trainer.num_nodes", "hydra.launcher.nodes", 1)):
+                want = OmegaConf.select(composed, ours, default=1)
+                have = OmegaConf.select(composed, theirs, default=default)
+                if isinstance(want, int) and not isinstance(want, bool) and isinstance(have, int) and want != have:
+                    raise ConfigError(f"job {num} of the sweep ({' '.join(job)}): {ours}={want} but {theirs}={have}: "
+                                      f"on SLURM Lightning runs one process per task, and refuses the job on its node "
+                                      f"when the two differ; set {theirs}={want}; no job was submitted")
+    finally:
+        HydraConfig.instance().cfg = previous
 
 
 def check_resumed_folders(sweep: Sweep, overrides: list[str], folders: dict[Path, int]) -> None:

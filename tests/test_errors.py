@@ -191,6 +191,19 @@ def test_a_value_one_job_of_a_sweep_takes_is_refused_before_any_job_trains(tmp_p
         check_jobs(plan_sweep("train", wandb_id), wandb_id)
     by_seed = [*SMOKE, "seed=1,2", "logger=wandb", "logger.wandb.id=run-${seed}"]  # one id per job: fine
     check_jobs(plan_sweep("train", by_seed), by_seed)
+    if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None:
+        # SLURM: trainer.devices against the tasks per node each job is submitted with (a Lightning traceback on the
+        # node, after the queue's wait: found by review); a job's other values are its node's to judge
+        import shutil
+
+        slurm = ["hydra/launcher=submitit_slurm", *SMOKE, "trainer=ddp", "trainer.accelerator=cpu", "seed=1,2"]
+        with monkeypatch.context() as mp:
+            mp.setattr(shutil, "which", lambda name, *a, **k: "/usr/bin/" + name)  # a SLURM login node
+            with pytest.raises(ConfigError, match=r"^job 0 of the sweep \(.*\): trainer.devices=2 but hydra.launcher."
+                                                  r"tasks_per_node=1: .*set hydra.launcher.tasks_per_node=2"):
+                check_jobs(plan_sweep("train", [*slurm, "trainer.devices=2"]), [*slurm, "trainer.devices=2"])
+            given = [*slurm, "trainer.devices=2", "hydra.launcher.tasks_per_node=2"]
+            check_jobs(plan_sweep("train", given), given)
     # a sweep under ${hydra.job.override_dirname} resumed with ckpt_path=last: the jobs' folders took ckpt_path in
     # their names, and every job retrained from step 0 in a new folder (found by review); ckpt_path is left out of
     # them now, and a resume whose folders are none of the trained ones is refused
@@ -1292,6 +1305,9 @@ def test_trainer_gpu_without_a_gpu_fails_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(momattn.config, "_cuda_available", lambda: False)
     msg = run_expecting(tmp_path, ["debug=smoke", "trainer=gpu"], ConfigError)
     assert "no CUDA GPU" in msg and "trainer=cpu" in msg
+    for multi in ("fsdp", "ddp"):  # trainer=cpu, the advice, dropped the sharding or the processes (found by review)
+        msg = run_expecting(tmp_path, ["debug=smoke", f"trainer={multi}", "trainer.devices=2"], ConfigError)
+        assert f"keep trainer={multi} on CPU processes with trainer.accelerator=cpu" in msg, msg
 
 
 def test_jsonl_without_the_text_field(tmp_path):

@@ -1521,6 +1521,13 @@ def test_a_sigterm_to_a_sweep_whose_jobs_run_elsewhere_is_passed_on_waited_for_a
     assert "nothing was done" not in line and f"ckpt_path=last hydra.sweep.dir={tmp_path}" in line
     assert "it was passed on to them" in line  # a Ctrl-C is not (second flows review)
     assert "a Ctrl-C is not passed on" in stopped_outside_job("train", "Ctrl-C", None)
+    # SLURM's jobs: nothing is passed on, they go on, and a resume now would submit copies of them (found by review)
+    launcher = sweep_callback.SWEEP[0].hydra.launcher
+    launcher._target_ = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    line = stopped_outside_job("train", "SIGTERM", None)
+    assert "passed on" not in line and "submitted to SLURM: they go on" in line and "scancel stops them" in line
+    assert f"Once none runs, the same command with ckpt_path=last hydra.sweep.dir={tmp_path} resumes" in line
+    launcher._target_ = "hydra_plugins.hydra_joblib_launcher.JoblibLauncher"
     from momattn.training import _jobs_in_sweep_process
 
     assert _jobs_in_sweep_process()  # joblib with one worker runs the jobs in the sweep's process: stopped as the basic

@@ -614,6 +614,23 @@ def test_the_hubs_retries_without_network_are_not_printed(monkeypatch):
     assert not hub.isEnabledFor(logging.WARNING) and hub.isEnabledFor(logging.ERROR)
 
 
+def test_torchs_no_shard_warnings_are_quiet_in_each_spelling(monkeypatch):
+    # torch has three copies of it, one reading "willbe": that one came through on a sharded run resumed on one
+    # process (found by review)
+    import warnings
+
+    from momattn.console import quiet_console
+
+    monkeypatch.delenv("MOMATTN_VERBOSE", raising=False)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_console()
+        for joined in ("will be", "willbe"):
+            warnings.warn(f"When using ``NO_SHARD`` for ``ShardingStrategy``, full_state_dict {joined} returned.",
+                          stacklevel=1)
+    assert seen == []
+
+
 def test_the_quiet_console_still_says_why_lightning_killed_a_ddp_process(monkeypatch):
     # another rank ended (out of memory): Lightning said so at INFO, then SIGKILLed this process, whose output ended
     # in a bare "Killed" (found by review)

@@ -213,8 +213,8 @@ def _trainer(node: Mapping | None) -> tuple[dict[str, Any], int, int]:
         multi = next((s for s in ("fsdp", "ddp") if s in strategy), None)  # trainer=cpu would drop the strategy
         raise ConfigError(f"trainer.accelerator={accelerator} but this machine has no CUDA GPU "
                           "(torch.cuda.is_available() is False); " + (
-                              f"keep trainer={multi} on CPU processes with trainer.accelerator=cpu (trainer=cpu "
-                              f"trains one process without {multi.upper()})" if multi else
+                              f"keep trainer={multi} on CPU processes with trainer.accelerator=cpu trainer.devices="
+                              f"<processes> (trainer=cpu trains one process without {multi.upper()})" if multi else
                               "use trainer=cpu (or trainer=default, which picks what is there)"))
     precision = trainer.get("precision")
     if precision is not None and str(precision) not in PRECISIONS:  # before any tokenizing, not at Trainer(...)

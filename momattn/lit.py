@@ -324,10 +324,12 @@ class LitGPT(pl.LightningModule):
             old = SimpleNamespace(**{**dataclasses.asdict(o), **{k: before[k] for k in (
                 "lr", "schedule", "warmup_steps", "min_lr_ratio", "power") if before.get(k) is not None}})
             old_lr, new_lr = old.lr * lr_lambda(step, old, was), o.lr * lr_lambda(step, o, self.max_steps)
-            if not math.isclose(old_lr, new_lr, rel_tol=1e-9) and changed:  # the optim settings changed too:
+            moved = [c for c in changed if c.split("=")[0][len("optim."):] in ("lr", "schedule", "warmup_steps",
+                                                                               "min_lr_ratio", "power")]
+            if not math.isclose(old_lr, new_lr, rel_tol=1e-9) and moved:  # the lr's own settings changed too:
                 # the jump is theirs as much (optim.schedule=constant's was put down to the length: found by review)
-                print(f"[momattn] trainer.max_steps={self.max_steps} (the checkpoint's run had {was}) and the optim "
-                      f"settings above: at step {step} the lr goes from {old_lr:.3g} (its {old.schedule} schedule "
+                print(f"[momattn] trainer.max_steps={self.max_steps} (the checkpoint's run had {was}) and "
+                      f"{', '.join(c.split(' (')[0] for c in moved)}: at step {step} the lr goes from {old_lr:.3g} (its {old.schedule} schedule "
                       f"over {was} steps) to {new_lr:.3g} ({o.schedule} over {self.max_steps})", file=sys.stderr)
             elif not math.isclose(old_lr, new_lr, rel_tol=1e-9):  # constant, or still warming up: nothing changes
                 print(f"[momattn] trainer.max_steps={self.max_steps} (the checkpoint's run had {was}): the "

@@ -331,15 +331,26 @@ def _check_slurm_tasks(sweep: Sweep, hydra_args: list[str], launcher: str) -> No
     from momattn.errors import ConfigError
 
     previous = HydraConfig.instance().cfg
+    seen: set[tuple[str, ...]] = set()  # the jobs' settings that can change either count: composed once each (a
+    # thousand jobs took minutes on the login node: diff review)
     try:
         for num, job in enumerate(sweep.jobs):
+            key = tuple(o for o in job if o.lstrip("+~").startswith(("trainer", "hydra", "experiment", "recipe",
+                                                                      "debug")))
+            if key in seen:
+                continue
+            seen.add(key)
             if (composed := _job_config("train", job, num, hydra_args, launcher)) is None:
                 continue
             for ours, theirs, default in (("trainer.devices", "hydra.launcher.tasks_per_node", 1),
                                           ("trainer.num_nodes", "hydra.launcher.nodes", 1)):
                 want = OmegaConf.select(composed, ours, default=1)
+                if OmegaConf.is_list(want):  # device ids: one process each
+                    want = len(want)
                 have = OmegaConf.select(composed, theirs, default=default)
-                if isinstance(want, int) and not isinstance(want, bool) and isinstance(have, int) and want != have:
+                # (-1 and auto are every GPU of the node, known there only: diff review)
+                if isinstance(want, int) and not isinstance(want, bool) and want > 0 and isinstance(have, int) \
+                        and want != have:
                     raise ConfigError(f"job {num} of the sweep ({' '.join(job)}): {ours}={want} but {theirs}={have}: "
                                       f"on SLURM Lightning runs one process per task, and refuses the job on its node "
                                       f"when the two differ; set {theirs}={want}; no job was submitted")

@@ -357,7 +357,7 @@ def other_json(p: Path) -> str | None:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return None
-    if isinstance(doc, dict) and "model" in doc:
+    if isinstance(doc, dict) and isinstance(doc.get("model"), dict):  # (GPT-2's encoder.json has a word "model")
         return None
     what = f"keys {', '.join(list(map(str, doc))[:6])}{', ...' if len(doc) > 6 else ''}" if isinstance(doc, dict) \
         else f"a JSON {type(doc).__name__}"

@@ -697,7 +697,7 @@ def _older_than_last(ckpt_path: Path, step: int, out_dir: Path) -> None:
     """A note where a resume in a run's own folder starts from an earlier step than its last.ckpt: the later
     steps' last.ckpt and metrics were replaced without a word (found by review)."""
     last = out_dir / "checkpoints" / "last.ckpt"
-    if ckpt_path.name == last.name or not last.is_file():
+    if ckpt_path.name == last.name or not last.exists():  # (FSDP's is a folder)
         return
     try:
         newer = int(read_meta(last).get("global_step") or 0)
@@ -705,9 +705,10 @@ def _older_than_last(ckpt_path: Path, step: int, out_dir: Path) -> None:
         return
     if newer > step:
         print(f"[momattn] note: resuming {ckpt_path.name} at step {step}, but {last} is at step {newer}: training "
-              f"from step {step} replaces last.ckpt and the metrics logged after step {step}, and keeps "
-              f"{ckpt_path.name} (Lightning never removes the checkpoint a run resumed from); to keep step {newer}'s "
-              "run, resume into another folder (hydra.run.dir=...)", file=sys.stderr, flush=True)
+              f"from step {step} replaces last.ckpt, the checkpoints and metrics of the steps after {step} and "
+              f"summary.json, and keeps {ckpt_path.name} (Lightning never removes the checkpoint a run resumed "
+              f"from); to keep step {newer}'s run, resume into another folder (hydra.run.dir=...)", file=sys.stderr,
+              flush=True)
 
 
 def _disk_full(e: OSError, out_dir: Path, job=None) -> str:

@@ -296,6 +296,9 @@ def test_gpt2_tokenizer_files_missing_and_another_json_file_are_named(tmp_path, 
     with pytest.raises(DataError, match=r"config.json' is not a valid tokenizer.json: it is JSON \(keys n_layer, "
                                         r"n_embd, vocab_size\), but not a tokenizer of the tokenizers library"):
         file_tokenizer(str(tmp_path / "config.json"))
+    (tmp_path / "encoder.json").write_text(json.dumps({"the": 0, "model": 1, "<|endoftext|>": 2}))  # GPT-2's has a
+    with pytest.raises(DataError, match=r"encoder.json' is not a valid tokenizer.json: it is JSON \(keys the, model"):
+        file_tokenizer(str(tmp_path / "encoder.json"))  # word "model": it was not told apart (diff review)
     (tmp_path / "bad.json").write_text('{"model": ')  # not JSON: the library's own message, as before
     with pytest.raises(DataError, match=r"bad.json' is not a valid tokenizer.json: (?!it is JSON)"):
         file_tokenizer(str(tmp_path / "bad.json"))

@@ -204,6 +204,10 @@ def test_a_value_one_job_of_a_sweep_takes_is_refused_before_any_job_trains(tmp_p
                 check_jobs(plan_sweep("train", [*slurm, "trainer.devices=2"]), [*slurm, "trainer.devices=2"])
             given = [*slurm, "trainer.devices=2", "hydra.launcher.tasks_per_node=2"]
             check_jobs(plan_sweep("train", given), given)
+            # -1 is every GPU of the node, known there only: not refused (diff review); device ids count
+            check_jobs(plan_sweep("train", [*slurm, "trainer.devices=-1"]), [*slurm, "trainer.devices=-1"])
+            with pytest.raises(ConfigError, match=r"trainer.devices=2 but hydra.launcher.tasks_per_node=1"):
+                check_jobs(plan_sweep("train", [*slurm, "trainer.devices=[0,1]"]), [*slurm, "trainer.devices=[0,1]"])
     # a sweep under ${hydra.job.override_dirname} resumed with ckpt_path=last: the jobs' folders took ckpt_path in
     # their names, and every job retrained from step 0 in a new folder (found by review); ckpt_path is left out of
     # them now, and a resume whose folders are none of the trained ones is refused
@@ -1307,7 +1311,7 @@ def test_trainer_gpu_without_a_gpu_fails_before_any_work(tmp_path, monkeypatch):
     assert "no CUDA GPU" in msg and "trainer=cpu" in msg
     for multi in ("fsdp", "ddp"):  # trainer=cpu, the advice, dropped the sharding or the processes (found by review)
         msg = run_expecting(tmp_path, ["debug=smoke", f"trainer={multi}", "trainer.devices=2"], ConfigError)
-        assert f"keep trainer={multi} on CPU processes with trainer.accelerator=cpu" in msg, msg
+        assert f"keep trainer={multi} on CPU processes with trainer.accelerator=cpu trainer.devices=<processes>" in msg
 
 
 def test_jsonl_without_the_text_field(tmp_path):
@@ -1401,7 +1405,8 @@ def test_a_resume_from_an_earlier_checkpoint_of_its_own_folder_says_what_it_repl
     atomic_torch_save(ckpt, folder / "last.ckpt")
     _older_than_last(folder / "best-step3.ckpt", step, tmp_path)
     assert (f"note: resuming best-step3.ckpt at step {step}, but {folder / 'last.ckpt'} is at step {step + 5}: "
-            f"training from step {step} replaces last.ckpt") in capsys.readouterr().err
+            f"training from step {step} replaces last.ckpt, the checkpoints and metrics of the steps after {step} "
+            "and summary.json") in capsys.readouterr().err
     _older_than_last(folder / "last.ckpt", step + 5, tmp_path)  # last.ckpt itself, or a later file: no note
     _older_than_last(folder / "best-step3.ckpt", step + 5, tmp_path)
     assert capsys.readouterr().err == ""

@@ -248,3 +248,9 @@ def test_evaluate_model_on_a_ginc_checkpoint_and_the_report(tmp_path, world):
     md = (tmp_path / "both" / "results.md").read_text()
     assert f"**Different GINC worlds** (vanilla: data.seed={world.seed}; momentum: data.seed={other.seed})" in md
     assert "compare GINC models trained on one world" in md and "ppl.data={source: text_files" not in md
+    # one world, trained on more documents: the same prompts and validation text, no warning (diff review)
+    res3 = evaluate_model(model, world.tokenizer(), {"data": {**WORLD, "n_train_docs": 8}}, eval_cfg,
+                          tmp_path / "c", "more")
+    write_reports([res, res3], tmp_path / "same")
+    md = (tmp_path / "same" / "results.md").read_text()
+    assert "Different GINC worlds" not in md and "Different corpora" not in md

@@ -219,7 +219,7 @@ def test_resume_continues_at_the_right_step(tmp_path, stop, capsys):
     was = load_train_config(first).optim  # "from": the checkpoint's run's own rate (was today's lr on its length)
     assert was.lr != 1e-5
     # optim.lr changed too: the jump is put down to both (the length alone was named: found by review)
-    assert (f"trainer.max_steps=9 (the checkpoint's run had {stop}) and the optim settings above: at step {stop} the "
+    assert (f"trainer.max_steps=9 (the checkpoint's run had {stop}) and optim.lr=1e-05: at step {stop} the "
             f"lr goes from {was.lr * lr_lambda(stop, was, stop):.3g} (its cosine schedule over {stop} steps) to "
             f"{1e-5 * lr_lambda(stop, o, 9):.3g} (cosine over 9)") in (err := capsys.readouterr().err)
     # the fit time printed and kept is this process's, so it says which steps it covers (it read as the run's)

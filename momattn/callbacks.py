@@ -382,7 +382,7 @@ class Throughput(ThroughputMonitor):
                 self._cpu_peak, runs = _RECORDED[memo]
                 self.peak_note = (f"{name} matmul peak of {self._cpu_peak / 1e9:.1f} GFLOP/s: the best start-up "
                                   f"measurement of {runs} run(s) on this CPU and {threads} threads (each the best "
-                                  f"of 4 {n}x{n} matmuls; this run measured {now / 1e9:.1f})")
+                                  f"of 4 {n}x{n} matmuls; this process measured {now / 1e9:.1f})")
                 if trainer.is_global_zero:  # each process measures its own; said once (DDP said it per rank)
                     print(f"[momattn] CPU MFU is relative to a {self.peak_note}", file=sys.stderr)
             self.available_flops = self._cpu_peak

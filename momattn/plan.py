@@ -351,6 +351,29 @@ def render(p: dict) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def sweep_job(overrides: list[str]) -> tuple[list[str], str | None]:
+    """(the overrides of the one run to plan, a note where the command line is a sweep): a sweep's first job (values
+    with commas, or an experiment that sweeps, as experiment=reproduce's 27 jobs were planned as one default run
+    without a word: found by review), an Optuna search's base values."""
+    from momattn.sweep_jobs import plan_sweep
+
+    sweep = plan_sweep("train", overrides)
+    if sweep is None:
+        return overrides, ("an Optuna search, whose trials are chosen as it runs: planned is one trial at the "
+                           "search's base values; the search runs hydra.sweeper.n_trials of them")
+    if len(sweep.jobs) < 2:
+        return overrides, None
+    values: dict[str, set[str]] = {}
+    for job in sweep.jobs:
+        for o in job:
+            values.setdefault(o.split("=", 1)[0], set()).add(o)
+    differ = [k for k, v in values.items() if len(v) > 1]
+    first = sweep.jobs[0]
+    return first, (f"a sweep of {len(sweep.jobs)} runs, which differ in {', '.join(differ)}: planned is its first, "
+                   f"{' '.join(o for o in first if o.split('=', 1)[0] in differ)}; each run costs its own, so plan "
+                   "the others with their values (python -m momattn.plan <overrides> <their values>)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m momattn.plan", description=__doc__.splitlines()[0])
     ap.add_argument("overrides", nargs="*", help="train.py overrides, e.g. experiment=paper_350m trainer.devices=8")
@@ -363,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="memory per GPU that the plan must fit (default 80: an H100); a CPU run: the RAM per machine "
                          "(default: this machine's available RAM)")
     ap.add_argument("--json", action="store_true", help="print the plan as JSON")
+    ap.add_argument("-m", "--multirun", action="store_true", help="accepted as train.py takes it: a sweep (values "
+                    "with commas, or an experiment that sweeps) is planned by its first job, and said so")
     a = ap.parse_args(argv)
     try:
         if not 0 < a.mfu <= 1:  # (nan fails every check: it compares False)
@@ -370,7 +395,10 @@ def main(argv: list[str] | None = None) -> int:
         for flag, v in (("--peak-tflops", a.peak_tflops), ("--device-gib", a.device_gib)):
             if v is not None and not 0 < v < math.inf:
                 raise UserError(f"{flag}={v} must be a finite number above 0")
-        p = plan(a.overrides, a.mfu, a.peak_tflops, a.device_gib)
+        planned, note = sweep_job(a.overrides)
+        p = plan(planned, a.mfu, a.peak_tflops, a.device_gib)
+        if note:
+            p["sweep"] = note
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -378,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print(json.dumps(p, indent=2) if a.json else render(p))
+    if note:
+        print(f"[momattn] note: {note}", file=sys.stderr)
     import torch
 
     if p["accelerator"] == "gpu" and not torch.cuda.is_available():  # on stderr: the plan itself is the same anywhere

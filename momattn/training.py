@@ -1174,7 +1174,7 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
         mfu = f" MFU {100 * speed['mfu']:.1f}%;" if speed.get("mfu") else f" ({speed['mfu_note']});" \
             if speed.get("mfu_note") else ""
         mean = (f", {speed['tokens_per_sec_mean']:.0f} tokens/s" + (" over all devices" if (speed.get("devices") or 1) > 1
-                                                                      else "") + " over the whole run") \
+                                                                      else "") + " over all training steps, validation excluded") \
             if speed.get("tokens_per_sec_mean") else ""
         every = f" per device ({speed['tokens_per_sec_all_devices']:.0f} over all {speed['devices']} devices)" \
             if speed.get("tokens_per_sec_all_devices") else ""

@@ -1,5 +1,7 @@
 """python -m momattn.plan and global_batch: the paper's run planned, the accumulation derived for any device count."""
 
+import json
+
 import pytest
 from conftest import SMOKE, compose_train
 
@@ -376,3 +378,18 @@ def test_the_planner_reads_the_vocabulary_of_a_data_sources_own_tokenizer():
     assert _vocab(SimpleNamespace(tokenizer=SimpleNamespace(kind="source", vocab_size=4096), data=source)) == (1001, None)
     ginc = plan(["experiment=ginc"])  # GINC's, from its n_symbols, without building the world
     assert ginc["vocab_note"] is None and ginc["vocab_size"] >= 51
+
+
+def test_a_sweep_is_planned_by_its_first_run_and_said_so(capsys):
+    """experiment=reproduce (27 runs, mostly GINC at 1,500 steps) was planned as one default text run without a
+    word; values with commas failed with Hydra's advice to add --multirun, which the planner refused (found by
+    review)."""
+    assert main(["experiment=reproduce", "trainer=cpu", "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["sweep"].startswith("a sweep of 27 runs, which differ in recipe, attention, seed: "
+                                                   "planned is its first, recipe=ginc attention=vanilla seed=1")
+    assert "[momattn] note: a sweep of 27 runs" in out.err
+    assert main(["-m", "experiment=ginc", "attention=vanilla,momentum", "trainer=cpu"]) == 0
+    assert "a sweep of 2 runs, which differ in attention: planned is its first, attention=vanilla" in \
+        capsys.readouterr().err
+    assert main(["trainer=cpu"]) == 0 and "note: a sweep" not in capsys.readouterr().err

@@ -134,12 +134,21 @@ def _protocols(fs) -> tuple[str, ...]:
 
 class _ContinuingWriter(_AtomicWriter):
     """Lightning's CSV writer, except that an existing metrics.csv is continued (a resume) instead of deleted: its
-    rows from the resumed step on are dropped first (a run killed after its checkpoint had logged them; the resume
-    logs them again)."""
+    rows from the resumed step on are dropped (a run killed after its checkpoint had logged them; the resume logs
+    them again) when the resumed run writes its first rows. They were dropped at start-up, so that a resume from an
+    earlier checkpoint stopped before it logged anything left a gap for good: last.ckpt still held the later steps
+    (found by review)."""
 
     def __init__(self, log_dir: str, start_step: int = 0):
         self.start_step = start_step  # before Lightning's __init__, which reads the existing file
+        self._cut: str | None = None  # the file without the rows from start_step on, written at the first save
         super().__init__(log_dir=log_dir)
+
+    def save(self) -> None:
+        if self._cut is not None and self.metrics:
+            atomic_write_text(Path(self.metrics_file_path), self._cut)
+            self._cut = None
+        super().save()
 
     def _check_log_dir_exists(self) -> None:
         if not self._fs.isfile(self.metrics_file_path):
@@ -162,7 +171,7 @@ class _ContinuingWriter(_AtomicWriter):
         if len(kept) < len(rows):
             buf = io.StringIO()
             csv.writer(buf).writerows([header, *kept])  # Lightning's dialect (\r\n), as the rows it appends (review)
-            atomic_write_text(Path(self.metrics_file_path), buf.getvalue())
+            self._cut = buf.getvalue()
 
 
 class CSVLogger(_LightningCSVLogger):

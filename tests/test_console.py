@@ -439,6 +439,10 @@ def test_metrics_csv_is_continued_only_by_a_resume(tmp_path):
     assert log([2, 3], resumed=True, start_step=2) == ["step,train/loss", "0,0.0", "1,1.0", "2,2.0", "3,3.0"]
     # in one line ending, Lightning's \r\n: the rows kept had \n, the rows appended \r\n (found by review)
     assert (tmp_path / "metrics.csv").read_bytes().count(b"\r\n") == 5
+    # a resume from an earlier step stopped before it logged a row (a Ctrl-C in its set-up) cuts nothing: last.ckpt
+    # still holds the later steps, whose rows were lost for good (found by review)
+    assert log([], resumed=True, start_step=1) == ["step,train/loss", "0,0.0", "1,1.0", "2,2.0", "3,3.0"]
+    assert log([1], resumed=True, start_step=1) == ["step,train/loss", "0,0.0", "1,1.0"]  # its first row: cut then
 
 
 def test_metrics_csv_survives_a_failure_while_a_new_column_rewrites_it(tmp_path, monkeypatch, capsys):

@@ -345,7 +345,9 @@ def _parse_error(overrides: list[str], e: Exception) -> ConfigError:
                            f"{key}=range(1,5), {key}=interval(1e-4,1e-2) (Hydra's sweep grammar: "
                            "https://hydra.cc/docs/advanced/override_grammar/extended/); a text value, not a sweep, "
                            f"is quoted: {typed}")
-    if bad is not None and value and value[0] not in "[{('\"" and parses(quoted):  # not a broken list or dict
+    closed = len(value) > 1 and value[0] in "'\"" and value[-1] == value[0]  # a quoted value ('...' or "...")
+    # not a broken list or dict; a text that starts with a quote ("'tis", got no advice: flows review) is one too
+    if bad is not None and value and value[0] not in "[{(" and not closed and parses(quoted):
         # one argument that holds two overrides ("trainer.devices=2 trainer.accelerator=cpu"): quoting is not it
         split = ("; or, if it holds several overrides, pass each as an argument of its own"
                  if re.search(r"\s[A-Za-z_+~][\w.]*=", value) else "")
@@ -911,8 +913,8 @@ def resume_overrides(overrides: list[str], multirun: bool = False, root: Path | 
     # its config came from the checkpoint, and the folder is a new one (a copy outside any checkpoints/ folder too:
     # it said "resuming the run in <new folder>"; found by review)
     fork = folder is not None and ckpt != "last" and not same_run(ckpt, folder)
-    what = f"continuing {ckpt} in a new folder, {folder}," if fork else \
-        f"resuming the run {'in ' + str(folder) if folder else 'of ' + ckpt}"
+    what = f"continuing {ckpt} in a new folder, {folder}," if fork else f"resuming the run in {folder}" if folder \
+        else f"continuing {ckpt} in a new folder"  # (no run folder of its own: a new one; it said "the run of")
     if not other_rank():  # (the processes Lightning, srun or torchrun start for other ranks: said once)
         _BEFORE_LOG.clear()  # (an earlier resume of this process, e.g. a test's, never opened its log)
         say = _say_before_log if not multirun else functools.partial(print, file=sys.stderr, flush=True)

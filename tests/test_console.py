@@ -266,6 +266,8 @@ def test_command_line_forms_that_hydra_reads_its_own_way(tmp_path):
     with pytest.raises(ConfigError, match=r"^prompt=It's does not parse as a Hydra override \(.*\); quote the value: "
                                           r"\"prompt='It\\'s'\""):
         check_overrides("generate", ["prompt=It's"])
+    with pytest.raises(ConfigError, match=re.escape("quote the value: \"prompt='\\'tis the season'\"")):  # a text
+        check_overrides("generate", ["prompt='tis the season"])  # starting with a quote got none (flows review)
     with pytest.raises(ConfigError, match="quote the value: \"prompt='日本語'\""):
         check_overrides("generate", ["prompt=日本語"])
     with pytest.raises(ConfigError, match=r"^eval.icl.shots=\[0,2 does not parse as a Hydra override: "):  # a broken
@@ -400,7 +402,8 @@ def test_a_checkpoint_outside_its_run_folder_resumes_with_the_overrides_it_recor
     torch.save({"momattn": {"overrides": ["attention=momentum", "trainer.max_steps=6"]}}, ckpt)
     merged = resume_overrides([f"ckpt_path={ckpt}", "trainer.max_steps=9"])
     assert merged == ["attention=momentum", f"ckpt_path={ckpt}", "trainer.max_steps=9", "hydra.mode=RUN"]  # no folder
-    assert f"resuming the run of {ckpt}" in capsys.readouterr().err
+    assert f"continuing {ckpt} in a new folder with its own config" in capsys.readouterr().err  # (it said "resuming
+    # the run of", and wrote into a new timestamped folder: flows review)
 
 
 def test_the_run_log_keeps_complete_lines_and_a_progress_bars_last_state():

@@ -806,7 +806,7 @@ def sweep_markdown(summaries: Sequence[SettingSummary], failed: Sequence[str], n
              "difference, about one excludes 0 by chance, so a lone 'better' / 'worse' among many rows is a lead to "
              "test with more seeds, not a finding. The seeds vary the training (the model's initialisation and the "
              "order of the data); the data itself (a GINC world: data.seed) and the test prompts (icl.seeds) are "
-             "the same in every run, so an interval says how a result moves with training, not with another world "
+             "the same in every run of a setting, so an interval says how a result moves with training, not with another world "
              "or test set.", ""]
     if failed:
         lines += ["Failed or partial jobs (left out): " + "; ".join(failed), ""]

@@ -170,6 +170,7 @@ def test_unfinished_repeated_and_unpaired_runs_are_named_not_scored(tmp_path, to
     assert f"[momattn] warning: {sweep / '3'} and {sweep / '5'}: same attention (momentum) and seed (2)" in err
     # the repeat is named without being scored: it was evaluated in full, then dropped (found by review)
     assert "evaluating 5 " not in err and "left out, not scored" in err and not (out / "jobs" / "5").exists()
+    assert err.index("left out, not scored") < err.index("evaluating 0 ")  # said before any scoring (flows review)
     assert [r.get("left_out") for r in doc["runs"]] == [None] * 4 + [f"a second run of {sweep / '3'}, not scored"]
     # settings apart: named by the leaf that differs, not by 80 characters of a whole section
     for d in (sweep / "4", sweep / "5"):

@@ -1064,14 +1064,21 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
                 settings.pop(name)
             except (ConfigError, DataError) as e:  # which job, where a sweep holds several kinds of run
                 raise type(e)(f"sweep job {name} ({r.path}): {e}; no job was scored") from None
-    first_of: dict[tuple, SweepRun] = {}  # (setting, evaluation settings, attention, seed) -> its first run scored
+    def twin_key(r: SweepRun) -> tuple:  # (setting, evaluation settings, attention, seed)
+        return r.setting, digest(settings[job_name(r.job, sweep_dir)]) if own_settings else "", r.attention, r.seed
+
+    seen: dict[tuple, SweepRun] = {}
+    for r in runs:  # said before any scoring: in a long sweep the line came hours in (flows review)
+        if (first := seen.setdefault(twin_key(r), r)) is not r and r.result is None:
+            print(f"[momattn] warning: {first.job} and {r.job}: same attention ({r.attention}) and seed ({r.seed}) in "
+                  "one setting; the second is left out, not scored (unless the first cannot be)", file=sys.stderr,
+                  flush=True)
+    first_of: dict[tuple, SweepRun] = {}  # twin_key -> its first run scored
     twins: list[tuple[SweepRun, SweepRun]] = []  # (a second run of one attention and seed, the first): not scored
     for r in list(runs):
         name, cfg = job_name(r.job, sweep_dir), cfgs[id(r)]
-        key = (r.setting, digest(settings[name]) if own_settings else "", r.attention, r.seed)
+        key = twin_key(r)
         if r.result is None and key in first_of:  # distinct leaves it out of the verdict: it was scored, then dropped
-            print(f"[momattn] warning: {first_of[key].job} and {r.job}: same attention ({r.attention}) and seed "
-                  f"({r.seed}) in one setting; the second is left out, not scored", file=sys.stderr, flush=True)
             twins.append((r, first_of[key]))
             runs.remove(r)
             continue

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 
 from hydra.errors import HydraException
@@ -355,14 +356,26 @@ def sweep_job(overrides: list[str]) -> tuple[list[str], str | None]:
     """(the overrides of the one run to plan, a note where the command line is a sweep): a sweep's first job (values
     with commas, or an experiment that sweeps, as experiment=reproduce's 27 jobs were planned as one default run
     without a word: found by review), an Optuna search's base values."""
-    from momattn.sweep_jobs import plan_sweep
+    from omegaconf import OmegaConf
+
+    from momattn.cli import check_overrides, hydra_section
+    from momattn.sweep_jobs import BASIC, plan_sweep
 
     sweep = plan_sweep("train", overrides)
     if sweep is None:
-        return overrides, ("an Optuna search, whose trials are chosen as it runs: planned is one trial at the "
-                           "search's base values; the search runs hydra.sweeper.n_trials of them")
+        _, cfg = hydra_section("train", overrides)
+        if cfg is not None and "optuna" in str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="")).lower():
+            return overrides, ("an Optuna search, whose trials are chosen as it runs: planned is one trial at the "
+                               "search's base values; the search runs hydra.sweeper.n_trials of them")
+        if cfg is not None and OmegaConf.select(cfg, "hydra.sweeper._target_", default="") == BASIC and \
+                any(re.search(r"=\s*(interval|tag)\(", o) for o in overrides):  # (Hydra: "requires --multirun")
+            raise UserError("interval() and tag() are an Optuna search's (hparams_search=optuna); Hydra's basic "
+                            "sweeper takes value lists, choice() and range(): plan one run with one value per key")
+        return overrides, None  # planned as given: Hydra says what it cannot compose
     if len(sweep.jobs) < 2:
         return overrides, None
+    check_overrides("train", overrides, sweep.jobs)  # each job's options and keys, as train.py checks them (a
+    # second job's attention=bogus was planned as 'a sweep of 2 runs': diff review)
     values: dict[str, set[str]] = {}
     for job in sweep.jobs:
         for o in job:

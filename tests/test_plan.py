@@ -393,3 +393,8 @@ def test_a_sweep_is_planned_by_its_first_run_and_said_so(capsys):
     assert "a sweep of 2 runs, which differ in attention: planned is its first, attention=vanilla" in \
         capsys.readouterr().err
     assert main(["trainer=cpu"]) == 0 and "note: a sweep" not in capsys.readouterr().err
+    # each job's values are checked, and Optuna's interval() is named (diff review: planned, and 'add --multirun')
+    assert main(["-m", "attention=vanilla,bogus", "trainer=cpu"]) == 2
+    assert "attention=bogus is not an option" in capsys.readouterr().err
+    assert main(["-m", "optim.lr=interval(1e-4,1e-2)", "trainer=cpu"]) == 2
+    assert "interval() and tag() are an Optuna search's" in capsys.readouterr().err

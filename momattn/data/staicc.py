@@ -484,7 +484,7 @@ def lm_texts(tasks: list[str] | tuple[str, ...], split: str, seed: int = SPLIT_S
     if not _SAID:  # the first build in a process: ~30 s for the default tasks, which passed without a word (the
         _SAID.append(True)  # quickstart's first line came after it: found by review)
         print(f"[momattn] reading StaICC's LM text ({', '.join(tasks)}) and leaving out every document that holds an "
-              "ICL test row (the leak filter; ~30 s for the default tasks, once per process)", file=sys.stderr,
+              "ICL test row (the leak filter; ~30 s for the default tasks, where a token cache or a BPE is built)", file=sys.stderr,
               flush=True)
     return list(_lm_texts(tuple(tasks), split, seed))
 

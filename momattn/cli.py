@@ -353,7 +353,7 @@ def _parse_error(overrides: list[str], e: Exception) -> ConfigError:
                  if re.search(r"\s[A-Za-z_+~][\w.]*=", value) else "")
         return ConfigError(f"{bad} does not parse as a Hydra override ({text}); quote the value: {typed} (the "
                            f"shell passes the single quotes on to Hydra){split}")
-    if bad is not None and len(value) > 1 and value[0] in "'\"" and value[-1] == value[0]:
+    if bad is not None and closed:
         # prompt='It's a "great" film' (a file's text wrapped in quotes): its inner quote ends the quoted value
         q = value[0]
         fixed = f"{key}={q}" + value[1:-1].replace(q, "\\" + q) + q

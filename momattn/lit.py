@@ -309,9 +309,10 @@ class LitGPT(pl.LightningModule):
         def plain(v):  # betas: a list in the stored config, a tuple or list here
             return list(v) if isinstance(v, list | tuple) else v
 
-        keys = ("lr", "betas", "eps", "weight_decay", "schedule", "warmup_steps", "min_lr_ratio", "power")
-        changed = [f"optim.{k}={getattr(o, k)} (was {before[k]})" for k in keys
-                   if before.get(k) is not None and plain(before[k]) != plain(getattr(o, k))]
+        rate = ("lr", "schedule", "warmup_steps", "min_lr_ratio", "power")  # what the lr at a step is made of
+        keys = [k for k in ("lr", "betas", "eps", "weight_decay", *rate[1:])
+                if before.get(k) is not None and plain(before[k]) != plain(getattr(o, k))]  # changed by the resume
+        changed = [f"optim.{k}={getattr(o, k)} (was {before[k]})" for k in keys]
         if changed and trainer.is_global_zero:
             print(f"[momattn] resumed with {', '.join(changed)}: training continues at step {trainer.global_step} "
                   "with these", file=sys.stderr)
@@ -321,17 +322,17 @@ class LitGPT(pl.LightningModule):
             # the checkpoint's run's rate: its own optim section and length (today's lr on the old length mixed the
             # two configs: "from 0.0001" where the run had 2e-4; found by review)
             # (a plain view, not dataclasses.replace: its checks on a mix of the two configs could refuse a resume)
-            old = SimpleNamespace(**{**dataclasses.asdict(o), **{k: before[k] for k in (
-                "lr", "schedule", "warmup_steps", "min_lr_ratio", "power") if before.get(k) is not None}})
+            old = SimpleNamespace(**{**dataclasses.asdict(o), **{k: before[k] for k in rate
+                                                                 if before.get(k) is not None}})
             old_lr, new_lr = old.lr * lr_lambda(step, old, was), o.lr * lr_lambda(step, o, self.max_steps)
-            moved = [c for c in changed if c.split("=")[0][len("optim."):] in ("lr", "schedule", "warmup_steps",
-                                                                               "min_lr_ratio", "power")]
-            if not math.isclose(old_lr, new_lr, rel_tol=1e-9) and moved:  # the lr's own settings changed too:
-                # the jump is theirs as much (optim.schedule=constant's was put down to the length: found by review)
+            moved = [f"optim.{k}={getattr(o, k)}" for k in keys if k in rate]  # the lr's own settings changed too
+            jumps = not math.isclose(old_lr, new_lr, rel_tol=1e-9)  # (constant, or still warming up: it does not)
+            if jumps and moved:  # the jump is theirs as much (optim.schedule=constant's was put down to the length)
                 print(f"[momattn] trainer.max_steps={self.max_steps} (the checkpoint's run had {was}) and "
-                      f"{', '.join(c.split(' (')[0] for c in moved)}: at step {step} the lr goes from {old_lr:.3g} (its {old.schedule} schedule "
-                      f"over {was} steps) to {new_lr:.3g} ({o.schedule} over {self.max_steps})", file=sys.stderr)
-            elif not math.isclose(old_lr, new_lr, rel_tol=1e-9):  # constant, or still warming up: nothing changes
+                      f"{', '.join(moved)}: at step {step} the lr goes from {old_lr:.3g} (its {old.schedule} "
+                      f"schedule over {was} steps) to {new_lr:.3g} ({o.schedule} over {self.max_steps})",
+                      file=sys.stderr)
+            elif jumps:
                 print(f"[momattn] trainer.max_steps={self.max_steps} (the checkpoint's run had {was}): the "
                       f"{o.schedule} lr schedule now spans {self.max_steps} steps, so at step {step} the lr goes "
                       f"from {old_lr:.3g} to {new_lr:.3g}", file=sys.stderr)

@@ -78,6 +78,10 @@ def _smallest_int(n: int) -> type:
     return np.uint8 if n <= 256 else np.int32
 
 
+TRAIN_SIZE_FIELDS = ("n_train_docs", "doc_length")  # the training split's size: not the world, nor the val text
+VAL_SIZE_FIELDS = ("n_val_docs", "val_doc_length")  # the validation split's: not the world
+
+
 @dataclass(frozen=True)
 class GincHmms:
     """The parameters of every concept (Xie et al. 2022), as read-only numpy arrays. Each chain is a mixture of
@@ -221,7 +225,7 @@ class GincCorpus:
         # >= 1e-6: 1e-320 overflowed the softmax to NaN weights, and the documents repeated one short cycle
         _check(self.trans_temp >= 1e-6, "trans_temp", self.trans_temp, "must be >= 1e-6; the paper uses 0.1")
         _check(self.start_temp >= 1e-6, "start_temp", self.start_temp, "must be >= 1e-6; the paper uses 10")
-        for field in ("n_train_docs", "doc_length", "n_val_docs", "val_doc_length"):
+        for field in (*TRAIN_SIZE_FIELDS, *VAL_SIZE_FIELDS):
             _check(getattr(self, field) >= 1, field, getattr(self, field), "must be >= 1")
         _check(self.n_permutations is None or self.n_permutations >= 1, "n_permutations", self.n_permutations,
                "must be >= 1, or null for the chain's size")
@@ -239,7 +243,7 @@ class GincCorpus:
         _check(dense <= 10**8, "n_concepts", self.n_concepts,
                f"x (data.n_properties^2 + data.n_entities x data.n_properties) = {dense:,} values of the concepts' "
                "transition and start tables, above 100,000,000; use fewer concepts, entities or properties")
-        for docs, length in (("n_train_docs", "doc_length"), ("n_val_docs", "val_doc_length")):
+        for docs, length in (TRAIN_SIZE_FIELDS, VAL_SIZE_FIELDS):
             tokens = getattr(self, docs) * getattr(self, length)
             _check(tokens <= MAX_TOKENS, length, getattr(self, length),
                    f"gives data.{docs} x data.{length} = {tokens:,} tokens, above {MAX_TOKENS:,}; the paper trains on "
@@ -263,8 +267,7 @@ class GincCorpus:
     def world_settings(self) -> dict:
         """The fields that define the HMMs and the concepts pretrained on, so the prompts and labels: not the size
         of the pretraining set."""
-        return {k: v for k, v in asdict(self).items() if k not in ("n_train_docs", "doc_length", "n_val_docs",
-                                                                    "val_doc_length")}
+        return {k: v for k, v in asdict(self).items() if k not in (*TRAIN_SIZE_FIELDS, *VAL_SIZE_FIELDS)}
 
     def _model_key(self) -> str:
         return digest(["ginc-model", VERSION, self.world_settings()])

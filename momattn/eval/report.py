@@ -147,7 +147,9 @@ def _corpora_differ(results: Sequence[ModelResult]) -> list[str]:
     differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in corpora.values()}) > 1]
     ginc = all(ginc_mod.describe_data(c) == "data=ginc" for c in corpora.values())  # (a text cannot be given them)
     if ginc:  # the size of a GINC world's training set leaves its validation documents as they are (diff review)
-        differ = [k for k in differ if k not in ("n_train_docs", "doc_length")]
+        from momattn.data.ginc import TRAIN_SIZE_FIELDS
+
+        differ = [k for k in differ if k not in TRAIN_SIZE_FIELDS]
     if not differ:
         return []
     if any(k in differ for k in ("_target_", "source")):  # other sources: their names say enough

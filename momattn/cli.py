@@ -134,12 +134,21 @@ def check_hydra_overrides(config_name: str, overrides: list[str]) -> None:
         return
     section = hydra_section_overrides(parsed)
     hydras = [o.input_line for o in parsed if o.is_hydra_override() and not o.is_sweep_override()]
-    if not hydras or _compose(config_name, [o for o in section if o not in hydras], return_hydra_config=True) is None:
+    if not hydras or (base := _compose(config_name, [o for o in section if o not in hydras],
+                                       return_hydra_config=True)) is None:
         return  # not theirs: Hydra says what it is
     try:
         _compose(config_name, section, return_hydra_config=True, raise_errors=True)
     except Exception as e:
         text = str(e)
+        params = [o.input_line for o in parsed if o.is_hydra_override() and
+                  o.key_or_group.lstrip("+").startswith("hydra.sweeper.params")]
+        if params and base.hydra.sweeper.get("params", None) is None:  # Hydra: "'NoneType' object has no attribute
+            # 'get'" or "Unexpected type: None" (found with the planner)
+            raise ConfigError(f"{params[0]}: Hydra cannot set the sweeper's params from the command line while they "
+                              "are unset (null, the basic sweeper's default); give the values as the sweep's own "
+                              "overrides (python train.py -m optim.lr=1e-3,2e-3), or set hydra.sweeper.params in an "
+                              "experiment config, as conf/experiment/eta_sweep.yaml does") from None
         if (missing := re.search(r"Could not find '(hydra/[\w/]+)/([^'/]+)'", text)) and \
                 (listed := re.search(r"Available options in '[^']+':\n((?:\t.*\n?)+)", text)):
             # hydra/launcher=jobli: Hydra lists each option on a line of its own, and the first three lines kept

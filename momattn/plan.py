@@ -408,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
         for flag, v in (("--peak-tflops", a.peak_tflops), ("--device-gib", a.device_gib)):
             if v is not None and not 0 < v < math.inf:
                 raise UserError(f"{flag}={v} must be a finite number above 0")
+        from momattn.cli import check_hydra_overrides
+
+        check_hydra_overrides("train", a.overrides)  # a hydra.* override Hydra cannot compose: one line, as
+        # train.py says it (hydra.sweeper.params={...} was a traceback of OmegaConf's frames here)
         planned, note = sweep_job(a.overrides)
         p = plan(planned, a.mfu, a.peak_tflops, a.device_gib)
         if note:

@@ -35,8 +35,10 @@ def plan_sweep(config_name: str, overrides: list[str]) -> Sweep | None:
     parsed, cfg = hydra_section(config_name, overrides)  # not parsed: check_overrides reports it
     if cfg is None or OmegaConf.select(cfg, "hydra.sweeper._target_") != BASIC:
         return None
-    jobs = cross_jobs(sweeper_params(cfg), [o.input_line for o in parsed if not o.is_hydra_override()])
+    task = [o.input_line for o in parsed if not o.is_hydra_override()]
+    jobs = cross_jobs(sweeper_params(cfg), task)
     if jobs is None:
+        check_basic_sweeps(sweeper_params(cfg), task)
         return None
     subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False).get("subdir")
     return Sweep(jobs, _last(overrides, "hydra.sweep.dir"), str(subdir))
@@ -48,6 +50,28 @@ def sweeper_params(cfg) -> dict:
 
     given = OmegaConf.select(cfg, "hydra.sweeper.params")
     return OmegaConf.to_container(given, resolve=False) if given else {}
+
+
+def check_basic_sweeps(params: dict, task: list[str]) -> None:
+    """Refuse a sweep kind Hydra's basic sweeper cannot expand, interval(), by name: Hydra raised it from inside
+    the sweeper, a traceback of its frames (train.py -m optim.lr='interval(1e-4,1e-3)')."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ValueType
+
+    from momattn.errors import ConfigError
+
+    given = [f"{k}={v}" for k, v in params.items()] + list(task)
+    for line in given:
+        try:
+            o = OverridesParser.create(config_loader=_GroupOptions()).parse_override(line)
+        except Exception:  # what does not parse is named by check_overrides
+            continue
+        if o.value_type == ValueType.INTERVAL_SWEEP:
+            where = "" if line in task else " (hydra.sweeper.params)"
+            raise ConfigError(f"{line}{where}: interval() is a range of floats that an Optuna search samples "
+                              "(hparams_search=optuna); Hydra's basic sweeper runs a list of values: give "
+                              f"{o.get_key_element()}=1e-4,3e-4,1e-3 or choice(...), or "
+                              f"{o.get_key_element()}='range(start,stop,step)'")
 
 
 def cross_jobs(params: dict, task: list[str]) -> list[list[str]] | None:

@@ -456,6 +456,12 @@ def test_a_bad_optuna_setting_exits_2_without_a_traceback(tmp_path, arg, said):
     # (every option: the first three lines of Hydra's message named basic alone; found by review)
     (["hydra/launcher=jobli"], "hydra/launcher=jobli is not an option of 'hydra/launcher'. Did you mean 'joblib'? "
                                "Options: basic, joblib, submitit_local, submitit_slurm"),
+    # Optuna's interval() under the basic sweeper, and the basic sweeper's params (null) set here: tracebacks of
+    # Hydra's and OmegaConf's frames, or "'NoneType' object has no attribute 'get'"
+    (["-m", "optim.lr=interval(1e-4,1e-3)"], "optim.lr=interval(1e-4,1e-3): interval() is a range of floats that an "
+                                             "Optuna search samples (hparams_search=optuna)"),
+    (["-m", 'hydra.sweeper.params={optim.lr: "1e-3,2e-3"}'], 'hydra.sweeper.params={optim.lr: "1e-3,2e-3"}: Hydra '
+                                                             "cannot set the sweeper's params from the command line"),
 ])
 def test_a_search_or_a_hydra_setting_is_checked_however_it_is_started(tmp_path, args, said):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")

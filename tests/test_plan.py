@@ -397,4 +397,6 @@ def test_a_sweep_is_planned_by_its_first_run_and_said_so(capsys):
     assert main(["-m", "attention=vanilla,bogus", "trainer=cpu"]) == 2
     assert "attention=bogus is not an option" in capsys.readouterr().err
     assert main(["-m", "optim.lr=interval(1e-4,1e-2)", "trainer=cpu"]) == 2
-    assert "interval() and tag() are an Optuna search's" in capsys.readouterr().err
+    assert "interval() is a range of floats that an Optuna search samples" in capsys.readouterr().err
+    assert main(['+hydra.sweeper.params.optim.lr="1e-3,2e-3"', "trainer=cpu"]) == 2  # (a traceback of OmegaConf's)
+    assert "Hydra cannot set the sweeper's params from the command line" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import inspect
 import io
+import json
 import os
 import sys
 from collections.abc import Mapping
@@ -123,6 +124,7 @@ class _AtomicWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:
         if self._fs.isfile(self.metrics_file_path):  # an attempt that saved no checkpoint, run again from step 0
             self._fs.rm_file(self.metrics_file_path)
+            (Path(self.log_dir) / REPLACED).unlink(missing_ok=True)  # (a local file, as metrics.csv is here)
             print(f"[momattn] {self.metrics_file_path}: the rows of an earlier attempt without a checkpoint are "
                   "replaced by this run's", file=sys.stderr, flush=True)
 
@@ -132,23 +134,66 @@ def _protocols(fs) -> tuple[str, ...]:
     return (p,) if isinstance(p, str) else tuple(p)
 
 
+REPLACED = "metrics.replaced.json"  # beside metrics.csv: the rows a resume from an earlier checkpoint dropped
+
+
+def checkpoints_stamp(folder: Path | None) -> list:
+    """What identifies a run folder's checkpoints as they are now (name, inode, size, mtime of each *.ckpt): any
+    checkpoint saved since changes it."""
+    if folder is None or not folder.is_dir():
+        return []
+    stamp = []
+    for p in sorted(folder.glob("*.ckpt")):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        stamp.append([p.name, st.st_ino, st.st_size, st.st_mtime_ns])
+    return stamp
+
+
 class _ContinuingWriter(_AtomicWriter):
     """Lightning's CSV writer, except that an existing metrics.csv is continued (a resume) instead of deleted: its
     rows from the resumed step on are dropped (a run killed after its checkpoint had logged them; the resume logs
-    them again) when the resumed run writes its first rows. They were dropped at start-up, so that a resume from an
-    earlier checkpoint stopped before it logged anything left a gap for good: last.ckpt still held the later steps
-    (found by review)."""
+    them again) when the resumed run writes its first rows.
 
-    def __init__(self, log_dir: str, start_step: int = 0):
+    A resume from an earlier checkpoint than last.ckpt drops the rows of the later steps, which last.ckpt still
+    continues until the resumed run saves a checkpoint of its own. Stopped before that, a resume from last.ckpt
+    found them gone, a gap for good (found by review). So the dropped rows are kept in metrics.replaced.json with
+    a stamp of the checkpoints: while no checkpoint has been saved since, a later resume puts them back."""
+
+    def __init__(self, log_dir: str, start_step: int = 0, checkpoints: str | None = None):
         self.start_step = start_step  # before Lightning's __init__, which reads the existing file
+        self.checkpoints = Path(checkpoints) if checkpoints else None
         self._cut: str | None = None  # the file without the rows from start_step on, written at the first save
+        self._replaced: str | None = None  # metrics.replaced.json's new text ("" removes it), with the cut
         super().__init__(log_dir=log_dir)
 
     def save(self) -> None:
         if self._cut is not None and self.metrics:
+            side = Path(self.log_dir) / REPLACED
+            if self._replaced:  # before the rows leave metrics.csv
+                atomic_write_text(side, self._replaced)
             atomic_write_text(Path(self.metrics_file_path), self._cut)
+            if not self._replaced:
+                side.unlink(missing_ok=True)
             self._cut = None
         super().save()
+
+    def _earlier_rows(self, stamp: list) -> dict | None:
+        """metrics.replaced.json's rows where no checkpoint was saved since it was written; a stale one removed."""
+        side = Path(self.log_dir) / REPLACED
+        try:
+            kept = json.loads(side.read_text())
+            ok = kept["stamp"] == stamp and isinstance(kept["rows"], list) and isinstance(kept["header"], list)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:  # a checkpoint saved since (last.ckpt is the resumed run's now), or a damaged file
+            side.unlink(missing_ok=True)
+            return None
+        return kept
 
     def _check_log_dir_exists(self) -> None:
         if not self._fs.isfile(self.metrics_file_path):
@@ -158,29 +203,43 @@ class _ContinuingWriter(_AtomicWriter):
             header = next(reader, [])
             rows = list(reader)
         self.metrics_keys = sorted(header)
-        col = header.index("step") if "step" in header else None
-        if col is None:
+        if "step" not in header:
             return
+        stamp = checkpoints_stamp(self.checkpoints)
+        earlier = self._earlier_rows(stamp)
+        records = [dict(zip(header, r)) for r in rows]
 
-        def before(row) -> bool:
+        def step(row: dict) -> float | None:
             try:
-                return float(row[col]) < self.start_step
-            except (ValueError, IndexError):
-                return True  # a row without a step: kept
-        kept = [r for r in rows if before(r)]
-        if len(kept) < len(rows):
+                return float(row.get("step"))
+            except (TypeError, ValueError):
+                return None  # a row without a step: kept
+
+        if earlier is not None:  # the rows from its step on are the ones last.ckpt continues
+            header = sorted({*header, *earlier["header"]})  # (sorted, as Lightning writes its header)
+            records = [r for r in records if (s := step(r)) is None or s < earlier["from_step"]] + \
+                      [dict(zip(earlier["header"], r)) for r in earlier["rows"]]
+            self.metrics_keys = sorted(header)
+        before = [(s := step(r)) is None or s < self.start_step for r in records]
+        kept = [r for r, b in zip(records, before) if b]
+        dropped = [r for r, b in zip(records, before) if not b]
+        if dropped or earlier is not None:
             buf = io.StringIO()
-            csv.writer(buf).writerows([header, *kept])  # Lightning's dialect (\r\n), as the rows it appends (review)
+            writer = csv.DictWriter(buf, fieldnames=header, restval="")  # Lightning's dialect (\r\n), as the rows
+            writer.writeheader()  # it appends (review)
+            writer.writerows(kept)
             self._cut = buf.getvalue()
+            self._replaced = json.dumps({"from_step": self.start_step, "stamp": stamp, "header": header, "rows": [
+                [r.get(k, "") for k in header] for r in dropped]}) if dropped else ""
 
 
 class CSVLogger(_LightningCSVLogger):
     """metrics.csv in the run folder; a resumed run appends to the rows of the run it continues (Lightning's
     own CSVLogger deletes them), a fresh one starts it anew."""
 
-    def __init__(self, *args, resumed: bool = False, start_step: int = 0, **kwargs):
+    def __init__(self, *args, resumed: bool = False, start_step: int = 0, checkpoints: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.resumed, self.start_step = resumed, start_step
+        self.resumed, self.start_step, self.checkpoints = resumed, start_step, checkpoints
         if resumed and self._version is None and self._get_next_version() > 0:  # version=null: Lightning numbers a
             self._version = self._get_next_version() - 1  # new version_N; a resume continues the newest one
 
@@ -188,7 +247,7 @@ class CSVLogger(_LightningCSVLogger):
     __init__.__signature__ = _lightning.replace(parameters=[
         *_lightning.parameters.values(),
         *(inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=t)
-          for n, d, t in (("resumed", False, bool), ("start_step", 0, int)))])
+          for n, d, t in (("resumed", False, bool), ("start_step", 0, int), ("checkpoints", None, str | None)))])
     del _lightning
 
     @rank_zero_only
@@ -200,14 +259,14 @@ class CSVLogger(_LightningCSVLogger):
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = (_ContinuingWriter(self.log_dir, self.start_step) if self.resumed
+            self._experiment = (_ContinuingWriter(self.log_dir, self.start_step, self.checkpoints) if self.resumed
                                 else _AtomicWriter(log_dir=self.log_dir))
         return self._experiment
 
 
 def make_loggers(section: Mapping | None, run_id: str | None = None, group: str | None = None,
                  name: str | None = None, resumed: bool = False, start_step: int = 0,
-                 idle: bool = False) -> list[Logger]:
+                 idle: bool = False, checkpoints: str | None = None) -> list[Logger]:
     """The loggers of the `logger` config group. A W&B logger continues run `run_id` (a resume) and takes
     `group` and `name` (a sweep's) unless its config sets them; momattn's CSVLogger continues its metrics.csv
     only when the run resumed. idle: the run will log nothing (a finished, reported and evaluated run resumed):
@@ -230,7 +289,7 @@ def make_loggers(section: Mapping | None, run_id: str | None = None, group: str 
             extra = {"id": conf.get("id") or run_id, "group": conf.get("group") or group,
                      "name": conf.get("name") or name}
         elif target is CSVLogger:
-            extra = {"resumed": resumed, "start_step": start_step}
+            extra = {"resumed": resumed, "start_step": start_step, "checkpoints": checkpoints}
         loggers.append(instantiate(conf, f"logger.{key}", **extra))
     return loggers
 

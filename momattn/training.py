@@ -285,7 +285,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
             and _kept_summary(out_dir / "summary.json", start_step, say=False) is not None)
     loggers = logs.make_loggers(c.logger, resume.get("wandb_run_id") if same_folder else None,
                                 *_sweep_names(job, model_config),
-                                resumed=bool(resume), start_step=start_step, idle=idle)
+                                resumed=bool(resume), start_step=start_step, idle=idle,
+                                checkpoints=str(out_dir / "checkpoints"))
     for lg in loggers:  # the run's whole config (attention, eta, lr, seed, ...): W&B runs can be told apart; the
         # attention as the model has it (typed, defaults filled in): attention.kind=momentum logged no eta (review)
         lg.log_hyperparams({**c.resolved, "attention": dataclasses.asdict(c.model.attention)})

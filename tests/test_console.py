@@ -448,6 +448,41 @@ def test_metrics_csv_is_continued_only_by_a_resume(tmp_path):
     assert log([1], resumed=True, start_step=1) == ["step,train/loss", "0,0.0", "1,1.0"]  # its first row: cut then
 
 
+def test_rows_a_resume_from_an_earlier_checkpoint_dropped_come_back_while_last_ckpt_continues_them(tmp_path):
+    """A run to step 8, resumed from its step-3 checkpoint and stopped before that resume saved one: last.ckpt still
+    continues the first run, whose rows 3-7 the resume had dropped; a resume from last.ckpt left a gap for good
+    (found by review). They come back, until a checkpoint of the later run replaces last.ckpt."""
+    import json
+
+    from momattn.loggers import REPLACED, make_loggers
+
+    section = {"csv": {"_target_": "momattn.loggers.CSVLogger", "save_dir": str(tmp_path), "name": "", "version": ""}}
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    (ckpts / "last.ckpt").write_bytes(b"step 8")
+
+    def log(steps, start_step: int, mark: str) -> list[str]:
+        (lg,) = make_loggers(section, resumed=start_step > 0, start_step=start_step, checkpoints=str(ckpts))
+        for step in steps:
+            lg.log_metrics({"train/loss": float(f"{step}.{mark}")}, step=step)
+        lg.save()
+        return (tmp_path / "metrics.csv").read_text().splitlines()[1:]
+
+    log(range(9), 0, "1")  # the first run: steps 0-8
+    assert log([3, 4, 5], 3, "2") == ["0,0.1", "1,1.1", "2,2.1", "3,3.2", "4,4.2", "5,5.2"]  # from best-step3, killed
+    assert (tmp_path / REPLACED).exists()
+    # from last.ckpt (step 8, the first run's): its rows 3-7, and the new run's from step 8
+    assert log([8, 9], 8, "3") == [f"{s},{s}.1" for s in range(8)] + ["8,8.3", "9,9.3"]
+    # from step 3 again, then from last.ckpt once more: still the first run's rows
+    log([3], 3, "4")
+    assert log([8], 8, "5") == [f"{s},{s}.1" for s in range(8)] + ["8,8.5"]
+    # a checkpoint saved by a resume from step 3: last.ckpt is that run's now, and its rows are the ones kept
+    log([3, 4], 3, "6")
+    (ckpts / "last.ckpt").write_bytes(b"step 4, saved later")
+    assert log([4, 5], 4, "7") == ["0,0.1", "1,1.1", "2,2.1", "3,3.6", "4,4.7", "5,5.7"]
+    assert json.loads((tmp_path / REPLACED).read_text())["rows"] == [["4", "4.6"]]  # the first run's are gone
+
+
 def test_metrics_csv_survives_a_failure_while_a_new_column_rewrites_it(tmp_path, monkeypatch, capsys):
     """A new column (the first validation, the end-of-run evaluation) rewrites the file whole: in place, a full disk
     at that moment left a header and no rows (found by review). Replaced atomically, and the next save adds the

@@ -444,6 +444,21 @@ def test_data_files_as_one_file_or_a_list_are_the_training_split(tmp_path, sourc
         assert len(src.documents("train")) + len(src.documents("val")) == n
     with pytest.raises(DataError, match=r"data.data_files=5 .*data.data_files=\{train: a.jsonl"):
         make_source({"_target_": target, "name": "json", "data_files": 5, "val_split": None})
+    if source == "hf":  # a slice of the training split: the files were keyed by 'train[:50%]', which datasets
+        # refused as a split name, with the advice to use local files (found by review)
+        src = make_source({"_target_": target, "name": "json", "data_files": both, "val_split": None,
+                           "train_split": "train[:50%]"})
+        assert src.data_files == {"train": both}
+        assert len(src.documents("train")) + len(src.documents("val")) == 20
+    # a split no setting reads (a validation file beside val_split=null) and a config name of a local builder were
+    # ignored without a word (found by review)
+    with pytest.raises(DataError, match=r"^data.data_files gives a 'validation' split, which is never read: "
+                                        r"data.val_split=null holds out part of the train split for validation "
+                                        r"instead; set data.val_split=validation to validate on it"):
+        make_source({"_target_": target, "name": "json", "data_files": {"train": one, "validation": one},
+                     "val_split": None})
+    with pytest.raises(DataError, match=r"^data.config='foo' is not read by the local json builder"):
+        make_source({"_target_": target, "name": "json", "data_files": one, "val_split": None, "config": "foo"})
 
 
 @pytest.mark.parametrize("source", ["hf", "hf_stream"])
@@ -535,7 +550,8 @@ def test_local_hub_files_that_are_empty_not_utf8_or_unmatched_get_a_one_line_err
     (tmp_path / "prose.jsonl").write_text("hello\n")  # not JSON: datasets' "An error occurred while generating"
     (tmp_path / "latin.txt").write_bytes(b"caf\xe9 au lait\nhello\n")
     # the text builder's: wrapped by datasets, and advised "choose the builder that reads the files (... text ...)"
-    with pytest.raises(DataError, match=r"a byte that is not UTF-8 \(b'\\xe9 au'\); convert the files, e.g. iconv"):
+    with pytest.raises(DataError, match=r"the file .*latin.txt is not UTF-8 text \(a byte that is not UTF-8: "
+                                        r"b'\\xe9 au'\); convert it, e.g. iconv -f latin1"):
         HubCorpus(name="text", data_files={"train": str(tmp_path / "latin.txt")}, val_split=None).documents("train")
     cases = {"empty.jsonl": "no rows", "none*.jsonl": r"the 'train' pattern '.*none\*.jsonl' matches no file",
              "gone.jsonl": r"the 'train' file '.*gone.jsonl' does not exist", "latin.jsonl": "not UTF-8",
@@ -571,7 +587,7 @@ def test_local_hub_files_that_are_empty_not_utf8_or_unmatched_get_a_one_line_err
         (tmp_path / "val.jsonl").write_text(json.dumps({"text": "held out"}) + "\n")
         assert cls(name="json", data_files={"train": good, "validation": val, "test": empty}).documents("train")
         held = {"val_docs": 1} if cls is StreamingHubCorpus else {}
-        assert cls(name="json", data_files={"train": good, "validation": empty}, val_split=None,
+        assert cls(name="json", data_files={"train": good, "test": empty}, val_split=None,
                    **held).documents("train")
         with pytest.raises(DataError, match=r"data.name='.*nothing' is a folder with no data files") as e:
             cls(name=str(tmp_path / "nothing"), val_split=None).documents("train")
@@ -640,6 +656,18 @@ def test_utf16_without_a_byte_order_mark_or_zero_bytes_are_refused_not_trained_a
                                                                                                 "val documents holds NUL")):
         with pytest.raises(DataError, match=rf"data.name='text' data.data_files=.*: {says}.*iconv -f utf-16le"):
             cls(name="text", data_files={"train": str(tmp_path / "le.txt")}, val_split=None).documents("val")
+    # a document per line (the text builder's layout): each row after the first starts with the NUL of the "\n"
+    # it was split at, and the file was "binary data, not text"; with a byte-order mark, it was advised latin1
+    # (both found by review)
+    (tmp_path / "lines.txt").write_bytes("".join(f"line {i} of words\n" for i in range(60)).encode("utf-16-le"))
+    (tmp_path / "bom.txt").write_text("".join(f"line {i} of words\n" for i in range(60)), encoding="utf-16")
+    for cls in (HubCorpus, StreamingHubCorpus):
+        with pytest.raises(DataError, match=r"UTF-16 without a byte-order mark, it seems; convert it, e.g. iconv -f "
+                                            r"utf-16le -t utf-8"):
+            cls(name="text", data_files={"train": str(tmp_path / "lines.txt")}, val_split=None).documents("val")
+        with pytest.raises(DataError, match=r"the file .*bom.txt is not UTF-8 text \(UTF-16, by its byte-order mark\); "
+                                            r"convert it, e.g. iconv -f utf-16 -t utf-8"):
+            cls(name="text", data_files={"train": str(tmp_path / "bom.txt")}, val_split=None).documents("val")
     # a stream is judged on the documents it reads at start-up: one junk row later on does not end a run
     rows = [json.dumps({"text": f"document {i}" + ("\x00" * 40 if i == 250 else "")}) for i in range(300)]
     (tmp_path / "junk.jsonl").write_text("\n".join(rows) + "\n")

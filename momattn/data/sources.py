@@ -147,7 +147,13 @@ def nul_problem(text: str) -> str | None:
 
 def check_text(docs: list[str], name: str, data_files: Any, what: str) -> None:
     """A DataError where a hub corpus's documents are NUL-filled (nul_problem over them all), naming the corpus."""
-    if any("\x00" in d for d in docs) and (problem := nul_problem("".join(docs))):
+    if not any("\x00" in d for d in docs) or not (problem := nul_problem(joined := "".join(docs))):
+        return
+    if utf16_order(joined) is None and utf16_order(lines := "\n".join(docs)):  # the text builder splits at "\n",
+        # whose NUL byte stays at the next row's start: joined without it, the NULs swapped sides at every row and
+        # UTF-16 with a document per line read as "binary data" (found by review)
+        problem = nul_problem(lines) or problem
+    if problem:
         raise DataError(f"data.name='{name}'" + (f" data.data_files={data_files}" if data_files else "")
                         + f": the text of {what} {problem}")
 
@@ -395,6 +401,8 @@ class HubCorpus:
         check_splits(self.train_split, self.val_split)
         self.data_files = split_files(self.data_files, self.train_split)
         check_local_files(self.name, self.data_files)
+        check_builder_config(self.name, self.config)
+        check_unread_splits(self.data_files, self.train_split, self.val_split)
         check_split_files(self.data_files)
         if self.val_split is None:  # seed and val_fraction hold out part of train only then
             check_seed(self.seed)
@@ -526,8 +534,40 @@ def without_val_copies(train: list[str], val: Iterable[str], source: Any, what: 
 
 
 def not_utf8(name: str, data_files: Any, e: UnicodeDecodeError) -> DataError:
-    return DataError(f"data.name='{name}' data.data_files={data_files}: a byte that is not UTF-8 "
-                     f"({e.object[e.start:e.start + 4]!r}); convert the files, e.g. iconv -f latin1 -t utf-8")
+    """A corpus's bytes that are not UTF-8, with the file that holds them where the files are local, and the
+    conversion that fits them: UTF-16 (by its byte-order mark, or its NULs) was advised latin1, which makes NULs of
+    it (found by review)."""
+    data = bytes(e.object)
+    wide = data[:2] in (b"\xff\xfe", b"\xfe\xff")
+    order = None if wide else utf16_order(data)
+    path = next((p for p in named_files(data_files) if not _decodes(p)), None) if data_files else None
+    if path is not None:  # the file's own start tells its kind better than the chunk datasets decoded
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        wide = head[:2] in (b"\xff\xfe", b"\xfe\xff")
+        order = None if wide else utf16_order(head)
+    why = ("UTF-16, by its byte-order mark" if wide else "UTF-16 without a byte-order mark, it seems" if order
+           else f"a byte that is not UTF-8: {data[e.start:e.start + 4]!r}")
+    what = f"the file {path}" if path is not None else "a file"
+    return DataError(f"data.name='{name}' data.data_files={data_files}: {what} is not UTF-8 text ({why}); "
+                     "convert it, e.g. iconv -f " + ("utf-16" if wide else order or "latin1") + " -t utf-8")
+
+
+def _decodes(path: Path) -> bool:
+    """Whether a local file is UTF-8 throughout (read in 1 MiB pieces); True where it cannot be read."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as f:
+            while piece := f.read(1 << 20):
+                decoder.decode(piece)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def unparsed_rows(name: str, data_files: Any, split: str, e: BaseException) -> DataError:
@@ -650,12 +690,38 @@ def empty_folder(name: str, e: BaseException) -> DataError | None:
 def split_files(data_files: Any, train_split: str) -> dict | None:
     """data.data_files as {split: files}: a file or a list of files (what datasets reads as the train split) are
     the training split's."""
-    if isinstance(data_files, str | list | tuple):
-        return {train_split: data_files} if data_files else None
+    if isinstance(data_files, str | list | tuple):  # keyed by the split's name ('train[:50%]' reads split 'train':
+        # keyed whole, datasets refused the slice as a split name, with the advice to use local files)
+        return {split_name(train_split): data_files} if data_files else None
     if data_files is not None and not isinstance(data_files, Mapping):
         raise DataError(f"data.data_files={data_files!r} is not a file, a list or a mapping of splits to files; write "
                         "e.g. data.data_files={train: a.jsonl, validation: b.jsonl}")
     return dict(data_files) if data_files else None
+
+
+def split_name(split: str | None) -> str | None:
+    """A split's name without its slice: 'train[:50%]' reads split 'train'."""
+    return None if split is None else str(split).split("[", 1)[0].strip()
+
+
+def check_unread_splits(data_files: dict | None, train_split: str, val_split: str | None) -> None:
+    """A validation file in data.data_files beside data.val_split=null, which holds out part of train instead, was
+    never read, without a word (found by review). (Other splits no setting reads, a test split, are datasets' to
+    list; a misspelt data.train_split is named when the split is read.)"""
+    if val_split is not None or split_name(train_split) not in (data_files or {}):
+        return
+    for split in data_files:
+        if str(split).lower() in ("validation", "valid", "val", "dev"):
+            raise DataError(f"data.data_files gives a '{split}' split, which is never read: data.val_split=null "
+                            f"holds out part of the train split for validation instead; set data.val_split={split} "
+                            "to validate on it, or drop it from data.data_files")
+
+
+def check_builder_config(name: str, config: str | None) -> None:
+    """datasets' local builders (json, text, ...) take no config name: data.config=foo was accepted and ignored."""
+    if config is not None and str(name).lower() in LOCAL_BUILDERS:
+        raise DataError(f"data.config='{config}' is not read by the local {name} builder, which has no configs; "
+                        "drop it (data.config=null)")
 
 
 def check_split_files(data_files: dict | None) -> None:
@@ -725,9 +791,10 @@ _CHANGES: contextvars.ContextVar[list | None] = contextvars.ContextVar("momattn_
 
 
 def file_stamp(p: Path) -> tuple:
-    """(resolved path, size, mtime, a digest of the first and last 64 KiB): a source's fingerprint, kept in its
-    checkpoints (evaluate.py: is the corpus still this one?), changes when the file does, also where another version
-    kept its size and time (cp -p, rsync -a, tar x). The token cache's key adds each file's inode and ctime
+    """(resolved path, size, mtime, a digest of the first 64 KiB and, past 128 KiB, the last 64 KiB: ends_digest): a
+    source's fingerprint, kept in its checkpoints (evaluate.py: is the corpus still this one?), changes when the file
+    does, also where another version kept its size and time (cp -p, rsync -a, tar x), unless the edit lies outside
+    the bytes read (the middle of a file over 128 KiB, or the end of one between 64 and 128 KiB). The token cache's key adds each file's inode and ctime
     (recording_changes): an edit in the middle of a large file whose time was set back (touch -r, os.utime) reused
     the old tokens; those are left out of the fingerprint, which a chmod, a hard link or a copy to another node
     changes though the text is the same."""

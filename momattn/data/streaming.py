@@ -34,12 +34,14 @@ from momattn.data.sources import (
     LOCAL_BUILDERS,
     VAL_COPIES_RULE,
     Split,
+    check_builder_config,
     check_files_there,
     check_local_files,
     check_seed,
     check_split_files,
     check_splits,
     check_text,
+    check_unread_splits,
     damaged,
     empty_folder,
     ends_digest,
@@ -95,6 +97,8 @@ class StreamingHubCorpus:
                                 "name the split (data=hf, which reads the corpus up front, takes slices)")
         self.data_files = split_files(self.data_files, self.train_split)
         check_local_files(self.name, self.data_files)
+        check_builder_config(self.name, self.config)
+        check_unread_splits(self.data_files, self.train_split, self.val_split)
         check_split_files(self.data_files)
         check_seed(self.seed, "the shuffle buffer")
         for key, least in (("shuffle_buffer", 0), ("val_docs", 1), ("tokenizer_docs", 1)):  # the one key at fault

@@ -67,6 +67,7 @@ class AnalyzeConfig:
         if not isinstance(self.task, str | Mapping):
             raise ConfigError(f"task={self.task!r} must be one task: a name (e.g. ginc, sst2), a task file (.yaml) "
                               "or a local-file mapping {name, path, template, answers}")
+        self._check_selection()
         if self.lrs is not None:
             lrs = self.lrs if isinstance(self.lrs, list | tuple) else [self.lrs]
             if not lrs or not all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
@@ -74,6 +75,20 @@ class AnalyzeConfig:
                 raise ConfigError(f"lrs={self.lrs!r} must be a non-empty list of positive numbers, e.g. "
                                   "lrs=[1e-3,1e-2], or null for the paper's grid (1..9 x 1e-1..1e-4)")
             self.lrs = sorted({float(x) for x in lrs})  # a repeated rate finetuned twice and chose among equals
+
+    def _check_selection(self) -> None:
+        """select_examples on a GINC task, or select_prompts on a text task, changed nothing, without a word (found
+        by review; separator and test_seed were refused so already). Changed from its default only can be told."""
+        from momattn.eval.ginc import ginc_task
+
+        ginc = isinstance(self.task, str) and ginc_task(self.task, "task") is not None
+        wrong, right, why = (("select_examples", "select_prompts", "GINC chooses the learning rate on prompts of its "
+                              "own") if ginc else ("select_prompts", "select_examples", "a text task chooses the "
+                                                   "learning rate on held-out rows of its pool"))
+        if getattr(self, wrong) != getattr(AnalyzeConfig, wrong):
+            task = self.task if isinstance(self.task, str) else self.task.get("name", "<local task>")
+            raise ConfigError(f"{wrong}={getattr(self, wrong)!r} does not apply to task={task}: {why}, so the setting "
+                              f"would be ignored; set {right} instead")
 
     @property
     def lr_grid(self) -> list[float]:

@@ -253,27 +253,41 @@ def made_of(run: SweepRun, settings: dict) -> dict:
 METHODS = {"kendall_ft_queries": "float64 from the layer inputs (session 57)"}
 
 
-def _reusable(job_out: Path, made: dict, dual_check: bool = False):
-    """The job's analysis in this output folder, when it was made with these settings on these weights (made_of),
-    and holds the dual-form check where one is asked for (dual_check shapes no number, so made_of leaves it out)."""
+def _reusable(job_out: Path, made: dict, dual_check: bool = False) -> tuple:
+    """(the job's analysis in this output folder, None) when it was made with these settings on these weights
+    (made_of), and holds the dual-form check where one is asked for (dual_check shapes no number, so made_of leaves
+    it out); else (None, why it is made again, or None where there is none to reuse). Redone without a word, a
+    touched checkpoint cost a 24-job sweep an hour with no clue (found by review)."""
     from momattn.analysis.runner import PROTOCOL, AnalysisResult
 
     try:
         recorded = json.loads((job_out / "settings.json").read_text())
         doc = json.loads((job_out / "results.json").read_text())
         result = AnalysisResult.from_json(doc["analyses"][0])
+    except FileNotFoundError:
+        return None, None
     except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return None
+        return None, "its records there do not read"
     if dual_check and not result.dual:
-        return None
-    if any(getattr(result, key) is None for key in LATER):  # made by an earlier version: analysed again, to have it
-        return None
+        return None, "it has no dual-form check, which dual_check=true asks for"
+    if any(getattr(result, key) is None for key in LATER) or result.protocol != PROTOCOL or \
+            recorded.get("methods") != made.get("methods"):  # made by an earlier version: analysed again, to have it
+        return None, "it was made by an earlier version of momattn"
     if isinstance(recorded.get("settings"), dict):  # recorded before the other kind's selection key was left out
         kept = made.get("settings", {})
         for key in ("select_examples", "select_prompts"):
             if key not in kept:
                 recorded["settings"].pop(key, None)
-    return result if recorded == made and result.protocol == PROTOCOL else None
+    if recorded == made:
+        return result, None
+    was, now = recorded.get("settings") or {}, made["settings"]
+    if changed := sorted(k for k in {*was, *now} if was.get(k) != now.get(k)):
+        return None, f"it was made with other settings ({', '.join(changed)})"
+    if recorded.get("checkpoint") != made["checkpoint"]:
+        return None, f"it was made from another checkpoint file ({recorded.get('checkpoint')})"
+    if recorded.get("step") != made["step"]:
+        return None, f"it was made at step {recorded.get('step')}, and the checkpoint is at step {made['step']}"
+    return None, "its checkpoint was written since (its modification time), e.g. trained again, touched or copied"
 
 
 def _verdict_of_kept_records(out: Path, sweep_dir: Path, names: list[str]) -> bool:
@@ -297,7 +311,7 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     from momattn.wandb_runs import folder_group
 
     sweep_dir = Path(conf.sweep_dir).expanduser()
-    runs, failed = find_runs(sweep_dir)
+    runs, failed = find_runs(sweep_dir, entry="analyze.py")
     settings = settings_of(conf)
     metrics: dict[int, dict[str, float]] = {}
     diverged: dict[int, int] = {}  # test models whose finetuning diverged, per run (left out of its means)
@@ -310,9 +324,10 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
         name = job_name(r.job, sweep_dir)
         job_out = out / "jobs" / name
         made = made_of(r, settings)
-        result = _reusable(job_out, made, conf.dual_check)
+        result, why = _reusable(job_out, made, conf.dual_check)
         print(f"[momattn] {i}/{len(runs)} {name} ({r.attention}, seed {r.seed}): "
-              + ("its analysis in this folder is reused" if result is not None else f"analysing on {device}"),
+              + ("its analysis in this folder is reused" if result is not None else f"analysing on {device}"
+                 + (f" (its analysis in this folder is made again: {why})" if why else "")),
               file=sys.stderr, flush=True)
         if result is None:
             try:
@@ -352,9 +367,14 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
             remove_stale(out, SWEEP_REPORTS, ())
         raise ConfigError(f"no run of sweep_dir='{sweep_dir}' could be analysed: " + "; ".join(failed))
     remove_stale(out, SWEEP_REPORTS, ())  # (all jobs reused: written again below, as they were)
-    for name in (n for names in refused.values() for n in names):  # a job that failed under a verdict made now
-        # keeps none of an older analysis's reports (they sat under the verdict's "each run's own report": session 55)
-        remove_stale(out / "jobs" / name, ("settings.json", *REPORTS), ())
+    analysed = {job_name(r.job, sweep_dir) for r in runs if id(r) in metrics}
+    jobs = out / "jobs"
+    for name in sorted(p.name for p in jobs.iterdir() if p.is_dir()) if jobs.is_dir() else []:
+        # a job that failed under a verdict made now, or that the scan left out (its checkpoint gone, unreadable or
+        # unfinished: found by review), keeps none of an older analysis's reports (they sat under the verdict's "each
+        # run's own report": session 55)
+        if name not in analysed:
+            remove_stale(jobs / name, ("settings.json", *REPORTS), ())
     summaries = summarise(runs, metrics)
     text = markdown(summaries, failed, conf, len(metrics))
     if any(diverged.values()):

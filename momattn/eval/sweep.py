@@ -390,8 +390,9 @@ def _never_started_in(sweep_dir: Path) -> list[str]:
             for i in missing]
 
 
-def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
-    """The finished runs of a sweep, and the names of its jobs that left no last checkpoint or stopped early."""
+def find_runs(sweep_dir: Path, entry: str = "evaluate.py") -> tuple[list[SweepRun], list[str]]:
+    """The finished runs of a sweep, and the names of its jobs that left no last checkpoint or stopped early (with
+    the `entry` command that takes such a job's checkpoint alone)."""
     from momattn.checkpoint import read_meta
 
     if not sweep_dir.is_dir():
@@ -410,7 +411,8 @@ def find_runs(sweep_dir: Path) -> tuple[list[SweepRun], list[str]]:
 
             held = run_held(job)
             failed.append(f"{job_name(job, sweep_dir)} (no checkpoints/last.ckpt" + (
-                f"; it holds {held.name} (save_last=false?): evaluate.py ckpt_path={held} scores it alone)"
+                f"; it holds {held.name} (save_last=false?): {entry} ckpt_path={held} "
+                f"{'scores' if entry == 'evaluate.py' else 'analyses'} it alone)"
                 if held is not None and best_files_only(held) else ")"))
     for path in ckpts:
         try:

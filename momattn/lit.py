@@ -120,8 +120,11 @@ class LitGPT(pl.LightningModule):
             # a gradient that overflowed in the backward of a finite loss: clipping then scaled every gradient by
             # nan and AdamW wrote nan into every weight, which the next validation saved as last.ckpt and as the
             # best, the checkpoint the stop called good (found by review)
-            value, where = (f"{bad[0][0]}", f" (batch {bad[0][1]})" if world == 1 else
-                            f" (rank {bad[0][2]}, batch {bad[0][1]})") if n_bad else (f"{grad_norm}", "")
+            # the step as the console counts it (from 1: "step 10: val/loss"), and as metrics.csv does (from 0); it
+            # said metrics.csv's alone, one below the validation lines beside it (found by review)
+            value, where = (f"{bad[0][0]}", f", batch {bad[0][1]}" if world == 1 else
+                            f", rank {bad[0][2]}, batch {bad[0][1]}") if n_bad else (f"{grad_norm}", "")
+            where = f"{self.global_step + 1} (metrics.csv's step {self.global_step}{where})"
             if self.optim.on_nonfinite != "skip":
                 kept, then = self._what_is_kept()
                 advice = "Lower optim.lr, raise optim.warmup_steps or set optim.grad_clip" if n_bad else \
@@ -129,13 +132,13 @@ class LitGPT(pl.LightningModule):
                     "a wider precision: bf16-mixed or 32-true)"
                 raise NonFiniteLossError(
                     f"the training {'loss' if n_bad else 'gradient norm (of a finite loss)'} became {value} at step "
-                    f"{self.global_step}{where}; training stopped{kept}. {advice}, then {then}; or set "
+                    f"{where}; training stopped{kept}. {advice}, then {then}; or set "
                     "optim.on_nonfinite=skip to skip such steps")
             for p in self.parameters():  # AdamW passes over parameters without a gradient: no update, no decay
                 p.grad = None
             self._skipped += 1
-            self.print(f"warning: non-finite {'loss' if n_bad else 'gradient norm'} ({value}) at step "
-                       f"{self.global_step}{where}: step skipped")
+            self.print(f"[momattn] warning: non-finite {'loss' if n_bad else 'gradient norm'} ({value}) at step "
+                       f"{where}: step skipped")
         # a step every loss of which was non-finite (skipped) logs nan: unlogged, Lightning wrote the step before's
         # (the run's result, summary.json and a sweeper's metric, takes last_finite_loss instead: momattn.training)
         self.log("train/loss", total / n_finite if n_finite else float("nan"), prog_bar=True)

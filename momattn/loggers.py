@@ -199,12 +199,20 @@ class _ContinuingWriter(_AtomicWriter):
         if not self._fs.isfile(self.metrics_file_path):
             return
         with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader, [])
-            rows = list(reader)
+            text = f.read()
+        header, *rows = list(csv.reader(io.StringIO(text, newline=""))) or [[]]
         self.metrics_keys = sorted(header)
         if "step" not in header:
             return
+        # a row cut short (a kill or a full disk while Lightning appended it): the resumed run's first row was glued
+        # onto it, a row of garbage values, or one pandas cannot read (found by review)
+        torn = [i for i, r in enumerate(rows) if len(r) != len(header)]
+        if rows and not text.endswith("\n") and len(rows) - 1 not in torn:
+            torn.append(len(rows) - 1)
+        if torn:
+            print(f"[momattn] {self.metrics_file_path}: {len(torn)} row{'s' if len(torn) > 1 else ''} cut short (a "
+                  "kill or a full disk while it was written) left out", file=sys.stderr, flush=True)
+            rows = [r for i, r in enumerate(rows) if i not in set(torn)]
         stamp = checkpoints_stamp(self.checkpoints)
         earlier = self._earlier_rows(stamp)
         records = [dict(zip(header, r)) for r in rows]
@@ -223,7 +231,7 @@ class _ContinuingWriter(_AtomicWriter):
         before = [(s := step(r)) is None or s < self.start_step for r in records]
         kept = [r for r, b in zip(records, before) if b]
         dropped = [r for r, b in zip(records, before) if not b]
-        if dropped or earlier is not None:
+        if dropped or earlier is not None or torn:
             buf = io.StringIO()
             writer = csv.DictWriter(buf, fieldnames=header, restval="")  # Lightning's dialect (\r\n), as the rows
             writer.writeheader()  # it appends (review)

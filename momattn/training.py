@@ -366,6 +366,14 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                 if not speed.get("tokens_per_sec") and (saved := _dict(resume.get("speed"))):
                     speed = {**saved, "speed_note": f"measured by the process that saved {ckpt_path} (this one "
                              "trained no steps)"}
+            if kept is None and trained and resume and not speed.get("tokens_per_sec") and \
+                    (saved := _dict(resume.get("speed"))).get("tokens_per_sec"):  # a resume too short to fill a
+                # window: summary.json had no tokens/s or MFU (found by review); the last measured window's
+                speed = {**speed, **{k: saved[k] for k in ("tokens_per_sec", "mfu", "mfu_note",
+                                                            "tokens_per_sec_all_devices") if saved.get(k) is not None},
+                         "speed_note": f"the last steps' rate was measured by the process that saved {ckpt_path}: "
+                                       f"this one trained {(n := trainer.global_step - start_step)} "
+                                       f"step{'' if n == 1 else 's'}, too few to fill its window"}
             if kept is None:
                 _report(c, trainer, metrics, loggers, _unigram(train, dm, trainer.world_size, tokenizer.n_ids), speed,
                         out_dir, (tokenizer.vocab_size, model_config.vocab_size), None if trained else ckpt_path)
@@ -1162,7 +1170,8 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
         last = str(out_dir / "checkpoints" / "last.ckpt")
     stop = early_stopped({cb.state_key: cb.state_dict() for cb in trainer.callbacks if type(cb).__name__ ==
                           "EarlyStopping"})  # (Lightning says so in an INFO line, which is silenced: found by review)
-    lines = [f"[momattn] done: {trainer.global_step} steps" + (f", stopped early ({stop})" if stop else "")]
+    lines = [f"[momattn] done: {trainer.global_step} step{'' if trainer.global_step == 1 else 's'}"
+             + (f", stopped early ({stop})" if stop else "")]
     if "val/loss" in metrics:
         unigram = f"  (unigram baseline ppl {baseline:.1f})" if baseline is not None else ""
         ppl = metrics["val/ppl"]
@@ -1185,8 +1194,11 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
                      f"took {speed.get('fit_seconds') or 0:.0f} s{since}"
                      + (f" ({speed['speed_note']})" if speed.get("speed_note") else ""))
     elif speed.get("fit_seconds") is not None:  # the line was left out without a word (a short resumed segment)
-        lines.append("  throughput not measured: this process trained too few optimizer steps to fill its window "
-                     f"(about min(20, trainer.log_every_n_steps) steps); fit took {speed['fit_seconds']:.0f} s")
+        mean = (f"; {speed['tokens_per_sec_mean']:.0f} tokens/s over all its training steps, validation excluded"
+                if speed.get("tokens_per_sec_mean") else "")  # (known, in summary.json, and left out here: review)
+        lines.append("  throughput of the last steps not measured: this process trained too few optimizer steps to "
+                     f"fill its window (about min(20, trainer.log_every_n_steps) steps){mean}; fit took "
+                     f"{speed['fit_seconds']:.0f} s")
     # "best None" where only last.ckpt was written; with monitor=null the kept file is the newest, not a best one
     kept = [f"{'best' if getattr(ckpt_cb, 'monitor', None) else 'newest (monitor=null)'} {best}"] if best else []
     lines.append("  checkpoints: " + "  ".join([*kept, *([f"last {last}"] if last else [])]) if best or last else

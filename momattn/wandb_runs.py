@@ -116,9 +116,16 @@ def wandb_mode() -> str | None:
     mode = os.environ.get("WANDB_MODE")
     if mode is None:
         return None
-    if mode != (lower := mode.strip().lower()):
+    if (lower := mode.strip().lower()) not in WANDB_MODES:  # W&B refused it when the run started, after the data and
+        # model were built; online, it read as "W&B is unreachable (ValidationError ...)" (found by review)
+        raise ConfigError(f"WANDB_MODE={mode!r} (in the environment) is not a W&B mode: {', '.join(WANDB_MODES)}; "
+                          "set one of them, or unset it (logger.wandb.offline then chooses)")
+    if mode != lower:
         os.environ["WANDB_MODE"] = lower  # what W&B itself then reads
     return lower
+
+
+WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # wandb.Settings' mode
 
 
 def check_train_wandb(cfg: Mapping, where: str) -> None:
@@ -162,7 +169,7 @@ def wandb_offline(offline: Any, key: str = "logger.wandb.offline") -> bool | Non
     mode = wandb_mode()
     if mode == "disabled":
         return None
-    if mode in ("online", "run"):
+    if mode in ("online", "run", "shared"):
         return False
     if mode in ("offline", "dryrun"):
         if offline is False:  # asked for online in so many words: the environment's offline would pass unsaid

@@ -422,7 +422,7 @@ def test_the_run_log_keeps_complete_lines_and_a_progress_bars_last_state():
     assert len(tee._line) == 0
 
 
-def test_metrics_csv_is_continued_only_by_a_resume(tmp_path):
+def test_metrics_csv_is_continued_only_by_a_resume(tmp_path, capsys):
     from momattn.loggers import make_loggers
 
     section = {"csv": {"_target_": "momattn.loggers.CSVLogger", "save_dir": str(tmp_path), "name": "", "version": ""}}
@@ -446,6 +446,15 @@ def test_metrics_csv_is_continued_only_by_a_resume(tmp_path):
     # still holds the later steps, whose rows were lost for good (found by review)
     assert log([], resumed=True, start_step=1) == ["step,train/loss", "0,0.0", "1,1.0", "2,2.0", "3,3.0"]
     assert log([1], resumed=True, start_step=1) == ["step,train/loss", "0,0.0", "1,1.0"]  # its first row: cut then
+    # a last row cut short (a kill or a full disk mid-append): the resume's first row was glued onto it (review)
+    path = tmp_path / "metrics.csv"
+    (tmp_path / "metrics.replaced.json").unlink()  # (the rows dropped above: a real run saved a checkpoint since)
+    path.write_bytes(path.read_bytes() + b"2,2.12")
+    assert log([5], resumed=True, start_step=5) == ["step,train/loss", "0,0.0", "1,1.0", "5,5.0"]
+    assert "metrics.csv: 1 row cut short (a kill or a full disk while it was written) left out" in \
+        capsys.readouterr().err
+    path.write_bytes(path.read_bytes() + b"6,6.0,9\r\n")  # a row wider than the header: left out too
+    assert log([7], resumed=True, start_step=7) == ["step,train/loss", "0,0.0", "1,1.0", "5,5.0", "7,7.0"]
 
 
 def test_rows_a_resume_from_an_earlier_checkpoint_dropped_come_back_while_last_ckpt_continues_them(tmp_path):

@@ -1667,6 +1667,11 @@ def test_wandb_mode_is_read_in_any_case(monkeypatch):
     assert wandb_offline(True) is None
     monkeypatch.setenv("WANDB_MODE", "ONLINE")
     assert wandb_offline(True) is False
+    # a mode W&B does not know: "W&B is unreachable (ValidationError ...)" online, unsaid offline (found by review)
+    monkeypatch.setenv("WANDB_MODE", "bogus")
+    with pytest.raises(ConfigError, match=r"^WANDB_MODE='bogus' \(in the environment\) is not a W&B mode: online, "
+                                          r"offline, disabled, shared, dryrun, run; set one of them, or unset it"):
+        wandb_offline(True)
 
 
 def test_an_environments_offline_over_a_config_asking_for_online_is_said_once(monkeypatch, capsys):

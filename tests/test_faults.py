@@ -321,7 +321,7 @@ def test_a_nan_on_one_ddp_rank_skips_that_step_on_both(tmp_path):
                              f"hydra.run.dir={tmp_path}"], tmp_path, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     # the rank and batch that met it (rank 0 said "non-finite ... on another process": found by review)
-    assert re.search(r"non-finite loss \(nan\) at step 4 \(rank 1, batch \d+\): step skipped", r.stdout + r.stderr)
+    assert re.search(r"\[momattn\] warning: non-finite loss \(nan\) at step 5 \(metrics.csv's step 4, rank 1, batch \d+\): step skipped", r.stdout + r.stderr)
     ckpt = read_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 9 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
     skipped = {int(r["step"]): float(r["train/skipped_nonfinite"]) for r in read_metrics(tmp_path)
@@ -331,7 +331,7 @@ def test_a_nan_on_one_ddp_rank_skips_that_step_on_both(tmp_path):
     r = run_cli("train.py", [*RUN, *ddp(), *fault("nan@4"), "+callbacks.fault.rank=1",
                              f"hydra.run.dir={tmp_path / 'stop'}"], tmp_path, timeout=240)
     assert r.returncode == 2, r.stderr[-3000:]
-    assert len(re.findall(r"error: the training loss became nan at step 4 \(rank 1, batch \d+\)", r.stderr)) == 1
+    assert len(re.findall(r"error: the training loss became nan at step 5 \(metrics.csv's step 4, rank 1, batch \d+\)", r.stderr)) == 1
     assert r.stderr.count("error:") == 1, r.stderr[-3000:]
 
 
@@ -724,7 +724,7 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(reference, tm
 def test_nonfinite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path):
     r = run_cli("train.py", [*RUN, *fault("nan@4"), f"hydra.run.dir={tmp_path}"], tmp_path)
     assert r.returncode == 2
-    assert "loss became nan at step 4" in r.stderr and "Traceback" not in r.stderr
+    assert "loss became nan at step 5 (metrics.csv's step 4, batch" in r.stderr and "Traceback" not in r.stderr
     assert "the last good checkpoint is kept" in r.stderr and "resume with ckpt_path=last" in r.stderr
     assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 3
 

@@ -222,7 +222,7 @@ def test_a_non_finite_loss_skips_the_whole_step_and_is_counted_or_stops_training
     resumed.on_load_checkpoint(checkpoint)
     assert resumed._skipped == 2  # the count runs on across a resume (it restarted at 0)
     lit.optim = OptimConfig(on_nonfinite="stop")
-    with pytest.raises(NonFiniteLossError, match=r"the training loss became nan at step 0 \(batch 3\)"):
+    with pytest.raises(NonFiniteLossError, match=r"the training loss became nan at step 1 \(metrics.csv's step 0, batch 3\)"):
         _nan_step(lit, opt, 3)
 
 
@@ -248,7 +248,7 @@ def test_a_non_finite_gradient_of_a_finite_loss_skips_the_step_or_stops_training
     lit.training_step(_batch(2), 0).backward()
     next(lit.model.parameters()).grad.view(-1)[0] = float("nan")
     with pytest.raises(NonFiniteLossError, match=r"^the training gradient norm \(of a finite loss\) became nan at "
-                                                 r"step 0; training stopped.*clipping cannot mend an infinite norm"):
+                                                 r"step 1 \(metrics.csv's step 0\); training stopped.*clipping cannot mend an infinite norm"):
         lit.on_before_optimizer_step(opt)
     opt.zero_grad()
     lit.training_step(_batch(2), 0).backward()  # a finite one goes through
@@ -290,7 +290,7 @@ def test_a_non_finite_loss_on_another_ddp_rank_stops_or_skips_this_rank_too(monk
     lit.optim = OptimConfig(on_nonfinite="stop")
     lit.training_step(_batch(2), 1).backward()
     # the rank and batch that met it, said alike on every rank (it was "non-finite ... on another process")
-    with pytest.raises(NonFiniteLossError, match=r"became nan at step 0 \(rank 1, batch 7\)"):
+    with pytest.raises(NonFiniteLossError, match=r"became nan at step 1 \(metrics.csv's step 0, rank 1, batch 7\)"):
         lit.on_before_optimizer_step(opt)
 
 

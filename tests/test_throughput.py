@@ -304,11 +304,21 @@ def test_a_segment_too_short_to_measure_says_so(tmp_path, capsys):
     from momattn.training import run_train
 
     run_train(compose_train(tmp_path, [*SMOKE, "trainer.max_steps=6"]))
+    before = json.loads((tmp_path / "summary.json").read_text())
     capsys.readouterr()
     run_train(compose_train(tmp_path, [*SMOKE, "trainer.max_steps=7", "trainer.log_every_n_steps=20", "ckpt_path=last",
                                        f"hydra.run.dir={tmp_path}"]))
-    assert "  throughput not measured: this process trained too few optimizer steps to fill its window" in \
-        capsys.readouterr().err
+    # the last window the run measured, from its checkpoint, said so (summary.json had no tokens/s or MFU: review)
+    err, after = capsys.readouterr().err, json.loads((tmp_path / "summary.json").read_text())
+    assert "(the last steps' rate was measured by the process that saved" in err and "this one trained 1 step," in err
+    assert after["tokens_per_sec"] == pytest.approx(before["tokens_per_sec"]) and after["tokens_per_sec_mean"] > 0
+    assert (after.get("mfu") is None) == (before.get("mfu") is None)
+    # a run too short for one window: said, with the mean over its steps that summary.json has (it was left out)
+    run_train(compose_train(tmp_path / "short", [*SMOKE, "trainer.max_steps=1", "trainer.log_every_n_steps=20"]))
+    err = capsys.readouterr().err
+    assert "  throughput of the last steps not measured: this process trained too few optimizer steps to fill its " \
+           "window (about min(20, trainer.log_every_n_steps) steps); " in err and " tokens/s over all its training " \
+           "steps, validation excluded; fit took" in err and "done: 1 step\n" in err
 
 
 def test_the_checkpoint_written_after_a_validation_is_not_training_time(tmp_path, monkeypatch):

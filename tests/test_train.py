@@ -418,15 +418,15 @@ NAN_IN_ONE_JOB = ["+callbacks.fault._target_=momattn.faults.FaultInjection"]
 def test_a_failing_job_of_a_multirun_does_not_stop_the_others(tmp_path):
     r = run_cli("train.py", ["-m", *SMOKE, "trainer.max_steps=2", *NAN_IN_ONE_JOB, "+callbacks.fault.spec=nan@1,nan@99",
                              f"hydra.sweep.dir={tmp_path}"], tmp_path)
-    assert r.returncode != 0 and "error: the training loss became nan at step 1" in r.stderr  # job 0
+    assert r.returncode != 0 and "error: the training loss became nan at step 2" in r.stderr  # job 0
     # before its first checkpoint: no "last good checkpoint is kept", no resume of a folder that holds none
-    assert "at step 1 (batch 1); training stopped before its first checkpoint. Lower optim.lr" in r.stderr
+    assert "at step 2 (metrics.csv's step 1, batch 1); training stopped before its first checkpoint. Lower optim.lr" in r.stderr
     assert "then train again;" in r.stderr
     assert (tmp_path / "1" / "checkpoints" / "last.ckpt").exists(), r.stderr[-3000:]  # job 1 still trained
     # and Hydra names the failure at the end, in one line (not a stack trace of momattn.cli.JobFailed)
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     named = next(i for i, line in enumerate(lines) if line.startswith("Error executing job with overrides: ["))
-    assert lines[named + 1].startswith("error: the training loss became nan at step 1"), r.stderr[-3000:]
+    assert lines[named + 1].startswith("error: the training loss became nan at step 2"), r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "[momattn] 1 of the sweep's 2 jobs failed" in lines[named + 3]
 
 
@@ -1016,7 +1016,7 @@ def test_a_sweep_with_a_failed_job_still_ends_with_the_comparison_of_the_others(
                 env={"HYDRA_FULL_ERROR": full_error})
     assert r.returncode == 1  # still Hydra's failure
     assert ("Traceback" in r.stderr and "the training loss became nan" in r.stderr if full_error else
-            "error: the training loss became nan at step 1" in r.stderr)
+            "error: the training loss became nan at step 2" in r.stderr)
     assert "[momattn] 1 of the sweep's 2 jobs failed (their errors are above): job 1 (" in r.stderr
     assert "nan@1)" in r.stderr and "The comparison covers the other 1." in r.stderr
     assert f"python evaluate.py sweep_dir={tmp_path.resolve()}" in r.stderr.split("jobs failed")[1]

@@ -1250,7 +1250,8 @@ def name_too_long(e: OSError) -> UserError | None:
 def report(e: UserError, hydra: bool = True) -> None:
     if getattr(e, "every_rank", False) and other_rank():  # the first process says it (twice: found by review)
         return
-    hint = "\n(set HYDRA_FULL_ERROR=1 for the full traceback)" if hydra else ""
+    hint = "\n(set HYDRA_FULL_ERROR=1 for the full traceback)" if hydra and os.environ.get("HYDRA_FULL_ERROR") != "1" \
+        else ""  # (set already, it was said again after the one line: found by review)
     print(f"\nerror: {e}{hint}", file=sys.stderr, flush=True)
 
 
@@ -1423,6 +1424,8 @@ def hydra_main(config_name: str):
                 if not info and (config_name != "generate" or _last(given, "hydra.run.dir") is not None):
                     check_output_dir(given, multirun=multirun)
             except UserError as e:
+                if os.environ.get("HYDRA_FULL_ERROR") == "1":  # as inside a job: the traceback the hint promises
+                    raise
                 report(e)
                 sys.exit(2)
             except OSError as e:  # ckpt_path=<a 300-character name>: a traceback from the checks' own probes

@@ -19,11 +19,22 @@ def attention_space(cfg, trial) -> None:
     att = trial_attention(cfg, trial)
     # what the command line fixed (attention.eta=0.3) or the sweep already searches (attention.eta=choice(...))
     fixed = {**trial.user_attrs, **trial.params}  # is not suggested a second time
-    if att.kind == "momentum" and str(att.get("learnable_eta", False)).lower() != "true" and \
+    if att.kind == "momentum" and not _true(att.get("learnable_eta", False)) and \
             "attention.eta" not in fixed:  # a learnable eta is trained, not searched
         _suggest(trial, "float", "attention.eta", ETA_RANGE, "attention.eta=choice(0.1,0.3,0.5)")
     elif att.kind == "multirate_ema" and "attention.n_rates" not in fixed:
         _suggest(trial, "categorical", "attention.n_rates", list(N_RATES), "attention.n_rates=choice(4,8,16)")
+
+
+def _true(value) -> bool:
+    """A bool setting as the typed config reads it (yes, on, 1, y: true): attention.learnable_eta=yes trained eta
+    and searched it too (found by review)."""
+    from omegaconf.nodes import BooleanNode
+
+    try:
+        return bool(BooleanNode(value)._value())
+    except Exception:  # not a bool: the typed config refuses it
+        return False
 
 
 def _suggest(trial, kind: str, name: str, space, example: str) -> None:

@@ -45,7 +45,8 @@ class CompareSweep(Callback):
 
         from momattn.quoting import hydra_quoted
 
-        cmd = [sys.executable, str(ROOT / "evaluate.py"), f"sweep_dir={sweep_dir}"]
+        cmd = [sys.executable, str(ROOT / "evaluate.py"), f"sweep_dir={hydra_quoted(sweep_dir)}"]  # (a folder with
+        # a space, an accent, a quote or a comma did not parse: found by review)
         wandb = OmegaConf.select(self.config, "logger.wandb", default=None) if self.config is not None else None
         if wandb is not None and "wandb_logger" in str(wandb.get("_target_", "")):
             cmd.append("logger=wandb")

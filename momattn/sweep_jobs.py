@@ -36,9 +36,9 @@ def plan_sweep(config_name: str, overrides: list[str]) -> Sweep | None:
     if cfg is None or OmegaConf.select(cfg, "hydra.sweeper._target_") != BASIC:
         return None
     task = [o.input_line for o in parsed if not o.is_hydra_override()]
+    check_basic_sweeps(sweeper_params(cfg), task)
     jobs = cross_jobs(sweeper_params(cfg), task)
     if jobs is None:
-        check_basic_sweeps(sweeper_params(cfg), task)
         return None
     subdir = OmegaConf.to_container(cfg.hydra.sweep, resolve=False).get("subdir")
     return Sweep(jobs, _last(overrides, "hydra.sweep.dir"), str(subdir))
@@ -58,7 +58,8 @@ def check_basic_sweeps(params: dict, task: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ValueType
 
-    from momattn.errors import ConfigError
+    from momattn.cli import _groups
+    from momattn.errors import ConfigError, first_line
 
     given = [f"{k}={v}" for k, v in params.items()] + list(task)
     for line in given:
@@ -66,8 +67,19 @@ def check_basic_sweeps(params: dict, task: list[str]) -> None:
             o = OverridesParser.create(config_loader=_GroupOptions()).parse_override(line)
         except Exception:  # what does not parse is named by check_overrides
             continue
+        where = "" if line in task else " (hydra.sweeper.params)"
+        if o.is_sweep_override() and o.is_discrete_sweep() and o.key_or_group not in _groups():  # range(1,3,0): Hydra's ValueError traceback; an empty
+            # range(3,1): "Launching 0 jobs", exit 0, then "sweep done" (both found by review)
+            if o.value_type == ValueType.GLOB_CHOICE_SWEEP:  # (Hydra: "ConfigLoader is not set")
+                raise ConfigError(f"{line}{where}: glob() chooses among the options of a config group, and "
+                                  f"{o.key_or_group} is none; give its values as a list: {o.key_or_group}=1,2,3")
+            try:
+                values = list(o.sweep_string_iterator())
+            except Exception as e:
+                raise ConfigError(f"{line}{where}: {first_line(e)}") from None
+            if not values:  # (a group's glob that matches none: check_overrides names the options)
+                raise ConfigError(f"{line}{where} gives no values, so the sweep would have no jobs")
         if o.value_type == ValueType.INTERVAL_SWEEP:
-            where = "" if line in task else " (hydra.sweeper.params)"
             raise ConfigError(f"{line}{where}: interval() is a range of floats that an Optuna search samples "
                               "(hparams_search=optuna); Hydra's basic sweeper runs a list of values: give "
                               f"{o.get_key_element()}=1e-4,3e-4,1e-3 or choice(...), or "

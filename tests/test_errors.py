@@ -462,6 +462,11 @@ def test_a_bad_optuna_setting_exits_2_without_a_traceback(tmp_path, arg, said):
                                              "Optuna search samples (hparams_search=optuna)"),
     (["-m", 'hydra.sweeper.params={optim.lr: "1e-3,2e-3"}'], 'hydra.sweeper.params={optim.lr: "1e-3,2e-3"}: Hydra '
                                                              "cannot set the sweeper's params from the command line"),
+    # a range Python refuses (Hydra's ValueError traceback) or one of no values ("Launching 0 jobs", exit 0, then
+    # "sweep done"), and glob() of a key that is no group: found by review
+    (["-m", "seed=range(1,3,0)"], "seed=range(1,3,0): range() arg 3 must not be zero"),
+    (["-m", "seed=range(3,1)"], "seed=range(3,1) gives no values, so the sweep would have no jobs"),
+    (["-m", "seed=glob(a*)"], "seed=glob(a*): glob() chooses among the options of a config group, and seed is none"),
 ])
 def test_a_search_or_a_hydra_setting_is_checked_however_it_is_started(tmp_path, args, said):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
@@ -1888,3 +1893,18 @@ def test_a_stop_in_an_evaluate_or_analyze_multirun_names_its_sweep_folder(tmp_pa
     assert cli.interrupted("analyze", {"ckpt_path": "a.ckpt"}, "Ctrl-C") == (
         f"\n[momattn] interrupted (Ctrl-C): {sweep} holds the reports of the jobs of this -m run finished so far; a "
         "rerun analyses every job it lists again, so rerun the unfinished values alone")
+
+
+def test_hydra_full_error_gives_the_traceback_it_names_and_is_not_advised_once_set(tmp_path, monkeypatch, capsys):
+    # a start-up check's one line advised HYDRA_FULL_ERROR=1, which then printed the same line and the advice again,
+    # and no traceback (found by review)
+    from momattn.cli import report
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    report(ConfigError("bad"))
+    assert capsys.readouterr().err == "\nerror: bad\n"
+    r = run_cli("train.py", ["model.n_layr=3"], tmp_path, env={"HYDRA_FULL_ERROR": "1"})
+    assert r.returncode != 0 and "Traceback" in r.stderr and "Did you mean 'n_layer'?" in r.stderr
+    monkeypatch.delenv("HYDRA_FULL_ERROR")
+    report(ConfigError("bad"))
+    assert capsys.readouterr().err == "\nerror: bad\n(set HYDRA_FULL_ERROR=1 for the full traceback)\n"

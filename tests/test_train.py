@@ -1058,6 +1058,10 @@ def test_the_compare_callback_prints_or_runs_evaluate_on_the_sweep(tmp_path, mon
                         type("Done", (), {"returncode": 0})())
     sweep_callback.CompareSweep(run=True).on_multirun_end(cfg)
     assert ran and ran[0][1:] == [str(sweep_callback.ROOT / "evaluate.py"), f"sweep_dir={tmp_path.resolve()}"]
+    odd = tmp_path / "sw é, x=1"  # quoted as Hydra reads it (it did not parse: found by review)
+    odd.mkdir()
+    sweep_callback.CompareSweep(run=True).on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(odd)}}}))
+    assert ran.pop()[2] == f"sweep_dir='{odd.resolve()}'"
     # jobs that log to W&B: the verdict too, in their project and mode (it stayed local: found by review)
     logged = OmegaConf.create({**OmegaConf.to_container(cfg), "logger": {"wandb": {
         "_target_": "momattn.loggers.wandb_logger", "project": "my proj", "offline": False}}})
@@ -1325,7 +1329,8 @@ def test_an_optuna_search_over_the_attention_searches_each_trials_own_parameters
     cfg = compose_train(tmp_path, [*SMOKE, "hparams_search=optuna"])  # the sweep's config: default attention
     searched = {}
     for name, fixed in [("vanilla", {}), ("momentum", {}), ("multirate_ema", {}),
-                        ("momentum", {"attention.learnable_eta": True})]:
+                        ("momentum", {"attention.learnable_eta": True}),
+                        ("momentum", {"attention.learnable_eta": "yes"})]:  # read as the typed config reads it (review)
         trial = _Trial({"attention": name}, fixed)
         attention_space(cfg, trial)
         searched[name, bool(fixed)] = set(trial.params) - {"attention"}

@@ -324,7 +324,8 @@ def _parse_error(overrides: list[str], e: Exception) -> ConfigError:
 
     from momattn.sweep_jobs import _GroupOptions
 
-    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip() and "hydra.cc/docs" not in line)
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip() and "hydra.cc/docs" not in line
+                    and not re.fullmatch(r"\s*\^+\s*", line))  # (a caret under the override, joined, points nowhere)
     parser = OverridesParser.create(config_loader=_GroupOptions())
 
     def parses(o: str) -> bool:
@@ -344,6 +345,16 @@ def _parse_error(overrides: list[str], e: Exception) -> ConfigError:
         fixed = "[" + ",".join(f"'{e}'" if e.startswith("~") else e for e in entries) + "]"
         return ConfigError(f"{bad}: Hydra cannot parse an unquoted ~ in a list; quote each such entry: "
                            f'"{key}={fixed}" (momattn expands the ~ of a path)')
+    if bad is not None and value.startswith("[") and value.endswith("]"):  # tags=[é], data.paths=[a.txt,b=c.txt]:
+        # no advice where a single value was told to quote it (found by review)
+        entries = [x.strip() for x in value[1:-1].split(",")]
+        fixed = f"{key}=[" + ",".join(x if parses(f"k=[{x}]") else "'" + x.replace("'", "\\'") + "'"
+                                      for x in entries) + "]"
+        if fixed != bad and parses(fixed):
+            typed = shell_quote(fixed) if hidden(fixed) else f'"{fixed}"' if not set(fixed) & set('$`"\\!') else \
+                shlex.quote(fixed)
+            return ConfigError(f"{bad} does not parse as a Hydra override ({text}); quote each list entry that holds "
+                               f"other characters than letters, digits and / . _ -: {typed}")
     quoted = f"{key}='" + value.replace("'", "\\'") + "'"
     # as typed in a shell: in double quotes where nothing in them is the shell's ($, `, ", \, !), else shlex's
     typed = shell_quote(quoted) if hidden(quoted) else f'"{quoted}"' if not set(value) & set('$`"\\!') else \

@@ -481,6 +481,8 @@ def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]
     combos = group_choices(jobs, groups) if jobs else [
         list(c) for c in itertools.islice(itertools.product(*choices), MAX_COMBOS)]
     configs = [(combo, cfg) for combo in combos[:MAX_COMBOS] if (cfg := _compose(config_name, combo)) is not None]
+    if config_name == "train":
+        _check_attention_kind(parsed, configs)
     items = [("key", k) for k in keys] + [("add", a) for a in adds] + [("delete", d) for d in deletes]
     partly: tuple | None = None  # (the refusals, the passing combinations) of the first item some jobs refuse
     for item in [*items, ("shapes", None)]:  # each key on its own: another may fail on other options
@@ -508,6 +510,22 @@ def check_overrides(config_name: str, overrides: list[str], jobs: list[list[str]
             "parent (hydra.sweep.dir=<parent>/<name>), then compare them all: python evaluate.py sweep_dir=<parent>")
     if len(combos) > 1 or jobs:
         _check_sweep_config(config_name, overrides, fixed, keys)
+
+
+def _check_attention_kind(parsed: list, configs: list) -> None:
+    """attention.kind=momentum under another attention option trained momentum with the code's own defaults (eta,
+    ...), which the run's config (.hydra/config.yaml, --cfg job) did not record (found by review): the attention is
+    chosen with its config group, which brings its settings."""
+    for o in parsed:
+        if o.key_or_group != "attention.kind" or o.is_sweep_override() or o.is_delete():
+            continue
+        kind = o.get_value_element_as_str()
+        for _, cfg in configs:
+            chosen = cfg.get("attention", {}).get("kind")
+            if chosen is not None and kind != chosen:
+                raise ConfigError(f"{o.input_line}: an attention is chosen with its config group, attention={kind}, "
+                                  f"which brings its settings into the run's config; attention.kind alone would train "
+                                  f"{kind} on the code's defaults under the {chosen} option's config")
 
 
 def _check_sweep_config(config_name: str, overrides: list[str], fixed: list, keys: list[str]) -> None:

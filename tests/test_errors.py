@@ -83,6 +83,15 @@ def test_override_checker_leaves_globs_to_hydra_and_checks_each_option_of_a_list
         check_overrides("train", ["logger=[csv,wandbb]"])
 
 
+def test_an_attention_kind_other_than_its_groups_is_refused_for_the_group():
+    # it trained momentum on the code's defaults, which .hydra/config.yaml did not record (found by review)
+    with pytest.raises(ConfigError, match=r"^attention.kind=momentum: an attention is chosen with its config group, "
+                                          r"attention=momentum, .* under the vanilla option's config"):
+        check_overrides("train", ["attention.kind=momentum"])
+    check_overrides("train", ["attention=momentum", "attention.kind=momentum"])  # the group's own: as it is
+    check_overrides("train", ["experiment=ginc", "attention=momentum", "attention.kind=momentum"])
+
+
 def test_override_checker_accepts_valid_overrides():
     check_overrides("train", ["attention=momentum", "attention.eta=0.3", "+new_key=1", "hydra.run.dir=x",
                               "data=text_files", "data.paths=[a.txt]", "trainer.max_steps=3", "~optim.lr",

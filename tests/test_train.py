@@ -1239,7 +1239,7 @@ def test_a_fresh_run_is_refused_where_a_run_kept_checkpoints_but_no_last_ckpt(tm
 
 def test_the_final_model_is_validated_when_max_steps_is_off_the_interval(tmp_path):
     val = run_train(compose_train(tmp_path, [*SMOKE, "trainer.max_steps=4", "trainer.val_check_interval=3",
-                                             "logger=csv", "attention.kind=momentum"]))
+                                             "logger=csv", "attention=momentum"]))
     rows = [r for r in read_metrics(tmp_path) if r.get("val/loss")]
     assert len(rows) == 2 and float(rows[-1]["val/loss"]) == pytest.approx(val)
     assert json.loads((tmp_path / "summary.json").read_text())["val/loss"] == pytest.approx(val)

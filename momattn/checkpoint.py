@@ -371,12 +371,17 @@ def model_state(ckpt: dict) -> dict:
     return {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
 
 
+def _some(names: list[str], n: int = 4) -> str:
+    """The first n names, and how many more (the list was cut without a word: found by review)."""
+    return str(list(names[:n])) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
 def load_state_into(model: GPT, state: dict, path: str | os.PathLike) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to wte
     if missing or unexpected:
         raise CheckpointError(
-            f"checkpoint '{path}' does not fit this model: missing {missing[:4]}, unexpected {unexpected[:4]}; "
+            f"checkpoint '{path}' does not fit this model: missing {_some(missing)}, unexpected {_some(unexpected)}; "
             "it comes from an incompatible model or attention variant"
         )
 

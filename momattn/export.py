@@ -163,6 +163,8 @@ def export(ckpt_path: str, out: str | Path, overwrite: bool = False) -> Path:
     if out.is_symlink() and not out.exists() or not above.is_dir():
         culprit = f"'{out}' is a link to nothing" if out.is_symlink() else f"'{above}' is not a folder"
         raise ConfigError(f"out='{out}' cannot be created: {culprit}; pick another folder")
+    if not os.access(above, os.W_OK | os.X_OK):  # (said after the checkpoint was read: found by review)
+        raise ConfigError(f"out='{out}' cannot be written: '{above}' is not writable; pick another folder")
     model, tokenizer = load_checkpoint(ckpt_path, check_env=False)  # (never run here)
     check_exportable(model)
     c = model.config

@@ -341,6 +341,28 @@ def _offline_errors() -> tuple[type[BaseException], ...]:
     return ConnectionError, RequestsConnectionError
 
 
+def check_gen_kwargs(argv: list[str]) -> None:
+    """--gen_kwargs as lm-eval reads them, checked as generate_until checks each request's, before any work: a bad
+    temperature ended the run at its first generation, after every loglikelihood request was scored, and nothing
+    was written (found by review). Only for --model momattn; left to lm-eval where it cannot be read."""
+    import argparse
+    from types import SimpleNamespace
+
+    try:
+        from lm_eval._cli.run import MergeDictAction  # lm-eval's own parser of the flag
+    except ImportError:
+        return
+    ap = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    ap.add_argument("--model")
+    ap.add_argument("--gen_kwargs", nargs="+", action=MergeDictAction, default=None)
+    try:
+        args = ap.parse_known_args(argv)[0]
+    except (argparse.ArgumentError, ValueError, SyntaxError):
+        return
+    if args.model == "momattn" and args.gen_kwargs:
+        MomattnLM._generation_settings(SimpleNamespace(max_gen_toks=256), dict(args.gen_kwargs))
+
+
 def main() -> None:
     """lm-eval's own command line, with the "momattn" model registered."""
     from lm_eval.__main__ import cli_evaluate
@@ -352,6 +374,7 @@ def main() -> None:
     quiet_console()  # (the hub's retries, two lines each, before the error below)
     sys.argv[0] = "lm_eval"
     try:
+        check_gen_kwargs(sys.argv[1:])
         cli_evaluate()
     except UserError as e:  # a missing checkpoint, a bad model argument: one line, not lm-eval's traceback
         report(e, hydra=False)

@@ -349,6 +349,9 @@ def test_load_state_into_accepts_a_state_without_the_tied_head_and_names_what_is
     state.pop("ln_f.weight")
     with pytest.raises(CheckpointError, match=r"checkpoint 'x.ckpt' does not fit this model: missing \['ln_f.weight'\]"):
         load_state_into(GPT(model.config), state, "x.ckpt")
+    block = [k for k in state if k.startswith("blocks.0.")]  # a list cut at 4 says how many more (review)
+    with pytest.raises(CheckpointError, match=rf"missing \[.*\] and {len(block) - 3} more, unexpected \[\]"):
+        load_state_into(GPT(model.config), {k: v for k, v in state.items() if k not in block}, "x.ckpt")
 
 
 def test_first_line_of_an_error():

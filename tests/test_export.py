@@ -257,6 +257,10 @@ def test_an_output_folder_that_cannot_be_made_is_refused_before_the_checkpoint_i
         export(missing, tmp_path / "afile" / "hf")
     with pytest.raises(ConfigError, match=r"cannot be created: '.*dangling' is a link to nothing"):
         export(missing, tmp_path / "dangling")
+    with monkeypatch.context() as m:  # a folder this user cannot write in (root writes anywhere: simulated)
+        m.setattr("momattn.export.os.access", lambda p, mode: False)
+        with pytest.raises(ConfigError, match=r"cannot be written: '.*' is not writable; pick another folder"):
+            export(missing, tmp_path / "ro" / "hf")
     (tmp_path / "here").mkdir()
     monkeypatch.chdir(tmp_path / "here")
     parity(ckpt := tiny_checkpoint(tmp_path / "v.ckpt"), export(ckpt, "."), trust=False)  # out=.: was StopIteration

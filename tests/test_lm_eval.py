@@ -134,6 +134,20 @@ def test_the_lm_eval_command_line_finds_the_momattn_model(ckpt, monkeypatch, cap
     err = capsys.readouterr().err
     assert e.value.code == 2 and "--apply_chat_template: a momattn model has no chat template" in err, err
     assert "Traceback" not in err
+    # a bad --gen_kwargs is refused before any request is scored (it ended the run at its first generation, every
+    # loglikelihood request scored and nothing written: found by review)
+    import momattn.lm_eval_adapter as adapter
+
+    monkeypatch.setattr(adapter.MomattnLM, "loglikelihood", lambda *a: pytest.fail("scored before the check"))
+    monkeypatch.setattr("sys.argv", ["lm_eval", "--model", "momattn", "--model_args", f"ckpt_path={ckpt},device=cpu",
+                                     "--tasks", "momattn_tiny_mc", "--include_path", str(DATA), "--gen_kwargs",
+                                     "do_sample=True", "temperature=-1"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "generation setting temperature=-1.0 must be a number >= 0" in err, err
+    adapter.check_gen_kwargs(["--model", "hf", "--gen_kwargs", "temperature=-1"])  # another model's: lm-eval's
+    adapter.check_gen_kwargs(["--model", "momattn", "--gen_kwargs", "temperature=0.7,top_p=0.9"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback is for machines without a GPU")

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from harness import check_out, machine_info, run_main, write_json
+from harness import check_out, default_out, machine_info, run_main, write_json
 
 from momattn.utils import positive_int  # noqa: E402
 
@@ -44,7 +44,8 @@ def main():
                     "--shots says)")
     ap.add_argument("--max-examples", type=positive_int, default=200)
     ap.add_argument("--note", default="", help="how the machine was, e.g. 'alone on 2 cores' or 'contended'")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_analysis.json"))
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/bench_analysis.json for the default "
+                    "settings (a row per model, task and shots, replaced), else a scratch file (said)")
     ap.add_argument("--threads", type=positive_int, default=None,
                     help="CPU threads (default: torch's choice, which follows OMP_NUM_THREADS)")
     args = ap.parse_args()
@@ -54,6 +55,9 @@ def main():
         ap.error(f"--ginc analyses the GINC task, not --task {args.task}; give --ckpt for another task")
     if args.ginc and args.ckpt:
         ap.error("give --ckpt or --ginc, not both (--ginc makes a random-init model)")
+    if args.out is None:  # a 4-example trial replaced the committed 200-example row the README quotes (review)
+        args.out = str(default_out(ap, args, "bench_analysis.json", skip=(
+            "out", "ckpt", "task", "shots", "ginc", "note", "threads")))  # (each of those a row of its own)
     check_out(ap, Path(args.out), suffixes=())
     try:  # the rows of earlier runs, read before the measurement: a damaged file failed only at the end
         old = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else []

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import check_out, machine_info, run_main, table, write_results  # noqa: E402
+from harness import check_out, default_out, machine_info, run_main, table, write_results  # noqa: E402
 
 from momattn.hardware import gpu_bf16_peak  # noqa: E402
 from momattn.utils import positive_int  # noqa: E402
@@ -120,8 +120,11 @@ def main() -> None:
     ap.add_argument("--docs", type=positive_int, default=20000)
     ap.add_argument("--windows", type=positive_int, default=2000, help="1024-token windows read from the stream")
     ap.add_argument("--train-steps", type=positive_int, default=3)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "data.json"))
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/data.json for the default settings, "
+                    "else a scratch file (said)")
     args = ap.parse_args()
+    if args.out is None:  # a trial run replaced the committed results (found by review)
+        args.out = default_out(ap, args, "data.json")
     check_out(ap, Path(args.out))
     from momattn.tokenizer import train_bpe
 

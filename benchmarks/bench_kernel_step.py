@@ -152,8 +152,9 @@ def main() -> None:
                          "benchmarks/results/kernel_step_<dtype>.json, are written by naming them)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.batch < 0 or args.threads < 0:  # caught inside the worker alone, which printed its whole traceback
-        ap.error(f"--batch={args.batch} and --threads={args.threads} must be >= 0 (0: the default)")
+    for flag in ("batch", "threads"):  # caught inside the worker alone, which printed its whole traceback
+        if getattr(args, flag) < 0:  # (the one at fault: both were named, found by review)
+            ap.error(f"--{flag}={getattr(args, flag)} must be >= 0 (0: the default)")
     if not args.batch and args.T > BATCH * BLOCK:  # 4,096 // 8,192 = 0 rows: a table of empty batches
         ap.error(f"--T={args.T} is longer than the {BATCH * BLOCK} tokens a step holds by default; give --batch")
     if args.worker:

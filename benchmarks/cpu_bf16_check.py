@@ -55,7 +55,7 @@ from momattn.utils import positive_int  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_attention  # noqa: E402
-from harness import check_out, die_with_parent, measured, run_main, write_json  # noqa: E402
+from harness import check_out, default_out, die_with_parent, measured, run_main, write_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PRECISIONS = ("32-true", "bf16-mixed")
@@ -275,8 +275,10 @@ def markdown(rep: dict) -> str:
         v = rep.get("verdict", {})
         if v.get("bf16_minus_fp32"):
             diffs = ", ".join(f"{d:+.4f}" for d in v["bf16_minus_fp32"])
-            lines += ["", f"bf16 - fp32 final validation loss per seed: {diffs}; fp32's spread between seeds: "
-                          f"{v['fp32_seed_spread']}; within seed noise: {v.get('within_seed_noise')}.", ""]
+            spread = v.get("fp32_seed_spread")  # (one seed: "None; within seed noise: None", found by review)
+            lines += ["", f"bf16 - fp32 final validation loss per seed: {diffs}; " + (
+                f"fp32's spread between seeds: {spread}; within seed noise: {v.get('within_seed_noise')}." if spread
+                is not None else "one seed, so no spread between seeds to judge the difference by."), ""]
         bf16, fp32 = v.get("bf16-mixed", {}).get("tokens_per_s_mean"), v.get("32-true", {}).get("tokens_per_s_mean")
         link = (st or {}).get("paired_over_nanogpt_fp32", {}).get("fp32")
         if bf16 and fp32:
@@ -349,8 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.out is None:
         import tempfile
 
+        # a trial (--parts step --rounds 1) replaced the stored main-job runs, and the README's table with them (found
+        # by review): the committed file for the default settings, or with --merge, which keeps what it holds
         a.out = Path(tempfile.gettempdir()) / "momattn_cpu_bf16" / "cpu_bf16.json" if a.smoke else \
-            RESULTS / "cpu_bf16.json"
+            RESULTS / "cpu_bf16.json" if a.merge else default_out(ap, a, "cpu_bf16.json", skip=tuple(
+                k for k in vars(a) if k != "parts"))  # (a part alone; the README's full runs set rounds and seeds)
     check_out(ap, a.out)  # before the measurement: it failed at the write after it
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     rep: dict = {"machine": describe(), "native_bf16": cpu_has_native_bf16(), "torch": torch.__version__,

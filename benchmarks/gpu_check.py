@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_check.py            # or: bash benchmarks/gpu_check.sh
     python benchmarks/gpu_check.py --steps 5 --no-compile   # shorter
-    python benchmarks/gpu_check.py --smoke    # every part on a tiny model on CPU (what the test runs)
+    python benchmarks/gpu_check.py --smoke    # the training parts on a tiny model on CPU (what the test runs)
     python benchmarks/gpu_check.py --parts train --variants momentum/triton+compile --profile 3   # where time goes
 
 On a CUDA GPU, within about 8 minutes (--budget for the training part, --deadline for the whole): (1) the
@@ -394,7 +394,8 @@ def main() -> int:
     ap.add_argument("--variants", default="", help="comma-separated labels of the training variants to run "
                     f"(default all): {', '.join(label(*v) for v in VARIANTS)}")
     ap.add_argument("--parts", default="tests,bench,scan,train", help="comma-separated: tests,bench,scan,train")
-    ap.add_argument("--smoke", action="store_true", help="every part on CPU at toy size (exercises the code)")
+    ap.add_argument("--smoke", action="store_true", help="the training and attention parts on CPU at toy size (exercises the code; "
+                    "the CUDA tests and the kernel benchmark are skipped)")
     ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
                     help="after each training variant's timed steps, this many more under torch.profiler: the "
                          "kernels' share of the step and the largest kernels (where the time goes)")

@@ -6,8 +6,8 @@ On a CPU without avx512_bf16 / amx_bf16 PyTorch emulates bf16 matmuls, which can
 AMX, or avx512_bf16 on an AMD CPU. On an Intel Xeon whose AMX is hidden from the guest (avx512_bf16 alone, session
 35) oneDNN's bf16 matmul ran at 188 GFLOP/s against fp32's 340 (2048^3, 2 threads) and the main job's training step
 at 0.66x its fp32 speed; with AMX the same step ran at 1.8-2.3x. On an AMD EPYC with avx512_bf16 and no AMX (Zen 4,
-family 25 model 17, session 51) the bf16 matmul ran at 2.25-2.7x fp32's speed, the main job's step at 1.8x and the main job at 1.6x
-(benchmarks/cpu_bf16_check.py).
+family 25 model 17, session 51) the bf16 matmul ran at 2.2-2.7x fp32's speed, the main job's step at 1.58x (1.66x
+nanoGPT's fp32 step) and the main job at 1.54x (benchmarks/results/cpu_bf16_amd_zen4.json).
 """
 
 from __future__ import annotations

@@ -341,3 +341,40 @@ def test_a_benchmarks_child_does_not_outlive_it(tmp_path):
     else:
         os.kill(child, signal.SIGKILL)
         pytest.fail("the child outlived its parent")
+
+
+@pytest.mark.parametrize(("script", "trial", "kept", "committed"), [
+    ("bench_icl_cache", ["--repeats", "1"], [], "icl_cache.json"),
+    ("bench_startup", ["--rounds", "1"], ["--rounds", "5"], "startup.json"),
+    ("bench_data", ["--docs", "10"], [], "data.json"),
+    ("bench_long_document", ["--words", "1000"], [], "long_document.json"),
+    ("bench_analysis", ["--ginc", "--max-examples", "4"], ["--ginc"], "bench_analysis.json"),
+    ("bench_framework", ["--steps", "30"], ["--recipe", "ginc"], ""),
+    ("cpu_bf16_check", ["--parts", "step", "--rounds", "1"], ["--threads", "2", "--rounds", "11", "--seeds", "1", "2"],
+     "cpu_bf16.json"),
+])
+def test_each_benchmarks_trial_run_writes_a_scratch_file_not_the_committed_results(script, trial, kept, committed,
+                                                                                   monkeypatch, capsys):
+    """A trial run (cpu_bf16_check --parts step --rounds 1, bench_icl_cache with one repeat, bench_analysis with 4
+    examples) replaced the committed results the README quotes, without a word (found by review); the documented
+    commands still write them."""
+    import importlib
+
+    from harness import RESULTS, SCRATCH
+
+    module = importlib.import_module(script)
+
+    class Chosen(Exception):
+        pass
+
+    def chosen(*a, **kw):
+        raise Chosen(harness.default_out(*a, **kw))
+
+    monkeypatch.setattr(module, "default_out", chosen)
+    for argv, where in ((trial, SCRATCH), (kept, RESULTS)):
+        monkeypatch.setattr(sys, "argv", [script, *argv])
+        with pytest.raises(Chosen) as e:
+            module.main() if script in ("bench_icl_cache", "bench_data", "bench_long_document", "bench_analysis") \
+                else module.main(argv)
+        assert e.value.args[0] == where / committed, argv
+    assert f"writing {SCRATCH / committed}, not the committed" in capsys.readouterr().err

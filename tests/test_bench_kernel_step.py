@@ -33,7 +33,7 @@ def test_both_modes_time_the_kernel_inside_the_step(tmp_path):
 def test_a_step_too_long_for_its_default_batch_or_a_negative_setting_is_refused(tmp_path):
     # --T 8192 made batches of 4096 // 8192 = 0 rows and a table of them; --batch -2 a worker's traceback
     for args, said in ((["--T", "8192"], "--T=8192 is longer than the 4096 tokens a step holds by default"),
-                       (["--batch", "-2"], "--batch=-2 and --threads=0 must be >= 0")):
+                       (["--batch", "-2"], "--batch=-2 must be >= 0 (0: the default)")):
         r = run_cli("benchmarks/bench_kernel_step.py", [*args, "--out", str(tmp_path / "k.json")], tmp_path)
         assert r.returncode == 2 and said in r.stderr and not (tmp_path / "k.json").exists(), r.stderr
 

@@ -55,7 +55,7 @@ from momattn.utils import positive_int  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_attention  # noqa: E402
-from harness import check_out, default_out, die_with_parent, measured, run_main, write_json  # noqa: E402
+from harness import SCRATCH, check_out, die_with_parent, measured, run_main, write_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PRECISIONS = ("32-true", "bf16-mixed")
@@ -352,10 +352,15 @@ def main(argv: list[str] | None = None) -> int:
         import tempfile
 
         # a trial (--parts step --rounds 1) replaced the stored main-job runs, and the README's table with them (found
-        # by review): the committed file for the default settings, or with --merge, which keeps what it holds
+        # by review): the committed file for a full run (the README's set threads, 7 or 11 rounds, 2 or 4 seeds) or
+        # with --merge, which keeps what it holds; a part alone, an override, one seed or fewer rounds is a trial
+        trial = [flag for flag, yes in (("--parts", parts != {"step", "runs"}), ("--override", bool(a.override)),
+                                        ("--seeds", len(a.seeds) < 2), ("--rounds", (a.rounds or 7) < 7)) if yes]
         a.out = Path(tempfile.gettempdir()) / "momattn_cpu_bf16" / "cpu_bf16.json" if a.smoke else \
-            RESULTS / "cpu_bf16.json" if a.merge else default_out(ap, a, "cpu_bf16.json", skip=tuple(
-                k for k in vars(a) if k != "parts"))  # (a part alone; the README's full runs set rounds and seeds)
+            SCRATCH / "cpu_bf16.json" if trial and not a.merge else RESULTS / "cpu_bf16.json"
+        if trial and not a.merge and not a.smoke:
+            print(f"[bench] a trial run ({', '.join(trial)}): writing {a.out}, not the committed "
+                  f"{RESULTS / 'cpu_bf16.json'} (give --out, or --merge to update it)", file=sys.stderr)
     check_out(ap, a.out)  # before the measurement: it failed at the write after it
     now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     rep: dict = {"machine": describe(), "native_bf16": cpu_has_native_bf16(), "torch": torch.__version__,

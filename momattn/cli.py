@@ -130,6 +130,14 @@ def check_hydra_overrides(config_name: str, overrides: list[str]) -> None:
     from momattn.errors import ConfigError
 
     parsed, cfg = hydra_section(config_name, overrides)
+    swept = [o for o in parsed or [] if o.is_hydra_override() and o.is_sweep_override() and
+             o.key_or_group.lstrip("+").startswith("hydra.sweeper.params")]
+    if swept and cfg is not None and cfg.hydra.sweeper.get("params", None) is None:  # +hydra.sweeper.params.seed=1,2:
+        # Hydra's "Sweeping over Hydra's configuration is not supported", and an empty sweep folder (diff review)
+        raise ConfigError(f"{swept[0].input_line}: Hydra cannot set the sweeper's params from the command line while "
+                          "they are unset (null, the basic sweeper's default); give the values as the sweep's own "
+                          "overrides (python train.py -m seed=1,2), or set hydra.sweeper.params in an experiment "
+                          "config, as conf/experiment/eta_sweep.yaml does")
     if parsed is None or cfg is not None:
         return
     section = hydra_section_overrides(parsed)
@@ -348,7 +356,9 @@ def _parse_error(overrides: list[str], e: Exception) -> ConfigError:
     if bad is not None and value.startswith("[") and value.endswith("]"):  # tags=[é], data.paths=[a.txt,b=c.txt]:
         # no advice where a single value was told to quote it (found by review)
         entries = [x.strip() for x in value[1:-1].split(",")]
-        fixed = f"{key}=[" + ",".join(x if parses(f"k=[{x}]") else "'" + x.replace("'", "\\'") + "'"
+        plain = not re.search(r"""['"\[\]{}]""", value[1:-1])  # a quoted entry holding a comma, a dict: split at
+        # every comma, the advice parsed to other values (diff review)
+        fixed = bad if not plain else f"{key}=[" + ",".join(x if parses(f"k=[{x}]") else "'" + x.replace("'", "\\'") + "'"
                                       for x in entries) + "]"
         if fixed != bad and parses(fixed):
             typed = shell_quote(fixed) if hidden(fixed) else f'"{fixed}"' if not set(fixed) & set('$`"\\!') else \
@@ -516,16 +526,22 @@ def _check_attention_kind(parsed: list, configs: list) -> None:
     """attention.kind=momentum under another attention option trained momentum with the code's own defaults (eta,
     ...), which the run's config (.hydra/config.yaml, --cfg job) did not record (found by review): the attention is
     chosen with its config group, which brings its settings."""
+    if _last([o.input_line for o in parsed if o.input_line], "ckpt_path") is not None:
+        return  # a resume: its saved command line may hold one (runs before this check), and its kind cannot change
     for o in parsed:
-        if o.key_or_group != "attention.kind" or o.is_sweep_override() or o.is_delete():
+        if o.key_or_group != "attention.kind" or o.is_delete():
             continue
-        kind = o.get_value_element_as_str()
-        for _, cfg in configs:
-            chosen = cfg.get("attention", {}).get("kind")
-            if chosen is not None and kind != chosen:
-                raise ConfigError(f"{o.input_line}: an attention is chosen with its config group, attention={kind}, "
-                                  f"which brings its settings into the run's config; attention.kind alone would train "
-                                  f"{kind} on the code's defaults under the {chosen} option's config")
+        try:  # each job's value of a sweep (attention.kind=vanilla,momentum: diff review), unquoted
+            kinds = [str(v) for v in o.sweep_string_iterator()] if o.is_sweep_override() else [str(o.value())]
+        except Exception:
+            continue
+        for kind in kinds:
+            for _, cfg in configs:
+                chosen = cfg.get("attention", {}).get("kind")
+                if chosen is not None and kind != chosen:
+                    raise ConfigError(f"{o.input_line}: an attention is chosen with its config group, attention="
+                                      f"{kind}, which brings its settings into the run's config; attention.kind alone "
+                                      f"would train {kind} on the code's defaults under the {chosen} option's config")
 
 
 def _check_sweep_config(config_name: str, overrides: list[str], fixed: list, keys: list[str]) -> None:

@@ -167,7 +167,16 @@ class _ContinuingWriter(_AtomicWriter):
         self.checkpoints = Path(checkpoints) if checkpoints else None
         self._cut: str | None = None  # the file without the rows from start_step on, written at the first save
         self._replaced: str | None = None  # metrics.replaced.json's new text ("" removes it), with the cut
+        self._whole: str | None = None  # the file with rows put back or cut short rows left out, nothing cut
         super().__init__(log_dir=log_dir)
+
+    def repair(self) -> None:
+        """For a resume that logs nothing: rows put back from metrics.replaced.json (then removed) and rows cut short
+        left out, written now; nothing is cut (the rows from the resumed step on are not logged again)."""
+        if self._whole is not None:
+            atomic_write_text(Path(self.metrics_file_path), self._whole)
+            (Path(self.log_dir) / REPLACED).unlink(missing_ok=True)
+            self._whole = self._cut = None
 
     def save(self) -> None:
         if self._cut is not None and self.metrics:
@@ -232,11 +241,17 @@ class _ContinuingWriter(_AtomicWriter):
         kept = [r for r, b in zip(records, before) if b]
         dropped = [r for r, b in zip(records, before) if not b]
         if dropped or earlier is not None or torn:
-            buf = io.StringIO()
-            writer = csv.DictWriter(buf, fieldnames=header, restval="")  # Lightning's dialect (\r\n), as the rows
-            writer.writeheader()  # it appends (review)
-            writer.writerows(kept)
-            self._cut = buf.getvalue()
+            def text(rows: list[dict]) -> str:
+                buf = io.StringIO()
+                writer = csv.DictWriter(buf, fieldnames=header, restval="")  # Lightning's dialect (\r\n), as the
+                writer.writeheader()  # rows it appends (review)
+                writer.writerows(rows)
+                return buf.getvalue()
+
+            self._cut = text(kept)
+            # a resume that logs nothing (a finished run, reported and evaluated) repairs the file without the cut
+            # (its rows from start_step on are not logged again): diff review
+            self._whole = text(records) if earlier is not None or torn else None
             self._replaced = json.dumps({"from_step": self.start_step, "stamp": stamp, "header": header, "rows": [
                 [r.get(k, "") for k in header] for r in dropped]}) if dropped else ""
 
@@ -262,6 +277,20 @@ class CSVLogger(_LightningCSVLogger):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if metrics := _namespaced(metrics):
             super().log_metrics(metrics, step)
+
+    @rank_zero_only
+    def repair(self) -> None:
+        """A resume that will log nothing: metrics.csv's repairs (rows put back, rows cut short) written now."""
+        if self.resumed and isinstance(writer := self.experiment, _ContinuingWriter):
+            writer.repair()
+
+    @rank_zero_only
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        """A checkpoint of this run: last.ckpt continues this run now, so the rows an earlier resume dropped
+        (metrics.replaced.json) are no one's to put back (the file outlived the run: diff review)."""
+        super().after_save_checkpoint(checkpoint_callback)
+        if self.resumed:
+            (Path(self.log_dir) / REPLACED).unlink(missing_ok=True)
 
     @property
     def experiment(self) -> ExperimentWriter:

@@ -72,7 +72,7 @@ def check_basic_sweeps(params: dict, task: list[str]) -> None:
             # range(3,1): "Launching 0 jobs", exit 0, then "sweep done" (both found by review)
             if o.value_type == ValueType.GLOB_CHOICE_SWEEP:  # (Hydra: "ConfigLoader is not set")
                 raise ConfigError(f"{line}{where}: glob() chooses among the options of a config group, and "
-                                  f"{o.key_or_group} is none; give its values as a list: {o.key_or_group}=1,2,3")
+                                  f"{o.key_or_group} is none; give its values as a list: {line.split('=', 1)[0]}=1,2,3")
             try:
                 values = list(o.sweep_string_iterator())
             except Exception as e:

@@ -287,6 +287,9 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                                 *_sweep_names(job, model_config),
                                 resumed=bool(resume), start_step=start_step, idle=idle,
                                 checkpoints=str(out_dir / "checkpoints"))
+    if idle:  # it logs nothing: metrics.csv's repairs (rows a stopped resume dropped) are written now (diff review)
+        for lg in loggers:
+            getattr(lg, "repair", lambda: None)()
     for lg in loggers:  # the run's whole config (attention, eta, lr, seed, ...): W&B runs can be told apart; the
         # attention as the model has it (typed, defaults filled in): attention.kind=momentum logged no eta (review)
         lg.log_hyperparams({**c.resolved, "attention": dataclasses.asdict(c.model.attention)})

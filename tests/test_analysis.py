@@ -1252,3 +1252,19 @@ def test_the_kendall_probe_names_its_own_flags_and_checks_the_world(tmp_path):
     atomic_torch_save(doc, ckpt)
     with pytest.raises(ConfigError, match=r"the probe reads GINC prompts, and this checkpoint was not trained on GINC"):
         kendall_probe.probe(str(ckpt), 0.1, 2)
+
+
+def test_a_side_by_side_sweeps_job_left_out_keeps_no_older_reports(tmp_path):
+    # sweeps side by side under one parent name their jobs sA/1: the cleanup looked at jobs/<name> one level deep,
+    # so such a job left out kept its older reports under the new verdict (diff review)
+    from momattn.analysis.runner import run_analyze
+
+    parent = tmp_path / "parent"
+    ginc_sweep(parent / "sA", [("vanilla", 1), ("vanilla", 2)])
+    ginc_sweep(parent / "sB", [("momentum", 1)])
+    out = tmp_path / "out"
+    run_analyze({**SWEEP_ARGS, "sweep_dir": str(parent)}, out)
+    assert (out / "jobs" / "sA" / "1" / "results.md").exists()
+    (parent / "sA" / "1" / "checkpoints" / "last.ckpt").unlink()
+    run_analyze({**SWEEP_ARGS, "sweep_dir": str(parent)}, out)
+    assert not any((out / "jobs" / "sA" / "1").iterdir()) and (out / "jobs" / "sA" / "0" / "results.md").exists()

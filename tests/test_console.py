@@ -491,6 +491,18 @@ def test_rows_a_resume_from_an_earlier_checkpoint_dropped_come_back_while_last_c
     (ckpts / "last.ckpt").write_bytes(b"step 4, saved later")
     assert log([4, 5], 4, "7") == ["0,0.1", "1,1.1", "2,2.1", "3,3.6", "4,4.7", "5,5.7"]
     assert json.loads((tmp_path / REPLACED).read_text())["rows"] == [["4", "4.6"]]  # the first run's are gone
+    # a checkpoint this run saves makes them no one's to put back: the file goes (it outlived the run: diff review)
+    (lg,) = make_loggers(section, resumed=True, start_step=4, checkpoints=str(ckpts))
+    lg.after_save_checkpoint(None)
+    assert not (tmp_path / REPLACED).exists()
+    # a resume that logs nothing (a finished run, reported and evaluated) puts the rows back all the same, cutting
+    # nothing (it only did at a first logged row: the gap stayed; diff review)
+    log(range(9), 0, "1")
+    log([3], 3, "2")
+    (lg,) = make_loggers(section, resumed=True, start_step=8, checkpoints=str(ckpts), idle=True)
+    lg.repair()
+    assert (tmp_path / "metrics.csv").read_text().splitlines()[1:] == [f"{s},{s}.1" for s in range(9)]
+    assert not (tmp_path / REPLACED).exists()
 
 
 def test_metrics_csv_survives_a_failure_while_a_new_column_rewrites_it(tmp_path, monkeypatch, capsys):
@@ -612,6 +624,11 @@ def test_an_override_that_does_not_parse_is_one_line():
             check_overrides("train", [bad])
         assert " ^" not in str(e.value)
         check_overrides("train", ["data=text_files", shlex.split(fixed)[0]])  # the advice, as the shell passes it
+    # entries holding a quote or a bracket: split at every comma, the advice parsed to other values (diff review)
+    for bad in ("tags=['x,y',é]", "+foo=[{a:1,b:é}]"):
+        with pytest.raises(ConfigError) as e:
+            check_overrides("train", [bad])
+        assert "quote each list entry" not in str(e.value)
 
 
 def test_help_shows_the_entry_points_usage_its_own_groups_and_the_commented_settings(tmp_path):

@@ -89,6 +89,12 @@ def test_an_attention_kind_other_than_its_groups_is_refused_for_the_group():
                                           r"attention=momentum, .* under the vanilla option's config"):
         check_overrides("train", ["attention.kind=momentum"])
     check_overrides("train", ["attention=momentum", "attention.kind=momentum"])  # the group's own: as it is
+    check_overrides("train", ["attention=momentum", "attention.kind='momentum'"])  # quoted (refused: diff review)
+    with pytest.raises(ConfigError, match=r"^attention.kind=vanilla,momentum: .* attention=momentum"):  # each job's
+        check_overrides("train", ["attention.kind=vanilla,momentum"], jobs=[["attention.kind=vanilla"],
+                                                                            ["attention.kind=momentum"]])
+    # a resume: its saved command line may hold one (a run trained before the check), and its kind cannot change
+    check_overrides("train", ["attention.kind=momentum", "ckpt_path=last"])
     check_overrides("train", ["experiment=ginc", "attention=momentum", "attention.kind=momentum"])
 
 
@@ -476,6 +482,9 @@ def test_a_bad_optuna_setting_exits_2_without_a_traceback(tmp_path, arg, said):
     (["-m", "seed=range(1,3,0)"], "seed=range(1,3,0): range() arg 3 must not be zero"),
     (["-m", "seed=range(3,1)"], "seed=range(3,1) gives no values, so the sweep would have no jobs"),
     (["-m", "seed=glob(a*)"], "seed=glob(a*): glob() chooses among the options of a config group, and seed is none"),
+    (["-m", "+x=glob(a*)"], "+x=glob(a*): glob() chooses among the options of a config group, and x is none; give its "
+                            "values as a list: +x=1,2,3"),
+    (["-m", "+hydra.sweeper.params.seed=1,2"], "+hydra.sweeper.params.seed=1,2: Hydra cannot set the sweeper's params"),
 ])
 def test_a_search_or_a_hydra_setting_is_checked_however_it_is_started(tmp_path, args, said):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")

@@ -369,12 +369,14 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     remove_stale(out, SWEEP_REPORTS, ())  # (all jobs reused: written again below, as they were)
     analysed = {job_name(r.job, sweep_dir) for r in runs if id(r) in metrics}
     jobs = out / "jobs"
-    for name in sorted(p.name for p in jobs.iterdir() if p.is_dir()) if jobs.is_dir() else []:
+    held = {p.parent for p in jobs.rglob("settings.json")} | {p.parent for p in jobs.rglob("results.json")} \
+        if jobs.is_dir() else set()  # (nested: the jobs of sweeps side by side are named sweepA/3: diff review)
+    for folder in sorted(held):
         # a job that failed under a verdict made now, or that the scan left out (its checkpoint gone, unreadable or
         # unfinished: found by review), keeps none of an older analysis's reports (they sat under the verdict's "each
         # run's own report": session 55)
-        if name not in analysed:
-            remove_stale(jobs / name, ("settings.json", *REPORTS), ())
+        if folder.relative_to(jobs).as_posix() not in analysed:
+            remove_stale(folder, ("settings.json", *REPORTS), ())
     summaries = summarise(runs, metrics)
     text = markdown(summaries, failed, conf, len(metrics))
     if any(diverged.values()):

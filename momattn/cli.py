@@ -356,8 +356,8 @@ def _parse_error(overrides: list[str], e: Exception) -> ConfigError:
     if bad is not None and value.startswith("[") and value.endswith("]"):  # tags=[é], data.paths=[a.txt,b=c.txt]:
         # no advice where a single value was told to quote it (found by review)
         entries = [x.strip() for x in value[1:-1].split(",")]
-        plain = not re.search(r"""['"\[\]{}]""", value[1:-1])  # a quoted entry holding a comma, a dict: split at
-        # every comma, the advice parsed to other values (diff review)
+        plain = not re.search(r"[\[\]{}]", value[1:-1]) and not any(x[:1] in "'\"" for x in entries)  # a quoted
+        # entry holding a comma, a dict: split at every comma, the advice parsed to other values (diff review)
         fixed = bad if not plain else f"{key}=[" + ",".join(x if parses(f"k=[{x}]") else "'" + x.replace("'", "\\'") + "'"
                                       for x in entries) + "]"
         if fixed != bad and parses(fixed):
@@ -526,7 +526,7 @@ def _check_attention_kind(parsed: list, configs: list) -> None:
     """attention.kind=momentum under another attention option trained momentum with the code's own defaults (eta,
     ...), which the run's config (.hydra/config.yaml, --cfg job) did not record (found by review): the attention is
     chosen with its config group, which brings its settings."""
-    if _last([o.input_line for o in parsed if o.input_line], "ckpt_path") is not None:
+    if _unquoted(_last([o.input_line for o in parsed if o.input_line], "ckpt_path") or "null") not in ("null", ""):
         return  # a resume: its saved command line may hold one (runs before this check), and its kind cannot change
     for o in parsed:
         if o.key_or_group != "attention.kind" or o.is_delete():

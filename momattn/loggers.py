@@ -138,12 +138,15 @@ REPLACED = "metrics.replaced.json"  # beside metrics.csv: the rows a resume from
 
 
 def checkpoints_stamp(folder: Path | None) -> list:
-    """What identifies a run folder's checkpoints as they are now (name, inode, size, mtime of each *.ckpt): any
-    checkpoint saved since changes it."""
+    """What identifies the checkpoint a resume from `last` continues, as it is now (name, inode, size, mtime):
+    last.ckpt, or every *.ckpt where the run keeps none (save_last=false). A save of it changes the stamp; a step
+    file another callback saves does not (it counted as one, and the rows last.ckpt still needed were dropped:
+    second diff review)."""
     if folder is None or not folder.is_dir():
         return []
     stamp = []
-    for p in sorted(folder.glob("*.ckpt")):
+    last = folder / "last.ckpt"
+    for p in [last] if os.path.lexists(last) else sorted(folder.glob("*.ckpt")):
         try:
             st = p.stat()
         except OSError:
@@ -286,11 +289,19 @@ class CSVLogger(_LightningCSVLogger):
 
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback) -> None:
-        """A checkpoint of this run: last.ckpt continues this run now, so the rows an earlier resume dropped
-        (metrics.replaced.json) are no one's to put back (the file outlived the run: diff review)."""
+        """A checkpoint of this run that replaced last.ckpt: it continues this run now, so the rows an earlier
+        resume dropped (metrics.replaced.json) are no one's to put back (the file outlived the run: diff review).
+        Kept where the save left last.ckpt as it was (another callback's step file: second diff review)."""
         super().after_save_checkpoint(checkpoint_callback)
-        if self.resumed:
-            (Path(self.log_dir) / REPLACED).unlink(missing_ok=True)
+        side = Path(self.log_dir) / REPLACED
+        if self.resumed and side.exists():
+            try:
+                stale = json.loads(side.read_text())["stamp"] != checkpoints_stamp(
+                    Path(self.checkpoints) if self.checkpoints else None)
+            except (OSError, ValueError, KeyError, TypeError):
+                stale = True
+            if stale:
+                side.unlink(missing_ok=True)
 
     @property
     def experiment(self) -> ExperimentWriter:

@@ -493,6 +493,10 @@ def test_rows_a_resume_from_an_earlier_checkpoint_dropped_come_back_while_last_c
     assert json.loads((tmp_path / REPLACED).read_text())["rows"] == [["4", "4.6"]]  # the first run's are gone
     # a checkpoint this run saves makes them no one's to put back: the file goes (it outlived the run: diff review)
     (lg,) = make_loggers(section, resumed=True, start_step=4, checkpoints=str(ckpts))
+    (ckpts / "step4.ckpt").write_bytes(b"another callback's step file")  # last.ckpt as it was: still needed (second
+    lg.after_save_checkpoint(None)  # diff review: the rows were lost)
+    assert (tmp_path / REPLACED).exists()
+    (ckpts / "last.ckpt").write_bytes(b"step 5, this run's")
     lg.after_save_checkpoint(None)
     assert not (tmp_path / REPLACED).exists()
     # a resume that logs nothing (a finished run, reported and evaluated) puts the rows back all the same, cutting
@@ -625,6 +629,9 @@ def test_an_override_that_does_not_parse_is_one_line():
         assert " ^" not in str(e.value)
         check_overrides("train", ["data=text_files", shlex.split(fixed)[0]])  # the advice, as the shell passes it
     # entries holding a quote or a bracket: split at every comma, the advice parsed to other values (diff review)
+    with pytest.raises(ConfigError, match="quote each list entry") as e:  # an apostrophe: still advised (review)
+        check_overrides("train", ["tags=[it's]"])
+    check_overrides("train", shlex.split(str(e.value).rsplit(": ", 1)[1]))  # the advice, as the shell passes it
     for bad in ("tags=['x,y',é]", "+foo=[{a:1,b:é}]"):
         with pytest.raises(ConfigError) as e:
             check_overrides("train", [bad])

@@ -95,6 +95,8 @@ def test_an_attention_kind_other_than_its_groups_is_refused_for_the_group():
                                                                             ["attention.kind=momentum"]])
     # a resume: its saved command line may hold one (a run trained before the check), and its kind cannot change
     check_overrides("train", ["attention.kind=momentum", "ckpt_path=last"])
+    with pytest.raises(ConfigError, match=r"^attention.kind=momentum: "):  # ckpt_path=null is no resume (review)
+        check_overrides("train", ["attention.kind=momentum", "ckpt_path=null"])
     check_overrides("train", ["experiment=ginc", "attention=momentum", "attention.kind=momentum"])
 
 

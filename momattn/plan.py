@@ -365,8 +365,16 @@ def sweep_job(overrides: list[str]) -> tuple[list[str], str | None]:
     if sweep is None:
         _, cfg = hydra_section("train", overrides)
         if cfg is not None and "optuna" in str(OmegaConf.select(cfg, "hydra.sweeper._target_", default="")).lower():
-            return overrides, ("an Optuna search, whose trials are chosen as it runs: planned is one trial at the "
-                               "search's base values; the search runs hydra.sweeper.n_trials of them")
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+
+            from momattn.sweep_jobs import check_search
+
+            check_search("train", overrides)  # its space, as train.py checks it (a hydra.sweeper.params.x=... sweep)
+            parsed = OverridesParser.create().parse_overrides(list(overrides))
+            base = [o.input_line for o in parsed if not o.is_sweep_override()]  # (optim.lr=interval(...) was
+            # composed as one run's value: "requires --multirun", with -m given; flows review)
+            return base, ("an Optuna search, whose trials are chosen as it runs: planned is one trial at the "
+                          "search's base values; the search runs hydra.sweeper.n_trials of them")
         if cfg is not None and OmegaConf.select(cfg, "hydra.sweeper._target_", default="") == BASIC and \
                 any(re.search(r"=\s*(interval|tag)\(", o) for o in overrides):  # (Hydra: "requires --multirun")
             raise UserError("interval() and tag() are an Optuna search's (hparams_search=optuna); Hydra's basic "

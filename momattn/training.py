@@ -372,8 +372,9 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
             if kept is None and trained and resume and not speed.get("tokens_per_sec") and \
                     (saved := _dict(resume.get("speed"))).get("tokens_per_sec"):  # a resume too short to fill a
                 # window: summary.json had no tokens/s or MFU (found by review); the last measured window's
-                speed = {**speed, **{k: saved[k] for k in ("tokens_per_sec", "mfu", "mfu_note",
-                                                            "tokens_per_sec_all_devices") if saved.get(k) is not None},
+                speed = {**speed, **{k: saved[k] for k in ("tokens_per_sec", "mfu", "mfu_note", "flops_per_sec",
+                                                            "peak_flops_per_sec", "tokens_per_sec_all_devices")
+                                     if saved.get(k) is not None},  # (the rate, its MFU and the peak it was of)
                          "speed_note": f"the last steps' rate was measured by the process that saved {ckpt_path}: "
                                        f"this one trained {(n := trainer.global_step - start_step)} "
                                        f"step{'' if n == 1 else 's'}, too few to fill its window"}
@@ -1197,10 +1198,10 @@ def _report(c: TrainConfig, trainer: pl.Trainer, metrics: dict, loggers: list, b
                      f"took {speed.get('fit_seconds') or 0:.0f} s{since}"
                      + (f" ({speed['speed_note']})" if speed.get("speed_note") else ""))
     elif speed.get("fit_seconds") is not None:  # the line was left out without a word (a short resumed segment)
-        mean = (f"; {speed['tokens_per_sec_mean']:.0f} tokens/s over all its training steps, validation excluded"
-                if speed.get("tokens_per_sec_mean") else "")  # (known, in summary.json, and left out here: review)
+        mean = (f"; {speed['tokens_per_sec_mean']:.0f} tokens/s over all the run's training steps, validation "
+                "excluded" if speed.get("tokens_per_sec_mean") else "")  # (in summary.json, left out here: review)
         lines.append("  throughput of the last steps not measured: this process trained too few optimizer steps to "
-                     f"fill its window (about min(20, trainer.log_every_n_steps) steps){mean}; fit took "
+                     f"fill its window (up to min(20, trainer.log_every_n_steps) steps){mean}; fit took "
                      f"{speed['fit_seconds']:.0f} s")
     # "best None" where only last.ckpt was written; with monitor=null the kept file is the newest, not a best one
     kept = [f"{'best' if getattr(ckpt_cb, 'monitor', None) else 'newest (monitor=null)'} {best}"] if best else []

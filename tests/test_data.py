@@ -459,6 +459,11 @@ def test_data_files_as_one_file_or_a_list_are_the_training_split(tmp_path, sourc
                      "val_split": None})
     with pytest.raises(DataError, match=r"^data.config='foo' is not read by the local json builder"):
         make_source({"_target_": target, "name": "json", "data_files": one, "val_split": None, "config": "foo"})
+    # the training split named dev, and the builder's own config name: newly refused until the flows review
+    held = {"val_docs": 5} if source == "hf_stream" else {}
+    src = make_source({"_target_": target, "name": "json", "data_files": {"dev": one}, "train_split": "dev",
+                       "val_split": None, "config": "default", **held})
+    assert len(src.documents("train")) + len(src.documents("val")) == 20
 
 
 @pytest.mark.parametrize("source", ["hf", "hf_stream"])
@@ -661,7 +666,15 @@ def test_utf16_without_a_byte_order_mark_or_zero_bytes_are_refused_not_trained_a
     # (both found by review)
     (tmp_path / "lines.txt").write_bytes("".join(f"line {i} of words\n" for i in range(60)).encode("utf-16-le"))
     (tmp_path / "bom.txt").write_text("".join(f"line {i} of words\n" for i in range(60)), encoding="utf-16")
+    rows = "".join(json.dumps({"text": f"row {i} of words"}) + "\n" for i in range(60))
+    (tmp_path / "wide.jsonl").write_text(rows, encoding="utf-16")  # JSON lines: "a row cannot be read; choose
+    (tmp_path / "widele.jsonl").write_bytes(rows.encode("utf-16-le"))  # the builder" (flows review)
     for cls in (HubCorpus, StreamingHubCorpus):
+        for f, says in (("wide.jsonl", r"UTF-16, by its byte-order mark\); convert it, e.g. iconv -f utf-16 "),
+                        ("widele.jsonl", r"UTF-16 without a byte-order mark, it seems\); convert it, e.g. iconv -f "
+                                         r"utf-16le")):
+            with pytest.raises(DataError, match=rf"the file .*{f} is not UTF-8 text \({says}"):
+                cls(name="json", data_files={"train": str(tmp_path / f)}, val_split=None).documents("val")
         with pytest.raises(DataError, match=r"UTF-16 without a byte-order mark, it seems; convert it, e.g. iconv -f "
                                             r"utf-16le -t utf-8"):
             cls(name="text", data_files={"train": str(tmp_path / "lines.txt")}, val_split=None).documents("val")

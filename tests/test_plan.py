@@ -1,5 +1,6 @@
 """python -m momattn.plan and global_batch: the paper's run planned, the accumulation derived for any device count."""
 
+import importlib.util
 import json
 
 import pytest
@@ -398,5 +399,9 @@ def test_a_sweep_is_planned_by_its_first_run_and_said_so(capsys):
     assert "attention=bogus is not an option" in capsys.readouterr().err
     assert main(["-m", "optim.lr=interval(1e-4,1e-2)", "trainer=cpu"]) == 2
     assert "interval() is a range of floats that an Optuna search samples" in capsys.readouterr().err
+    if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None:  # a search's own space: planned
+        # at its base values (it was composed as one run's value: "requires --multirun", -m given; flows review)
+        assert main(["-m", "hparams_search=optuna", "optim.lr=interval(1e-4,1e-3)", "trainer=cpu"]) == 0
+        assert "an Optuna search" in capsys.readouterr().err
     assert main(['+hydra.sweeper.params.optim.lr="1e-3,2e-3"', "trainer=cpu"]) == 2  # (a traceback of OmegaConf's)
     assert "Hydra cannot set the sweeper's params from the command line" in capsys.readouterr().err

@@ -313,12 +313,14 @@ def test_a_segment_too_short_to_measure_says_so(tmp_path, capsys):
     assert "(the last steps' rate was measured by the process that saved" in err and "this one trained 1 step," in err
     assert after["tokens_per_sec"] == pytest.approx(before["tokens_per_sec"]) and after["tokens_per_sec_mean"] > 0
     assert (after.get("mfu") is None) == (before.get("mfu") is None)
+    for key in ("flops_per_sec", "peak_flops_per_sec"):  # the MFU's own peak, not this process's (flows review)
+        assert after[key] == pytest.approx(before[key]), key
     # a run too short for one window: said, with the mean over its steps that summary.json has (it was left out)
     run_train(compose_train(tmp_path / "short", [*SMOKE, "trainer.max_steps=1", "trainer.log_every_n_steps=20"]))
     err = capsys.readouterr().err
     assert "  throughput of the last steps not measured: this process trained too few optimizer steps to fill its " \
-           "window (about min(20, trainer.log_every_n_steps) steps); " in err and " tokens/s over all its training " \
-           "steps, validation excluded; fit took" in err and "done: 1 step\n" in err
+           "window (up to min(20, trainer.log_every_n_steps) steps); " in err and " tokens/s over all the run's " \
+           "training steps, validation excluded; fit took" in err and "done: 1 step\n" in err
 
 
 def test_the_checkpoint_written_after_a_validation_is_not_training_time(tmp_path, monkeypatch):

@@ -570,9 +570,31 @@ def _decodes(path: Path) -> bool:
     return True
 
 
+def wide_file(name: str, data_files: Any) -> DataError | None:
+    """A named local file that is UTF-16 (by its byte-order mark, or its NULs) or not UTF-8: the JSON builder
+    cannot parse its rows, and the advice was to choose another builder (flows review); None where all read."""
+    for p in named_files(data_files) if data_files else []:
+        try:
+            with open(p, "rb") as f:
+                head = f.read(4096)
+        except OSError:
+            continue
+        wide = head[:2] in (b"\xff\xfe", b"\xfe\xff")
+        order = None if wide else utf16_order(head)
+        if wide or order or not _decodes(p):
+            why = ("UTF-16, by its byte-order mark" if wide else "UTF-16 without a byte-order mark, it seems" if order
+                   else "a byte that is not UTF-8")
+            return DataError(f"data.name='{name}' data.data_files={data_files}: the file {p} is not UTF-8 text "
+                             f"({why}); convert it, e.g. iconv -f " + ("utf-16" if wide else order or "latin1")
+                             + " -t utf-8")
+    return None
+
+
 def unparsed_rows(name: str, data_files: Any, split: str, e: BaseException) -> DataError:
     """Rows datasets cannot parse (a line that is not JSON), named by pyarrow's cause ("... in row 0"), not by
     datasets' "An error occurred while generating the dataset"."""
+    if (wide := wide_file(name, data_files)) is not None:
+        return wide
     cause = e.__cause__ or e
     files = f" (data.data_files={data_files})" if data_files else ""
     if type(cause).__name__ == "CastError" and "column names don't match" in str(cause):
@@ -711,7 +733,8 @@ def check_unread_splits(data_files: dict | None, train_split: str, val_split: st
     if val_split is not None or split_name(train_split) not in (data_files or {}):
         return
     for split in data_files:
-        if str(split).lower() in ("validation", "valid", "val", "dev"):
+        if str(split) != split_name(train_split) and str(split).lower() in ("validation", "valid", "val", "dev"):
+            # (the training split itself may be named so: data.train_split=dev was refused, flows review)
             raise DataError(f"data.data_files gives a '{split}' split, which is never read: data.val_split=null "
                             f"holds out part of the train split for validation instead; set data.val_split={split} "
                             "to validate on it, or drop it from data.data_files")
@@ -719,7 +742,7 @@ def check_unread_splits(data_files: dict | None, train_split: str, val_split: st
 
 def check_builder_config(name: str, config: str | None) -> None:
     """datasets' local builders (json, text, ...) take no config name: data.config=foo was accepted and ignored."""
-    if config is not None and str(name).lower() in LOCAL_BUILDERS:
+    if config not in (None, "default") and str(name).lower() in LOCAL_BUILDERS:  # ('default' is theirs: review)
         raise DataError(f"data.config='{config}' is not read by the local {name} builder, which has no configs; "
                         "drop it (data.config=null)")
 

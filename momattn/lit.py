@@ -47,6 +47,10 @@ def _val_metrics(module) -> dict:
     return {k: v for k, v in metrics.items() if k.startswith("val/") and getattr(v, "numel", lambda: 1)() == 1}
 
 
+WINDOW_SPEED = ("tokens_per_sec", "mfu", "mfu_note", "flops_per_sec", "peak_flops_per_sec", "tokens_per_sec_all_devices")
+# a throughput window's figures: what a resume too short to fill one keeps of the last measured (momattn.training)
+
+
 class LitGPT(pl.LightningModule):
     """Trains `model`; `meta` (model config, tokenizer, resolved run config) goes into every checkpoint."""
 
@@ -269,6 +273,10 @@ class LitGPT(pl.LightningModule):
                                  "val_metrics": {k: float(v) for k, v in _val_metrics(self).items()}}
         if self.outcome is not None:  # and its train/* metrics and speed (they were missing there: review)
             speed, logged = self.outcome()
+            earlier = getattr(self, "_resumed_speed", None) or {}
+            if not speed.get("tokens_per_sec") and earlier.get("tokens_per_sec"):  # a resume too short for a window:
+                # the last window measured, carried on (a second short resume had no rate again: flows review)
+                speed = {**speed, **{k: earlier[k] for k in WINDOW_SPEED if earlier.get(k) is not None}}
             checkpoint["momattn"] |= {"speed": speed,
                                       "train_metrics": {k: v for k, v in logged.items() if k.startswith("train/")}}
         for logger in self.loggers:  # a resume continues the same W&B run
@@ -277,6 +285,7 @@ class LitGPT(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint):
         self._rng_to_restore = checkpoint.get("momattn", {}).get("rng")
+        self._resumed_speed = checkpoint.get("momattn", {}).get("speed")
         self._skipped = int(checkpoint.get("momattn", {}).get("skipped_nonfinite") or 0)  # the count runs on
         config = checkpoint.get("momattn", {}).get("config") or {}
         self._resumed_optim = config.get("optim") or {}

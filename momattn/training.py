@@ -83,7 +83,7 @@ from momattn.errors import (
     first_line,
 )
 from momattn.io import atomic_write_text, json_text, remove_stale_temps, restore_left_aside
-from momattn.lit import LitGPT
+from momattn.lit import WINDOW_SPEED, LitGPT
 from momattn.loss import before_compile
 from momattn.memory import check_fits
 from momattn.metrics import unigram_ppl
@@ -372,11 +372,10 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
             if kept is None and trained and resume and not speed.get("tokens_per_sec") and \
                     (saved := _dict(resume.get("speed"))).get("tokens_per_sec"):  # a resume too short to fill a
                 # window: summary.json had no tokens/s or MFU (found by review); the last measured window's
-                speed = {**speed, **{k: saved[k] for k in ("tokens_per_sec", "mfu", "mfu_note", "flops_per_sec",
-                                                            "peak_flops_per_sec", "tokens_per_sec_all_devices")
-                                     if saved.get(k) is not None},  # (the rate, its MFU and the peak it was of)
-                         "speed_note": f"the last steps' rate was measured by the process that saved {ckpt_path}: "
-                                       f"this one trained {(n := trainer.global_step - start_step)} "
+                speed = {**speed, **{k: saved[k] for k in WINDOW_SPEED if saved.get(k) is not None},  # (the rate,
+                         # its MFU and the peak it was of)
+                         "speed_note": f"the last steps' rate is {ckpt_path}'s, the last window measured before "
+                                       f"it: this process trained {(n := trainer.global_step - start_step)} "
                                        f"step{'' if n == 1 else 's'}, too few to fill its window"}
             if kept is None:
                 _report(c, trainer, metrics, loggers, _unigram(train, dm, trainer.world_size, tokenizer.n_ids), speed,

@@ -532,8 +532,9 @@ def resolve_ckpt_path(ckpt_path: str | None, out_dir: Path, root_dir: Path, sear
 
 def no_run_to_resume(root_dir: Path) -> CheckpointError:
     return CheckpointError(f"ckpt_path=last: no run to resume: no checkpoints/last.ckpt under {root_dir}/outputs nor "
-                           f"{root_dir}/multirun (where it searches); pass the checkpoint's path, e.g. "
-                           "ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt")
+                           f"{root_dir}/multirun (where it searches); name the run's folder, ckpt_path=last "
+                           "hydra.run.dir=<run folder> (paths.output_dir follows it), or pass the checkpoint's path, "
+                           "e.g. ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt")
 
 
 def check_compatible(resumed: GPTConfig, current: GPTConfig, path: Path) -> None:

@@ -423,7 +423,8 @@ def test_ckpt_path_last_with_no_run_to_resume_makes_no_run_folder(tmp_path):
     r = run_cli("train.py", ["ckpt_path=last", "debug=smoke"], tmp_path)
     assert r.returncode == 2 and f"ckpt_path=last: no run to resume: no checkpoints/last.ckpt under {tmp_path}" \
         in r.stderr, r.stderr[-2000:]
-    assert not (tmp_path / "outputs").exists()
+    assert "name the run's folder, ckpt_path=last hydra.run.dir=<run folder>" in r.stderr  # (paths.output_dir=X was
+    assert not (tmp_path / "outputs").exists()  # given no word on the form that works: review)
     # given through a resolver of its own, the same: its text named no file, and it resumed another run's
     # checkpoint into a new folder, the settings it did not repeat back at their defaults (found by review)
     r = run_cli("train.py", ["ckpt_path=${oc.env:MOMATTN_TEST_NO_SUCH_VARIABLE,last}", "debug=smoke"], tmp_path)

@@ -390,12 +390,39 @@ def with_machine(md: str, machine) -> str:
             f"{machine.get('date')}.")
 
 
+def contention_note(res) -> str:
+    """A line for a table whose timings kept samples taken while other work used the cores (Timer's
+    contended_samples_kept, found anywhere in the results): it was in the JSON alone, and a table read from a
+    busy machine looked like any other (found by review). '' where none was kept."""
+    kept = total = 0
+
+    def walk(x) -> None:
+        nonlocal kept, total
+        if isinstance(x, dict):
+            if "contended_samples_kept" in x:
+                kept += int(x.get("contended_samples_kept") or 0)
+                total += len(x.get("samples_s") or [])
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(res)
+    if not kept:
+        return ""
+    return (f"Contended: {kept} of {total} timed samples were taken while other work kept more than a quarter of a "
+            "core busy (kept, out of retries or patience); read these timings as from a busy machine.")
+
+
 def write_results(path: Path, res: dict, md: str) -> None:
     """Print the markdown, then write path with suffix .md and path (JSON), each atomically, the JSON last: the
     report that tables are rendered from is never older than its .md beside it."""
     from momattn.io import atomic_write_text
 
     md = with_machine(md, res.get("machine") if isinstance(res, dict) else None)
+    if isinstance(res, dict) and "contention" not in res and (note := contention_note(res)):  # (bench_attention
+        md += "\n\n" + note  # says its own)
     print()
     print(md)
     path.parent.mkdir(parents=True, exist_ok=True)

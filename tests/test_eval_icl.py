@@ -164,6 +164,10 @@ def test_demonstration_pool_drops_copies_of_test_texts():
     with pytest.raises(DataError, match=r"has only 10 demonstration examples \(synthetic\), after 1 of its 11 were "
                                         r"dropped as copies of test texts"):
         evaluator(b_lover(), shots=[11]).prepare(task)
+    import dataclasses  # a StaICC task's pool is fixed: it was told to set demo_fraction, which it refuses (review)
+    with pytest.raises(DataError, match=r"lower icl.shots, or its pool is StaICC's, fixed: for more, give the task "
+                                        r"as a local JSONL task file"):
+        evaluator(b_lover(), shots=[11]).prepare(dataclasses.replace(task, source="staicc:x"))
 
 
 def test_a_test_example_among_its_own_demonstrations_is_caught_at_run_time():

@@ -198,9 +198,12 @@ class IclEvaluator:
                 dropped = len(data.demo_pool) - len(pool)
                 why = (f", after {dropped} of its {len(data.demo_pool)} were dropped as copies of test texts"
                        if dropped else "")
+                more = ("its pool is StaICC's, fixed: for more, give the task as a local JSONL task file "
+                        "({name, path, template, answers, demo_path})" if task.source.startswith("staicc:") else
+                        "give a larger demonstration pool (demo_path, or a larger demo_fraction)")  # (StaICC's was
+                # told to set demo_fraction, which a built-in task refuses: review)
                 raise DataError(f"icl.shots contains {k} but task '{task.name}' has only {len(pool)} "
-                                f"demonstration examples ({task.source}){why}; lower icl.shots or give a larger "
-                                "demonstration pool (demo_path, or a larger demo_fraction)")
+                                f"demonstration examples ({task.source}){why}; lower icl.shots, or {more}")
         result = TaskResult(
             name=task.name, kind="choice", source=task.source, template=task.template,
             answers=list(task.answers) if task.answers else "per example",

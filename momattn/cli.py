@@ -134,10 +134,7 @@ def check_hydra_overrides(config_name: str, overrides: list[str]) -> None:
              o.key_or_group.lstrip("+").startswith("hydra.sweeper.params")]
     if swept and cfg is not None and cfg.hydra.sweeper.get("params", None) is None:  # +hydra.sweeper.params.seed=1,2:
         # Hydra's "Sweeping over Hydra's configuration is not supported", and an empty sweep folder (diff review)
-        raise ConfigError(f"{swept[0].input_line}: Hydra cannot set the sweeper's params from the command line while "
-                          "they are unset (null, the basic sweeper's default); give the values as the sweep's own "
-                          "overrides (python train.py -m seed=1,2), or set hydra.sweeper.params in an experiment "
-                          "config, as conf/experiment/eta_sweep.yaml does")
+        raise _params_unset(swept[0].input_line, "seed=1,2")
     if parsed is None or cfg is not None:
         return
     section = hydra_section_overrides(parsed)
@@ -153,10 +150,7 @@ def check_hydra_overrides(config_name: str, overrides: list[str]) -> None:
                   o.key_or_group.lstrip("+").startswith("hydra.sweeper.params")]
         if params and base.hydra.sweeper.get("params", None) is None:  # Hydra: "'NoneType' object has no attribute
             # 'get'" or "Unexpected type: None" (found with the planner)
-            raise ConfigError(f"{params[0]}: Hydra cannot set the sweeper's params from the command line while they "
-                              "are unset (null, the basic sweeper's default); give the values as the sweep's own "
-                              "overrides (python train.py -m optim.lr=1e-3,2e-3), or set hydra.sweeper.params in an "
-                              "experiment config, as conf/experiment/eta_sweep.yaml does") from None
+            raise _params_unset(params[0], "optim.lr=1e-3,2e-3") from None
         if (missing := re.search(r"Could not find '(hydra/[\w/]+)/([^'/]+)'", text)) and \
                 (listed := re.search(r"Available options in '[^']+':\n((?:\t.*\n?)+)", text)):
             # hydra/launcher=jobli: Hydra lists each option on a line of its own, and the first three lines kept
@@ -167,6 +161,16 @@ def check_hydra_overrides(config_name: str, overrides: list[str]) -> None:
         why = [line.strip().rstrip(":") for err in (e, e.__cause__) if err is not None for line in str(err).splitlines()
                if line.strip() and not line.strip().startswith(("full_key:", "object_type=", "reference_type="))]
         raise ConfigError(f"{': '.join(dict.fromkeys(why[:3]))} (among {', '.join(hydras)})") from None
+
+
+def _params_unset(line: str, example: str):
+    """hydra.sweeper.params set on the command line while the basic sweeper's are null, which Hydra cannot do."""
+    from momattn.errors import ConfigError
+
+    return ConfigError(f"{line}: Hydra cannot set the sweeper's params from the command line while they are unset "
+                       "(null, the basic sweeper's default); give the values as the sweep's own overrides (python "
+                       f"train.py -m {example}), or set hydra.sweeper.params in an experiment config, as "
+                       "conf/experiment/eta_sweep.yaml does")
 
 
 def check_compare_callback(config_name: str, overrides: list[str]) -> None:

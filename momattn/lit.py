@@ -51,6 +51,15 @@ WINDOW_SPEED = ("tokens_per_sec", "mfu", "mfu_note", "flops_per_sec", "peak_flop
 # a throughput window's figures: what a resume too short to fill one keeps of the last measured (momattn.training)
 
 
+def with_last_window(speed: dict, earlier) -> dict | None:
+    """speed with the last measured window's figures (WINDOW_SPEED) of `earlier` (a checkpoint's speed) where this
+    process measured none and earlier has one; None otherwise."""
+    earlier = earlier if isinstance(earlier, dict) else {}
+    if speed.get("tokens_per_sec") or not earlier.get("tokens_per_sec"):
+        return None
+    return {**speed, **{k: earlier[k] for k in WINDOW_SPEED if earlier.get(k) is not None}}
+
+
 class LitGPT(pl.LightningModule):
     """Trains `model`; `meta` (model config, tokenizer, resolved run config) goes into every checkpoint."""
 
@@ -273,10 +282,9 @@ class LitGPT(pl.LightningModule):
                                  "val_metrics": {k: float(v) for k, v in _val_metrics(self).items()}}
         if self.outcome is not None:  # and its train/* metrics and speed (they were missing there: review)
             speed, logged = self.outcome()
-            earlier = getattr(self, "_resumed_speed", None) or {}
-            if not speed.get("tokens_per_sec") and earlier.get("tokens_per_sec"):  # a resume too short for a window:
-                # the last window measured, carried on (a second short resume had no rate again: flows review)
-                speed = {**speed, **{k: earlier[k] for k in WINDOW_SPEED if earlier.get(k) is not None}}
+            # a resume too short for a window: the last window measured, carried on (a second short resume had no
+            # rate again: flows review)
+            speed = with_last_window(speed, getattr(self, "_resumed_speed", None)) or speed
             checkpoint["momattn"] |= {"speed": speed,
                                       "train_metrics": {k: v for k, v in logged.items() if k.startswith("train/")}}
         for logger in self.loggers:  # a resume continues the same W&B run

@@ -155,6 +155,21 @@ def checkpoints_stamp(folder: Path | None) -> list:
     return stamp
 
 
+def replaced_rows(side: Path, stamp: list) -> dict | None:
+    """metrics.replaced.json's contents where its stamp is `stamp` (last.ckpt unchanged since it was written); else
+    None, and the file, stale (a checkpoint saved since: last.ckpt is the resumed run's now) or damaged, removed."""
+    try:
+        kept = json.loads(side.read_text())
+        if kept["stamp"] == stamp and isinstance(kept["rows"], list) and isinstance(kept["header"], list):
+            return kept
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    side.unlink(missing_ok=True)
+    return None
+
+
 class _ContinuingWriter(_AtomicWriter):
     """Lightning's CSV writer, except that an existing metrics.csv is continued (a resume) instead of deleted: its
     rows from the resumed step on are dropped (a run killed after its checkpoint had logged them; the resume logs
@@ -194,18 +209,7 @@ class _ContinuingWriter(_AtomicWriter):
 
     def _earlier_rows(self, stamp: list) -> dict | None:
         """metrics.replaced.json's rows where no checkpoint was saved since it was written; a stale one removed."""
-        side = Path(self.log_dir) / REPLACED
-        try:
-            kept = json.loads(side.read_text())
-            ok = kept["stamp"] == stamp and isinstance(kept["rows"], list) and isinstance(kept["header"], list)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError):
-            ok = False
-        if not ok:  # a checkpoint saved since (last.ckpt is the resumed run's now), or a damaged file
-            side.unlink(missing_ok=True)
-            return None
-        return kept
+        return replaced_rows(Path(self.log_dir) / REPLACED, stamp)
 
     def _check_log_dir_exists(self) -> None:
         if not self._fs.isfile(self.metrics_file_path):
@@ -293,15 +297,9 @@ class CSVLogger(_LightningCSVLogger):
         resume dropped (metrics.replaced.json) are no one's to put back (the file outlived the run: diff review).
         Kept where the save left last.ckpt as it was (another callback's step file: second diff review)."""
         super().after_save_checkpoint(checkpoint_callback)
-        side = Path(self.log_dir) / REPLACED
-        if self.resumed and side.exists():
-            try:
-                stale = json.loads(side.read_text())["stamp"] != checkpoints_stamp(
-                    Path(self.checkpoints) if self.checkpoints else None)
-            except (OSError, ValueError, KeyError, TypeError):
-                stale = True
-            if stale:
-                side.unlink(missing_ok=True)
+        if self.resumed:
+            replaced_rows(Path(self.log_dir) / REPLACED, checkpoints_stamp(
+                Path(self.checkpoints) if self.checkpoints else None))
 
     @property
     def experiment(self) -> ExperimentWriter:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 
 from hydra.errors import HydraException
@@ -359,7 +358,7 @@ def sweep_job(overrides: list[str]) -> tuple[list[str], str | None]:
     from omegaconf import OmegaConf
 
     from momattn.cli import check_overrides, hydra_section
-    from momattn.sweep_jobs import BASIC, plan_sweep
+    from momattn.sweep_jobs import plan_sweep
 
     sweep = plan_sweep("train", overrides)
     if sweep is None:
@@ -375,10 +374,6 @@ def sweep_job(overrides: list[str]) -> tuple[list[str], str | None]:
             # composed as one run's value: "requires --multirun", with -m given; flows review)
             return base, ("an Optuna search, whose trials are chosen as it runs: planned is one trial at the "
                           "search's base values; the search runs hydra.sweeper.n_trials of them")
-        if cfg is not None and OmegaConf.select(cfg, "hydra.sweeper._target_", default="") == BASIC and \
-                any(re.search(r"=\s*(interval|tag)\(", o) for o in overrides):  # (Hydra: "requires --multirun")
-            raise UserError("interval() and tag() are an Optuna search's (hparams_search=optuna); Hydra's basic "
-                            "sweeper takes value lists, choice() and range(): plan one run with one value per key")
         return overrides, None  # planned as given: Hydra says what it cannot compose
     if len(sweep.jobs) < 2:
         return overrides, None

@@ -62,9 +62,10 @@ def check_basic_sweeps(params: dict, task: list[str]) -> None:
     from momattn.errors import ConfigError, first_line
 
     given = [f"{k}={v}" for k, v in params.items()] + list(task)
+    parser = OverridesParser.create(config_loader=_GroupOptions())
     for line in given:
         try:
-            o = OverridesParser.create(config_loader=_GroupOptions()).parse_override(line)
+            o = parser.parse_override(line)
         except Exception:  # what does not parse is named by check_overrides
             continue
         where = "" if line in task else " (hydra.sweeper.params)"

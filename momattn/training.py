@@ -83,7 +83,7 @@ from momattn.errors import (
     first_line,
 )
 from momattn.io import atomic_write_text, json_text, remove_stale_temps, restore_left_aside
-from momattn.lit import WINDOW_SPEED, LitGPT
+from momattn.lit import LitGPT, with_last_window
 from momattn.loss import before_compile
 from momattn.memory import check_fits
 from momattn.metrics import unigram_ppl
@@ -369,14 +369,13 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                 if not speed.get("tokens_per_sec") and (saved := _dict(resume.get("speed"))):
                     speed = {**saved, "speed_note": f"measured by the process that saved {ckpt_path} (this one "
                              "trained no steps)"}
-            if kept is None and trained and resume and not speed.get("tokens_per_sec") and \
-                    (saved := _dict(resume.get("speed"))).get("tokens_per_sec"):  # a resume too short to fill a
-                # window: summary.json had no tokens/s or MFU (found by review); the last measured window's
-                speed = {**speed, **{k: saved[k] for k in WINDOW_SPEED if saved.get(k) is not None},  # (the rate,
-                         # its MFU and the peak it was of)
-                         "speed_note": f"the last steps' rate is {ckpt_path}'s, the last window measured before "
-                                       f"it: this process trained {(n := trainer.global_step - start_step)} "
-                                       f"step{'' if n == 1 else 's'}, too few to fill its window"}
+            if kept is None and trained and (window := with_last_window(speed, _dict(resume.get("speed")))):
+                # a resume too short to fill a window: summary.json had no tokens/s or MFU (found by review); the
+                # last measured window's (the rate, its MFU and the peak it was of)
+                n = trainer.global_step - start_step
+                speed = {**window, "speed_note": f"the last steps' rate is {ckpt_path}'s, the last window measured "
+                                                 f"before it: this process trained {n} step{'' if n == 1 else 's'}, "
+                                                 "too few to fill its window"}
             if kept is None:
                 _report(c, trainer, metrics, loggers, _unigram(train, dm, trainer.world_size, tokenizer.n_ids), speed,
                         out_dir, (tokenizer.vocab_size, model_config.vocab_size), None if trained else ckpt_path)

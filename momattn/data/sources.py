@@ -169,6 +169,16 @@ def utf16_order(data: str | bytes) -> str | None:
     return "utf-16le" if odd > even else "utf-16be"
 
 
+def not_utf8_why(data: bytes, otherwise: str) -> tuple[str, str]:
+    """(why bytes that are not UTF-8 are not, the encoding iconv -f converts them from): UTF-16 by its byte-order
+    mark (Windows' "Unicode") or by its NULs, else `otherwise` and latin1 (whose advice made NULs of UTF-16)."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "UTF-16, by its byte-order mark", "utf-16"
+    if order := utf16_order(data):
+        return "UTF-16 without a byte-order mark, it seems", order
+    return otherwise, "latin1"
+
+
 def _read_utf8(path: Path) -> str:
     data = path.read_bytes()
     try:
@@ -177,12 +187,9 @@ def _read_utf8(path: Path) -> str:
             raise DataError(f"data file '{path}' {problem}")
         return text
     except UnicodeDecodeError as e:
-        wide = data[:2] in (b"\xff\xfe", b"\xfe\xff")  # a UTF-16 byte-order mark (Windows' "Unicode")
-        order = None if wide else utf16_order(data)  # without one, and not all ASCII (the latin1 advice made NULs)
-        why = ("UTF-16, by its byte-order mark" if wide else "UTF-16 without a byte-order mark, it seems" if order
-               else f"byte {e.start}: {data[e.start:e.start + 4]!r}")
-        raise DataError(f"data file '{path}' is not UTF-8 text ({why}); convert it, e.g. iconv -f "
-                        + ("utf-16" if wide else order or "latin1") + " -t utf-8") from e
+        why, encoding = not_utf8_why(data, f"byte {e.start}: {data[e.start:e.start + 4]!r}")
+        raise DataError(f"data file '{path}' is not UTF-8 text ({why}); convert it, e.g. iconv -f {encoding} -t "
+                        "utf-8") from e
 
 
 def _held_out(docs: list[str], split: Split, fraction: float, seed: int, source: Any = None) -> list[str]:
@@ -538,19 +545,18 @@ def not_utf8(name: str, data_files: Any, e: UnicodeDecodeError) -> DataError:
     conversion that fits them: UTF-16 (by its byte-order mark, or its NULs) was advised latin1, which makes NULs of
     it (found by review)."""
     data = bytes(e.object)
-    wide = data[:2] in (b"\xff\xfe", b"\xfe\xff")
-    order = None if wide else utf16_order(data)
     path = next((p for p in named_files(data_files) if not _decodes(p)), None) if data_files else None
     if path is not None:  # the file's own start tells its kind better than the chunk datasets decoded
         with open(path, "rb") as f:
-            head = f.read(4096)
-        wide = head[:2] in (b"\xff\xfe", b"\xfe\xff")
-        order = None if wide else utf16_order(head)
-    why = ("UTF-16, by its byte-order mark" if wide else "UTF-16 without a byte-order mark, it seems" if order
-           else f"a byte that is not UTF-8: {data[e.start:e.start + 4]!r}")
+            data = f.read(4096)
+    return _not_utf8_file(name, data_files, path, *not_utf8_why(
+        data, f"a byte that is not UTF-8: {bytes(e.object)[e.start:e.start + 4]!r}"))
+
+
+def _not_utf8_file(name: str, data_files: Any, path: Path | None, why: str, encoding: str) -> DataError:
     what = f"the file {path}" if path is not None else "a file"
     return DataError(f"data.name='{name}' data.data_files={data_files}: {what} is not UTF-8 text ({why}); "
-                     "convert it, e.g. iconv -f " + ("utf-16" if wide else order or "latin1") + " -t utf-8")
+                     f"convert it, e.g. iconv -f {encoding} -t utf-8")
 
 
 def _decodes(path: Path) -> bool:
@@ -581,14 +587,9 @@ def wide_file(name: str, data_files: Any) -> DataError | None:
                 head = f.read(4096)
         except OSError:
             continue
-        wide = head[:2] in (b"\xff\xfe", b"\xfe\xff")
-        order = None if wide else utf16_order(head)
-        if wide or order or not _decodes(p):
-            why = ("UTF-16, by its byte-order mark" if wide else "UTF-16 without a byte-order mark, it seems" if order
-                   else "a byte that is not UTF-8")
-            return DataError(f"data.name='{name}' data.data_files={data_files}: the file {p} is not UTF-8 text "
-                             f"({why}); convert it, e.g. iconv -f " + ("utf-16" if wide else order or "latin1")
-                             + " -t utf-8")
+        why, encoding = not_utf8_why(head, "a byte that is not UTF-8")
+        if encoding != "latin1" or not _decodes(p):
+            return _not_utf8_file(name, data_files, p, why, encoding)
     return None
 
 
@@ -691,7 +692,7 @@ def check_files_there(name: str, data_files: dict | None, reading: str | None = 
                     raise DataError(f"data.data_files: the '{split}' pattern '{f}' matches no file")
             elif not path.is_file():
                 raise DataError(f"data.data_files: the '{split}' file '{f}' {not_a_file(path)}")
-    split = str(reading).split("[", 1)[0]  # (a slice of the split reads its files)
+    split = split_name(reading)  # (a slice of the split reads its files)
     files = (data_files or {}).get(split) if reading is not None else None
     local = all("://" not in str(f) for f in (files if isinstance(files, list | tuple) else [files]))
     if local and (paths := named_files(files)) and all(p.stat().st_size == 0 for p in paths):

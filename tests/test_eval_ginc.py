@@ -254,3 +254,19 @@ def test_evaluate_model_on_a_ginc_checkpoint_and_the_report(tmp_path, world):
     write_reports([res, res3], tmp_path / "same")
     md = (tmp_path / "same" / "results.md").read_text()
     assert "Different GINC worlds" not in md and "Different corpora" not in md
+
+
+def test_a_ginc_k_max_below_the_fewest_demonstrations_is_not_scored(tmp_path, world):
+    """k=max placing fewer than 4 examples is known before any prompt is scored: it was scored, then reported
+    nowhere (the report says "does not fit")."""
+    model = tiny_gpt(vocab=V + 1, block_size=20)
+    eval_cfg = {"ppl": {"max_windows": 1}, "batch_tokens": 512,
+                "icl": {"tasks": ["ginc"], "shots": [1, "max"], "seeds": [1, 2], "max_examples": 6}}
+    res = evaluate_model(model, world.tokenizer(), {"data": WORLD}, eval_cfg, tmp_path, "vanilla")
+    shot = res.icl.tasks["ginc"].shots["max"]
+    assert not shot.fits and shot.acc is None and shot.per_seed == [] and 0 < shot.k_max_fit < 4
+    assert shot.k_used_mean == shot.k_max_fit and shot.note == (f"does not fit: k=max places only {shot.k_max_fit} "
+                                                              "examples in the context")
+    assert res.icl.tasks["ginc"].shots["1"].fits and res.icl.tasks["ginc"].shots["1"].acc is not None
+    preds = (tmp_path / "icl_predictions_vanilla.jsonl").read_text().splitlines()
+    assert len(preds) == 2 * 6 and all(json.loads(p)["k"] == 1 for p in preds)

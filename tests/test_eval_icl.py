@@ -7,6 +7,7 @@ from test_eval_common import CharTokenizer, bigram_lm
 from momattn.errors import DataError
 from momattn.eval.config import IclConfig
 from momattn.eval.icl import IclEvaluator
+from momattn.eval.results import ShotResult
 from momattn.eval.tasks import IclData, IclExample, IclTask
 
 TOK = CharTokenizer()
@@ -77,10 +78,17 @@ def test_max_is_set_by_the_longest_test_example():
 
 def test_int_k_drops_demonstrations_that_would_overflow_per_example():
     ev = evaluator(b_lover(block_size=64), shots=[16])
-    res = ev.evaluate([letter_task([1, 0], text_len=[3, 20])]).tasks["letters"].shots["16"]
-    assert sorted(p["k_used"] for p in ev.predictions) == [5, 8]  # the long example keeps fewer
-    assert res.per_seed[0].k_used_max == 8 and res.k_used_mean == 6.5
-    assert not res.fits and "k_used=6.5" in res.note  # 16 requested: marked, never shown as 16-shot
+    task = letter_task([1, 0], text_len=[3, 20])
+    res = ev.evaluate([task]).tasks["letters"].shots["16"]
+    assert res.per_seed[0].k_used_min == 5 and res.per_seed[0].k_used_max == 8  # the long example keeps fewer
+    assert res.k_used_mean == 6.5 and not res.fits and "k_used=6.5" in res.note  # marked, never shown as 16-shot
+    # placed, not scored: a k that does not fit was scored in full, then reported nowhere (left-over item)
+    assert res.acc is None and res.acc_std is None and ev.predictions == []
+    assert res.per_seed[0].acc is None and ShotResult.from_json(res.to_json()).acc is None
+    data = task.load(0)
+    enc, _ = ev.encode_test(task, ev.test_set(data.test))
+    ev.evaluate_run(task, enc, data.demo_pool, 16, 1)  # scored on its own, as the analysis does
+    assert sorted(p["k_used"] for p in ev.predictions) == [5, 8]
 
 
 def test_prompts_longer_than_the_context_keep_their_last_tokens():
@@ -188,7 +196,7 @@ def test_a_test_example_among_its_own_demonstrations_is_caught_at_run_time():
     order = np.random.default_rng(7).permutation(len(prep.pool))
     prep.pool[int(order[0])] = prep.test[1].example  # 50 letters + answer: first demonstration of seed 7
     ev.predictions.clear()
-    ev.evaluate([prep])
+    ev.evaluate_run(prep.task, prep.test, prep.pool, 4, 7)  # k=4 does not fit: scored directly, as analyze.py does
     assert sorted(p["k_used"] for p in ev.predictions) == [0, 1]
 
 

@@ -127,8 +127,11 @@ def test_evaluate_model_and_reports(tmp_path, tokenizer, cache_dir):
     doc = strict_json((tmp_path / "results.json").read_text())
     assert "first token" in doc["protocol"]["ppl"] and len(doc["checkpoints"]) == 2
     assert doc["checkpoints"][0] == res.to_json()
-    shot = doc["checkpoints"][0]["icl"]["tasks"]["trec"]["shots"]["2"]
-    assert {"acc", "acc_std", "k_used_mean", "chance", "fits", "acc_sum_lp", "per_seed"} <= set(shot)
+    shot = doc["checkpoints"][0]["icl"]["tasks"]["trec"]["shots"]["0"]
+    assert {"acc", "k_used_mean", "chance", "fits", "acc_sum_lp", "per_seed"} <= set(shot)
+    unfit = doc["checkpoints"][0]["icl"]["tasks"]["trec"]["shots"]["2"]  # placed, not scored: no accuracy at all
+    assert unfit["acc"] is None and "acc_sum_lp" not in unfit and not unfit["fits"] and "note" in unfit
+    assert ModelResult.from_json(doc["checkpoints"][0]).icl.tasks["trec"].shots["2"].per_seed[0].acc is None
     assert flat_metrics(doc["checkpoints"][0]) == metrics  # the JSON form reads back to the same numbers
     assert (tmp_path / "ppl.png").stat().st_size > 0 and (tmp_path / "icl.png").stat().st_size > 0
     # two BPEs of one name and size trained on other texts: told apart by their fingerprints (they were not)

@@ -274,11 +274,14 @@ class GincEvaluator:
                          f"{self.context}-token context (at most k={fit})")
                 continue
             kk = min(fit, self.cfg.max_shots) if k == "max" else k
+            if k == "max" and kk < min(MIN_DEMOS, self.cfg.max_shots):  # known before scoring: not scored (text too)
+                result.shots[str(k)] = ShotResult(
+                    k=str(k), fits=False, chance=chance, k_used_mean=float(kk), k_max_fit=fit,
+                    note=f"does not fit: k=max places only {kk} examples in the context")
+                continue
             runs = [self.evaluate_run(task, kk, s, shots=k)
                     for s in tqdm(self.cfg.seeds, desc=f"icl {task.name} k={k}", leave=False, disable=not stderr_tty())]
-            fits = k != "max" or kk >= min(MIN_DEMOS, self.cfg.max_shots)
-            note = None if fits else f"does not fit: k=max places only {kk} examples in the context"
-            result.shots[str(k)] = ShotResult.from_runs(k, runs, chance, fits, k_max_fit=fit, note=note)
+            result.shots[str(k)] = ShotResult.from_runs(k, runs, chance, True, k_max_fit=fit)
         done_line(f"icl {task.name}: k in {list(self.cfg.shots)}, {len(self.cfg.seeds)} seed(s)", t0)
         return result
 

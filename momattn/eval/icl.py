@@ -119,6 +119,16 @@ class EncodedExample:
 
 
 @dataclass
+class Placement:
+    """One seed's demonstrations for a k, and how many of them each test prompt holds (k_used)."""
+
+    seed: int
+    examples: list[IclExample]
+    demos: list[list[int]]  # token ids of each demonstration, separator included
+    k_used: list[int]  # per test example
+
+
+@dataclass
 class PreparedTask:
     task: IclTask
     test: list[EncodedExample]
@@ -214,18 +224,31 @@ class IclEvaluator:
         return PreparedTask(task, test, pool, result)
 
     def evaluate_task(self, task: IclTask | PreparedTask) -> TaskResult:
+        """Each k's prompts are placed for every seed first; a k that does not fit is not scored (its accuracy, of
+        fewer demonstrations than asked, is reported nowhere: it was scored in full, then marked 'does not fit')."""
         prep = task if isinstance(task, PreparedTask) else self.prepare(task)
-        runs = [(k, s) for k in self.cfg.shots for s in (self.cfg.seeds[:1] if k == 0 else self.cfg.seeds)]
-        per_k: dict[int | str, list[SeedRun]] = defaultdict(list)
+        placed = {k: [self.place(prep.task, prep.test, prep.pool, k, s)
+                      for s in (self.cfg.seeds[:1] if k == 0 else self.cfg.seeds)] for k in self.cfg.shots}
+        unfit = {k: self._unplaced_runs(prep.test, p) for k, p in placed.items()}
+        unfit = {k: r for k, r in unfit.items() if not self.fits(k, r)}
+        runs = [(k, p) for k in self.cfg.shots if k not in unfit for p in placed[k]]
+        per_k: dict[int | str, list[SeedRun]] = defaultdict(list, unfit)
         t0 = time.perf_counter()
-        for k, seed in tqdm(runs, desc=f"icl {prep.task.name}", leave=False, disable=not stderr_tty()):
-            per_k[k].append(self.evaluate_run(prep.task, prep.test, prep.pool, k, seed))
-        done_line(f"icl {prep.task.name}: {len(runs)} (k, seed) runs of {len(prep.test)} test examples", t0)
+        for k, p in tqdm(runs, desc=f"icl {prep.task.name}", leave=False, disable=not stderr_tty()):
+            per_k[k].append(self.score_run(prep.task, prep.test, k, p))
+        skipped = f"; k={', '.join(map(str, unfit))} not scored: does not fit" if unfit else ""
+        done_line(f"icl {prep.task.name}: {len(runs)} (k, seed) runs of {len(prep.test)} test examples{skipped}", t0)
         chance = prep.result.chance
-        prep.result.shots = {str(k): ShotResult.from_runs(k, r, chance, self.fits(k, r),
-                                                  **self._note(k, r, len(prep.pool)))
-                             for k, r in per_k.items()}
+        prep.result.shots = {str(k): ShotResult.from_runs(k, per_k[k], chance, self.fits(k, per_k[k]),
+                                                          **self._note(k, per_k[k], len(prep.pool)))
+                             for k in self.cfg.shots}
         return prep.result
+
+    @staticmethod
+    def _unplaced_runs(test: Sequence[EncodedExample], placed: Sequence[Placement]) -> list[SeedRun]:
+        """Each seed's placement as a run with nothing scored (acc None): what fits() and the note read."""
+        return [SeedRun(seed=p.seed, acc=None, k_used_mean=float(np.mean(p.k_used)), k_used_min=int(min(p.k_used)),
+                        k_used_max=int(max(p.k_used)), n=len(test)) for p in placed]
 
     def fits(self, k: int | str, runs: Sequence[SeedRun]) -> bool:
         """Every prompt holds the requested k; k='max' places at least MIN_DEMOS (or max_shots, if lower)."""
@@ -272,7 +295,8 @@ class IclEvaluator:
                     f"(row {demos[pos].id}) of its own prompt (seed {seed}, k={k}); the demonstration pool "
                     "must not hold test texts. This is a bug in the task's split: please report it")
 
-    def evaluate_run(self, task: IclTask, test: Sequence[EncodedExample], pool, k, seed: int) -> SeedRun:
+    def place(self, task: IclTask, test: Sequence[EncodedExample], pool, k, seed: int) -> Placement:
+        """Draw `seed`'s demonstrations and how many of them each test prompt holds (nothing scored yet)."""
         examples = self.demo_examples(pool, k, seed)
         demos = [self.demo_ids(task, ex) for ex in examples]
         cum = np.concatenate([[0], np.cumsum([len(d) for d in demos])])  # prefix after j demonstrations
@@ -282,7 +306,14 @@ class IclEvaluator:
             k_used = [n_fit] * len(test)
         else:
             k_used = [int(np.flatnonzero(room >= e.need).max()) for e in test]
-        self.check_no_leak(task, test, examples, k_used, k, seed)
+        return Placement(seed, examples, demos, k_used)
+
+    def evaluate_run(self, task: IclTask, test: Sequence[EncodedExample], pool, k, seed: int) -> SeedRun:
+        return self.score_run(task, test, k, self.place(task, test, pool, k, seed))
+
+    def score_run(self, task: IclTask, test: Sequence[EncodedExample], k, placed: Placement) -> SeedRun:
+        seed, demos, k_used = placed.seed, placed.demos, placed.k_used
+        self.check_no_leak(task, test, placed.examples, k_used, k, seed)
         by_prefix = defaultdict(list)
         for i, j in enumerate(k_used):
             by_prefix[j].append(i)

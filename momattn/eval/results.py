@@ -119,7 +119,7 @@ class SeedRun(JsonMixin):
     """One demonstration draw (seed) at one k: accuracies over the test prompts."""
 
     seed: int
-    acc: float  # the headline rule
+    acc: float | None  # the headline rule; None: not scored, its k does not fit the context
     k_used_mean: float  # demonstrations actually placed, mean over test prompts
     k_used_min: int
     k_used_max: int
@@ -129,6 +129,13 @@ class SeedRun(JsonMixin):
     acc_cand: float | None = None  # GINC: argmax over the V symbols (the candidate rule)
     delimiter_baseline: float | None = None  # GINC: share of labels that are the delimiter "/"
     n_ties: int | None = None  # test prompts whose top score two or more answers shared (the first was taken)
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> SeedRun:
+        run = super().from_json(data)
+        if run.acc is None and any(k in data for k in ("acc_mean_lp", "acc_sum_lp", "acc_cand")):
+            run.acc = float("nan")  # a scored run's null was a nan (diverged); one with no rule's value was not scored
+        return run
 
 
 def warn_nonfinite(task: str, k, seed: int, broken: int, n: int, what: str) -> None:
@@ -165,7 +172,7 @@ class ShotResult(JsonMixin):
     fits: bool  # False: the requested k (or max, below MIN_DEMOS) does not fit the context
     chance: float
     k_used_mean: float
-    acc: float | None = None  # None only when nothing could be scored (a GINC k beyond the context)
+    acc: float | None = None  # None only when nothing was scored: a k that does not fit the context
     acc_std: float | None = None
     seeds: list[int] = field(default_factory=list)
     per_seed: list[SeedRun] = field(default_factory=list)

@@ -159,6 +159,29 @@ def test_a_task_that_cannot_place_enough_demonstrations_is_marked_and_left_out_o
     assert out.avg["0"].n_tasks == 2  # zero-shot always fits
 
 
+def test_icl_png_averages_across_k_only_the_tasks_that_fit_at_every_k(tmp_path, monkeypatch):
+    """The per-k Avg of the table averages other task sets at other k: drawn as one line across k, a task left out
+    at k=max read as a trend (left-over item). The avg panel draws the tasks that fit at every k, and says so."""
+    import matplotlib.axes
+
+    from momattn.eval.report import _fit_every_k, plot_icl
+    from momattn.eval.results import ModelResult
+
+    short, long = letter_task([1, 0], name="short"), letter_task([1, 1], text_len=40, name="long")
+    out = evaluator(b_lover(block_size=64), shots=[0, "max"]).evaluate([short, long])
+    assert _fit_every_k(out) == ["short"]
+    drawn, titles = {}, {}
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", lambda ax, xs, ys, **kw: drawn.setdefault(id(ax), list(ys)))
+    real_title = matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title",
+                        lambda ax, t, **kw: (titles.__setitem__(t, id(ax)), real_title(ax, t, **kw))[1])
+    res = ModelResult(label="m", attention="vanilla", model={}, tokenizer={}, eval_config={}, icl=out)
+    assert plot_icl([res], tmp_path / "icl.png")
+    avg = titles["avg (without long: not every k fits)"]
+    assert drawn[avg] == [100 * out.tasks["short"].shots[k].acc for k in ("0", "max")]
+    assert drawn[avg] != [100 * out.avg[k].acc for k in ("0", "max")]  # what it drew: k=0 averaged both tasks
+
+
 def test_demonstration_pool_drops_copies_of_test_texts():
     answers = ("a", "b")
     test = [IclExample(i, {"text": f"t{i}"}, answers, 1) for i in range(4)]

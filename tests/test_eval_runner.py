@@ -75,6 +75,7 @@ def test_evaluate_model_and_reports(tmp_path, tokenizer, cache_dir):
     # and no headline accuracy (the per-k numbers stay, with their k_used)
     assert not sst2.shots["max"].fits and sst2.shots["max"].k_used_mean < 3
     assert res.icl.avg["max"].excluded == ["sst2", "trec"] and "icl/avg/acc" not in metrics
+    assert metrics["icl/avg/n_tasks@k0"] == 2 and metrics["icl/avg/n_tasks@kmax"] == 0  # which k's Avg left tasks out
     assert "icl/sst2/acc" not in metrics and "icl/trec/acc" not in metrics
     # nor per k: a k that does not fit logged a near zero-shot score under its k (found by review)
     assert not {"icl/sst2/acc@kmax", "icl/sst2/acc_sum@kmax", "icl/sst2/acc_cand@kmax"} & set(metrics)

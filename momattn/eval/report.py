@@ -220,6 +220,16 @@ def _own_test_sets(results: Sequence[ModelResult], tasks: Sequence[str]) -> str:
     return ""
 
 
+def _choice_tasks(icl: IclResult) -> list[str]:
+    return [n for n, t in icl.tasks.items() if t.kind == "choice"]
+
+
+def _fit_every_k(icl: IclResult) -> list[str]:
+    """The answer-choice tasks that fit at every k: the average icl.png draws across k (the table's per-k Avg
+    leaves out, at each k, the tasks that do not fit there)."""
+    return [n for n in _choice_tasks(icl) if all(icl.tasks[n].shots[s].fits for s in icl.shots)]
+
+
 def _avg_cell(icl: IclResult, k: str) -> str:
     avg = icl.avg.get(k)
     if avg is None or avg.acc is None:
@@ -394,8 +404,9 @@ def plot_icl(results: Sequence[ModelResult], path: Path) -> bool:
     tasks = _icl_tasks(results)
     if not tasks:
         return False
-    has_avg = any(a.acc is not None for r in results if r.icl for a in r.icl.avg.values())
-    panels = tasks + (["avg"] if has_avg else [])
+    common = {r.label: _fit_every_k(r.icl) for r in results if r.icl}
+    panels = tasks + (["avg"] if any(common.values()) else [])
+    left_out = sorted({t for r in results if r.icl for t in _choice_tasks(r.icl) if t not in common[r.label]})
     cols = min(4, len(panels))
     nrows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.8 * nrows), squeeze=False)
@@ -407,9 +418,11 @@ def plot_icl(results: Sequence[ModelResult], path: Path) -> bool:
                 continue
             shots = icl.shots
             xs = list(range(len(shots)))
-            if name == "avg":
-                ys, err = [_nan(icl.avg[s].acc) for s in shots], None
-                chance = next((a.chance for a in icl.avg.values() if a.chance is not None), None)
+            if name == "avg":  # the tasks that fit at every k: a per-k Avg over other task sets made a false trend
+                if not (fit := common[r.label]):
+                    continue
+                ys, err = [sum(_nan(icl.tasks[t].shots[s].acc) for t in fit) / len(fit) for s in shots], None
+                chance = sum(icl.tasks[t].chance for t in fit) / len(fit)
             else:
                 t = icl.tasks[name]
                 ys = [_nan(t.shots[s].acc) if t.shots[s].fits else float("nan") for s in shots]
@@ -419,7 +432,8 @@ def plot_icl(results: Sequence[ModelResult], path: Path) -> bool:
             ax.set_xticks(xs, [f"k={s}" for s in shots])
         if chance is not None:
             ax.axhline(100 * chance, color="gray", linestyle="--", linewidth=1, label="chance")
-        ax.set_title(name)
+        ax.set_title(name if name != "avg" or not left_out else f"avg (without {', '.join(left_out)}: not every k fits)",
+                     fontsize=None if name != "avg" or not left_out else 8)
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:

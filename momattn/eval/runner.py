@@ -240,7 +240,7 @@ def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cf
 def flat_metrics(result: ModelResult | Mapping) -> dict[str, float]:
     """Namespaced scalars for a logger: eval/ppl@256, eval/bpb@256, eval/train_ppl@1024, icl/sst2/acc
     (headline k), icl/sst2/acc@k4, icl/sst2/acc_sum@k4, icl/sst2/k_used@k4, icl/ginc/acc_cand@k8,
-    icl/avg/acc (tasks that fit), ..."""
+    icl/avg/acc (tasks that fit), icl/avg/n_tasks@k4 (how many), ..."""
     r = as_model_result(result)
     out: dict[str, float | None] = {}
     if r.ppl:
@@ -261,8 +261,9 @@ def flat_metrics(result: ModelResult | Mapping) -> dict[str, float]:
                     out[f"icl/{name}/acc_cand@k{s}"] = v.acc_cand
                 out[f"icl/{name}/k_used@k{s}"] = v.k_used_mean
         out["icl/avg/acc"] = r.icl.avg[k].acc if k in r.icl.avg else None
-        for s, v in r.icl.avg.items():
+        for s, v in r.icl.avg.items():  # each k's Avg is over the tasks that fit there: n_tasks says how many
             out[f"icl/avg/acc@k{s}"] = v.acc
+            out[f"icl/avg/n_tasks@k{s}"] = v.n_tasks
     return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}
 
 

@@ -159,6 +159,23 @@ def test_a_task_that_cannot_place_enough_demonstrations_is_marked_and_left_out_o
     assert out.avg["0"].n_tasks == 2  # zero-shot always fits
 
 
+def test_side_by_side_baseline_avg_cells_are_each_models_own_where_their_avg_holds_other_tasks():
+    """One test set, two contexts: the long task fits the 128-token model at k=max only. Its commonest-label Avg
+    averaged the first model's tasks for both (left-over item)."""
+    from momattn.eval.report import markdown_report
+    from momattn.eval.results import ModelResult
+
+    tasks = [letter_task([1, 0], name="short"), letter_task([1, 1], text_len=40, name="long")]
+    res = [ModelResult(label=label, attention="vanilla", model={}, tokenizer={}, eval_config={},
+                       icl=evaluator(b_lover(block_size=size), shots=[0, "max"]).evaluate(tasks))
+           for label, size in (("wide", 128), ("narrow", 64))]
+    assert [r.icl.avg["max"].excluded for r in res] == [[], ["long"]]
+    md = markdown_report(res)
+    assert "| always the commonest label | 50.0 | 100.0 | 75.0 (wide), 50.0 (narrow) |" in md
+    assert "| chance | 50.0 | 50.0 | 50.0 |" in md  # alike: one value
+    assert markdown_report(res[:1]).count("| always the commonest label | 50.0 | 100.0 | 75.0 |") == 1
+
+
 def test_icl_png_averages_across_k_only_the_tasks_that_fit_at_every_k(tmp_path, monkeypatch):
     """The per-k Avg of the table averages other task sets at other k: drawn as one line across k, a task left out
     at k=max read as a trend (left-over item). The avg panel draws the tasks that fit at every k, and says so."""

@@ -230,6 +230,13 @@ def _fit_every_k(icl: IclResult) -> list[str]:
     return [n for n in _choice_tasks(icl) if all(icl.tasks[n].shots[s].fits for s in icl.shots)]
 
 
+def _per_model_avg(values: Sequence[tuple[str, float]]) -> str:
+    """A baseline row's Avg cell: one value, or each model's where the tasks their Avg holds differ."""
+    if len({_pct(v) for _, v in values}) <= 1:
+        return _pct(values[0][1]) if values else MISSING
+    return ", ".join(f"{_pct(v)} ({label})" for label, v in values)
+
+
 def _avg_cell(icl: IclResult, k: str) -> str:
     avg = icl.avg.get(k)
     if avg is None or avg.acc is None:
@@ -245,9 +252,9 @@ def choice_markdown(results: Sequence[ModelResult], first: IclResult) -> list[st
     rule = "mean log-prob per answer token" if score == "mean" else "sum of answer log-probs"
     header = ["model", *tasks, "Avg"]
     chance = ["chance"] + [_pct(_task_info(results, t).chance) for t in tasks]
-    avg_of = next((r.icl.avg[k] for r in results if r.icl and k in r.icl.avg and r.icl.avg[k].chance is not None),
-                  None)  # the first model's Avg was '-' where no task fitted its context
-    chance.append(_pct(avg_of.chance) if avg_of is not None else MISSING)
+    # each model's Avg is over the tasks that fit its context: its chance too (it was the first model's alone)
+    chance.append(_per_model_avg([(r.label, r.icl.avg[k].chance) for r in results
+                                  if r.icl and k in r.icl.avg and r.icl.avg[k].chance is not None]))
     own = _own_test_sets(results, tasks)
     majorities = []  # one row, or one per model where their test sets differ: each compared with its own
     for r in (results if own else results[:1]):
@@ -255,11 +262,13 @@ def choice_markdown(results: Sequence[ModelResult], first: IclResult) -> list[st
             continue
         shares = [(r.icl.tasks[t].majority if r.icl and t in r.icl.tasks else None) if own
                   else _task_info(results, t).majority for t in tasks]  # None in results before session 18
-        excluded = r.icl.avg[k].excluded if r.icl and k in r.icl.avg else ()
-        fit = [m for t, m in zip(tasks, shares) if m is not None and t not in excluded]
+        avgs = []  # over the tasks each model's Avg holds (one test set, other contexts: the first's alone, before)
+        for m in ([r] if own else [x for x in results if x.icl] or results[:1]):
+            excluded = m.icl.avg[k].excluded if m.icl and k in m.icl.avg else ()
+            if fit := [v for t, v in zip(tasks, shares) if v is not None and t not in excluded]:
+                avgs.append((m.label, sum(fit) / len(fit)))
         majorities.append([f"always the commonest label ({r.label})" if own else "always the commonest label"]
-                          + [_pct(m) if m is not None else MISSING for m in shares]
-                          + [_pct(sum(fit) / len(fit)) if fit else MISSING])
+                          + [_pct(m) if m is not None else MISSING for m in shares] + [_per_model_avg(avgs)])
     rows = []
     for r in results:
         tr = r.icl.tasks if r.icl else {}

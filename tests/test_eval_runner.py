@@ -206,6 +206,13 @@ def test_run_evaluate_side_by_side_with_disambiguated_labels(tmp_path, tokenizer
     run_evaluate({**cfg, "ckpt_paths": None, "ppl": {"enabled": False}}, out_dir=tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.suffix in (".png", ".jsonl")) == \
         ["icl.png", "icl_predictions_vanilla.jsonl"]
+    # and said before any work: the two momentum rows dropped without a word (left-over item)
+    err = capsys.readouterr().err
+    said = (f"[momattn] {tmp_path / 'run' / 'results.json'} holds an earlier evaluation of 2 checkpoints this one "
+            "does not score (momentum [a/last], momentum [b/last]): this evaluation's reports replace its rows")
+    assert said in err and err.index(said) < err.index("[momattn] evaluating v.ckpt")
+    run_evaluate({**cfg, "ckpt_paths": None, "ppl": {"enabled": False}}, out_dir=tmp_path / "run")
+    assert "holds an earlier evaluation" not in capsys.readouterr().err  # the same checkpoint again: nothing to say
 
 
 def test_rows_name_the_variant_and_the_weights_scored_even_when_a_file_is_replaced_midway(tmp_path, tokenizer,

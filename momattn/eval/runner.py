@@ -395,6 +395,23 @@ def _scored_before(path: Path, eval_cfg: EvalConfig, inputs: dict) -> dict[tuple
             if r.eval_config == settings and r.inputs == inputs and r.weights is not None}
 
 
+def _say_dropped(out: Path, paths: Sequence[str], labels: Sequence[str]) -> None:
+    """Before any work: the checkpoints of an earlier evaluation in this folder that this one does not score, whose
+    rows its reports replace (a rerun with fewer checkpoints dropped them without a word)."""
+    try:
+        rows = json.loads((out / "results.json").read_text())["checkpoints"]
+        before = [(r.get("checkpoint"), r.get("label")) for r in rows]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # unreadable: nothing to name (it is replaced all the same)
+    now = {(os.path.abspath(os.path.expanduser(p)), label) for p, label in zip(paths, labels)}
+    gone = [label or checkpoint for checkpoint, label in before if (checkpoint, label) not in now]
+    if gone:
+        print(f"[momattn] {out / 'results.json'} holds an earlier evaluation of {len(gone)} checkpoint"
+              f"{'s' if len(gone) > 1 else ''} this one does not score ({', '.join(map(str, gone))}): this "
+              "evaluation's reports replace its rows; to keep them, pass those checkpoints too (ckpt_paths=...) or "
+              "write into another folder (hydra.run.dir=...)", file=sys.stderr, flush=True)
+
+
 def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list[ModelResult]:
     """evaluate.py: every checkpoint in cfg evaluated with the same settings; reports in the run folder.
     With sweep_dir: the sweep's verdict (momattn.eval.sweep), sweep.md / sweep.json in the run folder."""
@@ -431,6 +448,8 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
         for path, meta, label in zip(paths, metas, labels):
             _check_one(path, label, meta, conf)
     earlier = (out / "results.json").is_file()  # an evaluation was written here before: its files, not others'
+    if earlier:
+        _say_dropped(out, paths, labels)
     inputs = eval_inputs(conf.eval_section())  # the local files the evaluation reads, as they are now
     done = _scored_before(out / "results.json", conf.eval_section(), inputs) if earlier else {}
     for path, label in zip(paths, labels):  # an earlier evaluation's predictions of a checkpoint to score again:

@@ -1062,32 +1062,39 @@ def check_fresh_folder(overrides: list[str], multirun: bool, cwd: Path | None = 
         raise folder_holds_a_run(folder, held, key, sweep=multirun, search=multirun and _is_search(overrides))
 
 
-def keep_run_config(overrides: list[str], cwd: Path | None = None):
-    """For a resume into a run folder: a function that puts back the folder's saved config (.hydra/*.yaml, which
-    Hydra rewrites with this command line as the job starts) where the job then fails without writing a checkpoint
-    (a refused resume: another model width or attention, another accumulation, ...). The folder's config keeps
-    describing the run that wrote its checkpoints: a later `ckpt_path=last hydra.run.dir=...` resumes it, and
-    evaluate.py reads its attention and settings. None where there is nothing to keep."""
-    ckpt, given = _last(overrides, "ckpt_path"), _last(overrides, "hydra.run.dir")
-    if not ckpt or ckpt == "null" or not given or "${" in given:
+def keep_run_config(overrides: list[str], cwd: Path | None = None, entry: str = "train"):
+    """For a run into a folder that holds one: a function that puts back the folder's saved config (.hydra/*.yaml,
+    which Hydra rewrites with this command line as the job starts) where the job then fails without writing its
+    results. train.py: a resume that fails before a checkpoint (another model width or attention, another
+    accumulation, ...): the folder's config keeps describing the run that wrote its checkpoints, which a later
+    `ckpt_path=last hydra.run.dir=...` resumes and evaluate.py reads. evaluate.py / analyze.py: a refused command
+    into the folder of an earlier evaluation or analysis (its reports stay, and so does the config that made them;
+    the refused command's replaced it). None where there is nothing to keep."""
+    given = _last(overrides, "hydra.run.dir")
+    if entry == "train" and (not (ckpt := _last(overrides, "ckpt_path")) or ckpt == "null"):
+        return None
+    if not given or "${" in given:
         return None
     folder = (cwd or Path.cwd()) / Path(given)
     saved = {p: p.read_bytes() for p in (folder / ".hydra").glob("*.yaml")}
     if not saved:
         return None
+    made = ["checkpoints/*.ckpt"] if entry == "train" else ["*.json", "*.md"]  # what the config is the record of
 
-    def checkpoints() -> list:
+    def state() -> list:
         found = []
-        for p in sorted((folder / "checkpoints").glob("*.ckpt")):
+        for p in sorted(q for pattern in made for q in folder.glob(pattern)):
             with contextlib.suppress(OSError):
                 st = p.stat()
                 found.append((p.name, st.st_ino, st.st_mtime_ns, st.st_size))
         return found
 
-    before = checkpoints()
+    before = state()
+    if entry != "train" and not before:  # no reports here: the command's own config is the folder's record
+        return None
 
     def restore() -> None:
-        if checkpoints() != before:  # it saved a new state: the config that trained it stays
+        if state() != before:  # it wrote a new state: the config that made it stays
             return
         from momattn.io import atomic_write
 
@@ -1482,7 +1489,8 @@ def hydra_main(config_name: str):
                     raise
                 report(err)
                 sys.exit(2)
-            restore = keep_run_config(given) if config_name == "train" and not multirun and not info else None
+            restore = keep_run_config(given, entry=config_name) \
+                if config_name in ("train", "evaluate", "analyze") and not multirun and not info else None
             try:
                 with on_stop(restore):  # a stop inside an import ends the process at once: restored there
                     return hydra_task()

@@ -1928,3 +1928,22 @@ def test_hydra_full_error_gives_the_traceback_it_names_and_is_not_advised_once_s
     monkeypatch.delenv("HYDRA_FULL_ERROR")
     report(ConfigError("bad"))
     assert capsys.readouterr().err == "\nerror: bad\n(set HYDRA_FULL_ERROR=1 for the full traceback)\n"
+
+
+@pytest.mark.parametrize("script,args", [("evaluate.py", ["ckpt_path=nope.ckpt"]),
+                                         ("analyze.py", ["ckpt_path=nope.ckpt", "task=ginc"])])
+def test_a_refused_command_into_an_earlier_reports_folder_keeps_its_saved_config(script, args, tmp_path):
+    """Hydra rewrites .hydra/*.yaml as the job starts: a refused evaluate.py or analyze.py into the folder of an
+    earlier one left its reports beside the refused command's config (left-over item; train.py's resume had it)."""
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    saved = {"overrides.yaml": "- ckpt_path=good.ckpt\n", "config.yaml": "ckpt_path: good.ckpt\n"}
+    for name, text in saved.items():
+        (run / ".hydra" / name).write_text(text)
+    (run / "results.json").write_text("{}\n")
+    r = run_cli(script, [*args, f"hydra.run.dir={run}"], tmp_path)
+    assert r.returncode == 2 and "nope.ckpt" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert {name: (run / ".hydra" / name).read_text() for name in saved} == saved
+    (run / "results.json").unlink()  # a folder holding no reports: the command's own config is its record
+    r = run_cli(script, [*args, f"hydra.run.dir={run}"], tmp_path)
+    assert r.returncode == 2 and "nope.ckpt" in (run / ".hydra" / "overrides.yaml").read_text()

@@ -450,6 +450,14 @@ def test_data_files_as_one_file_or_a_list_are_the_training_split(tmp_path, sourc
                            "train_split": "train[:50%]"})
         assert src.data_files == {"train": both}
         assert len(src.documents("train")) + len(src.documents("val")) == 20
+        for bad, said in (("train[:50", "Unrecognized instruction format"), ("train[:150%]", "Percent slice")):
+            # told to use local files, which they were (left-over item)
+            src = make_source({"_target_": target, "name": "json", "data_files": both, "val_split": None,
+                               "train_split": bad})
+            with pytest.raises(DataError, match=rf"^data.train_split='{re.escape(bad)}': datasets cannot read this "
+                                                rf"slice \({said}.*\); write it as train\[from:to\], .* e.g. "
+                                                r"data.train_split='train\[:50%\]'"):
+                src.documents("train")
     # a split no setting reads (a validation file beside val_split=null) and a config name of a local builder were
     # ignored without a word (found by review)
     with pytest.raises(DataError, match=r"^data.data_files gives a 'validation' split, which is never read: "

@@ -453,7 +453,8 @@ class HubCorpus:
         except StopIteration:  # what datasets raises for files without a single row
             raise no_rows(self.name, self.data_files) from None
         except Exception as e:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError, ...)
-            if wrong := unknown_split(self.name, split, self.val_split, e) or empty_folder(self.name, e):
+            if wrong := unknown_split(self.name, split, self.val_split, e) or bad_slice(split, self.val_split, e) \
+                    or empty_folder(self.name, e):
                 raise wrong from None
             if (self.data_files or folder_files(self.name)) and damaged(e) and (
                     not isinstance(e, ValueError) or type(e).__name__ == "ArrowInvalid"):
@@ -641,6 +642,18 @@ def unknown_split(name: str, split: str, val_split: str | None, e: BaseException
     return DataError(f"data.{key}='{split}' is not a split of data.name='{name}'"
                      + (f" (its splits: {splits.group(1)})" if splits else "") + "; name one of them"
                      + (", or data.val_split=null to hold out part of the training split" if key == "val_split" else ""))
+
+
+def bad_slice(split: str, val_split: str | None, e: BaseException) -> DataError | None:
+    """A split slice datasets cannot read ('train[:50', 'train[:150%]'), named by its key: it was blamed on the
+    network ('Without network, use local files'), beside local files. None for any other failure."""
+    if split == split_name(split) or not (isinstance(e, ValueError) and
+                                          re.search(r"instruction format|slice boundar", str(e), re.IGNORECASE)):
+        return None
+    key, name = "val_split" if split == val_split else "train_split", split_name(split)
+    return DataError(f"data.{key}='{split}': datasets cannot read this slice ({first_line(e, 120)}); write it as "
+                     f"{name}[from:to], each bound a row number or a percent between -100% and 100%, e.g. "
+                     f"data.{key}='{name}[:50%]' or '{name}[100:]'")
 
 
 def damaged(e: BaseException) -> bool:

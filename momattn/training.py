@@ -287,6 +287,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                                 *_sweep_names(job, model_config),
                                 resumed=bool(resume), start_step=start_step, idle=idle,
                                 checkpoints=str(out_dir / "checkpoints"))
+    throughput.measure_peak = not idle  # a CPU matmul peak for no MFU: a finished run measured and printed it
     if idle:  # it logs nothing: metrics.csv's repairs (rows a stopped resume dropped) are written now (diff review)
         for lg in loggers:
             getattr(lg, "repair", lambda: None)()

@@ -540,6 +540,9 @@ def _check_attention_kind(parsed: list, configs: list) -> None:
         except Exception:
             continue
         for kind in kinds:
+            if kind not in (kinds_known := _groups().get("attention", [])):  # it advised attention=<the typo>
+                raise ConfigError(f"{o.input_line}: attention kind '{kind}' is unknown.{did_you_mean(kind, kinds_known)}"
+                                  f" An attention is chosen with its config group: attention={' | '.join(kinds_known)}")
             for _, cfg in configs:
                 chosen = cfg.get("attention", {}).get("kind")
                 if chosen is not None and kind != chosen:

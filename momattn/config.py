@@ -35,7 +35,7 @@ from momattn.errors import ConfigError, UserError, did_you_mean
 from momattn.eval.config import EvalConfig, under_eval
 from momattn.hardware import precision_reason, resolve_precision
 from momattn.io import NAME_MAX, cache_root, probe_write
-from momattn.model import AttentionConfig, GPTConfig
+from momattn.model import ATTENTION_KINDS, AttentionConfig, GPTConfig
 from momattn.optim import OptimConfig
 from momattn.schema import interpolation_error, typed
 from momattn.tokenizer import TokenizerConfig, source_tokenizer
@@ -504,10 +504,12 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
             raise ConfigError(f"{section}.{key} is empty" + (" (or MOMATTN_CACHE is set to nothing)" if section ==
                               "paths" else "") + "; give a folder, or null for the default (MOMATTN_CACHE, else "
                               "~/.cache/momattn)")
-    attention = typed(AttentionConfig, raw.get("attention"), "attention")
-    # attention=vanilla +attention.eta=0.9 trained vanilla, eta unused
-    _check_kind_keys("attention", raw.get("attention"), ATTENTION_SETTINGS, attention.kind, "{kinds} attention",
-                     "choose attention={first}")
+    # attention=vanilla +attention.eta=0.9 trained vanilla, eta unused (checked before AttentionConfig's own check,
+    # which names the Python API's fix)
+    if (kind := (raw.get("attention") or {}).get("kind", AttentionConfig.kind)) in ATTENTION_KINDS:
+        _check_kind_keys("attention", raw.get("attention"), ATTENTION_SETTINGS, kind, "{kinds} attention",
+                         "choose attention={first}")
+    attention = typed(AttentionConfig, raw.get("attention"), "attention")  # (an unknown kind named here)
     data = raw.get("data") or {}
     source = make_source(data)
     tokenizer = typed(TokenizerConfig, raw.get("tokenizer"), "tokenizer")

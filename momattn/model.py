@@ -46,8 +46,12 @@ class AttentionConfig:
         if float(held) >= 1.0 or (self.learnable_eta and float(held) <= 0.0):
             raise ConfigError(f"attention.eta={self.eta!r} rounds to {float(held):g} in float32, where the model "
                               f"holds it; use an eta {'at least 1e-7' if float(held) <= 0 else 'at most 0.9999999'}")
-        if self.n_rates < 1:
-            raise ConfigError(f"attention.n_rates={self.n_rates} must be >= 1")
+        if isinstance(self.n_rates, bool) or not isinstance(self.n_rates, int) or self.n_rates < 1:
+            raise ConfigError(f"attention.n_rates={self.n_rates!r} must be a whole number >= 1")
+        for name in ("learnable_eta", "include_current"):  # (the Python API: train.py's config refuses them too)
+            if getattr(self, name) and self.kind != "momentum":
+                raise ConfigError(f"attention.{name}=true is read by momentum attention only, not "
+                                  f"attention.kind='{self.kind}'; drop it, or use kind='momentum'")
 
 
 @dataclass
@@ -67,11 +71,13 @@ class GPTConfig:
     def __post_init__(self):
         if isinstance(self.attention, dict):
             self.attention = AttentionConfig(**self.attention)
-        for name in ("block_size", "vocab_size", "vocab_multiple", "n_layer", "n_head", "n_embd"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1")
-        if self.n_inner is not None and self.n_inner < 1:
-            raise ConfigError(f"model.n_inner={self.n_inner} must be >= 1, or null for 4 x model.n_embd")
+        for name in ("block_size", "vocab_size", "vocab_multiple", "n_layer", "n_head", "n_embd", "n_inner"):
+            value = getattr(self, name)
+            if name == "n_inner" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:  # 16.0: a TypeError in torch
+                raise ConfigError(f"model.{name}={value!r} must be a whole number >= 1"
+                                  + (", or null for 4 x model.n_embd" if name == "n_inner" else ""))
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"model.n_head={self.n_head} does not divide model.n_embd={self.n_embd}; "
@@ -80,8 +86,10 @@ class GPTConfig:
         if self.pos_emb not in ("learned", "rotary"):
             raise ConfigError(f"model.pos_emb='{self.pos_emb}' is unknown; choose 'learned' or 'rotary'")
         if self.pos_emb == "rotary" and (self.n_embd // self.n_head) % 2:
-            raise ConfigError("model.pos_emb=rotary needs an even head size (n_embd / n_head)")
-        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.pos_emb=rotary needs an even head size (n_embd / n_head = {self.n_embd} / "
+                              f"{self.n_head} = {self.n_embd // self.n_head}); pick n_head among "
+                              f"{[h for h in range(1, 33) if self.n_embd % h == 0 and (self.n_embd // h) % 2 == 0]}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} must lie in [0, 1)")
 
 
@@ -150,14 +158,23 @@ class Rotary(nn.Module):
 
     def __init__(self, head_dim: int, block_size: int, base: float = 10000.0):
         super().__init__()
-        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)
-        angles = torch.outer(torch.arange(block_size).float(), inv_freq)  # (T, D/2)
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        self.head_dim, self.base = head_dim, base
+        angles = self.angles(0, block_size, torch.device("cpu"))  # (T, D/2), in float64: float32 angles were 3.6e-5
+        self.register_buffer("cos", angles.cos().float(), persistent=False)  # off at position 1023 (review)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def angles(self, start: int, T: int, device: torch.device) -> torch.Tensor:
+        inv_freq = 1.0 / self.base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float64, device=device)
+                                       / self.head_dim)
+        return torch.outer(torch.arange(start, start + T, dtype=torch.float64, device=device), inv_freq)
 
     def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
         T = x.size(-2)
-        cos, sin = self.cos[start : start + T].to(x.dtype), self.sin[start : start + T].to(x.dtype)
+        if x.dtype == torch.float64:  # a float64 reference model: exact tables (the buffers are float32 values)
+            angles = self.angles(start, T, x.device)
+            cos, sin = angles.cos(), angles.sin()
+        else:
+            cos, sin = self.cos[start : start + T].to(x.dtype), self.sin[start : start + T].to(x.dtype)
         x1, x2 = x[..., 0::2], x[..., 1::2]
         return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
 
@@ -250,6 +267,8 @@ class MomentumAttention(CausalSelfAttention):
             # a model cast to bf16/fp16 (precision=bf16-true / 16-true, or FSDP's mixed precision, which casts
             # buffers itself): the rate from the config in float32; bf16 rounds 0.999 to 1.0, an undamped sum
             return torch.full((), self._config_eta, dtype=torch.float32, device=self.eta_fixed.device)
+        if self.eta_fixed.dtype == torch.float64:  # model.double(): the config's eta, not its float32 rounding
+            return torch.full((), self._config_eta, dtype=torch.float64, device=self.eta_fixed.device)
         return self.eta_fixed
 
     def link_values(self, v):
@@ -370,7 +389,13 @@ class GPT(nn.Module):
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds the model's context of {self.config.block_size}")
-        x = self.wte(idx)  # (B, T, C)
+        try:
+            x = self.wte(idx)  # (B, T, C)
+        except IndexError:  # (CPU; checked here, not before: a check would make a GPU wait at every step)
+            vocab = self.config.vocab_size
+            bad = int(idx.max()) if int(idx.max()) >= vocab else int(idx.min())
+            raise ValueError(f"idx holds token id {bad}, outside this model's vocabulary of {vocab} ids "
+                             f"(0..{vocab - 1})") from None
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(start, start + T, device=idx.device))
         x = self.drop(x)

@@ -95,7 +95,7 @@ META = {"format": 1, "model_config": {"attention": {"kind": "vanilla"}}, "tokeni
     ({"state_dict": {}, "momattn": {**META, "model_config": {"attention": {}}}},
      "'momattn.model_config.attention' entry has no 'kind'"),
     ({"state_dict": {}, "momattn": {**META, "model_config": {"attention": {"kind": "momentum"}, "block_size": 0}}},
-     "(model.block_size=0 must be >= 1); the checkpoint is damaged"),  # it read as a command-line error
+     "(model.block_size=0 must be a whole number >= 1); the checkpoint is damaged"),  # it read as a command-line error
     ({"state_dict": {}, "momattn": {**META, "config": {"data": [1]}}}, "run config's 'data' entry is of type list"),
     ({"state_dict": {}, "momattn": {**META, "config": {"data": {"split_seed": "abc"}}}},
      "data.split_seed is 'abc', not an integer"),

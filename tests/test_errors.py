@@ -98,6 +98,11 @@ def test_an_attention_kind_other_than_its_groups_is_refused_for_the_group():
     with pytest.raises(ConfigError, match=r"^attention.kind=momentum: "):  # ckpt_path=null is no resume (review)
         check_overrides("train", ["attention.kind=momentum", "ckpt_path=null"])
     check_overrides("train", ["experiment=ginc", "attention=momentum", "attention.kind=momentum"])
+    # a misspelt kind was advised as the group option to choose, attention=momentun (model review)
+    with pytest.raises(ConfigError, match=r"^attention.kind=momentun: attention kind 'momentun' is unknown. Did you "
+                                          r"mean 'momentum'\? An attention is chosen with its config group: "
+                                          r"attention=momentum \| multirate_ema \| vanilla$"):
+        check_overrides("train", ["attention.kind=momentun"])
 
 
 def test_override_checker_accepts_valid_overrides():

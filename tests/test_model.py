@@ -230,14 +230,23 @@ def test_sequence_longer_than_context_is_refused():
     ({"pos_emb": "alibi"}, "pos_emb"),
     ({"attention": {"kind": "momentum", "eta": 1.0}}, r"outside \[0, 1\)"),
     ({"dropout": 1.5}, "dropout"),
-    ({"n_head": 0}, r"model.n_head=0 must be >= 1"),  # not a ZeroDivisionError from the divisibility check
-    ({"n_inner": -5}, r"model.n_inner=-5 must be >= 1"),
-    ({"n_inner": 0}, r"model.n_inner=0 must be >= 1"),  # was silently 4 x n_embd
+    ({"n_head": 0}, r"model.n_head=0 must be a whole number >= 1"),  # not a ZeroDivisionError from the divisibility check
+    ({"n_inner": -5}, r"model.n_inner=-5 must be a whole number >= 1, or null"),
+    ({"n_inner": 0}, r"model.n_inner=0 must be a whole number >= 1"),  # was silently 4 x n_embd
     # below 1 in float64, 1 in the float32 the model holds it in (a sum that never decays)
     ({"attention": {"kind": "momentum", "eta": 0.99999999}}, "rounds to 1 in float32.*at most 0.9999999"),
     ({"attention": {"kind": "momentum", "eta": 0.9999999999, "learnable_eta": True}}, "rounds to 1 in float32"),
     ({"attention": {"kind": "momentum", "eta": 1e-320, "learnable_eta": True}}, "rounds to 0 in float32.*at least"),
     ({"attention": {"kind": "momentum", "eta": "0.5"}}, "must be a number"),
+    # the Python API (review): a TypeError deep in torch, or settings accepted and ignored
+    ({"n_embd": 16.0, "n_head": 2}, r"^model.n_embd=16.0 must be a whole number >= 1$"),
+    ({"n_layer": True}, r"^model.n_layer=True must be a whole number"),
+    ({"attention": {"kind": "vanilla", "learnable_eta": True}}, r"^attention.learnable_eta=true is read by momentum "
+                                                               r"attention only, not attention.kind='vanilla'"),
+    ({"attention": {"kind": "multirate_ema", "include_current": True}}, r"^attention.include_current=true is read"),
+    ({"attention": {"kind": "multirate_ema", "n_rates": 2.5}}, r"^attention.n_rates=2.5 must be a whole number"),
+    ({"n_embd": 30, "n_head": 10, "pos_emb": "rotary"}, r"head size \(n_embd / n_head = 30 / 10 = 3\); pick n_head "
+                                                       r"among \[1, 3, 5, 15\]"),
 ])
 def test_bad_model_config_names_the_culprit(kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -315,6 +324,24 @@ def test_rotary_keeps_the_input_dtype():
         y = rot(x.to(dtype), start=2)
         assert y.dtype == dtype
         assert torch.allclose(y.double(), rot(x.double(), start=2), atol=0.05)
+
+
+def test_a_float64_model_holds_its_constants_in_float64():
+    """model.double() upcast float32 roundings: eta 0.7 read 0.699999988, rotary's cos was 3.6e-5 off at position
+    1023 (float32 angles): a float64 reference could not check the model past ~1e-7 (review)."""
+    from momattn.model import Rotary
+
+    m = tiny_gpt("momentum", eta=0.7).double()
+    assert m.blocks[0].attn.eta.item() == 0.7 and m.blocks[0].attn.eta.dtype == torch.float64
+    rot, x = Rotary(64, 1024), torch.randn(1, 1, 1024, 64, dtype=torch.float64)
+    pos = torch.arange(1024, dtype=torch.float64)[:, None]
+    angles = pos * 10000.0 ** (-torch.arange(0, 64, 2, dtype=torch.float64) / 64)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    exact = torch.stack((x1 * angles.cos() - x2 * angles.sin(), x1 * angles.sin() + x2 * angles.cos()), -1).flatten(-2)
+    assert (rot.double()(x, start=0) - exact).abs().max() < 1e-12  # (float32 tables: 3e-5)
+    assert (rot.cos.double() - angles.cos()).abs().max() < 1e-7  # float32 tables: float64 angles, rounded once
+    with pytest.raises(ValueError, match=r"^idx holds token id 99, outside this model's vocabulary of \d+ ids"):
+        m(torch.tensor([[1, 99]]))  # torch's bare "IndexError: index out of range in self" (review)
 
 
 def test_bias_false_leaves_no_bias_anywhere():

@@ -362,3 +362,15 @@ def test_a_ginc_checkpoint_exports_with_its_word_level_tokenizer(tmp_path):
     out = export(path, tmp_path / "hf")
     assert (out / "config.json").exists()
     assert (out / "tokenizer.json").read_text() == load_checkpoint(path)[1].to_json()
+
+
+def test_the_modeling_files_rotary_equals_the_models_in_float32_and_float64():
+    """Both build their angles in float64 (float32 angles were 3.6e-5 off at position 1023, and a float64 export
+    then differed from momattn's float64 model by 1e-4: model review)."""
+    from momattn.hf.modeling_momattn import rotary
+    from momattn.model import Rotary
+
+    x = torch.randn(1, 2, 1024, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ours = Rotary(64, 1024)
+    for dtype in (torch.float64, torch.float32, torch.bfloat16):
+        assert torch.equal(rotary(x.to(dtype)), ours(x.to(dtype), start=0)), dtype

@@ -22,6 +22,7 @@ import torch
 
 from momattn.errors import CheckpointError, ConfigError, DataError
 from momattn.model import GPT, AttentionConfig, GPTConfig
+from momattn.quoting import printable
 from momattn.tokenizer import Tokenizer
 
 FORMAT = 1
@@ -38,6 +39,10 @@ def _refused_globals(path: Path) -> list[str]:
 
 def _load_safely(p: Path, path) -> Any:
     if not zipfile.is_zipfile(p):  # torch.save has written zip archives since torch 1.6; a cut one has no index
+        with contextlib.suppress(OSError):
+            if p.stat().st_size == 0:  # (it read "truncated": review)
+                raise CheckpointError(f"checkpoint '{path}' is empty (0 bytes): nothing was written to it. Use "
+                                      "another one, e.g. a best-step*.ckpt in the run's checkpoints/ folder")
         raise _unreadable(path, "no zip index")
     try:
         # weights_only: tensors, primitives and containers only; a pickle naming any other global (os.system,
@@ -182,6 +187,25 @@ def _unreadable(path, e: Exception | str) -> CheckpointError:
     )
 
 
+def _data_state_problem(state: Any) -> str | None:
+    """Why the data's position a resume continues at (TokenDataModule.state_dict) cannot be used; None if it can
+    be, or is absent. A bad one failed after the model and data were built, with a traceback (trust review)."""
+    if state is None:
+        return None
+    if not isinstance(state, dict):
+        return f"its 'TokenDataModule' entry (where the data continues) is of type {type(state).__name__}, not a dict"
+    for key in ("position", "step", "samples_per_step"):
+        value = state.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0 or (key == "samples_per_step" and
+                                                                                  value == 0):
+            return f"its 'TokenDataModule.{key}' entry (where the data continues) is {value!r}, not a whole number"
+    point = state.get("stream_point")
+    if point is not None and (not isinstance(point, list) or not point or
+                              any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in point)):
+        return f"its 'TokenDataModule.stream_point' entry (where the stream continues) is {point!r}"
+    return None
+
+
 def _rng_problem(rng: Any) -> str | None:
     """Why a checkpoint's RNG states (momattn.lit.rng_state) cannot be restored, tried on throwaway generators (a
     resume restores them once training starts, where a bad one was a traceback); None if they can be, or are absent."""
@@ -231,14 +255,15 @@ def _check_structure(ckpt: Any, path) -> None:
     elif (seed := data.get("split_seed")) is not None and (
             not isinstance(seed, int) or isinstance(seed, bool)):  # evaluate.py's ValueError from int('abc')
         bad = f"its run config's data.split_seed is {seed!r}, not an integer"
-    elif "global_step" in ckpt and (not isinstance(ckpt["global_step"], int) or isinstance(ckpt["global_step"], bool)):
-        bad = f"its 'global_step' entry is {ckpt['global_step']!r}, not an integer"
+    elif "global_step" in ckpt and (not isinstance(ckpt["global_step"], int) or isinstance(ckpt["global_step"], bool)
+                                    or ckpt["global_step"] < 0):
+        bad = f"its 'global_step' entry is {ckpt['global_step']!r}, not a whole number of steps"
     elif not isinstance(state, dict):
         bad = f"its 'state_dict' entry is of type {type(state).__name__}, not a dict of tensors"
     elif (skipped := meta.get("skipped_nonfinite")) is not None and (not isinstance(skipped, int)
                                                                      or isinstance(skipped, bool)):
         bad = f"its 'momattn.skipped_nonfinite' entry is {skipped!r}, not an integer"
-    elif bad := _rng_problem(meta.get("rng")):
+    elif bad := _rng_problem(meta.get("rng")) or _data_state_problem(ckpt.get("TokenDataModule")):
         pass
     else:
         odd = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
@@ -293,6 +318,63 @@ def _verify_crc(p: Path, path) -> None:
     _VERIFIED.add(key)
 
 
+def _check_stored(p: Path, path) -> None:
+    """torch.save stores every entry uncompressed; the memory-mapped load reads a compressed one's bytes as they
+    are (a re-zipped file loaded garbage, blamed on its RNG state or its weights: trust review). Reads the zip's
+    index only."""
+    try:
+        with zipfile.ZipFile(p) as z:
+            packed = next((i.filename for i in z.infolist() if i.compress_type != zipfile.ZIP_STORED), None)
+    except (OSError, zipfile.BadZipFile, ValueError) as e:
+        raise _unreadable(path, e) from None
+    if packed is not None:
+        raise CheckpointError(f"checkpoint '{path}' has a compressed entry ({packed}): torch.save stores everything "
+                              "uncompressed, so the file was re-zipped by another tool. Use the file train.py wrote, "
+                              "or write it again with torch: python -c \"import torch; torch.save(torch.load('IN', "
+                              "weights_only=True), 'OUT')\"")
+
+
+def _check_records(p: Path, path, ckpt: Any) -> None:
+    """Every tensor's bytes are its own record, whole. The memory-mapped load reads a tensor's bytes from its
+    record's offset without torch's check of the record's size: a record cut short (with a valid CRC) loaded the
+    next record's bytes as weights, without a word (trust review)."""
+    import struct
+
+    storages: dict[int, int] = {}  # data_ptr -> nbytes: with mmap, the file's base + the record's offset
+
+    def walk(o: Any) -> None:
+        if isinstance(o, torch.Tensor):
+            if (st := o.untyped_storage()).nbytes():
+                storages[st.data_ptr()] = st.nbytes()
+        elif isinstance(o, dict):
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, list | tuple):
+            for v in o:
+                walk(v)
+
+    walk(ckpt)
+    try:
+        with zipfile.ZipFile(p) as z, open(p, "rb") as f:
+            records = {}  # the data's offset in the file -> its entry
+            for info in z.infolist():
+                if "/data/" in info.filename and info.file_size:
+                    f.seek(info.header_offset + 26)
+                    name_len, extra_len = struct.unpack("<HH", f.read(4))
+                    records[info.header_offset + 30 + name_len + extra_len] = info
+    except (OSError, zipfile.BadZipFile, struct.error) as e:
+        raise _unreadable(path, e) from None
+    ptrs, offsets = sorted(storages), sorted(records)
+    base = ptrs[0] - offsets[0] if ptrs and offsets else 0
+    for ptr in ptrs:
+        info = records.get(ptr - base)
+        if info is None or info.file_size != storages[ptr]:
+            what = (f"its entry {info.filename} holds {info.file_size} bytes where its tensor needs {storages[ptr]}"
+                    if info is not None else "a tensor's bytes are not where its entry is")
+            raise CheckpointError(f"checkpoint '{path}' is damaged: {what} (a file cut or edited inside). Use "
+                                  "another one, e.g. a best-step*.ckpt in the run's checkpoints/ folder")
+
+
 def read_checkpoint(path: str | os.PathLike, verify: bool = False) -> dict:
     """The raw checkpoint dict, loaded without running any code, with a clear error for a missing, truncated,
     foreign, code-carrying or malformed file. verify: also check every byte against the zip's CRC-32s (where the
@@ -318,10 +400,13 @@ def read_checkpoint(path: str | os.PathLike, verify: bool = False) -> dict:
             f"it holds a sweep's runs, e.g. {jobs[0]}; for every run of the sweep, pass sweep_dir={path} to "
             "evaluate.py or analyze.py instead" if jobs else f"none is there; a run keeps them in {p}/checkpoints/")
         raise CheckpointError(f"checkpoint '{path}' is a folder; pass a .ckpt file inside it ({hint})")
+    if not p.is_dir() and zipfile.is_zipfile(p):
+        _check_stored(p, path)
     ckpt = _read_sharded(p, path) if p.is_dir() else _load_safely(p, path)
     _check_structure(ckpt, path)
     if verify and not p.is_dir():
         _verify_crc(p, path)
+        _check_records(p, path, ckpt)
     return ckpt
 
 
@@ -449,7 +534,8 @@ def check_environment(kind: str, device: torch.device) -> None:
 def checkpoint_tokenizer(meta: dict, path) -> Tokenizer:
     """The tokenizer a checkpoint stores, or a CheckpointError naming the checkpoint where it is damaged."""
     try:
-        tok = Tokenizer.from_json(meta["tokenizer"], name=meta.get("tokenizer_name", "tokenizer"))
+        # (the name reaches the console and results.md: a control character in it is escaped, not obeyed)
+        tok = Tokenizer.from_json(meta["tokenizer"], name=printable(meta.get("tokenizer_name", "tokenizer")))
     except DataError as e:
         raise CheckpointError(f"checkpoint '{path}': its tokenizer is damaged: {e}") from None
     # a tokenizer that multiplies text (a normalizer replacing ' ' by 100,000 characters: 3 GB of ids for 400

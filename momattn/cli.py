@@ -800,17 +800,12 @@ def _checkpoint_overrides(ckpt: str) -> list[str]:
     path = Path(ckpt).expanduser()
     if ckpt == "last" or not path.exists():
         return []
-    import torch
+    from momattn.checkpoint import read_meta
 
-    from momattn.checkpoint import SHARDED_META
-
-    try:  # weights only: never runs code (a sharded FSDP folder: its meta.pt alone)
-        meta_file = path / SHARDED_META if path.is_dir() else path
-        meta = torch.load(meta_file, map_location="cpu", weights_only=True, mmap=True).get("momattn") or {}
-        saved = [str(o) for o in meta.get("overrides") or []]
-    except Exception:  # unreadable or foreign: train.py's own checks report it with one clear line
-        return []
-    return saved  # checked by resume_overrides (trust.check_overrides), where they become this run's command line
+    # weights only, never running code (a sharded FSDP folder: its meta.pt alone); an unreadable or foreign file is
+    # refused now in one line (read as no overrides, it was refused after notes on the defaults it never used)
+    meta = read_meta(path).get("momattn") or {}
+    return [str(o) for o in meta.get("overrides") or []]  # checked by resume_overrides (trust.check_overrides)
 
 
 def resolved_ckpt_path(overrides: list[str]) -> list[str]:
@@ -1191,8 +1186,10 @@ def _is_search(overrides: list[str]) -> bool:
 
 
 def same_run(ckpt: str | Path, folder: Path, cwd: Path | None = None) -> bool:
-    """Whether the checkpoint is one of the run folder's own (in its checkpoints/)."""
-    own = ((cwd or Path.cwd()) / Path(ckpt).expanduser()).resolve().parent
+    """Whether the checkpoint is one of the run folder's own (in its checkpoints/). The folder that holds the file
+    is resolved, not the file: a last.ckpt that is itself a link (MOMATTN_TRUST_LINKS=1) was the run's own
+    "ckpt_path=last", refused as another run's with that same command as the fix (trust review)."""
+    own = ((cwd or Path.cwd()) / Path(ckpt).expanduser()).parent.resolve()
     return own == ((cwd or Path.cwd()) / folder / "checkpoints").resolve()
 
 

@@ -112,7 +112,8 @@ def _refused(target: str, where: str, resume: bool = False) -> CheckpointError:
     again = "give that override again on today's command line, or " if resume else ""
     return CheckpointError(
         f"{where} names _target_={target}, which is not a class momattn takes from a checkpoint or a run folder: "
-        "their config is data, and a _target_ in it is imported and called (it could run any code). Use a checkpoint "
+        "their config is data, and a _target_ in it is imported and called where the tools build from it (it could "
+        "run any code), so every tool that reads the checkpoint refuses it. Use a checkpoint "
         f"you trust; if it is your own run with a class of your own, {again}allow the class by name: "
         f"{ENV}=<module.Class>")
 

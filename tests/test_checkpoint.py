@@ -90,7 +90,8 @@ META = {"format": 1, "model_config": {"attention": {"kind": "vanilla"}}, "tokeni
     ({"state_dict": {}, "momattn": {"format": 1, "model_config": {"attention": {}}}}, "tokenizer"),
     ({"state_dict": {}, "momattn": {"format": 9}}, "has format 9"),
     ({"state_dict": {}, "momattn": {**META, "config": "lr=1"}}, "'momattn.config' entry is of type str"),
-    ({"state_dict": {}, "momattn": META, "global_step": "9"}, "'global_step' entry is '9', not an integer"),
+    ({"state_dict": {}, "momattn": META, "global_step": "9"}, "'global_step' entry is '9', not a whole number"),
+    ({"state_dict": {}, "momattn": META, "global_step": -5}, "'global_step' entry is -5, not a whole number"),  # review
     # found by fuzzing evaluate.py: a KeyError, an AttributeError and int('abc') from inside the evaluation
     ({"state_dict": {}, "momattn": {**META, "model_config": {"attention": {}}}},
      "'momattn.model_config.attention' entry has no 'kind'"),
@@ -110,6 +111,17 @@ def test_a_loadable_file_with_the_wrong_structure_gets_a_clear_error(tmp_path, c
     with pytest.raises(CheckpointError, match="odd.ckpt") as e:
         load_checkpoint(tmp_path / "odd.ckpt")
     assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_tokenizer_name_from_a_checkpoint_is_escaped_not_obeyed(tmp_path, tokenizer):
+    """The stored name reached the console and results.md raw: escapes cleared the screen, a newline broke the
+    table (trust review)."""
+    _save(tmp_path / "a.ckpt", tokenizer)
+    ckpt = torch.load(tmp_path / "a.ckpt", weights_only=True)
+    ckpt["momattn"]["tokenizer_name"] = "bpe\x1b[2J\n# owned"
+    torch.save(ckpt, tmp_path / "b.ckpt")
+    _, tok = load_checkpoint(tmp_path / "b.ckpt")
+    assert tok.name == "bpe\\x1b[2J\\x0a# owned" and "\n" not in tok.name
 
 
 def test_an_unknown_model_config_field_is_a_checkpoint_error(tmp_path):
@@ -572,6 +584,57 @@ def test_damaged_bytes_inside_a_checkpoint_or_its_tokenizer_are_one_line_errors(
     torch.save(ckpt, tmp_path / "tok.ckpt")
     with pytest.raises(CheckpointError, match=r"tok.ckpt': its tokenizer is damaged: not a valid tokenizer JSON"):
         load_checkpoint(tmp_path / "tok.ckpt")
+
+
+def test_a_record_cut_short_a_rezipped_file_and_an_empty_one_are_named_not_loaded(tmp_path, tokenizer):
+    """The memory-mapped load skips torch's check of a record's size and reads compressed bytes as they are: a
+    record cut short (CRC valid) loaded the next record's bytes as a weight and evaluated without a word; a
+    deflated copy was blamed on its RNG state or 'non-finite weights' (trust review)."""
+    import zipfile
+
+    _save(tmp_path / "a.ckpt", tokenizer)
+    with zipfile.ZipFile(tmp_path / "a.ckpt") as z:
+        entries = [(i, z.read(i)) for i in z.infolist()]
+    small = min((i.filename for i, b in entries if "/data/" in i.filename and len(b) > 8),
+                key=lambda n: next(len(b) for i, b in entries if i.filename == n))
+
+    def rezip(name, cut=None, how=zipfile.ZIP_STORED):
+        with zipfile.ZipFile(tmp_path / name, "w", how) as z:
+            for info, data in entries:
+                z.writestr(info.filename, data[:-4] if info.filename == cut else data)  # a new, valid CRC
+        return tmp_path / name
+
+    same = read_checkpoint(rezip("copy.ckpt"), verify=True)  # a stored copy laid out otherwise: read as it is
+    assert all(torch.equal(v, w) for v, w in zip(same["state_dict"].values(),
+                                                 torch.load(tmp_path / "a.ckpt", weights_only=True)["state_dict"].values()))
+    with pytest.raises(CheckpointError, match=rf"cut.ckpt' is damaged: its entry {small} holds \d+ bytes where its "
+                                              r"tensor needs \d+ \(a file cut or edited inside\)"):
+        load_checkpoint(rezip("cut.ckpt", cut=small))
+    with pytest.raises(CheckpointError, match=r"zipped.ckpt' has a compressed entry \(.*\): torch.save stores "
+                                              r"everything uncompressed"):
+        read_checkpoint(rezip("zipped.ckpt", how=zipfile.ZIP_DEFLATED))
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty.ckpt' is empty \(0 bytes\)"):
+        read_checkpoint(tmp_path / "empty.ckpt")
+
+
+@pytest.mark.parametrize("state,said", [
+    ({"position": "x", "step": 1, "samples_per_step": 4}, r"'TokenDataModule.position' entry .* is 'x'"),
+    ({"step": 1, "samples_per_step": 4}, r"'TokenDataModule.position' entry .* is None"),
+    ({"position": -7, "step": 1, "samples_per_step": "four"}, r"'TokenDataModule.position' entry .* is -7"),
+    ({"position": 4, "step": 1, "samples_per_step": 4, "stream_point": [0, "a"]}, r"'TokenDataModule.stream_point'"),
+    ([1, 2], r"'TokenDataModule' entry .* is of type list"),
+])
+def test_a_bad_data_position_is_named_when_the_checkpoint_is_read(tmp_path, tokenizer, state, said):
+    """It failed after the model and data were built, in the DataLoader, with a traceback (trust review)."""
+    _save(tmp_path / "a.ckpt", tokenizer)
+    ckpt = torch.load(tmp_path / "a.ckpt", weights_only=True)
+    read_checkpoint(tmp_path / "a.ckpt")
+    torch.save({**ckpt, "TokenDataModule": {"position": 8, "step": 2, "samples_per_step": 4}}, tmp_path / "ok.ckpt")
+    read_checkpoint(tmp_path / "ok.ckpt")
+    torch.save({**ckpt, "TokenDataModule": state}, tmp_path / "b.ckpt")
+    with pytest.raises(CheckpointError, match=r"b.ckpt' is damaged or was not written by train.py: its " + said):
+        read_checkpoint(tmp_path / "b.ckpt")
 
 
 def test_a_moved_run_folder_keeps_its_best_checkpoint_tracking(tmp_path, capsys):
@@ -1145,3 +1208,29 @@ def test_a_checkpoint_left_aside_is_seen_by_the_checks_before_the_run(tmp_path):
         restore_left_aside(newer / "checkpoints")
     finally:
         (newer / "checkpoints").chmod(0o755)
+
+
+def test_a_runs_own_last_ckpt_that_is_a_link_is_its_own_checkpoint(tmp_path):
+    """MOMATTN_TRUST_LINKS=1 with last.ckpt itself a link elsewhere: the run's own ckpt_path=last was refused as
+    another run's checkpoint, with that same command as the fix (the file's link was followed; trust review)."""
+    from momattn.cli import same_run
+
+    run, elsewhere = tmp_path / "run", tmp_path / "disk"
+    (run / "checkpoints").mkdir(parents=True)
+    elsewhere.mkdir()
+    (elsewhere / "real.ckpt").write_bytes(b"x")
+    (run / "checkpoints" / "last.ckpt").symlink_to(elsewhere / "real.ckpt")
+    assert same_run(run / "checkpoints" / "last.ckpt", run)
+    assert same_run("run/checkpoints/last.ckpt", Path("run"), cwd=tmp_path)
+    assert not same_run(elsewhere / "real.ckpt", run)  # the file it links to, named itself: another folder's
+    (tmp_path / "linked").symlink_to(run / "checkpoints")  # a linked folder still resolves to the run's own
+    assert same_run(tmp_path / "linked" / "last.ckpt", run)
+
+
+def test_a_resume_from_an_unreadable_checkpoint_is_refused_before_any_note_on_settings(tmp_path):
+    """Read as 'no recorded command line', it was refused after start-up notes on the defaults that the
+    checkpoint's own settings would have replaced (trust review)."""
+    (tmp_path / "bad.ckpt").write_bytes(b"PK\x03\x04 cut short")
+    r = run_cli("train.py", ["ckpt_path=bad.ckpt", f"hydra.run.dir={tmp_path / 'r'}", "trainer.max_steps=7"], tmp_path)
+    assert r.returncode == 2 and "bad.ckpt' cannot be read" in r.stderr, r.stderr[-2000:]
+    assert "warning" not in r.stderr and "logged every" not in r.stderr, r.stderr[-2000:]

@@ -400,7 +400,9 @@ def test_a_checkpoint_outside_its_run_folder_resumes_with_the_overrides_it_recor
     import torch
 
     ckpt = tmp_path / "moved.ckpt"
-    torch.save({"momattn": {"overrides": ["attention=momentum", "trainer.max_steps=6"]}}, ckpt)
+    torch.save({"state_dict": {}, "momattn": {"format": 1, "model_config": {"attention": {"kind": "momentum"}},
+                                              "tokenizer": "{}", "overrides": ["attention=momentum",
+                                                                               "trainer.max_steps=6"]}}, ckpt)
     merged = resume_overrides([f"ckpt_path={ckpt}", "trainer.max_steps=9"])
     assert merged == ["attention=momentum", f"ckpt_path={ckpt}", "trainer.max_steps=9", "hydra.mode=RUN"]  # no folder
     assert f"continuing {ckpt} in a new folder with its own config" in capsys.readouterr().err  # (it said "resuming

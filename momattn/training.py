@@ -151,6 +151,12 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
             and rank_zero_only.rank == 0:
         print("[momattn] note: save_weights_only=true: its checkpoints hold no optimizer or data position, so after a "
               "crash the run cannot be resumed from them (a SIGTERM still saves a full last.ckpt)", file=sys.stderr)
+    if type(c.data).__name__ == "GincCorpus" and c.tokenizer.kind != "source" and rank_zero_only.rank == 0:
+        # (refused where the run evaluates itself; without it, the checkpoint was found unscorable only by
+        # evaluate.py: GINC review)
+        print(f"[momattn] note: data=ginc with tokenizer={c.tokenizer.kind} trains on GINC as plain text: no GINC "
+              "task can score this run's checkpoints (they read GINC symbol i as token i, which only "
+              "tokenizer=source keeps; experiment=ginc sets it)", file=sys.stderr)
     if note := logging_note(c.trainer.get("log_every_n_steps"), c.max_steps):
         if rank_zero_only.rank == 0:  # (each note below was printed once per process: found by review)
             print(note, file=sys.stderr)

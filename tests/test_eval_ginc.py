@@ -268,5 +268,8 @@ def test_a_ginc_k_max_below_the_fewest_demonstrations_is_not_scored(tmp_path, wo
     assert shot.k_used_mean == shot.k_max_fit and shot.note == (f"does not fit: k=max places only {shot.k_max_fit} "
                                                               "examples in the context")
     assert res.icl.tasks["ginc"].shots["1"].fits and res.icl.tasks["ginc"].shots["1"].acc is not None
+    from momattn.eval.report import _acc  # it read "at most k=2" beside a scored k=2 (GINC review)
+
+    assert _acc(shot) == f"does not fit (k=max places only {shot.k_max_fit})"
     preds = (tmp_path / "icl_predictions_vanilla.jsonl").read_text().splitlines()
     assert len(preds) == 2 * 6 and all(json.loads(p)["k"] == 1 for p in preds)

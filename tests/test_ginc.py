@@ -496,3 +496,28 @@ def test_generation_and_labels_hold_a_bounded_share_of_a_wide_world():
     finally:
         tracemalloc.stop()
     assert starts < 20e6, starts
+
+
+def test_ginc_trained_through_a_bpe_tokenizer_says_its_checkpoints_cannot_be_scored_on_ginc(tmp_path):
+    """Refused only where the run evaluates itself: with run_eval=false (debug=smoke) the run trained without a word
+    and evaluate.py then refused every GINC task (GINC review)."""
+    from conftest import run_cli
+
+    args = ["data=ginc", "debug=smoke", "data.n_train_docs=40", "data.doc_length=256", "data.n_val_docs=5",
+            "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'r'}", f"paths.cache_dir={tmp_path / 'cache'}"]
+    r = run_cli("train.py", args, tmp_path)
+    assert r.returncode == 0 and ("data=ginc with tokenizer=bpe trains on GINC as plain text: no GINC task can score "
+                                  "this run's checkpoints") in r.stderr, r.stderr[-3000:]
+    r = run_cli("train.py", [*args, "tokenizer=source", f"hydra.run.dir={tmp_path / 's'}"], tmp_path)
+    assert r.returncode == 0 and "as plain text" not in r.stderr, r.stderr[-3000:]
+
+
+def test_a_held_out_concept_equal_to_a_pretraining_one_is_refused_for_ood_prompts():
+    """n_properties=4 n_permutations=1 draws concept 6's chain again as concept 4's: its OOD prompts were in
+    distribution (GINC review)."""
+    w = GincCorpus(n_properties=4, n_permutations=1)
+    with pytest.raises(ConfigError, match=r"^GINC OOD prompts: held-out concept 6 is the same chain as pretraining "
+                                          r"concept 4 in this world .*raise data.n_properties or data.n_permutations"):
+        w.prompts(5, 2, 4, ood=True)
+    w.prompts(5, 2, 4)  # in distribution: as it was
+    GincCorpus().prompts(5, 2, 4, ood=True)  # the default world's concepts are distinct

@@ -33,7 +33,9 @@ def _acc(shot: ShotResult, k_used: bool = True) -> str:
     # nothing scored: a GINC k beyond the context names the largest that fits; a text task's k that does not fit,
     # scored by a diverged model (nan, read back as None), keeps its k_used
     nothing_fits = shot.acc is None and shot.k_max_fit is not None
-    used = f"at most k={shot.k_max_fit}" if nothing_fits else f"k_used={shot.k_used_mean:.1f}"
+    # a GINC k=max below the fewest demonstrations: "at most k=2" beside a scored k=2 read as a contradiction
+    used = (f"k=max places only {shot.k_max_fit}" if shot.k == "max" else f"at most k={shot.k_max_fit}") \
+        if nothing_fits else f"k_used={shot.k_used_mean:.1f}"
     if not shot.fits:  # more digits, and for a k every prompt must hold the fewest placed: "does not fit
         # (k_used=1.0)" at k=1 read as placed (0.95, one prompt with none: found by review)
         if not nothing_fits:

@@ -724,6 +724,19 @@ def test_a_single_run_given_as_sweep_dir_is_named_by_its_folder_not_dot(tmp_path
     assert job_name(Path("."), Path(".")) == "run1"
 
 
+def test_one_finished_run_given_as_sweep_dir_is_told_how_to_score_it_alone(tmp_path, tokenizer, capsys):  # noqa: F811
+    """It got a one-run 'sweep verdict' whose every comparison read 'cannot tell', without a word (day-one review)."""
+    from momattn.eval.sweep import find_runs
+
+    run = job(tmp_path, 1, "vanilla", 1, tokenizer, step=400)
+    runs, _ = find_runs(run)
+    assert len(runs) == 1 and (f"note: sweep_dir={run} is one run's folder, not a sweep's: its verdict has one run, "
+                               f"so every comparison says 'cannot tell'. To score this run alone: evaluate.py "
+                               f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}") in capsys.readouterr().err
+    find_runs(tmp_path)  # a sweep of one job: its folder, not the job's
+    assert "one run's folder" not in capsys.readouterr().err
+
+
 def test_a_setting_one_job_cannot_take_is_refused_before_any_job_is_scored(tmp_path, tokenizer):  # noqa: F811
     # job 0 was scored in full, then job 1 (a shorter context) failed on ppl.lengths: nothing is scored now
     sweep, out = tmp_path / "multirun", tmp_path / "verdict"

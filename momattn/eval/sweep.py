@@ -438,6 +438,11 @@ def find_runs(sweep_dir: Path, entry: str = "evaluate.py") -> tuple[list[SweepRu
     if not runs:
         raise ConfigError(f"sweep_dir='{sweep_dir}' holds no finished run (a job's checkpoints/last.ckpt at its "
                           "trainer.max_steps)" + (f"; failed or partial jobs: {'; '.join(failed)}" if failed else ""))
+    if len(runs) == 1 and not failed and os.path.samefile(runs[0].job, sweep_dir):  # (a verdict of one seed, read
+        # as a sweep's: day-one review)
+        print(f"[momattn] note: sweep_dir={sweep_dir} is one run's folder, not a sweep's: its verdict has one run, "
+              f"so every comparison says 'cannot tell'. To score this run alone: {entry} "
+              f"ckpt_path={runs[0].path}", file=sys.stderr, flush=True)
     return runs, failed
 
 

@@ -147,6 +147,16 @@ def test_a_training_stream_without_documents_says_what_to_change(tmp_path):
                                             r"split \(data.val_split=validation\), and copies are left out of training"):
             said_when()
     StreamingHubCorpus(name="json", data_files={k: str(v) for k, v in files.items()}, val_docs=100).check_start()
+    # the start-up check reads the training stream once (it was opened twice: a hub stream's open is a request)
+    (tmp_path / "more").mkdir()
+    held = StreamingHubCorpus(name="json", data_files={"train": str(corpus(tmp_path / "more")["train"])},
+                              val_split=None, val_docs=10)
+    opened, real = [], held._open
+    held._open = lambda split: (opened.append(split), real(split))[1]
+    held._held_out()
+    opened.clear()
+    held.check_start()
+    assert opened == ["train"]
     blank = tmp_path / "blank.jsonl"
     blank.write_text(json.dumps({"text": " "}) + "\n")
     src = StreamingHubCorpus(name="json", data_files={"train": str(blank), "validation": str(files["validation"])})

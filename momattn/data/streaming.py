@@ -255,15 +255,22 @@ class StreamingHubCorpus:
         """Judge the text of the training split's first rows at start-up, whatever the tokenizer: documents('train')
         judges them only where a BPE tokenizer is trained on them, so under tokenizer=gpt2 a UTF-16 file read as
         UTF-8 trained to the end without a word (found by review)."""
-        if docs := list(self.texts(self.train_split, shuffle=False, limit=rows)):
+        # rows left out of training (held out, or copies of the validation split's): one left to train on is seen
+        # now, not at the first training batch after the model's set-up (found by review). Read in stream order, it
+        # is the row after the held-out ones as a rule. One pass serves both (the stream was opened for each)
+        held = self._held_out() if not self.val_split or local_val_split(self.val_split, self.data_files,
+                                                                          self.name) else None
+        docs, trainable = [], held is None
+        for text in self.texts(self.train_split, shuffle=False):
+            if len(docs) < rows:
+                docs.append(text)
+            trainable = trainable or _text_key(text) not in held
+            if trainable and len(docs) >= rows:
+                break
+        if docs:
             check_text(docs, self.name, self.data_files, "its first train documents")
-        if not self.val_split or local_val_split(self.val_split, self.data_files, self.name):
-            # rows left out of training (held out, or copies of the validation split's): one left to train on is
-            # seen now, not at the first training batch after the model's set-up (found by review). Read in stream
-            # order, it is the row after the held-out ones as a rule
-            held = self._held_out()
-            if all(_text_key(t) in held for t in self.texts(self.train_split, shuffle=False)):
-                raise self.no_training_documents()
+        if not trainable:
+            raise self.no_training_documents()
 
     def no_training_documents(self) -> DataError:
         """Why the training stream yields no document, and what to change: every row held out for validation, or

@@ -198,7 +198,8 @@ def _data_state_problem(state: Any) -> str | None:
         value = state.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0 or (key == "samples_per_step" and
                                                                                   value == 0):
-            return f"its 'TokenDataModule.{key}' entry (where the data continues) is {value!r}, not a whole number"
+            return (f"its 'TokenDataModule.{key}' entry (where the data continues) is {value!r}, not a whole number "
+                    f"{'>= 1' if key == 'samples_per_step' else '>= 0'}")
     point = state.get("stream_point")
     if point is not None and (not isinstance(point, list) or not point or
                               any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in point)):
@@ -228,8 +229,10 @@ def _rng_problem(rng: Any) -> str | None:
     return None
 
 
-def _check_structure(ckpt: Any, path) -> None:
-    """What the rest of momattn reads from a checkpoint, checked once with a message naming the bad entry."""
+def _check_structure(ckpt: Any, path, targets: bool = True) -> None:
+    """What the rest of momattn reads from a checkpoint, checked once with a message naming the bad entry.
+    targets: also the classes its config and command line name (momattn.trust); train.py's resume reads the
+    command line first, and checks those with the classes its own command line trusts."""
     if not isinstance(ckpt, dict) or "momattn" not in ckpt:
         raise CheckpointError(f"'{path}' is a PyTorch file but not a momattn checkpoint (no 'momattn' entry); "
                               "pass a .ckpt written by train.py")
@@ -272,12 +275,14 @@ def _check_structure(ckpt: Any, path) -> None:
     if bad:
         raise CheckpointError(f"checkpoint '{path}' is damaged or was not written by train.py: {bad}; "
                               "use another checkpoint, e.g. a best-step*.ckpt in the run's checkpoints/ folder")
-    from momattn.trust import check_config, check_overrides
-
-    check_config(meta.get("config"), path)  # a _target_ there is imported and called: momattn's classes only
     if not isinstance(meta.get("overrides") or [], list):
         raise CheckpointError(f"checkpoint '{path}' is damaged or was not written by train.py: its recorded command "
                               "line ('momattn.overrides') is not a list")
+    if not targets:
+        return
+    from momattn.trust import check_config, check_overrides
+
+    check_config(meta.get("config"), path)  # a _target_ there is imported and called: momattn's classes only
     # the targets of what a reader builds (data sources); a resume checks the rest of what it repeats (cli)
     check_overrides(meta.get("overrides"), f"checkpoint '{path}': its recorded command line", built=True)
 
@@ -375,10 +380,12 @@ def _check_records(p: Path, path, ckpt: Any) -> None:
                                   "another one, e.g. a best-step*.ckpt in the run's checkpoints/ folder")
 
 
-def read_checkpoint(path: str | os.PathLike, verify: bool = False) -> dict:
+def read_checkpoint(path: str | os.PathLike, verify: bool = False, targets: bool = True) -> dict:
     """The raw checkpoint dict, loaded without running any code, with a clear error for a missing, truncated,
     foreign, code-carrying or malformed file. verify: also check every byte against the zip's CRC-32s (where the
-    weights will be used: a resume, a model load; not for reading the metadata)."""
+    weights will be used: a resume, a model load; not for reading the metadata). targets: also the classes its
+    config and recorded command line name (train.py's resume reads its command line with targets=False, and checks
+    them itself, trusting the classes today's command line names)."""
     if type(path) is int:  # Hydra reads ckpt_path=123 as a number: the file named 123 (refused until review found it)
         path = str(path)
     if not isinstance(path, str | os.PathLike) or not str(path).strip():  # ckpt_path=true / [a] / 1.5: not a path
@@ -403,22 +410,24 @@ def read_checkpoint(path: str | os.PathLike, verify: bool = False) -> dict:
     if not p.is_dir() and zipfile.is_zipfile(p):
         _check_stored(p, path)
     ckpt = _read_sharded(p, path) if p.is_dir() else _load_safely(p, path)
-    _check_structure(ckpt, path)
+    _check_structure(ckpt, path, targets)
     if verify and not p.is_dir():
         _verify_crc(p, path)
+    if not p.is_dir():  # every read: the zip's headers and the tensors' sizes, no tensor read (a cut record was
+        # found only where the weights were loaded: after a first checkpoint was scored in full, diff review)
         _check_records(p, path, ckpt)
     return ckpt
 
 
-def read_meta(path: str | os.PathLike) -> dict:
+def read_meta(path: str | os.PathLike, targets: bool = True) -> dict:
     """What a resume needs without the weights: the checkpoint dict minus state_dict / optimizer_states where it
     can be had cheaply (a sharded folder: its meta.pt alone; a file: memory-mapped, tensors not paged in)."""
     p = Path(path).expanduser()
     if p.is_dir() and (p / SHARDED_META).is_file():
         meta = _load_safely(p / SHARDED_META, path)
-        _check_structure({**meta, "state_dict": {}} if isinstance(meta, dict) else meta, path)
+        _check_structure({**meta, "state_dict": {}} if isinstance(meta, dict) else meta, path, targets)
         return meta
-    return read_checkpoint(path)
+    return read_checkpoint(path, targets=targets)
 
 
 def newest_checkpoint(out_dir: Path) -> str:
@@ -441,7 +450,11 @@ def model_config_from(meta: dict, path: str | os.PathLike | None = None) -> GPTC
     """The GPTConfig stored in a checkpoint's `momattn` entry (a CheckpointError if it has unknown fields)."""
     mc = dict(meta["model_config"])
     try:
-        mc["attention"] = AttentionConfig(**mc["attention"])
+        att = dict(mc["attention"])
+        if att.get("kind") != "momentum":  # train.py accepted and ignored these under another kind before
+            # 2026-12-03, and the checkpoint kept them: what the model was, not a damaged file (diff review)
+            att.update({k: False for k in ("learnable_eta", "include_current") if k in att})
+        mc["attention"] = AttentionConfig(**att)
         return GPTConfig(**mc)
     except TypeError as e:  # a field this momattn does not know (or lacks a required one)
         raise CheckpointError(f"checkpoint '{path or '?'}' has a model config this momattn cannot build ({e}); "

@@ -804,7 +804,7 @@ def _checkpoint_overrides(ckpt: str) -> list[str]:
 
     # weights only, never running code (a sharded FSDP folder: its meta.pt alone); an unreadable or foreign file is
     # refused now in one line (read as no overrides, it was refused after notes on the defaults it never used)
-    meta = read_meta(path).get("momattn") or {}
+    meta = read_meta(path, targets=False).get("momattn") or {}  # (targets: resume_overrides, trusting today's)
     return [str(o) for o in meta.get("overrides") or []]  # checked by resume_overrides (trust.check_overrides)
 
 
@@ -1189,8 +1189,17 @@ def same_run(ckpt: str | Path, folder: Path, cwd: Path | None = None) -> bool:
     """Whether the checkpoint is one of the run folder's own (in its checkpoints/). The folder that holds the file
     is resolved, not the file: a last.ckpt that is itself a link (MOMATTN_TRUST_LINKS=1) was the run's own
     "ckpt_path=last", refused as another run's with that same command as the fix (trust review)."""
-    own = ((cwd or Path.cwd()) / Path(ckpt).expanduser()).parent.resolve()
-    return own == ((cwd or Path.cwd()) / folder / "checkpoints").resolve()
+    path = (cwd or Path.cwd()) / Path(ckpt).expanduser()
+    held = ((cwd or Path.cwd()) / folder / "checkpoints").resolve()
+    # the folder of each link on the way (a link elsewhere to the run's own file, ~/latest.ckpt ->
+    # run/checkpoints/last.ckpt, which may be a link itself: diff review)
+    for _ in range(40):
+        if path.parent.resolve() == held:
+            return True
+        if not path.is_symlink():
+            return False
+        path = path.parent / os.readlink(path)
+    return False
 
 
 def another_runs_checkpoint(ckpt: str | Path, folder: Path, held: Path, key: str = "hydra.run.dir") -> ConfigError:

@@ -86,9 +86,11 @@ class GPTConfig:
         if self.pos_emb not in ("learned", "rotary"):
             raise ConfigError(f"model.pos_emb='{self.pos_emb}' is unknown; choose 'learned' or 'rotary'")
         if self.pos_emb == "rotary" and (self.n_embd // self.n_head) % 2:
+            even = [h for h in range(1, 33) if self.n_embd % h == 0 and (self.n_embd // h) % 2 == 0]
             raise ConfigError(f"model.pos_emb=rotary needs an even head size (n_embd / n_head = {self.n_embd} / "
-                              f"{self.n_head} = {self.n_embd // self.n_head}); pick n_head among "
-                              f"{[h for h in range(1, 33) if self.n_embd % h == 0 and (self.n_embd // h) % 2 == 0]}")
+                              f"{self.n_head} = {self.n_embd // self.n_head}); " +
+                              (f"pick n_head among {even}" if even else  # (an odd n_embd: none, said as [])
+                               f"model.n_embd={self.n_embd} is odd, so no head size is even: use an even n_embd"))
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} must lie in [0, 1)")
 
@@ -159,18 +161,23 @@ class Rotary(nn.Module):
     def __init__(self, head_dim: int, block_size: int, base: float = 10000.0):
         super().__init__()
         self.head_dim, self.base = head_dim, base
-        angles = self.angles(0, block_size, torch.device("cpu"))  # (T, D/2), in float64: float32 angles were 3.6e-5
-        self.register_buffer("cos", angles.cos().float(), persistent=False)  # off at position 1023 (review)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        # float32 angles, as every momattn model trained with (3.6e-5 off float64's at position 1023: a float64 model
+        # computes its own exact ones, below); on the default device (meta, where a plan builds the model)
+        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)
+        angles = torch.outer(torch.arange(block_size).float(), inv_freq)  # (T, D/2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
 
     def angles(self, start: int, T: int, device: torch.device) -> torch.Tensor:
+        """Positions start..start+T-1's angles in float64 (T, D/2): a float64 reference model's own."""
         inv_freq = 1.0 / self.base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float64, device=device)
                                        / self.head_dim)
         return torch.outer(torch.arange(start, start + T, dtype=torch.float64, device=device), inv_freq)
 
     def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
         T = x.size(-2)
-        if x.dtype == torch.float64:  # a float64 reference model: exact tables (the buffers are float32 values)
+        if x.dtype == torch.float64:  # a float64 reference model: exact tables (model.double() upcast float32
+            # angles' roundings, which a float64 reference of the formula could not check past ~1e-5: review)
             angles = self.angles(start, T, x.device)
             cos, sin = angles.cos(), angles.sin()
         else:

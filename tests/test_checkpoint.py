@@ -113,6 +113,20 @@ def test_a_loadable_file_with_the_wrong_structure_gets_a_clear_error(tmp_path, c
     assert says in str(e.value) and "\n" not in str(e.value)
 
 
+def test_an_older_checkpoint_holding_momentum_settings_under_another_kind_still_loads(tmp_path, tokenizer):
+    """train.py accepted and ignored attention=vanilla +attention.include_current=true before 2026-12-03, and its
+    checkpoints kept it: the model config's new refusal called them damaged (diff review)."""
+    model = _save(tmp_path / "a.ckpt", tokenizer)
+    ckpt = torch.load(tmp_path / "a.ckpt", weights_only=True)
+    assert ckpt["momattn"]["model_config"]["attention"]["kind"] == "vanilla"
+    ckpt["momattn"]["model_config"]["attention"].update(include_current=True, learnable_eta=True)
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    loaded, _ = load_checkpoint(tmp_path / "old.ckpt")
+    assert loaded.config.attention.kind == "vanilla" and not loaded.config.attention.include_current
+    ids = torch.randint(0, 50, (1, 8))
+    assert torch.equal(loaded.eval()(ids), model.eval()(ids))
+
+
 def test_a_tokenizer_name_from_a_checkpoint_is_escaped_not_obeyed(tmp_path, tokenizer):
     """The stored name reached the console and results.md raw: escapes cleared the screen, a newline broke the
     table (trust review)."""
@@ -610,6 +624,8 @@ def test_a_record_cut_short_a_rezipped_file_and_an_empty_one_are_named_not_loade
     with pytest.raises(CheckpointError, match=rf"cut.ckpt' is damaged: its entry {small} holds \d+ bytes where its "
                                               r"tensor needs \d+ \(a file cut or edited inside\)"):
         load_checkpoint(rezip("cut.ckpt", cut=small))
+    with pytest.raises(CheckpointError, match=r"cut.ckpt' is damaged: its entry"):  # evaluate.py's first look too
+        read_checkpoint(tmp_path / "cut.ckpt")
     with pytest.raises(CheckpointError, match=r"zipped.ckpt' has a compressed entry \(.*\): torch.save stores "
                                               r"everything uncompressed"):
         read_checkpoint(rezip("zipped.ckpt", how=zipfile.ZIP_DEFLATED))
@@ -1225,6 +1241,8 @@ def test_a_runs_own_last_ckpt_that_is_a_link_is_its_own_checkpoint(tmp_path):
     assert not same_run(elsewhere / "real.ckpt", run)  # the file it links to, named itself: another folder's
     (tmp_path / "linked").symlink_to(run / "checkpoints")  # a linked folder still resolves to the run's own
     assert same_run(tmp_path / "linked" / "last.ckpt", run)
+    (tmp_path / "latest.ckpt").symlink_to(run / "checkpoints" / "last.ckpt")  # a link elsewhere to the run's own
+    assert same_run(tmp_path / "latest.ckpt", run)
 
 
 def test_a_resume_from_an_unreadable_checkpoint_is_refused_before_any_note_on_settings(tmp_path):

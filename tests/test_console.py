@@ -409,6 +409,20 @@ def test_a_checkpoint_outside_its_run_folder_resumes_with_the_overrides_it_recor
     # the run of", and wrote into a new timestamped folder: flows review)
 
 
+def test_a_moved_checkpoint_of_ones_own_source_resumes_with_todays_command_line_trusted(tmp_path, capsys):
+    """Reading its recorded command line checked the classes its config names before train.py trusted those that
+    today's command line names: refused with the advice to allow the class (diff review)."""
+    import torch
+
+    ckpt = tmp_path / "moved.ckpt"
+    own = "data._target_=mypkg.MySource"
+    torch.save({"state_dict": {}, "momattn": {"format": 1, "model_config": {"attention": {"kind": "vanilla"}},
+                                              "tokenizer": "{}", "config": {"data": {"_target_": "mypkg.MySource"}},
+                                              "overrides": [own, "trainer.max_steps=6"]}}, ckpt)
+    merged = resume_overrides([f"ckpt_path={ckpt}", own])
+    assert own in merged and "trainer.max_steps=6" in merged
+
+
 def test_the_run_log_keeps_complete_lines_and_a_progress_bars_last_state():
     import io
 

@@ -85,6 +85,7 @@ def test_int_k_drops_demonstrations_that_would_overflow_per_example():
     # placed, not scored: a k that does not fit was scored in full, then reported nowhere (left-over item)
     assert res.acc is None and res.acc_std is None and ev.predictions == []
     assert res.per_seed[0].acc is None and ShotResult.from_json(res.to_json()).acc is None
+    assert res.per_seed[0].n == 0  # test prompts scored: the ties line counted the unscored as its denominator
     data = task.load(0)
     enc, _ = ev.encode_test(task, ev.test_set(data.test))
     ev.evaluate_run(task, enc, data.demo_pool, 16, 1)  # scored on its own, as the analysis does
@@ -197,6 +198,17 @@ def test_icl_png_averages_across_k_only_the_tasks_that_fit_at_every_k(tmp_path, 
     avg = titles["avg (without long: not every k fits)"]
     assert drawn[avg] == [100 * out.tasks["short"].shots[k].acc for k in ("0", "max")]
     assert drawn[avg] != [100 * out.avg[k].acc for k in ("0", "max")]  # what it drew: k=0 averaged both tasks
+    # side by side: the tasks that fit at every k for every model (the wide model drew both under the same title)
+    wide = ModelResult(label="w", attention="vanilla", model={}, tokenizer={}, eval_config={},
+                       icl=evaluator(b_lover(block_size=128), shots=[0, "max"]).evaluate([short, long]))
+    assert _fit_every_k(wide.icl) == ["short", "long"]
+    lines = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", lambda ax, xs, ys, **kw: lines.append((id(ax), list(ys))))
+    titles.clear()
+    assert plot_icl([wide, res], tmp_path / "icl2.png")
+    avg = titles["avg (without long: not every k fits)"]
+    assert [ys for ax, ys in lines if ax == avg] == [[100 * wide.icl.tasks["short"].shots[k].acc for k in ("0", "max")],
+                                                     [100 * out.tasks["short"].shots[k].acc for k in ("0", "max")]]
 
 
 def test_demonstration_pool_drops_copies_of_test_texts():

@@ -213,6 +213,11 @@ def test_run_evaluate_side_by_side_with_disambiguated_labels(tmp_path, tokenizer
     assert said in err and err.index(said) < err.index("[momattn] evaluating v.ckpt")
     run_evaluate({**cfg, "ckpt_paths": None, "ppl": {"enabled": False}}, out_dir=tmp_path / "run")
     assert "holds an earlier evaluation" not in capsys.readouterr().err  # the same checkpoint again: nothing to say
+    run_evaluate({**cfg, "ppl": {"enabled": False}}, out_dir=tmp_path / "run")  # a and b again
+    capsys.readouterr()
+    run_evaluate({**cfg, "ckpt_paths": [str(a)], "ppl": {"enabled": False}}, out_dir=tmp_path / "run")
+    err = capsys.readouterr().err  # a, scored again under another label ('momentum'), was named as dropped too
+    assert "holds an earlier evaluation of 1 checkpoint this one does not score (momentum [b/last])" in err
 
 
 def test_rows_name_the_variant_and_the_weights_scored_even_when_a_file_is_replaced_midway(tmp_path, tokenizer,

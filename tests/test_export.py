@@ -365,8 +365,8 @@ def test_a_ginc_checkpoint_exports_with_its_word_level_tokenizer(tmp_path):
 
 
 def test_the_modeling_files_rotary_equals_the_models_in_float32_and_float64():
-    """Both build their angles in float64 (float32 angles were 3.6e-5 off at position 1023, and a float64 export
-    then differed from momattn's float64 model by 1e-4: model review)."""
+    """float32 angles for a float32 or bf16 model, as momattn trains with; exact float64 ones for a float64 model,
+    as momattn's float64 model now has (float32 angles were 3.6e-5 off at position 1023: model review)."""
     from momattn.hf.modeling_momattn import rotary
     from momattn.model import Rotary
 
@@ -374,3 +374,8 @@ def test_the_modeling_files_rotary_equals_the_models_in_float32_and_float64():
     ours = Rotary(64, 1024)
     for dtype in (torch.float64, torch.float32, torch.bfloat16):
         assert torch.equal(rotary(x.to(dtype)), ours(x.to(dtype), start=0)), dtype
+    angles = torch.arange(1024, dtype=torch.float64)[:, None] * 10000.0 ** (-torch.arange(0, 64, 2, dtype=torch.float64)
+                                                                           / 64)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    exact = torch.stack((x1 * angles.cos() - x2 * angles.sin(), x1 * angles.sin() + x2 * angles.cos()), -1).flatten(-2)
+    assert (rotary(x) - exact).abs().max() < 1e-12  # float32 angles: 1e-4 off

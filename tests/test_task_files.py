@@ -154,7 +154,10 @@ def test_evaluate_cli_runs_a_task_folder_end_to_end(tmp_path):
     text = json.dumps(results)
     assert '"review"' in text and "task file" in text  # the report says where the task came from
     preds = [json.loads(line) for line in next(out.glob("icl_predictions_*.jsonl")).read_text().splitlines()]
-    assert preds and {p["task"] for p in preds} == {"review"} and len(preds) == 2 * 12
+    shots = results["checkpoints"][0]["icl"]["tasks"]["review"]["shots"]
+    fit = {k for k, shot in shots.items() if shot["fits"]}  # a k that does not fit the 64 tokens is not scored
+    assert preds and {p["task"] for p in preds} == {"review"} and len(preds) == len(fit) * 12
+    assert {str(p["k"]) for p in preds} == fit and "0" in fit
 
 
 def test_a_task_set_takes_its_members_task_files_and_paths_may_start_with_a_tilde(tmp_path, monkeypatch):

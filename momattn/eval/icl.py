@@ -248,7 +248,7 @@ class IclEvaluator:
     def _unplaced_runs(test: Sequence[EncodedExample], placed: Sequence[Placement]) -> list[SeedRun]:
         """Each seed's placement as a run with nothing scored (acc None): what fits() and the note read."""
         return [SeedRun(seed=p.seed, acc=None, k_used_mean=float(np.mean(p.k_used)), k_used_min=int(min(p.k_used)),
-                        k_used_max=int(max(p.k_used)), n=len(test)) for p in placed]
+                        k_used_max=int(max(p.k_used)), n=0) for p in placed]  # n: test prompts scored (none)
 
     def fits(self, k: int | str, runs: Sequence[SeedRun]) -> bool:
         """Every prompt holds the requested k; k='max' places at least MIN_DEMOS (or max_shots, if lower)."""

@@ -415,9 +415,12 @@ def plot_icl(results: Sequence[ModelResult], path: Path) -> bool:
     tasks = _icl_tasks(results)
     if not tasks:
         return False
-    common = {r.label: _fit_every_k(r.icl) for r in results if r.icl}
-    panels = tasks + (["avg"] if any(common.values()) else [])
-    left_out = sorted({t for r in results if r.icl for t in _choice_tasks(r.icl) if t not in common[r.label]})
+    # the tasks that fit at every k for every model (side by side, each model's own set drew other averages under
+    # one title: diff review)
+    each = [_fit_every_k(r.icl) for r in results if r.icl]
+    common = [t for t in (each[0] if each else []) if all(t in e for e in each)]
+    panels = tasks + (["avg"] if common else [])
+    left_out = sorted({t for r in results if r.icl for t in _choice_tasks(r.icl)} - set(common))
     cols = min(4, len(panels))
     nrows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.8 * nrows), squeeze=False)
@@ -430,8 +433,7 @@ def plot_icl(results: Sequence[ModelResult], path: Path) -> bool:
             shots = icl.shots
             xs = list(range(len(shots)))
             if name == "avg":  # the tasks that fit at every k: a per-k Avg over other task sets made a false trend
-                if not (fit := common[r.label]):
-                    continue
+                fit = common
                 ys, err = [sum(_nan(icl.tasks[t].shots[s].acc) for t in fit) / len(fit) for s in shots], None
                 chance = sum(icl.tasks[t].chance for t in fit) / len(fit)
             else:

@@ -403,8 +403,9 @@ def _say_dropped(out: Path, paths: Sequence[str], labels: Sequence[str]) -> None
         before = [(r.get("checkpoint"), r.get("label")) for r in rows]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return  # unreadable: nothing to name (it is replaced all the same)
-    now = {(os.path.abspath(os.path.expanduser(p)), label) for p, label in zip(paths, labels)}
-    gone = [label or checkpoint for checkpoint, label in before if (checkpoint, label) not in now]
+    now = {os.path.abspath(os.path.expanduser(p)) for p in paths}  # (a label changes beside another checkpoint of
+    # its kind: 'vanilla' became 'vanilla [a/last]', named as dropped though scored: diff review)
+    gone = [label or checkpoint for checkpoint, label in before if checkpoint not in now]
     if gone:
         print(f"[momattn] {out / 'results.json'} holds an earlier evaluation of {len(gone)} checkpoint"
               f"{'s' if len(gone) > 1 else ''} this one does not score ({', '.join(map(str, gone))}): this "

@@ -57,13 +57,11 @@ class MomattnConfig(PretrainedConfig):
 def rotary(x: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """Rotary positions on (B, H, T, D), adjacent pairs rotated (momattn.model.Rotary)."""
     T, D = x.size(-2), x.size(-1)
-    # angles in float64 (on the CPU: MPS has none), as momattn's: float32 ones were 3.6e-5 off at position 1023
-    inv_freq = 1.0 / base ** (torch.arange(0, D, 2, dtype=torch.float64) / D)
-    angles = torch.outer(torch.arange(T, dtype=torch.float64), inv_freq)  # (T, D/2)
-    cos, sin = angles.cos(), angles.sin()
-    if x.dtype != torch.float64:  # momattn's float32 tables, then the model's dtype
-        cos, sin = cos.float(), sin.float()
-    cos, sin = cos.to(x.device, x.dtype), sin.to(x.device, x.dtype)
+    # float32 angles, as momattn's models train with; a float64 model's exact, as momattn's float64 model's
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    inv_freq = 1.0 / base ** (torch.arange(0, D, 2, device=x.device).to(dt) / D)
+    angles = torch.outer(torch.arange(T, device=x.device).to(dt), inv_freq)  # (T, D/2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
 

@@ -173,6 +173,20 @@ def _read_sharded(p: Path, path) -> dict:
     return ckpt
 
 
+def holds_optimizer(path: str | os.PathLike, meta: dict) -> bool:
+    """Whether a checkpoint can resume training: an optimizer state beside the weights (save_weights_only=true
+    writes none). meta: read_meta's dict; a sharded folder's optimizer is read from its shard index (its meta.pt
+    has none: a weights-only folder resumed into Lightning's KeyError after set-up, flows review)."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        return "optimizer_states" in meta
+    from torch.distributed.checkpoint import FileSystemReader
+
+    with safe_sharded_reads(path):
+        index = _safe_read_metadata(FileSystemReader(p))
+    return any(str(k).startswith("optimizer_") for k in index.state_dict_metadata)
+
+
 def _first_line(e: Exception | str) -> str:
     if isinstance(e, str):
         return e

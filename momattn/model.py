@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +33,8 @@ class AttentionConfig:
     n_rates: int = 8  # multirate_ema: decay rates per channel (the authors' code uses 8)
 
     def __post_init__(self):
+        if isinstance(self.eta, numbers.Real) and not isinstance(self.eta, bool):
+            self.eta = float(self.eta)  # numpy's numbers too (np.float32 was refused)
         if self.kind not in ATTENTION_KINDS:
             raise ConfigError(f"attention.kind='{self.kind}' is unknown; choose one of {', '.join(ATTENTION_KINDS)}")
         if isinstance(self.eta, bool) or not isinstance(self.eta, int | float):
@@ -46,6 +49,8 @@ class AttentionConfig:
         if float(held) >= 1.0 or (self.learnable_eta and float(held) <= 0.0):
             raise ConfigError(f"attention.eta={self.eta!r} rounds to {float(held):g} in float32, where the model "
                               f"holds it; use an eta {'at least 1e-7' if float(held) <= 0 else 'at most 0.9999999'}")
+        if isinstance(self.n_rates, numbers.Integral) and not isinstance(self.n_rates, bool):
+            self.n_rates = int(self.n_rates)  # (np.int64 is no int: refused, flows review)
         if isinstance(self.n_rates, bool) or not isinstance(self.n_rates, int) or self.n_rates < 1:
             raise ConfigError(f"attention.n_rates={self.n_rates!r} must be a whole number >= 1")
         for name in ("learnable_eta", "include_current"):  # (the Python API: train.py's config refuses them too)
@@ -75,6 +80,8 @@ class GPTConfig:
             value = getattr(self, name)
             if name == "n_inner" and value is None:
                 continue
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                setattr(self, name, value := int(value))  # numpy's ints too (np.int64(32) was refused: flows review)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:  # 16.0: a TypeError in torch
                 raise ConfigError(f"model.{name}={value!r} must be a whole number >= 1"
                                   + (", or null for 4 x model.n_embd" if name == "n_inner" else ""))
@@ -91,6 +98,8 @@ class GPTConfig:
                               f"{self.n_head} = {self.n_embd // self.n_head}); " +
                               (f"pick n_head among {even}" if even else  # (an odd n_embd: none, said as [])
                                f"model.n_embd={self.n_embd} is odd, so no head size is even: use an even n_embd"))
+        if isinstance(self.dropout, numbers.Real) and not isinstance(self.dropout, bool):
+            self.dropout = float(self.dropout)
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} must lie in [0, 1)")
 

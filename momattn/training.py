@@ -32,6 +32,7 @@ from momattn.checkpoint import (
     check_compatible,
     checkpoint_meta,
     checkpoint_tokenizer,
+    holds_optimizer,
     model_config_from,
     newest_checkpoint,
     read_meta,
@@ -184,7 +185,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         raise CheckpointError(f"checkpoint '{ckpt_path}' is a single file, written without FSDP; trainer=fsdp resumes "
                               "only the sharded folders it writes. Resume it with the strategy it was trained with "
                               "(trainer=ddp, or one device)")
-    if resumed and not ckpt_path.is_dir() and "optimizer_states" not in resumed:
+    if resumed and not holds_optimizer(ckpt_path, resumed):
         raise CheckpointError(f"checkpoint '{ckpt_path}' holds the weights only (save_weights_only=true): it has no "
                               "optimizer, schedule or data position to resume training from. Evaluate it with "
                               "evaluate.py, or resume from a full checkpoint (last.ckpt of a run without "

@@ -539,8 +539,11 @@ def test_ginc_checkpoint_end_to_end(tmp_path, kind, capsys):
     # finetuned: SimAM before (ICL vs ZSL) is 1 there, after (ICL vs FT) is not
     assert res.simam_before.per_layer[0] == pytest.approx(1.0, abs=1e-10) and res.simam_after.per_layer[0] < 1 - 1e-8
     assert {"results.json", "results.md", "per_layer.png"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.is_file()}
     with pytest.raises(DataError, match="with shots=20 the prompt needs 125 tokens .*at most 9 fit"):
         run_analyze({"ckpt_path": str(path), "task": "ginc", "shots": 20, "lrs": [0.1]}, tmp_path / "out")
+    # refused: the earlier analysis's reports stay (they were removed first, lost to a typo: flows review)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
 
 
 def with_a_padding_id_on_top(tmp_path, monkeypatch, settings):

@@ -430,6 +430,27 @@ def _sharded_folder(tmp_path, tokenizer, model):
     return folder
 
 
+def test_a_weights_only_sharded_folder_is_known_to_hold_no_optimizer(tmp_path, tokenizer):
+    """Only a single file was checked: a sharded weights-only folder resumed into Lightning's KeyError after set-up
+    (flows review)."""
+    import torch.distributed.checkpoint as dcp
+
+    from momattn.checkpoint import SHARDED_META, holds_optimizer, read_meta
+
+    config, model = _small(tokenizer)
+    folder = _sharded_folder(tmp_path, tokenizer, model)
+    assert holds_optimizer(folder, read_meta(folder))
+    weights = tmp_path / "weights" / "last.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"model": {f"model.{k}": v for k, v in model.state_dict().items()}}, checkpoint_id=weights,
+                 no_dist=True)
+    (weights / SHARDED_META).write_bytes((folder / SHARDED_META).read_bytes())
+    assert not holds_optimizer(weights, read_meta(weights))
+    _save(tmp_path / "a.ckpt", tokenizer)
+    assert not holds_optimizer(tmp_path / "a.ckpt", read_meta(tmp_path / "a.ckpt"))  # no optimizer_states either
+
+
 def test_a_sharded_folder_reads_like_a_single_file(tmp_path, tokenizer):
     from momattn.checkpoint import read_meta
 

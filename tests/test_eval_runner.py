@@ -627,3 +627,22 @@ def test_the_unchecked_rows_note_is_in_the_report_too(tmp_path, tokenizer):
     assert results_document([res])["checkpoints"][0]["notes"] == [note]
     own = evaluate_model(model, tok, {"data": DATA}, fast, tmp_path, "v")
     assert own.notes == [] and "Note (" not in markdown_report([own])
+
+
+def test_a_refused_rerun_into_an_evaluations_folder_keeps_its_predictions(tmp_path, tokenizer, capsys):
+    """A setting refused after the earlier predictions were removed (a missing ppl.data file) lost them for good: the
+    same command then reused the scores and wrote none (flows review)."""
+    v = make_checkpoint(tmp_path / "v.ckpt", "vanilla", tokenizer)
+    cfg = {**FAST, "ckpt_path": str(v), "device": "cpu", "icl": {**FAST["icl"], "tasks": ["trec"], "shots": [0]},
+           "ppl": {"max_windows": 2, "train": False}}
+    run_evaluate(cfg, out_dir=tmp_path / "run")
+    predictions = tmp_path / "run" / "icl_predictions_vanilla.jsonl"
+    kept = predictions.read_text()
+    bad = {**cfg, "ppl": {**cfg["ppl"], "data": {"source": "text_files", "paths": [str(tmp_path / "none.txt")]}}}
+    with pytest.raises(DataError, match="none.txt"):
+        run_evaluate(bad, out_dir=tmp_path / "run")
+    assert predictions.read_text() == kept
+    predictions.unlink()  # gone all the same (by hand): the scores are not reused without them
+    capsys.readouterr()
+    run_evaluate(cfg, out_dir=tmp_path / "run")
+    assert predictions.read_text() == kept and "reused" not in capsys.readouterr().err

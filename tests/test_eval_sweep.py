@@ -725,14 +725,15 @@ def test_a_single_run_given_as_sweep_dir_is_named_by_its_folder_not_dot(tmp_path
 
 
 def test_one_finished_run_given_as_sweep_dir_is_told_how_to_score_it_alone(tmp_path, tokenizer, capsys):  # noqa: F811
-    """It got a one-run 'sweep verdict' whose every comparison read 'cannot tell', without a word (day-one review)."""
+    """It got a one-run 'sweep verdict' without a word (day-one review)."""
     from momattn.eval.sweep import find_runs
 
     run = job(tmp_path, 1, "vanilla", 1, tokenizer, step=400)
     runs, _ = find_runs(run)
-    assert len(runs) == 1 and (f"note: sweep_dir={run} is one run's folder, not a sweep's: its verdict has one run, "
-                               f"so every comparison says 'cannot tell'. To score this run alone: evaluate.py "
-                               f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}") in capsys.readouterr().err
+    assert len(runs) == 1 and (f"note: sweep_dir={run} is one run's folder, not a sweep's: its verdict holds that "
+                               "run's numbers alone, with no seeds to spread over and no vanilla run to compare with. "
+                               f"To score this run alone: evaluate.py ckpt_path={run / 'checkpoints' / 'last.ckpt'}"
+                               ) in capsys.readouterr().err
     find_runs(tmp_path)  # a sweep of one job: its folder, not the job's
     assert "one run's folder" not in capsys.readouterr().err
 

@@ -516,8 +516,17 @@ def test_a_held_out_concept_equal_to_a_pretraining_one_is_refused_for_ood_prompt
     """n_properties=4 n_permutations=1 draws concept 6's chain again as concept 4's: its OOD prompts were in
     distribution (GINC review)."""
     w = GincCorpus(n_properties=4, n_permutations=1)
-    with pytest.raises(ConfigError, match=r"^GINC OOD prompts: held-out concept 6 is the same chain as pretraining "
-                                          r"concept 4 in this world .*raise data.n_properties or data.n_permutations"):
+    with pytest.raises(ConfigError, match=r"^GINC OOD prompts: in this world, held-out concept 6 is the same chain as "
+                                          r"pretraining concept 4 .*raise data.n_properties or data.n_permutations"):
         w.prompts(5, 2, 4, ood=True)
+    from momattn.eval.ginc import ginc_world  # evaluate.py's: no data.* keys to change there (flows review)
+
+    data = {"_target_": "momattn.data.ginc.GincCorpus", "n_properties": 4, "n_permutations": 1}
+    with pytest.raises(ConfigError, match=r"^icl.tasks: 'ginc_ood' scores concepts held out of pretraining, but in "
+                                          r"this checkpoint's GINC world, held-out concept 6 .*; drop the ood tasks "
+                                          r"from icl.tasks$"):
+        ginc_world(data, "ginc_ood", ood_task="ginc_ood")
+    with pytest.raises(ConfigError, match=r"this run's GINC world, .*raise data.n_properties or data.n_permutations"):
+        ginc_world(data, "ginc_ood", ood_task="ginc_ood", training=True)
     w.prompts(5, 2, 4)  # in distribution: as it was
     GincCorpus().prompts(5, 2, 4, ood=True)  # the default world's concepts are distinct

@@ -254,6 +254,19 @@ def test_bad_model_config_names_the_culprit(kwargs, match):
         GPTConfig(**kwargs)
 
 
+def test_numpy_numbers_are_taken_as_python_ones():
+    """The API's new whole-number check refused np.int64(32) as 'not a whole number' (flows review)."""
+    import numpy as np
+
+    cfg = GPTConfig(n_layer=np.int32(2), n_embd=np.int64(32), n_head=np.int64(2), n_inner=np.int64(64),
+                    dropout=np.float32(0.25), attention={"kind": "momentum", "eta": np.float32(0.5)})
+    assert (cfg.n_layer, cfg.n_embd, cfg.n_inner, cfg.dropout, cfg.attention.eta) == (2, 32, 64, 0.25, 0.5)
+    assert type(cfg.n_embd) is int and type(cfg.attention.eta) is float
+    assert AttentionConfig(kind="multirate_ema", n_rates=np.int64(4)).n_rates == 4
+    with pytest.raises(ConfigError, match=r"model.n_embd=np.float64\(32.5\) must be a whole number"):
+        GPTConfig(n_embd=np.float64(32.5))
+
+
 def test_bad_attention_kind_and_eta():
     with pytest.raises(ConfigError, match="unknown"):
         AttentionConfig(kind="momentun")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
+import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -25,7 +27,7 @@ from momattn.analysis.config import AnalyzeConfig
 from momattn.analysis.episodes import AnalysisSet, Episode, ginc_set, text_set
 from momattn.analysis.finetune import FtRun, answer_scores, finetune
 from momattn.analysis.metrics import kendall_per_layer, kendall_random, layer_mean, rec2ftp, simam, simaou
-from momattn.errors import ConfigError, NonFiniteLossError
+from momattn.errors import ConfigError, NonFiniteLossError, UserError
 from momattn.eval.ginc import GincTask, check_prompt_count, check_separator, check_test_seed
 from momattn.eval.results import JsonMixin
 from momattn.eval.scoring import PrefixScorer
@@ -409,12 +411,26 @@ def run_analyze(cfg: Mapping, out_dir: str | Path | None = None) -> AnalysisResu
         return None
     meta = read_meta(conf.ckpt_path).get("momattn") or {}
     model, tokenizer = load_checkpoint(conf.ckpt_path, map_location=device)
-    for stale in (*REPORTS, *SWEEP_REPORTS):  # an earlier analysis's reports in this folder: written again at the
-        # end, and a stop or failure before it left them looking like this run's; a sweep's verdict stood beside
-        # this single analysis's (both found by review)
-        (out / stale).unlink(missing_ok=True)
-    result = analyze(model, tokenizer, dict(meta.get("config") or {}), conf, checkpoint=str(conf.ckpt_path),
-                     trained_on=meta.get("data_fingerprint"))
+    # an earlier analysis's reports in this folder: written again at the end, and a stop or failure before it left
+    # them looking like this run's; a sweep's verdict stood beside this single analysis's (both found by review).
+    # Set aside, not removed: a refused setting (a shots the context cannot hold, checked inside analyze) puts
+    # them back, and the saved config with them (they were lost to a typo: flows review)
+    aside = out / ".previous_reports"
+    shutil.rmtree(aside, ignore_errors=True)  # (a killed run's: its reports went, as before)
+    moved = [name for name in (*REPORTS, *SWEEP_REPORTS) if (out / name).is_file()]
+    if moved:
+        aside.mkdir()
+        for name in moved:
+            os.replace(out / name, aside / name)
+    try:
+        result = analyze(model, tokenizer, dict(meta.get("config") or {}), conf, checkpoint=str(conf.ckpt_path),
+                         trained_on=meta.get("data_fingerprint"))
+    except UserError:
+        for name in moved:
+            os.replace(aside / name, out / name)
+        raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
     written = write_reports(result, out)
     if conf.logger and "wandb" in conf.logger:
         log_wandb(result, out, conf.logger["wandb"], conf.tags, settings=asdict(conf))

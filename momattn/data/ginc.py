@@ -264,18 +264,23 @@ class GincCorpus:
         return _build_hmms(self.n_symbols, self.n_entities, self.n_properties, self.n_concepts, self.n_permutations,
                            float(self.vic), float(self.trans_temp), float(self.start_temp), self.seed)
 
-    def _check_held_out_distinct(self) -> None:
-        """A held-out concept whose chain is a pretraining concept's is not out of distribution: a world with few
-        properties and permutations (n_properties=4, n_permutations=1) can draw one twice (GINC review)."""
+    def held_out_twin(self) -> str | None:
+        """Why the held-out concepts are not all out of distribution (None where they are): a world with few
+        properties and permutations (n_properties=4, n_permutations=1) can draw a pretraining concept's chain again
+        (GINC review)."""
         hmms = self.hmms
         for b in range(self.n_train_concepts, self.n_concepts):
             for a in range(self.n_train_concepts):
                 if np.array_equal(hmms.property[a], hmms.property[b]):  # (a prompt's start is drawn uniformly)
-                    raise ConfigError(f"GINC OOD prompts: held-out concept {b} is the same chain as pretraining concept "
-                                      f"{a} in this world ({self.n_properties} properties, "
-                                      f"{self.n_permutations or self.n_properties} permutations per chain), so it is "
-                                      "not held out; raise data.n_properties or data.n_permutations, or change "
-                                      "data.seed")
+                    return (f"held-out concept {b} is the same chain as pretraining concept {a} "
+                            f"({self.n_properties} properties, {self.n_permutations or self.n_properties} "
+                            "permutation(s) per chain), so it is not held out")
+        return None
+
+    def _check_held_out_distinct(self) -> None:
+        if twin := self.held_out_twin():
+            raise ConfigError(f"GINC OOD prompts: in this world, {twin}; raise data.n_properties or data.n_permutations, or change "
+                              "data.seed")
 
     def world_settings(self) -> dict:
         """The fields that define the HMMs and the concepts pretrained on, so the prompts and labels: not the size

@@ -163,6 +163,12 @@ def ginc_world(data_cfg: Mapping | None, task_name: str = "ginc", key: str = "ic
             f"this checkpoint's GINC world pretrained on all of its {source.n_concepts} concepts "
             "(data.n_train_concepts = data.n_concepts); "
             + (f"drop the ood tasks from {key}" if key == "icl.tasks" else f"choose {key}=ginc")))
+    if ood_task is not None and (twin := source.held_out_twin()):  # (told to change the world's data.* keys, which
+        # evaluate.py has none of: flows review)
+        raise ConfigError(f"{key}: '{ood_task}' scores concepts held out of pretraining, but in this "
+                          f"{'run' if training else 'checkpoint'}'s GINC world, {twin}; "
+                          + ("raise data.n_properties or data.n_permutations, change data.seed, or " if training else "")
+                          + (f"drop the ood tasks from {key}" if key == "icl.tasks" else f"choose {key}=ginc"))
     if trained_on is not None and source.fingerprint() != trained_on:
         raise DataError(f"'{task_name}': the GINC world this momattn builds from the checkpoint's data section is not "
                         f"the one the model trained on (the generator, version {VERSION} here, or its defaults changed "

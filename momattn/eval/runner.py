@@ -448,6 +448,10 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
         # among text ones failed after the first had been scored); the config and tokenizer suffice, no weights
         for path, meta, label in zip(paths, metas, labels):
             _check_one(path, label, meta, conf)
+    elif (out / "results.json").is_file():  # one, into an earlier evaluation's folder: checked before its files
+        # are touched (a refused setting had removed the earlier predictions, which a rerun then reused without:
+        # flows review)
+        check_saved(paths[0], metas[0], conf.eval_section(), conf.cache_dir)
     earlier = (out / "results.json").is_file()  # an evaluation was written here before: its files, not others'
     if earlier:
         _say_dropped(out, paths, labels)
@@ -468,7 +472,9 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
             step, meta = ckpt.get("global_step"), ckpt["momattn"]
         del ckpt
         checkpoint, weights = os.path.abspath(os.path.expanduser(path)), weights_digest(model)
-        if (res := done.get((checkpoint, label))) is not None and (res.step, res.weights) == (step, weights):
+        predictions = out / f"icl_predictions_{slug(label)}.jsonl"
+        if (res := done.get((checkpoint, label))) is not None and (res.step, res.weights) == (step, weights) and (
+                predictions.is_file() or not conf.icl.enabled):  # (its predictions gone: scored again, for them)
             # scored into this folder by an evaluation a stop cut short: every checkpoint was scored again
             print(f"[momattn] {path} ({label}): scored into this folder before, with these settings: reused",
                   file=sys.stderr, flush=True)

@@ -35,7 +35,7 @@ from momattn.errors import ConfigError, UserError, did_you_mean
 from momattn.eval.config import EvalConfig, under_eval
 from momattn.hardware import precision_reason, resolve_precision
 from momattn.io import NAME_MAX, cache_root, probe_write
-from momattn.model import ATTENTION_KINDS, AttentionConfig, GPTConfig
+from momattn.model import ATTENTION_KINDS, ATTENTION_SETTINGS, AttentionConfig, GPTConfig
 from momattn.optim import OptimConfig
 from momattn.schema import interpolation_error, typed
 from momattn.tokenizer import TokenizerConfig, source_tokenizer
@@ -134,8 +134,6 @@ OWN_TRAINER_ARGS = {  # Trainer arguments that momattn.training passes itself, a
 }
 
 
-ATTENTION_SETTINGS = {"eta": ("momentum",), "learnable_eta": ("momentum",), "include_current": ("momentum",),
-                      "n_rates": ("multirate_ema",)}  # AttentionConfig's fields, and the kinds that read them
 
 
 def _runs_on_cpu(trainer: Mapping) -> bool:
@@ -468,7 +466,7 @@ def _check_kind_keys(section: str, node: Mapping | None, readers: Mapping[str, t
     for key, value in (node or {}).items():
         kinds = readers.get(key)
         if kinds and value is not None and kind not in kinds:
-            names = {"kinds": " and ".join(kinds), "first": kinds[0]}
+            names = {"kinds": " and ".join(kinds), "first": kinds[0], "key": f"{section}.{key}"}
             raise ConfigError(f"{section}.{key} applies to {owner.format(**names)} only, and this run's is {kind}, "
                               f"so it would be ignored; drop it, or {fix.format(**names)}")
 
@@ -508,7 +506,10 @@ def load_train_config(cfg: DictConfig | Mapping) -> TrainConfig:
     # which names the Python API's fix)
     if (kind := (raw.get("attention") or {}).get("kind", AttentionConfig.kind)) in ATTENTION_KINDS:
         _check_kind_keys("attention", raw.get("attention"), ATTENTION_SETTINGS, kind, "{kinds} attention",
-                         "choose attention={first}")
+                         "choose attention={first}" + (  # a resume repeats its recorded command line, which may hold
+                             # one such setting from before it was refused (second diff review)
+                             "; on a resume, a setting of the run's recorded command line is left out with ~{key}"
+                             if run.ckpt_path not in (None, "null") else ""))
     attention = typed(AttentionConfig, raw.get("attention"), "attention")  # (an unknown kind named here)
     data = raw.get("data") or {}
     source = make_source(data)

@@ -22,6 +22,8 @@ from momattn.loss import lm_loss
 from momattn.ops import link_values, momentum_ema, multirate_ema
 
 ATTENTION_KINDS = ("vanilla", "momentum", "multirate_ema")
+ATTENTION_SETTINGS = {"eta": ("momentum",), "learnable_eta": ("momentum",), "include_current": ("momentum",),
+                      "n_rates": ("multirate_ema",)}  # AttentionConfig's fields, and the kinds that read them
 
 
 @dataclass

@@ -1952,3 +1952,15 @@ def test_a_refused_command_into_an_earlier_reports_folder_keeps_its_saved_config
     (run / "results.json").unlink()  # a folder holding no reports: the command's own config is its record
     r = run_cli(script, [*args, f"hydra.run.dir={run}"], tmp_path)
     assert r.returncode == 2 and "nope.ckpt" in (run / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_a_momentum_setting_under_another_kind_on_a_resume_names_the_way_to_leave_it_out(tmp_path):
+    """A run trained before the refusal recorded +attention.include_current=true under vanilla: its resume repeats
+    it, and was refused with advice for a command the user never typed (second diff review)."""
+    over = ["+attention.include_current=true"]
+    with pytest.raises(ConfigError, match=r"attention.include_current applies to momentum attention only.*choose "
+                                          r"attention=momentum; on a resume, a setting of the run's recorded command "
+                                          r"line is left out with ~attention.include_current$"):
+        load_train_config(compose_train(tmp_path, [*SMOKE, *over, "ckpt_path=x.ckpt"]))
+    with pytest.raises(ConfigError, match=r"choose attention=momentum$"):  # a new run: that advice alone
+        load_train_config(compose_train(tmp_path, [*SMOKE, *over]))

@@ -646,3 +646,17 @@ def test_a_refused_rerun_into_an_evaluations_folder_keeps_its_predictions(tmp_pa
     capsys.readouterr()
     run_evaluate(cfg, out_dir=tmp_path / "run")
     assert predictions.read_text() == kept and "reused" not in capsys.readouterr().err
+
+
+def test_variant_labels_name_only_the_settings_a_kind_reads():
+    """An older checkpoint's include_current under multirate_ema (accepted and ignored then) split one variant in
+    two: 'multirate_ema(include_current=True)' (second diff review)."""
+    from momattn.eval.runner import variant_labels
+
+    assert variant_labels([{"kind": "multirate_ema", "include_current": False},
+                           {"kind": "multirate_ema", "include_current": True}]) == ["multirate_ema", "multirate_ema"]
+    assert variant_labels([{"kind": "momentum", "eta": 0.3, "n_rates": 3},
+                           {"kind": "momentum", "eta": 0.5, "n_rates": 8}]) == ["momentum(eta=0.3)", "momentum(eta=0.5)"]
+    assert variant_labels([{"kind": "multirate_ema", "n_rates": 4}, {"kind": "multirate_ema", "n_rates": 8},
+                           {"kind": "vanilla", "eta": 0.9}]) == ["multirate_ema(n_rates=4)", "multirate_ema(n_rates=8)",
+                                                                 "vanilla"]

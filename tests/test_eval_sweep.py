@@ -731,7 +731,7 @@ def test_one_finished_run_given_as_sweep_dir_is_told_how_to_score_it_alone(tmp_p
     run = job(tmp_path, 1, "vanilla", 1, tokenizer, step=400)
     runs, _ = find_runs(run)
     assert len(runs) == 1 and (f"note: sweep_dir={run} is one run's folder, not a sweep's: its verdict holds that "
-                               "run's numbers alone, with no seeds to spread over and no vanilla run to compare with. "
+                               "run's numbers alone, with no seeds to spread over and no other attention to compare with. "
                                f"To score this run alone: evaluate.py ckpt_path={run / 'checkpoints' / 'last.ckpt'}"
                                ) in capsys.readouterr().err
     find_runs(tmp_path)  # a sweep of one job: its folder, not the job's

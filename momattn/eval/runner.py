@@ -275,14 +275,16 @@ def variant_labels(params: Sequence[Mapping]) -> list[str]:
     """Each model's attention kind, and where models of one kind differ in its settings (an eta sweep), what differs:
     'momentum(eta=0.3)', 'momentum(learnable_eta=True)'. params: each model's attention config (with its kind);
     vanilla's settings are unused, so never named."""
-    from momattn.model import AttentionConfig
+    from momattn.model import ATTENTION_SETTINGS, AttentionConfig
 
     defaults = asdict(AttentionConfig())  # a setting an older checkpoint lacks had its default value then
     labels = [str(p["kind"]) for p in params]
     for kind in set(labels) - {"vanilla"}:
         idx = [i for i, k in enumerate(labels) if k == kind]
         value = lambda i, k: params[i].get(k, defaults.get(k))  # noqa: E731
-        keys = sorted({k for i in idx for k in params[i] if k != "kind"})
+        # the settings this kind reads (an older checkpoint's include_current under multirate_ema, accepted and
+        # ignored then, split one variant in two: second diff review)
+        keys = sorted({k for i in idx for k in params[i] if k != "kind" and kind in ATTENTION_SETTINGS.get(k, (kind,))})
         varying = [k for k in keys if len({json.dumps(value(i, k), default=str) for i in idx}) > 1]
         for i in idx if varying else ():
             labels[i] = f"{kind}(" + ", ".join(f"{k}={value(i, k)}" for k in varying) + ")"

@@ -441,7 +441,7 @@ def find_runs(sweep_dir: Path, entry: str = "evaluate.py") -> tuple[list[SweepRu
     if len(runs) == 1 and not failed and os.path.samefile(runs[0].job, sweep_dir):  # (a verdict of one seed, read
         # as a sweep's: day-one review)
         print(f"[momattn] note: sweep_dir={sweep_dir} is one run's folder, not a sweep's: its verdict holds that "
-              f"run's numbers alone, with no seeds to spread over and no vanilla run to compare with. To score this run "
+              f"run's numbers alone, with no seeds to spread over and no other attention to compare with. To score this run "
               f"alone: {entry} ckpt_path={runs[0].path}", file=sys.stderr, flush=True)
     return runs, failed
 

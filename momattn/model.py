@@ -26,6 +26,13 @@ ATTENTION_SETTINGS = {"eta": ("momentum",), "learnable_eta": ("momentum",), "inc
                       "n_rates": ("multirate_ema",)}  # AttentionConfig's fields, and the kinds that read them
 
 
+def _as_float(value: numbers.Real, key: str) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an int of 400 digits: an OverflowError from float() (second diff review)
+        raise ConfigError(f"{key}={str(value)[:20]}... is too large a number") from None
+
+
 @dataclass
 class AttentionConfig:
     kind: str = "vanilla"  # vanilla | momentum | multirate_ema
@@ -36,7 +43,7 @@ class AttentionConfig:
 
     def __post_init__(self):
         if isinstance(self.eta, numbers.Real) and not isinstance(self.eta, bool):
-            self.eta = float(self.eta)  # numpy's numbers too (np.float32 was refused)
+            self.eta = _as_float(self.eta, "attention.eta")  # numpy's numbers too (np.float32 was refused)
         if self.kind not in ATTENTION_KINDS:
             raise ConfigError(f"attention.kind='{self.kind}' is unknown; choose one of {', '.join(ATTENTION_KINDS)}")
         if isinstance(self.eta, bool) or not isinstance(self.eta, int | float):
@@ -101,7 +108,7 @@ class GPTConfig:
                               (f"pick n_head among {even}" if even else  # (an odd n_embd: none, said as [])
                                f"model.n_embd={self.n_embd} is odd, so no head size is even: use an even n_embd"))
         if isinstance(self.dropout, numbers.Real) and not isinstance(self.dropout, bool):
-            self.dropout = float(self.dropout)
+            self.dropout = _as_float(self.dropout, "model.dropout")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} must lie in [0, 1)")
 

@@ -90,6 +90,10 @@ def _type_checked(schema: type, node: dict, where: str) -> dict:
         return node
     try:
         merged = OmegaConf.merge(base, node)
+    except OverflowError:  # an int of hundreds of digits for a float field: OmegaConf's traceback (second diff review)
+        huge = next((k for k, v in node.items() if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 1e308),
+                    "?")
+        raise ConfigError(f"{_key(where, huge)}={str(node.get(huge))[:20]}... is too large a number") from None
     except ValidationError as e:
         key = getattr(e, "full_key", None) or getattr(e, "key", "?")
         msg = str(e).splitlines()[0]

@@ -1964,3 +1964,9 @@ def test_a_momentum_setting_under_another_kind_on_a_resume_names_the_way_to_leav
         load_train_config(compose_train(tmp_path, [*SMOKE, *over, "ckpt_path=x.ckpt"]))
     with pytest.raises(ConfigError, match=r"choose attention=momentum$"):  # a new run: that advice alone
         load_train_config(compose_train(tmp_path, [*SMOKE, *over]))
+
+
+def test_a_number_too_large_for_a_float_setting_is_one_line(tmp_path):
+    """attention.eta=<400 digits> was OmegaConf's OverflowError traceback (second diff review)."""
+    with pytest.raises(ConfigError, match=r"^attention.eta=10000000000000000000... is too large a number$"):
+        load_train_config(compose_train(tmp_path, [*SMOKE, "attention=momentum", f"attention.eta={10**400}"]))

@@ -263,6 +263,10 @@ def test_numpy_numbers_are_taken_as_python_ones():
     assert (cfg.n_layer, cfg.n_embd, cfg.n_inner, cfg.dropout, cfg.attention.eta) == (2, 32, 64, 0.25, 0.5)
     assert type(cfg.n_embd) is int and type(cfg.attention.eta) is float
     assert AttentionConfig(kind="multirate_ema", n_rates=np.int64(4)).n_rates == 4
+    with pytest.raises(ConfigError, match=r"^attention.eta=10000000000000000000... is too large a number$"):
+        AttentionConfig(kind="momentum", eta=10**400)  # an OverflowError (second diff review)
+    with pytest.raises(ConfigError, match=r"^model.dropout=10000000000000000000... is too large"):
+        GPTConfig(dropout=10**400)
     with pytest.raises(ConfigError, match=r"model.n_embd=np.float64\(32.5\) must be a whole number"):
         GPTConfig(n_embd=np.float64(32.5))
 

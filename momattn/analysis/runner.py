@@ -9,6 +9,7 @@ analyze(model, tokenizer, run_config, cfg) does the work on a model in memory; r
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -27,7 +28,7 @@ from momattn.analysis.config import AnalyzeConfig
 from momattn.analysis.episodes import AnalysisSet, Episode, ginc_set, text_set
 from momattn.analysis.finetune import FtRun, answer_scores, finetune
 from momattn.analysis.metrics import kendall_per_layer, kendall_random, layer_mean, rec2ftp, simam, simaou
-from momattn.errors import ConfigError, NonFiniteLossError, UserError
+from momattn.errors import ConfigError, DataError, NonFiniteLossError
 from momattn.eval.ginc import GincTask, check_prompt_count, check_separator, check_test_seed
 from momattn.eval.results import JsonMixin
 from momattn.eval.scoring import PrefixScorer
@@ -386,6 +387,29 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
                   "select_examples": cfg.select_examples, "select_prompts": cfg.select_prompts})
 
 
+@contextlib.contextmanager
+def set_aside(out: Path, names: tuple[str, ...]):
+    """The reports `names` of an earlier analysis in `out`, out of the way while this one runs: gone where it
+    ends otherwise (a stop or a failure, a diverged finetuning, left them looking like its own), put back where it is
+    refused (a ConfigError or DataError: a shots the context cannot hold, checked once the work began; they were lost
+    to a typo, and the saved config with them: flows review)."""
+    aside = out / ".previous_reports"
+    shutil.rmtree(aside, ignore_errors=True)  # (a killed run's: its reports went, as before)
+    moved = [name for name in names if (out / name).is_file()]
+    if moved:
+        aside.mkdir()
+        for name in moved:
+            os.replace(out / name, aside / name)
+    try:
+        yield
+    except (ConfigError, DataError):  # a refusal; not a failure of the work (a diverged finetuning: its reports went)
+        for name in moved:
+            os.replace(aside / name, out / name)
+        raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
 def run_analyze(cfg: Mapping, out_dir: str | Path | None = None) -> AnalysisResult | None:
     """analyze.py: load the checkpoint, analyse, write results.json / results.md / per_layer.png. With sweep_dir:
     every run of the sweep, then the verdict over seeds (momattn.analysis.sweep; None returned)."""
@@ -412,25 +436,10 @@ def run_analyze(cfg: Mapping, out_dir: str | Path | None = None) -> AnalysisResu
     meta = read_meta(conf.ckpt_path).get("momattn") or {}
     model, tokenizer = load_checkpoint(conf.ckpt_path, map_location=device)
     # an earlier analysis's reports in this folder: written again at the end, and a stop or failure before it left
-    # them looking like this run's; a sweep's verdict stood beside this single analysis's (both found by review).
-    # Set aside, not removed: a refused setting (a shots the context cannot hold, checked inside analyze) puts
-    # them back, and the saved config with them (they were lost to a typo: flows review)
-    aside = out / ".previous_reports"
-    shutil.rmtree(aside, ignore_errors=True)  # (a killed run's: its reports went, as before)
-    moved = [name for name in (*REPORTS, *SWEEP_REPORTS) if (out / name).is_file()]
-    if moved:
-        aside.mkdir()
-        for name in moved:
-            os.replace(out / name, aside / name)
-    try:
+    # them looking like this run's; a sweep's verdict stood beside this single analysis's (both found by review)
+    with set_aside(out, (*REPORTS, *SWEEP_REPORTS)):
         result = analyze(model, tokenizer, dict(meta.get("config") or {}), conf, checkpoint=str(conf.ckpt_path),
                          trained_on=meta.get("data_fingerprint"))
-    except UserError:
-        for name in moved:
-            os.replace(aside / name, out / name)
-        raise
-    finally:
-        shutil.rmtree(aside, ignore_errors=True)
     written = write_reports(result, out)
     if conf.logger and "wandb" in conf.logger:
         log_wandb(result, out, conf.logger["wandb"], conf.tags, settings=asdict(conf))

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from momattn.errors import CheckpointError, ConfigError, DataError
-from momattn.model import GPT, AttentionConfig, GPTConfig
+from momattn.model import ATTENTION_SETTINGS, ATTENTION_SWITCHES, GPT, AttentionConfig, GPTConfig
 from momattn.quoting import printable
 from momattn.tokenizer import Tokenizer
 
@@ -337,28 +337,35 @@ def _verify_crc(p: Path, path) -> None:
     _VERIFIED.add(key)
 
 
-def _check_stored(p: Path, path) -> None:
-    """torch.save stores every entry uncompressed; the memory-mapped load reads a compressed one's bytes as they
-    are (a re-zipped file loaded garbage, blamed on its RNG state or its weights: trust review). Reads the zip's
-    index only."""
-    try:
-        with zipfile.ZipFile(p) as z:
-            packed = next((i.filename for i in z.infolist() if i.compress_type != zipfile.ZIP_STORED), None)
-    except (OSError, zipfile.BadZipFile, ValueError) as e:
-        raise _unreadable(path, e) from None
-    if packed is not None:
-        raise CheckpointError(f"checkpoint '{path}' has a compressed entry ({packed}): torch.save stores everything "
-                              "uncompressed, so the file was re-zipped by another tool. Use the file train.py wrote, "
-                              "or write it again with torch: python -c \"import torch; torch.save(torch.load('IN', "
-                              "weights_only=True), 'OUT')\"")
-
-
-def _check_records(p: Path, path, ckpt: Any) -> None:
-    """Every tensor's bytes are its own record, whole. The memory-mapped load reads a tensor's bytes from its
-    record's offset without torch's check of the record's size: a record cut short (with a valid CRC) loaded the
-    next record's bytes as weights, without a word (trust review)."""
+def _zip_records(p: Path, path) -> dict[int, zipfile.ZipInfo]:
+    """The tensors' records of a checkpoint file, by the offset of their bytes in it, read from the zip's headers
+    (no tensor read). torch.save stores every entry uncompressed; the memory-mapped load reads a compressed one's
+    bytes as they are (a re-zipped file loaded garbage, blamed on its RNG state or its weights: trust review)."""
     import struct
 
+    try:
+        with zipfile.ZipFile(p) as z, open(p, "rb") as f:
+            records = {}
+            for info in z.infolist():
+                if info.compress_type != zipfile.ZIP_STORED:
+                    raise CheckpointError(
+                        f"checkpoint '{path}' has a compressed entry ({info.filename}): torch.save stores everything "
+                        "uncompressed, so the file was re-zipped by another tool. Use the file train.py wrote, or "
+                        "write it again with torch: python -c \"import torch; torch.save(torch.load('IN', "
+                        "weights_only=True), 'OUT')\"")
+                if "/data/" in info.filename and info.file_size:
+                    f.seek(info.header_offset + 26)
+                    name_len, extra_len = struct.unpack("<HH", f.read(4))
+                    records[info.header_offset + 30 + name_len + extra_len] = info
+    except (OSError, zipfile.BadZipFile, ValueError, struct.error) as e:
+        raise _unreadable(path, e) from None
+    return records
+
+
+def _check_records(path, ckpt: Any, records: dict[int, zipfile.ZipInfo]) -> None:
+    """Every tensor's bytes are its own record (_zip_records), whole. The memory-mapped load reads a tensor's bytes
+    from its record's offset without torch's check of the record's size: a record cut short (with a valid CRC)
+    loaded the next record's bytes as weights, without a word (trust review)."""
     storages: dict[int, int] = {}  # data_ptr -> nbytes: with mmap, the file's base + the record's offset
 
     def walk(o: Any) -> None:
@@ -373,16 +380,6 @@ def _check_records(p: Path, path, ckpt: Any) -> None:
                 walk(v)
 
     walk(ckpt)
-    try:
-        with zipfile.ZipFile(p) as z, open(p, "rb") as f:
-            records = {}  # the data's offset in the file -> its entry
-            for info in z.infolist():
-                if "/data/" in info.filename and info.file_size:
-                    f.seek(info.header_offset + 26)
-                    name_len, extra_len = struct.unpack("<HH", f.read(4))
-                    records[info.header_offset + 30 + name_len + extra_len] = info
-    except (OSError, zipfile.BadZipFile, struct.error) as e:
-        raise _unreadable(path, e) from None
     ptrs, offsets = sorted(storages), sorted(records)
     base = ptrs[0] - offsets[0] if ptrs and offsets else 0
     for ptr in ptrs:
@@ -421,15 +418,15 @@ def read_checkpoint(path: str | os.PathLike, verify: bool = False, targets: bool
             f"it holds a sweep's runs, e.g. {jobs[0]}; for every run of the sweep, pass sweep_dir={path} to "
             "evaluate.py or analyze.py instead" if jobs else f"none is there; a run keeps them in {p}/checkpoints/")
         raise CheckpointError(f"checkpoint '{path}' is a folder; pass a .ckpt file inside it ({hint})")
-    if not p.is_dir() and zipfile.is_zipfile(p):
-        _check_stored(p, path)
+    # a file's records, before it is loaded (a compressed one is named first); a folder's shards are torch's
+    records = _zip_records(p, path) if not p.is_dir() and zipfile.is_zipfile(p) else None
     ckpt = _read_sharded(p, path) if p.is_dir() else _load_safely(p, path)
     _check_structure(ckpt, path, targets)
     if verify and not p.is_dir():
         _verify_crc(p, path)
-    if not p.is_dir():  # every read: the zip's headers and the tensors' sizes, no tensor read (a cut record was
-        # found only where the weights were loaded: after a first checkpoint was scored in full, diff review)
-        _check_records(p, path, ckpt)
+    if records is not None:  # every read: the zip's headers and the tensors' sizes, no tensor read (a cut record
+        # was found only where the weights were loaded: after a first checkpoint was scored in full, diff review)
+        _check_records(path, ckpt, records)
     return ckpt
 
 
@@ -465,9 +462,9 @@ def model_config_from(meta: dict, path: str | os.PathLike | None = None) -> GPTC
     mc = dict(meta["model_config"])
     try:
         att = dict(mc["attention"])
-        if att.get("kind") != "momentum":  # train.py accepted and ignored these under another kind before
-            # 2026-12-03, and the checkpoint kept them: what the model was, not a damaged file (diff review)
-            att.update({k: False for k in ("learnable_eta", "include_current") if k in att})
+        # a switch its kind does not read: train.py accepted and ignored these before 2026-12-03, and the checkpoint
+        # kept them: what the model was, not a damaged file (diff review)
+        att.update({k: False for k in ATTENTION_SWITCHES if k in att and att.get("kind") not in ATTENTION_SETTINGS[k]})
         mc["attention"] = AttentionConfig(**att)
         return GPTConfig(**mc)
     except TypeError as e:  # a field this momattn does not know (or lacks a required one)

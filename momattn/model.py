@@ -24,6 +24,7 @@ from momattn.ops import link_values, momentum_ema, multirate_ema
 ATTENTION_KINDS = ("vanilla", "momentum", "multirate_ema")
 ATTENTION_SETTINGS = {"eta": ("momentum",), "learnable_eta": ("momentum",), "include_current": ("momentum",),
                       "n_rates": ("multirate_ema",)}  # AttentionConfig's fields, and the kinds that read them
+ATTENTION_SWITCHES = ("learnable_eta", "include_current")  # its on/off settings
 
 
 def _as_float(value: numbers.Real, key: str) -> float:
@@ -62,10 +63,10 @@ class AttentionConfig:
             self.n_rates = int(self.n_rates)  # (np.int64 is no int: refused, flows review)
         if isinstance(self.n_rates, bool) or not isinstance(self.n_rates, int) or self.n_rates < 1:
             raise ConfigError(f"attention.n_rates={self.n_rates!r} must be a whole number >= 1")
-        for name in ("learnable_eta", "include_current"):  # (the Python API: train.py's config refuses them too)
-            if getattr(self, name) and self.kind != "momentum":
-                raise ConfigError(f"attention.{name}=true is read by momentum attention only, not "
-                                  f"attention.kind='{self.kind}'; drop it, or use kind='momentum'")
+        for name in ATTENTION_SWITCHES:  # (the Python API: train.py's config refuses them too)
+            if getattr(self, name) and self.kind not in (kinds := ATTENTION_SETTINGS[name]):
+                raise ConfigError(f"attention.{name}=true is read by {' and '.join(kinds)} attention only, not "
+                                  f"attention.kind='{self.kind}'; drop it, or use kind='{kinds[0]}'")
 
 
 @dataclass
@@ -417,8 +418,8 @@ class GPT(nn.Module):
         try:
             x = self.wte(idx)  # (B, T, C)
         except IndexError:  # (CPU; checked here, not before: a check would make a GPU wait at every step)
-            vocab = self.config.vocab_size
-            bad = int(idx.max()) if int(idx.max()) >= vocab else int(idx.min())
+            vocab, top = self.config.vocab_size, int(idx.max())
+            bad = top if top >= vocab else int(idx.min())
             raise ValueError(f"idx holds token id {bad}, outside this model's vocabulary of {vocab} ids "
                              f"(0..{vocab - 1})") from None
         if self.wpe is not None:

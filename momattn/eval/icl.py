@@ -229,7 +229,7 @@ class IclEvaluator:
         prep = task if isinstance(task, PreparedTask) else self.prepare(task)
         placed = {k: [self.place(prep.task, prep.test, prep.pool, k, s)
                       for s in (self.cfg.seeds[:1] if k == 0 else self.cfg.seeds)] for k in self.cfg.shots}
-        unfit = {k: self._unplaced_runs(prep.test, p) for k, p in placed.items()}
+        unfit = {k: self._unplaced_runs(p) for k, p in placed.items()}
         unfit = {k: r for k, r in unfit.items() if not self.fits(k, r)}
         runs = [(k, p) for k in self.cfg.shots if k not in unfit for p in placed[k]]
         per_k: dict[int | str, list[SeedRun]] = defaultdict(list, unfit)
@@ -245,7 +245,7 @@ class IclEvaluator:
         return prep.result
 
     @staticmethod
-    def _unplaced_runs(test: Sequence[EncodedExample], placed: Sequence[Placement]) -> list[SeedRun]:
+    def _unplaced_runs(placed: Sequence[Placement]) -> list[SeedRun]:
         """Each seed's placement as a run with nothing scored (acc None): what fits() and the note read."""
         return [SeedRun(seed=p.seed, acc=None, k_used_mean=float(np.mean(p.k_used)), k_used_min=int(min(p.k_used)),
                         k_used_max=int(max(p.k_used)), n=0) for p in placed]  # n: test prompts scored (none)

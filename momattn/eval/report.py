@@ -433,9 +433,8 @@ def plot_icl(results: Sequence[ModelResult], path: Path) -> bool:
             shots = icl.shots
             xs = list(range(len(shots)))
             if name == "avg":  # the tasks that fit at every k: a per-k Avg over other task sets made a false trend
-                fit = common
-                ys, err = [sum(_nan(icl.tasks[t].shots[s].acc) for t in fit) / len(fit) for s in shots], None
-                chance = sum(icl.tasks[t].chance for t in fit) / len(fit)
+                ys, err = [sum(_nan(icl.tasks[t].shots[s].acc) for t in common) / len(common) for s in shots], None
+                chance = sum(icl.tasks[t].chance for t in common) / len(common)
             else:
                 t = icl.tasks[name]
                 ys = [_nan(t.shots[s].acc) if t.shots[s].fits else float("nan") for s in shots]

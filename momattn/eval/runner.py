@@ -230,8 +230,7 @@ def evaluate_model(model: LanguageModel, tokenizer, run_config: Mapping, eval_cf
         result.icl = icl_result(cfg.icl, {t.name: done[t.name] for t in plan.tasks}, icl_eval.split_seed,
                                 GINC_PROTOCOL if plan.ginc_tasks else None)
         predictions = icl_eval.predictions + (ginc_eval.predictions if ginc_eval else [])
-        atomic_write_text(out_dir / f"icl_predictions_{slug(label)}.jsonl", "".join(json_text(p) + "\n"
-                                                                                  for p in predictions))
+        atomic_write_text(out_dir / predictions_name(label), "".join(json_text(p) + "\n" for p in predictions))
         result.timing_s["icl"] = time.perf_counter() - t1
     result.timing_s["total"] = time.perf_counter() - t0
     return result
@@ -265,6 +264,11 @@ def flat_metrics(result: ModelResult | Mapping) -> dict[str, float]:
             out[f"icl/avg/acc@k{s}"] = v.acc
             out[f"icl/avg/n_tasks@k{s}"] = v.n_tasks
     return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}
+
+
+def predictions_name(label: str) -> str:
+    """The file of a model's per-example ICL predictions in the evaluation's folder."""
+    return f"icl_predictions_{slug(label)}.jsonl"
 
 
 def slug(label: str) -> str:
@@ -450,11 +454,11 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
         # among text ones failed after the first had been scored); the config and tokenizer suffice, no weights
         for path, meta, label in zip(paths, metas, labels):
             _check_one(path, label, meta, conf)
-    elif (out / "results.json").is_file():  # one, into an earlier evaluation's folder: checked before its files
-        # are touched (a refused setting had removed the earlier predictions, which a rerun then reused without:
-        # flows review)
-        check_saved(paths[0], metas[0], conf.eval_section(), conf.cache_dir)
     earlier = (out / "results.json").is_file()  # an evaluation was written here before: its files, not others'
+    if earlier and len(paths) == 1:  # one, into an earlier evaluation's folder: checked before its files are
+        # touched (a refused setting had removed the earlier predictions, which a rerun then reused without: flows
+        # review)
+        check_saved(paths[0], metas[0], conf.eval_section(), conf.cache_dir)
     if earlier:
         _say_dropped(out, paths, labels)
     inputs = eval_inputs(conf.eval_section())  # the local files the evaluation reads, as they are now
@@ -462,7 +466,7 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
     for path, label in zip(paths, labels):  # an earlier evaluation's predictions of a checkpoint to score again:
         # gone now, not at the end (a stop part-way left them beside the new results; found by review)
         if earlier and (os.path.abspath(os.path.expanduser(path)), label) not in done:
-            (out / f"icl_predictions_{slug(label)}.jsonl").unlink(missing_ok=True)
+            (out / predictions_name(label)).unlink(missing_ok=True)
     results: list[ModelResult] = []
     for i, (path, meta, label, step) in enumerate(zip(paths, metas, labels, steps)):
         ckpt = read_checkpoint(path, verify=True)  # the weights, step and settings of one read (found by review)
@@ -474,9 +478,8 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
             step, meta = ckpt.get("global_step"), ckpt["momattn"]
         del ckpt
         checkpoint, weights = os.path.abspath(os.path.expanduser(path)), weights_digest(model)
-        predictions = out / f"icl_predictions_{slug(label)}.jsonl"
         if (res := done.get((checkpoint, label))) is not None and (res.step, res.weights) == (step, weights) and (
-                predictions.is_file() or not conf.icl.enabled):  # (its predictions gone: scored again, for them)
+                (out / predictions_name(label)).is_file() or not conf.icl.enabled):  # (its predictions gone: scored again, for them)
             # scored into this folder by an evaluation a stop cut short: every checkpoint was scored again
             print(f"[momattn] {path} ({label}): scored into this folder before, with these settings: reused",
                   file=sys.stderr, flush=True)
@@ -495,7 +498,7 @@ def run_evaluate(cfg: Mapping, out_dir: str | os.PathLike | None = None) -> list
         del model
     if earlier:  # the earlier evaluation's plots and predictions that this one did not write again contradicted it
         remove_stale(out, ["icl_predictions_*.jsonl", "ppl.png", "icl.png"],
-                     {f"icl_predictions_{slug(label)}.jsonl" for label in labels if conf.icl.enabled} | set(written))
+                     {predictions_name(label) for label in labels if conf.icl.enabled} | set(written))
     if conf.logger and "wandb" in conf.logger:
         log_wandb(results, out, conf.logger["wandb"])
     print(markdown_report(results))

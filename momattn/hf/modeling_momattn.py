@@ -104,8 +104,7 @@ class Attention(nn.Module):
         if self.kind == "momentum":  # a fixed eta as momattn's model holds it: rounded to float32, but in a float64
             # model the config's own (momattn's float64 model holds 0.7, not 0.699999988: flows review)
             eta = _rate(self.eta_logit) if hasattr(self, "eta_logit") else \
-                torch.full((self.n_head,), float(self.eta), device=v.device,
-                           dtype=torch.float64 if dtype == torch.float64 else torch.float32).to(dtype)
+                torch.full((self.n_head,), float(self.eta), device=v.device, dtype=dtype)
             W = decay_matrix(eta[:, None], T, self.include_current)  # (H, T, T)
             vh = vf.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
             return (W @ vh).transpose(1, 2).reshape(B, T, C)

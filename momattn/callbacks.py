@@ -353,7 +353,6 @@ class Throughput(ThroughputMonitor):
 
     peak_note: str | None = None
     _paused_from: float | None = None  # where the training clock stopped for a validation (None: running)
-    measure_peak: bool = True  # False: a run that logs nothing (a finished run resumed) measures no CPU peak
 
     def __init__(self, *args, peak_record: Path | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -371,7 +370,7 @@ class Throughput(ThroughputMonitor):
             # the datasheet's dense peak where momattn knows the device (Lightning's table has no "NVIDIA H200",
             # and its H200 names carry the sparse figure); Lightning's otherwise
             self.available_flops = hardware.gpu_bf16_peak(name) or self.available_flops
-        if device.type == "cpu" and self.available_flops is None and self.measure_peak:
+        if device.type == "cpu" and self.available_flops is None:
             if self.peak_note is None:  # measured once, at fit's setup: the final validate() reuses it
                 dtype = precision_dtype(trainer.precision)
                 now, n = measured_peak_flops(dtype)

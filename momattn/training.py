@@ -263,12 +263,18 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     if resume:
         check_compatible(model_config_from(resume, ckpt_path), model_config, ckpt_path)
     fits(model_config)
+    evaluated = finished and _evaluated_step(out_dir) in (start_step, "unknown")  # a finished run
+    # a finished run resumed, with its summary and (where asked for) its evaluation: nothing to log
+    idle = (same_folder and finished and (evaluated or not (c.run_eval and c.eval))
+            and _kept_summary(out_dir / "summary.json", start_step, say=False) is not None)
+    if idle:  # (its data was tokenised, its model built and its checkpoint restored for none of it: a sweep resumed
+        # after a crash did it for each finished job)
+        return _finished_idle(c, job, out_dir, resume, start_step, stopped)
     model = GPT(model_config)
 
     train, val = _tokens(c, tokenizer, model_config.vocab_size, model_config.block_size)
     dm = TokenDataModule(train, val, model_config.block_size, c.loader.batch_size, c.max_steps, c.accumulate,
                          c.loader.val_batches, c.seed, c.loader.num_workers, getattr(c.data, "split_size_advice", None))
-    evaluated = finished and _evaluated_step(out_dir) in (start_step, "unknown")  # a finished run
     if c.run_eval and c.eval and not evaluated and os.environ.get("LOCAL_RANK", "0") == "0":
         _check_evaluation(c, model, tokenizer)  # a task or length the evaluation cannot take: now, not after training
     meta = checkpoint_meta(model_config, tokenizer, c.resolved, overrides=list(job.overrides),
@@ -287,17 +293,10 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
         callbacks.append(TrainProgress())
     # a fork (another folder) is a W&B run of its own: sharing the original's id, two diverging histories
     # overwrote each other's steps when both were synced
-    # a finished run resumed, with its summary and (where asked for) its evaluation: nothing to log
-    idle = (same_folder and finished and (evaluated or not (c.run_eval and c.eval))
-            and _kept_summary(out_dir / "summary.json", start_step, say=False) is not None)
     loggers = logs.make_loggers(c.logger, resume.get("wandb_run_id") if same_folder else None,
                                 *_sweep_names(job, model_config),
-                                resumed=bool(resume), start_step=start_step, idle=idle,
+                                resumed=bool(resume), start_step=start_step,
                                 checkpoints=str(out_dir / "checkpoints"))
-    throughput.measure_peak = not idle  # a CPU matmul peak for no MFU: a finished run measured and printed it
-    if idle:  # it logs nothing: metrics.csv's repairs (rows a stopped resume dropped) are written now (diff review)
-        for lg in loggers:
-            getattr(lg, "repair", lambda: None)()
     for lg in loggers:  # the run's whole config (attention, eta, lr, seed, ...): W&B runs can be told apart; the
         # attention as the model has it (typed, defaults filled in): attention.kind=momentum logged no eta (review)
         lg.log_hyperparams({**c.resolved, "attention": dataclasses.asdict(c.model.attention)})
@@ -388,15 +387,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
                 _report(c, trainer, metrics, loggers, _unigram(train, dm, trainer.world_size, tokenizer.n_ids), speed,
                         out_dir, (tokenizer.vocab_size, model_config.vocab_size), None if trained else ckpt_path)
             else:  # a finished run resumed: its summary (val loss, speed) stays, and gives the sweep's metric
-                print("[momattn] nothing to train: " + (
-                    f"its EarlyStopping callback ended the run at step {start_step} ({stopped[1]}); "
-                    f"{out_dir / 'summary.json'} is kept. To train on, " + _train_on(stopped[0], job) if stopped
-                    else
-                    f"the run was at step {start_step} already (trainer.max_steps={c.max_steps}); "
-                    f"{out_dir / 'summary.json'} is kept. Raise trainer.max_steps to train on"),
-                    file=sys.stderr, flush=True)
-                metrics = {**{k: float(v) for k, v in kept.items() if k.startswith(SUMMARY_METRICS)
-                              and isinstance(v, int | float)}, **metrics}
+                _say_nothing_to_train(c, job, out_dir, start_step, stopped)
+                metrics = {**_summary_metrics(kept), **metrics}
             done_before = not trained and _evaluated_step(out_dir) in (trainer.global_step, "unknown")
             if c.run_eval and c.eval and not done_before:
                 # the checkpoint callback saved last.ckpt at the final validation, the last step: these weights
@@ -1152,6 +1144,43 @@ def _forget_stop(cb: pl.callbacks.EarlyStopping) -> None:
         cb.stopping_reason, cb.stopping_reason_message = EarlyStoppingReason.NOT_STOPPED, None
 
     cb.load_state_dict = load_state_dict
+
+
+def _say_nothing_to_train(c: TrainConfig, job: HydraJob, out_dir: Path, step: int,
+                          stopped: tuple[str, str] | None) -> None:
+    print("[momattn] nothing to train: " + (
+        f"its EarlyStopping callback ended the run at step {step} ({stopped[1]}); "
+        f"{out_dir / 'summary.json'} is kept. To train on, " + _train_on(stopped[0], job) if stopped
+        else
+        f"the run was at step {step} already (trainer.max_steps={c.max_steps}); "
+        f"{out_dir / 'summary.json'} is kept. Raise trainer.max_steps to train on"),
+        file=sys.stderr, flush=True)
+
+
+def _summary_metrics(summary: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in summary.items() if k.startswith(SUMMARY_METRICS)
+            and isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def _finished_idle(c: TrainConfig, job: HydraJob, out_dir: Path, resume: dict, start_step: int,
+                   stopped: tuple[str, str] | None) -> float | None:
+    """A finished run resumed in its own folder, reported (and evaluated, where it evaluates): nothing is trained,
+    logged or evaluated. metrics.csv's repairs (rows a stopped resume dropped) are written; the summary's metric
+    is the sweep's."""
+    loggers = logs.make_loggers(c.logger, None, resumed=True, start_step=start_step, idle=True,
+                                checkpoints=str(out_dir / "checkpoints"))
+    if rank_zero_only.rank == 0:
+        for lg in loggers:
+            getattr(lg, "repair", lambda: None)()
+        _say_nothing_to_train(c, job, out_dir, start_step, stopped)
+        if c.run_eval and c.eval:
+            print(f"[momattn] the evaluation of step {start_step} is in {out_dir / 'eval'} already; "
+                  "evaluate.py evaluates again with other settings", file=sys.stderr, flush=True)
+    value = _summary_metrics(_kept_summary(out_dir / "summary.json", start_step, say=False) or {}).get(
+        c.optimized_metric)
+    if value is not None and not math.isfinite(value):  # Optuna cannot record nan: a failed trial instead
+        raise NonFiniteLossError(f"{c.optimized_metric}={value} at the end of training; the run diverged")
+    return value
 
 
 def _kept_summary(path: Path, step: int, say: bool = True) -> dict | None:

@@ -581,7 +581,7 @@ def test_dataloader_workers_train_every_step_on_the_same_data(reference, tmp_pat
 
 
 @pytest.mark.slow
-def test_resuming_a_finished_run_keeps_its_summary(reference_run, tmp_path):
+def test_resuming_a_finished_run_keeps_its_summary(reference_run, tmp_path, monkeypatch):
     import json
     import shutil
 
@@ -600,9 +600,16 @@ def test_resuming_a_finished_run_keeps_its_summary(reference_run, tmp_path):
     # a sweeper (Optuna) resuming it gets the run's metric, not None
     from conftest import compose_train
 
+    from momattn import training
     from momattn.training import run_train
 
-    assert run_train(compose_train(run, [*RUN, "ckpt_path=last"])) == pytest.approx(before["val/loss"])
+    def untouched(*a, **k):
+        raise AssertionError("a finished run's data was tokenised or its model built")
+
+    with monkeypatch.context() as m:  # nor are its data and model read and built (a sweep's finished jobs each did)
+        m.setattr(training, "_tokens", untouched)
+        m.setattr(training, "GPT", untouched)
+        assert run_train(compose_train(run, [*RUN, "ckpt_path=last"])) == pytest.approx(before["val/loss"])
     (run / "summary.json").write_text('{"val/loss": 2.')  # cut short (a copy interrupted, a hand edit)
     r = run_cli("train.py", [*RUN, "ckpt_path=last", f"hydra.run.dir={run}"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]  # was a JSONDecodeError traceback

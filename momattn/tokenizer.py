@@ -82,6 +82,7 @@ class Tokenizer:
         self.eot_id = eot
         self._literal: _HFTokenizer | None = None  # encode_documents' copy, built when first needed
         self._cuttable = False  # whether encode_documents may encode a long document in pieces (with _literal)
+        self._said_uncut = False  # whether a document too long to encode in pieces was said
 
     def __getstate__(self):  # datasets.map workers get a copy; the literal copy's flag would not survive pickling
         return {**self.__dict__, "_literal": None, "_cuttable": False}
@@ -114,6 +115,11 @@ class Tokenizer:
         if not self._cuttable or all(len(t) <= PIECE_CHARS for t in texts):
             return self._encode_batch(self._literal, texts)
         pieces = [(i, p) for i, t in enumerate(texts) for p in pieces_of(t, PIECE_CHARS)]
+        if not self._said_uncut and (most := max(len(p) for _, p in pieces)) > 4 * PIECE_CHARS:
+            self._said_uncut = True  # (a DNA or base64 line has no cut: memory grew with it, without a word: review)
+            print(f"[momattn] note: a document holds {most:,} characters without a space or newline to cut at; it is "
+                  "encoded whole, and the tokenizer library keeps ~700 bytes a token while it does: split such "
+                  "text into lines if memory runs short", file=sys.stderr, flush=True)
         out: list[list[int]] = [[] for _ in texts]
         start = 0
         while start < len(pieces):  # groups of pieces: the Encodings of one group at a time
@@ -269,24 +275,29 @@ def train_bpe(texts: Callable[[], Iterable[str]], vocab_size: int, cache_file: P
     train split in memory; the first trains it, the others read its file."""
     if cache_file is None:
         return _train_bpe(texts, vocab_size, None)
-    if (cached := cached_bpe(cache_file)) is not None:
+    if (cached := cached_bpe(cache_file, vocab_size=vocab_size)) is not None:
         return cached
     with file_lock(lock_beside(cache_file), waiting=f"the BPE tokenizer {cache_file.name}"):
-        return cached_bpe(cache_file, say=True) or _train_bpe(texts, vocab_size, cache_file)
+        return cached_bpe(cache_file, say=True, vocab_size=vocab_size) or _train_bpe(texts, vocab_size, cache_file)
 
 
-def cached_bpe(cache_file: Path, say: bool = False) -> Tokenizer | None:
-    """The tokenizer cached at cache_file, or None (no file, or a damaged one: said once, by the caller that then
-    trains it again)."""
+def cached_bpe(cache_file: Path, say: bool = False, vocab_size: int | None = None) -> Tokenizer | None:
+    """The tokenizer cached at cache_file, or None (no file, a damaged one, or one with more tokens than the
+    vocab_size it was trained for: said once, by the caller that then trains it again)."""
     if not cache_file.exists():
         return None
     try:
-        return Tokenizer(_HFTokenizer.from_file(str(cache_file)), "bpe")
+        tok = Tokenizer(_HFTokenizer.from_file(str(cache_file)), "bpe")
     except Exception as e:  # a damaged cache file (a bare Exception from the library): train it again
-        if say:
-            print(f"[momattn] the cached tokenizer {cache_file} is damaged ({first_line(e)}); training it again",
-                  file=sys.stderr, flush=True)
-        return None
+        why = f"is damaged ({first_line(e)})"
+    else:
+        if vocab_size is None or tok.vocab_size <= vocab_size:
+            return tok
+        # another tokenizer's file under this name (GPT-2's was taken as a 280-token BPE: found by review)
+        why = f"holds {tok.vocab_size} tokens, more than the vocab_size={vocab_size} it is named for"
+    if say:
+        print(f"[momattn] the cached tokenizer {cache_file} {why}; training it again", file=sys.stderr, flush=True)
+    return None
 
 
 def _train_bpe(texts: Callable[[], Iterable[str]], vocab_size: int, cache_file: Path | None) -> Tokenizer:

@@ -369,6 +369,24 @@ def test_a_damaged_or_truncated_token_cache_is_rebuilt_and_an_untouched_one_is_n
     os.utime(bin_path, ns=(st.st_atime_ns, st.st_mtime_ns))  # damaged, its mtime put back (as `cp -p` would keep)
     assert np.array_equal(load_tokens(cfg, tok, "val", tmp_path), good)
     assert "damaged" in capsys.readouterr().err
+    # another cache copied under this one's name (another tokenizer's ids) is not read as this one's (review)
+    other = train_bpe(lambda: lm_texts(["trec"], "train"), 290)
+    load_tokens(cfg, other, "val", tmp_path)
+    theirs = next(p for p in (tmp_path / "tokens").glob("*.bin") if p != bin_path)
+    for ext in (".bin", ".json"):
+        theirs.with_suffix(ext).replace(bin_path.with_suffix(ext))
+    capsys.readouterr()
+    assert np.array_equal(load_tokens(cfg, tok, "val", tmp_path), good)
+    assert f"token cache {bin_path} is another cache's (written for key {theirs.stem})" in capsys.readouterr().err
+    # a BPE cache file holding another tokenizer's (more tokens than its name's vocab_size) is trained again
+    from momattn.tokenizer import bpe_cache_file, gpt2_tokenizer
+
+    bpe_file = bpe_cache_file(300, make_source(cfg), tmp_path)
+    bpe_file.parent.mkdir()
+    bpe_file.write_text(gpt2_tokenizer().to_json())
+    assert train_bpe(lambda: lm_texts(["trec"], "train"), 300, bpe_file).vocab_size == tok.vocab_size
+    assert "holds 50257 tokens, more than the vocab_size=300 it is named for; training it again" in \
+        capsys.readouterr().err
 
 
 OLD_STAICC = {"source": "staicc", "tasks": ["trec"], "split_seed": 1234, "batch_size": 16, "val_batches": 10,
@@ -903,7 +921,7 @@ def test_copies_that_differ_in_whitespace_or_share_a_file_never_reach_both_split
     assert keys()[0] == fingerprint and keys()[1] != changes  # the same text: the fingerprint stays
 
 
-def test_a_long_document_is_encoded_in_pieces_to_the_same_ids(monkeypatch):
+def test_a_long_document_is_encoded_in_pieces_to_the_same_ids(monkeypatch, capsys):
     # encoded whole, the library's Encoding took ~700 bytes a token: a text8-style one-line corpus of 100 MB needed
     # ~13 GB (found by review); cut where a byte-level pre-tokenizer splits anyway, the ids are the same
     import random
@@ -931,6 +949,16 @@ def test_a_long_document_is_encoded_in_pieces_to_the_same_ids(monkeypatch):
         monkeypatch.undo()
     assert pieces_of("a" * 50 + " b", 10) == ["a" * 50, " b"]  # no cut within: the first after it
     assert pieces_of("a" * 50, 10) == ["a" * 50]  # none at all: whole
+    # and said once (a DNA or base64 line's memory grew with it, without a word: review)
+    monkeypatch.setattr(tokenizer_module, "PIECE_CHARS", 10)
+    monkeypatch.setattr(tokenizer_module, "GROUP_CHARS", 30)
+    capsys.readouterr()
+    bpe._said_uncut = False  # (the random documents above may have said it)
+    assert bpe.encode_documents(["a" * 50, "b" * 60 + " c"]) == [bpe.encode("a" * 50), bpe.encode("b" * 60 + " c")]
+    assert "note: a document holds 60 characters without a space or newline to cut at" in capsys.readouterr().err
+    bpe.encode_documents(["a" * 50])
+    assert "note" not in capsys.readouterr().err
+    monkeypatch.undo()
     # a normalizer, a prefix space, an added token that strips the blanks beside it, truncation or padding would
     # each differ across a cut (found by review): such a tokenizer encodes each document whole
     from tokenizers import AddedToken, pre_tokenizers
@@ -1012,6 +1040,45 @@ def test_a_tokenizer_file_whose_vocabulary_holds_the_special_end_of_text_is_told
         file_tokenizer(str(tmp_path / "uni.json"))
 
 
+def test_slices_of_one_split_that_overlap_are_refused_and_a_sliced_local_validation_split_is_kept_out(tmp_path,
+                                                                                                       capsys):
+    # train[5%:] beside validation train[:10%] shared 3 of 5 rows, validated on as training text; a local
+    # validation split read as validation[:100%] kept its copies in training (found by review)
+    rows = [f"document number {i} with words" for i in range(50)]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    for train, val, shared in (("train[5%:]", "train[:10%]", "share 3 of the 50 rows of split 'train' (rows 2..4)"),
+                               ("train", "train[:10%]", "share 5 of the 50 rows")):
+        hub = HubCorpus(name="json", data_files=str(tmp_path / "a.jsonl"), train_split=train, val_split=val)
+        with pytest.raises(DataError, match=rf"^data.train_split='{re.escape(train)}' and "
+                                            rf"data.val_split='{re.escape(val)}' {re.escape(shared)}"):
+            hub.documents("train")
+    hub = HubCorpus(name="json", data_files=str(tmp_path / "a.jsonl"), train_split="train[10%:]",
+                    val_split="train[:10%]")
+    assert hub.documents("train") == rows[5:] and hub.documents("val") == rows[:5]
+    (tmp_path / "va.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows[:2]))
+    files = {"train": str(tmp_path / "a.jsonl"), "validation": str(tmp_path / "va.jsonl")}
+    hub = HubCorpus(name="json", data_files=files, val_split="validation[:100%]")
+    assert hub.documents("train") == rows[2:]
+    assert "2 of the 50 training documents copy a document of the validation split" in capsys.readouterr().err
+
+
+def test_a_local_file_edited_with_its_time_put_back_is_read_anew_and_no_arrow_copy_is_kept(tmp_path, monkeypatch):
+    # datasets keys its Arrow copy of a local file by path and mtime: an edit that kept the time (cp -p, rsync -a)
+    # was read as the old text, into a new token cache; the copy stayed in ~/.cache/huggingface for good (review)
+    monkeypatch.setenv("MOMATTN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    f = tmp_path / "c.jsonl"
+    f.write_text("".join(json.dumps({"text": f"alpha doc {i}"}) + "\n" for i in range(20)))
+    assert HubCorpus(name="json", data_files=str(f), val_split=None).documents("train")[0].startswith("alpha")
+    st = f.stat()
+    f.write_text(f.read_text().replace("alpha", "a much longer replacement"))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    docs = HubCorpus(name="json", data_files=str(f), val_split=None).documents("train")
+    assert all(d.startswith("a much longer replacement") for d in docs)
+    assert not list((tmp_path / "cache" / "arrow").iterdir())  # read, then removed
+    assert not [p for p in (tmp_path / "hf").rglob("*") if p.is_file()]
+
+
 def test_copies_of_a_local_validation_split_are_left_out_of_training(tmp_path, capsys, monkeypatch):
     # data_files={train: tr.jsonl, validation: va.jsonl} with va the first rows of tr: 5 of 5 validation documents
     # were trained on, silently, where a held-out fraction's copies are left out (found by review)
@@ -1025,7 +1092,7 @@ def test_copies_of_a_local_validation_split_are_left_out_of_training(tmp_path, c
     hub = HubCorpus(name="json", data_files=files)
     loads = []
     load = hub._load
-    monkeypatch.setattr(hub, "_load", lambda split: loads.append(split) or load(split))
+    monkeypatch.setattr(hub, "_load", lambda split, *a: loads.append(split) or load(split, *a))
     assert hub.documents("val") == [t + "\r\n" for t in rows[:5]]
     assert hub.documents("train") == rows[5:] and len(hub.documents("val")) == 5
     assert loads == ["validation", "train"]  # the validation split is read once (it was read again for train)

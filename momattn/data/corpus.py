@@ -63,6 +63,9 @@ def _problem(bin_path: Path, meta_path: Path) -> str | None:
         return "incomplete" if bin_path.exists() or meta_path.exists() else "missing"
     try:
         meta = json.loads(meta_path.read_text())
+        if meta.get("key", bin_path.stem) != bin_path.stem:  # a cache copied under another's name (another
+            # tokenizer's ids, read as this one's: found by review); caches written before the key was kept pass
+            return f"another cache's (written for key {meta['key']})"
         if bin_path.stat().st_size != meta["n_tokens"] * np.dtype(meta["dtype"]).itemsize:
             return "truncated"
         if "crc32" not in meta or meta.get("checked") == _stamp(bin_path):
@@ -191,7 +194,7 @@ def load_tokens(source: DataSource | Mapping, tokenizer: Tokenizer, split: str,
 
         atomic_write(bin_path, write)  # the .json last: a .bin without it is never trusted
         atomic_write_text(meta_path, json.dumps({"n_tokens": n_tokens, "dtype": np.dtype(dtype).name, "split": split,
-                                                 "tokenizer": tokenizer.name, "documents": n_docs,
+                                                 "tokenizer": tokenizer.name, "documents": n_docs, "key": key,
                                                  "format": CACHE_FORMAT, "crc32": crc,
                                                  "checked": _stamp(bin_path)}))
     return _open(bin_path, meta_path)

@@ -440,14 +440,14 @@ class HubCorpus:
         return {"val": f"give the validation split (data.val_split='{self.val_split}') more text, or set "
                        "data.val_split=null to hold out part of the train split"}
 
-    def _load(self, split: str):
+    def _load(self, split: str, arrow_dir: str | None = None):
         datasets = import_datasets()
         if (saved := saved_dataset(self.name, split, self.train_split)) is not None:
             return saved
         check_files_there(self.name, self.data_files, split)
         try:
             return datasets.load_dataset(self.name, self.config, split=split, data_files=self.data_files,
-                                         revision=self.revision)
+                                         revision=self.revision, cache_dir=arrow_dir)
         except UnicodeDecodeError as e:
             raise not_utf8(self.name, self.data_files, e) from None
         except StopIteration:  # what datasets raises for files without a single row
@@ -476,14 +476,17 @@ class HubCorpus:
         if key and (kept := getattr(self, "_val_documents", None)) and kept[0] == key:
             return list(kept[1])  # read once: the training split's documents are checked against them too
         read = self.val_split if split == "val" and self.val_split else self.train_split
-        ds = self._load(read)
-        if self.text_field not in ds.column_names:
-            raise DataError(f"data.name='{self.name}' has no column '{self.text_field}' (columns: {ds.column_names}); "
-                            "set data.text_field")
-        try:
-            texts = list(ds[self.text_field])  # datasets 4: a lazy column, decoded here
-        except UnicodeDecodeError as e:  # arrow's json reader keeps the bytes; reading the column decodes them
-            raise not_utf8(self.name, self.data_files, e) from None
+        with self._arrow_dir() as arrow_dir:
+            ds = self._load(read, arrow_dir)
+            if self.text_field not in ds.column_names:
+                raise DataError(f"data.name='{self.name}' has no column '{self.text_field}' (columns: "
+                                f"{ds.column_names}); set data.text_field")
+            try:
+                texts = list(ds[self.text_field])  # datasets 4: a lazy column, decoded here
+            except UnicodeDecodeError as e:  # arrow's json reader keeps the bytes; reading the column decodes them
+                raise not_utf8(self.name, self.data_files, e) from None
+            if split == "train" and self.val_split:
+                self._check_disjoint(ds.num_rows, arrow_dir)
         odd = next((t for t in texts if t is not None and not isinstance(t, str)), None)
         if odd is not None:
             raise DataError(f"data.text_field='{self.text_field}' of data.name='{self.name}' holds "
@@ -509,6 +512,52 @@ class HubCorpus:
         return docs
 
 
+    @contextlib.contextmanager
+    def _arrow_dir(self) -> Iterator[str | None]:
+        """Where datasets writes its Arrow copy of local files while they are read: a folder of momattn's cache,
+        removed once the text is read. datasets keys its own copy (~/.cache/huggingface, kept for good) by each file's
+        path and modification time only: a file edited with its time put back (cp -p, rsync -a) was read as the old
+        text, into a new token cache (found by review). None (datasets' own cache) for a hub corpus, downloaded."""
+        if not (named_files(self.data_files) or folder_files(self.name)) or saved_dataset_folder(self.name):
+            yield None
+            return
+        import shutil
+        import tempfile
+
+        from momattn.io import cache_root
+
+        root = cache_root() / "arrow"
+        root.mkdir(parents=True, exist_ok=True)
+        folder = tempfile.mkdtemp(prefix="read-", dir=root)
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _check_disjoint(self, train_rows: int, arrow_dir: str | None) -> None:
+        """Slices of one split as train and validation splits (train[5%:] and train[:10%]) share no row: shared
+        ones were validated on as training text, without a word (found by review)."""
+        if split_name(self.train_split) != split_name(self.val_split) or "[" not in f"{self.train_split}{self.val_split}":
+            return
+        import datasets
+
+        rows = {split_name(self.train_split): train_rows if "[" not in self.train_split
+                else self._load(split_name(self.train_split), arrow_dir).num_rows}
+        try:
+            ranges = [[(a.from_, a.to) for a in datasets.ReadInstruction.from_spec(s).to_absolute(rows)]
+                      for s in (self.train_split, self.val_split)]
+        except Exception:  # (a slice datasets read but cannot place: not judged here)
+            return
+        shared = sorted({(max(a, c), min(b, d)) for a, b in ranges[0] for c, d in ranges[1] if max(a, c) < min(b, d)})
+        if shared:
+            n = sum(b - a for a, b in shared)
+            raise DataError(f"data.train_split='{self.train_split}' and data.val_split='{self.val_split}' share {n} of "
+                            f"the {next(iter(rows.values()))} rows of split '{split_name(self.train_split)}' (rows "
+                            + ", ".join(f"{a}..{b - 1}" for a, b in shared[:3]) + ("..." if len(shared) > 3 else "")
+                            + "), so validation would read training text; give them slices that do not overlap "
+                            f"(e.g. {split_name(self.train_split)}[10%:] and {split_name(self.train_split)}[:10%])")
+
+
 _HUB_DEFAULTS = {f.name: f.default for f in fields(HubCorpus)}
 
 
@@ -524,6 +573,7 @@ def local_val_split(val_split: str | None, data_files: Any, name: str = "") -> b
         return False
     if name and Path(str(name)).expanduser().is_dir():  # one folder named two ways was checked one way only
         return True
+    val_split = split_name(val_split)  # a slice of it (validation[:50%]) is its files too (found by review)
     return isinstance(data_files, Mapping) and val_split in data_files and bool(named_files(data_files[val_split]))
 
 
@@ -613,11 +663,16 @@ def unparsed_rows(name: str, data_files: Any, split: str, e: BaseException) -> D
                      "for JSON lines, text for plain text)")
 
 
+def saved_dataset_folder(name: str) -> bool:
+    """Whether `name` is a folder that Dataset.save_to_disk wrote (read as it is: no copy is made of it)."""
+    return (Path(str(name)).expanduser() / "state.json").is_file()
+
+
 def saved_dataset(name: str, split: str, train_split: str):
     """The rows of a folder that Dataset.save_to_disk wrote (datasets.load_dataset refuses one: 'use
     load_from_disk'), or None where `name` is no such folder. It has no splits: it is the training split."""
     folder = Path(str(name)).expanduser()
-    if not (folder / "state.json").is_file():  # (a DatasetDict's folder has one per split: load_dataset reads it)
+    if not saved_dataset_folder(name):  # (a DatasetDict's folder has one per split: load_dataset reads it)
         return None
     if split != train_split:
         raise DataError(f"data.name='{name}' is one Dataset saved with save_to_disk, without splits: it is the "

@@ -201,11 +201,20 @@ class PreemptionCheckpoint(Callback):
         self.saved_step: int | None = None  # the step saved for a SIGTERM: the run stops before the next one
         self.data_error_step: int | None = None  # the step saved when the training data failed to read on
         self.start_step = 0  # the step this fit started from (a resume's)
+        self.compiled = False  # whether the model's forward is torch.compile'd: its first step builds the kernels
+        self.stepped = False  # whether this fit finished a step
 
     def on_fit_start(self, trainer, pl_module):
         def on_sigterm(signum, frame):
             if not self.pending and trainer.strategy.launcher is not None:
                 trainer.strategy.launcher.kill(signum)  # the ranks Lightning started get it too, as Lightning does
+            if not self.pending and self.compiled and not self.stepped and trainer.global_rank == 0:
+                # the save waits for the first step, which torch.compile builds for a minute or more, without a
+                # word: SLURM's SIGKILL 30 s after its SIGTERM came first (found by review). (os.write: a print
+                # inside a signal handler can meet stderr's buffer mid-write)
+                os.write(2, b"[momattn] SIGTERM received during the first step, which torch.compile is still "
+                            b"building (a minute or more): the checkpoint is written when that step ends. Where a "
+                            b"SIGKILL follows sooner, train with compile=false\n")
             self.pending = True
 
         # in Lightning's handler (registered right after this hook, restored when fit ends) in place of its notifier
@@ -231,6 +240,7 @@ class PreemptionCheckpoint(Callback):
             raise SIGTERMException
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.stepped = True
         if compat.mid_accumulation(trainer):  # wait for the step boundary (the same micro-batch on every rank)
             return
         if self.saved_step is None and self._asked(trainer):

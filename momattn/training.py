@@ -288,6 +288,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
 
     # the config's callbacks first: PreemptionCheckpoint then sees a SIGTERM raised by one of them at once
     preempt, throughput = PreemptionCheckpoint(out_dir / "checkpoints"), _throughput_monitor(c)
+    preempt.compiled = bool(c.compile)
     callbacks = [*config_callbacks, preempt, throughput]
     if c.trainer.get("enable_progress_bar", True) and not any(isinstance(cb, ProgressBar) for cb in callbacks):
         callbacks.append(TrainProgress())

@@ -1398,3 +1398,30 @@ def test_a_resume_command_says_to_launch_it_as_the_job_was_launched(tmp_path, mo
     hint = _resume_hint(PreemptionCheckpoint(tmp_path / "checkpoints"), tmp_path, HydraJob([]))
     assert f"no last.ckpt, but {tmp_path / 'checkpoints'} holds best-step3.ckpt" in hint
     assert f"Resume with: python train.py ckpt_path={tmp_path}/checkpoints/best-step3.ckpt" in hint
+
+
+def test_a_sigterm_during_a_compiled_first_step_is_acknowledged_at_once(tmp_path, monkeypatch, capfd):
+    # the save waits for the first step, which torch.compile builds for a minute or more: nothing was said until
+    # then, and SLURM's SIGKILL came first (found by review)
+    from types import SimpleNamespace
+
+    from momattn import lightning_compat
+    from momattn.callbacks import PreemptionCheckpoint
+
+    handlers = []
+    monkeypatch.setattr(lightning_compat, "replace_sigterm_notifier", lambda trainer, fn: handlers.append(fn))
+    trainer = SimpleNamespace(strategy=SimpleNamespace(launcher=None), global_rank=0)
+    for compiled, stepped, says in ((True, False, True), (False, False, False), (True, True, False)):
+        cb = PreemptionCheckpoint(tmp_path / "checkpoints")
+        cb.compiled, cb.stepped = compiled, stepped
+        cb.on_fit_start(trainer, None)
+        handlers[-1](15, None)
+        handlers[-1](15, None)  # a second one: said once
+        err = capfd.readouterr().err
+        assert err.count("SIGTERM received during the first step, which torch.compile is still building") == says
+        assert cb.pending
+    cb = PreemptionCheckpoint(tmp_path / "checkpoints")
+    cb.compiled = True
+    cb.on_fit_start(SimpleNamespace(strategy=SimpleNamespace(launcher=None), global_rank=1), None)
+    handlers[-1](15, None)  # another rank: rank 0 says it
+    assert "SIGTERM received" not in capfd.readouterr().err

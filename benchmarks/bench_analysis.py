@@ -91,8 +91,13 @@ def main():
     print(f"{'phase':<18}{'seconds':>10}")
     for k, v in res.timing_s.items():
         print(f"{k:<18}{v:>10.1f}")
+    # one timed run (minutes): no spread; the machine and its load say how to read it (the table named neither and
+    # the file it wrote was not said: found by review)
+    print(f"one run; machine: {row['machine'].get('describe')}, {row['threads']} torch threads, load average "
+          f"{row['load_avg_1m_end']:.1f} at the end")
     old = [r for r in old if (r.get("model"), r.get("task"), r.get("shots")) != (label, task, shots)]  # newest per case
     write_json(Path(args.out), old + [row], indent=2)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

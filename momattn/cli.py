@@ -1186,15 +1186,28 @@ def _is_search(overrides: list[str]) -> bool:
 
 
 def same_run(ckpt: str | Path, folder: Path, cwd: Path | None = None) -> bool:
-    """Whether the checkpoint is one of the run folder's own (in its checkpoints/). The folder that holds the file
-    is resolved, not the file: a last.ckpt that is itself a link (MOMATTN_TRUST_LINKS=1) was the run's own
+    """Whether the checkpoint is one of the run folder's own: in its checkpoints/, or in another folder of it that
+    is not a run folder itself (step files a checkpoint callback keeps in ${paths.output_dir}/steps, as
+    ModelCheckpoint's own advice has it, were refused as another run's: found by review). The folder that holds
+    the file is resolved, not the file: a last.ckpt that is itself a link (MOMATTN_TRUST_LINKS=1) was the run's own
     "ckpt_path=last", refused as another run's with that same command as the fix (trust review)."""
     path = (cwd or Path.cwd()) / Path(ckpt).expanduser()
-    held = ((cwd or Path.cwd()) / folder / "checkpoints").resolve()
+    run = ((cwd or Path.cwd()) / folder).resolve()
+    held = run / "checkpoints"
+
+    def owned(parent: Path) -> bool:
+        if parent == held:
+            return True
+        if run not in parent.parents:
+            return False
+        # (a run folder inside this one, a sweep's job folder, is its own run's)
+        return not any((p / ".hydra").is_dir() or (p / "checkpoints").is_dir()
+                       for p in [parent, *parent.parents[:len(parent.parents) - len(run.parents) - 1]])
+
     # the folder of each link on the way (a link elsewhere to the run's own file, ~/latest.ckpt ->
     # run/checkpoints/last.ckpt, which may be a link itself: diff review)
     for _ in range(40):
-        if path.parent.resolve() == held:
+        if owned(path.parent.resolve()):
             return True
         if not path.is_symlink():
             return False

@@ -21,7 +21,7 @@ from momattn.errors import first_line
 from momattn.io import atomic_write_text
 from momattn.quoting import shell_quote
 from momattn.schema import instantiate, locate
-from momattn.wandb_runs import require_api_key, wandb_mode, wandb_offline
+from momattn.wandb_runs import import_wandb, require_api_key, wandb_mode, wandb_offline
 
 
 def _without_anonymous(logger: WandbLogger) -> WandbLogger:
@@ -65,7 +65,7 @@ def wandb_logger(save_dir: str, project: str = "momattn", offline: bool = True, 
 
     Online mode is started eagerly: if W&B cannot be reached (no network, no API key, server down), training
     goes on with an offline run in the same folder and a message says how to sync it later."""
-    import wandb
+    wandb = import_wandb()
 
     _MODE_BEFORE.setdefault("WANDB_MODE", os.environ.get("WANDB_MODE"))  # finish() puts it back for the next job
     offline = wandb_offline(offline) is not False  # (WANDB_MODE=disabled is make_loggers' to skip)

@@ -1291,7 +1291,8 @@ def _check_evaluation(c: TrainConfig, model: GPT, tokenizer: Tokenizer) -> None:
 
 def _evaluation_step(logger, step: int, trained: bool) -> int:
     """The logged step of the evaluation after `step` optimizer steps: the final validation's, step - 1; in W&B,
-    when the process trained nothing (a resume of a run a SIGTERM stopped at its last step), `step`: W&B drops the
+    when the process trained nothing (a resume of a run a SIGTERM stopped at its last step, or of a finished run
+    with run_eval=true added), `step`: W&B drops the
     rows a resumed run logs below the step its first segment reached. (metrics.csv keeps step - 1: a row at the
     checkpoint's step is cut by the next resume, which continues the file from that step.)"""
     return step if not trained and isinstance(logger, WandbLogger) else max(0, step - 1)

@@ -19,6 +19,18 @@ _WANDB_SETTINGS = {"project": "project", "entity": "entity", "name": "run_name",
                    "tags": "run_tags", "id": "run_id"}
 
 
+def import_wandb():
+    """wandb, or a one-line ConfigError where it is not installed (a ModuleNotFoundError traceback, before any
+    work, with an empty train.log: found by review)."""
+    try:
+        import wandb
+    except ImportError as e:
+        raise ConfigError(f"logger=wandb needs the wandb package, which cannot be imported ({first_line(e)}): "
+                          "pip install wandb (momattn's own dependency: install momattn again), or log with "
+                          "logger=csv or logger=none") from None
+    return wandb
+
+
 def check_wandb_names(cfg: Mapping, where: str = "logger.wandb", tags: Any = None) -> None:
     """A W&B project, name, group, tags or run id that W&B would refuse (project=a/b, a tag over 64 characters,
     tags=5), refused now with the key: W&B raised it from deep inside its settings when the run started, after the
@@ -31,7 +43,7 @@ def check_wandb_names(cfg: Mapping, where: str = "logger.wandb", tags: Any = Non
     if t is not None and (isinstance(t, str) or not isinstance(t, list | tuple)
                           or not all(isinstance(x, str) for x in t)):  # tags=abc became the tags a, b, c
         raise ConfigError(f"{key_of['tags']}={t!r} must be a list of texts, e.g. tags=[baseline,eta0.9]")
-    import wandb
+    wandb = import_wandb()
 
     for key, setting in _WANDB_SETTINGS.items():
         value = values[key]
@@ -68,13 +80,14 @@ def check_wandb_keys(cfg: Mapping, where: str) -> None:
     **kwargs, so +logger.wandb.foo=1 was a TypeError traceback from wandb.init once the data was built)."""
     import inspect
 
-    import wandb
-
     check_init_timeout(cfg, where)
     own = [k for k in ("resume", "settings", "mode", "dir") if k in cfg]  # wandb_logger passes these itself
     if own:
         raise ConfigError(f"{where}.{own[0]} is set by momattn.loggers.wandb_logger itself (a resume continues its run; "
                           "offline: true/false and save_dir choose the mode and the folder); drop it")
+    if wandb_mode() == "disabled":  # no run starts (a missing wandb package is no error then)
+        return
+    wandb = import_wandb()
     known = {*LOGGER_ARGS, *inspect.signature(wandb.init).parameters}
     unknown = [k for k in cfg if k not in known]
     if unknown:  # Lightning's own keys (log_model, prefix, ...): its import is slow, so only now
@@ -186,7 +199,7 @@ def start_run(out_dir: Path, wandb_cfg: Mapping, who: str, **init: Any):
     if offline is None:
         print(f"[momattn] WANDB_MODE=disabled: no W&B run for {who}", file=sys.stderr)
         return None
-    import wandb
+    wandb = import_wandb()
 
     if wandb.run is not None:  # one an earlier call left open: never log into it
         wandb.finish(exit_code=1)

@@ -1264,6 +1264,12 @@ def test_a_runs_own_last_ckpt_that_is_a_link_is_its_own_checkpoint(tmp_path):
     assert same_run(tmp_path / "linked" / "last.ckpt", run)
     (tmp_path / "latest.ckpt").symlink_to(run / "checkpoints" / "last.ckpt")  # a link elsewhere to the run's own
     assert same_run(tmp_path / "latest.ckpt", run)
+    # step files a checkpoint callback keeps in another folder of the run (${paths.output_dir}/steps, as
+    # ModelCheckpoint's advice has it) are its own; a run folder inside it (a sweep's job) is another run's (review)
+    for folder, own in (("steps", True), ("a/b", True), ("job/checkpoints", False), ("job/steps", False)):
+        (run / folder).mkdir(parents=True)
+        assert same_run(run / folder / "step2.ckpt", run) == own, folder
+    assert not same_run(tmp_path / "step2.ckpt", run)
 
 
 def test_a_resume_from_an_unreadable_checkpoint_is_refused_before_any_note_on_settings(tmp_path):

@@ -595,6 +595,26 @@ def test_the_wandb_key_lists_agree_with_the_logger_and_its_config():
     assert set(conf) <= set(LOGGER_ARGS) and set(EVAL_WANDB_KEYS) == {*LOGGER_ARGS, "entity"}
 
 
+def test_a_missing_wandb_package_is_one_line_and_no_error_where_w_and_b_is_disabled(tmp_path, monkeypatch):
+    # a ModuleNotFoundError traceback, even with WANDB_MODE=disabled, and an empty train.log (found by review)
+    import sys
+
+    from momattn.errors import ConfigError
+    from momattn.loggers import wandb_logger
+    from momattn.wandb_runs import check_wandb_keys, check_wandb_names, start_run
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if it were not installed
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for call in (lambda: check_wandb_names({"project": "p"}), lambda: check_wandb_keys({"project": "p"}, "logger.wandb"),
+                 lambda: start_run(tmp_path, {}, "evaluate.py"), lambda: wandb_logger(str(tmp_path))):
+        with pytest.raises(ConfigError, match=r"^logger=wandb needs the wandb package, which cannot be imported .*"
+                                              r"pip install wandb .* or log with logger=csv or logger=none$"):
+            call()
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    check_wandb_names({"project": "p"})
+    check_wandb_keys({"project": "p"}, "logger.wandb")
+
+
 def test_wandb_mode_disabled_makes_no_wandb_run(tmp_path, monkeypatch, capsys):
     from momattn.loggers import make_loggers
 

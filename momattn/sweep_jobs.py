@@ -278,10 +278,11 @@ def check_jobs(sweep: Sweep, overrides: list[str], search: bool = False) -> None
     folders: dict[Path, int] = {}  # each job's run folder: paths.output_dir=X gave them all one
     local: dict[int, list[int]] = {}  # processes per node: the jobs with each count
     run_ids: dict[str, int] = {}  # a W&B run id the config gives (logger.wandb.id), and the first job with it
+    runs: dict[str, int] = {}  # each job's settings (its folder left out), and the first job with them
     previous = HydraConfig.instance().cfg  # put back after: Hydra's run_job sets each job's own
     try:
         for num, job in enumerate(sweep.jobs):
-            if tuple(job) in checked:
+            if tuple(job) in checked and search:
                 continue
             checked.add(tuple(job))
             if (composed := _job_config("train", job, num, hydra_args, launcher)) is None:
@@ -298,6 +299,11 @@ def check_jobs(sweep: Sweep, overrides: list[str], search: bool = False) -> None
             except UserError as e:
                 raise ConfigError(f"a trial of the search ({' '.join(job)}): {e}; no trial was started" if search else
                                   f"job {num} of the sweep ({' '.join(job)}): {e}; no job was started") from None
+            if not search and (first := runs.setdefault(_settings_key(c, composed), num)) != num:
+                # seed=1,2,2 trained seed 2 twice, and evaluate.py then left the copy out (found by review)
+                raise ConfigError(f"jobs {first} and {num} of the sweep are the same run ({' '.join(sweep.jobs[first])} "
+                                  f"/ {' '.join(job)}): a value given twice in a list, or spelt two ways (1e-3 and "
+                                  "0.001), would train one model twice; drop the repeat. No job was started")
             # Hydra gives every job the sweep's resolved `now`: the same time in each job's folder name
             written = str(OmegaConf.to_container(composed.paths, resolve=False).get("output_dir"))
             if "${now:" in written:
@@ -355,6 +361,17 @@ def check_jobs(sweep: Sweep, overrides: list[str], search: bool = False) -> None
                           "jobs alongside rank 0 (a job on another count crashed them); give the jobs of one sweep one "
                           "trainer.devices, and sweep each count in a sweep of its own (hydra.sweep.dir=<parent>/<name>), "
                           "then compare them all: python evaluate.py sweep_dir=<parent>")
+
+
+def _settings_key(c, composed) -> str:
+    """A job's resolved settings with its own folder left out: equal for two jobs that would train one model."""
+    from omegaconf import OmegaConf
+
+    env = OmegaConf.to_container(composed.hydra.job.env_set, resolve=True) if composed.hydra.job.env_set else {}
+    text = json.dumps([c.resolved, env], sort_keys=True, default=str)  # (a sweep of OMP_NUM_THREADS: its env_set)
+    for folder in {str(OmegaConf.select(composed, "paths.output_dir")), str(composed.hydra.runtime.output_dir)}:
+        text = text.replace(json.dumps(folder)[1:-1], "<run>")
+    return text
 
 
 def _check_slurm_tasks(sweep: Sweep, hydra_args: list[str], launcher: str) -> None:

@@ -69,6 +69,23 @@ def test_t_interval_and_verdicts():
     assert verdict("ginc/acc@k32", nan, nan, 2) == "cannot tell (the same difference in all 2 seeds: no spread, no interval)"
 
 
+def test_a_verdict_of_another_sweep_in_the_output_folder_is_said_to_be_replaced(tmp_path, capsys):
+    # sweep B's verdict replaced sweep A's in one hydra.run.dir without a word (found by review)
+    from momattn.eval.sweep import _say_replaced_verdict
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _say_replaced_verdict(tmp_path / "out", tmp_path / "a")  # nothing there yet
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "sweep.json").write_text(json.dumps({"sweep_dir": str(tmp_path / "a")}))
+    _say_replaced_verdict(tmp_path / "out", tmp_path / "a")  # the same sweep again
+    assert capsys.readouterr().err == ""
+    _say_replaced_verdict(tmp_path / "out", tmp_path / "b")
+    assert capsys.readouterr().err == (f"[momattn] note: {tmp_path / 'out'} holds the verdict of sweep_dir="
+                                       f"{tmp_path / 'a'}; this one's, of sweep_dir={tmp_path / 'b'}, replaces its "
+                                       "sweep.md and sweep.json (to keep both, give each its own hydra.run.dir)\n")
+
+
 def test_sweep_verdict(tmp_path, tokenizer):  # noqa: F811
     sweep = tmp_path / "multirun"
     n = 0

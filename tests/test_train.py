@@ -853,6 +853,21 @@ def test_the_search_masks_a_storage_password_in_the_base_sweepers_log(caplog):
 
 
 @pytest.mark.slow
+def test_an_optuna_trial_that_repeats_a_trained_point_takes_its_result_and_is_not_trained_again(tmp_path):
+    # a choice-only space: Optuna asks for a trained point again, which trained the same model again (review)
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    r = run_cli("train.py", ["-m", "hparams_search=optuna", *SMOKE, "trainer.max_steps=2", "hydra.sweeper.n_trials=3",
+                             "optim.lr=choice(1e-3)", "optim.warmup_steps=choice(1)", f"hydra.sweep.dir={tmp_path}"],
+                tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and p.name.isdigit()) == ["0"]
+    value = json.loads((tmp_path / "0" / "summary.json").read_text())["val/loss"]
+    assert r.stderr.count("[momattn] a trial repeats the parameters of an earlier one of this search (optim.lr=0.001 "
+                          f"optim.warmup_steps=1): it takes that trial's result, {value} (in {tmp_path.resolve()}/0), "
+                          "and is not trained again") == 2, r.stderr[-3000:]
+    assert OmegaConf.load(tmp_path / "optimization_results.yaml").best_value == pytest.approx(value)
+
+
 def test_an_optuna_search_whose_every_trial_failed_ends_with_one_line(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     r = run_cli("train.py", ["-m", "hparams_search=optuna", *SMOKE, "trainer.max_steps=2", "hydra.sweeper.n_trials=2",

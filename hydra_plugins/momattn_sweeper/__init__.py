@@ -269,9 +269,31 @@ class OptunaSweeper(Sweeper):
             yield
             return
         launch = launcher.launch
+        trained: dict[tuple[str, ...], object] = {}  # the overrides of each trial this search completed: its return
 
         def launched(job_overrides, initial_job_idx):
-            returns = launch(job_overrides, initial_job_idx=initial_job_idx)
+            # a trial whose parameters an earlier one of this search trained (a choice-only or small space: Optuna
+            # asks for a point again) takes that trial's result: it trained the same model again, to the same value,
+            # without a word (found by review)
+            keys = [tuple(o) for o in job_overrides]
+            fresh = [i for i, k in enumerate(keys) if k not in trained and k not in keys[:i]]
+            got = dict(zip((keys[i] for i in fresh), launch([job_overrides[i] for i in fresh],
+                                                            initial_job_idx=initial_job_idx) if fresh else []))
+            returns = []
+            for i, k in enumerate(keys):
+                ret = got[k] if k in got else trained[k]
+                if i not in fresh:
+                    from momattn.sweep_jobs import SEARCH_KEYS_ENV
+
+                    searched = json.loads(os.environ.get(SEARCH_KEYS_ENV, "[]"))
+                    params = " ".join(o for o in k if o.split("=", 1)[0].lstrip("+~") in searched) or " ".join(k)
+                    print(f"[momattn] a trial repeats the parameters of an earlier one of this search ({params}): it "
+                          f"takes that trial's result, {getattr(ret, 'return_value', None)} (in "
+                          f"{_job_folder(ret)}), and is not trained again", file=sys.stderr, flush=True)
+                returns.append(ret)
+            for k in fresh:
+                if _completed(got[keys[k]]):
+                    trained[keys[k]] = got[keys[k]]
             # the trials of this batch: the last ones asked, in the launch's order (their tell comes after)
             for trial_id, ret in zip(self.asked[-len(returns):] if returns else [], returns):
                 folder = _job_folder(ret)
@@ -300,6 +322,13 @@ class OptunaSweeper(Sweeper):
                     _fail_trial(study, t)
         except Exception:  # the storage, unreadable now: its trial stays as it is
             pass
+
+
+def _completed(ret) -> bool:
+    """Whether a launched job returned a value (not a failure, whose parameters a later trial tries again)."""
+    from hydra.core.utils import JobStatus
+
+    return getattr(ret, "status", None) == JobStatus.COMPLETED and getattr(ret, "_return_value", None) is not None
 
 
 def _job_folder(ret) -> str | None:

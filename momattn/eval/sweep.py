@@ -1022,6 +1022,19 @@ def run_settings(run: SweepRun, default: EvalConfig) -> EvalConfig:
     return EvalConfig.from_mapping({"batch_tokens": default.batch_tokens, **section}, "eval")
 
 
+def _say_replaced_verdict(out: Path, sweep_dir: Path) -> None:
+    """A verdict of another sweep in the output folder is replaced by this one's: said (it was, without a word:
+    found by review)."""
+    try:
+        was = json.loads((out / "sweep.json").read_text()).get("sweep_dir")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(was, str) and Path(was).expanduser().resolve() != sweep_dir.resolve():
+        print(f"[momattn] note: {out} holds the verdict of sweep_dir={was}; this one's, of sweep_dir={sweep_dir}, "
+              f"replaces its sweep.md and sweep.json (to keep both, give each its own hydra.run.dir)",
+              file=sys.stderr, flush=True)
+
+
 def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: str,
               cache_dir: str | None = None, own_settings: bool = False,
               wandb_cfg: Mapping | None = None) -> list[SettingSummary]:
@@ -1035,6 +1048,7 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
 
     sweep_dir = Path(sweep_dir).expanduser()
     runs, failed = find_runs(sweep_dir)
+    _say_replaced_verdict(out, sweep_dir)
     settings: dict[str, dict] = {}
     cfgs: dict[int, EvalConfig] = {}  # each run's evaluation settings, by id(run)
     for r in list(runs):

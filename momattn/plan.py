@@ -51,7 +51,7 @@ def _vocab(c) -> tuple[int, str | None]:
     from momattn.tokenizer import bpe_cache_file, cached_bpe
 
     try:  # (the corpus need not be here: a plan made on a login node, the data on the cluster's disks)
-        trained = cached_bpe(bpe_cache_file(asked, c.data, c.cache_dir))
+        trained = cached_bpe(bpe_cache_file(asked, c.data, c.cache_dir), vocab_size=asked)
     except (UserError, OSError):
         trained = None
     if trained is not None:

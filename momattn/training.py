@@ -269,7 +269,7 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
             and _kept_summary(out_dir / "summary.json", start_step, say=False) is not None)
     if idle:  # (its data was tokenised, its model built and its checkpoint restored for none of it: a sweep resumed
         # after a crash did it for each finished job)
-        return _finished_idle(c, job, out_dir, resume, start_step, stopped)
+        return _finished_idle(c, job, out_dir, start_step, stopped)
     model = GPT(model_config)
 
     train, val = _tokens(c, tokenizer, model_config.vocab_size, model_config.block_size)
@@ -1163,7 +1163,7 @@ def _summary_metrics(summary: dict) -> dict[str, float]:
             and isinstance(v, int | float) and not isinstance(v, bool)}
 
 
-def _finished_idle(c: TrainConfig, job: HydraJob, out_dir: Path, resume: dict, start_step: int,
+def _finished_idle(c: TrainConfig, job: HydraJob, out_dir: Path, start_step: int,
                    stopped: tuple[str, str] | None) -> float | None:
     """A finished run resumed in its own folder, reported (and evaluated, where it evaluates): nothing is trained,
     logged or evaluated. metrics.csv's repairs (rows a stopped resume dropped) are written; the summary's metric
@@ -1292,8 +1292,8 @@ def _check_evaluation(c: TrainConfig, model: GPT, tokenizer: Tokenizer) -> None:
 def _evaluation_step(logger, step: int, trained: bool) -> int:
     """The logged step of the evaluation after `step` optimizer steps: the final validation's, step - 1; in W&B,
     when the process trained nothing (a resume of a run a SIGTERM stopped at its last step, or of a finished run
-    with run_eval=true added), `step`: W&B drops the
-    rows a resumed run logs below the step its first segment reached. (metrics.csv keeps step - 1: a row at the
+    with run_eval=true added), `step`: W&B drops the rows a resumed run logs below the step its first segment
+    reached. (metrics.csv keeps step - 1: a row at the
     checkpoint's step is cut by the next resume, which continues the file from that step.)"""
     return step if not trained and isinstance(logger, WandbLogger) else max(0, step - 1)
 

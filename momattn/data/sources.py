@@ -511,7 +511,6 @@ class HubCorpus:
             self._val_documents = (key, tuple(docs))
         return docs
 
-
     @contextlib.contextmanager
     def _arrow_dir(self) -> Iterator[str | None]:
         """Where datasets writes its Arrow copy of local files while they are read: a folder of momattn's cache,

@@ -789,7 +789,7 @@ def test_a_stored_studys_best_trial_of_an_earlier_search_is_named_by_its_folder(
         study = optuna.create_study(study_name="s", storage=url, load_if_exists=True)
         for i in range(2):
             trial = study.ask()
-            ret = sweeper.base.sweeper.launcher.launch([["x=1"]], initial_job_idx=i)[0]
+            ret = sweeper.base.sweeper.launcher.launch([[f"x={i}"]], initial_job_idx=i)[0]
             study.tell(trial, ret.return_value)
 
     # as Hydra's launchers return them: working_dir is the launch's folder (the same for every job, without

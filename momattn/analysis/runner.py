@@ -28,7 +28,7 @@ from momattn.analysis.config import AnalyzeConfig
 from momattn.analysis.episodes import AnalysisSet, Episode, ginc_set, text_set
 from momattn.analysis.finetune import FtRun, answer_scores, finetune
 from momattn.analysis.metrics import kendall_per_layer, kendall_random, layer_mean, rec2ftp, simam, simaou
-from momattn.errors import ConfigError, DataError, NonFiniteLossError
+from momattn.errors import ConfigError, NonFiniteLossError, UserError
 from momattn.eval.ginc import GincTask, check_prompt_count, check_separator, check_test_seed
 from momattn.eval.results import JsonMixin
 from momattn.eval.scoring import PrefixScorer
@@ -390,9 +390,9 @@ def _analyze(model, tokenizer, run_config: Mapping, cfg: AnalyzeConfig, checkpoi
 @contextlib.contextmanager
 def set_aside(out: Path, names: tuple[str, ...]):
     """The reports `names` of an earlier analysis in `out`, out of the way while this one runs: gone where it
-    ends otherwise (a stop or a failure, a diverged finetuning, left them looking like its own), put back where it is
-    refused (a ConfigError or DataError: a shots the context cannot hold, checked once the work began; they were lost
-    to a typo, and the saved config with them: flows review)."""
+    ends otherwise (a stop or a crash left them looking like its own), put back where it is refused (a UserError: a
+    shots the context cannot hold, checked once the work began, lost them to a typo, and the saved config with them:
+    flows review; an lrs whose finetuning diverges, said with the advice to choose smaller values: review)."""
     aside = out / ".previous_reports"
     shutil.rmtree(aside, ignore_errors=True)  # (a killed run's: its reports went, as before)
     moved = [name for name in names if (out / name).is_file()]
@@ -402,7 +402,7 @@ def set_aside(out: Path, names: tuple[str, ...]):
             os.replace(out / name, aside / name)
     try:
         yield
-    except (ConfigError, DataError):  # a refusal; not a failure of the work (a diverged finetuning: its reports went)
+    except UserError:  # a refusal (exit 2), not a crash
         for name in moved:
             os.replace(aside / name, out / name)
         raise

@@ -316,7 +316,6 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     metrics: dict[int, dict[str, float]] = {}
     diverged: dict[int, int] = {}  # test models whose finetuning diverged, per run (left out of its means)
     refused: dict[str, list[str]] = {}  # why a job could not be analysed: the jobs, named once per reason
-    remove_stale(out, REPORTS, ())  # a single analysis's reports stood beside the sweep's (review)
     verdict_kept = True  # an earlier verdict stays until a job's record changes (then it is written again at the
     # end: a stop or failure before it left that one beside new jobs), so settings every job refuses keep it with
     # the jobs' records it was made of (diff review)
@@ -367,6 +366,9 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
             remove_stale(out, SWEEP_REPORTS, ())
         raise ConfigError(f"no run of sweep_dir='{sweep_dir}' could be analysed: " + "; ".join(failed))
     remove_stale(out, SWEEP_REPORTS, ())  # (all jobs reused: written again below, as they were)
+    # a single analysis's reports stood beside the sweep's (review); kept where every job refused (they were removed
+    # before any job was checked: review)
+    remove_stale(out, REPORTS, ())
     analysed = {job_name(r.job, sweep_dir) for r in runs if id(r) in metrics}
     jobs = out / "jobs"
     held = {p.parent for p in jobs.rglob("settings.json")} | {p.parent for p in jobs.rglob("results.json")} \

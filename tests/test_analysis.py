@@ -161,7 +161,7 @@ def test_a_text_tasks_example_whose_finetuned_scores_are_not_finite_answers_noth
 
     def capture(model, rows, prefix=(), delta=None, batch_tokens=8192):
         c = real_capture(model, rows, prefix, delta, batch_tokens)
-        if delta is None:
+        if delta is None or delta.n_models > 1:  # (the random updates: one per example, in batches)
             return c
         logits = c.logits.clone()
         logits[2] = float("inf")
@@ -209,7 +209,9 @@ def test_the_random_baselines_read_the_random_update_and_random_rankings(tmp_pat
     model = tiny_gpt("vanilla", vocab=128, block_size=96)
     res = analyze(model, CharTokenizer(), {}, cfg(letters_task(tmp_path), lrs=[1e-1], dual_check=False))
     plain = [c for d, c in caps if d is None]  # zero-shot, then ICL
-    rnd = next(c for d, c in caps if any(d is r for r in randoms))
+    rnd = runner._cat([c for d, c in caps if any(d is r for r in randoms)])  # (in chunks of ft_models_per_batch)
+    # one random update per test example (one draw served them all: its verdict flipped with random_seed; review)
+    assert sum(r.n_models for r in randoms) == res.n_test == rnd.h.size(0) == 8
     ft = next(c for d, c in caps if d is not None and not any(d is r for r in randoms))
     want = layer_mean(simaou(plain[0].h_proj, plain[1].h_proj, rnd.h_proj).numpy())[0]
     assert res.simaou_proj_random.per_layer == pytest.approx(want)
@@ -616,6 +618,14 @@ def test_a_finetuned_ginc_model_whose_test_logits_overflow_counts_as_diverged(tm
     monkeypatch.setattr(runner, "capture", overflow(slice(None)))
     with pytest.raises(NonFiniteLossError, match=r"finetuning at lr=0\.01 diverged"):
         analyze(model, tok, {"data": dict(WORLD)}, settings)
+
+
+def test_a_text_tasks_random_baseline_is_drawn_per_example_whatever_the_batch_of_models(tmp_path):
+    model = tiny_gpt("momentum", vocab=128, block_size=96)
+    res = [analyze(model, CharTokenizer(), {}, cfg(letters_task(tmp_path), lrs=[1e-1], dual_check=False,
+                                                   ft_models_per_batch=m)) for m in (1, 3)]
+    assert res[0].simaou_random.per_layer == pytest.approx(res[1].simaou_random.per_layer, abs=1e-6)
+    assert res[0].simaou_ft.per_layer == pytest.approx(res[1].simaou_ft.per_layer, abs=1e-6)
 
 
 def test_the_random_baseline_does_not_depend_on_how_many_models_are_finetuned_side_by_side(tmp_path):

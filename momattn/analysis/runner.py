@@ -207,10 +207,9 @@ def finetuned_states(model, aset: AnalysisSet, lr: float, cfg: AnalyzeConfig, ti
     if aset.kind == "choice":  # one finetuned model serves every test example
         with timer("ft_test"):
             run = finetune(model, [eps[0].train], [lr], record_queries=True)
-        rnd = run.delta.random_like(stable_seed("analyze-random-update", cfg.random_seed))
         with timer("capture_ft_rnd"):
             cap_ft = capture(model, zsl_rows(eps), [eot], run.delta, cfg.batch_tokens)
-            cap_rnd = capture(model, zsl_rows(eps), [eot], rnd, cfg.batch_tokens)
+            cap_rnd = _random_captures(model, run.delta, [[eot] + q for q in zsl_rows(eps)], cfg)
         q = torch.cat(run.queries[0], dim=1)  # (L, n_demo, C)
         facts = {"loss_per_step": run.losses[0].tolist(), "update_norm_per_layer": run.delta.norms()[0].tolist(),
                  "n_diverged": int(run.diverged.sum())}
@@ -236,6 +235,19 @@ def finetuned_states(model, aset: AnalysisSet, lr: float, cfg: AnalyzeConfig, ti
     facts = {"loss_per_step": torch.cat(losses)[ok].mean(0).tolist(),
              "update_norm_per_layer": torch.cat(norms)[ok].mean(0).tolist(), "n_diverged": sum(diverged)}
     return _cat(caps_ft), _cat(caps_rnd), queries, None, facts, np.asarray(diverged, dtype=bool)
+
+
+def _random_captures(model, delta: Delta, rows: list[list[int]], cfg: AnalyzeConfig) -> Capture:
+    """Each row under a random update of its own with the norm of `delta` (one model's), seeded by the row's place
+    as a GINC prompt's is: one draw shared by every test example of a text task stayed one draw after the means
+    over examples, and the verdict against it flipped with random_seed (found by review)."""
+    caps = []
+    for c0 in range(0, len(rows), cfg.ft_models_per_batch):
+        chunk = rows[c0 : c0 + cfg.ft_models_per_batch]
+        rnd = delta.select([0] * len(chunk)).random_like(
+            [stable_seed("analyze-random-update", cfg.random_seed, c0 + m) for m in range(len(chunk))])
+        caps.append(capture(model, chunk, delta=rnd, batch_tokens=cfg.batch_tokens))
+    return _cat(caps)
 
 
 def _cat(caps: list[Capture]) -> Capture:

@@ -25,6 +25,7 @@ Needs the [lm-eval] extra: pip install 'momattn[lm-eval]'.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 
@@ -363,6 +364,64 @@ def check_gen_kwargs(argv: list[str]) -> None:
         MomattnLM._generation_settings(SimpleNamespace(max_gen_toks=256), dict(args.gen_kwargs))
 
 
+def check_task_generation(lm, task_dict) -> None:
+    """Every generate_until task's generation_kwargs (its YAML's, with --gen_kwargs merged in), checked as
+    generate_until checks each request's, before any request is scored: a task's bad max_gen_toks ended the run at
+    its first generation, after every loglikelihood request was scored, and nothing was written (found by review)."""
+    from momattn.errors import UserError
+
+    seen: set[int] = set()
+
+    def walk(x) -> None:
+        if isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list | tuple):
+            for v in x:
+                walk(v)
+        elif (config := getattr(x, "config", None)) is not None and id(x) not in seen:
+            seen.add(id(x))
+            if getattr(config, "output_type", None) == "generate_until":
+                try:
+                    lm._generation_settings(dict(getattr(config, "generation_kwargs", None) or {}))
+                except UserError as e:
+                    raise type(e)(f"task {getattr(config, 'task', None) or '?'}: {e}") from None
+
+    walk(task_dict)
+
+
+def _in_task_config(e: BaseException) -> bool:
+    """Whether e was raised while lm-eval built a task's config from its YAML (TaskConfig.__post_init__)."""
+    tb = e.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "__post_init__" and "lm_eval" in code.co_filename.replace("\\", "/"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+@contextlib.contextmanager
+def _tasks_checked():
+    """lm-eval's evaluate(), with check_task_generation first where the model is momattn's."""
+    import lm_eval.evaluator as evaluator
+
+    run = evaluator.evaluate
+
+    def checked(*args, **kwargs):
+        lm = kwargs.get("lm", args[0] if args else None)
+        task_dict = kwargs.get("task_dict", args[1] if len(args) > 1 else None)
+        if isinstance(lm, MomattnLM):
+            check_task_generation(lm, task_dict)
+        return run(*args, **kwargs)
+
+    evaluator.evaluate = checked
+    try:
+        yield
+    finally:
+        evaluator.evaluate = run
+
+
 def main() -> None:
     """lm-eval's own command line, with the "momattn" model registered."""
     from lm_eval.__main__ import cli_evaluate
@@ -375,11 +434,17 @@ def main() -> None:
     sys.argv[0] = "lm_eval"
     try:
         check_gen_kwargs(sys.argv[1:])
-        cli_evaluate()
+        with _tasks_checked():
+            cli_evaluate()
     except UserError as e:  # a missing checkpoint, a bad model argument: one line, not lm-eval's traceback
         report(e, hydra=False)
         sys.exit(2)
     except ValueError as e:  # a misspelt task: lm-eval's traceback ending in "Tasks not found: ..." (found by review)
+        if _in_task_config(e):  # a task YAML's value lm-eval cannot read (temperature: hot): its
+            # TaskConfig's traceback, 45 lines (found by review)
+            report(DataError(f"lm-eval cannot read a task's YAML: {first_line(e, 300)} (e.g. a generation_kwargs "
+                             "value of the wrong type); fix it in the task's YAML"), hydra=False)
+            sys.exit(2)
         if not str(e).startswith("Tasks not found"):
             raise
         report(DataError(f"lm-eval: {first_line(e, 300)}; `--tasks list` lists the tasks lm-eval knows, and "

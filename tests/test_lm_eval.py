@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sys
 
 import pytest
@@ -424,3 +425,33 @@ def test_a_local_tasks_missing_data_file_is_one_line(ckpt, tmp_path, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and "error: lm-eval: a task's data file was not found (" in err and \
         "tiny_reviews.jsonl" in err and "data_files are read from the working folder" in err, err[-2000:]
+
+
+def test_a_tasks_bad_generation_kwargs_are_refused_before_any_request_is_scored(ckpt, tmp_path, monkeypatch, capsys):
+    # a task YAML's max_gen_toks: abc ended the run at its first generation, after every loglikelihood request was
+    # scored, and nothing was written; temperature: hot was lm-eval's 45-line traceback (found by review)
+    import shutil
+
+    import momattn.lm_eval_adapter as adapter
+
+    for f in DATA.iterdir():
+        shutil.copy(f, tmp_path)
+    gen = (tmp_path / "momattn_tiny_gen.yaml").read_text()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(adapter.MomattnLM, "loglikelihood", lambda *a: pytest.fail("scored before the check"))
+    for name, was, now, says in (
+            ("bad", "max_gen_toks: 6", "max_gen_toks: abc",
+             r"error: task momattn_tiny_gen_bad: generation setting max_gen_toks='abc' must be an int >= 0"),
+            ("hot", "do_sample: false", "do_sample: true\n  temperature: hot",
+             r"error: lm-eval cannot read a task's YAML: could not convert string to float: 'hot'")):
+        assert was in gen
+        (tmp_path / "momattn_tiny_gen.yaml").write_text(
+            gen.replace("task: momattn_tiny_gen", f"task: momattn_tiny_gen_{name}").replace(was, now))
+        monkeypatch.setattr("sys.argv", ["lm_eval", "--model", "momattn", "--model_args",
+                                         f"ckpt_path={ckpt},device=cpu", "--tasks",
+                                         f"momattn_tiny_mc,momattn_tiny_gen_{name}", "--include_path", str(tmp_path),
+                                         "--output_path", str(tmp_path / "out")])
+        with pytest.raises(SystemExit) as e:
+            adapter.main()
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and re.search(says, err) and "Traceback" not in err, err

@@ -24,6 +24,7 @@ from momattn.errors import CheckpointError, ConfigError, DataError
 from momattn.model import ATTENTION_SETTINGS, ATTENTION_SWITCHES, GPT, AttentionConfig, GPTConfig
 from momattn.quoting import printable
 from momattn.tokenizer import Tokenizer
+from momattn.utils import leaves
 
 FORMAT = 1
 
@@ -367,19 +368,9 @@ def _check_records(path, ckpt: Any, records: dict[int, zipfile.ZipInfo]) -> None
     from its record's offset without torch's check of the record's size: a record cut short (with a valid CRC)
     loaded the next record's bytes as weights, without a word (trust review)."""
     storages: dict[int, int] = {}  # data_ptr -> nbytes: with mmap, the file's base + the record's offset
-
-    def walk(o: Any) -> None:
-        if isinstance(o, torch.Tensor):
-            if (st := o.untyped_storage()).nbytes():
-                storages[st.data_ptr()] = st.nbytes()
-        elif isinstance(o, dict):
-            for v in o.values():
-                walk(v)
-        elif isinstance(o, list | tuple):
-            for v in o:
-                walk(v)
-
-    walk(ckpt)
+    for o in leaves(ckpt):
+        if isinstance(o, torch.Tensor) and (st := o.untyped_storage()).nbytes():
+            storages[st.data_ptr()] = st.nbytes()
     ptrs, offsets = sorted(storages), sorted(records)
     base = ptrs[0] - offsets[0] if ptrs and offsets else 0
     for ptr in ptrs:

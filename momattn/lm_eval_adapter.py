@@ -369,25 +369,15 @@ def check_task_generation(lm, task_dict) -> None:
     generate_until checks each request's, before any request is scored: a task's bad max_gen_toks ended the run at
     its first generation, after every loglikelihood request was scored, and nothing was written (found by review)."""
     from momattn.errors import UserError
+    from momattn.utils import leaves
 
-    seen: set[int] = set()
-
-    def walk(x) -> None:
-        if isinstance(x, dict):
-            for v in x.values():
-                walk(v)
-        elif isinstance(x, list | tuple):
-            for v in x:
-                walk(v)
-        elif (config := getattr(x, "config", None)) is not None and id(x) not in seen:
-            seen.add(id(x))
-            if getattr(config, "output_type", None) == "generate_until":
-                try:
-                    lm._generation_settings(dict(getattr(config, "generation_kwargs", None) or {}))
-                except UserError as e:
-                    raise type(e)(f"task {getattr(config, 'task', None) or '?'}: {e}") from None
-
-    walk(task_dict)
+    for task in leaves(task_dict):
+        config = getattr(task, "config", None)
+        if getattr(config, "output_type", None) == "generate_until":
+            try:
+                lm._generation_settings(dict(getattr(config, "generation_kwargs", None) or {}))
+            except UserError as e:
+                raise type(e)(f"task {getattr(config, 'task', None) or '?'}: {e}") from None
 
 
 def _in_task_config(e: BaseException) -> bool:

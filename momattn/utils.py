@@ -11,6 +11,18 @@ from typing import Any
 import numpy as np
 
 
+def leaves(obj: Any):
+    """The leaves of nested dicts (their values), lists and tuples, in order."""
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from leaves(v)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            yield from leaves(v)
+    else:
+        yield obj
+
+
 def digest(obj: Any, n: int = 16) -> str:
     """A short, stable hex digest of a JSON-able object (keys sorted): cache keys and fingerprints."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]

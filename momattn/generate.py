@@ -21,12 +21,13 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TextIO
 
 import torch
 import torch.nn.functional as F
 
-from momattn.errors import ConfigError
+from momattn.errors import ConfigError, not_a_file
 from momattn.eval.lm import last_logits
 from momattn.hardware import resolve_device, resolve_precision
 from momattn.tokenizer import EOT
@@ -40,6 +41,7 @@ class GenerateConfig:
 
     ckpt_path: str | None = None  # a .ckpt written by train.py
     prompt: str | None = None  # the text to continue; "\n" typed on the command line is a line break
+    prompt_file: str | None = None  # or a UTF-8 file whose text is the prompt, as it is (a long or multi-line one)
     max_new_tokens: int = 200  # tokens sampled after the prompt, per sample
     temperature: float = 0.8  # < 1 sharpens, > 1 flattens; 0 = greedy (argmax)
     top_k: int | None = 200  # sample among the k likeliest tokens; null = the whole vocabulary
@@ -51,10 +53,35 @@ class GenerateConfig:
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:1
     precision: str = "auto"  # auto | 32-true | bf16-mixed | 16-mixed
 
+    def _read_prompt_file(self) -> None:
+        """prompt_file's text as the prompt (a long or multi-line one needed \\n escapes and Hydra's quoting, and
+        nanoGPT's prompt=FILE:... was continued as those words: found by review)."""
+        if self.prompt is not None:
+            raise ConfigError("give prompt= or prompt_file=, not both")
+        name = self.prompt_file
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"prompt_file={name!r} must be a path to a text file")
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"prompt_file={name} {not_a_file(path)}")
+        try:
+            self.prompt = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"prompt_file={name} is not UTF-8 text ({e.reason} at byte {e.start}); convert it, "
+                              "e.g. iconv -f latin1 -t utf-8") from None
+        except OSError as e:
+            raise ConfigError(f"prompt_file={name} cannot be read ({e.strerror or e})") from None
+        if not self.prompt:
+            raise ConfigError(f"prompt_file={name} is empty; give it the text to continue")
+
     def __post_init__(self):
         if not self.ckpt_path:
             raise ConfigError("no checkpoint given: pass ckpt_path=PATH (a .ckpt written by train.py)")
-        given = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("prompt=")][-1:]  # as typed (last wins)
+        if self.prompt_file is not None:
+            self._read_prompt_file()
+            given = []
+        else:
+            given = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("prompt=")][-1:]  # as typed (last wins)
         if self.prompt is None or not str(self.prompt):
             null = " (prompt=null reads as no value: quote it, 'prompt=\"null\"', to continue the word)" \
                 if self.prompt is None and given and given[0].strip().lower() in ("null", "~") else ""
@@ -62,13 +89,18 @@ class GenerateConfig:
         if not isinstance(self.prompt, str):  # Hydra reads prompt=true as a bool, prompt=0.10 as 0.1, [a,b] a list
             raise ConfigError(f"prompt={self.prompt!r} was read as a {type(self.prompt).__name__}, not text; quote "
                               f"it so that Hydra keeps it as written: 'prompt=\"{given[0] if given else self.prompt}\"'")
+        if self.prompt_file is None and self.prompt.startswith("FILE:") and \
+                Path(self.prompt[5:]).expanduser().is_file():  # nanoGPT's form: continued as those words (review)
+            raise ConfigError(f"prompt={self.prompt} would continue the text 'FILE:...'; a file's text is the "
+                              f"prompt with prompt_file={self.prompt[5:]}")
         typed = given[0] if given else self.prompt
         if typed != typed.strip() and typed[:1] not in "'\"" and self.prompt == typed.strip():
             # Hydra drops the spaces around an unquoted value: "prompt=The film " continued "The film"
             print(f"[momattn] warning: prompt={typed!r} reads as {self.prompt!r}: Hydra drops the spaces around an "
                   f"unquoted value, and a tokenizer sees them; quote it to keep them: \"prompt='{typed}'\"",
                   file=sys.stderr)
-        self.prompt = self.prompt.replace("\\n", "\n")
+        if self.prompt_file is None:
+            self.prompt = self.prompt.replace("\\n", "\n")
         self.stop = _stop_strings(self.stop)
         for name, low in (("max_new_tokens", 1), ("num_samples", 1)):
             v = getattr(self, name)

@@ -64,7 +64,9 @@ def interpolation_error(cfg: DictConfig | ListConfig, e: OmegaConfBaseException)
             break
         chain.append(failing)
     read_by = f" (read by {', '.join(reversed(chain[:-1]))})" if len(chain) > 1 else ""
-    return ConfigError(f"config interpolation failed at {chain[-1]}{read_by}: {why}")
+    literal = ("; a '${' meant as text is written '\\${' ('prompt=cost \\${x}'), or put the prompt in a file "
+               "(prompt_file=...)" if "not found" in why and chain == ["prompt"] else "")  # (generate.py: review)
+    return ConfigError(f"config interpolation failed at {chain[-1]}{read_by}: {why}{literal}")
 
 
 def known_keys(schema: Any) -> list[str] | None:

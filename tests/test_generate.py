@@ -121,6 +121,24 @@ def test_bad_settings_name_the_culprit(kw, culprit):
         GenerateConfig(**{"ckpt_path": "x.ckpt", "prompt": "hi", **kw})
 
 
+def test_a_prompt_file_is_the_prompt_as_it_is_and_a_bad_one_is_one_line(tmp_path):
+    # a long or multi-line prompt needed escapes and Hydra's quoting; nanoGPT's prompt=FILE:... was continued as
+    # those words (found by review)
+    (tmp_path / "p.txt").write_text("The film\nwas  \\n ${x} ")
+    assert GenerateConfig(ckpt_path="x.ckpt", prompt_file=str(tmp_path / "p.txt")).prompt == "The film\nwas  \\n ${x} "
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin1"))
+    for kw, culprit in (({"prompt_file": str(tmp_path / "gone.txt")}, "prompt_file=.*gone.txt does not exist"),
+                        ({"prompt_file": str(tmp_path)}, "is a folder"),
+                        ({"prompt_file": str(tmp_path / "empty.txt")}, "empty.txt is empty"),
+                        ({"prompt_file": str(tmp_path / "latin1.txt")}, "latin1.txt is not UTF-8 text"),
+                        ({"prompt_file": str(tmp_path / "p.txt"), "prompt": "hi"}, "give prompt= or prompt_file=, not both"),
+                        ({"prompt": f"FILE:{tmp_path / 'p.txt'}"}, r"prompt=FILE:.* with prompt_file=.*p.txt$")):
+        with pytest.raises(ConfigError, match=culprit):
+            GenerateConfig(**{"ckpt_path": "x.ckpt", **kw})
+    assert GenerateConfig(ckpt_path="x.ckpt", prompt="FILE: none here").prompt == "FILE: none here"
+
+
 def test_missing_checkpoint_is_a_checkpoint_error(tmp_path):
     from momattn.generate import run_generate
 
@@ -146,7 +164,8 @@ def test_cli_streams_to_stdout_and_rejects_bad_input_with_exit_2(ckpt, tmp_path)
                          (f"ckpt_path={tmp_path}/missing.ckpt", "does not exist"),
                          ("hydra.run.dir=/proc/x", "cannot write the output folder /proc/x"),  # was a traceback
                          # read as the job's overrides before any check: omegaconf's traceback, exit 1 (found by review)
-                         ("prompt=it ${x}", "config interpolation failed at prompt: Interpolation key 'x' not found")):
+                         ("prompt=it ${x}", "config interpolation failed at prompt: Interpolation key 'x' not found; "
+                                            "a '${' meant as text is written '\\${'")):
         r = run_cli("generate.py", [*args, bad], tmp_path)
         assert r.returncode == 2 and culprit in r.stderr and "Traceback" not in r.stderr, r.stderr
     # the space Hydra drops from an unquoted value is named (the model saw "The film", silently); a terminal that

@@ -827,6 +827,8 @@ def test_a_sweep_s_seeds_are_analysed_then_summarised_with_intervals_and_reused(
     # the same settings again: nothing is analysed; other shots: everything is. With logger=wandb the seeds'
     # verdict goes to one W&B run (only each newly analysed job's had)
     assert [r["n_diverged"] for r in doc["runs"]] == [0] * 4 and "Diverged test models" not in md
+    # each run's finetuning lr is in the verdict's file (it was in jobs/ alone: review)
+    assert [r["lr"] for r in doc["runs"]] == [per_job[r["job"]]["lr"] for r in doc["runs"]]
     res1 = out / "jobs" / "1" / "results.json"  # as if 3 of job 1's finetuned test models had diverged
     res1.write_text(res1.read_text().replace('"n_diverged": 0', '"n_diverged": 3'))
     logged = []

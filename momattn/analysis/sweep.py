@@ -315,6 +315,7 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     settings = settings_of(conf)
     metrics: dict[int, dict[str, float]] = {}
     diverged: dict[int, int] = {}  # test models whose finetuning diverged, per run (left out of its means)
+    chosen: dict[int, float] = {}  # the finetuning lr of each run (chosen on held-out prompts, or fixed by lrs)
     refused: dict[str, list[str]] = {}  # why a job could not be analysed: the jobs, named once per reason
     verdict_kept = True  # an earlier verdict stays until a job's record changes (then it is written again at the
     # end: a stop or failure before it left that one beside new jobs), so settings every job refuses keep it with
@@ -357,6 +358,7 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
                           group=f"section4-{folder_group(sweep_dir)}", settings=asdict(conf))  # verdict's run's
         metrics[id(r)] = metrics_of(result)
         diverged[id(r)] = int(result.ft.get("n_diverged") or 0)
+        chosen[id(r)] = result.lr  # (each run's finetuning lr, in the verdict's file too: it was in jobs/ alone)
     failed += [f"{names[0]} ({why})" if len(names) == 1 else f"jobs {', '.join(names)} ({why})"
                for why, names in refused.items()]
     if not metrics:  # every job's older record is kept: nothing was made, and a rerun with the settings mended
@@ -387,7 +389,7 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     atomic_write_text(out / SWEEP_REPORTS[0], text)
     doc = {"sweep_dir": str(sweep_dir), "settings": settings, "failed": failed,
            "runs": [{"job": job_name(r.job, sweep_dir), "attention": r.attention, "seed": r.seed,
-                     "setting": r.setting, "metrics": metrics[id(r)], "n_diverged": diverged[id(r)],
+                     "setting": r.setting, "metrics": metrics[id(r)], "n_diverged": diverged[id(r)], "lr": chosen[id(r)],
                      **({"resumed_with": r.resumed} if r.resumed else {})}
                     for r in runs if id(r) in metrics],
            "summaries": [asdict(s) for s in summaries]}

@@ -134,7 +134,8 @@ def markdown(results: Sequence) -> str:
                      f"{r.ft['n_nonfinite_examples']}" if r.ft.get("n_nonfinite_examples") else "")]
         if r.dual:
             mem = r.dual.get("memory_op_max_rel_err")
-            lines.append(f"- dual form (float64, every layer, {r.dual['n_demo_tokens']} demonstration tokens): "
+            lines.append(f"- dual form (float64, every layer, {r.dual['n_demo_tokens']} tokens of demonstrations, "
+                         "their separators included): "
                          f"linear attention = (W_ZSL + dW_ICL) q to max relative error "
                          f"{r.dual['linear_attention_max_rel_err']:.1e} (an identity on this layer's q, k, v: it "
                          "shows the dual form's terms, and holds for any weights)"

@@ -1195,19 +1195,31 @@ def same_run(ckpt: str | Path, folder: Path, cwd: Path | None = None) -> bool:
     run = ((cwd or Path.cwd()) / folder).resolve()
     held = run / "checkpoints"
 
-    def owned(parent: Path) -> bool:
+    def owned(parent: Path, file: Path) -> bool:
         if parent == held:
             return True
         if run not in parent.parents:
             return False
         # (a run folder inside this one, a sweep's job folder, is its own run's)
-        return not any((p / ".hydra").is_dir() or (p / "checkpoints").is_dir()
-                       for p in [parent, *parent.parents[:len(parent.parents) - len(run.parents) - 1]])
+        if any((p / ".hydra").is_dir() or (p / "checkpoints").is_dir()
+               for p in [parent, *parent.parents[:len(parent.parents) - len(run.parents) - 1]]):
+            return False
+        # and the file was written by this run (another run's checkpoint copied into a folder of this one trained
+        # on there, over its checkpoints and metrics: diff review)
+        from momattn.checkpoint import read_meta
+        from momattn.errors import UserError
+
+        try:
+            written = ((read_meta(file, targets=False).get("momattn") or {}).get("config") or {}).get("paths") or {}
+        except (UserError, OSError):
+            return False
+        return isinstance(written, dict) and isinstance(out := written.get("output_dir"), str) and \
+            Path(out).expanduser().resolve() == run
 
     # the folder of each link on the way (a link elsewhere to the run's own file, ~/latest.ckpt ->
     # run/checkpoints/last.ckpt, which may be a link itself: diff review)
     for _ in range(40):
-        if owned(path.parent.resolve()):
+        if owned(path.parent.resolve(), path):
             return True
         if not path.is_symlink():
             return False

@@ -41,7 +41,7 @@ class GenerateConfig:
 
     ckpt_path: str | None = None  # a .ckpt written by train.py
     prompt: str | None = None  # the text to continue; "\n" typed on the command line is a line break
-    prompt_file: str | None = None  # or a UTF-8 file whose text is the prompt, as it is (a long or multi-line one)
+    prompt_file: str | None = None  # or a UTF-8 file whose text is the prompt (less a final line break)
     max_new_tokens: int = 200  # tokens sampled after the prompt, per sample
     temperature: float = 0.8  # < 1 sharpens, > 1 flattens; 0 = greedy (argmax)
     top_k: int | None = 200  # sample among the k likeliest tokens; null = the whole vocabulary
@@ -71,6 +71,9 @@ class GenerateConfig:
                               "e.g. iconv -f latin1 -t utf-8") from None
         except OSError as e:
             raise ConfigError(f"prompt_file={name} cannot be read ({e.strerror or e})") from None
+        # less the one line break that ends a file that editors and echo write (diff review): the model continued
+        # after it, on a new line, where prompt="..." continues the line
+        self.prompt = self.prompt.removesuffix("\n").removesuffix("\r")
         if not self.prompt:
             raise ConfigError(f"prompt_file={name} is empty; give it the text to continue")
 

@@ -401,8 +401,9 @@ def _tasks_checked():
     def checked(*args, **kwargs):
         lm = kwargs.get("lm", args[0] if args else None)
         task_dict = kwargs.get("task_dict", args[1] if len(args) > 1 else None)
-        if isinstance(lm, MomattnLM):
-            check_task_generation(lm, task_dict)
+        own = getattr(lm, "lm", lm)  # --use_cache wraps the model in lm-eval's CachingLM (diff review)
+        if isinstance(own, MomattnLM):
+            check_task_generation(own, task_dict)
         return run(*args, **kwargs)
 
     evaluator.evaluate = checked

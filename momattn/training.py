@@ -63,6 +63,7 @@ from momattn.config import TrainConfig, load_train_config, world_size
 from momattn.console import quiet_console, quiet_resume
 from momattn.data.corpus import load_tokens, own_documents
 from momattn.data.datamodule import TokenDataModule, check_window
+from momattn.data.sources import HubCorpus
 from momattn.data.streaming import StreamingHubCorpus, StreamWindows
 from momattn.entry_signals import (
     die_by_default,
@@ -144,6 +145,8 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     quiet_console()
     c = checked if checked is not None else load_train_config(cfg)
     out_dir, job = Path(c.paths.output_dir).resolve(), hydra_job()
+    if isinstance(c.data, HubCorpus):  # its Arrow copies of local files beside the token cache (paths.cache_dir)
+        c.data.arrow_root = c.cache_dir
     guard.out_dir, guard.job = out_dir, job
     config_callbacks = check_lightning_values(c, out_dir)
     if (warning := warmup_warning(c.optim.warmup_steps, c.max_steps, c.optim.lr)) and rank_zero_only.rank == 0:

@@ -1266,10 +1266,23 @@ def test_a_runs_own_last_ckpt_that_is_a_link_is_its_own_checkpoint(tmp_path):
     assert same_run(tmp_path / "latest.ckpt", run)
     # step files a checkpoint callback keeps in another folder of the run (${paths.output_dir}/steps, as
     # ModelCheckpoint's advice has it) are its own; a run folder inside it (a sweep's job) is another run's (review)
+    # which it wrote: another run's checkpoint copied into a folder of it is not (it trained on there: diff review)
+    from test_generate import tiny_checkpoint
+
+    from momattn.io import atomic_torch_save
+
+    base = torch.load(tiny_checkpoint(tmp_path / "base.ckpt"), weights_only=False)
+
+    def written(path: Path, by: Path) -> Path:
+        atomic_torch_save({**base, "momattn": {**base["momattn"], "config": {"paths": {"output_dir": str(by)}}}}, path)
+        return path
+
     for folder, own in (("steps", True), ("a/b", True), ("job/checkpoints", False), ("job/steps", False)):
         (run / folder).mkdir(parents=True)
-        assert same_run(run / folder / "step2.ckpt", run) == own, folder
-    assert not same_run(tmp_path / "step2.ckpt", run)
+        assert same_run(written(run / folder / "step2.ckpt", run), run) == own, folder
+    assert not same_run(written(run / "steps" / "theirs.ckpt", tmp_path / "theirs"), run)
+    assert not same_run(run / "steps" / "gone.ckpt", run)
+    assert not same_run(written(tmp_path / "step2.ckpt", run), run)
 
 
 def test_a_resume_from_an_unreadable_checkpoint_is_refused_before_any_note_on_settings(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -378,6 +379,9 @@ def test_a_damaged_or_truncated_token_cache_is_rebuilt_and_an_untouched_one_is_n
     capsys.readouterr()
     assert np.array_equal(load_tokens(cfg, tok, "val", tmp_path), good)
     assert f"token cache {bin_path} is another cache's (written for key {theirs.stem})" in capsys.readouterr().err
+    bin_path.with_suffix(".json").write_text("[]")  # JSON, but no object: rebuilt (an AttributeError: diff review)
+    assert np.array_equal(load_tokens(cfg, tok, "val", tmp_path), good)
+    assert f"token cache {bin_path} is unreadable" in capsys.readouterr().err
     # a BPE cache file holding another tokenizer's (more tokens than its name's vocab_size) is trained again
     from momattn.tokenizer import bpe_cache_file, gpt2_tokenizer
 
@@ -1075,7 +1079,23 @@ def test_a_local_file_edited_with_its_time_put_back_is_read_anew_and_no_arrow_co
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
     docs = HubCorpus(name="json", data_files=str(f), val_split=None).documents("train")
     assert all(d.startswith("a much longer replacement") for d in docs)
-    assert not list((tmp_path / "cache" / "arrow").iterdir())  # read, then removed
+    assert not list((tmp_path / "cache" / "arrow").iterdir())  # read, then removed (with its corpus)
+    # one folder per corpus and process (three reads of a fresh run converted the files three times: diff review),
+    # and a killed process's is removed by the next run on this host
+    from momattn.data import sources
+    from momattn.io import _host
+
+    made = []
+    real = sources.arrow_folder
+    monkeypatch.setattr(sources, "arrow_folder", lambda root: made.append(real(root)) or made[-1])
+    dead = tmp_path / "cache" / "arrow" / f"read-{_host()}-{2**22 + 12345}-abc123"
+    dead.mkdir()
+    (tmp_path / "v.jsonl").write_text(json.dumps({"text": "a validation row"}) + "\n")
+    hub = HubCorpus(name="json", data_files={"train": str(f), "validation": str(tmp_path / "v.jsonl")})
+    hub.documents("val"), hub.documents("train"), hub.documents("train")
+    assert len(made) == 1 and not dead.exists() and Path(made[0]).is_dir()
+    del hub
+    assert not Path(made[0]).exists()
     assert not [p for p in (tmp_path / "hf").rglob("*") if p.is_file()]
 
 

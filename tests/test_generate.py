@@ -126,6 +126,12 @@ def test_a_prompt_file_is_the_prompt_as_it_is_and_a_bad_one_is_one_line(tmp_path
     # those words (found by review)
     (tmp_path / "p.txt").write_text("The film\nwas  \\n ${x} ")
     assert GenerateConfig(ckpt_path="x.ckpt", prompt_file=str(tmp_path / "p.txt")).prompt == "The film\nwas  \\n ${x} "
+    for ending in ("\n", "\r\n"):  # the line break that ends a file (editors, echo) is not the prompt's (diff review)
+        (tmp_path / "q.txt").write_bytes(f"The film was{ending}".encode())
+        assert GenerateConfig(ckpt_path="x.ckpt", prompt_file=str(tmp_path / "q.txt")).prompt == "The film was"
+    (tmp_path / "q.txt").write_text("\n")
+    with pytest.raises(ConfigError, match="q.txt is empty"):
+        GenerateConfig(ckpt_path="x.ckpt", prompt_file=str(tmp_path / "q.txt"))
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin1"))
     for kw, culprit in (({"prompt_file": str(tmp_path / "gone.txt")}, "prompt_file=.*gone.txt does not exist"),

@@ -287,9 +287,10 @@ class OptunaSweeper(Sweeper):
 
                     searched = json.loads(os.environ.get(SEARCH_KEYS_ENV, "[]"))
                     params = " ".join(o for o in k if o.split("=", 1)[0].lstrip("+~") in searched) or " ".join(k)
+                    result = ret._return_value if _completed(ret) else "a failure"  # (return_value raises it)
                     print(f"[momattn] a trial repeats the parameters of an earlier one of this search ({params}): it "
-                          f"takes that trial's result, {getattr(ret, 'return_value', None)} (in "
-                          f"{_job_folder(ret)}), and is not trained again", file=sys.stderr, flush=True)
+                          f"takes that trial's result, {result} (in {_job_folder(ret)}), and is not trained again",
+                          file=sys.stderr, flush=True)
                 returns.append(ret)
             for k in fresh:
                 if _completed(got[keys[k]]):

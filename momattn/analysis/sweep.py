@@ -235,7 +235,7 @@ def markdown(summaries: Sequence[SettingAnalysis], failed: Sequence[str], conf: 
     return "\n".join(lines).rstrip() + "\n"
 
 
-def made_of(run: SweepRun, settings: dict) -> dict:
+def made_of(run: SweepRun, settings: dict, text_task: bool = False) -> dict:
     """What a job's analysis was made from: these settings, and its checkpoint by resolved path, step and
     modification time. jobs/<job>/ is named by the job's folder alone, so another sweep analysed into the same
     output folder (its job 0 at the same step) or a job trained again in place must not find its analysis made."""
@@ -245,12 +245,14 @@ def made_of(run: SweepRun, settings: dict) -> dict:
     except OSError:
         mtime = None
     return {"settings": settings, "checkpoint": str(path), "step": run.step, "mtime_ns": mtime,
-            "methods": METHODS}
+            "methods": {**METHODS, **(TEXT_METHODS if text_task else {})}}
 
 
 # how numbers are computed, where it changed them: an analysis recorded without these (made before) is made again
 # (a rerun adding seeds mixed float32-era Kendall(ICL, FT) jobs with float64 ones in one verdict: diff review)
 METHODS = {"kendall_ft_queries": "float64 from the layer inputs (session 57)"}
+# a text task's only (GINC's drew per prompt already): one random update served every test example before
+TEXT_METHODS = {"random_update": "one per test example (session 63)"}
 
 
 def _reusable(job_out: Path, made: dict, dual_check: bool = False) -> tuple:
@@ -313,6 +315,10 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     sweep_dir = Path(conf.sweep_dir).expanduser()
     runs, failed = find_runs(sweep_dir, entry="analyze.py")
     settings = settings_of(conf)
+    from momattn.analysis.runner import analysis_task
+    from momattn.eval.ginc import GincTask
+
+    text_task = not isinstance(analysis_task(conf), GincTask)
     metrics: dict[int, dict[str, float]] = {}
     diverged: dict[int, int] = {}  # test models whose finetuning diverged, per run (left out of its means)
     chosen: dict[int, float] = {}  # the finetuning lr of each run (chosen on held-out prompts, or fixed by lrs)
@@ -323,7 +329,7 @@ def run_analyze_sweep(conf: AnalyzeConfig, out: Path, device: str) -> list[Setti
     for i, r in enumerate(runs, 1):
         name = job_name(r.job, sweep_dir)
         job_out = out / "jobs" / name
-        made = made_of(r, settings)
+        made = made_of(r, settings, text_task)
         result, why = _reusable(job_out, made, conf.dual_check)
         print(f"[momattn] {i}/{len(runs)} {name} ({r.attention}, seed {r.seed}): "
               + ("its analysis in this folder is reused" if result is not None else f"analysing on {device}"

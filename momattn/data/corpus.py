@@ -72,7 +72,7 @@ def _problem(bin_path: Path, meta_path: Path) -> str | None:
             return None
         if _crc32(bin_path) != meta["crc32"]:
             return "damaged (its bytes do not match the CRC-32 recorded when it was written)"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # (valid JSON that is no object: a list)
         return "unreadable"
     try:
         atomic_write_text(meta_path, json.dumps({**meta, "checked": _stamp(bin_path)}))

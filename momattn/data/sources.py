@@ -513,25 +513,22 @@ class HubCorpus:
 
     @contextlib.contextmanager
     def _arrow_dir(self) -> Iterator[str | None]:
-        """Where datasets writes its Arrow copy of local files while they are read: a folder of momattn's cache,
-        removed once the text is read. datasets keys its own copy (~/.cache/huggingface, kept for good) by each file's
-        path and modification time only: a file edited with its time put back (cp -p, rsync -a) was read as the old
-        text, into a new token cache (found by review). None (datasets' own cache) for a hub corpus, downloaded."""
+        """Where datasets writes its Arrow copy of local files: a folder of this process in the token cache's folder
+        (arrow/), made at the first read and removed when the process ends (or by the next run on this host, after a
+        kill), so each split is converted once per run. datasets keys its own copy (~/.cache/huggingface, kept for
+        good) by each file's path and modification time only: a file edited with its time put back (cp -p, rsync -a)
+        was read as the old text, into a new token cache (found by review). None (datasets' own cache) for a hub
+        corpus, downloaded."""
         if not (named_files(self.data_files) or folder_files(self.name)) or saved_dataset_folder(self.name):
             yield None
             return
-        import shutil
-        import tempfile
+        folder = getattr(self, "_arrow", None)
+        if folder is None or not Path(folder).is_dir():
+            folder = self._arrow = arrow_folder(getattr(self, "arrow_root", None))
+            import weakref
 
-        from momattn.io import cache_root
-
-        root = cache_root() / "arrow"
-        root.mkdir(parents=True, exist_ok=True)
-        folder = tempfile.mkdtemp(prefix="read-", dir=root)
-        try:
-            yield folder
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            weakref.finalize(self, _remove_folder, folder)
+        yield folder
 
     def _check_disjoint(self, train_rows: int, arrow_dir: str | None) -> None:
         """Slices of one split as train and validation splits (train[5%:] and train[:10%]) share no row: shared
@@ -558,6 +555,28 @@ class HubCorpus:
 
 
 _HUB_DEFAULTS = {f.name: f.default for f in fields(HubCorpus)}
+
+
+def arrow_folder(root: str | Path | None) -> str:
+    """A new folder for one process's Arrow copies under root (the token cache's folder; default: momattn's cache)
+    /arrow, named by host and PID; the folders of this host's processes that ended (a kill) are removed first."""
+    import os
+    import tempfile
+
+    from momattn.io import _host, _running, cache_root
+
+    base = Path(root if root is not None else cache_root()).expanduser() / "arrow"
+    base.mkdir(parents=True, exist_ok=True)
+    for old in base.glob(f"read-{_host()}-*"):
+        if (m := re.fullmatch(rf"read-{re.escape(_host())}-(\d+)-[a-z0-9_]+", old.name)) and not _running(int(m[1])):
+            _remove_folder(str(old))
+    return tempfile.mkdtemp(prefix=f"read-{_host()}-{os.getpid()}-", dir=base)
+
+
+def _remove_folder(folder: str) -> None:
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 VAL_COPIES_RULE = "copies of a local validation split's documents left out of training"

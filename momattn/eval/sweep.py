@@ -1026,10 +1026,14 @@ def _say_replaced_verdict(out: Path, sweep_dir: Path) -> None:
     """A verdict of another sweep in the output folder is replaced by this one's: said (it was, without a word:
     found by review)."""
     try:
-        was = json.loads((out / "sweep.json").read_text()).get("sweep_dir")
+        doc = json.loads((out / "sweep.json").read_text())
+        was, where = doc.get("sweep_dir"), doc.get("sweep_path")
     except (OSError, ValueError, AttributeError):
         return
-    if isinstance(was, str) and Path(was).expanduser().resolve() != sweep_dir.resolve():
+    # (sweep_dir as typed: a relative one from another folder was another sweep's; the resolved path since session 63)
+    same = where == str(sweep_dir.resolve()) if isinstance(where, str) else \
+        isinstance(was, str) and Path(was).name == sweep_dir.name
+    if isinstance(was, str) and not same:
         print(f"[momattn] note: {out} holds the verdict of sweep_dir={was}; this one's, of sweep_dir={sweep_dir}, "
               f"replaces its sweep.md and sweep.json (to keep both, give each its own hydra.run.dir)",
               file=sys.stderr, flush=True)
@@ -1149,7 +1153,7 @@ def run_sweep(sweep_dir: str | Path, eval_cfg: EvalConfig, out: Path, device: st
         next(s for s in summaries if s.setting == first.setting).duplicates.append(
             f"{r.job} ({r.attention}, seed {r.seed}: a second run of {first.job}, not scored)")
     shared = list(settings.values())
-    doc = {"sweep_dir": str(sweep_dir), "failed": failed,
+    doc = {"sweep_dir": str(sweep_dir), "sweep_path": str(sweep_dir.resolve()), "failed": failed,
            "eval_config": shared[0] if shared and all(v == shared[0] for v in shared) else settings,
            "runs": [{"checkpoint": str(r.path), "attention": r.attention, "seed": r.seed, "step": r.step,
                      "setting": r.setting, "reused_results": r.reused, "metrics": metrics_of(r.result),

@@ -1285,3 +1285,14 @@ def test_a_side_by_side_sweeps_job_left_out_keeps_no_older_reports(tmp_path):
     (parent / "sA" / "1" / "checkpoints" / "last.ckpt").unlink()
     run_analyze({**SWEEP_ARGS, "sweep_dir": str(parent)}, out)
     assert not any((out / "jobs" / "sA" / "1").iterdir()) and (out / "jobs" / "sA" / "0" / "results.md").exists()
+
+
+def test_a_text_tasks_record_made_before_the_per_example_random_update_is_made_again(tmp_path):
+    # its random baseline was one draw shared by every example: reused, a rerun adding seeds mixed both in one
+    # verdict (diff review); GINC's, drawn per prompt already, stay reusable
+    from momattn.analysis.sweep import METHODS, TEXT_METHODS, SweepRun, made_of
+
+    run = SweepRun(path=tmp_path / "last.ckpt", job=tmp_path, attention="vanilla", seed=1, setting="s", config={},
+                   step=3)
+    assert made_of(run, {}, text_task=True)["methods"] == {**METHODS, **TEXT_METHODS} != METHODS
+    assert made_of(run, {})["methods"] == METHODS

@@ -792,7 +792,12 @@ def run_folder_of(ckpt_path: str, run_dir: str | None, root: Path) -> Path | Non
         newest = newest_last_checkpoint(root)
         return newest.parent.parent if newest else None
     p = Path(ckpt_path).expanduser()
-    return p.parent.parent if p.parent.name == "checkpoints" else None
+    if p.parent.name == "checkpoints":
+        return p.parent.parent
+    # a step file a callback keeps in another folder of its run (${paths.output_dir}/steps): the run it records,
+    # where it lies inside it (it was told to leave hydra.run.dir out, which forked it: flows review)
+    run = recorded_run_folder(p) if p.is_file() else None
+    return run if run is not None and run in p.resolve().parents and same_run(p, run) else None
 
 
 def _checkpoint_overrides(ckpt: str) -> list[str]:
@@ -1206,15 +1211,7 @@ def same_run(ckpt: str | Path, folder: Path, cwd: Path | None = None) -> bool:
             return False
         # and the file was written by this run (another run's checkpoint copied into a folder of this one trained
         # on there, over its checkpoints and metrics: diff review)
-        from momattn.checkpoint import read_meta
-        from momattn.errors import UserError
-
-        try:
-            written = ((read_meta(file, targets=False).get("momattn") or {}).get("config") or {}).get("paths") or {}
-        except (UserError, OSError):
-            return False
-        return isinstance(written, dict) and isinstance(out := written.get("output_dir"), str) and \
-            Path(out).expanduser().resolve() == run
+        return recorded_run_folder(file) == run
 
     # the folder of each link on the way (a link elsewhere to the run's own file, ~/latest.ckpt ->
     # run/checkpoints/last.ckpt, which may be a link itself: diff review)
@@ -1225,6 +1222,20 @@ def same_run(ckpt: str | Path, folder: Path, cwd: Path | None = None) -> bool:
             return False
         path = path.parent / os.readlink(path)
     return False
+
+
+def recorded_run_folder(ckpt: Path) -> Path | None:
+    """The run folder (paths.output_dir, resolved) a checkpoint records it was written in; None where it records
+    none or cannot be read."""
+    from momattn.checkpoint import read_meta
+    from momattn.errors import UserError
+
+    try:
+        paths = ((read_meta(ckpt, targets=False).get("momattn") or {}).get("config") or {}).get("paths") or {}
+    except (UserError, OSError):
+        return None
+    out = paths.get("output_dir") if isinstance(paths, dict) else None
+    return Path(out).expanduser().resolve() if isinstance(out, str) and out else None
 
 
 def another_runs_checkpoint(ckpt: str | Path, folder: Path, held: Path, key: str = "hydra.run.dir") -> ConfigError:

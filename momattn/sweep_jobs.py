@@ -368,7 +368,8 @@ def _settings_key(c, composed) -> str:
     from omegaconf import OmegaConf
 
     env = OmegaConf.to_container(composed.hydra.job.env_set, resolve=True) if composed.hydra.job.env_set else {}
-    text = json.dumps([c.resolved, env], sort_keys=True, default=str)  # (a sweep of OMP_NUM_THREADS: its env_set)
+    # the seed as trained (seed=1,01: the text '01' is seed 1: flows review)
+    text = json.dumps([{**c.resolved, "seed": c.seed}, env], sort_keys=True, default=str)
     for folder in {str(OmegaConf.select(composed, "paths.output_dir")), str(composed.hydra.runtime.output_dir)}:
         text = text.replace(json.dumps(folder)[1:-1], "<run>")
     return text

@@ -1281,6 +1281,11 @@ def test_a_runs_own_last_ckpt_that_is_a_link_is_its_own_checkpoint(tmp_path):
         (run / folder).mkdir(parents=True)
         assert same_run(written(run / folder / "step2.ckpt", run), run) == own, folder
     assert not same_run(written(run / "steps" / "theirs.ckpt", tmp_path / "theirs"), run)
+    # and without hydra.run.dir the step file resumes its run (the refusal's advice forked it: flows review)
+    from momattn.cli import run_folder_of
+
+    assert run_folder_of(str(run / "steps" / "step2.ckpt"), None, tmp_path) == run.resolve()
+    assert run_folder_of(str(run / "steps" / "theirs.ckpt"), None, tmp_path) is None
     assert not same_run(run / "steps" / "gone.ckpt", run)
     assert not same_run(written(tmp_path / "step2.ckpt", run), run)
 

@@ -181,7 +181,7 @@ def test_a_value_one_job_of_a_sweep_takes_is_refused_before_any_job_trains(tmp_p
         check_jobs(plan_sweep("train", overrides), overrides)
     check_jobs(plan_sweep("train", [*SMOKE, "seed=1,2"]), [*SMOKE, "seed=1,2"])  # valid jobs pass
     # one run twice (seed=1,2,2; a value spelt two ways): trained twice, and evaluate.py left the copy out (review)
-    for twice, jobs in ((["seed=1,2,2"], "1 and 2"), (["optim.lr=1e-3,0.002,0.001"], "0 and 2"),
+    for twice, jobs in ((["seed=1,2,2"], "1 and 2"), (["optim.lr=1e-3,0.002,0.001"], "0 and 2"), (["seed=1,01"], "0 and 1"),
                         (["seed=1,2", "optim.lr=1e-3", "optim.weight_decay=0.1,0.1"], "0 and 1")):
         with pytest.raises(ConfigError, match=rf"^jobs {jobs} of the sweep are the same run \(.*\): a value given twice "
                                               r"in a list, .* drop the repeat. No job was started$"):

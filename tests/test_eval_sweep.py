@@ -83,7 +83,9 @@ def test_a_verdict_of_another_sweep_in_the_output_folder_is_said_to_be_replaced(
     _say_replaced_verdict(tmp_path / "out", tmp_path / "b")
     assert capsys.readouterr().err == (f"[momattn] note: {tmp_path / 'out'} holds the verdict of sweep_dir="
                                        f"{tmp_path / 'a'}; this one's, of sweep_dir={tmp_path / 'b'}, replaces its "
-                                       "sweep.md and sweep.json (to keep both, give each its own hydra.run.dir)\n")
+                                       "sweep.md and sweep.json, and the earlier sweep's job results under jobs/ "
+                                       "that this one does not write stay there (to keep the two apart, give each its "
+                                       "own hydra.run.dir)\n")
     # one typed relative from another folder is the same sweep (its resolved path is recorded: diff review)
     (tmp_path / "out" / "sweep.json").write_text(json.dumps({"sweep_dir": "a", "sweep_path": str(tmp_path / "a")}))
     _say_replaced_verdict(tmp_path / "out", tmp_path / "a")

@@ -1035,7 +1035,8 @@ def _say_replaced_verdict(out: Path, sweep_dir: Path) -> None:
         isinstance(was, str) and Path(was).name == sweep_dir.name
     if isinstance(was, str) and not same:
         print(f"[momattn] note: {out} holds the verdict of sweep_dir={was}; this one's, of sweep_dir={sweep_dir}, "
-              f"replaces its sweep.md and sweep.json (to keep both, give each its own hydra.run.dir)",
+              f"replaces its sweep.md and sweep.json, and the earlier sweep's job results under jobs/ that this one does "
+              "not write stay there (to keep the two apart, give each its own hydra.run.dir)",
               file=sys.stderr, flush=True)
 
 

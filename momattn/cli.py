@@ -797,7 +797,7 @@ def run_folder_of(ckpt_path: str, run_dir: str | None, root: Path) -> Path | Non
     # a step file a callback keeps in another folder of its run (${paths.output_dir}/steps): the run it records,
     # where it lies inside it (it was told to leave hydra.run.dir out, which forked it: flows review)
     run = recorded_run_folder(p) if p.is_file() else None
-    return run if run is not None and run in p.resolve().parents and same_run(p, run) else None
+    return run if run is not None and same_run(p, run) else None  # (same_run: inside it, not a run of its own)
 
 
 def _checkpoint_overrides(ckpt: str) -> list[str]:

@@ -476,17 +476,17 @@ class HubCorpus:
         if key and (kept := getattr(self, "_val_documents", None)) and kept[0] == key:
             return list(kept[1])  # read once: the training split's documents are checked against them too
         read = self.val_split if split == "val" and self.val_split else self.train_split
-        with self._arrow_dir() as arrow_dir:
-            ds = self._load(read, arrow_dir)
-            if self.text_field not in ds.column_names:
-                raise DataError(f"data.name='{self.name}' has no column '{self.text_field}' (columns: "
-                                f"{ds.column_names}); set data.text_field")
-            try:
-                texts = list(ds[self.text_field])  # datasets 4: a lazy column, decoded here
-            except UnicodeDecodeError as e:  # arrow's json reader keeps the bytes; reading the column decodes them
-                raise not_utf8(self.name, self.data_files, e) from None
-            if split == "train" and self.val_split:
-                self._check_disjoint(ds.num_rows, arrow_dir)
+        arrow_dir = self._arrow_dir()
+        ds = self._load(read, arrow_dir)
+        if self.text_field not in ds.column_names:
+            raise DataError(f"data.name='{self.name}' has no column '{self.text_field}' (columns: {ds.column_names}); "
+                            "set data.text_field")
+        try:
+            texts = list(ds[self.text_field])  # datasets 4: a lazy column, decoded here
+        except UnicodeDecodeError as e:  # arrow's json reader keeps the bytes; reading the column decodes them
+            raise not_utf8(self.name, self.data_files, e) from None
+        if split == "train" and self.val_split:
+            self._check_disjoint(ds.num_rows, arrow_dir)
         odd = next((t for t in texts if t is not None and not isinstance(t, str)), None)
         if odd is not None:
             raise DataError(f"data.text_field='{self.text_field}' of data.name='{self.name}' holds "
@@ -511,8 +511,7 @@ class HubCorpus:
             self._val_documents = (key, tuple(docs))
         return docs
 
-    @contextlib.contextmanager
-    def _arrow_dir(self) -> Iterator[str | None]:
+    def _arrow_dir(self) -> str | None:
         """Where datasets writes its Arrow copy of local files: a folder of this process in the token cache's folder
         (arrow/), made at the first read and removed when the process ends (or by the next run on this host, after a
         kill), so each split is converted once per run. datasets keys its own copy (~/.cache/huggingface, kept for
@@ -520,15 +519,14 @@ class HubCorpus:
         was read as the old text, into a new token cache (found by review). None (datasets' own cache) for a hub
         corpus, downloaded."""
         if not (named_files(self.data_files) or folder_files(self.name)) or saved_dataset_folder(self.name):
-            yield None
-            return
+            return None
         folder = getattr(self, "_arrow", None)
         if folder is None or not Path(folder).is_dir():
             folder = self._arrow = arrow_folder(getattr(self, "arrow_root", None))
             import weakref
 
             weakref.finalize(self, _remove_folder, folder)
-        yield folder
+        return folder
 
     def _check_disjoint(self, train_rows: int, arrow_dir: str | None) -> None:
         """Slices of one split as train and validation splits (train[5%:] and train[:10%]) share no row: shared

@@ -268,11 +268,11 @@ def _train(cfg: DictConfig, checked: TrainConfig | None, guard: SigtermOutsideFi
     fits(model_config)
     evaluated = finished and _evaluated_step(out_dir) in (start_step, "unknown")  # a finished run
     # a finished run resumed, with its summary and (where asked for) its evaluation: nothing to log
-    idle = (same_folder and finished and (evaluated or not (c.run_eval and c.eval))
-            and _kept_summary(out_dir / "summary.json", start_step, say=False) is not None)
-    if idle:  # (its data was tokenised, its model built and its checkpoint restored for none of it: a sweep resumed
-        # after a crash did it for each finished job)
-        return _finished_idle(c, job, out_dir, start_step, stopped)
+    reported = _kept_summary(out_dir / "summary.json", start_step, say=False) \
+        if same_folder and finished and (evaluated or not (c.run_eval and c.eval)) else None
+    if reported is not None:  # (its data was tokenised, its model built and its checkpoint restored for none of it: a
+        # sweep resumed after a crash did it for each finished job)
+        return _finished_idle(c, job, out_dir, start_step, stopped, reported)
     model = GPT(model_config)
 
     train, val = _tokens(c, tokenizer, model_config.vocab_size, model_config.block_size)
@@ -1167,9 +1167,9 @@ def _summary_metrics(summary: dict) -> dict[str, float]:
 
 
 def _finished_idle(c: TrainConfig, job: HydraJob, out_dir: Path, start_step: int,
-                   stopped: tuple[str, str] | None) -> float | None:
+                   stopped: tuple[str, str] | None, summary: dict) -> float | None:
     """A finished run resumed in its own folder, reported (and evaluated, where it evaluates): nothing is trained,
-    logged or evaluated. metrics.csv's repairs (rows a stopped resume dropped) are written; the summary's metric
+    logged or evaluated. metrics.csv's repairs (rows a stopped resume dropped) are written; its summary's metric
     is the sweep's."""
     loggers = logs.make_loggers(c.logger, None, resumed=True, start_step=start_step, idle=True,
                                 checkpoints=str(out_dir / "checkpoints"))
@@ -1180,8 +1180,7 @@ def _finished_idle(c: TrainConfig, job: HydraJob, out_dir: Path, start_step: int
         if c.run_eval and c.eval:
             print(f"[momattn] the evaluation of step {start_step} is in {out_dir / 'eval'} already; "
                   "evaluate.py evaluates again with other settings", file=sys.stderr, flush=True)
-    value = _summary_metrics(_kept_summary(out_dir / "summary.json", start_step, say=False) or {}).get(
-        c.optimized_metric)
+    value = _summary_metrics(summary).get(c.optimized_metric)
     if value is not None and not math.isfinite(value):  # Optuna cannot record nan: a failed trial instead
         raise NonFiniteLossError(f"{c.optimized_metric}={value} at the end of training; the run diverged")
     return value
